@@ -1,0 +1,19 @@
+"""bnn: binarized neural networks on metaspike's metaplastic synapse.
+
+Example:
+    >>> import torch, bnn
+    >>> model = bnn.MLP([784, 512, 512, 10])
+    >>> print(bnn.summary(model))  # doctest: +ELLIPSIS
+    layer ...
+"""
+
+from bnn.batchnorm import use_population_statistics
+from bnn.layers import BinaryConv2d, BinaryLinear, SignActivation
+from bnn.models import MLP, ConvNet
+from bnn.model_summary import summary
+from bnn.training import evaluate, fit
+
+__all__ = [
+    "BinaryLinear", "BinaryConv2d", "SignActivation", "MLP", "ConvNet", "summary",
+    "use_population_statistics", "fit", "evaluate",
+]

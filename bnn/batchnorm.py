@@ -1,0 +1,62 @@
+"""Fixed (population) BatchNorm statistics, so a trained BNN can predict one sample at a time.
+
+The paper's BatchNorm normalises with the statistics of the evaluated batch
+(``track_running_stats=False``), which is undefined for a single sample.
+:func:`use_population_statistics` estimates each BatchNorm layer's mean and variance on data
+(layer by layer, with the earlier layers already fixed) and makes the model use them in eval mode.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = ["use_population_statistics"]
+
+
+@torch.no_grad()
+def use_population_statistics(model: nn.Module, x: Tensor, batch_size: int = 1000) -> nn.Module:
+    """Fix every BatchNorm layer of ``model`` to the mean/variance of its input over ``x``.
+
+    Afterwards ``model.eval()`` predicts with those statistics (any batch size, including 1);
+    ``model.train()`` still normalises with batch statistics. Returns ``model``.
+
+    Example:
+        >>> from bnn import MLP
+        >>> model = use_population_statistics(MLP([784, 64, 10]), torch.rand(500, 784)).eval()
+        >>> model(torch.rand(1, 784)).shape
+        torch.Size([1, 10])
+    """
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    if not norms:
+        raise ValueError(f"{type(model).__name__} has no BatchNorm layer to fix")
+    if len(x) < 2:
+        raise ValueError(f"need at least 2 samples to estimate statistics, got {len(x)}")
+    was_training = model.training
+    model.eval()
+    for norm in norms:  # in forward order; earlier layers are fixed when a later one is measured
+        total = sq_total = None
+        count = 0
+
+        def record(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            nonlocal total, sq_total, count
+            h = inputs[0].transpose(0, 1).reshape(inputs[0].shape[1], -1).double()
+            s, sq = h.sum(1), h.square().sum(1)
+            total = s if total is None else total + s
+            sq_total = sq if sq_total is None else sq_total + sq
+            count += h.shape[1]
+
+        handle = norm.register_forward_pre_hook(record)
+        try:
+            for start in range(0, len(x), batch_size):
+                model(x[start : start + batch_size])
+        finally:
+            handle.remove()
+        mean = total / count
+        var = (sq_total / count - mean.square()).clamp_min(0) * count / max(count - 1, 1)
+        norm.running_mean = mean.to(norm.weight.dtype if norm.weight is not None else torch.float32)
+        norm.running_var = var.to(norm.running_mean.dtype)
+        norm.num_batches_tracked = torch.tensor(count, dtype=torch.long)
+    model.train(was_training)
+    return model

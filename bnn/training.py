@@ -1,0 +1,91 @@
+"""A short training entry point for users with one dataset: :func:`fit` and :func:`evaluate`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from metaspike import training
+from metaspike.data import ArrayDataset
+from metaspike.optim import MetaplasticAdam, param_groups
+
+__all__ = ["fit", "evaluate"]
+
+Data = ArrayDataset | tuple[Tensor, Tensor]
+
+
+def _tensors(data: Data, what: str) -> tuple[Tensor, Tensor]:
+    if isinstance(data, ArrayDataset):
+        return data.x, data.y
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return data[0], data[1]
+    raise ValueError(f"{what} must be an ArrayDataset or a pair (inputs, labels), got {type(data).__name__}")
+
+
+def fit(
+    model: nn.Module,
+    train: Data,
+    epochs: int = 10,
+    lr: float = 0.005,
+    meta: float | Sequence[float] = 0.0,
+    batch_size: int = 100,
+    test: Data | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Train ``model`` with :class:`metaspike.MetaplasticAdam`; return one record per epoch.
+
+    Each record has ``epoch``, ``loss`` and, when ``test`` is given, ``test_accuracy`` (percent).
+
+    Example:
+        >>> import bnn
+        >>> from metaspike.data import load_dataset
+        >>> model = bnn.MLP([784, 128, 10])
+        >>> history = bnn.fit(model, load_dataset("digits"), epochs=2, test=load_dataset("digits", "test"), progress=False)
+        >>> history[-1]["test_accuracy"] > 50
+        True
+    """
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if not isinstance(batch_size, int) or batch_size < 2:
+        raise ValueError(f"batch_size must be an integer >= 2, got {batch_size!r}")
+    x, y = _tensors(train, "train")
+    model.to(device)
+    training.check_inputs(model, x.to(device), y.to(device), what="training data")
+    test_xy = _tensors(test, "test") if test is not None else None
+    optimizer = MetaplasticAdam(param_groups(model, meta), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs * -(-len(x) // batch_size), desc="fit", unit="batch")
+    history = []
+    try:
+        for epoch in range(1, epochs + 1):
+            loss = training.train_epoch(model, optimizer, x, y, batch_size, generator, device=device, progress=bar)
+            record = {"epoch": epoch, "loss": loss}
+            if test_xy is not None:
+                record["test_accuracy"] = training.evaluate(model, *test_xy, device=device)
+            history.append(record)
+    finally:
+        if bar is not None:
+            bar.close()
+    return history
+
+
+def evaluate(model: nn.Module, data: Data, batch_size: int = 1000, device: str = "cpu") -> float:
+    """Accuracy of ``model`` on ``data`` in percent.
+
+    Example:
+        >>> import bnn
+        >>> from metaspike.data import load_dataset
+        >>> 0 <= bnn.evaluate(bnn.MLP([784, 32, 10]), load_dataset("digits", "test")) <= 100
+        True
+    """
+    x, y = _tensors(data, "data")
+    training.check_inputs(model.to(device), x.to(device), y.to(device))
+    return training.evaluate(model, x, y, batch_size, device=device)

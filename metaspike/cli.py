@@ -1,0 +1,127 @@
+"""The ``metaspike`` command: ``train``, ``compare`` and ``plot``.
+
+Errors in what the user gave (bad values, unknown names, missing data, unwritable folders) are
+printed as one line ``metaspike: error: ...`` with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+
+from metaspike.experiment import DEFAULT_META, RunConfig
+
+__all__ = ["main"]
+
+_DEFAULTS = {f.name: f.default for f in fields(RunConfig)}
+
+
+def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
+    from metaspike.continual.scenarios import available_scenarios
+
+    d = _DEFAULTS
+    parser.add_argument("--scenario", default=d["scenario"], help=f"one of {', '.join(available_scenarios())} (default: %(default)s)")
+    parser.add_argument("--dataset", nargs="+", default=list(d["datasets"]), metavar="NAME",
+                        help="dataset name(s); offline: mnist5k, digits; from --data-dir: mnist, fashion-mnist, kmnist, cifar10 "
+                             "(sequence takes several, e.g. mnist5k digits) (default: %(default)s)")
+    parser.add_argument("--tasks", type=int, default=d["tasks"], help="permutations / class groups / stream subsets (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=d["epochs"], help="epochs per task (default: %(default)s)")
+    parser.add_argument("--meta", type=float, nargs="+", default=None, help=meta_help)
+    parser.add_argument("--hidden", type=int, nargs="+", default=list(d["hidden"]), help="hidden layer widths (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=d["batch_size"], help="(default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=d["lr"], help="Adam learning rate (default: %(default)s)")
+    parser.add_argument("--rule", default=d["rule"], help="consolidation rule (default: %(default)s)")
+    parser.add_argument("--batchnorm", default=d["batchnorm"], choices=["per-task", "shared"],
+                        help="BatchNorm state per task (paper) or shared (default: %(default)s)")
+    parser.add_argument("--optimizer", default=d["optimizer"], choices=["per-task", "shared"],
+                        help="new optimizer per task or one across tasks (default: %(default)s)")
+    parser.add_argument("--split-mode", default=d["split_mode"], choices=["task", "class"],
+                        help="split scenario: task- or class-incremental (default: %(default)s)")
+    parser.add_argument("--data-dir", default=None, help="dataset folder (default: $METASPIKE_DATA or ~/.cache/metaspike/data)")
+    parser.add_argument("--out", default="runs", help="results folder; each run gets a new subfolder (default: %(default)s)")
+    parser.add_argument("--device", default=d["device"], help="cpu or cuda[:N] (default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _config(args: argparse.Namespace, meta: Sequence[float], seed: int) -> RunConfig:
+    return RunConfig(
+        scenario=args.scenario, datasets=tuple(args.dataset), tasks=args.tasks, epochs=args.epochs,
+        hidden=tuple(args.hidden), meta=tuple(meta), rule=args.rule, lr=args.lr, batch_size=args.batch_size,
+        seed=seed, batchnorm=args.batchnorm, optimizer=args.optimizer, split_mode=args.split_mode,
+        device=args.device, data_dir=args.data_dir,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="metaspike",
+        description="Metaplastic binarized networks that forget less. Results go to --out (default runs/).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = sub.add_parser("train", help="train one continual-learning run")
+    _add_run_options(train, f"metaplasticity m >= 0: one value or one per layer (default: {DEFAULT_META:g})")
+    train.add_argument("--seed", type=int, default=_DEFAULTS["seed"], help="(default: %(default)s)")
+    cmp = sub.add_parser("compare", help="same task stream with several meta values, one table and figure")
+    _add_run_options(cmp, f"meta values to compare (default: 0 {DEFAULT_META:g})")
+    cmp.add_argument("--seeds", type=int, nargs="+", default=[_DEFAULTS["seed"]], help="seeds; the table gives mean ± std (default: %(default)s)")
+    plot = sub.add_parser("plot", help="draw the figures of a run directory")
+    plot.add_argument("run_dir", help="a run directory written by 'metaspike train'")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> None:
+    from metaspike.experiment import format_table, run
+
+    config = _config(args, args.meta or [DEFAULT_META], args.seed)
+    path, result = run(config, args.out, progress=not args.quiet)
+    rows = [{"setting": f"meta={':'.join(f'{m:g}' for m in config.meta)}",
+             **{f"task {j + 1}": (a, 0.0) for j, a in enumerate(result.matrix[-1])},
+             **{k: (v, 0.0) for k, v in result.metrics.items()}, "seconds": (result.seconds, 0.0)}]
+    print()
+    print(format_table(rows, len(result.task_names)))
+    print(f"\nresults: {path}  (accuracy_matrix.csv, curves.csv, metrics.json, accuracy_curves.png)")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from metaspike.experiment import compare, format_table
+
+    metas = args.meta if args.meta is not None else [0.0, DEFAULT_META]
+    base = _config(args, [metas[0]], args.seeds[0])
+    path, rows = compare(base, metas, args.seeds, args.out, progress=not args.quiet)
+    n_tasks = sum(1 for key in rows[0] if key.startswith("task "))
+    print()
+    print(f"final test accuracy (%) after the last task, mean ± std over seeds {args.seeds}:")
+    print(format_table(rows, n_tasks))
+    print(f"\nresults: {path}  (comparison.csv, comparison.png, one run folder per setting)")
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from metaspike.plots import plot_run
+
+    for written in plot_run(Path(args.run_dir)):
+        print(written)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``metaspike`` console script; returns the exit status.
+
+    Example:
+        >>> main(["train", "--tasks", "0"])  # doctest: +SKIP
+        metaspike: error: --tasks must be an integer >= 1, got 0
+        2
+    """
+    args = _parser().parse_args(argv)
+    from metaspike.training import TrainingDiverged
+
+    try:
+        {"train": _train, "compare": _compare, "plot": _plot}[args.command](args)
+    except (ValueError, ImportError, TrainingDiverged) as err:
+        print(f"metaspike: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("metaspike: interrupted; results written so far are kept in the run folder", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,104 @@
+"""Continual-learning metrics, computed from the accuracy matrix by pure functions.
+
+``R[i, j]`` is the test accuracy on task ``j`` after training task ``i`` (0-based here; the
+definitions below are written 1-based as in the literature), ``b[j]`` the accuracy of the untrained
+network on task ``j``, ``T`` the number of tasks.
+
+* ACC = (1/T) Σ_j R[T, j]  (Lopez-Paz & Ranzato 2017)
+* BWT = 1/(T−1) Σ_{j<T} (R[T, j] − R[j, j]); negative means forgetting (Lopez-Paz & Ranzato 2017)
+* FWT = 1/(T−1) Σ_{j>1} (R[j−1, j] − b[j])  (Lopez-Paz & Ranzato 2017)
+* forgetting = 1/(T−1) Σ_{j<T} max_{l<T} (R[l, j] − R[T, j]); positive means forgetting
+  (Chaudhry et al. 2018)
+
+Metrics that need two tasks or more are ``nan`` for a single task.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["average_accuracy", "backward_transfer", "forward_transfer", "forgetting", "summarize"]
+
+
+def _square(matrix: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    r = np.asarray(matrix, dtype=float)
+    if r.ndim != 2 or r.shape[0] != r.shape[1] or r.shape[0] == 0:
+        raise ValueError(f"accuracy matrix must be square T x T with T >= 1, got shape {r.shape}")
+    return r
+
+
+def average_accuracy(matrix: Sequence[Sequence[float]] | np.ndarray) -> float:
+    """ACC: mean accuracy over all tasks after the last one (last row of any R).
+
+    Example:
+        >>> average_accuracy([[90, 10], [60, 95]])
+        77.5
+    """
+    r = np.asarray(matrix, dtype=float)
+    if r.ndim != 2 or r.size == 0:
+        raise ValueError(f"accuracy matrix must be 2-D and non-empty, got shape {r.shape}")
+    return float(r[-1].mean())
+
+
+def backward_transfer(matrix: Sequence[Sequence[float]] | np.ndarray) -> float:
+    """BWT: mean change of each earlier task's accuracy from just after learning it to the end.
+
+    Example:
+        >>> backward_transfer([[90, 10], [60, 95]])
+        -30.0
+    """
+    r = _square(matrix)
+    t = len(r)
+    if t < 2:
+        return math.nan
+    return float(np.mean([r[-1, j] - r[j, j] for j in range(t - 1)]))
+
+
+def forward_transfer(matrix: Sequence[Sequence[float]] | np.ndarray, baseline: Sequence[float]) -> float:
+    """FWT: mean accuracy on each task just before learning it, above the untrained network's.
+
+    Example:
+        >>> forward_transfer([[90, 10], [60, 95]], baseline=[10, 12])
+        -2.0
+    """
+    r = _square(matrix)
+    b = np.asarray(baseline, dtype=float)
+    if b.shape != (len(r),):
+        raise ValueError(f"baseline must hold one accuracy per task ({len(r)}), got shape {b.shape}")
+    if len(r) < 2:
+        return math.nan
+    return float(np.mean([r[j - 1, j] - b[j] for j in range(1, len(r))]))
+
+
+def forgetting(matrix: Sequence[Sequence[float]] | np.ndarray) -> float:
+    """Forgetting (Chaudhry et al. 2018): mean drop from each earlier task's best accuracy to its final one.
+
+    Example:
+        >>> forgetting([[90, 10], [60, 95]])
+        30.0
+    """
+    r = _square(matrix)
+    t = len(r)
+    if t < 2:
+        return math.nan
+    return float(np.mean([r[: t - 1, j].max() - r[-1, j] for j in range(t - 1)]))
+
+
+def summarize(matrix: Sequence[Sequence[float]] | np.ndarray, baseline: Sequence[float] | None = None) -> dict[str, float]:
+    """All metrics of an accuracy matrix as a dict (``nan`` where undefined).
+
+    Example:
+        >>> summarize([[90, 10], [60, 95]], baseline=[10, 12])["BWT"]
+        -30.0
+    """
+    r = np.asarray(matrix, dtype=float)
+    square = r.ndim == 2 and r.shape[0] == r.shape[1]
+    return {
+        "ACC": average_accuracy(r),
+        "BWT": backward_transfer(r) if square else math.nan,
+        "FWT": forward_transfer(r, baseline) if square and baseline is not None else math.nan,
+        "forgetting": forgetting(r) if square else math.nan,
+    }

@@ -1,0 +1,166 @@
+"""Run directories: every result file written atomically as soon as it is known.
+
+A run directory holds ``config.json`` (everything needed to rerun it), ``scenario.json`` (the exact
+task definitions: permutations, class groups, subsets), ``accuracy_matrix.csv`` (row i: after
+training task i; column j: test accuracy on task j, percent), ``curves.csv`` (one row per epoch),
+``metrics.json`` (ACC, BWT, FWT, forgetting) and ``hidden_weights.json`` (histograms per layer after
+each task). Files are replaced atomically (temporary file, then rename), so a run that dies leaves
+the last complete version of each, and a new run never writes into an existing directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from metaspike.continual.trainer import ContinualResult
+
+__all__ = ["RunDirectory", "load_run", "atomic_write_text", "unique_directory"]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def _csv(rows: list[list[Any]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def unique_directory(root: str | os.PathLike, name: str) -> Path:
+    """Create and return ``root/name`` (``root/name-2``, ``-3`` ... when taken); never reuses one.
+
+    Raises ``ValueError`` with the reason when ``root`` cannot be written.
+
+    Example:
+        >>> import tempfile
+        >>> unique_directory(tempfile.mkdtemp(), "run").name
+        'run'
+    """
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, 10_000):
+            path = root / (name if attempt == 1 else f"{name}-{attempt}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            probe = path / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+            return path
+    except OSError as err:
+        raise ValueError(f"cannot write results to {root}: {err.strerror or err}") from None
+    raise ValueError(f"too many runs named {name!r} in {root}")
+
+
+class RunDirectory:
+    """Writes a run's results into its own directory (see module docs for the files).
+
+    Example:
+        >>> import tempfile
+        >>> run = RunDirectory.create(tempfile.mkdtemp(), "demo", config={"meta": 1.35})
+        >>> (run.path / "config.json").exists()
+        True
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls, root: str | os.PathLike, name: str, config: dict[str, Any], scenario: dict[str, Any] | None = None) -> "RunDirectory":
+        """Make a new run directory under ``root`` and write its config (and scenario definition)."""
+        run = cls(unique_directory(root, name))
+        run.write_json("config.json", config)
+        if scenario is not None:
+            run.write_json("scenario.json", scenario)
+        return run
+
+    def write_json(self, name: str, data: Any) -> Path:
+        path = self.path / name
+        atomic_write_text(path, json.dumps(_json_ready(data), indent=2) + "\n")
+        return path
+
+    def epoch_done(self, row: dict[str, Any]) -> None:
+        """Append one epoch to ``curves.csv`` (the file is rewritten whole, atomically)."""
+        self._curves = getattr(self, "_curves", []) + [row]
+        header = list(self._curves[0])
+        body = [[r[k] if not isinstance(r[k], float) else round(r[k], 4) for k in header] for r in self._curves]
+        atomic_write_text(self.path / "curves.csv", _csv([header] + body))
+
+    def task_done(self, result: ContinualResult) -> None:
+        """Write the accuracy matrix so far, histograms and metrics (marked incomplete)."""
+        self.write_matrix(result)
+        self.write_json("hidden_weights.json", result.histograms)
+        self.write_metrics(result, complete=False)
+
+    def write_matrix(self, result: ContinualResult) -> None:
+        rows = [["after_task"] + result.task_names]
+        rows += [[i + 1] + [round(a, 2) for a in accs] for i, accs in enumerate(result.matrix)]
+        atomic_write_text(self.path / "accuracy_matrix.csv", _csv(rows))
+
+    def write_metrics(self, result: ContinualResult, complete: bool = True) -> None:
+        metrics = {k: round(v, 3) if math.isfinite(v) else v for k, v in result.metrics.items()}
+        self.write_json(
+            "metrics.json",
+            {**metrics, "final_accuracy": [round(a, 2) for a in result.matrix[-1]] if result.matrix else [],
+             "untrained_accuracy": [round(a, 2) for a in result.baseline],
+             "tasks_trained": len(result.matrix), "seconds": round(result.seconds, 1), "complete": complete},
+        )
+
+
+def load_run(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a run directory back: config, task names, matrix, curves, metrics, histograms.
+
+    Example:
+        >>> run = load_run("runs/latest")  # doctest: +SKIP
+    """
+    path = Path(path)
+    if not (path / "accuracy_matrix.csv").exists():
+        raise ValueError(f"{path} is not a run directory (no accuracy_matrix.csv)")
+    with open(path / "accuracy_matrix.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    curves = []
+    if (path / "curves.csv").exists():
+        with open(path / "curves.csv", newline="") as handle:
+            curves = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+    def read_json(name: str) -> Any:
+        file = path / name
+        return json.loads(file.read_text()) if file.exists() else None
+
+    return {
+        "path": path,
+        "config": read_json("config.json") or {},
+        "task_names": rows[0][1:],
+        "matrix": [[float(v) for v in row[1:]] for row in rows[1:]],
+        "curves": curves,
+        "metrics": read_json("metrics.json") or {},
+        "histograms": read_json("hidden_weights.json") or [],
+    }

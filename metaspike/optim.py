@@ -1,0 +1,250 @@
+"""Metaplastic optimizers.
+
+* :class:`MetaplasticAdam`: Adam in which the first-moment term of every weight matrix/kernel is
+  damped by a consolidation rule wherever it would move the hidden weight toward zero. With
+  ``meta=0`` it is ``torch.optim.Adam`` bit for bit.
+* :func:`metaplastic`: adds the same rule to any torch optimizer (SGD, AdamW, ...) through step hooks.
+
+``meta`` is a param-group hyperparameter, so every layer can have its own strength.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from metaspike.consolidation import ConsolidationRule, check_meta, consolidate, get_rule
+from metaspike.synapse import weight_matrices
+
+__all__ = ["MetaplasticAdam", "metaplastic", "param_groups"]
+
+
+def _is_consolidated(param: Tensor) -> bool:
+    """Weight matrices and kernels are consolidated; biases and BatchNorm parameters (1-D) are not."""
+    return param.dim() > 1
+
+
+def _check_group(group: dict[str, Any]) -> None:
+    check_meta(group["meta"], "meta")
+    get_rule(group["rule"])
+
+
+class MetaplasticAdam(Optimizer):
+    """Adam with metaplastic consolidation of hidden weights (Laborieux et al. 2021).
+
+    For every parameter with more than one dimension, the first moment ``exp_avg`` used in the
+    update is multiplied by ``rule.factor(W_h, meta)`` (``1 - tanh²(meta·W_h)`` by default) where
+    ``sign(W_h)·exp_avg > 0``, i.e. where the step would move ``W_h`` toward zero. The stored moment
+    is not changed. 1-D parameters get plain Adam. Weight decay is added to the gradient, as in
+    ``torch.optim.Adam``.
+
+    Args:
+        params: parameters or param groups; a group may set its own ``meta`` and ``rule``.
+        lr, betas, eps, weight_decay: as in ``torch.optim.Adam``.
+        meta: metaplasticity strength ``m >= 0``; ``0`` gives plain Adam.
+        rule: consolidation rule name (see :func:`metaspike.consolidation.available_rules`) or object.
+        foreach: use the multi-tensor path; ``None`` chooses as ``torch.optim.Adam`` does.
+
+    Example:
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = MetaplasticAdam(model.parameters(), lr=0.005, meta=1.35)
+        >>> model(torch.randn(3, 4)).sum().backward()
+        >>> opt.step()
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        meta: float = 0.0,
+        rule: str | ConsolidationRule = "tanh",
+        *,
+        foreach: bool | None = None,
+    ) -> None:
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
+            raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
+        if not (isinstance(eps, (int, float)) and eps >= 0):
+            raise ValueError(f"eps must be >= 0, got {eps!r}")
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            meta=check_meta(meta),
+            rule=rule,
+            foreach=foreach,
+        )
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group; its ``meta`` and ``rule`` are validated."""
+        super().add_param_group(param_group)
+        _check_group(self.param_groups[-1])
+
+    def _init_state(self, param: Tensor) -> dict[str, Tensor]:
+        state = self.state[param]
+        if not state:
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        return state
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        """Perform one optimization step; ``closure`` re-evaluates the loss, as in torch optimizers."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if any(p.grad.is_sparse for p in params):
+                raise RuntimeError("MetaplasticAdam does not support sparse gradients")
+            states = [self._init_state(p) for p in params]
+            foreach = group["foreach"]
+            if foreach is None:
+                foreach = all(p.device.type != "cpu" for p in params) and not torch.jit.is_scripting()
+            update = _multi_tensor_step if foreach else _single_tensor_step
+            update(group, params, states)
+        return loss
+
+
+def _consolidated_moment(param: Tensor, exp_avg: Tensor, group: dict[str, Any]) -> Tensor:
+    if group["meta"] == 0 or not _is_consolidated(param):
+        return exp_avg
+    return consolidate(param, exp_avg, group["meta"], group["rule"])
+
+
+def _single_tensor_step(group: dict[str, Any], params: list[Tensor], states: list[dict]) -> None:
+    beta1, beta2 = group["betas"]
+    lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+    for param, state in zip(params, states):
+        grad = param.grad
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        state["step"] += 1
+        if weight_decay != 0:
+            grad = grad.add(param, alpha=weight_decay)
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step = state["step"].item()
+        step_size = lr / (1 - beta1**step)
+        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+        param.addcdiv_(_consolidated_moment(param, exp_avg, group), denom, value=-step_size)
+
+
+def _multi_tensor_step(group: dict[str, Any], params: list[Tensor], states: list[dict]) -> None:
+    beta1, beta2 = group["betas"]
+    lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+    grads = [p.grad for p in params]
+    exp_avgs = [s["exp_avg"] for s in states]
+    exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+    steps = [s["step"] for s in states]
+    torch._foreach_add_(steps, torch.tensor(1.0), alpha=1.0)
+    if weight_decay != 0:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+    step_values = [s.item() for s in steps]
+    step_sizes = [(lr / (1 - beta1**t)) * -1 for t in step_values]
+    denoms = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denoms, [(1 - beta2**t) ** 0.5 for t in step_values])
+    torch._foreach_add_(denoms, eps)
+    moments = [_consolidated_moment(p, m, group) for p, m in zip(params, exp_avgs)]
+    torch._foreach_addcdiv_(params, moments, denoms, step_sizes)
+
+
+def metaplastic(
+    optimizer: Optimizer, meta: float = 1.35, rule: str | ConsolidationRule = "tanh"
+) -> Optimizer:
+    """Add metaplastic consolidation to any torch optimizer, in place, and return it.
+
+    Before each step the weight matrices are remembered; after it, the part of each change that
+    moved a weight toward zero is scaled by the rule's factor at the old weight. ``meta`` becomes a
+    param-group hyperparameter (groups that already set one keep it), so LR schedulers,
+    ``state_dict()`` and per-layer strengths work as with the plain optimizer.
+
+    Example:
+        >>> model = torch.nn.Linear(4, 2)
+        >>> opt = metaplastic(torch.optim.SGD(model.parameters(), lr=0.1), meta=2.0)
+        >>> model(torch.randn(3, 4)).sum().backward()
+        >>> opt.step()
+    """
+    if getattr(optimizer, "_metaspike_hooked", False):
+        raise ValueError("this optimizer already has metaplastic consolidation")
+    optimizer.defaults.setdefault("meta", check_meta(meta))
+    optimizer.defaults.setdefault("rule", rule)
+    for group in optimizer.param_groups:
+        group.setdefault("meta", optimizer.defaults["meta"])
+        group.setdefault("rule", optimizer.defaults["rule"])
+        _check_group(group)
+    before: dict[Tensor, Tensor] = {}
+
+    def remember(opt: Optimizer, args: Any, kwargs: Any) -> None:
+        before.clear()
+        for group in opt.param_groups:
+            if group["meta"] != 0:
+                for p in group["params"]:
+                    if p.grad is not None and _is_consolidated(p):
+                        before[p] = p.detach().clone()
+
+    @torch.no_grad()
+    def damp(opt: Optimizer, args: Any, kwargs: Any) -> None:
+        for group in opt.param_groups:
+            for p in group["params"]:
+                old = before.get(p)
+                if old is not None:
+                    update = old - p
+                    p.copy_(old - consolidate(old, update, group["meta"], group["rule"]))
+        before.clear()
+
+    optimizer.register_step_pre_hook(remember)
+    optimizer.register_step_post_hook(damp)
+    optimizer._metaspike_hooked = True  # type: ignore[attr-defined]
+    return optimizer
+
+
+def param_groups(model: nn.Module, meta: float | Sequence[float]) -> list[dict[str, Any]]:
+    """Param groups giving each weight matrix its own ``meta`` (one value for all, or one per layer).
+
+    Weight matrices are the hidden weights of binary synapses (or, in a model without any, every
+    parameter with more than one dimension), in model order; all other parameters form a last
+    group with ``meta=0``.
+
+    Example:
+        >>> from bnn import MLP
+        >>> groups = param_groups(MLP([784, 100, 100, 10]), [2.0, 1.0, 0.5])
+        >>> [g["meta"] for g in groups]
+        [2.0, 1.0, 0.5, 0.0]
+    """
+    matrices = [w for _, w in weight_matrices(model)]
+    if isinstance(meta, (int, float)):
+        metas = [check_meta(meta)] * len(matrices)
+    else:
+        metas = [check_meta(m, "meta") for m in meta]
+        if len(metas) != len(matrices):
+            raise ValueError(
+                f"got {len(metas)} meta values but the model has {len(matrices)} weight layers; "
+                "give one value or one per layer"
+            )
+    chosen = {id(w) for w in matrices}
+    rest = [p for p in model.parameters() if id(p) not in chosen]
+    groups: list[dict[str, Any]] = [{"params": [w], "meta": m} for w, m in zip(matrices, metas)]
+    if rest:
+        groups.append({"params": rest, "meta": 0.0})
+    return groups

@@ -1,0 +1,113 @@
+"""Figures from run directories (matplotlib, imported only when a figure is drawn).
+
+* :func:`plot_run`: each task's test accuracy over training (the paper's Fig. 2 layout) and the
+  hidden-weight histograms per layer after each task.
+* :func:`plot_comparison`: several runs on the same stream side by side.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from metaspike.continual.results import load_run
+
+__all__ = ["plot_run", "plot_comparison"]
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("figures need matplotlib: pip install matplotlib") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _draw_curves(ax, run: dict[str, Any], title: str) -> None:
+    curves, names = run["curves"], run["task_names"]
+    if not curves:
+        return
+    x = [row["global_epoch"] for row in curves]
+    for j, name in enumerate(names):
+        ax.plot(x, [row[name] for row in curves], label=f"task {j + 1}" if len(names) > 1 else "test")
+    epochs = int(run["config"].get("epochs", 0)) or None
+    if epochs and len(names) > 1:
+        for boundary in range(epochs, int(max(x)), epochs):
+            ax.axvline(boundary + 0.5, color="0.8", lw=0.8, zorder=0)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower left")
+
+
+def plot_run(run_dir: str | os.PathLike) -> list[Path]:
+    """Draw ``accuracy_curves.png`` and ``hidden_weights.png`` into ``run_dir``; return their paths.
+
+    Example:
+        >>> plot_run("runs/permuted-meta10")  # doctest: +SKIP
+    """
+    plt = _pyplot()
+    run = load_run(run_dir)
+    path = Path(run_dir)
+    written = []
+    meta = run["config"].get("meta", "?")
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    _draw_curves(ax, run, f"{run['config'].get('scenario', 'run')}, meta = {meta}")
+    fig.tight_layout()
+    fig.savefig(path / "accuracy_curves.png", dpi=120)
+    plt.close(fig)
+    written.append(path / "accuracy_curves.png")
+    if run["histograms"]:
+        layers = list(run["histograms"][-1]["layers"])
+        fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3), squeeze=False)
+        for ax, layer in zip(axes[0], layers):
+            for snapshot in run["histograms"]:
+                h = snapshot["layers"][layer]
+                centres = [(a + b) / 2 for a, b in zip(h["edges"][:-1], h["edges"][1:])]
+                ax.plot(centres, h["counts"], label=f"after task {snapshot['after_task']}")
+            ax.set_yscale("log")
+            ax.set_title(f"layer {layer}", fontsize=10)
+            ax.set_xlabel("hidden weight $W_h$")
+        axes[0][0].set_ylabel("count")
+        axes[0][-1].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path / "hidden_weights.png", dpi=120)
+        plt.close(fig)
+        written.append(path / "hidden_weights.png")
+    return written
+
+
+def plot_comparison(run_dirs: Sequence[str | os.PathLike], labels: Sequence[str], out: str | os.PathLike) -> Path:
+    """One figure: accuracy curves of each run (top) and final accuracy per task (bottom).
+
+    Example:
+        >>> plot_comparison(["runs/a", "runs/b"], ["meta=0", "meta=10"], "runs/compare.png")  # doctest: +SKIP
+    """
+    plt = _pyplot()
+    runs = [load_run(d) for d in run_dirs]
+    fig, axes = plt.subplots(2, len(runs), figsize=(4.2 * len(runs), 6.4), squeeze=False)
+    for k, (run, label) in enumerate(zip(runs, labels)):
+        _draw_curves(axes[0][k], run, label)
+    bottom = plt.subplot2grid((2, len(runs)), (1, 0), colspan=len(runs), fig=fig)
+    for ax in axes[1]:
+        ax.remove()
+    n_tasks = len(runs[0]["task_names"])
+    width = 0.8 / len(runs)
+    for k, (run, label) in enumerate(zip(runs, labels)):
+        final = run["matrix"][-1]
+        bottom.bar([j + k * width for j in range(n_tasks)], final, width, label=label)
+    bottom.set_xticks([j + 0.4 - width / 2 for j in range(n_tasks)], [f"task {j + 1}" for j in range(n_tasks)])
+    bottom.set_ylabel("accuracy after the last task (%)")
+    bottom.set_ylim(0, 100)
+    bottom.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -1,0 +1,255 @@
+"""The binary synapse: ``sign`` in the forward pass, a straight-through gradient in the backward pass.
+
+* :func:`ste_sign` binarizes hidden weights; the gradient passes unchanged (straight through), so
+  the hidden weight ``W_h`` keeps accumulating updates and its magnitude can act as a consolidation
+  variable.
+* :func:`clipped_sign` binarizes activations; the gradient passes only where ``|x| <= 1``.
+* :func:`binarize` puts :func:`ste_sign` onto the weights of any existing model (snnTorch, Norse or
+  plain torch) with ``torch.nn.utils.parametrize``: the hidden weights stay the trainable
+  parameters, the forward pass sees ±1.
+* :func:`hidden_weights` returns the hidden weights of a model, to hand to the optimizer.
+
+``sign(0)`` is taken as ``+1`` so that the forward pass is strictly binary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+__all__ = [
+    "ste_sign",
+    "clipped_sign",
+    "get_quantizer",
+    "available_quantizers",
+    "BinarySynapse",
+    "SignWeight",
+    "binarize",
+    "hidden_weights",
+    "weight_matrices",
+    "binary_modules",
+    "binarized_once",
+]
+
+Quantizer = Callable[[Tensor], Tensor]
+
+
+def _sign(x: Tensor) -> Tensor:
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+class _SteSign(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        return _sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        return grad
+
+
+class _ClippedSign(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return _sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() <= 1).to(grad.dtype)
+
+
+def ste_sign(x: Tensor) -> Tensor:
+    """``sign(x)`` (with ``sign(0) = +1``) whose gradient is passed straight through.
+
+    Example:
+        >>> w = torch.tensor([-0.3, 0.0, 2.0], requires_grad=True)
+        >>> ste_sign(w)
+        tensor([-1.,  1.,  1.], grad_fn=<_SteSignBackward>)
+    """
+    return _SteSign.apply(x)
+
+
+def clipped_sign(x: Tensor) -> Tensor:
+    """``sign(x)`` whose gradient passes only where ``|x| <= 1`` (hard-tanh straight-through).
+
+    Example:
+        >>> x = torch.tensor([-2.0, 0.5], requires_grad=True)
+        >>> clipped_sign(x).sum().backward(); x.grad
+        tensor([0., 1.])
+    """
+    return _ClippedSign.apply(x)
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+_QUANTIZERS: dict[str, Quantizer] = {"ste_sign": ste_sign, "clipped_sign": clipped_sign, "none": _identity}
+
+
+def available_quantizers() -> list[str]:
+    """Names accepted by :func:`get_quantizer`.
+
+    Example:
+        >>> available_quantizers()
+        ['clipped_sign', 'none', 'ste_sign']
+    """
+    return sorted(_QUANTIZERS)
+
+
+def get_quantizer(quantizer: str | Quantizer | None) -> Quantizer:
+    """Resolve a quantizer given by name, as a callable, or ``None`` (no quantization).
+
+    Example:
+        >>> get_quantizer("ste_sign")(torch.tensor([-0.2]))
+        tensor([-1.])
+    """
+    if quantizer is None:
+        return _identity
+    if isinstance(quantizer, str):
+        try:
+            return _QUANTIZERS[quantizer]
+        except KeyError:
+            raise ValueError(
+                f"unknown quantizer {quantizer!r}; available: {', '.join(available_quantizers())}"
+            ) from None
+    if not callable(quantizer):
+        raise ValueError(f"quantizer must be a name, a callable or None, got {quantizer!r}")
+    return quantizer
+
+
+class BinarySynapse:
+    """Mixin for layers whose ``weight`` parameter is a hidden weight seen as ±1 in the forward pass.
+
+    Layers of the ``bnn`` API inherit from it, so :func:`hidden_weights` finds them without
+    ``metaspike`` importing ``bnn``.
+    """
+
+    weight: nn.Parameter
+    weight_quantizer: Quantizer
+
+    @property
+    def is_binary(self) -> bool:
+        """True when the weight quantizer binarizes (anything but ``"none"``)."""
+        return self.weight_quantizer is not _identity
+
+    def visible_weight(self) -> Tensor:
+        """The weight the forward pass uses (±1 for a binary synapse)."""
+        return self.weight_quantizer(self.weight)
+
+
+class SignWeight(nn.Module):
+    """Parametrization that shows ``ste_sign(W_h)`` in place of the hidden weight ``W_h``."""
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return ste_sign(hidden)
+
+
+_DEFAULT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def binarize(
+    module: nn.Module,
+    layer_types: Sequence[type[nn.Module]] = _DEFAULT_LAYERS,
+    exclude: Sequence[str] = (),
+) -> nn.Module:
+    """Turn the weights of ``module``'s linear/conv layers into binary synapses, in place.
+
+    Each selected layer's ``weight`` becomes ``ste_sign(W_h)``; ``W_h`` stays the trainable
+    parameter (reachable through :func:`hidden_weights`). Biases stay real-valued. Works on any
+    model, e.g. an snnTorch or Norse network, without changing its neurons.
+
+    Args:
+        module: the model to change.
+        layer_types: which layer classes get binary weights.
+        exclude: qualified names of layers to leave real-valued (e.g. ``["0"]`` for a first layer).
+
+    Example:
+        >>> net = binarize(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()))
+        >>> sorted(set(net[0].weight.abs().flatten().tolist()))
+        [1.0]
+    """
+    names = {name for name, _ in module.named_modules()}
+    unknown = sorted(set(exclude) - names)
+    if unknown:
+        raise ValueError(f"exclude names layers that do not exist: {unknown}")
+    changed = 0
+    for name, layer in module.named_modules():
+        if not isinstance(layer, tuple(layer_types)) or name in exclude or isinstance(layer, BinarySynapse):
+            continue
+        if not isinstance(getattr(layer, "weight", None), nn.Parameter) and not parametrize.is_parametrized(layer, "weight"):
+            continue
+        if _has_sign_parametrization(layer):
+            continue
+        parametrize.register_parametrization(layer, "weight", SignWeight())
+        changed += 1
+    if changed == 0 and not any(True for _ in binary_modules(module)):
+        kinds = ", ".join(t.__name__ for t in layer_types)
+        raise ValueError(f"{type(module).__name__} has no layer to binarize (looked for {kinds})")
+    return module
+
+
+def _has_sign_parametrization(layer: nn.Module) -> bool:
+    return parametrize.is_parametrized(layer, "weight") and any(
+        isinstance(p, SignWeight) for p in layer.parametrizations.weight  # type: ignore[union-attr]
+    )
+
+
+def binary_modules(module: nn.Module) -> Iterator[tuple[str, nn.Module, nn.Parameter]]:
+    """Yield ``(name, layer, hidden_weight)`` for every binary synapse layer in ``module``.
+
+    Example:
+        >>> net = binarize(torch.nn.Sequential(torch.nn.Linear(4, 3)))
+        >>> [name for name, _, _ in binary_modules(net)]
+        ['0']
+    """
+    for name, layer in module.named_modules():
+        if isinstance(layer, BinarySynapse) and layer.is_binary:
+            yield name, layer, layer.weight
+        elif _has_sign_parametrization(layer):
+            yield name, layer, layer.parametrizations.weight.original  # type: ignore[union-attr]
+
+
+def hidden_weights(module: nn.Module) -> list[nn.Parameter]:
+    """The hidden weights of every binary synapse in ``module``.
+
+    Example:
+        >>> net = binarize(torch.nn.Sequential(torch.nn.Linear(4, 3)))
+        >>> [tuple(w.shape) for w in hidden_weights(net)]
+        [(3, 4)]
+    """
+    return [weight for _, _, weight in binary_modules(module)]
+
+
+def weight_matrices(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """``(layer name, hidden weight)`` of each binary synapse layer, or, for a model without binary
+    synapses, of each parameter with more than one dimension (the full-precision variant).
+
+    Example:
+        >>> [name for name, _ in weight_matrices(torch.nn.Sequential(torch.nn.Linear(3, 2)))]
+        ['0']
+    """
+    found = [(name, weight) for name, _, weight in binary_modules(model)]
+    if found:
+        return found
+    return [(name.rsplit(".", 1)[0], p) for name, p in model.named_parameters() if p.dim() > 1]
+
+
+def binarized_once() -> AbstractContextManager:
+    """Context in which each parametrized binary weight is computed once and reused.
+
+    Use it around a spiking time loop so the sign is taken once per optimizer step, not once per
+    time step.
+
+    Example:
+        >>> net = binarize(torch.nn.Sequential(torch.nn.Linear(4, 3)))
+        >>> with binarized_once():
+        ...     out = sum(net(torch.randn(2, 4)) for _ in range(5))
+    """
+    return parametrize.cached()

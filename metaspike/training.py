@@ -1,0 +1,137 @@
+"""The plain training and evaluation loops shared by ``bnn.fit`` and the continual-learning trainer.
+
+Data are in-memory tensors; batches are drawn with a seeded ``torch.Generator`` so runs repeat
+exactly. Outputs can be restricted to a subset of classes (task-incremental heads).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+__all__ = ["check_inputs", "train_epoch", "evaluate", "TrainingDiverged"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; training stopped before the weights were changed by it."""
+
+
+def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str = "input") -> None:
+    """Reject data that cannot train ``model``, with one clear message.
+
+    Checks dtype, NaN/inf, matching lengths and that a forward pass on two samples works (the
+    message names the input shape and what the model expected).
+
+    Example:
+        >>> check_inputs(torch.nn.Linear(4, 2), torch.rand(10, 4))
+    """
+    if not torch.is_floating_point(x):
+        raise ValueError(f"{what} must be floating point, got dtype {x.dtype}")
+    if len(x) == 0:
+        raise ValueError(f"{what} is empty")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what} contains NaN or infinite values")
+    if y is not None:
+        if y.dtype != torch.long:
+            raise ValueError(f"labels of {what} must be int64 class indices, got dtype {y.dtype}")
+        if len(y) != len(x):
+            raise ValueError(f"{what} has {len(x)} samples but {len(y)} labels")
+    expected = getattr(model, "in_features", None)
+    if expected is not None and x[0].numel() != expected:
+        raise ValueError(
+            f"{what} samples have shape {tuple(x.shape[1:])} ({x[0].numel()} values) "
+            f"but the model expects {expected} input features"
+        )
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()
+            out = model(x[:2])
+    except RuntimeError as err:
+        first_line = str(err).strip().splitlines()[0]
+        raise ValueError(f"{what} samples of shape {tuple(x.shape[1:])} do not fit the model: {first_line}") from None
+    finally:
+        model.train(was_training)
+    if y is not None and isinstance(out, Tensor) and out.dim() == 2 and int(y.max()) >= out.shape[1]:
+        raise ValueError(f"labels go up to {int(y.max())} but the model has {out.shape[1]} outputs")
+
+
+def _masked(logits: Tensor, classes: Sequence[int] | None) -> Tensor:
+    if classes is None:
+        return logits
+    mask = torch.full((logits.shape[1],), float("-inf"), device=logits.device)
+    mask[list(classes)] = 0.0
+    return logits + mask
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: Optimizer,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int = 100,
+    generator: torch.Generator | None = None,
+    classes: Sequence[int] | None = None,
+    device: torch.device | str = "cpu",
+    progress=None,
+) -> float:
+    """Train one epoch over ``(x, y)`` in shuffled mini-batches; return the mean loss.
+
+    ``classes`` restricts the outputs the loss sees (task-incremental heads). ``progress`` is an
+    optional tqdm-like bar advanced once per batch.
+
+    Example:
+        >>> model = torch.nn.Linear(4, 3)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> loss = train_epoch(model, opt, torch.rand(20, 4), torch.randint(0, 3, (20,)), batch_size=5)
+    """
+    model.train()
+    order = torch.randperm(len(x), generator=generator)
+    total, batches = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        index = order[start : start + batch_size]
+        if len(index) < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            continue  # BatchNorm cannot train on a single sample
+        inputs, targets = x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(_masked(model(inputs), classes), targets)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss.item()} at batch {batches + 1}; lower the learning rate")
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+        batches += 1
+        if progress is not None:
+            progress.update(1)
+    return total / max(batches, 1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int = 1000,
+    classes: Sequence[int] | None = None,
+    device: torch.device | str = "cpu",
+) -> float:
+    """Accuracy of ``model`` on ``(x, y)`` in percent (eval mode, batches of ``batch_size``).
+
+    Example:
+        >>> model = torch.nn.Linear(4, 3)
+        >>> 0.0 <= evaluate(model, torch.rand(20, 4), torch.randint(0, 3, (20,))) <= 100.0
+        True
+    """
+    was_training = model.training
+    model.eval()
+    correct = 0
+    # near-equal chunks: no trailing batch of one sample, which batch-statistics BatchNorm cannot take
+    for index in torch.arange(len(x)).tensor_split(max(1, round(len(x) / batch_size))):
+        inputs, targets = x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
+        correct += (_masked(model(inputs), classes).argmax(1) == targets).sum().item()
+    model.train(was_training)
+    return 100.0 * correct / len(x)

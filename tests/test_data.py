@@ -1,0 +1,456 @@
+"""Tests for metaspike.data: IDX I/O, dataset loaders, validation and errors."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from metaspike.data import (
+    ArrayDataset,
+    DataError,
+    available_datasets,
+    default_data_dir,
+    load_dataset,
+    read_idx,
+    write_idx,
+)
+
+REAL_MNIST = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
+ALL_NAMES = ["cifar10", "digits", "fashion-mnist", "kmnist", "mnist", "mnist5k"]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _fake_mnist(root: Path, name: str = "mnist", n_train: int = 20, n_test: int = 8,
+                gz: bool = True, seed: int = 1) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    suffix = ".gz" if gz else ""
+    for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        images[0] = 255  # make sure the maximum value appears
+        images[1] = 0
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        write_idx(root / name / f"{prefix}-images-idx3-ubyte{suffix}", images)
+        write_idx(root / name / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
+        out[split] = (images, labels)
+    return out
+
+
+def _cifar_batch(n: int, start_label: int, rng: np.random.Generator) -> tuple[dict, np.ndarray]:
+    data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+    labels = [(start_label + i) % 10 for i in range(n)]
+    return {b"batch_label": b"fake", b"labels": labels, b"data": data,
+            b"filenames": [b"f%d.png" % i for i in range(n)]}, data
+
+
+def _fake_cifar(folder: Path, n: int = 4) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Write cifar-10-batches-py/ with n images per batch; return expected arrays."""
+    rng = np.random.default_rng(7)
+    batch_dir = folder / "cifar-10-batches-py"
+    batch_dir.mkdir(parents=True)
+    expect: dict[str, list] = {"train": [[], []], "test": [[], []]}
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for k, bname in enumerate(names):
+        batch, data = _cifar_batch(n, k, rng)
+        # protocol 2, like the official (Python 2) files
+        (batch_dir / bname).write_bytes(pickle.dumps(batch, protocol=2))
+        split = "test" if bname == "test_batch" else "train"
+        expect[split][0].append(data)
+        expect[split][1].extend(batch[b"labels"])
+    return {s: (np.concatenate(v[0]), np.asarray(v[1])) for s, v in expect.items()}
+
+
+# ---------------------------------------------------------------- IDX I/O
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])
+def test_idx_round_trip(tmp_path, suffix, dtype):
+    rng = np.random.default_rng(0)
+    arr = (rng.normal(size=(5, 3, 4)) * 50).astype(dtype)
+    path = tmp_path / f"a-idx3{suffix}"
+    write_idx(path, arr)
+    back = read_idx(path)
+    assert back.dtype == np.dtype(dtype)
+    assert back.shape == (5, 3, 4)
+    np.testing.assert_array_equal(back, arr)
+    raw = path.read_bytes()
+    assert (raw[:2] == b"\x1f\x8b") == (suffix == ".gz")
+
+
+def test_idx_header_layout(tmp_path):
+    path = tmp_path / "labels"
+    write_idx(path, np.array([7, 2, 1], dtype=np.uint8))
+    # magic 0 0 0x08 1, dim 3 big-endian, then the bytes
+    assert path.read_bytes() == bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 2, 1])
+
+
+def test_idx_gzip_detected_by_magic_not_name(tmp_path):
+    arr = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    gz = tmp_path / "x.gz"
+    write_idx(gz, arr)
+    disguised = tmp_path / "x-idx2-ubyte"  # gzipped content, no .gz suffix
+    disguised.write_bytes(gz.read_bytes())
+    np.testing.assert_array_equal(read_idx(disguised), arr)
+    plain = tmp_path / "plain"
+    write_idx(plain, arr)
+    named_gz = tmp_path / "plain-but-named.gz"  # raw content with .gz suffix
+    named_gz.write_bytes(plain.read_bytes())
+    np.testing.assert_array_equal(read_idx(named_gz), arr)
+
+
+def test_idx_truncated_names_file(tmp_path):
+    path = tmp_path / "short-idx3-ubyte"
+    write_idx(path, np.zeros((4, 28, 28), dtype=np.uint8))
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(DataError, match="truncated") as info:
+        read_idx(path)
+    assert str(path) in str(info.value)
+    assert "3136" in str(info.value)  # 4*28*28 expected data bytes
+
+
+def test_idx_truncated_gzip_names_file(tmp_path):
+    path = tmp_path / "short.gz"
+    write_idx(path, np.arange(4000, dtype=np.int32))
+    path.write_bytes(path.read_bytes()[:-30])
+    with pytest.raises(DataError) as info:
+        read_idx(path)
+    assert str(path) in str(info.value)
+
+
+def test_idx_bad_magic_names_file(tmp_path):
+    path = tmp_path / "notidx"
+    path.write_bytes(b"PK\x03\x04" + bytes(100))
+    with pytest.raises(DataError, match="magic") as info:
+        read_idx(path)
+    assert str(path) in str(info.value)
+
+
+def test_idx_unknown_type_code_and_trailing_bytes(tmp_path):
+    bad_type = tmp_path / "badtype"
+    bad_type.write_bytes(bytes([0, 0, 0x07, 1, 0, 0, 0, 1, 5]))
+    with pytest.raises(DataError, match="0x07"):
+        read_idx(bad_type)
+    trailing = tmp_path / "trailing"
+    trailing.write_bytes(bytes([0, 0, 0x08, 1, 0, 0, 0, 2, 5, 6, 9]))
+    with pytest.raises(DataError, match="1 unexpected trailing"):
+        read_idx(trailing)
+
+
+def test_idx_missing_file(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        read_idx(tmp_path / "nope")
+
+
+def test_write_idx_rejects_unsupported_dtype(tmp_path):
+    with pytest.raises(DataError, match="int64"):
+        write_idx(tmp_path / "x", np.zeros(3, dtype=np.int64))
+
+
+# ---------------------------------------------------------------- paths
+
+
+def test_default_data_dir_priority(tmp_path, monkeypatch):
+    monkeypatch.setenv("METASPIKE_DATA", str(tmp_path / "env"))
+    assert default_data_dir(tmp_path / "arg") == tmp_path / "arg"
+    assert default_data_dir() == tmp_path / "env"
+    monkeypatch.delenv("METASPIKE_DATA")
+    assert default_data_dir() == Path.home() / ".cache" / "metaspike" / "data"
+
+
+# ---------------------------------------------------------------- MNIST-style
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_load_fake_mnist(tmp_path, gz):
+    written = _fake_mnist(tmp_path, gz=gz)
+    for split, n in (("train", 20), ("test", 8)):
+        ds = load_dataset("mnist", split, data_dir=tmp_path, download=False)
+        images, labels = written[split]
+        assert ds.x.shape == (n, 1, 28, 28)
+        assert ds.x.dtype == torch.float32 and ds.y.dtype == torch.int64
+        assert float(ds.x.min()) == 0.0 and float(ds.x.max()) == 1.0
+        assert ds.y.tolist() == labels.tolist()
+        # pixel values: exactly uint8 / 255
+        torch.testing.assert_close(ds.x[:, 0], torch.from_numpy(images).float() / 255)
+        assert ds.classes == tuple("0123456789")
+        assert ds.num_features == 784 and len(ds) == n
+
+
+def test_load_is_cached(tmp_path):
+    _fake_mnist(tmp_path)
+    a = load_dataset("mnist", "test", data_dir=tmp_path, download=False)
+    b = load_dataset("mnist", "test", data_dir=tmp_path, download=True)
+    assert a is b
+
+
+def test_fashion_and_kmnist_class_names(tmp_path):
+    _fake_mnist(tmp_path, name="fashion-mnist")
+    _fake_mnist(tmp_path, name="kmnist")
+    fashion = load_dataset("fashion-mnist", "test", data_dir=tmp_path, download=False)
+    kmnist = load_dataset("kmnist", "train", data_dir=tmp_path, download=False)
+    assert fashion.classes[0] == "T-shirt/top" and fashion.classes[9] == "Ankle boot"
+    assert len(fashion.classes) == 10
+    assert kmnist.classes == ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")
+
+
+def test_mnist_mismatched_counts(tmp_path):
+    _fake_mnist(tmp_path)
+    write_idx(tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz", np.zeros(5, dtype=np.uint8))
+    with pytest.raises(DataError, match="8 images but .* 5 labels"):
+        load_dataset("mnist", "test", data_dir=tmp_path, download=False)
+
+
+def test_missing_files_message(tmp_path):
+    (tmp_path / "mnist").mkdir()
+    write_idx(tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz", np.zeros(3, dtype=np.uint8))
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", "test", data_dir=tmp_path, download=False)
+    msg = str(info.value)
+    assert "t10k-images-idx3-ubyte.gz" in msg
+    assert "t10k-labels-idx1-ubyte.gz" not in msg  # present, so not listed
+    assert str((tmp_path / "mnist").resolve()) in msg
+    assert "METASPIKE_DATA" in msg and "mnist5k" in msg and "digits" in msg
+    assert "\n" not in msg
+    # a fully empty dir lists both files of the split
+    with pytest.raises(DataError) as info:
+        load_dataset("kmnist", "train", data_dir=tmp_path, download=False)
+    msg = str(info.value)
+    assert "train-images-idx3-ubyte.gz" in msg and "train-labels-idx1-ubyte.gz" in msg
+    assert str((tmp_path / "kmnist").resolve()) in msg
+
+
+def test_failed_download_gives_one_clear_error(tmp_path, monkeypatch):
+    import metaspike.data as data
+
+    def refuse(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", refuse)
+    with pytest.raises(DataError) as info:
+        load_dataset("fashion-mnist", "test", data_dir=tmp_path, download=True)
+    msg = str(info.value)
+    assert "network unreachable" in msg and "t10k-images-idx3-ubyte.gz" in msg
+    assert "METASPIKE_DATA" in msg
+    # no partial files left behind
+    leftovers = list((tmp_path / "fashion-mnist").iterdir()) if (tmp_path / "fashion-mnist").exists() else []
+    assert leftovers == []
+
+
+def test_download_checks_md5_and_renames(tmp_path, monkeypatch):
+    """Serve fake files through a patched urlopen: good md5 -> loads, bad md5 -> error."""
+    import metaspike.data as data
+
+    src = tmp_path / "src"
+    _fake_mnist(src, n_test=6)
+    served = {f.name: f.read_bytes() for f in (src / "mnist").iterdir()}
+    monkeypatch.setattr(data, "_IDX_SOURCES", {
+        **data._IDX_SOURCES,
+        "mnist": ("http://example.invalid/", {k: hashlib.md5(v).hexdigest() for k, v in served.items()}),
+    })
+    monkeypatch.setattr(data.urllib.request, "urlopen",
+                        lambda url, timeout: io.BytesIO(served[url.rsplit("/", 1)[1]]))
+    dest = tmp_path / "dest"
+    ds = load_dataset("mnist", "test", data_dir=dest)
+    assert ds.x.shape == (6, 1, 28, 28)
+    assert sorted(p.name for p in (dest / "mnist").iterdir()) == [
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+
+    monkeypatch.setattr(data, "_IDX_SOURCES", {
+        **data._IDX_SOURCES, "mnist": ("http://example.invalid/", {k: "0" * 32 for k in served})})
+    with pytest.raises(DataError, match="checksum mismatch"):
+        load_dataset("mnist", "train", data_dir=dest)
+    assert not any(p.name.startswith("train") or p.suffix == ".part" for p in (dest / "mnist").iterdir())
+
+
+# ---------------------------------------------------------------- real MNIST
+
+
+@pytest.fixture(scope="module")
+def real_mnist_dir() -> Path:
+    needed = ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    if not all((REAL_MNIST / f).is_file() for f in needed):
+        pytest.skip(f"real MNIST test files not found in {REAL_MNIST}")
+    return REAL_MNIST
+
+
+def test_real_mnist_idx(real_mnist_dir):
+    images = read_idx(real_mnist_dir / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(real_mnist_dir / "t10k-labels-idx1-ubyte.gz")
+    assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
+    assert labels.shape == (10000,) and labels.dtype == np.uint8
+    counts = np.bincount(labels, minlength=10)
+    assert counts.sum() == 10000
+    assert counts[1] == 1135 and counts[5] == 892
+    assert images.max() == 255 and images.min() == 0
+
+
+def test_real_mnist_load_dataset(real_mnist_dir, tmp_path):
+    target = tmp_path / "mnist"
+    target.mkdir()
+    for f in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        try:
+            os.symlink(real_mnist_dir / f, target / f)
+        except OSError:
+            shutil.copy(real_mnist_dir / f, target / f)
+    ds = load_dataset("mnist", split="test", data_dir=tmp_path, download=False)
+    assert ds.x.shape == (10000, 1, 28, 28)
+    assert ds.y.shape == (10000,)
+    assert 0.0 <= float(ds.x.min()) and float(ds.x.max()) <= 1.0
+    assert int((ds.y == 1).sum()) == 1135
+    # first test digit of MNIST is a 7
+    assert int(ds.y[0]) == 7
+    # the train split is not there: a clear error, not a crash
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz"):
+        load_dataset("mnist", split="train", data_dir=tmp_path, download=False)
+
+
+# ---------------------------------------------------------------- offline sets
+
+
+def test_mnist5k():
+    train = load_dataset("mnist5k", "train")
+    test = load_dataset("mnist5k", "test")
+    assert train.x.shape == (4000, 1, 28, 28) and test.x.shape == (1000, 1, 28, 28)
+    assert len(train) + len(test) == 5000
+    assert set(train.y.tolist()) == set(range(10)) == set(test.y.tolist())
+    assert float(train.x.max()) == 1.0 and float(train.x.min()) == 0.0
+    # train and test hold different images: together they are the 5000 distinct rows
+    def rows(ds):
+        return [r.tobytes() for r in (ds.x.reshape(len(ds), -1) * 255).round().to(torch.uint8).numpy()]
+
+    train_rows, test_rows = rows(train), rows(test)
+    assert len(set(train_rows) | set(test_rows)) == 5000
+    assert not set(train_rows) & set(test_rows)
+    # deterministic
+    assert load_dataset("mnist5k", "test", data_dir="/some/other/dir").y.tolist() == test.y.tolist()
+
+
+def test_digits():
+    train = load_dataset("digits", "train")
+    test = load_dataset("digits", "test")
+    assert train.x.shape == (1437, 1, 28, 28) and test.x.shape == (360, 1, 28, 28)
+    for ds in (train, test):
+        assert 0.0 <= float(ds.x.min()) and float(ds.x.max()) <= 1.0
+        border = torch.ones(28, 28, dtype=torch.bool)
+        border[4:24, 4:24] = False
+        assert float(ds.x[:, 0][:, border].abs().max()) < 1e-6
+        assert float(ds.x[:, 0, 4:24, 4:24].max()) > 0.9  # the digit itself is there
+    assert set(train.y.tolist()) == set(range(10))
+    assert len(train) + len(test) == 1797
+
+
+# ---------------------------------------------------------------- CIFAR-10
+
+
+def test_cifar_extracted_and_tar(tmp_path):
+    extracted_root = tmp_path / "a"
+    expect = _fake_cifar(extracted_root / "cifar10")
+
+    tar_root = tmp_path / "b"
+    (tar_root / "cifar10").mkdir(parents=True)
+    with tarfile.open(tar_root / "cifar10" / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(extracted_root / "cifar10" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+
+    for root in (extracted_root, tar_root):
+        for split, n in (("train", 20), ("test", 4)):
+            ds = load_dataset("cifar10", split, data_dir=root, download=False)
+            data, labels = expect[split]
+            assert ds.x.shape == (n, 3, 32, 32)
+            assert ds.y.tolist() == labels.tolist()
+            torch.testing.assert_close(ds.x, torch.from_numpy(data.reshape(n, 3, 32, 32)).float() / 255)
+            assert ds.classes[0] == "airplane" and ds.classes[9] == "truck"
+
+
+def test_cifar_missing_and_corrupt(tmp_path):
+    with pytest.raises(DataError) as info:
+        load_dataset("cifar10", "test", data_dir=tmp_path, download=False)
+    assert "cifar-10-python.tar.gz" in str(info.value)
+    assert "cifar-10-batches-py" in str(info.value)
+
+    batch_dir = tmp_path / "cifar10" / "cifar-10-batches-py"
+    batch_dir.mkdir(parents=True)
+    (batch_dir / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((2, 10), np.uint8),
+                                                         b"labels": [0, 1]}, protocol=2))
+    with pytest.raises(DataError, match=r"\[N, 3072\]"):
+        load_dataset("cifar10", "test", data_dir=tmp_path, download=False)
+
+
+def test_cifar_pickle_refuses_foreign_globals(tmp_path):
+    batch_dir = tmp_path / "cifar10" / "cifar-10-batches-py"
+    batch_dir.mkdir(parents=True)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.getcwd, ())
+
+    (batch_dir / "test_batch").write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}))
+    with pytest.raises(DataError, match="refusing to load global"):
+        load_dataset("cifar10", "test", data_dir=tmp_path, download=False)
+
+
+# ---------------------------------------------------------------- names, splits
+
+
+def test_available_and_unknown_names():
+    assert available_datasets() == ALL_NAMES
+    with pytest.raises(DataError) as info:
+        load_dataset("foo")
+    assert str(info.value) == ("unknown dataset 'foo'; available: "
+                               "cifar10, digits, fashion-mnist, kmnist, mnist, mnist5k")
+
+
+def test_bad_split():
+    with pytest.raises(DataError) as info:
+        load_dataset("digits", split="validation")
+    msg = str(info.value)
+    assert "'validation'" in msg and "train" in msg and "test" in msg
+
+
+# ---------------------------------------------------------------- ArrayDataset
+
+
+def test_array_dataset_validation():
+    x = torch.rand(4, 1, 2, 2)
+    y = torch.tensor([0, 1, 0, 1])
+    ds = ArrayDataset("ok", x, y, ("a", "b"))
+    assert len(ds) == 4 and ds.num_features == 4
+    x_nan = x.clone()
+    x_nan[2, 0, 1, 1] = float("nan")
+    with pytest.raises(DataError, match="'bad'.*non-finite"):
+        ArrayDataset("bad", x_nan, y, ("a", "b"))
+    with pytest.raises(DataError, match="4 samples but y has 3"):
+        ArrayDataset("bad", x, y[:3], ("a", "b"))
+    with pytest.raises(DataError, match="int64"):
+        ArrayDataset("bad", x, y.to(torch.int32), ("a", "b"))
+    with pytest.raises(DataError, match="float32"):
+        ArrayDataset("bad", x.double(), y, ("a", "b"))
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
+        ArrayDataset("bad", x * 3, y, ("a", "b"))
+    with pytest.raises(DataError, match="labels"):
+        ArrayDataset("bad", x, y + 1, ("a", "b"))
+
+
+def test_subset():
+    x = torch.arange(5, dtype=torch.float32).reshape(5, 1, 1, 1) / 10
+    ds = ArrayDataset("five", x, torch.tensor([0, 1, 2, 0, 1]), ("a", "b", "c"))
+    sub = ds.subset([4, 0], name="two")
+    assert sub.name == "two" and len(sub) == 2
+    assert sub.y.tolist() == [1, 0] and sub.x.flatten().tolist() == pytest.approx([0.4, 0.0])
+    mask = ds.subset(ds.y == 0)
+    assert mask.name == "five" and mask.y.tolist() == [0, 0]
+    assert len(ds.subset(torch.tensor([], dtype=torch.long))) == 0
+    with pytest.raises(DataError, match="bad subset index"):
+        ds.subset([7])
+    assert "n=5" in repr(ds)
