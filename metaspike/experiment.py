@@ -23,6 +23,7 @@ from metaspike.continual.results import RunDirectory, atomic_write_text, unique_
 from metaspike.continual.scenarios import Scenario, available_scenarios, make_scenario
 from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig
 from metaspike.optim import MetaplasticAdam, param_groups
+from metaspike.training import TrainingDiverged
 
 __all__ = ["RunConfig", "DEFAULT_META", "run", "compare", "build_model", "format_table"]
 
@@ -136,7 +137,10 @@ def run(config: RunConfig, out: str | Path = "runs", progress: bool = True, plot
         "versions": {"metaspike": metaspike.__version__, "torch": torch.__version__, "python": platform.python_version()},
     }
     directory = RunDirectory.create(out, config.name, record, {"name": scenario.name, **scenario.definition})
-    result = ContinualTrainer(model, make_optimizer, trainer_config, progress=progress).fit(scenario, log=directory)
+    try:
+        result = ContinualTrainer(model, make_optimizer, trainer_config, progress=progress).fit(scenario, log=directory)
+    except TrainingDiverged as err:
+        raise TrainingDiverged(f"{err}; what was measured so far is in {directory.path}") from None
     directory.write_metrics(result, complete=True)
     torch.save(model.state_dict(), directory.path / "model.pt")
     if plot:

@@ -1,0 +1,100 @@
+"""The bnn API: the paper's MLP, summary, population statistics, fit/evaluate."""
+
+import pytest
+import torch
+from torch import nn
+
+import bnn
+from metaspike.data import load_dataset
+
+
+def test_mlp_matches_the_paper_architecture():
+    torch.manual_seed(0)
+    model = bnn.MLP([784, 64, 32, 10])
+    linears = [m for m in model if isinstance(m, bnn.BinaryLinear)]
+    norms = [m for m in model if isinstance(m, nn.BatchNorm1d)]
+    signs = [m for m in model if isinstance(m, bnn.SignActivation)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(784, 64), (64, 32), (32, 10)]
+    assert all(l.bias is None for l in linears)
+    assert all(n.affine and not n.track_running_stats for n in norms) and len(norms) == 3
+    assert len(signs) == 2  # between layers, not after the output
+    assert all(l.weight.abs().max() <= 0.05 for l in linears)
+    assert all(l.weight.abs().max() > 0.04 for l in linears)  # uniform over the whole width 0.1
+    x = torch.rand(5, 1, 28, 28)
+    assert model(x).shape == (5, 10)
+
+
+def test_mlp_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="sizes must list at least 2 positive widths"):
+        bnn.MLP([784])
+
+
+def test_summary_counts_binary_and_float_parameters():
+    s = bnn.summary(bnn.MLP([784, 100, 10]))
+    assert s.binary_params == 784 * 100 + 100 * 10
+    assert s.float_params == 2 * (100 + 10)
+    assert s.packed_bytes == (79400 + 32 * 220) / 8
+    assert s.float32_bytes == 4 * (79400 + 220)
+    text = str(s)
+    assert "BinaryLinear" in text and "smaller" in text
+
+
+def test_summary_of_a_binarized_foreign_model():
+    from metaspike import binarize
+
+    net = binarize(nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 2)))
+    s = bnn.summary(net)
+    assert (s.binary_params, s.float_params) == (60, 7)
+
+
+def test_population_statistics_make_single_sample_prediction_consistent():
+    torch.manual_seed(0)
+    model = bnn.MLP([20, 32, 4])
+    x = torch.randn(300, 20) * 2 + 1
+    bnn.use_population_statistics(model, x)
+    first_norm = model[2]
+    h = x @ torch.sign(model[1].weight.detach()).T
+    torch.testing.assert_close(first_norm.running_mean, h.mean(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(first_norm.running_var, h.var(0), rtol=1e-4, atol=1e-4)
+    model.eval()
+    batch = model(x[:50])
+    single = torch.cat([model(x[i : i + 1]) for i in range(50)])
+    torch.testing.assert_close(batch, single, rtol=1e-5, atol=1e-5)
+
+
+def test_fit_learns_real_digits_and_evaluate_agrees():
+    torch.manual_seed(0)
+    train, test = load_dataset("digits"), load_dataset("digits", "test")
+    model = bnn.MLP([784, 256, 10])
+    history = bnn.fit(model, train, epochs=5, lr=0.005, test=test, progress=False)
+    assert len(history) == 5
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert history[-1]["test_accuracy"] > 85.0
+    assert bnn.evaluate(model, test) == pytest.approx(history[-1]["test_accuracy"])
+
+
+def test_fit_rejects_input_of_the_wrong_size():
+    x, y = torch.rand(10, 100), torch.randint(0, 10, (10,))
+    with pytest.raises(ValueError, match=r"shape \(100,\) \(100 values\) but the model expects 784 input features"):
+        bnn.fit(bnn.MLP([784, 16, 10]), (x, y), progress=False)
+
+
+def test_fit_rejects_nan_and_bad_labels():
+    x = torch.rand(10, 784)
+    x[3, 5] = float("nan")
+    with pytest.raises(ValueError, match="contains NaN"):
+        bnn.fit(bnn.MLP([784, 16, 10]), (x, torch.zeros(10, dtype=torch.long)), progress=False)
+    with pytest.raises(ValueError, match="labels go up to 12 but the model has 10 outputs"):
+        bnn.fit(bnn.MLP([784, 16, 10]), (torch.rand(10, 784), torch.full((10,), 12)), progress=False)
+    with pytest.raises(ValueError, match="must be int64"):
+        bnn.fit(bnn.MLP([784, 16, 10]), (torch.rand(10, 784), torch.zeros(10)), progress=False)
+
+
+def test_convnet_trains_a_step():
+    net = bnn.ConvNet(in_shape=(1, 28, 28), channels=(8, 16), hidden=32)
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    loss = nn.functional.cross_entropy(net(x), y)
+    loss.backward()
+    opt.step()
+    assert all(p.grad is not None for p in net.parameters())

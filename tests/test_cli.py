@@ -1,0 +1,126 @@
+"""The metaspike command: runs end to end, writes its results, and answers bad input with one line."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from metaspike.cli import main
+from metaspike.continual import load_run
+from metaspike.training import TrainingDiverged
+
+SMALL = ["--dataset", "digits", "--tasks", "2", "--epochs", "1", "--hidden", "32", "--quiet"]
+
+
+def test_train_writes_a_complete_run_directory(tmp_path, capsys):
+    assert main(["train", *SMALL, "--meta", "2", "--seed", "3", "--out", str(tmp_path)]) == 0
+    run = tmp_path / "permuted-digits-meta2-seed3"
+    for name in ("config.json", "scenario.json", "accuracy_matrix.csv", "curves.csv", "metrics.json",
+                 "hidden_weights.json", "accuracy_curves.png", "hidden_weights.png", "model.pt"):
+        assert (run / name).exists(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["meta"] == 2.0 and config["seed"] == 3 and config["batchnorm"] == "per-task"
+    scenario = json.loads((run / "scenario.json").read_text())
+    assert len(scenario["permutations"]) == 2 and len(scenario["permutations"][0]) == 784
+    rows = list(csv.reader(open(run / "accuracy_matrix.csv")))
+    assert rows[0] == ["after_task", "digits-perm1", "digits-perm2"] and len(rows) == 3
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["complete"] is True
+    assert metrics["ACC"] == pytest.approx(sum(float(v) for v in rows[2][1:]) / 2, abs=0.01)
+    state = torch.load(run / "model.pt", weights_only=True)
+    assert "1.weight" in state
+    out = capsys.readouterr().out
+    assert "ACC" in out and str(run) in out
+
+
+def test_rerunning_never_overwrites_an_earlier_run(tmp_path):
+    assert main(["train", *SMALL, "--out", str(tmp_path)]) == 0
+    first = tmp_path / "permuted-digits-meta10-seed1"
+    before = (first / "accuracy_matrix.csv").read_text()
+    (first / "notes.txt").write_text("mine")
+    assert main(["train", *SMALL, "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "permuted-digits-meta10-seed1-2" / "metrics.json").exists()
+    assert (first / "accuracy_matrix.csv").read_text() == before
+    assert (first / "notes.txt").read_text() == "mine"
+
+
+def test_a_run_that_fails_keeps_what_it_measured(tmp_path, monkeypatch):
+    from metaspike.continual import trainer as trainer_module
+
+    real = trainer_module.train_epoch
+    calls = {"n": 0}
+
+    def dies_in_second_task(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise TrainingDiverged("loss became nan at batch 3; lower the learning rate")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_epoch", dies_in_second_task)
+    assert main(["train", *SMALL, "--out", str(tmp_path)]) == 2
+    run = load_run(tmp_path / "permuted-digits-meta10-seed1")
+    assert len(run["matrix"]) == 1 and len(run["curves"]) == 1
+    assert run["metrics"]["complete"] is False
+
+
+def test_compare_writes_a_table_and_a_figure(tmp_path, capsys):
+    assert main(["compare", *SMALL, "--meta", "0", "5", "--seeds", "1", "2", "--out", str(tmp_path)]) == 0
+    root = next(tmp_path.glob("compare-*"))
+    rows = list(csv.DictReader(open(root / "comparison.csv")))
+    assert [r["setting"] for r in rows] == ["meta=0", "meta=5"] and rows[0]["runs"] == "2"
+    assert (root / "comparison.png").stat().st_size > 1000
+    assert len(list(root.glob("permuted-*"))) == 4
+    assert "meta=5" in capsys.readouterr().out
+
+
+def test_plot_redraws_a_run(tmp_path, capsys):
+    main(["train", *SMALL, "--out", str(tmp_path)])
+    run = tmp_path / "permuted-digits-meta10-seed1"
+    (run / "accuracy_curves.png").unlink()
+    assert main(["plot", str(run)]) == 0
+    assert (run / "accuracy_curves.png").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--meta", "-1"], "--meta must be a finite number >= 0, got -1.0"),
+        (["train", "--meta", "nan"], "--meta must be a finite number >= 0, got nan"),
+        (["train", "--meta", "1", "2"], "--meta takes one value or one per layer (3 for --hidden 1024 1024), got 2"),
+        (["train", "--tasks", "0"], "--tasks must be an integer >= 1, got 0"),
+        (["train", "--epochs", "-2"], "--epochs must be an integer >= 1, got -2"),
+        (["train", "--scenario", "rotated"], "unknown scenario 'rotated'; available: joint, permuted, sequence, split, stream"),
+        (["train", "--dataset", "mnits"], "unknown dataset 'mnits'"),
+        (["train", "--rule", "beaker"], "unknown consolidation rule 'beaker'"),
+        (["train", "--lr", "0"], "--lr must be a number > 0"),
+        (["plot", "/nonexistent/run"], "is not a run directory"),
+    ],
+)
+def test_bad_input_gets_one_clear_line(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("metaspike: error: ") and message in err
+    assert len(err.splitlines()) == 1
+
+
+def test_missing_data_files_say_what_to_put_where(tmp_path, capsys):
+    assert main(["train", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path), "--quiet", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "train-images-idx3-ubyte.gz" in err and str(tmp_path / "fashion-mnist") in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_unwritable_output_directory(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["train", *SMALL, "--out", str(blocker / "runs")]) == 2
+    assert "cannot write results to" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point():
+    done = subprocess.run([sys.executable, "-m", "metaspike", "train", "--tasks", "0"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "metaspike: error: --tasks must be an integer >= 1, got 0"

@@ -1,0 +1,53 @@
+"""Metrics against a 3x3 accuracy matrix worked by hand."""
+
+import math
+
+import pytest
+
+from metaspike.continual.metrics import average_accuracy, backward_transfer, forgetting, forward_transfer, summarize
+
+# R[i][j]: accuracy on task j after training task i. Task 1 peaks after task 2 (95), so
+# forgetting (max-based) differs from -BWT (diagonal-based).
+R = [
+    [90.0, 20.0, 10.0],
+    [95.0, 85.0, 15.0],
+    [60.0, 75.0, 80.0],
+]
+B = [10.0, 12.0, 11.0]
+
+
+def test_acc_is_mean_of_last_row():
+    assert average_accuracy(R) == pytest.approx((60 + 75 + 80) / 3)
+
+
+def test_bwt_sign_and_definition():
+    # ((60 - 90) + (75 - 85)) / 2 = -20: negative means forgetting
+    assert backward_transfer(R) == pytest.approx(-20.0)
+
+
+def test_fwt_uses_row_before_each_task():
+    # ((R[1,2] - b2) + (R[2,3] - b3)) / 2 = ((20 - 12) + (15 - 11)) / 2 = 6
+    assert forward_transfer(R, B) == pytest.approx(6.0)
+
+
+def test_forgetting_uses_best_earlier_accuracy():
+    # task 1: max(90, 95) - 60 = 35; task 2: max(20, 85) - 75 = 10; mean 22.5
+    assert forgetting(R) == pytest.approx(22.5)
+
+
+def test_single_task_metrics_are_undefined():
+    values = summarize([[70.0]], [10.0])
+    assert values["ACC"] == 70.0
+    assert all(math.isnan(values[k]) for k in ("BWT", "FWT", "forgetting"))
+
+
+def test_rectangular_matrix_gives_acc_only():
+    values = summarize([[50.0, 60.0, 70.0]])
+    assert values["ACC"] == pytest.approx(60.0) and math.isnan(values["BWT"])
+
+
+def test_bad_shapes_are_rejected():
+    with pytest.raises(ValueError, match="square"):
+        backward_transfer([[1.0, 2.0]])
+    with pytest.raises(ValueError, match="one accuracy per task"):
+        forward_transfer(R, [1.0])

@@ -1,0 +1,216 @@
+"""MetaplasticAdam and the metaplastic() wrapper follow the rule exactly."""
+
+import io
+import math
+
+import pytest
+import torch
+
+from bnn import MLP
+from metaspike.consolidation import TanhRule, consolidate, get_rule
+from metaspike.optim import MetaplasticAdam, metaplastic, param_groups
+
+
+def _model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return MLP([20, 16, 16, 4])
+
+
+def _data(seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(64, 20, generator=g), torch.randint(0, 4, (64,), generator=g)
+
+
+def _train(model, opt, steps: int, scheduler=None):
+    x, y = _data()
+    for i in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[i % 4 * 16:(i % 4 + 1) * 16]), y[i % 4 * 16:(i % 4 + 1) * 16]).backward()
+        opt.step()
+        if scheduler is not None:
+            scheduler.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_meta_zero_equals_torch_adam_bit_for_bit(foreach, weight_decay):
+    a, b = _model(), _model()
+    ours = _train(a, MetaplasticAdam(a.parameters(), lr=0.01, weight_decay=weight_decay, meta=0.0, foreach=foreach), 12)
+    ref = _train(b, torch.optim.Adam(b.parameters(), lr=0.01, weight_decay=weight_decay, foreach=foreach), 12)
+    for p, q in zip(ours, ref):
+        assert torch.equal(p, q)
+
+
+def _reference_step(w, g, m, v, t, lr, b1, b2, eps, meta):
+    """Independent few-line implementation of the paper's metaplastic Adam step."""
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
+    f_meta = 1 - torch.tanh(meta * w) ** 2
+    toward_zero = torch.sign(w) * m > 0
+    m_used = torch.where(toward_zero, f_meta * m_hat, m_hat) if w.dim() > 1 else m_hat
+    return w - lr * m_used / (v_hat.sqrt() + eps), m, v
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("meta", [0.7, 1.35, 5.0])
+def test_follows_the_rule_of_the_paper(foreach, meta):
+    torch.manual_seed(3)
+    weights = [torch.nn.Parameter(torch.randn(6, 5) * 0.5), torch.nn.Parameter(torch.randn(5) * 0.5)]
+    opt = MetaplasticAdam(weights, lr=0.05, meta=meta, foreach=foreach)
+    ref = [w.detach().clone().double() for w in weights]
+    moments = [(torch.zeros_like(r), torch.zeros_like(r)) for r in ref]
+    for t in range(1, 8):
+        grads = [torch.randn_like(w) for w in weights]
+        for w, g in zip(weights, grads):
+            w.grad = g.clone()
+        opt.step()
+        for i, g in enumerate(grads):
+            ref[i], m, v = _reference_step(ref[i], g.double(), *moments[i], t, 0.05, 0.9, 0.999, 1e-8, meta)
+            moments[i] = (m, v)
+    for w, r in zip(weights, ref):
+        torch.testing.assert_close(w.detach().double(), r, rtol=1e-5, atol=1e-6)
+
+
+def test_damping_only_slows_updates_toward_zero():
+    w = torch.nn.Parameter(torch.tensor([[1.0, 1.0, -1.0, -1.0]]))
+    plain = torch.nn.Parameter(w.detach().clone())
+    grad = torch.tensor([[1.0, -1.0, -1.0, 1.0]])  # toward zero, away, toward zero, away
+    for p, meta in ((w, 2.0), (plain, 0.0)):
+        p.grad = grad.clone()
+        MetaplasticAdam([p], lr=0.1, meta=meta).step()
+    step_meta = (w - torch.tensor([[1.0, 1.0, -1.0, -1.0]])).detach()
+    step_plain = (plain - torch.tensor([[1.0, 1.0, -1.0, -1.0]])).detach()
+    factor = 1 - math.tanh(2.0) ** 2
+    torch.testing.assert_close(step_meta[0, [0, 2]], step_plain[0, [0, 2]] * factor)
+    assert torch.equal(step_meta[0, [1, 3]], step_plain[0, [1, 3]])
+
+
+def _fixed_gradient_steps(params, opt, steps=5):
+    g = torch.Generator().manual_seed(7)
+    grads = [[torch.randn(p.shape, generator=g) for p in params] for _ in range(steps)]
+    for step in grads:
+        for p, grad in zip(params, step):
+            p.grad = grad.clone()
+        opt.step()
+    return [p.detach().clone() for p in params]
+
+
+def test_one_dimensional_parameters_get_plain_adam():
+    a, b = _model(), _model()
+    ours = _fixed_gradient_steps(list(a.parameters()), MetaplasticAdam(a.parameters(), lr=0.05, meta=3.0))
+    ref = _fixed_gradient_steps(list(b.parameters()), torch.optim.Adam(b.parameters(), lr=0.05))
+    for (name, _), p, q in zip(a.named_parameters(), ours, ref):
+        assert torch.equal(p, q) == (p.dim() == 1), name
+
+
+def test_meta_is_a_param_group_hyperparameter():
+    a, b = _model(), _model()
+    ours = _fixed_gradient_steps(list(a.parameters()), MetaplasticAdam(param_groups(a, [0.0, 4.0, 0.0]), lr=0.05))
+    ref = _fixed_gradient_steps(list(b.parameters()), torch.optim.Adam(b.parameters(), lr=0.05))
+    changed = [name for (name, _), p, q in zip(a.named_parameters(), ours, ref) if not torch.equal(p, q)]
+    assert changed == ["4.weight"]  # only the second binary layer (index 4 after Flatten, Linear, BN, sign)
+
+
+def test_state_dict_round_trip_resumes_exactly():
+    a, b = _model(), _model()
+    opt_a = MetaplasticAdam(a.parameters(), lr=0.01, meta=2.0)
+    full = _train(a, opt_a, 6)
+    opt_b = MetaplasticAdam(b.parameters(), lr=0.01, meta=2.0)
+    _train(b, opt_b, 3)
+    buffer = io.BytesIO()
+    torch.save({"model": b.state_dict(), "opt": opt_b.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    c = _model(seed=99)
+    c.load_state_dict(saved["model"])
+    opt_c = MetaplasticAdam(c.parameters(), lr=0.5, meta=0.0)
+    opt_c.load_state_dict(saved["opt"])
+    assert opt_c.param_groups[0]["meta"] == 2.0 and opt_c.param_groups[0]["lr"] == 0.01
+    x, y = _data()
+    for i in range(3, 6):
+        opt_c.zero_grad()
+        torch.nn.functional.cross_entropy(c(x[i % 4 * 16:(i % 4 + 1) * 16]), y[i % 4 * 16:(i % 4 + 1) * 16]).backward()
+        opt_c.step()
+    for p, q in zip(full, c.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_lr_scheduler_changes_the_step():
+    a, b = _model(), _model()
+    opt_a = MetaplasticAdam(a.parameters(), lr=0.01, meta=1.0)
+    sched = torch.optim.lr_scheduler.StepLR(opt_a, step_size=2, gamma=0.1)
+    with_sched = _train(a, opt_a, 4, sched)
+    assert opt_a.param_groups[0]["lr"] == pytest.approx(0.0001)
+    without = _train(b, MetaplasticAdam(b.parameters(), lr=0.01, meta=1.0), 4)
+    assert not all(torch.equal(p, q) for p, q in zip(with_sched, without))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"meta": -1.0}, "meta must be a finite number >= 0, got -1.0"),
+        ({"meta": float("nan")}, "meta must be a finite number >= 0, got nan"),
+        ({"lr": -0.1}, "lr must be a finite number >= 0"),
+        ({"betas": (0.9, 1.0)}, "betas must be two numbers in [0, 1)"),
+        ({"eps": -1.0}, "eps must be >= 0"),
+        ({"weight_decay": -0.1}, "weight_decay must be >= 0"),
+        ({"rule": "beaker?"}, "unknown consolidation rule 'beaker?'; available: none, tanh"),
+    ],
+)
+def test_invalid_hyperparameters_name_the_problem(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("?", r"\?")):
+        MetaplasticAdam(_model().parameters(), **kwargs)
+
+
+def test_invalid_meta_in_a_param_group():
+    model = _model()
+    with pytest.raises(ValueError, match="meta must be a finite number >= 0, got -2"):
+        MetaplasticAdam([{"params": model.parameters(), "meta": -2}])
+
+
+def test_param_groups_checks_the_number_of_layers():
+    with pytest.raises(ValueError, match="got 2 meta values but the model has 3 weight layers"):
+        param_groups(_model(), [1.0, 2.0])
+
+
+def test_wrapper_with_meta_zero_is_the_plain_optimizer():
+    a, b = _model(), _model()
+    ours = _train(a, metaplastic(torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9), meta=0.0), 6)
+    ref = _train(b, torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9), 6)
+    for p, q in zip(ours, ref):
+        assert torch.equal(p, q)
+
+
+def test_wrapper_damps_sgd_updates_toward_zero():
+    w = torch.nn.Parameter(torch.tensor([[0.5, 0.5, -0.5, -0.5]]))
+    opt = metaplastic(torch.optim.SGD([w], lr=0.1), meta=1.5)
+    grad = torch.tensor([[1.0, -1.0, -1.0, 1.0]])
+    w.grad = grad.clone()
+    before = w.detach().clone()
+    opt.step()
+    expected = before - consolidate(before, 0.1 * grad, 1.5)
+    torch.testing.assert_close(w.detach(), expected)
+    factor = 1 - math.tanh(0.75) ** 2
+    torch.testing.assert_close(w.detach(), torch.tensor([[0.5 - 0.1 * factor, 0.6, -0.5 + 0.1 * factor, -0.6]]))
+
+
+def test_wrapper_works_with_adamw_and_state_dict():
+    model = _model()
+    opt = metaplastic(torch.optim.AdamW(model.parameters(), lr=0.01), meta=2.0)
+    _train(model, opt, 2)
+    state = opt.state_dict()
+    assert state["param_groups"][0]["meta"] == 2.0
+    with pytest.raises(ValueError, match="already has metaplastic consolidation"):
+        metaplastic(opt)
+
+
+def test_rules():
+    assert torch.equal(TanhRule().factor(torch.zeros(3), 5.0), torch.ones(3))
+    assert torch.equal(get_rule("none").factor(torch.ones(2), 9.0), torch.ones(2))
+    hidden = torch.tensor([2.0, -2.0, 2.0, -2.0])
+    update = torch.tensor([1.0, -1.0, -1.0, 1.0])
+    out = consolidate(hidden, update, 1.0)
+    f = 1 - math.tanh(2.0) ** 2
+    torch.testing.assert_close(out, torch.tensor([f, -f, -1.0, 1.0]))

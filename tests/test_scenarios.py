@@ -1,0 +1,73 @@
+"""Scenarios build the task streams they promise, reproducibly."""
+
+import pytest
+import torch
+
+from metaspike.continual import joint, make_scenario, permuted, sequence, split, stream
+from metaspike.data import load_dataset
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits"), load_dataset("digits", "test")
+
+
+def test_permuted_tasks_apply_the_stored_permutations(digits):
+    train, test = digits
+    s = permuted(train, test, n_tasks=3, seed=5)
+    assert len(s.tasks) == 3 and s.evaluates_training_tasks
+    for task, perm in zip(s.tasks, s.definition["permutations"]):
+        flat = train.x.reshape(len(train), -1)
+        assert torch.equal(task.train.x.reshape(len(train), -1), flat[:, perm])
+        assert torch.equal(task.test.y, test.y)
+    assert s.definition["permutations"] == permuted(train, test, 3, seed=5).definition["permutations"]
+    assert s.definition["permutations"] != permuted(train, test, 3, seed=6).definition["permutations"]
+    assert len({tuple(p) for p in s.definition["permutations"]}) == 3
+
+
+def test_split_task_and_class_incremental(digits):
+    train, test = digits
+    s = split(train, test, groups=5, mode="task")
+    assert [t.classes for t in s.tasks] == [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+    for task in s.tasks:
+        assert set(task.train.y.unique().tolist()) == set(task.classes)
+        assert set(task.test.y.unique().tolist()) == set(task.classes)
+    assert sum(len(t.train) for t in s.tasks) == len(train)
+    c = split(train, test, groups=[[0, 1, 2], [3, 4]], mode="class")
+    assert [t.classes for t in c.tasks] == [None, None]
+    with pytest.raises(ValueError, match="disjoint"):
+        split(train, test, groups=[[0, 1], [1, 2]])
+
+
+def test_stream_subsets_are_disjoint_and_cover_the_data(digits):
+    train, test = digits
+    s = stream(train, test, n_subsets=4, seed=0)
+    subsets = s.definition["subsets"]
+    assert sorted(i for part in subsets for i in part) == list(range(len(train)))
+    assert not s.task_boundaries and len(s.eval_tasks) == 1
+    assert torch.equal(s.tasks[2].train.x, train.x[subsets[2]])
+
+
+def test_joint_concatenates_all_tasks(digits):
+    train, test = digits
+    base = permuted(train, test, n_tasks=2)
+    j = joint(base)
+    assert len(j.tasks) == 1 and len(j.tasks[0].train) == 2 * len(train)
+    assert j.eval_tasks == base.eval_tasks
+
+
+def test_sequence_of_two_digit_domains():
+    s = make_scenario("sequence", ["mnist5k", "digits"])
+    assert [t.name for t in s.tasks] == ["mnist5k", "digits"]
+    assert s.input_shape == (1, 28, 28)
+
+
+def test_bad_scenarios_say_what_is_wrong():
+    with pytest.raises(ValueError, match="unknown scenario 'rotated'; available: joint, permuted"):
+        make_scenario("rotated")
+    with pytest.raises(ValueError, match="--tasks must be an integer >= 1, got 0"):
+        make_scenario("permuted", ["digits"], tasks=0)
+    with pytest.raises(ValueError, match="unknown dataset 'mnits'"):
+        make_scenario("permuted", ["mnits"])
+    with pytest.raises(ValueError, match="takes one dataset"):
+        make_scenario("permuted", ["digits", "mnist5k"])

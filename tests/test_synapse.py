@@ -1,0 +1,98 @@
+"""Binary synapses: sign forward, straight-through backward, one-call binarize of any model."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import bnn
+from metaspike.synapse import binarize, binarized_once, clipped_sign, hidden_weights, ste_sign
+
+
+def test_ste_sign_is_binary_and_passes_the_gradient_straight_through():
+    w = torch.tensor([-0.3, 0.0, 2.0, -5.0], requires_grad=True)
+    out = ste_sign(w)
+    assert out.tolist() == [-1.0, 1.0, 1.0, -1.0]
+    (out * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+    assert w.grad.tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_clipped_sign_passes_the_gradient_only_where_abs_x_le_1():
+    x = torch.tensor([-2.0, -1.0, 0.3, 1.5], requires_grad=True)
+    clipped_sign(x).sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0]
+
+
+def test_binarize_puts_sign_weights_on_an_existing_model():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))
+    hidden = [net[0].weight.detach().clone(), net[2].weight.detach().clone()]
+    binarize(net)
+    x = torch.randn(7, 5)
+    expected = F.linear(torch.tanh(F.linear(x, torch.sign(hidden[0]), net[0].bias)), torch.sign(hidden[1]), net[2].bias)
+    torch.testing.assert_close(net(x), expected)
+    weights = hidden_weights(net)
+    assert [torch.equal(w, h) for w, h in zip(weights, hidden)] == [True, True]
+    assert all(w.requires_grad for w in weights)
+
+
+def test_gradient_reaches_the_hidden_weight_unchanged():
+    torch.manual_seed(1)
+    layer = nn.Linear(3, 2, bias=False)
+    binarize(layer)
+    x = torch.randn(4, 3)
+    layer(x).sum().backward()
+    # d/dW of sum(x @ sign(W).T) is the column sums of x, for every output row, straight through
+    expected = x.sum(0).expand(2, 3)
+    torch.testing.assert_close(hidden_weights(layer)[0].grad, expected)
+
+
+def test_binarize_excludes_named_layers_and_rejects_models_without_layers():
+    net = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+    binarize(net, exclude=["0"])
+    assert len(hidden_weights(net)) == 1
+    with pytest.raises(ValueError, match="ReLU has no layer to binarize"):
+        binarize(nn.ReLU())
+    with pytest.raises(ValueError, match="exclude names layers that do not exist"):
+        binarize(nn.Sequential(nn.Linear(2, 2)), exclude=["7"])
+
+
+def test_binarize_is_idempotent():
+    net = binarize(binarize(nn.Sequential(nn.Linear(3, 3))))
+    assert len(hidden_weights(net)) == 1
+
+
+def test_binarized_once_computes_the_sign_once_per_forward_block():
+    net = binarize(nn.Sequential(nn.Linear(3, 3)))
+    calls = []
+    net[0].parametrizations.weight[0].register_forward_hook(lambda *a: calls.append(1))
+    with binarized_once():
+        for _ in range(5):
+            net(torch.randn(2, 3))
+    assert len(calls) == 1
+
+
+def test_binary_linear_matches_sign_matmul_and_trains_hidden_weights():
+    torch.manual_seed(2)
+    layer = bnn.BinaryLinear(6, 4)
+    assert layer.bias is None
+    assert layer.weight.abs().max() <= 0.05
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(layer(x), x @ torch.sign(layer.weight.detach()).T)
+    assert hidden_weights(layer) == [layer.weight]
+
+
+def test_binary_conv_matches_sign_conv():
+    torch.manual_seed(3)
+    conv = bnn.BinaryConv2d(2, 3, 3, padding=1)
+    x = torch.randn(1, 2, 5, 5)
+    torch.testing.assert_close(conv(x), F.conv2d(x, torch.sign(conv.weight.detach()), padding=1))
+
+
+def test_float_quantizer_keeps_real_weights():
+    layer = bnn.BinaryLinear(4, 2, weight_quantizer="none")
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(layer(x), x @ layer.weight.detach().T)
+    assert hidden_weights(layer) == []
+    with pytest.raises(ValueError, match="unknown quantizer 'sgn'"):
+        bnn.BinaryLinear(4, 2, weight_quantizer="sgn")
