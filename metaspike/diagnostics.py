@@ -26,6 +26,7 @@ def hidden_weight_histograms(model: nn.Module, bins: int = 60) -> dict[str, dict
         counts = torch.histc(w, bins=bins, min=-bound, max=bound)
         edges = torch.linspace(-bound, bound, bins + 1)
         result[name] = {
+            "shape": list(weight.shape),
             "edges": [round(e, 6) for e in edges.tolist()],
             "counts": [int(c) for c in counts.tolist()],
             "median_abs": float(w.abs().median()),

@@ -11,7 +11,8 @@ import math
 import platform
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+import json
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,13 @@ import torch
 
 import metaspike
 from metaspike.consolidation import check_meta, get_rule
-from metaspike.continual.results import RunDirectory, atomic_write_text, unique_directory
+from metaspike.continual.results import RunDirectory, atomic_write_text, latest_good_checkpoint, unique_directory
 from metaspike.continual.scenarios import Scenario, available_scenarios, make_scenario
 from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig
 from metaspike.optim import MetaplasticAdam, param_groups
 from metaspike.training import TrainingDiverged
 
-__all__ = ["RunConfig", "DEFAULT_META", "run", "compare", "build_model", "format_table"]
+__all__ = ["RunConfig", "DEFAULT_META", "run", "resume", "compare", "build_model", "format_table"]
 
 #: Default metaplasticity strength of the CPU main job, chosen from the sweep in
 #: benchmarks/sweep_default.py (see README): with ~800 updates per task |W_h| stays small, so the
@@ -108,16 +109,7 @@ def build_model(config: RunConfig, scenario: Scenario) -> torch.nn.Module:
     return MLP([features, *config.hidden, scenario.num_classes])
 
 
-def run(config: RunConfig, out: str | Path = "runs", progress: bool = True, plot: bool = True) -> tuple[Path, ContinualResult]:
-    """Train one run and write its directory under ``out``; return ``(run directory, result)``.
-
-    Example:
-        >>> path, result = run(RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(64,)),
-        ...                    out=__import__("tempfile").mkdtemp(), progress=False, plot=False)
-        >>> len(result.matrix)
-        2
-    """
-    scenario = make_scenario(config.scenario, config.datasets, config.tasks, config.seed, config.data_dir, config.split_mode)
+def _trainer(config: RunConfig, scenario: Scenario, progress: bool) -> ContinualTrainer:
     torch.manual_seed(config.seed)
     model = build_model(config, scenario)
     metas: float | Sequence[float] = config.meta[0] if len(config.meta) == 1 else config.meta
@@ -129,6 +121,41 @@ def run(config: RunConfig, out: str | Path = "runs", progress: bool = True, plot
         epochs=config.epochs, batch_size=config.batch_size, batchnorm=config.batchnorm,
         optimizer=config.optimizer, seed=config.seed, device=config.device,
     )
+    return ContinualTrainer(model, make_optimizer, trainer_config, progress=progress)
+
+
+def _scenario(config: RunConfig) -> Scenario:
+    return make_scenario(config.scenario, config.datasets, config.tasks, config.seed, config.data_dir, config.split_mode)
+
+
+def _train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: RunDirectory,
+                      resume: dict[str, Any] | None, plot: bool) -> ContinualResult:
+    try:
+        result = trainer.fit(scenario, log=directory, resume=resume)
+    except TrainingDiverged as err:
+        raise TrainingDiverged(f"{err}; what was measured so far is in {directory.path} "
+                               "(the last good checkpoint is kept)") from None
+    directory.write_metrics(result, complete=True)
+    torch.save(trainer.model.state_dict(), directory.path / "model.pt")
+    directory.remove_checkpoints()
+    if plot:
+        from metaspike.plots import plot_run
+
+        plot_run(directory.path)
+    return result
+
+
+def run(config: RunConfig, out: str | Path = "runs", progress: bool = True, plot: bool = True) -> tuple[Path, ContinualResult]:
+    """Train one run and write its directory under ``out``; return ``(run directory, result)``.
+
+    Example:
+        >>> path, result = run(RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(64,)),
+        ...                    out=__import__("tempfile").mkdtemp(), progress=False, plot=False)
+        >>> len(result.matrix)
+        2
+    """
+    scenario = _scenario(config)
+    trainer = _trainer(config, scenario, progress)
     record = {
         **config.to_dict(),
         "model": f"bnn.MLP({[math.prod(scenario.input_shape), *config.hidden, scenario.num_classes]})",
@@ -137,17 +164,34 @@ def run(config: RunConfig, out: str | Path = "runs", progress: bool = True, plot
         "versions": {"metaspike": metaspike.__version__, "torch": torch.__version__, "python": platform.python_version()},
     }
     directory = RunDirectory.create(out, config.name, record, {"name": scenario.name, **scenario.definition})
-    try:
-        result = ContinualTrainer(model, make_optimizer, trainer_config, progress=progress).fit(scenario, log=directory)
-    except TrainingDiverged as err:
-        raise TrainingDiverged(f"{err}; what was measured so far is in {directory.path}") from None
-    directory.write_metrics(result, complete=True)
-    torch.save(model.state_dict(), directory.path / "model.pt")
-    if plot:
-        from metaspike.plots import plot_run
+    return directory.path, _train_and_finish(trainer, scenario, directory, None, plot)
 
-        plot_run(directory.path)
-    return directory.path, result
+
+def resume(run_dir: str | Path, progress: bool = True, plot: bool = True) -> tuple[Path, ContinualResult, list[str]]:
+    """Continue a killed run from its last good checkpoint; return ``(path, result, warnings)``.
+
+    The final results equal those of an uninterrupted run.
+
+    Example:
+        >>> path, result, warnings = resume("runs/permuted-mnist5k-meta10-seed1")  # doctest: +SKIP
+    """
+    path = Path(run_dir)
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise ValueError(f"{path} is not a run directory (no config.json)")
+    metrics_file = path / "metrics.json"
+    if metrics_file.exists() and json.loads(metrics_file.read_text()).get("complete"):
+        raise ValueError(f"{path} is already complete; nothing to resume")
+    stored = json.loads(config_file.read_text())
+    names = {f.name for f in fields(RunConfig)}
+    values = {k: v for k, v in stored.items() if k in names}
+    values["meta"] = tuple(values["meta"]) if isinstance(values["meta"], list) else (values["meta"],)
+    values["datasets"], values["hidden"] = tuple(values["datasets"]), tuple(values["hidden"])
+    config = RunConfig(**values)
+    state, warnings = latest_good_checkpoint(path)
+    scenario = _scenario(config)
+    trainer = _trainer(config, scenario, progress)
+    return path, _train_and_finish(trainer, scenario, RunDirectory(path), state, plot), warnings
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -66,13 +66,14 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     if run["histograms"]:
         layers = list(run["histograms"][-1]["layers"])
         fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3), squeeze=False)
-        for ax, layer in zip(axes[0], layers):
+        for k, (ax, layer) in enumerate(zip(axes[0], layers)):
             for snapshot in run["histograms"]:
                 h = snapshot["layers"][layer]
                 centres = [(a + b) / 2 for a, b in zip(h["edges"][:-1], h["edges"][1:])]
                 ax.plot(centres, h["counts"], label=f"after task {snapshot['after_task']}")
             ax.set_yscale("log")
-            ax.set_title(f"layer {layer}", fontsize=10)
+            shape = run["histograms"][-1]["layers"][layer].get("shape")
+            ax.set_title(f"layer {k + 1}" + (f" ({shape[1]}→{shape[0]})" if shape and len(shape) == 2 else ""), fontsize=10)
             ax.set_xlabel("hidden weight $W_h$")
         axes[0][0].set_ylabel("count")
         axes[0][-1].legend(fontsize=7)

@@ -13,7 +13,34 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-__all__ = ["check_inputs", "train_epoch", "evaluate", "TrainingDiverged"]
+__all__ = ["check_inputs", "train_epoch", "evaluate", "TrainingDiverged", "Plugin"]
+
+
+class Plugin:
+    """Hooks a continual-learning method into the training loop (baselines such as EWC or SI).
+
+    Every method does nothing by default; override what the method needs. The loop calls
+    ``penalty`` for each batch (its value is added to the loss), ``before_step``/``after_step``
+    around each optimizer step (gradients are available in both), and ``task_done`` after each
+    task with that task's training data.
+
+    Example:
+        >>> class L2(Plugin):
+        ...     def penalty(self, model):
+        ...         return 1e-4 * sum(p.square().sum() for p in model.parameters())
+    """
+
+    def penalty(self, model: nn.Module) -> Tensor | None:
+        return None
+
+    def before_step(self, model: nn.Module) -> None:
+        return None
+
+    def after_step(self, model: nn.Module) -> None:
+        return None
+
+    def task_done(self, model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int] | None) -> None:
+        return None
 
 
 class TrainingDiverged(RuntimeError):
@@ -78,11 +105,12 @@ def train_epoch(
     classes: Sequence[int] | None = None,
     device: torch.device | str = "cpu",
     progress=None,
+    plugins: Sequence[Plugin] = (),
 ) -> float:
     """Train one epoch over ``(x, y)`` in shuffled mini-batches; return the mean loss.
 
     ``classes`` restricts the outputs the loss sees (task-incremental heads). ``progress`` is an
-    optional tqdm-like bar advanced once per batch.
+    optional tqdm-like bar advanced once per batch. ``plugins`` add penalties and step hooks.
 
     Example:
         >>> model = torch.nn.Linear(4, 3)
@@ -99,10 +127,18 @@ def train_epoch(
         inputs, targets = x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(_masked(model(inputs), classes), targets)
+        for plugin in plugins:
+            extra = plugin.penalty(model)
+            if extra is not None:
+                loss = loss + extra
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss.item()} at batch {batches + 1}; lower the learning rate")
         loss.backward()
+        for plugin in plugins:
+            plugin.before_step(model)
         optimizer.step()
+        for plugin in plugins:
+            plugin.after_step(model)
         total += loss.item()
         batches += 1
         if progress is not None:

@@ -3,8 +3,9 @@
 A run directory holds ``config.json`` (everything needed to rerun it), ``scenario.json`` (the exact
 task definitions: permutations, class groups, subsets), ``accuracy_matrix.csv`` (row i: after
 training task i; column j: test accuracy on task j, percent), ``curves.csv`` (one row per epoch),
-``metrics.json`` (ACC, BWT, FWT, forgetting) and ``hidden_weights.json`` (histograms per layer after
-each task). Files are replaced atomically (temporary file, then rename), so a run that dies leaves
+``metrics.json`` (ACC, BWT, FWT, forgetting), ``hidden_weights.json`` (histograms per layer after
+each task) and, while the run goes on, ``checkpoint.pt`` (and the one before, ``checkpoint.prev.pt``)
+to resume it from. Files are replaced atomically (temporary file, then rename), so a run that dies leaves
 the last complete version of each, and a new run never writes into an existing directory.
 """
 
@@ -19,9 +20,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from metaspike.continual.trainer import ContinualResult
 
-__all__ = ["RunDirectory", "load_run", "atomic_write_text", "unique_directory"]
+__all__ = [
+    "RunDirectory", "load_run", "load_checkpoint", "latest_good_checkpoint", "atomic_write_text", "unique_directory",
+]
+
+CHECKPOINT = "checkpoint.pt"
+PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -107,12 +115,38 @@ class RunDirectory:
         atomic_write_text(path, json.dumps(_json_ready(data), indent=2) + "\n")
         return path
 
-    def epoch_done(self, row: dict[str, Any]) -> None:
-        """Append one epoch to ``curves.csv`` (the file is rewritten whole, atomically)."""
-        self._curves = getattr(self, "_curves", []) + [row]
-        header = list(self._curves[0])
-        body = [[r[k] if not isinstance(r[k], float) else round(r[k], 4) for k in header] for r in self._curves]
+    def epoch_done(self, result: ContinualResult) -> None:
+        """Rewrite ``curves.csv`` (one row per epoch so far), atomically."""
+        if not result.curves:
+            return
+        header = list(result.curves[0])
+        body = [[r[k] if not isinstance(r[k], float) else round(r[k], 4) for k in header] for r in result.curves]
         atomic_write_text(self.path / "curves.csv", _csv([header] + body))
+
+    def checkpoint(self, state: dict[str, Any]) -> None:
+        """Save a trainer checkpoint as ``checkpoint.pt``; the previous one is kept as ``checkpoint.prev.pt``.
+
+        The new file is complete on disk before it replaces anything, so a kill at any moment
+        leaves at least one good checkpoint.
+        """
+        path = self.path / CHECKPOINT
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".checkpoint.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(state, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if path.exists():
+                os.replace(path, self.path / PREVIOUS_CHECKPOINT)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def remove_checkpoints(self) -> None:
+        """Delete the checkpoints of a finished run (its final weights are in ``model.pt``)."""
+        for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+            (self.path / name).unlink(missing_ok=True)
 
     def task_done(self, result: ContinualResult) -> None:
         """Write the accuracy matrix so far, histograms and metrics (marked incomplete)."""
@@ -133,6 +167,46 @@ class RunDirectory:
              "untrained_accuracy": [round(a, 2) for a in result.baseline],
              "tasks_trained": len(result.matrix), "seconds": round(result.seconds, 1), "complete": complete},
         )
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint file with ``torch.load(..., weights_only=True)``.
+
+    Raises ``ValueError`` naming the file when it is missing, truncated or corrupt.
+
+    Example:
+        >>> state = load_checkpoint("runs/permuted-mnist5k-meta10-seed1/checkpoint.pt")  # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for damaged files
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"checkpoint {path} is truncated or corrupt ({reason[:120]})") from None
+    if not isinstance(state, dict) or "position" not in state:
+        raise ValueError(f"checkpoint {path} is not a metaspike checkpoint")
+    return state
+
+
+def latest_good_checkpoint(run_dir: str | os.PathLike) -> tuple[dict[str, Any], list[str]]:
+    """The newest loadable checkpoint of a run directory, and warnings about damaged newer ones.
+
+    Example:
+        >>> state, warnings = latest_good_checkpoint("runs/permuted-mnist5k-meta10-seed1")  # doctest: +SKIP
+    """
+    run_dir = Path(run_dir)
+    warnings: list[str] = []
+    for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+        if (run_dir / name).exists():
+            try:
+                return load_checkpoint(run_dir / name), warnings
+            except ValueError as err:
+                warnings.append(str(err))
+    if warnings:
+        raise ValueError("; ".join(warnings) + "; no usable checkpoint left")
+    raise ValueError(f"{run_dir} has no checkpoint to resume from")
 
 
 def load_run(path: str | os.PathLike) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -21,13 +21,14 @@ from torch.optim import Optimizer
 
 from metaspike.continual.batchnorm import BATCHNORM_MODES, batchnorm_state, load_batchnorm_state
 from metaspike.continual.metrics import summarize
-from metaspike.continual.scenarios import Scenario, Task
+from metaspike.continual.scenarios import Scenario
 from metaspike.diagnostics import hidden_weight_histograms
-from metaspike.training import check_inputs, evaluate, train_epoch
+from metaspike.training import Plugin, check_inputs, evaluate, train_epoch
 
-__all__ = ["TrainerConfig", "ContinualResult", "RunLog", "ContinualTrainer", "OPTIMIZER_MODES"]
+__all__ = ["TrainerConfig", "ContinualResult", "RunLog", "ContinualTrainer", "OPTIMIZER_MODES", "CHECKPOINT_FORMAT"]
 
 OPTIMIZER_MODES = ("per-task", "shared")
+CHECKPOINT_FORMAT = "metaspike-checkpoint-1"
 
 
 @dataclass(frozen=True)
@@ -92,11 +93,13 @@ class ContinualResult:
 
 
 class RunLog(Protocol):
-    """Receives results while a run goes on."""
+    """Receives results while a run goes on (e.g. :class:`metaspike.continual.RunDirectory`)."""
 
-    def epoch_done(self, row: dict[str, Any]) -> None: ...
+    def epoch_done(self, result: ContinualResult) -> None: ...
 
     def task_done(self, result: ContinualResult) -> None: ...
+
+    def checkpoint(self, state: dict[str, Any]) -> None: ...
 
 
 class _Progress:
@@ -130,6 +133,7 @@ class ContinualTrainer:
         make_optimizer: called with the model to create its optimizer (once, or once per task).
         config: :class:`TrainerConfig`.
         progress: show a progress bar per task.
+        plugins: :class:`metaspike.training.Plugin` hooks of a continual-learning method (EWC, SI, ...).
 
     Example:
         >>> from bnn import MLP
@@ -148,11 +152,13 @@ class ContinualTrainer:
         make_optimizer: Callable[[nn.Module], Optimizer],
         config: TrainerConfig = TrainerConfig(),
         progress: bool = True,
+        plugins: Sequence[Plugin] = (),
     ) -> None:
         self.model = model.to(config.device)
         self.make_optimizer = make_optimizer
         self.config = config
         self.progress = progress
+        self.plugins = tuple(plugins)
 
     def _evaluate_all(self, scenario: Scenario, trained: int, states: list[dict]) -> list[float]:
         """Accuracy on every evaluated task; with per-task BatchNorm, task j < trained uses its own state."""
@@ -175,57 +181,104 @@ class ContinualTrainer:
             check_inputs(self.model, task.train.x.to(self.config.device), task.train.y.to(self.config.device),
                          what=f"training data of task {task.name!r}")
 
-    def fit(self, scenario: Scenario, log: RunLog | None = None) -> ContinualResult:
-        """Train every task of ``scenario`` in order; return (and log) the results."""
+    def fit(self, scenario: Scenario, log: RunLog | None = None, resume: dict[str, Any] | None = None) -> ContinualResult:
+        """Train every task of ``scenario`` in order; return (and log) the results.
+
+        After every epoch the log receives a checkpoint (:meth:`checkpoint`); passing one back as
+        ``resume`` continues from there and gives the same numbers as an uninterrupted run.
+        """
         cfg = self.config
         self._check(scenario)
         generator = torch.Generator().manual_seed(cfg.seed)
-        result = ContinualResult(task_names=[t.name for t in scenario.eval_tasks])
-        start = time.perf_counter()
-        result.baseline = self._evaluate_all(scenario, 0, [])
-        states: list[dict] = []
+        if resume is None:
+            result = ContinualResult(task_names=[t.name for t in scenario.eval_tasks])
+            result.baseline = self._evaluate_all(scenario, 0, [])
+            states: list[dict] = []
+            first_task, first_epoch, optimizer_state = 0, 0, None
+        else:
+            result, states, first_task, first_epoch, optimizer_state = self._restore(resume, scenario, generator)
+        start = time.perf_counter() - result.seconds
         optimizer = None
-        global_epoch = 0
-        for i, task in enumerate(scenario.tasks):
-            if optimizer is None or (cfg.optimizer == "per-task" and scenario.task_boundaries):
+        for i in range(first_task, len(scenario.tasks)):
+            epoch = first_epoch if i == first_task else 0
+            new_task = epoch == 0 and cfg.optimizer == "per-task" and scenario.task_boundaries
+            if optimizer is None or new_task:
                 optimizer = self.make_optimizer(self.model)
-            accuracies = self._train_task(scenario, task, i, optimizer, generator, states, result, global_epoch, log)
-            global_epoch += cfg.epochs
+                if optimizer_state is not None and not new_task:
+                    optimizer.load_state_dict(optimizer_state)
+                optimizer_state = None
+            accuracies = self._train_task(scenario, i, epoch, optimizer, generator, states, result, start, log)
+            task = scenario.tasks[i]
+            for plugin in self.plugins:
+                plugin.task_done(self.model, task.train.x, task.train.y, task.classes)
             states.append(batchnorm_state(self.model))
             result.matrix.append(accuracies)
             result.histograms.append({"after_task": i + 1, "layers": hidden_weight_histograms(self.model)})
             result.seconds = time.perf_counter() - start
             if log is not None:
                 log.task_done(result)
+                log.checkpoint(self.checkpoint(i + 1, 0, optimizer, generator, states, result))
         return result
+
+    def checkpoint(
+        self, task: int, epochs_done: int, optimizer: Optimizer, generator: torch.Generator,
+        states: list[dict], result: ContinualResult,
+    ) -> dict[str, Any]:
+        """Everything needed to continue: weights, optimizer, batch-order RNG, BatchNorm states, results."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "position": {"task": task, "epochs_done": epochs_done},
+            "model": self.model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+            "batchnorm_states": states,
+            "result": asdict(result),
+        }
+
+    def _restore(self, state: dict[str, Any], scenario: Scenario, generator: torch.Generator):
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a metaspike checkpoint (format {state.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
+        position = state["position"]
+        if not 0 <= position["task"] <= len(scenario.tasks) or not 0 <= position["epochs_done"] < self.config.epochs:
+            raise ValueError(f"checkpoint position {position} does not fit this run "
+                             f"({len(scenario.tasks)} tasks of {self.config.epochs} epochs)")
+        self.model.load_state_dict(state["model"])
+        generator.set_state(state["generator"])
+        result = ContinualResult(**state["result"])
+        return result, list(state["batchnorm_states"]), position["task"], position["epochs_done"], state["optimizer"]
 
     def _train_task(
         self,
         scenario: Scenario,
-        task: Task,
         index: int,
+        first_epoch: int,
         optimizer: Optimizer,
         generator: torch.Generator,
         states: list[dict],
         result: ContinualResult,
-        global_epoch: int,
+        start: float,
         log: RunLog | None,
     ) -> list[float]:
         cfg = self.config
+        task = scenario.tasks[index]
         batches = math.ceil(len(task.train) / cfg.batch_size)
         bar = _Progress(self.progress, cfg.epochs * batches, f"task {index + 1}/{len(scenario.tasks)} {task.name}")
+        bar.update(first_epoch * batches)
         accuracies: list[float] = []
         try:
-            for epoch in range(1, cfg.epochs + 1):
+            for epoch in range(first_epoch + 1, cfg.epochs + 1):
                 loss = train_epoch(self.model, optimizer, task.train.x, task.train.y, cfg.batch_size,
-                                   generator, task.classes, cfg.device, bar)
+                                   generator, task.classes, cfg.device, bar, self.plugins)
                 accuracies = self._evaluate_all(scenario, index + 1, states)
-                row = {"task": index + 1, "epoch": epoch, "global_epoch": global_epoch + epoch, "loss": loss}
+                row = {"task": index + 1, "epoch": epoch, "global_epoch": index * cfg.epochs + epoch, "loss": loss}
                 row.update(dict(zip(result.task_names, accuracies)))
                 result.curves.append(row)
+                result.seconds = time.perf_counter() - start
                 bar.note(" ".join(f"T{j + 1}={a:.1f}" for j, a in enumerate(accuracies)))
                 if log is not None:
-                    log.epoch_done(row)
+                    log.epoch_done(result)
+                    if epoch < cfg.epochs:
+                        log.checkpoint(self.checkpoint(index, epoch, optimizer, generator, states, result))
         finally:
             bar.close()
         return accuracies
