@@ -7,12 +7,14 @@ printed as one line ``metaspike: error: ...`` with exit status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
 from metaspike.experiment import DEFAULT_META, RunConfig
+from metaspike.reproduce import cli as reproduce_cli
 
 __all__ = ["main"]
 
@@ -28,9 +30,10 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
                         help="dataset name(s); offline: mnist5k, digits; from --data-dir: mnist, fashion-mnist, kmnist, cifar10 "
                              "(sequence takes several, e.g. mnist5k digits) (default: %(default)s)")
     parser.add_argument("--tasks", type=int, default=d["tasks"], help="permutations / class groups / stream subsets (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=d["epochs"], help="epochs per task (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=None, help=f"epochs per task (default: {d['epochs']})")
     parser.add_argument("--meta", type=float, nargs="+", default=None, help=meta_help)
-    parser.add_argument("--hidden", type=int, nargs="+", default=list(d["hidden"]), help="hidden layer widths (default: %(default)s)")
+    parser.add_argument("--hidden", type=int, nargs="+", default=None,
+                        help=f"hidden layer widths (default: {' '.join(map(str, d['hidden']))})")
     parser.add_argument("--batch-size", type=int, default=d["batch_size"], help="(default: %(default)s)")
     parser.add_argument("--lr", type=float, default=d["lr"], help="Adam learning rate (default: %(default)s)")
     parser.add_argument("--rule", default=d["rule"], help="consolidation rule (default: %(default)s)")
@@ -48,8 +51,9 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
 
 def _config(args: argparse.Namespace, meta: Sequence[float], seed: int) -> RunConfig:
     return RunConfig(
-        scenario=args.scenario, datasets=tuple(args.dataset), tasks=args.tasks, epochs=args.epochs,
-        hidden=tuple(args.hidden), meta=tuple(meta), rule=args.rule, lr=args.lr, batch_size=args.batch_size,
+        scenario=args.scenario, datasets=tuple(args.dataset), tasks=args.tasks,
+        epochs=_DEFAULTS["epochs"] if args.epochs is None else args.epochs,
+        hidden=tuple(_DEFAULTS["hidden"] if args.hidden is None else args.hidden), meta=tuple(meta), rule=args.rule, lr=args.lr, batch_size=args.batch_size,
         seed=seed, batchnorm=args.batchnorm, optimizer=args.optimizer, split_mode=args.split_mode,
         device=args.device, data_dir=args.data_dir,
     )
@@ -64,20 +68,33 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one continual-learning run")
     _add_run_options(train, f"metaplasticity m >= 0: one value or one per layer (default: {DEFAULT_META:g})")
     train.add_argument("--seed", type=int, default=_DEFAULTS["seed"], help="(default: %(default)s)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint (other options are read from RUN_DIR)")
     cmp = sub.add_parser("compare", help="same task stream with several meta values, one table and figure")
     _add_run_options(cmp, f"meta values to compare (default: 0 {DEFAULT_META:g})")
     cmp.add_argument("--seeds", type=int, nargs="+", default=[_DEFAULTS["seed"]], help="seeds; the table gives mean ± std (default: %(default)s)")
+    cmp.add_argument("--neurons", nargs="+", default=None, metavar="NAME",
+                     help="compare neuron models (e.g. bnn leaky norse-lif; see metaspike.snn.available_neurons()), "
+                          "each with every --meta (default 0 50); --hidden/--epochs then default to 256/2")
+    reproduce_cli.add_parser(sub)
     plot = sub.add_parser("plot", help="draw the figures of a run directory")
     plot.add_argument("run_dir", help="a run directory written by 'metaspike train'")
     return parser
 
 
 def _train(args: argparse.Namespace) -> None:
-    from metaspike.experiment import format_table, run
+    from metaspike.experiment import format_table, resume, run
 
-    config = _config(args, args.meta or [DEFAULT_META], args.seed)
-    path, result = run(config, args.out, progress=not args.quiet)
-    rows = [{"setting": f"meta={':'.join(f'{m:g}' for m in config.meta)}",
+    if args.resume:
+        path, result, warnings = resume(args.resume, progress=not args.quiet)
+        for warning in warnings:
+            print(f"metaspike: warning: {warning}; resumed from the previous checkpoint", file=sys.stderr)
+        meta = json.loads((path / "config.json").read_text())["meta"]
+    else:
+        config = _config(args, args.meta or [DEFAULT_META], args.seed)
+        path, result = run(config, args.out, progress=not args.quiet)
+        meta = list(config.meta)
+    label = ":".join(f"{m:g}" for m in (meta if isinstance(meta, list) else [meta]))
+    rows = [{"setting": f"meta={label}",
              **{f"task {j + 1}": (a, 0.0) for j, a in enumerate(result.matrix[-1])},
              **{k: (v, 0.0) for k, v in result.metrics.items()}, "seconds": (result.seconds, 0.0)}]
     print()
@@ -88,6 +105,10 @@ def _train(args: argparse.Namespace) -> None:
 def _compare(args: argparse.Namespace) -> None:
     from metaspike.experiment import compare, format_table
 
+    if args.neurons is not None:
+        from metaspike.snn.compare import compare_from_args
+
+        return compare_from_args(args, _config)
     metas = args.meta if args.meta is not None else [0.0, DEFAULT_META]
     base = _config(args, [metas[0]], args.seeds[0])
     path, rows = compare(base, metas, args.seeds, args.out, progress=not args.quiet)
@@ -117,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from metaspike.training import TrainingDiverged
 
     try:
-        {"train": _train, "compare": _compare, "plot": _plot}[args.command](args)
+        {"train": _train, "compare": _compare, "plot": _plot, "reproduce": reproduce_cli.run}[args.command](args)
     except (ValueError, ImportError, TrainingDiverged) as err:
         print(f"metaspike: error: {err}", file=sys.stderr)
         return 2

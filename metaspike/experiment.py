@@ -26,7 +26,7 @@ from metaspike.continual.trainer import ContinualResult, ContinualTrainer, Train
 from metaspike.optim import MetaplasticAdam, param_groups
 from metaspike.training import TrainingDiverged
 
-__all__ = ["RunConfig", "DEFAULT_META", "run", "resume", "compare", "build_model", "format_table"]
+__all__ = ["RunConfig", "DEFAULT_META", "run", "resume", "compare", "build_model", "format_table", "summarize_results"]
 
 #: Default metaplasticity strength of the CPU main job, chosen from the sweep in
 #: benchmarks/sweep_default.py (see README): with ~800 updates per task |W_h| stays small, so the
@@ -47,14 +47,14 @@ class RunConfig:
     datasets: tuple[str, ...] = ("mnist5k",)
     tasks: int = 3
     epochs: int = 20
-    hidden: tuple[int, ...] = (1024, 1024)
+    hidden: tuple[int, ...] = (512, 512)
     meta: tuple[float, ...] = (DEFAULT_META,)
     rule: str = "tanh"
     lr: float = 0.005
     batch_size: int = 100
     seed: int = 1
     batchnorm: str = "per-task"
-    optimizer: str = "shared"
+    optimizer: str = "per-task"
     split_mode: str = "task"
     device: str = "cpu"
     data_dir: str | None = None
@@ -201,6 +201,23 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
 
 
+def summarize_results(results: Sequence[ContinualResult]) -> dict[str, tuple[float, float]]:
+    """Mean and std over runs of the final accuracy per task, ACC, BWT, FWT, forgetting and seconds.
+
+    Example:
+        >>> r = ContinualResult(["a", "b"], matrix=[[90.0, 10.0], [70.0, 95.0]], baseline=[10.0, 10.0], seconds=3.0)
+        >>> summarize_results([r])["forgetting"]
+        (20.0, 0.0)
+    """
+    row: dict[str, tuple[float, float]] = {}
+    for j in range(len(results[0].matrix[-1])):
+        row[f"task {j + 1}"] = _mean_std([r.matrix[-1][j] for r in results])
+    for key in ("ACC", "BWT", "FWT", "forgetting"):
+        row[key] = _mean_std([r.metrics[key] for r in results])
+    row["seconds"] = _mean_std([r.seconds for r in results])
+    return row
+
+
 def format_table(rows: list[dict[str, Any]], task_count: int) -> str:
     """Text table of a comparison: final accuracy per task, ACC, BWT, forgetting, time (mean ± std)."""
     cols = [f"task {j + 1}" for j in range(task_count)] + ["ACC", "BWT", "FWT", "forgetting", "seconds"]
@@ -247,15 +264,8 @@ def compare(
             results.append(result)
             if seed == seeds[0]:
                 first_runs.append(path)
-        n_tasks = len(results[0].task_names)  # the same stream for every setting
-        row: dict[str, Any] = {"setting": f"meta={m:g}", "meta": float(m), "runs": len(results)}
-        for j in range(n_tasks):
-            row[f"task {j + 1}"] = _mean_std([r.matrix[-1][j] for r in results])
-        for key in ("ACC", "BWT", "FWT", "forgetting"):
-            row[key] = _mean_std([r.metrics[key] for r in results])
-        row["seconds"] = _mean_std([r.seconds for r in results])
-        rows.append(row)
-    table = format_table(rows, n_tasks)
+        rows.append({"setting": f"meta={m:g}", "meta": float(m), "runs": len(results), **summarize_results(results)})
+    table = format_table(rows, len(results[0].task_names))
     csv_lines = ["setting,meta,runs," + ",".join(f"{k}_mean,{k}_std" for k in list(rows[0])[3:])]
     for row in rows:
         values = [f"{row[k][0]:.3f},{row[k][1]:.3f}" for k in list(row)[3:]]

@@ -14,10 +14,11 @@ from typing import Any
 
 from metaspike.continual.results import load_run
 
-__all__ = ["plot_run", "plot_comparison"]
+__all__ = ["plot_run", "plot_comparison", "pyplot"]
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot with the file-only Agg backend; a clear ImportError when matplotlib is missing."""
     try:
         import matplotlib
     except ImportError:
@@ -52,7 +53,7 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     Example:
         >>> plot_run("runs/permuted-meta10")  # doctest: +SKIP
     """
-    plt = _pyplot()
+    plt = pyplot()
     run = load_run(run_dir)
     path = Path(run_dir)
     written = []
@@ -90,7 +91,7 @@ def plot_comparison(run_dirs: Sequence[str | os.PathLike], labels: Sequence[str]
     Example:
         >>> plot_comparison(["runs/a", "runs/b"], ["meta=0", "meta=10"], "runs/compare.png")  # doctest: +SKIP
     """
-    plt = _pyplot()
+    plt = pyplot()
     runs = [load_run(d) for d in run_dirs]
     fig, axes = plt.subplots(2, len(runs), figsize=(4.2 * len(runs), 6.4), squeeze=False)
     for k, (run, label) in enumerate(zip(runs, labels)):

@@ -89,7 +89,7 @@ def test_plot_redraws_a_run(tmp_path, capsys):
     [
         (["train", "--meta", "-1"], "--meta must be a finite number >= 0, got -1.0"),
         (["train", "--meta", "nan"], "--meta must be a finite number >= 0, got nan"),
-        (["train", "--meta", "1", "2"], "--meta takes one value or one per layer (3 for --hidden 1024 1024), got 2"),
+        (["train", "--meta", "1", "2"], "--meta takes one value or one per layer (3 for --hidden 512 512), got 2"),
         (["train", "--tasks", "0"], "--tasks must be an integer >= 1, got 0"),
         (["train", "--epochs", "-2"], "--epochs must be an integer >= 1, got -2"),
         (["train", "--scenario", "rotated"], "unknown scenario 'rotated'; available: joint, permuted, sequence, split, stream"),

@@ -50,7 +50,7 @@ class TrainerConfig:
     epochs: int = 20
     batch_size: int = 100
     batchnorm: str = "per-task"
-    optimizer: str = "shared"
+    optimizer: str = "per-task"
     seed: int = 0
     eval_batch_size: int = 1000
     device: str = "cpu"

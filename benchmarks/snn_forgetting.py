@@ -1,0 +1,52 @@
+"""First-task accuracy after the last task: snnTorch Leaky network, meta = 0 vs metaplastic, 3 seeds.
+
+Runs the CPU default of ``metaspike compare --neurons`` (permuted mnist5k, 3 tasks, hidden 256,
+binary synapses) and prints one line per run and the mean over seeds. Target: the metaplastic
+network keeps >= 20 points more of the first task.
+
+    python benchmarks/snn_forgetting.py [--meta 0 20] [--seeds 1 2 3] [--neuron leaky] [--epochs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+from metaspike.continual.scenarios import make_scenario
+from metaspike.experiment import RunConfig
+from metaspike.snn.compare import DEFAULT_SNN_META, SNN_DEFAULTS, train_neuron
+from metaspike.snn.neurons import NetSpec
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--neuron", default="leaky")
+    parser.add_argument("--meta", type=float, nargs="+", default=[0.0, DEFAULT_SNN_META])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--epochs", type=int, default=SNN_DEFAULTS["epochs"])
+    parser.add_argument("--hidden", type=int, nargs="+", default=list(SNN_DEFAULTS["hidden"]))
+    parser.add_argument("--num-steps", type=int, default=NetSpec().num_steps)
+    parser.add_argument("--lr", type=float, default=0.005)
+    args = parser.parse_args()
+    spec = NetSpec(num_steps=args.num_steps)
+    first: dict[float, list[float]] = {m: [] for m in args.meta}
+    print(f"{'meta':>6} {'seed':>5} {'task 1':>8} {'last task':>10} {'ACC':>7} {'seconds':>8}", flush=True)
+    for seed in args.seeds:
+        scenario = make_scenario("permuted", ["mnist5k"], 3, seed)
+        for m in args.meta:
+            config = RunConfig(tasks=3, epochs=args.epochs, hidden=tuple(args.hidden), meta=(m,), lr=args.lr, seed=seed)
+            result = train_neuron(args.neuron, config, scenario, spec)
+            final = result.matrix[-1]
+            first[m].append(final[0])
+            print(f"{m:>6g} {seed:>5} {final[0]:>8.1f} {final[-1]:>10.1f} {result.metrics['ACC']:>7.1f} "
+                  f"{result.seconds:>8.1f}", flush=True)
+    print(f"\n{args.neuron}: first-task accuracy after the last task, mean over seeds {args.seeds}")
+    for m in args.meta:
+        print(f"  meta={m:g}: {statistics.fmean(first[m]):.1f}")
+    if len(args.meta) > 1:
+        gain = statistics.fmean(first[args.meta[-1]]) - statistics.fmean(first[args.meta[0]])
+        print(f"  metaplastic - plain: {gain:+.1f} points (target >= +20)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Optional spiking backends (snnTorch, Norse), surrogate gradients by name, and state reset.
+
+snnTorch and Norse are imported only when a feature needs them; without them the feature raises
+``ImportError`` naming the pip command. Norse is imported as ``norse.torch`` only (it never
+imports torchvision at that level).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from types import ModuleType
+
+from torch import Tensor, nn
+
+__all__ = [
+    "require_snntorch", "require_norse", "available_surrogates", "surrogate", "norse_method", "reset_states",
+]
+
+SpikeFunction = Callable[[Tensor], Tensor]
+
+_PIP = {"snntorch": "pip install snntorch", "norse": "pip install norse"}
+
+
+def _require(module: str, package: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"this feature needs {package}: {_PIP[package]} ({err})") from None
+
+
+def require_snntorch() -> ModuleType:
+    """The ``snntorch`` module, or ``ImportError`` saying ``pip install snntorch``."""
+    return _require("snntorch", "snntorch")
+
+
+def require_norse() -> ModuleType:
+    """The ``norse.torch`` module, or ``ImportError`` saying ``pip install norse``."""
+    return _require("norse.torch", "norse")
+
+
+# name -> (backend, factory of the spike function; Norse names map to its threshold ``method``)
+_SNNTORCH_SURROGATES = {
+    "fast_sigmoid": lambda s: s.fast_sigmoid(slope=25),
+    "atan": lambda s: s.atan(alpha=2.0),
+    "sigmoid": lambda s: s.sigmoid(slope=25),
+    "triangular": lambda s: s.triangular(),
+    "straight_through": lambda s: s.straight_through_estimator(),
+}
+_NORSE_SURROGATES = {"superspike": ("super", 100.0), "tanh": ("tanh", 100.0), "triangle": ("triangle", 0.3)}
+
+
+def available_surrogates() -> list[str]:
+    """Surrogate-gradient names: snnTorch's and Norse's.
+
+    Example:
+        >>> available_surrogates()
+        ['atan', 'fast_sigmoid', 'sigmoid', 'straight_through', 'superspike', 'tanh', 'triangle', 'triangular']
+    """
+    return sorted([*_SNNTORCH_SURROGATES, *_NORSE_SURROGATES])
+
+
+def _check_surrogate(name: str) -> None:
+    if name not in _SNNTORCH_SURROGATES and name not in _NORSE_SURROGATES:
+        raise ValueError(f"unknown surrogate {name!r}; available: {', '.join(available_surrogates())}")
+
+
+def surrogate(name: str) -> SpikeFunction:
+    """Spike function ``x -> heaviside(x)`` whose gradient is the named surrogate.
+
+    snnTorch names come from ``snntorch.surrogate``, Norse names from ``norse.torch.functional``
+    (SuperSpike: ``"superspike"``). Usable as snnTorch's ``spike_grad`` or in plain torch.
+
+    Example:
+        >>> surrogate("atan")(Tensor([-0.5, 0.5]))  # doctest: +SKIP
+        tensor([0., 1.])
+    """
+    _check_surrogate(name)
+    if name in _SNNTORCH_SURROGATES:
+        return _SNNTORCH_SURROGATES[name](importlib.import_module(require_snntorch().__name__ + ".surrogate"))
+    method, alpha = _NORSE_SURROGATES[name]
+    threshold = importlib.import_module(require_norse().__name__ + ".functional.threshold").threshold
+    return lambda x: threshold(x, method, alpha)
+
+
+def norse_method(name: str) -> tuple[str, float]:
+    """Norse's ``(method, alpha)`` for a Norse surrogate name (``ValueError`` for any other name).
+
+    Example:
+        >>> norse_method("superspike")
+        ('super', 100.0)
+    """
+    _check_surrogate(name)
+    if name not in _NORSE_SURROGATES:
+        raise ValueError(f"Norse neurons take surrogate {', '.join(sorted(_NORSE_SURROGATES))}, got {name!r}")
+    return _NORSE_SURROGATES[name]
+
+
+def reset_states(model: nn.Module) -> None:
+    """Zero the hidden state of every neuron in ``model`` (and only in ``model``).
+
+    Walks ``model.modules()``: snnTorch neurons get ``reset_mem()``, modules with a
+    ``reset_state()`` method (e.g. :class:`metaspike.snn.SelfRecurrentLIF`) get that. Norse keeps
+    state outside its modules, so it needs nothing here. snnTorch's class-wide registry
+    (``snntorch.utils.reset``) is never used, so two models never reset each other.
+
+    Example:
+        >>> from metaspike.snn import SelfRecurrentLIF
+        >>> layer = SelfRecurrentLIF(2); _ = layer(Tensor([[2.0, 0.0]]))
+        >>> reset_states(nn.Sequential(layer)); layer.v is None
+        True
+    """
+    snntorch = sys.modules.get("snntorch")
+    for module in model.modules():
+        if callable(getattr(module, "reset_state", None)):
+            module.reset_state()
+        elif snntorch is not None and isinstance(module, snntorch.SpikingNeuron):
+            module.reset_mem()

@@ -1,0 +1,83 @@
+"""Spike encoders: a batch ``[B, ...]`` in ``[0, 1]`` becomes ``[num_steps, B, ...]``.
+
+* ``"rate"``: Poisson/Bernoulli spikes, each step fires with probability equal to the value.
+* ``"latency"``: one spike per input, earlier for larger values (``t = round((1 - x)(T - 1))``);
+  zero inputs never fire.
+* ``"direct"``: the value itself as an input current at every step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["RateEncoder", "LatencyEncoder", "DirectEncoder", "available_encoders", "get_encoder"]
+
+
+class RateEncoder(nn.Module):
+    """Bernoulli spikes with the input as firing probability per step.
+
+    Example:
+        >>> RateEncoder()(torch.ones(2, 3), num_steps=4).shape
+        torch.Size([4, 2, 3])
+    """
+
+    def forward(self, x: Tensor, num_steps: int) -> Tensor:
+        return torch.bernoulli(x.clamp(0, 1).unsqueeze(0).expand(num_steps, *x.shape))
+
+
+class LatencyEncoder(nn.Module):
+    """One spike per input value ``> 0``, at step ``round((1 - x)(num_steps - 1))``.
+
+    Example:
+        >>> LatencyEncoder()(torch.tensor([[1.0, 0.0, 0.5]]), num_steps=3)[:, 0]
+        tensor([[1., 0., 0.],
+                [0., 0., 1.],
+                [0., 0., 0.]])
+    """
+
+    def forward(self, x: Tensor, num_steps: int) -> Tensor:
+        x = x.clamp(0, 1)
+        when = torch.round((1 - x) * (num_steps - 1))
+        steps = torch.arange(num_steps, device=x.device, dtype=x.dtype).view(-1, *([1] * x.dim()))
+        return ((steps == when) & (x > 0)).to(x.dtype)
+
+
+class DirectEncoder(nn.Module):
+    """The input itself, repeated as a current at every step.
+
+    Example:
+        >>> DirectEncoder()(torch.tensor([[0.25]]), num_steps=2).flatten().tolist()
+        [0.25, 0.25]
+    """
+
+    def forward(self, x: Tensor, num_steps: int) -> Tensor:
+        return x.unsqueeze(0).expand(num_steps, *x.shape)
+
+
+_ENCODERS: dict[str, type[nn.Module]] = {"rate": RateEncoder, "latency": LatencyEncoder, "direct": DirectEncoder}
+
+
+def available_encoders() -> list[str]:
+    """Encoder names.
+
+    Example:
+        >>> available_encoders()
+        ['direct', 'latency', 'rate']
+    """
+    return sorted(_ENCODERS)
+
+
+def get_encoder(encoder: str | nn.Module) -> nn.Module:
+    """An encoder module by name (a module is returned as it is).
+
+    Example:
+        >>> type(get_encoder("rate")).__name__
+        'RateEncoder'
+    """
+    if isinstance(encoder, nn.Module):
+        return encoder
+    try:
+        return _ENCODERS[encoder]()
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown encoder {encoder!r}; available: {', '.join(available_encoders())}") from None

@@ -1,0 +1,187 @@
+"""Neuron-model registry: a name → a classifier ``[B, *input_shape] → logits`` with float synapses.
+
+Every spiking entry is ``Flatten → [Linear → Scale → neuron] per layer`` inside a
+:class:`~metaspike.snn.SpikingClassifier`; the output layer does not reset (its membrane is the
+readout). ``"bnn"`` is the non-spiking sign network of the ``bnn`` API. Turn synapses binary with
+``metaspike.binarize(model)``.
+
+Adding a neuron model = one builder function ``(spec) -> nn.Module`` + one line in ``_NEURONS``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from metaspike.snn.backends import norse_method, require_norse, require_snntorch, surrogate
+from metaspike.snn.layers import Scale
+from metaspike.snn.recurrent import SelfRecurrentLIF
+from metaspike.snn.timeloop import SpikingClassifier
+
+__all__ = ["NetSpec", "available_neurons", "check_neurons", "build_neuron_model"]
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """Size and time settings shared by every neuron model of a comparison.
+
+    ``surrogate=None`` takes each backend's default (snnTorch: ``fast_sigmoid``, Norse:
+    ``superspike``, self-recurrent layer: its own fast sigmoid).
+    """
+
+    input_shape: tuple[int, ...] = (1, 28, 28)
+    hidden: tuple[int, ...] = (256,)
+    classes: int = 10
+    num_steps: int = 8
+    encoder: str = "direct"
+    readout: str = "membrane"
+    surrogate: str | None = None
+    beta: float = 0.9
+    gain: float = 2.0
+
+
+Neuron = Callable[[int, bool], nn.Module]  # (features, is_output_layer) -> neuron module
+
+
+def _layers(spec: NetSpec, neuron: Neuron) -> list[nn.Module]:
+    sizes = [math.prod(spec.input_shape), *spec.hidden, spec.classes]
+    layers: list[nn.Module] = [nn.Flatten()]
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers += [nn.Linear(n_in, n_out, bias=False), Scale(n_out, spec.gain / math.sqrt(n_in)),
+                   neuron(n_out, i == len(sizes) - 2)]
+    return layers
+
+
+def _classifier(spec: NetSpec, network: nn.Module) -> SpikingClassifier:
+    return SpikingClassifier(network, spec.num_steps, spec.encoder, spec.readout, spec.input_shape)
+
+
+def _snntorch(spec: NetSpec, make: Callable[..., nn.Module]) -> SpikingClassifier:
+    spike_grad = surrogate(spec.surrogate or "fast_sigmoid")
+
+    def neuron(features: int, last: bool) -> nn.Module:
+        return make(spike_grad=spike_grad, init_hidden=True, output=last, reset_mechanism="none" if last else "zero")
+
+    return _classifier(spec, nn.Sequential(*_layers(spec, neuron)))
+
+
+def leaky(spec: NetSpec) -> nn.Module:
+    """snnTorch ``Leaky`` (first-order LIF)."""
+    snn = require_snntorch()
+    return _snntorch(spec, lambda **kw: snn.Leaky(beta=spec.beta, **kw))
+
+
+def synaptic(spec: NetSpec) -> nn.Module:
+    """snnTorch ``Synaptic`` (current-based LIF, second order)."""
+    snn = require_snntorch()
+    return _snntorch(spec, lambda **kw: snn.Synaptic(alpha=0.5, beta=spec.beta, **kw))
+
+
+def alpha(spec: NetSpec) -> nn.Module:
+    """snnTorch ``Alpha`` (alpha-shaped synaptic current)."""
+    snn = require_snntorch()
+    return _snntorch(spec, lambda **kw: snn.Alpha(alpha=min(0.95, spec.beta + 0.05), beta=spec.beta - 0.1, **kw))
+
+
+def lapicque(spec: NetSpec) -> nn.Module:
+    """snnTorch ``Lapicque`` (RC membrane)."""
+    snn = require_snntorch()
+    return _snntorch(spec, lambda **kw: snn.Lapicque(beta=spec.beta, **kw))
+
+
+def self_recurrent(spec: NetSpec) -> nn.Module:
+    """Self-recurrent LIF with learnable decay and threshold (Zhang & Li 2020), plain torch."""
+    spike_fn = surrogate(spec.surrogate) if spec.surrogate else None
+
+    def neuron(features: int, last: bool) -> nn.Module:
+        if last:
+            return SelfRecurrentLIF(features, spec.beta, threshold=1e4, spike_fn=spike_fn, output=True)
+        return SelfRecurrentLIF(features, spec.beta, spike_fn=spike_fn)
+
+    return _classifier(spec, nn.Sequential(*_layers(spec, neuron)))
+
+
+def _norse(spec: NetSpec, cell: Callable[[Callable[..., tuple], str, float], nn.Module]) -> nn.Module:
+    norse = require_norse()
+    method, alpha_ = norse_method(spec.surrogate or "superspike")
+    taus = dict(tau_syn_inv=torch.as_tensor(500.0), tau_mem_inv=torch.as_tensor(200.0))
+
+    def neuron(features: int, last: bool) -> nn.Module:
+        if last:
+            return norse.LICell(norse.LIParameters(**taus))
+        return cell(taus, method, alpha_)
+
+    return _classifier(spec, norse.SequentialState(*_layers(spec, neuron)))
+
+
+def norse_lif(spec: NetSpec) -> nn.Module:
+    """Norse ``LIFCell`` (current-based LIF); Norse's leaky integrator ``LICell`` as output."""
+    norse = require_norse()
+    return _norse(spec, lambda taus, method, a: norse.LIFCell(norse.LIFParameters(**taus, method=method, alpha=a)))
+
+
+def norse_lsnn(spec: NetSpec) -> nn.Module:
+    """Norse ``LSNNCell``: LIF with an adaptive threshold (Bellec et al. 2018)."""
+    norse = require_norse()
+    return _norse(spec, lambda taus, method, a: norse.LSNNCell(
+        norse.LSNNParameters(**taus, tau_adapt_inv=torch.as_tensor(1 / 0.05), beta=torch.as_tensor(0.5),
+                             method=method, alpha=a)))
+
+
+def bnn_mlp(spec: NetSpec) -> nn.Module:
+    """Non-spiking sign BNN of the ``bnn`` API (``bnn.MLP``); ignores the time settings."""
+    from bnn import MLP
+
+    return MLP([math.prod(spec.input_shape), *spec.hidden, spec.classes])
+
+
+_NEURONS: dict[str, Callable[[NetSpec], nn.Module]] = {
+    "bnn": bnn_mlp,
+    "leaky": leaky,
+    "synaptic": synaptic,
+    "alpha": alpha,
+    "lapicque": lapicque,
+    "self-recurrent": self_recurrent,
+    "norse-lif": norse_lif,
+    "norse-lsnn": norse_lsnn,
+}
+
+
+def available_neurons() -> list[str]:
+    """Registered neuron-model names.
+
+    Example:
+        >>> available_neurons()
+        ['alpha', 'bnn', 'lapicque', 'leaky', 'norse-lif', 'norse-lsnn', 'self-recurrent', 'synaptic']
+    """
+    return sorted(_NEURONS)
+
+
+def check_neurons(names: list[str] | tuple[str, ...]) -> None:
+    """``ValueError`` naming the first unknown neuron model.
+
+    Example:
+        >>> check_neurons(["leaky", "lif2"])
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown neuron model 'lif2'; available: alpha, bnn, lapicque, leaky, norse-lif, norse-lsnn, self-recurrent, synaptic
+    """
+    for name in names:
+        if name not in _NEURONS:
+            raise ValueError(f"unknown neuron model {name!r}; available: {', '.join(available_neurons())}")
+
+
+def build_neuron_model(name: str, spec: NetSpec = NetSpec()) -> nn.Module:
+    """A classifier of the named neuron model with float synapses.
+
+    Example:
+        >>> model = build_neuron_model("self-recurrent", NetSpec(hidden=(32,), num_steps=4))
+        >>> model(torch.rand(5, 1, 28, 28)).shape
+        torch.Size([5, 10])
+    """
+    check_neurons([name])
+    return _NEURONS[name](spec)

@@ -1,0 +1,68 @@
+"""Readouts: the per-step outputs of a spiking network become logits ``[B, classes]``.
+
+A step's output is either a tensor or a tuple ``(spikes, membrane)`` (snnTorch's ``output=True``).
+
+* ``"count"``: spikes summed over the steps (the spikes are the tensor, or the tuple's first item).
+* ``"membrane"``: membrane potential averaged over the steps (the tuple's second item, or the tensor
+  itself, e.g. the voltage of a Norse ``LICell``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["spike_count", "membrane", "available_readouts", "get_readout"]
+
+StepOutput = Tensor | tuple[Tensor, ...]
+Readout = Callable[[Sequence[StepOutput]], Tensor]
+
+
+def spike_count(outputs: Sequence[StepOutput]) -> Tensor:
+    """Sum of the output spikes over time.
+
+    Example:
+        >>> spike_count([torch.tensor([[1.0, 0.0]]), (torch.tensor([[1.0, 1.0]]), torch.zeros(1, 2))])
+        tensor([[2., 1.]])
+    """
+    return torch.stack([o[0] if isinstance(o, tuple) else o for o in outputs]).sum(0)
+
+
+def membrane(outputs: Sequence[StepOutput]) -> Tensor:
+    """Mean output membrane potential over time.
+
+    Example:
+        >>> membrane([(torch.zeros(1, 2), torch.tensor([[1.0, 3.0]])), (torch.zeros(1, 2), torch.tensor([[3.0, 1.0]]))])
+        tensor([[2., 2.]])
+    """
+    return torch.stack([o[1] if isinstance(o, tuple) else o for o in outputs]).mean(0)
+
+
+_READOUTS: dict[str, Readout] = {"count": spike_count, "membrane": membrane}
+
+
+def available_readouts() -> list[str]:
+    """Readout names.
+
+    Example:
+        >>> available_readouts()
+        ['count', 'membrane']
+    """
+    return sorted(_READOUTS)
+
+
+def get_readout(readout: str | Readout) -> Readout:
+    """A readout by name (a callable is returned as it is).
+
+    Example:
+        >>> get_readout("count") is spike_count
+        True
+    """
+    if callable(readout):
+        return readout
+    try:
+        return _READOUTS[readout]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown readout {readout!r}; available: {', '.join(available_readouts())}") from None

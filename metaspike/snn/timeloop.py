@@ -1,0 +1,98 @@
+"""The time loop: encoder → spiking network (one call per step) → readout, as one ``nn.Module``.
+
+:class:`SpikingClassifier` maps a batch ``[B, *input_shape]`` (or an already encoded
+``[num_steps, B, *input_shape]``) to logits, so the continual trainer takes it like any classifier.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from metaspike.snn.backends import reset_states
+from metaspike.snn.encoders import get_encoder
+from metaspike.snn.readouts import Readout, get_readout
+from metaspike.synapse import binarized_once
+
+__all__ = ["SpikingClassifier"]
+
+
+def _takes_state(network: nn.Module) -> bool:
+    """Norse's convention: a module whose ``forward`` has a ``state`` argument returns ``(out, state)``."""
+    return "state" in inspect.signature(network.forward).parameters
+
+
+class SpikingClassifier(nn.Module):
+    """Run ``network`` for ``num_steps`` steps on encoded input and read logits out.
+
+    The hidden state of every neuron inside ``network`` is reset at the start of each call (see
+    :func:`metaspike.snn.reset_states`); Norse-style networks (``forward(x, state)``, e.g.
+    ``SequentialState``) get their state threaded through the steps. Binary weights are computed
+    once per call (:func:`metaspike.binarized_once`), not once per step.
+
+    Args:
+        network: one time step: input ``[B, *input_shape]`` → output tensor or ``(spikes, membrane)``.
+        num_steps: time steps per sample (>= 1).
+        encoder: ``"rate"``, ``"latency"``, ``"direct"`` or an encoder module.
+        readout: ``"count"``, ``"membrane"`` or a callable on the list of step outputs.
+        input_shape: shape of one sample; when given, inputs are checked against it and
+            pre-encoded inputs ``[num_steps, B, *input_shape]`` are accepted.
+
+    Example:
+        >>> import torch
+        >>> net = SpikingClassifier(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), num_steps=5,
+        ...                         encoder="direct", readout="membrane", input_shape=(1, 2, 2))
+        >>> net(torch.rand(8, 1, 2, 2)).shape
+        torch.Size([8, 3])
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        num_steps: int = 8,
+        encoder: str | nn.Module = "rate",
+        readout: str | Readout = "membrane",
+        input_shape: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+            raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+        self.network = network
+        self.num_steps = num_steps
+        self.encoder = get_encoder(encoder)
+        self.readout = get_readout(readout)
+        self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+        if self.input_shape is not None:
+            self.in_features = math.prod(self.input_shape)
+        self._stateful = _takes_state(network)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """``[B, *input_shape]`` → ``[num_steps, B, *input_shape]``; encoded input is checked and kept."""
+        shape = self.input_shape
+        if shape is None or tuple(x.shape[1:]) == shape:
+            return self.encoder(x, self.num_steps)
+        if tuple(x.shape[2:]) == shape and x.dim() == len(shape) + 2:
+            if x.shape[0] != self.num_steps:
+                raise ValueError(f"input has {x.shape[0]} time steps but num_steps is {self.num_steps}")
+            return x
+        raise ValueError(
+            f"input of shape {tuple(x.shape)} does not fit: expected [batch, {', '.join(map(str, shape))}] "
+            f"or [num_steps={self.num_steps}, batch, {', '.join(map(str, shape))}]"
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        steps = self.encode(x)
+        reset_states(self.network)
+        state = None
+        outputs = []
+        with binarized_once():
+            for x_t in steps:
+                if self._stateful:
+                    out, state = self.network(x_t, state)
+                else:
+                    out = self.network(x_t)
+                outputs.append(out)
+        return self.readout(outputs)

@@ -1,0 +1,157 @@
+"""metaspike.snn without optional packages: encoders, readouts, time loop, self-recurrent layer, errors."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import metaspike
+from metaspike.snn import (
+    LatencyEncoder, RateEncoder, SelfRecurrentLIF, SpikingClassifier, build_neuron_model, get_encoder, get_readout,
+    reset_states, surrogate,
+)
+from metaspike.snn.neurons import NetSpec
+from metaspike.synapse import SignWeight
+
+
+def _tiny(num_steps=3, **kw):
+    step = nn.Sequential(nn.Flatten(), nn.Linear(4, 5), SelfRecurrentLIF(5), nn.Linear(5, 3), SelfRecurrentLIF(3, output=True))
+    return SpikingClassifier(step, num_steps=num_steps, encoder="direct", input_shape=(1, 2, 2), **kw)
+
+
+def test_import_metaspike_works_without_snntorch_norse_nir_and_features_name_the_pip_command():
+    code = (
+        "import sys\n"
+        "for name in ('snntorch', 'norse', 'nir'): sys.modules[name] = None\n"
+        "import metaspike, metaspike.snn\n"
+        "from metaspike.snn import build_neuron_model\n"
+        "for neuron, pip in (('leaky', 'pip install snntorch'), ('norse-lif', 'pip install norse')):\n"
+        "    try:\n"
+        "        build_neuron_model(neuron)\n"
+        "    except ImportError as err:\n"
+        "        assert pip in str(err), err\n"
+        "    else:\n"
+        "        raise AssertionError(neuron)\n"
+        "build_neuron_model('self-recurrent')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rate_encoder_fires_with_the_input_probability():
+    torch.manual_seed(0)
+    spikes = RateEncoder()(torch.tensor([[0.0, 1.0, 0.3]]), num_steps=4000)
+    assert spikes[:, 0, 0].sum() == 0 and spikes[:, 0, 1].sum() == 4000
+    assert abs(spikes[:, 0, 2].mean().item() - 0.3) < 0.03
+
+
+def test_latency_encoder_fires_once_earlier_for_brighter_inputs():
+    spikes = LatencyEncoder()(torch.tensor([[1.0, 0.5, 0.1, 0.0]]), num_steps=5)
+    assert spikes.sum(0).tolist() == [[1.0, 1.0, 1.0, 0.0]]
+    assert spikes[:, 0, :3].argmax(0).tolist() == [0, 2, 4]
+
+
+def test_time_loop_resets_state_so_repeated_calls_agree():
+    torch.manual_seed(0)
+    model = _tiny(num_steps=6)
+    x = torch.rand(7, 1, 2, 2) * 3
+    torch.testing.assert_close(model(x), model(x))
+    assert model.network[2].v is not None
+    reset_states(model)
+    assert model.network[2].v is None
+
+
+def test_time_loop_accepts_encoded_input_and_checks_shapes():
+    torch.manual_seed(0)
+    model = _tiny(num_steps=3)
+    x = torch.rand(2, 1, 2, 2)
+    torch.testing.assert_close(model(x.expand(3, 2, 1, 2, 2)), model(x))
+    with pytest.raises(ValueError, match="input has 5 time steps but num_steps is 3"):
+        model(torch.rand(5, 2, 1, 2, 2))
+    with pytest.raises(ValueError, match=r"input of shape \(2, 1, 3, 3\) does not fit"):
+        model(torch.rand(2, 1, 3, 3))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(num_steps=0), "num_steps must be an integer >= 1, got 0"),
+    (dict(encoder="morse"), "unknown encoder 'morse'"),
+    (dict(readout="vote"), "unknown readout 'vote'"),
+])
+def test_bad_time_loop_settings_raise_one_clear_value_error(bad, message):
+    settings = dict(num_steps=2, encoder="direct", readout="count") | bad
+    with pytest.raises(ValueError, match=message):
+        SpikingClassifier(nn.Linear(2, 2), **settings)
+
+
+def test_unknown_neuron_surrogate_and_a_model_without_synapses_raise_value_error():
+    with pytest.raises(ValueError, match="unknown neuron model 'hodgkin'"):
+        build_neuron_model("hodgkin")
+    with pytest.raises(ValueError, match="unknown surrogate 'smooth'"):
+        surrogate("smooth")
+    with pytest.raises(ValueError, match="has no layer to binarize"):
+        metaspike.binarize(SpikingClassifier(nn.Sequential(nn.Flatten(), SelfRecurrentLIF(4)), 2))
+
+
+def test_signs_are_taken_once_per_forward_not_once_per_step():
+    model = metaspike.binarize(_tiny(num_steps=10))
+    calls = []
+    for module in model.modules():
+        if isinstance(module, SignWeight):
+            module.register_forward_hook(lambda *args: calls.append(1))
+    model(torch.rand(2, 1, 2, 2)).sum().backward()
+    assert len(calls) == 2
+
+
+def test_self_recurrent_layer_trains_decay_threshold_and_self_weight():
+    torch.manual_seed(0)
+    model = metaspike.binarize(build_neuron_model("self-recurrent", NetSpec(hidden=(16,), num_steps=4)))
+    layer = model.network[3]
+    before = [p.detach().clone() for p in (layer.beta, layer.threshold, layer.w_self)]
+    hidden = [w.detach().clone() for w in metaspike.hidden_weights(model)]
+    opt = metaspike.MetaplasticAdam(metaspike.param_groups(model, 5.0), lr=0.01)
+    x, y = torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    changed = [not torch.equal(a, b) for a, b in zip(before, (layer.beta, layer.threshold, layer.w_self))]
+    assert changed == [True, True, True]
+    assert all(not torch.equal(a, b) for a, b in zip(hidden, metaspike.hidden_weights(model)))
+    assert set(model.network[1].weight.unique().tolist()) == {-1.0, 1.0}
+
+
+def test_self_recurrent_layer_feeds_each_neuron_back_only_to_itself():
+    layer = SelfRecurrentLIF(3, beta=0.0, threshold=0.5)
+    with torch.no_grad():
+        layer.w_self.copy_(torch.tensor([0.0, 0.7, 0.0]))
+    first = layer(torch.tensor([[1.0, 1.0, 0.0]]))
+    second = layer(torch.zeros(1, 3))
+    assert first.tolist() == [[1.0, 1.0, 0.0]] and second.tolist() == [[0.0, 1.0, 0.0]]
+
+
+def test_readout_and_encoder_objects_pass_through():
+    encoder, readout = RateEncoder(), (lambda outputs: outputs[-1])
+    assert get_encoder(encoder) is encoder and get_readout(readout) is readout
+
+
+def test_compare_neurons_writes_one_table_and_figure_for_every_model_and_meta(tmp_path):
+    from metaspike.experiment import RunConfig
+    from metaspike.snn.compare import compare_neurons
+
+    base = RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(16,))
+    path, rows = compare_neurons(base, ["bnn", "self-recurrent"], [0, 50], spec=NetSpec(num_steps=2), out=tmp_path,
+                                 progress=False)
+    assert [r["setting"] for r in rows] == ["bnn meta=0", "bnn meta=50", "self-recurrent meta=0", "self-recurrent meta=50"]
+    lines = (path / "comparison.csv").read_text().splitlines()
+    assert lines[0].startswith("neuron,meta,runs,task1_mean,task1_std,task2_mean") and len(lines) == 5
+    assert "forgetting" in (path / "comparison.txt").read_text()
+    assert (path / "forgetting.png").stat().st_size > 0
+    assert len([d for d in path.iterdir() if d.is_dir()]) == 4
+
+
+def test_cli_compare_neurons_names_an_unknown_neuron_model(capsys):
+    from metaspike.cli import main
+
+    assert main(["compare", "--neurons", "leaky", "hodgkin", "--out", "/nonexistent-never-written"]) == 2
+    assert "unknown neuron model 'hodgkin'" in capsys.readouterr().err

@@ -1,0 +1,141 @@
+"""snnTorch, Norse and NIR: one-line binary synapses, training, per-model reset, NIR round trip."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import metaspike
+from metaspike.snn import SpikingClassifier, build_neuron_model, reset_states, surrogate
+from metaspike.snn.neurons import NetSpec
+
+snn = pytest.importorskip("snntorch")
+
+
+def _train_steps(model, steps=3, meta=5.0):
+    opt = metaspike.MetaplasticAdam(metaspike.param_groups(model, meta), lr=0.01)
+    torch.manual_seed(1)
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def _snntorch_sequential():
+    spike_grad = surrogate("fast_sigmoid")
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 32), snn.Leaky(beta=0.9, spike_grad=spike_grad, init_hidden=True),
+        nn.Linear(32, 10), snn.Leaky(beta=0.9, spike_grad=spike_grad, init_hidden=True, output=True),
+    )
+
+
+def test_one_line_makes_an_snntorch_model_metaplastic_and_the_forward_sees_plus_minus_one():
+    torch.manual_seed(0)
+    net = _snntorch_sequential()
+    metaspike.binarize(net)  # the one line
+    model = SpikingClassifier(net, num_steps=5, encoder="rate", input_shape=(1, 28, 28))
+    hidden = [w.detach().clone() for w in metaspike.hidden_weights(model)]
+    _train_steps(model)
+    after = metaspike.hidden_weights(model)
+    assert len(after) == 2 and all(not torch.equal(a, b) for a, b in zip(hidden, after))
+    for layer in (net[1], net[3]):
+        assert set(layer.weight.unique().tolist()) == {-1.0, 1.0}
+        torch.testing.assert_close(layer.weight, torch.where(layer.parametrizations.weight.original >= 0, 1.0, -1.0))
+
+
+def test_reset_zeroes_the_state_of_one_model_and_leaves_another_alone():
+    torch.manual_seed(0)
+    a, b = _snntorch_sequential(), _snntorch_sequential()
+    x = torch.rand(4, 1, 28, 28) * 5
+    for _ in range(3):
+        a(x), b(x)
+    assert a[2].mem.abs().sum() > 0 and b[2].mem.abs().sum() > 0
+    reset_states(a)
+    assert a[2].mem.abs().sum() == 0 and a[4].mem.abs().sum() == 0
+    assert b[2].mem.abs().sum() > 0
+
+
+@pytest.mark.parametrize("neuron", ["leaky", "synaptic", "alpha", "lapicque"])
+def test_snntorch_neuron_models_train_with_binary_synapses_and_repeat_exactly(neuron):
+    torch.manual_seed(0)
+    model = metaspike.binarize(build_neuron_model(neuron, NetSpec(hidden=(24,), num_steps=4, surrogate="atan")))
+    x = torch.rand(3, 1, 28, 28)
+    torch.testing.assert_close(model(x), model(x))
+    before = [w.detach().clone() for w in metaspike.hidden_weights(model)]
+    _train_steps(model, steps=2)
+    assert all(not torch.equal(a, b) for a, b in zip(before, metaspike.hidden_weights(model)))
+
+
+@pytest.mark.parametrize("neuron", ["norse-lif", "norse-lsnn"])
+def test_norse_sequential_state_models_train_with_binary_synapses(neuron):
+    pytest.importorskip("norse.torch")
+    torch.manual_seed(0)
+    model = metaspike.binarize(build_neuron_model(neuron, NetSpec(hidden=(24,), num_steps=4)))
+    assert type(model.network).__name__ == "SequentialState"
+    x = torch.rand(3, 1, 28, 28)
+    torch.testing.assert_close(model(x), model(x))
+    before = [w.detach().clone() for w in metaspike.hidden_weights(model)]
+    _train_steps(model, steps=2)
+    assert all(not torch.equal(a, b) for a, b in zip(before, metaspike.hidden_weights(model)))
+    assert set(model.network[1].weight.unique().tolist()) == {-1.0, 1.0}
+
+
+def test_norse_neurons_reject_an_snntorch_surrogate_name_and_take_superspike():
+    pytest.importorskip("norse.torch")
+    with pytest.raises(ValueError, match="Norse neurons take surrogate"):
+        build_neuron_model("norse-lif", NetSpec(surrogate="atan"))
+    spikes = surrogate("superspike")(torch.tensor([-0.2, 0.3], requires_grad=True))
+    assert spikes.tolist() == [0.0, 1.0]
+
+
+def test_nir_round_trip_gives_the_same_spikes(tmp_path):
+    nir = pytest.importorskip("nir")
+    from metaspike.snn.nir import export_nir, import_nir
+
+    torch.manual_seed(0)
+    model = metaspike.binarize(build_neuron_model("leaky", NetSpec(hidden=(32,), num_steps=6, encoder="rate", beta=0.8)))
+    _train_steps(model, steps=2)
+    path = tmp_path / "leaky.nir"
+    export_nir(model, path)
+    graph = nir.read(path)
+    weights = [n.weight for n in graph.nodes.values() if isinstance(n, (nir.Linear, nir.Affine))]
+    assert [w.shape for w in weights] == [(32, 784), (10, 32)]
+    assert all(set(map(float, abs(w).flatten())) == {1.0} for w in weights)
+    lif = next(n for n in graph.nodes.values() if isinstance(n, nir.LIF))
+    assert lif.tau.shape == (32,) and lif.tau[0] == pytest.approx(1 / (1 - 0.8))
+    assert lif.v_threshold.tolist() == [1.0] * 32
+
+    rebuilt = SpikingClassifier(import_nir(path), model.num_steps, model.encoder, model.readout, model.input_shape)
+    recorded = {}
+    for key, net in (("original", model.network), ("rebuilt", rebuilt.network)):
+        hidden_lif = [m for m in net if isinstance(m, snn.Leaky)][0]
+        hidden_lif.register_forward_hook(lambda m, i, o, key=key: recorded.setdefault(key, []).append(o.detach()))
+    spikes = model.encode(torch.rand(8, 1, 28, 28))  # the same encoded input for both
+    logits = model(spikes), rebuilt(spikes)
+    original, again = torch.stack(recorded["original"]), torch.stack(recorded["rebuilt"])
+    assert original.sum() > 0 and torch.equal(original, again)
+    torch.testing.assert_close(*logits)
+
+
+def test_nir_export_names_an_unsupported_layer():
+    pytest.importorskip("nir")
+    from metaspike.snn.nir import export_nir
+
+    with pytest.raises(ValueError, match="does not support layer '1' \\(Tanh\\)"):
+        export_nir(nn.Sequential(nn.Flatten(), nn.Tanh()), input_shape=(4,))
+
+
+def test_metaplastic_spiking_network_forgets_less_on_a_real_data_stream():
+    from metaspike.continual import make_scenario
+    from metaspike.experiment import RunConfig
+    from metaspike.snn.compare import train_neuron
+
+    scenario = make_scenario("permuted", ["digits"], tasks=2, seed=1)
+    first = {}
+    for meta in (0.0, 20.0):
+        config = RunConfig(datasets=("digits",), tasks=2, epochs=3, hidden=(64,), meta=(meta,), seed=1)
+        result = train_neuron("leaky", config, scenario, NetSpec(num_steps=4))
+        first[meta] = result.matrix[-1][0]
+        assert result.matrix[0][0] > 60
+    assert first[20.0] > first[0.0] + 5, first
