@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from metaspike.experiment import DEFAULT_META, RunConfig
+from metaspike.experiment import DEFAULT_INPUT_META, DEFAULT_META, RunConfig, meta_label, parse_meta
 from metaspike.reproduce import cli as reproduce_cli
 
 __all__ = ["main"]
@@ -31,7 +31,7 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
                              "(sequence takes several, e.g. mnist5k digits) (default: %(default)s)")
     parser.add_argument("--tasks", type=int, default=d["tasks"], help="permutations / class groups / stream subsets (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=None, help=f"epochs per task (default: {d['epochs']})")
-    parser.add_argument("--meta", type=float, nargs="+", default=None, help=meta_help)
+    parser.add_argument("--meta", type=str, nargs="+", default=None, help=meta_help)
     parser.add_argument("--hidden", type=int, nargs="+", default=None,
                         help=f"hidden layer widths (default: {' '.join(map(str, d['hidden']))})")
     parser.add_argument("--batch-size", type=int, default=d["batch_size"], help="(default: %(default)s)")
@@ -49,11 +49,12 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _config(args: argparse.Namespace, meta: Sequence[float], seed: int) -> RunConfig:
+def _config(args: argparse.Namespace, meta: Sequence[float] | None, seed: int) -> RunConfig:
     return RunConfig(
         scenario=args.scenario, datasets=tuple(args.dataset), tasks=args.tasks,
         epochs=_DEFAULTS["epochs"] if args.epochs is None else args.epochs,
-        hidden=tuple(_DEFAULTS["hidden"] if args.hidden is None else args.hidden), meta=tuple(meta), rule=args.rule, lr=args.lr, batch_size=args.batch_size,
+        hidden=tuple(_DEFAULTS["hidden"] if args.hidden is None else args.hidden),
+        meta=None if meta is None else tuple(meta), rule=args.rule, lr=args.lr, batch_size=args.batch_size,
         seed=seed, batchnorm=args.batchnorm, optimizer=args.optimizer, split_mode=args.split_mode,
         device=args.device, data_dir=args.data_dir,
     )
@@ -66,11 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = sub.add_parser("train", help="train one continual-learning run")
-    _add_run_options(train, f"metaplasticity m >= 0: one value or one per layer (default: {DEFAULT_META:g})")
+    default = f"{DEFAULT_INPUT_META:g} for the first layer, {DEFAULT_META:g} for the others"
+    _add_run_options(train, f"metaplasticity m >= 0: one value, or one per layer (default: {default})")
     train.add_argument("--seed", type=int, default=_DEFAULTS["seed"], help="(default: %(default)s)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint (other options are read from RUN_DIR)")
     cmp = sub.add_parser("compare", help="same task stream with several meta values, one table and figure")
-    _add_run_options(cmp, f"meta values to compare (default: 0 {DEFAULT_META:g})")
+    _add_run_options(cmp, "meta settings to compare, each a number or one number per layer like 5,30,30 "
+                          f"(default: 0 and {default})")
     cmp.add_argument("--seeds", type=int, nargs="+", default=[_DEFAULTS["seed"]], help="seeds; the table gives mean ± std (default: %(default)s)")
     cmp.add_argument("--neurons", nargs="+", default=None, metavar="NAME",
                      help="compare neuron models (e.g. bnn leaky norse-lif; see metaspike.snn.available_neurons()), "
@@ -90,11 +93,11 @@ def _train(args: argparse.Namespace) -> None:
             print(f"metaspike: warning: {warning}; resumed from the previous checkpoint", file=sys.stderr)
         meta = json.loads((path / "config.json").read_text())["meta"]
     else:
-        config = _config(args, args.meta or [DEFAULT_META], args.seed)
+        meta_values = [v for text in args.meta for v in parse_meta(text)] if args.meta else None
+        config = _config(args, meta_values, args.seed)
         path, result = run(config, args.out, progress=not args.quiet)
         meta = list(config.meta)
-    label = ":".join(f"{m:g}" for m in (meta if isinstance(meta, list) else [meta]))
-    rows = [{"setting": f"meta={label}",
+    rows = [{"setting": f"meta={meta_label(meta if isinstance(meta, list) else [meta])}",
              **{f"task {j + 1}": (a, 0.0) for j, a in enumerate(result.matrix[-1])},
              **{k: (v, 0.0) for k, v in result.metrics.items()}, "seconds": (result.seconds, 0.0)}]
     print()
@@ -109,8 +112,8 @@ def _compare(args: argparse.Namespace) -> None:
         from metaspike.snn.compare import compare_from_args
 
         return compare_from_args(args, _config)
-    metas = args.meta if args.meta is not None else [0.0, DEFAULT_META]
-    base = _config(args, [metas[0]], args.seeds[0])
+    base = _config(args, None, args.seeds[0])
+    metas = [parse_meta(text) for text in args.meta] if args.meta is not None else [(0.0,), base.meta]
     path, rows = compare(base, metas, args.seeds, args.out, progress=not args.quiet)
     n_tasks = sum(1 for key in rows[0] if key.startswith("task "))
     print()

@@ -85,8 +85,16 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     return written
 
 
-def plot_comparison(run_dirs: Sequence[str | os.PathLike], labels: Sequence[str], out: str | os.PathLike) -> Path:
-    """One figure: accuracy curves of each run (top) and final accuracy per task (bottom).
+def plot_comparison(
+    run_dirs: Sequence[str | os.PathLike],
+    labels: Sequence[str],
+    out: str | os.PathLike,
+    final: Sequence[tuple[Sequence[float], Sequence[float]]] | None = None,
+) -> Path:
+    """One figure: accuracy curves of each run (top) and accuracy per task after the last task (bottom).
+
+    ``final`` gives, per setting, the mean and std of that accuracy over seeds (bars with error
+    bars); without it the bars show the runs in ``run_dirs``.
 
     Example:
         >>> plot_comparison(["runs/a", "runs/b"], ["meta=0", "meta=10"], "runs/compare.png")  # doctest: +SKIP
@@ -101,11 +109,12 @@ def plot_comparison(run_dirs: Sequence[str | os.PathLike], labels: Sequence[str]
         ax.remove()
     n_tasks = len(runs[0]["task_names"])
     width = 0.8 / len(runs)
-    for k, (run, label) in enumerate(zip(runs, labels)):
-        final = run["matrix"][-1]
-        bottom.bar([j + k * width for j in range(n_tasks)], final, width, label=label)
+    bars = final if final is not None else [(run["matrix"][-1], [0.0] * n_tasks) for run in runs]
+    for k, ((means, stds), label) in enumerate(zip(bars, labels)):
+        bottom.bar([j + k * width for j in range(n_tasks)], means, width, yerr=stds if final is not None else None,
+                   capsize=3, label=label)
     bottom.set_xticks([j + 0.4 - width / 2 for j in range(n_tasks)], [f"task {j + 1}" for j in range(n_tasks)])
-    bottom.set_ylabel("accuracy after the last task (%)")
+    bottom.set_ylabel("accuracy after the last task (%)" + (" mean ± std" if final is not None else ""))
     bottom.set_ylim(0, 100)
     bottom.legend(fontsize=8)
     fig.tight_layout()

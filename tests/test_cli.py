@@ -38,11 +38,11 @@ def test_train_writes_a_complete_run_directory(tmp_path, capsys):
 
 def test_rerunning_never_overwrites_an_earlier_run(tmp_path):
     assert main(["train", *SMALL, "--out", str(tmp_path)]) == 0
-    first = tmp_path / "permuted-digits-meta10-seed1"
+    first = tmp_path / "permuted-digits-meta5-30-seed1"
     before = (first / "accuracy_matrix.csv").read_text()
     (first / "notes.txt").write_text("mine")
     assert main(["train", *SMALL, "--out", str(tmp_path)]) == 0
-    assert (tmp_path / "permuted-digits-meta10-seed1-2" / "metrics.json").exists()
+    assert (tmp_path / "permuted-digits-meta5-30-seed1-2" / "metrics.json").exists()
     assert (first / "accuracy_matrix.csv").read_text() == before
     assert (first / "notes.txt").read_text() == "mine"
 
@@ -61,24 +61,26 @@ def test_a_run_that_fails_keeps_what_it_measured(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer_module, "train_epoch", dies_in_second_task)
     assert main(["train", *SMALL, "--out", str(tmp_path)]) == 2
-    run = load_run(tmp_path / "permuted-digits-meta10-seed1")
+    run = load_run(tmp_path / "permuted-digits-meta5-30-seed1")
     assert len(run["matrix"]) == 1 and len(run["curves"]) == 1
     assert run["metrics"]["complete"] is False
 
 
 def test_compare_writes_a_table_and_a_figure(tmp_path, capsys):
-    assert main(["compare", *SMALL, "--meta", "0", "5", "--seeds", "1", "2", "--out", str(tmp_path)]) == 0
+    assert main(["compare", *SMALL, "--meta", "0", "5,20", "--seeds", "1", "2", "--out", str(tmp_path)]) == 0
     root = next(tmp_path.glob("compare-*"))
     rows = list(csv.DictReader(open(root / "comparison.csv")))
-    assert [r["setting"] for r in rows] == ["meta=0", "meta=5"] and rows[0]["runs"] == "2"
+    assert [r["setting"] for r in rows] == ["meta=0", "meta=5:20"] and rows[0]["runs"] == "2"
+    config = json.loads((root / "permuted-digits-meta5-20-seed2" / "config.json").read_text())
+    assert config["meta"] == [5.0, 20.0] and config["seed"] == 2
     assert (root / "comparison.png").stat().st_size > 1000
     assert len(list(root.glob("permuted-*"))) == 4
-    assert "meta=5" in capsys.readouterr().out
+    assert "meta=5:20" in capsys.readouterr().out
 
 
 def test_plot_redraws_a_run(tmp_path, capsys):
     main(["train", *SMALL, "--out", str(tmp_path)])
-    run = tmp_path / "permuted-digits-meta10-seed1"
+    run = tmp_path / "permuted-digits-meta5-30-seed1"
     (run / "accuracy_curves.png").unlink()
     assert main(["plot", str(run)]) == 0
     assert (run / "accuracy_curves.png").exists()
@@ -89,6 +91,7 @@ def test_plot_redraws_a_run(tmp_path, capsys):
     [
         (["train", "--meta", "-1"], "--meta must be a finite number >= 0, got -1.0"),
         (["train", "--meta", "nan"], "--meta must be a finite number >= 0, got nan"),
+        (["compare", "--meta", "0", "5,x"], "--meta '5,x' is not a number or a list of numbers like 5,30,30"),
         (["train", "--meta", "1", "2"], "--meta takes one value or one per layer (3 for --hidden 512 512), got 2"),
         (["train", "--tasks", "0"], "--tasks must be an integer >= 1, got 0"),
         (["train", "--epochs", "-2"], "--epochs must be an integer >= 1, got -2"),

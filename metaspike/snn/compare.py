@@ -24,7 +24,7 @@ from metaspike.consolidation import check_meta
 from metaspike.continual.results import RunDirectory, atomic_write_text, unique_directory
 from metaspike.continual.scenarios import Scenario, make_scenario
 from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig
-from metaspike.experiment import RunConfig, format_table, summarize_results
+from metaspike.experiment import RunConfig, format_table, parse_meta, summarize_results
 from metaspike.optim import MetaplasticAdam, param_groups
 from metaspike.snn.neurons import NetSpec, build_neuron_model, check_neurons
 
@@ -172,7 +172,10 @@ def compare_from_args(args: Any, make_config: Any) -> None:
         args.hidden = list(SNN_DEFAULTS["hidden"])
     if args.epochs is None:
         args.epochs = SNN_DEFAULTS["epochs"]
-    metas = args.meta if args.meta is not None else [0.0, DEFAULT_SNN_META]
+    settings = [parse_meta(text) for text in args.meta] if args.meta is not None else [(0.0,), (DEFAULT_SNN_META,)]
+    if any(len(setting) != 1 for setting in settings):
+        raise ValueError("--neurons compares one meta value per setting, not one per layer")
+    metas = [setting[0] for setting in settings]
     check_neurons(list(args.neurons))
     base = make_config(args, [metas[0]], args.seeds[0])
     path, rows = compare_neurons(base, args.neurons, metas, args.seeds, out=args.out, progress=not args.quiet)
