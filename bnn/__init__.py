@@ -10,10 +10,11 @@ Example:
 from bnn.batchnorm import use_population_statistics
 from bnn.layers import BinaryConv2d, BinaryLinear, SignActivation
 from bnn.models import MLP, ConvNet
+from bnn.packed import PackedMLP, pack
 from bnn.model_summary import summary
 from bnn.training import evaluate, fit
 
 __all__ = [
     "BinaryLinear", "BinaryConv2d", "SignActivation", "MLP", "ConvNet", "summary",
-    "use_population_statistics", "fit", "evaluate",
+    "use_population_statistics", "fit", "evaluate", "pack", "PackedMLP",
 ]

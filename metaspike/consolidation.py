@@ -60,7 +60,16 @@ class TanhRule:
     name: str = "tanh"
 
     def factor(self, hidden: Tensor, meta: float) -> Tensor:
-        return 1.0 - torch.tanh(hidden * meta).square()
+        return 1.0 - _tanh(hidden * meta).square()
+
+
+def _tanh(x: Tensor) -> Tensor:
+    """``tanh(x)``; inside ``torch.compile`` built from ``expm1`` (relative error ~1e-7), which
+    compiled CPU loops evaluate several times faster than their vectorized ``tanh``."""
+    if not torch.compiler.is_compiling():
+        return torch.tanh(x)
+    q = torch.expm1(-2 * x.abs())
+    return torch.copysign(-q / (2 + q), x)
 
 
 @dataclass(frozen=True)
@@ -140,7 +149,13 @@ def consolidate(
         >>> consolidate(w, torch.tensor([1.0, -1.0, -1.0]), meta=1.0)
         tensor([ 0.4200, -1.0000, -0.4200])
     """
-    if meta == 0 and isinstance(get_rule(rule), TanhRule):
-        return update
-    toward_zero = (hidden * update) > 0
-    return torch.where(toward_zero, update * get_rule(rule).factor(hidden, meta), update)
+    rule = get_rule(rule)
+    if isinstance(rule, TanhRule):
+        if meta == 0:
+            return update
+        # t = tanh(m·W_h) has the sign of W_h, so (1 - t²)·u where W_h·u > 0 (else u) equals
+        # u - t·relu(t·u): five cheap passes, without the bool mask and torch.where that alone
+        # cost more on CPU.
+        t = _tanh(hidden * meta)
+        return torch.addcmul(update, t, (t * update).relu_(), value=-1)
+    return torch.where(hidden * update > 0, update * rule.factor(hidden, meta), update)

@@ -6,12 +6,17 @@
 * :func:`metaplastic`: adds the same rule to any torch optimizer (SGD, AdamW, ...) through step hooks.
 
 ``meta`` is a param-group hyperparameter, so every layer can have its own strength.
+
+Speed: the consolidated update of a large weight matrix runs as one fused loop (moments, rule and
+weight update in a single pass over memory) compiled by ``torch.compile`` on first use; see the
+``fused`` argument of :class:`MetaplasticAdam`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -22,6 +27,9 @@ from metaspike.consolidation import ConsolidationRule, check_meta, consolidate, 
 from metaspike.synapse import weight_matrices
 
 __all__ = ["MetaplasticAdam", "metaplastic", "param_groups"]
+
+FUSED_MIN_NUMEL = 1 << 18
+"""With ``fused=None``, weight matrices with at least this many entries get the compiled step."""
 
 
 def _is_consolidated(param: Tensor) -> bool:
@@ -49,6 +57,13 @@ class MetaplasticAdam(Optimizer):
         meta: metaplasticity strength ``m >= 0``; ``0`` gives plain Adam.
         rule: consolidation rule name (see :func:`metaspike.consolidation.available_rules`) or object.
         foreach: use the multi-tensor path; ``None`` chooses as ``torch.optim.Adam`` does.
+        fused: how consolidated parameters (``meta > 0``, more than one dimension) are updated.
+            ``True``: by one fused loop compiled with ``torch.compile`` (compiled once per process,
+            on the first step, a few seconds; cached on disk by torch afterwards); ``False``: by
+            separate tensor operations; ``None``: fused for matrices of at least
+            :data:`FUSED_MIN_NUMEL` entries. If compiling fails, a warning is given and the
+            separate operations are used. Plain Adam (``meta=0``, 1-D parameters) is never fused,
+            so it stays ``torch.optim.Adam`` bit for bit.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -68,6 +83,7 @@ class MetaplasticAdam(Optimizer):
         rule: str | ConsolidationRule = "tanh",
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
             raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
@@ -77,6 +93,8 @@ class MetaplasticAdam(Optimizer):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
         if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        if fused not in (None, True, False):
+            raise ValueError(f"fused must be True, False or None, got {fused!r}")
         defaults = dict(
             lr=lr,
             betas=tuple(betas),
@@ -85,6 +103,7 @@ class MetaplasticAdam(Optimizer):
             meta=check_meta(meta),
             rule=rule,
             foreach=foreach,
+            fused=fused,
         )
         super().__init__(params, defaults)
 
@@ -115,12 +134,25 @@ class MetaplasticAdam(Optimizer):
             if any(p.grad.is_sparse for p in params):
                 raise RuntimeError("MetaplasticAdam does not support sparse gradients")
             states = [self._init_state(p) for p in params]
+            fused = [_uses_compiled_step(p, group) for p in params]
+            for param, state in zip(_pick(params, fused, True), _pick(states, fused, True)):
+                _adam_step_(param, param.grad, state, group, update=_compiled_update)
+            params, states = _pick(params, fused, False), _pick(states, fused, False)
+            if not params:
+                continue
             foreach = group["foreach"]
             if foreach is None:
                 foreach = all(p.device.type != "cpu" for p in params) and not torch.jit.is_scripting()
-            update = _multi_tensor_step if foreach else _single_tensor_step
-            update(group, params, states)
+            if foreach:
+                _multi_tensor_step(group, params, states)
+            else:
+                for param, state in zip(params, states):
+                    _adam_step_(param, param.grad, state, group)
         return loss
+
+
+def _pick(items: list, flags: list[bool], wanted: bool) -> list:
+    return [item for item, flag in zip(items, flags) if flag == wanted]
 
 
 def _consolidated_moment(param: Tensor, exp_avg: Tensor, group: dict[str, Any]) -> Tensor:
@@ -129,22 +161,102 @@ def _consolidated_moment(param: Tensor, exp_avg: Tensor, group: dict[str, Any]) 
     return consolidate(param, exp_avg, group["meta"], group["rule"])
 
 
-def _single_tensor_step(group: dict[str, Any], params: list[Tensor], states: list[dict]) -> None:
+def _adam_step_(
+    param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any],
+    update: Callable[..., None] | None = None,
+) -> None:
+    """One Adam step of one parameter, in place, with its first moment consolidated.
+
+    ``update`` is :func:`_adam_update_` (default) or its compiled version.
+    """
+    state["step"] += 1
+    step = state["step"].item()
     beta1, beta2 = group["betas"]
-    lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
-    for param, state in zip(params, states):
-        grad = param.grad
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        state["step"] += 1
-        if weight_decay != 0:
-            grad = grad.add(param, alpha=weight_decay)
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        step = state["step"].item()
-        step_size = lr / (1 - beta1**step)
-        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-        param.addcdiv_(_consolidated_moment(param, exp_avg, group), denom, value=-step_size)
+    tensors = (param, grad, state["exp_avg"], state["exp_avg_sq"])
+    if update is not None:  # the compiled loop sees flat views: one symbolic size for every layer
+        tensors = tuple(t.view(-1) for t in tensors)
+    (update or _adam_update_)(
+        *tensors,
+        step_size=group["lr"] / (1 - beta1**step),
+        bias_correction2_sqrt=(1 - beta2**step) ** 0.5,
+        beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+        meta=group["meta"] if _is_consolidated(param) else 0.0, rule=group["rule"],
+    )
+
+
+def _adam_update_(
+    param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, *,
+    step_size: float, bias_correction2_sqrt: float, beta1: float, beta2: float, eps: float,
+    weight_decay: float, meta: float, rule: str | ConsolidationRule,
+) -> None:
+    """The update itself, written so that ``torch.compile`` can fuse it into one loop.
+
+    With ``meta == 0`` these are the operations of ``torch.optim.Adam`` (single-tensor path).
+    With ``meta > 0`` the step size divides the denominator instead of being ``addcdiv_``'s scalar
+    argument, so that the compiled loop takes it as an input rather than recompiling every step.
+    """
+    if weight_decay != 0:
+        grad = grad.add(param, alpha=weight_decay)
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+    if meta == 0:
+        param.addcdiv_(exp_avg, denom, value=-step_size)
+    else:
+        param.addcdiv_(consolidate(param, exp_avg, meta, rule), denom.div_(step_size), value=-1)
+
+
+class LazyCompiled:
+    """``fn`` compiled by ``torch.compile`` on its first call (never at import), else ``fn`` itself.
+
+    Shapes are dynamic and Python floats are graph inputs, so new sizes and values do not
+    recompile; ``options`` go to the compiler. If compiling fails (no C++ compiler, unsupported
+    platform, ...), it warns once and calls ``fn`` eagerly from then on. Used for
+    MetaplasticAdam's fused step and by ``bnn.pack``.
+
+    Example:
+        >>> double = LazyCompiled(lambda x: 2 * x, "doubling")  # nothing is compiled yet
+        >>> double.broken
+        False
+    """
+
+    def __init__(self, fn: Callable[..., Any], what: str, options: dict[str, Any] | None = None) -> None:
+        self.fn = fn
+        self.what = what
+        self.options = options
+        self.broken = False
+        self._compiled: Callable[..., Any] | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.broken:
+            return self.fn(*args, **kwargs)
+        if self._compiled is None:
+            self._compiled = torch.compile(self.fn, dynamic=True, fullgraph=True, options=self.options)
+        try:
+            return self._compiled(*args, **kwargs)
+        except Exception as err:  # compilation failed before anything ran: run eagerly instead
+            self.broken = True
+            warnings.warn(
+                f"torch.compile of the {self.what} failed ({type(err).__name__}: {err}); "
+                "running it eagerly (slower) from now on",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return self.fn(*args, **kwargs)
+
+
+_compiled_update = LazyCompiled(_adam_update_, "fused MetaplasticAdam step")
+
+
+def _uses_compiled_step(param: Tensor, group: dict[str, Any]) -> bool:
+    fused = group.get("fused")
+    if fused is False or group["meta"] == 0 or not _is_consolidated(param) or _compiled_update.broken:
+        return False
+    if torch.compiler.is_compiling():  # already inside a compiled region: it fuses the update itself
+        return False
+    if not (param.is_contiguous() and param.grad.is_contiguous()):
+        return False
+    return fused is True or param.numel() >= FUSED_MIN_NUMEL
 
 
 def _multi_tensor_step(group: dict[str, Any], params: list[Tensor], states: list[dict]) -> None:

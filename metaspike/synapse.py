@@ -39,7 +39,9 @@ Quantizer = Callable[[Tensor], Tensor]
 
 
 def _sign(x: Tensor) -> Tensor:
-    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+    # sign(x) + 0.5 lies in {-0.5, 0.5, 1.5}, so its sign maps 0 (and -0.0) to +1; several times faster
+    # on CPU than torch.where(x >= 0, 1.0, -1.0), which builds a mask and two scalar tensors
+    return torch.sign(x).add_(0.5).sign_()
 
 
 class _SteSign(torch.autograd.Function):

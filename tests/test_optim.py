@@ -214,3 +214,42 @@ def test_rules():
     out = consolidate(hidden, update, 1.0)
     f = 1 - math.tanh(2.0) ** 2
     torch.testing.assert_close(out, torch.tensor([f, -f, -1.0, 1.0]))
+
+
+@pytest.mark.parametrize("meta", [0.7, 5.0])
+def test_fused_compiled_step_follows_the_rule_of_the_paper(meta):
+    torch.manual_seed(4)
+    weights = [torch.nn.Parameter(torch.randn(6, 5) * 0.5), torch.nn.Parameter(torch.randn(5) * 0.5)]
+    opt = MetaplasticAdam(weights, lr=0.05, meta=meta, fused=True)
+    ref = [w.detach().clone().double() for w in weights]
+    moments = [(torch.zeros_like(r), torch.zeros_like(r)) for r in ref]
+    for t in range(1, 8):
+        grads = [torch.randn_like(w) for w in weights]
+        for w, g in zip(weights, grads):
+            w.grad = g.clone()
+        opt.step()
+        for i, g in enumerate(grads):
+            ref[i], m, v = _reference_step(ref[i], g.double(), *moments[i], t, 0.05, 0.9, 0.999, 1e-8, meta)
+            moments[i] = (m, v)
+    for w, r in zip(weights, ref):
+        torch.testing.assert_close(w.detach().double(), r, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_and_separate_steps_agree_and_resume_from_state_dict():
+    a, b = _model(), _model()
+    fused = _train(a, MetaplasticAdam(a.parameters(), lr=0.01, meta=2.0, fused=True), 6)
+    separate = _train(b, MetaplasticAdam(b.parameters(), lr=0.01, meta=2.0, fused=False), 6)
+    for p, q in zip(fused, separate):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="fused must be True, False or None"):
+        MetaplasticAdam(a.parameters(), fused="yes")
+
+
+def test_consolidate_matches_the_rule_written_out():
+    g = torch.Generator().manual_seed(5)
+    hidden, update = torch.randn(1000, generator=g), torch.randn(1000, generator=g)
+    hidden[:10] = 0.0
+    for meta in (0.5, 1.35, 4.0):
+        factor = 1 - torch.tanh(meta * hidden.double()) ** 2
+        expected = torch.where(hidden.double() * update.double() > 0, update.double() * factor, update.double())
+        torch.testing.assert_close(consolidate(hidden, update, meta).double(), expected, rtol=1e-5, atol=1e-6)

@@ -131,11 +131,12 @@ def test_metaplastic_spiking_network_forgets_less_on_a_real_data_stream():
     from metaspike.experiment import RunConfig
     from metaspike.snn.compare import train_neuron
 
-    scenario = make_scenario("permuted", ["digits"], tasks=2, seed=1)
+    scenario = make_scenario("permuted", ["digits"], tasks=3, seed=1)
     first = {}
-    for meta in (0.0, 20.0):
-        config = RunConfig(datasets=("digits",), tasks=2, epochs=3, hidden=(64,), meta=(meta,), seed=1)
+    for meta in (0.0, 50.0):
+        config = RunConfig(datasets=("digits",), tasks=3, epochs=5, hidden=(64,), meta=(meta,), seed=1)
         result = train_neuron("leaky", config, scenario, NetSpec(num_steps=4))
         first[meta] = result.matrix[-1][0]
-        assert result.matrix[0][0] > 60
-    assert first[20.0] > first[0.0] + 5, first
+        assert result.matrix[0][0] > 70
+    # measured on seeds 1, 2, 3: 12.2 vs 74.7, 18.3 vs 75.6, 23.3 vs 74.2
+    assert first[50.0] > first[0.0] + 25, first

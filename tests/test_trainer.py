@@ -58,10 +58,10 @@ def test_per_task_batchnorm_differs_from_shared(scenario):
 
 def test_metaplasticity_reduces_forgetting_on_real_digits():
     s = permuted(load_dataset("digits"), load_dataset("digits", "test"), n_tasks=3, seed=1)
-    plain = _trainer(0.0, epochs=15, hidden=256).fit(s)
-    meta = _trainer(20.0, epochs=15, hidden=256).fit(s)
+    plain = _trainer(0.0, epochs=15, hidden=256, optimizer="shared").fit(s)
+    meta = _trainer(20.0, epochs=15, hidden=256, optimizer="shared").fit(s)
     assert plain.matrix[0][0] > 90 and meta.matrix[0][0] > 90  # both learn task 1
-    assert meta.matrix[-1][0] > plain.matrix[-1][0] + 25  # metaplastic keeps it (measured: 94.7 vs 49.7)
+    assert meta.matrix[-1][0] > plain.matrix[-1][0] + 25  # metaplastic keeps it (measured: 92.8 vs 57.2)
     assert meta.matrix[-1][-1] > plain.matrix[-1][-1] - 3  # and still learns the last task
     assert meta.metrics["forgetting"] < plain.metrics["forgetting"] / 3
 

@@ -1,0 +1,405 @@
+"""Bit-packed inference for a trained :class:`bnn.MLP`: 1-bit weights and activations.
+
+:func:`pack` turns an MLP whose BatchNorm layers use fixed population statistics (see
+:func:`bnn.use_population_statistics`) into a :class:`PackedMLP` that predicts exactly as the float
+model in eval mode, from about 1/32 of its memory:
+
+* Weights ``sign(W_h)`` and binary activations are bits (``1`` for ``+1``), packed into int64 words.
+* A hidden layer's pre-activation is an XNOR-popcount: ``a = n - 2·popcount(x XOR w)`` (an
+  integer, so the float model computes it exactly too).
+* BatchNorm followed by ``sign`` becomes one integer threshold per neuron: the neuron fires iff
+  ``a >= K`` or, where the BatchNorm scale is negative (which reverses the comparison), ``-a >= K``.
+  ``K`` is found by evaluating the model's own BatchNorm, so every float rounding is reproduced.
+* The first layer takes real-valued input. Its pre-activation ``Σ ±x_i`` is summed in float64 from
+  per-byte tables: for each group of 8 inputs, the 256 signed sums ``Σ_j ±x_j`` are tabulated once
+  per sample and each neuron adds the entries its weight bytes select. The threshold is
+  ``μ - β·sqrt(σ² + ε)/γ`` in float64 (ties with the float model's float32 rounding are the only
+  possible difference).
+* The last layer's BatchNorm is applied (in float32, as in the float model) to give class scores.
+
+The two inner products are compiled with ``torch.compile`` on first use (a few seconds once per
+process; pass ``compile=False`` to skip it), which fuses XOR, popcount and sum, and table lookup
+and sum, into single loops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bnn.layers import BinaryLinear, SignActivation
+from metaspike.optim import LazyCompiled
+from metaspike.synapse import ste_sign
+
+__all__ = ["pack", "PackedMLP", "PackedLayer"]
+
+FORMAT = "bnn.PackedMLP"
+VERSION = 1
+_SHIFTS = torch.arange(8, dtype=torch.uint8)
+_M1, _M2, _M4, _H01 = 0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F, 0x0101010101010101
+
+
+def _byte_signs() -> Tensor:
+    """``(8, 256)`` float64: entry ``[j, b]`` is ``+1`` if bit ``j`` of byte ``b`` is set, else ``-1``."""
+    bits = (torch.arange(256).unsqueeze(0) >> torch.arange(8).unsqueeze(1)) & 1
+    return (2 * bits - 1).to(torch.float64)
+
+
+_BYTE_SIGNS = _byte_signs()
+
+
+def pack_bits(bits: Tensor, word_bits: int = 64) -> Tensor:
+    """Pack a boolean ``(rows, n)`` tensor along its last dimension, bit ``i`` of a word for column ``i``.
+
+    Columns are padded with zero bits to a multiple of ``word_bits`` (8: uint8 bytes; 64: int64
+    words).
+
+    Example:
+        >>> pack_bits(torch.tensor([[True, False, True]]), word_bits=8)
+        tensor([[5]], dtype=torch.uint8)
+    """
+    rows, n = bits.shape
+    padded = F.pad(bits.to(torch.uint8), (0, -n % word_bits))
+    packed = (padded.view(rows, -1, 8) << _SHIFTS).sum(-1, dtype=torch.uint8)
+    return packed if word_bits == 8 else packed.view(torch.int64)
+
+
+def _popcount(words: Tensor) -> Tensor:
+    """Set bits of each int64 word (SWAR; integer arithmetic wraps modulo 2⁶⁴)."""
+    v = words - ((words >> 1) & _M1)
+    v = (v & _M2) + ((v >> 2) & _M2)
+    v = (v + (v >> 4)) & _M4
+    return (v * _H01) >> 56
+
+
+def _real_dot(x: Tensor, weight: Tensor) -> Tensor:
+    """``x @ sign_matrix.T`` in float64 for real ``x (B, n)`` and sign bytes ``weight (out, ceil(n/8))``."""
+    batch, (out, groups) = x.shape[0], weight.shape
+    x = F.pad(x.to(torch.float64), (0, 8 * groups - x.shape[1]))
+    table = x.view(batch, groups, 8) @ _BYTE_SIGNS.to(x.device)  # (B, groups, 256): Σ_j ±x_j per byte
+    index = weight.to(torch.int64).unsqueeze(0).unsqueeze(-1).expand(batch, out, groups, 1)
+    return torch.gather(table.unsqueeze(1).expand(batch, out, groups, 256), 3, index).sum((2, 3))
+
+
+def _binary_dot(words: Tensor, weight: Tensor, n: int) -> Tensor:
+    """``x · w`` of ±1 vectors from their bits: ``n - 2·popcount(x XOR w)``, shape ``(B, out)``."""
+    mismatches = _popcount(torch.bitwise_xor(words.unsqueeze(1), weight.unsqueeze(0))).sum(-1)
+    return n - 2 * mismatches
+
+
+# The two inner products, compiled on first use (shared by every PackedMLP in the process). Their
+# table indices are bytes plus fixed offsets, always in range: the compiler's per-load check is skipped.
+_COMPILED_DOTS = (
+    LazyCompiled(_real_dot, "bit-packed first layer", {"assert_indirect_indexing": False}),
+    LazyCompiled(_binary_dot, "XNOR-popcount layer", {"assert_indirect_indexing": False}),
+)
+
+
+def _last_preactivation(x: Tensor, layers: list[dict], sizes: list[int], dots: tuple = (_real_dot, _binary_dot)) -> Tensor:
+    """Pre-activation of the last layer for a batch; ``dots`` are the two inner products.
+
+    Only the inner products are compiled: thresholds and bit packing are small, and eager is
+    faster for them than the compiled loops.
+    """
+    real_dot, binary_dot = dots
+    a = real_dot(x.flatten(1), layers[0]["weight"])
+    for i, layer in enumerate(layers[1:], start=1):
+        previous = layers[i - 1]
+        h = pack_bits(torch.where(previous["flip"], -a, a) >= previous["threshold"])
+        a = binary_dot(h, layer["weight"], sizes[i])
+    return a
+
+
+def _scores(a: Tensor, last: dict) -> Tensor:
+    """The last BatchNorm, run eagerly with the float model's own kernel so scores match bit for bit."""
+    return F.batch_norm(
+        a.to(torch.float32), last["mean"], last["var"], last["gamma"], last["beta"], training=False, eps=last["eps"]
+    )
+
+
+def _bytes(t: Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+@dataclass(frozen=True)
+class PackedLayer:
+    """Memory of one packed layer, for :meth:`PackedMLP.layer_bytes`."""
+
+    inputs: int
+    outputs: int
+    weight_bytes: int
+    other_bytes: int
+
+
+class PackedMLP:
+    """A :class:`bnn.MLP` with packed 1-bit weights and activations (made by :func:`pack`).
+
+    Call it on a batch of inputs for float32 class scores; :meth:`predict` gives labels.
+    :meth:`save` / :meth:`load` store it in a file ``torch.load(..., weights_only=True)`` can read.
+
+    Example:
+        >>> import bnn
+        >>> model = bnn.use_population_statistics(bnn.MLP([64, 32, 10]), torch.rand(200, 64))
+        >>> packed = bnn.pack(model, compile=False)
+        >>> x = torch.rand(5, 64)
+        >>> bool((packed.predict(x) == model.eval()(x).argmax(1)).all())
+        True
+    """
+
+    def __init__(self, sizes: Sequence[int], layers: list[dict], compile: bool = True) -> None:
+        self.sizes = [int(s) for s in sizes]
+        self.layers = layers
+        self._dots = _COMPILED_DOTS if compile else (_real_dot, _binary_dot)
+        # rows per call: bounds the (rows, outputs, words) intermediates of the eager path to ~128 MB
+        widest = max(layer["weight"].numel() for layer in layers)
+        self._rows = max(1, 2**24 // widest)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of everything the model stores (bit-packed weights, thresholds, last BatchNorm)."""
+        return sum(layer.weight_bytes + layer.other_bytes for layer in self.layer_bytes())
+
+    def layer_bytes(self) -> list[PackedLayer]:
+        """Per-layer bytes: packed weights and the rest (thresholds, signs, BatchNorm)."""
+        return [
+            PackedLayer(
+                self.sizes[i], self.sizes[i + 1], _bytes(layer["weight"]),
+                sum(_bytes(t) for k, t in layer.items() if k != "weight" and isinstance(t, Tensor)),
+            )
+            for i, layer in enumerate(self.layers)
+        ]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Class scores (float32, ``(batch, classes)``) of real-valued inputs ``x``."""
+        if x.dim() < 2 or math.prod(x.shape[1:]) != self.sizes[0]:
+            raise ValueError(
+                f"input of shape {tuple(x.shape)} does not fit: expected (batch, ...) with "
+                f"{self.sizes[0]} features per sample"
+            )
+        if not torch.is_floating_point(x):
+            raise ValueError(f"input must be floating point, got dtype {x.dtype}")
+        with torch.inference_mode():
+            parts = [
+                _last_preactivation(x[i : i + self._rows], self.layers, self.sizes, self._dots)
+                for i in range(0, len(x), self._rows)
+            ]
+            return _scores(parts[0] if len(parts) == 1 else torch.cat(parts), self.layers[-1])
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Predicted class of each input (argmax of the scores)."""
+        return self(x).argmax(1)
+
+    def __repr__(self) -> str:
+        return f"PackedMLP(sizes={self.sizes}, {self.nbytes / 1024:.1f} kB)"
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model to ``path`` (a ``torch.save`` file of tensors, ints and strings only)."""
+        torch.save(
+            {"format": FORMAT, "version": VERSION, "sizes": self.sizes, "layers": self.layers,
+             "sha256": _checksum(self.sizes, self.layers)},
+            path,
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, compile: bool = True) -> PackedMLP:
+        """Read a model written by :meth:`save`; a damaged file raises ``ValueError``.
+
+        Example:
+            >>> import tempfile, os
+            >>> path = os.path.join(tempfile.mkdtemp(), "bad.pt")
+            >>> _ = open(path, "wb").write(b"not a model")
+            >>> PackedMLP.load(path)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ValueError: ... is not a readable packed BNN file (truncated or corrupted?): torch.load failed ...
+        """
+        try:
+            with open(path, "rb") as f:
+                data = torch.load(io.BytesIO(f.read()), weights_only=True)
+        except OSError:  # missing or unreadable file: the usual error is clear
+            raise
+        except Exception as err:
+            raise ValueError(
+                f"{path} is not a readable packed BNN file (truncated or corrupted?): "
+                f"torch.load failed with {type(err).__name__}"
+            ) from None
+        return cls(*_check_file(data, path), compile=compile)
+
+
+def _checksum(sizes: list[int], layers: list[dict]) -> str:
+    """SHA-256 of the sizes and every stored value (tensor bytes in key order), to detect damage."""
+    digest = hashlib.sha256(repr(sizes).encode())
+    for layer in layers:
+        for key in sorted(layer):
+            value = layer[key]
+            digest.update(key.encode())
+            digest.update(value.contiguous().view(torch.uint8).numpy().tobytes() if isinstance(value, Tensor) else repr(value).encode())
+    return digest.hexdigest()
+
+
+def _check_file(data: object, path: str | os.PathLike) -> tuple[list[int], list[dict]]:
+    """Validate what :meth:`PackedMLP.save` wrote; return ``(sizes, layers)``."""
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{path} is not a valid packed BNN file: {why}")
+
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise bad(f"it does not start with the {FORMAT!r} header")
+    if data.get("version") != VERSION:
+        raise bad(f"format version {data.get('version')!r}, this code reads version {VERSION}")
+    sizes, layers = data.get("sizes"), data.get("layers")
+    if not (isinstance(sizes, list) and len(sizes) >= 2 and all(isinstance(s, int) and s > 0 for s in sizes)):
+        raise bad(f"sizes {sizes!r} are not a list of at least 2 positive ints")
+    if not (isinstance(layers, list) and len(layers) == len(sizes) - 1 and all(isinstance(l, dict) for l in layers)):
+        raise bad(f"expected {len(sizes) - 1} layers")
+    for i, layer in enumerate(layers):
+        n_in, n_out = sizes[i], sizes[i + 1]
+        last = i == len(layers) - 1
+        words = -(-n_in // 8) if i == 0 else -(-n_in // 64)
+        expected = {"weight": ((n_out, words), torch.uint8 if i == 0 else torch.int64)}
+        if last:
+            expected.update({k: ((n_out,), torch.float32) for k in ("mean", "var", "gamma", "beta")})
+        else:
+            expected["flip"] = ((n_out,), torch.bool)
+            expected["threshold"] = ((n_out,), torch.float64 if i == 0 else torch.int64)
+        keys = set(expected) | ({"eps"} if last else set())
+        if set(layer) != keys:
+            raise bad(f"layer {i} has entries {sorted(layer)}, expected {sorted(keys)}")
+        if last and not (isinstance(layer["eps"], float) and layer["eps"] > 0):
+            raise bad(f"layer {i} 'eps' is {layer['eps']!r}, expected a float > 0")
+        for key, (shape, dtype) in expected.items():
+            t = layer[key]
+            if not isinstance(t, Tensor) or tuple(t.shape) != shape or t.dtype != dtype:
+                got = f"{tuple(t.shape)} {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
+                raise bad(f"layer {i} {key!r} is {got}, expected {shape} {dtype}")
+    if data.get("sha256") != _checksum(sizes, layers):
+        raise bad("its contents do not match their SHA-256 checksum (the file is corrupted)")
+    return sizes, layers
+
+
+# --------------------------------------------------------------------------------------------
+# Packing
+# --------------------------------------------------------------------------------------------
+
+
+def _layers_of(model: nn.Module) -> list[tuple[BinaryLinear, nn.BatchNorm1d]]:
+    """The ``(BinaryLinear, BatchNorm1d)`` pairs of an MLP, after checking its structure."""
+    modules = [m for m in model.children() if not isinstance(m, nn.Flatten)]
+    pairs, i = [], 0
+    while i < len(modules):
+        linear, norm = modules[i], modules[i + 1] if i + 1 < len(modules) else None
+        if not isinstance(linear, BinaryLinear) or not isinstance(norm, nn.BatchNorm1d):
+            raise ValueError(
+                f"pack expects a bnn.MLP: BinaryLinear -> BatchNorm1d [-> SignActivation] per layer; "
+                f"found {type(linear).__name__} -> {type(norm).__name__} at layer {len(pairs)}"
+            )
+        if linear.weight_quantizer is not ste_sign:
+            raise ValueError(f"layer {len(pairs)} does not binarize its weights (weight_quantizer is not ste_sign)")
+        if linear.bias is not None:
+            raise ValueError(f"layer {len(pairs)} has a bias; pack supports the bias-free layers of bnn.MLP")
+        if norm.running_mean is None or norm.running_var is None:
+            raise ValueError(
+                f"BatchNorm of layer {len(pairs)} has no population statistics; call "
+                "bnn.use_population_statistics(model, training_inputs) before bnn.pack(model)"
+            )
+        pairs.append((linear, norm))
+        i += 2
+        is_last = i >= len(modules)
+        if not is_last:
+            if not isinstance(modules[i], SignActivation):
+                raise ValueError(
+                    f"layer {len(pairs) - 1} is followed by {type(modules[i]).__name__}; pack needs sign activations"
+                )
+            i += 1
+    if not pairs:
+        raise ValueError("pack expects a bnn.MLP with at least one BinaryLinear layer")
+    return pairs
+
+
+def _affine(norm: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
+    ones = torch.ones_like(norm.running_mean)
+    gamma = norm.weight.detach() if norm.weight is not None else ones
+    beta = norm.bias.detach() if norm.bias is not None else torch.zeros_like(ones)
+    return gamma.float(), beta.float()
+
+
+def _bn_eval(norm: nn.BatchNorm1d, a: Tensor) -> Tensor:
+    """The float model's BatchNorm in eval mode, on float32 pre-activations ``a`` of shape (1, C)."""
+    gamma, beta = _affine(norm)
+    return F.batch_norm(a, norm.running_mean.float(), norm.running_var.float(), gamma, beta, training=False, eps=norm.eps)
+
+
+def _integer_threshold(norm: nn.BatchNorm1d, n: int) -> tuple[Tensor, Tensor]:
+    """``(flip, K)``: ``sign(BN(a)) = +1`` iff ``(-a if flip else a) >= K``, for integers ``|a| <= n``.
+
+    Binary search over the integers, evaluating the BatchNorm itself, so the result agrees with the
+    float model's float32 arithmetic everywhere. BN is monotone in ``a``: increasing for ``γ >= 0``,
+    decreasing for ``γ < 0`` (hence ``flip``).
+    """
+    gamma, _ = _affine(norm)
+    flip = gamma < 0
+    sign = 1 - 2 * flip.to(torch.int64)
+    lo = torch.full_like(sign, -n - 1)  # fires(lo) is False (virtually)
+    hi = torch.full_like(sign, n + 1)  # fires(hi) is True (virtually)
+    for _ in range(math.ceil(math.log2(2 * n + 2)) + 1):
+        mid = (lo + hi) // 2
+        fires = _bn_eval(norm, (sign * mid).to(torch.float32).unsqueeze(0))[0] >= 0
+        hi = torch.where(fires, mid, hi)
+        lo = torch.where(fires, lo, mid)
+    return flip, hi
+
+
+def _real_threshold(norm: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
+    """``(flip, K)`` for a real pre-activation: ``BN(a) >= 0`` iff ``(-a if flip else a) >= K`` (float64)."""
+    gamma, beta = (t.double() for t in _affine(norm))
+    std = (norm.running_var.double() + norm.eps).sqrt()
+    flip = gamma < 0
+    crossing = norm.running_mean.double() - beta * std / gamma  # where BN(a) = 0
+    constant = torch.where(beta >= 0, -math.inf, math.inf)  # γ = 0: BN(a) = β everywhere
+    threshold = torch.where(gamma == 0, constant, torch.where(flip, -crossing, crossing))
+    return flip, threshold
+
+
+@torch.no_grad()
+def pack(model: nn.Module, compile: bool = True) -> PackedMLP:
+    """Pack a trained :class:`bnn.MLP` with population statistics into a :class:`PackedMLP`.
+
+    Its predictions equal ``model.eval()``'s (see the module docstring for the one exception:
+    exact ties in the first layer). ``compile`` compiles the forward pass on its first call.
+
+    Raises:
+        ValueError: ``model`` is not an MLP of binary layers with sign activations, or its
+            BatchNorm layers have no population statistics (:func:`bnn.use_population_statistics`).
+
+    Example:
+        >>> import bnn
+        >>> model = bnn.use_population_statistics(bnn.MLP([784, 256, 10]), torch.rand(100, 784))
+        >>> packed = bnn.pack(model)
+        >>> packed.nbytes < bnn.summary(model).float32_bytes / 25
+        True
+    """
+    pairs = _layers_of(model)
+    sizes = [pairs[0][0].in_features] + [linear.out_features for linear, _ in pairs]
+    layers = []
+    for i, (linear, norm) in enumerate(pairs):
+        positive = linear.weight.detach() >= 0  # sign(0) = +1, as in the forward pass
+        layer = {"weight": pack_bits(positive, word_bits=8 if i == 0 else 64)}
+        if i == len(pairs) - 1:
+            gamma, beta = _affine(norm)
+            layer.update(
+                mean=norm.running_mean.float().clone(), var=norm.running_var.float().clone(),
+                gamma=gamma.clone(), beta=beta.clone(), eps=float(norm.eps),
+            )
+        else:
+            flip, threshold = _real_threshold(norm) if i == 0 else _integer_threshold(norm, sizes[i])
+            layer.update(flip=flip, threshold=threshold)
+        layers.append(layer)
+    return PackedMLP(sizes, layers, compile=compile)
