@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from bnn.layers import BinaryConv2d, BinaryLinear, SignActivation
 
@@ -38,6 +37,7 @@ class MLP(nn.Sequential):
         activation: ``"sign"`` (binary) or ``"relu"``.
 
     Example:
+        >>> import torch
         >>> model = MLP([784, 256, 10])
         >>> model(torch.rand(32, 1, 28, 28)).shape
         torch.Size([32, 10])
@@ -71,6 +71,7 @@ class ConvNet(nn.Sequential):
     The first convolution takes the real-valued input.
 
     Example:
+        >>> import torch
         >>> net = ConvNet(in_shape=(1, 28, 28), channels=(16, 32), hidden=128, num_classes=10)
         >>> net(torch.rand(4, 1, 28, 28)).shape
         torch.Size([4, 10])

@@ -24,9 +24,9 @@ from metaspike.continual.results import RunDirectory, atomic_write_text, latest_
 from metaspike.continual.scenarios import Scenario, available_scenarios, make_scenario
 from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig
 from metaspike.optim import MetaplasticAdam, param_groups
-from metaspike.training import TrainingDiverged
+from metaspike.training import Plugin, TrainingDiverged
 
-__all__ = ["RunConfig", "DEFAULT_META", "DEFAULT_INPUT_META", "default_meta", "parse_meta", "meta_label", "run", "resume", "compare", "build_model", "format_table", "summarize_results"]
+__all__ = ["RunConfig", "DEFAULT_META", "DEFAULT_INPUT_META", "default_meta", "parse_meta", "meta_label", "run", "resume", "compare", "build_model", "format_table", "summarize_results", "build_trainer", "mean_std"]
 
 #: Default metaplasticity of the CPU main job, per layer: the first (input) layer stays nearly plastic,
 #: every later layer is consolidated strongly. Chosen from the sweep in README ("Why the default is what
@@ -143,9 +143,16 @@ def build_model(config: RunConfig, scenario: Scenario) -> torch.nn.Module:
     return MLP([features, *config.hidden, scenario.num_classes])
 
 
-def _trainer(config: RunConfig, scenario: Scenario, progress: bool) -> ContinualTrainer:
-    torch.manual_seed(config.seed)
-    model = build_model(config, scenario)
+def build_trainer(
+    config: RunConfig, model: torch.nn.Module, progress: bool = True, plugins: Sequence[Plugin] = ()
+) -> ContinualTrainer:
+    """The continual trainer ``config`` describes, for ``model`` (MetaplasticAdam with the config's meta).
+
+    Example:
+        >>> trainer = build_trainer(RunConfig(hidden=(32,)), torch.nn.Linear(784, 10), progress=False)
+        >>> trainer.config.epochs
+        20
+    """
     metas: float | Sequence[float] = config.meta[0] if len(config.meta) == 1 else config.meta
 
     def make_optimizer(m: torch.nn.Module) -> MetaplasticAdam:
@@ -155,7 +162,12 @@ def _trainer(config: RunConfig, scenario: Scenario, progress: bool) -> Continual
         epochs=config.epochs, batch_size=config.batch_size, batchnorm=config.batchnorm,
         optimizer=config.optimizer, seed=config.seed, device=config.device,
     )
-    return ContinualTrainer(model, make_optimizer, trainer_config, progress=progress)
+    return ContinualTrainer(model, make_optimizer, trainer_config, progress=progress, plugins=plugins)
+
+
+def _trainer(config: RunConfig, scenario: Scenario, progress: bool) -> ContinualTrainer:
+    torch.manual_seed(config.seed)
+    return build_trainer(config, build_model(config, scenario), progress)
 
 
 def _scenario(config: RunConfig) -> Scenario:
@@ -228,11 +240,16 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True) -> tup
     return path, _train_and_finish(trainer, scenario, RunDirectory(path), state, plot), warnings
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std over runs; ``(nan, nan)`` when a value is undefined in any run.
+
+    Example:
+        >>> mean_std([1.0, 3.0])
+        (2.0, 1.4142135623730951)
+    """
+    if not values or not all(math.isfinite(v) for v in values):
         return math.nan, math.nan
-    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def summarize_results(results: Sequence[ContinualResult]) -> dict[str, tuple[float, float]]:
@@ -245,10 +262,10 @@ def summarize_results(results: Sequence[ContinualResult]) -> dict[str, tuple[flo
     """
     row: dict[str, tuple[float, float]] = {}
     for j in range(len(results[0].matrix[-1])):
-        row[f"task {j + 1}"] = _mean_std([r.matrix[-1][j] for r in results])
+        row[f"task {j + 1}"] = mean_std([r.matrix[-1][j] for r in results])
     for key in ("ACC", "BWT", "FWT", "forgetting"):
-        row[key] = _mean_std([r.metrics[key] for r in results])
-    row["seconds"] = _mean_std([r.seconds for r in results])
+        row[key] = mean_std([r.metrics[key] for r in results])
+    row["seconds"] = mean_std([r.seconds for r in results])
     return row
 
 

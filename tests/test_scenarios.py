@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from metaspike.continual import joint, make_scenario, permuted, sequence, split, stream
+from metaspike.continual import joint, make_scenario, permuted, split, stream
 from metaspike.data import load_dataset
 
 

@@ -1,12 +1,11 @@
 """The continual trainer: accuracy matrix, curves, BatchNorm modes, and forgetting that metaplasticity reduces."""
 
-import json
 
 import pytest
 import torch
 
 from bnn import MLP
-from metaspike.continual import ContinualTrainer, TrainerConfig, batchnorm_state, make_scenario, permuted
+from metaspike.continual import ContinualTrainer, TrainerConfig, batchnorm_state, permuted
 from metaspike.data import load_dataset
 from metaspike.optim import MetaplasticAdam
 

@@ -23,9 +23,8 @@ import metaspike
 from metaspike.consolidation import check_meta
 from metaspike.continual.results import RunDirectory, atomic_write_text, unique_directory
 from metaspike.continual.scenarios import Scenario, make_scenario
-from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig
-from metaspike.experiment import RunConfig, format_table, parse_meta, summarize_results
-from metaspike.optim import MetaplasticAdam, param_groups
+from metaspike.continual.trainer import ContinualResult
+from metaspike.experiment import RunConfig, build_trainer, format_table, parse_meta, summarize_results
 from metaspike.snn.neurons import NetSpec, build_neuron_model, check_neurons
 
 __all__ = ["SNN_DEFAULTS", "DEFAULT_SNN_META", "DEFAULT_NEURONS", "train_neuron", "compare_neurons", "compare_from_args"]
@@ -60,13 +59,6 @@ def train_neuron(
     torch.manual_seed(config.seed)
     spec = replace(spec, hidden=config.hidden, input_shape=scenario.input_shape, classes=scenario.num_classes)
     model = metaspike.binarize(build_neuron_model(neuron, spec))
-    meta = config.meta[0] if len(config.meta) == 1 else list(config.meta)
-
-    def make_optimizer(m: torch.nn.Module) -> MetaplasticAdam:
-        return MetaplasticAdam(param_groups(m, meta), lr=config.lr, rule=config.rule)
-
-    trainer_config = TrainerConfig(epochs=config.epochs, batch_size=config.batch_size, batchnorm=config.batchnorm,
-                                   optimizer=config.optimizer, seed=config.seed, device=config.device)
     log = None
     if out is not None:
         record = {**config.to_dict(), "neuron": neuron, "spec": spec.__dict__,
@@ -74,7 +66,7 @@ def train_neuron(
                                "python": platform.python_version()}}
         log = RunDirectory.create(out, f"{neuron}-meta{config.meta[0]:g}-seed{config.seed}", record,
                                   {"name": scenario.name, **scenario.definition})
-    result = ContinualTrainer(model, make_optimizer, trainer_config, progress=progress).fit(scenario, log=log)
+    result = build_trainer(config, model, progress).fit(scenario, log=log)
     if log is not None:
         log.write_metrics(result, complete=True)
     return result

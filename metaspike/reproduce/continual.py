@@ -1,0 +1,186 @@
+"""Continual-learning reproductions (paper Fig. 2, Table 1, Fig. 3, stream): methods on one task stream.
+
+A :class:`Method` is one line of a comparison (metaplastic BNN, BNN + EWC, joint training, DNN...);
+:func:`compare_methods` trains every method with every seed on the same stream, writes one run
+directory per run, a CSV with the paper's number beside ours (mean and std over seeds) and a figure.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bnn import MLP
+from metaspike.continual.baselines import EWC, RandomConsolidation, SynapticIntelligence
+from metaspike.continual.results import RunDirectory, atomic_write_text
+from metaspike.continual.scenarios import Scenario, joint, make_scenario
+from metaspike.continual.trainer import ContinualResult
+from metaspike.experiment import RunConfig, build_model, build_trainer, mean_std
+from metaspike.training import Plugin
+
+__all__ = ["Method", "run_method", "compare_methods", "summarize", "table_csv", "plot_rows", "BASELINES"]
+
+#: Baseline plugins by name; each takes its strength (EWC/random: λ, SI: c) and the seed.
+BASELINES = {
+    "ewc": lambda strength, seed: EWC(lam=strength),
+    "si": lambda strength, seed: SynapticIntelligence(c=strength),
+    "random": lambda strength, seed: RandomConsolidation(lam=strength, seed=seed),
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One compared setting.
+
+    Attributes:
+        label: name in tables and figures.
+        meta: metaplasticity strength of MetaplasticAdam (0: plain Adam).
+        baseline: ``None`` or a key of :data:`BASELINES` (``"ewc"``, ``"si"``, ``"random"``).
+        strength: the baseline's λ (EWC, random) or c (SI).
+        joint: train all tasks at once (the upper bound).
+        dnn: full-precision network (real weights, ReLU, BatchNorm) instead of the BNN.
+
+    Example:
+        >>> Method("EWC", baseline="ewc", strength=5000.0).label
+        'EWC'
+    """
+
+    label: str
+    meta: float = 0.0
+    baseline: str | None = None
+    strength: float = 0.0
+    joint: bool = False
+    dnn: bool = False
+
+    def __post_init__(self) -> None:
+        if self.baseline is not None and self.baseline not in BASELINES:
+            raise ValueError(f"unknown baseline {self.baseline!r}; available: {', '.join(BASELINES)}")
+
+    def plugins(self, seed: int) -> list[Plugin]:
+        """The baseline's plugin (a fresh one per run), or none."""
+        return [] if self.baseline is None else [BASELINES[self.baseline](self.strength, seed)]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")
+
+
+def _scenario(config: RunConfig, method: Method) -> Scenario:
+    scenario = make_scenario(config.scenario, config.datasets, config.tasks, config.seed, config.data_dir,
+                             config.split_mode)
+    return joint(scenario) if method.joint else scenario
+
+
+def run_method(config: RunConfig, method: Method, root: str | Path, progress: bool = False) -> ContinualResult:
+    """Train ``method`` on the stream of ``config`` (its seed, sizes, epochs); write a run directory.
+
+    Example:
+        >>> import tempfile
+        >>> config = RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(32,))
+        >>> len(run_method(config, Method("EWC", baseline="ewc", strength=10.0), tempfile.mkdtemp()).matrix)
+        2
+    """
+    config = replace(config, meta=(float(method.meta),))
+    scenario = _scenario(config, method)
+    torch.manual_seed(config.seed)
+    if method.dnn:
+        model = MLP([math.prod(scenario.input_shape), *config.hidden, scenario.num_classes],
+                    weight_quantizer="none", activation="relu")
+    else:
+        model = build_model(config, scenario)
+
+    trainer = build_trainer(config, model, progress, method.plugins(config.seed))
+    record = {**config.to_dict(), "method": asdict(method), "scenario_effective": scenario.name}
+    directory = RunDirectory.create(root, f"{_slug(method.label)}-seed{config.seed}", record,
+                                    {"name": scenario.name, **scenario.definition})
+    result = trainer.fit(scenario, log=directory)
+    directory.write_metrics(result, complete=True)
+    directory.remove_checkpoints()
+    return result
+
+
+def summarize(label: str, results: Sequence[ContinualResult], paper: str) -> dict[str, Any]:
+    """One table row: paper's number, mean and std over seeds of ACC, first-task accuracy, BWT, forgetting.
+
+    Example:
+        >>> r = ContinualResult(task_names=["a", "b"], matrix=[[90.0, 10.0], [60.0, 95.0]], seconds=1.0)
+        >>> summarize("x", [r], "n/a")["task1"]
+        (60.0, 0.0)
+    """
+    row: dict[str, Any] = {"setting": label, "paper": paper, "runs": len(results)}
+    row["ACC"] = mean_std([r.metrics["ACC"] for r in results])
+    row["task1"] = mean_std([r.matrix[-1][0] for r in results])
+    row["last_task"] = mean_std([r.matrix[-1][-1] for r in results])
+    row["BWT"] = mean_std([r.metrics["BWT"] for r in results])
+    row["forgetting"] = mean_std([r.metrics["forgetting"] for r in results])
+    row["seconds"] = mean_std([r.seconds for r in results])
+    return row
+
+
+STAT_COLUMNS = ("ACC", "task1", "last_task", "BWT", "forgetting", "seconds")
+
+
+def table_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """CSV text of :func:`summarize` rows (``nan`` where a metric is undefined, e.g. BWT of one task).
+
+    Example:
+        >>> print(table_csv([{"setting": "x", "paper": "n/a", "runs": 1, **{c: (1.0, 0.0) for c in STAT_COLUMNS}}]).splitlines()[1])
+        x,n/a,1,1.00,0.00,1.00,0.00,1.00,0.00,1.00,0.00,1.00,0.00,1.00,0.00
+    """
+    header = "setting,paper_ACC,runs," + ",".join(f"{c}_mean,{c}_std" for c in STAT_COLUMNS)
+    lines = [header]
+    for row in rows:
+        stats = ",".join(f"{row[c][0]:.2f},{row[c][1]:.2f}" for c in STAT_COLUMNS)
+        lines.append(f"{row['setting']},{row['paper']},{row['runs']},{stats}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_rows(rows: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
+    """Bar chart of ACC and first-task accuracy per setting, with the std over seeds as error bars.
+
+    Example:
+        >>> plot_rows(rows, "Table 1", Path("runs/table1.png"))  # doctest: +SKIP
+    """
+    from metaspike.plots import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(1.3 * len(rows) + 2.5, 3.6))
+    xs = range(len(rows))
+    for k, (key, name) in enumerate((("ACC", "mean accuracy (ACC)"), ("task1", "task 1 after the last task"))):
+        ax.bar([x + 0.4 * k for x in xs], [r[key][0] for r in rows], 0.4, yerr=[r[key][1] for r in rows],
+               label=name, capsize=3)
+    ax.set_xticks([x + 0.2 for x in xs], [r["setting"] for r in rows], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def compare_methods(config: RunConfig, methods: Sequence[Method], seeds: Sequence[int], root: Path,
+                    paper: dict[str, str], title: str, progress: bool = False) -> list[dict[str, Any]]:
+    """Train every method with every seed on the stream of ``config``; write ``table.csv`` and ``figure.png``.
+
+    ``paper`` maps method labels to the paper's number (``"n/a"`` where none is given).
+
+    Example:
+        >>> import tempfile
+        >>> rows = compare_methods(RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(32,)),
+        ...                        [Method("BNN")], [1], Path(tempfile.mkdtemp()), {}, "demo")  # doctest: +SKIP
+    """
+    rows = []
+    for method in methods:
+        results = [run_method(replace(config, seed=int(s)), method, root, progress) for s in seeds]
+        rows.append(summarize(method.label, results, paper.get(method.label, "n/a")))
+        atomic_write_text(root / "table.csv", table_csv(rows))  # what is measured so far is kept
+    plot_rows(rows, title, root / "figure.png")
+    return rows

@@ -1,0 +1,114 @@
+"""Which synapses matter (paper Fig. 5c-e): the loss increase caused by flipping binary weights, binned by |W_h|.
+
+A BNN is trained on one task; the hidden weights of its first layer are cut into bins of equal
+count by ``|W_h|``; flipping the sign of the same number of randomly chosen synapses from each bin
+raises the training loss more for bins of larger ``|W_h|``: the hidden-weight magnitude measures
+how important a synapse is, which is what metaplasticity consolidates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metaspike.continual.results import atomic_write_text
+from metaspike.data import load_dataset
+from metaspike.synapse import weight_matrices
+
+__all__ = ["flip_loss_increase", "reproduce_fig5cde"]
+
+
+@torch.no_grad()
+def flip_loss_increase(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, bins: int = 5, flips: int = 2000, repeats: int = 3,
+    layer: int = 0, seed: int = 0,
+) -> list[dict[str, float]]:
+    """Loss increase on ``(x, y)`` when ``flips`` synapses of one |W_h| bin of ``layer`` change sign.
+
+    Returns one record per bin (smallest |W_h| first): the bin's |W_h| range and the mean loss
+    increase over ``repeats`` random draws. The model is left unchanged.
+
+    Example:
+        >>> import bnn
+        >>> out = flip_loss_increase(bnn.MLP([16, 32, 4]), torch.randn(50, 16), torch.randint(0, 4, (50,)),
+        ...                          bins=2, flips=10, repeats=1)
+        >>> [sorted(r) for r in out][0]
+        ['high', 'loss_increase', 'low']
+    """
+    weight = weight_matrices(model)[layer][1]
+    if flips > weight.numel() // bins:
+        raise ValueError(f"cannot flip {flips} synapses per bin: layer {layer} has {weight.numel()} in {bins} bins")
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    base = F.cross_entropy(model(x), y).item()
+    order = weight.abs().flatten().argsort()
+    records = []
+    for members in order.tensor_split(bins):
+        increases = []
+        for _ in range(repeats):
+            chosen = members[torch.randperm(len(members), generator=generator)[:flips]]
+            flat = weight.view(-1)
+            flat[chosen] = -flat[chosen]
+            increases.append(F.cross_entropy(model(x), y).item() - base)
+            flat[chosen] = -flat[chosen]
+        magnitudes = weight.abs().flatten()[members]
+        records.append({"low": magnitudes.min().item(), "high": magnitudes.max().item(),
+                        "loss_increase": sum(increases) / repeats})
+    model.train(was_training)
+    return records
+
+
+def reproduce_fig5cde(scale: str, seeds: Sequence[int], root: Path, paper: dict[str, str],
+                      data_dir: str | None = None) -> list[dict[str, Any]]:
+    """Train a BNN per seed, measure the flip loss increase per |W_h| bin; write ``table.csv`` and ``fig5cde.png``.
+
+    CPU scale: ``MLP([784, 256, 256, 10])`` on mnist5k for 5 epochs; paper scale (assumed, not the
+    paper's stated setting): 1024-1024 on MNIST for 20 epochs. Both use m = 1.35 mapped to the scale.
+
+    Example:
+        >>> rows = reproduce_fig5cde("cpu", [1], Path("runs/fig5cde"), {})  # doctest: +SKIP
+    """
+    import bnn
+    from metaspike.plots import pyplot
+    from metaspike.experiment import mean_std
+    from metaspike.reproduce.experiments import meta_at
+
+    paper_scale = scale == "paper"
+    dataset, hidden, epochs = ("mnist", 1024, 20) if paper_scale else ("mnist5k", 256, 5)
+    train = load_dataset(dataset, "train", data_dir)
+    x, y = train.x[:2000], train.y[:2000]
+    meta = meta_at(scale, 1.35)
+    per_seed = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = bnn.MLP([784, hidden, hidden, 10])
+        bnn.fit(model, train, epochs=epochs, meta=meta, seed=seed, progress=False)
+        per_seed.append(flip_loss_increase(model, x, y, flips=(784 * hidden) // 10, seed=seed))
+    rows = []
+    for k in range(len(per_seed[0])):
+        rows.append({"setting": f"bin {k + 1} (|W_h| quantile {20 * k}-{20 * (k + 1)}%)",
+                     "paper": paper.get(f"bin {k + 1}", "n/a"), "runs": len(per_seed),
+                     "low": mean_std([s[k]["low"] for s in per_seed]), "high": mean_std([s[k]["high"] for s in per_seed]),
+                     "loss_increase": mean_std([s[k]["loss_increase"] for s in per_seed])})
+    keys = ("low", "high", "loss_increase")
+    lines = ["setting,paper,runs," + ",".join(f"{k}_mean,{k}_std" for k in keys)]
+    lines += [f"{r['setting']},{r['paper']},{r['runs']}," + ",".join(f"{r[k][0]:.4f},{r[k][1]:.4f}" for k in keys)
+              for r in rows]
+    atomic_write_text(root / "table.csv", "\n".join(lines) + "\n")
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.bar(range(1, len(rows) + 1), [r["loss_increase"][0] for r in rows], yerr=[r["loss_increase"][1] for r in rows],
+           capsize=3)
+    ax.set_xlabel("|W_h| bin of layer 1 (1: smallest 20%)")
+    ax.set_ylabel(f"training-loss increase, {(784 * hidden) // 10} flips")
+    ax.set_title(f"flipping synapses, BNN m={meta:g} on {dataset}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(root / "fig5cde.png", dpi=120)
+    plt.close(fig)
+    return rows

@@ -1,0 +1,160 @@
+"""EWC, SI and random consolidation: hand-checkable numbers and a short real-data check."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from bnn import MLP
+from metaspike.continual.baselines import EWC, RandomConsolidation, SynapticIntelligence, fisher_diagonal
+from metaspike.reproduce.continual import Method, run_method
+from metaspike.reproduce.experiments import CPU_PERMUTED
+from metaspike.training import train_epoch
+
+
+def _tiny() -> torch.nn.Linear:
+    model = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, -2.0], [0.5, 3.0]]))
+    return model
+
+
+def test_fisher_is_mean_of_squared_batch_gradients():
+    model = _tiny()
+    x, y = torch.randn(6, 2), torch.tensor([0, 1, 1, 0, 1, 0])
+    expected = torch.zeros(2, 2)
+    for half in (slice(0, 3), slice(3, 6)):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[half]), y[half]).backward()
+        expected += model.weight.grad.square() / 2
+    model.zero_grad()
+    (fisher,) = fisher_diagonal(model, x, y, batch_size=3)
+    assert torch.allclose(fisher, expected)
+    assert model.weight.grad is None  # the estimate leaves the model's gradients alone
+
+
+def test_ewc_penalty_equals_formula_over_past_tasks():
+    model = _tiny()
+    ewc = EWC(lam=4.0)
+    f1, a1 = torch.tensor([[1.0, 2.0], [0.0, 1.0]]), torch.zeros(2, 2)
+    f2, a2 = torch.tensor([[0.5, 0.0], [1.0, 0.0]]), torch.ones(2, 2)
+    ewc.importances, ewc.anchors = [[f1], [f2]], [[a1], [a2]]
+    w = model.weight.detach()
+    by_hand = 4.0 / 2 * ((f1 * (w - a1) ** 2).sum() + (f2 * (w - a2) ** 2).sum())
+    # w = [[1,-2],[.5,3]]: task 1: 1 + 8 + 0 + 9 = 18; task 2: .5*0 + 0 + 1*.25 + 0 = .25
+    assert by_hand.item() == pytest.approx(2 * 18.25)
+    assert ewc.penalty(model).item() == pytest.approx(by_hand.item())
+
+
+def test_ewc_task_done_stores_fisher_and_anchor_and_state_round_trips():
+    model = _tiny()
+    x, y = torch.randn(8, 2), torch.randint(0, 2, (8,))
+    ewc = EWC(lam=1.0, batch_size=4)
+    ewc.task_done(model, x, y, None)
+    assert torch.equal(ewc.anchors[0][0], model.weight.detach())
+    assert torch.allclose(ewc.importances[0][0], fisher_diagonal(model, x, y, batch_size=4)[0])
+    other = EWC(lam=7.0)
+    other.load_state_dict(ewc.state_dict())
+    with torch.no_grad():
+        model.weight.add_(0.3)
+    assert other.penalty(model).item() == pytest.approx(ewc.penalty(model).item())
+
+
+def test_si_omega_on_two_parameter_quadratic_matches_hand_computation():
+    # L(θ) = ½ (a θ1² + b θ2²) with plain SGD: g = (aθ1, bθ2), Δθ = -lr g, so ω += lr g² per step.
+    a, b, lr = 2.0, 0.5, 0.1
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 1.0]]))
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    si = SynapticIntelligence(c=1.0, xi=0.1)
+    theta, omega = [1.0, 1.0], [0.0, 0.0]
+    for _ in range(3):
+        opt.zero_grad()
+        w = model.weight[0]
+        (0.5 * (a * w[0] ** 2 + b * w[1] ** 2)).backward()
+        si.before_step(model)
+        opt.step()
+        si.after_step(model)
+        g = [a * theta[0], b * theta[1]]
+        omega = [o + lr * gi * gi for o, gi in zip(omega, g)]
+        theta = [t - lr * gi for t, gi in zip(theta, g)]
+    # θ1: 1 → .8 → .64 → .512, ω1 = .1·(4 + 2.56 + 1.6384); θ2: 1 → .95 → .9025 → .857375
+    assert omega[0] == pytest.approx(0.1 * (4 + 2.56 + 1.6384))
+    assert torch.allclose(si.omega[0], torch.tensor([omega]))
+    si.task_done(model, torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), None)
+    delta = [t - 1.0 for t in theta]
+    big = [o / (d * d + 0.1) for o, d in zip(omega, delta)]
+    assert torch.allclose(si.big_omega[0], torch.tensor([big]))
+    assert torch.equal(si.omega[0], torch.zeros(1, 2))  # reset for the next task
+    with torch.no_grad():
+        model.weight.add_(torch.tensor([[0.2, -0.1]]))
+    expected = big[0] * 0.04 + big[1] * 0.01
+    assert si.penalty(model).item() == pytest.approx(expected, rel=1e-5)
+    restored = SynapticIntelligence()
+    restored.load_state_dict(si.state_dict())
+    assert restored.penalty(model).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_random_consolidation_is_a_permutation_of_ewc_importances():
+    torch.manual_seed(0)
+    model = MLP([16, 8, 4])
+    x, y = torch.randn(40, 16), torch.randint(0, 4, (40,))
+    ewc, rc = EWC(batch_size=10), RandomConsolidation(batch_size=10, seed=3)
+    ewc.task_done(model, x, y, None)
+    rc.task_done(model, x, y, None)
+    for f, r in zip(ewc.importances[0], rc.importances[0]):
+        assert f.shape == r.shape
+        assert torch.equal(f.flatten().sort().values, r.flatten().sort().values)
+        assert not torch.equal(f, r)
+
+
+def test_bnn_baselines_regularise_hidden_weights_only():
+    model = MLP([16, 8, 4])
+    ewc = EWC(batch_size=10)
+    ewc.task_done(model, torch.randn(20, 16), torch.randint(0, 4, (20,)), None)
+    assert [f.shape for f in ewc.importances[0]] == [torch.Size([8, 16]), torch.Size([4, 8])]
+
+
+@pytest.mark.parametrize("bad", [dict(lam=-1.0), dict(lam=float("nan"))])
+def test_ewc_rejects_bad_strength(bad):
+    with pytest.raises(ValueError, match="lambda"):
+        EWC(**bad)
+
+
+def test_si_rejects_zero_xi():
+    with pytest.raises(ValueError, match="xi"):
+        SynapticIntelligence(xi=0.0)
+
+
+def test_ewc_and_si_penalties_train_through_the_loop():
+    model = MLP([16, 8, 4])
+    si = SynapticIntelligence(c=1.0)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    x, y = torch.randn(40, 16), torch.randint(0, 4, (40,))
+    train_epoch(model, opt, x, y, batch_size=10, plugins=[si])
+    si.task_done(model, x, y, None)
+    assert all(torch.isfinite(o).all() and (o.abs().sum() > 0) for o in si.big_omega)
+    train_epoch(model, opt, x, y, batch_size=10, plugins=[si])
+    assert si.penalty(model).item() > 0
+
+
+@pytest.fixture
+def one_thread():
+    """Two torch threads on 2 shared cores run ~10x slower than one when other jobs compete."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_ewc_reduces_forgetting_on_permuted_digits(one_thread, tmp_path):
+    # the CPU-scale table1 stream (3 permuted digits tasks, 784-256-10 BNN), seed 2:
+    # measured forgetting 8.1 points without EWC, 1.0 with EWC (lambda 5000)
+    config = replace(CPU_PERMUTED, seed=2)
+    plain = run_method(config, Method("plain"), tmp_path).metrics
+    ewc = run_method(config, Method("ewc", baseline="ewc", strength=5000.0), tmp_path).metrics
+    assert ewc["forgetting"] < plain["forgetting"] - 3, (plain, ewc)
+    assert ewc["ACC"] > plain["ACC"], (plain, ewc)

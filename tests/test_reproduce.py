@@ -1,0 +1,113 @@
+"""metaspike reproduce: the quadratic task, the flip test, method runs, the registry and the command line."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+import bnn
+from metaspike.cli import main
+from metaspike.data import load_dataset
+from metaspike.experiment import RunConfig
+from metaspike.reproduce import reproduce
+from metaspike.reproduce.continual import Method, compare_methods, run_method
+from metaspike.reproduce.experiments import EXPERIMENTS, meta_at
+from metaspike.reproduce.flips import flip_loss_increase
+from metaspike.reproduce.quadratic import QuadraticTask, train_quadratic
+
+TINY = RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(32,), batch_size=50)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_quadratic_task_metaplasticity_keeps_more_signs(seed):
+    task1 = QuadraticTask.random(100, seed)
+    task2 = task1.moved(seed + 10_000)
+    plain = train_quadratic(task1, task2, meta=0.0, steps=500, seed=seed)
+    meta = train_quadratic(task1, task2, meta=1.35, steps=500, seed=seed)
+    # measured: signs kept 45/54 % (m=0) vs 72/70 % (m=1.35); task-1 loss increase 41/31 vs 15/16
+    assert meta["signs_kept"] > plain["signs_kept"] + 5
+    assert meta["loss1_increase"] < plain["loss1_increase"]
+    assert plain["loss2_after_task2"] < meta["loss2_after_task2"]  # the price: task 2 is learned less well
+
+
+def test_quadratic_hessian_is_positive_definite_and_seeded():
+    task = QuadraticTask.random(30, seed=4)
+    assert torch.linalg.eigvalsh(task.hessian).min() > 0.05
+    assert torch.equal(task.optimum, QuadraticTask.random(30, seed=4).optimum)
+
+
+def test_flip_loss_increase_restores_weights_and_grows_with_magnitude():
+    torch.manual_seed(0)
+    model = bnn.MLP([784, 64, 10])
+    train = load_dataset("digits")
+    bnn.fit(model, train, epochs=3, meta=10.0, progress=False)
+    before = [p.clone() for p in model.parameters()]
+    bins = flip_loss_increase(model, train.x[:600], train.y[:600], flips=784 * 64 // 10, repeats=2)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert [b["low"] <= b["high"] for b in bins] == [True] * 5
+    assert bins[-1]["loss_increase"] > bins[0]["loss_increase"]
+
+
+def test_flip_rejects_too_many_flips():
+    with pytest.raises(ValueError, match="cannot flip"):
+        flip_loss_increase(bnn.MLP([4, 3, 2]), torch.randn(4, 4), torch.randint(0, 2, (4,)), flips=100)
+
+
+@pytest.mark.parametrize("method", [
+    Method("EWC", baseline="ewc", strength=100.0), Method("SI", baseline="si", strength=1.0),
+    Method("random", baseline="random", strength=100.0), Method("joint", joint=True), Method("DNN", meta=5.0, dnn=True),
+])
+def test_each_method_runs_and_writes_a_run_directory(method, tmp_path):
+    result = run_method(TINY, method, tmp_path)
+    assert len(result.matrix[-1]) == 2 and len(result.matrix) == (1 if method.joint else 2)
+    (run_dir,) = tmp_path.iterdir()
+    assert (run_dir / "metrics.json").exists() and not (run_dir / "checkpoint.pt").exists()
+
+
+def test_compare_methods_writes_paper_column_table_and_figure(tmp_path):
+    rows = compare_methods(TINY, [Method("BNN m=0"), Method("BNN m=10", meta=10.0)], [1, 2], tmp_path,
+                           {"BNN m=0": "n/a"}, "demo")
+    assert [r["runs"] for r in rows] == [2, 2]
+    table = list(csv.DictReader((tmp_path / "table.csv").open()))
+    assert [r["setting"] for r in table] == ["BNN m=0", "BNN m=10"]
+    assert table[0]["paper_ACC"] == "n/a" and float(table[0]["ACC_std"]) >= 0
+    assert (tmp_path / "figure.png").stat().st_size > 0
+
+
+def test_unknown_baseline_is_rejected():
+    with pytest.raises(ValueError, match="unknown baseline"):
+        Method("x", baseline="lwf")
+
+
+def test_meta_mapping_and_registry():
+    assert meta_at("cpu", 0.0) == 0.0 and meta_at("cpu", 1.35) == pytest.approx(10.0)
+    assert set(EXPERIMENTS) == {"fig2", "table1", "fig3", "stream", "fig5ab", "fig5cde"}
+
+
+def test_reproduce_fig5ab_writes_table_and_figure(tmp_path):
+    root, rows = reproduce("fig5ab", "cpu", [1], tmp_path)
+    assert [r["setting"] for r in rows] == ["m=0", "m=0.5", "m=1", "m=1.35"]
+    assert (root / "table.csv").exists() and (root / "fig5ab.png").exists()
+    assert rows[-1]["signs_kept"][0] > rows[0]["signs_kept"][0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["reproduce", "fig9"], "unknown experiment 'fig9'; available: fig2, table1"),
+    (["reproduce", "fig2", "--scale", "huge"], "unknown scale 'huge'; available: cpu, paper"),
+    (["reproduce", "fig5ab", "--seeds", "1", "1"], "--seeds must list one or more distinct integers"),
+])
+def test_cli_errors_are_one_line(argv, message, capsys, tmp_path):
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"metaspike: error: {message}") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", ["table1", "fig5cde"])
+def test_paper_scale_without_data_names_the_files(name, capsys, tmp_path):
+    data = tmp_path / "data"
+    assert main(["reproduce", name, "--scale", "paper", "--quiet", "--data-dir", str(data), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train-images-idx3-ubyte" in err and str(data / "mnist") in err
+    assert list((tmp_path / "out").iterdir()) == []  # no empty results folder is left behind
