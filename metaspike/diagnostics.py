@@ -1,13 +1,26 @@
-"""Plasticity diagnostics: hidden-weight histograms per layer."""
+"""Plasticity diagnostics: hidden-weight histograms, sign-flip rates, consolidated fractions, layer ranking.
+
+* :func:`hidden_weight_histograms`: the distribution of ``W_h`` per layer (the paper's Fig. 2g,h).
+* :func:`sign_snapshot` / :func:`flip_rates`: the fraction of each layer's binary weights that changed
+  sign since a snapshot (e.g. over one epoch).
+* :func:`consolidated_fractions`: the fraction of each layer's synapses whose updates toward zero are
+  damped to less than half (``rule.factor(W_h, meta) < 0.5``) under the optimizer's own ``meta``.
+* :func:`plasticity_ranking`: layers ordered by how much they still change (mean flip rate).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from collections.abc import Sequence
+
+from torch.optim import Optimizer
+
+from metaspike.consolidation import get_rule
 from metaspike.synapse import weight_matrices
 
-__all__ = ["hidden_weight_histograms"]
+__all__ = ["hidden_weight_histograms", "sign_snapshot", "flip_rates", "consolidated_fractions", "plasticity_ranking"]
 
 
 @torch.no_grad()
@@ -32,3 +45,70 @@ def hidden_weight_histograms(model: nn.Module, bins: int = 60) -> dict[str, dict
             "median_abs": float(w.abs().median()),
         }
     return result
+
+
+@torch.no_grad()
+def sign_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The sign (``W_h >= 0``) of every weight matrix, by layer name, to compare with later.
+
+    Example:
+        >>> snap = sign_snapshot(torch.nn.Sequential(torch.nn.Linear(3, 2)))
+        >>> snap["0"].shape
+        torch.Size([2, 3])
+    """
+    return {name: weight.detach() >= 0 for name, weight in weight_matrices(model)}  # the sign ste_sign shows
+
+
+@torch.no_grad()
+def flip_rates(before: dict[str, torch.Tensor], model: nn.Module) -> dict[str, float]:
+    """Fraction of each layer's binary weights whose sign changed since ``before``.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 2))
+        >>> snap = sign_snapshot(net)
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.neg_()
+        >>> flip_rates(snap, net)["0"] > 0.9
+        True
+    """
+    return {name: float(((weight.detach() >= 0) != before[name]).float().mean())
+            for name, weight in weight_matrices(model) if name in before}
+
+
+@torch.no_grad()
+def consolidated_fractions(model: nn.Module, optimizer: Optimizer, threshold: float = 0.5) -> dict[str, float]:
+    """Fraction of each layer's synapses whose updates toward zero are damped below ``threshold``.
+
+    Uses the ``meta`` and ``rule`` of the optimizer's param group holding each weight matrix
+    (layers outside any metaplastic group count as 0).
+
+    Example:
+        >>> from metaspike.optim import MetaplasticAdam
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 2))
+        >>> consolidated_fractions(net, MetaplasticAdam(net.parameters(), meta=0.0))
+        {'0': 0.0}
+    """
+    groups = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    fractions = {}
+    for name, weight in weight_matrices(model):
+        group = groups.get(id(weight))
+        if group is None or not group.get("meta"):
+            fractions[name] = 0.0
+            continue
+        factor = get_rule(group.get("rule", "tanh")).factor(weight.detach(), group["meta"])
+        fractions[name] = float((factor < threshold).float().mean())
+    return fractions
+
+
+def plasticity_ranking(rows: Sequence[dict[str, float]]) -> list[tuple[str, float]]:
+    """Layers ranked from most to least plastic by their mean flip rate over ``rows`` (one per epoch).
+
+    Example:
+        >>> plasticity_ranking([{"0": 0.1, "3": 0.02}, {"0": 0.05, "3": 0.0}])
+        [('0', 0.075), ('3', 0.01)]
+    """
+    if not rows:
+        return []
+    layers = list(rows[0])
+    means = {layer: sum(row[layer] for row in rows) / len(rows) for layer in layers}
+    return sorted(((layer, round(value, 6)) for layer, value in means.items()), key=lambda item: -item[1])

@@ -18,7 +18,7 @@ SMALL = ["--dataset", "digits", "--tasks", "2", "--epochs", "1", "--hidden", "32
 def test_train_writes_a_complete_run_directory(tmp_path, capsys):
     assert main(["train", *SMALL, "--meta", "2", "--seed", "3", "--out", str(tmp_path)]) == 0
     run = tmp_path / "permuted-digits-meta2-seed3"
-    for name in ("config.json", "scenario.json", "accuracy_matrix.csv", "curves.csv", "metrics.json",
+    for name in ("config.json", "scenario.json", "accuracy_matrix.csv", "curves.csv", "diagnostics.csv", "metrics.json",
                  "hidden_weights.json", "accuracy_curves.png", "hidden_weights.png", "model.pt"):
         assert (run / name).exists(), name
     config = json.loads((run / "config.json").read_text())

@@ -77,3 +77,16 @@ def test_invalid_trainer_config():
         TrainerConfig(epochs=0)
     with pytest.raises(ValueError, match="batchnorm must be one of"):
         TrainerConfig(batchnorm="per-layer")
+
+
+def test_diagnostics_record_flips_and_consolidation_per_epoch(scenario):
+    plain = _trainer(0.0).fit(scenario)
+    strong = _trainer(50.0).fit(scenario)
+    assert len(plain.diagnostics) == 4
+    first = plain.diagnostics[0]
+    assert set(first) == {"task", "epoch", "flip_rate:1", "flip_rate:4", "consolidated:1", "consolidated:4"}
+    assert 0 < first["flip_rate:1"] < 1
+    assert all(row["consolidated:1"] == 0.0 for row in plain.diagnostics)  # meta = 0 damps nothing
+    assert strong.diagnostics[-1]["consolidated:4"] > 0.2
+    # consolidation makes the second task flip fewer signs than without it
+    assert strong.diagnostics[-1]["flip_rate:1"] < plain.diagnostics[-1]["flip_rate:1"]

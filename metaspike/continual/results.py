@@ -3,8 +3,9 @@
 A run directory holds ``config.json`` (everything needed to rerun it), ``scenario.json`` (the exact
 task definitions: permutations, class groups, subsets), ``accuracy_matrix.csv`` (row i: after
 training task i; column j: test accuracy on task j, percent), ``curves.csv`` (one row per epoch),
-``metrics.json`` (ACC, BWT, FWT, forgetting), ``hidden_weights.json`` (histograms per layer after
-each task) and, while the run goes on, ``checkpoint.pt`` (and the one before, ``checkpoint.prev.pt``)
+``metrics.json`` (ACC, BWT, FWT, forgetting, layers ranked by plasticity), ``hidden_weights.json``
+(histograms per layer after each task), ``diagnostics.csv`` (per epoch and layer: sign-flip rate and
+fraction of consolidated synapses) and, while the run goes on, ``checkpoint.pt`` (and the one before, ``checkpoint.prev.pt``)
 to resume it from. Files are replaced atomically (temporary file, then rename), so a run that dies leaves
 the last complete version of each, and a new run never writes into an existing directory.
 """
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from metaspike.continual.trainer import ContinualResult
+from metaspike.diagnostics import plasticity_ranking
 
 __all__ = [
     "RunDirectory", "load_run", "load_checkpoint", "latest_good_checkpoint", "atomic_write_text", "unique_directory",
@@ -116,12 +118,12 @@ class RunDirectory:
         return path
 
     def epoch_done(self, result: ContinualResult) -> None:
-        """Rewrite ``curves.csv`` (one row per epoch so far), atomically."""
-        if not result.curves:
-            return
-        header = list(result.curves[0])
-        body = [[r[k] if not isinstance(r[k], float) else round(r[k], 4) for k in header] for r in result.curves]
-        atomic_write_text(self.path / "curves.csv", _csv([header] + body))
+        """Rewrite ``curves.csv`` and ``diagnostics.csv`` (one row per epoch so far), atomically."""
+        for name, rows in (("curves.csv", result.curves), ("diagnostics.csv", result.diagnostics)):
+            if rows:
+                header = list(rows[0])
+                body = [[r[k] if not isinstance(r[k], float) else round(r[k], 6) for k in header] for r in rows]
+                atomic_write_text(self.path / name, _csv([header] + body))
 
     def checkpoint(self, state: dict[str, Any]) -> None:
         """Save a trainer checkpoint as ``checkpoint.pt``; the previous one is kept as ``checkpoint.prev.pt``.
@@ -161,11 +163,16 @@ class RunDirectory:
 
     def write_metrics(self, result: ContinualResult, complete: bool = True) -> None:
         metrics = {k: round(v, 3) if math.isfinite(v) else v for k, v in result.metrics.items()}
+        last_task = [{k.split(":", 1)[1]: v for k, v in row.items() if k.startswith("flip_rate:")}
+                     for row in result.diagnostics if row["task"] == len(result.matrix)]
         self.write_json(
             "metrics.json",
             {**metrics, "final_accuracy": [round(a, 2) for a in result.matrix[-1]] if result.matrix else [],
              "untrained_accuracy": [round(a, 2) for a in result.baseline],
-             "tasks_trained": len(result.matrix), "seconds": round(result.seconds, 1), "complete": complete},
+             "tasks_trained": len(result.matrix), "seconds": round(result.seconds, 1),
+             "layer_plasticity_last_task": [{"layer": layer, "mean_flip_rate": rate}
+                                            for layer, rate in plasticity_ranking(last_task)],
+             "complete": complete},
         )
 
 

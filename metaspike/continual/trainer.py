@@ -22,7 +22,7 @@ from torch.optim import Optimizer
 from metaspike.continual.batchnorm import BATCHNORM_MODES, batchnorm_state, load_batchnorm_state
 from metaspike.continual.metrics import summarize
 from metaspike.continual.scenarios import Scenario
-from metaspike.diagnostics import hidden_weight_histograms
+from metaspike.diagnostics import consolidated_fractions, flip_rates, hidden_weight_histograms, sign_snapshot
 from metaspike.training import Plugin, check_inputs, evaluate, train_epoch
 
 __all__ = ["TrainerConfig", "ContinualResult", "RunLog", "ContinualTrainer", "OPTIMIZER_MODES", "CHECKPOINT_FORMAT"]
@@ -76,6 +76,7 @@ class ContinualResult:
         baseline: accuracy of the untrained network on each task (for FWT).
         curves: one dict per epoch: trained task, epoch, loss and accuracy on every task.
         histograms: hidden-weight histograms per layer after each task.
+        diagnostics: one dict per epoch: sign-flip rate and consolidated fraction of each layer.
         seconds: wall time of training and evaluation.
     """
 
@@ -84,6 +85,7 @@ class ContinualResult:
     baseline: list[float] = field(default_factory=list)
     curves: list[dict[str, Any]] = field(default_factory=list)
     histograms: list[dict[str, Any]] = field(default_factory=list)
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -267,12 +269,18 @@ class ContinualTrainer:
         accuracies: list[float] = []
         try:
             for epoch in range(first_epoch + 1, cfg.epochs + 1):
+                signs = sign_snapshot(self.model)
                 loss = train_epoch(self.model, optimizer, task.train.x, task.train.y, cfg.batch_size,
                                    generator, task.classes, cfg.device, bar, self.plugins)
                 accuracies = self._evaluate_all(scenario, index + 1, states)
                 row = {"task": index + 1, "epoch": epoch, "global_epoch": index * cfg.epochs + epoch, "loss": loss}
                 row.update(dict(zip(result.task_names, accuracies)))
                 result.curves.append(row)
+                result.diagnostics.append({
+                    "task": index + 1, "epoch": epoch,
+                    **{f"flip_rate:{k}": v for k, v in flip_rates(signs, self.model).items()},
+                    **{f"consolidated:{k}": v for k, v in consolidated_fractions(self.model, optimizer).items()},
+                })
                 result.seconds = time.perf_counter() - start
                 bar.note(" ".join(f"T{j + 1}={a:.1f}" for j, a in enumerate(accuracies)))
                 if log is not None:
