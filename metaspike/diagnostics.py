@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+import math
 from collections.abc import Sequence
 
 from torch.optim import Optimizer
@@ -80,7 +81,8 @@ def consolidated_fractions(model: nn.Module, optimizer: Optimizer, threshold: fl
     """Fraction of each layer's synapses whose updates toward zero are damped below ``threshold``.
 
     Uses the ``meta`` and ``rule`` of the optimizer's param group holding each weight matrix
-    (layers outside any metaplastic group count as 0).
+    (layers outside any metaplastic group count as 0; rules without a factor, such as the stateful
+    ``cascade`` and ``switch``, give ``nan``).
 
     Example:
         >>> from metaspike.optim import MetaplasticAdam
@@ -95,8 +97,11 @@ def consolidated_fractions(model: nn.Module, optimizer: Optimizer, threshold: fl
         if group is None or not group.get("meta"):
             fractions[name] = 0.0
             continue
-        factor = get_rule(group.get("rule", "tanh")).factor(weight.detach(), group["meta"])
-        fractions[name] = float((factor < threshold).float().mean())
+        rule = get_rule(group.get("rule", "tanh"))
+        if not hasattr(rule, "factor"):  # stateful rules (cascade, switch) have no per-synapse factor
+            fractions[name] = math.nan
+            continue
+        fractions[name] = float((rule.factor(weight.detach(), group["meta"]) < threshold).float().mean())
     return fractions
 
 

@@ -123,7 +123,8 @@ class RunConfig:
     @property
     def name(self) -> str:
         meta = "-".join(f"{m:g}" for m in self.meta)  # type: ignore[union-attr]
-        return f"{self.scenario}-{'-'.join(self.datasets)}-meta{meta}-seed{self.seed}"
+        rule = "" if self.rule == "tanh" else f"-{self.rule}"
+        return f"{self.scenario}-{'-'.join(self.datasets)}-meta{meta}{rule}-seed{self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "meta": self.meta[0] if len(self.meta) == 1 else list(self.meta)}

@@ -23,13 +23,16 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from metaspike.consolidation import ConsolidationRule, check_meta, consolidate, get_rule
+from metaspike.consolidation import Rule, check_meta, consolidate, get_rule, is_stateful
 from metaspike.synapse import weight_matrices
 
 __all__ = ["MetaplasticAdam", "metaplastic", "param_groups"]
 
 FUSED_MIN_NUMEL = 1 << 18
 """With ``fused=None``, weight matrices with at least this many entries get the compiled step."""
+
+RULE_STATE = "rule_state/"
+"""A stateful rule's per-parameter state is kept in the optimizer state under ``RULE_STATE + key``."""
 
 
 def _is_consolidated(param: Tensor) -> bool:
@@ -56,6 +59,8 @@ class MetaplasticAdam(Optimizer):
         lr, betas, eps, weight_decay: as in ``torch.optim.Adam``.
         meta: metaplasticity strength ``m >= 0``; ``0`` gives plain Adam.
         rule: consolidation rule name (see :func:`metaspike.consolidation.available_rules`) or object.
+            A stateful rule gets the step itself (``lr·m̂/(√v̂ + eps)``) and keeps its state in the
+            optimizer state (see :data:`RULE_STATE`); its groups use separate tensor operations.
         foreach: use the multi-tensor path; ``None`` chooses as ``torch.optim.Adam`` does.
         fused: how consolidated parameters (``meta > 0``, more than one dimension) are updated.
             ``True``: by one fused loop compiled with ``torch.compile`` (compiled once per process,
@@ -80,7 +85,7 @@ class MetaplasticAdam(Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         meta: float = 0.0,
-        rule: str | ConsolidationRule = "tanh",
+        rule: str | Rule = "tanh",
         *,
         foreach: bool | None = None,
         fused: bool | None = None,
@@ -143,7 +148,7 @@ class MetaplasticAdam(Optimizer):
             foreach = group["foreach"]
             if foreach is None:
                 foreach = all(p.device.type != "cpu" for p in params) and not torch.jit.is_scripting()
-            if foreach:
+            if foreach and not is_stateful(get_rule(group["rule"])):
                 _multi_tensor_step(group, params, states)
             else:
                 for param, state in zip(params, states):
@@ -167,7 +172,7 @@ def _adam_step_(
 ) -> None:
     """One Adam step of one parameter, in place, with its first moment consolidated.
 
-    ``update`` is :func:`_adam_update_` (default) or its compiled version.
+    ``update`` is :func:`_adam_update_` (default) or its compiled version (never for stateful rules).
     """
     state["step"] += 1
     step = state["step"].item()
@@ -181,19 +186,21 @@ def _adam_step_(
         bias_correction2_sqrt=(1 - beta2**step) ** 0.5,
         beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
         meta=group["meta"] if _is_consolidated(param) else 0.0, rule=group["rule"],
+        **({"opt_state": state} if update is None else {}),
     )
 
 
 def _adam_update_(
     param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, *,
     step_size: float, bias_correction2_sqrt: float, beta1: float, beta2: float, eps: float,
-    weight_decay: float, meta: float, rule: str | ConsolidationRule,
+    weight_decay: float, meta: float, rule: str | Rule, opt_state: dict[str, Any] | None = None,
 ) -> None:
     """The update itself, written so that ``torch.compile`` can fuse it into one loop.
 
     With ``meta == 0`` these are the operations of ``torch.optim.Adam`` (single-tensor path).
     With ``meta > 0`` the step size divides the denominator instead of being ``addcdiv_``'s scalar
     argument, so that the compiled loop takes it as an input rather than recompiling every step.
+    A stateful rule (its state in ``opt_state``) rewrites the step itself rather than the moment.
     """
     if weight_decay != 0:
         grad = grad.add(param, alpha=weight_decay)
@@ -202,8 +209,25 @@ def _adam_update_(
     denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
     if meta == 0:
         param.addcdiv_(exp_avg, denom, value=-step_size)
-    else:
+    elif opt_state is None or not is_stateful(get_rule(rule)):
         param.addcdiv_(consolidate(param, exp_avg, meta, rule), denom.div_(step_size), value=-1)
+    else:
+        param.sub_(_consolidate_in(opt_state, param, exp_avg / denom.div_(step_size), meta, rule))
+
+
+def _consolidate_in(
+    opt_state: dict[str, Any], hidden: Tensor, update: Tensor, meta: float, rule: str | Rule
+) -> Tensor:
+    """:func:`consolidate`, with a stateful rule's state read from and written back to ``opt_state``
+    (under :data:`RULE_STATE`), created by the rule on first use."""
+    rule = get_rule(rule)
+    if not is_stateful(rule):
+        return consolidate(hidden, update, meta, rule)
+    state = {k[len(RULE_STATE):]: v for k, v in opt_state.items() if k.startswith(RULE_STATE)}
+    state = state or rule.init_state(hidden)
+    update = consolidate(hidden, update, meta, rule, state)
+    opt_state.update({RULE_STATE + k: v for k, v in state.items()})
+    return update
 
 
 class LazyCompiled:
@@ -252,6 +276,8 @@ def _uses_compiled_step(param: Tensor, group: dict[str, Any]) -> bool:
     fused = group.get("fused")
     if fused is False or group["meta"] == 0 or not _is_consolidated(param) or _compiled_update.broken:
         return False
+    if is_stateful(get_rule(group["rule"])):
+        return False
     if torch.compiler.is_compiling():  # already inside a compiled region: it fuses the update itself
         return False
     if not (param.is_contiguous() and param.grad.is_contiguous()):
@@ -282,14 +308,16 @@ def _multi_tensor_step(group: dict[str, Any], params: list[Tensor], states: list
 
 
 def metaplastic(
-    optimizer: Optimizer, meta: float = 1.35, rule: str | ConsolidationRule = "tanh"
+    optimizer: Optimizer, meta: float = 1.35, rule: str | Rule = "tanh"
 ) -> Optimizer:
     """Add metaplastic consolidation to any torch optimizer, in place, and return it.
 
     Before each step the weight matrices are remembered; after it, the part of each change that
     moved a weight toward zero is scaled by the rule's factor at the old weight. ``meta`` becomes a
     param-group hyperparameter (groups that already set one keep it), so LR schedulers,
-    ``state_dict()`` and per-layer strengths work as with the plain optimizer.
+    ``state_dict()`` and per-layer strengths work as with the plain optimizer. A stateful rule gets
+    each change itself and keeps its state in ``optimizer.state`` (see :data:`RULE_STATE`), so
+    ``state_dict()`` saves it too.
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -322,7 +350,7 @@ def metaplastic(
                 old = before.get(p)
                 if old is not None:
                     update = old - p
-                    p.copy_(old - consolidate(old, update, group["meta"], group["rule"]))
+                    p.copy_(old - _consolidate_in(opt.state[p], old, update, group["meta"], group["rule"]))
         before.clear()
 
     optimizer.register_step_pre_hook(remember)

@@ -142,8 +142,20 @@ class BinarySynapse:
         return self.weight_quantizer is not _identity
 
     def visible_weight(self) -> Tensor:
-        """The weight the forward pass uses (±1 for a binary synapse)."""
-        return self.weight_quantizer(self.weight)
+        """The weight the forward pass uses (±1 for a binary synapse).
+
+        Without autograd (evaluation, inference) the ±1 weights are kept and reused until the
+        hidden weights change (an optimizer step bumps their version), so predicting does not
+        binarize every weight again on every call.
+        """
+        if torch.is_grad_enabled() or not self.is_binary:
+            return self.weight_quantizer(self.weight)
+        key = (self.weight._version, self.weight.data_ptr(), self.weight.dtype, self.weight.device)
+        cached = self.__dict__.get("_visible_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, self.weight_quantizer(self.weight.detach()))
+            self.__dict__["_visible_cache"] = cached
+        return cached[1]
 
 
 class SignWeight(nn.Module):

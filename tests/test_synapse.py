@@ -96,3 +96,20 @@ def test_float_quantizer_keeps_real_weights():
     assert hidden_weights(layer) == []
     with pytest.raises(ValueError, match="unknown quantizer 'sgn'"):
         bnn.BinaryLinear(4, 2, weight_quantizer="sgn")
+
+
+def test_inference_reuses_binary_weights_until_the_hidden_weights_change():
+    torch.manual_seed(4)
+    layer = bnn.BinaryLinear(6, 4)
+    x = torch.randn(3, 6)
+    with torch.no_grad():
+        first = layer.visible_weight()
+        assert layer.visible_weight() is first  # reused, not recomputed
+        torch.testing.assert_close(layer(x), x @ torch.sign(layer.weight).T)
+    opt = torch.optim.SGD(layer.parameters(), lr=1.0)
+    layer(x).sum().backward()  # with autograd: never cached, gradient flows
+    assert layer.weight.grad is not None
+    opt.step()  # changes the hidden weights (and their version)
+    with torch.no_grad():
+        assert layer.visible_weight() is not first
+        torch.testing.assert_close(layer.visible_weight(), torch.sign(layer.weight))
