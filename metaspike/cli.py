@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
+import torch
+
+from metaspike.distributed import world
 from metaspike.experiment import DEFAULT_INPUT_META, DEFAULT_META, RunConfig, meta_label, parse_meta
 from metaspike.reproduce import cli as reproduce_cli
 
@@ -97,6 +101,8 @@ def _train(args: argparse.Namespace) -> None:
         config = _config(args, meta_values, args.seed)
         path, result = run(config, args.out, progress=not args.quiet)
         meta = list(config.meta)
+    if world()[0] != 0:
+        return  # under torchrun, only the first process reports
     rows = [{"setting": f"meta={meta_label(meta if isinstance(meta, list) else [meta])}",
              **{f"task {j + 1}": (a, 0.0) for j, a in enumerate(result.matrix[-1])},
              **{k: (v, 0.0) for k, v in result.metrics.items()}, "seconds": (result.seconds, 0.0)}]
@@ -108,6 +114,8 @@ def _train(args: argparse.Namespace) -> None:
 def _compare(args: argparse.Namespace) -> None:
     from metaspike.experiment import compare, format_table
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("compare runs in one process; under torchrun use 'metaspike train' (one setting per launch)")
     if args.neurons is not None:
         from metaspike.snn.compare import compare_from_args
 
@@ -148,4 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("metaspike: interrupted; results written so far are kept in the run folder", file=sys.stderr)
         return 130
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0

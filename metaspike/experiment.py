@@ -23,6 +23,7 @@ from metaspike.consolidation import check_meta, get_rule
 from metaspike.continual.results import RunDirectory, atomic_write_text, latest_good_checkpoint, unique_directory
 from metaspike.continual.scenarios import Scenario, available_scenarios, make_scenario
 from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig
+from metaspike.distributed import init_from_env, sync_batchnorm, world
 from metaspike.optim import MetaplasticAdam, param_groups
 from metaspike.training import Plugin, TrainingDiverged
 
@@ -167,21 +168,37 @@ def build_trainer(
 
 
 def _trainer(config: RunConfig, scenario: Scenario, progress: bool) -> ContinualTrainer:
+    rank, processes = init_from_env(config.device)
     torch.manual_seed(config.seed)
-    return build_trainer(config, build_model(config, scenario), progress)
+    model = build_model(config, scenario)
+    if processes > 1:
+        sync_batchnorm(model)
+    return build_trainer(config, model, progress and rank == 0)
+
+
+def _shared_path(path: Path | None) -> Path:
+    """The run directory rank 0 chose, known to every process."""
+    if world()[1] == 1:
+        return path  # type: ignore[return-value]
+    holder = [str(path) if path is not None else None]
+    torch.distributed.broadcast_object_list(holder, src=0)
+    return Path(holder[0])
 
 
 def _scenario(config: RunConfig) -> Scenario:
     return make_scenario(config.scenario, config.datasets, config.tasks, config.seed, config.data_dir, config.split_mode)
 
 
-def _train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: RunDirectory,
+def _train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: RunDirectory | None,
                       resume: dict[str, Any] | None, plot: bool) -> ContinualResult:
+    """Train, then (on rank 0, which holds the directory) write the final files and figures."""
     try:
         result = trainer.fit(scenario, log=directory, resume=resume)
     except TrainingDiverged as err:
-        raise TrainingDiverged(f"{err}; what was measured so far is in {directory.path} "
-                               "(the last good checkpoint is kept)") from None
+        where = f"; what was measured so far is in {directory.path} (the last good checkpoint is kept)" if directory else ""
+        raise TrainingDiverged(f"{err}{where}") from None
+    if directory is None:
+        return result
     directory.write_metrics(result, complete=True)
     torch.save(trainer.model.state_dict(), directory.path / "model.pt")
     directory.remove_checkpoints()
@@ -210,8 +227,12 @@ def run(config: RunConfig, out: str | Path = "runs", progress: bool = True, plot
         "batchnorm_effective": config.batchnorm if scenario.task_boundaries and scenario.evaluates_training_tasks else "shared",
         "versions": {"metaspike": metaspike.__version__, "torch": torch.__version__, "python": platform.python_version()},
     }
-    directory = RunDirectory.create(out, config.name, record, {"name": scenario.name, **scenario.definition})
-    return directory.path, _train_and_finish(trainer, scenario, directory, None, plot)
+    record["processes"] = world()[1]
+    directory = None
+    if world()[0] == 0:
+        directory = RunDirectory.create(out, config.name, record, {"name": scenario.name, **scenario.definition})
+    path = _shared_path(directory.path if directory else None)
+    return path, _train_and_finish(trainer, scenario, directory, None, plot)
 
 
 def resume(run_dir: str | Path, progress: bool = True, plot: bool = True) -> tuple[Path, ContinualResult, list[str]]:
@@ -238,7 +259,8 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True) -> tup
     state, warnings = latest_good_checkpoint(path)
     scenario = _scenario(config)
     trainer = _trainer(config, scenario, progress)
-    return path, _train_and_finish(trainer, scenario, RunDirectory(path), state, plot), warnings
+    directory = RunDirectory(path) if world()[0] == 0 else None
+    return path, _train_and_finish(trainer, scenario, directory, state, plot), warnings
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

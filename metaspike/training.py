@@ -106,11 +106,14 @@ def train_epoch(
     device: torch.device | str = "cpu",
     progress=None,
     plugins: Sequence[Plugin] = (),
+    shard: tuple[int, int] = (0, 1),
 ) -> float:
     """Train one epoch over ``(x, y)`` in shuffled mini-batches; return the mean loss.
 
     ``classes`` restricts the outputs the loss sees (task-incremental heads). ``progress`` is an
     optional tqdm-like bar advanced once per batch. ``plugins`` add penalties and step hooks.
+    ``shard=(rank, processes)`` trains on this process's slice of every mini-batch (distributed
+    training; gradients are then averaged by :class:`metaspike.distributed.GradientAverage`).
 
     Example:
         >>> model = torch.nn.Linear(4, 3)
@@ -121,12 +124,15 @@ def train_epoch(
     order = torch.randperm(len(x), generator=generator)
     total, batches = 0.0, 0
     for start in range(0, len(x), batch_size):
-        index = order[start : start + batch_size]
-        if len(index) < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-            continue  # BatchNorm cannot train on a single sample
+        batch = order[start : start + batch_size]
+        index = batch.tensor_split(shard[1])[shard[0]]
+        if len(batch) < 2 * shard[1] and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            continue  # BatchNorm cannot train on one sample per process (decided alike in every process)
         inputs, targets = x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(_masked(model(inputs), classes), targets)
+        if shard[1] > 1:  # weigh this slice by its share, so averaged gradients equal the whole batch's
+            loss = loss * (len(index) * shard[1] / len(batch))
         for plugin in plugins:
             extra = plugin.penalty(model)
             if extra is not None:
@@ -143,7 +149,12 @@ def train_epoch(
         batches += 1
         if progress is not None:
             progress.update(1)
-    return total / max(batches, 1)
+    mean = total / max(batches, 1)
+    if shard[1] > 1:  # report the loss of the whole batch, as one process would
+        summed = torch.tensor([mean])
+        torch.distributed.all_reduce(summed)
+        mean = summed.item() / shard[1]
+    return mean
 
 
 @torch.no_grad()

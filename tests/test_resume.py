@@ -32,8 +32,14 @@ def _killed_run(out: Path) -> Path:
     return out / RUN
 
 
+def _metaspike(*args: str) -> None:
+    """Run the command in a fresh process (all runs of a comparison then use the same thread count)."""
+    done = subprocess.run([sys.executable, "-m", "metaspike", *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_killed_run_resumes_to_identical_results(tmp_path):
-    assert main(["train", *ARGS, "--out", str(tmp_path / "whole")]) == 0
+    _metaspike("train", *ARGS, "--out", str(tmp_path / "whole"))
     reference = (tmp_path / "whole" / RUN / "accuracy_matrix.csv").read_text()
 
     run = _killed_run(tmp_path / "killed")
@@ -41,7 +47,7 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
     position = load_checkpoint(run / "checkpoint.pt")["position"]
     assert position["task"] == 0 and position["epochs_done"] >= 1  # killed in the middle of the first task
 
-    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    _metaspike("train", "--resume", str(run), "--quiet")
     assert (run / "accuracy_matrix.csv").read_text() == reference
     assert json.loads((run / "metrics.json").read_text())["complete"] is True
     whole_curves = (tmp_path / "whole" / RUN / "curves.csv").read_text()

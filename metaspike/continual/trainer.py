@@ -22,6 +22,7 @@ from torch.optim import Optimizer
 from metaspike.continual.batchnorm import BATCHNORM_MODES, batchnorm_state, load_batchnorm_state
 from metaspike.continual.metrics import summarize
 from metaspike.continual.scenarios import Scenario
+from metaspike.distributed import GradientAverage, world
 from metaspike.diagnostics import consolidated_fractions, flip_rates, hidden_weight_histograms, sign_snapshot
 from metaspike.training import Plugin, check_inputs, evaluate, train_epoch
 
@@ -137,6 +138,10 @@ class ContinualTrainer:
         progress: show a progress bar per task.
         plugins: :class:`metaspike.training.Plugin` hooks of a continual-learning method (EWC, SI, ...).
 
+    Under ``torchrun`` (an initialised process group) every process trains on its slice of each
+    mini-batch and gradients are averaged; give it a model passed through
+    :func:`metaspike.distributed.sync_batchnorm` so BatchNorm sees the whole batch.
+
     Example:
         >>> from bnn import MLP
         >>> from metaspike.optim import MetaplasticAdam
@@ -160,7 +165,7 @@ class ContinualTrainer:
         self.make_optimizer = make_optimizer
         self.config = config
         self.progress = progress
-        self.plugins = tuple(plugins)
+        self.plugins = tuple(plugins) + ((GradientAverage(),) if world()[1] > 1 else ())
 
     def _evaluate_all(self, scenario: Scenario, trained: int, states: list[dict]) -> list[float]:
         """Accuracy on every evaluated task; with per-task BatchNorm, task j < trained uses its own state."""
@@ -271,7 +276,7 @@ class ContinualTrainer:
             for epoch in range(first_epoch + 1, cfg.epochs + 1):
                 signs = sign_snapshot(self.model)
                 loss = train_epoch(self.model, optimizer, task.train.x, task.train.y, cfg.batch_size,
-                                   generator, task.classes, cfg.device, bar, self.plugins)
+                                   generator, task.classes, cfg.device, bar, self.plugins, world())
                 accuracies = self._evaluate_all(scenario, index + 1, states)
                 row = {"task": index + 1, "epoch": epoch, "global_epoch": index * cfg.epochs + epoch, "loss": loss}
                 row.update(dict(zip(result.task_names, accuracies)))

@@ -1,0 +1,111 @@
+"""Training on several processes (``torchrun``): data-parallel steps that equal one process's global batch.
+
+Each process takes its slice of every mini-batch; :class:`GradientAverage` averages the gradients
+before each optimizer step, and :func:`sync_batchnorm` makes BatchNorm normalise with the statistics
+of the whole global batch (the paper's BatchNorm uses batch statistics, so per-process statistics
+would change the model). Works with ``gloo`` on CPUs and ``nccl`` on GPUs; torch's own
+``SyncBatchNorm`` is GPU-only.
+
+    torchrun --standalone --nproc-per-node 2 -m metaspike train ...
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.distributed.nn.functional import all_reduce
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from metaspike.training import Plugin
+
+__all__ = ["world", "init_from_env", "sync_batchnorm", "GradientAverage"]
+
+
+def world() -> tuple[int, int]:
+    """``(rank, number of processes)``; ``(0, 1)`` when not running distributed.
+
+    Example:
+        >>> world()
+        (0, 1)
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_from_env(device: str = "cpu") -> tuple[int, int]:
+    """Join the process group that ``torchrun`` describes in the environment (no-op otherwise).
+
+    Example:
+        >>> init_from_env("cpu")  # outside torchrun
+        (0, 1)
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend)
+        if device.startswith("cuda"):
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return world()
+
+
+class _GlobalStatistics:
+    """Mixin for a BatchNorm class: in training, normalise with the statistics of all processes' batches."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or world()[1] == 1:
+            return super().forward(x)  # type: ignore[misc]
+        channels = x.shape[1]
+        dims = [0, *range(2, x.dim())]
+        count = torch.tensor([x.numel() / channels], dtype=x.dtype, device=x.device)
+        totals = all_reduce(torch.cat([x.sum(dims), x.square().sum(dims), count]))
+        n = totals[-1]
+        mean = totals[:channels] / n
+        var = (totals[channels : 2 * channels] / n - mean.square()).clamp_min(0)
+        shape = [1, channels] + [1] * (x.dim() - 2)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                momentum = 0.1 if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean, momentum)
+                self.running_var.lerp_(var * n / (n - 1), momentum)
+        return y
+
+
+def sync_batchnorm(model: nn.Module) -> nn.Module:
+    """Make every BatchNorm layer of ``model`` use global-batch statistics when training distributed.
+
+    The layers keep their parameters, buffers and state-dict keys (only their class changes), so
+    checkpoints and per-task BatchNorm states are the same as in one process.
+
+    Example:
+        >>> net = sync_batchnorm(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)))
+        >>> type(net[1]).__name__
+        'GlobalBatchNorm1d'
+    """
+    for module in model.modules():
+        if isinstance(module, _BatchNorm) and not isinstance(module, _GlobalStatistics):
+            cls = type(module)
+            module.__class__ = type(f"Global{cls.__name__}", (_GlobalStatistics, cls), {})
+    return model
+
+
+class GradientAverage(Plugin):
+    """Average every gradient over the processes before the optimizer step (what DDP does).
+
+    Example:
+        >>> GradientAverage().before_step(nn.Linear(2, 2))  # one process: nothing to average
+    """
+
+    def before_step(self, model: nn.Module) -> None:
+        size = world()[1]
+        if size == 1:
+            return
+        for param in model.parameters():
+            if param.grad is not None:
+                dist.all_reduce(param.grad)
+                param.grad.div_(size)

@@ -1,0 +1,90 @@
+"""Distributed training: two processes (gloo, CPU) take the same steps as one process with the whole batch."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from bnn import MLP
+from metaspike.distributed import GradientAverage, sync_batchnorm, world
+from metaspike.optim import MetaplasticAdam
+from metaspike.training import train_epoch
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(230, 784, generator=g), torch.randint(0, 10, (230,), generator=g)
+
+
+def _train(shard=(0, 1)):
+    torch.manual_seed(0)
+    model = MLP([784, 64, 10])
+    if shard[1] > 1:
+        sync_batchnorm(model)
+    opt = MetaplasticAdam(model.parameters(), lr=0.005, meta=5.0)
+    x, y = _data()
+    plugins = (GradientAverage(),) if shard[1] > 1 else ()
+    loss = train_epoch(model, opt, x, y, 100, torch.Generator().manual_seed(1), plugins=plugins, shard=shard)
+    return loss, [p.detach().clone() for p in model.parameters()]
+
+
+def _worker(rank: int, size: int, port: int, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
+    torch.set_num_threads(1)
+    try:
+        assert world() == (rank, size)
+        loss, params = _train((rank, size))
+        if rank == 0:
+            torch.save({"loss": loss, "params": params}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread, as in each worker (thread count changes float rounding); restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_two_processes_take_the_same_steps_as_one(tmp_path, one_thread):
+    out = str(tmp_path / "two.pt")
+    mp.start_processes(_worker, args=(2, _free_port(), out), nprocs=2, join=True, start_method="spawn")
+    two = torch.load(out, weights_only=True)
+    loss, params = _train()
+    # 3 optimizer steps (batches of 100, 100, 30 split 50/50, 50/50, 15/15): equal up to float rounding
+    assert two["loss"] == pytest.approx(loss, rel=1e-5)
+    for p, q in zip(params, two["params"]):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_torchrun_train_gives_the_single_process_accuracy_matrix(tmp_path):
+    args = ["train", "--dataset", "digits", "--tasks", "2", "--epochs", "1", "--hidden", "64", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run(["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "metaspike", *args,
+                          "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    one = subprocess.run([sys.executable, "-m", "metaspike", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    name = "permuted-digits-meta5-30-seed1"
+    read = lambda d: [[float(v) for v in line.split(",")[1:]] for line in (d / name / "accuracy_matrix.csv").read_text().splitlines()[1:]]
+    matrix_two, matrix_one = read(tmp_path / "two"), read(tmp_path / "one")
+    for row_two, row_one in zip(matrix_two, matrix_one):
+        assert row_two == pytest.approx(row_one, abs=1.0)  # same model up to float rounding of the reductions
+    assert '"processes": 2' in (tmp_path / "two" / name / "config.json").read_text()
