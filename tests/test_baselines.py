@@ -141,15 +141,6 @@ def test_ewc_and_si_penalties_train_through_the_loop():
     assert si.penalty(model).item() > 0
 
 
-@pytest.fixture
-def one_thread():
-    """Two torch threads on 2 shared cores run ~10x slower than one when other jobs compete."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_ewc_reduces_forgetting_on_permuted_digits(one_thread, tmp_path):
     # the CPU-scale table1 stream (3 permuted digits tasks, 784-256-10 BNN), seed 2:
     # measured forgetting 8.1 points without EWC, 1.0 with EWC (lambda 5000)

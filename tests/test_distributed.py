@@ -52,15 +52,6 @@ def _worker(rank: int, size: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread, as in each worker (thread count changes float rounding); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_two_processes_take_the_same_steps_as_one(tmp_path, one_thread):
     out = str(tmp_path / "two.pt")
     mp.start_processes(_worker, args=(2, _free_port(), out), nprocs=2, join=True, start_method="spawn")
