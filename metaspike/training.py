@@ -7,6 +7,7 @@ exactly. Outputs can be restricted to a subset of classes (task-incremental head
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,8 @@ class Plugin:
     Every method does nothing by default; override what the method needs. The loop calls
     ``penalty`` for each batch (its value is added to the loss), ``before_step``/``after_step``
     around each optimizer step (gradients are available in both), and ``task_done`` after each
-    task with that task's training data.
+    task with that task's training data. ``state_dict``/``load_state_dict`` carry a stateful
+    method's memory (EWC's Fisher, SI's importances) through checkpoints.
 
     Example:
         >>> class L2(Plugin):
@@ -40,6 +42,14 @@ class Plugin:
         return None
 
     def task_done(self, model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int] | None) -> None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must keep to resume the method exactly (nothing by default)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
         return None
 
 

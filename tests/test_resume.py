@@ -104,3 +104,40 @@ def test_checkpoints_load_with_weights_only(tmp_path):
     directory.checkpoint({"position": {"task": 0, "epochs_done": 2}, "model": {"w": torch.zeros(2)}})
     assert torch.load(directory.path / "checkpoint.pt", weights_only=True)["position"]["epochs_done"] == 2
     assert torch.load(directory.path / "checkpoint.prev.pt", weights_only=True)["position"]["epochs_done"] == 1
+
+
+def test_resume_keeps_the_state_of_a_baseline_plugin():
+    import io
+
+    from metaspike.continual.baselines import EWC
+    from metaspike.experiment import RunConfig, _scenario, build_model, build_trainer
+
+    config = RunConfig(datasets=("digits",), tasks=2, epochs=2, hidden=(32,), meta=(0.0,))
+    scenario = _scenario(config)
+
+    def trainer():
+        torch.manual_seed(0)
+        return build_trainer(config, build_model(config, scenario), progress=False, plugins=[EWC(lam=100.0)])
+
+    class Keep:
+        def __init__(self):
+            self.saved = []
+
+        def epoch_done(self, result):
+            pass
+
+        def task_done(self, result):
+            pass
+
+        def checkpoint(self, state):
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            self.saved.append(buffer.getvalue())
+
+    log = Keep()
+    whole = trainer().fit(scenario, log=log)
+    mid_second_task = torch.load(io.BytesIO(log.saved[2]), weights_only=True)  # task 2, one epoch done
+    assert mid_second_task["position"] == {"task": 1, "epochs_done": 1}
+    assert len(mid_second_task["plugins"][0]["importances"]) == 1  # EWC's Fisher of task 1 is in it
+    resumed = trainer().fit(scenario, resume=mid_second_task)
+    assert resumed.matrix == whole.matrix

@@ -239,6 +239,7 @@ class ContinualTrainer:
             "optimizer": optimizer.state_dict(),
             "generator": generator.get_state(),
             "batchnorm_states": states,
+            "plugins": [plugin.state_dict() for plugin in self.plugins],
             "result": asdict(result),
         }
 
@@ -251,6 +252,11 @@ class ContinualTrainer:
                              f"({len(scenario.tasks)} tasks of {self.config.epochs} epochs)")
         self.model.load_state_dict(state["model"])
         generator.set_state(state["generator"])
+        saved_plugins = state.get("plugins", [])
+        if len(saved_plugins) != len(self.plugins):
+            raise ValueError(f"checkpoint holds the state of {len(saved_plugins)} plugins, this trainer has {len(self.plugins)}")
+        for plugin, plugin_state in zip(self.plugins, saved_plugins):
+            plugin.load_state_dict(plugin_state)
         result = ContinualResult(**state["result"])
         return result, list(state["batchnorm_states"]), position["task"], position["epochs_done"], state["optimizer"]
 
