@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-__all__ = ["check_inputs", "train_epoch", "evaluate", "TrainingDiverged", "Plugin"]
+__all__ = ["check_inputs", "train_epoch", "evaluate", "masked_logits", "TrainingDiverged", "Plugin"]
 
 
 class Plugin:
@@ -97,7 +97,13 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
         raise ValueError(f"labels go up to {int(y.max())} but the model has {out.shape[1]} outputs")
 
 
-def _masked(logits: Tensor, classes: Sequence[int] | None) -> Tensor:
+def masked_logits(logits: Tensor, classes: Sequence[int] | None) -> Tensor:
+    """``logits`` with every class outside ``classes`` set to -inf (task-incremental heads); unchanged for ``None``.
+
+    Example:
+        >>> masked_logits(torch.zeros(1, 3), [0, 2])
+        tensor([[0., -inf, 0.]])
+    """
     if classes is None:
         return logits
     mask = torch.full((logits.shape[1],), float("-inf"), device=logits.device)
@@ -140,7 +146,7 @@ def train_epoch(
             continue  # BatchNorm cannot train on one sample per process (decided alike in every process)
         inputs, targets = x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(_masked(model(inputs), classes), targets)
+        loss = F.cross_entropy(masked_logits(model(inputs), classes), targets)
         if shard[1] > 1:  # weigh this slice by its share, so averaged gradients equal the whole batch's
             loss = loss * (len(index) * shard[1] / len(batch))
         for plugin in plugins:
@@ -189,6 +195,6 @@ def evaluate(
     # near-equal chunks: no trailing batch of one sample, which batch-statistics BatchNorm cannot take
     for index in torch.arange(len(x)).tensor_split(max(1, round(len(x) / batch_size))):
         inputs, targets = x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
-        correct += (_masked(model(inputs), classes).argmax(1) == targets).sum().item()
+        correct += (masked_logits(model(inputs), classes).argmax(1) == targets).sum().item()
     model.train(was_training)
     return 100.0 * correct / len(x)

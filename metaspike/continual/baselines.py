@@ -16,8 +16,8 @@ task instead, as for the metaplastic BNN).
 * :class:`RandomConsolidation`: EWC whose Fisher values are shuffled at random across the synapses
   of each layer (same distribution of importances, wrong synapses) — the paper's control.
 
-Each plugin has ``state_dict()``/``load_state_dict()`` so it can be checkpointed; the trainer's
-resume does not save plugins yet, so a resumed run with a baseline starts the plugin afresh.
+Each plugin has ``state_dict()``/``load_state_dict()``; the trainer's checkpoints keep them, so a
+resumed run with a baseline continues exactly.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaspike.synapse import weight_matrices
-from metaspike.training import Plugin, _masked
+from metaspike.training import Plugin, masked_logits
 
 __all__ = ["EWC", "SynapticIntelligence", "RandomConsolidation", "fisher_diagonal"]
 
@@ -74,7 +74,7 @@ def fisher_diagonal(
     chunks = [c for c in chunks if len(c) > 1] or list(chunks)  # batch statistics need two samples
     try:
         for index in chunks:
-            logits = _masked(model(x[index].to(device)), classes)
+            logits = masked_logits(model(x[index].to(device)), classes)
             loss = F.cross_entropy(logits, y[index].to(device))
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             for t, g in zip(total, grads):
