@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 
@@ -52,6 +53,18 @@ class _SteSign(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
         return grad
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Shows precomputed ``signs`` in the forward pass; the gradient reaches ``hidden`` unchanged."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, signs: Tensor) -> Tensor:  # type: ignore[override]
+        return signs.view_as(signs)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return grad, None
 
 
 class _ClippedSign(torch.autograd.Function):
@@ -144,18 +157,28 @@ class BinarySynapse:
     def visible_weight(self) -> Tensor:
         """The weight the forward pass uses (±1 for a binary synapse).
 
-        Without autograd (evaluation, inference) the ±1 weights are kept and reused until the
-        hidden weights change (an optimizer step bumps their version), so predicting does not
-        binarize every weight again on every call.
+        For the default ``ste_sign`` quantizer the ±1 weights live in one buffer per layer, rewritten
+        in place only when the hidden weights change (an optimizer step bumps their version): several
+        forward passes per step, and evaluation, reuse it, and training does not allocate (and page
+        in) a fresh weight-sized tensor every step.
         """
-        if torch.is_grad_enabled() or not self.is_binary:
+        if self.weight_quantizer is not ste_sign:
             return self.weight_quantizer(self.weight)
-        key = (self.weight._version, self.weight.data_ptr(), self.weight.dtype, self.weight.device)
-        cached = self.__dict__.get("_visible_cache")
-        if cached is None or cached[0] != key:
-            cached = (key, self.weight_quantizer(self.weight.detach()))
-            self.__dict__["_visible_cache"] = cached
-        return cached[1]
+        signs = self._current_signs()
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            return _StraightThrough.apply(self.weight, signs)
+        return signs
+
+    def _current_signs(self) -> Tensor:
+        weight = self.weight
+        entry = self.__dict__.get("_signs")
+        if entry is not None and entry[0]() is weight and entry[1] == weight._version:
+            return entry[2]
+        buffer = entry[2] if entry is not None and entry[0]() is weight else torch.empty_like(weight)
+        with torch.no_grad():
+            torch.sign(weight, out=buffer).add_(0.5).sign_()  # sign(0) = +1, as _sign
+        self.__dict__["_signs"] = (weakref.ref(weight), weight._version, buffer)
+        return buffer
 
 
 class SignWeight(nn.Module):

@@ -98,18 +98,33 @@ def test_float_quantizer_keeps_real_weights():
         bnn.BinaryLinear(4, 2, weight_quantizer="sgn")
 
 
-def test_inference_reuses_binary_weights_until_the_hidden_weights_change():
+def test_binary_weights_are_reused_until_the_hidden_weights_change():
     torch.manual_seed(4)
     layer = bnn.BinaryLinear(6, 4)
     x = torch.randn(3, 6)
     with torch.no_grad():
         first = layer.visible_weight()
         assert layer.visible_weight() is first  # reused, not recomputed
+        before = first.clone()
         torch.testing.assert_close(layer(x), x @ torch.sign(layer.weight).T)
-    opt = torch.optim.SGD(layer.parameters(), lr=1.0)
-    layer(x).sum().backward()  # with autograd: never cached, gradient flows
-    assert layer.weight.grad is not None
-    opt.step()  # changes the hidden weights (and their version)
+    opt = torch.optim.SGD(layer.parameters(), lr=10.0)
+    (layer(x).sum() + layer(2 * x).sum()).backward()  # two forward passes in one step share the buffer
+    torch.testing.assert_close(layer.weight.grad, 3 * x.sum(0).expand(4, 6))
+    opt.step()  # changes the hidden weights (and their version): the buffer is rewritten in place
     with torch.no_grad():
-        assert layer.visible_weight() is not first
-        torch.testing.assert_close(layer.visible_weight(), torch.sign(layer.weight))
+        assert layer.visible_weight() is first
+        torch.testing.assert_close(first, torch.sign(layer.weight))
+        assert not torch.equal(first, before)
+
+
+def test_rewriting_signs_after_a_step_is_caught_by_a_retained_graph():
+    torch.manual_seed(0)
+    model = bnn.MLP([6, 5, 3])
+    x = torch.randn(8, 6)
+    opt = torch.optim.SGD(model.parameters(), lr=10.0)
+    loss = model(x).sum()
+    loss.backward(retain_graph=True)
+    opt.step()
+    model(x)  # rewrites the ±1 buffers the first graph saved
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
