@@ -39,10 +39,10 @@ __all__ = [
 Quantizer = Callable[[Tensor], Tensor]
 
 
-def _sign(x: Tensor) -> Tensor:
+def _sign(x: Tensor, out: Tensor | None = None) -> Tensor:
     # sign(x) + 0.5 lies in {-0.5, 0.5, 1.5}, so its sign maps 0 (and -0.0) to +1; several times faster
     # on CPU than torch.where(x >= 0, 1.0, -1.0), which builds a mask and two scalar tensors
-    return torch.sign(x).add_(0.5).sign_()
+    return torch.sign(x, out=out).add_(0.5).sign_()
 
 
 class _SteSign(torch.autograd.Function):
@@ -176,7 +176,7 @@ class BinarySynapse:
             return entry[2]
         buffer = entry[2] if entry is not None and entry[0]() is weight else torch.empty_like(weight)
         with torch.no_grad():
-            torch.sign(weight, out=buffer).add_(0.5).sign_()  # sign(0) = +1, as _sign
+            _sign(weight, out=buffer)
         self.__dict__["_signs"] = (weakref.ref(weight), weight._version, buffer)
         return buffer
 
