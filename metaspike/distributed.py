@@ -1,6 +1,6 @@
 """Training on several processes (``torchrun``): data-parallel steps that equal one process's global batch.
 
-Each process takes its slice of every mini-batch; :class:`GradientAverage` averages the gradients
+Each process takes its slice of every mini-batch; :func:`average_gradients` averages the gradients
 before each optimizer step, and :func:`sync_batchnorm` makes BatchNorm normalise with the statistics
 of the whole global batch (the paper's BatchNorm uses batch statistics, so per-process statistics
 would change the model). Works with ``gloo`` on CPUs and ``nccl`` on GPUs; torch's own
@@ -19,9 +19,7 @@ from torch import Tensor, nn
 from torch.distributed.nn.functional import all_reduce
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from metaspike.training import Plugin
-
-__all__ = ["world", "init_from_env", "sync_batchnorm", "GradientAverage"]
+__all__ = ["world", "init_from_env", "sync_batchnorm", "average_gradients"]
 
 
 def world() -> tuple[int, int]:
@@ -94,18 +92,19 @@ def sync_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-class GradientAverage(Plugin):
-    """Average every gradient over the processes before the optimizer step (what DDP does).
+def average_gradients(model: nn.Module) -> None:
+    """Average every gradient of ``model`` over the processes (what DDP does); nothing in one process.
+
+    :func:`metaspike.training.train_epoch` calls it right after ``backward``, so plugins and the
+    optimizer see the gradient of the whole batch.
 
     Example:
-        >>> GradientAverage().before_step(nn.Linear(2, 2))  # one process: nothing to average
+        >>> average_gradients(nn.Linear(2, 2))  # one process: nothing to average
     """
-
-    def before_step(self, model: nn.Module) -> None:
-        size = world()[1]
-        if size == 1:
-            return
-        for param in model.parameters():
-            if param.grad is not None:
-                dist.all_reduce(param.grad)
-                param.grad.div_(size)
+    size = world()[1]
+    if size == 1:
+        return
+    for param in model.parameters():
+        if param.grad is not None:
+            dist.all_reduce(param.grad)
+            param.grad.div_(size)

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from metaspike.distributed import average_gradients
+
 __all__ = ["check_inputs", "train_epoch", "evaluate", "masked_logits", "TrainingDiverged", "Plugin"]
 
 
@@ -129,7 +131,7 @@ def train_epoch(
     ``classes`` restricts the outputs the loss sees (task-incremental heads). ``progress`` is an
     optional tqdm-like bar advanced once per batch. ``plugins`` add penalties and step hooks.
     ``shard=(rank, processes)`` trains on this process's slice of every mini-batch (distributed
-    training; gradients are then averaged by :class:`metaspike.distributed.GradientAverage`).
+    training; gradients are then averaged over the processes before plugins and the optimizer see them).
 
     Example:
         >>> model = torch.nn.Linear(4, 3)
@@ -156,6 +158,8 @@ def train_epoch(
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss.item()} at batch {batches + 1}; lower the learning rate")
         loss.backward()
+        if shard[1] > 1:
+            average_gradients(model)
         for plugin in plugins:
             plugin.before_step(model)
         optimizer.step()

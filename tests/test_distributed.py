@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from bnn import MLP
-from metaspike.distributed import GradientAverage, sync_batchnorm, world
+from metaspike.distributed import sync_batchnorm, world
 from metaspike.optim import MetaplasticAdam
 from metaspike.training import train_epoch
 
@@ -35,8 +35,7 @@ def _train(shard=(0, 1)):
         sync_batchnorm(model)
     opt = MetaplasticAdam(model.parameters(), lr=0.005, meta=5.0)
     x, y = _data()
-    plugins = (GradientAverage(),) if shard[1] > 1 else ()
-    loss = train_epoch(model, opt, x, y, 100, torch.Generator().manual_seed(1), plugins=plugins, shard=shard)
+    loss = train_epoch(model, opt, x, y, 100, torch.Generator().manual_seed(1), shard=shard)
     return loss, [p.detach().clone() for p in model.parameters()]
 
 

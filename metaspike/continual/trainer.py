@@ -22,7 +22,7 @@ from torch.optim import Optimizer
 from metaspike.continual.batchnorm import BATCHNORM_MODES, batchnorm_state, load_batchnorm_state
 from metaspike.continual.metrics import summarize
 from metaspike.continual.scenarios import Scenario
-from metaspike.distributed import GradientAverage, world
+from metaspike.distributed import world
 from metaspike.diagnostics import consolidated_fractions, flip_rates, hidden_weight_histograms, sign_snapshot
 from metaspike.training import Plugin, check_inputs, evaluate, train_epoch
 
@@ -165,7 +165,7 @@ class ContinualTrainer:
         self.make_optimizer = make_optimizer
         self.config = config
         self.progress = progress
-        self.plugins = tuple(plugins) + ((GradientAverage(),) if world()[1] > 1 else ())
+        self.plugins = tuple(plugins)
 
     def _evaluate_all(self, scenario: Scenario, trained: int, states: list[dict]) -> list[float]:
         """Accuracy on every evaluated task; with per-task BatchNorm, task j < trained uses its own state."""
