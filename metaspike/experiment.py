@@ -11,6 +11,8 @@ import math
 import platform
 import statistics
 from collections.abc import Sequence
+import csv
+import io
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -27,7 +29,7 @@ from metaspike.distributed import init_from_env, sync_batchnorm, world
 from metaspike.optim import MetaplasticAdam, param_groups
 from metaspike.training import Plugin, TrainingDiverged
 
-__all__ = ["RunConfig", "DEFAULT_META", "DEFAULT_INPUT_META", "default_meta", "parse_meta", "meta_label", "run", "resume", "compare", "build_model", "format_table", "summarize_results", "build_trainer", "mean_std"]
+__all__ = ["RunConfig", "DEFAULT_META", "DEFAULT_INPUT_META", "default_meta", "parse_meta", "meta_label", "run", "resume", "compare", "build_model", "format_table", "summarize_results", "build_trainer", "mean_std", "check_settings", "comparison_csv", "versions"]
 
 #: Default metaplasticity of the CPU main job, per layer: the first (input) layer stays nearly plastic,
 #: every later layer is consolidated strongly. Chosen from the sweep in README ("Why the default is what
@@ -225,7 +227,7 @@ def run(config: RunConfig, out: str | Path = "runs", progress: bool = True, plot
         "model": f"bnn.MLP({[math.prod(scenario.input_shape), *config.hidden, scenario.num_classes]})",
         "task_boundaries_given": scenario.task_boundaries,
         "batchnorm_effective": config.batchnorm if scenario.task_boundaries and scenario.evaluates_training_tasks else "shared",
-        "versions": {"metaspike": metaspike.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        "versions": versions(),
     }
     record["processes"] = world()[1]
     directory = None
@@ -292,6 +294,46 @@ def summarize_results(results: Sequence[ContinualResult]) -> dict[str, tuple[flo
     return row
 
 
+def check_settings(metas: Sequence[float | Sequence[float]], seeds: Sequence[int]) -> list[tuple[float, ...]]:
+    """Validate the settings and seeds of a comparison; each setting becomes a tuple (one or per-layer meta).
+
+    Example:
+        >>> check_settings([0, (5, 30, 30)], [1, 2])
+        [(0.0,), (5.0, 30.0, 30.0)]
+    """
+    if not metas:
+        raise ValueError("compare needs at least one --meta value")
+    settings = [tuple(float(v) for v in m) if isinstance(m, (tuple, list)) else (float(m),) for m in metas]
+    for setting in settings:
+        for m in setting:
+            check_meta(m, "--meta")
+    if not seeds:
+        raise ValueError("compare needs at least one seed")
+    return settings
+
+
+def comparison_csv(rows: Sequence[dict[str, Any]], labels: Sequence[str] = ("setting", "meta", "runs")) -> str:
+    """CSV of comparison rows: the ``labels`` columns, then mean and std of every ``(mean, std)`` value.
+
+    Example:
+        >>> print(comparison_csv([{"setting": "meta=0", "meta": "0", "runs": 1, "ACC": (50.0, 0.0)}]), end="")
+        setting,meta,runs,ACC_mean,ACC_std
+        meta=0,0,1,50.000,0.000
+    """
+    keys = [k for k in rows[0] if isinstance(rows[0][k], tuple)]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*labels, *(f"{k.replace(' ', '')}_{part}" for k in keys for part in ("mean", "std"))])
+    for row in rows:
+        writer.writerow([*(row[label] for label in labels), *(f"{v:.3f}" for k in keys for v in row[k])])
+    return buffer.getvalue()
+
+
+def versions() -> dict[str, str]:
+    """Versions of metaspike, torch and Python, recorded in every run's ``config.json``."""
+    return {"metaspike": metaspike.__version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
 def format_table(rows: list[dict[str, Any]], task_count: int) -> str:
     """Text table of a comparison: final accuracy per task, ACC, BWT, forgetting, time (mean ± std)."""
     cols = [f"task {j + 1}" for j in range(task_count)] + ["ACC", "BWT", "FWT", "forgetting", "seconds"]
@@ -323,14 +365,7 @@ def compare(
         >>> path, rows = compare(RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(32,)), [0, 5],
         ...                      out=__import__("tempfile").mkdtemp(), progress=False)  # doctest: +SKIP
     """
-    if not metas:
-        raise ValueError("compare needs at least one --meta value")
-    settings = [tuple(float(v) for v in m) if isinstance(m, (tuple, list)) else (float(m),) for m in metas]
-    for setting in settings:
-        for m in setting:
-            check_meta(m, "--meta")
-    if not seeds:
-        raise ValueError("compare needs at least one seed")
+    settings = check_settings(metas, seeds)
     root = unique_directory(out, f"compare-{base.scenario}-{'-'.join(base.datasets)}")
     rows, first_runs = [], []
     for setting in settings:
@@ -344,11 +379,7 @@ def compare(
         rows.append({"setting": f"meta={meta_label(setting)}", "meta": meta_label(setting), "runs": len(results),
                      **summarize_results(results)})
     table = format_table(rows, len(results[0].task_names))
-    csv_lines = ["setting,meta,runs," + ",".join(f"{k.replace(' ', '')}_mean,{k.replace(' ', '')}_std" for k in list(rows[0])[3:])]
-    for row in rows:
-        values = [f"{row[k][0]:.3f},{row[k][1]:.3f}" for k in list(row)[3:]]
-        csv_lines.append(f"{row['setting']},{row['meta']},{row['runs']}," + ",".join(values))
-    atomic_write_text(root / "comparison.csv", "\n".join(csv_lines) + "\n")
+    atomic_write_text(root / "comparison.csv", comparison_csv(rows))
     atomic_write_text(root / "comparison.txt", table + "\n")
     RunDirectory(root).write_json("comparison.json", {"config": base.to_dict(), "seeds": list(seeds), "rows": rows})
     from metaspike.plots import plot_comparison

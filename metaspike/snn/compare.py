@@ -9,9 +9,6 @@ The comparison folder holds one run folder per run, ``comparison.csv`` / ``compa
 
 from __future__ import annotations
 
-import csv
-import io
-import platform
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -20,11 +17,19 @@ from typing import Any
 import torch
 
 import metaspike
-from metaspike.consolidation import check_meta
 from metaspike.continual.results import RunDirectory, atomic_write_text, unique_directory
 from metaspike.continual.scenarios import Scenario, make_scenario
 from metaspike.continual.trainer import ContinualResult
-from metaspike.experiment import RunConfig, build_trainer, format_table, parse_meta, summarize_results
+from metaspike.experiment import (
+    RunConfig,
+    build_trainer,
+    check_settings,
+    comparison_csv,
+    format_table,
+    parse_meta,
+    summarize_results,
+    versions,
+)
 from metaspike.snn.neurons import NetSpec, build_neuron_model, check_neurons
 
 __all__ = ["SNN_DEFAULTS", "DEFAULT_SNN_META", "DEFAULT_NEURONS", "train_neuron", "compare_neurons", "compare_from_args"]
@@ -61,9 +66,7 @@ def train_neuron(
     model = metaspike.binarize(build_neuron_model(neuron, spec))
     log = None
     if out is not None:
-        record = {**config.to_dict(), "neuron": neuron, "spec": spec.__dict__,
-                  "versions": {"metaspike": metaspike.__version__, "torch": torch.__version__,
-                               "python": platform.python_version()}}
+        record = {**config.to_dict(), "neuron": neuron, "spec": spec.__dict__, "versions": versions()}
         log = RunDirectory.create(out, f"{neuron}-meta{config.meta[0]:g}-seed{config.seed}", record,
                                   {"name": scenario.name, **scenario.definition})
     result = build_trainer(config, model, progress).fit(scenario, log=log)
@@ -75,16 +78,6 @@ def train_neuron(
 def _row(neuron: str, meta: float, results: list[ContinualResult]) -> dict[str, Any]:
     return {"setting": f"{neuron} meta={meta:g}", "neuron": neuron, "meta": meta, "runs": len(results),
             **summarize_results(results)}
-
-
-def _csv(rows: list[dict[str, Any]]) -> str:
-    keys = [k for k in rows[0] if isinstance(rows[0][k], tuple)]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["neuron", "meta", "runs", *(f"{k.replace(' ', '')}_{s}" for k in keys for s in ("mean", "std"))])
-    for row in rows:
-        writer.writerow([row["neuron"], row["meta"], row["runs"], *(f"{v:.3f}" for k in keys for v in row[k])])
-    return buffer.getvalue()
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -130,12 +123,7 @@ def compare_neurons(
     if not neurons:
         raise ValueError("--neurons needs at least one neuron model")
     check_neurons(list(neurons))
-    if not metas:
-        raise ValueError("compare needs at least one --meta value")
-    for m in metas:
-        check_meta(m, "--meta")
-    if not seeds:
-        raise ValueError("compare needs at least one seed")
+    check_settings(metas, seeds)
     root = unique_directory(out, f"compare-neurons-{base.scenario}-{'-'.join(base.datasets)}")
     scenarios = {seed: make_scenario(base.scenario, base.datasets, base.tasks, seed, base.data_dir, base.split_mode)
                  for seed in seeds}
@@ -146,7 +134,7 @@ def compare_neurons(
                                     root, progress) for seed in seeds]
             rows.append(_row(neuron, float(m), results))
     table = format_table(rows, len(results[0].matrix[-1]))
-    atomic_write_text(root / "comparison.csv", _csv(rows))
+    atomic_write_text(root / "comparison.csv", comparison_csv(rows, labels=("neuron", "meta", "runs")))
     atomic_write_text(root / "comparison.txt", table + "\n")
     RunDirectory(root).write_json("comparison.json", {"config": base.to_dict(), "spec": spec.__dict__,
                                                       "seeds": list(seeds), "rows": rows})
