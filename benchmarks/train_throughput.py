@@ -4,8 +4,10 @@ Both train the same 784-H-H-10 binarized MLP (BatchNorm with batch statistics, s
 with a hard-tanh straight-through gradient) with metaplastic Adam (``meta > 0``) at batch 100.
 
 * **metaspike**: ``bnn.MLP`` + :class:`metaspike.MetaplasticAdam`. The hidden weight is the
-  parameter; the forward pass binarizes it once; the optimizer updates it in place (one fused,
-  compiled loop per weight matrix).
+  parameter; its signs are written once per step into persistent float32 and bfloat16 buffers
+  (one compiled pass); products of ±1 inputs with ±1 weights run in bfloat16, which is exact; the
+  weight gradient is written into a reused buffer (see :mod:`metaspike.binary_linear`); the
+  optimizer updates the hidden weight in place (one fused, compiled loop per weight matrix).
 * **authors' style** (written here from the description of the code published with Laborieux et
   al. 2021): the layer keeps the hidden weight in ``weight.org`` and, before each forward pass,
   sets ``weight.data = sign(weight.org)``; after the backward pass the hidden weight is copied back
@@ -226,7 +228,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--meta", type=float, default=1.35)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--steps-per-round", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=1, help="seeds for the one-epoch accuracy check")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")

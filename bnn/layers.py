@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaspike.synapse import BinarySynapse, Quantizer, clipped_sign, get_quantizer
+from metaspike.binary_linear import binary_linear
+from metaspike.synapse import BinarySynapse, Quantizer, clipped_sign, get_quantizer, ste_sign
 
 __all__ = ["BinaryLinear", "BinaryConv2d", "SignActivation"]
 
@@ -55,7 +56,10 @@ class BinaryLinear(BinarySynapse, nn.Linear):
         _init_uniform(self.weight, init_width)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.input_quantizer(x), self.visible_weight(), self.bias)
+        x = self.input_quantizer(x)
+        if self.weight_quantizer is ste_sign:
+            return binary_linear(x, self)
+        return F.linear(x, self.visible_weight(), self.bias)
 
 
 class BinaryConv2d(BinarySynapse, nn.Conv2d):

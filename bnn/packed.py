@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnn.layers import BinaryLinear, SignActivation
-from metaspike.optim import LazyCompiled
+from metaspike.compiled import LazyCompiled
 from metaspike.synapse import ste_sign
 
 __all__ = ["pack", "PackedMLP", "PackedLayer"]

@@ -15,12 +15,15 @@
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+
+from metaspike.compiled import LazyCompiled
 
 __all__ = [
     "ste_sign",
@@ -139,6 +142,38 @@ def get_quantizer(quantizer: str | Quantizer | None) -> Quantizer:
     return quantizer
 
 
+COMPILED_SIGNS_MIN_NUMEL = 1 << 20
+"""Hidden weights with at least this many entries get their signs from one compiled pass."""
+
+
+def _signs_into(weight: Tensor, outs: list[Tensor]) -> None:
+    signs = torch.sign(torch.sign(weight) + 0.5)  # the formula of _sign, fused by the compiler
+    for out in outs:
+        out.copy_(signs)
+
+
+_compiled_signs_into = LazyCompiled(_signs_into, "sign buffers of a binary layer")
+
+
+def _write_signs(weight: Tensor, outs: list[Tensor]) -> None:
+    """Write ``sign(weight)`` (``sign(0) = +1``) into every tensor of ``outs`` (the first has the
+    weight's dtype)."""
+    with torch.no_grad():
+        if weight.numel() >= COMPILED_SIGNS_MIN_NUMEL and not torch.compiler.is_compiling():
+            _compiled_signs_into(weight, outs)
+            return
+        _sign(weight, out=outs[0])
+        for out in outs[1:]:
+            out.copy_(outs[0])
+
+
+@dataclass
+class _SignBuffers:
+    weight: weakref.ref
+    tensors: dict[torch.dtype, Tensor]
+    version: int | None = None
+
+
 class BinarySynapse:
     """Mixin for layers whose ``weight`` parameter is a hidden weight seen as ±1 in the forward pass.
 
@@ -169,15 +204,33 @@ class BinarySynapse:
             return _StraightThrough.apply(self.weight, signs)
         return signs
 
-    def _current_signs(self) -> Tensor:
+    def _current_signs(self, dtype: torch.dtype | None = None) -> Tensor:
+        """The ±1 buffer of ``dtype`` (default: the weight's), rewritten when the weight has changed.
+
+        All buffers of a layer (float32, and bfloat16 where :mod:`metaspike.binary_linear` uses it)
+        are written together, in one pass over the hidden weights for large layers.
+        """
         weight = self.weight
-        entry = self.__dict__.get("_signs")
-        if entry is not None and entry[0]() is weight and entry[1] == weight._version:
-            return entry[2]
-        buffer = entry[2] if entry is not None and entry[0]() is weight else torch.empty_like(weight)
-        with torch.no_grad():
-            _sign(weight, out=buffer)
-        self.__dict__["_signs"] = (weakref.ref(weight), weight._version, buffer)
+        buffers = self.__dict__.get("_sign_buffers")
+        if buffers is None or buffers.weight() is not weight:
+            buffers = _SignBuffers(weakref.ref(weight), {weight.dtype: torch.empty_like(weight)})
+            self.__dict__["_sign_buffers"] = buffers
+        dtype = dtype or weight.dtype
+        if dtype not in buffers.tensors:
+            buffers.tensors[dtype] = torch.empty_like(weight, dtype=dtype)
+            buffers.version = None
+        if buffers.version != weight._version:
+            _write_signs(weight, list(buffers.tensors.values()))
+            buffers.version = weight._version
+        return buffers.tensors[dtype]
+
+    def _gradient_buffer(self) -> Tensor:
+        """A weight-sized buffer that the weight gradient is written into when its memory is free."""
+        buffer = self.__dict__.get("_grad_buffer")
+        weight = self.weight
+        if buffer is None or buffer.shape != weight.shape or buffer.device != weight.device:
+            buffer = torch.empty_like(weight, memory_format=torch.contiguous_format)
+            self.__dict__["_grad_buffer"] = buffer
         return buffer
 
 
