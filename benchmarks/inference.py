@@ -9,7 +9,7 @@ a busy machine slows all alike); the median call is reported. Models:
 * ``bnn.MLP`` in eval mode as it is (it binarizes its hidden weights on every call),
 * the same network in float32 with the ±1 weights binarized once beforehand (the fair float32
   baseline: a plain ``Linear -> BatchNorm1d -> sign`` stack),
-* the packed model with its compiled forward pass (compiled before timing).
+* the packed model with its fast kernels (native C, else ``torch.compile``; built before timing).
 
 Usage::
 
@@ -71,7 +71,7 @@ def main() -> None:
             reference = model(x)
             assert torch.equal(models["float32 ±1"](x), reference)
         start = time.perf_counter()
-        scores = packed(x)  # compiles on the first call
+        scores = packed(x)  # the first call builds or compiles the kernels if needed
         compile_s = time.perf_counter() - start
         assert torch.equal(scores, reference), "packed and float models disagree"
         runs = {**models, "packed": packed}

@@ -17,9 +17,11 @@ model in eval mode, from about 1/32 of its memory:
   possible difference).
 * The last layer's BatchNorm is applied (in float32, as in the float model) to give class scores.
 
-The two inner products are compiled with ``torch.compile`` on first use (a few seconds once per
-process; pass ``compile=False`` to skip it), which fuses XOR, popcount and sum, and table lookup
-and sum, into single loops.
+Kernels: by default the layers run in a small C library (:mod:`bnn.native`: table lookups,
+XOR + the CPU's popcount instruction, threshold and bit packing in one loop per layer), built on
+first use with the system C compiler. Without one, the two inner products are compiled with
+``torch.compile`` instead. ``compile=False`` runs plain torch ops (the reference the others are
+tested against).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bnn import native
 from bnn.layers import BinaryLinear, SignActivation
 from metaspike.compiled import LazyCompiled
 from metaspike.synapse import ste_sign
@@ -42,7 +45,7 @@ from metaspike.synapse import ste_sign
 __all__ = ["pack", "PackedMLP", "PackedLayer"]
 
 FORMAT = "bnn.PackedMLP"
-VERSION = 1
+VERSION = 2  # 2: the first layer's sign bytes are stored input-group-major, (groups, outputs)
 _SHIFTS = torch.arange(8, dtype=torch.uint8)
 _M1, _M2, _M4, _H01 = 0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F, 0x0101010101010101
 
@@ -80,8 +83,9 @@ def _popcount(words: Tensor) -> Tensor:
     return (v * _H01) >> 56
 
 
-def _real_dot(x: Tensor, weight: Tensor) -> Tensor:
-    """``x @ sign_matrix.T`` in float64 for real ``x (B, n)`` and sign bytes ``weight (out, ceil(n/8))``."""
+def _real_dot(x: Tensor, weight_t: Tensor) -> Tensor:
+    """``x @ sign_matrix.T`` in float64 for real ``x (B, n)`` and sign bytes ``weight_t (ceil(n/8), out)``."""
+    weight = weight_t.t()
     batch, (out, groups) = x.shape[0], weight.shape
     x = F.pad(x.to(torch.float64), (0, 8 * groups - x.shape[1]))
     table = x.view(batch, groups, 8) @ _BYTE_SIGNS.to(x.device)  # (B, groups, 256): Σ_j ±x_j per byte
@@ -116,6 +120,18 @@ def _last_preactivation(x: Tensor, layers: list[dict], sizes: list[int], dots: t
         h = pack_bits(torch.where(previous["flip"], -a, a) >= previous["threshold"])
         a = binary_dot(h, layer["weight"], sizes[i])
     return a
+
+
+def _native_last_preactivation(lib, x: Tensor, layers: list[dict], sizes: list[int]) -> Tensor:
+    """:func:`_last_preactivation` in the native kernels; hidden layers go straight to packed bits."""
+    x = x.flatten(1)
+    first = layers[0]
+    if len(layers) == 1:
+        return native.real_layer(lib, x, first["weight"])
+    h = native.real_layer(lib, x, first["weight"], first["flip"], first["threshold"])
+    for i, layer in enumerate(layers[1:-1], start=1):
+        h = native.binary_layer(lib, h, sizes[i], layer["weight"], layer["flip"], layer["threshold"])
+    return native.binary_layer(lib, h, sizes[-2], layers[-1]["weight"])
 
 
 def _scores(a: Tensor, last: dict) -> Tensor:
@@ -157,6 +173,7 @@ class PackedMLP:
     def __init__(self, sizes: Sequence[int], layers: list[dict], compile: bool = True) -> None:
         self.sizes = [int(s) for s in sizes]
         self.layers = layers
+        self._native = native.kernels() if compile else None
         self._dots = _COMPILED_DOTS if compile else (_real_dot, _binary_dot)
         # rows per call: bounds the (rows, outputs, words) intermediates of the eager path to ~128 MB
         widest = max(layer["weight"].numel() for layer in layers)
@@ -187,6 +204,9 @@ class PackedMLP:
         if not torch.is_floating_point(x):
             raise ValueError(f"input must be floating point, got dtype {x.dtype}")
         with torch.inference_mode():
+            if self._native is not None:
+                a = _native_last_preactivation(self._native, x, self.layers, self.sizes)
+                return _scores(a, self.layers[-1])
             parts = [
                 _last_preactivation(x[i : i + self._rows], self.layers, self.sizes, self._dots)
                 for i in range(0, len(x), self._rows)
@@ -264,7 +284,7 @@ def _check_file(data: object, path: str | os.PathLike) -> tuple[list[int], list[
         n_in, n_out = sizes[i], sizes[i + 1]
         last = i == len(layers) - 1
         words = -(-n_in // 8) if i == 0 else -(-n_in // 64)
-        expected = {"weight": ((n_out, words), torch.uint8 if i == 0 else torch.int64)}
+        expected = {"weight": ((words, n_out), torch.uint8) if i == 0 else ((n_out, words), torch.int64)}
         if last:
             expected.update({k: ((n_out,), torch.float32) for k in ("mean", "var", "gamma", "beta")})
         else:
@@ -373,7 +393,8 @@ def pack(model: nn.Module, compile: bool = True) -> PackedMLP:
     """Pack a trained :class:`bnn.MLP` with population statistics into a :class:`PackedMLP`.
 
     Its predictions equal ``model.eval()``'s (see the module docstring for the one exception:
-    exact ties in the first layer). ``compile`` compiles the forward pass on its first call.
+    exact ties in the first layer). ``compile`` uses the fast kernels (native, else compiled;
+    see the module docstring); ``False`` runs plain torch ops.
 
     Raises:
         ValueError: ``model`` is not an MLP of binary layers with sign activations, or its
@@ -391,7 +412,8 @@ def pack(model: nn.Module, compile: bool = True) -> PackedMLP:
     layers = []
     for i, (linear, norm) in enumerate(pairs):
         positive = linear.weight.detach() >= 0  # sign(0) = +1, as in the forward pass
-        layer = {"weight": pack_bits(positive, word_bits=8 if i == 0 else 64)}
+        # the first layer's sign bytes are read one input group at a time: stored (groups, outputs)
+        layer = {"weight": pack_bits(positive, word_bits=8).t().contiguous() if i == 0 else pack_bits(positive)}
         if i == len(pairs) - 1:
             gamma, beta = _affine(norm)
             layer.update(

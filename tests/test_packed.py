@@ -35,9 +35,10 @@ def _mnist_test() -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.from_numpy(read_idx(labels).astype(np.int64))
 
 
-def test_predictions_equal_the_float_model_on_the_real_mnist_test_split(trained):
+@pytest.mark.parametrize("compile", [False, True], ids=["torch-ops", "fast-kernels"])
+def test_predictions_equal_the_float_model_on_the_real_mnist_test_split(trained, compile):
     x, y = _mnist_test()
-    packed = bnn.pack(trained, compile=False)
+    packed = bnn.pack(trained, compile=compile)
     with torch.no_grad():
         reference = trained(x)
     scores = packed(x)
@@ -80,9 +81,38 @@ def test_batch_sizes_agree_and_single_samples_work(trained):
     assert torch.equal(whole, single)
 
 
-def test_compiled_forward_equals_eager(trained):
+def test_torch_compiled_forward_equals_eager(trained, monkeypatch):
+    monkeypatch.setattr(bnn.packed.native, "kernels", lambda: None)  # as on a machine without a C compiler
     x = load_dataset("mnist5k", "test").x[:64]
-    assert torch.equal(bnn.pack(trained)(x), bnn.pack(trained, compile=False)(x))
+    compiled = bnn.pack(trained)
+    assert compiled._native is None
+    assert torch.equal(compiled(x), bnn.pack(trained, compile=False)(x))
+
+
+@pytest.mark.skipif(bnn.native.kernels() is None, reason="no C compiler to build the native kernels")
+def test_native_kernels_equal_eager_torch_ops_layer_by_layer(trained):
+    x = load_dataset("mnist5k", "test").x[:100].flatten(1)
+    packed, lib = bnn.pack(trained, compile=False), bnn.native.kernels()
+    first, second = packed.layers[0], packed.layers[1]
+    a = bnn.packed._real_dot(x, first["weight"])
+    assert torch.equal(bnn.native.real_layer(lib, x, first["weight"]), a)
+    bits = pack_bits(torch.where(first["flip"], -a, a) >= first["threshold"])
+    assert torch.equal(bnn.native.real_layer(lib, x, first["weight"], first["flip"], first["threshold"]), bits)
+    hidden = bnn.packed._binary_dot(bits, second["weight"], 128)
+    assert torch.equal(bnn.native.binary_layer(lib, bits, 128, second["weight"]), hidden)
+    for threads in (1, 2):  # outputs split between threads give the same bits
+        bnn.native.MIN_WORK_PER_THREAD, saved = (1 if threads == 2 else 1 << 40), bnn.native.MIN_WORK_PER_THREAD
+        try:
+            assert torch.equal(bnn.pack(trained)(x), bnn.pack(trained, compile=False)(x))
+        finally:
+            bnn.native.MIN_WORK_PER_THREAD = saved
+
+
+def test_without_a_c_compiler_the_native_kernels_are_skipped_with_a_warning(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("METASPIKE_CACHE", str(tmp_path))
+    with pytest.warns(RuntimeWarning, match="could not build the packed-inference kernels"):
+        assert bnn.native.kernels.__wrapped__() is None
 
 
 def test_memory_is_about_one_bit_per_weight(trained):
