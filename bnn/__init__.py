@@ -7,7 +7,7 @@ Example:
     layer ...
 """
 
-from bnn.batchnorm import use_population_statistics
+from metaspike.population_statistics import use_population_statistics
 from bnn.layers import BinaryConv2d, BinaryLinear, SignActivation
 from bnn.models import MLP, ConvNet
 from bnn.packed import PackedMLP, pack

@@ -40,6 +40,8 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
                         help=f"hidden layer widths (default: {' '.join(map(str, d['hidden']))})")
     parser.add_argument("--batch-size", type=int, default=d["batch_size"], help="(default: %(default)s)")
     parser.add_argument("--lr", type=float, default=d["lr"], help="Adam learning rate (default: %(default)s)")
+    parser.add_argument("--weight-decay", type=float, default=d["weight_decay"],
+                        help="Adam weight decay, added to the gradient (default: %(default)s)")
     parser.add_argument("--rule", default=d["rule"], help="consolidation rule (default: %(default)s)")
     parser.add_argument("--batchnorm", default=d["batchnorm"], choices=["per-task", "shared"],
                         help="BatchNorm state per task (paper) or shared (default: %(default)s)")
@@ -58,7 +60,8 @@ def _config(args: argparse.Namespace, meta: Sequence[float] | None, seed: int) -
         scenario=args.scenario, datasets=tuple(args.dataset), tasks=args.tasks,
         epochs=_DEFAULTS["epochs"] if args.epochs is None else args.epochs,
         hidden=tuple(_DEFAULTS["hidden"] if args.hidden is None else args.hidden),
-        meta=None if meta is None else tuple(meta), rule=args.rule, lr=args.lr, batch_size=args.batch_size,
+        meta=None if meta is None else tuple(meta), rule=args.rule, lr=args.lr, weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
         seed=seed, batchnorm=args.batchnorm, optimizer=args.optimizer, split_mode=args.split_mode,
         device=args.device, data_dir=args.data_dir,
     )

@@ -86,6 +86,7 @@ class RunConfig:
     meta: tuple[float, ...] | None = None
     rule: str = "tanh"
     lr: float = 0.005
+    weight_decay: float = 0.0
     batch_size: int = 100
     seed: int = 1
     batchnorm: str = "per-task"
@@ -118,6 +119,8 @@ class RunConfig:
             )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"--lr must be a number > 0, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"--weight-decay must be a number >= 0, got {self.weight_decay}")
         get_rule(self.rule)
         TrainerConfig(batchnorm=self.batchnorm, optimizer=self.optimizer)  # validates the modes
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -160,7 +163,7 @@ def build_trainer(
     metas: float | Sequence[float] = config.meta[0] if len(config.meta) == 1 else config.meta
 
     def make_optimizer(m: torch.nn.Module) -> MetaplasticAdam:
-        return MetaplasticAdam(param_groups(m, metas), lr=config.lr, rule=config.rule)
+        return MetaplasticAdam(param_groups(m, metas), lr=config.lr, weight_decay=config.weight_decay, rule=config.rule)
 
     trainer_config = TrainerConfig(
         epochs=config.epochs, batch_size=config.batch_size, batchnorm=config.batchnorm,

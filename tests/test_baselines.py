@@ -21,18 +21,33 @@ def _tiny() -> torch.nn.Linear:
     return model
 
 
-def test_fisher_is_mean_of_squared_batch_gradients():
+def test_fisher_is_mean_of_squared_per_sample_gradients():
     model = _tiny()
     x, y = torch.randn(6, 2), torch.tensor([0, 1, 1, 0, 1, 0])
     expected = torch.zeros(2, 2)
-    for half in (slice(0, 3), slice(3, 6)):
+    for i in range(4):  # the first 4 samples
         model.zero_grad()
-        torch.nn.functional.cross_entropy(model(x[half]), y[half]).backward()
-        expected += model.weight.grad.square() / 2
-    model.zero_grad()
-    (fisher,) = fisher_diagonal(model, x, y, batch_size=3)
+        torch.nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
+        expected += model.weight.grad.square() / 4
+    model.zero_grad(set_to_none=True)
+    (fisher,) = fisher_diagonal(model, x, y, samples=4)
     assert torch.allclose(fisher, expected)
     assert model.weight.grad is None  # the estimate leaves the model's gradients alone
+
+
+def test_fisher_of_a_batch_statistics_bnn_uses_population_statistics_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = MLP([784, 32, 10])
+    x, y = torch.rand(50, 784), torch.randint(0, 10, (50,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fisher = fisher_diagonal(model, x, y, samples=20)
+    assert [f.shape for f in fisher] == [(32, 784), (10, 32)]
+    assert all(torch.isfinite(f).all() and (f >= 0).all() and f.sum() > 0 for f in fisher)
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    norm = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d))
+    assert norm.running_mean is None  # still the paper's batch-statistics BatchNorm
+    with pytest.raises(ValueError, match="samples must be >= 1"):
+        fisher_diagonal(model, x, y, samples=0)
 
 
 def test_ewc_penalty_equals_formula_over_past_tasks():
@@ -51,10 +66,10 @@ def test_ewc_penalty_equals_formula_over_past_tasks():
 def test_ewc_task_done_stores_fisher_and_anchor_and_state_round_trips():
     model = _tiny()
     x, y = torch.randn(8, 2), torch.randint(0, 2, (8,))
-    ewc = EWC(lam=1.0, batch_size=4)
+    ewc = EWC(lam=1.0, samples=5)
     ewc.task_done(model, x, y, None)
     assert torch.equal(ewc.anchors[0][0], model.weight.detach())
-    assert torch.allclose(ewc.importances[0][0], fisher_diagonal(model, x, y, batch_size=4)[0])
+    assert torch.allclose(ewc.importances[0][0], fisher_diagonal(model, x, y, samples=5)[0])
     other = EWC(lam=7.0)
     other.load_state_dict(ewc.state_dict())
     with torch.no_grad():
@@ -102,7 +117,7 @@ def test_random_consolidation_is_a_permutation_of_ewc_importances():
     torch.manual_seed(0)
     model = MLP([16, 8, 4])
     x, y = torch.randn(40, 16), torch.randint(0, 4, (40,))
-    ewc, rc = EWC(batch_size=10), RandomConsolidation(batch_size=10, seed=3)
+    ewc, rc = EWC(samples=10), RandomConsolidation(samples=10, seed=3)
     ewc.task_done(model, x, y, None)
     rc.task_done(model, x, y, None)
     for f, r in zip(ewc.importances[0], rc.importances[0]):
@@ -113,7 +128,7 @@ def test_random_consolidation_is_a_permutation_of_ewc_importances():
 
 def test_bnn_baselines_regularise_hidden_weights_only():
     model = MLP([16, 8, 4])
-    ewc = EWC(batch_size=10)
+    ewc = EWC(samples=10)
     ewc.task_done(model, torch.randn(20, 16), torch.randint(0, 4, (20,)), None)
     assert [f.shape for f in ewc.importances[0]] == [torch.Size([8, 16]), torch.Size([4, 8])]
 

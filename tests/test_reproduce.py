@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
@@ -58,12 +59,15 @@ def test_flip_rejects_too_many_flips():
 @pytest.mark.parametrize("method", [
     Method("EWC", baseline="ewc", strength=100.0), Method("SI", baseline="si", strength=1.0),
     Method("random", baseline="random", strength=100.0), Method("joint", joint=True), Method("DNN", meta=5.0, dnn=True),
+    Method("per-layer m", meta=(5.0, 30.0)),
 ])
 def test_each_method_runs_and_writes_a_run_directory(method, tmp_path):
     result = run_method(TINY, method, tmp_path)
     assert len(result.matrix[-1]) == 2 and len(result.matrix) == (1 if method.joint else 2)
     (run_dir,) = tmp_path.iterdir()
     assert (run_dir / "metrics.json").exists() and not (run_dir / "checkpoint.pt").exists()
+    expected_meta = list(method.meta) if isinstance(method.meta, tuple) else method.meta
+    assert json.loads((run_dir / "config.json").read_text())["meta"] == expected_meta
 
 
 def test_compare_methods_writes_paper_column_table_and_figure(tmp_path):

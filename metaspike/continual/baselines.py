@@ -7,8 +7,8 @@ penalties are computed on ``W_h``); in the full-precision DNN they are the ordin
 Biases and BatchNorm parameters are never regularised (the trainer keeps one BatchNorm state per
 task instead, as for the metaplastic BNN).
 
-* :class:`EWC` (Kirkpatrick et al. 2017): after each task, a diagonal Fisher ``F_i`` is estimated on
-  that task's training data; the loss gets ``λ/2 · Σ_i Σ F_i (θ − θ*_i)²`` over all past tasks.
+* :class:`EWC` (Kirkpatrick et al. 2017): after each task, a diagonal per-sample Fisher ``F_i`` is
+  estimated on that task's training data; the loss gets ``λ/2 · Σ_i Σ F_i (θ − θ*_i)²`` over all past tasks.
 * :class:`SynapticIntelligence` (Zenke et al. 2017): ``ω`` accumulates ``−g·Δθ`` at every step
   (``g`` the gradient used by the step, i.e. of the loss including the penalty); at a task end
   ``Ω += ω / (Δ² + ξ)`` with ``Δ`` the change of ``θ`` over the task; the loss gets
@@ -22,6 +22,7 @@ resumed run with a baseline continues exactly.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -29,7 +30,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
+from metaspike.population_statistics import use_population_statistics
 from metaspike.synapse import weight_matrices
 from metaspike.training import Plugin, masked_logits
 
@@ -48,41 +51,43 @@ def _check_positive(value: float, name: str, allow_zero: bool = True) -> float:
 
 
 def fisher_diagonal(
-    model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int] | None = None, batch_size: int = 100
+    model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int] | None = None, samples: int = 1000
 ) -> list[Tensor]:
-    """Empirical diagonal Fisher of the weight matrices on ``(x, y)``, one tensor per matrix.
+    """Empirical diagonal Fisher of the weight matrices, one tensor per matrix.
 
-    ``F = mean over mini-batches of g_b²`` where ``g_b`` is the gradient of the mini-batch's mean
-    negative log-likelihood of the true labels. Mini-batches (not single samples) are used because
-    the paper's BatchNorm normalises with batch statistics, so a single sample has no defined
-    output; this estimate is smaller than the per-sample Fisher (by about the batch size for
-    independent samples), which the strength ``λ`` absorbs. The model's ``.grad`` are not touched.
+    ``F = mean over samples of g_i²``, where ``g_i`` is the gradient of the negative log-likelihood
+    of sample ``i``'s true label, over the first ``samples`` samples of ``(x, y)`` (as in Kirkpatrick
+    et al. 2017 and the paper authors' code). The paper's BatchNorm normalises with batch statistics,
+    which a single sample does not have: the estimate runs on a copy of the model whose BatchNorm
+    layers use the population statistics of ``x``
+    (:func:`metaspike.population_statistics.use_population_statistics`). The model itself, and its
+    ``.grad``, are not touched.
 
     Example:
         >>> model = torch.nn.Linear(3, 2, bias=False)
         >>> with torch.no_grad():
         ...     _ = model.weight.zero_()
-        >>> [f.shape for f in fisher_diagonal(model, torch.ones(4, 3), torch.zeros(4, dtype=torch.long), batch_size=4)]
-        [torch.Size([2, 3])]
+        >>> fisher_diagonal(model, torch.ones(4, 3), torch.zeros(4, dtype=torch.long))[0]  # g = ±0.5 per weight
+        tensor([[0.2500, 0.2500, 0.2500],
+                [0.2500, 0.2500, 0.2500]])
     """
-    params = _matrices(model)
-    total = [torch.zeros_like(p) for p in params]
-    was_training = model.training
-    model.eval()
+    if samples < 1:
+        raise ValueError(f"Fisher samples must be >= 1, got {samples}")
+    probe = copy.deepcopy(model)
+    if any(isinstance(m, _BatchNorm) for m in probe.modules()):
+        use_population_statistics(probe, x)
+    probe.eval()
+    params = _matrices(probe)
     device = params[0].device
-    chunks = torch.arange(len(x)).split(batch_size)
-    chunks = [c for c in chunks if len(c) > 1] or list(chunks)  # batch statistics need two samples
-    try:
-        for index in chunks:
-            logits = masked_logits(model(x[index].to(device)), classes)
-            loss = F.cross_entropy(logits, y[index].to(device))
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            for t, g in zip(total, grads):
-                if g is not None:
-                    t.add_(g.detach().square())
-    finally:
-        model.train(was_training)
-    return [t / len(chunks) for t in total]
+    total = [torch.zeros_like(p) for p in params]
+    count = min(len(x), int(samples))
+    for i in range(count):
+        logits = masked_logits(probe(x[i : i + 1].to(device)), classes)
+        loss = F.cross_entropy(logits, y[i : i + 1].to(device))
+        for t, g in zip(total, torch.autograd.grad(loss, params, allow_unused=True)):
+            if g is not None:
+                t.add_(g.square())
+    return [t / count for t in total]
 
 
 class EWC(Plugin):
@@ -90,7 +95,7 @@ class EWC(Plugin):
 
     Args:
         lam: strength ``λ`` of ``λ/2 · Σ_i Σ F_i (θ − θ*_i)²`` (the paper uses 5000).
-        batch_size: mini-batch size of the Fisher estimate (see :func:`fisher_diagonal`).
+        samples: training samples of each task the Fisher is estimated on (:func:`fisher_diagonal`).
 
     Example:
         >>> model = torch.nn.Linear(2, 2, bias=False)
@@ -100,17 +105,17 @@ class EWC(Plugin):
         0.0
     """
 
-    def __init__(self, lam: float = 5000.0, batch_size: int = 100) -> None:
+    def __init__(self, lam: float = 5000.0, samples: int = 1000) -> None:
         self.lam = _check_positive(lam, "EWC lambda")
-        if batch_size < 2:
-            raise ValueError(f"EWC batch_size must be >= 2, got {batch_size}")
-        self.batch_size = int(batch_size)
+        if samples < 1:
+            raise ValueError(f"EWC samples must be >= 1, got {samples}")
+        self.samples = int(samples)
         self.importances: list[list[Tensor]] = []  # one list per past task
         self.anchors: list[list[Tensor]] = []
 
     def importance(self, model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int] | None) -> list[Tensor]:
         """Importance of each synapse for the task just learned: its Fisher value."""
-        return fisher_diagonal(model, x, y, classes, self.batch_size)
+        return fisher_diagonal(model, x, y, classes, self.samples)
 
     def task_done(self, model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int] | None) -> None:
         self.importances.append(self.importance(model, x, y, classes))
@@ -129,12 +134,12 @@ class EWC(Plugin):
 
     def state_dict(self) -> dict[str, Any]:
         """Importances and anchors of every past task (tensors), plus the hyperparameters."""
-        return {"lam": self.lam, "batch_size": self.batch_size,
+        return {"lam": self.lam, "samples": self.samples,
                 "importances": [list(f) for f in self.importances], "anchors": [list(a) for a in self.anchors]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
-        self.lam, self.batch_size = float(state["lam"]), int(state["batch_size"])
+        self.lam, self.samples = float(state["lam"]), int(state["samples"])
         self.importances = [list(f) for f in state["importances"]]
         self.anchors = [list(a) for a in state["anchors"]]
 
@@ -151,8 +156,8 @@ class RandomConsolidation(EWC):
         torch.Size([2, 3])
     """
 
-    def __init__(self, lam: float = 5000.0, batch_size: int = 100, seed: int = 0) -> None:
-        super().__init__(lam, batch_size)
+    def __init__(self, lam: float = 5000.0, samples: int = 1000, seed: int = 0) -> None:
+        super().__init__(lam, samples)
         self.generator = torch.Generator().manual_seed(int(seed))
 
     def importance(self, model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int] | None) -> list[Tensor]:

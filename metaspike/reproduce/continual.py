@@ -40,7 +40,7 @@ class Method:
 
     Attributes:
         label: name in tables and figures.
-        meta: metaplasticity strength of MetaplasticAdam (0: plain Adam).
+        meta: metaplasticity strength of MetaplasticAdam (0: plain Adam), or one per layer.
         baseline: ``None`` or a key of :data:`BASELINES` (``"ewc"``, ``"si"``, ``"random"``).
         strength: the baseline's λ (EWC, random) or c (SI).
         joint: train all tasks at once (the upper bound).
@@ -52,7 +52,7 @@ class Method:
     """
 
     label: str
-    meta: float = 0.0
+    meta: float | tuple[float, ...] = 0.0
     baseline: str | None = None
     strength: float = 0.0
     joint: bool = False
@@ -86,7 +86,8 @@ def run_method(config: RunConfig, method: Method, root: str | Path, progress: bo
         >>> len(run_method(config, Method("EWC", baseline="ewc", strength=10.0), tempfile.mkdtemp()).matrix)
         2
     """
-    config = replace(config, meta=(float(method.meta),))
+    metas = method.meta if isinstance(method.meta, tuple) else (method.meta,)
+    config = replace(config, meta=tuple(float(m) for m in metas))
     scenario = _scenario(config, method)
     torch.manual_seed(config.seed)
     if method.dnn:
@@ -157,9 +158,10 @@ def plot_rows(rows: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
                label=name, capsize=3)
     ax.set_xticks([x + 0.2 for x in xs], [r["setting"] for r in rows], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 115)  # room above the bars for the legend
+    ax.set_yticks(range(0, 101, 20))
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

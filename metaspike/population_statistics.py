@@ -1,5 +1,8 @@
 """Fixed (population) BatchNorm statistics, so a trained BNN can predict one sample at a time.
 
+Used by ``bnn.pack`` (as ``bnn.use_population_statistics``) and by the EWC baseline, whose
+per-sample Fisher needs a network in which one sample has a defined output.
+
 The paper's BatchNorm normalises with the statistics of the evaluated batch
 (``track_running_stats=False``), which is undefined for a single sample.
 :func:`use_population_statistics` estimates each BatchNorm layer's mean and variance on data
