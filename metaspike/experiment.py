@@ -29,7 +29,7 @@ from metaspike.distributed import init_from_env, sync_batchnorm, world
 from metaspike.optim import MetaplasticAdam, param_groups
 from metaspike.training import Plugin, TrainingDiverged
 
-__all__ = ["RunConfig", "DEFAULT_META", "DEFAULT_INPUT_META", "default_meta", "parse_meta", "meta_label", "run", "resume", "compare", "build_model", "format_table", "summarize_results", "build_trainer", "mean_std", "check_settings", "comparison_csv", "versions"]
+__all__ = ["RunConfig", "DEFAULT_META", "DEFAULT_INPUT_META", "default_meta", "parse_meta", "meta_label", "run", "resume", "compare", "build_model", "format_table", "summarize_results", "build_trainer", "train_and_finish", "mean_std", "check_settings", "comparison_csv", "versions"]
 
 #: Default metaplasticity of the CPU main job, per layer: the first (input) layer stays nearly plastic,
 #: every later layer is consolidated strongly. Chosen from the sweep in README ("Why the default is what
@@ -194,9 +194,15 @@ def _scenario(config: RunConfig) -> Scenario:
     return make_scenario(config.scenario, config.datasets, config.tasks, config.seed, config.data_dir, config.split_mode)
 
 
-def _train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: RunDirectory | None,
+def train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: RunDirectory | None,
                       resume: dict[str, Any] | None, plot: bool) -> ContinualResult:
-    """Train, then (on rank 0, which holds the directory) write the final files and figures."""
+    """Train, then (on rank 0, which holds the directory) write the final metrics, ``model.pt`` and figures.
+
+    A diverged run raises :class:`TrainingDiverged` naming the directory that keeps what was measured.
+
+    Example:
+        >>> train_and_finish(trainer, scenario, RunDirectory.create("runs", "demo", {}), None, plot=True)  # doctest: +SKIP
+    """
     try:
         result = trainer.fit(scenario, log=directory, resume=resume)
     except TrainingDiverged as err:
@@ -237,7 +243,7 @@ def run(config: RunConfig, out: str | Path = "runs", progress: bool = True, plot
     if world()[0] == 0:
         directory = RunDirectory.create(out, config.name, record, {"name": scenario.name, **scenario.definition})
     path = _shared_path(directory.path if directory else None)
-    return path, _train_and_finish(trainer, scenario, directory, None, plot)
+    return path, train_and_finish(trainer, scenario, directory, None, plot)
 
 
 def resume(run_dir: str | Path, progress: bool = True, plot: bool = True) -> tuple[Path, ContinualResult, list[str]]:
@@ -265,7 +271,7 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True) -> tup
     scenario = _scenario(config)
     trainer = _trainer(config, scenario, progress)
     directory = RunDirectory(path) if world()[0] == 0 else None
-    return path, _train_and_finish(trainer, scenario, directory, state, plot), warnings
+    return path, train_and_finish(trainer, scenario, directory, state, plot), warnings
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

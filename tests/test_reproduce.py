@@ -76,7 +76,7 @@ def test_compare_methods_writes_paper_column_table_and_figure(tmp_path):
     assert [r["runs"] for r in rows] == [2, 2]
     table = list(csv.DictReader((tmp_path / "table.csv").open()))
     assert [r["setting"] for r in table] == ["BNN m=0", "BNN m=10"]
-    assert table[0]["paper_ACC"] == "n/a" and float(table[0]["ACC_std"]) >= 0
+    assert table[0]["paper"] == "n/a" and float(table[0]["ACC_std"]) >= 0
     assert (tmp_path / "figure.png").stat().st_size > 0
 
 

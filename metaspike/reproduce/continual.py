@@ -21,10 +21,10 @@ from metaspike.continual.baselines import EWC, RandomConsolidation, SynapticInte
 from metaspike.continual.results import RunDirectory, atomic_write_text
 from metaspike.continual.scenarios import Scenario, joint, make_scenario
 from metaspike.continual.trainer import ContinualResult
-from metaspike.experiment import RunConfig, build_model, build_trainer, mean_std
+from metaspike.experiment import RunConfig, build_model, build_trainer, comparison_csv, mean_std, train_and_finish
 from metaspike.training import Plugin
 
-__all__ = ["Method", "run_method", "compare_methods", "summarize", "table_csv", "plot_rows", "BASELINES"]
+__all__ = ["Method", "run_method", "compare_methods", "summarize", "TABLE_LABELS", "plot_rows", "BASELINES"]
 
 #: Baseline plugins by name; each takes its strength (EWC/random: λ, SI: c) and the seed.
 BASELINES = {
@@ -100,10 +100,7 @@ def run_method(config: RunConfig, method: Method, root: str | Path, progress: bo
     record = {**config.to_dict(), "method": asdict(method), "scenario_effective": scenario.name}
     directory = RunDirectory.create(root, f"{_slug(method.label)}-seed{config.seed}", record,
                                     {"name": scenario.name, **scenario.definition})
-    result = trainer.fit(scenario, log=directory)
-    directory.write_metrics(result, complete=True)
-    directory.remove_checkpoints()
-    return result
+    return train_and_finish(trainer, scenario, directory, None, plot=False)
 
 
 def summarize(label: str, results: Sequence[ContinualResult], paper: str) -> dict[str, Any]:
@@ -124,22 +121,8 @@ def summarize(label: str, results: Sequence[ContinualResult], paper: str) -> dic
     return row
 
 
-STAT_COLUMNS = ("ACC", "task1", "last_task", "BWT", "forgetting", "seconds")
-
-
-def table_csv(rows: Sequence[dict[str, Any]]) -> str:
-    """CSV text of :func:`summarize` rows (``nan`` where a metric is undefined, e.g. BWT of one task).
-
-    Example:
-        >>> print(table_csv([{"setting": "x", "paper": "n/a", "runs": 1, **{c: (1.0, 0.0) for c in STAT_COLUMNS}}]).splitlines()[1])
-        x,n/a,1,1.00,0.00,1.00,0.00,1.00,0.00,1.00,0.00,1.00,0.00,1.00,0.00
-    """
-    header = "setting,paper_ACC,runs," + ",".join(f"{c}_mean,{c}_std" for c in STAT_COLUMNS)
-    lines = [header]
-    for row in rows:
-        stats = ",".join(f"{row[c][0]:.2f},{row[c][1]:.2f}" for c in STAT_COLUMNS)
-        lines.append(f"{row['setting']},{row['paper']},{row['runs']},{stats}")
-    return "\n".join(lines) + "\n"
+TABLE_LABELS = ("setting", "paper", "runs")
+"""The label columns of ``table.csv`` (``paper``: the paper's reported ACC), before the statistics."""
 
 
 def plot_rows(rows: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
@@ -183,6 +166,6 @@ def compare_methods(config: RunConfig, methods: Sequence[Method], seeds: Sequenc
     for method in methods:
         results = [run_method(replace(config, seed=int(s)), method, root, progress) for s in seeds]
         rows.append(summarize(method.label, results, paper.get(method.label, "n/a")))
-        atomic_write_text(root / "table.csv", table_csv(rows))  # what is measured so far is kept
+        atomic_write_text(root / "table.csv", comparison_csv(rows, TABLE_LABELS))  # what is measured so far is kept
     plot_rows(rows, title, root / "figure.png")
     return rows

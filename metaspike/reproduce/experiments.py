@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from metaspike.experiment import RunConfig, default_meta
+from metaspike.experiment import RunConfig, comparison_csv, default_meta
 from metaspike.continual.results import atomic_write_text
-from metaspike.reproduce.continual import Method, compare_methods, table_csv
+from metaspike.reproduce.continual import TABLE_LABELS, Method, compare_methods
 
 __all__ = ["Experiment", "EXPERIMENTS", "SCALES", "PAPER", "CPU_META_FACTOR", "meta_at", "get_experiment"]
 
@@ -74,7 +74,7 @@ def _continual(name: str, title: str, configs: Callable[[str], list[tuple[str, R
             for row in compare_methods(config, methods, seeds, where, PAPER[name], f"{title} {part}".strip(), progress):
                 rows.append({**row, "setting": f"{part} {row['setting']}".strip()})
         if where != root:  # several parts (e.g. both directions of fig3): one table of all of them
-            atomic_write_text(root / "table.csv", table_csv(rows))
+            atomic_write_text(root / "table.csv", comparison_csv(rows, TABLE_LABELS))
         return rows
 
     return run
