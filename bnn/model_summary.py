@@ -1,12 +1,17 @@
-"""``bnn.summary(model)``: binary vs float parameters and their memory, per layer."""
+"""``bnn.summary(model)``: binary vs float parameters and their memory, per layer; with an input shape,
+also the multiply-accumulates per sample, split into 1-bit ones (±1 weight times ±1 input: an XNOR and a
+popcount) and 32-bit ones (everything else)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from metaspike.binary_linear import is_binary_input
 from metaspike.synapse import binary_modules
 
 __all__ = ["summary", "LayerSummary", "ModelSummary"]
@@ -20,6 +25,8 @@ class LayerSummary:
     kind: str
     binary_params: int
     float_params: int
+    binary_macs: int = 0
+    float_macs: int = 0
 
     @property
     def bits(self) -> int:
@@ -32,6 +39,17 @@ class ModelSummary:
     """Per-layer rows and totals; ``str()`` gives a table."""
 
     layers: tuple[LayerSummary, ...]
+    counted_macs: bool = False
+
+    @property
+    def binary_macs(self) -> int:
+        """Multiply-accumulates per sample with both operands ±1 (XNOR-popcount), if counted."""
+        return sum(layer.binary_macs for layer in self.layers)
+
+    @property
+    def float_macs(self) -> int:
+        """Other multiply-accumulates per sample (real input or real weights), if counted."""
+        return sum(layer.float_macs for layer in self.layers)
 
     @property
     def binary_params(self) -> int:
@@ -56,37 +74,47 @@ class ModelSummary:
         return self.float32_bytes / self.packed_bytes if self.packed_bytes else 1.0
 
     def __str__(self) -> str:
+        macs = self.counted_macs
         header = f"{'layer':<16}{'kind':<14}{'binary':>12}{'float':>10}{'1-bit kB':>11}{'32-bit kB':>11}"
+        header += f"{'1-bit MACs':>13}{'32-bit MACs':>13}" if macs else ""
         lines = [header, "-" * len(header)]
         for row in self.layers:
             total = row.binary_params + row.float_params
             lines.append(
                 f"{row.name:<16}{row.kind:<14}{row.binary_params:>12,}{row.float_params:>10,}"
                 f"{row.bits / 8 / 1024:>11.2f}{4 * total / 1024:>11.2f}"
+                + (f"{row.binary_macs:>13,}{row.float_macs:>13,}" if macs else "")
             )
         lines.append("-" * len(header))
         lines.append(
             f"{'total':<30}{self.binary_params:>12,}{self.float_params:>10,}"
             f"{self.packed_bytes / 1024:>11.2f}{self.float32_bytes / 1024:>11.2f}"
+            + (f"{self.binary_macs:>13,}{self.float_macs:>13,}" if macs else "")
         )
         lines.append(f"memory: {self.packed_bytes / 1024:.1f} kB packed vs {self.float32_bytes / 1024:.1f} kB float32 "
                      f"({self.compression:.1f}x smaller)")
         return "\n".join(lines)
 
 
-def summary(model: nn.Module) -> ModelSummary:
+def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> ModelSummary:
     """Count binary and float parameters of ``model`` layer by layer.
 
     Binary parameters are the hidden weights of binary synapses (:class:`bnn.BinaryLinear`,
     :class:`bnn.BinaryConv2d` or layers changed by :func:`metaspike.binarize`); they cost one bit at
-    inference. Everything else (biases, BatchNorm) is counted as float32.
+    inference. Everything else (biases, BatchNorm) is counted as float32. With ``input_shape`` (one
+    sample's shape, without the batch dimension), a forward pass on two random samples also counts the
+    multiply-accumulates per sample of every linear and convolution layer: 1-bit where both the
+    weights and the input are ±1, 32-bit otherwise.
 
     Example:
         >>> from bnn import MLP
-        >>> s = summary(MLP([784, 100, 10]))
+        >>> s = summary(MLP([784, 100, 10]), input_shape=(784,))
         >>> s.binary_params, s.float_params
         (79400, 220)
+        >>> s.binary_macs, s.float_macs  # the first layer sees real pixels
+        (1000, 78400)
     """
+    macs = _count_macs(model, input_shape) if input_shape is not None else {}
     binary = {id(weight) for _, _, weight in binary_modules(model)}
     rows = []
     for name, module in model.named_modules():
@@ -99,5 +127,43 @@ def summary(model: nn.Module) -> ModelSummary:
             continue
         n_binary = sum(p.numel() for p in params if id(p) in binary)
         n_float = sum(p.numel() for p in params if id(p) not in binary)
-        rows.append(LayerSummary(name or type(model).__name__, type(module).__name__, n_binary, n_float))
-    return ModelSummary(tuple(rows))
+        rows.append(LayerSummary(name or type(model).__name__, type(module).__name__, n_binary, n_float,
+                                 *macs.get(name, (0, 0))))
+    return ModelSummary(tuple(rows), counted_macs=input_shape is not None)
+
+
+_PRODUCT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@torch.no_grad()
+def _count_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tuple[int, int]]:
+    """``{layer name: (1-bit MACs, 32-bit MACs)}`` per sample, from one forward pass on two random samples."""
+    binary_layers = {id(layer) for _, layer, _ in binary_modules(model)}
+    counts: dict[str, tuple[int, int]] = {}
+
+    def hook(name: str):
+        def record(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            x = inputs[0]
+            quantizer = getattr(module, "input_quantizer", None)
+            if quantizer is not None:
+                x = quantizer(x)
+            weight = module.weight
+            total = output.numel() // output.shape[0] * weight[0].numel()  # outputs x inputs per output
+            one_bit = id(module) in binary_layers and is_binary_input(x)
+            counts[name] = (total, 0) if one_bit else (0, total)
+
+        return record
+
+    handles = [layer.register_forward_hook(hook(name)) for name, layer in model.named_modules()
+               if isinstance(layer, _PRODUCT_LAYERS)]
+    was_training = model.training
+    try:
+        model.eval()  # no running statistics are updated (the paper's BatchNorm still uses the batch's)
+        model(torch.rand(2, *input_shape))
+    except Exception as err:
+        raise ValueError(f"summary: a forward pass on input_shape {tuple(input_shape)} failed: {err}") from None
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return counts

@@ -47,6 +47,22 @@ def test_summary_of_a_binarized_foreign_model():
     assert (s.binary_params, s.float_params) == (60, 7)
 
 
+def test_summary_counts_one_bit_and_32_bit_macs_per_sample():
+    model = bnn.ConvNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    s = bnn.summary(model, input_shape=(1, 28, 28))
+    rows = {row.name: row for row in s.layers}
+    first_conv = rows["0"]  # real pixels in: 32-bit; one MAC per output element and kernel entry
+    assert (first_conv.binary_macs, first_conv.float_macs) == (0, 32 * 28 * 28 * 1 * 3 * 3)
+    assert rows["4"].binary_macs == 64 * 14 * 14 * 32 * 3 * 3 and rows["4"].float_macs == 0  # ±1 in, ±1 weights
+    assert s.binary_macs == sum(r.binary_macs for r in s.layers) and "1-bit MACs" in str(s)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # no statistics updated
+    real = bnn.summary(bnn.MLP([20, 8, 4], weight_quantizer="none"), input_shape=(20,))
+    assert real.binary_macs == 0 and real.float_macs == 20 * 8 + 8 * 4  # real weights: all 32-bit
+    with pytest.raises(ValueError, match=r"forward pass on input_shape \(3,\) failed"):
+        bnn.summary(bnn.MLP([20, 8, 4]), input_shape=(3,))
+
+
 def test_population_statistics_make_single_sample_prediction_consistent():
     torch.manual_seed(0)
     model = bnn.MLP([20, 32, 4])
