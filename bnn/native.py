@@ -41,7 +41,11 @@ def _build(compiler: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         built = Path(scratch) / target.name
-        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], check=True, capture_output=True, text=True)
+        command = [compiler, *FLAGS, str(SOURCE), "-o", str(built)]
+        try:
+            subprocess.run(command, check=True, capture_output=True, text=True)
+        except subprocess.CalledProcessError:  # e.g. a compiler without -march=native: build for the generic CPU
+            subprocess.run([c for c in command if c != "-march=native"], check=True, capture_output=True, text=True)
         os.replace(built, target)  # atomic: another process never loads a half-written library
 
 
@@ -61,12 +65,12 @@ def kernels() -> ctypes.CDLL | None:
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), compiler.encode(), platform.machine().encode(),
                                      platform.node().encode()])).hexdigest()[:16]
-    target = _cache_dir() / f"packed_kernels-{key}.so"
     try:
+        target = _cache_dir() / f"packed_kernels-{key}.so"
         if not target.exists():
             _build(compiler, target)
         lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.CalledProcessError) as err:
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as err:  # RuntimeError: no home folder
         detail = getattr(err, "stderr", "") or str(err)
         warnings.warn(f"could not build the packed-inference kernels ({detail.strip()[:300]}); "
                       "bnn.PackedMLP runs on torch ops (slower)", RuntimeWarning, stacklevel=2)

@@ -108,6 +108,16 @@ def test_native_kernels_equal_eager_torch_ops_layer_by_layer(trained):
             bnn.native.MIN_WORK_PER_THREAD = saved
 
 
+@pytest.mark.skipif(bnn.native.kernels() is None, reason="no C compiler to build the native kernels")
+def test_native_kernels_build_once_into_the_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("METASPIKE_CACHE", str(tmp_path))
+    lib = bnn.native.kernels.__wrapped__()
+    (built,) = tmp_path.glob("packed_kernels-*.so")
+    assert lib is not None and built.stat().st_size > 0
+    assert bnn.native.kernels.__wrapped__()._name == str(built)  # the second call loads it, no rebuild
+    assert [p.name for p in tmp_path.iterdir()] == [built.name]  # no scratch files left behind
+
+
 def test_without_a_c_compiler_the_native_kernels_are_skipped_with_a_warning(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("METASPIKE_CACHE", str(tmp_path))
