@@ -114,7 +114,8 @@ def binary_linear(x: Tensor, layer: Any) -> Tensor:
         True
     """
     weight = layer.weight
-    if weight.numel() < FAST_MIN_NUMEL or x.dim() != 2 or x.dtype != torch.float32 or weight.dtype != torch.float32:
+    small = weight.numel() < FAST_MIN_NUMEL or x.dim() != 2 or x.dtype != torch.float32 or weight.dtype != torch.float32
+    if small or torch.compiler.is_compiling():  # a compiled model fuses the plain product itself
         return F.linear(x, layer.visible_weight(), layer.bias)
     signs = layer._current_signs()
     signs_bf16 = None

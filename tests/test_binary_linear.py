@@ -101,3 +101,17 @@ def test_large_layers_get_their_signs_from_one_compiled_pass_equal_to_eager():
     assert layer._current_signs() is signs
     assert torch.equal(signs, torch.where(layer.weight >= 0, 1.0, -1.0))
     assert torch.equal(signs_bf16.float(), signs)
+
+
+def test_a_compiled_model_with_large_binary_layers_matches_eager():
+    torch.manual_seed(3)
+    model = bnn.MLP([IN, OUT, 10])
+    x, y = torch.rand(16, IN), torch.randint(0, 10, (16,))
+    eager = model(x)
+    F.cross_entropy(eager, y).backward()
+    expected = model[1].weight.grad.clone()
+    model.zero_grad()
+    compiled = torch.compile(model)(x)
+    F.cross_entropy(compiled, y).backward()
+    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(model[1].weight.grad, expected)
