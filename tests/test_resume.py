@@ -14,7 +14,7 @@ import torch
 from metaspike.cli import main
 from metaspike.continual.results import load_checkpoint
 
-ARGS = ["--dataset", "digits", "--tasks", "2", "--epochs", "6", "--hidden", "64", "--meta", "5", "--quiet"]
+ARGS = ["--dataset", "digits", "--tasks", "2", "--epochs", "10", "--hidden", "64", "--meta", "5", "--quiet"]
 RUN = "permuted-digits-meta5-seed1"
 
 
@@ -45,7 +45,7 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
     run = _killed_run(tmp_path / "killed")
     assert not json.loads((run / "metrics.json").read_text() if (run / "metrics.json").exists() else "{}").get("complete")
     position = load_checkpoint(run / "checkpoint.pt")["position"]
-    assert position["task"] == 0 and position["epochs_done"] >= 1  # killed in the middle of the first task
+    assert position["epochs_done"] >= 1  # killed in the middle of a task (the first, unless the machine is busy)
 
     _metaspike("train", "--resume", str(run), "--quiet")
     assert (run / "accuracy_matrix.csv").read_text() == reference
