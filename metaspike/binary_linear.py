@@ -1,7 +1,7 @@
 """The linear product of a binary synapse layer, computed exactly and without needless work.
 
 Two things make a large binary layer's training step cheaper here than ``F.linear`` on its ±1
-weights, with bit-identical results:
+weights, with the same results (the product bit for bit; gradients up to float32 rounding):
 
 * **bfloat16 products of ±1 operands.** When both the weights and the input are ±1 (every hidden
   layer of a binarized network), each product is ±1 and each sum an integer below 2**24, so a
@@ -104,7 +104,9 @@ def _product(x: Tensor, signs: Tensor, signs_bf16: Tensor | None, bias: Tensor |
 def binary_linear(x: Tensor, layer: Any) -> Tensor:
     """``F.linear(x, sign(W_h), bias)`` for a binary synapse ``layer`` (a ``BinarySynapse``), fast.
 
-    Equal to ``F.linear(x, layer.visible_weight(), layer.bias)`` bit for bit, forward and backward.
+    Equal to ``F.linear(x, layer.visible_weight(), layer.bias)``: without a bias the output bit for bit
+    (with one, the exact product is rounded once when the bias is added), gradients up to float32
+    rounding (the same products, possibly summed in another order).
 
     Example:
         >>> import bnn
@@ -125,4 +127,5 @@ def binary_linear(x: Tensor, layer: Any) -> Tensor:
     needs_grad = weight.requires_grad or x.requires_grad or (bias is not None and bias.requires_grad)
     if not (torch.is_grad_enabled() and needs_grad):
         return _product(x, signs, signs_bf16, bias)
-    return _FastBinaryLinear.apply(x, weight, bias, signs, signs_bf16, layer._gradient_buffer())
+    grad_buffer = layer._gradient_buffer() if weight.requires_grad else None
+    return _FastBinaryLinear.apply(x, weight, bias, signs, signs_bf16, grad_buffer)
