@@ -20,6 +20,7 @@ Both apply to layers of at least :data:`FAST_MIN_NUMEL` weights; smaller layers 
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 import torch
@@ -38,8 +39,11 @@ def bf16_products_pay_off(device: torch.device) -> bool:
         >>> isinstance(bf16_products_pay_off(torch.device("cpu")), bool)
         True
     """
-    if device.type != "cpu":
-        return False
+    return device.type == "cpu" and _cpu_has_amx()
+
+
+@cache
+def _cpu_has_amx() -> bool:
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(probe is not None and probe())
 

@@ -90,7 +90,7 @@ def test_torch_compiled_forward_equals_eager(trained, monkeypatch):
 
 
 @pytest.mark.skipif(bnn.native.kernels() is None, reason="no C compiler to build the native kernels")
-def test_native_kernels_equal_eager_torch_ops_layer_by_layer(trained):
+def test_native_kernels_equal_eager_torch_ops_layer_by_layer(trained, monkeypatch):
     x = load_dataset("mnist5k", "test").x[:100].flatten(1)
     packed, lib = bnn.pack(trained, compile=False), bnn.native.kernels()
     first, second = packed.layers[0], packed.layers[1]
@@ -100,12 +100,9 @@ def test_native_kernels_equal_eager_torch_ops_layer_by_layer(trained):
     assert torch.equal(bnn.native.real_layer(lib, x, first["weight"], first["flip"], first["threshold"]), bits)
     hidden = bnn.packed._binary_dot(bits, second["weight"], 128)
     assert torch.equal(bnn.native.binary_layer(lib, bits, 128, second["weight"]), hidden)
-    for threads in (1, 2):  # outputs split between threads give the same bits
-        bnn.native.MIN_WORK_PER_THREAD, saved = (1 if threads == 2 else 1 << 40), bnn.native.MIN_WORK_PER_THREAD
-        try:
-            assert torch.equal(bnn.pack(trained)(x), bnn.pack(trained, compile=False)(x))
-        finally:
-            bnn.native.MIN_WORK_PER_THREAD = saved
+    for work_per_thread in (1 << 40, 1):  # one thread, then outputs split between threads: the same bits
+        monkeypatch.setattr(bnn.native, "MIN_WORK_PER_THREAD", work_per_thread)
+        assert torch.equal(bnn.pack(trained)(x), bnn.pack(trained, compile=False)(x))
 
 
 @pytest.mark.skipif(bnn.native.kernels() is None, reason="no C compiler to build the native kernels")
