@@ -147,7 +147,7 @@ COMPILED_SIGNS_MIN_NUMEL = 1 << 20
 
 
 def _signs_into(weight: Tensor, outs: list[Tensor]) -> None:
-    signs = torch.sign(torch.sign(weight) + 0.5)  # the formula of _sign, fused by the compiler
+    signs = _sign(weight)  # fused into one pass by the compiler
     for out in outs:
         out.copy_(signs)
 
