@@ -147,24 +147,20 @@ COMPILED_SIGNS_MIN_NUMEL = 1 << 20
 
 
 def _signs_into(weight: Tensor, outs: list[Tensor]) -> None:
-    signs = _sign(weight)  # fused into one pass by the compiler
-    for out in outs:
-        out.copy_(signs)
+    _sign(weight, out=outs[0])
+    for out in outs[1:]:
+        out.copy_(outs[0])
 
 
-_compiled_signs_into = LazyCompiled(_signs_into, "sign buffers of a binary layer")
+_compiled_signs_into = LazyCompiled(_signs_into, "sign buffers of a binary layer")  # one fused pass
 
 
 def _write_signs(weight: Tensor, outs: list[Tensor]) -> None:
     """Write ``sign(weight)`` (``sign(0) = +1``) into every tensor of ``outs`` (the first has the
     weight's dtype)."""
+    large = weight.numel() >= COMPILED_SIGNS_MIN_NUMEL and not torch.compiler.is_compiling()
     with torch.no_grad():
-        if weight.numel() >= COMPILED_SIGNS_MIN_NUMEL and not torch.compiler.is_compiling():
-            _compiled_signs_into(weight, outs)
-            return
-        _sign(weight, out=outs[0])
-        for out in outs[1:]:
-            out.copy_(outs[0])
+        (_compiled_signs_into if large else _signs_into)(weight, outs)
 
 
 @dataclass
