@@ -84,9 +84,9 @@ def _threads(work: int) -> int:
     return max(1, min(torch.get_num_threads(), work // MIN_WORK_PER_THREAD))
 
 
-def _call(fn, inputs: Tensor, n: int, weight: Tensor, flip: Tensor | None, threshold: Tensor | None,
-          result_dtype: torch.dtype, transposed: bool = False) -> Tensor:
-    batch, (out, cols) = inputs.shape[0], weight.shape[::-1] if transposed else weight.shape
+def _call(fn, inputs: Tensor, n: int, weight: Tensor, out: int, cols: int, flip: Tensor | None,
+          threshold: Tensor | None, result_dtype: torch.dtype) -> Tensor:
+    batch = inputs.shape[0]
     if flip is None:
         result = torch.empty(batch, out, dtype=result_dtype)
     else:
@@ -115,7 +115,8 @@ def real_layer(lib: ctypes.CDLL, x: Tensor, weight_t: Tensor, flip: Tensor | Non
         True
     """
     x = x.to(torch.float32).contiguous()
-    return _call(lib.real_layer, x, x.shape[1], weight_t.contiguous(), flip, threshold, torch.float64, transposed=True)
+    groups, out = weight_t.shape
+    return _call(lib.real_layer, x, x.shape[1], weight_t.contiguous(), out, groups, flip, threshold, torch.float64)
 
 
 def binary_layer(lib: ctypes.CDLL, words: Tensor, n: int, weight: Tensor, flip: Tensor | None = None,
@@ -130,4 +131,6 @@ def binary_layer(lib: ctypes.CDLL, words: Tensor, n: int, weight: Tensor, flip: 
         >>> lib is None or binary_layer(lib, bits, 3, bits).tolist() == [[3]]
         True
     """
-    return _call(lib.binary_layer, words.contiguous(), n, weight.contiguous(), flip, threshold, torch.int64)
+    out, words_per_row = weight.shape
+    return _call(lib.binary_layer, words.contiguous(), n, weight.contiguous(), out, words_per_row, flip, threshold,
+                 torch.int64)
