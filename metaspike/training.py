@@ -171,7 +171,7 @@ def train_epoch(
             progress.update(1)
     mean = total / max(batches, 1)
     if shard[1] > 1:  # report the loss of the whole batch, as one process would
-        summed = torch.tensor([mean])
+        summed = torch.tensor([mean], dtype=torch.float64)  # a Python float: keep its precision
         torch.distributed.all_reduce(summed)
         mean = summed.item() / shard[1]
     return mean
