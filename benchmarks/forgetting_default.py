@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from metaspike.experiment import RunConfig, compare, format_table
+from metaspike.app.config import RunConfig, compare, format_table
 
 
 def main() -> None:

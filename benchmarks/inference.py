@@ -26,7 +26,7 @@ import time
 import torch
 
 import bnn
-from metaspike.synapse import get_quantizer
+from metaspike.quantizers import get_quantizer
 
 
 def prebinarized(model: bnn.MLP) -> bnn.MLP:

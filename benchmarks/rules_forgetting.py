@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from metaspike.continual.results import atomic_write_text
-from metaspike.experiment import RunConfig, compare, comparison_csv, parse_meta
+from metaspike.app.config import RunConfig, compare, comparison_csv, parse_meta
 
 
 def main() -> None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 
-from metaspike.continual.scenarios import make_scenario
-from metaspike.experiment import RunConfig
-from metaspike.snn.compare import DEFAULT_SNN_META, SNN_DEFAULTS, train_neuron
-from metaspike.snn.neurons import NetSpec
+from metaspike.app.compare import DEFAULT_SNN_META, SNN_DEFAULTS
+from metaspike.app.config import RunConfig
+from metaspike.app.runs import run
 
 
 def main() -> None:
@@ -25,17 +25,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--epochs", type=int, default=SNN_DEFAULTS["epochs"])
     parser.add_argument("--hidden", type=int, nargs="+", default=list(SNN_DEFAULTS["hidden"]))
-    parser.add_argument("--num-steps", type=int, default=NetSpec().num_steps)
+    parser.add_argument("--num-steps", type=int, default=RunConfig().num_steps)
     parser.add_argument("--lr", type=float, default=0.005)
     args = parser.parse_args()
-    spec = NetSpec(num_steps=args.num_steps)
+    out = tempfile.mkdtemp()
     first: dict[float, list[float]] = {m: [] for m in args.meta}
     print(f"{'meta':>6} {'seed':>5} {'task 1':>8} {'last task':>10} {'ACC':>7} {'seconds':>8}", flush=True)
     for seed in args.seeds:
-        scenario = make_scenario("permuted", ["mnist5k"], 3, seed)
         for m in args.meta:
-            config = RunConfig(tasks=3, epochs=args.epochs, hidden=tuple(args.hidden), meta=(m,), lr=args.lr, seed=seed)
-            result = train_neuron(args.neuron, config, scenario, spec)
+            config = RunConfig(tasks=3, epochs=args.epochs, hidden=tuple(args.hidden), meta=(m,), lr=args.lr, seed=seed,
+                               model=args.neuron, num_steps=args.num_steps)
+            _, result = run(config, out, progress=False, plot=False)
             final = result.matrix[-1]
             first[m].append(final[0])
             print(f"{m:>6g} {seed:>5} {final[0]:>8.1f} {final[-1]:>10.1f} {result.metrics['ACC']:>7.1f} "

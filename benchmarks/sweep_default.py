@@ -15,7 +15,7 @@ import itertools
 import tempfile
 from pathlib import Path
 
-from metaspike.experiment import RunConfig, meta_label, parse_meta, run
+from metaspike.app.config import RunConfig, meta_label, parse_meta, run
 
 
 def main() -> None:

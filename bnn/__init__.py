@@ -9,6 +9,7 @@ Example:
 
 from metaspike.population_statistics import use_population_statistics
 from bnn.layers import BinaryConv2d, BinaryLinear, SignActivation
+from bnn.bayesian_layers import BayesianConv2d, BayesianLinear, BinaryBayesianConv2d, BinaryBayesianLinear
 from bnn.models import MLP, ConvNet
 from bnn.packed import PackedMLP, pack
 from bnn.model_summary import summary
@@ -17,4 +18,5 @@ from bnn.training import evaluate, fit
 __all__ = [
     "BinaryLinear", "BinaryConv2d", "SignActivation", "MLP", "ConvNet", "summary",
     "use_population_statistics", "fit", "evaluate", "pack", "PackedMLP",
+    "BayesianLinear", "BayesianConv2d", "BinaryBayesianLinear", "BinaryBayesianConv2d",
 ]

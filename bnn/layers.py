@@ -1,8 +1,10 @@
 """Binary layers: drop-in ``nn.Linear`` / ``nn.Conv2d`` whose weights are binary synapses.
 
-Quantization is a pluggable argument, as in Larq: ``weight_quantizer="ste_sign"`` (default) shows
-``sign(W_h)`` in the forward pass with a straight-through gradient; ``"none"`` keeps real weights
-(the full-precision variant); ``input_quantizer`` binarizes what comes in.
+Quantization is a pluggable argument, as in Larq: ``weight_quantizer="ste_sign_unclipped"`` (default)
+shows ``sign(W_h)`` in the forward pass with a straight-through gradient that is never clipped (the
+hidden weight's magnitude is the consolidation variable); ``"ste_sign"`` clips it at ``|W_h| <= 1`` as
+Larq does; ``"none"`` keeps real weights (the full-precision variant); ``input_quantizer`` quantizes
+what comes in.
 """
 
 from __future__ import annotations
@@ -11,27 +13,96 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaspike.binary_linear import binary_linear
-from metaspike.synapse import BinarySynapse, Quantizer, clipped_sign, get_quantizer, ste_sign
+from bnn.binary_linear import binary_linear
+from bnn.sign_buffers import SignBuffers
+from metaspike.quantizers import NoQuantizer, Quantizer, SteSign, get_quantizer, ste_sign
+from metaspike.synapse import BinarySynapse, mark_hidden_weight
 
 __all__ = ["BinaryLinear", "BinaryConv2d", "SignActivation"]
 
 
 def _init_uniform(weight: Tensor, init_width: float | None) -> None:
     if init_width is not None:
-        if init_width <= 0:
-            raise ValueError(f"init_width must be > 0, got {init_width}")
+        if not isinstance(init_width, (int, float)) or isinstance(init_width, bool) or not 0 < init_width < float("inf"):
+            raise ValueError(f"init_width must be a finite number > 0 or None, got {init_width!r}")
         with torch.no_grad():
             weight.uniform_(-init_width / 2, init_width / 2)
 
 
-class BinaryLinear(BinarySynapse, nn.Linear):
+class _StraightThrough(torch.autograd.Function):
+    """Shows precomputed ``signs`` in the forward pass; the gradient reaches ``hidden`` unchanged."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, signs: Tensor) -> Tensor:  # type: ignore[override]
+        return signs.view_as(signs)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return grad, None
+
+
+class _BinaryWeights(BinarySynapse):
+    """What :class:`BinaryLinear` and :class:`BinaryConv2d` share: the quantizer, sign buffers, gradient buffer."""
+
+    weight_quantizer: Quantizer
+
+    def _setup(self, weight_quantizer: str | Quantizer | None, input_quantizer: str | Quantizer | None,
+               init_width: float | None) -> None:
+        self.weight_quantizer = get_quantizer(weight_quantizer)
+        self.input_quantizer = get_quantizer(input_quantizer)
+        _init_uniform(self.weight, init_width)
+        self._sign_buffers = SignBuffers()
+        self._grad_buffer: Tensor | None = None
+        if self.is_binary:
+            mark_hidden_weight(self.weight)
+
+    @property
+    def is_binary(self) -> bool:
+        """True unless the weight quantizer keeps real weights (``"none"``)."""
+        return not isinstance(self.weight_quantizer, NoQuantizer)
+
+    @property
+    def _buffered(self) -> bool:
+        """Whether the forward pass may use the sign buffers (the unclipped straight-through sign)."""
+        return isinstance(self.weight_quantizer, SteSign) and self.weight_quantizer.clip_value is None
+
+    def signs(self, dtype: torch.dtype | None = None) -> Tensor:
+        """``sign(W_h)`` as ``dtype`` (default: the weight's), from the layer's persistent buffers.
+
+        Example:
+            >>> BinaryLinear(3, 2).signs().abs().unique()
+            tensor([1.])
+        """
+        return self._sign_buffers.signs(self.weight, dtype)
+
+    def visible_weight(self) -> Tensor:
+        """The weight the forward pass uses (±1 for a binary synapse)."""
+        if self.is_binary:
+            mark_hidden_weight(self.weight)
+        if not self._buffered:
+            return self.weight_quantizer(self.weight)
+        signs = self.signs()
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            return _StraightThrough.apply(self.weight, signs)
+        return signs
+
+    def gradient_buffer(self) -> Tensor:
+        """A weight-sized buffer that the weight gradient is written into when its memory is free."""
+        buffer, weight = self._grad_buffer, self.weight
+        if buffer is None or buffer.shape != weight.shape or buffer.device != weight.device or buffer.dtype != weight.dtype:
+            buffer = torch.empty_like(weight, memory_format=torch.contiguous_format)
+            self._grad_buffer = buffer
+        return buffer
+
+
+class BinaryLinear(_BinaryWeights, nn.Linear):
     """``nn.Linear`` whose forward pass uses ``sign(W_h)``; ``weight`` holds the hidden weights ``W_h``.
 
     Args:
         in_features, out_features: as in ``nn.Linear``.
         bias: add a real-valued bias (the paper's networks have none).
-        weight_quantizer: ``"ste_sign"`` (binary), ``"none"`` (real weights) or a callable.
+        weight_quantizer: ``"ste_sign_unclipped"`` (binary, default), ``"ste_sign"`` (binary, Larq's
+            gradient clipped at 1), ``"none"`` (real weights) or a quantizer object/callable.
         input_quantizer: quantizer applied to the input (``None``: real-valued input).
         init_width: hidden weights start uniform in ``[-w/2, w/2]``; ``None`` keeps torch's init.
 
@@ -46,23 +117,22 @@ class BinaryLinear(BinarySynapse, nn.Linear):
         in_features: int,
         out_features: int,
         bias: bool = False,
-        weight_quantizer: str | Quantizer | None = "ste_sign",
+        weight_quantizer: str | Quantizer | None = "ste_sign_unclipped",
         input_quantizer: str | Quantizer | None = None,
         init_width: float | None = 0.1,
     ) -> None:
         super().__init__(in_features, out_features, bias=bias)
-        self.weight_quantizer = get_quantizer(weight_quantizer)
-        self.input_quantizer = get_quantizer(input_quantizer)
-        _init_uniform(self.weight, init_width)
+        self._setup(weight_quantizer, input_quantizer, init_width)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.input_quantizer(x)
-        if self.weight_quantizer is ste_sign:
+        if self._buffered:
+            mark_hidden_weight(self.weight)
             return binary_linear(x, self)
         return F.linear(x, self.visible_weight(), self.bias)
 
 
-class BinaryConv2d(BinarySynapse, nn.Conv2d):
+class BinaryConv2d(_BinaryWeights, nn.Conv2d):
     """``nn.Conv2d`` whose forward pass uses ``sign(W_h)``; arguments as in :class:`BinaryLinear`.
 
     Example:
@@ -79,26 +149,28 @@ class BinaryConv2d(BinarySynapse, nn.Conv2d):
         stride: int | tuple[int, int] = 1,
         padding: int | tuple[int, int] | str = 0,
         bias: bool = False,
-        weight_quantizer: str | Quantizer | None = "ste_sign",
+        weight_quantizer: str | Quantizer | None = "ste_sign_unclipped",
         input_quantizer: str | Quantizer | None = None,
         init_width: float | None = 0.1,
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
-        self.weight_quantizer = get_quantizer(weight_quantizer)
-        self.input_quantizer = get_quantizer(input_quantizer)
-        _init_uniform(self.weight, init_width)
+        self._setup(weight_quantizer, input_quantizer, init_width)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(self.input_quantizer(x), self.visible_weight(), self.bias)
 
 
 class SignActivation(nn.Module):
-    """Binary activation: ``sign(x)`` forward, gradient passed where ``|x| <= 1``.
+    """Binary activation: ``sign(x)`` forward, gradient passed where ``|x| <= clip_value`` (Larq's ``ste_sign``).
 
     Example:
         >>> SignActivation()(torch.tensor([-0.5, 0.0, 3.0]))
         tensor([-1.,  1.,  1.])
     """
 
+    def __init__(self, clip_value: float = 1.0) -> None:
+        super().__init__()
+        self.clip_value = clip_value
+
     def forward(self, x: Tensor) -> Tensor:
-        return clipped_sign(x)
+        return ste_sign(x, self.clip_value)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from metaspike.binary_linear import is_binary_input
+from bnn.binary_linear import is_binary_input
 from metaspike.synapse import binary_modules
 
 __all__ = ["summary", "LayerSummary", "ModelSummary"]

@@ -33,7 +33,7 @@ class MLP(nn.Sequential):
     Args:
         sizes: layer widths, input features first, number of classes last.
         init_width: width of the uniform initialisation of the hidden weights.
-        weight_quantizer: ``"ste_sign"`` for binary synapses, ``"none"`` for the full-precision variant.
+        weight_quantizer: ``"ste_sign_unclipped"`` for binary synapses, ``"none"`` for the full-precision variant.
         activation: ``"sign"`` (binary) or ``"relu"``.
 
     Example:
@@ -47,7 +47,7 @@ class MLP(nn.Sequential):
         self,
         sizes: Sequence[int],
         init_width: float = 0.1,
-        weight_quantizer: str = "ste_sign",
+        weight_quantizer: str = "ste_sign_unclipped",
         activation: str = "sign",
     ) -> None:
         sizes = [int(s) for s in sizes]
@@ -84,7 +84,7 @@ class ConvNet(nn.Sequential):
         hidden: int = 256,
         num_classes: int = 10,
         init_width: float = 0.1,
-        weight_quantizer: str = "ste_sign",
+        weight_quantizer: str = "ste_sign_unclipped",
         activation: str = "sign",
     ) -> None:
         if len(in_shape) != 3:

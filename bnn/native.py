@@ -1,9 +1,17 @@
 """Native XNOR-popcount kernels for :class:`bnn.PackedMLP`, built on first use with the system C compiler.
 
 ``bnn/packed_kernels.c`` is compiled once per machine (``cc -O3 -march=native``, so the popcount
-uses the CPU's own instruction) into a cache folder (``$METASPIKE_CACHE``, else
-``~/.cache/metaspike``) and called through ``ctypes``. Without a C compiler, or if the build
-fails, :func:`kernels` returns ``None`` (with one warning) and the packed model runs on torch ops.
+uses the CPU's own instructions) into a cache folder (``$METASPIKE_CACHE``, else
+``$XDG_CACHE_HOME/metaspike``, else ``~/.cache/metaspike``; created with mode ``0o700``) and called
+through ``ctypes``. A library is only loaded from a folder and a file that belong to the current
+user and that nobody else may write (checked on open file descriptors, and loaded through the
+descriptor, so neither can be swapped in between); a cache folder that fails this check is left
+alone with a warning and the kernels are built in a private temporary folder instead. Without a C
+compiler, or if the build fails, :func:`kernels` returns ``None`` (with one warning) and the packed
+model runs on torch ops.
+
+Every call goes through one check (:func:`_checked`) of each buffer's dtype, shape, device and
+memory layout against the sizes the kernel will use, immediately before its address is passed.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import warnings
@@ -22,12 +31,19 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["kernels", "real_layer", "binary_layer"]
+__all__ = ["kernels", "kinds", "check_tensor", "real_layer", "binary_layer"]
 
 SOURCE = Path(__file__).with_name("packed_kernels.c")
-FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread"]
+FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-pthread")
 MIN_WORK_PER_THREAD = 1 << 21
-"""Words (or bytes) of weight per extra thread: below this, starting a thread costs more than it saves."""
+"""Words (or bytes) of weight times samples per extra thread: below this, a thread costs more than it saves."""
+
+_ARGS = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+
+
+class UnsafeCacheError(OSError):
+    """A kernel library or its folder that another user could have written."""
 
 
 def _cache_dir() -> Path:
@@ -37,19 +53,56 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
-def _build(compiler: str, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        built = Path(scratch) / target.name
-        command = [compiler, *FLAGS, str(SOURCE), "-o", str(built)]
+def _check_private(fd: int, path: Path, kind: str) -> None:
+    """Raise :class:`UnsafeCacheError` unless the open ``fd`` is a ``kind`` owned by us and not writable by others."""
+    info = os.fstat(fd)
+    is_kind = stat.S_ISDIR(info.st_mode) if kind == "folder" else stat.S_ISREG(info.st_mode)
+    if not is_kind:
+        raise UnsafeCacheError(f"{path} is not a {kind}")
+    if info.st_uid != os.geteuid():
+        raise UnsafeCacheError(f"{kind} {path} is owned by uid {info.st_uid}, not by this user (uid {os.geteuid()})")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeCacheError(f"{kind} {path} is writable by group or others (mode {stat.S_IMODE(info.st_mode):o})")
+
+
+def _open_private(folder: Path, name: str) -> ctypes.CDLL:
+    """Load ``folder/name`` after checking both on open descriptors; the library is loaded through its descriptor."""
+    folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _check_private(folder_fd, folder, "folder")
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder_fd)
+        try:
+            _check_private(fd, folder / name, "file")
+            by_fd = f"/proc/self/fd/{fd}"
+            return ctypes.CDLL(by_fd if os.path.exists(by_fd) else str(folder / name))
+        finally:
+            os.close(fd)
+    finally:
+        os.close(folder_fd)
+
+
+def _build(compiler: str, flags: tuple[str, ...], folder: Path, name: str) -> None:
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:  # mode 0o700
+        built = Path(scratch) / name
+        command = [compiler, *flags, str(SOURCE), "-o", str(built)]
         try:
             subprocess.run(command, check=True, capture_output=True, text=True)
         except subprocess.CalledProcessError:  # e.g. a compiler without -march=native: build for the generic CPU
             subprocess.run([c for c in command if c != "-march=native"], check=True, capture_output=True, text=True)
-        os.replace(built, target)  # atomic: another process never loads a half-written library
+        os.chmod(built, 0o700)
+        os.replace(built, folder / name)  # atomic: another process never loads a half-written library
 
 
-@cache
+def _load(compiler: str, flags: tuple[str, ...], folder: Path, name: str) -> ctypes.CDLL:
+    """The library ``name`` in ``folder``, built there first if missing."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        return _open_private(folder, name)
+    except FileNotFoundError:
+        _build(compiler, flags, folder, name)
+        return _open_private(folder, name)
+
+
 def kernels() -> ctypes.CDLL | None:
     """The compiled kernels, built on the first call; ``None`` when no C compiler can build them.
 
@@ -58,71 +111,130 @@ def kernels() -> ctypes.CDLL | None:
         >>> lib is None or hasattr(lib, "binary_layer")
         True
     """
+    return _kernels(FLAGS)
+
+
+@cache
+def _kernels(flags: tuple[str, ...]) -> ctypes.CDLL | None:
+    """:func:`kernels` compiled with ``flags`` (tests add ``-DPACKED_PORTABLE``)."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
-        warnings.warn("no C compiler found: bnn.PackedMLP runs on torch ops (slower)", RuntimeWarning, stacklevel=2)
+        warnings.warn("no C compiler found: bnn.PackedMLP runs on torch ops (slower)", RuntimeWarning, stacklevel=3)
         return None
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), compiler.encode(), platform.machine().encode(),
-                                     platform.node().encode()])).hexdigest()[:16]
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(flags).encode(), compiler.encode(),
+                                     platform.machine().encode(), platform.node().encode()])).hexdigest()[:16]
+    name = f"packed_kernels-{key}.so"
     try:
-        target = _cache_dir() / f"packed_kernels-{key}.so"
-        if not target.exists():
-            _build(compiler, target)
-        lib = ctypes.CDLL(str(target))
+        try:
+            lib = _load(compiler, flags, _cache_dir(), name)
+        except UnsafeCacheError as err:
+            warnings.warn(f"not loading kernels from the cache: {err}; building them in a private temporary folder",
+                          RuntimeWarning, stacklevel=3)
+            with tempfile.TemporaryDirectory() as private:
+                lib = _load(compiler, flags, Path(private), name)
     except (OSError, RuntimeError, subprocess.CalledProcessError) as err:  # RuntimeError: no home folder
         detail = getattr(err, "stderr", "") or str(err)
         warnings.warn(f"could not build the packed-inference kernels ({detail.strip()[:300]}); "
-                      "bnn.PackedMLP runs on torch ops (slower)", RuntimeWarning, stacklevel=2)
+                      "bnn.PackedMLP runs on torch ops (slower)", RuntimeWarning, stacklevel=3)
         return None
-    for name in ("real_layer", "binary_layer"):
-        getattr(lib, name).restype = ctypes.c_int
+    for layer in ("real_layer", "binary_layer"):
+        getattr(lib, layer).argtypes, getattr(lib, layer).restype = _ARGS, ctypes.c_int
+        getattr(lib, f"{layer}_kind").restype = ctypes.c_char_p
     return lib
 
 
-def _threads(work: int) -> int:
-    return max(1, min(torch.get_num_threads(), work // MIN_WORK_PER_THREAD))
+def kinds(lib: ctypes.CDLL) -> tuple[str, str]:
+    """Which implementation ``lib`` uses for the first layer and for hidden layers.
+
+    Example:
+        >>> lib = kernels()
+        >>> lib is None or all("float64" in k or "popcount" in k for k in kinds(lib))
+        True
+    """
+    return lib.real_layer_kind().decode(), lib.binary_layer_kind().decode()
 
 
-def _call(fn, inputs: Tensor, n: int, weight: Tensor, out: int, cols: int, flip: Tensor | None,
-          threshold: Tensor | None, result_dtype: torch.dtype) -> Tensor:
-    batch = inputs.shape[0]
-    if flip is None:
-        result = torch.empty(batch, out, dtype=result_dtype)
-    else:
+def _shape(shape: tuple[int | None, ...]) -> str:
+    return "(" + ", ".join("any" if s is None else str(s) for s in shape) + (",)" if len(shape) == 1 else ")")
+
+
+def check_tensor(label: str, name: str, t: object, shape: tuple[int | None, ...], dtype: torch.dtype) -> Tensor:
+    """``t`` as a contiguous CPU tensor holding exactly ``shape`` (``None``: any size) elements of ``dtype``.
+
+    Views (stride 0, transposed, sliced) are copied into a buffer of their own, and the buffer is
+    checked to hold them; anything else raises a one-line ``ValueError`` naming ``label`` and ``name``.
+
+    Example:
+        >>> check_tensor("layer 0", "threshold", torch.zeros(1).expand(3), (3,), torch.float32).stride()
+        (1,)
+        >>> check_tensor("layer 0", "threshold", torch.zeros(2), (3,), torch.float32)
+        Traceback (most recent call last):
+        ...
+        ValueError: layer 0 threshold is (2,) torch.float32, expected (3,) torch.float32
+    """
+    if not isinstance(t, Tensor):
+        raise ValueError(f"{label} {name} is a {type(t).__name__}, expected a {dtype} tensor of shape {_shape(shape)}")
+    if t.device.type != "cpu" or t.layout != torch.strided:
+        raise ValueError(f"{label} {name} is a {t.layout} tensor on the {t.device.type} device; "
+                         "the native kernels read CPU (strided) tensors")
+    if t.dtype != dtype or t.dim() != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape)):
+        raise ValueError(f"{label} {name} is {tuple(t.shape)} {t.dtype}, expected {_shape(shape)} {dtype}")
+    t = t.resolve_neg().contiguous()
+    if t.untyped_storage().nbytes() < (t.storage_offset() + t.numel()) * t.element_size():
+        raise ValueError(f"{label} {name} has {t.untyped_storage().nbytes()} bytes of storage, "
+                         f"fewer than its shape {tuple(t.shape)} needs")
+    return t
+
+
+def _call(fn, label: str, inputs: Tensor, n: int, weight: Tensor, flip: Tensor | None, threshold: Tensor | None,
+          threshold_dtype: torch.dtype, result_dtype: torch.dtype) -> Tensor:
+    """Check the thresholds and call ``fn`` (inputs and weight are already checked)."""
+    (batch, _), (out, cols) = inputs.shape, weight.shape
+    if (flip is None) != (threshold is None):
+        raise ValueError(f"{label}: flip and threshold go together (both or neither)")
+    if flip is not None:
+        flip = check_tensor(label, "flip", flip, (out,), torch.bool)
+        threshold = check_tensor(label, "threshold", threshold, (out,), threshold_dtype)
         result = torch.zeros(batch, -(-out // 64), dtype=torch.int64)
-    fn(
-        ctypes.c_void_p(inputs.data_ptr()), ctypes.c_int64(batch), ctypes.c_int64(n),
-        ctypes.c_void_p(weight.data_ptr()), ctypes.c_int64(out), ctypes.c_int64(cols),
-        ctypes.c_void_p(None if flip is None else flip.data_ptr()),
-        ctypes.c_void_p(None if threshold is None else threshold.data_ptr()),
-        ctypes.c_void_p(result.data_ptr()), ctypes.c_int(_threads(batch * out * cols)),
-    )
+    else:
+        result = torch.empty(batch, out, dtype=result_dtype)
+    threads = max(1, min(torch.get_num_threads(), batch * out * cols // MIN_WORK_PER_THREAD))
+    if fn(inputs.data_ptr(), batch, n, weight.data_ptr(), out, cols, None if flip is None else flip.data_ptr(),
+          None if threshold is None else threshold.data_ptr(), result.data_ptr(), threads) != 0:
+        raise MemoryError(f"{label}: the native kernel could not allocate its scratch memory")
     return result
 
 
-def real_layer(lib: ctypes.CDLL, x: Tensor, weight_t: Tensor, flip: Tensor | None = None,
-               threshold: Tensor | None = None) -> Tensor:
-    """First layer: float64 pre-activations ``(B, out)`` of real inputs ``x`` for sign bytes ``weight_t``
-    (transposed: ``(groups, out)``),
-    or, with ``flip``/``threshold``, the packed int64 bits of ``(-a if flip else a) >= threshold``.
+def real_layer(lib: ctypes.CDLL, x: Tensor, weight: Tensor, flip: Tensor | None = None,
+               threshold: Tensor | None = None, label: str = "first layer") -> Tensor:
+    """First layer: float64 pre-activations ``(B, out)`` of real inputs ``x`` (``(B, n)``, converted to
+    float32) for sign bytes ``weight`` (``(out, ceil(n/8))``, as :func:`bnn.packed.pack_bits` writes
+    them), or, with ``flip``/``threshold``, the packed int64 bits of ``(-a if flip else a) >= threshold``.
+
+    Raises:
+        ValueError: a tensor has the wrong dtype, shape or device (``label`` names the layer).
 
     Example:
         >>> from bnn.packed import pack_bits
         >>> lib = kernels()
         >>> w = pack_bits(torch.tensor([[True, False, True]]), word_bits=8)
-        >>> lib is None or real_layer(lib, torch.tensor([[1.0, 2.0, 4.0]]), w.T).tolist() == [[3.0]]
+        >>> lib is None or real_layer(lib, torch.tensor([[1.0, 2.0, 4.0]]), w).tolist() == [[3.0]]
         True
     """
-    x = x.to(torch.float32).contiguous()
-    groups, out = weight_t.shape
-    return _call(lib.real_layer, x, x.shape[1], weight_t.contiguous(), out, groups, flip, threshold, torch.float64)
+    if isinstance(x, Tensor) and x.is_floating_point() and x.device.type == "cpu":
+        x = x.to(torch.float32)
+    x = check_tensor(label, "input", x, (None, None), torch.float32)
+    if x.shape[1] < 1:
+        raise ValueError(f"{label} input has no features (shape {tuple(x.shape)})")
+    weight = check_tensor(label, "weight", weight, (None, -(-x.shape[1] // 8)), torch.uint8)
+    return _call(lib.real_layer, label, x, x.shape[1], weight, flip, threshold, torch.float64, torch.float64)
 
 
 def binary_layer(lib: ctypes.CDLL, words: Tensor, n: int, weight: Tensor, flip: Tensor | None = None,
-                 threshold: Tensor | None = None) -> Tensor:
-    """Hidden layer: int64 ``n - 2·popcount(x XOR w)`` of packed ±1 inputs ``words``, or thresholded bits
-    as in :func:`real_layer`.
+                 threshold: Tensor | None = None, label: str = "hidden layer") -> Tensor:
+    """Hidden layer: int64 ``n - 2·popcount(x XOR w)`` of ``n`` packed ±1 inputs ``words``
+    (``(B, ceil(n/64))``) and weight rows (``(out, ceil(n/64))``), or thresholded bits as in
+    :func:`real_layer`.
 
     Example:
         >>> from bnn.packed import pack_bits
@@ -131,6 +243,9 @@ def binary_layer(lib: ctypes.CDLL, words: Tensor, n: int, weight: Tensor, flip: 
         >>> lib is None or binary_layer(lib, bits, 3, bits).tolist() == [[3]]
         True
     """
-    out, words_per_row = weight.shape
-    return _call(lib.binary_layer, words.contiguous(), n, weight.contiguous(), out, words_per_row, flip, threshold,
-                 torch.int64)
+    if not (isinstance(n, int) and 0 < n < 2**62):
+        raise ValueError(f"{label}: n must be a positive int (the number of inputs), got {n!r}")
+    cols = -(-n // 64)
+    words = check_tensor(label, "input", words, (None, cols), torch.int64)
+    weight = check_tensor(label, "weight", weight, (None, cols), torch.int64)
+    return _call(lib.binary_layer, label, words, n, weight, flip, threshold, torch.int64, torch.int64)

@@ -10,16 +10,17 @@ model in eval mode, from about 1/32 of its memory:
 * BatchNorm followed by ``sign`` becomes one integer threshold per neuron: the neuron fires iff
   ``a >= K`` or, where the BatchNorm scale is negative (which reverses the comparison), ``-a >= K``.
   ``K`` is found by evaluating the model's own BatchNorm, so every float rounding is reproduced.
-* The first layer takes real-valued input. Its pre-activation ``Σ ±x_i`` is summed in float64 from
-  per-byte tables: for each group of 8 inputs, the 256 signed sums ``Σ_j ±x_j`` are tabulated once
-  per sample and each neuron adds the entries its weight bytes select. The threshold is
-  ``μ - β·sqrt(σ² + ε)/γ`` in float64 (ties with the float model's float32 rounding are the only
-  possible difference).
+* The first layer takes real-valued input. Its pre-activation ``Σ ±x_i`` is compared in float64
+  with the threshold ``μ - β·sqrt(σ² + ε)/γ`` (ties with the float model's float32 rounding are the
+  only possible difference). The torch ops sum it from per-byte tables (for each group of 8 inputs,
+  the 256 signed sums ``Σ_j ±x_j`` are tabulated once per sample and each neuron adds the entries its
+  weight bytes select); the native kernel sums in float32 and recomputes in float64 only the neurons
+  whose float32 sum is too near the threshold to decide (see ``bnn/packed_kernels.c``).
 * The last layer's BatchNorm is applied (in float32, as in the float model) to give class scores.
 
-Kernels: by default the layers run in a small C library (:mod:`bnn.native`: table lookups,
-XOR + the CPU's popcount instruction, threshold and bit packing in one loop per layer), built on
-first use with the system C compiler. Without one, the two inner products are compiled with
+Kernels: by default the layers run in a small C library (:mod:`bnn.native`: masked float32 adds,
+XOR + the CPU's popcount instruction, threshold and bit packing in one pass per layer, over tiles
+of several samples and outputs), built on first use with the system C compiler. Without one, the two inner products are compiled with
 ``torch.compile`` instead. ``compile=False`` runs plain torch ops (the reference the others are
 tested against).
 """
@@ -40,12 +41,12 @@ from torch import Tensor, nn
 from bnn import native
 from bnn.layers import BinaryLinear, SignActivation
 from metaspike.compiled import LazyCompiled
-from metaspike.synapse import ste_sign
+from metaspike.quantizers import SteSign
 
 __all__ = ["pack", "PackedMLP", "PackedLayer"]
 
 FORMAT = "bnn.PackedMLP"
-VERSION = 2  # 2: the first layer's sign bytes are stored input-group-major, (groups, outputs)
+VERSION = 3  # 3: the first layer's sign bytes are (outputs, groups); 2 stored them transposed (still read)
 _SHIFTS = torch.arange(8, dtype=torch.uint8)
 _M1, _M2, _M4, _H01 = 0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F, 0x0101010101010101
 
@@ -83,9 +84,8 @@ def _popcount(words: Tensor) -> Tensor:
     return (v * _H01) >> 56
 
 
-def _real_dot(x: Tensor, weight_t: Tensor) -> Tensor:
-    """``x @ sign_matrix.T`` in float64 for real ``x (B, n)`` and sign bytes ``weight_t (ceil(n/8), out)``."""
-    weight = weight_t.t()
+def _real_dot(x: Tensor, weight: Tensor) -> Tensor:
+    """``x @ sign_matrix.T`` in float64 for real ``x (B, n)`` and sign bytes ``weight (out, ceil(n/8))``."""
     batch, (out, groups) = x.shape[0], weight.shape
     x = F.pad(x.to(torch.float64), (0, 8 * groups - x.shape[1]))
     table = x.view(batch, groups, 8) @ _BYTE_SIGNS.to(x.device)  # (B, groups, 256): Σ_j ±x_j per byte
@@ -123,15 +123,19 @@ def _last_preactivation(x: Tensor, layers: list[dict], sizes: list[int], dots: t
 
 
 def _native_last_preactivation(lib, x: Tensor, layers: list[dict], sizes: list[int]) -> Tensor:
-    """:func:`_last_preactivation` in the native kernels; hidden layers go straight to packed bits."""
+    """:func:`_last_preactivation` in the native kernels; hidden layers go straight to packed bits.
+
+    :mod:`bnn.native` checks every tensor against the sizes its kernel uses, so layers changed
+    after loading cannot make it read or write outside their buffers.
+    """
     x = x.flatten(1)
     first = layers[0]
     if len(layers) == 1:
-        return native.real_layer(lib, x, first["weight"])
-    h = native.real_layer(lib, x, first["weight"], first["flip"], first["threshold"])
+        return native.real_layer(lib, x, first["weight"], label="layer 0")
+    h = native.real_layer(lib, x, first["weight"], first["flip"], first["threshold"], label="layer 0")
     for i, layer in enumerate(layers[1:-1], start=1):
-        h = native.binary_layer(lib, h, sizes[i], layer["weight"], layer["flip"], layer["threshold"])
-    return native.binary_layer(lib, h, sizes[-2], layers[-1]["weight"])
+        h = native.binary_layer(lib, h, sizes[i], layer["weight"], layer["flip"], layer["threshold"], label=f"layer {i}")
+    return native.binary_layer(lib, h, sizes[-2], layers[-1]["weight"], label=f"layer {len(layers) - 1}")
 
 
 def _scores(a: Tensor, last: dict) -> Tensor:
@@ -163,10 +167,10 @@ class PackedMLP:
 
     Example:
         >>> import bnn
-        >>> model = bnn.use_population_statistics(bnn.MLP([64, 32, 10]), torch.rand(200, 64))
+        >>> model = bnn.use_population_statistics(bnn.MLP([64, 32, 10]), torch.rand(200, 64)).eval()
         >>> packed = bnn.pack(model, compile=False)
         >>> x = torch.rand(5, 64)
-        >>> bool((packed.predict(x) == model.eval()(x).argmax(1)).all())
+        >>> bool((packed.predict(x) == model(x).argmax(1)).all())
         True
     """
 
@@ -194,15 +198,42 @@ class PackedMLP:
             for i, layer in enumerate(self.layers)
         ]
 
-    def __call__(self, x: Tensor) -> Tensor:
-        """Class scores (float32, ``(batch, classes)``) of real-valued inputs ``x``."""
-        if x.dim() < 2 or math.prod(x.shape[1:]) != self.sizes[0]:
-            raise ValueError(
-                f"input of shape {tuple(x.shape)} does not fit: expected (batch, ...) with "
-                f"{self.sizes[0]} features per sample"
+    def kernel_names(self) -> list[str]:
+        """Which kernel computes each layer (native C, ``torch.compile`` or plain torch ops).
+
+        Example:
+            >>> import bnn
+            >>> model = bnn.use_population_statistics(bnn.MLP([64, 32, 10]), torch.rand(200, 64)).eval()
+            >>> bnn.pack(model, compile=False).kernel_names()
+            ['torch ops: float64 byte tables', 'torch ops: XNOR-popcount']
+        """
+        if self._native is not None:
+            real, binary = (f"native C: {kind}" for kind in native.kinds(self._native))
+        else:
+            real, binary = (
+                f"{'torch.compile' if dot is not eager and not dot.broken else 'torch ops'}: {what}"
+                for dot, eager, what in zip(self._dots, (_real_dot, _binary_dot), ("float64 byte tables", "XNOR-popcount"))
             )
+        return [real] + [binary] * (len(self.layers) - 1)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Class scores (float32, ``(batch, classes)``) of real-valued inputs ``x`` (finite, on the CPU).
+
+        Raises:
+            ValueError: ``x`` has the wrong number of features, is not a floating-point CPU tensor,
+                or holds NaN or infinite values.
+        """
+        if not isinstance(x, Tensor) or x.dim() < 2 or math.prod(x.shape[1:]) != self.sizes[0]:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(
+                f"input of shape {shape} does not fit: expected (batch, ...) with {self.sizes[0]} features per sample"
+            )
+        if x.device.type != "cpu":
+            raise ValueError(f"input is on the {x.device.type} device; PackedMLP runs on the CPU (pass x.cpu())")
         if not torch.is_floating_point(x):
             raise ValueError(f"input must be floating point, got dtype {x.dtype}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("input holds NaN or infinite values; PackedMLP accepts finite inputs only")
         with torch.inference_mode():
             if self._native is not None:
                 a = _native_last_preactivation(self._native, x, self.layers, self.sizes)
@@ -265,26 +296,40 @@ def _checksum(sizes: list[int], layers: list[dict]) -> str:
     return digest.hexdigest()
 
 
+_FILE_KEYS = {"format", "version", "sizes", "layers", "sha256"}
+
+
 def _check_file(data: object, path: str | os.PathLike) -> tuple[list[int], list[dict]]:
-    """Validate what :meth:`PackedMLP.save` wrote; return ``(sizes, layers)``."""
+    """Validate what :meth:`PackedMLP.save` wrote; return ``(sizes, layers)`` with contiguous CPU tensors.
+
+    Every entry must have exactly the dtype and shape the sizes imply (a file with extra or
+    missing entries, tensors short of memory or of another layout or device is refused); views
+    are copied (:func:`bnn.native.check_tensor`), so the layers own buffers of exactly those
+    sizes. Version 2 files are read too.
+    """
 
     def bad(why: str) -> ValueError:
         return ValueError(f"{path} is not a valid packed BNN file: {why}")
 
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise bad(f"it does not start with the {FORMAT!r} header")
-    if data.get("version") != VERSION:
-        raise bad(f"format version {data.get('version')!r}, this code reads version {VERSION}")
-    sizes, layers = data.get("sizes"), data.get("layers")
-    if not (isinstance(sizes, list) and len(sizes) >= 2 and all(isinstance(s, int) and s > 0 for s in sizes)):
+    if data.get("version") not in (2, VERSION):
+        raise bad(f"format version {data.get('version')!r}, this code reads versions 2 and {VERSION}")
+    if set(data) != _FILE_KEYS:
+        raise bad(f"it has entries {sorted(map(str, data))}, expected {sorted(_FILE_KEYS)}")
+    sizes, layers = data["sizes"], data["layers"]
+    if not (isinstance(sizes, list) and len(sizes) >= 2 and all(type(s) is int and s > 0 for s in sizes)):
         raise bad(f"sizes {sizes!r} are not a list of at least 2 positive ints")
-    if not (isinstance(layers, list) and len(layers) == len(sizes) - 1 and all(isinstance(l, dict) for l in layers)):
+    if not (isinstance(layers, list) and len(layers) == len(sizes) - 1 and all(type(l) is dict for l in layers)):
         raise bad(f"expected {len(sizes) - 1} layers")
     for i, layer in enumerate(layers):
         n_in, n_out = sizes[i], sizes[i + 1]
         last = i == len(layers) - 1
-        words = -(-n_in // 8) if i == 0 else -(-n_in // 64)
-        expected = {"weight": ((words, n_out), torch.uint8) if i == 0 else ((n_out, words), torch.int64)}
+        if i == 0:
+            groups = -(-n_in // 8)
+            expected = {"weight": ((groups, n_out) if data["version"] == 2 else (n_out, groups), torch.uint8)}
+        else:
+            expected = {"weight": ((n_out, -(-n_in // 64)), torch.int64)}
         if last:
             expected.update({k: ((n_out,), torch.float32) for k in ("mean", "var", "gamma", "beta")})
         else:
@@ -292,16 +337,18 @@ def _check_file(data: object, path: str | os.PathLike) -> tuple[list[int], list[
             expected["threshold"] = ((n_out,), torch.float64 if i == 0 else torch.int64)
         keys = set(expected) | ({"eps"} if last else set())
         if set(layer) != keys:
-            raise bad(f"layer {i} has entries {sorted(layer)}, expected {sorted(keys)}")
-        if last and not (isinstance(layer["eps"], float) and layer["eps"] > 0):
+            raise bad(f"layer {i} has entries {sorted(map(str, layer))}, expected {sorted(keys)}")
+        if last and not (type(layer["eps"]) is float and layer["eps"] > 0):
             raise bad(f"layer {i} 'eps' is {layer['eps']!r}, expected a float > 0")
         for key, (shape, dtype) in expected.items():
-            t = layer[key]
-            if not isinstance(t, Tensor) or tuple(t.shape) != shape or t.dtype != dtype:
-                got = f"{tuple(t.shape)} {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
-                raise bad(f"layer {i} {key!r} is {got}, expected {shape} {dtype}")
-    if data.get("sha256") != _checksum(sizes, layers):
+            try:
+                layer[key] = native.check_tensor(f"layer {i}", repr(key), layer[key], shape, dtype)
+            except ValueError as err:
+                raise bad(str(err)) from None
+    if data["sha256"] != _checksum(sizes, layers):
         raise bad("its contents do not match their SHA-256 checksum (the file is corrupted)")
+    if data["version"] == 2:
+        layers[0]["weight"] = layers[0]["weight"].t().contiguous()
     return sizes, layers
 
 
@@ -321,8 +368,8 @@ def _layers_of(model: nn.Module) -> list[tuple[BinaryLinear, nn.BatchNorm1d]]:
                 f"pack expects a bnn.MLP: BinaryLinear -> BatchNorm1d [-> SignActivation] per layer; "
                 f"found {type(linear).__name__} -> {type(norm).__name__} at layer {len(pairs)}"
             )
-        if linear.weight_quantizer is not ste_sign:
-            raise ValueError(f"layer {len(pairs)} does not binarize its weights (weight_quantizer is not ste_sign)")
+        if not isinstance(linear.weight_quantizer, SteSign):
+            raise ValueError(f"layer {len(pairs)} does not binarize its weights (its weight_quantizer is not a sign)")
         if linear.bias is not None:
             raise ValueError(f"layer {len(pairs)} has a bias; pack supports the bias-free layers of bnn.MLP")
         if norm.running_mean is None or norm.running_var is None:
@@ -397,23 +444,28 @@ def pack(model: nn.Module, compile: bool = True) -> PackedMLP:
     see the module docstring); ``False`` runs plain torch ops.
 
     Raises:
-        ValueError: ``model`` is not an MLP of binary layers with sign activations, or its
-            BatchNorm layers have no population statistics (:func:`bnn.use_population_statistics`).
+        ValueError: ``model`` is not an MLP of binary layers with sign activations, its
+            BatchNorm layers have no population statistics (:func:`bnn.use_population_statistics`),
+            or it is in training mode (where BatchNorm uses batch statistics, not the ones packed).
 
     Example:
         >>> import bnn
-        >>> model = bnn.use_population_statistics(bnn.MLP([784, 256, 10]), torch.rand(100, 784))
+        >>> model = bnn.use_population_statistics(bnn.MLP([784, 256, 10]), torch.rand(100, 784)).eval()
         >>> packed = bnn.pack(model)
         >>> packed.nbytes < bnn.summary(model).float32_bytes / 25
         True
     """
     pairs = _layers_of(model)
+    if any(module.training for module in model.modules()):
+        raise ValueError(
+            "pack needs the model in eval mode, where its BatchNorm layers use the population statistics that "
+            "pack folds in: call model.eval() before bnn.pack(model)"
+        )
     sizes = [pairs[0][0].in_features] + [linear.out_features for linear, _ in pairs]
     layers = []
     for i, (linear, norm) in enumerate(pairs):
         positive = linear.weight.detach() >= 0  # sign(0) = +1, as in the forward pass
-        # the first layer's sign bytes are read one input group at a time: stored (groups, outputs)
-        layer = {"weight": pack_bits(positive, word_bits=8).t().contiguous() if i == 0 else pack_bits(positive)}
+        layer = {"weight": pack_bits(positive, word_bits=8 if i == 0 else 64)}
         if i == len(pairs) - 1:
             gamma, beta = _affine(norm)
             layer.update(

@@ -1,102 +1,310 @@
 /* Inner products of bnn.PackedMLP, for bnn/native.py (built on first use with the system C compiler).
  *
  * Bit i of a packed row is column i (1 for +1, 0 for -1), as written by bnn.packed.pack_bits.
- * Rows and outputs are split between `threads` POSIX threads when the work is large enough.
+ * bnn/native.py checks every buffer (dtype, shape, contiguity, device) before calling; the sizes
+ * passed here are the sizes of those buffers.
+ *
+ * Both layers work on tiles of TILE_SAMPLES samples x TILE_OUTPUTS outputs, so every weight word
+ * loaded is used for several samples, over chunks of CHUNK outputs whose weights stay in cache
+ * while all samples pass. Outputs are split between `threads` POSIX threads in whole 64-bit words
+ * of the result bits. With AVX-512 (and VPOPCNTDQ for the popcount) the tiles use intrinsics,
+ * otherwise portable C (also forced with -DPACKED_PORTABLE, so it can be tested): the results
+ * are the same bits.
+ *
+ * First layer (real inputs x, n of them): each output's sum of the x_i whose weight bit is set,
+ * S1, is accumulated in float32 (16 lanes of masked adds, then a 4-level tree), and
+ * a = 2 S1 - sum(x) in float64. This float32 value is only used where it is provably on the same
+ * side of the threshold as the float64 sum: its error is at most `bound` (see sample_stats). The
+ * rare neurons nearer to their threshold are recomputed in float64 (real_exact), which also gives
+ * the pre-activations of a last layer.
  */
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
+
+#if !defined(PACKED_PORTABLE) && defined(__AVX512F__)
+#include <immintrin.h>
+#define REAL_AVX512 1
+#if defined(__AVX512VPOPCNTDQ__)
+#define BINARY_AVX512 1
+#endif
+#endif
 
 #define MAX_THREADS 64
+#define TILE_SAMPLES 4
+#define TILE_OUTPUTS 4
+#define CHUNK 256
+#define LANES 16 /* float32 inputs per masked add: 16 weight bits */
+#define INLINE static inline __attribute__((always_inline))
+#define UNROLL _Pragma("GCC unroll 16")
 
 typedef struct {
-    const void *input;      /* first layer: float x[batch][n]; hidden: uint64 h[batch][words] */
-    const void *weight;     /* first layer: uint8 w[groups][out] (transposed); hidden: uint64 w[out][words] */
-    int64_t batch, n, out, cols;  /* cols: groups (first layer) or words (hidden) */
+    const void *input;      /* first layer: float x[batch][n]; hidden: uint64 h[batch][cols] */
+    const void *weight;     /* first layer: uint8 w[out][cols]; hidden: uint64 w[out][cols] */
+    int64_t batch, n, out, cols; /* cols: bytes (first layer) or words (hidden) per weight row */
     const uint8_t *flip;    /* threshold and pack into bits: NULL to return the pre-activation */
     const void *threshold;  /* double (first layer) or int64 (hidden) */
     void *result;           /* bits: uint64 [batch][ceil(out/64)]; else double / int64 [batch][out] */
     int64_t begin, end;     /* outputs [begin, end) handled by this worker */
-    double *sums;           /* first layer: scratch of `out` doubles */
+    const float *xs;        /* first layer: x with rows padded by zeros to `stride` floats */
+    int64_t stride;
+    const double *total, *bound; /* first layer, per sample: sum(x) and the float32 error bound */
 } job_t;
+
+typedef void tile_fn(const job_t *job, int64_t s, int samples, int64_t o, int outputs);
+
+const char *real_layer_kind(void) {
+#ifdef REAL_AVX512
+    return "AVX-512 float32 masked adds, float64 near the threshold";
+#else
+    return "portable C float32 adds, float64 near the threshold";
+#endif
+}
+
+const char *binary_layer_kind(void) {
+#ifdef BINARY_AVX512
+    return "AVX-512 VPOPCNTDQ XNOR-popcount";
+#else
+    return "portable C XNOR-popcount";
+#endif
+}
 
 static inline void put_bit(uint64_t *row, int64_t o, int fires) {
     if (fires) row[o >> 6] |= (uint64_t)1 << (o & 63);
 }
 
-/* Table of the 256 signed sums of 8 inputs: t[b] = sum_j (bit j of b ? +x_j : -x_j), built so that
- * each entry adds 2 x_j to an entry with one bit fewer. */
-static void byte_table(const float *x, int64_t n, int64_t groups, double *table) {
-    for (int64_t g = 0; g < groups; g++) {
-        double xs[8], *t = table + 256 * g;
-        double total = 0.0;
-        for (int j = 0; j < 8; j++) {
-            int64_t col = 8 * g + j;
-            xs[j] = col < n ? (double)x[col] : 0.0;
-            total += xs[j];
-        }
-        t[0] = -total;
-        for (int b = 1; b < 256; b++) {
-            int low = __builtin_ctz(b);
-            t[b] = t[b & (b - 1)] + 2.0 * xs[low];
+/* Every tile of the worker's outputs: chunks of outputs, all samples per chunk. */
+static void for_each_tile(const job_t *job, tile_fn *tile) {
+    for (int64_t o0 = job->begin; o0 < job->end; o0 += CHUNK) {
+        int64_t o1 = job->end - o0 > CHUNK ? o0 + CHUNK : job->end;
+        for (int64_t s = 0; s < job->batch;) {
+            int samples = job->batch - s >= TILE_SAMPLES ? TILE_SAMPLES : 1;
+            for (int64_t o = o0; o < o1;) {
+                int outputs = o1 - o >= TILE_OUTPUTS ? TILE_OUTPUTS : 1;
+                tile(job, s, samples, o, outputs);
+                o += outputs;
+            }
+            s += samples;
         }
     }
+}
+
+/* ---- first layer ------------------------------------------------------------------------------ */
+
+/* Weight bits of inputs 16 b ... 16 b + 15 of one row (the last block of an odd row has one byte). */
+INLINE unsigned mask16(const uint8_t *row, int64_t b, int64_t bytes) {
+    return 2 * b + 1 < bytes ? row[2 * b] | (unsigned)row[2 * b + 1] << 8 : row[2 * b];
+}
+
+/* a = sum_i (bit i ? x_i : -x_i) in float64, input order. */
+static double real_exact(const job_t *job, int64_t s, int64_t o) {
+    const float *x = job->xs + s * job->stride;
+    const uint8_t *row = (const uint8_t *)job->weight + o * job->cols;
+    double a = 0.0;
+    for (int64_t i = 0; i < job->n; i++) a += (row[i >> 3] >> (i & 7) & 1) ? (double)x[i] : -(double)x[i];
+    return a;
+}
+
+/* S1 of `samples` x `outputs` (sample, output) pairs: float32 lanes of masked adds, 4-level tree. */
+INLINE void real_sums(const job_t *job, int64_t s, const int samples, int64_t o, const int outputs, float *sums) {
+    const float *x = job->xs + s * job->stride;
+    const uint8_t *w = (const uint8_t *)job->weight + o * job->cols;
+    int64_t blocks = job->stride / LANES, bytes = job->cols;
+#ifdef REAL_AVX512
+    __m512 acc[TILE_SAMPLES][TILE_OUTPUTS];
+    UNROLL
+    for (int i = 0; i < samples; i++)
+        UNROLL
+        for (int j = 0; j < outputs; j++) acc[i][j] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < blocks; b++) {
+        __m512 xv[TILE_SAMPLES];
+        UNROLL
+        for (int i = 0; i < samples; i++) xv[i] = _mm512_load_ps(x + i * job->stride + LANES * b);
+        UNROLL
+        for (int j = 0; j < outputs; j++) {
+            __mmask16 k = (__mmask16)mask16(w + j * bytes, b, bytes);
+            UNROLL
+            for (int i = 0; i < samples; i++) acc[i][j] = _mm512_mask_add_ps(acc[i][j], k, acc[i][j], xv[i]);
+        }
+    }
+    UNROLL
+    for (int i = 0; i < samples; i++)
+        UNROLL
+        for (int j = 0; j < outputs; j++) sums[i * TILE_OUTPUTS + j] = _mm512_reduce_add_ps(acc[i][j]);
+#else
+    float acc[TILE_SAMPLES][TILE_OUTPUTS][LANES] = {{{0}}};
+    for (int64_t b = 0; b < blocks; b++)
+        UNROLL
+        for (int j = 0; j < outputs; j++) {
+            unsigned k = mask16(w + j * bytes, b, bytes);
+            UNROLL
+            for (int i = 0; i < samples; i++)
+                for (int l = 0; l < LANES; l++)
+                    acc[i][j][l] += (k >> l & 1) ? x[i * job->stride + LANES * b + l] : 0.0f;
+        }
+    UNROLL
+    for (int i = 0; i < samples; i++)
+        UNROLL
+        for (int j = 0; j < outputs; j++) {
+            float *v = acc[i][j];
+            for (int width = LANES / 2; width >= 1; width /= 2)
+                for (int l = 0; l < width; l++) v[l] += v[l + width];
+            sums[i * TILE_OUTPUTS + j] = v[0];
+        }
+#endif
+}
+
+/* Does output o of sample s fire? From the float32 sum where that is certain, else in float64. */
+static inline int real_fires(const job_t *job, int64_t s, int64_t o, float sum) {
+    double threshold = ((const double *)job->threshold)[o];
+    double value = 2.0 * (double)sum - job->total[s];
+    double gap = (job->flip[o] ? -value : value) - threshold;
+    if (fabs(gap) > job->bound[s]) return gap > 0;
+    double exact = real_exact(job, s, o);
+    return (job->flip[o] ? -exact : exact) >= threshold;
+}
+
+INLINE void real_tile_of(const job_t *job, int64_t s, const int samples, int64_t o, const int outputs) {
+    float sums[TILE_SAMPLES * TILE_OUTPUTS];
+    real_sums(job, s, samples, o, outputs, sums);
+    int64_t words_out = (job->out + 63) / 64;
+    UNROLL
+    for (int i = 0; i < samples; i++)
+        UNROLL
+        for (int j = 0; j < outputs; j++)
+            put_bit((uint64_t *)job->result + (s + i) * words_out, o + j,
+                    real_fires(job, s + i, o + j, sums[i * TILE_OUTPUTS + j]));
+}
+
+/* Constant tile sizes, so the accumulators stay in registers. */
+static void real_tile(const job_t *job, int64_t s, int samples, int64_t o, int outputs) {
+    if (samples == TILE_SAMPLES && outputs == TILE_OUTPUTS) real_tile_of(job, s, TILE_SAMPLES, o, TILE_OUTPUTS);
+    else if (samples == TILE_SAMPLES) real_tile_of(job, s, TILE_SAMPLES, o, 1);
+    else if (outputs == TILE_OUTPUTS) real_tile_of(job, s, 1, o, TILE_OUTPUTS);
+    else real_tile_of(job, s, 1, o, 1);
 }
 
 static void *real_worker(void *arg) {
-    job_t *job = arg;
-    const uint8_t *w = job->weight;
-    int64_t groups = job->cols, words_out = (job->out + 63) / 64;
-    double *table = malloc(sizeof(double) * 256 * groups);
-    for (int64_t s = 0; s < job->batch; s++) {
-        byte_table((const float *)job->input + s * job->n, job->n, groups, table);
-        /* weights are stored transposed, w[g][o]: for each group, every output adds one table
-         * entry (a gather the compiler vectorizes); each output's sum keeps the order g = 0, 1, ... */
-        double *sums = job->sums;
-        for (int64_t o = job->begin; o < job->end; o++) sums[o] = 0.0;
-        for (int64_t g = 0; g < groups; g++) {
-            const double *t = table + 256 * g;
-            const uint8_t *wg = w + g * job->out;
-            for (int64_t o = job->begin; o < job->end; o++) sums[o] += t[wg[o]];
+    const job_t *job = arg;
+    if (job->flip != NULL) {
+        for_each_tile(job, real_tile);
+        return NULL;
+    }
+    for (int64_t s = 0; s < job->batch; s++)
+        for (int64_t o = job->begin; o < job->end; o++)
+            ((double *)job->result)[s * job->out + o] = real_exact(job, s, o);
+    return NULL;
+}
+
+/* Per sample: sum(x), and the largest distance between a computed from the float32 S1 and the
+ * float64 sum of real_exact. Float32 S1: each term goes through at most (blocks - 1) lane adds
+ * and 4 tree adds, so |error| <= gamma(blocks + 3) * sum|x| with gamma(k) = k u / (1 - k u),
+ * u = 2^-24, doubled in 2 S1; plus 2^-126 for each of those adds under flush-to-zero. The
+ * float64 sums (total, 2 S1 - total, real_exact, the lane reduction) add at most (2n + 32) u64
+ * sum|x|. The slack factor covers the rounding of the bound itself. Inputs whose float32 sums
+ * could overflow get an infinite bound (always float64). */
+static void sample_stats(const float *x, int64_t n, int64_t batch, int64_t stride, float *xs, double *total,
+                         double *bound) {
+    double blocks = (double)(stride / LANES), gamma = (blocks + 3) * 0x1p-24 / (1 - (blocks + 3) * 0x1p-24);
+    for (int64_t s = 0; s < batch; s++) {
+        const float *row = x + s * n;
+        float *padded = xs + s * stride;
+        double sum = 0.0, magnitude = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            padded[i] = row[i];
+            sum += row[i];
+            magnitude += fabs((double)row[i]);
         }
-        for (int64_t o = job->begin; o < job->end; o++) {
-            if (job->flip == NULL) {
-                ((double *)job->result)[s * job->out + o] = sums[o];
-            } else {
-                double value = job->flip[o] ? -sums[o] : sums[o];
-                put_bit((uint64_t *)job->result + s * words_out, o, value >= ((const double *)job->threshold)[o]);
-            }
+        for (int64_t i = n; i < stride; i++) padded[i] = 0.0f;
+        total[s] = sum;
+        int safe = magnitude < 0x1p120 && gamma > 0 && gamma < 1;
+        bound[s] = safe ? (magnitude * (2 * gamma + (2.0 * (double)n + 32) * 0x1p-53) + (blocks + 4) * 0x1p-125)
+                              * (1 + 0x1p-20)
+                        : INFINITY;
+    }
+}
+
+/* ---- hidden layers ---------------------------------------------------------------------------- */
+
+/* popcount(h XOR w) of `samples` x `outputs` pairs. */
+INLINE void binary_counts(const job_t *job, int64_t s, const int samples, int64_t o, const int outputs,
+                          int64_t *counts) {
+    int64_t words = job->cols;
+    const uint64_t *h = (const uint64_t *)job->input + s * words, *w = (const uint64_t *)job->weight + o * words;
+#ifdef BINARY_AVX512
+    __m512i acc[TILE_SAMPLES][TILE_OUTPUTS];
+    UNROLL
+    for (int i = 0; i < samples; i++)
+        UNROLL
+        for (int j = 0; j < outputs; j++) acc[i][j] = _mm512_setzero_si512();
+    for (int64_t k = 0; k < words; k += 8) {
+        __mmask8 valid = words - k >= 8 ? 0xFF : (__mmask8)((1u << (words - k)) - 1);
+        __m512i hv[TILE_SAMPLES];
+        UNROLL
+        for (int i = 0; i < samples; i++) hv[i] = _mm512_maskz_loadu_epi64(valid, h + i * words + k);
+        UNROLL
+        for (int j = 0; j < outputs; j++) {
+            __m512i wv = _mm512_maskz_loadu_epi64(valid, w + j * words + k);
+            UNROLL
+            for (int i = 0; i < samples; i++)
+                acc[i][j] = _mm512_add_epi64(acc[i][j], _mm512_popcnt_epi64(_mm512_xor_si512(hv[i], wv)));
         }
     }
-    free(table);
-    return NULL;
+    UNROLL
+    for (int i = 0; i < samples; i++)
+        UNROLL
+        for (int j = 0; j < outputs; j++) counts[i * TILE_OUTPUTS + j] = _mm512_reduce_add_epi64(acc[i][j]);
+#else
+    UNROLL
+    for (int i = 0; i < samples; i++)
+        UNROLL
+        for (int j = 0; j < outputs; j++) counts[i * TILE_OUTPUTS + j] = 0;
+    for (int64_t k = 0; k < words; k++)
+        UNROLL
+        for (int j = 0; j < outputs; j++)
+            UNROLL
+            for (int i = 0; i < samples; i++)
+                counts[i * TILE_OUTPUTS + j] += __builtin_popcountll(h[i * words + k] ^ w[j * words + k]);
+#endif
+}
+
+INLINE void binary_tile_of(const job_t *job, int64_t s, const int samples, int64_t o, const int outputs) {
+    int64_t counts[TILE_SAMPLES * TILE_OUTPUTS];
+    binary_counts(job, s, samples, o, outputs, counts);
+    int64_t words_out = (job->out + 63) / 64;
+    UNROLL
+    for (int i = 0; i < samples; i++)
+        UNROLL
+        for (int j = 0; j < outputs; j++) {
+            int64_t a = job->n - 2 * counts[i * TILE_OUTPUTS + j];
+            if (job->flip == NULL) {
+                ((int64_t *)job->result)[(s + i) * job->out + o + j] = a;
+            } else {
+                int64_t value = job->flip[o + j] ? -a : a;
+                put_bit((uint64_t *)job->result + (s + i) * words_out, o + j,
+                        value >= ((const int64_t *)job->threshold)[o + j]);
+            }
+        }
+}
+
+static void binary_tile(const job_t *job, int64_t s, int samples, int64_t o, int outputs) {
+    if (samples == TILE_SAMPLES && outputs == TILE_OUTPUTS) binary_tile_of(job, s, TILE_SAMPLES, o, TILE_OUTPUTS);
+    else if (samples == TILE_SAMPLES) binary_tile_of(job, s, TILE_SAMPLES, o, 1);
+    else if (outputs == TILE_OUTPUTS) binary_tile_of(job, s, 1, o, TILE_OUTPUTS);
+    else binary_tile_of(job, s, 1, o, 1);
 }
 
 static void *binary_worker(void *arg) {
-    job_t *job = arg;
-    const uint64_t *w = job->weight;
-    int64_t words = job->cols, words_out = (job->out + 63) / 64;
-    for (int64_t s = 0; s < job->batch; s++) {
-        const uint64_t *h = (const uint64_t *)job->input + s * words;
-        for (int64_t o = job->begin; o < job->end; o++) {
-            const uint64_t *row = w + o * words;
-            int64_t mismatches = 0;
-            for (int64_t k = 0; k < words; k++) mismatches += __builtin_popcountll(h[k] ^ row[k]);
-            int64_t a = job->n - 2 * mismatches;
-            if (job->flip == NULL) {
-                ((int64_t *)job->result)[s * job->out + o] = a;
-            } else {
-                int64_t value = job->flip[o] ? -a : a;
-                put_bit((uint64_t *)job->result + s * words_out, o, value >= ((const int64_t *)job->threshold)[o]);
-            }
-        }
-    }
+    for_each_tile(arg, binary_tile);
     return NULL;
 }
 
+/* ---- threads and entry points ----------------------------------------------------------------- */
+
 /* Outputs are split into `threads` ranges of whole 64-bit words (so no two workers share a word). */
-static int run(void *(*worker)(void *), job_t base, int threads) {
+static void run(void *(*worker)(void *), job_t base, int threads) {
     if (threads < 1) threads = 1;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     int64_t words_out = (base.out + 63) / 64;
@@ -114,23 +322,32 @@ static int run(void *(*worker)(void *), job_t base, int threads) {
         if (pthread_create(&ids[t], NULL, worker, &jobs[t]) != 0) break;
         started = t;
     }
-    for (int t = started + 1; t < threads; t++) worker(&jobs[t]);  /* threads that could not start */
+    for (int t = started + 1; t < threads; t++) worker(&jobs[t]); /* threads that could not start */
     worker(&jobs[0]);
     for (int t = 1; t <= started; t++) pthread_join(ids[t], NULL);
-    return 0;
 }
 
-int real_layer(const float *x, int64_t batch, int64_t n, const uint8_t *w, int64_t out, int64_t groups,
+/* Returns 0, or 1 when out of memory. */
+int real_layer(const float *x, int64_t batch, int64_t n, const uint8_t *w, int64_t out, int64_t bytes,
                const uint8_t *flip, const double *threshold, void *result, int threads) {
-    double *sums = malloc(sizeof(double) * out);
-    job_t job = {x, w, batch, n, out, groups, flip, threshold, result, 0, out, sums};
-    int status = run(real_worker, job, threads);
-    free(sums);
+    if (batch == 0) return 0;
+    int64_t stride = LANES * ((n + LANES - 1) / LANES);
+    float *xs = aligned_alloc(64, sizeof(float) * (size_t)(stride * batch)); /* a multiple of 64 bytes */
+    double *stats = malloc(sizeof(double) * 2 * (size_t)batch);
+    int status = xs == NULL || stats == NULL;
+    if (status == 0) {
+        sample_stats(x, n, batch, stride, xs, stats, stats + batch);
+        job_t job = {x, w, batch, n, out, bytes, flip, threshold, result, 0, out, xs, stride, stats, stats + batch};
+        run(real_worker, job, threads);
+    }
+    free(xs);
+    free(stats);
     return status;
 }
 
 int binary_layer(const uint64_t *h, int64_t batch, int64_t n, const uint64_t *w, int64_t out, int64_t words,
                  const uint8_t *flip, const int64_t *threshold, void *result, int threads) {
-    job_t job = {h, w, batch, n, out, words, flip, threshold, result, 0, out, NULL};
-    return run(binary_worker, job, threads);
+    job_t job = {h, w, batch, n, out, words, flip, threshold, result, 0, out, NULL, 0, NULL, NULL};
+    run(binary_worker, job, threads);
+    return 0;
 }

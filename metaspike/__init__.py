@@ -6,13 +6,17 @@ Example:
     >>> opt = metaspike.MetaplasticAdam(net.parameters(), lr=0.005, meta=1.35)
 """
 
-from metaspike.consolidation import available_rules, consolidate, get_rule
-from metaspike.optim import MetaplasticAdam, metaplastic, param_groups
-from metaspike.synapse import binarize, binarized_once, hidden_weights, ste_sign
+from metaspike.functional import consolidate
+from metaspike.optim import MetaplasticAdam, consolidates, metaplastic, param_groups
+from metaspike.population_statistics import use_population_statistics
+from metaspike.quantizers import ste_sign
+from metaspike.rules import available_rules, get_rule, register_rule
+from metaspike.synapse import binarize, binarized_once, hidden_weights, is_hidden_weight
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "MetaplasticAdam", "metaplastic", "param_groups", "binarize", "binarized_once", "hidden_weights",
-    "ste_sign", "consolidate", "get_rule", "available_rules", "__version__",
+    "MetaplasticAdam", "metaplastic", "param_groups", "consolidates", "binarize", "binarized_once",
+    "hidden_weights", "is_hidden_weight", "ste_sign", "consolidate", "get_rule", "register_rule",
+    "available_rules", "use_population_statistics", "__version__",
 ]

@@ -2,6 +2,6 @@
 
 import sys
 
-from metaspike.cli import main
+from metaspike.app.cli import main
 
 sys.exit(main())

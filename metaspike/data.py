@@ -44,6 +44,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from metaspike.files import atomic_write_bytes
+
 __all__ = [
     "DataError",
     "ArrayDataset",
@@ -295,19 +297,8 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
                + np.ascontiguousarray(arr, dtype=_IDX_DTYPES[code]).tobytes())
     if p.name.endswith(".gz"):
         payload = gzip.compress(payload, mtime=0)
-    _atomic_write(p, payload)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    p.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(p, payload)
 
 
 # --------------------------------------------------------------------------

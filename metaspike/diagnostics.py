@@ -4,7 +4,7 @@
 * :func:`sign_snapshot` / :func:`flip_rates`: the fraction of each layer's binary weights that changed
   sign since a snapshot (e.g. over one epoch).
 * :func:`consolidated_fractions`: the fraction of each layer's synapses whose updates toward zero are
-  damped to less than half (``rule.factor(W_h, meta) < 0.5``) under the optimizer's own ``meta``.
+  damped to less than half (a unit update toward zero keeps less than 0.5) under the optimizer's own ``meta``.
 * :func:`plasticity_ranking`: layers ordered by how much they still change (mean flip rate).
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from torch.optim import Optimizer
 
-from metaspike.consolidation import get_rule
+from metaspike.rules import get_rule
 from metaspike.synapse import weight_matrices
 
 __all__ = ["hidden_weight_histograms", "sign_snapshot", "flip_rates", "consolidated_fractions", "plasticity_ranking"]
@@ -81,8 +81,9 @@ def consolidated_fractions(model: nn.Module, optimizer: Optimizer, threshold: fl
     """Fraction of each layer's synapses whose updates toward zero are damped below ``threshold``.
 
     Uses the ``meta`` and ``rule`` of the optimizer's param group holding each weight matrix
-    (layers outside any metaplastic group count as 0; rules without a factor, such as the stateful
-    ``cascade`` and ``switch``, give ``nan``).
+    (layers outside any metaplastic group count as 0). The damping of a synapse is what the rule keeps
+    of a unit update toward zero; rules with per-synapse state (``cascade``, ``switch``) damp by their
+    history, not by ``W_h`` alone, and give ``nan``.
 
     Example:
         >>> from metaspike.optim import MetaplasticAdam
@@ -98,10 +99,13 @@ def consolidated_fractions(model: nn.Module, optimizer: Optimizer, threshold: fl
             fractions[name] = 0.0
             continue
         rule = get_rule(group.get("rule", "tanh"))
-        if not hasattr(rule, "factor"):  # stateful rules (cascade, switch) have no per-synapse factor
+        if not rule.elementwise:
             fractions[name] = math.nan
             continue
-        fractions[name] = float((rule.factor(weight.detach(), group["meta"]) < threshold).float().mean())
+        hidden = weight.detach()
+        toward_zero = torch.where(hidden >= 0, 1.0, -1.0).to(hidden.dtype)
+        kept, _ = rule.step(hidden, toward_zero, group["meta"], rule.init_state(hidden))
+        fractions[name] = float((kept.abs() < threshold).float().mean())
     return fractions
 
 

@@ -23,46 +23,81 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from metaspike.compiled import LazyCompiled
-from metaspike.consolidation import Rule, check_meta, consolidate, get_rule, is_stateful
-from metaspike.synapse import weight_matrices
+from metaspike.rules import Rule, check_meta, get_rule, state_from_dict, state_to_dict
+from metaspike.synapse import is_hidden_weight, weight_matrices
 
-__all__ = ["MetaplasticAdam", "metaplastic", "param_groups"]
+__all__ = ["MetaplasticAdam", "metaplastic", "param_groups", "consolidates"]
 
 FUSED_MIN_NUMEL = 1 << 18
 """With ``fused=None``, weight matrices with at least this many entries get the compiled step."""
 
-RULE_STATE = "rule_state/"
-"""A stateful rule's per-parameter state is kept in the optimizer state under ``RULE_STATE + key``."""
+
+def consolidates(param: Tensor, group: dict[str, Any]) -> bool:
+    """Whether ``group`` consolidates ``param``: its ``consolidate`` key when set (``True``/``False``, as
+    :func:`param_groups` sets it), else whether ``param`` is the hidden weight of a binary synapse
+    (so ``model.parameters()`` consolidates exactly those, never a float layer's weights).
+
+    Example:
+        >>> import metaspike
+        >>> net = metaspike.binarize(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)), exclude=["1"])
+        >>> [consolidates(p, {}) for p in net.parameters()]
+        [False, True, False, False]
+    """
+    flag = group.get("consolidate")
+    return is_hidden_weight(param) if flag is None else bool(flag)
 
 
-def _is_consolidated(param: Tensor) -> bool:
-    """Weight matrices and kernels are consolidated; biases and BatchNorm parameters (1-D) are not."""
-    return param.dim() > 1
+def _number(value: Any, name: str, low: float, high: float | None = None, *, open_low: bool = False,
+            open_high: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if open_low else value >= low)
+    if high is not None:
+        ok = ok and (value < high if open_high else value <= high)
+    if not ok:
+        left = "(" if open_low else "["
+        right = "inf)" if high is None else f"{high:g}{')' if open_high else ']'}"
+        raise ValueError(f"{name} must be a finite number in {left}{low:g}, {right}, got {value!r}")
+    return float(value)
 
 
 def _check_group(group: dict[str, Any]) -> None:
+    """Validate a param group's hyperparameters (those given to ``__init__`` and those a group sets)."""
+    if "lr" in group:
+        _number(group["lr"], "lr", 0.0)
+    if "eps" in group:
+        _number(group["eps"], "eps", 0.0)
+    if "weight_decay" in group:
+        _number(group["weight_decay"], "weight_decay", 0.0)
+    if "betas" in group:
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        for beta in betas:
+            _number(beta, "each of betas", 0.0, 1.0, open_high=True)
     check_meta(group["meta"], "meta")
     get_rule(group["rule"])
+    if group.get("consolidate") not in (None, True, False):
+        raise ValueError(f"consolidate must be True, False or None, got {group['consolidate']!r}")
 
 
 class MetaplasticAdam(Optimizer):
     """Adam with metaplastic consolidation of hidden weights (Laborieux et al. 2021).
 
-    For every parameter with more than one dimension, the first moment ``exp_avg`` used in the
-    update is multiplied by ``rule.factor(W_h, meta)`` (``1 - tanh²(meta·W_h)`` by default) where
-    ``sign(W_h)·exp_avg > 0``, i.e. where the step would move ``W_h`` toward zero. The stored moment
-    is not changed. 1-D parameters get plain Adam. Weight decay is added to the gradient, as in
-    ``torch.optim.Adam``.
+    For every consolidated parameter (see :func:`consolidates`: the hidden weights of binary
+    synapses, or what a group's ``consolidate`` key says), the Adam step ``lr·m̂/(√v̂ + eps)`` goes
+    through the group's rule: with the paper's rule it is multiplied by ``1 - tanh²(meta·W_h)``
+    where it would move ``W_h`` toward zero. The stored moments are not changed. Every other
+    parameter gets plain Adam. Weight decay is added to the gradient, as in ``torch.optim.Adam``.
 
     Args:
-        params: parameters or param groups; a group may set its own ``meta`` and ``rule``.
-        lr, betas, eps, weight_decay: as in ``torch.optim.Adam``.
+        params: parameters or param groups; a group may set its own ``meta``, ``rule`` and
+            ``consolidate`` (``True``/``False``; ``None``: the binary synapses' hidden weights).
+        lr, betas, eps, weight_decay: as in ``torch.optim.Adam``; validated for every group.
         meta: metaplasticity strength ``m >= 0``; ``0`` gives plain Adam.
-        rule: consolidation rule name (see :func:`metaspike.consolidation.available_rules`) or object.
-            A stateful rule gets the step itself (``lr·m̂/(√v̂ + eps)``) and keeps its state in the
-            optimizer state (see :data:`RULE_STATE`); its groups use separate tensor operations.
+        rule: consolidation rule name (see :func:`metaspike.rules.available_rules`) or object; a
+            rule's state is kept in the optimizer state under ``"rule_state"``.
         foreach: use the multi-tensor path; ``None`` chooses as ``torch.optim.Adam`` does.
-        fused: how consolidated parameters (``meta > 0``, more than one dimension) are updated.
+        fused: how consolidated parameters with an elementwise rule (tanh, none) are updated.
             ``True``: by one fused loop compiled with ``torch.compile`` (compiled once per process,
             on the first step, a few seconds; cached on disk by torch afterwards); ``False``: by
             separate tensor operations; ``None``: fused for matrices of at least
@@ -71,7 +106,8 @@ class MetaplasticAdam(Optimizer):
             so it stays ``torch.optim.Adam`` bit for bit.
 
     Example:
-        >>> model = torch.nn.Linear(4, 2)
+        >>> import metaspike
+        >>> model = metaspike.binarize(torch.nn.Sequential(torch.nn.Linear(4, 2)))
         >>> opt = MetaplasticAdam(model.parameters(), lr=0.005, meta=1.35)
         >>> model(torch.randn(3, 4)).sum().backward()
         >>> opt.step()
@@ -90,14 +126,6 @@ class MetaplasticAdam(Optimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
     ) -> None:
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
-            raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
-        if not (isinstance(eps, (int, float)) and eps >= 0):
-            raise ValueError(f"eps must be >= 0, got {eps!r}")
-        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
-        if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
         if fused not in (None, True, False):
             raise ValueError(f"fused must be True, False or None, got {fused!r}")
         defaults = dict(
@@ -105,15 +133,16 @@ class MetaplasticAdam(Optimizer):
             betas=tuple(betas),
             eps=eps,
             weight_decay=weight_decay,
-            meta=check_meta(meta),
+            meta=meta,
             rule=rule,
+            consolidate=None,
             foreach=foreach,
             fused=fused,
         )
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a param group; its ``meta`` and ``rule`` are validated."""
+        """Add a param group; its hyperparameters are validated."""
         super().add_param_group(param_group)
         _check_group(self.param_groups[-1])
 
@@ -134,25 +163,23 @@ class MetaplasticAdam(Optimizer):
                 loss = closure()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
             if any(p.grad.is_sparse for p in params):
                 raise RuntimeError("MetaplasticAdam does not support sparse gradients")
-            states = [self._init_state(p) for p in params]
-            fused = [_uses_compiled_step(p, group) for p in params]
-            for param, state in zip(_pick(params, fused, True), _pick(states, fused, True)):
-                _adam_step_(param, param.grad, state, group, update=_compiled_update)
-            params, states = _pick(params, fused, False), _pick(states, fused, False)
-            if not params:
+            consolidated = [group["meta"] != 0 and consolidates(p, group) for p in params]
+            for param in _pick(params, consolidated, True):
+                _metaplastic_step_(param, self._init_state(param), group)
+            plain = _pick(params, consolidated, False)
+            if not plain:
                 continue
+            states = [self._init_state(p) for p in plain]
             foreach = group["foreach"]
             if foreach is None:
-                foreach = all(p.device.type != "cpu" for p in params) and not torch.jit.is_scripting()
-            if foreach and not is_stateful(get_rule(group["rule"])):
-                _multi_tensor_step(group, params, states)
+                foreach = all(p.device.type != "cpu" for p in plain) and not torch.jit.is_scripting()
+            if foreach:
+                _multi_tensor_adam(group, plain, states)
             else:
-                for param, state in zip(params, states):
-                    _adam_step_(param, param.grad, state, group)
+                for param, state in zip(plain, states):
+                    _adam_step_(param, state, group, meta=0.0)
         return loss
 
 
@@ -160,47 +187,41 @@ def _pick(items: list, flags: list[bool], wanted: bool) -> list:
     return [item for item, flag in zip(items, flags) if flag == wanted]
 
 
-def _consolidated_moment(param: Tensor, exp_avg: Tensor, group: dict[str, Any]) -> Tensor:
-    if group["meta"] == 0 or not _is_consolidated(param):
-        return exp_avg
-    return consolidate(param, exp_avg, group["meta"], group["rule"])
-
-
-def _adam_step_(
-    param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any],
-    update: Callable[..., None] | None = None,
-) -> None:
-    """One Adam step of one parameter, in place, with its first moment consolidated.
-
-    ``update`` is :func:`_adam_update_` (default) or its compiled version (never for stateful rules).
-    """
+def _adam_step_(param: Tensor, state: dict[str, Any], group: dict[str, Any], meta: float,
+                update: Callable[..., Any] | None = None) -> Any:
+    """One Adam step of one parameter, in place, its update passed through the group's rule when
+    ``meta > 0``; returns the rule's new state. ``update`` is :func:`_adam_update_` (default) or its
+    compiled version."""
     state["step"] += 1
     step = state["step"].item()
     beta1, beta2 = group["betas"]
-    tensors = (param, grad, state["exp_avg"], state["exp_avg_sq"])
+    rule = get_rule(group["rule"])
+    rule_state = state_from_dict(rule, param, state.get("rule_state")) if meta != 0 else None
+    tensors = (param, param.grad, state["exp_avg"], state["exp_avg_sq"])
     if update is not None:  # the compiled loop sees flat views: one symbolic size for every layer
         tensors = tuple(t.view(-1) for t in tensors)
-    (update or _adam_update_)(
+    new_state = (update or _adam_update_)(
         *tensors,
         step_size=group["lr"] / (1 - beta1**step),
         bias_correction2_sqrt=(1 - beta2**step) ** 0.5,
         beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
-        meta=group["meta"] if _is_consolidated(param) else 0.0, rule=group["rule"],
-        **({"opt_state": state} if update is None else {}),
+        meta=meta, rule=rule, rule_state=rule_state,
     )
+    if new_state is not None and len(new_state) > 0:
+        state["rule_state"] = state_to_dict(new_state)
+    return new_state
 
 
 def _adam_update_(
     param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, *,
     step_size: float, bias_correction2_sqrt: float, beta1: float, beta2: float, eps: float,
-    weight_decay: float, meta: float, rule: str | Rule, opt_state: dict[str, Any] | None = None,
-) -> None:
+    weight_decay: float, meta: float, rule: Rule, rule_state: Any,
+) -> Any:
     """The update itself, written so that ``torch.compile`` can fuse it into one loop.
 
-    With ``meta == 0`` these are the operations of ``torch.optim.Adam`` (single-tensor path).
-    With ``meta > 0`` the step size divides the denominator instead of being ``addcdiv_``'s scalar
-    argument, so that the compiled loop takes it as an input rather than recompiling every step.
-    A stateful rule (its state in ``opt_state``) rewrites the step itself rather than the moment.
+    With ``meta == 0`` these are the operations of ``torch.optim.Adam`` (single-tensor path). With
+    ``meta > 0`` the Adam step ``lr·m̂/(√v̂ + eps)`` goes through ``rule.step`` (the step size divides
+    the denominator, so that the compiled loop takes it as an input rather than recompiling every step).
     """
     if weight_decay != 0:
         grad = grad.add(param, alpha=weight_decay)
@@ -209,44 +230,30 @@ def _adam_update_(
     denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
     if meta == 0:
         param.addcdiv_(exp_avg, denom, value=-step_size)
-    elif opt_state is None or not is_stateful(get_rule(rule)):
-        param.addcdiv_(consolidate(param, exp_avg, meta, rule), denom.div_(step_size), value=-1)
-    else:
-        param.sub_(_consolidate_in(opt_state, param, exp_avg / denom.div_(step_size), meta, rule))
-
-
-def _consolidate_in(
-    opt_state: dict[str, Any], hidden: Tensor, update: Tensor, meta: float, rule: str | Rule
-) -> Tensor:
-    """:func:`consolidate`, with a stateful rule's state read from and written back to ``opt_state``
-    (under :data:`RULE_STATE`), created by the rule on first use."""
-    rule = get_rule(rule)
-    if not is_stateful(rule):
-        return consolidate(hidden, update, meta, rule)
-    state = {k[len(RULE_STATE):]: v for k, v in opt_state.items() if k.startswith(RULE_STATE)}
-    state = state or rule.init_state(hidden)
-    update = consolidate(hidden, update, meta, rule, state)
-    opt_state.update({RULE_STATE + k: v for k, v in state.items()})
-    return update
+        return rule_state
+    update, rule_state = rule.step(param, exp_avg / denom.div_(step_size), meta, rule_state)
+    param.sub_(update)
+    return rule_state
 
 
 _compiled_update = LazyCompiled(_adam_update_, "fused MetaplasticAdam step")
 
 
-def _uses_compiled_step(param: Tensor, group: dict[str, Any]) -> bool:
+def _metaplastic_step_(param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    """A consolidated parameter's step: one compiled loop for large matrices under an elementwise rule."""
+    rule = get_rule(group["rule"])
     fused = group.get("fused")
-    if fused is False or group["meta"] == 0 or not _is_consolidated(param) or _compiled_update.broken:
-        return False
-    if is_stateful(get_rule(group["rule"])):
-        return False
-    if torch.compiler.is_compiling():  # already inside a compiled region: it fuses the update itself
-        return False
-    if not (param.is_contiguous() and param.grad.is_contiguous()):
-        return False
-    return fused is True or param.numel() >= FUSED_MIN_NUMEL
+    compiled = (
+        fused is not False and rule.elementwise and not _compiled_update.broken
+        and not torch.compiler.is_compiling()  # already inside a compiled region: it fuses the update itself
+        and param.is_contiguous() and param.grad.is_contiguous()
+        and (fused is True or param.numel() >= FUSED_MIN_NUMEL)
+    )
+    _adam_step_(param, state, group, group["meta"], update=_compiled_update if compiled else None)
 
 
-def _multi_tensor_step(group: dict[str, Any], params: list[Tensor], states: list[dict]) -> None:
+def _multi_tensor_adam(group: dict[str, Any], params: list[Tensor], states: list[dict]) -> None:
+    """Plain Adam on many tensors at once, as ``torch.optim.Adam(foreach=True)`` computes it."""
     beta1, beta2 = group["betas"]
     lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
     grads = [p.grad for p in params]
@@ -264,8 +271,7 @@ def _multi_tensor_step(group: dict[str, Any], params: list[Tensor], states: list
     denoms = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_div_(denoms, [(1 - beta2**t) ** 0.5 for t in step_values])
     torch._foreach_add_(denoms, eps)
-    moments = [_consolidated_moment(p, m, group) for p, m in zip(params, exp_avgs)]
-    torch._foreach_addcdiv_(params, moments, denoms, step_sizes)
+    torch._foreach_addcdiv_(params, exp_avgs, denoms, step_sizes)
 
 
 def metaplastic(
@@ -273,15 +279,16 @@ def metaplastic(
 ) -> Optimizer:
     """Add metaplastic consolidation to any torch optimizer, in place, and return it.
 
-    Before each step the weight matrices are remembered; after it, the part of each change that
-    moved a weight toward zero is scaled by the rule's factor at the old weight. ``meta`` becomes a
-    param-group hyperparameter (groups that already set one keep it), so LR schedulers,
-    ``state_dict()`` and per-layer strengths work as with the plain optimizer. A stateful rule gets
-    each change itself and keeps its state in ``optimizer.state`` (see :data:`RULE_STATE`), so
-    ``state_dict()`` saves it too.
+    Before each step the consolidated weights (see :func:`consolidates`) are remembered; after it,
+    each one's change goes through the group's rule (``rule.step(old, old - new, meta, state)``) and
+    the weight is set to ``old - update``. ``meta``, ``rule`` and ``consolidate`` become param-group
+    hyperparameters (groups that already set them keep them), so LR schedulers, ``state_dict()`` and
+    per-layer strengths work as with the plain optimizer; a rule's state lives in ``optimizer.state``
+    under ``"rule_state"``, so ``state_dict()`` saves it too.
 
     Example:
-        >>> model = torch.nn.Linear(4, 2)
+        >>> import metaspike
+        >>> model = metaspike.binarize(torch.nn.Sequential(torch.nn.Linear(4, 2)))
         >>> opt = metaplastic(torch.optim.SGD(model.parameters(), lr=0.1), meta=2.0)
         >>> model(torch.randn(3, 4)).sum().backward()
         >>> opt.step()
@@ -290,9 +297,10 @@ def metaplastic(
         raise ValueError("this optimizer already has metaplastic consolidation")
     optimizer.defaults.setdefault("meta", check_meta(meta))
     optimizer.defaults.setdefault("rule", rule)
+    optimizer.defaults.setdefault("consolidate", None)
     for group in optimizer.param_groups:
-        group.setdefault("meta", optimizer.defaults["meta"])
-        group.setdefault("rule", optimizer.defaults["rule"])
+        for key in ("meta", "rule", "consolidate"):
+            group.setdefault(key, optimizer.defaults[key])
         _check_group(group)
     before: dict[Tensor, Tensor] = {}
 
@@ -301,17 +309,22 @@ def metaplastic(
         for group in opt.param_groups:
             if group["meta"] != 0:
                 for p in group["params"]:
-                    if p.grad is not None and _is_consolidated(p):
+                    if p.grad is not None and consolidates(p, group):
                         before[p] = p.detach().clone()
 
     @torch.no_grad()
     def damp(opt: Optimizer, args: Any, kwargs: Any) -> None:
         for group in opt.param_groups:
+            rule = get_rule(group["rule"])
             for p in group["params"]:
                 old = before.get(p)
-                if old is not None:
-                    update = old - p
-                    p.copy_(old - _consolidate_in(opt.state[p], old, update, group["meta"], group["rule"]))
+                if old is None:
+                    continue
+                state = opt.state[p]
+                update, new_state = rule.step(old, old - p, group["meta"], state_from_dict(rule, old, state.get("rule_state")))
+                p.copy_(old - update)
+                if len(new_state) > 0:
+                    state["rule_state"] = state_to_dict(new_state)
         before.clear()
 
     optimizer.register_step_pre_hook(remember)
@@ -321,23 +334,25 @@ def metaplastic(
 
 
 def param_groups(model: nn.Module, meta: float | Sequence[float]) -> list[dict[str, Any]]:
-    """Param groups giving each weight matrix its own ``meta`` (one value for all, or one per layer).
+    """Param groups that say which parameters are consolidated, each weight layer with its own ``meta``.
 
-    Weight matrices are the hidden weights of binary synapses (or, in a model without any, every
-    parameter with more than one dimension), in model order; all other parameters form a last
-    group with ``meta=0``.
+    The consolidated groups (``consolidate=True``, one per layer, in model order, ``meta`` one value
+    for all or one per layer) hold the hidden weights of the binary synapses, or, in a model without
+    any, every parameter with more than one dimension (the full-precision variant). A last group
+    holds every other parameter with ``consolidate=False`` and ``meta=0``. A weight shared by two
+    layers is listed once.
 
     Example:
         >>> from bnn import MLP
         >>> groups = param_groups(MLP([784, 100, 100, 10]), [2.0, 1.0, 0.5])
-        >>> [g["meta"] for g in groups]
-        [2.0, 1.0, 0.5, 0.0]
+        >>> [(g["meta"], g["consolidate"]) for g in groups]
+        [(2.0, True), (1.0, True), (0.5, True), (0.0, False)]
     """
-    matrices = [w for _, w in weight_matrices(model)]
-    if isinstance(meta, (int, float)):
+    matrices = list({id(w): w for _, w in weight_matrices(model)}.values())
+    if isinstance(meta, (int, float)) and not isinstance(meta, bool):
         metas = [check_meta(meta)] * len(matrices)
     else:
-        metas = [check_meta(m, "meta") for m in meta]
+        metas = [check_meta(m, "meta") for m in meta]  # type: ignore[union-attr]
         if len(metas) != len(matrices):
             raise ValueError(
                 f"got {len(metas)} meta values but the model has {len(matrices)} weight layers; "
@@ -345,7 +360,7 @@ def param_groups(model: nn.Module, meta: float | Sequence[float]) -> list[dict[s
             )
     chosen = {id(w) for w in matrices}
     rest = [p for p in model.parameters() if id(p) not in chosen]
-    groups: list[dict[str, Any]] = [{"params": [w], "meta": m} for w, m in zip(matrices, metas)]
+    groups: list[dict[str, Any]] = [{"params": [w], "meta": m, "consolidate": True} for w, m in zip(matrices, metas)]
     if rest:
-        groups.append({"params": rest, "meta": 0.0})
+        groups.append({"params": rest, "meta": 0.0, "consolidate": False})
     return groups

@@ -1,240 +1,96 @@
-"""The binary synapse: ``sign`` in the forward pass, a straight-through gradient in the backward pass.
+"""The binary synapse: a hidden weight ``W_h`` shown as ``sign(W_h)`` in the forward pass, its gradient
+passed straight through, so that ``|W_h|`` can act as a consolidation variable.
 
-* :func:`ste_sign` binarizes hidden weights; the gradient passes unchanged (straight through), so
-  the hidden weight ``W_h`` keeps accumulating updates and its magnitude can act as a consolidation
-  variable.
-* :func:`clipped_sign` binarizes activations; the gradient passes only where ``|x| <= 1``.
-* :func:`binarize` puts :func:`ste_sign` onto the weights of any existing model (snnTorch, Norse or
-  plain torch) with ``torch.nn.utils.parametrize``: the hidden weights stay the trainable
-  parameters, the forward pass sees ±1.
-* :func:`hidden_weights` returns the hidden weights of a model, to hand to the optimizer.
-
-``sign(0)`` is taken as ``+1`` so that the forward pass is strictly binary.
+* :func:`binarize` puts the synapse onto the weights of any existing model (snnTorch, Norse or plain
+  torch) with ``torch.nn.utils.parametrize``; the hidden weights stay the trainable parameters.
+* :class:`BinarySynapse` is the small interface a layer implements to *be* a binary synapse (the
+  ``bnn`` layers do), so that the core finds it without importing ``bnn``.
+* :func:`binary_modules`, :func:`hidden_weights`, :func:`is_hidden_weight` find the synapses.
+* :func:`binarized_once` is a block in which every weight's sign is taken once; :func:`signs_cache_key`
+  is the public hook that tells a layer with its own sign buffers whether it may reuse them.
 """
 
 from __future__ import annotations
 
+import itertools
 import weakref
-from dataclasses import dataclass
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from metaspike.compiled import LazyCompiled
+from metaspike.quantizers import ste_sign
 
 __all__ = [
-    "ste_sign",
-    "clipped_sign",
-    "get_quantizer",
-    "available_quantizers",
-    "BinarySynapse",
-    "SignWeight",
-    "binarize",
-    "hidden_weights",
-    "weight_matrices",
-    "binary_modules",
-    "binarized_once",
+    "BinarySynapse", "SignWeight", "binarize", "binary_modules", "hidden_weights", "is_hidden_weight",
+    "mark_hidden_weight", "weight_matrices", "binarized_once", "signs_cache_key",
 ]
 
-Quantizer = Callable[[Tensor], Tensor]
+_HIDDEN_WEIGHTS: dict[int, weakref.ref] = {}  # id -> weak reference (tensors compare elementwise: no WeakSet)
 
 
-def _sign(x: Tensor, out: Tensor | None = None) -> Tensor:
-    # sign(x) + 0.5 lies in {-0.5, 0.5, 1.5}, so its sign maps 0 (and -0.0) to +1; several times faster
-    # on CPU than torch.where(x >= 0, 1.0, -1.0), which builds a mask and two scalar tensors
-    return torch.sign(x, out=out).add_(0.5).sign_()
+def _forget(key: int, reference: weakref.ref) -> None:
+    if _HIDDEN_WEIGHTS.get(key) is reference:
+        del _HIDDEN_WEIGHTS[key]
 
 
-class _SteSign(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        return _sign(x)
+def mark_hidden_weight(weight: Tensor) -> Tensor:
+    """Record ``weight`` as the hidden weight of a binary synapse (see :func:`is_hidden_weight`); returns it.
 
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        return grad
-
-
-class _StraightThrough(torch.autograd.Function):
-    """Shows precomputed ``signs`` in the forward pass; the gradient reaches ``hidden`` unchanged."""
-
-    @staticmethod
-    def forward(ctx, hidden: Tensor, signs: Tensor) -> Tensor:  # type: ignore[override]
-        return signs.view_as(signs)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        return grad, None
-
-
-class _ClippedSign(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x)
-        return _sign(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= 1).to(grad.dtype)
-
-
-def ste_sign(x: Tensor) -> Tensor:
-    """``sign(x)`` (with ``sign(0) = +1``) whose gradient is passed straight through.
+    Binary synapse layers call it when created and on every forward pass (a copied model marks its
+    weights again on its first pass, before any gradient exists).
 
     Example:
-        >>> w = torch.tensor([-0.3, 0.0, 2.0], requires_grad=True)
-        >>> ste_sign(w)
-        tensor([-1.,  1.,  1.], grad_fn=<_SteSignBackward>)
+        >>> w = nn.Parameter(torch.zeros(2, 2))
+        >>> is_hidden_weight(mark_hidden_weight(w))
+        True
     """
-    return _SteSign.apply(x)
+    key = id(weight)
+    reference = _HIDDEN_WEIGHTS.get(key)
+    if reference is None or reference() is not weight:
+        _HIDDEN_WEIGHTS[key] = weakref.ref(weight, lambda ref, key=key: _forget(key, ref))
+    return weight
 
 
-def clipped_sign(x: Tensor) -> Tensor:
-    """``sign(x)`` whose gradient passes only where ``|x| <= 1`` (hard-tanh straight-through).
+def is_hidden_weight(weight: Tensor) -> bool:
+    """Whether ``weight`` is the hidden weight of a binary synapse (what optimizers consolidate by default).
 
     Example:
-        >>> x = torch.tensor([-2.0, 0.5], requires_grad=True)
-        >>> clipped_sign(x).sum().backward(); x.grad
-        tensor([0., 1.])
+        >>> net = binarize(nn.Sequential(nn.Linear(4, 3)))
+        >>> [is_hidden_weight(p) for p in net.parameters()]
+        [False, True]
     """
-    return _ClippedSign.apply(x)
-
-
-def _identity(x: Tensor) -> Tensor:
-    return x
-
-
-_QUANTIZERS: dict[str, Quantizer] = {"ste_sign": ste_sign, "clipped_sign": clipped_sign, "none": _identity}
-
-
-def available_quantizers() -> list[str]:
-    """Names accepted by :func:`get_quantizer`.
-
-    Example:
-        >>> available_quantizers()
-        ['clipped_sign', 'none', 'ste_sign']
-    """
-    return sorted(_QUANTIZERS)
-
-
-def get_quantizer(quantizer: str | Quantizer | None) -> Quantizer:
-    """Resolve a quantizer given by name, as a callable, or ``None`` (no quantization).
-
-    Example:
-        >>> get_quantizer("ste_sign")(torch.tensor([-0.2]))
-        tensor([-1.])
-    """
-    if quantizer is None:
-        return _identity
-    if isinstance(quantizer, str):
-        try:
-            return _QUANTIZERS[quantizer]
-        except KeyError:
-            raise ValueError(
-                f"unknown quantizer {quantizer!r}; available: {', '.join(available_quantizers())}"
-            ) from None
-    if not callable(quantizer):
-        raise ValueError(f"quantizer must be a name, a callable or None, got {quantizer!r}")
-    return quantizer
-
-
-COMPILED_SIGNS_MIN_NUMEL = 1 << 20
-"""Hidden weights with at least this many entries get their signs from one compiled pass."""
-
-
-def _signs_into(weight: Tensor, outs: list[Tensor]) -> None:
-    _sign(weight, out=outs[0])
-    for out in outs[1:]:
-        out.copy_(outs[0])
-
-
-_compiled_signs_into = LazyCompiled(_signs_into, "sign buffers of a binary layer")  # one fused pass
-
-
-def _write_signs(weight: Tensor, outs: list[Tensor]) -> None:
-    """Write ``sign(weight)`` (``sign(0) = +1``) into every tensor of ``outs`` (the first has the
-    weight's dtype)."""
-    large = weight.numel() >= COMPILED_SIGNS_MIN_NUMEL and not torch.compiler.is_compiling()
-    with torch.no_grad():
-        (_compiled_signs_into if large else _signs_into)(weight, outs)
-
-
-@dataclass
-class _SignBuffers:
-    weight: weakref.ref
-    tensors: dict[torch.dtype, Tensor]
-    version: int | None = None
+    reference = _HIDDEN_WEIGHTS.get(id(weight))
+    return reference is not None and reference() is weight
 
 
 class BinarySynapse:
-    """Mixin for layers whose ``weight`` parameter is a hidden weight seen as ±1 in the forward pass.
+    """Interface of a layer whose ``weight`` parameter is a hidden weight shown as ±1 in the forward pass.
 
-    Layers of the ``bnn`` API inherit from it, so :func:`hidden_weights` finds them without
-    ``metaspike`` importing ``bnn``.
+    A subclass sets ``is_binary`` (``False`` for a full-precision variant of the same layer) and
+    implements :meth:`visible_weight`; layers of the ``bnn`` API do, so :func:`binary_modules` finds
+    them without ``metaspike`` importing ``bnn``.
     """
 
     weight: nn.Parameter
-    weight_quantizer: Quantizer
 
     @property
     def is_binary(self) -> bool:
-        """True when the weight quantizer binarizes (anything but ``"none"``)."""
-        return self.weight_quantizer is not _identity
+        """True when the layer binarizes its weights."""
+        return True
 
     def visible_weight(self) -> Tensor:
-        """The weight the forward pass uses (±1 for a binary synapse).
-
-        For the default ``ste_sign`` quantizer the ±1 weights live in one buffer per layer, rewritten
-        in place only when the hidden weights change (an optimizer step bumps their version): several
-        forward passes per step, and evaluation, reuse it, and training does not allocate (and page
-        in) a fresh weight-sized tensor every step.
-        """
-        if self.weight_quantizer is not ste_sign:
-            return self.weight_quantizer(self.weight)
-        signs = self._current_signs()
-        if torch.is_grad_enabled() and self.weight.requires_grad:
-            return _StraightThrough.apply(self.weight, signs)
-        return signs
-
-    def _current_signs(self, dtype: torch.dtype | None = None) -> Tensor:
-        """The ±1 buffer of ``dtype`` (default: the weight's), rewritten when the weight has changed.
-
-        All buffers of a layer (float32, and bfloat16 where :mod:`metaspike.binary_linear` uses it)
-        are written together, in one pass over the hidden weights for large layers.
-        """
-        weight = self.weight
-        buffers = self.__dict__.get("_sign_buffers")
-        if buffers is None or buffers.weight() is not weight:
-            buffers = _SignBuffers(weakref.ref(weight), {weight.dtype: torch.empty_like(weight)})
-            self.__dict__["_sign_buffers"] = buffers
-        dtype = dtype or weight.dtype
-        if dtype not in buffers.tensors:
-            buffers.tensors[dtype] = torch.empty_like(weight, dtype=dtype)
-            buffers.version = None
-        if buffers.version != weight._version:
-            _write_signs(weight, list(buffers.tensors.values()))
-            buffers.version = weight._version
-        return buffers.tensors[dtype]
-
-    def _gradient_buffer(self) -> Tensor:
-        """A weight-sized buffer that the weight gradient is written into when its memory is free."""
-        buffer = self.__dict__.get("_grad_buffer")
-        weight = self.weight
-        if buffer is None or buffer.shape != weight.shape or buffer.device != weight.device:
-            buffer = torch.empty_like(weight, memory_format=torch.contiguous_format)
-            self.__dict__["_grad_buffer"] = buffer
-        return buffer
+        """The weight the forward pass uses (±1 for a binary synapse)."""
+        raise NotImplementedError
 
 
 class SignWeight(nn.Module):
-    """Parametrization that shows ``ste_sign(W_h)`` in place of the hidden weight ``W_h``."""
+    """Parametrization that shows ``sign(W_h)`` (unclipped straight-through gradient) in place of ``W_h``."""
 
     def forward(self, hidden: Tensor) -> Tensor:
-        return ste_sign(hidden)
+        return ste_sign(mark_hidden_weight(hidden), clip_value=None)
 
 
 _DEFAULT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -247,9 +103,9 @@ def binarize(
 ) -> nn.Module:
     """Turn the weights of ``module``'s linear/conv layers into binary synapses, in place.
 
-    Each selected layer's ``weight`` becomes ``ste_sign(W_h)``; ``W_h`` stays the trainable
-    parameter (reachable through :func:`hidden_weights`). Biases stay real-valued. Works on any
-    model, e.g. an snnTorch or Norse network, without changing its neurons.
+    Each selected layer's ``weight`` becomes ``sign(W_h)``; ``W_h`` stays the trainable parameter
+    (reachable through :func:`hidden_weights`). Biases stay real-valued. Works on any model, e.g. an
+    snnTorch or Norse network, without changing its neurons.
 
     Args:
         module: the model to change.
@@ -274,6 +130,7 @@ def binarize(
         if _has_sign_parametrization(layer):
             continue
         parametrize.register_parametrization(layer, "weight", SignWeight())
+        mark_hidden_weight(layer.parametrizations.weight.original)  # type: ignore[union-attr]
         changed += 1
     if changed == 0 and not any(True for _ in binary_modules(module)):
         kinds = ", ".join(t.__name__ for t in layer_types)
@@ -297,9 +154,9 @@ def binary_modules(module: nn.Module) -> Iterator[tuple[str, nn.Module, nn.Param
     """
     for name, layer in module.named_modules():
         if isinstance(layer, BinarySynapse) and layer.is_binary:
-            yield name, layer, layer.weight
+            yield name, layer, mark_hidden_weight(layer.weight)
         elif _has_sign_parametrization(layer):
-            yield name, layer, layer.parametrizations.weight.original  # type: ignore[union-attr]
+            yield name, layer, mark_hidden_weight(layer.parametrizations.weight.original)  # type: ignore[union-attr]
 
 
 def hidden_weights(module: nn.Module) -> list[nn.Parameter]:
@@ -327,15 +184,40 @@ def weight_matrices(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [(name.rsplit(".", 1)[0], p) for name, p in model.named_parameters() if p.dim() > 1]
 
 
-def binarized_once() -> AbstractContextManager:
-    """Context in which each parametrized binary weight is computed once and reused.
+_block_ids = itertools.count(1)
+_open_blocks: list[int] = []
 
-    Use it around a spiking time loop so the sign is taken once per optimizer step, not once per
-    time step.
+
+def signs_cache_key() -> int | None:
+    """Inside :func:`binarized_once`, a number that identifies the block; ``None`` outside.
+
+    A layer that keeps its ±1 weights in a buffer may reuse the buffer only while this key (and
+    the hidden weight's version) is the one it was written under; outside a block it rewrites the
+    buffer on every forward pass, so no edit of the hidden weights (``.data`` included) is missed.
+
+    Example:
+        >>> signs_cache_key() is None
+        True
+    """
+    return _open_blocks[-1] if _open_blocks else None
+
+
+@contextmanager
+def binarized_once() -> Iterator[None]:
+    """A block in which each binary weight's sign is computed once and reused.
+
+    Use it around a spiking time loop or an evaluation, so the sign is taken once per block rather
+    than once per time step or batch. The hidden weights must not change inside the block, except
+    through an optimizer step (which a layer's own buffers notice).
 
     Example:
         >>> net = binarize(torch.nn.Sequential(torch.nn.Linear(4, 3)))
         >>> with binarized_once():
         ...     out = sum(net(torch.randn(2, 4)) for _ in range(5))
     """
-    return parametrize.cached()
+    _open_blocks.append(next(_block_ids))
+    try:
+        with parametrize.cached():
+            yield
+    finally:
+        _open_blocks.pop()

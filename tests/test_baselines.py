@@ -9,8 +9,8 @@ import torch
 
 from bnn import MLP
 from metaspike.continual.baselines import EWC, RandomConsolidation, SynapticIntelligence, fisher_diagonal
-from metaspike.reproduce.continual import Method, run_method
-from metaspike.reproduce.experiments import CPU_PERMUTED
+from metaspike.app.reproduce.continual import Method, run_method
+from metaspike.app.reproduce.experiments import CPU_PERMUTED
 from metaspike.training import train_epoch
 
 

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 import bnn
-from metaspike import binary_linear as fast
-from metaspike.synapse import COMPILED_SIGNS_MIN_NUMEL
+from bnn import binary_linear as fast
+from bnn.sign_buffers import COMPILED_SIGNS_MIN_NUMEL
 
 IN, OUT = 2048, 512  # exactly FAST_MIN_NUMEL weights: the fast path applies
 
@@ -20,9 +20,9 @@ def layer():
 
 def test_bfloat16_product_of_signs_is_exactly_the_float32_product(layer):
     x = torch.randn(64, IN).sign()
-    signs = layer._current_signs()
+    signs = layer.signs()
     exact = x @ signs.T
-    bf16 = fast._product(x, signs, layer._current_signs(torch.bfloat16), None)
+    bf16 = fast._product(x, signs, layer.signs(torch.bfloat16), None)
     assert bf16.dtype == torch.float32
     assert torch.equal(bf16, exact)
     assert torch.equal(layer(x), exact)
@@ -53,7 +53,7 @@ def test_gradients_equal_those_of_f_linear(binary_input):
 
 def test_the_weight_gradient_reuses_one_buffer_once_the_last_gradient_is_dropped(layer):
     x = torch.randn(8, IN).sign()
-    buffer = layer._gradient_buffer()
+    buffer = layer.gradient_buffer()
     for _ in range(2):
         layer.weight.grad = None  # what zero_grad(set_to_none=True) does
         layer(x).sum().backward()
@@ -93,12 +93,12 @@ def test_large_layers_get_their_signs_from_one_compiled_pass_equal_to_eager():
     layer = bnn.BinaryLinear(1024, COMPILED_SIGNS_MIN_NUMEL // 1024)
     with torch.no_grad():
         layer.weight[0, :3] = torch.tensor([0.0, -0.0, -1e-30])
-    signs, signs_bf16 = layer._current_signs(), layer._current_signs(torch.bfloat16)
+    signs, signs_bf16 = layer.signs(), layer.signs(torch.bfloat16)
     expected = torch.where(layer.weight >= 0, 1.0, -1.0)
     assert torch.equal(signs, expected) and torch.equal(signs_bf16.float(), expected)
     with torch.no_grad():
         layer.weight.neg_()  # a new version: both buffers are rewritten in place
-    assert layer._current_signs() is signs
+    assert layer.signs() is signs
     assert torch.equal(signs, torch.where(layer.weight >= 0, 1.0, -1.0))
     assert torch.equal(signs_bf16.float(), signs)
 

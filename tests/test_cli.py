@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from metaspike.cli import main
+from metaspike.app.cli import main
 from metaspike.continual import load_run
 from metaspike.training import TrainingDiverged
 
@@ -98,7 +98,7 @@ def test_plot_redraws_a_run(tmp_path, capsys):
         (["train", "--scenario", "rotated"], "unknown scenario 'rotated'; available: joint, permuted, sequence, split, stream"),
         (["train", "--dataset", "mnits"], "unknown dataset 'mnits'"),
         (["train", "--rule", "beaker"], "unknown consolidation rule 'beaker'"),
-        (["train", "--lr", "0"], "--lr must be a number > 0"),
+        (["train", "--lr", "0"], "--lr must be a finite number > 0"),
         (["plot", "/nonexistent/run"], "is not a run directory"),
     ],
 )

@@ -2,12 +2,15 @@
 
 import io
 import math
+import re
 
 import pytest
 import torch
 
 from bnn import MLP
-from metaspike.consolidation import TanhRule, consolidate, get_rule
+from metaspike.functional import consolidate
+from metaspike.rules import NoState, TanhRule, get_rule
+from metaspike.synapse import mark_hidden_weight
 from metaspike.optim import MetaplasticAdam, metaplastic, param_groups
 
 
@@ -58,7 +61,7 @@ def _reference_step(w, g, m, v, t, lr, b1, b2, eps, meta):
 def test_follows_the_rule_of_the_paper(path, meta):
     torch.manual_seed(3)
     weights = [torch.nn.Parameter(torch.randn(6, 5) * 0.5), torch.nn.Parameter(torch.randn(5) * 0.5)]
-    opt = MetaplasticAdam(weights, lr=0.05, meta=meta, **path)
+    opt = MetaplasticAdam([{"params": weights[:1], "consolidate": True}, {"params": weights[1:]}], lr=0.05, meta=meta, **path)
     ref = [w.detach().clone().double() for w in weights]
     moments = [(torch.zeros_like(r), torch.zeros_like(r)) for r in ref]
     for t in range(1, 8):
@@ -74,8 +77,8 @@ def test_follows_the_rule_of_the_paper(path, meta):
 
 
 def test_damping_only_slows_updates_toward_zero():
-    w = torch.nn.Parameter(torch.tensor([[1.0, 1.0, -1.0, -1.0]]))
-    plain = torch.nn.Parameter(w.detach().clone())
+    w = mark_hidden_weight(torch.nn.Parameter(torch.tensor([[1.0, 1.0, -1.0, -1.0]])))
+    plain = mark_hidden_weight(torch.nn.Parameter(w.detach().clone()))
     grad = torch.tensor([[1.0, -1.0, -1.0, 1.0]])  # toward zero, away, toward zero, away
     for p, meta in ((w, 2.0), (plain, 0.0)):
         p.grad = grad.clone()
@@ -152,11 +155,15 @@ def test_lr_scheduler_changes_the_step():
     [
         ({"meta": -1.0}, "meta must be a finite number >= 0, got -1.0"),
         ({"meta": float("nan")}, "meta must be a finite number >= 0, got nan"),
-        ({"lr": -0.1}, "lr must be a finite number >= 0"),
-        ({"betas": (0.9, 1.0)}, "betas must be two numbers in [0, 1)"),
-        ({"eps": -1.0}, "eps must be >= 0"),
-        ({"weight_decay": -0.1}, "weight_decay must be >= 0"),
-        ({"rule": "beaker?"}, "unknown consolidation rule 'beaker?'; available: none, tanh"),
+        ({"lr": -0.1}, "lr must be a finite number in [0, inf), got -0.1"),
+        ({"lr": float("nan")}, "lr must be a finite number in [0, inf), got nan"),
+        ({"betas": (0.9, 1.0)}, "each of betas must be a finite number in [0, 1), got 1.0"),
+        ({"betas": (2, 2)}, "each of betas must be a finite number in [0, 1), got 2"),
+        ({"betas": (0.9,)}, "betas must be two numbers in [0, 1)"),
+        ({"eps": -1.0}, "eps must be a finite number in [0, inf)"),
+        ({"eps": float("inf")}, "eps must be a finite number in [0, inf)"),
+        ({"weight_decay": float("inf")}, "weight_decay must be a finite number in [0, inf)"),
+        ({"rule": "beaker?"}, "unknown consolidation rule 'beaker?'; available: cascade, none, switch, tanh"),
     ],
 )
 def test_invalid_hyperparameters_name_the_problem(kwargs, message):
@@ -168,6 +175,41 @@ def test_invalid_meta_in_a_param_group():
     model = _model()
     with pytest.raises(ValueError, match="meta must be a finite number >= 0, got -2"):
         MetaplasticAdam([{"params": model.parameters(), "meta": -2}])
+
+
+@pytest.mark.parametrize("group, message", [
+    ({"lr": -1}, "lr must be a finite number in [0, inf), got -1"),
+    ({"lr": float("nan")}, "lr must be a finite number in [0, inf), got nan"),
+    ({"betas": (1, 1)}, "each of betas must be a finite number in [0, 1), got 1"),
+    ({"consolidate": "yes"}, "consolidate must be True, False or None, got 'yes'"),
+])
+def test_invalid_hyperparameters_of_a_param_group_name_the_problem(group, message):
+    model = _model()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        MetaplasticAdam([{"params": model.parameters(), **group}])
+
+
+def test_model_parameters_consolidate_only_the_binary_synapses_never_a_float_layer():
+    import metaspike
+
+    torch.manual_seed(0)
+    net = metaspike.binarize(torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)),
+                             exclude=["2"])
+    float_layer = net[2].weight
+    plain = torch.nn.Parameter(float_layer.detach().clone())
+    opt = MetaplasticAdam(net.parameters(), lr=0.1, meta=50.0)
+    ref = torch.optim.Adam([plain], lr=0.1)
+    hidden = metaspike.hidden_weights(net)[0]
+    before = hidden.detach().clone()
+    for _ in range(3):
+        grad = torch.randn(3, 5)
+        float_layer.grad, plain.grad = grad.clone(), grad.clone()
+        hidden.grad = torch.sign(before) * 0.1  # every update moves the hidden weights toward zero
+        opt.step()
+        ref.step()
+    assert torch.equal(float_layer, plain)  # the float layer gets plain Adam
+    adam_only = before - 3 * 0.1 * torch.sign(before)
+    assert torch.all((hidden - before).abs() < (adam_only - before).abs())  # the synapses were damped
 
 
 def test_param_groups_checks_the_number_of_layers():
@@ -184,13 +226,13 @@ def test_wrapper_with_meta_zero_is_the_plain_optimizer():
 
 
 def test_wrapper_damps_sgd_updates_toward_zero():
-    w = torch.nn.Parameter(torch.tensor([[0.5, 0.5, -0.5, -0.5]]))
+    w = mark_hidden_weight(torch.nn.Parameter(torch.tensor([[0.5, 0.5, -0.5, -0.5]])))
     opt = metaplastic(torch.optim.SGD([w], lr=0.1), meta=1.5)
     grad = torch.tensor([[1.0, -1.0, -1.0, 1.0]])
     w.grad = grad.clone()
     before = w.detach().clone()
     opt.step()
-    expected = before - consolidate(before, 0.1 * grad, 1.5)
+    expected = before - consolidate(before, 0.1 * grad, 1.5)[0]
     torch.testing.assert_close(w.detach(), expected)
     factor = 1 - math.tanh(0.75) ** 2
     torch.testing.assert_close(w.detach(), torch.tensor([[0.5 - 0.1 * factor, 0.6, -0.5 + 0.1 * factor, -0.6]]))
@@ -207,11 +249,13 @@ def test_wrapper_works_with_adamw_and_state_dict():
 
 
 def test_rules():
-    assert torch.equal(TanhRule().factor(torch.zeros(3), 5.0), torch.ones(3))
-    assert torch.equal(get_rule("none").factor(torch.ones(2), 9.0), torch.ones(2))
+    ones = torch.ones(3)
+    assert torch.equal(TanhRule().step(torch.zeros(3), ones, 5.0, NoState())[0], ones)  # factor 1 at W_h = 0
+    assert torch.equal(get_rule("none").step(ones, ones, 9.0, NoState())[0], ones)
     hidden = torch.tensor([2.0, -2.0, 2.0, -2.0])
     update = torch.tensor([1.0, -1.0, -1.0, 1.0])
-    out = consolidate(hidden, update, 1.0)
+    out, state = consolidate(hidden, update, 1.0)
+    assert state == NoState()
     f = 1 - math.tanh(2.0) ** 2
     torch.testing.assert_close(out, torch.tensor([f, -f, -1.0, 1.0]))
 
@@ -233,4 +277,4 @@ def test_consolidate_matches_the_rule_written_out():
     for meta in (0.5, 1.35, 4.0):
         factor = 1 - torch.tanh(meta * hidden.double()) ** 2
         expected = torch.where(hidden.double() * update.double() > 0, update.double() * factor, update.double())
-        torch.testing.assert_close(consolidate(hidden, update, meta).double(), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(consolidate(hidden, update, meta)[0].double(), expected, rtol=1e-5, atol=1e-6)

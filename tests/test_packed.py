@@ -1,8 +1,12 @@
 """bnn.pack: bit-packed inference predicts exactly as the float model."""
 
-from pathlib import Path
-
 import copy
+import io
+import os
+import subprocess
+import warnings
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,21 +109,109 @@ def test_native_kernels_equal_eager_torch_ops_layer_by_layer(trained, monkeypatc
         assert torch.equal(bnn.pack(trained)(x), bnn.pack(trained, compile=False)(x))
 
 
+def _kernels_with(flags: tuple[str, ...]):
+    lib = bnn.native._kernels(bnn.native.FLAGS + flags)
+    if lib is None:
+        pytest.skip("no C compiler to build the native kernels")
+    return lib
+
+
+@pytest.mark.parametrize("flags", [(), ("-DPACKED_PORTABLE",)], ids=["default", "portable-c"])
+def test_native_kernels_equal_torch_ops_at_ties_extremes_and_odd_sizes(flags, monkeypatch):
+    """Thresholds exactly at (and one float next to) each sample's pre-activation, float32 sums
+    that would overflow or hold subnormals, and sizes that leave tails of samples, outputs and words."""
+    lib = _kernels_with(flags)
+    torch.manual_seed(1)
+    batch, n, out = 7, 203, 133
+    x = torch.randint(-256, 257, (batch, n)).float() / 256  # float64 sums of these are exact in any order
+    x[2] *= 2.0**126  # its float32 sums would overflow: float64 for every neuron
+    x[3] *= 2.0**-140  # subnormal float32 values
+    weight = pack_bits(torch.rand(out, n) > 0.5, word_bits=8)
+    flip = torch.rand(out) > 0.5
+    a = bnn.packed._real_dot(x, weight)
+    assert torch.equal(bnn.native.real_layer(lib, x, weight), a)
+    value = torch.where(flip, -a, a)
+    thresholds = [torch.randn(out, dtype=torch.float64) * 5]
+    for s in range(batch):
+        thresholds += [value[s], value[s].nextafter(value[s] + 1), value[s].nextafter(value[s] - 1)]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        for work_per_thread in (1 << 40, 1):  # one thread, then outputs split between 3
+            monkeypatch.setattr(bnn.native, "MIN_WORK_PER_THREAD", work_per_thread)
+            for threshold in thresholds:
+                bits = bnn.native.real_layer(lib, x, weight, flip, threshold)
+                assert torch.equal(bits, pack_bits(value >= threshold))
+            h = pack_bits(torch.rand(batch, n) > 0.5)
+            w = pack_bits(torch.rand(out, n) > 0.5)
+            dot = bnn.packed._binary_dot(h, w, n)
+            assert torch.equal(bnn.native.binary_layer(lib, h, n, w), dot)
+            k = torch.randint(-20, 21, (out,))
+            assert torch.equal(bnn.native.binary_layer(lib, h, n, w, flip, k), pack_bits(torch.where(flip, -dot, dot) >= k))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fresh_kernels():
+    """Build or load the kernels again, bypassing the per-process cache."""
+    return bnn.native._kernels.__wrapped__(bnn.native.FLAGS)
+
+
 @pytest.mark.skipif(bnn.native.kernels() is None, reason="no C compiler to build the native kernels")
-def test_native_kernels_build_once_into_the_cache_folder(monkeypatch, tmp_path):
-    monkeypatch.setenv("METASPIKE_CACHE", str(tmp_path))
-    lib = bnn.native.kernels.__wrapped__()
-    (built,) = tmp_path.glob("packed_kernels-*.so")
-    assert lib is not None and built.stat().st_size > 0
-    assert bnn.native.kernels.__wrapped__()._name == str(built)  # the second call loads it, no rebuild
-    assert [p.name for p in tmp_path.iterdir()] == [built.name]  # no scratch files left behind
+def test_native_kernels_build_once_into_a_private_cache_folder(monkeypatch, tmp_path):
+    cache = tmp_path / "a" / "cache"
+    monkeypatch.setenv("METASPIKE_CACHE", str(cache))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _fresh_kernels() is not None
+        (built,) = cache.glob("packed_kernels-*.so")
+        first = built.stat()
+        assert _fresh_kernels() is not None  # the second call loads it, no rebuild
+    assert (built.stat().st_ino, built.stat().st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+    assert [p.name for p in cache.iterdir()] == [built.name]  # no scratch files left behind
+    assert cache.stat().st_mode & 0o777 == 0o700 and first.st_mode & 0o077 == 0
+
+
+def _planted_library(path: Path, marker: Path) -> None:
+    """A shared library that, once loaded, writes ``marker`` (what an attacker's code could do)."""
+    source = path.with_suffix(".c")
+    source.write_text(f'#include <stdio.h>\n__attribute__((constructor)) static void run(void) '
+                      f'{{ FILE *f = fopen("{marker}", "w"); if (f) fclose(f); }}\n'
+                      'int real_layer(void) { return 0; }\n')
+    subprocess.run(["cc", "-shared", "-fPIC", str(source), "-o", str(path)], check=True)
+    source.unlink()
+
+
+@pytest.mark.skipif(bnn.native.kernels() is None, reason="no C compiler to build the native kernels")
+@pytest.mark.skipif(os.geteuid() != 0, reason="simulating another user's files needs root (os.chown)")
+@pytest.mark.parametrize("hostile", ["folder of another user", "folder writable by others",
+                                     "library of another user", "library writable by group"])
+def test_a_library_another_user_could_have_planted_is_never_loaded(monkeypatch, tmp_path, hostile):
+    cache, marker = tmp_path / "cache", tmp_path / "planted-code-ran"
+    monkeypatch.setenv("METASPIKE_CACHE", str(cache))
+    _fresh_kernels()
+    (built,) = cache.glob("packed_kernels-*.so")
+    _planted_library(built, marker)  # the file the next call would load
+    other = 4242
+    if hostile == "folder of another user":
+        os.chown(cache, other, other)
+    elif hostile == "folder writable by others":
+        cache.chmod(0o777)
+    elif hostile == "library of another user":
+        os.chown(built, other, other)
+    else:
+        built.chmod(0o770)
+    with pytest.warns(RuntimeWarning, match="not loading kernels from the cache: .*(uid 4242|writable by group or others)"):
+        lib = _fresh_kernels()
+    assert not marker.exists()
+    assert lib is not None and lib.binary_layer_kind()  # the real kernels, built in a private folder
 
 
 def test_without_a_c_compiler_the_native_kernels_are_skipped_with_a_warning(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("METASPIKE_CACHE", str(tmp_path))
     with pytest.warns(RuntimeWarning, match="could not build the packed-inference kernels"):
-        assert bnn.native.kernels.__wrapped__() is None
+        assert _fresh_kernels() is None
 
 
 def test_memory_is_about_one_bit_per_weight(trained):
@@ -166,6 +258,139 @@ def test_truncated_or_corrupted_files_raise_value_error(trained, tmp_path):
     torch.save(wrong, other)
     with pytest.raises(ValueError, match=r"layer 1 'weight' is \(64, 1\) torch.int64, expected \(64, 2\)"):
         PackedMLP.load(other)
+
+
+def _hostile_file(trained, tmp_path, change) -> Path:
+    """A saved packed model changed by ``change(data)``, with its checksum recomputed (anyone can)."""
+    path = tmp_path / "model.pt"
+    bnn.pack(trained, compile=False).save(path)
+    data = torch.load(path, weights_only=True)
+    change(data)
+    try:
+        data["sha256"] = bnn.packed._checksum(data["sizes"], data["layers"])
+    except RuntimeError:  # e.g. a sparse tensor: the entries are checked before the checksum anyway
+        pass
+    torch.save(data, path)
+    return path
+
+
+def _set(layer: int, key: str, value):
+    def change(data):
+        data["layers"][layer][key] = value(data["layers"][layer][key]) if callable(value) else value
+    return change
+
+
+@pytest.mark.parametrize("change, error", [
+    (_set(1, "weight", lambda w: w[:, :1]), r"layer 1 'weight' is \(64, 1\) torch.int64, expected \(64, 2\)"),
+    (_set(0, "threshold", lambda t: t[:8]), r"layer 0 'threshold' is \(8,\) torch.float64, expected \(128,\)"),
+    (_set(0, "threshold", lambda t: t.float()), r"layer 0 'threshold' is \(128,\) torch.float32, expected .* torch.float64"),
+    (_set(1, "flip", lambda f: f.to(torch.uint8)), r"layer 1 'flip' is \(64,\) torch.uint8, expected .* torch.bool"),
+    (_set(1, "threshold", lambda t: t.to_sparse()), r"layer 1 'threshold' is a torch.sparse_coo tensor"),
+    (_set(0, "weight", "not a tensor"), r"layer 0 'weight' is a str, expected a torch.uint8 tensor"),
+    (_set(0, "bias", torch.zeros(128)), r"layer 0 has entries \['bias', 'flip', 'threshold', 'weight'\]"),
+    (lambda data: data.update(extra=1), r"it has entries \['extra', 'format'"),
+    (lambda data: data["sizes"].__setitem__(1, 2**40), r"layer 0 'weight' is \(128, 98\) torch.uint8, expected \(1099511627776, 98\)"),
+    (lambda data: data["sizes"].__setitem__(1, True), r"sizes \[784, True, 64, 10\] are not a list"),
+    (_set(2, "eps", float("nan")), r"layer 2 'eps' is nan, expected a float > 0"),
+], ids=["short-weight", "short-threshold", "float32-threshold", "uint8-flip", "sparse-threshold", "not-a-tensor",
+        "extra-layer-key", "extra-file-key", "huge-size", "bool-size", "nan-eps"])
+def test_hostile_files_are_refused_with_one_line_naming_the_file(trained, tmp_path, change, error):
+    path = _hostile_file(trained, tmp_path, change)
+    with pytest.raises(ValueError, match=f"^{path} is not a valid packed BNN file: {error}") as caught:
+        PackedMLP.load(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_tensor_claiming_more_elements_than_its_file_holds_is_refused(trained, tmp_path):
+    path = tmp_path / "model.pt"
+    bnn.pack(trained, compile=False).save(path)
+    with zipfile.ZipFile(path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    pickle = next(name for name in files if name.endswith("data.pkl"))
+    assert b"K\x80\x85" in files[pickle]  # the shape (128,) of layer 0's flip
+    files[pickle] = files[pickle].replace(b"K\x80\x85", b"J\xa0\x86\x01\x00\x85", 1)  # now (100000,)
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    with pytest.raises(ValueError, match="is not a readable packed BNN file"):
+        PackedMLP.load(path)
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["torch-ops", "fast-kernels"])
+def test_views_in_a_file_become_buffers_of_their_own(trained, tmp_path, compile):
+    """Stride-0 and transposed views load as contiguous copies holding every element the kernel reads."""
+
+    def change(data):
+        layers = data["layers"]
+        layers[0]["threshold"] = torch.tensor([0.5], dtype=torch.float64).expand(128)  # 8 bytes for 128 values
+        layers[1]["weight"] = layers[1]["weight"].t().contiguous().t()  # the same values, transposed strides
+        layers[1]["flip"] = torch.tensor([True]).expand(64)
+
+    loaded = PackedMLP.load(_hostile_file(trained, tmp_path, change), compile=compile)
+    for layer in loaded.layers[:2]:
+        for key in ("weight", "flip", "threshold"):
+            t = layer[key]
+            assert t.is_contiguous() and t.untyped_storage().nbytes() >= t.numel() * t.element_size()
+    x = load_dataset("mnist5k", "test").x[:64]
+    reference = PackedMLP(loaded.sizes, copy.deepcopy(loaded.layers), compile=False)
+    assert loaded.layers[0]["threshold"].eq(0.5).all() and torch.equal(loaded(x), reference(x))
+
+
+@pytest.mark.skipif(bnn.native.kernels() is None, reason="no C compiler to build the native kernels")
+def test_layers_changed_after_loading_are_checked_before_every_native_call(trained):
+    packed = bnn.pack(trained)
+    x = load_dataset("mnist5k", "test").x[:8]
+    expected = bnn.pack(trained, compile=False)(x)
+    layers = packed.layers
+    threshold = layers[0]["threshold"]
+    layers[0]["threshold"] = threshold[:1].expand(128)  # a stride-0 view: copied, not over-read
+    assert torch.equal(packed(x), PackedMLP(packed.sizes, layers, compile=False)(x))
+    layers[0]["threshold"] = threshold
+    shrunk = layers[1]["threshold"].clone()
+    shrunk.untyped_storage().resize_(8)  # a tensor whose memory is shorter than its shape
+    for key, value, error in [
+        ("weight", layers[1]["weight"][:, :1], r"layer 1 weight is \(64, 1\) torch.int64, expected \(any, 2\)"),
+        ("threshold", layers[1]["threshold"].double(), r"layer 1 threshold is \(64,\) torch.float64, expected \(64,\) torch.int64"),
+        ("flip", torch.zeros(64, dtype=torch.bool, device="meta"), "layer 1 flip is a torch.strided tensor on the meta device"),
+        ("threshold", shrunk, r"layer 1 threshold has 8 bytes of storage, fewer than its shape \(64,\) needs"),
+    ]:
+        original, layers[1][key] = layers[1][key], value
+        with pytest.raises(ValueError, match=error):
+            packed(x)
+        layers[1][key] = original
+    assert torch.equal(packed(x), expected)
+    lib = bnn.native.kernels()
+    with pytest.raises(ValueError, match="first layer input is a torch.strided tensor on the meta device"):
+        bnn.native.real_layer(lib, torch.zeros(2, 784, device="meta"), layers[0]["weight"])
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        bnn.native.binary_layer(lib, torch.zeros(2, 2, dtype=torch.int64), 0, layers[1]["weight"])
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["torch-ops", "fast-kernels"])
+def test_inputs_that_are_not_finite_cpu_floats_are_refused(trained, compile):
+    packed = bnn.pack(trained, compile=compile)
+    x = torch.rand(3, 784)
+    for bad, error in [(float("nan"), "input holds NaN or infinite values"), (float("inf"), "input holds NaN")]:
+        x[1, 5] = bad
+        with pytest.raises(ValueError, match=error):
+            packed(x)
+    with pytest.raises(ValueError, match=r"input is on the meta device; PackedMLP runs on the CPU \(pass x.cpu\(\)\)"):
+        packed(torch.rand(3, 784, device="meta"))
+    with pytest.raises(ValueError, match="input must be floating point"):
+        packed(torch.ones(3, 784, dtype=torch.int64))
+
+
+def test_a_model_in_training_mode_is_refused(trained):
+    model = copy.deepcopy(trained).train()
+    with pytest.raises(ValueError, match=r"pack needs the model in eval mode.*call model.eval\(\) before bnn.pack"):
+        bnn.pack(model)
+
+
+def test_version_2_files_with_transposed_first_layer_bytes_still_load(trained, tmp_path):
+    packed = bnn.pack(trained, compile=False)
+    path = _hostile_file(trained, tmp_path, lambda data: (data.update(version=2), _set(0, "weight", lambda w: w.t())(data)))
+    x = load_dataset("mnist5k", "test").x[:50]
+    assert torch.equal(PackedMLP.load(path, compile=False)(x), packed(x))
 
 
 def test_missing_population_statistics_are_named():

@@ -9,14 +9,15 @@ import pytest
 import torch
 
 import bnn
-from metaspike.cli import main
+from metaspike.app.cli import main
 from metaspike.data import load_dataset
-from metaspike.experiment import RunConfig
-from metaspike.reproduce import reproduce
-from metaspike.reproduce.continual import Method, compare_methods, run_method
-from metaspike.reproduce.experiments import EXPERIMENTS, meta_at
-from metaspike.reproduce.flips import flip_loss_increase
-from metaspike.reproduce.quadratic import QuadraticTask, train_quadratic
+from metaspike.app.config import RunConfig
+from metaspike.app.reproduce import reproduce
+from metaspike.app.reproduce.continual import Method, compare_methods, run_method
+from metaspike.app.reproduce.experiments import EXPERIMENTS
+from metaspike.app.reproduce.scales import meta_at
+from metaspike.app.reproduce.flips import flip_loss_increase
+from metaspike.app.reproduce.quadratic import QuadraticTask, train_quadratic
 
 TINY = RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(32,), batch_size=50)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from metaspike.cli import main
+from metaspike.app.cli import main
+from metaspike.app.config import RunConfig
 from metaspike.continual.results import load_checkpoint
 
 ARGS = ["--dataset", "digits", "--tasks", "2", "--epochs", "10", "--hidden", "64", "--meta", "5", "--quiet"]
@@ -56,7 +57,8 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
 
 
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
-    from metaspike.experiment import RunConfig, _scenario, _trainer
+    from metaspike.app.config import RunConfig
+    from metaspike.app.runs import make_run_scenario as _scenario, _trainer
     from metaspike.continual import RunDirectory
 
     config = RunConfig(datasets=("digits",), tasks=2, epochs=3, hidden=(32,), meta=(5.0,))
@@ -89,7 +91,7 @@ def test_resume_errors_are_one_line(tmp_path, capsys):
     assert "is not a run directory" in capsys.readouterr().err
     run = tmp_path / "r"
     run.mkdir()
-    (run / "config.json").write_text(json.dumps({"meta": 1.0, "datasets": ["digits"], "hidden": [8]}))
+    (run / "config.json").write_text(json.dumps(RunConfig(meta=(1.0,), datasets=("digits",), hidden=(8,)).to_dict()))
     (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
     assert main(["train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
@@ -110,7 +112,8 @@ def test_resume_keeps_the_state_of_a_baseline_plugin():
     import io
 
     from metaspike.continual.baselines import EWC
-    from metaspike.experiment import RunConfig, _scenario, build_model, build_trainer
+    from metaspike.app.config import RunConfig
+    from metaspike.app.runs import make_run_scenario as _scenario, build_run_model as build_model, build_trainer
 
     config = RunConfig(datasets=("digits",), tasks=2, epochs=2, hidden=(32,), meta=(0.0,))
     scenario = _scenario(config)

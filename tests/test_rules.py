@@ -1,13 +1,17 @@
-"""The stateful consolidation rules: the cascade of coupled variables and the bistable switch."""
+"""Consolidation rules in their one interface: cascade and switch by hand, and a new rule in one file."""
 
 import io
+import json
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import pytest
 import torch
 
 from bnn import MLP
-from metaspike.consolidation import CascadeRule, SwitchRule, available_rules, consolidate, get_rule
-from metaspike.optim import RULE_STATE, MetaplasticAdam, metaplastic
+from metaspike.functional import consolidate
+from metaspike.optim import MetaplasticAdam, metaplastic
+from metaspike.rules import CascadeRule, CascadeState, SwitchRule, available_rules, get_rule, register_rule
 
 
 def test_cascade_one_step_by_hand_two_variables():
@@ -16,21 +20,21 @@ def test_cascade_one_step_by_hand_two_variables():
     rule = CascadeRule(n=2)
     hidden = torch.tensor([1.0], dtype=torch.float64)
     state = rule.init_state(hidden)
-    update = rule.apply(hidden, torch.tensor([0.5], dtype=torch.float64), 2.0, state)
+    update, new = rule.step(hidden, torch.tensor([0.5], dtype=torch.float64), 2.0, state)
     torch.testing.assert_close(hidden - update, torch.tensor([9 / 14], dtype=torch.float64))
-    torch.testing.assert_close(state["u2"], torch.tensor([13 / 14], dtype=torch.float64))
+    torch.testing.assert_close(new.levels[0], torch.tensor([13 / 14], dtype=torch.float64))
+    assert torch.equal(state.levels, torch.ones(1, 1, dtype=torch.float64))  # the step is pure
 
 
 def test_cascade_one_step_by_hand_three_variables():
     # C = (1, 2, 4), g = (meta/4, meta/8) = (2, 1); u' = (1, 0, 0):
     # 3a - 2b = 1, -2a + 5b - c = 0, -b + 5c = 0  =>  c = b/5, a = 12b/5, b = 5/26
     rule = CascadeRule(n=3)
-    state = {"u2": torch.zeros(1, dtype=torch.float64), "u3": torch.zeros(1, dtype=torch.float64)}
+    state = CascadeState(torch.zeros(2, 1, dtype=torch.float64))
     hidden = torch.zeros(1, dtype=torch.float64)
-    update = rule.apply(hidden, torch.tensor([-1.0], dtype=torch.float64), 8.0, state)
+    update, new = rule.step(hidden, torch.tensor([-1.0], dtype=torch.float64), 8.0, state)
     torch.testing.assert_close(-update, torch.tensor([12 / 26], dtype=torch.float64))
-    torch.testing.assert_close(state["u2"], torch.tensor([5 / 26], dtype=torch.float64))
-    torch.testing.assert_close(state["u3"], torch.tensor([1 / 26], dtype=torch.float64))
+    torch.testing.assert_close(new.levels[:, 0], torch.tensor([5 / 26, 1 / 26], dtype=torch.float64))
 
 
 def test_cascade_conserves_the_total_and_flows_down_without_overshoot():
@@ -38,15 +42,17 @@ def test_cascade_conserves_the_total_and_flows_down_without_overshoot():
     rule = CascadeRule(n=4)
     hidden = torch.randn(50, dtype=torch.float64, generator=g)
     state = rule.init_state(hidden)
-    total = lambda w: w + sum(2.0 ** (k - 1) * state[f"u{k}"] for k in range(2, 5))  # noqa: E731
+    capacity = torch.tensor([2.0, 4.0, 8.0], dtype=torch.float64).view(3, 1)
+    total = lambda w, s: w + (capacity * s.levels).sum(0)  # noqa: E731
     for meta in (0.5, 8.0, 1000.0):  # any coupling: the implicit step is stable
         update = torch.randn(50, dtype=torch.float64, generator=g)
-        before = total(hidden)
-        pushed = torch.stack([hidden - update] + [state[f"u{k}"] for k in range(2, 5)])
-        new = hidden - consolidate(hidden, update, meta, rule, state)
-        torch.testing.assert_close(total(new), before - update)
+        before = total(hidden, state)
+        pushed = torch.cat([(hidden - update).unsqueeze(0), state.levels])
+        kept, state = consolidate(hidden, update, meta, rule, state)
+        new = hidden - kept
+        torch.testing.assert_close(total(new, state), before - update)
         # no overshoot: each new level is a weighted mean of the pushed levels (discrete maximum principle)
-        levels = torch.stack([new] + [state[f"u{k}"] for k in range(2, 5)])
+        levels = torch.cat([new.unsqueeze(0), state.levels])
         assert torch.all(levels >= pushed.min(0).values - 1e-12)
         assert torch.all(levels <= pushed.max(0).values + 1e-12)
         hidden = new
@@ -54,49 +60,51 @@ def test_cascade_conserves_the_total_and_flows_down_without_overshoot():
 
 def test_cascade_leak_drains_the_last_variable_and_meta_zero_is_no_consolidation():
     rule = CascadeRule(n=2, leak=2.0)
-    state = {"u2": torch.ones(1)}
-    update = rule.apply(torch.zeros(1), torch.zeros(1), 0.0, state)
+    update, state = rule.step(torch.zeros(1), torch.zeros(1), 0.0, CascadeState(torch.ones(1, 1)))
     assert torch.equal(update, torch.zeros(1))
-    torch.testing.assert_close(state["u2"], torch.tensor([0.5]))  # 2·(u - 1) = -2u
+    torch.testing.assert_close(state.levels, torch.tensor([[0.5]]))  # 2·(u - 1) = -2u
     fresh = CascadeRule().init_state(torch.ones(3))
-    assert torch.equal(CascadeRule().apply(torch.ones(3), torch.full((3,), 0.25), 0.0, fresh), torch.full((3,), 0.25))
+    assert torch.equal(CascadeRule().step(torch.ones(3), torch.full((3,), 0.25), 0.0, fresh)[0], torch.full((3,), 0.25))
 
 
 def _switch_run(updates, meta=50.0, seed=0):
     rule = SwitchRule(seed=seed)
     hidden = torch.tensor([1.0])
     state = rule.init_state(hidden)
-    return [rule.apply(hidden, torch.tensor([u]), meta, state).item() for u in updates], state
+    kept = []
+    for u in updates:
+        update, state = rule.step(hidden, torch.tensor([u]), meta, state)
+        kept.append(update.item())
+    return kept, state
 
 
 def test_switch_consolidates_repeated_pushes_and_then_blocks_toward_zero():
     kept, state = _switch_run([-0.1, -0.1, -0.1, 0.1, 0.1, -0.1])
     assert kept == pytest.approx([-0.1, -0.1, -0.1, 0.0, 0.0, -0.1])
-    assert state["consolidated"].item() == 1.0
+    assert state.consolidated.item() == 1.0
 
 
 def test_switch_alternating_updates_stay_plastic():
     updates = [0.1, -0.1] * 50
     kept, state = _switch_run(updates, meta=100.0)
     assert kept == pytest.approx(updates)
-    assert state["consolidated"].item() == 0.0 and state["run"].item() == 0.0
+    assert state.consolidated.item() == 0.0 and state.run.item() == 0.0
 
 
 def test_switch_is_random_but_repeats_with_its_seed():
-    rule = SwitchRule(seed=3)
     hidden, update = torch.ones(2000), torch.full((2000,), -0.1)
-    runs = []
-    for _ in range(2):
+
+    def two_steps(seed):
+        rule = SwitchRule(seed=seed)
         state = rule.init_state(hidden)
-        rule.apply(hidden, update, 0.7, state)
-        rule.apply(hidden, update, 0.7, state)  # r = 1: p = 1 - exp(-0.7) ≈ 0.50
-        runs.append(state["consolidated"].clone())
-    assert torch.equal(runs[0], runs[1])
-    assert abs(runs[0].mean().item() - (1 - torch.exp(torch.tensor(-0.7)).item())) < 0.05
-    other = SwitchRule(seed=4).init_state(hidden)
-    SwitchRule(seed=4).apply(hidden, update, 0.7, other)
-    SwitchRule(seed=4).apply(hidden, update, 0.7, other)
-    assert not torch.equal(other["consolidated"], runs[0])
+        for _ in range(2):  # the second has r = 1: p = 1 - exp(-0.7) ≈ 0.50
+            _, state = rule.step(hidden, update, 0.7, state)
+        return state.consolidated
+
+    first = two_steps(3)
+    assert torch.equal(first, two_steps(3))
+    assert abs(first.mean().item() - (1 - torch.exp(torch.tensor(-0.7)).item())) < 0.05
+    assert not torch.equal(two_steps(4), first)
 
 
 def _model(seed=0):
@@ -122,9 +130,7 @@ _OPTIMIZERS = {
 }
 
 
-@pytest.mark.parametrize("rule", ["cascade", "switch"])
-@pytest.mark.parametrize("kind", sorted(_OPTIMIZERS))
-def test_optimizers_run_the_rule_and_resume_exactly_from_state_dict(rule, kind):
+def _resume_equals_uninterrupted(kind, rule):
     a, b = _model(), _model()
     opt_a, opt_b = _OPTIMIZERS[kind](a.parameters(), rule), _OPTIMIZERS[kind](b.parameters(), rule)
     full = _train(a, opt_a, 8)
@@ -132,7 +138,7 @@ def test_optimizers_run_the_rule_and_resume_exactly_from_state_dict(rule, kind):
     buffer = io.BytesIO()
     torch.save({"model": b.state_dict(), "opt": opt_b.state_dict()}, buffer)
     buffer.seek(0)
-    saved = torch.load(buffer, weights_only=False)
+    saved = torch.load(buffer, weights_only=True)  # as checkpoints are loaded
     c = _model(5)
     c.load_state_dict(saved["model"])
     opt_c = _OPTIMIZERS[kind](c.parameters(), rule)
@@ -140,9 +146,16 @@ def test_optimizers_run_the_rule_and_resume_exactly_from_state_dict(rule, kind):
     resumed = _train(c, opt_c, 4, start=4)
     for p, q in zip(full, resumed):
         assert torch.equal(p, q)
+    return a, opt_a
+
+
+@pytest.mark.parametrize("rule", ["cascade", "switch"])
+@pytest.mark.parametrize("kind", sorted(_OPTIMIZERS))
+def test_optimizers_run_the_rule_and_resume_exactly_from_state_dict(rule, kind):
+    a, opt_a = _resume_equals_uninterrupted(kind, rule)
     weight = next(p for p in a.parameters() if p.dim() > 1)
-    assert any(key.startswith(RULE_STATE) for key in opt_a.state[weight])
-    assert not any(key.startswith(RULE_STATE) for p in a.parameters() if p.dim() == 1 for key in opt_a.state[p])
+    assert "rule_state" in opt_a.state[weight]
+    assert not any("rule_state" in opt_a.state[p] for p in a.parameters() if p.dim() == 1)
 
 
 @pytest.mark.parametrize("rule", ["cascade", "switch"])
@@ -154,7 +167,12 @@ def test_the_rule_changes_the_training(rule):
 
 
 def test_adam_with_the_cascade_follows_the_rule_on_the_step():
-    w = torch.nn.Parameter(torch.tensor([[0.5, -0.5]]))
+    import metaspike
+
+    net = metaspike.binarize(torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False)))
+    w = metaspike.hidden_weights(net)[0]
+    with torch.no_grad():
+        w.copy_(torch.tensor([[0.5, -0.5]]))
     opt = MetaplasticAdam([w], lr=0.1, meta=4.0, rule=CascadeRule(n=2))
     w.grad = torch.tensor([[1.0, 1.0]])
     opt.step()  # Adam's first step is lr·sign(grad) = 0.1; u' = (0.4, 0.5) and (-0.6, -0.5)
@@ -170,8 +188,8 @@ def test_adam_with_the_cascade_follows_the_rule_on_the_step():
         (lambda: CascadeRule(leak=-1.0), "CascadeRule leak must be a finite number >= 0, got -1.0"),
         (lambda: SwitchRule(damping=1.5), r"SwitchRule damping must be a number in \[0, 1\], got 1.5"),
         (lambda: SwitchRule(seed="x"), "SwitchRule seed must be an integer, got 'x'"),
-        (lambda: consolidate(torch.ones(1), torch.ones(1), 1.0, "switch"), "the 'switch' rule is stateful"),
-        (lambda: get_rule("beaker"), r"available: none, tanh \(stateless\), cascade, switch \(stateful\)"),
+        (lambda: get_rule("beaker"), r"unknown consolidation rule 'beaker'; available: cascade, none, switch, tanh"),
+        (lambda: get_rule(object()), "is not a consolidation rule: it lacks name, elementwise, init_state"),
     ],
 )
 def test_invalid_rule_hyperparameters_name_the_problem(make, message):
@@ -180,5 +198,60 @@ def test_invalid_rule_hyperparameters_name_the_problem(make, message):
 
 
 def test_rules_are_registered_by_name():
-    assert available_rules() == ["cascade", "none", "switch", "tanh"]
+    assert set(available_rules()) >= {"cascade", "none", "switch", "tanh"}
     assert get_rule("cascade") == CascadeRule() and get_rule("switch") == SwitchRule()
+
+
+# ---- a new rule: one definition (what would be its own file) and one registry line --------------------------
+
+
+class _CountState(NamedTuple):
+    count: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Halving:
+    """A toy rule with state: updates toward zero are halved once a synapse has taken `meta` updates."""
+
+    name: str = "halving-test"
+    elementwise: bool = False
+
+    def init_state(self, hidden):
+        return _CountState(torch.zeros_like(hidden))
+
+    def state_type(self):
+        return _CountState
+
+    def step(self, hidden, update, meta, state):
+        count = state.count.to(hidden.dtype) + (update != 0).to(hidden.dtype)
+        damp = (hidden * update > 0) & (count > meta)
+        return torch.where(damp, update / 2, update), _CountState(count)
+
+
+@pytest.fixture
+def halving():
+    from metaspike import rules
+
+    register_rule(_Halving())  # the one registry line
+    yield "halving-test"
+    rules._RULES.pop("halving-test")
+
+
+@pytest.mark.parametrize("kind", sorted(_OPTIMIZERS))
+def test_a_new_rule_works_in_every_optimizer_and_resumes_from_checkpoints(halving, kind):
+    a, b = _model(), _model()
+    changed = _train(a, _OPTIMIZERS[kind](a.parameters(), halving), 6)
+    plain = _train(b, _OPTIMIZERS[kind](b.parameters(), "none"), 6)
+    assert not torch.equal(changed[0], plain[0])
+    _resume_equals_uninterrupted(kind, halving)
+
+
+def test_a_new_rule_works_from_the_command_line(halving, tmp_path):
+    from metaspike.app.cli import main
+
+    args = ["train", "--dataset", "digits", "--tasks", "2", "--epochs", "1", "--hidden", "32", "--quiet",
+            "--rule", halving, "--meta", "3", "--out", str(tmp_path)]
+    assert main(args) == 0
+    (run,) = tmp_path.iterdir()
+    assert json.loads((run / "config.json").read_text())["rule"] == halving
+    assert run.name.endswith("-halving-test-seed1")

@@ -65,7 +65,7 @@ def test_sequence_of_two_digit_domains():
 def test_bad_scenarios_say_what_is_wrong():
     with pytest.raises(ValueError, match="unknown scenario 'rotated'; available: joint, permuted"):
         make_scenario("rotated")
-    with pytest.raises(ValueError, match="--tasks must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="^tasks must be an integer >= 1, got 0"):
         make_scenario("permuted", ["digits"], tasks=0)
     with pytest.raises(ValueError, match="unknown dataset 'mnits'"):
         make_scenario("permuted", ["mnits"])

@@ -136,12 +136,11 @@ def test_readout_and_encoder_objects_pass_through():
 
 
 def test_compare_neurons_writes_one_table_and_figure_for_every_model_and_meta(tmp_path):
-    from metaspike.experiment import RunConfig
-    from metaspike.snn.compare import compare_neurons
+    from metaspike.app.config import RunConfig
+    from metaspike.app.compare import compare_neurons
 
-    base = RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(16,))
-    path, rows = compare_neurons(base, ["bnn", "self-recurrent"], [0, 50], spec=NetSpec(num_steps=2), out=tmp_path,
-                                 progress=False)
+    base = RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(16,), num_steps=2)
+    path, rows = compare_neurons(base, ["bnn", "self-recurrent"], [0, 50], out=tmp_path, progress=False)
     assert [r["setting"] for r in rows] == ["bnn meta=0", "bnn meta=50", "self-recurrent meta=0", "self-recurrent meta=50"]
     lines = (path / "comparison.csv").read_text().splitlines()
     assert lines[0].startswith("neuron,meta,runs,task1_mean,task1_std,task2_mean") and len(lines) == 5
@@ -151,7 +150,7 @@ def test_compare_neurons_writes_one_table_and_figure_for_every_model_and_meta(tm
 
 
 def test_cli_compare_neurons_names_an_unknown_neuron_model(capsys):
-    from metaspike.cli import main
+    from metaspike.app.cli import main
 
     assert main(["compare", "--neurons", "leaky", "hodgkin", "--out", "/nonexistent-never-written"]) == 2
-    assert "unknown neuron model 'hodgkin'" in capsys.readouterr().err
+    assert "unknown model 'hodgkin'; available: alpha, bnn," in capsys.readouterr().err

@@ -126,16 +126,15 @@ def test_nir_export_names_an_unsupported_layer():
         export_nir(nn.Sequential(nn.Flatten(), nn.Tanh()), input_shape=(4,))
 
 
-def test_metaplastic_spiking_network_forgets_less_on_a_real_data_stream():
-    from metaspike.continual import make_scenario
-    from metaspike.experiment import RunConfig
-    from metaspike.snn.compare import train_neuron
+def test_metaplastic_spiking_network_forgets_less_on_a_real_data_stream(tmp_path):
+    from metaspike.app.config import RunConfig
+    from metaspike.app.runs import run
 
-    scenario = make_scenario("permuted", ["digits"], tasks=3, seed=1)
     first = {}
     for meta in (0.0, 50.0):
-        config = RunConfig(datasets=("digits",), tasks=3, epochs=5, hidden=(64,), meta=(meta,), seed=1)
-        result = train_neuron("leaky", config, scenario, NetSpec(num_steps=4))
+        config = RunConfig(datasets=("digits",), tasks=3, epochs=5, hidden=(64,), meta=(meta,), seed=1,
+                           model="leaky", num_steps=4)
+        _, result = run(config, tmp_path, progress=False, plot=False)
         first[meta] = result.matrix[-1][0]
         assert result.matrix[0][0] > 70
     # measured on seeds 1, 2, 3: 12.2 vs 74.7, 18.3 vs 75.6, 23.3 vs 74.2

@@ -6,21 +6,40 @@ import torch.nn.functional as F
 from torch import nn
 
 import bnn
-from metaspike.synapse import binarize, binarized_once, clipped_sign, hidden_weights, ste_sign
+from metaspike.quantizers import ste_sign
+from metaspike.synapse import binarize, binarized_once, hidden_weights
 
 
-def test_ste_sign_is_binary_and_passes_the_gradient_straight_through():
+def test_unclipped_ste_sign_is_binary_and_passes_the_gradient_straight_through():
     w = torch.tensor([-0.3, 0.0, 2.0, -5.0], requires_grad=True)
-    out = ste_sign(w)
+    out = ste_sign(w, clip_value=None)
     assert out.tolist() == [-1.0, 1.0, 1.0, -1.0]
     (out * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
     assert w.grad.tolist() == [1.0, 2.0, 3.0, 4.0]
 
 
-def test_clipped_sign_passes_the_gradient_only_where_abs_x_le_1():
+def test_ste_sign_passes_the_gradient_only_where_abs_x_le_clip_value_as_larq_does():
     x = torch.tensor([-2.0, -1.0, 0.3, 1.5], requires_grad=True)
-    clipped_sign(x).sum().backward()
+    ste_sign(x).sum().backward()
     assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0]
+    y = torch.tensor([-2.0, -1.0, 0.3, 1.5], requires_grad=True)
+    ste_sign(y, clip_value=1.5).sum().backward()
+    assert y.grad.tolist() == [0.0, 1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="clip_value must be a number > 0 or None, got -1"):
+        ste_sign(y, clip_value=-1)
+
+
+def test_a_data_edit_of_the_hidden_weights_reaches_the_next_forward_pass():
+    layer = bnn.BinaryLinear(4, 3)
+    x = torch.ones(1, 4)
+    before = layer(x)
+    layer.weight.data.mul_(-1)  # does not bump the version counter
+    assert torch.equal(layer(x), -before)
+    with binarized_once():  # inside a block the signs are taken once ...
+        first = layer(x)
+        with torch.no_grad():
+            layer.weight.mul_(-1)  # ... and again after a (versioned) in-place change, as an optimizer step makes
+        assert torch.equal(layer(x), -first)
 
 
 def test_binarize_puts_sign_weights_on_an_existing_model():

@@ -13,11 +13,10 @@ the last complete version of each, and a new run never writes into an existing d
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,25 +24,14 @@ import torch
 
 from metaspike.continual.trainer import ContinualResult
 from metaspike.diagnostics import plasticity_ranking
+from metaspike.files import atomic_open, atomic_write_text, csv_text
 
 __all__ = [
-    "RunDirectory", "load_run", "load_checkpoint", "latest_good_checkpoint", "atomic_write_text", "unique_directory",
+    "RunDirectory", "load_run", "load_checkpoint", "latest_good_checkpoint", "unique_directory",
 ]
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _json_ready(value: Any) -> Any:
@@ -54,12 +42,6 @@ def _json_ready(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_ready(v) for v in value]
     return value
-
-
-def _csv(rows: list[list[Any]]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
-    return buffer.getvalue()
 
 
 def unique_directory(root: str | os.PathLike, name: str) -> Path:
@@ -123,7 +105,7 @@ class RunDirectory:
             if rows:
                 header = list(rows[0])
                 body = [[r[k] if not isinstance(r[k], float) else round(r[k], 6) for k in header] for r in rows]
-                atomic_write_text(self.path / name, _csv([header] + body))
+                atomic_write_text(self.path / name, csv_text([header] + body))
 
     def checkpoint(self, state: dict[str, Any]) -> None:
         """Save a trainer checkpoint as ``checkpoint.pt``; the previous one is kept as ``checkpoint.prev.pt``.
@@ -132,18 +114,15 @@ class RunDirectory:
         leaves at least one good checkpoint.
         """
         path = self.path / CHECKPOINT
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".checkpoint.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(state, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            if path.exists():
-                os.replace(path, self.path / PREVIOUS_CHECKPOINT)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        if path.exists():  # keep the newest good one: a hard link, so CHECKPOINT stays in place meanwhile
+            previous = self.path / PREVIOUS_CHECKPOINT
+            previous.unlink(missing_ok=True)
+            try:
+                os.link(path, previous)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(path, previous)
+        with atomic_open(path, "wb") as handle:
+            torch.save(state, handle)
 
     def remove_checkpoints(self) -> None:
         """Delete the checkpoints of a finished run (its final weights are in ``model.pt``)."""
@@ -159,7 +138,7 @@ class RunDirectory:
     def write_matrix(self, result: ContinualResult) -> None:
         rows = [["after_task"] + result.task_names]
         rows += [[i + 1] + [round(a, 2) for a in accs] for i, accs in enumerate(result.matrix)]
-        atomic_write_text(self.path / "accuracy_matrix.csv", _csv(rows))
+        atomic_write_text(self.path / "accuracy_matrix.csv", csv_text(rows))
 
     def write_metrics(self, result: ContinualResult, complete: bool = True) -> None:
         metrics = {k: round(v, 3) if math.isfinite(v) else v for k, v in result.metrics.items()}

@@ -246,7 +246,7 @@ def make_scenario(
     """
     if name not in available_scenarios():
         raise ValueError(f"unknown scenario {name!r}; available: {', '.join(available_scenarios())}")
-    _check_count(tasks, "--tasks")
+    _check_count(tasks, "tasks")
     if not datasets:
         raise ValueError("give at least one dataset")
     pairs = [(load_dataset(d, "train", data_dir), load_dataset(d, "test", data_dir)) for d in datasets]

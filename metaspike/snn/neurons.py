@@ -2,7 +2,7 @@
 
 Every spiking entry is ``Flatten → [Linear → Scale → neuron] per layer`` inside a
 :class:`~metaspike.snn.SpikingClassifier`; the output layer does not reset (its membrane is the
-readout). ``"bnn"`` is the non-spiking sign network of the ``bnn`` API. Turn synapses binary with
+readout). Turn synapses binary with
 ``metaspike.binarize(model)``.
 
 Adding a neuron model = one builder function ``(spec) -> nn.Module`` + one line in ``_NEURONS``.
@@ -132,15 +132,7 @@ def norse_lsnn(spec: NetSpec) -> nn.Module:
                              method=method, alpha=a)))
 
 
-def bnn_mlp(spec: NetSpec) -> nn.Module:
-    """Non-spiking sign BNN of the ``bnn`` API (``bnn.MLP``); ignores the time settings."""
-    from bnn import MLP
-
-    return MLP([math.prod(spec.input_shape), *spec.hidden, spec.classes])
-
-
 _NEURONS: dict[str, Callable[[NetSpec], nn.Module]] = {
-    "bnn": bnn_mlp,
     "leaky": leaky,
     "synaptic": synaptic,
     "alpha": alpha,
@@ -156,7 +148,7 @@ def available_neurons() -> list[str]:
 
     Example:
         >>> available_neurons()
-        ['alpha', 'bnn', 'lapicque', 'leaky', 'norse-lif', 'norse-lsnn', 'self-recurrent', 'synaptic']
+        ['alpha', 'lapicque', 'leaky', 'norse-lif', 'norse-lsnn', 'self-recurrent', 'synaptic']
     """
     return sorted(_NEURONS)
 
@@ -168,7 +160,7 @@ def check_neurons(names: list[str] | tuple[str, ...]) -> None:
         >>> check_neurons(["leaky", "lif2"])
         Traceback (most recent call last):
         ...
-        ValueError: unknown neuron model 'lif2'; available: alpha, bnn, lapicque, leaky, norse-lif, norse-lsnn, self-recurrent, synaptic
+        ValueError: unknown neuron model 'lif2'; available: alpha, lapicque, leaky, norse-lif, norse-lsnn, self-recurrent, synaptic
     """
     for name in names:
         if name not in _NEURONS:

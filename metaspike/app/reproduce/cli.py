@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from metaspike.reproduce.experiments import EXPERIMENTS, SCALES
+from metaspike.app.reproduce.experiments import EXPERIMENTS
+from metaspike.app.reproduce.scales import SCALES
 
 __all__ = ["add_parser", "run"]
 
@@ -36,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> None:
     """Run the experiment named in ``args`` and print where its table and figure are."""
-    from metaspike.reproduce import reproduce
+    from metaspike.app.reproduce import reproduce
 
     root, rows = reproduce(args.name, args.scale, args.seeds, args.out, progress=not args.quiet, data_dir=args.data_dir)
     for row in rows:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metaspike.continual.results import atomic_write_text
+from metaspike.files import atomic_write_text
 from metaspike.data import load_dataset
 from metaspike.synapse import weight_matrices
 
@@ -75,9 +75,9 @@ def reproduce_fig5cde(scale: str, seeds: Sequence[int], root: Path, paper: dict[
         >>> rows = reproduce_fig5cde("cpu", [1], Path("runs/fig5cde"), {})  # doctest: +SKIP
     """
     import bnn
-    from metaspike.plots import pyplot
-    from metaspike.experiment import mean_std
-    from metaspike.reproduce.experiments import meta_at
+    from metaspike.app.plots import pyplot
+    from metaspike.app.reproduce.scales import meta_at
+    from metaspike.app.tables import mean_std
 
     paper_scale = scale == "paper"
     dataset, hidden, epochs = ("mnist", 1024, 20) if paper_scale else ("mnist5k", 256, 5)

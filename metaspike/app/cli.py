@@ -7,7 +7,6 @@ printed as one line ``metaspike: error: ...`` with exit status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -16,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from metaspike.app.config import DEFAULT_INPUT_META, DEFAULT_META, RunConfig, meta_label, parse_meta
+from metaspike.app.reproduce import cli as reproduce_cli
 from metaspike.distributed import world
-from metaspike.experiment import DEFAULT_INPUT_META, DEFAULT_META, RunConfig, meta_label, parse_meta
-from metaspike.reproduce import cli as reproduce_cli
 
 __all__ = ["main"]
 
@@ -77,13 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     default = f"{DEFAULT_INPUT_META:g} for the first layer, {DEFAULT_META:g} for the others"
     _add_run_options(train, f"metaplasticity m >= 0: one value, or one per layer (default: {default})")
     train.add_argument("--seed", type=int, default=_DEFAULTS["seed"], help="(default: %(default)s)")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint (other options are read from RUN_DIR)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint "
+                       "(its settings are read from RUN_DIR; a flag that would change one is refused)")
     cmp = sub.add_parser("compare", help="same task stream with several meta values, one table and figure")
     _add_run_options(cmp, "meta settings to compare, each a number or one number per layer like 5,30,30 "
                           f"(default: 0 and {default})")
     cmp.add_argument("--seeds", type=int, nargs="+", default=[_DEFAULTS["seed"]], help="seeds; the table gives mean ± std (default: %(default)s)")
+    cmp.add_argument("--resume", metavar="DIR", help="finish a killed comparison (other options are read from DIR)")
     cmp.add_argument("--neurons", nargs="+", default=None, metavar="NAME",
-                     help="compare neuron models (e.g. bnn leaky norse-lif; see metaspike.snn.available_neurons()), "
+                     help="compare models (bnn, or spiking neuron models such as leaky norse-lif; see "
+                          "metaspike.app.models.available_models()), "
                           "each with every --meta (default 0 50); --hidden/--epochs then default to 256/2")
     reproduce_cli.add_parser(sub)
     plot = sub.add_parser("plot", help="draw the figures of a run directory")
@@ -91,50 +93,91 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(args: argparse.Namespace) -> None:
-    from metaspike.experiment import format_table, resume, run
+def _given_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The run settings typed on the command line (``args.argv``), as RunConfig fields and values."""
+    tokens = [token.split("=", 1)[0] for token in args.argv]
+    given: dict[str, object] = {}
+    for key, field in _SETTING_FLAGS.items():
+        if "--" + key.replace("_", "-") in tokens:
+            value = getattr(args, key)
+            given[field] = tuple(value) if isinstance(value, list) else value
+    if "--meta" in tokens:
+        given["meta"] = tuple(v for text in args.meta for v in parse_meta(text))
+    return given
 
-    if args.resume:
-        path, result, warnings = resume(args.resume, progress=not args.quiet)
+
+#: command-line attribute -> RunConfig field, for the settings --resume must not change
+_SETTING_FLAGS = {"scenario": "scenario", "dataset": "datasets", "tasks": "tasks", "epochs": "epochs",
+                  "hidden": "hidden", "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay",
+                  "rule": "rule", "batchnorm": "batchnorm", "optimizer": "optimizer", "split_mode": "split_mode",
+                  "data_dir": "data_dir", "device": "device", "seed": "seed"}
+
+
+def _train(args: argparse.Namespace) -> None:
+    from metaspike.app.runs import load_config, resume, run
+    from metaspike.app.tables import format_table, summarize_results
+
+    if args.resume is not None:
+        settings = _given_settings(args)
+        path, result, warnings = resume(args.resume, progress=not args.quiet, settings=settings)
         for warning in warnings:
             print(f"metaspike: warning: {warning}; resumed from the previous checkpoint", file=sys.stderr)
-        meta = json.loads((path / "config.json").read_text())["meta"]
+        meta = load_config(path).meta
     else:
         meta_values = [v for text in args.meta for v in parse_meta(text)] if args.meta else None
         config = _config(args, meta_values, args.seed)
         path, result = run(config, args.out, progress=not args.quiet)
-        meta = list(config.meta)
+        meta = config.meta
     if world()[0] != 0:
         return  # under torchrun, only the first process reports
-    rows = [{"setting": f"meta={meta_label(meta if isinstance(meta, list) else [meta])}",
-             **{f"task {j + 1}": (a, 0.0) for j, a in enumerate(result.matrix[-1])},
-             **{k: (v, 0.0) for k, v in result.metrics.items()}, "seconds": (result.seconds, 0.0)}]
+    rows = [{"setting": f"meta={meta_label(meta)}", **summarize_results([result])}]
     print()
     print(format_table(rows, len(result.task_names)))
     print(f"\nresults: {path}  (accuracy_matrix.csv, curves.csv, metrics.json, accuracy_curves.png)")
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from metaspike.experiment import compare, format_table
+    from metaspike.app import compare
+    from metaspike.app.tables import format_table
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("compare runs in one process; under torchrun use 'metaspike train' (one setting per launch)")
-    if args.neurons is not None:
-        from metaspike.snn.compare import compare_from_args
-
-        return compare_from_args(args, _config)
-    base = _config(args, None, args.seeds[0])
-    metas = [parse_meta(text) for text in args.meta] if args.meta is not None else [(0.0,), base.meta]
-    path, rows = compare(base, metas, args.seeds, args.out, progress=not args.quiet)
+    if args.resume is not None:
+        given = [flag for flag in args.argv if flag.startswith("--") and flag.split("=")[0] not in ("--resume", "--quiet")]
+        if given:
+            raise ValueError(f"--resume continues a comparison with its stored plan; remove {' '.join(given)}")
+        path, rows = compare.resume_comparison(args.resume, progress=not args.quiet)
+    elif args.neurons is not None:
+        if args.hidden is None:
+            args.hidden = list(compare.SNN_DEFAULTS["hidden"])
+        if args.epochs is None:
+            args.epochs = compare.SNN_DEFAULTS["epochs"]
+        settings = [parse_meta(text) for text in args.meta] if args.meta is not None else [(0.0,), (compare.DEFAULT_SNN_META,)]
+        if any(len(setting) != 1 for setting in settings):
+            raise ValueError("--neurons compares one meta value per setting, not one per layer")
+        metas = [setting[0] for setting in settings]
+        base = _config(args, [metas[0]], args.seeds[0])
+        path, rows = compare.compare_neurons(base, args.neurons, metas, args.seeds, out=args.out, progress=not args.quiet)
+    else:
+        base = _config(args, None, args.seeds[0])
+        metas = [parse_meta(text) for text in args.meta] if args.meta is not None else [(0.0,), base.meta]
+        path, rows = compare.compare(base, metas, args.seeds, args.out, progress=not args.quiet)
     n_tasks = sum(1 for key in rows[0] if key.startswith("task "))
     print()
-    print(f"final test accuracy (%) after the last task, mean ± std over seeds {args.seeds}:")
+    print(f"final test accuracy (%) after the last task, mean ± std over seeds {_seeds(path)}:")
     print(format_table(rows, n_tasks))
-    print(f"\nresults: {path}  (comparison.csv, comparison.png, one run folder per setting)")
+    print(f"\nresults: {path}  (comparison.csv, comparison.txt, a figure, one run folder per run; "
+          f"continue a killed comparison with --resume {path})")
+
+
+def _seeds(path: Path) -> list[int]:
+    from metaspike.files import read_json
+
+    return read_json(path / "plan.json")["seeds"]
 
 
 def _plot(args: argparse.Namespace) -> None:
-    from metaspike.plots import plot_run
+    from metaspike.app.plots import plot_run
 
     for written in plot_run(Path(args.run_dir)):
         print(written)
@@ -148,7 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metaspike: error: --tasks must be an integer >= 1, got 0
         2
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    args.argv = argv
     from metaspike.training import TrainingDiverged
 
     try:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -108,15 +109,48 @@ def plot_comparison(
     for ax in axes[1]:
         ax.remove()
     n_tasks = len(runs[0]["task_names"])
-    width = 0.8 / len(runs)
-    bars = final if final is not None else [(run["matrix"][-1], [0.0] * n_tasks) for run in runs]
-    for k, ((means, stds), label) in enumerate(zip(bars, labels)):
-        bottom.bar([j + k * width for j in range(n_tasks)], means, width, yerr=stds if final is not None else None,
-                   capsize=3, label=label)
-    bottom.set_xticks([j + 0.4 - width / 2 for j in range(n_tasks)], [f"task {j + 1}" for j in range(n_tasks)])
+    bars = final if final is not None else [(run["matrix"][-1], [math.nan] * n_tasks) for run in runs]
+    grouped_bars(bottom, [f"task {j + 1}" for j in range(n_tasks)], list(labels), [list(zip(*bar)) for bar in bars])
     bottom.set_ylabel("accuracy after the last task (%)" + (" mean ± std" if final is not None else ""))
     bottom.set_ylim(0, 100)
-    bottom.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def grouped_bars(ax: Any, groups: Sequence[str], series: Sequence[str],
+                 values: Sequence[Sequence[tuple[float, float]]]) -> None:
+    """Bars of ``values[k][i] = (mean, std)`` for series ``k`` in group ``i`` (std ``nan``: no error bar).
+
+    Example:
+        >>> fig, ax = pyplot().subplots()
+        >>> grouped_bars(ax, ["task 1", "task 2"], ["m=0", "m=5"], [[(50, 1), (90, 2)], [(80, 1), (88, math.nan)]])
+    """
+    width = 0.8 / len(series)
+    for k, (label, bars) in enumerate(zip(series, values)):
+        means = [mean for mean, _ in bars]
+        errors = [0.0 if not math.isfinite(std) else std for _, std in bars]
+        ax.bar([i + k * width for i in range(len(groups))], means, width, yerr=errors, capsize=3, label=label)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], groups, rotation=20 if len(groups) > 6 else 0)
+    ax.legend(fontsize=8)
+
+
+def plot_forgetting_by_model(rows: Sequence[dict[str, Any]], out: str | os.PathLike) -> Path:
+    """Forgetting by neuron model, one bar per meta value (mean ± std over seeds), from comparison rows.
+
+    Example:
+        >>> plot_forgetting_by_model(rows, "runs/forgetting.png")  # doctest: +SKIP
+    """
+    plt = pyplot()
+    neurons = list(dict.fromkeys(r["neuron"] for r in rows))
+    metas = list(dict.fromkeys(r["meta"] for r in rows))
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(neurons)), 4))
+    values = [[next(r for r in rows if r["neuron"] == n and r["meta"] == m)["forgetting"] for n in neurons] for m in metas]
+    grouped_bars(ax, neurons, ["no metaplasticity" if m == 0 else f"meta = {m:g}" for m in metas], values)
+    ax.set_ylabel("forgetting (accuracy points)")
+    ax.set_title("forgetting by neuron model")
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=120)

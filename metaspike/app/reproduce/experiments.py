@@ -16,14 +16,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from metaspike.experiment import RunConfig, comparison_csv, default_meta
-from metaspike.continual.results import atomic_write_text
-from metaspike.reproduce.continual import TABLE_LABELS, Method, compare_methods
+from metaspike.app.config import RunConfig, default_meta
+from metaspike.app.reproduce.scales import CPU_META_FACTOR, SCALES, meta_at
+from metaspike.app.tables import comparison_csv
+from metaspike.files import atomic_write_text
+from metaspike.app.reproduce.continual import TABLE_LABELS, Method, compare_methods
 
 __all__ = ["Experiment", "EXPERIMENTS", "SCALES", "PAPER", "CPU_META_FACTOR", "meta_at", "get_experiment"]
 
-SCALES = ("cpu", "paper")
-CPU_META_FACTOR = 10.0 / 1.35
 EWC_LAMBDA = 5000.0  # the paper's EWC strength
 SI_C = 1.0  # not calibrated against the paper (its SI strength is not restated here)
 #: The CPU-scale permuted stream (fig2, table1): 3 permutations of the offline ``digits`` set (1,437
@@ -43,16 +43,6 @@ CPU_TABLE1 = RunConfig(datasets=("mnist5k",), tasks=3, epochs=20, hidden=(512, 5
 #: could be checked against the paper text here, so every entry is "n/a" rather than a number
 #: quoted from memory. Fill in a setting as ``"label": "97.1"`` once checked.
 PAPER: dict[str, dict[str, str]] = {"fig2": {}, "table1": {}, "fig3": {}, "stream": {}, "fig5ab": {}, "fig5cde": {}}
-
-
-def meta_at(scale: str, paper_meta: float) -> float:
-    """The metaplasticity strength used at ``scale`` for the paper's ``paper_meta``.
-
-    Example:
-        >>> round(meta_at("cpu", 1.35), 6), meta_at("paper", 1.35)
-        (10.0, 1.35)
-    """
-    return paper_meta if scale == "paper" else round(paper_meta * CPU_META_FACTOR, 2)
 
 
 @dataclass(frozen=True)
@@ -132,13 +122,13 @@ def _stream(scale: str) -> list[tuple[str, RunConfig, list[Method]]]:
 
 
 def _fig5ab(scale: str, seeds: Sequence[int], root: Path, progress: bool, data_dir: str | None) -> list[dict[str, Any]]:
-    from metaspike.reproduce.quadratic import reproduce_fig5ab
+    from metaspike.app.reproduce.quadratic import reproduce_fig5ab
 
     return reproduce_fig5ab(scale, seeds, root, PAPER["fig5ab"])
 
 
 def _fig5cde(scale: str, seeds: Sequence[int], root: Path, progress: bool, data_dir: str | None) -> list[dict[str, Any]]:
-    from metaspike.reproduce.flips import reproduce_fig5cde
+    from metaspike.app.reproduce.flips import reproduce_fig5cde
 
     return reproduce_fig5cde(scale, seeds, root, PAPER["fig5cde"], data_dir)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from metaspike.continual.results import unique_directory
-from metaspike.reproduce.experiments import EXPERIMENTS, SCALES, get_experiment
+from metaspike.app.reproduce.experiments import EXPERIMENTS, get_experiment
+from metaspike.app.reproduce.scales import SCALES
 
 __all__ = ["reproduce", "EXPERIMENTS", "SCALES"]
 

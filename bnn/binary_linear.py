@@ -107,7 +107,7 @@ def _product(x: Tensor, signs: Tensor, signs_bf16: Tensor | None, bias: Tensor |
 
 
 def binary_linear(x: Tensor, layer: Any) -> Tensor:
-    """``F.linear(x, sign(W_h), bias)`` for a binary synapse ``layer`` (a ``BinarySynapse``), fast.
+    """``F.linear(x, sign(W_h), bias)`` for a binary layer of :mod:`bnn.layers`, fast.
 
     Equal to ``F.linear(x, layer.visible_weight(), layer.bias)``: without a bias the output bit for bit
     (with one, the exact product is rounded once when the bias is added), gradients up to float32
@@ -124,13 +124,13 @@ def binary_linear(x: Tensor, layer: Any) -> Tensor:
     small = weight.numel() < FAST_MIN_NUMEL or x.dim() != 2 or x.dtype != torch.float32 or weight.dtype != torch.float32
     if small or torch.compiler.is_compiling():  # a compiled model fuses the plain product itself
         return F.linear(x, layer.visible_weight(), layer.bias)
-    signs = layer._current_signs()
+    signs = layer.signs()
     signs_bf16 = None
     if bf16_products_pay_off(x.device) and is_binary_input(x):
-        signs_bf16 = layer._current_signs(torch.bfloat16)
+        signs_bf16 = layer.signs(torch.bfloat16)
     bias = layer.bias
     needs_grad = weight.requires_grad or x.requires_grad or (bias is not None and bias.requires_grad)
     if not (torch.is_grad_enabled() and needs_grad):
         return _product(x, signs, signs_bf16, bias)
-    grad_buffer = layer._gradient_buffer() if weight.requires_grad else None
+    grad_buffer = layer.gradient_buffer() if weight.requires_grad else None
     return _FastBinaryLinear.apply(x, weight, bias, signs, signs_bf16, grad_buffer)

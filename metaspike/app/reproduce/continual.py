@@ -18,10 +18,13 @@ import torch
 
 from bnn import MLP
 from metaspike.continual.baselines import EWC, RandomConsolidation, SynapticIntelligence
-from metaspike.continual.results import RunDirectory, atomic_write_text
+from metaspike.continual.results import RunDirectory
+from metaspike.files import atomic_write_text
 from metaspike.continual.scenarios import Scenario, joint, make_scenario
 from metaspike.continual.trainer import ContinualResult
-from metaspike.experiment import RunConfig, build_model, build_trainer, comparison_csv, mean_std, train_and_finish
+from metaspike.app.config import RunConfig
+from metaspike.app.runs import build_run_model, build_trainer, train_and_finish
+from metaspike.app.tables import comparison_csv, mean_std
 from metaspike.training import Plugin
 
 __all__ = ["Method", "run_method", "compare_methods", "summarize", "TABLE_LABELS", "plot_rows", "BASELINES"]
@@ -94,7 +97,7 @@ def run_method(config: RunConfig, method: Method, root: str | Path, progress: bo
         model = MLP([math.prod(scenario.input_shape), *config.hidden, scenario.num_classes],
                     weight_quantizer="none", activation="relu")
     else:
-        model = build_model(config, scenario)
+        model = build_run_model(config, scenario)
 
     trainer = build_trainer(config, model, progress, method.plugins(config.seed))
     record = {**config.to_dict(), "method": asdict(method), "scenario_effective": scenario.name}
@@ -108,8 +111,8 @@ def summarize(label: str, results: Sequence[ContinualResult], paper: str) -> dic
 
     Example:
         >>> r = ContinualResult(task_names=["a", "b"], matrix=[[90.0, 10.0], [60.0, 95.0]], seconds=1.0)
-        >>> summarize("x", [r], "n/a")["task1"]
-        (60.0, 0.0)
+        >>> summarize("x", [r], "n/a")["task1"]  # one seed: no spread measured
+        (60.0, nan)
     """
     row: dict[str, Any] = {"setting": label, "paper": paper, "runs": len(results)}
     row["ACC"] = mean_std([r.metrics["ACC"] for r in results])
@@ -131,7 +134,7 @@ def plot_rows(rows: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
     Example:
         >>> plot_rows(rows, "Table 1", Path("runs/table1.png"))  # doctest: +SKIP
     """
-    from metaspike.plots import pyplot
+    from metaspike.app.plots import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.3 * len(rows) + 2.5, 3.6))

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaspike.continual.results import atomic_write_text
+from metaspike.files import atomic_write_text
 from metaspike.optim import MetaplasticAdam
-from metaspike.synapse import ste_sign
+from metaspike.quantizers import ste_sign
 
 __all__ = ["QuadraticTask", "train_quadratic", "reproduce_fig5ab"]
 
@@ -72,12 +72,12 @@ def train_quadratic(
     """
     dim = len(task1.optimum)
     hidden = torch.nn.Parameter(0.01 * torch.randn(1, dim, generator=torch.Generator().manual_seed(seed)))
-    optimizer = MetaplasticAdam([hidden], lr=lr, meta=meta)
+    optimizer = MetaplasticAdam([{"params": [hidden], "consolidate": True}], lr=lr, meta=meta)
     curve1, curve2 = [], []
     for task in (task1, task2):
         for _ in range(steps):
             optimizer.zero_grad()
-            task.loss(ste_sign(hidden)).backward()
+            task.loss(ste_sign(hidden, clip_value=None)).backward()
             optimizer.step()
             with torch.no_grad():
                 w = hidden.sign()
@@ -107,8 +107,8 @@ def reproduce_fig5ab(scale: str, seeds: Sequence[int], root: Path, paper: dict[s
     Example:
         >>> rows = reproduce_fig5ab("cpu", [1, 2, 3], Path("runs/fig5ab"), {})  # doctest: +SKIP
     """
-    from metaspike.plots import pyplot
-    from metaspike.experiment import mean_std
+    from metaspike.app.plots import pyplot
+    from metaspike.app.tables import mean_std
 
     settings = SETTINGS
     rows, first = [], []

@@ -1,0 +1,164 @@
+"""Bayesian layers: ``nn.Linear`` / ``nn.Conv2d`` whose weights are Bayesian synapses.
+
+* :class:`BayesianLinear`, :class:`BayesianConv2d`: Gaussian weights ``(μ, σ)``, trained by
+  :class:`metaspike.bayesian.MESU`.
+* :class:`BinaryBayesianLinear`, :class:`BinaryBayesianConv2d`: binary weights with latent ``λ``,
+  trained by :class:`metaspike.bayesian.BiMU`.
+
+They are the plain torch layers with the parametrizations of :func:`metaspike.bayesian.make_bayesian`
+(so :func:`metaspike.bayesian.bayesian_modules` and the optimizers' helpers find them), plus a
+``samples`` argument: with ``samples=None`` a forward pass draws one weight sample and the output is
+the usual ``(B, out)``; with ``samples=S`` it draws ``S`` weight samples and runs them batched
+(:func:`metaspike.bayesian.sampled_forward`), the output gets a leading ``S``: ``(S, B, out)``. A
+following sampled layer takes that ``(S, B, ...)`` input sample by sample. Average the loss over
+the flattened ``S·B`` outputs (e.g. ``F.cross_entropy(out.flatten(0, 1), y.repeat(S))``): the
+gradient is then the mean of the ``S`` per-sample gradients, as the authors' multi-sample steps use.
+
+Biases (off by default) are not Bayesian; train them with any torch optimizer
+(:func:`metaspike.bayesian.plain_parameters`).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from metaspike.bayesian.synapses import check_samples, make_bayesian, sampled_forward
+
+__all__ = ["BayesianLinear", "BayesianConv2d", "BinaryBayesianLinear", "BinaryBayesianConv2d"]
+
+
+class _Sampled:
+    """Forward pass on ``self.samples`` weight samples (``None``: the layer's own forward pass)."""
+
+    samples: int | None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.samples is None:
+            return super().forward(x)  # type: ignore[misc]
+        return sampled_forward(self, x, self.samples)  # type: ignore[arg-type]
+
+
+class BayesianLinear(_Sampled, nn.Linear):
+    """``nn.Linear`` with Gaussian (MESU) synapses: ``weight`` is ``μ + σ·ε`` in training mode.
+
+    Args:
+        in_features, out_features: as in ``nn.Linear``.
+        bias: add a (non-Bayesian) bias.
+        samples: weight samples per forward pass (see the module docstring); ``None``: one, output ``(B, out)``.
+        sigma_init: initial width ``σ`` (``μ`` keeps ``nn.Linear``'s initialisation).
+        evaluation: ``"mode"`` (evaluation shows ``μ``) or ``"sample"``.
+
+    Example:
+        >>> import torch
+        >>> layer = BayesianLinear(8, 3, samples=4)
+        >>> layer(torch.randn(5, 8)).shape
+        torch.Size([4, 5, 3])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        *,
+        samples: int | None = None,
+        sigma_init: float = 0.1,
+        evaluation: str = "mode",
+    ) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self.samples = check_samples(samples)
+        make_bayesian(self, "mesu", sigma_init=sigma_init, evaluation=evaluation)
+
+
+class BayesianConv2d(_Sampled, nn.Conv2d):
+    """``nn.Conv2d`` with Gaussian (MESU) synapses; arguments as in :class:`BayesianLinear`.
+
+    Example:
+        >>> import torch
+        >>> conv = BayesianConv2d(1, 4, kernel_size=3, padding=1, samples=2)
+        >>> conv(torch.randn(3, 1, 8, 8)).shape
+        torch.Size([2, 3, 4, 8, 8])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = False,
+        *,
+        samples: int | None = None,
+        sigma_init: float = 0.1,
+        evaluation: str = "mode",
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        self.samples = check_samples(samples)
+        make_bayesian(self, "mesu", sigma_init=sigma_init, evaluation=evaluation)
+
+
+class BinaryBayesianLinear(_Sampled, nn.Linear):
+    """``nn.Linear`` with binary (BiMU) synapses: ``weight`` is a relaxed ±1 sample in training mode.
+
+    Args:
+        in_features, out_features: as in ``nn.Linear``.
+        bias: add a (non-Bayesian) bias.
+        samples: weight samples per forward pass (see the module docstring); ``None``: one, output ``(B, out)``.
+        lambda_init: ``λ`` starts ``N(0, lambda_init²)``.
+        temperature: ``τ`` of the relaxed training sample.
+        evaluation: ``"mode"`` (evaluation shows ``sign(λ)``) or ``"sample"`` (a Bernoulli sample).
+
+    Example:
+        >>> layer = BinaryBayesianLinear(8, 3).eval()
+        >>> layer.weight.abs().unique()
+        tensor([1.])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        *,
+        samples: int | None = None,
+        lambda_init: float = 0.1,
+        temperature: float = 1.0,
+        evaluation: str = "mode",
+    ) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self.samples = check_samples(samples)
+        make_bayesian(self, "bimu", lambda_init=lambda_init, temperature=temperature, evaluation=evaluation)
+
+
+class BinaryBayesianConv2d(_Sampled, nn.Conv2d):
+    """``nn.Conv2d`` with binary (BiMU) synapses; arguments as in :class:`BinaryBayesianLinear`.
+
+    Example:
+        >>> import torch
+        >>> conv = BinaryBayesianConv2d(1, 4, kernel_size=3)
+        >>> conv(torch.randn(2, 1, 8, 8)).shape
+        torch.Size([2, 4, 6, 6])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = False,
+        *,
+        samples: int | None = None,
+        lambda_init: float = 0.1,
+        temperature: float = 1.0,
+        evaluation: str = "mode",
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        self.samples = check_samples(samples)
+        make_bayesian(self, "bimu", lambda_init=lambda_init, temperature=temperature, evaluation=evaluation)

@@ -1,0 +1,156 @@
+"""The run configuration: one frozen record that is everything needed to rerun a run (``config.json``).
+
+This is the application layer: its errors name the command-line flags that set each field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+
+from metaspike.app.models import available_models, is_spiking
+from metaspike.continual.scenarios import available_scenarios
+from metaspike.continual.trainer import TrainerConfig
+from metaspike.rules import check_meta, get_rule
+
+__all__ = ["RunConfig", "DEFAULT_META", "DEFAULT_INPUT_META", "default_meta", "parse_meta", "meta_label"]
+
+#: Default metaplasticity of the CPU main job, per layer: the first (input) layer stays nearly plastic,
+#: every later layer is consolidated strongly. Chosen from the sweep in README ("Why the default is what
+#: it is"): with ~800 updates per task |W_h| stays small, so the paper's m = 1.35 barely consolidates.
+DEFAULT_INPUT_META = 5.0
+DEFAULT_META = 30.0
+
+
+def default_meta(layers: int) -> tuple[float, ...]:
+    """The default per-layer ``meta`` for a network with ``layers`` weight layers.
+
+    Example:
+        >>> default_meta(3)
+        (5.0, 30.0, 30.0)
+    """
+    return (DEFAULT_INPUT_META,) + (DEFAULT_META,) * (layers - 1)
+
+
+def parse_meta(text: str) -> tuple[float, ...]:
+    """One ``--meta`` setting: a number, or one number per layer joined by ``,`` or ``:``.
+
+    Example:
+        >>> parse_meta("5:30:30"), parse_meta("1.35")
+        ((5.0, 30.0, 30.0), (1.35,))
+    """
+    try:
+        values = tuple(float(v) for v in text.replace(":", ",").split(","))
+    except ValueError:
+        raise ValueError(f"--meta {text!r} is not a number or a list of numbers like 5,30,30") from None
+    for value in values:
+        check_meta(value, "--meta")
+    return values
+
+
+def meta_label(meta: Sequence[float]) -> str:
+    """``(5.0, 30.0, 30.0)`` -> ``"5:30:30"``; ``(10.0,)`` -> ``"10"``.
+
+    Example:
+        >>> meta_label((5.0, 30.0, 30.0))
+        '5:30:30'
+    """
+    return ":".join(f"{m:g}" for m in meta)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs; saved as ``config.json``.
+
+    ``model`` is a kind from :func:`metaspike.app.models.available_models` (``"bnn"``: the paper's
+    binarized MLP; a spiking neuron model such as ``"leaky"``, with binary synapses and ``num_steps``
+    time steps), so that any run can be rebuilt and resumed from its config alone.
+
+    Example:
+        >>> RunConfig(meta=(1.35,), tasks=2).name
+        'permuted-mnist5k-meta1.35-seed1'
+    """
+
+    scenario: str = "permuted"
+    datasets: tuple[str, ...] = ("mnist5k",)
+    tasks: int = 3
+    epochs: int = 20
+    hidden: tuple[int, ...] = (512, 512)
+    meta: tuple[float, ...] | None = None
+    rule: str = "tanh"
+    lr: float = 0.005
+    weight_decay: float = 0.0
+    batch_size: int = 100
+    seed: int = 1
+    batchnorm: str = "per-task"
+    optimizer: str = "per-task"
+    split_mode: str = "task"
+    device: str = "cpu"
+    data_dir: str | None = None
+    model: str = "bnn"
+    num_steps: int = 8
+
+    def __post_init__(self) -> None:
+        if self.scenario not in available_scenarios():
+            raise ValueError(f"unknown scenario {self.scenario!r}; available: {', '.join(available_scenarios())}")
+        if self.model not in available_models():
+            raise ValueError(f"unknown model {self.model!r}; available: {', '.join(available_models())}")
+        for key in ("tasks", "epochs", "batch_size", "num_steps", "seed"):
+            value = getattr(self, key)
+            low = 0 if key == "seed" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{_flag(key)} must be an integer >= {low}, got {value!r}")
+        if self.batch_size < 2:
+            raise ValueError(f"--batch-size must be >= 2 (BatchNorm needs two samples), got {self.batch_size}")
+        if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ValueError(f"--hidden must list positive integer layer widths, got {list(self.hidden)}")
+        if self.meta is None:
+            object.__setattr__(self, "meta", default_meta(len(self.hidden) + 1))
+        if not self.meta:
+            raise ValueError("--meta needs one value, or one per layer")
+        for m in self.meta:
+            check_meta(m, "--meta")
+        if len(self.meta) not in (1, len(self.hidden) + 1):
+            raise ValueError(
+                f"--meta takes one value or one per layer ({len(self.hidden) + 1} for --hidden "
+                f"{' '.join(map(str, self.hidden))}), got {len(self.meta)}"
+            )
+        for key, low in (("lr", 0.0), ("weight_decay", 0.0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low \
+                    or (key == "lr" and value == 0):
+                raise ValueError(f"{_flag(key)} must be a finite number {'>' if key == 'lr' else '>='} 0, got {value!r}")
+        get_rule(self.rule)
+        TrainerConfig(batchnorm=self.batchnorm, optimizer=self.optimizer)  # validates the modes
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {self.device}: CUDA is not available on this machine")
+
+    @property
+    def name(self) -> str:
+        """The run folder's name: scenario, datasets, model (when not ``bnn``), meta, rule, seed."""
+        meta = "-".join(f"{m:g}" for m in self.meta)  # type: ignore[union-attr]
+        rule = "" if self.rule == "tanh" else f"-{self.rule}"
+        model = "" if self.model == "bnn" else f"-{self.model}"
+        return f"{self.scenario}-{'-'.join(self.datasets)}{model}-meta{meta}{rule}-seed{self.seed}"
+
+    @property
+    def spiking(self) -> bool:
+        """Whether the model is a spiking network (then ``num_steps`` matters)."""
+        return is_spiking(self.model)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready record written to ``config.json`` (a single ``meta`` as a number)."""
+        return {**asdict(self), "meta": self.meta[0] if len(self.meta) == 1 else list(self.meta)}  # type: ignore[arg-type]
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """Names of the fields (the keys of :meth:`to_dict`)."""
+        return [f.name for f in fields(cls)]

@@ -1,0 +1,277 @@
+"""Runs described by a config: build scenario, model and optimizer, train, save, plot; resume a killed run.
+
+This is the layer where models are chosen (through :mod:`metaspike.app.models`); the trainer only
+receives a model. A run directory is locked while a process trains in it, so two resumes of one run
+cannot interleave, and it is marked complete only after every final file is in place.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metaspike.app.config import RunConfig
+from metaspike.app.models import build_model, describe_model
+from metaspike.app.tables import versions
+from metaspike.continual.results import RunDirectory, latest_good_checkpoint
+from metaspike.continual.scenarios import Scenario, make_scenario
+from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig
+from metaspike.distributed import init_from_env, sync_batchnorm, world
+from metaspike.files import atomic_open, read_json
+from metaspike.optim import MetaplasticAdam, param_groups
+from metaspike.training import Plugin, TrainingDiverged
+
+__all__ = ["build_run_model", "build_trainer", "make_run_scenario", "train_and_finish", "run", "resume",
+           "load_config", "run_lock", "finished_result"]
+
+LOCK = ".lock"
+
+
+def make_run_scenario(config: RunConfig) -> Scenario:
+    """The task stream ``config`` describes.
+
+    Example:
+        >>> len(make_run_scenario(RunConfig(datasets=("digits",), tasks=2)).tasks)
+        2
+    """
+    return make_scenario(config.scenario, config.datasets, config.tasks, config.seed, config.data_dir, config.split_mode)
+
+
+def build_run_model(config: RunConfig, scenario: Scenario) -> torch.nn.Module:
+    """The model ``config`` names, sized for ``scenario`` (input shape, classes).
+
+    Example:
+        >>> s = make_scenario("permuted", ["digits"], tasks=1)
+        >>> build_run_model(RunConfig(hidden=(64,)), s).sizes
+        (784, 64, 10)
+    """
+    return build_model(config.model, config.hidden, scenario.input_shape, scenario.num_classes, config.num_steps)
+
+
+def build_trainer(
+    config: RunConfig, model: torch.nn.Module, progress: bool = True, plugins: Sequence[Plugin] = ()
+) -> ContinualTrainer:
+    """The continual trainer ``config`` describes, for ``model`` (MetaplasticAdam with the config's meta).
+
+    Example:
+        >>> trainer = build_trainer(RunConfig(hidden=(32,)), torch.nn.Linear(784, 10), progress=False)
+        >>> trainer.config.epochs
+        20
+    """
+    metas: float | Sequence[float] = config.meta[0] if len(config.meta) == 1 else config.meta  # type: ignore[arg-type]
+
+    def make_optimizer(m: torch.nn.Module) -> MetaplasticAdam:
+        return MetaplasticAdam(param_groups(m, metas), lr=config.lr, weight_decay=config.weight_decay, rule=config.rule)
+
+    trainer_config = TrainerConfig(
+        epochs=config.epochs, batch_size=config.batch_size, batchnorm=config.batchnorm,
+        optimizer=config.optimizer, seed=config.seed, device=config.device,
+    )
+    return ContinualTrainer(model, make_optimizer, trainer_config, progress=progress, plugins=plugins)
+
+
+def _trainer(config: RunConfig, scenario: Scenario, progress: bool) -> ContinualTrainer:
+    rank, processes = init_from_env(config.device)
+    torch.manual_seed(config.seed)
+    model = build_run_model(config, scenario)
+    if processes > 1:
+        sync_batchnorm(model)
+    return build_trainer(config, model, progress and rank == 0)
+
+
+def _shared_path(path: Path | None) -> Path:
+    """The run directory rank 0 chose, known to every process."""
+    if world()[1] == 1:
+        return path  # type: ignore[return-value]
+    holder = [str(path) if path is not None else None]
+    torch.distributed.broadcast_object_list(holder, src=0)
+    return Path(holder[0])
+
+
+@contextmanager
+def run_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run directory ``path``; ``ValueError`` if another process holds it.
+
+    Example:
+        >>> import tempfile
+        >>> with run_lock(Path(tempfile.mkdtemp())):
+        ...     pass
+    """
+    if world()[0] != 0:  # rank 0 holds the lock for the whole group
+        yield
+        return
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{path} is being trained by another process (it holds {path / LOCK})") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: RunDirectory | None,
+                     resume: dict[str, Any] | None, plot: bool) -> ContinualResult:
+    """Train, then (on rank 0, which holds the directory) write ``model.pt``, the final metrics and figures.
+
+    ``model.pt`` is written atomically before ``metrics.json`` says ``complete: true``, so a kill at
+    any moment leaves a run that either resumes or is complete with every file. A diverged run raises
+    :class:`TrainingDiverged` naming the directory that keeps what was measured.
+
+    Example:
+        >>> train_and_finish(trainer, scenario, RunDirectory.create("runs", "demo", {}), None, plot=True)  # doctest: +SKIP
+    """
+    try:
+        result = trainer.fit(scenario, log=directory, resume=resume)
+    except TrainingDiverged as err:
+        where = f"; what was measured so far is in {directory.path} (the last good checkpoint is kept)" if directory else ""
+        raise TrainingDiverged(f"{err}{where}") from None
+    if directory is None:
+        return result
+    with atomic_open(directory.path / "model.pt", "wb") as handle:
+        torch.save(trainer.model.state_dict(), handle)
+    directory.write_metrics(result, complete=True)
+    directory.remove_checkpoints()
+    if plot:
+        from metaspike.app.plots import plot_run
+
+        plot_run(directory.path)
+    return result
+
+
+def _record(config: RunConfig, scenario: Scenario) -> dict[str, Any]:
+    return {
+        **config.to_dict(),
+        "model_description": describe_model(config.model, config.hidden, scenario.input_shape, scenario.num_classes,
+                                            config.num_steps),
+        "task_boundaries_given": scenario.task_boundaries,
+        "batchnorm_effective": config.batchnorm if scenario.task_boundaries and scenario.evaluates_training_tasks else "shared",
+        "versions": versions(),
+        "processes": world()[1],
+    }
+
+
+def run(config: RunConfig, out: str | Path = "runs", progress: bool = True, plot: bool = True,
+        name: str | None = None) -> tuple[Path, ContinualResult]:
+    """Train one run and write its directory under ``out`` (named ``name``, default ``config.name``;
+    ``-2``, ``-3``... when taken); return ``(run directory, result)``.
+
+    Example:
+        >>> path, result = run(RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(64,)),
+        ...                    out=__import__("tempfile").mkdtemp(), progress=False, plot=False)
+        >>> len(result.matrix)
+        2
+    """
+    scenario = make_run_scenario(config)
+    trainer = _trainer(config, scenario, progress)
+    directory = None
+    if world()[0] == 0:
+        directory = RunDirectory.create(out, name or config.name, _record(config, scenario),
+                                        {"name": scenario.name, **scenario.definition})
+    path = _shared_path(directory.path if directory else None)
+    with run_lock(path):
+        return path, train_and_finish(trainer, scenario, directory, None, plot)
+
+
+_SEQUENCES = {"datasets": str, "hidden": int, "meta": (int, float)}
+
+
+def load_config(run_dir: str | Path) -> RunConfig:
+    """The validated :class:`RunConfig` stored in ``run_dir/config.json``.
+
+    Every field is checked as strictly as the command line checks its flag; a missing field, a value
+    of the wrong type or out of range gives one ``ValueError`` naming the file and the field.
+
+    Example:
+        >>> load_config("runs/permuted-mnist5k-meta5-30-30-seed1")  # doctest: +SKIP
+    """
+    path = Path(run_dir) / "config.json"
+    stored = read_json(path)
+    if not isinstance(stored, dict):
+        raise ValueError(f"{path} must hold a JSON object of run settings")
+    values: dict[str, Any] = {}
+    defaults = RunConfig()
+    for key in RunConfig.field_names():
+        if key not in stored:
+            if key in ("model", "num_steps"):  # written by every run since these fields exist
+                values[key] = getattr(defaults, key)
+                continue
+            raise ValueError(f"{path} has no {key!r} setting")
+        value = stored[key]
+        if key == "meta" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if key in _SEQUENCES:
+            kind = _SEQUENCES[key]
+            if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+                raise ValueError(f"{path}: {key!r} must be a list of {getattr(kind, '__name__', 'numbers')}, got {value!r}")
+            value = tuple(value)
+        elif key in ("data_dir",):
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{path}: {key!r} must be a folder name or null, got {value!r}")
+        elif isinstance(getattr(defaults, key), str) and not isinstance(value, str):
+            raise ValueError(f"{path}: {key!r} must be a string, got {value!r}")
+        values[key] = value
+    try:
+        return RunConfig(**values)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
+           settings: dict[str, Any] | None = None) -> tuple[Path, ContinualResult, list[str]]:
+    """Continue a killed run from its last good checkpoint; return ``(path, result, warnings)``.
+
+    The final results equal those of an uninterrupted run. ``settings`` (field → value) that differ
+    from the stored config are refused, naming them: a run is never finished under other settings.
+
+    Example:
+        >>> path, result, warnings = resume("runs/permuted-mnist5k-meta10-seed1")  # doctest: +SKIP
+    """
+    path = Path(run_dir)
+    if str(run_dir) == "" or not path.is_dir():
+        raise ValueError(f"--resume {str(run_dir)!r} is not a run directory")
+    if not (path / "config.json").exists():
+        runs = sorted(p.name for p in path.iterdir() if (p / "config.json").exists()) if path.is_dir() else []
+        inside = f"; the runs inside it: {', '.join(runs[:10])}" if runs else ""
+        raise ValueError(f"{path} is not a run directory (no config.json){inside}")
+    config = load_config(path)
+    changed = [f"{key} (stored {getattr(config, key)!r}, given {value!r})"
+               for key, value in (settings or {}).items() if getattr(config, key) != value]
+    if changed:
+        raise ValueError(f"{path} continues with its stored settings; these would change them: {', '.join(changed)}")
+    with run_lock(path):
+        metrics_file = path / "metrics.json"
+        if metrics_file.exists() and (path / "model.pt").exists() and read_json(metrics_file).get("complete"):
+            raise ValueError(f"{path} is already complete; nothing to resume")
+        state, warnings = latest_good_checkpoint(path)
+        scenario = make_run_scenario(config)
+        trainer = _trainer(config, scenario, progress)
+        directory = RunDirectory(path) if world()[0] == 0 else None
+        return path, train_and_finish(trainer, scenario, directory, state, plot), warnings
+
+
+def finished_result(run_dir: str | Path) -> ContinualResult | None:
+    """The result of a complete run read back from its files, or ``None`` when it is not complete.
+
+    Example:
+        >>> finished_result("runs/permuted-mnist5k-meta10-seed1")  # doctest: +SKIP
+    """
+    from metaspike.continual.results import load_run
+
+    path = Path(run_dir)
+    metrics_file = path / "metrics.json"
+    if not (metrics_file.exists() and (path / "model.pt").exists() and read_json(metrics_file).get("complete")):
+        return None
+    run_data = load_run(path)
+    metrics = run_data["metrics"]
+    return ContinualResult(run_data["task_names"], matrix=run_data["matrix"],
+                           baseline=metrics.get("untrained_accuracy", []), seconds=float(metrics.get("seconds", math.nan)))
+

@@ -1,0 +1,124 @@
+"""Summaries over runs and the one table writer of comparisons (text table and CSV).
+
+A comparison row is a dict: label columns (``setting``, ``meta``, ``runs``, ...) and ``(mean, std)``
+pairs for each measured quantity (each task's final accuracy, ACC, BWT, FWT, forgetting, seconds).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+import metaspike
+from metaspike.continual.trainer import ContinualResult
+from metaspike.files import csv_text
+from metaspike.rules import check_meta
+
+__all__ = ["mean_std", "summarize_results", "check_settings", "comparison_csv", "format_table", "versions"]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std over runs; ``(nan, nan)`` when a value is undefined in any run, std ``nan``
+    for a single run (no spread was measured).
+
+    Example:
+        >>> mean_std([1.0, 3.0])
+        (2.0, 1.4142135623730951)
+    """
+    if not values or not all(math.isfinite(v) for v in values):
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def summarize_results(results: Sequence[ContinualResult]) -> dict[str, tuple[float, float]]:
+    """Mean and std over runs of the final accuracy per task, ACC, BWT, FWT, forgetting and seconds.
+
+    Example:
+        >>> r = ContinualResult(["a", "b"], matrix=[[90.0, 10.0], [70.0, 95.0]], baseline=[10.0, 10.0], seconds=3.0)
+        >>> summarize_results([r])["forgetting"][0]
+        20.0
+    """
+    row: dict[str, tuple[float, float]] = {}
+    for j in range(len(results[0].matrix[-1])):
+        row[f"task {j + 1}"] = mean_std([r.matrix[-1][j] for r in results])
+    for key in ("ACC", "BWT", "FWT", "forgetting"):
+        row[key] = mean_std([r.metrics[key] for r in results])
+    row["seconds"] = mean_std([r.seconds for r in results])
+    return row
+
+
+def check_settings(metas: Sequence[float | Sequence[float]], seeds: Sequence[int]) -> list[tuple[float, ...]]:
+    """Validate the settings and seeds of a comparison; each setting becomes a tuple (one or per-layer meta).
+
+    Example:
+        >>> check_settings([0, (5, 30, 30)], [1, 2])
+        [(0.0,), (5.0, 30.0, 30.0)]
+    """
+    if not metas:
+        raise ValueError("compare needs at least one --meta value")
+    settings = [tuple(float(v) for v in m) if isinstance(m, (tuple, list)) else (float(m),) for m in metas]
+    for setting in settings:
+        for m in setting:
+            check_meta(m, "--meta")
+    seeds = list(seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds must list one or more distinct integers, got {seeds}")
+    return settings
+
+
+def comparison_csv(rows: Sequence[dict[str, Any]], labels: Sequence[str] = ("setting", "meta", "runs")) -> str:
+    """CSV of comparison rows: the ``labels`` columns, then mean and std of every ``(mean, std)`` value
+    (an empty cell where a value is undefined).
+
+    Example:
+        >>> print(comparison_csv([{"setting": "meta=0", "meta": "0", "runs": 2, "ACC": (50.0, 1.0)}]), end="")
+        setting,meta,runs,ACC_mean,ACC_std
+        meta=0,0,2,50.000,1.000
+    """
+    keys = [k for k in rows[0] if isinstance(rows[0][k], tuple)]
+    header = [*labels, *(f"{k.replace(' ', '')}_{part}" for k in keys for part in ("mean", "std"))]
+    body = [[*(row[label] for label in labels), *(f"{v:.3f}" if math.isfinite(v) else "" for k in keys for v in row[k])]
+            for row in rows]
+    return csv_text([header, *body])
+
+
+def format_table(rows: Sequence[dict[str, Any]], task_count: int) -> str:
+    """Text table of a comparison: final accuracy per task, ACC, BWT, FWT, forgetting, time (mean ± std;
+    the ± is left out where one run gave no spread).
+
+    Example:
+        >>> print(format_table([{"setting": "m=0", "task 1": (50.0, math.nan), "ACC": (50.0, math.nan),
+        ...     "BWT": (0.0, math.nan), "FWT": (math.nan, math.nan), "forgetting": (0.0, math.nan),
+        ...     "seconds": (1.0, math.nan)}], 1).splitlines()[2])
+        m=0                             50.0          50.0           0.0           n/a           0.0           1.0
+    """
+    cols = [f"task {j + 1}" for j in range(task_count)] + ["ACC", "BWT", "FWT", "forgetting", "seconds"]
+    header = f"{'setting':<22}" + "".join(f"{c:>14}" for c in cols)
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        cells = []
+        for c in cols:
+            mean, std = row[c]
+            if not math.isfinite(mean):
+                cells.append(f"{'n/a':>14}")
+            elif not math.isfinite(std):
+                cells.append(f"{mean:>14.1f}")
+            else:
+                cells.append(f"{mean:>8.1f} ±{std:>4.1f}")
+        lines.append(f"{row['setting']:<22}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def versions() -> dict[str, str]:
+    """Versions of metaspike, torch and Python, recorded in every run's ``config.json``.
+
+    Example:
+        >>> sorted(versions())
+        ['metaspike', 'python', 'torch']
+    """
+    return {"metaspike": metaspike.__version__, "torch": torch.__version__, "python": platform.python_version()}

@@ -1,0 +1,399 @@
+"""Bayesian synapses on any torch model: Gaussian weights (MESU) and binary weights (BiMU).
+
+:func:`bayesianize` puts them onto the linear/conv layers of an existing model (snnTorch, Norse or
+plain torch) in one line, with ``torch.nn.utils.parametrize`` as :func:`metaspike.binarize` does:
+
+* ``"mesu"``: the layer's ``weight`` parameter becomes the mean ``μ``; the parametrization
+  (:class:`GaussianWeight`) holds the width ``σ`` as its parameter ``sigma``. The layer sees
+  ``w = μ + σ·ε``, ``ε ~ N(0, 1)``, in training mode.
+* ``"bimu"``: the layer's ``weight`` parameter becomes the latent ``λ`` of a binary weight that is
+  ``+1`` with probability ``sigmoid(2λ)``; the layer sees the relaxed sample of
+  :class:`BinaryWeight` in training mode.
+
+In evaluation mode (``model.eval()``) the layer sees the most probable weight (``evaluation="mode"``,
+the default, deterministic: ``μ``, resp. ``sign(λ)`` with ``sign(0) = +1``) or a fresh sample
+(``evaluation="sample"``). Every access to ``layer.weight`` draws a new sample; to use one sample
+for a whole spiking time loop, run it inside ``torch.nn.utils.parametrize.cached()``.
+
+:func:`sample_weights` draws ``S`` weight samples of a layer in one pass and :func:`sampled_forward`
+runs a Linear/Conv2d layer on all of them batched. :func:`mesu_param_groups`,
+:func:`bimu_parameters` and :func:`plain_parameters` sort a model's parameters for the optimizers
+of :mod:`metaspike.bayesian.optim`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+__all__ = [
+    "GaussianWeight",
+    "BinaryWeight",
+    "make_bayesian",
+    "bayesianize",
+    "bayesian_modules",
+    "mesu_param_groups",
+    "bimu_parameters",
+    "plain_parameters",
+    "check_samples",
+    "sample_weights",
+    "sampled_forward",
+]
+
+KINDS = ("bimu", "mesu")
+EVALUATIONS = ("mode", "sample")
+_DEFAULT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def _finite(name: str, value: Any, *, strict: bool) -> float:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not (ok and (value > 0 if strict else value >= 0)):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} 0, got {value!r}")
+    return float(value)
+
+
+def check_samples(samples: int | None) -> int | None:
+    """Validate a number of weight samples: an int ``>= 1``, or ``None`` (one ordinary pass).
+
+    Example:
+        >>> check_samples(5)
+        5
+    """
+    if samples is not None and not (isinstance(samples, int) and not isinstance(samples, bool) and samples >= 1):
+        raise ValueError(f"samples must be an int >= 1 or None, got {samples!r}")
+    return samples
+
+
+def _shape(weight: Tensor, samples: int | None) -> tuple[int, ...]:
+    return tuple(weight.shape) if samples is None else (samples, *weight.shape)
+
+
+def _expand(weight: Tensor, samples: int | None) -> Tensor:
+    return weight if samples is None else weight.expand(samples, *weight.shape)
+
+
+class GaussianWeight(nn.Module):
+    """Parametrization of a MESU synapse: the weight parameter is the mean ``μ``, ``sigma`` the width.
+
+    ``sigma`` starts at ``sigma_init`` everywhere (the MESU paper starts ``σ`` at the scale of the
+    prior width ``σ_p``; the default ``0.1`` is the default ``sigma_prior`` of
+    :class:`~metaspike.bayesian.optim.MESU`).
+
+    Args:
+        mu: the mean weights (gives ``sigma`` its shape, dtype and device).
+        sigma_init: initial width, a finite number ``> 0``.
+        evaluation: what evaluation mode shows: ``"mode"`` (``μ``) or ``"sample"`` (``μ + σ·ε``).
+
+    Example:
+        >>> p = GaussianWeight(torch.zeros(2, 3), sigma_init=0.1)
+        >>> p(torch.zeros(2, 3)).shape, p.eval()(torch.ones(2, 3)).unique()
+        (torch.Size([2, 3]), tensor([1.]))
+    """
+
+    kind = "mesu"
+
+    def __init__(self, mu: Tensor, sigma_init: float = 0.1, evaluation: str = "mode") -> None:
+        super().__init__()
+        self.evaluation = _choice("evaluation", evaluation, EVALUATIONS)
+        self.sigma = nn.Parameter(torch.full_like(mu.detach(), _finite("sigma_init", sigma_init, strict=True)))
+
+    def sample(self, mu: Tensor, samples: int | None = None) -> Tensor:
+        """The weight seen now, or ``samples`` independent ones stacked on a new first dimension.
+
+        Example:
+            >>> GaussianWeight(torch.zeros(4)).sample(torch.zeros(4), samples=3).shape
+            torch.Size([3, 4])
+        """
+        if not self.training and self.evaluation == "mode":
+            return _expand(mu, samples)
+        noise = torch.randn(_shape(mu, samples), dtype=mu.dtype, device=mu.device)
+        return torch.addcmul(mu, self.sigma, noise)
+
+    def forward(self, mu: Tensor) -> Tensor:
+        return self.sample(mu)
+
+    def extra_repr(self) -> str:
+        return f"evaluation={self.evaluation!r}"
+
+
+class BinaryWeight(nn.Module):
+    """Parametrization of a BiMU synapse: the weight parameter is the latent ``λ`` of a ±1 weight.
+
+    The weight is ``+1`` with probability ``sigmoid(2λ)`` (mean ``tanh λ``). Training mode shows the
+    relaxed sample ``tanh((λ + ½ log(u / (1 − u))) / τ)``, ``u ~ U(0, 1)``, which is differentiable in
+    ``λ`` and has the sign of a Bernoulli sample; evaluation mode shows ``sign(λ)`` (``"mode"``,
+    ``sign(0) = +1``) or a Bernoulli sample (``"sample"``).
+
+    Args:
+        temperature: ``τ``, a finite number ``> 0``; smaller is closer to ±1 (and has steeper gradients).
+        evaluation: ``"mode"`` or ``"sample"``.
+
+    Example:
+        >>> p = BinaryWeight(temperature=0.5).eval()
+        >>> p(torch.tensor([-0.3, 0.0, 2.0]))
+        tensor([-1.,  1.,  1.])
+    """
+
+    kind = "bimu"
+
+    def __init__(self, temperature: float = 1.0, evaluation: str = "mode") -> None:
+        super().__init__()
+        self.temperature = _finite("temperature", temperature, strict=True)
+        self.evaluation = _choice("evaluation", evaluation, EVALUATIONS)
+
+    def sample(self, lam: Tensor, samples: int | None = None) -> Tensor:
+        """The weight seen now, or ``samples`` independent ones stacked on a new first dimension.
+
+        Example:
+            >>> BinaryWeight().sample(torch.zeros(4), samples=3).shape
+            torch.Size([3, 4])
+        """
+        if self.training:
+            logistic = torch.rand(_shape(lam, samples), dtype=lam.dtype, device=lam.device).logit_().mul_(0.5)
+            return logistic.add_(lam).div_(self.temperature).tanh_()
+        if self.evaluation == "mode":
+            return _expand((lam >= 0).to(lam.dtype).mul_(2).sub_(1), samples)
+        uniform = torch.rand(_shape(lam, samples), dtype=lam.dtype, device=lam.device)
+        return (uniform < torch.sigmoid(2 * lam)).to(lam.dtype).mul_(2).sub_(1)
+
+    def forward(self, lam: Tensor) -> Tensor:
+        return self.sample(lam)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature:g}, evaluation={self.evaluation!r}"
+
+
+_Parametrization = GaussianWeight | BinaryWeight
+
+
+def _parametrization(layer: nn.Module) -> _Parametrization | None:
+    if not parametrize.is_parametrized(layer, "weight"):
+        return None
+    return next((p for p in layer.parametrizations.weight if isinstance(p, (GaussianWeight, BinaryWeight))), None)
+
+
+def make_bayesian(
+    layer: nn.Module,
+    kind: str = "bimu",
+    *,
+    sigma_init: float = 0.1,
+    lambda_init: float | None = 0.1,
+    temperature: float = 1.0,
+    evaluation: str = "mode",
+) -> nn.Module:
+    """Turn the ``weight`` of one layer into a Bayesian synapse, in place (see :func:`bayesianize`).
+
+    Example:
+        >>> layer = make_bayesian(torch.nn.Linear(3, 2), "mesu")
+        >>> layer.parametrizations.weight[0].sigma.shape
+        torch.Size([2, 3])
+    """
+    _choice("kind", kind, KINDS)
+    if not isinstance(getattr(layer, "weight", None), nn.Parameter) or parametrize.is_parametrized(layer, "weight"):
+        raise ValueError(f"{type(layer).__name__} has no plain weight parameter to make Bayesian")
+    if kind == "mesu":
+        synapse: _Parametrization = GaussianWeight(layer.weight, sigma_init, evaluation)
+    else:
+        synapse = BinaryWeight(temperature, evaluation)
+        if lambda_init is not None:
+            with torch.no_grad():
+                layer.weight.normal_(0.0, _finite("lambda_init", lambda_init, strict=False))
+    parametrize.register_parametrization(layer, "weight", synapse)
+    return layer
+
+
+def bayesianize(
+    model: nn.Module,
+    kind: str = "bimu",
+    *,
+    layer_types: Sequence[type[nn.Module]] = _DEFAULT_LAYERS,
+    exclude: Sequence[str] = (),
+    sigma_init: float = 0.1,
+    lambda_init: float | None = 0.1,
+    temperature: float = 1.0,
+    evaluation: str = "mode",
+) -> nn.Module:
+    """Turn the weights of ``model``'s linear/conv layers into Bayesian synapses, in place.
+
+    Biases and other layers stay as they are (see :func:`plain_parameters`). Layers that already
+    are Bayesian synapses of ``kind`` are left unchanged; a selected layer whose weight carries
+    another parametrization (e.g. from :func:`metaspike.binarize`) is an error.
+
+    Args:
+        model: the model to change (plain torch, snnTorch, Norse, ...).
+        kind: ``"bimu"`` (binary weights) or ``"mesu"`` (Gaussian weights).
+        layer_types: which layer classes get Bayesian weights.
+        exclude: qualified names of layers to leave as they are.
+        sigma_init: MESU: initial width ``σ`` (``μ`` is the layer's current weight).
+        lambda_init: BiMU: ``λ`` starts small and random, ``N(0, lambda_init²)`` (the authors start
+            ``λ`` small and random); ``None`` keeps the layer's current weights as ``λ``.
+        temperature: BiMU: temperature ``τ`` of the relaxed training sample.
+        evaluation: what evaluation mode shows: ``"mode"`` (deterministic: ``μ`` or ``sign(λ)``) or
+            ``"sample"`` (a fresh sample).
+
+    Example:
+        >>> net = bayesianize(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())).eval()
+        >>> sorted(set(net[0].weight.abs().flatten().tolist()))
+        [1.0]
+    """
+    _choice("kind", kind, KINDS)
+    names = {name for name, _ in model.named_modules()}
+    unknown = sorted(set(exclude) - names)
+    if unknown:
+        raise ValueError(f"exclude names layers that do not exist: {unknown}")
+    for name, layer in list(model.named_modules()):
+        if not isinstance(layer, tuple(layer_types)) or name in exclude:
+            continue
+        synapse = _parametrization(layer)
+        if synapse is not None and synapse.kind == kind:
+            continue
+        if parametrize.is_parametrized(layer, "weight"):
+            raise ValueError(f"layer {name!r} already has a weight parametrization; bayesianize needs plain weights")
+        if isinstance(getattr(layer, "weight", None), nn.Parameter):
+            make_bayesian(
+                layer, kind, sigma_init=sigma_init, lambda_init=lambda_init, temperature=temperature,
+                evaluation=evaluation,
+            )
+    if not any(found == kind for _, _, found, _ in bayesian_modules(model)):
+        kinds = ", ".join(t.__name__ for t in layer_types)
+        raise ValueError(f"{type(model).__name__} has no layer to make Bayesian (looked for {kinds})")
+    return model
+
+
+def bayesian_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, tuple[nn.Parameter, ...]]]:
+    """Yield ``(name, layer, kind, tensors)`` for every Bayesian synapse layer of ``model``.
+
+    ``tensors`` is ``(μ, σ)`` for ``"mesu"`` and ``(λ,)`` for ``"bimu"``.
+
+    Example:
+        >>> net = bayesianize(torch.nn.Sequential(torch.nn.Linear(4, 3)), "mesu")
+        >>> [(name, kind, len(tensors)) for name, _, kind, tensors in bayesian_modules(net)]
+        [('0', 'mesu', 2)]
+    """
+    for name, layer in model.named_modules():
+        synapse = _parametrization(layer)
+        if synapse is None:
+            continue
+        original = layer.parametrizations.weight.original
+        tensors = (original, synapse.sigma) if isinstance(synapse, GaussianWeight) else (original,)
+        yield name, layer, synapse.kind, tensors
+
+
+def mesu_param_groups(model: nn.Module) -> list[dict[str, Any]]:
+    """One param group for :class:`~metaspike.bayesian.optim.MESU`: ``params`` alternate ``μ, σ``.
+
+    Example:
+        >>> net = bayesianize(torch.nn.Sequential(torch.nn.Linear(4, 3)), "mesu")
+        >>> [tuple(p.shape) for p in mesu_param_groups(net)[0]["params"]]
+        [(3, 4), (3, 4)]
+    """
+    params = [t for _, _, kind, tensors in bayesian_modules(model) if kind == "mesu" for t in tensors]
+    if not params:
+        raise ValueError(f"{type(model).__name__} has no MESU synapses; call bayesianize(model, 'mesu') first")
+    return [{"params": params}]
+
+
+def bimu_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The latent weights ``λ`` of every BiMU synapse of ``model``, for :class:`~metaspike.bayesian.optim.BiMU`.
+
+    Example:
+        >>> net = bayesianize(torch.nn.Sequential(torch.nn.Linear(4, 3)))
+        >>> [tuple(p.shape) for p in bimu_parameters(net)]
+        [(3, 4)]
+    """
+    params = [t for _, _, kind, tensors in bayesian_modules(model) if kind == "bimu" for t in tensors]
+    if not params:
+        raise ValueError(f"{type(model).__name__} has no BiMU synapses; call bayesianize(model, 'bimu') first")
+    return params
+
+
+def plain_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of ``model`` that are not Bayesian synapses (biases, norm layers, ...).
+
+    The Bayesian optimizers leave them alone; train them with any torch optimizer.
+
+    Example:
+        >>> net = bayesianize(torch.nn.Sequential(torch.nn.Linear(4, 3)), "mesu")
+        >>> [tuple(p.shape) for p in plain_parameters(net)]
+        [(3,)]
+    """
+    bayesian = {id(t) for _, _, _, tensors in bayesian_modules(model) for t in tensors}
+    return [p for p in model.parameters() if id(p) not in bayesian]
+
+
+def sample_weights(layer: nn.Module, samples: int) -> Tensor:
+    """``samples`` weights of a Bayesian layer drawn in one pass, stacked: shape ``(S, *weight.shape)``.
+
+    What is drawn follows the layer's mode as ``layer.weight`` does (training: samples; evaluation:
+    as the layer's ``evaluation`` says); gradients reach ``μ, σ`` or ``λ``.
+
+    Example:
+        >>> layer = make_bayesian(torch.nn.Linear(3, 2))
+        >>> sample_weights(layer, 4).shape
+        torch.Size([4, 2, 3])
+    """
+    synapse = _parametrization(layer)
+    if synapse is None:
+        raise ValueError(f"layer must be a Bayesian synapse layer (see bayesianize), got {type(layer).__name__}")
+    return synapse.sample(layer.parametrizations.weight.original, check_samples(samples))
+
+
+def sampled_forward(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
+    """Run a Bayesian ``nn.Linear`` or ``nn.Conv2d`` on ``samples`` weight samples, batched.
+
+    The input is either shared by all samples (``(B, in)`` for Linear, ``(B, C, H, W)`` for Conv2d)
+    or one per sample, with a leading dimension ``S`` (``(S, B, in)``, ``(S, B, C, H, W)``: the
+    output of a previous sampled layer). The output always has the leading ``S``: ``(S, B, out)``
+    for Linear (one ``torch.baddbmm``), ``(S, B, out, H', W')`` for Conv2d (one grouped
+    convolution). Averaging the loss over the flattened ``S·B`` outputs averages the gradients over
+    the samples.
+
+    Example:
+        >>> layer = make_bayesian(torch.nn.Linear(3, 2), "mesu")
+        >>> sampled_forward(layer, torch.randn(5, 3), samples=4).shape
+        torch.Size([4, 5, 2])
+    """
+    weights = sample_weights(layer, samples)
+    if isinstance(layer, nn.Linear):
+        if x.dim() == 2:
+            x = x.expand(samples, *x.shape)
+        elif x.dim() != 3 or x.shape[0] != samples:
+            raise ValueError(f"x must have shape (B, in) or (samples={samples}, B, in), got {tuple(x.shape)}")
+        if layer.bias is None:
+            return torch.bmm(x, weights.transpose(1, 2))
+        return torch.baddbmm(layer.bias, x, weights.transpose(1, 2))
+    if isinstance(layer, nn.Conv2d):
+        return _sampled_conv2d(layer, x, weights, samples)
+    raise ValueError(f"layer must be an nn.Linear or nn.Conv2d, got {type(layer).__name__}")
+
+
+def _sampled_conv2d(layer: nn.Conv2d, x: Tensor, weights: Tensor, samples: int) -> Tensor:
+    # the S samples become S·groups groups of one convolution: input channels (B, S·C, H, W)
+    if x.dim() == 4:
+        x = x.repeat(1, samples, 1, 1)
+    elif x.dim() == 5 and x.shape[0] == samples:
+        x = x.transpose(0, 1).flatten(1, 2)
+    else:
+        raise ValueError(f"x must have shape (B, C, H, W) or (samples={samples}, B, C, H, W), got {tuple(x.shape)}")
+    padding: Any = layer.padding
+    if layer.padding_mode != "zeros":
+        x = F.pad(x, layer._reversed_padding_repeated_twice, mode=layer.padding_mode)
+        padding = 0
+    bias = None if layer.bias is None else layer.bias.repeat(samples)
+    out = F.conv2d(
+        x, weights.flatten(0, 1), bias, layer.stride, padding, layer.dilation, samples * layer.groups
+    )
+    return out.unflatten(1, (samples, -1)).transpose(0, 1)

@@ -1,0 +1,112 @@
+"""Writing result files safely: atomic replacement and one CSV writer.
+
+Every file metaspike writes (run results, checkpoints, comparison tables, downloaded data) goes
+through :func:`atomic_open`: the content is written to a temporary file in the same folder, flushed
+to disk, then renamed over the target. A kill at any moment leaves either the old complete file or
+the new complete one, never half of one; the temporary file is removed when writing fails.
+New files get the usual permissions (``0o666`` less the umask), like the figures matplotlib writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["atomic_open", "atomic_write_text", "atomic_write_bytes", "csv_text", "read_json"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path`` (``mode`` ``"w"`` or ``"wb"``); on success it replaces ``path``.
+
+    Example:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "a.txt"
+        >>> with atomic_open(target) as handle:
+        ...     _ = handle.write("done")
+        >>> target.read_text()
+        'done'
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": ""} if mode == "w" else {})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_open`).
+
+    Example:
+        >>> import tempfile
+        >>> atomic_write_text(Path(tempfile.mkdtemp()) / "a.txt", "hello")
+    """
+    with atomic_open(path, "w") as handle:
+        handle.write(text)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`).
+
+    Example:
+        >>> import tempfile
+        >>> atomic_write_bytes(Path(tempfile.mkdtemp()) / "a.bin", b"\\x00\\x01")
+    """
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+
+
+def csv_text(rows: Sequence[Sequence[Any]]) -> str:
+    """The CSV text of ``rows`` (the first row is the header), quoted where needed, ``\\n`` line ends.
+
+    Example:
+        >>> print(csv_text([["setting", "ACC"], ["meta=5,30", 87.4]]), end="")
+        setting,ACC
+        "meta=5,30",87.4
+    """
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON value in ``path``; one ``ValueError`` naming the file when it is unreadable or not JSON.
+
+    Example:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "a.json"
+        >>> atomic_write_text(target, '{"a": 1')
+        >>> read_json(target)
+        Traceback (most recent call last):
+        ...
+        ValueError: ... is not valid JSON (Expecting ',' delimiter at line 1); was it edited or cut short?
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}); was it edited or cut short?") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read {path}: {err}") from None

@@ -1,0 +1,38 @@
+"""Pure synapse steps: functions of tensors that return new tensors and never modify their arguments.
+
+* :func:`consolidate`: one consolidation rule's step (the paper's tanh rule by default).
+
+Example:
+    >>> import torch
+    >>> update, _ = consolidate(torch.tensor([1.0, -1.0]), torch.tensor([1.0, 1.0]), meta=1.0)
+    >>> update
+    tensor([0.4200, 1.0000])
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch import Tensor
+
+from metaspike.rules import Rule, get_rule
+
+__all__ = ["consolidate"]
+
+
+def consolidate(
+    hidden: Tensor, update: Tensor, meta: float, rule: str | Rule = "tanh", state: NamedTuple | None = None
+) -> tuple[Tensor, NamedTuple]:
+    """Damp the parts of ``update`` that would move ``hidden`` toward zero; return ``(update, new state)``.
+
+    ``update`` is what the optimizer subtracts from ``hidden`` (``W_h <- W_h - update``). ``state`` is
+    the rule's state record (``rule.init_state(hidden)`` when ``None``); it is not modified.
+
+    Example:
+        >>> import torch
+        >>> w = torch.tensor([1.0, 1.0, -1.0])
+        >>> consolidate(w, torch.tensor([1.0, -1.0, -1.0]), meta=1.0)[0]
+        tensor([ 0.4200, -1.0000, -0.4200])
+    """
+    rule = get_rule(rule)
+    return rule.step(hidden, update, meta, rule.init_state(hidden) if state is None else state)

@@ -1,0 +1,135 @@
+"""Quantizers: objects that turn real values into low-precision ones and carry their precision (Larq's idea).
+
+* :func:`ste_sign` / :class:`SteSign` ``(clip_value=1.0)``: ``sign(x)`` (``sign(0) = +1``, so the result
+  is strictly ±1) with a straight-through gradient passed where ``|x| <= clip_value``, as Larq's
+  ``ste_sign``; ``clip_value=None`` passes it everywhere. Activations use the clipped form.
+* ``"ste_sign_unclipped"``: the binary synapse's weight quantizer. The hidden weight ``W_h`` must keep
+  accumulating updates beyond ``|W_h| = 1`` (its magnitude is the consolidation variable), so its
+  gradient is never clipped.
+* ``"none"``: real values (32-bit).
+
+Example:
+    >>> get_quantizer("ste_sign").precision, get_quantizer("none").precision
+    (1, 32)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["binary_sign", "ste_sign", "SteSign", "NoQuantizer", "Quantizer", "get_quantizer", "available_quantizers"]
+
+
+def binary_sign(x: Tensor, out: Tensor | None = None) -> Tensor:
+    """``sign(x)`` with ``sign(0) = +1`` (so strictly ±1), into ``out`` when given.
+
+    Example:
+        >>> binary_sign(torch.tensor([-0.5, 0.0, -0.0, 2.0]))
+        tensor([-1.,  1.,  1.,  1.])
+    """
+    # sign(x) + 0.5 lies in {-0.5, 0.5, 1.5}, so its sign maps 0 (and -0.0) to +1; several times faster on
+    # CPU than torch.where(x >= 0, 1.0, -1.0), which builds a mask and two scalar tensors
+    return torch.sign(x, out=out).add_(0.5).sign_()
+
+
+class _SteSign(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, clip_value: float | None) -> Tensor:  # type: ignore[override]
+        ctx.clip_value = clip_value
+        if clip_value is not None:
+            ctx.save_for_backward(x)
+        return binary_sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        if ctx.clip_value is None:
+            return grad, None
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() <= ctx.clip_value).to(grad.dtype), None
+
+
+def ste_sign(x: Tensor, clip_value: float | None = 1.0) -> Tensor:
+    """``sign(x)`` (``sign(0) = +1``) whose gradient passes straight through where ``|x| <= clip_value``
+    (everywhere for ``clip_value=None``), as Larq's ``ste_sign``.
+
+    Example:
+        >>> x = torch.tensor([-2.0, 0.0, 0.5], requires_grad=True)
+        >>> ste_sign(x).sum().backward(); x.grad
+        tensor([0., 1., 1.])
+    """
+    if clip_value is not None and not (isinstance(clip_value, (int, float)) and clip_value > 0):
+        raise ValueError(f"clip_value must be a number > 0 or None, got {clip_value!r}")
+    return _SteSign.apply(x, clip_value)
+
+
+@dataclass(frozen=True)
+class SteSign:
+    """The quantizer object of :func:`ste_sign`: 1-bit, ``clip_value`` as there.
+
+    Example:
+        >>> SteSign(clip_value=None)(torch.tensor([-0.3]))
+        tensor([-1.])
+    """
+
+    clip_value: float | None = 1.0
+    precision: int = 1
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return ste_sign(x, self.clip_value)
+
+
+@dataclass(frozen=True)
+class NoQuantizer:
+    """No quantization: real values pass unchanged (32-bit).
+
+    Example:
+        >>> NoQuantizer()(torch.tensor([0.25]))
+        tensor([0.2500])
+    """
+
+    precision: int = 32
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return x
+
+
+Quantizer = Callable[[Tensor], Tensor]
+
+_QUANTIZERS: dict[str, Quantizer] = {
+    "ste_sign": SteSign(1.0),
+    "ste_sign_unclipped": SteSign(None),
+    "none": NoQuantizer(),
+}
+
+
+def available_quantizers() -> list[str]:
+    """Names accepted by :func:`get_quantizer`.
+
+    Example:
+        >>> available_quantizers()
+        ['none', 'ste_sign', 'ste_sign_unclipped']
+    """
+    return sorted(_QUANTIZERS)
+
+
+def get_quantizer(quantizer: str | Quantizer | None) -> Quantizer:
+    """Resolve a quantizer given by name, as an object or callable, or ``None`` (no quantization).
+
+    Example:
+        >>> get_quantizer("ste_sign")(torch.tensor([-0.2]))
+        tensor([-1.])
+    """
+    if quantizer is None:
+        return _QUANTIZERS["none"]
+    if isinstance(quantizer, str):
+        try:
+            return _QUANTIZERS[quantizer]
+        except KeyError:
+            raise ValueError(f"unknown quantizer {quantizer!r}; available: {', '.join(available_quantizers())}") from None
+    if not callable(quantizer):
+        raise ValueError(f"quantizer must be a name, a callable or None, got {quantizer!r}")
+    return quantizer

@@ -1,0 +1,111 @@
+"""The one interface every consolidation rule follows, in Norse's style: a pure step with an explicit state.
+
+A rule decides how much of an optimizer's update a binary synapse's hidden weight ``W_h`` takes::
+
+    update, state = rule.step(hidden, update, meta, state)
+
+``update`` is what the optimizer would subtract from ``hidden`` (``W_h <- W_h - update``); the rule
+returns the update to use instead and its new state. ``state`` is an immutable record (a
+``NamedTuple`` of tensors, from ``rule.init_state(hidden)``; empty for the paper's tanh rule) that
+the step never modifies: it returns a new one. The optimizers keep the record's fields in their own
+state (``state_dict()`` saves them), so a rule needs no code in the optimizer, the wrapper for any
+torch optimizer, the CLI or checkpoints: one file and one registry line (:func:`register_rule`).
+
+The Bayesian synapses (MESU, BiMU) are not damping rules on top of another optimizer's update: their
+synapse is more than one hidden weight (a mean and a width; a latent probability) and the posterior
+update *is* the optimizer. They have pure steps of the same shape in :mod:`metaspike.bayesian`
+(``mesu_step(mu, sigma, grad_mu, grad_sigma, ...) -> (mu, sigma)``, ``bimu_step(lam, grad, ...) -> lam``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Protocol
+
+import torch
+from torch import Tensor
+
+__all__ = ["Rule", "NoState", "check_meta", "toward_zero", "state_to_dict", "state_from_dict"]
+
+
+class NoState(NamedTuple):
+    """The empty state of a rule without per-synapse variables."""
+
+
+class Rule(Protocol):
+    """A consolidation rule: a name, a state record type and a pure step.
+
+    Example:
+        >>> from metaspike.rules import get_rule
+        >>> rule = get_rule("tanh")
+        >>> update, state = rule.step(torch.tensor([1.0]), torch.tensor([1.0]), 1.0, rule.init_state(torch.zeros(1)))
+        >>> update
+        tensor([0.4200])
+    """
+
+    name: str
+    #: True when ``step`` is elementwise with an empty state (the optimizer may fuse and compile it).
+    elementwise: bool
+
+    def init_state(self, hidden: Tensor) -> NamedTuple:
+        """The state of a synapse that has seen no update (tensors shaped like ``hidden``)."""
+        ...
+
+    def state_type(self) -> type:
+        """The ``NamedTuple`` class of this rule's state."""
+        ...
+
+    def step(self, hidden: Tensor, update: Tensor, meta: float, state: Any) -> tuple[Tensor, NamedTuple]:
+        """The update to subtract from ``hidden`` in place of ``update``, and the new state."""
+        ...
+
+
+def check_meta(meta: float, where: str = "meta") -> float:
+    """Validate a metaplasticity strength: a finite number >= 0.
+
+    Example:
+        >>> check_meta(1.35)
+        1.35
+    """
+    if isinstance(meta, bool):
+        raise ValueError(f"{where} must be a number >= 0, got {meta!r}")
+    try:
+        value = float(meta)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must be a number >= 0, got {meta!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{where} must be a finite number >= 0, got {meta!r}")
+    return value
+
+
+def toward_zero(hidden: Tensor, update: Tensor) -> Tensor:
+    """Where subtracting ``update`` moves ``hidden`` toward zero (toward a sign flip).
+
+    Example:
+        >>> toward_zero(torch.tensor([1.0, -1.0]), torch.tensor([0.5, 0.5]))
+        tensor([ True, False])
+    """
+    return hidden * update > 0
+
+
+def state_to_dict(state: NamedTuple) -> dict[str, Tensor]:
+    """The fields of a state record, as stored in an optimizer's state.
+
+    Example:
+        >>> state_to_dict(NoState())
+        {}
+    """
+    return dict(state._asdict())
+
+
+def state_from_dict(rule: Rule, hidden: Tensor, stored: dict[str, Tensor] | None) -> NamedTuple:
+    """The rule's state record from stored fields (``rule.init_state(hidden)`` when nothing is stored).
+
+    Example:
+        >>> from metaspike.rules import get_rule
+        >>> state_from_dict(get_rule("tanh"), torch.zeros(2), None)
+        NoState()
+    """
+    if not stored:
+        return rule.init_state(hidden)
+    return rule.state_type()(**stored)

@@ -1,0 +1,88 @@
+"""A cascade of coupled variables per synapse (Benna & Fusi, Nat. Neurosci. 2016)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from metaspike.rules.base import check_meta
+
+__all__ = ["CascadeRule", "CascadeState"]
+
+
+class CascadeState(NamedTuple):
+    """The deep variables ``u_2 .. u_n`` of every synapse, stacked: shape ``(n - 1, *hidden.shape)``."""
+
+    levels: Tensor
+
+
+@dataclass(frozen=True)
+class CascadeRule:
+    """``n`` coupled variables per synapse; ``u_1`` is the hidden weight ``W_h`` itself (its sign is the
+    binary weight), ``u_2 .. u_n`` live in the state and start equal to ``W_h`` (at rest).
+
+    Variable ``k`` is a beaker of capacity ``C_k = 2^(k-1)`` joined to beaker ``k+1`` by a tube of
+    conductance ``g_k = meta·2^-(k+1)`` (``meta = 0`` isolates ``u_1``: the plain optimizer; larger
+    ``meta`` ties ``u_1`` harder to the slow, deep beakers); the last beaker leaks to zero through
+    conductance ``leak``. One step:
+
+    1. the update goes into the first beaker: ``u_1' = u_1 - update``;
+    2. the beakers exchange for one unit of time, by an implicit (backward Euler) step, stable and
+       without overshoot for any ``meta``::
+
+           C_k (u_k⁺ - u_k') = g_(k-1) (u_(k-1)⁺ - u_k⁺) + g_k (u_(k+1)⁺ - u_k⁺)   [- leak·u_n⁺ for k = n]
+
+       with ``g_0 = g_n = 0`` (a tridiagonal system, solved exactly per synapse);
+    3. the returned update is ``W_h - u_1⁺``.
+
+    With ``leak = 0`` the total ``Σ_k C_k u_k`` changes by exactly ``-update`` per step.
+
+    Args:
+        n: number of variables, ``>= 2``.
+        leak: conductance from the last variable to zero, ``>= 0`` (``0``: a closed chain).
+
+    Example:
+        >>> rule = CascadeRule(n=2)  # C = (1, 2), g_1 = meta/4
+        >>> update, state = rule.step(torch.tensor([0.0]), torch.tensor([-1.0]), 4.0, rule.init_state(torch.zeros(1)))
+        >>> update, state.levels  # u' = (1, 0) -> (0.6, 0.2)
+        (tensor([-0.6000]), tensor([[0.2000]]))
+    """
+
+    n: int = 3
+    leak: float = 0.0
+    name: str = "cascade"
+    elementwise: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 2:
+            raise ValueError(f"CascadeRule n must be an integer >= 2, got {self.n!r}")
+        check_meta(self.leak, "CascadeRule leak")
+
+    def init_state(self, hidden: Tensor) -> CascadeState:
+        return CascadeState(hidden.detach().unsqueeze(0).repeat(self.n - 1, *([1] * hidden.dim())))
+
+    def state_type(self) -> type:
+        return CascadeState
+
+    def step(self, hidden: Tensor, update: Tensor, meta: float, state: CascadeState) -> tuple[Tensor, CascadeState]:
+        deep = state.levels.to(hidden.dtype)
+        levels = [hidden - update, *deep.unbind(0)]
+        capacity = [2.0**k for k in range(self.n)]
+        tube = [meta * 2.0 ** -(k + 2) for k in range(self.n - 1)]
+        below, above = [0.0, *tube], [*tube, 0.0]
+        # Thomas algorithm for  -below_k·u_(k-1) + diag_k·u_k - above_k·u_(k+1) = C_k·u_k'
+        ratios: list[float] = []
+        sweeps: list[Tensor] = []
+        for k in range(self.n):
+            diag = capacity[k] + below[k] + above[k] + (self.leak if k == self.n - 1 else 0.0)
+            pivot = diag - (below[k] * ratios[-1] if k else 0.0)
+            ratios.append(above[k] / pivot)
+            rhs = levels[k] * capacity[k]
+            sweeps.append((rhs + below[k] * sweeps[-1] if k else rhs) / pivot)
+        new = [sweeps[-1]]
+        for k in range(self.n - 2, -1, -1):
+            new.insert(0, sweeps[k] + ratios[k] * new[0])
+        return hidden - new[0], CascadeState(torch.stack(new[1:]))

@@ -1,0 +1,34 @@
+"""No consolidation: every update passes unchanged, whatever ``meta`` is (a plain binarized network)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from metaspike.rules.base import NoState
+
+__all__ = ["NoConsolidation"]
+
+
+@dataclass(frozen=True)
+class NoConsolidation:
+    """The identity rule.
+
+    Example:
+        >>> import torch
+        >>> NoConsolidation().step(torch.tensor([3.0]), torch.tensor([1.0]), 5.0, NoState())[0]
+        tensor([1.])
+    """
+
+    name: str = "none"
+    elementwise: bool = True
+
+    def init_state(self, hidden: Tensor) -> NoState:
+        return NoState()
+
+    def state_type(self) -> type:
+        return NoState
+
+    def step(self, hidden: Tensor, update: Tensor, meta: float, state: NoState) -> tuple[Tensor, NoState]:
+        return update, state

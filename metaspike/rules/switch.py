@@ -1,0 +1,85 @@
+"""A stochastic bistable switch per synapse (use-dependent potentiation, as in *Lymnaea*)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from metaspike.rules.base import toward_zero
+
+__all__ = ["SwitchRule", "SwitchState"]
+
+
+class SwitchState(NamedTuple):
+    """Per synapse: the sign of its last non-zero update, the run length of same-sign updates, and
+    whether it is consolidated (1.0) or plastic (0.0); ``rng``: the parameter's generator state."""
+
+    sign: Tensor
+    run: Tensor
+    consolidated: Tensor
+    rng: Tensor
+
+
+@dataclass(frozen=True)
+class SwitchRule:
+    """Each synapse is *plastic* or *consolidated*. ``r`` counts its consecutive updates in the same
+    direction after the first (``r = 0`` after a change of sign; a zero update changes nothing).
+    After each update a plastic synapse becomes consolidated, for good, with probability::
+
+        p = 1 - exp(-meta·r)
+
+    so alternating updates never consolidate it and ``meta = 0`` gives the plain optimizer. A
+    consolidated synapse's updates toward zero are multiplied by ``damping`` (``0``: blocked); other
+    updates pass. An update is damped according to the state *before* it. The draws come from a
+    ``torch.Generator`` seeded with ``seed`` per parameter, whose state is part of the rule's state, so
+    runs (and resumed runs) repeat exactly.
+
+    Args:
+        damping: factor in ``[0, 1]`` for a consolidated synapse's updates toward zero.
+        seed: seed of each parameter's generator.
+
+    Example:
+        >>> rule, w = SwitchRule(), torch.tensor([1.0])
+        >>> state = rule.init_state(w)
+        >>> for _ in range(3):  # pushed away from zero again and again: r = 0, 1, 2
+        ...     _, state = rule.step(w, torch.tensor([-0.1]), 50.0, state)
+        >>> rule.step(w, torch.tensor([0.1]), 50.0, state)[0]  # consolidated: toward zero is blocked
+        tensor([0.])
+    """
+
+    damping: float = 0.0
+    seed: int = 0
+    name: str = "switch"
+    elementwise: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.damping, bool) or not (isinstance(self.damping, (int, float)) and 0.0 <= self.damping <= 1.0):
+            raise ValueError(f"SwitchRule damping must be a number in [0, 1], got {self.damping!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"SwitchRule seed must be an integer, got {self.seed!r}")
+
+    def init_state(self, hidden: Tensor) -> SwitchState:
+        zeros = torch.zeros_like(hidden, memory_format=torch.preserve_format)
+        generator = torch.Generator(hidden.device).manual_seed(self.seed)
+        return SwitchState(zeros, zeros.clone(), zeros.clone(), generator.get_state())
+
+    def state_type(self) -> type:
+        return SwitchState
+
+    def step(self, hidden: Tensor, update: Tensor, meta: float, state: SwitchState) -> tuple[Tensor, SwitchState]:
+        consolidated = state.consolidated.to(hidden.dtype) > 0
+        kept = torch.where(toward_zero(hidden, update) & consolidated, update * self.damping, update)
+        sign = torch.sign(update).to(hidden.dtype)
+        moved = sign != 0
+        last_sign, last_run = state.sign.to(hidden.dtype), state.run.to(hidden.dtype)
+        run = torch.where(moved, torch.where(sign == last_sign, last_run + 1, 0.0), last_run)
+        generator = torch.Generator(hidden.device)
+        generator.set_state(state.rng.to("cpu", torch.uint8))  # an optimizer's load_state_dict casts it to float
+        draw = torch.rand(hidden.shape, generator=generator, device=hidden.device, dtype=hidden.dtype)
+        switched = draw < -torch.expm1(-meta * run)
+        new = SwitchState(torch.where(moved, sign, last_sign), run, (consolidated | switched).to(hidden.dtype),
+                          generator.get_state())
+        return kept, new

@@ -1,0 +1,413 @@
+"""Bayesian metaplastic synapses: MESU and BiMU rules, optimizers, synapses on models, sampled layers."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnn import BayesianConv2d, BayesianLinear, BinaryBayesianConv2d, BinaryBayesianLinear
+from metaspike.bayesian import (
+    MESU,
+    BiMU,
+    bayesian_modules,
+    bayesianize,
+    bimu_parameters,
+    bimu_step,
+    mesu_param_groups,
+    mesu_step,
+    plain_parameters,
+    sample_weights,
+)
+
+# Tolerance of the float32 rules against the float64 formulas. Each output is a short chain of
+# float32 operations (about ten, tanh included), each off by at most a few ulps (2^-24 ≈ 6e-8) of
+# the magnitude it works on, so the error of a result is bounded by a few tens of ulps of the
+# largest term that enters it (not of the result, which can be a difference of large terms).
+# RTOL = 1e-5 (~170 ulps) leaves margin; a wrong formula is off by a whole term.
+RTOL = 1e-5
+
+MESU_SETTINGS = [
+    dict(lr_mu=0.7, lr_sigma=0.3, sigma_prior=0.5, mu_prior=0.1, N=10.0, clamp_grad=0.0),
+    dict(lr_mu=0.7, lr_sigma=0.3, sigma_prior=0.5, mu_prior=0.1, N=10.0, clamp_grad=0.05),
+    dict(lr_mu=1.0, lr_sigma=1.0, sigma_prior=0.2, mu_prior=0.0, N=1e5, clamp_grad=0.0),  # authors' JAX version
+]
+BIMU_SETTINGS = [
+    dict(lr=0.8, lr_max=0.5, likelihood_multiplier=2.0, kl_multiplier=3.0, N=5.0),
+    dict(lr=1.0, lr_max=1.0, likelihood_multiplier=1.0, kl_multiplier=1.0, N=60_000),  # authors' defaults
+    dict(lr=4.9, lr_max=0.0023, likelihood_multiplier=161.3, kl_multiplier=3.76, N=700),  # 1000-task configs
+]
+
+
+def _gradients(shape, generator):
+    """Gradients over several orders of magnitude, a quarter of them exactly zero."""
+    g = torch.randn(shape, generator=generator) * 10 ** (4 * torch.rand(shape, generator=generator) - 2)
+    return g * (torch.rand(shape, generator=generator) > 0.25)
+
+
+def _mesu_reference(mu, sigma, g_mu, g_sigma, lr_mu, lr_sigma, sigma_prior, mu_prior, N, clamp_grad):
+    """The MESU formulas in float64; returns the new (μ, σ) and the scales their errors are bounded by."""
+    mu, sigma, g_mu, g_sigma = (t.double().numpy() for t in (mu, sigma, g_mu, g_sigma))
+    if clamp_grad > 0:
+        g_mu = np.clip(g_mu, -clamp_grad / sigma, clamp_grad / sigma)
+        g_sigma = np.clip(g_sigma, -clamp_grad / sigma, clamp_grad / sigma)
+    prior = N * sigma_prior**2
+    new_mu = mu + lr_mu * (-(sigma**2) * g_mu + sigma**2 * (mu_prior - mu) / prior)
+    new_sigma = sigma + lr_sigma * 0.5 * (-(sigma**2) * g_sigma + sigma * (sigma_prior**2 - sigma**2) / prior)
+    scale_mu = np.abs(mu) + lr_mu * sigma**2 * (np.abs(g_mu) + (abs(mu_prior) + np.abs(mu)) / prior)
+    scale_sigma = sigma + lr_sigma * sigma * (sigma * np.abs(g_sigma) + (sigma_prior**2 + sigma**2) / prior)
+    return new_mu, new_sigma, scale_mu, scale_sigma
+
+
+def _bimu_reference(lam, grad, lr, lr_max, likelihood_multiplier, kl_multiplier, N):
+    """The BiMU formula in float64; returns the new λ and the scale its error is bounded by."""
+    lam, grad = lam.double().numpy(), grad.double().numpy()
+    g = likelihood_multiplier * grad
+    t = np.tanh(lam)
+    k = kl_multiplier * (1 - t**2)
+    denominator = k + 2 * g * t + 2 * np.abs(g) + 1 / lr_max
+    new_lam = lam - (lr * g + lam * k / N) / denominator
+    # numerator and denominator terms, bounded by κ where K = κ(1 − tanh² λ) loses digits near |λ| ≫ 1
+    numerator_terms = lr * np.abs(g) + np.abs(lam) * kl_multiplier / N
+    denominator_terms = 4 * np.abs(g) + kl_multiplier + 1 / lr_max
+    scale = np.abs(lam) + numerator_terms / denominator * (1 + denominator_terms / denominator)
+    return new_lam, scale
+
+
+def _assert_within(actual, expected, scale):
+    error = np.abs(actual.double().numpy() - expected)
+    assert (error <= RTOL * scale).all(), f"max error / scale {np.max(error / scale):.3g} > {RTOL}"
+
+
+@pytest.mark.parametrize("settings", MESU_SETTINGS)
+def test_mesu_step_matches_float64_formulas(settings):
+    gen = torch.Generator().manual_seed(1)
+    shape = (400,)
+    mu = torch.randn(shape, generator=gen)
+    sigma = 10 ** (4 * torch.rand(shape, generator=gen) - 3)  # 1e-3 .. 10: small and large widths
+    g_mu, g_sigma = _gradients(shape, gen), _gradients(shape, gen)
+    inputs = [t.clone() for t in (mu, sigma, g_mu, g_sigma)]
+
+    new_mu, new_sigma = mesu_step(mu, sigma, g_mu, g_sigma, **settings)
+
+    for before, after in zip(inputs, (mu, sigma, g_mu, g_sigma)):
+        assert torch.equal(before, after)  # pure: no argument modified
+    ref_mu, ref_sigma, scale_mu, scale_sigma = _mesu_reference(mu, sigma, g_mu, g_sigma, **settings)
+    _assert_within(new_mu, ref_mu, scale_mu)
+    _assert_within(new_sigma, ref_sigma, scale_sigma)
+
+
+def test_mesu_clamp_limits_the_gradient():
+    settings = dict(MESU_SETTINGS[1], N=1e12)  # prior term negligible: Δμ = −η_μ σ² clip(g, ±c/σ)
+    sigma = torch.tensor([0.1, 0.1])
+    mu, _ = mesu_step(torch.zeros(2), sigma, torch.tensor([1e6, 0.1]), torch.zeros(2), **settings)
+    expected = -settings["lr_mu"] * torch.tensor([0.01 * settings["clamp_grad"] / 0.1, 0.01 * 0.1])
+    torch.testing.assert_close(mu, expected)
+
+
+@pytest.mark.parametrize("settings", BIMU_SETTINGS)
+def test_bimu_step_matches_float64_formula(settings):
+    gen = torch.Generator().manual_seed(2)
+    lam = torch.cat([torch.randn(300, generator=gen) * 3, torch.tensor([20.0, -20.0, 0.0, 20.0, -20.0, 0.0])])
+    grad = _gradients(lam.shape, gen)
+    grad[-3:] = 0.0  # large |λ| and λ = 0 with zero gradient too
+    inputs = lam.clone(), grad.clone()
+
+    new_lam = bimu_step(lam, grad, **settings)
+
+    assert torch.equal(inputs[0], lam) and torch.equal(inputs[1], grad)
+    expected, scale = _bimu_reference(lam, grad, **settings)
+    _assert_within(new_lam, expected, scale)
+
+
+def _mesu_net(seed=0):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3, bias=False))
+    return bayesianize(net, "mesu")
+
+
+def _bimu_net(seed=0):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(6, 5, bias=False), nn.Tanh(), nn.Linear(5, 3, bias=False))
+    return bayesianize(net, "bimu")
+
+
+def _backward(net, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    net.zero_grad()
+    net(torch.randn(8, 6, generator=gen)).pow(2).mean().backward()
+
+
+def test_mesu_optimizer_equals_functional_step():
+    net = _mesu_net()
+    groups = mesu_param_groups(net)
+    pairs = list(zip(groups[0]["params"][0::2], groups[0]["params"][1::2]))
+    settings = [MESU_SETTINGS[1], MESU_SETTINGS[0]]
+    opt = MESU([{"params": list(pair), **s} for pair, s in zip(pairs, settings)])
+    _backward(net)
+    expected = [mesu_step(mu, sigma, mu.grad, sigma.grad, **s) for (mu, sigma), s in zip(pairs, settings)]
+    opt.step()
+    for (mu, sigma), (mu_ref, sigma_ref) in zip(pairs, expected):
+        assert torch.equal(mu, mu_ref) and torch.equal(sigma, sigma_ref)
+
+
+def test_bimu_optimizer_equals_functional_step_and_skips_missing_gradients():
+    net = _bimu_net()
+    lams = bimu_parameters(net)
+    opt = BiMU([{"params": [lams[0]], **BIMU_SETTINGS[0]}, {"params": [lams[1]], **BIMU_SETTINGS[2]}])
+    _backward(net)
+    lams[1].grad = None  # a parameter without gradient is skipped, as in torch's optimizers
+    expected = bimu_step(lams[0], lams[0].grad, **BIMU_SETTINGS[0])
+    before = lams[1].detach().clone()
+    opt.step()
+    assert torch.equal(lams[0], expected)
+    assert torch.equal(lams[1], before)
+
+
+@pytest.mark.parametrize("make, optimizer, params", [
+    (_mesu_net, MESU, lambda net: mesu_param_groups(net)),
+    (_bimu_net, BiMU, lambda net: bimu_parameters(net)),
+])
+def test_all_zero_gradients_change_nothing(make, optimizer, params):
+    net = make()
+    # a short memory window and, for MESU, σ ≠ σ_p, so that the prior pull moves every weight
+    opt = optimizer(params(net), **({"N": 1.0, "sigma_prior": 0.5} if optimizer is MESU else {"N": 1.0}))
+    before = [p.detach().clone() for p in net.parameters()]
+    opt.step()  # all gradients None
+    _backward(net)
+    for p in net.parameters():
+        p.grad.zero_()
+    opt.step()  # all gradients zero
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    assert not opt.state
+    # one nonzero gradient anywhere: every parameter with a gradient moves (the prior pull acts)
+    first = next(iter(opt.param_groups[0]["params"]))
+    first.grad[(0,) * first.dim()] = 1.0
+    opt.step()
+    bayesian = [t for _, _, _, tensors in bayesian_modules(net) for t in tensors]
+    assert all(not torch.equal(b, p) for b, p in zip(before, net.parameters()) if any(p is t for t in bayesian))
+
+
+@pytest.mark.parametrize("make, optimizer, params, settings", [
+    (_mesu_net, MESU, lambda net: mesu_param_groups(net), MESU_SETTINGS[1]),
+    (_bimu_net, BiMU, lambda net: bimu_parameters(net), BIMU_SETTINGS[0]),
+])
+def test_state_dict_round_trip(make, optimizer, params, settings):
+    net = make()
+    opt = optimizer(params(net), **settings)
+    for seed in range(3):
+        _backward(net, seed)
+        opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    twin = make(seed=1)
+    twin.load_state_dict(net.state_dict())
+    twin_opt = optimizer(params(twin))  # default hyperparameters, replaced by the loaded ones
+    twin_opt.load_state_dict(saved)
+    assert twin_opt.param_groups[0].keys() == opt.param_groups[0].keys()
+    for key in settings:
+        assert twin_opt.param_groups[0][key] == settings[key]
+    assert all(s["step"].item() == 3 for s in twin_opt.state.values())
+    assert len(twin_opt.state) == len(opt.state)
+    for model, o in ((net, opt), (twin, twin_opt)):
+        torch.manual_seed(7)  # the same weight samples
+        _backward(model, seed=7)
+        o.step()
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), twin.parameters()))
+
+
+@pytest.mark.parametrize("name, value", [
+    ("lr_mu", 0), ("lr_sigma", -1), ("sigma_prior", float("nan")), ("mu_prior", float("inf")),
+    ("N", 0), ("clamp_grad", -0.5), ("N", "100"),
+])
+def test_mesu_bad_hyperparameters(name, value):
+    mu, sigma = torch.zeros(3, requires_grad=True), torch.ones(3, requires_grad=True)
+    with pytest.raises(ValueError, match=f"^{name} must be a finite number"):
+        MESU([mu, sigma], **{name: value})
+    opt = MESU([mu, sigma])
+    with pytest.raises(ValueError, match=f"^{name} must be a finite number"):
+        opt.add_param_group({"params": [torch.zeros(2, requires_grad=True), torch.ones(2, requires_grad=True)],
+                             name: value})
+    assert len(opt.param_groups) == 1
+    with pytest.raises(ValueError, match=f"^{name} must be a finite number"):
+        mesu_step(mu, sigma, mu, sigma, **{**MESU_SETTINGS[0], name: value})
+
+
+@pytest.mark.parametrize("name, value", [
+    ("lr", 0), ("lr_max", -1.0), ("likelihood_multiplier", float("nan")), ("kl_multiplier", -0.1),
+    ("N", float("inf")), ("lr", True),
+])
+def test_bimu_bad_hyperparameters(name, value):
+    lam = torch.zeros(3, requires_grad=True)
+    with pytest.raises(ValueError, match=f"^{name} must be a finite number"):
+        BiMU([lam], **{name: value})
+    opt = BiMU([lam])
+    with pytest.raises(ValueError, match=f"^{name} must be a finite number"):
+        opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)], name: value})
+    with pytest.raises(ValueError, match=f"^{name} must be a finite number"):
+        bimu_step(lam, lam, **{**BIMU_SETTINGS[0], name: value})
+
+
+def test_bad_structure_and_options():
+    with pytest.raises(ValueError, match="alternate means and widths"):
+        MESU([torch.zeros(3, requires_grad=True)])
+    with pytest.raises(ValueError, match="sigma must have the shape of mu"):
+        MESU([torch.zeros(3, requires_grad=True), torch.ones(2, requires_grad=True)])
+    net = nn.Sequential(nn.Linear(3, 2))
+    with pytest.raises(ValueError, match="^kind must be one of"):
+        bayesianize(net, "gauss")
+    with pytest.raises(ValueError, match="^evaluation must be one of"):
+        bayesianize(net, "bimu", evaluation="mean")
+    with pytest.raises(ValueError, match="^sigma_init must be a finite number > 0"):
+        bayesianize(net, "mesu", sigma_init=0)
+    with pytest.raises(ValueError, match="^temperature must be a finite number > 0"):
+        bayesianize(net, "bimu", temperature=-1)
+    with pytest.raises(ValueError, match="exclude names layers that do not exist"):
+        bayesianize(net, exclude=["5"])
+    with pytest.raises(ValueError, match="no layer to make Bayesian"):
+        bayesianize(nn.Sequential(nn.ReLU()))
+    with pytest.raises(ValueError, match="no MESU synapses"):
+        mesu_param_groups(bayesianize(nn.Sequential(nn.Linear(3, 2)), "bimu"))
+    with pytest.raises(ValueError, match="^samples must be an int >= 1"):
+        BayesianLinear(3, 2, samples=0)
+
+
+def _assert_stochastic_then_deterministic(net, x, run):
+    net.train()
+    assert not torch.equal(run(net, x), run(net, x))
+    net.eval()
+    with torch.no_grad():
+        first = run(net, x)
+        assert torch.equal(first, run(net, x))
+
+
+def test_bayesianize_snntorch_network():
+    snn = pytest.importorskip("snntorch")
+    from snntorch import utils
+
+    def run(net, x):
+        utils.reset(net)
+        return torch.stack([net(x)[1] for _ in range(4)])  # membrane of the output layer over 4 steps
+
+    torch.manual_seed(0)
+    for kind in ("bimu", "mesu"):
+        net = nn.Sequential(
+            nn.Linear(10, 8), snn.Leaky(beta=0.9, init_hidden=True),
+            nn.Linear(8, 3), snn.Leaky(beta=0.9, init_hidden=True, output=True),
+        )
+        mu = net[0].weight.detach().clone()
+        bayesianize(net, kind)
+        assert [name for name, _, _, _ in bayesian_modules(net)] == ["0", "2"]
+        _assert_stochastic_then_deterministic(net, torch.rand(5, 10), run)
+        if kind == "bimu":
+            assert net[0].weight.abs().unique().tolist() == [1.0]
+        else:
+            assert torch.equal(net[0].weight, mu)  # evaluation="mode" shows μ
+
+
+def test_bayesianize_plain_mlp_and_evaluation_sample():
+    torch.manual_seed(0)
+    net = bayesianize(nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)), exclude=["2"])
+    assert [name for name, _, _, _ in bayesian_modules(net)] == ["0"]
+    assert [tuple(p.shape) for p in plain_parameters(net)] == [(5,), (3, 5), (3,)]
+    _assert_stochastic_then_deterministic(net, torch.randn(4, 6), lambda net, x: net(x))
+    assert torch.equal(net[0].weight, torch.where(bimu_parameters(net)[0] >= 0, 1.0, -1.0))
+
+    sampled = bayesianize(nn.Sequential(nn.Linear(6, 50)), evaluation="sample").eval()
+    first, second = sampled[0].weight, sampled[0].weight
+    assert first.abs().unique().tolist() == [1.0] and not torch.equal(first, second)
+    # Bernoulli frequencies follow P(+1) = sigmoid(2λ)
+    lam = torch.tensor([-1.0, 0.0, 0.5])
+    samples = sampled[0].parametrizations.weight[0].sample(lam, samples=20_000)
+    torch.testing.assert_close((samples > 0).double().mean(0), torch.sigmoid(2 * lam).double(), atol=0.015, rtol=0)
+
+
+def _digits():
+    datasets = pytest.importorskip("sklearn.datasets")
+    x, y = datasets.load_digits(return_X_y=True)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-8)
+    order = np.random.default_rng(0).permutation(len(x))
+    x, y = torch.tensor(x[order], dtype=torch.float32), torch.tensor(y[order])
+    return x[:1400], y[:1400], x[1400:], y[1400:]
+
+
+def _train(net, optimizers, epochs=8, batch=50):
+    x, y, x_test, y_test = _digits()
+    for _ in range(epochs):
+        net.train()
+        for i in torch.randperm(len(x)).split(batch):
+            for opt in optimizers:
+                opt.zero_grad()
+            F.cross_entropy(net(x[i]), y[i]).backward()
+            for opt in optimizers:
+                opt.step()
+    net.eval()
+    with torch.no_grad():
+        return (net(x_test).argmax(1) == y_test).float().mean().item()
+
+
+def test_bimu_mlp_learns_digits(one_thread):
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(64, 64, bias=False), nn.BatchNorm1d(64, affine=False), nn.ReLU(),
+        nn.Linear(64, 10, bias=False), nn.BatchNorm1d(10, affine=False),
+    )
+    bayesianize(net, "bimu")
+    # the gradient of a batch-mean loss is small: the likelihood multiplier scales it (as the authors' L)
+    accuracy = _train(net, [BiMU(bimu_parameters(net), likelihood_multiplier=100)])
+    assert accuracy > 0.85  # measured 0.95-0.96 over seeds 0-4; chance is 0.1
+
+
+def test_mesu_mlp_learns_digits(one_thread):
+    torch.manual_seed(0)
+    net = bayesianize(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)), "mesu")
+    # Δμ = η_μ σ² (...): with σ ≈ 0.1, η_μ = 10 is a plain-SGD step of about 0.1
+    optimizers = [MESU(mesu_param_groups(net), lr_mu=10, lr_sigma=10), torch.optim.SGD(plain_parameters(net), lr=0.1)]
+    accuracy = _train(net, optimizers)
+    assert accuracy > 0.85  # measured 0.95-0.97 over seeds 0-2; chance is 0.1
+
+
+@pytest.mark.parametrize("layer_type", [BayesianLinear, BinaryBayesianLinear])
+def test_sampled_linear_equals_separate_passes(layer_type):
+    torch.manual_seed(0)
+    layer = layer_type(7, 4, bias=True, samples=3)
+    x = torch.randn(5, 7)
+    torch.manual_seed(1)
+    out = layer(x)
+    torch.manual_seed(1)
+    weights = sample_weights(layer, 3)
+    assert out.shape == (3, 5, 4)
+    for s in range(3):
+        torch.testing.assert_close(out[s], F.linear(x, weights[s], layer.bias))
+    # a second sampled layer takes the (S, B, ...) output sample by sample
+    nxt = layer_type(4, 2, samples=3)
+    torch.manual_seed(2)
+    out2 = nxt(out)
+    torch.manual_seed(2)
+    weights2 = sample_weights(nxt, 3)
+    for s in range(3):
+        torch.testing.assert_close(out2[s], F.linear(out[s], weights2[s]))
+    out2.sum().backward()
+    assert all(t.grad is not None for _, _, _, tensors in bayesian_modules(layer) for t in tensors)
+
+
+@pytest.mark.parametrize("layer_type", [BayesianConv2d, BinaryBayesianConv2d])
+def test_sampled_conv2d_equals_separate_passes(layer_type):
+    torch.manual_seed(0)
+    layer = layer_type(4, 6, kernel_size=3, stride=2, padding=1, groups=2, bias=True, samples=3)
+    x = torch.randn(2, 4, 9, 9)
+    torch.manual_seed(1)
+    out = layer(x)
+    torch.manual_seed(1)
+    weights = sample_weights(layer, 3)
+    assert out.shape == (3, 2, 6, 5, 5)
+    for s in range(3):
+        expected = F.conv2d(x, weights[s], layer.bias, stride=2, padding=1, groups=2)
+        torch.testing.assert_close(out[s], expected)
+    per_sample = torch.randn(3, 2, 4, 9, 9)
+    torch.manual_seed(1)
+    out = layer(per_sample)
+    for s in range(3):
+        expected = F.conv2d(per_sample[s], weights[s], layer.bias, stride=2, padding=1, groups=2)
+        torch.testing.assert_close(out[s], expected)
