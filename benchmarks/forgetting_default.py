@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from metaspike.app.config import RunConfig, compare, format_table
+from metaspike.app.compare import compare
+from metaspike.app.config import RunConfig
+from metaspike.app.tables import format_table
 
 
 def main() -> None:

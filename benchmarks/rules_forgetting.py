@@ -15,7 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from metaspike.continual.results import atomic_write_text
-from metaspike.app.config import RunConfig, compare, comparison_csv, parse_meta
+from metaspike.app.compare import compare
+from metaspike.app.config import RunConfig, parse_meta
+from metaspike.app.tables import comparison_csv
 
 
 def main() -> None:

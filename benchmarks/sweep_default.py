@@ -15,7 +15,8 @@ import itertools
 import tempfile
 from pathlib import Path
 
-from metaspike.app.config import RunConfig, meta_label, parse_meta, run
+from metaspike.app.config import RunConfig, meta_label, parse_meta
+from metaspike.app.runs import run
 
 
 def main() -> None:

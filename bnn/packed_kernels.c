@@ -39,6 +39,10 @@
 #define LANES 16 /* float32 inputs per masked add: 16 weight bits */
 #define INLINE static inline __attribute__((always_inline))
 #define UNROLL _Pragma("GCC unroll 16")
+/* An empty asm that "changes" v in a register of class c ("v": vector, "Yk": mask): the compiler then
+ * loads each input once into its own register, instead of re-reading it from memory for every use or
+ * funnelling all masks through one mask register. */
+#define KEEP_IN_REGISTER(c, v) __asm__("" : "+" c(v))
 
 typedef struct {
     const void *input;      /* first layer: float x[batch][n]; hidden: uint64 h[batch][cols] */
@@ -72,7 +76,7 @@ const char *binary_layer_kind(void) {
 }
 
 static inline void put_bit(uint64_t *row, int64_t o, int fires) {
-    if (fires) row[o >> 6] |= (uint64_t)1 << (o & 63);
+    row[o >> 6] |= (uint64_t)(fires != 0) << (o & 63); /* no branch: whether a neuron fires is unpredictable */
 }
 
 /* Every tile of the worker's outputs: chunks of outputs, all samples per chunk. */
@@ -93,11 +97,6 @@ static void for_each_tile(const job_t *job, tile_fn *tile) {
 
 /* ---- first layer ------------------------------------------------------------------------------ */
 
-/* Weight bits of inputs 16 b ... 16 b + 15 of one row (the last block of an odd row has one byte). */
-INLINE unsigned mask16(const uint8_t *row, int64_t b, int64_t bytes) {
-    return 2 * b + 1 < bytes ? row[2 * b] | (unsigned)row[2 * b + 1] << 8 : row[2 * b];
-}
-
 /* a = sum_i (bit i ? x_i : -x_i) in float64, input order. */
 static double real_exact(const job_t *job, int64_t s, int64_t o) {
     const float *x = job->xs + s * job->stride;
@@ -107,38 +106,92 @@ static double real_exact(const job_t *job, int64_t s, int64_t o) {
     return a;
 }
 
-/* S1 of `samples` x `outputs` (sample, output) pairs: float32 lanes of masked adds, 4-level tree. */
+#ifdef REAL_AVX512
+/* acc[i][j] += x_i where the bits of k[j] are set. Half the outputs use a multiply-add by 1 (the same
+ * rounding as an add) so that CPUs with separate add and multiply-add units use both. */
+INLINE void real_block(__m512 acc[TILE_SAMPLES][TILE_OUTPUTS], const float *x, int64_t stride, int64_t b,
+                       const int samples, const int outputs, const __mmask16 *k) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 xv[TILE_SAMPLES];
+    UNROLL
+    for (int i = 0; i < samples; i++) {
+        xv[i] = _mm512_load_ps(x + i * stride + LANES * b);
+        KEEP_IN_REGISTER("v", xv[i]);
+    }
+    UNROLL
+    for (int j = 0; j < outputs; j++)
+        UNROLL
+        for (int i = 0; i < samples; i++)
+            acc[i][j] = j % 2 ? _mm512_mask3_fmadd_ps(xv[i], one, acc[i][j], k[j])
+                              : _mm512_mask_add_ps(acc[i][j], k[j], acc[i][j], xv[i]);
+}
+
+/* Sums of the 16 vectors of a full tile, all through 4 levels of adds: lane 4 j + i holds acc[i][j]'s. */
+INLINE __m512 real_reduce16(__m512 acc[TILE_SAMPLES][TILE_OUTPUTS]) {
+    __m512 halves[8], quarters[4], eighths[2];
+    UNROLL
+    for (int t = 0; t < 8; t++) { /* 256-bit halves: [a0+a2, a1+a3 | b0+b2, b1+b3] in 128-bit chunks */
+        __m512 a = acc[t / 2][2 * (t % 2)], b = acc[t / 2][2 * (t % 2) + 1];
+        halves[t] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+    }
+    UNROLL
+    for (int t = 0; t < 4; t++) /* 128-bit chunk c: one vector's partial sums */
+        quarters[t] = _mm512_add_ps(_mm512_shuffle_f32x4(halves[2 * t], halves[2 * t + 1], 0x88),
+                                    _mm512_shuffle_f32x4(halves[2 * t], halves[2 * t + 1], 0xDD));
+    UNROLL
+    for (int t = 0; t < 2; t++)
+        eighths[t] = _mm512_add_ps(_mm512_shuffle_ps(quarters[2 * t], quarters[2 * t + 1], 0x44),
+                                   _mm512_shuffle_ps(quarters[2 * t], quarters[2 * t + 1], 0xEE));
+    return _mm512_add_ps(_mm512_shuffle_ps(eighths[0], eighths[1], 0x88), _mm512_shuffle_ps(eighths[0], eighths[1], 0xDD));
+}
+#endif
+
+/* S1 of `samples` x `outputs` (sample, output) pairs: float32 lanes of masked adds, then 4 levels of
+ * adds; sums[i * TILE_OUTPUTS + j]. */
 INLINE void real_sums(const job_t *job, int64_t s, const int samples, int64_t o, const int outputs, float *sums) {
     const float *x = job->xs + s * job->stride;
     const uint8_t *w = (const uint8_t *)job->weight + o * job->cols;
-    int64_t blocks = job->stride / LANES, bytes = job->cols;
+    int64_t bytes = job->cols, full = bytes / 2; /* blocks of 16 weight bits; an odd row ends in one byte */
 #ifdef REAL_AVX512
     __m512 acc[TILE_SAMPLES][TILE_OUTPUTS];
+    __mmask16 k[TILE_OUTPUTS];
     UNROLL
     for (int i = 0; i < samples; i++)
         UNROLL
         for (int j = 0; j < outputs; j++) acc[i][j] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < blocks; b++) {
-        __m512 xv[TILE_SAMPLES];
-        UNROLL
-        for (int i = 0; i < samples; i++) xv[i] = _mm512_load_ps(x + i * job->stride + LANES * b);
+    for (int64_t b = 0; b < full; b++) {
         UNROLL
         for (int j = 0; j < outputs; j++) {
-            __mmask16 k = (__mmask16)mask16(w + j * bytes, b, bytes);
-            UNROLL
-            for (int i = 0; i < samples; i++) acc[i][j] = _mm512_mask_add_ps(acc[i][j], k, acc[i][j], xv[i]);
+            memcpy(&k[j], w + j * bytes + 2 * b, 2);
+            KEEP_IN_REGISTER("Yk", k[j]);
         }
+        real_block(acc, x, job->stride, b, samples, outputs, k);
     }
-    UNROLL
-    for (int i = 0; i < samples; i++)
+    if (bytes % 2) {
         UNROLL
-        for (int j = 0; j < outputs; j++) sums[i * TILE_OUTPUTS + j] = _mm512_reduce_add_ps(acc[i][j]);
+        for (int j = 0; j < outputs; j++) k[j] = w[j * bytes + 2 * full];
+        real_block(acc, x, job->stride, full, samples, outputs, k);
+    }
+    if (samples == TILE_SAMPLES && outputs == TILE_OUTPUTS) {
+        float lanes[LANES];
+        _mm512_storeu_ps(lanes, real_reduce16(acc));
+        UNROLL
+        for (int i = 0; i < samples; i++)
+            UNROLL
+            for (int j = 0; j < outputs; j++) sums[i * TILE_OUTPUTS + j] = lanes[TILE_SAMPLES * j + i];
+    } else {
+        UNROLL
+        for (int i = 0; i < samples; i++)
+            UNROLL
+            for (int j = 0; j < outputs; j++) sums[i * TILE_OUTPUTS + j] = _mm512_reduce_add_ps(acc[i][j]);
+    }
 #else
     float acc[TILE_SAMPLES][TILE_OUTPUTS][LANES] = {{{0}}};
-    for (int64_t b = 0; b < blocks; b++)
+    for (int64_t b = 0; b < (bytes + 1) / 2; b++)
         UNROLL
         for (int j = 0; j < outputs; j++) {
-            unsigned k = mask16(w + j * bytes, b, bytes);
+            const uint8_t *row = w + j * bytes;
+            unsigned k = row[2 * b] | (2 * b + 1 < bytes ? (unsigned)row[2 * b + 1] << 8 : 0);
             UNROLL
             for (int i = 0; i < samples; i++)
                 for (int l = 0; l < LANES; l++)
@@ -228,6 +281,26 @@ static void sample_stats(const float *x, int64_t n, int64_t batch, int64_t strid
 
 /* ---- hidden layers ---------------------------------------------------------------------------- */
 
+#ifdef BINARY_AVX512
+/* Sums of the 16 vectors of a full tile: lanes[8 (i / 2) + 2 j + i % 2] holds acc[i][j]'s. */
+INLINE void binary_reduce16(__m512i acc[TILE_SAMPLES][TILE_OUTPUTS], int64_t *lanes) {
+    __m512i halves[8], quarters[4];
+    UNROLL
+    for (int t = 0; t < 8; t++) { /* as in real_reduce16, on 64-bit lanes */
+        __m512i a = acc[t / 2][2 * (t % 2)], b = acc[t / 2][2 * (t % 2) + 1];
+        halves[t] = _mm512_add_epi64(_mm512_shuffle_i64x2(a, b, 0x44), _mm512_shuffle_i64x2(a, b, 0xEE));
+    }
+    UNROLL
+    for (int t = 0; t < 4; t++) /* 128-bit chunk c: the two partial sums of acc[t][c] */
+        quarters[t] = _mm512_add_epi64(_mm512_shuffle_i64x2(halves[2 * t], halves[2 * t + 1], 0x88),
+                                       _mm512_shuffle_i64x2(halves[2 * t], halves[2 * t + 1], 0xDD));
+    UNROLL
+    for (int t = 0; t < 2; t++) /* lane 2 c + e: acc[2 t + e][c] */
+        _mm512_storeu_si512(lanes + 8 * t, _mm512_add_epi64(_mm512_unpacklo_epi64(quarters[2 * t], quarters[2 * t + 1]),
+                                                            _mm512_unpackhi_epi64(quarters[2 * t], quarters[2 * t + 1])));
+}
+#endif
+
 /* popcount(h XOR w) of `samples` x `outputs` pairs. */
 INLINE void binary_counts(const job_t *job, int64_t s, const int samples, int64_t o, const int outputs,
                           int64_t *counts) {
@@ -252,10 +325,19 @@ INLINE void binary_counts(const job_t *job, int64_t s, const int samples, int64_
                 acc[i][j] = _mm512_add_epi64(acc[i][j], _mm512_popcnt_epi64(_mm512_xor_si512(hv[i], wv)));
         }
     }
-    UNROLL
-    for (int i = 0; i < samples; i++)
+    if (samples == TILE_SAMPLES && outputs == TILE_OUTPUTS) {
+        int64_t lanes[2 * 8];
+        binary_reduce16(acc, lanes);
         UNROLL
-        for (int j = 0; j < outputs; j++) counts[i * TILE_OUTPUTS + j] = _mm512_reduce_add_epi64(acc[i][j]);
+        for (int i = 0; i < samples; i++)
+            UNROLL
+            for (int j = 0; j < outputs; j++) counts[i * TILE_OUTPUTS + j] = lanes[8 * (i / 2) + 2 * j + i % 2];
+    } else {
+        UNROLL
+        for (int i = 0; i < samples; i++)
+            UNROLL
+            for (int j = 0; j < outputs; j++) counts[i * TILE_OUTPUTS + j] = _mm512_reduce_add_epi64(acc[i][j]);
+    }
 #else
     UNROLL
     for (int i = 0; i < samples; i++)

@@ -6,6 +6,7 @@ Example:
     >>> opt = metaspike.MetaplasticAdam(net.parameters(), lr=0.005, meta=1.35)
 """
 
+from metaspike.bayesian import BiMU, MESU, bayesianize
 from metaspike.functional import consolidate
 from metaspike.optim import MetaplasticAdam, consolidates, metaplastic, param_groups
 from metaspike.population_statistics import use_population_statistics
@@ -18,5 +19,5 @@ __version__ = "0.2.0"
 __all__ = [
     "MetaplasticAdam", "metaplastic", "param_groups", "consolidates", "binarize", "binarized_once",
     "hidden_weights", "is_hidden_weight", "ste_sign", "consolidate", "get_rule", "register_rule",
-    "available_rules", "use_population_statistics", "__version__",
+    "available_rules", "use_population_statistics", "bayesianize", "MESU", "BiMU", "__version__",
 ]

@@ -31,6 +31,7 @@ import functools
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
 import tarfile
@@ -208,6 +209,56 @@ _IDX_DTYPES: dict[int, np.dtype] = {
     0x0E: np.dtype(">f8"),
 }
 _GZIP_MAGIC = b"\x1f\x8b"
+IDX_MAX_BYTES = 1 << 32  # largest data an IDX header may declare (MNIST's biggest file holds 47 MB)
+
+
+def _idx_header(head: bytes, p: Path) -> tuple[np.dtype, tuple[int, ...], int]:
+    """Data type, dimensions and header length of the IDX file ``p`` from its first bytes ``head``.
+
+    ``head`` holds at least the whole header when the file does; a short one means a truncated file.
+    """
+    if len(head) < 4:
+        raise DataError(f"IDX file {p} is too short ({len(head)} bytes) to hold an IDX header")
+    if head[0] != 0 or head[1] != 0:
+        raise DataError(f"IDX file {p} has a bad magic number {head[:4].hex()} "
+                        f"(the first two bytes must be zero); it is not an IDX file")
+    code, ndim = head[2], head[3]
+    if code not in _IDX_DTYPES:
+        known = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
+        raise DataError(f"IDX file {p} has unknown data type code 0x{code:02X} (known: {known})")
+    if ndim == 0:
+        raise DataError(f"IDX file {p} declares 0 dimensions")
+    header_len = 4 + 4 * ndim
+    if len(head) < header_len:
+        raise DataError(f"IDX file {p} is truncated inside its header: {ndim} dimensions need "
+                        f"{header_len} header bytes, file has {len(head)}")
+    dims = tuple(int(d) for d in np.frombuffer(head, dtype=">u4", count=ndim, offset=4))
+    size = math.prod(dims) * _IDX_DTYPES[code].itemsize
+    if size > IDX_MAX_BYTES:
+        raise DataError(f"IDX file {p} declares {size} bytes of data (dimensions {dims}), more than the "
+                        f"{IDX_MAX_BYTES} this reader accepts; it is corrupt")
+    return _IDX_DTYPES[code], dims, header_len
+
+
+def _gunzip_idx(compressed: bytes, p: Path) -> bytes:
+    """Decompress the gzipped IDX file ``p``, reading no more than its header declares (plus one byte).
+
+    A file that decompresses to more is refused at that point, so a small file cannot fill memory.
+    """
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(compressed)) as stream:
+            head = stream.read(4)
+            head += stream.read(4 * head[3] if len(head) == 4 else 0)
+            dtype, dims, header_len = _idx_header(head, p)
+            declared = math.prod(dims) * dtype.itemsize
+            data = stream.read(declared + 1)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"IDX file {p} is a corrupt or truncated gzip file ({err}); "
+                        f"delete it and fetch it again") from None
+    if len(data) > declared:
+        raise DataError(f"IDX file {p} decompresses to more than the {header_len + declared} bytes its header "
+                        f"declares (dimensions {dims}); refusing to read further")
+    return head + data
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -215,7 +266,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
     Compression is detected from the gzip magic bytes, not from the file name.
     The header is validated (two zero bytes, a known type code, the number of
-    dimensions) and the data length must match the declared dimensions exactly.
+    dimensions) and the data length must match the declared dimensions exactly;
+    a gzip file is decompressed only as far as its header declares.
 
     Example:
         >>> labels = read_idx("mnist/t10k-labels-idx1-ubyte.gz")  # doctest: +SKIP
@@ -233,32 +285,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"IDX file not found: {p}") from None
     except OSError as err:
         raise DataError(f"cannot read IDX file {p}: {err.strerror or err}") from None
-
     if raw[:2] == _GZIP_MAGIC:
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as err:
-            raise DataError(f"IDX file {p} is a corrupt or truncated gzip file ({err}); "
-                            f"delete it and fetch it again") from None
-
-    if len(raw) < 4:
-        raise DataError(f"IDX file {p} is too short ({len(raw)} bytes) to hold an IDX header")
-    if raw[0] != 0 or raw[1] != 0:
-        raise DataError(f"IDX file {p} has a bad magic number {raw[:4].hex()} "
-                        f"(the first two bytes must be zero); it is not an IDX file")
-    code, ndim = raw[2], raw[3]
-    if code not in _IDX_DTYPES:
-        known = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
-        raise DataError(f"IDX file {p} has unknown data type code 0x{code:02X} (known: {known})")
-    if ndim == 0:
-        raise DataError(f"IDX file {p} declares 0 dimensions")
-    header_len = 4 + 4 * ndim
-    if len(raw) < header_len:
-        raise DataError(f"IDX file {p} is truncated inside its header: {ndim} dimensions need "
-                        f"{header_len} header bytes, file has {len(raw)}")
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    dtype = _IDX_DTYPES[code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+        raw = _gunzip_idx(raw, p)
+    dtype, dims, header_len = _idx_header(raw, p)
+    expected = math.prod(dims) * dtype.itemsize
     found = len(raw) - header_len
     if found < expected:
         raise DataError(f"IDX file {p} is truncated: dimensions {dims} need {expected} data bytes, "
@@ -338,14 +368,18 @@ def _md5(path: Path) -> str:
 def _download(remote: _Remote, directory: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
     """Fetch ``remote`` into ``directory``: temp file, md5 check, atomic rename.
 
+    The temporary ``.part`` file never stays behind, and folders this call created
+    are removed again when the download fails and they are empty.
     Raises OSError/ValueError (not DataError) on any failure; the caller turns
     that into one readable DataError.
     """
+    created = [d for d in (directory, *directory.parents) if not d.exists()]
     directory.mkdir(parents=True, exist_ok=True)
     dest = directory / remote.filename
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{remote.filename}.", suffix=".part", dir=directory)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{remote.filename}.", suffix=".part", dir=directory)
+        tmp = Path(tmp_name)
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(remote.url, timeout=timeout) as resp:
             while True:
                 block = resp.read(1 << 20)
@@ -358,8 +392,15 @@ def _download(remote: _Remote, directory: Path, timeout: float = DOWNLOAD_TIMEOU
                 raise ValueError(f"checksum mismatch for {remote.url}: md5 {got}, "
                                  f"expected {remote.md5}")
         os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        for folder in created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (another download put a file there) or not ours to remove
+                break
+        raise
 
 
 # --------------------------------------------------------------------------
@@ -434,6 +475,8 @@ def _load_idx_dataset(name: str, split: str, root: Path, classes: tuple[str, ...
     if labels.dtype != np.uint8 or labels.ndim != 1:
         raise DataError(f"{lbl_path}: expected uint8 labels of shape [N], "
                         f"got {labels.dtype} {list(labels.shape)}")
+    if images.shape[0] == 0:
+        raise DataError(f"{img_path} holds 0 images; delete it and fetch it again")
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{name} {split}: {img_path.name} holds {images.shape[0]} images but "
                         f"{lbl_path.name} holds {labels.shape[0]} labels")

@@ -1,6 +1,8 @@
 """Pure synapse steps: functions of tensors that return new tensors and never modify their arguments.
 
 * :func:`consolidate`: one consolidation rule's step (the paper's tanh rule by default).
+* :func:`mesu_step`: the MESU posterior update of a Gaussian synapse (mean, width).
+* :func:`bimu_step`: the BiMU update of a binary Bayesian synapse's latent ``lambda``.
 
 Example:
     >>> import torch
@@ -15,9 +17,10 @@ from typing import NamedTuple
 
 from torch import Tensor
 
+from metaspike.bayesian.functional import bimu_step, mesu_step
 from metaspike.rules import Rule, get_rule
 
-__all__ = ["consolidate"]
+__all__ = ["consolidate", "mesu_step", "bimu_step"]
 
 
 def consolidate(

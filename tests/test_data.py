@@ -148,6 +148,28 @@ def test_idx_unknown_type_code_and_trailing_bytes(tmp_path):
         read_idx(trailing)
 
 
+def test_idx_gzip_bomb_is_refused_after_the_declared_size(tmp_path):
+    import gzip
+
+    path = tmp_path / "bomb-idx1-ubyte.gz"  # declares 3 bytes of data, decompresses to 64 MB
+    path.write_bytes(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 3]) + bytes(64 << 20), compresslevel=9))
+    assert path.stat().st_size < 200_000
+    with pytest.raises(DataError) as info:
+        read_idx(path)
+    assert str(info.value) == (f"IDX file {path} decompresses to more than the 11 bytes its header declares "
+                               f"(dimensions (3,)); refusing to read further")
+
+
+def test_idx_header_declaring_absurd_sizes_is_refused(tmp_path):
+    import gzip
+
+    path = tmp_path / "huge-idx3-ubyte.gz"  # 2^32-1 cubed bytes would wrap around in int64
+    path.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + b"\xff" * 12))
+    with pytest.raises(DataError, match=r"declares \d+ bytes of data .* more than the 4294967296 this reader accepts") as info:
+        read_idx(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
 def test_idx_missing_file(tmp_path):
     with pytest.raises(DataError, match="not found"):
         read_idx(tmp_path / "nope")
@@ -212,6 +234,16 @@ def test_mnist_mismatched_counts(tmp_path):
         load_dataset("mnist", "test", data_dir=tmp_path, download=False)
 
 
+def test_mnist_with_zero_images_is_one_clear_line(tmp_path):
+    _fake_mnist(tmp_path)
+    images = tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz"
+    write_idx(images, np.zeros((0, 28, 28), dtype=np.uint8))
+    write_idx(tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz", np.zeros(0, dtype=np.uint8))
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", "test", data_dir=tmp_path, download=False)
+    assert str(info.value) == f"{images} holds 0 images; delete it and fetch it again"
+
+
 def test_missing_files_message(tmp_path):
     (tmp_path / "mnist").mkdir()
     write_idx(tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz", np.zeros(3, dtype=np.uint8))
@@ -243,9 +275,30 @@ def test_failed_download_gives_one_clear_error(tmp_path, monkeypatch):
     msg = str(info.value)
     assert "network unreachable" in msg and "t10k-images-idx3-ubyte.gz" in msg
     assert "METASPIKE_DATA" in msg
-    # no partial files left behind
-    leftovers = list((tmp_path / "fashion-mnist").iterdir()) if (tmp_path / "fashion-mnist").exists() else []
-    assert leftovers == []
+    assert "\n" not in msg
+    assert not (tmp_path / "fashion-mnist").exists()  # the folder made for the download is gone again
+
+
+def test_failed_download_removes_only_what_it_created(tmp_path, monkeypatch):
+    import metaspike.data as data
+
+    class CutOff(io.BytesIO):
+        def read(self, size=-1):
+            if self.tell():
+                raise OSError("connection reset")
+            return super().read(size)
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: CutOff(b"x" * (2 << 20)))
+    fresh = tmp_path / "new" / "data"  # neither folder exists yet
+    with pytest.raises(DataError, match="connection reset"):
+        load_dataset("kmnist", "test", data_dir=fresh)
+    assert list(tmp_path.iterdir()) == []
+    kept = tmp_path / "kept"
+    (kept / "kmnist").mkdir(parents=True)
+    (kept / "kmnist" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="connection reset"):
+        load_dataset("kmnist", "test", data_dir=kept)
+    assert [p.name for p in (kept / "kmnist").iterdir()] == ["notes.txt"]  # no .part file, folder kept
 
 
 def test_download_checks_md5_and_renames(tmp_path, monkeypatch):

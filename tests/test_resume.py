@@ -144,3 +144,78 @@ def test_resume_keeps_the_state_of_a_baseline_plugin():
     assert len(mid_second_task["plugins"][0]["importances"]) == 1  # EWC's Fisher of task 1 is in it
     resumed = trainer().fit(scenario, resume=mid_second_task)
     assert resumed.matrix == whole.matrix
+
+
+NEURON_ARGS = ["compare", "--neurons", "bnn", "self-recurrent", "--meta", "0", "20", "--dataset", "digits", "--tasks",
+               "2", "--epochs", "4", "--hidden", "16", "--quiet"]
+COMPARISON = "compare-neurons-permuted-digits"
+
+
+def _table_without_time(path: Path) -> list[list[str]]:
+    rows = [line.split(",") for line in (path / "comparison.csv").read_text().splitlines()]
+    keep = [i for i, name in enumerate(rows[0]) if not name.startswith("seconds")]
+    return [[row[i] for i in keep] for row in rows]
+
+
+def test_a_killed_neuron_comparison_resumes_to_the_same_table(tmp_path):
+    _metaspike(*NEURON_ARGS, "--out", str(tmp_path / "whole"))
+    reference = _table_without_time(tmp_path / "whole" / COMPARISON)
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "metaspike", *NEURON_ARGS, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root = out / COMPARISON
+    deadline = time.time() + 300
+    # kill it once a later run is under way: one run finished, another holding a checkpoint
+    while proc.poll() is None and time.time() < deadline:
+        finished = [p for p in root.glob("*/model.pt")]
+        if finished and any(root.glob("*/checkpoint.pt")):
+            break
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (root / "comparison.csv").exists(), "the comparison ended before it could be killed"
+
+    refused = subprocess.run([sys.executable, "-m", "metaspike", "compare", "--resume", str(root), "--epochs", "9"],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "remove --epochs" in refused.stderr
+    _metaspike("compare", "--resume", str(root), "--quiet")
+    assert _table_without_time(root) == reference
+    assert len([d for d in root.iterdir() if d.is_dir()]) == 4  # no run was repeated under another name
+
+
+def test_resume_refuses_flags_that_would_change_the_stored_settings(tmp_path, capsys):
+    _metaspike("train", *ARGS[:6], "--epochs", "1", "--hidden", "8", "--quiet", "--out", str(tmp_path))
+    run = tmp_path / "permuted-digits-meta5-30-seed1"
+    (run / "metrics.json").unlink()  # as if killed before the end
+    assert main(["train", "--resume", str(run), "--epochs", "9", "--lr", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "these would change them: epochs (stored 1, given 9), lr (stored 0.005, given 0.1)" in err
+    assert main(["train", "--resume", ""]) == 2
+    assert "--resume '' is not a run directory" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "the runs inside it: permuted-digits-meta5-30-seed1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("tasks", "3", "--tasks must be an integer >= 1, got '3'"),
+    ("tasks", 0, "--tasks must be an integer >= 1, got 0"),
+    ("hidden", [8, "x"], "'hidden' must be a list of int"),
+    ("lr", "fast", "--lr must be a finite number > 0, got 'fast'"),
+    ("scenario", 5, "'scenario' must be a string"),
+    ("meta", [-1], "--meta must be a finite number >= 0"),
+    ("batch_size", 2.5, "--batch-size must be an integer >= 1, got 2.5"),
+    ("data_dir", 7, "'data_dir' must be a folder name or null"),
+])
+def test_resume_validates_the_stored_config(tmp_path, capsys, field, value, message):
+    run = tmp_path / "r"
+    run.mkdir()
+    record = RunConfig(datasets=("digits",), hidden=(8,)).to_dict()
+    record[field] = value
+    (run / "config.json").write_text(json.dumps(record))
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("metaspike: error: ") and str(run / "config.json") in err and message in err, err
+    (run / "config.json").write_text(json.dumps(record)[:40])
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "is not valid JSON" in capsys.readouterr().err

@@ -37,8 +37,8 @@ def _draw_curves(ax, run: dict[str, Any], title: str) -> None:
     x = [row["global_epoch"] for row in curves]
     for j, name in enumerate(names):
         ax.plot(x, [row[name] for row in curves], label=f"task {j + 1}" if len(names) > 1 else "test")
-    epochs = int(run["config"].get("epochs", 0)) or None
-    if epochs and len(names) > 1:
+    epochs = run["config"].get("epochs")
+    if isinstance(epochs, int) and epochs > 0 and len(names) > 1:
         for boundary in range(epochs, int(max(x)), epochs):
             ax.axvline(boundary + 0.5, color="0.8", lw=0.8, zorder=0)
     ax.set_xlabel("epoch")
@@ -50,6 +50,8 @@ def _draw_curves(ax, run: dict[str, Any], title: str) -> None:
 
 def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     """Draw ``accuracy_curves.png`` and ``hidden_weights.png`` into ``run_dir``; return their paths.
+
+    A malformed result file raises one line of ``ValueError`` naming it (see :func:`load_run`).
 
     Example:
         >>> plot_run("runs/permuted-meta10")  # doctest: +SKIP

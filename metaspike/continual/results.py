@@ -8,15 +8,21 @@ training task i; column j: test accuracy on task j, percent), ``curves.csv`` (on
 fraction of consolidated synapses) and, while the run goes on, ``checkpoint.pt`` (and the one before, ``checkpoint.prev.pt``)
 to resume it from. Files are replaced atomically (temporary file, then rename), so a run that dies leaves
 the last complete version of each, and a new run never writes into an existing directory.
+
+A checkpoint also stores a SHA-256 of all its tensor data (:func:`tensor_checksum`), so bytes changed
+on disk are caught when it is loaded, not only a damaged zip or pickle. :func:`load_run` checks every
+file it reads and names the file in its one-line ``ValueError`` when one is malformed.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +30,15 @@ import torch
 
 from metaspike.continual.trainer import ContinualResult
 from metaspike.diagnostics import plasticity_ranking
-from metaspike.files import atomic_open, atomic_write_text, csv_text
+from metaspike.files import atomic_open, atomic_write_text, csv_text, read_json
 
 __all__ = [
-    "RunDirectory", "load_run", "load_checkpoint", "latest_good_checkpoint", "unique_directory",
+    "RunDirectory", "load_run", "load_checkpoint", "latest_good_checkpoint", "unique_directory", "tensor_checksum",
 ]
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
+CHECKSUM_KEY = "tensor_sha256"  # beside the trainer's state in a checkpoint file
 
 
 def _json_ready(value: Any) -> Any:
@@ -42,6 +49,43 @@ def _json_ready(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_ready(v) for v in value]
     return value
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell: floats rounded to 6 places, non-finite ones left empty (read back as NaN)."""
+    if isinstance(value, float):
+        return round(value, 6) if math.isfinite(value) else ""
+    return value
+
+
+def tensor_checksum(state: Any) -> str:
+    """SHA-256 (hex) over every tensor in a nested dict/list structure: its key path, dtype, shape and bytes.
+
+    Dict keys are visited in sorted order, so the digest depends only on the content.
+
+    Example:
+        >>> a = tensor_checksum({"w": torch.ones(2), "step": [torch.tensor(3)]})
+        >>> a == tensor_checksum({"step": [torch.tensor(3)], "w": torch.ones(2)})
+        True
+        >>> a == tensor_checksum({"w": torch.tensor([1.0, 2.0]), "step": [torch.tensor(3)]})
+        False
+    """
+    digest = hashlib.sha256()
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, torch.Tensor):
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{where}|{flat.dtype}|{tuple(value.shape)}|".encode())
+            digest.update(flat.view(torch.uint8).numpy())
+        elif isinstance(value, dict):
+            for key in sorted(value, key=repr):
+                walk(value[key], f"{where}/{key!r}")
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                walk(item, f"{where}[{index}]")
+
+    walk(state, "")
+    return digest.hexdigest()
 
 
 def unique_directory(root: str | os.PathLike, name: str) -> Path:
@@ -104,14 +148,15 @@ class RunDirectory:
         for name, rows in (("curves.csv", result.curves), ("diagnostics.csv", result.diagnostics)):
             if rows:
                 header = list(rows[0])
-                body = [[r[k] if not isinstance(r[k], float) else round(r[k], 6) for k in header] for r in rows]
+                body = [[_cell(r[k]) for k in header] for r in rows]
                 atomic_write_text(self.path / name, csv_text([header] + body))
 
     def checkpoint(self, state: dict[str, Any]) -> None:
         """Save a trainer checkpoint as ``checkpoint.pt``; the previous one is kept as ``checkpoint.prev.pt``.
 
         The new file is complete on disk before it replaces anything, so a kill at any moment
-        leaves at least one good checkpoint.
+        leaves at least one good checkpoint. The file also holds :func:`tensor_checksum` of ``state``,
+        which :func:`load_checkpoint` verifies.
         """
         path = self.path / CHECKPOINT
         if path.exists():  # keep the newest good one: a hard link, so CHECKPOINT stays in place meanwhile
@@ -122,7 +167,7 @@ class RunDirectory:
             except OSError:  # a file system without hard links
                 shutil.copyfile(path, previous)
         with atomic_open(path, "wb") as handle:
-            torch.save(state, handle)
+            torch.save({**state, CHECKSUM_KEY: tensor_checksum(state)}, handle)
 
     def remove_checkpoints(self) -> None:
         """Delete the checkpoints of a finished run (its final weights are in ``model.pt``)."""
@@ -137,7 +182,7 @@ class RunDirectory:
 
     def write_matrix(self, result: ContinualResult) -> None:
         rows = [["after_task"] + result.task_names]
-        rows += [[i + 1] + [round(a, 2) for a in accs] for i, accs in enumerate(result.matrix)]
+        rows += [[i + 1] + [_cell(round(a, 2)) for a in accs] for i, accs in enumerate(result.matrix)]
         atomic_write_text(self.path / "accuracy_matrix.csv", csv_text(rows))
 
     def write_metrics(self, result: ContinualResult, complete: bool = True) -> None:
@@ -156,9 +201,10 @@ class RunDirectory:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint file with ``torch.load(..., weights_only=True)``.
+    """Load a checkpoint file with ``torch.load(..., weights_only=True)`` and verify its tensor checksum.
 
-    Raises ``ValueError`` naming the file when it is missing, truncated or corrupt.
+    Raises one line of ``ValueError`` naming the file when it is missing, truncated, corrupt, or its
+    tensor data do not match the checksum stored with them.
 
     Example:
         >>> state = load_checkpoint("runs/permuted-mnist5k-meta10-seed1/checkpoint.pt")  # doctest: +SKIP
@@ -168,11 +214,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for damaged files
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"checkpoint {path} is truncated or corrupt ({reason[:120]})") from None
+    except Exception as err:  # torch raises several types for damaged files; its messages span lines
+        raise ValueError(f"checkpoint {path} is truncated or corrupt (torch cannot read it: {type(err).__name__})") from None
     if not isinstance(state, dict) or "position" not in state:
         raise ValueError(f"checkpoint {path} is not a metaspike checkpoint")
+    stored = state.pop(CHECKSUM_KEY, None)
+    if stored is None:
+        raise ValueError(f"checkpoint {path} has no checksum of its tensor data (written by an older metaspike?)")
+    if stored != tensor_checksum(state):
+        raise ValueError(f"checkpoint {path} is damaged: its tensor data do not match their checksum")
     return state
 
 
@@ -195,32 +245,111 @@ def latest_good_checkpoint(run_dir: str | os.PathLike) -> tuple[dict[str, Any], 
     raise ValueError(f"{run_dir} has no checkpoint to resume from")
 
 
+def _read_number_csv(file: Path, columns: Sequence[str], index: str) -> tuple[list[str], list[list[float]]]:
+    """Header and rows of a CSV of numbers: every row as long as the header, each cell finite or empty (NaN).
+
+    The header must hold ``columns``; the ``index`` column must be filled in every row.
+    """
+    try:
+        with open(file, newline="", encoding="utf-8") as handle:
+            lines = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"cannot read {file}: {err}") from None
+    if not lines or not lines[0]:
+        raise ValueError(f"{file} is empty; was it cut short?")
+    header, rows = lines[0], []
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise ValueError(f"{file} lacks the columns {', '.join(missing)} in its header")
+    for number, line in enumerate(lines[1:], start=2):
+        if len(line) != len(header):
+            raise ValueError(f"{file} line {number} has {len(line)} cells, the header has {len(header)}")
+        row = []
+        for name, cell in zip(header, line):
+            if not cell.strip() and name != index:
+                row.append(math.nan)
+                continue
+            try:
+                value = float(cell)
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value):
+                raise ValueError(f"{file} line {number}, column {name!r}: {cell!r} is not a finite number")
+            row.append(value)
+        rows.append(row)
+    return header, rows
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_histograms(data: Any, file: Path) -> list[dict[str, Any]]:
+    """``data`` if it is a list of ``{"after_task", "layers": {name: {"edges", "counts"[, "shape"]}}}`` snapshots."""
+    if not isinstance(data, list):
+        raise ValueError(f"{file} is malformed: expected a list of snapshots, found {type(data).__name__}")
+    names = None
+    for k, snapshot in enumerate(data, start=1):
+        where = f"{file} is malformed: snapshot {k}"
+        if not isinstance(snapshot, dict) or not isinstance(snapshot.get("layers"), dict) or "after_task" not in snapshot:
+            raise ValueError(f"{where} is not an object with 'after_task' and 'layers'")
+        if names is not None and list(snapshot["layers"]) != names:
+            raise ValueError(f"{where} has layers {list(snapshot['layers'])}, snapshot 1 has {names}")
+        names = list(snapshot["layers"])
+        for name, layer in snapshot["layers"].items():
+            edges = layer.get("edges") if isinstance(layer, dict) else None
+            counts = layer.get("counts") if isinstance(layer, dict) else None
+            if not (isinstance(edges, list) and isinstance(counts, list) and all(map(_is_number, edges + counts))):
+                raise ValueError(f"{where}, layer {name!r}: 'edges' and 'counts' must be lists of finite numbers")
+            if len(edges) != len(counts) + 1:
+                raise ValueError(f"{where}, layer {name!r}: {len(counts)} counts need {len(counts) + 1} edges, found {len(edges)}")
+            shape = layer.get("shape", [])
+            if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
+                raise ValueError(f"{where}, layer {name!r}: 'shape' must be a list of integers")
+    return data
+
+
 def load_run(path: str | os.PathLike) -> dict[str, Any]:
     """Read a run directory back: config, task names, matrix, curves, metrics, histograms.
+
+    Every file is checked; a malformed one raises one line of ``ValueError`` naming it. Empty
+    cells of ``accuracy_matrix.csv`` and ``curves.csv`` (tasks not evaluated) are read as NaN.
 
     Example:
         >>> run = load_run("runs/latest")  # doctest: +SKIP
     """
     path = Path(path)
-    if not (path / "accuracy_matrix.csv").exists():
+    matrix_file = path / "accuracy_matrix.csv"
+    if not matrix_file.exists():
         raise ValueError(f"{path} is not a run directory (no accuracy_matrix.csv)")
-    with open(path / "accuracy_matrix.csv", newline="") as handle:
-        rows = list(csv.reader(handle))
-    curves = []
-    if (path / "curves.csv").exists():
-        with open(path / "curves.csv", newline="") as handle:
-            curves = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    header, rows = _read_number_csv(matrix_file, ["after_task"], "after_task")
+    if header[0] != "after_task" or len(header) < 2:
+        raise ValueError(f"{matrix_file} must start with a header 'after_task,<task names>', found {','.join(header)!r}")
+    if not rows:
+        raise ValueError(f"{matrix_file} holds no results (only its header)")
+    task_names = header[1:]
+    curves: list[dict[str, float]] = []
+    curves_file = path / "curves.csv"
+    if curves_file.exists():
+        columns, values = _read_number_csv(curves_file, ["global_epoch", *task_names], "global_epoch")
+        curves = [dict(zip(columns, row)) for row in values]
 
-    def read_json(name: str) -> Any:
+    def read_object(name: str, kind: type) -> Any:
         file = path / name
-        return json.loads(file.read_text()) if file.exists() else None
+        if not file.exists():
+            return kind()
+        data = read_json(file)
+        if not isinstance(data, kind):
+            raise ValueError(f"{file} is malformed: expected a JSON {'object' if kind is dict else 'list'}, "
+                             f"found {type(data).__name__}")
+        return data
 
     return {
         "path": path,
-        "config": read_json("config.json") or {},
-        "task_names": rows[0][1:],
-        "matrix": [[float(v) for v in row[1:]] for row in rows[1:]],
+        "config": read_object("config.json", dict),
+        "task_names": task_names,
+        "matrix": [row[1:] for row in rows],
         "curves": curves,
-        "metrics": read_json("metrics.json") or {},
-        "histograms": read_json("hidden_weights.json") or [],
+        "metrics": read_object("metrics.json", dict),
+        "histograms": _check_histograms(read_object("hidden_weights.json", list), path / "hidden_weights.json"),
     }

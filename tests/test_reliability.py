@@ -1,0 +1,124 @@
+"""Damaged result files: checkpoints with changed tensor bytes, malformed run folders; one line naming the file."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from metaspike.app.plots import plot_run
+from metaspike.continual.results import RunDirectory, latest_good_checkpoint, load_checkpoint, load_run
+
+
+def _state(epochs_done: int) -> dict:
+    return {"position": {"task": 0, "epochs_done": epochs_done},
+            "model": {"w": torch.arange(16, dtype=torch.float32) + epochs_done},
+            "optimizer": {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 0.1, "params": [0]}]}}
+
+
+def _flip_tensor_bytes(checkpoint: Path) -> None:
+    """Flip the first bytes of the first tensor's data file in the zip, keeping the zip itself valid."""
+    with zipfile.ZipFile(checkpoint) as archive:
+        entries = [(info, archive.read(info.filename)) for info in archive.infolist()]
+    data_name = next(info.filename for info, _ in entries if info.filename.endswith("/data/0"))
+    with zipfile.ZipFile(checkpoint, "w", zipfile.ZIP_STORED) as archive:
+        for info, data in entries:
+            if info.filename == data_name:
+                data = bytes(b ^ 0xFF for b in data[:4]) + data[4:]
+            archive.writestr(info, data)
+
+
+def test_changed_tensor_bytes_are_caught_and_the_previous_checkpoint_used(tmp_path):
+    run = RunDirectory.create(tmp_path, "run", {})
+    run.checkpoint(_state(1))
+    run.checkpoint(_state(2))
+    newest = run.path / "checkpoint.pt"
+    assert load_checkpoint(newest)["model"]["w"][0] == 2
+    _flip_tensor_bytes(newest)
+    assert torch.load(newest, weights_only=True)["position"]["epochs_done"] == 2  # torch alone sees nothing wrong
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(newest)
+    assert str(info.value) == f"checkpoint {newest} is damaged: its tensor data do not match their checksum"
+    state, warnings = latest_good_checkpoint(run.path)
+    assert state["position"]["epochs_done"] == 1 and torch.equal(state["model"]["w"], torch.arange(16.0) + 1)
+    assert "tensor_sha256" not in state
+    assert warnings == [str(info.value)]
+
+
+def test_unreadable_checkpoint_error_is_our_own_single_line(tmp_path):
+    run = RunDirectory.create(tmp_path, "run", {})
+    run.checkpoint(_state(1))
+    path = run.path / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert message.startswith(f"checkpoint {path} is truncated or corrupt (torch cannot read it: ")
+    assert "\n" not in message and "\x1b" not in message and "weights_only" not in message
+
+
+def test_checkpoint_without_a_checksum_is_refused(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save(_state(1), path)
+    with pytest.raises(ValueError, match=r"checkpoint.pt has no checksum of its tensor data \(written by an older"):
+        load_checkpoint(path)
+
+
+def _run_folder(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"scenario": "permuted", "meta": 5.0, "epochs": 2}))
+    (run / "accuracy_matrix.csv").write_text("after_task,t1,t2\n1,90.0,\n2,85.5,91.0\n")
+    (run / "curves.csv").write_text("task,epoch,global_epoch,loss,t1,t2\n1,1,1,0.5,80,\n1,2,2,0.4,90,10\n"
+                                    "2,1,3,0.3,88,80\n2,2,4,0.2,85.5,91\n")
+    layer = {"shape": [4, 3], "edges": [-1.0, 0.0, 1.0], "counts": [5, 7]}
+    (run / "hidden_weights.json").write_text(json.dumps([{"after_task": 1, "layers": {"0": layer}},
+                                                         {"after_task": 2, "layers": {"0": layer}}]))
+    return run
+
+
+def test_a_good_run_folder_loads_and_plots(tmp_path):
+    run = _run_folder(tmp_path)
+    data = load_run(run)
+    assert data["task_names"] == ["t1", "t2"]
+    assert data["matrix"][1] == [85.5, 91.0] and data["matrix"][0][0] == 90.0 and data["matrix"][0][1] != data["matrix"][0][1]
+    assert [p.name for p in plot_run(run)] == ["accuracy_curves.png", "hidden_weights.png"]
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("accuracy_matrix.csv", "", "accuracy_matrix.csv is empty; was it cut short?"),
+    ("accuracy_matrix.csv", "after_task,t1,t2\n", "accuracy_matrix.csv holds no results (only its header)"),
+    ("accuracy_matrix.csv", "after_task,t1,t2\n1,90.0\n", "accuracy_matrix.csv line 2 has 2 cells, the header has 3"),
+    ("accuracy_matrix.csv", "after_task,t1,t2\n1,90.0,abc\n",
+     "accuracy_matrix.csv line 2, column 't2': 'abc' is not a finite number"),
+    ("accuracy_matrix.csv", "after_task,t1,t2\n1,90.0,inf\n",
+     "accuracy_matrix.csv line 2, column 't2': 'inf' is not a finite number"),
+    ("accuracy_matrix.csv", "task,t1\n1,9\n", "accuracy_matrix.csv lacks the columns after_task in its header"),
+    ("curves.csv", "task,epoch,global_epoch,loss,t1\n1,1,1,0.5,80\n", "curves.csv lacks the columns t2 in its header"),
+    ("curves.csv", "global_epoch,t1,t2\n,80,90\n", "curves.csv line 2, column 'global_epoch': '' is not a finite number"),
+    ("hidden_weights.json", '[{"after_task": 1, "layers": {"0": {"edges": [0', "hidden_weights.json is not valid JSON"),
+    ("hidden_weights.json", '{"0": []}', "hidden_weights.json is malformed: expected a JSON list, found dict"),
+    ("hidden_weights.json", '[{"after_task": 1}]',
+     "hidden_weights.json is malformed: snapshot 1 is not an object with 'after_task' and 'layers'"),
+    ("hidden_weights.json", '[{"after_task": 1, "layers": {"0": {"edges": [0, 1], "counts": [1, 2]}}}]',
+     "hidden_weights.json is malformed: snapshot 1, layer '0': 2 counts need 3 edges, found 2"),
+    ("hidden_weights.json", '[{"after_task": 1, "layers": {"0": {"edges": [0, "a"], "counts": [1]}}}]',
+     "hidden_weights.json is malformed: snapshot 1, layer '0': 'edges' and 'counts' must be lists of finite numbers"),
+    ("hidden_weights.json", '[{"after_task": 1, "layers": {"0": {"edges": [0, 1], "counts": [1]}}},'
+                            ' {"after_task": 2, "layers": {"1": {"edges": [0, 1], "counts": [1]}}}]',
+     "hidden_weights.json is malformed: snapshot 2 has layers ['1'], snapshot 1 has ['0']"),
+    ("config.json", '{"meta": 5.0, "epo', "config.json is not valid JSON"),
+    ("config.json", "[1, 2]", "config.json is malformed: expected a JSON object, found list"),
+    ("metrics.json", "", "metrics.json is not valid JSON"),
+])
+def test_a_malformed_run_file_gives_one_line_naming_it(tmp_path, name, content, message):
+    run = _run_folder(tmp_path)
+    (run / name).write_text(content)
+    with pytest.raises(ValueError) as info:
+        plot_run(run)
+    assert str(run / name) in str(info.value) and message in str(info.value)
+    assert "\n" not in str(info.value)
+    assert not (run / "accuracy_curves.png").exists()
