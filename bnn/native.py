@@ -199,8 +199,11 @@ def _call(fn, label: str, inputs: Tensor, n: int, weight: Tensor, flip: Tensor |
     else:
         result = torch.empty(batch, out, dtype=result_dtype)
     threads = max(1, min(torch.get_num_threads(), batch * out * cols // MIN_WORK_PER_THREAD))
-    if fn(inputs.data_ptr(), batch, n, weight.data_ptr(), out, cols, None if flip is None else flip.data_ptr(),
-          None if threshold is None else threshold.data_ptr(), result.data_ptr(), threads) != 0:
+    status = fn(inputs.data_ptr(), batch, n, weight.data_ptr(), out, cols, None if flip is None else flip.data_ptr(),
+                None if threshold is None else threshold.data_ptr(), result.data_ptr(), threads)
+    if status == 2:
+        raise ValueError(f"{label} input holds NaN or infinite values; only finite inputs are accepted")
+    if status != 0:
         raise MemoryError(f"{label}: the native kernel could not allocate its scratch memory")
     return result
 
@@ -212,7 +215,8 @@ def real_layer(lib: ctypes.CDLL, x: Tensor, weight: Tensor, flip: Tensor | None 
     them), or, with ``flip``/``threshold``, the packed int64 bits of ``(-a if flip else a) >= threshold``.
 
     Raises:
-        ValueError: a tensor has the wrong dtype, shape or device (``label`` names the layer).
+        ValueError: a tensor has the wrong dtype, shape or device, or ``x`` holds NaN or infinite
+            values (``label`` names the layer).
 
     Example:
         >>> from bnn.packed import pack_bits

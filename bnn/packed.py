@@ -232,12 +232,12 @@ class PackedMLP:
             raise ValueError(f"input is on the {x.device.type} device; PackedMLP runs on the CPU (pass x.cpu())")
         if not torch.is_floating_point(x):
             raise ValueError(f"input must be floating point, got dtype {x.dtype}")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("input holds NaN or infinite values; PackedMLP accepts finite inputs only")
         with torch.inference_mode():
-            if self._native is not None:
+            if self._native is not None:  # the kernel refuses NaN and infinity itself, at no cost
                 a = _native_last_preactivation(self._native, x, self.layers, self.sizes)
                 return _scores(a, self.layers[-1])
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError("input holds NaN or infinite values; only finite inputs are accepted")
             parts = [
                 _last_preactivation(x[i : i + self._rows], self.layers, self.sizes, self._dots)
                 for i in range(0, len(x), self._rows)

@@ -37,6 +37,9 @@
 #define TILE_OUTPUTS 4
 #define CHUNK 256
 #define LANES 16 /* float32 inputs per masked add: 16 weight bits */
+#ifndef REAL_AVX512
+#define ROW_OUTPUTS TILE_OUTPUTS
+#endif
 #define INLINE static inline __attribute__((always_inline))
 #define UNROLL _Pragma("GCC unroll 16")
 /* An empty asm that "changes" v in a register of class c ("v": vector, "Yk": mask): the compiler then
@@ -79,14 +82,16 @@ static inline void put_bit(uint64_t *row, int64_t o, int fires) {
     row[o >> 6] |= (uint64_t)(fires != 0) << (o & 63); /* no branch: whether a neuron fires is unpredictable */
 }
 
-/* Every tile of the worker's outputs: chunks of outputs, all samples per chunk. */
-static void for_each_tile(const job_t *job, tile_fn *tile) {
+/* Every tile of the worker's outputs: chunks of outputs, all samples per chunk; single samples (the
+ * batch's remainder) in tiles of `row_outputs` outputs. */
+static void for_each_tile(const job_t *job, tile_fn *tile, int row_outputs) {
     for (int64_t o0 = job->begin; o0 < job->end; o0 += CHUNK) {
         int64_t o1 = job->end - o0 > CHUNK ? o0 + CHUNK : job->end;
         for (int64_t s = 0; s < job->batch;) {
             int samples = job->batch - s >= TILE_SAMPLES ? TILE_SAMPLES : 1;
+            int width = samples == TILE_SAMPLES ? TILE_OUTPUTS : row_outputs;
             for (int64_t o = o0; o < o1;) {
-                int outputs = o1 - o >= TILE_OUTPUTS ? TILE_OUTPUTS : 1;
+                int outputs = o1 - o >= width ? width : 1;
                 tile(job, s, samples, o, outputs);
                 o += outputs;
             }
@@ -106,7 +111,34 @@ static double real_exact(const job_t *job, int64_t s, int64_t o) {
     return a;
 }
 
+/* Weight bits of inputs 16 b ... 16 b + 15 of one row (the last block of an odd row has one byte). */
+INLINE unsigned mask16(const uint8_t *row, int64_t b, int64_t bytes) {
+    return row[2 * b] | (2 * b + 1 < bytes ? (unsigned)row[2 * b + 1] << 8 : 0);
+}
+
 #ifdef REAL_AVX512
+#define ROW_OUTPUTS 16 /* outputs of one sample at a time: enough independent sums to keep the adders busy */
+
+/* As real_sums for one sample and ROW_OUTPUTS outputs; sums[j]. */
+static void real_row_sums(const job_t *job, int64_t s, int64_t o, float *sums) {
+    const float *x = job->xs + s * job->stride;
+    const uint8_t *w = (const uint8_t *)job->weight + o * job->cols;
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 acc[ROW_OUTPUTS];
+    UNROLL
+    for (int j = 0; j < ROW_OUTPUTS; j++) acc[j] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < job->stride / LANES; b++) {
+        __m512 xv = _mm512_load_ps(x + LANES * b);
+        UNROLL
+        for (int j = 0; j < ROW_OUTPUTS; j++) {
+            __mmask16 k = (__mmask16)mask16(w + j * job->cols, b, job->cols);
+            acc[j] = j % 2 ? _mm512_mask3_fmadd_ps(xv, one, acc[j], k) : _mm512_mask_add_ps(acc[j], k, acc[j], xv);
+        }
+    }
+    UNROLL
+    for (int j = 0; j < ROW_OUTPUTS; j++) sums[j] = _mm512_reduce_add_ps(acc[j]);
+}
+
 /* acc[i][j] += x_i where the bits of k[j] are set. Half the outputs use a multiply-add by 1 (the same
  * rounding as an add) so that CPUs with separate add and multiply-add units use both. */
 INLINE void real_block(__m512 acc[TILE_SAMPLES][TILE_OUTPUTS], const float *x, int64_t stride, int64_t b,
@@ -190,8 +222,7 @@ INLINE void real_sums(const job_t *job, int64_t s, const int samples, int64_t o,
     for (int64_t b = 0; b < (bytes + 1) / 2; b++)
         UNROLL
         for (int j = 0; j < outputs; j++) {
-            const uint8_t *row = w + j * bytes;
-            unsigned k = row[2 * b] | (2 * b + 1 < bytes ? (unsigned)row[2 * b + 1] << 8 : 0);
+            unsigned k = mask16(w + j * bytes, b, bytes);
             UNROLL
             for (int i = 0; i < samples; i++)
                 for (int l = 0; l < LANES; l++)
@@ -219,20 +250,33 @@ static inline int real_fires(const job_t *job, int64_t s, int64_t o, float sum) 
     return (job->flip[o] ? -exact : exact) >= threshold;
 }
 
-INLINE void real_tile_of(const job_t *job, int64_t s, const int samples, int64_t o, const int outputs) {
-    float sums[TILE_SAMPLES * TILE_OUTPUTS];
-    real_sums(job, s, samples, o, outputs, sums);
+/* Fire bits of `samples` x `outputs` pairs from their float32 sums (sums[i * width + j]). */
+INLINE void real_emit(const job_t *job, int64_t s, const int samples, int64_t o, const int outputs, const float *sums,
+                      const int width) {
     int64_t words_out = (job->out + 63) / 64;
     UNROLL
     for (int i = 0; i < samples; i++)
         UNROLL
         for (int j = 0; j < outputs; j++)
-            put_bit((uint64_t *)job->result + (s + i) * words_out, o + j,
-                    real_fires(job, s + i, o + j, sums[i * TILE_OUTPUTS + j]));
+            put_bit((uint64_t *)job->result + (s + i) * words_out, o + j, real_fires(job, s + i, o + j, sums[i * width + j]));
+}
+
+INLINE void real_tile_of(const job_t *job, int64_t s, const int samples, int64_t o, const int outputs) {
+    float sums[TILE_SAMPLES * TILE_OUTPUTS];
+    real_sums(job, s, samples, o, outputs, sums);
+    real_emit(job, s, samples, o, outputs, sums, TILE_OUTPUTS);
 }
 
 /* Constant tile sizes, so the accumulators stay in registers. */
 static void real_tile(const job_t *job, int64_t s, int samples, int64_t o, int outputs) {
+#ifdef REAL_AVX512
+    if (samples == 1 && outputs == ROW_OUTPUTS) {
+        float sums[ROW_OUTPUTS];
+        real_row_sums(job, s, o, sums);
+        real_emit(job, s, 1, o, ROW_OUTPUTS, sums, ROW_OUTPUTS);
+        return;
+    }
+#endif
     if (samples == TILE_SAMPLES && outputs == TILE_OUTPUTS) real_tile_of(job, s, TILE_SAMPLES, o, TILE_OUTPUTS);
     else if (samples == TILE_SAMPLES) real_tile_of(job, s, TILE_SAMPLES, o, 1);
     else if (outputs == TILE_OUTPUTS) real_tile_of(job, s, 1, o, TILE_OUTPUTS);
@@ -242,7 +286,7 @@ static void real_tile(const job_t *job, int64_t s, int samples, int64_t o, int o
 static void *real_worker(void *arg) {
     const job_t *job = arg;
     if (job->flip != NULL) {
-        for_each_tile(job, real_tile);
+        for_each_tile(job, real_tile, ROW_OUTPUTS);
         return NULL;
     }
     for (int64_t s = 0; s < job->batch; s++)
@@ -257,9 +301,9 @@ static void *real_worker(void *arg) {
  * u = 2^-24, doubled in 2 S1; plus 2^-126 for each of those adds under flush-to-zero. The
  * float64 sums (total, 2 S1 - total, real_exact, the lane reduction) add at most (2n + 32) u64
  * sum|x|. The slack factor covers the rounding of the bound itself. Inputs whose float32 sums
- * could overflow get an infinite bound (always float64). */
-static void sample_stats(const float *x, int64_t n, int64_t batch, int64_t stride, float *xs, double *total,
-                         double *bound) {
+ * could overflow get an infinite bound (always float64). Returns 2 if an input is NaN or infinite. */
+static int sample_stats(const float *x, int64_t n, int64_t batch, int64_t stride, float *xs, double *total,
+                        double *bound) {
     double blocks = (double)(stride / LANES), gamma = (blocks + 3) * 0x1p-24 / (1 - (blocks + 3) * 0x1p-24);
     for (int64_t s = 0; s < batch; s++) {
         const float *row = x + s * n;
@@ -271,12 +315,14 @@ static void sample_stats(const float *x, int64_t n, int64_t batch, int64_t strid
             magnitude += fabs((double)row[i]);
         }
         for (int64_t i = n; i < stride; i++) padded[i] = 0.0f;
+        if (!isfinite(magnitude)) return 2; /* sums of finite floats never overflow a double */
         total[s] = sum;
         int safe = magnitude < 0x1p120 && gamma > 0 && gamma < 1;
         bound[s] = safe ? (magnitude * (2 * gamma + (2.0 * (double)n + 32) * 0x1p-53) + (blocks + 4) * 0x1p-125)
                               * (1 + 0x1p-20)
                         : INFINITY;
     }
+    return 0;
 }
 
 /* ---- hidden layers ---------------------------------------------------------------------------- */
@@ -299,6 +345,24 @@ INLINE void binary_reduce16(__m512i acc[TILE_SAMPLES][TILE_OUTPUTS], int64_t *la
         _mm512_storeu_si512(lanes + 8 * t, _mm512_add_epi64(_mm512_unpacklo_epi64(quarters[2 * t], quarters[2 * t + 1]),
                                                             _mm512_unpackhi_epi64(quarters[2 * t], quarters[2 * t + 1])));
 }
+
+/* acc[i][j] += popcount(h_i XOR w_j) for the words k ... k + 7 selected by `valid`. */
+INLINE void binary_block(__m512i acc[TILE_SAMPLES][TILE_OUTPUTS], const uint64_t *h, const uint64_t *w, int64_t words,
+                         int64_t k, __mmask8 valid, const int samples, const int outputs) {
+    __m512i hv[TILE_SAMPLES];
+    UNROLL
+    for (int i = 0; i < samples; i++) {
+        hv[i] = _mm512_maskz_loadu_epi64(valid, h + i * words + k);
+        KEEP_IN_REGISTER("v", hv[i]);
+    }
+    UNROLL
+    for (int j = 0; j < outputs; j++) {
+        __m512i wv = _mm512_maskz_loadu_epi64(valid, w + j * words + k);
+        UNROLL
+        for (int i = 0; i < samples; i++)
+            acc[i][j] = _mm512_add_epi64(acc[i][j], _mm512_popcnt_epi64(_mm512_xor_si512(hv[i], wv)));
+    }
+}
 #endif
 
 /* popcount(h XOR w) of `samples` x `outputs` pairs. */
@@ -312,19 +376,9 @@ INLINE void binary_counts(const job_t *job, int64_t s, const int samples, int64_
     for (int i = 0; i < samples; i++)
         UNROLL
         for (int j = 0; j < outputs; j++) acc[i][j] = _mm512_setzero_si512();
-    for (int64_t k = 0; k < words; k += 8) {
-        __mmask8 valid = words - k >= 8 ? 0xFF : (__mmask8)((1u << (words - k)) - 1);
-        __m512i hv[TILE_SAMPLES];
-        UNROLL
-        for (int i = 0; i < samples; i++) hv[i] = _mm512_maskz_loadu_epi64(valid, h + i * words + k);
-        UNROLL
-        for (int j = 0; j < outputs; j++) {
-            __m512i wv = _mm512_maskz_loadu_epi64(valid, w + j * words + k);
-            UNROLL
-            for (int i = 0; i < samples; i++)
-                acc[i][j] = _mm512_add_epi64(acc[i][j], _mm512_popcnt_epi64(_mm512_xor_si512(hv[i], wv)));
-        }
-    }
+    int64_t full = words / 8 * 8;
+    for (int64_t k = 0; k < full; k += 8) binary_block(acc, h, w, words, k, 0xFF, samples, outputs);
+    if (full < words) binary_block(acc, h, w, words, full, (__mmask8)((1u << (words - full)) - 1), samples, outputs);
     if (samples == TILE_SAMPLES && outputs == TILE_OUTPUTS) {
         int64_t lanes[2 * 8];
         binary_reduce16(acc, lanes);
@@ -379,7 +433,7 @@ static void binary_tile(const job_t *job, int64_t s, int samples, int64_t o, int
 }
 
 static void *binary_worker(void *arg) {
-    for_each_tile(arg, binary_tile);
+    for_each_tile(arg, binary_tile, TILE_OUTPUTS);
     return NULL;
 }
 
@@ -409,7 +463,7 @@ static void run(void *(*worker)(void *), job_t base, int threads) {
     for (int t = 1; t <= started; t++) pthread_join(ids[t], NULL);
 }
 
-/* Returns 0, or 1 when out of memory. */
+/* Returns 0; 1 when out of memory; 2 when an input is NaN or infinite (nothing is computed). */
 int real_layer(const float *x, int64_t batch, int64_t n, const uint8_t *w, int64_t out, int64_t bytes,
                const uint8_t *flip, const double *threshold, void *result, int threads) {
     if (batch == 0) return 0;
@@ -417,8 +471,8 @@ int real_layer(const float *x, int64_t batch, int64_t n, const uint8_t *w, int64
     float *xs = aligned_alloc(64, sizeof(float) * (size_t)(stride * batch)); /* a multiple of 64 bytes */
     double *stats = malloc(sizeof(double) * 2 * (size_t)batch);
     int status = xs == NULL || stats == NULL;
+    if (status == 0) status = sample_stats(x, n, batch, stride, xs, stats, stats + batch);
     if (status == 0) {
-        sample_stats(x, n, batch, stride, xs, stats, stats + batch);
         job_t job = {x, w, batch, n, out, bytes, flip, threshold, result, 0, out, xs, stride, stats, stats + batch};
         run(real_worker, job, threads);
     }

@@ -101,12 +101,12 @@ def read_json(path: str | os.PathLike) -> Any:
         >>> read_json(target)
         Traceback (most recent call last):
         ...
-        ValueError: ... is not valid JSON (Expecting ',' delimiter at line 1); was it edited or cut short?
+        ValueError: ... is not valid JSON (Expecting ',' delimiter, line 1); was it edited or cut short?
     """
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}); was it edited or cut short?") from None
+        raise ValueError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}); was it edited or cut short?") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"cannot read {path}: {err}") from None

@@ -100,6 +100,11 @@ def test_plot_redraws_a_run(tmp_path, capsys):
         (["train", "--rule", "beaker"], "unknown consolidation rule 'beaker'"),
         (["train", "--lr", "0"], "--lr must be a finite number > 0"),
         (["plot", "/nonexistent/run"], "is not a run directory"),
+        (["train", "--device", "nonsense"], "--device must be cpu, cuda or cuda:N, got 'nonsense'"),
+        (["train", "--device", "meta"], "--device must be cpu, cuda or cuda:N, got 'meta'"),
+        (["train", "--lr", "1e38"], "--lr must be in (0, 10], got 1e+38"),
+        (["train", "--dataset", "digits", "--hidden", "100000", "100000", "--out", "/nonexistent-never-written"],
+         "--hidden 100000 100000 needs about 188 GiB to train"),
     ],
 )
 def test_bad_input_gets_one_clear_line(args, message, capsys):
@@ -127,3 +132,22 @@ def test_python_dash_m_entry_point():
     done = subprocess.run([sys.executable, "-m", "metaspike", "train", "--tasks", "0"], capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip() == "metaspike: error: --tasks must be an integer >= 1, got 0"
+
+
+def test_a_full_disk_gives_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from metaspike import files
+
+    def full(path, mode="w"):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(files, "atomic_open", full)
+    monkeypatch.setattr("metaspike.continual.results.atomic_open", full)
+    monkeypatch.setattr("metaspike.files.atomic_write_text", lambda path, text: full(path))
+    monkeypatch.setattr("metaspike.continual.results.atomic_write_text", lambda path, text: full(path))
+    assert main(["train", "--dataset", "digits", "--tasks", "1", "--epochs", "1", "--hidden", "8", "--quiet",
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("metaspike: error: cannot read or write ") and err.endswith("No space left on device")
+    assert len(err.splitlines()) == 1

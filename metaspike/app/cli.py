@@ -201,6 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, ImportError, TrainingDiverged) as err:
         print(f"metaspike: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a folder that vanished, a file that cannot be read
+        where = f" {err.filename}" if err.filename else ""
+        print(f"metaspike: error: cannot read or write{where}: {err.strerror or err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("metaspike: interrupted; results written so far are kept in the run folder", file=sys.stderr)
         return 130

@@ -6,6 +6,7 @@ This is the application layer: its errors name the command-line flags that set e
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -24,6 +25,8 @@ __all__ = ["RunConfig", "DEFAULT_META", "DEFAULT_INPUT_META", "default_meta", "p
 #: it is"): with ~800 updates per task |W_h| stays small, so the paper's m = 1.35 barely consolidates.
 DEFAULT_INPUT_META = 5.0
 DEFAULT_META = 30.0
+#: The largest --lr accepted (see the check in RunConfig).
+MAX_LR = 10.0
 
 
 def default_meta(layers: int) -> tuple[float, ...]:
@@ -128,8 +131,13 @@ class RunConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low \
                     or (key == "lr" and value == 0):
                 raise ValueError(f"{_flag(key)} must be a finite number {'>' if key == 'lr' else '>='} 0, got {value!r}")
+        if self.lr > MAX_LR:
+            raise ValueError(f"--lr must be in (0, {MAX_LR:g}], got {self.lr!r}: hidden weights start within ±0.05 and "
+                             "Adam moves each by about lr per step, so a larger rate flips every sign at every step")
         get_rule(self.rule)
         TrainerConfig(batchnorm=self.batchnorm, optimizer=self.optimizer)  # validates the modes
+        if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--device {self.device}: CUDA is not available on this machine")
 

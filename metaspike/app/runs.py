@@ -32,6 +32,8 @@ __all__ = ["build_run_model", "build_trainer", "make_run_scenario", "train_and_f
            "load_config", "run_lock", "finished_result"]
 
 LOCK = ".lock"
+#: float32 copies of each weight while training: hidden weight, gradient, two Adam moments, ±1 buffer.
+BYTES_PER_WEIGHT_IN_TRAINING = 5
 
 
 def make_run_scenario(config: RunConfig) -> Scenario:
@@ -52,6 +54,14 @@ def build_run_model(config: RunConfig, scenario: Scenario) -> torch.nn.Module:
         >>> build_run_model(RunConfig(hidden=(64,)), s).sizes
         (784, 64, 10)
     """
+    sizes = [math.prod(scenario.input_shape), *config.hidden, scenario.num_classes]
+    weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    needed = weights * 4 * BYTES_PER_WEIGHT_IN_TRAINING
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        raise ValueError(f"--hidden {' '.join(map(str, config.hidden))} needs about {needed / 2**30:.0f} GiB to train "
+                         f"({weights:,} weights, each with its gradient, Adam moments and sign buffer); "
+                         f"this machine has {available / 2**30:.0f} GiB")
     return build_model(config.model, config.hidden, scenario.input_shape, scenario.num_classes, config.num_steps)
 
 
