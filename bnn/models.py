@@ -50,9 +50,9 @@ class MLP(nn.Sequential):
         weight_quantizer: str = "ste_sign_unclipped",
         activation: str = "sign",
     ) -> None:
-        sizes = [int(s) for s in sizes]
-        if len(sizes) < 2 or any(s < 1 for s in sizes):
-            raise ValueError(f"sizes must list at least 2 positive widths (input ... classes), got {sizes}")
+        sizes = list(sizes)
+        if len(sizes) < 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
+            raise ValueError(f"sizes must list at least 2 positive integer widths (input ... classes), got {sizes}")
         layers: list[nn.Module] = [nn.Flatten()]
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers.append(BinaryLinear(n_in, n_out, weight_quantizer=weight_quantizer, init_width=init_width))

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_write_text", "atomic_write_bytes", "csv_text", "read_json"]
+__all__ = ["atomic_open", "atomic_write_text", "atomic_write_bytes", "remove_stale_temporaries", "csv_text", "read_json"]
 
 
 def _umask() -> int:
@@ -54,6 +54,24 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_open` left in ``folder`` when its process was killed.
+
+    Only call it while no other process writes in ``folder`` (e.g. holding a run's lock). Returns what
+    was removed.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp()); _ = (folder / ".metrics.json.x1y2.tmp").write_text("{")
+        >>> [p.name for p in remove_stale_temporaries(folder)]
+        ['.metrics.json.x1y2.tmp']
+    """
+    stale = sorted(Path(folder).glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

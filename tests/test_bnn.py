@@ -24,9 +24,10 @@ def test_mlp_matches_the_paper_architecture():
     assert model(x).shape == (5, 10)
 
 
-def test_mlp_rejects_bad_sizes():
-    with pytest.raises(ValueError, match="sizes must list at least 2 positive widths"):
-        bnn.MLP([784])
+@pytest.mark.parametrize("sizes", [[784], [784, 2.7, 10], [784, 0, 10], [784, True, 10]])
+def test_mlp_rejects_bad_sizes(sizes):
+    with pytest.raises(ValueError, match="sizes must list at least 2 positive integer widths"):
+        bnn.MLP(sizes)
 
 
 def test_summary_counts_binary_and_float_parameters():

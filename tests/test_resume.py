@@ -219,3 +219,12 @@ def test_resume_validates_the_stored_config(tmp_path, capsys, field, value, mess
     (run / "config.json").write_text(json.dumps(record)[:40])
     assert main(["train", "--resume", str(run)]) == 2
     assert "is not valid JSON" in capsys.readouterr().err
+
+
+def test_resume_removes_the_temporary_files_a_kill_left_behind(tmp_path):
+    run = _killed_run(tmp_path)
+    stale = run / ".metrics.json.abc123.tmp"
+    stale.write_text('{"complete": tr')  # what a kill in the middle of a write leaves
+    _metaspike("train", "--resume", str(run), "--quiet")
+    assert not list(run.glob(".*.tmp"))
+    assert json.loads((run / "metrics.json").read_text())["complete"] is True

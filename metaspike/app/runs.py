@@ -24,7 +24,7 @@ from metaspike.continual.results import RunDirectory, latest_good_checkpoint
 from metaspike.continual.scenarios import Scenario, make_scenario
 from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig
 from metaspike.distributed import init_from_env, sync_batchnorm, world
-from metaspike.files import atomic_open, read_json
+from metaspike.files import atomic_open, read_json, remove_stale_temporaries
 from metaspike.optim import MetaplasticAdam, param_groups
 from metaspike.training import Plugin, TrainingDiverged
 
@@ -258,6 +258,7 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
     if changed:
         raise ValueError(f"{path} continues with its stored settings; these would change them: {', '.join(changed)}")
     with run_lock(path):
+        remove_stale_temporaries(path)  # left by a kill in the middle of a write
         metrics_file = path / "metrics.json"
         if metrics_file.exists() and (path / "model.pt").exists() and read_json(metrics_file).get("complete"):
             raise ValueError(f"{path} is already complete; nothing to resume")
