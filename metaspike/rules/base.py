@@ -25,11 +25,30 @@ from typing import Any, NamedTuple, Protocol
 import torch
 from torch import Tensor
 
-__all__ = ["Rule", "NoState", "check_meta", "toward_zero", "state_to_dict", "state_from_dict"]
+__all__ = ["Rule", "NoState", "Stateless", "check_meta", "toward_zero", "state_to_dict", "state_from_dict"]
 
 
 class NoState(NamedTuple):
     """The empty state of a rule without per-synapse variables."""
+
+
+class Stateless:
+    """Base of rules without per-synapse state: their state is :class:`NoState` and their step is elementwise.
+
+    Example:
+        >>> Stateless().init_state(torch.zeros(2))
+        NoState()
+    """
+
+    elementwise: bool = True
+
+    def init_state(self, hidden: Tensor) -> NoState:
+        """The empty state."""
+        return NoState()
+
+    def state_type(self) -> type:
+        """:class:`NoState`."""
+        return NoState
 
 
 class Rule(Protocol):

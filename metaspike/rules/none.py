@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from metaspike.rules.base import NoState
+from metaspike.rules.base import NoState, Stateless
 
 __all__ = ["NoConsolidation"]
 
 
 @dataclass(frozen=True)
-class NoConsolidation:
+class NoConsolidation(Stateless):
     """The identity rule.
 
     Example:
@@ -22,13 +22,6 @@ class NoConsolidation:
     """
 
     name: str = "none"
-    elementwise: bool = True
-
-    def init_state(self, hidden: Tensor) -> NoState:
-        return NoState()
-
-    def state_type(self) -> type:
-        return NoState
 
     def step(self, hidden: Tensor, update: Tensor, meta: float, state: NoState) -> tuple[Tensor, NoState]:
         return update, state

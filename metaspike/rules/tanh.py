@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from metaspike.rules.base import NoState
+from metaspike.rules.base import NoState, Stateless
 
 __all__ = ["TanhRule", "tanh"]
 
@@ -28,7 +28,7 @@ def tanh(x: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class TanhRule:
+class TanhRule(Stateless):
     """``f_meta(m, W_h) = 1 - tanh²(m·W_h)`` on updates toward zero; ``meta = 0`` leaves every update as it is.
 
     Example:
@@ -37,13 +37,6 @@ class TanhRule:
     """
 
     name: str = "tanh"
-    elementwise: bool = True
-
-    def init_state(self, hidden: Tensor) -> NoState:
-        return NoState()
-
-    def state_type(self) -> type:
-        return NoState
 
     def step(self, hidden: Tensor, update: Tensor, meta: float, state: NoState) -> tuple[Tensor, NoState]:
         if meta == 0:
