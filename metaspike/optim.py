@@ -40,8 +40,8 @@ def consolidates(param: Tensor, group: dict[str, Any]) -> bool:
     Example:
         >>> import metaspike
         >>> net = metaspike.binarize(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)), exclude=["1"])
-        >>> [consolidates(p, {}) for p in net.parameters()]
-        [False, True, False, False]
+        >>> [consolidates(p, {}) for p in net.parameters()]  # bias, learned gain, W_h, float weight, bias
+        [False, False, True, False, False]
     """
     flag = group.get("consolidate")
     return is_hidden_weight(param) if flag is None else bool(flag)

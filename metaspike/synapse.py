@@ -21,11 +21,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from metaspike.gain import OutputGain, check_scale
 from metaspike.quantizers import ste_sign
 
 __all__ = [
     "BinarySynapse", "SignWeight", "binarize", "binary_modules", "hidden_weights", "is_hidden_weight",
-    "mark_hidden_weight", "weight_matrices", "binarized_once", "signs_cache_key",
+    "mark_hidden_weight", "output_gain", "weight_matrices", "binarized_once", "signs_cache_key",
 ]
 
 _HIDDEN_WEIGHTS: dict[int, weakref.ref] = {}  # id -> weak reference (tensors compare elementwise: no WeakSet)
@@ -59,8 +60,8 @@ def is_hidden_weight(weight: Tensor) -> bool:
 
     Example:
         >>> net = binarize(nn.Sequential(nn.Linear(4, 3)))
-        >>> [is_hidden_weight(p) for p in net.parameters()]
-        [False, True]
+        >>> [(name, is_hidden_weight(p)) for name, p in net.named_parameters()]  # bias, learned gain, W_h
+        [('0.bias', False), ('0.output_gain.alpha', False), ('0.parametrizations.weight.original', True)]
     """
     reference = _HIDDEN_WEIGHTS.get(id(weight))
     return reference is not None and reference() is weight
@@ -93,6 +94,23 @@ class SignWeight(nn.Module):
         return ste_sign(mark_hidden_weight(hidden), clip_value=None)
 
 
+def output_gain(layer: nn.Module) -> OutputGain | None:
+    """The :class:`~metaspike.gain.OutputGain` of a layer (its ``output_gain`` child, which :func:`binarize`
+    and the ``bnn`` layers' ``scale`` argument add), or ``None``.
+
+    Example:
+        >>> net = binarize(nn.Sequential(nn.Linear(4, 3)), scale="layer")
+        >>> output_gain(net[0]).alpha.shape
+        torch.Size([])
+    """
+    gain = getattr(layer, "output_gain", None)
+    return gain if isinstance(gain, OutputGain) else None
+
+
+def _apply_output_gain(layer: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
+    return layer.output_gain(output, getattr(layer, "bias", None))
+
+
 _DEFAULT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -100,6 +118,7 @@ def binarize(
     module: nn.Module,
     layer_types: Sequence[type[nn.Module]] = _DEFAULT_LAYERS,
     exclude: Sequence[str] = (),
+    scale: str | None = "channel",
 ) -> nn.Module:
     """Turn the weights of ``module``'s linear/conv layers into binary synapses, in place.
 
@@ -107,28 +126,49 @@ def binarize(
     (reachable through :func:`hidden_weights`). Biases stay real-valued. Works on any model, e.g. an
     snnTorch or Norse network, without changing its neurons.
 
+    A ±1 weight is 3-10 times larger than a float layer's initial weights, so by default each layer
+    also gets a learned gain (:class:`~metaspike.gain.OutputGain`, child ``output_gain``, applied by a
+    forward hook): ``y = α · (sign(W_h) x) + b`` with ``α`` starting at the float weight's mean ``|W|``
+    per output channel (XNOR-Net's ``α``), so neurons see the input current the float model gave them.
+    ``α`` is never consolidated (not a hidden weight); at inference it folds into the next neuron's
+    threshold (``θ / α``, bias ``b / α``) or input resistance (NIR export) or into the next BatchNorm,
+    so the synapse stays ±1.
+
+    The hidden weights keep the float layer's initialisation (about ``1 / sqrt(fan_in)``, so a layer with
+    more inputs, where one flip matters less, flips after fewer Adam steps of size ``lr``). Measured on
+    snnTorch's tutorial conv SNN on 8x8 digits (10 epochs of Adam, lr 5e-3, 2 seeds): 80.3 and 83.9 %
+    (float: 90.0, 93.6; without a gain: chance), against 68.1/82.5 % when ``W_h`` is rescaled to
+    ``[-0.05, 0.05]`` (the ``bnn`` layers' init), 83.1/80.6 % for ``[-0.01, 0.01]`` and 70.6/77.2 % for
+    ``[-0.25, 0.25]``: no rescaling did better than the float init, which needs no extra setting.
+
     Args:
         module: the model to change.
         layer_types: which layer classes get binary weights.
         exclude: qualified names of layers to leave real-valued (e.g. ``["0"]`` for a first layer).
+        scale: the learned gain: ``"channel"`` (one per output channel, default), ``"layer"`` (one per
+            layer) or ``None`` (the bare sign, e.g. for a layer followed by BatchNorm).
 
     Example:
         >>> net = binarize(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()))
         >>> sorted(set(net[0].weight.abs().flatten().tolist()))
         [1.0]
     """
+    check_scale(scale)
     names = {name for name, _ in module.named_modules()}
     unknown = sorted(set(exclude) - names)
     if unknown:
         raise ValueError(f"exclude names layers that do not exist: {unknown}")
     changed = 0
-    for name, layer in module.named_modules():
+    for name, layer in list(module.named_modules()):
         if not isinstance(layer, tuple(layer_types)) or name in exclude or isinstance(layer, BinarySynapse):
             continue
         if not isinstance(getattr(layer, "weight", None), nn.Parameter) and not parametrize.is_parametrized(layer, "weight"):
             continue
         if _has_sign_parametrization(layer):
             continue
+        if scale is not None:
+            layer.output_gain = OutputGain(layer.weight, scale)
+            layer.register_forward_hook(_apply_output_gain)
         parametrize.register_parametrization(layer, "weight", SignWeight())
         mark_hidden_weight(layer.parametrizations.weight.original)  # type: ignore[union-attr]
         changed += 1

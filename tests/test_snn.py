@@ -106,7 +106,7 @@ def test_signs_are_taken_once_per_forward_not_once_per_step():
 def test_self_recurrent_layer_trains_decay_threshold_and_self_weight():
     torch.manual_seed(0)
     model = metaspike.binarize(build_neuron_model("self-recurrent", NetSpec(hidden=(16,), num_steps=4)))
-    layer = model.network[3]
+    layer = model.network[2]
     before = [p.detach().clone() for p in (layer.beta, layer.threshold, layer.w_self)]
     hidden = [w.detach().clone() for w in metaspike.hidden_weights(model)]
     opt = metaspike.MetaplasticAdam(metaspike.param_groups(model, 5.0), lr=0.01)
@@ -153,4 +153,4 @@ def test_cli_compare_neurons_names_an_unknown_neuron_model(capsys):
     from metaspike.app.cli import main
 
     assert main(["compare", "--neurons", "leaky", "hodgkin", "--out", "/nonexistent-never-written"]) == 2
-    assert "unknown model 'hodgkin'; available: alpha, bnn," in capsys.readouterr().err
+    assert "unknown model 'hodgkin'; available: alpha, " in capsys.readouterr().err

@@ -137,5 +137,5 @@ def test_metaplastic_spiking_network_forgets_less_on_a_real_data_stream(tmp_path
         _, result = run(config, tmp_path, progress=False, plot=False)
         first[meta] = result.matrix[-1][0]
         assert result.matrix[0][0] > 70
-    # measured on seeds 1, 2, 3: 12.2 vs 74.7, 18.3 vs 75.6, 23.3 vs 74.2
+    # measured with the per-channel gain of binarize (AMD EPYC, 1 thread): seed 1 50.0 vs 88.3, seed 2 42.2 vs 85.0
     assert first[50.0] > first[0.0] + 25, first

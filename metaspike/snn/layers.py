@@ -9,19 +9,23 @@ __all__ = ["Scale"]
 
 
 class Scale(nn.Module):
-    """Learnable per-feature gain ``y = gain * x`` (exported to NIR as a ``Scale`` node).
+    """Learnable elementwise gain ``y = gain * x`` (exported to NIR as a ``Scale`` node).
 
-    With ±1 synapses the input current of a neuron grows with its fan-in; a gain of about
-    ``1 / sqrt(fan_in)`` brings it back to the scale of the firing threshold.
+    ``shape`` is the number of features (a linear layer's output) or the shape of one sample's
+    features (e.g. ``(channels, height, width)`` after a conv layer); the gain broadcasts over the batch.
+    :func:`metaspike.snn.nir.import_nir` builds one where a NIR neuron's input gain is not 1; a binary
+    layer's own gain is :class:`metaspike.gain.OutputGain` (``metaspike.binarize``'s ``scale``).
 
     Example:
         >>> Scale(3, init=0.5)(torch.ones(2, 3)).tolist()
         [[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]
+        >>> Scale((2, 1, 1))(torch.ones(4, 2, 3, 3)).shape
+        torch.Size([4, 2, 3, 3])
     """
 
-    def __init__(self, features: int, init: float = 1.0) -> None:
+    def __init__(self, shape: int | tuple[int, ...], init: float = 1.0) -> None:
         super().__init__()
-        self.gain = nn.Parameter(torch.full((features,), float(init)))
+        self.gain = nn.Parameter(torch.full((shape,) if isinstance(shape, int) else tuple(shape), float(init)))
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.gain

@@ -1,9 +1,10 @@
 """Neuron-model registry: a name → a classifier ``[B, *input_shape] → logits`` with float synapses.
 
-Every spiking entry is ``Flatten → [Linear → Scale → neuron] per layer`` inside a
+Every spiking entry is ``Flatten → [Linear → neuron] per layer`` inside a
 :class:`~metaspike.snn.SpikingClassifier`; the output layer does not reset (its membrane is the
-readout). Turn synapses binary with
-``metaspike.binarize(model)``.
+readout). Turn synapses binary with ``metaspike.binarize(model)``: its default learned gain per
+output channel (:class:`metaspike.gain.OutputGain`) keeps each layer's input current at the float
+layer's scale, so no hand-tuned gain layer is needed.
 
 Adding a neuron model = one builder function ``(spec) -> nn.Module`` + one line in ``_NEURONS``.
 """
@@ -18,7 +19,6 @@ import torch
 from torch import nn
 
 from metaspike.snn.backends import norse_method, require_norse, require_snntorch, surrogate
-from metaspike.snn.layers import Scale
 from metaspike.snn.recurrent import SelfRecurrentLIF
 from metaspike.snn.timeloop import SpikingClassifier
 
@@ -41,7 +41,6 @@ class NetSpec:
     readout: str = "membrane"
     surrogate: str | None = None
     beta: float = 0.9
-    gain: float = 2.0
 
 
 Neuron = Callable[[int, bool], nn.Module]  # (features, is_output_layer) -> neuron module
@@ -51,8 +50,7 @@ def _layers(spec: NetSpec, neuron: Neuron) -> list[nn.Module]:
     sizes = [math.prod(spec.input_shape), *spec.hidden, spec.classes]
     layers: list[nn.Module] = [nn.Flatten()]
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers += [nn.Linear(n_in, n_out, bias=False), Scale(n_out, spec.gain / math.sqrt(n_in)),
-                   neuron(n_out, i == len(sizes) - 2)]
+        layers += [nn.Linear(n_in, n_out, bias=False), neuron(n_out, i == len(sizes) - 2)]
     return layers
 
 

@@ -1,12 +1,19 @@
-"""NIR export and import of binary-synapse snnTorch ``Leaky`` networks.
+"""NIR export and import of binary-synapse snnTorch networks (``Leaky``, ``Synaptic``; linear and conv layers).
 
 :func:`export_nir` writes a network's ±1 weights (``sign(W_h)``, what the forward pass sees) and
 its neuron parameters as a NIR graph; :func:`import_nir` builds the same per-step network back.
 
-Supported modules (a sequential chain): ``nn.Flatten``, ``nn.Linear`` (→ ``Affine``/``Linear``),
-:class:`~metaspike.snn.layers.Scale` (→ ``Scale``), ``snntorch.Leaky`` with
-``reset_mechanism="zero"`` (→ ``LIF``) or ``"none"`` (→ ``LI``). Discretisation with step ``dt``:
-``beta = 1 - dt / tau`` and an input gain ``r dt / tau`` (``1`` on export), as snnTorch does.
+Supported modules (a sequential chain): ``nn.Flatten`` (→ ``Flatten``), ``nn.Linear`` (→
+``Affine``/``Linear``), ``nn.Conv2d`` (→ ``Conv2d``), :class:`~metaspike.snn.layers.Scale` (→
+``Scale``), ``snntorch.Leaky`` with ``reset_mechanism="zero"`` (→ ``LIF``) or ``"none"`` (→ ``LI``),
+``snntorch.Synaptic`` with ``reset_mechanism="zero"`` (→ ``CubaLIF``). Discretisation with step ``dt``
+(forward Euler, as snnTorch does): ``beta = 1 - dt / tau_mem``, ``alpha = 1 - dt / tau_syn``, input
+gains ``r dt / tau_mem`` and ``w_in dt / tau_syn`` (``1`` on export without a learned gain).
+
+The learned gain ``α`` of a binary layer (:class:`metaspike.gain.OutputGain`) is folded into the
+input resistance ``r`` of the neuron that follows (``r = α tau_mem / dt``; the layer's bias is
+written as ``b / α``), so the weights stay ±1; a gain that no neuron follows is written as a
+``Scale`` node. Import turns ``r ≠ tau_mem / dt`` back into a :class:`Scale` before the neuron.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from torch import nn
 from metaspike.snn.backends import require_snntorch
 from metaspike.snn.layers import Scale
 from metaspike.snn.timeloop import SpikingClassifier
+from metaspike.synapse import output_gain
 
 __all__ = ["export_nir", "import_nir"]
 
@@ -34,22 +42,68 @@ def _nir() -> ModuleType:
         raise ImportError(f"NIR export needs nir: pip install nir ({err})") from None
 
 
-def _array(value: torch.Tensor | float, features: int) -> np.ndarray:
-    return torch.as_tensor(value, dtype=torch.float32).detach().cpu().expand(features).numpy().copy()
+def _array(value: torch.Tensor | float, shape: tuple[int, ...]) -> np.ndarray:
+    return torch.as_tensor(value, dtype=torch.float32).detach().cpu().expand(shape).numpy().copy()
 
 
-def _leaky_node(nir: ModuleType, layer: nn.Module, features: int, dt: float):
-    beta = _array(layer.beta.clamp(0, 1), features)
-    if np.any(beta >= 1):
-        raise ValueError("Leaky with beta = 1 (no leak) has no NIR time constant")
-    tau = dt / (1 - beta)
-    common = dict(tau=tau, r=tau / dt, v_leak=np.zeros(features, dtype=np.float32))
-    mechanism = layer.reset_mechanism
-    if mechanism == "none":
-        return nir.LI(**common)
-    if mechanism != "zero":
-        raise ValueError(f"NIR LIF resets to v_reset; export Leaky with reset_mechanism='zero', got {mechanism!r}")
-    return nir.LIF(**common, v_threshold=_array(layer.threshold, features), v_reset=np.zeros(features, dtype=np.float32))
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().cpu().numpy().copy()
+
+
+def _time_constant(decay: torch.Tensor, shape: tuple[int, ...], dt: float, what: str) -> np.ndarray:
+    kept = _array(decay.clamp(0, 1), shape)
+    if np.any(kept >= 1):
+        raise ValueError(f"{what} = 1 (no leak) has no NIR time constant")
+    return dt / (1 - kept)
+
+
+def _reset_to_zero(layer: nn.Module, kind: str) -> None:
+    if layer.reset_mechanism != "zero":
+        raise ValueError(f"NIR {kind} resets to v_reset; export with reset_mechanism='zero', got {layer.reset_mechanism!r}")
+
+
+def _neuron_node(nir: ModuleType, snn: ModuleType, layer: nn.Module, shape: tuple[int, ...], dt: float,
+                 gain: np.ndarray):
+    """NIR node of an snnTorch ``Leaky``/``Synaptic``; ``gain`` (the layer before's ``α``) multiplies ``r``."""
+    zeros = np.zeros(shape, dtype=np.float32)
+    tau_mem = _time_constant(layer.beta, shape, dt, "beta")
+    r = (gain * tau_mem / dt).astype(np.float32)
+    if isinstance(layer, snn.Synaptic):
+        _reset_to_zero(layer, "CubaLIF")
+        tau_syn = _time_constant(layer.alpha, shape, dt, "alpha")
+        return nir.CubaLIF(tau_syn=tau_syn, tau_mem=tau_mem, r=r, v_leak=zeros, v_threshold=_array(layer.threshold, shape),
+                           v_reset=zeros, w_in=(tau_syn / dt).astype(np.float32))
+    if layer.reset_mechanism == "none":
+        return nir.LI(tau=tau_mem, r=r, v_leak=zeros)
+    _reset_to_zero(layer, "LIF")
+    return nir.LIF(tau=tau_mem, r=r, v_leak=zeros, v_threshold=_array(layer.threshold, shape), v_reset=zeros)
+
+
+def _weight_node(nir: ModuleType, layer: nn.Module, shape: tuple[int, ...]) -> tuple[object, np.ndarray | None]:
+    """The NIR node of a linear/conv layer (bias written as ``b / α``) and its gain ``α`` per output channel."""
+    gain = output_gain(layer)
+    alpha = None if gain is None else _numpy(gain.per_channel(layer.weight.shape[0]))
+    weight = _numpy(layer.weight)
+    bias = None if layer.bias is None else _numpy(layer.bias)
+    if bias is not None and alpha is not None:
+        if np.any(alpha == 0):
+            raise ValueError("export_nir cannot fold a zero gain into a layer with a bias")
+        bias = bias / alpha
+    if isinstance(layer, nn.Conv2d):
+        if not isinstance(layer.padding, tuple):
+            raise ValueError(f"export_nir needs a numeric conv padding, got {layer.padding!r}")
+        node = nir.Conv2d(input_shape=tuple(shape[1:]), weight=weight, stride=layer.stride, padding=layer.padding,
+                          dilation=layer.dilation, groups=layer.groups,
+                          bias=np.zeros(weight.shape[0], dtype=np.float32) if bias is None else bias)
+    elif bias is None:
+        node = nir.Linear(weight=weight)
+    else:
+        node = nir.Affine(weight=weight, bias=bias)
+    return node, alpha
+
+
+def _per_element(alpha: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return np.broadcast_to(alpha.reshape(-1, *([1] * (len(shape) - 1))), shape).astype(np.float32)
 
 
 def export_nir(
@@ -59,6 +113,8 @@ def export_nir(
     dt: float = 1.0,
 ):
     """NIR graph of a :class:`SpikingClassifier` (or its per-step ``nn.Sequential``); written to ``path`` if given.
+
+    A binary layer's learned gain goes into the following neuron's ``r`` (see the module notes).
 
     Example:
         >>> graph = export_nir(trained_classifier, "net.nir")  # doctest: +SKIP
@@ -72,25 +128,31 @@ def export_nir(
         raise ValueError("export_nir needs input_shape (one sample's shape) for a bare network")
     if not isinstance(model, nn.Sequential):
         raise ValueError(f"export_nir takes a sequential network, got {type(model).__name__}")
-    shape = np.array(input_shape)
-    features = int(np.prod(shape))
-    nodes = []
+    shape = tuple(int(s) for s in input_shape)
+    nodes: list = []
+    pending: np.ndarray | None = None  # the last weight layer's gain, not yet folded
     for name, layer in model.named_children():
+        if isinstance(layer, (snn.Leaky, snn.Synaptic)):
+            gain = np.ones(shape, dtype=np.float32) if pending is None else _per_element(pending, shape)
+            nodes.append(_neuron_node(nir, snn, layer, shape, dt, gain))
+            pending = None
+            continue
+        if pending is not None:
+            nodes.append(nir.Scale(scale=_per_element(pending, shape)))
+            pending = None
         if isinstance(layer, nn.Flatten):
-            nodes.append(nir.Flatten(input_type={"input": shape}, start_dim=layer.start_dim - 1, end_dim=layer.end_dim))
-        elif isinstance(layer, nn.Linear):
-            weight = layer.weight.detach().cpu().numpy().copy()
-            features = weight.shape[0]
-            if layer.bias is None:
-                nodes.append(nir.Linear(weight=weight))
-            else:
-                nodes.append(nir.Affine(weight=weight, bias=layer.bias.detach().cpu().numpy().copy()))
+            nodes.append(nir.Flatten(input_type={"input": np.array(shape)}, start_dim=layer.start_dim - 1,
+                                     end_dim=layer.end_dim))
+        elif isinstance(layer, (nn.Linear, nn.Conv2d)):
+            node, pending = _weight_node(nir, layer, shape)
+            nodes.append(node)
         elif isinstance(layer, Scale):
-            nodes.append(nir.Scale(scale=layer.gain.detach().cpu().numpy().copy()))
-        elif isinstance(layer, snn.Leaky):
-            nodes.append(_leaky_node(nir, layer, features, dt))
+            nodes.append(nir.Scale(scale=_array(layer.gain, shape)))
         else:
             raise ValueError(f"export_nir does not support layer {name!r} ({type(layer).__name__})")
+        shape = tuple(int(s) for s in nodes[-1].output_type["output"])
+    if pending is not None:
+        nodes.append(nir.Scale(scale=_per_element(pending, shape)))
     graph = nir.NIRGraph.from_list(*nodes, type_check=False)
     if path is not None:
         nir.write(path, graph)
@@ -110,11 +172,23 @@ def _chain(graph) -> list:
     return order
 
 
+def _tensor(value) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(value), dtype=torch.float32)
+
+
+def _scale(gain: torch.Tensor) -> Scale:
+    scale = Scale(tuple(gain.shape))
+    with torch.no_grad():
+        scale.gain.copy_(gain)
+    return scale
+
+
 def import_nir(source, dt: float = 1.0) -> nn.Sequential:
-    """Build the per-step network (snnTorch ``Leaky`` neurons) of a NIR graph or file.
+    """Build the per-step network (snnTorch ``Leaky``/``Synaptic`` neurons) of a NIR graph or file.
 
     Wrap the result in :class:`SpikingClassifier` to run it over time; the last neuron layer
-    returns ``(spikes, membrane)``.
+    returns ``(spikes, membrane)``. Layers come back real-valued (``nn.Linear``/``nn.Conv2d`` holding
+    the ±1 weights), gains as :class:`Scale` layers.
 
     Example:
         >>> network = import_nir("net.nir")  # doctest: +SKIP
@@ -123,45 +197,55 @@ def import_nir(source, dt: float = 1.0) -> nn.Sequential:
     snn = require_snntorch()
     graph = source if isinstance(source, nir.NIRGraph) else nir.read(source)
     nodes = _chain(graph)
-    neurons = [i for i, n in enumerate(nodes) if isinstance(n, (nir.LIF, nir.LI))]
+    neurons = [i for i, n in enumerate(nodes) if isinstance(n, (nir.LIF, nir.LI, nir.CubaLIF))]
     layers: list[nn.Module] = []
     for i, node in enumerate(nodes):
         if isinstance(node, nir.Flatten):
             layers.append(nn.Flatten(node.start_dim + 1, node.end_dim))
         elif isinstance(node, (nir.Affine, nir.Linear)):
-            weight = torch.as_tensor(np.asarray(node.weight), dtype=torch.float32)
+            weight = _tensor(node.weight)
             bias = getattr(node, "bias", None)
             linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
             with torch.no_grad():
                 linear.weight.copy_(weight)
                 if bias is not None:
-                    linear.bias.copy_(torch.as_tensor(np.asarray(bias), dtype=torch.float32))
+                    linear.bias.copy_(_tensor(bias))
             layers.append(linear)
-        elif isinstance(node, nir.Scale):
-            scale = Scale(len(node.scale))
+        elif isinstance(node, nir.Conv2d):
+            weight = _tensor(node.weight)
+            conv = nn.Conv2d(weight.shape[1] * node.groups, weight.shape[0], tuple(weight.shape[2:]),
+                             stride=tuple(node.stride), padding=tuple(node.padding), dilation=tuple(node.dilation),
+                             groups=node.groups)
             with torch.no_grad():
-                scale.gain.copy_(torch.as_tensor(np.asarray(node.scale), dtype=torch.float32))
-            layers.append(scale)
-        elif isinstance(node, (nir.LIF, nir.LI)):
-            layers += _leaky(snn, node, dt, output=bool(neurons) and i == neurons[-1])
+                conv.weight.copy_(weight)
+                conv.bias.copy_(_tensor(node.bias))
+            layers.append(conv)
+        elif isinstance(node, nir.Scale):
+            layers.append(_scale(_tensor(node.scale)))
+        elif isinstance(node, (nir.LIF, nir.LI, nir.CubaLIF)):
+            layers += _neuron(snn, node, dt, output=i == neurons[-1])
         else:
             raise ValueError(f"import_nir does not support NIR node {type(node).__name__}")
     return nn.Sequential(*layers)
 
 
-def _leaky(snn: ModuleType, node, dt: float, output: bool) -> list[nn.Module]:
-    tau = torch.as_tensor(np.asarray(node.tau), dtype=torch.float32)
+def _neuron(snn: ModuleType, node, dt: float, output: bool) -> list[nn.Module]:
     v_reset = getattr(node, "v_reset", None)
     if np.any(np.asarray(node.v_leak) != 0) or (v_reset is not None and np.any(np.asarray(v_reset) != 0)):
         raise ValueError("import_nir supports v_leak = 0 and v_reset = 0 only")
-    gain = torch.as_tensor(np.asarray(node.r), dtype=torch.float32) * dt / tau
-    is_lif = hasattr(node, "v_threshold")
-    threshold = torch.as_tensor(np.asarray(node.v_threshold), dtype=torch.float32) if is_lif else 1.0
-    neuron = snn.Leaky(beta=1 - dt / tau, threshold=threshold, init_hidden=True, output=output,
-                       reset_mechanism="zero" if is_lif else "none")
+    is_cuba = hasattr(node, "tau_syn")
+    tau = _tensor(node.tau_mem if is_cuba else node.tau)
+    gain = _tensor(node.r) * dt / tau
+    fires = hasattr(node, "v_threshold")
+    threshold = _tensor(node.v_threshold) if fires else 1.0
+    common = dict(beta=1 - dt / tau, threshold=threshold, init_hidden=True, output=output,
+                  reset_mechanism="zero" if fires else "none")
+    if is_cuba:
+        tau_syn = _tensor(node.tau_syn)
+        gain = gain * _tensor(node.w_in) * dt / tau_syn
+        neuron = snn.Synaptic(alpha=1 - dt / tau_syn, **common)
+    else:
+        neuron = snn.Leaky(**common)
     if torch.allclose(gain, torch.ones_like(gain)):
         return [neuron]
-    scale = Scale(len(gain))
-    with torch.no_grad():
-        scale.gain.copy_(gain)
-    return [scale, neuron]
+    return [_scale(gain), neuron]

@@ -1,0 +1,86 @@
+"""The output gain of a binary layer: a learned float ``α`` that gives ``α · (sign(W_h) x) + b`` the size
+the float layer's output ``W x + b`` had.
+
+A ±1 weight is several times larger than a float layer's initial weights (torch's init is about
+``1 / sqrt(fan_in)``), so without a gain a binarized layer drives its neurons far past threshold.
+XNOR-Net (Rastegari et al. 2016) scales ``sign(W)`` by ``α = mean |W|``, the factor that makes
+``α · sign(W)`` closest to ``W``; :class:`OutputGain` starts there and then learns ``α``.
+
+``α`` is a float parameter that is never consolidated (it is not a hidden weight, so
+:func:`metaspike.param_groups` puts it in the non-consolidated group). At inference it folds out of
+the synapse, which stays ±1: before a spiking neuron ``α > 0`` divides the threshold and the bias
+(``θ / α``, ``b / α``: the membrane is ``1 / α`` times the original one, so the same spikes), or
+multiplies the neuron's input resistance ``r`` (what :func:`metaspike.snn.nir.export_nir` writes);
+before a BatchNorm (``α > 0``) it divides the BatchNorm's running standard deviation by ``α`` and
+replaces its running mean ``μ`` by ``(μ - b) / α``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["GAIN_SCALES", "OutputGain", "check_scale"]
+
+GAIN_SCALES = ("channel", "layer")
+"""Accepted gain kinds: one ``α`` per output channel, or one per layer (``None``: no gain)."""
+
+
+def check_scale(scale: str | None) -> str | None:
+    """``scale`` if it names a gain kind or is ``None``; else one ``ValueError`` naming the accepted values.
+
+    Example:
+        >>> check_scale("kernel")
+        Traceback (most recent call last):
+        ...
+        ValueError: scale must be 'channel', 'layer' or None, got 'kernel'
+    """
+    if scale is not None and (not isinstance(scale, str) or scale not in GAIN_SCALES):
+        raise ValueError(f"scale must be 'channel', 'layer' or None, got {scale!r}")
+    return scale
+
+
+class OutputGain(nn.Module):
+    """Learned gain on a linear/conv layer's output: ``α · (output - b) + b``, i.e. the bias is not scaled.
+
+    ``α`` starts at the float weight's mean ``|W|``, per output channel (``scale="channel"``, shape
+    ``[out, 1, ...]`` so that it broadcasts over a conv output's spatial dimensions and over a linear
+    output's last dimension) or over the whole layer (``scale="layer"``, a scalar).
+
+    Args:
+        weight: the float weight ``[out, in, *kernel]`` whose size ``α`` takes over.
+        scale: ``"channel"`` or ``"layer"``.
+
+    Example:
+        >>> gain = OutputGain(torch.tensor([[0.5, -0.5], [0.1, 0.3]]), "channel")
+        >>> gain.alpha.tolist()
+        [0.5, 0.20000000298023224]
+        >>> gain(torch.ones(1, 2)).tolist()
+        [[0.5, 0.20000000298023224]]
+    """
+
+    def __init__(self, weight: Tensor, scale: str) -> None:
+        super().__init__()
+        if check_scale(scale) is None:
+            raise ValueError("scale must be 'channel' or 'layer' for an OutputGain, got None")
+        magnitude = weight.detach().abs()
+        self.channel_shape = (weight.shape[0], *([1] * (weight.dim() - 2)))  # broadcasts over an output
+        alpha = magnitude.flatten(1).mean(1).reshape(self.channel_shape) if scale == "channel" else magnitude.mean()
+        self.scale = scale
+        self.alpha = nn.Parameter(alpha.clone())
+
+    def per_channel(self, channels: int) -> Tensor:
+        """``α`` as one value per output channel (``[channels]``), detached.
+
+        Example:
+            >>> OutputGain(torch.ones(3, 2), "layer").per_channel(3).tolist()
+            [1.0, 1.0, 1.0]
+        """
+        return self.alpha.detach().reshape(-1).expand(channels).clone()
+
+    def forward(self, output: Tensor, bias: Tensor | None = None) -> Tensor:
+        """Scale a layer's ``output`` (which includes ``bias``, if any) so that only ``W x`` is scaled."""
+        alpha = self.alpha
+        if bias is None:
+            return output * alpha
+        return output * alpha + bias.reshape(self.channel_shape) * (1 - alpha)
