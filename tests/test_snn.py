@@ -147,6 +147,13 @@ def test_compare_neurons_writes_one_table_and_figure_for_every_model_and_meta(tm
     assert "forgetting" in (path / "comparison.txt").read_text()
     assert (path / "forgetting.png").stat().st_size > 0
     assert len([d for d in path.iterdir() if d.is_dir()]) == 4
+    tradeoff = (path / "tradeoff.csv").read_text().splitlines()
+    assert tradeoff[0].startswith("neuron,best_meta,runs,verdict,ACC_mean") and len(tradeoff) == 3
+    by_model = {r["neuron"]: r for r in __import__("metaspike.app.compare", fromlist=["x"]).tradeoff_rows(rows)}
+    for neuron in ("bnn", "self-recurrent"):
+        chosen = max((r for r in rows if r["neuron"] == neuron), key=lambda r: r["ACC"][0])
+        assert by_model[neuron]["best_meta"] == f"{chosen['meta']:g}"
+    assert (path / "tradeoff.png").stat().st_size > 0
 
 
 def test_cli_compare_neurons_names_an_unknown_neuron_model(capsys):

@@ -23,13 +23,15 @@ from metaspike.continual.results import RunDirectory, unique_directory
 from metaspike.continual.trainer import ContinualResult
 from metaspike.files import atomic_write_text, read_json
 
-__all__ = ["DEFAULT_NEURONS", "DEFAULT_SNN_META", "SNN_DEFAULTS", "Row", "compare", "compare_neurons",
-           "resume_comparison"]
+__all__ = ["DEFAULT_NEURONS", "DEFAULT_SNN_META", "DEFAULT_SNN_SWEEP", "SNN_DEFAULTS", "Row", "compare",
+           "compare_neurons", "resume_comparison", "tradeoff_rows", "format_tradeoff"]
 
 #: CPU defaults of the spiking comparison (all neuron models, 3 permuted mnist5k tasks, on 2 cores).
 SNN_DEFAULTS: dict[str, Any] = {"hidden": (256,), "epochs": 2}
 #: Metaplasticity strength of the spiking comparison at laptop scale (benchmarks/snn_forgetting.py).
 DEFAULT_SNN_META = 50.0
+#: The meta values each neuron model is swept over by default (every model gets its own best m).
+DEFAULT_SNN_SWEEP = (0.0, 10.0, 50.0, 200.0)
 DEFAULT_NEURONS = ("bnn", "leaky", "synaptic", "alpha", "lapicque", "self-recurrent", "norse-lif", "norse-lsnn")
 PLAN = "plan.json"
 
@@ -93,11 +95,70 @@ def _execute(root: Path, plan: dict[str, Any], progress: bool) -> tuple[Path, li
 
     if plan["kind"] == "neurons":
         plots.plot_forgetting_by_model(rows, root / "forgetting.png")
+        tradeoff = tradeoff_rows(rows)
+        atomic_write_text(root / "tradeoff.csv", comparison_csv(tradeoff, TRADEOFF_LABELS))
+        atomic_write_text(root / "tradeoff.txt", format_tradeoff(tradeoff) + "\n")
+        plots.plot_tradeoff(rows, root / "tradeoff.png")
     else:
         final = [[row[f"task {j + 1}"] for j in range(n_tasks)] for row in rows]
         plots.plot_comparison(first_runs, [r["setting"] for r in rows], root / "comparison.png",
                               [tuple(zip(*f)) for f in final])
     return root, rows
+
+
+TRADEOFF_LABELS = ("neuron", "best_meta", "runs", "verdict")
+
+
+def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per neuron model: the m that maximises ACC and the stability-plasticity figures at m = 0 and at that m.
+
+    ``memory`` is the first task's accuracy after the last task, ``plasticity`` the last task's. The
+    verdict says whether the best m forgets at least 50 % less than m = 0 while its last task stays
+    within 5 points of m = 0's (``"no m = 0 row"`` when the sweep has no baseline).
+
+    Example:
+        >>> row = lambda m, f, t1, t2: {"neuron": "leaky", "meta": m, "runs": 1, "ACC": (50.0 + m, 0.0),
+        ...     "forgetting": (f, 0.0), "task 1": (t1, 0.0), "task 2": (t2, 0.0)}
+        >>> tradeoff_rows([row(0.0, 40.0, 30.0, 90.0), row(10.0, 10.0, 80.0, 88.0)])[0]["verdict"]
+        'forgets 75% less, last task -2.0 points'
+    """
+    out = []
+    last = f"task {sum(1 for key in rows[0] if key.startswith('task '))}"
+    for neuron in dict.fromkeys(r["neuron"] for r in rows):
+        mine = [r for r in rows if r["neuron"] == neuron]
+        best = max(mine, key=lambda r: r["ACC"][0])
+        plain = next((r for r in mine if r["meta"] == 0), None)
+        verdict = "no m = 0 row"
+        if plain is not None:
+            kept = plain["forgetting"][0]
+            less = 1 - best["forgetting"][0] / kept if kept > 0 else 0.0
+            drop = best[last][0] - plain[last][0]
+            verdict = f"forgets {100 * less:.0f}% less, last task {drop:+.1f} points"
+            if best is plain or less < 0.5 or drop < -5:
+                verdict = "FAILS: " + verdict
+        out.append({"neuron": neuron, "best_meta": f"{best['meta']:g}", "runs": best["runs"], "verdict": verdict,
+                    "ACC": best["ACC"], "memory": best["task 1"], "plasticity": best[last],
+                    "forgetting": best["forgetting"],
+                    "forgetting_m0": plain["forgetting"] if plain else (float("nan"), float("nan")),
+                    "plasticity_m0": plain[last] if plain else (float("nan"), float("nan"))})
+    return out
+
+
+def format_tradeoff(rows: Sequence[dict[str, Any]]) -> str:
+    """Text table of :func:`tradeoff_rows` (means over seeds).
+
+    Example:
+        >>> print(format_tradeoff([{"neuron": "leaky", "best_meta": "50", "ACC": (80.0, 1.0), "memory": (70.0, 2.0),
+        ...     "plasticity": (85.0, 1.0), "forgetting": (9.0, 1.0), "forgetting_m0": (40.0, 3.0),
+        ...     "plasticity_m0": (88.0, 1.0), "verdict": "ok"}]).splitlines()[2])
+        leaky                 50      80.0      70.0      85.0           9.0            40.0  ok
+    """
+    header = f"{'neuron':<16}{'best m':>8}{'ACC':>10}{'memory':>10}{'plastic.':>10}{'forgetting':>14}{'forgetting m=0':>16}  verdict"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(f"{r['neuron']:<16}{r['best_meta']:>8}{r['ACC'][0]:>10.1f}{r['memory'][0]:>10.1f}"
+                     f"{r['plasticity'][0]:>10.1f}{r['forgetting'][0]:>14.1f}{r['forgetting_m0'][0]:>16.1f}  {r['verdict']}")
+    return "\n".join(lines)
 
 
 def _start(out: str | Path, name: str, plan: dict[str, Any], progress: bool) -> tuple[Path, list[dict[str, Any]]]:
@@ -122,12 +183,17 @@ def compare(base: RunConfig, metas: Sequence[float | Sequence[float]], seeds: Se
     return _start(out, f"compare-{base.scenario}-{'-'.join(base.datasets)}", plan, progress)
 
 
-def compare_neurons(base: RunConfig, neurons: Sequence[str] = DEFAULT_NEURONS, metas: Sequence[float] = (0.0, DEFAULT_SNN_META),
+def compare_neurons(base: RunConfig, neurons: Sequence[str] = DEFAULT_NEURONS, metas: Sequence[float] = DEFAULT_SNN_SWEEP,
                     seeds: Sequence[int] = (1,), out: str | Path = "runs", progress: bool = True) -> tuple[Path, list[dict[str, Any]]]:
     """Train every neuron model (binary synapses) with every ``meta`` and seed on the same stream.
 
-    Rows have ``setting``, ``neuron``, ``meta``, ``runs`` and ``(mean, std)`` of each task's final
-    accuracy, ACC, BWT, FWT, forgetting and seconds; the figure is ``forgetting.png``.
+    Every model is swept over the same ``metas``, so each is judged at its own best m: a single m
+    would compare the models' sensitivity to m, not their memory. Rows have ``setting``, ``neuron``,
+    ``meta``, ``runs`` and ``(mean, std)`` of each task's final accuracy, ACC, BWT, FWT, forgetting and
+    seconds; the folder also gets ``tradeoff.csv``/``.txt`` (per model: the m that maximises ACC,
+    memory = first task after the last, plasticity = last task, forgetting against m = 0, see
+    :func:`tradeoff_rows`), ``tradeoff.png`` (the stability-plasticity frontier, one curve per model
+    over m, seeds as error bars) and ``forgetting.png``.
 
     Example:
         >>> path, rows = compare_neurons(RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(32,)),

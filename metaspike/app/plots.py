@@ -158,3 +158,33 @@ def plot_forgetting_by_model(rows: Sequence[dict[str, Any]], out: str | os.PathL
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def plot_tradeoff(rows: Sequence[dict[str, Any]], out: str | os.PathLike) -> Path:
+    """The stability-plasticity frontier: memory (first task after the last) against plasticity (last task),
+    one curve per neuron model through its meta values, mean ± std over seeds.
+
+    Example:
+        >>> plot_tradeoff(rows, "runs/tradeoff.png")  # doctest: +SKIP
+    """
+    plt = pyplot()
+    last = f"task {sum(1 for key in rows[0] if key.startswith('task '))}"
+    fig, ax = plt.subplots(figsize=(6.4, 5))
+    for neuron in dict.fromkeys(r["neuron"] for r in rows):
+        mine = sorted((r for r in rows if r["neuron"] == neuron), key=lambda r: r["meta"])
+        xs, ys = [r[last] for r in mine], [r["task 1"] for r in mine]
+        line = ax.errorbar([x for x, _ in xs], [y for y, _ in ys],
+                           xerr=[0.0 if not math.isfinite(e) else e for _, e in xs],
+                           yerr=[0.0 if not math.isfinite(e) else e for _, e in ys], marker="o", capsize=3, label=neuron)
+        for r, (x, _), (y, _) in zip(mine, xs, ys):
+            ax.annotate(f"{r['meta']:g}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7,
+                        color=line[0].get_color())
+    ax.set_xlabel("plasticity: last task's accuracy (%)")
+    ax.set_ylabel("memory: first task's accuracy after the last task (%)")
+    ax.set_title("stability-plasticity trade-off (labels: meta)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
