@@ -4,29 +4,40 @@ Builds a 784-4096-4096-10 ``bnn.MLP`` with population statistics fixed on random
 checks that all predict the same, and times them at batch 1 and batch 64 under
 ``torch.inference_mode``, in one process: ``--repeats`` rounds, each running ``--calls``
 consecutive calls of every model (so each runs with its own data in cache, as when serving, while
-a busy machine slows all alike); the median call is reported. Models:
+a busy machine slows all alike). Reported: the median call with its interquartile range, and the
+speed-up as the median over rounds of the same round's ratio (with its range over rounds). Models:
 
 * ``bnn.MLP`` in eval mode as it is (it binarizes its hidden weights on every call),
 * the same network in float32 with the ±1 weights binarized once beforehand (the fair float32
   baseline: a plain ``Linear -> BatchNorm1d -> sign`` stack),
 * the packed model with its fast kernels (native C, else ``torch.compile``; built before timing).
 
+The CPU model, its relevant flags and the load average head the output, which also goes to
+``benchmarks/results/inference_<cpu-kind>.txt`` (e.g. ``inference_amd-epyc.txt``), so figures
+from different machines are never mixed.
+
 Usage::
 
-    python benchmarks/inference.py --hidden 4096 --repeats 10 --calls 10
+    OMP_NUM_THREADS=2 python benchmarks/inference.py --hidden 4096 --repeats 10 --calls 10
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
+import re
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 import bnn
 from metaspike.quantizers import get_quantizer
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FLAGS = ("avx512f", "avx512_vpopcntdq", "avx512_bf16", "avx512_vnni", "amx_tile")
 
 
 def prebinarized(model: bnn.MLP) -> bnn.MLP:
@@ -39,10 +50,30 @@ def prebinarized(model: bnn.MLP) -> bnn.MLP:
     return twin
 
 
+def cpu() -> tuple[str, str, list[str]]:
+    """``(model name, kind, flags)`` from ``/proc/cpuinfo``: kind is e.g. ``amd-epyc`` or ``intel-xeon-amx``."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU", "unknown-cpu", []
+    name = re.search(r"^model name\s*:\s*(.*)$", info, re.M)
+    flags = re.search(r"^flags\s*:\s*(.*)$", info, re.M)
+    name = name.group(1).strip() if name else "unknown CPU"
+    present = [f for f in FLAGS if flags and f in flags.group(1).split()]
+    words = re.sub(r"\((R|TM)\)|\bCPU\b|@.*", " ", name).split()
+    kind = "-".join(w.lower() for w in words[:2]) + ("-amx" if "amx_tile" in present else "")
+    return name, kind, present
+
+
 def _time_ms(fn, samples: list[float]) -> None:
     start = time.perf_counter()
     fn()
     samples.append((time.perf_counter() - start) * 1e3)
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    q1, median, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+    return q1, median, q3
 
 
 def main() -> None:
@@ -52,18 +83,31 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=10, help="consecutive calls of each model per round")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--out", type=Path, default=None, help="results file (default: results/inference_<cpu-kind>.txt)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    cpu_name, kind, flags = cpu()
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    say(f"CPU: {cpu_name} ({os.cpu_count()} logical CPUs); flags: "
+        + ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in FLAGS))
+    say(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     torch.manual_seed(0)
     sizes = [784, args.hidden, args.hidden, 10]
     model = bnn.use_population_statistics(bnn.MLP(sizes), torch.rand(2000, 784)).eval()
     packed = bnn.pack(model)
     summary = bnn.summary(model)
     float_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {'-'.join(map(str, sizes))}")
-    print(f"weight memory: float32 {float_bytes / 2**20:.2f} MiB, packed {packed.nbytes / 2**20:.2f} MiB "
-          f"({float_bytes / packed.nbytes:.1f}x less; bnn.summary's 1-bit estimate {summary.packed_bytes / 2**20:.2f} MiB)")
+    say(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {'-'.join(map(str, sizes))}")
+    say(f"weight memory: float32 {float_bytes / 2**20:.2f} MiB, packed {packed.nbytes / 2**20:.2f} MiB "
+        f"({float_bytes / packed.nbytes:.1f}x less; bnn.summary's 1-bit estimate {summary.packed_bytes / 2**20:.2f} MiB)")
+    for i, kernel in enumerate(packed.kernel_names()):
+        say(f"packed layer {i}: {kernel}")
     models = {"bnn.MLP": model, "float32 ±1": prebinarized(model)}
     for batch in args.batches:
         x = torch.rand(batch, 784)
@@ -75,19 +119,28 @@ def main() -> None:
         compile_s = time.perf_counter() - start
         assert torch.equal(scores, reference), "packed and float models disagree"
         runs = {**models, "packed": packed}
-        times: dict[str, list[float]] = {name: [] for name in runs}
+        rounds: dict[str, list[list[float]]] = {name: [] for name in runs}
         with torch.inference_mode():
             for run in runs.values():
                 run(x)
             for _ in range(args.repeats):  # rounds of a few consecutive calls each: steady-state caches
                 for name, run in runs.items():
+                    rounds[name].append([])
                     for _ in range(args.calls):
-                        _time_ms(lambda: run(x), times[name])
-        ms = {name: statistics.median(t) for name, t in times.items()}
-        print(f"batch {batch:>3} (first packed call {compile_s:.1f} s):")
-        for name in models:
-            print(f"  {name:<11}{ms[name]:9.3f} ms  -> packed is {ms[name] / ms['packed']:6.2f}x faster")
-        print(f"  {'packed':<11}{ms['packed']:9.3f} ms")
+                        _time_ms(lambda: run(x), rounds[name][-1])
+        say(f"batch {batch:>3} (first packed call {compile_s:.1f} s): median ms [quartiles]; speed-up median [range over rounds]")
+        for name in runs:
+            q1, median, q3 = _quartiles([t for r in rounds[name] for t in r])
+            line = f"  {name:<11}{median:9.3f} ms [{q1:.3f}, {q3:.3f}]"
+            if name != "packed":
+                ratios = [statistics.median(a) / statistics.median(b) for a, b in zip(rounds[name], rounds["packed"])]
+                line += f"  -> packed is {statistics.median(ratios):6.2f}x faster [{min(ratios):.2f}, {max(ratios):.2f}]"
+            say(line)
+    say(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    out = args.out or RESULTS / f"inference_{kind}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ alone with a warning and the kernels are built in a private temporary folder ins
 compiler, or if the build fails, :func:`kernels` returns ``None`` (with one warning) and the packed
 model runs on torch ops.
 
-Every call goes through one check (:func:`_checked`) of each buffer's dtype, shape, device and
-memory layout against the sizes the kernel will use, immediately before its address is passed.
+Every call goes through one check (:func:`check_tensor`, also used when a packed file is loaded)
+of each buffer's dtype, shape, device and memory against the sizes the kernel will use, immediately
+before its address is passed.
 """
 
 from __future__ import annotations
@@ -174,22 +175,25 @@ def check_tensor(label: str, name: str, t: object, shape: tuple[int | None, ...]
     """
     if not isinstance(t, Tensor):
         raise ValueError(f"{label} {name} is a {type(t).__name__}, expected a {dtype} tensor of shape {_shape(shape)}")
-    if t.device.type != "cpu" or t.layout != torch.strided:
+    if not t.is_cpu or t.layout != torch.strided:
         raise ValueError(f"{label} {name} is a {t.layout} tensor on the {t.device.type} device; "
                          "the native kernels read CPU (strided) tensors")
-    if t.dtype != dtype or t.dim() != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape)):
-        raise ValueError(f"{label} {name} is {tuple(t.shape)} {t.dtype}, expected {_shape(shape)} {dtype}")
-    t = t.resolve_neg().contiguous()
-    if t.untyped_storage().nbytes() < (t.storage_offset() + t.numel()) * t.element_size():
+    sizes = t.shape
+    if t.dtype != dtype or len(sizes) != len(shape) or not all([s is None or s == n for s, n in zip(shape, sizes)]):
+        raise ValueError(f"{label} {name} is {tuple(sizes)} {t.dtype}, expected {_shape(shape)} {dtype}")
+    if t.is_neg():
+        t = t.resolve_neg()
+    t = t.contiguous()
+    if t.untyped_storage().nbytes() < t.storage_offset() * t.element_size() + t.nbytes:
         raise ValueError(f"{label} {name} has {t.untyped_storage().nbytes()} bytes of storage, "
-                         f"fewer than its shape {tuple(t.shape)} needs")
+                         f"fewer than its shape {tuple(sizes)} needs")
     return t
 
 
-def _call(fn, label: str, inputs: Tensor, n: int, weight: Tensor, flip: Tensor | None, threshold: Tensor | None,
-          threshold_dtype: torch.dtype, result_dtype: torch.dtype) -> Tensor:
+def _call(fn, label: str, inputs: Tensor, n: int, weight: Tensor, out: int, cols: int, flip: Tensor | None,
+          threshold: Tensor | None, threshold_dtype: torch.dtype, result_dtype: torch.dtype) -> Tensor:
     """Check the thresholds and call ``fn`` (inputs and weight are already checked)."""
-    (batch, _), (out, cols) = inputs.shape, weight.shape
+    batch = inputs.shape[0]
     if (flip is None) != (threshold is None):
         raise ValueError(f"{label}: flip and threshold go together (both or neither)")
     if flip is not None:
@@ -208,11 +212,11 @@ def _call(fn, label: str, inputs: Tensor, n: int, weight: Tensor, flip: Tensor |
     return result
 
 
-def real_layer(lib: ctypes.CDLL, x: Tensor, weight: Tensor, flip: Tensor | None = None,
+def real_layer(lib: ctypes.CDLL, x: Tensor, weight_t: Tensor, flip: Tensor | None = None,
                threshold: Tensor | None = None, label: str = "first layer") -> Tensor:
     """First layer: float64 pre-activations ``(B, out)`` of real inputs ``x`` (``(B, n)``, converted to
-    float32) for sign bytes ``weight`` (``(out, ceil(n/8))``, as :func:`bnn.packed.pack_bits` writes
-    them), or, with ``flip``/``threshold``, the packed int64 bits of ``(-a if flip else a) >= threshold``.
+    float32) for sign bytes ``weight_t`` (transposed: ``(ceil(n/8), out)``), or, with
+    ``flip``/``threshold``, the packed int64 bits of ``(-a if flip else a) >= threshold``.
 
     Raises:
         ValueError: a tensor has the wrong dtype, shape or device, or ``x`` holds NaN or infinite
@@ -222,34 +226,37 @@ def real_layer(lib: ctypes.CDLL, x: Tensor, weight: Tensor, flip: Tensor | None 
         >>> from bnn.packed import pack_bits
         >>> lib = kernels()
         >>> w = pack_bits(torch.tensor([[True, False, True]]), word_bits=8)
-        >>> lib is None or real_layer(lib, torch.tensor([[1.0, 2.0, 4.0]]), w).tolist() == [[3.0]]
+        >>> lib is None or real_layer(lib, torch.tensor([[1.0, 2.0, 4.0]]), w.T).tolist() == [[3.0]]
         True
     """
-    if isinstance(x, Tensor) and x.is_floating_point() and x.device.type == "cpu":
+    if isinstance(x, Tensor) and x.is_floating_point() and x.is_cpu:
         x = x.to(torch.float32)
     x = check_tensor(label, "input", x, (None, None), torch.float32)
     if x.shape[1] < 1:
         raise ValueError(f"{label} input has no features (shape {tuple(x.shape)})")
-    weight = check_tensor(label, "weight", weight, (None, -(-x.shape[1] // 8)), torch.uint8)
-    return _call(lib.real_layer, label, x, x.shape[1], weight, flip, threshold, torch.float64, torch.float64)
+    weight_t = check_tensor(label, "weight", weight_t, (-(-x.shape[1] // 8), None), torch.uint8)
+    (groups, out) = weight_t.shape
+    return _call(lib.real_layer, label, x, x.shape[1], weight_t, out, groups, flip, threshold, torch.float64,
+                 torch.float64)
 
 
-def binary_layer(lib: ctypes.CDLL, words: Tensor, n: int, weight: Tensor, flip: Tensor | None = None,
+def binary_layer(lib: ctypes.CDLL, words: Tensor, n: int, weight_t: Tensor, flip: Tensor | None = None,
                  threshold: Tensor | None = None, label: str = "hidden layer") -> Tensor:
     """Hidden layer: int64 ``n - 2·popcount(x XOR w)`` of ``n`` packed ±1 inputs ``words``
-    (``(B, ceil(n/64))``) and weight rows (``(out, ceil(n/64))``), or thresholded bits as in
-    :func:`real_layer`.
+    (``(B, ceil(n/64))``) and weight rows given word-major (``weight_t``: ``(ceil(n/64), out)``), or
+    thresholded bits as in :func:`real_layer`.
 
     Example:
         >>> from bnn.packed import pack_bits
         >>> lib = kernels()
         >>> bits = pack_bits(torch.tensor([[True, True, False]]))
-        >>> lib is None or binary_layer(lib, bits, 3, bits).tolist() == [[3]]
+        >>> lib is None or binary_layer(lib, bits, 3, bits.T).tolist() == [[3]]
         True
     """
     if not (isinstance(n, int) and 0 < n < 2**62):
         raise ValueError(f"{label}: n must be a positive int (the number of inputs), got {n!r}")
     cols = -(-n // 64)
     words = check_tensor(label, "input", words, (None, cols), torch.int64)
-    weight = check_tensor(label, "weight", weight, (None, cols), torch.int64)
-    return _call(lib.binary_layer, label, words, n, weight, flip, threshold, torch.int64, torch.int64)
+    weight_t = check_tensor(label, "weight", weight_t, (cols, None), torch.int64)
+    return _call(lib.binary_layer, label, words, n, weight_t, weight_t.shape[1], cols, flip, threshold, torch.int64,
+                 torch.int64)

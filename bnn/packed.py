@@ -14,15 +14,17 @@ model in eval mode, from about 1/32 of its memory:
   with the threshold ``μ - β·sqrt(σ² + ε)/γ`` (ties with the float model's float32 rounding are the
   only possible difference). The torch ops sum it from per-byte tables (for each group of 8 inputs,
   the 256 signed sums ``Σ_j ±x_j`` are tabulated once per sample and each neuron adds the entries its
-  weight bytes select); the native kernel sums in float32 and recomputes in float64 only the neurons
-  whose float32 sum is too near the threshold to decide (see ``bnn/packed_kernels.c``).
+  weight bytes select); the native kernel sums from per-nibble tables in float32 and recomputes in
+  float64 only the neurons whose float32 sum is too near the threshold to decide (see
+  ``bnn/packed_kernels.c``).
 * The last layer's BatchNorm is applied (in float32, as in the float model) to give class scores.
 
-Kernels: by default the layers run in a small C library (:mod:`bnn.native`: masked float32 adds,
-XOR + the CPU's popcount instruction, threshold and bit packing in one pass per layer, over tiles
-of several samples and outputs), built on first use with the system C compiler. Without one, the two inner products are compiled with
-``torch.compile`` instead. ``compile=False`` runs plain torch ops (the reference the others are
-tested against).
+Kernels: by default the layers run in a small C library (:mod:`bnn.native`: table lookups by
+vector permutes, XOR + the CPU's popcount instruction, threshold and bit packing in one pass per
+layer, over tiles of several samples and outputs; weights are stored input-group-major so that one
+vector holds one group of many outputs), built on first use with the system C compiler. Without
+one, the two inner products are compiled with ``torch.compile`` instead. ``compile=False`` runs plain torch
+ops (the reference the others are tested against). :meth:`PackedMLP.kernel_names` says which ran.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from metaspike.quantizers import SteSign
 __all__ = ["pack", "PackedMLP", "PackedLayer"]
 
 FORMAT = "bnn.PackedMLP"
-VERSION = 3  # 3: the first layer's sign bytes are (outputs, groups); 2 stored them transposed (still read)
+VERSION = 4  # 4: hidden weights word-major, (words, outputs); 2 stored them (outputs, words) and is still read
 _SHIFTS = torch.arange(8, dtype=torch.uint8)
 _M1, _M2, _M4, _H01 = 0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F, 0x0101010101010101
 
@@ -84,8 +86,9 @@ def _popcount(words: Tensor) -> Tensor:
     return (v * _H01) >> 56
 
 
-def _real_dot(x: Tensor, weight: Tensor) -> Tensor:
-    """``x @ sign_matrix.T`` in float64 for real ``x (B, n)`` and sign bytes ``weight (out, ceil(n/8))``."""
+def _real_dot(x: Tensor, weight_t: Tensor) -> Tensor:
+    """``x @ sign_matrix.T`` in float64 for real ``x (B, n)`` and sign bytes ``weight_t (ceil(n/8), out)``."""
+    weight = weight_t.t()
     batch, (out, groups) = x.shape[0], weight.shape
     x = F.pad(x.to(torch.float64), (0, 8 * groups - x.shape[1]))
     table = x.view(batch, groups, 8) @ _BYTE_SIGNS.to(x.device)  # (B, groups, 256): Σ_j ±x_j per byte
@@ -93,8 +96,10 @@ def _real_dot(x: Tensor, weight: Tensor) -> Tensor:
     return torch.gather(table.unsqueeze(1).expand(batch, out, groups, 256), 3, index).sum((2, 3))
 
 
-def _binary_dot(words: Tensor, weight: Tensor, n: int) -> Tensor:
-    """``x · w`` of ±1 vectors from their bits: ``n - 2·popcount(x XOR w)``, shape ``(B, out)``."""
+def _binary_dot(words: Tensor, weight_t: Tensor, n: int) -> Tensor:
+    """``x · w`` of ±1 vectors from their bits (``weight_t``: ``(words, out)``): ``n - 2·popcount(x XOR w)``,
+    shape ``(B, out)``."""
+    weight = weight_t.t()
     mismatches = _popcount(torch.bitwise_xor(words.unsqueeze(1), weight.unsqueeze(0))).sum(-1)
     return n - 2 * mismatches
 
@@ -238,11 +243,12 @@ class PackedMLP:
                 return _scores(a, self.layers[-1])
             if not bool(torch.isfinite(x).all()):
                 raise ValueError("input holds NaN or infinite values; only finite inputs are accepted")
+            layers = _checked_layers(self.sizes, self.layers)
             parts = [
-                _last_preactivation(x[i : i + self._rows], self.layers, self.sizes, self._dots)
+                _last_preactivation(x[i : i + self._rows], layers, self.sizes, self._dots)
                 for i in range(0, len(x), self._rows)
             ]
-            return _scores(parts[0] if len(parts) == 1 else torch.cat(parts), self.layers[-1])
+            return _scores(parts[0] if len(parts) == 1 else torch.cat(parts), layers[-1])
 
     def predict(self, x: Tensor) -> Tensor:
         """Predicted class of each input (argmax of the scores)."""
@@ -299,6 +305,34 @@ def _checksum(sizes: list[int], layers: list[dict]) -> str:
 _FILE_KEYS = {"format", "version", "sizes", "layers", "sha256"}
 
 
+def _layer_tensors(sizes: list[int], i: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Shape and dtype of each tensor of layer ``i`` of a packed model with these ``sizes``."""
+    n_in, n_out = sizes[i], sizes[i + 1]
+    if i == 0:
+        expected = {"weight": ((-(-n_in // 8), n_out), torch.uint8)}
+    else:
+        expected = {"weight": ((-(-n_in // 64), n_out), torch.int64)}
+    if i == len(sizes) - 2:
+        expected.update({k: ((n_out,), torch.float32) for k in ("mean", "var", "gamma", "beta")})
+    else:
+        expected["flip"] = ((n_out,), torch.bool)
+        expected["threshold"] = ((n_out,), torch.float64 if i == 0 else torch.int64)
+    return expected
+
+
+def _checked_layers(sizes: list[int], layers: list[dict]) -> list[dict]:
+    """``layers`` with every tensor checked against ``sizes`` (:func:`bnn.native.check_tensor`).
+
+    The torch paths run this before each call: their compiled table lookups skip index checks,
+    so a layer changed after loading must not reach them with other dtypes or shapes.
+    """
+    return [
+        {**layer, **{key: native.check_tensor(f"layer {i}", key, layer.get(key), shape, dtype)
+                     for key, (shape, dtype) in _layer_tensors(sizes, i).items()}}
+        for i, layer in enumerate(layers)
+    ]
+
+
 def _check_file(data: object, path: str | os.PathLike) -> tuple[list[int], list[dict]]:
     """Validate what :meth:`PackedMLP.save` wrote; return ``(sizes, layers)`` with contiguous CPU tensors.
 
@@ -323,18 +357,10 @@ def _check_file(data: object, path: str | os.PathLike) -> tuple[list[int], list[
     if not (isinstance(layers, list) and len(layers) == len(sizes) - 1 and all(type(l) is dict for l in layers)):
         raise bad(f"expected {len(sizes) - 1} layers")
     for i, layer in enumerate(layers):
-        n_in, n_out = sizes[i], sizes[i + 1]
         last = i == len(layers) - 1
-        if i == 0:
-            groups = -(-n_in // 8)
-            expected = {"weight": ((groups, n_out) if data["version"] == 2 else (n_out, groups), torch.uint8)}
-        else:
-            expected = {"weight": ((n_out, -(-n_in // 64)), torch.int64)}
-        if last:
-            expected.update({k: ((n_out,), torch.float32) for k in ("mean", "var", "gamma", "beta")})
-        else:
-            expected["flip"] = ((n_out,), torch.bool)
-            expected["threshold"] = ((n_out,), torch.float64 if i == 0 else torch.int64)
+        expected = _layer_tensors(sizes, i)
+        if i > 0 and data["version"] == 2:
+            expected["weight"] = (expected["weight"][0][::-1], torch.int64)
         keys = set(expected) | ({"eps"} if last else set())
         if set(layer) != keys:
             raise bad(f"layer {i} has entries {sorted(map(str, layer))}, expected {sorted(keys)}")
@@ -348,7 +374,8 @@ def _check_file(data: object, path: str | os.PathLike) -> tuple[list[int], list[
     if data["sha256"] != _checksum(sizes, layers):
         raise bad("its contents do not match their SHA-256 checksum (the file is corrupted)")
     if data["version"] == 2:
-        layers[0]["weight"] = layers[0]["weight"].t().contiguous()
+        for layer in layers[1:]:
+            layer["weight"] = layer["weight"].t().contiguous()
     return sizes, layers
 
 
@@ -465,7 +492,8 @@ def pack(model: nn.Module, compile: bool = True) -> PackedMLP:
     layers = []
     for i, (linear, norm) in enumerate(pairs):
         positive = linear.weight.detach() >= 0  # sign(0) = +1, as in the forward pass
-        layer = {"weight": pack_bits(positive, word_bits=8 if i == 0 else 64)}
+        # the kernels read one input group (byte or word) of many outputs at a time: stored (groups, outputs)
+        layer = {"weight": pack_bits(positive, word_bits=8 if i == 0 else 64).t().contiguous()}
         if i == len(pairs) - 1:
             gamma, beta = _affine(norm)
             layer.update(

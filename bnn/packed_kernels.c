@@ -4,27 +4,29 @@
  * bnn/native.py checks every buffer (dtype, shape, contiguity, device) before calling; the sizes
  * passed here are the sizes of those buffers.
  *
- * Both layers work on tiles of TILE_SAMPLES samples x TILE_OUTPUTS outputs, so every weight word
- * loaded is used for several samples, over chunks of CHUNK outputs whose weights stay in cache
- * while all samples pass. Outputs are split between `threads` POSIX threads in whole 64-bit words
- * of the result bits. With AVX-512 (and VPOPCNTDQ for the popcount) the tiles use intrinsics,
- * otherwise portable C (also forced with -DPACKED_PORTABLE, so it can be tested): the results
- * are the same bits.
+ * Both layers work on tiles of TILE_SAMPLES samples x TILE_BLOCKS vectors of outputs (one output
+ * per lane), so every weight vector loaded is used for several samples, and the results of a
+ * vector are thresholded and packed into bits at once. Outputs are split between `threads` POSIX
+ * threads in whole 64-bit words of the result bits. With AVX-512 (F, BW, VL; VPOPCNTDQ too for the
+ * hidden layers) the tiles use intrinsics, otherwise portable C (also forced with -DPACKED_PORTABLE,
+ * so it can be tested): the results are the same bits.
  *
- * First layer (real inputs x, n of them): each output's sum of the x_i whose weight bit is set,
- * S1, is accumulated in float32 (16 lanes of masked adds, then a 4-level tree), and
- * a = 2 S1 - sum(x) in float64. This float32 value is only used where it is provably on the same
- * side of the threshold as the float64 sum: its error is at most `bound` (see sample_stats). The
- * rare neurons nearer to their threshold are recomputed in float64 (real_exact), which also gives
- * the pre-activations of a last layer.
+ * Hidden layers: the weights are stored word-major, w[k][o], so one vector holds word k of 8
+ * outputs; XOR with the sample's word k, popcount and add give 8 counts at once.
+ *
+ * First layer (real inputs x, n of them): each output's sum of the x_i whose weight bit is set, S1,
+ * is accumulated in float32 from per-sample tables of the 16 subset sums of each 4 inputs (16
+ * outputs at a time: one permute looks up their entries), and a = 2 S1 - sum(x) in float64. This
+ * value is only used where it is provably on the same side of the threshold as the float64 sum:
+ * its error is at most `bound` (see sample_stats). The rare neurons nearer to their threshold are
+ * recomputed in float64 (real_exact), which also gives the pre-activations of a last layer.
  */
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 
-#if !defined(PACKED_PORTABLE) && defined(__AVX512F__)
+#if !defined(PACKED_PORTABLE) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 #define REAL_AVX512 1
 #if defined(__AVX512VPOPCNTDQ__)
@@ -33,40 +35,34 @@
 #endif
 
 #define MAX_THREADS 64
+#define CHUNK 256 /* hidden layers: outputs whose weights stay in cache while every sample passes */
 #define TILE_SAMPLES 4
-#define TILE_OUTPUTS 4
-#define CHUNK 256
-#define LANES 16 /* float32 inputs per masked add: 16 weight bits */
-#ifndef REAL_AVX512
-#define ROW_OUTPUTS TILE_OUTPUTS
-#endif
+#define TILE_BLOCKS 4 /* vectors of outputs per tile (16 outputs each in the first layer, 8 in hidden ones) */
 #define INLINE static inline __attribute__((always_inline))
 #define UNROLL _Pragma("GCC unroll 16")
-/* An empty asm that "changes" v in a register of class c ("v": vector, "Yk": mask): the compiler then
- * loads each input once into its own register, instead of re-reading it from memory for every use or
- * funnelling all masks through one mask register. */
-#define KEEP_IN_REGISTER(c, v) __asm__("" : "+" c(v))
+/* An empty asm that "changes" the vector v in its register: the compiler then loads each tile input
+ * once into a register of its own, instead of re-reading it from memory for every use. */
+#define KEEP_IN_REGISTER(v) __asm__("" : "+v"(v))
 
 typedef struct {
     const void *input;      /* first layer: float x[batch][n]; hidden: uint64 h[batch][cols] */
-    const void *weight;     /* first layer: uint8 w[out][cols]; hidden: uint64 w[out][cols] */
-    int64_t batch, n, out, cols; /* cols: bytes (first layer) or words (hidden) per weight row */
+    const void *weight;     /* first layer: uint8 w[cols][out]; hidden: uint64 w[cols][out] */
+    int64_t batch, n, out, cols; /* cols: groups of 8 inputs (first layer) or words (hidden) */
     const uint8_t *flip;    /* threshold and pack into bits: NULL to return the pre-activation */
     const void *threshold;  /* double (first layer) or int64 (hidden) */
     void *result;           /* bits: uint64 [batch][ceil(out/64)]; else double / int64 [batch][out] */
     int64_t begin, end;     /* outputs [begin, end) handled by this worker */
-    const float *xs;        /* first layer: x with rows padded by zeros to `stride` floats */
+    const float *xs;        /* first layer: x with rows padded by zeros to `stride` = 8 cols floats */
     int64_t stride;
     const double *total, *bound; /* first layer, per sample: sum(x) and the float32 error bound */
+    float *tables;          /* first layer: this worker's nibble tables of TILE_SAMPLES samples */
 } job_t;
-
-typedef void tile_fn(const job_t *job, int64_t s, int samples, int64_t o, int outputs);
 
 const char *real_layer_kind(void) {
 #ifdef REAL_AVX512
-    return "AVX-512 float32 masked adds, float64 near the threshold";
+    return "AVX-512 permutes of float32 nibble sums, float64 near the threshold";
 #else
-    return "portable C float32 adds, float64 near the threshold";
+    return "portable C float32 nibble sums, float64 near the threshold";
 #endif
 }
 
@@ -82,229 +78,200 @@ static inline void put_bit(uint64_t *row, int64_t o, int fires) {
     row[o >> 6] |= (uint64_t)(fires != 0) << (o & 63); /* no branch: whether a neuron fires is unpredictable */
 }
 
-/* Every tile of the worker's outputs: chunks of outputs, all samples per chunk; single samples (the
- * batch's remainder) in tiles of `row_outputs` outputs. */
-static void for_each_tile(const job_t *job, tile_fn *tile, int row_outputs) {
-    for (int64_t o0 = job->begin; o0 < job->end; o0 += CHUNK) {
-        int64_t o1 = job->end - o0 > CHUNK ? o0 + CHUNK : job->end;
-        for (int64_t s = 0; s < job->batch;) {
-            int samples = job->batch - s >= TILE_SAMPLES ? TILE_SAMPLES : 1;
-            int width = samples == TILE_SAMPLES ? TILE_OUTPUTS : row_outputs;
-            for (int64_t o = o0; o < o1;) {
-                int outputs = o1 - o >= width ? width : 1;
-                tile(job, s, samples, o, outputs);
-                o += outputs;
-            }
-            s += samples;
-        }
-    }
-}
-
 /* ---- first layer ------------------------------------------------------------------------------ */
+
+#define NIBBLE_TABLE 16 /* subset sums of 4 inputs */
+#define BLOCK 16        /* outputs per vector: the lanes of the first layer's sums */
 
 /* a = sum_i (bit i ? x_i : -x_i) in float64, input order. */
 static double real_exact(const job_t *job, int64_t s, int64_t o) {
     const float *x = job->xs + s * job->stride;
-    const uint8_t *row = (const uint8_t *)job->weight + o * job->cols;
+    const uint8_t *w = job->weight;
     double a = 0.0;
-    for (int64_t i = 0; i < job->n; i++) a += (row[i >> 3] >> (i & 7) & 1) ? (double)x[i] : -(double)x[i];
+    for (int64_t i = 0; i < job->n; i++)
+        a += (w[(i >> 3) * job->out + o] >> (i & 7) & 1) ? (double)x[i] : -(double)x[i];
     return a;
 }
 
-/* Weight bits of inputs 16 b ... 16 b + 15 of one row (the last block of an odd row has one byte). */
-INLINE unsigned mask16(const uint8_t *row, int64_t b, int64_t bytes) {
-    return row[2 * b] | (2 * b + 1 < bytes ? (unsigned)row[2 * b + 1] << 8 : 0);
+/* Does output o of sample s fire, by the float64 sum? */
+static int real_exact_fires(const job_t *job, int64_t s, int64_t o) {
+    double exact = real_exact(job, s, o);
+    return (job->flip[o] ? -exact : exact) >= ((const double *)job->threshold)[o];
 }
 
-#ifdef REAL_AVX512
-#define ROW_OUTPUTS 16 /* outputs of one sample at a time: enough independent sums to keep the adders busy */
-
-/* As real_sums for one sample and ROW_OUTPUTS outputs; sums[j]. */
-static void real_row_sums(const job_t *job, int64_t s, int64_t o, float *sums) {
-    const float *x = job->xs + s * job->stride;
-    const uint8_t *w = (const uint8_t *)job->weight + o * job->cols;
-    const __m512 one = _mm512_set1_ps(1.0f);
-    __m512 acc[ROW_OUTPUTS];
-    UNROLL
-    for (int j = 0; j < ROW_OUTPUTS; j++) acc[j] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < job->stride / LANES; b++) {
-        __m512 xv = _mm512_load_ps(x + LANES * b);
-        UNROLL
-        for (int j = 0; j < ROW_OUTPUTS; j++) {
-            __mmask16 k = (__mmask16)mask16(w + j * job->cols, b, job->cols);
-            acc[j] = j % 2 ? _mm512_mask3_fmadd_ps(xv, one, acc[j], k) : _mm512_mask_add_ps(acc[j], k, acc[j], xv);
-        }
-    }
-    UNROLL
-    for (int j = 0; j < ROW_OUTPUTS; j++) sums[j] = _mm512_reduce_add_ps(acc[j]);
-}
-
-/* acc[i][j] += x_i where the bits of k[j] are set. Half the outputs use a multiply-add by 1 (the same
- * rounding as an add) so that CPUs with separate add and multiply-add units use both. */
-INLINE void real_block(__m512 acc[TILE_SAMPLES][TILE_OUTPUTS], const float *x, int64_t stride, int64_t b,
-                       const int samples, const int outputs, const __mmask16 *k) {
-    const __m512 one = _mm512_set1_ps(1.0f);
-    __m512 xv[TILE_SAMPLES];
-    UNROLL
+/* For `samples` samples from s: tables[i][q][p] = sum of x_{4q+j} over the bits j of p, added in the
+ * order j = 0, 1, 2, 3 (at most 3 roundings), for the 2 * groups nibbles q. */
+static void build_tables(const job_t *job, int64_t s, int samples) {
+    int64_t nibbles = 2 * job->cols;
     for (int i = 0; i < samples; i++) {
-        xv[i] = _mm512_load_ps(x + i * stride + LANES * b);
-        KEEP_IN_REGISTER("v", xv[i]);
-    }
-    UNROLL
-    for (int j = 0; j < outputs; j++)
-        UNROLL
-        for (int i = 0; i < samples; i++)
-            acc[i][j] = j % 2 ? _mm512_mask3_fmadd_ps(xv[i], one, acc[i][j], k[j])
-                              : _mm512_mask_add_ps(acc[i][j], k[j], acc[i][j], xv[i]);
-}
-
-/* Sums of the 16 vectors of a full tile, all through 4 levels of adds: lane 4 j + i holds acc[i][j]'s. */
-INLINE __m512 real_reduce16(__m512 acc[TILE_SAMPLES][TILE_OUTPUTS]) {
-    __m512 halves[8], quarters[4], eighths[2];
-    UNROLL
-    for (int t = 0; t < 8; t++) { /* 256-bit halves: [a0+a2, a1+a3 | b0+b2, b1+b3] in 128-bit chunks */
-        __m512 a = acc[t / 2][2 * (t % 2)], b = acc[t / 2][2 * (t % 2) + 1];
-        halves[t] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
-    }
-    UNROLL
-    for (int t = 0; t < 4; t++) /* 128-bit chunk c: one vector's partial sums */
-        quarters[t] = _mm512_add_ps(_mm512_shuffle_f32x4(halves[2 * t], halves[2 * t + 1], 0x88),
-                                    _mm512_shuffle_f32x4(halves[2 * t], halves[2 * t + 1], 0xDD));
-    UNROLL
-    for (int t = 0; t < 2; t++)
-        eighths[t] = _mm512_add_ps(_mm512_shuffle_ps(quarters[2 * t], quarters[2 * t + 1], 0x44),
-                                   _mm512_shuffle_ps(quarters[2 * t], quarters[2 * t + 1], 0xEE));
-    return _mm512_add_ps(_mm512_shuffle_ps(eighths[0], eighths[1], 0x88), _mm512_shuffle_ps(eighths[0], eighths[1], 0xDD));
-}
-#endif
-
-/* S1 of `samples` x `outputs` (sample, output) pairs: float32 lanes of masked adds, then 4 levels of
- * adds; sums[i * TILE_OUTPUTS + j]. */
-INLINE void real_sums(const job_t *job, int64_t s, const int samples, int64_t o, const int outputs, float *sums) {
-    const float *x = job->xs + s * job->stride;
-    const uint8_t *w = (const uint8_t *)job->weight + o * job->cols;
-    int64_t bytes = job->cols, full = bytes / 2; /* blocks of 16 weight bits; an odd row ends in one byte */
+        const float *x = job->xs + (s + i) * job->stride;
+        float *t = job->tables + i * nibbles * NIBBLE_TABLE;
+        for (int64_t q = 0; q < nibbles; q++, t += NIBBLE_TABLE) {
 #ifdef REAL_AVX512
-    __m512 acc[TILE_SAMPLES][TILE_OUTPUTS];
-    __mmask16 k[TILE_OUTPUTS];
-    UNROLL
-    for (int i = 0; i < samples; i++)
-        UNROLL
-        for (int j = 0; j < outputs; j++) acc[i][j] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < full; b++) {
-        UNROLL
-        for (int j = 0; j < outputs; j++) {
-            memcpy(&k[j], w + j * bytes + 2 * b, 2);
-            KEEP_IN_REGISTER("Yk", k[j]);
-        }
-        real_block(acc, x, job->stride, b, samples, outputs, k);
-    }
-    if (bytes % 2) {
-        UNROLL
-        for (int j = 0; j < outputs; j++) k[j] = w[j * bytes + 2 * full];
-        real_block(acc, x, job->stride, full, samples, outputs, k);
-    }
-    if (samples == TILE_SAMPLES && outputs == TILE_OUTPUTS) {
-        float lanes[LANES];
-        _mm512_storeu_ps(lanes, real_reduce16(acc));
-        UNROLL
-        for (int i = 0; i < samples; i++)
-            UNROLL
-            for (int j = 0; j < outputs; j++) sums[i * TILE_OUTPUTS + j] = lanes[TILE_SAMPLES * j + i];
-    } else {
-        UNROLL
-        for (int i = 0; i < samples; i++)
-            UNROLL
-            for (int j = 0; j < outputs; j++) sums[i * TILE_OUTPUTS + j] = _mm512_reduce_add_ps(acc[i][j]);
-    }
+            static const __mmask16 has_bit[4] = {0xAAAA, 0xCCCC, 0xF0F0, 0xFF00};
+            __m512 sums = _mm512_setzero_ps();
+            for (int j = 0; j < 4; j++) sums = _mm512_mask_add_ps(sums, has_bit[j], sums, _mm512_set1_ps(x[4 * q + j]));
+            _mm512_store_ps(t, sums);
 #else
-    float acc[TILE_SAMPLES][TILE_OUTPUTS][LANES] = {{{0}}};
-    for (int64_t b = 0; b < (bytes + 1) / 2; b++)
+            for (int p = 0; p < NIBBLE_TABLE; p++) {
+                float sum = 0.0f;
+                for (int j = 0; j < 4; j++)
+                    if (p >> j & 1) sum += x[4 * q + j];
+                t[p] = sum;
+            }
+#endif
+        }
+    }
+}
+
+#ifdef REAL_AVX512
+/* Fire bits of sample s and the `valid` ones of 16 outputs from o, from their float32 S1 (`sums`),
+ * the outputs' flips and thresholds (two vectors of 8). */
+static unsigned real_fires16(const job_t *job, int64_t s, int64_t o, __m512 sums, __mmask16 valid, __mmask16 flips,
+                             const __m512d *thresholds) {
+    const __m512d two = _mm512_set1_pd(2.0), total = _mm512_set1_pd(job->total[s]);
+    const __m512d bound = _mm512_set1_pd(job->bound[s]), zero = _mm512_setzero_pd();
+    __m256 halves[2] = {_mm512_castps512_ps256(sums),
+                        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sums), 1))};
+    unsigned fires = 0, unsure = 0;
+    for (int h = 0; h < 2; h++) { /* 8 outputs at a time in float64, as real_fires */
+        __mmask8 lanes = (__mmask8)(valid >> 8 * h), flipped = (__mmask8)(flips >> 8 * h);
+        __m512d value = _mm512_fmsub_pd(two, _mm512_cvtps_pd(halves[h]), total); /* 2 S1 is exact: one rounding */
+        value = _mm512_mask_sub_pd(value, flipped, zero, value);
+        __m512d gap = _mm512_sub_pd(value, thresholds[h]);
+        __mmask8 sure = _mm512_mask_cmp_pd_mask(lanes, _mm512_abs_pd(gap), bound, _CMP_GT_OQ);
+        fires |= (unsigned)_mm512_mask_cmp_pd_mask(sure, gap, zero, _CMP_GT_OQ) << 8 * h;
+        unsure |= (unsigned)(lanes & ~sure) << 8 * h;
+    }
+    for (; unsure; unsure &= unsure - 1) { /* near the threshold: the float64 sum decides */
+        int lane = __builtin_ctz(unsure);
+        fires |= (unsigned)real_exact_fires(job, s, o + lane) << lane;
+    }
+    return fires;
+}
+
+/* S1 of `samples` samples x `blocks` blocks of 16 outputs from o, one output per lane: for each byte
+ * group g, acc += table[2g][low nibble] + table[2g + 1][high nibble], looked up with permutes. */
+INLINE void real_tile_of(const job_t *job, int64_t s, const int samples, int64_t o, const int blocks) {
+    int64_t nibbles = 2 * job->cols, left = job->end - o;
+    const uint8_t *w = (const uint8_t *)job->weight + o;
+    __mmask16 valid[TILE_BLOCKS];
+    __m512 acc[TILE_SAMPLES][TILE_BLOCKS];
+    UNROLL
+    for (int j = 0; j < blocks; j++) {
+        int64_t lanes = left - BLOCK * j; /* full tiles are full: a constant mask, plain loads */
+        valid[j] = blocks == TILE_BLOCKS || lanes >= BLOCK ? 0xFFFF : (__mmask16)((1u << lanes) - 1);
         UNROLL
-        for (int j = 0; j < outputs; j++) {
-            unsigned k = mask16(w + j * bytes, b, bytes);
+        for (int i = 0; i < samples; i++) acc[i][j] = _mm512_setzero_ps();
+    }
+    for (int64_t g = 0; g < job->cols; g++) {
+        __m512 low[TILE_SAMPLES], high[TILE_SAMPLES];
+        UNROLL
+        for (int i = 0; i < samples; i++) {
+            const float *t = job->tables + (i * nibbles + 2 * g) * NIBBLE_TABLE;
+            low[i] = _mm512_load_ps(t);
+            high[i] = _mm512_load_ps(t + NIBBLE_TABLE);
+            KEEP_IN_REGISTER(low[i]);
+            KEEP_IN_REGISTER(high[i]);
+        }
+        UNROLL
+        for (int j = 0; j < blocks; j++) {
+            __m512i index = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(valid[j], w + g * job->out + BLOCK * j));
+            __m512i index_high = _mm512_srli_epi32(index, 4); /* permutes read the low 4 bits of each lane */
             UNROLL
             for (int i = 0; i < samples; i++)
-                for (int l = 0; l < LANES; l++)
-                    acc[i][j][l] += (k >> l & 1) ? x[i * job->stride + LANES * b + l] : 0.0f;
+                acc[i][j] = _mm512_add_ps(acc[i][j], _mm512_add_ps(_mm512_permutexvar_ps(index, low[i]),
+                                                                   _mm512_permutexvar_ps(index_high, high[i])));
         }
+    }
+    __mmask16 flips[TILE_BLOCKS];
+    __m512d thresholds[TILE_BLOCKS][2];
     UNROLL
-    for (int i = 0; i < samples; i++)
+    for (int j = 0; j < blocks; j++) {
+        __m128i flip_bytes = _mm_maskz_loadu_epi8(valid[j], job->flip + o + BLOCK * j);
+        flips[j] = _mm_test_epi8_mask(flip_bytes, flip_bytes);
         UNROLL
-        for (int j = 0; j < outputs; j++) {
-            float *v = acc[i][j];
-            for (int width = LANES / 2; width >= 1; width /= 2)
-                for (int l = 0; l < width; l++) v[l] += v[l + width];
-            sums[i * TILE_OUTPUTS + j] = v[0];
-        }
-#endif
-}
-
-/* Does output o of sample s fire? From the float32 sum where that is certain, else in float64. */
-static inline int real_fires(const job_t *job, int64_t s, int64_t o, float sum) {
-    double threshold = ((const double *)job->threshold)[o];
-    double value = 2.0 * (double)sum - job->total[s];
-    double gap = (job->flip[o] ? -value : value) - threshold;
-    if (fabs(gap) > job->bound[s]) return gap > 0;
-    double exact = real_exact(job, s, o);
-    return (job->flip[o] ? -exact : exact) >= threshold;
-}
-
-/* Fire bits of `samples` x `outputs` pairs from their float32 sums (sums[i * width + j]). */
-INLINE void real_emit(const job_t *job, int64_t s, const int samples, int64_t o, const int outputs, const float *sums,
-                      const int width) {
+        for (int h = 0; h < 2; h++)
+            thresholds[j][h] = _mm512_maskz_loadu_pd((__mmask8)(valid[j] >> 8 * h),
+                                                     (const double *)job->threshold + o + BLOCK * j + 8 * h);
+    }
     int64_t words_out = (job->out + 63) / 64;
     UNROLL
-    for (int i = 0; i < samples; i++)
+    for (int i = 0; i < samples; i++) {
+        uint64_t bits = 0; /* o is a multiple of 64 (full tiles) or 16 */
         UNROLL
-        for (int j = 0; j < outputs; j++)
-            put_bit((uint64_t *)job->result + (s + i) * words_out, o + j, real_fires(job, s + i, o + j, sums[i * width + j]));
+        for (int j = 0; j < blocks; j++)
+            bits |= (uint64_t)real_fires16(job, s + i, o + BLOCK * j, acc[i][j], valid[j], flips[j], thresholds[j])
+                    << BLOCK * j;
+        ((uint64_t *)job->result)[(s + i) * words_out + (o >> 6)] |= bits << (o & 63);
+    }
+}
+#else
+/* As real_emit16 for one output: from `sum` where the float32 error bound allows, else float64. */
+static int real_fires(const job_t *job, int64_t s, int64_t o, float sum) {
+    double value = 2.0 * (double)sum - job->total[s];
+    double gap = (job->flip[o] ? -value : value) - ((const double *)job->threshold)[o];
+    return fabs(gap) > job->bound[s] ? gap > 0 : real_exact_fires(job, s, o);
 }
 
-INLINE void real_tile_of(const job_t *job, int64_t s, const int samples, int64_t o, const int outputs) {
-    float sums[TILE_SAMPLES * TILE_OUTPUTS];
-    real_sums(job, s, samples, o, outputs, sums);
-    real_emit(job, s, samples, o, outputs, sums, TILE_OUTPUTS);
+/* As the AVX-512 tile, one output at a time, in the same order (so the same float32 sums). */
+INLINE void real_tile_of(const job_t *job, int64_t s, const int samples, int64_t o, const int blocks) {
+    int64_t nibbles = 2 * job->cols, last = o + BLOCK * blocks < job->end ? o + BLOCK * blocks : job->end;
+    int64_t words_out = (job->out + 63) / 64;
+    for (int i = 0; i < samples; i++) {
+        const float *t = job->tables + i * nibbles * NIBBLE_TABLE;
+        for (int64_t k = o; k < last; k++) {
+            float sum = 0.0f;
+            for (int64_t g = 0; g < job->cols; g++) {
+                unsigned byte = ((const uint8_t *)job->weight)[g * job->out + k];
+                sum += t[2 * g * NIBBLE_TABLE + (byte & 15)] + t[(2 * g + 1) * NIBBLE_TABLE + (byte >> 4)];
+            }
+            put_bit((uint64_t *)job->result + (s + i) * words_out, k, real_fires(job, s + i, k, sum));
+        }
+    }
 }
+#endif
 
 /* Constant tile sizes, so the accumulators stay in registers. */
-static void real_tile(const job_t *job, int64_t s, int samples, int64_t o, int outputs) {
-#ifdef REAL_AVX512
-    if (samples == 1 && outputs == ROW_OUTPUTS) {
-        float sums[ROW_OUTPUTS];
-        real_row_sums(job, s, o, sums);
-        real_emit(job, s, 1, o, ROW_OUTPUTS, sums, ROW_OUTPUTS);
-        return;
-    }
-#endif
-    if (samples == TILE_SAMPLES && outputs == TILE_OUTPUTS) real_tile_of(job, s, TILE_SAMPLES, o, TILE_OUTPUTS);
+static void real_tile(const job_t *job, int64_t s, int samples, int64_t o, int blocks) {
+    if (samples == TILE_SAMPLES && blocks == TILE_BLOCKS) real_tile_of(job, s, TILE_SAMPLES, o, TILE_BLOCKS);
     else if (samples == TILE_SAMPLES) real_tile_of(job, s, TILE_SAMPLES, o, 1);
-    else if (outputs == TILE_OUTPUTS) real_tile_of(job, s, 1, o, TILE_OUTPUTS);
+    else if (blocks == TILE_BLOCKS) real_tile_of(job, s, 1, o, TILE_BLOCKS);
     else real_tile_of(job, s, 1, o, 1);
 }
 
 static void *real_worker(void *arg) {
     const job_t *job = arg;
-    if (job->flip != NULL) {
-        for_each_tile(job, real_tile, ROW_OUTPUTS);
+    if (job->flip == NULL) {
+        for (int64_t s = 0; s < job->batch; s++)
+            for (int64_t o = job->begin; o < job->end; o++)
+                ((double *)job->result)[s * job->out + o] = real_exact(job, s, o);
         return NULL;
     }
-    for (int64_t s = 0; s < job->batch; s++)
-        for (int64_t o = job->begin; o < job->end; o++)
-            ((double *)job->result)[s * job->out + o] = real_exact(job, s, o);
+    for (int64_t s = 0; s < job->batch;) { /* the tables of a few samples, then every output for them */
+        int samples = job->batch - s >= TILE_SAMPLES ? TILE_SAMPLES : 1;
+        build_tables(job, s, samples);
+        for (int64_t o = job->begin; o < job->end;) {
+            int blocks = job->end - o >= BLOCK * TILE_BLOCKS ? TILE_BLOCKS : 1;
+            real_tile(job, s, samples, o, blocks);
+            o += BLOCK * blocks;
+        }
+        s += samples;
+    }
     return NULL;
 }
 
 /* Per sample: sum(x), and the largest distance between a computed from the float32 S1 and the
- * float64 sum of real_exact. Float32 S1: each term goes through at most (blocks - 1) lane adds
- * and 4 tree adds, so |error| <= gamma(blocks + 3) * sum|x| with gamma(k) = k u / (1 - k u),
- * u = 2^-24, doubled in 2 S1; plus 2^-126 for each of those adds under flush-to-zero. The
- * float64 sums (total, 2 S1 - total, real_exact, the lane reduction) add at most (2n + 32) u64
- * sum|x|. The slack factor covers the rounding of the bound itself. Inputs whose float32 sums
- * could overflow get an infinite bound (always float64). Returns 2 if an input is NaN or infinite. */
+ * float64 sum of real_exact. Float32 S1: each term goes through at most 3 table adds, 1 pair add
+ * and groups - 1 accumulating adds, so |error| <= gamma(groups + 3) * sum|x| with
+ * gamma(k) = k u / (1 - k u), u = 2^-24, doubled in 2 S1; plus 2^-126 for each of the (at most
+ * 8 groups) adds if results are flushed to zero. The float64 sums (total, 2 S1 - total, real_exact)
+ * add less than (2n + 32) u64 sum|x|. The slack factor covers the rounding of the bound itself.
+ * Inputs whose float32 sums could overflow get an infinite bound (always float64). Returns 2 if an
+ * input is NaN or infinite. */
 static int sample_stats(const float *x, int64_t n, int64_t batch, int64_t stride, float *xs, double *total,
                         double *bound) {
-    double blocks = (double)(stride / LANES), gamma = (blocks + 3) * 0x1p-24 / (1 - (blocks + 3) * 0x1p-24);
+    double groups = (double)((n + 7) / 8), gamma = (groups + 3) * 0x1p-24 / (1 - (groups + 3) * 0x1p-24);
     for (int64_t s = 0; s < batch; s++) {
         const float *row = x + s * n;
         float *padded = xs + s * stride;
@@ -318,7 +285,7 @@ static int sample_stats(const float *x, int64_t n, int64_t batch, int64_t stride
         if (!isfinite(magnitude)) return 2; /* sums of finite floats never overflow a double */
         total[s] = sum;
         int safe = magnitude < 0x1p120 && gamma > 0 && gamma < 1;
-        bound[s] = safe ? (magnitude * (2 * gamma + (2.0 * (double)n + 32) * 0x1p-53) + (blocks + 4) * 0x1p-125)
+        bound[s] = safe ? (magnitude * (2 * gamma + (2.0 * (double)n + 32) * 0x1p-53) + (groups + 1) * 0x1p-121)
                               * (1 + 0x1p-20)
                         : INFINITY;
     }
@@ -327,124 +294,135 @@ static int sample_stats(const float *x, int64_t n, int64_t batch, int64_t stride
 
 /* ---- hidden layers ---------------------------------------------------------------------------- */
 
+#define WORD_LANES 8 /* outputs per vector: the lanes of the hidden layers' counts */
+
 #ifdef BINARY_AVX512
-/* Sums of the 16 vectors of a full tile: lanes[8 (i / 2) + 2 j + i % 2] holds acc[i][j]'s. */
-INLINE void binary_reduce16(__m512i acc[TILE_SAMPLES][TILE_OUTPUTS], int64_t *lanes) {
-    __m512i halves[8], quarters[4];
+/* popcount(h_i XOR w) of `samples` samples x `blocks` vectors of 8 outputs from o, one output per
+ * lane: the weights are stored word-major, w[k][o], so each word of a sample meets 8 outputs. */
+INLINE void binary_tile_of(const job_t *job, int64_t s, const int samples, int64_t o, const int blocks) {
+    const uint64_t *h = (const uint64_t *)job->input + s * job->cols, *w = (const uint64_t *)job->weight + o;
+    int64_t left = job->end - o;
+    __mmask8 valid[TILE_BLOCKS];
+    __m512i acc[TILE_SAMPLES][TILE_BLOCKS];
     UNROLL
-    for (int t = 0; t < 8; t++) { /* as in real_reduce16, on 64-bit lanes */
-        __m512i a = acc[t / 2][2 * (t % 2)], b = acc[t / 2][2 * (t % 2) + 1];
-        halves[t] = _mm512_add_epi64(_mm512_shuffle_i64x2(a, b, 0x44), _mm512_shuffle_i64x2(a, b, 0xEE));
-    }
-    UNROLL
-    for (int t = 0; t < 4; t++) /* 128-bit chunk c: the two partial sums of acc[t][c] */
-        quarters[t] = _mm512_add_epi64(_mm512_shuffle_i64x2(halves[2 * t], halves[2 * t + 1], 0x88),
-                                       _mm512_shuffle_i64x2(halves[2 * t], halves[2 * t + 1], 0xDD));
-    UNROLL
-    for (int t = 0; t < 2; t++) /* lane 2 c + e: acc[2 t + e][c] */
-        _mm512_storeu_si512(lanes + 8 * t, _mm512_add_epi64(_mm512_unpacklo_epi64(quarters[2 * t], quarters[2 * t + 1]),
-                                                            _mm512_unpackhi_epi64(quarters[2 * t], quarters[2 * t + 1])));
-}
-
-/* acc[i][j] += popcount(h_i XOR w_j) for the words k ... k + 7 selected by `valid`. */
-INLINE void binary_block(__m512i acc[TILE_SAMPLES][TILE_OUTPUTS], const uint64_t *h, const uint64_t *w, int64_t words,
-                         int64_t k, __mmask8 valid, const int samples, const int outputs) {
-    __m512i hv[TILE_SAMPLES];
-    UNROLL
-    for (int i = 0; i < samples; i++) {
-        hv[i] = _mm512_maskz_loadu_epi64(valid, h + i * words + k);
-        KEEP_IN_REGISTER("v", hv[i]);
-    }
-    UNROLL
-    for (int j = 0; j < outputs; j++) {
-        __m512i wv = _mm512_maskz_loadu_epi64(valid, w + j * words + k);
+    for (int j = 0; j < blocks; j++) {
+        int64_t lanes = left - WORD_LANES * j; /* full tiles are full: a constant mask, plain loads */
+        valid[j] = blocks == TILE_BLOCKS || lanes >= WORD_LANES ? 0xFF : (__mmask8)((1u << lanes) - 1);
         UNROLL
-        for (int i = 0; i < samples; i++)
-            acc[i][j] = _mm512_add_epi64(acc[i][j], _mm512_popcnt_epi64(_mm512_xor_si512(hv[i], wv)));
+        for (int i = 0; i < samples; i++) acc[i][j] = _mm512_setzero_si512();
     }
-}
-#endif
-
-/* popcount(h XOR w) of `samples` x `outputs` pairs. */
-INLINE void binary_counts(const job_t *job, int64_t s, const int samples, int64_t o, const int outputs,
-                          int64_t *counts) {
-    int64_t words = job->cols;
-    const uint64_t *h = (const uint64_t *)job->input + s * words, *w = (const uint64_t *)job->weight + o * words;
-#ifdef BINARY_AVX512
-    __m512i acc[TILE_SAMPLES][TILE_OUTPUTS];
-    UNROLL
-    for (int i = 0; i < samples; i++)
+    for (int64_t k = 0; k < job->cols; k++) {
+        __m512i wv[TILE_BLOCKS];
         UNROLL
-        for (int j = 0; j < outputs; j++) acc[i][j] = _mm512_setzero_si512();
-    int64_t full = words / 8 * 8;
-    for (int64_t k = 0; k < full; k += 8) binary_block(acc, h, w, words, k, 0xFF, samples, outputs);
-    if (full < words) binary_block(acc, h, w, words, full, (__mmask8)((1u << (words - full)) - 1), samples, outputs);
-    if (samples == TILE_SAMPLES && outputs == TILE_OUTPUTS) {
-        int64_t lanes[2 * 8];
-        binary_reduce16(acc, lanes);
+        for (int j = 0; j < blocks; j++) {
+            wv[j] = _mm512_maskz_loadu_epi64(valid[j], w + k * job->out + WORD_LANES * j);
+            KEEP_IN_REGISTER(wv[j]);
+        }
+        UNROLL
+        for (int i = 0; i < samples; i++) {
+            __m512i hv = _mm512_set1_epi64((int64_t)h[i * job->cols + k]);
+            UNROLL
+            for (int j = 0; j < blocks; j++)
+                acc[i][j] = _mm512_add_epi64(acc[i][j], _mm512_popcnt_epi64(_mm512_xor_si512(hv, wv[j])));
+        }
+    }
+    const __m512i n = _mm512_set1_epi64(job->n);
+    if (job->flip == NULL) { /* pre-activations a = n - 2 count */
         UNROLL
         for (int i = 0; i < samples; i++)
             UNROLL
-            for (int j = 0; j < outputs; j++) counts[i * TILE_OUTPUTS + j] = lanes[8 * (i / 2) + 2 * j + i % 2];
-    } else {
-        UNROLL
-        for (int i = 0; i < samples; i++)
-            UNROLL
-            for (int j = 0; j < outputs; j++) counts[i * TILE_OUTPUTS + j] = _mm512_reduce_add_epi64(acc[i][j]);
+            for (int j = 0; j < blocks; j++)
+                _mm512_mask_storeu_epi64((int64_t *)job->result + (s + i) * job->out + o + WORD_LANES * j, valid[j],
+                                         _mm512_sub_epi64(n, _mm512_slli_epi64(acc[i][j], 1)));
+        return;
     }
-#else
+    __mmask8 flips[TILE_BLOCKS];
+    __m512i thresholds[TILE_BLOCKS];
     UNROLL
-    for (int i = 0; i < samples; i++)
-        UNROLL
-        for (int j = 0; j < outputs; j++) counts[i * TILE_OUTPUTS + j] = 0;
-    for (int64_t k = 0; k < words; k++)
-        UNROLL
-        for (int j = 0; j < outputs; j++)
-            UNROLL
-            for (int i = 0; i < samples; i++)
-                counts[i * TILE_OUTPUTS + j] += __builtin_popcountll(h[i * words + k] ^ w[j * words + k]);
-#endif
-}
-
-INLINE void binary_tile_of(const job_t *job, int64_t s, const int samples, int64_t o, const int outputs) {
-    int64_t counts[TILE_SAMPLES * TILE_OUTPUTS];
-    binary_counts(job, s, samples, o, outputs, counts);
+    for (int j = 0; j < blocks; j++) {
+        __m128i flip_bytes = _mm_maskz_loadu_epi8(valid[j], job->flip + o + WORD_LANES * j);
+        flips[j] = _mm_test_epi8_mask(flip_bytes, flip_bytes);
+        thresholds[j] = _mm512_maskz_loadu_epi64(valid[j], (const int64_t *)job->threshold + o + WORD_LANES * j);
+    }
     int64_t words_out = (job->out + 63) / 64;
     UNROLL
-    for (int i = 0; i < samples; i++)
+    for (int i = 0; i < samples; i++) {
+        uint64_t bits = 0; /* o is a multiple of 32 (full tiles) or 8 */
         UNROLL
-        for (int j = 0; j < outputs; j++) {
-            int64_t a = job->n - 2 * counts[i * TILE_OUTPUTS + j];
-            if (job->flip == NULL) {
-                ((int64_t *)job->result)[(s + i) * job->out + o + j] = a;
-            } else {
-                int64_t value = job->flip[o + j] ? -a : a;
-                put_bit((uint64_t *)job->result + (s + i) * words_out, o + j,
-                        value >= ((const int64_t *)job->threshold)[o + j]);
-            }
+        for (int j = 0; j < blocks; j++) {
+            __m512i a = _mm512_sub_epi64(n, _mm512_slli_epi64(acc[i][j], 1));
+            a = _mm512_mask_sub_epi64(a, flips[j], _mm512_setzero_si512(), a);
+            bits |= (uint64_t)_mm512_mask_cmpge_epi64_mask(valid[j], a, thresholds[j]) << WORD_LANES * j;
         }
+        ((uint64_t *)job->result)[(s + i) * words_out + (o >> 6)] |= bits << (o & 63);
+    }
+}
+#else
+/* Writes the pre-activation a = n - 2 count of sample s, output o, or its fire bit. */
+static void binary_put(const job_t *job, int64_t s, int64_t o, int64_t count) {
+    int64_t a = job->n - 2 * count;
+    if (job->flip == NULL) {
+        ((int64_t *)job->result)[s * job->out + o] = a;
+    } else {
+        int64_t value = job->flip[o] ? -a : a;
+        put_bit((uint64_t *)job->result + s * ((job->out + 63) / 64), o, value >= ((const int64_t *)job->threshold)[o]);
+    }
 }
 
-static void binary_tile(const job_t *job, int64_t s, int samples, int64_t o, int outputs) {
-    if (samples == TILE_SAMPLES && outputs == TILE_OUTPUTS) binary_tile_of(job, s, TILE_SAMPLES, o, TILE_OUTPUTS);
+/* As the AVX-512 tile, one output at a time. */
+INLINE void binary_tile_of(const job_t *job, int64_t s, const int samples, int64_t o, const int blocks) {
+    const uint64_t *w = job->weight;
+    int64_t last = o + WORD_LANES * blocks < job->end ? o + WORD_LANES * blocks : job->end;
+    for (int i = 0; i < samples; i++) {
+        const uint64_t *h = (const uint64_t *)job->input + (s + i) * job->cols;
+        for (int64_t k = o; k < last; k++) {
+            int64_t count = 0;
+            for (int64_t word = 0; word < job->cols; word++)
+                count += __builtin_popcountll(h[word] ^ w[word * job->out + k]);
+            binary_put(job, s + i, k, count);
+        }
+    }
+}
+#endif
+
+static void binary_tile(const job_t *job, int64_t s, int samples, int64_t o, int blocks) {
+    if (samples == TILE_SAMPLES && blocks == TILE_BLOCKS) binary_tile_of(job, s, TILE_SAMPLES, o, TILE_BLOCKS);
     else if (samples == TILE_SAMPLES) binary_tile_of(job, s, TILE_SAMPLES, o, 1);
-    else if (outputs == TILE_OUTPUTS) binary_tile_of(job, s, 1, o, TILE_OUTPUTS);
+    else if (blocks == TILE_BLOCKS) binary_tile_of(job, s, 1, o, TILE_BLOCKS);
     else binary_tile_of(job, s, 1, o, 1);
 }
 
+/* Chunks of outputs; for each, every sample (so the chunk's weights stay in cache). */
 static void *binary_worker(void *arg) {
-    for_each_tile(arg, binary_tile, TILE_OUTPUTS);
+    const job_t *job = arg;
+    for (int64_t o0 = job->begin; o0 < job->end; o0 += CHUNK) {
+        int64_t o1 = job->end - o0 > CHUNK ? o0 + CHUNK : job->end;
+        for (int64_t s = 0; s < job->batch;) {
+            int samples = job->batch - s >= TILE_SAMPLES ? TILE_SAMPLES : 1;
+            for (int64_t o = o0; o < o1;) {
+                int blocks = o1 - o >= WORD_LANES * TILE_BLOCKS ? TILE_BLOCKS : 1;
+                binary_tile(job, s, samples, o, blocks);
+                o += WORD_LANES * blocks;
+            }
+            s += samples;
+        }
+    }
     return NULL;
 }
 
 /* ---- threads and entry points ----------------------------------------------------------------- */
 
-/* Outputs are split into `threads` ranges of whole 64-bit words (so no two workers share a word). */
-static void run(void *(*worker)(void *), job_t base, int threads) {
-    if (threads < 1) threads = 1;
+static int worker_count(int threads, int64_t out) {
+    int64_t words_out = (out + 63) / 64;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
-    int64_t words_out = (base.out + 63) / 64;
     if (threads > words_out) threads = (int)words_out;
+    return threads < 1 ? 1 : threads;
+}
+
+/* Outputs are split into `threads` (from worker_count) ranges of whole 64-bit words, so no two
+ * workers share a word; worker t gets the scratch floats [t * scratch_floats, (t + 1) * scratch_floats). */
+static void run(void *(*worker)(void *), job_t base, int threads, float *scratch, int64_t scratch_floats) {
+    int64_t words_out = (base.out + 63) / 64;
     job_t jobs[MAX_THREADS];
     pthread_t ids[MAX_THREADS];
     for (int t = 0; t < threads; t++) {
@@ -452,6 +430,7 @@ static void run(void *(*worker)(void *), job_t base, int threads) {
         jobs[t].begin = 64 * (words_out * t / threads);
         int64_t end = 64 * (words_out * (t + 1) / threads);
         jobs[t].end = end < base.out ? end : base.out;
+        jobs[t].tables = scratch == NULL ? NULL : scratch + t * scratch_floats;
     }
     int started = 0;
     for (int t = 1; t < threads; t++) {
@@ -464,26 +443,31 @@ static void run(void *(*worker)(void *), job_t base, int threads) {
 }
 
 /* Returns 0; 1 when out of memory; 2 when an input is NaN or infinite (nothing is computed). */
-int real_layer(const float *x, int64_t batch, int64_t n, const uint8_t *w, int64_t out, int64_t bytes,
+int real_layer(const float *x, int64_t batch, int64_t n, const uint8_t *w, int64_t out, int64_t groups,
                const uint8_t *flip, const double *threshold, void *result, int threads) {
-    if (batch == 0) return 0;
-    int64_t stride = LANES * ((n + LANES - 1) / LANES);
-    float *xs = aligned_alloc(64, sizeof(float) * (size_t)(stride * batch)); /* a multiple of 64 bytes */
+    if (batch == 0 || out == 0) return 0;
+    threads = worker_count(threads, out);
+    int64_t stride = 8 * groups, table_floats = TILE_SAMPLES * 2 * groups * NIBBLE_TABLE;
+    float *xs = malloc(sizeof(float) * (size_t)(stride * batch));
     double *stats = malloc(sizeof(double) * 2 * (size_t)batch);
-    int status = xs == NULL || stats == NULL;
+    float *tables = aligned_alloc(64, sizeof(float) * (size_t)(threads * table_floats)); /* 64-byte tables */
+    int status = xs == NULL || stats == NULL || tables == NULL;
     if (status == 0) status = sample_stats(x, n, batch, stride, xs, stats, stats + batch);
     if (status == 0) {
-        job_t job = {x, w, batch, n, out, bytes, flip, threshold, result, 0, out, xs, stride, stats, stats + batch};
-        run(real_worker, job, threads);
+        job_t job = {x, w, batch, n, out, groups, flip, threshold, result, 0, out,
+                     xs, stride, stats, stats + batch, NULL};
+        run(real_worker, job, threads, tables, table_floats);
     }
     free(xs);
     free(stats);
+    free(tables);
     return status;
 }
 
 int binary_layer(const uint64_t *h, int64_t batch, int64_t n, const uint64_t *w, int64_t out, int64_t words,
                  const uint8_t *flip, const int64_t *threshold, void *result, int threads) {
-    job_t job = {h, w, batch, n, out, words, flip, threshold, result, 0, out, NULL, 0, NULL, NULL};
-    run(binary_worker, job, threads);
+    if (batch == 0 || out == 0) return 0;
+    job_t job = {h, w, batch, n, out, words, flip, threshold, result, 0, out, NULL, 0, NULL, NULL, NULL};
+    run(binary_worker, job, worker_count(threads, out), NULL, 0);
     return 0;
 }

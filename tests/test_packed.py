@@ -107,6 +107,7 @@ def test_native_kernels_equal_eager_torch_ops_layer_by_layer(trained, monkeypatc
     for work_per_thread in (1 << 40, 1):  # one thread, then outputs split between threads: the same bits
         monkeypatch.setattr(bnn.native, "MIN_WORK_PER_THREAD", work_per_thread)
         assert torch.equal(bnn.pack(trained)(x), bnn.pack(trained, compile=False)(x))
+    assert [name.split(":")[0] for name in bnn.pack(trained).kernel_names()] == ["native C"] * 3
 
 
 def _kernels_with(flags: tuple[str, ...]):
@@ -126,7 +127,7 @@ def test_native_kernels_equal_torch_ops_at_ties_extremes_and_odd_sizes(flags, mo
     x = torch.randint(-256, 257, (batch, n)).float() / 256  # float64 sums of these are exact in any order
     x[2] *= 2.0**126  # its float32 sums would overflow: float64 for every neuron
     x[3] *= 2.0**-140  # subnormal float32 values
-    weight = pack_bits(torch.rand(out, n) > 0.5, word_bits=8)
+    weight = pack_bits(torch.rand(out, n) > 0.5, word_bits=8).T  # (groups, out): a view, copied by the check
     flip = torch.rand(out) > 0.5
     a = bnn.packed._real_dot(x, weight)
     assert torch.equal(bnn.native.real_layer(lib, x, weight), a)
@@ -143,7 +144,7 @@ def test_native_kernels_equal_torch_ops_at_ties_extremes_and_odd_sizes(flags, mo
                 bits = bnn.native.real_layer(lib, x, weight, flip, threshold)
                 assert torch.equal(bits, pack_bits(value >= threshold))
             h = pack_bits(torch.rand(batch, n) > 0.5)
-            w = pack_bits(torch.rand(out, n) > 0.5)
+            w = pack_bits(torch.rand(out, n) > 0.5).T  # (words, out)
             dot = bnn.packed._binary_dot(h, w, n)
             assert torch.equal(bnn.native.binary_layer(lib, h, n, w), dot)
             k = torch.randint(-20, 21, (out,))
@@ -254,9 +255,9 @@ def test_truncated_or_corrupted_files_raise_value_error(trained, tmp_path):
     with pytest.raises(ValueError, match="is not a valid packed BNN file: it does not start with"):
         PackedMLP.load(other)
     wrong = torch.load(path, weights_only=True)
-    wrong["layers"][1]["weight"] = wrong["layers"][1]["weight"][:, :1]
+    wrong["layers"][1]["weight"] = wrong["layers"][1]["weight"][:1]
     torch.save(wrong, other)
-    with pytest.raises(ValueError, match=r"layer 1 'weight' is \(64, 1\) torch.int64, expected \(64, 2\)"):
+    with pytest.raises(ValueError, match=r"layer 1 'weight' is \(1, 64\) torch.int64, expected \(2, 64\)"):
         PackedMLP.load(other)
 
 
@@ -281,7 +282,7 @@ def _set(layer: int, key: str, value):
 
 
 @pytest.mark.parametrize("change, error", [
-    (_set(1, "weight", lambda w: w[:, :1]), r"layer 1 'weight' is \(64, 1\) torch.int64, expected \(64, 2\)"),
+    (_set(1, "weight", lambda w: w[:1]), r"layer 1 'weight' is \(1, 64\) torch.int64, expected \(2, 64\)"),
     (_set(0, "threshold", lambda t: t[:8]), r"layer 0 'threshold' is \(8,\) torch.float64, expected \(128,\)"),
     (_set(0, "threshold", lambda t: t.float()), r"layer 0 'threshold' is \(128,\) torch.float32, expected .* torch.float64"),
     (_set(1, "flip", lambda f: f.to(torch.uint8)), r"layer 1 'flip' is \(64,\) torch.uint8, expected .* torch.bool"),
@@ -289,7 +290,7 @@ def _set(layer: int, key: str, value):
     (_set(0, "weight", "not a tensor"), r"layer 0 'weight' is a str, expected a torch.uint8 tensor"),
     (_set(0, "bias", torch.zeros(128)), r"layer 0 has entries \['bias', 'flip', 'threshold', 'weight'\]"),
     (lambda data: data.update(extra=1), r"it has entries \['extra', 'format'"),
-    (lambda data: data["sizes"].__setitem__(1, 2**40), r"layer 0 'weight' is \(128, 98\) torch.uint8, expected \(1099511627776, 98\)"),
+    (lambda data: data["sizes"].__setitem__(1, 2**40), r"layer 0 'weight' is \(98, 128\) torch.uint8, expected \(98, 1099511627776\)"),
     (lambda data: data["sizes"].__setitem__(1, True), r"sizes \[784, True, 64, 10\] are not a list"),
     (_set(2, "eps", float("nan")), r"layer 2 'eps' is nan, expected a float > 0"),
 ], ids=["short-weight", "short-threshold", "float32-threshold", "uint8-flip", "sparse-threshold", "not-a-tensor",
@@ -349,7 +350,7 @@ def test_layers_changed_after_loading_are_checked_before_every_native_call(train
     shrunk = layers[1]["threshold"].clone()
     shrunk.untyped_storage().resize_(8)  # a tensor whose memory is shorter than its shape
     for key, value, error in [
-        ("weight", layers[1]["weight"][:, :1], r"layer 1 weight is \(64, 1\) torch.int64, expected \(any, 2\)"),
+        ("weight", layers[1]["weight"][:1], r"layer 1 weight is \(1, 64\) torch.int64, expected \(2, any\)"),
         ("threshold", layers[1]["threshold"].double(), r"layer 1 threshold is \(64,\) torch.float64, expected \(64,\) torch.int64"),
         ("flip", torch.zeros(64, dtype=torch.bool, device="meta"), "layer 1 flip is a torch.strided tensor on the meta device"),
         ("threshold", shrunk, r"layer 1 threshold has 8 bytes of storage, fewer than its shape \(64,\) needs"),
@@ -364,6 +365,16 @@ def test_layers_changed_after_loading_are_checked_before_every_native_call(train
         bnn.native.real_layer(lib, torch.zeros(2, 784, device="meta"), layers[0]["weight"])
     with pytest.raises(ValueError, match="n must be a positive int"):
         bnn.native.binary_layer(lib, torch.zeros(2, 2, dtype=torch.int64), 0, layers[1]["weight"])
+
+
+def test_layers_changed_after_loading_are_checked_on_the_torch_paths_too(trained, monkeypatch):
+    monkeypatch.setattr(bnn.packed.native, "kernels", lambda: None)  # the torch.compile path, as without a C compiler
+    x = load_dataset("mnist5k", "test").x[:4]
+    for compile in (False, True):
+        packed = bnn.pack(trained, compile=compile)
+        packed.layers[0]["weight"] = packed.layers[0]["weight"].to(torch.int64) + 1000  # table indices out of range
+        with pytest.raises(ValueError, match=r"layer 0 weight is \(98, 128\) torch.int64, expected \(98, 128\) torch.uint8"):
+            packed(x)
 
 
 @pytest.mark.parametrize("compile", [False, True], ids=["torch-ops", "fast-kernels"])
@@ -386,11 +397,17 @@ def test_a_model_in_training_mode_is_refused(trained):
         bnn.pack(model)
 
 
-def test_version_2_files_with_transposed_first_layer_bytes_still_load(trained, tmp_path):
+def test_version_2_files_with_output_major_hidden_weights_still_load(trained, tmp_path):
     packed = bnn.pack(trained, compile=False)
-    path = _hostile_file(trained, tmp_path, lambda data: (data.update(version=2), _set(0, "weight", lambda w: w.t())(data)))
+
+    def version_2(data):
+        data["version"] = 2
+        for layer in data["layers"][1:]:
+            layer["weight"] = layer["weight"].t().contiguous()
+
+    loaded = PackedMLP.load(_hostile_file(trained, tmp_path, version_2), compile=False)
     x = load_dataset("mnist5k", "test").x[:50]
-    assert torch.equal(PackedMLP.load(path, compile=False)(x), packed(x))
+    assert torch.equal(loaded(x), packed(x))
 
 
 def test_missing_population_statistics_are_named():
