@@ -4,32 +4,41 @@ Both train the same 784-H-H-10 binarized MLP (BatchNorm with batch statistics, s
 with a hard-tanh straight-through gradient) with metaplastic Adam (``meta > 0``) at batch 100.
 
 * **metaspike**: ``bnn.MLP`` + :class:`metaspike.MetaplasticAdam`. The hidden weight is the
-  parameter; its signs are written once per step into persistent float32 and bfloat16 buffers
-  (one compiled pass); products of ±1 inputs with ±1 weights run in bfloat16, which is exact; the
-  weight gradient is written into a reused buffer (see :mod:`metaspike.binary_linear`); the
-  optimizer updates the hidden weight in place (one fused, compiled loop per weight matrix).
+  parameter; its signs are written once per step into persistent buffers (one compiled pass); each
+  product of ±1 inputs by ±1 weights uses the fastest exact product of the machine (int8, bfloat16
+  or float32, timed once per process and shape; see :mod:`bnn.binary_linear`); the weight gradient
+  is written into a reused buffer; the optimizer updates the hidden weight in place (one fused,
+  compiled loop per weight matrix). Run twice: with the default float32 backward products, and
+  with the opt-in ``precision="bfloat16"`` ones (``metaspike bf16``).
 * **authors' style** (written here from the description of the code published with Laborieux et
   al. 2021): the layer keeps the hidden weight in ``weight.org`` and, before each forward pass,
   sets ``weight.data = sign(weight.org)``; after the backward pass the hidden weight is copied back
   into ``weight.data``, the optimizer steps with separate tensor operations, and the result is
   copied into ``weight.org``.
 
-Timings are interleaved in one process (a busy machine slows both alike); the script prints
-samples/s of both, their ratio, the share of metaspike's step spent in matrix products
-(``torch.profiler``), and the test accuracy of both after one epoch on ``mnist5k``.
+Timings are interleaved in one process (a busy machine slows all alike): each round runs
+``--steps-per-round`` steps of every contestant; the speed-up is the median over rounds of the
+same round's ratio, with its range. The script also prints the product each binary layer used,
+where the step's time goes (``torch.profiler``: matrix products, optimizer, BatchNorm, the rest)
+and the test accuracy of all after one epoch on ``mnist5k``. The CPU model, its relevant flags and
+the load average head the output, which also goes to
+``benchmarks/results/train_throughput_<cpu-kind>.txt`` (e.g. ``train_throughput_amd-epyc.txt``),
+so figures from different machines are never mixed.
 
 Usage::
 
-    python benchmarks/train_throughput.py --hidden 1024 4096
+    python benchmarks/train_throughput.py --hidden 1024 4096 --seeds 3
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -37,13 +46,18 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 import bnn
+from bnn.binary_linear import product_used
 from metaspike import training
 from metaspike.data import load_dataset
 from metaspike.optim import MetaplasticAdam
 
+from inference import FLAGS, cpu  # the sibling benchmark: CPU model, kind and flags from /proc/cpuinfo
+
 BATCH = 100
 LR = 0.005
-MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
+RESULTS = Path(__file__).resolve().parent / "results"
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_int_mm")
+BATCH_NORM_OPS = ("aten::native_batch_norm", "aten::native_batch_norm_backward")
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,45 +174,70 @@ def metaspike_step(model: nn.Module, optimizer: Optimizer, x: Tensor, y: Tensor)
 
 
 Step = Callable[[nn.Module, Optimizer, Tensor, Tensor], float]
+Contestants = dict[str, tuple[nn.Module, Optimizer, Step]]
 
 
-def make_pair(hidden: int, meta: float, seed: int) -> dict[str, tuple[nn.Module, Optimizer, Step]]:
-    """Both models, with the same initial hidden weights, and their optimizers and steps."""
+def make_contestants(hidden: int, meta: float, seed: int) -> Contestants:
+    """metaspike (float32 and bfloat16 backward products) and the authors' style, same initial hidden weights."""
+    sizes = [784, hidden, hidden, 10]
     torch.manual_seed(seed)
-    ours = bnn.MLP([784, hidden, hidden, 10])
-    theirs = AuthorsMLP([784, hidden, hidden, 10])
+    ours = bnn.MLP(sizes)
+    ours_bf16 = bnn.MLP(sizes)
+    ours_bf16.load_state_dict(ours.state_dict())
+    for layer in ours_bf16.modules():
+        if isinstance(layer, bnn.BinaryLinear):
+            layer.precision = "bfloat16"
+    theirs = AuthorsMLP(sizes)
     with torch.no_grad():
         for mine, other in zip([m for m in ours if isinstance(m, bnn.BinaryLinear)], theirs.linears):
             other.weight.copy_(mine.weight)
     return {
         "metaspike": (ours, MetaplasticAdam(ours.parameters(), lr=LR, meta=meta), metaspike_step),
+        "metaspike bf16": (ours_bf16, MetaplasticAdam(ours_bf16.parameters(), lr=LR, meta=meta), metaspike_step),
         "authors": (theirs, AuthorsAdamMeta(theirs.parameters(), lr=LR, meta=meta), authors_step),
     }
 
 
-def throughput(hidden: int, meta: float, rounds: int, steps_per_round: int) -> dict[str, float]:
-    """Median seconds per step of both, measured in interleaved rounds on random data."""
-    pair = make_pair(hidden, meta, seed=0)
+def products_used(model: nn.Module, x: Tensor) -> list[str]:
+    """``"<in>x<out>: <product>"`` for each binary layer of ``model``, as a training step on ``x`` computes it."""
+    seen: list[str] = []
+
+    def record(layer: nn.Module, args: tuple[Tensor, ...]) -> None:
+        seen.append(f"{layer.in_features}x{layer.out_features}: {product_used(args[0], layer)}")
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, bnn.BinaryLinear)]
+    try:
+        model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def throughput(hidden: int, meta: float, rounds: int, steps_per_round: int) -> dict[str, object]:
+    """Per contestant: the median seconds per step of each round and where the time goes, on random data."""
+    contestants = make_contestants(hidden, meta, seed=0)
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(BATCH, 1, 28, 28, generator=g), torch.randint(0, 10, (BATCH,), generator=g)
-    for model, opt, step in pair.values():  # warm-up (allocations; metaspike compiles its fused step)
+    for model, opt, step in contestants.values():  # warm-up (allocations, timing probes, compiled steps)
         for _ in range(2):
             step(model, opt, x, y)
-    times: dict[str, list[float]] = {name: [] for name in pair}
+    times: dict[str, list[float]] = {name: [] for name in contestants}
     for _ in range(rounds):
-        for name, (model, opt, step) in pair.items():
+        for name, (model, opt, step) in contestants.items():
+            samples = []
             for _ in range(steps_per_round):
                 start = time.perf_counter()
                 step(model, opt, x, y)
-                times[name].append(time.perf_counter() - start)
-    result = {name: statistics.median(t) for name, t in times.items()}
-    for name, (model, opt, step) in pair.items():
-        result[f"{name} matmul share"] = matmul_share(lambda: step(model, opt, x, y))
-    return result
+                samples.append(time.perf_counter() - start)
+            times[name].append(statistics.median(samples))
+    shares = {name: time_shares(lambda m=model, o=opt, s=step: s(m, o, x, y)) for name, (model, opt, step) in
+              contestants.items()}
+    return {"times": times, "shares": shares, "products": products_used(contestants["metaspike"][0], x)}
 
 
-def matmul_share(step: Callable[[], object], steps: int = 3) -> float:
-    """Fraction of the wall time of ``step`` spent in matrix products (self time of mm/addmm/bmm)."""
+def time_shares(step: Callable[[], object], steps: int = 3) -> dict[str, float]:
+    """Fractions of the wall time of ``step`` in matrix products, the optimizer step and BatchNorm."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -206,15 +245,19 @@ def matmul_share(step: Callable[[], object], steps: int = 3) -> float:
         for _ in range(steps):
             step()
         wall_us = (time.perf_counter() - start) * 1e6
-    matmul_us = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMUL_OPS)
-    return matmul_us / wall_us
+    events = prof.key_averages()
+    return {
+        "products": sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / wall_us,
+        "optimizer": sum(e.cpu_time_total for e in events if e.key.startswith("Optimizer.step#")) / wall_us,
+        "BatchNorm": sum(e.self_cpu_time_total for e in events if e.key in BATCH_NORM_OPS) / wall_us,
+    }
 
 
 def one_epoch_accuracy(hidden: int, meta: float, seed: int) -> dict[str, float]:
-    """Test accuracy (%) of both after one epoch on mnist5k, same initial weights and batch order."""
+    """Test accuracy (%) of each contestant after one epoch on mnist5k, same initial weights and batch order."""
     train, test = load_dataset("mnist5k"), load_dataset("mnist5k", "test")
     result = {}
-    for name, (model, opt, step) in make_pair(hidden, meta, seed).items():
+    for name, (model, opt, step) in make_contestants(hidden, meta, seed).items():
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
         model.train()
         for start in range(0, len(train) - BATCH + 1, BATCH):
@@ -233,24 +276,44 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1, help="seeds for the one-epoch accuracy check")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-accuracy", action="store_true", help="skip the one-epoch accuracy check")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (default: results/train_throughput_<cpu-kind>.txt)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, meta {args.meta}")
+    cpu_name, kind, flags = cpu()
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    say(f"CPU: {cpu_name} ({os.cpu_count()} logical CPUs); flags: {' '.join(flags) or 'none of ' + ', '.join(FLAGS)}")
+    say(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    say(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, meta {args.meta}, "
+        f"{args.rounds} rounds of {args.steps_per_round} steps each")
     for hidden in args.hidden:
-        t = throughput(hidden, args.meta, args.rounds, args.steps_per_round)
-        ours, theirs = BATCH / t["metaspike"], BATCH / t["authors"]
-        print(f"784-{hidden}-{hidden}-10:")
-        print(f"  metaspike      {ours:8.1f} samples/s  ({t['metaspike'] * 1e3:7.1f} ms/step, "
-              f"{100 * t['metaspike matmul share']:.0f}% in matmuls)")
-        print(f"  authors' style {theirs:8.1f} samples/s  ({t['authors'] * 1e3:7.1f} ms/step, "
-              f"{100 * t['authors matmul share']:.0f}% in matmuls)")
-        print(f"  speed-up       {ours / theirs:8.2f}x")
+        result = throughput(hidden, args.meta, args.rounds, args.steps_per_round)
+        times, shares = result["times"], result["shares"]
+        say(f"784-{hidden}-{hidden}-10: products of metaspike's binary layers: {'; '.join(result['products'])}")
+        for name, per_round in times.items():
+            share = shares[name]
+            say(f"  {name:15s} {BATCH / statistics.median(per_round):8.1f} samples/s  "
+                f"({statistics.median(per_round) * 1e3:7.1f} ms/step; products {100 * share['products']:.0f}%, "
+                f"optimizer {100 * share['optimizer']:.0f}%, BatchNorm {100 * share['BatchNorm']:.0f}%)")
+        for name in [n for n in times if n != "authors"]:
+            ratios = [a / b for a, b in zip(times["authors"], times[name])]
+            say(f"  speed-up of {name + ':':15s} {statistics.median(ratios):5.2f}x "
+                f"(rounds: {min(ratios):.2f}-{max(ratios):.2f}x)")
         if not args.no_accuracy:
             for seed in range(args.seeds):
                 acc = one_epoch_accuracy(hidden, args.meta, seed)
-                print(f"  one epoch on mnist5k, seed {seed}: test accuracy metaspike {acc['metaspike']:.1f}%, "
-                      f"authors' style {acc['authors']:.1f}%")
+                say(f"  one epoch on mnist5k, seed {seed}: test accuracy "
+                    + ", ".join(f"{name} {value:.1f}%" for name, value in acc.items()))
+    say(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    out = args.out or RESULTS / f"train_throughput_{kind}.txt"
+    out.write_text("\n".join(lines) + "\n")
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":

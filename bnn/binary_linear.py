@@ -1,25 +1,44 @@
-"""The linear product of a binary synapse layer, computed exactly and without needless work.
+"""The linear product of a binary synapse layer, computed exactly, by the fastest means of the machine.
 
-Two things make a large binary layer's training step cheaper here than ``F.linear`` on its ±1
+Three things make a large binary layer's training step cheaper here than ``F.linear`` on its ±1
 weights, with the same results (the product bit for bit; gradients up to float32 rounding):
 
-* **bfloat16 products of ±1 operands.** When both the weights and the input are ±1 (every hidden
-  layer of a binarized network), each product is ±1 and each sum an integer below 2**24, so a
-  bfloat16 matrix product with float32 accumulation gives exactly the float32 result. On CPUs with
-  AMX tiles it is about 5x faster. The layer keeps its signs in bfloat16 beside the float32 copy;
-  inputs that are not ±1 (the first layer's pixels) use float32.
+* **The fastest exact product of ±1 by ±1.** When both the weights and the input are ±1 (every
+  hidden layer of a binarized network), each product is ±1 and each sum an integer of magnitude at
+  most the fan-in ``k``. Three products give it exactly (:data:`PRODUCT_KINDS`):
+
+  - ``"int8"``: ``torch._int_mm`` with int32 sums (exact for ``k < 2**31``); on CUDA it needs more
+    than 16 rows and both other sizes multiples of 8 (:func:`product_kinds` leaves it out otherwise);
+  - ``"bfloat16"``: ±1 is exact in bfloat16 and the sums are exact in float32 below ``2**24``. Where
+    the device can return a bfloat16 product in float32 (CUDA) it is exact for ``k < 2**24``;
+    where it rounds the product to bfloat16 (CPUs in torch 2.13) only for ``k <= 256``, the largest
+    range in which bfloat16 holds every integer;
+  - ``"float32"``: ``F.linear``, always available.
+
+  Which is fastest depends on the machine (on a 2-core AMD EPYC without AMX, one thread, 100 x 4096
+  x 4096: int8 13 ms, bfloat16 17 ms, float32 40 ms), so :func:`product_kind` times each candidate
+  once per process and *shape class* (device, rows rounded up to a power of two with all batches of
+  more than 256 rows in one class, fan-in, fan-out), conversions included, and caches the winner.
+  On a busy machine the timing may pick a slower product; every candidate is exact. Inputs that
+  are not ±1 (the first layer's pixels) use float32.
+* **Backward products in float32 by default.** ``grad_input = grad @ signs`` and
+  ``grad_weight = grad.T @ x`` multiply the real-valued gradient, so they stay float32. A layer
+  built with ``precision="bfloat16"`` rounds the gradient (and a real-valued input) to bfloat16 for
+  these two products, and on CPUs their results too (opt-in: faster where bfloat16 products are,
+  with input and weight gradients to about 8 significant bits).
 * **A reused gradient buffer.** Autograd allocates a fresh weight-sized gradient every step; for a
   4096 x 4096 layer, paging in those 64 MB costs about as much as the product that fills them. The
   layer keeps one buffer and writes the weight gradient into it whenever nothing else still refers
   to that memory (after ``zero_grad(set_to_none=True)``). Gradients that are kept, accumulated or
   returned by ``torch.autograd.grad`` get fresh memory as usual.
 
-Both apply to layers of at least :data:`FAST_MIN_NUMEL` weights; smaller layers gain nothing (with
+All apply to layers of at least :data:`FAST_MIN_NUMEL` weights; smaller layers gain nothing (with
 784-512-512-10, enabling them for every layer made the training step 15 % slower: 4.3 vs 3.7 ms).
 """
 
 from __future__ import annotations
 
+import time
 from functools import cache
 from typing import Any
 
@@ -27,25 +46,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["FAST_MIN_NUMEL", "bf16_products_pay_off", "is_binary_input", "binary_linear"]
+__all__ = [
+    "FAST_MIN_NUMEL", "PRODUCT_KINDS", "PRECISIONS", "check_precision", "is_binary_input", "product_kinds",
+    "product_kind", "signs_product", "product_used", "binary_linear",
+]
 
 FAST_MIN_NUMEL = 1 << 20
+PRODUCT_KINDS = ("int8", "bfloat16", "float32")
+"""The exact products of ±1 inputs by ±1 weights, named by the dtype of their operands."""
+PRECISIONS = ("float32", "bfloat16")
+"""The precisions a layer's backward products may use (``BinaryLinear(precision=...)``)."""
+_DTYPES = {"int8": torch.int8, "bfloat16": torch.bfloat16, "float32": torch.float32}
+_BF16_EXACT_ROUNDED = 256  # bfloat16 holds every integer up to 2**8
+_PROBE_MAX_ROWS = 256  # larger batches share one shape class, timed with this many rows
+
+_choices: dict[tuple[Any, ...], str] = {}
 
 
-def bf16_products_pay_off(device: torch.device) -> bool:
-    """Whether bfloat16 matrix products beat float32 ones on ``device`` (CPUs with AMX tiles).
+def check_precision(precision: str) -> str:
+    """``precision`` if it names one of :data:`PRECISIONS`, else a ValueError.
 
     Example:
-        >>> isinstance(bf16_products_pay_off(torch.device("cpu")), bool)
-        True
+        >>> check_precision("bfloat16")
+        'bfloat16'
     """
-    return device.type == "cpu" and _cpu_has_amx()
-
-
-@cache
-def _cpu_has_amx() -> bool:
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(probe is not None and probe())
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
+    return precision
 
 
 def is_binary_input(x: Tensor) -> bool:
@@ -58,6 +85,113 @@ def is_binary_input(x: Tensor) -> bool:
     return bool(x.abs().eq_(1).all())
 
 
+@cache
+def _float32_out_of_bf16(device_type: str) -> bool:
+    """Whether ``torch.mm(..., out_dtype=torch.float32)`` runs on bfloat16 operands of this device type."""
+    a = torch.ones(2, 2, dtype=torch.bfloat16, device=device_type)
+    try:
+        return torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+
+
+def _bf16_mm(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
+    """``a @ b`` of bfloat16 operands as float32, into ``out`` when given (float32 sums; rounded to
+    bfloat16 first where the device must)."""
+    if _float32_out_of_bf16(a.device.type):
+        product = torch.mm(a, b, out_dtype=torch.float32)
+    else:
+        product = torch.mm(a, b)
+    return product.float() if out is None else out.copy_(product)  # no float32 temporary before ``out``
+
+
+def product_kinds(device: torch.device | str, m: int, k: int, n: int) -> list[str]:
+    """The exact ±1 products this machine can run for an ``(m, k) @ (k, n)`` product, in :data:`PRODUCT_KINDS` order.
+
+    Example:
+        >>> product_kinds("cpu", 100, 4096, 4096)[-1]
+        'float32'
+    """
+    device = torch.device(device)
+    kinds = []
+    int8_fits = device.type != "cuda" or (m > 16 and k % 8 == 0 and n % 8 == 0)
+    if int8_fits and k < 2**31 and hasattr(torch, "_int_mm"):
+        kinds.append("int8")
+    if k <= (2**24 - 1 if _float32_out_of_bf16(device.type) else _BF16_EXACT_ROUNDED):
+        kinds.append("bfloat16")
+    return [*kinds, "float32"]
+
+
+def signs_product(x: Tensor, signs: Tensor, kind: str) -> Tensor:
+    """``x @ signs.T`` in float32 for ±1 ``x``, computed as ``kind`` (``signs`` already in that kind's dtype).
+
+    Exact when ``kind`` is one of :func:`product_kinds` for these sizes.
+
+    Example:
+        >>> x, w = torch.ones(2, 4), -torch.ones(3, 4)
+        >>> signs_product(x, w.to(torch.int8), "int8")
+        tensor([[-4., -4., -4.],
+                [-4., -4., -4.]])
+    """
+    if kind == "int8":
+        return torch._int_mm(x.to(torch.int8), signs.t()).float()
+    if kind == "bfloat16":
+        return _bf16_mm(x.to(torch.bfloat16), signs.t())
+    return torch.mm(x, signs.t())
+
+
+def _size_class(m: int) -> int:
+    return min(m, _PROBE_MAX_ROWS).bit_length()
+
+
+def product_kind(device: torch.device | str, m: int, k: int, n: int) -> str:
+    """The fastest exact ±1 product for ``(m, k) @ (k, n)`` on ``device``: timed once per shape class, then cached.
+
+    Example:
+        >>> product_kind("cpu", 32, 64, 64) in PRODUCT_KINDS
+        True
+    """
+    device = torch.device(device)
+    key = (device, _size_class(m), k, n)
+    if key not in _choices:
+        _choices[key] = _fastest(device, m, k, n)
+    return _choices[key]
+
+
+def _fastest(device: torch.device, m: int, k: int, n: int, rounds: int = 3, budget_s: float = 0.2) -> str:
+    """The candidate of :func:`product_kinds` with the shortest best time over interleaved rounds.
+
+    At least ``rounds`` rounds after a warm-up one, more (up to 50) while they took less than
+    ``budget_s`` in all: the best of many rounds is robust to other processes sharing the CPU.
+    """
+    kinds = product_kinds(device, m, k, n)
+    if len(kinds) == 1:
+        return kinds[0]
+    with torch.no_grad():
+        # the values do not change the time
+        x, w = torch.ones(min(m, _PROBE_MAX_ROWS), k, device=device), torch.ones(n, k, device=device)
+        signs = {kind: w.to(_DTYPES[kind]) for kind in kinds}
+        best = dict.fromkeys(kinds, float("inf"))
+        spent, round_ = 0.0, 0
+        while round_ <= rounds or (spent < budget_s and round_ <= 50):  # round 0 warms up
+            for kind in kinds:
+                _synchronize(device)
+                start = time.perf_counter()
+                signs_product(x, signs[kind], kind)
+                _synchronize(device)
+                elapsed = time.perf_counter() - start
+                if round_:
+                    best[kind] = min(best[kind], elapsed)
+                spent += elapsed
+            round_ += 1
+    return min(kinds, key=best.__getitem__)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _storage_is_free(buffer: Tensor) -> bool:
     """True when only ``buffer`` itself refers to its memory (no gradient, view or copy aliases it)."""
     use_count = getattr(torch._C, "_storage_Use_Count", None)
@@ -67,23 +201,32 @@ def _storage_is_free(buffer: Tensor) -> bool:
     return use_count(storage._cdata) <= 2  # ``buffer`` and the ``storage`` handle above
 
 
+def _backward_mm(a: Tensor, b: Tensor, low: bool, out: Tensor | None = None) -> Tensor:
+    """``a @ b`` in float32 (into ``out`` when given), or of both rounded to bfloat16 with float32 sums when ``low``."""
+    if low:
+        return _bf16_mm(a.to(torch.bfloat16), b.to(torch.bfloat16), out)
+    return a @ b if out is None else torch.mm(a, b, out=out)
+
+
 class _FastBinaryLinear(torch.autograd.Function):
     """``x @ signs.T + bias`` whose gradient reaches the hidden weight straight through."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, hidden: Tensor, bias: Tensor | None, signs: Tensor, signs_bf16: Tensor | None,
-        grad_buffer: Tensor | None,
+        ctx: Any, x: Tensor, hidden: Tensor, bias: Tensor | None, signs: Tensor, kind: str,
+        backward_signs: Tensor | None, low: bool, grad_buffer: Tensor | None,
     ) -> Tensor:
-        ctx.save_for_backward(x, signs)
+        ctx.save_for_backward(x, backward_signs)
+        ctx.low = low
         ctx.grad_buffer = grad_buffer
         ctx.has_bias = bias is not None
-        return _product(x, signs, signs_bf16, bias)
+        return _product(x, signs, kind, bias)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, signs = ctx.saved_tensors
-        grad_x = grad @ signs if ctx.needs_input_grad[0] else None
+        low = ctx.low
+        grad_x = _backward_mm(grad, signs, low) if ctx.needs_input_grad[0] else None
         grad_w = None
         if ctx.needs_input_grad[1]:
             buffer = ctx.grad_buffer
@@ -92,18 +235,33 @@ class _FastBinaryLinear(torch.autograd.Function):
                 grad_w = torch.empty(0, dtype=buffer.dtype, device=buffer.device).set_(
                     buffer.untyped_storage(), 0, buffer.shape, buffer.stride()
                 )
-                torch.mm(grad.t(), x, out=grad_w)
+                _backward_mm(grad.t(), x, low, out=grad_w)
             else:
-                grad_w = grad.t() @ x
+                grad_w = _backward_mm(grad.t(), x, low)
         grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
-def _product(x: Tensor, signs: Tensor, signs_bf16: Tensor | None, bias: Tensor | None) -> Tensor:
-    if signs_bf16 is None:
-        return F.linear(x, signs, bias)
-    out = torch.mm(x.to(torch.bfloat16), signs_bf16.t()).float()
+def _product(x: Tensor, signs: Tensor, kind: str, bias: Tensor | None) -> Tensor:
+    out = signs_product(x, signs, kind)
     return out if bias is None else out.add_(bias)
+
+
+def product_used(x: Tensor, layer: Any) -> str:
+    """Which product ``binary_linear(x, layer)`` uses: ``"F.linear"`` (small layer) or one of :data:`PRODUCT_KINDS`.
+
+    Example:
+        >>> import bnn
+        >>> product_used(torch.rand(8, 784), bnn.BinaryLinear(784, 64))
+        'F.linear'
+    """
+    weight = layer.weight
+    small = weight.numel() < FAST_MIN_NUMEL or x.dim() != 2 or x.dtype != torch.float32 or weight.dtype != torch.float32
+    if small or torch.compiler.is_compiling():  # a compiled model fuses the plain product itself
+        return "F.linear"
+    if not is_binary_input(x):
+        return "float32"
+    return product_kind(x.device, x.shape[0], weight.shape[1], weight.shape[0])
 
 
 def binary_linear(x: Tensor, layer: Any) -> Tensor:
@@ -111,7 +269,8 @@ def binary_linear(x: Tensor, layer: Any) -> Tensor:
 
     Equal to ``F.linear(x, layer.visible_weight(), layer.bias)``: without a bias the output bit for bit
     (with one, the exact product is rounded once when the bias is added), gradients up to float32
-    rounding (the same products, possibly summed in another order).
+    rounding (the same products, possibly summed in another order) or, for a layer with
+    ``precision="bfloat16"``, up to bfloat16 rounding of the gradient.
 
     Example:
         >>> import bnn
@@ -120,17 +279,17 @@ def binary_linear(x: Tensor, layer: Any) -> Tensor:
         >>> torch.equal(binary_linear(x, layer), x @ torch.sign(layer.weight).T)
         True
     """
-    weight = layer.weight
-    small = weight.numel() < FAST_MIN_NUMEL or x.dim() != 2 or x.dtype != torch.float32 or weight.dtype != torch.float32
-    if small or torch.compiler.is_compiling():  # a compiled model fuses the plain product itself
+    kind = product_used(x, layer)
+    if kind == "F.linear":
         return F.linear(x, layer.visible_weight(), layer.bias)
-    signs = layer.signs()
-    signs_bf16 = None
-    if bf16_products_pay_off(x.device) and is_binary_input(x):
-        signs_bf16 = layer.signs(torch.bfloat16)
-    bias = layer.bias
+    weight, bias = layer.weight, layer.bias
     needs_grad = weight.requires_grad or x.requires_grad or (bias is not None and bias.requires_grad)
     if not (torch.is_grad_enabled() and needs_grad):
-        return _product(x, signs, signs_bf16, bias)
+        return _product(x, layer.signs(_DTYPES[kind]), kind, bias)
+    low = layer.precision == "bfloat16"
+    # grad_input = grad @ signs needs them in the backward precision too: both from one pass
+    backward_dtype = (torch.bfloat16 if low else torch.float32,) if x.requires_grad else ()
+    signs, *backward = layer.signs_as(_DTYPES[kind], *backward_dtype)
+    backward_signs = backward[0] if backward else None
     grad_buffer = layer.gradient_buffer() if weight.requires_grad else None
-    return _FastBinaryLinear.apply(x, weight, bias, signs, signs_bf16, grad_buffer)
+    return _FastBinaryLinear.apply(x, weight, bias, signs, kind, backward_signs, low, grad_buffer)

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bnn.binary_linear import binary_linear
+from bnn.binary_linear import binary_linear, check_precision
 from bnn.sign_buffers import SignBuffers
+from metaspike.gain import OutputGain, check_scale
 from metaspike.quantizers import NoQuantizer, Quantizer, SteSign, get_quantizer, ste_sign
 from metaspike.synapse import BinarySynapse, mark_hidden_weight
 
@@ -47,9 +48,10 @@ class _BinaryWeights(BinarySynapse):
     weight_quantizer: Quantizer
 
     def _setup(self, weight_quantizer: str | Quantizer | None, input_quantizer: str | Quantizer | None,
-               init_width: float | None) -> None:
+               init_width: float | None, scale: str | None) -> None:
         self.weight_quantizer = get_quantizer(weight_quantizer)
         self.input_quantizer = get_quantizer(input_quantizer)
+        self.output_gain = None if check_scale(scale) is None else OutputGain(self.weight, scale)  # torch's init
         _init_uniform(self.weight, init_width)
         self._sign_buffers = SignBuffers()
         self._grad_buffer: Tensor | None = None
@@ -75,6 +77,15 @@ class _BinaryWeights(BinarySynapse):
         """
         return self._sign_buffers.signs(self.weight, dtype)
 
+    def signs_as(self, *dtypes: torch.dtype) -> tuple[Tensor, ...]:
+        """``sign(W_h)`` in each of ``dtypes``, written in one pass over the hidden weights.
+
+        Example:
+            >>> [s.dtype for s in BinaryLinear(3, 2).signs_as(torch.int8, torch.float32)]
+            [torch.int8, torch.float32]
+        """
+        return self._sign_buffers.signs_as(self.weight, dtypes)
+
     def visible_weight(self) -> Tensor:
         """The weight the forward pass uses (±1 for a binary synapse)."""
         if self.is_binary:
@@ -85,6 +96,9 @@ class _BinaryWeights(BinarySynapse):
         if torch.is_grad_enabled() and self.weight.requires_grad:
             return _StraightThrough.apply(self.weight, signs)
         return signs
+
+    def _gained(self, output: Tensor) -> Tensor:
+        return output if self.output_gain is None else self.output_gain(output, self.bias)
 
     def gradient_buffer(self) -> Tensor:
         """A weight-sized buffer that the weight gradient is written into when its memory is free."""
@@ -105,6 +119,10 @@ class BinaryLinear(_BinaryWeights, nn.Linear):
             gradient clipped at 1), ``"none"`` (real weights) or a quantizer object/callable.
         input_quantizer: quantizer applied to the input (``None``: real-valued input).
         init_width: hidden weights start uniform in ``[-w/2, w/2]``; ``None`` keeps torch's init.
+        scale: learned output gain (:class:`metaspike.gain.OutputGain`, started at the mean ``|W|`` of
+            torch's init): ``"channel"``, ``"layer"`` or ``None`` (none: for a layer followed by BatchNorm).
+        precision: ``"float32"`` (default) or ``"bfloat16"``: the precision of the backward products
+            (input and weight gradients) of large layers; see :mod:`bnn.binary_linear`.
 
     Example:
         >>> layer = BinaryLinear(784, 256)
@@ -120,16 +138,28 @@ class BinaryLinear(_BinaryWeights, nn.Linear):
         weight_quantizer: str | Quantizer | None = "ste_sign_unclipped",
         input_quantizer: str | Quantizer | None = None,
         init_width: float | None = 0.1,
+        precision: str = "float32",
+        scale: str | None = None,
     ) -> None:
         super().__init__(in_features, out_features, bias=bias)
-        self._setup(weight_quantizer, input_quantizer, init_width)
+        self._setup(weight_quantizer, input_quantizer, init_width, scale)
+        self.precision = precision
+
+    @property
+    def precision(self) -> str:
+        """The precision of the backward products, ``"float32"`` or ``"bfloat16"``; may be changed at any time."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self._precision = check_precision(value)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.input_quantizer(x)
         if self._buffered:
             mark_hidden_weight(self.weight)
-            return binary_linear(x, self)
-        return F.linear(x, self.visible_weight(), self.bias)
+            return self._gained(binary_linear(x, self))
+        return self._gained(F.linear(x, self.visible_weight(), self.bias))
 
 
 class BinaryConv2d(_BinaryWeights, nn.Conv2d):
@@ -152,12 +182,13 @@ class BinaryConv2d(_BinaryWeights, nn.Conv2d):
         weight_quantizer: str | Quantizer | None = "ste_sign_unclipped",
         input_quantizer: str | Quantizer | None = None,
         init_width: float | None = 0.1,
+        scale: str | None = None,
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
-        self._setup(weight_quantizer, input_quantizer, init_width)
+        self._setup(weight_quantizer, input_quantizer, init_width, scale)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self.input_quantizer(x), self.visible_weight(), self.bias)
+        return self._gained(self._conv_forward(self.input_quantizer(x), self.visible_weight(), self.bias))
 
 
 class SignActivation(nn.Module):

@@ -1,8 +1,9 @@
 """Persistent ±1 buffers of a binary layer: its signs written in place, without a new allocation per step.
 
 A large layer's forward pass would otherwise allocate (and page in) a fresh weight-sized tensor for
-``sign(W_h)`` every step. :class:`SignBuffers` keeps one buffer per dtype (float32, and bfloat16 where
-:mod:`bnn.binary_linear` uses it) and rewrites all of them in one pass over the hidden weights:
+``sign(W_h)`` every step. :class:`SignBuffers` keeps one buffer per dtype that was ever asked for (e.g.
+int8 for the forward product and float32 for the backward one, as :mod:`bnn.binary_linear` uses them)
+and rewrites all of them in one pass over the hidden weights:
 
 * outside :func:`metaspike.binarized_once`, on every forward pass (so any edit of the hidden
   weights, through ``.data`` included, is seen);
@@ -12,6 +13,7 @@ A large layer's forward pass would otherwise allocate (and page in) a fresh weig
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -27,9 +29,16 @@ COMPILED_SIGNS_MIN_NUMEL = 1 << 20
 
 
 def _signs_into(weight: Tensor, outs: list[Tensor]) -> None:
-    binary_sign(weight, out=outs[0])
-    for out in outs[1:]:
-        out.copy_(outs[0])
+    """Writes ``sign(weight)`` into every tensor of ``outs`` (all flat, in one order of dtypes).
+
+    Flat tensors in a fixed order keep the compiled pass to one graph per set of dtypes (at most
+    7 for float32, bfloat16 and int8), well within torch.compile's limit of 8 per function.
+    """
+    same = [out for out in outs if out.dtype == weight.dtype]  # written directly, the rest copied from it
+    signs = binary_sign(weight, out=same[0] if same else None)
+    for out in outs:
+        if out is not signs:
+            out.copy_(signs)
 
 
 _compiled_signs_into = LazyCompiled(_signs_into, "sign buffers of a binary layer")  # one fused pass
@@ -40,8 +49,9 @@ class SignBuffers:
 
     Example:
         >>> w = torch.tensor([[-0.5, 0.0]])
-        >>> SignBuffers().signs(w)
-        tensor([[-1.,  1.]])
+        >>> buffers = SignBuffers()
+        >>> buffers.signs(w), buffers.signs(w, torch.int8)
+        (tensor([[-1.,  1.]]), tensor([[-1,  1]], dtype=torch.int8))
     """
 
     def __init__(self) -> None:
@@ -51,19 +61,25 @@ class SignBuffers:
 
     def signs(self, weight: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """``sign(weight)`` as ``dtype`` (default: the weight's), from a buffer rewritten when needed."""
+        return self.signs_as(weight, (dtype or weight.dtype,))[0]
+
+    def signs_as(self, weight: Tensor, dtypes: Sequence[torch.dtype]) -> tuple[Tensor, ...]:
+        """``sign(weight)`` in each of ``dtypes``, all from one pass (outside a block, one pass per call)."""
         if self._weight is None or self._weight() is not weight:
             self._weight = weakref.ref(weight)
-            self._tensors = {weight.dtype: torch.empty_like(weight)}
-            self._written_under = None
-        dtype = dtype or weight.dtype
-        if dtype not in self._tensors:
-            self._tensors[dtype] = torch.empty_like(weight, dtype=dtype)
+            self._tensors = {}
+        missing = [dtype for dtype in dtypes if dtype not in self._tensors]
+        if missing:
+            for dtype in missing:
+                self._tensors[dtype] = torch.empty_like(weight, dtype=dtype, memory_format=torch.contiguous_format)
+            self._tensors = dict(sorted(self._tensors.items(), key=lambda item: str(item[0])))
             self._written_under = None
         block = signs_cache_key()
         key = None if block is None else (block, weight._version)
         if key is None or key != self._written_under:
             large = weight.numel() >= COMPILED_SIGNS_MIN_NUMEL and not torch.compiler.is_compiling()
             with torch.no_grad():
-                (_compiled_signs_into if large else _signs_into)(weight, list(self._tensors.values()))
+                outs = [out.view(-1) for out in self._tensors.values()]
+                (_compiled_signs_into if large else _signs_into)(weight.reshape(-1), outs)
             self._written_under = key
-        return self._tensors[dtype]
+        return tuple(self._tensors[dtype] for dtype in dtypes)

@@ -1,4 +1,4 @@
-"""The fast product of large binary layers: exact bfloat16 products, reused gradient memory."""
+"""The fast product of large binary layers: the fastest exact product, reused gradient memory."""
 
 import pytest
 import torch
@@ -9,6 +9,7 @@ from bnn import binary_linear as fast
 from bnn.sign_buffers import COMPILED_SIGNS_MIN_NUMEL
 
 IN, OUT = 2048, 512  # exactly FAST_MIN_NUMEL weights: the fast path applies
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 
 
 @pytest.fixture
@@ -18,14 +19,61 @@ def layer():
     return bnn.BinaryLinear(IN, OUT)
 
 
-def test_bfloat16_product_of_signs_is_exactly_the_float32_product(layer):
-    x = torch.randn(64, IN).sign()
+def near_signs(signs: torch.Tensor, flips: int) -> torch.Tensor:
+    """±1 inputs equal to the rows of ``signs`` but ``flips`` entries: sums near ±fan-in, which bfloat16 cannot hold."""
+    x = signs.clone()
+    x[:, :flips] *= -1
+    return torch.cat([x, -x, torch.randn_like(x).sign()])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_product_this_machine_can_run_equals_the_float32_product(device):
+    torch.manual_seed(0)
+    layer = bnn.BinaryLinear(IN, OUT).to(device)
     signs = layer.signs()
+    x = near_signs(signs[:24], flips=3)  # 72 rows; sums up to 2042 in magnitude
     exact = x @ signs.T
-    bf16 = fast._product(x, signs, layer.signs(torch.bfloat16), None)
-    assert bf16.dtype == torch.float32
-    assert torch.equal(bf16, exact)
-    assert torch.equal(layer(x), exact)
+    assert exact.abs().max() == IN - 6
+    kinds = fast.product_kinds(device, x.shape[0], IN, OUT)
+    assert kinds[-1] == "float32"
+    for kind in kinds:
+        signs_of_kind = layer.signs(fast._DTYPES[kind])
+        assert torch.equal(fast.signs_product(x, signs_of_kind, kind), exact), kind
+
+
+@pytest.mark.parametrize("kind", fast.PRODUCT_KINDS)
+def test_a_layer_forced_to_each_product_gives_the_float32_product(layer, kind, monkeypatch):
+    x = near_signs(layer.signs()[:8], flips=5)
+    if kind not in fast.product_kinds("cpu", x.shape[0], IN, OUT):
+        pytest.skip(f"{kind} is not exact for these sizes on this machine")
+    monkeypatch.setattr(fast, "product_kind", lambda *shape: kind)
+    assert fast.product_used(x, layer) == kind
+    assert torch.equal(layer(x), x @ layer.signs().T)
+
+
+def test_bfloat16_is_offered_only_where_it_is_exact():
+    assert "bfloat16" in fast.product_kinds("cpu", 64, 256, 64)  # every sum fits bfloat16's 8 bits
+    assert ("bfloat16" in fast.product_kinds("cpu", 64, 257, 64)) == fast._float32_out_of_bf16("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_int8_on_cuda_only_for_the_shapes_torch_int_mm_accepts():
+    assert "int8" in fast.product_kinds("cuda", 17, 64, 64)
+    for m, k, n in [(16, 64, 64), (32, 60, 64), (32, 64, 60)]:
+        assert "int8" not in fast.product_kinds("cuda", m, k, n)
+
+
+def test_the_product_is_timed_once_per_shape_class(monkeypatch):
+    calls = []
+    monkeypatch.setattr(fast, "_choices", {})
+    monkeypatch.setattr(fast, "_fastest", lambda *shape: calls.append(shape) or "float32")
+    for m in (100, 120, 64, 300, 1000):  # classes 64-127, 64-127, 64-127, 256+, 256+
+        assert fast.product_kind("cpu", m, 1024, 1024) == "float32"
+    assert calls == [(torch.device("cpu"), 100, 1024, 1024), (torch.device("cpu"), 300, 1024, 1024)]
+
+
+def test_the_timing_probe_picks_a_product_this_machine_can_run():
+    assert fast._fastest(torch.device("cpu"), 32, 512, 256, rounds=1) in fast.product_kinds("cpu", 32, 512, 256)
 
 
 def test_real_valued_input_keeps_the_float32_product(layer):
@@ -35,20 +83,35 @@ def test_real_valued_input_keeps_the_float32_product(layer):
 
 
 @pytest.mark.parametrize("binary_input", [True, False])
-def test_gradients_equal_those_of_f_linear(binary_input):
+@pytest.mark.parametrize("precision", fast.PRECISIONS)
+def test_gradients_equal_those_of_f_linear(binary_input, precision):
     torch.manual_seed(1)
-    layer = bnn.BinaryLinear(IN, OUT, bias=True)
+    layer = bnn.BinaryLinear(IN, OUT, bias=True, precision=precision)
     x0 = torch.randn(32, IN)
     x0 = x0.sign() if binary_input else x0
     x = x0.clone().requires_grad_()
     grad_out = torch.randn(32, OUT)
-    layer(x).backward(grad_out)
+    out = layer(x)
+    out.backward(grad_out)
     ours = (layer.weight.grad.clone(), layer.bias.grad.clone(), x.grad.clone())
     layer.zero_grad()
     x_ref = x0.clone().requires_grad_()
-    F.linear(x_ref, layer.visible_weight(), layer.bias).backward(grad_out)
+    reference = F.linear(x_ref, layer.visible_weight(), layer.bias)
+    reference.backward(grad_out)
+    torch.testing.assert_close(out, reference)
+    # bfloat16 keeps 8 significant bits of each factor: relative error up to 2**-8 per product, partly cancelling
+    tolerance = {} if precision == "float32" else dict(rtol=2**-7, atol=2**-7 * grad_out.abs().max() * 32**0.5)
     for got, want in zip(ours, (layer.weight.grad, layer.bias.grad, x_ref.grad)):
-        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(got, want, **tolerance)
+
+
+def test_precision_names_its_accepted_values():
+    with pytest.raises(ValueError, match="precision must be one of 'float32', 'bfloat16'"):
+        bnn.BinaryLinear(4, 3, precision="bf16")
+    layer = bnn.BinaryLinear(4, 3)
+    with pytest.raises(ValueError, match="precision"):
+        layer.precision = "half"
+    assert layer.precision == "float32"
 
 
 def test_the_weight_gradient_reuses_one_buffer_once_the_last_gradient_is_dropped(layer):
@@ -93,14 +156,15 @@ def test_large_layers_get_their_signs_from_one_compiled_pass_equal_to_eager():
     layer = bnn.BinaryLinear(1024, COMPILED_SIGNS_MIN_NUMEL // 1024)
     with torch.no_grad():
         layer.weight[0, :3] = torch.tensor([0.0, -0.0, -1e-30])
-    signs, signs_bf16 = layer.signs(), layer.signs(torch.bfloat16)
+    others = [layer.signs(dtype) for dtype in (torch.bfloat16, torch.int8)]
+    signs = layer.signs()
     expected = torch.where(layer.weight >= 0, 1.0, -1.0)
-    assert torch.equal(signs, expected) and torch.equal(signs_bf16.float(), expected)
+    assert torch.equal(signs, expected) and all(torch.equal(other.float(), expected) for other in others)
     with torch.no_grad():
-        layer.weight.neg_()  # a new version: both buffers are rewritten in place
+        layer.weight.neg_()  # a new version: every buffer is rewritten in place
     assert layer.signs() is signs
     assert torch.equal(signs, torch.where(layer.weight >= 0, 1.0, -1.0))
-    assert torch.equal(signs_bf16.float(), signs)
+    assert all(torch.equal(other.float(), signs) for other in others)
 
 
 def test_a_compiled_model_with_large_binary_layers_matches_eager():
@@ -115,3 +179,18 @@ def test_a_compiled_model_with_large_binary_layers_matches_eager():
     F.cross_entropy(compiled, y).backward()
     torch.testing.assert_close(compiled, eager)
     torch.testing.assert_close(model[1].weight.grad, expected)
+
+
+@pytest.mark.parametrize("precision", fast.PRECISIONS)
+def test_a_training_step_writes_only_the_sign_buffers_it_uses_in_one_pass(precision, monkeypatch):
+    from bnn import sign_buffers
+
+    passes = []
+    write = sign_buffers._compiled_signs_into
+    monkeypatch.setattr(sign_buffers, "_compiled_signs_into", lambda w, outs: passes.append(len(outs)) or write(w, outs))
+    torch.manual_seed(4)
+    layer = bnn.BinaryLinear(IN, OUT, precision=precision)
+    x = torch.randn(8, IN).sign().requires_grad_()
+    layer(x).sum().backward()
+    kind = fast.product_used(x, layer)
+    assert passes == [len({fast._DTYPES[kind], getattr(torch, precision)})]
