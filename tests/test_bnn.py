@@ -45,7 +45,7 @@ def test_summary_of_a_binarized_foreign_model():
 
     net = binarize(nn.Sequential(nn.Linear(10, 5), nn.ReLU(), nn.Linear(5, 2)))
     s = bnn.summary(net)
-    assert (s.binary_params, s.float_params) == (60, 7)
+    assert (s.binary_params, s.float_params) == (60, 7 + 7)  # biases and the learned gains (5 + 2 channels)
 
 
 def test_summary_counts_one_bit_and_32_bit_macs_per_sample():
