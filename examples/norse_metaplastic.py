@@ -13,7 +13,7 @@ from torch import nn
 
 import metaspike
 from metaspike.continual import ContinualTrainer, TrainerConfig, make_scenario
-from metaspike.snn import Scale, SpikingClassifier
+from metaspike.snn import SpikingClassifier
 
 
 def norse_network() -> norse.SequentialState:
@@ -21,8 +21,8 @@ def norse_network() -> norse.SequentialState:
     taus = dict(tau_syn_inv=torch.as_tensor(500.0), tau_mem_inv=torch.as_tensor(200.0))
     return norse.SequentialState(
         nn.Flatten(),
-        nn.Linear(784, 128, bias=False), Scale(128, 2 / 28), norse.LIFCell(norse.LIFParameters(**taus, method="super")),
-        nn.Linear(128, 10, bias=False), Scale(10, 2 / 128 ** 0.5), norse.LICell(norse.LIParameters(**taus)),
+        nn.Linear(784, 128, bias=False), norse.LIFCell(norse.LIFParameters(**taus, method="super")),
+        nn.Linear(128, 10, bias=False), norse.LICell(norse.LIParameters(**taus)),
     )
 
 

@@ -12,20 +12,20 @@ from torch import nn
 
 import metaspike
 from metaspike.continual import ContinualTrainer, TrainerConfig, make_scenario
-from metaspike.snn import Scale, SpikingClassifier, surrogate
+from metaspike.snn import SpikingClassifier, surrogate
 
 
 def snntorch_network() -> nn.Sequential:
     """A plain snnTorch model, as in snnTorch's tutorials (one call per time step).
 
-    ``Scale`` gives each layer a learnable gain of about ``1 / sqrt(fan_in)``: ±1 synapses would
-    otherwise drive every neuron far past its threshold.
+    Nothing in it knows about binary synapses: ``metaspike.binarize`` adds a learned gain per output
+    channel to each layer, which keeps the neurons' input where the float layer had it.
     """
     spike_grad = surrogate("atan")
     return nn.Sequential(
         nn.Flatten(),
-        nn.Linear(784, 128), Scale(128, 2 / 28), snn.Leaky(beta=0.9, spike_grad=spike_grad, init_hidden=True),
-        nn.Linear(128, 10), Scale(10, 2 / 128 ** 0.5),
+        nn.Linear(784, 128), snn.Leaky(beta=0.9, spike_grad=spike_grad, init_hidden=True),
+        nn.Linear(128, 10),
         snn.Leaky(beta=0.9, spike_grad=spike_grad, init_hidden=True, output=True, reset_mechanism="none"),
     )
 
