@@ -88,7 +88,7 @@ def test_unknown_baseline_is_rejected():
 
 def test_meta_mapping_and_registry():
     assert meta_at("cpu", 0.0) == 0.0 and meta_at("cpu", 1.35) == pytest.approx(10.0)
-    assert set(EXPERIMENTS) == {"fig2", "table1", "fig3", "stream", "fig5ab", "fig5cde"}
+    assert set(EXPERIMENTS) == {"fig2", "table1", "fig3", "stream", "fig5ab", "fig5cde", "long-stream"}
 
 
 def test_reproduce_fig5ab_writes_table_and_figure(tmp_path):

@@ -21,6 +21,9 @@ from metaspike.distributed import world
 
 __all__ = ["main"]
 
+#: Beyond this many tasks, ``train`` prints the long-stream summary instead of one column per task.
+LONG_STREAM_TASKS = 10
+
 _DEFAULTS = {f.name: f.default for f in fields(RunConfig)}
 
 
@@ -37,7 +40,14 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
     parser.add_argument("--meta", type=str, nargs="+", default=None, help=meta_help)
     parser.add_argument("--hidden", type=int, nargs="+", default=None,
                         help=f"hidden layer widths (default: {' '.join(map(str, d['hidden']))})")
-    parser.add_argument("--batch-size", type=int, default=d["batch_size"], help="(default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=d["batch_size"],
+                        help="1 needs a model without BatchNorm, e.g. --model bnn-layernorm (default: %(default)s)")
+    parser.add_argument("--samples-per-task", type=int, default=None, metavar="N",
+                        help="permuted: train each task on a seeded subset of N samples (default: all)")
+    parser.add_argument("--eval-every", type=int, default=d["eval_every"], metavar="K",
+                        help="evaluate after every K-th task only (default: %(default)s)")
+    parser.add_argument("--eval-tasks", type=int, default=None, metavar="M",
+                        help="evaluate M tasks: the first, the last 5 trained and an even sample (default: all)")
     parser.add_argument("--lr", type=float, default=d["lr"], help="Adam learning rate (default: %(default)s)")
     parser.add_argument("--weight-decay", type=float, default=d["weight_decay"],
                         help="Adam weight decay, added to the gradient (default: %(default)s)")
@@ -60,7 +70,8 @@ def _config(args: argparse.Namespace, meta: Sequence[float] | None, seed: int) -
         epochs=_DEFAULTS["epochs"] if args.epochs is None else args.epochs,
         hidden=tuple(_DEFAULTS["hidden"] if args.hidden is None else args.hidden),
         meta=None if meta is None else tuple(meta), rule=args.rule, lr=args.lr, weight_decay=args.weight_decay,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, samples_per_task=args.samples_per_task, eval_every=args.eval_every,
+        eval_tasks=args.eval_tasks, model=getattr(args, "model", _DEFAULTS["model"]),
         seed=seed, batchnorm=args.batchnorm, optimizer=args.optimizer, split_mode=args.split_mode,
         device=args.device, data_dir=args.data_dir,
     )
@@ -76,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     default = f"{DEFAULT_INPUT_META:g} for the first layer, {DEFAULT_META:g} for the others"
     _add_run_options(train, f"metaplasticity m >= 0: one value, or one per layer (default: {default})")
     train.add_argument("--seed", type=int, default=_DEFAULTS["seed"], help="(default: %(default)s)")
+    train.add_argument("--model", default=_DEFAULTS["model"],
+                       help="model kind, which also picks its optimizer: bnn, bnn-layernorm, mlp, bimu, mesu or a "
+                            "spiking neuron model (see metaspike.app.models.available_models()) (default: %(default)s)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint "
                        "(its settings are read from RUN_DIR; a flag that would change one is refused)")
     cmp = sub.add_parser("compare", help="same task stream with several meta values, one table and figure")
@@ -83,10 +97,11 @@ def _parser() -> argparse.ArgumentParser:
                           f"(default: 0 and {default})")
     cmp.add_argument("--seeds", type=int, nargs="+", default=[_DEFAULTS["seed"]], help="seeds; the table gives mean ± std (default: %(default)s)")
     cmp.add_argument("--resume", metavar="DIR", help="finish a killed comparison (other options are read from DIR)")
-    cmp.add_argument("--neurons", nargs="+", default=None, metavar="NAME",
+    cmp.add_argument("--neurons", nargs="*", default=None, metavar="NAME",
                      help="compare models (bnn, or spiking neuron models such as leaky norse-lif; see "
-                          "metaspike.app.models.available_models()), "
-                          "each with every --meta (default 0 50); --hidden/--epochs then default to 256/2")
+                          "metaspike.app.models.available_models(); none named: bnn and every spiking model), "
+                          "each swept over every --meta (default 0 10 50 200) so each is judged at its own best m; "
+                          "--hidden/--epochs then default to 256/2")
     reproduce_cli.add_parser(sub)
     plot = sub.add_parser("plot", help="draw the figures of a run directory")
     plot.add_argument("run_dir", help="a run directory written by 'metaspike train'")
@@ -110,7 +125,8 @@ def _given_settings(args: argparse.Namespace) -> dict[str, object]:
 _SETTING_FLAGS = {"scenario": "scenario", "dataset": "datasets", "tasks": "tasks", "epochs": "epochs",
                   "hidden": "hidden", "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay",
                   "rule": "rule", "batchnorm": "batchnorm", "optimizer": "optimizer", "split_mode": "split_mode",
-                  "data_dir": "data_dir", "device": "device", "seed": "seed"}
+                  "data_dir": "data_dir", "device": "device", "seed": "seed", "samples_per_task": "samples_per_task",
+                  "eval_every": "eval_every", "eval_tasks": "eval_tasks", "model": "model"}
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -122,17 +138,23 @@ def _train(args: argparse.Namespace) -> None:
         path, result, warnings = resume(args.resume, progress=not args.quiet, settings=settings)
         for warning in warnings:
             print(f"metaspike: warning: {warning}; resumed from the previous checkpoint", file=sys.stderr)
-        meta = load_config(path).meta
+        config = load_config(path)
     else:
         meta_values = [v for text in args.meta for v in parse_meta(text)] if args.meta else None
         config = _config(args, meta_values, args.seed)
         path, result = run(config, args.out, progress=not args.quiet)
-        meta = config.meta
     if world()[0] != 0:
         return  # under torchrun, only the first process reports
-    rows = [{"setting": f"meta={meta_label(meta)}", **summarize_results([result])}]
     print()
-    print(format_table(rows, len(result.task_names)))
+    if len(result.task_names) > LONG_STREAM_TASKS or "evaluated_accuracy" in result.metrics:
+        metrics = result.metrics
+        print(f"{len(result.task_names)} tasks, {int(metrics.get('evaluated_tasks', len(result.task_names)))} evaluated: "
+              f"mean accuracy over the evaluated tasks {metrics.get('evaluated_accuracy', metrics['ACC']):.1f} %, "
+              f"over the last 5 {metrics.get('last5_accuracy', float('nan')):.1f} %, "
+              f"task 1 at the end {result.matrix[-1][0]:.1f} %")
+    else:
+        label = f"meta={meta_label(config.meta)}" if config.name.count("-meta") else config.model
+        print(format_table([{"setting": label, **summarize_results([result])}], len(result.task_names)))
     print(f"\nresults: {path}  (accuracy_matrix.csv, curves.csv, metrics.json, accuracy_curves.png)")
 
 
@@ -148,11 +170,12 @@ def _compare(args: argparse.Namespace) -> None:
             raise ValueError(f"--resume continues a comparison with its stored plan; remove {' '.join(given)}")
         path, rows = compare.resume_comparison(args.resume, progress=not args.quiet)
     elif args.neurons is not None:
+        args.neurons = args.neurons or list(compare.DEFAULT_NEURONS)
         if args.hidden is None:
             args.hidden = list(compare.SNN_DEFAULTS["hidden"])
         if args.epochs is None:
             args.epochs = compare.SNN_DEFAULTS["epochs"]
-        settings = [parse_meta(text) for text in args.meta] if args.meta is not None else [(0.0,), (compare.DEFAULT_SNN_META,)]
+        settings = [parse_meta(text) for text in args.meta] if args.meta is not None else [(m,) for m in compare.DEFAULT_SNN_SWEEP]
         if any(len(setting) != 1 for setting in settings):
             raise ValueError("--neurons compares one meta value per setting, not one per layer")
         metas = [setting[0] for setting in settings]
@@ -166,6 +189,9 @@ def _compare(args: argparse.Namespace) -> None:
     print()
     print(f"final test accuracy (%) after the last task, mean ± std over seeds {_seeds(path)}:")
     print(format_table(rows, n_tasks))
+    if (path / "tradeoff.txt").exists():
+        print("\neach neuron model at its own best meta (memory: task 1 after the last task; plasticity: the last task):")
+        print((path / "tradeoff.txt").read_text().rstrip())
     print(f"\nresults: {path}  (comparison.csv, comparison.txt, a figure, one run folder per run; "
           f"continue a killed comparison with --resume {path})")
 

@@ -12,10 +12,12 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
+from torch import nn
+from torch.optim import Optimizer
 
-from metaspike.app.models import available_models, is_spiking
+from metaspike.app.models import available_models, build_optimizer, is_spiking, optimizer_kind, uses_batchnorm
 from metaspike.continual.scenarios import available_scenarios
-from metaspike.continual.trainer import TrainerConfig
+from metaspike.continual.trainer import LAST_EVALUATED, TrainerConfig
 from metaspike.rules import check_meta, get_rule
 
 __all__ = ["RunConfig", "DEFAULT_META", "DEFAULT_INPUT_META", "default_meta", "parse_meta", "meta_label"]
@@ -75,7 +77,12 @@ class RunConfig:
 
     ``model`` is a kind from :func:`metaspike.app.models.available_models` (``"bnn"``: the paper's
     binarized MLP; a spiking neuron model such as ``"leaky"``, with binary synapses and ``num_steps``
-    time steps), so that any run can be rebuilt and resumed from its config alone.
+    time steps; ``"bimu"``, ``"mesu"``, ``"mlp"``...), so that any run can be rebuilt and resumed from its
+    config alone; the kind also says which optimizer trains it (:meth:`make_optimizer`).
+
+    Long streams: ``samples_per_task`` trains each permuted task on a seeded subset of that many
+    samples; ``eval_every`` and ``eval_tasks`` evaluate after every k-th task on a budget of tasks
+    (:func:`metaspike.continual.trainer.evaluated_tasks`); ``batch_size=1`` needs a model without BatchNorm.
 
     Example:
         >>> RunConfig(meta=(1.35,), tasks=2).name
@@ -100,19 +107,29 @@ class RunConfig:
     data_dir: str | None = None
     model: str = "bnn"
     num_steps: int = 8
+    samples_per_task: int | None = None
+    eval_every: int = 1
+    eval_tasks: int | None = None
 
     def __post_init__(self) -> None:
         if self.scenario not in available_scenarios():
             raise ValueError(f"unknown scenario {self.scenario!r}; available: {', '.join(available_scenarios())}")
         if self.model not in available_models():
             raise ValueError(f"unknown model {self.model!r}; available: {', '.join(available_models())}")
-        for key in ("tasks", "epochs", "batch_size", "num_steps", "seed"):
+        for key in ("tasks", "epochs", "batch_size", "num_steps", "seed", "eval_every"):
             value = getattr(self, key)
             low = 0 if key == "seed" else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{_flag(key)} must be an integer >= {low}, got {value!r}")
-        if self.batch_size < 2:
-            raise ValueError(f"--batch-size must be >= 2 (BatchNorm needs two samples), got {self.batch_size}")
+        if self.batch_size == 1 and uses_batchnorm(self.model):
+            raise ValueError(f"--batch-size 1: model {self.model!r} has BatchNorm, which cannot train on one sample; "
+                             "use a LayerNorm model such as --model bnn-layernorm, or --batch-size >= 2")
+        for key, low in (("samples_per_task", 1), ("eval_tasks", LAST_EVALUATED + 1)):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise ValueError(f"{_flag(key)} must be an integer >= {low}, got {value!r}")
+        if self.samples_per_task is not None and self.scenario != "permuted":
+            raise ValueError(f"--samples-per-task applies to --scenario permuted only, not {self.scenario!r}")
         if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
             raise ValueError(f"--hidden must list positive integer layer widths, got {list(self.hidden)}")
         if self.meta is None:
@@ -143,11 +160,43 @@ class RunConfig:
 
     @property
     def name(self) -> str:
-        """The run folder's name: scenario, datasets, model (when not ``bnn``), meta, rule, seed."""
+        """The run folder's name: scenario, datasets, model (when not ``bnn``), meta and rule (for models
+        trained by MetaplasticAdam), seed.
+
+        Example:
+            >>> RunConfig(model="bimu", batch_size=1).name
+            'permuted-mnist5k-bimu-seed1'
+        """
+        model = "" if self.model == "bnn" else f"-{self.model}"
+        if optimizer_kind(self.model) != "metaplastic-adam":
+            return f"{self.scenario}-{'-'.join(self.datasets)}{model}-seed{self.seed}"
         meta = "-".join(f"{m:g}" for m in self.meta)  # type: ignore[union-attr]
         rule = "" if self.rule == "tanh" else f"-{self.rule}"
-        model = "" if self.model == "bnn" else f"-{self.model}"
         return f"{self.scenario}-{'-'.join(self.datasets)}{model}-meta{meta}{rule}-seed{self.seed}"
+
+    def trainer_config(self) -> TrainerConfig:
+        """The :class:`TrainerConfig` of this run.
+
+        Example:
+            >>> RunConfig(eval_every=10, eval_tasks=20).trainer_config().eval_tasks
+            20
+        """
+        return TrainerConfig(
+            epochs=self.epochs, batch_size=self.batch_size, batchnorm=self.batchnorm, optimizer=self.optimizer,
+            seed=self.seed, device=self.device, eval_every=self.eval_every, eval_tasks=self.eval_tasks,
+        )
+
+    def make_optimizer(self, model: nn.Module) -> Optimizer:
+        """The optimizer this run's model kind is trained with (:func:`metaspike.app.models.build_optimizer`).
+
+        Example:
+            >>> from metaspike.app.models import build_model
+            >>> config = RunConfig(model="mlp", hidden=(8,), batch_size=1)
+            >>> type(config.make_optimizer(build_model("mlp", [8], (1, 28, 28), 10))).__name__
+            'SGD'
+        """
+        metas: float | Sequence[float] = self.meta[0] if len(self.meta) == 1 else self.meta  # type: ignore[index, arg-type]
+        return build_optimizer(self.model, model, self.lr, metas, self.rule, self.weight_decay)
 
     @property
     def spiking(self) -> bool:

@@ -1,29 +1,110 @@
 """The registry of model kinds a run can use, so that any run can be rebuilt (and resumed) from its config.
 
-``"bnn"`` is the paper's binarized MLP (:class:`bnn.MLP`); every spiking neuron model of
-:mod:`metaspike.snn` is a kind of its own, built with float synapses and turned binary by
-:func:`metaspike.binarize`. Adding a kind = one builder ``(hidden, input_shape, classes, num_steps)
--> nn.Module`` and one line in ``_BUILDERS`` (spiking neuron models are added in
-:mod:`metaspike.snn.neurons` and appear here by themselves).
+A kind says how the model is built and which optimizer trains it:
+
+* ``"bnn"``: the paper's binarized MLP (:class:`bnn.MLP`, BatchNorm), trained by
+  :class:`metaspike.optim.MetaplasticAdam`;
+* ``"bnn-layernorm"``: the same binary layers with ``LayerNorm`` without affine parameters instead of
+  BatchNorm, so it trains on one sample at a time (MetaplasticAdam);
+* ``"mlp"``: a full-precision ReLU MLP without biases trained by plain SGD (a lower reference);
+* ``"bimu"``: binary Bayesian synapses (:class:`bnn.BinaryBayesianLinear`, LayerNorm without affine
+  after each layer, sign activations) trained by :class:`metaspike.bayesian.BiMU` with the published
+  settings of its 1000-task runs (:data:`BIMU_SETTINGS`);
+* ``"mesu"``: Gaussian Bayesian synapses (:class:`bnn.BayesianLinear`, ReLU) trained by
+  :class:`metaspike.bayesian.MESU` with :data:`MESU_SETTINGS`;
+* every spiking neuron model of :mod:`metaspike.snn` (built with float synapses and turned binary by
+  :func:`metaspike.binarize`), trained by MetaplasticAdam.
+
+Adding a kind = one builder ``(hidden, input_shape, classes, num_steps) -> nn.Module`` and one line in
+``_KINDS`` (spiking neuron models are added in :mod:`metaspike.snn.neurons` and appear here by themselves).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
+import torch
 from torch import nn
+from torch.optim import Optimizer
 
-__all__ = ["available_models", "is_spiking", "build_model", "describe_model"]
+__all__ = ["available_models", "is_spiking", "build_model", "describe_model", "optimizer_kind", "uses_batchnorm",
+           "build_optimizer", "OPTIMIZER_KINDS", "BIMU_SETTINGS", "MESU_SETTINGS"]
+
+#: BiMU's published settings for its 1000-task permuted-MNIST runs (Cottart et al. 2026).
+BIMU_SETTINGS: dict[str, float] = {"likelihood_multiplier": 161.3, "kl_multiplier": 3.76, "lr_max": 0.0023,
+                                   "N": 700, "lr": 4.9}
+#: MESU's settings for the long permuted-MNIST stream (Bonnet et al. 2025 family of runs).
+MESU_SETTINGS: dict[str, float] = {"lr_mu": 1.6, "lr_sigma": 2.1, "sigma_prior": 0.3, "N": 600_000,
+                                   "clamp_grad": 0.36}
+#: What trains each kind: the 2021 rule, plain SGD, or a Bayesian optimizer.
+OPTIMIZER_KINDS = ("metaplastic-adam", "sgd", "bimu", "mesu")
+
+
+def _sizes(hidden: Sequence[int], input_shape: Sequence[int], classes: int) -> list[int]:
+    return [math.prod(input_shape), *hidden, classes]
+
+
+def _stack(sizes: Sequence[int], layer: Callable[[int, int], nn.Module], norm: bool,
+           activation: Callable[[], nn.Module]) -> nn.Sequential:
+    """``Flatten`` then, per layer, ``layer`` [→ LayerNorm without affine] [→ activation between layers]."""
+    modules: list[nn.Module] = [nn.Flatten()]
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        modules.append(layer(n_in, n_out))
+        if norm:
+            modules.append(nn.LayerNorm(n_out, elementwise_affine=False))
+        if i < len(sizes) - 2:
+            modules.append(activation())
+    model = nn.Sequential(*modules)
+    model.sizes = tuple(sizes)  # type: ignore[assignment]
+    return model
 
 
 def _bnn_mlp(hidden: Sequence[int], input_shape: Sequence[int], classes: int, num_steps: int) -> nn.Module:
     from bnn import MLP
 
-    return MLP([math.prod(input_shape), *hidden, classes])
+    return MLP(_sizes(hidden, input_shape, classes))
 
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {"bnn": _bnn_mlp}
+def _bnn_layernorm(hidden: Sequence[int], input_shape: Sequence[int], classes: int, num_steps: int) -> nn.Module:
+    from bnn.layers import BinaryLinear, SignActivation
+
+    return _stack(_sizes(hidden, input_shape, classes), BinaryLinear, True, SignActivation)
+
+
+def _float_mlp(hidden: Sequence[int], input_shape: Sequence[int], classes: int, num_steps: int) -> nn.Module:
+    return _stack(_sizes(hidden, input_shape, classes), lambda i, o: nn.Linear(i, o, bias=False), False, nn.ReLU)
+
+
+def _bimu_mlp(hidden: Sequence[int], input_shape: Sequence[int], classes: int, num_steps: int) -> nn.Module:
+    from bnn import BinaryBayesianLinear
+    from bnn.layers import SignActivation
+
+    return _stack(_sizes(hidden, input_shape, classes), BinaryBayesianLinear, True, SignActivation)
+
+
+def _mesu_mlp(hidden: Sequence[int], input_shape: Sequence[int], classes: int, num_steps: int) -> nn.Module:
+    from bnn import BayesianLinear
+
+    return _stack(_sizes(hidden, input_shape, classes), BayesianLinear, False, nn.ReLU)
+
+
+class _Kind(NamedTuple):
+    build: Callable[..., nn.Module]
+    optimizer: str
+    batchnorm: bool
+    description: str
+
+
+_KINDS: dict[str, _Kind] = {
+    "bnn": _Kind(_bnn_mlp, "metaplastic-adam", True, "bnn.MLP({sizes})"),
+    "bnn-layernorm": _Kind(_bnn_layernorm, "metaplastic-adam", False,
+                           "binary MLP {sizes}, LayerNorm without affine, sign activations"),
+    "mlp": _Kind(_float_mlp, "sgd", False, "float MLP {sizes}, no biases, ReLU, SGD"),
+    "bimu": _Kind(_bimu_mlp, "bimu", False, "BiMU binary Bayesian MLP {sizes}, LayerNorm without affine, sign activations"),
+    "mesu": _Kind(_mesu_mlp, "mesu", False, "MESU Gaussian Bayesian MLP {sizes}, ReLU"),
+}
 
 
 def _spiking_kinds() -> list[str]:
@@ -36,10 +117,15 @@ def available_models() -> list[str]:
     """Model kinds a run can use.
 
     Example:
-        >>> available_models()[:3]
-        ['alpha', 'bnn', 'lapicque']
+        >>> available_models()[:4]
+        ['alpha', 'bimu', 'bnn', 'bnn-layernorm']
     """
-    return sorted([*_BUILDERS, *_spiking_kinds()])
+    return sorted([*_KINDS, *_spiking_kinds()])
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in _KINDS and not is_spiking(kind):
+        raise ValueError(f"unknown model {kind!r}; available: {', '.join(available_models())}")
 
 
 def is_spiking(kind: str) -> bool:
@@ -52,22 +138,72 @@ def is_spiking(kind: str) -> bool:
     return kind in _spiking_kinds()
 
 
+def optimizer_kind(kind: str) -> str:
+    """Which of :data:`OPTIMIZER_KINDS` trains model ``kind``.
+
+    Example:
+        >>> optimizer_kind("bnn"), optimizer_kind("bimu"), optimizer_kind("leaky")
+        ('metaplastic-adam', 'bimu', 'metaplastic-adam')
+    """
+    _check_kind(kind)
+    return _KINDS[kind].optimizer if kind in _KINDS else "metaplastic-adam"
+
+
+def uses_batchnorm(kind: str) -> bool:
+    """Whether model ``kind`` normalises with BatchNorm (then it cannot train on batches of one sample).
+
+    Example:
+        >>> uses_batchnorm("bnn"), uses_batchnorm("bnn-layernorm")
+        (True, False)
+    """
+    _check_kind(kind)
+    return kind in _KINDS and _KINDS[kind].batchnorm
+
+
 def build_model(kind: str, hidden: Sequence[int], input_shape: Sequence[int], classes: int, num_steps: int = 8) -> nn.Module:
-    """A classifier of ``kind`` with binary synapses: ``[B, *input_shape] -> [B, classes]`` logits.
+    """A classifier of ``kind``: ``[B, *input_shape] -> [B, classes]`` logits.
 
     Example:
         >>> build_model("bnn", [64], (1, 28, 28), 10).sizes
         (784, 64, 10)
+        >>> build_model("bimu", [64], (1, 28, 28), 10)(torch.rand(1, 1, 28, 28)).shape
+        torch.Size([1, 10])
     """
-    if kind in _BUILDERS:
-        return _BUILDERS[kind](hidden, input_shape, classes, num_steps)
-    if not is_spiking(kind):
-        raise ValueError(f"unknown model {kind!r}; available: {', '.join(available_models())}")
+    _check_kind(kind)
+    if kind in _KINDS:
+        return _KINDS[kind].build(hidden, input_shape, classes, num_steps)
     import metaspike
     from metaspike.snn.neurons import NetSpec, build_neuron_model
 
     spec = NetSpec(input_shape=tuple(input_shape), hidden=tuple(hidden), classes=classes, num_steps=num_steps)
     return metaspike.binarize(build_neuron_model(kind, spec))
+
+
+def build_optimizer(kind: str, model: nn.Module, lr: float, meta: float | Sequence[float] = 0.0,
+                    rule: str = "tanh", weight_decay: float = 0.0) -> Optimizer:
+    """The optimizer that trains a model of ``kind`` (see :func:`optimizer_kind`).
+
+    ``lr``, ``meta``, ``rule`` and ``weight_decay`` set MetaplasticAdam; SGD takes ``lr``; BiMU and
+    MESU use their published settings (:data:`BIMU_SETTINGS`, :data:`MESU_SETTINGS`) and ignore them.
+
+    Example:
+        >>> net = build_model("bimu", [16], (1, 28, 28), 10)
+        >>> type(build_optimizer("bimu", net, lr=0.005)).__name__
+        'BiMU'
+    """
+    which = optimizer_kind(kind)
+    if which == "metaplastic-adam":
+        from metaspike.optim import MetaplasticAdam, param_groups
+
+        return MetaplasticAdam(param_groups(model, meta), lr=lr, weight_decay=weight_decay, rule=rule)
+    if which == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
+    from metaspike.bayesian import MESU, BiMU, bimu_parameters, mesu_param_groups, plain_parameters
+
+    if plain_parameters(model):
+        raise ValueError(f"model kind {kind!r} must have Bayesian synapses only, found other parameters")
+    settings: dict[str, Any] = dict(BIMU_SETTINGS if which == "bimu" else MESU_SETTINGS)
+    return BiMU(bimu_parameters(model), **settings) if which == "bimu" else MESU(mesu_param_groups(model), **settings)
 
 
 def describe_model(kind: str, hidden: Sequence[int], input_shape: Sequence[int], classes: int, num_steps: int = 8) -> str:
@@ -77,7 +213,7 @@ def describe_model(kind: str, hidden: Sequence[int], input_shape: Sequence[int],
         >>> describe_model("bnn", [64], (1, 28, 28), 10)
         'bnn.MLP([784, 64, 10])'
     """
-    sizes = [math.prod(input_shape), *hidden, classes]
-    if kind == "bnn":
-        return f"bnn.MLP({sizes})"
+    sizes = _sizes(hidden, input_shape, classes)
+    if kind in _KINDS:
+        return _KINDS[kind].description.format(sizes=sizes)
     return f"{kind} spiking network {sizes}, {num_steps} time steps, binary synapses"

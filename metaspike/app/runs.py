@@ -22,10 +22,9 @@ from metaspike.app.models import build_model, describe_model
 from metaspike.app.tables import versions
 from metaspike.continual.results import RunDirectory, latest_good_checkpoint
 from metaspike.continual.scenarios import Scenario, make_scenario
-from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig
+from metaspike.continual.trainer import ContinualResult, ContinualTrainer
 from metaspike.distributed import init_from_env, sync_batchnorm, world
 from metaspike.files import atomic_open, read_json, remove_stale_temporaries
-from metaspike.optim import MetaplasticAdam, param_groups
 from metaspike.training import Plugin, TrainingDiverged
 
 __all__ = ["build_run_model", "build_trainer", "make_run_scenario", "train_and_finish", "run", "resume",
@@ -43,7 +42,8 @@ def make_run_scenario(config: RunConfig) -> Scenario:
         >>> len(make_run_scenario(RunConfig(datasets=("digits",), tasks=2)).tasks)
         2
     """
-    return make_scenario(config.scenario, config.datasets, config.tasks, config.seed, config.data_dir, config.split_mode)
+    return make_scenario(config.scenario, config.datasets, config.tasks, config.seed, config.data_dir, config.split_mode,
+                         samples_per_task=config.samples_per_task)
 
 
 def build_run_model(config: RunConfig, scenario: Scenario) -> torch.nn.Module:
@@ -68,23 +68,15 @@ def build_run_model(config: RunConfig, scenario: Scenario) -> torch.nn.Module:
 def build_trainer(
     config: RunConfig, model: torch.nn.Module, progress: bool = True, plugins: Sequence[Plugin] = ()
 ) -> ContinualTrainer:
-    """The continual trainer ``config`` describes, for ``model`` (MetaplasticAdam with the config's meta).
+    """The continual trainer ``config`` describes, for ``model`` (with the optimizer its model kind names:
+    MetaplasticAdam with the config's meta for binary networks, BiMU, MESU or SGD for the others).
 
     Example:
         >>> trainer = build_trainer(RunConfig(hidden=(32,)), torch.nn.Linear(784, 10), progress=False)
         >>> trainer.config.epochs
         20
     """
-    metas: float | Sequence[float] = config.meta[0] if len(config.meta) == 1 else config.meta  # type: ignore[arg-type]
-
-    def make_optimizer(m: torch.nn.Module) -> MetaplasticAdam:
-        return MetaplasticAdam(param_groups(m, metas), lr=config.lr, weight_decay=config.weight_decay, rule=config.rule)
-
-    trainer_config = TrainerConfig(
-        epochs=config.epochs, batch_size=config.batch_size, batchnorm=config.batchnorm,
-        optimizer=config.optimizer, seed=config.seed, device=config.device,
-    )
-    return ContinualTrainer(model, make_optimizer, trainer_config, progress=progress, plugins=plugins)
+    return ContinualTrainer(model, config.make_optimizer, config.trainer_config(), progress=progress, plugins=plugins)
 
 
 def _trainer(config: RunConfig, scenario: Scenario, progress: bool) -> ContinualTrainer:
@@ -211,7 +203,7 @@ def load_config(run_dir: str | Path) -> RunConfig:
     defaults = RunConfig()
     for key in RunConfig.field_names():
         if key not in stored:
-            if key in ("model", "num_steps"):  # written by every run since these fields exist
+            if key in ("model", "num_steps", "samples_per_task", "eval_every", "eval_tasks"):  # newer fields
                 values[key] = getattr(defaults, key)
                 continue
             raise ValueError(f"{path} has no {key!r} setting")

@@ -6,12 +6,16 @@ from metaspike.continual.metrics import (
     backward_transfer,
     forgetting,
     forward_transfer,
+    last_tasks_accuracy,
+    evaluated_accuracy,
     summarize,
+    task_accuracy_over_time,
 )
 from metaspike.continual.results import RunDirectory, load_run
 from metaspike.continual.scenarios import (
     Scenario,
     Task,
+    TaskStream,
     available_scenarios,
     joint,
     make_scenario,
@@ -19,12 +23,15 @@ from metaspike.continual.scenarios import (
     sequence,
     split,
     stream,
+    task_permutation,
+    task_subset,
 )
-from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig
+from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig, evaluated_tasks
 
 __all__ = [
     "Scenario", "Task", "permuted", "sequence", "split", "stream", "joint", "make_scenario",
     "available_scenarios", "ContinualTrainer", "TrainerConfig", "ContinualResult", "RunDirectory",
     "load_run", "average_accuracy", "backward_transfer", "forward_transfer", "forgetting", "summarize",
-    "batchnorm_state", "load_batchnorm_state",
+    "batchnorm_state", "load_batchnorm_state", "TaskStream", "task_permutation", "task_subset", "evaluated_tasks",
+    "last_tasks_accuracy", "evaluated_accuracy", "task_accuracy_over_time",
 ]

@@ -1,4 +1,4 @@
-"""Continual-learning baselines as :class:`metaspike.training.Plugin` hooks: EWC, SI, random consolidation.
+"""Continual-learning baselines as :class:`metaspike.training.Plugin` hooks: EWC, EWC-Online, SI, random consolidation.
 
 All three regularise the *weight matrices* returned by :func:`metaspike.synapse.weight_matrices`:
 in a BNN these are the hidden weights ``W_h`` of the binary synapses (the forward pass uses
@@ -8,7 +8,11 @@ Biases and BatchNorm parameters are never regularised (the trainer keeps one Bat
 task instead, as for the metaplastic BNN).
 
 * :class:`EWC` (Kirkpatrick et al. 2017): after each task, a diagonal per-sample Fisher ``F_i`` is
-  estimated on that task's training data; the loss gets ``λ/2 · Σ_i Σ F_i (θ − θ*_i)²`` over all past tasks.
+  estimated on that task's training data; the loss gets ``λ/2 · Σ_i Σ F_i (θ − θ*_i)²`` over all past tasks
+  (its memory grows by one Fisher and one anchor per task).
+* :class:`EWCOnline` (Schwarz et al. 2018): one running Fisher ``F ← γ·F + F_task`` and one anchor
+  ``θ*``, the weights after the last task; the loss gets ``λ/2 · Σ F (θ − θ*)²``. Its memory is
+  constant, so it suits streams of hundreds of tasks.
 * :class:`SynapticIntelligence` (Zenke et al. 2017): ``ω`` accumulates ``−g·Δθ`` at every step
   (``g`` the gradient used by the step, i.e. of the loss including the penalty); at a task end
   ``Ω += ω / (Δ² + ξ)`` with ``Δ`` the change of ``θ`` over the task; the loss gets
@@ -36,7 +40,7 @@ from metaspike.population_statistics import use_population_statistics
 from metaspike.synapse import weight_matrices
 from metaspike.training import Plugin, masked_logits
 
-__all__ = ["EWC", "SynapticIntelligence", "RandomConsolidation", "fisher_diagonal"]
+__all__ = ["EWC", "EWCOnline", "SynapticIntelligence", "RandomConsolidation", "fisher_diagonal"]
 
 
 def _matrices(model: nn.Module) -> list[Tensor]:
@@ -142,6 +146,55 @@ class EWC(Plugin):
         self.lam, self.samples = float(state["lam"]), int(state["samples"])
         self.importances = [list(f) for f in state["importances"]]
         self.anchors = [list(a) for a in state["anchors"]]
+
+
+class EWCOnline(Plugin):
+    """Online EWC: one running diagonal Fisher, decayed by ``γ`` at each task, around the last task's weights.
+
+    Args:
+        lam: strength ``λ`` of ``λ/2 · Σ F (θ − θ*)²``.
+        gamma: decay ``γ`` in ``[0, 1]`` of ``F ← γ·F + F_task`` (``1``: plain sum, ``0``: last task only).
+        samples: training samples of each task the Fisher is estimated on (:func:`fisher_diagonal`).
+
+    Example:
+        >>> model = torch.nn.Linear(2, 2, bias=False)
+        >>> ewc = EWCOnline(lam=2.0, gamma=0.9)
+        >>> ewc.task_done(model, torch.randn(8, 2), torch.randint(0, 2, (8,)), None)
+        >>> ewc.penalty(model).item()  # the weights have not moved since the task ended
+        0.0
+    """
+
+    def __init__(self, lam: float = 5000.0, gamma: float = 1.0, samples: int = 1000) -> None:
+        self.lam = _check_positive(lam, "lam")
+        self.gamma = float(gamma)
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"gamma must be a number in [0, 1], got {gamma!r}")
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
+        self.samples = samples
+        self.fisher: list[Tensor] = []
+        self.anchor: list[Tensor] = []
+
+    def task_done(self, model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int] | None) -> None:
+        new = fisher_diagonal(model, x, y, classes, self.samples)
+        self.fisher = new if not self.fisher else [self.gamma * f + n for f, n in zip(self.fisher, new)]
+        self.anchor = [p.detach().clone() for p in _matrices(model)]
+
+    def penalty(self, model: nn.Module) -> Tensor | None:
+        if not self.fisher or self.lam == 0:
+            return None
+        total = sum((f * (p - a).square()).sum() for f, a, p in zip(self.fisher, self.anchor, _matrices(model)))
+        return 0.5 * self.lam * total
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running Fisher and the anchor (tensors), plus the hyperparameters."""
+        return {"lam": self.lam, "gamma": self.gamma, "samples": self.samples,
+                "fisher": list(self.fisher), "anchor": list(self.anchor)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.lam, self.gamma, self.samples = float(state["lam"]), float(state["gamma"]), int(state["samples"])
+        self.fisher, self.anchor = list(state["fisher"]), list(state["anchor"])
 
 
 class RandomConsolidation(EWC):

@@ -11,6 +11,14 @@ network on task ``j``, ``T`` the number of tasks.
   (Chaudhry et al. 2018)
 
 Metrics that need two tasks or more are ``nan`` for a single task.
+
+A long stream evaluated on a budget leaves cells of ``R`` NaN (not evaluated); the metrics above are
+then NaN as well, and these cover the evaluated cells only (as reported for 100- to 1000-task
+permuted streams, e.g. by the BiMU paper):
+
+* ``last_tasks_accuracy``: mean final accuracy on the last ``k`` tasks (5 by default);
+* ``evaluated_accuracy``: mean final accuracy over the tasks evaluated at the end;
+* ``task_accuracy_over_time``: accuracy on one task (task 1 by default) after each evaluated row.
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["average_accuracy", "backward_transfer", "forward_transfer", "forgetting", "summarize"]
+__all__ = ["average_accuracy", "backward_transfer", "forward_transfer", "forgetting", "summarize",
+           "last_tasks_accuracy", "evaluated_accuracy", "task_accuracy_over_time"]
 
 
 def _square(matrix: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
@@ -87,18 +96,78 @@ def forgetting(matrix: Sequence[Sequence[float]] | np.ndarray) -> float:
     return float(np.mean([r[: t - 1, j].max() - r[-1, j] for j in range(t - 1)]))
 
 
+def _final_row(matrix: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    r = np.asarray(matrix, dtype=float)
+    if r.ndim != 2 or r.size == 0:
+        raise ValueError(f"accuracy matrix must be 2-D and non-empty, got shape {r.shape}")
+    return r[-1]
+
+
+def last_tasks_accuracy(matrix: Sequence[Sequence[float]] | np.ndarray, k: int = 5) -> float:
+    """Mean final accuracy on the last ``k`` tasks (``nan`` if one of them was not evaluated at the end).
+
+    Example:
+        >>> last_tasks_accuracy([[90, float("nan"), float("nan")], [60, 80, 95]], k=2)
+        87.5
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    return float(_final_row(matrix)[-k:].mean())
+
+
+def evaluated_accuracy(matrix: Sequence[Sequence[float]] | np.ndarray) -> tuple[float, int]:
+    """Mean final accuracy over the tasks evaluated at the end, and how many tasks that is.
+
+    Example:
+        >>> evaluated_accuracy([[90, float("nan")], [float("nan"), 95]])
+        (95.0, 1)
+    """
+    row = _final_row(matrix)
+    covered = np.isfinite(row)
+    return (float(row[covered].mean()) if covered.any() else math.nan), int(covered.sum())
+
+
+def task_accuracy_over_time(matrix: Sequence[Sequence[float]] | np.ndarray, task: int = 0) -> list[tuple[int, float]]:
+    """``(after_task, accuracy)`` on task ``task`` (0-based column) for every row where it was evaluated.
+
+    ``after_task`` counts trained tasks from 1 (row ``i`` is after task ``i + 1``).
+
+    Example:
+        >>> task_accuracy_over_time([[90, 10], [float("nan"), 50], [70, 95]])
+        [(1, 90.0), (3, 70.0)]
+    """
+    r = np.asarray(matrix, dtype=float)
+    if r.ndim != 2 or r.size == 0:
+        raise ValueError(f"accuracy matrix must be 2-D and non-empty, got shape {r.shape}")
+    if isinstance(task, bool) or not isinstance(task, (int, np.integer)) or not 0 <= task < r.shape[1]:
+        raise ValueError(f"task must be a column index in 0..{r.shape[1] - 1}, got {task!r}")
+    return [(i + 1, float(a)) for i, a in enumerate(r[:, task]) if math.isfinite(a)]
+
+
 def summarize(matrix: Sequence[Sequence[float]] | np.ndarray, baseline: Sequence[float] | None = None) -> dict[str, float]:
     """All metrics of an accuracy matrix as a dict (``nan`` where undefined).
+
+    A matrix with cells not evaluated (NaN) also gets the metrics of its evaluated cells:
+    ``evaluated_accuracy`` and ``evaluated_tasks`` (their count), ``last5_accuracy``, and
+    ``task1_accuracy`` (final accuracy on task 1).
 
     Example:
         >>> summarize([[90, 10], [60, 95]], baseline=[10, 12])["BWT"]
         -30.0
+        >>> summarize([[90, float("nan")], [60, 95]])["evaluated_tasks"]
+        2.0
     """
     r = np.asarray(matrix, dtype=float)
     square = r.ndim == 2 and r.shape[0] == r.shape[1]
+    partial: dict[str, float] = {}
+    if r.ndim == 2 and r.size and not np.isfinite(r).all():
+        mean, count = evaluated_accuracy(r)
+        partial = {"evaluated_accuracy": mean, "evaluated_tasks": float(count),
+                   "last5_accuracy": last_tasks_accuracy(r, 5), "task1_accuracy": float(r[-1, 0])}
     return {
         "ACC": average_accuracy(r),
         "BWT": backward_transfer(r) if square else math.nan,
         "FWT": forward_transfer(r, baseline) if square and baseline is not None else math.nan,
         "forgetting": forgetting(r) if square else math.nan,
+        **partial,
     }

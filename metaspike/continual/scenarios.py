@@ -1,15 +1,20 @@
 """Task scenarios: how one or more datasets become a sequence of tasks.
 
-A :class:`Scenario` is a list of training tasks, the tasks it is evaluated on (the same, except for
+A :class:`Scenario` is a sequence of training tasks, the tasks it is evaluated on (the same, except for
 ``stream`` and ``joint``), and a JSON-able ``definition`` (seeds, permutation indices, class groups)
 saved with the results so the exact stream can be rebuilt.
+
+A permuted stream is lazy (:class:`TaskStream`): task ``k`` is made when it is reached, from the seed
+and ``k`` alone (:func:`task_permutation`, :func:`task_subset`), so a stream of 100,000 tasks costs
+nothing until it is trained, and only a few tasks are held at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -18,7 +23,11 @@ from metaspike.data import ArrayDataset, load_dataset
 
 __all__ = [
     "Task",
+    "TaskStream",
     "Scenario",
+    "task_permutation",
+    "task_subset",
+    "LISTED_PERMUTATIONS",
     "permuted",
     "sequence",
     "split",
@@ -39,6 +48,61 @@ class Task:
     classes: tuple[int, ...] | None = None
 
 
+class TaskStream(Sequence[Task]):
+    """A sequence of ``count`` tasks, each made by ``make(index)`` when it is first reached.
+
+    The last ``keep`` tasks made are held (a trainer alternates between the task it trains and the
+    tasks it evaluates); older ones are dropped and made again if needed, so memory stays bounded
+    however long the stream. ``names(index)`` gives a task's name without making it.
+
+    Example:
+        >>> from metaspike.data import load_dataset
+        >>> s = permuted(load_dataset("digits"), load_dataset("digits", "test"), n_tasks=100_000)
+        >>> len(s.tasks), s.tasks.name(99_999), len(s.tasks.cached)
+        (100000, 'digits-perm100000', 0)
+    """
+
+    def __init__(self, count: int, make: Callable[[int], Task], names: Callable[[int], str],
+                 classes: tuple[int, ...], keep: int = 8) -> None:
+        self.count = _check_count(count, "count")
+        self._make, self._names, self.classes = make, names, tuple(classes)
+        self.keep = _check_count(keep, "keep")
+        self.cached: OrderedDict[int, Task] = OrderedDict()
+
+    def __len__(self) -> int:
+        return self.count
+
+    def _index(self, index: int) -> int:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"task index must be an integer, got {index!r}")
+        if not -self.count <= index < self.count:
+            raise IndexError(f"task index {index} out of range for a stream of {self.count} tasks")
+        return int(index) % self.count
+
+    @overload
+    def __getitem__(self, index: int) -> Task: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Task, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> Task | tuple[Task, ...]:
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(self.count)))
+        i = self._index(index)
+        if i in self.cached:
+            self.cached.move_to_end(i)
+            return self.cached[i]
+        task = self._make(i)
+        self.cached[i] = task
+        if len(self.cached) > self.keep:
+            self.cached.popitem(last=False)
+        return task
+
+    def name(self, index: int) -> str:
+        """The name of task ``index`` (0-based), without making the task."""
+        return self._names(self._index(index))
+
+
 @dataclass(frozen=True, eq=False)
 class Scenario:
     """A stream of tasks.
@@ -52,8 +116,8 @@ class Scenario:
     """
 
     name: str
-    tasks: tuple[Task, ...]
-    eval_tasks: tuple[Task, ...]
+    tasks: Sequence[Task]
+    eval_tasks: Sequence[Task]
     definition: dict[str, Any] = field(default_factory=dict)
     task_boundaries: bool = True
 
@@ -64,7 +128,16 @@ class Scenario:
 
     @property
     def num_classes(self) -> int:
+        if isinstance(self.tasks, TaskStream):
+            return len(self.tasks.classes)
         return max(len(t.train.classes) for t in self.tasks)
+
+    @property
+    def eval_task_names(self) -> list[str]:
+        """Names of the evaluated tasks, without making the tasks of a lazy stream."""
+        if isinstance(self.eval_tasks, TaskStream):
+            return [self.eval_tasks.name(j) for j in range(len(self.eval_tasks))]
+        return [t.name for t in self.eval_tasks]
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -82,15 +155,88 @@ def _check_count(n: int, what: str) -> int:
     return int(n)
 
 
-def _permute(data: ArrayDataset, perm: torch.Tensor, name: str) -> ArrayDataset:
-    flat = data.x.reshape(len(data.x), -1)[:, perm].reshape(data.x.shape)
-    return ArrayDataset(name=name, x=flat, y=data.y, classes=data.classes)
+def _permute(data: ArrayDataset, perm: torch.Tensor, name: str, rows: torch.Tensor | None = None) -> ArrayDataset:
+    """``data`` (only ``rows`` when given) with its pixels reordered by ``perm``."""
+    flat = data.x.reshape(len(data.x), -1)
+    y = data.y
+    if rows is not None:
+        flat, y = flat.index_select(0, rows), y.index_select(0, rows)
+    x = flat.index_select(1, perm).reshape(len(flat), *data.x.shape[1:])
+    return ArrayDataset(name=name, x=x, y=y, classes=data.classes)
 
 
-def permuted(train: ArrayDataset, test: ArrayDataset, n_tasks: int = 3, seed: int = 0) -> Scenario:
-    """``n_tasks`` tasks, each a fixed random pixel permutation of the same dataset.
+#: Streams up to this many tasks list every permutation in ``definition["permutations"]``; longer
+#: ones record only how the permutations are derived (``definition["permutations_from"]``).
+LISTED_PERMUTATIONS = 100
+#: Permutations of one seed are drawn in order; the generator state is kept every this many tasks,
+#: so reaching task ``k`` draws at most this many permutations.
+_STATE_EVERY = 1024
 
-    The permutations come from ``seed`` and are stored in ``definition["permutations"]``.
+
+class _Permutations:
+    """Permutation ``k`` of a seed: the ``k``-th draw of ``numpy.random.default_rng(seed).permutation``.
+
+    Keeps the generator state before draw ``k`` for every multiple ``k`` of ``_STATE_EVERY`` and after
+    the latest draw, so tasks reached in order cost one draw each.
+    """
+
+    def __init__(self, seed: int, features: int) -> None:
+        self.features = features
+        self.states = {0: np.random.default_rng(seed).bit_generator.state}
+        self.cursor = (0, self.states[0])
+
+    def __call__(self, index: int) -> np.ndarray:
+        start = max(k for k in self.states if k <= index)
+        state = self.cursor[1] if start <= self.cursor[0] <= index else self.states[start]
+        start = self.cursor[0] if start <= self.cursor[0] <= index else start
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state
+        for k in range(start, index + 1):
+            if k % _STATE_EVERY == 0:
+                self.states.setdefault(k, rng.bit_generator.state)
+            perm = rng.permutation(self.features)
+        self.cursor = (index + 1, rng.bit_generator.state)
+        return perm
+
+
+def task_permutation(seed: int, index: int, features: int) -> np.ndarray:
+    """The pixel permutation of task ``index`` (0-based) of a permuted stream with ``seed``.
+
+    It is the ``index``-th consecutive draw ``numpy.random.default_rng(seed).permutation(features)``,
+    so the first tasks of a stream do not depend on its length.
+
+    Example:
+        >>> p = task_permutation(0, 1, 5)
+        >>> bool((p == np.random.default_rng(0).permutation(5)).all()), sorted(p.tolist())
+        (False, [0, 1, 2, 3, 4])
+    """
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
+        raise ValueError(f"index must be an integer >= 0, got {index!r}")
+    return _Permutations(seed, _check_count(features, "features"))(int(index))
+
+
+def task_subset(seed: int, index: int, size: int, samples: int) -> np.ndarray:
+    """The sorted indices of the ``samples`` training samples (out of ``size``) task ``index`` uses.
+
+    Drawn without replacement by ``numpy.random.default_rng([seed, index]).choice``.
+
+    Example:
+        >>> task_subset(0, 3, 10, 4).tolist() == task_subset(0, 3, 10, 4).tolist()
+        True
+    """
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or not 1 <= samples <= size:
+        raise ValueError(f"samples must be an integer in 1..{size} (the training set's size), got {samples!r}")
+    return np.sort(np.random.default_rng([int(seed), int(index)]).choice(size, int(samples), replace=False))
+
+
+def permuted(train: ArrayDataset, test: ArrayDataset, n_tasks: int = 3, seed: int = 0,
+             samples_per_task: int | None = None) -> Scenario:
+    """``n_tasks`` tasks, each a fixed random pixel permutation of the same dataset, made when reached.
+
+    Task ``k``'s permutation is :func:`task_permutation` ``(seed, k)``; with ``samples_per_task``, task
+    ``k`` trains on the subset :func:`task_subset` ``(seed, k)`` of the training set (and is tested on
+    the whole test set). Streams of up to :data:`LISTED_PERMUTATIONS` tasks list their permutations in
+    ``definition["permutations"]``.
 
     Example:
         >>> from metaspike.data import load_dataset
@@ -99,17 +245,31 @@ def permuted(train: ArrayDataset, test: ArrayDataset, n_tasks: int = 3, seed: in
         ['digits-perm1', 'digits-perm2']
     """
     n_tasks = _check_count(n_tasks, "number of tasks")
-    rng = np.random.default_rng(seed)
+    if samples_per_task is not None:
+        task_subset(seed, 0, len(train), samples_per_task)  # validates the count
     features = train.num_features
-    perms = [rng.permutation(features) for _ in range(n_tasks)]
-    tasks = []
-    for i, perm in enumerate(perms, start=1):
-        index = torch.from_numpy(perm)
-        name = f"{_base(train)}-perm{i}"
-        tasks.append(Task(name, _permute(train, index, name), _permute(test, index, name)))
-    definition = {"dataset": _base(train), "seed": seed, "permutations": [p.tolist() for p in perms]}
-    frozen = tuple(tasks)
-    return Scenario("permuted", frozen, frozen, definition)
+    permutations = _Permutations(seed, features)
+
+    def name(i: int) -> str:
+        return f"{_base(train)}-perm{i + 1}"
+
+    def make(i: int) -> Task:
+        index = torch.from_numpy(permutations(i))
+        rows = None if samples_per_task is None else torch.from_numpy(task_subset(seed, i, len(train), samples_per_task))
+        return Task(name(i), _permute(train, index, name(i), rows), _permute(test, index, name(i)))
+
+    definition: dict[str, Any] = {"dataset": _base(train), "seed": seed}
+    if n_tasks <= LISTED_PERMUTATIONS:
+        definition["permutations"] = [permutations(i).tolist() for i in range(n_tasks)]
+    else:
+        definition["permutations_from"] = (f"task k (0-based) uses the k-th consecutive draw of "
+                                           f"numpy.random.default_rng({seed}).permutation({features})")
+    if samples_per_task is not None:
+        definition["samples_per_task"] = samples_per_task
+        definition["subsets_from"] = (f"task k trains on sorted(numpy.random.default_rng([{seed}, k])"
+                                      f".choice({len(train)}, {samples_per_task}, replace=False))")
+    tasks = TaskStream(n_tasks, make, name, train.classes)
+    return Scenario("permuted", tasks, tasks, definition)
 
 
 def sequence(datasets: Sequence[tuple[ArrayDataset, ArrayDataset]]) -> Scenario:
@@ -233,12 +393,14 @@ def make_scenario(
     seed: int = 0,
     data_dir: str | None = None,
     split_mode: str = "task",
+    samples_per_task: int | None = None,
 ) -> Scenario:
     """Build a scenario by name from dataset names (what the CLI calls).
 
     ``tasks`` is the number of permutations (``permuted``, ``joint``), class groups (``split``) or
     subsets (``stream``); ``sequence`` uses one task per dataset. ``joint`` trains on the
-    permuted tasks together.
+    permuted tasks together. ``samples_per_task`` (``permuted`` only) trains each task on a seeded
+    subset of that many training samples.
 
     Example:
         >>> make_scenario("permuted", ["digits"], tasks=2).definition["seed"]
@@ -247,6 +409,8 @@ def make_scenario(
     if name not in available_scenarios():
         raise ValueError(f"unknown scenario {name!r}; available: {', '.join(available_scenarios())}")
     _check_count(tasks, "tasks")
+    if samples_per_task is not None and name != "permuted":
+        raise ValueError(f"samples_per_task applies to the 'permuted' scenario only, not {name!r}")
     if not datasets:
         raise ValueError("give at least one dataset")
     pairs = [(load_dataset(d, "train", data_dir), load_dataset(d, "test", data_dir)) for d in datasets]
@@ -256,7 +420,7 @@ def make_scenario(
         raise ValueError(f"scenario {name!r} takes one dataset, got {len(pairs)}: {list(datasets)}")
     train, test = pairs[0]
     if name == "permuted":
-        return permuted(train, test, tasks, seed)
+        return permuted(train, test, tasks, seed, samples_per_task)
     if name == "split":
         return split(train, test, tasks, split_mode)
     if name == "stream":

@@ -4,6 +4,11 @@ The trainer receives a model and a function that makes its optimizer; it never b
 Its product is the accuracy matrix ``R[i, j]`` (after training task ``i``, accuracy on task ``j``,
 in percent) plus per-epoch curves; a :class:`RunLog` (e.g. :class:`metaspike.continual.RunDirectory`)
 receives them as they are produced, so a run that dies keeps what it measured.
+
+Long streams evaluate on a budget (``TrainerConfig.eval_every``, ``eval_tasks``): only every
+``eval_every``-th task (and the last) is followed by an evaluation, on the tasks :func:`evaluated_tasks`
+picks; the other cells of the matrix are NaN (written empty), and results are logged and
+checkpointed only after evaluated tasks.
 """
 
 from __future__ import annotations
@@ -21,15 +26,47 @@ from torch.optim import Optimizer
 
 from metaspike.continual.batchnorm import BATCHNORM_MODES, batchnorm_state, load_batchnorm_state
 from metaspike.continual.metrics import summarize
-from metaspike.continual.scenarios import Scenario
+from metaspike.continual.scenarios import Scenario, Task
 from metaspike.distributed import world
 from metaspike.diagnostics import consolidated_fractions, flip_rates, hidden_weight_histograms, sign_snapshot
 from metaspike.training import Plugin, check_inputs, evaluate, train_epoch
 
-__all__ = ["TrainerConfig", "ContinualResult", "RunLog", "ContinualTrainer", "OPTIMIZER_MODES", "CHECKPOINT_FORMAT"]
+__all__ = ["TrainerConfig", "ContinualResult", "RunLog", "ContinualTrainer", "OPTIMIZER_MODES", "CHECKPOINT_FORMAT",
+           "LAST_EVALUATED", "evaluated_tasks"]
 
 OPTIMIZER_MODES = ("per-task", "shared")
 CHECKPOINT_FORMAT = "metaspike-checkpoint-1"
+#: An evaluation on a budget always covers this many most recently trained tasks.
+LAST_EVALUATED = 5
+
+
+def evaluated_tasks(trained: int, total: int, budget: int | None = None) -> list[int]:
+    """The tasks (0-based) evaluated after training ``trained`` of ``total`` tasks.
+
+    ``budget=None``: every task. Otherwise at most ``budget`` tasks: the last :data:`LAST_EVALUATED`
+    trained ones and, among the trained ones, a fixed even sample of ``budget - LAST_EVALUATED``
+    tasks over the whole stream that starts with the first task and ends with the last.
+    ``trained=0`` (the untrained network) gives the whole even sample.
+
+    Example:
+        >>> evaluated_tasks(40, 100, budget=10)
+        [0, 25, 35, 36, 37, 38, 39]
+        >>> evaluated_tasks(100, 100, budget=10)
+        [0, 25, 50, 74, 95, 96, 97, 98, 99]
+    """
+    for value, name, low in ((trained, "trained", 0), (total, "total", 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if trained > total:
+        raise ValueError(f"trained must be in 0..total ({total}), got {trained}")
+    if budget is None:
+        return list(range(total))
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget <= LAST_EVALUATED:
+        raise ValueError(f"budget must be None or an integer > {LAST_EVALUATED}, got {budget!r}")
+    sample = {int(j) for j in np.linspace(0, total - 1, int(budget) - LAST_EVALUATED).round()}
+    if trained == 0:
+        return sorted(sample)
+    return sorted({j for j in sample if j < trained} | set(range(max(0, trained - LAST_EVALUATED), trained)))
 
 
 @dataclass(frozen=True)
@@ -46,6 +83,9 @@ class TrainerConfig:
         eval_batch_size: evaluation batch size (BatchNorm without running statistics normalises
             with the statistics of each evaluated batch).
         device: where the model runs.
+        eval_every: evaluate after every ``eval_every``-th task (and after the last one) only.
+        eval_tasks: ``None`` (evaluate every task) or a budget ``> LAST_EVALUATED`` of tasks per
+            evaluation, chosen by :func:`evaluated_tasks`.
     """
 
     epochs: int = 20
@@ -55,9 +95,14 @@ class TrainerConfig:
     seed: int = 0
     eval_batch_size: int = 1000
     device: str = "cpu"
+    eval_every: int = 1
+    eval_tasks: int | None = None
 
     def __post_init__(self) -> None:
-        for key in ("epochs", "batch_size", "eval_batch_size"):
+        if self.eval_tasks is not None and (isinstance(self.eval_tasks, bool) or not isinstance(self.eval_tasks, int)
+                                            or self.eval_tasks <= LAST_EVALUATED):
+            raise ValueError(f"eval_tasks must be None or an integer > {LAST_EVALUATED}, got {self.eval_tasks!r}")
+        for key in ("epochs", "batch_size", "eval_batch_size", "eval_every"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
@@ -108,12 +153,12 @@ class RunLog(Protocol):
 class _Progress:
     """A tqdm bar when tqdm is installed and wanted; otherwise nothing."""
 
-    def __init__(self, enabled: bool, total: int, desc: str) -> None:
+    def __init__(self, enabled: bool, total: int, desc: str, leave: bool = True) -> None:
         self.bar = None
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, unit="batch", leave=True, dynamic_ncols=True)
+            self.bar = tqdm(total=total, desc=desc, unit="batch", leave=leave, dynamic_ncols=True)
 
     def update(self, n: int) -> None:
         if self.bar is not None:
@@ -168,25 +213,25 @@ class ContinualTrainer:
         self.plugins = tuple(plugins)
 
     def _evaluate_all(self, scenario: Scenario, trained: int, states: list[dict]) -> list[float]:
-        """Accuracy on every evaluated task; with per-task BatchNorm, task j < trained uses its own state."""
+        """Accuracy on the evaluated tasks (NaN on the others); with per-task BatchNorm, task j < trained uses its own state."""
         cfg = self.config
         per_task = cfg.batchnorm == "per-task" and scenario.task_boundaries and scenario.evaluates_training_tasks
         current = batchnorm_state(self.model) if per_task and states else None
-        accuracies = []
-        for j, task in enumerate(scenario.eval_tasks):
+        total = len(scenario.eval_tasks)
+        budget = cfg.eval_tasks if scenario.evaluates_training_tasks else None
+        accuracies = [math.nan] * total
+        for j in evaluated_tasks(trained, total, budget):
+            task = scenario.eval_tasks[j]
             if current is not None:
                 load_batchnorm_state(self.model, states[j] if j < len(states) and j < trained else current)
-            accuracies.append(
-                evaluate(self.model, task.test.x, task.test.y, cfg.eval_batch_size, task.classes, cfg.device)
-            )
+            accuracies[j] = evaluate(self.model, task.test.x, task.test.y, cfg.eval_batch_size, task.classes, cfg.device)
         if current is not None:
             load_batchnorm_state(self.model, current)
         return accuracies
 
-    def _check(self, scenario: Scenario) -> None:
-        for task in scenario.tasks:
-            check_inputs(self.model, task.train.x.to(self.config.device), task.train.y.to(self.config.device),
-                         what=f"training data of task {task.name!r}")
+    def _check(self, task: Task) -> None:
+        check_inputs(self.model, task.train.x.to(self.config.device), task.train.y.to(self.config.device),
+                     what=f"training data of task {task.name!r}")
 
     def fit(self, scenario: Scenario, log: RunLog | None = None, resume: dict[str, Any] | None = None) -> ContinualResult:
         """Train every task of ``scenario`` in order; return (and log) the results.
@@ -195,10 +240,10 @@ class ContinualTrainer:
         ``resume`` continues from there and gives the same numbers as an uninterrupted run.
         """
         cfg = self.config
-        self._check(scenario)
+        self._check(scenario.tasks[0])
         generator = torch.Generator().manual_seed(cfg.seed)
         if resume is None:
-            result = ContinualResult(task_names=[t.name for t in scenario.eval_tasks])
+            result = ContinualResult(task_names=scenario.eval_task_names)
             result.baseline = self._evaluate_all(scenario, 0, [])
             states: list[dict] = []
             first_task, first_epoch, optimizer_state = 0, 0, None
@@ -206,7 +251,10 @@ class ContinualTrainer:
             result, states, first_task, first_epoch, optimizer_state = self._restore(resume, scenario, generator)
         start = time.perf_counter() - result.seconds
         optimizer = None
-        for i in range(first_task, len(scenario.tasks)):
+        count = len(scenario.tasks)
+        for i in range(first_task, count):
+            task = scenario.tasks[i]
+            self._check(task)
             epoch = first_epoch if i == first_task else 0
             new_task = epoch == 0 and cfg.optimizer == "per-task" and scenario.task_boundaries
             if optimizer is None or new_task:
@@ -214,30 +262,35 @@ class ContinualTrainer:
                 if optimizer_state is not None and not new_task:
                     optimizer.load_state_dict(optimizer_state)
                 optimizer_state = None
-            accuracies = self._train_task(scenario, i, epoch, optimizer, generator, states, result, start, log)
-            task = scenario.tasks[i]
+            due = (i + 1) % cfg.eval_every == 0 or i + 1 == count
+            accuracies = self._train_task(scenario, i, epoch, optimizer, generator, states, result, start, log, due)
             for plugin in self.plugins:
                 plugin.task_done(self.model, task.train.x, task.train.y, task.classes)
             states.append(batchnorm_state(self.model))
             result.matrix.append(accuracies)
+            if not due:
+                continue
             result.histograms.append({"after_task": i + 1, "layers": hidden_weight_histograms(self.model)})
             result.seconds = time.perf_counter() - start
             if log is not None:
                 log.task_done(result)
                 log.checkpoint(self.checkpoint(i + 1, 0, optimizer, generator, states, result))
+        result.seconds = time.perf_counter() - start
         return result
 
     def checkpoint(
         self, task: int, epochs_done: int, optimizer: Optimizer, generator: torch.Generator,
         states: list[dict], result: ContinualResult,
     ) -> dict[str, Any]:
-        """Everything needed to continue: weights, optimizer, batch-order RNG, BatchNorm states, results."""
+        """Everything needed to continue: weights, optimizer, batch-order RNG, torch's global RNG (the weight
+        samples of Bayesian synapses), BatchNorm states, results."""
         return {
             "format": CHECKPOINT_FORMAT,
             "position": {"task": task, "epochs_done": epochs_done},
             "model": self.model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
             "batchnorm_states": states,
             "plugins": [plugin.state_dict() for plugin in self.plugins],
             "result": asdict(result),
@@ -252,6 +305,8 @@ class ContinualTrainer:
                              f"({len(scenario.tasks)} tasks of {self.config.epochs} epochs)")
         self.model.load_state_dict(state["model"])
         generator.set_state(state["generator"])
+        if "torch_rng" in state:  # checkpoints written before it was kept lack it
+            torch.set_rng_state(state["torch_rng"])
         saved_plugins = state.get("plugins", [])
         if len(saved_plugins) != len(self.plugins):
             raise ValueError(f"checkpoint holds the state of {len(saved_plugins)} plugins, this trainer has {len(self.plugins)}")
@@ -271,18 +326,22 @@ class ContinualTrainer:
         result: ContinualResult,
         start: float,
         log: RunLog | None,
+        due: bool,
     ) -> list[float]:
+        """Train task ``index``; when ``due``, evaluate and log after every epoch, else return a NaN row."""
         cfg = self.config
         task = scenario.tasks[index]
         batches = math.ceil(len(task.train) / cfg.batch_size)
-        bar = _Progress(self.progress, cfg.epochs * batches, f"task {index + 1}/{len(scenario.tasks)} {task.name}")
+        bar = _Progress(self.progress, cfg.epochs * batches, f"task {index + 1}/{len(scenario.tasks)} {task.name}", due)
         bar.update(first_epoch * batches)
-        accuracies: list[float] = []
+        accuracies: list[float] = [math.nan] * len(result.task_names)
         try:
             for epoch in range(first_epoch + 1, cfg.epochs + 1):
-                signs = sign_snapshot(self.model)
+                signs = sign_snapshot(self.model) if due else {}
                 loss = train_epoch(self.model, optimizer, task.train.x, task.train.y, cfg.batch_size,
                                    generator, task.classes, cfg.device, bar, self.plugins, world())
+                if not due:
+                    continue
                 accuracies = self._evaluate_all(scenario, index + 1, states)
                 row = {"task": index + 1, "epoch": epoch, "global_epoch": index * cfg.epochs + epoch, "loss": loss}
                 row.update(dict(zip(result.task_names, accuracies)))
@@ -293,7 +352,7 @@ class ContinualTrainer:
                     **{f"consolidated:{k}": v for k, v in consolidated_fractions(self.model, optimizer).items()},
                 })
                 result.seconds = time.perf_counter() - start
-                bar.note(" ".join(f"T{j + 1}={a:.1f}" for j, a in enumerate(accuracies)))
+                bar.note(" ".join(f"T{j + 1}={a:.1f}" for j, a in enumerate(accuracies) if not math.isnan(a)))
                 if log is not None:
                     log.epoch_done(result)
                     if epoch < cfg.epochs:

@@ -21,6 +21,7 @@ from metaspike.app.reproduce.scales import CPU_META_FACTOR, SCALES, meta_at
 from metaspike.app.tables import comparison_csv
 from metaspike.files import atomic_write_text
 from metaspike.app.reproduce.continual import TABLE_LABELS, Method, compare_methods
+from metaspike.app.reproduce import long_stream
 
 __all__ = ["Experiment", "EXPERIMENTS", "SCALES", "PAPER", "CPU_META_FACTOR", "meta_at", "get_experiment"]
 
@@ -146,6 +147,7 @@ EXPERIMENTS: dict[str, Experiment] = {
                    _continual("stream", "stream of subsets", _stream)),
         Experiment("fig5ab", "quadratic binary task: the optimum moves, metaplastic weights keep their signs", _fig5ab),
         Experiment("fig5cde", "loss increase when flipping weights, binned by |W_h|", _fig5cde),
+        Experiment("long-stream", "100 permuted tasks, one pass at batch size 1: BiMU, MESU, the 2021 rule, EWC-Online, SI, SGD", long_stream.run),
     )
 }
 

@@ -1,0 +1,116 @@
+"""Benchmark: the 100-task stream at batch size 1 (``metaspike reproduce long-stream``) and the cost of one step.
+
+Two parts, in one process:
+
+1. **Step cost at batch size 1**, interleaved so a busy machine slows all alike: a plain 784-100-10
+   ``nn.Linear`` network with SGD (forward, loss, backward, step), BiMU with ``S`` weight samples
+   (``bnn.BinaryBayesianLinear(samples=S)``, LayerNorm, sign activations) and MESU with ``S`` samples
+   (``bnn.BayesianLinear(samples=S)``, ReLU), each with the loss averaged over the ``S`` outputs.
+   The target: a Bayesian step costs at most ``2·S`` plain steps.
+2. **The stream**: every method of :mod:`metaspike.app.reproduce.long_stream`, printing seconds,
+   milliseconds per training step (through the trainer, evaluation included) and the peak RSS.
+
+Usage::
+
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/long_stream.py --seeds 1 --out benchmarks/results/long_stream
+    OMP_NUM_THREADS=1 python benchmarks/long_stream.py --steps-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import bnn
+from bnn.layers import SignActivation
+from metaspike.app.models import BIMU_SETTINGS, MESU_SETTINGS
+from metaspike.bayesian import MESU, BiMU, bimu_parameters, mesu_param_groups
+
+
+def _plain() -> Callable[[torch.Tensor, torch.Tensor], None]:
+    net = nn.Sequential(nn.Linear(784, 100, bias=False), nn.ReLU(), nn.Linear(100, 10, bias=False))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def _sampled(kind: str, samples: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    if kind == "bimu":
+        net = nn.Sequential(bnn.BinaryBayesianLinear(784, 100, samples=samples), nn.LayerNorm(100, elementwise_affine=False),
+                            SignActivation(), bnn.BinaryBayesianLinear(100, 10, samples=samples),
+                            nn.LayerNorm(10, elementwise_affine=False))
+        opt: torch.optim.Optimizer = BiMU(bimu_parameters(net), **BIMU_SETTINGS)
+    else:
+        net = nn.Sequential(bnn.BayesianLinear(784, 100, samples=samples), nn.ReLU(), bnn.BayesianLinear(100, 10, samples=samples))
+        opt = MESU(mesu_param_groups(net), **MESU_SETTINGS)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        out = net(x)
+        F.cross_entropy(out.flatten(0, 1), y.repeat(samples)).backward()
+        opt.step()
+
+    return step
+
+
+def step_costs(steps: int, rounds: int) -> dict[str, float]:
+    """Median milliseconds per batch-1 step of each variant, over ``rounds`` interleaved rounds."""
+    torch.manual_seed(0)
+    variants = {"plain Linear + SGD": _plain(), "BiMU S=1": _sampled("bimu", 1), "BiMU S=5": _sampled("bimu", 5),
+                "MESU S=1": _sampled("mesu", 1), "MESU S=10": _sampled("mesu", 10)}
+    x, y = torch.randn(steps, 1, 784), torch.randint(0, 10, (steps, 1))
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, step in variants.items():
+            start = time.perf_counter()
+            for i in range(steps):
+                step(x[i], y[i])
+            times[name].append(1000 * (time.perf_counter() - start) / steps)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1])
+    parser.add_argument("--out", default="benchmarks/results/long_stream")
+    parser.add_argument("--steps", type=int, default=500, help="steps per round of the step-cost part")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps-only", action="store_true", help="only the step-cost part")
+    parser.add_argument("--methods", nargs="+", default=None, help="labels of the methods to run (default: all)")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}")
+    costs = step_costs(args.steps, args.rounds)
+    plain = costs["plain Linear + SGD"]
+    for name, ms in costs.items():
+        samples = int(name.split("S=")[1]) if "S=" in name else 1
+        target = "" if name.startswith("plain") else f"  = {ms / plain:.1f} plain steps (target <= {2 * samples})"
+        print(f"{name:20s} {ms:.4f} ms/step{target}")
+    if args.steps_only:
+        return
+    from metaspike.app.reproduce import long_stream
+
+    methods = [m for m in long_stream.METHODS if args.methods is None or m.label in args.methods]
+    start = time.perf_counter()
+    rows = long_stream.run("cpu", args.seeds, Path(args.out), False, None, methods)
+    for row in rows:
+        cells = "  ".join(f"{k}={v[0]:.2f}" for k, v in row.items() if isinstance(v, tuple))
+        print(f"{row['setting']}: {cells}  {row['settings']}")
+    print(f"total {time.perf_counter() - start:.0f} s, peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""``metaspike reproduce long-stream``: a stream of 100 permuted tasks learned one sample at a time.
+
+The regime of the BiMU and MESU papers' long streams: permuted ``mnist5k`` (4,000 training and 1,000
+test images, pixels standardised by the training set's mean and std), ``tasks`` tasks of 1,000
+seeded training samples each, one pass at batch size 1, a 784-100-10 network without biases, an
+evaluation after every 10th task on 16 tasks (the first, the last 5 trained and 11 spread over the
+stream, :func:`metaspike.continual.trainer.evaluated_tasks`). Methods (:data:`METHODS`):
+
+* BiMU and MESU (model kinds ``"bimu"``, ``"mesu"``, their published long-stream settings);
+* the 2021 metaplastic rule (MetaplasticAdam) on the LayerNorm BNN, its ``lr`` and ``m`` picked by a
+  short sweep on the first 10 tasks (:data:`SWEEP`), and once on the paper's BatchNorm BNN (which
+  cannot train on one sample: batches of :data:`BATCHNORM_BATCH`, per-task BatchNorm states);
+* EWC-Online and SI on the float MLP trained by SGD; plain SGD; the plain BNN (the LayerNorm BNN
+  trained by Adam through the straight-through estimator, ``m = 0``).
+
+The table (``table.csv``) gives, per method, the mean final accuracy over the evaluated tasks, over
+the last 5 tasks, and on task 1, with seconds per run and per training step; the figure
+(``accuracy_vs_task.png``) the final accuracy of each evaluated task against its index.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from metaspike.app.config import RunConfig
+from metaspike.app.models import build_model
+from metaspike.app.tables import comparison_csv, mean_std
+from metaspike.continual.baselines import EWCOnline, SynapticIntelligence
+from metaspike.continual.metrics import evaluated_accuracy, last_tasks_accuracy
+from metaspike.continual.results import RunDirectory
+from metaspike.continual.scenarios import Scenario, make_scenario
+from metaspike.continual.trainer import ContinualResult, ContinualTrainer
+from metaspike.data import load_dataset
+from metaspike.files import atomic_write_text
+from metaspike.training import Plugin, TrainingDiverged
+
+__all__ = ["LONG_STREAM", "METHODS", "SWEEP", "SWEEP_BATCHNORM", "BATCHNORM_BATCH", "LongMethod", "Standardize", "stream_config",
+           "run_method", "sweep_metaplastic", "run"]
+
+#: The CPU-scale long stream (the model kind and learning rate are set per method).
+LONG_STREAM = RunConfig(datasets=("mnist5k",), tasks=100, epochs=1, hidden=(100,), batch_size=1, samples_per_task=1000,
+                        eval_every=10, eval_tasks=16, model="bnn-layernorm", meta=(7.2,), lr=3.7e-5)
+#: The (lr, m) grid of the 2021 rule's sweep at batch size 1, on the first :data:`SWEEP_TASKS` tasks.
+SWEEP: tuple[tuple[float, float], ...] = ((3.7e-5, 7.2), (1e-4, 7.2), (3.7e-5, 3.6), (1e-4, 14.4))
+#: The same for the BatchNorm BNN (ten times fewer steps per task).
+SWEEP_BATCHNORM: tuple[tuple[float, float], ...] = ((1e-3, 7.2), (3e-3, 7.2), (1e-3, 3.6), (3e-3, 14.4))
+SWEEP_TASKS = 10
+#: Batch size of the BatchNorm BNN, which cannot train on one sample.
+BATCHNORM_BATCH = 10
+#: Not tuned: with SGD's lr 0.01, λ·F·lr must stay below 2 (F reaches ~0.6 per task here, ~6 summed
+#: with γ = 0.9); λ = 100 diverged within 11 tasks.
+EWC_ONLINE_LAMBDA, EWC_ONLINE_GAMMA, EWC_ONLINE_SAMPLES = 10.0, 0.9, 200
+SI_C = 0.1  # not stable here: with SGD lr 0.01, c = 0.5 diverged before task 10 and c = 0.1 after task 20 (Ω only grows)
+SGD_LR = 0.01
+TABLE_COLUMNS = ("setting", "runs")
+
+
+class Standardize(nn.Module):
+    """``(x − mean) / std`` with fixed scalars (the training set's pixel statistics).
+
+    Example:
+        >>> Standardize(0.5, 0.25)(torch.ones(1, 2))
+        tensor([[2., 2.]])
+    """
+
+    def __init__(self, mean: float, std: float) -> None:
+        super().__init__()
+        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+            raise ValueError(f"std must be a finite number > 0 and mean finite, got mean={mean}, std={std}")
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+@dataclass(frozen=True)
+class LongMethod:
+    """One method of the comparison: a label, the run settings it changes, and its plugins.
+
+    ``sweep``: a grid of ``(lr, m)`` from which :func:`sweep_metaplastic` picks both (once per seed).
+    """
+
+    label: str
+    settings: dict[str, Any]
+    plugins: Callable[[], Sequence[Plugin]] = field(default=lambda: ())
+    sweep: tuple[tuple[float, float], ...] = ()
+
+
+METHODS: tuple[LongMethod, ...] = (
+    LongMethod("BiMU", {"model": "bimu"}),
+    LongMethod("MESU", {"model": "mesu"}),
+    LongMethod("2021 rule, LayerNorm", {"model": "bnn-layernorm"}, sweep=SWEEP),
+    LongMethod("2021 rule, BatchNorm", {"model": "bnn", "batch_size": BATCHNORM_BATCH}, sweep=SWEEP_BATCHNORM),
+    LongMethod("EWC-Online", {"model": "mlp", "lr": SGD_LR},
+               lambda: [EWCOnline(EWC_ONLINE_LAMBDA, EWC_ONLINE_GAMMA, EWC_ONLINE_SAMPLES)]),
+    LongMethod("SI", {"model": "mlp", "lr": SGD_LR}, lambda: [SynapticIntelligence(c=SI_C)]),
+    LongMethod("SGD", {"model": "mlp", "lr": SGD_LR}),
+    LongMethod("plain BNN", {"model": "bnn-layernorm", "meta": (0.0,), "lr": 1e-4}),
+)
+
+
+def stream_config(scale: str, seed: int, data_dir: str | None = None) -> RunConfig:
+    """The long stream's settings at ``scale`` (``"cpu"``: 100 tasks of mnist5k; ``"paper"``: 1000 tasks of
+    MNIST from ``data_dir``, as the BiMU paper's long runs).
+
+    Example:
+        >>> stream_config("cpu", 2).tasks, stream_config("paper", 2).datasets
+        (100, ('mnist',))
+    """
+    if scale not in ("cpu", "paper"):
+        raise ValueError(f"scale must be 'cpu' or 'paper', got {scale!r}")
+    if scale == "cpu":
+        return replace(LONG_STREAM, seed=seed, data_dir=data_dir)
+    return replace(LONG_STREAM, seed=seed, data_dir=data_dir, tasks=1000, datasets=("mnist",))
+
+
+def _standardized(model: nn.Module, config: RunConfig) -> nn.Module:
+    x = load_dataset(config.datasets[0], "train", config.data_dir).x
+    return nn.Sequential(Standardize(float(x.mean()), float(x.std())), model)
+
+
+def _scenario(config: RunConfig) -> Scenario:
+    return make_scenario(config.scenario, config.datasets, config.tasks, config.seed, config.data_dir,
+                         config.split_mode, config.samples_per_task)
+
+
+def run_method(config: RunConfig, plugins: Sequence[Plugin] = (), out: str | Path | None = None,
+               progress: bool = False, resume: dict[str, Any] | None = None) -> tuple[ContinualResult, float]:
+    """Train ``config`` (its model kind picks the optimizer) with ``plugins``; return the result and
+    the seconds per training step. With ``out``, the run is written to a run directory there.
+
+    Example:
+        >>> config = replace(stream_config("cpu", 1), tasks=2, samples_per_task=20, hidden=(8,), model="bimu")
+        >>> result, step = run_method(config)
+        >>> len(result.matrix), step > 0
+        (2, True)
+    """
+    scenario = _scenario(config)
+    torch.manual_seed(config.seed)
+    model = _standardized(build_model(config.model, config.hidden, scenario.input_shape, scenario.num_classes), config)
+    trainer = ContinualTrainer(model, config.make_optimizer, config.trainer_config(), progress=progress, plugins=plugins)
+    directory = None
+    if out is not None:
+        directory = RunDirectory.create(out, config.name, config.to_dict(), {"name": scenario.name, **scenario.definition})
+    result = trainer.fit(scenario, log=directory, resume=resume)
+    if directory is not None:
+        directory.write_metrics(result, complete=True)
+        directory.remove_checkpoints()
+    steps = config.tasks * config.epochs * math.ceil(len(scenario.tasks[0].train) / config.batch_size)
+    return result, result.seconds / steps
+
+
+def sweep_metaplastic(config: RunConfig, grid: Sequence[tuple[float, float]] = SWEEP,
+                      tasks: int = SWEEP_TASKS) -> tuple[float, float]:
+    """The ``(lr, m)`` of ``grid`` with the best mean final accuracy over the first ``tasks`` tasks.
+
+    Example:
+        >>> config = replace(stream_config("cpu", 1), samples_per_task=20, hidden=(8,))
+        >>> sweep_metaplastic(config, [(1e-3, 1.0), (1e-4, 1.0)], tasks=2)[1]
+        1.0
+    """
+    if not grid:
+        raise ValueError("grid must hold at least one (lr, m) pair")
+    scores = []
+    for lr, meta in grid:
+        short = replace(config, tasks=min(tasks, config.tasks), lr=lr, meta=(meta,), eval_every=1, eval_tasks=None)
+        scores.append(float(np.mean(run_method(short)[0].matrix[-1])))
+    return grid[int(np.argmax(scores))]
+
+
+def _row(label: str, results: Sequence[ContinualResult], steps: Sequence[float], note: str) -> dict[str, Any]:
+    """One table row; a method every seed of which diverged gets NaN cells."""
+    if not results:
+        return {"setting": label, "runs": 0, **{k: (math.nan, math.nan) for k in _METRICS}, "settings": note}
+    return {
+        "setting": label, "runs": len(results),
+        "evaluated_mean": mean_std([evaluated_accuracy(r.matrix)[0] for r in results]),
+        "last5_mean": mean_std([last_tasks_accuracy(r.matrix, 5) for r in results]),
+        "task1_final": mean_std([r.matrix[-1][0] for r in results]),
+        "seconds_per_run": mean_std([r.seconds for r in results]),
+        "ms_per_step": mean_std([1000 * s for s in steps]),
+        "settings": note,
+    }
+
+
+_METRICS = ("evaluated_mean", "last5_mean", "task1_final", "seconds_per_run", "ms_per_step")
+
+
+def _plot(curves: dict[str, list[list[float]]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, rows in curves.items():
+        final = np.array(rows, dtype=float).mean(axis=0)  # every seed evaluates the same tasks
+        tasks = np.flatnonzero(np.isfinite(final))
+        ax.plot(tasks + 1, final[tasks], marker="o", markersize=3, label=label)
+    ax.set_xlabel("task index")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.set_title("permuted mnist5k, one pass at batch size 1")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run(scale: str, seeds: Sequence[int], root: Path, progress: bool, data_dir: str | None,
+        methods: Sequence[LongMethod] = METHODS) -> list[dict[str, Any]]:
+    """Run every method on every seed; write ``table.csv`` and ``accuracy_vs_task.png`` into ``root``.
+
+    Example:
+        >>> rows = run("cpu", [1], Path("runs/long-stream"), False, None)  # doctest: +SKIP
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rows, curves = [], {}
+    for method in methods:
+        results, steps, notes = [], [], []
+        for seed in seeds:
+            config = replace(stream_config(scale, seed, data_dir), **method.settings)
+            if method.sweep:
+                lr, meta = sweep_metaplastic(config, method.sweep)
+                config = replace(config, lr=lr, meta=(meta,))
+            if config.model.startswith("bnn"):
+                notes.append(f"lr={config.lr:g} m={config.meta[0]:g}")  # type: ignore[index]
+            start = time.perf_counter()
+            try:
+                result, step = run_method(config, method.plugins(),
+                                          root / "runs" / method.label.replace(" ", "_").replace(",", ""), progress)
+            except TrainingDiverged as err:  # one diverged method leaves the others to run
+                print(f"long-stream {method.label} seed {seed}: diverged ({err})", flush=True)
+                notes.append("diverged")
+                continue
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(f"long-stream {method.label} seed {seed}: {time.perf_counter() - start:.0f} s, "
+                  f"{1000 * step:.3f} ms/step, last-5 {last_tasks_accuracy(result.matrix, 5):.1f}, "
+                  f"peak RSS of the process so far {peak:.0f} MiB", flush=True)
+            results.append(result)
+            steps.append(step)
+        rows.append(_row(method.label, results, steps, "; ".join(sorted(set(notes)))))
+        if results:
+            curves[method.label] = [r.matrix[-1] for r in results]
+        atomic_write_text(root / "table.csv", comparison_csv(rows, (*TABLE_COLUMNS, "settings")))
+    _plot(curves, root / "accuracy_vs_task.png")
+    return rows

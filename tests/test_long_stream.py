@@ -1,0 +1,157 @@
+"""Streams of hundreds of tasks: lazy tasks, evaluation on a budget, EWC-Online, batch size 1, BiMU end to end."""
+
+import json
+import math
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from metaspike.app.cli import main
+from metaspike.app.config import RunConfig
+from metaspike.app.models import build_model
+from metaspike.app.reproduce.long_stream import run_method, stream_config
+from metaspike.bayesian import MESU, BiMU
+from metaspike.continual import ContinualTrainer, RunDirectory, TrainerConfig, load_run, permuted, summarize
+from metaspike.continual.baselines import EWCOnline
+from metaspike.continual.metrics import evaluated_accuracy, last_tasks_accuracy, task_accuracy_over_time
+from metaspike.continual.results import latest_good_checkpoint
+from metaspike.continual.scenarios import LISTED_PERMUTATIONS, task_permutation, task_subset
+from metaspike.continual.trainer import evaluated_tasks
+from metaspike.data import load_dataset
+from metaspike.optim import MetaplasticAdam
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits"), load_dataset("digits", "test")
+
+
+def test_a_stream_of_100000_tasks_is_made_lazily(digits):
+    train, test = digits
+    start = time.perf_counter()
+    s = permuted(train, test, n_tasks=100_000, seed=7, samples_per_task=50)
+    assert time.perf_counter() - start < 1.0
+    assert len(s.tasks) == 100_000 and len(s.tasks.cached) == 0 and s.num_classes == 10
+    assert "permutations" not in s.definition and len(json.dumps(s.definition)) < 1000
+    assert s.eval_task_names[-1] == "digits-perm100000" and len(s.tasks.cached) == 0
+    for k in range(20):  # reaching tasks in order holds only a few of them
+        s.tasks[k]
+    assert len(s.tasks.cached) <= s.tasks.keep
+
+
+def test_task_k_is_derived_from_the_seed_and_its_index(digits):
+    train, test = digits
+    rng = np.random.default_rng(7)
+    drawn = [rng.permutation(784) for _ in range(LISTED_PERMUTATIONS + 5)]
+    long = permuted(train, test, n_tasks=LISTED_PERMUTATIONS + 5, seed=7, samples_per_task=50)
+    short = permuted(train, test, n_tasks=3, seed=7)
+    assert short.definition["permutations"] == [p.tolist() for p in drawn[:3]]  # short streams are unchanged
+    k = LISTED_PERMUTATIONS + 2
+    assert (task_permutation(7, k, 784) == drawn[k]).all()
+    rows = torch.from_numpy(task_subset(7, k, len(train), 50))
+    expected = train.x.reshape(len(train), -1)[rows][:, torch.from_numpy(drawn[k])]
+    task = long.tasks[k]
+    assert torch.equal(task.train.x.reshape(50, -1), expected) and torch.equal(task.train.y, train.y[rows])
+    assert len(task.test) == len(test) and len(set(rows.tolist())) == 50
+    assert not np.array_equal(task_subset(7, k, len(train), 50), task_subset(8, k, len(train), 50))
+    with pytest.raises(ValueError, match="samples must be an integer in 1.."):
+        permuted(train, test, 2, samples_per_task=len(train) + 1)
+
+
+def test_evaluation_budget_picks_first_last_five_and_an_even_sample():
+    assert evaluated_tasks(3, 3) == [0, 1, 2]
+    assert evaluated_tasks(0, 1000, 16) == [0, 100, 200, 300, 400, 500, 599, 699, 799, 899, 999]
+    assert evaluated_tasks(250, 1000, 16) == [0, 100, 200, 245, 246, 247, 248, 249]
+    assert evaluated_tasks(1000, 1000, 16)[-6:] == [899, 995, 996, 997, 998, 999]
+    assert len(evaluated_tasks(1000, 1000, 16)) <= 16 and evaluated_tasks(2, 1000, 16) == [0, 1]
+    with pytest.raises(ValueError, match="budget must be None or an integer > 5"):
+        evaluated_tasks(1, 10, 5)
+    with pytest.raises(ValueError, match="eval_tasks must be None or an integer > 5"):
+        TrainerConfig(eval_tasks=3)
+
+
+def test_matrix_keeps_only_evaluated_cells(digits, tmp_path):
+    train, test = digits
+    scenario = permuted(train, test, n_tasks=7, seed=1, samples_per_task=40)
+    model = build_model("bnn-layernorm", [16], (1, 28, 28), 10)
+    config = TrainerConfig(epochs=1, batch_size=1, eval_every=3, eval_tasks=6)
+    trainer = ContinualTrainer(model, lambda m: MetaplasticAdam(m.parameters(), lr=0.005, meta=1.0), config, progress=False)
+    directory = RunDirectory.create(tmp_path, "run", {})
+    result = trainer.fit(scenario, log=directory)
+    evaluated = [[j for j, a in enumerate(row) if not math.isnan(a)] for row in result.matrix]
+    assert evaluated == [[], [], [0, 1, 2], [], [], [0, 1, 2, 3, 4, 5], [0, 2, 3, 4, 5, 6]]
+    assert [c["task"] for c in result.curves] == [3, 6, 7] and [h["after_task"] for h in result.histograms] == [3, 6, 7]
+    run = load_run(directory.path)
+    assert np.array_equal(np.isnan(run["matrix"]), np.isnan(np.array(result.matrix)))
+    assert run["matrix"][2][0] == pytest.approx(result.matrix[2][0], abs=0.01)
+    metrics = summarize(result.matrix)
+    assert math.isnan(metrics["ACC"]) and metrics["evaluated_tasks"] == 6
+    assert metrics["last5_accuracy"] == pytest.approx(np.mean(result.matrix[-1][2:]))
+    assert metrics["task1_accuracy"] == result.matrix[-1][0]
+    assert evaluated_accuracy(result.matrix)[0] == pytest.approx(np.nanmean(result.matrix[-1]))
+    assert [t for t, _ in task_accuracy_over_time(result.matrix)] == [3, 6, 7]
+    assert last_tasks_accuracy(result.matrix, 6) != last_tasks_accuracy(result.matrix, 6)  # task 2 not evaluated: nan
+
+
+def test_ewc_online_decays_one_running_fisher_around_the_last_weights():
+    model = torch.nn.Linear(2, 2, bias=False)
+    x, y = torch.ones(4, 2), torch.zeros(4, dtype=torch.long)
+    ewc = EWCOnline(lam=3.0, gamma=0.5, samples=4)
+    with torch.no_grad():
+        model.weight.zero_()  # every per-sample gradient is ±0.5: Fisher 0.25 per weight
+    ewc.task_done(model, x, y, None)
+    ewc.task_done(model, x, y, None)
+    assert torch.allclose(ewc.fisher[0], torch.full((2, 2), 0.5 * 0.25 + 0.25))
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    assert ewc.penalty(model).item() == pytest.approx(0.5 * 3.0 * 4 * 0.375 * 4.0)
+    ewc.task_done(model, x, y, None)  # the anchor moves to the last task's weights
+    assert torch.equal(ewc.anchor[0], torch.full((2, 2), 2.0)) and ewc.penalty(model).item() == 0.0
+    copy = EWCOnline()
+    copy.load_state_dict(ewc.state_dict())
+    assert copy.gamma == 0.5 and torch.equal(copy.fisher[0], ewc.fisher[0]) and len(copy.fisher) == 1
+    with pytest.raises(ValueError, match=r"gamma must be a number in \[0, 1\]"):
+        EWCOnline(gamma=1.5)
+
+
+def test_batch_size_one_is_refused_for_batchnorm_and_kinds_pick_their_optimizer(capsys):
+    with pytest.raises(ValueError, match="--batch-size 1: model 'bnn' has BatchNorm.*--model bnn-layernorm"):
+        RunConfig(batch_size=1)
+    assert main(["train", "--batch-size", "1", "--dataset", "digits", "--quiet"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    with pytest.raises(ValueError, match="--samples-per-task applies to --scenario permuted only"):
+        RunConfig(scenario="split", samples_per_task=10, model="mlp", batch_size=1)
+    for kind, optimizer in (("bimu", BiMU), ("mesu", MESU), ("mlp", torch.optim.SGD), ("bnn-layernorm", MetaplasticAdam)):
+        config = RunConfig(model=kind, batch_size=1, hidden=(8,), meta=(1.0,))
+        assert isinstance(config.make_optimizer(build_model(kind, [8], (1, 28, 28), 10)), optimizer)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_bimu_at_batch_one_end_to_end_and_resumed(tmp_path, monkeypatch):
+    config = replace(stream_config("cpu", 3), datasets=("digits",), tasks=4, samples_per_task=100, hidden=(16,),
+                     model="bimu", eval_every=2, eval_tasks=6)
+    whole, step = run_method(config, out=tmp_path / "whole")
+    assert len(whole.matrix) == 4 and step > 0
+    assert whole.matrix[-1][-1] > 25  # far above chance (10 %) after 100 samples
+
+    original = RunDirectory.checkpoint
+
+    def die_after_first(self, state):
+        original(self, state)
+        raise _Killed
+
+    monkeypatch.setattr(RunDirectory, "checkpoint", die_after_first)
+    with pytest.raises(_Killed):
+        run_method(config, out=tmp_path / "killed")
+    monkeypatch.setattr(RunDirectory, "checkpoint", original)
+    (killed,) = (tmp_path / "killed").iterdir()
+    state, warnings = latest_good_checkpoint(killed)
+    assert state["position"]["task"] == 2 and not warnings
+    resumed, _ = run_method(config, out=tmp_path / "resumed", resume=state)
+    assert np.array_equal(np.array(resumed.matrix), np.array(whole.matrix), equal_nan=True)
