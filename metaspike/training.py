@@ -16,7 +16,8 @@ from torch.optim import Optimizer
 
 from metaspike.distributed import average_gradients
 
-__all__ = ["check_inputs", "train_epoch", "evaluate", "masked_logits", "TrainingDiverged", "Plugin"]
+__all__ = ["check_inputs", "train_epoch", "evaluate", "masked_logits", "classification_loss", "predictions",
+           "TrainingDiverged", "Plugin"]
 
 
 class Plugin:
@@ -95,8 +96,8 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
         raise ValueError(f"{what} samples of shape {tuple(x.shape[1:])} do not fit the model: {first_line}") from None
     finally:
         model.train(was_training)
-    if y is not None and isinstance(out, Tensor) and out.dim() == 2 and int(y.max()) >= out.shape[1]:
-        raise ValueError(f"labels go up to {int(y.max())} but the model has {out.shape[1]} outputs")
+    if y is not None and isinstance(out, Tensor) and out.dim() in (2, 3) and int(y.max()) >= out.shape[-1]:
+        raise ValueError(f"labels go up to {int(y.max())} but the model has {out.shape[-1]} outputs")
 
 
 def masked_logits(logits: Tensor, classes: Sequence[int] | None) -> Tensor:
@@ -111,6 +112,35 @@ def masked_logits(logits: Tensor, classes: Sequence[int] | None) -> Tensor:
     mask = torch.full((logits.shape[1],), float("-inf"), device=logits.device)
     mask[list(classes)] = 0.0
     return logits + mask
+
+
+def classification_loss(logits: Tensor, targets: Tensor, classes: Sequence[int] | None = None) -> Tensor:
+    """Cross-entropy of ``logits`` ``(B, C)``, or ``(S, B, C)`` for ``S`` weight samples of a Bayesian network
+    (then the mean over the samples), with the outputs outside ``classes`` masked.
+
+    Example:
+        >>> logits = torch.zeros(3, 2, 4)  # 3 samples, 2 inputs, 4 classes
+        >>> round(classification_loss(logits, torch.tensor([0, 1])).item(), 4)  # log 4
+        1.3863
+    """
+    logits = masked_logits(logits, classes)
+    if logits.dim() == 3:
+        return F.cross_entropy(logits.flatten(0, 1), targets.repeat(logits.shape[0]))
+    return F.cross_entropy(logits, targets)
+
+
+def predictions(logits: Tensor, classes: Sequence[int] | None = None) -> Tensor:
+    """The predicted class of each input: the argmax of ``logits`` ``(B, C)``, or of the class
+    probabilities averaged over ``S`` weight samples for ``(S, B, C)`` (the Bayesian model average).
+
+    Example:
+        >>> predictions(torch.tensor([[[2.0, 0.0]], [[0.0, 1.0]]]))  # two samples that disagree
+        tensor([0])
+    """
+    logits = masked_logits(logits, classes)
+    if logits.dim() == 3:
+        return logits.softmax(-1).mean(0).argmax(-1)
+    return logits.argmax(-1)
 
 
 def train_epoch(
@@ -148,7 +178,7 @@ def train_epoch(
             continue  # BatchNorm cannot train on one sample per process (decided alike in every process)
         inputs, targets = x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(masked_logits(model(inputs), classes), targets)
+        loss = classification_loss(model(inputs), targets, classes)
         if shard[1] > 1:  # weigh this slice by its share, so averaged gradients equal the whole batch's
             loss = loss * (len(index) * shard[1] / len(batch))
         for plugin in plugins:
@@ -199,6 +229,6 @@ def evaluate(
     # near-equal chunks: no trailing batch of one sample, which batch-statistics BatchNorm cannot take
     for index in torch.arange(len(x)).tensor_split(max(1, round(len(x) / batch_size))):
         inputs, targets = x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
-        correct += (masked_logits(model(inputs), classes).argmax(1) == targets).sum().item()
+        correct += (predictions(model(inputs), classes) == targets).sum().item()
     model.train(was_training)
     return 100.0 * correct / len(x)

@@ -38,6 +38,11 @@ BIMU_SETTINGS: dict[str, float] = {"likelihood_multiplier": 161.3, "kl_multiplie
 #: MESU's settings for the long permuted-MNIST stream (Bonnet et al. 2025 family of runs).
 MESU_SETTINGS: dict[str, float] = {"lr_mu": 1.6, "lr_sigma": 2.1, "sigma_prior": 0.3, "N": 600_000,
                                    "clamp_grad": 0.36}
+#: Weight samples per step, as in the authors' long-stream settings; the first Bayesian layer draws them and the
+#: output is ``(samples, batch, classes)``: the loss is the mean over samples, predictions average the samples'
+#: class probabilities (:mod:`metaspike.training`).
+BIMU_WEIGHT_SAMPLES = 5
+MESU_WEIGHT_SAMPLES = 10
 #: What trains each kind: the 2021 rule, plain SGD, or a Bayesian optimizer.
 OPTIMIZER_KINDS = ("metaplastic-adam", "sgd", "bimu", "mesu")
 
@@ -81,13 +86,15 @@ def _bimu_mlp(hidden: Sequence[int], input_shape: Sequence[int], classes: int, n
     from bnn import BinaryBayesianLinear
     from bnn.layers import SignActivation
 
-    return _stack(_sizes(hidden, input_shape, classes), BinaryBayesianLinear, True, SignActivation)
+    layer = lambda n_in, n_out: BinaryBayesianLinear(n_in, n_out, samples=BIMU_WEIGHT_SAMPLES)  # noqa: E731
+    return _stack(_sizes(hidden, input_shape, classes), layer, True, SignActivation)
 
 
 def _mesu_mlp(hidden: Sequence[int], input_shape: Sequence[int], classes: int, num_steps: int) -> nn.Module:
     from bnn import BayesianLinear
 
-    return _stack(_sizes(hidden, input_shape, classes), BayesianLinear, False, nn.ReLU)
+    layer = lambda n_in, n_out: BayesianLinear(n_in, n_out, samples=MESU_WEIGHT_SAMPLES)  # noqa: E731
+    return _stack(_sizes(hidden, input_shape, classes), layer, False, nn.ReLU)
 
 
 class _Kind(NamedTuple):
