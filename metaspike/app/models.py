@@ -168,13 +168,14 @@ def uses_batchnorm(kind: str) -> bool:
 
 
 def build_model(kind: str, hidden: Sequence[int], input_shape: Sequence[int], classes: int, num_steps: int = 8) -> nn.Module:
-    """A classifier of ``kind``: ``[B, *input_shape] -> [B, classes]`` logits.
+    """A classifier of ``kind``: ``[B, *input_shape] -> [B, classes]`` logits (``[S, B, classes]`` for the
+    Bayesian kinds, one row per weight sample).
 
     Example:
         >>> build_model("bnn", [64], (1, 28, 28), 10).sizes
         (784, 64, 10)
         >>> build_model("bimu", [64], (1, 28, 28), 10)(torch.rand(1, 1, 28, 28)).shape
-        torch.Size([1, 10])
+        torch.Size([5, 1, 10])
     """
     _check_kind(kind)
     if kind in _KINDS:
