@@ -90,3 +90,12 @@ def test_diagnostics_record_flips_and_consolidation_per_epoch(scenario):
     assert strong.diagnostics[-1]["consolidated:4"] > 0.2
     # consolidation makes the second task flip fewer signs than without it
     assert strong.diagnostics[-1]["flip_rate:1"] < plain.diagnostics[-1]["flip_rate:1"]
+
+
+def test_a_scenario_without_tasks_is_refused():
+    from metaspike.continual.scenarios import Scenario
+
+    trainer = ContinualTrainer(torch.nn.Linear(4, 2), lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
+                               TrainerConfig(epochs=1), progress=False)
+    with pytest.raises(ValueError, match="scenario 'empty' has no task to train"):
+        trainer.fit(Scenario("empty", (), (), {}))

@@ -240,6 +240,8 @@ class ContinualTrainer:
         ``resume`` continues from there and gives the same numbers as an uninterrupted run.
         """
         cfg = self.config
+        if len(scenario.tasks) == 0:
+            raise ValueError(f"scenario {scenario.name!r} has no task to train")
         self._check(scenario.tasks[0])
         generator = torch.Generator().manual_seed(cfg.seed)
         if resume is None:
