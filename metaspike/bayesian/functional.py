@@ -88,32 +88,24 @@ def _same_lengths(**lists: list[Tensor]) -> None:
 
 
 @torch.no_grad()
-def mesu_step_(
-    mus: Sequence[Tensor],
-    sigmas: Sequence[Tensor],
-    grad_mus: Sequence[Tensor],
-    grad_sigmas: Sequence[Tensor],
-    *,
-    lr_mu: float,
-    lr_sigma: float,
-    sigma_prior: float,
-    mu_prior: float,
-    N: float,
-    clamp_grad: float = 0.0,
-) -> None:
+def mesu_step_(mus: Sequence[Tensor], sigmas: Sequence[Tensor], grad_mus: Sequence[Tensor],
+               grad_sigmas: Sequence[Tensor], hyper: Mapping[str, float]) -> None:
     """One MESU update of the means ``mus`` and widths ``sigmas``, in place (gradients untouched).
 
     ``mus[i]``, ``sigmas[i]``, ``grad_mus[i]`` and ``grad_sigmas[i]`` belong together and have one
-    shape. See the module docstring for the rule and :func:`check_hyperparameters` for the ranges.
+    shape. ``hyper`` holds the hyperparameters of :func:`mesu_step` by name (e.g. an optimizer's param
+    group); see the module docstring for the rule and :func:`check_hyperparameters` for the ranges.
 
     Example:
         >>> mu, sigma = torch.zeros(2), torch.full((2,), 0.5)
-        >>> mesu_step_([mu], [sigma], [torch.tensor([1.0, -1.0])], [torch.zeros(2)], lr_mu=1.0,
-        ...            lr_sigma=1.0, sigma_prior=0.5, mu_prior=0.0, N=10)
+        >>> mesu_step_([mu], [sigma], [torch.tensor([1.0, -1.0])], [torch.zeros(2)],
+        ...            dict(lr_mu=1.0, lr_sigma=1.0, sigma_prior=0.5, mu_prior=0.0, N=10, clamp_grad=0.0))
         >>> mu
         tensor([-0.2500,  0.2500])
     """
-    check_hyperparameters("mesu", locals())
+    check_hyperparameters("mesu", hyper)
+    lr_mu, lr_sigma, sigma_prior = hyper["lr_mu"], hyper["lr_sigma"], hyper["sigma_prior"]
+    mu_prior, N, clamp_grad = hyper["mu_prior"], hyper["N"], hyper["clamp_grad"]
     mus, sigmas, grad_mus, grad_sigmas = list(mus), list(sigmas), list(grad_mus), list(grad_sigmas)
     _same_lengths(mus=mus, sigmas=sigmas, grad_mus=grad_mus, grad_sigmas=grad_sigmas)
     if not mus:
@@ -161,38 +153,29 @@ def mesu_step(
         >>> mu, sigma
         (tensor([-0.1000]), tensor([1.]))
     """
+    hyper = dict(lr_mu=lr_mu, lr_sigma=lr_sigma, sigma_prior=sigma_prior, mu_prior=mu_prior, N=N, clamp_grad=clamp_grad)
     mu, sigma = mu.detach().clone(), sigma.detach().clone()
-    mesu_step_(
-        [mu], [sigma], [grad_mu], [grad_sigma], lr_mu=lr_mu, lr_sigma=lr_sigma, sigma_prior=sigma_prior,
-        mu_prior=mu_prior, N=N, clamp_grad=clamp_grad,
-    )
+    mesu_step_([mu], [sigma], [grad_mu], [grad_sigma], hyper)
     return mu, sigma
 
 
 @torch.no_grad()
-def bimu_step_(
-    lams: Sequence[Tensor],
-    grads: Sequence[Tensor],
-    *,
-    lr: float,
-    lr_max: float,
-    likelihood_multiplier: float,
-    kl_multiplier: float,
-    N: float,
-) -> None:
+def bimu_step_(lams: Sequence[Tensor], grads: Sequence[Tensor], hyper: Mapping[str, float]) -> None:
     """One BiMU update of the latent weights ``lams``, in place (gradients untouched).
 
-    ``lams[i]`` and ``grads[i]`` belong together. See the module docstring for the rule and
-    :func:`check_hyperparameters` for the ranges.
+    ``lams[i]`` and ``grads[i]`` belong together. ``hyper`` holds the hyperparameters of
+    :func:`bimu_step` by name; see the module docstring for the rule and :func:`check_hyperparameters`.
 
     Example:
         >>> lam = torch.zeros(2)
-        >>> bimu_step_([lam], [torch.tensor([1.0, -1.0])], lr=1.0, lr_max=1.0,
-        ...            likelihood_multiplier=1.0, kl_multiplier=1.0, N=60_000)
+        >>> bimu_step_([lam], [torch.tensor([1.0, -1.0])],
+        ...            dict(lr=1.0, lr_max=1.0, likelihood_multiplier=1.0, kl_multiplier=1.0, N=60_000))
         >>> lam  # −g / (κ + 2|g| + 1/η_max) = ∓1/4
         tensor([-0.2500,  0.2500])
     """
-    check_hyperparameters("bimu", locals())
+    check_hyperparameters("bimu", hyper)
+    lr, lr_max, N = hyper["lr"], hyper["lr_max"], hyper["N"]
+    likelihood_multiplier, kl_multiplier = hyper["likelihood_multiplier"], hyper["kl_multiplier"]
     lams, grads = list(lams), list(grads)
     _same_lengths(lams=lams, grads=grads)
     if not lams:
@@ -231,8 +214,6 @@ def bimu_step(
         tensor([0.])
     """
     lam = lam.detach().clone()
-    bimu_step_(
-        [lam], [grad], lr=lr, lr_max=lr_max, likelihood_multiplier=likelihood_multiplier,
-        kl_multiplier=kl_multiplier, N=N,
-    )
+    hyper = dict(lr=lr, lr_max=lr_max, likelihood_multiplier=likelihood_multiplier, kl_multiplier=kl_multiplier, N=N)
+    bimu_step_([lam], [grad], hyper)
     return lam

@@ -51,7 +51,46 @@ def _group_params(param_group: dict[str, Any]) -> list[Tensor]:
     return [params] if isinstance(params, Tensor) else list(params)
 
 
-class MESU(Optimizer):
+class _DataGatedOptimizer(Optimizer):
+    """What MESU and BiMU share: hyperparameters validated for every group, and a step that changes
+    nothing when no parameter has a nonzero gradient. A subclass names its ``rule`` and implements
+    :meth:`_update_group`."""
+
+    rule: str
+
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], defaults: dict[str, Any]) -> None:
+        check_hyperparameters(self.rule, defaults)
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group; its hyperparameters are validated first."""
+        check_hyperparameters(self.rule, {**self.defaults, **param_group})
+        super().add_param_group(param_group)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Update every parameter with a gradient; nothing changes if all gradients are zero.
+
+        Args:
+            closure: re-evaluates the model and returns the loss (optional).
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if _any_gradient(self.param_groups):
+            for group in self.param_groups:
+                updated = self._update_group(group)
+                if updated:
+                    _count_steps(self, updated)
+        return loss
+
+    def _update_group(self, group: dict[str, Any]) -> list[Tensor]:
+        """Apply the rule to ``group``; return the parameters it updated."""
+        raise NotImplementedError
+
+
+class MESU(_DataGatedOptimizer):
     """MESU, Metaplasticity from Synaptic Uncertainty (Bonnet et al. 2025), for Gaussian synapses.
 
     Each group's ``params`` alternate means and widths, ``[μ_1, σ_1, μ_2, σ_2, ...]``, as
@@ -89,11 +128,9 @@ class MESU(Optimizer):
         N: float = 100_000,
         clamp_grad: float = 0.0,
     ) -> None:
-        defaults = dict(
-            lr_mu=lr_mu, lr_sigma=lr_sigma, sigma_prior=sigma_prior, mu_prior=mu_prior, N=N, clamp_grad=clamp_grad
-        )
-        check_hyperparameters("mesu", defaults)
-        super().__init__(params, defaults)
+        self.rule = "mesu"
+        super().__init__(params, dict(lr_mu=lr_mu, lr_sigma=lr_sigma, sigma_prior=sigma_prior, mu_prior=mu_prior,
+                                      N=N, clamp_grad=clamp_grad))
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group of ``μ, σ`` pairs; its hyperparameters and pairing are validated first.
@@ -106,7 +143,6 @@ class MESU(Optimizer):
             ValueError: params must alternate means and widths (mu_1, sigma_1, mu_2, ...), got 1 tensors
         """
         params = _group_params(param_group)
-        check_hyperparameters("mesu", {**self.defaults, **param_group})
         if len(params) % 2:
             raise ValueError(
                 f"params must alternate means and widths (mu_1, sigma_1, mu_2, ...), got {len(params)} tensors"
@@ -118,41 +154,22 @@ class MESU(Optimizer):
                 )
         super().add_param_group({**param_group, "params": params})
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Update every ``μ, σ`` pair with a gradient; nothing changes if all gradients are zero.
-
-        Args:
-            closure: re-evaluates the model and returns the loss (optional).
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        if not _any_gradient(self.param_groups):
-            return loss
-        for group in self.param_groups:
-            mus, sigmas, grad_mus, grad_sigmas = [], [], [], []
-            params = group["params"]
-            for mu, sigma in zip(params[0::2], params[1::2]):
-                if mu.grad is None and sigma.grad is None:
-                    continue
-                mus.append(mu)
-                sigmas.append(sigma)
-                grad_mus.append(torch.zeros_like(mu) if mu.grad is None else mu.grad)
-                grad_sigmas.append(torch.zeros_like(sigma) if sigma.grad is None else sigma.grad)
-            if not mus:
+    def _update_group(self, group: dict[str, Any]) -> list[Tensor]:
+        mus, sigmas, grad_mus, grad_sigmas = [], [], [], []
+        params = group["params"]
+        for mu, sigma in zip(params[0::2], params[1::2]):
+            if mu.grad is None and sigma.grad is None:
                 continue
-            mesu_step_(
-                mus, sigmas, grad_mus, grad_sigmas, lr_mu=group["lr_mu"], lr_sigma=group["lr_sigma"],
-                sigma_prior=group["sigma_prior"], mu_prior=group["mu_prior"], N=group["N"],
-                clamp_grad=group["clamp_grad"],
-            )
-            _count_steps(self, mus + sigmas)
-        return loss
+            mus.append(mu)
+            sigmas.append(sigma)
+            grad_mus.append(torch.zeros_like(mu) if mu.grad is None else mu.grad)
+            grad_sigmas.append(torch.zeros_like(sigma) if sigma.grad is None else sigma.grad)
+        if mus:
+            mesu_step_(mus, sigmas, grad_mus, grad_sigmas, group)
+        return mus + sigmas
 
 
-class BiMU(Optimizer):
+class BiMU(_DataGatedOptimizer):
     """BiMU, Bayesian Metaplastic Update (Cottart et al. 2026), for binary synapses.
 
     ``params`` are the latent weights ``λ`` (see :func:`~metaspike.bayesian.synapses.bimu_parameters`);
@@ -187,46 +204,12 @@ class BiMU(Optimizer):
         kl_multiplier: float = 1.0,
         N: float = 60_000,
     ) -> None:
-        defaults = dict(
-            lr=lr, lr_max=lr_max, likelihood_multiplier=likelihood_multiplier, kl_multiplier=kl_multiplier, N=N
-        )
-        check_hyperparameters("bimu", defaults)
-        super().__init__(params, defaults)
+        self.rule = "bimu"
+        super().__init__(params, dict(lr=lr, lr_max=lr_max, likelihood_multiplier=likelihood_multiplier,
+                                      kl_multiplier=kl_multiplier, N=N))
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group of latent weights; its hyperparameters are validated first.
-
-        Example:
-            >>> opt = BiMU([torch.zeros(2, requires_grad=True)])
-            >>> opt.add_param_group({"params": [torch.zeros(3, requires_grad=True)], "lr_max": 0})
-            Traceback (most recent call last):
-            ...
-            ValueError: lr_max must be a finite number > 0, got 0
-        """
-        check_hyperparameters("bimu", {**self.defaults, **param_group})
-        super().add_param_group(param_group)
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Update every latent weight with a gradient; nothing changes if all gradients are zero.
-
-        Args:
-            closure: re-evaluates the model and returns the loss (optional).
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        if not _any_gradient(self.param_groups):
-            return loss
-        for group in self.param_groups:
-            lams = [p for p in group["params"] if p.grad is not None]
-            if not lams:
-                continue
-            bimu_step_(
-                lams, [p.grad for p in lams], lr=group["lr"], lr_max=group["lr_max"],
-                likelihood_multiplier=group["likelihood_multiplier"], kl_multiplier=group["kl_multiplier"],
-                N=group["N"],
-            )
-            _count_steps(self, lams)
-        return loss
+    def _update_group(self, group: dict[str, Any]) -> list[Tensor]:
+        lams = [p for p in group["params"] if p.grad is not None]
+        if lams:
+            bimu_step_(lams, [p.grad for p in lams], group)
+        return lams
