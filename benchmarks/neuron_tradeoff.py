@@ -1,0 +1,67 @@
+"""The fair comparison of neuron models: every model swept over meta, 3 seeds, one table and one frontier figure.
+
+Runs ``metaspike compare --neurons`` in two halves side by side (one thread each, as on a 2-core machine) or
+merges comparison folders that ran already, then writes the combined table, the per-model trade-off table
+(best m by ACC; the least-forgetting m whose last task stays within 5 points of m = 0) and the frontier
+figure to ``--out``:
+
+    python benchmarks/neuron_tradeoff.py --out benchmarks/results/neuron_tradeoff            # runs both halves
+    python benchmarks/neuron_tradeoff.py --merge runs/nbA/compare-... runs/nbB/compare-... --out ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from metaspike.app import plots
+from metaspike.app.compare import DEFAULT_NEURONS, TRADEOFF_LABELS, format_tradeoff, tradeoff_rows
+from metaspike.app.tables import comparison_csv, format_table
+from metaspike.files import atomic_write_text, read_json
+
+METAS = ("0", "5", "10", "20", "30", "50")
+
+
+def _run_halves(seeds: list[str]) -> list[Path]:
+    half = len(DEFAULT_NEURONS) // 2
+    outs = [Path(tempfile.mkdtemp()) for _ in range(2)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "metaspike", "compare", "--neurons", *group, "--meta", *METAS,
+                               "--seeds", *seeds, "--quiet", "--out", str(out)], env=env)
+             for group, out in zip((DEFAULT_NEURONS[:half], DEFAULT_NEURONS[half:]), outs)]
+    if any(proc.wait() != 0 for proc in procs):
+        raise SystemExit("a comparison failed; finish it with metaspike compare --resume")
+    return [next(out.glob("compare-neurons-*")) for out in outs]
+
+
+def _rows(folder: Path) -> list[dict]:
+    rows = read_json(folder / "comparison.json")["rows"]
+    return [{k: tuple(v) if isinstance(v, list) else v for k, v in row.items()} for row in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--merge", nargs="+", type=Path, help="comparison folders to combine instead of running")
+    parser.add_argument("--seeds", nargs="+", default=["1", "2", "3"])
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    folders = args.merge or _run_halves(args.seeds)
+    rows = [row for folder in folders for row in _rows(folder)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    tradeoff = tradeoff_rows(rows)
+    n_tasks = sum(1 for key in rows[0] if key.startswith("task "))
+    atomic_write_text(args.out / "comparison.csv", comparison_csv(rows, ("neuron", "meta", "runs")))
+    atomic_write_text(args.out / "comparison.txt", format_table(rows, n_tasks) + "\n")
+    atomic_write_text(args.out / "tradeoff.csv", comparison_csv(tradeoff, TRADEOFF_LABELS))
+    atomic_write_text(args.out / "tradeoff.txt", format_tradeoff(tradeoff) + "\n")
+    plots.plot_tradeoff(rows, args.out / "tradeoff.png")
+    plots.plot_forgetting_by_model(rows, args.out / "forgetting.png")
+    print(format_tradeoff(tradeoff))
+
+
+if __name__ == "__main__":
+    main()
