@@ -488,6 +488,10 @@ def pack(model: nn.Module, compile: bool = True) -> PackedMLP:
             "pack needs the model in eval mode, where its BatchNorm layers use the population statistics that "
             "pack folds in: call model.eval() before bnn.pack(model)"
         )
+    for i, (linear, _) in enumerate(pairs):
+        if getattr(linear, "output_gain", None) is not None:
+            raise ValueError(f"layer {i} has a learned output gain (scale={linear.output_gain.scale!r}); pack folds "
+                             "BatchNorm only: pack a model whose binary layers have scale=None")
     sizes = [pairs[0][0].in_features] + [linear.out_features for linear, _ in pairs]
     layers = []
     for i, (linear, norm) in enumerate(pairs):

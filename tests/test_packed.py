@@ -440,3 +440,11 @@ def test_popcount_and_bit_packing():
     unpacked = (packed.view(torch.uint8).unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1
     assert torch.equal(unpacked.view(3, -1)[:, :70].bool(), bits)
     assert not unpacked.view(3, -1)[:, 70:].any()
+
+
+def test_pack_refuses_a_layer_with_a_learned_gain_rather_than_dropping_it():
+    model = bnn.MLP([16, 8, 4])
+    model[1] = bnn.BinaryLinear(16, 8, scale="channel")
+    bnn.use_population_statistics(model, torch.rand(20, 16)).eval()
+    with pytest.raises(ValueError, match="layer 0 has a learned output gain"):
+        bnn.pack(model)
