@@ -278,3 +278,16 @@ def test_consolidate_matches_the_rule_written_out():
         factor = 1 - torch.tanh(meta * hidden.double()) ** 2
         expected = torch.where(hidden.double() * update.double() > 0, update.double() * factor, update.double())
         torch.testing.assert_close(consolidate(hidden, update, meta)[0].double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_param_groups_lists_a_tied_weight_once():
+    import metaspike
+
+    net = torch.nn.Sequential(torch.nn.Linear(6, 6, bias=False), torch.nn.Tanh(), torch.nn.Linear(6, 6, bias=False))
+    net[2].weight = net[0].weight  # tied
+    metaspike.binarize(net)
+    groups = param_groups(net, 5.0)
+    listed = [p for g in groups for p in g["params"]]
+    assert len(listed) == len({id(p) for p in listed})  # each parameter once (the two layers' gains are separate)
+    assert len([p for g in groups if g["consolidate"] for p in g["params"]]) == 1
+    MetaplasticAdam(groups, lr=0.01)  # torch refuses a parameter listed twice
