@@ -15,8 +15,10 @@
 
   The denominator is at least ``1/η_max > 0``, since ``K ≥ 0`` and ``2|g| + 2 g tanh λ ≥ 0``.
 
-Each rule has one implementation, the in-place multi-tensor step (``mesu_step_``, ``bimu_step_``,
-built on ``torch._foreach_*``); the pure functions run it on copies. The functions apply the rule
+Each rule has one implementation, a single-tensor function that ``torch.compile`` fuses into one
+loop per parameter (:class:`~metaspike.compiled.LazyCompiled`: compiled on first use, eager if
+compiling fails); the in-place multi-tensor steps ``mesu_step_``, ``bimu_step_`` run it on every
+tensor and the pure functions run them on copies. The functions apply the rule
 unconditionally: skipping steps without data (all gradients zero) is the optimizers' job.
 """
 
@@ -28,6 +30,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
+
+from metaspike.compiled import LazyCompiled
 
 __all__ = ["mesu_step", "mesu_step_", "bimu_step", "bimu_step_", "check_hyperparameters"]
 
@@ -87,6 +91,52 @@ def _same_lengths(**lists: list[Tensor]) -> None:
         raise ValueError(f"the tensor lists must have equal lengths, got {lengths}")
 
 
+def _mesu_update_(mu: Tensor, sigma: Tensor, grad_mu: Tensor, grad_sigma: Tensor, *, lr_mu: float,
+                  half_lr_sigma: float, inv: float, mu_prior_inv: float, prior_var_inv: float,
+                  clamp_grad: float, clamp: bool) -> None:
+    """The MESU rule on one ``μ, σ`` pair, in place: the one implementation, one compiled loop.
+
+    ``inv = 1/(N σ_p²)``, ``mu_prior_inv = μ_p·inv``, ``prior_var_inv = σ_p²·inv`` and
+    ``half_lr_sigma = η_σ/2`` come precomputed, so that the compiled loop takes them as inputs;
+    ``clamp`` says whether ``clamp_grad > 0`` (a bool: one compiled loop for each case).
+    """
+    if clamp:
+        bound = sigma.reciprocal() * clamp_grad
+        low = -bound
+        grad_mu = torch.minimum(torch.maximum(grad_mu, low), bound)
+        grad_sigma = torch.minimum(torch.maximum(grad_sigma, low), bound)
+    variance = sigma * sigma
+    # Δμ / η_μ = σ² ((μ_p − μ) / (N σ_p²) − ∂L/∂μ)
+    step_mu = (mu * -inv + mu_prior_inv - grad_mu) * variance
+    # Δσ / (½ η_σ) = σ ((σ_p² − σ²) / (N σ_p²) − σ ∂L/∂σ)
+    step_sigma = (variance * -inv + prior_var_inv - sigma * grad_sigma) * sigma
+    mu.add_(step_mu * lr_mu)
+    sigma.add_(step_sigma * half_lr_sigma)
+
+
+def _bimu_update_(lam: Tensor, grad: Tensor, *, lr: float, inv_lr_max: float, likelihood_multiplier: float,
+                  kl_multiplier: float, inv_N: float) -> None:
+    """The BiMU rule on one tensor ``λ``, in place: the one implementation, one compiled loop."""
+    g = grad * likelihood_multiplier
+    t = torch.tanh(lam)
+    kl = (t * t) * -kl_multiplier + kl_multiplier  # K = κ (1 − tanh² λ)
+    numerator = g * lr + (lam * kl) * inv_N  # η g + λ K / N
+    denominator = (g.abs() + g * t) * 2.0 + kl + inv_lr_max  # 2 (|g| + g tanh λ) + K + 1/η_max
+    lam.sub_(numerator / denominator)
+
+
+_compiled_mesu = LazyCompiled(_mesu_update_, "fused MESU step")
+_compiled_bimu = LazyCompiled(_bimu_update_, "fused BiMU step")
+
+
+def _run(update: LazyCompiled, tensors: Sequence[Tensor], scalars: dict[str, float]) -> None:
+    """``update`` on ``tensors``, compiled (eagerly inside a compiled region or once compiling failed)."""
+    if update.broken or torch.compiler.is_compiling():
+        update.fn(*tensors, **scalars)
+    else:  # detached: parameters that require gradients would compile a second loop
+        update(*(t.detach() for t in tensors), **scalars)
+
+
 @torch.no_grad()
 def mesu_step_(mus: Sequence[Tensor], sigmas: Sequence[Tensor], grad_mus: Sequence[Tensor],
                grad_sigmas: Sequence[Tensor], hyper: Mapping[str, float]) -> None:
@@ -104,32 +154,15 @@ def mesu_step_(mus: Sequence[Tensor], sigmas: Sequence[Tensor], grad_mus: Sequen
         tensor([-0.2500,  0.2500])
     """
     check_hyperparameters("mesu", hyper)
-    lr_mu, lr_sigma, sigma_prior = hyper["lr_mu"], hyper["lr_sigma"], hyper["sigma_prior"]
-    mu_prior, N, clamp_grad = hyper["mu_prior"], hyper["N"], hyper["clamp_grad"]
     mus, sigmas, grad_mus, grad_sigmas = list(mus), list(sigmas), list(grad_mus), list(grad_sigmas)
     _same_lengths(mus=mus, sigmas=sigmas, grad_mus=grad_mus, grad_sigmas=grad_sigmas)
-    if not mus:
-        return
-    if clamp_grad > 0:
-        bound = torch._foreach_reciprocal(sigmas)
-        torch._foreach_mul_(bound, clamp_grad)
-        low = torch._foreach_neg(bound)
-        grad_mus = torch._foreach_minimum(torch._foreach_maximum(grad_mus, low), bound)
-        grad_sigmas = torch._foreach_minimum(torch._foreach_maximum(grad_sigmas, low), bound)
-    inv = 1.0 / (N * sigma_prior**2)
-    variances = torch._foreach_mul(sigmas, sigmas)
-    # Δμ / η_μ = σ² ((μ_p − μ) / (N σ_p²) − ∂L/∂μ)
-    step_mu = torch._foreach_mul(mus, -inv)
-    torch._foreach_add_(step_mu, mu_prior * inv)
-    torch._foreach_sub_(step_mu, grad_mus)
-    torch._foreach_mul_(step_mu, variances)
-    # Δσ / (½ η_σ) = σ ((σ_p² − σ²) / (N σ_p²) − σ ∂L/∂σ)
-    step_sigma = torch._foreach_mul(variances, -inv)
-    torch._foreach_add_(step_sigma, sigma_prior**2 * inv)
-    torch._foreach_addcmul_(step_sigma, sigmas, grad_sigmas, value=-1.0)
-    torch._foreach_mul_(step_sigma, sigmas)
-    torch._foreach_add_(mus, step_mu, alpha=lr_mu)
-    torch._foreach_add_(sigmas, step_sigma, alpha=0.5 * lr_sigma)
+    sigma_prior = float(hyper["sigma_prior"])
+    inv = 1.0 / (float(hyper["N"]) * sigma_prior**2)
+    scalars = dict(lr_mu=float(hyper["lr_mu"]), half_lr_sigma=0.5 * float(hyper["lr_sigma"]), inv=inv,
+                   mu_prior_inv=float(hyper["mu_prior"]) * inv, prior_var_inv=sigma_prior**2 * inv,
+                   clamp_grad=float(hyper["clamp_grad"]), clamp=hyper["clamp_grad"] > 0)
+    for tensors in zip(mus, sigmas, grad_mus, grad_sigmas):
+        _run(_compiled_mesu, tensors, scalars)
 
 
 def mesu_step(
@@ -174,26 +207,13 @@ def bimu_step_(lams: Sequence[Tensor], grads: Sequence[Tensor], hyper: Mapping[s
         tensor([-0.2500,  0.2500])
     """
     check_hyperparameters("bimu", hyper)
-    lr, lr_max, N = hyper["lr"], hyper["lr_max"], hyper["N"]
-    likelihood_multiplier, kl_multiplier = hyper["likelihood_multiplier"], hyper["kl_multiplier"]
     lams, grads = list(lams), list(grads)
     _same_lengths(lams=lams, grads=grads)
-    if not lams:
-        return
-    g = torch._foreach_mul(grads, likelihood_multiplier)
-    t = torch._foreach_tanh(lams)
-    kl = torch._foreach_mul(t, t)  # K = κ (1 − tanh² λ)
-    torch._foreach_mul_(kl, -kl_multiplier)
-    torch._foreach_add_(kl, kl_multiplier)
-    numerator = torch._foreach_mul(g, lr)  # η g + λ K / N
-    torch._foreach_addcmul_(numerator, lams, kl, value=1.0 / N)
-    denominator = torch._foreach_abs(g)  # 2 (|g| + g tanh λ) + K + 1/η_max
-    torch._foreach_addcmul_(denominator, g, t)
-    torch._foreach_mul_(denominator, 2.0)
-    torch._foreach_add_(denominator, kl)
-    torch._foreach_add_(denominator, 1.0 / lr_max)
-    torch._foreach_div_(numerator, denominator)
-    torch._foreach_sub_(lams, numerator)
+    scalars = dict(lr=float(hyper["lr"]), inv_lr_max=1.0 / hyper["lr_max"],
+                   likelihood_multiplier=float(hyper["likelihood_multiplier"]),
+                   kl_multiplier=float(hyper["kl_multiplier"]), inv_N=1.0 / hyper["N"])
+    for tensors in zip(lams, grads):
+        _run(_compiled_bimu, tensors, scalars)
 
 
 def bimu_step(

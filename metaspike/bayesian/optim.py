@@ -28,12 +28,14 @@ __all__ = ["MESU", "BiMU"]
 
 
 def _any_gradient(groups: list[dict[str, Any]]) -> bool:
-    """Whether any parameter of ``groups`` has a gradient with a nonzero (or NaN) entry; one sync."""
-    grads = [p.grad for group in groups for p in group["params"] if p.grad is not None]
-    if not grads:
-        return False
-    largest = torch._foreach_norm(grads, float("inf"))
-    return bool(torch.stack([m.to(grads[0].device, torch.float32) for m in largest]).ne(0).any())
+    """Whether any parameter of ``groups`` has a gradient with a nonzero (or NaN) entry.
+
+    Checked tensor by tensor, smallest first, and lazily: a training step stops at its first
+    gradient with data, so it typically reads one small tensor and syncs once; only a step without
+    data reads them all.
+    """
+    grads = sorted((p.grad for group in groups for p in group["params"] if p.grad is not None), key=Tensor.numel)
+    return any(bool(g.any()) for g in grads)
 
 
 def _count_steps(optimizer: Optimizer, params: list[Tensor]) -> None:

@@ -85,6 +85,32 @@ def _expand(weight: Tensor, samples: int | None) -> Tensor:
     return weight if samples is None else weight.expand(samples, *weight.shape)
 
 
+class _GaussianSample(torch.autograd.Function):
+    """``w = μ + σ·ε`` for ``ε`` of the shape of ``μ`` or with a leading sample dimension, with a
+    backward of one product and the sums over the samples (``addcmul``'s also multiplies by ``value``)."""
+
+    @staticmethod
+    def forward(mu: Tensor, sigma: Tensor, noise: Tensor) -> Tensor:
+        return torch.addcmul(mu, sigma, noise)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor], output: Tensor) -> None:
+        ctx.save_for_backward(inputs[2])
+        ctx.sampled = inputs[2].dim() > inputs[0].dim()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        (noise,) = ctx.saved_tensors
+        grad_mu = grad_sigma = None
+        if ctx.needs_input_grad[0]:
+            grad_mu = grad.sum(0) if ctx.sampled else grad
+        if ctx.needs_input_grad[1]:
+            grad_sigma = grad * noise
+            if ctx.sampled:
+                grad_sigma = grad_sigma.sum(0)
+        return grad_mu, grad_sigma, None
+
+
 class GaussianWeight(nn.Module):
     """Parametrization of a MESU synapse: the weight parameter is the mean ``μ``, ``sigma`` the width.
 
@@ -119,8 +145,10 @@ class GaussianWeight(nn.Module):
         """
         if not self.training and self.evaluation == "mode":
             return _expand(mu, samples)
-        noise = torch.randn(_shape(mu, samples), dtype=mu.dtype, device=mu.device)
-        return torch.addcmul(mu, self.sigma, noise)
+        # one sample is drawn as mu.shape and unsqueezed: the same numbers, no sum over samples in backward
+        noise = torch.randn(_shape(mu, None if samples == 1 else samples), dtype=mu.dtype, device=mu.device)
+        weight = _GaussianSample.apply(mu, self.sigma, noise)
+        return weight.unsqueeze(0) if samples == 1 else weight
 
     def forward(self, mu: Tensor) -> Tensor:
         return self.sample(mu)
@@ -162,8 +190,13 @@ class BinaryWeight(nn.Module):
             torch.Size([3, 4])
         """
         if self.training:
-            logistic = torch.rand(_shape(lam, samples), dtype=lam.dtype, device=lam.device).logit_().mul_(0.5)
-            return logistic.add_(lam).div_(self.temperature).tanh_()
+            # one sample is drawn as lam.shape and unsqueezed: the same numbers, no sum over samples in backward
+            shape = _shape(lam, None if samples == 1 else samples)
+            logistic = torch.rand(shape, dtype=lam.dtype, device=lam.device).logit_().mul_(0.5).add_(lam)
+            if self.temperature != 1.0:  # x / 1 == x: skip the pass (and its backward)
+                logistic = logistic.div_(self.temperature)
+            weight = logistic.tanh_()
+            return weight.unsqueeze(0) if samples == 1 else weight
         if self.evaluation == "mode":
             return _expand((lam >= 0).to(lam.dtype).mul_(2).sub_(1), samples)
         uniform = torch.rand(_shape(lam, samples), dtype=lam.dtype, device=lam.device)
