@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from metaspike.app.config import RunConfig, meta_label
-from metaspike.app.runs import finished_result, load_config, resume, run
+from metaspike.app.runs import config_from_record, finished_result, load_config, resume, run
 from metaspike.app.tables import check_settings, comparison_csv, format_table, summarize_results
 from metaspike.continual.results import RunDirectory, unique_directory
 from metaspike.continual.trainer import ContinualResult
@@ -59,10 +59,8 @@ def _neuron_rows(base: RunConfig, neurons: Sequence[str], metas: Sequence[float]
             for n in neurons for m in metas]
 
 
-def _rows(plan: dict[str, Any]) -> list[Row]:
-    base = RunConfig(**{**plan["base"], "datasets": tuple(plan["base"]["datasets"]),
-                        "hidden": tuple(plan["base"]["hidden"]),
-                        "meta": tuple(plan["base"]["meta"]) if isinstance(plan["base"]["meta"], list) else (plan["base"]["meta"],)})
+def _rows(plan: dict[str, Any], root: Path) -> list[Row]:
+    base = config_from_record(plan["base"], root / PLAN)
     if plan["kind"] == "neurons":
         return _neuron_rows(base, plan["neurons"], plan["metas"], plan["seeds"])
     return _meta_rows(base, [tuple(s) for s in plan["settings"]], plan["seeds"])
@@ -83,10 +81,10 @@ def _run_or_continue(config: RunConfig, root: Path, progress: bool) -> Continual
     return result
 
 
-def _execute(root: Path, plan: dict[str, Any], progress: bool) -> tuple[Path, list[dict[str, Any]]]:
+def _execute(root: Path, plan: dict[str, Any], planned: list[Row], progress: bool) -> tuple[Path, list[dict[str, Any]]]:
     rows = []
     first_runs: list[Path] = []
-    for row in _rows(plan):
+    for row in planned:
         results = [_run_or_continue(config, root, progress) for config in row.configs]
         first_runs.append(root / row.configs[0].name)
         rows.append({**row.labels, "runs": len(results), **summarize_results(results)})
@@ -174,7 +172,7 @@ def format_tradeoff(rows: Sequence[dict[str, Any]]) -> str:
 def _start(out: str | Path, name: str, plan: dict[str, Any], progress: bool) -> tuple[Path, list[dict[str, Any]]]:
     root = unique_directory(out, name)
     RunDirectory(root).write_json(PLAN, plan)
-    return _execute(root, plan, progress)
+    return _execute(root, plan, _rows(plan, root), progress)
 
 
 def compare(base: RunConfig, metas: Sequence[float | Sequence[float]], seeds: Sequence[int] = (1,),
@@ -230,7 +228,7 @@ def resume_comparison(root: str | Path, progress: bool = True) -> tuple[Path, li
         raise ValueError(f"{root} is not a comparison folder (no {PLAN})")
     plan = read_json(root / PLAN)
     try:
-        _rows(plan)
+        planned = _rows(plan, root)
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{root / PLAN} is not a valid comparison plan ({err})") from None
-    return _execute(root, plan, progress)
+    return _execute(root, plan, planned, progress)

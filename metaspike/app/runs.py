@@ -28,7 +28,7 @@ from metaspike.files import atomic_open, read_json, remove_stale_temporaries
 from metaspike.training import Plugin, TrainingDiverged
 
 __all__ = ["build_run_model", "build_trainer", "make_run_scenario", "train_and_finish", "run", "resume",
-           "load_config", "run_lock", "finished_result"]
+           "load_config", "config_from_record", "run_lock", "is_complete", "finished_result"]
 
 LOCK = ".lock"
 #: float32 copies of each weight while training: hidden weight, gradient, two Adam moments, ±1 buffer.
@@ -187,16 +187,25 @@ _SEQUENCES = {"datasets": str, "hidden": int, "meta": (int, float)}
 
 
 def load_config(run_dir: str | Path) -> RunConfig:
-    """The validated :class:`RunConfig` stored in ``run_dir/config.json``.
-
-    Every field is checked as strictly as the command line checks its flag; a missing field, a value
-    of the wrong type or out of range gives one ``ValueError`` naming the file and the field.
+    """The validated :class:`RunConfig` stored in ``run_dir/config.json`` (see :func:`config_from_record`).
 
     Example:
         >>> load_config("runs/permuted-mnist5k-meta5-30-30-seed1")  # doctest: +SKIP
     """
     path = Path(run_dir) / "config.json"
-    stored = read_json(path)
+    return config_from_record(read_json(path), path)
+
+
+def config_from_record(stored: Any, path: Path) -> RunConfig:
+    """The :class:`RunConfig` of a JSON record (``RunConfig.to_dict()`` as written to ``path``), validated.
+
+    Every field is checked as strictly as the command line checks its flag; a missing field, a value
+    of the wrong type or out of range gives one ``ValueError`` naming ``path`` and the field.
+
+    Example:
+        >>> config_from_record(RunConfig(tasks=2).to_dict(), Path("config.json")).tasks
+        2
+    """
     if not isinstance(stored, dict):
         raise ValueError(f"{path} must hold a JSON object of run settings")
     values: dict[str, Any] = {}
@@ -212,7 +221,7 @@ def load_config(run_dir: str | Path) -> RunConfig:
             value = [value]
         if key in _SEQUENCES:
             kind = _SEQUENCES[key]
-            if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
                 raise ValueError(f"{path}: {key!r} must be a list of {getattr(kind, '__name__', 'numbers')}, got {value!r}")
             value = tuple(value)
         elif key in ("data_dir",):
@@ -241,7 +250,7 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
     if str(run_dir) == "" or not path.is_dir():
         raise ValueError(f"--resume {str(run_dir)!r} is not a run directory")
     if not (path / "config.json").exists():
-        runs = sorted(p.name for p in path.iterdir() if (p / "config.json").exists()) if path.is_dir() else []
+        runs = sorted(p.name for p in path.iterdir() if (p / "config.json").exists())
         inside = f"; the runs inside it: {', '.join(runs[:10])}" if runs else ""
         raise ValueError(f"{path} is not a run directory (no config.json){inside}")
     config = load_config(path)
@@ -251,14 +260,26 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
         raise ValueError(f"{path} continues with its stored settings; these would change them: {', '.join(changed)}")
     with run_lock(path):
         remove_stale_temporaries(path)  # left by a kill in the middle of a write
-        metrics_file = path / "metrics.json"
-        if metrics_file.exists() and (path / "model.pt").exists() and read_json(metrics_file).get("complete"):
+        if is_complete(path):
             raise ValueError(f"{path} is already complete; nothing to resume")
         state, warnings = latest_good_checkpoint(path)
         scenario = make_run_scenario(config)
         trainer = _trainer(config, scenario, progress)
         directory = RunDirectory(path) if world()[0] == 0 else None
         return path, train_and_finish(trainer, scenario, directory, state, plot), warnings
+
+
+def is_complete(run_dir: str | Path) -> bool:
+    """Whether a run finished: ``model.pt`` in place and ``metrics.json`` saying ``complete: true``.
+
+    Example:
+        >>> import tempfile
+        >>> is_complete(tempfile.mkdtemp())
+        False
+    """
+    path = Path(run_dir)
+    metrics_file = path / "metrics.json"
+    return metrics_file.exists() and (path / "model.pt").exists() and bool(read_json(metrics_file).get("complete"))
 
 
 def finished_result(run_dir: str | Path) -> ContinualResult | None:
@@ -269,11 +290,9 @@ def finished_result(run_dir: str | Path) -> ContinualResult | None:
     """
     from metaspike.continual.results import load_run
 
-    path = Path(run_dir)
-    metrics_file = path / "metrics.json"
-    if not (metrics_file.exists() and (path / "model.pt").exists() and read_json(metrics_file).get("complete")):
+    if not is_complete(run_dir):
         return None
-    run_data = load_run(path)
+    run_data = load_run(run_dir)
     metrics = run_data["metrics"]
     return ContinualResult(run_data["task_names"], matrix=run_data["matrix"],
                            baseline=metrics.get("untrained_accuracy", []), seconds=float(metrics.get("seconds", math.nan)))
