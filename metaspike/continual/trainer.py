@@ -256,7 +256,8 @@ class ContinualTrainer:
         count = len(scenario.tasks)
         for i in range(first_task, count):
             task = scenario.tasks[i]
-            self._check(task)
+            if i > 0:  # the first task was checked before the untrained network was evaluated
+                self._check(task)
             epoch = first_epoch if i == first_task else 0
             new_task = epoch == 0 and cfg.optimizer == "per-task" and scenario.task_boundaries
             if optimizer is None or new_task:
