@@ -35,7 +35,6 @@ import math
 import os
 import pickle
 import tarfile
-import tempfile
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from metaspike.files import atomic_write_bytes
+from metaspike.files import atomic_open, atomic_write_bytes
 
 __all__ = [
     "DataError",
@@ -357,44 +356,27 @@ class _MissingFiles(DataError):
         super().__init__(f"missing {', '.join(self.missing)} in {directory}")
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _download(remote: _Remote, directory: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
-    """Fetch ``remote`` into ``directory``: temp file, md5 check, atomic rename.
+    """Fetch ``remote`` into ``directory`` through :func:`metaspike.files.atomic_open`, md5 checked
+    while streaming: a file that fails the check never replaces anything.
 
-    The temporary ``.part`` file never stays behind, and folders this call created
-    are removed again when the download fails and they are empty.
-    Raises OSError/ValueError (not DataError) on any failure; the caller turns
-    that into one readable DataError.
+    The temporary file never stays behind, and folders this call created are removed again when
+    the download fails and they are empty. Raises OSError/ValueError (not DataError) on any
+    failure; the caller turns that into one readable DataError.
     """
     created = [d for d in (directory, *directory.parents) if not d.exists()]
     directory.mkdir(parents=True, exist_ok=True)
-    dest = directory / remote.filename
-    tmp: Path | None = None
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{remote.filename}.", suffix=".part", dir=directory)
-        tmp = Path(tmp_name)
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(remote.url, timeout=timeout) as resp:
-            while True:
-                block = resp.read(1 << 20)
-                if not block:
-                    break
+        digest = hashlib.md5(usedforsecurity=False)
+        with atomic_open(directory / remote.filename, "wb") as out, \
+                urllib.request.urlopen(remote.url, timeout=timeout) as resp:
+            for block in iter(lambda: resp.read(1 << 20), b""):
+                digest.update(block)
                 out.write(block)
-        if remote.md5 is not None:
-            got = _md5(tmp)
-            if got != remote.md5:
-                raise ValueError(f"checksum mismatch for {remote.url}: md5 {got}, "
+            if remote.md5 is not None and digest.hexdigest() != remote.md5:
+                raise ValueError(f"checksum mismatch for {remote.url}: md5 {digest.hexdigest()}, "
                                  f"expected {remote.md5}")
-        os.replace(tmp, dest)
     except BaseException:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
         for folder in created:  # deepest first
             try:
                 folder.rmdir()

@@ -298,7 +298,7 @@ def test_failed_download_removes_only_what_it_created(tmp_path, monkeypatch):
     (kept / "kmnist" / "notes.txt").write_text("mine")
     with pytest.raises(DataError, match="connection reset"):
         load_dataset("kmnist", "test", data_dir=kept)
-    assert [p.name for p in (kept / "kmnist").iterdir()] == ["notes.txt"]  # no .part file, folder kept
+    assert [p.name for p in (kept / "kmnist").iterdir()] == ["notes.txt"]  # no temporary file, folder kept
 
 
 def test_download_checks_md5_and_renames(tmp_path, monkeypatch):
@@ -324,7 +324,8 @@ def test_download_checks_md5_and_renames(tmp_path, monkeypatch):
         **data._IDX_SOURCES, "mnist": ("http://example.invalid/", {k: "0" * 32 for k in served})})
     with pytest.raises(DataError, match="checksum mismatch"):
         load_dataset("mnist", "train", data_dir=dest)
-    assert not any(p.name.startswith("train") or p.suffix == ".part" for p in (dest / "mnist").iterdir())
+    # neither the file nor its temporary (atomic_open's ".NAME.*.tmp") stays behind
+    assert not any(p.name.startswith(("train", ".")) for p in (dest / "mnist").iterdir())
 
 
 # ---------------------------------------------------------------- real MNIST
