@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from bnn import native
 from bnn.layers import BinaryLinear, SignActivation
 from metaspike.compiled import LazyCompiled
+from metaspike.files import atomic_open
 from metaspike.quantizers import SteSign
 
 __all__ = ["pack", "PackedMLP", "PackedLayer"]
@@ -258,12 +259,13 @@ class PackedMLP:
         return f"PackedMLP(sizes={self.sizes}, {self.nbytes / 1024:.1f} kB)"
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the model to ``path`` (a ``torch.save`` file of tensors, ints and strings only)."""
-        torch.save(
-            {"format": FORMAT, "version": VERSION, "sizes": self.sizes, "layers": self.layers,
-             "sha256": _checksum(self.sizes, self.layers)},
-            path,
-        )
+        """Write the model to ``path`` (a ``torch.save`` file of tensors, ints and strings only), atomically."""
+        with atomic_open(path, "wb") as handle:
+            torch.save(
+                {"format": FORMAT, "version": VERSION, "sizes": self.sizes, "layers": self.layers,
+                 "sha256": _checksum(self.sizes, self.layers)},
+                handle,
+            )
 
     @classmethod
     def load(cls, path: str | os.PathLike, compile: bool = True) -> PackedMLP:
