@@ -10,8 +10,12 @@ model in eval mode, from about 1/32 of its memory:
 * BatchNorm followed by ``sign`` becomes one integer threshold per neuron: the neuron fires iff
   ``a >= K`` or, where the BatchNorm scale is negative (which reverses the comparison), ``-a >= K``.
   ``K`` is found by evaluating the model's own BatchNorm, so every float rounding is reproduced.
+* A layer's learned output gain ``α`` (``scale="channel"`` or ``"layer"``, :class:`metaspike.gain.OutputGain`)
+  folds into the same threshold: the float model computes ``BN(α·a)``, which is monotone in ``a``
+  (reversed where ``α < 0``), so the search above simply evaluates ``BN(α·a)``; the weights stay bits.
+  The last layer keeps ``α`` (one float32 per class) and multiplies the scores by it before its BatchNorm.
 * The first layer takes real-valued input. Its pre-activation ``Σ ±x_i`` is compared in float64
-  with the threshold ``μ - β·sqrt(σ² + ε)/γ`` (ties with the float model's float32 rounding are the
+  with the threshold ``(μ - β·sqrt(σ² + ε)/γ) / α`` (ties with the float model's float32 rounding are the
   only possible difference). The torch ops sum it from per-byte tables (for each group of 8 inputs,
   the 256 signed sums ``Σ_j ±x_j`` are tabulated once per sample and each neuron adds the entries its
   weight bytes select); the native kernel sums from per-nibble tables in float32 and recomputes in
@@ -49,7 +53,9 @@ from metaspike.quantizers import SteSign
 __all__ = ["pack", "PackedMLP", "PackedLayer"]
 
 FORMAT = "bnn.PackedMLP"
-VERSION = 4  # 4: hidden weights word-major, (words, outputs); 2 stored them (outputs, words) and is still read
+VERSION = 5  # 5: the last layer stores its output gain; 4: hidden weights word-major, (words, outputs);
+# 2 stored them (outputs, words). Versions 2 and 4 are still read (their last layer has no gain: ones).
+_READ_VERSIONS = (2, 4, VERSION)
 _SHIFTS = torch.arange(8, dtype=torch.uint8)
 _M1, _M2, _M4, _H01 = 0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F, 0x0101010101010101
 
@@ -145,9 +151,10 @@ def _native_last_preactivation(lib, x: Tensor, layers: list[dict], sizes: list[i
 
 
 def _scores(a: Tensor, last: dict) -> Tensor:
-    """The last BatchNorm, run eagerly with the float model's own kernel so scores match bit for bit."""
+    """The last layer's gain and BatchNorm, run eagerly with the float model's own kernels so scores match
+    bit for bit (a gain of 1 multiplies exactly)."""
     return F.batch_norm(
-        a.to(torch.float32), last["mean"], last["var"], last["gamma"], last["beta"], training=False, eps=last["eps"]
+        a.to(torch.float32) * last["gain"], last["mean"], last["var"], last["gamma"], last["beta"], training=False, eps=last["eps"]
     )
 
 
@@ -315,7 +322,7 @@ def _layer_tensors(sizes: list[int], i: int) -> dict[str, tuple[tuple[int, ...],
     else:
         expected = {"weight": ((-(-n_in // 64), n_out), torch.int64)}
     if i == len(sizes) - 2:
-        expected.update({k: ((n_out,), torch.float32) for k in ("mean", "var", "gamma", "beta")})
+        expected.update({k: ((n_out,), torch.float32) for k in ("gain", "mean", "var", "gamma", "beta")})
     else:
         expected["flip"] = ((n_out,), torch.bool)
         expected["threshold"] = ((n_out,), torch.float64 if i == 0 else torch.int64)
@@ -341,7 +348,7 @@ def _check_file(data: object, path: str | os.PathLike) -> tuple[list[int], list[
     Every entry must have exactly the dtype and shape the sizes imply (a file with extra or
     missing entries, tensors short of memory or of another layout or device is refused); views
     are copied (:func:`bnn.native.check_tensor`), so the layers own buffers of exactly those
-    sizes. Version 2 files are read too.
+    sizes. Version 2 and 4 files are read too (their last layer gets a gain of ones).
     """
 
     def bad(why: str) -> ValueError:
@@ -349,8 +356,9 @@ def _check_file(data: object, path: str | os.PathLike) -> tuple[list[int], list[
 
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise bad(f"it does not start with the {FORMAT!r} header")
-    if data.get("version") not in (2, VERSION):
-        raise bad(f"format version {data.get('version')!r}, this code reads versions 2 and {VERSION}")
+    version = data.get("version")
+    if type(version) is not int or version not in _READ_VERSIONS:
+        raise bad(f"format version {version!r}, this code reads versions {', '.join(map(str, _READ_VERSIONS))}")
     if set(data) != _FILE_KEYS:
         raise bad(f"it has entries {sorted(map(str, data))}, expected {sorted(_FILE_KEYS)}")
     sizes, layers = data["sizes"], data["layers"]
@@ -361,8 +369,10 @@ def _check_file(data: object, path: str | os.PathLike) -> tuple[list[int], list[
     for i, layer in enumerate(layers):
         last = i == len(layers) - 1
         expected = _layer_tensors(sizes, i)
-        if i > 0 and data["version"] == 2:
+        if i > 0 and version == 2:
             expected["weight"] = (expected["weight"][0][::-1], torch.int64)
+        if version < 5:
+            expected.pop("gain", None)
         keys = set(expected) | ({"eps"} if last else set())
         if set(layer) != keys:
             raise bad(f"layer {i} has entries {sorted(map(str, layer))}, expected {sorted(keys)}")
@@ -375,9 +385,11 @@ def _check_file(data: object, path: str | os.PathLike) -> tuple[list[int], list[
                 raise bad(str(err)) from None
     if data["sha256"] != _checksum(sizes, layers):
         raise bad("its contents do not match their SHA-256 checksum (the file is corrupted)")
-    if data["version"] == 2:
+    if version == 2:
         for layer in layers[1:]:
             layer["weight"] = layer["weight"].t().contiguous()
+    if version < 5:
+        layers[-1]["gain"] = torch.ones(sizes[-1])
     return sizes, layers
 
 
@@ -433,34 +445,43 @@ def _bn_eval(norm: nn.BatchNorm1d, a: Tensor) -> Tensor:
     return F.batch_norm(a, norm.running_mean.float(), norm.running_var.float(), gamma, beta, training=False, eps=norm.eps)
 
 
-def _integer_threshold(norm: nn.BatchNorm1d, n: int) -> tuple[Tensor, Tensor]:
-    """``(flip, K)``: ``sign(BN(a)) = +1`` iff ``(-a if flip else a) >= K``, for integers ``|a| <= n``.
+def _gain(linear: BinaryLinear) -> Tensor:
+    """The layer's output gain ``α`` per output (float32; ones where it has none)."""
+    gain = getattr(linear, "output_gain", None)
+    return torch.ones(linear.out_features) if gain is None else gain.per_channel(linear.out_features).float()
 
-    Binary search over the integers, evaluating the BatchNorm itself, so the result agrees with the
-    float model's float32 arithmetic everywhere. BN is monotone in ``a``: increasing for ``γ >= 0``,
-    decreasing for ``γ < 0`` (hence ``flip``).
+
+def _integer_threshold(norm: nn.BatchNorm1d, gain: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """``(flip, K)``: ``sign(BN(α·a)) = +1`` iff ``(-a if flip else a) >= K``, for integers ``|a| <= n``.
+
+    Binary search over the integers, evaluating the gain's product and the BatchNorm in float32 as the
+    float model does, so the result agrees with its arithmetic everywhere. ``BN(α·a)`` is monotone in
+    ``a``: increasing where ``γ`` and ``α`` have the same sign, decreasing otherwise (hence ``flip``);
+    where either is 0 it is constant and ``K`` lands outside ``[-n, n]`` or at ``-n``.
     """
     gamma, _ = _affine(norm)
-    flip = gamma < 0
+    flip = (gamma < 0) != (gain < 0)
     sign = 1 - 2 * flip.to(torch.int64)
     lo = torch.full_like(sign, -n - 1)  # fires(lo) is False (virtually)
     hi = torch.full_like(sign, n + 1)  # fires(hi) is True (virtually)
     for _ in range(math.ceil(math.log2(2 * n + 2)) + 1):
         mid = (lo + hi) // 2
-        fires = _bn_eval(norm, (sign * mid).to(torch.float32).unsqueeze(0))[0] >= 0
+        fires = _bn_eval(norm, ((sign * mid).to(torch.float32) * gain).unsqueeze(0))[0] >= 0
         hi = torch.where(fires, mid, hi)
         lo = torch.where(fires, lo, mid)
     return flip, hi
 
 
-def _real_threshold(norm: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
-    """``(flip, K)`` for a real pre-activation: ``BN(a) >= 0`` iff ``(-a if flip else a) >= K`` (float64)."""
+def _real_threshold(norm: nn.BatchNorm1d, gain: Tensor) -> tuple[Tensor, Tensor]:
+    """``(flip, K)`` for a real pre-activation: ``BN(α·a) >= 0`` iff ``(-a if flip else a) >= K`` (float64)."""
     gamma, beta = (t.double() for t in _affine(norm))
+    alpha = gain.double()
     std = (norm.running_var.double() + norm.eps).sqrt()
-    flip = gamma < 0
-    crossing = norm.running_mean.double() - beta * std / gamma  # where BN(a) = 0
-    constant = torch.where(beta >= 0, -math.inf, math.inf)  # γ = 0: BN(a) = β everywhere
-    threshold = torch.where(gamma == 0, constant, torch.where(flip, -crossing, crossing))
+    flip = (gamma < 0) != (alpha < 0)
+    crossing = (norm.running_mean.double() - beta * std / gamma) / alpha  # where BN(α·a) = 0
+    fires_everywhere = _bn_eval(norm, torch.zeros_like(gain).unsqueeze(0))[0] >= 0  # γ = 0 or α = 0: constant
+    constant = torch.where(fires_everywhere, -math.inf, math.inf).double()
+    threshold = torch.where((gamma == 0) | (alpha == 0), constant, torch.where(flip, -crossing, crossing))
     return flip, threshold
 
 
@@ -490,24 +511,21 @@ def pack(model: nn.Module, compile: bool = True) -> PackedMLP:
             "pack needs the model in eval mode, where its BatchNorm layers use the population statistics that "
             "pack folds in: call model.eval() before bnn.pack(model)"
         )
-    for i, (linear, _) in enumerate(pairs):
-        if getattr(linear, "output_gain", None) is not None:
-            raise ValueError(f"layer {i} has a learned output gain (scale={linear.output_gain.scale!r}); pack folds "
-                             "BatchNorm only: pack a model whose binary layers have scale=None")
     sizes = [pairs[0][0].in_features] + [linear.out_features for linear, _ in pairs]
     layers = []
     for i, (linear, norm) in enumerate(pairs):
         positive = linear.weight.detach() >= 0  # sign(0) = +1, as in the forward pass
         # the kernels read one input group (byte or word) of many outputs at a time: stored (groups, outputs)
         layer = {"weight": pack_bits(positive, word_bits=8 if i == 0 else 64).t().contiguous()}
+        gain = _gain(linear)
         if i == len(pairs) - 1:
             gamma, beta = _affine(norm)
             layer.update(
-                mean=norm.running_mean.float().clone(), var=norm.running_var.float().clone(),
+                gain=gain.clone(), mean=norm.running_mean.float().clone(), var=norm.running_var.float().clone(),
                 gamma=gamma.clone(), beta=beta.clone(), eps=float(norm.eps),
             )
         else:
-            flip, threshold = _real_threshold(norm) if i == 0 else _integer_threshold(norm, sizes[i])
+            flip, threshold = _real_threshold(norm, gain) if i == 0 else _integer_threshold(norm, gain, sizes[i])
             layer.update(flip=flip, threshold=threshold)
         layers.append(layer)
     return PackedMLP(sizes, layers, compile=compile)

@@ -11,8 +11,8 @@ XNOR-Net (Rastegari et al. 2016) scales ``sign(W)`` by ``α = mean |W|``, the fa
 the synapse, which stays ±1: before a spiking neuron ``α > 0`` divides the threshold and the bias
 (``θ / α``, ``b / α``: the membrane is ``1 / α`` times the original one, so the same spikes), or
 multiplies the neuron's input resistance ``r`` (what :func:`metaspike.snn.nir.export_nir` writes);
-before a BatchNorm (``α > 0``) it divides the BatchNorm's running standard deviation by ``α`` and
-replaces its running mean ``μ`` by ``(μ - b) / α``.
+before a BatchNorm followed by ``sign`` it moves the threshold to ``(crossing - b) / α`` (reversing the
+comparison where ``α < 0``), which is what :func:`bnn.pack` computes.
 """
 
 from __future__ import annotations

@@ -402,10 +402,24 @@ def test_version_2_files_with_output_major_hidden_weights_still_load(trained, tm
 
     def version_2(data):
         data["version"] = 2
+        del data["layers"][-1]["gain"]  # versions before 5 had no gain
         for layer in data["layers"][1:]:
             layer["weight"] = layer["weight"].t().contiguous()
 
     loaded = PackedMLP.load(_hostile_file(trained, tmp_path, version_2), compile=False)
+    x = load_dataset("mnist5k", "test").x[:50]
+    assert torch.equal(loaded(x), packed(x))
+
+
+def test_version_4_files_without_a_gain_still_load(trained, tmp_path):
+    packed = bnn.pack(trained, compile=False)
+
+    def version_4(data):
+        data["version"] = 4
+        del data["layers"][-1]["gain"]
+
+    loaded = PackedMLP.load(_hostile_file(trained, tmp_path, version_4), compile=False)
+    assert torch.equal(loaded.layers[-1]["gain"], torch.ones(10))
     x = load_dataset("mnist5k", "test").x[:50]
     assert torch.equal(loaded(x), packed(x))
 
@@ -442,9 +456,40 @@ def test_popcount_and_bit_packing():
     assert not unpacked.view(3, -1)[:, 70:].any()
 
 
-def test_pack_refuses_a_layer_with_a_learned_gain_rather_than_dropping_it():
-    model = bnn.MLP([16, 8, 4])
-    model[1] = bnn.BinaryLinear(16, 8, scale="channel")
-    bnn.use_population_statistics(model, torch.rand(20, 16)).eval()
-    with pytest.raises(ValueError, match="layer 0 has a learned output gain"):
-        bnn.pack(model)
+def _with_gains(trained, scales: tuple[str, ...]):
+    """``trained`` with a learned output gain on each layer (any sign, some zero), population statistics refit."""
+    model = copy.deepcopy(trained)
+    generator = torch.Generator().manual_seed(1)
+    for index, scale in zip((1, 4, 7), scales):
+        old = model[index]
+        layer = bnn.BinaryLinear(old.in_features, old.out_features, scale=scale)
+        with torch.no_grad():
+            layer.weight.copy_(old.weight)
+            alpha = layer.output_gain.alpha
+            alpha.copy_(torch.rand(alpha.shape, generator=generator) * 0.1 + 0.01)
+            if scale == "channel":
+                alpha[::5] *= -1  # a negative gain reverses the comparison, as a negative BatchNorm scale does
+                alpha[3::11] = 0.0  # and a zero gain makes the layer's output constant
+        model[index] = layer
+    return bnn.use_population_statistics(model, load_dataset("mnist5k").x).eval()
+
+
+@pytest.mark.parametrize("scales", [("channel",) * 3, ("layer", "channel", "layer")], ids=["channel", "mixed"])
+@pytest.mark.parametrize("compile", [False, True], ids=["torch-ops", "fast-kernels"])
+def test_learned_output_gains_fold_into_thresholds_and_scores(trained, scales, compile):
+    model = _with_gains(trained, scales)
+    packed = bnn.pack(model, compile=compile)
+    assert set(packed.layers[0]) == {"weight", "flip", "threshold"}  # the hidden gains left no trace but thresholds
+    x = load_dataset("mnist5k", "test").x
+    with torch.no_grad():
+        reference = model(x)
+    assert torch.equal(packed(x), reference)  # the last layer's gain too: the same float32 scores
+    assert (reference.argmax(1) != trained(x).argmax(1)).any()  # the gains did change what the model computes
+
+
+def test_a_model_with_gains_round_trips_through_a_file(trained, tmp_path):
+    model = _with_gains(trained, ("channel",) * 3)
+    packed = bnn.pack(model, compile=False)
+    packed.save(tmp_path / "gained.pt")
+    x = load_dataset("mnist5k", "test").x[:100]
+    assert torch.equal(PackedMLP.load(tmp_path / "gained.pt", compile=False)(x), packed(x))
