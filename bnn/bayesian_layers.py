@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from metaspike.bayesian.synapses import check_samples, make_bayesian, sampled_forward
+from metaspike.bayesian.synapses import check_samples, make_bayesian, sampled_product
 
 __all__ = ["BayesianLinear", "BayesianConv2d", "BinaryBayesianLinear", "BinaryBayesianConv2d"]
 
@@ -35,7 +35,7 @@ class _Sampled:
     def forward(self, x: Tensor) -> Tensor:
         if self.samples is None:
             return super().forward(x)  # type: ignore[misc]
-        return sampled_forward(self, x, self.samples)  # type: ignore[arg-type]
+        return sampled_product(self, x, self.samples)  # type: ignore[arg-type]  # the gain: by the forward hook
 
 
 class BayesianLinear(_Sampled, nn.Linear):
@@ -110,6 +110,8 @@ class BinaryBayesianLinear(_Sampled, nn.Linear):
         lambda_init: ``λ`` starts ``N(0, lambda_init²)``.
         temperature: ``τ`` of the relaxed training sample.
         evaluation: ``"mode"`` (evaluation shows ``sign(λ)``) or ``"sample"`` (a Bernoulli sample).
+        scale: learned output gain (``"channel"``, ``"layer"``; default ``None``, as for
+            :class:`bnn.BinaryLinear`: a following normalisation sets the scale).
 
     Example:
         >>> layer = BinaryBayesianLinear(8, 3).eval()
@@ -127,10 +129,11 @@ class BinaryBayesianLinear(_Sampled, nn.Linear):
         lambda_init: float = 0.1,
         temperature: float = 1.0,
         evaluation: str = "mode",
+        scale: str | None = None,
     ) -> None:
         super().__init__(in_features, out_features, bias=bias)
         self.samples = check_samples(samples)
-        make_bayesian(self, "bimu", lambda_init=lambda_init, temperature=temperature, evaluation=evaluation)
+        make_bayesian(self, "bimu", lambda_init=lambda_init, temperature=temperature, evaluation=evaluation, scale=scale)
 
 
 class BinaryBayesianConv2d(_Sampled, nn.Conv2d):
@@ -158,7 +161,8 @@ class BinaryBayesianConv2d(_Sampled, nn.Conv2d):
         lambda_init: float = 0.1,
         temperature: float = 1.0,
         evaluation: str = "mode",
+        scale: str | None = None,
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
         self.samples = check_samples(samples)
-        make_bayesian(self, "bimu", lambda_init=lambda_init, temperature=temperature, evaluation=evaluation)
+        make_bayesian(self, "bimu", lambda_init=lambda_init, temperature=temperature, evaluation=evaluation, scale=scale)

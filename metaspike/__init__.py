@@ -7,6 +7,7 @@ Example:
 """
 
 from metaspike.bayesian import BiMU, MESU, bayesianize
+from metaspike.chained import ChainedOptimizer
 from metaspike.functional import consolidate
 from metaspike.optim import MetaplasticAdam, consolidates, metaplastic, param_groups
 from metaspike.population_statistics import use_population_statistics
@@ -19,5 +20,5 @@ __version__ = "0.2.0"
 __all__ = [
     "MetaplasticAdam", "metaplastic", "param_groups", "consolidates", "binarize", "binarized_once",
     "hidden_weights", "is_hidden_weight", "ste_sign", "consolidate", "get_rule", "register_rule",
-    "available_rules", "use_population_statistics", "bayesianize", "MESU", "BiMU", "__version__",
+    "available_rules", "use_population_statistics", "bayesianize", "MESU", "BiMU", "ChainedOptimizer", "__version__",
 ]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["GAIN_SCALES", "OutputGain", "check_scale"]
+__all__ = ["GAIN_SCALES", "OutputGain", "check_scale", "attach_output_gain", "output_gain"]
 
 GAIN_SCALES = ("channel", "layer")
 """Accepted gain kinds: one ``α`` per output channel, or one per layer (``None``: no gain)."""
@@ -84,3 +84,39 @@ class OutputGain(nn.Module):
         if bias is None:
             return output * alpha
         return output * alpha + bias.reshape(self.channel_shape) * (1 - alpha)
+
+
+def _apply_output_gain(layer: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
+    return layer.output_gain(output, getattr(layer, "bias", None))
+
+
+def attach_output_gain(layer: nn.Module, scale: str) -> OutputGain:
+    """Give a linear/conv ``layer`` a learned :class:`OutputGain` (child ``output_gain``, applied to its output by
+    a forward hook), started from the layer's current weight. :func:`metaspike.binarize` and
+    :func:`metaspike.bayesianize` call it before the weight becomes a synapse.
+
+    Example:
+        >>> layer = torch.nn.Linear(4, 3)
+        >>> gain = attach_output_gain(layer, "layer")  # output α·(W x) + b, α a scalar here
+        >>> x = torch.ones(1, 4)
+        >>> bool(torch.allclose(layer(x), gain.alpha * (x @ layer.weight.T) + layer.bias))
+        True
+    """
+    layer.output_gain = OutputGain(layer.weight, scale)
+    layer.register_forward_hook(_apply_output_gain)
+    return layer.output_gain
+
+
+def output_gain(layer: nn.Module) -> OutputGain | None:
+    """The :class:`OutputGain` of a layer (its ``output_gain`` child), or ``None``.
+
+    Example:
+        >>> layer = torch.nn.Linear(4, 3)
+        >>> output_gain(layer) is None
+        True
+        >>> _ = attach_output_gain(layer, "channel")
+        >>> output_gain(layer).alpha.shape
+        torch.Size([3])
+    """
+    gain = getattr(layer, "output_gain", None)
+    return gain if isinstance(gain, OutputGain) else None

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from metaspike.gain import OutputGain, check_scale
+from metaspike.gain import attach_output_gain, check_scale, output_gain
 from metaspike.quantizers import ste_sign
 
 __all__ = [
@@ -94,23 +94,6 @@ class SignWeight(nn.Module):
         return ste_sign(mark_hidden_weight(hidden), clip_value=None)
 
 
-def output_gain(layer: nn.Module) -> OutputGain | None:
-    """The :class:`~metaspike.gain.OutputGain` of a layer (its ``output_gain`` child, which :func:`binarize`
-    and the ``bnn`` layers' ``scale`` argument add), or ``None``.
-
-    Example:
-        >>> net = binarize(nn.Sequential(nn.Linear(4, 3)), scale="layer")
-        >>> output_gain(net[0]).alpha.shape
-        torch.Size([])
-    """
-    gain = getattr(layer, "output_gain", None)
-    return gain if isinstance(gain, OutputGain) else None
-
-
-def _apply_output_gain(layer: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
-    return layer.output_gain(output, getattr(layer, "bias", None))
-
-
 _DEFAULT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -167,8 +150,7 @@ def binarize(
         if _has_sign_parametrization(layer):
             continue
         if scale is not None:
-            layer.output_gain = OutputGain(layer.weight, scale)
-            layer.register_forward_hook(_apply_output_gain)
+            attach_output_gain(layer, scale)
         parametrize.register_parametrization(layer, "weight", SignWeight())
         mark_hidden_weight(layer.parametrizations.weight.original)  # type: ignore[union-attr]
         changed += 1

@@ -10,6 +10,14 @@ plain torch) in one line, with ``torch.nn.utils.parametrize`` as :func:`metaspik
   ``+1`` with probability ``sigmoid(2λ)``; the layer sees the relaxed sample of
   :class:`BinaryWeight` in training mode.
 
+Like :func:`metaspike.binarize`, ``"bimu"`` gives each layer a learned gain per output channel
+(``scale="auto"``: :class:`metaspike.gain.OutputGain`, started at the float weight's mean ``|W|``):
+a ±1 weight is several times a float layer's initial weights, and without the gain a spiking
+network's neurons run far past threshold. Layers followed by a normalisation (the ``bnn`` BiMU MLP's
+LayerNorm) do not need it (``scale=None``). The gain is a plain parameter: train it with a torch
+optimizer beside :class:`~metaspike.bayesian.optim.BiMU` (:func:`plain_parameters`,
+:class:`metaspike.ChainedOptimizer`).
+
 In evaluation mode (``model.eval()``) the layer sees the most probable weight (``evaluation="mode"``,
 the default, deterministic: ``μ``, resp. ``sign(λ)`` with ``sign(0) = +1``) or a fresh sample
 (``evaluation="sample"``). Every access to ``layer.weight`` draws a new sample; to use one sample
@@ -33,6 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from metaspike.gain import attach_output_gain, check_scale, output_gain
+
 __all__ = [
     "GaussianWeight",
     "BinaryWeight",
@@ -45,6 +55,7 @@ __all__ = [
     "check_samples",
     "sample_weights",
     "sampled_forward",
+    "sampled_product",
 ]
 
 KINDS = ("bimu", "mesu")
@@ -218,6 +229,17 @@ def _parametrization(layer: nn.Module) -> _Parametrization | None:
     return next((p for p in layer.parametrizations.weight if isinstance(p, (GaussianWeight, BinaryWeight))), None)
 
 
+def _gain_scale(kind: str, scale: str | None) -> str | None:
+    """The gain kind ``scale`` asks for: ``"auto"`` is ``"channel"`` for BiMU (±1 weights) and ``None`` for MESU
+    (whose mean starts as the float weight and keeps its scale)."""
+    if scale == "auto":
+        return "channel" if kind == "bimu" else None
+    try:
+        return check_scale(scale)
+    except ValueError:
+        raise ValueError(f"scale must be 'auto', 'channel', 'layer' or None, got {scale!r}") from None
+
+
 def make_bayesian(
     layer: nn.Module,
     kind: str = "bimu",
@@ -226,6 +248,7 @@ def make_bayesian(
     lambda_init: float | None = 0.1,
     temperature: float = 1.0,
     evaluation: str = "mode",
+    scale: str | None = "auto",
 ) -> nn.Module:
     """Turn the ``weight`` of one layer into a Bayesian synapse, in place (see :func:`bayesianize`).
 
@@ -235,8 +258,11 @@ def make_bayesian(
         torch.Size([2, 3])
     """
     _choice("kind", kind, KINDS)
+    scale = _gain_scale(kind, scale)
     if not isinstance(getattr(layer, "weight", None), nn.Parameter) or parametrize.is_parametrized(layer, "weight"):
         raise ValueError(f"{type(layer).__name__} has no plain weight parameter to make Bayesian")
+    if scale is not None and output_gain(layer) is None:
+        attach_output_gain(layer, scale)  # from the float weight, before λ replaces it
     if kind == "mesu":
         synapse: _Parametrization = GaussianWeight(layer.weight, sigma_init, evaluation)
     else:
@@ -258,6 +284,7 @@ def bayesianize(
     lambda_init: float | None = 0.1,
     temperature: float = 1.0,
     evaluation: str = "mode",
+    scale: str | None = "auto",
 ) -> nn.Module:
     """Turn the weights of ``model``'s linear/conv layers into Bayesian synapses, in place.
 
@@ -276,13 +303,18 @@ def bayesianize(
         temperature: BiMU: temperature ``τ`` of the relaxed training sample.
         evaluation: what evaluation mode shows: ``"mode"`` (deterministic: ``μ`` or ``sign(λ)``) or
             ``"sample"`` (a fresh sample).
+        scale: a learned output gain per layer (:class:`metaspike.gain.OutputGain`): ``"channel"``,
+            ``"layer"`` or ``None``; ``"auto"`` (default) is ``"channel"`` for BiMU and ``None`` for MESU.
 
     Example:
         >>> net = bayesianize(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())).eval()
         >>> sorted(set(net[0].weight.abs().flatten().tolist()))
         [1.0]
+        >>> net[0].output_gain.alpha.shape  # the BiMU default: one learned gain per output
+        torch.Size([3])
     """
     _choice("kind", kind, KINDS)
+    _gain_scale(kind, scale)
     names = {name for name, _ in model.named_modules()}
     unknown = sorted(set(exclude) - names)
     if unknown:
@@ -298,7 +330,7 @@ def bayesianize(
         if isinstance(getattr(layer, "weight", None), nn.Parameter):
             make_bayesian(
                 layer, kind, sigma_init=sigma_init, lambda_init=lambda_init, temperature=temperature,
-                evaluation=evaluation,
+                evaluation=evaluation, scale=scale,
             )
     if not any(found == kind for _, _, found, _ in bayesian_modules(model)):
         kinds = ", ".join(t.__name__ for t in layer_types)
@@ -399,6 +431,20 @@ def sampled_forward(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
         >>> sampled_forward(layer, torch.randn(5, 3), samples=4).shape
         torch.Size([4, 5, 2])
     """
+    gain = output_gain(layer)  # what the layer's forward hook applies when the layer is called
+    out = sampled_product(layer, x, samples)
+    return out if gain is None else gain(out, layer.bias)
+
+
+def sampled_product(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
+    """:func:`sampled_forward` without the layer's output gain: what a layer's own ``forward`` computes on
+    ``samples`` weight samples (calling the layer then applies the gain by its forward hook).
+
+    Example:
+        >>> layer = make_bayesian(torch.nn.Linear(3, 2), "bimu", scale=None)
+        >>> torch.equal(sampled_product(layer.eval(), torch.ones(1, 3), 2), sampled_forward(layer, torch.ones(1, 3), 2))
+        True
+    """
     weights = sample_weights(layer, samples)
     if isinstance(layer, nn.Linear):
         if x.dim() == 2:
@@ -406,11 +452,14 @@ def sampled_forward(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
         elif x.dim() != 3 or x.shape[0] != samples:
             raise ValueError(f"x must have shape (B, in) or (samples={samples}, B, in), got {tuple(x.shape)}")
         if layer.bias is None:
-            return torch.bmm(x, weights.transpose(1, 2))
-        return torch.baddbmm(layer.bias, x, weights.transpose(1, 2))
-    if isinstance(layer, nn.Conv2d):
-        return _sampled_conv2d(layer, x, weights, samples)
-    raise ValueError(f"layer must be an nn.Linear or nn.Conv2d, got {type(layer).__name__}")
+            out = torch.bmm(x, weights.transpose(1, 2))
+        else:
+            out = torch.baddbmm(layer.bias, x, weights.transpose(1, 2))
+    elif isinstance(layer, nn.Conv2d):
+        out = _sampled_conv2d(layer, x, weights, samples)
+    else:
+        raise ValueError(f"layer must be an nn.Linear or nn.Conv2d, got {type(layer).__name__}")
+    return out
 
 
 def _sampled_conv2d(layer: nn.Conv2d, x: Tensor, weights: Tensor, samples: int) -> Tensor:

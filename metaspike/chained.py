@@ -1,0 +1,84 @@
+"""Several optimizers stepped as one: e.g. :class:`~metaspike.bayesian.BiMU` for a model's Bayesian
+synapses and Adam for its other parameters (output gains, biases, norm layers).
+
+Anything that takes one optimizer (:class:`metaspike.continual.ContinualTrainer`, a training loop,
+a checkpoint) takes a :class:`ChainedOptimizer`. Its param groups are the chained optimizers' own
+group dicts (changing a group's ``lr`` changes that optimizer), and its state dict holds theirs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch.optim import Optimizer
+
+__all__ = ["ChainedOptimizer"]
+
+
+class ChainedOptimizer:
+    """Step, zero and save several optimizers over disjoint parameters as one.
+
+    Args:
+        *optimizers: ``torch.optim.Optimizer`` instances; no parameter may belong to two of them.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(3, 2)
+        >>> both = ChainedOptimizer(torch.optim.SGD([net.weight], lr=0.1), torch.optim.Adam([net.bias], lr=0.01))
+        >>> net(torch.ones(1, 3)).sum().backward()
+        >>> both.step(); both.zero_grad()
+        >>> [group["lr"] for group in both.param_groups]
+        [0.1, 0.01]
+    """
+
+    def __init__(self, *optimizers: Optimizer) -> None:
+        if not optimizers:
+            raise ValueError("ChainedOptimizer needs at least one optimizer")
+        seen: set[int] = set()
+        for i, optimizer in enumerate(optimizers):
+            if not isinstance(optimizer, Optimizer):
+                raise ValueError(f"optimizer {i} is a {type(optimizer).__name__}, not a torch.optim.Optimizer")
+            ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            if ids & seen:
+                raise ValueError(f"optimizer {i} updates parameters that an earlier optimizer updates too")
+            seen |= ids
+        self.optimizers = list(optimizers)
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Every chained optimizer's param groups, in order (the same dicts, not copies)."""
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    @property
+    def state(self) -> dict[Any, Any]:
+        """Per-parameter state of every chained optimizer (a merged view; the parameters are disjoint)."""
+        return {p: s for optimizer in self.optimizers for p, s in optimizer.state.items()}
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Evaluate ``closure`` once (if given), then step every optimizer; returns the closure's loss."""
+        loss = closure() if closure is not None else None
+        for optimizer in self.optimizers:
+            optimizer.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero (or set to ``None``) the gradients of every chained optimizer's parameters."""
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"optimizers": [state dict of each chained optimizer]}``."""
+        return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load what :meth:`state_dict` returned for a chain of the same optimizers, in the same order."""
+        states = state_dict.get("optimizers") if isinstance(state_dict, dict) else None
+        if not isinstance(states, list) or len(states) != len(self.optimizers):
+            found = len(states) if isinstance(states, list) else "no"
+            raise ValueError(f"state_dict holds {found} optimizer states; this chain has {len(self.optimizers)}")
+        for optimizer, state in zip(self.optimizers, states):
+            optimizer.load_state_dict(state)
+
+    def __repr__(self) -> str:
+        return f"ChainedOptimizer({', '.join(type(o).__name__ for o in self.optimizers)})"
