@@ -97,10 +97,14 @@ def _parser() -> argparse.ArgumentParser:
                           f"(default: 0 and {default})")
     cmp.add_argument("--seeds", type=int, nargs="+", default=[_DEFAULTS["seed"]], help="seeds; the table gives mean ± std (default: %(default)s)")
     cmp.add_argument("--resume", metavar="DIR", help="finish a killed comparison (other options are read from DIR)")
+    from metaspike.app.compare import DEFAULT_SNN_SWEEP
+
     cmp.add_argument("--neurons", nargs="*", default=None, metavar="NAME",
-                     help="compare models (bnn, or spiking neuron models such as leaky norse-lif; see "
-                          "metaspike.app.models.available_models(); none named: bnn and every spiking model), "
-                          "each swept over every --meta (default 0 10 50 200) so each is judged at its own best m; "
+                     help="compare models (bnn, or spiking neuron models such as leaky norse-lif, or one with "
+                          "BiMU synapses such as leaky+bimu; see metaspike.app.models.available_models(); none "
+                          "named: bnn and every spiking model with binary synapses), each swept over every --meta "
+                          f"(default {' '.join(f'{m:g}' for m in DEFAULT_SNN_SWEEP)}) so each is judged at "
+                          "its own best m (a +bimu model runs once and is judged against its neuron model at m=0); "
                           "--hidden/--epochs then default to 256/2")
     reproduce_cli.add_parser(sub)
     plot = sub.add_parser("plot", help="draw the figures of a run directory")

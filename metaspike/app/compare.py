@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from metaspike.app.config import RunConfig, meta_label
+from metaspike.app.models import BIMU_SUFFIX, optimizer_kind
 from metaspike.app.runs import config_from_record, finished_result, load_config, resume, run
 from metaspike.app.tables import check_settings, comparison_csv, format_table, summarize_results
 from metaspike.continual.results import RunDirectory, unique_directory
@@ -53,10 +54,16 @@ def _meta_rows(base: RunConfig, settings: Sequence[tuple[float, ...]], seeds: Se
                 tuple(replace(base, meta=s, seed=int(seed)) for seed in seeds)) for s in settings]
 
 
+def _swept_metas(neuron: str, metas: Sequence[float]) -> Sequence[float]:
+    """The m values a model kind is run at: all of them for metaplastic binary synapses, one (m = 0, which
+    the Bayesian synapses ignore) for the ``+bimu`` kinds."""
+    return metas if optimizer_kind(neuron) == "metaplastic-adam" else (0.0,)
+
+
 def _neuron_rows(base: RunConfig, neurons: Sequence[str], metas: Sequence[float], seeds: Sequence[int]) -> list[Row]:
     return [Row({"setting": f"{n} meta={m:g}", "neuron": n, "meta": m},
                 tuple(replace(base, model=n, meta=(float(m),), seed=int(seed)) for seed in seeds))
-            for n in neurons for m in metas]
+            for n in neurons for m in _swept_metas(n, metas)]
 
 
 def _rows(plan: dict[str, Any], root: Path) -> list[Row]:
@@ -130,7 +137,8 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for neuron in dict.fromkeys(r["neuron"] for r in rows):
         mine = [r for r in rows if r["neuron"] == neuron]
         best = max(mine, key=lambda r: r["ACC"][0])
-        plain = next((r for r in mine if r["meta"] == 0), None)
+        reference = neuron.removesuffix(BIMU_SUFFIX)  # the binary synapses a Bayesian variant is judged against
+        plain = next((r for r in rows if r["neuron"] == reference and r["meta"] == 0), None)
         verdict = "no m = 0 row"
         if plain is not None:
             plastic = [r for r in mine if r is not plain and r[last][0] >= plain[last][0] - PLASTICITY_SLACK]
@@ -141,10 +149,11 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 kept = plain["forgetting"][0]
                 less = 1 - chosen["forgetting"][0] / kept if kept > 0 else 0.0
                 drop = chosen[last][0] - plain[last][0]
-                verdict = f"m={chosen['meta']:g} forgets {100 * less:.0f}% less, last task {drop:+.1f} points"
+                what = f"m={chosen['meta']:g}" if reference == neuron else f"BiMU (against {reference} m=0)"
+                verdict = f"{what} forgets {100 * less:.0f}% less, last task {drop:+.1f} points"
                 if less < FORGETTING_CUT:
                     verdict = "FAILS: " + verdict + (f" (forgets only {kept:.1f} points at m = 0)" if kept < 10 else "")
-        out.append({"neuron": neuron, "best_meta": f"{best['meta']:g}", "runs": best["runs"], "verdict": verdict,
+        out.append({"neuron": neuron, "best_meta": f"{best['meta']:g}" if reference == neuron else "-", "runs": best["runs"], "verdict": verdict,
                     "ACC": best["ACC"], "memory": best["task 1"], "plasticity": best[last],
                     "forgetting": best["forgetting"],
                     "forgetting_m0": plain["forgetting"] if plain else (float("nan"), float("nan")),

@@ -196,7 +196,7 @@ class RunConfig:
             'SGD'
         """
         metas: float | Sequence[float] = self.meta[0] if len(self.meta) == 1 else self.meta  # type: ignore[index, arg-type]
-        return build_optimizer(self.model, model, self.lr, metas, self.rule, self.weight_decay)
+        return build_optimizer(self.model, model, self.lr, metas, self.rule, self.weight_decay, self.batch_size)
 
     @property
     def spiking(self) -> bool:

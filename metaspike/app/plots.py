@@ -149,8 +149,12 @@ def plot_forgetting_by_model(rows: Sequence[dict[str, Any]], out: str | os.PathL
     neurons = list(dict.fromkeys(r["neuron"] for r in rows))
     metas = list(dict.fromkeys(r["meta"] for r in rows))
     fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(neurons)), 4))
-    values = [[next(r for r in rows if r["neuron"] == n and r["meta"] == m)["forgetting"] for n in neurons] for m in metas]
-    grouped_bars(ax, neurons, ["no metaplasticity" if m == 0 else f"meta = {m:g}" for m in metas], values)
+    cells = {(r["neuron"], r["meta"]): r["forgetting"] for r in rows}
+    missing = (math.nan, math.nan)  # a model run at fewer m (the +bimu kinds run once): no bar
+    values = [[cells.get((n, m), missing) for n in neurons] for m in metas]
+    bayesian = any(n.endswith("+bimu") for n in neurons)
+    plain = "no metaplasticity" + (" (+bimu: BiMU synapses)" if bayesian else "")
+    grouped_bars(ax, neurons, [plain if m == 0 else f"meta = {m:g}" for m in metas], values)
     ax.set_ylabel("forgetting (accuracy points)")
     ax.set_title("forgetting by neuron model")
     fig.tight_layout()
