@@ -43,3 +43,16 @@ def test_bimu_synapses_in_a_leaky_network_learn_two_tasks_and_forget_less_than_b
         assert matrix[0][0] > 60.0 and matrix[1][1] > 60.0  # learns each task (chance: 10 %)
     forgetting = lambda runs: sum(m[0][0] - m[1][0] for m in runs) / len(runs)  # noqa: E731
     assert forgetting(bimu) < forgetting(plain) - 5.0, (bimu, plain)
+
+
+def test_a_neuron_comparison_runs_a_bimu_kind_once_and_judges_it_against_binary_synapses(tmp_path):
+    from metaspike.app.compare import compare_neurons
+    from metaspike.app.config import RunConfig
+
+    base = RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(16,), num_steps=2, batch_size=50)
+    path, rows = compare_neurons(base, ["leaky", "leaky+bimu"], [0, 50], out=tmp_path, progress=False)
+    assert [r["setting"] for r in rows] == ["leaky meta=0", "leaky meta=50", "leaky+bimu meta=0"]
+    tradeoff = {line.split(",")[0]: line for line in (path / "tradeoff.csv").read_text().splitlines()[1:]}
+    assert tradeoff["leaky+bimu"].split(",")[1] == "-"  # no m of its own
+    assert "BiMU" in tradeoff["leaky+bimu"] and "m=0" in tradeoff["leaky+bimu"]  # judged against leaky at m = 0
+    assert (path / "forgetting.png").stat().st_size > 0 and (path / "tradeoff.png").stat().st_size > 0

@@ -142,7 +142,11 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         verdict = "no m = 0 row"
         if plain is not None:
             plastic = [r for r in mine if r is not plain and r[last][0] >= plain[last][0] - PLASTICITY_SLACK]
-            if not plastic:
+            if not plastic and reference != neuron:
+                drop = mine[0][last][0] - plain[last][0]
+                verdict = (f"FAILS: BiMU forgets {mine[0]['forgetting'][0]:.1f} points (m=0: {plain['forgetting'][0]:.1f}) "
+                           f"but its last task is {drop:+.1f} points, beyond {PLASTICITY_SLACK:g}")
+            elif not plastic:
                 verdict = f"FAILS: every m > 0 costs the last task more than {PLASTICITY_SLACK:g} points"
             else:
                 chosen = min(plastic, key=lambda r: r["forgetting"][0])
