@@ -412,3 +412,43 @@ def test_sampled_conv2d_equals_separate_passes(layer_type):
     for s in range(3):
         expected = F.conv2d(per_sample[s], weights[s], layer.bias, stride=2, padding=1, groups=2)
         torch.testing.assert_close(out[s], expected)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 0.25, 0.7], ids=["tau1-rational", "tau0.5-rational", "tau0.25-tanh", "tau0.7-tanh"])
+@pytest.mark.parametrize("samples", [None, 3])
+def test_the_fused_relaxed_sample_and_its_gradient_equal_the_tanh_formula(temperature, samples):
+    from metaspike.bayesian.synapses import BinaryWeight, uniform16
+
+    lam = torch.cat([torch.randn(200, dtype=torch.float64) * 3, torch.tensor([0.0, 40.0, -40.0, 1e-8], dtype=torch.float64)])
+    lam.requires_grad_(True)
+    torch.manual_seed(5)
+    fused = BinaryWeight(temperature).sample(lam, samples)
+    torch.manual_seed(5)  # the same uniforms for the reference
+    u = uniform16(tuple(fused.shape), torch.float64)
+    reference = torch.tanh((lam + 0.5 * torch.log(u / (1 - u))) / temperature)
+    # float64 both ways: the two forms differ by a few rounding errors of |w| <= 1, in w and in (1 - w²)/τ
+    torch.testing.assert_close(fused, reference, rtol=0, atol=1e-12)
+    weights = torch.randn(fused.shape, dtype=torch.float64)
+    (grad_fused,) = torch.autograd.grad((fused * weights).sum(), lam)
+    (grad_reference,) = torch.autograd.grad((reference * weights).sum(), lam)
+    torch.testing.assert_close(grad_fused, grad_reference, rtol=0, atol=1e-10)
+
+
+def test_relaxed_samples_have_the_sign_of_a_bernoulli_sample_with_p_sigmoid_2_lambda():
+    from metaspike.bayesian.synapses import BinaryWeight
+
+    lam = torch.tensor([-1.0, -0.2, 0.0, 0.4, 2.0])
+    samples = BinaryWeight(0.5).sample(lam, samples=40_000)
+    # 40,000 draws: the standard error of a frequency is at most 0.0025; 0.015 is six of them
+    torch.testing.assert_close((samples > 0).double().mean(0), torch.sigmoid(2 * lam).double(), atol=0.015, rtol=0)
+
+
+def test_uniform16_covers_the_whole_range_evenly():
+    from metaspike.bayesian.synapses import uniform16
+
+    torch.manual_seed(0)
+    u = uniform16((400_000,))
+    assert float(u.min()) > 0 and float(u.max()) < 1
+    counts = torch.histc(u, bins=16, min=0, max=1)
+    # 25,000 expected per bin, standard deviation about 153: 6 of them is 920
+    assert float((counts - 25_000).abs().max()) < 920

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from metaspike.compiled import LazyCompiled
 from metaspike.gain import attach_output_gain, check_scale, output_gain
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "sample_weights",
     "sampled_forward",
     "sampled_product",
+    "uniform16",
 ]
 
 KINDS = ("bimu", "mesu")
@@ -96,9 +98,17 @@ def _expand(weight: Tensor, samples: int | None) -> Tensor:
     return weight if samples is None else weight.expand(samples, *weight.shape)
 
 
+def _gaussian_gradients(grad: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+    """``(∂L/∂μ, ∂L/∂σ)`` from ``∂L/∂w`` of ``(S, n)`` samples ``w = μ + σ·ε``: ``Σ_s g_s`` and ``Σ_s g_s·ε_s``."""
+    return grad.sum(0), (grad * noise).sum(0)
+
+
+_compiled_gaussian_gradients = LazyCompiled(_gaussian_gradients, "MESU weight samples' gradients")
+
+
 class _GaussianSample(torch.autograd.Function):
-    """``w = μ + σ·ε`` for ``ε`` of the shape of ``μ`` or with a leading sample dimension, with a
-    backward of one product and the sums over the samples (``addcmul``'s also multiplies by ``value``)."""
+    """``w = μ + σ·ε`` for ``ε`` of the shape of ``μ`` or with a leading sample dimension; the backward
+    of several samples is one fused loop (both sums over the samples)."""
 
     @staticmethod
     def forward(mu: Tensor, sigma: Tensor, noise: Tensor) -> Tensor:
@@ -112,14 +122,11 @@ class _GaussianSample(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         (noise,) = ctx.saved_tensors
-        grad_mu = grad_sigma = None
-        if ctx.needs_input_grad[0]:
-            grad_mu = grad.sum(0) if ctx.sampled else grad
-        if ctx.needs_input_grad[1]:
-            grad_sigma = grad * noise
-            if ctx.sampled:
-                grad_sigma = grad_sigma.sum(0)
-        return grad_mu, grad_sigma, None
+        if not ctx.sampled:
+            return grad, grad * noise, None
+        samples = noise.shape[0]
+        grad_mu, grad_sigma = _compiled_gaussian_gradients(grad.reshape(samples, -1), noise.reshape(samples, -1))
+        return grad_mu.view(noise.shape[1:]), grad_sigma.view(noise.shape[1:]), None
 
 
 class GaussianWeight(nn.Module):
@@ -168,11 +175,102 @@ class GaussianWeight(nn.Module):
         return f"evaluation={self.evaluation!r}"
 
 
+def uniform16(shape: Sequence[int], dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+    """Uniform samples on ``(0, 1)`` with 16-bit resolution, ``u = (k + ½) / 2¹⁶`` for uniform integers ``k``.
+
+    Four per 64-bit random word: torch's CPU generator makes 32 random bits per draw and a float32
+    :func:`torch.rand` spends one draw on each 24-bit sample, so this draws half as often (and never
+    gives 0 or 1, whose logits are infinite). Probabilities derived from ``u`` are exact to ``2⁻¹⁶``.
+
+    Example:
+        >>> u = uniform16((3, 4))
+        >>> u.shape, bool(((u > 0) & (u < 1)).all())
+        (torch.Size([3, 4]), True)
+    """
+    n = math.prod(shape)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
+    signed = words.view(torch.int16)[:n].view(tuple(shape)).to(dtype)  # -32768 ... 32767
+    return signed.add_(32768.5).mul_(1 / 65536)
+
+
+def _relaxed_sample_tanh(lam: Tensor, u: Tensor, inv_tau: Tensor) -> Tensor:
+    """``tanh((λ + ½ log(u / (1 − u))) / τ)`` for ``λ`` of shape ``(1, n)`` and ``u`` of shape ``(S, n)``."""
+    return torch.tanh((lam + 0.5 * torch.log(u / (1 - u))) * inv_tau)
+
+
+def _relaxed_sample_rational(lam: Tensor, a: Tensor, b: Tensor, inv_tau: Tensor) -> Tensor:
+    """The same as :func:`_relaxed_sample_tanh` where ``a = u^k``, ``b = (1 − u)^k`` with ``k = 1/τ``:
+    ``(p·a − q·b) / (p·a + q·b)``, ``p = sigmoid(2λ/τ)``, ``q = sigmoid(−2λ/τ)`` (multiply
+    ``tanh x = (e^{2x} − 1)/(e^{2x} + 1)`` through by ``q·(1 − u)^k``): no transcendental per sample, and
+    the denominator never vanishes (``max(p, q) >= ½`` and ``u`` is never 0 or 1)."""
+    pa, qb = torch.sigmoid(2 * inv_tau * lam) * a, torch.sigmoid(-2 * inv_tau * lam) * b
+    return (pa - qb) / (pa + qb)
+
+
+def _relaxed_sample_tau1(lam: Tensor, u: Tensor, inv_tau: Tensor) -> Tensor:
+    """:func:`_relaxed_sample_rational` for ``τ = 1``."""
+    return _relaxed_sample_rational(lam, u, 1 - u, inv_tau)
+
+
+def _relaxed_sample_tau_half(lam: Tensor, u: Tensor, inv_tau: Tensor) -> Tensor:
+    """:func:`_relaxed_sample_rational` for ``τ = ½``."""
+    return _relaxed_sample_rational(lam, u * u, (1 - u) * (1 - u), inv_tau)
+
+
+def _relaxed_gradient(grad: Tensor, weight: Tensor, inv_tau: Tensor) -> Tensor:
+    """``∂L/∂λ`` (shape ``(n,)``) from ``∂L/∂w`` of ``(S, n)`` samples: ``(1 − w²) / τ`` each, summed over them."""
+    return (grad * (1 - weight * weight) * inv_tau).sum(0)
+
+
+# one compiled loop per form, each for any size (2-D inputs only; a leading size of 1 compiles apart)
+_RELAXED_SAMPLES = {
+    1: LazyCompiled(_relaxed_sample_tau1, "BiMU relaxed weight sample (τ = 1)"),
+    2: LazyCompiled(_relaxed_sample_tau_half, "BiMU relaxed weight sample (τ = 1/2)"),
+    0: LazyCompiled(_relaxed_sample_tanh, "BiMU relaxed weight sample"),
+}
+_compiled_relaxed_gradient = LazyCompiled(_relaxed_gradient, "BiMU relaxed sample's gradient")
+
+
+class _RelaxedBinarySample(torch.autograd.Function):
+    """The relaxed BiMU sample as one fused loop forward and one fused loop (with the sum over samples) backward.
+
+    ``u`` has the shape of ``λ``, or a leading sample dimension; both are flattened to 2-D for the loops.
+    """
+
+    @staticmethod
+    def forward(lam: Tensor, u: Tensor, inv_tau: float, power: int) -> Tensor:
+        scale = torch.tensor(inv_tau, dtype=lam.dtype, device=lam.device)
+        flat = _RELAXED_SAMPLES[power](lam.reshape(1, -1), u.reshape(-1, lam.numel()), scale)
+        return flat.view(u.shape)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, float, int], output: Tensor) -> None:
+        ctx.save_for_backward(output)
+        ctx.inv_tau = inputs[2]
+        ctx.lam_shape = inputs[0].shape
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
+        (weight,) = ctx.saved_tensors
+        n = weight.numel() // max(1, math.prod(ctx.lam_shape)) if ctx.lam_shape else weight.numel()
+        scale = torch.tensor(ctx.inv_tau, dtype=weight.dtype, device=weight.device)
+        flat = _compiled_relaxed_gradient(grad.reshape(n, -1), weight.reshape(n, -1), scale)
+        return flat.view(ctx.lam_shape), None, None, None
+
+
+def _integer_power(inv_tau: float) -> int:
+    """``1/τ`` where a rational form of the relaxed sample exists for it (1 or 2), else 0 (the tanh form)."""
+    k = round(inv_tau)
+    return k if k in _RELAXED_SAMPLES and k > 0 and abs(inv_tau - k) < 1e-9 else 0
+
+
 class BinaryWeight(nn.Module):
     """Parametrization of a BiMU synapse: the weight parameter is the latent ``λ`` of a ±1 weight.
 
     The weight is ``+1`` with probability ``sigmoid(2λ)`` (mean ``tanh λ``). Training mode shows the
-    relaxed sample ``tanh((λ + ½ log(u / (1 − u))) / τ)``, ``u ~ U(0, 1)``, which is differentiable in
+    relaxed sample ``tanh((λ + ½ log(u / (1 − u))) / τ)``, ``u ~ U(0, 1)`` (drawn by :func:`uniform16`; the
+    sample and its gradient run as one fused loop each, without a transcendental per sample where
+    ``τ`` is 1 or ½), which is differentiable in
     ``λ`` and has the sign of a Bernoulli sample; evaluation mode shows ``sign(λ)`` (``"mode"``,
     ``sign(0) = +1``) or a Bernoulli sample (``"sample"``).
 
@@ -202,11 +300,9 @@ class BinaryWeight(nn.Module):
         """
         if self.training:
             # one sample is drawn as lam.shape and unsqueezed: the same numbers, no sum over samples in backward
-            shape = _shape(lam, None if samples == 1 else samples)
-            logistic = torch.rand(shape, dtype=lam.dtype, device=lam.device).logit_().mul_(0.5).add_(lam)
-            if self.temperature != 1.0:  # x / 1 == x: skip the pass (and its backward)
-                logistic = logistic.div_(self.temperature)
-            weight = logistic.tanh_()
+            u = uniform16(_shape(lam, None if samples == 1 else samples), lam.dtype, lam.device)
+            inv_tau = 1.0 / self.temperature
+            weight = _RelaxedBinarySample.apply(lam, u, inv_tau, _integer_power(inv_tau))
             return weight.unsqueeze(0) if samples == 1 else weight
         if self.evaluation == "mode":
             return _expand((lam >= 0).to(lam.dtype).mul_(2).sub_(1), samples)
