@@ -174,10 +174,12 @@ def format_tradeoff(rows: Sequence[dict[str, Any]]) -> str:
         ...     "plasticity_m0": (88.0, 1.0), "verdict": "ok"}]).splitlines()[2])
         leaky                 50      80.0      70.0      85.0           9.0            40.0  ok
     """
-    header = f"{'neuron':<16}{'best m':>8}{'ACC':>10}{'memory':>10}{'plastic.':>10}{'forgetting':>14}{'forgetting m=0':>16}  verdict"
+    width = max(16, *(len(r["neuron"]) + 2 for r in rows))
+    header = (f"{'neuron':<{width}}{'best m':>8}{'ACC':>10}{'memory':>10}{'plastic.':>10}{'forgetting':>14}"
+              f"{'forgetting m=0':>16}  verdict")
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r['neuron']:<16}{r['best_meta']:>8}{r['ACC'][0]:>10.1f}{r['memory'][0]:>10.1f}"
+        lines.append(f"{r['neuron']:<{width}}{r['best_meta']:>8}{r['ACC'][0]:>10.1f}{r['memory'][0]:>10.1f}"
                      f"{r['plasticity'][0]:>10.1f}{r['forgetting'][0]:>14.1f}{r['forgetting_m0'][0]:>16.1f}  {r['verdict']}")
     return "\n".join(lines)
 

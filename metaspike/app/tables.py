@@ -98,7 +98,8 @@ def format_table(rows: Sequence[dict[str, Any]], task_count: int) -> str:
         m=0                             50.0          50.0           0.0           n/a           0.0           1.0
     """
     cols = [f"task {j + 1}" for j in range(task_count)] + ["ACC", "BWT", "FWT", "forgetting", "seconds"]
-    header = f"{'setting':<22}" + "".join(f"{c:>14}" for c in cols)
+    width = max(22, *(len(row["setting"]) + 2 for row in rows))  # the longest label, e.g. "self-recurrent+bimu meta=0"
+    header = f"{'setting':<{width}}" + "".join(f"{c:>14}" for c in cols)
     lines = [header, "-" * len(header)]
     for row in rows:
         cells = []
@@ -110,7 +111,7 @@ def format_table(rows: Sequence[dict[str, Any]], task_count: int) -> str:
                 cells.append(f"{mean:>14.1f}")
             else:
                 cells.append(f"{mean:>8.1f} ±{std:>4.1f}")
-        lines.append(f"{row['setting']:<22}" + "".join(cells))
+        lines.append(f"{row['setting']:<{width}}" + "".join(cells))
     return "\n".join(lines)
 
 
