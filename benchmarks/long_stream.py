@@ -14,11 +14,15 @@ Usage::
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/long_stream.py --seeds 1 --out benchmarks/results/long_stream
     OMP_NUM_THREADS=1 python benchmarks/long_stream.py --steps-only
+    # methods in parallel processes (one core each), then one table and figure from their folders:
+    python benchmarks/long_stream.py --steps-only --methods BiMU --out A   # ... and so on, then
+    python benchmarks/long_stream.py --merge A B C --out benchmarks/results/long_stream
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import platform
 import resource
 import statistics
@@ -86,6 +90,37 @@ def step_costs(steps: int, rounds: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def merge(parts: list[Path], out: Path) -> None:
+    """One ``table.csv`` (methods in :data:`METHODS` order) and ``accuracy_vs_task.png`` from folders that
+    ran some methods each (``--methods``); a method found in two folders is refused."""
+    from metaspike.app.reproduce import long_stream
+    from metaspike.continual.results import load_run
+    from metaspike.files import atomic_write_text, csv_text
+
+    header, rows = None, {}
+    for part in parts:
+        with open(part / "table.csv", newline="") as handle:
+            table = list(csv.reader(handle))
+        header = header or table[0]
+        if table[0] != header:
+            raise SystemExit(f"{part / 'table.csv'} has other columns than the first folder's")
+        for row in table[1:]:
+            if row[0] in rows:
+                raise SystemExit(f"method {row[0]!r} is in two of the folders; merge each method once")
+            rows[row[0]] = row
+    order = [m.label for m in long_stream.METHODS if m.label in rows]
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "table.csv", csv_text([header, *(rows[label] for label in order)]))
+    curves = {}
+    for label in order:
+        folder = label.replace(" ", "_").replace(",", "")
+        runs = sorted(d for part in parts for d in (part / "runs" / folder).glob("*") if d.is_dir())
+        finished = [load_run(d)["matrix"] for d in runs]
+        curves[label] = [m[-1] for m in finished if len(m) == long_stream.LONG_STREAM.tasks]
+    long_stream._plot({k: v for k, v in curves.items() if v}, out / "accuracy_vs_task.png")
+    print(open(out / "table.csv").read())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
@@ -93,15 +128,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500, help="steps per round of the step-cost part")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps-only", action="store_true", help="only the step-cost part")
+    parser.add_argument("--no-steps", action="store_true", help="skip the step-cost part")
     parser.add_argument("--methods", nargs="+", default=None, help="labels of the methods to run (default: all)")
+    parser.add_argument("--merge", nargs="+", type=Path, help="folders of earlier runs to combine into --out")
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, Path(args.out))
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}")
-    costs = step_costs(args.steps, args.rounds)
-    plain = costs["plain Linear + SGD"]
-    for name, ms in costs.items():
-        samples = int(name.split("S=")[1]) if "S=" in name else 1
-        target = "" if name.startswith("plain") else f"  = {ms / plain:.1f} plain steps (target <= {2 * samples})"
-        print(f"{name:20s} {ms:.4f} ms/step{target}")
+    if not args.no_steps:
+        costs = step_costs(args.steps, args.rounds)
+        plain = costs["plain Linear + SGD"]
+        for name, ms in costs.items():
+            samples = int(name.split("S=")[1]) if "S=" in name else 1
+            target = "" if name.startswith("plain") else f"  = {ms / plain:.1f} plain steps (target <= {2 * samples})"
+            print(f"{name:20s} {ms:.4f} ms/step{target}")
     if args.steps_only:
         return
     from metaspike.app.reproduce import long_stream

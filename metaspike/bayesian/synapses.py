@@ -98,6 +98,13 @@ def _expand(weight: Tensor, samples: int | None) -> Tensor:
     return weight if samples is None else weight.expand(samples, *weight.shape)
 
 
+def _rows(tensor: Tensor, rows: int) -> Tensor:
+    """``tensor`` as a contiguous ``(rows, -1)`` matrix sharing its memory but not marked as a view: the compiled
+    loops below then see a plain 2-D tensor whatever the layer's shape (views would make them recompile per
+    shape of the viewed tensor). Only for tensors no one writes to while the result is in use."""
+    return torch.ops.aten._unsafe_view(tensor.contiguous(), (rows, -1))
+
+
 def _gaussian_gradients(grad: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
     """``(∂L/∂μ, ∂L/∂σ)`` from ``∂L/∂w`` of ``(S, n)`` samples ``w = μ + σ·ε``: ``Σ_s g_s`` and ``Σ_s g_s·ε_s``."""
     return grad.sum(0), (grad * noise).sum(0)
@@ -125,7 +132,7 @@ class _GaussianSample(torch.autograd.Function):
         if not ctx.sampled:
             return grad, grad * noise, None
         samples = noise.shape[0]
-        grad_mu, grad_sigma = _compiled_gaussian_gradients(grad.reshape(samples, -1), noise.reshape(samples, -1))
+        grad_mu, grad_sigma = _compiled_gaussian_gradients(_rows(grad, samples), _rows(noise, samples))
         return grad_mu.view(noise.shape[1:]), grad_sigma.view(noise.shape[1:]), None
 
 
@@ -234,13 +241,14 @@ _compiled_relaxed_gradient = LazyCompiled(_relaxed_gradient, "BiMU relaxed sampl
 class _RelaxedBinarySample(torch.autograd.Function):
     """The relaxed BiMU sample as one fused loop forward and one fused loop (with the sum over samples) backward.
 
-    ``u`` has the shape of ``λ``, or a leading sample dimension; both are flattened to 2-D for the loops.
+    ``u`` has the shape of ``λ``, or a leading sample dimension; the loops see both as 2-D (:func:`_rows`).
     """
 
     @staticmethod
     def forward(lam: Tensor, u: Tensor, inv_tau: float, power: int) -> Tensor:
         scale = torch.tensor(inv_tau, dtype=lam.dtype, device=lam.device)
-        flat = _RELAXED_SAMPLES[power](lam.reshape(1, -1), u.reshape(-1, lam.numel()), scale)
+        samples = u.numel() // max(1, lam.numel())
+        flat = _RELAXED_SAMPLES[power](_rows(lam, 1), _rows(u, samples), scale)
         return flat.view(u.shape)
 
     @staticmethod
@@ -252,9 +260,9 @@ class _RelaxedBinarySample(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
         (weight,) = ctx.saved_tensors
-        n = weight.numel() // max(1, math.prod(ctx.lam_shape)) if ctx.lam_shape else weight.numel()
+        samples = weight.numel() // max(1, math.prod(ctx.lam_shape))
         scale = torch.tensor(ctx.inv_tau, dtype=weight.dtype, device=weight.device)
-        flat = _compiled_relaxed_gradient(grad.reshape(n, -1), weight.reshape(n, -1), scale)
+        flat = _compiled_relaxed_gradient(_rows(grad, samples), _rows(weight, samples), scale)
         return flat.view(ctx.lam_shape), None, None, None
 
 
