@@ -146,6 +146,8 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 drop = mine[0][last][0] - plain[last][0]
                 verdict = (f"FAILS: BiMU forgets {mine[0]['forgetting'][0]:.1f} points (m=0: {plain['forgetting'][0]:.1f}) "
                            f"but its last task is {drop:+.1f} points, beyond {PLASTICITY_SLACK:g}")
+            elif len(mine) == 1:
+                verdict = "m = 0 only: nothing to compare it with"
             elif not plastic:
                 verdict = f"FAILS: every m > 0 costs the last task more than {PLASTICITY_SLACK:g} points"
             else:
