@@ -20,6 +20,8 @@ from metaspike.bayesian import (
     mesu_step,
     plain_parameters,
     sample_weights,
+    sampled_forward,
+    sampled_product,
 )
 
 # Tolerance of the float32 rules against the float64 formulas. Each output is a short chain of
@@ -452,3 +454,19 @@ def test_uniform16_covers_the_whole_range_evenly():
     counts = torch.histc(u, bins=16, min=0, max=1)
     # 25,000 expected per bin, standard deviation about 153: 6 of them is 920
     assert float((counts - 25_000).abs().max()) < 920
+
+
+def test_a_learned_gain_is_applied_once_on_the_sampled_path_too():
+    layer = BinaryBayesianLinear(6, 4, samples=3, scale="channel", bias=True).eval()  # eval: every sample is sign(λ)
+    with torch.no_grad():
+        layer.output_gain.alpha.copy_(torch.tensor([0.5, -2.0, 0.0, 1.5]))
+        layer.bias.fill_(1.0)
+    x = torch.randn(2, 6)
+    signs = torch.where(bimu_parameters(layer)[0] >= 0, 1.0, -1.0)
+    expected = layer.output_gain.alpha.detach() * (x @ signs.T) + 1.0  # α·(W x) + b: the bias is not scaled
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected.expand(3, 2, 4))  # the layer: product, then its hook
+        net = bayesianize(nn.Sequential(nn.Linear(6, 4)), "bimu").eval()
+        gain = net[0].output_gain.alpha
+        plain = sampled_product(net[0], x, 2)
+        torch.testing.assert_close(sampled_forward(net[0], x, 2), plain * gain + net[0].bias * (1 - gain))
