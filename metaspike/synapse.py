@@ -193,14 +193,18 @@ def hidden_weights(module: nn.Module) -> list[nn.Parameter]:
 
 
 def weight_matrices(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """``(layer name, hidden weight)`` of each binary synapse layer, or, for a model without binary
-    synapses, of each parameter with more than one dimension (the full-precision variant).
+    """``(layer name, hidden weight)`` of each binary synapse layer; for a model with Bayesian synapses instead,
+    the tensor whose sign is the synapse's most probable weight (``λ`` of BiMU, ``μ`` of MESU; never ``σ``);
+    for a model with neither, each parameter with more than one dimension (the full-precision variant).
 
     Example:
         >>> [name for name, _ in weight_matrices(torch.nn.Sequential(torch.nn.Linear(3, 2)))]
         ['0']
     """
+    from metaspike.bayesian.synapses import bayesian_modules
+
     found = [(name, weight) for name, _, weight in binary_modules(model)]
+    found = found or [(name, tensors[0]) for name, _, _, tensors in bayesian_modules(model)]
     if found:
         return found
     return [(name.rsplit(".", 1)[0], p) for name, p in model.named_parameters() if p.dim() > 1]

@@ -470,3 +470,13 @@ def test_a_learned_gain_is_applied_once_on_the_sampled_path_too():
         gain = net[0].output_gain.alpha
         plain = sampled_product(net[0], x, 2)
         torch.testing.assert_close(sampled_forward(net[0], x, 2), plain * gain + net[0].bias * (1 - gain))
+
+
+@pytest.mark.parametrize("kind", ["bimu", "mesu"])
+def test_diagnostics_follow_the_synapses_sign_tensor_never_sigma(kind):
+    from metaspike.synapse import weight_matrices
+
+    net = bayesianize(nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)), kind)
+    found = weight_matrices(net)
+    assert [name for name, _ in found] == ["0", "2"]
+    assert all(tensor is tensors[0] for (_, tensor), (_, _, _, tensors) in zip(found, bayesian_modules(net)))
