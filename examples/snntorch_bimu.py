@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import metaspike
+from metaspike.app.plots import plot_first_task
+from metaspike.app.tables import format_matrix
 from metaspike.app.models import SPIKING_BIMU_SETTINGS, SPIKING_BIMU_TEMPERATURE, SPIKING_GAIN_LR
 from metaspike.bayesian import bimu_parameters, plain_parameters
 from metaspike.snn import SpikingClassifier
@@ -109,26 +111,8 @@ def main() -> None:
     args = parser.parse_args()
     results = {"BiMU synapses": two_tasks(bimu_model_and_optimizer, args.epochs, args.seed),
                "binary synapses": two_tasks(binary_model_and_optimizer, args.epochs, args.seed)}
-    for name, matrix in results.items():
-        print(f"{name}: accuracy (%) after task i (rows) on task j (columns)")
-        for i, row in enumerate(matrix, 1):
-            print(f"  after task {i}: " + "  ".join(f"{a:5.1f}" for a in row))
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    for name, matrix in results.items():
-        ax.plot([1, 2], [row[0] for row in matrix], marker="o", label=f"task 1, {name}")
-    ax.set_xticks([1, 2], ["after task 1", "after task 2"])
-    ax.set_ylabel("accuracy on task 1 (%)")
-    ax.set_ylim(0, 100)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=120)
-    print(f"saved {args.out}")
+    print("\n".join(format_matrix(name, matrix) for name, matrix in results.items()))
+    print(f"saved {plot_first_task(results, args.out)}")
 
 
 if __name__ == "__main__":

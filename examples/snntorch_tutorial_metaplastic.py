@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 
 import metaspike
+from metaspike.app.plots import plot_first_task
+from metaspike.app.tables import format_matrix
 
 STEPS = 10  # the input is repeated over 10 time steps, as in the tutorial
 
@@ -105,27 +107,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="forgetting.png")
     args = parser.parse_args()
-    results = {meta: two_tasks(meta, args.epochs, args.lr, args.seed) for meta in (0.0, args.meta)}
-    for meta, matrix in results.items():
-        print(f"meta = {meta:g}: accuracy (%) after task i (rows) on task j (columns)")
-        for i, row in enumerate(matrix, 1):
-            print(f"  after task {i}: " + "  ".join(f"{a:5.1f}" for a in row))
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    for meta, matrix in results.items():
-        ax.plot([1, 2], [row[0] for row in matrix], marker="o", label=f"task 1, meta = {meta:g}")
-    ax.set_xticks([1, 2], ["after task 1", "after task 2"])
-    ax.set_ylabel("accuracy on task 1 (%)")
-    ax.set_ylim(0, 100)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=120)
-    print(f"saved {args.out}")
+    results = {f"meta = {meta:g}": two_tasks(meta, args.epochs, args.lr, args.seed) for meta in (0.0, args.meta)}
+    print("\n".join(format_matrix(name, matrix) for name, matrix in results.items()))
+    print(f"saved {plot_first_task(results, args.out)}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 * :func:`plot_run`: each task's test accuracy over training (the paper's Fig. 2 layout) and the
   hidden-weight histograms per layer after each task.
 * :func:`plot_comparison`: several runs on the same stream side by side.
+* :func:`plot_first_task`: the first task's accuracy after each task, one line per setting (examples).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from metaspike.continual.results import load_run
 
-__all__ = ["plot_run", "plot_comparison", "pyplot"]
+__all__ = ["plot_run", "plot_comparison", "plot_first_task", "pyplot"]
 
 
 def pyplot():
@@ -187,6 +188,28 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], out: str | os.PathLike) -> Pat
     ax.set_ylabel("memory: first task's accuracy after the last task (%)")
     ax.set_title("stability-plasticity trade-off (labels: meta)")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_first_task(matrices: dict[str, Sequence[Sequence[float]]], out: str | os.PathLike) -> Path:
+    """Accuracy on the first task after each task (column 0 of each accuracy matrix), one line per setting.
+
+    Example:
+        >>> plot_first_task({"meta = 0": [[90, 10], [40, 91]], "meta = 30": [[89, 9], [80, 88]]}, "forgetting.png")  # doctest: +SKIP
+    """
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    tasks = max(len(matrix) for matrix in matrices.values())
+    for name, matrix in matrices.items():
+        ax.plot(range(1, len(matrix) + 1), [row[0] for row in matrix], marker="o", label=f"task 1, {name}")
+    ax.set_xticks(range(1, tasks + 1), [f"after task {i}" for i in range(1, tasks + 1)])
+    ax.set_ylabel("accuracy on task 1 (%)")
+    ax.set_ylim(0, 100)
+    ax.legend()
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=120)

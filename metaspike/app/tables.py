@@ -19,7 +19,7 @@ from metaspike.continual.trainer import ContinualResult
 from metaspike.files import csv_text
 from metaspike.rules import check_meta
 
-__all__ = ["mean_std", "summarize_results", "check_settings", "comparison_csv", "format_table", "versions"]
+__all__ = ["mean_std", "summarize_results", "check_settings", "comparison_csv", "format_table", "format_matrix", "versions"]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -112,6 +112,20 @@ def format_table(rows: Sequence[dict[str, Any]], task_count: int) -> str:
             else:
                 cells.append(f"{mean:>8.1f} ±{std:>4.1f}")
         lines.append(f"{row['setting']:<{width}}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def format_matrix(name: str, matrix: Sequence[Sequence[float]]) -> str:
+    """An accuracy matrix as text, one line per task trained.
+
+    Example:
+        >>> print(format_matrix("meta = 0", [[90.0, 10.0], [40.0, 91.5]]))
+        meta = 0: accuracy (%) after task i (rows) on task j (columns)
+          after task 1:  90.0   10.0
+          after task 2:  40.0   91.5
+    """
+    lines = [f"{name}: accuracy (%) after task i (rows) on task j (columns)"]
+    lines += [f"  after task {i}: " + "  ".join(f"{a:5.1f}" for a in row) for i, row in enumerate(matrix, 1)]
     return "\n".join(lines)
 
 
