@@ -555,10 +555,11 @@ def sampled_product(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
             x = x.expand(samples, *x.shape)
         elif x.dim() != 3 or x.shape[0] != samples:
             raise ValueError(f"x must have shape (B, in) or (samples={samples}, B, in), got {tuple(x.shape)}")
-        if layer.bias is None:
-            out = torch.bmm(x, weights.transpose(1, 2))
-        else:
-            out = torch.baddbmm(layer.bias, x, weights.transpose(1, 2))
+        # (W xᵀ)ᵀ rather than x Wᵀ: the weights' gradient, the large one, then comes out contiguous (gᵀ x) and
+        # the sample loops use it without a copy; the transposed output is the small side
+        out = torch.bmm(weights, x.transpose(1, 2)).transpose(1, 2)
+        if layer.bias is not None:
+            out = out + layer.bias
     elif isinstance(layer, nn.Conv2d):
         out = _sampled_conv2d(layer, x, weights, samples)
     else:
