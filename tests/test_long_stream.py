@@ -138,7 +138,8 @@ def test_bimu_at_batch_one_end_to_end_and_resumed(tmp_path, monkeypatch):
                      model="bimu", eval_every=2, eval_tasks=6)
     whole, step = run_method(config, out=tmp_path / "whole")
     assert len(whole.matrix) == 4 and step > 0
-    assert whole.matrix[-1][-1] > 25  # far above chance (10 %) after 100 samples
+    # a model that learned nothing scores 10 % ± 1.6 % (one standard error) on the 360 test digits: 18 % is five above
+    assert whole.matrix[-1][-1] > 18
 
     original = RunDirectory.checkpoint
 

@@ -374,7 +374,9 @@ def make_bayesian(
         if lambda_init is not None:
             with torch.no_grad():
                 layer.weight.normal_(0.0, _finite("lambda_init", lambda_init, strict=False))
-    parametrize.register_parametrization(layer, "weight", synapse)
+    # unsafe: skip torch's trial call of the parametrization (a sample has the weight's shape and dtype by
+    # construction), which would draw random numbers and compile the sample loop for every layer built
+    parametrize.register_parametrization(layer, "weight", synapse, unsafe=True)
     return layer
 
 
