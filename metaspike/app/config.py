@@ -16,6 +16,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from metaspike.app.models import available_models, build_optimizer, is_spiking, optimizer_kind, uses_batchnorm
+from metaspike.chained import ChainedOptimizer
 from metaspike.continual.scenarios import available_scenarios
 from metaspike.continual.trainer import LAST_EVALUATED, TrainerConfig
 from metaspike.rules import check_meta, get_rule
@@ -186,7 +187,7 @@ class RunConfig:
             seed=self.seed, device=self.device, eval_every=self.eval_every, eval_tasks=self.eval_tasks,
         )
 
-    def make_optimizer(self, model: nn.Module) -> Optimizer:
+    def make_optimizer(self, model: nn.Module) -> Optimizer | ChainedOptimizer:
         """The optimizer this run's model kind is trained with (:func:`metaspike.app.models.build_optimizer`).
 
         Example:

@@ -32,6 +32,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from metaspike.chained import ChainedOptimizer
+
 __all__ = ["available_models", "is_spiking", "build_model", "describe_model", "optimizer_kind", "uses_batchnorm",
            "build_optimizer", "OPTIMIZER_KINDS", "BIMU_SETTINGS", "MESU_SETTINGS", "SPIKING_BIMU_SETTINGS",
            "BIMU_SUFFIX"]
@@ -211,7 +213,7 @@ def build_model(kind: str, hidden: Sequence[int], input_shape: Sequence[int], cl
 
 
 def build_optimizer(kind: str, model: nn.Module, lr: float, meta: float | Sequence[float] = 0.0,
-                    rule: str = "tanh", weight_decay: float = 0.0, batch_size: int = 1) -> Optimizer:
+                    rule: str = "tanh", weight_decay: float = 0.0, batch_size: int = 1) -> Optimizer | ChainedOptimizer:
     """The optimizer that trains a model of ``kind`` (see :func:`optimizer_kind`).
 
     ``lr``, ``meta``, ``rule`` and ``weight_decay`` set MetaplasticAdam; SGD takes ``lr``; BiMU and
@@ -233,8 +235,6 @@ def build_optimizer(kind: str, model: nn.Module, lr: float, meta: float | Sequen
     from metaspike.bayesian import MESU, BiMU, bimu_parameters, mesu_param_groups, plain_parameters
 
     if which == "bimu+adam":
-        from metaspike.chained import ChainedOptimizer
-
         per_batch = {**SPIKING_BIMU_SETTINGS, "likelihood_multiplier": SPIKING_BIMU_SETTINGS["likelihood_multiplier"]
                      * batch_size, "N": SPIKING_BIMU_SETTINGS["N"] / batch_size}
         return ChainedOptimizer(BiMU(bimu_parameters(model), **per_batch),
