@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from bnn.binary_linear import binary_linear, check_precision
 from bnn.sign_buffers import SignBuffers
-from metaspike.gain import OutputGain, check_scale
+from metaspike.gain import attach_output_gain, check_scale
 from metaspike.quantizers import NoQuantizer, Quantizer, SteSign, get_quantizer, ste_sign
 from metaspike.synapse import BinarySynapse, mark_hidden_weight
 
@@ -51,7 +51,8 @@ class _BinaryWeights(BinarySynapse):
                init_width: float | None, scale: str | None) -> None:
         self.weight_quantizer = get_quantizer(weight_quantizer)
         self.input_quantizer = get_quantizer(input_quantizer)
-        self.output_gain = None if check_scale(scale) is None else OutputGain(self.weight, scale)  # torch's init
+        # from torch's init, before the uniform one; applied by the same forward hook as binarize's gains
+        self.output_gain = None if check_scale(scale) is None else attach_output_gain(self, scale)
         _init_uniform(self.weight, init_width)
         self._sign_buffers = SignBuffers()
         self._grad_buffer: Tensor | None = None
@@ -96,9 +97,6 @@ class _BinaryWeights(BinarySynapse):
         if torch.is_grad_enabled() and self.weight.requires_grad:
             return _StraightThrough.apply(self.weight, signs)
         return signs
-
-    def _gained(self, output: Tensor) -> Tensor:
-        return output if self.output_gain is None else self.output_gain(output, self.bias)
 
     def gradient_buffer(self) -> Tensor:
         """A weight-sized buffer that the weight gradient is written into when its memory is free."""
@@ -158,8 +156,8 @@ class BinaryLinear(_BinaryWeights, nn.Linear):
         x = self.input_quantizer(x)
         if self._buffered:
             mark_hidden_weight(self.weight)
-            return self._gained(binary_linear(x, self))
-        return self._gained(F.linear(x, self.visible_weight(), self.bias))
+            return binary_linear(x, self)
+        return F.linear(x, self.visible_weight(), self.bias)
 
 
 class BinaryConv2d(_BinaryWeights, nn.Conv2d):
@@ -188,7 +186,7 @@ class BinaryConv2d(_BinaryWeights, nn.Conv2d):
         self._setup(weight_quantizer, input_quantizer, init_width, scale)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._gained(self._conv_forward(self.input_quantizer(x), self.visible_weight(), self.bias))
+        return self._conv_forward(self.input_quantizer(x), self.visible_weight(), self.bias)
 
 
 class SignActivation(nn.Module):

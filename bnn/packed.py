@@ -48,6 +48,7 @@ from bnn import native
 from bnn.layers import BinaryLinear, SignActivation
 from metaspike.compiled import LazyCompiled
 from metaspike.files import atomic_open
+from metaspike.gain import output_gain
 from metaspike.quantizers import SteSign
 
 __all__ = ["pack", "PackedMLP", "PackedLayer"]
@@ -447,7 +448,7 @@ def _bn_eval(norm: nn.BatchNorm1d, a: Tensor) -> Tensor:
 
 def _gain(linear: BinaryLinear) -> Tensor:
     """The layer's output gain ``α`` per output (float32; ones where it has none)."""
-    gain = getattr(linear, "output_gain", None)
+    gain = output_gain(linear)
     return torch.ones(linear.out_features) if gain is None else gain.per_channel(linear.out_features).float()
 
 

@@ -21,12 +21,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from metaspike.gain import attach_output_gain, check_scale, output_gain
+from metaspike.gain import attach_output_gain, check_scale
 from metaspike.quantizers import ste_sign
 
 __all__ = [
     "BinarySynapse", "SignWeight", "binarize", "binary_modules", "hidden_weights", "is_hidden_weight",
-    "mark_hidden_weight", "output_gain", "weight_matrices", "binarized_once", "signs_cache_key",
+    "mark_hidden_weight", "weight_matrices", "binarized_once", "signs_cache_key",
 ]
 
 _HIDDEN_WEIGHTS: dict[int, weakref.ref] = {}  # id -> weak reference (tensors compare elementwise: no WeakSet)

@@ -12,8 +12,7 @@ from torch import nn
 
 import bnn
 import metaspike
-from metaspike.gain import OutputGain
-from metaspike.synapse import output_gain
+from metaspike.gain import OutputGain, output_gain
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "snntorch_tutorial_metaplastic.py"
 

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from metaspike.gain import output_gain
 from metaspike.snn.backends import require_snntorch
 from metaspike.snn.layers import Scale
 from metaspike.snn.timeloop import SpikingClassifier
-from metaspike.synapse import output_gain
 
 __all__ = ["export_nir", "import_nir"]
 
