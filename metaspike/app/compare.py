@@ -19,7 +19,7 @@ from typing import Any
 from metaspike.app.config import RunConfig, meta_label
 from metaspike.app.models import BIMU_SUFFIX, optimizer_kind
 from metaspike.app.runs import config_from_record, finished_result, load_config, resume, run
-from metaspike.app.tables import check_settings, comparison_csv, format_table, summarize_results
+from metaspike.app.tables import check_settings, comparison_csv, format_table, last_task_column, summarize_results
 from metaspike.continual.results import RunDirectory, unique_directory
 from metaspike.continual.trainer import ContinualResult
 from metaspike.files import atomic_write_text, read_json
@@ -133,7 +133,7 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         'm=10 forgets 75% less, last task -2.0 points'
     """
     out = []
-    last = f"task {sum(1 for key in rows[0] if key.startswith('task '))}"
+    last = last_task_column(rows)
     for neuron in dict.fromkeys(r["neuron"] for r in rows):
         mine = [r for r in rows if r["neuron"] == neuron]
         best = max(mine, key=lambda r: r["ACC"][0])

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from metaspike.app.models import BIMU_SUFFIX
+from metaspike.app.tables import last_task_column
 from metaspike.continual.results import load_run
 
 __all__ = ["plot_run", "plot_comparison", "plot_first_task", "pyplot"]
@@ -123,6 +125,11 @@ def plot_comparison(
     return out
 
 
+def _error_bars(pairs: Sequence[tuple[float, float]]) -> list[float]:
+    """The std of each ``(mean, std)`` as an error bar; none (0) where no spread was measured (``nan``)."""
+    return [std if math.isfinite(std) else 0.0 for _, std in pairs]
+
+
 def grouped_bars(ax: Any, groups: Sequence[str], series: Sequence[str],
                  values: Sequence[Sequence[tuple[float, float]]]) -> None:
     """Bars of ``values[k][i] = (mean, std)`` for series ``k`` in group ``i`` (std ``nan``: no error bar).
@@ -134,7 +141,7 @@ def grouped_bars(ax: Any, groups: Sequence[str], series: Sequence[str],
     width = 0.8 / len(series)
     for k, (label, bars) in enumerate(zip(series, values)):
         means = [mean for mean, _ in bars]
-        errors = [0.0 if not math.isfinite(std) else std for _, std in bars]
+        errors = _error_bars(bars)
         ax.bar([i + k * width for i in range(len(groups))], means, width, yerr=errors, capsize=3, label=label)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], groups, rotation=20 if len(groups) > 6 else 0)
     ax.legend(fontsize=8)
@@ -153,7 +160,7 @@ def plot_forgetting_by_model(rows: Sequence[dict[str, Any]], out: str | os.PathL
     cells = {(r["neuron"], r["meta"]): r["forgetting"] for r in rows}
     missing = (math.nan, math.nan)  # a model run at fewer m (the +bimu kinds run once): no bar
     values = [[cells.get((n, m), missing) for n in neurons] for m in metas]
-    bayesian = any(n.endswith("+bimu") for n in neurons)
+    bayesian = any(n.endswith(BIMU_SUFFIX) for n in neurons)
     plain = "no metaplasticity" + (" (+bimu: BiMU synapses)" if bayesian else "")
     grouped_bars(ax, neurons, [plain if m == 0 else f"meta = {m:g}" for m in metas], values)
     ax.set_ylabel("forgetting (accuracy points)")
@@ -173,14 +180,13 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], out: str | os.PathLike) -> Pat
         >>> plot_tradeoff(rows, "runs/tradeoff.png")  # doctest: +SKIP
     """
     plt = pyplot()
-    last = f"task {sum(1 for key in rows[0] if key.startswith('task '))}"
+    last = last_task_column(rows)
     fig, ax = plt.subplots(figsize=(6.4, 5))
     for neuron in dict.fromkeys(r["neuron"] for r in rows):
         mine = sorted((r for r in rows if r["neuron"] == neuron), key=lambda r: r["meta"])
         xs, ys = [r[last] for r in mine], [r["task 1"] for r in mine]
         line = ax.errorbar([x for x, _ in xs], [y for y, _ in ys],
-                           xerr=[0.0 if not math.isfinite(e) else e for _, e in xs],
-                           yerr=[0.0 if not math.isfinite(e) else e for _, e in ys], marker="o", capsize=3, label=neuron)
+                           xerr=_error_bars(xs), yerr=_error_bars(ys), marker="o", capsize=3, label=neuron)
         for r, (x, _), (y, _) in zip(mine, xs, ys):
             ax.annotate(f"{r['meta']:g}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7,
                         color=line[0].get_color())

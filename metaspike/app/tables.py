@@ -19,7 +19,7 @@ from metaspike.continual.trainer import ContinualResult
 from metaspike.files import csv_text
 from metaspike.rules import check_meta
 
-__all__ = ["mean_std", "summarize_results", "check_settings", "comparison_csv", "format_table", "format_matrix", "versions"]
+__all__ = ["mean_std", "summarize_results", "check_settings", "comparison_csv", "format_table", "format_matrix", "last_task_column", "versions"]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -85,6 +85,16 @@ def comparison_csv(rows: Sequence[dict[str, Any]], labels: Sequence[str] = ("set
     body = [[*(row[label] for label in labels), *(f"{v:.3f}" if math.isfinite(v) else "" for k in keys for v in row[k])]
             for row in rows]
     return csv_text([header, *body])
+
+
+def last_task_column(rows: Sequence[dict[str, Any]]) -> str:
+    """The column of comparison rows that holds the last task's final accuracy (``"task N"``).
+
+    Example:
+        >>> last_task_column([{"setting": "m=0", "task 1": (50.0, 1.0), "task 2": (90.0, 1.0)}])
+        'task 2'
+    """
+    return f"task {sum(1 for key in rows[0] if key.startswith('task '))}"
 
 
 def format_table(rows: Sequence[dict[str, Any]], task_count: int) -> str:
