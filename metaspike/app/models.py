@@ -36,7 +36,7 @@ from metaspike.chained import ChainedOptimizer
 
 __all__ = ["available_models", "is_spiking", "build_model", "describe_model", "optimizer_kind", "uses_batchnorm",
            "build_optimizer", "OPTIMIZER_KINDS", "BIMU_SETTINGS", "MESU_SETTINGS", "SPIKING_BIMU_SETTINGS",
-           "BIMU_SUFFIX"]
+           "BIMU_SUFFIX", "spiking_bimu_settings"]
 
 #: BiMU's published settings for its 1000-task permuted-MNIST runs (Cottart et al. 2026).
 BIMU_SETTINGS: dict[str, float] = {"likelihood_multiplier": 161.3, "kl_multiplier": 3.76, "lr_max": 0.0023,
@@ -212,6 +212,20 @@ def build_model(kind: str, hidden: Sequence[int], input_shape: Sequence[int], cl
     return metaspike.binarize(build_neuron_model(kind, spec))
 
 
+def spiking_bimu_settings(batch_size: int) -> dict[str, float]:
+    """:data:`SPIKING_BIMU_SETTINGS` for training at ``batch_size``: the likelihood multiplier times the batch size
+    (it scales the batch-mean gradient), the memory window divided by it (it counts steps).
+
+    Example:
+        >>> spiking_bimu_settings(50)["likelihood_multiplier"], spiking_bimu_settings(50)["N"]
+        (8000.0, 5000.0)
+    """
+    settings = dict(SPIKING_BIMU_SETTINGS)
+    settings["likelihood_multiplier"] *= batch_size
+    settings["N"] /= batch_size
+    return settings
+
+
 def build_optimizer(kind: str, model: nn.Module, lr: float, meta: float | Sequence[float] = 0.0,
                     rule: str = "tanh", weight_decay: float = 0.0, batch_size: int = 1) -> Optimizer | ChainedOptimizer:
     """The optimizer that trains a model of ``kind`` (see :func:`optimizer_kind`).
@@ -235,9 +249,7 @@ def build_optimizer(kind: str, model: nn.Module, lr: float, meta: float | Sequen
     from metaspike.bayesian import MESU, BiMU, bimu_parameters, mesu_param_groups, plain_parameters
 
     if which == "bimu+adam":
-        per_batch = {**SPIKING_BIMU_SETTINGS, "likelihood_multiplier": SPIKING_BIMU_SETTINGS["likelihood_multiplier"]
-                     * batch_size, "N": SPIKING_BIMU_SETTINGS["N"] / batch_size}
-        return ChainedOptimizer(BiMU(bimu_parameters(model), **per_batch),
+        return ChainedOptimizer(BiMU(bimu_parameters(model), **spiking_bimu_settings(batch_size)),
                                 torch.optim.Adam(plain_parameters(model), lr=SPIKING_GAIN_LR))
     if plain_parameters(model):
         raise ValueError(f"model kind {kind!r} must have Bayesian synapses only, found other parameters")
