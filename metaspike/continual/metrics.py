@@ -39,6 +39,17 @@ def _square(matrix: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
     return r
 
 
+def _matrix(matrix: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    r = np.asarray(matrix, dtype=float)
+    if r.ndim != 2 or r.size == 0:
+        raise ValueError(f"accuracy matrix must be 2-D and non-empty, got shape {r.shape}")
+    return r
+
+
+def _final_row(matrix: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    return _matrix(matrix)[-1]
+
+
 def average_accuracy(matrix: Sequence[Sequence[float]] | np.ndarray) -> float:
     """ACC: mean accuracy over all tasks after the last one (last row of any R).
 
@@ -46,10 +57,7 @@ def average_accuracy(matrix: Sequence[Sequence[float]] | np.ndarray) -> float:
         >>> average_accuracy([[90, 10], [60, 95]])
         77.5
     """
-    r = np.asarray(matrix, dtype=float)
-    if r.ndim != 2 or r.size == 0:
-        raise ValueError(f"accuracy matrix must be 2-D and non-empty, got shape {r.shape}")
-    return float(r[-1].mean())
+    return float(_final_row(matrix).mean())
 
 
 def backward_transfer(matrix: Sequence[Sequence[float]] | np.ndarray) -> float:
@@ -96,13 +104,6 @@ def forgetting(matrix: Sequence[Sequence[float]] | np.ndarray) -> float:
     return float(np.mean([r[: t - 1, j].max() - r[-1, j] for j in range(t - 1)]))
 
 
-def _final_row(matrix: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
-    r = np.asarray(matrix, dtype=float)
-    if r.ndim != 2 or r.size == 0:
-        raise ValueError(f"accuracy matrix must be 2-D and non-empty, got shape {r.shape}")
-    return r[-1]
-
-
 def last_tasks_accuracy(matrix: Sequence[Sequence[float]] | np.ndarray, k: int = 5) -> float:
     """Mean final accuracy on the last ``k`` tasks (``nan`` if one of them was not evaluated at the end).
 
@@ -136,9 +137,7 @@ def task_accuracy_over_time(matrix: Sequence[Sequence[float]] | np.ndarray, task
         >>> task_accuracy_over_time([[90, 10], [float("nan"), 50], [70, 95]])
         [(1, 90.0), (3, 70.0)]
     """
-    r = np.asarray(matrix, dtype=float)
-    if r.ndim != 2 or r.size == 0:
-        raise ValueError(f"accuracy matrix must be 2-D and non-empty, got shape {r.shape}")
+    r = _matrix(matrix)
     if isinstance(task, bool) or not isinstance(task, (int, np.integer)) or not 0 <= task < r.shape[1]:
         raise ValueError(f"task must be a column index in 0..{r.shape[1] - 1}, got {task!r}")
     return [(i + 1, float(a)) for i, a in enumerate(r[:, task]) if math.isfinite(a)]
