@@ -34,12 +34,12 @@ from torch import Tensor, nn
 
 from metaspike.app.config import RunConfig
 from metaspike.app.models import build_model
+from metaspike.app.runs import build_trainer, make_run_scenario
 from metaspike.app.tables import comparison_csv, mean_std
 from metaspike.continual.baselines import EWCOnline, SynapticIntelligence
 from metaspike.continual.metrics import evaluated_accuracy, last_tasks_accuracy
 from metaspike.continual.results import RunDirectory
-from metaspike.continual.scenarios import Scenario, make_scenario
-from metaspike.continual.trainer import ContinualResult, ContinualTrainer
+from metaspike.continual.trainer import ContinualResult
 from metaspike.data import load_dataset
 from metaspike.files import atomic_write_text
 from metaspike.training import Plugin, TrainingDiverged
@@ -130,11 +130,6 @@ def _standardized(model: nn.Module, config: RunConfig) -> nn.Module:
     return nn.Sequential(Standardize(float(x.mean()), float(x.std())), model)
 
 
-def _scenario(config: RunConfig) -> Scenario:
-    return make_scenario(config.scenario, config.datasets, config.tasks, config.seed, config.data_dir,
-                         config.split_mode, config.samples_per_task)
-
-
 def run_method(config: RunConfig, plugins: Sequence[Plugin] = (), out: str | Path | None = None,
                progress: bool = False, resume: dict[str, Any] | None = None) -> tuple[ContinualResult, float]:
     """Train ``config`` (its model kind picks the optimizer) with ``plugins``; return the result and
@@ -146,10 +141,10 @@ def run_method(config: RunConfig, plugins: Sequence[Plugin] = (), out: str | Pat
         >>> len(result.matrix), step > 0
         (2, True)
     """
-    scenario = _scenario(config)
+    scenario = make_run_scenario(config)
     torch.manual_seed(config.seed)
     model = _standardized(build_model(config.model, config.hidden, scenario.input_shape, scenario.num_classes), config)
-    trainer = ContinualTrainer(model, config.make_optimizer, config.trainer_config(), progress=progress, plugins=plugins)
+    trainer = build_trainer(config, model, progress, plugins)
     directory = None
     if out is not None:
         directory = RunDirectory.create(out, config.name, config.to_dict(), {"name": scenario.name, **scenario.definition})
