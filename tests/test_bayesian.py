@@ -419,14 +419,15 @@ def test_sampled_conv2d_equals_separate_passes(layer_type):
 @pytest.mark.parametrize("temperature", [1.0, 0.5, 0.25, 0.7], ids=["tau1-rational", "tau0.5-rational", "tau0.25-tanh", "tau0.7-tanh"])
 @pytest.mark.parametrize("samples", [None, 3])
 def test_the_fused_relaxed_sample_and_its_gradient_equal_the_tanh_formula(temperature, samples):
-    from metaspike.bayesian.synapses import BinaryWeight, uniform16
+    from metaspike.bayesian.counter_noise import counter_uniform, draw_key
+    from metaspike.bayesian.synapses import BinaryWeight
 
     lam = torch.cat([torch.randn(200, dtype=torch.float64) * 3, torch.tensor([0.0, 40.0, -40.0, 1e-8], dtype=torch.float64)])
     lam.requires_grad_(True)
     torch.manual_seed(5)
     fused = BinaryWeight(temperature).sample(lam, samples)
-    torch.manual_seed(5)  # the same uniforms for the reference
-    u = uniform16(tuple(fused.shape), torch.float64)
+    torch.manual_seed(5)  # the same key, hence the same uniforms, for the reference
+    u = counter_uniform(tuple(fused.shape), draw_key(), torch.float64)
     reference = torch.tanh((lam + 0.5 * torch.log(u / (1 - u))) / temperature)
     # float64 both ways: the two forms differ by a few rounding errors of |w| <= 1, in w and in (1 - w²)/τ
     torch.testing.assert_close(fused, reference, rtol=0, atol=1e-12)
@@ -445,15 +446,57 @@ def test_relaxed_samples_have_the_sign_of_a_bernoulli_sample_with_p_sigmoid_2_la
     torch.testing.assert_close((samples > 0).double().mean(0), torch.sigmoid(2 * lam).double(), atol=0.015, rtol=0)
 
 
-def test_uniform16_covers_the_whole_range_evenly():
-    from metaspike.bayesian.synapses import uniform16
+def test_counter_uniforms_cover_the_whole_range_evenly_and_differ_between_keys():
+    from metaspike.bayesian.counter_noise import counter_uniform
 
-    torch.manual_seed(0)
-    u = uniform16((400_000,))
+    u = counter_uniform((400_000,), torch.tensor(123))
     assert float(u.min()) > 0 and float(u.max()) < 1
     counts = torch.histc(u, bins=16, min=0, max=1)
     # 25,000 expected per bin, standard deviation about 153: 6 of them is 920
     assert float((counts - 25_000).abs().max()) < 920
+    # the next key's draw starts one counter later (as documented; draw_key's keys are 64 random bits apart) ...
+    assert torch.equal(counter_uniform((400_000,), torch.tensor(124))[:-1], u[1:])
+    # ... and a key past the end of the draw gives unrelated numbers: the correlation of two streams of
+    # 400,000 independent uniforms has standard deviation 1/sqrt(400,000) = 0.0016
+    other = counter_uniform((400_000,), torch.tensor(123 + 400_000))
+    assert abs(float(torch.corrcoef(torch.stack([u, other]))[0, 1])) < 0.01
+    assert abs(float(torch.corrcoef(torch.stack([u[1:], u[:-1]]))[0, 1])) < 0.01  # nor is a stream with itself
+
+
+def test_counter_normals_have_the_moments_of_a_standard_normal():
+    from metaspike.bayesian.counter_noise import counter_normal
+
+    eps = counter_normal((1_000_000,), torch.tensor(-77), torch.float64)
+    # a million draws: standard errors of the mean, variance and 4th moment are 0.001, 0.0014 and 0.0098
+    assert abs(float(eps.mean())) < 0.006
+    assert abs(float(eps.var()) - 1) < 0.009
+    assert abs(float(eps.pow(4).mean()) - 3) < 0.06
+    assert float(eps.abs().max()) < 5.9  # Box-Muller on 24-bit uniforms: |ε| <= sqrt(2·ln(2^25))
+    # the normal CDF at -2, -1, 0, 1, 2: frequencies within 6 standard errors (at most 0.0005 each)
+    cdf = torch.tensor([0.02275, 0.15866, 0.5, 0.84134, 0.97725], dtype=torch.float64)
+    frequencies = torch.stack([(eps < t).double().mean() for t in (-2.0, -1.0, 0.0, 1.0, 2.0)])
+    torch.testing.assert_close(frequencies, cdf, atol=0.003, rtol=0)
+
+
+@pytest.mark.parametrize("samples", [None, 1, 4])
+def test_the_fused_gaussian_sample_is_mu_plus_sigma_times_the_counter_normals(samples):
+    from metaspike.bayesian.counter_noise import counter_normal, draw_key
+    from metaspike.bayesian.synapses import GaussianWeight
+
+    mu = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    weight = GaussianWeight(mu, sigma_init=0.3)
+    torch.manual_seed(9)
+    sample = weight.sample(mu, samples)
+    torch.manual_seed(9)
+    eps = counter_normal((samples or 1, 5, 7), draw_key(), torch.float64)
+    expected = mu + weight.sigma * eps
+    # the compiled loop's log, sqrt and cos (vectorised) may differ from torch's by a few float64 ulps of |ε| < 6
+    torch.testing.assert_close(sample, expected if samples else expected[0], rtol=0, atol=1e-12)
+    g = torch.randn(sample.shape, dtype=torch.float64)
+    grad_mu, grad_sigma = torch.autograd.grad((sample * g).sum(), (mu, weight.sigma))
+    g = g if samples else g.unsqueeze(0)
+    torch.testing.assert_close(grad_mu, g.sum(0), rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad_sigma, (g * eps).sum(0), rtol=0, atol=1e-12)
 
 
 def test_a_learned_gain_is_applied_once_on_the_sampled_path_too():

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from metaspike.bayesian.counter_noise import draw_key, normal_from_words, random_words, uniform_from_words
 from metaspike.compiled import LazyCompiled
 from metaspike.gain import attach_output_gain, check_scale, output_gain
 
@@ -57,7 +58,6 @@ __all__ = [
     "sample_weights",
     "sampled_forward",
     "sampled_product",
-    "uniform16",
 ]
 
 KINDS = ("bimu", "mesu")
@@ -105,35 +105,49 @@ def _rows(tensor: Tensor, rows: int) -> Tensor:
     return torch.ops.aten._unsafe_view(tensor.contiguous(), (rows, -1))
 
 
+def _counter_rows(samples: int, n: int, device: torch.device) -> Tensor:
+    return torch.arange(samples * n, dtype=torch.int64, device=device).view(samples, n)
+
+
+def _gaussian_sample(mu: Tensor, sigma: Tensor, key: Tensor, samples: int) -> tuple[Tensor, Tensor]:
+    """``(w, ε)``: ``samples`` rows ``w = μ + σ·ε`` for ``μ``, ``σ`` of shape ``(1, n)``, ``ε`` drawn under ``key``."""
+    noise = normal_from_words(random_words(key, _counter_rows(samples, mu.shape[1], mu.device)), mu.dtype)
+    return torch.addcmul(mu, sigma, noise), noise
+
+
 def _gaussian_gradients(grad: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
     """``(∂L/∂μ, ∂L/∂σ)`` from ``∂L/∂w`` of ``(S, n)`` samples ``w = μ + σ·ε``: ``Σ_s g_s`` and ``Σ_s g_s·ε_s``."""
     return grad.sum(0), (grad * noise).sum(0)
 
 
+_compiled_gaussian_sample = LazyCompiled(_gaussian_sample, "MESU weight samples")
 _compiled_gaussian_gradients = LazyCompiled(_gaussian_gradients, "MESU weight samples' gradients")
 
 
 class _GaussianSample(torch.autograd.Function):
-    """``w = μ + σ·ε`` for ``ε`` of the shape of ``μ`` or with a leading sample dimension; the backward
-    of several samples is one fused loop (both sums over the samples)."""
+    """``rows`` samples ``w = μ + σ·ε`` stacked on a new first dimension, the noise drawn inside the sampling
+    loop (:mod:`~metaspike.bayesian.counter_noise`); the backward of several samples is one fused loop
+    (both sums over the samples)."""
 
     @staticmethod
-    def forward(mu: Tensor, sigma: Tensor, noise: Tensor) -> Tensor:
-        return torch.addcmul(mu, sigma, noise)
+    def forward(mu: Tensor, sigma: Tensor, key: Tensor, rows: int) -> tuple[Tensor, Tensor]:
+        weight, noise = _compiled_gaussian_sample(_rows(mu, 1), _rows(sigma, 1), key, rows)
+        return weight.view(rows, *mu.shape), noise
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor], output: Tensor) -> None:
-        ctx.save_for_backward(inputs[2])
-        ctx.sampled = inputs[2].dim() > inputs[0].dim()
+    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor, int], output: tuple[Tensor, Tensor]) -> None:
+        ctx.save_for_backward(output[1])
+        ctx.mark_non_differentiable(output[1])
+        ctx.mu_shape = inputs[0].shape
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+    def backward(ctx: Any, grad: Tensor, _: Tensor | None) -> tuple[Tensor | None, Tensor | None, None, None]:
         (noise,) = ctx.saved_tensors
-        if not ctx.sampled:
-            return grad, grad * noise, None
-        samples = noise.shape[0]
-        grad_mu, grad_sigma = _compiled_gaussian_gradients(_rows(grad, samples), _rows(noise, samples))
-        return grad_mu.view(noise.shape[1:]), grad_sigma.view(noise.shape[1:]), None
+        if noise.shape[0] == 1:  # one sample: nothing to sum
+            flat = _rows(grad, 1)
+            return flat.view(ctx.mu_shape), (flat * noise).view(ctx.mu_shape), None, None
+        grad_mu, grad_sigma = _compiled_gaussian_gradients(_rows(grad, noise.shape[0]), noise)
+        return grad_mu.view(ctx.mu_shape), grad_sigma.view(ctx.mu_shape), None, None
 
 
 class GaussianWeight(nn.Module):
@@ -170,10 +184,8 @@ class GaussianWeight(nn.Module):
         """
         if not self.training and self.evaluation == "mode":
             return _expand(mu, samples)
-        # one sample is drawn as mu.shape and unsqueezed: the same numbers, no sum over samples in backward
-        noise = torch.randn(_shape(mu, None if samples == 1 else samples), dtype=mu.dtype, device=mu.device)
-        weight = _GaussianSample.apply(mu, self.sigma, noise)
-        return weight.unsqueeze(0) if samples == 1 else weight
+        weight, _ = _GaussianSample.apply(mu, self.sigma, draw_key(mu.device), samples or 1)
+        return weight if samples else weight.squeeze(0)
 
     def forward(self, mu: Tensor) -> Tensor:
         return self.sample(mu)
@@ -182,26 +194,14 @@ class GaussianWeight(nn.Module):
         return f"evaluation={self.evaluation!r}"
 
 
-def uniform16(shape: Sequence[int], dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
-    """Uniform samples on ``(0, 1)`` with 16-bit resolution, ``u = (k + ½) / 2¹⁶`` for uniform integers ``k``.
-
-    Four per 64-bit random word: torch's CPU generator makes 32 random bits per draw and a float32
-    :func:`torch.rand` spends one draw on each 24-bit sample, so this draws half as often (and never
-    gives 0 or 1, whose logits are infinite). Probabilities derived from ``u`` are exact to ``2⁻¹⁶``.
-
-    Example:
-        >>> u = uniform16((3, 4))
-        >>> u.shape, bool(((u > 0) & (u < 1)).all())
-        (torch.Size([3, 4]), True)
-    """
-    n = math.prod(shape)
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
-    signed = words.view(torch.int16)[:n].view(tuple(shape)).to(dtype)  # -32768 ... 32767
-    return signed.add_(32768.5).mul_(1 / 65536)
+def _uniforms(lam: Tensor, key: Tensor, samples: int) -> Tensor:
+    """``(samples, n)`` uniforms on ``(0, 1)`` under ``key`` for ``λ`` of shape ``(1, n)``."""
+    return uniform_from_words(random_words(key, _counter_rows(samples, lam.shape[1], lam.device)), lam.dtype)
 
 
-def _relaxed_sample_tanh(lam: Tensor, u: Tensor, inv_tau: Tensor) -> Tensor:
-    """``tanh((λ + ½ log(u / (1 − u))) / τ)`` for ``λ`` of shape ``(1, n)`` and ``u`` of shape ``(S, n)``."""
+def _relaxed_sample_tanh(lam: Tensor, key: Tensor, samples: int, inv_tau: Tensor) -> Tensor:
+    """``tanh((λ + ½ log(u / (1 − u))) / τ)`` for ``λ`` of shape ``(1, n)``: ``(samples, n)`` relaxed samples."""
+    u = _uniforms(lam, key, samples)
     return torch.tanh((lam + 0.5 * torch.log(u / (1 - u))) * inv_tau)
 
 
@@ -214,13 +214,15 @@ def _relaxed_sample_rational(lam: Tensor, a: Tensor, b: Tensor, inv_tau: Tensor)
     return (pa - qb) / (pa + qb)
 
 
-def _relaxed_sample_tau1(lam: Tensor, u: Tensor, inv_tau: Tensor) -> Tensor:
-    """:func:`_relaxed_sample_rational` for ``τ = 1``."""
+def _relaxed_sample_tau1(lam: Tensor, key: Tensor, samples: int, inv_tau: Tensor) -> Tensor:
+    """:func:`_relaxed_sample_tanh` for ``τ = 1`` in the rational form."""
+    u = _uniforms(lam, key, samples)
     return _relaxed_sample_rational(lam, u, 1 - u, inv_tau)
 
 
-def _relaxed_sample_tau_half(lam: Tensor, u: Tensor, inv_tau: Tensor) -> Tensor:
-    """:func:`_relaxed_sample_rational` for ``τ = ½``."""
+def _relaxed_sample_tau_half(lam: Tensor, key: Tensor, samples: int, inv_tau: Tensor) -> Tensor:
+    """:func:`_relaxed_sample_tanh` for ``τ = ½`` in the rational form."""
+    u = _uniforms(lam, key, samples)
     return _relaxed_sample_rational(lam, u * u, (1 - u) * (1 - u), inv_tau)
 
 
@@ -229,7 +231,7 @@ def _relaxed_gradient(grad: Tensor, weight: Tensor, inv_tau: Tensor) -> Tensor:
     return (grad * (1 - weight * weight) * inv_tau).sum(0)
 
 
-# one compiled loop per form, each for any size (2-D inputs only; a leading size of 1 compiles apart)
+# one compiled loop per form (uniforms drawn inside it), each for any size and number of samples
 _RELAXED_SAMPLES = {
     1: LazyCompiled(_relaxed_sample_tau1, "BiMU relaxed weight sample (τ = 1)"),
     2: LazyCompiled(_relaxed_sample_tau_half, "BiMU relaxed weight sample (τ = 1/2)"),
@@ -239,31 +241,28 @@ _compiled_relaxed_gradient = LazyCompiled(_relaxed_gradient, "BiMU relaxed sampl
 
 
 class _RelaxedBinarySample(torch.autograd.Function):
-    """The relaxed BiMU sample as one fused loop forward and one fused loop (with the sum over samples) backward.
-
-    ``u`` has the shape of ``λ``, or a leading sample dimension; the loops see both as 2-D (:func:`_rows`).
-    """
+    """``rows`` relaxed BiMU samples stacked on a new first dimension, as one fused loop forward (the uniforms
+    drawn inside it, :mod:`~metaspike.bayesian.counter_noise`) and one fused loop (with the sum over samples)
+    backward."""
 
     @staticmethod
-    def forward(lam: Tensor, u: Tensor, inv_tau: float, power: int) -> Tensor:
+    def forward(lam: Tensor, key: Tensor, rows: int, inv_tau: float, power: int) -> Tensor:
         scale = torch.tensor(inv_tau, dtype=lam.dtype, device=lam.device)
-        samples = u.numel() // max(1, lam.numel())
-        flat = _RELAXED_SAMPLES[power](_rows(lam, 1), _rows(u, samples), scale)
-        return flat.view(u.shape)
+        return _RELAXED_SAMPLES[power](_rows(lam, 1), key, rows, scale).view(rows, *lam.shape)
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, float, int], output: Tensor) -> None:
+    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, int, float, int], output: Tensor) -> None:
         ctx.save_for_backward(output)
-        ctx.inv_tau = inputs[2]
+        ctx.inv_tau = inputs[3]
         ctx.lam_shape = inputs[0].shape
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None, None]:
         (weight,) = ctx.saved_tensors
-        samples = weight.numel() // max(1, math.prod(ctx.lam_shape))
+        rows = weight.shape[0]
         scale = torch.tensor(ctx.inv_tau, dtype=weight.dtype, device=weight.device)
-        flat = _compiled_relaxed_gradient(_rows(grad, samples), _rows(weight, samples), scale)
-        return flat.view(ctx.lam_shape), None, None, None
+        flat = _compiled_relaxed_gradient(_rows(grad, rows), _rows(weight, rows), scale)
+        return flat.view(ctx.lam_shape), None, None, None, None
 
 
 def _integer_power(inv_tau: float) -> int:
@@ -276,9 +275,9 @@ class BinaryWeight(nn.Module):
     """Parametrization of a BiMU synapse: the weight parameter is the latent ``λ`` of a ±1 weight.
 
     The weight is ``+1`` with probability ``sigmoid(2λ)`` (mean ``tanh λ``). Training mode shows the
-    relaxed sample ``tanh((λ + ½ log(u / (1 − u))) / τ)``, ``u ~ U(0, 1)`` (drawn by :func:`uniform16`; the
-    sample and its gradient run as one fused loop each, without a transcendental per sample where
-    ``τ`` is 1 or ½), which is differentiable in
+    relaxed sample ``tanh((λ + ½ log(u / (1 − u))) / τ)``, ``u ~ U(0, 1)`` (counter-based uniforms drawn
+    inside the sampling loop, :mod:`~metaspike.bayesian.counter_noise`; the sample and its gradient run as
+    one fused loop each, without a transcendental per sample where ``τ`` is 1 or ½), which is differentiable in
     ``λ`` and has the sign of a Bernoulli sample; evaluation mode shows ``sign(λ)`` (``"mode"``,
     ``sign(0) = +1``) or a Bernoulli sample (``"sample"``).
 
@@ -307,11 +306,9 @@ class BinaryWeight(nn.Module):
             torch.Size([3, 4])
         """
         if self.training:
-            # one sample is drawn as lam.shape and unsqueezed: the same numbers, no sum over samples in backward
-            u = uniform16(_shape(lam, None if samples == 1 else samples), lam.dtype, lam.device)
             inv_tau = 1.0 / self.temperature
-            weight = _RelaxedBinarySample.apply(lam, u, inv_tau, _integer_power(inv_tau))
-            return weight.unsqueeze(0) if samples == 1 else weight
+            weight = _RelaxedBinarySample.apply(lam, draw_key(lam.device), samples or 1, inv_tau, _integer_power(inv_tau))
+            return weight if samples else weight.squeeze(0)
         if self.evaluation == "mode":
             return _expand((lam >= 0).to(lam.dtype).mul_(2).sub_(1), samples)
         uniform = torch.rand(_shape(lam, samples), dtype=lam.dtype, device=lam.device)
