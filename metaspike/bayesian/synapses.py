@@ -138,11 +138,14 @@ class _GaussianSample(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor, int], output: tuple[Tensor, Tensor]) -> None:
         ctx.save_for_backward(output[1])
         ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)  # no zero-filled gradient for the noise output
         ctx.mu_shape = inputs[0].shape
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor, _: Tensor | None) -> tuple[Tensor | None, Tensor | None, None, None]:
+    def backward(ctx: Any, grad: Tensor | None, _: Tensor | None) -> tuple[Tensor | None, Tensor | None, None, None]:
         (noise,) = ctx.saved_tensors
+        if grad is None:
+            return None, None, None, None
         if noise.shape[0] == 1:  # one sample: nothing to sum
             flat = _rows(grad, 1)
             return flat.view(ctx.mu_shape), (flat * noise).view(ctx.mu_shape), None, None
