@@ -171,10 +171,11 @@ def train_epoch(
     model.train()
     order = torch.randperm(len(x), generator=generator)
     total, batches = 0.0, 0
+    has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     for start in range(0, len(x), batch_size):
         batch = order[start : start + batch_size]
         index = batch.tensor_split(shard[1])[shard[0]]
-        if len(batch) < 2 * shard[1] and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        if len(batch) < 2 * shard[1] and has_batchnorm:
             continue  # BatchNorm cannot train on one sample per process (decided alike in every process)
         inputs, targets = x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)

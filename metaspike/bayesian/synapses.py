@@ -129,17 +129,17 @@ class _GaussianSample(torch.autograd.Function):
     loop (:mod:`~metaspike.bayesian.counter_noise`); the backward of several samples is one fused loop
     (both sums over the samples)."""
 
-    @staticmethod
-    def forward(mu: Tensor, sigma: Tensor, key: Tensor, rows: int) -> tuple[Tensor, Tensor]:
-        weight, noise = _compiled_gaussian_sample(_rows(mu, 1), _rows(sigma, 1), key, rows)
-        return weight.view(rows, *mu.shape), noise
+    # forward takes ctx (no setup_context): Function.apply then skips binding arguments by inspect.signature,
+    # which costs more than the rest of apply at batch size 1
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, Tensor, int], output: tuple[Tensor, Tensor]) -> None:
-        ctx.save_for_backward(output[1])
-        ctx.mark_non_differentiable(output[1])
+    def forward(ctx: Any, mu: Tensor, sigma: Tensor, key: Tensor, rows: int) -> tuple[Tensor, Tensor]:
+        weight, noise = _compiled_gaussian_sample(_rows(mu, 1), _rows(sigma, 1), key, rows)
+        ctx.save_for_backward(noise)
+        ctx.mark_non_differentiable(noise)
         ctx.set_materialize_grads(False)  # no zero-filled gradient for the noise output
-        ctx.mu_shape = inputs[0].shape
+        ctx.mu_shape = mu.shape
+        return weight.view(rows, *mu.shape), noise
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor | None, _: Tensor | None) -> tuple[Tensor | None, Tensor | None, None, None]:
@@ -249,22 +249,20 @@ class _RelaxedBinarySample(torch.autograd.Function):
     backward."""
 
     @staticmethod
-    def forward(lam: Tensor, key: Tensor, rows: int, inv_tau: float, power: int) -> Tensor:
+    def forward(ctx: Any, lam: Tensor, key: Tensor, rows: int, inv_tau: float, power: int) -> Tensor:
         scale = torch.tensor(inv_tau, dtype=lam.dtype, device=lam.device)
-        return _RELAXED_SAMPLES[power](_rows(lam, 1), key, rows, scale).view(rows, *lam.shape)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, int, float, int], output: Tensor) -> None:
-        ctx.save_for_backward(output)
-        ctx.inv_tau = inputs[3]
-        ctx.lam_shape = inputs[0].shape
+        weight = _RELAXED_SAMPLES[power](_rows(lam, 1), key, rows, scale)
+        ctx.save_for_backward(weight)
+        ctx.inv_tau = inv_tau
+        ctx.lam_shape = lam.shape
+        return weight.view(rows, *lam.shape)  # (ctx-style forward: see _GaussianSample)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None, None]:
         (weight,) = ctx.saved_tensors
         rows = weight.shape[0]
         scale = torch.tensor(ctx.inv_tau, dtype=weight.dtype, device=weight.device)
-        flat = _compiled_relaxed_gradient(_rows(grad, rows), _rows(weight, rows), scale)
+        flat = _compiled_relaxed_gradient(_rows(grad, rows), weight, scale)
         return flat.view(ctx.lam_shape), None, None, None, None
 
 
