@@ -129,6 +129,30 @@ def test_batch_size_one_is_refused_for_batchnorm_and_kinds_pick_their_optimizer(
         assert isinstance(config.make_optimizer(build_model(kind, [8], (1, 28, 28), 10)), optimizer)
 
 
+def test_the_memory_window_sets_the_bayesian_optimizers_n_and_is_checked(tmp_path):
+    from metaspike.app.runs import config_from_record
+
+    for kind, optimizer in (("bimu", BiMU), ("mesu", MESU)):
+        config = RunConfig(model=kind, batch_size=1, hidden=(8,), memory_window=5000)
+        opt = config.make_optimizer(build_model(kind, [8], (1, 28, 28), 10))
+        assert isinstance(opt, optimizer) and opt.param_groups[0]["N"] == 5000.0
+        assert config.name.endswith(f"-{kind}-N5000-seed1")
+        assert config_from_record(config.to_dict(), tmp_path / "config.json") == config
+    published = RunConfig(model="mesu", batch_size=1, hidden=(8,)).make_optimizer(build_model("mesu", [8], (1, 28, 28), 10))
+    assert published.param_groups[0]["N"] == 600_000
+    leaky = RunConfig(model="leaky+bimu", hidden=(8,), batch_size=10, memory_window=123)
+    assert leaky.make_optimizer(build_model("leaky+bimu", [8], (1, 28, 28), 10)).optimizers[0].param_groups[0]["N"] == 123
+    for bad in (0, -5, float("inf"), float("nan"), True, "100"):
+        with pytest.raises(ValueError, match="--memory-window must be a finite number > 0"):
+            RunConfig(model="mesu", batch_size=1, memory_window=bad)
+    with pytest.raises(ValueError, match="--memory-window applies to models with Bayesian synapses"):
+        RunConfig(model="bnn", memory_window=100)
+    record = RunConfig(model="mesu", batch_size=1).to_dict()
+    del record["memory_window"]  # a run written before the setting existed keeps the published N
+    assert config_from_record(record, tmp_path / "config.json").memory_window is None
+    assert main(["train", "--model", "mlp", "--memory-window", "10", "--tasks", "1", "--out", str(tmp_path)]) == 2
+
+
 class _Killed(Exception):
     pass
 

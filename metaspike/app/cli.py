@@ -48,6 +48,9 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
                         help="evaluate after every K-th task only (default: %(default)s)")
     parser.add_argument("--eval-tasks", type=int, default=None, metavar="M",
                         help="evaluate M tasks: the first, the last 5 trained and an even sample (default: all)")
+    parser.add_argument("--memory-window", type=float, default=None, metavar="N",
+                        help="models with Bayesian synapses (bimu, mesu, <neuron>+bimu): the optimizer's memory window N "
+                             "in steps; smaller forgets sooner and stays more plastic (default: the published setting)")
     parser.add_argument("--lr", type=float, default=d["lr"], help="Adam learning rate (default: %(default)s)")
     parser.add_argument("--weight-decay", type=float, default=d["weight_decay"],
                         help="Adam weight decay, added to the gradient (default: %(default)s)")
@@ -71,7 +74,7 @@ def _config(args: argparse.Namespace, meta: Sequence[float] | None, seed: int) -
         hidden=tuple(_DEFAULTS["hidden"] if args.hidden is None else args.hidden),
         meta=None if meta is None else tuple(meta), rule=args.rule, lr=args.lr, weight_decay=args.weight_decay,
         batch_size=args.batch_size, samples_per_task=args.samples_per_task, eval_every=args.eval_every,
-        eval_tasks=args.eval_tasks, model=getattr(args, "model", _DEFAULTS["model"]),
+        eval_tasks=args.eval_tasks, model=getattr(args, "model", _DEFAULTS["model"]), memory_window=args.memory_window,
         seed=seed, batchnorm=args.batchnorm, optimizer=args.optimizer, split_mode=args.split_mode,
         device=args.device, data_dir=args.data_dir,
     )
@@ -130,7 +133,8 @@ _SETTING_FLAGS = {"scenario": "scenario", "dataset": "datasets", "tasks": "tasks
                   "hidden": "hidden", "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay",
                   "rule": "rule", "batchnorm": "batchnorm", "optimizer": "optimizer", "split_mode": "split_mode",
                   "data_dir": "data_dir", "device": "device", "seed": "seed", "samples_per_task": "samples_per_task",
-                  "eval_every": "eval_every", "eval_tasks": "eval_tasks", "model": "model"}
+                  "eval_every": "eval_every", "eval_tasks": "eval_tasks", "model": "model",
+                  "memory_window": "memory_window"}
 
 
 def _train(args: argparse.Namespace) -> None:

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from metaspike.app.models import available_models, build_optimizer, is_spiking, optimizer_kind, uses_batchnorm
+from metaspike.app.models import (BAYESIAN_OPTIMIZERS, available_models, build_optimizer, is_spiking, optimizer_kind,
+                                  uses_batchnorm)
 from metaspike.chained import ChainedOptimizer
 from metaspike.continual.scenarios import available_scenarios
 from metaspike.continual.trainer import LAST_EVALUATED, TrainerConfig
@@ -85,6 +86,10 @@ class RunConfig:
     samples; ``eval_every`` and ``eval_tasks`` evaluate after every k-th task on a budget of tasks
     (:func:`metaspike.continual.trainer.evaluated_tasks`); ``batch_size=1`` needs a model without BatchNorm.
 
+    ``memory_window`` is the ``N`` of the Bayesian synapses' optimizer (MESU, BiMU: the prior term is divided
+    by ``N``, so the posterior keeps about the last ``N`` steps' evidence); ``None`` keeps the kind's
+    published setting (:func:`metaspike.app.models.build_optimizer`).
+
     Example:
         >>> RunConfig(meta=(1.35,), tasks=2).name
         'permuted-mnist5k-meta1.35-seed1'
@@ -111,6 +116,7 @@ class RunConfig:
     samples_per_task: int | None = None
     eval_every: int = 1
     eval_tasks: int | None = None
+    memory_window: float | None = None
 
     def __post_init__(self) -> None:
         if self.scenario not in available_scenarios():
@@ -129,6 +135,13 @@ class RunConfig:
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise ValueError(f"{_flag(key)} must be an integer >= {low}, got {value!r}")
+        if self.memory_window is not None:
+            value = self.memory_window
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"--memory-window must be a finite number > 0, got {value!r}")
+            if optimizer_kind(self.model) not in BAYESIAN_OPTIMIZERS:
+                raise ValueError(f"--memory-window applies to models with Bayesian synapses (bimu, mesu, "
+                                 f"<neuron>+bimu), not {self.model!r}")
         if self.samples_per_task is not None and self.scenario != "permuted":
             raise ValueError(f"--samples-per-task applies to --scenario permuted only, not {self.scenario!r}")
         if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
@@ -170,7 +183,8 @@ class RunConfig:
         """
         model = "" if self.model == "bnn" else f"-{self.model}"
         if optimizer_kind(self.model) != "metaplastic-adam":
-            return f"{self.scenario}-{'-'.join(self.datasets)}{model}-seed{self.seed}"
+            window = "" if self.memory_window is None else f"-N{self.memory_window:g}"
+            return f"{self.scenario}-{'-'.join(self.datasets)}{model}{window}-seed{self.seed}"
         meta = "-".join(f"{m:g}" for m in self.meta)  # type: ignore[union-attr]
         rule = "" if self.rule == "tanh" else f"-{self.rule}"
         return f"{self.scenario}-{'-'.join(self.datasets)}{model}-meta{meta}{rule}-seed{self.seed}"
@@ -197,7 +211,8 @@ class RunConfig:
             'SGD'
         """
         metas: float | Sequence[float] = self.meta[0] if len(self.meta) == 1 else self.meta  # type: ignore[index, arg-type]
-        return build_optimizer(self.model, model, self.lr, metas, self.rule, self.weight_decay, self.batch_size)
+        return build_optimizer(self.model, model, self.lr, metas, self.rule, self.weight_decay, self.batch_size,
+                               self.memory_window)
 
     @property
     def spiking(self) -> bool:

@@ -36,7 +36,7 @@ from metaspike.chained import ChainedOptimizer
 
 __all__ = ["available_models", "is_spiking", "build_model", "describe_model", "optimizer_kind", "uses_batchnorm",
            "build_optimizer", "OPTIMIZER_KINDS", "BIMU_SETTINGS", "MESU_SETTINGS", "SPIKING_BIMU_SETTINGS",
-           "BIMU_SUFFIX", "spiking_bimu_settings"]
+           "BIMU_SUFFIX", "spiking_bimu_settings", "BAYESIAN_OPTIMIZERS"]
 
 #: BiMU's published settings for its 1000-task permuted-MNIST runs (Cottart et al. 2026).
 BIMU_SETTINGS: dict[str, float] = {"likelihood_multiplier": 161.3, "kl_multiplier": 3.76, "lr_max": 0.0023,
@@ -51,6 +51,8 @@ BIMU_WEIGHT_SAMPLES = 5
 MESU_WEIGHT_SAMPLES = 10
 #: What trains each kind: the 2021 rule, plain SGD, or a Bayesian optimizer.
 OPTIMIZER_KINDS = ("metaplastic-adam", "sgd", "bimu", "mesu", "bimu+adam")
+#: The optimizer kinds of models with Bayesian synapses (they take a memory window ``N``).
+BAYESIAN_OPTIMIZERS = ("bimu", "mesu", "bimu+adam")
 #: Suffix of a spiking model kind with BiMU synapses (``"leaky+bimu"``).
 BIMU_SUFFIX = "+bimu"
 #: BiMU in the spiking models, per training sample: BiMU's likelihood multiplier scales the batch-mean gradient
@@ -227,12 +229,14 @@ def spiking_bimu_settings(batch_size: int) -> dict[str, float]:
 
 
 def build_optimizer(kind: str, model: nn.Module, lr: float, meta: float | Sequence[float] = 0.0,
-                    rule: str = "tanh", weight_decay: float = 0.0, batch_size: int = 1) -> Optimizer | ChainedOptimizer:
+                    rule: str = "tanh", weight_decay: float = 0.0, batch_size: int = 1,
+                    memory_window: float | None = None) -> Optimizer | ChainedOptimizer:
     """The optimizer that trains a model of ``kind`` (see :func:`optimizer_kind`).
 
     ``lr``, ``meta``, ``rule`` and ``weight_decay`` set MetaplasticAdam; SGD takes ``lr``; BiMU and
     MESU use their published settings (:data:`BIMU_SETTINGS`, :data:`MESU_SETTINGS`) and ignore them;
-    the spiking BiMU kinds use :data:`SPIKING_BIMU_SETTINGS` scaled to ``batch_size``.
+    the spiking BiMU kinds use :data:`SPIKING_BIMU_SETTINGS` scaled to ``batch_size``. ``memory_window``,
+    if given, replaces the Bayesian optimizer's ``N`` (in steps, as the optimizer counts it).
 
     Example:
         >>> net = build_model("bimu", [16], (1, 28, 28), 10)
@@ -248,12 +252,13 @@ def build_optimizer(kind: str, model: nn.Module, lr: float, meta: float | Sequen
         return torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
     from metaspike.bayesian import MESU, BiMU, bimu_parameters, mesu_param_groups, plain_parameters
 
+    window = {} if memory_window is None else {"N": float(memory_window)}
     if which == "bimu+adam":
-        return ChainedOptimizer(BiMU(bimu_parameters(model), **spiking_bimu_settings(batch_size)),
+        return ChainedOptimizer(BiMU(bimu_parameters(model), **{**spiking_bimu_settings(batch_size), **window}),
                                 torch.optim.Adam(plain_parameters(model), lr=SPIKING_GAIN_LR))
     if plain_parameters(model):
         raise ValueError(f"model kind {kind!r} must have Bayesian synapses only, found other parameters")
-    settings: dict[str, Any] = dict(BIMU_SETTINGS if which == "bimu" else MESU_SETTINGS)
+    settings: dict[str, Any] = {**(BIMU_SETTINGS if which == "bimu" else MESU_SETTINGS), **window}
     return BiMU(bimu_parameters(model), **settings) if which == "bimu" else MESU(mesu_param_groups(model), **settings)
 
 

@@ -212,7 +212,7 @@ def config_from_record(stored: Any, path: Path) -> RunConfig:
     defaults = RunConfig()
     for key in RunConfig.field_names():
         if key not in stored:
-            if key in ("model", "num_steps", "samples_per_task", "eval_every", "eval_tasks"):  # newer fields
+            if key in ("model", "num_steps", "samples_per_task", "eval_every", "eval_tasks", "memory_window"):  # newer fields
                 values[key] = getattr(defaults, key)
                 continue
             raise ValueError(f"{path} has no {key!r} setting")

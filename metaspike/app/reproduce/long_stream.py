@@ -6,7 +6,8 @@ seeded training samples each, one pass at batch size 1, a 784-100-10 network wit
 evaluation after every 10th task on 16 tasks (the first, the last 5 trained and 11 spread over the
 stream, :func:`metaspike.continual.trainer.evaluated_tasks`). Methods (:data:`METHODS`):
 
-* BiMU and MESU (model kinds ``"bimu"``, ``"mesu"``, their published long-stream settings);
+* BiMU and MESU (model kinds ``"bimu"``, ``"mesu"``, their published long-stream settings), and MESU with a
+  shorter memory window (:data:`MESU_PLASTIC_WINDOW`), which trades memory for plasticity;
 * the 2021 metaplastic rule (MetaplasticAdam) on the LayerNorm BNN, its ``lr`` and ``m`` picked by a
   short sweep on the first 10 tasks (:data:`SWEEP`), and once on the paper's BatchNorm BNN (which
   cannot train on one sample: batches of :data:`BATCHNORM_BATCH`, per-task BatchNorm states);
@@ -45,7 +46,7 @@ from metaspike.files import atomic_write_text
 from metaspike.training import Plugin, TrainingDiverged
 
 __all__ = ["LONG_STREAM", "METHODS", "SWEEP", "SWEEP_BATCHNORM", "BATCHNORM_BATCH", "LongMethod", "Standardize", "stream_config",
-           "run_method", "sweep_metaplastic", "run"]
+           "run_method", "sweep_metaplastic", "run", "MESU_PLASTIC_WINDOW"]
 
 #: The CPU-scale long stream (the model kind and learning rate are set per method).
 LONG_STREAM = RunConfig(datasets=("mnist5k",), tasks=100, epochs=1, hidden=(100,), batch_size=1, samples_per_task=1000,
@@ -62,6 +63,10 @@ BATCHNORM_BATCH = 10
 EWC_ONLINE_LAMBDA, EWC_ONLINE_GAMMA, EWC_ONLINE_SAMPLES = 10.0, 0.9, 200
 SI_C = 0.01  # with SGD lr 0.01 the penalty's stiffness 2·c·Ω·lr must stay below 2 and Ω only grows: c = 0.5 diverged before task 10, c = 0.1 after task 20 (3 seeds)
 SGD_LR = 0.01
+#: MESU's memory window for the plastic setting: the published 600,000 steps leave the latest tasks at 74 %
+#: after 100 tasks; on the first 30 tasks (seed 1) 150,000 and 50,000 raised the last five's mean from 76.9
+#: to 77.7 and 79.3 % and lowered the mean over the 30 from 65.2 to 64.1 and 61.0 %.
+MESU_PLASTIC_WINDOW = 50_000
 TABLE_COLUMNS = ("setting", "runs")
 
 
@@ -100,6 +105,7 @@ class LongMethod:
 METHODS: tuple[LongMethod, ...] = (
     LongMethod("BiMU", {"model": "bimu"}),
     LongMethod("MESU", {"model": "mesu"}),
+    LongMethod("MESU, N 50,000", {"model": "mesu", "memory_window": MESU_PLASTIC_WINDOW}),
     LongMethod("2021 rule, LayerNorm", {"model": "bnn-layernorm"}, sweep=SWEEP),
     LongMethod("2021 rule, BatchNorm", {"model": "bnn", "batch_size": BATCHNORM_BATCH}, sweep=SWEEP_BATCHNORM),
     LongMethod("EWC-Online", {"model": "mlp", "lr": SGD_LR},
