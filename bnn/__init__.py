@@ -8,7 +8,7 @@ Example:
 """
 
 from metaspike.population_statistics import use_population_statistics
-from bnn.layers import BinaryConv2d, BinaryLinear, SignActivation
+from bnn.layers import BinaryConv2d, BinaryLinear, MagnitudeGate, SignActivation
 from bnn.bayesian_layers import BayesianConv2d, BayesianLinear, BinaryBayesianConv2d, BinaryBayesianLinear
 from bnn.models import MLP, ConvNet
 from bnn.packed import PackedMLP, pack
@@ -16,7 +16,7 @@ from bnn.model_summary import summary
 from bnn.training import evaluate, fit
 
 __all__ = [
-    "BinaryLinear", "BinaryConv2d", "SignActivation", "MLP", "ConvNet", "summary",
+    "BinaryLinear", "BinaryConv2d", "SignActivation", "MagnitudeGate", "MLP", "ConvNet", "summary",
     "use_population_statistics", "fit", "evaluate", "pack", "PackedMLP",
     "BayesianLinear", "BayesianConv2d", "BinaryBayesianLinear", "BinaryBayesianConv2d",
 ]

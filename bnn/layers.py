@@ -16,10 +16,10 @@ from torch import Tensor, nn
 from bnn.binary_linear import binary_linear, check_precision
 from bnn.sign_buffers import SignBuffers
 from metaspike.gain import attach_output_gain, check_scale
-from metaspike.quantizers import NoQuantizer, Quantizer, SteSign, get_quantizer, ste_sign
+from metaspike.quantizers import NoQuantizer, Quantizer, SteSign, check_gate_width, get_quantizer, magnitude_gate, ste_sign
 from metaspike.synapse import BinarySynapse, mark_hidden_weight
 
-__all__ = ["BinaryLinear", "BinaryConv2d", "SignActivation"]
+__all__ = ["BinaryLinear", "BinaryConv2d", "SignActivation", "MagnitudeGate"]
 
 
 def _init_uniform(weight: Tensor, init_width: float | None) -> None:
@@ -203,3 +203,22 @@ class SignActivation(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return ste_sign(x, self.clip_value)
+
+
+class MagnitudeGate(nn.Module):
+    """0/1 activation: ``1`` where ``|x| > width`` (:func:`metaspike.quantizers.magnitude_gate`, BiMU's reverse gate).
+
+    Example:
+        >>> MagnitudeGate()(torch.tensor([-1.5, 0.3, 1.0, 2.0]))
+        tensor([1., 0., 0., 1.])
+    """
+
+    def __init__(self, width: float = 1.0) -> None:
+        super().__init__()
+        self.width = check_gate_width(width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return magnitude_gate(x, self.width)
+
+    def extra_repr(self) -> str:
+        return f"width={self.width:g}"

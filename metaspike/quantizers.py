@@ -8,6 +8,9 @@
   gradient is never clipped.
 * ``"none"``: real values (32-bit).
 
+Beside them, :func:`magnitude_gate`: a 0/1 activation that fires where ``|x|`` exceeds a width (BiMU's
+"reverse gate"), with a surrogate gradient.
+
 Example:
     >>> get_quantizer("ste_sign").precision, get_quantizer("none").precision
     (1, 32)
@@ -21,7 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["binary_sign", "ste_sign", "SteSign", "NoQuantizer", "Quantizer", "get_quantizer", "available_quantizers"]
+__all__ = ["binary_sign", "ste_sign", "magnitude_gate", "check_gate_width", "SteSign", "NoQuantizer", "Quantizer", "get_quantizer",
+           "available_quantizers"]
 
 
 def binary_sign(x: Tensor, out: Tensor | None = None) -> Tensor:
@@ -64,6 +68,47 @@ def ste_sign(x: Tensor, clip_value: float | None = 1.0) -> Tensor:
     if clip_value is not None and not (isinstance(clip_value, (int, float)) and clip_value > 0):
         raise ValueError(f"clip_value must be a number > 0 or None, got {clip_value!r}")
     return _SteSign.apply(x, clip_value)
+
+
+class _MagnitudeGate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, width: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.width = width
+        return (x.abs() > width).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        distance = (x.abs() - ctx.width).abs()  # from the nearer of the two thresholds ±width
+        return grad * torch.where(distance < ctx.width / 2, x.sign(), 0.0).to(grad.dtype), None
+
+
+def magnitude_gate(x: Tensor, width: float = 1.0) -> Tensor:
+    """``1`` where ``|x| > width``, else ``0`` (the "reverse gate" activation of the BiMU paper's networks).
+
+    The gradient is a box of width ``width`` around each threshold, signed as ``|x|`` grows:
+    ``+1`` on ``(width/2, 3·width/2)``, ``−1`` on ``(−3·width/2, −width/2)``, ``0`` elsewhere. After a
+    LayerNorm, ``width = 1`` lets about a third of the units fire.
+
+    Example:
+        >>> x = torch.tensor([-1.2, -0.2, 0.9, 2.0], requires_grad=True)
+        >>> y = magnitude_gate(x); y.sum().backward(); y, x.grad
+        (tensor([1., 0., 0., 1.], grad_fn=<_MagnitudeGateBackward>), tensor([-1.,  0.,  1.,  0.]))
+    """
+    return _MagnitudeGate.apply(x, check_gate_width(width))
+
+
+def check_gate_width(width: float) -> float:
+    """``width`` as a float if it is a finite number ``> 0``, else a ``ValueError`` naming it.
+
+    Example:
+        >>> check_gate_width(2)
+        2.0
+    """
+    if not (isinstance(width, (int, float)) and not isinstance(width, bool) and 0 < width < float("inf")):
+        raise ValueError(f"width must be a finite number > 0, got {width!r}")
+    return float(width)
 
 
 @dataclass(frozen=True)

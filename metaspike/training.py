@@ -131,7 +131,8 @@ def classification_loss(logits: Tensor, targets: Tensor, classes: Sequence[int] 
 
 def predictions(logits: Tensor, classes: Sequence[int] | None = None) -> Tensor:
     """The predicted class of each input: the argmax of ``logits`` ``(B, C)``, or of the class
-    probabilities averaged over ``S`` weight samples for ``(S, B, C)`` (the Bayesian model average).
+    log-probabilities averaged over ``S`` weight samples for ``(S, B, C)`` (as the BiMU and MESU papers'
+    code predicts from its weight samples: the geometric mean of the samples' class probabilities).
 
     Example:
         >>> predictions(torch.tensor([[[2.0, 0.0]], [[0.0, 1.0]]]))  # two samples that disagree
@@ -139,7 +140,7 @@ def predictions(logits: Tensor, classes: Sequence[int] | None = None) -> Tensor:
     """
     logits = masked_logits(logits, classes)
     if logits.dim() == 3:
-        return logits.softmax(-1).mean(0).argmax(-1)
+        return logits.log_softmax(-1).mean(0).argmax(-1)
     return logits.argmax(-1)
 
 
