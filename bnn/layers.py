@@ -15,8 +15,17 @@ from torch import Tensor, nn
 
 from bnn.binary_linear import binary_linear, check_precision
 from bnn.sign_buffers import SignBuffers
+from metaspike.checks import is_finite_number
 from metaspike.gain import attach_output_gain, check_scale
-from metaspike.quantizers import NoQuantizer, Quantizer, SteSign, check_gate_width, get_quantizer, magnitude_gate, ste_sign
+from metaspike.quantizers import (
+    NoQuantizer,
+    Quantizer,
+    SteSign,
+    check_gate_width,
+    get_quantizer,
+    magnitude_gate,
+    ste_sign,
+)
 from metaspike.synapse import BinarySynapse, mark_hidden_weight
 
 __all__ = ["BinaryLinear", "BinaryConv2d", "SignActivation", "MagnitudeGate"]
@@ -24,7 +33,7 @@ __all__ = ["BinaryLinear", "BinaryConv2d", "SignActivation", "MagnitudeGate"]
 
 def _init_uniform(weight: Tensor, init_width: float | None) -> None:
     if init_width is not None:
-        if not isinstance(init_width, (int, float)) or isinstance(init_width, bool) or not 0 < init_width < float("inf"):
+        if not (is_finite_number(init_width) and init_width > 0):
             raise ValueError(f"init_width must be a finite number > 0 or None, got {init_width!r}")
         with torch.no_grad():
             weight.uniform_(-init_width / 2, init_width / 2)

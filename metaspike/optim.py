@@ -14,7 +14,6 @@ weight update in a single pass over memory) compiled by ``torch.compile`` on fir
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from metaspike.checks import is_finite_number, is_number
 from metaspike.compiled import LazyCompiled
 from metaspike.rules import Rule, check_meta, get_rule, state_from_dict, state_to_dict
 from metaspike.synapse import is_hidden_weight, weight_matrices
@@ -49,7 +49,7 @@ def consolidates(param: Tensor, group: dict[str, Any]) -> bool:
 
 def _number(value: Any, name: str, low: float, high: float | None = None, *, open_low: bool = False,
             open_high: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = is_finite_number(value)
     ok = ok and (value > low if open_low else value >= low)
     if high is not None:
         ok = ok and (value < high if open_high else value <= high)
@@ -349,7 +349,7 @@ def param_groups(model: nn.Module, meta: float | Sequence[float]) -> list[dict[s
         [(2.0, True), (1.0, True), (0.5, True), (0.0, False)]
     """
     matrices = list({id(w): w for _, w in weight_matrices(model)}.values())
-    if isinstance(meta, (int, float)) and not isinstance(meta, bool):
+    if is_number(meta):
         metas = [check_meta(meta)] * len(matrices)
     else:
         metas = [check_meta(m, "meta") for m in meta]  # type: ignore[union-attr]

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from metaspike.checks import is_finite_number
+
 __all__ = ["binary_sign", "ste_sign", "magnitude_gate", "check_gate_width", "SteSign", "NoQuantizer", "Quantizer", "get_quantizer",
            "available_quantizers"]
 
@@ -106,7 +108,7 @@ def check_gate_width(width: float) -> float:
         >>> check_gate_width(2)
         2.0
     """
-    if not (isinstance(width, (int, float)) and not isinstance(width, bool) and 0 < width < float("inf")):
+    if not (is_finite_number(width) and width > 0):
         raise ValueError(f"width must be a finite number > 0, got {width!r}")
     return float(width)
 

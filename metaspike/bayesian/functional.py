@@ -24,13 +24,12 @@ unconditionally: skipping steps without data (all gradients zero) is the optimiz
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
+from metaspike.checks import is_finite_number
 from metaspike.compiled import LazyCompiled
 
 __all__ = ["mesu_step", "mesu_step_", "bimu_step", "bimu_step_", "check_hyperparameters"]
@@ -75,7 +74,7 @@ def check_hyperparameters(rule: str, hyperparameters: Mapping[str, object]) -> N
         raise ValueError(f"rule must be one of {sorted(_LIMITS)}, got {rule!r}")
     for name, limit in _LIMITS[rule].items():
         value = hyperparameters[name]
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        ok = is_finite_number(value)
         if limit is None:
             if not ok:
                 raise ValueError(f"{name} must be a finite number, got {value!r}")

@@ -31,8 +31,6 @@ of :mod:`metaspike.bayesian.optim`.
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -42,6 +40,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from metaspike.bayesian.counter_noise import draw_key, normal_from_words, random_words, uniform_from_words
+from metaspike.checks import is_finite_number, is_whole
 from metaspike.compiled import LazyCompiled
 from metaspike.gain import attach_output_gain, check_scale, output_gain
 
@@ -72,7 +71,7 @@ def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
 
 
 def _finite(name: str, value: Any, *, strict: bool) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = is_finite_number(value)
     if not (ok and (value > 0 if strict else value >= 0)):
         raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} 0, got {value!r}")
     return float(value)
@@ -85,7 +84,7 @@ def check_samples(samples: int | None) -> int | None:
         >>> check_samples(5)
         5
     """
-    if samples is not None and not (isinstance(samples, int) and not isinstance(samples, bool) and samples >= 1):
+    if samples is not None and not is_whole(samples, 1):
         raise ValueError(f"samples must be an int >= 1 or None, got {samples!r}")
     return samples
 

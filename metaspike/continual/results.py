@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from metaspike.checks import is_finite_number, is_whole
 from metaspike.continual.trainer import ContinualResult
 from metaspike.diagnostics import plasticity_ranking
 from metaspike.files import atomic_open, atomic_write_text, csv_text, read_json
@@ -280,10 +281,6 @@ def _read_number_csv(file: Path, columns: Sequence[str], index: str) -> tuple[li
     return header, rows
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check_histograms(data: Any, file: Path) -> list[dict[str, Any]]:
     """``data`` if it is a list of ``{"after_task", "layers": {name: {"edges", "counts"[, "shape"]}}}`` snapshots."""
     if not isinstance(data, list):
@@ -299,12 +296,12 @@ def _check_histograms(data: Any, file: Path) -> list[dict[str, Any]]:
         for name, layer in snapshot["layers"].items():
             edges = layer.get("edges") if isinstance(layer, dict) else None
             counts = layer.get("counts") if isinstance(layer, dict) else None
-            if not (isinstance(edges, list) and isinstance(counts, list) and all(map(_is_number, edges + counts))):
+            if not (isinstance(edges, list) and isinstance(counts, list) and all(map(is_finite_number, edges + counts))):
                 raise ValueError(f"{where}, layer {name!r}: 'edges' and 'counts' must be lists of finite numbers")
             if len(edges) != len(counts) + 1:
                 raise ValueError(f"{where}, layer {name!r}: {len(counts)} counts need {len(counts) + 1} edges, found {len(edges)}")
             shape = layer.get("shape", [])
-            if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
+            if not (isinstance(shape, list) and all(is_whole(d, 0) for d in shape)):
                 raise ValueError(f"{where}, layer {name!r}: 'shape' must be a list of integers")
     return data
 

@@ -19,6 +19,7 @@ from typing import Any, overload
 import numpy as np
 import torch
 
+from metaspike.checks import is_whole
 from metaspike.data import ArrayDataset, load_dataset
 
 __all__ = [
@@ -150,7 +151,7 @@ def _base(data: ArrayDataset) -> str:
 
 
 def _check_count(n: int, what: str) -> int:
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+    if not is_whole(n, 1):
         raise ValueError(f"{what} must be an integer >= 1, got {n!r}")
     return int(n)
 

@@ -24,11 +24,12 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from metaspike.checks import is_whole
 from metaspike.continual.batchnorm import BATCHNORM_MODES, batchnorm_state, load_batchnorm_state
 from metaspike.continual.metrics import summarize
 from metaspike.continual.scenarios import Scenario, Task
-from metaspike.distributed import world
 from metaspike.diagnostics import consolidated_fractions, flip_rates, hidden_weight_histograms, sign_snapshot
+from metaspike.distributed import world
 from metaspike.training import Plugin, check_inputs, evaluate, train_epoch
 
 __all__ = ["TrainerConfig", "ContinualResult", "RunLog", "ContinualTrainer", "OPTIMIZER_MODES", "CHECKPOINT_FORMAT",
@@ -104,7 +105,7 @@ class TrainerConfig:
             raise ValueError(f"eval_tasks must be None or an integer > {LAST_EVALUATED}, got {self.eval_tasks!r}")
         for key in ("epochs", "batch_size", "eval_batch_size", "eval_every"):
             value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_whole(value, 1):
                 raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
         if self.batchnorm not in BATCHNORM_MODES:
             raise ValueError(f"batchnorm must be one of {BATCHNORM_MODES}, got {self.batchnorm!r}")

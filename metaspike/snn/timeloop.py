@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from metaspike.checks import is_whole
 from metaspike.snn.backends import reset_states
 from metaspike.snn.encoders import get_encoder
 from metaspike.snn.readouts import Readout, get_readout
@@ -58,7 +59,7 @@ class SpikingClassifier(nn.Module):
         input_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+        if not is_whole(num_steps, 1):
             raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
         self.network = network
         self.num_steps = num_steps

@@ -1,0 +1,43 @@
+"""Argument predicates shared by every layer: one meaning of "a finite number" and "a whole number".
+
+``bool`` is an ``int`` to Python but never a number here (``True`` as a learning rate or a count is a
+mistake); numpy scalars count as numbers (they are ``numbers.Real`` / ``numbers.Integral``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+__all__ = ["is_number", "is_finite_number", "is_whole"]
+
+
+def is_number(value: Any) -> bool:
+    """Whether ``value`` is a real number (not a ``bool``), finite or not.
+
+    Example:
+        >>> is_number(2.5), is_number(float("inf")), is_number(True), is_number("3")
+        (True, True, False, False)
+    """
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_finite_number(value: Any) -> bool:
+    """Whether ``value`` is a finite real number (not a ``bool``, NaN or ±inf).
+
+    Example:
+        >>> is_finite_number(0), is_finite_number(float("nan")), is_finite_number(False)
+        (True, False, False)
+    """
+    return is_number(value) and math.isfinite(value)
+
+
+def is_whole(value: Any, low: int) -> bool:
+    """Whether ``value`` is an integer (not a ``bool`` or a float) ``>= low``.
+
+    Example:
+        >>> is_whole(3, 1), is_whole(0, 1), is_whole(3.0, 1), is_whole(True, 0)
+        (True, False, False, False)
+    """
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
