@@ -3,9 +3,9 @@
 Two parts, in one process:
 
 1. **Step cost at batch size 1**, interleaved so a busy machine slows all alike: a plain 784-100-10
-   ``nn.Linear`` network with SGD (forward, loss, backward, step), BiMU with ``S`` weight samples
-   (``bnn.BinaryBayesianLinear(samples=S)``, LayerNorm, sign activations) and MESU with ``S`` samples
-   (``bnn.BayesianLinear(samples=S)``, ReLU), each with the loss averaged over the ``S`` outputs.
+   ``nn.Linear`` network with SGD (forward, loss, backward, step), and the stream's BiMU and MESU networks
+   (model kinds ``"bimu"`` and ``"mesu"`` with their optimizers) drawing ``S`` weight samples per step, each
+   with the loss averaged over the ``S`` outputs.
    The target: a Bayesian step costs at most ``2·S`` plain steps.
 2. **The stream**: every method of :mod:`metaspike.app.reproduce.long_stream`, printing seconds,
    milliseconds per training step (through the trainer, evaluation included) and the peak RSS.
@@ -15,7 +15,7 @@ Usage::
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/long_stream.py --seeds 1 --out benchmarks/results/long_stream
     OMP_NUM_THREADS=1 python benchmarks/long_stream.py --steps-only
     # methods in parallel processes (one core each), then one table and figure from their folders:
-    python benchmarks/long_stream.py --steps-only --methods BiMU --out A   # ... and so on, then
+    python benchmarks/long_stream.py --no-steps --methods BiMU --out A   # ... and so on, then
     python benchmarks/long_stream.py --merge A B C --out benchmarks/results/long_stream
 """
 
@@ -34,10 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import bnn
-from bnn.layers import SignActivation
-from metaspike.app.models import BIMU_SETTINGS, MESU_SETTINGS
-from metaspike.bayesian import MESU, BiMU, bimu_parameters, mesu_param_groups
+from metaspike.app.models import build_model, build_optimizer
 
 
 def _plain() -> Callable[[torch.Tensor, torch.Tensor], None]:
@@ -53,14 +50,11 @@ def _plain() -> Callable[[torch.Tensor, torch.Tensor], None]:
 
 
 def _sampled(kind: str, samples: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    if kind == "bimu":
-        net = nn.Sequential(bnn.BinaryBayesianLinear(784, 100, samples=samples), nn.LayerNorm(100, elementwise_affine=False),
-                            SignActivation(), bnn.BinaryBayesianLinear(100, 10, samples=samples),
-                            nn.LayerNorm(10, elementwise_affine=False))
-        opt: torch.optim.Optimizer = BiMU(bimu_parameters(net), **BIMU_SETTINGS)
-    else:
-        net = nn.Sequential(bnn.BayesianLinear(784, 100, samples=samples), nn.ReLU(), bnn.BayesianLinear(100, 10, samples=samples))
-        opt = MESU(mesu_param_groups(net), **MESU_SETTINGS)
+    net = build_model(kind, [100], (1, 28, 28), 10)
+    for layer in net.modules():
+        if hasattr(layer, "samples"):  # the Bayesian layers' weight samples per step
+            layer.samples = samples
+    opt = build_optimizer(kind, net, lr=0.0)  # (lr is not used by the Bayesian optimizers)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         opt.zero_grad(set_to_none=True)
