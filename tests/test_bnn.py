@@ -115,3 +115,18 @@ def test_convnet_trains_a_step():
     loss.backward()
     opt.step()
     assert all(p.grad is not None for p in net.parameters())
+
+
+def test_magnitude_gate_fires_beyond_its_width_and_its_surrogate_is_a_signed_box_around_each_threshold():
+    from bnn import MagnitudeGate
+
+    gate = MagnitudeGate(width=2.0)
+    x = torch.tensor([-3.5, -2.9, -2.0, -0.9, 0.0, 0.9, 1.1, 2.0, 2.9, 3.1], requires_grad=True)
+    y = gate(x)
+    assert y.tolist() == [1, 1, 0, 0, 0, 0, 0, 0, 1, 1]  # |x| > 2 fires; exactly 2 does not
+    y.sum().backward()
+    # +1 on (1, 3), -1 on (-3, -1): half a width around each threshold, signed as |x| grows
+    assert x.grad.tolist() == [0, -1, -1, 0, 0, 0, 1, 1, 1, 0]
+    for bad in (0, -1.0, float("inf"), True, "1"):
+        with pytest.raises(ValueError, match="width must be a finite number > 0"):
+            MagnitudeGate(bad)
