@@ -1,9 +1,8 @@
 """Counter-based random numbers for weight samples: one 64-bit hash per number, computed inside the fused loops.
 
 A weight sample of a Bayesian layer needs ``S·n`` random numbers per step. Drawing them from torch's
-generator first (``torch.randn``, ``Tensor.random_``) costs more than everything else in a batch-1 step
-(about 5 ns per number on one CPU thread, not vectorised) and writes them to memory before the
-sampling loop reads them back. Here number ``i`` of a draw is a pure function of ``(key, i)``: the
+generator first (``torch.randn``, ``Tensor.random_``: several ns per number on one CPU thread, about half of
+a batch-1 MESU step) writes them to memory before the sampling loop reads them back. Here number ``i`` of a draw is a pure function of ``(key, i)``: the
 SplitMix64 output function (Steele, Lea and Flood 2014; Stafford's "mix13" finaliser) applied to
 ``(key + i)·γ``, with ``γ`` the 64-bit golden ratio. It is a handful of integer operations that the
 compiled sampling loops vectorise and fuse with the sample itself, so nothing but the sample is written.
