@@ -15,13 +15,12 @@ from torch import Tensor, nn
 
 from bnn.binary_linear import binary_linear, check_precision
 from bnn.sign_buffers import SignBuffers
-from metaspike.checks import is_finite_number
+from metaspike.checks import finite_number, is_finite_number
 from metaspike.gain import attach_output_gain, check_scale
 from metaspike.quantizers import (
     NoQuantizer,
     Quantizer,
     SteSign,
-    check_gate_width,
     get_quantizer,
     magnitude_gate,
     ste_sign,
@@ -224,7 +223,7 @@ class MagnitudeGate(nn.Module):
 
     def __init__(self, width: float = 1.0) -> None:
         super().__init__()
-        self.width = check_gate_width(width)
+        self.width = finite_number("width", width, positive=True)
 
     def forward(self, x: Tensor) -> Tensor:
         return magnitude_gate(x, self.width)

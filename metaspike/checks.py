@@ -10,7 +10,7 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["is_number", "is_finite_number", "is_whole"]
+__all__ = ["is_number", "is_finite_number", "is_whole", "finite_number"]
 
 
 def is_number(value: Any) -> bool:
@@ -41,3 +41,20 @@ def is_whole(value: Any, low: int) -> bool:
         (True, False, False, False)
     """
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+
+
+def finite_number(name: str, value: Any, *, positive: bool) -> float:
+    """``value`` as a float if it is a finite number ``> 0`` (``positive``) or ``>= 0``, else a ``ValueError``
+    naming ``name`` and the accepted range.
+
+    Example:
+        >>> finite_number("width", 2, positive=True)
+        2.0
+        >>> finite_number("width", 0, positive=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: width must be a finite number > 0, got 0
+    """
+    if not (is_finite_number(value) and (value > 0 if positive else value >= 0)):
+        raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
+    return float(value)

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from metaspike.checks import is_finite_number
+from metaspike.checks import finite_number
 
-__all__ = ["binary_sign", "ste_sign", "magnitude_gate", "check_gate_width", "SteSign", "NoQuantizer", "Quantizer", "get_quantizer",
+__all__ = ["binary_sign", "ste_sign", "magnitude_gate", "SteSign", "NoQuantizer", "Quantizer", "get_quantizer",
            "available_quantizers"]
 
 
@@ -98,19 +98,7 @@ def magnitude_gate(x: Tensor, width: float = 1.0) -> Tensor:
         >>> y = magnitude_gate(x); y.sum().backward(); y, x.grad
         (tensor([1., 0., 0., 1.], grad_fn=<_MagnitudeGateBackward>), tensor([-1.,  0.,  1.,  0.]))
     """
-    return _MagnitudeGate.apply(x, check_gate_width(width))
-
-
-def check_gate_width(width: float) -> float:
-    """``width`` as a float if it is a finite number ``> 0``, else a ``ValueError`` naming it.
-
-    Example:
-        >>> check_gate_width(2)
-        2.0
-    """
-    if not (is_finite_number(width) and width > 0):
-        raise ValueError(f"width must be a finite number > 0, got {width!r}")
-    return float(width)
+    return _MagnitudeGate.apply(x, finite_number("width", width, positive=True))
 
 
 @dataclass(frozen=True)

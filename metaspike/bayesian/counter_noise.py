@@ -128,7 +128,7 @@ def _counters(shape: tuple[int, ...], device: torch.device | str | None) -> Tens
 
 
 def counter_uniform(shape: tuple[int, ...], key: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """``shape`` uniforms on ``(0, 1)`` under ``key`` (eagerly; the sampling loops compute the same inline).
+    """``shape`` uniforms on ``(0, 1)`` under ``key`` (eager, or inlined into a compiled sampling loop).
 
     Example:
         >>> u = counter_uniform((2, 3), torch.tensor(1))
@@ -139,7 +139,7 @@ def counter_uniform(shape: tuple[int, ...], key: Tensor, dtype: torch.dtype = to
 
 
 def counter_normal(shape: tuple[int, ...], key: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """``shape`` standard normals under ``key`` (eagerly; the sampling loops compute the same inline).
+    """``shape`` standard normals under ``key`` (eager, or inlined into a compiled sampling loop).
 
     Example:
         >>> counter_normal((4,), torch.tensor(1)).shape

@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from metaspike.bayesian.counter_noise import draw_key, normal_from_words, random_words, uniform_from_words
-from metaspike.checks import is_finite_number, is_whole
+from metaspike.bayesian.counter_noise import counter_normal, counter_uniform, draw_key
+from metaspike.checks import finite_number, is_whole
 from metaspike.compiled import LazyCompiled
 from metaspike.gain import attach_output_gain, check_scale, output_gain
 
@@ -70,13 +70,6 @@ def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
     return value
 
 
-def _finite(name: str, value: Any, *, strict: bool) -> float:
-    ok = is_finite_number(value)
-    if not (ok and (value > 0 if strict else value >= 0)):
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} 0, got {value!r}")
-    return float(value)
-
-
 def check_samples(samples: int | None) -> int | None:
     """Validate a number of weight samples: an int ``>= 1``, or ``None`` (one ordinary pass).
 
@@ -104,13 +97,9 @@ def _rows(tensor: Tensor, rows: int) -> Tensor:
     return torch.ops.aten._unsafe_view(tensor.contiguous(), (rows, -1))
 
 
-def _counter_rows(samples: int, n: int, device: torch.device) -> Tensor:
-    return torch.arange(samples * n, dtype=torch.int64, device=device).view(samples, n)
-
-
 def _gaussian_sample(mu: Tensor, sigma: Tensor, key: Tensor, samples: int) -> tuple[Tensor, Tensor]:
     """``(w, ε)``: ``samples`` rows ``w = μ + σ·ε`` for ``μ``, ``σ`` of shape ``(1, n)``, ``ε`` drawn under ``key``."""
-    noise = normal_from_words(random_words(key, _counter_rows(samples, mu.shape[1], mu.device)), mu.dtype)
+    noise = counter_normal((samples, mu.shape[1]), key, mu.dtype)
     return torch.addcmul(mu, sigma, noise), noise
 
 
@@ -175,7 +164,7 @@ class GaussianWeight(nn.Module):
     def __init__(self, mu: Tensor, sigma_init: float = 0.1, evaluation: str = "mode") -> None:
         super().__init__()
         self.evaluation = _choice("evaluation", evaluation, EVALUATIONS)
-        self.sigma = nn.Parameter(torch.full_like(mu.detach(), _finite("sigma_init", sigma_init, strict=True)))
+        self.sigma = nn.Parameter(torch.full_like(mu.detach(), finite_number("sigma_init", sigma_init, positive=True)))
 
     def sample(self, mu: Tensor, samples: int | None = None) -> Tensor:
         """The weight seen now, or ``samples`` independent ones stacked on a new first dimension.
@@ -198,7 +187,7 @@ class GaussianWeight(nn.Module):
 
 def _uniforms(lam: Tensor, key: Tensor, samples: int) -> Tensor:
     """``(samples, n)`` uniforms on ``(0, 1)`` under ``key`` for ``λ`` of shape ``(1, n)``."""
-    return uniform_from_words(random_words(key, _counter_rows(samples, lam.shape[1], lam.device)), lam.dtype)
+    return counter_uniform((samples, lam.shape[1]), key, lam.dtype)
 
 
 def _relaxed_sample_tanh(lam: Tensor, key: Tensor, samples: int, inv_tau: Tensor) -> Tensor:
@@ -295,7 +284,7 @@ class BinaryWeight(nn.Module):
 
     def __init__(self, temperature: float = 1.0, evaluation: str = "mode") -> None:
         super().__init__()
-        self.temperature = _finite("temperature", temperature, strict=True)
+        self.temperature = finite_number("temperature", temperature, positive=True)
         self.evaluation = _choice("evaluation", evaluation, EVALUATIONS)
 
     def sample(self, lam: Tensor, samples: int | None = None) -> Tensor:
@@ -370,7 +359,7 @@ def make_bayesian(
         synapse = BinaryWeight(temperature, evaluation)
         if lambda_init is not None:
             with torch.no_grad():
-                layer.weight.normal_(0.0, _finite("lambda_init", lambda_init, strict=False))
+                layer.weight.normal_(0.0, finite_number("lambda_init", lambda_init, positive=False))
     # unsafe: skip torch's trial call of the parametrization (a sample has the weight's shape and dtype by
     # construction), which would draw random numbers and compile the sample loop for every layer built
     parametrize.register_parametrization(layer, "weight", synapse, unsafe=True)
