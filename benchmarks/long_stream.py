@@ -6,7 +6,9 @@ Two parts, in one process:
    ``nn.Linear`` network with SGD (forward, loss, backward, step), and the stream's BiMU and MESU networks
    (model kinds ``"bimu"`` and ``"mesu"`` with their optimizers) drawing ``S`` weight samples per step, each
    with the loss averaged over the ``S`` outputs.
-   The target: a Bayesian step costs at most ``2·S`` plain steps.
+   The target: a Bayesian step costs at most ``2·S`` plain steps. Freed memory is kept in the process as the
+   ``metaspike`` command keeps it (:func:`metaspike.allocator.keep_freed_memory`); ``--release-freed-memory``
+   measures with glibc's default instead.
 2. **The stream**: every method of :mod:`metaspike.app.reproduce.long_stream`, printing seconds,
    milliseconds per training step (through the trainer, evaluation included) and the peak RSS.
 
@@ -34,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metaspike.allocator import keep_freed_memory
 from metaspike.app.models import build_model, build_optimizer
 
 
@@ -125,11 +128,15 @@ def main() -> None:
     parser.add_argument("--no-steps", action="store_true", help="skip the step-cost part")
     parser.add_argument("--methods", nargs="+", default=None, help="labels of the methods to run (default: all)")
     parser.add_argument("--merge", nargs="+", type=Path, help="folders of earlier runs to combine into --out")
+    parser.add_argument("--release-freed-memory", action="store_true",
+                        help="keep glibc's default of returning freed memory (the metaspike command keeps it)")
     args = parser.parse_args()
+    kept = not args.release_freed_memory and keep_freed_memory()
     if args.merge:
         merge(args.merge, Path(args.out))
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}, "
+          f"freed memory {'kept' if kept else 'returned to the system'} (metaspike.allocator)")
     if not args.no_steps:
         costs = step_costs(args.steps, args.rounds)
         plain = costs["plain Linear + SGD"]

@@ -456,6 +456,13 @@ def test_counter_uniforms_cover_the_whole_range_evenly_and_differ_between_keys()
     assert float((counts - 25_000).abs().max()) < 920
     # the next key's draw starts one counter later (as documented; draw_key's keys are 64 random bits apart) ...
     assert torch.equal(counter_uniform((400_000,), torch.tensor(124))[:-1], u[1:])
+    # ... the top and the low bits of the words (the two uniforms of a normal pair) are uncorrelated ...
+    from metaspike.bayesian.counter_noise import random_words, uniform_pairs
+
+    high, low = uniform_pairs(random_words(torch.tensor(123), torch.arange(400_000)), torch.float32)
+    assert torch.equal(high, u)
+    assert abs(float(torch.corrcoef(torch.stack([high, low]))[0, 1])) < 0.01
+    assert abs(float(torch.corrcoef(torch.stack([u[:200_000], u[200_000:]]))[0, 1])) < 0.01
     # ... and a key past the end of the draw gives unrelated numbers: the correlation of two streams of
     # 400,000 independent uniforms has standard deviation 1/sqrt(400,000) = 0.0016
     other = counter_uniform((400_000,), torch.tensor(123 + 400_000))
@@ -490,6 +497,30 @@ def test_the_polynomial_cosine_is_within_its_error_bound():
     # the Horner steps (partial sums below 4: half an ulp, <= 2.4e-7, for the two largest, less for the rest): < 8e-7
     error = (cos_two_pi(t.float()).double() - torch.cos(2 * math.pi * t.float().double())).abs().max()
     assert float(error) < 8e-7
+
+
+def test_the_polynomial_sine_is_within_its_error_bound():
+    import math
+
+    from metaspike.bayesian.counter_noise import sin_two_pi
+
+    t = torch.linspace(0, 1, 1_000_001, dtype=torch.float64)
+    # float64: the truncated Taylor series of sin(πx)/x, bounded by its first omitted term π^19/19! < 2.3e-8
+    assert float((sin_two_pi(t) - torch.sin(2 * math.pi * t)).abs().max()) < 2.3e-8
+    # float32: the roundings of x = 2t − 1 (3e-8 · π), of x² (6e-8 · max |x P'(x²)| = 2.2) and of the Horner steps
+    # (partial sums 5.2, 3.2, 2.6: half an ulp each of a product and a sum, at most 2.4e-7, less for the rest): < 1.2e-6
+    error = (sin_two_pi(t.float()).double() - torch.sin(2 * math.pi * t.float().double())).abs().max()
+    assert float(error) < 1.2e-6
+
+
+def test_the_two_normals_of_a_word_are_independent():
+    from metaspike.bayesian.counter_noise import counter_normal
+
+    eps = counter_normal((2, 500_000), torch.tensor(5), torch.float64)  # row 0: cosines, row 1: sines of the same words
+    # independent standard normals: the correlation of their values and of their squares (the shared radius would
+    # show there) has standard deviation 1/sqrt(500,000) = 0.0014 (times about 1.4 for the squares)
+    assert abs(float(torch.corrcoef(eps)[0, 1])) < 0.01
+    assert abs(float(torch.corrcoef(eps.square())[0, 1])) < 0.012
 
 
 @pytest.mark.parametrize("samples", [None, 1, 4])

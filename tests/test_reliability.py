@@ -88,6 +88,29 @@ def test_a_good_run_folder_loads_and_plots(tmp_path):
     assert [p.name for p in plot_run(run)] == ["accuracy_curves.png", "hidden_weights.png"]
 
 
+def test_a_long_stream_plots_without_a_legend_per_task_and_names_its_model(tmp_path):
+    import warnings
+
+    from metaspike.app.plots import _run_title
+
+    run = tmp_path / "long"
+    run.mkdir()
+    tasks = 30  # beyond the legend's limit: tasks coloured by index with a colour bar
+    names = [f"t{j + 1}" for j in range(tasks)]
+    config = {"scenario": "permuted", "model": "bimu", "meta": [5.0, 30.0], "epochs": 1}
+    (run / "config.json").write_text(json.dumps(config))
+    rows = [[str(i), *(str(50.0 + j) if j < i else "" for j in range(tasks))] for i in range(1, tasks + 1)]
+    (run / "accuracy_matrix.csv").write_text("\n".join([",".join(["after_task", *names]), *map(",".join, rows)]) + "\n")
+    curves = [[str(i), "1", str(i), "0.5", *(str(50.0 + j) if j < i else "" for j in range(tasks))] for i in range(1, tasks + 1)]
+    (run / "curves.csv").write_text("\n".join([",".join(["task", "epoch", "global_epoch", "loss", *names]),
+                                               *map(",".join, curves)]) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. matplotlib's "Tight layout not applied" under a 30-entry legend
+        assert plot_run(run)[0].name == "accuracy_curves.png"
+    assert _run_title(config) == "permuted, bimu"  # BiMU has no meta
+    assert _run_title({**config, "model": "bnn"}) == "permuted, bnn, meta = [5.0, 30.0]"
+
+
 @pytest.mark.parametrize("name, content, message", [
     ("accuracy_matrix.csv", "", "accuracy_matrix.csv is empty; was it cut short?"),
     ("accuracy_matrix.csv", "after_task,t1,t2\n", "accuracy_matrix.csv holds no results (only its header)"),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from metaspike.allocator import keep_freed_memory
 from metaspike.app.config import DEFAULT_INPUT_META, DEFAULT_META, RunConfig, meta_label, parse_meta
 from metaspike.app.reproduce import cli as reproduce_cli
 from metaspike.distributed import world
@@ -225,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         metaspike: error: --tasks must be an integer >= 1, got 0
         2
     """
+    if argv is None:  # the command's own process (not a caller's): steps reuse freed memory instead of faulting
+        keep_freed_memory()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     args.argv = argv

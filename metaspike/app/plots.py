@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from metaspike.app.models import BIMU_SUFFIX
+from metaspike.app.models import BIMU_SUFFIX, optimizer_kind
 from metaspike.app.tables import last_task_column
 from metaspike.continual.results import load_run
 
@@ -33,22 +33,52 @@ def pyplot():
     return plt
 
 
+#: Beyond this many tasks the accuracy curves are coloured by task index with a colour bar instead of a legend.
+LEGEND_TASKS = 10
+_TASK_COLORMAP = "viridis"
+
+
 def _draw_curves(ax, run: dict[str, Any], title: str) -> None:
     curves, names = run["curves"], run["task_names"]
     if not curves:
         return
     x = [row["global_epoch"] for row in curves]
+    many = len(names) > LEGEND_TASKS
+    colors = _task_colors(len(names)) if many else [None] * len(names)
     for j, name in enumerate(names):
-        ax.plot(x, [row[name] for row in curves], label=f"task {j + 1}" if len(names) > 1 else "test")
+        ax.plot(x, [row[name] for row in curves], color=colors[j], lw=0.8 if many else None,
+                label=f"task {j + 1}" if len(names) > 1 else "test")
     epochs = run["config"].get("epochs")
-    if isinstance(epochs, int) and epochs > 0 and len(names) > 1:
+    if isinstance(epochs, int) and epochs > 0 and 1 < len(names) <= LEGEND_TASKS:
         for boundary in range(epochs, int(max(x)), epochs):
             ax.axvline(boundary + 0.5, color="0.8", lw=0.8, zorder=0)
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="lower left")
+    if many:  # a long stream: tasks coloured by index, one colour bar instead of a legend per task
+        plt = pyplot()
+        bar = plt.colorbar(plt.cm.ScalarMappable(plt.Normalize(1, len(names)), _TASK_COLORMAP), ax=ax)
+        bar.set_label("task")
+    else:
+        ax.legend(fontsize=8, loc="lower left")
+
+
+def _task_colors(tasks: int) -> list[Any]:
+    """One colour per task, by its index along :data:`_TASK_COLORMAP`."""
+    colormap = pyplot().get_cmap(_TASK_COLORMAP)
+    return [colormap(j / max(tasks - 1, 1)) for j in range(tasks)]
+
+
+def _run_title(config: dict[str, Any]) -> str:
+    """``scenario, model`` and the metaplasticity ``meta`` where the model's optimizer uses it."""
+    model = config.get("model", "?")
+    try:
+        uses_meta = optimizer_kind(model) == "metaplastic-adam"
+    except ValueError:  # a model kind this version does not know: show what the config says
+        uses_meta = True
+    meta = f", meta = {config.get('meta', '?')}" if uses_meta else ""
+    return f"{config.get('scenario', 'run')}, {model}{meta}"
 
 
 def plot_run(run_dir: str | os.PathLike) -> list[Path]:
@@ -63,9 +93,8 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     run = load_run(run_dir)
     path = Path(run_dir)
     written = []
-    meta = run["config"].get("meta", "?")
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    _draw_curves(ax, run, f"{run['config'].get('scenario', 'run')}, meta = {meta}")
+    _draw_curves(ax, run, _run_title(run["config"]))
     fig.tight_layout()
     fig.savefig(path / "accuracy_curves.png", dpi=120)
     plt.close(fig)
