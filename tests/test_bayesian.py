@@ -568,3 +568,33 @@ def test_diagnostics_follow_the_synapses_sign_tensor_never_sigma(kind):
     found = weight_matrices(net)
     assert [name for name, _ in found] == ["0", "2"]
     assert all(tensor is tensors[0] for (_, tensor), (_, _, _, tensors) in zip(found, bayesian_modules(net)))
+
+
+@pytest.mark.parametrize("kind", ["mesu", "bimu"])
+@pytest.mark.parametrize("shared_input", [True, False])
+@pytest.mark.parametrize("samples", [1, 3])
+def test_the_batch_one_product_gives_the_gradients_of_the_samples_batched_product(kind, shared_input, samples):
+    # at batch size 1 sampled_product never writes the samples' weight gradients (_SampledRowProduct); the same
+    # draw through sample_weights and torch.bmm must give the same output and gradients (float64: the two sum the
+    # same products in another order, a few ulps of numbers below 100)
+    from metaspike.bayesian.synapses import make_bayesian
+
+    torch.manual_seed(3)
+    layer = make_bayesian(nn.Linear(7, 5, bias=True), kind, temperature=0.5, scale=None).double()
+    x = torch.randn(*(() if shared_input else (samples,)), 1, 7, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(samples, 1, 5, dtype=torch.float64)
+    params = [p for p in layer.parameters()]
+
+    torch.manual_seed(11)
+    fused = sampled_product(layer, x, samples)
+    assert "_SampledRowProductBackward" in str(fused.grad_fn.next_functions)  # (+ bias)
+    fused_grads = torch.autograd.grad((fused * g).sum(), [x, *params])
+    torch.manual_seed(11)
+    weights = sample_weights(layer, samples)
+    inputs = x.expand(samples, 1, 7) if shared_input else x
+    batched = torch.bmm(weights, inputs.transpose(1, 2)).transpose(1, 2) + layer.bias
+    batched_grads = torch.autograd.grad((batched * g).sum(), [x, *params])
+
+    torch.testing.assert_close(fused, batched, rtol=0, atol=1e-12)
+    for got, expected in zip(fused_grads, batched_grads):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)

@@ -18,7 +18,7 @@
 Each rule has one implementation, a single-tensor function that ``torch.compile`` fuses into one
 loop per parameter (:class:`~metaspike.compiled.LazyCompiled`: compiled on first use, eager if
 compiling fails); the in-place multi-tensor steps ``mesu_step_``, ``bimu_step_`` run it on every
-tensor and the pure functions run them on copies. The functions apply the rule
+tensor in one compiled call and the pure functions run them on copies. The functions apply the rule
 unconditionally: skipping steps without data (all gradients zero) is the optimizers' job.
 """
 
@@ -128,16 +128,28 @@ def _bimu_update_(lam: Tensor, grad: Tensor, *, lr: float, inv_lr_max: float, li
     lam.sub_(numerator / denominator)
 
 
-_compiled_mesu = LazyCompiled(_mesu_update_, "fused MESU step")
-_compiled_bimu = LazyCompiled(_bimu_update_, "fused BiMU step")
+def _mesu_updates_(mus: list[Tensor], sigmas: list[Tensor], grad_mus: list[Tensor], grad_sigmas: list[Tensor],
+                   **scalars: float) -> None:
+    for tensors in zip(mus, sigmas, grad_mus, grad_sigmas):
+        _mesu_update_(*tensors, **scalars)
 
 
-def _run(update: LazyCompiled, tensors: Sequence[Tensor], scalars: dict[str, float]) -> None:
-    """``update`` on ``tensors``, compiled (eagerly inside a compiled region or once compiling failed)."""
+def _bimu_updates_(lams: list[Tensor], grads: list[Tensor], **scalars: float) -> None:
+    for tensors in zip(lams, grads):
+        _bimu_update_(*tensors, **scalars)
+
+
+# every tensor of a step in one compiled call (a loop per tensor): at batch size 1 a call costs more than its loop
+_compiled_mesu = LazyCompiled(_mesu_updates_, "fused MESU step")
+_compiled_bimu = LazyCompiled(_bimu_updates_, "fused BiMU step")
+
+
+def _run(update: LazyCompiled, lists: Sequence[list[Tensor]], scalars: dict[str, float]) -> None:
+    """``update`` on the tensor ``lists``, compiled (eagerly inside a compiled region or once compiling failed)."""
     if update.broken or torch.compiler.is_compiling():
-        update.fn(*tensors, **scalars)
+        update.fn(*lists, **scalars)
     else:  # detached: parameters that require gradients would compile a second loop
-        update(*(t.detach() for t in tensors), **scalars)
+        update(*([t.detach() for t in tensors] for tensors in lists), **scalars)
 
 
 @torch.no_grad()
@@ -164,8 +176,7 @@ def mesu_step_(mus: Sequence[Tensor], sigmas: Sequence[Tensor], grad_mus: Sequen
     scalars = dict(lr_mu=float(hyper["lr_mu"]), half_lr_sigma=0.5 * float(hyper["lr_sigma"]), inv=inv,
                    mu_prior_inv=float(hyper["mu_prior"]) * inv, prior_var_inv=sigma_prior**2 * inv,
                    clamp_grad=float(hyper["clamp_grad"]), clamp=hyper["clamp_grad"] > 0)
-    for tensors in zip(mus, sigmas, grad_mus, grad_sigmas):
-        _run(_compiled_mesu, tensors, scalars)
+    _run(_compiled_mesu, (mus, sigmas, grad_mus, grad_sigmas), scalars)
 
 
 def mesu_step(
@@ -215,8 +226,7 @@ def bimu_step_(lams: Sequence[Tensor], grads: Sequence[Tensor], hyper: Mapping[s
     scalars = dict(lr=float(hyper["lr"]), inv_lr_max=1.0 / hyper["lr_max"],
                    likelihood_multiplier=float(hyper["likelihood_multiplier"]),
                    kl_multiplier=float(hyper["kl_multiplier"]), inv_N=1.0 / hyper["N"])
-    for tensors in zip(lams, grads):
-        _run(_compiled_bimu, tensors, scalars)
+    _run(_compiled_bimu, (lams, grads), scalars)
 
 
 def bimu_step(

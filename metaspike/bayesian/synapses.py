@@ -108,8 +108,20 @@ def _gaussian_gradients(grad: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
     return grad.sum(0), (grad * noise).sum(0)
 
 
+def _outer(grad_out: Tensor, x: Tensor) -> Tensor:
+    """``∂L/∂w_s = g_s x_sᵀ`` of a linear layer at batch size 1, ``(S, out, in)`` from ``g`` ``(S, out)`` and ``x``
+    ``(S, in)``: inside a compiled loop it is formed where it is used, never written."""
+    return grad_out.unsqueeze(2) * x.unsqueeze(1)
+
+
+def _gaussian_row_gradients(grad_out: Tensor, x: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`_gaussian_gradients` of a linear layer at batch size 1 (``noise`` of shape ``(S, out, in)``)."""
+    return _gaussian_gradients(_outer(grad_out, x), noise)
+
+
 _compiled_gaussian_sample = LazyCompiled(_gaussian_sample, "MESU weight samples")
 _compiled_gaussian_gradients = LazyCompiled(_gaussian_gradients, "MESU weight samples' gradients")
+_compiled_gaussian_row_gradients = LazyCompiled(_gaussian_row_gradients, "MESU batch-1 gradients")
 
 
 class _GaussianSample(torch.autograd.Function):
@@ -181,6 +193,15 @@ class GaussianWeight(nn.Module):
     def forward(self, mu: Tensor) -> Tensor:
         return self.sample(mu)
 
+    def _row_sample(self, params: tuple[Tensor, ...], key: Tensor, rows: int) -> tuple[Tensor, Tensor]:
+        """``(w, ε)``: ``rows`` flat samples and their noise (for :class:`_SampledRowProduct`)."""
+        mu, sigma = params
+        return _compiled_gaussian_sample(_rows(mu, 1), _rows(sigma, 1), key, rows)
+
+    def _row_gradients(self, grad_out: Tensor, x: Tensor, weights: Tensor, noise: Tensor) -> tuple[Tensor, ...]:
+        """``(∂L/∂μ, ∂L/∂σ)`` of a batch-1 product (for :class:`_SampledRowProduct`)."""
+        return _compiled_gaussian_row_gradients(grad_out, x, torch.ops.aten._unsafe_view(noise, weights.shape))
+
     def extra_repr(self) -> str:
         return f"evaluation={self.evaluation!r}"
 
@@ -228,7 +249,13 @@ _RELAXED_SAMPLES = {
     2: LazyCompiled(_relaxed_sample_tau_half, "BiMU relaxed weight sample (τ = 1/2)"),
     0: LazyCompiled(_relaxed_sample_tanh, "BiMU relaxed weight sample"),
 }
+def _relaxed_row_gradient(grad_out: Tensor, x: Tensor, weight: Tensor, inv_tau: Tensor) -> Tensor:
+    """:func:`_relaxed_gradient` of a linear layer at batch size 1 (``weight`` of shape ``(S, out, in)``)."""
+    return _relaxed_gradient(_outer(grad_out, x), weight, inv_tau)
+
+
 _compiled_relaxed_gradient = LazyCompiled(_relaxed_gradient, "BiMU relaxed sample's gradient")
+_compiled_relaxed_row_gradient = LazyCompiled(_relaxed_row_gradient, "BiMU batch-1 gradient")
 
 
 class _RelaxedBinarySample(torch.autograd.Function):
@@ -306,8 +333,45 @@ class BinaryWeight(nn.Module):
     def forward(self, lam: Tensor) -> Tensor:
         return self.sample(lam)
 
+    def _row_sample(self, params: tuple[Tensor, ...], key: Tensor, rows: int) -> tuple[Tensor, Tensor]:
+        """``rows`` flat relaxed samples, twice: the samples and what their gradient needs (for
+        :class:`_SampledRowProduct`)."""
+        (lam,) = params
+        inv_tau = 1.0 / self.temperature
+        scale = torch.tensor(inv_tau, dtype=lam.dtype, device=lam.device)
+        weight = _RELAXED_SAMPLES[_integer_power(inv_tau)](_rows(lam, 1), key, rows, scale)
+        return weight, weight
+
+    def _row_gradients(self, grad_out: Tensor, x: Tensor, weights: Tensor, _: Tensor) -> tuple[Tensor, ...]:
+        """``(∂L/∂λ,)`` of a batch-1 product (for :class:`_SampledRowProduct`)."""
+        scale = torch.tensor(1.0 / self.temperature, dtype=weights.dtype, device=weights.device)
+        return (_compiled_relaxed_row_gradient(grad_out, x, weights, scale),)
+
     def extra_repr(self) -> str:
         return f"temperature={self.temperature:g}, evaluation={self.evaluation!r}"
+
+
+class _SampledRowProduct(torch.autograd.Function):
+    """``S`` training samples of a Bayesian linear layer's weights times one input row each (batch size 1), as
+    ``(S, 1, out)``. The backward never writes the samples' weight gradients ``g_s x_sᵀ``: they are formed inside
+    the fused loop that sums them over the samples, where the batched product's backward would write ``S``
+    weight-sized tensors for the sample's backward to read back (the largest memory traffic of a batch-1 step)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, synapse: _Parametrization, key: Tensor, rows: int, *params: Tensor) -> Tensor:
+        weight, saved = synapse._row_sample(params, key, rows)
+        weights = torch.ops.aten._unsafe_view(weight, (rows, *params[0].shape))
+        ctx.save_for_backward(x, weights, saved)
+        ctx.synapse = synapse  # (ctx-style forward: see _GaussianSample)
+        return torch.bmm(weights, x.transpose(1, 2)).transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weights, saved = ctx.saved_tensors
+        rows = weights.shape[0]
+        grad_x = torch.bmm(grad, weights) if ctx.needs_input_grad[0] else None
+        grads = ctx.synapse._row_gradients(_rows(grad, rows), _rows(x, rows), weights, saved)
+        return (grad_x, None, None, None, *grads)
 
 
 _Parametrization = GaussianWeight | BinaryWeight
@@ -444,9 +508,13 @@ def bayesian_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, tu
         synapse = _parametrization(layer)
         if synapse is None:
             continue
-        original = layer.parametrizations.weight.original
-        tensors = (original, synapse.sigma) if isinstance(synapse, GaussianWeight) else (original,)
-        yield name, layer, synapse.kind, tensors
+        yield name, layer, synapse.kind, _synapse_tensors(layer, synapse)
+
+
+def _synapse_tensors(layer: nn.Module, synapse: _Parametrization) -> tuple[nn.Parameter, ...]:
+    """``(μ, σ)`` of a MESU layer, ``(λ,)`` of a BiMU layer."""
+    original = layer.parametrizations.weight.original
+    return (original, synapse.sigma) if isinstance(synapse, GaussianWeight) else (original,)
 
 
 def mesu_param_groups(model: nn.Module) -> list[dict[str, Any]]:
@@ -537,12 +605,18 @@ def sampled_product(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
         >>> torch.equal(sampled_product(layer.eval(), torch.ones(1, 3), 2), sampled_forward(layer, torch.ones(1, 3), 2))
         True
     """
-    weights = sample_weights(layer, samples)
     if isinstance(layer, nn.Linear):
         if x.dim() == 2:
             x = x.expand(samples, *x.shape)
         elif x.dim() != 3 or x.shape[0] != samples:
             raise ValueError(f"x must have shape (B, in) or (samples={samples}, B, in), got {tuple(x.shape)}")
+        synapse = _parametrization(layer)
+        if synapse is not None and synapse.training and x.shape[1] == 1 and torch.is_grad_enabled():
+            tensors = _synapse_tensors(layer, synapse)
+            out = _SampledRowProduct.apply(x, synapse, draw_key(tensors[0].device), check_samples(samples), *tensors)
+            return out if layer.bias is None else out + layer.bias
+    weights = sample_weights(layer, samples)
+    if isinstance(layer, nn.Linear):
         # (W xᵀ)ᵀ rather than x Wᵀ: the weights' gradient, the large one, then comes out contiguous (gᵀ x) and
         # the sample loops use it without a copy; the transposed output is the small side
         out = torch.bmm(weights, x.transpose(1, 2)).transpose(1, 2)
