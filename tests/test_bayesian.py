@@ -598,3 +598,11 @@ def test_the_batch_one_product_gives_the_gradients_of_the_samples_batched_produc
     torch.testing.assert_close(fused, batched, rtol=0, atol=1e-12)
     for got, expected in zip(fused_grads, batched_grads):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("samples", [None, 0, 2.5, True])
+def test_a_sampled_product_needs_a_whole_number_of_samples(samples):
+    from metaspike.bayesian.synapses import make_bayesian
+
+    with pytest.raises(ValueError, match=r"^samples must be an int >= 1, got "):
+        sampled_product(make_bayesian(nn.Linear(3, 2), "mesu"), torch.ones(1, 3), samples)

@@ -181,3 +181,32 @@ def test_bimu_at_batch_one_end_to_end_and_resumed(tmp_path, monkeypatch):
     assert state["position"]["task"] == 2 and not warnings
     resumed, _ = run_method(config, out=tmp_path / "resumed", resume=state)
     assert np.array_equal(np.array(resumed.matrix), np.array(whole.matrix), equal_nan=True)
+
+
+def test_standardize_puts_the_training_pixels_statistics_in_front_of_the_model(tmp_path):
+    from metaspike.app.models import Standardize
+    from metaspike.app.runs import build_run_model, config_from_record, make_run_scenario
+
+    config = RunConfig(model="bimu", datasets=("digits",), tasks=2, epochs=1, hidden=(8,), batch_size=1,
+                       samples_per_task=40, standardize=True)
+    assert config.name == "permuted-digits-bimu-standardized-seed1"
+    model = build_run_model(config, make_run_scenario(config))
+    pixels = load_dataset("digits", "train").x
+    assert isinstance(model[0], Standardize)
+    assert float(model[0].mean) == pytest.approx(float(pixels.mean())) and float(model[0].std) == pytest.approx(float(pixels.std()))
+    standardized = model[0](pixels)
+    assert abs(float(standardized.mean())) < 1e-4 and float(standardized.std()) == pytest.approx(1.0, abs=1e-4)
+
+    record = config.to_dict()
+    del record["standardize"]  # a run written before the setting existed was not standardized
+    assert config_from_record(record, tmp_path / "config.json").standardize is False
+    with pytest.raises(ValueError, match=r"^--standardize: spiking model 'leaky' encodes pixel intensities"):
+        RunConfig(model="leaky", standardize=True)
+    with pytest.raises(ValueError, match=r"^--standardize is a switch \(true or false\), got 1"):
+        RunConfig(standardize=1)
+    out = tmp_path / "runs"
+    assert main(["train", "--model", "mesu", "--standardize", "--dataset", "digits", "--tasks", "2", "--epochs", "1",
+                 "--hidden", "8", "--batch-size", "1", "--samples-per-task", "30", "--quiet", "--out", str(out)]) == 0
+    (run,) = out.iterdir()
+    assert run.name.endswith("-mesu-standardized-seed1")
+    assert json.loads((run / "config.json").read_text())["standardize"] is True

@@ -52,6 +52,9 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
     parser.add_argument("--memory-window", type=float, default=None, metavar="N",
                         help="models with Bayesian synapses (bimu, mesu, <neuron>+bimu): the optimizer's memory window N "
                              "in steps; smaller forgets sooner and stays more plastic (default: the published setting)")
+    parser.add_argument("--standardize", action="store_true",
+                        help="feed the model (x - mean) / std, the pixel mean and std of the first dataset's training "
+                             "split, as the papers' long streams do (not for spiking models)")
     parser.add_argument("--lr", type=float, default=d["lr"], help="Adam learning rate (default: %(default)s)")
     parser.add_argument("--weight-decay", type=float, default=d["weight_decay"],
                         help="Adam weight decay, added to the gradient (default: %(default)s)")
@@ -76,6 +79,7 @@ def _config(args: argparse.Namespace, meta: Sequence[float] | None, seed: int) -
         meta=None if meta is None else tuple(meta), rule=args.rule, lr=args.lr, weight_decay=args.weight_decay,
         batch_size=args.batch_size, samples_per_task=args.samples_per_task, eval_every=args.eval_every,
         eval_tasks=args.eval_tasks, model=getattr(args, "model", _DEFAULTS["model"]), memory_window=args.memory_window,
+        standardize=args.standardize,
         seed=seed, batchnorm=args.batchnorm, optimizer=args.optimizer, split_mode=args.split_mode,
         device=args.device, data_dir=args.data_dir,
     )
@@ -135,7 +139,7 @@ _SETTING_FLAGS = {"scenario": "scenario", "dataset": "datasets", "tasks": "tasks
                   "rule": "rule", "batchnorm": "batchnorm", "optimizer": "optimizer", "split_mode": "split_mode",
                   "data_dir": "data_dir", "device": "device", "seed": "seed", "samples_per_task": "samples_per_task",
                   "eval_every": "eval_every", "eval_tasks": "eval_tasks", "model": "model",
-                  "memory_window": "memory_window"}
+                  "memory_window": "memory_window", "standardize": "standardize"}
 
 
 def _train(args: argparse.Namespace) -> None:

@@ -86,6 +86,10 @@ class RunConfig:
     samples; ``eval_every`` and ``eval_tasks`` evaluate after every k-th task on a budget of tasks
     (:func:`metaspike.continual.trainer.evaluated_tasks`); ``batch_size=1`` needs a model without BatchNorm.
 
+    ``standardize`` feeds the model ``(x − mean) / std`` with the mean and std of every pixel of the first dataset's
+    training split (:class:`metaspike.app.models.Standardize`, the first module of the model), as the papers' long
+    streams do; not for spiking models, which encode raw intensities.
+
     ``memory_window`` is the ``N`` of the Bayesian synapses' optimizer (MESU, BiMU: the prior term is divided
     by ``N``, so the posterior keeps about the last ``N`` steps' evidence); ``None`` keeps the kind's
     published setting (:func:`metaspike.app.models.build_optimizer`).
@@ -117,6 +121,7 @@ class RunConfig:
     eval_every: int = 1
     eval_tasks: int | None = None
     memory_window: float | None = None
+    standardize: bool = False
 
     def __post_init__(self) -> None:
         if self.scenario not in available_scenarios():
@@ -142,6 +147,11 @@ class RunConfig:
             if optimizer_kind(self.model) not in BAYESIAN_OPTIMIZERS:
                 raise ValueError(f"--memory-window applies to models with Bayesian synapses (bimu, mesu, "
                                  f"<neuron>+bimu), not {self.model!r}")
+        if not isinstance(self.standardize, bool):
+            raise ValueError(f"--standardize is a switch (true or false), got {self.standardize!r}")
+        if self.standardize and is_spiking(self.model):
+            raise ValueError(f"--standardize: spiking model {self.model!r} encodes pixel intensities in [0, 1] as spikes; "
+                             "it takes the raw pixels")
         if self.samples_per_task is not None and self.scenario != "permuted":
             raise ValueError(f"--samples-per-task applies to --scenario permuted only, not {self.scenario!r}")
         if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
@@ -181,7 +191,7 @@ class RunConfig:
             >>> RunConfig(model="bimu", batch_size=1).name
             'permuted-mnist5k-bimu-seed1'
         """
-        model = "" if self.model == "bnn" else f"-{self.model}"
+        model = ("" if self.model == "bnn" else f"-{self.model}") + ("-standardized" if self.standardize else "")
         if optimizer_kind(self.model) != "metaplastic-adam":
             window = "" if self.memory_window is None else f"-N{self.memory_window:g}"
             return f"{self.scenario}-{'-'.join(self.datasets)}{model}{window}-seed{self.seed}"

@@ -38,7 +38,7 @@ from metaspike.chained import ChainedOptimizer
 
 __all__ = ["available_models", "is_spiking", "build_model", "describe_model", "optimizer_kind", "uses_batchnorm",
            "build_optimizer", "OPTIMIZER_KINDS", "BIMU_SETTINGS", "MESU_SETTINGS", "SPIKING_BIMU_SETTINGS",
-           "BIMU_SUFFIX", "spiking_bimu_settings", "BAYESIAN_OPTIMIZERS"]
+           "BIMU_SUFFIX", "spiking_bimu_settings", "BAYESIAN_OPTIMIZERS", "Standardize"]
 
 #: BiMU's settings for a 784-100-10 network with the 0/1 "reverse gate" activation on 100 permuted-MNIST tasks at
 #: batch size 1 (the activation appendix of Cottart et al. 2026; its code's bimu-gate configuration). They are tuned
@@ -58,6 +58,29 @@ MESU_WEIGHT_SAMPLES = 10
 OPTIMIZER_KINDS = ("metaplastic-adam", "sgd", "bimu", "mesu", "bimu+adam")
 #: The optimizer kinds of models with Bayesian synapses (they take a memory window ``N``).
 BAYESIAN_OPTIMIZERS = ("bimu", "mesu", "bimu+adam")
+
+
+class Standardize(nn.Module):
+    """``(x − mean) / std`` with fixed scalars (a training set's pixel statistics), as the first module of a
+    model (``--standardize``); ``mean`` and ``std`` are buffers, so checkpoints carry them.
+
+    Example:
+        >>> Standardize(0.5, 0.25)(torch.ones(1, 2))
+        tensor([[2., 2.]])
+    """
+
+    def __init__(self, mean: float, std: float) -> None:
+        super().__init__()
+        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+            raise ValueError(f"std must be a finite number > 0 and mean finite, got mean={mean}, std={std}")
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"mean={float(self.mean):.4g}, std={float(self.std):.4g}"
 #: Suffix of a spiking model kind with BiMU synapses (``"leaky+bimu"``).
 BIMU_SUFFIX = "+bimu"
 #: BiMU in the spiking models, per training sample: BiMU's likelihood multiplier scales the batch-mean gradient

@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from metaspike.app.config import RunConfig
-from metaspike.app.models import build_model, describe_model
+from metaspike.app.models import Standardize, build_model, describe_model
 from metaspike.app.tables import versions
 from metaspike.continual.results import RunDirectory, latest_good_checkpoint
 from metaspike.continual.scenarios import Scenario, make_scenario
 from metaspike.continual.trainer import ContinualResult, ContinualTrainer
+from metaspike.data import load_dataset
 from metaspike.distributed import init_from_env, sync_batchnorm, world
 from metaspike.files import atomic_open, read_json, remove_stale_temporaries
 from metaspike.training import Plugin, TrainingDiverged
@@ -47,7 +49,8 @@ def make_run_scenario(config: RunConfig) -> Scenario:
 
 
 def build_run_model(config: RunConfig, scenario: Scenario) -> torch.nn.Module:
-    """The model ``config`` names, sized for ``scenario`` (input shape, classes).
+    """The model ``config`` names, sized for ``scenario`` (input shape, classes); with ``config.standardize``
+    after a :class:`~metaspike.app.models.Standardize` of the first dataset's training pixels.
 
     Example:
         >>> s = make_scenario("permuted", ["digits"], tasks=1)
@@ -62,7 +65,11 @@ def build_run_model(config: RunConfig, scenario: Scenario) -> torch.nn.Module:
         raise ValueError(f"--hidden {' '.join(map(str, config.hidden))} needs about {needed / 2**30:.0f} GiB to train "
                          f"({weights:,} weights, each with its gradient, Adam moments and sign buffer); "
                          f"this machine has {available / 2**30:.0f} GiB")
-    return build_model(config.model, config.hidden, scenario.input_shape, scenario.num_classes, config.num_steps)
+    model = build_model(config.model, config.hidden, scenario.input_shape, scenario.num_classes, config.num_steps)
+    if not config.standardize:
+        return model
+    pixels = load_dataset(config.datasets[0], "train", config.data_dir).x
+    return nn.Sequential(Standardize(float(pixels.mean()), float(pixels.std())), model)
 
 
 def build_trainer(
@@ -212,7 +219,8 @@ def config_from_record(stored: Any, path: Path) -> RunConfig:
     defaults = RunConfig()
     for key in RunConfig.field_names():
         if key not in stored:
-            if key in ("model", "num_steps", "samples_per_task", "eval_every", "eval_tasks", "memory_window"):  # newer fields
+            if key in ("model", "num_steps", "samples_per_task", "eval_every", "eval_tasks", "memory_window",
+                       "standardize"):  # newer fields
                 values[key] = getattr(defaults, key)
                 continue
             raise ValueError(f"{path} has no {key!r} setting")

@@ -124,6 +124,11 @@ _compiled_gaussian_gradients = LazyCompiled(_gaussian_gradients, "MESU weight sa
 _compiled_gaussian_row_gradients = LazyCompiled(_gaussian_row_gradients, "MESU batch-1 gradients")
 
 
+def _draw_gaussian(mu: Tensor, sigma: Tensor, key: Tensor, rows: int) -> tuple[Tensor, Tensor]:
+    """``(w, ε)``: ``rows`` samples of ``μ + σ·ε`` (``μ``, ``σ`` of any shape) and their noise, flat ``(rows, n)``."""
+    return _compiled_gaussian_sample(_rows(mu, 1), _rows(sigma, 1), key, rows)
+
+
 class _GaussianSample(torch.autograd.Function):
     """``rows`` samples ``w = μ + σ·ε`` stacked on a new first dimension, the noise drawn inside the sampling
     loop (:mod:`~metaspike.bayesian.counter_noise`); the backward of several samples is one fused loop
@@ -134,7 +139,7 @@ class _GaussianSample(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, mu: Tensor, sigma: Tensor, key: Tensor, rows: int) -> tuple[Tensor, Tensor]:
-        weight, noise = _compiled_gaussian_sample(_rows(mu, 1), _rows(sigma, 1), key, rows)
+        weight, noise = _draw_gaussian(mu, sigma, key, rows)
         ctx.save_for_backward(noise)
         ctx.mark_non_differentiable(noise)
         ctx.set_materialize_grads(False)  # no zero-filled gradient for the noise output
@@ -195,8 +200,7 @@ class GaussianWeight(nn.Module):
 
     def _row_sample(self, params: tuple[Tensor, ...], key: Tensor, rows: int) -> tuple[Tensor, Tensor]:
         """``(w, ε)``: ``rows`` flat samples and their noise (for :class:`_SampledRowProduct`)."""
-        mu, sigma = params
-        return _compiled_gaussian_sample(_rows(mu, 1), _rows(sigma, 1), key, rows)
+        return _draw_gaussian(*params, key, rows)
 
     def _row_gradients(self, grad_out: Tensor, x: Tensor, weights: Tensor, noise: Tensor) -> tuple[Tensor, ...]:
         """``(∂L/∂μ, ∂L/∂σ)`` of a batch-1 product (for :class:`_SampledRowProduct`)."""
@@ -249,6 +253,14 @@ _RELAXED_SAMPLES = {
     2: LazyCompiled(_relaxed_sample_tau_half, "BiMU relaxed weight sample (τ = 1/2)"),
     0: LazyCompiled(_relaxed_sample_tanh, "BiMU relaxed weight sample"),
 }
+
+
+def _draw_relaxed(lam: Tensor, key: Tensor, rows: int, inv_tau: float) -> Tensor:
+    """``rows`` relaxed samples of ``λ`` (any shape), flat: ``(rows, λ.numel())``, in the form ``1/τ`` allows."""
+    scale = torch.tensor(inv_tau, dtype=lam.dtype, device=lam.device)
+    return _RELAXED_SAMPLES[_integer_power(inv_tau)](_rows(lam, 1), key, rows, scale)
+
+
 def _relaxed_row_gradient(grad_out: Tensor, x: Tensor, weight: Tensor, inv_tau: Tensor) -> Tensor:
     """:func:`_relaxed_gradient` of a linear layer at batch size 1 (``weight`` of shape ``(S, out, in)``)."""
     return _relaxed_gradient(_outer(grad_out, x), weight, inv_tau)
@@ -264,21 +276,20 @@ class _RelaxedBinarySample(torch.autograd.Function):
     backward."""
 
     @staticmethod
-    def forward(ctx: Any, lam: Tensor, key: Tensor, rows: int, inv_tau: float, power: int) -> Tensor:
-        scale = torch.tensor(inv_tau, dtype=lam.dtype, device=lam.device)
-        weight = _RELAXED_SAMPLES[power](_rows(lam, 1), key, rows, scale)
+    def forward(ctx: Any, lam: Tensor, key: Tensor, rows: int, inv_tau: float) -> Tensor:
+        weight = _draw_relaxed(lam, key, rows, inv_tau)
         ctx.save_for_backward(weight)
         ctx.inv_tau = inv_tau
         ctx.lam_shape = lam.shape
         return weight.view(rows, *lam.shape)  # (ctx-style forward: see _GaussianSample)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
         (weight,) = ctx.saved_tensors
         rows = weight.shape[0]
         scale = torch.tensor(ctx.inv_tau, dtype=weight.dtype, device=weight.device)
         flat = _compiled_relaxed_gradient(_rows(grad, rows), weight, scale)
-        return flat.view(ctx.lam_shape), None, None, None, None
+        return flat.view(ctx.lam_shape), None, None, None
 
 
 def _integer_power(inv_tau: float) -> int:
@@ -323,7 +334,7 @@ class BinaryWeight(nn.Module):
         """
         if self.training:
             inv_tau = 1.0 / self.temperature
-            weight = _RelaxedBinarySample.apply(lam, draw_key(lam.device), samples or 1, inv_tau, _integer_power(inv_tau))
+            weight = _RelaxedBinarySample.apply(lam, draw_key(lam.device), samples or 1, inv_tau)
             return weight if samples else weight.squeeze(0)
         if self.evaluation == "mode":
             return _expand((lam >= 0).to(lam.dtype).mul_(2).sub_(1), samples)
@@ -336,10 +347,7 @@ class BinaryWeight(nn.Module):
     def _row_sample(self, params: tuple[Tensor, ...], key: Tensor, rows: int) -> tuple[Tensor, Tensor]:
         """``rows`` flat relaxed samples, twice: the samples and what their gradient needs (for
         :class:`_SampledRowProduct`)."""
-        (lam,) = params
-        inv_tau = 1.0 / self.temperature
-        scale = torch.tensor(inv_tau, dtype=lam.dtype, device=lam.device)
-        weight = _RELAXED_SAMPLES[_integer_power(inv_tau)](_rows(lam, 1), key, rows, scale)
+        weight = _draw_relaxed(params[0], key, rows, 1.0 / self.temperature)
         return weight, weight
 
     def _row_gradients(self, grad_out: Tensor, x: Tensor, weights: Tensor, _: Tensor) -> tuple[Tensor, ...]:
@@ -605,6 +613,8 @@ def sampled_product(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
         >>> torch.equal(sampled_product(layer.eval(), torch.ones(1, 3), 2), sampled_forward(layer, torch.ones(1, 3), 2))
         True
     """
+    if not is_whole(samples, 1):
+        raise ValueError(f"samples must be an int >= 1, got {samples!r}")
     if isinstance(layer, nn.Linear):
         if x.dim() == 2:
             x = x.expand(samples, *x.shape)
@@ -613,7 +623,7 @@ def sampled_product(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
         synapse = _parametrization(layer)
         if synapse is not None and synapse.training and x.shape[1] == 1 and torch.is_grad_enabled():
             tensors = _synapse_tensors(layer, synapse)
-            out = _SampledRowProduct.apply(x, synapse, draw_key(tensors[0].device), check_samples(samples), *tensors)
+            out = _SampledRowProduct.apply(x, synapse, draw_key(tensors[0].device), samples, *tensors)
             return out if layer.bias is None else out + layer.bias
     weights = sample_weights(layer, samples)
     if isinstance(layer, nn.Linear):

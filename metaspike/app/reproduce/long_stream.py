@@ -31,26 +31,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
 
 from metaspike.app.config import RunConfig
-from metaspike.app.models import build_model
-from metaspike.app.runs import build_trainer, make_run_scenario
+from metaspike.app.runs import build_run_model, build_trainer, make_run_scenario
 from metaspike.app.tables import comparison_csv, mean_std
 from metaspike.continual.baselines import EWCOnline, SynapticIntelligence
 from metaspike.continual.metrics import evaluated_accuracy, last_tasks_accuracy
 from metaspike.continual.results import RunDirectory
 from metaspike.continual.trainer import ContinualResult
-from metaspike.data import load_dataset
 from metaspike.files import atomic_write_text
 from metaspike.training import Plugin, TrainingDiverged
 
-__all__ = ["LONG_STREAM", "METHODS", "SWEEP", "SWEEP_BATCHNORM", "BATCHNORM_BATCH", "LongMethod", "Standardize", "stream_config",
+__all__ = ["LONG_STREAM", "METHODS", "SWEEP", "SWEEP_BATCHNORM", "BATCHNORM_BATCH", "LongMethod", "stream_config",
            "run_method", "sweep_metaplastic", "run", "MESU_PLASTIC_WINDOW"]
 
 #: The CPU-scale long stream (the model kind and learning rate are set per method).
 LONG_STREAM = RunConfig(datasets=("mnist5k",), tasks=100, epochs=1, hidden=(100,), batch_size=1, samples_per_task=1000,
-                        eval_every=10, eval_tasks=16, model="bnn-layernorm", meta=(7.2,), lr=3.7e-5)
+                        eval_every=10, eval_tasks=16, model="bnn-layernorm", meta=(7.2,), lr=3.7e-5, standardize=True)
 #: The (lr, m) grid of the 2021 rule's sweep at batch size 1, on the first :data:`SWEEP_TASKS` tasks.
 SWEEP: tuple[tuple[float, float], ...] = ((3.7e-5, 7.2), (1e-4, 7.2), (3.7e-5, 3.6), (1e-4, 14.4))
 #: The same for the BatchNorm BNN (ten times fewer steps per task).
@@ -72,25 +69,6 @@ SI_C = 0.1
 #: to 77.7 and 79.3 % and lowered the mean over the 30 from 65.2 to 64.1 and 61.0 %.
 MESU_PLASTIC_WINDOW = 50_000
 TABLE_COLUMNS = ("setting", "runs")
-
-
-class Standardize(nn.Module):
-    """``(x − mean) / std`` with fixed scalars (the training set's pixel statistics).
-
-    Example:
-        >>> Standardize(0.5, 0.25)(torch.ones(1, 2))
-        tensor([[2., 2.]])
-    """
-
-    def __init__(self, mean: float, std: float) -> None:
-        super().__init__()
-        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
-            raise ValueError(f"std must be a finite number > 0 and mean finite, got mean={mean}, std={std}")
-        self.register_buffer("mean", torch.tensor(float(mean)))
-        self.register_buffer("std", torch.tensor(float(std)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std
 
 
 @dataclass(frozen=True)
@@ -135,11 +113,6 @@ def stream_config(scale: str, seed: int, data_dir: str | None = None) -> RunConf
     return replace(LONG_STREAM, seed=seed, data_dir=data_dir, tasks=1000, datasets=("mnist",))
 
 
-def _standardized(model: nn.Module, config: RunConfig) -> nn.Module:
-    x = load_dataset(config.datasets[0], "train", config.data_dir).x
-    return nn.Sequential(Standardize(float(x.mean()), float(x.std())), model)
-
-
 def run_method(config: RunConfig, plugins: Sequence[Plugin] = (), out: str | Path | None = None,
                progress: bool = False, resume: dict[str, Any] | None = None) -> tuple[ContinualResult, float]:
     """Train ``config`` (its model kind picks the optimizer) with ``plugins``; return the result and
@@ -153,7 +126,7 @@ def run_method(config: RunConfig, plugins: Sequence[Plugin] = (), out: str | Pat
     """
     scenario = make_run_scenario(config)
     torch.manual_seed(config.seed)
-    model = _standardized(build_model(config.model, config.hidden, scenario.input_shape, scenario.num_classes), config)
+    model = build_run_model(config, scenario)
     trainer = build_trainer(config, model, progress, plugins)
     directory = None
     if out is not None:
