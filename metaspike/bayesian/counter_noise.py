@@ -94,6 +94,15 @@ def uniform_pairs(words: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     return (_shift_right(words, 40).to(dtype) + 0.5) * scale, ((words & _BITS24).to(dtype) + 0.5) * scale
 
 
+def _even_polynomial(x: Tensor, coefficients: tuple[float, ...]) -> Tensor:
+    """``Σ_k c_k x^{2k}`` by Horner's rule in ``x²``."""
+    z = x * x
+    poly = torch.full_like(z, coefficients[-1])
+    for coefficient in coefficients[-2::-1]:
+        poly = poly * z + coefficient
+    return poly
+
+
 #: Taylor coefficients of cos(πx) in x², (−1)^k π^{2k} / (2k)!, k = 0 ... 8: on |x| <= 1 the first omitted
 #: term bounds the error by π^18/18! < 1.4e-7, about one float32 rounding of a number near 1.
 _COS_PI = tuple((-1) ** k * math.pi ** (2 * k) / math.factorial(2 * k) for k in range(9))
@@ -110,12 +119,7 @@ def cos_two_pi(t: Tensor) -> Tensor:
         >>> bool((cos_two_pi(t) - torch.cos(2 * math.pi * t)).abs().max() < 8e-7)
         True
     """
-    x = 2.0 * t - 1.0
-    z = x * x
-    poly = torch.full_like(z, _COS_PI[-1])
-    for coefficient in _COS_PI[-2::-1]:
-        poly = poly * z + coefficient
-    return -poly
+    return -_even_polynomial(2.0 * t - 1.0, _COS_PI)
 
 
 #: Taylor coefficients of sin(πx)/x in x², (−1)^k π^{2k+1} / (2k+1)!, k = 0 ... 8: on |x| <= 1 the first omitted
@@ -135,11 +139,7 @@ def sin_two_pi(t: Tensor) -> Tensor:
         True
     """
     x = 2.0 * t - 1.0
-    z = x * x
-    poly = torch.full_like(z, _SIN_PI[-1])
-    for coefficient in _SIN_PI[-2::-1]:
-        poly = poly * z + coefficient
-    return -poly * x
+    return -_even_polynomial(x, _SIN_PI) * x
 
 
 def normal_pairs(words: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
