@@ -606,3 +606,27 @@ def test_a_sampled_product_needs_a_whole_number_of_samples(samples):
 
     with pytest.raises(ValueError, match=r"^samples must be an int >= 1, got "):
         sampled_product(make_bayesian(nn.Linear(3, 2), "mesu"), torch.ones(1, 3), samples)
+
+
+@pytest.mark.parametrize("kind", ["mesu", "bimu"])
+def test_a_compiled_model_with_bayesian_synapses_draws_what_the_eager_model_draws(kind):
+    # torch.compile(model) must not trace the weight samples (dynamo cannot, and a traced key would come from
+    # inductor's random stream): the sampled layers run as they are, so the same seed gives the same numbers
+    from metaspike.app.models import build_model
+
+    torch.manual_seed(0)
+    nets = {"sampled layers": build_model(kind, [8], (1, 4, 4), 3),  # the batch-1 product of bnn's layers
+            "bayesianized": bayesianize(nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)), kind)}
+    x, y = torch.randn(1, 1, 4, 4), torch.tensor([2])
+    for name, net in nets.items():
+        inputs = x if name == "sampled layers" else x.flatten(1).expand(2, 16)  # the parametrization, batch 2
+        compiled = torch.compile(net)
+        results = []
+        for model in (compiled, net):
+            net.zero_grad()
+            torch.manual_seed(5)
+            out = model(inputs)
+            F.cross_entropy(out.reshape(-1, 3), y.repeat(out.numel() // 3)).backward()
+            results.append([out.detach(), *(p.grad.clone() for p in net.parameters() if p.grad is not None)])
+        for got, expected in zip(*results):
+            torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=name)

@@ -31,7 +31,7 @@ of :mod:`metaspike.bayesian.optim`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -88,6 +88,13 @@ def _shape(weight: Tensor, samples: int | None) -> tuple[int, ...]:
 
 def _expand(weight: Tensor, samples: int | None) -> Tensor:
     return weight if samples is None else weight.expand(samples, *weight.shape)
+
+
+def _outside_compiled_models(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn`` and what it calls as they are when a model compiled by ``torch.compile`` calls it (a graph break):
+    dynamo fails on the samples our autograd Functions save, and a traced ``draw_key`` would draw other numbers than
+    the eager one (inductor's own random stream). The fused loops inside stay compiled (they are compiled apart)."""
+    return torch.compiler.disable(fn)
 
 
 def _rows(tensor: Tensor, rows: int) -> Tensor:
@@ -183,6 +190,7 @@ class GaussianWeight(nn.Module):
         self.evaluation = _choice("evaluation", evaluation, EVALUATIONS)
         self.sigma = nn.Parameter(torch.full_like(mu.detach(), finite_number("sigma_init", sigma_init, positive=True)))
 
+    @_outside_compiled_models
     def sample(self, mu: Tensor, samples: int | None = None) -> Tensor:
         """The weight seen now, or ``samples`` independent ones stacked on a new first dimension.
 
@@ -325,6 +333,7 @@ class BinaryWeight(nn.Module):
         self.temperature = finite_number("temperature", temperature, positive=True)
         self.evaluation = _choice("evaluation", evaluation, EVALUATIONS)
 
+    @_outside_compiled_models
     def sample(self, lam: Tensor, samples: int | None = None) -> Tensor:
         """The weight seen now, or ``samples`` independent ones stacked on a new first dimension.
 
@@ -604,6 +613,7 @@ def sampled_forward(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
     return out if gain is None else gain(out, layer.bias)
 
 
+@_outside_compiled_models
 def sampled_product(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
     """:func:`sampled_forward` without the layer's output gain: what a layer's own ``forward`` computes on
     ``samples`` weight samples (calling the layer then applies the gain by its forward hook).
