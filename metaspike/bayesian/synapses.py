@@ -599,9 +599,9 @@ def sampled_forward(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
     The input is either shared by all samples (``(B, in)`` for Linear, ``(B, C, H, W)`` for Conv2d)
     or one per sample, with a leading dimension ``S`` (``(S, B, in)``, ``(S, B, C, H, W)``: the
     output of a previous sampled layer). The output always has the leading ``S``: ``(S, B, out)``
-    for Linear (one ``torch.baddbmm``), ``(S, B, out, H', W')`` for Conv2d (one grouped
-    convolution). Averaging the loss over the flattened ``S·B`` outputs averages the gradients over
-    the samples.
+    for Linear (one ``torch.bmm``; at batch size 1 in training, one whose backward sums the samples' weight
+    gradients without writing them), ``(S, B, out, H', W')`` for Conv2d (one grouped convolution). Averaging the
+    loss over the flattened ``S·B`` outputs averages the gradients over the samples.
 
     Example:
         >>> layer = make_bayesian(torch.nn.Linear(3, 2), "mesu")
