@@ -16,6 +16,12 @@ with a hard-tanh straight-through gradient) with metaplastic Adam (``meta > 0``)
   into ``weight.data``, the optimizer steps with separate tensor operations, and the result is
   copied into ``weight.org``.
 
+Both run with freed memory kept in the process (:func:`metaspike.allocator.keep_freed_memory`, as the
+``metaspike`` command runs): with glibc's default (``--release-freed-memory``) the authors' step, which allocates
+its temporaries anew every step, faults them in again from the system, and by how much depends on what the process
+freed before (glibc moves its thresholds as it goes): its 784-1024-1024-10 step took 68 ms when that size ran first
+and 36 ms when it ran after 4096, so figures taken that way depend on the order of ``--hidden``.
+
 Timings are interleaved in one process (a busy machine slows all alike): each round runs
 ``--steps-per-round`` steps of every contestant; the speed-up is the median over rounds of the
 same round's ratio, with its range. The script also prints the product each binary layer used,
@@ -48,6 +54,7 @@ from torch.optim import Optimizer
 import bnn
 from bnn.binary_linear import product_used
 from metaspike import training
+from metaspike.allocator import keep_freed_memory
 from metaspike.data import load_dataset
 from metaspike.optim import MetaplasticAdam
 
@@ -278,7 +285,10 @@ def main() -> None:
     parser.add_argument("--no-accuracy", action="store_true", help="skip the one-epoch accuracy check")
     parser.add_argument("--out", type=Path, default=None,
                         help="results file (default: results/train_throughput_<cpu-kind>.txt)")
+    parser.add_argument("--release-freed-memory", action="store_true",
+                        help="keep glibc's default of returning freed memory (the metaspike command keeps it)")
     args = parser.parse_args()
+    kept = not args.release_freed_memory and keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     cpu_name, kind, flags = cpu()
@@ -291,7 +301,8 @@ def main() -> None:
     say(f"CPU: {cpu_name} ({os.cpu_count()} logical CPUs); flags: {' '.join(flags) or 'none of ' + ', '.join(FLAGS)}")
     say(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     say(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, meta {args.meta}, "
-        f"{args.rounds} rounds of {args.steps_per_round} steps each")
+        f"{args.rounds} rounds of {args.steps_per_round} steps each; freed memory "
+        f"{'kept' if kept else 'returned to the system'} (metaspike.allocator)")
     for hidden in args.hidden:
         result = throughput(hidden, args.meta, args.rounds, args.steps_per_round)
         times, shares = result["times"], result["shares"]
