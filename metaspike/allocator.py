@@ -3,9 +3,9 @@
 torch's CPU tensors come from the C library's ``malloc``. glibc's defaults return large freed blocks to the
 operating system (blocks above its mmap threshold are unmapped when freed, and the heap is trimmed once more
 than twice that threshold is free at its top); the next step then faults every page in again, and the kernel
-zeroes each one. A batch-1 MESU step with 10 weight samples allocates and frees several 3 MB tensors (samples,
-noise, gradients), and on a 2-core AMD EPYC half of its time went to those page faults (``benchmarks/
-long_stream.py``: 6.3 ms a step with glibc's defaults, 4.0 ms with freed memory kept).
+zeroes each one. A batch-1 MESU step with 10 weight samples allocates and frees 3 MB tensors (its samples and their
+noise), and on a 2-core AMD EPYC more than half of its time went to those page faults (``benchmarks/
+long_stream.py``: 6.65 ms a step with glibc's defaults, 2.97 ms with freed memory kept).
 
 :func:`keep_freed_memory` sets the two glibc thresholds (``mallopt``) so that blocks up to 32 MiB come from the
 heap and up to ``limit_mib`` of freed memory stay there for reuse. The price is that the process's resident
