@@ -58,6 +58,20 @@ MESU_WEIGHT_SAMPLES = 10
 OPTIMIZER_KINDS = ("metaplastic-adam", "sgd", "bimu", "mesu", "bimu+adam")
 #: The optimizer kinds of models with Bayesian synapses (they take a memory window ``N``).
 BAYESIAN_OPTIMIZERS = ("bimu", "mesu", "bimu+adam")
+#: Suffix of a spiking model kind with BiMU synapses (``"leaky+bimu"``).
+BIMU_SUFFIX = "+bimu"
+#: BiMU in the spiking models, per training sample: BiMU's likelihood multiplier scales the batch-mean gradient
+#: and its memory window counts steps, so a run uses ``likelihood_multiplier · batch_size`` and
+#: ``N / batch_size``. Chosen on two permuted digits tasks (Leaky, 64 hidden, 4 steps, batch 50, 3 epochs):
+#: task 1 kept within 0.3-4.1 points where plain binary synapses lost 5-26 (3 seeds, AMD EPYC).
+SPIKING_BIMU_SETTINGS: dict[str, float] = {"likelihood_multiplier": 160.0, "kl_multiplier": 3.76, "lr_max": 1.0,
+                                           "N": 250_000, "lr": 4.9}
+#: Temperature of the relaxed training sample in the spiking BiMU models (closer to ±1 than τ = 1, which the
+#: membrane thresholds need: τ = 1 learned task 1 to 66-71 % where τ = 0.5 reached 76-86 %).
+SPIKING_BIMU_TEMPERATURE = 0.5
+#: Adam's learning rate for the learned gains of the spiking BiMU models (5e-3 let the gains drift across tasks
+#: and forget: task 1 lost 17-30 points).
+SPIKING_GAIN_LR = 5e-4
 
 
 class Standardize(nn.Module):
@@ -81,20 +95,6 @@ class Standardize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mean={float(self.mean):.4g}, std={float(self.std):.4g}"
-#: Suffix of a spiking model kind with BiMU synapses (``"leaky+bimu"``).
-BIMU_SUFFIX = "+bimu"
-#: BiMU in the spiking models, per training sample: BiMU's likelihood multiplier scales the batch-mean gradient
-#: and its memory window counts steps, so a run uses ``likelihood_multiplier · batch_size`` and
-#: ``N / batch_size``. Chosen on two permuted digits tasks (Leaky, 64 hidden, 4 steps, batch 50, 3 epochs):
-#: task 1 kept within 0.3-4.1 points where plain binary synapses lost 5-26 (3 seeds, AMD EPYC).
-SPIKING_BIMU_SETTINGS: dict[str, float] = {"likelihood_multiplier": 160.0, "kl_multiplier": 3.76, "lr_max": 1.0,
-                                           "N": 250_000, "lr": 4.9}
-#: Temperature of the relaxed training sample in the spiking BiMU models (closer to ±1 than τ = 1, which the
-#: membrane thresholds need: τ = 1 learned task 1 to 66-71 % where τ = 0.5 reached 76-86 %).
-SPIKING_BIMU_TEMPERATURE = 0.5
-#: Adam's learning rate for the learned gains of the spiking BiMU models (5e-3 let the gains drift across tasks
-#: and forget: task 1 lost 17-30 points).
-SPIKING_GAIN_LR = 5e-4
 
 
 def _sizes(hidden: Sequence[int], input_shape: Sequence[int], classes: int) -> list[int]:

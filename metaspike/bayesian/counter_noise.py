@@ -90,8 +90,17 @@ def uniform_pairs(words: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         >>> high.tolist(), low.tolist()
         ([2.9802322387695312e-08, 0.9999999701976776], [2.9802322387695312e-08, 0.9999999701976776])
     """
-    scale = 1.0 / (1 << 24)
-    return (_shift_right(words, 40).to(dtype) + 0.5) * scale, ((words & _BITS24).to(dtype) + 0.5) * scale
+    return _high_uniform(words, dtype), _uniform(words & _BITS24, dtype)
+
+
+def _high_uniform(words: Tensor, dtype: torch.dtype) -> Tensor:
+    """The uniform of the top 24 bits of ``words`` (a uniform draw's, and the first of :func:`uniform_pairs`)."""
+    return _uniform(_shift_right(words, 40), dtype)
+
+
+def _uniform(bits: Tensor, dtype: torch.dtype) -> Tensor:
+    """``(k + ½) / 2²⁴`` for 24-bit integers ``k``."""
+    return (bits.to(dtype) + 0.5) * (1.0 / (1 << 24))
 
 
 def _even_polynomial(x: Tensor, coefficients: tuple[float, ...]) -> Tensor:
@@ -169,7 +178,7 @@ def counter_uniform(shape: tuple[int, ...], key: Tensor, dtype: torch.dtype = to
         (torch.Size([2, 3]), True)
     """
     words = random_words(key, _counters(math.prod(shape), key.device))
-    return uniform_pairs(words, dtype)[0].view(shape)
+    return _high_uniform(words, dtype).view(shape)
 
 
 def counter_normal(shape: tuple[int, ...], key: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -380,7 +380,7 @@ class _SampledRowProduct(torch.autograd.Function):
         weights = torch.ops.aten._unsafe_view(weight, (rows, *params[0].shape))
         ctx.save_for_backward(x, weights, saved)
         ctx.synapse = synapse  # (ctx-style forward: see _GaussianSample)
-        return torch.bmm(weights, x.transpose(1, 2)).transpose(1, 2)
+        return _samples_times_inputs(weights, x)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -634,19 +634,21 @@ def sampled_product(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
         if synapse is not None and synapse.training and x.shape[1] == 1 and torch.is_grad_enabled():
             tensors = _synapse_tensors(layer, synapse)
             out = _SampledRowProduct.apply(x, synapse, draw_key(tensors[0].device), samples, *tensors)
-            return out if layer.bias is None else out + layer.bias
+        else:
+            out = _samples_times_inputs(sample_weights(layer, samples), x)
+        return out if layer.bias is None else out + layer.bias
     weights = sample_weights(layer, samples)
-    if isinstance(layer, nn.Linear):
-        # (W xᵀ)ᵀ rather than x Wᵀ: the weights' gradient, the large one, then comes out contiguous (gᵀ x) and
-        # the sample loops use it without a copy; the transposed output is the small side
-        out = torch.bmm(weights, x.transpose(1, 2)).transpose(1, 2)
-        if layer.bias is not None:
-            out = out + layer.bias
-    elif isinstance(layer, nn.Conv2d):
-        out = _sampled_conv2d(layer, x, weights, samples)
-    else:
-        raise ValueError(f"layer must be an nn.Linear or nn.Conv2d, got {type(layer).__name__}")
-    return out
+    if isinstance(layer, nn.Conv2d):
+        return _sampled_conv2d(layer, x, weights, samples)
+    raise ValueError(f"layer must be an nn.Linear or nn.Conv2d, got {type(layer).__name__}")
+
+
+def _samples_times_inputs(weights: Tensor, x: Tensor) -> Tensor:
+    """``(S, B, out)``: weight sample ``s`` ``(out, in)`` times its inputs ``x[s]`` ``(B, in)``, one batched product.
+
+    ``(W xᵀ)ᵀ`` rather than ``x Wᵀ``: the weights' gradient, the large one, then comes out contiguous (``gᵀ x``) and
+    the sample loops use it without a copy; the transposed output is the small side."""
+    return torch.bmm(weights, x.transpose(1, 2)).transpose(1, 2)
 
 
 def _sampled_conv2d(layer: nn.Conv2d, x: Tensor, weights: Tensor, samples: int) -> Tensor:
