@@ -71,7 +71,8 @@ class BayesianLinear(_Sampled, nn.Linear):
 
 
 class BayesianConv2d(_Sampled, nn.Conv2d):
-    """``nn.Conv2d`` with Gaussian (MESU) synapses; arguments as in :class:`BayesianLinear`.
+    """``nn.Conv2d`` with Gaussian (MESU) synapses; ``nn.Conv2d``'s arguments, and the others as in
+    :class:`BayesianLinear`.
 
     Example:
         >>> import torch
@@ -90,12 +91,13 @@ class BayesianConv2d(_Sampled, nn.Conv2d):
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         bias: bool = False,
+        padding_mode: str = "zeros",
         *,
         samples: int | None = None,
         sigma_init: float = 0.1,
         evaluation: str = "mode",
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
         self.samples = check_samples(samples)
         make_bayesian(self, "mesu", sigma_init=sigma_init, evaluation=evaluation)
 
@@ -137,7 +139,8 @@ class BinaryBayesianLinear(_Sampled, nn.Linear):
 
 
 class BinaryBayesianConv2d(_Sampled, nn.Conv2d):
-    """``nn.Conv2d`` with binary (BiMU) synapses; arguments as in :class:`BinaryBayesianLinear`.
+    """``nn.Conv2d`` with binary (BiMU) synapses; ``nn.Conv2d``'s arguments, and the others as in
+    :class:`BinaryBayesianLinear`.
 
     Example:
         >>> import torch
@@ -156,6 +159,7 @@ class BinaryBayesianConv2d(_Sampled, nn.Conv2d):
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         bias: bool = False,
+        padding_mode: str = "zeros",
         *,
         samples: int | None = None,
         lambda_init: float = 0.1,
@@ -163,6 +167,6 @@ class BinaryBayesianConv2d(_Sampled, nn.Conv2d):
         evaluation: str = "mode",
         scale: str | None = None,
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
         self.samples = check_samples(samples)
         make_bayesian(self, "bimu", lambda_init=lambda_init, temperature=temperature, evaluation=evaluation, scale=scale)

@@ -4,6 +4,8 @@ synapses and Adam for its other parameters (output gains, biases, norm layers).
 Anything that takes one optimizer (:class:`metaspike.continual.ContinualTrainer`, a training loop,
 a checkpoint) takes a :class:`ChainedOptimizer`. Its param groups are the chained optimizers' own
 group dicts (changing a group's ``lr`` changes that optimizer), and its state dict holds theirs.
+torch's learning-rate schedulers take one ``torch.optim.Optimizer``: give each chained optimizer its own
+(``StepLR(chained.optimizers[1], ...)``).
 """
 
 from __future__ import annotations

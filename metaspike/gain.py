@@ -65,6 +65,8 @@ class OutputGain(nn.Module):
             raise ValueError("scale must be 'channel' or 'layer' for an OutputGain, got None")
         magnitude = weight.detach().abs()
         self.channel_shape = (weight.shape[0], *([1] * (weight.dim() - 2)))  # broadcasts over an output
+        if magnitude.numel() == 0:  # a layer without inputs (or outputs): its W x is 0 whatever α is
+            magnitude = torch.ones((weight.shape[0], 1), dtype=weight.dtype, device=weight.device)
         alpha = magnitude.flatten(1).mean(1).reshape(self.channel_shape) if scale == "channel" else magnitude.mean()
         self.scale = scale
         self.alpha = nn.Parameter(alpha.clone())

@@ -22,6 +22,14 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from metaspike.gain import attach_output_gain, check_scale
+from metaspike.layer_selection import (
+    DEFAULT_LAYER_TYPES,
+    SynapseParametrization,
+    each_once,
+    layer_type_names,
+    select_layers,
+    synapse_parametrization,
+)
 from metaspike.quantizers import ste_sign
 
 __all__ = [
@@ -87,20 +95,19 @@ class BinarySynapse:
         raise NotImplementedError
 
 
-class SignWeight(nn.Module):
+class SignWeight(SynapseParametrization):
     """Parametrization that shows ``sign(W_h)`` (unclipped straight-through gradient) in place of ``W_h``."""
+
+    kind = "sign"
 
     def forward(self, hidden: Tensor) -> Tensor:
         return ste_sign(mark_hidden_weight(hidden), clip_value=None)
 
 
-_DEFAULT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
 def binarize(
     module: nn.Module,
-    layer_types: Sequence[type[nn.Module]] = _DEFAULT_LAYERS,
-    exclude: Sequence[str] = (),
+    layer_types: type[nn.Module] | Sequence[type[nn.Module]] = DEFAULT_LAYER_TYPES,
+    exclude: str | Sequence[str] = (),
     scale: str | None = "channel",
 ) -> nn.Module:
     """Turn the weights of ``module``'s linear/conv layers into binary synapses, in place.
@@ -126,8 +133,9 @@ def binarize(
 
     Args:
         module: the model to change.
-        layer_types: which layer classes get binary weights.
-        exclude: qualified names of layers to leave real-valued (e.g. ``["0"]`` for a first layer).
+        layer_types: which layer classes get binary weights (a class or a sequence of classes).
+        exclude: qualified names of layers or blocks to leave real-valued (e.g. ``"0"`` for a first layer; a
+            block's name excludes every layer inside it).
         scale: the learned gain: ``"channel"`` (one per output channel, default), ``"layer"`` (one per
             layer) or ``None`` (the bare sign, e.g. for a layer followed by BatchNorm).
 
@@ -137,26 +145,22 @@ def binarize(
         [1.0]
     """
     check_scale(scale)
-    names = {name for name, _ in module.named_modules()}
-    unknown = sorted(set(exclude) - names)
-    if unknown:
-        raise ValueError(f"exclude names layers that do not exist: {unknown}")
-    changed = 0
-    for name, layer in list(module.named_modules()):
-        if not isinstance(layer, tuple(layer_types)) or name in exclude or isinstance(layer, BinarySynapse):
+    todo = []
+    for name, layer in select_layers(module, layer_types, exclude):
+        synapse = synapse_parametrization(layer)
+        if isinstance(layer, BinarySynapse) or isinstance(synapse, SignWeight):
             continue
-        if not isinstance(getattr(layer, "weight", None), nn.Parameter) and not parametrize.is_parametrized(layer, "weight"):
-            continue
-        if _has_sign_parametrization(layer):
-            continue
+        if synapse is not None:
+            raise ValueError(f"layer {name!r} is already a {synapse.kind!r} synapse; binarize needs real-valued weights")
+        todo.append(layer)
+    for layer in todo:  # everything checked: now change the model
         if scale is not None:
             attach_output_gain(layer, scale)
+    for layer in todo:
         parametrize.register_parametrization(layer, "weight", SignWeight())
         mark_hidden_weight(layer.parametrizations.weight.original)  # type: ignore[union-attr]
-        changed += 1
-    if changed == 0 and not any(True for _ in binary_modules(module)):
-        kinds = ", ".join(t.__name__ for t in layer_types)
-        raise ValueError(f"{type(module).__name__} has no layer to binarize (looked for {kinds})")
+    if not todo and not any(True for _ in binary_modules(module)):
+        raise ValueError(f"{type(module).__name__} has no layer to binarize (looked for {layer_type_names(layer_types)})")
     return module
 
 
@@ -182,14 +186,14 @@ def binary_modules(module: nn.Module) -> Iterator[tuple[str, nn.Module, nn.Param
 
 
 def hidden_weights(module: nn.Module) -> list[nn.Parameter]:
-    """The hidden weights of every binary synapse in ``module``.
+    """The hidden weights of every binary synapse in ``module``, each once (layers with tied weights share one).
 
     Example:
         >>> net = binarize(torch.nn.Sequential(torch.nn.Linear(4, 3)))
         >>> [tuple(w.shape) for w in hidden_weights(net)]
         [(3, 4)]
     """
-    return [weight for _, _, weight in binary_modules(module)]
+    return each_once(weight for _, _, weight in binary_modules(module))  # type: ignore[return-value]
 
 
 def weight_matrices(model: nn.Module) -> list[tuple[str, torch.Tensor]]:

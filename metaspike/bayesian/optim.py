@@ -65,9 +65,14 @@ class _DataGatedOptimizer(Optimizer):
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a param group; its hyperparameters are validated first."""
+        """Add a param group; its hyperparameters are validated first, and no tensor may be listed twice (a
+        tied weight would be updated twice a step)."""
         check_hyperparameters(self.rule, {**self.defaults, **param_group})
-        super().add_param_group(param_group)
+        params = _group_params(param_group)
+        if len({id(p) for p in params}) < len(params):
+            raise ValueError("params lists a tensor more than once (tied weights?); list each tensor once, as "
+                             "bimu_parameters and mesu_param_groups do")
+        super().add_param_group({**param_group, "params": params})
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -102,6 +107,15 @@ class MESU(_DataGatedOptimizer):
 
     Published settings: the 200-task run of the paper uses ``sigma_prior=1, N=300_000``; the authors'
     JAX version ``sigma_prior=0.2, N=1e5, lr_mu=lr_sigma=1``.
+
+    The width's sign does not matter (a weight is ``N(μ, σ²)``, and the rule maps ``−σ`` as it maps ``σ``), but a
+    step with a large gradient can carry ``σ`` across zero, where its learning rate ``σ²`` vanishes and the
+    weight stops learning. ``clamp_grad = c > 0`` bounds ``σ²|∂L/∂σ|`` by ``c·σ``, so a step changes ``σ`` by at
+    most ``η_σ·c/2`` of itself (plus the small prior term): with ``η_σ·c < 2`` it keeps its sign. The long-stream
+    settings use ``c = 0.36``; with ``clamp_grad = 0`` watch ``σ`` when the loss is large.
+
+    A learning-rate scheduler of torch adjusts a group's ``"lr"``, which MESU does not have (it has ``lr_mu`` and
+    ``lr_sigma``): change those in ``optimizer.param_groups`` directly.
 
     Args:
         params: ``μ, σ`` pairs as above, or param groups of them.

@@ -43,6 +43,14 @@ from metaspike.bayesian.counter_noise import counter_normal, counter_uniform, dr
 from metaspike.checks import finite_number, is_whole
 from metaspike.compiled import LazyCompiled
 from metaspike.gain import attach_output_gain, check_scale, output_gain
+from metaspike.layer_selection import (
+    DEFAULT_LAYER_TYPES,
+    SynapseParametrization,
+    each_once,
+    layer_type_names,
+    select_layers,
+    synapse_parametrization,
+)
 
 __all__ = [
     "GaussianWeight",
@@ -61,7 +69,6 @@ __all__ = [
 
 KINDS = ("bimu", "mesu")
 EVALUATIONS = ("mode", "sample")
-_DEFAULT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
@@ -165,7 +172,7 @@ class _GaussianSample(torch.autograd.Function):
         return grad_mu.view(ctx.mu_shape), grad_sigma.view(ctx.mu_shape), None, None
 
 
-class GaussianWeight(nn.Module):
+class GaussianWeight(SynapseParametrization):
     """Parametrization of a MESU synapse: the weight parameter is the mean ``μ``, ``sigma`` the width.
 
     ``sigma`` starts at ``sigma_init`` everywhere (the MESU paper starts ``σ`` at the scale of the
@@ -306,7 +313,7 @@ def _integer_power(inv_tau: float) -> int:
     return k if k in _RELAXED_SAMPLES and k > 0 and abs(inv_tau - k) < 1e-9 else 0
 
 
-class BinaryWeight(nn.Module):
+class BinaryWeight(SynapseParametrization):
     """Parametrization of a BiMU synapse: the weight parameter is the latent ``λ`` of a ±1 weight.
 
     The weight is ``+1`` with probability ``sigmoid(2λ)`` (mean ``tanh λ``). Training mode shows the
@@ -395,9 +402,8 @@ _Parametrization = GaussianWeight | BinaryWeight
 
 
 def _parametrization(layer: nn.Module) -> _Parametrization | None:
-    if not parametrize.is_parametrized(layer, "weight"):
-        return None
-    return next((p for p in layer.parametrizations.weight if isinstance(p, (GaussianWeight, BinaryWeight))), None)
+    synapse = synapse_parametrization(layer)
+    return synapse if isinstance(synapse, (GaussianWeight, BinaryWeight)) else None
 
 
 def _gain_scale(kind: str, scale: str | None) -> str | None:
@@ -411,6 +417,37 @@ def _gain_scale(kind: str, scale: str | None) -> str | None:
         raise ValueError(f"scale must be 'auto', 'channel', 'layer' or None, got {scale!r}") from None
 
 
+def _check_settings(kind: str, scale: str | None, sigma_init: float, lambda_init: float | None, temperature: float,
+                    evaluation: str) -> str | None:
+    """Validate the settings of :func:`make_bayesian` and :func:`bayesianize` (of both kinds, whichever is asked
+    for) before anything changes; return the gain kind ``scale`` asks for."""
+    _choice("kind", kind, KINDS)
+    finite_number("sigma_init", sigma_init, positive=True)
+    if lambda_init is not None:
+        finite_number("lambda_init", lambda_init, positive=False)
+    finite_number("temperature", temperature, positive=True)
+    _choice("evaluation", evaluation, EVALUATIONS)
+    return _gain_scale(kind, scale)
+
+
+def _new_synapse(kind: str, weight: nn.Parameter, sigma_init: float, lambda_init: float | None, temperature: float,
+                 evaluation: str) -> _Parametrization:
+    """The parametrization that makes ``weight`` a synapse of ``kind`` (BiMU: ``λ`` drawn anew unless
+    ``lambda_init`` is ``None``)."""
+    if kind == "mesu":
+        return GaussianWeight(weight, sigma_init, evaluation)
+    if lambda_init is not None:
+        with torch.no_grad():
+            weight.normal_(0.0, lambda_init)
+    return BinaryWeight(temperature, evaluation)
+
+
+def _register(layer: nn.Module, synapse: _Parametrization) -> None:
+    # unsafe: skip torch's trial call of the parametrization (a sample has the weight's shape and dtype by
+    # construction), which would draw random numbers and compile the sample loop for every layer built
+    parametrize.register_parametrization(layer, "weight", synapse, unsafe=True)
+
+
 def make_bayesian(
     layer: nn.Module,
     kind: str = "bimu",
@@ -421,38 +458,38 @@ def make_bayesian(
     evaluation: str = "mode",
     scale: str | None = "auto",
 ) -> nn.Module:
-    """Turn the ``weight`` of one layer into a Bayesian synapse, in place (see :func:`bayesianize`).
+    """Turn the ``weight`` of one layer into a Bayesian synapse, in place (see :func:`bayesianize`). The settings
+    are checked first: a call that fails leaves the layer as it was.
 
     Example:
         >>> layer = make_bayesian(torch.nn.Linear(3, 2), "mesu")
         >>> layer.parametrizations.weight[0].sigma.shape
         torch.Size([2, 3])
     """
-    _choice("kind", kind, KINDS)
-    scale = _gain_scale(kind, scale)
+    scale = _check_settings(kind, scale, sigma_init, lambda_init, temperature, evaluation)
     if not isinstance(getattr(layer, "weight", None), nn.Parameter) or parametrize.is_parametrized(layer, "weight"):
         raise ValueError(f"{type(layer).__name__} has no plain weight parameter to make Bayesian")
     if scale is not None and output_gain(layer) is None:
         attach_output_gain(layer, scale)  # from the float weight, before λ replaces it
-    if kind == "mesu":
-        synapse: _Parametrization = GaussianWeight(layer.weight, sigma_init, evaluation)
-    else:
-        synapse = BinaryWeight(temperature, evaluation)
-        if lambda_init is not None:
-            with torch.no_grad():
-                layer.weight.normal_(0.0, finite_number("lambda_init", lambda_init, positive=False))
-    # unsafe: skip torch's trial call of the parametrization (a sample has the weight's shape and dtype by
-    # construction), which would draw random numbers and compile the sample loop for every layer built
-    parametrize.register_parametrization(layer, "weight", synapse, unsafe=True)
+    _register(layer, _new_synapse(kind, layer.weight, sigma_init, lambda_init, temperature, evaluation))
     return layer
+
+
+def _settings_differ(synapse: _Parametrization, temperature: float, evaluation: str) -> str | None:
+    """What a layer's existing synapse has that a new call of :func:`bayesianize` asks otherwise, or ``None``."""
+    if synapse.evaluation != evaluation:
+        return f"evaluation={synapse.evaluation!r}"
+    if isinstance(synapse, BinaryWeight) and synapse.temperature != temperature:
+        return f"temperature={synapse.temperature:g}"
+    return None
 
 
 def bayesianize(
     model: nn.Module,
     kind: str = "bimu",
     *,
-    layer_types: Sequence[type[nn.Module]] = _DEFAULT_LAYERS,
-    exclude: Sequence[str] = (),
+    layer_types: type[nn.Module] | Sequence[type[nn.Module]] = DEFAULT_LAYER_TYPES,
+    exclude: str | Sequence[str] = (),
     sigma_init: float = 0.1,
     lambda_init: float | None = 0.1,
     temperature: float = 1.0,
@@ -462,14 +499,18 @@ def bayesianize(
     """Turn the weights of ``model``'s linear/conv layers into Bayesian synapses, in place.
 
     Biases and other layers stay as they are (see :func:`plain_parameters`). Layers that already
-    are Bayesian synapses of ``kind`` are left unchanged; a selected layer whose weight carries
-    another parametrization (e.g. from :func:`metaspike.binarize`) is an error.
+    are Bayesian synapses of ``kind`` with the same ``temperature`` and ``evaluation`` are left unchanged (other
+    settings of theirs are an error); a selected layer whose weight carries another parametrization (e.g. from
+    :func:`metaspike.binarize`) is an error. Everything is checked before the model changes, so a call that fails
+    leaves it as it was. Layers that share one weight (tied weights) share one synapse: one ``λ``, or one
+    ``μ`` and one ``σ``, each listed once by :func:`bimu_parameters` and :func:`mesu_param_groups`.
 
     Args:
         model: the model to change (plain torch, snnTorch, Norse, ...).
         kind: ``"bimu"`` (binary weights) or ``"mesu"`` (Gaussian weights).
-        layer_types: which layer classes get Bayesian weights.
-        exclude: qualified names of layers to leave as they are.
+        layer_types: which layer classes get Bayesian weights (a class or a sequence of classes).
+        exclude: qualified names of layers or blocks to leave as they are (a block's name excludes every layer
+            inside it).
         sigma_init: MESU: initial width ``σ`` (``μ`` is the layer's current weight).
         lambda_init: BiMU: ``λ`` starts small and random, ``N(0, lambda_init²)`` (the authors start
             ``λ`` small and random); ``None`` keeps the layer's current weights as ``λ``.
@@ -486,28 +527,31 @@ def bayesianize(
         >>> net[0].output_gain.alpha.shape  # the BiMU default: one learned gain per output
         torch.Size([3])
     """
-    _choice("kind", kind, KINDS)
-    _gain_scale(kind, scale)
-    names = {name for name, _ in model.named_modules()}
-    unknown = sorted(set(exclude) - names)
-    if unknown:
-        raise ValueError(f"exclude names layers that do not exist: {unknown}")
-    for name, layer in list(model.named_modules()):
-        if not isinstance(layer, tuple(layer_types)) or name in exclude:
-            continue
-        synapse = _parametrization(layer)
-        if synapse is not None and synapse.kind == kind:
+    scale = _check_settings(kind, scale, sigma_init, lambda_init, temperature, evaluation)
+    todo = []
+    for name, layer in select_layers(model, layer_types, exclude):
+        synapse = synapse_parametrization(layer)
+        if isinstance(synapse, (GaussianWeight, BinaryWeight)) and synapse.kind == kind:
+            differs = _settings_differ(synapse, temperature, evaluation)
+            if differs is not None:
+                raise ValueError(f"layer {name!r} is already a {kind!r} synapse with {differs}; change it on "
+                                 f"layer.parametrizations.weight[0] rather than by a second bayesianize")
             continue
         if parametrize.is_parametrized(layer, "weight"):
             raise ValueError(f"layer {name!r} already has a weight parametrization; bayesianize needs plain weights")
-        if isinstance(getattr(layer, "weight", None), nn.Parameter):
-            make_bayesian(
-                layer, kind, sigma_init=sigma_init, lambda_init=lambda_init, temperature=temperature,
-                evaluation=evaluation, scale=scale,
-            )
-    if not any(found == kind for _, _, found, _ in bayesian_modules(model)):
-        kinds = ", ".join(t.__name__ for t in layer_types)
-        raise ValueError(f"{type(model).__name__} has no layer to make Bayesian (looked for {kinds})")
+        todo.append(layer)
+    if not todo and not any(found == kind for _, _, found, _ in bayesian_modules(model)):
+        raise ValueError(f"{type(model).__name__} has no layer to make Bayesian (looked for "
+                         f"{layer_type_names(layer_types)})")
+    for layer in todo:  # everything checked: now change the model; the gains first, from the float weights
+        if scale is not None and output_gain(layer) is None:
+            attach_output_gain(layer, scale)
+    shared: dict[int, _Parametrization] = {}  # tied layers (one weight parameter) get one synapse
+    for layer in todo:
+        weight = layer.weight
+        if id(weight) not in shared:
+            shared[id(weight)] = _new_synapse(kind, weight, sigma_init, lambda_init, temperature, evaluation)
+        _register(layer, shared[id(weight)])
     return model
 
 
@@ -542,7 +586,7 @@ def mesu_param_groups(model: nn.Module) -> list[dict[str, Any]]:
         >>> [tuple(p.shape) for p in mesu_param_groups(net)[0]["params"]]
         [(3, 4), (3, 4)]
     """
-    params = [t for _, _, kind, tensors in bayesian_modules(model) if kind == "mesu" for t in tensors]
+    params = each_once(t for _, _, kind, tensors in bayesian_modules(model) if kind == "mesu" for t in tensors)
     if not params:
         raise ValueError(f"{type(model).__name__} has no MESU synapses; call bayesianize(model, 'mesu') first")
     return [{"params": params}]
@@ -556,7 +600,7 @@ def bimu_parameters(model: nn.Module) -> list[nn.Parameter]:
         >>> [tuple(p.shape) for p in bimu_parameters(net)]
         [(3, 4)]
     """
-    params = [t for _, _, kind, tensors in bayesian_modules(model) if kind == "bimu" for t in tensors]
+    params = each_once(t for _, _, kind, tensors in bayesian_modules(model) if kind == "bimu" for t in tensors)
     if not params:
         raise ValueError(f"{type(model).__name__} has no BiMU synapses; call bayesianize(model, 'bimu') first")
     return params
@@ -625,11 +669,14 @@ def sampled_product(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
     """
     if not is_whole(samples, 1):
         raise ValueError(f"samples must be an int >= 1, got {samples!r}")
+    if not isinstance(x, Tensor):
+        raise ValueError(f"x must be a tensor, got {type(x).__name__}")
     if isinstance(layer, nn.Linear):
+        if x.dim() not in (2, 3) or x.shape[-1] != layer.in_features or (x.dim() == 3 and x.shape[0] != samples):
+            raise ValueError(f"x must have shape (B, in={layer.in_features}) or (samples={samples}, B, "
+                             f"in={layer.in_features}), got {tuple(x.shape)}")
         if x.dim() == 2:
             x = x.expand(samples, *x.shape)
-        elif x.dim() != 3 or x.shape[0] != samples:
-            raise ValueError(f"x must have shape (B, in) or (samples={samples}, B, in), got {tuple(x.shape)}")
         synapse = _parametrization(layer)
         if synapse is not None and synapse.training and x.shape[1] == 1 and torch.is_grad_enabled():
             tensors = _synapse_tensors(layer, synapse)
@@ -637,9 +684,9 @@ def sampled_product(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
         else:
             out = _samples_times_inputs(sample_weights(layer, samples), x)
         return out if layer.bias is None else out + layer.bias
-    weights = sample_weights(layer, samples)
     if isinstance(layer, nn.Conv2d):
-        return _sampled_conv2d(layer, x, weights, samples)
+        grouped = _grouped_conv_input(layer, x, samples)  # checked before any sample is drawn
+        return _sampled_conv2d(layer, grouped, sample_weights(layer, samples), samples)
     raise ValueError(f"layer must be an nn.Linear or nn.Conv2d, got {type(layer).__name__}")
 
 
@@ -651,14 +698,19 @@ def _samples_times_inputs(weights: Tensor, x: Tensor) -> Tensor:
     return torch.bmm(weights, x.transpose(1, 2)).transpose(1, 2)
 
 
+def _grouped_conv_input(layer: nn.Conv2d, x: Tensor, samples: int) -> Tensor:
+    """The input of :func:`_sampled_conv2d`, ``(B, S·C, H, W)``, from a shared ``(B, C, H, W)`` or a per-sample
+    ``(S, B, C, H, W)`` input."""
+    channels = layer.in_channels
+    if x.dim() not in (4, 5) or x.shape[-3] != channels or (x.dim() == 5 and x.shape[0] != samples):
+        raise ValueError(f"x must have shape (B, C={channels}, H, W) or (samples={samples}, B, C={channels}, H, W), "
+                         f"got {tuple(x.shape)}")
+    return x.repeat(1, samples, 1, 1) if x.dim() == 4 else x.transpose(0, 1).flatten(1, 2)
+
+
 def _sampled_conv2d(layer: nn.Conv2d, x: Tensor, weights: Tensor, samples: int) -> Tensor:
-    # the S samples become S·groups groups of one convolution: input channels (B, S·C, H, W)
-    if x.dim() == 4:
-        x = x.repeat(1, samples, 1, 1)
-    elif x.dim() == 5 and x.shape[0] == samples:
-        x = x.transpose(0, 1).flatten(1, 2)
-    else:
-        raise ValueError(f"x must have shape (B, C, H, W) or (samples={samples}, B, C, H, W), got {tuple(x.shape)}")
+    """The ``S`` weight samples of a conv layer as ``S·groups`` groups of one convolution of the grouped input
+    ``x`` (:func:`_grouped_conv_input`)."""
     padding: Any = layer.padding
     if layer.padding_mode != "zeros":
         x = F.pad(x, layer._reversed_padding_repeated_twice, mode=layer.padding_mode)

@@ -1,0 +1,132 @@
+"""Which layers of a model get synapses: the one selection that :func:`metaspike.binarize` and
+:func:`metaspike.bayesianize` share, and the base class that marks a weight parametrization as a synapse.
+
+* :func:`select_layers` picks the layers of the requested types outside the excluded names, and checks the
+  whole request before either function changes anything, so a call that fails leaves the model as it was.
+* :class:`SynapseParametrization` is the base of the parametrizations that turn a layer's weight into a
+  synapse (the sign of :func:`metaspike.binarize`, the Gaussian and binary weights of
+  :func:`metaspike.bayesianize`); :func:`synapse_parametrization` finds it on a layer, so that one kind of
+  synapse is never stacked on another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import ClassVar
+
+from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
+from torch.nn.utils import parametrize
+
+__all__ = ["DEFAULT_LAYER_TYPES", "SynapseParametrization", "synapse_parametrization", "select_layers",
+           "layer_type_names", "each_once"]
+
+#: The layer classes that get synapses unless a call names others.
+DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class SynapseParametrization(nn.Module):
+    """A parametrization of a layer's ``weight`` that makes it a synapse of kind ``kind`` (``"sign"``, ``"mesu"``,
+    ``"bimu"``): the layer's weight parameter becomes the synapse's state.
+
+    Example:
+        >>> class Halved(SynapseParametrization):
+        ...     kind = "halved"
+        ...     def forward(self, weight): return weight / 2
+        >>> Halved().kind
+        'halved'
+    """
+
+    kind: ClassVar[str]
+
+
+def synapse_parametrization(layer: nn.Module) -> SynapseParametrization | None:
+    """The synapse parametrization on ``layer``'s weight, or ``None``.
+
+    Example:
+        >>> synapse_parametrization(nn.Linear(2, 2)) is None
+        True
+    """
+    if not parametrize.is_parametrized(layer, "weight"):
+        return None
+    return next((p for p in layer.parametrizations.weight if isinstance(p, SynapseParametrization)), None)
+
+
+def _layer_types(layer_types: type[nn.Module] | Sequence[type[nn.Module]]) -> tuple[type[nn.Module], ...]:
+    types = (layer_types,) if isinstance(layer_types, type) else layer_types
+    if (isinstance(types, str) or not isinstance(types, Sequence) or not types
+            or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in types)):
+        raise ValueError(f"layer_types must be an nn.Module class or a sequence of them, got {layer_types!r}")
+    return tuple(types)
+
+
+def layer_type_names(layer_types: type[nn.Module] | Sequence[type[nn.Module]]) -> str:
+    """The class names of ``layer_types`` (for messages), after checking them as :func:`select_layers` does.
+
+    Example:
+        >>> layer_type_names([nn.Linear, nn.Conv2d])
+        'Linear, Conv2d'
+    """
+    return ", ".join(t.__name__ for t in _layer_types(layer_types))
+
+
+def _excluded_names(model: nn.Module, exclude: str | Sequence[str]) -> tuple[str, ...]:
+    names = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+    if not all(isinstance(name, str) for name in names):
+        raise ValueError(f"exclude must be a layer name or a sequence of names, got {exclude!r}")
+    unknown = sorted(set(names) - {name for name, _ in model.named_modules()})
+    if unknown:
+        raise ValueError(f"exclude names layers that do not exist: {unknown}")
+    return names
+
+
+def _is_excluded(name: str, excluded: tuple[str, ...]) -> bool:
+    """Whether ``name`` is an excluded module or lies inside one (``""``, the model itself, excludes all)."""
+    return any(name == other or other == "" or name.startswith(other + ".") for other in excluded)
+
+
+def select_layers(
+    model: nn.Module,
+    layer_types: type[nn.Module] | Sequence[type[nn.Module]] = DEFAULT_LAYER_TYPES,
+    exclude: str | Sequence[str] = (),
+) -> list[tuple[str, nn.Module]]:
+    """``(name, layer)`` for each layer of ``model`` that is an instance of ``layer_types``, has a weight, and is
+    neither named in ``exclude`` nor inside a module named there (excluding a block excludes its layers).
+
+    ``layer_types`` is a class or a sequence of classes; ``exclude`` one name or a sequence of names, each of
+    which must exist. A selected layer whose weight is still lazy (``nn.LazyLinear`` before its first forward
+    pass) is an error.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 4), nn.ReLU()), nn.Linear(4, 2))
+        >>> [name for name, _ in select_layers(net, nn.Linear, exclude="1")]
+        ['0', '2']
+    """
+    types = _layer_types(layer_types)
+    excluded = _excluded_names(model, exclude)
+    selected = []
+    for name, layer in model.named_modules():
+        if not isinstance(layer, types) or _is_excluded(name, excluded):
+            continue
+        if parametrize.is_parametrized(layer, "weight"):
+            selected.append((name, layer))
+            continue
+        weight = getattr(layer, "weight", None)
+        if is_lazy(weight):
+            raise ValueError(f"layer {name!r} has a lazy weight ({type(layer).__name__}): run one forward pass first")
+        if isinstance(weight, nn.Parameter):
+            selected.append((name, layer))
+    return selected
+
+
+def each_once(tensors: Iterable[Tensor]) -> list[Tensor]:
+    """``tensors`` in order, each once: layers with tied weights share their synapse's tensors, which an optimizer
+    must see once.
+
+    Example:
+        >>> import torch
+        >>> w = nn.Parameter(torch.zeros(2))
+        >>> len(each_once([w, w]))
+        1
+    """
+    return list({id(t): t for t in tensors}.values())

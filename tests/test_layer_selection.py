@@ -1,0 +1,139 @@
+"""Which layers binarize and bayesianize change, and that a call that fails changes nothing."""
+
+import pytest
+import torch
+from torch import nn
+
+from metaspike import bayesianize, binarize
+from metaspike.bayesian import BiMU, bayesian_modules, bimu_parameters, mesu_param_groups, sampled_product
+from metaspike.layer_selection import select_layers, synapse_parametrization
+from metaspike.synapse import binary_modules
+
+
+def _blocks() -> nn.Sequential:
+    return nn.Sequential(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4)), nn.Linear(4, 2))
+
+
+def _snapshot(model: nn.Module) -> tuple[list[str], list[torch.Tensor], int]:
+    """Parameter names, their values and the number of forward hooks: what a failed call must leave alone."""
+    hooks = sum(len(m._forward_hooks) for m in model.modules())
+    return [n for n, _ in model.named_parameters()], [p.detach().clone() for p in model.parameters()], hooks
+
+
+def _unchanged(model: nn.Module, before: tuple[list[str], list[torch.Tensor], int]) -> bool:
+    names, values, hooks = _snapshot(model)
+    return names == before[0] and hooks == before[2] and all(torch.equal(a, b) for a, b in zip(values, before[1]))
+
+
+@pytest.mark.parametrize("convert", [binarize, lambda m, **kw: bayesianize(m, "bimu", **kw),
+                                     lambda m, **kw: bayesianize(m, "mesu", **kw)])
+def test_excluding_a_block_excludes_its_layers_and_a_string_is_one_name(convert):
+    net = convert(_blocks(), exclude="0")
+    changed = [n for n, _, _ in binary_modules(net)] + [n for n, *_ in bayesian_modules(net)]
+    assert changed == ["1"]
+    net = convert(_blocks(), exclude="0.2", layer_types=nn.Linear)  # one class is accepted as well
+    changed = [n for n, _, _ in binary_modules(net)] + [n for n, *_ in bayesian_modules(net)]
+    assert changed == ["0.0", "1"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(exclude=["7"]), "exclude names layers that do not exist"),
+    (dict(exclude=[0]), "exclude must be a layer name or a sequence of names"),
+    (dict(layer_types="Linear"), "layer_types must be an nn.Module class"),
+    (dict(layer_types=[int]), "layer_types must be an nn.Module class"),
+])
+def test_bad_selections_name_the_argument(bad, message):
+    with pytest.raises(ValueError, match=message):
+        select_layers(_blocks(), **bad)
+
+
+def test_a_lazy_layer_asks_for_a_forward_pass_first():
+    net = nn.Sequential(nn.LazyLinear(3))
+    for convert in (binarize, bayesianize):
+        with pytest.raises(ValueError, match="lazy weight .* run one forward pass first"):
+            convert(net)
+
+
+@pytest.mark.parametrize("bad", [dict(temperature=0), dict(lambda_init=-1), dict(sigma_init=-1),
+                                 dict(evaluation="mean"), dict(scale="kernel")])
+def test_a_bayesianize_with_a_bad_setting_leaves_the_model_as_it_was(bad):
+    net = _blocks()
+    before = _snapshot(net)
+    with pytest.raises(ValueError):
+        bayesianize(net, "bimu", **bad)
+    assert _unchanged(net, before)
+
+
+def test_a_bayesianize_that_meets_a_binarized_layer_late_changes_nothing():
+    net = binarize(_blocks(), exclude=["0"])  # only the last layer is binary
+    before = _snapshot(net)
+    with pytest.raises(ValueError, match="layer '1' already has a weight parametrization"):
+        bayesianize(net, "mesu")
+    assert _unchanged(net, before)
+
+
+@pytest.mark.parametrize("kind", ["bimu", "mesu"])
+def test_binarize_refuses_bayesian_synapses(kind):
+    net = bayesianize(_blocks(), kind)
+    before = _snapshot(net)
+    with pytest.raises(ValueError, match=f"layer '0.0' is already a '{kind}' synapse"):
+        binarize(net)
+    assert _unchanged(net, before)
+    assert synapse_parametrization(net[1]).kind == kind
+
+
+def test_a_second_bayesianize_is_a_no_op_only_with_the_same_settings():
+    net = bayesianize(_blocks(), "bimu", temperature=0.5)
+    before = _snapshot(net)
+    bayesianize(net, "bimu", temperature=0.5)
+    assert _unchanged(net, before)
+    with pytest.raises(ValueError, match="layer '0.0' is already a 'bimu' synapse with temperature=0.5"):
+        bayesianize(net, "bimu")
+    with pytest.raises(ValueError, match="evaluation='mode'"):
+        bayesianize(net, "bimu", temperature=0.5, evaluation="sample")
+
+
+class _Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 6, bias=False), nn.Linear(6, 6, bias=False)
+        self.b.weight = self.a.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_tied_weights_share_one_synapse_listed_once():
+    net = bayesianize(_Tied(), "mesu")
+    assert synapse_parametrization(net.a) is synapse_parametrization(net.b)  # one σ for the one μ
+    assert [p.shape for p in mesu_param_groups(net)[0]["params"]] == [(6, 6), (6, 6)]
+    net = bayesianize(_Tied(), "bimu", scale=None)
+    (lam,) = bimu_parameters(net)
+    assert net.b.parametrizations.weight.original is lam
+
+
+def test_the_bayesian_optimizers_refuse_a_tensor_listed_twice():
+    lam = nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match="params lists a tensor more than once"):
+        BiMU([lam, lam])
+
+
+def test_sampled_product_checks_its_input_before_drawing():
+    linear = bayesianize(nn.Sequential(nn.Linear(5, 3)), "mesu")[0]
+    conv = bayesianize(nn.Sequential(nn.Conv2d(2, 4, 3)), "mesu")[0]
+    wrong_features, wrong_channels = torch.zeros(7, 6), torch.zeros(3, 3, 6, 6)
+    state = torch.get_rng_state()
+    with pytest.raises(ValueError, match=r"x must have shape \(B, in=5\)"):
+        sampled_product(linear, wrong_features, 4)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, C=2, H, W\)"):
+        sampled_product(conv, wrong_channels, 4)
+    with pytest.raises(ValueError, match="x must be a tensor, got list"):
+        sampled_product(linear, [[0.0] * 5], 4)
+    assert torch.equal(torch.get_rng_state(), state)  # no weight sample was drawn for a refused call
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+def test_a_layer_without_inputs_gets_a_finite_gain():
+    layer = bayesianize(nn.Sequential(nn.Linear(0, 3)), "bimu")[0]
+    assert torch.isfinite(layer.output_gain.alpha).all()
+    assert torch.equal(layer.eval()(torch.zeros(2, 0)), layer.bias.expand(2, 3))
