@@ -228,3 +228,47 @@ def test_resume_removes_the_temporary_files_a_kill_left_behind(tmp_path):
     _metaspike("train", "--resume", str(run), "--quiet")
     assert not list(run.glob(".*.tmp"))
     assert json.loads((run / "metrics.json").read_text())["complete"] is True
+
+
+def _interrupted_run(root: Path, **settings) -> Path:
+    """A run stopped after its first checkpoint, in this process (a small digits stream)."""
+    from metaspike.app.runs import _trainer
+    from metaspike.app.runs import make_run_scenario as _scenario
+    from metaspike.continual import RunDirectory
+
+    config = RunConfig(**{**dict(datasets=("digits",), tasks=2, epochs=2, hidden=(16,), meta=(5.0,)), **settings})
+    directory = RunDirectory.create(root, config.name, config.to_dict())
+    scenario = _scenario(config)
+
+    class StopAtFirstCheckpoint(RunDirectory):
+        def checkpoint(self, state):
+            super().checkpoint(state)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _trainer(config, scenario, progress=False).fit(scenario, log=StopAtFirstCheckpoint(directory.path))
+    return directory.path
+
+
+@pytest.mark.parametrize("field, value", [("seed", 2), ("hidden", [24]), ("model", "bnn-layernorm")])
+def test_resume_refuses_a_config_edited_after_the_run_started(tmp_path, capsys, field, value):
+    run = _interrupted_run(tmp_path)
+    record = json.loads((run / "config.json").read_text())
+    record[field] = value  # valid, but not what the checkpoint was trained under: it would mix two runs
+    (run / "config.json").write_text(json.dumps(record))
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was written under another config.json" in err, err
+
+
+def test_resume_refuses_a_checkpoint_that_does_not_fit_the_model_in_one_line(tmp_path, capsys):
+    from metaspike.continual.results import CHECKSUM_KEY, CONFIG_KEY, tensor_checksum
+
+    run = _interrupted_run(tmp_path / "a")
+    other = _interrupted_run(tmp_path / "b", hidden=(24,))
+    state = load_checkpoint(other / "checkpoint.pt")  # as an older checkpoint, without the config's digest
+    torch.save({**state, CHECKSUM_KEY: tensor_checksum(state)}, run / "checkpoint.pt")
+    assert CONFIG_KEY not in torch.load(run / "checkpoint.pt", weights_only=True)
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the checkpoint's model does not fit this run's model" in err, err

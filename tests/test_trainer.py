@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bnn import MLP
-from metaspike.continual import ContinualTrainer, TrainerConfig, batchnorm_state, permuted
+from metaspike.continual import ContinualTrainer, TrainerConfig, batchnorm_state, permuted, stream
 from metaspike.data import load_dataset
 from metaspike.optim import MetaplasticAdam
 
@@ -99,3 +99,12 @@ def test_a_scenario_without_tasks_is_refused():
                                TrainerConfig(epochs=1), progress=False)
     with pytest.raises(ValueError, match="scenario 'empty' has no task to train"):
         trainer.fit(Scenario("empty", (), (), {}))
+
+
+def test_a_stream_trains_every_subset_and_evaluates_its_one_test_set():
+    """The stream evaluates one shared test set whatever the number of subsets trained (a scenario whose
+    evaluation tasks are not its training tasks)."""
+    data = stream(load_dataset("digits"), load_dataset("digits", "test"), n_subsets=3, seed=0)
+    result = _trainer(1.0, epochs=1).fit(data)
+    assert len(result.matrix) == 3 and all(len(row) == 1 for row in result.matrix)
+    assert result.matrix[-1][0] > 50  # three subsets of digits learned one after another

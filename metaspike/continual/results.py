@@ -40,6 +40,16 @@ __all__ = [
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 CHECKSUM_KEY = "tensor_sha256"  # beside the trainer's state in a checkpoint file
+CONFIG_KEY = "config_sha256"  # the run's config.json when the run started, beside the trainer's state
+
+
+class ConfigChanged(ValueError):
+    """A checkpoint that was written under another ``config.json`` than the run directory holds now."""
+
+
+def _file_digest(path: Path) -> str | None:
+    """SHA-256 of a file's bytes, or ``None`` where there is no file."""
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def _json_ready(value: Any) -> Any:
@@ -129,12 +139,13 @@ class RunDirectory:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.config_digest = _file_digest(path / "config.json")  # what this process runs under, for checkpoints
 
     @classmethod
     def create(cls, root: str | os.PathLike, name: str, config: dict[str, Any], scenario: dict[str, Any] | None = None) -> "RunDirectory":
         """Make a new run directory under ``root`` and write its config (and scenario definition)."""
         run = cls(unique_directory(root, name))
-        run.write_json("config.json", config)
+        run.config_digest = _file_digest(run.write_json("config.json", config))
         if scenario is not None:
             run.write_json("scenario.json", scenario)
         return run
@@ -157,7 +168,8 @@ class RunDirectory:
 
         The new file is complete on disk before it replaces anything, so a kill at any moment
         leaves at least one good checkpoint. The file also holds :func:`tensor_checksum` of ``state``,
-        which :func:`load_checkpoint` verifies.
+        which :func:`load_checkpoint` verifies, and the SHA-256 of the run's ``config.json``, which
+        :func:`latest_good_checkpoint` compares with the file then in the folder.
         """
         path = self.path / CHECKPOINT
         if path.exists():  # keep the newest good one: a hard link, so CHECKPOINT stays in place meanwhile
@@ -168,7 +180,7 @@ class RunDirectory:
             except OSError:  # a file system without hard links
                 shutil.copyfile(path, previous)
         with atomic_open(path, "wb") as handle:
-            torch.save({**state, CHECKSUM_KEY: tensor_checksum(state)}, handle)
+            torch.save({**state, CHECKSUM_KEY: tensor_checksum(state), CONFIG_KEY: self.config_digest}, handle)
 
     def remove_checkpoints(self) -> None:
         """Delete the checkpoints of a finished run (its final weights are in ``model.pt``)."""
@@ -201,11 +213,13 @@ class RunDirectory:
         )
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, config_digest: str | None = None) -> dict[str, Any]:
     """Load a checkpoint file with ``torch.load(..., weights_only=True)`` and verify its tensor checksum.
 
     Raises one line of ``ValueError`` naming the file when it is missing, truncated, corrupt, or its
-    tensor data do not match the checksum stored with them.
+    tensor data do not match the checksum stored with them; with ``config_digest`` (the SHA-256 of the run's
+    ``config.json`` now), :class:`ConfigChanged` when the checkpoint was written under another one (checkpoints
+    of older versions hold none and are not checked).
 
     Example:
         >>> state = load_checkpoint("runs/permuted-mnist5k-meta10-seed1/checkpoint.pt")  # doctest: +SKIP
@@ -220,10 +234,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict) or "position" not in state:
         raise ValueError(f"checkpoint {path} is not a metaspike checkpoint")
     stored = state.pop(CHECKSUM_KEY, None)
+    written_under = state.pop(CONFIG_KEY, None)
     if stored is None:
         raise ValueError(f"checkpoint {path} has no checksum of its tensor data (written by an older metaspike?)")
     if stored != tensor_checksum(state):
         raise ValueError(f"checkpoint {path} is damaged: its tensor data do not match their checksum")
+    if config_digest is not None and written_under is not None and written_under != config_digest:
+        raise ConfigChanged(f"checkpoint {path} was written under another config.json than {path.parent} holds now "
+                            "(the file was edited, or the checkpoint comes from another run): restore the file, or "
+                            "start a new run")
     return state
 
 
@@ -235,10 +254,13 @@ def latest_good_checkpoint(run_dir: str | os.PathLike) -> tuple[dict[str, Any], 
     """
     run_dir = Path(run_dir)
     warnings: list[str] = []
+    config_digest = _file_digest(run_dir / "config.json")
     for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
         if (run_dir / name).exists():
             try:
-                return load_checkpoint(run_dir / name), warnings
+                return load_checkpoint(run_dir / name, config_digest), warnings
+            except ConfigChanged:
+                raise  # not damage: an older checkpoint of the same run would not fit either
             except ValueError as err:
                 warnings.append(str(err))
     if warnings:

@@ -174,6 +174,16 @@ class _Progress:
             self.bar.close()
 
 
+def _load_part(what: str, owner: Any, state: Any) -> None:
+    """``owner.load_state_dict(state)`` with torch's multi-line mismatch report folded into one line."""
+    try:
+        owner.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
+        report = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+        report = report if len(report) <= 300 else report[:297] + "..."
+        raise ValueError(f"the checkpoint's {what} does not fit this run's {what}: {report}") from None
+
+
 class ContinualTrainer:
     """Train ``model`` on each task of a scenario in turn and measure every task after every epoch.
 
@@ -219,9 +229,10 @@ class ContinualTrainer:
         per_task = cfg.batchnorm == "per-task" and scenario.task_boundaries and scenario.evaluates_training_tasks
         current = batchnorm_state(self.model) if per_task and states else None
         total = len(scenario.eval_tasks)
-        budget = cfg.eval_tasks if scenario.evaluates_training_tasks else None
+        # a scenario with its own evaluation tasks (the stream's one test set) evaluates all of them every time
+        indices = evaluated_tasks(trained, total, cfg.eval_tasks) if scenario.evaluates_training_tasks else range(total)
         accuracies = [math.nan] * total
-        for j in evaluated_tasks(trained, total, budget):
+        for j in indices:
             task = scenario.eval_tasks[j]
             if current is not None:
                 load_batchnorm_state(self.model, states[j] if j < len(states) and j < trained else current)
@@ -264,7 +275,7 @@ class ContinualTrainer:
             if optimizer is None or new_task:
                 optimizer = self.make_optimizer(self.model)
                 if optimizer_state is not None and not new_task:
-                    optimizer.load_state_dict(optimizer_state)
+                    _load_part("optimizer", optimizer, optimizer_state)
                 optimizer_state = None
             due = (i + 1) % cfg.eval_every == 0 or i + 1 == count
             accuracies = self._train_task(scenario, i, epoch, optimizer, generator, states, result, start, log, due)
@@ -307,7 +318,9 @@ class ContinualTrainer:
         if not 0 <= position["task"] <= len(scenario.tasks) or not 0 <= position["epochs_done"] < self.config.epochs:
             raise ValueError(f"checkpoint position {position} does not fit this run "
                              f"({len(scenario.tasks)} tasks of {self.config.epochs} epochs)")
-        self.model.load_state_dict(state["model"])
+        if list(state["result"].get("task_names", [])) != list(scenario.eval_task_names):
+            raise ValueError("checkpoint was written for other tasks than this run's scenario has")
+        _load_part("model", self.model, state["model"])
         generator.set_state(state["generator"])
         if "torch_rng" in state:  # checkpoints written before it was kept lack it
             torch.set_rng_state(state["torch_rng"])
