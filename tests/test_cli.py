@@ -105,6 +105,8 @@ def test_plot_redraws_a_run(tmp_path, capsys):
         (["train", "--lr", "1e38"], "--lr must be in (0, 10], got 1e+38"),
         (["train", "--dataset", "digits", "--hidden", "100000", "100000", "--out", "/nonexistent-never-written"],
          "--hidden 100000 100000 needs about 188 GiB to train"),
+        (["train", "--seed", str(2**64)], "--seed must be an integer in 0..18446744073709551615"),
+        (["compare", "--meta", "0", "0"], "--meta must list distinct settings, got [[0.0], [0.0]]"),
     ],
 )
 def test_bad_input_gets_one_clear_line(args, message, capsys):
@@ -151,3 +153,20 @@ def test_a_full_disk_gives_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert err.startswith("metaspike: error: cannot read or write ") and err.endswith("No space left on device")
     assert len(err.splitlines()) == 1
+
+
+def test_a_comparison_that_fails_its_checks_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["compare", "--dataset", "digits", "--tasks", "2", "--epochs", "1", "--hidden", "8", "--meta", "0",
+                 "5,30,30", "--quiet", "--out", str(out)]) == 2
+    assert "--meta takes one value or one per layer (2 for --hidden 8), got 3" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_neuron_comparison_checks_the_models_it_compares(tmp_path, capsys):
+    """--batch-size 1 is right for the listed models (no BatchNorm); the default model of train is not compared."""
+    args = ["compare", "--neurons", "mlp", "--dataset", "digits", "--tasks", "2", "--epochs", "1", "--hidden", "8",
+            "--batch-size", "1", "--samples-per-task", "20", "--meta", "0", "--quiet", "--out", str(tmp_path)]
+    assert main(args) == 0, capsys.readouterr().err
+    assert main([*args[:2], "bnn", *args[3:]]) == 2
+    assert "--batch-size 1: model 'bnn' has BatchNorm" in capsys.readouterr().err

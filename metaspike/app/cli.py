@@ -192,6 +192,7 @@ def _compare(args: argparse.Namespace) -> None:
         if any(len(setting) != 1 for setting in settings):
             raise ValueError("--neurons compares one meta value per setting, not one per layer")
         metas = [setting[0] for setting in settings]
+        args.model = args.neurons[0]  # the base run is one of the compared models (compare has no --model)
         base = _config(args, [metas[0]], args.seeds[0])
         path, rows = compare.compare_neurons(base, args.neurons, metas, args.seeds, out=args.out, progress=not args.quiet)
     else:

@@ -204,6 +204,9 @@ def compare(base: RunConfig, metas: Sequence[float | Sequence[float]], seeds: Se
         ...                      out=__import__("tempfile").mkdtemp(), progress=False)  # doctest: +SKIP
     """
     settings = check_settings(metas, seeds)
+    for setting in settings:  # every run's settings checked before the comparison's folder is made
+        for seed in seeds:
+            replace(base, meta=setting, seed=seed)
     plan = {"kind": "meta", "base": base.to_dict(), "settings": [list(s) for s in settings], "seeds": [int(s) for s in seeds]}
     return _start(out, f"compare-{base.scenario}-{'-'.join(base.datasets)}", plan, progress)
 
@@ -226,9 +229,11 @@ def compare_neurons(base: RunConfig, neurons: Sequence[str] = DEFAULT_NEURONS, m
     """
     if not neurons:
         raise ValueError("neurons needs at least one neuron model")
-    for neuron in neurons:
-        replace(base, model=neuron)  # validates the name
-    check_settings(list(metas), seeds)
+    settings = check_settings(list(metas), seeds)
+    for neuron in neurons:  # every run's settings checked before the comparison's folder is made
+        for setting in settings:
+            for seed in seeds:
+                replace(base, model=neuron, meta=setting, seed=seed)
     plan = {"kind": "neurons", "base": base.to_dict(), "neurons": list(neurons), "metas": [float(m) for m in metas],
             "seeds": [int(s) for s in seeds]}
     return _start(out, f"compare-neurons-{base.scenario}-{'-'.join(base.datasets)}", plan, progress)

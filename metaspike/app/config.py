@@ -73,6 +73,10 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+#: The largest seed torch's generators take.
+MAX_SEED = 2**64 - 1
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything a run needs; saved as ``config.json``.
@@ -128,11 +132,12 @@ class RunConfig:
             raise ValueError(f"unknown scenario {self.scenario!r}; available: {', '.join(available_scenarios())}")
         if self.model not in available_models():
             raise ValueError(f"unknown model {self.model!r}; available: {', '.join(available_models())}")
-        for key in ("tasks", "epochs", "batch_size", "num_steps", "seed", "eval_every"):
+        for key in ("tasks", "epochs", "batch_size", "num_steps", "eval_every"):
             value = getattr(self, key)
-            low = 0 if key == "seed" else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{_flag(key)} must be an integer >= {low}, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{_flag(key)} must be an integer >= 1, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"--seed must be an integer in 0..{MAX_SEED} (torch's seeds are 64-bit), got {self.seed!r}")
         if self.batch_size == 1 and uses_batchnorm(self.model):
             raise ValueError(f"--batch-size 1: model {self.model!r} has BatchNorm, which cannot train on one sample; "
                              "use a LayerNorm model such as --model bnn-layernorm, or --batch-size >= 2")

@@ -65,6 +65,8 @@ def check_settings(metas: Sequence[float | Sequence[float]], seeds: Sequence[int
     for setting in settings:
         for m in setting:
             check_meta(m, "--meta")
+    if len(set(settings)) != len(settings):
+        raise ValueError(f"--meta must list distinct settings, got {[list(s) for s in settings]}")
     seeds = list(seeds)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds must list one or more distinct integers, got {seeds}")
