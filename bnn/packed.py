@@ -343,6 +343,25 @@ def _checked_layers(sizes: list[int], layers: list[dict]) -> list[dict]:
     ]
 
 
+def _value_problem(layer: dict, n_in: int, last: bool, first: bool) -> str | None:
+    """What is wrong with the values of a layer read from a file (``None``: nothing): what :func:`pack` can write
+    is finite floats (a variance ``>= 0``), first-layer thresholds that are numbers or ``±inf`` (a constant
+    unit), and integer thresholds in ``[-n-1, n+1]`` for ``n`` inputs."""
+    if last:
+        for key in ("gain", "mean", "var", "gamma", "beta"):
+            if not bool(torch.isfinite(layer[key]).all()):
+                return f"{key!r} holds NaN or infinite values"
+        if bool((layer["var"] < 0).any()):
+            return "'var' holds negative variances"
+        return None
+    threshold = layer["threshold"]
+    if first and bool(threshold.isnan().any()):
+        return "'threshold' holds NaN"
+    if not first and bool(((threshold < -n_in - 1) | (threshold > n_in + 1)).any()):
+        return f"'threshold' holds values outside [-{n_in + 1}, {n_in + 1}] (the layer has {n_in} inputs)"
+    return None
+
+
 def _check_file(data: object, path: str | os.PathLike) -> tuple[list[int], list[dict]]:
     """Validate what :meth:`PackedMLP.save` wrote; return ``(sizes, layers)`` with contiguous CPU tensors.
 
@@ -377,8 +396,8 @@ def _check_file(data: object, path: str | os.PathLike) -> tuple[list[int], list[
         keys = set(expected) | ({"eps"} if last else set())
         if set(layer) != keys:
             raise bad(f"layer {i} has entries {sorted(map(str, layer))}, expected {sorted(keys)}")
-        if last and not (type(layer["eps"]) is float and layer["eps"] > 0):
-            raise bad(f"layer {i} 'eps' is {layer['eps']!r}, expected a float > 0")
+        if last and not (type(layer["eps"]) is float and math.isfinite(layer["eps"]) and layer["eps"] > 0):
+            raise bad(f"layer {i} 'eps' is {layer['eps']!r}, expected a finite float > 0")
         for key, (shape, dtype) in expected.items():
             try:
                 layer[key] = native.check_tensor(f"layer {i}", repr(key), layer[key], shape, dtype)
@@ -391,6 +410,10 @@ def _check_file(data: object, path: str | os.PathLike) -> tuple[list[int], list[
             layer["weight"] = layer["weight"].t().contiguous()
     if version < 5:
         layers[-1]["gain"] = torch.ones(sizes[-1])
+    for i, layer in enumerate(layers):
+        problem = _value_problem(layer, sizes[i], last=i == len(layers) - 1, first=i == 0)
+        if problem is not None:
+            raise bad(f"layer {i} {problem}")
     return sizes, layers
 
 

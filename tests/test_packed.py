@@ -1,7 +1,6 @@
 """bnn.pack: bit-packed inference predicts exactly as the float model."""
 
 import copy
-import io
 import os
 import subprocess
 import warnings
@@ -292,9 +291,17 @@ def _set(layer: int, key: str, value):
     (lambda data: data.update(extra=1), r"it has entries \['extra', 'format'"),
     (lambda data: data["sizes"].__setitem__(1, 2**40), r"layer 0 'weight' is \(98, 128\) torch.uint8, expected \(98, 1099511627776\)"),
     (lambda data: data["sizes"].__setitem__(1, True), r"sizes \[784, True, 64, 10\] are not a list"),
-    (_set(2, "eps", float("nan")), r"layer 2 'eps' is nan, expected a float > 0"),
+    (_set(2, "eps", float("nan")), r"layer 2 'eps' is nan, expected a finite float > 0"),
+    (_set(2, "eps", float("inf")), r"layer 2 'eps' is inf, expected a finite float > 0"),
+    (_set(0, "threshold", lambda t: t.index_fill(0, torch.tensor([3]), float("nan"))), r"layer 0 'threshold' holds NaN"),
+    (_set(1, "threshold", lambda t: t.index_fill(0, torch.tensor([3]), 2**62)),
+     r"layer 1 'threshold' holds values outside \[-129, 129\] \(the layer has 128 inputs\)"),
+    (_set(2, "var", lambda v: v.index_fill(0, torch.tensor([3]), -1.0)), r"layer 2 'var' holds negative variances"),
+    (_set(2, "gain", lambda g: g.index_fill(0, torch.tensor([3]), float("inf"))),
+     r"layer 2 'gain' holds NaN or infinite values"),
 ], ids=["short-weight", "short-threshold", "float32-threshold", "uint8-flip", "sparse-threshold", "not-a-tensor",
-        "extra-layer-key", "extra-file-key", "huge-size", "bool-size", "nan-eps"])
+        "extra-layer-key", "extra-file-key", "huge-size", "bool-size", "nan-eps", "inf-eps", "nan-threshold",
+        "huge-threshold", "negative-var", "inf-gain"])
 def test_hostile_files_are_refused_with_one_line_naming_the_file(trained, tmp_path, change, error):
     path = _hostile_file(trained, tmp_path, change)
     with pytest.raises(ValueError, match=f"^{path} is not a valid packed BNN file: {error}") as caught:
