@@ -170,3 +170,24 @@ def test_a_neuron_comparison_checks_the_models_it_compares(tmp_path, capsys):
     assert main(args) == 0, capsys.readouterr().err
     assert main([*args[:2], "bnn", *args[3:]]) == 2
     assert "--batch-size 1: model 'bnn' has BatchNorm" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("seeds", "31", "'seeds' must be a list of integers, got '31'"),
+    ("kind", "zzz", "'kind' must be one of ['meta', 'neurons']"),
+    ("settings", [["x"]], "'settings' must be a list of lists of numbers"),
+    ("seeds", [1, 1], "--seeds must list one or more distinct integers"),
+    ("base", None, "it has the fields"),  # a missing field (set to None here, then removed)
+])
+def test_an_edited_comparison_plan_is_refused_in_one_line(tmp_path, capsys, field, value, message):
+    root = tmp_path / "cmp"
+    root.mkdir()
+    plan = {"kind": "meta", "base": {}, "settings": [[0.0]], "seeds": [1]}
+    if value is None:
+        del plan[field]
+    else:
+        plan[field] = value
+    (root / "plan.json").write_text(json.dumps(plan))
+    assert main(["compare", "--resume", str(root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{root / 'plan.json'} is not a valid comparison plan" in err and message in err and "\n" not in err, err

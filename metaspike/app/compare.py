@@ -66,6 +66,44 @@ def _neuron_rows(base: RunConfig, neurons: Sequence[str], metas: Sequence[float]
             for n in neurons for m in _swept_metas(n, metas)]
 
 
+_PLAN_KEYS = {"meta": {"kind", "base", "settings", "seeds"}, "neurons": {"kind", "base", "neurons", "metas", "seeds"}}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_plan(plan: Any, path: Path) -> None:
+    """One ``ValueError`` naming ``path`` and the first field of a plan read back from disk that is not what
+    :func:`compare` or :func:`compare_neurons` writes (the values are checked again when the runs are built)."""
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{path} is not a valid comparison plan: {why}")
+
+    if not isinstance(plan, dict) or plan.get("kind") not in _PLAN_KEYS:
+        raise bad(f"'kind' must be one of {sorted(_PLAN_KEYS)}")
+    keys = _PLAN_KEYS[plan["kind"]]
+    if set(plan) != keys:
+        raise bad(f"it has the fields {sorted(map(str, plan))}, expected {sorted(keys)}")
+    if not isinstance(plan["base"], dict):
+        raise bad("'base' must be a run config (an object)")
+    if not isinstance(plan["seeds"], list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in plan["seeds"]):
+        raise bad(f"'seeds' must be a list of integers, got {plan['seeds']!r}")
+    if plan["kind"] == "meta":
+        settings = plan["settings"]
+        if not isinstance(settings, list) or not all(isinstance(x, list) and x and all(map(_is_number, x))
+                                                     for x in settings):
+            raise bad(f"'settings' must be a list of lists of numbers, got {settings!r}")
+    else:
+        if not isinstance(plan["neurons"], list) or not all(isinstance(x, str) for x in plan["neurons"]):
+            raise bad(f"'neurons' must be a list of model names, got {plan['neurons']!r}")
+        if not isinstance(plan["metas"], list) or not all(map(_is_number, plan["metas"])):
+            raise bad(f"'metas' must be a list of numbers, got {plan['metas']!r}")
+    try:
+        check_settings(plan["settings"] if plan["kind"] == "meta" else plan["metas"], plan["seeds"])
+    except ValueError as err:
+        raise bad(str(err)) from None
+
+
 def _rows(plan: dict[str, Any], root: Path) -> list[Row]:
     base = config_from_record(plan["base"], root / PLAN)
     if plan["kind"] == "neurons":
@@ -249,6 +287,7 @@ def resume_comparison(root: str | Path, progress: bool = True) -> tuple[Path, li
     if not (root / PLAN).exists():
         raise ValueError(f"{root} is not a comparison folder (no {PLAN})")
     plan = read_json(root / PLAN)
+    _check_plan(plan, root / PLAN)
     try:
         planned = _rows(plan, root)
     except (KeyError, TypeError, ValueError) as err:
