@@ -272,3 +272,27 @@ def test_resume_refuses_a_checkpoint_that_does_not_fit_the_model_in_one_line(tmp
     assert main(["train", "--resume", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the checkpoint's model does not fit this run's model" in err, err
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()  # what a kill during the first epoch leaves: the config, no checkpoint
+    (run / "config.json").write_text(json.dumps(RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(8,)).to_dict()))
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert "has no checkpoint yet" in capsys.readouterr().err
+    assert json.loads((run / "metrics.json").read_text())["complete"] is True
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("samples_per_task", 99999, "--samples-per-task must be an integer in 1..1437"),
+    ("datasets", ["nope"], "unknown dataset 'nope'"),
+])
+def test_resume_names_the_config_file_for_settings_the_data_refuse(tmp_path, capsys, field, value, message):
+    run = tmp_path / "r"
+    run.mkdir()
+    record = RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(8,)).to_dict()
+    record[field] = value
+    (run / "config.json").write_text(json.dumps(record))
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"metaspike: error: {run / 'config.json'}: ") and message in err and "\n" not in err, err

@@ -21,7 +21,7 @@ from torch import nn
 from metaspike.app.config import RunConfig
 from metaspike.app.models import Standardize, build_model, describe_model
 from metaspike.app.tables import versions
-from metaspike.continual.results import RunDirectory, latest_good_checkpoint
+from metaspike.continual.results import CHECKPOINT, PREVIOUS_CHECKPOINT, RunDirectory, latest_good_checkpoint
 from metaspike.continual.scenarios import Scenario, make_scenario
 from metaspike.continual.trainer import ContinualResult, ContinualTrainer
 from metaspike.data import load_dataset
@@ -44,8 +44,14 @@ def make_run_scenario(config: RunConfig) -> Scenario:
         >>> len(make_run_scenario(RunConfig(datasets=("digits",), tasks=2)).tasks)
         2
     """
-    return make_scenario(config.scenario, config.datasets, config.tasks, config.seed, config.data_dir, config.split_mode,
-                         samples_per_task=config.samples_per_task)
+    try:
+        return make_scenario(config.scenario, config.datasets, config.tasks, config.seed, config.data_dir,
+                             config.split_mode, samples_per_task=config.samples_per_task)
+    except ValueError as err:  # the scenarios name their argument; a run's user knows it as a flag
+        message = str(err)
+        if message.startswith("samples_per_task "):
+            message = "--samples-per-task " + message[len("samples_per_task "):]
+        raise ValueError(message) from None
 
 
 def build_run_model(config: RunConfig, scenario: Scenario) -> torch.nn.Module:
@@ -248,7 +254,8 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
            settings: dict[str, Any] | None = None) -> tuple[Path, ContinualResult, list[str]]:
     """Continue a killed run from its last good checkpoint; return ``(path, result, warnings)``.
 
-    The final results equal those of an uninterrupted run. ``settings`` (field → value) that differ
+    The final results equal those of an uninterrupted run. A run stopped before its first checkpoint starts
+    again from the beginning in its folder (with a warning). ``settings`` (field → value) that differ
     from the stored config are refused, naming them: a run is never finished under other settings.
 
     Example:
@@ -270,8 +277,15 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
         remove_stale_temporaries(path)  # left by a kill in the middle of a write
         if is_complete(path):
             raise ValueError(f"{path} is already complete; nothing to resume")
-        state, warnings = latest_good_checkpoint(path)
-        scenario = make_run_scenario(config)
+        if any((path / name).exists() for name in (CHECKPOINT, PREVIOUS_CHECKPOINT)):
+            state, warnings = latest_good_checkpoint(path)
+        else:  # killed before its first epoch ended: nothing was kept, so it starts again, in its own folder
+            state, warnings = None, [f"{path} has no checkpoint yet (stopped before its first epoch ended); it "
+                                     "starts again from the beginning"]
+        try:
+            scenario = make_run_scenario(config)
+        except ValueError as err:
+            raise ValueError(f"{path / 'config.json'}: {err}") from None
         trainer = _trainer(config, scenario, progress)
         directory = RunDirectory(path) if world()[0] == 0 else None
         return path, train_and_finish(trainer, scenario, directory, state, plot), warnings

@@ -246,8 +246,9 @@ def permuted(train: ArrayDataset, test: ArrayDataset, n_tasks: int = 3, seed: in
         ['digits-perm1', 'digits-perm2']
     """
     n_tasks = _check_count(n_tasks, "number of tasks")
-    if samples_per_task is not None:
-        task_subset(seed, 0, len(train), samples_per_task)  # validates the count
+    if samples_per_task is not None and not (is_whole(samples_per_task, 1) and samples_per_task <= len(train)):
+        raise ValueError(f"samples_per_task must be an integer in 1..{len(train)} (the training set's size), "
+                         f"got {samples_per_task!r}")
     features = train.num_features
     permutations = _Permutations(seed, features)
 
