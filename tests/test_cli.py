@@ -107,6 +107,12 @@ def test_plot_redraws_a_run(tmp_path, capsys):
          "--hidden 100000 100000 needs about 188 GiB to train"),
         (["train", "--seed", str(2**64)], "--seed must be an integer in 0..18446744073709551615"),
         (["compare", "--meta", "0", "0"], "--meta must list distinct settings, got [[0.0], [0.0]]"),
+        (["train", "--model", "bimu", "--meta", "5"], "--meta: model 'bimu' trains with its own optimizer (bimu)"),
+        (["train", "--model", "mesu", "--lr", "0.1"], "--lr: model 'mesu' trains with its own optimizer (mesu)"),
+        (["train", "--model", "mlp", "--rule", "cascade"], "--rule: model 'mlp' trains with its own optimizer (sgd)"),
+        (["train", "--scenario", "sequence", "--dataset", "mnist5k", "digits", "--tasks", "5"],
+         "--tasks: --scenario sequence has one task per --dataset (2 here), got --tasks 5"),
+        (["train", "--resume", "somewhere", "--out", "elsewhere"], "--resume continues in RUN_DIR itself; remove --out"),
     ],
 )
 def test_bad_input_gets_one_clear_line(args, message, capsys):

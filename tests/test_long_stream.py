@@ -57,7 +57,7 @@ def test_task_k_is_derived_from_the_seed_and_its_index(digits):
     assert torch.equal(task.train.x.reshape(50, -1), expected) and torch.equal(task.train.y, train.y[rows])
     assert len(task.test) == len(test) and len(set(rows.tolist())) == 50
     assert not np.array_equal(task_subset(7, k, len(train), 50), task_subset(8, k, len(train), 50))
-    with pytest.raises(ValueError, match="samples must be an integer in 1.."):
+    with pytest.raises(ValueError, match="samples_per_task must be an integer in 1.."):
         permuted(train, test, 2, samples_per_task=len(train) + 1)
 
 
@@ -86,6 +86,8 @@ def test_matrix_keeps_only_evaluated_cells(digits, tmp_path):
     assert [c["task"] for c in result.curves] == [3, 6, 7] and [h["after_task"] for h in result.histograms] == [3, 6, 7]
     run = load_run(directory.path)
     assert np.array_equal(np.isnan(run["matrix"]), np.isnan(np.array(result.matrix)))
+    written = json.loads((directory.path / "metrics.json").read_text())
+    assert written["evaluated_task_numbers"] == [1, 3, 4, 5, 6, 7] and written["evaluated_tasks"] == 6
     assert run["matrix"][2][0] == pytest.approx(result.matrix[2][0], abs=0.01)
     metrics = summarize(result.matrix)
     assert math.isnan(metrics["ACC"]) and metrics["evaluated_tasks"] == 6

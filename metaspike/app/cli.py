@@ -133,6 +133,26 @@ def _given_settings(args: argparse.Namespace) -> dict[str, object]:
     return given
 
 
+#: RunConfig field -> the optimizer kinds (metaspike.app.models.optimizer_kind) that use it
+_USED_BY = {"meta": ("metaplastic-adam",), "rule": ("metaplastic-adam",), "lr": ("metaplastic-adam", "sgd"),
+            "weight_decay": ("metaplastic-adam", "sgd")}
+
+
+def _refuse_unused_flags(given: dict[str, object], config: RunConfig) -> None:
+    """One line for a flag typed on the command line that the run would ignore (its model's optimizer does not
+    use it, or its scenario sets it otherwise): a run never silently differs from what was asked."""
+    from metaspike.app.models import optimizer_kind
+
+    kind = optimizer_kind(config.model)
+    for field, users in _USED_BY.items():
+        if field in given and kind not in users:
+            raise ValueError(f"--{field.replace('_', '-')}: model {config.model!r} trains with its own optimizer "
+                             f"({kind}) and its published settings, which do not use it")
+    if config.scenario == "sequence" and "tasks" in given and config.tasks != len(config.datasets):
+        raise ValueError(f"--tasks: --scenario sequence has one task per --dataset ({len(config.datasets)} here), "
+                         f"got --tasks {config.tasks}")
+
+
 #: command-line attribute -> RunConfig field, for the settings --resume must not change
 _SETTING_FLAGS = {"scenario": "scenario", "dataset": "datasets", "tasks": "tasks", "epochs": "epochs",
                   "hidden": "hidden", "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay",
@@ -147,14 +167,17 @@ def _train(args: argparse.Namespace) -> None:
     from metaspike.app.tables import format_table, summarize_results
 
     if args.resume is not None:
+        if "--out" in [token.split("=", 1)[0] for token in args.argv]:
+            raise ValueError("--resume continues in RUN_DIR itself; remove --out")
         settings = _given_settings(args)
         path, result, warnings = resume(args.resume, progress=not args.quiet, settings=settings)
         for warning in warnings:
-            print(f"metaspike: warning: {warning}; resumed from the previous checkpoint", file=sys.stderr)
+            print(f"metaspike: warning: {warning}", file=sys.stderr)
         config = load_config(path)
     else:
         meta_values = [v for text in args.meta for v in parse_meta(text)] if args.meta else None
         config = _config(args, meta_values, args.seed)
+        _refuse_unused_flags(_given_settings(args), config)
         path, result = run(config, args.out, progress=not args.quiet)
     if world()[0] != 0:
         return  # under torchrun, only the first process reports

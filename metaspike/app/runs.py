@@ -278,7 +278,8 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
         if is_complete(path):
             raise ValueError(f"{path} is already complete; nothing to resume")
         if any((path / name).exists() for name in (CHECKPOINT, PREVIOUS_CHECKPOINT)):
-            state, warnings = latest_good_checkpoint(path)
+            state, damaged = latest_good_checkpoint(path)
+            warnings = [f"{why}; resumed from the previous checkpoint" for why in damaged]
         else:  # killed before its first epoch ended: nothing was kept, so it starts again, in its own folder
             state, warnings = None, [f"{path} has no checkpoint yet (stopped before its first epoch ended); it "
                                      "starts again from the beginning"]

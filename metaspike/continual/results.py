@@ -22,6 +22,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -200,11 +201,15 @@ class RunDirectory:
 
     def write_metrics(self, result: ContinualResult, complete: bool = True) -> None:
         metrics = {k: round(v, 3) if math.isfinite(v) else v for k, v in result.metrics.items()}
+        if "evaluated_tasks" in metrics:
+            metrics["evaluated_tasks"] = int(metrics["evaluated_tasks"])  # a count
         last_task = [{k.split(":", 1)[1]: v for k, v in row.items() if k.startswith("flip_rate:")}
                      for row in result.diagnostics if row["task"] == len(result.matrix)]
         self.write_json(
             "metrics.json",
             {**metrics, "final_accuracy": [round(a, 2) for a in result.matrix[-1]] if result.matrix else [],
+             "evaluated_task_numbers": [j + 1 for j, a in enumerate(result.matrix[-1]) if math.isfinite(a)]
+             if result.matrix else [],
              "untrained_accuracy": [round(a, 2) for a in result.baseline],
              "tasks_trained": len(result.matrix), "seconds": round(result.seconds, 1),
              "layer_plasticity_last_task": [{"layer": layer, "mean_flip_rate": rate}
@@ -228,7 +233,9 @@ def load_checkpoint(path: str | os.PathLike, config_digest: str | None = None) -
     if not path.exists():
         raise ValueError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about some foreign files before it refuses them
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for damaged files; its messages span lines
         raise ValueError(f"checkpoint {path} is truncated or corrupt (torch cannot read it: {type(err).__name__})") from None
     if not isinstance(state, dict) or "position" not in state:
