@@ -139,3 +139,17 @@ def test_metaplastic_spiking_network_forgets_less_on_a_real_data_stream(tmp_path
         assert result.matrix[0][0] > 70
     # measured with the per-channel gain of binarize (AMD EPYC, 1 thread): seed 1 50.0 vs 88.3, seed 2 42.2 vs 85.0
     assert first[50.0] > first[0.0] + 25, first
+
+
+@pytest.mark.parametrize("neuron", ["Synaptic", "Alpha", "Leaky"])
+def test_the_membrane_readout_reads_the_membrane_of_every_snntorch_neuron(neuron):
+    """snnTorch returns (spk, mem), (spk, syn, mem) or (spk, syn_exc, syn_inh, mem): the membrane is the last item."""
+    settings = {"Synaptic": dict(alpha=0.5, beta=0.9), "Alpha": dict(alpha=0.95, beta=0.8), "Leaky": dict(beta=0.9)}
+    cell = getattr(snn, neuron)(**settings[neuron], init_hidden=True, output=True, reset_mechanism="none")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), cell)
+    x = torch.rand(2, 4)
+    got = SpikingClassifier(net, num_steps=5, encoder="direct", readout="membrane")(x)
+    cell.reset_hidden()
+    expected = torch.stack([net(x)[-1] for _ in range(5)]).mean(0)
+    assert torch.equal(got, expected)  # the same float32 operations in the same order

@@ -1,9 +1,11 @@
 """Readouts: the per-step outputs of a spiking network become logits ``[B, classes]``.
 
-A step's output is either a tensor or a tuple ``(spikes, membrane)`` (snnTorch's ``output=True``).
+A step's output is either a tensor or a tuple that starts with the spikes and ends with the membrane potential, as
+snnTorch's neurons return them with ``output=True``: ``(spk, mem)`` (Leaky, Lapicque, RLeaky), ``(spk, syn, mem)``
+(Synaptic, RSynaptic), ``(spk, syn_exc, syn_inh, mem)`` (Alpha).
 
 * ``"count"``: spikes summed over the steps (the spikes are the tensor, or the tuple's first item).
-* ``"membrane"``: membrane potential averaged over the steps (the tuple's second item, or the tensor
+* ``"membrane"``: membrane potential averaged over the steps (the tuple's last item, or the tensor
   itself, e.g. the voltage of a Norse ``LICell``).
 """
 
@@ -31,13 +33,13 @@ def spike_count(outputs: Sequence[StepOutput]) -> Tensor:
 
 
 def membrane(outputs: Sequence[StepOutput]) -> Tensor:
-    """Mean output membrane potential over time.
+    """Mean output membrane potential over time (the last item of a step's tuple, whatever the states before it).
 
     Example:
         >>> membrane([(torch.zeros(1, 2), torch.tensor([[1.0, 3.0]])), (torch.zeros(1, 2), torch.tensor([[3.0, 1.0]]))])
         tensor([[2., 2.]])
     """
-    return torch.stack([o[1] if isinstance(o, tuple) else o for o in outputs]).mean(0)
+    return torch.stack([o[-1] if isinstance(o, tuple) else o for o in outputs]).mean(0)
 
 
 _READOUTS: dict[str, Readout] = {"count": spike_count, "membrane": membrane}
