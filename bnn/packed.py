@@ -442,6 +442,11 @@ def _layers_of(model: nn.Module) -> list[tuple[BinaryLinear, nn.BatchNorm1d]]:
                 f"BatchNorm of layer {len(pairs)} has no population statistics; call "
                 "bnn.use_population_statistics(model, training_inputs) before bnn.pack(model)"
             )
+        gain = output_gain(linear)
+        others = [t for t in (norm.weight, norm.bias, None if gain is None else gain.alpha) if t is not None]
+        if not all(bool(torch.isfinite(t).all()) for t in (norm.running_mean, norm.running_var, linear.weight, *others)):
+            raise ValueError(f"layer {len(pairs)} holds NaN or infinite values (weights, gain, BatchNorm statistics or "
+                             "affine parameters); pack needs a finite model")
         pairs.append((linear, norm))
         i += 2
         is_last = i >= len(modules)

@@ -23,7 +23,7 @@ from torch.optim import Optimizer
 
 from metaspike.checks import is_finite_number, is_number
 from metaspike.compiled import LazyCompiled
-from metaspike.rules import Rule, check_meta, get_rule, state_from_dict, state_to_dict
+from metaspike.rules import Rule, check_meta, get_rule, rule_from_record, rule_record, state_from_dict, state_to_dict
 from metaspike.synapse import is_hidden_weight, weight_matrices
 
 __all__ = ["MetaplasticAdam", "metaplastic", "param_groups", "consolidates"]
@@ -58,6 +58,44 @@ def _number(value: Any, name: str, low: float, high: float | None = None, *, ope
         right = "inf)" if high is None else f"{high:g}{')' if open_high else ']'}"
         raise ValueError(f"{name} must be a finite number in {left}{low:g}, {right}, got {value!r}")
     return float(value)
+
+
+def _add_checked(optimizer: Optimizer, add: Callable[[dict[str, Any]], None], param_group: dict[str, Any]) -> None:
+    """``add(param_group)`` (torch's, which fills in the defaults), then validate the group; a refused group is
+    removed again."""
+    add(param_group)
+    try:
+        _check_group(optimizer.param_groups[-1])
+    except ValueError:
+        optimizer.param_groups.pop()
+        raise
+
+
+def _check_loaded_groups(optimizer: Optimizer) -> None:
+    """Validate every group after ``load_state_dict`` (a state dict is a file from outside)."""
+    for group in optimizer.param_groups:
+        _check_group(group)
+
+
+def _rules_as_records(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A state dict whose groups' rule objects are plain records (:func:`metaspike.rules.rule_record`), so that
+    ``torch.load(..., weights_only=True)`` reads it (its groups are copies: the optimizer keeps its objects)."""
+    for group in state_dict["param_groups"]:
+        group["rule"] = rule_record(group["rule"])
+    return state_dict
+
+
+def _rules_from_records(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+    state_dict = {**state_dict, "param_groups": [{**group, "rule": rule_from_record(group["rule"])}
+                                                 if "rule" in group else group for group in state_dict["param_groups"]]}
+    return state_dict
+
+
+def _hook_checkpoints(optimizer: Optimizer) -> None:
+    """Rules saved as plain records and every group validated when a state dict is loaded."""
+    optimizer.register_state_dict_post_hook(_rules_as_records)
+    optimizer.register_load_state_dict_pre_hook(_rules_from_records)
+    optimizer.register_load_state_dict_post_hook(_check_loaded_groups)
 
 
 def _check_group(group: dict[str, Any]) -> None:
@@ -140,11 +178,11 @@ class MetaplasticAdam(Optimizer):
             fused=fused,
         )
         super().__init__(params, defaults)
+        _hook_checkpoints(self)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a param group; its hyperparameters are validated."""
-        super().add_param_group(param_group)
-        _check_group(self.param_groups[-1])
+        """Add a param group; its hyperparameters are validated (a refused group is not added)."""
+        _add_checked(self, super().add_param_group, param_group)
 
     def _init_state(self, param: Tensor) -> dict[str, Tensor]:
         state = self.state[param]
@@ -305,11 +343,12 @@ def metaplastic(
     before: dict[Tensor, Tensor] = {}
 
     def remember(opt: Optimizer, args: Any, kwargs: Any) -> None:
+        # every consolidated weight, with a gradient yet or not: a step(closure) makes the gradients only after this
         before.clear()
         for group in opt.param_groups:
             if group["meta"] != 0:
                 for p in group["params"]:
-                    if p.grad is not None and consolidates(p, group):
+                    if consolidates(p, group):
                         before[p] = p.detach().clone()
 
     @torch.no_grad()
@@ -318,7 +357,7 @@ def metaplastic(
             rule = get_rule(group["rule"])
             for p in group["params"]:
                 old = before.get(p)
-                if old is None:
+                if old is None or p.grad is None:  # (the inner step skipped a weight without a gradient)
                     continue
                 state = opt.state[p]
                 update, new_state = rule.step(old, old - p, group["meta"], state_from_dict(rule, old, state.get("rule_state")))
@@ -329,6 +368,9 @@ def metaplastic(
 
     optimizer.register_step_pre_hook(remember)
     optimizer.register_step_post_hook(damp)
+    _hook_checkpoints(optimizer)
+    add = optimizer.add_param_group
+    optimizer.add_param_group = lambda param_group: _add_checked(optimizer, add, param_group)  # type: ignore[method-assign]
     optimizer._metaspike_hooked = True  # type: ignore[attr-defined]
     return optimizer
 
@@ -349,6 +391,8 @@ def param_groups(model: nn.Module, meta: float | Sequence[float]) -> list[dict[s
         [(2.0, True), (1.0, True), (0.5, True), (0.0, False)]
     """
     matrices = list({id(w): w for _, w in weight_matrices(model)}.values())
+    if isinstance(meta, (str, bytes)):
+        raise ValueError(f"meta must be a number or a sequence of numbers, one per weight layer, got {meta!r}")
     if is_number(meta):
         metas = [check_meta(meta)] * len(matrices)
     else:

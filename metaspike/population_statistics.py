@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from metaspike.checks import is_whole
+
 __all__ = ["use_population_statistics"]
 
 
@@ -23,7 +25,9 @@ def use_population_statistics(model: nn.Module, x: Tensor, batch_size: int = 100
     """Fix every BatchNorm layer of ``model`` to the mean/variance of its input over ``x``.
 
     Afterwards ``model.eval()`` predicts with those statistics (any batch size, including 1);
-    ``model.train()`` still normalises with batch statistics. Returns ``model``.
+    ``model.train()`` still normalises with batch statistics. Returns ``model``; the model keeps its training or
+    evaluation mode. ``x`` (at least 2 finite samples) runs in near-equal chunks of at least ``batch_size`` (an
+    integer >= 2) samples: the BatchNorm layers not fixed yet normalise each chunk by its own statistics.
 
     Example:
         >>> from bnn import MLP
@@ -36,8 +40,22 @@ def use_population_statistics(model: nn.Module, x: Tensor, batch_size: int = 100
         raise ValueError(f"{type(model).__name__} has no BatchNorm layer to fix")
     if len(x) < 2:
         raise ValueError(f"need at least 2 samples to estimate statistics, got {len(x)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x holds NaN or infinite values; the statistics need finite inputs")
+    if not is_whole(batch_size, 2):
+        raise ValueError(f"batch_size must be an integer >= 2, got {batch_size!r}")
+    # near-equal chunks of at least batch_size samples (>= 2): the layers not fixed yet normalise with batch statistics
+    chunks = torch.arange(len(x)).tensor_split(max(1, len(x) // batch_size))
     was_training = model.training
     model.eval()
+    try:
+        _fix_each(model, norms, x, chunks)
+    finally:
+        model.train(was_training)
+    return model
+
+
+def _fix_each(model: nn.Module, norms: list[_BatchNorm], x: Tensor, chunks: tuple[Tensor, ...]) -> None:
     for norm in norms:  # in forward order; earlier layers are fixed when a later one is measured
         total = sq_total = None
         count = 0
@@ -52,8 +70,8 @@ def use_population_statistics(model: nn.Module, x: Tensor, batch_size: int = 100
 
         handle = norm.register_forward_pre_hook(record)
         try:
-            for start in range(0, len(x), batch_size):
-                model(x[start : start + batch_size])
+            for index in chunks:
+                model(x[index])
         finally:
             handle.remove()
         mean = total / count
@@ -61,5 +79,3 @@ def use_population_statistics(model: nn.Module, x: Tensor, batch_size: int = 100
         norm.running_mean = mean.to(norm.weight.dtype if norm.weight is not None else torch.float32)
         norm.running_var = var.to(norm.running_mean.dtype)
         norm.num_batches_tracked = torch.tensor(count, dtype=torch.long)
-    model.train(was_training)
-    return model

@@ -152,6 +152,9 @@ def binarize(
             continue
         if synapse is not None:
             raise ValueError(f"layer {name!r} is already a {synapse.kind!r} synapse; binarize needs real-valued weights")
+        if parametrize.is_parametrized(layer, "weight") and not hasattr(layer.parametrizations.weight, "original"):
+            raise ValueError(f"layer {name!r}: a parametrization builds its weight from several tensors (e.g. "
+                             "weight_norm); binarize needs one weight tensor to take the sign of")
         todo.append(layer)
     for layer in todo:  # everything checked: now change the model
         if scale is not None:
@@ -160,7 +163,8 @@ def binarize(
         parametrize.register_parametrization(layer, "weight", SignWeight())
         mark_hidden_weight(layer.parametrizations.weight.original)  # type: ignore[union-attr]
     if not todo and not any(True for _ in binary_modules(module)):
-        raise ValueError(f"{type(module).__name__} has no layer to binarize (looked for {layer_type_names(layer_types)})")
+        raise ValueError(f"{type(module).__name__} has no layer to binarize (looked for {layer_type_names(layer_types)} "
+                         "layers with a weight parameter)")
     return module
 
 

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import bnn
+import metaspike
 from metaspike.data import load_dataset
 
 
@@ -130,3 +131,39 @@ def test_magnitude_gate_fires_beyond_its_width_and_its_surrogate_is_a_signed_box
     for bad in (0, -1.0, float("inf"), True, "1"):
         with pytest.raises(ValueError, match="width must be a finite number > 0"):
             MagnitudeGate(bad)
+
+
+def test_population_statistics_take_any_number_of_samples_and_keep_the_mode():
+    torch.manual_seed(0)
+    x = torch.randn(1001, 20)  # in chunks of 1000 the last would hold one sample
+    a, b = bnn.MLP([20, 16, 3]).train(), bnn.MLP([20, 16, 3])
+    b.load_state_dict(a.state_dict())
+    bnn.use_population_statistics(a, x)
+    bnn.use_population_statistics(b, x, batch_size=7)
+    assert a.training
+    # the same float64 sums in other groupings: equal to float32 rounding of the stored statistics
+    for norm_a, norm_b in zip([m for m in a.modules() if isinstance(m, nn.BatchNorm1d)],
+                              [m for m in b.modules() if isinstance(m, nn.BatchNorm1d)]):
+        assert torch.allclose(norm_a.running_mean, norm_b.running_mean, rtol=1e-6, atol=1e-7)
+        assert torch.allclose(norm_a.running_var, norm_b.running_var, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 2, got 0"):
+        bnn.use_population_statistics(a, x, batch_size=0)
+    with pytest.raises(ValueError, match="x holds NaN or infinite values"):
+        bnn.use_population_statistics(a, x.index_fill(0, torch.tensor([3]), float("nan")))
+
+
+def test_pack_refuses_a_model_with_non_finite_values():
+    torch.manual_seed(0)
+    model = bnn.use_population_statistics(bnn.MLP([20, 16, 3]), torch.randn(50, 20)).eval()
+    norm = next(m for m in model.modules() if isinstance(m, nn.BatchNorm1d))
+    norm.running_var[2] = float("nan")
+    with pytest.raises(ValueError, match="layer 0 holds NaN or infinite values"):
+        bnn.pack(model, compile=False)
+
+
+def test_binarize_refuses_a_weight_built_from_several_tensors_and_changes_nothing():
+    layer = nn.utils.parametrizations.weight_norm(nn.Linear(4, 3))
+    net = nn.Sequential(nn.Linear(4, 4), layer)
+    with pytest.raises(ValueError, match="layer '1': a parametrization builds its weight from several tensors"):
+        metaspike.binarize(net)
+    assert not metaspike.hidden_weights(net) and not hasattr(net[0], "output_gain")

@@ -7,11 +7,12 @@ import re
 import pytest
 import torch
 
+import metaspike
 from bnn import MLP
 from metaspike.functional import consolidate
-from metaspike.rules import NoState, TanhRule, get_rule
-from metaspike.synapse import mark_hidden_weight
 from metaspike.optim import MetaplasticAdam, metaplastic, param_groups
+from metaspike.rules import CascadeRule, NoState, TanhRule, get_rule
+from metaspike.synapse import mark_hidden_weight
 
 
 def _model(seed: int = 0) -> torch.nn.Module:
@@ -291,3 +292,59 @@ def test_param_groups_lists_a_tied_weight_once():
     assert len(listed) == len({id(p) for p in listed})  # each parameter once (the two layers' gains are separate)
     assert len([p for g in groups if g["consolidate"] for p in g["params"]]) == 1
     MetaplasticAdam(groups, lr=0.01)  # torch refuses a parameter listed twice
+
+
+def _stepped(make):
+    torch.manual_seed(0)
+    model = MLP([20, 8, 3])
+    opt = make(model)
+    model(torch.randn(5, 20)).sum().backward()
+    opt.step()
+    return model, opt
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: MetaplasticAdam(m.parameters(), lr=0.01, meta=1.0, rule=CascadeRule(n=2, leak=0.1)),
+    lambda m: metaplastic(torch.optim.SGD(m.parameters(), lr=0.1), meta=1.0, rule=CascadeRule(n=2, leak=0.1)),
+], ids=["MetaplasticAdam", "metaplastic(SGD)"])
+def test_rule_objects_survive_a_weights_only_checkpoint_and_loaded_groups_are_checked(make, tmp_path):
+    model, opt = _stepped(make)
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    saved = torch.load(tmp_path / "opt.pt", weights_only=True)
+    fresh = make(model)
+    fresh.load_state_dict(saved)
+    assert fresh.param_groups[0]["rule"] == CascadeRule(n=2, leak=0.1)
+    assert opt.param_groups[0]["rule"] == CascadeRule(n=2, leak=0.1)  # saving left the optimizer's own object
+    saved["param_groups"][0]["meta"] = -3.0
+    with pytest.raises(ValueError, match="meta must be a finite number >= 0, got -3"):
+        make(model).load_state_dict(saved)
+
+
+def test_metaplastic_damps_a_step_with_a_closure_as_one_without():
+    def moved(meta: float, closure: bool) -> float:
+        torch.manual_seed(0)
+        net = metaspike.binarize(torch.nn.Sequential(torch.nn.Linear(6, 3)))
+        opt = metaplastic(torch.optim.SGD(net.parameters(), lr=1.0), meta=meta)
+        x, before = torch.randn(4, 6), metaspike.hidden_weights(net)[0].detach().clone()
+
+        def loss():
+            opt.zero_grad()
+            value = net(x).pow(2).sum()
+            value.backward()
+            return value
+
+        opt.step(loss) if closure else (loss(), opt.step())
+        return (metaspike.hidden_weights(net)[0] - before).abs().sum().item()
+
+    assert moved(3.0, closure=True) == moved(3.0, closure=False) < moved(0.0, closure=True)
+
+
+def test_wrapped_optimizers_check_added_groups_and_meta_must_be_a_number():
+    opt = metaplastic(torch.optim.SGD(MLP([20, 8, 3]).parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="meta must be a finite number >= 0, got nan"):
+        opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "meta": float("nan")})
+    assert len(opt.param_groups) == 1  # the refused group was not kept
+    with pytest.raises(ValueError, match="meta must be a number >= 0, got '3'"):
+        MetaplasticAdam(MLP([20, 8, 3]).parameters(), meta="3")
+    with pytest.raises(ValueError, match="meta must be a number or a sequence of numbers"):
+        param_groups(MLP([20, 8, 3]), "12")

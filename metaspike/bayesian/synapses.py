@@ -542,7 +542,7 @@ def bayesianize(
         todo.append(layer)
     if not todo and not any(found == kind for _, _, found, _ in bayesian_modules(model)):
         raise ValueError(f"{type(model).__name__} has no layer to make Bayesian (looked for "
-                         f"{layer_type_names(layer_types)})")
+                         f"{layer_type_names(layer_types)} layers with a weight parameter)")
     for layer in todo:  # everything checked: now change the model; the gains first, from the float weights
         if scale is not None and output_gain(layer) is None:
             attach_output_gain(layer, scale)

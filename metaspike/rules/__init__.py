@@ -11,6 +11,9 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from metaspike.rules.base import NoState, Rule, check_meta, state_from_dict, state_to_dict, toward_zero
 from metaspike.rules.cascade import CascadeRule, CascadeState
 from metaspike.rules.none import NoConsolidation
@@ -20,6 +23,7 @@ from metaspike.rules.tanh import TanhRule
 __all__ = [
     "Rule", "NoState", "TanhRule", "NoConsolidation", "CascadeRule", "CascadeState", "SwitchRule", "SwitchState",
     "check_meta", "toward_zero", "state_to_dict", "state_from_dict", "register_rule", "get_rule", "available_rules",
+    "rule_record", "rule_from_record",
 ]
 
 _RULES: dict[str, Rule] = {}
@@ -73,3 +77,37 @@ def get_rule(rule: str | Rule) -> Rule:
     if missing:
         raise ValueError(f"{rule!r} is not a consolidation rule: it lacks {', '.join(missing)} (see metaspike.rules.base.Rule)")
     return rule
+
+
+def rule_record(rule: str | Rule) -> str | dict[str, Any] | Rule:
+    """``rule`` as plain data for a checkpoint that ``torch.load(..., weights_only=True)`` reads: a name stays a
+    name; a rule object of a registered kind with its own settings (a dataclass) becomes ``{"rule": name, **its
+    settings}``; a rule of another kind stays the object.
+
+    Example:
+        >>> rule_record(CascadeRule(n=2, leak=0.1))
+        {'rule': 'cascade', 'n': 2, 'leak': 0.1, 'name': 'cascade', 'elementwise': False}
+    """
+    registered = _RULES.get(getattr(rule, "name", None)) if not isinstance(rule, str) else None
+    if registered is None or type(registered) is not type(rule) or not dataclasses.is_dataclass(rule):
+        return rule
+    return {"rule": rule.name, **{f.name: getattr(rule, f.name) for f in dataclasses.fields(rule) if f.init}}
+
+
+def rule_from_record(record: str | dict[str, Any] | Rule) -> str | Rule:
+    """The rule a :func:`rule_record` describes (names and rule objects pass through).
+
+    Example:
+        >>> rule_from_record({"rule": "cascade", "n": 2, "leak": 0.1})
+        CascadeRule(n=2, leak=0.1, name='cascade', elementwise=False)
+    """
+    if not isinstance(record, dict):
+        return record
+    kind = record.get("rule")
+    if not isinstance(kind, str) or kind not in _RULES:
+        raise ValueError(f"unknown consolidation rule {kind!r} in a saved record; available: {', '.join(available_rules())}")
+    settings = {key: value for key, value in record.items() if key != "rule"}
+    try:
+        return type(_RULES[kind])(**settings)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"saved rule {record!r} does not fit {type(_RULES[kind]).__name__}: {err}") from None

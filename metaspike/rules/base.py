@@ -86,7 +86,7 @@ def check_meta(meta: float, where: str = "meta") -> float:
         >>> check_meta(1.35)
         1.35
     """
-    if isinstance(meta, bool):
+    if isinstance(meta, (bool, str, bytes)):  # float("3") would pass, and the group would keep the string
         raise ValueError(f"{where} must be a number >= 0, got {meta!r}")
     try:
         value = float(meta)
