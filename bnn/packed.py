@@ -39,6 +39,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -196,6 +197,12 @@ class PackedMLP:
         # rows per call: bounds the (rows, outputs, words) intermediates of the eager path to ~128 MB
         widest = max(layer["weight"].numel() for layer in layers)
         self._rows = max(1, 2**24 // widest)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """``copy.deepcopy``, ``pickle`` and ``torch.save`` of the object keep its sizes, tensors and kernel choice and
+        load the native kernels again (they are never pickled); :meth:`save` / :meth:`load` remain the file format
+        that is checked when read."""
+        return type(self), (self.sizes, self.layers, self._dots is _COMPILED_DOTS)
 
     @property
     def nbytes(self) -> int:

@@ -164,11 +164,12 @@ class MetaplasticAdam(Optimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
     ) -> None:
-        if fused not in (None, True, False):
-            raise ValueError(f"fused must be True, False or None, got {fused!r}")
+        for name, value in (("fused", fused), ("foreach", foreach)):
+            if value not in (None, True, False):
+                raise ValueError(f"{name} must be True, False or None, got {value!r}")
         defaults = dict(
             lr=lr,
-            betas=tuple(betas),
+            betas=tuple(betas) if isinstance(betas, (tuple, list)) else betas,  # (checked with the groups)
             eps=eps,
             weight_decay=weight_decay,
             meta=meta,

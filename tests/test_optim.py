@@ -348,3 +348,10 @@ def test_wrapped_optimizers_check_added_groups_and_meta_must_be_a_number():
         MetaplasticAdam(MLP([20, 8, 3]).parameters(), meta="3")
     with pytest.raises(ValueError, match="meta must be a number or a sequence of numbers"):
         param_groups(MLP([20, 8, 3]), "12")
+
+
+@pytest.mark.parametrize("bad, message", [(dict(betas=0.9), "betas must be two numbers in [0, 1), got 0.9"),
+                                          (dict(foreach="yes"), "foreach must be True, False or None, got 'yes'")])
+def test_more_bad_adam_arguments_get_one_line(bad, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        MetaplasticAdam(MLP([4, 3, 2]).parameters(), **bad)

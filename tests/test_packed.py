@@ -2,6 +2,7 @@
 
 import copy
 import os
+import pickle
 import subprocess
 import warnings
 import zipfile
@@ -500,3 +501,10 @@ def test_a_model_with_gains_round_trips_through_a_file(trained, tmp_path):
     packed.save(tmp_path / "gained.pt")
     x = load_dataset("mnist5k", "test").x[:100]
     assert torch.equal(PackedMLP.load(tmp_path / "gained.pt", compile=False)(x), packed(x))
+
+
+def test_a_packed_model_copies_and_pickles(trained):
+    packed = bnn.pack(trained, compile=False)
+    x = torch.rand(7, 784)
+    for twin in (copy.deepcopy(packed), pickle.loads(pickle.dumps(packed))):
+        assert torch.equal(twin(x), packed(x)) and twin.kernel_names() == packed.kernel_names()
