@@ -21,6 +21,7 @@ from metaspike.quantizers import (
     NoQuantizer,
     Quantizer,
     SteSign,
+    check_clip_value,
     get_quantizer,
     magnitude_gate,
     ste_sign,
@@ -207,7 +208,7 @@ class SignActivation(nn.Module):
 
     def __init__(self, clip_value: float = 1.0) -> None:
         super().__init__()
-        self.clip_value = clip_value
+        self.clip_value = check_clip_value(clip_value)
 
     def forward(self, x: Tensor) -> Tensor:
         return ste_sign(x, self.clip_value)

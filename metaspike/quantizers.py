@@ -26,8 +26,8 @@ from torch import Tensor
 
 from metaspike.checks import finite_number
 
-__all__ = ["binary_sign", "ste_sign", "magnitude_gate", "SteSign", "NoQuantizer", "Quantizer", "get_quantizer",
-           "available_quantizers"]
+__all__ = ["binary_sign", "ste_sign", "check_clip_value", "magnitude_gate", "SteSign", "NoQuantizer", "Quantizer",
+           "get_quantizer", "available_quantizers"]
 
 
 def binary_sign(x: Tensor, out: Tensor | None = None) -> Tensor:
@@ -67,9 +67,19 @@ def ste_sign(x: Tensor, clip_value: float | None = 1.0) -> Tensor:
         >>> ste_sign(x).sum().backward(); x.grad
         tensor([0., 1., 1.])
     """
+    return _SteSign.apply(x, check_clip_value(clip_value))
+
+
+def check_clip_value(clip_value: float | None) -> float | None:
+    """``clip_value`` if it is a number ``> 0`` or ``None``, else one ``ValueError``.
+
+    Example:
+        >>> check_clip_value(1.0)
+        1.0
+    """
     if clip_value is not None and not (isinstance(clip_value, (int, float)) and clip_value > 0):
         raise ValueError(f"clip_value must be a number > 0 or None, got {clip_value!r}")
-    return _SteSign.apply(x, clip_value)
+    return clip_value
 
 
 class _MagnitudeGate(torch.autograd.Function):

@@ -167,3 +167,8 @@ def test_binarize_refuses_a_weight_built_from_several_tensors_and_changes_nothin
     with pytest.raises(ValueError, match="layer '1': a parametrization builds its weight from several tensors"):
         metaspike.binarize(net)
     assert not metaspike.hidden_weights(net) and not hasattr(net[0], "output_gain")
+
+
+def test_sign_activation_checks_its_clip_value_when_built():
+    with pytest.raises(ValueError, match="clip_value must be a number > 0 or None, got -1"):
+        bnn.SignActivation(clip_value=-1)
