@@ -161,3 +161,18 @@ def test_cli_compare_neurons_names_an_unknown_neuron_model(capsys):
 
     assert main(["compare", "--neurons", "leaky", "hodgkin", "--out", "/nonexistent-never-written"]) == 2
     assert "unknown model 'hodgkin'; available: alpha, " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: NetSpec(beta=1.5), r"beta \(the membrane's decay per step\) must be a number in \[0, 1\], got 1.5"),
+    (lambda: NetSpec(hidden=(0,)), r"hidden must be a sequence of integers >= 1, got \(0,\)"),
+    (lambda: NetSpec(classes=0), "classes must be an integer >= 1, got 0"),
+    (lambda: SelfRecurrentLIF(4, beta=-1.0), r"beta \(the membrane's decay per step\) must be a number in \[0, 1\]"),
+    (lambda: RateEncoder()(torch.rand(2, 3), 0), "num_steps must be an integer >= 1, got 0"),
+    (lambda: LatencyEncoder()(torch.rand(2, 3), -1), "num_steps must be an integer >= 1, got -1"),
+    (lambda: RateEncoder()(torch.full((2, 3), float("nan")), 4), "x holds NaN or infinite values"),
+    (lambda: SpikingClassifier(nn.Linear(4, 2), 3, input_shape=(-1, 4)), "input_shape must be a non-empty sequence"),
+])
+def test_spiking_settings_out_of_range_get_one_line(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

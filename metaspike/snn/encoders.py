@@ -11,7 +11,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from metaspike.checks import is_whole
+
 __all__ = ["RateEncoder", "LatencyEncoder", "DirectEncoder", "available_encoders", "get_encoder"]
+
+
+def _check_steps(num_steps: int) -> None:
+    if not is_whole(num_steps, 1):
+        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
 
 
 class RateEncoder(nn.Module):
@@ -23,6 +30,9 @@ class RateEncoder(nn.Module):
     """
 
     def forward(self, x: Tensor, num_steps: int) -> Tensor:
+        _check_steps(num_steps)
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("x holds NaN or infinite values; the rate encoder takes firing probabilities in [0, 1]")
         return torch.bernoulli(x.clamp(0, 1).unsqueeze(0).expand(num_steps, *x.shape))
 
 
@@ -37,6 +47,7 @@ class LatencyEncoder(nn.Module):
     """
 
     def forward(self, x: Tensor, num_steps: int) -> Tensor:
+        _check_steps(num_steps)
         x = x.clamp(0, 1)
         when = torch.round((1 - x) * (num_steps - 1))
         steps = torch.arange(num_steps, device=x.device, dtype=x.dtype).view(-1, *([1] * x.dim()))
@@ -52,6 +63,7 @@ class DirectEncoder(nn.Module):
     """
 
     def forward(self, x: Tensor, num_steps: int) -> Tensor:
+        _check_steps(num_steps)
         return x.unsqueeze(0).expand(num_steps, *x.shape)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from metaspike.checks import is_finite_number, is_whole
 from metaspike.snn.backends import norse_method, require_norse, require_snntorch, surrogate
 from metaspike.snn.recurrent import SelfRecurrentLIF
 from metaspike.snn.timeloop import SpikingClassifier
@@ -41,6 +42,17 @@ class NetSpec:
     readout: str = "membrane"
     surrogate: str | None = None
     beta: float = 0.9
+
+    def __post_init__(self) -> None:
+        for name, value, empty in (("input_shape", self.input_shape, False), ("hidden", self.hidden, True)):
+            if not isinstance(value, (tuple, list)) or not (value or empty) or not all(is_whole(v, 1) for v in value):
+                raise ValueError(f"{name} must be a {'' if empty else 'non-empty '}sequence of integers >= 1, "
+                                 f"got {value!r}")
+        for name, value in (("classes", self.classes), ("num_steps", self.num_steps)):
+            if not is_whole(value, 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not (is_finite_number(self.beta) and 0 <= self.beta <= 1):
+            raise ValueError(f"beta (the membrane's decay per step) must be a number in [0, 1], got {self.beta!r}")
 
 
 Neuron = Callable[[int, bool], nn.Module]  # (features, is_output_layer) -> neuron module
@@ -82,6 +94,8 @@ def synaptic(spec: NetSpec) -> nn.Module:
 def alpha(spec: NetSpec) -> nn.Module:
     """snnTorch ``Alpha`` (alpha-shaped synaptic current)."""
     snn = require_snntorch()
+    if spec.beta < 0.1:  # its synaptic decay is beta - 0.1
+        raise ValueError(f"beta must be in [0.1, 1] for the alpha neuron (its second decay is beta - 0.1), got {spec.beta!r}")
     return _snntorch(spec, lambda **kw: snn.Alpha(alpha=min(0.95, spec.beta + 0.05), beta=spec.beta - 0.1, **kw))
 
 

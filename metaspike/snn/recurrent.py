@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from metaspike.checks import is_finite_number, is_whole
+
 __all__ = ["SelfRecurrentLIF", "fast_sigmoid_spike"]
 
 
@@ -73,6 +75,12 @@ class SelfRecurrentLIF(nn.Module):
         output: bool = False,
     ) -> None:
         super().__init__()
+        if not is_whole(features, 1):
+            raise ValueError(f"features must be an integer >= 1, got {features!r}")
+        if not (is_finite_number(beta) and 0 <= beta <= 1):
+            raise ValueError(f"beta (the membrane's decay per step) must be a number in [0, 1], got {beta!r}")
+        if not (is_finite_number(threshold) and threshold >= 0.01):
+            raise ValueError(f"threshold must be a number >= 0.01, got {threshold!r}")
         self.features = features
         self.beta = nn.Parameter(torch.full((features,), float(beta)))
         self.threshold = nn.Parameter(torch.full((features,), float(threshold)))

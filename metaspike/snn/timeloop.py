@@ -65,6 +65,9 @@ class SpikingClassifier(nn.Module):
         self.num_steps = num_steps
         self.encoder = get_encoder(encoder)
         self.readout = get_readout(readout)
+        if input_shape is not None and (isinstance(input_shape, str) or not all(is_whole(s, 1) for s in input_shape)
+                                        or not len(input_shape)):
+            raise ValueError(f"input_shape must be a non-empty sequence of integers >= 1, got {input_shape!r}")
         self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
         if self.input_shape is not None:
             self.in_features = math.prod(self.input_shape)
