@@ -153,3 +153,22 @@ def test_the_membrane_readout_reads_the_membrane_of_every_snntorch_neuron(neuron
     cell.reset_hidden()
     expected = torch.stack([net(x)[-1] for _ in range(5)]).mean(0)
     assert torch.equal(got, expected)  # the same float32 operations in the same order
+
+
+@pytest.mark.filterwarnings("ignore:Inhibition is an unstable feature")
+def test_the_registry_synaptic_model_round_trips_through_nir_and_unexpressed_options_are_refused(tmp_path):
+    pytest.importorskip("nir")
+    from metaspike.snn.nir import export_nir, import_nir
+
+    torch.manual_seed(0)
+    model = metaspike.binarize(build_neuron_model("synaptic", NetSpec(hidden=(16,), num_steps=4, beta=0.8)))
+    export_nir(model, tmp_path / "synaptic.nir")  # its output layer never fires: a CubaLI node
+    rebuilt = SpikingClassifier(import_nir(tmp_path / "synaptic.nir"), model.num_steps, model.encoder, model.readout,
+                                model.input_shape)
+    x = torch.rand(5, 1, 28, 28)
+    torch.testing.assert_close(model(x), rebuilt(x))
+    for option in (dict(graded_spikes_factor=2.0), dict(inhibition=True), dict(reset_delay=False)):
+        net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), snn.Leaky(beta=0.9, reset_mechanism="zero", init_hidden=True,
+                                                                    **option))
+        with pytest.raises(ValueError, match=f"NIR has no counterpart of Leaky\\({next(iter(option))}="):
+            export_nir(net, tmp_path / "x.nir", input_shape=(4,))

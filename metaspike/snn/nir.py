@@ -6,8 +6,9 @@ its neuron parameters as a NIR graph; :func:`import_nir` builds the same per-ste
 Supported modules (a sequential chain): ``nn.Flatten`` (→ ``Flatten``), ``nn.Linear`` (→
 ``Affine``/``Linear``), ``nn.Conv2d`` (→ ``Conv2d``), :class:`~metaspike.snn.layers.Scale` (→
 ``Scale``), ``snntorch.Leaky`` with ``reset_mechanism="zero"`` (→ ``LIF``) or ``"none"`` (→ ``LI``),
-``snntorch.Synaptic`` with ``reset_mechanism="zero"`` (→ ``CubaLIF``). Discretisation with step ``dt``
-(forward Euler, as snnTorch does): ``beta = 1 - dt / tau_mem``, ``alpha = 1 - dt / tau_syn``, input
+``snntorch.Synaptic`` with ``reset_mechanism="zero"`` (→ ``CubaLIF``) or ``"none"`` (→ ``CubaLI``); options NIR
+cannot express (``graded_spikes_factor``, ``inhibition``, ``reset_delay=False``) are refused. Discretisation with step
+``dt`` (forward Euler, as snnTorch does): ``beta = 1 - dt / tau_mem``, ``alpha = 1 - dt / tau_syn``, input
 gains ``r dt / tau_mem`` and ``w_in dt / tau_syn`` (``1`` on export without a learned gain).
 
 The learned gain ``α`` of a binary layer (:class:`metaspike.gain.OutputGain`) is folded into the
@@ -57,6 +58,19 @@ def _time_constant(decay: torch.Tensor, shape: tuple[int, ...], dt: float, what:
     return dt / (1 - kept)
 
 
+#: snnTorch neuron options NIR's neurons have no counterpart for, with the value that needs none
+_PLAIN_OPTIONS = (("graded_spikes_factor", 1.0), ("inhibition", False), ("reset_delay", True))
+
+
+def _refuse_unexpressed_options(layer: nn.Module) -> None:
+    """One ``ValueError`` for an snnTorch option the exported graph could not reproduce (it would run differently)."""
+    for option, plain in _PLAIN_OPTIONS:
+        value = getattr(layer, option, plain)
+        if not bool(torch.all(torch.as_tensor(value) == plain)):
+            raise ValueError(f"NIR has no counterpart of {type(layer).__name__}({option}={value!r}); export a neuron "
+                             f"with {option}={plain!r}")
+
+
 def _reset_to_zero(layer: nn.Module, kind: str) -> None:
     if layer.reset_mechanism != "zero":
         raise ValueError(f"NIR {kind} resets to v_reset; export with reset_mechanism='zero', got {layer.reset_mechanism!r}")
@@ -65,14 +79,18 @@ def _reset_to_zero(layer: nn.Module, kind: str) -> None:
 def _neuron_node(nir: ModuleType, snn: ModuleType, layer: nn.Module, shape: tuple[int, ...], dt: float,
                  gain: np.ndarray):
     """NIR node of an snnTorch ``Leaky``/``Synaptic``; ``gain`` (the layer before's ``α``) multiplies ``r``."""
+    _refuse_unexpressed_options(layer)
     zeros = np.zeros(shape, dtype=np.float32)
     tau_mem = _time_constant(layer.beta, shape, dt, "beta")
     r = (gain * tau_mem / dt).astype(np.float32)
     if isinstance(layer, snn.Synaptic):
-        _reset_to_zero(layer, "CubaLIF")
         tau_syn = _time_constant(layer.alpha, shape, dt, "alpha")
+        w_in = (tau_syn / dt).astype(np.float32)
+        if layer.reset_mechanism == "none":  # a readout that never fires: current-based leaky integrator
+            return nir.CubaLI(tau_syn=tau_syn, tau_mem=tau_mem, r=r, v_leak=zeros, w_in=w_in)
+        _reset_to_zero(layer, "CubaLIF")
         return nir.CubaLIF(tau_syn=tau_syn, tau_mem=tau_mem, r=r, v_leak=zeros, v_threshold=_array(layer.threshold, shape),
-                           v_reset=zeros, w_in=(tau_syn / dt).astype(np.float32))
+                           v_reset=zeros, w_in=w_in)
     if layer.reset_mechanism == "none":
         return nir.LI(tau=tau_mem, r=r, v_leak=zeros)
     _reset_to_zero(layer, "LIF")
@@ -197,7 +215,7 @@ def import_nir(source, dt: float = 1.0) -> nn.Sequential:
     snn = require_snntorch()
     graph = source if isinstance(source, nir.NIRGraph) else nir.read(source)
     nodes = _chain(graph)
-    neurons = [i for i, n in enumerate(nodes) if isinstance(n, (nir.LIF, nir.LI, nir.CubaLIF))]
+    neurons = [i for i, n in enumerate(nodes) if isinstance(n, (nir.LIF, nir.LI, nir.CubaLIF, nir.CubaLI))]
     layers: list[nn.Module] = []
     for i, node in enumerate(nodes):
         if isinstance(node, nir.Flatten):
@@ -222,7 +240,7 @@ def import_nir(source, dt: float = 1.0) -> nn.Sequential:
             layers.append(conv)
         elif isinstance(node, nir.Scale):
             layers.append(_scale(_tensor(node.scale)))
-        elif isinstance(node, (nir.LIF, nir.LI, nir.CubaLIF)):
+        elif isinstance(node, (nir.LIF, nir.LI, nir.CubaLIF, nir.CubaLI)):
             layers += _neuron(snn, node, dt, output=i == neurons[-1])
         else:
             raise ValueError(f"import_nir does not support NIR node {type(node).__name__}")
