@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from metaspike.checks import is_whole
 from metaspike.distributed import average_gradients
 
 __all__ = ["check_inputs", "train_epoch", "evaluate", "masked_logits", "classification_loss", "predictions",
@@ -109,8 +110,12 @@ def masked_logits(logits: Tensor, classes: Sequence[int] | None) -> Tensor:
     """
     if classes is None:
         return logits
-    mask = torch.full((logits.shape[1],), float("-inf"), device=logits.device)
-    mask[list(classes)] = 0.0
+    outputs = logits.shape[-1]  # the classes are the last dimension, also of (S, B, C) weight-sample logits
+    classes = list(classes)
+    if any(not 0 <= c < outputs for c in classes):
+        raise ValueError(f"classes {classes} go beyond the model's {outputs} outputs")
+    mask = torch.full((outputs,), float("-inf"), device=logits.device)
+    mask[classes] = 0.0
     return logits + mask
 
 
@@ -170,9 +175,15 @@ def train_epoch(
         >>> loss = train_epoch(model, opt, torch.rand(20, 4), torch.randint(0, 3, (20,)), batch_size=5)
     """
     model.train()
+    if not is_whole(batch_size, 1):
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     order = torch.randperm(len(x), generator=generator)
     total, batches = 0.0, 0
     has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if has_batchnorm and batch_size < 2 * shard[1]:  # every batch would be skipped: nothing would train
+        raise ValueError(f"batch_size {batch_size}: the model has BatchNorm, which cannot train on one sample "
+                         f"{'per process ' if shard[1] > 1 else ''}; use batch_size >= {2 * shard[1]} or a model "
+                         "without BatchNorm")
     for start in range(0, len(x), batch_size):
         batch = order[start : start + batch_size]
         index = batch.tensor_split(shard[1])[shard[0]]
@@ -225,6 +236,10 @@ def evaluate(
         >>> 0.0 <= evaluate(model, torch.rand(20, 4), torch.randint(0, 3, (20,))) <= 100.0
         True
     """
+    if len(x) == 0:
+        raise ValueError("x holds no samples to evaluate")
+    if not is_whole(batch_size, 1):
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     was_training = model.training
     model.eval()
     correct = 0

@@ -1,6 +1,8 @@
 """The continual trainer: accuracy matrix, curves, BatchNorm modes, and forgetting that metaplasticity reduces."""
 
 
+import math
+
 import pytest
 import torch
 
@@ -8,6 +10,7 @@ from bnn import MLP
 from metaspike.continual import ContinualTrainer, TrainerConfig, batchnorm_state, permuted, stream
 from metaspike.data import load_dataset
 from metaspike.optim import MetaplasticAdam
+from metaspike.training import classification_loss, evaluate
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +111,18 @@ def test_a_stream_trains_every_subset_and_evaluates_its_one_test_set():
     result = _trainer(1.0, epochs=1).fit(data)
     assert len(result.matrix) == 3 and all(len(row) == 1 for row in result.matrix)
     assert result.matrix[-1][0] > 50  # three subsets of digits learned one after another
+
+
+def test_a_batchnorm_model_at_batch_size_1_is_refused_instead_of_training_nothing(scenario):
+    with pytest.raises(ValueError, match="batch_size 1: the model has BatchNorm, which cannot train on one sample"):
+        _trainer(1.0, epochs=1, batch_size=1).fit(scenario)
+
+
+def test_masks_fit_weight_sample_logits_and_name_classes_beyond_the_outputs():
+    loss = classification_loss(torch.zeros(3, 2, 4), torch.tensor([0, 1]), classes=[0, 1])
+    assert loss.item() == pytest.approx(math.log(2))  # (S, B, C) logits: the mask is on the classes
+    with pytest.raises(ValueError, match=r"classes \[2, 3\] go beyond the model's 2 outputs"):
+        classification_loss(torch.zeros(5, 2), torch.tensor([0, 1, 0, 1, 0]), classes=[2, 3])
+    with pytest.raises(ValueError, match="x holds no samples to evaluate"):
+        evaluate(torch.nn.Linear(4, 2), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+

@@ -283,11 +283,12 @@ class SynapticIntelligence(Plugin):
 
     def state_dict(self) -> dict[str, Any]:
         """Path integrals, importances and anchors (tensors), plus the hyperparameters."""
-        return {"c": self.c, "xi": self.xi, "omega": list(self.omega), "big_omega": list(self.big_omega),
-                "task_start": list(self.task_start), "anchors": list(self.anchors)}
+        # copies: omega grows in place as training goes on, and a snapshot must keep the values it was taken with
+        return {"c": self.c, "xi": self.xi, **{key: [t.clone() for t in getattr(self, key)]
+                                                for key in ("omega", "big_omega", "task_start", "anchors")}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         self.c, self.xi = float(state["c"]), float(state["xi"])
         for key in ("omega", "big_omega", "task_start", "anchors"):
-            setattr(self, key, list(state[key]))
+            setattr(self, key, [t.clone() for t in state[key]])  # not the caller's tensors, which omega would change

@@ -242,8 +242,13 @@ class ContinualTrainer:
         return accuracies
 
     def _check(self, task: Task) -> None:
+        """The task's training and test data fit the model (the test labels too: a label the model cannot output
+        would be scored as a silent miss)."""
         check_inputs(self.model, task.train.x.to(self.config.device), task.train.y.to(self.config.device),
                      what=f"training data of task {task.name!r}")
+        with torch.random.fork_rng(devices=[]):  # a model that samples its weights draws: keep every run's numbers
+            check_inputs(self.model, task.test.x.to(self.config.device), task.test.y.to(self.config.device),
+                         what=f"test data of task {task.name!r}")
 
     def fit(self, scenario: Scenario, log: RunLog | None = None, resume: dict[str, Any] | None = None) -> ContinualResult:
         """Train every task of ``scenario`` in order; return (and log) the results.
