@@ -180,15 +180,19 @@ def train_epoch(
     order = torch.randperm(len(x), generator=generator)
     total, batches = 0.0, 0
     has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    if has_batchnorm and batch_size < 2 * shard[1]:  # every batch would be skipped: nothing would train
-        raise ValueError(f"batch_size {batch_size}: the model has BatchNorm, which cannot train on one sample "
-                         f"{'per process ' if shard[1] > 1 else ''}; use batch_size >= {2 * shard[1]} or a model "
-                         "without BatchNorm")
+    # every process needs a sample of each batch, and BatchNorm two: a batch short of that is skipped (decided
+    # alike in every process), and a batch_size short of it would skip every batch
+    minimum = shard[1] * (2 if has_batchnorm else 1)
+    if batch_size < minimum:
+        per = f" per process ({shard[1]} processes)" if shard[1] > 1 else ""
+        why = (f"the model has BatchNorm, which cannot train on one sample{per}" if has_batchnorm
+               else f"each of the {shard[1]} processes needs at least one sample of a batch")
+        raise ValueError(f"batch_size {batch_size}: {why}; use batch_size >= {minimum}")
     for start in range(0, len(x), batch_size):
         batch = order[start : start + batch_size]
         index = batch.tensor_split(shard[1])[shard[0]]
-        if len(batch) < 2 * shard[1] and has_batchnorm:
-            continue  # BatchNorm cannot train on one sample per process (decided alike in every process)
+        if len(batch) < minimum:
+            continue  # (the last batch of an epoch)
         inputs, targets = x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         loss = classification_loss(model(inputs), targets, classes)

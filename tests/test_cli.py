@@ -113,6 +113,7 @@ def test_plot_redraws_a_run(tmp_path, capsys):
         (["train", "--scenario", "sequence", "--dataset", "mnist5k", "digits", "--tasks", "5"],
          "--tasks: --scenario sequence has one task per --dataset (2 here), got --tasks 5"),
         (["train", "--resume", "somewhere", "--out", "elsewhere"], "--resume continues in RUN_DIR itself; remove --out"),
+        (["reproduce", "fig5ab", "--seeds", "-1"], "--seeds must list one or more distinct integers in 0..18446744073709551615"),
     ],
 )
 def test_bad_input_gets_one_clear_line(args, message, capsys):

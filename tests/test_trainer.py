@@ -126,3 +126,12 @@ def test_masks_fit_weight_sample_logits_and_name_classes_beyond_the_outputs():
     with pytest.raises(ValueError, match="x holds no samples to evaluate"):
         evaluate(torch.nn.Linear(4, 2), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
 
+
+
+def test_a_batch_must_give_every_process_a_sample():
+    from metaspike.training import train_epoch
+
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="batch_size 1: each of the 2 processes needs at least one sample of a batch"):
+        train_epoch(model, opt, torch.rand(6, 4), torch.randint(0, 3, (6,)), batch_size=1, shard=(0, 2))

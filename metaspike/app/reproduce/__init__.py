@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from metaspike.app.config import MAX_SEED
 from metaspike.continual.results import unique_directory
 from metaspike.app.reproduce.experiments import EXPERIMENTS, get_experiment
 from metaspike.app.reproduce.scales import SCALES
@@ -35,8 +36,8 @@ def reproduce(name: str, scale: str = "cpu", seeds: Sequence[int] = (1,), out: s
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; available: {', '.join(SCALES)}")
     seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds must list one or more distinct integers, got {seeds}")
+    if not seeds or len(set(seeds)) != len(seeds) or not all(0 <= s <= MAX_SEED for s in seeds):
+        raise ValueError(f"--seeds must list one or more distinct integers in 0..{MAX_SEED}, got {seeds}")
     root = unique_directory(out, f"reproduce-{name}-{scale}")
     try:
         return root, experiment.run(scale, seeds, root, progress, data_dir)

@@ -116,7 +116,7 @@ def reproduce_fig5ab(scale: str, seeds: Sequence[int], root: Path, paper: dict[s
         runs = []
         for seed in seeds:
             task1 = QuadraticTask.random(settings["dim"], seed)
-            runs.append(train_quadratic(task1, task1.moved(seed + 10_000), meta, settings["steps"], seed=seed))
+            runs.append(train_quadratic(task1, task1.moved((seed + 10_000) % 2**64), meta, settings["steps"], seed=seed))
         first.append(runs[0])
         row: dict[str, Any] = {"setting": f"m={meta:g}", "paper": paper.get(f"m={meta:g}", "n/a"), "runs": len(runs)}
         for key in ("signs_kept", "loss1_after_task1", "loss1_after_task2", "loss1_increase", "loss2_after_task2"):
