@@ -23,6 +23,7 @@ from torch.optim import Optimizer
 
 from metaspike.checks import is_finite_number, is_number
 from metaspike.compiled import LazyCompiled
+from metaspike.layer_selection import each_once
 from metaspike.rules import Rule, check_meta, get_rule, rule_from_record, rule_record, state_from_dict, state_to_dict
 from metaspike.synapse import is_hidden_weight, weight_matrices
 
@@ -391,7 +392,7 @@ def param_groups(model: nn.Module, meta: float | Sequence[float]) -> list[dict[s
         >>> [(g["meta"], g["consolidate"]) for g in groups]
         [(2.0, True), (1.0, True), (0.5, True), (0.0, False)]
     """
-    matrices = list({id(w): w for _, w in weight_matrices(model)}.values())
+    matrices = each_once(w for _, w in weight_matrices(model))
     if isinstance(meta, (str, bytes)):
         raise ValueError(f"meta must be a number or a sequence of numbers, one per weight layer, got {meta!r}")
     if is_number(meta):

@@ -159,7 +159,6 @@ def binarize(
     for layer in todo:  # everything checked: now change the model
         if scale is not None:
             attach_output_gain(layer, scale)
-    for layer in todo:
         parametrize.register_parametrization(layer, "weight", SignWeight())
         mark_hidden_weight(layer.parametrizations.weight.original)  # type: ignore[union-attr]
     if not todo and not any(True for _ in binary_modules(module)):
@@ -169,9 +168,7 @@ def binarize(
 
 
 def _has_sign_parametrization(layer: nn.Module) -> bool:
-    return parametrize.is_parametrized(layer, "weight") and any(
-        isinstance(p, SignWeight) for p in layer.parametrizations.weight  # type: ignore[union-attr]
-    )
+    return isinstance(synapse_parametrization(layer), SignWeight)
 
 
 def binary_modules(module: nn.Module) -> Iterator[tuple[str, nn.Module, nn.Parameter]]:

@@ -20,6 +20,7 @@ from metaspike.app.config import RunConfig, meta_label
 from metaspike.app.models import BIMU_SUFFIX, optimizer_kind
 from metaspike.app.runs import config_from_record, finished_result, load_config, resume, run
 from metaspike.app.tables import check_settings, comparison_csv, format_table, last_task_column, summarize_results
+from metaspike.checks import is_number
 from metaspike.continual.results import RunDirectory, unique_directory
 from metaspike.continual.trainer import ContinualResult
 from metaspike.files import atomic_write_text, read_json
@@ -69,10 +70,6 @@ def _neuron_rows(base: RunConfig, neurons: Sequence[str], metas: Sequence[float]
 _PLAN_KEYS = {"meta": {"kind", "base", "settings", "seeds"}, "neurons": {"kind", "base", "neurons", "metas", "seeds"}}
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _check_plan(plan: Any, path: Path) -> None:
     """One ``ValueError`` naming ``path`` and the first field of a plan read back from disk that is not what
     :func:`compare` or :func:`compare_neurons` writes (the values are checked again when the runs are built)."""
@@ -90,13 +87,13 @@ def _check_plan(plan: Any, path: Path) -> None:
         raise bad(f"'seeds' must be a list of integers, got {plan['seeds']!r}")
     if plan["kind"] == "meta":
         settings = plan["settings"]
-        if not isinstance(settings, list) or not all(isinstance(x, list) and x and all(map(_is_number, x))
+        if not isinstance(settings, list) or not all(isinstance(x, list) and x and all(map(is_number, x))
                                                      for x in settings):
             raise bad(f"'settings' must be a list of lists of numbers, got {settings!r}")
     else:
         if not isinstance(plan["neurons"], list) or not all(isinstance(x, str) for x in plan["neurons"]):
             raise bad(f"'neurons' must be a list of model names, got {plan['neurons']!r}")
-        if not isinstance(plan["metas"], list) or not all(map(_is_number, plan["metas"])):
+        if not isinstance(plan["metas"], list) or not all(map(is_number, plan["metas"])):
             raise bad(f"'metas' must be a list of numbers, got {plan['metas']!r}")
     try:
         check_settings(plan["settings"] if plan["kind"] == "meta" else plan["metas"], plan["seeds"])

@@ -442,10 +442,21 @@ def _new_synapse(kind: str, weight: nn.Parameter, sigma_init: float, lambda_init
     return BinaryWeight(temperature, evaluation)
 
 
-def _register(layer: nn.Module, synapse: _Parametrization) -> None:
-    # unsafe: skip torch's trial call of the parametrization (a sample has the weight's shape and dtype by
-    # construction), which would draw random numbers and compile the sample loop for every layer built
-    parametrize.register_parametrization(layer, "weight", synapse, unsafe=True)
+def _make_synapses(layers: list[nn.Module], kind: str, scale: str | None, sigma_init: float, lambda_init: float | None,
+                   temperature: float, evaluation: str) -> None:
+    """Turn the checked ``layers`` into synapses of ``kind``: first every gain, from the float weights (before a λ
+    replaces them), then the synapses, one for each weight parameter (tied layers share it)."""
+    for layer in layers:
+        if scale is not None and output_gain(layer) is None:
+            attach_output_gain(layer, scale)
+    shared: dict[int, _Parametrization] = {}
+    for layer in layers:
+        weight = layer.weight
+        if id(weight) not in shared:
+            shared[id(weight)] = _new_synapse(kind, weight, sigma_init, lambda_init, temperature, evaluation)
+        # unsafe: skip torch's trial call of the parametrization (a sample has the weight's shape and dtype by
+        # construction), which would draw random numbers and compile the sample loop for every layer built
+        parametrize.register_parametrization(layer, "weight", shared[id(weight)], unsafe=True)
 
 
 def make_bayesian(
@@ -469,9 +480,7 @@ def make_bayesian(
     scale = _check_settings(kind, scale, sigma_init, lambda_init, temperature, evaluation)
     if not isinstance(getattr(layer, "weight", None), nn.Parameter) or parametrize.is_parametrized(layer, "weight"):
         raise ValueError(f"{type(layer).__name__} has no plain weight parameter to make Bayesian")
-    if scale is not None and output_gain(layer) is None:
-        attach_output_gain(layer, scale)  # from the float weight, before λ replaces it
-    _register(layer, _new_synapse(kind, layer.weight, sigma_init, lambda_init, temperature, evaluation))
+    _make_synapses([layer], kind, scale, sigma_init, lambda_init, temperature, evaluation)
     return layer
 
 
@@ -530,8 +539,8 @@ def bayesianize(
     scale = _check_settings(kind, scale, sigma_init, lambda_init, temperature, evaluation)
     todo = []
     for name, layer in select_layers(model, layer_types, exclude):
-        synapse = synapse_parametrization(layer)
-        if isinstance(synapse, (GaussianWeight, BinaryWeight)) and synapse.kind == kind:
+        synapse = _parametrization(layer)
+        if synapse is not None and synapse.kind == kind:
             differs = _settings_differ(synapse, temperature, evaluation)
             if differs is not None:
                 raise ValueError(f"layer {name!r} is already a {kind!r} synapse with {differs}; change it on "
@@ -543,15 +552,7 @@ def bayesianize(
     if not todo and not any(found == kind for _, _, found, _ in bayesian_modules(model)):
         raise ValueError(f"{type(model).__name__} has no layer to make Bayesian (looked for "
                          f"{layer_type_names(layer_types)} layers with a weight parameter)")
-    for layer in todo:  # everything checked: now change the model; the gains first, from the float weights
-        if scale is not None and output_gain(layer) is None:
-            attach_output_gain(layer, scale)
-    shared: dict[int, _Parametrization] = {}  # tied layers (one weight parameter) get one synapse
-    for layer in todo:
-        weight = layer.weight
-        if id(weight) not in shared:
-            shared[id(weight)] = _new_synapse(kind, weight, sigma_init, lambda_init, temperature, evaluation)
-        _register(layer, shared[id(weight)])
+    _make_synapses(todo, kind, scale, sigma_init, lambda_init, temperature, evaluation)  # everything checked
     return model
 
 

@@ -13,12 +13,19 @@ from torch import Tensor, nn
 
 from metaspike.checks import is_whole
 
-__all__ = ["RateEncoder", "LatencyEncoder", "DirectEncoder", "available_encoders", "get_encoder"]
+__all__ = ["RateEncoder", "LatencyEncoder", "DirectEncoder", "available_encoders", "get_encoder", "check_num_steps"]
 
 
-def _check_steps(num_steps: int) -> None:
+def check_num_steps(num_steps: int) -> int:
+    """``num_steps`` if it is an integer ``>= 1``, else one ``ValueError``.
+
+    Example:
+        >>> check_num_steps(8)
+        8
+    """
     if not is_whole(num_steps, 1):
         raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+    return num_steps
 
 
 class RateEncoder(nn.Module):
@@ -30,7 +37,7 @@ class RateEncoder(nn.Module):
     """
 
     def forward(self, x: Tensor, num_steps: int) -> Tensor:
-        _check_steps(num_steps)
+        check_num_steps(num_steps)
         if not bool(torch.isfinite(x).all()):
             raise ValueError("x holds NaN or infinite values; the rate encoder takes firing probabilities in [0, 1]")
         return torch.bernoulli(x.clamp(0, 1).unsqueeze(0).expand(num_steps, *x.shape))
@@ -47,7 +54,7 @@ class LatencyEncoder(nn.Module):
     """
 
     def forward(self, x: Tensor, num_steps: int) -> Tensor:
-        _check_steps(num_steps)
+        check_num_steps(num_steps)
         x = x.clamp(0, 1)
         when = torch.round((1 - x) * (num_steps - 1))
         steps = torch.arange(num_steps, device=x.device, dtype=x.dtype).view(-1, *([1] * x.dim()))
@@ -63,7 +70,7 @@ class DirectEncoder(nn.Module):
     """
 
     def forward(self, x: Tensor, num_steps: int) -> Tensor:
-        _check_steps(num_steps)
+        check_num_steps(num_steps)
         return x.unsqueeze(0).expand(num_steps, *x.shape)
 
 

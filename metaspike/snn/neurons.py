@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from metaspike.checks import is_finite_number, is_whole
+from metaspike.checks import is_whole
 from metaspike.snn.backends import norse_method, require_norse, require_snntorch, surrogate
-from metaspike.snn.recurrent import SelfRecurrentLIF
+from metaspike.snn.recurrent import SelfRecurrentLIF, check_decay
 from metaspike.snn.timeloop import SpikingClassifier
 
 __all__ = ["NetSpec", "available_neurons", "check_neurons", "build_neuron_model"]
@@ -51,8 +51,7 @@ class NetSpec:
         for name, value in (("classes", self.classes), ("num_steps", self.num_steps)):
             if not is_whole(value, 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if not (is_finite_number(self.beta) and 0 <= self.beta <= 1):
-            raise ValueError(f"beta (the membrane's decay per step) must be a number in [0, 1], got {self.beta!r}")
+        check_decay(self.beta)
 
 
 Neuron = Callable[[int, bool], nn.Module]  # (features, is_output_layer) -> neuron module

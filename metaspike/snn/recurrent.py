@@ -14,7 +14,19 @@ from torch import Tensor, nn
 
 from metaspike.checks import is_finite_number, is_whole
 
-__all__ = ["SelfRecurrentLIF", "fast_sigmoid_spike"]
+__all__ = ["SelfRecurrentLIF", "fast_sigmoid_spike", "check_decay"]
+
+
+def check_decay(beta: float) -> float:
+    """``beta`` if it is a membrane decay per step, a number in ``[0, 1]``, else one ``ValueError``.
+
+    Example:
+        >>> check_decay(0.9)
+        0.9
+    """
+    if not (is_finite_number(beta) and 0 <= beta <= 1):
+        raise ValueError(f"beta (the membrane's decay per step) must be a number in [0, 1], got {beta!r}")
+    return beta
 
 
 class _FastSigmoidSpike(torch.autograd.Function):
@@ -77,8 +89,7 @@ class SelfRecurrentLIF(nn.Module):
         super().__init__()
         if not is_whole(features, 1):
             raise ValueError(f"features must be an integer >= 1, got {features!r}")
-        if not (is_finite_number(beta) and 0 <= beta <= 1):
-            raise ValueError(f"beta (the membrane's decay per step) must be a number in [0, 1], got {beta!r}")
+        check_decay(beta)
         if not (is_finite_number(threshold) and threshold >= 0.01):
             raise ValueError(f"threshold must be a number >= 0.01, got {threshold!r}")
         self.features = features

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from metaspike.checks import is_whole
 from metaspike.snn.backends import reset_states
-from metaspike.snn.encoders import get_encoder
+from metaspike.snn.encoders import check_num_steps, get_encoder
 from metaspike.snn.readouts import Readout, get_readout
 from metaspike.synapse import binarized_once
 
@@ -59,10 +59,8 @@ class SpikingClassifier(nn.Module):
         input_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        if not is_whole(num_steps, 1):
-            raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
         self.network = network
-        self.num_steps = num_steps
+        self.num_steps = check_num_steps(num_steps)
         self.encoder = get_encoder(encoder)
         self.readout = get_readout(readout)
         if input_shape is not None and (isinstance(input_shape, str) or not all(is_whole(s, 1) for s in input_shape)
