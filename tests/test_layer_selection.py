@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from metaspike import bayesianize, binarize
-from metaspike.bayesian import BiMU, bayesian_modules, bimu_parameters, mesu_param_groups, sampled_product
+from metaspike.bayesian import MESU, BiMU, bayesian_modules, bimu_parameters, mesu_param_groups, sampled_product
 from metaspike.layer_selection import select_layers, synapse_parametrization
 from metaspike.synapse import binary_modules
 
@@ -137,3 +137,21 @@ def test_a_layer_without_inputs_gets_a_finite_gain():
     layer = bayesianize(nn.Sequential(nn.Linear(0, 3)), "bimu")[0]
     assert torch.isfinite(layer.output_gain.alpha).all()
     assert torch.equal(layer.eval()(torch.zeros(2, 0)), layer.bias.expand(2, 3))
+
+
+def test_the_bayesian_optimizers_refuse_a_models_other_parameters():
+    """`BiMU(model.parameters())`, the torch idiom, would run the BiMU rule on biases, gains and norm weights."""
+    net = bayesianize(nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3), nn.Linear(3, 2)), "bimu")
+    with pytest.raises(ValueError, match=r"BiMU params: 6 of 8 tensors .* Pass bimu_parameters\(model\)"):
+        BiMU(net.parameters())
+    assert len(BiMU(bimu_parameters(net)).param_groups[0]["params"]) == 2
+    gaussian = bayesianize(nn.Sequential(nn.Linear(4, 3, bias=False)), "mesu")
+    mu, sigma = mesu_param_groups(gaussian)[0]["params"]
+    with pytest.raises(ValueError, match="tensor 0 is a MESU width where a MESU mean belongs"):
+        MESU([sigma, mu])
+    with pytest.raises(ValueError, match="tensor 0 is a MESU mean where a BiMU latent weight belongs"):
+        BiMU([mu])
+    optimizer = BiMU(bimu_parameters(net))
+    with pytest.raises(ValueError, match="is not a synapse tensor"):
+        optimizer.add_param_group({"params": [net[1].weight]})
+    BiMU([nn.Parameter(torch.zeros(3))])  # tensors made by hand carry no mark: taken as given

@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from metaspike.bayesian.functional import bimu_step_, check_hyperparameters, mesu_step_
+from metaspike.bayesian.synapses import synapse_role
 
 __all__ = ["MESU", "BiMU"]
 
@@ -53,12 +54,39 @@ def _group_params(param_group: dict[str, Any]) -> list[Tensor]:
     return [params] if isinstance(params, Tensor) else list(params)
 
 
+_ROLE_NAMES = {"latent": "BiMU latent weight", "mean": "MESU mean", "width": "MESU width"}
+
+
+def _check_roles(optimizer: str, roles: tuple[str, ...], params: list[Tensor], helper: str, marked: bool) -> None:
+    """Refuse a model's other parameters beside its synapses: where any tensor of ``params`` is marked as a synapse
+    tensor (:func:`~metaspike.bayesian.synapses.synapse_role`), or the optimizer's other groups hold marked tensors
+    (``marked``), each must be the one ``roles`` expects at its place (they repeat: ``("mean", "width")`` for MESU's
+    pairs). Tensors without marks (made by hand) are taken as given."""
+    found = [synapse_role(p) for p in params]
+    if not marked and all(role is None for role in found):
+        return
+    wrong = [(i, role) for i, role in enumerate(found) if role != roles[i % len(roles)]]
+    if not wrong:
+        return
+    i, role = wrong[0]
+    what = f"a {_ROLE_NAMES[role]}" if role else "not a synapse tensor (a bias, gain or norm layer's parameter?)"
+    expected = _ROLE_NAMES[roles[i % len(roles)]]
+    raise ValueError(
+        f"{optimizer} params: {len(wrong)} of {len(params)} tensors are not in place; tensor {i} is {what} where a "
+        f"{expected} belongs. Pass {helper}(model), and train plain_parameters(model) with a torch optimizer "
+        "(metaspike.ChainedOptimizer runs both)"
+    )
+
+
 class _DataGatedOptimizer(Optimizer):
     """What MESU and BiMU share: hyperparameters validated for every group, and a step that changes
     nothing when no parameter has a nonzero gradient. A subclass names its ``rule`` and implements
     :meth:`_update_group`."""
 
     rule: str
+    roles: tuple[str, ...]
+    """What the tensors of a group are, repeating (checked where they carry marks: :func:`_check_roles`)."""
+    helper: str
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], defaults: dict[str, Any]) -> None:
         check_hyperparameters(self.rule, defaults)
@@ -72,7 +100,13 @@ class _DataGatedOptimizer(Optimizer):
         if len({id(p) for p in params}) < len(params):
             raise ValueError("params lists a tensor more than once (tied weights?); list each tensor once, as "
                              "bimu_parameters and mesu_param_groups do")
+        marked = any(synapse_role(p) is not None for group in self.param_groups for p in group["params"])
+        _check_roles(type(self).__name__, self.roles, params, self.helper, marked)
+        self._check_params(params)
         super().add_param_group({**param_group, "params": params})
+
+    def _check_params(self, params: list[Tensor]) -> None:
+        """Checks of a group's tensors that only one rule has (none by default)."""
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -134,6 +168,10 @@ class MESU(_DataGatedOptimizer):
         >>> opt.step()
     """
 
+    rule = "mesu"
+    roles = ("mean", "width")
+    helper = "mesu_param_groups"
+
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
@@ -144,12 +182,11 @@ class MESU(_DataGatedOptimizer):
         N: float = 100_000,
         clamp_grad: float = 0.0,
     ) -> None:
-        self.rule = "mesu"
         super().__init__(params, dict(lr_mu=lr_mu, lr_sigma=lr_sigma, sigma_prior=sigma_prior, mu_prior=mu_prior,
                                       N=N, clamp_grad=clamp_grad))
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group of ``μ, σ`` pairs; its hyperparameters and pairing are validated first.
+    def _check_params(self, params: list[Tensor]) -> None:
+        """A group's tensors must pair means and widths of one shape.
 
         Example:
             >>> opt = MESU([torch.zeros(2, requires_grad=True), torch.ones(2, requires_grad=True)])
@@ -158,7 +195,6 @@ class MESU(_DataGatedOptimizer):
             ...
             ValueError: params must alternate means and widths (mu_1, sigma_1, mu_2, ...), got 1 tensors
         """
-        params = _group_params(param_group)
         if len(params) % 2:
             raise ValueError(
                 f"params must alternate means and widths (mu_1, sigma_1, mu_2, ...), got {len(params)} tensors"
@@ -168,7 +204,6 @@ class MESU(_DataGatedOptimizer):
                 raise ValueError(
                     f"params pair {i}: sigma must have the shape of mu, got {tuple(sigma.shape)} and {tuple(mu.shape)}"
                 )
-        super().add_param_group({**param_group, "params": params})
 
     def _update_group(self, group: dict[str, Any]) -> list[Tensor]:
         mus, sigmas, grad_mus, grad_sigmas = [], [], [], []
@@ -212,6 +247,10 @@ class BiMU(_DataGatedOptimizer):
         >>> opt.step()
     """
 
+    rule = "bimu"
+    roles = ("latent",)
+    helper = "bimu_parameters"
+
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
@@ -221,7 +260,6 @@ class BiMU(_DataGatedOptimizer):
         kl_multiplier: float = 1.0,
         N: float = 60_000,
     ) -> None:
-        self.rule = "bimu"
         super().__init__(params, dict(lr=lr, lr_max=lr_max, likelihood_multiplier=likelihood_multiplier,
                                       kl_multiplier=kl_multiplier, N=N))
 

@@ -65,10 +65,27 @@ __all__ = [
     "sample_weights",
     "sampled_forward",
     "sampled_product",
+    "synapse_role",
 ]
 
 KINDS = ("bimu", "mesu")
 EVALUATIONS = ("mode", "sample")
+ROLE_ATTRIBUTE = "_metaspike_synapse_role"
+"""Set on the tensors :func:`bayesianize` makes synapses: ``"latent"`` (BiMU's ``λ``), ``"mean"`` and ``"width"``
+(MESU's ``μ`` and ``σ``), so that the optimizers can refuse a model's other parameters (:func:`synapse_role`)."""
+
+
+def synapse_role(tensor: Tensor) -> str | None:
+    """What ``tensor`` is in a synapse made by :func:`bayesianize` (``"latent"``, ``"mean"`` or ``"width"``), or
+    ``None`` for any other tensor (a bias, a gain, a norm layer's, or a tensor the user made; a deep copy of a model
+    has lost the mark, since torch copies a parameter's data only).
+
+    Example:
+        >>> net = bayesianize(torch.nn.Sequential(torch.nn.Linear(4, 3)), "mesu")
+        >>> [synapse_role(p) for p in net.parameters()]
+        [None, 'mean', 'width']
+    """
+    return getattr(tensor, ROLE_ATTRIBUTE, None)
 
 
 def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
@@ -435,7 +452,11 @@ def _new_synapse(kind: str, weight: nn.Parameter, sigma_init: float, lambda_init
     """The parametrization that makes ``weight`` a synapse of ``kind`` (BiMU: ``λ`` drawn anew unless
     ``lambda_init`` is ``None``)."""
     if kind == "mesu":
-        return GaussianWeight(weight, sigma_init, evaluation)
+        synapse = GaussianWeight(weight, sigma_init, evaluation)
+        setattr(weight, ROLE_ATTRIBUTE, "mean")
+        setattr(synapse.sigma, ROLE_ATTRIBUTE, "width")
+        return synapse
+    setattr(weight, ROLE_ATTRIBUTE, "latent")
     if lambda_init is not None:
         with torch.no_grad():
             weight.normal_(0.0, lambda_init)
