@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bnn import MLP
-from metaspike.continual.baselines import EWC, RandomConsolidation, SynapticIntelligence, fisher_diagonal
+from metaspike.continual.baselines import EWC, EWCOnline, RandomConsolidation, SynapticIntelligence, fisher_diagonal
 from metaspike.app.reproduce.continual import Method, run_method
 from metaspike.app.reproduce.experiments import CPU_PERMUTED
 from metaspike.training import train_epoch
@@ -46,7 +46,7 @@ def test_fisher_of_a_batch_statistics_bnn_uses_population_statistics_and_leaves_
     assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     norm = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d))
     assert norm.running_mean is None  # still the paper's batch-statistics BatchNorm
-    with pytest.raises(ValueError, match="samples must be >= 1"):
+    with pytest.raises(ValueError, match="samples must be an integer >= 1"):
         fisher_diagonal(model, x, y, samples=0)
 
 
@@ -133,10 +133,59 @@ def test_bnn_baselines_regularise_hidden_weights_only():
     assert [f.shape for f in ewc.importances[0]] == [torch.Size([8, 16]), torch.Size([4, 8])]
 
 
-@pytest.mark.parametrize("bad", [dict(lam=-1.0), dict(lam=float("nan"))])
+@pytest.mark.parametrize("bad", [dict(lam=-1.0), dict(lam=float("nan")), dict(lam="5000")])
 def test_ewc_rejects_bad_strength(bad):
-    with pytest.raises(ValueError, match="lambda"):
+    with pytest.raises(ValueError, match="EWC lam must be a finite number >= 0"):
         EWC(**bad)
+
+
+@pytest.mark.parametrize("make, bad, message", [
+    (EWC, dict(samples="10"), "EWC samples must be an integer >= 1"),
+    (EWC, dict(samples=2.5), "EWC samples must be an integer >= 1"),
+    (EWCOnline, dict(gamma="0.9"), r"gamma must be a number in \[0, 1\]"),
+    (EWCOnline, dict(gamma=float("nan")), r"gamma must be a number in \[0, 1\]"),
+    (EWCOnline, dict(lam=None), "lam must be a finite number >= 0"),
+    (SynapticIntelligence, dict(c="0.1"), "SI c must be a finite number >= 0"),
+    (RandomConsolidation, dict(seed=-1), "seed must be an integer >= 0"),
+])
+def test_baseline_arguments_are_one_line_naming_them(make, bad, message):
+    with pytest.raises(ValueError, match=message):
+        make(**bad)
+
+
+@pytest.mark.parametrize("make", [EWC, EWCOnline, SynapticIntelligence])
+def test_a_baseline_on_a_model_without_weight_matrices_is_one_line(make):
+    model = torch.nn.Sequential(torch.nn.LayerNorm(4))
+    plugin = make()
+    with pytest.raises(ValueError, match="Sequential has no weight matrices"):
+        plugin.task_done(model, torch.randn(4, 4), torch.randint(0, 4, (4,)), None)
+        plugin.before_step(model)
+
+
+@pytest.mark.parametrize("make", [EWC, EWCOnline, SynapticIntelligence])
+def test_a_baseline_state_is_checked_on_load_and_against_the_model(make):
+    """A tampered or foreign state is one line: on load (types, hyperparameters) or at the first penalty (shapes),
+    where zip would have cut the sums short or broadcasting mixed shapes silently."""
+    small, large = torch.nn.Linear(3, 2, bias=False), torch.nn.Linear(5, 2, bias=False)
+    x, y = torch.randn(6, 3), torch.randint(0, 2, (6,))
+    plugin = make()
+    if isinstance(plugin, SynapticIntelligence):
+        small(x).sum().backward()
+        plugin.before_step(small)
+        plugin.after_step(small)
+    plugin.task_done(small, x, y, None)
+    state = plugin.state_dict()
+    key = next(k for k, v in state.items() if isinstance(v, list))
+    with pytest.raises(ValueError, match=f"baseline state {key!r} must be a list"):
+        make().load_state_dict({**state, key: "not tensors"})
+    number = next(k for k, v in state.items() if isinstance(v, float) and k != "xi")
+    with pytest.raises(ValueError, match="must be a finite number"):
+        make().load_state_dict({**state, number: float("nan")})
+    restored = make()
+    restored.load_state_dict(state)
+    assert restored.penalty(small) is not None
+    with pytest.raises(ValueError, match=r"do not fit the model's weight matrices \(\[\(2, 5\)\]\)"):
+        restored.penalty(large)
 
 
 def test_si_rejects_zero_xi():

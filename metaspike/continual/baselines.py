@@ -27,7 +27,6 @@ resumed run with a baseline continues exactly.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from metaspike.checks import finite_number, is_finite_number, is_whole
 from metaspike.population_statistics import use_population_statistics
 from metaspike.synapse import weight_matrices
 from metaspike.training import Plugin, masked_logits
@@ -44,14 +44,45 @@ __all__ = ["EWC", "EWCOnline", "SynapticIntelligence", "RandomConsolidation", "f
 
 
 def _matrices(model: nn.Module) -> list[Tensor]:
-    return [w for _, w in weight_matrices(model)]
+    """The weight matrices the baselines regularise; a model without any is one line."""
+    matrices = [w for _, w in weight_matrices(model)]
+    if not matrices:
+        raise ValueError(f"{type(model).__name__} has no weight matrices (no parameter with two or more dimensions) "
+                         "for the baseline to regularise")
+    return matrices
 
 
-def _check_positive(value: float, name: str, allow_zero: bool = True) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value}")
-    return value
+def _samples(value: Any, name: str) -> int:
+    if not is_whole(value, 1):
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _gamma(value: Any) -> float:
+    if not (is_finite_number(value) and 0 <= value <= 1):
+        raise ValueError(f"gamma must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _tensors(state: dict[str, Any], key: str, depth: int = 1) -> list:
+    """``state[key]``: a list of tensors (``depth`` 1) or of lists of tensors (``depth`` 2), else one line."""
+    value = state.get(key) if isinstance(state, dict) else None
+    ok = isinstance(value, (list, tuple)) and all(
+        isinstance(t, Tensor) if depth == 1 else isinstance(t, (list, tuple)) and all(isinstance(u, Tensor) for u in t)
+        for t in value
+    )
+    if not ok:
+        what = "a list of tensors" if depth == 1 else "a list of lists of tensors"
+        raise ValueError(f"baseline state {key!r} must be {what}, got {type(value).__name__}")
+    return [list(t) for t in value] if depth == 2 else list(value)
+
+
+def _fit(name: str, tensors: Sequence[Tensor], params: Sequence[Tensor]) -> None:
+    """A baseline's saved tensors must match the model's weight matrices one for one (a state from another model
+    would otherwise be zipped short or broadcast silently)."""
+    if len(tensors) != len(params) or any(t.shape != p.shape for t, p in zip(tensors, params)):
+        raise ValueError(f"the baseline's {name} ({[tuple(t.shape) for t in tensors]}) do not fit the model's weight "
+                         f"matrices ({[tuple(p.shape) for p in params]}); was its state saved with another model?")
 
 
 def fisher_diagonal(
@@ -75,8 +106,8 @@ def fisher_diagonal(
         tensor([[0.2500, 0.2500, 0.2500],
                 [0.2500, 0.2500, 0.2500]])
     """
-    if samples < 1:
-        raise ValueError(f"Fisher samples must be >= 1, got {samples}")
+    _samples(samples, "Fisher samples")
+    _matrices(model)
     probe = copy.deepcopy(model)
     if any(isinstance(m, _BatchNorm) for m in probe.modules()):
         use_population_statistics(probe, x)
@@ -110,10 +141,8 @@ class EWC(Plugin):
     """
 
     def __init__(self, lam: float = 5000.0, samples: int = 1000) -> None:
-        self.lam = _check_positive(lam, "EWC lambda")
-        if samples < 1:
-            raise ValueError(f"EWC samples must be >= 1, got {samples}")
-        self.samples = int(samples)
+        self.lam = finite_number("EWC lam", lam, positive=False)
+        self.samples = _samples(samples, "EWC samples")
         self.importances: list[list[Tensor]] = []  # one list per past task
         self.anchors: list[list[Tensor]] = []
 
@@ -129,6 +158,9 @@ class EWC(Plugin):
         if not self.importances or self.lam == 0:
             return None
         params = _matrices(model)
+        for fs, anchors in zip(self.importances, self.anchors):
+            _fit("importances", fs, params)
+            _fit("anchors", anchors, params)
         total = sum(
             (f * (p - a).square()).sum()
             for fs, anchors in zip(self.importances, self.anchors)
@@ -142,10 +174,13 @@ class EWC(Plugin):
                 "importances": [list(f) for f in self.importances], "anchors": [list(a) for a in self.anchors]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        self.lam, self.samples = float(state["lam"]), int(state["samples"])
-        self.importances = [list(f) for f in state["importances"]]
-        self.anchors = [list(a) for a in state["anchors"]]
+        """Restore what :meth:`state_dict` returned (checked as the constructor checks its arguments)."""
+        importances, anchors = _tensors(state, "importances", 2), _tensors(state, "anchors", 2)
+        if len(importances) != len(anchors):
+            raise ValueError(f"baseline state has {len(importances)} importances but {len(anchors)} anchors")
+        self.lam = finite_number("EWC lam", state.get("lam"), positive=False)
+        self.samples = _samples(state.get("samples"), "EWC samples")
+        self.importances, self.anchors = importances, anchors
 
 
 class EWCOnline(Plugin):
@@ -165,13 +200,9 @@ class EWCOnline(Plugin):
     """
 
     def __init__(self, lam: float = 5000.0, gamma: float = 1.0, samples: int = 1000) -> None:
-        self.lam = _check_positive(lam, "lam")
-        self.gamma = float(gamma)
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"gamma must be a number in [0, 1], got {gamma!r}")
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
-        self.samples = samples
+        self.lam = finite_number("lam", lam, positive=False)
+        self.gamma = _gamma(gamma)
+        self.samples = _samples(samples, "samples")
         self.fisher: list[Tensor] = []
         self.anchor: list[Tensor] = []
 
@@ -183,7 +214,10 @@ class EWCOnline(Plugin):
     def penalty(self, model: nn.Module) -> Tensor | None:
         if not self.fisher or self.lam == 0:
             return None
-        total = sum((f * (p - a).square()).sum() for f, a, p in zip(self.fisher, self.anchor, _matrices(model)))
+        params = _matrices(model)
+        _fit("Fisher", self.fisher, params)
+        _fit("anchor", self.anchor, params)
+        total = sum((f * (p - a).square()).sum() for f, a, p in zip(self.fisher, self.anchor, params))
         return 0.5 * self.lam * total
 
     def state_dict(self) -> dict[str, Any]:
@@ -192,9 +226,12 @@ class EWCOnline(Plugin):
                 "fisher": list(self.fisher), "anchor": list(self.anchor)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        self.lam, self.gamma, self.samples = float(state["lam"]), float(state["gamma"]), int(state["samples"])
-        self.fisher, self.anchor = list(state["fisher"]), list(state["anchor"])
+        """Restore what :meth:`state_dict` returned (checked as the constructor checks its arguments)."""
+        fisher, anchor = _tensors(state, "fisher"), _tensors(state, "anchor")
+        self.lam = finite_number("lam", state.get("lam"), positive=False)
+        self.gamma = _gamma(state.get("gamma"))
+        self.samples = _samples(state.get("samples"), "samples")
+        self.fisher, self.anchor = fisher, anchor
 
 
 class RandomConsolidation(EWC):
@@ -211,6 +248,8 @@ class RandomConsolidation(EWC):
 
     def __init__(self, lam: float = 5000.0, samples: int = 1000, seed: int = 0) -> None:
         super().__init__(lam, samples)
+        if not is_whole(seed, 0):
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         self.generator = torch.Generator().manual_seed(int(seed))
 
     def importance(self, model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int] | None) -> list[Tensor]:
@@ -245,8 +284,8 @@ class SynapticIntelligence(Plugin):
     """
 
     def __init__(self, c: float = 0.1, xi: float = 0.1) -> None:
-        self.c = _check_positive(c, "SI c")
-        self.xi = _check_positive(xi, "SI xi", allow_zero=False)
+        self.c = finite_number("SI c", c, positive=False)
+        self.xi = finite_number("SI xi", xi, positive=True)
         self.omega: list[Tensor] = []  # path integral of the current task
         self.big_omega: list[Tensor] = []  # accumulated importance Ω
         self.task_start: list[Tensor] = []  # θ when the current task began
@@ -279,7 +318,10 @@ class SynapticIntelligence(Plugin):
     def penalty(self, model: nn.Module) -> Tensor | None:
         if not self.big_omega or self.c == 0:
             return None
-        return self.c * sum((o * (p - a).square()).sum() for o, a, p in zip(self.big_omega, self.anchors, _matrices(model)))
+        params = _matrices(model)
+        _fit("importances", self.big_omega, params)
+        _fit("anchors", self.anchors, params)
+        return self.c * sum((o * (p - a).square()).sum() for o, a, p in zip(self.big_omega, self.anchors, params))
 
     def state_dict(self) -> dict[str, Any]:
         """Path integrals, importances and anchors (tensors), plus the hyperparameters."""
@@ -288,7 +330,9 @@ class SynapticIntelligence(Plugin):
                                                 for key in ("omega", "big_omega", "task_start", "anchors")}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        self.c, self.xi = float(state["c"]), float(state["xi"])
-        for key in ("omega", "big_omega", "task_start", "anchors"):
-            setattr(self, key, [t.clone() for t in state[key]])  # not the caller's tensors, which omega would change
+        """Restore what :meth:`state_dict` returned (checked as the constructor checks its arguments)."""
+        tensors = {key: _tensors(state, key) for key in ("omega", "big_omega", "task_start", "anchors")}
+        self.c = finite_number("SI c", state.get("c"), positive=False)
+        self.xi = finite_number("SI xi", state.get("xi"), positive=True)
+        for key, value in tensors.items():
+            setattr(self, key, [t.clone() for t in value])  # not the caller's tensors, which omega would change

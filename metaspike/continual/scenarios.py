@@ -390,14 +390,14 @@ def available_scenarios() -> list[str]:
 
 def make_scenario(
     name: str,
-    datasets: Sequence[str] = ("mnist5k",),
+    datasets: str | Sequence[str] = ("mnist5k",),
     tasks: int = 3,
     seed: int = 0,
     data_dir: str | None = None,
     split_mode: str = "task",
     samples_per_task: int | None = None,
 ) -> Scenario:
-    """Build a scenario by name from dataset names (what the CLI calls).
+    """Build a scenario by name from dataset names (what the CLI calls); ``datasets`` may be one name.
 
     ``tasks`` is the number of permutations (``permuted``, ``joint``), class groups (``split``) or
     subsets (``stream``); ``sequence`` uses one task per dataset. ``joint`` trains on the
@@ -413,6 +413,8 @@ def make_scenario(
     _check_count(tasks, "tasks")
     if samples_per_task is not None and name != "permuted":
         raise ValueError(f"samples_per_task applies to the 'permuted' scenario only, not {name!r}")
+    if isinstance(datasets, str):  # one name, not a sequence of one-letter names
+        datasets = [datasets]
     if not datasets:
         raise ValueError("give at least one dataset")
     pairs = [(load_dataset(d, "train", data_dir), load_dataset(d, "test", data_dir)) for d in datasets]
