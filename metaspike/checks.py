@@ -10,7 +10,10 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["is_number", "is_finite_number", "is_whole", "finite_number"]
+__all__ = ["is_number", "is_finite_number", "is_whole", "finite_number", "MAX_SEED", "check_seed"]
+
+MAX_SEED = 2**64 - 1
+"""The largest seed: torch's and numpy's seeds are 64-bit."""
 
 
 def is_number(value: Any) -> bool:
@@ -58,3 +61,19 @@ def finite_number(name: str, value: Any, *, positive: bool) -> float:
     if not (is_finite_number(value) and (value > 0 if positive else value >= 0)):
         raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
     return float(value)
+
+
+def check_seed(name: str, value: Any) -> int:
+    """``value`` as an int if it is a whole number in ``0..MAX_SEED``, else a ``ValueError`` naming ``name``.
+
+    Example:
+        >>> check_seed("seed", 3)
+        3
+        >>> check_seed("seed", 1.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: seed must be an integer in 0..18446744073709551615 (seeds are 64-bit), got 1.5
+    """
+    if not (is_whole(value, 0) and value <= MAX_SEED):
+        raise ValueError(f"{name} must be an integer in 0..{MAX_SEED} (seeds are 64-bit), got {value!r}")
+    return int(value)

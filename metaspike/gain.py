@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["GAIN_SCALES", "OutputGain", "check_scale", "attach_output_gain", "output_gain"]
+__all__ = ["GAIN_SCALES", "OutputGain", "check_scale", "check_gain_layer", "attach_output_gain", "output_gain"]
 
 GAIN_SCALES = ("channel", "layer")
 """Accepted gain kinds: one ``α`` per output channel, or one per layer (``None``: no gain)."""
@@ -38,6 +38,23 @@ def check_scale(scale: str | None) -> str | None:
     if scale is not None and (not isinstance(scale, str) or scale not in GAIN_SCALES):
         raise ValueError(f"scale must be 'channel', 'layer' or None, got {scale!r}")
     return scale
+
+
+def check_gain_layer(name: str, layer: nn.Module) -> None:
+    """A gain needs the output channels first in the weight and last (linear) or second (conv) in the output: a
+    ``Linear`` or a (non-transposed) ``Conv1d/2d/3d``, or a subclass. Any other layer (``ConvTranspose2d``,
+    ``Bilinear``, ``Embedding``, ...) is one ``ValueError`` naming it, since its gain would scale the wrong axis.
+
+    Example:
+        >>> check_gain_layer("up", torch.nn.ConvTranspose2d(3, 6, 2))
+        Traceback (most recent call last):
+        ...
+        ValueError: layer 'up' (ConvTranspose2d): a learned output gain fits Linear and Conv1d/2d/3d layers only; pass scale=None for it, or leave it out with exclude
+    """
+    is_conv = isinstance(layer, nn.modules.conv._ConvNd) and not layer.transposed
+    if not (isinstance(layer, nn.Linear) or is_conv):
+        raise ValueError(f"layer {name!r} ({type(layer).__name__}): a learned output gain fits Linear and "
+                         "Conv1d/2d/3d layers only; pass scale=None for it, or leave it out with exclude")
 
 
 class OutputGain(nn.Module):

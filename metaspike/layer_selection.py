@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
@@ -19,7 +20,7 @@ from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 
 __all__ = ["DEFAULT_LAYER_TYPES", "SynapseParametrization", "synapse_parametrization", "select_layers",
-           "layer_type_names", "each_once"]
+           "layer_type_names", "each_once", "warn_float_matrices_left"]
 
 #: The layer classes that get synapses unless a call names others.
 DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -71,8 +72,8 @@ def layer_type_names(layer_types: type[nn.Module] | Sequence[type[nn.Module]]) -
 
 
 def _excluded_names(model: nn.Module, exclude: str | Sequence[str]) -> tuple[str, ...]:
-    names = (exclude,) if isinstance(exclude, str) else tuple(exclude)
-    if not all(isinstance(name, str) for name in names):
+    names = (exclude,) if isinstance(exclude, str) else tuple(exclude) if isinstance(exclude, Sequence) else None
+    if names is None or not all(isinstance(name, str) for name in names):
         raise ValueError(f"exclude must be a layer name or a sequence of names, got {exclude!r}")
     unknown = sorted(set(names) - {name for name, _ in model.named_modules()})
     if unknown:
@@ -95,13 +96,16 @@ def select_layers(
 
     ``layer_types`` is a class or a sequence of classes; ``exclude`` one name or a sequence of names, each of
     which must exist. A selected layer whose weight is still lazy (``nn.LazyLinear`` before its first forward
-    pass) is an error.
+    pass) or on the ``meta`` device (not yet materialized: a synapse made now would never be initialised) is an
+    error.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 4), nn.ReLU()), nn.Linear(4, 2))
         >>> [name for name, _ in select_layers(net, nn.Linear, exclude="1")]
         ['0', '2']
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"expected a torch nn.Module to put synapses on, got {type(model).__name__}")
     types = _layer_types(layer_types)
     excluded = _excluded_names(model, exclude)
     selected = []
@@ -114,6 +118,9 @@ def select_layers(
         weight = getattr(layer, "weight", None)
         if is_lazy(weight):
             raise ValueError(f"layer {name!r} has a lazy weight ({type(layer).__name__}): run one forward pass first")
+        if isinstance(weight, Tensor) and weight.is_meta:
+            raise ValueError(f"layer {name!r} has its weight on the 'meta' device: materialize the model first "
+                             "(model.to_empty(device=...) and initialise its weights)")
         if isinstance(weight, nn.Parameter):
             selected.append((name, layer))
     return selected
@@ -130,3 +137,34 @@ def each_once(tensors: Iterable[Tensor]) -> list[Tensor]:
         1
     """
     return list({id(t): t for t in tensors}.values())
+
+
+def warn_float_matrices_left(model: nn.Module, selected: Sequence[nn.Module], exclude: str | Sequence[str], what: str) -> None:
+    """Warn about weight matrices (parameters of two or more dimensions) that stay float because their layer is of a
+    kind no synapse call handles (an ``nn.LSTM``, a Norse ``LIFRecurrentCell``, ...): they would train as float
+    weights and never be consolidated, silently. Layers in ``selected``, excluded layers and the default layer types
+    (left out on purpose by a narrower ``layer_types``) are not named.
+
+    Example:
+        >>> net = nn.Sequential(nn.LSTM(3, 4), nn.Linear(4, 2))
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warn_float_matrices_left(net, [net[1]], (), "binarize")
+        >>> "0.weight_ih_l0" in str(caught[0].message)
+        True
+    """
+    excluded = _excluded_names(model, exclude)
+    covered = {id(p) for layer in selected for p in layer.parameters()}
+    inside = {id(m) for layer in selected for m in layer.modules()}  # a selected layer, its gain, its parametrization
+    left = []
+    for name, module in model.named_modules():
+        if isinstance(module, DEFAULT_LAYER_TYPES) or _is_excluded(name, excluded) or id(module) in inside:
+            continue
+        for key, p in module.named_parameters(recurse=False):
+            if p.dim() >= 2 and id(p) not in covered:
+                left.append(f"{name}.{key}" if name else key)
+    if left:
+        shown = ", ".join(left[:6]) + (f" and {len(left) - 6} more" if len(left) > 6 else "")
+        warnings.warn(f"{what} left {len(left)} weight matrices float, in layers it does not make synapses of "
+                      f"({shown}): they train as float weights and are not consolidated; exclude their layers to "
+                      "silence this", UserWarning, stacklevel=3)

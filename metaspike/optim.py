@@ -14,6 +14,7 @@ weight update in a single pass over memory) compiled by ``torch.compile`` on fir
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -46,6 +47,29 @@ def consolidates(param: Tensor, group: dict[str, Any]) -> bool:
     """
     flag = group.get("consolidate")
     return is_hidden_weight(param) if flag is None else bool(flag)
+
+
+def warn_if_nothing_consolidated(optimizer: Optimizer) -> None:
+    """Warn when some group asks for consolidation (``meta != 0``) but no parameter of the optimizer is consolidated
+    (a model that was not binarized: ``meta`` would then change nothing, silently).
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     _ = MetaplasticAdam(torch.nn.Linear(3, 2).parameters(), meta=5.0)
+        >>> "consolidates nothing" in str(caught[0].message)
+        True
+    """
+    asks = any(group["meta"] != 0 for group in optimizer.param_groups)
+    if asks and not any(consolidates(p, group) for group in optimizer.param_groups for p in group["params"]):
+        warnings.warn(
+            "meta != 0 but the optimizer consolidates nothing: none of its parameters is the hidden weight of a binary "
+            "synapse (call metaspike.binarize(model) first, or pass metaspike.param_groups(model, meta) to "
+            "consolidate a float model's weight matrices)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _number(value: Any, name: str, low: float, high: float | None = None, *, open_low: bool = False,
@@ -181,6 +205,7 @@ class MetaplasticAdam(Optimizer):
         )
         super().__init__(params, defaults)
         _hook_checkpoints(self)
+        warn_if_nothing_consolidated(self)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group; its hyperparameters are validated (a refused group is not added)."""
@@ -333,6 +358,9 @@ def metaplastic(
         >>> model(torch.randn(3, 4)).sum().backward()
         >>> opt.step()
     """
+    if not isinstance(optimizer, Optimizer):
+        raise ValueError(f"optimizer must be a torch optimizer (metaplastic(torch.optim.SGD(model.parameters(), ...))), "
+                         f"got {type(optimizer).__name__}")
     if getattr(optimizer, "_metaspike_hooked", False):
         raise ValueError("this optimizer already has metaplastic consolidation")
     optimizer.defaults.setdefault("meta", check_meta(meta))
@@ -374,6 +402,7 @@ def metaplastic(
     add = optimizer.add_param_group
     optimizer.add_param_group = lambda param_group: _add_checked(optimizer, add, param_group)  # type: ignore[method-assign]
     optimizer._metaspike_hooked = True  # type: ignore[attr-defined]
+    warn_if_nothing_consolidated(optimizer)
     return optimizer
 
 
@@ -392,6 +421,8 @@ def param_groups(model: nn.Module, meta: float | Sequence[float]) -> list[dict[s
         >>> [(g["meta"], g["consolidate"]) for g in groups]
         [(2.0, True), (1.0, True), (0.5, True), (0.0, False)]
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch nn.Module (param_groups(model, meta)), got {type(model).__name__}")
     matrices = each_once(w for _, w in weight_matrices(model))
     if isinstance(meta, (str, bytes)):
         raise ValueError(f"meta must be a number or a sequence of numbers, one per weight layer, got {meta!r}")

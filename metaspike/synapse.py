@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from metaspike.gain import attach_output_gain, check_scale
+from metaspike.gain import attach_output_gain, check_gain_layer, check_scale
 from metaspike.layer_selection import (
     DEFAULT_LAYER_TYPES,
     SynapseParametrization,
@@ -29,6 +29,7 @@ from metaspike.layer_selection import (
     layer_type_names,
     select_layers,
     synapse_parametrization,
+    warn_float_matrices_left,
 )
 from metaspike.quantizers import ste_sign
 
@@ -146,7 +147,8 @@ def binarize(
     """
     check_scale(scale)
     todo = []
-    for name, layer in select_layers(module, layer_types, exclude):
+    selected = select_layers(module, layer_types, exclude)
+    for name, layer in selected:
         synapse = synapse_parametrization(layer)
         if isinstance(layer, BinarySynapse) or isinstance(synapse, SignWeight):
             continue
@@ -155,6 +157,8 @@ def binarize(
         if parametrize.is_parametrized(layer, "weight") and not hasattr(layer.parametrizations.weight, "original"):
             raise ValueError(f"layer {name!r}: a parametrization builds its weight from several tensors (e.g. "
                              "weight_norm); binarize needs one weight tensor to take the sign of")
+        if scale is not None:
+            check_gain_layer(name, layer)
         todo.append(layer)
     for layer in todo:  # everything checked: now change the model
         if scale is not None:
@@ -164,6 +168,7 @@ def binarize(
     if not todo and not any(True for _ in binary_modules(module)):
         raise ValueError(f"{type(module).__name__} has no layer to binarize (looked for {layer_type_names(layer_types)} "
                          "layers with a weight parameter)")
+    warn_float_matrices_left(module, [layer for _, layer in selected], exclude, "binarize")
     return module
 
 
@@ -200,7 +205,8 @@ def hidden_weights(module: nn.Module) -> list[nn.Parameter]:
 def weight_matrices(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """``(layer name, hidden weight)`` of each binary synapse layer; for a model with Bayesian synapses instead,
     the tensor whose sign is the synapse's most probable weight (``λ`` of BiMU, ``μ`` of MESU; never ``σ``);
-    for a model with neither, each parameter with more than one dimension (the full-precision variant).
+    for a model with neither, each parameter with more than one dimension (the full-precision variant). A tensor
+    shared by several layers (tied weights) is listed once.
 
     Example:
         >>> [name for name, _ in weight_matrices(torch.nn.Sequential(torch.nn.Linear(3, 2)))]
@@ -210,8 +216,11 @@ def weight_matrices(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
 
     found = [(name, weight) for name, _, weight in binary_modules(model)]
     found = found or [(name, tensors[0]) for name, _, _, tensors in bayesian_modules(model)]
-    if found:
-        return found
+    if found:  # tied layers share one tensor, listed once (under the first layer's name)
+        first: dict[int, tuple[str, torch.Tensor]] = {}
+        for name, weight in found:
+            first.setdefault(id(weight), (name, weight))
+        return list(first.values())
     return [(name.rsplit(".", 1)[0], p) for name, p in model.named_parameters() if p.dim() > 1]
 
 

@@ -93,6 +93,10 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
             model.eval()
             out = model(x[:2])
     except RuntimeError as err:
+        dtypes = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()})
+        if dtypes and str(x.dtype) not in dtypes:
+            raise ValueError(f"{what} is {x.dtype} but the model's parameters are {', '.join(dtypes)}; convert the "
+                             f"model (model.to({x.dtype})) or the data to one dtype") from None
         first_line = str(err).strip().splitlines()[0]
         raise ValueError(f"{what} samples of shape {tuple(x.shape[1:])} do not fit the model: {first_line}") from None
     finally:

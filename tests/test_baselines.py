@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from bnn import MLP
-from metaspike.continual.baselines import EWC, EWCOnline, RandomConsolidation, SynapticIntelligence, fisher_diagonal
 from metaspike.app.reproduce.continual import Method, run_method
 from metaspike.app.reproduce.experiments import CPU_PERMUTED
+from metaspike.continual.baselines import EWC, EWCOnline, RandomConsolidation, SynapticIntelligence, fisher_diagonal
 from metaspike.training import train_epoch
 
 

@@ -1,5 +1,7 @@
 """Which layers binarize and bayesianize change, and that a call that fails changes nothing."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -155,3 +157,55 @@ def test_the_bayesian_optimizers_refuse_a_models_other_parameters():
     with pytest.raises(ValueError, match="is not a synapse tensor"):
         optimizer.add_param_group({"params": [net[1].weight]})
     BiMU([nn.Parameter(torch.zeros(3))])  # tensors made by hand carry no mark: taken as given
+
+
+@pytest.mark.parametrize("make", [lambda: nn.ConvTranspose2d(3, 6, 2), lambda: nn.Bilinear(5, 6, 3),
+                                  lambda: nn.Embedding(20, 8)])
+@pytest.mark.parametrize("kind", ["sign", "bimu"])
+def test_a_gain_goes_only_where_the_output_channels_are_known(make, kind):
+    """A per-channel gain takes the weight's first axis as the output channels, which holds for Linear and Conv
+    only: elsewhere it scaled the wrong axis (or broke the forward pass), silently at call time."""
+    layer = make()
+    net = nn.Sequential(layer)
+    call = (lambda **kw: binarize(net, layer_types=type(layer), **kw)) if kind == "sign" else (
+        lambda **kw: bayesianize(net, "bimu", layer_types=type(layer), **kw))
+    with pytest.raises(ValueError, match=f"layer '0' \\({type(layer).__name__}\\): a learned output gain fits"):
+        call()
+    assert synapse_parametrization(layer) is None  # refused before anything changed
+    call(scale=None)  # the synapse alone fits any weight
+    assert synapse_parametrization(layer).kind == kind
+
+
+def test_synapses_are_refused_on_unmaterialized_weights_and_non_models():
+    with pytest.raises(ValueError, match="layer '0' has its weight on the 'meta' device: materialize"):
+        binarize(nn.Sequential(nn.Linear(3, 2, device="meta")))
+    with pytest.raises(ValueError, match="weight on the 'meta' device"):
+        bayesianize(nn.Sequential(nn.Linear(3, 2, device="meta")), "mesu")
+    with pytest.raises(ValueError, match="expected a torch nn.Module to put synapses on, got str"):
+        binarize("model")
+    with pytest.raises(ValueError, match="exclude must be a layer name or a sequence of names, got 3"):
+        bayesianize(nn.Sequential(nn.Linear(3, 2)), exclude=3)
+
+
+@pytest.mark.parametrize("kind", ["sign", "bimu", "mesu"])
+def test_tied_weights_are_one_weight_matrix_for_the_baselines(kind):
+    from metaspike.synapse import weight_matrices
+
+    net = _Tied()
+    net = binarize(net) if kind == "sign" else bayesianize(net, kind)
+    assert [name for name, _ in weight_matrices(net)] == ["a"]
+
+
+@pytest.mark.parametrize("kind", ["sign", "bimu", "mesu"])
+def test_weight_matrices_left_float_by_a_layer_kind_without_synapses_are_named(kind):
+    """An LSTM's matrices (or a Norse recurrent cell's) would train as float weights and never be consolidated."""
+    def call(net, **kw):
+        return binarize(net, **kw) if kind == "sign" else bayesianize(net, kind, **kw)
+
+    with pytest.warns(UserWarning, match=r"left 2 weight matrices float.*\(0.weight_ih_l0, 0.weight_hh_l0\)"):
+        call(nn.Sequential(nn.LSTM(3, 4), nn.Linear(4, 2)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        call(nn.Sequential(nn.LSTM(3, 4), nn.Linear(4, 2)), exclude="0")  # left out on purpose
+        call(nn.Sequential(nn.Conv1d(2, 2, 1), nn.Flatten(), nn.Linear(4, 2)), layer_types=nn.Linear)
+        call(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 2)))

@@ -3,6 +3,7 @@
 import io
 import math
 import re
+import warnings
 
 import pytest
 import torch
@@ -355,3 +356,25 @@ def test_wrapped_optimizers_check_added_groups_and_meta_must_be_a_number():
 def test_more_bad_adam_arguments_get_one_line(bad, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         MetaplasticAdam(MLP([4, 3, 2]).parameters(), **bad)
+
+
+def test_meta_on_an_optimizer_that_consolidates_nothing_warns():
+    """On a model that was never binarized, meta > 0 changes nothing: say so instead of training as if it did."""
+    float_model = torch.nn.Linear(3, 2)
+    with pytest.warns(UserWarning, match="consolidates nothing"):
+        MetaplasticAdam(float_model.parameters(), meta=5.0)
+    with pytest.warns(UserWarning, match="consolidates nothing"):
+        metaplastic(torch.optim.SGD(float_model.parameters(), lr=0.1), meta=5.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MetaplasticAdam(float_model.parameters(), meta=0.0)
+        MetaplasticAdam(param_groups(float_model, 5.0))  # the full-precision variant names its weights
+        MetaplasticAdam(metaspike.binarize(torch.nn.Sequential(torch.nn.Linear(3, 2))).parameters(), meta=5.0)
+
+
+def test_the_wrong_object_for_metaplastic_or_param_groups_is_one_line():
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="optimizer must be a torch optimizer .* got Linear"):
+        metaplastic(model)
+    with pytest.raises(ValueError, match=r"model must be a torch nn.Module \(param_groups\(model, meta\)\), got list"):
+        param_groups(list(model.parameters()), 1.0)

@@ -71,3 +71,23 @@ def test_bad_scenarios_say_what_is_wrong():
         make_scenario("permuted", ["mnits"])
     with pytest.raises(ValueError, match="takes one dataset"):
         make_scenario("permuted", ["digits", "mnist5k"])
+
+
+@pytest.mark.parametrize("seed", [float("nan"), -1, 2**64, "3"])
+def test_scenario_seeds_are_checked(seed):
+    with pytest.raises(ValueError, match="seed must be an integer in 0..18446744073709551615"):
+        make_scenario("permuted", "digits", tasks=2, seed=seed)
+
+
+def test_make_scenario_takes_one_dataset_name_as_a_string():
+    assert [t.name for t in make_scenario("permuted", "digits", tasks=2).tasks] == ["digits-perm1", "digits-perm2"]
+
+
+def test_a_class_group_without_samples_in_a_split_is_named_when_the_scenario_is_made():
+    from metaspike.data import ArrayDataset
+
+    classes = tuple(str(c) for c in range(4))
+    train = ArrayDataset("toy", torch.rand(8, 1, 1, 3), torch.tensor([0, 1, 2, 3] * 2), classes)
+    test = ArrayDataset("toy", torch.rand(4, 1, 1, 3), torch.tensor([0, 1, 0, 1]), classes)  # no 2 or 3 in the test split
+    with pytest.raises(ValueError, match=r"class group \[2, 3\] has no test samples in toy"):
+        split(train, test, groups=2)

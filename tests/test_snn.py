@@ -57,6 +57,8 @@ def test_time_loop_resets_state_so_repeated_calls_agree():
     model = _tiny(num_steps=6)
     x = torch.rand(7, 1, 2, 2) * 3
     torch.testing.assert_close(model(x), model(x))
+    assert model.network[2].v is None  # released after the call too: no autograd graph stays in the neurons
+    model.network(x.flatten(1))  # one step outside the loop leaves a state, which reset_states clears
     assert model.network[2].v is not None
     reset_states(model)
     assert model.network[2].v is None

@@ -172,3 +172,23 @@ def test_the_registry_synaptic_model_round_trips_through_nir_and_unexpressed_opt
                                                                     **option))
         with pytest.raises(ValueError, match=f"NIR has no counterpart of Leaky\\({next(iter(option))}="):
             export_nir(net, tmp_path / "x.nir", input_shape=(4,))
+
+
+def test_no_autograd_graph_stays_in_the_neurons_after_a_pass():
+    """snnTorch neurons keep their last state; a state still tied to the training pass's graph made the model
+    impossible to deep-copy (and EWC, which estimates its Fisher without touching the model, failed with it)."""
+    import copy
+
+    from metaspike.continual.baselines import EWC
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), snn.Leaky(beta=0.9, init_hidden=True),
+                        nn.Linear(8, 3), snn.Leaky(beta=0.9, init_hidden=True, output=True))
+    model = SpikingClassifier(metaspike.binarize(net), num_steps=3, encoder="rate", input_shape=(16,))
+    x, y = torch.rand(6, 16), torch.randint(0, 3, (6,))
+    F.cross_entropy(model(x), y).backward()
+    assert all(not getattr(m, "mem", torch.zeros(())).requires_grad for m in net.modules())
+    copy.deepcopy(model)
+    ewc = EWC(samples=4)
+    ewc.task_done(model, x, y, None)
+    assert model.training and len(ewc.importances[0]) == 2

@@ -135,3 +135,21 @@ def test_a_batch_must_give_every_process_a_sample():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="batch_size 1: each of the 2 processes needs at least one sample of a batch"):
         train_epoch(model, opt, torch.rand(6, 4), torch.randint(0, 3, (6,)), batch_size=1, shard=(0, 2))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(seed="a"), "seed must be an integer in 0..18446744073709551615"),
+    (dict(seed=1.5), "seed must be an integer in 0..18446744073709551615"),
+    (dict(seed=-1), "seed must be an integer in 0..18446744073709551615"),
+    (dict(device="gpu"), "device must name a torch device"),
+])
+def test_trainer_config_names_a_bad_seed_or_device(bad, message):
+    with pytest.raises(ValueError, match=message):
+        TrainerConfig(**bad)
+
+
+def test_a_model_of_another_dtype_than_the_data_is_named_as_such():
+    from metaspike.training import check_inputs
+
+    with pytest.raises(ValueError, match=r"input is torch.float32 but the model's parameters are torch.float64"):
+        check_inputs(torch.nn.Linear(4, 2).double(), torch.rand(3, 4))

@@ -15,9 +15,16 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from metaspike.app.models import (BAYESIAN_OPTIMIZERS, available_models, build_optimizer, is_spiking, optimizer_kind,
-                                  uses_batchnorm)
+from metaspike.app.models import (
+    BAYESIAN_OPTIMIZERS,
+    available_models,
+    build_optimizer,
+    is_spiking,
+    optimizer_kind,
+    uses_batchnorm,
+)
 from metaspike.chained import ChainedOptimizer
+from metaspike.checks import check_seed
 from metaspike.continual.scenarios import available_scenarios
 from metaspike.continual.trainer import LAST_EVALUATED, TrainerConfig
 from metaspike.rules import check_meta, get_rule
@@ -71,10 +78,6 @@ def meta_label(meta: Sequence[float]) -> str:
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
-
-
-#: The largest seed torch's generators take.
-MAX_SEED = 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -136,8 +139,7 @@ class RunConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{_flag(key)} must be an integer >= 1, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"--seed must be an integer in 0..{MAX_SEED} (torch's seeds are 64-bit), got {self.seed!r}")
+        check_seed("--seed", self.seed)
         if self.batch_size == 1 and uses_batchnorm(self.model):
             raise ValueError(f"--batch-size 1: model {self.model!r} has BatchNorm, which cannot train on one sample; "
                              "use a LayerNorm model such as --model bnn-layernorm, or --batch-size >= 2")

@@ -42,7 +42,7 @@ from torch.nn.utils import parametrize
 from metaspike.bayesian.counter_noise import counter_normal, counter_uniform, draw_key
 from metaspike.checks import finite_number, is_whole
 from metaspike.compiled import LazyCompiled
-from metaspike.gain import attach_output_gain, check_scale, output_gain
+from metaspike.gain import attach_output_gain, check_gain_layer, check_scale, output_gain
 from metaspike.layer_selection import (
     DEFAULT_LAYER_TYPES,
     SynapseParametrization,
@@ -50,6 +50,7 @@ from metaspike.layer_selection import (
     layer_type_names,
     select_layers,
     synapse_parametrization,
+    warn_float_matrices_left,
 )
 
 __all__ = [
@@ -501,6 +502,10 @@ def make_bayesian(
     scale = _check_settings(kind, scale, sigma_init, lambda_init, temperature, evaluation)
     if not isinstance(getattr(layer, "weight", None), nn.Parameter) or parametrize.is_parametrized(layer, "weight"):
         raise ValueError(f"{type(layer).__name__} has no plain weight parameter to make Bayesian")
+    if layer.weight.is_meta:
+        raise ValueError(f"{type(layer).__name__} has its weight on the 'meta' device: materialize it first")
+    if scale is not None and output_gain(layer) is None:
+        check_gain_layer(type(layer).__name__, layer)
     _make_synapses([layer], kind, scale, sigma_init, lambda_init, temperature, evaluation)
     return layer
 
@@ -559,7 +564,8 @@ def bayesianize(
     """
     scale = _check_settings(kind, scale, sigma_init, lambda_init, temperature, evaluation)
     todo = []
-    for name, layer in select_layers(model, layer_types, exclude):
+    selected = select_layers(model, layer_types, exclude)
+    for name, layer in selected:
         synapse = _parametrization(layer)
         if synapse is not None and synapse.kind == kind:
             differs = _settings_differ(synapse, temperature, evaluation)
@@ -569,11 +575,14 @@ def bayesianize(
             continue
         if parametrize.is_parametrized(layer, "weight"):
             raise ValueError(f"layer {name!r} already has a weight parametrization; bayesianize needs plain weights")
+        if scale is not None and output_gain(layer) is None:
+            check_gain_layer(name, layer)
         todo.append(layer)
     if not todo and not any(found == kind for _, _, found, _ in bayesian_modules(model)):
         raise ValueError(f"{type(model).__name__} has no layer to make Bayesian (looked for "
                          f"{layer_type_names(layer_types)} layers with a weight parameter)")
     _make_synapses(todo, kind, scale, sigma_init, lambda_init, temperature, evaluation)  # everything checked
+    warn_float_matrices_left(model, [layer for _, layer in selected], exclude, "bayesianize")
     return model
 
 

@@ -93,10 +93,10 @@ def fisher_diagonal(
     ``F = mean over samples of g_i²``, where ``g_i`` is the gradient of the negative log-likelihood
     of sample ``i``'s true label, over the first ``samples`` samples of ``(x, y)`` (as in Kirkpatrick
     et al. 2017 and the paper authors' code). The paper's BatchNorm normalises with batch statistics,
-    which a single sample does not have: the estimate runs on a copy of the model whose BatchNorm
+    which a single sample does not have: the estimate then runs on a copy of the model whose BatchNorm
     layers use the population statistics of ``x``
-    (:func:`metaspike.population_statistics.use_population_statistics`). The model itself, and its
-    ``.grad``, are not touched.
+    (:func:`metaspike.population_statistics.use_population_statistics`); other models run in evaluation mode
+    and are put back in their mode. The weights and ``.grad`` are not touched.
 
     Example:
         >>> model = torch.nn.Linear(3, 2, bias=False)
@@ -108,20 +108,27 @@ def fisher_diagonal(
     """
     _samples(samples, "Fisher samples")
     _matrices(model)
-    probe = copy.deepcopy(model)
-    if any(isinstance(m, _BatchNorm) for m in probe.modules()):
+    has_batchnorm = any(isinstance(m, _BatchNorm) for m in model.modules())
+    # a copy only where BatchNorm needs other statistics: copying fails on models that keep non-leaf tensors
+    # (an snnTorch neuron's state after a training pass), and the gradients below never reach .grad
+    probe = copy.deepcopy(model) if has_batchnorm else model
+    if has_batchnorm:
         use_population_statistics(probe, x)
+    was_training = probe.training
     probe.eval()
-    params = _matrices(probe)
-    device = params[0].device
-    total = [torch.zeros_like(p) for p in params]
-    count = min(len(x), int(samples))
-    for i in range(count):
-        logits = masked_logits(probe(x[i : i + 1].to(device)), classes)
-        loss = F.cross_entropy(logits, y[i : i + 1].to(device))
-        for t, g in zip(total, torch.autograd.grad(loss, params, allow_unused=True)):
-            if g is not None:
-                t.add_(g.square())
+    try:
+        params = _matrices(probe)
+        device = params[0].device
+        total = [torch.zeros_like(p) for p in params]
+        count = min(len(x), int(samples))
+        for i in range(count):
+            logits = masked_logits(probe(x[i : i + 1].to(device)), classes)
+            loss = F.cross_entropy(logits, y[i : i + 1].to(device))
+            for t, g in zip(total, torch.autograd.grad(loss, params, allow_unused=True)):
+                if g is not None:
+                    t.add_(g.square())
+    finally:
+        probe.train(was_training)
     return [t / count for t in total]
 
 

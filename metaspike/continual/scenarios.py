@@ -19,7 +19,7 @@ from typing import Any, overload
 import numpy as np
 import torch
 
-from metaspike.checks import is_whole
+from metaspike.checks import check_seed, is_whole
 from metaspike.data import ArrayDataset, load_dataset
 
 __all__ = [
@@ -246,6 +246,7 @@ def permuted(train: ArrayDataset, test: ArrayDataset, n_tasks: int = 3, seed: in
         ['digits-perm1', 'digits-perm2']
     """
     n_tasks = _check_count(n_tasks, "number of tasks")
+    seed = check_seed("seed", seed)
     if samples_per_task is not None and not (is_whole(samples_per_task, 1) and samples_per_task <= len(train)):
         raise ValueError(f"samples_per_task must be an integer in 1..{len(train)} (the training set's size), "
                          f"got {samples_per_task!r}")
@@ -326,6 +327,10 @@ def split(
         keep = torch.tensor(g)
         tr = train.subset(torch.isin(train.y, keep).nonzero().flatten(), name)
         te = test.subset(torch.isin(test.y, keep).nonzero().flatten(), name)
+        for part, data in (("training", tr), ("test", te)):
+            if len(data) == 0:
+                raise ValueError(f"class group {list(g)} has no {part} samples in {_base(train)}; choose groups of "
+                                 "classes that both splits hold")
         tasks.append(Task(name, tr, te, tuple(g) if mode == "task" else None))
     definition = {"dataset": _base(train), "groups": [list(g) for g in groups], "mode": mode}
     frozen = tuple(tasks)
@@ -344,6 +349,7 @@ def stream(train: ArrayDataset, test: ArrayDataset, n_subsets: int = 10, seed: i
         (4, 1, False)
     """
     n_subsets = _check_count(n_subsets, "number of subsets")
+    seed = check_seed("seed", seed)
     if n_subsets > len(train):
         raise ValueError(f"cannot cut {len(train)} samples into {n_subsets} subsets")
     order = np.random.default_rng(seed).permutation(len(train))
@@ -411,6 +417,7 @@ def make_scenario(
     if name not in available_scenarios():
         raise ValueError(f"unknown scenario {name!r}; available: {', '.join(available_scenarios())}")
     _check_count(tasks, "tasks")
+    check_seed("seed", seed)
     if samples_per_task is not None and name != "permuted":
         raise ValueError(f"samples_per_task applies to the 'permuted' scenario only, not {name!r}")
     if isinstance(datasets, str):  # one name, not a sequence of one-letter names

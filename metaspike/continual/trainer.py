@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from metaspike.checks import is_whole
+from metaspike.checks import check_seed, is_whole
 from metaspike.continual.batchnorm import BATCHNORM_MODES, batchnorm_state, load_batchnorm_state
 from metaspike.continual.metrics import summarize
 from metaspike.continual.scenarios import Scenario, Task
@@ -111,6 +111,11 @@ class TrainerConfig:
             raise ValueError(f"batchnorm must be one of {BATCHNORM_MODES}, got {self.batchnorm!r}")
         if self.optimizer not in OPTIMIZER_MODES:
             raise ValueError(f"optimizer must be one of {OPTIMIZER_MODES}, got {self.optimizer!r}")
+        check_seed("seed", self.seed)
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device must name a torch device ('cpu', 'cuda', 'cuda:1', ...), got {self.device!r}") from None
 
 
 @dataclass

@@ -90,11 +90,14 @@ class SpikingClassifier(nn.Module):
         reset_states(self.network)
         state = None
         outputs = []
-        with binarized_once():
-            for x_t in steps:
-                if self._stateful:
-                    out, state = self.network(x_t, state)
-                else:
-                    out = self.network(x_t)
-                outputs.append(out)
+        try:
+            with binarized_once():
+                for x_t in steps:
+                    if self._stateful:
+                        out, state = self.network(x_t, state)
+                    else:
+                        out = self.network(x_t)
+                    outputs.append(out)
+        finally:  # no autograd graph stays behind in the neurons: the model stays copyable and frees that memory
+            reset_states(self.network)
         return self.readout(outputs)

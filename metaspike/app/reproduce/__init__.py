@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from metaspike.app.config import MAX_SEED
-from metaspike.continual.results import unique_directory
 from metaspike.app.reproduce.experiments import EXPERIMENTS, get_experiment
 from metaspike.app.reproduce.scales import SCALES
+from metaspike.checks import MAX_SEED
+from metaspike.continual.results import unique_directory
 
 __all__ = ["reproduce", "EXPERIMENTS", "SCALES"]
 
