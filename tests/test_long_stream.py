@@ -84,6 +84,10 @@ def test_matrix_keeps_only_evaluated_cells(digits, tmp_path):
     evaluated = [[j for j, a in enumerate(row) if not math.isnan(a)] for row in result.matrix]
     assert evaluated == [[], [], [0, 1, 2], [], [], [0, 1, 2, 3, 4, 5], [0, 2, 3, 4, 5, 6]]
     assert [c["task"] for c in result.curves] == [3, 6, 7] and [h["after_task"] for h in result.histograms] == [3, 6, 7]
+    # rows of tasks without an evaluation: one shared tuple in memory, no line in the file
+    assert result.matrix[0] is result.matrix[4] and isinstance(result.matrix[0], tuple)
+    lines = (directory.path / "accuracy_matrix.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["after_task", "3", "6", "7"]
     run = load_run(directory.path)
     assert np.array_equal(np.isnan(run["matrix"]), np.isnan(np.array(result.matrix)))
     written = json.loads((directory.path / "metrics.json").read_text())
@@ -212,3 +216,14 @@ def test_standardize_puts_the_training_pixels_statistics_in_front_of_the_model(t
     (run,) = out.iterdir()
     assert run.name.endswith("-mesu-standardized-seed1")
     assert json.loads((run / "config.json").read_text())["standardize"] is True
+
+
+def test_a_matrix_file_whose_task_numbers_go_backwards_is_one_line(digits, tmp_path):
+    (tmp_path / "accuracy_matrix.csv").write_text("after_task,a,b\n3,50,\n2,40,60\n")
+    with pytest.raises(ValueError, match="after_task must hold increasing task numbers >= 1"):
+        load_run(tmp_path)
+
+
+def test_tasks_are_bounded_where_the_metrics_matrix_still_fits(capsys):
+    assert main(["train", "--tasks", "10001", "--batch-size", "1"]) == 2
+    assert "--tasks must be an integer in 1..10000" in capsys.readouterr().err

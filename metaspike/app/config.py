@@ -80,6 +80,10 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+MAX_TASKS = 10_000
+"""The most tasks a run takes: each evaluation's metrics read a tasks x tasks matrix (800 MB at this size)."""
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything a run needs; saved as ``config.json``.
@@ -139,6 +143,9 @@ class RunConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{_flag(key)} must be an integer >= 1, got {value!r}")
+        if self.tasks > MAX_TASKS:
+            raise ValueError(f"--tasks must be an integer in 1..{MAX_TASKS} (the metrics read the accuracy matrix, "
+                             f"tasks x tasks numbers), got {self.tasks}")
         check_seed("--seed", self.seed)
         if self.batch_size == 1 and uses_batchnorm(self.model):
             raise ValueError(f"--batch-size 1: model {self.model!r} has BatchNorm, which cannot train on one sample; "

@@ -195,8 +195,10 @@ class RunDirectory:
         self.write_metrics(result, complete=False)
 
     def write_matrix(self, result: ContinualResult) -> None:
+        """One row per evaluation (``after_task`` says after which task); tasks trained without one have no row."""
         rows = [["after_task"] + result.task_names]
-        rows += [[i + 1] + [_cell(round(a, 2)) for a in accs] for i, accs in enumerate(result.matrix)]
+        rows += [[i + 1] + [_cell(round(a, 2)) for a in accs]
+                 for i, accs in enumerate(result.matrix) if any(math.isfinite(a) for a in accs)]
         atomic_write_text(self.path / "accuracy_matrix.csv", csv_text(rows))
 
     def write_metrics(self, result: ContinualResult, complete: bool = True) -> None:
@@ -310,6 +312,19 @@ def _read_number_csv(file: Path, columns: Sequence[str], index: str) -> tuple[li
     return header, rows
 
 
+def _matrix_rows(rows: list[list[float]], file: Path) -> list[Sequence[float]]:
+    """The accuracy matrix from the CSV's rows: row ``k`` after task ``k + 1``; tasks without an evaluation (no row
+    in the file) are NaN rows, all one shared tuple, so a long stream's matrix takes memory for its evaluations."""
+    numbers = [row[0] for row in rows]
+    if any(n != int(n) or n < 1 for n in numbers) or any(b <= a for a, b in zip(numbers, numbers[1:])):
+        raise ValueError(f"{file}: after_task must hold increasing task numbers >= 1")
+    not_evaluated = (math.nan,) * (len(rows[0]) - 1)
+    matrix: list[Sequence[float]] = [not_evaluated] * int(numbers[-1])
+    for n, row in zip(numbers, rows):
+        matrix[int(n) - 1] = row[1:]
+    return matrix
+
+
 def _check_histograms(data: Any, file: Path) -> list[dict[str, Any]]:
     """``data`` if it is a list of ``{"after_task", "layers": {name: {"edges", "counts"[, "shape"]}}}`` snapshots."""
     if not isinstance(data, list):
@@ -354,6 +369,7 @@ def load_run(path: str | os.PathLike) -> dict[str, Any]:
     if not rows:
         raise ValueError(f"{matrix_file} holds no results (only its header)")
     task_names = header[1:]
+    matrix = _matrix_rows(rows, matrix_file)
     curves: list[dict[str, float]] = []
     curves_file = path / "curves.csv"
     if curves_file.exists():
@@ -374,7 +390,7 @@ def load_run(path: str | os.PathLike) -> dict[str, Any]:
         "path": path,
         "config": read_object("config.json", dict),
         "task_names": task_names,
-        "matrix": [row[1:] for row in rows],
+        "matrix": matrix,
         "curves": curves,
         "metrics": read_object("metrics.json", dict),
         "histograms": _check_histograms(read_object("hidden_weights.json", list), path / "hidden_weights.json"),

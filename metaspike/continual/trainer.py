@@ -124,7 +124,8 @@ class ContinualResult:
 
     Attributes:
         task_names: names of the evaluated tasks (columns of ``matrix``).
-        matrix: ``R[i][j]``, accuracy (percent) on task ``j`` after training task ``i``.
+        matrix: ``R[i][j]``, accuracy (percent) on task ``j`` after training task ``i`` (rows of tasks after which
+            nothing was evaluated are one shared all-NaN tuple, so a long stream's matrix grows with its evaluations).
         baseline: accuracy of the untrained network on each task (for FWT).
         curves: one dict per epoch: trained task, epoch, loss and accuracy on every task.
         histograms: hidden-weight histograms per layer after each task.
@@ -133,7 +134,7 @@ class ContinualResult:
     """
 
     task_names: list[str]
-    matrix: list[list[float]] = field(default_factory=list)
+    matrix: list[Sequence[float]] = field(default_factory=list)
     baseline: list[float] = field(default_factory=list)
     curves: list[dict[str, Any]] = field(default_factory=list)
     histograms: list[dict[str, Any]] = field(default_factory=list)
@@ -276,6 +277,7 @@ class ContinualTrainer:
         start = time.perf_counter() - result.seconds
         optimizer = None
         count = len(scenario.tasks)
+        not_evaluated = (math.nan,) * len(result.task_names)  # one row for every task without an evaluation
         for i in range(first_task, count):
             task = scenario.tasks[i]
             if i > 0:  # the first task was checked before the untrained network was evaluated
@@ -292,7 +294,7 @@ class ContinualTrainer:
             for plugin in self.plugins:
                 plugin.task_done(self.model, task.train.x, task.train.y, task.classes)
             states.append(batchnorm_state(self.model))
-            result.matrix.append(accuracies)
+            result.matrix.append(accuracies if due else not_evaluated)
             if not due:
                 continue
             result.histograms.append({"after_task": i + 1, "layers": hidden_weight_histograms(self.model)})
