@@ -198,3 +198,16 @@ def test_an_edited_comparison_plan_is_refused_in_one_line(tmp_path, capsys, fiel
     assert main(["compare", "--resume", str(root)]) == 2
     err = capsys.readouterr().err.strip()
     assert f"{root / 'plan.json'} is not a valid comparison plan" in err and message in err and "\n" not in err, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--seed", "1.5"], "metaspike train: error: argument --seed: invalid int value: '1.5'"),
+    (["compare", "--rule", "tanh", "cascade"], "metaspike: error: unrecognized arguments: cascade"),
+    (["train", "--split-mode", "class"], "metaspike: error: --split-mode applies to --scenario split only"),
+])
+def test_command_line_mistakes_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv) if argv[1] != "--split-mode" else sys.exit(main(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == message or (err.startswith(message) and "\n" not in err)

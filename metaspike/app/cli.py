@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -19,6 +20,7 @@ from metaspike.allocator import keep_freed_memory
 from metaspike.app.config import DEFAULT_INPUT_META, DEFAULT_META, RunConfig, meta_label, parse_meta
 from metaspike.app.reproduce import cli as reproduce_cli
 from metaspike.distributed import world
+from metaspike.rules import available_rules
 
 __all__ = ["main"]
 
@@ -55,10 +57,13 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
     parser.add_argument("--standardize", action="store_true",
                         help="feed the model (x - mean) / std, the pixel mean and std of the first dataset's training "
                              "split, as the papers' long streams do (not for spiking models)")
-    parser.add_argument("--lr", type=float, default=d["lr"], help="Adam learning rate (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=d["lr"],
+                        help="learning rate of the model's optimizer: MetaplasticAdam, or SGD for --model mlp "
+                             "(default: %(default)s)")
     parser.add_argument("--weight-decay", type=float, default=d["weight_decay"],
-                        help="Adam weight decay, added to the gradient (default: %(default)s)")
-    parser.add_argument("--rule", default=d["rule"], help="consolidation rule (default: %(default)s)")
+                        help="weight decay of that optimizer, added to the gradient (default: %(default)s)")
+    parser.add_argument("--rule", default=d["rule"],
+                        help=f"consolidation rule: {', '.join(available_rules())} (default: %(default)s)")
     parser.add_argument("--batchnorm", default=d["batchnorm"], choices=["per-task", "shared"],
                         help="BatchNorm state per task (paper) or shared (default: %(default)s)")
     parser.add_argument("--optimizer", default=d["optimizer"], choices=["per-task", "shared"],
@@ -85,8 +90,16 @@ def _config(args: argparse.Namespace, meta: Sequence[float] | None, seed: int) -
     )
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """argparse's errors as one line naming the command (``metaspike train: error: ...``), without the usage block
+    (``--help`` prints it); its subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrors(
         prog="metaspike",
         description="Metaplastic binarized networks that forget less. Results go to --out (default runs/).",
     )
@@ -148,6 +161,8 @@ def _refuse_unused_flags(given: dict[str, object], config: RunConfig) -> None:
         if field in given and kind not in users:
             raise ValueError(f"--{field.replace('_', '-')}: model {config.model!r} trains with its own optimizer "
                              f"({kind}) and its published settings, which do not use it")
+    if config.scenario != "split" and "split_mode" in given:
+        raise ValueError(f"--split-mode applies to --scenario split only, not {config.scenario}")
     if config.scenario == "sequence" and "tasks" in given and config.tasks != len(config.datasets):
         raise ValueError(f"--tasks: --scenario sequence has one task per --dataset ({len(config.datasets)} here), "
                          f"got --tasks {config.tasks}")

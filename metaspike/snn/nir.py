@@ -139,11 +139,12 @@ def export_nir(
     """
     nir = _nir()
     snn = require_snntorch()
+    what = "a SpikingClassifier made without input_shape" if isinstance(model, SpikingClassifier) else "a bare network"
     if isinstance(model, SpikingClassifier):
         input_shape = input_shape or model.input_shape
         model = model.network
     if input_shape is None:
-        raise ValueError("export_nir needs input_shape (one sample's shape) for a bare network")
+        raise ValueError(f"export_nir needs input_shape (one sample's shape, e.g. (1, 28, 28)) for {what}")
     if not isinstance(model, nn.Sequential):
         raise ValueError(f"export_nir takes a sequential network, got {type(model).__name__}")
     shape = tuple(int(s) for s in input_shape)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from metaspike.app.reproduce.experiments import EXPERIMENTS
 from metaspike.app.reproduce.scales import SCALES
@@ -35,12 +36,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
+def _mean_std(mean: float, std: float) -> str:
+    """``mean±std``, or the mean alone where one seed gave no spread (NaN).
+
+    Example:
+        >>> _mean_std(51.0, float("nan")), _mean_std(51.0, 1.25)
+        ('51.00', '51.00±1.25')
+    """
+    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f}±{std:.2f}"
+
+
 def run(args: argparse.Namespace) -> None:
     """Run the experiment named in ``args`` and print where its table and figure are."""
     from metaspike.app.reproduce import reproduce
 
     root, rows = reproduce(args.name, args.scale, args.seeds, args.out, progress=not args.quiet, data_dir=args.data_dir)
     for row in rows:
-        cells = [f"{k}={v[0]:.2f}±{v[1]:.2f}" if isinstance(v, tuple) else f"{k}={v}" for k, v in row.items() if k != "setting"]
+        cells = [f"{k}={_mean_std(*v)}" if isinstance(v, tuple) else f"{k}={v}" for k, v in row.items() if k != "setting"]
         print(f"{row['setting']}: {'  '.join(cells)}")
     print(f"\nresults: {root}  (table.csv, figure)")

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metaspike.files import atomic_write_text
+from metaspike.app.tables import comparison_csv
 from metaspike.data import load_dataset
+from metaspike.files import atomic_write_text
 from metaspike.synapse import weight_matrices
 
 __all__ = ["flip_loss_increase", "reproduce_fig5cde"]
@@ -96,11 +97,7 @@ def reproduce_fig5cde(scale: str, seeds: Sequence[int], root: Path, paper: dict[
                      "paper": paper.get(f"bin {k + 1}", "n/a"), "runs": len(per_seed),
                      "low": mean_std([s[k]["low"] for s in per_seed]), "high": mean_std([s[k]["high"] for s in per_seed]),
                      "loss_increase": mean_std([s[k]["loss_increase"] for s in per_seed])})
-    keys = ("low", "high", "loss_increase")
-    lines = ["setting,paper,runs," + ",".join(f"{k}_mean,{k}_std" for k in keys)]
-    lines += [f"{r['setting']},{r['paper']},{r['runs']}," + ",".join(f"{r[k][0]:.4f},{r[k][1]:.4f}" for k in keys)
-              for r in rows]
-    atomic_write_text(root / "table.csv", "\n".join(lines) + "\n")
+    atomic_write_text(root / "table.csv", comparison_csv(rows, ("setting", "paper", "runs")))
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4))
     ax.bar(range(1, len(rows) + 1), [r["loss_increase"][0] for r in rows], yerr=[r["loss_increase"][1] for r in rows],

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metaspike.app.tables import comparison_csv
 from metaspike.files import atomic_write_text
 from metaspike.optim import MetaplasticAdam
 from metaspike.quantizers import ste_sign
@@ -122,11 +123,7 @@ def reproduce_fig5ab(scale: str, seeds: Sequence[int], root: Path, paper: dict[s
         for key in ("signs_kept", "loss1_after_task1", "loss1_after_task2", "loss1_increase", "loss2_after_task2"):
             row[key] = mean_std([r[key] for r in runs])
         rows.append(row)
-    keys = [k for k in rows[0] if isinstance(rows[0][k], tuple)]
-    lines = ["setting,paper,runs," + ",".join(f"{k}_mean,{k}_std" for k in keys)]
-    lines += [f"{r['setting']},{r['paper']},{r['runs']}," + ",".join(f"{r[k][0]:.4f},{r[k][1]:.4f}" for k in keys)
-              for r in rows]
-    atomic_write_text(root / "table.csv", "\n".join(lines) + "\n")
+    atomic_write_text(root / "table.csv", comparison_csv(rows, ("setting", "paper", "runs")))
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for run in first:
