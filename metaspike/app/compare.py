@@ -166,6 +166,8 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         ...     "forgetting": (f, 0.0), "task 1": (t1, 0.0), "task 2": (t2, 0.0)}
         >>> tradeoff_rows([row(0.0, 40.0, 30.0, 90.0), row(10.0, 10.0, 80.0, 88.0), row(50.0, 1.0, 89.0, 70.0)])[0]["verdict"]
         'm=10 forgets 75% less, last task -2.0 points'
+        >>> tradeoff_rows([row(0.0, 10.0, 60.0, 90.0), row(10.0, 15.0, 55.0, 89.0)])[0]["verdict"]
+        'FAILS: m=10 forgets 50% more, last task -1.0 points'
     """
     out = []
     last = last_task_column(rows)
@@ -191,7 +193,8 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 less = 1 - chosen["forgetting"][0] / kept if kept > 0 else 0.0
                 drop = chosen[last][0] - plain[last][0]
                 what = f"m={chosen['meta']:g}" if reference == neuron else f"BiMU (against {reference} m=0)"
-                verdict = f"{what} forgets {100 * less:.0f}% less, last task {drop:+.1f} points"
+                change = f"{100 * less:.0f}% less" if less >= 0 else f"{-100 * less:.0f}% more"
+                verdict = f"{what} forgets {change}, last task {drop:+.1f} points"
                 if less < FORGETTING_CUT:
                     verdict = "FAILS: " + verdict + (f" (forgets only {kept:.1f} points at m = 0)" if kept < 10 else "")
         out.append({"neuron": neuron, "best_meta": f"{best['meta']:g}" if reference == neuron else "-", "runs": best["runs"], "verdict": verdict,
