@@ -296,3 +296,53 @@ def test_resume_names_the_config_file_for_settings_the_data_refuse(tmp_path, cap
     assert main(["train", "--resume", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"metaspike: error: {run / 'config.json'}: ") and message in err and "\n" not in err, err
+
+
+def _tamper(state, change):
+    state["position"] = dict(state["position"])
+    change(state)
+    return state
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s["position"].update(task=2, epochs_done=0), "accuracy matrix must have 2 rows"),
+    (lambda s: s["position"].update(task="1"), "checkpoint position"),
+    (lambda s: s["result"].update(matrix=[list(s["result"]["baseline"])] * 3), "accuracy matrix must have 0 rows"),
+    (lambda s: s["result"].update(seconds="fast"), "seconds must be a number >= 0"),
+    (lambda s: s["result"].update(curves=[{"a": 1}]), "curves must be rows of numbers"),
+    (lambda s: s.update(batchnorm_states=[{}]), "a BatchNorm state for each of its 0 trained tasks"),
+    (lambda s: (s["position"].update(task=1, epochs_done=0), s["result"].update(matrix=[list(s["result"]["baseline"])]),
+                s.update(batchnorm_states=[{"x": torch.zeros(1)}])), "BatchNorm states do not fit"),
+    (lambda s: s.update(generator=torch.zeros(3, dtype=torch.uint8)), "generator is not a state"),
+    (lambda s: s["model"].update({k: v.long() for k, v in list(s["model"].items())[:1]}), "entries of another type"),
+    (lambda s: [st.update(exp_avg=torch.zeros(1)) for st in s["optimizer"]["state"].values()],
+     "optimizer state 'exp_avg' has shape"),
+    (lambda s: [st.update(step=torch.tensor(-5.0)) for st in s["optimizer"]["state"].values()],
+     "step count must be a number >= 0"),
+])
+def test_a_tampered_checkpoint_is_one_line_never_a_wrong_run(tmp_path, capsys, change, message):
+    """The checksum catches accidental damage only (anyone can recompute it): a checkpoint's structure is checked
+    before it is used, or a resumed run could end `complete` with the wrong rows, or fail deep inside torch."""
+    from metaspike.continual.results import CHECKSUM_KEY, CONFIG_KEY, tensor_checksum
+
+    run = _interrupted_run(tmp_path, epochs=3, meta=(5.0,), batchnorm="per-task")
+    raw = torch.load(run / "checkpoint.pt", weights_only=True)
+    digest = raw.pop(CONFIG_KEY)
+    raw.pop(CHECKSUM_KEY)
+    state = _tamper(raw, change)
+    torch.save({**state, CHECKSUM_KEY: tensor_checksum(state), CONFIG_KEY: digest}, run / "checkpoint.pt")
+    (run / "checkpoint.prev.pt").unlink(missing_ok=True)
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
+
+
+def test_a_run_started_over_under_an_edited_config_describes_the_new_config(tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    record = RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(8,)).to_dict()
+    (run / "config.json").write_text(json.dumps({**record, "hidden": [12], "model_description": "stale"}))
+    (run / "scenario.json").write_text(json.dumps({"name": "stale"}))
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert "12" in json.loads((run / "config.json").read_text())["model_description"]
+    assert json.loads((run / "scenario.json").read_text())["name"] != "stale"

@@ -289,6 +289,8 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
             raise ValueError(f"{path / 'config.json'}: {err}") from None
         trainer = _trainer(config, scenario, progress)
         directory = RunDirectory(path) if world()[0] == 0 else None
+        if directory is not None and state is None:  # starting over: the folder describes the config it runs now
+            directory.describe(_record(config, scenario), {"name": scenario.name, **scenario.definition})
         return path, train_and_finish(trainer, scenario, directory, state, plot), warnings
 
 

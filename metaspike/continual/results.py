@@ -146,10 +146,15 @@ class RunDirectory:
     def create(cls, root: str | os.PathLike, name: str, config: dict[str, Any], scenario: dict[str, Any] | None = None) -> "RunDirectory":
         """Make a new run directory under ``root`` and write its config (and scenario definition)."""
         run = cls(unique_directory(root, name))
-        run.config_digest = _file_digest(run.write_json("config.json", config))
-        if scenario is not None:
-            run.write_json("scenario.json", scenario)
+        run.describe(config, scenario)
         return run
+
+    def describe(self, config: dict[str, Any], scenario: dict[str, Any] | None = None) -> None:
+        """Write the run's config (and scenario definition), which later checkpoints are tied to: when a run is
+        made, and again when one stopped before its first checkpoint starts over under an edited config."""
+        self.config_digest = _file_digest(self.write_json("config.json", config))
+        if scenario is not None:
+            self.write_json("scenario.json", scenario)
 
     def write_json(self, name: str, data: Any) -> Path:
         path = self.path / name

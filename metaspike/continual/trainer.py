@@ -16,12 +16,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from metaspike.checks import check_seed, is_whole
@@ -180,6 +180,89 @@ class _Progress:
             self.bar.close()
 
 
+def _check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: torch.Generator, model: nn.Module) -> None:
+    """A checkpoint's structure, before anything of it is used: a checkpoint is a file from outside, and its checksum
+    only catches accidental damage. The trained tasks, the matrix rows and the BatchNorm states must agree, every
+    row must have a cell per evaluated task, and the random states must have their generators' sizes."""
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"not a metaspike checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
+    missing = [k for k in ("position", "model", "optimizer", "generator", "batchnorm_states", "result") if k not in state]
+    if missing:
+        raise ValueError(f"the checkpoint lacks {', '.join(missing)}")
+    position = state["position"]
+    if (not isinstance(position, dict) or set(position) != {"task", "epochs_done"}
+            or not is_whole(position["task"], 0) or not is_whole(position["epochs_done"], 0)
+            or position["task"] > len(scenario.tasks) or position["epochs_done"] >= epochs
+            or (position["task"] == len(scenario.tasks) and position["epochs_done"] > 0)):
+        raise ValueError(f"checkpoint position {position!r} does not fit this run "
+                         f"({len(scenario.tasks)} tasks of {epochs} epochs)")
+    trained = position["task"]
+    result = state["result"]
+    names = {f.name for f in fields(ContinualResult)}
+    if not isinstance(result, dict) or set(result) != names:
+        raise ValueError(f"the checkpoint's result must hold exactly {sorted(names)}")
+    if list(result["task_names"]) != list(scenario.eval_task_names):
+        raise ValueError("checkpoint was written for other tasks than this run's scenario has")
+    width = len(scenario.eval_task_names)
+    matrix = result["matrix"]
+    if not isinstance(matrix, (list, tuple)) or len(matrix) != trained or not all(
+            isinstance(row, (list, tuple)) and len(row) == width and all(isinstance(a, float) for a in row)
+            for row in matrix):
+        raise ValueError(f"the checkpoint's accuracy matrix must have {trained} rows (its trained tasks) of {width} "
+                         "numbers")
+    baseline = result["baseline"]
+    if not isinstance(baseline, list) or len(baseline) != width or not all(isinstance(a, float) for a in baseline):
+        raise ValueError(f"the checkpoint's untrained accuracies must be {width} numbers")
+    if not all(isinstance(result[k], list) for k in ("curves", "histograms", "diagnostics")):
+        raise ValueError("the checkpoint's curves, histograms and diagnostics must be lists")
+    for key in ("curves", "diagnostics"):  # tables: rows of numbers with one set of columns
+        rows = result[key]
+        if not all(isinstance(r, dict) and set(r) == set(rows[0]) and {"task", "epoch"} <= set(r)
+                   and all(isinstance(v, (int, float)) for v in r.values()) for r in rows):
+            raise ValueError(f"the checkpoint's {key} must be rows of numbers with the same columns")
+    if not (isinstance(result["seconds"], float) and math.isfinite(result["seconds"]) and result["seconds"] >= 0):
+        raise ValueError(f"the checkpoint's seconds must be a number >= 0, got {result['seconds']!r}")
+    states = state["batchnorm_states"]
+    if not isinstance(states, list) or len(states) != trained or not all(isinstance(s, dict) for s in states):
+        raise ValueError(f"the checkpoint must hold a BatchNorm state for each of its {trained} trained tasks")
+    reference = batchnorm_state(model)
+    for s in states:
+        if set(s) != set(reference) or any(not isinstance(s[k], Tensor) or s[k].shape != v.shape
+                                           or s[k].dtype != v.dtype for k, v in reference.items()):
+            raise ValueError("the checkpoint's BatchNorm states do not fit this run's model")
+    for key, expected in (("generator", generator.get_state()), ("torch_rng", torch.get_rng_state())):
+        value = state.get(key, expected)  # (checkpoints written before torch_rng was kept lack it)
+        if not isinstance(value, Tensor) or value.dtype != expected.dtype or value.shape != expected.shape:
+            raise ValueError(f"the checkpoint's {key} is not a state of torch's generator")
+    if not isinstance(state["model"], dict) or not isinstance(state["optimizer"], dict):
+        raise ValueError("the checkpoint's model and optimizer must be state dicts")
+
+
+_PER_WEIGHT = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
+
+
+def _check_optimizer_state(optimizer: Any) -> None:
+    """A loaded optimizer state whose running averages do not have their parameter's shape, or whose step count is
+    negative or not finite, is one line (torch finds out only at the next step, deep inside its update)."""
+    for inner in getattr(optimizer, "optimizers", [optimizer]):
+        for group in inner.param_groups:
+            for p in group["params"]:
+                state = inner.state.get(p, {})
+                for key in _PER_WEIGHT:
+                    value = state.get(key)
+                    if isinstance(value, Tensor) and value.shape != p.shape:
+                        raise ValueError(f"the checkpoint's optimizer state {key!r} has shape {tuple(value.shape)}, "
+                                         f"its parameter {tuple(p.shape)}")
+                step = state.get("step")
+                try:
+                    bad = step is not None and not (math.isfinite(float(step)) and float(step) >= 0)
+                except (TypeError, ValueError, RuntimeError):
+                    bad = True
+                if bad:
+                    raise ValueError(f"the checkpoint's optimizer step count must be a number >= 0, got {step!r}")
+
+
 def _load_part(what: str, owner: Any, state: Any) -> None:
     """``owner.load_state_dict(state)`` with torch's multi-line mismatch report folded into one line."""
     try:
@@ -288,6 +371,7 @@ class ContinualTrainer:
                 optimizer = self.make_optimizer(self.model)
                 if optimizer_state is not None and not new_task:
                     _load_part("optimizer", optimizer, optimizer_state)
+                    _check_optimizer_state(optimizer)
                 optimizer_state = None
             due = (i + 1) % cfg.eval_every == 0 or i + 1 == count
             accuracies = self._train_task(scenario, i, epoch, optimizer, generator, states, result, start, log, due)
@@ -320,18 +404,19 @@ class ContinualTrainer:
             "torch_rng": torch.get_rng_state(),
             "batchnorm_states": states,
             "plugins": [plugin.state_dict() for plugin in self.plugins],
-            "result": asdict(result),
+            # the outer lists copied, the rows shared: the NaN rows of a long stream stay one tuple in the file too
+            "result": {f.name: (list(v) if isinstance(v := getattr(result, f.name), list) else v)
+                       for f in fields(result)},
         }
 
     def _restore(self, state: dict[str, Any], scenario: Scenario, generator: torch.Generator):
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"not a metaspike checkpoint (format {state.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
+        _check_checkpoint(state, scenario, self.config.epochs, generator, self.model)
         position = state["position"]
-        if not 0 <= position["task"] <= len(scenario.tasks) or not 0 <= position["epochs_done"] < self.config.epochs:
-            raise ValueError(f"checkpoint position {position} does not fit this run "
-                             f"({len(scenario.tasks)} tasks of {self.config.epochs} epochs)")
-        if list(state["result"].get("task_names", [])) != list(scenario.eval_task_names):
-            raise ValueError("checkpoint was written for other tasks than this run's scenario has")
+        own = self.model.state_dict()
+        mistyped = [key for key, value in state["model"].items()
+                    if key in own and (not isinstance(value, Tensor) or value.dtype != own[key].dtype)]
+        if mistyped:
+            raise ValueError(f"the checkpoint's model has entries of another type than this run's model: {mistyped[:5]}")
         _load_part("model", self.model, state["model"])
         generator.set_state(state["generator"])
         if "torch_rng" in state:  # checkpoints written before it was kept lack it
