@@ -211,3 +211,20 @@ def test_command_line_mistakes_are_one_line(argv, message, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err == message or (err.startswith(message) and "\n" not in err)
+
+
+def test_compare_never_reuses_one_run_for_two_settings(tmp_path, capsys):
+    common = ["--dataset", "digits", "--tasks", "2", "--epochs", "1", "--hidden", "8", "--quiet", "--out", str(tmp_path)]
+    assert main(["compare", "--meta", "5", "5.0000001", *common]) == 2
+    assert "meta=5 and meta=5 would be one run" in capsys.readouterr().err
+    assert main(["compare", "--neurons", "bnn", "bnn", "--meta", "0", *common]) == 2
+    assert "would be one run" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before a folder was made
+    assert main(["compare", "--meta", "0", "5", *common]) == 0
+    (folder,) = tmp_path.iterdir()
+    plan = json.loads((folder / "plan.json").read_text())
+    plan["base"]["hidden"] = [16]  # an edited plan must not be answered by the runs of the old one
+    (folder / "plan.json").write_text(json.dumps(plan))
+    capsys.readouterr()
+    assert main(["compare", "--resume", str(folder), "--quiet"]) == 2
+    assert "holds a run of other settings than" in capsys.readouterr().err

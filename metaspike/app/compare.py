@@ -102,10 +102,21 @@ def _check_plan(plan: Any, path: Path) -> None:
 
 
 def _rows(plan: dict[str, Any], root: Path) -> list[Row]:
+    """The comparison's rows; two runs that would share one folder (``--meta 5 5.0000001``, a model listed twice)
+    are refused, since the second would silently reuse the first one's results."""
     base = config_from_record(plan["base"], root / PLAN)
     if plan["kind"] == "neurons":
-        return _neuron_rows(base, plan["neurons"], plan["metas"], plan["seeds"])
-    return _meta_rows(base, [tuple(s) for s in plan["settings"]], plan["seeds"])
+        rows = _neuron_rows(base, plan["neurons"], plan["metas"], plan["seeds"])
+    else:
+        rows = _meta_rows(base, [tuple(s) for s in plan["settings"]], plan["seeds"])
+    seen: dict[str, str] = {}
+    for row in rows:
+        for config in row.configs:
+            if config.name in seen:
+                raise ValueError(f"{row.labels['setting']} and {seen[config.name]} would be one run ({config.name}): "
+                                 "list each model once and meta settings that differ at 6 significant digits")
+            seen[config.name] = row.labels["setting"]
+    return rows
 
 
 def _run_or_continue(config: RunConfig, root: Path, progress: bool) -> ContinualResult:
@@ -114,10 +125,11 @@ def _run_or_continue(config: RunConfig, root: Path, progress: bool) -> Continual
         shutil.rmtree(path)  # killed before its config was written: nothing measured yet
     if not path.is_dir():
         run(config, root, progress=progress, plot=False, name=config.name)
-    elif finished_result(path) is None:
+    else:  # a run of an earlier (killed) pass: only if it is the one the plan asks for
         if load_config(path) != config:
-            raise ValueError(f"{path} holds a run of other settings than the comparison plans")
-        resume(path, progress=progress, plot=False)
+            raise ValueError(f"{path} holds a run of other settings than {root / PLAN} plans (was the plan edited?)")
+        if finished_result(path) is None:
+            resume(path, progress=progress, plot=False)
     result = finished_result(path)
     assert result is not None
     return result
@@ -225,9 +237,10 @@ def format_tradeoff(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _start(out: str | Path, name: str, plan: dict[str, Any], progress: bool) -> tuple[Path, list[dict[str, Any]]]:
+    planned = _rows(plan, Path(out) / name)  # checked before the folder is made
     root = unique_directory(out, name)
     RunDirectory(root).write_json(PLAN, plan)
-    return _execute(root, plan, _rows(plan, root), progress)
+    return _execute(root, plan, planned, progress)
 
 
 def compare(base: RunConfig, metas: Sequence[float | Sequence[float]], seeds: Sequence[int] = (1,),
