@@ -84,6 +84,12 @@ def test_plot_redraws_a_run(tmp_path, capsys):
     (run / "accuracy_curves.png").unlink()
     assert main(["plot", str(run)]) == 0
     assert (run / "accuracy_curves.png").exists()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me")
+    (run / "accuracy_curves.png").unlink()
+    (run / "accuracy_curves.png").symlink_to(outside)  # a link planted in the folder is replaced, not written through
+    assert main(["plot", str(run)]) == 0
+    assert outside.read_text() == "keep me" and not (run / "accuracy_curves.png").is_symlink()
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,9 @@ from typing import Any
 from metaspike.app.models import BIMU_SUFFIX, optimizer_kind
 from metaspike.app.tables import last_task_column
 from metaspike.continual.results import load_run
+from metaspike.files import atomic_open
 
-__all__ = ["plot_run", "plot_comparison", "plot_first_task", "pyplot"]
+__all__ = ["plot_run", "plot_comparison", "plot_first_task", "pyplot", "save_figure"]
 
 
 def pyplot():
@@ -31,6 +32,22 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG to ``path`` atomically (a temporary file renamed into place, as every file metaspike
+    writes: a symbolic link planted at ``path`` is replaced, never written through) and close it.
+
+    Example:
+        >>> import tempfile
+        >>> fig = pyplot().figure()
+        >>> save_figure(fig, Path(tempfile.mkdtemp()) / "empty.png").read_bytes()[:4]
+        b'\\x89PNG'
+    """
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=120)
+    pyplot().close(fig)
+    return Path(path)
 
 
 #: Beyond this many tasks the accuracy curves are coloured by task index with a colour bar instead of a legend.
@@ -96,8 +113,7 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6.4, 4))
     _draw_curves(ax, run, _run_title(run["config"]))
     fig.tight_layout()
-    fig.savefig(path / "accuracy_curves.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path / "accuracy_curves.png")
     written.append(path / "accuracy_curves.png")
     if run["histograms"]:
         layers = list(run["histograms"][-1]["layers"])
@@ -114,8 +130,7 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
         axes[0][0].set_ylabel("count")
         axes[0][-1].legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(path / "hidden_weights.png", dpi=120)
-        plt.close(fig)
+        save_figure(fig, path / "hidden_weights.png")
         written.append(path / "hidden_weights.png")
     return written
 
@@ -149,8 +164,7 @@ def plot_comparison(
     bottom.set_ylim(0, 100)
     fig.tight_layout()
     out = Path(out)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out)
     return out
 
 
@@ -196,8 +210,7 @@ def plot_forgetting_by_model(rows: Sequence[dict[str, Any]], out: str | os.PathL
     ax.set_title("forgetting by neuron model")
     fig.tight_layout()
     out = Path(out)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out)
     return out
 
 
@@ -225,8 +238,7 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], out: str | os.PathLike) -> Pat
     ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(out)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out)
     return out
 
 
@@ -247,6 +259,5 @@ def plot_first_task(matrices: dict[str, Sequence[Sequence[float]]], out: str | o
     ax.legend()
     fig.tight_layout()
     out = Path(out)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out)
     return out

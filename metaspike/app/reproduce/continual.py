@@ -134,7 +134,7 @@ def plot_rows(rows: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
     Example:
         >>> plot_rows(rows, "Table 1", Path("runs/table1.png"))  # doctest: +SKIP
     """
-    from metaspike.app.plots import pyplot
+    from metaspike.app.plots import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.3 * len(rows) + 2.5, 3.6))
@@ -149,8 +149,7 @@ def plot_rows(rows: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper left", ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 

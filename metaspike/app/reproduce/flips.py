@@ -76,7 +76,7 @@ def reproduce_fig5cde(scale: str, seeds: Sequence[int], root: Path, paper: dict[
         >>> rows = reproduce_fig5cde("cpu", [1], Path("runs/fig5cde"), {})  # doctest: +SKIP
     """
     import bnn
-    from metaspike.app.plots import pyplot
+    from metaspike.app.plots import pyplot, save_figure
     from metaspike.app.reproduce.scales import meta_at
     from metaspike.app.tables import mean_std
 
@@ -106,6 +106,5 @@ def reproduce_fig5cde(scale: str, seeds: Sequence[int], root: Path, paper: dict[
     ax.set_ylabel(f"training-loss increase, {(784 * hidden) // 10} flips")
     ax.set_title(f"flipping synapses, BNN m={meta:g} on {dataset}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(root / "fig5cde.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, root / "fig5cde.png")
     return rows

@@ -181,6 +181,8 @@ def _plot(curves: dict[str, list[list[float]]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from metaspike.app.plots import save_figure
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, rows in curves.items():
         final = np.array(rows, dtype=float).mean(axis=0)  # every seed evaluates the same tasks
@@ -191,8 +193,7 @@ def _plot(curves: dict[str, list[list[float]]], path: Path) -> Path:
     ax.set_title("permuted mnist5k, one pass at batch size 1")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 

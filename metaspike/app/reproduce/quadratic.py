@@ -108,7 +108,7 @@ def reproduce_fig5ab(scale: str, seeds: Sequence[int], root: Path, paper: dict[s
     Example:
         >>> rows = reproduce_fig5ab("cpu", [1, 2, 3], Path("runs/fig5ab"), {})  # doctest: +SKIP
     """
-    from metaspike.app.plots import pyplot
+    from metaspike.app.plots import pyplot, save_figure
     from metaspike.app.tables import mean_std
 
     settings = SETTINGS
@@ -137,6 +137,5 @@ def reproduce_fig5ab(scale: str, seeds: Sequence[int], root: Path, paper: dict[s
         ax.legend(fontsize=8)
     fig.suptitle(f"quadratic binary task, seed {seeds[0]}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(root / "fig5ab.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, root / "fig5ab.png")
     return rows
