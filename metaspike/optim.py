@@ -123,14 +123,15 @@ def _hook_checkpoints(optimizer: Optimizer) -> None:
     optimizer.register_load_state_dict_post_hook(_check_loaded_groups)
 
 
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def _check_group(group: dict[str, Any]) -> None:
     """Validate a param group's hyperparameters (those given to ``__init__`` and those a group sets)."""
-    if "lr" in group:
-        _number(group["lr"], "lr", 0.0)
-    if "eps" in group:
-        _number(group["eps"], "eps", 0.0)
-    if "weight_decay" in group:
-        _number(group["weight_decay"], "weight_decay", 0.0)
+    # at most float32's largest number: the step multiplies float32 tensors by them
+    for key in ("lr", "eps", "weight_decay"):
+        if key in group:
+            _number(group[key], key, 0.0, _FLOAT32_MAX)
     if "betas" in group:
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:

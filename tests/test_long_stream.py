@@ -148,8 +148,8 @@ def test_the_memory_window_sets_the_bayesian_optimizers_n_and_is_checked(tmp_pat
     assert published.param_groups[0]["N"] == 600_000
     leaky = RunConfig(model="leaky+bimu", hidden=(8,), batch_size=10, memory_window=123)
     assert leaky.make_optimizer(build_model("leaky+bimu", [8], (1, 28, 28), 10)).optimizers[0].param_groups[0]["N"] == 123
-    for bad in (0, -5, float("inf"), float("nan"), True, "100"):
-        with pytest.raises(ValueError, match="--memory-window must be a finite number > 0"):
+    for bad in (0, -5, 1e-300, 0.5, float("inf"), float("nan"), True, "100"):
+        with pytest.raises(ValueError, match=r"--memory-window must be a finite number >= 1 \(steps\)"):
             RunConfig(model="mesu", batch_size=1, memory_window=bad)
     with pytest.raises(ValueError, match="--memory-window applies to models with Bayesian synapses"):
         RunConfig(model="bnn", memory_window=100)

@@ -157,19 +157,20 @@ def test_lr_scheduler_changes_the_step():
     [
         ({"meta": -1.0}, "meta must be a finite number >= 0, got -1.0"),
         ({"meta": float("nan")}, "meta must be a finite number >= 0, got nan"),
-        ({"lr": -0.1}, "lr must be a finite number in [0, inf), got -0.1"),
-        ({"lr": float("nan")}, "lr must be a finite number in [0, inf), got nan"),
+        ({"lr": -0.1}, "lr must be a finite number in [0, 3.40282e+38], got -0.1"),
+        ({"lr": float("nan")}, "lr must be a finite number in [0, 3.40282e+38], got nan"),
         ({"betas": (0.9, 1.0)}, "each of betas must be a finite number in [0, 1), got 1.0"),
         ({"betas": (2, 2)}, "each of betas must be a finite number in [0, 1), got 2"),
         ({"betas": (0.9,)}, "betas must be two numbers in [0, 1)"),
-        ({"eps": -1.0}, "eps must be a finite number in [0, inf)"),
-        ({"eps": float("inf")}, "eps must be a finite number in [0, inf)"),
-        ({"weight_decay": float("inf")}, "weight_decay must be a finite number in [0, inf)"),
+        ({"eps": -1.0}, "eps must be a finite number in [0, 3.40282e+38]"),
+        ({"eps": float("inf")}, "eps must be a finite number in [0, 3.40282e+38]"),
+        ({"weight_decay": float("inf")}, "weight_decay must be a finite number in [0, 3.40282e+38]"),
+        ({"weight_decay": 1e39}, "weight_decay must be a finite number in [0, 3.40282e+38]"),  # float32's largest
         ({"rule": "beaker?"}, "unknown consolidation rule 'beaker?'; available: cascade, none, switch, tanh"),
     ],
 )
 def test_invalid_hyperparameters_name_the_problem(kwargs, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("?", r"\?")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         MetaplasticAdam(_model().parameters(), **kwargs)
 
 
@@ -180,8 +181,8 @@ def test_invalid_meta_in_a_param_group():
 
 
 @pytest.mark.parametrize("group, message", [
-    ({"lr": -1}, "lr must be a finite number in [0, inf), got -1"),
-    ({"lr": float("nan")}, "lr must be a finite number in [0, inf), got nan"),
+    ({"lr": -1}, "lr must be a finite number in [0, 3.40282e+38], got -1"),
+    ({"lr": float("nan")}, "lr must be a finite number in [0, 3.40282e+38], got nan"),
     ({"betas": (1, 1)}, "each of betas must be a finite number in [0, 1), got 1"),
     ({"consolidate": "yes"}, "consolidate must be True, False or None, got 'yes'"),
 ])

@@ -153,3 +153,25 @@ def test_a_model_of_another_dtype_than_the_data_is_named_as_such():
 
     with pytest.raises(ValueError, match=r"input is torch.float32 but the model's parameters are torch.float64"):
         check_inputs(torch.nn.Linear(4, 2).double(), torch.rand(3, 4))
+
+
+def test_weights_that_become_infinite_while_the_loss_stays_finite_stop_the_run_in_one_line():
+    from metaspike.training import Plugin, TrainingDiverged
+
+    class Spare(torch.nn.Module):  # a parameter the loss never sees: it can blow up without a NaN loss
+        def __init__(self) -> None:
+            super().__init__()
+            self.net, self.spare = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)), torch.nn.Parameter(torch.zeros(3))
+
+        def forward(self, x):
+            return self.net(x)
+
+    class BlowUp(Plugin):
+        def after_step(self, model):
+            model.spare.data.fill_(float("inf"))
+
+    scenario = permuted(load_dataset("digits"), load_dataset("digits", "test"), n_tasks=1, seed=1, samples_per_task=20)
+    trainer = ContinualTrainer(Spare(), lambda m: torch.optim.SGD(m.parameters(), lr=0.01),
+                               TrainerConfig(epochs=1, batch_size=10), progress=False, plugins=[BlowUp()])
+    with pytest.raises(TrainingDiverged, match=r"weights became NaN or infinite by the end of task 1 \(spare\)"):
+        trainer.fit(scenario)

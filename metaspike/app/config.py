@@ -38,6 +38,8 @@ DEFAULT_INPUT_META = 5.0
 DEFAULT_META = 30.0
 #: The largest --lr accepted (see the check in RunConfig).
 MAX_LR = 10.0
+#: The largest --weight-decay accepted.
+MAX_WEIGHT_DECAY = 10.0
 
 
 def default_meta(layers: int) -> tuple[float, ...]:
@@ -156,8 +158,8 @@ class RunConfig:
                 raise ValueError(f"{_flag(key)} must be an integer >= {low}, got {value!r}")
         if self.memory_window is not None:
             value = self.memory_window
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"--memory-window must be a finite number > 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
+                raise ValueError(f"--memory-window must be a finite number >= 1 (steps), got {value!r}")
             if optimizer_kind(self.model) not in BAYESIAN_OPTIMIZERS:
                 raise ValueError(f"--memory-window applies to models with Bayesian synapses (bimu, mesu, "
                                  f"<neuron>+bimu), not {self.model!r}")
@@ -186,6 +188,9 @@ class RunConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low \
                     or (key == "lr" and value == 0):
                 raise ValueError(f"{_flag(key)} must be a finite number {'>' if key == 'lr' else '>='} 0, got {value!r}")
+        if self.weight_decay > MAX_WEIGHT_DECAY:
+            raise ValueError(f"--weight-decay must be in [0, {MAX_WEIGHT_DECAY:g}], got {self.weight_decay!r}: the decay "
+                             "term weight_decay * w is added to the gradient, and beyond this it drowns the loss's")
         if self.lr > MAX_LR:
             raise ValueError(f"--lr must be in (0, {MAX_LR:g}], got {self.lr!r}: hidden weights start within ±0.05 and "
                              "Adam moves each by about lr per step, so a larger rate flips every sign at every step")

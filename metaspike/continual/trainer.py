@@ -30,7 +30,7 @@ from metaspike.continual.metrics import summarize
 from metaspike.continual.scenarios import Scenario, Task
 from metaspike.diagnostics import consolidated_fractions, flip_rates, hidden_weight_histograms, sign_snapshot
 from metaspike.distributed import world
-from metaspike.training import Plugin, check_inputs, evaluate, train_epoch
+from metaspike.training import Plugin, TrainingDiverged, check_inputs, evaluate, train_epoch
 
 __all__ = ["TrainerConfig", "ContinualResult", "RunLog", "ContinualTrainer", "OPTIMIZER_MODES", "CHECKPOINT_FORMAT",
            "LAST_EVALUATED", "evaluated_tasks"]
@@ -239,6 +239,15 @@ def _check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: to
         raise ValueError("the checkpoint's model and optimizer must be state dicts")
 
 
+def _check_finite_weights(model: nn.Module, task: int) -> None:
+    """Raise :class:`TrainingDiverged` when a parameter became NaN or infinite while the loss stayed finite (e.g. a
+    Bayesian rule whose memory window is far too short)."""
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise TrainingDiverged(f"weights became NaN or infinite by the end of task {task} ({', '.join(bad[:3])}); "
+                               "lower the learning rate or lengthen the memory window")
+
+
 _PER_WEIGHT = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
 
 
@@ -381,6 +390,7 @@ class ContinualTrainer:
             result.matrix.append(accuracies if due else not_evaluated)
             if not due:
                 continue
+            _check_finite_weights(self.model, i + 1)
             result.histograms.append({"after_task": i + 1, "layers": hidden_weight_histograms(self.model)})
             result.seconds = time.perf_counter() - start
             if log is not None:
