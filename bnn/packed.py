@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from bnn import native
 from bnn.layers import BinaryLinear, SignActivation
 from metaspike.compiled import LazyCompiled
-from metaspike.files import atomic_open
+from metaspike.files import atomic_open, check_torch_archive
 from metaspike.gain import output_gain
 from metaspike.quantizers import SteSign
 
@@ -295,11 +295,11 @@ class PackedMLP:
             ...
             ValueError: ... is not a readable packed BNN file (truncated or corrupted?): torch.load failed ...
         """
+        with open(path, "rb") as f:  # (a missing or unreadable file: the usual error is clear)
+            raw = f.read()
+        check_torch_archive(raw, f"{path}")
         try:
-            with open(path, "rb") as f:
-                data = torch.load(io.BytesIO(f.read()), weights_only=True)
-        except OSError:  # missing or unreadable file: the usual error is clear
-            raise
+            data = torch.load(io.BytesIO(raw), weights_only=True)
         except Exception as err:
             raise ValueError(
                 f"{path} is not a readable packed BNN file (truncated or corrupted?): "

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -128,3 +129,26 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}); was it edited or cut short?") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"cannot read {path}: {err}") from None
+
+
+def check_torch_archive(data: bytes, what: str) -> None:
+    """Refuse bytes that ``torch.load`` should not expand: ``torch.save`` writes a zip archive whose members are
+    stored uncompressed, so a member that is compressed (a small file that inflates to gigabytes in memory before
+    torch finds anything wrong) or sizes that add up to more than the file are one ``ValueError`` naming ``what``.
+
+    Bytes that are no zip archive at all pass: ``torch.load`` refuses them without expanding anything, and its
+    callers name the damage.
+
+    Example:
+        >>> import torch
+        >>> buffer = io.BytesIO(); torch.save({"w": torch.zeros(3)}, buffer)
+        >>> check_torch_archive(buffer.getvalue(), "model.pt")
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError):
+        return
+    if any(m.compress_type != zipfile.ZIP_STORED for m in members) or sum(m.file_size for m in members) > len(data):
+        raise ValueError(f"{what} has compressed or oversized members, which torch.save never writes; refused "
+                         "before loading")

@@ -145,3 +145,29 @@ def test_a_malformed_run_file_gives_one_line_naming_it(tmp_path, name, content, 
     assert str(run / name) in str(info.value) and message in str(info.value)
     assert "\n" not in str(info.value)
     assert not (run / "accuracy_curves.png").exists()
+
+
+def test_a_compressed_archive_is_refused_before_torch_load_expands_it(tmp_path):
+    """torch.save writes stored (uncompressed) zip members; a deflated member lets a small file inflate to gigabytes
+    inside torch.load before anything is checked."""
+    import io
+    import zipfile
+
+    import bnn
+    from metaspike.continual.results import load_checkpoint
+    from metaspike.files import check_torch_archive
+
+    buffer = io.BytesIO()
+    torch.save({"position": {}, "w": torch.zeros(1000, 1000)}, buffer)
+    check_torch_archive(buffer.getvalue(), "plain")  # what torch.save writes passes
+    deflated = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as source, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as out:
+        for member in source.infolist():
+            out.writestr(member.filename, source.read(member))
+    assert len(deflated.getvalue()) < len(buffer.getvalue()) // 50
+    for name in ("checkpoint.pt", "packed.pt"):
+        (tmp_path / name).write_bytes(deflated.getvalue())
+    with pytest.raises(ValueError, match="has compressed or oversized members, which torch.save never writes"):
+        load_checkpoint(tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="has compressed or oversized members"):
+        bnn.PackedMLP.load(tmp_path / "packed.pt")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -32,7 +33,7 @@ import torch
 from metaspike.checks import is_finite_number, is_whole
 from metaspike.continual.trainer import ContinualResult
 from metaspike.diagnostics import plasticity_ranking
-from metaspike.files import atomic_open, atomic_write_text, csv_text, read_json
+from metaspike.files import atomic_open, atomic_write_text, check_torch_archive, csv_text, read_json
 
 __all__ = [
     "RunDirectory", "load_run", "load_checkpoint", "latest_good_checkpoint", "unique_directory", "tensor_checksum",
@@ -240,9 +241,14 @@ def load_checkpoint(path: str | os.PathLike, config_digest: str | None = None) -
     if not path.exists():
         raise ValueError(f"no checkpoint at {path}")
     try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
+    check_torch_archive(data, f"checkpoint {path}")
+    try:
         with warnings.catch_warnings():  # torch warns about some foreign files before it refuses them
             warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for damaged files; its messages span lines
         raise ValueError(f"checkpoint {path} is truncated or corrupt (torch cannot read it: {type(err).__name__})") from None
     if not isinstance(state, dict) or "position" not in state:
