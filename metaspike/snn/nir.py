@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from metaspike.checks import is_finite_number
 from metaspike.gain import output_gain
 from metaspike.snn.backends import require_snntorch
 from metaspike.snn.layers import Scale
@@ -182,8 +183,13 @@ def _chain(graph) -> list:
     following = dict(graph.edges)
     if len(following) != len(graph.edges):
         raise ValueError("import_nir supports sequential graphs only (a node has several successors)")
-    order, name = [], following.get("input")
+    order, name, seen = [], following.get("input"), set()
     while name is not None and name != "output":
+        if name in seen:
+            raise ValueError(f"the NIR graph has a cycle through node {name!r}; import_nir supports sequential graphs only")
+        seen.add(name)
+        if name not in graph.nodes:
+            raise ValueError(f"the NIR graph has an edge to {name!r}, which is not one of its nodes")
         order.append(graph.nodes[name])
         name = following.get(name)
     if name != "output":
@@ -191,8 +197,24 @@ def _chain(graph) -> list:
     return order
 
 
-def _tensor(value) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(value), dtype=torch.float32)
+def _tensor(value, what: str = "a parameter") -> torch.Tensor:
+    """A NIR parameter as a float32 tensor; NaN or infinite values (a damaged or hostile file) are one line."""
+    try:
+        tensor = torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=torch.float32)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"the NIR graph's {what} is not an array of numbers") from None
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"the NIR graph's {what} has NaN or infinite values (or values beyond float32)")
+    return tensor
+
+
+def _time_constant_tensor(value, dt: float, what: str) -> torch.Tensor:
+    """A neuron's time constant, at least one step ``dt`` (``beta = 1 - dt / tau`` must lie in [0, 1))."""
+    tau = _tensor(value, what)
+    if not bool((tau >= dt).all()):
+        raise ValueError(f"the NIR graph's {what} must be >= dt = {dt:g} everywhere (beta = 1 - dt / tau in [0, 1)), "
+                         f"got a minimum of {tau.min().item():g}")
+    return tau
 
 
 def _scale(gain: torch.Tensor) -> Scale:
@@ -214,6 +236,8 @@ def import_nir(source, dt: float = 1.0) -> nn.Sequential:
     """
     nir = _nir()
     snn = require_snntorch()
+    if not (is_finite_number(dt) and dt > 0):
+        raise ValueError(f"dt must be a finite number > 0, got {dt!r}")
     graph = source if isinstance(source, nir.NIRGraph) else nir.read(source)
     nodes = _chain(graph)
     neurons = [i for i, n in enumerate(nodes) if isinstance(n, (nir.LIF, nir.LI, nir.CubaLIF, nir.CubaLI))]
@@ -222,25 +246,25 @@ def import_nir(source, dt: float = 1.0) -> nn.Sequential:
         if isinstance(node, nir.Flatten):
             layers.append(nn.Flatten(node.start_dim + 1, node.end_dim))
         elif isinstance(node, (nir.Affine, nir.Linear)):
-            weight = _tensor(node.weight)
+            weight = _tensor(node.weight, "linear weight")
             bias = getattr(node, "bias", None)
             linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
             with torch.no_grad():
                 linear.weight.copy_(weight)
                 if bias is not None:
-                    linear.bias.copy_(_tensor(bias))
+                    linear.bias.copy_(_tensor(bias, "linear bias"))
             layers.append(linear)
         elif isinstance(node, nir.Conv2d):
-            weight = _tensor(node.weight)
+            weight = _tensor(node.weight, "conv weight")
             conv = nn.Conv2d(weight.shape[1] * node.groups, weight.shape[0], tuple(weight.shape[2:]),
                              stride=tuple(node.stride), padding=tuple(node.padding), dilation=tuple(node.dilation),
                              groups=node.groups)
             with torch.no_grad():
                 conv.weight.copy_(weight)
-                conv.bias.copy_(_tensor(node.bias))
+                conv.bias.copy_(_tensor(node.bias, "conv bias"))
             layers.append(conv)
         elif isinstance(node, nir.Scale):
-            layers.append(_scale(_tensor(node.scale)))
+            layers.append(_scale(_tensor(node.scale, "scale")))
         elif isinstance(node, (nir.LIF, nir.LI, nir.CubaLIF, nir.CubaLI)):
             layers += _neuron(snn, node, dt, output=i == neurons[-1])
         else:
@@ -253,15 +277,15 @@ def _neuron(snn: ModuleType, node, dt: float, output: bool) -> list[nn.Module]:
     if np.any(np.asarray(node.v_leak) != 0) or (v_reset is not None and np.any(np.asarray(v_reset) != 0)):
         raise ValueError("import_nir supports v_leak = 0 and v_reset = 0 only")
     is_cuba = hasattr(node, "tau_syn")
-    tau = _tensor(node.tau_mem if is_cuba else node.tau)
-    gain = _tensor(node.r) * dt / tau
+    tau = _time_constant_tensor(node.tau_mem if is_cuba else node.tau, dt, "membrane time constant")
+    gain = _tensor(node.r, "input resistance r") * dt / tau
     fires = hasattr(node, "v_threshold")
-    threshold = _tensor(node.v_threshold) if fires else 1.0
+    threshold = _tensor(node.v_threshold, "threshold") if fires else 1.0
     common = dict(beta=1 - dt / tau, threshold=threshold, init_hidden=True, output=output,
                   reset_mechanism="zero" if fires else "none")
     if is_cuba:
-        tau_syn = _tensor(node.tau_syn)
-        gain = gain * _tensor(node.w_in) * dt / tau_syn
+        tau_syn = _time_constant_tensor(node.tau_syn, dt, "synaptic time constant")
+        gain = gain * _tensor(node.w_in, "w_in") * dt / tau_syn
         neuron = snn.Synaptic(alpha=1 - dt / tau_syn, **common)
     else:
         neuron = snn.Leaky(**common)
