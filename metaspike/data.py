@@ -514,6 +514,10 @@ class _BatchUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+#: A CIFAR-10 batch pickle: 10,000 images of 3,072 bytes plus labels and names (31 MB); a little room above it.
+_CIFAR_BATCH_MAX_BYTES = 32 * 1024 * 1024
+
+
 def _parse_cifar_batch(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         # encoding="bytes": the official files were pickled by Python 2.
@@ -523,7 +527,11 @@ def _parse_cifar_batch(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise DataError(f"{where} is not a CIFAR batch: expected a dict with keys b'data' and b'labels'")
     images = np.asarray(batch[b"data"])
-    labels = np.asarray(batch[b"labels"])
+    raw_labels = batch[b"labels"]
+    if not isinstance(raw_labels, list) or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31
+                                                   for v in raw_labels):
+        raise DataError(f"{where}: b'labels' must be a list of class indices (integers), as the CIFAR files hold")
+    labels = np.asarray(raw_labels, dtype=np.int64)
     if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3 * 32 * 32:
         raise DataError(f"{where}: b'data' must be uint8 of shape [N, 3072], "
                         f"got {images.dtype} {list(images.shape)}")
@@ -552,6 +560,9 @@ def _read_cifar_batches(directory: Path, batches: Sequence[str]) -> list[tuple[n
                 if b not in members:
                     raise DataError(f"archive {archive} has no member {_CIFAR_DIR}/{b}; "
                                     f"delete it and fetch it again")
+                if members[b].size > _CIFAR_BATCH_MAX_BYTES:  # checked before the member is read into memory
+                    raise DataError(f"archive {archive}: member {members[b].name} holds {members[b].size} bytes, more "
+                                    f"than a CIFAR batch ({_CIFAR_BATCH_MAX_BYTES}); delete it and fetch it again")
                 fh = tar.extractfile(members[b])
                 assert fh is not None
                 out.append(_parse_cifar_batch(fh.read(), f"{archive}:{members[b].name}"))

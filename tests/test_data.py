@@ -441,6 +441,17 @@ def test_cifar_missing_and_corrupt(tmp_path):
         load_dataset("cifar10", "test", data_dir=tmp_path, download=False)
 
 
+@pytest.mark.parametrize("labels", [[0.9, 1.0], [2**70, 1], [None, 1], "ab", [True, False]])
+def test_cifar_labels_must_be_class_indices(tmp_path, labels):
+    """Float labels were truncated (0.9 -> class 0), huge ones overflowed, others failed inside numpy."""
+    batch_dir = tmp_path / "cifar10" / "cifar-10-batches-py"
+    batch_dir.mkdir(parents=True)
+    (batch_dir / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": labels},
+                                                        protocol=2))
+    with pytest.raises(DataError, match=r"test_batch: b'labels' must be a list of class indices"):
+        load_dataset("cifar10", "test", data_dir=tmp_path, download=False)
+
+
 def test_cifar_pickle_refuses_foreign_globals(tmp_path):
     batch_dir = tmp_path / "cifar10" / "cifar-10-batches-py"
     batch_dir.mkdir(parents=True)
