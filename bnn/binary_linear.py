@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bnn.sign_buffers import storage_is_free
+
 __all__ = [
     "FAST_MIN_NUMEL", "PRODUCT_KINDS", "PRECISIONS", "check_precision", "is_binary_input", "product_kinds",
     "product_kind", "signs_product", "product_used", "binary_linear",
@@ -192,15 +194,6 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _storage_is_free(buffer: Tensor) -> bool:
-    """True when only ``buffer`` itself refers to its memory (no gradient, view or copy aliases it)."""
-    use_count = getattr(torch._C, "_storage_Use_Count", None)
-    if use_count is None:
-        return False
-    storage = buffer.untyped_storage()
-    return use_count(storage._cdata) <= 2  # ``buffer`` and the ``storage`` handle above
-
-
 def _backward_mm(a: Tensor, b: Tensor, low: bool, out: Tensor | None = None) -> Tensor:
     """``a @ b`` in float32 (into ``out`` when given), or of both rounded to bfloat16 with float32 sums when ``low``."""
     if low:
@@ -230,7 +223,7 @@ class _FastBinaryLinear(torch.autograd.Function):
         grad_w = None
         if ctx.needs_input_grad[1]:
             buffer = ctx.grad_buffer
-            if buffer is not None and _storage_is_free(buffer):
+            if buffer is not None and storage_is_free(buffer):
                 # a new tensor over the buffer's memory: autograd adopts it as the gradient
                 grad_w = torch.empty(0, dtype=buffer.dtype, device=buffer.device).set_(
                     buffer.untyped_storage(), 0, buffer.shape, buffer.stride()
@@ -257,7 +250,8 @@ def product_used(x: Tensor, layer: Any) -> str:
     """
     weight = layer.weight
     small = weight.numel() < FAST_MIN_NUMEL or x.dim() != 2 or x.dtype != torch.float32 or weight.dtype != torch.float32
-    if small or torch.compiler.is_compiling():  # a compiled model fuses the plain product itself
+    # a compiled model fuses the plain product itself; under autocast torch picks the product's precision
+    if small or torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type):
         return "F.linear"
     if not is_binary_input(x):
         return "float32"

@@ -22,7 +22,7 @@ from metaspike.compiled import LazyCompiled
 from metaspike.quantizers import binary_sign
 from metaspike.synapse import signs_cache_key
 
-__all__ = ["SignBuffers", "COMPILED_SIGNS_MIN_NUMEL"]
+__all__ = ["SignBuffers", "COMPILED_SIGNS_MIN_NUMEL", "storage_is_free"]
 
 COMPILED_SIGNS_MIN_NUMEL = 1 << 20
 """Hidden weights with at least this many entries get their signs from one compiled pass."""
@@ -39,6 +39,28 @@ def _signs_into(weight: Tensor, outs: list[Tensor]) -> None:
     for out in outs:
         if out is not signs:
             out.copy_(signs)
+
+
+def storage_is_free(buffer: Tensor) -> bool:
+    """True when only ``buffer`` itself refers to its memory (no saved tensor of a graph, view or copy aliases it).
+
+    Example:
+        >>> t = torch.zeros(3)
+        >>> storage_is_free(t), storage_is_free(torch.zeros(3)), (lambda view: storage_is_free(t))(t[:1])
+        (True, True, False)
+    """
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    if use_count is None:
+        return False
+    storage = buffer.untyped_storage()
+    return use_count(storage._cdata) <= 2  # ``buffer`` and the ``storage`` handle above
+
+
+def _writable(buffer: Tensor) -> bool:
+    """Whether a sign buffer may be rewritten in place: nothing else holds it (a graph that saved it for its
+    backward pass, e.g. when one layer runs twice before one backward, would fail on the changed version), and it
+    was not made under ``torch.inference_mode`` (such a tensor cannot be written outside it)."""
+    return storage_is_free(buffer) and (torch.is_inference_mode_enabled() or not buffer.is_inference())
 
 
 _compiled_signs_into = LazyCompiled(_signs_into, "sign buffers of a binary layer")  # one fused pass
@@ -77,7 +99,12 @@ class SignBuffers:
         block = signs_cache_key()
         key = None if block is None else (block, weight._version)
         if key is None or key != self._written_under:
-            large = weight.numel() >= COMPILED_SIGNS_MIN_NUMEL and not torch.compiler.is_compiling()
+            # (under inference_mode or autocast the pass would compile again for that state: it runs eagerly)
+            large = (weight.numel() >= COMPILED_SIGNS_MIN_NUMEL and not torch.compiler.is_compiling()
+                     and not torch.is_inference_mode_enabled() and not torch.is_autocast_enabled(weight.device.type))
+            for dtype, buffer in self._tensors.items():
+                if not _writable(buffer):  # a fresh buffer: the old one lives on where it is held
+                    self._tensors[dtype] = torch.empty_like(buffer)
             with torch.no_grad():
                 outs = [out.view(-1) for out in self._tensors.values()]
                 (_compiled_signs_into if large else _signs_into)(weight.reshape(-1), outs)

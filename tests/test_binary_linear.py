@@ -194,3 +194,36 @@ def test_a_training_step_writes_only_the_sign_buffers_it_uses_in_one_pass(precis
     layer(x).sum().backward()
     kind = fast.product_used(x, layer)
     assert passes == [len({fast._DTYPES[kind], getattr(torch, precision)})]
+
+
+@pytest.mark.parametrize("sizes", [[20, 16, 3], [1100, 1024, 3]])  # the plain and the fast (>= 2**20 weights) path
+def test_a_layer_used_twice_before_one_backward_trains_as_nn_linear_does(sizes):
+    """The sign buffers were rewritten in place while a graph still held them for its backward pass."""
+    torch.manual_seed(0)
+    model = bnn.MLP(sizes)
+    x, y = torch.sign(torch.randn(8, sizes[0])), torch.randint(0, sizes[-1], (8,))
+    loss = F.cross_entropy(model(x), y) + F.cross_entropy(model(-x), y)  # two forwards, one backward
+    with torch.no_grad():
+        model(x)  # a validation pass between a forward and its backward
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_a_model_first_run_under_inference_mode_still_trains():
+    model = bnn.MLP([1100, 1024, 3])
+    with torch.inference_mode():
+        model.eval()(torch.rand(4, 1100))
+    model.train()
+    F.cross_entropy(model(torch.rand(4, 1100)), torch.tensor([0, 1, 2, 0])).backward()
+
+
+def test_autocast_runs_the_plain_product():
+    """Under autocast torch chooses the product's precision; the fast path's float32 gradient buffer crashed."""
+    model = bnn.MLP([1100, 1024, 3])
+    layer = next(m for m in model.modules() if isinstance(m, bnn.BinaryLinear) and m.weight.numel() >= 1 << 20)
+    x = torch.sign(torch.randn(4, 1100))
+    assert fast.product_used(x, layer) != "F.linear"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fast.product_used(x, layer) == "F.linear"
+        loss = F.cross_entropy(model(x), torch.tensor([0, 1, 2, 0]))
+    loss.backward()
