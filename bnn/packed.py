@@ -444,6 +444,10 @@ def _layers_of(model: nn.Module) -> list[tuple[BinaryLinear, nn.BatchNorm1d]]:
             raise ValueError(f"layer {len(pairs)} does not binarize its weights (its weight_quantizer is not a sign)")
         if linear.bias is not None:
             raise ValueError(f"layer {len(pairs)} has a bias; pack supports the bias-free layers of bnn.MLP")
+        if linear.input_quantizer.precision != 32:  # the packed first layer takes the real input, later ones signs
+            raise ValueError(f"layer {len(pairs)} quantizes its input (input_quantizer {linear.input_quantizer!r}); "
+                             "pack supports bnn.MLP's layers, whose inputs are the real data and the signs of "
+                             "SignActivation")
         if norm.running_mean is None or norm.running_var is None:
             raise ValueError(
                 f"BatchNorm of layer {len(pairs)} has no population statistics; call "

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from metaspike import training
+from metaspike.checks import check_seed, is_whole
 from metaspike.data import ArrayDataset
 from metaspike.optim import MetaplasticAdam, param_groups
 
@@ -20,6 +21,10 @@ def _tensors(data: Data, what: str) -> tuple[Tensor, Tensor]:
     if isinstance(data, ArrayDataset):
         return data.x, data.y
     if isinstance(data, (tuple, list)) and len(data) == 2:
+        if not all(isinstance(t, Tensor) for t in data):
+            kinds = ", ".join(type(t).__name__ for t in data)
+            raise ValueError(f"{what} must hold torch tensors (inputs, labels), got ({kinds}); convert numpy arrays "
+                             "with torch.from_numpy")
         return data[0], data[1]
     raise ValueError(f"{what} must be an ArrayDataset or a pair (inputs, labels), got {type(data).__name__}")
 
@@ -48,14 +53,17 @@ def fit(
         >>> history[-1]["test_accuracy"] > 50
         True
     """
-    if not isinstance(epochs, int) or epochs < 1:
+    if not is_whole(epochs, 1):
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
-    if not isinstance(batch_size, int) or batch_size < 2:
+    if not is_whole(batch_size, 2):
         raise ValueError(f"batch_size must be an integer >= 2, got {batch_size!r}")
+    seed = check_seed("seed", seed)
     x, y = _tensors(train, "train")
     model.to(device)
     training.check_inputs(model, x.to(device), y.to(device), what="training data")
     test_xy = _tensors(test, "test") if test is not None else None
+    if test_xy is not None:  # checked before an epoch is spent, not found wrong after it
+        training.check_inputs(model, test_xy[0].to(device), test_xy[1].to(device), what="test data")
     optimizer = MetaplasticAdam(param_groups(model, meta), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     bar = None

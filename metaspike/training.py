@@ -101,6 +101,8 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
         raise ValueError(f"{what} samples of shape {tuple(x.shape[1:])} do not fit the model: {first_line}") from None
     finally:
         model.train(was_training)
+    if y is not None and int(y.min()) < 0:
+        raise ValueError(f"labels of {what} must be class indices >= 0, got {int(y.min())}")
     if y is not None and isinstance(out, Tensor) and out.dim() in (2, 3) and int(y.max()) >= out.shape[-1]:
         raise ValueError(f"labels go up to {int(y.max())} but the model has {out.shape[-1]} outputs")
 

@@ -172,3 +172,29 @@ def test_binarize_refuses_a_weight_built_from_several_tensors_and_changes_nothin
 def test_sign_activation_checks_its_clip_value_when_built():
     with pytest.raises(ValueError, match="clip_value must be a number > 0 or None, got -1"):
         bnn.SignActivation(clip_value=-1)
+
+
+@pytest.mark.parametrize("test_data, message", [
+    ((torch.rand(6, 20), torch.tensor([7, 8, 9, 7, 8, 9])), "labels go up to 9 but the model has 3 outputs"),
+    ((torch.full((6, 20), float("nan")), torch.zeros(6, dtype=torch.long)), "test data contains NaN"),
+    ((torch.rand(6, 19), torch.zeros(6, dtype=torch.long)), "test data samples have shape"),
+])
+def test_fit_checks_its_test_data_before_training(test_data, message):
+    """The test set was used only after an epoch: wrong labels read as 0 % and NaN inputs as 40 %."""
+    model = bnn.MLP([20, 8, 3])
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=message):
+        bnn.fit(model, (torch.rand(10, 20), torch.randint(0, 3, (10,))), epochs=1, test=test_data, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # refused before training
+
+
+def test_fit_names_numpy_data_negative_labels_and_a_bad_seed():
+    import numpy as np
+
+    model, x = bnn.MLP([20, 8, 3]), torch.rand(10, 20)
+    with pytest.raises(ValueError, match=r"train must hold torch tensors .* torch.from_numpy"):
+        bnn.fit(model, (np.zeros((10, 20), np.float32), np.zeros(10, np.int64)), progress=False)
+    with pytest.raises(ValueError, match="labels of training data must be class indices >= 0, got -1"):
+        bnn.fit(model, (x, torch.full((10,), -1)), progress=False)
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        bnn.fit(model, (x, torch.zeros(10, dtype=torch.long)), seed="a", progress=False)

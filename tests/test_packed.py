@@ -15,6 +15,7 @@ import torch
 import bnn
 from bnn.packed import PackedMLP, _popcount, pack_bits
 from metaspike.data import load_dataset, read_idx
+from metaspike.quantizers import get_quantizer
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
 
@@ -508,3 +509,14 @@ def test_a_packed_model_copies_and_pickles(trained):
     x = torch.rand(7, 784)
     for twin in (copy.deepcopy(packed), pickle.loads(pickle.dumps(packed))):
         assert torch.equal(twin(x), packed(x)) and twin.kernel_names() == packed.kernel_names()
+
+
+def test_pack_refuses_a_layer_that_quantizes_its_input():
+    """The packed model sums the real input of its first layer: an input_quantizer it ignored changed 747 of 1,797
+    digits predictions."""
+    model = bnn.MLP([64, 16, 10])
+    first = next(m for m in model.modules() if isinstance(m, bnn.BinaryLinear))
+    first.input_quantizer = get_quantizer("ste_sign")
+    bnn.use_population_statistics(model, torch.rand(32, 64))
+    with pytest.raises(ValueError, match="layer 0 quantizes its input"):
+        bnn.pack(model)
