@@ -49,18 +49,31 @@ def consolidates(param: Tensor, group: dict[str, Any]) -> bool:
     return is_hidden_weight(param) if flag is None else bool(flag)
 
 
-def warn_if_nothing_consolidated(optimizer: Optimizer) -> None:
-    """Warn when some group asks for consolidation (``meta != 0``) but no parameter of the optimizer is consolidated
-    (a model that was not binarized: ``meta`` would then change nothing, silently).
+def warn_at_first_step_if_nothing_consolidated(optimizer: Optimizer) -> None:
+    """At the optimizer's first step, warn when some group asks for consolidation (``meta != 0``) but no parameter
+    is consolidated (a model that was not binarized: ``meta`` would then change nothing, silently). Checked at the
+    first step, not when the optimizer is made: a deep copy of a binary model marks its hidden weights again on its
+    first forward pass.
 
     Example:
         >>> import warnings
+        >>> layer = torch.nn.Linear(3, 2)
+        >>> opt = MetaplasticAdam(layer.parameters(), meta=5.0)
+        >>> layer(torch.ones(1, 3)).sum().backward()
         >>> with warnings.catch_warnings(record=True) as caught:
         ...     warnings.simplefilter("always")
-        ...     _ = MetaplasticAdam(torch.nn.Linear(3, 2).parameters(), meta=5.0)
+        ...     opt.step()
         >>> "consolidates nothing" in str(caught[0].message)
         True
     """
+    def check_once(opt: Optimizer, args: Any, kwargs: Any) -> None:
+        handle.remove()
+        _warn_if_nothing_consolidated(opt)
+
+    handle = optimizer.register_step_pre_hook(check_once)
+
+
+def _warn_if_nothing_consolidated(optimizer: Optimizer) -> None:
     asks = any(group["meta"] != 0 for group in optimizer.param_groups)
     if asks and not any(consolidates(p, group) for group in optimizer.param_groups for p in group["params"]):
         warnings.warn(
@@ -68,7 +81,7 @@ def warn_if_nothing_consolidated(optimizer: Optimizer) -> None:
             "synapse (call metaspike.binarize(model) first, or pass metaspike.param_groups(model, meta) to "
             "consolidate a float model's weight matrices)",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
 
@@ -206,7 +219,7 @@ class MetaplasticAdam(Optimizer):
         )
         super().__init__(params, defaults)
         _hook_checkpoints(self)
-        warn_if_nothing_consolidated(self)
+        warn_at_first_step_if_nothing_consolidated(self)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group; its hyperparameters are validated (a refused group is not added)."""
@@ -403,7 +416,7 @@ def metaplastic(
     add = optimizer.add_param_group
     optimizer.add_param_group = lambda param_group: _add_checked(optimizer, add, param_group)  # type: ignore[method-assign]
     optimizer._metaspike_hooked = True  # type: ignore[attr-defined]
-    warn_if_nothing_consolidated(optimizer)
+    warn_at_first_step_if_nothing_consolidated(optimizer)
     return optimizer
 
 

@@ -360,17 +360,28 @@ def test_more_bad_adam_arguments_get_one_line(bad, message):
 
 
 def test_meta_on_an_optimizer_that_consolidates_nothing_warns():
-    """On a model that was never binarized, meta > 0 changes nothing: say so instead of training as if it did."""
+    """On a model that was never binarized, meta > 0 changes nothing: say so (at the first step, when a deep-copied
+    binary model has marked its hidden weights again) instead of training as if it did."""
+    import copy
+
+    def first_step(model, make):
+        optimizer = make(model)
+        model(torch.ones(2, 3)).sum().backward()
+        optimizer.step()
+
     float_model = torch.nn.Linear(3, 2)
     with pytest.warns(UserWarning, match="consolidates nothing"):
-        MetaplasticAdam(float_model.parameters(), meta=5.0)
+        first_step(float_model, lambda m: MetaplasticAdam(m.parameters(), meta=5.0))
     with pytest.warns(UserWarning, match="consolidates nothing"):
-        metaplastic(torch.optim.SGD(float_model.parameters(), lr=0.1), meta=5.0)
+        first_step(float_model, lambda m: metaplastic(torch.optim.SGD(m.parameters(), lr=0.1), meta=5.0))
+    binary = metaspike.binarize(torch.nn.Sequential(torch.nn.Linear(3, 2)))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        MetaplasticAdam(float_model.parameters(), meta=0.0)
-        MetaplasticAdam(param_groups(float_model, 5.0))  # the full-precision variant names its weights
-        MetaplasticAdam(metaspike.binarize(torch.nn.Sequential(torch.nn.Linear(3, 2))).parameters(), meta=5.0)
+        first_step(float_model, lambda m: MetaplasticAdam(m.parameters(), meta=0.0))
+        first_step(float_model, lambda m: MetaplasticAdam(param_groups(m, 5.0)))  # the full-precision variant
+        first_step(binary, lambda m: MetaplasticAdam(m.parameters(), meta=5.0))
+        first_step(copy.deepcopy(binary), lambda m: MetaplasticAdam(m.parameters(), meta=5.0))
+        first_step(copy.deepcopy(MLP([3, 4, 2])), lambda m: MetaplasticAdam(m.parameters(), meta=5.0))
 
 
 def test_the_wrong_object_for_metaplastic_or_param_groups_is_one_line():
