@@ -211,6 +211,10 @@ _GZIP_MAGIC = b"\x1f\x8b"
 IDX_MAX_BYTES = 1 << 32  # largest data an IDX header may declare (MNIST's biggest file holds 47 MB)
 
 
+IDX_MAX_DIMENSIONS = 8
+"""The most dimensions an IDX file may declare here (the format allows 255, numpy 64; datasets use 1 to 4)."""
+
+
 def _idx_header(head: bytes, p: Path) -> tuple[np.dtype, tuple[int, ...], int]:
     """Data type, dimensions and header length of the IDX file ``p`` from its first bytes ``head``.
 
@@ -225,13 +229,15 @@ def _idx_header(head: bytes, p: Path) -> tuple[np.dtype, tuple[int, ...], int]:
     if code not in _IDX_DTYPES:
         known = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
         raise DataError(f"IDX file {p} has unknown data type code 0x{code:02X} (known: {known})")
-    if ndim == 0:
-        raise DataError(f"IDX file {p} declares 0 dimensions")
+    if not 1 <= ndim <= IDX_MAX_DIMENSIONS:
+        raise DataError(f"IDX file {p} declares {ndim} dimensions; this reader accepts 1 to {IDX_MAX_DIMENSIONS}")
     header_len = 4 + 4 * ndim
     if len(head) < header_len:
         raise DataError(f"IDX file {p} is truncated inside its header: {ndim} dimensions need "
                         f"{header_len} header bytes, file has {len(head)}")
     dims = tuple(int(d) for d in np.frombuffer(head, dtype=">u4", count=ndim, offset=4))
+    if 0 in dims:
+        raise DataError(f"IDX file {p} declares an empty dimension (dimensions {dims}): it holds no data")
     size = math.prod(dims) * _IDX_DTYPES[code].itemsize
     if size > IDX_MAX_BYTES:
         raise DataError(f"IDX file {p} declares {size} bytes of data (dimensions {dims}), more than the "

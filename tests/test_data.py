@@ -170,6 +170,18 @@ def test_idx_header_declaring_absurd_sizes_is_refused(tmp_path):
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("header, message", [
+    (bytes([0, 0, 8, 3]) + (0).to_bytes(4, "big") + b"\xff" * 8, r"declares an empty dimension \(dimensions \(0, "),
+    (bytes([0, 0, 8, 255]) + b"\0\0\0\1" * 255, "declares 255 dimensions; this reader accepts 1 to 8"),
+])
+def test_idx_headers_numpy_cannot_hold_are_named(tmp_path, header, message):
+    path = tmp_path / "odd-idx3-ubyte"
+    path.write_bytes(header)
+    with pytest.raises(DataError, match=message) as info:
+        read_idx(path)
+    assert str(path) in str(info.value)
+
+
 def test_idx_missing_file(tmp_path):
     with pytest.raises(DataError, match="not found"):
         read_idx(tmp_path / "nope")
