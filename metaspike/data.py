@@ -237,7 +237,8 @@ def _idx_header(head: bytes, p: Path) -> tuple[np.dtype, tuple[int, ...], int]:
                         f"{header_len} header bytes, file has {len(head)}")
     dims = tuple(int(d) for d in np.frombuffer(head, dtype=">u4", count=ndim, offset=4))
     if 0 in dims:
-        raise DataError(f"IDX file {p} declares an empty dimension (dimensions {dims}): it holds no data")
+        raise DataError(f"IDX file {p} declares an empty dimension (dimensions {dims}): it holds no data; delete it "
+                        "and fetch it again")
     size = math.prod(dims) * _IDX_DTYPES[code].itemsize
     if size > IDX_MAX_BYTES:
         raise DataError(f"IDX file {p} declares {size} bytes of data (dimensions {dims}), more than the "
@@ -463,8 +464,6 @@ def _load_idx_dataset(name: str, split: str, root: Path, classes: tuple[str, ...
     if labels.dtype != np.uint8 or labels.ndim != 1:
         raise DataError(f"{lbl_path}: expected uint8 labels of shape [N], "
                         f"got {labels.dtype} {list(labels.shape)}")
-    if images.shape[0] == 0:
-        raise DataError(f"{img_path} holds 0 images; delete it and fetch it again")
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{name} {split}: {img_path.name} holds {images.shape[0]} images but "
                         f"{lbl_path.name} holds {labels.shape[0]} labels")

@@ -253,7 +253,8 @@ def test_mnist_with_zero_images_is_one_clear_line(tmp_path):
     write_idx(tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz", np.zeros(0, dtype=np.uint8))
     with pytest.raises(DataError) as info:
         load_dataset("mnist", "test", data_dir=tmp_path, download=False)
-    assert str(info.value) == f"{images} holds 0 images; delete it and fetch it again"
+    assert str(info.value) == (f"IDX file {images} declares an empty dimension (dimensions (0, 28, 28)): it holds no "
+                               "data; delete it and fetch it again")
 
 
 def test_missing_files_message(tmp_path):
