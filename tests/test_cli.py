@@ -234,3 +234,12 @@ def test_compare_never_reuses_one_run_for_two_settings(tmp_path, capsys):
     capsys.readouterr()
     assert main(["compare", "--resume", str(folder), "--quiet"]) == 2
     assert "holds a run of other settings than" in capsys.readouterr().err
+
+
+def test_a_batch_too_small_for_the_processes_names_the_flag(tmp_path, capsys, monkeypatch):
+    import metaspike.app.runs as runs
+
+    monkeypatch.setattr(runs, "init_from_env", lambda device: (0, 2))  # as under torchrun --nproc_per_node 2
+    assert main(["train", "--dataset", "digits", "--tasks", "1", "--epochs", "1", "--hidden", "8", "--batch-size", "3",
+                 "--quiet", "--out", str(tmp_path)]) == 2
+    assert "--batch-size 3: 2 processes need at least 4 (BatchNorm needs two samples per process)" in capsys.readouterr().err

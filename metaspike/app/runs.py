@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from metaspike.app.config import RunConfig
-from metaspike.app.models import Standardize, build_model, describe_model
+from metaspike.app.models import Standardize, build_model, describe_model, uses_batchnorm
 from metaspike.app.tables import versions
 from metaspike.continual.results import CHECKPOINT, PREVIOUS_CHECKPOINT, RunDirectory, latest_good_checkpoint
 from metaspike.continual.scenarios import Scenario, make_scenario
@@ -94,6 +94,10 @@ def build_trainer(
 
 def _trainer(config: RunConfig, scenario: Scenario, progress: bool) -> ContinualTrainer:
     rank, processes = init_from_env(config.device)
+    minimum = processes * (2 if uses_batchnorm(config.model) else 1)
+    if config.batch_size < minimum:  # (train_epoch says the same, naming its argument instead of the flag)
+        why = "BatchNorm needs two samples per process" if uses_batchnorm(config.model) else "one sample per process"
+        raise ValueError(f"--batch-size {config.batch_size}: {processes} processes need at least {minimum} ({why})")
     torch.manual_seed(config.seed)
     model = build_run_model(config, scenario)
     if processes > 1:
