@@ -114,6 +114,13 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> Model
         >>> s.binary_macs, s.float_macs  # the first layer sees real pixels
         (1000, 78400)
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"summary takes a torch model (bnn or binarized), got {type(model).__name__}")
+    if isinstance(input_shape, int) and not isinstance(input_shape, bool):
+        input_shape = (input_shape,)
+    if input_shape is not None and not (isinstance(input_shape, Sequence) and all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in input_shape)):
+        raise ValueError(f"input_shape must be one sample's shape, a sequence of positive integers, got {input_shape!r}")
     macs = _count_macs(model, input_shape) if input_shape is not None else {}
     binary = {id(weight) for _, _, weight in binary_modules(model)}
     rows = []
@@ -133,6 +140,7 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> Model
 
 
 _PRODUCT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_PROBE_SAMPLES = 2  # (two: BatchNorm with batch statistics needs more than one)
 
 
 @torch.no_grad()
@@ -148,7 +156,8 @@ def _count_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tuple
             if quantizer is not None:
                 x = quantizer(x)
             weight = module.weight
-            total = output.numel() // output.shape[0] * weight[0].numel()  # outputs x inputs per output
+            # outputs of one sample x inputs per output (a layer of S weight samples gives S outputs per sample)
+            total = output.numel() // _PROBE_SAMPLES * weight[0].numel()
             one_bit = id(module) in binary_layers and is_binary_input(x)
             counts[name] = (total, 0) if one_bit else (0, total)
 
@@ -159,7 +168,7 @@ def _count_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tuple
     was_training = model.training
     try:
         model.eval()  # no running statistics are updated (the paper's BatchNorm still uses the batch's)
-        model(torch.rand(2, *input_shape))
+        model(torch.rand(_PROBE_SAMPLES, *input_shape))
     except Exception as err:
         raise ValueError(f"summary: a forward pass on input_shape {tuple(input_shape)} failed: {err}") from None
     finally:

@@ -260,6 +260,8 @@ class PackedMLP:
             if not bool(torch.isfinite(x).all()):
                 raise ValueError("input holds NaN or infinite values; only finite inputs are accepted")
             layers = _checked_layers(self.sizes, self.layers)
+            if len(x) == 0:  # as the native kernels answer an empty batch
+                return torch.zeros(0, self.sizes[-1])
             parts = [
                 _last_preactivation(x[i : i + self._rows], layers, self.sizes, self._dots)
                 for i in range(0, len(x), self._rows)
@@ -545,6 +547,7 @@ def pack(model: nn.Module, compile: bool = True) -> PackedMLP:
         >>> packed.nbytes < bnn.summary(model).float32_bytes / 25
         True
     """
+    model = getattr(model, "_orig_mod", model)  # a torch.compile'd model: the model it wraps
     pairs = _layers_of(model)
     if any(module.training for module in model.modules()):
         raise ValueError(

@@ -198,3 +198,16 @@ def test_fit_names_numpy_data_negative_labels_and_a_bad_seed():
         bnn.fit(model, (x, torch.full((10,), -1)), progress=False)
     with pytest.raises(ValueError, match="seed must be an integer"):
         bnn.fit(model, (x, torch.zeros(10, dtype=torch.long)), seed="a", progress=False)
+
+
+def test_summary_counts_every_weight_sample_and_names_what_it_cannot_count():
+    """A Bayesian layer with S weight samples does S products per input sample; the probe batch was miscounted."""
+    for samples in (1, 3):
+        layer = bnn.BinaryBayesianLinear(30, 20, samples=samples)
+        counted = bnn.summary(nn.Sequential(layer), input_shape=30)  # an int is one sample's shape too
+        assert counted.binary_macs + counted.float_macs == 600 * samples
+    packed_like = object()
+    with pytest.raises(ValueError, match="summary takes a torch model"):
+        bnn.summary(packed_like)
+    with pytest.raises(ValueError, match="input_shape must be one sample's shape"):
+        bnn.summary(bnn.MLP([4, 3, 2]), input_shape=(4, "x"))

@@ -520,3 +520,11 @@ def test_pack_refuses_a_layer_that_quantizes_its_input():
     bnn.use_population_statistics(model, torch.rand(32, 64))
     with pytest.raises(ValueError, match="layer 0 quantizes its input"):
         bnn.pack(model)
+
+
+def test_pack_of_a_compiled_model_and_an_empty_batch_on_every_path():
+    model = bnn.MLP([20, 16, 3])
+    bnn.use_population_statistics(model, torch.rand(64, 20))
+    model.eval()
+    for packed in (bnn.pack(torch.compile(model)), bnn.pack(model, compile=False)):
+        assert packed(torch.zeros(0, 20)).shape == (0, 3)
