@@ -234,8 +234,13 @@ class MetaplasticAdam(Optimizer):
         return state
 
     @torch.no_grad()
+    @torch.compiler.disable
     def step(self, closure=None):  # type: ignore[override]
-        """Perform one optimization step; ``closure`` re-evaluates the loss, as in torch optimizers."""
+        """Perform one optimization step; ``closure`` re-evaluates the loss, as in torch optimizers.
+
+        A ``torch.compile``'d training step runs it as it is (a graph break): traced, its step count read with
+        ``.item()`` gave wrong bias corrections from the third step on (torch 2.13) and every parameter's state
+        recompiled the graph. Its multi-tensor update is compiled on its own (``fused=True``)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():

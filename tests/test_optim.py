@@ -390,3 +390,20 @@ def test_the_wrong_object_for_metaplastic_or_param_groups_is_one_line():
         metaplastic(model)
     with pytest.raises(ValueError, match=r"model must be a torch nn.Module \(param_groups\(model, meta\)\), got list"):
         param_groups(list(model.parameters()), 1.0)
+
+
+def test_a_compiled_step_equals_the_eager_step():
+    """Traced by torch.compile, the step's bias corrections went wrong from the third step on (torch 2.13)."""
+    def run(compiled: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(5))
+        opt = MetaplasticAdam([p], lr=0.1)
+        step = torch.compile(opt.step) if compiled else opt.step
+        generator, out = torch.Generator().manual_seed(1), []
+        for _ in range(5):
+            p.grad = torch.randn(5, generator=generator)
+            step()
+            out.append(p.detach().clone())
+        return out
+
+    assert all(torch.equal(a, b) for a, b in zip(run(False), run(True)))
