@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from bnn.layers import BinaryConv2d, BinaryLinear, SignActivation
+from metaspike.population_statistics import accept_saved_population_statistics
 
 __all__ = ["MLP", "ConvNet"]
 
@@ -60,6 +61,7 @@ class MLP(nn.Sequential):
             if i < len(sizes) - 2:
                 layers.append(_activation(activation))
         super().__init__(*layers)
+        accept_saved_population_statistics(self)
         self.sizes = tuple(sizes)
         self.in_features = sizes[0]
 
@@ -110,5 +112,6 @@ class ConvNet(nn.Sequential):
             nn.BatchNorm1d(num_classes, affine=True, track_running_stats=False),
         ]
         super().__init__(*layers)
+        accept_saved_population_statistics(self)
         self.in_shape = (int(in_shape[0]), int(in_shape[1]), int(in_shape[2]))
         self.in_features = math.prod(self.in_shape)

@@ -17,7 +17,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from metaspike.checks import is_whole
 
-__all__ = ["use_population_statistics"]
+__all__ = ["use_population_statistics", "accept_saved_population_statistics"]
 
 
 @torch.no_grad()
@@ -79,3 +79,29 @@ def _fix_each(model: nn.Module, norms: list[_BatchNorm], x: Tensor, chunks: tupl
         norm.running_mean = mean.to(norm.weight.dtype if norm.weight is not None else torch.float32)
         norm.running_var = var.to(norm.running_mean.dtype)
         norm.num_batches_tracked = torch.tensor(count, dtype=torch.long)
+
+
+def _make_room_for_statistics(module: _BatchNorm, state_dict: dict, prefix: str, *args: object) -> None:
+    if prefix + "running_mean" in state_dict and module.running_mean is None:
+        module.running_mean = torch.zeros(module.num_features)
+        module.running_var = torch.ones(module.num_features)
+        module.num_batches_tracked = torch.tensor(0, dtype=torch.long)
+
+
+def accept_saved_population_statistics(model: nn.Module) -> nn.Module:
+    """Let ``model``'s BatchNorm layers that normalise with batch statistics load a state dict saved after
+    :func:`use_population_statistics` (which adds the running mean and variance): without it, a fresh model of the
+    same sizes refuses those keys. ``bnn.MLP`` and ``bnn.ConvNet`` call it. Returns ``model``.
+
+    Example:
+        >>> from bnn import MLP
+        >>> saved = use_population_statistics(MLP([4, 3, 2]), torch.rand(8, 4)).state_dict()
+        >>> fresh = MLP([4, 3, 2])  # (accept_saved_population_statistics was called by MLP)
+        >>> fresh.load_state_dict(saved); fresh[2].running_mean.shape
+        <All keys matched successfully>
+        torch.Size([3])
+    """
+    for module in model.modules():
+        if isinstance(module, _BatchNorm):
+            module.register_load_state_dict_pre_hook(_make_room_for_statistics)
+    return model

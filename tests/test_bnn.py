@@ -211,3 +211,16 @@ def test_summary_counts_every_weight_sample_and_names_what_it_cannot_count():
         bnn.summary(packed_like)
     with pytest.raises(ValueError, match="input_shape must be one sample's shape"):
         bnn.summary(bnn.MLP([4, 3, 2]), input_shape=(4, "x"))
+
+
+@pytest.mark.parametrize("make, x", [(lambda: bnn.MLP([20, 8, 3]), torch.rand(16, 20)),
+                                     (lambda: bnn.ConvNet((1, 8, 8), channels=(4,), hidden=8, num_classes=3),
+                                      torch.rand(16, 1, 8, 8))])
+def test_a_model_saved_with_population_statistics_loads_into_a_fresh_one(make, x):
+    import copy
+
+    trained = bnn.use_population_statistics(make(), x).eval()
+    fresh = make()
+    fresh.load_state_dict(trained.state_dict())
+    assert torch.equal(fresh.eval()(x[:1]), trained(x[:1]))  # one sample: the population statistics are in use
+    copy.deepcopy(fresh)
