@@ -133,6 +133,10 @@ def test_a_long_stream_plots_without_a_legend_per_task_and_names_its_model(tmp_p
     ("hidden_weights.json", '[{"after_task": 1, "layers": {"0": {"edges": [0, 1], "counts": [1]}}},'
                             ' {"after_task": 2, "layers": {"1": {"edges": [0, 1], "counts": [1]}}}]',
      "hidden_weights.json is malformed: snapshot 2 has layers ['1'], snapshot 1 has ['0']"),
+    ("curves.csv", "global_epoch,t1,t2\n1e300,80,90\n", "global_epoch must hold increasing whole numbers in 1..10^9"),
+    ("curves.csv", "global_epoch,t1,t2\n2,80,90\n1,80,90\n", "global_epoch must hold increasing whole numbers in 1..10^9"),
+    ("hidden_weights.json", '[{"after_task": 1, "layers": {"0": {"edges": [0, 1], "counts": [-5]}}}]',
+     "hidden_weights.json is malformed: snapshot 1, layer '0': 'counts' must be >= 0"),
     ("config.json", '{"meta": 5.0, "epo', "config.json is not valid JSON"),
     ("config.json", "[1, 2]", "config.json is malformed: expected a JSON object, found list"),
     ("metrics.json", "", "metrics.json is not valid JSON"),

@@ -50,6 +50,9 @@ def save_figure(fig: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+#: The hidden-weight figure shows at most this many layers (the first ones).
+MAX_HISTOGRAM_LAYERS = 16
+
 #: Beyond this many tasks the accuracy curves are coloured by task index with a colour bar instead of a legend.
 LEGEND_TASKS = 10
 _TASK_COLORMAP = "viridis"
@@ -67,7 +70,7 @@ def _draw_curves(ax, run: dict[str, Any], title: str) -> None:
                 label=f"task {j + 1}" if len(names) > 1 else "test")
     epochs = run["config"].get("epochs")
     if isinstance(epochs, int) and epochs > 0 and 1 < len(names) <= LEGEND_TASKS:
-        for boundary in range(epochs, int(max(x)), epochs):
+        for boundary in range(epochs, min(int(max(x)), epochs * len(names)), epochs):
             ax.axvline(boundary + 0.5, color="0.8", lw=0.8, zorder=0)
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
@@ -116,7 +119,7 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     save_figure(fig, path / "accuracy_curves.png")
     written.append(path / "accuracy_curves.png")
     if run["histograms"]:
-        layers = list(run["histograms"][-1]["layers"])
+        layers = list(run["histograms"][-1]["layers"])[:MAX_HISTOGRAM_LAYERS]  # (a figure, not a wall)
         fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3), squeeze=False)
         for k, (ax, layer) in enumerate(zip(axes[0], layers)):
             for snapshot in run["histograms"]:

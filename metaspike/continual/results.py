@@ -353,6 +353,8 @@ def _check_histograms(data: Any, file: Path) -> list[dict[str, Any]]:
             counts = layer.get("counts") if isinstance(layer, dict) else None
             if not (isinstance(edges, list) and isinstance(counts, list) and all(map(is_finite_number, edges + counts))):
                 raise ValueError(f"{where}, layer {name!r}: 'edges' and 'counts' must be lists of finite numbers")
+            if any(c < 0 for c in counts):
+                raise ValueError(f"{where}, layer {name!r}: 'counts' must be >= 0")
             if len(edges) != len(counts) + 1:
                 raise ValueError(f"{where}, layer {name!r}: {len(counts)} counts need {len(counts) + 1} edges, found {len(edges)}")
             shape = layer.get("shape", [])
@@ -386,6 +388,9 @@ def load_run(path: str | os.PathLike) -> dict[str, Any]:
     if curves_file.exists():
         columns, values = _read_number_csv(curves_file, ["global_epoch", *task_names], "global_epoch")
         curves = [dict(zip(columns, row)) for row in values]
+        epochs = [row["global_epoch"] for row in curves]
+        if any(not 1 <= e <= 1e9 or e != int(e) for e in epochs) or any(b <= a for a, b in zip(epochs, epochs[1:])):
+            raise ValueError(f"{curves_file}: global_epoch must hold increasing whole numbers in 1..10^9")
 
     def read_object(name: str, kind: type) -> Any:
         file = path / name
