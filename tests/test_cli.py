@@ -243,3 +243,22 @@ def test_a_batch_too_small_for_the_processes_names_the_flag(tmp_path, capsys, mo
     assert main(["train", "--dataset", "digits", "--tasks", "1", "--epochs", "1", "--hidden", "8", "--batch-size", "3",
                  "--quiet", "--out", str(tmp_path)]) == 2
     assert "--batch-size 3: 2 processes need at least 4 (BatchNorm needs two samples per process)" in capsys.readouterr().err
+
+
+def test_a_comparison_resumed_while_another_process_holds_it_is_one_line(tmp_path, capsys):
+    import fcntl
+    import os
+
+    from metaspike.app.runs import LOCK
+
+    common = ["--dataset", "digits", "--tasks", "2", "--epochs", "1", "--hidden", "8", "--quiet"]
+    assert main(["compare", "--meta", "0", "5", *common, "--out", str(tmp_path)]) == 0
+    (folder,) = tmp_path.iterdir()
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a running `compare --resume` holds it
+        capsys.readouterr()
+        assert main(["compare", "--resume", str(folder), "--quiet"]) == 2
+        assert "is being trained by another process" in capsys.readouterr().err
+    finally:
+        os.close(fd)

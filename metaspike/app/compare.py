@@ -18,7 +18,7 @@ from typing import Any
 
 from metaspike.app.config import RunConfig, meta_label
 from metaspike.app.models import BIMU_SUFFIX, optimizer_kind
-from metaspike.app.runs import config_from_record, finished_result, load_config, resume, run
+from metaspike.app.runs import config_from_record, finished_result, load_config, resume, run, run_lock
 from metaspike.app.tables import check_settings, comparison_csv, format_table, last_task_column, summarize_results
 from metaspike.checks import is_number
 from metaspike.continual.results import RunDirectory, unique_directory
@@ -239,8 +239,9 @@ def format_tradeoff(rows: Sequence[dict[str, Any]]) -> str:
 def _start(out: str | Path, name: str, plan: dict[str, Any], progress: bool) -> tuple[Path, list[dict[str, Any]]]:
     planned = _rows(plan, Path(out) / name)  # checked before the folder is made
     root = unique_directory(out, name)
-    RunDirectory(root).write_json(PLAN, plan)
-    return _execute(root, plan, planned, progress)
+    with run_lock(root):  # a `compare --resume` of this folder meanwhile is one line, not a second writer
+        RunDirectory(root).write_json(PLAN, plan)
+        return _execute(root, plan, planned, progress)
 
 
 def compare(base: RunConfig, metas: Sequence[float | Sequence[float]], seeds: Sequence[int] = (1,),
@@ -305,4 +306,5 @@ def resume_comparison(root: str | Path, progress: bool = True) -> tuple[Path, li
         planned = _rows(plan, root)
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{root / PLAN} is not a valid comparison plan ({err})") from None
-    return _execute(root, plan, planned, progress)
+    with run_lock(root):
+        return _execute(root, plan, planned, progress)
