@@ -209,3 +209,15 @@ def test_weight_matrices_left_float_by_a_layer_kind_without_synapses_are_named(k
         call(nn.Sequential(nn.LSTM(3, 4), nn.Linear(4, 2)), exclude="0")  # left out on purpose
         call(nn.Sequential(nn.Conv1d(2, 2, 1), nn.Flatten(), nn.Linear(4, 2)), layer_types=nn.Linear)
         call(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 2)))
+
+
+def test_a_deep_copy_gets_its_synapse_roles_back_when_its_synapses_are_listed():
+    import copy
+
+    from metaspike.bayesian import plain_parameters, synapse_role
+
+    net = copy.deepcopy(bayesianize(nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3), nn.Linear(3, 2)), "bimu"))
+    assert all(synapse_role(p) is None for p in net.parameters())  # torch copies a parameter's data only
+    plain_parameters(net)  # as a chained optimizer is built
+    with pytest.raises(ValueError, match="BiMU params: 6 of 8 tensors"):
+        BiMU(net.parameters())

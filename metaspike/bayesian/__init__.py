@@ -24,11 +24,12 @@ from metaspike.bayesian.synapses import (
     sample_weights,
     sampled_forward,
     sampled_product,
+    synapse_role,
 )
 
 __all__ = [
     "mesu_step", "mesu_step_", "bimu_step", "bimu_step_", "check_hyperparameters", "MESU", "BiMU",
     "GaussianWeight", "BinaryWeight", "make_bayesian", "bayesianize", "bayesian_modules", "mesu_param_groups",
     "bimu_parameters", "plain_parameters", "check_samples", "sample_weights", "sampled_forward",
-    "sampled_product",
+    "sampled_product", "synapse_role",
 ]

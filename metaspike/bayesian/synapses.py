@@ -604,9 +604,15 @@ def bayesian_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, tu
 
 
 def _synapse_tensors(layer: nn.Module, synapse: _Parametrization) -> tuple[nn.Parameter, ...]:
-    """``(μ, σ)`` of a MESU layer, ``(λ,)`` of a BiMU layer."""
+    """``(μ, σ)`` of a MESU layer, ``(λ,)`` of a BiMU layer, marked with their roles again (a deep copy of a model has
+    new parameters, without the marks)."""
     original = layer.parametrizations.weight.original
-    return (original, synapse.sigma) if isinstance(synapse, GaussianWeight) else (original,)
+    if isinstance(synapse, GaussianWeight):
+        setattr(original, ROLE_ATTRIBUTE, "mean")
+        setattr(synapse.sigma, ROLE_ATTRIBUTE, "width")
+        return original, synapse.sigma
+    setattr(original, ROLE_ATTRIBUTE, "latent")
+    return (original,)
 
 
 def mesu_param_groups(model: nn.Module) -> list[dict[str, Any]]:
