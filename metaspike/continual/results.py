@@ -1,8 +1,8 @@
 """Run directories: every result file written atomically as soon as it is known.
 
 A run directory holds ``config.json`` (everything needed to rerun it), ``scenario.json`` (the exact
-task definitions: permutations, class groups, subsets), ``accuracy_matrix.csv`` (row i: after
-training task i; column j: test accuracy on task j, percent), ``curves.csv`` (one row per epoch),
+task definitions: permutations, class groups, subsets), ``accuracy_matrix.csv`` (a row per evaluation, after
+training task ``after_task``; column j: test accuracy on task j, percent), ``curves.csv`` (one row per epoch),
 ``metrics.json`` (ACC, BWT, FWT, forgetting, layers ranked by plasticity), ``hidden_weights.json``
 (histograms per layer after each task), ``diagnostics.csv`` (per epoch and layer: sign-flip rate and
 fraction of consolidated synapses) and, while the run goes on, ``checkpoint.pt`` (and the one before, ``checkpoint.prev.pt``)
