@@ -66,11 +66,15 @@ def warn_at_first_step_if_nothing_consolidated(optimizer: Optimizer) -> None:
         >>> "consolidates nothing" in str(caught[0].message)
         True
     """
-    def check_once(opt: Optimizer, args: Any, kwargs: Any) -> None:
-        handle.remove()
-        _warn_if_nothing_consolidated(opt)
+    checked = False
 
-    handle = optimizer.register_step_pre_hook(check_once)
+    def check_once(opt: Optimizer, args: Any, kwargs: Any) -> None:
+        nonlocal checked  # (not removed from inside the hook: torch is iterating over the hooks then)
+        if not checked:
+            checked = True
+            _warn_if_nothing_consolidated(opt)
+
+    optimizer.register_step_pre_hook(check_once)
 
 
 def _warn_if_nothing_consolidated(optimizer: Optimizer) -> None:

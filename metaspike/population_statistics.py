@@ -82,10 +82,12 @@ def _fix_each(model: nn.Module, norms: list[_BatchNorm], x: Tensor, chunks: tupl
 
 
 def _make_room_for_statistics(module: _BatchNorm, state_dict: dict, prefix: str, *args: object) -> None:
-    if prefix + "running_mean" in state_dict and module.running_mean is None:
-        module.running_mean = torch.zeros(module.num_features)
-        module.running_var = torch.ones(module.num_features)
-        module.num_batches_tracked = torch.tensor(0, dtype=torch.long)
+    saved = state_dict.get(prefix + "running_mean")
+    if isinstance(saved, Tensor) and module.running_mean is None:
+        like = module.weight if module.weight is not None else saved  # the layer's dtype and device
+        module.running_mean = torch.zeros(module.num_features, dtype=like.dtype, device=like.device)
+        module.running_var = torch.ones(module.num_features, dtype=like.dtype, device=like.device)
+        module.num_batches_tracked = torch.tensor(0, dtype=torch.long, device=like.device)
 
 
 def accept_saved_population_statistics(model: nn.Module) -> nn.Module:

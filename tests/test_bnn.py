@@ -224,3 +224,11 @@ def test_a_model_saved_with_population_statistics_loads_into_a_fresh_one(make, x
     fresh.load_state_dict(trained.state_dict())
     assert torch.equal(fresh.eval()(x[:1]), trained(x[:1]))  # one sample: the population statistics are in use
     copy.deepcopy(fresh)
+
+
+def test_saved_population_statistics_load_in_the_models_dtype():
+    trained = bnn.use_population_statistics(bnn.MLP([4, 8, 3]).double(), torch.rand(16, 4, dtype=torch.float64))
+    fresh = bnn.MLP([4, 8, 3]).double()
+    fresh.load_state_dict(trained.state_dict())
+    x = torch.rand(2, 4, dtype=torch.float64)
+    assert fresh[2].running_mean.dtype == torch.float64 and torch.equal(fresh.eval()(x), trained.eval()(x))

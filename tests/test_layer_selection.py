@@ -221,3 +221,11 @@ def test_a_deep_copy_gets_its_synapse_roles_back_when_its_synapses_are_listed():
     plain_parameters(net)  # as a chained optimizer is built
     with pytest.raises(ValueError, match="BiMU params: 6 of 8 tensors"):
         BiMU(net.parameters())
+
+
+def test_other_parameters_in_an_earlier_group_are_refused_too():
+    from metaspike.bayesian import plain_parameters
+
+    net = bayesianize(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), "bimu")
+    with pytest.raises(ValueError, match="is not a synapse tensor"):
+        BiMU([{"params": plain_parameters(net)}, {"params": bimu_parameters(net)}])

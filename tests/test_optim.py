@@ -407,3 +407,17 @@ def test_a_compiled_step_equals_the_eager_step():
         return out
 
     assert all(torch.equal(a, b) for a, b in zip(run(False), run(True)))
+
+
+def test_the_first_step_check_leaves_other_step_hooks_alone():
+    """Removing the check's own hook while torch iterated over the hooks failed the first step of an optimizer with
+    another step pre-hook."""
+    model = metaspike.binarize(torch.nn.Sequential(torch.nn.Linear(4, 2)))
+    for optimizer in (MetaplasticAdam(model.parameters(), meta=1.0),
+                      metaplastic(torch.optim.SGD(model.parameters(), lr=0.1), meta=1.0)):
+        calls = []
+        optimizer.register_step_pre_hook(lambda o, a, k: calls.append(1))
+        for _ in range(2):
+            model(torch.randn(3, 4)).sum().backward()
+            optimizer.step()
+        assert len(calls) == 2

@@ -100,7 +100,11 @@ class _DataGatedOptimizer(Optimizer):
         if len({id(p) for p in params}) < len(params):
             raise ValueError("params lists a tensor more than once (tied weights?); list each tensor once, as "
                              "bimu_parameters and mesu_param_groups do")
-        marked = any(synapse_role(p) is not None for group in self.param_groups for p in group["params"])
+        earlier = [p for group in self.param_groups for p in group["params"]]
+        marked = any(synapse_role(p) is not None for p in earlier)
+        if not marked and earlier and any(synapse_role(p) is not None for p in params):
+            # the earlier groups were taken as hand-made tensors; beside synapses they are a model's other parameters
+            _check_roles(type(self).__name__, self.roles, earlier, self.helper, True)
         _check_roles(type(self).__name__, self.roles, params, self.helper, marked)
         self._check_params(params)
         super().add_param_group({**param_group, "params": params})
