@@ -346,3 +346,41 @@ def test_a_run_started_over_under_an_edited_config_describes_the_new_config(tmp_
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert "12" in json.loads((run / "config.json").read_text())["model_description"]
     assert json.loads((run / "scenario.json").read_text())["name"] != "stale"
+
+
+def test_a_model_that_samples_in_evaluation_resumes_from_inside_a_task_to_the_same_numbers():
+    """BiMU evaluates on Bernoulli weight samples, so the data check at a task's start draws from torch's
+    generator: resumed inside that task, the check ran a second time and the run drew other numbers."""
+    import io
+
+    from metaspike.app.runs import build_run_model, build_trainer, make_run_scenario
+
+    config = RunConfig(datasets=("digits",), epochs=2, hidden=(8,), tasks=2, model="bimu", memory_window=1000)
+    scenario = make_run_scenario(config)
+
+    class Keep:
+        def __init__(self):
+            self.saved = []
+
+        def epoch_done(self, result):
+            pass
+
+        def task_done(self, result):
+            pass
+
+        def checkpoint(self, state):
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            self.saved.append(buffer.getvalue())
+
+    def trainer():
+        torch.manual_seed(0)
+        return build_trainer(config, build_run_model(config, scenario), progress=False)
+
+    log = Keep()
+    whole = trainer().fit(scenario, log=log)
+    for blob in log.saved:
+        state = torch.load(io.BytesIO(blob), weights_only=True)
+        resumed = trainer().fit(scenario, resume=state)
+        assert [list(map(str, row)) for row in resumed.matrix] == [list(map(str, row)) for row in whole.matrix], \
+            state["position"]
