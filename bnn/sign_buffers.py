@@ -98,7 +98,8 @@ class SignBuffers:
             self._written_under = None
         block = signs_cache_key()
         key = None if block is None else (block, weight._version)
-        if key is None or key != self._written_under:
+        inference_left = not torch.is_inference_mode_enabled() and any(b.is_inference() for b in self._tensors.values())
+        if key is None or key != self._written_under or inference_left:
             # (under inference_mode or autocast the pass would compile again for that state: it runs eagerly)
             large = (weight.numel() >= COMPILED_SIGNS_MIN_NUMEL and not torch.compiler.is_compiling()
                      and not torch.is_inference_mode_enabled() and not torch.is_autocast_enabled(weight.device.type))

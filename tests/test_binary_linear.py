@@ -227,3 +227,14 @@ def test_autocast_runs_the_plain_product():
         assert fast.product_used(x, layer) == "F.linear"
         loss = F.cross_entropy(model(x), torch.tensor([0, 1, 2, 0]))
     loss.backward()
+
+
+def test_inference_mode_then_training_inside_one_binarized_once_block():
+    import metaspike
+
+    model = bnn.MLP([1100, 1024, 3])
+    with metaspike.binarized_once():
+        with torch.inference_mode():
+            model.eval()(torch.rand(4, 1100))
+        model.train()
+        F.cross_entropy(model(torch.rand(4, 1100)), torch.tensor([0, 1, 2, 0])).backward()
