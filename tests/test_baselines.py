@@ -213,3 +213,22 @@ def test_ewc_reduces_forgetting_on_permuted_digits(one_thread, tmp_path):
     ewc = run_method(config, Method("ewc", baseline="ewc", strength=5000.0), tmp_path).metrics
     assert ewc["forgetting"] < plain["forgetting"] - 3, (plain, ewc)
     assert ewc["ACC"] > plain["ACC"], (plain, ewc)
+
+
+@pytest.mark.parametrize("kind", ["bimu", "mesu"])
+def test_ewc_estimates_the_fisher_of_a_model_with_weight_samples(kind):
+    """A Bayesian model answers with (S, B, C) logits; the Fisher used a loss for (B, C) and failed inside torch."""
+    from metaspike.app.models import build_model
+
+    model = build_model(kind, [8], (1, 8, 8), 10)
+    for layer in model.modules():
+        if hasattr(layer, "samples"):
+            layer.samples = 3
+    ewc = EWC(samples=4)
+    x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 10, (6,))
+    if kind == "bimu":  # evaluated on Bernoulli samples: no gradient reaches λ
+        with pytest.raises(ValueError, match="this model has none in evaluation mode"):
+            ewc.task_done(model, x, y, None)
+        return
+    ewc.task_done(model, x, y, None)
+    assert all(torch.isfinite(f).all() and f.sum() > 0 for f in ewc.importances[0])

@@ -31,14 +31,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from metaspike.checks import finite_number, is_finite_number, is_whole
 from metaspike.population_statistics import use_population_statistics
 from metaspike.synapse import weight_matrices
-from metaspike.training import Plugin, masked_logits
+from metaspike.training import Plugin, classification_loss
 
 __all__ = ["EWC", "EWCOnline", "SynapticIntelligence", "RandomConsolidation", "fisher_diagonal"]
 
@@ -122,8 +121,12 @@ def fisher_diagonal(
         total = [torch.zeros_like(p) for p in params]
         count = min(len(x), int(samples))
         for i in range(count):
-            logits = masked_logits(probe(x[i : i + 1].to(device)), classes)
-            loss = F.cross_entropy(logits, y[i : i + 1].to(device))
+            # the training loss: a model with S weight samples gives (S, 1, C) logits, the mean of their losses
+            loss = classification_loss(probe(x[i : i + 1].to(device)), y[i : i + 1].to(device), classes)
+            if not loss.requires_grad:
+                raise ValueError("the Fisher needs gradients of the evaluated model's loss with respect to its weight "
+                                 "matrices, and this model has none in evaluation mode (binary synapses evaluated on "
+                                 "Bernoulli weight samples?)")
             for t, g in zip(total, torch.autograd.grad(loss, params, allow_unused=True)):
                 if g is not None:
                     t.add_(g.square())
