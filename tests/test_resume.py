@@ -1,5 +1,6 @@
 """Crash safety: a run killed with SIGKILL mid-task resumes to exactly the numbers of an uninterrupted run."""
 
+import io
 import json
 import os
 import signal
@@ -108,9 +109,25 @@ def test_checkpoints_load_with_weights_only(tmp_path):
     assert torch.load(directory.path / "checkpoint.prev.pt", weights_only=True)["position"]["epochs_done"] == 1
 
 
-def test_resume_keeps_the_state_of_a_baseline_plugin():
-    import io
+class _KeepCheckpoints:
+    """A run log that keeps every checkpoint as the bytes torch.save writes."""
 
+    def __init__(self):
+        self.saved = []
+
+    def epoch_done(self, result):
+        pass
+
+    def task_done(self, result):
+        pass
+
+    def checkpoint(self, state):
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        self.saved.append(buffer.getvalue())
+
+
+def test_resume_keeps_the_state_of_a_baseline_plugin():
     from metaspike.continual.baselines import EWC
     from metaspike.app.config import RunConfig
     from metaspike.app.runs import make_run_scenario as _scenario, build_run_model as build_model, build_trainer
@@ -122,22 +139,7 @@ def test_resume_keeps_the_state_of_a_baseline_plugin():
         torch.manual_seed(0)
         return build_trainer(config, build_model(config, scenario), progress=False, plugins=[EWC(lam=100.0)])
 
-    class Keep:
-        def __init__(self):
-            self.saved = []
-
-        def epoch_done(self, result):
-            pass
-
-        def task_done(self, result):
-            pass
-
-        def checkpoint(self, state):
-            buffer = io.BytesIO()
-            torch.save(state, buffer)
-            self.saved.append(buffer.getvalue())
-
-    log = Keep()
+    log = _KeepCheckpoints()
     whole = trainer().fit(scenario, log=log)
     mid_second_task = torch.load(io.BytesIO(log.saved[2]), weights_only=True)  # task 2, one epoch done
     assert mid_second_task["position"] == {"task": 1, "epochs_done": 1}
@@ -351,33 +353,17 @@ def test_a_run_started_over_under_an_edited_config_describes_the_new_config(tmp_
 def test_a_model_that_samples_in_evaluation_resumes_from_inside_a_task_to_the_same_numbers():
     """BiMU evaluates on Bernoulli weight samples, so the data check at a task's start draws from torch's
     generator: resumed inside that task, the check ran a second time and the run drew other numbers."""
-    import io
 
     from metaspike.app.runs import build_run_model, build_trainer, make_run_scenario
 
     config = RunConfig(datasets=("digits",), epochs=2, hidden=(8,), tasks=2, model="bimu", memory_window=1000)
     scenario = make_run_scenario(config)
 
-    class Keep:
-        def __init__(self):
-            self.saved = []
-
-        def epoch_done(self, result):
-            pass
-
-        def task_done(self, result):
-            pass
-
-        def checkpoint(self, state):
-            buffer = io.BytesIO()
-            torch.save(state, buffer)
-            self.saved.append(buffer.getvalue())
-
     def trainer():
         torch.manual_seed(0)
         return build_trainer(config, build_run_model(config, scenario), progress=False)
 
-    log = Keep()
+    log = _KeepCheckpoints()
     whole = trainer().fit(scenario, log=log)
     for blob in log.saved:
         state = torch.load(io.BytesIO(blob), weights_only=True)
