@@ -353,7 +353,6 @@ def test_a_run_started_over_under_an_edited_config_describes_the_new_config(tmp_
 def test_a_model_that_samples_in_evaluation_resumes_from_inside_a_task_to_the_same_numbers():
     """BiMU evaluates on Bernoulli weight samples, so the data check at a task's start draws from torch's
     generator: resumed inside that task, the check ran a second time and the run drew other numbers."""
-
     from metaspike.app.runs import build_run_model, build_trainer, make_run_scenario
 
     config = RunConfig(datasets=("digits",), epochs=2, hidden=(8,), tasks=2, model="bimu", memory_window=1000)
