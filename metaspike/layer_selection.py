@@ -20,7 +20,7 @@ from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 
 __all__ = ["DEFAULT_LAYER_TYPES", "SynapseParametrization", "synapse_parametrization", "select_layers",
-           "layer_type_names", "each_once", "warn_float_matrices_left"]
+           "layer_type_names", "each_once", "check_weight_ready", "warn_float_matrices_left"]
 
 #: The layer classes that get synapses unless a call names others.
 DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -115,15 +115,28 @@ def select_layers(
         if parametrize.is_parametrized(layer, "weight"):
             selected.append((name, layer))
             continue
-        weight = getattr(layer, "weight", None)
-        if is_lazy(weight):
-            raise ValueError(f"layer {name!r} has a lazy weight ({type(layer).__name__}): run one forward pass first")
-        if isinstance(weight, Tensor) and weight.is_meta:
-            raise ValueError(f"layer {name!r} has its weight on the 'meta' device: materialize the model first "
-                             "(model.to_empty(device=...) and initialise its weights)")
-        if isinstance(weight, nn.Parameter):
+        check_weight_ready(name, layer)
+        if isinstance(getattr(layer, "weight", None), nn.Parameter):
             selected.append((name, layer))
     return selected
+
+
+def check_weight_ready(name: str, layer: nn.Module) -> None:
+    """A layer's weight can become a synapse: not lazy (``nn.LazyLinear`` before its first forward pass) and not on
+    the ``meta`` device (a synapse made before the model is materialized would never be initialised).
+
+    Example:
+        >>> check_weight_ready("0", nn.Linear(2, 2, device="meta"))
+        Traceback (most recent call last):
+        ...
+        ValueError: layer '0' has its weight on the 'meta' device: materialize the model first (model.to_empty(device=...) and initialise its weights)
+    """
+    weight = getattr(layer, "weight", None)
+    if is_lazy(weight):
+        raise ValueError(f"layer {name!r} has a lazy weight ({type(layer).__name__}): run one forward pass first")
+    if isinstance(weight, Tensor) and weight.is_meta:
+        raise ValueError(f"layer {name!r} has its weight on the 'meta' device: materialize the model first "
+                         "(model.to_empty(device=...) and initialise its weights)")
 
 
 def each_once(tensors: Iterable[Tensor]) -> list[Tensor]:

@@ -17,7 +17,7 @@ from torch.optim import Optimizer
 from metaspike.checks import is_whole
 from metaspike.distributed import average_gradients
 
-__all__ = ["check_inputs", "train_epoch", "evaluate", "masked_logits", "classification_loss", "predictions",
+__all__ = ["check_inputs", "minimum_batch_size", "train_epoch", "evaluate", "masked_logits", "classification_loss", "predictions",
            "TrainingDiverged", "Plugin"]
 
 
@@ -155,6 +155,17 @@ def predictions(logits: Tensor, classes: Sequence[int] | None = None) -> Tensor:
     return logits.argmax(-1)
 
 
+def minimum_batch_size(has_batchnorm: bool, processes: int = 1) -> int:
+    """The smallest batch that trains: every process needs a sample of it, and BatchNorm two (one sample has no
+    batch statistics).
+
+    Example:
+        >>> minimum_batch_size(True, processes=2), minimum_batch_size(False)
+        (4, 1)
+    """
+    return processes * (2 if has_batchnorm else 1)
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: Optimizer,
@@ -186,9 +197,9 @@ def train_epoch(
     order = torch.randperm(len(x), generator=generator)
     total, batches = 0.0, 0
     has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    # every process needs a sample of each batch, and BatchNorm two: a batch short of that is skipped (decided
-    # alike in every process), and a batch_size short of it would skip every batch
-    minimum = shard[1] * (2 if has_batchnorm else 1)
+    # a batch short of the minimum is skipped (decided alike in every process); a batch_size short of it would skip
+    # every batch
+    minimum = minimum_batch_size(has_batchnorm, shard[1])
     if batch_size < minimum:
         per = f" per process ({shard[1]} processes)" if shard[1] > 1 else ""
         why = (f"the model has BatchNorm, which cannot train on one sample{per}" if has_batchnorm

@@ -28,6 +28,7 @@ from metaspike.checks import check_seed
 from metaspike.continual.scenarios import available_scenarios
 from metaspike.continual.trainer import LAST_EVALUATED, TrainerConfig
 from metaspike.rules import check_meta, get_rule
+from metaspike.training import minimum_batch_size
 
 __all__ = ["RunConfig", "DEFAULT_META", "DEFAULT_INPUT_META", "default_meta", "parse_meta", "meta_label"]
 
@@ -149,7 +150,7 @@ class RunConfig:
             raise ValueError(f"--tasks must be an integer in 1..{MAX_TASKS} (the metrics read the accuracy matrix, "
                              f"tasks x tasks numbers), got {self.tasks}")
         check_seed("--seed", self.seed)
-        if self.batch_size == 1 and uses_batchnorm(self.model):
+        if self.batch_size < minimum_batch_size(uses_batchnorm(self.model)):
             raise ValueError(f"--batch-size 1: model {self.model!r} has BatchNorm, which cannot train on one sample; "
                              "use a LayerNorm model such as --model bnn-layernorm, or --batch-size >= 2")
         for key, low in (("samples_per_task", 1), ("eval_tasks", LAST_EVALUATED + 1)):

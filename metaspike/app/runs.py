@@ -27,7 +27,7 @@ from metaspike.continual.trainer import ContinualResult, ContinualTrainer
 from metaspike.data import load_dataset
 from metaspike.distributed import init_from_env, sync_batchnorm, world
 from metaspike.files import atomic_open, read_json, remove_stale_temporaries
-from metaspike.training import Plugin, TrainingDiverged
+from metaspike.training import Plugin, TrainingDiverged, minimum_batch_size
 
 __all__ = ["build_run_model", "build_trainer", "make_run_scenario", "train_and_finish", "run", "resume",
            "load_config", "config_from_record", "run_lock", "is_complete", "finished_result"]
@@ -94,7 +94,7 @@ def build_trainer(
 
 def _trainer(config: RunConfig, scenario: Scenario, progress: bool) -> ContinualTrainer:
     rank, processes = init_from_env(config.device)
-    minimum = processes * (2 if uses_batchnorm(config.model) else 1)
+    minimum = minimum_batch_size(uses_batchnorm(config.model), processes)
     if config.batch_size < minimum:  # (train_epoch says the same, naming its argument instead of the flag)
         why = "BatchNorm needs two samples per process" if uses_batchnorm(config.model) else "one sample per process"
         raise ValueError(f"--batch-size {config.batch_size}: {processes} processes need at least {minimum} ({why})")

@@ -46,6 +46,7 @@ from metaspike.gain import attach_output_gain, check_gain_layer, check_scale, ou
 from metaspike.layer_selection import (
     DEFAULT_LAYER_TYPES,
     SynapseParametrization,
+    check_weight_ready,
     each_once,
     layer_type_names,
     select_layers,
@@ -453,11 +454,7 @@ def _new_synapse(kind: str, weight: nn.Parameter, sigma_init: float, lambda_init
     """The parametrization that makes ``weight`` a synapse of ``kind`` (BiMU: ``λ`` drawn anew unless
     ``lambda_init`` is ``None``)."""
     if kind == "mesu":
-        synapse = GaussianWeight(weight, sigma_init, evaluation)
-        setattr(weight, ROLE_ATTRIBUTE, "mean")
-        setattr(synapse.sigma, ROLE_ATTRIBUTE, "width")
-        return synapse
-    setattr(weight, ROLE_ATTRIBUTE, "latent")
+        return GaussianWeight(weight, sigma_init, evaluation)
     if lambda_init is not None:
         with torch.no_grad():
             weight.normal_(0.0, lambda_init)
@@ -479,6 +476,7 @@ def _make_synapses(layers: list[nn.Module], kind: str, scale: str | None, sigma_
         # unsafe: skip torch's trial call of the parametrization (a sample has the weight's shape and dtype by
         # construction), which would draw random numbers and compile the sample loop for every layer built
         parametrize.register_parametrization(layer, "weight", shared[id(weight)], unsafe=True)
+        _synapse_tensors(layer, shared[id(weight)])  # (marks their roles)
 
 
 def make_bayesian(
@@ -502,8 +500,7 @@ def make_bayesian(
     scale = _check_settings(kind, scale, sigma_init, lambda_init, temperature, evaluation)
     if not isinstance(getattr(layer, "weight", None), nn.Parameter) or parametrize.is_parametrized(layer, "weight"):
         raise ValueError(f"{type(layer).__name__} has no plain weight parameter to make Bayesian")
-    if layer.weight.is_meta:
-        raise ValueError(f"{type(layer).__name__} has its weight on the 'meta' device: materialize it first")
+    check_weight_ready(type(layer).__name__, layer)
     if scale is not None and output_gain(layer) is None:
         check_gain_layer(type(layer).__name__, layer)
     _make_synapses([layer], kind, scale, sigma_init, lambda_init, temperature, evaluation)
@@ -604,8 +601,8 @@ def bayesian_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, tu
 
 
 def _synapse_tensors(layer: nn.Module, synapse: _Parametrization) -> tuple[nn.Parameter, ...]:
-    """``(μ, σ)`` of a MESU layer, ``(λ,)`` of a BiMU layer, marked with their roles again (a deep copy of a model has
-    new parameters, without the marks)."""
+    """``(μ, σ)`` of a MESU layer, ``(λ,)`` of a BiMU layer, marked with their roles: when the synapse is made, and
+    again whenever they are listed (a deep copy of a model has new parameters, without the marks)."""
     original = layer.parametrizations.weight.original
     if isinstance(synapse, GaussianWeight):
         setattr(original, ROLE_ATTRIBUTE, "mean")

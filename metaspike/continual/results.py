@@ -323,11 +323,21 @@ def _read_number_csv(file: Path, columns: Sequence[str], index: str) -> tuple[li
     return header, rows
 
 
+def _increasing_whole(values: Sequence[float], high: float) -> bool:
+    """Whether ``values`` are strictly increasing whole numbers in ``1..high`` (a file's row numbers).
+
+    Example:
+        >>> _increasing_whole([1.0, 3.0], 10), _increasing_whole([2.0, 2.0], 10), _increasing_whole([1e300], 10)
+        (True, False, False)
+    """
+    return all(1 <= v <= high and v == int(v) for v in values) and all(b > a for a, b in zip(values, values[1:]))
+
+
 def _matrix_rows(rows: list[list[float]], file: Path) -> list[Sequence[float]]:
     """The accuracy matrix from the CSV's rows: row ``k`` after task ``k + 1``; tasks without an evaluation (no row
     in the file) are NaN rows, all one shared tuple, so a long stream's matrix takes memory for its evaluations."""
     numbers = [row[0] for row in rows]
-    if any(n != int(n) or n < 1 for n in numbers) or any(b <= a for a, b in zip(numbers, numbers[1:])):
+    if not _increasing_whole(numbers, math.inf):
         raise ValueError(f"{file}: after_task must hold increasing task numbers >= 1")
     not_evaluated = (math.nan,) * (len(rows[0]) - 1)
     matrix: list[Sequence[float]] = [not_evaluated] * int(numbers[-1])
@@ -388,8 +398,7 @@ def load_run(path: str | os.PathLike) -> dict[str, Any]:
     if curves_file.exists():
         columns, values = _read_number_csv(curves_file, ["global_epoch", *task_names], "global_epoch")
         curves = [dict(zip(columns, row)) for row in values]
-        epochs = [row["global_epoch"] for row in curves]
-        if any(not 1 <= e <= 1e9 or e != int(e) for e in epochs) or any(b <= a for a, b in zip(epochs, epochs[1:])):
+        if not _increasing_whole([row["global_epoch"] for row in curves], 10**9):
             raise ValueError(f"{curves_file}: global_epoch must hold increasing whole numbers in 1..10^9")
 
     def read_object(name: str, kind: type) -> Any:

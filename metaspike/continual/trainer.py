@@ -183,7 +183,8 @@ class _Progress:
 def _check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: torch.Generator, model: nn.Module) -> None:
     """A checkpoint's structure, before anything of it is used: a checkpoint is a file from outside, and its checksum
     only catches accidental damage. The trained tasks, the matrix rows and the BatchNorm states must agree, every
-    row must have a cell per evaluated task, and the random states must have their generators' sizes."""
+    row must have a cell per evaluated task, the random states must have their generators' sizes, and the model's
+    entries the model's dtypes."""
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"not a metaspike checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
@@ -237,6 +238,11 @@ def _check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: to
             raise ValueError(f"the checkpoint's {key} is not a state of torch's generator")
     if not isinstance(state["model"], dict) or not isinstance(state["optimizer"], dict):
         raise ValueError("the checkpoint's model and optimizer must be state dicts")
+    own = model.state_dict()
+    mistyped = [key for key, value in state["model"].items()
+                if key in own and (not isinstance(value, Tensor) or value.dtype != own[key].dtype)]
+    if mistyped:
+        raise ValueError(f"the checkpoint's model has entries of another type than this run's model: {mistyped[:5]}")
 
 
 def _check_finite_weights(model: nn.Module, task: int) -> None:
@@ -425,11 +431,6 @@ class ContinualTrainer:
     def _restore(self, state: dict[str, Any], scenario: Scenario, generator: torch.Generator):
         _check_checkpoint(state, scenario, self.config.epochs, generator, self.model)
         position = state["position"]
-        own = self.model.state_dict()
-        mistyped = [key for key, value in state["model"].items()
-                    if key in own and (not isinstance(value, Tensor) or value.dtype != own[key].dtype)]
-        if mistyped:
-            raise ValueError(f"the checkpoint's model has entries of another type than this run's model: {mistyped[:5]}")
         _load_part("model", self.model, state["model"])
         generator.set_state(state["generator"])
         if "torch_rng" in state:  # checkpoints written before it was kept lack it
