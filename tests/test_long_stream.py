@@ -222,6 +222,9 @@ def test_a_matrix_file_whose_task_numbers_go_backwards_is_one_line(digits, tmp_p
     (tmp_path / "accuracy_matrix.csv").write_text("after_task,a,b\n3,50,\n2,40,60\n")
     with pytest.raises(ValueError, match="after_task must hold increasing task numbers >= 1"):
         load_run(tmp_path)
+    (tmp_path / "accuracy_matrix.csv").write_text("after_task,a,b\n1000000000000,50,\n")  # a trillion rows
+    with pytest.raises(ValueError, match="after_task must hold increasing task numbers >= 1, at most 1000000"):
+        load_run(tmp_path)
 
 
 def test_tasks_are_bounded_where_the_metrics_matrix_still_fits(capsys):

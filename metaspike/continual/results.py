@@ -323,6 +323,11 @@ def _read_number_csv(file: Path, columns: Sequence[str], index: str) -> tuple[li
     return header, rows
 
 
+MAX_AFTER_TASK = 10**6
+"""The largest task number ``accuracy_matrix.csv`` may name: the matrix read back holds a row for every task (one
+edited cell of 1e12 asked for a trillion rows), and a run trains at most ``metaspike.app.config.MAX_TASKS``."""
+
+
 def _increasing_whole(values: Sequence[float], high: float) -> bool:
     """Whether ``values`` are strictly increasing whole numbers in ``1..high`` (a file's row numbers).
 
@@ -337,8 +342,8 @@ def _matrix_rows(rows: list[list[float]], file: Path) -> list[Sequence[float]]:
     """The accuracy matrix from the CSV's rows: row ``k`` after task ``k + 1``; tasks without an evaluation (no row
     in the file) are NaN rows, all one shared tuple, so a long stream's matrix takes memory for its evaluations."""
     numbers = [row[0] for row in rows]
-    if not _increasing_whole(numbers, math.inf):
-        raise ValueError(f"{file}: after_task must hold increasing task numbers >= 1")
+    if not _increasing_whole(numbers, MAX_AFTER_TASK):
+        raise ValueError(f"{file}: after_task must hold increasing task numbers >= 1, at most {MAX_AFTER_TASK}")
     not_evaluated = (math.nan,) * (len(rows[0]) - 1)
     matrix: list[Sequence[float]] = [not_evaluated] * int(numbers[-1])
     for n, row in zip(numbers, rows):
