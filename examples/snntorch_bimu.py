@@ -28,8 +28,8 @@ from torch import Tensor, nn
 import metaspike
 from metaspike.app.plots import plot_first_task
 from metaspike.app.tables import format_matrix
-from metaspike.app.models import SPIKING_BIMU_TEMPERATURE, SPIKING_GAIN_LR, spiking_bimu_settings
-from metaspike.bayesian import bimu_parameters, plain_parameters
+from metaspike.app.models import SPIKING_BIMU_SETTINGS, SPIKING_BIMU_TEMPERATURE, SPIKING_GAIN_LR
+from metaspike.bayesian import bimu_parameters, plain_parameters, settings_for_batch
 from metaspike.snn import SpikingClassifier
 
 BATCH = 50
@@ -61,7 +61,7 @@ def spiking_network() -> SpikingClassifier:
 def bimu_model_and_optimizer() -> tuple[nn.Module, metaspike.ChainedOptimizer]:
     """The network with BiMU synapses, and BiMU (for the λ) chained with Adam (for the gains)."""
     model = metaspike.bayesianize(spiking_network(), "bimu", temperature=SPIKING_BIMU_TEMPERATURE)  # the one line
-    settings = spiking_bimu_settings(BATCH)  # BiMU's L scales the batch-mean gradient and N counts steps
+    settings = settings_for_batch("bimu", SPIKING_BIMU_SETTINGS, BATCH)  # per-sample settings, for batches of BATCH
     optimizer = metaspike.ChainedOptimizer(metaspike.BiMU(bimu_parameters(model), **settings),
                                            torch.optim.Adam(plain_parameters(model), lr=SPIKING_GAIN_LR))
     return model, optimizer

@@ -22,6 +22,7 @@ from metaspike.bayesian import (
     sample_weights,
     sampled_forward,
     sampled_product,
+    settings_for_batch,
 )
 
 # Tolerance of the float32 rules against the float64 formulas. Each output is a short chain of
@@ -107,6 +108,41 @@ def test_mesu_clamp_limits_the_gradient():
     mu, _ = mesu_step(torch.zeros(2), sigma, torch.tensor([1e6, 0.1]), torch.zeros(2), **settings)
     expected = -settings["lr_mu"] * torch.tensor([0.01 * settings["clamp_grad"] / 0.1, 0.01 * 0.1])
     torch.testing.assert_close(mu, expected)
+
+
+def test_settings_for_batch_scale_the_gradient_and_keep_the_window_in_samples():
+    bimu = settings_for_batch("bimu", dict(likelihood_multiplier=2.0, N=6000, lr=0.5), 100)
+    assert bimu == dict(lr=0.5, lr_max=1.0, likelihood_multiplier=200.0, kl_multiplier=1.0, N=60.0)
+    mesu = settings_for_batch("mesu", dict(lr_mu=1.5, lr_sigma=2.0, clamp_grad=0.4, N=1000), 10)
+    assert mesu == dict(lr_mu=15.0, lr_sigma=20.0, sigma_prior=0.1, mu_prior=0.0, N=1000.0, clamp_grad=0.04)
+    for rule, settings in (("bimu", BIMU_SETTINGS[0]), ("mesu", MESU_SETTINGS[1])):
+        assert settings_for_batch(rule, settings, 1) == settings  # batch size 1 is the papers' setting
+    # the optimizers take what it returns as it is
+    BiMU([nn.Parameter(torch.zeros(2))], **bimu)
+    MESU([nn.Parameter(torch.zeros(2)), nn.Parameter(torch.full((2,), 0.1))], **mesu)
+
+
+def test_settings_for_batch_keep_a_mesu_step_within_the_batch_one_bound():
+    # clip(B·ḡ) at c/σ of one sample: however large the batch gradient, Δμ stays within η_μ c σ, as at batch 1
+    per_sample = dict(lr_mu=1.6, lr_sigma=2.1, sigma_prior=0.3, N=1e12, clamp_grad=0.36)
+    sigma = torch.tensor([0.1, 0.2])
+    for batch in (1, 10, 100):
+        mu, _ = mesu_step(torch.zeros(2), sigma, torch.tensor([1e6, -1e6]), torch.zeros(2),
+                          **settings_for_batch("mesu", per_sample, batch))
+        torch.testing.assert_close(mu, torch.tensor([-1.0, 1.0]) * 1.6 * 0.36 * sigma)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("adam", {}, 1), "rule must be one of"),
+    (("bimu", {"lr_mu": 1.0}, 1), "per_sample: 'lr_mu' not a setting of bimu"),
+    (("bimu", {"N": 50}, 100), r"N \(the memory window, in samples\) must be at least the batch size 100"),
+    (("mesu", {}, 0), "batch_size must be an integer >= 1"),
+    (("mesu", {}, 2.5), "batch_size must be an integer >= 1"),
+    (("mesu", {"lr_mu": -1.0}, 2), "lr_mu must be a finite number > 0"),
+])
+def test_settings_for_batch_refuse_bad_input_in_one_line(args, message):
+    with pytest.raises(ValueError, match=message):
+        settings_for_batch(*args)
 
 
 @pytest.mark.parametrize("settings", BIMU_SETTINGS)

@@ -53,7 +53,8 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
                         help="evaluate M tasks: the first, the last 5 trained and an even sample (default: all)")
     parser.add_argument("--memory-window", type=float, default=None, metavar="N",
                         help="models with Bayesian synapses (bimu, mesu, <neuron>+bimu): the optimizer's memory window N "
-                             "in steps; smaller forgets sooner and stays more plastic (default: the published setting)")
+                             "in training samples (at least --batch-size); smaller forgets sooner and stays more "
+                             "plastic (default: the published setting)")
     parser.add_argument("--standardize", action="store_true",
                         help="feed the model (x - mean) / std, the pixel mean and std of the first dataset's training "
                              "split, as the papers' long streams do (not for spiking models)")

@@ -21,6 +21,7 @@ from metaspike.app.models import (
     build_optimizer,
     is_spiking,
     optimizer_kind,
+    published_settings,
     uses_batchnorm,
 )
 from metaspike.chained import ChainedOptimizer
@@ -105,8 +106,9 @@ class RunConfig:
     streams do; not for spiking models, which encode raw intensities.
 
     ``memory_window`` is the ``N`` of the Bayesian synapses' optimizer (MESU, BiMU: the prior term is divided
-    by ``N``, so the posterior keeps about the last ``N`` steps' evidence); ``None`` keeps the kind's
-    published setting (:func:`metaspike.app.models.build_optimizer`).
+    by ``N``, so the posterior keeps about the last ``N`` samples' evidence), in training samples (at least
+    ``batch_size``: :func:`metaspike.bayesian.settings_for_batch`); ``None`` keeps the kind's published setting
+    (:func:`metaspike.app.models.build_optimizer`).
 
     Example:
         >>> RunConfig(meta=(1.35,), tasks=2).name
@@ -159,11 +161,18 @@ class RunConfig:
                 raise ValueError(f"{_flag(key)} must be an integer >= {low}, got {value!r}")
         if self.memory_window is not None:
             value = self.memory_window
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
-                raise ValueError(f"--memory-window must be a finite number >= 1 (steps), got {value!r}")
+            if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                    or value < self.batch_size):
+                raise ValueError(f"--memory-window must be a finite number >= the batch size {self.batch_size} "
+                                 f"(N counts training samples; a window under one step overshoots), got {value!r}")
             if optimizer_kind(self.model) not in BAYESIAN_OPTIMIZERS:
                 raise ValueError(f"--memory-window applies to models with Bayesian synapses (bimu, mesu, "
                                  f"<neuron>+bimu), not {self.model!r}")
+        published = published_settings(self.model)
+        if self.memory_window is None and published is not None and published["N"] < self.batch_size:
+            raise ValueError(f"--batch-size {self.batch_size}: model {self.model!r} keeps a memory window of "
+                             f"{published['N']:g} training samples, under one step; use --batch-size <= "
+                             f"{published['N']:g} or --memory-window >= {self.batch_size}")
         if not isinstance(self.standardize, bool):
             raise ValueError(f"--standardize is a switch (true or false), got {self.standardize!r}")
         if self.standardize and is_spiking(self.model):

@@ -10,10 +10,12 @@ A kind says how the model is built and which optimizer trains it:
 * ``"bimu"``: binary Bayesian synapses (:class:`bnn.BinaryBayesianLinear`, LayerNorm without affine
   after each layer, 0/1 magnitude-gate activations, :class:`bnn.MagnitudeGate`) trained by
   :class:`metaspike.bayesian.BiMU` with the authors' settings for this network (:data:`BIMU_SETTINGS`) and
-  evaluated on Bernoulli weight samples; it learns a task slowly (about 50 % after 1,000 samples at batch size 1,
-  near chance after 300) and forgets it slowly: a long-stream model;
+  evaluated on Bernoulli weight samples; at batch size 1 it learns a task slowly (about 50 % after 1,000
+  samples, near chance after 300) and forgets it slowly: a long-stream model;
 * ``"mesu"``: Gaussian Bayesian synapses (:class:`bnn.BayesianLinear`, ReLU) trained by
   :class:`metaspike.bayesian.MESU` with :data:`MESU_SETTINGS`;
+* the Bayesian settings are per training sample, scaled to the run's batch size
+  (:func:`metaspike.bayesian.settings_for_batch`);
 * every spiking neuron model of :mod:`metaspike.snn` (built with float synapses and turned binary by
   :func:`metaspike.binarize`), trained by MetaplasticAdam;
 * the same spiking models with BiMU synapses, ``"<neuron>+bimu"`` (e.g. ``"leaky+bimu"``: built with
@@ -37,8 +39,8 @@ from torch.optim import Optimizer
 from metaspike.chained import ChainedOptimizer
 
 __all__ = ["available_models", "is_spiking", "build_model", "describe_model", "optimizer_kind", "uses_batchnorm",
-           "build_optimizer", "OPTIMIZER_KINDS", "BIMU_SETTINGS", "MESU_SETTINGS", "SPIKING_BIMU_SETTINGS",
-           "BIMU_SUFFIX", "spiking_bimu_settings", "BAYESIAN_OPTIMIZERS", "Standardize"]
+           "build_optimizer", "published_settings", "OPTIMIZER_KINDS", "BIMU_SETTINGS", "MESU_SETTINGS", "SPIKING_BIMU_SETTINGS",
+           "BIMU_SUFFIX", "BAYESIAN_OPTIMIZERS", "Standardize"]
 
 #: BiMU's settings for a 784-100-10 network with the 0/1 "reverse gate" activation on 100 permuted-MNIST tasks at
 #: batch size 1 (the activation appendix of Cottart et al. 2026; its code's bimu-gate configuration). They are tuned
@@ -60,9 +62,8 @@ OPTIMIZER_KINDS = ("metaplastic-adam", "sgd", "bimu", "mesu", "bimu+adam")
 BAYESIAN_OPTIMIZERS = ("bimu", "mesu", "bimu+adam")
 #: Suffix of a spiking model kind with BiMU synapses (``"leaky+bimu"``).
 BIMU_SUFFIX = "+bimu"
-#: BiMU in the spiking models, per training sample: BiMU's likelihood multiplier scales the batch-mean gradient
-#: and its memory window counts steps, so a run uses ``likelihood_multiplier · batch_size`` and
-#: ``N / batch_size``. Chosen on two permuted digits tasks (Leaky, 64 hidden, 4 steps, batch 50, 3 epochs):
+#: BiMU in the spiking models, per training sample (a run scales them to its batch size,
+#: :func:`metaspike.bayesian.settings_for_batch`). Chosen on two permuted digits tasks (Leaky, 64 hidden, 4 steps, batch 50, 3 epochs):
 #: task 1 kept within 0.3-4.1 points where plain binary synapses lost 5-26 (3 seeds, AMD EPYC).
 SPIKING_BIMU_SETTINGS: dict[str, float] = {"likelihood_multiplier": 160.0, "kl_multiplier": 3.76, "lr_max": 1.0,
                                            "N": 250_000, "lr": 4.9}
@@ -212,6 +213,17 @@ def optimizer_kind(kind: str) -> str:
     return "bimu+adam" if kind.endswith(BIMU_SUFFIX) else "metaplastic-adam"
 
 
+def published_settings(kind: str) -> dict[str, float] | None:
+    """The per-sample settings of the Bayesian optimizer that trains model ``kind`` (``None`` for other kinds).
+
+    Example:
+        >>> published_settings("mesu")["N"], published_settings("bnn")
+        (600000, None)
+    """
+    which = optimizer_kind(kind)
+    return {"bimu": BIMU_SETTINGS, "mesu": MESU_SETTINGS, "bimu+adam": SPIKING_BIMU_SETTINGS}.get(which)
+
+
 def uses_batchnorm(kind: str) -> bool:
     """Whether model ``kind`` normalises with BatchNorm (then it cannot train on batches of one sample).
 
@@ -246,29 +258,16 @@ def build_model(kind: str, hidden: Sequence[int], input_shape: Sequence[int], cl
     return metaspike.binarize(build_neuron_model(kind, spec))
 
 
-def spiking_bimu_settings(batch_size: int) -> dict[str, float]:
-    """:data:`SPIKING_BIMU_SETTINGS` for training at ``batch_size``: the likelihood multiplier times the batch size
-    (it scales the batch-mean gradient), the memory window divided by it (it counts steps).
-
-    Example:
-        >>> spiking_bimu_settings(50)["likelihood_multiplier"], spiking_bimu_settings(50)["N"]
-        (8000.0, 5000.0)
-    """
-    settings = dict(SPIKING_BIMU_SETTINGS)
-    settings["likelihood_multiplier"] *= batch_size
-    settings["N"] /= batch_size
-    return settings
-
-
 def build_optimizer(kind: str, model: nn.Module, lr: float, meta: float | Sequence[float] = 0.0,
                     rule: str = "tanh", weight_decay: float = 0.0, batch_size: int = 1,
                     memory_window: float | None = None) -> Optimizer | ChainedOptimizer:
     """The optimizer that trains a model of ``kind`` (see :func:`optimizer_kind`).
 
     ``lr``, ``meta``, ``rule`` and ``weight_decay`` set MetaplasticAdam; SGD takes ``lr``; BiMU and
-    MESU use their published settings (:data:`BIMU_SETTINGS`, :data:`MESU_SETTINGS`) and ignore them;
-    the spiking BiMU kinds use :data:`SPIKING_BIMU_SETTINGS` scaled to ``batch_size``. ``memory_window``,
-    if given, replaces the Bayesian optimizer's ``N`` (in steps, as the optimizer counts it).
+    MESU use their published settings (:data:`BIMU_SETTINGS`, :data:`MESU_SETTINGS`; the spiking BiMU kinds
+    :data:`SPIKING_BIMU_SETTINGS`) and ignore them. Those settings are per training sample and are scaled to
+    ``batch_size`` (:func:`metaspike.bayesian.settings_for_batch`). ``memory_window``, if given, replaces the
+    Bayesian optimizer's ``N``, in training samples (steps at batch size 1).
 
     Example:
         >>> net = build_model("bimu", [16], (1, 28, 28), 10)
@@ -282,15 +281,16 @@ def build_optimizer(kind: str, model: nn.Module, lr: float, meta: float | Sequen
         return MetaplasticAdam(param_groups(model, meta), lr=lr, weight_decay=weight_decay, rule=rule)
     if which == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
-    from metaspike.bayesian import MESU, BiMU, bimu_parameters, mesu_param_groups, plain_parameters
+    from metaspike.bayesian import MESU, BiMU, bimu_parameters, mesu_param_groups, plain_parameters, settings_for_batch
 
     window = {} if memory_window is None else {"N": float(memory_window)}
+    settings = settings_for_batch("mesu" if which == "mesu" else "bimu", {**published_settings(kind), **window},
+                                  batch_size)
     if which == "bimu+adam":
-        return ChainedOptimizer(BiMU(bimu_parameters(model), **{**spiking_bimu_settings(batch_size), **window}),
+        return ChainedOptimizer(BiMU(bimu_parameters(model), **settings),
                                 torch.optim.Adam(plain_parameters(model), lr=SPIKING_GAIN_LR))
     if plain_parameters(model):
         raise ValueError(f"model kind {kind!r} must have Bayesian synapses only, found other parameters")
-    settings: dict[str, Any] = {**(BIMU_SETTINGS if which == "bimu" else MESU_SETTINGS), **window}
     return BiMU(bimu_parameters(model), **settings) if which == "bimu" else MESU(mesu_param_groups(model), **settings)
 
 

@@ -10,7 +10,7 @@ Example:
 """
 
 from metaspike.bayesian.functional import bimu_step, bimu_step_, check_hyperparameters, mesu_step, mesu_step_
-from metaspike.bayesian.optim import MESU, BiMU
+from metaspike.bayesian.optim import MESU, BiMU, settings_for_batch
 from metaspike.bayesian.synapses import (
     BinaryWeight,
     GaussianWeight,
@@ -28,7 +28,8 @@ from metaspike.bayesian.synapses import (
 )
 
 __all__ = [
-    "mesu_step", "mesu_step_", "bimu_step", "bimu_step_", "check_hyperparameters", "MESU", "BiMU",
+    "mesu_step", "mesu_step_", "bimu_step", "bimu_step_", "check_hyperparameters", "settings_for_batch", "MESU",
+    "BiMU",
     "GaussianWeight", "BinaryWeight", "make_bayesian", "bayesianize", "bayesian_modules", "mesu_param_groups",
     "bimu_parameters", "plain_parameters", "check_samples", "sample_weights", "sampled_forward",
     "sampled_product", "synapse_role",
