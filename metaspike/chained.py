@@ -10,9 +10,11 @@ torch's learning-rate schedulers take one ``torch.optim.Optimizer``: give each c
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch.optim import Optimizer
 
 __all__ = ["ChainedOptimizer"]
@@ -58,8 +60,12 @@ class ChainedOptimizer:
         return {p: s for optimizer in self.optimizers for p, s in optimizer.state.items()}
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Evaluate ``closure`` once (if given), then step every optimizer; returns the closure's loss."""
-        loss = closure() if closure is not None else None
+        """Evaluate ``closure`` once (if given, with gradients on, as torch optimizers do), then step every
+        optimizer; returns the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for optimizer in self.optimizers:
             optimizer.step()
         return loss
@@ -79,8 +85,15 @@ class ChainedOptimizer:
         if not isinstance(states, list) or len(states) != len(self.optimizers):
             found = len(states) if isinstance(states, list) else "no"
             raise ValueError(f"state_dict holds {found} optimizer states; this chain has {len(self.optimizers)}")
-        for optimizer, state in zip(self.optimizers, states):
-            optimizer.load_state_dict(state)
+        # all or nothing: a state that one optimizer refuses leaves every optimizer as it was
+        saved = [copy.deepcopy(optimizer.state_dict()) for optimizer in self.optimizers]
+        try:
+            for optimizer, state in zip(self.optimizers, states):
+                optimizer.load_state_dict(state)
+        except Exception:
+            for optimizer, state in zip(self.optimizers, saved):
+                optimizer.load_state_dict(state)
+            raise
 
     def __repr__(self) -> str:
         return f"ChainedOptimizer({', '.join(type(o).__name__ for o in self.optimizers)})"

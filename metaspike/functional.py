@@ -18,7 +18,7 @@ from typing import NamedTuple
 from torch import Tensor
 
 from metaspike.bayesian.functional import bimu_step, mesu_step
-from metaspike.rules import Rule, get_rule
+from metaspike.rules import Rule, check_meta, get_rule
 
 __all__ = ["consolidate", "mesu_step", "bimu_step"]
 
@@ -38,4 +38,5 @@ def consolidate(
         tensor([ 0.4200, -1.0000, -0.4200])
     """
     rule = get_rule(rule)
+    meta = check_meta(meta)
     return rule.step(hidden, update, meta, rule.init_state(hidden) if state is None else state)

@@ -113,12 +113,6 @@ def _add_checked(optimizer: Optimizer, add: Callable[[dict[str, Any]], None], pa
         raise
 
 
-def _check_loaded_groups(optimizer: Optimizer) -> None:
-    """Validate every group after ``load_state_dict`` (a state dict is a file from outside)."""
-    for group in optimizer.param_groups:
-        _check_group(group)
-
-
 def _rules_as_records(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
     """A state dict whose groups' rule objects are plain records (:func:`metaspike.rules.rule_record`), so that
     ``torch.load(..., weights_only=True)`` reads it (its groups are copies: the optimizer keeps its objects)."""
@@ -127,17 +121,26 @@ def _rules_as_records(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[
     return state_dict
 
 
-def _rules_from_records(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
-    state_dict = {**state_dict, "param_groups": [{**group, "rule": rule_from_record(group["rule"])}
-                                                 if "rule" in group else group for group in state_dict["param_groups"]]}
-    return state_dict
+def _loaded_groups(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """The state dict to load, checked before anything of it is installed (a state dict is a file from outside):
+    its rules rebuilt from their records, a setting a group lacks (the state dict of a plain torch optimizer) at
+    the optimizer's default, every group validated."""
+    groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+    if not isinstance(groups, list) or not all(isinstance(group, dict) for group in groups):
+        raise ValueError("state_dict must be an optimizer's state dict, with a list of param groups")
+    loaded = []
+    for group in groups:
+        group = {**optimizer.defaults, **group}
+        group["rule"] = rule_from_record(group["rule"])
+        _check_group(group)
+        loaded.append(group)
+    return {**state_dict, "param_groups": loaded}
 
 
 def _hook_checkpoints(optimizer: Optimizer) -> None:
-    """Rules saved as plain records and every group validated when a state dict is loaded."""
+    """Rules saved as plain records, and every group completed and validated before a state dict is loaded."""
     optimizer.register_state_dict_post_hook(_rules_as_records)
-    optimizer.register_load_state_dict_pre_hook(_rules_from_records)
-    optimizer.register_load_state_dict_post_hook(_check_loaded_groups)
+    optimizer.register_load_state_dict_pre_hook(_loaded_groups)
 
 
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
@@ -229,6 +232,11 @@ class MetaplasticAdam(Optimizer):
         """Add a param group; its hyperparameters are validated (a refused group is not added)."""
         _add_checked(self, super().add_param_group, param_group)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a copy or an unpickled optimizer: torch keeps no hooks, and its checkpoints need them
+        super().__setstate__(state)
+        _hook_checkpoints(self)
+
     def _init_state(self, param: Tensor) -> dict[str, Tensor]:
         state = self.state[param]
         if not state:
@@ -254,6 +262,9 @@ class MetaplasticAdam(Optimizer):
             if any(p.grad.is_sparse for p in params):
                 raise RuntimeError("MetaplasticAdam does not support sparse gradients")
             consolidated = [group["meta"] != 0 and consolidates(p, group) for p in params]
+            if any(flag and p.is_complex() for p, flag in zip(params, consolidated)):
+                raise ValueError("MetaplasticAdam consolidates real hidden weights; a complex parameter has no sign to "
+                                 "keep: put it in a group with consolidate=False")
             for param in _pick(params, consolidated, True):
                 _metaplastic_step_(param, self._init_state(param), group)
             plain = _pick(params, consolidated, False)
@@ -285,7 +296,7 @@ def _adam_step_(param: Tensor, state: dict[str, Any], group: dict[str, Any], met
     beta1, beta2 = group["betas"]
     rule = get_rule(group["rule"])
     rule_state = state_from_dict(rule, param, state.get("rule_state")) if meta != 0 else None
-    tensors = (param, param.grad, state["exp_avg"], state["exp_avg_sq"])
+    tensors = _real_views(param, param.grad, state["exp_avg"], state["exp_avg_sq"])
     if update is not None:  # the compiled loop sees flat views: one symbolic size for every layer
         tensors = tuple(t.view(-1) for t in tensors)
     new_state = (update or _adam_update_)(
@@ -298,6 +309,12 @@ def _adam_step_(param: Tensor, state: dict[str, Any], group: dict[str, Any], met
     if new_state is not None and len(new_state) > 0:
         state["rule_state"] = state_to_dict(new_state)
     return new_state
+
+
+def _real_views(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """Complex tensors as real views with a last dimension (re, im), as ``torch.optim.Adam`` steps them (the second
+    moment then averages ``re²`` and ``im²``, not the complex ``g²``); real tensors as they are."""
+    return tuple(torch.view_as_real(t) if t.is_complex() else t for t in tensors)
 
 
 def _adam_update_(
@@ -344,9 +361,8 @@ def _multi_tensor_adam(group: dict[str, Any], params: list[Tensor], states: list
     """Plain Adam on many tensors at once, as ``torch.optim.Adam(foreach=True)`` computes it."""
     beta1, beta2 = group["betas"]
     lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
-    grads = [p.grad for p in params]
-    exp_avgs = [s["exp_avg"] for s in states]
-    exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+    params, grads, exp_avgs, exp_avg_sqs = (  # (as real views where complex)
+        [_real_views(p, p.grad, s["exp_avg"], s["exp_avg_sq"])[k] for p, s in zip(params, states)] for k in range(4))
     steps = [s["step"] for s in states]
     torch._foreach_add_(steps, torch.tensor(1.0), alpha=1.0)
     if weight_decay != 0:
@@ -425,8 +441,41 @@ def metaplastic(
     add = optimizer.add_param_group
     optimizer.add_param_group = lambda param_group: _add_checked(optimizer, add, param_group)  # type: ignore[method-assign]
     optimizer._metaspike_hooked = True  # type: ignore[attr-defined]
+    optimizer.__class__ = _copied_with_hooks(type(optimizer))
     warn_at_first_step_if_nothing_consolidated(optimizer)
     return optimizer
+
+
+class _KeepsHooksWhenCopied:
+    """Mixin of an optimizer that :func:`metaplastic` hooked: torch copies and pickles an optimizer without its
+    hooks, so a copy would step without consolidation, silently; this one is rebuilt and hooked again."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _hooked_again, (_unhooked_class(type(self)), self.__getstate__())  # type: ignore[attr-defined]
+
+
+_HOOKED_CLASSES: dict[type, type] = {}
+
+
+def _copied_with_hooks(cls: type) -> type:
+    """``cls`` with :class:`_KeepsHooksWhenCopied` (one class per optimizer class; same name)."""
+    if issubclass(cls, _KeepsHooksWhenCopied):
+        return cls
+    if cls not in _HOOKED_CLASSES:
+        _HOOKED_CLASSES[cls] = type(cls.__name__, (_KeepsHooksWhenCopied, cls),
+                                    {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
+    return _HOOKED_CLASSES[cls]
+
+
+def _unhooked_class(cls: type) -> type:
+    return next(base for base, hooked in _HOOKED_CLASSES.items() if hooked is cls)
+
+
+def _hooked_again(cls: type, state: dict[str, Any]) -> Optimizer:
+    """A copy or unpickled :func:`metaplastic` optimizer: its state, hooked again (its groups keep their meta)."""
+    optimizer = cls.__new__(cls)
+    optimizer.__setstate__(state)
+    return metaplastic(optimizer)
 
 
 def param_groups(model: nn.Module, meta: float | Sequence[float]) -> list[dict[str, Any]]:

@@ -16,10 +16,12 @@ import itertools
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from metaspike.gain import attach_output_gain, check_gain_layer, check_scale
 from metaspike.layer_selection import (
@@ -205,8 +207,9 @@ def hidden_weights(module: nn.Module) -> list[nn.Parameter]:
 def weight_matrices(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """``(layer name, hidden weight)`` of each binary synapse layer; for a model with Bayesian synapses instead,
     the tensor whose sign is the synapse's most probable weight (``λ`` of BiMU, ``μ`` of MESU; never ``σ``);
-    for a model with neither, each parameter with more than one dimension (the full-precision variant). A tensor
-    shared by several layers (tied weights) is listed once.
+    for a model with neither, the weight of each layer :func:`binarize` would make binary (Linear and Conv layers:
+    the full-precision variant; never a neuron's parameters, such as a per-channel ``beta`` of shape ``(C, 1, 1)``).
+    A tensor shared by several layers (tied weights) is listed once.
 
     Example:
         >>> [name for name, _ in weight_matrices(torch.nn.Sequential(torch.nn.Linear(3, 2)))]
@@ -221,7 +224,9 @@ def weight_matrices(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
         for name, weight in found:
             first.setdefault(id(weight), (name, weight))
         return list(first.values())
-    return [(name.rsplit(".", 1)[0], p) for name, p in model.named_parameters() if p.dim() > 1]
+    found = [(name, layer.weight) for name, layer in select_layers(model)
+             if not parametrize.is_parametrized(layer, "weight") and isinstance(layer.weight, nn.Parameter)]
+    return list({id(weight): (name, weight) for name, weight in reversed(found)}.values())[::-1]
 
 
 _block_ids = itertools.count(1)
@@ -242,13 +247,24 @@ def signs_cache_key() -> int | None:
     return _open_blocks[-1] if _open_blocks else None
 
 
+def _forget_cached_weights(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """After any optimizer step inside :func:`binarized_once`: the parametrized weights (signs, weight samples) are
+    computed again on their next use (torch's parametrization cache would keep them for the whole block)."""
+    if _open_blocks:
+        parametrize._cache.clear()
+
+
+register_optimizer_step_post_hook(_forget_cached_weights)
+
+
 @contextmanager
 def binarized_once() -> Iterator[None]:
     """A block in which each binary weight's sign is computed once and reused.
 
     Use it around a spiking time loop or an evaluation, so the sign is taken once per block rather
     than once per time step or batch. The hidden weights must not change inside the block, except
-    through an optimizer step (which a layer's own buffers notice).
+    through an optimizer step: after any optimizer's step the signs (and Bayesian weight samples) are
+    taken again, so a training loop may run inside the block.
 
     Example:
         >>> net = binarize(torch.nn.Sequential(torch.nn.Linear(4, 3)))

@@ -262,3 +262,39 @@ def test_a_comparison_resumed_while_another_process_holds_it_is_one_line(tmp_pat
         assert "is being trained by another process" in capsys.readouterr().err
     finally:
         os.close(fd)
+
+
+def test_a_task_measured_by_one_evaluation_of_a_budget_is_drawn():
+    from metaspike.app.plots import _draw_curves, pyplot
+
+    nan = float("nan")
+    curves = [{"global_epoch": 3, "a": 50.0, "b": nan, "c": nan},
+              {"global_epoch": 6, "a": 40.0, "b": 70.0, "c": nan},
+              {"global_epoch": 7, "a": 35.0, "b": nan, "c": 80.0}]
+    fig, ax = pyplot().subplots()
+    _draw_curves(ax, {"curves": curves, "task_names": ["a", "b", "c"], "config": {"epochs": 1}}, "budget")
+    drawn = [(list(line.get_xdata()), line.get_marker()) for line in ax.lines if line.get_label().startswith("task")]
+    pyplot().close(fig)
+    assert drawn == [([3, 6, 7], "None"), ([6], "o"), ([7], "o")]
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_ctrl_c_names_the_folder_and_the_command_that_continues_it(command, tmp_path, monkeypatch, capsys):
+    from metaspike.continual import trainer as trainer_module
+
+    real = trainer_module.train_epoch
+    calls = {"n": 0}
+
+    def interrupted_in_second_task(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_epoch", interrupted_in_second_task)
+    extra = ["--meta", "0", "5"] if command == "compare" else []
+    assert main([command, *SMALL, *extra, "--out", str(tmp_path)]) == 130
+    folder = tmp_path / ("compare-permuted-digits" if command == "compare" else "permuted-digits-meta5-30-seed1")
+    assert capsys.readouterr().err.strip().endswith(f"continue with: metaspike {command} --resume {folder}")
+    monkeypatch.undo()
+    assert main([command, "--resume", str(folder)]) == 0  # and it does

@@ -175,3 +175,16 @@ def test_weights_that_become_infinite_while_the_loss_stays_finite_stop_the_run_i
                                TrainerConfig(epochs=1, batch_size=10), progress=False, plugins=[BlowUp()])
     with pytest.raises(TrainingDiverged, match=r"weights became NaN or infinite by the end of task 1 \(spare\)"):
         trainer.fit(scenario)
+
+
+@pytest.mark.parametrize("mode", ["class", "task"])
+def test_per_task_batchnorm_is_used_only_where_a_test_may_know_its_task(mode):
+    from metaspike.continual import split
+
+    classes = split(load_dataset("digits"), load_dataset("digits", "test"), groups=3, mode=mode)
+    matrices = {}
+    for batchnorm in ("per-task", "shared"):
+        matrices[batchnorm] = _trainer(1.0, epochs=1, hidden=32, batchnorm=batchnorm).fit(classes).matrix
+    # class-incremental: one head over all classes, so no evaluation may pick its task's statistics
+    assert (matrices["per-task"] == matrices["shared"]) == (mode == "class")
+    assert classes.per_task_batchnorm == (mode == "task")

@@ -44,13 +44,15 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=None,
                         help=f"hidden layer widths (default: {' '.join(map(str, d['hidden']))})")
     parser.add_argument("--batch-size", type=int, default=d["batch_size"],
-                        help="1 needs a model without BatchNorm, e.g. --model bnn-layernorm (default: %(default)s)")
+                        help="1 needs a model without BatchNorm: bnn-layernorm, bimu, mesu, mlp (default: %(default)s)")
     parser.add_argument("--samples-per-task", type=int, default=None, metavar="N",
                         help="permuted: train each task on a seeded subset of N samples (default: all)")
     parser.add_argument("--eval-every", type=int, default=d["eval_every"], metavar="K",
                         help="evaluate after every K-th task only (default: %(default)s)")
     parser.add_argument("--eval-tasks", type=int, default=None, metavar="M",
-                        help="evaluate M tasks: the first, the last 5 trained and an even sample (default: all)")
+                        help="evaluate at most M tasks: the last 5 trained and an even sample of M - 5 from the "
+                             "first task to the last (after the last task M - 1: the sample's last point is the last "
+                             "task) (default: all)")
     parser.add_argument("--memory-window", type=float, default=None, metavar="N",
                         help="models with Bayesian synapses (bimu, mesu, <neuron>+bimu): the optimizer's memory window N "
                              "in training samples (at least --batch-size); smaller forgets sooner and stays more "
@@ -198,7 +200,9 @@ def _train(args: argparse.Namespace) -> None:
     if world()[0] != 0:
         return  # under torchrun, only the first process reports
     print()
-    if len(result.task_names) > LONG_STREAM_TASKS or "evaluated_accuracy" in result.metrics:
+    if len(result.task_names) == 1 and len(result.matrix) > 1:  # a stream's one test set: no tasks to count
+        print(f"{len(result.matrix)} parts of the stream trained: test accuracy at the end {result.matrix[-1][0]:.1f} %")
+    elif len(result.task_names) > LONG_STREAM_TASKS or "evaluated_accuracy" in result.metrics:
         metrics = result.metrics
         print(f"{len(result.task_names)} tasks, {int(metrics.get('evaluated_tasks', len(result.task_names)))} evaluated: "
               f"mean accuracy over the evaluated tasks {metrics.get('evaluated_accuracy', metrics['ACC']):.1f} %, "
@@ -286,8 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" {err.filename}" if err.filename else ""
         print(f"metaspike: error: cannot read or write{where}: {err.strerror or err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("metaspike: interrupted; results written so far are kept in the run folder", file=sys.stderr)
+    except KeyboardInterrupt as err:  # (a run's Interrupted says where and how to continue)
+        print(f"metaspike: interrupted; {err or 'results written so far are kept in the run folder'}", file=sys.stderr)
         return 130
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():

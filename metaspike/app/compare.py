@@ -10,6 +10,7 @@ never stopped: finished runs are kept, a killed run resumes from its checkpoint,
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -18,7 +19,15 @@ from typing import Any
 
 from metaspike.app.config import RunConfig, meta_label
 from metaspike.app.models import BIMU_SUFFIX, optimizer_kind
-from metaspike.app.runs import config_from_record, finished_result, load_config, resume, run, run_lock
+from metaspike.app.runs import (
+    Interrupted,
+    config_from_record,
+    finished_result,
+    load_config,
+    resume,
+    run,
+    run_lock,
+)
 from metaspike.app.tables import check_settings, comparison_csv, format_table, last_task_column, summarize_results
 from metaspike.checks import is_number
 from metaspike.continual.results import RunDirectory, unique_directory
@@ -139,7 +148,10 @@ def _execute(root: Path, plan: dict[str, Any], planned: list[Row], progress: boo
     rows = []
     first_runs: list[Path] = []
     for row in planned:
-        results = [_run_or_continue(config, root, progress) for config in row.configs]
+        try:
+            results = [_run_or_continue(config, root, progress) for config in row.configs]
+        except KeyboardInterrupt:  # the comparison, not its run, is what continues
+            raise Interrupted(root, f"metaspike compare --resume {root}") from None
         first_runs.append(root / row.configs[0].name)
         rows.append({**row.labels, "runs": len(results), **summarize_results(results)})
     labels = ("neuron", "meta", "runs") if plan["kind"] == "neurons" else ("setting", "meta", "runs")
@@ -179,17 +191,22 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         >>> tradeoff_rows([row(0.0, 40.0, 30.0, 90.0), row(10.0, 10.0, 80.0, 88.0), row(50.0, 1.0, 89.0, 70.0)])[0]["verdict"]
         'm=10 forgets 75% less, last task -2.0 points'
         >>> tradeoff_rows([row(0.0, 10.0, 60.0, 90.0), row(10.0, 15.0, 55.0, 89.0)])[0]["verdict"]
-        'FAILS: m=10 forgets 50% more, last task -1.0 points'
+        'FAILS (needs 50% less): m=10 forgets 50% more, last task -1.0 points'
     """
     out = []
     last = last_task_column(rows)
     for neuron in dict.fromkeys(r["neuron"] for r in rows):
         mine = [r for r in rows if r["neuron"] == neuron]
-        best = max(mine, key=lambda r: r["ACC"][0])
         reference = neuron.removesuffix(BIMU_SUFFIX)  # the binary synapses a Bayesian variant is judged against
         plain = next((r for r in rows if r["neuron"] == reference and r["meta"] == 0), None)
+        judged = mine + ([plain] if plain is not None else [])
+        measured = all(math.isfinite(r[key][0]) for r in judged for key in ("ACC", "forgetting", last))
+        best = max(mine, key=lambda r: r["ACC"][0]) if measured else mine[0]
         verdict = "no m = 0 row"
-        if plain is not None:
+        if not measured:
+            verdict = ("cannot judge: ACC and forgetting need every task evaluated after the last one (--eval-tasks "
+                       "left some out)")
+        elif plain is not None:
             plastic = [r for r in mine if r is not plain and r[last][0] >= plain[last][0] - PLASTICITY_SLACK]
             if not plastic and reference != neuron:
                 drop = mine[0][last][0] - plain[last][0]
@@ -202,14 +219,20 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             else:
                 chosen = min(plastic, key=lambda r: r["forgetting"][0])
                 kept = plain["forgetting"][0]
-                less = 1 - chosen["forgetting"][0] / kept if kept > 0 else 0.0
                 drop = chosen[last][0] - plain[last][0]
                 what = f"m={chosen['meta']:g}" if reference == neuron else f"BiMU (against {reference} m=0)"
-                change = f"{100 * less:.0f}% less" if less >= 0 else f"{-100 * less:.0f}% more"
-                verdict = f"{what} forgets {change}, last task {drop:+.1f} points"
-                if less < FORGETTING_CUT:
-                    verdict = "FAILS: " + verdict + (f" (forgets only {kept:.1f} points at m = 0)" if kept < 10 else "")
-        out.append({"neuron": neuron, "best_meta": f"{best['meta']:g}" if reference == neuron else "-", "runs": best["runs"], "verdict": verdict,
+                if kept <= 0:
+                    verdict = (f"nothing to protect: m = 0 forgets {kept:.1f} points; {what} forgets "
+                               f"{chosen['forgetting'][0]:.1f}, last task {drop:+.1f} points")
+                else:
+                    less = 1 - chosen["forgetting"][0] / kept
+                    change = f"{100 * less:.0f}% less" if less >= 0 else f"{-100 * less:.0f}% more"
+                    verdict = f"{what} forgets {change}, last task {drop:+.1f} points"
+                    if less < FORGETTING_CUT:
+                        verdict = (f"FAILS (needs {100 * FORGETTING_CUT:.0f}% less): " + verdict
+                                   + (f" (forgets only {kept:.1f} points at m = 0)" if kept < 10 else ""))
+        out.append({"neuron": neuron, "best_meta": f"{best['meta']:g}" if reference == neuron and measured else "-",
+                    "runs": best["runs"], "verdict": verdict,
                     "ACC": best["ACC"], "memory": best["task 1"], "plasticity": best[last],
                     "forgetting": best["forgetting"],
                     "forgetting_m0": plain["forgetting"] if plain else (float("nan"), float("nan")),

@@ -154,7 +154,7 @@ class RunConfig:
         check_seed("--seed", self.seed)
         if self.batch_size < minimum_batch_size(uses_batchnorm(self.model)):
             raise ValueError(f"--batch-size 1: model {self.model!r} has BatchNorm, which cannot train on one sample; "
-                             "use a LayerNorm model such as --model bnn-layernorm, or --batch-size >= 2")
+                             "use a model without it (bnn-layernorm, bimu, mesu, mlp), or --batch-size >= 2")
         for key, low in (("samples_per_task", 1), ("eval_tasks", LAST_EVALUATED + 1)):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):

@@ -66,8 +66,12 @@ def _draw_curves(ax, run: dict[str, Any], title: str) -> None:
     many = len(names) > LEGEND_TASKS
     colors = _task_colors(len(names)) if many else [None] * len(names)
     for j, name in enumerate(names):
-        ax.plot(x, [row[name] for row in curves], color=colors[j], lw=0.8 if many else None,
-                label=f"task {j + 1}" if len(names) > 1 else "test")
+        # the evaluations that measured this task (an evaluation budget skips some): drawn joined, with markers
+        # where some were skipped, so that a task measured once is still seen
+        points = [(epoch, row[name]) for epoch, row in zip(x, curves) if math.isfinite(row[name])]
+        sparse = len(points) < len(curves)
+        ax.plot([p[0] for p in points], [p[1] for p in points], color=colors[j], lw=0.8 if many else None,
+                marker="o" if sparse else None, ms=2.5 if many else 4, label=f"task {j + 1}" if len(names) > 1 else "test")
     epochs = run["config"].get("epochs")
     if isinstance(epochs, int) and epochs > 0 and 1 < len(names) <= LEGEND_TASKS:
         for boundary in range(epochs, min(int(max(x)), epochs * len(names)), epochs):

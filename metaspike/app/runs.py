@@ -137,6 +137,18 @@ def run_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run or a comparison: where its results are kept and the command that continues it.
+
+    Example:
+        >>> str(Interrupted(Path("runs/a"), "metaspike train --resume runs/a"))
+        'results written so far are kept in runs/a; continue with: metaspike train --resume runs/a'
+    """
+
+    def __init__(self, folder: Path, command: str) -> None:
+        super().__init__(f"results written so far are kept in {folder}; continue with: {command}")
+
+
 def train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: RunDirectory | None,
                      resume: dict[str, Any] | None, plot: bool) -> ContinualResult:
     """Train, then (on rank 0, which holds the directory) write ``model.pt``, the final metrics and figures.
@@ -153,6 +165,10 @@ def train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: R
     except TrainingDiverged as err:
         where = f"; what was measured so far is in {directory.path} (the last good checkpoint is kept)" if directory else ""
         raise TrainingDiverged(f"{err}{where}") from None
+    except KeyboardInterrupt:
+        if directory is None:
+            raise
+        raise Interrupted(directory.path, f"metaspike train --resume {directory.path}") from None
     if directory is None:
         return result
     with atomic_open(directory.path / "model.pt", "wb") as handle:
@@ -172,7 +188,7 @@ def _record(config: RunConfig, scenario: Scenario) -> dict[str, Any]:
         "model_description": describe_model(config.model, config.hidden, scenario.input_shape, scenario.num_classes,
                                             config.num_steps),
         "task_boundaries_given": scenario.task_boundaries,
-        "batchnorm_effective": config.batchnorm if scenario.task_boundaries and scenario.evaluates_training_tasks else "shared",
+        "batchnorm_effective": config.batchnorm if scenario.per_task_batchnorm else "shared",
         "versions": versions(),
         "processes": world()[1],
     }

@@ -24,6 +24,7 @@ unconditionally: skipping steps without data (all gradients zero) is the optimiz
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -82,12 +83,30 @@ def check_hyperparameters(rule: str, hyperparameters: Mapping[str, object]) -> N
         low, inclusive = limit
         if not (ok and (value >= low if inclusive else value > low)):  # type: ignore[operator]
             raise ValueError(f"{name} must be a finite number {'>=' if inclusive else '>'} {low:g}, got {value!r}")
+    if rule == "mesu":  # the step divides by N·σ_p² (each in range, their product can underflow)
+        scale = float(hyperparameters["N"]) * float(hyperparameters["sigma_prior"]) ** 2
+        if not (scale > 0 and math.isfinite(1.0 / scale) and math.isfinite(scale)):
+            raise ValueError(f"N * sigma_prior**2 must be a positive number whose reciprocal is finite, got N "
+                             f"{hyperparameters['N']!r} and sigma_prior {hyperparameters['sigma_prior']!r}")
 
 
-def _same_lengths(**lists: list[Tensor]) -> None:
+def _check_step_tensors(**lists: list[Tensor]) -> None:
+    """The lists of a step hold tensors that belong together: equal lengths, equal shapes at each place, dense
+    (checked before any tensor changes, and before the compiled loop sees them)."""
     lengths = {name: len(tensors) for name, tensors in lists.items()}
     if len(set(lengths.values())) > 1:
         raise ValueError(f"the tensor lists must have equal lengths, got {lengths}")
+    names = list(lists)
+    for i, tensors in enumerate(zip(*lists.values())):
+        for name, tensor in zip(names, tensors):
+            if not isinstance(tensor, Tensor):
+                raise ValueError(f"{name}[{i}] must be a tensor, got {type(tensor).__name__}")
+            if tensor.layout != torch.strided:
+                raise ValueError(f"{name}[{i}] is a sparse tensor; MESU and BiMU need dense gradients (an "
+                                 "nn.Embedding with sparse=False, for instance)")
+            if tensor.shape != tensors[0].shape:
+                raise ValueError(f"{name}[{i}] has shape {tuple(tensor.shape)} where {names[0]}[{i}] has "
+                                 f"{tuple(tensors[0].shape)}; the tensors at one place belong together")
 
 
 def _mesu_update_(mu: Tensor, sigma: Tensor, grad_mu: Tensor, grad_sigma: Tensor, *, lr_mu: float,
@@ -99,8 +118,8 @@ def _mesu_update_(mu: Tensor, sigma: Tensor, grad_mu: Tensor, grad_sigma: Tensor
     ``half_lr_sigma = η_σ/2`` come precomputed, so that the compiled loop takes them as inputs;
     ``clamp`` says whether ``clamp_grad > 0`` (a bool: one compiled loop for each case).
     """
-    if clamp:
-        bound = sigma.reciprocal() * clamp_grad
+    if clamp:  # (|σ|: the width's sign is immaterial)
+        bound = sigma.abs().reciprocal() * clamp_grad
         low = -bound
         grad_mu = torch.minimum(torch.maximum(grad_mu, low), bound)
         grad_sigma = torch.minimum(torch.maximum(grad_sigma, low), bound)
@@ -148,8 +167,9 @@ def _run(update: LazyCompiled, lists: Sequence[list[Tensor]], scalars: dict[str,
     """``update`` on the tensor ``lists``, compiled (eagerly inside a compiled region or once compiling failed)."""
     if update.broken or torch.compiler.is_compiling():
         update.fn(*lists, **scalars)
-    else:  # detached: parameters that require gradients would compile a second loop
-        update(*([t.detach() for t in tensors] for tensors in lists), **scalars)
+    else:  # detached: parameters that require gradients would compile a second loop; a 0-d tensor as a 1-element
+        # view (the compiled loop dropped its in-place update for 0-d float64 tensors)
+        update(*([t.detach() if t.dim() else t.detach().view(1) for t in tensors] for tensors in lists), **scalars)
 
 
 @torch.no_grad()
@@ -170,7 +190,7 @@ def mesu_step_(mus: Sequence[Tensor], sigmas: Sequence[Tensor], grad_mus: Sequen
     """
     check_hyperparameters("mesu", hyper)
     mus, sigmas, grad_mus, grad_sigmas = list(mus), list(sigmas), list(grad_mus), list(grad_sigmas)
-    _same_lengths(mus=mus, sigmas=sigmas, grad_mus=grad_mus, grad_sigmas=grad_sigmas)
+    _check_step_tensors(mus=mus, sigmas=sigmas, grad_mus=grad_mus, grad_sigmas=grad_sigmas)
     sigma_prior = float(hyper["sigma_prior"])
     inv = 1.0 / (float(hyper["N"]) * sigma_prior**2)
     scalars = dict(lr_mu=float(hyper["lr_mu"]), half_lr_sigma=0.5 * float(hyper["lr_sigma"]), inv=inv,
@@ -222,7 +242,7 @@ def bimu_step_(lams: Sequence[Tensor], grads: Sequence[Tensor], hyper: Mapping[s
     """
     check_hyperparameters("bimu", hyper)
     lams, grads = list(lams), list(grads)
-    _same_lengths(lams=lams, grads=grads)
+    _check_step_tensors(lams=lams, grads=grads)
     scalars = dict(lr=float(hyper["lr"]), inv_lr_max=1.0 / hyper["lr_max"],
                    likelihood_multiplier=float(hyper["likelihood_multiplier"]),
                    kl_multiplier=float(hyper["kl_multiplier"]), inv_N=1.0 / hyper["N"])

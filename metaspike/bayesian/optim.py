@@ -79,6 +79,15 @@ def _check_roles(optimizer: str, roles: tuple[str, ...], params: list[Tensor], h
     )
 
 
+def _check_loaded_groups(optimizer: Optimizer, state_dict: dict[str, Any]) -> None:
+    """Validate the hyperparameters of a state dict's groups before they are installed (a file from outside)."""
+    groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+    if not isinstance(groups, list) or not all(isinstance(group, dict) for group in groups):
+        raise ValueError("state_dict must be an optimizer's state dict, with a list of param groups")
+    for group in groups:
+        check_hyperparameters(optimizer.rule, {**optimizer.defaults, **group})
+
+
 class _DataGatedOptimizer(Optimizer):
     """What MESU and BiMU share: hyperparameters validated for every group, and a step that changes
     nothing when no parameter has a nonzero gradient. A subclass names its ``rule`` and implements
@@ -92,6 +101,7 @@ class _DataGatedOptimizer(Optimizer):
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], defaults: dict[str, Any]) -> None:
         check_hyperparameters(self.rule, defaults)
         super().__init__(params, defaults)
+        self.register_load_state_dict_pre_hook(_check_loaded_groups)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group; its hyperparameters are validated first, and no tensor may be listed twice (a

@@ -114,6 +114,8 @@ class Scenario:
         eval_tasks: tasks every evaluation covers (columns of the accuracy matrix).
         definition: everything needed to rebuild the stream (saved as ``scenario.json``).
         task_boundaries: whether the learner may be told where tasks change (``False`` for streams).
+        task_known_at_test: whether an evaluation may be told which task it tests (``False`` for class-incremental
+            splits, whose single head must tell all classes apart without it).
     """
 
     name: str
@@ -121,6 +123,13 @@ class Scenario:
     eval_tasks: Sequence[Task]
     definition: dict[str, Any] = field(default_factory=dict)
     task_boundaries: bool = True
+    task_known_at_test: bool = True
+
+    @property
+    def per_task_batchnorm(self) -> bool:
+        """Whether per-task BatchNorm statistics may be used: each task trained with its own and evaluated with its
+        own (tasks with boundaries, evaluated one by one, known at test time); else the statistics are shared."""
+        return self.task_boundaries and self.evaluates_training_tasks and self.task_known_at_test
 
     @property
     def evaluates_training_tasks(self) -> bool:
@@ -334,7 +343,7 @@ def split(
         tasks.append(Task(name, tr, te, tuple(g) if mode == "task" else None))
     definition = {"dataset": _base(train), "groups": [list(g) for g in groups], "mode": mode}
     frozen = tuple(tasks)
-    return Scenario("split", frozen, frozen, definition)
+    return Scenario("split", frozen, frozen, definition, task_known_at_test=mode == "task")
 
 
 def stream(train: ArrayDataset, test: ArrayDataset, n_subsets: int = 10, seed: int = 0) -> Scenario:

@@ -46,7 +46,8 @@ def evaluated_tasks(trained: int, total: int, budget: int | None = None) -> list
 
     ``budget=None``: every task. Otherwise at most ``budget`` tasks: the last :data:`LAST_EVALUATED`
     trained ones and, among the trained ones, a fixed even sample of ``budget - LAST_EVALUATED``
-    tasks over the whole stream that starts with the first task and ends with the last.
+    tasks over the whole stream that starts with the first task and ends with the last. After the last task the
+    sample's last point is one of the last trained, so ``budget - 1`` tasks are evaluated then.
     ``trained=0`` (the untrained network) gives the whole even sample.
 
     Example:
@@ -78,7 +79,8 @@ class TrainerConfig:
         epochs: epochs per task.
         batch_size: training mini-batch size.
         batchnorm: ``"per-task"`` (BatchNorm state saved after each task and restored to evaluate
-            it, the paper's setting) or ``"shared"``.
+            it, the paper's setting, where the scenario allows it: :attr:`Scenario.per_task_batchnorm`; a
+            class-incremental split or a stream evaluates with the shared state) or ``"shared"``.
         optimizer: ``"per-task"`` (a new optimizer for each task) or ``"shared"`` (one for all).
         seed: seeds the batch order.
         eval_batch_size: evaluation batch size (BatchNorm without running statistics normalises
@@ -330,7 +332,7 @@ class ContinualTrainer:
     def _evaluate_all(self, scenario: Scenario, trained: int, states: list[dict]) -> list[float]:
         """Accuracy on the evaluated tasks (NaN on the others); with per-task BatchNorm, task j < trained uses its own state."""
         cfg = self.config
-        per_task = cfg.batchnorm == "per-task" and scenario.task_boundaries and scenario.evaluates_training_tasks
+        per_task = cfg.batchnorm == "per-task" and scenario.per_task_batchnorm
         current = batchnorm_state(self.model) if per_task and states else None
         total = len(scenario.eval_tasks)
         # a scenario with its own evaluation tasks (the stream's one test set) evaluates all of them every time

@@ -11,7 +11,9 @@ import importlib
 import sys
 from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 __all__ = [
@@ -40,12 +42,28 @@ def require_norse() -> ModuleType:
     return _require("norse.torch", "norse")
 
 
+class _TriangularSpike(torch.autograd.Function):
+    """``heaviside(x)`` (``x > 0``) with the triangular surrogate gradient ``max(0, 1 − |x|)``. (snnTorch 0.9's
+    ``surrogate.triangular`` gives ``+1`` below the threshold and ``−1`` at and above it: a model trained with it
+    reached 41 % on digits where atan reached 82 %.)"""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * (1 - x.abs()).clamp_(min=0)
+
+
 # name -> (backend, factory of the spike function; Norse names map to its threshold ``method``)
 _SNNTORCH_SURROGATES = {
     "fast_sigmoid": lambda s: s.fast_sigmoid(slope=25),
     "atan": lambda s: s.atan(alpha=2.0),
     "sigmoid": lambda s: s.sigmoid(slope=25),
-    "triangular": lambda s: s.triangular(),
+    "triangular": lambda s: _TriangularSpike.apply,
     "straight_through": lambda s: s.straight_through_estimator(),
 }
 _NORSE_SURROGATES = {"superspike": ("super", 100.0), "tanh": ("tanh", 100.0), "triangle": ("triangle", 0.3)}

@@ -28,6 +28,20 @@ def check_num_steps(num_steps: int) -> int:
     return num_steps
 
 
+def _check_unit_interval(x: Tensor, encoder: str) -> None:
+    """The rate and latency encoders read each value as an intensity in ``[0, 1]``: anything else is refused (raw
+    0-255 pixels would all fire at every step, standardized ones below the mean never)."""
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor of intensities in [0, 1] for the {encoder} encoder, got "
+                         f"{x.dtype} (scale pixels: x.float() / 255)")
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"x holds NaN or infinite values; the {encoder} encoder takes intensities in [0, 1]")
+    if x.numel() and (bool(x.min() < 0) or bool(x.max() > 1)):
+        raise ValueError(f"x must hold intensities in [0, 1] for the {encoder} encoder, got values in "
+                         f"[{x.min().item():g}, {x.max().item():g}] (scale raw pixels by 1/255; for standardized "
+                         f"inputs use encoder='direct')")
+
+
 class RateEncoder(nn.Module):
     """Bernoulli spikes with the input as firing probability per step.
 
@@ -38,9 +52,8 @@ class RateEncoder(nn.Module):
 
     def forward(self, x: Tensor, num_steps: int) -> Tensor:
         check_num_steps(num_steps)
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("x holds NaN or infinite values; the rate encoder takes firing probabilities in [0, 1]")
-        return torch.bernoulli(x.clamp(0, 1).unsqueeze(0).expand(num_steps, *x.shape))
+        _check_unit_interval(x, "rate")
+        return torch.bernoulli(x.unsqueeze(0).expand(num_steps, *x.shape))
 
 
 class LatencyEncoder(nn.Module):
@@ -55,7 +68,7 @@ class LatencyEncoder(nn.Module):
 
     def forward(self, x: Tensor, num_steps: int) -> Tensor:
         check_num_steps(num_steps)
-        x = x.clamp(0, 1)
+        _check_unit_interval(x, "latency")
         when = torch.round((1 - x) * (num_steps - 1))
         steps = torch.arange(num_steps, device=x.device, dtype=x.dtype).view(-1, *([1] * x.dim()))
         return ((steps == when) & (x > 0)).to(x.dtype)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 from collections.abc import Sequence
 
 from torch import Tensor, nn
@@ -24,6 +25,22 @@ __all__ = ["SpikingClassifier"]
 def _takes_state(network: nn.Module) -> bool:
     """Norse's convention: a module whose ``forward`` has a ``state`` argument returns ``(out, state)``."""
     return "state" in inspect.signature(network.forward).parameters
+
+
+def _check_one_step_modules(network: nn.Module) -> None:
+    """Refuse Norse's time-first modules (``LIF``, ``LI``, ``LSNN``, ...): they read their input's first dimension
+    as time, so called once per step with ``[B, ...]`` they would run the batch as a sequence (one sample's state
+    flowing into the next)."""
+    snn = sys.modules.get("norse.torch.module.snn")  # (a Norse module in the network has loaded it)
+    time_first = getattr(snn, "SNN", None)
+    if time_first is None:
+        return
+    for name, module in network.named_modules():
+        if isinstance(module, time_first):
+            where = f"module {name!r}" if name else "the network"
+            raise ValueError(f"network: {where} is Norse's {type(module).__name__}, which runs a whole time sequence "
+                             f"per call; SpikingClassifier calls the network once per time step: use "
+                             f"{type(module).__name__}Cell (or another Norse *Cell)")
 
 
 class SpikingClassifier(nn.Module):
@@ -59,6 +76,7 @@ class SpikingClassifier(nn.Module):
         input_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        _check_one_step_modules(network)
         self.network = network
         self.num_steps = check_num_steps(num_steps)
         self.encoder = get_encoder(encoder)

@@ -3,8 +3,9 @@
 The regime of the BiMU and MESU papers' long streams: permuted ``mnist5k`` (4,000 training and 1,000
 test images, pixels standardised by the training set's mean and std), ``tasks`` tasks of 1,000
 seeded training samples each, one pass at batch size 1, a 784-100-10 network without biases, an
-evaluation after every 10th task on 16 tasks (the first, the last 5 trained and 11 spread over the
-stream, :func:`metaspike.continual.trainer.evaluated_tasks`). Methods (:data:`METHODS`):
+evaluation after every 10th task on a budget of 16 tasks (the last 5 trained and an even sample of 11 from the
+first task to the last, :func:`metaspike.continual.trainer.evaluated_tasks`; after the last task the sample's last
+point is one of the last five, so 15 tasks are evaluated). Methods (:data:`METHODS`):
 
 * BiMU and MESU (model kinds ``"bimu"``, ``"mesu"``, their published long-stream settings), and MESU with a
   shorter memory window (:data:`MESU_PLASTIC_WINDOW`), which trades memory for plasticity;

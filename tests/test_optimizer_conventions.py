@@ -1,0 +1,172 @@
+"""The optimizers behave as torch.optim's do: copies, pickles, checkpoints of other optimizers, complex and 0-d
+parameters, closures, and input they must refuse before changing anything."""
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+
+import metaspike
+from metaspike.bayesian import MESU, BiMU
+from metaspike.bayesian import functional as bayesian_functional
+from metaspike.functional import bimu_step, consolidate, mesu_step
+from metaspike.rules import CascadeRule
+
+BIMU = dict(lr=1.0, lr_max=1.0, likelihood_multiplier=1.0, kl_multiplier=1.0, N=100.0)
+MESU_CLIPPED = dict(lr_mu=1.0, lr_sigma=1.0, sigma_prior=0.2, mu_prior=0.0, N=1e5, clamp_grad=0.36)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_0d_tensor_steps_as_its_1_element_version(dtype):
+    lam, grad = torch.tensor(0.5, dtype=dtype), torch.tensor(0.3, dtype=dtype)
+    assert torch.equal(bimu_step(lam, grad, **BIMU), bimu_step(lam.view(1), grad.view(1), **BIMU).view(()))
+    mu, sigma, g = torch.tensor(0.0, dtype=dtype), torch.tensor(0.5, dtype=dtype), torch.tensor(1.0, dtype=dtype)
+    zero = torch.zeros((), dtype=dtype)
+    got = mesu_step(mu, sigma, g, zero, **MESU_CLIPPED)
+    expected = mesu_step(mu.view(1), sigma.view(1), g.view(1), zero.view(1), **MESU_CLIPPED)
+    assert all(torch.equal(a, b.view(())) for a, b in zip(got, expected))
+    assert got[0] != mu  # (the compiled loop once dropped the update of 0-d float64 tensors)
+
+
+def test_the_mesu_clip_bound_is_the_same_for_a_negative_width():
+    g = torch.tensor([0.1, -0.1])
+    mu_pos, sigma_pos = mesu_step(torch.zeros(2), torch.full((2,), 0.5), g, g, **MESU_CLIPPED)
+    mu_neg, sigma_neg = mesu_step(torch.zeros(2), torch.full((2,), -0.5), g, g, **MESU_CLIPPED)
+    # σ → −σ maps the step of μ to itself and the step of σ to its mirror (−σ ∂L/∂σ and σ(σ_p² − σ²) flip together)
+    assert torch.equal(mu_neg, mu_pos)
+    assert torch.equal(sigma_neg, -sigma_pos.flip(0))
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_metaplastic_adam_without_consolidation_is_adam_on_complex_parameters(foreach):
+    a = torch.tensor([0.5 + 0.5j, -1.0 + 0.2j], requires_grad=True)
+    b = a.detach().clone().requires_grad_()
+    torch_adam = torch.optim.Adam([a], lr=0.1, weight_decay=0.1, foreach=foreach)
+    ours = metaspike.MetaplasticAdam([b], lr=0.1, weight_decay=0.1, foreach=foreach)
+    for g in (torch.tensor([1 + 2j, -1 + 1j]), torch.tensor([0.5 - 1j, 2 + 0j])):
+        a.grad, b.grad = g.clone(), g.clone()
+        torch_adam.step()
+        ours.step()
+    assert torch.equal(a, b)
+    c = torch.zeros(2, dtype=torch.complex64, requires_grad=True)
+    c.grad = torch.ones(2, dtype=torch.complex64)
+    with pytest.raises(ValueError, match="a complex parameter has no sign to keep"):
+        metaspike.MetaplasticAdam([dict(params=[c], consolidate=True)], meta=1.0).step()
+
+
+def _damped_step(optimizer: torch.optim.Optimizer) -> float:
+    weight = optimizer.param_groups[0]["params"][0]
+    with torch.no_grad():
+        weight.fill_(0.5)
+    weight.grad = torch.ones_like(weight)
+    optimizer.step()
+    return 0.5 - weight[0].item()
+
+
+def test_copies_and_pickles_of_a_metaplastic_optimizer_keep_consolidating():
+    weight = torch.full((3,), 0.5, requires_grad=True)
+    optimizer = metaspike.metaplastic(torch.optim.SGD([dict(params=[weight], consolidate=True)], lr=0.1), meta=4.0)
+    damped = _damped_step(optimizer)
+    assert damped < 0.1 / 10  # 1 − tanh²(4 · 0.5) = 0.07 of the SGD step
+    for copied in (copy.deepcopy(optimizer), pickle.loads(pickle.dumps(optimizer))):
+        assert isinstance(copied, torch.optim.SGD) and type(copied).__name__ == "SGD"
+        assert _damped_step(copied) == damped
+        with pytest.raises(ValueError, match="already has metaplastic consolidation"):
+            metaspike.metaplastic(copied)
+
+
+def test_a_copied_metaplastic_adam_saves_and_loads_its_rule_as_the_original_does():
+    weight = torch.full((3,), 0.5, requires_grad=True)
+    optimizer = metaspike.MetaplasticAdam([dict(params=[weight], consolidate=True)], meta=1.0, rule=CascadeRule(n=2))
+    weight.grad = torch.ones(3)
+    optimizer.step()
+    copied = copy.deepcopy(optimizer)
+    buffer = io.BytesIO()
+    torch.save(copied.state_dict(), buffer)
+    buffer.seek(0)
+    copied.load_state_dict(torch.load(buffer, weights_only=True))
+    assert isinstance(copied.param_groups[0]["rule"], CascadeRule)
+    copied.param_groups[0]["params"][0].grad = torch.ones(3)
+    copied.step()
+
+
+def test_a_refused_state_dict_leaves_the_optimizer_as_it_was():
+    weight = torch.full((3,), 0.5, requires_grad=True)
+    optimizer = metaspike.MetaplasticAdam([weight], lr=0.01)
+    state = optimizer.state_dict()
+    state["param_groups"][0]["lr"] = -1.0
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        optimizer.load_state_dict(state)
+    assert optimizer.param_groups[0]["lr"] == 0.01
+    for bayesian, params, key in ((BiMU, [torch.zeros(2, requires_grad=True)], "lr"),
+                                  (MESU, [torch.zeros(2, requires_grad=True), torch.ones(2, requires_grad=True)], "N")):
+        opt = bayesian(params)
+        state = opt.state_dict()
+        state["param_groups"][0][key] = -1
+        with pytest.raises(ValueError, match=f"{key} must be a finite number > 0"):
+            opt.load_state_dict(state)
+        assert opt.param_groups[0][key] > 0
+
+
+def test_an_adam_checkpoint_loads_into_metaplastic_adam_and_continues_as_adam():
+    a, b = torch.zeros(3, requires_grad=True), torch.zeros(3, requires_grad=True)
+    adam = torch.optim.Adam([a], lr=0.1)
+    a.grad = torch.ones(3)
+    adam.step()
+    ours = metaspike.MetaplasticAdam([b], lr=0.1)
+    ours.load_state_dict(copy.deepcopy(adam.state_dict()))  # (load_state_dict shares the tensors it is given)
+    with torch.no_grad():
+        b.copy_(a)
+    a.grad, b.grad = torch.full((3,), 0.5), torch.full((3,), 0.5)
+    adam.step()
+    ours.step()
+    assert torch.equal(a, b) and ours.param_groups[0]["meta"] == 0.0
+    assert "meta" in ours.state_dict()["param_groups"][0]
+
+
+def test_sparse_or_mismatched_tensors_are_refused_before_anything_changes():
+    embedding = torch.nn.Embedding(5, 3, sparse=True)
+    embedding(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(ValueError, match=r"grads\[0\] is a sparse tensor"):
+        BiMU([embedding.weight]).step()
+    assert not bayesian_functional._compiled_bimu.broken  # the compiled step stays in use
+    a, b = torch.zeros(3), torch.zeros(2)
+    with pytest.raises(ValueError, match=r"grads\[1\] has shape \(3,\) where lams\[1\] has \(2,\)"):
+        bayesian_functional.bimu_step_([a, b], [torch.ones(3), torch.ones(3)], BIMU)
+    assert torch.equal(a, torch.zeros(3))  # the first tensor was not updated either
+
+
+def test_consolidate_checks_meta():
+    w = torch.tensor([1.0, -1.0])
+    for bad in (-1.0, float("nan"), "x"):
+        with pytest.raises(ValueError, match="meta must be"):
+            consolidate(w, w, meta=bad)
+
+
+def test_mesu_refuses_a_prior_scale_that_underflows():
+    params = [torch.zeros(2, requires_grad=True), torch.ones(2, requires_grad=True)]
+    for settings in (dict(N=1e-320), dict(sigma_prior=1e-160), dict(sigma_prior=1e-200)):
+        with pytest.raises(ValueError, match=r"N \* sigma_prior\*\*2 must be a positive number"):
+            MESU(params, **settings)
+
+
+def test_a_chained_closure_runs_with_gradients_and_a_refused_load_changes_no_optimizer():
+    net = torch.nn.Linear(3, 2)
+    chained = metaspike.ChainedOptimizer(torch.optim.SGD([net.weight], lr=0.1), torch.optim.Adam([net.bias], lr=0.01))
+
+    def closure():
+        chained.zero_grad()
+        loss = net(torch.ones(1, 3)).sum()
+        loss.backward()
+        return loss
+
+    with torch.no_grad():  # as torch's optimizers, the closure's own graph is built
+        assert chained.step(closure).requires_grad
+    state = chained.state_dict()
+    state["optimizers"][0]["param_groups"][0]["lr"] = 0.5
+    state["optimizers"][1]["param_groups"] = []
+    with pytest.raises(ValueError):
+        chained.load_state_dict(state)
+    assert chained.param_groups[0]["lr"] == 0.1

@@ -1,0 +1,59 @@
+"""Spiking models written as snnTorch's and Norse's tutorials write them, with metaspike's one-line calls."""
+
+import pytest
+import torch
+from torch import nn
+
+import metaspike
+from metaspike.snn import SpikingClassifier, surrogate
+
+snn = pytest.importorskip("snntorch")
+
+
+def test_norse_time_first_modules_are_refused_by_the_time_loop():
+    norse = pytest.importorskip("norse.torch")
+    cells = norse.SequentialState(nn.Linear(64, 32), norse.LIFCell(), nn.Linear(32, 10), norse.LICell())
+    model = SpikingClassifier(cells, num_steps=4, encoder="direct", input_shape=(64,))
+    x = torch.rand(6, 64) * 3
+    with torch.no_grad():  # one step per call: each sample's output is its own
+        torch.testing.assert_close(model(x), torch.cat([model(x[i:i + 1]) for i in range(6)]))
+    time_first = norse.SequentialState(nn.Linear(64, 32), norse.LIF(), nn.Linear(32, 10), norse.LICell())
+    with pytest.raises(ValueError, match="module '1' is Norse's LIF, which runs a whole time sequence per call; .* "
+                                         "use LIFCell"):
+        SpikingClassifier(time_first, num_steps=4, encoder="direct", input_shape=(64,))
+
+
+@pytest.mark.parametrize("kind", ["sign", "bimu"])
+def test_an_optimizer_step_inside_binarized_once_is_seen_by_the_next_forward_pass(kind):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3, bias=False))
+    net = metaspike.binarize(net, scale=None) if kind == "sign" else metaspike.bayesianize(net, "bimu", scale=None)
+    optimizer = torch.optim.SGD(net.parameters(), lr=10.0)
+    x = torch.randn(8, 4)
+    with metaspike.binarized_once():
+        before = net[0].weight.detach().clone()
+        assert torch.equal(net[0].weight, before)  # taken once in the block (BiMU: one weight sample)
+        net(x).sum().backward()
+        optimizer.step()
+        inside = net[0].weight.detach().clone()
+    assert not torch.equal(inside, before)  # the step's new weights (BiMU: a sample of the new λ), not the old ones
+    if kind == "sign":
+        assert torch.equal(inside, net[0].weight)  # the signs the step made
+
+
+def test_the_triangular_surrogate_is_a_triangle_around_the_threshold():
+    x = torch.tensor([-1.5, -0.5, -0.25, 0.0, 0.25, 0.5, 1.5], requires_grad=True)
+    spikes = surrogate("triangular")(x)
+    spikes.sum().backward()
+    assert torch.equal(spikes, (x > 0).float())
+    assert torch.equal(x.grad, torch.tensor([0.0, 0.5, 0.75, 1.0, 0.75, 0.5, 0.0]))
+
+
+def test_param_groups_of_a_float_spiking_model_consolidate_its_layers_weights_not_its_neurons():
+    beta = torch.full((4, 1, 1), 0.9)  # a per-channel decay, as snnTorch's conv tutorials shape it
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), snn.Leaky(beta=beta, learn_beta=True, init_hidden=True), nn.Flatten(),
+                        nn.Linear(4 * 6 * 6, 10))
+    groups = metaspike.param_groups(net, [5.0, 30.0])  # one meta per weight layer
+    consolidated = [(g["meta"], tuple(g["params"][0].shape)) for g in groups if g["consolidate"]]
+    assert consolidated == [(5.0, (4, 1, 3, 3)), (30.0, (10, 144))]
+    assert any(p is net[1].beta for p in groups[-1]["params"]) and not groups[-1]["consolidate"]
