@@ -8,9 +8,9 @@ trains the gains; ``metaspike.ChainedOptimizer`` steps both. The same network wi
 then on the same digits with their 64 pixels permuted. The script prints both accuracy matrices and saves
 ``bimu_forgetting.png``.
 
-Measured (3 epochs per task, batch 50, AMD EPYC; accuracy after task 2 on task 1 / task 2): BiMU 90.8 / 67.8
-(seed 0) and 90.6 / 78.9 (seed 1), plain binary synapses 61.4 / 94.7 and 55.3 / 94.2. BiMU keeps the first task
-but learns the second more slowly in this small network (64 inputs, 128 hidden; 6 epochs: 90.3 / 76.7 against
+Measured (3 epochs per task, batch 50, AMD EPYC; accuracy after task 2 on task 1 / task 2): BiMU 92.5 / 75.6
+(seed 0) and 93.3 / 78.6 (seed 1), plain binary synapses 61.4 / 94.7 and 55.3 / 94.2. BiMU keeps the first task
+but learns the second more slowly in this small network (64 inputs, 128 hidden; 6 epochs: 88.6 / 78.1 against
 52.2 / 96.1, seed 1); on 28x28 inputs (``tests/test_bayesian_spiking.py``, the registry's ``leaky+bimu``) both
 tasks reach 75-90 %.
 
@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import metaspike
+from metaspike.app.models import SPIKING_BIMU_SETTINGS, SPIKING_BIMU_TEMPERATURE, SPIKING_GAIN_LR
 from metaspike.app.plots import plot_first_task
 from metaspike.app.tables import format_matrix
-from metaspike.app.models import SPIKING_BIMU_SETTINGS, SPIKING_BIMU_TEMPERATURE, SPIKING_GAIN_LR
 from metaspike.bayesian import bimu_parameters, plain_parameters, settings_for_batch
 from metaspike.snn import SpikingClassifier
 

@@ -107,7 +107,7 @@ def _add_checked(optimizer: Optimizer, add: Callable[[dict[str, Any]], None], pa
     removed again."""
     add(param_group)
     try:
-        _check_group(optimizer.param_groups[-1])
+        _group_check(optimizer)(optimizer.param_groups[-1])
     except ValueError:
         optimizer.param_groups.pop()
         raise
@@ -132,7 +132,7 @@ def _loaded_groups(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str
     for group in groups:
         group = {**optimizer.defaults, **group}
         group["rule"] = rule_from_record(group["rule"])
-        _check_group(group)
+        _group_check(optimizer)(group)
         loaded.append(group)
     return {**state_dict, "param_groups": loaded}
 
@@ -146,8 +146,25 @@ def _hook_checkpoints(optimizer: Optimizer) -> None:
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
+def _check_consolidation(group: dict[str, Any]) -> None:
+    """Validate what a param group says about consolidation: ``meta``, ``rule`` and ``consolidate`` (the keys
+    :func:`metaplastic` adds to another optimizer's groups, whose own settings are that optimizer's to check)."""
+    check_meta(group["meta"], "meta")
+    get_rule(group["rule"])
+    if group.get("consolidate") not in (None, True, False):
+        raise ValueError(f"consolidate must be True, False or None, got {group['consolidate']!r}")
+
+
+def _group_check(optimizer: Optimizer) -> Callable[[dict[str, Any]], None]:
+    """What a group of ``optimizer`` is checked for: everything for MetaplasticAdam, the consolidation settings for
+    another optimizer that :func:`metaplastic` hooked."""
+    return _check_group if isinstance(optimizer, MetaplasticAdam) else _check_consolidation
+
+
 def _check_group(group: dict[str, Any]) -> None:
-    """Validate a param group's hyperparameters (those given to ``__init__`` and those a group sets)."""
+    """Validate a MetaplasticAdam param group's hyperparameters (those given to ``__init__`` and those a group
+    sets)."""
+    _check_consolidation(group)
     # at most float32's largest number: the step multiplies float32 tensors by them
     for key in ("lr", "eps", "weight_decay"):
         if key in group:
@@ -158,10 +175,6 @@ def _check_group(group: dict[str, Any]) -> None:
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
         for beta in betas:
             _number(beta, "each of betas", 0.0, 1.0, open_high=True)
-    check_meta(group["meta"], "meta")
-    get_rule(group["rule"])
-    if group.get("consolidate") not in (None, True, False):
-        raise ValueError(f"consolidate must be True, False or None, got {group['consolidate']!r}")
 
 
 class MetaplasticAdam(Optimizer):
@@ -408,7 +421,7 @@ def metaplastic(
     for group in optimizer.param_groups:
         for key in ("meta", "rule", "consolidate"):
             group.setdefault(key, optimizer.defaults[key])
-        _check_group(group)
+        _check_consolidation(group)
     before: dict[Tensor, Tensor] = {}
 
     def remember(opt: Optimizer, args: Any, kwargs: Any) -> None:

@@ -51,7 +51,7 @@ def test_a_neuron_comparison_runs_a_bimu_kind_once_and_judges_it_against_binary_
 
     base = RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(16,), num_steps=2, batch_size=50)
     path, rows = compare_neurons(base, ["leaky", "leaky+bimu"], [0, 50], out=tmp_path, progress=False)
-    assert [r["setting"] for r in rows] == ["leaky meta=0", "leaky meta=50", "leaky+bimu meta=0"]
+    assert [r["setting"] for r in rows] == ["leaky meta=0", "leaky meta=50", "leaky+bimu"]
     tradeoff = {line.split(",")[0]: line for line in (path / "tradeoff.csv").read_text().splitlines()[1:]}
     assert tradeoff["leaky+bimu"].split(",")[1] == "-"  # no m of its own
     assert "BiMU" in tradeoff["leaky+bimu"] and "m=0" in tradeoff["leaky+bimu"]  # judged against leaky at m = 0

@@ -298,3 +298,6 @@ def test_ctrl_c_names_the_folder_and_the_command_that_continues_it(command, tmp_
     assert capsys.readouterr().err.strip().endswith(f"continue with: metaspike {command} --resume {folder}")
     monkeypatch.undo()
     assert main([command, "--resume", str(folder)]) == 0  # and it does
+    if command == "compare":  # plot names the command that redraws a comparison
+        assert main(["plot", str(folder)]) == 2
+        assert f"`metaspike compare --resume {folder}` redraws its table" in capsys.readouterr().err

@@ -253,3 +253,17 @@ def test_a_matrix_file_whose_task_numbers_go_backwards_is_one_line(digits, tmp_p
 def test_tasks_are_bounded_where_the_metrics_matrix_still_fits(capsys):
     assert main(["train", "--tasks", "10001", "--batch-size", "1"]) == 2
     assert "--tasks must be an integer in 1..10000" in capsys.readouterr().err
+
+
+def test_a_comparison_of_budget_runs_shows_what_the_budget_measured():
+    from metaspike.app.tables import format_table, summarize_results
+    from metaspike.continual import ContinualResult
+
+    nan = math.nan
+    rows = [[80.0, *[nan] * 11], [70.0, nan, 75.0, *[nan] * 4, 55.0, 60.0, 60.0, 65.0, 90.0]]  # 12 tasks, 2 evaluations
+    result = ContinualResult([f"t{j}" for j in range(12)], matrix=rows, seconds=1.0)
+    row = summarize_results([result])
+    assert row["evaluated"][0] == pytest.approx(475 / 7) and row["last 5"][0] == pytest.approx(66)
+    header = format_table([{"setting": "m=0", **row}], 12).splitlines()[0].split()
+    assert header == ["setting", "task", "1", "task", "12", "ACC", "BWT", "FWT", "forgetting", "evaluated", "last", "5",
+                      "seconds"]

@@ -170,3 +170,15 @@ def test_a_chained_closure_runs_with_gradients_and_a_refused_load_changes_no_opt
     with pytest.raises(ValueError):
         chained.load_state_dict(state)
     assert chained.param_groups[0]["lr"] == 0.1
+
+
+def test_metaplastic_leaves_the_wrapped_optimizers_own_settings_to_it():
+    weight = torch.zeros(3, requires_grad=True)
+    # Adafactor's eps is a pair, and torch's optimizers take a tensor learning rate: theirs to check, not ours
+    adafactor = metaspike.metaplastic(torch.optim.Adafactor([dict(params=[weight], consolidate=True)]), meta=1.0)
+    metaspike.metaplastic(torch.optim.Adam([torch.zeros(2, requires_grad=True)], lr=torch.tensor(0.01)))
+    weight.grad = torch.ones(3)
+    adafactor.step()
+    assert bool((weight < 0).all())
+    with pytest.raises(ValueError, match="meta must be a finite number >= 0"):
+        metaspike.metaplastic(torch.optim.SGD([weight], lr=0.1), meta=-1)

@@ -260,9 +260,14 @@ def _seeds(path: Path) -> list[int]:
 
 
 def _plot(args: argparse.Namespace) -> None:
+    from metaspike.app.compare import PLAN
     from metaspike.app.plots import plot_run
 
-    for written in plot_run(Path(args.run_dir)):
+    folder = Path(args.run_dir)
+    if (folder / PLAN).is_file() and not (folder / "accuracy_matrix.csv").exists():
+        raise ValueError(f"{folder} is a comparison folder: `metaspike compare --resume {folder}` redraws its table "
+                         "and figures (finished runs are reused); `metaspike plot` redraws one run of it")
+    for written in plot_run(folder):
         print(written)
 
 

@@ -71,7 +71,8 @@ def _swept_metas(neuron: str, metas: Sequence[float]) -> Sequence[float]:
 
 
 def _neuron_rows(base: RunConfig, neurons: Sequence[str], metas: Sequence[float], seeds: Sequence[int]) -> list[Row]:
-    return [Row({"setting": f"{n} meta={m:g}", "neuron": n, "meta": m},
+    # a kind whose optimizer has no meta (BiMU, MESU, SGD) is named alone
+    return [Row({"setting": f"{n} meta={m:g}" if optimizer_kind(n) == "metaplastic-adam" else n, "neuron": n, "meta": m},
                 tuple(replace(base, model=n, meta=(float(m),), seed=int(seed)) for seed in seeds))
             for n in neurons for m in _swept_metas(n, metas)]
 

@@ -48,8 +48,18 @@ def summarize_results(results: Sequence[ContinualResult]) -> dict[str, tuple[flo
         row[f"task {j + 1}"] = mean_std([r.matrix[-1][j] for r in results])
     for key in ("ACC", "BWT", "FWT", "forgetting"):
         row[key] = mean_std([r.metrics[key] for r in results])
+    if all(key in r.metrics for r in results for key in BUDGET_METRICS):  # an evaluation budget: what it measured
+        for key, label in BUDGET_METRICS.items():
+            row[label] = mean_std([r.metrics[key] for r in results])
     row["seconds"] = mean_std([r.seconds for r in results])
     return row
+
+
+#: The metrics of a run evaluated on a budget of tasks (ACC and forgetting need every task), as table columns: the
+#: mean accuracy over the evaluated tasks and over the last five.
+BUDGET_METRICS = {"evaluated_accuracy": "evaluated", "last5_accuracy": "last 5"}
+#: Beyond this many tasks, a text table shows the first and last task's accuracy only (the CSV keeps them all).
+TABLE_TASKS = 10
 
 
 def check_settings(metas: Sequence[float | Sequence[float]], seeds: Sequence[int]) -> list[tuple[float, ...]]:
@@ -100,8 +110,9 @@ def last_task_column(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def format_table(rows: Sequence[dict[str, Any]], task_count: int) -> str:
-    """Text table of a comparison: final accuracy per task, ACC, BWT, FWT, forgetting, time (mean ± std;
-    the ± is left out where one run gave no spread).
+    """Text table of a comparison: final accuracy per task (the first and the last beyond :data:`TABLE_TASKS`
+    tasks), ACC, BWT, FWT, forgetting, the evaluation budget's means where every row has them
+    (:data:`BUDGET_METRICS`), time (mean ± std; the ± is left out where one run gave no spread).
 
     Example:
         >>> print(format_table([{"setting": "m=0", "task 1": (50.0, math.nan), "ACC": (50.0, math.nan),
@@ -109,7 +120,9 @@ def format_table(rows: Sequence[dict[str, Any]], task_count: int) -> str:
         ...     "seconds": (1.0, math.nan)}], 1).splitlines()[2])
         m=0                             50.0          50.0           0.0           n/a           0.0           1.0
     """
-    cols = [f"task {j + 1}" for j in range(task_count)] + ["ACC", "BWT", "FWT", "forgetting", "seconds"]
+    shown = range(task_count) if task_count <= TABLE_TASKS else (0, task_count - 1)
+    budget = [label for label in BUDGET_METRICS.values() if all(label in row for row in rows)]
+    cols = [f"task {j + 1}" for j in shown] + ["ACC", "BWT", "FWT", "forgetting", *budget, "seconds"]
     width = max(22, *(len(row["setting"]) + 2 for row in rows))  # the longest label, e.g. "self-recurrent+bimu meta=0"
     header = f"{'setting':<{width}}" + "".join(f"{c:>14}" for c in cols)
     lines = [header, "-" * len(header)]
