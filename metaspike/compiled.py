@@ -11,12 +11,20 @@ import torch
 __all__ = ["LazyCompiled"]
 
 
+def _is_recompile_limit(err: Exception) -> bool:
+    """Whether ``err`` is torch's refusal of one more compiled variant of a function than it allows
+    (``torch._dynamo.config.recompile_limit``, with ``fullgraph=True``); told by name: importing torch's compiler
+    to compare classes would slow every ``import metaspike``."""
+    return type(err).__name__ == "FailOnRecompileLimitHit" and type(err).__module__.startswith("torch._dynamo")
+
+
 class LazyCompiled:
     """``fn`` compiled by ``torch.compile`` on its first call (never at import), else ``fn`` itself.
 
     Shapes are dynamic and Python floats are graph inputs, so new sizes and values do not
     recompile; ``options`` go to the compiler. If compiling fails (no C++ compiler, unsupported
-    platform, ...), it warns once and calls ``fn`` eagerly from then on. Used for
+    platform, ...), it warns once and calls ``fn`` eagerly from then on; a call past torch's limit of compiled
+    variants of one function (different input counts or dtypes in one process) runs eagerly, the others stay compiled. Used for
     MetaplasticAdam's fused step, the sign buffers of large binary layers and ``bnn.pack``.
 
     Example:
@@ -30,6 +38,7 @@ class LazyCompiled:
         self.what = what
         self.options = options
         self.broken = False
+        self.limit_reached = False
         self._compiled: Callable[..., Any] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -40,6 +49,13 @@ class LazyCompiled:
         try:
             return self._compiled(*args, **kwargs)
         except Exception as err:  # compilation failed before anything ran: run eagerly instead
+            if _is_recompile_limit(err):  # this process compiled its variants (input counts, dtypes): new ones
+                # run eagerly, the compiled ones stay in use
+                if not self.limit_reached:
+                    self.limit_reached = True
+                    warnings.warn(f"the {self.what} has compiled torch's limit of variants in this process; new "
+                                  "variants run eagerly (slower)", RuntimeWarning, stacklevel=2)
+                return self.fn(*args, **kwargs)
             self.broken = True
             warnings.warn(
                 f"torch.compile of the {self.what} failed ({type(err).__name__}: {err}); "

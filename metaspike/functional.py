@@ -18,7 +18,7 @@ from typing import NamedTuple
 from torch import Tensor
 
 from metaspike.bayesian.functional import bimu_step, mesu_step
-from metaspike.rules import Rule, check_meta, get_rule
+from metaspike.rules import Rule, check_meta, check_update, get_rule
 
 __all__ = ["consolidate", "mesu_step", "bimu_step"]
 
@@ -39,4 +39,5 @@ def consolidate(
     """
     rule = get_rule(rule)
     meta = check_meta(meta)
-    return rule.step(hidden, update, meta, rule.init_state(hidden) if state is None else state)
+    step, new_state = rule.step(hidden, update, meta, rule.init_state(hidden) if state is None else state)
+    return check_update(rule, step, hidden), new_state

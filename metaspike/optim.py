@@ -25,7 +25,16 @@ from torch.optim import Optimizer
 from metaspike.checks import is_finite_number, is_number
 from metaspike.compiled import LazyCompiled
 from metaspike.layer_selection import each_once
-from metaspike.rules import Rule, check_meta, get_rule, rule_from_record, rule_record, state_from_dict, state_to_dict
+from metaspike.rules import (
+    Rule,
+    check_meta,
+    check_update,
+    get_rule,
+    rule_from_record,
+    rule_record,
+    state_from_dict,
+    state_to_dict,
+)
 from metaspike.synapse import is_hidden_weight, weight_matrices
 
 __all__ = ["MetaplasticAdam", "metaplastic", "param_groups", "consolidates"]
@@ -350,6 +359,7 @@ def _adam_update_(
         param.addcdiv_(exp_avg, denom, value=-step_size)
         return rule_state
     update, rule_state = rule.step(param, exp_avg / denom.div_(step_size), meta, rule_state)
+    check_update(rule, update, param)
     param.sub_(update)
     return rule_state
 
@@ -443,6 +453,7 @@ def metaplastic(
                     continue
                 state = opt.state[p]
                 update, new_state = rule.step(old, old - p, group["meta"], state_from_dict(rule, old, state.get("rule_state")))
+                check_update(rule, update, old)
                 p.copy_(old - update)
                 if len(new_state) > 0:
                     state["rule_state"] = state_to_dict(new_state)

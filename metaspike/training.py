@@ -92,7 +92,7 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
         with torch.no_grad():
             model.eval()
             out = model(x[:2])
-    except RuntimeError as err:
+    except (RuntimeError, ValueError) as err:  # (torch's BatchNorm raises ValueError for one sample)
         dtypes = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()})
         if dtypes and str(x.dtype) not in dtypes:
             raise ValueError(f"{what} is {x.dtype} but the model's parameters are {', '.join(dtypes)}; convert the "
@@ -200,10 +200,12 @@ def train_epoch(
     # a batch short of the minimum is skipped (decided alike in every process); a batch_size short of it would skip
     # every batch
     minimum = minimum_batch_size(has_batchnorm, shard[1])
-    if batch_size < minimum:
+    if batch_size < minimum or len(x) < minimum:
         per = f" per process ({shard[1]} processes)" if shard[1] > 1 else ""
         why = (f"the model has BatchNorm, which cannot train on one sample{per}" if has_batchnorm
                else f"each of the {shard[1]} processes needs at least one sample of a batch")
+        if batch_size >= minimum:  # every batch would be skipped: nothing would train
+            raise ValueError(f"x has {len(x)} samples, fewer than the smallest batch that trains ({minimum}: {why})")
         raise ValueError(f"batch_size {batch_size}: {why}; use batch_size >= {minimum}")
     for start in range(0, len(x), batch_size):
         batch = order[start : start + batch_size]

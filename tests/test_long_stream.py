@@ -125,7 +125,7 @@ def test_ewc_online_decays_one_running_fisher_around_the_last_weights():
 
 
 def test_batch_size_one_is_refused_for_batchnorm_and_kinds_pick_their_optimizer(capsys):
-    with pytest.raises(ValueError, match="--batch-size 1: model 'bnn' has BatchNorm.*--model bnn-layernorm"):
+    with pytest.raises(ValueError, match=r"--batch-size 1: model 'bnn' has BatchNorm.*\(bnn-layernorm, bimu, mesu, mlp\)"):
         RunConfig(batch_size=1)
     assert main(["train", "--batch-size", "1", "--dataset", "digits", "--quiet"]) == 2
     assert capsys.readouterr().err.count("\n") == 1

@@ -182,3 +182,14 @@ def test_metaplastic_leaves_the_wrapped_optimizers_own_settings_to_it():
     assert bool((weight < 0).all())
     with pytest.raises(ValueError, match="meta must be a finite number >= 0"):
         metaspike.metaplastic(torch.optim.SGD([weight], lr=0.1), meta=-1)
+
+
+def test_past_torchs_limit_of_compiled_variants_new_ones_run_eagerly_and_old_ones_stay_compiled():
+    from metaspike.compiled import LazyCompiled
+
+    doubled = LazyCompiled(lambda tensors: [t * 2 for t in tensors], "doubling loop")
+    limit = torch._dynamo.config.recompile_limit
+    with pytest.warns(RuntimeWarning, match="has compiled torch's limit of variants in this process"):
+        for count in range(1, limit + 3):  # one compiled variant per list length
+            assert all(torch.equal(t, torch.full((3,), 2.0)) for t in doubled([torch.ones(3)] * count))
+    assert doubled.limit_reached and not doubled.broken

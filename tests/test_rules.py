@@ -1,5 +1,6 @@
 """Consolidation rules in their one interface: cascade and switch by hand, and a new rule in one file."""
 
+import dataclasses
 import io
 import json
 from dataclasses import dataclass
@@ -11,7 +12,15 @@ import torch
 from bnn import MLP
 from metaspike.functional import consolidate
 from metaspike.optim import MetaplasticAdam, metaplastic
-from metaspike.rules import CascadeRule, CascadeState, SwitchRule, available_rules, get_rule, register_rule
+from metaspike.rules import (
+    CascadeRule,
+    CascadeState,
+    Stateless,
+    SwitchRule,
+    available_rules,
+    get_rule,
+    register_rule,
+)
 
 
 def test_cascade_one_step_by_hand_two_variables():
@@ -255,3 +264,52 @@ def test_a_new_rule_works_from_the_command_line(halving, tmp_path):
     (run,) = tmp_path.iterdir()
     assert json.loads((run / "config.json").read_text())["rule"] == halving
     assert run.name.endswith("-halving-test-seed1")
+
+
+def test_a_rule_name_means_one_rule():
+    from metaspike.rules import TanhRule
+
+    assert register_rule(TanhRule()).name == "tanh"  # the same rule again: nothing changes
+    impostor = _Averaging(name="tanh")
+    with pytest.raises(ValueError, match="a different rule is registered as 'tanh' already"):
+        register_rule(impostor)
+    nameless = dataclasses.replace(TanhRule(), name="")
+    with pytest.raises(ValueError, match="a rule's name must be a non-empty string"):
+        register_rule(nameless)
+    assert "tanh" in available_rules() and get_rule("tanh") == TanhRule()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Averaging(Stateless):
+    """A broken rule: one number per input column instead of one per weight."""
+
+    name: str = "averaging"
+
+    def step(self, hidden, update, meta, state):
+        return update.mean(0), state
+
+
+def test_an_update_of_the_wrong_shape_is_refused_everywhere_it_is_applied():
+    rule = _Averaging()
+    weight = torch.nn.Parameter(torch.ones(3, 2))
+    weight.grad = torch.ones(3, 2)
+    message = r"consolidation rule 'averaging' returned an update of shape \(2,\) for a weight of shape \(3, 2\)"
+    for optimizer in (MetaplasticAdam([dict(params=[weight], consolidate=True)], meta=1.0, rule=rule),
+                      metaplastic(torch.optim.SGD([dict(params=[weight], consolidate=True)], lr=0.1), meta=1.0,
+                                  rule=rule)):
+        with pytest.raises(ValueError, match=message):
+            optimizer.step()
+    with pytest.raises(ValueError, match=message):
+        consolidate(torch.ones(3, 2), torch.ones(3, 2), meta=1.0, rule=rule)
+
+
+def test_a_checkpoint_that_torch_would_not_read_back_is_refused_before_it_replaces_one(tmp_path):
+    import numpy as np
+
+    from metaspike.continual import RunDirectory
+
+    directory = RunDirectory.create(tmp_path, "run", {})
+    directory.checkpoint({"position": {"task": 0}, "plugins": [{"fisher": torch.zeros(2)}]})
+    with pytest.raises(ValueError, match=r"state\['plugins'\]\[0\]\['fisher'\] is a numpy.ndarray"):
+        directory.checkpoint({"position": {"task": 1}, "plugins": [{"fisher": np.zeros(2)}]})
+    assert torch.load(directory.path / "checkpoint.pt", weights_only=True)["position"] == {"task": 0}

@@ -188,3 +188,22 @@ def test_per_task_batchnorm_is_used_only_where_a_test_may_know_its_task(mode):
     # class-incremental: one head over all classes, so no evaluation may pick its task's statistics
     assert (matrices["per-task"] == matrices["shared"]) == (mode == "class")
     assert classes.per_task_batchnorm == (mode == "task")
+
+
+def test_own_data_at_its_edges_gets_one_clear_line():
+    import numpy as np
+
+    from metaspike.continual import split
+    from metaspike.training import train_epoch
+
+    train, test = load_dataset("digits"), load_dataset("digits", "test")
+    nothing = train.subset(torch.zeros(len(train), dtype=torch.bool))
+    for make in (lambda: permuted(nothing, test, 2), lambda: stream(nothing, test, 2)):
+        with pytest.raises(ValueError, match="the training set 'digits/train' holds no samples"):
+            make()
+    assert len(split(train, test, np.int64(3)).tasks) == 3  # a numpy integer counts groups as an int does
+    with pytest.raises(ValueError, match="class groups must be non-empty, disjoint and within 0..9"):
+        split(train, test, [[0.0, 1.0]])
+    model = MLP([784, 16, 10])  # BatchNorm: a batch needs two samples
+    with pytest.raises(ValueError, match="x has 1 samples, fewer than the smallest batch that trains"):
+        train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), train.x[:1], train.y[:1], batch_size=10)

@@ -1,6 +1,6 @@
 """Continual-learning baselines as :class:`metaspike.training.Plugin` hooks: EWC, EWC-Online, SI, random consolidation.
 
-All three regularise the *weight matrices* returned by :func:`metaspike.synapse.weight_matrices`:
+All of them regularise the *weight matrices* returned by :func:`metaspike.synapse.weight_matrices`:
 in a BNN these are the hidden weights ``W_h`` of the binary synapses (the forward pass uses
 ``sign(W_h)``, and the gradient reaches ``W_h`` straight through the sign, so importances and
 penalties are computed on ``W_h``); in the full-precision DNN they are the ordinary weight matrices.

@@ -24,6 +24,7 @@ import math
 import os
 import shutil
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,37 @@ def unique_directory(root: str | os.PathLike, name: str) -> Path:
     raise ValueError(f"too many runs named {name!r} in {root}")
 
 
+_PLAIN_VALUES = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device, torch.Size)
+
+
+def check_loadable(state: Any, where: str = "state") -> None:
+    """Refuse what ``torch.load(weights_only=True)`` would not read back: everything but tensors, plain Python
+    values and lists, tuples and dicts of them (a plugin's or a rule's state holding a numpy array, say).
+
+    Example:
+        >>> check_loadable({"fisher": [torch.zeros(2)], "step": 3})
+        >>> import numpy as np
+        >>> check_loadable({"plugins": [{"fisher": np.zeros(2)}]})
+        Traceback (most recent call last):
+        ...
+        ValueError: a checkpoint holds tensors and plain Python values only; state['plugins'][0]['fisher'] is a numpy.ndarray (torch.load(weights_only=True) would not read it back)
+    """
+    if isinstance(state, (torch.Tensor, *_PLAIN_VALUES)):
+        return
+    if type(state) in (dict, OrderedDict):
+        for key, value in state.items():
+            check_loadable(key, f"{where} key")
+            check_loadable(value, f"{where}[{key!r}]")
+        return
+    if type(state) in (list, tuple):  # (a named tuple is a class torch does not read back)
+        for i, value in enumerate(state):
+            check_loadable(value, f"{where}[{i}]")
+        return
+    kind = f"{type(state).__module__}.{type(state).__qualname__}".removeprefix("builtins.")
+    raise ValueError(f"a checkpoint holds tensors and plain Python values only; {where} is a {kind} "
+                     "(torch.load(weights_only=True) would not read it back)")
+
+
 class RunDirectory:
     """Writes a run's results into its own directory (see module docs for the files).
 
@@ -178,6 +210,7 @@ class RunDirectory:
         which :func:`load_checkpoint` verifies, and the SHA-256 of the run's ``config.json``, which
         :func:`latest_good_checkpoint` compares with the file then in the folder.
         """
+        check_loadable(state)  # before anything is replaced: a file torch will not read back is no checkpoint
         path = self.path / CHECKPOINT
         if path.exists():  # keep the newest good one: a hard link, so CHECKPOINT stays in place meanwhile
             previous = self.path / PREVIOUS_CHECKPOINT
@@ -250,6 +283,9 @@ def load_checkpoint(path: str | os.PathLike, config_digest: str | None = None) -
             warnings.simplefilter("ignore")
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for damaged files; its messages span lines
+        if "Unsupported global" in str(err):
+            raise ValueError(f"checkpoint {path} holds an object that torch.load(weights_only=True) does not read "
+                             "(a checkpoint holds tensors and plain Python values only)") from None
         raise ValueError(f"checkpoint {path} is truncated or corrupt (torch cannot read it: {type(err).__name__})") from None
     if not isinstance(state, dict) or "position" not in state:
         raise ValueError(f"checkpoint {path} is not a metaspike checkpoint")

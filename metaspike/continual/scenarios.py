@@ -159,6 +159,13 @@ def _base(data: ArrayDataset) -> str:
     return data.name.split("/")[0]
 
 
+def _check_samples(train: ArrayDataset, test: ArrayDataset) -> None:
+    """A scenario's data must hold samples to train and test on."""
+    for part, data in (("training", train), ("test", test)):
+        if len(data) == 0:
+            raise ValueError(f"the {part} set {data.name!r} holds no samples")
+
+
 def _check_count(n: int, what: str) -> int:
     if not is_whole(n, 1):
         raise ValueError(f"{what} must be an integer >= 1, got {n!r}")
@@ -256,6 +263,7 @@ def permuted(train: ArrayDataset, test: ArrayDataset, n_tasks: int = 3, seed: in
     """
     n_tasks = _check_count(n_tasks, "number of tasks")
     seed = check_seed("seed", seed)
+    _check_samples(train, test)
     if samples_per_task is not None and not (is_whole(samples_per_task, 1) and samples_per_task <= len(train)):
         raise ValueError(f"samples_per_task must be an integer in 1..{len(train)} (the training set's size), "
                          f"got {samples_per_task!r}")
@@ -322,13 +330,14 @@ def split(
     if mode not in ("task", "class"):
         raise ValueError(f"split mode must be 'task' or 'class', got {mode!r}")
     n_classes = len(train.classes)
-    if isinstance(groups, int):
+    if isinstance(groups, (int, np.integer)):
         n = _check_count(groups, "number of class groups")
         if n > n_classes:
             raise ValueError(f"cannot split {n_classes} classes into {n} groups")
         groups = [list(map(int, g)) for g in np.array_split(np.arange(n_classes), n)]
     flat = [c for g in groups for c in g]
-    if not groups or any(len(g) == 0 for g in groups) or len(set(flat)) != len(flat) or not all(0 <= c < n_classes for c in flat):
+    if (not groups or any(len(g) == 0 for g in groups) or len(set(flat)) != len(flat)
+            or not all(is_whole(c, 0) and c < n_classes for c in flat)):
         raise ValueError(f"class groups must be non-empty, disjoint and within 0..{n_classes - 1}, got {groups}")
     tasks = []
     for g in groups:
@@ -358,6 +367,7 @@ def stream(train: ArrayDataset, test: ArrayDataset, n_subsets: int = 10, seed: i
         (4, 1, False)
     """
     n_subsets = _check_count(n_subsets, "number of subsets")
+    _check_samples(train, test)
     seed = check_seed("seed", seed)
     if n_subsets > len(train):
         raise ValueError(f"cannot cut {len(train)} samples into {n_subsets} subsets")

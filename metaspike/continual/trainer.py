@@ -362,8 +362,12 @@ class ContinualTrainer:
     def fit(self, scenario: Scenario, log: RunLog | None = None, resume: dict[str, Any] | None = None) -> ContinualResult:
         """Train every task of ``scenario`` in order; return (and log) the results.
 
-        After every epoch the log receives a checkpoint (:meth:`checkpoint`); passing one back as
-        ``resume`` continues from there and gives the same numbers as an uninterrupted run.
+        After every evaluated epoch the log receives a checkpoint (:meth:`checkpoint`); passing one back as
+        ``resume`` continues from there and gives the same numbers as an uninterrupted run. The log's run stays
+        open (``complete: false``, checkpoints kept) until its writer finishes it: with a
+        :class:`~metaspike.continual.RunDirectory`, ``log.write_metrics(result, complete=True)`` and
+        ``log.remove_checkpoints()`` (what ``metaspike train`` does, with ``model.pt`` and the figures:
+        :func:`metaspike.app.runs.train_and_finish`).
         """
         cfg = self.config
         if len(scenario.tasks) == 0:

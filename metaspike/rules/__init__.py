@@ -14,15 +14,24 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from metaspike.rules.base import NoState, Rule, check_meta, state_from_dict, state_to_dict, toward_zero
+from metaspike.rules.base import (
+    NoState,
+    Rule,
+    Stateless,
+    check_meta,
+    check_update,
+    state_from_dict,
+    state_to_dict,
+    toward_zero,
+)
 from metaspike.rules.cascade import CascadeRule, CascadeState
 from metaspike.rules.none import NoConsolidation
 from metaspike.rules.switch import SwitchRule, SwitchState
 from metaspike.rules.tanh import TanhRule
 
 __all__ = [
-    "Rule", "NoState", "TanhRule", "NoConsolidation", "CascadeRule", "CascadeState", "SwitchRule", "SwitchState",
-    "check_meta", "toward_zero", "state_to_dict", "state_from_dict", "register_rule", "get_rule", "available_rules",
+    "Rule", "NoState", "Stateless", "TanhRule", "NoConsolidation", "CascadeRule", "CascadeState", "SwitchRule",
+    "SwitchState", "check_meta", "check_update", "toward_zero", "state_to_dict", "state_from_dict", "register_rule", "get_rule", "available_rules",
     "rule_record", "rule_from_record",
 ]
 
@@ -41,6 +50,11 @@ def register_rule(rule: Rule) -> Rule:
     missing = [attr for attr in _REQUIRED if not hasattr(rule, attr)]
     if missing:
         raise ValueError(f"{rule!r} is not a consolidation rule: it lacks {', '.join(missing)} (see metaspike.rules.base.Rule)")
+    if not isinstance(rule.name, str) or not rule.name:
+        raise ValueError(f"a rule's name must be a non-empty string, got {rule.name!r}")
+    known = _RULES.get(rule.name)
+    if known is not None and known != rule:  # (every run asking for the name would change rule, silently)
+        raise ValueError(f"a different rule is registered as {rule.name!r} already ({known!r}); give yours its own name")
     _RULES[rule.name] = rule
     return rule
 

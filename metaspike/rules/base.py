@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, Protocol
 import torch
 from torch import Tensor
 
-__all__ = ["Rule", "NoState", "Stateless", "check_meta", "toward_zero", "state_to_dict", "state_from_dict"]
+__all__ = ["Rule", "NoState", "Stateless", "check_meta", "check_update", "toward_zero", "state_to_dict", "state_from_dict"]
 
 
 class NoState(NamedTuple):
@@ -75,7 +75,11 @@ class Rule(Protocol):
         ...
 
     def step(self, hidden: Tensor, update: Tensor, meta: float, state: Any) -> tuple[Tensor, NamedTuple]:
-        """The update to subtract from ``hidden`` in place of ``update``, and the new state."""
+        """The update to subtract from ``hidden`` in place of ``update`` (the same shape), and the new state.
+
+        ``hidden`` may be the live weight, which the optimizer changes in place after the step: a state that keeps
+        the weight keeps ``hidden.clone()``. The optimizers store a state's tensors in their own state, which
+        ``load_state_dict`` casts to the weight's dtype: keep counters in float (exact up to 2**24)."""
         ...
 
 
@@ -95,6 +99,22 @@ def check_meta(meta: float, where: str = "meta") -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{where} must be a finite number >= 0, got {meta!r}")
     return value
+
+
+def check_update(rule: Rule, update: Tensor, hidden: Tensor) -> Tensor:
+    """``update``, the step a rule returned for ``hidden``, if it has ``hidden``'s shape (a smaller one would be
+    broadcast over the weight, silently).
+
+    Example:
+        >>> from metaspike.rules import get_rule
+        >>> check_update(get_rule("tanh"), torch.zeros(2, 3), torch.zeros(2, 3)).shape
+        torch.Size([2, 3])
+    """
+    if not isinstance(update, Tensor) or update.shape != hidden.shape:
+        got = tuple(update.shape) if isinstance(update, Tensor) else type(update).__name__
+        raise ValueError(f"consolidation rule {rule.name!r} returned an update of shape {got} for a weight of shape "
+                         f"{tuple(hidden.shape)}; a rule's step returns (update of the weight's shape, state)")
+    return update
 
 
 def toward_zero(hidden: Tensor, update: Tensor) -> Tensor:
