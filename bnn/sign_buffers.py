@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -80,6 +81,11 @@ class SignBuffers:
         self._weight: weakref.ref | None = None
         self._tensors: dict[torch.dtype, Tensor] = {}
         self._written_under: tuple[int, int] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Buffers are a cache: a pickled or saved layer (``torch.save(model)``) keeps none (a weak reference cannot
+        be pickled); the copy writes its own on its first forward pass."""
+        return {"_weight": None, "_tensors": {}, "_written_under": None}
 
     def signs(self, weight: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """``sign(weight)`` as ``dtype`` (default: the weight's), from a buffer rewritten when needed."""

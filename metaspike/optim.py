@@ -139,6 +139,10 @@ def _loaded_groups(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str
         raise ValueError("state_dict must be an optimizer's state dict, with a list of param groups")
     loaded = []
     for group in groups:
+        asked = [key for key in ("amsgrad", "maximize") if group.get(key) and key not in optimizer.defaults]
+        if asked:
+            raise ValueError(f"state_dict: its groups ask for {' and '.join(asked)}, which {type(optimizer).__name__} "
+                             "does not do")
         group = {**optimizer.defaults, **group}
         group["rule"] = rule_from_record(group["rule"])
         _group_check(optimizer)(group)

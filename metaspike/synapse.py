@@ -7,22 +7,20 @@ passed straight through, so that ``|W_h|`` can act as a consolidation variable.
   ``bnn`` layers do), so that the core finds it without importing ``bnn``.
 * :func:`binary_modules`, :func:`hidden_weights`, :func:`is_hidden_weight` find the synapses.
 * :func:`binarized_once` is a block in which every weight's sign is taken once; :func:`signs_cache_key`
-  is the public hook that tells a layer with its own sign buffers whether it may reuse them.
+  is the public hook that tells a layer with its own sign buffers whether it may reuse them (both from
+  :mod:`metaspike.block_cache`, re-exported here).
 """
 
 from __future__ import annotations
 
-import itertools
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from metaspike.block_cache import binarized_once, reuse_in_block, signs_cache_key
 from metaspike.gain import attach_output_gain, check_gain_layer, check_scale
 from metaspike.layer_selection import (
     DEFAULT_LAYER_TYPES,
@@ -104,7 +102,7 @@ class SignWeight(SynapseParametrization):
     kind = "sign"
 
     def forward(self, hidden: Tensor) -> Tensor:
-        return ste_sign(mark_hidden_weight(hidden), clip_value=None)
+        return reuse_in_block(self, (hidden,), lambda: ste_sign(mark_hidden_weight(hidden), clip_value=None))
 
 
 def binarize(
@@ -229,51 +227,3 @@ def weight_matrices(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return list({id(weight): (name, weight) for name, weight in reversed(found)}.values())[::-1]
 
 
-_block_ids = itertools.count(1)
-_open_blocks: list[int] = []
-
-
-def signs_cache_key() -> int | None:
-    """Inside :func:`binarized_once`, a number that identifies the block; ``None`` outside.
-
-    A layer that keeps its ±1 weights in a buffer may reuse the buffer only while this key (and
-    the hidden weight's version) is the one it was written under; outside a block it rewrites the
-    buffer on every forward pass, so no edit of the hidden weights (``.data`` included) is missed.
-
-    Example:
-        >>> signs_cache_key() is None
-        True
-    """
-    return _open_blocks[-1] if _open_blocks else None
-
-
-def _forget_cached_weights(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-    """After any optimizer step inside :func:`binarized_once`: the parametrized weights (signs, weight samples) are
-    computed again on their next use (torch's parametrization cache would keep them for the whole block)."""
-    if _open_blocks:
-        parametrize._cache.clear()
-
-
-register_optimizer_step_post_hook(_forget_cached_weights)
-
-
-@contextmanager
-def binarized_once() -> Iterator[None]:
-    """A block in which each binary weight's sign is computed once and reused.
-
-    Use it around a spiking time loop or an evaluation, so the sign is taken once per block rather
-    than once per time step or batch. The hidden weights must not change inside the block, except
-    through an optimizer step: after any optimizer's step the signs (and Bayesian weight samples) are
-    taken again, so a training loop may run inside the block.
-
-    Example:
-        >>> net = binarize(torch.nn.Sequential(torch.nn.Linear(4, 3)))
-        >>> with binarized_once():
-        ...     out = sum(net(torch.randn(2, 4)) for _ in range(5))
-    """
-    _open_blocks.append(next(_block_ids))
-    try:
-        with parametrize.cached():
-            yield
-    finally:
-        _open_blocks.pop()

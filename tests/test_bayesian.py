@@ -117,6 +117,7 @@ def test_settings_for_batch_scale_the_gradient_and_keep_the_window_in_samples():
     assert mesu == dict(lr_mu=15.0, lr_sigma=20.0, sigma_prior=0.1, mu_prior=0.0, N=1000.0, clamp_grad=0.04)
     for rule, settings in (("bimu", BIMU_SETTINGS[0]), ("mesu", MESU_SETTINGS[1])):
         assert settings_for_batch(rule, settings, 1) == settings  # batch size 1 is the papers' setting
+    assert settings_for_batch("bimu", {}, np.int64(10))["N"] == 6000.0
     # the optimizers take what it returns as it is
     BiMU([nn.Parameter(torch.zeros(2))], **bimu)
     MESU([nn.Parameter(torch.zeros(2)), nn.Parameter(torch.full((2,), 0.1))], **mesu)
@@ -139,6 +140,8 @@ def test_settings_for_batch_keep_a_mesu_step_within_the_batch_one_bound():
     (("mesu", {}, 0), "batch_size must be an integer >= 1"),
     (("mesu", {}, 2.5), "batch_size must be an integer >= 1"),
     (("mesu", {"lr_mu": -1.0}, 2), "lr_mu must be a finite number > 0"),
+    (("mesu", None, 2), "per_sample must be a mapping of mesu's settings by name"),
+    (("mesu", {"lr_mu": 1e308}, 10), "lr_mu must be a finite number > 0, got inf"),  # (scaled out of range)
 ])
 def test_settings_for_batch_refuse_bad_input_in_one_line(args, message):
     with pytest.raises(ValueError, match=message):

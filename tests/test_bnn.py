@@ -232,3 +232,14 @@ def test_saved_population_statistics_load_in_the_models_dtype():
     fresh.load_state_dict(trained.state_dict())
     x = torch.rand(2, 4, dtype=torch.float64)
     assert fresh[2].running_mean.dtype == torch.float64 and torch.equal(fresh.eval()(x), trained.eval()(x))
+
+
+def test_a_bnn_model_saves_whole_after_a_forward_pass(tmp_path):
+    import pickle
+
+    model = bnn.MLP([6, 8, 3]).eval()
+    x = torch.randn(4, 6)
+    expected = model(x)  # (the pass writes the sign buffers, a cache with a weak reference)
+    torch.save(model, tmp_path / "model.pt")
+    for copied in (torch.load(tmp_path / "model.pt", weights_only=False), pickle.loads(pickle.dumps(model))):
+        assert torch.equal(copied(x), expected)

@@ -193,3 +193,14 @@ def test_past_torchs_limit_of_compiled_variants_new_ones_run_eagerly_and_old_one
         for count in range(1, limit + 3):  # one compiled variant per list length
             assert all(torch.equal(t, torch.full((3,), 2.0)) for t in doubled([torch.ones(3)] * count))
     assert doubled.limit_reached and not doubled.broken
+
+
+def test_a_state_dict_asking_for_what_metaplastic_adam_does_not_do_is_refused():
+    weight = torch.zeros(3, requires_grad=True)
+    adam = torch.optim.Adam([weight], amsgrad=True)
+    weight.grad = torch.ones(3)
+    adam.step()
+    with pytest.raises(ValueError, match="its groups ask for amsgrad, which MetaplasticAdam does not do"):
+        metaspike.MetaplasticAdam([weight]).load_state_dict(adam.state_dict())
+    wrapped = metaspike.metaplastic(torch.optim.Adam([weight], amsgrad=True))  # Adam itself does it
+    wrapped.load_state_dict(wrapped.state_dict())

@@ -41,6 +41,24 @@ def test_an_optimizer_step_inside_binarized_once_is_seen_by_the_next_forward_pas
         assert torch.equal(inside, net[0].weight)  # the signs the step made
 
 
+@pytest.mark.parametrize("kind", ["sign", "bimu"])
+def test_an_evaluation_under_no_grad_inside_binarized_once_leaves_the_next_step_its_gradients(kind):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 32), nn.Tanh(), nn.Linear(32, 4))
+    net = metaspike.binarize(net) if kind == "sign" else metaspike.bayesianize(net, "bimu")
+    synapses = [p for name, p in net.named_parameters() if "original" in name]
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    x, y = torch.randn(16, 20), torch.randint(0, 4, (16,))
+    with metaspike.binarized_once():
+        for _ in range(2):
+            with torch.no_grad():  # an evaluation between training steps
+                net(x)
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            assert all(p.grad is not None for p in synapses)
+            optimizer.step()
+
+
 def test_the_triangular_surrogate_is_a_triangle_around_the_threshold():
     x = torch.tensor([-1.5, -0.5, -0.25, 0.0, 0.25, 0.5, 1.5], requires_grad=True)
     spikes = surrogate("triangular")(x)
@@ -57,3 +75,16 @@ def test_param_groups_of_a_float_spiking_model_consolidate_its_layers_weights_no
     consolidated = [(g["meta"], tuple(g["params"][0].shape)) for g in groups if g["consolidate"]]
     assert consolidated == [(5.0, (4, 1, 3, 3)), (30.0, (10, 144))]
     assert any(p is net[1].beta for p in groups[-1]["params"]) and not groups[-1]["consolidate"]
+
+
+@pytest.mark.parametrize(("encoder", "x", "message"), [
+    ("rate", torch.tensor([[255.0, 0.5]]), r"intensities in \[0, 1\] for the rate encoder, got values in \[0.5, 255\]"),
+    ("latency", torch.tensor([[-1.0, 0.5]]), r"intensities in \[0, 1\] for the latency encoder"),
+    ("rate", torch.tensor([[200, 3]], dtype=torch.uint8), r"floating-point tensor .* got torch.uint8 \(scale pixels"),
+    ("direct", torch.tensor([[200, 3]], dtype=torch.uint8), "floating-point tensor for the direct encoder"),
+    ("direct", torch.tensor([[float("nan"), 3.0]]), "NaN or infinite values"),
+])
+def test_encoders_refuse_what_they_cannot_encode(encoder, x, message):
+    model = SpikingClassifier(nn.Sequential(nn.Linear(2, 2)), num_steps=2, encoder=encoder, input_shape=(2,))
+    with pytest.raises(ValueError, match=message):
+        model(x)

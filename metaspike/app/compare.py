@@ -232,7 +232,8 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                     if less < FORGETTING_CUT:
                         verdict = (f"FAILS (needs {100 * FORGETTING_CUT:.0f}% less): " + verdict
                                    + (f" (forgets only {kept:.1f} points at m = 0)" if kept < 10 else ""))
-        out.append({"neuron": neuron, "best_meta": f"{best['meta']:g}" if reference == neuron and measured else "-",
+        swept = reference == neuron and optimizer_kind(neuron) == "metaplastic-adam"  # (BiMU, MESU, SGD: no meta)
+        out.append({"neuron": neuron, "best_meta": f"{best['meta']:g}" if swept and measured else "-",
                     "runs": best["runs"], "verdict": verdict,
                     "ACC": best["ACC"], "memory": best["task 1"], "plasticity": best[last],
                     "forgetting": best["forgetting"],

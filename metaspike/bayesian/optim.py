@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from metaspike.bayesian.functional import bimu_step_, check_hyperparameters, mesu_step_
+from metaspike.checks import is_whole
 from metaspike.bayesian.synapses import synapse_role
 
 __all__ = ["MESU", "BiMU", "settings_for_batch"]
@@ -303,7 +304,9 @@ def settings_for_batch(rule: str, per_sample: Mapping[str, float], batch_size: i
       ``N`` keeps counting samples) and ``clamp_grad / B``: one step moves a weight no further than one batch-1
       step may (``η c σ``); with the batch-1 bound kept, MESU diverged within 8 steps at ``B = 100``.
 
-    The other settings are unchanged, and ``B = 1`` changes nothing. The window ``N`` must stay at least one step:
+    MESU's bound makes a large batch learn per step no more than one sample does: a task needs enough steps (on
+    digits, 1,437 images, 3 epochs, ``mesu`` keeps task 1 at 17.2 % at ``B = 100``, 45 steps, and reaches 94.2 % at
+    ``B = 32``; a larger clip diverged). The other settings are unchanged, and ``B = 1`` changes nothing. The window ``N`` must stay at least one step:
     ``N >= B``.
 
     Example:
@@ -315,13 +318,15 @@ def settings_for_batch(rule: str, per_sample: Mapping[str, float], batch_size: i
     defaults = {name: parameter.default for name, parameter in
                 inspect.signature(_OPTIMIZERS[rule].__init__).parameters.items()
                 if parameter.default is not inspect.Parameter.empty}
+    if not isinstance(per_sample, Mapping):
+        raise ValueError(f"per_sample must be a mapping of {rule}'s settings by name, got {type(per_sample).__name__}")
     unknown = sorted(set(per_sample) - set(defaults))
     if unknown:
         raise ValueError(f"per_sample: {', '.join(map(repr, unknown))} not a setting of {rule}; "
                          f"its settings: {', '.join(defaults)}")
     settings = {**defaults, **per_sample}
     check_hyperparameters(rule, settings)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_whole(batch_size, 1):
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if settings["N"] < batch_size:
         raise ValueError(f"N (the memory window, in samples) must be at least the batch size {batch_size}: a window "
@@ -334,4 +339,5 @@ def settings_for_batch(rule: str, per_sample: Mapping[str, float], batch_size: i
         settings["lr_mu"] *= batch_size
         settings["lr_sigma"] *= batch_size
         settings["clamp_grad"] /= batch_size
+    check_hyperparameters(rule, settings)  # (scaled, a setting may leave its range)
     return settings

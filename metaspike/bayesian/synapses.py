@@ -21,7 +21,7 @@ optimizer beside :class:`~metaspike.bayesian.optim.BiMU` (:func:`plain_parameter
 In evaluation mode (``model.eval()``) the layer sees the most probable weight (``evaluation="mode"``,
 the default, deterministic: ``μ``, resp. ``sign(λ)`` with ``sign(0) = +1``) or a fresh sample
 (``evaluation="sample"``). Every access to ``layer.weight`` draws a new sample; to use one sample
-for a whole spiking time loop, run it inside ``torch.nn.utils.parametrize.cached()``.
+for a whole spiking time loop, run it inside :func:`metaspike.binarized_once` (as ``SpikingClassifier`` does).
 
 :func:`sample_weights` draws ``S`` weight samples of a layer in one pass and :func:`sampled_forward`
 runs a Linear/Conv2d layer on all of them batched. :func:`mesu_param_groups`,
@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from metaspike.bayesian.counter_noise import counter_normal, counter_uniform, draw_key
+from metaspike.block_cache import reuse_in_block
 from metaspike.checks import finite_number, is_whole
 from metaspike.compiled import LazyCompiled
 from metaspike.gain import attach_output_gain, check_gain_layer, check_scale, output_gain
@@ -230,7 +231,7 @@ class GaussianWeight(SynapseParametrization):
         return weight if samples else weight.squeeze(0)
 
     def forward(self, mu: Tensor) -> Tensor:
-        return self.sample(mu)
+        return reuse_in_block(self, (mu, self.sigma), lambda: self.sample(mu))
 
     def _row_sample(self, params: tuple[Tensor, ...], key: Tensor, rows: int) -> tuple[Tensor, Tensor]:
         """``(w, ε)``: ``rows`` flat samples and their noise (for :class:`_SampledRowProduct`)."""
@@ -377,7 +378,7 @@ class BinaryWeight(SynapseParametrization):
         return (uniform < torch.sigmoid(2 * lam)).to(lam.dtype).mul_(2).sub_(1)
 
     def forward(self, lam: Tensor) -> Tensor:
-        return self.sample(lam)
+        return reuse_in_block(self, (lam,), lambda: self.sample(lam))
 
     def _row_sample(self, params: tuple[Tensor, ...], key: Tensor, rows: int) -> tuple[Tensor, Tensor]:
         """``rows`` flat relaxed samples, twice: the samples and what their gradient needs (for

@@ -84,6 +84,10 @@ class DirectEncoder(nn.Module):
 
     def forward(self, x: Tensor, num_steps: int) -> Tensor:
         check_num_steps(num_steps)
+        if not x.is_floating_point():
+            raise ValueError(f"x must be a floating-point tensor for the direct encoder, got {x.dtype}")
+        if x.numel() and not bool(torch.isfinite(x).all()):
+            raise ValueError("x holds NaN or infinite values; the direct encoder feeds them as currents")
         return x.unsqueeze(0).expand(num_steps, *x.shape)
 
 

@@ -1,0 +1,88 @@
+"""Blocks in which each synapse's weight is taken once: :func:`binarized_once`, and what layers use inside one.
+
+A spiking network runs its layers once per time step; inside a block a binary weight's sign (or a Bayesian
+synapse's weight sample) is taken once and reused. :func:`reuse_in_block` is that reuse for parametrized synapses;
+:func:`signs_cache_key` tells a layer with its own sign buffers (``bnn``) whether it may reuse them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["binarized_once", "reuse_in_block", "signs_cache_key"]
+
+
+_block_ids = itertools.count(1)
+_open_blocks: list[int] = []
+
+
+def signs_cache_key() -> int | None:
+    """Inside :func:`binarized_once`, a number that identifies the block; ``None`` outside.
+
+    A layer that keeps its ±1 weights in a buffer may reuse the buffer only while this key (and
+    the hidden weight's version) is the one it was written under; outside a block it rewrites the
+    buffer on every forward pass, so no edit of the hidden weights (``.data`` included) is missed.
+
+    Example:
+        >>> signs_cache_key() is None
+        True
+    """
+    return _open_blocks[-1] if _open_blocks else None
+
+
+# inside a block: per (parametrization, its first tensor), the weight it showed and what it was made under
+_block_weights: dict[tuple[int, int], tuple[tuple[Any, ...], Tensor]] = {}
+
+
+def reuse_in_block(parametrization: nn.Module, tensors: tuple[Tensor, ...], make: Callable[[], Tensor]) -> Tensor:
+    """The weight ``make()`` shows for a synapse's ``tensors``: inside :func:`binarized_once`, made once and reused
+    while the tensors keep their versions (an optimizer step changes them in place), the grad mode (a weight made
+    under ``no_grad`` has no graph to train through) and the parametrization's mode; outside a block, made anew.
+
+    Example:
+        >>> w, synapse = nn.Parameter(torch.randn(3)), nn.Identity()
+        >>> with binarized_once():
+        ...     a = reuse_in_block(synapse, (w,), lambda: w.sign())
+        ...     a is reuse_in_block(synapse, (w,), lambda: w.sign())
+        True
+    """
+    if not _open_blocks:
+        return make()
+    key = (id(parametrization), id(tensors[0]))
+    made_under = (*(t._version for t in tensors), torch.is_grad_enabled(), parametrization.training)
+    found = _block_weights.get(key)
+    if found is None or found[0] != made_under:
+        found = _block_weights[key] = (made_under, make())
+    return found[1]
+
+
+@contextmanager
+def binarized_once() -> Iterator[None]:
+    """A block in which each binary weight's sign (and each Bayesian synapse's weight sample) is taken once and
+    reused.
+
+    Use it around a spiking time loop or an evaluation, so the sign is taken once per block rather
+    than once per time step or batch. A weight is taken again after its tensors change in place (an
+    optimizer step), and when the grad mode changes (an evaluation under ``no_grad`` between training
+    steps), so a training loop may run inside the block. Edits through ``.data`` are not seen. Two
+    backward passes through one sampled (BiMU, MESU) weight need ``retain_graph=True`` on the first.
+
+    Example:
+        >>> from metaspike import binarize
+        >>> net = binarize(torch.nn.Sequential(torch.nn.Linear(4, 3)))
+        >>> with binarized_once():
+        ...     out = sum(net(torch.randn(2, 4)) for _ in range(5))
+    """
+    _open_blocks.append(next(_block_ids))
+    try:
+        yield
+    finally:
+        _open_blocks.pop()
+        if not _open_blocks:
+            _block_weights.clear()
