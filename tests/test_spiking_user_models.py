@@ -88,3 +88,10 @@ def test_encoders_refuse_what_they_cannot_encode(encoder, x, message):
     model = SpikingClassifier(nn.Sequential(nn.Linear(2, 2)), num_steps=2, encoder=encoder, input_shape=(2,))
     with pytest.raises(ValueError, match=message):
         model(x)
+
+
+def test_norse_cells_in_a_plain_sequential_are_refused_with_the_container_that_threads_their_state():
+    norse = pytest.importorskip("norse.torch")
+    cells = nn.Sequential(nn.Linear(64, 32), norse.LIFCell(), nn.Linear(32, 10), norse.LICell())
+    with pytest.raises(ValueError, match="the network is an nn.Sequential holding Norse cells.*SequentialState"):
+        SpikingClassifier(cells, num_steps=4, encoder="direct", input_shape=(64,))

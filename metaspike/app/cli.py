@@ -287,7 +287,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from metaspike.training import TrainingDiverged
 
     try:
-        {"train": _train, "compare": _compare, "plot": _plot, "reproduce": reproduce_cli.run}[args.command](args)
+        try:
+            {"train": _train, "compare": _compare, "plot": _plot, "reproduce": reproduce_cli.run}[args.command](args)
+        finally:  # (inside the handlers below: a Ctrl-C landing here is one line too)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
     except (ValueError, ImportError, TrainingDiverged) as err:
         print(f"metaspike: error: {err}", file=sys.stderr)
         return 2
@@ -298,7 +302,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as err:  # (a run's Interrupted says where and how to continue)
         print(f"metaspike: interrupted; {err or 'results written so far are kept in the run folder'}", file=sys.stderr)
         return 130
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
     return 0

@@ -30,12 +30,16 @@ def _takes_state(network: nn.Module) -> bool:
 def _check_one_step_modules(network: nn.Module) -> None:
     """Refuse Norse's time-first modules (``LIF``, ``LI``, ``LSNN``, ...): they read their input's first dimension
     as time, so called once per step with ``[B, ...]`` they would run the batch as a sequence (one sample's state
-    flowing into the next)."""
+    flowing into the next); and Norse cells in a plain ``nn.Sequential``, which cannot thread their states."""
     snn = sys.modules.get("norse.torch.module.snn")  # (a Norse module in the network has loaded it)
-    time_first = getattr(snn, "SNN", None)
-    if time_first is None:
+    time_first, cell = getattr(snn, "SNN", None), getattr(snn, "SNNCell", None)
+    if time_first is None or cell is None:
         return
     for name, module in network.named_modules():
+        if type(module) is nn.Sequential and any(isinstance(child, cell) for child in module):
+            where = f"module {name!r}" if name else "the network"
+            raise ValueError(f"network: {where} is an nn.Sequential holding Norse cells, which return (output, state) "
+                             "pairs it would pass on as inputs; put them in norse.torch.SequentialState")
         if isinstance(module, time_first):
             where = f"module {name!r}" if name else "the network"
             raise ValueError(f"network: {where} is Norse's {type(module).__name__}, which runs a whole time sequence "
