@@ -24,8 +24,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from metaspike.bayesian.functional import bimu_step_, check_hyperparameters, mesu_step_
-from metaspike.checks import is_whole
 from metaspike.bayesian.synapses import synapse_role
+from metaspike.checks import is_whole
 
 __all__ = ["MESU", "BiMU", "settings_for_batch"]
 
