@@ -267,3 +267,20 @@ def test_a_comparison_of_budget_runs_shows_what_the_budget_measured():
     header = format_table([{"setting": "m=0", **row}], 12).splitlines()[0].split()
     assert header == ["setting", "task", "1", "task", "12", "ACC", "BWT", "FWT", "forgetting", "evaluated", "last", "5",
                       "seconds"]
+
+
+def test_the_bayesian_kinds_are_judged_against_the_binary_network_at_m_0():
+    from metaspike.app.compare import tradeoff_rows
+
+    def row(neuron, meta, forgetting, task1, task2):
+        return {"neuron": neuron, "meta": meta, "runs": 1, "ACC": ((task1 + task2) / 2, 0.0),
+                "forgetting": (forgetting, 0.0), "task 1": (task1, 0.0), "task 2": (task2, 0.0)}
+
+    rows = [row("bnn", 0.0, 20.0, 70.0, 90.0), row("bnn", 10.0, 12.0, 78.0, 89.0), row("bimu", 0.0, 2.0, 88.0, 90.5),
+            row("mesu", 0.0, 6.0, 84.0, 80.0), row("leaky", 0.0, 30.0, 60.0, 88.0), row("leaky+bimu", 0.0, 1.5, 87.0, 87.5)]
+    verdicts = {r["neuron"]: (r["best_meta"], r["verdict"]) for r in tradeoff_rows(rows)}
+    assert verdicts["bimu"] == ("-", "BiMU (against bnn m=0) forgets 90% less, last task +0.5 points")
+    assert verdicts["mesu"] == ("-", "FAILS: MESU forgets 6.0 points (m=0: 20.0) but its last task is -10.0 points, "
+                                     "beyond 5")
+    assert verdicts["leaky+bimu"] == ("-", "BiMU (against leaky m=0) forgets 95% less, last task -0.5 points")
+    assert verdicts["bnn"][0] == "10" and verdicts["leaky"][1] == "m = 0 only: nothing to compare it with"

@@ -178,6 +178,21 @@ def _execute(root: Path, plan: dict[str, Any], planned: list[Row], progress: boo
 TRADEOFF_LABELS = ("neuron", "best_meta", "runs", "verdict")
 
 
+def _reference(neuron: str, rows: Sequence[dict[str, Any]]) -> str:
+    """The kind whose binary synapses at m = 0 ``neuron`` is judged against: a spiking BiMU kind's neuron model, the
+    binary network (``bnn`` or ``bnn-layernorm``, whichever ran) for the ``bimu`` and ``mesu`` kinds, else itself.
+
+    Example:
+        >>> _reference("leaky+bimu", []), _reference("mesu", [{"neuron": "bnn"}]), _reference("mesu", [])
+        ('leaky', 'bnn', 'mesu')
+    """
+    if neuron.endswith(BIMU_SUFFIX):
+        return neuron.removesuffix(BIMU_SUFFIX)
+    if optimizer_kind(neuron) in ("bimu", "mesu"):
+        return next((kind for kind in ("bnn", "bnn-layernorm") if any(r["neuron"] == kind for r in rows)), neuron)
+    return neuron
+
+
 def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per neuron model: the m that maximises ACC, its stability-plasticity figures against m = 0, and a verdict.
 
@@ -198,7 +213,8 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     last = last_task_column(rows)
     for neuron in dict.fromkeys(r["neuron"] for r in rows):
         mine = [r for r in rows if r["neuron"] == neuron]
-        reference = neuron.removesuffix(BIMU_SUFFIX)  # the binary synapses a Bayesian variant is judged against
+        reference = _reference(neuron, rows)
+        synapse = "MESU" if optimizer_kind(neuron) == "mesu" else "BiMU"
         plain = next((r for r in rows if r["neuron"] == reference and r["meta"] == 0), None)
         judged = mine + ([plain] if plain is not None else [])
         measured = all(math.isfinite(r[key][0]) for r in judged for key in ("ACC", "forgetting", last))
@@ -211,9 +227,9 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             plastic = [r for r in mine if r is not plain and r[last][0] >= plain[last][0] - PLASTICITY_SLACK]
             if not plastic and reference != neuron:
                 drop = mine[0][last][0] - plain[last][0]
-                verdict = (f"FAILS: BiMU forgets {mine[0]['forgetting'][0]:.1f} points (m=0: {plain['forgetting'][0]:.1f}) "
+                verdict = (f"FAILS: {synapse} forgets {mine[0]['forgetting'][0]:.1f} points (m=0: {plain['forgetting'][0]:.1f}) "
                            f"but its last task is {drop:+.1f} points, beyond {PLASTICITY_SLACK:g}")
-            elif len(mine) == 1:
+            elif len(mine) == 1 and reference == neuron:
                 verdict = "m = 0 only: nothing to compare it with"
             elif not plastic:
                 verdict = f"FAILS: every m > 0 costs the last task more than {PLASTICITY_SLACK:g} points"
@@ -221,7 +237,7 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 chosen = min(plastic, key=lambda r: r["forgetting"][0])
                 kept = plain["forgetting"][0]
                 drop = chosen[last][0] - plain[last][0]
-                what = f"m={chosen['meta']:g}" if reference == neuron else f"BiMU (against {reference} m=0)"
+                what = f"m={chosen['meta']:g}" if reference == neuron else f"{synapse} (against {reference} m=0)"
                 if kept <= 0:
                     verdict = (f"nothing to protect: m = 0 forgets {kept:.1f} points; {what} forgets "
                                f"{chosen['forgetting'][0]:.1f}, last task {drop:+.1f} points")
