@@ -10,7 +10,7 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["is_number", "is_finite_number", "is_whole", "finite_number", "MAX_SEED", "check_seed"]
+__all__ = ["is_number", "is_finite_number", "is_whole", "finite_number", "MAX_SEED", "check_seed", "state_dict_groups"]
 
 MAX_SEED = 2**64 - 1
 """The largest seed: torch's and numpy's seeds are 64-bit."""
@@ -77,3 +77,16 @@ def check_seed(name: str, value: Any) -> int:
     if not (is_whole(value, 0) and value <= MAX_SEED):
         raise ValueError(f"{name} must be an integer in 0..{MAX_SEED} (seeds are 64-bit), got {value!r}")
     return int(value)
+
+
+def state_dict_groups(state_dict: Any) -> list[dict[str, Any]]:
+    """The param groups of an optimizer's state dict (a file from outside), checked to be a list of dicts.
+
+    Example:
+        >>> state_dict_groups({"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]})
+        [{'lr': 0.1, 'params': [0]}]
+    """
+    groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+    if not isinstance(groups, list) or not all(isinstance(group, dict) for group in groups):
+        raise ValueError("state_dict must be an optimizer's state dict, with a list of param groups")
+    return groups

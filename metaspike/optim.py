@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from metaspike.checks import is_finite_number, is_number
+from metaspike.checks import is_finite_number, is_number, state_dict_groups
 from metaspike.compiled import LazyCompiled
 from metaspike.layer_selection import each_once
 from metaspike.rules import (
@@ -134,11 +134,8 @@ def _loaded_groups(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str
     """The state dict to load, checked before anything of it is installed (a state dict is a file from outside):
     its rules rebuilt from their records, a setting a group lacks (the state dict of a plain torch optimizer) at
     the optimizer's default, every group validated."""
-    groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
-    if not isinstance(groups, list) or not all(isinstance(group, dict) for group in groups):
-        raise ValueError("state_dict must be an optimizer's state dict, with a list of param groups")
     loaded = []
-    for group in groups:
+    for group in state_dict_groups(state_dict):
         asked = [key for key in ("amsgrad", "maximize") if group.get(key) and key not in optimizer.defaults]
         if asked:
             raise ValueError(f"state_dict: its groups ask for {' and '.join(asked)}, which {type(optimizer).__name__} "
@@ -388,8 +385,8 @@ def _multi_tensor_adam(group: dict[str, Any], params: list[Tensor], states: list
     """Plain Adam on many tensors at once, as ``torch.optim.Adam(foreach=True)`` computes it."""
     beta1, beta2 = group["betas"]
     lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
-    params, grads, exp_avgs, exp_avg_sqs = (  # (as real views where complex)
-        [_real_views(p, p.grad, s["exp_avg"], s["exp_avg_sq"])[k] for p, s in zip(params, states)] for k in range(4))
+    views = [_real_views(p, p.grad, s["exp_avg"], s["exp_avg_sq"]) for p, s in zip(params, states)]
+    params, grads, exp_avgs, exp_avg_sqs = (list(tensors) for tensors in zip(*views))  # (real views where complex)
     steps = [s["step"] for s in states]
     torch._foreach_add_(steps, torch.tensor(1.0), alpha=1.0)
     if weight_decay != 0:
@@ -479,7 +476,8 @@ class _KeepsHooksWhenCopied:
     hooks, so a copy would step without consolidation, silently; this one is rebuilt and hooked again."""
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _hooked_again, (_unhooked_class(type(self)), self.__getstate__())  # type: ignore[attr-defined]
+        # the optimizer's own class is the hooked class's second base (see _copied_with_hooks)
+        return _hooked_again, (type(self).__bases__[1], self.__getstate__())  # type: ignore[attr-defined]
 
 
 _HOOKED_CLASSES: dict[type, type] = {}
@@ -493,10 +491,6 @@ def _copied_with_hooks(cls: type) -> type:
         _HOOKED_CLASSES[cls] = type(cls.__name__, (_KeepsHooksWhenCopied, cls),
                                     {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
     return _HOOKED_CLASSES[cls]
-
-
-def _unhooked_class(cls: type) -> type:
-    return next(base for base, hooked in _HOOKED_CLASSES.items() if hooked is cls)
 
 
 def _hooked_again(cls: type, state: dict[str, Any]) -> Optimizer:

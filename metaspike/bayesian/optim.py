@@ -25,7 +25,7 @@ from torch.optim import Optimizer
 
 from metaspike.bayesian.functional import bimu_step_, check_hyperparameters, mesu_step_
 from metaspike.bayesian.synapses import synapse_role
-from metaspike.checks import is_whole
+from metaspike.checks import is_whole, state_dict_groups
 
 __all__ = ["MESU", "BiMU", "settings_for_batch"]
 
@@ -82,10 +82,7 @@ def _check_roles(optimizer: str, roles: tuple[str, ...], params: list[Tensor], h
 
 def _check_loaded_groups(optimizer: Optimizer, state_dict: dict[str, Any]) -> None:
     """Validate the hyperparameters of a state dict's groups before they are installed (a file from outside)."""
-    groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
-    if not isinstance(groups, list) or not all(isinstance(group, dict) for group in groups):
-        raise ValueError("state_dict must be an optimizer's state dict, with a list of param groups")
-    for group in groups:
+    for group in state_dict_groups(state_dict):
         check_hyperparameters(optimizer.rule, {**optimizer.defaults, **group})
 
 
@@ -306,8 +303,8 @@ def settings_for_batch(rule: str, per_sample: Mapping[str, float], batch_size: i
 
     MESU's bound makes a large batch learn per step no more than one sample does: a task needs enough steps (on
     digits, 1,437 images, 3 epochs, ``mesu`` keeps task 1 at 17.2 % at ``B = 100``, 45 steps, and reaches 94.2 % at
-    ``B = 32``; a larger clip diverged). The other settings are unchanged, and ``B = 1`` changes nothing. The window ``N`` must stay at least one step:
-    ``N >= B``.
+    ``B = 32``; a larger clip diverged). The other settings are unchanged, and ``B = 1`` changes nothing. The window
+    ``N`` must stay at least one step: ``N >= B``.
 
     Example:
         >>> settings_for_batch("bimu", dict(likelihood_multiplier=2.0, N=6000), batch_size=100)

@@ -36,12 +36,11 @@ def _check_one_step_modules(network: nn.Module) -> None:
     if time_first is None or cell is None:
         return
     for name, module in network.named_modules():
+        where = f"module {name!r}" if name else "the network"
         if type(module) is nn.Sequential and any(isinstance(child, cell) for child in module):
-            where = f"module {name!r}" if name else "the network"
             raise ValueError(f"network: {where} is an nn.Sequential holding Norse cells, which return (output, state) "
                              "pairs it would pass on as inputs; put them in norse.torch.SequentialState")
         if isinstance(module, time_first):
-            where = f"module {name!r}" if name else "the network"
             raise ValueError(f"network: {where} is Norse's {type(module).__name__}, which runs a whole time sequence "
                              f"per call; SpikingClassifier calls the network once per time step: use "
                              f"{type(module).__name__}Cell (or another Norse *Cell)")
