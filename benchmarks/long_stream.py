@@ -5,7 +5,9 @@ Two parts, in one process:
 1. **Step cost at batch size 1**, interleaved so a busy machine slows all alike: a plain 784-100-10
    ``nn.Linear`` network with SGD (forward, loss, backward, step), and the stream's BiMU and MESU networks
    (model kinds ``"bimu"`` and ``"mesu"`` with their optimizers) drawing ``S`` weight samples per step, each
-   with the loss averaged over the ``S`` outputs.
+   with the loss averaged over the ``S`` outputs: once as the stream trains them (``fused``: one compiled call
+   per step, :class:`metaspike.bayesian.fused_step.FusedTrainingStep`) and once through autograd and
+   ``optimizer.step()`` (``autograd``: what a model the fused step does not take costs).
    The target: a Bayesian step costs at most ``2·S`` plain steps. Freed memory is kept in the process as the
    ``metaspike`` command keeps it (:func:`metaspike.allocator.keep_freed_memory`); ``--release-freed-memory``
    measures with glibc's default instead.
@@ -38,6 +40,7 @@ from torch import nn
 
 from metaspike.allocator import keep_freed_memory
 from metaspike.app.models import build_model, build_optimizer
+from metaspike.bayesian.fused_step import FusedTrainingStep
 
 
 def _plain() -> Callable[[torch.Tensor, torch.Tensor], None]:
@@ -52,12 +55,14 @@ def _plain() -> Callable[[torch.Tensor, torch.Tensor], None]:
     return step
 
 
-def _sampled(kind: str, samples: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
+def _sampled(kind: str, samples: int, fused: bool) -> Callable[[torch.Tensor, torch.Tensor], None]:
     net = build_model(kind, [100], (1, 28, 28), 10)
     for layer in net.modules():
         if hasattr(layer, "samples"):  # the Bayesian layers' weight samples per step
             layer.samples = samples
     opt = build_optimizer(kind, net, lr=0.0)  # (lr is not used by the Bayesian optimizers)
+    if fused:  # what train_epoch and the metaspike command run at batch size 1
+        return FusedTrainingStep(net, opt)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         opt.zero_grad(set_to_none=True)
@@ -71,8 +76,11 @@ def _sampled(kind: str, samples: int) -> Callable[[torch.Tensor, torch.Tensor], 
 def step_costs(steps: int, rounds: int) -> dict[str, float]:
     """Median milliseconds per batch-1 step of each variant, over ``rounds`` interleaved rounds (after a warm-up)."""
     torch.manual_seed(0)
-    variants = {"plain Linear + SGD": _plain(), "BiMU S=1": _sampled("bimu", 1), "BiMU S=5": _sampled("bimu", 5),
-                "MESU S=1": _sampled("mesu", 1), "MESU S=10": _sampled("mesu", 10)}
+    variants: dict[str, Callable[[torch.Tensor, torch.Tensor], object]] = {"plain Linear + SGD": _plain()}
+    for kind, samples in (("bimu", 1), ("bimu", 5), ("mesu", 1), ("mesu", 10)):
+        for fused in (True, False):
+            name = f"{kind.replace('bimu', 'BiMU').replace('mesu', 'MESU')} S={samples} {'fused' if fused else 'autograd'}"
+            variants[name] = _sampled(kind, samples, fused)
     x, y = torch.randn(steps, 1, 784), torch.randint(0, 10, (steps, 1))
     times: dict[str, list[float]] = {name: [] for name in variants}
     for step in variants.values():  # warm-up, untimed: the fused loops compile on their first call
@@ -141,9 +149,9 @@ def main() -> None:
         costs = step_costs(args.steps, args.rounds)
         plain = costs["plain Linear + SGD"]
         for name, ms in costs.items():
-            samples = int(name.split("S=")[1]) if "S=" in name else 1
+            samples = int(name.split("S=")[1].split()[0]) if "S=" in name else 1
             target = "" if name.startswith("plain") else f"  = {ms / plain:.1f} plain steps (target <= {2 * samples})"
-            print(f"{name:20s} {ms:.4f} ms/step{target}")
+            print(f"{name:24s} {ms:.4f} ms/step{target}")
     if args.steps_only:
         return
     from metaspike.app.reproduce import long_stream

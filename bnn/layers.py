@@ -9,12 +9,15 @@ what comes in.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnn.binary_linear import binary_linear, check_precision
 from bnn.sign_buffers import SignBuffers
+from metaspike.bayesian.fused_step import Activation, register_fused_activation
 from metaspike.checks import finite_number, is_finite_number
 from metaspike.gain import attach_output_gain, check_scale
 from metaspike.quantizers import (
@@ -24,6 +27,7 @@ from metaspike.quantizers import (
     check_clip_value,
     get_quantizer,
     magnitude_gate,
+    magnitude_gate_slope,
     ste_sign,
 )
 from metaspike.synapse import BinarySynapse, mark_hidden_weight
@@ -231,3 +235,20 @@ class MagnitudeGate(nn.Module):
 
     def extra_repr(self) -> str:
         return f"width={self.width:g}"
+
+
+@dataclass(frozen=True)
+class _FusedMagnitudeGate(Activation):
+    """:class:`MagnitudeGate` in a fused Bayesian step: the forward and the gradient of
+    :func:`metaspike.quantizers.magnitude_gate`."""
+
+    width: float
+
+    def forward(self, h: Tensor) -> Tensor:
+        return (h.abs() > self.width).to(h.dtype)
+
+    def backward(self, grad: Tensor, h: Tensor, out: Tensor) -> Tensor:
+        return grad * magnitude_gate_slope(h, self.width).to(grad.dtype)
+
+
+register_fused_activation(MagnitudeGate, lambda module: _FusedMagnitudeGate(module.width))

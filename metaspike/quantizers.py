@@ -26,7 +26,7 @@ from torch import Tensor
 
 from metaspike.checks import finite_number
 
-__all__ = ["binary_sign", "ste_sign", "check_clip_value", "magnitude_gate", "SteSign", "NoQuantizer", "Quantizer",
+__all__ = ["binary_sign", "ste_sign", "check_clip_value", "magnitude_gate", "magnitude_gate_slope", "SteSign", "NoQuantizer", "Quantizer",
            "get_quantizer", "available_quantizers"]
 
 
@@ -92,8 +92,19 @@ class _MagnitudeGate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        distance = (x.abs() - ctx.width).abs()  # from the nearer of the two thresholds ±width
-        return grad * torch.where(distance < ctx.width / 2, x.sign(), 0.0).to(grad.dtype), None
+        return grad * magnitude_gate_slope(x, ctx.width).to(grad.dtype), None
+
+
+def magnitude_gate_slope(x: Tensor, width: float) -> Tensor:
+    """The surrogate derivative of :func:`magnitude_gate` at ``x``: ``sign(x)`` within ``width/2`` of the nearer
+    threshold ``±width``, else ``0``.
+
+    Example:
+        >>> magnitude_gate_slope(torch.tensor([-1.2, 0.2, 0.8, 3.0]), 1.0)
+        tensor([-1.,  0.,  1.,  0.])
+    """
+    distance = (x.abs() - width).abs()  # from the nearer of the two thresholds ±width
+    return torch.where(distance < width / 2, x.sign(), 0.0)
 
 
 def magnitude_gate(x: Tensor, width: float = 1.0) -> Tensor:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from metaspike.bayesian.fused_step import FusedTrainingStep, why_not_fused
 from metaspike.checks import is_whole
 from metaspike.distributed import average_gradients
 
@@ -207,6 +208,9 @@ def train_epoch(
         if batch_size >= minimum:  # every batch would be skipped: nothing would train
             raise ValueError(f"x has {len(x)} samples, fewer than the smallest batch that trains ({minimum}: {why})")
         raise ValueError(f"batch_size {batch_size}: {why}; use batch_size >= {minimum}")
+    fused = _fused_step(model, optimizer, batch_size, classes, plugins, shard)
+    if fused is not None:
+        return _train_fused(fused, x, y, order, device, progress)
     for start in range(0, len(x), batch_size):
         batch = order[start : start + batch_size]
         index = batch.tensor_split(shard[1])[shard[0]]
@@ -241,6 +245,29 @@ def train_epoch(
         torch.distributed.all_reduce(summed)
         mean = summed.item() / shard[1]
     return mean
+
+
+def _fused_step(model: nn.Module, optimizer: Optimizer, batch_size: int, classes: Sequence[int] | None,
+                plugins: Sequence[Plugin], shard: tuple[int, int]) -> FusedTrainingStep | None:
+    """The fused batch-1 step of a Bayesian network (:mod:`metaspike.bayesian.fused_step`) where it computes what
+    :func:`train_epoch`'s own loop would: batch size 1, one process, no plugin, no task mask, a qualifying model."""
+    if batch_size != 1 or shard[1] != 1 or plugins or classes is not None:
+        return None
+    return FusedTrainingStep(model, optimizer) if why_not_fused(model, optimizer) is None else None
+
+
+def _train_fused(step: FusedTrainingStep, x: Tensor, y: Tensor, order: Tensor, device: torch.device | str,
+                 progress: Any) -> float:
+    """:func:`train_epoch` by fused steps, one sample each in ``order``; the mean loss."""
+    total = torch.zeros((), dtype=torch.float64)
+    for batches, index in enumerate(order.split(1), start=1):
+        loss = step(x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True))
+        if not torch.isfinite(loss):  # (the fused step left the weights as they were)
+            raise TrainingDiverged(f"loss became {loss.item()} at batch {batches}; lower the learning rate")
+        total += loss.detach().cpu()
+        if progress is not None:
+            progress.update(1)
+    return total.item() / max(len(order), 1)
 
 
 @torch.no_grad()

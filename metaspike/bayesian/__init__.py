@@ -10,6 +10,7 @@ Example:
 """
 
 from metaspike.bayesian.functional import bimu_step, bimu_step_, check_hyperparameters, mesu_step, mesu_step_
+from metaspike.bayesian.fused_step import Activation, FusedTrainingStep, register_fused_activation, why_not_fused
 from metaspike.bayesian.optim import MESU, BiMU, settings_for_batch
 from metaspike.bayesian.synapses import (
     BinaryWeight,
@@ -32,5 +33,5 @@ __all__ = [
     "BiMU",
     "GaussianWeight", "BinaryWeight", "make_bayesian", "bayesianize", "bayesian_modules", "mesu_param_groups",
     "bimu_parameters", "plain_parameters", "check_samples", "sample_weights", "sampled_forward",
-    "sampled_product", "synapse_role",
+    "sampled_product", "synapse_role", "FusedTrainingStep", "why_not_fused", "register_fused_activation", "Activation",
 ]

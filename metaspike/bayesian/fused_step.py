@@ -1,0 +1,466 @@
+"""A whole batch-1 training step of a sequential Bayesian network as one compiled call.
+
+At batch size 1 a MESU or BiMU step spends most of its time outside its arithmetic: in the Python of the layers,
+autograd's engine and a dozen calls of compiled loops (measured on a 784-100-10 BiMU network with 5 weight
+samples: about 0.8 ms of kernels in a 2.4 ms step). :class:`FusedTrainingStep` writes the forward pass, the
+backward pass (by hand, for the few module kinds it knows) and the optimizer's update of such a network as one
+function of tensors that ``torch.compile`` turns into one call: the weight samples, products, gradients and
+updates run without Python between them, and the samples' weight gradients are summed where they are formed.
+
+It computes what the ordinary step computes: the same weight samples (one key per Bayesian layer from torch's
+generator, in the layers' order, as their forward passes draw them), the loss averaged over the samples, the
+gradients of :mod:`~metaspike.bayesian.synapses` and the update of :class:`~metaspike.bayesian.optim.MESU` /
+:class:`~metaspike.bayesian.optim.BiMU` with their rule that a step without data (every gradient zero) changes
+nothing, and each updated tensor's ``step`` count. Sums run in another order, so results agree to float
+rounding, not bit for bit. It does not write ``.grad``.
+
+The network it takes (:func:`why_not_fused` says what stops one):
+
+* an ``nn.Sequential`` (nested ones are flattened) whose modules before the first Bayesian layer have no
+  trainable parameters (they run as they are, without gradients: ``Flatten``, a fixed standardisation);
+* then Bayesian ``nn.Linear`` layers of one kind (:func:`~metaspike.bayesian.synapses.bayesianize` or ``bnn``'s
+  Bayesian layers), without bias or output gain, all drawing the same number of weight samples, with
+  ``nn.ReLU``, ``nn.Identity``, ``nn.LayerNorm`` without affine parameters over the last dimension, or a
+  module registered by :func:`register_fused_activation` (``bnn.MagnitudeGate`` is) between them; the last
+  module's output is the logits;
+* trained in training mode by exactly one :class:`MESU` or :class:`BiMU` that holds the model's synapse
+  tensors and nothing else, without hooks on the modules or the optimizer.
+
+:func:`metaspike.training.train_epoch` uses it by itself at batch size 1 when the network qualifies and no
+plugin, task mask or second process takes part.
+
+Example:
+    >>> from metaspike.bayesian import BiMU, bayesianize, bimu_parameters
+    >>> net = bayesianize(torch.nn.Sequential(torch.nn.Linear(6, 5, bias=False), torch.nn.ReLU(),
+    ...                                       torch.nn.Linear(5, 3, bias=False)), "bimu", scale=None)
+    >>> step = FusedTrainingStep(net, BiMU(bimu_parameters(net)))
+    >>> loss = step(torch.randn(1, 6), torch.tensor([2]))
+    >>> loss.shape
+    torch.Size([])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
+
+from metaspike.bayesian.counter_noise import draw_key
+from metaspike.bayesian.functional import _bimu_update_, _mesu_update_, check_hyperparameters
+from metaspike.bayesian.optim import MESU, BiMU
+from metaspike.bayesian.synapses import (
+    _RELAXED_SAMPLES,
+    BinaryWeight,
+    _gaussian_sample,
+    _integer_power,
+    _parametrization,
+    _synapse_tensors,
+)
+from metaspike.compiled import LazyCompiled
+from metaspike.gain import output_gain
+
+__all__ = ["FusedTrainingStep", "why_not_fused", "register_fused_activation", "Activation"]
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An elementwise (or last-dimension) module of a fused step: ``forward(h)`` returns the output and what
+    ``backward`` needs; ``backward(grad, h, out)`` returns the gradient with respect to ``h``. Subclass it for
+    :func:`register_fused_activation`; instances are compared by value (they are part of the compiled step's
+    structure), so keep their fields to numbers and strings.
+
+    Example:
+        >>> Activation().backward(torch.ones(2), torch.zeros(2), torch.zeros(2))
+        tensor([1., 1.])
+    """
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h
+
+    def backward(self, grad: Tensor, h: Tensor, out: Tensor) -> Tensor:
+        return grad
+
+
+@dataclass(frozen=True)
+class _ReLU(Activation):
+    def forward(self, h: Tensor) -> Tensor:
+        return torch.relu(h)
+
+    def backward(self, grad: Tensor, h: Tensor, out: Tensor) -> Tensor:
+        return grad * (out > 0).to(grad.dtype)
+
+
+@dataclass(frozen=True)
+class _LayerNorm(Activation):
+    """``nn.LayerNorm`` without affine parameters over the last dimension."""
+
+    eps: float
+
+    def forward(self, h: Tensor) -> Tensor:
+        return F.layer_norm(h, h.shape[-1:], eps=self.eps)
+
+    def backward(self, grad: Tensor, h: Tensor, out: Tensor) -> Tensor:
+        centred = h - h.mean(-1, keepdim=True)
+        inv_std = torch.rsqrt((centred * centred).mean(-1, keepdim=True) + self.eps)
+        return inv_std * (grad - grad.mean(-1, keepdim=True) - out * (grad * out).mean(-1, keepdim=True))
+
+
+def _layer_norm(module: nn.Module) -> Activation | str:
+    if module.elementwise_affine or len(module.normalized_shape) != 1:
+        return "a LayerNorm with affine parameters or over more than the last dimension"
+    return _LayerNorm(float(module.eps))
+
+
+_ACTIVATIONS: dict[type[nn.Module], Callable[[nn.Module], Activation | str]] = {
+    nn.ReLU: lambda module: _ReLU(),
+    nn.Identity: lambda module: Activation(),
+    nn.LayerNorm: _layer_norm,
+}
+
+
+def register_fused_activation(module_type: type[nn.Module], describe: Callable[[nn.Module], Activation | str]) -> None:
+    """Let :class:`FusedTrainingStep` take modules of ``module_type`` (exactly that class) between Bayesian layers:
+    ``describe(module)`` returns the module's :class:`Activation`, or a string saying why this one cannot be fused.
+
+    Example:
+        >>> @dataclass(frozen=True)
+        ... class Square(Activation):
+        ...     def forward(self, h): return h * h
+        ...     def backward(self, grad, h, out): return 2 * h * grad
+        >>> class SquareModule(torch.nn.Module):
+        ...     def forward(self, x): return x * x
+        >>> register_fused_activation(SquareModule, lambda module: Square())
+    """
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise ValueError(f"module_type must be an nn.Module class, got {module_type!r}")
+    if not callable(describe):
+        raise ValueError(f"describe must be callable (module -> Activation), got {type(describe).__name__}")
+    _ACTIVATIONS[module_type] = describe
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The static structure of a fused step (what the compiled function is specialised on)."""
+
+    rule: str  # "bimu" or "mesu"
+    samples: int
+    sample_form: int  # BiMU: the relaxed sample's form (synapses._RELAXED_SAMPLES); MESU: 0
+    stages: tuple[Activation | int, ...]  # an int: the index of a Bayesian layer
+    clamps: tuple[bool, ...]  # MESU: per Bayesian layer, whether its group clips gradients
+
+
+_PLANS: dict[_Plan, _Plan] = {}
+
+
+def _modules(model: nn.Module) -> list[nn.Module]:
+    out = []
+    for module in model:
+        out.extend(_modules(module) if type(module) is nn.Sequential else [module])
+    return out
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether ``module`` or a module inside it (its parametrizations) has forward or backward hooks."""
+    return any(getattr(m, name, None) for m in module.modules() for name in (
+        "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
+
+
+def _global_hooks() -> bool:
+    from torch.nn.modules import module as torch_module
+
+    return bool(_global_optimizer_pre_hooks or _global_optimizer_post_hooks) or any(
+        getattr(torch_module, name, None) for name in (
+            "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+            "_global_backward_pre_hooks"))
+
+
+@dataclass
+class _Analysis:
+    plan: _Plan
+    prefix: list[nn.Module]
+    layers: list[nn.Module]
+    tensors: list[tuple[Tensor, ...]]
+    groups: list[dict[str, Any]]
+
+
+def _refuse_optimizer(optimizer: Any) -> str | None:
+    if type(optimizer) not in (BiMU, MESU):
+        return f"the optimizer is a {type(optimizer).__name__}, not metaspike's MESU or BiMU"
+    if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks:
+        return "the optimizer has step hooks"
+    return None
+
+
+def _stages(modules: list[nn.Module], rule: str) -> tuple[list[Activation | int], list[nn.Module]] | str:
+    """The stages of the modules from the first Bayesian layer on, and the Bayesian layers; or why they cannot be
+    fused."""
+    stages: list[Activation | int] = []
+    layers: list[nn.Module] = []
+    for module in modules:
+        synapse = _parametrization(module)
+        if synapse is None:
+            describe = _ACTIVATIONS.get(type(module))
+            if describe is None:
+                return (f"a {type(module).__name__} between the Bayesian layers (fused: Bayesian Linear, ReLU, "
+                        "Identity, LayerNorm without affine, registered activations)")
+            stage = describe(module)
+            if isinstance(stage, str):
+                return stage
+            stages.append(stage)
+            continue
+        if not isinstance(module, nn.Linear):
+            return f"a Bayesian {type(module).__name__} (fused: Linear layers only)"
+        if synapse.kind != rule:
+            return f"a {synapse.kind!r} layer trained by the {rule} optimizer"
+        if module.bias is not None or output_gain(module) is not None:
+            return "a Bayesian layer with a bias or an output gain (trained by a second optimizer)"
+        if not synapse.training:
+            return "the model is in evaluation mode"
+        stages.append(len(layers))
+        layers.append(module)
+    samples = {getattr(layer, "samples", None) or 1 for layer in layers}
+    if len(samples) > 1:
+        return "the Bayesian layers draw different numbers of weight samples"
+    if len({getattr(_parametrization(layer), "temperature", None) for layer in layers}) > 1:
+        return "the BiMU layers have different temperatures"
+    return stages, layers
+
+
+def _groups(optimizer: Any, tensors: list[tuple[Tensor, ...]]) -> list[dict[str, Any]] | str:
+    """Each layer's param group, where the optimizer holds exactly the layers' tensors, each layer's in one group
+    and (MESU) each mean right before its width; or why not."""
+    flat = [t for layer in tensors for t in layer]
+    if len({id(t) for t in flat}) < len(flat):
+        return "layers share weights (tied)"
+    if any(not t.requires_grad for t in flat):
+        return "a synapse tensor does not require gradients (frozen)"
+    where = {id(p): (group, i) for group in optimizer.param_groups for i, p in enumerate(group["params"])}
+    if set(where) != {id(t) for t in flat}:
+        return "the optimizer's tensors are not exactly the model's synapse tensors"
+    groups = []
+    for layer in tensors:
+        group, first = where[id(layer[0])]
+        if any(where[id(t)] != (group, first + k) for k, t in enumerate(layer)):
+            return "a layer's mean and width are not one pair of a param group"
+        groups.append(group)
+    return groups
+
+
+def _analyse(model: nn.Module, optimizer: Any) -> _Analysis | str:
+    """The fused step's structure for ``model`` and ``optimizer``, or why there is none."""
+    refused = _refuse_optimizer(optimizer)
+    if refused:
+        return refused
+    if type(model) is not nn.Sequential:
+        return f"the model is a {type(model).__name__}, not an nn.Sequential"
+    if _global_hooks():
+        return "global module or optimizer hooks are registered"
+    modules = _modules(model)
+    hooked = next((m for m in modules if _hooked(m)), None)
+    if hooked is not None:
+        return f"a {type(hooked).__name__} has hooks (an output gain, or the user's)"
+    first = next((i for i, m in enumerate(modules) if _parametrization(m) is not None), None)
+    if first is None:
+        return "the model has no Bayesian layer"
+    prefix = modules[:first]
+    if any(p.requires_grad for m in prefix for p in m.parameters()):
+        return "a module before the first Bayesian layer has trainable parameters"
+    found = _stages(modules[first:], optimizer.rule)
+    if isinstance(found, str):
+        return found
+    stages, layers = found
+    tensors = [_synapse_tensors(layer, _parametrization(layer)) for layer in layers]
+    groups = _groups(optimizer, tensors)
+    if isinstance(groups, str):
+        return groups
+    synapse = _parametrization(layers[0])
+    form = _integer_power(1.0 / synapse.temperature) if isinstance(synapse, BinaryWeight) else 0
+    clamps = tuple(optimizer.rule == "mesu" and group["clamp_grad"] > 0 for group in groups)
+    plan = _Plan(optimizer.rule, getattr(layers[0], "samples", None) or 1, form, tuple(stages), clamps)
+    plan = _PLANS.setdefault(plan, plan)  # one object per structure: the compiled step's guards compare objects
+    return _Analysis(plan, prefix, layers, tensors, groups)
+
+
+def why_not_fused(model: nn.Module, optimizer: Any) -> str | None:
+    """Why :class:`FusedTrainingStep` cannot train ``model`` with ``optimizer``, or ``None`` if it can.
+
+    Example:
+        >>> from metaspike.bayesian import MESU, bayesianize, mesu_param_groups
+        >>> net = bayesianize(torch.nn.Sequential(torch.nn.Linear(4, 2)), "mesu")
+        >>> why_not_fused(net, MESU(mesu_param_groups(net)))
+        'a Bayesian layer with a bias or an output gain (trained by a second optimizer)'
+    """
+    found = _analyse(model, optimizer)
+    return found if isinstance(found, str) else None
+
+
+_SCALAR_NAMES = {"bimu": ("lr", "inv_lr_max", "likelihood_multiplier", "kl_multiplier", "inv_N"),
+                 "mesu": ("lr_mu", "half_lr_sigma", "inv", "mu_prior_inv", "prior_var_inv", "clamp_grad")}
+
+
+def _scalars(rule: str, group: dict[str, Any]) -> tuple[float, ...]:
+    """The precomputed scalars of :func:`_bimu_update_` / :func:`_mesu_update_` for a param group, in the order of
+    ``_SCALAR_NAMES`` (as the optimizers' steps compute them)."""
+    check_hyperparameters(rule, group)
+    if rule == "bimu":
+        return (float(group["lr"]), 1.0 / group["lr_max"], float(group["likelihood_multiplier"]),
+                float(group["kl_multiplier"]), 1.0 / group["N"])
+    sigma_prior = float(group["sigma_prior"])
+    inv = 1.0 / (float(group["N"]) * sigma_prior**2)
+    return (float(group["lr_mu"]), 0.5 * float(group["lr_sigma"]), inv, float(group["mu_prior"]) * inv,
+            sigma_prior**2 * inv, float(group["clamp_grad"]))
+
+
+def _sample(plan: _Plan, tensors: Sequence[Tensor], key: Tensor, inv_tau: float) -> tuple[Tensor, Tensor]:
+    """``(w, saved)``: the layer's ``S`` weight samples ``(S, out, in)`` and what its gradient needs (BiMU: the
+    samples; MESU: the noise), drawn as :mod:`~metaspike.bayesian.synapses` draws them."""
+    shape = (plan.samples, *tensors[0].shape)
+    if plan.rule == "bimu":
+        lam = tensors[0].reshape(1, -1)
+        weight = _RELAXED_SAMPLES[plan.sample_form].fn(lam, key, plan.samples, torch.full((), inv_tau, dtype=lam.dtype))
+        return weight.view(shape), weight.view(shape)
+    weight, noise = _gaussian_sample(tensors[0].reshape(1, -1), tensors[1].reshape(1, -1), key, plan.samples)
+    return weight.view(shape), noise.view(shape)
+
+
+def _fused_step(plan: _Plan, x: Tensor, target: Tensor, keys: list[Tensor], tensors: list[list[Tensor]],
+                scalars: list[Tensor], steps: list[list[Tensor]], inv_tau: float) -> Tensor:
+    """One training step (see the module docstring); returns the loss. ``x`` is ``(1, in)``, ``target`` ``(1,)``;
+    ``scalars[i]`` holds layer ``i``'s update scalars (:func:`_scalars`) as a tensor of the weights' dtype."""
+    a = x  # the current activation: (1, in) for the first layer, then (S, n)
+    saved: list[tuple[Any, ...]] = []  # per stage, what its backward needs
+    for stage in plan.stages:
+        if isinstance(stage, int):
+            weight, extra = _sample(plan, tensors[stage], keys[stage], inv_tau)
+            h = torch.matmul(weight, a.unsqueeze(-1).expand(plan.samples, -1, 1) if a.shape[0] == 1 else
+                             a.unsqueeze(-1)).squeeze(-1)
+            saved.append((a, weight, extra))
+        else:
+            h = stage.forward(a)
+            saved.append((a, h))
+        a = h
+    logits = a  # (S, C)
+    onehot = (torch.arange(logits.shape[-1], device=logits.device) == target).to(logits.dtype)
+    log_p = logits.log_softmax(-1)
+    loss = -(log_p * onehot).sum(-1).mean()
+    grad = (log_p.exp() - onehot) / plan.samples
+    grads: list[tuple[Tensor, ...]] = [()] * len(tensors)
+    for stage, kept in zip(reversed(plan.stages), reversed(saved)):
+        if isinstance(stage, int):
+            a, weight, extra = kept
+            outer = grad.unsqueeze(2) * a.unsqueeze(1)  # the samples' weight gradients, (S, out, in)
+            if plan.rule == "bimu":
+                grads[stage] = ((outer * (1 - weight * weight)).sum(0) * inv_tau,)
+            else:
+                grads[stage] = (outer.sum(0), (outer * extra).sum(0))
+            if stage > 0:
+                grad = torch.matmul(grad.unsqueeze(1), weight).squeeze(1)
+        else:
+            a, h = kept
+            grad = stage.backward(grad, a, h)
+    any_data = torch.stack([(g != 0).any() for layer in grads for g in layer]).any()
+    apply = any_data & torch.isfinite(loss)
+    for layer, (layer_tensors, layer_grads, values) in enumerate(zip(tensors, grads, scalars)):
+        layer_scalars = dict(zip(_SCALAR_NAMES[plan.rule], values.unbind()))
+        new = [t.clone() for t in layer_tensors]
+        if plan.rule == "bimu":
+            _bimu_update_(new[0], layer_grads[0], **layer_scalars)
+        else:
+            _mesu_update_(new[0], new[1], *layer_grads, **layer_scalars, clamp=plan.clamps[layer])
+        for t, n in zip(layer_tensors, new):
+            t.copy_(torch.where(apply, n, t))
+    for count in (c for layer in steps for c in layer):
+        count.add_(apply.to(count.dtype))
+    return loss
+
+
+_compiled_fused_step = LazyCompiled(_fused_step, "fused batch-1 Bayesian training step")
+
+
+class FusedTrainingStep:
+    """One batch-1 training step of ``model`` with ``optimizer`` (its :class:`MESU` or :class:`BiMU`) as one
+    compiled call (see the module docstring for what it takes and computes).
+
+    Args:
+        model: the network (an ``nn.Sequential``: :func:`why_not_fused` says what qualifies).
+        optimizer: its MESU or BiMU optimizer; its param groups' settings are read at every call.
+
+    Raises:
+        ValueError: naming what keeps the pair from a fused step.
+
+    Example:
+        >>> from metaspike.bayesian import MESU, bayesianize, mesu_param_groups
+        >>> net = bayesianize(torch.nn.Sequential(torch.nn.Linear(4, 2, bias=False)), "mesu")
+        >>> step = FusedTrainingStep(net, MESU(mesu_param_groups(net)))
+        >>> float(step(torch.randn(1, 4), torch.tensor([1]))) > 0
+        True
+    """
+
+    def __init__(self, model: nn.Module, optimizer: Any) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self._analysis = self._analyse()
+        self._setting_names = sorted(optimizer.defaults)
+        self._scalars: list[tuple[tuple[Any, ...], Tensor]] = []  # per layer: its group's settings, their tensor
+        for pair in self._analysis.tensors:
+            for t in pair:
+                t.grad = None  # (as zero_grad(set_to_none=True): the fused step writes none)
+
+    def _analyse(self) -> _Analysis:
+        found = _analyse(self.model, self.optimizer)
+        if isinstance(found, str):
+            raise ValueError(f"this model and optimizer cannot take a fused step: {found}")
+        return found
+
+    def __call__(self, x: Tensor, target: Tensor) -> Tensor:
+        """Train on one sample ``x`` (a batch of 1, as the model takes it) of class ``target`` (shape ``(1,)``);
+        return the loss (a 0-d tensor; the weights are unchanged if it is not finite)."""
+        if not isinstance(x, Tensor) or x.shape[:1] != (1,):
+            raise ValueError(f"x must be a batch of one sample (leading dimension 1), got "
+                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        if not isinstance(target, Tensor) or target.shape != (1,) or target.is_floating_point():
+            raise ValueError("target must be an integer tensor of shape (1,)")
+        scalars = self._scalar_tensors()  # (first: a change of settings may change the plan)
+        found = self._analysis
+        first = found.layers[0]
+        if not first.training:
+            raise ValueError("the model is in evaluation mode; call model.train() before training steps")
+        with torch.no_grad():
+            for module in found.prefix:
+                x = module(x)
+            if x.dim() != 2 or x.shape[1] != first.in_features:
+                raise ValueError(f"the first Bayesian layer takes (1, {first.in_features}) inputs, got "
+                                 f"{tuple(x.shape)} after the modules before it")
+            classes = found.layers[-1].out_features  # (the activations keep the last dimension)
+            label = int(target)
+            if not 0 <= label < classes:
+                raise ValueError(f"target {label} is not a class of the model's {classes} outputs")
+            keys = [draw_key(pair[0].device) for pair in found.tensors]
+            steps = [[_step_count(self.optimizer.state[t]) for t in pair] for pair in found.tensors]
+            tensors = [[t.detach() for t in pair] for pair in found.tensors]
+            synapse = _parametrization(first)
+            inv_tau = 1.0 / synapse.temperature if isinstance(synapse, BinaryWeight) else 1.0
+            return _compiled_fused_step(found.plan, x, target, keys, tensors, scalars, steps, inv_tau)
+
+    def _scalar_tensors(self) -> list[Tensor]:
+        """Each layer's update scalars as a tensor, made again (and the plan, whose MESU clipping depends on them)
+        only when the settings of its group change."""
+        settings = [tuple(group[name] for name in self._setting_names) for group in self._analysis.groups]
+        if [kept for kept, _ in self._scalars] != settings:
+            self._analysis = found = self._analyse()
+            self._scalars = [(setting, torch.tensor(_scalars(found.plan.rule, group), dtype=pair[0].dtype,
+                                                    device=pair[0].device))
+                             for setting, group, pair in zip(settings, found.groups, found.tensors)]
+        return [values for _, values in self._scalars]
+
+
+def _step_count(state: dict[str, Any]) -> Tensor:
+    """A tensor's ``step`` count in its optimizer state, made as the optimizers make it where there is none yet."""
+    if "step" not in state:
+        state["step"] = torch.zeros((), dtype=torch.float32)
+    return state["step"]

@@ -1,0 +1,212 @@
+"""The fused batch-1 Bayesian step (metaspike.bayesian.fused_step) against the ordinary step, and what it refuses.
+
+The equality tests run both steps in float64 from one state with one seed (so the same weight samples): they
+compute the same formulas with sums in other orders, so they differ by a few units of float64 rounding (2^-52)
+times the step's condition. 1e-9 leaves that several orders of magnitude of room, while a wrong term of a gradient
+or an update (a missing factor, a sum over the wrong axis) moves the weights by far more than 1e-9.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from bnn import BayesianLinear, BinaryBayesianLinear, MagnitudeGate
+from metaspike import ChainedOptimizer
+from metaspike.bayesian import MESU, BiMU, bayesianize, bimu_parameters, mesu_param_groups, plain_parameters
+from metaspike.bayesian.fused_step import Activation, FusedTrainingStep, register_fused_activation, why_not_fused
+from metaspike.training import TrainingDiverged, _fused_step, classification_loss, train_epoch
+
+TOLERANCE = 1e-9
+
+
+class _Shift(nn.Module):
+    """A fixed, parameter-free preprocessing module (runs before the first Bayesian layer)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - 0.25) * 2.0
+
+
+def _bimu_net(samples: int | None = 3) -> tuple[nn.Module, torch.optim.Optimizer]:
+    net = nn.Sequential(nn.Flatten(), _Shift(), BinaryBayesianLinear(12, 9, samples=samples), nn.LayerNorm(
+        9, elementwise_affine=False), MagnitudeGate(), BinaryBayesianLinear(9, 4, samples=samples),
+        nn.LayerNorm(4, elementwise_affine=False))
+    net.double()
+    return net, BiMU(bimu_parameters(net), lr=2.0, lr_max=0.05, likelihood_multiplier=30.0, kl_multiplier=2.0, N=50)
+
+
+def _mesu_net(samples: int | None = 4) -> tuple[nn.Module, torch.optim.Optimizer]:
+    net = nn.Sequential(nn.Flatten(), BayesianLinear(12, 9, samples=samples), nn.ReLU(),
+                        BayesianLinear(9, 4, samples=samples)).double()
+    return net, MESU(mesu_param_groups(net), lr_mu=3.0, lr_sigma=2.0, sigma_prior=0.2, N=1000, clamp_grad=0.5)
+
+
+def _user_net(kind: str, temperature: float = 1.0) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """A user's float model made Bayesian by bayesianize (one weight sample per forward pass)."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 7, bias=False), nn.ReLU(), nn.Identity(), nn.Linear(7, 4, bias=False))
+    bayesianize(net, kind, scale=None, temperature=temperature)
+    net.double()
+    opt = BiMU(bimu_parameters(net), likelihood_multiplier=20.0) if kind == "bimu" else MESU(mesu_param_groups(net))
+    return net, opt
+
+
+def _ordinary_steps(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    losses = []
+    for xi, yi in zip(x, y):
+        opt.zero_grad(set_to_none=True)
+        loss = classification_loss(net(xi), yi)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _assert_same_steps(build, steps: int = 6) -> None:
+    torch.manual_seed(0)
+    net, opt = build()
+    twin = copy.deepcopy(net)
+    twin_opt = type(opt)(bimu_parameters(twin) if isinstance(opt, BiMU) else mesu_param_groups(twin),
+                         **opt.defaults)
+    x = torch.rand(steps, 1, 3, 4, dtype=torch.float64)
+    y = torch.randint(0, 4, (steps, 1))
+    torch.manual_seed(1)
+    expected = _ordinary_steps(net, opt, x, y)
+    torch.manual_seed(1)
+    fused = FusedTrainingStep(twin, twin_opt)
+    got = [fused(xi, yi).item() for xi, yi in zip(x, y)]
+    assert got == pytest.approx(expected, abs=TOLERANCE)
+    for (name, p), q in zip(net.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=TOLERANCE, msg=name)
+        assert float(twin_opt.state[q]["step"]) == float(opt.state[p]["step"]) == steps
+        assert q.grad is None
+
+
+def test_bimu_network_with_gate_and_layernorm_steps_as_the_ordinary_step():
+    _assert_same_steps(_bimu_net)
+
+
+def test_mesu_network_with_clipped_gradients_steps_as_the_ordinary_step():
+    _assert_same_steps(_mesu_net)
+
+
+@pytest.mark.parametrize("kind", ["bimu", "mesu"])
+def test_bayesianized_user_model_steps_as_the_ordinary_step(kind):
+    # one weight sample per forward pass (no `samples`), BiMU at a temperature with the tanh form
+    _assert_same_steps(lambda: _user_net(kind, temperature=0.7) if kind == "bimu" else _user_net(kind))
+
+
+def test_a_step_without_data_changes_nothing():
+    torch.manual_seed(0)
+    net, opt = _user_net("mesu")
+    before = [p.detach().clone() for p in net.parameters()]
+    step = FusedTrainingStep(net, opt)
+    step(torch.zeros(1, 12, dtype=torch.float64), torch.tensor([1]))  # zero input: every gradient is zero
+    for p, q in zip(before, net.parameters()):
+        assert torch.equal(p, q)
+    assert all(float(opt.state[p]["step"]) == 0 for p in net.parameters())
+
+
+def test_a_non_finite_loss_leaves_the_weights_and_train_epoch_raises():
+    torch.manual_seed(0)
+    net, opt = _user_net("mesu")
+    before = [p.detach().clone() for p in net.parameters()]
+    x = torch.full((1, 12), float("inf"), dtype=torch.float64)  # inf times weights of both signs: nan
+    loss = FusedTrainingStep(net, opt)(x, torch.tensor([0]))
+    assert not torch.isfinite(loss)
+    for p, q in zip(before, net.parameters()):
+        assert torch.equal(p, q)
+    with pytest.raises(TrainingDiverged, match="loss became nan at batch 1"):
+        train_epoch(net, opt, x, torch.tensor([0]), batch_size=1)
+
+
+def test_train_epoch_takes_the_fused_step_only_where_it_computes_the_same():
+    net, opt = _bimu_net()
+    assert isinstance(_fused_step(net, opt, 1, None, (), (0, 1)), FusedTrainingStep)
+    assert _fused_step(net, opt, 2, None, (), (0, 1)) is None  # batch size 2
+    assert _fused_step(net, opt, 1, [0, 1], (), (0, 1)) is None  # a task's classes mask the logits
+    assert _fused_step(net, opt, 1, None, (), (0, 2)) is None  # a slice of each batch per process
+    assert _fused_step(net, opt, 1, None, [object()], (0, 1)) is None  # plugins add penalties
+
+
+def test_train_epoch_at_batch_size_1_equals_the_ordinary_loop():
+    torch.manual_seed(0)
+    net, opt = _bimu_net()
+    twin = copy.deepcopy(net)
+    twin_opt = BiMU(bimu_parameters(twin), **opt.defaults)
+    x, y = torch.rand(5, 1, 3, 4, dtype=torch.float64), torch.randint(0, 4, (5,))
+    order = torch.randperm(5, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(1)
+    expected = _ordinary_steps(net, opt, x[order].unsqueeze(1), y[order].unsqueeze(1))
+    torch.manual_seed(1)
+    mean = train_epoch(twin, twin_opt, x, y, batch_size=1, generator=torch.Generator().manual_seed(3))
+    assert mean == pytest.approx(sum(expected) / 5, abs=TOLERANCE)
+    for p, q in zip(net.parameters(), twin.parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=TOLERANCE)
+
+
+def _gain_net():
+    return bayesianize(nn.Sequential(nn.Linear(4, 3, bias=False)), "bimu")  # BiMU's default: a learned gain
+
+
+@pytest.mark.parametrize("build, reason", [
+    (lambda: (lambda n: (n, MESU(mesu_param_groups(n))))(bayesianize(nn.Sequential(nn.Linear(4, 3)), "mesu")),
+     "bias or an output gain"),
+    (lambda: (lambda n: (n, BiMU(bimu_parameters(n))))(_gain_net()), "has hooks"),
+    (lambda: (lambda n: (n, BiMU(bimu_parameters(n))))(bayesianize(nn.Sequential(nn.Conv2d(1, 2, 3, bias=False)),
+                                                                   "bimu", scale=None)), "Linear layers only"),
+    (lambda: (lambda n: (n, BiMU(bimu_parameters(n))))(bayesianize(
+        nn.Sequential(nn.Linear(4, 3, bias=False), nn.BatchNorm1d(3), nn.Linear(3, 2, bias=False)), "bimu",
+        scale=None)), "a BatchNorm1d between the Bayesian layers"),
+    (lambda: (lambda n: (n, torch.optim.SGD(n.parameters(), lr=0.1)))(_user_net("bimu")[0]), "not metaspike's"),
+    (lambda: (lambda n: (n, ChainedOptimizer(BiMU(bimu_parameters(n)), torch.optim.SGD(plain_parameters(n), lr=0.1))))(
+        _gain_net()), "a ChainedOptimizer"),
+    (lambda: (lambda n: (n.eval(), BiMU(bimu_parameters(n))))(_user_net("bimu")[0]), "evaluation mode"),
+    (lambda: (lambda n: (n, BiMU(bimu_parameters(n)[:1])))(_user_net("bimu")[0]), "not exactly the model's"),
+    (lambda: (lambda n: (nn.Sequential(n, nn.Linear(4, 2)), BiMU(bimu_parameters(n))))(_user_net("bimu")[0]),
+     "a Linear between"),
+    (lambda: (lambda n: (n, BiMU(bimu_parameters(n))))(nn.Sequential(
+        BinaryBayesianLinear(4, 3, samples=2), BinaryBayesianLinear(3, 2, samples=3))), "different numbers"),
+    (lambda: (lambda n: (n, BiMU(bimu_parameters(n))))(_frozen(_user_net("bimu")[0])), "frozen"),
+    (lambda: (nn.ModuleList([nn.Linear(2, 2)]), BiMU([nn.Parameter(torch.zeros(2))])), "not an nn.Sequential"),
+])
+def test_what_cannot_be_fused_is_named(build, reason):
+    net, opt = build()
+    assert reason in why_not_fused(net, opt)
+    with pytest.raises(ValueError, match="cannot take a fused step"):
+        FusedTrainingStep(net, opt)
+
+
+def _frozen(net: nn.Module) -> nn.Module:
+    next(net.parameters()).requires_grad_(False)
+    return net
+
+
+def test_hooks_on_the_optimizer_stop_the_fused_step():
+    net, opt = _user_net("bimu")
+    assert why_not_fused(net, opt) is None
+    handle = opt.register_step_post_hook(lambda *args: None)
+    assert why_not_fused(net, opt) == "the optimizer has step hooks"
+    handle.remove()
+
+
+def test_bad_input_is_one_line():
+    net, opt = _user_net("mesu")
+    step = FusedTrainingStep(net, opt)
+    with pytest.raises(ValueError, match="batch of one sample"):
+        step(torch.zeros(2, 12, dtype=torch.float64), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="target 4 is not a class of the model's 4 outputs"):
+        step(torch.zeros(1, 12, dtype=torch.float64), torch.tensor([4]))
+    with pytest.raises(ValueError, match="integer tensor of shape"):
+        step(torch.zeros(1, 12, dtype=torch.float64), torch.tensor([0.0]))
+    with pytest.raises(ValueError, match=r"takes \(1, 12\) inputs"):
+        step(torch.zeros(1, 11, dtype=torch.float64), torch.tensor([0]))
+
+
+def test_register_fused_activation_checks_its_arguments():
+    with pytest.raises(ValueError, match="module_type must be an nn.Module class"):
+        register_fused_activation(int, lambda module: Activation())
+    with pytest.raises(ValueError, match="describe must be callable"):
+        register_fused_activation(nn.Tanh, "tanh")
