@@ -20,25 +20,14 @@ Biases (off by default) are not Bayesian; train them with any torch optimizer
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
-from metaspike.bayesian.synapses import check_samples, make_bayesian, sampled_product
+from metaspike.bayesian.synapses import SampledForward, check_samples, make_bayesian
 
 __all__ = ["BayesianLinear", "BayesianConv2d", "BinaryBayesianLinear", "BinaryBayesianConv2d"]
 
 
-class _Sampled:
-    """Forward pass on ``self.samples`` weight samples (``None``: the layer's own forward pass)."""
-
-    samples: int | None
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.samples is None:
-            return super().forward(x)  # type: ignore[misc]
-        return sampled_product(self, x, self.samples)  # type: ignore[arg-type]  # the gain: by the forward hook
-
-
-class BayesianLinear(_Sampled, nn.Linear):
+class BayesianLinear(SampledForward, nn.Linear):
     """``nn.Linear`` with Gaussian (MESU) synapses: ``weight`` is ``μ + σ·ε`` in training mode.
 
     Args:
@@ -70,7 +59,7 @@ class BayesianLinear(_Sampled, nn.Linear):
         make_bayesian(self, "mesu", sigma_init=sigma_init, evaluation=evaluation)
 
 
-class BayesianConv2d(_Sampled, nn.Conv2d):
+class BayesianConv2d(SampledForward, nn.Conv2d):
     """``nn.Conv2d`` with Gaussian (MESU) synapses; ``nn.Conv2d``'s arguments, and the others as in
     :class:`BayesianLinear`.
 
@@ -102,7 +91,7 @@ class BayesianConv2d(_Sampled, nn.Conv2d):
         make_bayesian(self, "mesu", sigma_init=sigma_init, evaluation=evaluation)
 
 
-class BinaryBayesianLinear(_Sampled, nn.Linear):
+class BinaryBayesianLinear(SampledForward, nn.Linear):
     """``nn.Linear`` with binary (BiMU) synapses: ``weight`` is a relaxed ±1 sample in training mode.
 
     Args:
@@ -138,7 +127,7 @@ class BinaryBayesianLinear(_Sampled, nn.Linear):
         make_bayesian(self, "bimu", lambda_init=lambda_init, temperature=temperature, evaluation=evaluation, scale=scale)
 
 
-class BinaryBayesianConv2d(_Sampled, nn.Conv2d):
+class BinaryBayesianConv2d(SampledForward, nn.Conv2d):
     """``nn.Conv2d`` with binary (BiMU) synapses; ``nn.Conv2d``'s arguments, and the others as in
     :class:`BinaryBayesianLinear`.
 

@@ -6,6 +6,7 @@ exactly. Outputs can be restricted to a subset of classes (task-incremental head
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -259,15 +260,15 @@ def _fused_step(model: nn.Module, optimizer: Optimizer, batch_size: int, classes
 def _train_fused(step: FusedTrainingStep, x: Tensor, y: Tensor, order: Tensor, device: torch.device | str,
                  progress: Any) -> float:
     """:func:`train_epoch` by fused steps, one sample each in ``order``; the mean loss."""
-    total = torch.zeros((), dtype=torch.float64)
-    for batches, index in enumerate(order.split(1), start=1):
-        loss = step(x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True))
-        if not torch.isfinite(loss):  # (the fused step left the weights as they were)
-            raise TrainingDiverged(f"loss became {loss.item()} at batch {batches}; lower the learning rate")
-        total += loss.detach().cpu()
+    total = 0.0
+    for batches, i in enumerate(order.tolist(), start=1):  # (slices are views: no copy per step)
+        loss = step(x[i : i + 1].to(device, non_blocking=True), y[i : i + 1].to(device, non_blocking=True)).item()
+        if not math.isfinite(loss):  # (the fused step left the weights as they were)
+            raise TrainingDiverged(f"loss became {loss} at batch {batches}; lower the learning rate")
+        total += loss
         if progress is not None:
             progress.update(1)
-    return total.item() / max(len(order), 1)
+    return total / max(len(order), 1)
 
 
 @torch.no_grad()

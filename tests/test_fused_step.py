@@ -106,7 +106,7 @@ def test_a_step_without_data_changes_nothing():
     step(torch.zeros(1, 12, dtype=torch.float64), torch.tensor([1]))  # zero input: every gradient is zero
     for p, q in zip(before, net.parameters()):
         assert torch.equal(p, q)
-    assert all(float(opt.state[p]["step"]) == 0 for p in net.parameters())
+    assert all("step" not in opt.state[p] for p in net.parameters())  # (as the optimizer makes no state then)
 
 
 def test_a_non_finite_loss_leaves_the_weights_and_train_epoch_raises():
@@ -199,9 +199,9 @@ def test_bad_input_is_one_line():
         step(torch.zeros(2, 12, dtype=torch.float64), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="target 4 is not a class of the model's 4 outputs"):
         step(torch.zeros(1, 12, dtype=torch.float64), torch.tensor([4]))
-    with pytest.raises(ValueError, match="integer tensor of shape"):
+    with pytest.raises(ValueError, match="int64 tensor of shape"):
         step(torch.zeros(1, 12, dtype=torch.float64), torch.tensor([0.0]))
-    with pytest.raises(ValueError, match=r"takes \(1, 12\) inputs"):
+    with pytest.raises(ValueError, match=r"takes a \(1, 12\) torch.float64 tensor on cpu, got \(1, 11\)"):
         step(torch.zeros(1, 11, dtype=torch.float64), torch.tensor([0]))
 
 
@@ -210,3 +210,129 @@ def test_register_fused_activation_checks_its_arguments():
         register_fused_activation(int, lambda module: Activation())
     with pytest.raises(ValueError, match="describe must be callable"):
         register_fused_activation(nn.Tanh, "tanh")
+
+
+class _Quarter(nn.Module):
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight / 4
+
+
+class _OwnLinear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) / 4
+
+
+def _hooked_model():
+    net, opt = _user_net("mesu")
+    net.register_forward_hook(lambda module, args, out: out / 4)
+    return net, opt
+
+
+def _nested_hook():
+    net, opt = _user_net("mesu")
+    outer = nn.Sequential(net)
+    net.register_forward_pre_hook(lambda module, args: None)
+    return outer, opt
+
+
+def _tensor_hook():
+    net, opt = _user_net("mesu")
+    net[1].parametrizations.weight.original.register_hook(lambda grad: grad * 0)
+    return net, opt
+
+
+def _own_forward():
+    net = bayesianize(nn.Sequential(_OwnLinear(12, 4, bias=False)), "mesu", layer_types=[_OwnLinear])
+    return net, MESU(mesu_param_groups(net))
+
+
+def _second_parametrization():
+    net, opt = _user_net("bimu")
+    torch.nn.utils.parametrize.register_parametrization(net[1], "weight", _Quarter())
+    return net, opt
+
+
+def _narrow_layernorm():
+    net = nn.Sequential(BayesianLinear(12, 7), nn.LayerNorm(5, elementwise_affine=False), BayesianLinear(7, 4))
+    return net, MESU(mesu_param_groups(net))
+
+
+def _scheduled():
+    net, opt = _user_net("bimu")
+    torch.optim.lr_scheduler.StepLR(opt, step_size=10)  # (wraps opt.step)
+    return net, opt
+
+
+@pytest.mark.parametrize("build, reason", [
+    (_hooked_model, "a Sequential has hooks"),
+    (_nested_hook, "a Sequential has hooks"),
+    (_tensor_hook, "a synapse tensor has gradient hooks"),
+    (_own_forward, "_OwnLinear with its own forward"),
+    (_second_parametrization, "another parametrization beside its synapse"),
+    (_narrow_layernorm, "a LayerNorm over (5,) after 7 features"),
+    (_scheduled, "step is wrapped"),
+])
+def test_what_changes_the_ordinary_step_is_refused(build, reason):
+    net, opt = build()
+    assert reason in why_not_fused(net, opt)
+
+
+def _changed_between_steps(change) -> tuple[nn.Module, nn.Module]:
+    """Two steps of the ordinary loop and of the fused step, ``change(net, opt)`` applied to both in between."""
+    nets = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        net, opt = _user_net("mesu")
+        x, y = torch.rand(2, 12, dtype=torch.float64), torch.tensor([[1], [3]])
+        torch.manual_seed(1)
+        step = FusedTrainingStep(net, opt) if fused else lambda xi, yi: _ordinary_steps(net, opt, [xi], [yi])
+        step(x[:1], y[0])
+        change(net, opt)
+        step(x[1:], y[1])
+        nets.append(net)
+    return nets[0], nets[1]
+
+
+def _load_other_settings(net, opt):
+    state = opt.state_dict()
+    state["param_groups"][0]["lr_mu"] = 0.25
+    opt.load_state_dict(state)
+
+
+@pytest.mark.parametrize("change", [
+    _load_other_settings,  # new group dicts: their settings are the ones used
+    lambda net, opt: opt.param_groups[0].update(lr_sigma=0.5, clamp_grad=0.3),  # settings edited in place
+])
+def test_changes_between_steps_are_taken_into_account(change):
+    ordinary, fused = _changed_between_steps(change)
+    for p, q in zip(ordinary.parameters(), fused.parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda net, opt: net[4].eval(), "evaluation mode"),
+    (lambda net, opt: net[1].parametrizations.weight.original.requires_grad_(False), "frozen"),
+    (lambda net, opt: net[2].register_forward_hook(lambda *args: None), "a ReLU has hooks"),
+    (lambda net, opt: opt.register_step_pre_hook(lambda *args: None), "step hooks"),
+    (lambda net, opt: net.__setitem__(2, nn.Tanh()), "a Tanh between"),
+])
+def test_changes_that_leave_no_fused_step_are_refused_at_the_next_step(change, reason):
+    net, opt = _user_net("mesu")
+    step = FusedTrainingStep(net, opt)
+    x = torch.rand(1, 12, dtype=torch.float64)
+    step(x, torch.tensor([1]))
+    change(net, opt)
+    with pytest.raises(ValueError, match=reason):
+        step(x, torch.tensor([1]))
+
+
+def test_input_of_another_dtype_is_one_line_and_leaves_the_step_compiled():
+    net, opt = _user_net("mesu")
+    step = FusedTrainingStep(net, opt)
+    with pytest.raises(ValueError, match="takes a \\(1, 12\\) torch.float64 tensor on cpu, got \\(1, 12\\) torch.float32"):
+        step(torch.rand(1, 12), torch.tensor([1]))
+    with pytest.raises(ValueError, match="int64 tensor"):
+        step(torch.rand(1, 12, dtype=torch.float64), torch.tensor([1], dtype=torch.int32))
+    from metaspike.bayesian.fused_step import _compiled_fused_step
+
+    assert not _compiled_fused_step.broken

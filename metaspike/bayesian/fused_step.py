@@ -48,6 +48,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as torch_module
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from metaspike.bayesian.counter_noise import draw_key
@@ -56,6 +57,7 @@ from metaspike.bayesian.optim import MESU, BiMU
 from metaspike.bayesian.synapses import (
     _RELAXED_SAMPLES,
     BinaryWeight,
+    SampledForward,
     _gaussian_sample,
     _integer_power,
     _parametrization,
@@ -164,19 +166,21 @@ def _modules(model: nn.Module) -> list[nn.Module]:
     return out
 
 
-def _hooked(module: nn.Module) -> bool:
-    """Whether ``module`` or a module inside it (its parametrizations) has forward or backward hooks."""
-    return any(getattr(m, name, None) for m in module.modules() for name in (
-        "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
+def _hook_count(module: nn.Module) -> int:
+    """The forward and backward hooks on ``module`` itself."""
+    return (len(module._forward_hooks) + len(module._forward_pre_hooks) + len(module._backward_hooks)
+            + len(module._backward_pre_hooks))
 
 
-def _global_hooks() -> bool:
-    from torch.nn.modules import module as torch_module
+def _tensor_hook_count(tensor: Tensor) -> int:
+    """The gradient hooks on ``tensor`` (``register_hook``, ``register_post_accumulate_grad_hook``)."""
+    return len(tensor._backward_hooks or ()) + len(getattr(tensor, "_post_accumulate_grad_hooks", None) or ())
 
-    return bool(_global_optimizer_pre_hooks or _global_optimizer_post_hooks) or any(
-        getattr(torch_module, name, None) for name in (
-            "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-            "_global_backward_pre_hooks"))
+
+def _global_hook_count() -> int:
+    return (len(_global_optimizer_pre_hooks) + len(_global_optimizer_post_hooks) + len(torch_module._global_forward_hooks)
+            + len(torch_module._global_forward_pre_hooks) + len(torch_module._global_backward_hooks)
+            + len(torch_module._global_backward_pre_hooks))
 
 
 @dataclass
@@ -184,8 +188,34 @@ class _Analysis:
     plan: _Plan
     prefix: list[nn.Module]
     layers: list[nn.Module]
+    activations: list[nn.Module]
+    modules: list[nn.Module]  # all of the model's modules (for the fingerprint)
+    synapses: list[nn.Module]  # the Bayesian layers' parametrizations
     tensors: list[tuple[Tensor, ...]]
     groups: list[dict[str, Any]]
+    group_list: list[dict[str, Any]]  # (kept: the fingerprint compares its id)
+    fingerprint: tuple[Any, ...]
+
+
+def _fingerprint(optimizer: Any, modules: list[nn.Module], activations: list[nn.Module],
+                 synapses: list[nn.Module], tensors: list[tuple[Tensor, ...]]) -> tuple[Any, ...]:
+    """What the verdict of :func:`_analyse` depends on and a user may change between two steps (a module replaced,
+    put in evaluation mode, hooked or given another temperature; a tensor frozen, hooked or moved to another dtype;
+    the optimizer's groups replaced by ``load_state_dict``, hooked or its ``step`` wrapped), in a form that is
+    cheap to make and compare at every step: ``modules`` are all of the model's modules (a module that gains a
+    child is hooked or is a container already), ``synapses`` the Bayesian layers' parametrizations (whose mode
+    decides what a layer draws; the optimizer's settings are compared apart)."""
+    return (
+        tuple(tuple(m._modules.values()) for m in modules if m._modules), tuple(s.training for s in synapses),
+        sum(_hook_count(m) for m in modules), _global_hook_count(),
+        tuple(_ACTIVATIONS[type(m)](m) for m in activations),
+        tuple(getattr(synapse, "temperature", None) for synapse in synapses),
+        tuple((t.requires_grad, t.dtype, t.device, t.data_ptr(), _tensor_hook_count(t)) for layer in tensors
+              for t in layer),
+        id(optimizer.param_groups), tuple(id(g) for g in optimizer.param_groups),
+        tuple(len(g["params"]) for g in optimizer.param_groups), "step" in vars(optimizer),
+        len(optimizer._optimizer_step_pre_hooks) + len(optimizer._optimizer_step_post_hooks),
+    )
 
 
 def _refuse_optimizer(optimizer: Any) -> str | None:
@@ -193,14 +223,21 @@ def _refuse_optimizer(optimizer: Any) -> str | None:
         return f"the optimizer is a {type(optimizer).__name__}, not metaspike's MESU or BiMU"
     if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks:
         return "the optimizer has step hooks"
+    if "step" in vars(optimizer):
+        return "the optimizer's step is wrapped (by a learning-rate scheduler?)"
     return None
 
 
-def _stages(modules: list[nn.Module], rule: str) -> tuple[list[Activation | int], list[nn.Module]] | str:
-    """The stages of the modules from the first Bayesian layer on, and the Bayesian layers; or why they cannot be
-    fused."""
+_LINEAR_FORWARDS = (nn.Linear.forward, SampledForward.forward)
+
+
+def _stages(modules: list[nn.Module], rule: str) -> tuple[list[Activation | int], list[nn.Module], list[nn.Module]] | str:
+    """The stages of the modules from the first Bayesian layer on, the Bayesian layers and the other modules; or why
+    they cannot be fused."""
     stages: list[Activation | int] = []
     layers: list[nn.Module] = []
+    activations: list[nn.Module] = []
+    width = modules[0].in_features if isinstance(modules[0], nn.Linear) else None
     for module in modules:
         synapse = _parametrization(module)
         if synapse is None:
@@ -211,16 +248,26 @@ def _stages(modules: list[nn.Module], rule: str) -> tuple[list[Activation | int]
             stage = describe(module)
             if isinstance(stage, str):
                 return stage
+            if isinstance(module, nn.LayerNorm) and tuple(module.normalized_shape) != (width,):
+                return f"a LayerNorm over {tuple(module.normalized_shape)} after {width} features"
             stages.append(stage)
+            activations.append(module)
             continue
         if not isinstance(module, nn.Linear):
             return f"a Bayesian {type(module).__name__} (fused: Linear layers only)"
+        if type(module).forward not in _LINEAR_FORWARDS:
+            return f"a {type(module).__name__} with its own forward (fused: nn.Linear's or the sampled one)"
         if synapse.kind != rule:
             return f"a {synapse.kind!r} layer trained by the {rule} optimizer"
         if module.bias is not None or output_gain(module) is not None:
             return "a Bayesian layer with a bias or an output gain (trained by a second optimizer)"
+        if list(module.parametrizations) != ["weight"] or len(module.parametrizations.weight) != 1:
+            return "a Bayesian layer with another parametrization beside its synapse"
         if not synapse.training:
             return "the model is in evaluation mode"
+        if module.in_features != width:
+            return f"a Linear taking {module.in_features} features after {width}"
+        width = module.out_features
         stages.append(len(layers))
         layers.append(module)
     samples = {getattr(layer, "samples", None) or 1 for layer in layers}
@@ -228,7 +275,7 @@ def _stages(modules: list[nn.Module], rule: str) -> tuple[list[Activation | int]
         return "the Bayesian layers draw different numbers of weight samples"
     if len({getattr(_parametrization(layer), "temperature", None) for layer in layers}) > 1:
         return "the BiMU layers have different temperatures"
-    return stages, layers
+    return stages, layers, activations
 
 
 def _groups(optimizer: Any, tensors: list[tuple[Tensor, ...]]) -> list[dict[str, Any]] | str:
@@ -258,12 +305,12 @@ def _analyse(model: nn.Module, optimizer: Any) -> _Analysis | str:
         return refused
     if type(model) is not nn.Sequential:
         return f"the model is a {type(model).__name__}, not an nn.Sequential"
-    if _global_hooks():
+    if _global_hook_count():
         return "global module or optimizer hooks are registered"
-    modules = _modules(model)
-    hooked = next((m for m in modules if _hooked(m)), None)
+    hooked = next((m for m in model.modules() if _hook_count(m)), None)
     if hooked is not None:
         return f"a {type(hooked).__name__} has hooks (an output gain, or the user's)"
+    modules = _modules(model)
     first = next((i for i, m in enumerate(modules) if _parametrization(m) is not None), None)
     if first is None:
         return "the model has no Bayesian layer"
@@ -273,8 +320,10 @@ def _analyse(model: nn.Module, optimizer: Any) -> _Analysis | str:
     found = _stages(modules[first:], optimizer.rule)
     if isinstance(found, str):
         return found
-    stages, layers = found
+    stages, layers, activations = found
     tensors = [_synapse_tensors(layer, _parametrization(layer)) for layer in layers]
+    if any(_tensor_hook_count(t) for layer in tensors for t in layer):
+        return "a synapse tensor has gradient hooks"
     groups = _groups(optimizer, tensors)
     if isinstance(groups, str):
         return groups
@@ -283,7 +332,10 @@ def _analyse(model: nn.Module, optimizer: Any) -> _Analysis | str:
     clamps = tuple(optimizer.rule == "mesu" and group["clamp_grad"] > 0 for group in groups)
     plan = _Plan(optimizer.rule, getattr(layers[0], "samples", None) or 1, form, tuple(stages), clamps)
     plan = _PLANS.setdefault(plan, plan)  # one object per structure: the compiled step's guards compare objects
-    return _Analysis(plan, prefix, layers, tensors, groups)
+    everything = list(model.modules())
+    synapses = [_parametrization(layer) for layer in layers]
+    return _Analysis(plan, prefix, layers, activations, everything, synapses, tensors, groups, optimizer.param_groups,
+                     _fingerprint(optimizer, everything, activations, synapses, tensors))
 
 
 def why_not_fused(model: nn.Module, optimizer: Any) -> str | None:
@@ -386,9 +438,13 @@ class FusedTrainingStep:
     """One batch-1 training step of ``model`` with ``optimizer`` (its :class:`MESU` or :class:`BiMU`) as one
     compiled call (see the module docstring for what it takes and computes).
 
+    Every call first compares what a user may change between steps (modules replaced, modes, hooks,
+    temperatures, frozen or converted tensors, the optimizer's groups and settings) with what the step was made
+    for, and takes them into account, or raises if the model no longer qualifies.
+
     Args:
         model: the network (an ``nn.Sequential``: :func:`why_not_fused` says what qualifies).
-        optimizer: its MESU or BiMU optimizer; its param groups' settings are read at every call.
+        optimizer: its MESU or BiMU optimizer.
 
     Raises:
         ValueError: naming what keeps the pair from a fused step.
@@ -407,8 +463,8 @@ class FusedTrainingStep:
         self._analysis = self._analyse()
         self._setting_names = sorted(optimizer.defaults)
         self._scalars: list[tuple[tuple[Any, ...], Tensor]] = []  # per layer: its group's settings, their tensor
-        for pair in self._analysis.tensors:
-            for t in pair:
+        for layer in self._analysis.tensors:
+            for t in layer:
                 t.grad = None  # (as zero_grad(set_to_none=True): the fused step writes none)
 
     def _analyse(self) -> _Analysis:
@@ -417,35 +473,54 @@ class FusedTrainingStep:
             raise ValueError(f"this model and optimizer cannot take a fused step: {found}")
         return found
 
+    def _current(self) -> _Analysis:
+        """The analysis for the model and optimizer as they are now (made again where they changed)."""
+        found = self._analysis
+        if _fingerprint(self.optimizer, found.modules, found.activations, found.synapses, found.tensors) != \
+                found.fingerprint:
+            self._analysis = found = self._analyse()
+            self._scalars = []
+        return found
+
     def __call__(self, x: Tensor, target: Tensor) -> Tensor:
-        """Train on one sample ``x`` (a batch of 1, as the model takes it) of class ``target`` (shape ``(1,)``);
-        return the loss (a 0-d tensor; the weights are unchanged if it is not finite)."""
+        """Train on one sample ``x`` (a batch of 1, as the model takes it) of class ``target`` (an int64 tensor of
+        shape ``(1,)``); return the loss (a 0-d tensor; the weights are unchanged if it is not finite)."""
         if not isinstance(x, Tensor) or x.shape[:1] != (1,):
             raise ValueError(f"x must be a batch of one sample (leading dimension 1), got "
                              f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
-        if not isinstance(target, Tensor) or target.shape != (1,) or target.is_floating_point():
-            raise ValueError("target must be an integer tensor of shape (1,)")
-        scalars = self._scalar_tensors()  # (first: a change of settings may change the plan)
+        if not isinstance(target, Tensor) or target.shape != (1,) or target.dtype != torch.int64:
+            raise ValueError("target must be an int64 tensor of shape (1,), as cross-entropy takes class indices")
+        self._current()
+        scalars = self._scalar_tensors()  # (may make the analysis again: MESU's clipping depends on a setting)
         found = self._analysis
-        first = found.layers[0]
-        if not first.training:
-            raise ValueError("the model is in evaluation mode; call model.train() before training steps")
+        first, weight = found.layers[0], found.tensors[0][0]
         with torch.no_grad():
             for module in found.prefix:
                 x = module(x)
-            if x.dim() != 2 or x.shape[1] != first.in_features:
-                raise ValueError(f"the first Bayesian layer takes (1, {first.in_features}) inputs, got "
-                                 f"{tuple(x.shape)} after the modules before it")
+            if x.shape != (1, first.in_features) or x.dtype != weight.dtype or x.device != weight.device:
+                raise ValueError(f"the first Bayesian layer takes a (1, {first.in_features}) {weight.dtype} tensor on "
+                                 f"{weight.device}, got {tuple(x.shape)} {x.dtype} on {x.device} after the modules "
+                                 "before it")
+            if target.device != weight.device:
+                raise ValueError(f"target is on {target.device}, the model on {weight.device}")
             classes = found.layers[-1].out_features  # (the activations keep the last dimension)
             label = int(target)
             if not 0 <= label < classes:
                 raise ValueError(f"target {label} is not a class of the model's {classes} outputs")
-            keys = [draw_key(pair[0].device) for pair in found.tensors]
-            steps = [[_step_count(self.optimizer.state[t]) for t in pair] for pair in found.tensors]
-            tensors = [[t.detach() for t in pair] for pair in found.tensors]
-            synapse = _parametrization(first)
+            keys = [draw_key(weight.device) for _ in found.tensors]
+            states = [[self.optimizer.state[t] for t in layer] for layer in found.tensors]
+            made = [state for layer in states for state in layer if "step" not in state]
+            for state in made:  # (removed again below if this step updates nothing, as the optimizers make none)
+                state["step"] = torch.zeros((), dtype=torch.float32)
+            tensors = [[t.detach() for t in layer] for layer in found.tensors]
+            synapse = found.synapses[0]
             inv_tau = 1.0 / synapse.temperature if isinstance(synapse, BinaryWeight) else 1.0
-            return _compiled_fused_step(found.plan, x, target, keys, tensors, scalars, steps, inv_tau)
+            loss = _compiled_fused_step(found.plan, x, target, keys, tensors, scalars,
+                                        [[state["step"] for state in layer] for layer in states], inv_tau)
+            for state in made:
+                if not state["step"]:
+                    del state["step"]
+            return loss
 
     def _scalar_tensors(self) -> list[Tensor]:
         """Each layer's update scalars as a tensor, made again (and the plan, whose MESU clipping depends on them)
@@ -453,14 +528,7 @@ class FusedTrainingStep:
         settings = [tuple(group[name] for name in self._setting_names) for group in self._analysis.groups]
         if [kept for kept, _ in self._scalars] != settings:
             self._analysis = found = self._analyse()
-            self._scalars = [(setting, torch.tensor(_scalars(found.plan.rule, group), dtype=pair[0].dtype,
-                                                    device=pair[0].device))
-                             for setting, group, pair in zip(settings, found.groups, found.tensors)]
+            self._scalars = [(setting, torch.tensor(_scalars(found.plan.rule, group), dtype=layer[0].dtype,
+                                                    device=layer[0].device))
+                             for setting, group, layer in zip(settings, found.groups, found.tensors)]
         return [values for _, values in self._scalars]
-
-
-def _step_count(state: dict[str, Any]) -> Tensor:
-    """A tensor's ``step`` count in its optimizer state, made as the optimizers make it where there is none yet."""
-    if "step" not in state:
-        state["step"] = torch.zeros((), dtype=torch.float32)
-    return state["step"]

@@ -69,6 +69,7 @@ __all__ = [
     "sampled_forward",
     "sampled_product",
     "synapse_role",
+    "SampledForward",
 ]
 
 KINDS = ("bimu", "mesu")
@@ -723,6 +724,27 @@ def sampled_product(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
         grouped = _grouped_conv_input(layer, x, samples)  # checked before any sample is drawn
         return _sampled_conv2d(layer, grouped, sample_weights(layer, samples), samples)
     raise ValueError(f"layer must be an nn.Linear or nn.Conv2d, got {type(layer).__name__}")
+
+
+class SampledForward:
+    """Mixin for a Bayesian ``nn.Linear`` / ``nn.Conv2d`` subclass: its forward pass runs on ``self.samples`` weight
+    samples (:func:`sampled_product`; output ``(S, B, ...)``), or is the layer's own (one sample) where ``samples``
+    is ``None``. ``bnn``'s Bayesian layers are made of it.
+
+    Example:
+        >>> class Sampled(SampledForward, torch.nn.Linear):
+        ...     samples = 3
+        >>> layer = make_bayesian(Sampled(4, 2), "mesu")
+        >>> layer(torch.randn(5, 4)).shape
+        torch.Size([3, 5, 2])
+    """
+
+    samples: int | None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.samples is None:
+            return super().forward(x)  # type: ignore[misc]
+        return sampled_product(self, x, self.samples)  # type: ignore[arg-type]  # the gain: by the forward hook
 
 
 def _samples_times_inputs(weights: Tensor, x: Tensor) -> Tensor:
