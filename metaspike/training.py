@@ -187,6 +187,9 @@ def train_epoch(
     optional tqdm-like bar advanced once per batch. ``plugins`` add penalties and step hooks.
     ``shard=(rank, processes)`` trains on this process's slice of every mini-batch (distributed
     training; gradients are then averaged over the processes before plugins and the optimizer see them).
+    At batch size 1, a sequential network of Bayesian synapses trained by MESU or BiMU alone (no plugin, no
+    ``classes``, one process) takes :class:`~metaspike.bayesian.fused_step.FusedTrainingStep`: the same steps to
+    float rounding, as one compiled call each, without writing ``.grad``.
 
     Example:
         >>> model = torch.nn.Linear(4, 3)

@@ -147,6 +147,28 @@ def _bimu_update_(lam: Tensor, grad: Tensor, *, lr: float, inv_lr_max: float, li
     lam.sub_(numerator / denominator)
 
 
+def update_scalars(rule: str, hyper: Mapping[str, float]) -> dict[str, float]:
+    """The scalars the one-tensor update of ``rule`` (``"mesu"`` or ``"bimu"``) takes, from its hyperparameters
+    (checked first): reciprocals and products precomputed once per step, so that a compiled loop takes them as
+    inputs (MESU: ``inv = 1/(N σ_p²)``, ``mu_prior_inv = μ_p·inv``, ``prior_var_inv = σ_p²·inv``, ``half_lr_sigma =
+    η_σ/2``; BiMU: ``inv_lr_max``, ``inv_N``).
+
+    Example:
+        >>> update_scalars("bimu", dict(lr=1, lr_max=0.5, likelihood_multiplier=2, kl_multiplier=1, N=4))
+        {'lr': 1.0, 'inv_lr_max': 2.0, 'likelihood_multiplier': 2.0, 'kl_multiplier': 1.0, 'inv_N': 0.25}
+    """
+    check_hyperparameters(rule, hyper)
+    if rule == "bimu":
+        return dict(lr=float(hyper["lr"]), inv_lr_max=1.0 / hyper["lr_max"],
+                    likelihood_multiplier=float(hyper["likelihood_multiplier"]),
+                    kl_multiplier=float(hyper["kl_multiplier"]), inv_N=1.0 / hyper["N"])
+    sigma_prior = float(hyper["sigma_prior"])
+    inv = 1.0 / (float(hyper["N"]) * sigma_prior**2)
+    return dict(lr_mu=float(hyper["lr_mu"]), half_lr_sigma=0.5 * float(hyper["lr_sigma"]), inv=inv,
+                mu_prior_inv=float(hyper["mu_prior"]) * inv, prior_var_inv=sigma_prior**2 * inv,
+                clamp_grad=float(hyper["clamp_grad"]))
+
+
 def _mesu_updates_(mus: list[Tensor], sigmas: list[Tensor], grad_mus: list[Tensor], grad_sigmas: list[Tensor],
                    **scalars: float) -> None:
     for tensors in zip(mus, sigmas, grad_mus, grad_sigmas):
@@ -188,15 +210,10 @@ def mesu_step_(mus: Sequence[Tensor], sigmas: Sequence[Tensor], grad_mus: Sequen
         >>> mu
         tensor([-0.2500,  0.2500])
     """
-    check_hyperparameters("mesu", hyper)
     mus, sigmas, grad_mus, grad_sigmas = list(mus), list(sigmas), list(grad_mus), list(grad_sigmas)
+    scalars = update_scalars("mesu", hyper)
     _check_step_tensors(mus=mus, sigmas=sigmas, grad_mus=grad_mus, grad_sigmas=grad_sigmas)
-    sigma_prior = float(hyper["sigma_prior"])
-    inv = 1.0 / (float(hyper["N"]) * sigma_prior**2)
-    scalars = dict(lr_mu=float(hyper["lr_mu"]), half_lr_sigma=0.5 * float(hyper["lr_sigma"]), inv=inv,
-                   mu_prior_inv=float(hyper["mu_prior"]) * inv, prior_var_inv=sigma_prior**2 * inv,
-                   clamp_grad=float(hyper["clamp_grad"]), clamp=hyper["clamp_grad"] > 0)
-    _run(_compiled_mesu, (mus, sigmas, grad_mus, grad_sigmas), scalars)
+    _run(_compiled_mesu, (mus, sigmas, grad_mus, grad_sigmas), {**scalars, "clamp": hyper["clamp_grad"] > 0})
 
 
 def mesu_step(
@@ -240,12 +257,9 @@ def bimu_step_(lams: Sequence[Tensor], grads: Sequence[Tensor], hyper: Mapping[s
         >>> lam  # −g / (κ + 2|g| + 1/η_max) = ∓1/4
         tensor([-0.2500,  0.2500])
     """
-    check_hyperparameters("bimu", hyper)
     lams, grads = list(lams), list(grads)
+    scalars = update_scalars("bimu", hyper)
     _check_step_tensors(lams=lams, grads=grads)
-    scalars = dict(lr=float(hyper["lr"]), inv_lr_max=1.0 / hyper["lr_max"],
-                   likelihood_multiplier=float(hyper["likelihood_multiplier"]),
-                   kl_multiplier=float(hyper["kl_multiplier"]), inv_N=1.0 / hyper["N"])
     _run(_compiled_bimu, (lams, grads), scalars)
 
 

@@ -1,8 +1,8 @@
 """A whole batch-1 training step of a sequential Bayesian network as one compiled call.
 
 At batch size 1 a MESU or BiMU step spends most of its time outside its arithmetic: in the Python of the layers,
-autograd's engine and a dozen calls of compiled loops (measured on a 784-100-10 BiMU network with 5 weight
-samples: about 0.8 ms of kernels in a 2.4 ms step). :class:`FusedTrainingStep` writes the forward pass, the
+autograd's engine and five calls of compiled loops (a torch profile of a 784-100-10 BiMU network's step with 5
+weight samples, one thread of an AMD EPYC: about 0.8 ms of kernels in 2.8 ms). :class:`FusedTrainingStep` writes the forward pass, the
 backward pass (by hand, for the few module kinds it knows) and the optimizer's update of such a network as one
 function of tensors that ``torch.compile`` turns into one call: the weight samples, products, gradients and
 updates run without Python between them, and the samples' weight gradients are summed where they are formed.
@@ -24,7 +24,9 @@ The network it takes (:func:`why_not_fused` says what stops one):
   module registered by :func:`register_fused_activation` (``bnn.MagnitudeGate`` is) between them; the last
   module's output is the logits;
 * trained in training mode by exactly one :class:`MESU` or :class:`BiMU` that holds the model's synapse
-  tensors and nothing else, without hooks on the modules or the optimizer.
+  tensors and nothing else; no hooks on the modules, the synapse tensors or the optimizer, no wrapped
+  ``optimizer.step`` (a learning-rate scheduler's), no second parametrization on a weight and no ``nn.Linear``
+  subclass with a ``forward`` of its own.
 
 :func:`metaspike.training.train_epoch` uses it by itself at batch size 1 when the network qualifies and no
 plugin, task mask or second process takes part.
@@ -52,7 +54,7 @@ from torch.nn.modules import module as torch_module
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from metaspike.bayesian.counter_noise import draw_key
-from metaspike.bayesian.functional import _bimu_update_, _mesu_update_, check_hyperparameters
+from metaspike.bayesian.functional import _bimu_update_, _mesu_update_, update_scalars
 from metaspike.bayesian.optim import MESU, BiMU
 from metaspike.bayesian.synapses import (
     _RELAXED_SAMPLES,
@@ -154,6 +156,7 @@ class _Plan:
     sample_form: int  # BiMU: the relaxed sample's form (synapses._RELAXED_SAMPLES); MESU: 0
     stages: tuple[Activation | int, ...]  # an int: the index of a Bayesian layer
     clamps: tuple[bool, ...]  # MESU: per Bayesian layer, whether its group clips gradients
+    scalar_names: tuple[str, ...]  # the names of functional.update_scalars, in the order of its values
 
 
 _PLANS: dict[_Plan, _Plan] = {}
@@ -330,7 +333,8 @@ def _analyse(model: nn.Module, optimizer: Any) -> _Analysis | str:
     synapse = _parametrization(layers[0])
     form = _integer_power(1.0 / synapse.temperature) if isinstance(synapse, BinaryWeight) else 0
     clamps = tuple(optimizer.rule == "mesu" and group["clamp_grad"] > 0 for group in groups)
-    plan = _Plan(optimizer.rule, getattr(layers[0], "samples", None) or 1, form, tuple(stages), clamps)
+    plan = _Plan(optimizer.rule, getattr(layers[0], "samples", None) or 1, form, tuple(stages), clamps,
+                 tuple(update_scalars(optimizer.rule, groups[0])))
     plan = _PLANS.setdefault(plan, plan)  # one object per structure: the compiled step's guards compare objects
     everything = list(model.modules())
     synapses = [_parametrization(layer) for layer in layers]
@@ -349,23 +353,6 @@ def why_not_fused(model: nn.Module, optimizer: Any) -> str | None:
     """
     found = _analyse(model, optimizer)
     return found if isinstance(found, str) else None
-
-
-_SCALAR_NAMES = {"bimu": ("lr", "inv_lr_max", "likelihood_multiplier", "kl_multiplier", "inv_N"),
-                 "mesu": ("lr_mu", "half_lr_sigma", "inv", "mu_prior_inv", "prior_var_inv", "clamp_grad")}
-
-
-def _scalars(rule: str, group: dict[str, Any]) -> tuple[float, ...]:
-    """The precomputed scalars of :func:`_bimu_update_` / :func:`_mesu_update_` for a param group, in the order of
-    ``_SCALAR_NAMES`` (as the optimizers' steps compute them)."""
-    check_hyperparameters(rule, group)
-    if rule == "bimu":
-        return (float(group["lr"]), 1.0 / group["lr_max"], float(group["likelihood_multiplier"]),
-                float(group["kl_multiplier"]), 1.0 / group["N"])
-    sigma_prior = float(group["sigma_prior"])
-    inv = 1.0 / (float(group["N"]) * sigma_prior**2)
-    return (float(group["lr_mu"]), 0.5 * float(group["lr_sigma"]), inv, float(group["mu_prior"]) * inv,
-            sigma_prior**2 * inv, float(group["clamp_grad"]))
 
 
 def _sample(plan: _Plan, tensors: Sequence[Tensor], key: Tensor, inv_tau: float) -> tuple[Tensor, Tensor]:
@@ -418,7 +405,7 @@ def _fused_step(plan: _Plan, x: Tensor, target: Tensor, keys: list[Tensor], tens
     any_data = torch.stack([(g != 0).any() for layer in grads for g in layer]).any()
     apply = any_data & torch.isfinite(loss)
     for layer, (layer_tensors, layer_grads, values) in enumerate(zip(tensors, grads, scalars)):
-        layer_scalars = dict(zip(_SCALAR_NAMES[plan.rule], values.unbind()))
+        layer_scalars = dict(zip(plan.scalar_names, values.unbind()))
         new = [t.clone() for t in layer_tensors]
         if plan.rule == "bimu":
             _bimu_update_(new[0], layer_grads[0], **layer_scalars)
@@ -528,7 +515,7 @@ class FusedTrainingStep:
         settings = [tuple(group[name] for name in self._setting_names) for group in self._analysis.groups]
         if [kept for kept, _ in self._scalars] != settings:
             self._analysis = found = self._analyse()
-            self._scalars = [(setting, torch.tensor(_scalars(found.plan.rule, group), dtype=layer[0].dtype,
-                                                    device=layer[0].device))
+            self._scalars = [(setting, torch.tensor(list(update_scalars(found.plan.rule, group).values()),
+                                                    dtype=layer[0].dtype, device=layer[0].device))
                              for setting, group, layer in zip(settings, found.groups, found.tensors)]
         return [values for _, values in self._scalars]
