@@ -336,3 +336,16 @@ def test_input_of_another_dtype_is_one_line_and_leaves_the_step_compiled():
     from metaspike.bayesian.fused_step import _compiled_fused_step
 
     assert not _compiled_fused_step.broken
+
+
+def test_a_registered_activation_must_describe_itself_as_a_frozen_activation():
+    class Doubling(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * x
+
+    register_fused_activation(Doubling, lambda module: "doubling")
+    net = bayesianize(nn.Sequential(nn.Linear(3, 3, bias=False), Doubling(), nn.Linear(3, 2, bias=False)), "mesu")
+    opt = MESU(mesu_param_groups(net))
+    assert why_not_fused(net, opt) == "doubling"
+    register_fused_activation(Doubling, lambda module: object())
+    assert "not a frozen dataclass subclassing Activation" in why_not_fused(net, opt)

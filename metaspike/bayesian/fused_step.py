@@ -251,6 +251,9 @@ def _stages(modules: list[nn.Module], rule: str) -> tuple[list[Activation | int]
             stage = describe(module)
             if isinstance(stage, str):
                 return stage
+            if not isinstance(stage, Activation) or stage.__hash__ is None:
+                return (f"the description of a {type(module).__name__} is a {type(stage).__name__}, not a frozen "
+                        "dataclass subclassing Activation")
             if isinstance(module, nn.LayerNorm) and tuple(module.normalized_shape) != (width,):
                 return f"a LayerNorm over {tuple(module.normalized_shape)} after {width} features"
             stages.append(stage)
