@@ -154,7 +154,7 @@ def _gain_net():
 @pytest.mark.parametrize("build, reason", [
     (lambda: (lambda n: (n, MESU(mesu_param_groups(n))))(bayesianize(nn.Sequential(nn.Linear(4, 3)), "mesu")),
      "bias or an output gain"),
-    (lambda: (lambda n: (n, BiMU(bimu_parameters(n))))(_gain_net()), "has hooks"),
+    (lambda: (lambda n: (n, BiMU(bimu_parameters(n))))(_gain_net()), "bias or an output gain"),
     (lambda: (lambda n: (n, BiMU(bimu_parameters(n))))(bayesianize(nn.Sequential(nn.Conv2d(1, 2, 3, bias=False)),
                                                                    "bimu", scale=None)), "Linear layers only"),
     (lambda: (lambda n: (n, BiMU(bimu_parameters(n))))(bayesianize(

@@ -232,6 +232,8 @@ def _refuse_optimizer(optimizer: Any) -> str | None:
 
 
 _LINEAR_FORWARDS = (nn.Linear.forward, SampledForward.forward)
+_GAIN_OR_BIAS = ("a Bayesian layer with a bias or an output gain (trained by a second optimizer; bayesianize(..., "
+                 "scale=None) and bias=False make none)")
 
 
 def _stages(modules: list[nn.Module], rule: str) -> tuple[list[Activation | int], list[nn.Module], list[nn.Module]] | str:
@@ -266,7 +268,7 @@ def _stages(modules: list[nn.Module], rule: str) -> tuple[list[Activation | int]
         if synapse.kind != rule:
             return f"a {synapse.kind!r} layer trained by the {rule} optimizer"
         if module.bias is not None or output_gain(module) is not None:
-            return "a Bayesian layer with a bias or an output gain (trained by a second optimizer)"
+            return _GAIN_OR_BIAS
         if list(module.parametrizations) != ["weight"] or len(module.parametrizations.weight) != 1:
             return "a Bayesian layer with another parametrization beside its synapse"
         if not synapse.training:
@@ -314,8 +316,10 @@ def _analyse(model: nn.Module, optimizer: Any) -> _Analysis | str:
     if _global_hook_count():
         return "global module or optimizer hooks are registered"
     hooked = next((m for m in model.modules() if _hook_count(m)), None)
+    if hooked is not None and output_gain(hooked) is not None:
+        return _GAIN_OR_BIAS
     if hooked is not None:
-        return f"a {type(hooked).__name__} has hooks (an output gain, or the user's)"
+        return f"a {type(hooked).__name__} has hooks"
     modules = _modules(model)
     first = next((i for i, m in enumerate(modules) if _parametrization(m) is not None), None)
     if first is None:
@@ -351,8 +355,8 @@ def why_not_fused(model: nn.Module, optimizer: Any) -> str | None:
     Example:
         >>> from metaspike.bayesian import MESU, bayesianize, mesu_param_groups
         >>> net = bayesianize(torch.nn.Sequential(torch.nn.Linear(4, 2)), "mesu")
-        >>> why_not_fused(net, MESU(mesu_param_groups(net)))
-        'a Bayesian layer with a bias or an output gain (trained by a second optimizer)'
+        >>> why_not_fused(net, MESU(mesu_param_groups(net)))[:46]
+        'a Bayesian layer with a bias or an output gain'
     """
     found = _analyse(model, optimizer)
     return found if isinstance(found, str) else None
