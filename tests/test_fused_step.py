@@ -277,12 +277,12 @@ def test_what_changes_the_ordinary_step_is_refused(build, reason):
     assert reason in why_not_fused(net, opt)
 
 
-def _changed_between_steps(change) -> tuple[nn.Module, nn.Module]:
+def _changed_between_steps(change, build) -> tuple[nn.Module, nn.Module]:
     """Two steps of the ordinary loop and of the fused step, ``change(net, opt)`` applied to both in between."""
     nets = []
     for fused in (False, True):
         torch.manual_seed(0)
-        net, opt = _user_net("mesu")
+        net, opt = build()
         x, y = torch.rand(2, 12, dtype=torch.float64), torch.tensor([[1], [3]])
         torch.manual_seed(1)
         step = FusedTrainingStep(net, opt) if fused else lambda xi, yi: _ordinary_steps(net, opt, [xi], [yi])
@@ -299,12 +299,17 @@ def _load_other_settings(net, opt):
     opt.load_state_dict(state)
 
 
-@pytest.mark.parametrize("change", [
-    _load_other_settings,  # new group dicts: their settings are the ones used
-    lambda net, opt: opt.param_groups[0].update(lr_sigma=0.5, clamp_grad=0.3),  # settings edited in place
+def _other_samples(net, opt):
+    net[1].samples = net[3].samples = 2  # (the bnn layers' number of weight samples)
+
+
+@pytest.mark.parametrize("change, build", [
+    (_load_other_settings, lambda: _user_net("mesu")),  # new group dicts: their settings are the ones used
+    (lambda net, opt: opt.param_groups[0].update(lr_sigma=0.5, clamp_grad=0.3), lambda: _user_net("mesu")),
+    (_other_samples, _mesu_net),  # the step draws the new number of weight samples
 ])
-def test_changes_between_steps_are_taken_into_account(change):
-    ordinary, fused = _changed_between_steps(change)
+def test_changes_between_steps_are_taken_into_account(change, build):
+    ordinary, fused = _changed_between_steps(change, build)
     for p, q in zip(ordinary.parameters(), fused.parameters()):
         torch.testing.assert_close(q, p, rtol=0, atol=TOLERANCE)
 
@@ -315,6 +320,7 @@ def test_changes_between_steps_are_taken_into_account(change):
     (lambda net, opt: net[2].register_forward_hook(lambda *args: None), "a ReLU has hooks"),
     (lambda net, opt: opt.register_step_pre_hook(lambda *args: None), "step hooks"),
     (lambda net, opt: net.__setitem__(2, nn.Tanh()), "a Tanh between"),
+    (lambda net, opt: net[4].float(), "different dtypes or devices"),
 ])
 def test_changes_that_leave_no_fused_step_are_refused_at_the_next_step(change, reason):
     net, opt = _user_net("mesu")
@@ -336,6 +342,12 @@ def test_input_of_another_dtype_is_one_line_and_leaves_the_step_compiled():
     from metaspike.bayesian.fused_step import _compiled_fused_step
 
     assert not _compiled_fused_step.broken
+
+
+def test_a_samples_attribute_on_a_plain_linear_layer_draws_one_sample_as_its_forward_does():
+    net, opt = _user_net("bimu")
+    net[1].samples = 3  # (nn.Linear's forward ignores it)
+    assert FusedTrainingStep(net, opt)._analysis.plan.samples == 1
 
 
 def test_a_registered_activation_must_describe_itself_as_a_frozen_activation():

@@ -200,7 +200,7 @@ class _Analysis:
     fingerprint: tuple[Any, ...]
 
 
-def _fingerprint(optimizer: Any, modules: list[nn.Module], activations: list[nn.Module],
+def _fingerprint(optimizer: Any, modules: list[nn.Module], activations: list[nn.Module], layers: list[nn.Module],
                  synapses: list[nn.Module], tensors: list[tuple[Tensor, ...]]) -> tuple[Any, ...]:
     """What the verdict of :func:`_analyse` depends on and a user may change between two steps (a module replaced,
     put in evaluation mode, hooked or given another temperature; a tensor frozen, hooked or moved to another dtype;
@@ -213,6 +213,7 @@ def _fingerprint(optimizer: Any, modules: list[nn.Module], activations: list[nn.
         sum(_hook_count(m) for m in modules), _global_hook_count(),
         tuple(_ACTIVATIONS[type(m)](m) for m in activations),
         tuple(getattr(synapse, "temperature", None) for synapse in synapses),
+        tuple(_samples(layer) for layer in layers),
         tuple((t.requires_grad, t.dtype, t.device, t.data_ptr(), _tensor_hook_count(t)) for layer in tensors
               for t in layer),
         id(optimizer.param_groups), tuple(id(g) for g in optimizer.param_groups),
@@ -232,6 +233,12 @@ def _refuse_optimizer(optimizer: Any) -> str | None:
 
 
 _LINEAR_FORWARDS = (nn.Linear.forward, SampledForward.forward)
+
+
+def _samples(layer: nn.Module) -> int:
+    """The weight samples a Bayesian Linear layer's forward pass draws: ``samples`` of a :class:`SampledForward`
+    layer, else one."""
+    return (layer.samples or 1) if isinstance(layer, SampledForward) else 1
 _GAIN_OR_BIAS = ("a Bayesian layer with a bias or an output gain (trained by a second optimizer; bayesianize(..., "
                  "scale=None) and bias=False make none)")
 
@@ -278,7 +285,7 @@ def _stages(modules: list[nn.Module], rule: str) -> tuple[list[Activation | int]
         width = module.out_features
         stages.append(len(layers))
         layers.append(module)
-    samples = {getattr(layer, "samples", None) or 1 for layer in layers}
+    samples = {_samples(layer) for layer in layers}
     if len(samples) > 1:
         return "the Bayesian layers draw different numbers of weight samples"
     if len({getattr(_parametrization(layer), "temperature", None) for layer in layers}) > 1:
@@ -334,19 +341,21 @@ def _analyse(model: nn.Module, optimizer: Any) -> _Analysis | str:
     tensors = [_synapse_tensors(layer, _parametrization(layer)) for layer in layers]
     if any(_tensor_hook_count(t) for layer in tensors for t in layer):
         return "a synapse tensor has gradient hooks"
+    if len({(t.dtype, t.device) for layer in tensors for t in layer}) > 1:
+        return "the synapse tensors have different dtypes or devices"
     groups = _groups(optimizer, tensors)
     if isinstance(groups, str):
         return groups
     synapse = _parametrization(layers[0])
     form = _integer_power(1.0 / synapse.temperature) if isinstance(synapse, BinaryWeight) else 0
     clamps = tuple(optimizer.rule == "mesu" and group["clamp_grad"] > 0 for group in groups)
-    plan = _Plan(optimizer.rule, getattr(layers[0], "samples", None) or 1, form, tuple(stages), clamps,
+    plan = _Plan(optimizer.rule, _samples(layers[0]), form, tuple(stages), clamps,
                  tuple(update_scalars(optimizer.rule, groups[0])))
     plan = _PLANS.setdefault(plan, plan)  # one object per structure: the compiled step's guards compare objects
     everything = list(model.modules())
     synapses = [_parametrization(layer) for layer in layers]
     return _Analysis(plan, prefix, layers, activations, everything, synapses, tensors, groups, optimizer.param_groups,
-                     _fingerprint(optimizer, everything, activations, synapses, tensors))
+                     _fingerprint(optimizer, everything, activations, layers, synapses, tensors))
 
 
 def why_not_fused(model: nn.Module, optimizer: Any) -> str | None:
@@ -470,8 +479,8 @@ class FusedTrainingStep:
     def _current(self) -> _Analysis:
         """The analysis for the model and optimizer as they are now (made again where they changed)."""
         found = self._analysis
-        if _fingerprint(self.optimizer, found.modules, found.activations, found.synapses, found.tensors) != \
-                found.fingerprint:
+        if _fingerprint(self.optimizer, found.modules, found.activations, found.layers, found.synapses,
+                        found.tensors) != found.fingerprint:
             self._analysis = found = self._analyse()
             self._scalars = []
         return found
