@@ -77,10 +77,9 @@ def step_costs(steps: int, rounds: int) -> dict[str, float]:
     """Median milliseconds per batch-1 step of each variant, over ``rounds`` interleaved rounds (after a warm-up)."""
     torch.manual_seed(0)
     variants: dict[str, Callable[[torch.Tensor, torch.Tensor], object]] = {"plain Linear + SGD": _plain()}
-    for kind, samples in (("bimu", 1), ("bimu", 5), ("mesu", 1), ("mesu", 10)):
+    for kind, label, samples in (("bimu", "BiMU", 1), ("bimu", "BiMU", 5), ("mesu", "MESU", 1), ("mesu", "MESU", 10)):
         for fused in (True, False):
-            name = f"{kind.replace('bimu', 'BiMU').replace('mesu', 'MESU')} S={samples} {'fused' if fused else 'autograd'}"
-            variants[name] = _sampled(kind, samples, fused)
+            variants[f"{label} S={samples} {'fused' if fused else 'autograd'}"] = _sampled(kind, samples, fused)
     x, y = torch.randn(steps, 1, 784), torch.randint(0, 10, (steps, 1))
     times: dict[str, list[float]] = {name: [] for name in variants}
     for step in variants.values():  # warm-up, untimed: the fused loops compile on their first call

@@ -313,6 +313,11 @@ def _groups(optimizer: Any, tensors: list[tuple[Tensor, ...]]) -> list[dict[str,
     return groups
 
 
+def _clamps(rule: str, groups: list[dict[str, Any]]) -> tuple[bool, ...]:
+    """Per layer, whether its group clips gradients (MESU's ``clamp_grad > 0``): the one setting the plan depends on."""
+    return tuple(rule == "mesu" and group["clamp_grad"] > 0 for group in groups)
+
+
 def _analyse(model: nn.Module, optimizer: Any) -> _Analysis | str:
     """The fused step's structure for ``model`` and ``optimizer``, or why there is none."""
     refused = _refuse_optimizer(optimizer)
@@ -348,8 +353,7 @@ def _analyse(model: nn.Module, optimizer: Any) -> _Analysis | str:
         return groups
     synapse = _parametrization(layers[0])
     form = _integer_power(1.0 / synapse.temperature) if isinstance(synapse, BinaryWeight) else 0
-    clamps = tuple(optimizer.rule == "mesu" and group["clamp_grad"] > 0 for group in groups)
-    plan = _Plan(optimizer.rule, _samples(layers[0]), form, tuple(stages), clamps,
+    plan = _Plan(optimizer.rule, _samples(layers[0]), form, tuple(stages), _clamps(optimizer.rule, groups),
                  tuple(update_scalars(optimizer.rule, groups[0])))
     plan = _PLANS.setdefault(plan, plan)  # one object per structure: the compiled step's guards compare objects
     everything = list(model.modules())
@@ -476,14 +480,13 @@ class FusedTrainingStep:
             raise ValueError(f"this model and optimizer cannot take a fused step: {found}")
         return found
 
-    def _current(self) -> _Analysis:
-        """The analysis for the model and optimizer as they are now (made again where they changed)."""
+    def _refresh(self) -> None:
+        """Make the analysis again where the model or the optimizer changed since it was made."""
         found = self._analysis
         if _fingerprint(self.optimizer, found.modules, found.activations, found.layers, found.synapses,
                         found.tensors) != found.fingerprint:
-            self._analysis = found = self._analyse()
+            self._analysis = self._analyse()
             self._scalars = []
-        return found
 
     def __call__(self, x: Tensor, target: Tensor) -> Tensor:
         """Train on one sample ``x`` (a batch of 1, as the model takes it) of class ``target`` (an int64 tensor of
@@ -493,8 +496,8 @@ class FusedTrainingStep:
                              f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
         if not isinstance(target, Tensor) or target.shape != (1,) or target.dtype != torch.int64:
             raise ValueError("target must be an int64 tensor of shape (1,), as cross-entropy takes class indices")
-        self._current()
-        scalars = self._scalar_tensors()  # (may make the analysis again: MESU's clipping depends on a setting)
+        self._refresh()
+        scalars = self._scalar_tensors()  # (may make the plan again: MESU's clipping depends on a setting)
         found = self._analysis
         first, weight = found.layers[0], found.tensors[0][0]
         with torch.no_grad():
@@ -526,11 +529,13 @@ class FusedTrainingStep:
             return loss
 
     def _scalar_tensors(self) -> list[Tensor]:
-        """Each layer's update scalars as a tensor, made again (and the plan, whose MESU clipping depends on them)
-        only when the settings of its group change."""
-        settings = [tuple(group[name] for name in self._setting_names) for group in self._analysis.groups]
+        """Each layer's update scalars as a tensor, made again only when the settings of its group change (and the
+        plan with them where MESU's clipping is switched on or off)."""
+        found = self._analysis
+        settings = [tuple(group[name] for name in self._setting_names) for group in found.groups]
         if [kept for kept, _ in self._scalars] != settings:
-            self._analysis = found = self._analyse()
+            if _clamps(found.plan.rule, found.groups) != found.plan.clamps:
+                self._analysis = found = self._analyse()
             self._scalars = [(setting, torch.tensor(list(update_scalars(found.plan.rule, group).values()),
                                                     dtype=layer[0].dtype, device=layer[0].device))
                              for setting, group, layer in zip(settings, found.groups, found.tensors)]
