@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from metaspike.bayesian.fused_step import FusedTrainingStep, why_not_fused
+from metaspike.bayesian.fused_step import FusedTrainingStep
 from metaspike.checks import is_whole
 from metaspike.distributed import average_gradients
 
@@ -257,7 +257,7 @@ def _fused_step(model: nn.Module, optimizer: Optimizer, batch_size: int, classes
     :func:`train_epoch`'s own loop would: batch size 1, one process, no plugin, no task mask, a qualifying model."""
     if batch_size != 1 or shard[1] != 1 or plugins or classes is not None:
         return None
-    return FusedTrainingStep(model, optimizer) if why_not_fused(model, optimizer) is None else None
+    return FusedTrainingStep.where_possible(model, optimizer)
 
 
 def _train_fused(step: FusedTrainingStep, x: Tensor, y: Tensor, order: Tensor, device: torch.device | str,

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as torch_module
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
-from metaspike.bayesian.counter_noise import draw_key
+from metaspike.bayesian.counter_noise import draw_keys
 from metaspike.bayesian.functional import _bimu_update_, _mesu_update_, update_scalars
 from metaspike.bayesian.optim import MESU, BiMU
 from metaspike.bayesian.synapses import (
@@ -375,20 +375,20 @@ def why_not_fused(model: nn.Module, optimizer: Any) -> str | None:
     return found if isinstance(found, str) else None
 
 
-def _sample(plan: _Plan, tensors: Sequence[Tensor], key: Tensor, inv_tau: float) -> tuple[Tensor, Tensor]:
+def _sample(plan: _Plan, tensors: Sequence[Tensor], key: Tensor, inv_tau: Tensor) -> tuple[Tensor, Tensor]:
     """``(w, saved)``: the layer's ``S`` weight samples ``(S, out, in)`` and what its gradient needs (BiMU: the
     samples; MESU: the noise), drawn as :mod:`~metaspike.bayesian.synapses` draws them."""
     shape = (plan.samples, *tensors[0].shape)
     if plan.rule == "bimu":
         lam = tensors[0].reshape(1, -1)
-        weight = _RELAXED_SAMPLES[plan.sample_form].fn(lam, key, plan.samples, torch.full((), inv_tau, dtype=lam.dtype))
+        weight = _RELAXED_SAMPLES[plan.sample_form].fn(lam, key, plan.samples, inv_tau)
         return weight.view(shape), weight.view(shape)
     weight, noise = _gaussian_sample(tensors[0].reshape(1, -1), tensors[1].reshape(1, -1), key, plan.samples)
     return weight.view(shape), noise.view(shape)
 
 
-def _fused_step(plan: _Plan, x: Tensor, target: Tensor, keys: list[Tensor], tensors: list[list[Tensor]],
-                scalars: list[Tensor], steps: list[list[Tensor]], inv_tau: float) -> Tensor:
+def _fused_step(plan: _Plan, x: Tensor, target: Tensor, keys: Tensor, tensors: list[list[Tensor]],
+                scalars: list[Tensor], steps: list[list[Tensor]], inv_tau: Tensor) -> Tensor:
     """One training step (see the module docstring); returns the loss. ``x`` is ``(1, in)``, ``target`` ``(1,)``;
     ``scalars[i]`` holds layer ``i``'s update scalars (:func:`_scalars`) as a tensor of the weights' dtype."""
     a = x  # the current activation: (1, in) for the first layer, then (S, n)
@@ -464,15 +464,30 @@ class FusedTrainingStep:
         True
     """
 
-    def __init__(self, model: nn.Module, optimizer: Any) -> None:
+    def __init__(self, model: nn.Module, optimizer: Any, _analysis: _Analysis | None = None) -> None:
         self.model = model
         self.optimizer = optimizer
-        self._analysis = self._analyse()
+        self._analysis = self._analyse() if _analysis is None else _analysis
         self._setting_names = sorted(optimizer.defaults)
         self._scalars: list[tuple[tuple[Any, ...], Tensor]] = []  # per layer: its group's settings, their tensor
+        self._inverse_temperature_cache: tuple[Any, Tensor | None] = (None, None)  # (1/τ, dtype, device), tensor
         for layer in self._analysis.tensors:
             for t in layer:
                 t.grad = None  # (as zero_grad(set_to_none=True): the fused step writes none)
+
+    @classmethod
+    def where_possible(cls, model: nn.Module, optimizer: Any) -> FusedTrainingStep | None:
+        """The fused step of ``model`` and ``optimizer``, or ``None`` where :func:`why_not_fused` names a reason
+        (one analysis of the pair, where asking :func:`why_not_fused` first makes two).
+
+        Example:
+            >>> from metaspike.bayesian import MESU, bayesianize, mesu_param_groups
+            >>> net = bayesianize(torch.nn.Sequential(torch.nn.Linear(4, 2)), "mesu")  # a bias: not fused
+            >>> FusedTrainingStep.where_possible(net, MESU(mesu_param_groups(net))) is None
+            True
+        """
+        found = _analyse(model, optimizer)
+        return None if isinstance(found, str) else cls(model, optimizer, found)
 
     def _analyse(self) -> _Analysis:
         found = _analyse(self.model, self.optimizer)
@@ -513,20 +528,29 @@ class FusedTrainingStep:
             label = int(target)
             if not 0 <= label < classes:
                 raise ValueError(f"target {label} is not a class of the model's {classes} outputs")
-            keys = [draw_key(weight.device) for _ in found.tensors]
+            keys = draw_keys((len(found.tensors),), weight.device)
             states = [[self.optimizer.state[t] for t in layer] for layer in found.tensors]
             made = [state for layer in states for state in layer if "step" not in state]
             for state in made:  # (removed again below if this step updates nothing, as the optimizers make none)
                 state["step"] = torch.zeros((), dtype=torch.float32)
             tensors = [[t.detach() for t in layer] for layer in found.tensors]
-            synapse = found.synapses[0]
-            inv_tau = 1.0 / synapse.temperature if isinstance(synapse, BinaryWeight) else 1.0
             loss = _compiled_fused_step(found.plan, x, target, keys, tensors, scalars,
-                                        [[state["step"] for state in layer] for layer in states], inv_tau)
+                                        [[state["step"] for state in layer] for layer in states],
+                                        self._inverse_temperature(weight))
             for state in made:
                 if not state["step"]:
                     del state["step"]
             return loss
+
+    def _inverse_temperature(self, weight: Tensor) -> Tensor:
+        """``1/τ`` of the BiMU layers (1 for MESU) as a 0-d tensor of the weights' dtype, made again only when it
+        changes (a compiled call converts a Python float argument to a tensor at every call)."""
+        synapse = self._analysis.synapses[0]
+        value = 1.0 / synapse.temperature if isinstance(synapse, BinaryWeight) else 1.0
+        key = (value, weight.dtype, weight.device)
+        if self._inverse_temperature_cache[0] != key:
+            self._inverse_temperature_cache = (key, torch.tensor(value, dtype=weight.dtype, device=weight.device))
+        return self._inverse_temperature_cache[1]
 
     def _scalar_tensors(self) -> list[Tensor]:
         """Each layer's update scalars as a tensor, made again only when the settings of its group change (and the
