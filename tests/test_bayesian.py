@@ -455,6 +455,33 @@ def test_sampled_conv2d_equals_separate_passes(layer_type):
         torch.testing.assert_close(out[s], expected)
 
 
+@pytest.mark.parametrize("layer_type", [BayesianLinear, BinaryBayesianLinear, BayesianConv2d, BinaryBayesianConv2d])
+def test_evaluation_mode_computes_one_product_for_its_one_weight(layer_type):
+    """Evaluation "mode" shows one weight in every sample: the S outputs are that weight's product (computed once),
+    with gradients summed over them as over S separate products; "sample" still draws S different weights."""
+    torch.manual_seed(0)
+    conv = layer_type in (BayesianConv2d, BinaryBayesianConv2d)
+    layer = layer_type(4, 6, kernel_size=3, padding=1, bias=True, samples=3) if conv else layer_type(4, 6, bias=True, samples=3)
+    x = torch.randn(2, 4, 5, 5) if conv else torch.randn(5, 4)
+    layer.eval()
+    out = layer(x)
+    weight = sample_weights(layer, 1)[0]
+    expected = F.conv2d(x, weight, layer.bias, padding=1) if conv else F.linear(x, weight, layer.bias)
+    assert out.shape == (3, *expected.shape) and out.is_contiguous()
+    for s in range(3):  # the same sums as one product: equal up to their order (float32, four to 36 terms)
+        torch.testing.assert_close(out[s], expected)
+    if layer_type in (BayesianLinear, BayesianConv2d):  # MESU's mode is μ: each sample adds its gradient
+        out.sum().backward()
+        mu = layer.parametrizations.weight.original
+        alone = mu.detach().clone().requires_grad_()
+        (F.conv2d(x, alone, padding=1) if conv else F.linear(x, alone)).sum().backward()
+        torch.testing.assert_close(mu.grad, 3 * alone.grad)
+    for synapse in (m for m in layer.modules() if hasattr(m, "evaluation")):
+        synapse.evaluation = "sample"
+    drawn = layer(x)
+    assert not torch.equal(drawn[0], drawn[1])  # different weights per sample
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.5, 0.25, 0.7], ids=["tau1-rational", "tau0.5-rational", "tau0.25-tanh", "tau0.7-tanh"])
 @pytest.mark.parametrize("samples", [None, 3])
 def test_the_fused_relaxed_sample_and_its_gradient_equal_the_tanh_formula(temperature, samples):

@@ -711,19 +711,34 @@ def sampled_product(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
         if x.dim() not in (2, 3) or x.shape[-1] != layer.in_features or (x.dim() == 3 and x.shape[0] != samples):
             raise ValueError(f"x must have shape (B, in={layer.in_features}) or (samples={samples}, B, "
                              f"in={layer.in_features}), got {tuple(x.shape)}")
-        if x.dim() == 2:
+        shared = x.dim() == 2
+        if shared:
             x = x.expand(samples, *x.shape)
         synapse = _parametrization(layer)
         if synapse is not None and synapse.training and x.shape[1] == 1 and torch.is_grad_enabled():
             tensors = _synapse_tensors(layer, synapse)
             out = _SampledRowProduct.apply(x, synapse, draw_key(tensors[0].device), samples, *tensors)
         else:
-            out = _samples_times_inputs(sample_weights(layer, samples), x)
+            weights = sample_weights(layer, samples)
+            if shared and _one_weight(weights):
+                out = _samples_times_inputs(weights[:1], x[:1]).expand(samples, -1, -1).contiguous()
+            else:
+                out = _samples_times_inputs(weights, x)
         return out if layer.bias is None else out + layer.bias
     if isinstance(layer, nn.Conv2d):
         grouped = _grouped_conv_input(layer, x, samples)  # checked before any sample is drawn
-        return _sampled_conv2d(layer, grouped, sample_weights(layer, samples), samples)
+        weights = sample_weights(layer, samples)
+        if x.dim() == 4 and _one_weight(weights):
+            one = _sampled_conv2d(layer, x, weights[:1], 1)  # (one sample's grouped input is x itself)
+            return one.expand(samples, *one.shape[1:]).contiguous()
+        return _sampled_conv2d(layer, grouped, weights, samples)
     raise ValueError(f"layer must be an nn.Linear or nn.Conv2d, got {type(layer).__name__}")
+
+
+def _one_weight(weights: Tensor) -> bool:
+    """Whether stacked weight samples are one weight seen ``S`` times (evaluation mode ``"mode"`` expands it), so
+    that a shared input needs one product, not ``S`` equal ones (MESU's 10 samples: a tenth of the evaluation)."""
+    return weights.shape[0] > 1 and weights.stride(0) == 0
 
 
 class SampledForward:
