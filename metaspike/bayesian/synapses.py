@@ -261,8 +261,15 @@ def _relaxed_sample_rational(lam: Tensor, a: Tensor, b: Tensor, inv_tau: Tensor)
     """The same as :func:`_relaxed_sample_tanh` where ``a = u^k``, ``b = (1 − u)^k`` with ``k = 1/τ``:
     ``(p·a − q·b) / (p·a + q·b)``, ``p = sigmoid(2λ/τ)``, ``q = sigmoid(−2λ/τ)`` (multiply
     ``tanh x = (e^{2x} − 1)/(e^{2x} + 1)`` through by ``q·(1 − u)^k``): no transcendental per sample, and
-    the denominator never vanishes (``max(p, q) >= ½`` and ``u`` is never 0 or 1)."""
-    pa, qb = torch.sigmoid(2 * inv_tau * lam) * a, torch.sigmoid(-2 * inv_tau * lam) * b
+    the denominator never vanishes (``max(p, q) >= ½`` and ``u`` is never 0 or 1). Both sigmoids come from one
+    exp, ``e = exp(−2|λ|/τ)``: the larger is ``1/(1 + e)``, the smaller ``e/(1 + e)``, which keeps its digits
+    where ``|λ| ≫ τ`` (``1 − p`` would round to 0)."""
+    e = torch.exp(lam.abs() * (-2.0 * inv_tau))
+    larger = 1.0 / (1.0 + e)
+    smaller = e * larger
+    positive = lam >= 0
+    pa = torch.where(positive, larger, smaller) * a
+    qb = torch.where(positive, smaller, larger) * b
     return (pa - qb) / (pa + qb)
 
 
