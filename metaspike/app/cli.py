@@ -18,6 +18,7 @@ import torch
 
 from metaspike.allocator import keep_freed_memory
 from metaspike.app.config import DEFAULT_INPUT_META, DEFAULT_META, RunConfig, meta_label, parse_meta
+from metaspike.app.imports import FLAG, import_modules
 from metaspike.app.reproduce import cli as reproduce_cli
 from metaspike.distributed import world
 from metaspike.rules import available_rules
@@ -77,6 +78,9 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
     parser.add_argument("--out", default="runs", help="results folder; each run gets a new subfolder (default: %(default)s)")
     parser.add_argument("--device", default=d["device"], help="cpu or cuda[:N] (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(FLAG, dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (a module name or a .py file; repeatable), so that the rules and "
+                             "neuron models it registers can be named by --rule, --model and --neurons")
 
 
 def _config(args: argparse.Namespace, meta: Sequence[float] | None, seed: int) -> RunConfig:
@@ -89,7 +93,7 @@ def _config(args: argparse.Namespace, meta: Sequence[float] | None, seed: int) -
         eval_tasks=args.eval_tasks, model=getattr(args, "model", _DEFAULTS["model"]), memory_window=args.memory_window,
         standardize=args.standardize,
         seed=seed, batchnorm=args.batchnorm, optimizer=args.optimizer, split_mode=args.split_mode,
-        device=args.device, data_dir=args.data_dir,
+        device=args.device, data_dir=args.data_dir, imports=tuple(args.imports),
     )
 
 
@@ -146,6 +150,8 @@ def _given_settings(args: argparse.Namespace) -> dict[str, object]:
             given[field] = tuple(value) if isinstance(value, list) else value
     if "--meta" in tokens:
         given["meta"] = tuple(v for text in args.meta for v in parse_meta(text))
+    if FLAG in tokens:
+        given["imports"] = tuple(args.imports)
     return given
 
 
@@ -221,7 +227,7 @@ def _compare(args: argparse.Namespace) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("compare runs in one process; under torchrun use 'metaspike train' (one setting per launch)")
     if args.resume is not None:
-        given = [flag for flag in args.argv if flag.startswith("--") and flag.split("=")[0] not in ("--resume", "--quiet")]
+        given = [flag for flag in args.argv if flag.startswith("--") and flag.split("=")[0] not in ("--resume", "--quiet", FLAG)]
         if given:
             raise ValueError(f"--resume continues a comparison with its stored plan; remove {' '.join(given)}")
         path, rows = compare.resume_comparison(args.resume, progress=not args.quiet)
@@ -271,6 +277,13 @@ def _plot(args: argparse.Namespace) -> None:
         print(written)
 
 
+def _import_given(argv: Sequence[str]) -> tuple[str, ...]:
+    """Import the modules named by ``--import`` in ``argv``, once each; return them as a run records them."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument(FLAG, dest="imports", action="append", default=[])
+    return import_modules(pre.parse_known_args(argv)[0].imports)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metaspike`` console script; returns the exit status.
 
@@ -282,11 +295,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # the command's own process (not a caller's): steps reuse freed memory instead of faulting
         keep_freed_memory()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
-    args.argv = argv
     from metaspike.training import TrainingDiverged
 
     try:
+        imported = _import_given(argv)  # (before the parser, whose help lists the registered rules)
+        args = _parser().parse_args(argv)
+        args.argv = argv
+        if hasattr(args, "imports"):
+            args.imports = imported
         try:
             {"train": _train, "compare": _compare, "plot": _plot, "reproduce": reproduce_cli.run}[args.command](args)
         finally:  # (inside the handlers below: a Ctrl-C landing here is one line too)

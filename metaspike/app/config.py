@@ -105,6 +105,9 @@ class RunConfig:
     training split (:class:`metaspike.app.models.Standardize`, the first module of the model), as the papers' long
     streams do; not for spiking models, which encode raw intensities.
 
+    ``imports`` records the user's modules the run imported first (``--import``, :mod:`metaspike.app.imports`), where
+    its model or rule comes from; a run never imports them by itself (``--resume`` asks for the same ``--import``).
+
     ``memory_window`` is the ``N`` of the Bayesian synapses' optimizer (MESU, BiMU: the prior term is divided
     by ``N``, so the posterior keeps about the last ``N`` samples' evidence), in training samples (at least
     ``batch_size``: :func:`metaspike.bayesian.settings_for_batch`); ``None`` keeps the kind's published setting
@@ -138,12 +141,16 @@ class RunConfig:
     eval_tasks: int | None = None
     memory_window: float | None = None
     standardize: bool = False
+    imports: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if not isinstance(self.imports, tuple) or not all(isinstance(i, str) and i for i in self.imports):
+            raise ValueError(f"--import takes module names or .py files, got {self.imports!r}")
         if self.scenario not in available_scenarios():
             raise ValueError(f"unknown scenario {self.scenario!r}; available: {', '.join(available_scenarios())}")
         if self.model not in available_models():
-            raise ValueError(f"unknown model {self.model!r}; available: {', '.join(available_models())}")
+            raise ValueError(f"unknown model {self.model!r}; available: {', '.join(available_models())}"
+                             f"{self._import_hint()}")
         for key in ("tasks", "epochs", "batch_size", "num_steps", "eval_every"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -204,12 +211,21 @@ class RunConfig:
         if self.lr > MAX_LR:
             raise ValueError(f"--lr must be in (0, {MAX_LR:g}], got {self.lr!r}: hidden weights start within ±0.05 and "
                              "Adam moves each by about lr per step, so a larger rate flips every sign at every step")
-        get_rule(self.rule)
+        try:
+            get_rule(self.rule)
+        except ValueError as err:
+            raise ValueError(f"{err}{self._import_hint()}") from None
         TrainerConfig(batchnorm=self.batchnorm, optimizer=self.optimizer)  # validates the modes
         if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--device {self.device}: CUDA is not available on this machine")
+
+    def _import_hint(self) -> str:
+        """What to say after an unknown model or rule name: the run's own modules, or how to name one's own."""
+        if self.imports:
+            return f" (the run imports {' '.join(self.imports)}: give the same --import)"
+        return " (one of your own: name the module that registers it with --import)"
 
     @property
     def name(self) -> str:

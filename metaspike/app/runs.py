@@ -216,7 +216,7 @@ def run(config: RunConfig, out: str | Path = "runs", progress: bool = True, plot
         return path, train_and_finish(trainer, scenario, directory, None, plot)
 
 
-_SEQUENCES = {"datasets": str, "hidden": int, "meta": (int, float)}
+_SEQUENCES = {"datasets": str, "hidden": int, "meta": (int, float), "imports": str}
 
 
 def load_config(run_dir: str | Path) -> RunConfig:
@@ -246,7 +246,7 @@ def config_from_record(stored: Any, path: Path) -> RunConfig:
     for key in RunConfig.field_names():
         if key not in stored:
             if key in ("model", "num_steps", "samples_per_task", "eval_every", "eval_tasks", "memory_window",
-                       "standardize"):  # newer fields
+                       "standardize", "imports"):  # newer fields
                 values[key] = getattr(defaults, key)
                 continue
             raise ValueError(f"{path} has no {key!r} setting")

@@ -17,7 +17,7 @@ Example:
 from metaspike.snn.backends import available_surrogates, reset_states, surrogate
 from metaspike.snn.encoders import DirectEncoder, LatencyEncoder, RateEncoder, available_encoders, get_encoder
 from metaspike.snn.layers import Scale
-from metaspike.snn.neurons import NetSpec, available_neurons, build_neuron_model
+from metaspike.snn.neurons import NetSpec, available_neurons, build_neuron_model, register_neuron, spiking_mlp
 from metaspike.snn.readouts import available_readouts, get_readout, membrane, spike_count
 from metaspike.snn.recurrent import SelfRecurrentLIF
 from metaspike.snn.timeloop import SpikingClassifier
@@ -26,4 +26,5 @@ __all__ = [
     "SpikingClassifier", "RateEncoder", "LatencyEncoder", "DirectEncoder", "get_encoder", "available_encoders",
     "spike_count", "membrane", "get_readout", "available_readouts", "surrogate", "available_surrogates",
     "reset_states", "SelfRecurrentLIF", "Scale", "NetSpec", "available_neurons", "build_neuron_model",
+    "register_neuron", "spiking_mlp",
 ]

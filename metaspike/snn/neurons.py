@@ -6,12 +6,15 @@ readout). Turn synapses binary with ``metaspike.binarize(model)``: its default l
 output channel (:class:`metaspike.gain.OutputGain`) keeps each layer's input current at the float
 layer's scale, so no hand-tuned gain layer is needed.
 
-Adding a neuron model = one builder function ``(spec) -> nn.Module`` + one line in ``_NEURONS``.
+Adding a neuron model = one builder function ``(spec) -> nn.Module`` (most are :func:`spiking_mlp` with the
+neuron's own module) and one line in ``_NEURONS``; a user's own model is added by :func:`register_neuron` (and
+``metaspike train --import`` names the module that registers it on the command line).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,7 +26,7 @@ from metaspike.snn.backends import norse_method, require_norse, require_snntorch
 from metaspike.snn.recurrent import SelfRecurrentLIF, check_decay
 from metaspike.snn.timeloop import SpikingClassifier
 
-__all__ = ["NetSpec", "available_neurons", "check_neurons", "build_neuron_model"]
+__all__ = ["NetSpec", "available_neurons", "check_neurons", "build_neuron_model", "register_neuron", "spiking_mlp"]
 
 
 @dataclass(frozen=True)
@@ -69,13 +72,31 @@ def _classifier(spec: NetSpec, network: nn.Module) -> SpikingClassifier:
     return SpikingClassifier(network, spec.num_steps, spec.encoder, spec.readout, spec.input_shape)
 
 
+def spiking_mlp(spec: NetSpec, neuron: Neuron) -> SpikingClassifier:
+    """The registry's stack for a neuron model: ``Flatten → [Linear (no bias) → neuron] per layer`` in a
+    :class:`~metaspike.snn.SpikingClassifier` with ``spec``'s sizes, time steps, encoder and readout.
+
+    ``neuron(features, is_output)`` makes the module after each Linear: one time step, input current ``[B,
+    features]`` → spikes (or snnTorch's ``(spikes, membrane)``), its state kept inside and reset by
+    :func:`metaspike.snn.reset_states`; the output layer's should not reset (the readout reads its membrane).
+
+    Example:
+        >>> from metaspike.snn import SelfRecurrentLIF
+        >>> model = spiking_mlp(NetSpec(hidden=(16,), num_steps=3),
+        ...                     lambda n, out: SelfRecurrentLIF(n, 0.9, threshold=1e4 if out else 1.0, output=out))
+        >>> model(torch.rand(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+    return _classifier(spec, nn.Sequential(*_layers(spec, neuron)))
+
+
 def _snntorch(spec: NetSpec, make: Callable[..., nn.Module]) -> SpikingClassifier:
     spike_grad = surrogate(spec.surrogate or "fast_sigmoid")
 
     def neuron(features: int, last: bool) -> nn.Module:
         return make(spike_grad=spike_grad, init_hidden=True, output=last, reset_mechanism="none" if last else "zero")
 
-    return _classifier(spec, nn.Sequential(*_layers(spec, neuron)))
+    return spiking_mlp(spec, neuron)
 
 
 def leaky(spec: NetSpec) -> nn.Module:
@@ -113,7 +134,7 @@ def self_recurrent(spec: NetSpec) -> nn.Module:
             return SelfRecurrentLIF(features, spec.beta, threshold=1e4, spike_fn=spike_fn, output=True)
         return SelfRecurrentLIF(features, spec.beta, spike_fn=spike_fn)
 
-    return _classifier(spec, nn.Sequential(*_layers(spec, neuron)))
+    return spiking_mlp(spec, neuron)
 
 
 def _norse(spec: NetSpec, cell: Callable[[Callable[..., tuple], str, float], nn.Module]) -> nn.Module:
@@ -152,6 +173,33 @@ _NEURONS: dict[str, Callable[[NetSpec], nn.Module]] = {
     "norse-lif": norse_lif,
     "norse-lsnn": norse_lsnn,
 }
+
+
+def register_neuron(name: str, builder: Callable[[NetSpec], nn.Module]) -> Callable[[NetSpec], nn.Module]:
+    """Make a neuron model available by ``name``: to :func:`build_neuron_model`, as the run model kinds ``name``
+    (binary synapses, MetaplasticAdam) and ``name+bimu`` (BiMU synapses), and to ``metaspike compare --neurons``.
+    ``builder(spec)`` returns a classifier ``[B, *spec.input_shape] → [B, spec.classes]`` with float synapses,
+    most simply :func:`spiking_mlp` with the neuron's own module. Returns ``builder`` (usable as a decorator).
+
+    Example:
+        >>> from metaspike.snn import SelfRecurrentLIF
+        >>> def slow_lif(spec):
+        ...     return spiking_mlp(spec, lambda n, out: SelfRecurrentLIF(n, 0.99, threshold=1e4 if out else 1.0,
+        ...                                                              output=out))
+        >>> slow_lif(NetSpec(hidden=(8,), num_steps=2))(torch.rand(3, 1, 28, 28)).shape
+        torch.Size([3, 10])
+        >>> register_neuron("slow-lif", slow_lif)  # doctest: +SKIP
+    """
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ValueError(f"a neuron model's name must be letters, digits, '_', '.' or '-' (no '+', which joins "
+                         f"a synapse kind: 'leaky+bimu'), got {name!r}")
+    if not callable(builder):
+        raise ValueError(f"builder must be a callable (spec: NetSpec) -> nn.Module, got {type(builder).__name__}")
+    known = _NEURONS.get(name)
+    if known is not None and known is not builder:  # (every run asking for the name would change model, silently)
+        raise ValueError(f"a different neuron model is registered as {name!r} already; give yours its own name")
+    _NEURONS[name] = builder
+    return builder
 
 
 def available_neurons() -> list[str]:

@@ -1,0 +1,104 @@
+"""``--import``: a user's own modules, imported before a run so that what they register can be named on the command
+line (a consolidation rule by :func:`metaspike.rules.register_rule`, a spiking neuron model by
+:func:`metaspike.snn.register_neuron`, which ``--model`` and ``compare --neurons`` then take).
+
+A module is named as Python imports it (``mylab.rules``, found on ``sys.path``) or by the path of its ``.py`` file.
+The run records what it imported (:attr:`metaspike.app.config.RunConfig.imports`), but a run folder never imports
+anything by itself: ``--resume`` asks for the same ``--import`` again, so a folder from elsewhere cannot run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+__all__ = ["import_modules", "normalized_import", "FLAG"]
+
+FLAG = "--import"
+
+
+def _is_file(spec: str) -> bool:
+    return spec.endswith(".py") or "/" in spec or "\\" in spec
+
+
+def normalized_import(spec: str) -> str:
+    """How a run records ``spec``: a module name as given, a file as its absolute path.
+
+    Example:
+        >>> normalized_import("mylab.rules")
+        'mylab.rules'
+        >>> normalized_import("rules.py") == str(Path("rules.py").resolve())
+        True
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"{FLAG} takes a module name or the path of a .py file, got {spec!r}")
+    return str(Path(spec).resolve()) if _is_file(spec) else spec
+
+
+def _where(err: BaseException, origin: str | None) -> str:
+    """``file line N: `` of the innermost frame of ``err`` in the imported module's own file, if any."""
+    if isinstance(err, SyntaxError) and err.filename and err.lineno:
+        return f"{Path(err.filename).name} line {err.lineno}: "
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if origin and Path(f.filename) == Path(origin)]
+    return f"{Path(frames[-1].filename).name} line {frames[-1].lineno}: " if frames else ""
+
+
+def _load_file(path: Path) -> ModuleType:
+    """The module of the ``.py`` file at ``path`` (absolute), run once per process as ``import`` runs a module."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file {path}")
+    name = f"metaspike_import_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{path} is not a Python source file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # (dataclasses and pickling look a module up by its name)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _origin(spec: str) -> str | None:
+    """The file a module name imports from, where it can be found without running anything."""
+    try:
+        found = importlib.util.find_spec(spec)
+    except (ImportError, ValueError):
+        return None
+    return None if found is None else found.origin
+
+
+def import_modules(specs: Sequence[str]) -> tuple[str, ...]:
+    """Import each of ``specs`` (module names or ``.py`` files) once, in order; return them as a run records them
+    (:func:`normalized_import`). A module that cannot be imported is one ``ValueError`` naming it, the file and line
+    where it failed, and the error.
+
+    Example:
+        >>> import_modules(["json"])
+        ('json',)
+    """
+    done: list[str] = []
+    for spec in specs:
+        recorded = normalized_import(spec)
+        if recorded in done:
+            continue
+        try:
+            if _is_file(spec):
+                _load_file(Path(recorded))
+            else:
+                importlib.import_module(spec)
+        except Exception as err:  # (a user's module may raise anything while it runs)
+            origin = recorded if _is_file(spec) else _origin(spec)
+            raise ValueError(f"{FLAG} {spec}: {_where(err, origin)}{type(err).__name__}: {err}") from None
+        done.append(recorded)
+    return tuple(done)
