@@ -285,6 +285,10 @@ def evaluate(
 ) -> float:
     """Accuracy of ``model`` on ``(x, y)`` in percent (eval mode, batches of ``batch_size``).
 
+    A model that draws random weights in evaluation (BiMU's Bernoulli samples) draws them from a copy of torch's
+    generator: evaluating never shifts the random numbers that training draws next (a run trains the same however
+    often it is evaluated), and two evaluations with no training between them see the same samples.
+
     Example:
         >>> model = torch.nn.Linear(4, 3)
         >>> 0.0 <= evaluate(model, torch.rand(20, 4), torch.randint(0, 3, (20,))) <= 100.0
@@ -297,9 +301,18 @@ def evaluate(
     was_training = model.training
     model.eval()
     correct = 0
-    # near-equal chunks: no trailing batch of one sample, which batch-statistics BatchNorm cannot take
-    for index in torch.arange(len(x)).tensor_split(max(1, round(len(x) / batch_size))):
-        inputs, targets = x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
-        correct += (predictions(model(inputs), classes) == targets).sum().item()
+    with torch.random.fork_rng(devices=_cuda_devices(device)):
+        # near-equal chunks: no trailing batch of one sample, which batch-statistics BatchNorm cannot take
+        for index in torch.arange(len(x)).tensor_split(max(1, round(len(x) / batch_size))):
+            inputs, targets = x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
+            correct += (predictions(model(inputs), classes) == targets).sum().item()
     model.train(was_training)
     return 100.0 * correct / len(x)
+
+
+def _cuda_devices(device: torch.device | str) -> list[int]:
+    """The CUDA device whose generator an evaluation on ``device`` may draw from (none on the CPU)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]

@@ -696,3 +696,30 @@ def test_a_compiled_model_with_bayesian_synapses_draws_what_the_eager_model_draw
             results.append([out.detach(), *(p.grad.clone() for p in net.parameters() if p.grad is not None)])
         for got, expected in zip(*results):
             torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=name)
+
+
+def test_evaluating_never_shifts_the_random_numbers_training_draws():
+    """BiMU's evaluation draws Bernoulli weights; they come from a copy of torch's generator, so a run trains the
+    same however often it is evaluated, and two evaluations in a row see the same samples."""
+    from metaspike.training import evaluate, train_epoch
+
+    x, y = torch.randn(40, 12), torch.randint(0, 3, (40,))
+
+    def run(evaluate_between: bool) -> tuple[torch.Tensor, list[float]]:
+        torch.manual_seed(0)
+        net = nn.Sequential(BinaryBayesianLinear(12, 8, samples=2, evaluation="sample"), nn.ReLU(),
+                            BinaryBayesianLinear(8, 3, samples=2, evaluation="sample"))
+        optimizer = BiMU(bimu_parameters(net), lr=1.0, N=100)
+        scores = []
+        for _ in range(2):
+            train_epoch(net, optimizer, x, y, batch_size=8)
+            if evaluate_between:
+                state = torch.get_rng_state()
+                scores += [evaluate(net, x, y, batch_size=10), evaluate(net, x, y, batch_size=10)]
+                assert torch.equal(torch.get_rng_state(), state)
+        return torch.cat([p.detach().flatten() for p in net.parameters()]), scores
+
+    evaluated, scores = run(True)
+    plain, _ = run(False)
+    assert torch.equal(evaluated, plain)
+    assert scores[0] == scores[1] and scores[2] == scores[3]
