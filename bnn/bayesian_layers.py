@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from metaspike.bayesian.synapses import SampledForward, check_samples, make_bayesian
+from metaspike.bayesian.synapses import SampledForward, make_bayesian
 
 __all__ = ["BayesianLinear", "BayesianConv2d", "BinaryBayesianLinear", "BinaryBayesianConv2d"]
 
@@ -34,6 +34,8 @@ class BayesianLinear(SampledForward, nn.Linear):
         in_features, out_features: as in ``nn.Linear``.
         bias: add a (non-Bayesian) bias.
         samples: weight samples per forward pass (see the module docstring); ``None``: one, output ``(B, out)``.
+        evaluation_samples: weight samples per forward pass in evaluation mode (``None``: ``samples``); a larger
+            ensemble predicts better (BiMU on the 100-task stream: 5 → 100 samples added about 4 points).
         sigma_init: initial width ``σ`` (``μ`` keeps ``nn.Linear``'s initialisation).
         evaluation: ``"mode"`` (evaluation shows ``μ``) or ``"sample"``.
 
@@ -51,11 +53,12 @@ class BayesianLinear(SampledForward, nn.Linear):
         bias: bool = False,
         *,
         samples: int | None = None,
+        evaluation_samples: int | None = None,
         sigma_init: float = 0.1,
         evaluation: str = "mode",
     ) -> None:
         super().__init__(in_features, out_features, bias=bias)
-        self.samples = check_samples(samples)
+        self._set_samples(samples, evaluation_samples)
         make_bayesian(self, "mesu", sigma_init=sigma_init, evaluation=evaluation)
 
 
@@ -83,11 +86,12 @@ class BayesianConv2d(SampledForward, nn.Conv2d):
         padding_mode: str = "zeros",
         *,
         samples: int | None = None,
+        evaluation_samples: int | None = None,
         sigma_init: float = 0.1,
         evaluation: str = "mode",
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
-        self.samples = check_samples(samples)
+        self._set_samples(samples, evaluation_samples)
         make_bayesian(self, "mesu", sigma_init=sigma_init, evaluation=evaluation)
 
 
@@ -98,6 +102,8 @@ class BinaryBayesianLinear(SampledForward, nn.Linear):
         in_features, out_features: as in ``nn.Linear``.
         bias: add a (non-Bayesian) bias.
         samples: weight samples per forward pass (see the module docstring); ``None``: one, output ``(B, out)``.
+        evaluation_samples: weight samples per forward pass in evaluation mode (``None``: ``samples``); a larger
+            ensemble predicts better (BiMU on the 100-task stream: 5 → 100 samples added about 4 points).
         lambda_init: ``λ`` starts ``N(0, lambda_init²)``.
         temperature: ``τ`` of the relaxed training sample.
         evaluation: ``"mode"`` (evaluation shows ``sign(λ)``) or ``"sample"`` (a Bernoulli sample).
@@ -117,13 +123,14 @@ class BinaryBayesianLinear(SampledForward, nn.Linear):
         bias: bool = False,
         *,
         samples: int | None = None,
+        evaluation_samples: int | None = None,
         lambda_init: float = 0.1,
         temperature: float = 1.0,
         evaluation: str = "mode",
         scale: str | None = None,
     ) -> None:
         super().__init__(in_features, out_features, bias=bias)
-        self.samples = check_samples(samples)
+        self._set_samples(samples, evaluation_samples)
         make_bayesian(self, "bimu", lambda_init=lambda_init, temperature=temperature, evaluation=evaluation, scale=scale)
 
 
@@ -151,11 +158,12 @@ class BinaryBayesianConv2d(SampledForward, nn.Conv2d):
         padding_mode: str = "zeros",
         *,
         samples: int | None = None,
+        evaluation_samples: int | None = None,
         lambda_init: float = 0.1,
         temperature: float = 1.0,
         evaluation: str = "mode",
         scale: str | None = None,
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
-        self.samples = check_samples(samples)
+        self._set_samples(samples, evaluation_samples)
         make_bayesian(self, "bimu", lambda_init=lambda_init, temperature=temperature, evaluation=evaluation, scale=scale)

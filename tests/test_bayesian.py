@@ -723,3 +723,13 @@ def test_evaluating_never_shifts_the_random_numbers_training_draws():
     plain, _ = run(False)
     assert torch.equal(evaluated, plain)
     assert scores[0] == scores[1] and scores[2] == scores[3]
+
+
+def test_a_layer_predicts_from_its_evaluation_samples_and_trains_on_its_samples():
+    layer = BinaryBayesianLinear(6, 4, samples=2, evaluation="sample", evaluation_samples=9)
+    x = torch.randn(3, 6)
+    assert layer(x).shape == (2, 3, 4) and layer.eval()(x).shape == (9, 3, 4)
+    with pytest.raises(ValueError, match="evaluation_samples needs samples"):
+        BinaryBayesianLinear(6, 4, evaluation_samples=3)
+    with pytest.raises(ValueError, match="samples must be an int >= 1"):
+        BayesianLinear(6, 4, samples=2, evaluation_samples=0)

@@ -301,3 +301,18 @@ def test_ctrl_c_names_the_folder_and_the_command_that_continues_it(command, tmp_
     if command == "compare":  # plot names the command that redraws a comparison
         assert main(["plot", str(folder)]) == 2
         assert f"`metaspike compare --resume {folder}` redraws its table" in capsys.readouterr().err
+
+
+def test_eval_samples_sets_the_evaluation_ensemble_of_a_sampling_model(tmp_path, capsys):
+    from metaspike.app.runs import build_run_model, load_config, make_run_scenario
+
+    args = ["train", "--model", "bimu", "--dataset", "digits", "--tasks", "2", "--epochs", "1", "--hidden", "16",
+            "--batch-size", "10", "--quiet", "--out", str(tmp_path)]
+    assert main([*args, "--eval-samples", "7"]) == 0
+    config = load_config(tmp_path / "permuted-digits-bimu-eval7-seed1")
+    model = build_run_model(config, make_run_scenario(config))
+    assert config.eval_samples == 7 and [m.evaluation_samples for m in model.modules() if hasattr(m, "evaluation_samples")] == [7, 7]
+    assert main(["train", "--model", "mesu", "--eval-samples", "7", *SMALL]) == 2
+    assert "--eval-samples applies to models that evaluate on weight samples (bimu)" in capsys.readouterr().err
+    assert main([*args, "--eval-samples", "0"]) == 2
+    assert "--eval-samples must be an integer >= 1, got 0" in capsys.readouterr().err

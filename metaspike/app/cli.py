@@ -58,6 +58,9 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
                         help="models with Bayesian synapses (bimu, mesu, <neuron>+bimu): the optimizer's memory window N "
                              "in training samples (at least --batch-size); smaller forgets sooner and stays more "
                              "plastic (default: the published setting)")
+    parser.add_argument("--eval-samples", type=int, default=None, metavar="K",
+                        help="models that predict from weight samples (bimu): average the predictions of K samples in "
+                             "evaluation (default: as many as a training step draws, 5; more predict better)")
     parser.add_argument("--standardize", action="store_true",
                         help="feed the model (x - mean) / std, the pixel mean and std of the first dataset's training "
                              "split, as the papers' long streams do (not for spiking models)")
@@ -93,7 +96,7 @@ def _config(args: argparse.Namespace, meta: Sequence[float] | None, seed: int) -
         eval_tasks=args.eval_tasks, model=getattr(args, "model", _DEFAULTS["model"]), memory_window=args.memory_window,
         standardize=args.standardize,
         seed=seed, batchnorm=args.batchnorm, optimizer=args.optimizer, split_mode=args.split_mode,
-        device=args.device, data_dir=args.data_dir, imports=tuple(args.imports),
+        device=args.device, data_dir=args.data_dir, imports=tuple(args.imports), eval_samples=args.eval_samples,
     )
 
 
@@ -183,7 +186,7 @@ _SETTING_FLAGS = {"scenario": "scenario", "dataset": "datasets", "tasks": "tasks
                   "rule": "rule", "batchnorm": "batchnorm", "optimizer": "optimizer", "split_mode": "split_mode",
                   "data_dir": "data_dir", "device": "device", "seed": "seed", "samples_per_task": "samples_per_task",
                   "eval_every": "eval_every", "eval_tasks": "eval_tasks", "model": "model",
-                  "memory_window": "memory_window", "standardize": "standardize"}
+                  "memory_window": "memory_window", "standardize": "standardize", "eval_samples": "eval_samples"}
 
 
 def _train(args: argparse.Namespace) -> None:

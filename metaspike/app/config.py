@@ -17,6 +17,7 @@ from torch.optim import Optimizer
 
 from metaspike.app.models import (
     BAYESIAN_OPTIMIZERS,
+    SAMPLED_EVALUATION,
     available_models,
     build_optimizer,
     is_spiking,
@@ -105,6 +106,9 @@ class RunConfig:
     training split (:class:`metaspike.app.models.Standardize`, the first module of the model), as the papers' long
     streams do; not for spiking models, which encode raw intensities.
 
+    ``eval_samples`` is the number of weight samples whose predictions are averaged in evaluation, for the models
+    that evaluate on samples (``bimu``: the published 5 by default, as in training; more predict better).
+
     ``imports`` records the user's modules the run imported first (``--import``, :mod:`metaspike.app.imports`), where
     its model or rule comes from; a run never imports them by itself (``--resume`` asks for the same ``--import``).
 
@@ -142,6 +146,7 @@ class RunConfig:
     memory_window: float | None = None
     standardize: bool = False
     imports: tuple[str, ...] = ()
+    eval_samples: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.imports, tuple) or not all(isinstance(i, str) and i for i in self.imports):
@@ -162,7 +167,7 @@ class RunConfig:
         if self.batch_size < minimum_batch_size(uses_batchnorm(self.model)):
             raise ValueError(f"--batch-size 1: model {self.model!r} has BatchNorm, which cannot train on one sample; "
                              "use a model without it (bnn-layernorm, bimu, mesu, mlp), or --batch-size >= 2")
-        for key, low in (("samples_per_task", 1), ("eval_tasks", LAST_EVALUATED + 1)):
+        for key, low in (("samples_per_task", 1), ("eval_tasks", LAST_EVALUATED + 1), ("eval_samples", 1)):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise ValueError(f"{_flag(key)} must be an integer >= {low}, got {value!r}")
@@ -175,6 +180,9 @@ class RunConfig:
             if optimizer_kind(self.model) not in BAYESIAN_OPTIMIZERS:
                 raise ValueError(f"--memory-window applies to models with Bayesian synapses (bimu, mesu, "
                                  f"<neuron>+bimu), not {self.model!r}")
+        if self.eval_samples is not None and self.model not in SAMPLED_EVALUATION:
+            raise ValueError(f"--eval-samples applies to models that evaluate on weight samples "
+                             f"({', '.join(SAMPLED_EVALUATION)}); {self.model!r} predicts with one weight per synapse")
         published = published_settings(self.model)
         if self.memory_window is None and published is not None and published["N"] < self.batch_size:
             raise ValueError(f"--batch-size {self.batch_size}: model {self.model!r} keeps a memory window of "
@@ -239,7 +247,8 @@ class RunConfig:
         model = ("" if self.model == "bnn" else f"-{self.model}") + ("-standardized" if self.standardize else "")
         if optimizer_kind(self.model) != "metaplastic-adam":
             window = "" if self.memory_window is None else f"-N{self.memory_window:g}"
-            return f"{self.scenario}-{'-'.join(self.datasets)}{model}{window}-seed{self.seed}"
+            ensemble = "" if self.eval_samples is None else f"-eval{self.eval_samples}"
+            return f"{self.scenario}-{'-'.join(self.datasets)}{model}{window}{ensemble}-seed{self.seed}"
         meta = "-".join(f"{m:g}" for m in self.meta)  # type: ignore[union-attr]
         rule = "" if self.rule == "tanh" else f"-{self.rule}"
         return f"{self.scenario}-{'-'.join(self.datasets)}{model}-meta{meta}{rule}-seed{self.seed}"

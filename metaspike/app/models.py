@@ -40,7 +40,7 @@ from metaspike.chained import ChainedOptimizer
 
 __all__ = ["available_models", "is_spiking", "build_model", "describe_model", "optimizer_kind", "uses_batchnorm",
            "build_optimizer", "published_settings", "OPTIMIZER_KINDS", "BIMU_SETTINGS", "MESU_SETTINGS", "SPIKING_BIMU_SETTINGS",
-           "BIMU_SUFFIX", "BAYESIAN_OPTIMIZERS", "Standardize"]
+           "BIMU_SUFFIX", "BAYESIAN_OPTIMIZERS", "SAMPLED_EVALUATION", "Standardize"]
 
 #: BiMU's settings for a 784-100-10 network with the 0/1 "reverse gate" activation on 100 permuted-MNIST tasks at
 #: batch size 1 (the activation appendix of Cottart et al. 2026; its code's bimu-gate configuration). They are tuned
@@ -62,6 +62,8 @@ OPTIMIZER_KINDS = ("metaplastic-adam", "sgd", "bimu", "mesu", "bimu+adam")
 BAYESIAN_OPTIMIZERS = ("bimu", "mesu", "bimu+adam")
 #: Suffix of a spiking model kind with BiMU synapses (``"leaky+bimu"``).
 BIMU_SUFFIX = "+bimu"
+#: The kinds that predict from weight samples in evaluation (their ensemble size is ``--eval-samples``).
+SAMPLED_EVALUATION = ("bimu",)
 #: BiMU in the spiking models, per training sample (a run scales them to its batch size,
 #: :func:`metaspike.bayesian.settings_for_batch`). Chosen on two permuted digits tasks (Leaky, 64 hidden, 4 steps, batch 50, 3 epochs):
 #: task 1 kept within 0.3-4.1 points where plain binary synapses lost 5-26 (3 seeds, AMD EPYC).

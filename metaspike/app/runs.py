@@ -21,6 +21,7 @@ from torch import nn
 from metaspike.app.config import RunConfig
 from metaspike.app.models import Standardize, build_model, describe_model, uses_batchnorm
 from metaspike.app.tables import versions
+from metaspike.bayesian.synapses import SampledForward
 from metaspike.continual.results import CHECKPOINT, PREVIOUS_CHECKPOINT, RunDirectory, latest_good_checkpoint
 from metaspike.continual.scenarios import Scenario, make_scenario
 from metaspike.continual.trainer import ContinualResult, ContinualTrainer
@@ -72,6 +73,10 @@ def build_run_model(config: RunConfig, scenario: Scenario) -> torch.nn.Module:
                          f"({weights:,} weights, each with its gradient, Adam moments and sign buffer); "
                          f"this machine has {available / 2**30:.0f} GiB")
     model = build_model(config.model, config.hidden, scenario.input_shape, scenario.num_classes, config.num_steps)
+    if config.eval_samples is not None:
+        for layer in model.modules():
+            if isinstance(layer, SampledForward):
+                layer.evaluation_samples = config.eval_samples
     if not config.standardize:
         return model
     pixels = load_dataset(config.datasets[0], "train", config.data_dir).x
@@ -246,7 +251,7 @@ def config_from_record(stored: Any, path: Path) -> RunConfig:
     for key in RunConfig.field_names():
         if key not in stored:
             if key in ("model", "num_steps", "samples_per_task", "eval_every", "eval_tasks", "memory_window",
-                       "standardize", "imports"):  # newer fields
+                       "standardize", "imports", "eval_samples"):  # newer fields
                 values[key] = getattr(defaults, key)
                 continue
             raise ValueError(f"{path} has no {key!r} setting")

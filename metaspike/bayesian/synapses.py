@@ -751,7 +751,8 @@ def _one_weight(weights: Tensor) -> bool:
 class SampledForward:
     """Mixin for a Bayesian ``nn.Linear`` / ``nn.Conv2d`` subclass: its forward pass runs on ``self.samples`` weight
     samples (:func:`sampled_product`; output ``(S, B, ...)``), or is the layer's own (one sample) where ``samples``
-    is ``None``. ``bnn``'s Bayesian layers are made of it.
+    is ``None``. In evaluation mode it draws ``self.evaluation_samples`` instead where that is set (a larger
+    ensemble for predictions than for training steps). ``bnn``'s Bayesian layers are made of it.
 
     Example:
         >>> class Sampled(SampledForward, torch.nn.Linear):
@@ -759,14 +760,28 @@ class SampledForward:
         >>> layer = make_bayesian(Sampled(4, 2), "mesu")
         >>> layer(torch.randn(5, 4)).shape
         torch.Size([3, 5, 2])
+        >>> layer.evaluation_samples = 7
+        >>> layer.eval()(torch.randn(5, 4)).shape
+        torch.Size([7, 5, 2])
     """
 
     samples: int | None
+    evaluation_samples: int | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.samples is None:
+        samples = self.samples if self.training or self.evaluation_samples is None else self.evaluation_samples
+        if samples is None:
             return super().forward(x)  # type: ignore[misc]
-        return sampled_product(self, x, self.samples)  # type: ignore[arg-type]  # the gain: by the forward hook
+        return sampled_product(self, x, samples)  # type: ignore[arg-type]  # the gain: by the forward hook
+
+    def _set_samples(self, samples: int | None, evaluation_samples: int | None) -> None:
+        """The constructors' checks: ``samples`` an int ``>= 1`` or ``None``; ``evaluation_samples`` too, and only
+        with ``samples`` (a layer's output keeps its sample dimension in both modes)."""
+        self.samples = check_samples(samples)
+        if check_samples(evaluation_samples) is not None and samples is None:
+            raise ValueError("evaluation_samples needs samples: a layer of one sample (samples=None) has no sample "
+                             "dimension to fill")
+        self.evaluation_samples = evaluation_samples
 
 
 def _samples_times_inputs(weights: Tensor, x: Tensor) -> Tensor:
