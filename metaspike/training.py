@@ -301,12 +301,14 @@ def evaluate(
     was_training = model.training
     model.eval()
     correct = 0
-    with torch.random.fork_rng(devices=_cuda_devices(device)):
-        # near-equal chunks: no trailing batch of one sample, which batch-statistics BatchNorm cannot take
-        for index in torch.arange(len(x)).tensor_split(max(1, round(len(x) / batch_size))):
-            inputs, targets = x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
-            correct += (predictions(model(inputs), classes) == targets).sum().item()
-    model.train(was_training)
+    try:
+        with torch.random.fork_rng(devices=_cuda_devices(device)):
+            # near-equal chunks: no trailing batch of one sample, which batch-statistics BatchNorm cannot take
+            for index in torch.arange(len(x)).tensor_split(max(1, round(len(x) / batch_size))):
+                inputs, targets = x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
+                correct += (predictions(model(inputs), classes) == targets).sum().item()
+    finally:
+        model.train(was_training)
     return 100.0 * correct / len(x)
 
 

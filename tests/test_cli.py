@@ -308,7 +308,10 @@ def test_eval_samples_sets_the_evaluation_ensemble_of_a_sampling_model(tmp_path,
 
     args = ["train", "--model", "bimu", "--dataset", "digits", "--tasks", "2", "--epochs", "1", "--hidden", "16",
             "--batch-size", "10", "--quiet", "--out", str(tmp_path)]
-    assert main([*args, "--eval-samples", "7"]) == 0
+    assert main([*args, "--eval-samples", "7"]) == 0 and main(args) == 0
+    trained = [torch.load(tmp_path / name / "model.pt", weights_only=True)
+               for name in ("permuted-digits-bimu-eval7-seed1", "permuted-digits-bimu-seed1")]
+    assert all(torch.equal(trained[0][key], trained[1][key]) for key in trained[1])  # the same training
     config = load_config(tmp_path / "permuted-digits-bimu-eval7-seed1")
     model = build_run_model(config, make_run_scenario(config))
     assert config.eval_samples == 7 and [m.evaluation_samples for m in model.modules() if hasattr(m, "evaluation_samples")] == [7, 7]

@@ -48,6 +48,14 @@ def _own_registries(monkeypatch):
             del sys.modules[name]
 
 
+def _as_in_a_new_process() -> None:
+    """Forget what USER_MODULE registered and the imported user modules."""
+    rules._RULES.pop("half-tanh", None)
+    neurons._NEURONS.pop("slow-lif", None)
+    for name in [n for n in sys.modules if n.startswith("metaspike_import_")]:
+        del sys.modules[name]
+
+
 def test_a_rule_and_a_neuron_model_of_ones_own_run_from_the_command_line(tmp_path, capsys):
     module = tmp_path / "mylab.py"
     module.write_text(USER_MODULE)
@@ -79,20 +87,51 @@ def test_a_run_folder_never_imports_by_itself_and_resume_asks_for_the_same_impor
     assert main(["train", "--import", str(module), "--model", "slow-lif", *SMALL, "--out", str(tmp_path)]) == 0
     run = tmp_path / "permuted-digits-slow-lif-meta5-30-seed1"
     (run / "metrics.json").unlink()  # as if killed before the end
-    neurons._NEURONS.pop("slow-lif")  # as in a new process: nothing registered
-    rules._RULES.pop("half-tanh")
-    sys.modules.pop(next(name for name in sys.modules if name.startswith("metaspike_import_mylab")))
+    _as_in_a_new_process()
     assert main(["train", "--resume", str(run)]) == 2
-    err = capsys.readouterr().err
-    assert "unknown model 'slow-lif'" in err and f"the run imports {module.resolve()}: give the same --import" in err
-    other = tmp_path / "other.py"  # registers the model as well, but is not what the run imported
-    other.write_text("from metaspike.snn import SelfRecurrentLIF, register_neuron, spiking_mlp\n"
-                     + USER_MODULE.split("register_rule(HalfTanh())")[1])
+    assert capsys.readouterr().err == (f"metaspike: error: {run} was made with --import {module.resolve()}; resume it "
+                                       "with the same --import (given: none)\n")
+    other = tmp_path / "other.py"  # registers the same names, but is not what the run imported
+    other.write_text(USER_MODULE)
     assert main(["train", "--resume", str(run), "--import", str(other)]) == 2
-    assert "these would change them: imports" in capsys.readouterr().err
-    neurons._NEURONS.pop("slow-lif")
+    assert f"resume it with the same --import (given: {other.resolve()})" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # no abbreviation slips past the checks (argparse's one-line error)
+        main(["train", "--resume", str(run), "--imp", str(module)])
+    assert "unrecognized arguments: --imp" in capsys.readouterr().err
+    _as_in_a_new_process()
     assert main(["train", "--resume", str(run), "--import", str(module), "--quiet"]) == 0
     assert json.loads((run / "metrics.json").read_text())["complete"] is True
+
+
+def test_a_comparison_resumes_only_with_the_imports_it_was_made_with(tmp_path, capsys):
+    module, other = tmp_path / "mylab.py", tmp_path / "other.py"
+    module.write_text(USER_MODULE)
+    other.write_text(USER_MODULE.replace("meta / 2", "meta * 0"))  # another rule under the same name
+    out = tmp_path / "cmp"
+    assert main(["compare", "--import", str(module), "--rule", "half-tanh", "--meta", "0", "5", *SMALL,
+                 "--out", str(out)]) == 0
+    root = out / "compare-permuted-digits"
+    (root / "permuted-digits-meta5-half-tanh-seed1" / "metrics.json").unlink()  # as if killed
+    capsys.readouterr()
+    assert main(["compare", "--resume", str(root), "--quiet"]) == 2
+    assert f"was made with --import {module.resolve()}; resume it with the same --import" in capsys.readouterr().err
+    _as_in_a_new_process()  # which imports the other module
+    assert main(["compare", "--resume", str(root), "--import", str(other), "--quiet"]) == 2
+    assert f"(given: {other.resolve()})" in capsys.readouterr().err
+    _as_in_a_new_process()
+    assert main(["compare", "--resume", str(root), "--import", str(module), "--quiet"]) == 0
+
+
+def test_only_train_and_compare_import_a_module(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    loud = tmp_path / "loud.py"
+    loud.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    for argv in (["plot", "--import", str(loud), str(tmp_path)], ["reproduce", "long-stream", "--import", str(loud)],
+                 ["--import", str(loud)]):
+        with pytest.raises(SystemExit):  # (argparse's one-line error: no such option)
+            main(argv)
+        assert not marker.exists(), argv
+    capsys.readouterr()
 
 
 def test_an_unknown_rule_says_how_to_name_ones_own(capsys):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import NoReturn
@@ -18,7 +18,7 @@ import torch
 
 from metaspike.allocator import keep_freed_memory
 from metaspike.app.config import DEFAULT_INPUT_META, DEFAULT_META, RunConfig, meta_label, parse_meta
-from metaspike.app.imports import FLAG, import_modules
+from metaspike.app.imports import FLAG, check_resumed_imports, import_modules
 from metaspike.app.reproduce import cli as reproduce_cli
 from metaspike.distributed import world
 from metaspike.rules import available_rules
@@ -103,6 +103,10 @@ def _config(args: argparse.Namespace, meta: Sequence[float] | None, seed: int) -
 class _OneLineErrors(argparse.ArgumentParser):
     """argparse's errors as one line naming the command (``metaspike train: error: ...``), without the usage block
     (``--help`` prints it); its subcommands' parsers are of this class too."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # (an abbreviated flag would slip past --resume's checks)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -197,6 +201,7 @@ def _train(args: argparse.Namespace) -> None:
         if "--out" in [token.split("=", 1)[0] for token in args.argv]:
             raise ValueError("--resume continues in RUN_DIR itself; remove --out")
         settings = _given_settings(args)
+        _check_stored_imports(Path(args.resume) / "config.json", lambda record: record.get("imports"), args)
         path, result, warnings = resume(args.resume, progress=not args.quiet, settings=settings)
         for warning in warnings:
             print(f"metaspike: warning: {warning}", file=sys.stderr)
@@ -233,6 +238,9 @@ def _compare(args: argparse.Namespace) -> None:
         given = [flag for flag in args.argv if flag.startswith("--") and flag.split("=")[0] not in ("--resume", "--quiet", FLAG)]
         if given:
             raise ValueError(f"--resume continues a comparison with its stored plan; remove {' '.join(given)}")
+        _check_stored_imports(Path(args.resume) / compare.PLAN,
+                              lambda plan: plan.get("base", {}).get("imports") if isinstance(plan.get("base"), dict) else None,
+                              args)
         path, rows = compare.resume_comparison(args.resume, progress=not args.quiet)
     elif args.neurons is not None:
         args.neurons = args.neurons or list(compare.DEFAULT_NEURONS)
@@ -262,6 +270,19 @@ def _compare(args: argparse.Namespace) -> None:
           f"continue a killed comparison with --resume {path})")
 
 
+def _check_stored_imports(record_path: Path, stored: Callable[[dict], object], args: argparse.Namespace) -> None:
+    """``--resume``: the imports recorded in ``record_path`` (a run's config, a comparison's plan) must be the ones
+    given now; a file that cannot be read is left to the resume's own checks, which name it."""
+    from metaspike.files import read_json
+
+    try:
+        record = read_json(record_path)
+    except (OSError, ValueError):
+        return
+    if isinstance(record, dict):
+        check_resumed_imports(stored(record), args.imports, str(record_path.parent))
+
+
 def _seeds(path: Path) -> list[int]:
     from metaspike.files import read_json
 
@@ -281,8 +302,11 @@ def _plot(args: argparse.Namespace) -> None:
 
 
 def _import_given(argv: Sequence[str]) -> tuple[str, ...]:
-    """Import the modules named by ``--import`` in ``argv``, once each; return them as a run records them."""
-    pre = argparse.ArgumentParser(add_help=False)
+    """Import the modules named by ``--import`` in a ``train`` or ``compare`` command line, once each; return them as
+    a run records them (other commands take no ``--import``: their parser refuses it, and nothing is imported)."""
+    if not argv or argv[0] not in ("train", "compare"):
+        return ()
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument(FLAG, dest="imports", action="append", default=[])
     return import_modules(pre.parse_known_args(argv)[0].imports)
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["import_modules", "normalized_import", "FLAG"]
+__all__ = ["import_modules", "normalized_import", "check_resumed_imports", "FLAG"]
 
 FLAG = "--import"
 
@@ -102,3 +102,22 @@ def import_modules(specs: Sequence[str]) -> tuple[str, ...]:
             raise ValueError(f"{FLAG} {spec}: {_where(err, origin)}{type(err).__name__}: {err}") from None
         done.append(recorded)
     return tuple(done)
+
+
+def check_resumed_imports(stored: object, given: Sequence[str], where: str) -> None:
+    """Refuse to resume a run or comparison (``where``) whose recorded imports (``stored``, as read from its files)
+    are not exactly the ones given now: another module under the same rule or model name would silently change
+    the rest of it, and a run folder never names code to import by itself.
+
+    Example:
+        >>> check_resumed_imports([], (), "runs/r")
+        >>> check_resumed_imports(["/lab/mylab.py"], (), "runs/r")
+        Traceback (most recent call last):
+        ...
+        ValueError: runs/r was made with --import /lab/mylab.py; resume it with the same --import (given: none)
+    """
+    recorded = tuple(stored) if isinstance(stored, list) and all(isinstance(i, str) for i in stored) else ()
+    if recorded != tuple(given):
+        made = " ".join(recorded) if recorded else "no --import"
+        raise ValueError(f"{where} was made with {FLAG + ' ' if recorded else ''}{made}; resume it with the same "
+                         f"{FLAG} (given: {' '.join(given) if given else 'none'})")

@@ -347,15 +347,14 @@ class ContinualTrainer:
             load_batchnorm_state(self.model, current)
         return accuracies
 
-    def _check(self, task: Task, replayed: bool = False) -> None:
+    def _check(self, task: Task) -> None:
         """The task's training and test data fit the model (the test labels too: a label the model cannot output
-        would be scored as a silent miss). ``replayed``: the run being resumed made this check before its
-        checkpoint, so it draws nothing from torch's generator now (a model that samples its weights in evaluation
-        draws), and the resumed run goes on with the numbers the uninterrupted one drew."""
-        with torch.random.fork_rng(devices=[], enabled=replayed):
+        would be scored as a silent miss). A model that samples its weights draws from a copy of torch's generator
+        here, as in evaluation: training's numbers do not depend on the check (or on how many samples it draws), and
+        a resumed run, which checks again, goes on with the numbers the uninterrupted one drew."""
+        with torch.random.fork_rng(devices=[]):
             check_inputs(self.model, task.train.x.to(self.config.device), task.train.y.to(self.config.device),
                          what=f"training data of task {task.name!r}")
-        with torch.random.fork_rng(devices=[]):  # a model that samples its weights draws: keep every run's numbers
             check_inputs(self.model, task.test.x.to(self.config.device), task.test.y.to(self.config.device),
                          what=f"test data of task {task.name!r}")
 
@@ -372,7 +371,7 @@ class ContinualTrainer:
         cfg = self.config
         if len(scenario.tasks) == 0:
             raise ValueError(f"scenario {scenario.name!r} has no task to train")
-        self._check(scenario.tasks[0], replayed=resume is not None)
+        self._check(scenario.tasks[0])
         generator = torch.Generator().manual_seed(cfg.seed)
         if resume is None:
             result = ContinualResult(task_names=scenario.eval_task_names)
@@ -389,7 +388,7 @@ class ContinualTrainer:
             task = scenario.tasks[i]
             epoch = first_epoch if i == first_task else 0
             if i > 0:  # the first task was checked before the untrained network was evaluated
-                self._check(task, replayed=epoch > 0)  # (checked before a checkpoint inside the task)
+                self._check(task)
             new_task = epoch == 0 and cfg.optimizer == "per-task" and scenario.task_boundaries
             if optimizer is None or new_task:
                 optimizer = self.make_optimizer(self.model)
