@@ -157,8 +157,6 @@ def _given_settings(args: argparse.Namespace) -> dict[str, object]:
             given[field] = tuple(value) if isinstance(value, list) else value
     if "--meta" in tokens:
         given["meta"] = tuple(v for text in args.meta for v in parse_meta(text))
-    if FLAG in tokens:
-        given["imports"] = tuple(args.imports)
     return given
 
 
