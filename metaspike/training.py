@@ -6,6 +6,7 @@ exactly. Outputs can be restricted to a subset of classes (task-incremental head
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -19,8 +20,8 @@ from metaspike.bayesian.fused_step import FusedTrainingStep
 from metaspike.checks import is_whole
 from metaspike.distributed import average_gradients
 
-__all__ = ["check_inputs", "minimum_batch_size", "train_epoch", "evaluate", "masked_logits", "classification_loss", "predictions",
-           "TrainingDiverged", "Plugin"]
+__all__ = ["check_inputs", "minimum_batch_size", "train_epoch", "evaluate", "random_numbers_apart", "masked_logits",
+           "classification_loss", "predictions", "TrainingDiverged", "Plugin"]
 
 
 class Plugin:
@@ -302,7 +303,7 @@ def evaluate(
     model.eval()
     correct = 0
     try:
-        with torch.random.fork_rng(devices=_cuda_devices(device)):
+        with random_numbers_apart(device):
             # near-equal chunks: no trailing batch of one sample, which batch-statistics BatchNorm cannot take
             for index in torch.arange(len(x)).tensor_split(max(1, round(len(x) / batch_size))):
                 inputs, targets = x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
@@ -312,9 +313,18 @@ def evaluate(
     return 100.0 * correct / len(x)
 
 
-def _cuda_devices(device: torch.device | str) -> list[int]:
-    """The CUDA device whose generator an evaluation on ``device`` may draw from (none on the CPU)."""
+def random_numbers_apart(device: torch.device | str) -> contextlib.AbstractContextManager[None]:
+    """A block whose random draws come from copies of torch's generators (the CPU one and, on a CUDA ``device``,
+    that device's): what runs the model without training it (evaluation, the data checks) leaves the numbers that
+    training draws next as they were.
+
+    Example:
+        >>> state = torch.get_rng_state()
+        >>> with random_numbers_apart("cpu"):
+        ...     _ = torch.rand(3)
+        >>> torch.equal(torch.get_rng_state(), state)
+        True
+    """
     device = torch.device(device)
-    if device.type != "cuda":
-        return []
-    return [device.index if device.index is not None else torch.cuda.current_device()]
+    cuda = [] if device.type != "cuda" else [device.index if device.index is not None else torch.cuda.current_device()]
+    return torch.random.fork_rng(devices=cuda)

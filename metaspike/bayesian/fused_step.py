@@ -239,6 +239,8 @@ def _samples(layer: nn.Module) -> int:
     """The weight samples a Bayesian Linear layer's forward pass draws: ``samples`` of a :class:`SampledForward`
     layer, else one."""
     return (layer.samples or 1) if isinstance(layer, SampledForward) else 1
+
+
 _GAIN_OR_BIAS = ("a Bayesian layer with a bias or an output gain (trained by a second optimizer; bayesianize(..., "
                  "scale=None) and bias=False make none)")
 
@@ -390,7 +392,8 @@ def _sample(plan: _Plan, tensors: Sequence[Tensor], key: Tensor, inv_tau: Tensor
 def _fused_step(plan: _Plan, x: Tensor, target: Tensor, keys: Tensor, tensors: list[list[Tensor]],
                 scalars: list[Tensor], steps: list[list[Tensor]], inv_tau: Tensor) -> Tensor:
     """One training step (see the module docstring); returns the loss. ``x`` is ``(1, in)``, ``target`` ``(1,)``;
-    ``scalars[i]`` holds layer ``i``'s update scalars (:func:`_scalars`) as a tensor of the weights' dtype."""
+    ``scalars[i]`` holds layer ``i``'s update scalars (:func:`~metaspike.bayesian.functional.update_scalars`, in
+    ``plan.scalar_names`` order) as a tensor of the weights' dtype."""
     a = x  # the current activation: (1, in) for the first layer, then (S, n)
     saved: list[tuple[Any, ...]] = []  # per stage, what its backward needs
     for stage in plan.stages:

@@ -30,7 +30,7 @@ from metaspike.continual.metrics import summarize
 from metaspike.continual.scenarios import Scenario, Task
 from metaspike.diagnostics import consolidated_fractions, flip_rates, hidden_weight_histograms, sign_snapshot
 from metaspike.distributed import world
-from metaspike.training import Plugin, TrainingDiverged, check_inputs, evaluate, train_epoch
+from metaspike.training import Plugin, TrainingDiverged, check_inputs, evaluate, random_numbers_apart, train_epoch
 
 __all__ = ["TrainerConfig", "ContinualResult", "RunLog", "ContinualTrainer", "OPTIMIZER_MODES", "CHECKPOINT_FORMAT",
            "LAST_EVALUATED", "evaluated_tasks"]
@@ -352,7 +352,7 @@ class ContinualTrainer:
         would be scored as a silent miss). A model that samples its weights draws from a copy of torch's generator
         here, as in evaluation: training's numbers do not depend on the check (or on how many samples it draws), and
         a resumed run, which checks again, goes on with the numbers the uninterrupted one drew."""
-        with torch.random.fork_rng(devices=[]):
+        with random_numbers_apart(self.config.device):
             check_inputs(self.model, task.train.x.to(self.config.device), task.train.y.to(self.config.device),
                          what=f"training data of task {task.name!r}")
             check_inputs(self.model, task.test.x.to(self.config.device), task.test.y.to(self.config.device),

@@ -179,7 +179,7 @@ def register_neuron(name: str, builder: Callable[[NetSpec], nn.Module]) -> Calla
     """Make a neuron model available by ``name``: to :func:`build_neuron_model`, as the run model kinds ``name``
     (binary synapses, MetaplasticAdam) and ``name+bimu`` (BiMU synapses), and to ``metaspike compare --neurons``.
     ``builder(spec)`` returns a classifier ``[B, *spec.input_shape] → [B, spec.classes]`` with float synapses,
-    most simply :func:`spiking_mlp` with the neuron's own module. Returns ``builder`` (usable as a decorator).
+    most simply :func:`spiking_mlp` with the neuron's own module. Returns ``builder``.
 
     Example:
         >>> from metaspike.snn import SelfRecurrentLIF
