@@ -127,18 +127,27 @@ def test_nir_export_names_an_unsupported_layer():
 
 
 def test_metaplastic_spiking_network_forgets_less_on_a_real_data_stream(tmp_path):
+    """Task 1's accuracy after three tasks, with and without metaplasticity, averaged over three seeds.
+
+    One seed is not enough: the float sums of the products differ between CPUs and thread counts, and
+    the runs diverge from there. Gaps measured per seed (m = 50 minus m = 0, points): AMD EPYC, one
+    thread, seeds 1-2: 38, 43; Intel Xeon (AMX), one thread, seeds 1-6: 27-44 (mean 32); two threads:
+    15-31 (mean 22). The bound of 10 on the three-seed mean leaves room for that spread.
+    """
     from metaspike.app.config import RunConfig
     from metaspike.app.runs import run
 
-    first = {}
-    for meta in (0.0, 50.0):
-        config = RunConfig(datasets=("digits",), tasks=3, epochs=5, hidden=(64,), meta=(meta,), seed=1,
-                           model="leaky", num_steps=4)
-        _, result = run(config, tmp_path, progress=False, plot=False)
-        first[meta] = result.matrix[-1][0]
-        assert result.matrix[0][0] > 70
-    # measured with the per-channel gain of binarize (AMD EPYC, 1 thread): seed 1 50.0 vs 88.3, seed 2 42.2 vs 85.0
-    assert first[50.0] > first[0.0] + 25, first
+    gaps = []
+    for seed in (1, 2, 3):
+        first = {}
+        for meta in (0.0, 50.0):
+            config = RunConfig(datasets=("digits",), tasks=3, epochs=5, hidden=(64,), meta=(meta,), seed=seed,
+                               model="leaky", num_steps=4)
+            _, result = run(config, tmp_path / f"{seed}-{meta}", progress=False, plot=False)
+            first[meta] = result.matrix[-1][0]
+            assert result.matrix[0][0] > 70, (seed, meta, result.matrix[0][0])
+        gaps.append(first[50.0] - first[0.0])
+    assert sum(gaps) / len(gaps) > 10, gaps
 
 
 @pytest.mark.parametrize("neuron", ["Synaptic", "Alpha", "Leaky"])
