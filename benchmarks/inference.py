@@ -4,7 +4,11 @@ Builds a 784-4096-4096-10 ``bnn.MLP`` with population statistics fixed on random
 checks that all predict the same, and times them at batch 1 and batch 64 under
 ``torch.inference_mode``, in one process: ``--repeats`` rounds, each running ``--calls``
 consecutive calls of every model (so each runs with its own data in cache, as when serving, while
-a busy machine slows all alike). Reported: the median call with its interquartile range, and the
+a busy machine slows all alike), with a pause of ``--settle-ms`` before each model's calls: torch's
+OpenMP threads spin for milliseconds after a parallel op, on the cores the packed kernels' threads
+then need (measured on a 2-core Intel Xeon: 784-4096-4096-10 at batch 1 took 0.22 ms right after
+the float32 model's calls and 0.10 ms alone), so without the pause each model would be timed in
+the wake of the one before. ``--settle-ms 0`` measures that wake. Reported: the median call with its interquartile range, and the
 speed-up as the median over rounds of the same round's ratio (with its range over rounds). Models:
 
 * ``bnn.MLP`` in eval mode as it is (it binarizes its hidden weights on every call),
@@ -81,6 +85,8 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=10, help="interleaved rounds")
     parser.add_argument("--calls", type=int, default=10, help="consecutive calls of each model per round")
+    parser.add_argument("--settle-ms", type=float, default=50.0,
+                        help="pause before each model's calls, so torch's threads stop spinning (default: 50)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=None, help="results file (default: results/inference_<cpu-kind>.txt)")
@@ -103,7 +109,8 @@ def main() -> None:
     packed = bnn.pack(model)
     summary = bnn.summary(model)
     float_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    say(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {'-'.join(map(str, sizes))}")
+    say(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {'-'.join(map(str, sizes))}, "
+        f"{args.repeats} rounds of {args.calls} calls per model, {args.settle_ms:g} ms pause before each model's calls")
     say(f"weight memory: float32 {float_bytes / 2**20:.2f} MiB, packed {packed.nbytes / 2**20:.2f} MiB "
         f"({float_bytes / packed.nbytes:.1f}x less; bnn.summary's 1-bit estimate {summary.packed_bytes / 2**20:.2f} MiB)")
     for i, kernel in enumerate(packed.kernel_names()):
@@ -125,6 +132,7 @@ def main() -> None:
                 run(x)
             for _ in range(args.repeats):  # rounds of a few consecutive calls each: steady-state caches
                 for name, run in runs.items():
+                    time.sleep(args.settle_ms / 1e3)
                     rounds[name].append([])
                     for _ in range(args.calls):
                         _time_ms(lambda: run(x), rounds[name][-1])

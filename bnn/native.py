@@ -36,8 +36,13 @@ __all__ = ["kernels", "kinds", "check_tensor", "real_layer", "binary_layer"]
 
 SOURCE = Path(__file__).with_name("packed_kernels.c")
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-pthread")
-MIN_WORK_PER_THREAD = 1 << 21
-"""Words (or bytes) of weight times samples per extra thread: below this, a thread costs more than it saves."""
+MIN_WORK_PER_THREAD = 1 << 16
+"""Words (or bytes) of weight times samples per extra thread: below this, a thread costs more than it saves.
+
+The kernels' threads are kept between calls (``bnn/packed_kernels.c``), so waking one costs about a
+microsecond. Measured with two threads on a 2-core Intel Xeon, whole 784-h-h-10 models per call:
+h = 4096, batch 1: 184 µs on one thread, 91 µs split; batch 8: 473 and 227 µs; h = 1024, batch 8:
+99 and 82 µs; h = 256 and h = 1024 at batch 1 (below this work) stay on one thread."""
 
 _ARGS = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
          ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
@@ -191,8 +196,10 @@ def check_tensor(label: str, name: str, t: object, shape: tuple[int | None, ...]
 
 
 def _call(fn, label: str, inputs: Tensor, n: int, weight: Tensor, out: int, cols: int, flip: Tensor | None,
-          threshold: Tensor | None, threshold_dtype: torch.dtype, result_dtype: torch.dtype) -> Tensor:
-    """Check the thresholds and call ``fn`` (inputs and weight are already checked)."""
+          threshold: Tensor | None, threshold_dtype: torch.dtype, result_dtype: torch.dtype,
+          threads: int | None) -> Tensor:
+    """Check the thresholds and call ``fn`` (inputs and weight are already checked) on at most ``threads`` threads
+    (``None``: torch's number)."""
     batch = inputs.shape[0]
     if (flip is None) != (threshold is None):
         raise ValueError(f"{label}: flip and threshold go together (both or neither)")
@@ -202,7 +209,7 @@ def _call(fn, label: str, inputs: Tensor, n: int, weight: Tensor, out: int, cols
         result = torch.zeros(batch, -(-out // 64), dtype=torch.int64)
     else:
         result = torch.empty(batch, out, dtype=result_dtype)
-    threads = max(1, min(torch.get_num_threads(), batch * out * cols // MIN_WORK_PER_THREAD))
+    threads = max(1, min(threads or torch.get_num_threads(), batch * out * cols // MIN_WORK_PER_THREAD))
     status = fn(inputs.data_ptr(), batch, n, weight.data_ptr(), out, cols, None if flip is None else flip.data_ptr(),
                 None if threshold is None else threshold.data_ptr(), result.data_ptr(), threads)
     if status == 2:
@@ -213,10 +220,11 @@ def _call(fn, label: str, inputs: Tensor, n: int, weight: Tensor, out: int, cols
 
 
 def real_layer(lib: ctypes.CDLL, x: Tensor, weight_t: Tensor, flip: Tensor | None = None,
-               threshold: Tensor | None = None, label: str = "first layer") -> Tensor:
+               threshold: Tensor | None = None, label: str = "first layer", threads: int | None = None) -> Tensor:
     """First layer: float64 pre-activations ``(B, out)`` of real inputs ``x`` (``(B, n)``, converted to
     float32) for sign bytes ``weight_t`` (transposed: ``(ceil(n/8), out)``), or, with
     ``flip``/``threshold``, the packed int64 bits of ``(-a if flip else a) >= threshold``.
+    ``threads`` caps the kernel's threads (default: torch's number).
 
     Raises:
         ValueError: a tensor has the wrong dtype, shape or device, or ``x`` holds NaN or infinite
@@ -237,14 +245,14 @@ def real_layer(lib: ctypes.CDLL, x: Tensor, weight_t: Tensor, flip: Tensor | Non
     weight_t = check_tensor(label, "weight", weight_t, (-(-x.shape[1] // 8), None), torch.uint8)
     (groups, out) = weight_t.shape
     return _call(lib.real_layer, label, x, x.shape[1], weight_t, out, groups, flip, threshold, torch.float64,
-                 torch.float64)
+                 torch.float64, threads)
 
 
 def binary_layer(lib: ctypes.CDLL, words: Tensor, n: int, weight_t: Tensor, flip: Tensor | None = None,
-                 threshold: Tensor | None = None, label: str = "hidden layer") -> Tensor:
+                 threshold: Tensor | None = None, label: str = "hidden layer", threads: int | None = None) -> Tensor:
     """Hidden layer: int64 ``n - 2·popcount(x XOR w)`` of ``n`` packed ±1 inputs ``words``
     (``(B, ceil(n/64))``) and weight rows given word-major (``weight_t``: ``(ceil(n/64), out)``), or
-    thresholded bits as in :func:`real_layer`.
+    thresholded bits and ``threads`` as in :func:`real_layer`.
 
     Example:
         >>> from bnn.packed import pack_bits
@@ -259,4 +267,4 @@ def binary_layer(lib: ctypes.CDLL, words: Tensor, n: int, weight_t: Tensor, flip
     words = check_tensor(label, "input", words, (None, cols), torch.int64)
     weight_t = check_tensor(label, "weight", weight_t, (cols, None), torch.int64)
     return _call(lib.binary_layer, label, words, n, weight_t, weight_t.shape[1], cols, flip, threshold, torch.int64,
-                 torch.int64)
+                 torch.int64, threads)

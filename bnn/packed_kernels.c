@@ -23,8 +23,10 @@
  */
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
 
 #if !defined(PACKED_PORTABLE) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
@@ -419,17 +421,174 @@ static int worker_count(int threads, int64_t out) {
     return threads < 1 ? 1 : threads;
 }
 
-/* Outputs are split into `threads` (from worker_count) ranges of whole 64-bit words, so no two
- * workers share a word; worker t gets the scratch floats [t * scratch_floats, (t + 1) * scratch_floats). */
-static void run(void *(*worker)(void *), job_t base, int threads, float *scratch, int64_t scratch_floats) {
+/* ---- a pool of worker threads kept between calls ------------------------------------------------
+ *
+ * Starting and joining a POSIX thread costs tens of microseconds, as much as a whole hidden layer at
+ * batch 1. The pool's workers stay alive: after a call each spins for SPIN_NS, so the next layer of
+ * the same inference wakes them within a microsecond, then sleeps on a condition variable.
+ *
+ * A call's outputs are cut into chunks of whole 64-bit result words (so no two chunks share a word)
+ * that the caller and the workers claim one at a time. Where a worker's core is taken (torch's
+ * OpenMP threads spin for milliseconds after each parallel torch op), the caller claims the chunks
+ * that worker would have done, so a call is never much slower than on one thread. Each claim is a
+ * compare-and-swap on one word holding the call's number and the next chunk: a worker that wakes
+ * late can never claim a chunk of a later call.
+ *
+ * One call uses the pool at a time (ctypes releases the GIL, so Python threads may call at once): a
+ * call that finds it busy, or cannot start a worker, starts threads of its own, each with a fixed
+ * share. After fork() the child has none of the parent's workers: its pool starts empty. */
+
+#define SPIN_NS 200000 /* 0.2 ms: longer than the Python between two layers, short enough not to hog a core */
+#define CHUNKS_PER_THREAD 4
+
+typedef struct {
+    pthread_mutex_t busy;         /* held by the call that uses the pool */
+    pthread_mutex_t lock;         /* guards `sleeping` and the condition variable */
+    pthread_cond_t wake;
+    int size;                     /* workers started; worker t (1..size) takes part when t < the call's threads */
+    int sleeping;
+    uint64_t signal;              /* atomic: the call's number << 8 | its threads */
+    uint64_t start_signal;        /* the signal before the call that starts a worker */
+    uint64_t claim;               /* atomic: the call's number << 32 | the next unclaimed chunk */
+    int64_t done;                 /* atomic: chunks of the current call finished */
+    /* the current call (read only by a thread that claimed one of its chunks, so the call is still waiting) */
+    void *(*worker)(void *);
+    job_t base;
+    int64_t chunks;
+    float *scratch;
+    int64_t scratch_floats;
+} pool_t;
+
+static pool_t pool = {.busy = PTHREAD_MUTEX_INITIALIZER, .lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Outputs of chunk c of `chunks`: whole 64-bit words of the result bits. */
+static void chunk_bounds(job_t *job, int64_t c, int64_t chunks) {
+    int64_t words_out = (job->out + 63) / 64;
+    int64_t end = 64 * (words_out * (c + 1) / chunks);
+    job->begin = 64 * (words_out * c / chunks);
+    job->end = end < job->out ? end : job->out;
+}
+
+/* Claims and runs chunks of call `number` as participant t (0 = the caller) until none is left. */
+static void take_chunks(uint64_t number, int t) {
+    uint64_t claim = __atomic_load_n(&pool.claim, __ATOMIC_ACQUIRE);
+    for (;;) {
+        if (claim >> 32 != (number & 0xffffffffu)) return; /* a later call: nothing of ours is left */
+        int64_t c = (int64_t)(claim & 0xffffffffu);
+        if (c >= pool.chunks) return; /* (pool.chunks is this call's: its number still stands in `claim`) */
+        if (!__atomic_compare_exchange_n(&pool.claim, &claim, claim + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            continue; /* `claim` now holds the current value */
+        job_t job = pool.base;
+        chunk_bounds(&job, c, pool.chunks);
+        job.tables = pool.scratch == NULL ? NULL : pool.scratch + t * pool.scratch_floats;
+        pool.worker(&job);
+        __atomic_add_fetch(&pool.done, 1, __ATOMIC_ACQ_REL);
+        claim = __atomic_load_n(&pool.claim, __ATOMIC_ACQUIRE);
+    }
+}
+
+static void *pool_worker(void *arg) {
+    int index = (int)(intptr_t)arg;
+    uint64_t seen = pool.start_signal, signal; /* the call it was started for may already be signalled */
+    for (;;) {
+        int64_t spin_until = now_ns() + SPIN_NS;
+        int spins = 0;
+        while ((signal = __atomic_load_n(&pool.signal, __ATOMIC_ACQUIRE)) == seen) {
+            cpu_relax();
+            if (++spins % 256 == 0 && now_ns() > spin_until) {
+                pthread_mutex_lock(&pool.lock);
+                pool.sleeping++;
+                while (__atomic_load_n(&pool.signal, __ATOMIC_ACQUIRE) == seen)
+                    pthread_cond_wait(&pool.wake, &pool.lock);
+                pool.sleeping--;
+                pthread_mutex_unlock(&pool.lock);
+            }
+        }
+        seen = signal;
+        if (index < (int)(signal & 0xff)) take_chunks(signal >> 8, index);
+    }
+    return NULL;
+}
+
+static void pool_after_fork(void) {
+    pthread_mutex_t unlocked = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t fresh = PTHREAD_COND_INITIALIZER;
+    pool.busy = unlocked;
+    pool.lock = unlocked;
+    pool.wake = fresh;
+    pool.size = pool.sleeping = 0;
+}
+
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+static void pool_init(void) { pthread_atfork(NULL, NULL, pool_after_fork); }
+
+/* Runs every chunk of the call on the pool; 0 when the pool could not be used (nothing ran). */
+static int pool_run(void *(*worker)(void *), job_t base, int threads, float *scratch, int64_t scratch_floats) {
+    pthread_once(&pool_once, pool_init);
+    if (pthread_mutex_trylock(&pool.busy) != 0) return 0;
+    pool.start_signal = __atomic_load_n(&pool.signal, __ATOMIC_RELAXED);
+    while (pool.size < threads - 1) {
+        pthread_t id;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int failed = pthread_create(&id, &attr, pool_worker, (void *)(intptr_t)(pool.size + 1));
+        pthread_attr_destroy(&attr);
+        if (failed) {
+            pthread_mutex_unlock(&pool.busy);
+            return 0;
+        }
+        pool.size++;
+    }
     int64_t words_out = (base.out + 63) / 64;
+    uint64_t number = (pool.signal >> 8) + 1;
+    pool.worker = worker;
+    pool.base = base;
+    pool.chunks = words_out < CHUNKS_PER_THREAD * threads ? words_out : CHUNKS_PER_THREAD * threads;
+    pool.scratch = scratch;
+    pool.scratch_floats = scratch_floats;
+    __atomic_store_n(&pool.done, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&pool.claim, (number & 0xffffffffu) << 32, __ATOMIC_RELEASE);
+    pthread_mutex_lock(&pool.lock);
+    __atomic_store_n(&pool.signal, number << 8 | (uint64_t)threads, __ATOMIC_RELEASE);
+    if (pool.sleeping) pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+    take_chunks(number, 0);
+    for (int spins = 0; __atomic_load_n(&pool.done, __ATOMIC_ACQUIRE) != pool.chunks; spins++) {
+        if (spins < 4096) cpu_relax();
+        else sched_yield(); /* a worker holding a chunk was descheduled: let it run */
+    }
+    pthread_mutex_unlock(&pool.busy);
+    return 1;
+}
+
+/* Runs the call on `threads` (from worker_count) threads; thread t gets the scratch floats
+ * [t * scratch_floats, (t + 1) * scratch_floats). Without the pool, each thread takes a fixed range
+ * of whole 64-bit result words. */
+static void run(void *(*worker)(void *), job_t base, int threads, float *scratch, int64_t scratch_floats) {
+    if (threads == 1) {
+        base.tables = scratch;
+        worker(&base);
+        return;
+    }
+    if (pool_run(worker, base, threads, scratch, scratch_floats)) return;
     job_t jobs[MAX_THREADS];
     pthread_t ids[MAX_THREADS];
     for (int t = 0; t < threads; t++) {
         jobs[t] = base;
-        jobs[t].begin = 64 * (words_out * t / threads);
-        int64_t end = 64 * (words_out * (t + 1) / threads);
-        jobs[t].end = end < base.out ? end : base.out;
+        chunk_bounds(&jobs[t], t, threads);
         jobs[t].tables = scratch == NULL ? NULL : scratch + t * scratch_floats;
     }
     int started = 0;
