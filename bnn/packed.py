@@ -33,6 +33,7 @@ ops (the reference the others are tested against). :meth:`PackedMLP.kernel_names
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import math
@@ -40,6 +41,8 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -156,24 +159,51 @@ def _native_last_preactivation(lib, x: Tensor, layers: list[dict], sizes: list[i
                                threads=threads)
 
 
+@cache
+def _torch_openmp() -> ctypes.CDLL | None:
+    """The OpenMP runtime torch runs its parallel ops on, where it can be found (Linux: the loaded ``libgomp``,
+    ``libiomp`` or ``libomp``, torch's own copy first), else ``None`` (also when torch's backend is not OpenMP)."""
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    try:
+        mapped = {line.split(maxsplit=5)[5].strip() for line in Path("/proc/self/maps").read_text().splitlines()
+                  if len(line.split(maxsplit=5)) == 6}
+    except OSError:
+        return None
+    runtimes = sorted((p for p in mapped if Path(p).name.startswith(("libgomp", "libiomp", "libomp"))),
+                      key=lambda p: not p.startswith(str(Path(torch.__file__).parent)))
+    for path in runtimes:
+        try:
+            lib = ctypes.CDLL(path)  # already loaded: the same library, not a second copy
+        except OSError:
+            continue
+        if hasattr(lib, "omp_set_num_threads") and hasattr(lib, "omp_get_max_threads"):
+            lib.omp_get_max_threads.restype = ctypes.c_int
+            return lib
+    return None
+
+
 @contextmanager
 def _torch_on_calling_thread() -> Iterator[int]:
     """Runs torch's ops inside the block on the calling thread alone and yields torch's thread count before it.
 
     torch's OpenMP threads keep spinning for a while after each parallel region, on the cores the native
     kernels' threads then need. ``F.batch_norm`` opens one for any batch of two rows or more, so at batch 64
-    a 784-4096-4096-10 model took 3.7 ms instead of 1.7 (2-core Intel Xeon). Results do not depend on the
-    number of threads (each element is computed the same way).
+    a 784-4096-4096-10 model took 3.7 ms instead of 1.7 (2-core Intel Xeon). Only the calling thread's OpenMP
+    setting changes (``torch.set_num_threads`` would also change the count that threads starting meanwhile
+    take for good); without torch on OpenMP the block runs as it is. Results do not depend on the number of
+    threads (each element is computed the same way).
     """
     threads = torch.get_num_threads()
-    if threads == 1:
+    openmp = _torch_openmp() if threads > 1 else None
+    if openmp is None:
         yield threads
         return
-    torch.set_num_threads(1)
+    openmp.omp_set_num_threads(1)
     try:
         yield threads
     finally:
-        torch.set_num_threads(threads)
+        openmp.omp_set_num_threads(threads)
 
 
 def _scores(a: Tensor, last: dict) -> Tensor:

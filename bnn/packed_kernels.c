@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
+#include <unistd.h>
 
 #if !defined(PACKED_PORTABLE) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
@@ -431,15 +432,16 @@ static int worker_count(int threads, int64_t out) {
  * that the caller and the workers claim one at a time. Where a worker's core is taken (torch's
  * OpenMP threads spin for milliseconds after each parallel torch op), the caller claims the chunks
  * that worker would have done, so a call is never much slower than on one thread. Each claim is a
- * compare-and-swap on one word holding the call's number and the next chunk: a worker that wakes
- * late can never claim a chunk of a later call.
+ * compare-and-swap on one word holding the call's number, its number of chunks and the next chunk,
+ * and a worker decides from that word alone: one that wakes late, while the next call is still
+ * writing its fields, can neither claim a chunk of that call nor read its chunk count.
  *
  * One call uses the pool at a time (ctypes releases the GIL, so Python threads may call at once): a
  * call that finds it busy, or cannot start a worker, starts threads of its own, each with a fixed
  * share. After fork() the child has none of the parent's workers: its pool starts empty. */
 
 #define SPIN_NS 200000 /* 0.2 ms: longer than the Python between two layers, short enough not to hog a core */
-#define CHUNKS_PER_THREAD 4
+#define CHUNKS_PER_THREAD 4 /* chunks <= 4 * MAX_THREADS < 2^16, as the claim word needs */
 
 typedef struct {
     pthread_mutex_t busy;         /* held by the call that uses the pool */
@@ -449,7 +451,7 @@ typedef struct {
     int sleeping;
     uint64_t signal;              /* atomic: the call's number << 8 | its threads */
     uint64_t start_signal;        /* the signal before the call that starts a worker */
-    uint64_t claim;               /* atomic: the call's number << 32 | the next unclaimed chunk */
+    uint64_t claim;               /* atomic: the call's number << 32 | its chunks << 16 | the next unclaimed chunk */
     int64_t done;                 /* atomic: chunks of the current call finished */
     /* the current call (read only by a thread that claimed one of its chunks, so the call is still waiting) */
     void *(*worker)(void *);
@@ -486,12 +488,12 @@ static void take_chunks(uint64_t number, int t) {
     uint64_t claim = __atomic_load_n(&pool.claim, __ATOMIC_ACQUIRE);
     for (;;) {
         if (claim >> 32 != (number & 0xffffffffu)) return; /* a later call: nothing of ours is left */
-        int64_t c = (int64_t)(claim & 0xffffffffu);
-        if (c >= pool.chunks) return; /* (pool.chunks is this call's: its number still stands in `claim`) */
+        int64_t c = (int64_t)(claim & 0xffff), chunks = (int64_t)(claim >> 16 & 0xffff);
+        if (c >= chunks) return; /* all claimed; a claim that succeeds is thus of a call still waiting for it */
         if (!__atomic_compare_exchange_n(&pool.claim, &claim, claim + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
             continue; /* `claim` now holds the current value */
         job_t job = pool.base;
-        chunk_bounds(&job, c, pool.chunks);
+        chunk_bounds(&job, c, chunks);
         job.tables = pool.scratch == NULL ? NULL : pool.scratch + t * pool.scratch_floats;
         pool.worker(&job);
         __atomic_add_fetch(&pool.done, 1, __ATOMIC_ACQ_REL);
@@ -502,8 +504,9 @@ static void take_chunks(uint64_t number, int t) {
 static void *pool_worker(void *arg) {
     int index = (int)(intptr_t)arg;
     uint64_t seen = pool.start_signal, signal; /* the call it was started for may already be signalled */
+    int taking_part = 1;
     for (;;) {
-        int64_t spin_until = now_ns() + SPIN_NS;
+        int64_t spin_until = taking_part ? now_ns() + SPIN_NS : 0; /* a worker left out sleeps at once */
         int spins = 0;
         while ((signal = __atomic_load_n(&pool.signal, __ATOMIC_ACQUIRE)) == seen) {
             cpu_relax();
@@ -517,7 +520,8 @@ static void *pool_worker(void *arg) {
             }
         }
         seen = signal;
-        if (index < (int)(signal & 0xff)) take_chunks(signal >> 8, index);
+        taking_part = index < (int)(signal & 0xff);
+        if (taking_part) take_chunks(signal >> 8, index);
     }
     return NULL;
 }
@@ -560,7 +564,10 @@ static int pool_run(void *(*worker)(void *), job_t base, int threads, float *scr
     pool.scratch = scratch;
     pool.scratch_floats = scratch_floats;
     __atomic_store_n(&pool.done, 0, __ATOMIC_RELAXED);
-    __atomic_store_n(&pool.claim, (number & 0xffffffffu) << 32, __ATOMIC_RELEASE);
+#ifdef PACKED_TEST_STALL_US /* tests: the caller loses its core between writing the call's fields and publishing it */
+    usleep(PACKED_TEST_STALL_US);
+#endif
+    __atomic_store_n(&pool.claim, (number & 0xffffffffu) << 32 | (uint64_t)pool.chunks << 16, __ATOMIC_RELEASE);
     pthread_mutex_lock(&pool.lock);
     __atomic_store_n(&pool.signal, number << 8 | (uint64_t)threads, __ATOMIC_RELEASE);
     if (pool.sleeping) pthread_cond_broadcast(&pool.wake);

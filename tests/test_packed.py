@@ -4,6 +4,7 @@ import copy
 import os
 import pickle
 import subprocess
+import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -201,6 +202,68 @@ def test_native_kernel_threads_kept_between_calls_give_the_same_bits_from_many_c
             assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0, "the forked child failed or hung"
     finally:
         bnn.native.MIN_WORK_PER_THREAD = work
+
+
+_STALLED_CALLS = """
+import random, sys, time, torch
+import bnn.native as native
+from bnn.packed import pack_bits
+lib = native._kernels(native.FLAGS + ("-DPACKED_TEST_STALL_US=20",))
+native.MIN_WORK_PER_THREAD = 1
+rng, calls, deadline = random.Random(0), 0, time.monotonic() + 3
+while time.monotonic() < deadline:
+    batch, n, out = rng.randint(1, 9), rng.randint(1, 300), rng.randint(65, 700)
+    h, w = pack_bits(torch.rand(batch, n) > 0.5), pack_bits(torch.rand(out, n) > 0.5).T.contiguous()
+    x, wb = torch.randn(batch, n), pack_bits(torch.rand(out, n) > 0.5, word_bits=8).T.contiguous()
+    flip, k, t = torch.rand(out) > 0.5, torch.randint(-n, n + 1, (out,)), torch.randn(out, dtype=torch.float64)
+    hidden, first = native.binary_layer(lib, h, n, w, flip, k, threads=1), native.real_layer(lib, x, wb, flip, t, threads=1)
+    for threads in rng.sample(range(2, 9), 4):  # a different number of chunks and of workers each call
+        calls += 1
+        if not (torch.equal(native.binary_layer(lib, h, n, w, flip, k, threads=threads), hidden)
+                and torch.equal(native.real_layer(lib, x, wb, flip, t, threads=threads), first)):
+            sys.exit(f"call {calls}: {threads} threads disagree with one (batch {batch}, n {n}, out {out})")
+print(calls)
+"""
+
+
+@pytest.mark.skipif(bnn.native.kernels() is None, reason="no C compiler to build the native kernels")
+def test_a_worker_waking_late_never_takes_part_in_the_next_call():
+    """With the caller stalled between writing a call's fields and publishing it (a test build), workers
+    still finishing the previous call see the new chunk count in that window: they must not claim its
+    chunks (which hung the caller, or wrote another worker's scratch tables out of bounds). Run in a
+    child process, so a hang fails the test instead of the suite."""
+    done = subprocess.run([sys.executable, "-c", _STALLED_CALLS], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and int(done.stdout.split()[-1]) > 100, done.stderr[-2000:]
+
+
+def test_a_packed_call_leaves_torch_threads_of_other_python_threads_alone(trained):
+    """A packed call runs torch's ops of the call on the calling thread; threads that start using torch
+    meanwhile (a server growing its pool) still get torch's thread count, and so does the caller after."""
+    import threading
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        packed, x, stop = bnn.pack(trained), torch.rand(8, 784), threading.Event()
+
+        def serve() -> None:
+            while not stop.is_set():
+                packed(x)
+
+        server = threading.Thread(target=serve)
+        server.start()
+        seen: list[int] = []
+        for _ in range(20):
+            newcomer = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+            newcomer.start()
+            newcomer.join()
+        stop.set()
+        server.join()
+        assert set(seen) == {2} and torch.get_num_threads() == 2
+        with torch.inference_mode():
+            assert torch.equal(packed(x), trained(x))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _fresh_kernels():
