@@ -173,12 +173,11 @@ def _torch_openmp() -> ctypes.CDLL | None:
     runtimes = sorted((p for p in mapped if Path(p).name.startswith(("libgomp", "libiomp", "libomp"))),
                       key=lambda p: not p.startswith(str(Path(torch.__file__).parent)))
     for path in runtimes:
-        try:
-            lib = ctypes.CDLL(path)  # already loaded: the same library, not a second copy
-        except OSError:
+        try:  # RTLD_NOLOAD: the library already in the process, never a file loaded anew
+            lib = ctypes.CDLL(path, mode=os.RTLD_LAZY | os.RTLD_NOLOAD)
+        except (OSError, AttributeError):
             continue
-        if hasattr(lib, "omp_set_num_threads") and hasattr(lib, "omp_get_max_threads"):
-            lib.omp_get_max_threads.restype = ctypes.c_int
+        if hasattr(lib, "omp_set_num_threads"):
             return lib
     return None
 
