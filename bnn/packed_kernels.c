@@ -456,7 +456,6 @@ typedef struct {
     /* the current call (read only by a thread that claimed one of its chunks, so the call is still waiting) */
     void *(*worker)(void *);
     job_t base;
-    int64_t chunks;
     float *scratch;
     int64_t scratch_floats;
 } pool_t;
@@ -560,20 +559,20 @@ static int pool_run(void *(*worker)(void *), job_t base, int threads, float *scr
     uint64_t number = (pool.signal >> 8) + 1;
     pool.worker = worker;
     pool.base = base;
-    pool.chunks = words_out < CHUNKS_PER_THREAD * threads ? words_out : CHUNKS_PER_THREAD * threads;
+    int64_t chunks = words_out < CHUNKS_PER_THREAD * threads ? words_out : CHUNKS_PER_THREAD * threads;
     pool.scratch = scratch;
     pool.scratch_floats = scratch_floats;
     __atomic_store_n(&pool.done, 0, __ATOMIC_RELAXED);
 #ifdef PACKED_TEST_STALL_US /* tests: the caller loses its core between writing the call's fields and publishing it */
     usleep(PACKED_TEST_STALL_US);
 #endif
-    __atomic_store_n(&pool.claim, (number & 0xffffffffu) << 32 | (uint64_t)pool.chunks << 16, __ATOMIC_RELEASE);
+    __atomic_store_n(&pool.claim, (number & 0xffffffffu) << 32 | (uint64_t)chunks << 16, __ATOMIC_RELEASE);
     pthread_mutex_lock(&pool.lock);
     __atomic_store_n(&pool.signal, number << 8 | (uint64_t)threads, __ATOMIC_RELEASE);
     if (pool.sleeping) pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
     take_chunks(number, 0);
-    for (int spins = 0; __atomic_load_n(&pool.done, __ATOMIC_ACQUIRE) != pool.chunks; spins++) {
+    for (int spins = 0; __atomic_load_n(&pool.done, __ATOMIC_ACQUIRE) != chunks; spins++) {
         if (spins < 4096) cpu_relax();
         else sched_yield(); /* a worker holding a chunk was descheduled: let it run */
     }

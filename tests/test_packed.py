@@ -156,7 +156,7 @@ def test_native_kernels_equal_torch_ops_at_ties_extremes_and_odd_sizes(flags, mo
 
 
 @pytest.mark.parametrize("flags", [(), ("-DPACKED_PORTABLE",)], ids=["default", "portable-c"])
-def test_native_kernel_threads_kept_between_calls_give_the_same_bits_from_many_callers(flags):
+def test_native_kernel_threads_kept_between_calls_give_the_same_bits_from_many_callers(flags, monkeypatch):
     """The kernels' worker threads stay alive between calls: calls with changing thread counts, calls
     from several Python threads at once (one uses the workers, the others start threads of their own)
     and a forked child (which has none of the parent's workers) all give the one-thread bits."""
@@ -176,32 +176,28 @@ def test_native_kernel_threads_kept_between_calls_give_the_same_bits_from_many_c
         return (bnn.native.binary_layer(lib, h, n, w, flip, k, threads=threads),
                 bnn.native.real_layer(lib, x, weight, flip, threshold, threads=threads))
 
-    work = bnn.native.MIN_WORK_PER_THREAD
-    try:
-        bnn.native.MIN_WORK_PER_THREAD = 1  # every call splits its outputs between the threads it is given
-        expected = both(1)
-        for threads in (4, 2, 3, 1, 5, 2, 4):  # workers of an earlier, larger call sit some calls out
-            assert all(torch.equal(a, b) for a, b in zip(both(threads), expected)), threads
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(both, [2, 3, 4, 2] * 10))
-        assert all(torch.equal(a, b) for result in results for a, b in zip(result, expected))
-        if hasattr(os, "fork"):
-            pid = os.fork()
-            if pid == 0:  # the child: exit status 0 when its 3-thread bits are right (a hang fails below)
-                ok = False
-                try:
-                    ok = all(torch.equal(a, b) for a, b in zip(both(3), expected))
-                finally:
-                    os._exit(0 if ok else 1)
-            deadline = time.monotonic() + 60
-            while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if done[0] == 0:
-                os.kill(pid, 9)
-                os.waitpid(pid, 0)
-            assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0, "the forked child failed or hung"
-    finally:
-        bnn.native.MIN_WORK_PER_THREAD = work
+    monkeypatch.setattr(bnn.native, "MIN_WORK_PER_THREAD", 1)  # every call splits its outputs between its threads
+    expected = both(1)
+    for threads in (4, 2, 3, 1, 5, 2, 4):  # workers of an earlier, larger call sit some calls out
+        assert all(torch.equal(a, b) for a, b in zip(both(threads), expected)), threads
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(both, [2, 3, 4, 2] * 10))
+    assert all(torch.equal(a, b) for result in results for a, b in zip(result, expected))
+    if hasattr(os, "fork"):
+        pid = os.fork()
+        if pid == 0:  # the child: exit status 0 when its 3-thread bits are right (a hang fails below)
+            ok = False
+            try:
+                ok = all(torch.equal(a, b) for a, b in zip(both(3), expected))
+            finally:
+                os._exit(0 if ok else 1)
+        deadline = time.monotonic() + 60
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done[0] == 0:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0, "the forked child failed or hung"
 
 
 _STALLED_CALLS = """
