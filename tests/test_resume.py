@@ -18,12 +18,16 @@ from metaspike.continual.results import load_checkpoint
 
 ARGS = ["--dataset", "digits", "--tasks", "2", "--epochs", "10", "--hidden", "64", "--meta", "5", "--quiet"]
 RUN = "permuted-digits-meta5-seed1"
+# Every process of a comparison runs on one thread: float sums depend on the thread count, so processes that
+# differed in it would part ways however exactly a run resumes, and one thread is also the count that two shared
+# cores run fastest under other load (two threads wait on each other there: ``conftest.one_thread``).
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _killed_run(out: Path) -> Path:
     """Start a training subprocess, SIGKILL it as soon as its first checkpoint exists."""
     proc = subprocess.Popen([sys.executable, "-m", "metaspike", "train", *ARGS, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ONE_THREAD)
     checkpoint = out / RUN / "checkpoint.pt"
     deadline = time.time() + 120
     while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
@@ -35,8 +39,8 @@ def _killed_run(out: Path) -> Path:
 
 
 def _metaspike(*args: str) -> None:
-    """Run the command in a fresh process (all runs of a comparison then use the same thread count)."""
-    done = subprocess.run([sys.executable, "-m", "metaspike", *args], capture_output=True, text=True)
+    """Run the command in a fresh process on one thread, as every process of a comparison."""
+    done = subprocess.run([sys.executable, "-m", "metaspike", *args], capture_output=True, text=True, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr[-2000:]
 
 
@@ -165,7 +169,7 @@ def test_a_killed_neuron_comparison_resumes_to_the_same_table(tmp_path):
 
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "metaspike", *NEURON_ARGS, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ONE_THREAD)
     root = out / COMPARISON
     deadline = time.time() + 300
     # kill it once a later run is under way: one run finished, another holding a checkpoint
@@ -179,7 +183,7 @@ def test_a_killed_neuron_comparison_resumes_to_the_same_table(tmp_path):
     assert not (root / "comparison.csv").exists(), "the comparison ended before it could be killed"
 
     refused = subprocess.run([sys.executable, "-m", "metaspike", "compare", "--resume", str(root), "--epochs", "9"],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, env=ONE_THREAD)
     assert refused.returncode == 2 and "remove --epochs" in refused.stderr
     _metaspike("compare", "--resume", str(root), "--quiet")
     assert _table_without_time(root) == reference
