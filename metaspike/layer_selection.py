@@ -20,10 +20,15 @@ from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 
 __all__ = ["DEFAULT_LAYER_TYPES", "SynapseParametrization", "synapse_parametrization", "select_layers",
-           "layer_type_names", "each_once", "check_weight_ready", "warn_float_matrices_left"]
+           "layer_type_names", "each_once", "check_weight_ready", "warn_float_matrices_left", "FORWARD_BYPASSING_OWNERS",
+           "ROLE_ATTRIBUTE", "synapse_role"]
 
 #: The layer classes that get synapses unless a call names others.
 DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: Modules that read their child layers' weights without calling the children's ``forward`` (``nn.MultiheadAttention``
+#: multiplies by ``out_proj.weight`` itself): a synapse's learned gain, which acts in the layer's forward pass, would
+#: never be applied there, so their children stay float and are named in the warning of float matrices left.
+FORWARD_BYPASSING_OWNERS: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
 
 
 class SynapseParametrization(nn.Module):
@@ -51,6 +56,27 @@ def synapse_parametrization(layer: nn.Module) -> SynapseParametrization | None:
     if not parametrize.is_parametrized(layer, "weight"):
         return None
     return next((p for p in layer.parametrizations.weight if isinstance(p, SynapseParametrization)), None)
+
+
+ROLE_ATTRIBUTE = "_metaspike_synapse_role"
+"""Set on the tensors :func:`metaspike.bayesianize` makes synapses: ``"latent"`` (BiMU's ``λ``), ``"mean"`` and
+``"width"`` (MESU's ``μ`` and ``σ``), so that each optimizer can refuse the tensors that are not its own
+(:func:`synapse_role`)."""
+
+
+def synapse_role(tensor: Tensor) -> str | None:
+    """What ``tensor`` is in a synapse made by :func:`metaspike.bayesianize` (``"latent"``, ``"mean"`` or
+    ``"width"``), or ``None`` for any other tensor (a bias, a gain, a norm layer's, or a tensor the user made; a deep
+    copy of a model has lost the mark, since torch copies a parameter's data only).
+
+    Example:
+        >>> import torch
+        >>> from metaspike import bayesianize
+        >>> net = bayesianize(torch.nn.Sequential(torch.nn.Linear(4, 3)), "mesu")
+        >>> [synapse_role(p) for p in net.parameters()]
+        [None, 'mean', 'width']
+    """
+    return getattr(tensor, ROLE_ATTRIBUTE, None)
 
 
 def _layer_types(layer_types: type[nn.Module] | Sequence[type[nn.Module]]) -> tuple[type[nn.Module], ...]:
@@ -86,6 +112,12 @@ def _is_excluded(name: str, excluded: tuple[str, ...]) -> bool:
     return any(name == other or other == "" or name.startswith(other + ".") for other in excluded)
 
 
+def _forward_bypassed(model: nn.Module) -> set[int]:
+    """Ids of the layers whose owner (:data:`FORWARD_BYPASSING_OWNERS`) uses their weight without their forward pass."""
+    return {id(child) for module in model.modules() if isinstance(module, FORWARD_BYPASSING_OWNERS)
+            for child in module.children()}
+
+
 def select_layers(
     model: nn.Module,
     layer_types: type[nn.Module] | Sequence[type[nn.Module]] = DEFAULT_LAYER_TYPES,
@@ -95,7 +127,8 @@ def select_layers(
     neither named in ``exclude`` nor inside a module named there (excluding a block excludes its layers).
 
     ``layer_types`` is a class or a sequence of classes; ``exclude`` one name or a sequence of names, each of
-    which must exist. A selected layer whose weight is still lazy (``nn.LazyLinear`` before its first forward
+    which must exist. Layers whose owner reads their weight without calling them (``out_proj`` of an
+    ``nn.MultiheadAttention``, :data:`FORWARD_BYPASSING_OWNERS`) are left out. A selected layer whose weight is still lazy (``nn.LazyLinear`` before its first forward
     pass) or on the ``meta`` device (not yet materialized: a synapse made now would never be initialised) is an
     error.
 
@@ -108,9 +141,10 @@ def select_layers(
         raise ValueError(f"expected a torch nn.Module to put synapses on, got {type(model).__name__}")
     types = _layer_types(layer_types)
     excluded = _excluded_names(model, exclude)
+    bypassed = _forward_bypassed(model)
     selected = []
     for name, layer in model.named_modules():
-        if not isinstance(layer, types) or _is_excluded(name, excluded):
+        if not isinstance(layer, types) or _is_excluded(name, excluded) or id(layer) in bypassed:
             continue
         if parametrize.is_parametrized(layer, "weight"):
             selected.append((name, layer))
@@ -154,9 +188,11 @@ def each_once(tensors: Iterable[Tensor]) -> list[Tensor]:
 
 def warn_float_matrices_left(model: nn.Module, selected: Sequence[nn.Module], exclude: str | Sequence[str], what: str) -> None:
     """Warn about weight matrices (parameters of two or more dimensions) that stay float because their layer is of a
-    kind no synapse call handles (an ``nn.LSTM``, a Norse ``LIFRecurrentCell``, ...): they would train as float
-    weights and never be consolidated, silently. Layers in ``selected``, excluded layers and the default layer types
-    (left out on purpose by a narrower ``layer_types``) are not named.
+    kind no synapse call handles (an ``nn.LSTM``, a Norse ``LIFRecurrentCell``, the ``out_proj`` of an
+    ``nn.MultiheadAttention``, ...): they would train as float weights and never be consolidated, silently. Layers in
+    ``selected``, excluded layers and the default layer types (left out on purpose by a narrower ``layer_types``) are
+    not named. A second warning names the modules that share a weight tensor with a synapse layer without being one
+    (an ``nn.Embedding`` tied to an output ``nn.Linear``): they read the synapse's float state, not its weight.
 
     Example:
         >>> net = nn.Sequential(nn.LSTM(3, 4), nn.Linear(4, 2))
@@ -169,13 +205,20 @@ def warn_float_matrices_left(model: nn.Module, selected: Sequence[nn.Module], ex
     excluded = _excluded_names(model, exclude)
     covered = {id(p) for layer in selected for p in layer.parameters()}
     inside = {id(m) for layer in selected for m in layer.modules()}  # a selected layer, its gain, its parametrization
-    left = []
+    bypassed = _forward_bypassed(model)
+    left, tied = [], []
     for name, module in model.named_modules():
-        if isinstance(module, DEFAULT_LAYER_TYPES) or _is_excluded(name, excluded) or id(module) in inside:
+        if id(module) in inside or _is_excluded(name, excluded):
+            continue
+        if isinstance(module, DEFAULT_LAYER_TYPES) and id(module) not in bypassed:
             continue
         for key, p in module.named_parameters(recurse=False):
-            if p.dim() >= 2 and id(p) not in covered:
-                left.append(f"{name}.{key}" if name else key)
+            if p.dim() >= 2:
+                (tied if id(p) in covered else left).append(f"{name}.{key}" if name else key)
+    if tied:
+        warnings.warn(f"{what} made synapses of weight tensors that other modules use too ({', '.join(tied)}): those "
+                      "modules are not synapses and read the synapse's float state as their weight; untie the "
+                      "weights or exclude the synapse layer", UserWarning, stacklevel=3)
     if left:
         shown = ", ".join(left[:6]) + (f" and {len(left) - 6} more" if len(left) > 6 else "")
         warnings.warn(f"{what} left {len(left)} weight matrices float, in layers it does not make synapses of "

@@ -22,9 +22,10 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from metaspike.bayesian.synapses import bayesian_modules
 from metaspike.checks import is_finite_number, is_number, state_dict_groups
 from metaspike.compiled import LazyCompiled
-from metaspike.layer_selection import each_once
+from metaspike.layer_selection import each_once, synapse_role
 from metaspike.rules import (
     Rule,
     check_meta,
@@ -171,9 +172,18 @@ def _group_check(optimizer: Optimizer) -> Callable[[dict[str, Any]], None]:
     return _check_group if isinstance(optimizer, MetaplasticAdam) else _check_consolidation
 
 
+_BAYESIAN_ADVICE = ("train them with their own optimizers, metaspike.BiMU(bimu_parameters(model)) or "
+                    "metaspike.MESU(mesu_param_groups(model)), and the rest with metaspike.ChainedOptimizer")
+
+
 def _check_group(group: dict[str, Any]) -> None:
     """Validate a MetaplasticAdam param group's hyperparameters (those given to ``__init__`` and those a group
-    sets)."""
+    sets), and that it holds no Bayesian synapse's tensors (Adam would train BiMU's ``λ`` or MESU's ``σ`` as plain
+    weights: ``σ`` could turn negative, and BiMU's latent weights do not learn so)."""
+    roles = sorted({role for p in group["params"] if (role := synapse_role(p)) is not None})
+    if roles:
+        raise ValueError(f"MetaplasticAdam got the {' and '.join(roles)} tensors of Bayesian synapses; "
+                         + _BAYESIAN_ADVICE)
     _check_consolidation(group)
     # at most float32's largest number: the step multiplies float32 tensors by them
     for key in ("lr", "eps", "weight_decay"):
@@ -517,6 +527,9 @@ def param_groups(model: nn.Module, meta: float | Sequence[float]) -> list[dict[s
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch nn.Module (param_groups(model, meta)), got {type(model).__name__}")
+    if next(bayesian_modules(model), None) is not None:
+        raise ValueError("the model has Bayesian synapses (bayesianize, bnn's Bayesian layers), and param_groups, "
+                         "MetaplasticAdam and bnn.fit train binary synapses only: " + _BAYESIAN_ADVICE)
     matrices = each_once(w for _, w in weight_matrices(model))
     if isinstance(meta, (str, bytes)):
         raise ValueError(f"meta must be a number or a sequence of numbers, one per weight layer, got {meta!r}")

@@ -7,7 +7,15 @@ import torch
 from torch import nn
 
 from metaspike import bayesianize, binarize
-from metaspike.bayesian import MESU, BiMU, bayesian_modules, bimu_parameters, mesu_param_groups, sampled_product
+from metaspike.bayesian import (
+    MESU,
+    BiMU,
+    bayesian_modules,
+    bimu_parameters,
+    mesu_param_groups,
+    plain_parameters,
+    sampled_product,
+)
 from metaspike.layer_selection import select_layers, synapse_parametrization
 from metaspike.synapse import binary_modules
 
@@ -211,6 +219,42 @@ def test_weight_matrices_left_float_by_a_layer_kind_without_synapses_are_named(k
         call(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 2)))
 
 
+@pytest.mark.parametrize("kind", ["sign", "bimu", "mesu"])
+def test_attention_layers_stay_float_because_attention_bypasses_their_forward_pass(kind):
+    """nn.MultiheadAttention multiplies by out_proj.weight itself: a gain on out_proj would never act."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True))
+    with pytest.warns(UserWarning, match=r"\(0.self_attn.in_proj_weight, 0.self_attn.out_proj.weight\)"):
+        net = binarize(net) if kind == "sign" else bayesianize(net, kind)
+    layer = net[0]
+    assert synapse_parametrization(layer.self_attn.out_proj) is None
+    assert synapse_parametrization(layer.linear1) is not None and synapse_parametrization(layer.linear2) is not None
+    net.eval()
+    with torch.no_grad():
+        assert torch.isfinite(net(torch.randn(2, 5, 8))).all()
+
+
+@pytest.mark.parametrize("kind", ["sign", "bimu", "mesu"])
+def test_a_module_tied_to_a_synapse_layer_is_named(kind):
+    """An embedding tied to the output layer (language models) reads the synapse's float state, not its weight."""
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = nn.Embedding(10, 6)
+            self.out = nn.Linear(6, 10, bias=False)
+            self.out.weight = self.embedding.weight
+
+        def forward(self, tokens):
+            return self.out(self.embedding(tokens))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        binarize(Tied()) if kind == "sign" else bayesianize(Tied(), kind)
+    assert [str(w.message).split(": ")[0] for w in caught] == [
+        f"{'binarize' if kind == 'sign' else 'bayesianize'} made synapses of weight tensors that other modules use too "
+        "(embedding.weight)"]
+
+
 def test_a_deep_copy_gets_its_synapse_roles_back_when_its_synapses_are_listed():
     import copy
 
@@ -229,3 +273,20 @@ def test_other_parameters_in_an_earlier_group_are_refused_too():
     net = bayesianize(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), "bimu")
     with pytest.raises(ValueError, match="is not a synapse tensor"):
         BiMU([{"params": plain_parameters(net)}, {"params": bimu_parameters(net)}])
+
+
+@pytest.mark.parametrize("kind", ["bimu", "mesu"])
+def test_metaplastic_adam_and_param_groups_refuse_bayesian_synapses(kind):
+    """Adam would train λ, μ and σ as plain weights (σ may turn negative; BiMU stays at chance), silently."""
+    import bnn
+    from metaspike import MetaplasticAdam, param_groups
+
+    net = bayesianize(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), kind)
+    with pytest.raises(ValueError, match=r"param_groups, MetaplasticAdam and bnn.fit train binary synapses only"):
+        param_groups(net, 5.0)
+    role = "latent" if kind == "bimu" else "mean and width"
+    with pytest.raises(ValueError, match=rf"MetaplasticAdam got the {role} tensors of Bayesian synapses"):
+        MetaplasticAdam(net.parameters(), lr=0.01)
+    with pytest.raises(ValueError, match=r"train binary synapses only"):
+        bnn.fit(net, (torch.randn(8, 4), torch.randint(0, 3, (8,))), epochs=1, progress=False)
+    MetaplasticAdam(plain_parameters(net), lr=0.01)  # the biases and gains alone are fine

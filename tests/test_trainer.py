@@ -207,3 +207,15 @@ def test_own_data_at_its_edges_gets_one_clear_line():
     model = MLP([784, 16, 10])  # BatchNorm: a batch needs two samples
     with pytest.raises(ValueError, match="x has 1 samples, fewer than the smallest batch that trains"):
         train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), train.x[:1], train.y[:1], batch_size=10)
+
+
+def test_the_optimizer_argument_is_a_function_that_trains_the_models_own_parameters(scenario):
+    """An optimizer over another module's parameters would finish with an untrained model and no error."""
+    other = torch.nn.Linear(3, 3)
+    with pytest.raises(ValueError, match=r"make_optimizer must be a function .* got SGD"):
+        ContinualTrainer(MLP([784, 8, 10]), torch.optim.SGD(other.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match=r"make_optimizer must return an optimizer .* got NoneType"):
+        ContinualTrainer(MLP([784, 8, 10]), lambda m: None, progress=False).fit(scenario)
+    with pytest.raises(ValueError, match=r"2 of its 2 parameters are not the model's"):
+        ContinualTrainer(MLP([784, 8, 10]), lambda m: torch.optim.SGD(other.parameters(), lr=0.1),
+                         progress=False).fit(scenario)

@@ -46,12 +46,14 @@ from metaspike.compiled import LazyCompiled
 from metaspike.gain import attach_output_gain, check_gain_layer, check_scale, output_gain
 from metaspike.layer_selection import (
     DEFAULT_LAYER_TYPES,
+    ROLE_ATTRIBUTE,
     SynapseParametrization,
     check_weight_ready,
     each_once,
     layer_type_names,
     select_layers,
     synapse_parametrization,
+    synapse_role,
     warn_float_matrices_left,
 )
 
@@ -74,24 +76,6 @@ __all__ = [
 
 KINDS = ("bimu", "mesu")
 EVALUATIONS = ("mode", "sample")
-ROLE_ATTRIBUTE = "_metaspike_synapse_role"
-"""Set on the tensors :func:`bayesianize` makes synapses: ``"latent"`` (BiMU's ``λ``), ``"mean"`` and ``"width"``
-(MESU's ``μ`` and ``σ``), so that the optimizers can refuse a model's other parameters (:func:`synapse_role`)."""
-
-
-def synapse_role(tensor: Tensor) -> str | None:
-    """What ``tensor`` is in a synapse made by :func:`bayesianize` (``"latent"``, ``"mean"`` or ``"width"``), or
-    ``None`` for any other tensor (a bias, a gain, a norm layer's, or a tensor the user made; a deep copy of a model
-    has lost the mark, since torch copies a parameter's data only).
-
-    Example:
-        >>> net = bayesianize(torch.nn.Sequential(torch.nn.Linear(4, 3)), "mesu")
-        >>> [synapse_role(p) for p in net.parameters()]
-        [None, 'mean', 'width']
-    """
-    return getattr(tensor, ROLE_ATTRIBUTE, None)
-
-
 def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")

@@ -323,11 +323,30 @@ class ContinualTrainer:
         progress: bool = True,
         plugins: Sequence[Plugin] = (),
     ) -> None:
+        if isinstance(make_optimizer, Optimizer) or not callable(make_optimizer):
+            raise ValueError("make_optimizer must be a function that builds the optimizer from the model (e.g. "
+                             "lambda m: torch.optim.SGD(m.parameters(), lr=0.01)), called once or once per task; got "
+                             f"{type(make_optimizer).__name__}")
         self.model = model.to(config.device)
         self.make_optimizer = make_optimizer
         self.config = config
         self.progress = progress
         self.plugins = tuple(plugins)
+
+    def _new_optimizer(self) -> Optimizer:
+        """``make_optimizer(model)``, checked: an optimizer that trains some of the model's parameters and nothing else
+        (an optimizer over another module's parameters would leave the model untrained, silently)."""
+        optimizer = self.make_optimizer(self.model)
+        if not all(callable(getattr(optimizer, name, None)) for name in ("step", "zero_grad", "state_dict")) or \
+                not isinstance(getattr(optimizer, "param_groups", None), list):
+            raise ValueError("make_optimizer must return an optimizer (a torch.optim.Optimizer or one with its "
+                             f"step, zero_grad, state_dict and param_groups), got {type(optimizer).__name__}")
+        own = {id(p) for p in self.model.parameters()}
+        given = [p for group in optimizer.param_groups for p in group["params"]]
+        if not given or any(id(p) not in own for p in given):
+            raise ValueError("make_optimizer must build its optimizer over the parameters of the model it is given; "
+                             f"{sum(id(p) not in own for p in given)} of its {len(given)} parameters are not the model's")
+        return optimizer
 
     def _evaluate_all(self, scenario: Scenario, trained: int, states: list[dict]) -> list[float]:
         """Accuracy on the evaluated tasks (NaN on the others); with per-task BatchNorm, task j < trained uses its own state."""
@@ -391,7 +410,7 @@ class ContinualTrainer:
                 self._check(task)
             new_task = epoch == 0 and cfg.optimizer == "per-task" and scenario.task_boundaries
             if optimizer is None or new_task:
-                optimizer = self.make_optimizer(self.model)
+                optimizer = self._new_optimizer()
                 if optimizer_state is not None and not new_task:
                     _load_part("optimizer", optimizer, optimizer_state)
                     _check_optimizer_state(optimizer)
