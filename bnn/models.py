@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from torch import nn
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnn.layers import BinaryConv2d, BinaryLinear, SignActivation
 from metaspike.population_statistics import accept_saved_population_statistics
@@ -19,6 +20,34 @@ def _activation(name: str) -> nn.Module:
     if name == "relu":
         return nn.ReLU()
     raise ValueError(f"activation must be 'sign' or 'relu', got {name!r}")
+
+
+def _check_sizes(name: str, values: int | Sequence[int]) -> tuple[int, ...]:
+    """``values`` (one integer or a sequence) as a tuple of positive integers, else one line naming the argument."""
+    one = not isinstance(values, Sequence) or isinstance(values, str)
+    found = (values,) if one else tuple(values)
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in found):
+        raise ValueError(f"{name} must be {'a positive integer' if one else 'positive integers'}, got {values!r}")
+    return found
+
+
+def _check_input(model: nn.Module, x: Tensor, shape: tuple[int, ...], flat: bool) -> None:
+    """One line, instead of torch's error from inside a layer, when ``x`` does not fit ``model``: a batch of samples
+    of ``shape`` (or any shape with as many values, when ``flat``), and more than one sample where a BatchNorm1d layer
+    still normalises with the statistics of the batch (a training model, or one whose statistics are not fixed)."""
+    name = type(model).__name__
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} takes a tensor, got {type(x).__name__}")
+    fits = x.dim() >= 2 and (math.prod(x.shape[1:]) == math.prod(shape) if flat else tuple(x.shape[1:]) == shape)
+    if not fits:
+        want = (f"(batch, {math.prod(shape)}) or any shape whose samples hold {math.prod(shape)} values" if flat
+                else f"(batch, {', '.join(map(str, shape))})")
+        raise ValueError(f"{name} takes inputs of shape {want}, got {tuple(x.shape)}")
+    if x.shape[0] == 1 and any(isinstance(m, nn.BatchNorm1d) and (m.training or m.running_mean is None)
+                               for m in model.modules()):
+        raise ValueError(f"{name} got one sample, but its BatchNorm layers normalise with the statistics of the batch "
+                         "(the paper's setting); fix them first with bnn.use_population_statistics(model, x_train) "
+                         "and predict in model.eval() mode, or give batches of 2 or more")
 
 
 class MLP(nn.Sequential):
@@ -54,6 +83,7 @@ class MLP(nn.Sequential):
         sizes = list(sizes)
         if len(sizes) < 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
             raise ValueError(f"sizes must list at least 2 positive integer widths (input ... classes), got {sizes}")
+        _activation(activation)  # checked even where no hidden layer uses it
         layers: list[nn.Module] = [nn.Flatten()]
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers.append(BinaryLinear(n_in, n_out, weight_quantizer=weight_quantizer, init_width=init_width))
@@ -64,6 +94,10 @@ class MLP(nn.Sequential):
         accept_saved_population_statistics(self)
         self.sizes = tuple(sizes)
         self.in_features = sizes[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_input(self, x, (self.in_features,), flat=True)
+        return super().forward(x)
 
 
 class ConvNet(nn.Sequential):
@@ -89,9 +123,13 @@ class ConvNet(nn.Sequential):
         weight_quantizer: str = "ste_sign_unclipped",
         activation: str = "sign",
     ) -> None:
-        if len(in_shape) != 3:
-            raise ValueError(f"in_shape must be (channels, height, width), got {tuple(in_shape)}")
-        c, h, w = (int(v) for v in in_shape)
+        if not isinstance(in_shape, Sequence) or len(in_shape) != 3:
+            raise ValueError(f"in_shape must be (channels, height, width), got {in_shape!r}")
+        c, h, w = _check_sizes("in_shape", in_shape)
+        channels = _check_sizes("channels", channels)
+        _check_sizes("hidden", hidden)
+        _check_sizes("num_classes", num_classes)
+        _activation(activation)
         layers: list[nn.Module] = []
         for out_c in channels:
             if h < 2 or w < 2:
@@ -113,5 +151,9 @@ class ConvNet(nn.Sequential):
         ]
         super().__init__(*layers)
         accept_saved_population_statistics(self)
-        self.in_shape = (int(in_shape[0]), int(in_shape[1]), int(in_shape[2]))
+        self.in_shape = tuple(in_shape)
         self.in_features = math.prod(self.in_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_input(self, x, self.in_shape, flat=False)
+        return super().forward(x)

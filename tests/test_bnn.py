@@ -108,6 +108,41 @@ def test_fit_rejects_nan_and_bad_labels():
         bnn.fit(bnn.MLP([784, 16, 10]), (torch.rand(10, 784), torch.zeros(10)), progress=False)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(channels=(0,)), r"channels must be positive integers, got \(0,\)"),
+    (dict(channels=(2.5,)), r"channels must be positive integers"),
+    (dict(hidden=0), r"hidden must be a positive integer, got 0"),
+    (dict(num_classes=-1), r"num_classes must be a positive integer"),
+    (dict(in_shape=(1, 28.9, 28)), r"in_shape must be positive integers"),
+    (dict(in_shape=(28, 28)), r"in_shape must be \(channels, height, width\)"),
+    (dict(activation="tanh"), r"activation must be 'sign' or 'relu'"),
+])
+def test_convnet_names_a_bad_argument(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        bnn.ConvNet(**kwargs)
+
+
+def test_models_name_an_input_that_does_not_fit_them():
+    with pytest.raises(ValueError, match=r"MLP takes inputs of shape \(batch, 784\) .* got \(4, 100\)"):
+        bnn.MLP([784, 32, 10])(torch.rand(4, 100))
+    assert bnn.MLP([784, 32, 10])(torch.rand(4, 1, 28, 28)).shape == (4, 10)  # any shape of 784 values per sample
+    with pytest.raises(ValueError, match=r"ConvNet takes inputs of shape \(batch, 1, 28, 28\), got \(2, 28, 28\)"):
+        bnn.ConvNet()(torch.rand(2, 28, 28))
+    with pytest.raises(ValueError, match=r"activation must be 'sign' or 'relu'"):
+        bnn.MLP([4, 3], activation="tanh")  # checked without a hidden layer too
+
+
+def test_one_sample_asks_for_population_statistics_first():
+    """BatchNorm with the batch's statistics (the paper's) is undefined for one sample, in eval mode too."""
+    model = bnn.MLP([784, 32, 10]).eval()
+    with pytest.raises(ValueError, match=r"got one sample.*bnn.use_population_statistics\(model, x_train\)"):
+        model(torch.rand(1, 784))
+    bnn.use_population_statistics(model, torch.rand(50, 784))
+    assert model(torch.rand(1, 784)).shape == (1, 10)
+    with pytest.raises(ValueError, match=r"got one sample"):
+        model.train()(torch.rand(1, 784))  # training normalises with the batch's statistics again
+
+
 def test_convnet_trains_a_step():
     net = bnn.ConvNet(in_shape=(1, 28, 28), channels=(8, 16), hidden=32)
     opt = torch.optim.Adam(net.parameters(), lr=0.01)
