@@ -6,7 +6,6 @@ import math
 from collections.abc import Sequence
 
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnn.layers import BinaryConv2d, BinaryLinear, SignActivation
 from metaspike.population_statistics import accept_saved_population_statistics
