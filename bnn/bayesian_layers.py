@@ -10,7 +10,10 @@ They are the plain torch layers with the parametrizations of :func:`metaspike.ba
 ``samples`` argument: with ``samples=None`` a forward pass draws one weight sample and the output is
 the usual ``(B, out)``; with ``samples=S`` it draws ``S`` weight samples and runs them batched
 (:func:`metaspike.bayesian.sampled_forward`), the output gets a leading ``S``: ``(S, B, out)``. A
-following sampled layer takes that ``(S, B, ...)`` input sample by sample. Average the loss over
+following sampled layer takes that ``(S, B, ...)`` input sample by sample. So a sampled layer reads an input
+with one more dimension than the layer's own (3-D for a linear layer) as such an ``(S, B, ...)`` output; any
+other leading dimension, e.g. a sequence in ``(B, T, features)``, must be folded into the batch first
+(``x.flatten(0, 1)``), or the layer would read ``B == S`` rows as samples. Average the loss over
 the flattened ``S·B`` outputs (e.g. ``F.cross_entropy(out.flatten(0, 1), y.repeat(S))``): the
 gradient is then the mean of the ``S`` per-sample gradients, as the authors' multi-sample steps use.
 

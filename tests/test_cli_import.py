@@ -146,6 +146,7 @@ def test_an_unknown_rule_says_how_to_name_ones_own(capsys):
     ("from metaspike.rules import TanhRule, register_rule\nregister_rule(TanhRule())\n", None),
     ("from metaspike.rules import CascadeRule, register_rule\nregister_rule(CascadeRule(name='tanh'))\n",
      "--import {spec}: bad.py line 2: ValueError: a different rule is registered as 'tanh'"),
+    ("import sys\nsys.exit(3)\n", "--import {spec}: bad.py line 2: SystemExit: 3"),
 ])
 def test_a_module_that_cannot_be_imported_is_one_line(tmp_path, capsys, content, message):
     spec = str(tmp_path / "bad.py")
@@ -157,6 +158,16 @@ def test_a_module_that_cannot_be_imported_is_one_line(tmp_path, capsys, content,
         assert code == 0, err
         return
     assert code == 2 and err.count("\n") == 1 and message.format(spec=spec) in err, err
+
+
+def test_a_neuron_builder_that_returns_no_model_is_named(tmp_path, capsys):
+    (tmp_path / "nothing.py").write_text("from metaspike.snn import register_neuron\n"
+                                         "register_neuron('nothing-built', lambda spec: None)\n")
+    code = main(["train", "--import", str(tmp_path / "nothing.py"), *SMALL, "--model", "nothing-built",
+                 "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "the builder of neuron model 'nothing-built' (" in err and "returned NoneType, not a torch nn.Module" in err
 
 
 def test_a_missing_module_name_is_one_line(capsys):

@@ -97,7 +97,7 @@ def import_modules(specs: Sequence[str]) -> tuple[str, ...]:
                 _load_file(Path(recorded))
             else:
                 importlib.import_module(spec)
-        except Exception as err:  # (a user's module may raise anything while it runs)
+        except (Exception, SystemExit) as err:  # (a user's module may raise anything while it runs, or call sys.exit)
             origin = recorded if _is_file(spec) else _origin(spec)
             raise ValueError(f"{FLAG} {spec}: {_where(err, origin)}{type(err).__name__}: {err}") from None
         done.append(recorded)

@@ -528,7 +528,9 @@ def bayesianize(
     settings of theirs are an error); a selected layer whose weight carries another parametrization (e.g. from
     :func:`metaspike.binarize`) is an error. Everything is checked before the model changes, so a call that fails
     leaves it as it was. Layers that share one weight (tied weights) share one synapse: one ``λ``, or one
-    ``μ`` and one ``σ``, each listed once by :func:`bimu_parameters` and :func:`mesu_param_groups`.
+    ``μ`` and one ``σ``, each listed once by :func:`bimu_parameters` and :func:`mesu_param_groups`. Each use of a
+    synapse draws its own weight sample, so the two layers of a tied pair see different samples in one forward pass
+    unless it runs inside :func:`metaspike.binarized_once` (one sample per synapse for the whole block).
 
     Args:
         model: the model to change (plain torch, snnTorch, Norse, ...).

@@ -235,4 +235,9 @@ def build_neuron_model(name: str, spec: NetSpec = NetSpec()) -> nn.Module:
         torch.Size([5, 10])
     """
     check_neurons([name])
-    return _NEURONS[name](spec)
+    model = _NEURONS[name](spec)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"the builder of neuron model {name!r} ({getattr(_NEURONS[name], '__module__', '?')}."
+                         f"{getattr(_NEURONS[name], '__qualname__', '?')}) returned {type(model).__name__}, not a torch "
+                         "nn.Module")
+    return model
