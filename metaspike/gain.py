@@ -17,6 +17,8 @@ comparison where ``α < 0``), which is what :func:`bnn.pack` computes.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -62,7 +64,9 @@ class OutputGain(nn.Module):
 
     ``α`` starts at the float weight's mean ``|W|``, per output channel (``scale="channel"``, shape
     ``[out, 1, ...]`` so that it broadcasts over a conv output's spatial dimensions and over a linear
-    output's last dimension) or over the whole layer (``scale="layer"``, a scalar).
+    output's last dimension) or over the whole layer (``scale="layer"``, a scalar). Where that mean is 0 (a
+    zero-initialised layer), ``α`` starts at the mean ``|W|`` of torch's default initialisation,
+    ``1 / (2·√fan_in)``: a zero gain would pass no gradient to the synapses.
 
     Args:
         weight: the float weight ``[out, in, *kernel]`` whose size ``α`` takes over.
@@ -85,6 +89,8 @@ class OutputGain(nn.Module):
         if magnitude.numel() == 0:  # a layer without inputs (or outputs): its W x is 0 whatever α is
             magnitude = torch.ones((weight.shape[0], 1), dtype=weight.dtype, device=weight.device)
         alpha = magnitude.flatten(1).mean(1).reshape(self.channel_shape) if scale == "channel" else magnitude.mean()
+        default = 0.5 / math.sqrt(max(math.prod(weight.shape[1:]), 1))  # mean |W| of U(±1/√fan_in): torch's init
+        alpha = torch.where(alpha > 0, alpha, torch.full_like(alpha, default))
         self.scale = scale
         self.alpha = nn.Parameter(alpha.clone())
 

@@ -290,3 +290,15 @@ def test_metaplastic_adam_and_param_groups_refuse_bayesian_synapses(kind):
     with pytest.raises(ValueError, match=r"train binary synapses only"):
         bnn.fit(net, (torch.randn(8, 4), torch.randint(0, 3, (8,))), epochs=1, progress=False)
     MetaplasticAdam(plain_parameters(net), lr=0.01)  # the biases and gains alone are fine
+
+
+@pytest.mark.parametrize("kind", ["sign", "bimu"])
+def test_a_zero_initialised_layer_gets_a_gain_that_passes_gradients(kind):
+    """A gain started at mean |W| = 0 would pass no gradient to the synapses."""
+    layer = nn.Linear(16, 3)
+    nn.init.zeros_(layer.weight)
+    net = binarize(nn.Sequential(layer)) if kind == "sign" else bayesianize(nn.Sequential(layer), kind)
+    assert torch.allclose(net[0].output_gain.alpha, torch.full((3,), 0.5 / 16 ** 0.5))
+    net(torch.randn(4, 16)).square().sum().backward()
+    hidden = [p for name, p in net.named_parameters() if name.endswith("original")]
+    assert hidden and all(p.grad is not None and p.grad.abs().max() > 0 for p in hidden)
