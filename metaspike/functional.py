@@ -39,5 +39,9 @@ def consolidate(
     """
     rule = get_rule(rule)
     meta = check_meta(meta)
+    if not isinstance(hidden, Tensor) or not isinstance(update, Tensor):
+        raise ValueError(f"hidden and update must be tensors, got {type(hidden).__name__} and {type(update).__name__}")
+    if update.shape != hidden.shape:
+        raise ValueError(f"update must have the shape of hidden {tuple(hidden.shape)}, got {tuple(update.shape)}")
     step, new_state = rule.step(hidden, update, meta, rule.init_state(hidden) if state is None else state)
     return check_update(rule, step, hidden), new_state

@@ -313,3 +313,10 @@ def test_a_checkpoint_that_torch_would_not_read_back_is_refused_before_it_replac
     with pytest.raises(ValueError, match=r"state\['plugins'\]\[0\]\['fisher'\] is a numpy.ndarray"):
         directory.checkpoint({"position": {"task": 1}, "plugins": [{"fisher": np.zeros(2)}]})
     assert torch.load(directory.path / "checkpoint.pt", weights_only=True)["position"] == {"task": 0}
+
+
+def test_consolidate_names_an_update_of_another_shape():
+    with pytest.raises(ValueError, match=r"update must have the shape of hidden \(3,\), got \(2,\)"):
+        consolidate(torch.zeros(3), torch.zeros(2), meta=1.0)
+    with pytest.raises(ValueError, match=r"hidden and update must be tensors, got list and Tensor"):
+        consolidate([0.0, 1.0], torch.zeros(2), meta=1.0)
