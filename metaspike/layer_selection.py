@@ -20,8 +20,8 @@ from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 
 __all__ = ["DEFAULT_LAYER_TYPES", "SynapseParametrization", "synapse_parametrization", "select_layers",
-           "layer_type_names", "each_once", "check_weight_ready", "warn_float_matrices_left", "FORWARD_BYPASSING_OWNERS",
-           "ROLE_ATTRIBUTE", "synapse_role"]
+           "layer_type_names", "each_once", "check_weight_ready", "warn_float_matrices_left",
+           "FORWARD_BYPASSING_OWNERS", "ROLE_ATTRIBUTE", "synapse_role"]
 
 #: The layer classes that get synapses unless a call names others.
 DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -128,9 +128,9 @@ def select_layers(
 
     ``layer_types`` is a class or a sequence of classes; ``exclude`` one name or a sequence of names, each of
     which must exist. Layers whose owner reads their weight without calling them (``out_proj`` of an
-    ``nn.MultiheadAttention``, :data:`FORWARD_BYPASSING_OWNERS`) are left out. A selected layer whose weight is still lazy (``nn.LazyLinear`` before its first forward
-    pass) or on the ``meta`` device (not yet materialized: a synapse made now would never be initialised) is an
-    error.
+    ``nn.MultiheadAttention``, :data:`FORWARD_BYPASSING_OWNERS`) are left out. A selected layer whose weight is
+    still lazy (``nn.LazyLinear`` before its first forward pass) or on the ``meta`` device (not yet materialized: a
+    synapse made now would never be initialised) is an error.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 4), nn.ReLU()), nn.Linear(4, 2))

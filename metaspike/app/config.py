@@ -217,9 +217,9 @@ class RunConfig:
             raise ValueError(f"--weight-decay must be in [0, {MAX_WEIGHT_DECAY:g}], got {self.weight_decay!r}: the decay "
                              "term weight_decay * w is added to the gradient, and beyond this it drowns the loss's")
         if self.lr > MAX_LR:
-            raise ValueError(f"--lr must be in (0, {MAX_LR:g}], got {self.lr!r}: a larger rate overshoots at every step "
-                             "(a binary network's hidden weights start within ±0.05 and Adam moves each by about lr "
-                             "per step)")
+            raise ValueError(f"--lr must be in (0, {MAX_LR:g}], got {self.lr!r}: a larger rate overshoots at every "
+                             "step (a binary network's hidden weights start within ±0.05 and Adam moves each by about "
+                             "lr per step)")
         try:
             get_rule(self.rule)
         except ValueError as err:

@@ -343,9 +343,11 @@ class ContinualTrainer:
                              f"step, zero_grad, state_dict and param_groups), got {type(optimizer).__name__}")
         own = {id(p) for p in self.model.parameters()}
         given = [p for group in optimizer.param_groups for p in group["params"]]
-        if not given or any(id(p) not in own for p in given):
+        foreign = sum(id(p) not in own for p in given)
+        if not given or foreign:
             raise ValueError("make_optimizer must build its optimizer over the parameters of the model it is given; "
-                             f"{sum(id(p) not in own for p in given)} of its {len(given)} parameters are not the model's")
+                             + (f"{foreign} of its {len(given)} parameters are not the model's" if given
+                                else "it has no parameters"))
         return optimizer
 
     def _evaluate_all(self, scenario: Scenario, trained: int, states: list[dict]) -> list[float]:

@@ -235,9 +235,10 @@ def build_neuron_model(name: str, spec: NetSpec = NetSpec()) -> nn.Module:
         torch.Size([5, 10])
     """
     check_neurons([name])
-    model = _NEURONS[name](spec)
+    builder = _NEURONS[name]
+    model = builder(spec)
     if not isinstance(model, nn.Module):
-        raise ValueError(f"the builder of neuron model {name!r} ({getattr(_NEURONS[name], '__module__', '?')}."
-                         f"{getattr(_NEURONS[name], '__qualname__', '?')}) returned {type(model).__name__}, not a torch "
-                         "nn.Module")
+        where = f"{getattr(builder, '__module__', '?')}.{getattr(builder, '__qualname__', '?')}"
+        raise ValueError(f"the builder of neuron model {name!r} ({where}) returned {type(model).__name__}, not a "
+                         "torch nn.Module")
     return model
