@@ -54,6 +54,7 @@ from bnn.layers import BinaryLinear, SignActivation
 from metaspike.compiled import LazyCompiled
 from metaspike.files import atomic_open, check_torch_archive
 from metaspike.gain import output_gain
+from metaspike.layer_selection import synapse_parametrization
 from metaspike.quantizers import SteSign
 
 __all__ = ["pack", "PackedMLP", "PackedLayer"]
@@ -500,6 +501,10 @@ def _layers_of(model: nn.Module) -> list[tuple[BinaryLinear, nn.BatchNorm1d]]:
             raise ValueError(f"layer {len(pairs)} does not binarize its weights (its weight_quantizer is not a sign)")
         if linear.bias is not None:
             raise ValueError(f"layer {len(pairs)} has a bias; pack supports the bias-free layers of bnn.MLP")
+        if getattr(synapse_parametrization(linear), "evaluation", "mode") != "mode":
+            raise ValueError(f"layer {len(pairs)} draws a new weight sample at every evaluation (Bayesian synapses "
+                             "with evaluation='sample'), which one packed weight cannot equal; pack a model whose "
+                             "synapses evaluate with their mode (evaluation='mode')")
         if linear.input_quantizer.precision != 32:  # the packed first layer takes the real input, later ones signs
             raise ValueError(f"layer {len(pairs)} quantizes its input (input_quantizer {linear.input_quantizer!r}); "
                              "pack supports bnn.MLP's layers, whose inputs are the real data and the signs of "

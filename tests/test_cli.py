@@ -120,6 +120,7 @@ def test_plot_redraws_a_run(tmp_path, capsys):
          "--tasks: --scenario sequence has one task per --dataset (2 here), got --tasks 5"),
         (["train", "--resume", "somewhere", "--out", "elsewhere"], "--resume continues in RUN_DIR itself; remove --out"),
         (["reproduce", "fig5ab", "--seeds", "-1"], "--seeds must list one or more distinct integers in 0..18446744073709551615"),
+        (["train", "--model", "bimu", "--eval-samples", "100000"], "--eval-samples must be an integer in 1..1000"),
     ],
 )
 def test_bad_input_gets_one_clear_line(args, message, capsys):

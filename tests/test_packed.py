@@ -636,3 +636,17 @@ def test_pack_of_a_compiled_model_and_an_empty_batch_on_every_path():
     model.eval()
     for packed in (bnn.pack(torch.compile(model)), bnn.pack(model, compile=False)):
         assert packed(torch.zeros(0, 20)).shape == (0, 3)
+
+
+@pytest.mark.parametrize("kind", ["bimu", "mesu"])
+def test_pack_refuses_synapses_that_sample_their_weights_in_evaluation(kind):
+    """One packed weight cannot equal a model that draws new weights at every evaluation; the mode can."""
+    import metaspike
+
+    x = torch.rand(64, 784)
+    model = bnn.use_population_statistics(metaspike.bayesianize(bnn.MLP([784, 32, 10]), kind, evaluation="sample"),
+                                          x).eval()
+    with pytest.raises(ValueError, match=r"layer 0 draws a new weight sample at every evaluation"):
+        bnn.pack(model)
+    mode = bnn.use_population_statistics(metaspike.bayesianize(bnn.MLP([784, 32, 10]), kind), x).eval()
+    assert torch.equal(bnn.pack(mode)(x).argmax(1), mode(x).argmax(1))

@@ -373,3 +373,61 @@ def test_a_model_that_samples_in_evaluation_resumes_from_inside_a_task_to_the_sa
         resumed = trainer().fit(scenario, resume=state)
         assert [list(map(str, row)) for row in resumed.matrix] == [list(map(str, row)) for row in whole.matrix], \
             state["position"]
+
+
+def _idx_mnist(root: Path, seed: int) -> None:
+    """A small MNIST-format folder under ``root/mnist`` (40 training and 10 test images)."""
+    import numpy as np
+
+    from metaspike.data import write_idx
+
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", 40), ("t10k", 10)):
+        write_idx(root / "mnist" / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(root / "mnist" / f"{prefix}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+
+
+def test_a_run_resumes_only_on_the_data_it_started_on(tmp_path, monkeypatch, capsys):
+    """A data folder read again at resume time (a relative --data-dir, $METASPIKE_DATA) may hold other files."""
+    from metaspike.continual.results import RunDirectory
+
+    _idx_mnist(tmp_path / "first", seed=1)
+    _idx_mnist(tmp_path / "other", seed=2)
+    saving = RunDirectory.checkpoint
+
+    def stop_after_the_first_checkpoint(self, state):
+        saving(self, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunDirectory, "checkpoint", stop_after_the_first_checkpoint)
+    monkeypatch.setenv("METASPIKE_DATA", str(tmp_path / "first"))
+    main(["train", "--dataset", "mnist", "--tasks", "2", "--epochs", "2", "--hidden", "8", "--batch-size", "10",
+          "--quiet", "--out", str(tmp_path / "runs")])
+    monkeypatch.undo()
+    run = next((tmp_path / "runs").iterdir())
+    assert (run / "checkpoint.pt").exists()
+    capsys.readouterr()
+
+    monkeypatch.setenv("METASPIKE_DATA", str(tmp_path / "other"))
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "started on other data than" in err and "mnist/train, mnist/test differ" in err
+    monkeypatch.setenv("METASPIKE_DATA", str(tmp_path / "first"))
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["complete"] is True
+
+
+def test_standardizing_images_without_spread_is_one_line(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from metaspike.data import write_idx
+
+    for prefix, n in (("train", 20), ("t10k", 10)):
+        write_idx(tmp_path / "mnist" / f"{prefix}-images-idx3-ubyte", np.zeros((n, 28, 28), dtype=np.uint8))
+        write_idx(tmp_path / "mnist" / f"{prefix}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+    monkeypatch.setenv("METASPIKE_DATA", str(tmp_path))
+    assert main(["train", "--dataset", "mnist", "--standardize", "--tasks", "1", "--epochs", "1", "--hidden", "8",
+                 "--batch-size", "10", "--quiet", "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err == ("metaspike: error: --standardize: the training images of 'mnist' all have the same value (0.0), so "
+                   "they have no spread to divide by; leave out --standardize\n")

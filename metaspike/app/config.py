@@ -86,6 +86,9 @@ def _flag(name: str) -> str:
 
 
 MAX_TASKS = 10_000
+#: The largest ``--eval-samples``: each evaluation holds that many weight samples of every layer at once (1,000 of a
+#: 784-100-10 network: 320 MB); on the 100-task stream 100 samples gave nearly all of the gain (REPRODUCTION.md).
+MAX_EVAL_SAMPLES = 1000
 """The most tasks a run takes: each evaluation's metrics read a tasks x tasks matrix (800 MB at this size)."""
 
 
@@ -180,6 +183,9 @@ class RunConfig:
             if optimizer_kind(self.model) not in BAYESIAN_OPTIMIZERS:
                 raise ValueError(f"--memory-window applies to models with Bayesian synapses (bimu, mesu, "
                                  f"<neuron>+bimu), not {self.model!r}")
+        if self.eval_samples is not None and self.eval_samples > MAX_EVAL_SAMPLES:
+            raise ValueError(f"--eval-samples must be an integer in 1..{MAX_EVAL_SAMPLES} (an evaluation holds that "
+                             f"many weight samples of every layer at once), got {self.eval_samples}")
         if self.eval_samples is not None and self.model not in SAMPLED_EVALUATION:
             raise ValueError(f"--eval-samples applies to models that evaluate on weight samples "
                              f"({', '.join(SAMPLED_EVALUATION)}); {self.model!r} predicts with one weight per synapse")

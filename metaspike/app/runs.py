@@ -8,6 +8,7 @@ cannot interleave, and it is marked complete only after every final file is in p
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -25,7 +26,7 @@ from metaspike.bayesian.synapses import SampledForward
 from metaspike.continual.results import CHECKPOINT, PREVIOUS_CHECKPOINT, RunDirectory, latest_good_checkpoint
 from metaspike.continual.scenarios import Scenario, make_scenario
 from metaspike.continual.trainer import ContinualResult, ContinualTrainer
-from metaspike.data import load_dataset
+from metaspike.data import default_data_dir, load_dataset
 from metaspike.distributed import init_from_env, sync_batchnorm, world
 from metaspike.files import atomic_open, read_json, remove_stale_temporaries
 from metaspike.training import Plugin, TrainingDiverged, minimum_batch_size
@@ -80,7 +81,12 @@ def build_run_model(config: RunConfig, scenario: Scenario) -> torch.nn.Module:
     if not config.standardize:
         return model
     pixels = load_dataset(config.datasets[0], "train", config.data_dir).x
-    return nn.Sequential(Standardize(float(pixels.mean()), float(pixels.std())), model)
+    std = float(pixels.std()) if pixels.numel() > 1 else 0.0
+    if not std > 0:
+        raise ValueError(f"--standardize: the training images of {config.datasets[0]!r} all have the same value "
+                         f"({float(pixels.flatten()[0]) if pixels.numel() else 'none'}), so they have no spread to "
+                         "divide by; leave out --standardize")
+    return nn.Sequential(Standardize(float(pixels.mean()), std), model)
 
 
 def build_trainer(
@@ -187,9 +193,48 @@ def train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: R
     return result
 
 
+DATA_DIGESTS = "data_sha256"
+"""The key of ``config.json`` under which a run records :func:`data_digests` of the data it trains on."""
+
+
+def data_digests(config: RunConfig) -> dict[str, str]:
+    """SHA-256 of the images and labels of each dataset split ``config`` trains and evaluates on, keyed
+    ``"<dataset>/<split>"``: what a resumed run checks, since a data folder (``--data-dir``, ``$METASPIKE_DATA``, a
+    relative path read from another working directory) may hold other files by then.
+
+    Example:
+        >>> sorted(data_digests(RunConfig(datasets=("digits",))))
+        ['digits/test', 'digits/train']
+    """
+    digests = {}
+    for name in config.datasets:
+        for split in ("train", "test"):
+            data = load_dataset(name, split, config.data_dir)  # (cached: the arrays the scenario was made of)
+            digest = hashlib.sha256(data.x.contiguous().numpy())
+            digest.update(data.y.contiguous().numpy())
+            digests[f"{name}/{split}"] = digest.hexdigest()
+    return digests
+
+
+def _check_same_data(path: Path, config: RunConfig) -> None:
+    """Refuse to resume ``path`` on other data than it started on (runs made before the digests were kept pass)."""
+    stored = read_json(path / "config.json").get(DATA_DIGESTS)
+    if stored is None:
+        return
+    current = data_digests(config)
+    if not isinstance(stored, dict) or stored.keys() != current.keys():
+        raise ValueError(f"{path / 'config.json'}: {DATA_DIGESTS} must hold the SHA-256 of {', '.join(current)}")
+    changed = [key for key in current if stored[key] != current[key]]
+    if changed:
+        raise ValueError(f"{path} started on other data than {default_data_dir(config.data_dir)} holds now "
+                         f"({', '.join(changed)} differ from the SHA-256 in its config.json); resume it with the data "
+                         "it started on (--data-dir or $METASPIKE_DATA, from the folder it ran in)")
+
+
 def _record(config: RunConfig, scenario: Scenario) -> dict[str, Any]:
     return {
         **config.to_dict(),
+        DATA_DIGESTS: data_digests(config),
         "model_description": describe_model(config.model, config.hidden, scenario.input_shape, scenario.num_classes,
                                             config.num_steps),
         "task_boundaries_given": scenario.task_boundaries,
@@ -312,6 +357,8 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
             scenario = make_run_scenario(config)
         except ValueError as err:
             raise ValueError(f"{path / 'config.json'}: {err}") from None
+        if state is not None:  # (a run that starts over records the data it starts on)
+            _check_same_data(path, config)
         trainer = _trainer(config, scenario, progress)
         directory = RunDirectory(path) if world()[0] == 0 else None
         if directory is not None and state is None:  # starting over: the folder describes the config it runs now
