@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -411,7 +412,7 @@ def test_a_run_resumes_only_on_the_data_it_started_on(tmp_path, monkeypatch, cap
     monkeypatch.setenv("METASPIKE_DATA", str(tmp_path / "other"))
     assert main(["train", "--resume", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "started on other data than" in err and "mnist/train, mnist/test differ" in err
+    assert err.count("\n") == 1 and "was trained on other data than" in err and "mnist/train, mnist/test differ" in err
     monkeypatch.setenv("METASPIKE_DATA", str(tmp_path / "first"))
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert json.loads((run / "metrics.json").read_text())["complete"] is True
@@ -431,3 +432,21 @@ def test_standardizing_images_without_spread_is_one_line(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert err == ("metaspike: error: --standardize: the training images of 'mnist' all have the same value (0.0), so "
                    "they have no spread to divide by; leave out --standardize\n")
+
+
+def test_a_comparison_adds_no_run_on_other_data_than_its_finished_runs(tmp_path, monkeypatch, capsys):
+    _idx_mnist(tmp_path / "first", seed=1)
+    _idx_mnist(tmp_path / "other", seed=2)
+    monkeypatch.setenv("METASPIKE_DATA", str(tmp_path / "first"))
+    args = ["compare", "--dataset", "mnist", "--meta", "0", "5", "--tasks", "2", "--epochs", "1", "--hidden", "8",
+            "--batch-size", "10", "--quiet", "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    root = next((tmp_path / "out").iterdir())
+    runs = sorted(p for p in root.iterdir() if (p / "config.json").exists())
+    shutil.rmtree(runs[-1])  # as if killed before its last run began
+    (root / "comparison.csv").unlink()
+    capsys.readouterr()
+    monkeypatch.setenv("METASPIKE_DATA", str(tmp_path / "other"))
+    assert main(["compare", "--resume", str(root), "--quiet"]) == 2
+    assert "was trained on other data than" in capsys.readouterr().err
+    assert not runs[-1].exists()  # nothing trained on the other data

@@ -21,6 +21,7 @@ from metaspike.app.config import RunConfig, meta_label
 from metaspike.app.models import BIMU_SUFFIX, optimizer_kind
 from metaspike.app.runs import (
     Interrupted,
+    check_same_data,
     config_from_record,
     finished_result,
     load_config,
@@ -139,7 +140,9 @@ def _run_or_continue(config: RunConfig, root: Path, progress: bool) -> Continual
         if load_config(path) != config:
             raise ValueError(f"{path} holds a run of other settings than {root / PLAN} plans (was the plan edited?)")
         if finished_result(path) is None:
-            resume(path, progress=progress, plot=False)
+            resume(path, progress=progress, plot=False)  # (checks the data itself)
+        else:  # the runs still to come must train on the data this one was trained on
+            check_same_data(path, config)
     result = finished_result(path)
     assert result is not None
     return result

@@ -216,8 +216,9 @@ def data_digests(config: RunConfig) -> dict[str, str]:
     return digests
 
 
-def _check_same_data(path: Path, config: RunConfig) -> None:
-    """Refuse to resume ``path`` on other data than it started on (runs made before the digests were kept pass)."""
+def check_same_data(path: Path, config: RunConfig) -> None:
+    """Refuse to go on from run ``path`` (resume it, or add runs beside it in a comparison) on other data than it
+    was trained on; runs made before the digests were kept pass."""
     stored = read_json(path / "config.json").get(DATA_DIGESTS)
     if stored is None:
         return
@@ -226,7 +227,7 @@ def _check_same_data(path: Path, config: RunConfig) -> None:
         raise ValueError(f"{path / 'config.json'}: {DATA_DIGESTS} must hold the SHA-256 of {', '.join(current)}")
     changed = [key for key in current if stored[key] != current[key]]
     if changed:
-        raise ValueError(f"{path} started on other data than {default_data_dir(config.data_dir)} holds now "
+        raise ValueError(f"{path} was trained on other data than {default_data_dir(config.data_dir)} holds now "
                          f"({', '.join(changed)} differ from the SHA-256 in its config.json); resume it with the data "
                          "it started on (--data-dir or $METASPIKE_DATA, from the folder it ran in)")
 
@@ -358,7 +359,7 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
         except ValueError as err:
             raise ValueError(f"{path / 'config.json'}: {err}") from None
         if state is not None:  # (a run that starts over records the data it starts on)
-            _check_same_data(path, config)
+            check_same_data(path, config)
         trainer = _trainer(config, scenario, progress)
         directory = RunDirectory(path) if world()[0] == 0 else None
         if directory is not None and state is None:  # starting over: the folder describes the config it runs now
