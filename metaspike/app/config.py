@@ -86,10 +86,10 @@ def _flag(name: str) -> str:
 
 
 MAX_TASKS = 10_000
-#: The largest ``--eval-samples``: each evaluation holds that many weight samples of every layer at once (1,000 of a
-#: 784-100-10 network: 320 MB); on the 100-task stream 100 samples gave nearly all of the gain (REPRODUCTION.md).
-MAX_EVAL_SAMPLES = 1000
 """The most tasks a run takes: each evaluation's metrics read a tasks x tasks matrix (800 MB at this size)."""
+MAX_EVAL_SAMPLES = 1000
+"""The largest ``--eval-samples``: each evaluation holds that many weight samples of every layer at once (1,000 of a
+784-100-10 network: 320 MB); on the 100-task stream 100 samples gave nearly all of the gain (REPRODUCTION.md)."""
 
 
 @dataclass(frozen=True)
