@@ -21,11 +21,16 @@ def _activation(name: str) -> nn.Module:
     raise ValueError(f"activation must be 'sign' or 'relu', got {name!r}")
 
 
+def _is_size(value: object) -> bool:
+    """Whether ``value`` is a positive integer (not a bool), as every width and count of these models must be."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _check_sizes(name: str, values: int | Sequence[int]) -> tuple[int, ...]:
     """``values`` (one integer or a sequence) as a tuple of positive integers, else one line naming the argument."""
     one = not isinstance(values, Sequence) or isinstance(values, str)
     found = (values,) if one else tuple(values)
-    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in found):
+    if not all(map(_is_size, found)):
         raise ValueError(f"{name} must be {'a positive integer' if one else 'positive integers'}, got {values!r}")
     return found
 
@@ -80,7 +85,7 @@ class MLP(nn.Sequential):
         activation: str = "sign",
     ) -> None:
         sizes = list(sizes)
-        if len(sizes) < 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
+        if len(sizes) < 2 or not all(map(_is_size, sizes)):
             raise ValueError(f"sizes must list at least 2 positive integer widths (input ... classes), got {sizes}")
         _activation(activation)  # checked even where no hidden layer uses it
         layers: list[nn.Module] = [nn.Flatten()]

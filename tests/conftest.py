@@ -1,7 +1,35 @@
-"""Shared test fixtures."""
+"""Shared test fixtures and helpers (a test module imports the helpers: ``from conftest import fake_mnist``)."""
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+
+from metaspike.data import write_idx
+
+
+def fake_mnist(root: Path, name: str = "mnist", n_train: int = 20, n_test: int = 8, gz: bool = True, seed: int = 1,
+               value: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Write an MNIST-format dataset folder ``root/name`` (labels 0..9 in turn) and return its arrays per split.
+
+    Its pixels are random, with 255 and 0 present, or all ``value`` when given (images without spread).
+    """
+    rng = np.random.default_rng(seed)
+    out = {}
+    suffix = ".gz" if gz else ""
+    for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
+        if value is None:
+            images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+            images[0] = 255  # make sure the maximum value appears
+            images[1] = 0
+        else:
+            images = np.full((n, 28, 28), value, dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        write_idx(root / name / f"{prefix}-images-idx3-ubyte{suffix}", images)
+        write_idx(root / name / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
+        out[split] = (images, labels)
+    return out
 
 
 @pytest.fixture

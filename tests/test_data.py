@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import fake_mnist
 
 from metaspike.data import (
     ArrayDataset,
@@ -29,22 +30,6 @@ ALL_NAMES = ["cifar10", "digits", "fashion-mnist", "kmnist", "mnist", "mnist5k"]
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _fake_mnist(root: Path, name: str = "mnist", n_train: int = 20, n_test: int = 8,
-                gz: bool = True, seed: int = 1) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    out = {}
-    suffix = ".gz" if gz else ""
-    for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
-        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-        images[0] = 255  # make sure the maximum value appears
-        images[1] = 0
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        write_idx(root / name / f"{prefix}-images-idx3-ubyte{suffix}", images)
-        write_idx(root / name / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
-        out[split] = (images, labels)
-    return out
 
 
 def _cifar_batch(n: int, start_label: int, rng: np.random.Generator) -> tuple[dict, np.ndarray]:
@@ -207,8 +192,8 @@ def test_default_data_dir_priority(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("gz", [True, False])
-def test_load_fake_mnist(tmp_path, gz):
-    written = _fake_mnist(tmp_path, gz=gz)
+def test_loadfake_mnist(tmp_path, gz):
+    written = fake_mnist(tmp_path, gz=gz)
     for split, n in (("train", 20), ("test", 8)):
         ds = load_dataset("mnist", split, data_dir=tmp_path, download=False)
         images, labels = written[split]
@@ -223,15 +208,15 @@ def test_load_fake_mnist(tmp_path, gz):
 
 
 def test_load_is_cached(tmp_path):
-    _fake_mnist(tmp_path)
+    fake_mnist(tmp_path)
     a = load_dataset("mnist", "test", data_dir=tmp_path, download=False)
     b = load_dataset("mnist", "test", data_dir=tmp_path, download=True)
     assert a is b
 
 
 def test_fashion_and_kmnist_class_names(tmp_path):
-    _fake_mnist(tmp_path, name="fashion-mnist")
-    _fake_mnist(tmp_path, name="kmnist")
+    fake_mnist(tmp_path, name="fashion-mnist")
+    fake_mnist(tmp_path, name="kmnist")
     fashion = load_dataset("fashion-mnist", "test", data_dir=tmp_path, download=False)
     kmnist = load_dataset("kmnist", "train", data_dir=tmp_path, download=False)
     assert fashion.classes[0] == "T-shirt/top" and fashion.classes[9] == "Ankle boot"
@@ -240,14 +225,14 @@ def test_fashion_and_kmnist_class_names(tmp_path):
 
 
 def test_mnist_mismatched_counts(tmp_path):
-    _fake_mnist(tmp_path)
+    fake_mnist(tmp_path)
     write_idx(tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz", np.zeros(5, dtype=np.uint8))
     with pytest.raises(DataError, match="8 images but .* 5 labels"):
         load_dataset("mnist", "test", data_dir=tmp_path, download=False)
 
 
 def test_mnist_with_zero_images_is_one_clear_line(tmp_path):
-    _fake_mnist(tmp_path)
+    fake_mnist(tmp_path)
     images = tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz"
     write_idx(images, np.zeros((0, 28, 28), dtype=np.uint8))
     write_idx(tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz", np.zeros(0, dtype=np.uint8))
@@ -319,7 +304,7 @@ def test_download_checks_md5_and_renames(tmp_path, monkeypatch):
     import metaspike.data as data
 
     src = tmp_path / "src"
-    _fake_mnist(src, n_test=6)
+    fake_mnist(src, n_test=6)
     served = {f.name: f.read_bytes() for f in (src / "mnist").iterdir()}
     monkeypatch.setattr(data, "_IDX_SOURCES", {
         **data._IDX_SOURCES,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import fake_mnist
 
 from metaspike.app.cli import main
 from metaspike.app.config import RunConfig
@@ -376,24 +377,12 @@ def test_a_model_that_samples_in_evaluation_resumes_from_inside_a_task_to_the_sa
             state["position"]
 
 
-def _idx_mnist(root: Path, seed: int) -> None:
-    """A small MNIST-format folder under ``root/mnist`` (40 training and 10 test images)."""
-    import numpy as np
-
-    from metaspike.data import write_idx
-
-    rng = np.random.default_rng(seed)
-    for prefix, n in (("train", 40), ("t10k", 10)):
-        write_idx(root / "mnist" / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-        write_idx(root / "mnist" / f"{prefix}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
-
-
 def test_a_run_resumes_only_on_the_data_it_started_on(tmp_path, monkeypatch, capsys):
     """A data folder read again at resume time (a relative --data-dir, $METASPIKE_DATA) may hold other files."""
     from metaspike.continual.results import RunDirectory
 
-    _idx_mnist(tmp_path / "first", seed=1)
-    _idx_mnist(tmp_path / "other", seed=2)
+    fake_mnist(tmp_path / "first", n_train=40, n_test=10, seed=1)
+    fake_mnist(tmp_path / "other", n_train=40, n_test=10, seed=2)
     saving = RunDirectory.checkpoint
 
     def stop_after_the_first_checkpoint(self, state):
@@ -419,13 +408,7 @@ def test_a_run_resumes_only_on_the_data_it_started_on(tmp_path, monkeypatch, cap
 
 
 def test_standardizing_images_without_spread_is_one_line(tmp_path, monkeypatch, capsys):
-    import numpy as np
-
-    from metaspike.data import write_idx
-
-    for prefix, n in (("train", 20), ("t10k", 10)):
-        write_idx(tmp_path / "mnist" / f"{prefix}-images-idx3-ubyte", np.zeros((n, 28, 28), dtype=np.uint8))
-        write_idx(tmp_path / "mnist" / f"{prefix}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+    fake_mnist(tmp_path, n_train=20, n_test=10, value=0)
     monkeypatch.setenv("METASPIKE_DATA", str(tmp_path))
     assert main(["train", "--dataset", "mnist", "--standardize", "--tasks", "1", "--epochs", "1", "--hidden", "8",
                  "--batch-size", "10", "--quiet", "--out", str(tmp_path / "runs")]) == 2
@@ -435,8 +418,8 @@ def test_standardizing_images_without_spread_is_one_line(tmp_path, monkeypatch, 
 
 
 def test_a_comparison_adds_no_run_on_other_data_than_its_finished_runs(tmp_path, monkeypatch, capsys):
-    _idx_mnist(tmp_path / "first", seed=1)
-    _idx_mnist(tmp_path / "other", seed=2)
+    fake_mnist(tmp_path / "first", n_train=40, n_test=10, seed=1)
+    fake_mnist(tmp_path / "other", n_train=40, n_test=10, seed=2)
     monkeypatch.setenv("METASPIKE_DATA", str(tmp_path / "first"))
     args = ["compare", "--dataset", "mnist", "--meta", "0", "5", "--tasks", "2", "--epochs", "1", "--hidden", "8",
             "--batch-size", "10", "--quiet", "--out", str(tmp_path / "out")]

@@ -323,7 +323,7 @@ class ContinualTrainer:
         progress: bool = True,
         plugins: Sequence[Plugin] = (),
     ) -> None:
-        if isinstance(make_optimizer, Optimizer) or not callable(make_optimizer):
+        if not callable(make_optimizer):  # (an optimizer instance is not: torch's optimizers have no __call__)
             raise ValueError("make_optimizer must be a function that builds the optimizer from the model (e.g. "
                              "lambda m: torch.optim.SGD(m.parameters(), lr=0.01)), called once or once per task; got "
                              f"{type(make_optimizer).__name__}")
