@@ -23,6 +23,7 @@ from metaspike.bayesian import (
     sampled_forward,
     sampled_product,
     settings_for_batch,
+    start_confident,
 )
 
 # Tolerance of the float32 rules against the float64 formulas. Each output is a short chain of
@@ -733,3 +734,23 @@ def test_a_layer_predicts_from_its_evaluation_samples_and_trains_on_its_samples(
         BinaryBayesianLinear(6, 4, evaluation_samples=3)
     with pytest.raises(ValueError, match="samples must be an int >= 1"):
         BayesianLinear(6, 4, samples=2, evaluation_samples=0)
+
+
+def test_start_confident_gives_every_latent_the_magnitude_and_keeps_its_sign():
+    torch.manual_seed(0)
+    net = bayesianize(nn.Sequential(nn.Linear(6, 5, bias=False), nn.Linear(5, 4, bias=False)))
+    first, last = (lam.detach().clone() for lam in bimu_parameters(net))
+    start_confident(net[1], 1.0)
+    new_first, new_last = bimu_parameters(net)
+    assert torch.equal(new_first, first)  # the other layer is left as it was
+    assert torch.equal(new_last.detach(), torch.where(last >= 0, 1.0, -1.0))
+    # a Bernoulli weight is then +1 with probability sigmoid(2) where λ = +1
+    assert torch.equal(net.eval()[1].weight, torch.sign(new_last.detach()))
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(ValueError, match="magnitude must be a finite number > 0"):
+            start_confident(net[1], bad)
+    with pytest.raises(ValueError, match="needs a layer with a BiMU synapse .* Linear has no Bayesian synapse"):
+        start_confident(nn.Linear(3, 2), 1.0)
+    mesu = bayesianize(nn.Sequential(nn.Linear(3, 2)), "mesu")
+    with pytest.raises(ValueError, match="has a 'mesu' synapse"):
+        start_confident(mesu[0], 1.0)

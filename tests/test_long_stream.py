@@ -166,6 +166,45 @@ def test_the_memory_window_sets_the_bayesian_optimizers_n_and_is_checked(tmp_pat
     assert main(["train", "--model", "mlp", "--memory-window", "10", "--tasks", "1", "--out", str(tmp_path)]) == 2
 
 
+def test_readout_lambda_starts_the_output_layer_confident_and_is_checked(tmp_path):
+    from metaspike.app.runs import build_run_model, config_from_record, make_run_scenario
+    from metaspike.bayesian import bimu_parameters
+
+    def latents(config):
+        torch.manual_seed(3)
+        model = build_run_model(config, make_run_scenario(config))
+        return [lam.detach() for lam in bimu_parameters(model)]
+
+    usual = RunConfig(model="bimu", datasets=("digits",), batch_size=1, hidden=(8,), tasks=1)
+    confident = replace(usual, readout_lambda=1.5)
+    (hidden, readout), (hidden_c, readout_c) = latents(usual), latents(confident)
+    assert torch.equal(hidden_c, hidden)  # the same draws; only the output layer's magnitudes change
+    assert torch.equal(readout_c, torch.where(readout >= 0, 1.5, -1.5))
+    assert confident.name.endswith("-bimu-readout1.5-seed1")
+    assert config_from_record(confident.to_dict(), tmp_path / "config.json") == confident
+    record = usual.to_dict()
+    del record["readout_lambda"]  # a run written before the setting existed starts as before
+    assert config_from_record(record, tmp_path / "config.json").readout_lambda is None
+    for bad in (0, -1, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(ValueError, match=r"--readout-lambda must be a finite number > 0"):
+            replace(usual, readout_lambda=bad)
+    for kind in ("mesu", "mlp", "bnn-layernorm"):
+        with pytest.raises(ValueError, match=r"--readout-lambda applies to models with BiMU synapses"):
+            RunConfig(model=kind, batch_size=1, readout_lambda=1.0)
+    spiking = RunConfig(model="leaky+bimu", datasets=("digits",), hidden=(8,), tasks=1, readout_lambda=2.0)
+    assert latents(spiking)[-1].abs().unique().tolist() == [2.0]
+    assert main(["train", "--model", "mlp", "--readout-lambda", "1", "--tasks", "1", "--out", str(tmp_path)]) == 2
+
+
+def test_every_method_of_the_reproduction_is_a_valid_run_with_its_own_folder():
+    from metaspike.app.reproduce.long_stream import METHODS
+
+    configs = [replace(stream_config("cpu", 1), **method.settings) for method in METHODS]  # each validates itself
+    assert len({method.label.replace(" ", "_").replace(",", "") for method in METHODS}) == len(METHODS)
+    confident = next(c for c in configs if c.readout_lambda is not None)
+    assert (confident.model, confident.memory_window, confident.eval_samples) == ("bimu", 1050, 100)
+
+
 class _Killed(Exception):
     pass
 

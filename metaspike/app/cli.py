@@ -61,6 +61,10 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
     parser.add_argument("--eval-samples", type=int, default=None, metavar="K",
                         help="models that predict from weight samples (bimu): average the predictions of K samples in "
                              "evaluation (default: as many as a training step draws, 5; more predict better)")
+    parser.add_argument("--readout-lambda", type=float, default=None, metavar="L",
+                        help="models with BiMU synapses (bimu, <neuron>+bimu): start the output layer's latent weights "
+                             "at +-L with their drawn signs, a nearly deterministic readout from the first task "
+                             "(default: N(0, 0.1^2) like every layer)")
     parser.add_argument("--standardize", action="store_true",
                         help="feed the model (x - mean) / std, the pixel mean and std of the first dataset's training "
                              "split, as the papers' long streams do (not for spiking models)")
@@ -97,6 +101,7 @@ def _config(args: argparse.Namespace, meta: Sequence[float] | None, seed: int) -
         standardize=args.standardize,
         seed=seed, batchnorm=args.batchnorm, optimizer=args.optimizer, split_mode=args.split_mode,
         device=args.device, data_dir=args.data_dir, imports=tuple(args.imports), eval_samples=args.eval_samples,
+        readout_lambda=args.readout_lambda,
     )
 
 
@@ -188,7 +193,8 @@ _SETTING_FLAGS = {"scenario": "scenario", "dataset": "datasets", "tasks": "tasks
                   "rule": "rule", "batchnorm": "batchnorm", "optimizer": "optimizer", "split_mode": "split_mode",
                   "data_dir": "data_dir", "device": "device", "seed": "seed", "samples_per_task": "samples_per_task",
                   "eval_every": "eval_every", "eval_tasks": "eval_tasks", "model": "model",
-                  "memory_window": "memory_window", "standardize": "standardize", "eval_samples": "eval_samples"}
+                  "memory_window": "memory_window", "standardize": "standardize", "eval_samples": "eval_samples",
+                  "readout_lambda": "readout_lambda"}
 
 
 def _train(args: argparse.Namespace) -> None:

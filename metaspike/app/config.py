@@ -26,7 +26,7 @@ from metaspike.app.models import (
     uses_batchnorm,
 )
 from metaspike.chained import ChainedOptimizer
-from metaspike.checks import check_seed
+from metaspike.checks import check_seed, is_finite_number
 from metaspike.continual.scenarios import available_scenarios
 from metaspike.continual.trainer import LAST_EVALUATED, TrainerConfig
 from metaspike.rules import check_meta, get_rule
@@ -120,6 +120,9 @@ class RunConfig:
     ``batch_size``: :func:`metaspike.bayesian.settings_for_batch`); ``None`` keeps the kind's published setting
     (:func:`metaspike.app.models.build_optimizer`).
 
+    ``readout_lambda`` (BiMU kinds) starts the output layer's latent weights at ``±readout_lambda`` with their drawn
+    signs (:func:`metaspike.bayesian.start_confident`) instead of ``N(0, 0.1²)``; ``None`` keeps the usual start.
+
     Example:
         >>> RunConfig(meta=(1.35,), tasks=2).name
         'permuted-mnist5k-meta1.35-seed1'
@@ -150,6 +153,7 @@ class RunConfig:
     standardize: bool = False
     imports: tuple[str, ...] = ()
     eval_samples: int | None = None
+    readout_lambda: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.imports, tuple) or not all(isinstance(i, str) and i for i in self.imports):
@@ -183,6 +187,12 @@ class RunConfig:
             if optimizer_kind(self.model) not in BAYESIAN_OPTIMIZERS:
                 raise ValueError(f"--memory-window applies to models with Bayesian synapses (bimu, mesu, "
                                  f"<neuron>+bimu), not {self.model!r}")
+        if self.readout_lambda is not None:
+            if not is_finite_number(self.readout_lambda) or self.readout_lambda <= 0:
+                raise ValueError(f"--readout-lambda must be a finite number > 0, got {self.readout_lambda!r}")
+            if optimizer_kind(self.model) not in ("bimu", "bimu+adam"):
+                raise ValueError(f"--readout-lambda applies to models with BiMU synapses (bimu, <neuron>+bimu), "
+                                 f"not {self.model!r}")
         if self.eval_samples is not None and self.eval_samples > MAX_EVAL_SAMPLES:
             raise ValueError(f"--eval-samples must be an integer in 1..{MAX_EVAL_SAMPLES} (an evaluation holds that "
                              f"many weight samples of every layer at once), got {self.eval_samples}")
@@ -255,7 +265,8 @@ class RunConfig:
         if optimizer_kind(self.model) != "metaplastic-adam":
             window = "" if self.memory_window is None else f"-N{self.memory_window:g}"
             ensemble = "" if self.eval_samples is None else f"-eval{self.eval_samples}"
-            return f"{self.scenario}-{'-'.join(self.datasets)}{model}{window}{ensemble}-seed{self.seed}"
+            readout = "" if self.readout_lambda is None else f"-readout{self.readout_lambda:g}"
+            return f"{self.scenario}-{'-'.join(self.datasets)}{model}{window}{readout}{ensemble}-seed{self.seed}"
         meta = "-".join(f"{m:g}" for m in self.meta)  # type: ignore[union-attr]
         rule = "" if self.rule == "tanh" else f"-{self.rule}"
         return f"{self.scenario}-{'-'.join(self.datasets)}{model}-meta{meta}{rule}-seed{self.seed}"

@@ -22,7 +22,7 @@ from torch import nn
 from metaspike.app.config import RunConfig
 from metaspike.app.models import Standardize, build_model, describe_model, uses_batchnorm
 from metaspike.app.tables import versions
-from metaspike.bayesian.synapses import SampledForward
+from metaspike.bayesian.synapses import SampledForward, bayesian_modules, start_confident
 from metaspike.continual.results import CHECKPOINT, PREVIOUS_CHECKPOINT, RunDirectory, latest_good_checkpoint
 from metaspike.continual.scenarios import Scenario, make_scenario
 from metaspike.continual.trainer import ContinualResult, ContinualTrainer
@@ -74,6 +74,9 @@ def build_run_model(config: RunConfig, scenario: Scenario) -> torch.nn.Module:
                          f"({weights:,} weights, each with its gradient, Adam moments and sign buffer); "
                          f"this machine has {available / 2**30:.0f} GiB")
     model = build_model(config.model, config.hidden, scenario.input_shape, scenario.num_classes, config.num_steps)
+    if config.readout_lambda is not None:
+        readout = [layer for _, layer, kind, _ in bayesian_modules(model) if kind == "bimu"][-1]  # (the output layer)
+        start_confident(readout, config.readout_lambda)
     if config.eval_samples is not None:
         for layer in model.modules():
             if isinstance(layer, SampledForward):
@@ -297,7 +300,7 @@ def config_from_record(stored: Any, path: Path) -> RunConfig:
     for key in RunConfig.field_names():
         if key not in stored:
             if key in ("model", "num_steps", "samples_per_task", "eval_every", "eval_tasks", "memory_window",
-                       "standardize", "imports", "eval_samples"):  # newer fields
+                       "standardize", "imports", "eval_samples", "readout_lambda"):  # newer fields
                 values[key] = getattr(defaults, key)
                 continue
             raise ValueError(f"{path} has no {key!r} setting")

@@ -25,6 +25,7 @@ from metaspike.bayesian.synapses import (
     sample_weights,
     sampled_forward,
     sampled_product,
+    start_confident,
     synapse_role,
 )
 
@@ -32,6 +33,6 @@ __all__ = [
     "mesu_step", "mesu_step_", "bimu_step", "bimu_step_", "check_hyperparameters", "settings_for_batch", "MESU",
     "BiMU",
     "GaussianWeight", "BinaryWeight", "make_bayesian", "bayesianize", "bayesian_modules", "mesu_param_groups",
-    "bimu_parameters", "plain_parameters", "check_samples", "sample_weights", "sampled_forward",
+    "bimu_parameters", "start_confident", "plain_parameters", "check_samples", "sample_weights", "sampled_forward",
     "sampled_product", "synapse_role", "FusedTrainingStep", "why_not_fused", "register_fused_activation", "Activation",
 ]

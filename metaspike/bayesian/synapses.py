@@ -65,6 +65,7 @@ __all__ = [
     "bayesian_modules",
     "mesu_param_groups",
     "bimu_parameters",
+    "start_confident",
     "plain_parameters",
     "check_samples",
     "sample_weights",
@@ -633,6 +634,33 @@ def bimu_parameters(model: nn.Module) -> list[nn.Parameter]:
     if not params:
         raise ValueError(f"{type(model).__name__} has no BiMU synapses; call bayesianize(model, 'bimu') first")
     return params
+
+
+def start_confident(layer: nn.Module, magnitude: float = 1.0) -> nn.Module:
+    """Set every latent weight ``λ`` of one BiMU layer to ``±magnitude`` with the signs it has, in place.
+
+    A layer made by :func:`bayesianize` starts with small random ``λ`` (``N(0, 0.1²)``): each weight is close to a
+    coin flip (``P(+1) = sigmoid(2λ)``). After this call each weight keeps its drawn sign with probability
+    ``sigmoid(2·magnitude)`` (0.88 at 1), so the layer predicts almost deterministically from the first step on
+    and learns more slowly (BiMU's steps carry the factor ``1 - tanh² λ``, 0.42 at 1). On the long permuted-MNIST
+    stream, starting the output layer at ``±1`` (with ``N = 1050``) raised BiMU's mean accuracy over 100 tasks
+    (REPRODUCTION.md). ``λ = 0`` counts as positive. Call it before training, before the optimizer is built.
+
+    Example:
+        >>> net = bayesianize(torch.nn.Sequential(torch.nn.Linear(4, 3, bias=False)))
+        >>> start_confident(net[0], 1.5).parametrizations.weight.original.abs().unique().tolist()
+        [1.5]
+    """
+    magnitude = finite_number("magnitude", magnitude, positive=True)
+    synapse = _parametrization(layer)
+    if not isinstance(synapse, BinaryWeight):
+        found = "no Bayesian synapse" if synapse is None else f"a {synapse.kind!r} synapse"
+        raise ValueError(f"start_confident needs a layer with a BiMU synapse (bayesianize(model, 'bimu')); "
+                         f"{type(layer).__name__} has {found}")
+    (lam,) = _synapse_tensors(layer, synapse)
+    with torch.no_grad():
+        lam.copy_(torch.where(lam >= 0, magnitude, -magnitude))
+    return layer
 
 
 def plain_parameters(model: nn.Module) -> list[nn.Parameter]:
