@@ -95,8 +95,9 @@ def test_plot_redraws_a_run(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["train", "--meta", "-1"], "--meta must be a finite number >= 0, got -1.0"),
-        (["train", "--meta", "nan"], "--meta must be a finite number >= 0, got nan"),
+        (["train", "--meta", "-1"], "--meta must be a finite number in [0, 3.40282e+38], got -1.0"),
+        (["train", "--meta", "nan"], "--meta must be a finite number in [0, 3.40282e+38], got nan"),
+        (["train", "--meta", "1e39"], "--meta must be a finite number in [0, 3.40282e+38], got 1e+39"),
         (["compare", "--meta", "0", "5,x"], "--meta '5,x' is not a number or a list of numbers like 5,30,30"),
         (["train", "--meta", "1", "2"], "--meta takes one value or one per layer (3 for --hidden 512 512), got 2"),
         (["train", "--tasks", "0"], "--tasks must be an integer >= 1, got 0"),

@@ -211,7 +211,7 @@ def test_resume_refuses_flags_that_would_change_the_stored_settings(tmp_path, ca
     ("hidden", [8, "x"], "'hidden' must be a list of int"),
     ("lr", "fast", "--lr must be a finite number > 0, got 'fast'"),
     ("scenario", 5, "'scenario' must be a string"),
-    ("meta", [-1], "--meta must be a finite number >= 0"),
+    ("meta", [-1], "--meta must be a finite number in [0, 3.40282e+38]"),
     ("batch_size", 2.5, "--batch-size must be an integer >= 1, got 2.5"),
     ("data_dir", 7, "'data_dir' must be a folder name or null"),
 ])

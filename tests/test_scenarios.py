@@ -91,3 +91,16 @@ def test_a_class_group_without_samples_in_a_split_is_named_when_the_scenario_is_
     test = ArrayDataset("toy", torch.rand(4, 1, 1, 3), torch.tensor([0, 1, 0, 1]), classes)  # no 2 or 3 in the test split
     with pytest.raises(ValueError, match=r"class group \[2, 3\] has no test samples in toy"):
         split(train, test, groups=2)
+
+
+def test_a_hand_built_scenario_evaluating_its_own_tasks_keeps_per_task_statistics():
+    from metaspike.continual import Scenario
+
+    base = permuted(load_dataset("digits"), load_dataset("digits", "test"), n_tasks=2, seed=1)
+    tasks = [base.tasks[0], base.tasks[1]]
+    for train, evaluated in ((tasks, tasks), (tasks, list(tasks)), (tuple(tasks), tasks)):
+        scenario = Scenario("mine", train, evaluated)
+        assert scenario.evaluates_training_tasks and scenario.per_task_batchnorm
+    other = permuted(load_dataset("digits"), load_dataset("digits", "test"), n_tasks=2, seed=2)
+    for evaluated in ([tasks[1], tasks[0]], tasks[:1], list(other.tasks)):
+        assert not Scenario("mine", tasks, evaluated).evaluates_training_tasks

@@ -133,8 +133,13 @@ class Scenario:
 
     @property
     def evaluates_training_tasks(self) -> bool:
-        """True when the evaluated tasks are the trained ones (one accuracy-matrix column per task)."""
-        return self.eval_tasks is self.tasks
+        """True when the evaluated tasks are the trained ones (one accuracy-matrix column per task): the same sequence,
+        or sequences of the same task objects in the same order (``Scenario("mine", tasks, list(tasks))``)."""
+        if self.eval_tasks is self.tasks:
+            return True
+        if isinstance(self.tasks, TaskStream) or isinstance(self.eval_tasks, TaskStream):
+            return False  # (a lazy stream is evaluated on itself; comparing would make every task)
+        return len(self.eval_tasks) == len(self.tasks) and all(e is t for e, t in zip(self.eval_tasks, self.tasks))
 
     @property
     def num_classes(self) -> int:

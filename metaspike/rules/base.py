@@ -83,21 +83,25 @@ class Rule(Protocol):
         ...
 
 
+#: The largest metaplasticity strength: float32's largest number (``m·W`` is computed in the weights' float32).
+MAX_META = float(torch.finfo(torch.float32).max)
+
+
 def check_meta(meta: float, where: str = "meta") -> float:
-    """Validate a metaplasticity strength: a finite number >= 0.
+    """Validate a metaplasticity strength: a number in ``[0, MAX_META]``.
 
     Example:
         >>> check_meta(1.35)
         1.35
     """
     if isinstance(meta, (bool, str, bytes)):  # float("3") would pass, and the group would keep the string
-        raise ValueError(f"{where} must be a number >= 0, got {meta!r}")
+        raise ValueError(f"{where} must be a number in [0, {MAX_META:g}], got {meta!r}")
     try:
         value = float(meta)
     except (TypeError, ValueError):
-        raise ValueError(f"{where} must be a number >= 0, got {meta!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{where} must be a finite number >= 0, got {meta!r}")
+        raise ValueError(f"{where} must be a number in [0, {MAX_META:g}], got {meta!r}") from None
+    if not math.isfinite(value) or not 0 <= value <= MAX_META:
+        raise ValueError(f"{where} must be a finite number in [0, {MAX_META:g}], got {meta!r}")
     return value
 
 
