@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +21,8 @@ from metaspike.bayesian.fused_step import FusedTrainingStep
 from metaspike.checks import is_whole
 from metaspike.distributed import average_gradients
 
-__all__ = ["check_inputs", "minimum_batch_size", "train_epoch", "evaluate", "random_numbers_apart", "masked_logits",
+__all__ = ["check_inputs", "minimum_batch_size", "train_epoch", "evaluate", "evaluates_with_batch_statistics",
+           "MIN_STATISTICS_BATCH", "random_numbers_apart", "masked_logits",
            "classification_loss", "predictions", "TrainingDiverged", "Plugin"]
 
 
@@ -286,6 +288,12 @@ def evaluate(
 ) -> float:
     """Accuracy of ``model`` on ``(x, y)`` in percent (eval mode, batches of ``batch_size``).
 
+    A model whose BatchNorm layers normalise with the statistics of each batch in eval mode (``bnn.MLP`` and
+    ``bnn.ConvNet``, as in the paper, until :func:`metaspike.use_population_statistics`) predicts a sample from the
+    batch it shares: its batches are then drawn in a fixed random order (the same every call), so that a test set
+    stored sorted by class scores what a shuffled one does, and batches under :data:`MIN_STATISTICS_BATCH` samples
+    get a warning.
+
     A model that draws random weights in evaluation (BiMU's Bernoulli samples) draws them from a copy of torch's
     generator: evaluating never shifts the random numbers that training draws next (a run trains the same however
     often it is evaluated), and two evaluations with no training between them see the same samples.
@@ -299,18 +307,43 @@ def evaluate(
         raise ValueError("x holds no samples to evaluate")
     if not is_whole(batch_size, 1):
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    # near-equal chunks: no trailing batch of one sample, which batch-statistics BatchNorm cannot take
+    chunks = max(1, round(len(x) / batch_size))
+    order = torch.arange(len(x))
+    if evaluates_with_batch_statistics(model) and chunks > 1:
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))  # a class-sorted set mixes too
+        if len(x) // chunks < MIN_STATISTICS_BATCH:
+            warnings.warn(f"evaluating in batches of {len(x) // chunks} samples: the model's BatchNorm normalises each "
+                          f"batch by its own statistics, which under {MIN_STATISTICS_BATCH} samples distort its "
+                          "predictions; evaluate in larger batches or fix the statistics first "
+                          "(metaspike.use_population_statistics)", stacklevel=2)
     was_training = model.training
     model.eval()
     correct = 0
     try:
         with random_numbers_apart(device):
-            # near-equal chunks: no trailing batch of one sample, which batch-statistics BatchNorm cannot take
-            for index in torch.arange(len(x)).tensor_split(max(1, round(len(x) / batch_size))):
+            for index in order.tensor_split(chunks):
                 inputs, targets = x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
                 correct += (predictions(model(inputs), classes) == targets).sum().item()
     finally:
         model.train(was_training)
     return 100.0 * correct / len(x)
+
+
+#: Below this many samples per evaluated batch, per-batch BatchNorm statistics are noisy enough to change predictions
+#: (their mean is off by about 1/√B of a feature's spread: 10 % at 100).
+MIN_STATISTICS_BATCH = 100
+
+
+def evaluates_with_batch_statistics(model: nn.Module) -> bool:
+    """Whether a BatchNorm layer of ``model`` normalises by the statistics of each batch in eval mode too (it keeps
+    no running statistics).
+
+    Example:
+        >>> evaluates_with_batch_statistics(nn.BatchNorm1d(3, track_running_stats=False))
+        True
+    """
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None for m in model.modules())
 
 
 def random_numbers_apart(device: torch.device | str) -> contextlib.AbstractContextManager[None]:

@@ -2,6 +2,7 @@
 
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -219,3 +220,32 @@ def test_the_optimizer_argument_is_a_function_that_trains_the_models_own_paramet
     with pytest.raises(ValueError, match=r"2 of its 2 parameters are not the model's"):
         ContinualTrainer(MLP([784, 8, 10]), lambda m: torch.optim.SGD(other.parameters(), lr=0.1),
                          progress=False).fit(scenario)
+
+
+class _SignAfterBatchNorm(torch.nn.Module):
+    """Class 1 where the input is above its batch's mean: right on a mixed batch, a coin flip on a one-class batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.BatchNorm1d(1, affine=False, track_running_stats=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.norm(x)
+        return torch.cat([-z, z], dim=1)
+
+
+def test_batch_statistics_evaluation_scores_a_class_sorted_test_set_like_a_shuffled_one():
+    generator = torch.Generator().manual_seed(1)
+    y = torch.arange(2).repeat_interleave(500)  # stored sorted by class
+    x = (2 * y - 1).float().unsqueeze(1) + 0.3 * torch.randn(1000, 1, generator=generator)
+    model = _SignAfterBatchNorm()
+    # one-class batches of 100 would score about 50 %; batches drawn in a fixed random order mix both classes
+    assert evaluate(model, x, y, batch_size=100) > 99.0
+    assert evaluate(model, x, y, batch_size=100) == evaluate(model, x, y, batch_size=100)  # the same order each call
+    with pytest.warns(UserWarning, match="evaluating in batches of 10 samples: the model's BatchNorm normalises each "
+                                         "batch by its own statistics, which under 100 samples"):
+        evaluate(model, x, y, batch_size=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate(model, x, y, batch_size=1000)  # one batch: nothing to warn about
+        evaluate(torch.nn.Sequential(torch.nn.BatchNorm1d(1).eval(), torch.nn.Linear(1, 2)), x, y, batch_size=10)

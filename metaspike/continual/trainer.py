@@ -84,7 +84,8 @@ class TrainerConfig:
         optimizer: ``"per-task"`` (a new optimizer for each task) or ``"shared"`` (one for all).
         seed: seeds the batch order.
         eval_batch_size: evaluation batch size (BatchNorm without running statistics normalises
-            with the statistics of each evaluated batch).
+            with the statistics of each evaluated batch, drawn in a fixed random order:
+            :func:`metaspike.training.evaluate`).
         device: where the model runs.
         eval_every: evaluate after every ``eval_every``-th task (and after the last one) only.
         eval_tasks: ``None`` (evaluate every task) or a budget ``> LAST_EVALUATED`` of tasks per
