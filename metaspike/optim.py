@@ -515,7 +515,8 @@ def param_groups(model: nn.Module, meta: float | Sequence[float]) -> list[dict[s
 
     The consolidated groups (``consolidate=True``, one per layer, in model order, ``meta`` one value
     for all or one per layer) hold the hidden weights of the binary synapses, or, in a model without
-    any, every parameter with more than one dimension (the full-precision variant). A last group
+    any, the weight of every layer :func:`metaspike.binarize` would select (Linear and Conv layers: the
+    full-precision variant; recurrent cells, embeddings and a neuron's parameters are not among them). A last group
     holds every other parameter with ``consolidate=False`` and ``meta=0``. A weight shared by two
     layers is listed once.
 

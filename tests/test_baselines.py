@@ -6,7 +6,9 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch import nn
 
+import metaspike
 from bnn import MLP
 from metaspike.app.reproduce.continual import Method, run_method
 from metaspike.app.reproduce.experiments import CPU_PERMUTED
@@ -232,3 +234,28 @@ def test_ewc_estimates_the_fisher_of_a_model_with_weight_samples(kind):
         return
     ewc.task_done(model, x, y, None)
     assert all(torch.isfinite(f).all() and f.sum() > 0 for f in ewc.importances[0])
+
+
+@pytest.mark.parametrize("make", [lambda: EWC(lam=100.0), lambda: EWCOnline(lam=100.0),
+                                  lambda: SynapticIntelligence(c=1.0), lambda: RandomConsolidation(lam=100.0)])
+def test_a_layer_kept_float_beside_binary_synapses_is_regularised_too(make):
+    torch.manual_seed(0)
+    model = metaspike.binarize(nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3)), exclude="0")
+    hidden = model[2].parametrizations.weight.original
+    x, y = torch.rand(30, 12), torch.randint(0, 3, (30,))
+    plugin = make()
+    if isinstance(plugin, SynapticIntelligence):  # its importance comes from the steps of the task
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        plugin.before_step(model)
+        opt.step()
+        plugin.after_step(model)
+    plugin.task_done(model, x, y, None)
+    with torch.no_grad():  # both layers move away from the anchor
+        model[0].weight.add_(0.5)
+        hidden.add_(0.5)
+    model.zero_grad()
+    plugin.penalty(model).backward()
+    assert model[0].weight.grad is not None and model[0].weight.grad.abs().sum() > 0
+    assert hidden.grad.abs().sum() > 0
+    assert model[0].bias.grad is None  # biases stay free

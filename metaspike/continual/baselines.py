@@ -1,11 +1,12 @@
 """Continual-learning baselines as :class:`metaspike.training.Plugin` hooks: EWC, EWC-Online, SI, random consolidation.
 
-All of them regularise the *weight matrices* returned by :func:`metaspike.synapse.weight_matrices`:
-in a BNN these are the hidden weights ``W_h`` of the binary synapses (the forward pass uses
-``sign(W_h)``, and the gradient reaches ``W_h`` straight through the sign, so importances and
-penalties are computed on ``W_h``); in the full-precision DNN they are the ordinary weight matrices.
-Biases and BatchNorm parameters are never regularised (the trainer keeps one BatchNorm state per
-task instead, as for the metaplastic BNN).
+All of them regularise the *weight matrices*: those returned by :func:`metaspike.synapse.weight_matrices`
+(in a BNN the hidden weights ``W_h`` of the binary synapses: the forward pass uses ``sign(W_h)``, and the gradient
+reaches ``W_h`` straight through the sign, so importances and penalties are computed on ``W_h``; in the
+full-precision DNN the ordinary weight matrices) and the weights of Linear/Conv layers a BNN keeps float (a first
+layer left out by ``binarize(model, exclude=...)``). Biases and BatchNorm parameters are never regularised (the
+trainer keeps one BatchNorm state per task instead, as for the metaplastic BNN), nor are the weights of other
+layers (recurrent cells, embeddings).
 
 * :class:`EWC` (Kirkpatrick et al. 2017): after each task, a diagonal per-sample Fisher ``F_i`` is
   estimated on that task's training data; the loss gets ``λ/2 · Σ_i Σ F_i (θ − θ*_i)²`` over all past tasks
@@ -33,8 +34,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils import parametrize
 
 from metaspike.checks import finite_number, is_finite_number, is_whole
+from metaspike.layer_selection import each_once, select_layers
 from metaspike.population_statistics import use_population_statistics
 from metaspike.synapse import weight_matrices
 from metaspike.training import Plugin, classification_loss
@@ -43,8 +46,12 @@ __all__ = ["EWC", "EWCOnline", "SynapticIntelligence", "RandomConsolidation", "f
 
 
 def _matrices(model: nn.Module) -> list[Tensor]:
-    """The weight matrices the baselines regularise; a model without any is one line."""
-    matrices = [w for _, w in weight_matrices(model)]
+    """The weight matrices the baselines regularise: every synapse's (:func:`metaspike.synapse.weight_matrices`) and
+    the weight of every Linear/Conv layer kept float beside them (``binarize(model, exclude=...)``), each once; a
+    model without any is one line."""
+    floats = [layer.weight for _, layer in select_layers(model)
+              if not parametrize.is_parametrized(layer, "weight") and isinstance(layer.weight, nn.Parameter)]
+    matrices = each_once([*(w for _, w in weight_matrices(model)), *floats])
     if not matrices:
         raise ValueError(f"{type(model).__name__} has no weight matrices (no parameter with two or more dimensions) "
                          "for the baseline to regularise")
