@@ -327,6 +327,14 @@ def _tamper(state, change):
      "optimizer state 'exp_avg' has shape"),
     (lambda s: [st.update(step=torch.tensor(-5.0)) for st in s["optimizer"]["state"].values()],
      "step count must be a number >= 0"),
+    (lambda s: [g.update(lr=1e30) for g in s["optimizer"]["param_groups"]],
+     "the checkpoint's optimizer has lr = 1e+30 in param group 0, where the run's settings give 0.005"),
+    (lambda s: [g.update(meta=0.0) for g in s["optimizer"]["param_groups"][:1]],
+     "the checkpoint's optimizer has meta = 0.0 in param group 0, where the run's settings give 5.0"),
+    (lambda s: [st.update(exp_avg_sq=-st["exp_avg_sq"] - 1) for st in s["optimizer"]["state"].values()],
+     "optimizer state 'exp_avg_sq' must hold finite values >= 0"),
+    (lambda s: [st.update(exp_avg=st["exp_avg"] * float("nan")) for st in s["optimizer"]["state"].values()],
+     "optimizer state 'exp_avg' must hold finite values"),
 ])
 def test_a_tampered_checkpoint_is_one_line_never_a_wrong_run(tmp_path, capsys, change, message):
     """The checksum catches accidental damage only (anyone can recompute it): a checkpoint's structure is checked

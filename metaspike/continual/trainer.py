@@ -260,18 +260,44 @@ def _check_finite_weights(model: nn.Module, task: int) -> None:
 _PER_WEIGHT = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
 
 
-def _check_optimizer_state(optimizer: Any) -> None:
-    """A loaded optimizer state whose running averages do not have their parameter's shape, or whose step count is
-    negative or not finite, is one line (torch finds out only at the next step, deep inside its update)."""
-    for inner in getattr(optimizer, "optimizers", [optimizer]):
-        for group in inner.param_groups:
+def _group_settings(optimizer: Any) -> list[list[dict[str, Any]]]:
+    """The settings of every param group (all but ``params``) of an optimizer or of each optimizer of a chain."""
+    return [[{k: v for k, v in group.items() if k != "params"} for group in inner.param_groups]
+            for inner in getattr(optimizer, "optimizers", [optimizer])]
+
+
+def _same_setting(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and bool(torch.equal(a, b))
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+
+
+def _check_optimizer_state(optimizer: Any, settings: list[list[dict[str, Any]]]) -> None:
+    """A loaded optimizer state is one line where its param groups' settings differ from ``settings`` (those the run's
+    own optimizer was built with: the checkpoint belongs to other settings, or was edited), where its running
+    averages do not have their parameter's shape or are not finite (second moments: negative), or where its step
+    count is negative or not finite (torch finds out only at the next step, deep inside its update, or never)."""
+    for inner, groups in zip(getattr(optimizer, "optimizers", [optimizer]), settings):
+        for index, (group, built) in enumerate(zip(inner.param_groups, groups)):
+            for key, value in built.items():
+                if not _same_setting(group.get(key), value):
+                    raise ValueError(f"the checkpoint's optimizer has {key} = {group.get(key)!r} in param group {index}, "
+                                     f"where the run's settings give {value!r}: it was written with other settings")
             for p in group["params"]:
                 state = inner.state.get(p, {})
                 for key in _PER_WEIGHT:
                     value = state.get(key)
-                    if isinstance(value, Tensor) and value.shape != p.shape:
+                    if not isinstance(value, Tensor):
+                        continue
+                    if value.shape != p.shape:
                         raise ValueError(f"the checkpoint's optimizer state {key!r} has shape {tuple(value.shape)}, "
                                          f"its parameter {tuple(p.shape)}")
+                    if not bool(torch.isfinite(value).all()) or (key.endswith("exp_avg_sq") and bool((value < 0).any())):
+                        need = "finite values >= 0" if key.endswith("exp_avg_sq") else "finite values"
+                        raise ValueError(f"the checkpoint's optimizer state {key!r} must hold {need}; it does not")
                 step = state.get("step")
                 try:
                     bad = step is not None and not (math.isfinite(float(step)) and float(step) >= 0)
@@ -415,8 +441,9 @@ class ContinualTrainer:
             if optimizer is None or new_task:
                 optimizer = self._new_optimizer()
                 if optimizer_state is not None and not new_task:
+                    settings = _group_settings(optimizer)
                     _load_part("optimizer", optimizer, optimizer_state)
-                    _check_optimizer_state(optimizer)
+                    _check_optimizer_state(optimizer, settings)
                 optimizer_state = None
             due = (i + 1) % cfg.eval_every == 0 or i + 1 == count
             accuracies = self._train_task(scenario, i, epoch, optimizer, generator, states, result, start, log, due)
