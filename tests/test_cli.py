@@ -321,3 +321,28 @@ def test_eval_samples_sets_the_evaluation_ensemble_of_a_sampling_model(tmp_path,
     assert "--eval-samples applies to models that evaluate on weight samples (bimu)" in capsys.readouterr().err
     assert main([*args, "--eval-samples", "0"]) == 2
     assert "--eval-samples must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_a_finished_run_keeps_what_evaluated_each_task_so_its_numbers_can_be_checked(tmp_path):
+    from metaspike.app.runs import BATCHNORM_STATES, build_run_model, load_config, make_run_scenario
+    from metaspike.continual import load_batchnorm_state
+    from metaspike.training import evaluate
+
+    assert main(["train", "--dataset", "digits", "--tasks", "2", "--epochs", "1", "--hidden", "32", "--quiet",
+                 "--out", str(tmp_path)]) == 0
+    (run,) = tmp_path.iterdir()
+    config = load_config(run)
+    scenario = make_run_scenario(config)
+    model = build_run_model(config, scenario)
+    model.load_state_dict(torch.load(run / "model.pt", weights_only=True))
+    states = torch.load(run / BATCHNORM_STATES, weights_only=True)
+    assert len(states) == 2
+    final = []
+    for task, state in zip(scenario.tasks, states):
+        load_batchnorm_state(model, state)
+        final.append(evaluate(model, task.test.x, task.test.y))
+    assert [round(a, 2) for a in final] == load_run(run)["matrix"][-1]  # (the file keeps two decimals)
+    # the float MLP has no BatchNorm: nothing to keep
+    assert main(["train", "--model", "mlp", "--dataset", "digits", "--tasks", "2", "--epochs", "1", "--hidden", "8",
+                 "--quiet", "--out", str(tmp_path / "mlp")]) == 0
+    assert not list((tmp_path / "mlp").glob(f"*/{BATCHNORM_STATES}"))

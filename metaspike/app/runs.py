@@ -163,9 +163,15 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(f"results written so far are kept in {folder}; continue with: {command}")
 
 
+#: A finished run's per-task BatchNorm states (a list, task order), written beside ``model.pt`` where the run
+#: evaluated each task with its own.
+BATCHNORM_STATES = "batchnorm_states.pt"
+
+
 def train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: RunDirectory | None,
                      resume: dict[str, Any] | None, plot: bool) -> ContinualResult:
-    """Train, then (on rank 0, which holds the directory) write ``model.pt``, the final metrics and figures.
+    """Train, then (on rank 0, which holds the directory) write ``model.pt`` (and :data:`BATCHNORM_STATES`), the final
+    metrics and figures.
 
     ``model.pt`` is written atomically before ``metrics.json`` says ``complete: true``, so a kill at
     any moment leaves a run that either resumes or is complete with every file. A diverged run raises
@@ -187,6 +193,9 @@ def train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: R
         return result
     with atomic_open(directory.path / "model.pt", "wb") as handle:
         torch.save(trainer.model.state_dict(), handle)
+    if trainer.batchnorm_states:  # what evaluated each earlier task: model.pt holds the last task's
+        with atomic_open(directory.path / BATCHNORM_STATES, "wb") as handle:
+            torch.save(trainer.batchnorm_states, handle)
     directory.write_metrics(result, complete=True)
     directory.remove_checkpoints()
     if plot:

@@ -327,6 +327,10 @@ class ContinualTrainer:
         progress: show a progress bar per task.
         plugins: :class:`metaspike.training.Plugin` hooks of a continual-learning method (EWC, SI, ...).
 
+    After :meth:`fit`, ``batchnorm_states`` holds each trained task's BatchNorm state (task order) where the run
+    evaluated each task with its own (per-task BatchNorm, a model with BatchNorm), else nothing: with
+    :func:`metaspike.continual.load_batchnorm_state` they give an earlier task's accuracy again.
+
     Under ``torchrun`` (an initialised process group) every process trains on its slice of each
     mini-batch and gradients are averaged; give it a model passed through
     :func:`metaspike.distributed.sync_batchnorm` so BatchNorm sees the whole batch.
@@ -359,6 +363,7 @@ class ContinualTrainer:
         self.config = config
         self.progress = progress
         self.plugins = tuple(plugins)
+        self.batchnorm_states: list[dict[str, Tensor]] = []
 
     def _new_optimizer(self) -> Optimizer:
         """``make_optimizer(model)``, checked: an optimizer that trains some of the model's parameters and nothing else
@@ -460,6 +465,8 @@ class ContinualTrainer:
                 log.task_done(result)
                 log.checkpoint(self.checkpoint(i + 1, 0, optimizer, generator, states, result))
         result.seconds = time.perf_counter() - start
+        per_task = cfg.batchnorm == "per-task" and scenario.per_task_batchnorm
+        self.batchnorm_states = list(states) if per_task and any(states) else []
         return result
 
     def checkpoint(
