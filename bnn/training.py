@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from metaspike import training
-from metaspike.checks import check_seed, is_whole
+from metaspike.checks import check_device, check_seed, is_whole
 from metaspike.data import ArrayDataset
 from metaspike.optim import MetaplasticAdam, param_groups
 
@@ -58,6 +58,7 @@ def fit(
     if not is_whole(batch_size, 2):
         raise ValueError(f"batch_size must be an integer >= 2, got {batch_size!r}")
     seed = check_seed("seed", seed)
+    check_device(device)
     x, y = _tensors(train, "train")
     model.to(device)
     training.check_inputs(model, x.to(device), y.to(device), what="training data")
@@ -94,6 +95,7 @@ def evaluate(model: nn.Module, data: Data, batch_size: int = 1000, device: str =
         >>> 0 <= bnn.evaluate(bnn.MLP([784, 32, 10]), load_dataset("digits", "test")) <= 100
         True
     """
+    check_device(device)
     x, y = _tensors(data, "data")
     training.check_inputs(model.to(device), x.to(device), y.to(device))
     return training.evaluate(model, x, y, batch_size, device=device)

@@ -10,7 +10,8 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["is_number", "is_finite_number", "is_whole", "finite_number", "MAX_SEED", "check_seed", "state_dict_groups"]
+__all__ = ["is_number", "is_finite_number", "is_whole", "finite_number", "MAX_SEED", "check_seed", "check_device",
+           "state_dict_groups"]
 
 MAX_SEED = 2**64 - 1
 """The largest seed: torch's and numpy's seeds are 64-bit."""
@@ -90,3 +91,24 @@ def state_dict_groups(state_dict: Any) -> list[dict[str, Any]]:
     if not isinstance(groups, list) or not all(isinstance(group, dict) for group in groups):
         raise ValueError("state_dict must be an optimizer's state dict, with a list of param groups")
     return groups
+
+
+def check_device(device: Any, name: str = "device") -> Any:
+    """``device`` as a ``torch.device`` if it names one this machine has, else a ``ValueError`` naming ``name``
+    (torch itself fails later, deep inside ``.to()``, on a CUDA device a CPU-only build lacks).
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+    """
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{name} must name a torch device ('cpu', 'cuda', 'cuda:1', ...), got {device!r}") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name} {device!r}: CUDA is not available on this machine (torch {torch.__version__})")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"{name} {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return parsed

@@ -122,9 +122,14 @@ def select_layers(
     model: nn.Module,
     layer_types: type[nn.Module] | Sequence[type[nn.Module]] = DEFAULT_LAYER_TYPES,
     exclude: str | Sequence[str] = (),
+    refuse_computed_weights: bool = False,
 ) -> list[tuple[str, nn.Module]]:
     """``(name, layer)`` for each layer of ``model`` that is an instance of ``layer_types``, has a weight, and is
     neither named in ``exclude`` nor inside a module named there (excluding a block excludes its layers).
+
+    A layer whose ``weight`` is a tensor but no parameter (a buffer, or computed by a hook as the old
+    ``torch.nn.utils.weight_norm`` does) is left out, or, with ``refuse_computed_weights`` (what turns layers into
+    synapses asks for), an error naming it.
 
     ``layer_types`` is a class or a sequence of classes; ``exclude`` one name or a sequence of names, each of
     which must exist. Layers whose owner reads their weight without calling them (``out_proj`` of an
@@ -150,8 +155,14 @@ def select_layers(
             selected.append((name, layer))
             continue
         check_weight_ready(name, layer)
-        if isinstance(getattr(layer, "weight", None), nn.Parameter):
+        weight = getattr(layer, "weight", None)
+        if isinstance(weight, nn.Parameter):
             selected.append((name, layer))
+        elif refuse_computed_weights and isinstance(weight, Tensor):
+            raise ValueError(f"layer {name!r} ({type(layer).__name__}) has a weight that is no parameter (a buffer, or "
+                             "computed by a hook as the old torch.nn.utils.weight_norm and spectral_norm do), so it "
+                             f"cannot become a synapse: exclude it (exclude=[{name!r}]) or use "
+                             "torch.nn.utils.parametrizations.weight_norm / spectral_norm")
     return selected
 
 

@@ -147,7 +147,7 @@ def binarize(
     """
     check_scale(scale)
     todo = []
-    selected = select_layers(module, layer_types, exclude)
+    selected = select_layers(module, layer_types, exclude, refuse_computed_weights=True)
     for name, layer in selected:
         synapse = synapse_parametrization(layer)
         if isinstance(layer, BinarySynapse) or isinstance(synapse, SignWeight):

@@ -233,6 +233,11 @@ def test_fit_names_numpy_data_negative_labels_and_a_bad_seed():
         bnn.fit(model, (x, torch.full((10,), -1)), progress=False)
     with pytest.raises(ValueError, match="seed must be an integer"):
         bnn.fit(model, (x, torch.zeros(10, dtype=torch.long)), seed="a", progress=False)
+    with pytest.raises(ValueError, match="device must name a torch device"):
+        bnn.evaluate(model, (x, torch.zeros(10, dtype=torch.long)), device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda': CUDA is not available on this machine"):
+            bnn.fit(model, (x, torch.zeros(10, dtype=torch.long)), device="cuda", progress=False)
 
 
 def test_summary_counts_every_weight_sample_and_names_what_it_cannot_count():

@@ -302,3 +302,20 @@ def test_a_zero_initialised_layer_gets_a_gain_that_passes_gradients(kind):
     net(torch.randn(4, 16)).square().sum().backward()
     hidden = [p for name, p in net.named_parameters() if name.endswith("original")]
     assert hidden and all(p.grad is not None and p.grad.abs().max() > 0 for p in hidden)
+
+
+@pytest.mark.parametrize("wrap", [torch.nn.utils.weight_norm, torch.nn.utils.spectral_norm])
+@pytest.mark.parametrize("convert", [binarize, bayesianize])
+def test_a_layer_whose_weight_a_hook_computes_is_named_not_skipped(wrap, convert):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch deprecates the hook-based wrappers
+        model = nn.Sequential(wrap(nn.Linear(4, 4)), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"layer '0' \(Linear\) has a weight that is no parameter .* exclude it "
+                                         r"\(exclude=\['0'\]\) or use torch.nn.utils.parametrizations.weight_norm"):
+        convert(model)
+    assert synapse_parametrization(model[2]) is None  # nothing changed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        convert(model, exclude="0")
+    assert synapse_parametrization(model[2]) is not None and synapse_parametrization(model[0]) is None
+    assert [name for name, _ in select_layers(nn.Sequential(model[0]))] == []  # elsewhere such a layer is left out

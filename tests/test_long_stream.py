@@ -202,7 +202,7 @@ def test_every_method_of_the_reproduction_is_a_valid_run_with_its_own_folder():
     configs = [replace(stream_config("cpu", 1), **method.settings) for method in METHODS]  # each validates itself
     assert len({method.label.replace(" ", "_").replace(",", "") for method in METHODS}) == len(METHODS)
     confident = next(c for c in configs if c.readout_lambda is not None)
-    assert (confident.model, confident.memory_window, confident.eval_samples) == ("bimu", 1050, 100)
+    assert (confident.model, confident.memory_window, confident.eval_samples) == ("bimu", 875, 100)
 
 
 class _Killed(Exception):

@@ -143,6 +143,8 @@ def test_a_batch_must_give_every_process_a_sample():
     (dict(seed=1.5), "seed must be an integer in 0..18446744073709551615"),
     (dict(seed=-1), "seed must be an integer in 0..18446744073709551615"),
     (dict(device="gpu"), "device must name a torch device"),
+    pytest.param(dict(device="cuda"), "device 'cuda': CUDA is not available on this machine",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
 ])
 def test_trainer_config_names_a_bad_seed_or_device(bad, message):
     with pytest.raises(ValueError, match=message):

@@ -557,7 +557,7 @@ def bayesianize(
     """
     scale = _check_settings(kind, scale, sigma_init, lambda_init, temperature, evaluation)
     todo = []
-    selected = select_layers(model, layer_types, exclude)
+    selected = select_layers(model, layer_types, exclude, refuse_computed_weights=True)
     for name, layer in selected:
         synapse = _parametrization(layer)
         if synapse is not None and synapse.kind == kind:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from metaspike.checks import check_seed, is_whole
+from metaspike.checks import check_device, check_seed, is_whole
 from metaspike.continual.batchnorm import BATCHNORM_MODES, batchnorm_state, load_batchnorm_state
 from metaspike.continual.metrics import summarize
 from metaspike.continual.scenarios import Scenario, Task
@@ -115,10 +115,7 @@ class TrainerConfig:
         if self.optimizer not in OPTIMIZER_MODES:
             raise ValueError(f"optimizer must be one of {OPTIMIZER_MODES}, got {self.optimizer!r}")
         check_seed("seed", self.seed)
-        try:
-            torch.device(self.device)
-        except (RuntimeError, TypeError):
-            raise ValueError(f"device must name a torch device ('cpu', 'cuda', 'cuda:1', ...), got {self.device!r}") from None
+        check_device(self.device)
 
 
 @dataclass
