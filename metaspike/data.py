@@ -121,12 +121,53 @@ class ArrayDataset:
                 raise DataError(f"{where}: x contains {bad} non-finite values (NaN or inf)")
             lo, hi = float(self.x.min()), float(self.x.max())
             if lo < 0.0 or hi > 1.0:
-                raise DataError(f"{where}: x values must lie in [0, 1], found [{lo:g}, {hi:g}]")
+                raise DataError(f"{where}: x values must lie in [0, 1], found [{lo:g}, {hi:g}] (spiking models read "
+                                "them as firing probabilities): scale the data by the training set's range first")
         if self.y.numel() > 0:
             lo, hi = int(self.y.min()), int(self.y.max())
             if lo < 0 or hi >= len(self.classes):
                 raise DataError(f"{where}: labels must lie in [0, {len(self.classes) - 1}] "
                                 f"({len(self.classes)} classes), found [{lo}, {hi}]")
+
+    @classmethod
+    def from_tensors(cls, x: "torch.Tensor | np.ndarray", y: "torch.Tensor | np.ndarray", name: str = "data",
+                     classes: Sequence[str] | None = None) -> "ArrayDataset":
+        """A dataset from your own arrays (torch tensors or numpy arrays), for :mod:`metaspike.continual`.
+
+        ``x``: ``[N, F]`` feature vectors (stored as ``[N, 1, 1, F]``), ``[N, H, W]`` or ``[N, C, H, W]`` images, of any
+        real dtype (made float32) or ``uint8`` pixels (divided by 255); its values must lie in ``[0, 1]``, which
+        spiking models read as firing probabilities (scale other data with the training set's range first, and
+        standardize inside the model if it wants zero mean: :class:`metaspike.app.models.Standardize`). ``y``: ``N``
+        integer labels, class indices ``0..C-1`` (labels are never renumbered, so a training and a test set made
+        separately agree). ``classes``: the ``C`` class names; by default ``"0"`` to ``"K"`` for the largest label
+        ``K`` (pass them when a set may lack the largest class).
+
+        Example:
+            >>> ds = ArrayDataset.from_tensors(torch.rand(6, 64), torch.tensor([0, 1, 2, 0, 1, 2]), "features")
+            >>> ds.x.shape, ds.classes
+            (torch.Size([6, 1, 1, 64]), ('0', '1', '2'))
+        """
+        where = f"dataset {name!r}"
+        x, y = (torch.from_numpy(v) if isinstance(v, np.ndarray) else v for v in (x, y))
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise DataError(f"{where}: x and y must be torch tensors or numpy arrays, got "
+                            f"{type(x).__name__} and {type(y).__name__}")
+        if x.dtype == torch.uint8:
+            x = x.to(torch.float32) / 255
+        elif x.dtype == torch.bool or x.is_floating_point():
+            x = x.to(torch.float32)
+        else:
+            raise DataError(f"{where}: x must be floating point, bool or uint8 pixels (0-255), got {x.dtype}; "
+                            "scale other integers into [0, 1] first")
+        shapes = {2: lambda t: t[:, None, None, :], 3: lambda t: t[:, None], 4: lambda t: t}
+        if x.dim() not in shapes:
+            raise DataError(f"{where}: x must have shape [N, F], [N, H, W] or [N, C, H, W], got {list(x.shape)}")
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise DataError(f"{where}: y must hold integer class indices, got {y.dtype}")
+        y = y.to(torch.int64).reshape(-1) if y.dim() <= 1 else y
+        if classes is None:
+            classes = tuple(str(c) for c in range(int(y.max()) + 1 if y.numel() else 1))
+        return cls(name, shapes[x.dim()](x).contiguous(), y, tuple(classes))
 
     def __len__(self) -> int:
         return int(self.y.shape[0])

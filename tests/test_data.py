@@ -517,3 +517,40 @@ def test_subset():
     with pytest.raises(DataError, match="bad subset index"):
         ds.subset([7])
     assert "n=5" in repr(ds)
+
+
+def test_own_tensors_or_arrays_become_a_dataset_the_scenarios_take():
+    from metaspike.continual import ContinualTrainer, TrainerConfig, split
+
+    generator = torch.Generator().manual_seed(0)
+    features = torch.rand(60, 12, generator=generator, dtype=torch.float64)
+    labels = torch.arange(60) % 3
+    train = ArrayDataset.from_tensors(features[:45], labels[:45], "mine")
+    test = ArrayDataset.from_tensors(features[45:], labels[45:], "mine")
+    assert train.x.shape == (45, 1, 1, 12) and train.x.dtype == torch.float32 and train.classes == ("0", "1", "2")
+    assert torch.equal(train.x.flatten(1), features[:45].float())
+    pixels = ArrayDataset.from_tensors(np.full((2, 5, 5), 255, np.uint8), np.array([1, 0]), classes=("a", "b", "c"))
+    assert pixels.x.shape == (2, 1, 5, 5) and float(pixels.x.max()) == 1.0 and pixels.classes == ("a", "b", "c")
+    scenario = split(train, test, groups=[[0, 1], [2]], mode="class")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    result = ContinualTrainer(model, lambda m: torch.optim.SGD(m.parameters(), lr=0.1), TrainerConfig(epochs=1),
+                              progress=False).fit(scenario)
+    assert len(result.matrix) == 2
+    dataset = torch.utils.data.TensorDataset(features.float(), labels)
+    with pytest.raises(ValueError, match=r"the training set must be a metaspike.data.ArrayDataset \(from your own "
+                                         r"tensors or numpy arrays: ArrayDataset.from_tensors\(x, y, name\)\), got "
+                                         r"TensorDataset"):
+        split(dataset, dataset)
+
+
+@pytest.mark.parametrize("x, y, message", [
+    (torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), r"x values must lie in \[0, 1\], found .* scale the data by"),
+    (torch.rand(4), torch.tensor([0, 1, 0, 1]), r"x must have shape \[N, F\], \[N, H, W\] or \[N, C, H, W\], got \[4\]"),
+    (torch.randint(0, 3, (4, 3)), torch.tensor([0, 1, 0, 1]), "x must be floating point, bool or uint8 pixels"),
+    (torch.rand(4, 3), torch.tensor([0.0, 1, 0, 1]), "y must hold integer class indices, got torch.float32"),
+    (torch.rand(4, 3), torch.tensor([0, -1, 0, 1]), r"labels must lie in \[0, 1\]"),
+    ([[0.5]], torch.tensor([0]), "x and y must be torch tensors or numpy arrays, got list"),
+])
+def test_own_data_that_does_not_fit_is_one_line(x, y, message):
+    with pytest.raises(DataError, match=message):
+        ArrayDataset.from_tensors(x, y)

@@ -15,3 +15,18 @@ def test_readme_api_tour_runs(capsys):
     assert len(result.matrix) == 2 and result.matrix[0][0] > 80
     assert namespace["history"][-1]["test_accuracy"] > 80
     assert "memory:" in capsys.readouterr().out
+
+
+def test_readme_own_data_block_runs():
+    import torch
+    from sklearn.datasets import load_digits
+
+    block = next(b for b in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S) if "from_tensors" in b)
+    x, y = load_digits(return_X_y=True)
+    x = x / 16.0  # float64 features in [0, 1]
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    namespace = {"torch": torch, "model": model, "x_train": x[:1400], "y_train": y[:1400], "x_test": x[1400:],
+                 "y_test": y[1400:]}
+    exec(compile(block, "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert len(result.matrix) == 2 and result.matrix[0][0] > 80  # classes 0 and 1 after the first task

@@ -165,8 +165,12 @@ def _base(data: ArrayDataset) -> str:
 
 
 def _check_samples(train: ArrayDataset, test: ArrayDataset) -> None:
-    """A scenario's data must hold samples to train and test on."""
+    """A scenario's data must be datasets (:class:`~metaspike.data.ArrayDataset`) that hold samples to train and
+    test on."""
     for part, data in (("training", train), ("test", test)):
+        if not isinstance(data, ArrayDataset):
+            raise ValueError(f"the {part} set must be a metaspike.data.ArrayDataset (from your own tensors or numpy "
+                             f"arrays: ArrayDataset.from_tensors(x, y, name)), got {type(data).__name__}")
         if len(data) == 0:
             raise ValueError(f"the {part} set {data.name!r} holds no samples")
 
@@ -308,6 +312,10 @@ def sequence(datasets: Sequence[tuple[ArrayDataset, ArrayDataset]]) -> Scenario:
     """
     if len(datasets) < 1:
         raise ValueError("a dataset sequence needs at least one dataset")
+    for pair in datasets:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise ValueError(f"a dataset sequence takes (train, test) pairs, got {type(pair).__name__}")
+        _check_samples(*pair)
     shapes = {tuple(tr.x.shape[1:]) for tr, _ in datasets}
     if len(shapes) != 1:
         raise ValueError(f"datasets in a sequence must share one input shape, got {sorted(shapes)}")
@@ -334,6 +342,7 @@ def split(
     """
     if mode not in ("task", "class"):
         raise ValueError(f"split mode must be 'task' or 'class', got {mode!r}")
+    _check_samples(train, test)
     n_classes = len(train.classes)
     if isinstance(groups, (int, np.integer)):
         n = _check_count(groups, "number of class groups")
