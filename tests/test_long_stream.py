@@ -185,14 +185,23 @@ def test_readout_lambda_starts_the_output_layer_confident_and_is_checked(tmp_pat
     record = usual.to_dict()
     del record["readout_lambda"]  # a run written before the setting existed starts as before
     assert config_from_record(record, tmp_path / "config.json").readout_lambda is None
-    for bad in (0, -1, float("nan"), float("inf"), True, "1"):
-        with pytest.raises(ValueError, match=r"--readout-lambda must be a finite number > 0"):
+    for bad in (0, -1, 1e-50, 1e39, float("nan"), float("inf"), True, "1"):  # 1e-50 and 1e39 leave float32's range
+        with pytest.raises(ValueError, match=r"--readout-lambda must be a number in \[1.17549e-38, 3.40282e\+38\]"):
             replace(usual, readout_lambda=bad)
     for kind in ("mesu", "mlp", "bnn-layernorm"):
         with pytest.raises(ValueError, match=r"--readout-lambda applies to models with BiMU synapses"):
             RunConfig(model=kind, batch_size=1, readout_lambda=1.0)
     spiking = RunConfig(model="leaky+bimu", datasets=("digits",), hidden=(8,), tasks=1, readout_lambda=2.0)
     assert latents(spiking)[-1].abs().unique().tolist() == [2.0]
+    snn = pytest.importorskip("snntorch")
+    from metaspike.snn import available_neurons, register_neuron, spiking_mlp, surrogate
+
+    if "recurrent-leaky-test" not in available_neurons():  # a neuron with its own matrix, listed after the readout
+        register_neuron("recurrent-leaky-test", lambda spec: spiking_mlp(spec, lambda features, is_output: snn.RLeaky(
+            beta=0.9, linear_features=features, spike_grad=surrogate("atan"), init_hidden=True, output=is_output)))
+    recurrent = replace(spiking, model="recurrent-leaky-test+bimu")
+    shapes = {tuple(lam.shape): lam.abs().max().item() for lam in latents(recurrent)}
+    assert shapes[(10, 8)] == 2.0 and shapes[(10, 10)] < 1.0  # the readout, not the output neuron's recurrent matrix
     assert main(["train", "--model", "mlp", "--readout-lambda", "1", "--tasks", "1", "--out", str(tmp_path)]) == 2
 
 

@@ -26,7 +26,8 @@ from metaspike.app.models import (
     uses_batchnorm,
 )
 from metaspike.chained import ChainedOptimizer
-from metaspike.checks import check_seed, is_finite_number
+from metaspike.bayesian.synapses import check_magnitude
+from metaspike.checks import check_seed
 from metaspike.continual.scenarios import available_scenarios
 from metaspike.continual.trainer import LAST_EVALUATED, TrainerConfig
 from metaspike.rules import check_meta, get_rule
@@ -188,8 +189,7 @@ class RunConfig:
                 raise ValueError(f"--memory-window applies to models with Bayesian synapses (bimu, mesu, "
                                  f"<neuron>+bimu), not {self.model!r}")
         if self.readout_lambda is not None:
-            if not is_finite_number(self.readout_lambda) or self.readout_lambda <= 0:
-                raise ValueError(f"--readout-lambda must be a finite number > 0, got {self.readout_lambda!r}")
+            check_magnitude(self.readout_lambda, "--readout-lambda")
             if optimizer_kind(self.model) not in ("bimu", "bimu+adam"):
                 raise ValueError(f"--readout-lambda applies to models with BiMU synapses (bimu, <neuron>+bimu), "
                                  f"not {self.model!r}")

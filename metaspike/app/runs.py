@@ -75,8 +75,7 @@ def build_run_model(config: RunConfig, scenario: Scenario) -> torch.nn.Module:
                          f"this machine has {available / 2**30:.0f} GiB")
     model = build_model(config.model, config.hidden, scenario.input_shape, scenario.num_classes, config.num_steps)
     if config.readout_lambda is not None:
-        readout = [layer for _, layer, kind, _ in bayesian_modules(model) if kind == "bimu"][-1]  # (the output layer)
-        start_confident(readout, config.readout_lambda)
+        start_confident(readout_layer(model), config.readout_lambda)
     if config.eval_samples is not None:
         for layer in model.modules():
             if isinstance(layer, SampledForward):
@@ -161,6 +160,22 @@ class Interrupted(KeyboardInterrupt):
 
     def __init__(self, folder: Path, command: str) -> None:
         super().__init__(f"results written so far are kept in {folder}; continue with: {command}")
+
+
+def readout_layer(model: nn.Module) -> nn.Module:
+    """The output layer of a model kind with BiMU synapses: the last BiMU layer among those nested least deep (a
+    layer inside a neuron model, such as a recurrent neuron's own matrix, is never the readout).
+
+    Example:
+        >>> from metaspike.app.models import build_model
+        >>> readout_layer(build_model("bimu", [16], (1, 28, 28), 10)).weight.shape
+        torch.Size([10, 16])
+    """
+    layers = [(name.count("."), layer) for name, layer, kind, _ in bayesian_modules(model) if kind == "bimu"]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no BiMU layer to start confident")
+    top = min(depth for depth, _ in layers)
+    return [layer for depth, layer in layers if depth == top][-1]
 
 
 #: A finished run's per-task BatchNorm states (a list, task order), written beside ``model.pt`` where the run

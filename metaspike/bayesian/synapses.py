@@ -41,7 +41,7 @@ from torch.nn.utils import parametrize
 
 from metaspike.bayesian.counter_noise import counter_normal, counter_uniform, draw_key
 from metaspike.block_cache import reuse_in_block
-from metaspike.checks import finite_number, is_whole
+from metaspike.checks import finite_number, is_finite_number, is_whole
 from metaspike.compiled import LazyCompiled
 from metaspike.gain import attach_output_gain, check_gain_layer, check_scale, output_gain
 from metaspike.layer_selection import (
@@ -636,6 +636,25 @@ def bimu_parameters(model: nn.Module) -> list[nn.Parameter]:
     return params
 
 
+#: The magnitudes :func:`start_confident` takes: what float32 ``λ`` hold without rounding to 0 (losing the signs) or
+#: to infinity.
+MAGNITUDE_RANGE = (float(torch.finfo(torch.float32).tiny), float(torch.finfo(torch.float32).max))
+
+
+def check_magnitude(magnitude: Any, name: str = "magnitude") -> float:
+    """``magnitude`` as a float if it lies in :data:`MAGNITUDE_RANGE`, else a ``ValueError`` naming ``name``.
+
+    Example:
+        >>> check_magnitude(1)
+        1.0
+    """
+    low, high = MAGNITUDE_RANGE
+    if not (is_finite_number(magnitude) and low <= magnitude <= high):
+        raise ValueError(f"{name} must be a number in [{low:g}, {high:g}] (float32 latent weights hold it without "
+                         f"rounding to 0 or to infinity), got {magnitude!r}")
+    return float(magnitude)
+
+
 def start_confident(layer: nn.Module, magnitude: float = 1.0) -> nn.Module:
     """Set every latent weight ``λ`` of one BiMU layer to ``±magnitude`` with the signs it has, in place.
 
@@ -652,7 +671,7 @@ def start_confident(layer: nn.Module, magnitude: float = 1.0) -> nn.Module:
         >>> start_confident(net[0], 1.5).parametrizations.weight.original.abs().unique().tolist()
         [1.5]
     """
-    magnitude = finite_number("magnitude", magnitude, positive=True)
+    magnitude = check_magnitude(magnitude)
     synapse = _parametrization(layer)
     if not isinstance(synapse, BinaryWeight):
         found = "no Bayesian synapse" if synapse is None else f"a {synapse.kind!r} synapse"
