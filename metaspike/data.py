@@ -82,7 +82,7 @@ class DataError(ValueError):
 class ArrayDataset:
     """An in-memory labelled image dataset.
 
-    ``x`` is float32 ``[N, C, H, W]`` with values in ``[0, 1]``; ``y`` is int64
+    ``x`` is float32 ``[N, C, H, W]`` images or ``[N, F]`` feature vectors with values in ``[0, 1]``; ``y`` is int64
     ``[N]`` with values in ``[0, len(classes))``.  Instances are frozen and may
     be shared (``load_dataset`` caches them), so treat the tensors as
     read-only: copy them (``ds.x.clone()``) before modifying anything in place.
@@ -107,8 +107,8 @@ class ArrayDataset:
             raise DataError(f"{where}: x must be float32, got {self.x.dtype}")
         if self.y.dtype != torch.int64:
             raise DataError(f"{where}: y must be int64, got {self.y.dtype}")
-        if self.x.dim() != 4:
-            raise DataError(f"{where}: x must have shape [N, C, H, W], got {list(self.x.shape)}")
+        if self.x.dim() not in (2, 4):
+            raise DataError(f"{where}: x must have shape [N, C, H, W] or [N, F], got {list(self.x.shape)}")
         if self.y.dim() != 1:
             raise DataError(f"{where}: y must have shape [N], got {list(self.y.shape)}")
         if self.x.shape[0] != self.y.shape[0]:
@@ -134,8 +134,9 @@ class ArrayDataset:
                      classes: Sequence[str] | None = None) -> "ArrayDataset":
         """A dataset from your own arrays (torch tensors or numpy arrays), for :mod:`metaspike.continual`.
 
-        ``x``: ``[N, F]`` feature vectors (stored as ``[N, 1, 1, F]``), ``[N, H, W]`` or ``[N, C, H, W]`` images, of any
-        real dtype (made float32) or ``uint8`` pixels (divided by 255); its values must lie in ``[0, 1]``, which
+        ``x``: ``[N, F]`` feature vectors, ``[N, H, W]`` (stored as ``[N, 1, H, W]``) or ``[N, C, H, W]`` images, of any
+        real dtype (made float32) or ``uint8`` pixels (divided by 255), copied (later changes to your arrays do not
+        reach the dataset) and detached from any autograd graph; its values must lie in ``[0, 1]``, which
         spiking models read as firing probabilities (scale other data with the training set's range first, and
         standardize inside the model if it wants zero mean: :class:`metaspike.app.models.Standardize`). ``y``: ``N``
         integer labels, class indices ``0..C-1`` (labels are never renumbered, so a training and a test set made
@@ -145,29 +146,29 @@ class ArrayDataset:
         Example:
             >>> ds = ArrayDataset.from_tensors(torch.rand(6, 64), torch.tensor([0, 1, 2, 0, 1, 2]), "features")
             >>> ds.x.shape, ds.classes
-            (torch.Size([6, 1, 1, 64]), ('0', '1', '2'))
+            (torch.Size([6, 64]), ('0', '1', '2'))
         """
+        if not isinstance(name, str) or not name:
+            raise DataError(f"name must be a non-empty string, got {name!r}")
         where = f"dataset {name!r}"
-        x, y = (torch.from_numpy(v) if isinstance(v, np.ndarray) else v for v in (x, y))
-        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-            raise DataError(f"{where}: x and y must be torch tensors or numpy arrays, got "
-                            f"{type(x).__name__} and {type(y).__name__}")
+        x, y = (_as_tensor(v, where, label) for v, label in ((x, "x"), (y, "y")))
         if x.dtype == torch.uint8:
             x = x.to(torch.float32) / 255
         elif x.dtype == torch.bool or x.is_floating_point():
-            x = x.to(torch.float32)
+            x = x.to(torch.float32, copy=True)
         else:
             raise DataError(f"{where}: x must be floating point, bool or uint8 pixels (0-255), got {x.dtype}; "
                             "scale other integers into [0, 1] first")
-        shapes = {2: lambda t: t[:, None, None, :], 3: lambda t: t[:, None], 4: lambda t: t}
-        if x.dim() not in shapes:
+        if x.dim() not in (2, 3, 4):
             raise DataError(f"{where}: x must have shape [N, F], [N, H, W] or [N, C, H, W], got {list(x.shape)}")
+        if y.dim() != 1:
+            raise DataError(f"{where}: y must have shape [N], got {list(y.shape)}")
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
             raise DataError(f"{where}: y must hold integer class indices, got {y.dtype}")
-        y = y.to(torch.int64).reshape(-1) if y.dim() <= 1 else y
+        y = y.to(torch.int64, copy=True)
         if classes is None:
             classes = tuple(str(c) for c in range(int(y.max()) + 1 if y.numel() else 1))
-        return cls(name, shapes[x.dim()](x).contiguous(), y, tuple(classes))
+        return cls(name, (x[:, None] if x.dim() == 3 else x).contiguous(), y, tuple(classes))
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -209,6 +210,17 @@ class ArrayDataset:
         except (IndexError, RuntimeError) as err:
             raise DataError(f"dataset {self.name!r}: bad subset index ({err})") from None
         return ArrayDataset(self.name if name is None else name, x, y, self.classes)
+
+
+def _as_tensor(value: object, where: str, label: str) -> torch.Tensor:
+    """``value`` (a tensor or a numpy array of numbers) as a tensor detached from any autograd graph."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biuf":
+            raise DataError(f"{where}: {label} must hold numbers, got a numpy array of {value.dtype}")
+        return torch.from_numpy(np.ascontiguousarray(value))  # (negative strides, e.g. np.flip, need a copy)
+    if not isinstance(value, torch.Tensor):
+        raise DataError(f"{where}: x and y must be torch tensors or numpy arrays, got {type(value).__name__} as {label}")
+    return value.detach()
 
 
 # --------------------------------------------------------------------------

@@ -527,12 +527,12 @@ def test_own_tensors_or_arrays_become_a_dataset_the_scenarios_take():
     labels = torch.arange(60) % 3
     train = ArrayDataset.from_tensors(features[:45], labels[:45], "mine")
     test = ArrayDataset.from_tensors(features[45:], labels[45:], "mine")
-    assert train.x.shape == (45, 1, 1, 12) and train.x.dtype == torch.float32 and train.classes == ("0", "1", "2")
-    assert torch.equal(train.x.flatten(1), features[:45].float())
+    assert train.x.shape == (45, 12) and train.x.dtype == torch.float32 and train.classes == ("0", "1", "2")
+    assert torch.equal(train.x, features[:45].float())
     pixels = ArrayDataset.from_tensors(np.full((2, 5, 5), 255, np.uint8), np.array([1, 0]), classes=("a", "b", "c"))
     assert pixels.x.shape == (2, 1, 5, 5) and float(pixels.x.max()) == 1.0 and pixels.classes == ("a", "b", "c")
     scenario = split(train, test, groups=[[0, 1], [2]], mode="class")
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    model = torch.nn.Sequential(torch.nn.Linear(12, 3))  # feature vectors reach the model as [B, F]
     result = ContinualTrainer(model, lambda m: torch.optim.SGD(m.parameters(), lr=0.1), TrainerConfig(epochs=1),
                               progress=False).fit(scenario)
     assert len(result.matrix) == 2
@@ -549,8 +549,25 @@ def test_own_tensors_or_arrays_become_a_dataset_the_scenarios_take():
     (torch.randint(0, 3, (4, 3)), torch.tensor([0, 1, 0, 1]), "x must be floating point, bool or uint8 pixels"),
     (torch.rand(4, 3), torch.tensor([0.0, 1, 0, 1]), "y must hold integer class indices, got torch.float32"),
     (torch.rand(4, 3), torch.tensor([0, -1, 0, 1]), r"labels must lie in \[0, 1\]"),
-    ([[0.5]], torch.tensor([0]), "x and y must be torch tensors or numpy arrays, got list"),
+    ([[0.5]], torch.tensor([0]), "x and y must be torch tensors or numpy arrays, got list as x"),
+    (torch.rand(2, 3), np.array(["a", "b"], dtype=object), "y must hold numbers, got a numpy array of object"),
+    (torch.rand(2, 3), torch.zeros(2, 1, dtype=torch.int32), r"y must have shape \[N\], got \[2, 1\]"),
 ])
 def test_own_data_that_does_not_fit_is_one_line(x, y, message):
     with pytest.raises(DataError, match=message):
         ArrayDataset.from_tensors(x, y)
+
+
+def test_own_data_is_copied_and_detached_and_its_name_checked():
+    features = torch.rand(4, 3, requires_grad=True)
+    labels = np.array([0, 1, 2, 1])
+    data = ArrayDataset.from_tensors(features * 1.0, labels, "mine")
+    assert not data.x.requires_grad and data.x.grad_fn is None
+    with torch.no_grad():
+        features.add_(5.0)  # the caller's arrays change afterwards
+    labels[0] = 42
+    assert float(data.x.max()) <= 1.0 and int(data.y[0]) == 0
+    flipped = ArrayDataset.from_tensors(np.flip(np.eye(3, dtype=np.float32), 0), np.array([2, 1, 0])[::-1])
+    assert flipped.y.tolist() == [0, 1, 2] and flipped.x[0, 2] == 1.0
+    with pytest.raises(DataError, match="name must be a non-empty string, got 5"):
+        ArrayDataset.from_tensors(torch.rand(2, 3), torch.tensor([0, 1]), name=5)

@@ -104,3 +104,34 @@ def test_a_hand_built_scenario_evaluating_its_own_tasks_keeps_per_task_statistic
     other = permuted(load_dataset("digits"), load_dataset("digits", "test"), n_tasks=2, seed=2)
     for evaluated in ([tasks[1], tasks[0]], tasks[:1], list(other.tasks)):
         assert not Scenario("mine", tasks, evaluated).evaluates_training_tasks
+
+
+def test_scenario_arguments_that_do_not_fit_together_are_one_line():
+    import numpy as np
+
+    from metaspike.data import ArrayDataset
+
+    train = ArrayDataset.from_tensors(torch.rand(20, 8, 8), torch.arange(20) % 4, "mine")
+    with pytest.raises(ValueError, match=r"samples differ in shape: \[1, 8, 8\] and \[1, 7, 7\]"):
+        permuted(train, ArrayDataset.from_tensors(torch.rand(6, 7, 7), torch.arange(6) % 4, "mine"))
+    missing_class = ArrayDataset.from_tensors(torch.rand(6, 8, 8), torch.arange(6) % 3, "mine")  # no class 3
+    with pytest.raises(ValueError, match=r"name different classes \(4 and 3"):
+        split(train, missing_class, groups=2)
+    test = ArrayDataset.from_tensors(torch.rand(8, 8, 8), torch.arange(8) % 4, "mine")
+    assert [t.classes for t in split(train, test, groups=np.array([[0, 1], [2, 3]])).tasks] == [(0, 1), (2, 3)]
+    for bad in (2.0, "01", [0, 1], True):
+        with pytest.raises(ValueError, match="class groups must be a number of groups or a list of lists of classes"):
+            split(train, test, groups=bad)
+
+
+def test_tasks_named_alike_get_their_own_names_or_are_refused():
+    from metaspike.continual import ContinualTrainer, Scenario, TrainerConfig, sequence
+
+    pair = (load_dataset("digits"), load_dataset("digits", "test"))
+    assert [t.name for t in sequence([pair, pair, pair]).tasks] == ["digits", "digits-2", "digits-3"]
+    base = permuted(*pair, n_tasks=2, seed=1)
+    twins = [base.tasks[0], type(base.tasks[1])(base.tasks[0].name, base.tasks[1].train, base.tasks[1].test)]
+    trainer = ContinualTrainer(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)),
+                               lambda m: torch.optim.SGD(m.parameters(), lr=0.1), TrainerConfig(epochs=1), progress=False)
+    with pytest.raises(ValueError, match="names two tasks alike .*digits-perm1.*give each task its own name"):
+        trainer.fit(Scenario("mine", twins, twins))

@@ -173,6 +173,13 @@ def _check_samples(train: ArrayDataset, test: ArrayDataset) -> None:
                              f"arrays: ArrayDataset.from_tensors(x, y, name)), got {type(data).__name__}")
         if len(data) == 0:
             raise ValueError(f"the {part} set {data.name!r} holds no samples")
+    if tuple(train.x.shape[1:]) != tuple(test.x.shape[1:]):
+        raise ValueError(f"the training and test sets' samples differ in shape: {list(train.x.shape[1:])} and "
+                         f"{list(test.x.shape[1:])}")
+    if train.classes != test.classes:
+        raise ValueError(f"the training and test sets name different classes ({len(train.classes)} and "
+                         f"{len(test.classes)}: {train.classes[:5]}... and {test.classes[:5]}...); give both the same "
+                         "classes (ArrayDataset.from_tensors(..., classes=...))")
 
 
 def _check_count(n: int, what: str) -> int:
@@ -319,7 +326,13 @@ def sequence(datasets: Sequence[tuple[ArrayDataset, ArrayDataset]]) -> Scenario:
     shapes = {tuple(tr.x.shape[1:]) for tr, _ in datasets}
     if len(shapes) != 1:
         raise ValueError(f"datasets in a sequence must share one input shape, got {sorted(shapes)}")
-    tasks = tuple(Task(_base(tr), tr, te) for tr, te in datasets)
+    names: list[str] = []
+    for tr, _ in datasets:  # a dataset named again gets its count ("digits", "digits-2"): results are keyed by name
+        base, count = _base(tr), 1
+        while (name := base if count == 1 else f"{base}-{count}") in names:
+            count += 1
+        names.append(name)
+    tasks = tuple(Task(name, tr, te) for name, (tr, te) in zip(names, datasets))
     return Scenario("sequence", tasks, tasks, {"datasets": [_base(tr) for tr, _ in datasets]})
 
 
@@ -344,6 +357,11 @@ def split(
         raise ValueError(f"split mode must be 'task' or 'class', got {mode!r}")
     _check_samples(train, test)
     n_classes = len(train.classes)
+    if isinstance(groups, np.ndarray):
+        groups = groups.tolist()
+    if not (isinstance(groups, (int, np.integer)) and not isinstance(groups, bool)) and not (
+            isinstance(groups, (list, tuple)) and all(isinstance(g, (list, tuple, range, np.ndarray)) for g in groups)):
+        raise ValueError(f"class groups must be a number of groups or a list of lists of classes, got {groups!r}")
     if isinstance(groups, (int, np.integer)):
         n = _check_count(groups, "number of class groups")
         if n > n_classes:

@@ -421,6 +421,11 @@ class ContinualTrainer:
         cfg = self.config
         if len(scenario.tasks) == 0:
             raise ValueError(f"scenario {scenario.name!r} has no task to train")
+        names = scenario.eval_task_names
+        if len(set(names)) != len(names):  # the curves are keyed by task name: two would share one column
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"scenario {scenario.name!r} names two tasks alike ({', '.join(twice[:3])}); give each "
+                             "task its own name")
         self._check(scenario.tasks[0])
         generator = torch.Generator().manual_seed(cfg.seed)
         if resume is None:
