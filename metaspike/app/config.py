@@ -25,8 +25,8 @@ from metaspike.app.models import (
     published_settings,
     uses_batchnorm,
 )
-from metaspike.chained import ChainedOptimizer
 from metaspike.bayesian.synapses import check_magnitude
+from metaspike.chained import ChainedOptimizer
 from metaspike.checks import check_seed
 from metaspike.continual.scenarios import available_scenarios
 from metaspike.continual.trainer import LAST_EVALUATED, TrainerConfig
