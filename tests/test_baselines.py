@@ -259,3 +259,19 @@ def test_a_layer_kept_float_beside_binary_synapses_is_regularised_too(make):
     assert model[0].weight.grad is not None and model[0].weight.grad.abs().sum() > 0
     assert hidden.grad.abs().sum() > 0
     assert model[0].bias.grad is None  # biases stay free
+
+
+@pytest.mark.parametrize("wrap", [nn.utils.parametrizations.weight_norm, nn.utils.parametrizations.spectral_norm])
+def test_a_float_layer_under_torchs_own_parametrization_is_regularised_through_what_it_trains(wrap):
+    torch.manual_seed(0)
+    model = nn.Sequential(wrap(nn.Linear(12, 8)), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.rand(30, 12), torch.randint(0, 3, (30,))
+    plugin = EWC(lam=100.0)
+    plugin.task_done(model, x, y, None)
+    originals = [p for name, p in model[0].parametrizations.weight.named_parameters() if name.startswith("original")]
+    with torch.no_grad():
+        for p in originals:
+            p.add_(0.5)
+    model.zero_grad()
+    plugin.penalty(model).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in originals)
