@@ -17,7 +17,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from metaspike.checks import is_whole
 
-__all__ = ["use_population_statistics", "accept_saved_population_statistics"]
+__all__ = ["use_population_statistics", "accept_saved_population_statistics", "has_fixed_statistics"]
 
 
 @torch.no_grad()
@@ -107,3 +107,16 @@ def accept_saved_population_statistics(model: nn.Module) -> nn.Module:
         if isinstance(module, _BatchNorm):
             module.register_load_state_dict_pre_hook(_make_room_for_statistics)
     return model
+
+
+def has_fixed_statistics(model: nn.Module) -> bool:
+    """Whether a BatchNorm layer of ``model`` that normalises with batch statistics in training holds statistics
+    fixed by :func:`use_population_statistics` (training leaves them as they are; evaluation uses them).
+
+    Example:
+        >>> from bnn import MLP
+        >>> has_fixed_statistics(MLP([4, 3, 2])), has_fixed_statistics(use_population_statistics(MLP([4, 3, 2]), torch.rand(8, 4)))
+        (False, True)
+    """
+    return any(isinstance(m, _BatchNorm) and not m.track_running_stats and m.running_mean is not None
+               for m in model.modules())

@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 from metaspike.bayesian.fused_step import FusedTrainingStep
 from metaspike.checks import is_whole
 from metaspike.distributed import average_gradients
+from metaspike.population_statistics import has_fixed_statistics
 
 __all__ = ["check_inputs", "minimum_batch_size", "train_epoch", "evaluate", "evaluates_with_batch_statistics",
            "MIN_STATISTICS_BATCH", "random_numbers_apart", "masked_logits",
@@ -215,6 +216,10 @@ def train_epoch(
         if batch_size >= minimum:  # every batch would be skipped: nothing would train
             raise ValueError(f"x has {len(x)} samples, fewer than the smallest batch that trains ({minimum}: {why})")
         raise ValueError(f"batch_size {batch_size}: {why}; use batch_size >= {minimum}")
+    if has_fixed_statistics(model):
+        warnings.warn(f"{type(model).__name__}'s BatchNorm statistics were fixed by use_population_statistics before "
+                      "this training, which does not update them: evaluation keeps using the old ones; call "
+                      "use_population_statistics again after training", stacklevel=2)
     fused = _fused_step(model, optimizer, batch_size, classes, plugins, shard)
     if fused is not None:
         return _train_fused(fused, x, y, order, device, progress)
@@ -290,9 +295,10 @@ def evaluate(
 
     A model whose BatchNorm layers normalise with the statistics of each batch in eval mode (``bnn.MLP`` and
     ``bnn.ConvNet``, as in the paper, until :func:`metaspike.use_population_statistics`) predicts a sample from the
-    batch it shares: its batches are then drawn in a fixed random order (the same every call), so that a test set
-    stored sorted by class scores what a shuffled one does, and batches under :data:`MIN_STATISTICS_BATCH` samples
-    get a warning.
+    batch it shares: its batches (about ``batch_size`` samples each: ``len(x) / batch_size`` batches, rounded) are
+    then drawn in a fixed random order (the same every call), so that a test set stored sorted by class scores what
+    a shuffled one does; batches under :data:`MIN_STATISTICS_BATCH` samples, and a set of one class only, get a
+    warning.
 
     A model that draws random weights in evaluation (BiMU's Bernoulli samples) draws them from a copy of torch's
     generator: evaluating never shifts the random numbers that training draws next (a run trains the same however
@@ -310,13 +316,18 @@ def evaluate(
     # near-equal chunks: no trailing batch of one sample, which batch-statistics BatchNorm cannot take
     chunks = max(1, round(len(x) / batch_size))
     order = torch.arange(len(x))
-    if evaluates_with_batch_statistics(model) and chunks > 1:
+    batch_statistics = evaluates_with_batch_statistics(model)
+    if batch_statistics and chunks > 1:
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))  # a class-sorted set mixes too
         if len(x) // chunks < MIN_STATISTICS_BATCH:
             warnings.warn(f"evaluating in batches of {len(x) // chunks} samples: the model's BatchNorm normalises each "
                           f"batch by its own statistics, which under {MIN_STATISTICS_BATCH} samples distort its "
                           "predictions; evaluate in larger batches or fix the statistics first "
-                          "(metaspike.use_population_statistics)", stacklevel=2)
+                          "(metaspike.use_population_statistics)", stacklevel=3)
+    if batch_statistics and len(x) > 1 and bool((y == y[0]).all()):
+        warnings.warn("evaluating samples of one class only: the model's BatchNorm normalises the batch by its own "
+                      "statistics, which removes what the class has in common; fix the statistics first "
+                      "(metaspike.use_population_statistics)", stacklevel=3)
     was_training = model.training
     model.eval()
     correct = 0

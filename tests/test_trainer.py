@@ -11,7 +11,7 @@ from bnn import MLP
 from metaspike.continual import ContinualTrainer, TrainerConfig, batchnorm_state, permuted, stream
 from metaspike.data import load_dataset
 from metaspike.optim import MetaplasticAdam
-from metaspike.training import classification_loss, evaluate
+from metaspike.training import classification_loss, evaluate, train_epoch
 
 
 @pytest.fixture(scope="module")
@@ -251,3 +251,20 @@ def test_batch_statistics_evaluation_scores_a_class_sorted_test_set_like_a_shuff
         warnings.simplefilter("error")
         evaluate(model, x, y, batch_size=1000)  # one batch: nothing to warn about
         evaluate(torch.nn.Sequential(torch.nn.BatchNorm1d(1).eval(), torch.nn.Linear(1, 2)), x, y, batch_size=10)
+
+
+def test_batch_statistics_evaluation_of_one_class_warns_at_the_callers_line():
+    model = _SignAfterBatchNorm()
+    x, y = torch.rand(60, 1), torch.zeros(60, dtype=torch.long)
+    with pytest.warns(UserWarning, match="evaluating samples of one class only") as caught:
+        evaluate(model, x, y)
+    assert caught[0].filename == __file__
+
+
+def test_training_after_the_statistics_were_fixed_warns_that_they_are_stale():
+    from metaspike.population_statistics import use_population_statistics
+
+    model = use_population_statistics(MLP([20, 8, 3]), torch.rand(40, 20))
+    optimizer = MetaplasticAdam(model.parameters(), lr=0.01)
+    with pytest.warns(UserWarning, match="statistics were fixed by use_population_statistics before this training"):
+        train_epoch(model, optimizer, torch.rand(20, 20), torch.randint(0, 3, (20,)), batch_size=10)
