@@ -166,7 +166,7 @@ def test_the_memory_window_sets_the_bayesian_optimizers_n_and_is_checked(tmp_pat
     assert main(["train", "--model", "mlp", "--memory-window", "10", "--tasks", "1", "--out", str(tmp_path)]) == 2
 
 
-def test_readout_lambda_starts_the_output_layer_confident_and_is_checked(tmp_path):
+def test_readout_lambda_starts_the_output_layer_confident_and_is_checked(tmp_path, monkeypatch):
     from metaspike.app.runs import build_run_model, config_from_record, make_run_scenario
     from metaspike.bayesian import bimu_parameters
 
@@ -194,11 +194,11 @@ def test_readout_lambda_starts_the_output_layer_confident_and_is_checked(tmp_pat
     spiking = RunConfig(model="leaky+bimu", datasets=("digits",), hidden=(8,), tasks=1, readout_lambda=2.0)
     assert latents(spiking)[-1].abs().unique().tolist() == [2.0]
     snn = pytest.importorskip("snntorch")
-    from metaspike.snn import available_neurons, register_neuron, spiking_mlp, surrogate
+    from metaspike.snn import neurons, register_neuron, spiking_mlp, surrogate
 
-    if "recurrent-leaky-test" not in available_neurons():  # a neuron with its own matrix, listed after the readout
-        register_neuron("recurrent-leaky-test", lambda spec: spiking_mlp(spec, lambda features, is_output: snn.RLeaky(
-            beta=0.9, linear_features=features, spike_grad=surrogate("atan"), init_hidden=True, output=is_output)))
+    monkeypatch.setattr(neurons, "_NEURONS", dict(neurons._NEURONS))  # (the registration ends with the test)
+    register_neuron("recurrent-leaky-test", lambda spec: spiking_mlp(spec, lambda features, is_output: snn.RLeaky(
+        beta=0.9, linear_features=features, spike_grad=surrogate("atan"), init_hidden=True, output=is_output)))
     recurrent = replace(spiking, model="recurrent-leaky-test+bimu")
     shapes = {tuple(lam.shape): lam.abs().max().item() for lam in latents(recurrent)}
     assert shapes[(10, 8)] == 2.0 and shapes[(10, 10)] < 1.0  # the readout, not the output neuron's recurrent matrix
