@@ -346,3 +346,13 @@ def test_a_finished_run_keeps_what_evaluated_each_task_so_its_numbers_can_be_che
     assert main(["train", "--model", "mlp", "--dataset", "digits", "--tasks", "2", "--epochs", "1", "--hidden", "8",
                  "--quiet", "--out", str(tmp_path / "mlp")]) == 0
     assert not list((tmp_path / "mlp").glob(f"*/{BATCHNORM_STATES}"))
+
+
+def test_a_neuron_comparison_gives_kind_only_settings_to_the_kinds_that_take_them(tmp_path):
+    assert main(["compare", "--neurons", "leaky", "leaky+bimu", "--readout-lambda", "1.5", "--meta", "0", "--dataset",
+                 "digits", "--tasks", "2", "--epochs", "1", "--hidden", "8", "--quiet", "--out", str(tmp_path)]) == 0
+    (comparison,) = tmp_path.iterdir()
+    settings = {json.loads(path.read_text())["model"]: json.loads(path.read_text())["readout_lambda"]
+                for path in comparison.glob("*/config.json")}
+    assert settings == {"leaky": None, "leaky+bimu": 1.5}
+    assert "leaky+bimu readout_lambda=1.5" in (comparison / "comparison.txt").read_text()

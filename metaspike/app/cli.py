@@ -17,7 +17,7 @@ from typing import NoReturn
 import torch
 
 from metaspike.allocator import keep_freed_memory
-from metaspike.app.config import DEFAULT_INPUT_META, DEFAULT_META, RunConfig, meta_label, parse_meta
+from metaspike.app.config import DEFAULT_INPUT_META, DEFAULT_META, KIND_SETTINGS, RunConfig, meta_label, parse_meta
 from metaspike.app.imports import FLAG, check_resumed_imports, import_modules
 from metaspike.app.reproduce import cli as reproduce_cli
 from metaspike.distributed import world
@@ -256,7 +256,10 @@ def _compare(args: argparse.Namespace) -> None:
         if any(len(setting) != 1 for setting in settings):
             raise ValueError("--neurons compares one meta value per setting, not one per layer")
         metas = [setting[0] for setting in settings]
-        args.model = args.neurons[0]  # the base run is one of the compared models (compare has no --model)
+        # the base run is one of the compared models (compare has no --model), one that takes every kind-only setting
+        # given (--readout-lambda: a BiMU kind); each model then runs without those it does not take
+        given = [key for key in KIND_SETTINGS if getattr(args, key) is not None]
+        args.model = next((n for n in args.neurons if all(KIND_SETTINGS[key](n) for key in given)), args.neurons[0])
         base = _config(args, [metas[0]], args.seeds[0])
         path, rows = compare.compare_neurons(base, args.neurons, metas, args.seeds, out=args.out, progress=not args.quiet)
     else:

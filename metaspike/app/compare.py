@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from metaspike.app.config import RunConfig, meta_label
+from metaspike.app.config import KIND_SETTINGS, RunConfig, meta_label
 from metaspike.app.models import BIMU_SUFFIX, optimizer_kind
 from metaspike.app.runs import (
     Interrupted,
@@ -72,10 +72,19 @@ def _swept_metas(neuron: str, metas: Sequence[float]) -> Sequence[float]:
 
 
 def _neuron_rows(base: RunConfig, neurons: Sequence[str], metas: Sequence[float], seeds: Sequence[int]) -> list[Row]:
-    # a kind whose optimizer has no meta (BiMU, MESU, SGD) is named alone
-    return [Row({"setting": f"{n} meta={m:g}" if optimizer_kind(n) == "metaplastic-adam" else n, "neuron": n, "meta": m},
-                tuple(replace(base, model=n, meta=(float(m),), seed=int(seed)) for seed in seeds))
+    # a kind whose optimizer has no meta (BiMU, MESU, SGD) is named alone, with the settings only it takes; each kind
+    # runs without the settings it does not take (RunConfig.for_model)
+    return [Row({"setting": f"{n} meta={m:g}" if optimizer_kind(n) == "metaplastic-adam" else _kind_label(base, n),
+                 "neuron": n, "meta": m},
+                tuple(replace(base, meta=(float(m),), seed=int(seed)).for_model(n) for seed in seeds))
             for n in neurons for m in _swept_metas(n, metas)]
+
+
+def _kind_label(base: RunConfig, kind: str) -> str:
+    """``kind`` and the kind-only settings it runs with (``"leaky+bimu readout_lambda=1"``)."""
+    own = base.for_model(kind)
+    extras = [f"{key}={getattr(own, key):g}" for key in KIND_SETTINGS if getattr(own, key) is not None]
+    return " ".join([kind, *extras])
 
 
 _PLAN_KEYS = {"meta": {"kind", "base", "settings", "seeds"}, "neurons": {"kind", "base", "neurons", "metas", "seeds"}}
@@ -329,7 +338,7 @@ def compare_neurons(base: RunConfig, neurons: Sequence[str] = DEFAULT_NEURONS, m
     for neuron in neurons:  # every run's settings checked before the comparison's folder is made
         for setting in settings:
             for seed in seeds:
-                replace(base, model=neuron, meta=setting, seed=seed)
+                replace(base, meta=setting, seed=seed).for_model(neuron)
     plan = {"kind": "neurons", "base": base.to_dict(), "neurons": list(neurons), "metas": [float(m) for m in metas],
             "seeds": [int(s) for s in seeds]}
     return _start(out, f"compare-neurons-{base.scenario}-{'-'.join(base.datasets)}", plan, progress)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -91,6 +91,14 @@ MAX_TASKS = 10_000
 MAX_EVAL_SAMPLES = 1000
 """The largest ``--eval-samples``: each evaluation holds that many weight samples of every layer at once (1,000 of a
 784-100-10 network: 320 MB); on the 100-task stream 100 samples gave nearly all of the gain (REPRODUCTION.md)."""
+
+
+#: The settings only some model kinds take, each with the test of whether a kind takes it.
+KIND_SETTINGS: dict[str, Callable[[str], bool]] = {
+    "memory_window": lambda model: optimizer_kind(model) in BAYESIAN_OPTIMIZERS,
+    "readout_lambda": lambda model: optimizer_kind(model) in ("bimu", "bimu+adam"),
+    "eval_samples": lambda model: model in SAMPLED_EVALUATION,
+}
 
 
 @dataclass(frozen=True)
@@ -185,18 +193,18 @@ class RunConfig:
                     or value < self.batch_size):
                 raise ValueError(f"--memory-window must be a finite number >= the batch size {self.batch_size} "
                                  f"(N counts training samples; a window under one step overshoots), got {value!r}")
-            if optimizer_kind(self.model) not in BAYESIAN_OPTIMIZERS:
+            if not KIND_SETTINGS["memory_window"](self.model):
                 raise ValueError(f"--memory-window applies to models with Bayesian synapses (bimu, mesu, "
                                  f"<neuron>+bimu), not {self.model!r}")
         if self.readout_lambda is not None:
             check_magnitude(self.readout_lambda, "--readout-lambda")
-            if optimizer_kind(self.model) not in ("bimu", "bimu+adam"):
+            if not KIND_SETTINGS["readout_lambda"](self.model):
                 raise ValueError(f"--readout-lambda applies to models with BiMU synapses (bimu, <neuron>+bimu), "
                                  f"not {self.model!r}")
         if self.eval_samples is not None and self.eval_samples > MAX_EVAL_SAMPLES:
             raise ValueError(f"--eval-samples must be an integer in 1..{MAX_EVAL_SAMPLES} (an evaluation holds that "
                              f"many weight samples of every layer at once), got {self.eval_samples}")
-        if self.eval_samples is not None and self.model not in SAMPLED_EVALUATION:
+        if self.eval_samples is not None and not KIND_SETTINGS["eval_samples"](self.model):
             raise ValueError(f"--eval-samples applies to models that evaluate on weight samples "
                              f"({', '.join(SAMPLED_EVALUATION)}); {self.model!r} predicts with one weight per synapse")
         published = published_settings(self.model)
@@ -251,6 +259,16 @@ class RunConfig:
         if self.imports:
             return f" (the run imports {' '.join(self.imports)}: give the same --import)"
         return " (one of your own: name the module that registers it with --import)"
+
+    def for_model(self, model: str) -> "RunConfig":
+        """These settings for model kind ``model``, without those it does not take (:data:`KIND_SETTINGS`): what
+        a comparison of several kinds runs each kind with.
+
+        Example:
+            >>> RunConfig(model="bimu", batch_size=1, readout_lambda=1.0).for_model("mlp").readout_lambda is None
+            True
+        """
+        return replace(self, model=model, **{key: None for key, takes in KIND_SETTINGS.items() if not takes(model)})
 
     @property
     def name(self) -> str:
