@@ -188,7 +188,13 @@ def _check_group(group: dict[str, Any]) -> None:
     # at most float32's largest number: the step multiplies float32 tensors by them
     for key in ("lr", "eps", "weight_decay"):
         if key in group:
-            _number(group[key], key, 0.0, _FLOAT32_MAX)
+            value = group[key]
+            if key == "lr" and isinstance(value, Tensor):  # as torch.optim.Adam takes it: one real number
+                if value.numel() != 1 or not value.is_floating_point():
+                    raise ValueError(f"a tensor lr must hold one floating-point number, got shape "
+                                     f"{tuple(value.shape)} {value.dtype}")
+                value = value.item()
+            _number(value, key, 0.0, _FLOAT32_MAX)
     if "betas" in group:
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
@@ -395,6 +401,7 @@ def _multi_tensor_adam(group: dict[str, Any], params: list[Tensor], states: list
     """Plain Adam on many tensors at once, as ``torch.optim.Adam(foreach=True)`` computes it."""
     beta1, beta2 = group["betas"]
     lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+    lr = lr.item() if isinstance(lr, Tensor) else lr  # (the foreach ops take their step sizes as numbers)
     views = [_real_views(p, p.grad, s["exp_avg"], s["exp_avg_sq"]) for p, s in zip(params, states)]
     params, grads, exp_avgs, exp_avg_sqs = (list(tensors) for tensors in zip(*views))  # (real views where complex)
     steps = [s["step"] for s in states]

@@ -422,3 +422,24 @@ def test_the_first_step_check_leaves_other_step_hooks_alone():
             model(torch.randn(3, 4)).sum().backward()
             optimizer.step()
         assert len(calls) == 2
+
+
+def test_a_tensor_lr_is_taken_as_torch_adam_takes_it():
+    def trained(make):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 3))
+        optimizer = make(model)
+        for _ in range(5):
+            optimizer.zero_grad()
+            model(torch.randn(4, 6)).square().sum().backward()
+            optimizer.step()
+        return list(model.parameters())
+
+    ours = trained(lambda m: MetaplasticAdam(m.parameters(), lr=torch.tensor(0.01)))
+    adams = trained(lambda m: torch.optim.Adam(m.parameters(), lr=torch.tensor(0.01)))
+    assert all(torch.equal(a, b) for a, b in zip(ours, adams))  # bit for bit, as with a number
+    for bad, message in ((torch.tensor([0.1, 0.2]), "a tensor lr must hold one floating-point number, got shape (2,)"),
+                         (torch.tensor(1), "a tensor lr must hold one floating-point number, got shape () torch.int64"),
+                         (torch.tensor(-0.1), "lr must be a finite number in [0, 3.40282e+38]")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            MetaplasticAdam(_model().parameters(), lr=bad)
