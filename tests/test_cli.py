@@ -356,3 +356,12 @@ def test_a_neuron_comparison_gives_kind_only_settings_to_the_kinds_that_take_the
                 for path in comparison.glob("*/config.json")}
     assert settings == {"leaky": None, "leaky+bimu": 1.5}
     assert "leaky+bimu readout_lambda=1.5" in (comparison / "comparison.txt").read_text()
+
+
+def test_a_run_that_learned_nothing_says_so(tmp_path, capsys):
+    common = ["--dataset", "digits", "--tasks", "2", "--epochs", "1", "--hidden", "16", "--quiet"]
+    assert main(["train", *common, "--lr", "1e-9", "--out", str(tmp_path / "still")]) == 0  # nothing moves
+    err = capsys.readouterr().err
+    assert "metaspike: warning: no task's accuracy rose more than 5 points above the untrained network's" in err
+    assert main(["train", *common, "--out", str(tmp_path / "default")]) == 0
+    assert "learned nothing" not in capsys.readouterr().err

@@ -7,12 +7,13 @@ printed as one line ``metaspike: error: ...`` with exit status 2.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
 
@@ -230,6 +231,21 @@ def _train(args: argparse.Namespace) -> None:
         label = f"meta={meta_label(config.meta)}" if config.name.count("-meta") else config.model
         print(format_table([{"setting": label, **summarize_results([result])}], len(result.task_names)))
     print(f"\nresults: {path}  (accuracy_matrix.csv, curves.csv, metrics.json, accuracy_curves.png)")
+    gain = _best_gain(result)
+    if gain is not None and gain < LEARNED_MARGIN:
+        print(f"metaspike: warning: no task's accuracy rose more than {LEARNED_MARGIN:g} points above the untrained "
+              f"network's (best {gain:+.1f}): the run learned nothing; check its learning settings (--lr, --meta: a "
+              "large m freezes every weight, --epochs, --samples-per-task)", file=sys.stderr)
+
+
+#: A run none of whose accuracies rose more than this many points above the untrained network's learned nothing.
+LEARNED_MARGIN = 5.0
+
+
+def _best_gain(result: Any) -> float | None:
+    """The largest rise of an evaluated accuracy over the untrained network's on that task (``None``: unmeasured)."""
+    rises = [a - b for row in result.matrix for a, b in zip(row, result.baseline) if math.isfinite(a) and math.isfinite(b)]
+    return max(rises) if rises else None
 
 
 def _compare(args: argparse.Namespace) -> None:
