@@ -35,7 +35,7 @@ from metaspike.quantizers import ste_sign
 
 __all__ = [
     "BinarySynapse", "SignWeight", "binarize", "binary_modules", "hidden_weights", "is_hidden_weight",
-    "mark_hidden_weight", "weight_matrices", "binarized_once", "signs_cache_key",
+    "mark_hidden_weight", "weight_matrices", "float_layer_weights", "binarized_once", "signs_cache_key",
 ]
 
 _HIDDEN_WEIGHTS: dict[int, weakref.ref] = {}  # id -> weak reference (tensors compare elementwise: no WeakSet)
@@ -222,8 +222,27 @@ def weight_matrices(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
         for name, weight in found:
             first.setdefault(id(weight), (name, weight))
         return list(first.values())
-    found = [(name, layer.weight) for name, layer in select_layers(model)
-             if not parametrize.is_parametrized(layer, "weight") and isinstance(layer.weight, nn.Parameter)]
+    found = float_layer_weights(model)
     return list({id(weight): (name, weight) for name, weight in reversed(found)}.values())[::-1]
+
+
+def float_layer_weights(model: nn.Module, parametrized: bool = False) -> list[tuple[str, torch.Tensor]]:
+    """``(layer name, tensor)`` for the weight of each Linear/Conv layer of ``model`` that is not a synapse; with
+    ``parametrized``, also the tensors that torch's own parametrization of a layer's weight trains (``weight_norm``:
+    its two ``original`` tensors). A tensor shared by several layers appears once per layer.
+
+    Example:
+        >>> net = binarize(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2)), exclude="0")
+        >>> [name for name, _ in float_layer_weights(net)]
+        ['0']
+    """
+    found = []
+    for name, layer in select_layers(model):
+        if not parametrize.is_parametrized(layer, "weight"):
+            found += [(name, layer.weight)] if isinstance(layer.weight, nn.Parameter) else []
+        elif parametrized and synapse_parametrization(layer) is None:  # torch's own (weight_norm, spectral_norm)
+            found += [(name, p) for key, p in layer.parametrizations.weight.named_parameters(recurse=False)
+                      if key.startswith("original")]
+    return found
 
 

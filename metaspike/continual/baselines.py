@@ -34,12 +34,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.utils import parametrize
 
 from metaspike.checks import finite_number, is_finite_number, is_whole
-from metaspike.layer_selection import each_once, select_layers, synapse_parametrization
+from metaspike.layer_selection import each_once
 from metaspike.population_statistics import use_population_statistics
-from metaspike.synapse import weight_matrices
+from metaspike.synapse import float_layer_weights, weight_matrices
 from metaspike.training import Plugin, classification_loss
 
 __all__ = ["EWC", "EWCOnline", "SynapticIntelligence", "RandomConsolidation", "fisher_diagonal"]
@@ -50,13 +49,7 @@ def _matrices(model: nn.Module) -> list[Tensor]:
     the weight of every Linear/Conv layer kept float beside them (``binarize(model, exclude=...)``; under torch's
     own parametrization, such as ``weight_norm``, the tensors it trains), each once; a model without any is one
     line."""
-    floats: list[Tensor] = []
-    for _, layer in select_layers(model):
-        if not parametrize.is_parametrized(layer, "weight"):
-            floats += [layer.weight] if isinstance(layer.weight, nn.Parameter) else []
-        elif synapse_parametrization(layer) is None:  # torch's own (weight_norm, spectral_norm): what it trains
-            floats += [p for name, p in layer.parametrizations.weight.named_parameters(recurse=False)
-                       if name.startswith("original")]
+    floats = (w for _, w in float_layer_weights(model, parametrized=True))
     matrices = each_once([*(w for _, w in weight_matrices(model)), *floats])
     if not matrices:
         raise ValueError(f"{type(model).__name__} has no weight matrices (no parameter with two or more dimensions) "
