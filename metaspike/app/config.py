@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-import torch
 from torch import nn
 from torch.optim import Optimizer
 
@@ -27,7 +26,7 @@ from metaspike.app.models import (
 )
 from metaspike.bayesian.synapses import check_magnitude
 from metaspike.chained import ChainedOptimizer
-from metaspike.checks import check_seed
+from metaspike.checks import check_device, check_seed
 from metaspike.continual.scenarios import available_scenarios
 from metaspike.continual.trainer import LAST_EVALUATED, TrainerConfig
 from metaspike.rules import check_meta, get_rule
@@ -251,8 +250,7 @@ class RunConfig:
         TrainerConfig(batchnorm=self.batchnorm, optimizer=self.optimizer)  # validates the modes
         if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"--device {self.device}: CUDA is not available on this machine")
+        check_device(self.device, "--device")  # (CUDA present, and the device index within its count)
 
     def _import_hint(self) -> str:
         """What to say after an unknown model or rule name: the run's own modules, or how to name one's own."""
