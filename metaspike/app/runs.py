@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import math
 import os
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +27,7 @@ from metaspike.bayesian.synapses import SampledForward, bayesian_modules, start_
 from metaspike.continual.results import CHECKPOINT, PREVIOUS_CHECKPOINT, RunDirectory, latest_good_checkpoint
 from metaspike.continual.scenarios import Scenario, make_scenario
 from metaspike.continual.trainer import ContinualResult, ContinualTrainer
-from metaspike.data import default_data_dir, load_dataset
+from metaspike.data import ArrayDataset, default_data_dir, load_dataset
 from metaspike.distributed import init_from_env, sync_batchnorm, world
 from metaspike.files import atomic_open, read_json, remove_stale_temporaries
 from metaspike.training import Plugin, TrainingDiverged, minimum_batch_size
@@ -233,14 +234,22 @@ def data_digests(config: RunConfig) -> dict[str, str]:
         >>> sorted(data_digests(RunConfig(datasets=("digits",))))
         ['digits/test', 'digits/train']
     """
-    digests = {}
-    for name in config.datasets:
-        for split in ("train", "test"):
-            data = load_dataset(name, split, config.data_dir)  # (cached: the arrays the scenario was made of)
-            digest = hashlib.sha256(data.x.contiguous().numpy())
-            digest.update(data.y.contiguous().numpy())
-            digests[f"{name}/{split}"] = digest.hexdigest()
-    return digests
+    # load_dataset hands out one cached, read-only object per split: the arrays the scenario was made of
+    return {f"{name}/{split}": _sha256(load_dataset(name, split, config.data_dir))
+            for name in config.datasets for split in ("train", "test")}
+
+
+_DIGESTS: weakref.WeakKeyDictionary[ArrayDataset, str] = weakref.WeakKeyDictionary()
+
+
+def _sha256(data: ArrayDataset) -> str:
+    """SHA-256 of a dataset's images and labels, computed once per dataset object (a comparison's runs, and the
+    finished runs it checks, all share the same splits)."""
+    if data not in _DIGESTS:
+        digest = hashlib.sha256(data.x.contiguous().numpy())
+        digest.update(data.y.contiguous().numpy())
+        _DIGESTS[data] = digest.hexdigest()
+    return _DIGESTS[data]
 
 
 def check_same_data(path: Path, config: RunConfig) -> None:
