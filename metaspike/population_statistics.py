@@ -17,7 +17,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from metaspike.checks import is_whole
 
-__all__ = ["use_population_statistics", "accept_saved_population_statistics", "has_fixed_statistics"]
+__all__ = ["use_population_statistics", "accept_saved_population_statistics", "has_fixed_statistics",
+           "evaluates_with_batch_statistics"]
 
 
 @torch.no_grad()
@@ -120,3 +121,14 @@ def has_fixed_statistics(model: nn.Module) -> bool:
     """
     return any(isinstance(m, _BatchNorm) and not m.track_running_stats and m.running_mean is not None
                for m in model.modules())
+
+
+def evaluates_with_batch_statistics(model: nn.Module) -> bool:
+    """Whether a BatchNorm layer of ``model`` normalises by the statistics of each batch in eval mode too (it keeps
+    no running statistics, fixed or tracked).
+
+    Example:
+        >>> evaluates_with_batch_statistics(nn.BatchNorm1d(3, track_running_stats=False))
+        True
+    """
+    return any(isinstance(m, _BatchNorm) and m.running_mean is None for m in model.modules())

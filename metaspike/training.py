@@ -20,10 +20,10 @@ from torch.optim import Optimizer
 from metaspike.bayesian.fused_step import FusedTrainingStep
 from metaspike.checks import is_whole
 from metaspike.distributed import average_gradients
-from metaspike.population_statistics import has_fixed_statistics
+from metaspike.population_statistics import evaluates_with_batch_statistics, has_fixed_statistics
 
-__all__ = ["check_inputs", "minimum_batch_size", "train_epoch", "evaluate", "evaluates_with_batch_statistics",
-           "MIN_STATISTICS_BATCH", "random_numbers_apart", "masked_logits",
+__all__ = ["check_inputs", "minimum_batch_size", "train_epoch", "evaluate", "MIN_STATISTICS_BATCH",
+           "random_numbers_apart", "masked_logits",
            "classification_loss", "predictions", "TrainingDiverged", "Plugin"]
 
 
@@ -344,17 +344,6 @@ def evaluate(
 #: Below this many samples per evaluated batch, per-batch BatchNorm statistics are noisy enough to change predictions
 #: (their mean is off by about 1/√B of a feature's spread: 10 % at 100).
 MIN_STATISTICS_BATCH = 100
-
-
-def evaluates_with_batch_statistics(model: nn.Module) -> bool:
-    """Whether a BatchNorm layer of ``model`` normalises by the statistics of each batch in eval mode too (it keeps
-    no running statistics).
-
-    Example:
-        >>> evaluates_with_batch_statistics(nn.BatchNorm1d(3, track_running_stats=False))
-        True
-    """
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None for m in model.modules())
 
 
 def random_numbers_apart(device: torch.device | str) -> contextlib.AbstractContextManager[None]:
