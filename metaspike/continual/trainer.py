@@ -379,10 +379,14 @@ class ContinualTrainer:
                                 else "it has no parameters"))
         return optimizer
 
+    def _per_task_batchnorm(self, scenario: Scenario) -> bool:
+        """Whether each task is evaluated with its own BatchNorm state: asked for, and allowed by the scenario."""
+        return self.config.batchnorm == "per-task" and scenario.per_task_batchnorm
+
     def _evaluate_all(self, scenario: Scenario, trained: int, states: list[dict]) -> list[float]:
         """Accuracy on the evaluated tasks (NaN on the others); with per-task BatchNorm, task j < trained uses its own state."""
         cfg = self.config
-        per_task = cfg.batchnorm == "per-task" and scenario.per_task_batchnorm
+        per_task = self._per_task_batchnorm(scenario)
         current = batchnorm_state(self.model) if per_task and states else None
         total = len(scenario.eval_tasks)
         # a scenario with its own evaluation tasks (the stream's one test set) evaluates all of them every time
@@ -467,8 +471,7 @@ class ContinualTrainer:
                 log.task_done(result)
                 log.checkpoint(self.checkpoint(i + 1, 0, optimizer, generator, states, result))
         result.seconds = time.perf_counter() - start
-        per_task = cfg.batchnorm == "per-task" and scenario.per_task_batchnorm
-        self.batchnorm_states = list(states) if per_task and any(states) else []
+        self.batchnorm_states = list(states) if self._per_task_batchnorm(scenario) and any(states) else []
         return result
 
     def checkpoint(
