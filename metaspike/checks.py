@@ -10,8 +10,14 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["is_number", "is_finite_number", "is_whole", "finite_number", "MAX_SEED", "check_seed", "check_device",
-           "state_dict_groups"]
+__all__ = ["is_number", "is_finite_number", "is_whole", "number_in", "finite_number", "FLOAT32_MAX", "FLOAT32_TINY",
+           "MAX_SEED", "check_seed", "check_device", "state_dict_groups"]
+
+FLOAT32_MAX = 3.4028234663852886e38
+"""float32's largest number (``torch.finfo(torch.float32).max``): the bound of a setting that multiplies float32
+tensors, beyond which it would turn infinite."""
+FLOAT32_TINY = 1.1754943508222875e-38
+"""float32's smallest normal number (``torch.finfo(torch.float32).tiny``)."""
 
 MAX_SEED = 2**64 - 1
 """The largest seed: torch's and numpy's seeds are 64-bit."""
@@ -47,6 +53,36 @@ def is_whole(value: Any, low: int) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
 
 
+def number_in(name: str, value: Any, low: float, high: float | None = None, *, open_low: bool = False,
+              open_high: bool = False, note: str = "") -> float:
+    """``value`` as a float if it is a finite number from ``low`` (excluded when ``open_low``) to ``high`` (no bound
+    when ``None``; excluded when ``open_high``), else a ``ValueError`` naming ``name``, the accepted range and
+    ``note`` (why the range is what it is).
+
+    Example:
+        >>> number_in("gamma", 0.5, 0, 1)
+        0.5
+        >>> number_in("beta", 1.0, 0, 1, open_high=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: beta must be a finite number in [0, 1), got 1.0
+        >>> number_in("threshold", 0, 0.01)
+        Traceback (most recent call last):
+        ...
+        ValueError: threshold must be a finite number >= 0.01, got 0
+    """
+    ok = is_finite_number(value) and (value > low if open_low else value >= low)
+    if high is not None:
+        ok = ok and (value < high if open_high else value <= high)
+    if not ok:
+        if high is None:
+            accepted = f"{'>' if open_low else '>='} {low:g}"
+        else:
+            accepted = f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+        raise ValueError(f"{name} must be a finite number {accepted}{' ' + note if note else ''}, got {value!r}")
+    return float(value)
+
+
 def finite_number(name: str, value: Any, *, positive: bool) -> float:
     """``value`` as a float if it is a finite number ``> 0`` (``positive``) or ``>= 0``, else a ``ValueError``
     naming ``name`` and the accepted range.
@@ -59,9 +95,7 @@ def finite_number(name: str, value: Any, *, positive: bool) -> float:
         ...
         ValueError: width must be a finite number > 0, got 0
     """
-    if not (is_finite_number(value) and (value > 0 if positive else value >= 0)):
-        raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
-    return float(value)
+    return number_in(name, value, 0.0, open_low=positive)
 
 
 def check_seed(name: str, value: Any) -> int:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from metaspike.bayesian.synapses import bayesian_modules
-from metaspike.checks import is_finite_number, is_number, state_dict_groups
+from metaspike.checks import FLOAT32_MAX, is_number, number_in, state_dict_groups
 from metaspike.compiled import LazyCompiled
 from metaspike.layer_selection import each_once, synapse_role
 from metaspike.rules import (
@@ -99,19 +99,6 @@ def _warn_if_nothing_consolidated(optimizer: Optimizer) -> None:
         )
 
 
-def _number(value: Any, name: str, low: float, high: float | None = None, *, open_low: bool = False,
-            open_high: bool = False) -> float:
-    ok = is_finite_number(value)
-    ok = ok and (value > low if open_low else value >= low)
-    if high is not None:
-        ok = ok and (value < high if open_high else value <= high)
-    if not ok:
-        left = "(" if open_low else "["
-        right = "inf)" if high is None else f"{high:g}{')' if open_high else ']'}"
-        raise ValueError(f"{name} must be a finite number in {left}{low:g}, {right}, got {value!r}")
-    return float(value)
-
-
 def _add_checked(optimizer: Optimizer, add: Callable[[dict[str, Any]], None], param_group: dict[str, Any]) -> None:
     """``add(param_group)`` (torch's, which fills in the defaults), then validate the group; a refused group is
     removed again."""
@@ -154,9 +141,6 @@ def _hook_checkpoints(optimizer: Optimizer) -> None:
     optimizer.register_load_state_dict_pre_hook(_loaded_groups)
 
 
-_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
-
-
 def _check_consolidation(group: dict[str, Any]) -> None:
     """Validate what a param group says about consolidation: ``meta``, ``rule`` and ``consolidate`` (the keys
     :func:`metaplastic` adds to another optimizer's groups, whose own settings are that optimizer's to check)."""
@@ -194,13 +178,13 @@ def _check_group(group: dict[str, Any]) -> None:
                     raise ValueError(f"a tensor lr must hold one floating-point number, got shape "
                                      f"{tuple(value.shape)} {value.dtype}")
                 value = value.item()
-            _number(value, key, 0.0, _FLOAT32_MAX)
+            number_in(key, value, 0.0, FLOAT32_MAX)
     if "betas" in group:
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
         for beta in betas:
-            _number(beta, "each of betas", 0.0, 1.0, open_high=True)
+            number_in("each of betas", beta, 0.0, 1.0, open_high=True)
 
 
 class MetaplasticAdam(Optimizer):

@@ -144,8 +144,8 @@ def test_ewc_rejects_bad_strength(bad):
 @pytest.mark.parametrize("make, bad, message", [
     (EWC, dict(samples="10"), "EWC samples must be an integer >= 1"),
     (EWC, dict(samples=2.5), "EWC samples must be an integer >= 1"),
-    (EWCOnline, dict(gamma="0.9"), r"gamma must be a number in \[0, 1\]"),
-    (EWCOnline, dict(gamma=float("nan")), r"gamma must be a number in \[0, 1\]"),
+    (EWCOnline, dict(gamma="0.9"), r"gamma must be a finite number in \[0, 1\]"),
+    (EWCOnline, dict(gamma=float("nan")), r"gamma must be a finite number in \[0, 1\]"),
     (EWCOnline, dict(lam=None), "lam must be a finite number >= 0"),
     (SynapticIntelligence, dict(c="0.1"), "SI c must be a finite number >= 0"),
     (RandomConsolidation, dict(seed=-1), "seed must be an integer >= 0"),

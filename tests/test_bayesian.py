@@ -747,7 +747,7 @@ def test_start_confident_gives_every_latent_the_magnitude_and_keeps_its_sign():
     # a Bernoulli weight is then +1 with probability sigmoid(2) where λ = +1
     assert torch.equal(net.eval()[1].weight, torch.sign(new_last.detach()))
     for bad in (0, -1.0, 1e-50, 1e39, float("nan"), float("inf"), True, "1"):
-        with pytest.raises(ValueError, match=r"magnitude must be a number in \[1.17549e-38, 3.40282e\+38\]"):
+        with pytest.raises(ValueError, match=r"magnitude must be a finite number in \[1.17549e-38, 3.40282e\+38\]"):
             start_confident(net[1], bad)
     with pytest.raises(ValueError, match="needs a layer with a BiMU synapse .* Linear has no Bayesian synapse"):
         start_confident(nn.Linear(3, 2), 1.0)

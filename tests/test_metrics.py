@@ -4,7 +4,14 @@ import math
 
 import pytest
 
-from metaspike.continual.metrics import average_accuracy, backward_transfer, forgetting, forward_transfer, summarize
+from metaspike.continual.metrics import (
+    average_accuracy,
+    backward_transfer,
+    forgetting,
+    forward_transfer,
+    largest_rise,
+    summarize,
+)
 
 # R[i][j]: accuracy on task j after training task i. Task 1 peaks after task 2 (95), so
 # forgetting (max-based) differs from -BWT (diagonal-based).
@@ -51,3 +58,13 @@ def test_bad_shapes_are_rejected():
         backward_transfer([[1.0, 2.0]])
     with pytest.raises(ValueError, match="one accuracy per task"):
         forward_transfer(R, [1.0])
+
+
+def test_largest_rise_covers_evaluated_cells_only():
+    nan = math.nan
+    # by hand: rises 50-10=40, 20-12=8, 80-12=68 (row 2, task 1 not evaluated)
+    assert largest_rise([[50, 20], [nan, 80]], [10, 12]) == 68
+    assert math.isnan(largest_rise([[nan]], [10]))
+    assert largest_rise([[5, 5]], [10, 10]) == -5  # a run that got worse than chance
+    with pytest.raises(ValueError, match=r"baseline must hold one accuracy per task \(2\), got shape \(1,\)"):
+        largest_rise([[50, 20]], [10])

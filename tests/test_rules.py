@@ -195,7 +195,7 @@ def test_adam_with_the_cascade_follows_the_rule_on_the_step():
         (lambda: CascadeRule(n=1), "CascadeRule n must be an integer >= 2, got 1"),
         (lambda: CascadeRule(n=2.5), "CascadeRule n must be an integer >= 2, got 2.5"),
         (lambda: CascadeRule(leak=-1.0), r"CascadeRule leak must be a finite number in \[0, 3.40282e\+38\], got -1.0"),
-        (lambda: SwitchRule(damping=1.5), r"SwitchRule damping must be a number in \[0, 1\], got 1.5"),
+        (lambda: SwitchRule(damping=1.5), r"SwitchRule damping must be a finite number in \[0, 1\], got 1.5"),
         (lambda: SwitchRule(seed="x"), "SwitchRule seed must be an integer, got 'x'"),
         (lambda: get_rule("beaker"), r"unknown consolidation rule 'beaker'; available: cascade, none, switch, tanh"),
         (lambda: get_rule(object()), "is not a consolidation rule: it lacks name, elementwise, init_state"),

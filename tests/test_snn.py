@@ -168,10 +168,10 @@ def test_cli_compare_neurons_names_an_unknown_neuron_model(capsys):
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: NetSpec(beta=1.5), r"beta \(the membrane's decay per step\) must be a number in \[0, 1\], got 1.5"),
+    (lambda: NetSpec(beta=1.5), r"beta \(the membrane's decay per step\) must be a finite number in \[0, 1\], got 1.5"),
     (lambda: NetSpec(hidden=(0,)), r"hidden must be a sequence of integers >= 1, got \(0,\)"),
     (lambda: NetSpec(classes=0), "classes must be an integer >= 1, got 0"),
-    (lambda: SelfRecurrentLIF(4, beta=-1.0), r"beta \(the membrane's decay per step\) must be a number in \[0, 1\]"),
+    (lambda: SelfRecurrentLIF(4, beta=-1.0), r"beta \(the membrane's decay per step\) must be a finite number in \[0, 1\]"),
     (lambda: RateEncoder()(torch.rand(2, 3), 0), "num_steps must be an integer >= 1, got 0"),
     (lambda: LatencyEncoder()(torch.rand(2, 3), -1), "num_steps must be an integer >= 1, got -1"),
     (lambda: RateEncoder()(torch.full((2, 3), float("nan")), 4), "x holds NaN or infinite values"),

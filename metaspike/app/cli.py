@@ -7,13 +7,12 @@ printed as one line ``metaspike: error: ...`` with exit status 2.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import torch
 
@@ -199,7 +198,8 @@ _SETTING_FLAGS = {"scenario": "scenario", "dataset": "datasets", "tasks": "tasks
 
 
 def _train(args: argparse.Namespace) -> None:
-    from metaspike.app.runs import load_config, resume, run
+    from metaspike.app.runs import LEARNED_MARGIN, learned_nothing, load_config, resume, run
+    from metaspike.continual.metrics import largest_rise
     from metaspike.app.tables import format_table, summarize_results
 
     if args.resume is not None:
@@ -231,25 +231,18 @@ def _train(args: argparse.Namespace) -> None:
         label = f"meta={meta_label(config.meta)}" if config.name.count("-meta") else config.model
         print(format_table([{"setting": label, **summarize_results([result])}], len(result.task_names)))
     print(f"\nresults: {path}  (accuracy_matrix.csv, curves.csv, metrics.json, accuracy_curves.png)")
-    gain = _best_gain(result)
-    if gain is not None and gain < LEARNED_MARGIN:
+    if learned_nothing(result):
         print(f"metaspike: warning: no task's accuracy rose more than {LEARNED_MARGIN:g} points above the untrained "
-              f"network's (best {gain:+.1f}): the run learned nothing; check its learning settings (--lr, --meta: a "
-              "large m freezes every weight, --epochs, --samples-per-task)", file=sys.stderr)
+              f"network's (best {largest_rise(result.matrix, result.baseline):+.1f}): the run learned nothing; "
+              f"{_LEARNING_SETTINGS}", file=sys.stderr)
 
 
-#: A run none of whose accuracies rose more than this many points above the untrained network's learned nothing.
-LEARNED_MARGIN = 5.0
-
-
-def _best_gain(result: Any) -> float | None:
-    """The largest rise of an evaluated accuracy over the untrained network's on that task (``None``: unmeasured)."""
-    rises = [a - b for row in result.matrix for a, b in zip(row, result.baseline) if math.isfinite(a) and math.isfinite(b)]
-    return max(rises) if rises else None
+_LEARNING_SETTINGS = "check the learning settings (--lr, --meta: a large m freezes every weight, --epochs, --samples-per-task)"
 
 
 def _compare(args: argparse.Namespace) -> None:
     from metaspike.app import compare
+    from metaspike.app.runs import LEARNED_MARGIN
     from metaspike.app.tables import format_table
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -291,6 +284,11 @@ def _compare(args: argparse.Namespace) -> None:
         print((path / "tradeoff.txt").read_text().rstrip())
     print(f"\nresults: {path}  (comparison.csv, comparison.txt, a figure, one run folder per run; "
           f"continue a killed comparison with --resume {path})")
+    unlearned = [name for row in rows for name in row["learned_nothing"]]
+    if unlearned:
+        print(f"metaspike: warning: in {len(unlearned)} run(s) no task's accuracy rose more than {LEARNED_MARGIN:g} points "
+              f"above the untrained network's: {', '.join(unlearned)} learned nothing; {_LEARNING_SETTINGS}",
+              file=sys.stderr)
 
 
 def _check_stored_imports(record_path: Path, stored: Callable[[dict], object], args: argparse.Namespace) -> None:

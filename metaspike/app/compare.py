@@ -24,6 +24,7 @@ from metaspike.app.runs import (
     check_same_data,
     config_from_record,
     finished_result,
+    learned_nothing,
     load_config,
     resume,
     run,
@@ -166,7 +167,8 @@ def _execute(root: Path, plan: dict[str, Any], planned: list[Row], progress: boo
         except KeyboardInterrupt:  # the comparison, not its run, is what continues
             raise Interrupted(root, f"metaspike compare --resume {root}") from None
         first_runs.append(root / row.configs[0].name)
-        rows.append({**row.labels, "runs": len(results), **summarize_results(results)})
+        unlearned = [config.name for config, result in zip(row.configs, results) if learned_nothing(result)]
+        rows.append({**row.labels, "runs": len(results), **summarize_results(results), "learned_nothing": unlearned})
     labels = ("neuron", "meta", "runs") if plan["kind"] == "neurons" else ("setting", "meta", "runs")
     n_tasks = sum(1 for key in rows[0] if key.startswith("task "))
     atomic_write_text(root / "comparison.csv", comparison_csv(rows, labels))

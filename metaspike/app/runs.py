@@ -25,6 +25,7 @@ from metaspike.app.models import Standardize, build_model, describe_model, uses_
 from metaspike.app.tables import versions
 from metaspike.bayesian.synapses import SampledForward, bayesian_modules, start_confident
 from metaspike.continual.results import CHECKPOINT, PREVIOUS_CHECKPOINT, RunDirectory, latest_good_checkpoint
+from metaspike.continual.metrics import largest_rise
 from metaspike.continual.scenarios import Scenario, make_scenario
 from metaspike.continual.trainer import ContinualResult, ContinualTrainer
 from metaspike.data import ArrayDataset, default_data_dir, load_dataset
@@ -414,6 +415,23 @@ def is_complete(run_dir: str | Path) -> bool:
     path = Path(run_dir)
     metrics_file = path / "metrics.json"
     return metrics_file.exists() and (path / "model.pt").exists() and bool(read_json(metrics_file).get("complete"))
+
+
+#: A run none of whose accuracies rose more than this many points above the untrained network's learned nothing.
+LEARNED_MARGIN = 5.0
+
+
+def learned_nothing(result: ContinualResult) -> bool:
+    """Whether no evaluated accuracy of ``result`` rose more than :data:`LEARNED_MARGIN` points above the untrained
+    network's on that task (``False`` where the untrained accuracies were not measured).
+
+    Example:
+        >>> learned_nothing(ContinualResult(["a"], matrix=[[12.0]], baseline=[10.0]))
+        True
+    """
+    if len(result.baseline) != len(result.task_names):
+        return False
+    return largest_rise(result.matrix, result.baseline) < LEARNED_MARGIN
 
 
 def finished_result(run_dir: str | Path) -> ContinualResult | None:

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from metaspike.checks import is_finite_number
+from metaspike.checks import is_finite_number, number_in
 from metaspike.compiled import LazyCompiled
 
 __all__ = ["mesu_step", "mesu_step_", "bimu_step", "bimu_step_", "check_hyperparameters"]
@@ -75,14 +75,12 @@ def check_hyperparameters(rule: str, hyperparameters: Mapping[str, object]) -> N
         raise ValueError(f"rule must be one of {sorted(_LIMITS)}, got {rule!r}")
     for name, limit in _LIMITS[rule].items():
         value = hyperparameters[name]
-        ok = is_finite_number(value)
         if limit is None:
-            if not ok:
+            if not is_finite_number(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
             continue
         low, inclusive = limit
-        if not (ok and (value >= low if inclusive else value > low)):  # type: ignore[operator]
-            raise ValueError(f"{name} must be a finite number {'>=' if inclusive else '>'} {low:g}, got {value!r}")
+        number_in(name, value, low, open_low=not inclusive)
     if rule == "mesu":  # the step divides by N·σ_p² (each in range, their product can underflow)
         scale = float(hyperparameters["N"]) * float(hyperparameters["sigma_prior"]) ** 2
         if not (scale > 0 and math.isfinite(1.0 / scale) and math.isfinite(scale)):

@@ -41,7 +41,7 @@ from torch.nn.utils import parametrize
 
 from metaspike.bayesian.counter_noise import counter_normal, counter_uniform, draw_key
 from metaspike.block_cache import reuse_in_block
-from metaspike.checks import finite_number, is_finite_number, is_whole
+from metaspike.checks import FLOAT32_MAX, FLOAT32_TINY, finite_number, is_whole, number_in
 from metaspike.compiled import LazyCompiled
 from metaspike.gain import attach_output_gain, check_gain_layer, check_scale, output_gain
 from metaspike.layer_selection import (
@@ -638,7 +638,7 @@ def bimu_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 #: The magnitudes :func:`start_confident` takes: what float32 ``λ`` hold without rounding to 0 (losing the signs) or
 #: to infinity.
-MAGNITUDE_RANGE = (float(torch.finfo(torch.float32).tiny), float(torch.finfo(torch.float32).max))
+MAGNITUDE_RANGE = (FLOAT32_TINY, FLOAT32_MAX)
 
 
 def check_magnitude(magnitude: Any, name: str = "magnitude") -> float:
@@ -648,11 +648,8 @@ def check_magnitude(magnitude: Any, name: str = "magnitude") -> float:
         >>> check_magnitude(1)
         1.0
     """
-    low, high = MAGNITUDE_RANGE
-    if not (is_finite_number(magnitude) and low <= magnitude <= high):
-        raise ValueError(f"{name} must be a number in [{low:g}, {high:g}] (float32 latent weights hold it without "
-                         f"rounding to 0 or to infinity), got {magnitude!r}")
-    return float(magnitude)
+    return number_in(name, magnitude, *MAGNITUDE_RANGE,
+                     note="(float32 latent weights hold it without rounding to 0 or to infinity)")
 
 
 def start_confident(layer: nn.Module, magnitude: float = 1.0) -> nn.Module:

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from metaspike.checks import finite_number, is_finite_number, is_whole
+from metaspike.checks import finite_number, is_whole, number_in
 from metaspike.layer_selection import each_once
 from metaspike.population_statistics import use_population_statistics
 from metaspike.synapse import float_layer_weights, weight_matrices
@@ -64,9 +64,7 @@ def _samples(value: Any, name: str) -> int:
 
 
 def _gamma(value: Any) -> float:
-    if not (is_finite_number(value) and 0 <= value <= 1):
-        raise ValueError(f"gamma must be a number in [0, 1], got {value!r}")
-    return float(value)
+    return number_in("gamma", value, 0.0, 1.0)
 
 
 def _tensors(state: dict[str, Any], key: str, depth: int = 1) -> list:

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = ["average_accuracy", "backward_transfer", "forward_transfer", "forgetting", "summarize",
-           "last_tasks_accuracy", "evaluated_accuracy", "task_accuracy_over_time"]
+           "last_tasks_accuracy", "evaluated_accuracy", "task_accuracy_over_time", "largest_rise"]
 
 
 def _square(matrix: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
@@ -141,6 +141,23 @@ def task_accuracy_over_time(matrix: Sequence[Sequence[float]] | np.ndarray, task
     if isinstance(task, bool) or not isinstance(task, (int, np.integer)) or not 0 <= task < r.shape[1]:
         raise ValueError(f"task must be a column index in 0..{r.shape[1] - 1}, got {task!r}")
     return [(i + 1, float(a)) for i, a in enumerate(r[:, task]) if math.isfinite(a)]
+
+
+def largest_rise(matrix: Sequence[Sequence[float]] | np.ndarray, baseline: Sequence[float]) -> float:
+    """The largest rise of an evaluated accuracy ``R[i, j]`` over the untrained network's on that task, ``b[j]``
+    (``nan`` where no cell and its baseline were measured): how much the run learned at its best.
+
+    Example:
+        >>> largest_rise([[60, 12], [40, 70]], [10, 11])
+        59.0
+    """
+    r = _matrix(matrix)
+    b = np.asarray(baseline, dtype=float)
+    if b.ndim != 1 or b.shape[0] != r.shape[1]:
+        raise ValueError(f"baseline must hold one accuracy per task ({r.shape[1]}), got shape {b.shape}")
+    rises = r - b
+    measured = np.isfinite(rises)
+    return float(rises[measured].max()) if measured.any() else math.nan
 
 
 def summarize(matrix: Sequence[Sequence[float]] | np.ndarray, baseline: Sequence[float] | None = None) -> dict[str, float]:

@@ -19,11 +19,12 @@ update *is* the optimizer. They have pure steps of the same shape in :mod:`metas
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple, Protocol
 
-import torch
+import torch  # noqa: F401  (the examples in the docstrings use it)
 from torch import Tensor
+
+from metaspike.checks import FLOAT32_MAX, number_in
 
 __all__ = ["Rule", "NoState", "Stateless", "check_meta", "check_update", "toward_zero", "state_to_dict", "state_from_dict"]
 
@@ -84,7 +85,7 @@ class Rule(Protocol):
 
 
 #: The largest metaplasticity strength: float32's largest number (``m·W`` is computed in the weights' float32).
-MAX_META = float(torch.finfo(torch.float32).max)
+MAX_META = FLOAT32_MAX
 
 
 def check_meta(meta: float, where: str = "meta") -> float:
@@ -94,15 +95,7 @@ def check_meta(meta: float, where: str = "meta") -> float:
         >>> check_meta(1.35)
         1.35
     """
-    if isinstance(meta, (bool, str, bytes)):  # float("3") would pass, and the group would keep the string
-        raise ValueError(f"{where} must be a number in [0, {MAX_META:g}], got {meta!r}")
-    try:
-        value = float(meta)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where} must be a number in [0, {MAX_META:g}], got {meta!r}") from None
-    if not math.isfinite(value) or not 0 <= value <= MAX_META:
-        raise ValueError(f"{where} must be a finite number in [0, {MAX_META:g}], got {meta!r}")
-    return value
+    return number_in(where, meta, 0.0, MAX_META)
 
 
 def check_update(rule: Rule, update: Tensor, hidden: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from metaspike.checks import number_in
 from metaspike.rules.base import toward_zero
 
 __all__ = ["SwitchRule", "SwitchState"]
@@ -56,8 +57,7 @@ class SwitchRule:
     elementwise: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.damping, bool) or not (isinstance(self.damping, (int, float)) and 0.0 <= self.damping <= 1.0):
-            raise ValueError(f"SwitchRule damping must be a number in [0, 1], got {self.damping!r}")
+        number_in("SwitchRule damping", self.damping, 0.0, 1.0)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"SwitchRule seed must be an integer, got {self.seed!r}")
 

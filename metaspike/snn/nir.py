@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from metaspike.checks import is_finite_number
+from metaspike.checks import finite_number
 from metaspike.gain import output_gain
 from metaspike.snn.backends import require_snntorch
 from metaspike.snn.layers import Scale
@@ -236,8 +236,7 @@ def import_nir(source, dt: float = 1.0) -> nn.Sequential:
     """
     nir = _nir()
     snn = require_snntorch()
-    if not (is_finite_number(dt) and dt > 0):
-        raise ValueError(f"dt must be a finite number > 0, got {dt!r}")
+    finite_number("dt", dt, positive=True)
     graph = source if isinstance(source, nir.NIRGraph) else nir.read(source)
     nodes = _chain(graph)
     neurons = [i for i, n in enumerate(nodes) if isinstance(n, (nir.LIF, nir.LI, nir.CubaLIF, nir.CubaLI))]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from metaspike.checks import is_finite_number, is_whole
+from metaspike.checks import is_whole, number_in
 
 __all__ = ["SelfRecurrentLIF", "fast_sigmoid_spike", "check_decay"]
 
@@ -24,8 +24,7 @@ def check_decay(beta: float) -> float:
         >>> check_decay(0.9)
         0.9
     """
-    if not (is_finite_number(beta) and 0 <= beta <= 1):
-        raise ValueError(f"beta (the membrane's decay per step) must be a number in [0, 1], got {beta!r}")
+    number_in("beta (the membrane's decay per step)", beta, 0.0, 1.0)
     return beta
 
 
@@ -90,8 +89,7 @@ class SelfRecurrentLIF(nn.Module):
         if not is_whole(features, 1):
             raise ValueError(f"features must be an integer >= 1, got {features!r}")
         check_decay(beta)
-        if not (is_finite_number(threshold) and threshold >= 0.01):
-            raise ValueError(f"threshold must be a number >= 0.01, got {threshold!r}")
+        number_in("threshold", threshold, 0.01)
         self.features = features
         self.beta = nn.Parameter(torch.full((features,), float(beta)))
         self.threshold = nn.Parameter(torch.full((features,), float(threshold)))
