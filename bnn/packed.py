@@ -463,8 +463,14 @@ def _check_file(data: object, path: str | os.PathLike) -> tuple[list[int], list[
         if last and not (type(layer["eps"]) is float and math.isfinite(layer["eps"]) and layer["eps"] > 0):
             raise bad(f"layer {i} 'eps' is {layer['eps']!r}, expected a finite float > 0")
         for key, (shape, dtype) in expected.items():
+            value = layer[key]
+            if (isinstance(value, Tensor) and value.layout == torch.strided
+                    and value.untyped_storage().nbytes() < value.numel() * value.element_size()):
+                # a view that repeats its elements (stride 0): its copy would cost what the shape says, not the file
+                raise bad(f"layer {i} {key!r} is a {tuple(value.shape)} tensor over {value.untyped_storage().nbytes()} "
+                          "bytes of storage; a packed file stores every element")
             try:
-                layer[key] = native.check_tensor(f"layer {i}", repr(key), layer[key], shape, dtype)
+                layer[key] = native.check_tensor(f"layer {i}", repr(key), value, shape, dtype)
             except ValueError as err:
                 raise bad(str(err)) from None
     if data["sha256"] != _checksum(sizes, layers):

@@ -370,15 +370,17 @@ def test_truncated_or_corrupted_files_raise_value_error(trained, tmp_path):
         PackedMLP.load(other)
 
 
-def _hostile_file(trained, tmp_path, change) -> Path:
-    """A saved packed model changed by ``change(data)``, with its checksum recomputed (anyone can)."""
+def _hostile_file(trained, tmp_path, change, checksum: bool = True) -> Path:
+    """A saved packed model changed by ``change(data)``, with its checksum recomputed (anyone can) unless not
+    ``checksum`` (the entries are checked before the checksum anyway)."""
     path = tmp_path / "model.pt"
     bnn.pack(trained, compile=False).save(path)
     data = torch.load(path, weights_only=True)
     change(data)
     try:
-        data["sha256"] = bnn.packed._checksum(data["sizes"], data["layers"])
-    except RuntimeError:  # e.g. a sparse tensor: the entries are checked before the checksum anyway
+        if checksum:
+            data["sha256"] = bnn.packed._checksum(data["sizes"], data["layers"])
+    except RuntimeError:  # e.g. a sparse tensor
         pass
     torch.save(data, path)
     return path
@@ -435,23 +437,31 @@ def test_a_tensor_claiming_more_elements_than_its_file_holds_is_refused(trained,
 
 
 @pytest.mark.parametrize("compile", [False, True], ids=["torch-ops", "fast-kernels"])
-def test_views_in_a_file_become_buffers_of_their_own(trained, tmp_path, compile):
-    """Stride-0 and transposed views load as contiguous copies holding every element the kernel reads."""
+def test_transposed_tensors_in_a_file_become_buffers_of_their_own(trained, tmp_path, compile):
+    """A view that stores every element once (transposed strides) loads as a contiguous copy."""
 
     def change(data):
-        layers = data["layers"]
-        layers[0]["threshold"] = torch.tensor([0.5], dtype=torch.float64).expand(128)  # 8 bytes for 128 values
-        layers[1]["weight"] = layers[1]["weight"].t().contiguous().t()  # the same values, transposed strides
-        layers[1]["flip"] = torch.tensor([True]).expand(64)
+        data["layers"][1]["weight"] = data["layers"][1]["weight"].t().contiguous().t()
 
     loaded = PackedMLP.load(_hostile_file(trained, tmp_path, change), compile=compile)
-    for layer in loaded.layers[:2]:
-        for key in ("weight", "flip", "threshold"):
-            t = layer[key]
-            assert t.is_contiguous() and t.untyped_storage().nbytes() >= t.numel() * t.element_size()
+    weight = loaded.layers[1]["weight"]
+    assert weight.is_contiguous() and weight.untyped_storage().nbytes() == weight.numel() * weight.element_size()
     x = load_dataset("mnist5k", "test").x[:64]
-    reference = PackedMLP(loaded.sizes, copy.deepcopy(loaded.layers), compile=False)
-    assert loaded.layers[0]["threshold"].eq(0.5).all() and torch.equal(loaded(x), reference(x))
+    assert torch.equal(loaded(x), bnn.pack(trained, compile=False)(x))
+
+
+@pytest.mark.parametrize("key, view", [
+    ("threshold", torch.tensor([0.5], dtype=torch.float64).expand(128)),  # 8 bytes for 128 values
+    ("weight", torch.zeros(1, 1, dtype=torch.uint8).expand(2**28, 128)),  # one byte standing for 32 GiB
+], ids=["threshold", "32-GiB-weight"])
+def test_a_file_tensor_repeating_its_elements_is_refused_before_any_copy(trained, tmp_path, key, view):
+    """A stride-0 view in a file would be copied at the size its shape claims (gigabytes from a tiny file)."""
+    path = _hostile_file(trained, tmp_path, _set(0, key, view), checksum=False)  # (the checksum would copy it)
+    assert path.stat().st_size < 100_000
+    with pytest.raises(ValueError, match=rf"^{path} is not a valid packed BNN file: layer 0 '{key}' is a "
+                                         rf"\({view.shape[0]}, ?.*\) tensor over \d+ bytes of storage; a packed file "
+                                         "stores every element$"):
+        PackedMLP.load(path)
 
 
 @pytest.mark.skipif(bnn.native.kernels() is None, reason="no C compiler to build the native kernels")
