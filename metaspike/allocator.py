@@ -16,11 +16,12 @@ the ``metaspike`` command does (it owns its process), and a program of your own 
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 
 from metaspike.checks import is_whole
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["keep_freed_memory", "usable_memory"]
 
 # mallopt parameters (glibc's malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -52,3 +53,36 @@ def keep_freed_memory(limit_mib: int = 1024) -> bool:
     trim = min(limit_mib * 1024 * 1024, 2**31 - 1)
     # glibc returns 1 on success; setting either value also stops glibc from moving the thresholds itself
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, trim))
+
+
+def usable_memory() -> int | None:
+    """The memory this process may fill, in bytes: the machine's physical memory, or less where a container's
+    memory limit (cgroup v2 ``memory.max`` or v1 ``memory.limit_in_bytes``) or the process's address-space limit
+    (``ulimit -v``) says so; ``None`` where the operating system says nothing.
+
+    Example:
+        >>> usable_memory() > 0
+        True
+    """
+    limits = []
+    try:
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name (some BSDs)
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # ("max": no limit; v1 writes a huge number instead, which the physical memory undercuts)
+            limits.append(int(text))
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY and soft > 0:
+            limits.append(soft)
+    except (ImportError, ValueError, OSError):
+        pass
+    return min(limits) if limits else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -150,9 +151,34 @@ def test_idx_header_declaring_absurd_sizes_is_refused(tmp_path):
 
     path = tmp_path / "huge-idx3-ubyte.gz"  # 2^32-1 cubed bytes would wrap around in int64
     path.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + b"\xff" * 12))
-    with pytest.raises(DataError, match=r"declares \d+ bytes of data .* more than the 4294967296 this reader accepts") as info:
+    with pytest.raises(DataError, match=r"declares [\d,]+ bytes of data .* more than the 4,294,967,296 this reader accepts") as info:
         read_idx(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_dataset_folder_declaring_more_than_memory_holds_once_loaded_is_refused_before_decompressing(
+        tmp_path, monkeypatch):
+    """A 1 MB gzip file may declare gigabytes of zeros: the limit is what loading would cost (about 12 bytes of
+    memory per stored byte), not the 4 GiB an IDX header may declare."""
+    import metaspike.data as data
+
+    fake_mnist(tmp_path, gz=True)
+    images = tmp_path / "mnist" / "train-images-idx3-ubyte.gz"
+    count = 4_000
+    images.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (count, 28, 28))
+                                     + bytes(count * 784), compresslevel=9))
+    assert images.stat().st_size < 10_000
+    # a machine of 32 MiB: its budget is 2 MiB, less than the 3,136,000 bytes declared
+    monkeypatch.setattr(data, "usable_memory", lambda: 32 << 20)
+    with pytest.raises(DataError, match=rf"^IDX file {images} declares 3,136,000 bytes of data \(dimensions "
+                                        r"\(4000, 28, 28\)\), more than the 2,097,152 this reader accepts: a corrupt "
+                                        "header, or more data than this machine's memory holds once loaded$"):
+        load_dataset("mnist", "train", data_dir=tmp_path, download=False)
+    uncompressed = images.with_suffix("")
+    uncompressed.write_bytes(gzip.decompress(images.read_bytes()))
+    images.unlink()
+    with pytest.raises(DataError, match=rf"^IDX file {uncompressed} is 3,136,016 bytes, more than the 2,097,152 bytes"):
+        load_dataset("mnist", "train", data_dir=tmp_path, download=False)
 
 
 @pytest.mark.parametrize("header, message", [

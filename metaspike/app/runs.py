@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from metaspike.allocator import usable_memory
 from metaspike.app.config import RunConfig
 from metaspike.app.models import Standardize, build_model, describe_model, uses_batchnorm
 from metaspike.app.tables import versions
@@ -70,11 +71,11 @@ def build_run_model(config: RunConfig, scenario: Scenario) -> torch.nn.Module:
     sizes = [math.prod(scenario.input_shape), *config.hidden, scenario.num_classes]
     weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
     needed = weights * 4 * BYTES_PER_WEIGHT_IN_TRAINING
-    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if needed > available:
+    available = usable_memory()
+    if available is not None and needed > available:
         raise ValueError(f"--hidden {' '.join(map(str, config.hidden))} needs about {needed / 2**30:.0f} GiB to train "
                          f"({weights:,} weights, each with its gradient, Adam moments and sign buffer); "
-                         f"this machine has {available / 2**30:.0f} GiB")
+                         f"this process may use {available / 2**30:.0f} GiB (the machine's memory or its container's limit)")
     model = build_model(config.model, config.hidden, scenario.input_shape, scenario.num_classes, config.num_steps)
     if config.readout_lambda is not None:
         start_confident(readout_layer(model), config.readout_lambda)
