@@ -85,7 +85,7 @@ def test_a_run_folder_never_imports_by_itself_and_resume_asks_for_the_same_impor
     module = tmp_path / "mylab.py"
     module.write_text(USER_MODULE)
     assert main(["train", "--import", str(module), "--model", "slow-lif", *SMALL, "--out", str(tmp_path)]) == 0
-    run = tmp_path / "permuted-digits-slow-lif-meta5-30-seed1"
+    run = tmp_path / "permuted-digits-slow-lif-meta30-seed1"  # (a registered model: one m by default)
     (run / "metrics.json").unlink()  # as if killed before the end
     _as_in_a_new_process()
     assert main(["train", "--resume", str(run)]) == 2
@@ -203,3 +203,29 @@ def test_the_recorded_imports_are_checked_like_every_other_setting():
         RunConfig(imports=("",))
     with pytest.raises(ValueError, match="--import takes module names or .py files"):
         RunConfig(imports=["a.py"])
+
+
+RECURRENT_MODULE = '''
+import snntorch as snn
+from metaspike.snn import register_neuron, spiking_mlp, surrogate
+
+register_neuron("rleaky", lambda spec: spiking_mlp(spec, lambda n, out: snn.RLeaky(
+    beta=spec.beta, linear_features=n, all_to_all=True, init_hidden=True, output=out,
+    reset_mechanism="none" if out else "zero", spike_grad=surrogate("atan"))))
+'''
+
+
+def test_a_registered_model_with_its_own_count_of_weight_layers_takes_the_default_and_per_layer_meta(
+        tmp_path, capsys):
+    """An all-to-all recurrent neuron adds a matrix per layer: 4 weight layers for --hidden 16, not 2."""
+    pytest.importorskip("snntorch")
+    module = tmp_path / "recurrent.py"
+    module.write_text(RECURRENT_MODULE)
+    common = ["train", "--import", str(module), "--model", "rleaky", *SMALL]
+    assert main([*common, "--out", str(tmp_path / "default")]) == 0  # its layers are counted once built: one m
+    (run,) = (tmp_path / "default").iterdir()
+    assert json.loads((run / "config.json").read_text())["meta"] == 30
+    assert main([*common, "--meta", "5", "30", "30", "30", "--out", str(tmp_path / "per-layer")]) == 0
+    assert main([*common, "--meta", "5", "30", "--out", str(tmp_path / "short")]) == 2
+    assert "got 2 meta values but the model has 4 weight layers; give one value or one per layer" in \
+        capsys.readouterr().err

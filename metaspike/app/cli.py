@@ -124,7 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = sub.add_parser("train", help="train one continual-learning run")
-    default = f"{DEFAULT_INPUT_META:g} for the first layer, {DEFAULT_META:g} for the others"
+    default = (f"{DEFAULT_INPUT_META:g} for the first layer, {DEFAULT_META:g} for the others; {DEFAULT_META:g} for every "
+               "layer of a neuron model registered by --import, whose layers are counted only once it is built")
     _add_run_options(train, f"metaplasticity m >= 0: one value, or one per layer (default: {default})")
     train.add_argument("--seed", type=int, default=_DEFAULTS["seed"], help="(default: %(default)s)")
     train.add_argument("--model", default=_DEFAULTS["model"],

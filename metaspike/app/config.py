@@ -23,6 +23,7 @@ from metaspike.app.models import (
     optimizer_kind,
     published_settings,
     uses_batchnorm,
+    weight_layer_count,
 )
 from metaspike.bayesian.synapses import check_magnitude
 from metaspike.chained import ChainedOptimizer
@@ -220,15 +221,16 @@ class RunConfig:
             raise ValueError(f"--samples-per-task applies to --scenario permuted only, not {self.scenario!r}")
         if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
             raise ValueError(f"--hidden must list positive integer layer widths, got {list(self.hidden)}")
+        layers = weight_layer_count(self.model, self.hidden)  # (None: a registered neuron model, counted once built)
         if self.meta is None:
-            object.__setattr__(self, "meta", default_meta(len(self.hidden) + 1))
+            object.__setattr__(self, "meta", default_meta(layers) if layers else (DEFAULT_META,))
         if not self.meta:
             raise ValueError("--meta needs one value, or one per layer")
         for m in self.meta:
             check_meta(m, "--meta")
-        if len(self.meta) not in (1, len(self.hidden) + 1):
+        if layers is not None and len(self.meta) not in (1, layers):
             raise ValueError(
-                f"--meta takes one value or one per layer ({len(self.hidden) + 1} for --hidden "
+                f"--meta takes one value or one per layer ({layers} for --hidden "
                 f"{' '.join(map(str, self.hidden))}), got {len(self.meta)}"
             )
         for key, low in (("lr", 0.0), ("weight_decay", 0.0)):

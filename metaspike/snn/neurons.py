@@ -173,6 +173,9 @@ _NEURONS: dict[str, Callable[[NetSpec], nn.Module]] = {
     "norse-lif": norse_lif,
     "norse-lsnn": norse_lsnn,
 }
+#: The neuron models metaspike builds itself: ``spiking_mlp`` networks of one weight matrix per layer of ``spec.hidden``
+#: and one readout, so ``len(spec.hidden) + 1`` weight layers (a registered model may have any number).
+BUILTIN_NEURONS = frozenset(_NEURONS)
 
 
 def register_neuron(name: str, builder: Callable[[NetSpec], nn.Module]) -> Callable[[NetSpec], nn.Module]:
