@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from metaspike.bayesian.fused_step import FusedTrainingStep
+from metaspike.bayesian.synapses import SampledForward
 from metaspike.checks import is_whole
 from metaspike.distributed import average_gradients
 from metaspike.population_statistics import evaluates_with_batch_statistics, has_fixed_statistics
@@ -64,7 +65,8 @@ class Plugin:
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; training stopped before the weights were changed by it."""
+    """The loss became NaN or infinite; training stopped before a step on that loss (the weights may already hold
+    the NaN or infinite values that made it so: the last step before it produced them)."""
 
 
 def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str = "input") -> None:
@@ -85,6 +87,9 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
     if y is not None:
         if y.dtype != torch.long:
             raise ValueError(f"labels of {what} must be int64 class indices, got dtype {y.dtype}")
+        if y.dim() != 1:
+            raise ValueError(f"labels of {what} must have shape [N], one class index per sample, got "
+                             f"{list(y.shape)}")
         if len(y) != len(x):
             raise ValueError(f"{what} has {len(x)} samples but {len(y)} labels")
     expected = getattr(model, "in_features", None)
@@ -101,15 +106,26 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
     except (RuntimeError, ValueError) as err:  # (torch's BatchNorm raises ValueError for one sample)
         dtypes = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()})
         if dtypes and str(x.dtype) not in dtypes:
-            raise ValueError(f"{what} is {x.dtype} but the model's parameters are {', '.join(dtypes)}; convert the "
-                             f"model (model.to({x.dtype})) or the data to one dtype") from None
+            convert = (f"convert the data (x.to({dtypes[0]}))" if x.dtype == torch.float16 else  # (trains NaN: eps)
+                       f"convert the model (model.to({x.dtype})) or the data to one dtype")
+            raise ValueError(f"{what} is {x.dtype} but the model's parameters are {', '.join(dtypes)}; {convert}") from None
         first_line = str(err).strip().splitlines()[0]
         raise ValueError(f"{what} samples of shape {tuple(x.shape[1:])} do not fit the model: {first_line}") from None
     finally:
         model.train(was_training)
+    if not isinstance(out, Tensor) or out.dim() not in (2, 3):
+        got = f"a {type(out).__name__}" if not isinstance(out, Tensor) else f"shape {list(out.shape)}"
+        raise ValueError(f"the model must return logits [B, classes] (or [S, B, classes]: S weight samples of a "
+                         f"Bayesian network), got {got}; a spiking model returns its output reduced over time "
+                         "(metaspike.snn.SpikingClassifier does that)")
+    if out.dim() == 3 and not any(isinstance(m, SampledForward) for m in model.modules()):
+        warnings.warn(f"the model returns {list(out.shape)} outputs, read as {out.shape[0]} weight samples of a "
+                      "Bayesian network (the loss averages over them, a prediction averages their log-probabilities), "
+                      "but it has no Bayesian synapses; if these are time steps, reduce them over time in the model "
+                      "(metaspike.snn.SpikingClassifier does)", stacklevel=2)
     if y is not None and int(y.min()) < 0:
         raise ValueError(f"labels of {what} must be class indices >= 0, got {int(y.min())}")
-    if y is not None and isinstance(out, Tensor) and out.dim() in (2, 3) and int(y.max()) >= out.shape[-1]:
+    if y is not None and int(y.max()) >= out.shape[-1]:
         raise ValueError(f"labels go up to {int(y.max())} but the model has {out.shape[-1]} outputs")
 
 
@@ -172,6 +188,21 @@ def minimum_batch_size(has_batchnorm: bool, processes: int = 1) -> int:
     return processes * (2 if has_batchnorm else 1)
 
 
+def _refuse_vanishing_eps(optimizer: Optimizer) -> None:
+    """A ``ValueError`` where a param group's ``eps`` is 0 in the dtype of its parameters (Adam's 1e-8 in float16):
+    a weight whose gradient moments are both 0 then gets the update 0/0, NaN."""
+    for group in optimizer.param_groups:
+        eps = group.get("eps")
+        if not isinstance(eps, (int, float)) or eps <= 0:
+            continue
+        dtypes = {p.dtype for p in group["params"] if p.is_floating_point()}
+        vanishing = sorted(str(d) for d in dtypes if torch.tensor(eps, dtype=d) == 0)
+        if vanishing:
+            raise ValueError(f"the optimizer's eps {eps:g} is 0 in {', '.join(vanishing)}, the dtype of its parameters: "
+                             "its updates would turn NaN; train a float32 or bfloat16 model (for float16 arithmetic, "
+                             "torch.autocast over a float32 model)")
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: Optimizer,
@@ -203,6 +234,7 @@ def train_epoch(
     model.train()
     if not is_whole(batch_size, 1):
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    _refuse_vanishing_eps(optimizer)
     order = torch.randperm(len(x), generator=generator)
     total, batches = 0.0, 0
     has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

@@ -1,5 +1,7 @@
 """The bnn API: the paper's MLP, summary, population statistics, fit/evaluate."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -106,6 +108,32 @@ def test_fit_rejects_nan_and_bad_labels():
         bnn.fit(bnn.MLP([784, 16, 10]), (torch.rand(10, 784), torch.full((10,), 12)), progress=False)
     with pytest.raises(ValueError, match="must be int64"):
         bnn.fit(bnn.MLP([784, 16, 10]), (torch.rand(10, 784), torch.zeros(10)), progress=False)
+
+
+def test_labels_of_another_shape_are_refused_where_they_would_broadcast():
+    """[N, 1] labels compared with [N] predictions broadcast to [N, N]: an accuracy of 3093 %."""
+    model, x, y = bnn.MLP([784, 16, 10]), torch.rand(30, 784), torch.randint(0, 10, (30,))
+    with pytest.raises(ValueError, match=r"labels of input must have shape \[N\], one class index per sample, got "
+                                         r"\[30, 1\]"):
+        bnn.evaluate(model, (x, y[:, None]))
+    with pytest.raises(ValueError, match=r"must have shape \[N\].* got \[30, 1\]"):
+        bnn.fit(model, (x, y), test=(x, y[:, None]), progress=False)
+
+
+def test_float16_training_is_refused_before_its_updates_turn_nan():
+    """Adam's eps of 1e-8 is 0 in float16: a weight whose moments are both 0 gets 0/0."""
+    x, y = torch.rand(300, 784), torch.randint(0, 10, (300,))
+    with pytest.raises(ValueError, match=r"data is torch.float16 but the model's parameters are torch.float32; "
+                                         r"convert the data \(x.to\(torch.float32\)\)"):
+        bnn.fit(bnn.MLP([784, 16, 10]), (x.half(), y), progress=False)
+    model = bnn.MLP([784, 16, 10]).half()
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"the optimizer's eps 1e-08 is 0 in torch.float16, the dtype of its "
+                                         r"parameters: its updates would turn NaN"):
+        bnn.fit(model, (x.half(), y), progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    history = bnn.fit(bnn.MLP([784, 16, 10]).bfloat16(), (x.bfloat16(), y), progress=False)  # bfloat16 trains
+    assert all(math.isfinite(epoch["loss"]) for epoch in history)
 
 
 @pytest.mark.parametrize("kwargs, message", [

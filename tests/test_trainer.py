@@ -268,3 +268,24 @@ def test_training_after_the_statistics_were_fixed_warns_that_they_are_stale():
     optimizer = MetaplasticAdam(model.parameters(), lr=0.01)
     with pytest.warns(UserWarning, match="statistics were fixed by use_population_statistics before this training"):
         train_epoch(model, optimizer, torch.rand(20, 20), torch.randint(0, 3, (20,)), batch_size=10)
+
+
+def test_a_model_returning_a_tuple_is_one_line_and_time_steps_read_as_samples_are_named():
+    """The snnTorch tutorials' model returns (spikes, membrane) over time; [T, B, C] would be read as weight samples."""
+    from metaspike.training import check_inputs
+
+    class OverTime(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            steps = torch.stack([self.fc(x)] * 5)
+            return steps, steps
+
+    with pytest.raises(ValueError, match=r"the model must return logits \[B, classes\] .* got a tuple; a spiking model"):
+        check_inputs(OverTime(), torch.rand(6, 4), torch.zeros(6, dtype=torch.long))
+    first = torch.nn.Sequential()
+    first.forward = lambda x: OverTime()(x)[0]
+    with pytest.warns(UserWarning, match=r"returns \[5, 2, 3\] outputs, read as 5 weight samples .* no Bayesian synapses"):
+        check_inputs(first, torch.rand(6, 4), torch.zeros(6, dtype=torch.long))
