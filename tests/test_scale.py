@@ -211,3 +211,21 @@ def test_nir_round_trip_of_a_binarized_conv_network_with_synaptic_and_leaky_neur
     assert original.sum() > 0 and torch.equal(original, again)
     # α(Wx + b/α) against αWx + (1 - α)b + αb: a few float32 roundings of terms of size ~10: 1e-5 relative
     torch.testing.assert_close(*logits, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "circular", "replicate"])
+def test_nir_export_refuses_a_padding_it_cannot_express(tmp_path, mode):
+    """NIR's Conv2d pads with zeros: a reflect-padded layer would come back computing something else."""
+    pytest.importorskip("nir")
+    snn = pytest.importorskip("snntorch")
+    from metaspike.snn import SpikingClassifier
+    from metaspike.snn.nir import export_nir
+
+    network = metaspike.binarize(nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, padding_mode=mode), snn.Leaky(beta=0.8, init_hidden=True),
+        nn.Flatten(), nn.Linear(4 * 64, 10), snn.Leaky(beta=0.9, init_hidden=True, output=True)))
+    model = SpikingClassifier(network, 4, "direct", "membrane", (1, 8, 8))
+    with pytest.raises(ValueError, match=rf"NIR pads convolutions with zeros; a Conv2d with padding_mode='{mode}' "
+                                         "cannot be exported"):
+        export_nir(model, tmp_path / "conv.nir")
+    assert not (tmp_path / "conv.nir").exists()

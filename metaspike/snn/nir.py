@@ -111,6 +111,9 @@ def _weight_node(nir: ModuleType, layer: nn.Module, shape: tuple[int, ...]) -> t
     if isinstance(layer, nn.Conv2d):
         if not isinstance(layer.padding, tuple):
             raise ValueError(f"export_nir needs a numeric conv padding, got {layer.padding!r}")
+        if layer.padding_mode != "zeros" and any(layer.padding):  # (NIR's Conv2d pads with zeros)
+            raise ValueError(f"export_nir: NIR pads convolutions with zeros; a Conv2d with padding_mode="
+                             f"{layer.padding_mode!r} cannot be exported")
         node = nir.Conv2d(input_shape=tuple(shape[1:]), weight=weight, stride=layer.stride, padding=layer.padding,
                           dilation=layer.dilation, groups=layer.groups,
                           bias=np.zeros(weight.shape[0], dtype=np.float32) if bias is None else bias)
