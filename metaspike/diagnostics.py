@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from torch.optim import Optimizer
 
+from metaspike.optim import consolidates
 from metaspike.rules import get_rule
 from metaspike.synapse import weight_matrices
 
@@ -81,7 +82,8 @@ def consolidated_fractions(model: nn.Module, optimizer: Optimizer, threshold: fl
     """Fraction of each layer's synapses whose updates toward zero are damped below ``threshold``.
 
     Uses the ``meta`` and ``rule`` of the optimizer's param group holding each weight matrix
-    (layers outside any metaplastic group count as 0). The damping of a synapse is what the rule keeps
+    (layers outside any metaplastic group, or that their group does not consolidate, count as 0:
+    :func:`metaspike.optim.consolidates`). The damping of a synapse is what the rule keeps
     of a unit update toward zero; rules with per-synapse state (``cascade``, ``switch``) damp by their
     history, not by ``W_h`` alone, and give ``nan``.
 
@@ -95,7 +97,7 @@ def consolidated_fractions(model: nn.Module, optimizer: Optimizer, threshold: fl
     fractions = {}
     for name, weight in weight_matrices(model):
         group = groups.get(id(weight))
-        if group is None or not group.get("meta"):
+        if group is None or not group.get("meta") or not consolidates(weight, group):
             fractions[name] = 0.0
             continue
         rule = get_rule(group.get("rule", "tanh"))

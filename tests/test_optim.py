@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from torch import nn
 
 import metaspike
 from bnn import MLP
@@ -443,3 +444,24 @@ def test_a_tensor_lr_is_taken_as_torch_adam_takes_it():
                          (torch.tensor(-0.1), "lr must be a finite number in [0, 3.40282e+38]")):
         with pytest.raises(ValueError, match=re.escape(message)):
             MetaplasticAdam(_model().parameters(), lr=bad)
+
+
+def test_consolidated_fractions_count_only_what_the_optimizer_consolidates():
+    """A group with consolidate=False, or a float model under meta > 0, consolidates nothing: 0, not 92-100 %."""
+    from metaspike.diagnostics import consolidated_fractions
+
+    net = metaspike.binarize(nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)))
+    net(torch.rand(2, 4))  # (marks the hidden weights, as any forward pass does)
+    hidden = metaspike.hidden_weights(net)
+    rest = [p for p in net.parameters() if all(p is not h for h in hidden)]
+    with torch.no_grad():
+        for w in hidden:
+            w.mul_(20)  # far from zero: consolidated wherever the group consolidates
+    for flag, expected in ((False, 0.0), (True, 1.0)):
+        opt = MetaplasticAdam([{"params": hidden, "meta": 10.0, "consolidate": flag}, {"params": rest}], lr=0.1)
+        fractions = consolidated_fractions(net, opt)
+        assert set(fractions) == {"0", "2"} and set(fractions.values()) == {expected}
+    float_net = nn.Sequential(nn.Linear(4, 3))
+    with torch.no_grad():
+        float_net[0].weight.mul_(20)
+    assert consolidated_fractions(float_net, MetaplasticAdam(float_net.parameters(), meta=10.0)) == {"0": 0.0}
