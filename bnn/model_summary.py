@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from bnn.binary_linear import is_binary_input
+from metaspike.bayesian.synapses import bayesian_modules
 from metaspike.synapse import binary_modules
 
 __all__ = ["summary", "LayerSummary", "ModelSummary"]
@@ -75,19 +76,21 @@ class ModelSummary:
 
     def __str__(self) -> str:
         macs = self.counted_macs
-        header = f"{'layer':<16}{'kind':<14}{'binary':>12}{'float':>10}{'1-bit kB':>11}{'32-bit kB':>11}"
+        names = max(16, *(len(row.name) + 2 for row in self.layers)) if self.layers else 16
+        kinds = max(14, *(len(row.kind) + 2 for row in self.layers)) if self.layers else 14
+        header = f"{'layer':<{names}}{'kind':<{kinds}}{'binary':>12}{'float':>10}{'1-bit kB':>11}{'32-bit kB':>11}"
         header += f"{'1-bit MACs':>13}{'32-bit MACs':>13}" if macs else ""
         lines = [header, "-" * len(header)]
         for row in self.layers:
             total = row.binary_params + row.float_params
             lines.append(
-                f"{row.name:<16}{row.kind:<14}{row.binary_params:>12,}{row.float_params:>10,}"
+                f"{row.name:<{names}}{row.kind:<{kinds}}{row.binary_params:>12,}{row.float_params:>10,}"
                 f"{row.bits / 8 / 1024:>11.2f}{4 * total / 1024:>11.2f}"
                 + (f"{row.binary_macs:>13,}{row.float_macs:>13,}" if macs else "")
             )
         lines.append("-" * len(header))
         lines.append(
-            f"{'total':<30}{self.binary_params:>12,}{self.float_params:>10,}"
+            f"{'total':<{names + kinds}}{self.binary_params:>12,}{self.float_params:>10,}"
             f"{self.packed_bytes / 1024:>11.2f}{self.float32_bytes / 1024:>11.2f}"
             + (f"{self.binary_macs:>13,}{self.float_macs:>13,}" if macs else "")
         )
@@ -100,11 +103,13 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> Model
     """Count binary and float parameters of ``model`` layer by layer.
 
     Binary parameters are the hidden weights of binary synapses (:class:`bnn.BinaryLinear`,
-    :class:`bnn.BinaryConv2d` or layers changed by :func:`metaspike.binarize`); they cost one bit at
-    inference. Everything else (biases, BatchNorm) is counted as float32. With ``input_shape`` (one
-    sample's shape, without the batch dimension), a forward pass on two random samples also counts the
-    multiply-accumulates per sample of every linear and convolution layer: 1-bit where both the
-    weights and the input are ±1, 32-bit otherwise.
+    :class:`bnn.BinaryConv2d` or layers changed by :func:`metaspike.binarize`) and the latent weights
+    of BiMU synapses (whose weights are ±1 too); they cost one bit at inference. Everything else (biases,
+    BatchNorm, MESU's Gaussian weights) is counted as float32. With ``input_shape`` (one sample's shape,
+    without the batch dimension), a forward pass on two random samples also counts the
+    multiply-accumulates per sample of every linear and (transposed) convolution layer, every time the
+    layer runs (a spiking network's time steps, a layer used twice): 1-bit where both the weights and the
+    input are ±1, 32-bit otherwise.
 
     Example:
         >>> from bnn import MLP
@@ -122,7 +127,7 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> Model
             isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in input_shape)):
         raise ValueError(f"input_shape must be one sample's shape, a sequence of positive integers, got {input_shape!r}")
     macs = _count_macs(model, input_shape) if input_shape is not None else {}
-    binary = {id(weight) for _, _, weight in binary_modules(model)}
+    binary = {id(weight) for _, weight in _binary_layers(model)}
     rows = []
     for name, module in model.named_modules():
         if isinstance(module, parametrize.ParametrizationList):
@@ -139,14 +144,22 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> Model
     return ModelSummary(tuple(rows), counted_macs=input_shape is not None)
 
 
-_PRODUCT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def _binary_layers(model: nn.Module) -> list[tuple[nn.Module, Tensor]]:
+    """``(layer, its trained tensor)`` of every layer whose weights are ±1: binary synapses (the hidden weight) and
+    BiMU synapses (the latent weight)."""
+    layers = [(layer, weight) for _, layer, weight in binary_modules(model)]
+    return layers + [(layer, tensors[0]) for _, layer, kind, tensors in bayesian_modules(model) if kind == "bimu"]
+
+
+_TRANSPOSED_LAYERS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_PRODUCT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *_TRANSPOSED_LAYERS)
 _PROBE_SAMPLES = 2  # (two: BatchNorm with batch statistics needs more than one)
 
 
 @torch.no_grad()
 def _count_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tuple[int, int]]:
     """``{layer name: (1-bit MACs, 32-bit MACs)}`` per sample, from one forward pass on two random samples."""
-    binary_layers = {id(layer) for _, layer, _ in binary_modules(model)}
+    binary_layers = {id(layer) for layer, _ in _binary_layers(model)}
     counts: dict[str, tuple[int, int]] = {}
 
     def hook(name: str):
@@ -156,10 +169,12 @@ def _count_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tuple
             if quantizer is not None:
                 x = quantizer(x)
             weight = module.weight
-            # outputs of one sample x inputs per output (a layer of S weight samples gives S outputs per sample)
-            total = output.numel() // _PROBE_SAMPLES * weight[0].numel()
+            # outputs of one sample x inputs per output (a layer of S weight samples gives S outputs per sample); a
+            # transposed convolution: inputs of one sample x outputs per input
+            total = (x if isinstance(module, _TRANSPOSED_LAYERS) else output).numel() // _PROBE_SAMPLES * weight[0].numel()
             one_bit = id(module) in binary_layers and is_binary_input(x)
-            counts[name] = (total, 0) if one_bit else (0, total)
+            ones, floats = counts.get(name, (0, 0))  # (a layer that runs again: each time step, a shared layer)
+            counts[name] = (ones + total, floats) if one_bit else (ones, floats + total)
 
         return record
 

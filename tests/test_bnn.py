@@ -281,6 +281,30 @@ def test_summary_counts_every_weight_sample_and_names_what_it_cannot_count():
         bnn.summary(bnn.MLP([4, 3, 2]), input_shape=(4, "x"))
 
 
+def test_summary_counts_every_run_of_a_layer_transposed_convolutions_and_bimu_weights_as_one_bit():
+    class Twice(nn.Module):  # one layer on real inputs, then on ±1 ones
+        def __init__(self):
+            super().__init__()
+            self.shared = bnn.BinaryLinear(16, 16)
+
+        def forward(self, x):
+            return self.shared(torch.sign(self.shared(x)) + (torch.sign(self.shared(x)) == 0))
+
+    counted = bnn.summary(Twice(), input_shape=(16,))
+    assert (counted.binary_macs, counted.float_macs) == (256, 2 * 256)  # by hand: three runs of 16 x 16
+    transposed = metaspike.binarize(nn.Sequential(nn.ConvTranspose2d(2, 3, 3)), layer_types=nn.ConvTranspose2d,
+                                    scale=None)
+    # by hand: every input element (2 x 5 x 5) meets out_channels x kernel (3 x 3 x 3) weights
+    assert bnn.summary(transposed, input_shape=(2, 5, 5)).float_macs == 2 * 5 * 5 * 3 * 3 * 3
+    bimu = metaspike.bayesianize(nn.Sequential(nn.Linear(16, 8, bias=False)), "bimu", scale=None)
+    rows = bnn.summary(bimu).layers
+    assert (rows[0].binary_params, rows[0].float_params) == (128, 0)  # λ: ±1 weights at inference, one bit each
+    long_name = nn.Sequential()
+    long_name.add_module("a_rather_long_layer_name", bnn.BinaryLinear(4, 2))
+    lines = str(bnn.summary(long_name)).splitlines()
+    assert lines[2].split()[:2] == ["a_rather_long_layer_name", "BinaryLinear"]
+
+
 @pytest.mark.parametrize("make, x", [(lambda: bnn.MLP([20, 8, 3]), torch.rand(16, 20)),
                                      (lambda: bnn.ConvNet((1, 8, 8), channels=(4,), hidden=8, num_classes=3),
                                       torch.rand(16, 1, 8, 8))])
