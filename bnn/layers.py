@@ -174,12 +174,16 @@ class BinaryLinear(_BinaryWeights, nn.Linear):
 
 
 class BinaryConv2d(_BinaryWeights, nn.Conv2d):
-    """``nn.Conv2d`` whose forward pass uses ``sign(W_h)``; arguments as in :class:`BinaryLinear`.
+    """``nn.Conv2d`` whose forward pass uses ``sign(W_h)``: ``nn.Conv2d``'s arguments (``stride``, ``padding``,
+    ``dilation``, ``groups``, ``padding_mode``; ``bias`` off by default), then those of :class:`BinaryLinear`. For
+    Conv1d, Conv3d or transposed convolutions, :func:`metaspike.binarize` an ``nn`` layer.
 
     Example:
         >>> conv = BinaryConv2d(1, 8, kernel_size=3, padding=1)
         >>> conv(torch.rand(2, 1, 28, 28)).shape
         torch.Size([2, 8, 28, 28])
+        >>> BinaryConv2d(8, 8, 3, padding="same", dilation=2, groups=8, padding_mode="reflect").weight.shape
+        torch.Size([8, 1, 3, 3])
     """
 
     def __init__(
@@ -194,8 +198,12 @@ class BinaryConv2d(_BinaryWeights, nn.Conv2d):
         input_quantizer: str | Quantizer | None = None,
         init_width: float | None = 0.1,
         scale: str | None = None,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        padding_mode: str = "zeros",
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                         groups=groups, bias=bias, padding_mode=padding_mode)
         self._setup(weight_quantizer, input_quantizer, init_width, scale)
 
     def forward(self, x: Tensor) -> Tensor:

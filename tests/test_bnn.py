@@ -335,3 +335,16 @@ def test_a_bnn_model_saves_whole_after_a_forward_pass(tmp_path):
     torch.save(model, tmp_path / "model.pt")
     for copied in (torch.load(tmp_path / "model.pt", weights_only=False), pickle.loads(pickle.dumps(model))):
         assert torch.equal(copied(x), expected)
+
+
+@pytest.mark.parametrize("kwargs", [dict(groups=4), dict(dilation=2, padding=2), dict(padding_mode="reflect"),
+                                    dict(padding_mode="circular", stride=2), dict(padding="same", groups=2)])
+def test_binary_conv2d_takes_the_arguments_of_nn_conv2d(kwargs):
+    """The ±1 product equals nn.Conv2d's with the same arguments and sign(W_h) as its weight."""
+    torch.manual_seed(0)
+    conv = bnn.BinaryConv2d(4, 4, 3, padding=kwargs.pop("padding", 1), **kwargs)
+    reference = nn.Conv2d(4, 4, 3, padding=conv.padding, bias=False, **kwargs)
+    with torch.no_grad():
+        reference.weight.copy_(torch.sign(conv.weight))
+    x = torch.sign(torch.randn(2, 4, 9, 9))
+    assert torch.equal(conv(x), reference(x))  # integer sums of ±1: exact in float32
