@@ -377,3 +377,17 @@ def test_a_comparison_names_its_runs_that_learned_nothing(tmp_path, capsys):
     (comparison,) = tmp_path.iterdir()
     rows = json.loads((comparison / "comparison.json").read_text())["rows"]
     assert [len(row["learned_nothing"]) for row in rows] == [0, 1]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--scenario", "stream", "--batchnorm", "per-task"],
+     "--batchnorm per-task: --scenario stream has no task boundaries, so its BatchNorm statistics are shared"),
+    (["compare", "--scenario", "split", "--split-mode", "class", "--batchnorm", "per-task"],
+     "--batchnorm per-task: --scenario split (class-incremental) does not say which task a test sample is from"),
+    (["train", "--model", "mlp", "--batchnorm", "shared"], "--batchnorm: model 'mlp' has no BatchNorm"),
+])
+def test_a_batchnorm_mode_the_run_would_ignore_is_refused(tmp_path, capsys, argv, message):
+    assert main([*argv, "--dataset", "digits", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"metaspike: error: {message}") and err.count("\n") == 1
+    assert not any(tmp_path.iterdir())

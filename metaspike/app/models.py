@@ -39,7 +39,7 @@ from torch.optim import Optimizer
 from metaspike.chained import ChainedOptimizer
 
 __all__ = ["available_models", "is_spiking", "build_model", "describe_model", "optimizer_kind", "uses_batchnorm",
-           "weight_layer_count", "build_optimizer", "published_settings", "OPTIMIZER_KINDS", "BIMU_SETTINGS", "MESU_SETTINGS", "SPIKING_BIMU_SETTINGS",
+           "is_builtin", "weight_layer_count", "build_optimizer", "published_settings", "OPTIMIZER_KINDS", "BIMU_SETTINGS", "MESU_SETTINGS", "SPIKING_BIMU_SETTINGS",
            "BIMU_SUFFIX", "BAYESIAN_OPTIMIZERS", "SAMPLED_EVALUATION", "Standardize"]
 
 #: BiMU's settings for a 784-100-10 network with the 0/1 "reverse gate" activation on 100 permuted-MNIST tasks at
@@ -207,6 +207,18 @@ def is_spiking(kind: str) -> bool:
     return kind in _spiking_kinds()
 
 
+def is_builtin(kind: str) -> bool:
+    """Whether metaspike builds models of ``kind`` itself (not a neuron model the user registered).
+
+    Example:
+        >>> is_builtin("bnn"), is_builtin("leaky+bimu")
+        (True, True)
+    """
+    from metaspike.snn.neurons import BUILTIN_NEURONS
+
+    return kind in _KINDS or kind.removesuffix(BIMU_SUFFIX) in BUILTIN_NEURONS
+
+
 def weight_layer_count(kind: str, hidden: Sequence[int]) -> int | None:
     """How many weight layers a model of ``kind`` with these ``hidden`` widths has: ``len(hidden) + 1`` for the kinds
     metaspike builds itself, ``None`` for a neuron model registered by the user (counted only once it is built).
@@ -215,11 +227,7 @@ def weight_layer_count(kind: str, hidden: Sequence[int]) -> int | None:
         >>> weight_layer_count("bnn", [512, 512]), weight_layer_count("leaky+bimu", [100])
         (3, 2)
     """
-    from metaspike.snn.neurons import BUILTIN_NEURONS
-
-    if kind in _KINDS or kind.removesuffix(BIMU_SUFFIX) in BUILTIN_NEURONS:
-        return len(hidden) + 1
-    return None
+    return len(hidden) + 1 if is_builtin(kind) else None
 
 
 def optimizer_kind(kind: str) -> str:
