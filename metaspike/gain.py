@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["GAIN_SCALES", "OutputGain", "check_scale", "check_gain_layer", "attach_output_gain", "output_gain"]
+__all__ = ["GAIN_SCALES", "OutputGain", "check_scale", "check_gain_layer", "attach_output_gain", "output_gain", "gain_scale"]
 
 GAIN_SCALES = ("channel", "layer")
 """Accepted gain kinds: one ``α`` per output channel, or one per layer (``None``: no gain)."""
@@ -145,3 +145,15 @@ def output_gain(layer: nn.Module) -> OutputGain | None:
     """
     gain = getattr(layer, "output_gain", None)
     return gain if isinstance(gain, OutputGain) else None
+
+
+def gain_scale(layer: nn.Module) -> str | None:
+    """The ``scale`` of a layer's :class:`OutputGain` (``"channel"`` or ``"layer"``), or ``None`` without one.
+
+    Example:
+        >>> layer = torch.nn.Linear(4, 3)
+        >>> gain_scale(layer), gain_scale(attach_output_gain(layer, "layer") and layer)
+        (None, 'layer')
+    """
+    gain = output_gain(layer)
+    return None if gain is None else gain.scale

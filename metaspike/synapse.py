@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from metaspike.block_cache import binarized_once, reuse_in_block, signs_cache_key
-from metaspike.gain import attach_output_gain, check_gain_layer, check_scale
+from metaspike.gain import attach_output_gain, check_gain_layer, check_scale, gain_scale
 from metaspike.layer_selection import (
     DEFAULT_LAYER_TYPES,
     SynapseParametrization,
@@ -150,7 +150,12 @@ def binarize(
     selected = select_layers(module, layer_types, exclude, refuse_computed_weights=True)
     for name, layer in selected:
         synapse = synapse_parametrization(layer)
-        if isinstance(layer, BinarySynapse) or isinstance(synapse, SignWeight):
+        if isinstance(layer, BinarySynapse):
+            continue
+        if isinstance(synapse, SignWeight):
+            if gain_scale(layer) != scale:  # (a second call keeps the layer: it would not get what it asks)
+                raise ValueError(f"layer {name!r} is a binary synapse already, with scale={gain_scale(layer)!r}; "
+                                 f"binarize leaves such layers as they are, so scale={scale!r} would not apply")
             continue
         if synapse is not None:
             raise ValueError(f"layer {name!r} is already a {synapse.kind!r} synapse; binarize needs real-valued weights")

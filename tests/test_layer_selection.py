@@ -101,6 +101,24 @@ def test_a_second_bayesianize_is_a_no_op_only_with_the_same_settings():
         bayesianize(net, "bimu")
     with pytest.raises(ValueError, match="evaluation='mode'"):
         bayesianize(net, "bimu", temperature=0.5, evaluation="sample")
+    with pytest.raises(ValueError, match="layer '0.0' is already a 'bimu' synapse with scale='channel'; bayesianize "
+                                         "leaves such layers as they are"):
+        bayesianize(net, "bimu", temperature=0.5, scale=None)
+    assert _unchanged(net, before)
+    mesu = bayesianize(_blocks(), "mesu", sigma_init=0.1)
+    with pytest.warns(UserWarning, match=r"'0.0', '0.2', '1' already are 'mesu' synapses and keep their own values; "
+                                         r"sigma_init=0.5 starts only the layers this call converts"):
+        bayesianize(mesu, "mesu", sigma_init=0.5)
+
+
+def test_a_second_binarize_with_another_gain_is_refused():
+    net = binarize(_blocks())
+    before = _snapshot(net)
+    binarize(net)  # the same settings: nothing to do
+    with pytest.raises(ValueError, match="layer '0.0' is a binary synapse already, with scale='channel'; binarize "
+                                         "leaves such layers as they are, so scale=None would not apply"):
+        binarize(net, scale=None)
+    assert _unchanged(net, before)
 
 
 class _Tied(nn.Module):

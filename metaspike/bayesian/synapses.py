@@ -31,6 +31,7 @@ of :mod:`metaspike.bayesian.optim`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -43,7 +44,7 @@ from metaspike.bayesian.counter_noise import counter_normal, counter_uniform, dr
 from metaspike.block_cache import reuse_in_block
 from metaspike.checks import FLOAT32_MAX, FLOAT32_TINY, finite_number, is_whole, number_in
 from metaspike.compiled import LazyCompiled
-from metaspike.gain import attach_output_gain, check_gain_layer, check_scale, output_gain
+from metaspike.gain import attach_output_gain, check_gain_layer, check_scale, gain_scale, output_gain
 from metaspike.layer_selection import (
     DEFAULT_LAYER_TYPES,
     ROLE_ATTRIBUTE,
@@ -501,8 +502,11 @@ def make_bayesian(
     return layer
 
 
-def _settings_differ(synapse: _Parametrization, temperature: float, evaluation: str) -> str | None:
+def _settings_differ(layer: nn.Module, synapse: _Parametrization, temperature: float, evaluation: str,
+                     scale: str | None) -> str | None:
     """What a layer's existing synapse has that a new call of :func:`bayesianize` asks otherwise, or ``None``."""
+    if gain_scale(layer) != scale:
+        return f"scale={gain_scale(layer)!r}"
     if synapse.evaluation != evaluation:
         return f"evaluation={synapse.evaluation!r}"
     if isinstance(synapse, BinaryWeight) and synapse.temperature != temperature:
@@ -525,8 +529,10 @@ def bayesianize(
     """Turn the weights of ``model``'s linear/conv layers into Bayesian synapses, in place.
 
     Biases and other layers stay as they are (see :func:`plain_parameters`). Layers that already
-    are Bayesian synapses of ``kind`` with the same ``temperature`` and ``evaluation`` are left unchanged (other
-    settings of theirs are an error); a selected layer whose weight carries another parametrization (e.g. from
+    are Bayesian synapses of ``kind`` with the same ``temperature``, ``evaluation`` and ``scale`` are left unchanged
+    (other values of these are an error; ``sigma_init`` and ``lambda_init`` start the layers this call converts,
+    and a warning says when they were given for layers that keep their own); a selected layer whose weight carries
+    another parametrization (e.g. from
     :func:`metaspike.binarize`) is an error. Everything is checked before the model changes, so a call that fails
     leaves it as it was. Layers that share one weight (tied weights) share one synapse: one ``λ``, or one
     ``μ`` and one ``σ``, each listed once by :func:`bimu_parameters` and :func:`mesu_param_groups`. Each use of a
@@ -556,15 +562,16 @@ def bayesianize(
         torch.Size([3])
     """
     scale = _check_settings(kind, scale, sigma_init, lambda_init, temperature, evaluation)
-    todo = []
+    todo, kept = [], []
     selected = select_layers(model, layer_types, exclude, refuse_computed_weights=True)
     for name, layer in selected:
         synapse = _parametrization(layer)
         if synapse is not None and synapse.kind == kind:
-            differs = _settings_differ(synapse, temperature, evaluation)
+            differs = _settings_differ(layer, synapse, temperature, evaluation, scale)
             if differs is not None:
-                raise ValueError(f"layer {name!r} is already a {kind!r} synapse with {differs}; change it on "
-                                 f"layer.parametrizations.weight[0] rather than by a second bayesianize")
+                raise ValueError(f"layer {name!r} is already a {kind!r} synapse with {differs}; bayesianize leaves "
+                                 "such layers as they are (change the setting on the layer itself)")
+            kept.append(name)
             continue
         if parametrize.is_parametrized(layer, "weight"):
             raise ValueError(f"layer {name!r} already has a weight parametrization; bayesianize needs plain weights")
@@ -574,6 +581,11 @@ def bayesianize(
     if not todo and not any(found == kind for _, _, found, _ in bayesian_modules(model)):
         raise ValueError(f"{type(model).__name__} has no layer to make Bayesian (looked for "
                          f"{layer_type_names(layer_types)} layers with a weight parameter)")
+    starts = {"mesu": ("sigma_init", sigma_init, 0.1), "bimu": ("lambda_init", lambda_init, 0.1)}[kind]
+    if kept and starts[1] != starts[2]:
+        warnings.warn(f"bayesianize: {', '.join(map(repr, kept))} already are {kind!r} synapses and keep their own "
+                      f"values; {starts[0]}={starts[1]!r} starts only the layers this call converts (set theirs on "
+                      "layer.parametrizations.weight[0])", stacklevel=2)
     _make_synapses(todo, kind, scale, sigma_init, lambda_init, temperature, evaluation)  # everything checked
     warn_float_matrices_left(model, [layer for _, layer in selected], exclude, "bayesianize")
     return model
