@@ -18,6 +18,7 @@ comparison where ``α < 0``), which is what :func:`bnn.pack` computes.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +60,10 @@ def check_gain_layer(name: str, layer: nn.Module) -> None:
                          "Conv1d/2d/3d layers only; pass scale=None for it, or leave it out with exclude")
 
 
+#: Training passes in a row in which a gain holds a gradient and stays unchanged before :class:`OutputGain` warns.
+IDLE_PASSES_WARNED = 50
+
+
 class OutputGain(nn.Module):
     """Learned gain on a linear/conv layer's output: ``α · (output - b) + b``, i.e. the bias is not scaled.
 
@@ -93,6 +98,26 @@ class OutputGain(nn.Module):
         alpha = torch.where(alpha > 0, alpha, torch.full_like(alpha, default))
         self.scale = scale
         self.alpha = nn.Parameter(alpha.clone())
+        self._seen_version = -1  # α's version at the last training forward pass, and the passes since it changed
+        self._idle_passes = 0
+
+    def _watch_for_no_optimizer(self) -> None:
+        """Warn once when ``α`` has held a gradient for :data:`IDLE_PASSES_WARNED` training passes in a row without
+        changing: no optimizer holds it (one built before :func:`metaspike.binarize` added the gain), so the layer
+        trains without the gain its neurons need, silently. (An optimizer's step changes ``α`` in place, which
+        raises its version; gradients accumulated over that many passes before one step are not expected.)"""
+        alpha = self.alpha
+        if alpha.grad is None or not alpha.requires_grad:
+            self._idle_passes = 0
+            return
+        version = alpha._version
+        self._idle_passes = self._idle_passes + 1 if version == self._seen_version else 0
+        self._seen_version = version
+        if self._idle_passes == IDLE_PASSES_WARNED:
+            warnings.warn(f"a learned output gain (of {tuple(alpha.shape)}) has held a gradient for "
+                          f"{IDLE_PASSES_WARNED} training passes without changing: no optimizer trains it. "
+                          "metaspike.binarize and bayesianize add these gains as new parameters: build the optimizer "
+                          "after them (or add the gains' parameters to it)", stacklevel=2)
 
     def per_channel(self, channels: int) -> Tensor:
         """``α`` as one value per output channel (``[channels]``), detached.
@@ -105,6 +130,8 @@ class OutputGain(nn.Module):
 
     def forward(self, output: Tensor, bias: Tensor | None = None) -> Tensor:
         """Scale a layer's ``output`` (which includes ``bias``, if any) so that only ``W x`` is scaled."""
+        if self.training and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            self._watch_for_no_optimizer()
         alpha = self.alpha
         if bias is None:
             return output * alpha

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import bnn
+import metaspike
 from metaspike.quantizers import ste_sign
 from metaspike.synapse import binarize, binarized_once, hidden_weights
 
@@ -150,3 +151,25 @@ def test_rewriting_signs_after_a_step_is_caught_by_a_retained_graph():
     model(x)  # rewrites the ±1 buffers the first graph saved
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+def test_a_gain_no_optimizer_trains_is_named_after_a_few_dozen_passes():
+    """An optimizer built before binarize lacks the gains it adds: they get gradients but never change."""
+    import warnings
+
+    from metaspike.gain import IDLE_PASSES_WARNED
+
+    for built_first in (True, False):
+        net = nn.Sequential(nn.Linear(8, 4), nn.Tanh(), nn.Linear(4, 2))
+        opt = metaspike.MetaplasticAdam(net.parameters(), lr=0.01, meta=5.0) if built_first else None
+        metaspike.binarize(net)
+        opt = opt or metaspike.MetaplasticAdam(net.parameters(), lr=0.01, meta=5.0)
+        x = torch.randn(16, 8)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(IDLE_PASSES_WARNED + 5):
+                opt.zero_grad()
+                net(x).pow(2).sum().backward()
+                opt.step()
+        named = [w for w in caught if "has held a gradient for" in str(w.message)]
+        assert len(named) == (2 if built_first else 0)  # once per gain
