@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from bnn.layers import BinaryConv2d, BinaryLinear, SignActivation
+from metaspike.allocator import usable_memory
 from metaspike.population_statistics import accept_saved_population_statistics
 
 __all__ = ["MLP", "ConvNet"]
@@ -87,6 +88,11 @@ class MLP(nn.Sequential):
         sizes = list(sizes)
         if len(sizes) < 2 or not all(map(_is_size, sizes)):
             raise ValueError(f"sizes must list at least 2 positive integer widths (input ... classes), got {sizes}")
+        weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+        memory = usable_memory()
+        if memory is not None and 4 * weights > memory:  # (torch's allocator would fail with its own message)
+            raise ValueError(f"sizes {sizes}: {weights:,} float32 hidden weights take {4 * weights / 2**30:,.0f} GiB, "
+                             f"more than the {memory / 2**30:.0f} GiB this process may use")
         _activation(activation)  # checked even where no hidden layer uses it
         layers: list[nn.Module] = [nn.Flatten()]
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 
 from bnn import native
 from bnn.layers import BinaryLinear, SignActivation
+from metaspike.checks import is_whole
 from metaspike.compiled import LazyCompiled
 from metaspike.files import atomic_open, check_torch_archive
 from metaspike.gain import output_gain
@@ -244,6 +245,12 @@ class PackedMLP:
     """
 
     def __init__(self, sizes: Sequence[int], layers: list[dict], compile: bool = True) -> None:
+        if not (isinstance(sizes, Sequence) and len(sizes) >= 2 and all(is_whole(s, 1) for s in sizes)):
+            raise ValueError(f"sizes must list at least 2 positive integer widths (input ... classes), got {sizes!r}")
+        if not (isinstance(layers, list) and len(layers) == len(sizes) - 1 and all(isinstance(l, dict) for l in layers)):
+            raise ValueError(f"layers must be a list of {len(sizes) - 1} dicts, one per layer of sizes {list(sizes)} "
+                             f"(as bnn.pack makes them), got {type(layers).__name__} of "
+                             f"{len(layers) if isinstance(layers, list) else 'no'} entries")
         self.sizes = [int(s) for s in sizes]
         self.layers = layers
         self._native = native.kernels() if compile else None
@@ -612,6 +619,9 @@ def pack(model: nn.Module, compile: bool = True) -> PackedMLP:
         >>> packed.nbytes < bnn.summary(model).float32_bytes / 25
         True
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"pack takes a trained bnn.MLP, got a {type(model).__name__} (a saved packed model loads with "
+                         "bnn.PackedMLP.load(path))")
     model = getattr(model, "_orig_mod", model)  # a torch.compile'd model: the model it wraps
     pairs = _layers_of(model)
     if any(module.training for module in model.modules()):

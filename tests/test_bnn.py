@@ -348,3 +348,10 @@ def test_binary_conv2d_takes_the_arguments_of_nn_conv2d(kwargs):
         reference.weight.copy_(torch.sign(conv.weight))
     x = torch.sign(torch.randn(2, 4, 9, 9))
     assert torch.equal(conv(x), reference(x))  # integer sums of ±1: exact in float32
+
+
+def test_an_mlp_larger_than_memory_is_one_line(monkeypatch):
+    monkeypatch.setattr(bnn.models, "usable_memory", lambda: 1 << 30)
+    with pytest.raises(ValueError, match=r"sizes \[784, 1048576, 10\]: 832,569,344 float32 hidden weights take 3 GiB, "
+                                         r"more than the 1 GiB this process may use"):
+        bnn.MLP([784, 2**20, 10])

@@ -660,3 +660,16 @@ def test_pack_refuses_synapses_that_sample_their_weights_in_evaluation(kind):
         bnn.pack(model)
     mode = bnn.use_population_statistics(metaspike.bayesianize(bnn.MLP([784, 32, 10]), kind), x).eval()
     assert torch.equal(bnn.pack(mode)(x).argmax(1), mode(x).argmax(1))
+
+
+def test_misused_packing_calls_are_one_line(tmp_path, trained):
+    with pytest.raises(ValueError, match=r"pack takes a trained bnn.MLP, got a str \(a saved packed model loads with "
+                                         r"bnn.PackedMLP.load\(path\)\)"):
+        bnn.pack("model.pt")
+    with pytest.raises(ValueError, match=r"layers must be a list of 1 dicts, one per layer of sizes \[64, 10\]"):
+        PackedMLP([64, 10], [])
+    with pytest.raises(ValueError, match=r"sizes must list at least 2 positive integer widths"):
+        PackedMLP([64], [])
+    with pytest.raises(FileNotFoundError, match=f"cannot write {tmp_path}/missing/m.pt: its folder "
+                                                f"{tmp_path}/missing does not exist"):
+        bnn.pack(trained, compile=False).save(tmp_path / "missing" / "m.pt")

@@ -251,7 +251,8 @@ def _train(args: argparse.Namespace) -> None:
               f"{_LEARNING_SETTINGS}", file=sys.stderr)
 
 
-_LEARNING_SETTINGS = "check the learning settings (--lr, --meta: a large m freezes every weight, --epochs, --samples-per-task)"
+_LEARNING_SETTINGS = ("check the learning settings (--lr, --meta: a large m freezes every weight, --epochs, "
+                      "--samples-per-task) and the data (a task of one class has nothing to tell apart)")
 
 
 def _compare(args: argparse.Namespace) -> None:
