@@ -227,6 +227,8 @@ def test_compare_never_reuses_one_run_for_two_settings(tmp_path, capsys):
     assert "meta=5 and meta=5 would be one run" in capsys.readouterr().err
     assert main(["compare", "--neurons", "bnn", "bnn", "--meta", "0", *common]) == 2
     assert "would be one run" in capsys.readouterr().err
+    assert main(["compare", "--meta", "5", "5,5", *common]) == 2  # one m for both layers, written twice
+    assert "meta=5:5 and meta=5 would be one run" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before a folder was made
     assert main(["compare", "--meta", "0", "5", *common]) == 0
     (folder,) = tmp_path.iterdir()

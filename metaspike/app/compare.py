@@ -133,10 +133,12 @@ def _rows(plan: dict[str, Any], root: Path) -> list[Row]:
     seen: dict[str, str] = {}
     for row in rows:
         for config in row.configs:
-            if config.name in seen:
-                raise ValueError(f"{row.labels['setting']} and {seen[config.name]} would be one run ({config.name}): "
+            # one m for every layer is the same run whether written once or per layer (--meta 5 and 5,5)
+            same = replace(config, meta=config.meta[:1]) if len(set(config.meta)) == 1 else config
+            if same.name in seen:
+                raise ValueError(f"{row.labels['setting']} and {seen[same.name]} would be one run ({same.name}): "
                                  "list each model once and meta settings that differ at 6 significant digits")
-            seen[config.name] = row.labels["setting"]
+            seen[same.name] = row.labels["setting"]
     return rows
 
 
