@@ -334,7 +334,10 @@ def describe_model(kind: str, hidden: Sequence[int], input_shape: Sequence[int],
     sizes = _sizes(hidden, input_shape, classes)
     if kind in _KINDS:
         return _KINDS[kind].description.format(sizes=sizes)
+    # a registered builder shapes its network itself: what it was given, not the layers it made
+    shape = f"{sizes}" if is_builtin(kind) else (f"built by a registered builder from input {list(input_shape)}, "
+                                                  f"hidden {list(hidden)}, {classes} classes")
     if kind.endswith(BIMU_SUFFIX):
-        return (f"{kind.removesuffix(BIMU_SUFFIX)} spiking network {sizes}, {num_steps} time steps, BiMU binary "
+        return (f"{kind.removesuffix(BIMU_SUFFIX)} spiking network {shape}, {num_steps} time steps, BiMU binary "
                 "Bayesian synapses with a learned gain per output")
-    return f"{kind} spiking network {sizes}, {num_steps} time steps, binary synapses"
+    return f"{kind} spiking network {shape}, {num_steps} time steps, binary synapses"
