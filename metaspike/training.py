@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from metaspike.bayesian.fused_step import FusedTrainingStep
-from metaspike.bayesian.synapses import SampledForward
+from metaspike.bayesian.synapses import bayesian_modules
 from metaspike.checks import is_whole
 from metaspike.distributed import average_gradients
 from metaspike.population_statistics import evaluates_with_batch_statistics, has_fixed_statistics
@@ -118,7 +118,7 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
         raise ValueError(f"the model must return logits [B, classes] (or [S, B, classes]: S weight samples of a "
                          f"Bayesian network), got {got}; a spiking model returns its output reduced over time "
                          "(metaspike.snn.SpikingClassifier does that)")
-    if out.dim() == 3 and not any(isinstance(m, SampledForward) for m in model.modules()):
+    if out.dim() == 3 and next(bayesian_modules(model), None) is None:
         warnings.warn(f"the model returns {list(out.shape)} outputs, read as {out.shape[0]} weight samples of a "
                       "Bayesian network (the loss averages over them, a prediction averages their log-probabilities), "
                       "but it has no Bayesian synapses; if these are time steps, reduce them over time in the model "
