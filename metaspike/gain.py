@@ -23,7 +23,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-__all__ = ["GAIN_SCALES", "OutputGain", "check_scale", "check_gain_layer", "attach_output_gain", "output_gain", "gain_scale"]
+__all__ = ["GAIN_SCALES", "OutputGain", "check_scale", "check_gain_layer", "attach_output_gain", "output_gain",
+           "gain_scale"]
 
 GAIN_SCALES = ("channel", "layer")
 """Accepted gain kinds: one ``α`` per output channel, or one per layer (``None``: no gain)."""

@@ -233,5 +233,5 @@ def warn_float_matrices_left(model: nn.Module, selected: Sequence[nn.Module], ex
     if left:
         shown = ", ".join(left[:6]) + (f" and {len(left) - 6} more" if len(left) > 6 else "")
         warnings.warn(f"{what} left {len(left)} weight matrices float, in layers it does not make synapses of "
-                      f"({shown}): they train as float weights and are not consolidated; exclude their layers to "
-                      "silence this", UserWarning, stacklevel=3)
+                      f"({shown}): they train as float weights and are not consolidated; name their layers in "
+                      f"{what}(..., exclude=[...]) to silence this", UserWarning, stacklevel=3)
