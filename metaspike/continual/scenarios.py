@@ -432,7 +432,7 @@ def joint(scenario: Scenario) -> Scenario:
     data = ArrayDataset(name=f"joint-{_base(first)}", x=x, y=y, classes=classes)
     task = Task(data.name, data, data)
     definition = {"of": scenario.name, **scenario.definition}
-    return Scenario("joint", (task,), scenario.eval_tasks, definition)
+    return Scenario("joint", (task,), scenario.eval_tasks, definition, task_known_at_test=scenario.task_known_at_test)
 
 
 def available_scenarios() -> list[str]:

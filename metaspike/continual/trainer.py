@@ -30,7 +30,16 @@ from metaspike.continual.metrics import summarize
 from metaspike.continual.scenarios import Scenario, Task
 from metaspike.diagnostics import consolidated_fractions, flip_rates, hidden_weight_histograms, sign_snapshot
 from metaspike.distributed import world
-from metaspike.training import Plugin, TrainingDiverged, check_inputs, evaluate, random_numbers_apart, train_epoch
+from metaspike.population_statistics import evaluates_with_batch_statistics
+from metaspike.training import (
+    Plugin,
+    TrainingDiverged,
+    check_inputs,
+    evaluate,
+    evaluate_together,
+    random_numbers_apart,
+    train_epoch,
+)
 
 __all__ = ["TrainerConfig", "ContinualResult", "RunLog", "ContinualTrainer", "OPTIMIZER_MODES", "CHECKPOINT_FORMAT",
            "LAST_EVALUATED", "evaluated_tasks"]
@@ -392,6 +401,13 @@ class ContinualTrainer:
         # a scenario with its own evaluation tasks (the stream's one test set) evaluates all of them every time
         indices = evaluated_tasks(trained, total, cfg.eval_tasks) if scenario.evaluates_training_tasks else range(total)
         accuracies = [math.nan] * total
+        if not scenario.task_known_at_test and len(indices) > 1 and evaluates_with_batch_statistics(self.model):
+            # a test sample may come from any task: batches of one task's classes would tell the model the task
+            tested = [scenario.eval_tasks[j].test for j in indices]
+            for j, accuracy in zip(indices, evaluate_together(self.model, [(t.x, t.y) for t in tested],
+                                                              cfg.eval_batch_size, cfg.device)):
+                accuracies[j] = accuracy
+            return accuracies
         for j in indices:
             task = scenario.eval_tasks[j]
             if current is not None:
