@@ -13,6 +13,8 @@ checkpointed only after evaluated tasks.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -42,7 +44,7 @@ from metaspike.training import (
 )
 
 __all__ = ["TrainerConfig", "ContinualResult", "RunLog", "ContinualTrainer", "OPTIMIZER_MODES", "CHECKPOINT_FORMAT",
-           "LAST_EVALUATED", "evaluated_tasks"]
+           "LAST_EVALUATED", "evaluated_tasks", "run_identity", "RESULT_SETTINGS"]
 
 OPTIMIZER_MODES = ("per-task", "shared")
 CHECKPOINT_FORMAT = "metaspike-checkpoint-1"
@@ -156,8 +158,18 @@ class ContinualResult:
         return summarize(np.array(self.matrix), self.baseline if self.baseline else None)
 
 
+def _outer_lists_copied(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with each list copied, its items shared (the NaN rows of a long stream stay one tuple)."""
+    return {key: list(value) if isinstance(value, list) else value for key, value in values.items()}
+
+
 class RunLog(Protocol):
-    """Receives results while a run goes on (e.g. :class:`metaspike.continual.RunDirectory`)."""
+    """Receives results while a run goes on (e.g. :class:`metaspike.continual.RunDirectory`).
+
+    ``checkpoint(state)`` gets what :meth:`ContinualTrainer.checkpoint` returns: its lists are copies, but its
+    ``model`` and ``optimizer`` entries are state dicts, which refer to the live tensors (as torch's do):
+    write the state out (``torch.save``) or ``copy.deepcopy`` it within the call to keep that moment's values.
+    """
 
     def epoch_done(self, result: ContinualResult) -> None: ...
 
@@ -187,6 +199,47 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+#: The trainer settings that change a run's numbers: a resumed run must have the checkpoint's.
+RESULT_SETTINGS = ("epochs", "batch_size", "batchnorm", "optimizer", "seed", "eval_batch_size", "eval_every",
+                   "eval_tasks")
+_LISTED_TASK_NAMES = 1000  # a longer stream is named by its first and last tasks
+
+
+def run_identity(scenario: Scenario, config: TrainerConfig) -> dict[str, Any]:
+    """What a checkpoint records of the run it belongs to: a SHA-256 of the scenario (name, definition, tasks) and
+    the trainer settings that change its numbers (:data:`RESULT_SETTINGS`), so that a resume on another stream (the
+    same task names, another seed) or with other settings is refused rather than mixed into one result.
+
+    Example:
+        >>> from metaspike.continual.scenarios import make_scenario
+        >>> run_identity(make_scenario("permuted", "digits", tasks=2), TrainerConfig(epochs=3))["settings"]["epochs"]
+        3
+    """
+    def names(tasks: Sequence[Task]) -> list[Any]:
+        count = len(tasks)
+        shown = range(count) if count <= _LISTED_TASK_NAMES else (0, count - 1)
+        return [count, *(tasks[i].name for i in shown)]
+
+    described = json.dumps([scenario.name, scenario.definition, names(scenario.tasks), names(scenario.eval_tasks),
+                            scenario.task_boundaries, scenario.task_known_at_test], sort_keys=True, default=repr)
+    return {"scenario": hashlib.sha256(described.encode()).hexdigest(),
+            "settings": {key: getattr(config, key) for key in RESULT_SETTINGS}}
+
+
+def _check_same_run(stored: Any, current: dict[str, Any]) -> None:
+    """A ``ValueError`` where the checkpoint's run identity (:func:`run_identity`) is not this run's."""
+    if not isinstance(stored, dict) or not isinstance(stored.get("settings"), dict):
+        raise ValueError("the checkpoint's run identity is malformed")
+    if stored.get("scenario") != current["scenario"]:
+        raise ValueError("the checkpoint was written by a run on another scenario (its name, definition or tasks "
+                         "differ: another seed, dataset or number of tasks?); resume it on the scenario it was made on")
+    differ = [f"{key} {stored['settings'].get(key)!r} there, {value!r} here"
+              for key, value in current["settings"].items() if stored["settings"].get(key) != value]
+    if differ:
+        raise ValueError(f"the checkpoint was written with other trainer settings ({'; '.join(differ)}); resume it "
+                         "with the TrainerConfig it was made with")
 
 
 def _check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: torch.Generator, model: nn.Module) -> None:
@@ -370,6 +423,7 @@ class ContinualTrainer:
         self.progress = progress
         self.plugins = tuple(plugins)
         self.batchnorm_states: list[dict[str, Tensor]] = []
+        self._identity: dict[str, Any] | None = None  # the run's, once fit starts (see run_identity)
 
     def _new_optimizer(self) -> Optimizer:
         """``make_optimizer(model)``, checked: an optimizer that trains some of the model's parameters and nothing else
@@ -447,6 +501,7 @@ class ContinualTrainer:
             raise ValueError(f"scenario {scenario.name!r} names two tasks alike ({', '.join(twice[:3])}); give each "
                              "task its own name")
         self._check(scenario.tasks[0])
+        self._identity = run_identity(scenario, cfg)
         generator = torch.Generator().manual_seed(cfg.seed)
         if resume is None:
             result = ContinualResult(task_names=scenario.eval_task_names)
@@ -503,15 +558,16 @@ class ContinualTrainer:
             "optimizer": optimizer.state_dict(),
             "generator": generator.get_state(),
             "torch_rng": torch.get_rng_state(),
-            "batchnorm_states": states,
+            "identity": self._identity,
+            "batchnorm_states": list(states),  # (copied: the run appends to its list)
             "plugins": [plugin.state_dict() for plugin in self.plugins],
-            # the outer lists copied, the rows shared: the NaN rows of a long stream stay one tuple in the file too
-            "result": {f.name: (list(v) if isinstance(v := getattr(result, f.name), list) else v)
-                       for f in fields(result)},
+            "result": _outer_lists_copied({f.name: getattr(result, f.name) for f in fields(result)}),
         }
 
     def _restore(self, state: dict[str, Any], scenario: Scenario, generator: torch.Generator):
         _check_checkpoint(state, scenario, self.config.epochs, generator, self.model)
+        if state.get("identity") is not None:  # (checkpoints written before it was kept lack it)
+            _check_same_run(state["identity"], self._identity)
         position = state["position"]
         _load_part("model", self.model, state["model"])
         generator.set_state(state["generator"])
@@ -522,7 +578,7 @@ class ContinualTrainer:
             raise ValueError(f"checkpoint holds the state of {len(saved_plugins)} plugins, this trainer has {len(self.plugins)}")
         for plugin, plugin_state in zip(self.plugins, saved_plugins):
             plugin.load_state_dict(plugin_state)
-        result = ContinualResult(**state["result"])
+        result = ContinualResult(**_outer_lists_copied(state["result"]))  # (the run appends: the checkpoint stays)
         return result, list(state["batchnorm_states"]), position["task"], position["epochs_done"], state["optimizer"]
 
     def _train_task(
