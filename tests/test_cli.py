@@ -387,8 +387,14 @@ def test_a_comparison_names_its_runs_that_learned_nothing(tmp_path, capsys):
     (["compare", "--scenario", "split", "--split-mode", "class", "--batchnorm", "per-task"],
      "--batchnorm per-task: --scenario split (class-incremental) does not say which task a test sample is from"),
     (["train", "--model", "mlp", "--batchnorm", "shared"], "--batchnorm: model 'mlp' has no BatchNorm"),
+    (["train", "--scenario", "stream", "--optimizer", "per-task"],
+     "--optimizer per-task: --scenario stream has no task boundaries, so one optimizer trains the whole stream"),
+    (["train", "--scenario", "joint", "--eval-tasks", "6"],
+     "--eval-tasks: --scenario joint evaluates its own test sets every time"),
+    (["train", "--samples-per-task", "1"], "--samples-per-task 1: model 'bnn' has BatchNorm, which cannot train on "
+                                           "one sample; give 2 or more"),
 ])
-def test_a_batchnorm_mode_the_run_would_ignore_is_refused(tmp_path, capsys, argv, message):
+def test_a_setting_the_run_would_ignore_or_cannot_train_with_is_refused(tmp_path, capsys, argv, message):
     assert main([*argv, "--dataset", "digits", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"metaspike: error: {message}") and err.count("\n") == 1

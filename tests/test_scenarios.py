@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from metaspike.continual import joint, make_scenario, permuted, split, stream
+from metaspike.continual import joint, make_scenario, permuted, split, stream, task_subset
 from metaspike.data import load_dataset
 
 
@@ -135,3 +135,10 @@ def test_tasks_named_alike_get_their_own_names_or_are_refused():
                                lambda m: torch.optim.SGD(m.parameters(), lr=0.1), TrainerConfig(epochs=1), progress=False)
     with pytest.raises(ValueError, match="names two tasks alike .*digits-perm1.*give each task its own name"):
         trainer.fit(Scenario("mine", twins, twins))
+
+
+@pytest.mark.parametrize("seed, index, message", [(0, -1, "index must be a task index, an integer >= 0, got -1"),
+                                                  (-1, 0, "seed must be an integer in 0..")])
+def test_task_subset_names_a_bad_seed_or_index(seed, index, message):
+    with pytest.raises(ValueError, match=message):
+        task_subset(seed, index, 10, 3)

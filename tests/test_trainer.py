@@ -364,3 +364,25 @@ def test_resuming_on_another_stream_or_with_other_settings_is_refused(scenario_s
     _trainer().fit(make_scenario("permuted", "digits", tasks=2, seed=1), log=log)
     with pytest.raises(ValueError, match=message):
         _trainer(config).fit(make_scenario("permuted", "digits", tasks=2, seed=scenario_seed), resume=log.checkpoints[0])
+
+
+def test_a_plugin_acting_at_task_boundaries_is_refused_on_a_stream_without_them():
+    """EWC consolidating after each part of a stream would learn where tasks change, which the others may not."""
+    from metaspike.continual import make_scenario
+    from metaspike.continual.baselines import EWC
+
+    trainer = ContinualTrainer(MLP([784, 16, 10]), lambda m: MetaplasticAdam(m.parameters(), lr=0.005),
+                               TrainerConfig(epochs=1), progress=False, plugins=[EWC(10.0)])
+    with pytest.raises(ValueError, match=r"EWC acts at task boundaries \(task_done\), which scenario 'stream' does "
+                                         r"not tell the learner"):
+        trainer.fit(make_scenario("stream", "digits", tasks=3))
+
+
+def test_trainer_settings_take_numpy_integers_as_ints():
+    import numpy as np
+
+    config = TrainerConfig(eval_tasks=np.int64(10), epochs=np.int32(2), seed=np.uint64(3))
+    assert (config.eval_tasks, config.epochs, config.seed) == (10, 2, 3)
+    assert all(type(v) is int for v in (config.eval_tasks, config.epochs, config.seed))
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        TrainerConfig(seed=2.5)

@@ -183,19 +183,26 @@ def _refuse_unused_flags(given: dict[str, object], config: RunConfig) -> None:
                              f"({kind}) and its published settings, which do not use it")
     if config.scenario != "split" and "split_mode" in given:
         raise ValueError(f"--split-mode applies to --scenario split only, not {config.scenario}")
+    if "eval_tasks" in given and config.scenario in ("joint", "stream"):
+        raise ValueError(f"--eval-tasks: --scenario {config.scenario} evaluates its own test sets every time, "
+                         "not a budget of trained tasks")
     if "batchnorm" in given and is_builtin(config.model) and not uses_batchnorm(config.model):
         raise ValueError(f"--batchnorm: model {config.model!r} has no BatchNorm")
-    _refuse_per_task_batchnorm(given, config)
+    _refuse_per_task_modes(given, config)
 
 
-def _refuse_per_task_batchnorm(given: dict[str, object], config: RunConfig) -> None:
-    """One line for ``--batchnorm per-task`` typed for a scenario whose BatchNorm statistics are shared."""
+def _refuse_per_task_modes(given: dict[str, object], config: RunConfig) -> None:
+    """One line for ``--batchnorm per-task`` typed for a scenario whose BatchNorm statistics are shared, and for
+    ``--optimizer per-task`` typed for a stream, which has no tasks to start a new optimizer at."""
     if given.get("batchnorm") == "per-task" and (config.scenario == "stream" or
                                                   (config.scenario == "split" and config.split_mode == "class")):
         why = ("has no task boundaries" if config.scenario == "stream" else
                "(class-incremental) does not say which task a test sample is from")
         raise ValueError(f"--batchnorm per-task: --scenario {config.scenario} {why}, so its BatchNorm statistics are "
                          "shared; leave out --batchnorm or give --batchnorm shared")
+    if given.get("optimizer") == "per-task" and config.scenario == "stream":
+        raise ValueError("--optimizer per-task: --scenario stream has no task boundaries, so one optimizer trains the "
+                         "whole stream; leave out --optimizer or give --optimizer shared")
     if config.scenario == "sequence" and "tasks" in given and config.tasks != len(config.datasets):
         raise ValueError(f"--tasks: --scenario sequence has one task per --dataset ({len(config.datasets)} here), "
                          f"got --tasks {config.tasks}")
@@ -285,11 +292,11 @@ def _compare(args: argparse.Namespace) -> None:
         given = [key for key in KIND_SETTINGS if getattr(args, key) is not None]
         args.model = next((n for n in args.neurons if all(KIND_SETTINGS[key](n) for key in given)), args.neurons[0])
         base = _config(args, [metas[0]], args.seeds[0])
-        _refuse_per_task_batchnorm(_given_settings(args), base)
+        _refuse_per_task_modes(_given_settings(args), base)
         path, rows = compare.compare_neurons(base, args.neurons, metas, args.seeds, out=args.out, progress=not args.quiet)
     else:
         base = _config(args, None, args.seeds[0])
-        _refuse_per_task_batchnorm(_given_settings(args), base)
+        _refuse_per_task_modes(_given_settings(args), base)
         metas = [parse_meta(text) for text in args.meta] if args.meta is not None else [(0.0,), base.meta]
         path, rows = compare.compare(base, metas, args.seeds, args.out, progress=not args.quiet)
     n_tasks = sum(1 for key in rows[0] if key.startswith("task "))

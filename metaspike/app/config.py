@@ -187,6 +187,10 @@ class RunConfig:
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise ValueError(f"{_flag(key)} must be an integer >= {low}, got {value!r}")
+        if self.samples_per_task is not None and self.samples_per_task < minimum_batch_size(uses_batchnorm(self.model)):
+            raise ValueError(f"--samples-per-task {self.samples_per_task}: model {self.model!r} has BatchNorm, which "
+                             "cannot train on one sample; give 2 or more, or use a model without it (bnn-layernorm, "
+                             "bimu, mesu, mlp)")
         if self.memory_window is not None:
             value = self.memory_window
             if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)

@@ -259,6 +259,9 @@ def task_subset(seed: int, index: int, size: int, samples: int) -> np.ndarray:
     """
     if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or not 1 <= samples <= size:
         raise ValueError(f"samples must be an integer in 1..{size} (the training set's size), got {samples!r}")
+    check_seed("seed", seed)
+    if not is_whole(index, 0):
+        raise ValueError(f"index must be a task index, an integer >= 0, got {index!r}")
     return np.sort(np.random.default_rng([int(seed), int(index)]).choice(size, int(samples), replace=False))
 
 

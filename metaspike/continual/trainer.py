@@ -114,8 +114,7 @@ class TrainerConfig:
     eval_tasks: int | None = None
 
     def __post_init__(self) -> None:
-        if self.eval_tasks is not None and (isinstance(self.eval_tasks, bool) or not isinstance(self.eval_tasks, int)
-                                            or self.eval_tasks <= LAST_EVALUATED):
+        if self.eval_tasks is not None and not is_whole(self.eval_tasks, LAST_EVALUATED + 1):
             raise ValueError(f"eval_tasks must be None or an integer > {LAST_EVALUATED}, got {self.eval_tasks!r}")
         for key in ("epochs", "batch_size", "eval_batch_size", "eval_every"):
             value = getattr(self, key)
@@ -127,6 +126,10 @@ class TrainerConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZER_MODES}, got {self.optimizer!r}")
         check_seed("seed", self.seed)
         check_device(self.device)
+        for key in ("epochs", "batch_size", "eval_batch_size", "eval_every", "eval_tasks", "seed"):
+            value = getattr(self, key)  # (checked whole numbers) numpy's as Python ints: checkpoints record them
+            if value is not None:
+                object.__setattr__(self, key, int(value))
 
 
 @dataclass
@@ -501,6 +504,11 @@ class ContinualTrainer:
             raise ValueError(f"scenario {scenario.name!r} names two tasks alike ({', '.join(twice[:3])}); give each "
                              "task its own name")
         self._check(scenario.tasks[0])
+        bounded = [type(p).__name__ for p in self.plugins if type(p).task_done is not Plugin.task_done]
+        if bounded and not scenario.task_boundaries:  # (it would learn where tasks change, which the others may not)
+            raise ValueError(f"{', '.join(bounded)} acts at task boundaries (task_done), which scenario "
+                             f"{scenario.name!r} does not tell the learner (task_boundaries=False); compare it on a "
+                             "scenario with tasks")
         self._identity = run_identity(scenario, cfg)
         generator = torch.Generator().manual_seed(cfg.seed)
         if resume is None:
