@@ -66,8 +66,8 @@ ROLE_ATTRIBUTE = "_metaspike_synapse_role"
 
 def synapse_role(tensor: Tensor) -> str | None:
     """What ``tensor`` is in a synapse made by :func:`metaspike.bayesianize` (``"latent"``, ``"mean"`` or
-    ``"width"``), or ``None`` for any other tensor (a bias, a gain, a norm layer's, or a tensor the user made; a deep
-    copy of a model has lost the mark, since torch copies a parameter's data only).
+    ``"width"``), or ``None`` for any other tensor (a bias, a gain, a norm layer's, or a tensor the user made). A deep
+    copy of a model is marked again by its synapses, since torch copies a parameter's data only.
 
     Example:
         >>> import torch

@@ -1,5 +1,6 @@
 """Which layers binarize and bayesianize change, and that a call that fails changes nothing."""
 
+import copy
 import warnings
 
 import pytest
@@ -183,6 +184,11 @@ def test_the_bayesian_optimizers_refuse_a_models_other_parameters():
     with pytest.raises(ValueError, match="is not a synapse tensor"):
         optimizer.add_param_group({"params": [net[1].weight]})
     BiMU([nn.Parameter(torch.zeros(3))])  # tensors made by hand carry no mark: taken as given
+    copied = copy.deepcopy(net)  # torch copies a parameter's data only: the copy marks its tensors again
+    with pytest.raises(ValueError, match="is not a synapse tensor"):
+        BiMU(copied.parameters())
+    with pytest.raises(ValueError, match="tensor 0 is not a synapse tensor"):
+        MESU(copy.deepcopy(bayesianize(nn.Sequential(nn.Linear(4, 3)), "mesu")).parameters())  # its bias first
 
 
 @pytest.mark.parametrize("make", [lambda: nn.ConvTranspose2d(3, 6, 2), lambda: nn.Bilinear(5, 6, 3),
@@ -273,14 +279,12 @@ def test_a_module_tied_to_a_synapse_layer_is_named(kind):
         "(embedding.weight)"]
 
 
-def test_a_deep_copy_gets_its_synapse_roles_back_when_its_synapses_are_listed():
-    import copy
-
-    from metaspike.bayesian import plain_parameters, synapse_role
+def test_a_deep_copy_keeps_its_synapse_roles():
+    """torch copies a parameter's data only; the Bayesian parametrizations mark the copies again."""
+    from metaspike.bayesian import synapse_role
 
     net = copy.deepcopy(bayesianize(nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3), nn.Linear(3, 2)), "bimu"))
-    assert all(synapse_role(p) is None for p in net.parameters())  # torch copies a parameter's data only
-    plain_parameters(net)  # as a chained optimizer is built
+    assert [synapse_role(p) for p in net.parameters()].count("latent") == 2
     with pytest.raises(ValueError, match="BiMU params: 6 of 8 tensors"):
         BiMU(net.parameters())
 

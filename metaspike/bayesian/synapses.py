@@ -179,7 +179,22 @@ class _GaussianSample(torch.autograd.Function):
         return grad_mu.view(ctx.mu_shape), grad_sigma.view(ctx.mu_shape), None, None
 
 
-class GaussianWeight(SynapseParametrization):
+def _mark_roles(synapse: nn.Module) -> None:
+    """Mark the tensors of ``synapse`` with their roles (:data:`~metaspike.layer_selection.ROLE_ATTRIBUTE`)."""
+    for role, tensor in vars(synapse).get("_role_tensors", {}).items():
+        setattr(tensor, ROLE_ATTRIBUTE, role)
+
+
+class _RolesSurviveCopies:
+    """Mixin of the Bayesian parametrizations: a deep copy of the model marks the copied tensors' roles again, so
+    that ``BiMU(copy.deepcopy(model).parameters())`` is refused as ``BiMU(model.parameters())`` is."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[misc]
+        _mark_roles(self)  # type: ignore[arg-type]
+
+
+class GaussianWeight(_RolesSurviveCopies, SynapseParametrization):
     """Parametrization of a MESU synapse: the weight parameter is the mean ``μ``, ``sigma`` the width.
 
     ``sigma`` starts at ``sigma_init`` everywhere (the MESU paper starts ``σ`` at the scale of the
@@ -327,7 +342,7 @@ def _integer_power(inv_tau: float) -> int:
     return k if k in _RELAXED_SAMPLES and k > 0 and abs(inv_tau - k) < 1e-9 else 0
 
 
-class BinaryWeight(SynapseParametrization):
+class BinaryWeight(_RolesSurviveCopies, SynapseParametrization):
     """Parametrization of a BiMU synapse: the weight parameter is the latent ``λ`` of a ±1 weight.
 
     The weight is ``+1`` with probability ``sigmoid(2λ)`` (mean ``tanh λ``). Training mode shows the
@@ -610,14 +625,13 @@ def bayesian_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, tu
 
 def _synapse_tensors(layer: nn.Module, synapse: _Parametrization) -> tuple[nn.Parameter, ...]:
     """``(μ, σ)`` of a MESU layer, ``(λ,)`` of a BiMU layer, marked with their roles: when the synapse is made, and
-    again whenever they are listed (a deep copy of a model has new parameters, without the marks)."""
+    again whenever they are listed or the model is deep-copied (torch copies a parameter's data only)."""
     original = layer.parametrizations.weight.original
-    if isinstance(synapse, GaussianWeight):
-        setattr(original, ROLE_ATTRIBUTE, "mean")
-        setattr(synapse.sigma, ROLE_ATTRIBUTE, "width")
-        return original, synapse.sigma
-    setattr(original, ROLE_ATTRIBUTE, "latent")
-    return (original,)
+    roles = {"mean": original, "width": synapse.sigma} if isinstance(synapse, GaussianWeight) else {"latent": original}
+    object.__setattr__(synapse, "_role_tensors", roles)  # (a plain attribute: deepcopy maps it to the new tensors)
+    _mark_roles(synapse)
+    return tuple(roles.values())
+
 
 
 def mesu_param_groups(model: nn.Module) -> list[dict[str, Any]]:
