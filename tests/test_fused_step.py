@@ -321,6 +321,11 @@ def test_changes_between_steps_are_taken_into_account(change, build):
     (lambda net, opt: opt.register_step_pre_hook(lambda *args: None), "step hooks"),
     (lambda net, opt: net.__setitem__(2, nn.Tanh()), "a Tanh between"),
     (lambda net, opt: net[4].float(), "different dtypes or devices"),
+    # the ordinary step would use these, the fused one computed without them
+    (lambda net, opt: setattr(net[4], "bias", nn.Parameter(torch.ones(4, dtype=torch.float64))), "with a bias"),
+    (lambda net, opt: setattr(net[2], "forward", lambda h: 100 * torch.tanh(h)), "forward was replaced on the module"),
+    (lambda net, opt: setattr(net[1], "forward", lambda h: h[:, :7]), "with its own forward"),
+    (lambda net, opt: setattr(net[2], "__class__", type("Gate", (nn.ReLU,), {})), "a Gate between"),
 ])
 def test_changes_that_leave_no_fused_step_are_refused_at_the_next_step(change, reason):
     net, opt = _user_net("mesu")

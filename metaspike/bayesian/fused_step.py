@@ -115,7 +115,8 @@ class _LayerNorm(Activation):
 
 
 def _layer_norm(module: nn.Module) -> Activation | str:
-    if module.elementwise_affine or len(module.normalized_shape) != 1:
+    affine = module.elementwise_affine or module.weight is not None or module.bias is not None
+    if affine or len(module.normalized_shape) != 1:
         return "a LayerNorm with affine parameters or over more than the last dimension"
     return _LayerNorm(float(module.eps))
 
@@ -210,8 +211,10 @@ def _fingerprint(optimizer: Any, modules: list[nn.Module], activations: list[nn.
     decides what a layer draws; the optimizer's settings are compared apart)."""
     return (
         tuple(tuple(m._modules.values()) for m in modules if m._modules), tuple(s.training for s in synapses),
+        # a class or forward replaced on a module, a bias or norm weight given or taken away
+        tuple((type(m), "forward" in vars(m), tuple(id(p) for p in m._parameters.values())) for m in modules),
         sum(_hook_count(m) for m in modules), _global_hook_count(),
-        tuple(_ACTIVATIONS[type(m)](m) for m in activations),
+        tuple(_describe(m) for m in activations),
         tuple(getattr(synapse, "temperature", None) for synapse in synapses),
         tuple(_samples(layer) for layer in layers),
         tuple((t.requires_grad, t.dtype, t.device, t.data_ptr(), _tensor_hook_count(t)) for layer in tensors
@@ -220,6 +223,17 @@ def _fingerprint(optimizer: Any, modules: list[nn.Module], activations: list[nn.
         tuple(len(g["params"]) for g in optimizer.param_groups), "step" in vars(optimizer),
         len(optimizer._optimizer_step_pre_hooks) + len(optimizer._optimizer_step_post_hooks),
     )
+
+
+def _describe(module: nn.Module) -> Activation | str:
+    """The :class:`Activation` of a module between Bayesian layers, or why it cannot be fused."""
+    describe = _ACTIVATIONS.get(type(module))
+    if describe is None:
+        return (f"a {type(module).__name__} between the Bayesian layers (fused: Bayesian Linear, ReLU, Identity, "
+                "LayerNorm without affine, registered activations)")
+    if "forward" in vars(module):
+        return f"a {type(module).__name__} whose forward was replaced on the module itself"
+    return describe(module)
 
 
 def _refuse_optimizer(optimizer: Any) -> str | None:
@@ -255,11 +269,7 @@ def _stages(modules: list[nn.Module], rule: str) -> tuple[list[Activation | int]
     for module in modules:
         synapse = _parametrization(module)
         if synapse is None:
-            describe = _ACTIVATIONS.get(type(module))
-            if describe is None:
-                return (f"a {type(module).__name__} between the Bayesian layers (fused: Bayesian Linear, ReLU, "
-                        "Identity, LayerNorm without affine, registered activations)")
-            stage = describe(module)
+            stage = _describe(module)
             if isinstance(stage, str):
                 return stage
             if not isinstance(stage, Activation) or stage.__hash__ is None:
@@ -272,7 +282,7 @@ def _stages(modules: list[nn.Module], rule: str) -> tuple[list[Activation | int]
             continue
         if not isinstance(module, nn.Linear):
             return f"a Bayesian {type(module).__name__} (fused: Linear layers only)"
-        if type(module).forward not in _LINEAR_FORWARDS:
+        if type(module).forward not in _LINEAR_FORWARDS or "forward" in vars(module):
             return f"a {type(module).__name__} with its own forward (fused: nn.Linear's or the sampled one)"
         if synapse.kind != rule:
             return f"a {synapse.kind!r} layer trained by the {rule} optimizer"
