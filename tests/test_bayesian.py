@@ -754,3 +754,18 @@ def test_start_confident_gives_every_latent_the_magnitude_and_keeps_its_sign():
     mesu = bayesianize(nn.Sequential(nn.Linear(3, 2)), "mesu")
     with pytest.raises(ValueError, match="has a 'mesu' synapse"):
         start_confident(mesu[0], 1.0)
+
+
+@pytest.mark.parametrize("frozen", ["sigma", "mu"])
+def test_mesu_leaves_a_frozen_mean_or_width_as_it_is(frozen):
+    """The docstring's 'parameters whose gradient is None are skipped': σ drifted under the prior term before."""
+    net = bayesianize(nn.Sequential(nn.Linear(4, 3, bias=False)), "mesu")
+    mu, sigma = mesu_param_groups(net)[0]["params"]
+    still, moving = (sigma, mu) if frozen == "sigma" else (mu, sigma)
+    still.requires_grad_(False)
+    before, moving_before = still.detach().clone(), moving.detach().clone()
+    opt = MESU(mesu_param_groups(net), sigma_prior=0.3, N=10)
+    net(torch.randn(5, 4)).pow(2).mean().backward()
+    opt.step()
+    assert torch.equal(still, before) and "step" not in opt.state[still]
+    assert not torch.equal(moving, moving_before) and float(opt.state[moving]["step"]) == 1

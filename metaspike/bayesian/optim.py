@@ -220,6 +220,7 @@ class MESU(_DataGatedOptimizer):
 
     def _update_group(self, group: dict[str, Any]) -> list[Tensor]:
         mus, sigmas, grad_mus, grad_sigmas = [], [], [], []
+        kept: list[tuple[Tensor, Tensor]] = []  # (tensor, its value): a tensor without gradient stays as it was
         params = group["params"]
         for mu, sigma in zip(params[0::2], params[1::2]):
             if mu.grad is None and sigma.grad is None:
@@ -228,9 +229,14 @@ class MESU(_DataGatedOptimizer):
             sigmas.append(sigma)
             grad_mus.append(torch.zeros_like(mu) if mu.grad is None else mu.grad)
             grad_sigmas.append(torch.zeros_like(sigma) if sigma.grad is None else sigma.grad)
+            kept += [(t, t.detach().clone()) for t in (mu, sigma) if t.grad is None]  # (frozen: σ fixed, say)
         if mus:
             mesu_step_(mus, sigmas, grad_mus, grad_sigmas, group)
-        return mus + sigmas
+        with torch.no_grad():
+            for tensor, value in kept:
+                tensor.copy_(value)
+        frozen = {id(t) for t, _ in kept}
+        return [t for t in mus + sigmas if id(t) not in frozen]
 
 
 class BiMU(_DataGatedOptimizer):
