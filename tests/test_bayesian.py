@@ -140,9 +140,9 @@ def test_settings_for_batch_keep_a_mesu_step_within_the_batch_one_bound():
     (("bimu", {"N": 50}, 100), r"N \(the memory window, in samples\) must be at least the batch size 100"),
     (("mesu", {}, 0), "batch_size must be an integer >= 1"),
     (("mesu", {}, 2.5), "batch_size must be an integer >= 1"),
-    (("mesu", {"lr_mu": -1.0}, 2), "lr_mu must be a finite number > 0"),
+    (("mesu", {"lr_mu": -1.0}, 2), r"lr_mu must be a finite number in \(0, 3.40282e\+38\], got -1.0"),
     (("mesu", None, 2), "per_sample must be a mapping of mesu's settings by name"),
-    (("mesu", {"lr_mu": 1e308}, 10), "lr_mu must be a finite number > 0, got inf"),  # (scaled out of range)
+    (("mesu", {"lr_mu": 1e38}, 10), r"lr_mu must be a finite number in \(0, 3.40282e\+38\], got 1e\+39"),  # (scaled)
 ])
 def test_settings_for_batch_refuse_bad_input_in_one_line(args, message):
     with pytest.raises(ValueError, match=message):

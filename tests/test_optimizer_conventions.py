@@ -105,7 +105,7 @@ def test_a_refused_state_dict_leaves_the_optimizer_as_it_was():
         opt = bayesian(params)
         state = opt.state_dict()
         state["param_groups"][0][key] = -1
-        with pytest.raises(ValueError, match=f"{key} must be a finite number > 0"):
+        with pytest.raises(ValueError, match=rf"{key} must be a finite number in [\[(](0|1), 3.40282e\+38\], got -1"):
             opt.load_state_dict(state)
         assert opt.param_groups[0][key] > 0
 
@@ -147,9 +147,37 @@ def test_consolidate_checks_meta():
 
 def test_mesu_refuses_a_prior_scale_that_underflows():
     params = [torch.zeros(2, requires_grad=True), torch.ones(2, requires_grad=True)]
-    for settings in (dict(N=1e-320), dict(sigma_prior=1e-160), dict(sigma_prior=1e-200)):
+    for settings in (dict(sigma_prior=1e-160), dict(sigma_prior=1e-200)):
         with pytest.raises(ValueError, match=r"N \* sigma_prior\*\*2 must be a positive number"):
             MESU(params, **settings)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: MESU(p, sigma_prior=1e200), r"sigma_prior must be a finite number in \(0, 1.84467e\+19\], got 1e\+200"),
+    (lambda p: MESU(p, lr_mu=1e308), r"lr_mu must be a finite number in \(0, 3.40282e\+38\]"),
+    (lambda p: MESU(p, N=1e-300), r"N must be a finite number in \[1, 3.40282e\+38\], got 1e-300"),
+    (lambda p: BiMU(p[:1], lr=1e39), r"lr must be a finite number in \(0, 3.40282e\+38\], got 1e\+39"),
+    (lambda p: BiMU(p[:1], likelihood_multiplier=1e39), r"likelihood_multiplier must be a finite number in \(0, "),
+    (lambda p: BiMU(p[:1], N=1e-6), r"N must be a finite number in \[1, "),  # sent λ from 2 to -131,975 in a step
+])
+def test_settings_whose_updates_leave_float32_are_refused_in_one_line(make, message):
+    """Finite settings beyond float32 (or a memory window under one step) made weights inf or NaN after one step."""
+    params = [torch.zeros(2, requires_grad=True), torch.ones(2, requires_grad=True)]
+    with pytest.raises(ValueError, match=message):
+        make(params)
+
+
+def test_numpy_numbers_as_settings_keep_the_update_compiled():
+    """A numpy clamp_grad made the compiled MESU loop branch on data: it fell back to eager for the whole process."""
+    import numpy as np
+
+    mu, sigma, grad = torch.zeros(4), torch.full((4,), 0.5), torch.ones(4)
+    expected = mesu_step(mu, sigma, grad, grad, lr_mu=1.0, lr_sigma=1.0, sigma_prior=0.1, mu_prior=0.0, N=1e5,
+                         clamp_grad=0.3)
+    got = mesu_step(mu, sigma, grad, grad, lr_mu=np.float64(1.0), lr_sigma=np.float32(1.0), sigma_prior=np.float64(0.1),
+                    mu_prior=np.float64(0.0), N=np.int64(100_000), clamp_grad=np.float64(0.3))
+    assert not bayesian_functional._compiled_mesu.broken
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))
 
 
 def test_a_chained_closure_runs_with_gradients_and_a_refused_load_changes_no_optimizer():

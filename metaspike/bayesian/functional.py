@@ -30,19 +30,20 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from metaspike.checks import is_finite_number, number_in
+from metaspike.checks import FLOAT32_MAX, number_in
 from metaspike.compiled import LazyCompiled
 
 __all__ = ["mesu_step", "mesu_step_", "bimu_step", "bimu_step_", "check_hyperparameters"]
 
-# name -> (lower bound, bound included); None: any finite number
-_LIMITS: dict[str, dict[str, tuple[float, bool] | None]] = {
+# name -> (lower bound, bound included); every setting is at most float32's largest number (the updates multiply
+# float32 tensors by it; sigma_prior at most its square root, since σ_p² enters them), mu_prior at least its negative
+_LIMITS: dict[str, dict[str, tuple[float, bool]]] = {
     "mesu": {
         "lr_mu": (0.0, False),
         "lr_sigma": (0.0, False),
         "sigma_prior": (0.0, False),
-        "mu_prior": None,
-        "N": (0.0, False),
+        "mu_prior": (-FLOAT32_MAX, True),
+        "N": (1.0, True),  # a memory window shorter than one step overshoots the prior (settings_for_batch says so)
         "clamp_grad": (0.0, True),
     },
     "bimu": {
@@ -50,17 +51,19 @@ _LIMITS: dict[str, dict[str, tuple[float, bool] | None]] = {
         "lr_max": (0.0, False),
         "likelihood_multiplier": (0.0, False),
         "kl_multiplier": (0.0, True),
-        "N": (0.0, False),
+        "N": (1.0, True),
     },
 }
+_HIGHEST = {"sigma_prior": math.sqrt(FLOAT32_MAX)}
 
 
 def check_hyperparameters(rule: str, hyperparameters: Mapping[str, object]) -> None:
     """Raise a ``ValueError`` naming the first hyperparameter of ``rule`` that is out of range.
 
     ``rule`` is ``"mesu"`` or ``"bimu"``; every hyperparameter of the rule must be in
-    ``hyperparameters`` (other keys are ignored). All must be finite real numbers; ``mu_prior`` may
-    have any sign, ``clamp_grad`` and ``kl_multiplier`` may be ``0``, the others must be ``> 0``.
+    ``hyperparameters`` (other keys are ignored). All must be finite real numbers that float32 holds
+    (``sigma_prior``: whose square it holds); ``mu_prior`` may have any sign, ``clamp_grad`` and
+    ``kl_multiplier`` may be ``0``, ``N`` (a memory window in steps) must be ``>= 1``, the others ``> 0``.
 
     Example:
         >>> check_hyperparameters("bimu", dict(lr=1, lr_max=1, likelihood_multiplier=1,
@@ -69,18 +72,12 @@ def check_hyperparameters(rule: str, hyperparameters: Mapping[str, object]) -> N
         ...                                    kl_multiplier=1, N=60_000))
         Traceback (most recent call last):
         ...
-        ValueError: lr must be a finite number > 0, got -1
+        ValueError: lr must be a finite number in (0, 3.40282e+38], got -1
     """
     if rule not in _LIMITS:
         raise ValueError(f"rule must be one of {sorted(_LIMITS)}, got {rule!r}")
-    for name, limit in _LIMITS[rule].items():
-        value = hyperparameters[name]
-        if limit is None:
-            if not is_finite_number(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
-            continue
-        low, inclusive = limit
-        number_in(name, value, low, open_low=not inclusive)
+    for name, (low, inclusive) in _LIMITS[rule].items():
+        number_in(name, hyperparameters[name], low, _HIGHEST.get(name, FLOAT32_MAX), open_low=not inclusive)
     if rule == "mesu":  # the step divides by N·σ_p² (each in range, their product can underflow)
         scale = float(hyperparameters["N"]) * float(hyperparameters["sigma_prior"]) ** 2
         if not (scale > 0 and math.isfinite(1.0 / scale) and math.isfinite(scale)):
@@ -211,7 +208,8 @@ def mesu_step_(mus: Sequence[Tensor], sigmas: Sequence[Tensor], grad_mus: Sequen
     mus, sigmas, grad_mus, grad_sigmas = list(mus), list(sigmas), list(grad_mus), list(grad_sigmas)
     scalars = update_scalars("mesu", hyper)
     _check_step_tensors(mus=mus, sigmas=sigmas, grad_mus=grad_mus, grad_sigmas=grad_sigmas)
-    _run(_compiled_mesu, (mus, sigmas, grad_mus, grad_sigmas), {**scalars, "clamp": hyper["clamp_grad"] > 0})
+    # (a Python bool from the float scalar: a numpy number here made the compiled loop branch on data and fail)
+    _run(_compiled_mesu, (mus, sigmas, grad_mus, grad_sigmas), {**scalars, "clamp": scalars["clamp_grad"] > 0})
 
 
 def mesu_step(
