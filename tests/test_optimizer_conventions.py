@@ -232,3 +232,15 @@ def test_a_state_dict_asking_for_what_metaplastic_adam_does_not_do_is_refused():
         metaspike.MetaplasticAdam([weight]).load_state_dict(adam.state_dict())
     wrapped = metaspike.metaplastic(torch.optim.Adam([weight], amsgrad=True))  # Adam itself does it
     wrapped.load_state_dict(wrapped.state_dict())
+
+
+def test_another_optimizers_state_dict_is_refused_at_load_not_at_the_next_step():
+    lam = torch.zeros(3, requires_grad=True)
+    mu, sigma = torch.zeros(3, requires_grad=True), torch.ones(3, requires_grad=True)
+    for optimizer, foreign in ((BiMU([lam]), torch.optim.SGD([lam], lr=0.1)), (MESU([mu, sigma]), BiMU([mu, sigma]))):
+        before = copy.deepcopy(optimizer.param_groups[0])
+        with pytest.raises(ValueError, match=rf"state_dict: its param groups lack .*: it is not the state dict of a "
+                                             rf"{type(optimizer).__name__} optimizer"):
+            optimizer.load_state_dict(foreign.state_dict())
+        assert {k: v for k, v in optimizer.param_groups[0].items() if k != "params"} == \
+            {k: v for k, v in before.items() if k != "params"}

@@ -81,9 +81,15 @@ def _check_roles(optimizer: str, roles: tuple[str, ...], params: list[Tensor], h
 
 
 def _check_loaded_groups(optimizer: Optimizer, state_dict: dict[str, Any]) -> None:
-    """Validate the hyperparameters of a state dict's groups before they are installed (a file from outside)."""
+    """Validate the hyperparameters of a state dict's groups before they are installed (a file from outside): each
+    group must hold every setting of the optimizer's rule (torch installs the groups as they are; another
+    optimizer's state dict has other settings, and its first step would fail on a missing key)."""
     for group in state_dict_groups(state_dict):
-        check_hyperparameters(optimizer.rule, {**optimizer.defaults, **group})
+        missing = [key for key in optimizer.defaults if key not in group]
+        if missing:
+            raise ValueError(f"state_dict: its param groups lack {', '.join(missing)}: it is not the state dict of a "
+                             f"{type(optimizer).__name__} optimizer")
+        check_hyperparameters(optimizer.rule, group)
 
 
 class _DataGatedOptimizer(Optimizer):
