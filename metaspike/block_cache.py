@@ -37,13 +37,15 @@ def signs_cache_key() -> int | None:
 
 
 # inside a block: per (parametrization, its first tensor), the weight it showed and what it was made under
-_block_weights: dict[tuple[int, int], tuple[tuple[Any, ...], Tensor]] = {}
+_block_weights: dict[tuple[int, int, Any], tuple[tuple[Any, ...], Any]] = {}
 
 
-def reuse_in_block(parametrization: nn.Module, tensors: tuple[Tensor, ...], make: Callable[[], Tensor]) -> Tensor:
+def reuse_in_block(parametrization: nn.Module, tensors: tuple[Tensor, ...], make: Callable[[], Tensor],
+                   variant: Any = None) -> Tensor:
     """The weight ``make()`` shows for a synapse's ``tensors``: inside :func:`binarized_once`, made once and reused
     while the tensors keep their versions (an optimizer step changes them in place), the grad mode (a weight made
     under ``no_grad`` has no graph to train through) and the parametrization's mode; outside a block, made anew.
+    ``variant`` tells apart what one synapse makes in several forms (``S`` weight samples of a sampled layer).
 
     Example:
         >>> w, synapse = nn.Parameter(torch.randn(3)), nn.Identity()
@@ -54,7 +56,7 @@ def reuse_in_block(parametrization: nn.Module, tensors: tuple[Tensor, ...], make
     """
     if not _open_blocks:
         return make()
-    key = (id(parametrization), id(tensors[0]))
+    key = (id(parametrization), id(tensors[0]), variant)
     made_under = (*(t._version for t in tensors), torch.is_grad_enabled(), parametrization.training)
     found = _block_weights.get(key)
     if found is None or found[0] != made_under:

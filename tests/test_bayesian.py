@@ -769,3 +769,17 @@ def test_mesu_leaves_a_frozen_mean_or_width_as_it_is(frozen):
     opt.step()
     assert torch.equal(still, before) and "step" not in opt.state[still]
     assert not torch.equal(moving, moving_before) and float(opt.state[moving]["step"]) == 1
+
+
+@pytest.mark.parametrize("layer_type", [BayesianLinear, BinaryBayesianLinear])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_sampled_layers_draw_their_samples_once_per_binarized_once_block(layer_type, batch):
+    """A spiking time loop inside binarized_once drew new weights at every time step from a layer with samples=S."""
+    import metaspike
+
+    layer = layer_type(6, 4, samples=3)
+    x = torch.randn(batch, 6)
+    with metaspike.binarized_once():
+        first, again = layer(x), layer(x)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, layer(x))  # outside a block: new samples

@@ -757,6 +757,16 @@ def sampled_forward(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
     return out if gain is None else gain(out, layer.bias)
 
 
+def _block_samples(layer: nn.Module, samples: int) -> Tensor:
+    """:func:`sample_weights` of ``layer``, drawn once per :func:`~metaspike.block_cache.binarized_once` block (a
+    spiking network's time steps share them) and anew outside one."""
+    synapse = _parametrization(layer)
+    if synapse is None:
+        return sample_weights(layer, samples)
+    return reuse_in_block(synapse, _synapse_tensors(layer, synapse), lambda: sample_weights(layer, samples),
+                          ("samples", samples))
+
+
 @_outside_compiled_models
 def sampled_product(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
     """:func:`sampled_forward` without the layer's output gain: what a layer's own ``forward`` computes on
@@ -781,9 +791,11 @@ def sampled_product(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
         synapse = _parametrization(layer)
         if synapse is not None and synapse.training and x.shape[1] == 1 and torch.is_grad_enabled():
             tensors = _synapse_tensors(layer, synapse)
-            out = _SampledRowProduct.apply(x, synapse, draw_key(tensors[0].device), samples, *tensors)
+            # the samples are the key's: inside binarized_once one key, so the same samples at every time step
+            key = reuse_in_block(synapse, tensors, lambda: draw_key(tensors[0].device), ("key", samples))
+            out = _SampledRowProduct.apply(x, synapse, key, samples, *tensors)
         else:
-            weights = sample_weights(layer, samples)
+            weights = _block_samples(layer, samples)
             if shared and _one_weight(weights):
                 out = _samples_times_inputs(weights[:1], x[:1]).expand(samples, -1, -1).contiguous()
             else:
@@ -791,7 +803,7 @@ def sampled_product(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
         return out if layer.bias is None else out + layer.bias
     if isinstance(layer, nn.Conv2d):
         grouped = _grouped_conv_input(layer, x, samples)  # checked before any sample is drawn
-        weights = sample_weights(layer, samples)
+        weights = _block_samples(layer, samples)
         if x.dim() == 4 and _one_weight(weights):
             one = _sampled_conv2d(layer, x, weights[:1], 1)  # (one sample's grouped input is x itself)
             return one.expand(samples, *one.shape[1:]).contiguous()
