@@ -332,3 +332,16 @@ def test_the_bayesian_kinds_are_judged_against_the_binary_network_at_m_0():
                                      "beyond 5")
     assert verdicts["leaky+bimu"] == ("-", "BiMU (against leaky m=0) forgets 95% less, last task -0.5 points")
     assert verdicts["bnn"][0] == "10" and verdicts["leaky"][1] == "m = 0 only: nothing to compare it with"
+
+
+def test_a_stream_whose_matrix_outgrows_its_rewrites_is_warned_of():
+    """Each evaluation adds a row of one cell per task and every checkpoint rewrites them all: 10,000 tasks evaluated
+    after each made a 25 MB checkpoint by task 109 and slowed the run fivefold."""
+    from metaspike.app.runs import MATRIX_CELLS_WARNED, matrix_cost_warning
+
+    every_task = RunConfig(tasks=10_000, eval_every=1, batch_size=1, model="bimu")
+    assert "10,000 rows of 10,000 cells" in matrix_cost_warning(every_task)
+    assert "--eval-every 10 or more" in matrix_cost_warning(every_task)
+    suggested = RunConfig(tasks=10_000, eval_every=10, batch_size=1, model="bimu")
+    assert matrix_cost_warning(suggested) is None and 1_000 * 10_000 <= MATRIX_CELLS_WARNED
+    assert matrix_cost_warning(RunConfig(tasks=1_000, eval_every=1, batch_size=1, model="bimu")) is None

@@ -219,7 +219,7 @@ _SETTING_FLAGS = {"scenario": "scenario", "dataset": "datasets", "tasks": "tasks
 
 
 def _train(args: argparse.Namespace) -> None:
-    from metaspike.app.runs import LEARNED_MARGIN, learned_nothing, load_config, resume, run
+    from metaspike.app.runs import LEARNED_MARGIN, learned_nothing, load_config, matrix_cost_warning, resume, run
     from metaspike.continual.metrics import largest_rise
     from metaspike.app.tables import format_table, summarize_results
 
@@ -236,6 +236,8 @@ def _train(args: argparse.Namespace) -> None:
         meta_values = [v for text in args.meta for v in parse_meta(text)] if args.meta else None
         config = _config(args, meta_values, args.seed)
         _refuse_unused_flags(_given_settings(args), config)
+        if (cost := matrix_cost_warning(config)) is not None:
+            print(f"metaspike: warning: {cost}", file=sys.stderr)
         path, result = run(config, args.out, progress=not args.quiet)
     if world()[0] != 0:
         return  # under torchrun, only the first process reports

@@ -283,6 +283,29 @@ def _record(config: RunConfig, scenario: Scenario) -> dict[str, Any]:
     }
 
 
+#: Accuracy-matrix cells beyond which a run warns of its cost: every evaluation adds a row of one cell per task, and
+#: each checkpoint and results file rewrites all rows (10,000 tasks evaluated after each: a checkpoint of 25 MB by
+#: task 109, growing by about 230 kB an evaluation, and the run slowing from 2 to 0.4 tasks a second in 160 s).
+MATRIX_CELLS_WARNED = 10_000_000
+
+
+def matrix_cost_warning(config: RunConfig) -> str | None:
+    """A warning when ``config``'s accuracy matrix (one row per evaluation, one cell per task) grows beyond
+    :data:`MATRIX_CELLS_WARNED` cells, else ``None``.
+
+    Example:
+        >>> matrix_cost_warning(RunConfig(tasks=10_000, eval_every=1, batch_size=1, model="bimu"))[:40]
+        'the accuracy matrix grows to 10,000 rows'
+    """
+    rows = -(-config.tasks // config.eval_every)
+    if rows * config.tasks <= MATRIX_CELLS_WARNED:
+        return None
+    fewer = max(1, -(-config.tasks * config.tasks // MATRIX_CELLS_WARNED))
+    return (f"the accuracy matrix grows to {rows:,} rows of {config.tasks:,} cells (one row per evaluation), and every "
+            "checkpoint and results file rewrites them all, so each evaluation costs more than the last; "
+            f"--eval-every {fewer} or more keeps it under {MATRIX_CELLS_WARNED:,} cells")
+
+
 def run(config: RunConfig, out: str | Path = "runs", progress: bool = True, plot: bool = True,
         name: str | None = None) -> tuple[Path, ContinualResult]:
     """Train one run and write its directory under ``out`` (named ``name``, default ``config.name``;
