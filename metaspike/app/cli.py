@@ -188,6 +188,9 @@ def _refuse_unused_flags(given: dict[str, object], config: RunConfig) -> None:
                          "not a budget of trained tasks")
     if "batchnorm" in given and is_builtin(config.model) and not uses_batchnorm(config.model):
         raise ValueError(f"--batchnorm: model {config.model!r} has no BatchNorm")
+    if config.scenario == "sequence" and "tasks" in given and config.tasks != len(config.datasets):
+        raise ValueError(f"--tasks: --scenario sequence has one task per --dataset ({len(config.datasets)} here), "
+                         f"got --tasks {config.tasks}")
     _refuse_per_task_modes(given, config)
 
 
@@ -203,9 +206,6 @@ def _refuse_per_task_modes(given: dict[str, object], config: RunConfig) -> None:
     if given.get("optimizer") == "per-task" and config.scenario == "stream":
         raise ValueError("--optimizer per-task: --scenario stream has no task boundaries, so one optimizer trains the "
                          "whole stream; leave out --optimizer or give --optimizer shared")
-    if config.scenario == "sequence" and "tasks" in given and config.tasks != len(config.datasets):
-        raise ValueError(f"--tasks: --scenario sequence has one task per --dataset ({len(config.datasets)} here), "
-                         f"got --tasks {config.tasks}")
 
 
 #: command-line attribute -> RunConfig field, for the settings --resume must not change
