@@ -219,7 +219,15 @@ _SETTING_FLAGS = {"scenario": "scenario", "dataset": "datasets", "tasks": "tasks
 
 
 def _train(args: argparse.Namespace) -> None:
-    from metaspike.app.runs import LEARNED_MARGIN, learned_nothing, load_config, matrix_cost_warning, resume, run
+    from metaspike.app.runs import (
+        LEARNED_MARGIN,
+        learned_nothing,
+        load_config,
+        matrix_cost_warning,
+        resume,
+        run,
+        tasks_learned_nothing,
+    )
     from metaspike.continual.metrics import largest_rise
     from metaspike.app.tables import format_table, summarize_results
 
@@ -258,6 +266,10 @@ def _train(args: argparse.Namespace) -> None:
         print(f"metaspike: warning: no task's accuracy rose more than {LEARNED_MARGIN:g} points above the untrained "
               f"network's (best {largest_rise(result.matrix, result.baseline):+.1f}): the run learned nothing; "
               f"{_LEARNING_SETTINGS}", file=sys.stderr)
+    elif unlearned := tasks_learned_nothing(result):
+        print(f"metaspike: warning: task(s) {', '.join(map(str, unlearned))} ended their own training within "
+              f"{LEARNED_MARGIN:g} points of the untrained network's accuracy: they learned nothing while they trained "
+              "(a slow start; more --epochs, or another --lr or --meta)", file=sys.stderr)
 
 
 _LEARNING_SETTINGS = ("check the learning settings (--lr, --meta: a large m freezes every weight, --epochs, "

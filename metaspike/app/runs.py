@@ -445,6 +445,21 @@ def is_complete(run_dir: str | Path) -> bool:
 LEARNED_MARGIN = 5.0
 
 
+def tasks_learned_nothing(result: ContinualResult) -> list[int]:
+    """The tasks (numbered from 1) whose accuracy right after their own training, where it was evaluated, rose at
+    most :data:`LEARNED_MARGIN` points above the untrained network's (a run may learn its later tasks and not its
+    first: a slow start).
+
+    Example:
+        >>> tasks_learned_nothing(ContinualResult(["a", "b"], matrix=[[11.0, 9.0], [12.0, 90.0]], baseline=[10.0, 10.0]))
+        [1]
+    """
+    if len(result.baseline) != len(result.task_names) or len(result.task_names) != len(result.matrix):
+        return []  # (a stream's one test set, or untrained accuracies not measured)
+    return [j + 1 for j, (row, untrained) in enumerate(zip(result.matrix, result.baseline))
+            if math.isfinite(row[j]) and math.isfinite(untrained) and row[j] - untrained <= LEARNED_MARGIN]
+
+
 def learned_nothing(result: ContinualResult) -> bool:
     """Whether no evaluated accuracy of ``result`` rose more than :data:`LEARNED_MARGIN` points above the untrained
     network's on that task (``False`` where the untrained accuracies were not measured).

@@ -147,7 +147,7 @@ EXPERIMENTS: dict[str, Experiment] = {
                    _continual("stream", "stream of subsets", _stream)),
         Experiment("fig5ab", "quadratic binary task: the optimum moves, metaplastic weights keep their signs", _fig5ab),
         Experiment("fig5cde", "loss increase when flipping weights, binned by |W_h|", _fig5cde),
-        Experiment("long-stream", "100 permuted tasks, one pass at batch size 1: BiMU, MESU, the 2021 rule, EWC-Online, SI, SGD", long_stream.run),
+        Experiment("long-stream", "100 permuted tasks, one pass at batch size 1: BiMU, MESU, the 2021 rule, EWC-Online, SI, SGD, plain BNN", long_stream.run),
     )
 }
 
