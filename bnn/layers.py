@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from bnn.binary_linear import binary_linear, check_precision
 from bnn.sign_buffers import SignBuffers
 from metaspike.bayesian.fused_step import Activation, register_fused_activation
-from metaspike.checks import finite_number, is_finite_number
+from metaspike.checks import finite_number, number_in
 from metaspike.gain import attach_output_gain, check_scale
 from metaspike.quantizers import (
     NoQuantizer,
@@ -37,8 +37,7 @@ __all__ = ["BinaryLinear", "BinaryConv2d", "SignActivation", "MagnitudeGate"]
 
 def _init_uniform(weight: Tensor, init_width: float | None) -> None:
     if init_width is not None:
-        if not (is_finite_number(init_width) and init_width > 0):
-            raise ValueError(f"init_width must be a finite number > 0 or None, got {init_width!r}")
+        number_in("init_width", init_width, 0.0, open_low=True, note="or None")
         with torch.no_grad():
             weight.uniform_(-init_width / 2, init_width / 2)
 

@@ -27,7 +27,7 @@ from metaspike.app.models import (
 )
 from metaspike.bayesian.synapses import check_magnitude
 from metaspike.chained import ChainedOptimizer
-from metaspike.checks import check_device, check_seed
+from metaspike.checks import check_device, check_seed, finite_number
 from metaspike.continual.scenarios import available_scenarios
 from metaspike.continual.trainer import LAST_EVALUATED, TrainerConfig
 from metaspike.rules import check_meta, get_rule
@@ -237,11 +237,8 @@ class RunConfig:
                 f"--meta takes one value or one per layer ({layers} for --hidden "
                 f"{' '.join(map(str, self.hidden))}), got {len(self.meta)}"
             )
-        for key, low in (("lr", 0.0), ("weight_decay", 0.0)):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low \
-                    or (key == "lr" and value == 0):
-                raise ValueError(f"{_flag(key)} must be a finite number {'>' if key == 'lr' else '>='} 0, got {value!r}")
+        for key in ("lr", "weight_decay"):
+            finite_number(_flag(key), getattr(self, key), positive=key == "lr")
         if self.weight_decay > MAX_WEIGHT_DECAY:
             raise ValueError(f"--weight-decay must be in [0, {MAX_WEIGHT_DECAY:g}], got {self.weight_decay!r}: the decay "
                              "term weight_decay * w is added to the gradient, and beyond this it drowns the loss's")
