@@ -179,6 +179,11 @@ class _GaussianSample(torch.autograd.Function):
         return grad_mu.view(ctx.mu_shape), grad_sigma.view(ctx.mu_shape), None, None
 
 
+#: The starts of a synapse's tensors unless a call says otherwise: MESU's width ``σ`` and the spread of BiMU's ``λ``.
+SIGMA_INIT = 0.1
+LAMBDA_INIT = 0.1
+
+
 def _mark_roles(synapse: nn.Module) -> None:
     """Mark the tensors of ``synapse`` with their roles (:data:`~metaspike.layer_selection.ROLE_ATTRIBUTE`)."""
     for role, tensor in vars(synapse).get("_role_tensors", {}).items():
@@ -214,7 +219,7 @@ class GaussianWeight(_RolesSurviveCopies, SynapseParametrization):
 
     kind = "mesu"
 
-    def __init__(self, mu: Tensor, sigma_init: float = 0.1, evaluation: str = "mode") -> None:
+    def __init__(self, mu: Tensor, sigma_init: float = SIGMA_INIT, evaluation: str = "mode") -> None:
         super().__init__()
         self.evaluation = _choice("evaluation", evaluation, EVALUATIONS)
         self.sigma = nn.Parameter(torch.full_like(mu.detach(), finite_number("sigma_init", sigma_init, positive=True)))
@@ -493,8 +498,8 @@ def make_bayesian(
     layer: nn.Module,
     kind: str = "bimu",
     *,
-    sigma_init: float = 0.1,
-    lambda_init: float | None = 0.1,
+    sigma_init: float = SIGMA_INIT,
+    lambda_init: float | None = LAMBDA_INIT,
     temperature: float = 1.0,
     evaluation: str = "mode",
     scale: str | None = "auto",
@@ -535,8 +540,8 @@ def bayesianize(
     *,
     layer_types: type[nn.Module] | Sequence[type[nn.Module]] = DEFAULT_LAYER_TYPES,
     exclude: str | Sequence[str] = (),
-    sigma_init: float = 0.1,
-    lambda_init: float | None = 0.1,
+    sigma_init: float = SIGMA_INIT,
+    lambda_init: float | None = LAMBDA_INIT,
     temperature: float = 1.0,
     evaluation: str = "mode",
     scale: str | None = "auto",
@@ -596,10 +601,11 @@ def bayesianize(
     if not todo and not any(found == kind for _, _, found, _ in bayesian_modules(model)):
         raise ValueError(f"{type(model).__name__} has no layer to make Bayesian (looked for "
                          f"{layer_type_names(layer_types)} layers with a weight parameter)")
-    starts = {"mesu": ("sigma_init", sigma_init, 0.1), "bimu": ("lambda_init", lambda_init, 0.1)}[kind]
-    if kept and starts[1] != starts[2]:
+    start, given, default = (("sigma_init", sigma_init, SIGMA_INIT) if kind == "mesu" else
+                             ("lambda_init", lambda_init, LAMBDA_INIT))
+    if kept and given != default:
         warnings.warn(f"bayesianize: {', '.join(map(repr, kept))} already are {kind!r} synapses and keep their own "
-                      f"values; {starts[0]}={starts[1]!r} starts only the layers this call converts (set theirs on "
+                      f"values; {start}={given!r} starts only the layers this call converts (set theirs on "
                       "layer.parametrizations.weight[0])", stacklevel=2)
     _make_synapses(todo, kind, scale, sigma_init, lambda_init, temperature, evaluation)  # everything checked
     warn_float_matrices_left(model, [layer for _, layer in selected], exclude, "bayesianize")
@@ -631,7 +637,6 @@ def _synapse_tensors(layer: nn.Module, synapse: _Parametrization) -> tuple[nn.Pa
     object.__setattr__(synapse, "_role_tensors", roles)  # (a plain attribute: deepcopy maps it to the new tensors)
     _mark_roles(synapse)
     return tuple(roles.values())
-
 
 
 def mesu_param_groups(model: nn.Module) -> list[dict[str, Any]]:
