@@ -348,8 +348,9 @@ def read_idx(path: str | os.PathLike, max_bytes: int = IDX_MAX_BYTES) -> np.ndar
     p = Path(path)
     try:
         # a file larger than its data may be (plus gzip's few bytes per block) is refused before it is read
-        if p.stat().st_size > max_bytes + max_bytes // 64 + 4096:
-            raise DataError(f"IDX file {p} is {p.stat().st_size:,} bytes, more than the {max_bytes:,} bytes of data "
+        size = p.stat().st_size
+        if size > max_bytes + max_bytes // 64 + 4096:
+            raise DataError(f"IDX file {p} is {size:,} bytes, more than the {max_bytes:,} bytes of data "
                             "this reader accepts: not a dataset file, or more data than this machine's memory holds")
         raw = p.read_bytes()
     except FileNotFoundError:

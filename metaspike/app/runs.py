@@ -445,9 +445,14 @@ def is_complete(run_dir: str | Path) -> bool:
 LEARNED_MARGIN = 5.0
 
 
+def _learned(rise: float) -> bool:
+    """Whether an accuracy that rose ``rise`` points above the untrained network's shows learning."""
+    return rise >= LEARNED_MARGIN
+
+
 def tasks_learned_nothing(result: ContinualResult) -> list[int]:
-    """The tasks (numbered from 1) whose accuracy right after their own training, where it was evaluated, rose at
-    most :data:`LEARNED_MARGIN` points above the untrained network's (a run may learn its later tasks and not its
+    """The tasks (numbered from 1) whose accuracy right after their own training, where it was evaluated, rose less
+    than :data:`LEARNED_MARGIN` points above the untrained network's (a run may learn its later tasks and not its
     first: a slow start).
 
     Example:
@@ -457,11 +462,11 @@ def tasks_learned_nothing(result: ContinualResult) -> list[int]:
     if len(result.baseline) != len(result.task_names) or len(result.task_names) != len(result.matrix):
         return []  # (a stream's one test set, or untrained accuracies not measured)
     return [j + 1 for j, (row, untrained) in enumerate(zip(result.matrix, result.baseline))
-            if math.isfinite(row[j]) and math.isfinite(untrained) and row[j] - untrained <= LEARNED_MARGIN]
+            if math.isfinite(row[j]) and math.isfinite(untrained) and not _learned(row[j] - untrained)]
 
 
 def learned_nothing(result: ContinualResult) -> bool:
-    """Whether no evaluated accuracy of ``result`` rose more than :data:`LEARNED_MARGIN` points above the untrained
+    """Whether no evaluated accuracy of ``result`` rose :data:`LEARNED_MARGIN` points or more above the untrained
     network's on that task (``False`` where the untrained accuracies were not measured).
 
     Example:
@@ -470,7 +475,8 @@ def learned_nothing(result: ContinualResult) -> bool:
     """
     if len(result.baseline) != len(result.task_names):
         return False
-    return largest_rise(result.matrix, result.baseline) < LEARNED_MARGIN
+    rise = largest_rise(result.matrix, result.baseline)
+    return math.isfinite(rise) and not _learned(rise)
 
 
 def finished_result(run_dir: str | Path) -> ContinualResult | None:
