@@ -54,9 +54,25 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        failure = _file_failure(err)
+        if failure is not None and failure.filename is None:  # (a full disk names no file): name the target
+            raise OSError(failure.errno, failure.strerror or str(failure), str(path)) from err
         raise
+
+
+def _file_failure(err: BaseException) -> OSError | None:
+    """The operating system's error behind ``err``: itself, or the one ``torch.save``'s archive writer wraps in a
+    ``RuntimeError`` (a full disk mid-checkpoint)."""
+    seen: BaseException | None = err
+    for _ in range(3):
+        if isinstance(seen, OSError):
+            return seen
+        if seen is None or not isinstance(seen, RuntimeError):
+            return None
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:

@@ -170,6 +170,43 @@ def test_a_full_disk_gives_one_line(tmp_path, capsys, monkeypatch):
     assert len(err.splitlines()) == 1
 
 
+def test_a_file_size_limit_mid_run_names_the_file_and_the_resume_command(tmp_path):
+    """A real write failure (the file-size limit, as a full disk does it: inside torch.save's archive writer, which
+    wraps the error in a RuntimeError naming no file): one line with the file and the command that continues."""
+    resource = pytest.importorskip("resource")
+
+    def limit_file_size():  # 40 KiB: the small files fit, the first checkpoint does not
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40 * 1024, resource.RLIM_INFINITY))
+
+    done = subprocess.run([sys.executable, "-m", "metaspike", "train", "--dataset", "digits", "--tasks", "2",
+                           "--epochs", "1", "--hidden", "64", "--quiet", "--out", str(tmp_path)],
+                          capture_output=True, text=True, preexec_fn=limit_file_size)
+    run = next(tmp_path.iterdir())
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (f"metaspike: error: cannot read or write {run / 'checkpoint.pt'}: File too large; "
+                                   f"what was written so far is kept: free space, then continue with: "
+                                   f"metaspike train --resume {run}")
+    assert not list(run.glob(".*.tmp"))  # the half-written temporary file is gone
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["complete"] is True
+
+
+def test_atomic_open_names_its_file_when_torch_save_wraps_the_failure(tmp_path):
+    import errno
+
+    from metaspike.files import atomic_open
+
+    target = tmp_path / "checkpoint.pt"
+    with pytest.raises(OSError) as caught:
+        with atomic_open(target, "wb"):
+            raise RuntimeError("unexpected pos 64 vs 0") from OSError(errno.ENOSPC, "No space left on device")
+    assert (caught.value.errno, caught.value.filename) == (errno.ENOSPC, str(target))
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError, match="not a file failure"):  # other errors pass unchanged
+        with atomic_open(target, "wb"):
+            raise RuntimeError("not a file failure")
+
+
 def test_a_comparison_that_fails_its_checks_leaves_no_folder(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["compare", "--dataset", "digits", "--tasks", "2", "--epochs", "1", "--hidden", "8", "--meta", "0",

@@ -207,6 +207,11 @@ def train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: R
         if directory is None:
             raise
         raise Interrupted(directory.path, f"metaspike train --resume {directory.path}") from None
+    except OSError as err:  # a full disk mid-run: what was written is kept, and the run continues once there is room
+        if directory is None or err.filename is None:
+            raise
+        raise OSError(err.errno, f"{err.strerror or err}; what was written so far is kept: free space, then continue "
+                                 f"with: metaspike train --resume {directory.path}", err.filename) from err
     if directory is None:
         return result
     with atomic_open(directory.path / "model.pt", "wb") as handle:
