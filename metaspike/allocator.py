@@ -18,10 +18,13 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import re
+
+import torch
 
 from metaspike.checks import is_whole
 
-__all__ = ["keep_freed_memory", "usable_memory"]
+__all__ = ["keep_freed_memory", "usable_memory", "allocation_failure"]
 
 # mallopt parameters (glibc's malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -58,7 +61,7 @@ def keep_freed_memory(limit_mib: int = 1024) -> bool:
 def usable_memory() -> int | None:
     """The memory this process may fill, in bytes: the machine's physical memory, or less where a container's
     memory limit (cgroup v2 ``memory.max`` or v1 ``memory.limit_in_bytes``) or the process's address-space limit
-    (``ulimit -v``) says so; ``None`` where the operating system says nothing.
+    (``ulimit -v``, less what the process has mapped already) says so; ``None`` where the operating system says nothing.
 
     Example:
         >>> usable_memory() > 0
@@ -82,7 +85,47 @@ def usable_memory() -> int | None:
 
         soft = resource.getrlimit(resource.RLIMIT_AS)[0]
         if soft != resource.RLIM_INFINITY and soft > 0:
-            limits.append(soft)
+            limits.append(max(soft - _mapped_bytes(), 0))  # the limit counts what is mapped already (libraries)
     except (ImportError, ValueError, OSError):
         pass
     return min(limits) if limits else None
+
+
+def _mapped_bytes() -> int:
+    """The address space this process has mapped (``VmSize``), 0 where ``/proc`` does not say."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+_ALLOCATION_FAILURES = ("can't allocate memory", "out of memory", "not enough memory")
+
+
+def allocation_failure(err: BaseException) -> str | None:
+    """One line saying that ``err`` is memory running out (Python's ``MemoryError``, torch's ``OutOfMemoryError``
+    or the CPU allocator's ``RuntimeError``) and how much was asked for; ``None`` for any other error.
+
+    Example:
+        >>> allocation_failure(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+        ...                                 "3200000000 bytes. Error code 12 (Cannot allocate memory)"))
+        'out of memory: a tensor of 3.2 GB did not fit'
+        >>> allocation_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+        True
+    """
+    if isinstance(err, MemoryError):
+        return "out of memory"
+    if not isinstance(err, RuntimeError):
+        return None
+    text = str(err)
+    if not (isinstance(err, torch.OutOfMemoryError) or any(failure in text.lower() for failure in _ALLOCATION_FAILURES)):
+        return None
+    asked = re.search(r"allocate (\d+) bytes", text)
+    if asked:
+        return f"out of memory: a tensor of {int(asked.group(1)) / 1e9:.1f} GB did not fit"
+    asked = re.search(r"allocate ([\d.]+ [KMGT]iB)", text)  # (the CUDA allocator's wording)
+    return f"out of memory: a tensor of {asked.group(1)} did not fit" if asked else "out of memory"

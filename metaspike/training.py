@@ -19,6 +19,7 @@ from torch.optim import Optimizer
 
 from metaspike.bayesian.fused_step import FusedTrainingStep
 from metaspike.bayesian.synapses import bayesian_modules
+from metaspike.allocator import allocation_failure
 from metaspike.checks import is_whole
 from metaspike.distributed import average_gradients
 from metaspike.population_statistics import evaluates_with_batch_statistics, has_fixed_statistics
@@ -104,6 +105,8 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
             model.eval()
             out = model(x[:2])
     except (RuntimeError, ValueError) as err:  # (torch's BatchNorm raises ValueError for one sample)
+        if allocation_failure(err):  # memory, not the samples' shape
+            raise
         dtypes = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()})
         if dtypes and str(x.dtype) not in dtypes:
             convert = (f"convert the data (x.to({dtypes[0]}))" if x.dtype == torch.float16 else  # (trains NaN: eps)

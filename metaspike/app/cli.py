@@ -16,7 +16,7 @@ from typing import NoReturn
 
 import torch
 
-from metaspike.allocator import keep_freed_memory
+from metaspike.allocator import allocation_failure, keep_freed_memory
 from metaspike.app.config import DEFAULT_INPUT_META, DEFAULT_META, KIND_SETTINGS, RunConfig, meta_label, parse_meta
 from metaspike.app.imports import FLAG, check_resumed_imports, import_modules
 from metaspike.app.reproduce import cli as reproduce_cli
@@ -396,6 +396,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 torch.distributed.destroy_process_group()
     except (ValueError, ImportError, TrainingDiverged) as err:
         print(f"metaspike: error: {err}", file=sys.stderr)
+        return 2
+    except (RuntimeError, MemoryError) as err:
+        failure = allocation_failure(err)
+        if failure is None:
+            raise
+        print(f"metaspike: error: {failure}; a smaller --hidden, --batch-size or --samples-per-task needs less",
+              file=sys.stderr)
         return 2
     except OSError as err:  # a full disk, a folder that vanished, a file that cannot be read
         where = f" {err.filename}" if err.filename else ""

@@ -75,7 +75,8 @@ def build_run_model(config: RunConfig, scenario: Scenario) -> torch.nn.Module:
     if available is not None and needed > available:
         raise ValueError(f"--hidden {' '.join(map(str, config.hidden))} needs about {needed / 2**30:.0f} GiB to train "
                          f"({weights:,} weights, each with its gradient, Adam moments and sign buffer); "
-                         f"this process may use {available / 2**30:.0f} GiB (the machine's memory or its container's limit)")
+                         f"this process may use {available / 2**30:.0f} GiB (the machine's memory, its container's "
+                         "limit or ulimit -v)")
     model = build_model(config.model, config.hidden, scenario.input_shape, scenario.num_classes, config.num_steps)
     if config.readout_lambda is not None:
         start_confident(readout_layer(model), config.readout_lambda)
