@@ -140,9 +140,9 @@ def test_settings_for_batch_keep_a_mesu_step_within_the_batch_one_bound():
     (("bimu", {"N": 50}, 100), r"N \(the memory window, in samples\) must be at least the batch size 100"),
     (("mesu", {}, 0), "batch_size must be an integer >= 1"),
     (("mesu", {}, 2.5), "batch_size must be an integer >= 1"),
-    (("mesu", {"lr_mu": -1.0}, 2), r"lr_mu must be a finite number in \(0, 3.40282e\+38\], got -1.0"),
+    (("mesu", {"lr_mu": -1.0}, 2), r"lr_mu must be a finite number in \[0, 3.40282e\+38\], got -1.0"),
     (("mesu", None, 2), "per_sample must be a mapping of mesu's settings by name"),
-    (("mesu", {"lr_mu": 1e38}, 10), r"lr_mu must be a finite number in \(0, 3.40282e\+38\], got 1e\+39"),  # (scaled)
+    (("mesu", {"lr_mu": 1e38}, 10), r"lr_mu must be a finite number in \[0, 3.40282e\+38\], got 1e\+39"),  # (scaled)
 ])
 def test_settings_for_batch_refuse_bad_input_in_one_line(args, message):
     with pytest.raises(ValueError, match=message):
@@ -260,7 +260,7 @@ def test_state_dict_round_trip(make, optimizer, params, settings):
 
 
 @pytest.mark.parametrize("name, value", [
-    ("lr_mu", 0), ("lr_sigma", -1), ("sigma_prior", float("nan")), ("mu_prior", float("inf")),
+    ("lr_mu", -1e-9), ("lr_sigma", -1), ("sigma_prior", float("nan")), ("mu_prior", float("inf")),
     ("N", 0), ("clamp_grad", -0.5), ("N", "100"),
 ])
 def test_mesu_bad_hyperparameters(name, value):
@@ -277,7 +277,7 @@ def test_mesu_bad_hyperparameters(name, value):
 
 
 @pytest.mark.parametrize("name, value", [
-    ("lr", 0), ("lr_max", -1.0), ("likelihood_multiplier", float("nan")), ("kl_multiplier", -0.1),
+    ("lr", -0.5), ("lr_max", -1.0), ("likelihood_multiplier", float("nan")), ("kl_multiplier", -0.1),
     ("N", float("inf")), ("lr", True),
 ])
 def test_bimu_bad_hyperparameters(name, value):

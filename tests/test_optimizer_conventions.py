@@ -154,9 +154,9 @@ def test_mesu_refuses_a_prior_scale_that_underflows():
 
 @pytest.mark.parametrize("make, message", [
     (lambda p: MESU(p, sigma_prior=1e200), r"sigma_prior must be a finite number in \(0, 1.84467e\+19\], got 1e\+200"),
-    (lambda p: MESU(p, lr_mu=1e308), r"lr_mu must be a finite number in \(0, 3.40282e\+38\]"),
+    (lambda p: MESU(p, lr_mu=1e308), r"lr_mu must be a finite number in \[0, 3.40282e\+38\]"),
     (lambda p: MESU(p, N=1e-300), r"N must be a finite number in \[1, 3.40282e\+38\], got 1e-300"),
-    (lambda p: BiMU(p[:1], lr=1e39), r"lr must be a finite number in \(0, 3.40282e\+38\], got 1e\+39"),
+    (lambda p: BiMU(p[:1], lr=1e39), r"lr must be a finite number in \[0, 3.40282e\+38\], got 1e\+39"),
     (lambda p: BiMU(p[:1], likelihood_multiplier=1e39), r"likelihood_multiplier must be a finite number in \(0, "),
     (lambda p: BiMU(p[:1], N=1e-6), r"N must be a finite number in \[1, "),  # sent λ from 2 to -131,975 in a step
 ])
@@ -244,3 +244,24 @@ def test_another_optimizers_state_dict_is_refused_at_load_not_at_the_next_step()
             optimizer.load_state_dict(foreign.state_dict())
         assert {k: v for k, v in optimizer.param_groups[0].items() if k != "params"} == \
             {k: v for k, v in before.items() if k != "params"}
+
+
+def test_a_scheduler_may_take_the_learning_rate_to_zero():
+    """As torch.optim allows lr = 0 (a cosine or linear schedule ends there): BiMU's step then keeps only the prior
+    term, −λ K/N / (K + 2 g tanh λ + 2|g| + 1/η_max), and MESU's learning rates at 0 change nothing."""
+    lam = torch.tensor([0.5, -1.0], requires_grad=True)
+    opt = BiMU([lam], **BIMU)
+    schedule = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.0, total_iters=1)
+    schedule.step()
+    assert opt.param_groups[0]["lr"] == 0.0
+    lam.grad = torch.tensor([0.3, 0.2])
+    opt.step()
+    l0, g = torch.tensor([0.5, -1.0], dtype=torch.float64), torch.tensor([0.3, 0.2], dtype=torch.float64)
+    k = 1.0 - torch.tanh(l0) ** 2  # κ = 1
+    expected = l0 - (l0 * k / 100.0) / (k + 2 * g * torch.tanh(l0) + 2 * g.abs() + 1.0)
+    assert torch.allclose(lam.detach().double(), expected, rtol=0, atol=1e-6)  # (float32 rounding of values ~1)
+    mu, sigma = torch.tensor([0.2, -0.4], requires_grad=True), torch.tensor([0.1, 0.3], requires_grad=True)
+    mesu = MESU([mu, sigma], **{**MESU_CLIPPED, "lr_mu": 0.0, "lr_sigma": 0.0})
+    mu.grad, sigma.grad = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 0.5])
+    mesu.step()
+    assert torch.equal(mu.detach(), torch.tensor([0.2, -0.4])) and torch.equal(sigma.detach(), torch.tensor([0.1, 0.3]))

@@ -39,15 +39,15 @@ __all__ = ["mesu_step", "mesu_step_", "bimu_step", "bimu_step_", "check_hyperpar
 # float32 tensors by it; sigma_prior at most its square root, since σ_p² enters them), mu_prior at least its negative
 _LIMITS: dict[str, dict[str, tuple[float, bool]]] = {
     "mesu": {
-        "lr_mu": (0.0, False),
-        "lr_sigma": (0.0, False),
+        "lr_mu": (0.0, True),  # (0 as torch.optim allows: a scheduler may end there)
+        "lr_sigma": (0.0, True),  # (0 as torch.optim allows: a scheduler may end there)
         "sigma_prior": (0.0, False),
         "mu_prior": (-FLOAT32_MAX, True),
         "N": (1.0, True),  # a memory window shorter than one step overshoots the prior (settings_for_batch says so)
         "clamp_grad": (0.0, True),
     },
     "bimu": {
-        "lr": (0.0, False),
+        "lr": (0.0, True),  # (0 as torch.optim allows: a scheduler may end there)
         "lr_max": (0.0, False),
         "likelihood_multiplier": (0.0, False),
         "kl_multiplier": (0.0, True),
@@ -62,8 +62,9 @@ def check_hyperparameters(rule: str, hyperparameters: Mapping[str, object]) -> N
 
     ``rule`` is ``"mesu"`` or ``"bimu"``; every hyperparameter of the rule must be in
     ``hyperparameters`` (other keys are ignored). All must be finite real numbers that float32 holds
-    (``sigma_prior``: whose square it holds); ``mu_prior`` may have any sign, ``clamp_grad`` and
-    ``kl_multiplier`` may be ``0``, ``N`` (a memory window in steps) must be ``>= 1``, the others ``> 0``.
+    (``sigma_prior``: whose square it holds); ``mu_prior`` may have any sign; the learning rates (``lr``, ``lr_mu``,
+    ``lr_sigma``, as in torch.optim where a scheduler may take them to 0), ``clamp_grad`` and ``kl_multiplier`` may
+    be ``0``; ``N`` (a memory window in steps) must be ``>= 1``; the others ``> 0``.
 
     Example:
         >>> check_hyperparameters("bimu", dict(lr=1, lr_max=1, likelihood_multiplier=1,
@@ -72,7 +73,7 @@ def check_hyperparameters(rule: str, hyperparameters: Mapping[str, object]) -> N
         ...                                    kl_multiplier=1, N=60_000))
         Traceback (most recent call last):
         ...
-        ValueError: lr must be a finite number in (0, 3.40282e+38], got -1
+        ValueError: lr must be a finite number in [0, 3.40282e+38], got -1
     """
     if rule not in _LIMITS:
         raise ValueError(f"rule must be one of {sorted(_LIMITS)}, got {rule!r}")

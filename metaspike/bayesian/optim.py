@@ -172,7 +172,7 @@ class MESU(_DataGatedOptimizer):
 
     Args:
         params: ``μ, σ`` pairs as above, or param groups of them.
-        lr_mu, lr_sigma: ``η_μ, η_σ > 0``.
+        lr_mu, lr_sigma: ``η_μ, η_σ >= 0``.
         sigma_prior: prior width ``σ_p > 0``.
         mu_prior: prior mean ``μ_p``.
         N: memory window ``> 0``: the prior term is divided by ``N``, so the posterior keeps roughly the
@@ -256,9 +256,12 @@ class BiMU(_DataGatedOptimizer):
     tasks at batch size 1, ``likelihood_multiplier=161.3, kl_multiplier=3.76, lr_max=0.0023, N=700, lr=4.9``
     with 5 weight samples per step (the authors' code, activation appendix).
 
+    torch's learning-rate schedulers adjust ``lr`` (``η``); BiMU has no momentum, so ``OneCycleLR`` needs
+    ``cycle_momentum=False``.
+
     Args:
         params: latent weights ``λ``, or param groups of them.
-        lr: ``η > 0``.
+        lr: ``η >= 0`` (at 0 only the prior term acts).
         lr_max: ``η_max > 0``; bounds the step (the denominator is at least ``1/η_max``).
         likelihood_multiplier: ``L > 0``, scales the gradient.
         kl_multiplier: ``κ >= 0``, the strength of the pull toward the prior.
