@@ -61,8 +61,9 @@ def check_gain_layer(name: str, layer: nn.Module) -> None:
                          "Conv1d/2d/3d layers only; pass scale=None for it, or leave it out with exclude")
 
 
-#: Training passes in a row in which a gain holds a gradient and stays unchanged before :class:`OutputGain` warns.
-IDLE_PASSES_WARNED = 50
+#: Updates of a layer's synapses (an optimizer's steps) through which its gain holds a gradient and stays unchanged
+#: before :class:`OutputGain` warns that no optimizer trains it.
+IDLE_STEPS_WARNED = 50
 
 
 class OutputGain(nn.Module):
@@ -99,26 +100,27 @@ class OutputGain(nn.Module):
         alpha = torch.where(alpha > 0, alpha, torch.full_like(alpha, default))
         self.scale = scale
         self.alpha = nn.Parameter(alpha.clone())
-        self._seen_version = -1  # α's version at the last training forward pass, and the passes since it changed
-        self._idle_passes = 0
+        self._seen_alpha: int | None = None  # α's version, the layer's synapses' versions at the last training pass
+        self._seen_synapses: int | None = None
+        self._idle_steps = 0
 
-    def _watch_for_no_optimizer(self) -> None:
-        """Warn once when ``α`` has held a gradient for :data:`IDLE_PASSES_WARNED` training passes in a row without
-        changing: no optimizer holds it (one built before :func:`metaspike.binarize` added the gain), so the layer
-        trains without the gain its neurons need, silently. (An optimizer's step changes ``α`` in place, which
-        raises its version; gradients accumulated over that many passes before one step are not expected.)"""
+    def _watch_for_no_optimizer(self, synapse_version: int) -> None:
+        """Warn once when the layer's synapses were updated :data:`IDLE_STEPS_WARNED` times (``synapse_version``, the
+        sum of their tensors' versions, changed between training passes) while ``α`` held a gradient and stayed
+        unchanged: no optimizer holds it (one built before :func:`metaspike.binarize` added the gain), so the layer
+        trains without the gain its neurons need, silently. Passes between two steps (the time steps of a spiking
+        model, micro-batches accumulating gradients) change neither, so they count nothing."""
         alpha = self.alpha
-        if alpha.grad is None or not alpha.requires_grad:
-            self._idle_passes = 0
-            return
-        version = alpha._version
-        self._idle_passes = self._idle_passes + 1 if version == self._seen_version else 0
-        self._seen_version = version
-        if self._idle_passes == IDLE_PASSES_WARNED:
-            warnings.warn(f"a learned output gain (of {tuple(alpha.shape)}) has held a gradient for "
-                          f"{IDLE_PASSES_WARNED} training passes without changing: no optimizer trains it. "
-                          "metaspike.binarize and bayesianize add these gains as new parameters: build the optimizer "
-                          "after them (or add the gains' parameters to it)", stacklevel=2)
+        if alpha.grad is None or not alpha.requires_grad or alpha._version != self._seen_alpha:
+            self._idle_steps = 0
+        elif self._seen_synapses is not None and synapse_version != self._seen_synapses:
+            self._idle_steps += 1
+            if self._idle_steps == IDLE_STEPS_WARNED:
+                warnings.warn(f"a learned output gain (of {tuple(alpha.shape)}) has held a gradient through "
+                              f"{IDLE_STEPS_WARNED} updates of its layer's synapses without changing: no optimizer "
+                              "trains it. metaspike.binarize and bayesianize add these gains as new parameters: build "
+                              "the optimizer after them (or add the gains' parameters to it)", stacklevel=3)
+        self._seen_alpha, self._seen_synapses = alpha._version, synapse_version
 
     def per_channel(self, channels: int) -> Tensor:
         """``α`` as one value per output channel (``[channels]``), detached.
@@ -131,8 +133,6 @@ class OutputGain(nn.Module):
 
     def forward(self, output: Tensor, bias: Tensor | None = None) -> Tensor:
         """Scale a layer's ``output`` (which includes ``bias``, if any) so that only ``W x`` is scaled."""
-        if self.training and torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            self._watch_for_no_optimizer()
         alpha = self.alpha
         if bias is None:
             return output * alpha
@@ -140,7 +140,11 @@ class OutputGain(nn.Module):
 
 
 def _apply_output_gain(layer: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
-    return layer.output_gain(output, getattr(layer, "bias", None))
+    gain = layer.output_gain
+    if gain.training and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        synapses = [p for name, p in layer.named_parameters() if not name.startswith("output_gain.")]
+        gain._watch_for_no_optimizer(sum(p._version for p in synapses))
+    return gain(output, getattr(layer, "bias", None))
 
 
 def attach_output_gain(layer: nn.Module, scale: str) -> OutputGain:

@@ -153,11 +153,11 @@ def test_rewriting_signs_after_a_step_is_caught_by_a_retained_graph():
         loss.backward()
 
 
-def test_a_gain_no_optimizer_trains_is_named_after_a_few_dozen_passes():
+def test_a_gain_no_optimizer_trains_is_named_after_a_few_dozen_steps():
     """An optimizer built before binarize lacks the gains it adds: they get gradients but never change."""
     import warnings
 
-    from metaspike.gain import IDLE_PASSES_WARNED
+    from metaspike.gain import IDLE_STEPS_WARNED
 
     for built_first in (True, False):
         net = nn.Sequential(nn.Linear(8, 4), nn.Tanh(), nn.Linear(4, 2))
@@ -167,9 +167,35 @@ def test_a_gain_no_optimizer_trains_is_named_after_a_few_dozen_passes():
         x = torch.randn(16, 8)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            for _ in range(IDLE_PASSES_WARNED + 5):
+            for _ in range(IDLE_STEPS_WARNED + 5):
                 opt.zero_grad()
                 net(x).pow(2).sum().backward()
                 opt.step()
-        named = [w for w in caught if "has held a gradient for" in str(w.message)]
+        named = [w for w in caught if "has held a gradient through" in str(w.message)]
         assert len(named) == (2 if built_first else 0)  # once per gain
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_passes_between_steps_do_not_count_as_a_gain_left_out(set_to_none):
+    """Many passes before one step (accumulated micro-batches; a layer called at every time step of a spiking
+    model, with gradients zeroed in place) are no sign that an optimizer lacks the gain."""
+    import warnings
+
+    from metaspike.gain import IDLE_STEPS_WARNED
+
+    net = metaspike.binarize(nn.Sequential(nn.Linear(8, 4), nn.Tanh(), nn.Linear(4, 2)))
+    opt = metaspike.MetaplasticAdam(net.parameters(), lr=0.01, meta=5.0)
+    x = torch.randn(4, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            opt.zero_grad(set_to_none=set_to_none)
+            for _ in range(IDLE_STEPS_WARNED + 5):  # micro-batches
+                net(x).pow(2).sum().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=set_to_none)
+            state = torch.zeros(4, 2)
+            for _ in range(IDLE_STEPS_WARNED + 5):  # time steps of one pass
+                state = 0.9 * state + net(x)
+            state.pow(2).sum().backward()
+            opt.step()
