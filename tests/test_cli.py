@@ -344,6 +344,16 @@ def test_ctrl_c_names_the_folder_and_the_command_that_continues_it(command, tmp_
         assert f"`metaspike compare --resume {folder}` redraws its table" in capsys.readouterr().err
 
 
+def test_ctrl_c_before_any_folder_exists_is_one_plain_line(tmp_path, monkeypatch, capsys):
+    def interrupted_while_loading(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("metaspike.app.runs.make_run_scenario", interrupted_while_loading)
+    assert main(["train", *SMALL, "--out", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.strip() == "metaspike: interrupted"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_eval_samples_sets_the_evaluation_ensemble_of_a_sampling_model(tmp_path, capsys):
     from metaspike.app.runs import build_run_model, load_config, make_run_scenario
 
@@ -404,6 +414,16 @@ def test_a_run_that_learned_nothing_says_so(tmp_path, capsys):
     assert "metaspike: warning: no task's accuracy rose more than 5 points above the untrained network's" in err
     assert main(["train", *common, "--out", str(tmp_path / "default")]) == 0
     assert "learned nothing" not in capsys.readouterr().err
+
+
+def test_the_hint_after_learning_nothing_names_the_flags_of_the_models_optimizer(tmp_path, capsys, monkeypatch):
+    """BiMU takes no --lr or --meta (they are refused for it): its hint names the memory window instead."""
+    monkeypatch.setattr("metaspike.app.runs.learned_nothing", lambda result: True)
+    assert main(["train", "--model", "bimu", "--dataset", "digits", "--tasks", "1", "--epochs", "1", "--hidden", "8",
+                 "--quiet", "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "learned nothing; check the learning settings (--memory-window, --epochs, --samples-per-task)" in err
+    assert "--lr" not in err and "--meta" not in err
 
 
 def test_a_comparison_names_its_runs_that_learned_nothing(tmp_path, capsys):

@@ -265,15 +265,32 @@ def _train(args: argparse.Namespace) -> None:
     if learned_nothing(result):
         print(f"metaspike: warning: no task's accuracy rose more than {LEARNED_MARGIN:g} points above the untrained "
               f"network's (best {largest_rise(result.matrix, result.baseline):+.1f}): the run learned nothing; "
-              f"{_LEARNING_SETTINGS}", file=sys.stderr)
+              f"{_learning_settings([config.model])}", file=sys.stderr)
     elif unlearned := tasks_learned_nothing(result):
         print(f"metaspike: warning: task(s) {', '.join(map(str, unlearned))} ended their own training within "
               f"{LEARNED_MARGIN:g} points of the untrained network's accuracy: they learned nothing while they trained "
-              "(a slow start; more --epochs, or another --lr or --meta)", file=sys.stderr)
+              f"(a slow start; check {_learning_flags([config.model])})", file=sys.stderr)
 
 
-_LEARNING_SETTINGS = ("check the learning settings (--lr, --meta: a large m freezes every weight, --epochs, "
-                      "--samples-per-task) and the data (a task of one class has nothing to tell apart)")
+def _learning_flags(models: Sequence[str]) -> str:
+    """The flags that set how the optimizers of model kinds ``models`` learn (a hint after a run learned nothing).
+
+    Example:
+        >>> _learning_flags(["bnn"]), _learning_flags(["bimu"])
+        ('--lr, --meta (a large m freezes every weight), --epochs', '--memory-window, --epochs')
+    """
+    from metaspike.app.models import BAYESIAN_OPTIMIZERS, optimizer_kind
+
+    kinds = {optimizer_kind(model) for model in models}
+    flags = [flag for field, flag in (("lr", "--lr"), ("meta", "--meta (a large m freezes every weight)"))
+             if kinds & set(_USED_BY[field])]
+    flags += ["--memory-window"] if kinds & set(BAYESIAN_OPTIMIZERS) else []
+    return ", ".join(flags + ["--epochs"])
+
+
+def _learning_settings(models: Sequence[str]) -> str:
+    return (f"check the learning settings ({_learning_flags(models)}, --samples-per-task) and the data (a task of one "
+            "class has nothing to tell apart)")
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -308,11 +325,13 @@ def _compare(args: argparse.Namespace) -> None:
         base = _config(args, [metas[0]], args.seeds[0])
         _refuse_per_task_modes(_given_settings(args), base)
         path, rows = compare.compare_neurons(base, args.neurons, metas, args.seeds, out=args.out, progress=not args.quiet)
+        models = args.neurons
     else:
         base = _config(args, None, args.seeds[0])
         _refuse_per_task_modes(_given_settings(args), base)
         metas = [parse_meta(text) for text in args.meta] if args.meta is not None else [(0.0,), base.meta]
         path, rows = compare.compare(base, metas, args.seeds, args.out, progress=not args.quiet)
+        models = [base.model]
     n_tasks = sum(1 for key in rows[0] if key.startswith("task "))
     print()
     print(f"final test accuracy (%) after the last task, mean ± std over seeds {_seeds(path)}:")
@@ -325,7 +344,7 @@ def _compare(args: argparse.Namespace) -> None:
     unlearned = [name for row in rows for name in row["learned_nothing"]]
     if unlearned:
         print(f"metaspike: warning: in {len(unlearned)} run(s) no task's accuracy rose more than {LEARNED_MARGIN:g} points "
-              f"above the untrained network's: {', '.join(unlearned)} learned nothing; {_LEARNING_SETTINGS}",
+              f"above the untrained network's: {', '.join(unlearned)} learned nothing; {_learning_settings(models)}",
               file=sys.stderr)
 
 
@@ -409,6 +428,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"metaspike: error: cannot read or write{where}: {err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # (a run's Interrupted says where and how to continue)
-        print(f"metaspike: interrupted; {err or 'results written so far are kept in the run folder'}", file=sys.stderr)
+        print(f"metaspike: interrupted; {err}" if str(err) else "metaspike: interrupted", file=sys.stderr)
         return 130
     return 0
