@@ -143,6 +143,16 @@ def test_unwritable_output_directory(tmp_path, capsys):
     blocker.write_text("not a folder")
     assert main(["train", *SMALL, "--out", str(blocker / "runs")]) == 2
     assert "cannot write results to" in capsys.readouterr().err
+    assert main(["train", *SMALL, "--out", str(blocker)]) == 2
+    assert capsys.readouterr().err.strip() == f"metaspike: error: cannot write results to {blocker}: it is a file, not a folder"
+
+
+def test_out_with_a_tilde_the_shell_left_alone_is_the_home_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *SMALL, "--out=~/runs"]) == 0
+    assert (tmp_path / "home" / "runs" / "permuted-digits-meta5-30-seed1" / "metrics.json").is_file()
+    assert not (tmp_path / "~").exists()
 
 
 def test_python_dash_m_entry_point():

@@ -103,7 +103,8 @@ def tensor_checksum(state: Any) -> str:
 
 
 def unique_directory(root: str | os.PathLike, name: str) -> Path:
-    """Create and return ``root/name`` (``root/name-2``, ``-3`` ... when taken); never reuses one.
+    """Create and return ``root/name`` (``root/name-2``, ``-3`` ... when taken); never reuses one. A leading ``~``
+    of ``root`` is the home folder (as ``--out=~/runs`` means, which the shell leaves unexpanded).
 
     Raises ``ValueError`` with the reason when ``root`` cannot be written.
 
@@ -112,7 +113,9 @@ def unique_directory(root: str | os.PathLike, name: str) -> Path:
         >>> unique_directory(tempfile.mkdtemp(), "run").name
         'run'
     """
-    root = Path(root)
+    root = Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"cannot write results to {root}: it is a file, not a folder")
     try:
         root.mkdir(parents=True, exist_ok=True)
         for attempt in range(1, 10_000):

@@ -1,6 +1,6 @@
 """Spiking backends: metaplastic binary synapses for snnTorch, Norse and plain-torch spiking networks.
 
-snnTorch and Norse are imported only when used (``pip install snntorch`` / ``pip install norse``).
+snnTorch and Norse are imported only when used (``pip install snntorch`` / ``pip install --no-deps norse``).
 One line turns an existing spiking model's synapses binary; :class:`SpikingClassifier` runs it over
 time so the continual trainer and :class:`metaspike.MetaplasticAdam` take it like any classifier.
 

@@ -22,7 +22,8 @@ __all__ = [
 
 SpikeFunction = Callable[[Tensor], Tensor]
 
-_PIP = {"snntorch": "pip install snntorch", "norse": "pip install norse"}
+# (Norse's metadata asks for torchvision, which need not import beside the torch installed: leave its dependencies)
+_PIP = {"snntorch": "pip install snntorch", "norse": "pip install --no-deps norse"}
 
 
 def _require(module: str, package: str) -> ModuleType:
@@ -38,7 +39,7 @@ def require_snntorch() -> ModuleType:
 
 
 def require_norse() -> ModuleType:
-    """The ``norse.torch`` module, or ``ImportError`` saying ``pip install norse``."""
+    """The ``norse.torch`` module, or ``ImportError`` saying ``pip install --no-deps norse``."""
     return _require("norse.torch", "norse")
 
 
