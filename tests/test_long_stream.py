@@ -334,6 +334,14 @@ def test_the_bayesian_kinds_are_judged_against_the_binary_network_at_m_0():
     assert verdicts["bnn"][0] == "10" and verdicts["leaky"][1] == "m = 0 only: nothing to compare it with"
 
 
+def test_one_task_gives_no_forgetting_to_judge():
+    from metaspike.app.compare import tradeoff_rows
+
+    rows = [{"neuron": "leaky", "meta": meta, "runs": 1, "ACC": (90.0, 0.0), "forgetting": (float("nan"), 0.0),
+             "task 1": (90.0, 0.0)} for meta in (0.0, 10.0)]
+    assert {r["verdict"] for r in tradeoff_rows(rows)} == {"cannot judge: forgetting needs at least 2 tasks (there is 1)"}
+
+
 def test_a_stream_whose_matrix_outgrows_its_rewrites_is_warned_of():
     """Each evaluation adds a row of one cell per task and every checkpoint rewrites them all: 10,000 tasks evaluated
     after each made a 25 MB checkpoint by task 109 and slowed the run fivefold."""

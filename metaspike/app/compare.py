@@ -236,7 +236,9 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         measured = all(math.isfinite(r[key][0]) for r in judged for key in ("ACC", "forgetting", last))
         best = max(mine, key=lambda r: r["ACC"][0]) if measured else mine[0]
         verdict = "no m = 0 row"
-        if not measured:
+        if last == "task 1":
+            verdict = "cannot judge: forgetting needs at least 2 tasks (there is 1)"
+        elif not measured:
             verdict = ("cannot judge: ACC and forgetting need every task evaluated after the last one (--eval-tasks "
                        "left some out)")
         elif plain is not None:
