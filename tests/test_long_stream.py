@@ -308,7 +308,8 @@ def test_a_comparison_of_budget_runs_shows_what_the_budget_measured():
     from metaspike.continual import ContinualResult
 
     nan = math.nan
-    rows = [[80.0, *[nan] * 11], [70.0, nan, 75.0, *[nan] * 4, 55.0, 60.0, 60.0, 65.0, 90.0]]  # 12 tasks, 2 evaluations
+    rows = [[80.0, *[nan] * 11], *[[nan] * 12] * 10,  # 12 tasks, evaluated after the first and the last
+            [70.0, nan, 75.0, *[nan] * 4, 55.0, 60.0, 60.0, 65.0, 90.0]]
     result = ContinualResult([f"t{j}" for j in range(12)], matrix=rows, seconds=1.0)
     row = summarize_results([result])
     assert row["evaluated"][0] == pytest.approx(475 / 7) and row["last 5"][0] == pytest.approx(66)

@@ -68,3 +68,17 @@ def test_largest_rise_covers_evaluated_cells_only():
     assert largest_rise([[5, 5]], [10, 10]) == -5  # a run that got worse than chance
     with pytest.raises(ValueError, match=r"baseline must hold one accuracy per task \(2\), got shape \(1,\)"):
         largest_rise([[50, 20]], [10])
+
+
+def test_a_run_stopped_early_reports_the_tasks_trained_so_far():
+    """Two of three tasks trained: ACC averages tasks 1 and 2 after task 2, not the untrained task 3's chance score."""
+    from metaspike.continual.trainer import ContinualResult
+
+    result = ContinualResult(task_names=["a", "b", "c"], matrix=[[90.0, 11.0, 10.0], [70.0, 92.0, 9.0]],
+                             baseline=[10.0, 10.0, 10.0])
+    metrics = result.metrics
+    assert metrics["ACC"] == pytest.approx(81.0)
+    assert metrics["BWT"] == pytest.approx(-20.0) and metrics["forgetting"] == pytest.approx(20.0)
+    assert metrics["FWT"] == pytest.approx(1.0)
+    result.matrix.append([60.0, 80.0, 95.0])  # complete: every task
+    assert result.metrics["ACC"] == pytest.approx(235.0 / 3)

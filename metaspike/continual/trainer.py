@@ -157,8 +157,12 @@ class ContinualResult:
 
     @property
     def metrics(self) -> dict[str, float]:
-        """ACC, BWT, FWT and forgetting of :attr:`matrix` (see :mod:`metaspike.continual.metrics`)."""
-        return summarize(np.array(self.matrix), self.baseline if self.baseline else None)
+        """ACC, BWT, FWT and forgetting of :attr:`matrix` (see :mod:`metaspike.continual.metrics`). Until every task
+        is trained (a run going on, or stopped), they cover the tasks trained so far: a task not yet trained has an
+        accuracy (near chance) but nothing to remember."""
+        trained = len(self.matrix)
+        matrix = np.array(self.matrix, dtype=float)
+        return summarize(matrix[:, :trained] if trained else matrix, self.baseline[:trained] if self.baseline else None)
 
 
 def _outer_lists_copied(values: dict[str, Any]) -> dict[str, Any]:
