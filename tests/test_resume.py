@@ -238,14 +238,15 @@ def test_resume_removes_the_temporary_files_a_kill_left_behind(tmp_path):
     assert json.loads((run / "metrics.json").read_text())["complete"] is True
 
 
-def _interrupted_run(root: Path, **settings) -> Path:
-    """A run stopped after its first checkpoint, in this process (a small digits stream)."""
+def _interrupted_run(root: Path, record: dict | None = None, **settings) -> Path:
+    """A run stopped after its first checkpoint, in this process (a small digits stream); ``record`` adds entries to
+    its config.json."""
     from metaspike.app.runs import _trainer
     from metaspike.app.runs import make_run_scenario as _scenario
     from metaspike.continual import RunDirectory
 
     config = RunConfig(**{**dict(datasets=("digits",), tasks=2, epochs=2, hidden=(16,), meta=(5.0,)), **settings})
-    directory = RunDirectory.create(root, config.name, config.to_dict())
+    directory = RunDirectory.create(root, config.name, {**config.to_dict(), **(record or {})})
     scenario = _scenario(config)
 
     class StopAtFirstCheckpoint(RunDirectory):
@@ -441,3 +442,16 @@ def test_a_comparison_adds_no_run_on_other_data_than_its_finished_runs(tmp_path,
     assert main(["compare", "--resume", str(root), "--quiet"]) == 2
     assert "was trained on other data than" in capsys.readouterr().err
     assert not runs[-1].exists()  # nothing trained on the other data
+
+
+def test_a_resume_with_another_thread_count_says_its_numbers_may_differ(tmp_path):
+    from metaspike.app.runs import resume
+
+    threads = torch.get_num_threads()
+    same = _interrupted_run(tmp_path / "same", record={"threads": threads, "versions": {"torch": torch.__version__}})
+    assert resume(same, progress=False)[2] == []
+    other = _interrupted_run(tmp_path / "other", record={"threads": threads + 1})
+    warnings = resume(other, progress=False)[2]
+    assert warnings == [f"{other} continues with threads {threads + 1} -> {threads}: sums may add in another order, "
+                        "so its numbers can differ slightly from an uninterrupted run's (OMP_NUM_THREADS="
+                        f"{threads + 1} restores the thread count)"]

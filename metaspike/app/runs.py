@@ -286,7 +286,24 @@ def _record(config: RunConfig, scenario: Scenario) -> dict[str, Any]:
         "batchnorm_effective": config.batchnorm if scenario.per_task_batchnorm else "shared",
         "versions": versions(),
         "processes": world()[1],
+        "threads": torch.get_num_threads(),
     }
+
+
+def _arithmetic_changes(path: Path) -> list[str]:
+    """Warnings where a run continues with other arithmetic than it started with (another thread count or torch
+    version adds floating-point sums in another order): its numbers may then differ slightly from an uninterrupted
+    run's, which a resume otherwise matches exactly."""
+    stored = read_json(path / "config.json")
+    recorded = stored.get("versions")
+    then = {"threads": stored.get("threads"), "torch": recorded.get("torch") if isinstance(recorded, dict) else None}
+    now = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    changed = [key for key in now if isinstance(then[key], (int, str)) and then[key] != now[key]]
+    if not changed:
+        return []
+    hint = f" (OMP_NUM_THREADS={then['threads']} restores the thread count)" if "threads" in changed else ""
+    return [f"{path} continues with {', '.join(f'{key} {then[key]} -> {now[key]}' for key in changed)}: sums may "
+            f"add in another order, so its numbers can differ slightly from an uninterrupted run's{hint}"]
 
 
 #: Accuracy-matrix cells beyond which a run warns of its cost: every evaluation adds a row of one cell per task, and
@@ -427,6 +444,7 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
             raise ValueError(f"{path / 'config.json'}: {err}") from None
         if state is not None:  # (a run that starts over records the data it starts on)
             check_same_data(path, config)
+            warnings += _arithmetic_changes(path)
         trainer = _trainer(config, scenario, progress)
         directory = RunDirectory(path) if world()[0] == 0 else None
         if directory is not None and state is None:  # starting over: the folder describes the config it runs now
