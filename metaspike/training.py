@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from metaspike.allocator import allocation_failure
 from metaspike.bayesian.fused_step import FusedTrainingStep
 from metaspike.bayesian.synapses import bayesian_modules
-from metaspike.allocator import allocation_failure
 from metaspike.checks import is_whole
 from metaspike.distributed import average_gradients
 from metaspike.population_statistics import evaluates_with_batch_statistics, has_fixed_statistics

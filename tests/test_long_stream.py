@@ -256,8 +256,11 @@ def test_bimu_at_batch_one_end_to_end_and_resumed(tmp_path, monkeypatch):
     (killed,) = (tmp_path / "killed").iterdir()
     state, warnings = latest_good_checkpoint(killed)
     assert state["position"]["task"] == 2 and not warnings
-    resumed, _ = run_method(config, out=tmp_path / "resumed", resume=state)
+    resumed, _ = run_method(config, out=tmp_path / "killed")  # the same call again continues the stopped run
+    assert list((tmp_path / "killed").iterdir()) == [killed]
     assert np.array_equal(np.array(resumed.matrix), np.array(whole.matrix), equal_nan=True)
+    again, _ = run_method(config, out=tmp_path / "killed")  # and a complete one is read back (2 decimals, as written)
+    assert np.allclose(np.array(again.matrix), np.array(whole.matrix), rtol=0, atol=0.005, equal_nan=True)
 
 
 def test_standardize_puts_the_training_pixels_statistics_in_front_of_the_model(tmp_path):

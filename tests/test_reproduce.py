@@ -116,3 +116,44 @@ def test_paper_scale_without_data_names_the_files(name, capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "train-images-idx3-ubyte" in err and str(data / "mnist") in err
     assert list((tmp_path / "out").iterdir()) == []  # no empty results folder is left behind
+
+
+def test_a_stopped_reproduction_resumes_to_the_table_of_one_never_stopped(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in fig3's third run: the hint names `reproduce --resume`; the resume reads back the two finished runs
+    (not retrained), continues the rest, and writes the table an uninterrupted reproduction writes (runs read back
+    carry their matrix's two decimals: the means agree to 0.01)."""
+    from metaspike.continual import trainer as trainer_module
+
+    assert main(["reproduce", "fig3", "--quiet", "--out", str(tmp_path / "whole")]) == 0
+    real, calls = trainer_module.train_epoch, {"n": 0}
+
+    def stopped_in_third_run(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 40:  # (two datasets, 10 epochs each, per run)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_epoch", stopped_in_third_run)
+    capsys.readouterr()
+    assert main(["reproduce", "fig3", "--quiet", "--out", str(tmp_path / "stopped")]) == 130
+    root = tmp_path / "stopped" / "reproduce-fig3-cpu"
+    assert capsys.readouterr().err.strip().endswith(f"continue with: metaspike reproduce --resume {root}")
+    finished = sorted(root.glob("*/*/model.pt"))
+    assert len(finished) == 2
+    written = [path.stat().st_mtime_ns for path in finished]
+    monkeypatch.undo()
+    assert main(["reproduce", "--resume", str(root), "--quiet"]) == 0
+    assert [path.stat().st_mtime_ns for path in finished] == written  # read back, not trained again
+    assert f"results: {root}  (digits-to-mnist5k/figure.png" in capsys.readouterr().out
+
+    def table(folder):
+        with open(folder / "table.csv") as f:
+            return {row["setting"]: row for row in csv.DictReader(f)}
+
+    whole, resumed = table(tmp_path / "whole" / "reproduce-fig3-cpu"), table(root)
+    assert whole.keys() == resumed.keys() and len(whole) == 4
+    for setting, row in whole.items():
+        for column in ("ACC_mean", "task1_mean", "last_task_mean", "BWT_mean", "forgetting_mean"):
+            assert float(resumed[setting][column]) == pytest.approx(float(row[column]), abs=0.01), (setting, column)
+    assert main(["reproduce", "--resume", str(root), "--seeds", "2"]) == 2
+    assert "remove --seeds" in capsys.readouterr().err

@@ -228,8 +228,8 @@ def _train(args: argparse.Namespace) -> None:
         run,
         tasks_learned_nothing,
     )
-    from metaspike.continual.metrics import largest_rise
     from metaspike.app.tables import format_table, summarize_results
+    from metaspike.continual.metrics import largest_rise
 
     if args.resume is not None:
         if "--out" in [token.split("=", 1)[0] for token in args.argv]:

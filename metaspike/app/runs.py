@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import math
 import os
+import shutil
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,8 +26,8 @@ from metaspike.app.config import RunConfig
 from metaspike.app.models import Standardize, build_model, describe_model, uses_batchnorm
 from metaspike.app.tables import versions
 from metaspike.bayesian.synapses import SampledForward, bayesian_modules, start_confident
-from metaspike.continual.results import CHECKPOINT, PREVIOUS_CHECKPOINT, RunDirectory, latest_good_checkpoint
 from metaspike.continual.metrics import largest_rise
+from metaspike.continual.results import CHECKPOINT, PREVIOUS_CHECKPOINT, RunDirectory, latest_good_checkpoint
 from metaspike.continual.scenarios import Scenario, make_scenario
 from metaspike.continual.trainer import ContinualResult, ContinualTrainer
 from metaspike.data import ArrayDataset, default_data_dir, load_dataset
@@ -35,7 +36,7 @@ from metaspike.files import atomic_open, read_json, remove_stale_temporaries
 from metaspike.training import Plugin, TrainingDiverged, minimum_batch_size
 
 __all__ = ["build_run_model", "build_trainer", "make_run_scenario", "train_and_finish", "run", "resume",
-           "load_config", "config_from_record", "run_lock", "is_complete", "finished_result"]
+           "load_config", "config_from_record", "run_lock", "is_complete", "finished_result", "train_in_folder"]
 
 LOCK = ".lock"
 #: float32 copies of each weight while training: hidden weight, gradient, two Adam moments, ±1 buffer.
@@ -349,6 +350,38 @@ def run(config: RunConfig, out: str | Path = "runs", progress: bool = True, plot
     path = _shared_path(directory.path if directory else None)
     with run_lock(path):
         return path, train_and_finish(trainer, scenario, directory, None, plot)
+
+
+def train_in_folder(root: Path, name: str, record: dict[str, Any], trainer: ContinualTrainer,
+                    scenario: Scenario) -> ContinualResult:
+    """Train ``trainer`` on ``scenario`` into the run folder ``root/name`` (its ``config.json`` is ``record``), or take
+    up what an earlier, stopped pass left there: a complete run of the same ``record`` is read back, a stopped one
+    continues from its newest good checkpoint (to the numbers of a run never stopped), one stopped before its config
+    was written starts again. A folder holding another record is refused. The trainer must be built as the record
+    says (its plugins, model and optimizer): what a reproduction builds for each method.
+
+    Example:
+        >>> train_in_folder(Path("runs/r"), "ewc-seed1", record, trainer, scenario)  # doctest: +SKIP
+    """
+    path = root / name
+    if path.is_dir() and not (path / "config.json").exists():
+        shutil.rmtree(path)  # stopped before its config was written: nothing measured yet
+    if not path.is_dir():
+        directory = RunDirectory.create(root, name, record, {"name": scenario.name, **scenario.definition})
+        with run_lock(directory.path):
+            return train_and_finish(trainer, scenario, directory, None, plot=False)
+    directory = RunDirectory(path)
+    if not directory.holds(record):
+        raise ValueError(f"{path} holds a run of other settings than this one asks for (its config.json differs); "
+                         "move it away to train this one")
+    with run_lock(path):
+        remove_stale_temporaries(path)
+        result = finished_result(path)
+        if result is not None:
+            return result
+        state = latest_good_checkpoint(path)[0] if any((path / f).exists() for f in (CHECKPOINT, PREVIOUS_CHECKPOINT)) \
+            else None
+        return train_and_finish(trainer, scenario, directory, state, plot=False)
 
 
 _SEQUENCES = {"datasets": str, "hidden": int, "meta": (int, float), "imports": str}

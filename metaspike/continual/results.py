@@ -192,6 +192,17 @@ class RunDirectory:
         if scenario is not None:
             self.write_json("scenario.json", scenario)
 
+    def holds(self, config: dict[str, Any]) -> bool:
+        """Whether the folder's ``config.json`` records ``config`` (as :meth:`create` writes it).
+
+        Example:
+            >>> import tempfile
+            >>> run = RunDirectory.create(tempfile.mkdtemp(), "demo", {"hidden": (64,)})
+            >>> run.holds({"hidden": (64,)}), run.holds({"hidden": (32,)})
+            (True, False)
+        """
+        return read_json(self.path / "config.json") == json.loads(json.dumps(_json_ready(config)))
+
     def write_json(self, name: str, data: Any) -> Path:
         path = self.path / name
         atomic_write_text(path, json.dumps(_json_ready(data), indent=2) + "\n")

@@ -1,21 +1,39 @@
 """Reproductions of the paper's experiments (Laborieux et al. 2021) at CPU or paper scale.
 
-``metaspike reproduce NAME [--scale cpu|paper] [--seeds ...] [--out DIR]`` calls :func:`reproduce`;
+``metaspike reproduce NAME [--scale cpu|paper] [--seeds ...] [--out DIR]`` calls :func:`reproduce`, and
+``metaspike reproduce --resume DIR`` :func:`resume_reproduction`;
 see :mod:`metaspike.reproduce.experiments` for the settings and REPRODUCTION.md for the results.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from metaspike.app.reproduce.experiments import EXPERIMENTS, get_experiment
 from metaspike.app.reproduce.scales import SCALES
+from metaspike.app.runs import LOCK, Interrupted, run_lock
 from metaspike.checks import MAX_SEED
 from metaspike.continual.results import unique_directory
+from metaspike.files import atomic_write_text, read_json
 
-__all__ = ["reproduce", "EXPERIMENTS", "SCALES"]
+__all__ = ["reproduce", "resume_reproduction", "EXPERIMENTS", "SCALES"]
+
+
+#: The file in a reproduction's folder that records what it runs (experiment, scale, seeds, data folder), so that
+#: ``metaspike reproduce --resume DIR`` finishes it.
+RECORD = "reproduction.json"
+
+
+def _check_seeds(seeds: Sequence[int]) -> list[int]:
+    if (not isinstance(seeds, (list, tuple)) or not seeds or
+            not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds)
+            or len(set(seeds)) != len(seeds)):
+        raise ValueError(f"--seeds must list one or more distinct integers in 0..{MAX_SEED}, got {seeds}")
+    return list(seeds)
 
 
 def reproduce(name: str, scale: str = "cpu", seeds: Sequence[int] = (1,), out: str | Path = "runs",
@@ -25,30 +43,67 @@ def reproduce(name: str, scale: str = "cpu", seeds: Sequence[int] = (1,), out: s
     The folder ``out/reproduce-NAME-SCALE`` (``-2``... if taken) gets ``table.csv`` (the paper's
     number beside ours), a figure and, for training experiments, one run directory per run.
     ``data_dir`` is where the full datasets of ``scale="paper"`` are read from (see
-    :func:`metaspike.data.default_data_dir`).
+    :func:`metaspike.data.default_data_dir`). A stopped reproduction is finished by
+    :func:`resume_reproduction`.
 
     Example:
         >>> root, rows = reproduce("fig5ab", seeds=[1, 2, 3], out="runs")  # doctest: +SKIP
         >>> [row["setting"] for row in rows]  # doctest: +SKIP
         ['m=0', 'm=0.5', 'm=1', 'm=1.35']
     """
-    experiment = get_experiment(name)
+    get_experiment(name)
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; available: {', '.join(SCALES)}")
-    seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds) or not all(0 <= s <= MAX_SEED for s in seeds):
-        raise ValueError(f"--seeds must list one or more distinct integers in 0..{MAX_SEED}, got {seeds}")
+    seeds = _check_seeds([int(s) for s in seeds])
     root = unique_directory(out, f"reproduce-{name}-{scale}")
+    atomic_write_text(root / RECORD, json.dumps({"name": name, "scale": scale, "seeds": seeds,
+                                                 "data_dir": data_dir}, indent=2) + "\n")
     try:
-        return root, experiment.run(scale, seeds, root, progress, data_dir)
+        return _run(root, name, scale, seeds, progress, data_dir)
     except BaseException:
-        _remove_empty(root)  # e.g. missing data files: leave no empty results folder behind
+        _remove_empty(root)  # e.g. missing data files: leave no folder behind that holds nothing measured
         raise
 
 
+def resume_reproduction(root: str | Path, progress: bool = False) -> tuple[Path, list[dict[str, Any]]]:
+    """Finish a stopped reproduction in its folder: runs that finished are read back, the one stopped continues
+    from its checkpoint, the missing ones start; then its table and figure are written. (``fig5ab`` and
+    ``fig5cde`` keep no run folders: they run again, in seconds.)
+
+    Example:
+        >>> resume_reproduction("runs/reproduce-table1-cpu")  # doctest: +SKIP
+    """
+    root = Path(root).expanduser()
+    if not (root / RECORD).is_file():
+        raise ValueError(f"--resume {root}: not a reproduction folder (no {RECORD})")
+    record = read_json(root / RECORD)
+    if not isinstance(record, dict) or set(record) != {"name", "scale", "seeds", "data_dir"}:
+        raise ValueError(f"{root / RECORD} must hold name, scale, seeds and data_dir")
+    try:
+        get_experiment(record["name"])
+        if record["scale"] not in SCALES:
+            raise ValueError(f"unknown scale {record['scale']!r}; available: {', '.join(SCALES)}")
+        seeds = _check_seeds(record["seeds"])
+        if record["data_dir"] is not None and not isinstance(record["data_dir"], str):
+            raise ValueError(f"data_dir must be a folder name or null, got {record['data_dir']!r}")
+    except ValueError as err:
+        raise ValueError(f"{root / RECORD}: {err}") from None
+    return _run(root, record["name"], record["scale"], seeds, progress, record["data_dir"])
+
+
+def _run(root: Path, name: str, scale: str, seeds: list[int], progress: bool,
+         data_dir: str | None) -> tuple[Path, list[dict[str, Any]]]:
+    try:
+        with run_lock(root):  # a second pass over the same folder meanwhile is one line, not a second writer
+            return root, get_experiment(name).run(scale, seeds, root, progress, data_dir)
+    except KeyboardInterrupt:  # the reproduction, not its run, is what continues
+        raise Interrupted(root, f"metaspike reproduce --resume {root}") from None
+
+
 def _remove_empty(root: Path) -> None:
+    """Remove ``root`` where it holds nothing measured: empty folders, its record and lock only."""
     for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         if path.is_dir() and not any(path.iterdir()):
             path.rmdir()
-    if not any(root.iterdir()):
-        root.rmdir()
+    if {p.name for p in root.iterdir()} <= {RECORD, LOCK}:
+        shutil.rmtree(root)

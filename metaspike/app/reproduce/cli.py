@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 from metaspike.app.reproduce.experiments import EXPERIMENTS
 from metaspike.app.reproduce.scales import SCALES
@@ -12,26 +13,29 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``reproduce NAME [--scale cpu|paper] [--seeds ...] [--data-dir DIR] [--out DIR] [--quiet]``.
+    """Register ``reproduce NAME [--scale cpu|paper] [--seeds ...] [--data-dir DIR] [--out DIR] [--quiet]`` and
+    ``reproduce --resume DIR``.
 
     Names and scales are checked by :func:`run`, so a wrong one ends with one ``metaspike: error:`` line.
 
     Example:
         >>> parser = argparse.ArgumentParser(prog="metaspike")
         >>> _ = add_parser(parser.add_subparsers(dest="command"))
-        >>> parser.parse_args(["reproduce", "fig5ab"]).scale
-        'cpu'
+        >>> parser.parse_args(["reproduce", "--resume", "runs/reproduce-fig2-cpu"]).name is None
+        True
     """
     names = ", ".join(f"{name} ({e.what})" for name, e in EXPERIMENTS.items())
     parser = subparsers.add_parser("reproduce", help="reproduce a figure or table of the paper",
                                    description=f"Experiments: {names}.")
-    parser.add_argument("name", metavar="NAME", help=f"one of {', '.join(EXPERIMENTS)}")
-    parser.add_argument("--scale", default="cpu", help=f"one of {', '.join(SCALES)}: cpu runs offline in minutes; "
-                        "paper uses the paper's datasets (from --data-dir) and sizes (default: %(default)s)")
+    parser.add_argument("name", metavar="NAME", nargs="?", help=f"one of {', '.join(EXPERIMENTS)}")
+    parser.add_argument("--scale", default=None, help=f"one of {', '.join(SCALES)}: cpu runs offline in minutes; "
+                        "paper uses the paper's datasets (from --data-dir) and sizes (default: cpu)")
     parser.add_argument("--data-dir", default=None,
                         help="folder of the full datasets (default: $METASPIKE_DATA or ~/.cache/metaspike/data)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="seeds; tables give mean ± std (default: %(default)s)")
-    parser.add_argument("--out", default="runs", help="results folder (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds; tables give mean ± std (default: 1)")
+    parser.add_argument("--out", default=None, help="results folder (default: runs)")
+    parser.add_argument("--resume", metavar="DIR", default=None,
+                        help="finish a stopped reproduction in its folder DIR, with the settings it started with")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -47,11 +51,36 @@ def _mean_std(mean: float, std: float) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Run the experiment named in ``args`` and print where its table and figure are."""
-    from metaspike.app.reproduce import reproduce
+    """Run (or, with ``--resume``, finish) the experiment named in ``args`` and print where its table and figure are."""
+    from metaspike.app.reproduce import reproduce, resume_reproduction
 
-    root, rows = reproduce(args.name, args.scale, args.seeds, args.out, progress=not args.quiet, data_dir=args.data_dir)
+    settings = [flag for flag, value in (("NAME", args.name), ("--scale", args.scale), ("--seeds", args.seeds),
+                                         ("--data-dir", args.data_dir), ("--out", args.out)) if value is not None]
+    if args.resume is not None:
+        if settings:
+            raise ValueError(f"--resume finishes a reproduction with the settings it started with (in its "
+                             f"reproduction.json); remove {', '.join(settings)}")
+        root, rows = resume_reproduction(args.resume, progress=not args.quiet)
+    elif args.name is None:
+        raise ValueError(f"reproduce needs an experiment NAME (one of {', '.join(EXPERIMENTS)}) or --resume DIR")
+    else:
+        root, rows = reproduce(args.name, args.scale or "cpu", args.seeds or [1], args.out or "runs",
+                               progress=not args.quiet, data_dir=args.data_dir)
     for row in rows:
         cells = [f"{k}={_mean_std(*v)}" if isinstance(v, tuple) else f"{k}={v}" for k, v in row.items() if k != "setting"]
         print(f"{row['setting']}: {'  '.join(cells)}")
-    print(f"\nresults: {root}  (table.csv, figure)")
+    print(f"\nresults: {root}  ({', '.join(_outputs(root))})")
+
+
+def _outputs(root: Path) -> list[str]:
+    """The tables and figures a reproduction wrote, relative to its folder (some write one per part).
+
+    Example:
+        >>> _outputs(Path("no-such-folder"))
+        []
+    """
+    def in_a_run(relative: Path) -> bool:  # (a run folder's own curves and matrix are not the reproduction's)
+        return any((root / folder / "config.json").exists() for folder in relative.parents)
+
+    found = sorted(p.relative_to(root) for p in root.rglob("*") if p.suffix in (".csv", ".png"))
+    return [str(p) for p in found if not in_a_run(p)]

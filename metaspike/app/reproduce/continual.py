@@ -17,14 +17,13 @@ from typing import Any
 import torch
 
 from bnn import MLP
+from metaspike.app.config import RunConfig
+from metaspike.app.runs import build_run_model, build_trainer, train_in_folder
+from metaspike.app.tables import comparison_csv, mean_std
 from metaspike.continual.baselines import EWC, RandomConsolidation, SynapticIntelligence
-from metaspike.continual.results import RunDirectory
-from metaspike.files import atomic_write_text
 from metaspike.continual.scenarios import Scenario, joint, make_scenario
 from metaspike.continual.trainer import ContinualResult
-from metaspike.app.config import RunConfig
-from metaspike.app.runs import build_run_model, build_trainer, train_and_finish
-from metaspike.app.tables import comparison_csv, mean_std
+from metaspike.files import atomic_write_text
 from metaspike.training import Plugin
 
 __all__ = ["Method", "run_method", "compare_methods", "summarize", "TABLE_LABELS", "plot_rows", "BASELINES"]
@@ -81,7 +80,9 @@ def _scenario(config: RunConfig, method: Method) -> Scenario:
 
 
 def run_method(config: RunConfig, method: Method, root: str | Path, progress: bool = False) -> ContinualResult:
-    """Train ``method`` on the stream of ``config`` (its seed, sizes, epochs); write a run directory.
+    """Train ``method`` on the stream of ``config`` (its seed, sizes, epochs) into the run folder
+    ``root/<method>-seed<seed>``; a run a stopped reproduction left there is read back or continued
+    (:func:`~metaspike.app.runs.train_in_folder`).
 
     Example:
         >>> import tempfile
@@ -101,9 +102,7 @@ def run_method(config: RunConfig, method: Method, root: str | Path, progress: bo
 
     trainer = build_trainer(config, model, progress, method.plugins(config.seed))
     record = {**config.to_dict(), "method": asdict(method), "scenario_effective": scenario.name}
-    directory = RunDirectory.create(root, f"{_slug(method.label)}-seed{config.seed}", record,
-                                    {"name": scenario.name, **scenario.definition})
-    return train_and_finish(trainer, scenario, directory, None, plot=False)
+    return train_in_folder(Path(root), f"{_slug(method.label)}-seed{config.seed}", record, trainer, scenario)
 
 
 def summarize(label: str, results: Sequence[ContinualResult], paper: str) -> dict[str, Any]:

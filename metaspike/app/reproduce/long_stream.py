@@ -36,11 +36,10 @@ import numpy as np
 import torch
 
 from metaspike.app.config import RunConfig
-from metaspike.app.runs import build_run_model, build_trainer, make_run_scenario
+from metaspike.app.runs import build_run_model, build_trainer, make_run_scenario, train_in_folder
 from metaspike.app.tables import comparison_csv, mean_std
 from metaspike.continual.baselines import EWCOnline, SynapticIntelligence
 from metaspike.continual.metrics import evaluated_accuracy, last_tasks_accuracy
-from metaspike.continual.results import RunDirectory
 from metaspike.continual.trainer import ContinualResult
 from metaspike.files import atomic_write_text
 from metaspike.training import Plugin, TrainingDiverged
@@ -133,9 +132,10 @@ def stream_config(scale: str, seed: int, data_dir: str | None = None) -> RunConf
 
 
 def run_method(config: RunConfig, plugins: Sequence[Plugin] = (), out: str | Path | None = None,
-               progress: bool = False, resume: dict[str, Any] | None = None) -> tuple[ContinualResult, float]:
+               progress: bool = False) -> tuple[ContinualResult, float]:
     """Train ``config`` (its model kind picks the optimizer) with ``plugins``; return the result and
-    the seconds per training step. With ``out``, the run is written to a run directory there.
+    the seconds per training step. With ``out``, the run is written to the run folder ``out/<config.name>``, and a
+    run a stopped reproduction left there is read back or continued (:func:`~metaspike.app.runs.train_in_folder`).
 
     Example:
         >>> config = replace(stream_config("cpu", 1), tasks=2, samples_per_task=20, hidden=(8,), model="bimu")
@@ -147,13 +147,11 @@ def run_method(config: RunConfig, plugins: Sequence[Plugin] = (), out: str | Pat
     torch.manual_seed(config.seed)
     model = build_run_model(config, scenario)
     trainer = build_trainer(config, model, progress, plugins)
-    directory = None
-    if out is not None:
-        directory = RunDirectory.create(out, config.name, config.to_dict(), {"name": scenario.name, **scenario.definition})
-    result = trainer.fit(scenario, log=directory, resume=resume)
-    if directory is not None:
-        directory.write_metrics(result, complete=True)
-        directory.remove_checkpoints()
+    if out is None:
+        result = trainer.fit(scenario)
+    else:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        result = train_in_folder(Path(out), config.name, config.to_dict(), trainer, scenario)
     steps = config.tasks * config.epochs * math.ceil(len(scenario.tasks[0].train) / config.batch_size)
     return result, result.seconds / steps
 
