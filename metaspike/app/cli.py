@@ -52,8 +52,8 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
                         help="evaluate after every K-th task only (default: %(default)s)")
     parser.add_argument("--eval-tasks", type=int, default=None, metavar="M",
                         help="evaluate at most M tasks: the last 5 trained and an even sample of M - 5 from the "
-                             "first task to the last (after the last task M - 1: the sample's last point is the last "
-                             "task) (default: all)")
+                             "first task to the last (after the last task M - 1 where the sample has two or more "
+                             "points: its last one is the last task) (default: all)")
     parser.add_argument("--memory-window", type=float, default=None, metavar="N",
                         help="models with Bayesian synapses (bimu, mesu, <neuron>+bimu): the optimizer's memory window N "
                              "in training samples (at least --batch-size); smaller forgets sooner and stays more "

@@ -57,8 +57,9 @@ def evaluated_tasks(trained: int, total: int, budget: int | None = None) -> list
 
     ``budget=None``: every task. Otherwise at most ``budget`` tasks: the last :data:`LAST_EVALUATED`
     trained ones and, among the trained ones, a fixed even sample of ``budget - LAST_EVALUATED``
-    tasks over the whole stream that starts with the first task and ends with the last. After the last task the
-    sample's last point is one of the last trained, so ``budget - 1`` tasks are evaluated then.
+    tasks over the whole stream that starts with the first task and ends with the last. After the last task a
+    sample of two or more points has its last point among the last trained, so ``budget - 1`` tasks are evaluated
+    then (a sample of one point, ``budget = 6``, is the first task alone: six are).
     ``trained=0`` (the untrained network) gives the whole even sample.
 
     Example:
