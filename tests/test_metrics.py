@@ -82,3 +82,18 @@ def test_a_run_stopped_early_reports_the_tasks_trained_so_far():
     assert metrics["FWT"] == pytest.approx(1.0)
     result.matrix.append([60.0, 80.0, 95.0])  # complete: every task
     assert result.metrics["ACC"] == pytest.approx(235.0 / 3)
+
+
+def test_text_tables_round_halves_as_by_hand_and_keep_wide_cells_apart():
+    from metaspike.app.tables import comparison_csv, format_table
+
+    nan = math.nan
+    rows = [{"setting": "m=0", "task 1": ((33.8 + 33.9) / 2, nan), "ACC": (50.0, 1.0), "BWT": (-2.25, 0.05),
+             "FWT": (nan, nan), "forgetting": (0.0, nan), "seconds": (12345.5, 3456.6)},
+            {"setting": "m=5", "task 1": (3.8, 2.3), "ACC": (50.0, 1.0), "BWT": (-2.1, 1.5), "FWT": (1.0, 2.0),
+             "forgetting": (0.0, nan), "seconds": (1.0, 0.5)}]
+    lines = format_table(rows, 1).splitlines()
+    assert lines[2].split()[:5] == ["m=0", "33.9", "50.0", "±", "1.0"]  # 33.85 in decimal, 33.849999999999994 in binary
+    assert "-2.3 ± 0.1" in lines[2] and lines[2].endswith(" 12345.5 ±3456.6")
+    assert len({len(line) for line in lines}) == 1  # every line as wide as the header: the columns line up
+    assert comparison_csv(rows[:1], ("setting",)).splitlines()[1].startswith("m=0,33.850,,50.000,1.000,-2.250,0.050")

@@ -10,6 +10,7 @@ import math
 import platform
 import statistics
 from collections.abc import Sequence
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import torch
@@ -19,7 +20,8 @@ from metaspike.continual.trainer import ContinualResult
 from metaspike.files import csv_text
 from metaspike.rules import check_meta
 
-__all__ = ["mean_std", "summarize_results", "check_settings", "comparison_csv", "format_table", "format_matrix", "last_task_column", "versions"]
+__all__ = ["mean_std", "summarize_results", "check_settings", "comparison_csv", "format_table", "format_matrix", "last_task_column", "versions",
+           "decimal_text"]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -94,7 +96,7 @@ def comparison_csv(rows: Sequence[dict[str, Any]], labels: Sequence[str] = ("set
     """
     keys = [k for k in rows[0] if isinstance(rows[0][k], tuple)]
     header = [*labels, *(f"{k.replace(' ', '')}_{part}" for k in keys for part in ("mean", "std"))]
-    body = [[*(row[label] for label in labels), *(f"{v:.3f}" if math.isfinite(v) else "" for k in keys for v in row[k])]
+    body = [[*(row[label] for label in labels), *(decimal_text(v, 3) if math.isfinite(v) else "" for k in keys for v in row[k])]
             for row in rows]
     return csv_text([header, *body])
 
@@ -124,20 +126,36 @@ def format_table(rows: Sequence[dict[str, Any]], task_count: int) -> str:
     budget = [label for label in BUDGET_METRICS.values() if all(label in row for row in rows)]
     cols = [f"task {j + 1}" for j in shown] + ["ACC", "BWT", "FWT", "forgetting", *budget, "seconds"]
     width = max(22, *(len(row["setting"]) + 2 for row in rows))  # the longest label, e.g. "self-recurrent+bimu meta=0"
-    header = f"{'setting':<{width}}" + "".join(f"{c:>14}" for c in cols)
+    cells = [[_mean_std_text(*row[c]) for c in cols] for row in rows]
+    widths = [max(14, *(len(line[k].lstrip()) + 1 for line in cells)) for k in range(len(cols))]  # (wide cells widen)
+    header = f"{'setting':<{width}}" + "".join(f"{c:>{w}}" for c, w in zip(cols, widths))
     lines = [header, "-" * len(header)]
-    for row in rows:
-        cells = []
-        for c in cols:
-            mean, std = row[c]
-            if not math.isfinite(mean):
-                cells.append(f"{'n/a':>14}")
-            elif not math.isfinite(std):
-                cells.append(f"{mean:>14.1f}")
-            else:
-                cells.append(f"{mean:>8.1f} ±{std:>4.1f}")
-        lines.append(f"{row['setting']:<{width}}" + "".join(cells))
+    lines += [f"{row['setting']:<{width}}" + "".join(f"{cell:>{w}}" for cell, w in zip(line, widths))
+              for row, line in zip(rows, cells)]
     return "\n".join(lines)
+
+
+def decimal_text(value: float, digits: int) -> str:
+    """``value`` with ``digits`` decimals, a half rounded away from zero as by hand: a mean of 33.8 and 33.9 is 33.85
+    in decimal but 33.849999999999994 in binary, which ``f"{x:.1f}"`` shows as 33.8 (binary noise below 1e-9 is
+    dropped first).
+
+    Example:
+        >>> decimal_text((33.8 + 33.9) / 2, 1), f"{(33.8 + 33.9) / 2:.1f}", decimal_text(-2.25, 1), decimal_text(7.0, 3)
+        ('33.9', '33.8', '-2.3', '7.000')
+    """
+    exact = Decimal(repr(round(value, 9)))
+    return str(exact.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+
+
+def _mean_std_text(mean: float, std: float) -> str:
+    """A table cell: ``mean ± std`` with one decimal, the mean alone where one run gave no spread, ``n/a`` where
+    undefined."""
+    if not math.isfinite(mean):
+        return "n/a"
+    if not math.isfinite(std):
+        return decimal_text(mean, 1)
+    return f"{decimal_text(mean, 1):>8} ±{decimal_text(std, 1):>4}"
 
 
 def format_matrix(name: str, matrix: Sequence[Sequence[float]]) -> str:
