@@ -148,7 +148,8 @@ def plot_comparison(
     out: str | os.PathLike,
     final: Sequence[tuple[Sequence[float], Sequence[float]]] | None = None,
 ) -> Path:
-    """One figure: accuracy curves of each run (top) and accuracy per task after the last task (bottom).
+    """One figure: accuracy curves of each run (top, its seed in the title: a comparison over seeds draws the curves
+    of its first) and accuracy per task after the last task (bottom).
 
     ``final`` gives, per setting, the mean and std of that accuracy over seeds (bars with error
     bars); without it the bars show the runs in ``run_dirs``.
@@ -160,7 +161,8 @@ def plot_comparison(
     runs = [load_run(d) for d in run_dirs]
     fig, axes = plt.subplots(2, len(runs), figsize=(4.2 * len(runs), 6.4), squeeze=False)
     for k, (run, label) in enumerate(zip(runs, labels)):
-        _draw_curves(axes[0][k], run, label)
+        seed = run["config"].get("seed")
+        _draw_curves(axes[0][k], run, label if seed is None else f"{label} (seed {seed})")
     bottom = plt.subplot2grid((2, len(runs)), (1, 0), colspan=len(runs), fig=fig)
     for ax in axes[1]:
         ax.remove()
