@@ -11,7 +11,7 @@ import numbers
 from typing import Any
 
 __all__ = ["is_number", "is_finite_number", "is_whole", "number_in", "finite_number", "FLOAT32_MAX", "FLOAT32_TINY",
-           "MAX_SEED", "check_seed", "check_device", "state_dict_groups"]
+           "MAX_SEED", "check_seed", "check_device", "state_dict_groups", "check_eps_holds"]
 
 FLOAT32_MAX = 3.4028234663852886e38
 """float32's largest number (``torch.finfo(torch.float32).max``): the bound of a setting that multiplies float32
@@ -125,6 +125,30 @@ def state_dict_groups(state_dict: Any) -> list[dict[str, Any]]:
     if not isinstance(groups, list) or not all(isinstance(group, dict) for group in groups):
         raise ValueError("state_dict must be an optimizer's state dict, with a list of param groups")
     return groups
+
+
+def check_eps_holds(group: dict[str, Any]) -> None:
+    """A ``ValueError`` where an optimizer param group's ``eps`` is 0 in the dtype of its parameters (Adam's 1e-8
+    in float16): a weight whose gradient moments are both 0 would get the update 0/0, NaN.
+
+    Example:
+        >>> import torch
+        >>> check_eps_holds({"eps": 1e-8, "params": [torch.zeros(2, dtype=torch.float16)]})
+        Traceback (most recent call last):
+        ...
+        ValueError: the optimizer's eps 1e-08 is 0 in torch.float16, the dtype of its parameters: its updates would turn NaN; train a float32 or bfloat16 model (for float16 arithmetic, torch.autocast over a float32 model), or give an eps that dtype holds
+    """
+    import torch
+
+    eps = group.get("eps")
+    if not is_number(eps) or eps <= 0:
+        return
+    dtypes = {p.dtype for p in group.get("params", ()) if isinstance(p, torch.Tensor) and p.is_floating_point()}
+    vanishing = sorted(str(d) for d in dtypes if torch.tensor(eps, dtype=d) == 0)
+    if vanishing:
+        raise ValueError(f"the optimizer's eps {eps:g} is 0 in {', '.join(vanishing)}, the dtype of its parameters: "
+                         "its updates would turn NaN; train a float32 or bfloat16 model (for float16 arithmetic, "
+                         "torch.autocast over a float32 model), or give an eps that dtype holds")
 
 
 def check_device(device: Any, name: str = "device") -> Any:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from metaspike.bayesian.synapses import bayesian_modules
-from metaspike.checks import FLOAT32_MAX, is_number, number_in, state_dict_groups
+from metaspike.checks import FLOAT32_MAX, check_eps_holds, is_number, number_in, state_dict_groups
 from metaspike.compiled import LazyCompiled
 from metaspike.layer_selection import each_once, synapse_role
 from metaspike.rules import (
@@ -179,6 +179,7 @@ def _check_group(group: dict[str, Any]) -> None:
                                      f"{tuple(value.shape)} {value.dtype}")
                 value = value.item()
             number_in(key, value, 0.0, FLOAT32_MAX)
+    check_eps_holds(group)
     if "betas" in group:
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:

@@ -20,7 +20,7 @@ from torch.optim import Optimizer
 from metaspike.allocator import allocation_failure
 from metaspike.bayesian.fused_step import FusedTrainingStep
 from metaspike.bayesian.synapses import bayesian_modules
-from metaspike.checks import is_whole
+from metaspike.checks import check_eps_holds, is_whole
 from metaspike.distributed import average_gradients
 from metaspike.population_statistics import evaluates_with_batch_statistics, has_fixed_statistics
 
@@ -192,18 +192,10 @@ def minimum_batch_size(has_batchnorm: bool, processes: int = 1) -> int:
 
 
 def _refuse_vanishing_eps(optimizer: Optimizer) -> None:
-    """A ``ValueError`` where a param group's ``eps`` is 0 in the dtype of its parameters (Adam's 1e-8 in float16):
-    a weight whose gradient moments are both 0 then gets the update 0/0, NaN."""
+    """Refuse an optimizer whose ``eps`` is 0 in its parameters' dtype (:func:`~metaspike.checks.check_eps_holds`;
+    torch's Adam does not check, and a model may have been converted after its optimizer was built)."""
     for group in optimizer.param_groups:
-        eps = group.get("eps")
-        if not isinstance(eps, (int, float)) or eps <= 0:
-            continue
-        dtypes = {p.dtype for p in group["params"] if p.is_floating_point()}
-        vanishing = sorted(str(d) for d in dtypes if torch.tensor(eps, dtype=d) == 0)
-        if vanishing:
-            raise ValueError(f"the optimizer's eps {eps:g} is 0 in {', '.join(vanishing)}, the dtype of its parameters: "
-                             "its updates would turn NaN; train a float32 or bfloat16 model (for float16 arithmetic, "
-                             "torch.autocast over a float32 model)")
+        check_eps_holds(group)
 
 
 def train_epoch(

@@ -265,3 +265,15 @@ def test_a_scheduler_may_take_the_learning_rate_to_zero():
     mu.grad, sigma.grad = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 0.5])
     mesu.step()
     assert torch.equal(mu.detach(), torch.tensor([0.2, -0.4])) and torch.equal(sigma.detach(), torch.tensor([0.1, 0.3]))
+
+
+def test_metaplastic_adam_refuses_float16_weights_its_eps_vanishes_in():
+    """In a loop of one's own too (not only the library's): Adam's 1e-8 is 0 in float16, and 0/0 is NaN."""
+    half = torch.zeros(3, dtype=torch.float16, requires_grad=True)
+    with pytest.raises(ValueError, match="the optimizer's eps 1e-08 is 0 in torch.float16"):
+        metaspike.MetaplasticAdam([half], lr=0.01)
+    assert metaspike.MetaplasticAdam([half], lr=0.01, eps=1e-4).param_groups[0]["eps"] == 1e-4  # float16 holds it
+    optimizer = metaspike.MetaplasticAdam([torch.zeros(3, requires_grad=True)], lr=0.01)
+    with pytest.raises(ValueError, match="is 0 in torch.float16"):
+        optimizer.add_param_group({"params": [half]})
+    assert len(optimizer.param_groups) == 1
