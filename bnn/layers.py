@@ -19,6 +19,7 @@ from bnn.binary_linear import binary_linear, check_precision
 from bnn.sign_buffers import SignBuffers
 from metaspike.bayesian.fused_step import Activation, register_fused_activation
 from metaspike.checks import finite_number, number_in
+from metaspike.function_transforms import in_function_transform
 from metaspike.gain import attach_output_gain, check_scale
 from metaspike.quantizers import (
     NoQuantizer,
@@ -78,8 +79,10 @@ class _BinaryWeights(BinarySynapse):
 
     @property
     def _buffered(self) -> bool:
-        """Whether the forward pass may use the sign buffers (the unclipped straight-through sign)."""
-        return isinstance(self.weight_quantizer, SteSign) and self.weight_quantizer.clip_value is None
+        """Whether the forward pass may use the sign buffers (the unclipped straight-through sign; not inside a
+        torch.func transform, whose wrapped weights have no storage to cache signs of: the quantizer runs there)."""
+        return (isinstance(self.weight_quantizer, SteSign) and self.weight_quantizer.clip_value is None
+                and not in_function_transform())
 
     def signs(self, dtype: torch.dtype | None = None) -> Tensor:
         """``sign(W_h)`` as ``dtype`` (default: the weight's), from the layer's persistent buffers.

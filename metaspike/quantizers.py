@@ -20,10 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from metaspike import function_transforms
 from metaspike.checks import finite_number
 
 __all__ = ["binary_sign", "ste_sign", "check_clip_value", "magnitude_gate", "magnitude_gate_slope", "SteSign", "NoQuantizer", "Quantizer",
@@ -44,10 +46,14 @@ def binary_sign(x: Tensor, out: Tensor | None = None) -> Tensor:
 
 class _SteSign(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, clip_value: float | None) -> Tensor:  # type: ignore[override]
+    def remember(ctx: Any, x: Tensor, clip_value: float | None) -> None:
         ctx.clip_value = clip_value
         if clip_value is not None:
             ctx.save_for_backward(x)
+
+    @staticmethod
+    def forward(ctx, x: Tensor, clip_value: float | None) -> Tensor:  # type: ignore[override]
+        _SteSign.remember(ctx, x, clip_value)
         return binary_sign(x)
 
     @staticmethod
@@ -56,6 +62,20 @@ class _SteSign(torch.autograd.Function):
             return grad, None
         (x,) = ctx.saved_tensors
         return grad * (x.abs() <= ctx.clip_value).to(grad.dtype), None
+
+
+class _TransformableSteSign(_SteSign):
+    """:class:`_SteSign` in the form torch.func transforms run (:mod:`metaspike.function_transforms`)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, clip_value: float | None) -> Tensor:  # type: ignore[override]
+        return binary_sign(x)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        _SteSign.remember(ctx, *inputs)
 
 
 def ste_sign(x: Tensor, clip_value: float | None = 1.0) -> Tensor:
@@ -67,7 +87,7 @@ def ste_sign(x: Tensor, clip_value: float | None = 1.0) -> Tensor:
         >>> ste_sign(x).sum().backward(); x.grad
         tensor([0., 1., 1.])
     """
-    return _SteSign.apply(x, check_clip_value(clip_value))
+    return function_transforms.apply(_SteSign, _TransformableSteSign, x, check_clip_value(clip_value))
 
 
 def check_clip_value(clip_value: float | None) -> float | None:
@@ -82,17 +102,39 @@ def check_clip_value(clip_value: float | None) -> float | None:
     return clip_value
 
 
+def _gate(x: Tensor, width: float) -> Tensor:
+    return (x.abs() > width).to(x.dtype)
+
+
 class _MagnitudeGate(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, width: float) -> Tensor:  # type: ignore[override]
+    def remember(ctx: Any, x: Tensor, width: float) -> None:
         ctx.save_for_backward(x)
         ctx.width = width
-        return (x.abs() > width).to(x.dtype)
+
+    @staticmethod
+    def forward(ctx, x: Tensor, width: float) -> Tensor:  # type: ignore[override]
+        _MagnitudeGate.remember(ctx, x, width)
+        return _gate(x, width)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         (x,) = ctx.saved_tensors
         return grad * magnitude_gate_slope(x, ctx.width).to(grad.dtype), None
+
+
+class _TransformableMagnitudeGate(_MagnitudeGate):
+    """:class:`_MagnitudeGate` in the form torch.func transforms run (:mod:`metaspike.function_transforms`)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, width: float) -> Tensor:  # type: ignore[override]
+        return _gate(x, width)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        _MagnitudeGate.remember(ctx, *inputs)
 
 
 def magnitude_gate_slope(x: Tensor, width: float) -> Tensor:
@@ -119,7 +161,8 @@ def magnitude_gate(x: Tensor, width: float = 1.0) -> Tensor:
         >>> y = magnitude_gate(x); y.sum().backward(); y, x.grad
         (tensor([1., 0., 0., 1.], grad_fn=<_MagnitudeGateBackward>), tensor([-1.,  0.,  1.,  0.]))
     """
-    return _MagnitudeGate.apply(x, finite_number("width", width, positive=True))
+    return function_transforms.apply(_MagnitudeGate, _TransformableMagnitudeGate, x,
+                                     finite_number("width", width, positive=True))
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from metaspike.bayesian.counter_noise import counter_normal, counter_uniform, dr
 from metaspike.block_cache import reuse_in_block
 from metaspike.checks import FLOAT32_MAX, FLOAT32_TINY, finite_number, is_whole, number_in
 from metaspike.compiled import LazyCompiled
+from metaspike.function_transforms import refuse_function_transform
 from metaspike.gain import attach_output_gain, check_gain_layer, check_scale, gain_scale, output_gain
 from metaspike.layer_selection import (
     DEFAULT_LAYER_TYPES,
@@ -179,6 +180,9 @@ class _GaussianSample(torch.autograd.Function):
         return grad_mu.view(ctx.mu_shape), grad_sigma.view(ctx.mu_shape), None, None
 
 
+#: What :func:`~metaspike.function_transforms.refuse_function_transform` names: the sampled weights of training.
+_TRAINING_SAMPLES = "MESU and BiMU synapses in training"
+
 #: The starts of a synapse's tensors unless a call says otherwise: MESU's width ``σ`` and the spread of BiMU's ``λ``.
 SIGMA_INIT = 0.1
 LAMBDA_INIT = 0.1
@@ -234,6 +238,7 @@ class GaussianWeight(_RolesSurviveCopies, SynapseParametrization):
         """
         if not self.training and self.evaluation == "mode":
             return _expand(mu, samples)
+        refuse_function_transform(_TRAINING_SAMPLES)
         weight, _ = _GaussianSample.apply(mu, self.sigma, draw_key(mu.device), samples or 1)
         return weight if samples else weight.squeeze(0)
 
@@ -383,6 +388,7 @@ class BinaryWeight(_RolesSurviveCopies, SynapseParametrization):
             torch.Size([3, 4])
         """
         if self.training:
+            refuse_function_transform(_TRAINING_SAMPLES)
             inv_tau = 1.0 / self.temperature
             weight = _RelaxedBinarySample.apply(lam, draw_key(lam.device), samples or 1, inv_tau)
             return weight if samples else weight.squeeze(0)
@@ -798,6 +804,7 @@ def sampled_product(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
             tensors = _synapse_tensors(layer, synapse)
             # the samples are the key's: inside binarized_once one key, so the same samples at every time step
             key = reuse_in_block(synapse, tensors, lambda: draw_key(tensors[0].device), ("key", samples))
+            refuse_function_transform(_TRAINING_SAMPLES)
             out = _SampledRowProduct.apply(x, synapse, key, samples, *tensors)
         else:
             weights = _block_samples(layer, samples)
