@@ -72,8 +72,10 @@ def binarized_once() -> Iterator[None]:
     Use it around a spiking time loop or an evaluation, so the sign is taken once per block rather
     than once per time step or batch. A weight is taken again after its tensors change in place (an
     optimizer step), and when the grad mode changes (an evaluation under ``no_grad`` between training
-    steps), so a training loop may run inside the block. Edits through ``.data`` are not seen. Two
-    backward passes through one sampled (BiMU, MESU) weight need ``retain_graph=True`` on the first.
+    steps), so a training loop may run inside the block. Edits through ``.data`` are not seen. A sampled (BiMU,
+    MESU) weight is one node of the graph for the whole block: gradient accumulation over several micro-batches
+    before one optimizer step backpropagates through it more than once, so every ``backward`` but the last needs
+    ``retain_graph=True`` (or open the block per micro-batch, which samples each anew).
 
     Example:
         >>> from metaspike import binarize
