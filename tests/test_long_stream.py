@@ -357,3 +357,17 @@ def test_a_stream_whose_matrix_outgrows_its_rewrites_is_warned_of():
     suggested = RunConfig(tasks=10_000, eval_every=10, batch_size=1, model="bimu")
     assert matrix_cost_warning(suggested) is None and 1_000 * 10_000 <= MATRIX_CELLS_WARNED
     assert matrix_cost_warning(RunConfig(tasks=1_000, eval_every=1, batch_size=1, model="bimu")) is None
+
+
+def test_a_bayesian_run_records_the_settings_its_optimizer_ran_with(tmp_path):
+    """config.json's lr and meta are MetaplasticAdam's; a BiMU run records what BiMU ran with, scaled to its batch."""
+    from metaspike.app.cli import main
+    from metaspike.app.models import build_model, build_optimizer
+
+    assert main(["train", "--model", "bimu", "--dataset", "digits", "--tasks", "1", "--epochs", "1", "--hidden", "8",
+                 "--batch-size", "5", "--memory-window", "500", "--quiet", "--out", str(tmp_path)]) == 0
+    recorded = json.loads(next(tmp_path.glob("*/config.json")).read_text())["bayesian_optimizer_settings"]
+    optimizer = build_optimizer("bimu", build_model("bimu", [8], (1, 8, 8), 10), lr=0.005, batch_size=5,
+                                memory_window=500)
+    ran = {key: value for key, value in optimizer.param_groups[0].items() if key != "params"}
+    assert recorded == pytest.approx(ran) and recorded["N"] == 100.0  # 500 samples, steps of 5

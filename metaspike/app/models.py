@@ -311,17 +311,34 @@ def build_optimizer(kind: str, model: nn.Module, lr: float, meta: float | Sequen
         return MetaplasticAdam(param_groups(model, meta), lr=lr, weight_decay=weight_decay, rule=rule)
     if which == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
-    from metaspike.bayesian import MESU, BiMU, bimu_parameters, mesu_param_groups, plain_parameters, settings_for_batch
+    from metaspike.bayesian import MESU, BiMU, bimu_parameters, mesu_param_groups, plain_parameters
 
-    window = {} if memory_window is None else {"N": float(memory_window)}
-    settings = settings_for_batch("mesu" if which == "mesu" else "bimu", {**published_settings(kind), **window},
-                                  batch_size)
+    settings = bayesian_settings(kind, batch_size, memory_window)
+    assert settings is not None  # (a Bayesian kind)
     if which == "bimu+adam":
         return ChainedOptimizer(BiMU(bimu_parameters(model), **settings),
                                 torch.optim.Adam(plain_parameters(model), lr=SPIKING_GAIN_LR))
     if plain_parameters(model):
         raise ValueError(f"model kind {kind!r} must have Bayesian synapses only, found other parameters")
     return BiMU(bimu_parameters(model), **settings) if which == "bimu" else MESU(mesu_param_groups(model), **settings)
+
+
+def bayesian_settings(kind: str, batch_size: int = 1, memory_window: float | None = None) -> dict[str, float] | None:
+    """The settings the Bayesian optimizer of model ``kind`` runs with (its published per-sample ones, the memory
+    window ``N`` replaced where given, scaled to ``batch_size``: :func:`metaspike.bayesian.settings_for_batch`), as a
+    run records them; ``None`` for a kind without Bayesian synapses (its config's ``lr`` and ``meta`` say it).
+
+    Example:
+        >>> bayesian_settings("bimu", batch_size=1)["N"], bayesian_settings("bnn")
+        (700.0, None)
+    """
+    published = published_settings(kind)
+    if published is None:
+        return None
+    from metaspike.bayesian import settings_for_batch
+
+    window = {} if memory_window is None else {"N": float(memory_window)}
+    return settings_for_batch("mesu" if optimizer_kind(kind) == "mesu" else "bimu", {**published, **window}, batch_size)
 
 
 def describe_model(kind: str, hidden: Sequence[int], input_shape: Sequence[int], classes: int, num_steps: int = 8) -> str:

@@ -23,7 +23,7 @@ from torch import nn
 
 from metaspike.allocator import usable_memory
 from metaspike.app.config import RunConfig
-from metaspike.app.models import Standardize, build_model, describe_model, uses_batchnorm
+from metaspike.app.models import Standardize, bayesian_settings, build_model, describe_model, uses_batchnorm
 from metaspike.app.tables import versions
 from metaspike.bayesian.synapses import SampledForward, bayesian_modules, start_confident
 from metaspike.continual.metrics import largest_rise
@@ -288,6 +288,8 @@ def _record(config: RunConfig, scenario: Scenario) -> dict[str, Any]:
         "versions": versions(),
         "processes": world()[1],
         "threads": torch.get_num_threads(),
+        **({} if (bayesian := bayesian_settings(config.model, config.batch_size, config.memory_window)) is None
+           else {"bayesian_optimizer_settings": bayesian}),
     }
 
 
