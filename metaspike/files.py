@@ -46,7 +46,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     path = Path(path)
     if not path.parent.is_dir():  # (mkstemp would name its temporary file instead)
         raise FileNotFoundError(f"cannot write {path}: its folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:  # (a read-only folder: name the file asked for, not a random temporary name)
+        raise OSError(err.errno, err.strerror, str(path)) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": ""} if mode == "w" else {})) as handle:

@@ -4,6 +4,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,6 +91,32 @@ def test_plot_redraws_a_run(tmp_path, capsys):
     (run / "accuracy_curves.png").symlink_to(outside)  # a link planted in the folder is replaced, not written through
     assert main(["plot", str(run)]) == 0
     assert outside.read_text() == "keep me" and not (run / "accuracy_curves.png").is_symlink()
+
+
+def test_plot_of_a_run_it_cannot_write_in_names_the_figure_and_draws_elsewhere(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from metaspike import files
+
+    main(["train", *SMALL, "--out", str(tmp_path)])
+    run = tmp_path / "permuted-digits-meta5-30-seed1"
+    capsys.readouterr()
+    real_mkstemp = files.tempfile.mkstemp
+
+    def read_only(dir=None, **kwargs):  # (root writes anywhere, so a read-only folder is simulated)
+        if Path(dir) == run:
+            raise PermissionError(errno.EACCES, "Permission denied", str(Path(dir) / ".x.tmp"))
+        return real_mkstemp(dir=dir, **kwargs)
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
+    assert main(["plot", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == (f"metaspike: error: cannot read or write {run / 'accuracy_curves.png'}: "
+                                               f"Permission denied; `metaspike plot {run} --out DIR` draws the "
+                                               "figures elsewhere")
+    assert main(["plot", str(run), "--out", str(tmp_path / "figures")]) == 0
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["accuracy_curves.png", "hidden_weights.png"]
+    assert main(["train", "--resume", str(run)]) == 2  # a finished run: said before any lock is taken
+    assert capsys.readouterr().err.strip() == f"metaspike: error: {run} is already complete; nothing to resume"
 
 
 @pytest.mark.parametrize(
@@ -348,6 +375,11 @@ def test_ctrl_c_names_the_folder_and_the_command_that_continues_it(command, tmp_
     folder = tmp_path / ("compare-permuted-digits" if command == "compare" else "permuted-digits-meta5-30-seed1")
     assert capsys.readouterr().err.strip().endswith(f"continue with: metaspike {command} --resume {folder}")
     monkeypatch.undo()
+    if command == "train":  # the same command again starts a new run, and says which one it leaves unfinished
+        assert main([command, *SMALL, *extra, "--out", str(tmp_path)]) == 0
+        assert (f"metaspike: warning: {folder} holds an unfinished run; this one starts in a new folder beside it "
+                f"(continue that one with: metaspike train --resume {folder})") in capsys.readouterr().err
+        assert (tmp_path / f"{folder.name}-2" / "model.pt").is_file()
     assert main([command, "--resume", str(folder)]) == 0  # and it does
     if command == "compare":  # plot names the command that redraws a comparison
         assert main(["plot", str(folder)]) == 2

@@ -150,6 +150,8 @@ def _parser() -> argparse.ArgumentParser:
     reproduce_cli.add_parser(sub)
     plot = sub.add_parser("plot", help="draw the figures of a run directory")
     plot.add_argument("run_dir", help="a run directory written by 'metaspike train'")
+    plot.add_argument("--out", default=None, metavar="DIR",
+                      help="draw the figures into DIR (created if needed) instead of the run directory")
     return parser
 
 
@@ -246,6 +248,7 @@ def _train(args: argparse.Namespace) -> None:
         _refuse_unused_flags(_given_settings(args), config)
         if (cost := matrix_cost_warning(config)) is not None:
             print(f"metaspike: warning: {cost}", file=sys.stderr)
+        _mention_unfinished(Path(args.out).expanduser() / config.name)
         path, result = run(config, args.out, progress=not args.quiet)
     if world()[0] != 0:
         return  # under torchrun, only the first process reports
@@ -270,6 +273,16 @@ def _train(args: argparse.Namespace) -> None:
         print(f"metaspike: warning: task(s) {', '.join(map(str, unlearned))} ended their own training within "
               f"{LEARNED_MARGIN:g} points of the untrained network's accuracy: they learned nothing while they trained "
               f"(a slow start; check {_learning_flags([config.model])})", file=sys.stderr)
+
+
+def _mention_unfinished(folder: Path) -> None:
+    """Warn where the folder a new run would be named after holds an unfinished run (the same command typed again
+    after a Ctrl-C starts a new run beside it, ``-2``; the user may have meant to continue that one)."""
+    from metaspike.app.runs import is_complete
+
+    if world()[0] == 0 and (folder / "config.json").is_file() and not is_complete(folder):
+        print(f"metaspike: warning: {folder} holds an unfinished run; this one starts in a new folder beside it "
+              f"(continue that one with: metaspike train --resume {folder})", file=sys.stderr)
 
 
 def _learning_flags(models: Sequence[str]) -> str:
@@ -375,8 +388,20 @@ def _plot(args: argparse.Namespace) -> None:
     if (folder / PLAN).is_file() and not (folder / "accuracy_matrix.csv").exists():
         raise ValueError(f"{folder} is a comparison folder: `metaspike compare --resume {folder}` redraws its table "
                          "and figures (finished runs are reused); `metaspike plot` redraws one run of it")
-    for written in plot_run(folder):
-        print(written)
+    out = None if args.out is None else Path(args.out).expanduser()
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out}: it is a file, not a folder")
+        out.mkdir(parents=True, exist_ok=True)
+    try:
+        written = plot_run(folder, out)
+    except PermissionError as err:
+        if out is not None:
+            raise
+        raise OSError(err.errno, f"{err.strerror}; `metaspike plot {folder} --out DIR` draws the figures elsewhere",
+                      err.filename) from None
+    for path in written:
+        print(path)
 
 
 def _import_given(argv: Sequence[str]) -> tuple[str, ...]:

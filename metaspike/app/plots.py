@@ -105,8 +105,9 @@ def _run_title(config: dict[str, Any]) -> str:
     return f"{config.get('scenario', 'run')}, {model}{meta}"
 
 
-def plot_run(run_dir: str | os.PathLike) -> list[Path]:
-    """Draw ``accuracy_curves.png`` and ``hidden_weights.png`` into ``run_dir``; return their paths.
+def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> list[Path]:
+    """Draw ``accuracy_curves.png`` and ``hidden_weights.png`` into ``out`` (default: ``run_dir``, which may then be
+    read-only); return their paths.
 
     A malformed result file raises one line of ``ValueError`` naming it (see :func:`load_run`).
 
@@ -115,7 +116,7 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     """
     plt = pyplot()
     run = load_run(run_dir)
-    path = Path(run_dir)
+    path = Path(run_dir if out is None else out)
     written = []
     fig, ax = plt.subplots(figsize=(6.4, 4))
     _draw_curves(ax, run, _run_title(run["config"]))

@@ -463,9 +463,11 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
                for key, value in (settings or {}).items() if getattr(config, key) != value]
     if changed:
         raise ValueError(f"{path} continues with its stored settings; these would change them: {', '.join(changed)}")
+    if is_complete(path):  # (before the lock, which a finished run on a read-only disk could not take)
+        raise ValueError(f"{path} is already complete; nothing to resume")
     with run_lock(path):
         remove_stale_temporaries(path)  # left by a kill in the middle of a write
-        if is_complete(path):
+        if is_complete(path):  # (finished by another process meanwhile)
             raise ValueError(f"{path} is already complete; nothing to resume")
         if any((path / name).exists() for name in (CHECKPOINT, PREVIOUS_CHECKPOINT)):
             state, damaged = latest_good_checkpoint(path)
