@@ -252,6 +252,7 @@ def test_a_scheduler_may_take_the_learning_rate_to_zero():
     lam = torch.tensor([0.5, -1.0], requires_grad=True)
     opt = BiMU([lam], **BIMU)
     schedule = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.0, total_iters=1)
+    opt.step()  # (no gradient yet: nothing changes; torch wants a step before the schedule's)
     schedule.step()
     assert opt.param_groups[0]["lr"] == 0.0
     lam.grad = torch.tensor([0.3, 0.2])
