@@ -104,6 +104,8 @@ def _mapped_bytes() -> int:
 
 
 _ALLOCATION_FAILURES = ("can't allocate memory", "out of memory", "not enough memory")
+#: torch's allocation error (``torch.OutOfMemoryError`` from torch 2.5; before it only CUDA's had a class)
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 def allocation_failure(err: BaseException) -> str | None:
@@ -122,7 +124,7 @@ def allocation_failure(err: BaseException) -> str | None:
     if not isinstance(err, RuntimeError):
         return None
     text = str(err)
-    if not (isinstance(err, torch.OutOfMemoryError) or any(failure in text.lower() for failure in _ALLOCATION_FAILURES)):
+    if not (isinstance(err, _OUT_OF_MEMORY) or any(failure in text.lower() for failure in _ALLOCATION_FAILURES)):
         return None
     asked = re.search(r"allocate (\d+) bytes", text)
     if asked:

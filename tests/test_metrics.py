@@ -75,7 +75,7 @@ def test_a_run_stopped_early_reports_the_tasks_trained_so_far():
     from metaspike.continual.trainer import ContinualResult
 
     result = ContinualResult(task_names=["a", "b", "c"], matrix=[[90.0, 11.0, 10.0], [70.0, 92.0, 9.0]],
-                             baseline=[10.0, 10.0, 10.0])
+                             baseline=[10.0, 10.0, 10.0], training_tasks=3)
     metrics = result.metrics
     assert metrics["ACC"] == pytest.approx(81.0)
     assert metrics["BWT"] == pytest.approx(-20.0) and metrics["forgetting"] == pytest.approx(20.0)
@@ -97,3 +97,15 @@ def test_text_tables_round_halves_as_by_hand_and_keep_wide_cells_apart():
     assert "-2.3 ± 0.1" in lines[2] and lines[2].endswith(" 12345.5 ±3456.6")
     assert len({len(line) for line in lines}) == 1  # every line as wide as the header: the columns line up
     assert comparison_csv(rows[:1], ("setting",)).splitlines()[1].startswith("m=0,33.850,,50.000,1.000,-2.250,0.050")
+
+
+def test_joint_training_averages_every_task_it_evaluates(tmp_path):
+    """One training task (all tasks' data at once), every task evaluated after it: ACC is their mean."""
+    from metaspike.app.cli import main
+    from metaspike.continual import load_run
+
+    assert main(["train", "--scenario", "joint", "--dataset", "digits", "--tasks", "3", "--epochs", "1", "--hidden",
+                 "32", "--quiet", "--out", str(tmp_path)]) == 0
+    run = load_run(next(tmp_path.iterdir()))
+    (final,) = run["matrix"]
+    assert run["metrics"]["ACC"] == pytest.approx(sum(final) / 3, abs=0.01)  # (the matrix file keeps 2 decimals)

@@ -199,3 +199,23 @@ def test_passes_between_steps_do_not_count_as_a_gain_left_out(set_to_none):
                 state = 0.9 * state + net(x)
             state.pow(2).sum().backward()
             opt.step()
+
+
+def test_sampled_forward_watches_for_a_gain_no_optimizer_trains():
+    """BiMU trains the latent weights only: a gain left out of every optimizer (plain_parameters forgotten) is named
+    when the layer runs through sampled_forward too, not only through its forward hook."""
+    import warnings
+
+    from metaspike.bayesian import BiMU, bimu_parameters, sampled_forward
+    from metaspike.gain import IDLE_STEPS_WARNED
+
+    layer = metaspike.bayesianize(nn.Sequential(nn.Linear(8, 4)), "bimu")[0]
+    opt = BiMU(bimu_parameters(layer))
+    x = torch.randn(6, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(IDLE_STEPS_WARNED + 5):
+            opt.zero_grad()
+            sampled_forward(layer, x, samples=2).pow(2).mean().backward()
+            opt.step()
+    assert sum("has held a gradient through" in str(w.message) for w in caught) == 1

@@ -45,7 +45,14 @@ from metaspike.block_cache import reuse_in_block
 from metaspike.checks import FLOAT32_MAX, FLOAT32_TINY, finite_number, is_whole, number_in
 from metaspike.compiled import LazyCompiled
 from metaspike.function_transforms import refuse_function_transform
-from metaspike.gain import attach_output_gain, check_gain_layer, check_scale, gain_scale, output_gain
+from metaspike.gain import (
+    apply_output_gain,
+    attach_output_gain,
+    check_gain_layer,
+    check_scale,
+    gain_scale,
+    output_gain,
+)
 from metaspike.layer_selection import (
     DEFAULT_LAYER_TYPES,
     ROLE_ATTRIBUTE,
@@ -763,9 +770,8 @@ def sampled_forward(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
         >>> sampled_forward(layer, torch.randn(5, 3), samples=4).shape
         torch.Size([4, 5, 2])
     """
-    gain = output_gain(layer)  # what the layer's forward hook applies when the layer is called
-    out = sampled_product(layer, x, samples)
-    return out if gain is None else gain(out, layer.bias)
+    out = sampled_product(layer, x, samples)  # (then what the layer's forward hook applies when it is called)
+    return out if output_gain(layer) is None else apply_output_gain(layer, out)
 
 
 def _block_samples(layer: nn.Module, samples: int) -> Tensor:

@@ -146,6 +146,7 @@ class ContinualResult:
         histograms: hidden-weight histograms per layer after each task.
         diagnostics: one dict per epoch: sign-flip rate and consolidated fraction of each layer.
         seconds: wall time of training and evaluation.
+        training_tasks: how many tasks the run trains (0: not said, as for a result read back from files).
     """
 
     task_names: list[str]
@@ -155,15 +156,27 @@ class ContinualResult:
     histograms: list[dict[str, Any]] = field(default_factory=list)
     diagnostics: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    training_tasks: int = 0
 
     @property
     def metrics(self) -> dict[str, float]:
         """ACC, BWT, FWT and forgetting of :attr:`matrix` (see :mod:`metaspike.continual.metrics`). Until every task
-        is trained (a run going on, or stopped), they cover the tasks trained so far: a task not yet trained has an
-        accuracy (near chance) but nothing to remember."""
+        is trained (a run going on, or stopped) in a stream that trains each evaluated task in turn, they cover the
+        tasks trained so far: a task not yet trained has an accuracy (near chance) but nothing to remember. (Joint
+        training evaluates every task after its one training task; a stream evaluates one test set.)
+
+        Example:
+            >>> ContinualResult(["a", "b"], matrix=[[90.0, 11.0]], training_tasks=2).metrics["ACC"]  # task 1 so far
+            90.0
+            >>> ContinualResult(["a", "b"], matrix=[[90.0, 80.0]], training_tasks=1).metrics["ACC"]  # joint: all
+            85.0
+        """
         trained = len(self.matrix)
         matrix = np.array(self.matrix, dtype=float)
-        return summarize(matrix[:, :trained] if trained else matrix, self.baseline[:trained] if self.baseline else None)
+        baseline = self.baseline or None
+        if 0 < trained < self.training_tasks == len(self.task_names):
+            matrix, baseline = matrix[:, :trained], baseline and baseline[:trained]
+        return summarize(matrix, baseline)
 
 
 def _outer_lists_copied(values: dict[str, Any]) -> dict[str, Any]:
@@ -271,8 +284,11 @@ def _check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: to
     trained = position["task"]
     result = state["result"]
     names = {f.name for f in fields(ContinualResult)}
-    if not isinstance(result, dict) or set(result) != names:
+    if not isinstance(result, dict) or set(result) not in (names, names - {"training_tasks"}):  # (older checkpoints)
         raise ValueError(f"the checkpoint's result must hold exactly {sorted(names)}")
+    if result.setdefault("training_tasks", len(scenario.tasks)) != len(scenario.tasks):
+        raise ValueError(f"the checkpoint's result says {result['training_tasks']!r} training tasks; this run's "
+                         f"scenario has {len(scenario.tasks)}")
     if list(result["task_names"]) != list(scenario.eval_task_names):
         raise ValueError("checkpoint was written for other tasks than this run's scenario has")
     width = len(scenario.eval_task_names)
@@ -517,7 +533,7 @@ class ContinualTrainer:
         self._identity = run_identity(scenario, cfg)
         generator = torch.Generator().manual_seed(cfg.seed)
         if resume is None:
-            result = ContinualResult(task_names=scenario.eval_task_names)
+            result = ContinualResult(task_names=scenario.eval_task_names, training_tasks=len(scenario.tasks))
             result.baseline = self._evaluate_all(scenario, 0, [])
             states: list[dict] = []
             first_task, first_epoch, optimizer_state = 0, 0, None
