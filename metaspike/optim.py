@@ -281,6 +281,9 @@ class MetaplasticAdam(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        for group in self.param_groups:  # tensors at their first step: converted since their group was checked?
+            check_eps_holds({"eps": group["eps"], "params": [p for p in group["params"]
+                                                             if p.grad is not None and not self.state[p]]})
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if any(p.grad.is_sparse for p in params):

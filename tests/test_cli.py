@@ -221,7 +221,7 @@ def test_a_file_size_limit_mid_run_names_the_file_and_the_resume_command(tmp_pat
     run = next(tmp_path.iterdir())
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == (f"metaspike: error: cannot read or write {run / 'checkpoint.pt'}: File too large; "
-                                   f"what was written so far is kept: free space, then continue with: "
+                                   f"what was written so far is kept: once the file can be written, continue with: "
                                    f"metaspike train --resume {run}")
     assert not list(run.glob(".*.tmp"))  # the half-written temporary file is gone
     assert main(["train", "--resume", str(run), "--quiet"]) == 0

@@ -278,3 +278,11 @@ def test_metaplastic_adam_refuses_float16_weights_its_eps_vanishes_in():
     with pytest.raises(ValueError, match="is 0 in torch.float16"):
         optimizer.add_param_group({"params": [half]})
     assert len(optimizer.param_groups) == 1
+    model = torch.nn.Linear(3, 2)
+    late = metaspike.MetaplasticAdam(model.parameters(), lr=0.01)
+    model.half()  # after the optimizer was built: its first step refuses, before any weight changes
+    model(torch.ones(1, 3, dtype=torch.float16)).sum().backward()
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="is 0 in torch.float16"):
+        late.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -157,3 +157,33 @@ def test_a_stopped_reproduction_resumes_to_the_table_of_one_never_stopped(tmp_pa
             assert float(resumed[setting][column]) == pytest.approx(float(row[column]), abs=0.01), (setting, column)
     assert main(["reproduce", "--resume", str(root), "--seeds", "2"]) == 2
     assert "remove --seeds" in capsys.readouterr().err
+
+
+def test_a_file_that_cannot_be_written_mid_reproduction_names_the_reproductions_resume(tmp_path):
+    """The file-size limit stops fig3's first checkpoint: the hint continues the reproduction, not its run."""
+    import subprocess
+    import sys
+
+    resource = pytest.importorskip("resource")
+
+    def limit_file_size():  # 40 KiB: the record and small files fit, a checkpoint does not
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40 * 1024, resource.RLIM_INFINITY))
+
+    done = subprocess.run([sys.executable, "-m", "metaspike", "reproduce", "fig3", "--quiet", "--out", str(tmp_path)],
+                          capture_output=True, text=True, preexec_fn=limit_file_size)
+    root = tmp_path / "reproduce-fig3-cpu"
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().endswith(f"File too large; what was written so far is kept: once the file can be "
+                                        f"written, continue with: metaspike reproduce --resume {root}")
+    assert main(["reproduce", "--resume", str(root), "--quiet"]) == 0
+    assert (root / "table.csv").is_file()
+
+
+def test_ctrl_c_before_a_reproduction_measured_anything_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("metaspike.app.reproduce.continual.make_scenario", interrupted)
+    assert main(["reproduce", "table1", "--quiet", "--out", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.strip() == "metaspike: interrupted"
+    assert list(tmp_path.iterdir()) == []

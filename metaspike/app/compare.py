@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,6 +30,7 @@ from metaspike.app.runs import (
     resume,
     run,
     run_lock,
+    stopped_by_file_error,
 )
 from metaspike.app.tables import check_settings, comparison_csv, format_table, last_task_column, summarize_results
 from metaspike.checks import is_number
@@ -152,7 +154,8 @@ def _run_or_continue(config: RunConfig, root: Path, progress: bool) -> Continual
         if load_config(path) != config:
             raise ValueError(f"{path} holds a run of other settings than {root / PLAN} plans (was the plan edited?)")
         if finished_result(path) is None:
-            resume(path, progress=progress, plot=False)  # (checks the data itself)
+            for warning in resume(path, progress=progress, plot=False)[2]:  # (checks the data itself)
+                print(f"metaspike: warning: {warning}", file=sys.stderr)
         else:  # the runs still to come must train on the data this one was trained on
             check_same_data(path, config)
     result = finished_result(path)
@@ -168,6 +171,10 @@ def _execute(root: Path, plan: dict[str, Any], planned: list[Row], progress: boo
             results = [_run_or_continue(config, root, progress) for config in row.configs]
         except KeyboardInterrupt:  # the comparison, not its run, is what continues
             raise Interrupted(root, f"metaspike compare --resume {root}") from None
+        except OSError as err:
+            if err.filename is None:
+                raise
+            raise stopped_by_file_error(err, f"metaspike compare --resume {root}") from err
         first_runs.append(root / row.configs[0].name)
         unlearned = [config.name for config, result in zip(row.configs, results) if learned_nothing(result)]
         rows.append({**row.labels, "runs": len(results), **summarize_results(results), "learned_nothing": unlearned})

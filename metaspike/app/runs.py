@@ -12,6 +12,7 @@ import hashlib
 import math
 import os
 import shutil
+import sys
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,7 +37,8 @@ from metaspike.files import atomic_open, read_json, remove_stale_temporaries
 from metaspike.training import Plugin, TrainingDiverged, minimum_batch_size
 
 __all__ = ["build_run_model", "build_trainer", "make_run_scenario", "train_and_finish", "run", "resume",
-           "load_config", "config_from_record", "run_lock", "is_complete", "finished_result", "train_in_folder"]
+           "load_config", "config_from_record", "run_lock", "is_complete", "finished_result", "train_in_folder",
+           "stopped_by_file_error"]
 
 LOCK = ".lock"
 #: float32 copies of each weight while training: hidden weight, gradient, two Adam moments, ±1 buffer.
@@ -188,6 +190,22 @@ def readout_layer(model: nn.Module) -> nn.Module:
 BATCHNORM_STATES = "batchnorm_states.pt"
 
 
+def stopped_by_file_error(err: OSError, command: str) -> OSError:
+    """``err``, a file that could not be written mid-run (a full disk, a file-size limit), saying that what was
+    written is kept and ``command`` continues (where ``err`` already said so for a run inside a comparison or
+    reproduction, the error it wraps, with the command of the whole).
+
+    Example:
+        >>> str(stopped_by_file_error(OSError(28, "No space left on device", "runs/a/checkpoint.pt"),
+        ...                           "metaspike train --resume runs/a"))  # doctest: +NORMALIZE_WHITESPACE
+        "[Errno 28] No space left on device; what was written so far is kept: once the file can be written, continue
+        with: metaspike train --resume runs/a: 'runs/a/checkpoint.pt'"
+    """
+    original = err.__cause__ if isinstance(err.__cause__, OSError) else err
+    return OSError(original.errno, f"{original.strerror or original}; what was written so far is kept: once the file "
+                                   f"can be written, continue with: {command}", original.filename)
+
+
 def train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: RunDirectory | None,
                      resume: dict[str, Any] | None, plot: bool) -> ContinualResult:
     """Train, then (on rank 0, which holds the directory) write ``model.pt`` (and :data:`BATCHNORM_STATES`), the final
@@ -195,13 +213,15 @@ def train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: R
 
     ``model.pt`` is written atomically before ``metrics.json`` says ``complete: true``, so a kill at
     any moment leaves a run that either resumes or is complete with every file. A diverged run raises
-    :class:`TrainingDiverged` naming the directory that keeps what was measured.
+    :class:`TrainingDiverged` naming the directory that keeps what was measured; Ctrl-C and a file that cannot be
+    written name the command that continues it (``metaspike train --resume``; a comparison or reproduction
+    replaces it with its own).
 
     Example:
         >>> train_and_finish(trainer, scenario, RunDirectory.create("runs", "demo", {}), None, plot=True)  # doctest: +SKIP
     """
     try:
-        result = trainer.fit(scenario, log=directory, resume=resume)
+        result = _train_and_write(trainer, scenario, directory, resume)
     except TrainingDiverged as err:
         where = f"; what was measured so far is in {directory.path} (the last good checkpoint is kept)" if directory else ""
         raise TrainingDiverged(f"{err}{where}") from None
@@ -209,11 +229,20 @@ def train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: R
         if directory is None:
             raise
         raise Interrupted(directory.path, f"metaspike train --resume {directory.path}") from None
-    except OSError as err:  # a full disk mid-run: what was written is kept, and the run continues once there is room
+    except OSError as err:
         if directory is None or err.filename is None:
             raise
-        raise OSError(err.errno, f"{err.strerror or err}; what was written so far is kept: free space, then continue "
-                                 f"with: metaspike train --resume {directory.path}", err.filename) from err
+        raise stopped_by_file_error(err, f"metaspike train --resume {directory.path}") from err
+    if plot and directory is not None:  # (a complete run: a figure that cannot be written is only that)
+        from metaspike.app.plots import plot_run
+
+        plot_run(directory.path)
+    return result
+
+
+def _train_and_write(trainer: ContinualTrainer, scenario: Scenario, directory: RunDirectory | None,
+                     resume: dict[str, Any] | None) -> ContinualResult:
+    result = trainer.fit(scenario, log=directory, resume=resume)
     if directory is None:
         return result
     with atomic_open(directory.path / "model.pt", "wb") as handle:
@@ -223,10 +252,6 @@ def train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: R
             torch.save(trainer.batchnorm_states, handle)
     directory.write_metrics(result, complete=True)
     directory.remove_checkpoints()
-    if plot:
-        from metaspike.app.plots import plot_run
-
-        plot_run(directory.path)
     return result
 
 
@@ -354,17 +379,19 @@ def run(config: RunConfig, out: str | Path = "runs", progress: bool = True, plot
         return path, train_and_finish(trainer, scenario, directory, None, plot)
 
 
-def train_in_folder(root: Path, name: str, record: dict[str, Any], trainer: ContinualTrainer,
-                    scenario: Scenario) -> ContinualResult:
-    """Train ``trainer`` on ``scenario`` into the run folder ``root/name`` (its ``config.json`` is ``record``), or take
-    up what an earlier, stopped pass left there: a complete run of the same ``record`` is read back, a stopped one
-    continues from its newest good checkpoint (to the numbers of a run never stopped), one stopped before its config
-    was written starts again. A folder holding another record is refused. The trainer must be built as the record
-    says (its plugins, model and optimizer): what a reproduction builds for each method.
+def train_in_folder(root: Path, name: str, config: RunConfig, trainer: ContinualTrainer, scenario: Scenario,
+                    extra: dict[str, Any] | None = None) -> ContinualResult:
+    """Train ``trainer`` on ``scenario`` into the run folder ``root/name``, or take up what an earlier, stopped pass
+    left there: a complete run of the same record is read back, a stopped one continues from its newest good
+    checkpoint (to the numbers of a run never stopped), one stopped before its config was written starts again. The
+    record (``config.json``) is ``config`` with the SHA-256 of its data (:func:`data_digests`) and ``extra``; a
+    folder holding another record (other settings, or other data) is refused. The trainer must be built as the
+    record says (its plugins, model and optimizer): what a reproduction builds for each method.
 
     Example:
-        >>> train_in_folder(Path("runs/r"), "ewc-seed1", record, trainer, scenario)  # doctest: +SKIP
+        >>> train_in_folder(Path("runs/r"), "ewc-seed1", config, trainer, scenario)  # doctest: +SKIP
     """
+    record = {**config.to_dict(), DATA_DIGESTS: data_digests(config), **(extra or {})}
     path = root / name
     if path.is_dir() and not (path / "config.json").exists():
         shutil.rmtree(path)  # stopped before its config was written: nothing measured yet
@@ -374,15 +401,18 @@ def train_in_folder(root: Path, name: str, record: dict[str, Any], trainer: Cont
             return train_and_finish(trainer, scenario, directory, None, plot=False)
     directory = RunDirectory(path)
     if not directory.holds(record):
-        raise ValueError(f"{path} holds a run of other settings than this one asks for (its config.json differs); "
-                         "move it away to train this one")
+        raise ValueError(f"{path} holds a run of other settings or other data than this one asks for (its config.json "
+                         "differs); move it away to train this one")
     with run_lock(path):
         remove_stale_temporaries(path)
         result = finished_result(path)
         if result is not None:
             return result
-        state = latest_good_checkpoint(path)[0] if any((path / f).exists() for f in (CHECKPOINT, PREVIOUS_CHECKPOINT)) \
-            else None
+        state = None
+        if any((path / f).exists() for f in (CHECKPOINT, PREVIOUS_CHECKPOINT)):
+            state, damaged = latest_good_checkpoint(path)
+            for why in damaged:
+                print(f"metaspike: warning: {why}; resumed from the previous checkpoint", file=sys.stderr)
         return train_and_finish(trainer, scenario, directory, state, plot=False)
 
 

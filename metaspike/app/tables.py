@@ -10,7 +10,7 @@ import math
 import platform
 import statistics
 from collections.abc import Sequence
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 from typing import Any
 
 import torch
@@ -143,9 +143,15 @@ def decimal_text(value: float, digits: int) -> str:
     Example:
         >>> decimal_text((33.8 + 33.9) / 2, 1), f"{(33.8 + 33.9) / 2:.1f}", decimal_text(-2.25, 1), decimal_text(7.0, 3)
         ('33.9', '33.8', '-2.3', '7.000')
+        >>> decimal_text(1e30, 1), decimal_text(float("nan"), 1)
+        ('1000000000000000000000000000000.0', 'nan')
     """
-    exact = Decimal(repr(round(value, 9)))
-    return str(exact.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+    if not math.isfinite(value):
+        return str(value)
+    with localcontext() as context:
+        context.prec = 400  # (every digit of the largest float and its decimals)
+        exact = Decimal(repr(round(value, 9)))
+        return str(exact.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
 
 
 def _mean_std_text(mean: float, std: float) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 from metaspike.app.reproduce.experiments import EXPERIMENTS, get_experiment
 from metaspike.app.reproduce.scales import SCALES
-from metaspike.app.runs import LOCK, Interrupted, run_lock
+from metaspike.app.runs import LOCK, Interrupted, run_lock, stopped_by_file_error
 from metaspike.checks import MAX_SEED
 from metaspike.continual.results import unique_directory
 from metaspike.files import atomic_write_text, read_json
@@ -56,12 +56,14 @@ def reproduce(name: str, scale: str = "cpu", seeds: Sequence[int] = (1,), out: s
         raise ValueError(f"unknown scale {scale!r}; available: {', '.join(SCALES)}")
     seeds = _check_seeds([int(s) for s in seeds])
     root = unique_directory(out, f"reproduce-{name}-{scale}")
+    folder = None if data_dir is None else str(Path(data_dir).expanduser().resolve())  # (a resume may run elsewhere)
     atomic_write_text(root / RECORD, json.dumps({"name": name, "scale": scale, "seeds": seeds,
-                                                 "data_dir": data_dir}, indent=2) + "\n")
+                                                 "data_dir": folder}, indent=2) + "\n")
     try:
         return _run(root, name, scale, seeds, progress, data_dir)
-    except BaseException:
-        _remove_empty(root)  # e.g. missing data files: leave no folder behind that holds nothing measured
+    except BaseException as err:
+        if _remove_empty(root) and isinstance(err, Interrupted):  # (nothing left to continue)
+            raise KeyboardInterrupt from None
         raise
 
 
@@ -98,12 +100,18 @@ def _run(root: Path, name: str, scale: str, seeds: list[int], progress: bool,
             return root, get_experiment(name).run(scale, seeds, root, progress, data_dir)
     except KeyboardInterrupt:  # the reproduction, not its run, is what continues
         raise Interrupted(root, f"metaspike reproduce --resume {root}") from None
+    except OSError as err:
+        if err.filename is None:
+            raise
+        raise stopped_by_file_error(err, f"metaspike reproduce --resume {root}") from err
 
 
-def _remove_empty(root: Path) -> None:
-    """Remove ``root`` where it holds nothing measured: empty folders, its record and lock only."""
+def _remove_empty(root: Path) -> bool:
+    """Remove ``root`` where it holds nothing measured (empty folders, its record and lock only); whether it did."""
     for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         if path.is_dir() and not any(path.iterdir()):
             path.rmdir()
     if {p.name for p in root.iterdir()} <= {RECORD, LOCK}:
         shutil.rmtree(root)
+        return True
+    return False

@@ -101,8 +101,8 @@ def run_method(config: RunConfig, method: Method, root: str | Path, progress: bo
         model = build_run_model(config, scenario)
 
     trainer = build_trainer(config, model, progress, method.plugins(config.seed))
-    record = {**config.to_dict(), "method": asdict(method), "scenario_effective": scenario.name}
-    return train_in_folder(Path(root), f"{_slug(method.label)}-seed{config.seed}", record, trainer, scenario)
+    return train_in_folder(Path(root), f"{_slug(method.label)}-seed{config.seed}", config, trainer, scenario,
+                           {"method": asdict(method), "scenario_effective": scenario.name})
 
 
 def summarize(label: str, results: Sequence[ContinualResult], paper: str) -> dict[str, Any]:

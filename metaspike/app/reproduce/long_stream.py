@@ -151,7 +151,7 @@ def run_method(config: RunConfig, plugins: Sequence[Plugin] = (), out: str | Pat
         result = trainer.fit(scenario)
     else:
         Path(out).mkdir(parents=True, exist_ok=True)
-        result = train_in_folder(Path(out), config.name, config.to_dict(), trainer, scenario)
+        result = train_in_folder(Path(out), config.name, config, trainer, scenario)
     steps = config.tasks * config.epochs * math.ceil(len(scenario.tasks[0].train) / config.batch_size)
     return result, result.seconds / steps
 
