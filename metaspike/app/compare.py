@@ -21,16 +21,15 @@ from typing import Any
 from metaspike.app.config import KIND_SETTINGS, RunConfig, meta_label
 from metaspike.app.models import BIMU_SUFFIX, optimizer_kind
 from metaspike.app.runs import (
-    Interrupted,
     check_same_data,
     config_from_record,
+    continued_by,
     finished_result,
     learned_nothing,
     load_config,
     resume,
     run,
     run_lock,
-    stopped_by_file_error,
 )
 from metaspike.app.tables import check_settings, comparison_csv, format_table, last_task_column, summarize_results
 from metaspike.checks import is_number
@@ -167,14 +166,8 @@ def _execute(root: Path, plan: dict[str, Any], planned: list[Row], progress: boo
     rows = []
     first_runs: list[Path] = []
     for row in planned:
-        try:
+        with continued_by(root, f"metaspike compare --resume {root}"):  # (the comparison continues, not its run)
             results = [_run_or_continue(config, root, progress) for config in row.configs]
-        except KeyboardInterrupt:  # the comparison, not its run, is what continues
-            raise Interrupted(root, f"metaspike compare --resume {root}") from None
-        except OSError as err:
-            if err.filename is None:
-                raise
-            raise stopped_by_file_error(err, f"metaspike compare --resume {root}") from err
         first_runs.append(root / row.configs[0].name)
         unlearned = [config.name for config, result in zip(row.configs, results) if learned_nothing(result)]
         rows.append({**row.labels, "runs": len(results), **summarize_results(results), "learned_nothing": unlearned})

@@ -38,7 +38,7 @@ from metaspike.training import Plugin, TrainingDiverged, minimum_batch_size
 
 __all__ = ["build_run_model", "build_trainer", "make_run_scenario", "train_and_finish", "run", "resume",
            "load_config", "config_from_record", "run_lock", "is_complete", "finished_result", "train_in_folder",
-           "stopped_by_file_error"]
+           "stopped_by_file_error", "continued_by"]
 
 LOCK = ".lock"
 #: float32 copies of each weight while training: hidden weight, gradient, two Adam moments, ±1 buffer.
@@ -206,6 +206,25 @@ def stopped_by_file_error(err: OSError, command: str) -> OSError:
                                    f"can be written, continue with: {command}", original.filename)
 
 
+@contextmanager
+def continued_by(folder: Path, command: str) -> Iterator[None]:
+    """Inside it, a Ctrl-C or a file that cannot be written names ``folder`` (what is kept) and ``command`` (what
+    continues): a comparison or reproduction replaces the ``train --resume`` its run would name with its own.
+
+    Example:
+        >>> with continued_by(Path("runs/c"), "metaspike compare --resume runs/c"):  # doctest: +SKIP
+        ...     train_the_runs()
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(folder, command) from None
+    except OSError as err:
+        if err.filename is None:
+            raise
+        raise stopped_by_file_error(err, command) from err
+
+
 def train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: RunDirectory | None,
                      resume: dict[str, Any] | None, plot: bool) -> ContinualResult:
     """Train, then (on rank 0, which holds the directory) write ``model.pt`` (and :data:`BATCHNORM_STATES`), the final
@@ -221,18 +240,14 @@ def train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: R
         >>> train_and_finish(trainer, scenario, RunDirectory.create("runs", "demo", {}), None, plot=True)  # doctest: +SKIP
     """
     try:
-        result = _train_and_write(trainer, scenario, directory, resume)
+        if directory is None:
+            result = _train_and_write(trainer, scenario, directory, resume)
+        else:
+            with continued_by(directory.path, f"metaspike train --resume {directory.path}"):
+                result = _train_and_write(trainer, scenario, directory, resume)
     except TrainingDiverged as err:
         where = f"; what was measured so far is in {directory.path} (the last good checkpoint is kept)" if directory else ""
         raise TrainingDiverged(f"{err}{where}") from None
-    except KeyboardInterrupt:
-        if directory is None:
-            raise
-        raise Interrupted(directory.path, f"metaspike train --resume {directory.path}") from None
-    except OSError as err:
-        if directory is None or err.filename is None:
-            raise
-        raise stopped_by_file_error(err, f"metaspike train --resume {directory.path}") from err
     if plot and directory is not None:  # (a complete run: a figure that cannot be written is only that)
         from metaspike.app.plots import plot_run
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from metaspike.app.reproduce.experiments import EXPERIMENTS, get_experiment
 from metaspike.app.reproduce.scales import SCALES
-from metaspike.app.runs import LOCK, Interrupted, run_lock, stopped_by_file_error
+from metaspike.app.runs import LOCK, Interrupted, continued_by, run_lock
 from metaspike.checks import MAX_SEED
 from metaspike.continual.results import unique_directory
 from metaspike.files import atomic_write_text, read_json
@@ -95,15 +95,9 @@ def resume_reproduction(root: str | Path, progress: bool = False) -> tuple[Path,
 
 def _run(root: Path, name: str, scale: str, seeds: list[int], progress: bool,
          data_dir: str | None) -> tuple[Path, list[dict[str, Any]]]:
-    try:
+    with continued_by(root, f"metaspike reproduce --resume {root}"):  # (the reproduction continues, not its run)
         with run_lock(root):  # a second pass over the same folder meanwhile is one line, not a second writer
             return root, get_experiment(name).run(scale, seeds, root, progress, data_dir)
-    except KeyboardInterrupt:  # the reproduction, not its run, is what continues
-        raise Interrupted(root, f"metaspike reproduce --resume {root}") from None
-    except OSError as err:
-        if err.filename is None:
-            raise
-        raise stopped_by_file_error(err, f"metaspike reproduce --resume {root}") from err
 
 
 def _remove_empty(root: Path) -> bool:
