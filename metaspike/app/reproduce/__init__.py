@@ -60,7 +60,7 @@ def reproduce(name: str, scale: str = "cpu", seeds: Sequence[int] = (1,), out: s
     atomic_write_text(root / RECORD, json.dumps({"name": name, "scale": scale, "seeds": seeds,
                                                  "data_dir": folder}, indent=2) + "\n")
     try:
-        return _run(root, name, scale, seeds, progress, data_dir)
+        return _run(root, name, scale, seeds, progress, folder)
     except BaseException as err:
         if _remove_empty(root) and isinstance(err, Interrupted):  # (nothing left to continue)
             raise KeyboardInterrupt from None
