@@ -1,11 +1,17 @@
 """Per-task BatchNorm states: snapshot after each task, restored when that task is evaluated.
 
-This is the paper's setting (BatchNorm parameters and statistics kept per task); the alternative
-``"shared"`` keeps one BatchNorm state for all tasks. Works on any model.
+This is the paper's setting: each task keeps its BatchNorm scale and shift (``weight``, ``bias``); the alternative
+``"shared"`` keeps one for all tasks. A layer's running statistics, where it tracks them, are not kept per task: they
+stay the model's own. Restoring a task's statistics after the weights (and a binarized layer's learned gains) had
+moved on collapsed that task to chance: a binarized CNN of torch layers (BatchNorm with running statistics,
+``MetaplasticAdam`` with m = 30, two permuted digits tasks) kept task 1 at 15.8 % with them restored and at 73.9 %
+with one shared state (2-core Intel Xeon, seed 1). The paper's networks (``bnn``) normalise with batch statistics and
+track none.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -15,23 +21,24 @@ BATCHNORM_MODES = ("per-task", "shared")
 
 
 def batchnorm_state(model: nn.Module) -> dict[str, Tensor]:
-    """Copies of every BatchNorm parameter and buffer of ``model``, keyed by qualified name.
+    """Copies of every BatchNorm layer's scale and shift (its parameters) in ``model``, keyed by qualified name.
 
     Example:
-        >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False))
-        >>> sorted(batchnorm_state(net))
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+        >>> sorted(batchnorm_state(net))  # (not its running statistics)
         ['1.bias', '1.weight']
     """
     state = {}
     for name, module in model.named_modules():
         if isinstance(module, _BatchNorm):
-            for key, value in module.state_dict().items():
+            for key, value in module.named_parameters(recurse=False):
                 state[f"{name}.{key}" if name else key] = value.detach().clone()
     return state
 
 
 def load_batchnorm_state(model: nn.Module, state: dict[str, Tensor]) -> None:
-    """Write a state from :func:`batchnorm_state` back into ``model`` (in place, no new tensors).
+    """Write a state from :func:`batchnorm_state` back into ``model`` (in place, no new tensors). Entries it does not
+    take (the running statistics an earlier version kept) are left alone.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
@@ -39,6 +46,9 @@ def load_batchnorm_state(model: nn.Module, state: dict[str, Tensor]) -> None:
     """
     for name, module in model.named_modules():
         if isinstance(module, _BatchNorm):
-            prefix = f"{name}." if name else ""
-            own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
-            module.load_state_dict(own)
+            for key, value in module.named_parameters(recurse=False):
+                qualified = f"{name}.{key}" if name else key
+                if qualified not in state:
+                    raise ValueError(f"the BatchNorm state lacks {qualified}")
+                with torch.no_grad():
+                    value.copy_(state[qualified])
