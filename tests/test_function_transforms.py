@@ -65,3 +65,22 @@ def test_bayesian_synapses_in_training_refuse_a_transform_in_one_line(kind):
     params = {name: p.detach() for name, p in model.named_parameters()}
     with pytest.raises(ValueError, match=r"^MESU and BiMU synapses in training do not run under torch.func transforms"):
         grad(lambda p: _loss(model, p, {}, torch.randn(2, 8)))(params)
+
+
+def test_a_spiking_classifier_gives_per_sample_gradients():
+    """The encoders skip their value checks inside a transform (a transform cannot branch on values); the direct
+    encoder and metaspike's own neuron then run under vmap(grad)."""
+    from metaspike.snn import SelfRecurrentLIF, SpikingClassifier
+
+    torch.manual_seed(0)
+    step = nn.Sequential(nn.Linear(6, 5), SelfRecurrentLIF(5), nn.Linear(5, 3))
+    model = metaspike.binarize(SpikingClassifier(step, num_steps=4, encoder="direct", readout="membrane"))
+    _gradients_agree(model, torch.rand(4, 6) * 3)
+
+
+def test_the_triangular_surrogate_takes_vmap():
+    from metaspike.snn import surrogate
+
+    spike = surrogate("triangular")
+    x = torch.tensor([-0.5, 0.2, 1.5])
+    assert torch.equal(vmap(grad(lambda v: spike(v).sum()))(x), torch.tensor([0.5, 0.8, 0.0]))

@@ -225,3 +225,13 @@ def test_a_hostile_nir_graph_is_one_line(nodes, edges, message):
     }, edges=edges or [("input", "fc"), ("fc", "lif"), ("lif", "output")], type_check=False)
     with pytest.raises(ValueError, match=message):
         import_nir(graph)
+
+
+def test_snntorch_neurons_without_init_hidden_in_a_sequential_are_refused_in_one_line():
+    """Called with the input alone, such a neuron starts from a fresh membrane at every step and returns (spikes,
+    membrane), which nn.Sequential would hand to the next layer as its input."""
+    step = nn.Sequential(nn.Linear(4, 3), snn.Leaky(beta=0.9), nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"^network: module '1' is a snnTorch Leaky built without init_hidden=True"):
+        SpikingClassifier(step, num_steps=2, encoder="direct")
+    fixed = nn.Sequential(nn.Linear(4, 3), snn.Leaky(beta=0.9, init_hidden=True), nn.Linear(3, 2))
+    assert SpikingClassifier(fixed, num_steps=2, encoder="direct")(torch.rand(5, 4)).shape == (5, 2)

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from metaspike import function_transforms
+
 __all__ = [
     "require_snntorch", "require_norse", "available_surrogates", "surrogate", "norse_method", "reset_states",
 ]
@@ -43,6 +45,10 @@ def require_norse() -> ModuleType:
     return _require("norse.torch", "norse")
 
 
+def _fires(x: Tensor) -> Tensor:
+    return (x > 0).to(x.dtype)
+
+
 class _TriangularSpike(torch.autograd.Function):
     """``heaviside(x)`` (``x > 0``) with the triangular surrogate gradient ``max(0, 1 − |x|)``. (snnTorch 0.9's
     ``surrogate.triangular`` gives ``+1`` below the threshold and ``−1`` at and above it: a model trained with it
@@ -51,12 +57,30 @@ class _TriangularSpike(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:
         ctx.save_for_backward(x)
-        return (x > 0).to(x.dtype)
+        return _fires(x)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors
-        return grad * (1 - x.abs()).clamp_(min=0)
+        return grad * (1 - x.abs()).clamp(min=0)
+
+
+class _TransformableTriangularSpike(_TriangularSpike):
+    """:class:`_TriangularSpike` in the form torch.func transforms run (:mod:`metaspike.function_transforms`)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor) -> Tensor:  # type: ignore[override]
+        return _fires(x)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        ctx.save_for_backward(*inputs)
+
+
+def _triangular_spike(x: Tensor) -> Tensor:
+    return function_transforms.apply(_TriangularSpike, _TransformableTriangularSpike, x)
 
 
 # name -> (backend, factory of the spike function; Norse names map to its threshold ``method``)
@@ -64,7 +88,7 @@ _SNNTORCH_SURROGATES = {
     "fast_sigmoid": lambda s: s.fast_sigmoid(slope=25),
     "atan": lambda s: s.atan(alpha=2.0),
     "sigmoid": lambda s: s.sigmoid(slope=25),
-    "triangular": lambda s: _TriangularSpike.apply,
+    "triangular": lambda s: _triangular_spike,
     "straight_through": lambda s: s.straight_through_estimator(),
 }
 _NORSE_SURROGATES = {"superspike": ("super", 100.0), "tanh": ("tanh", 100.0), "triangle": ("triangle", 0.3)}

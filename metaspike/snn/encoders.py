@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from metaspike.checks import is_whole
+from metaspike.function_transforms import in_function_transform
 
 __all__ = ["RateEncoder", "LatencyEncoder", "DirectEncoder", "available_encoders", "get_encoder", "check_num_steps"]
 
@@ -34,9 +35,11 @@ def _check_unit_interval(x: Tensor, encoder: str) -> None:
     if not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor of intensities in [0, 1] for the {encoder} encoder, got "
                          f"{x.dtype} (scale pixels: x.float() / 255)")
-    if x.numel() and not bool(torch.isfinite(x).all()):
+    if not x.numel() or in_function_transform():  # (a transform cannot branch on values)
+        return
+    if not bool(torch.isfinite(x).all()):
         raise ValueError(f"x holds NaN or infinite values; the {encoder} encoder takes intensities in [0, 1]")
-    if x.numel() and (bool(x.min() < 0) or bool(x.max() > 1)):
+    if bool(x.min() < 0) or bool(x.max() > 1):
         raise ValueError(f"x must hold intensities in [0, 1] for the {encoder} encoder, got values in "
                          f"[{x.min().item():g}, {x.max().item():g}] (scale raw pixels by 1/255; for standardized "
                          f"inputs use encoder='direct')")
@@ -86,7 +89,7 @@ class DirectEncoder(nn.Module):
         check_num_steps(num_steps)
         if not x.is_floating_point():
             raise ValueError(f"x must be a floating-point tensor for the direct encoder, got {x.dtype}")
-        if x.numel() and not bool(torch.isfinite(x).all()):
+        if x.numel() and not in_function_transform() and not bool(torch.isfinite(x).all()):
             raise ValueError("x holds NaN or infinite values; the direct encoder feeds them as currents")
         return x.unsqueeze(0).expand(num_steps, *x.shape)
 

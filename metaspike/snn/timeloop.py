@@ -30,7 +30,10 @@ def _takes_state(network: nn.Module) -> bool:
 def _check_one_step_modules(network: nn.Module) -> None:
     """Refuse Norse's time-first modules (``LIF``, ``LI``, ``LSNN``, ...): they read their input's first dimension
     as time, so called once per step with ``[B, ...]`` they would run the batch as a sequence (one sample's state
-    flowing into the next); and Norse cells in a plain ``nn.Sequential``, which cannot thread their states."""
+    flowing into the next); and Norse cells in a plain ``nn.Sequential``, which cannot thread their states; and
+    snnTorch neurons built without ``init_hidden=True`` there (each call would start from a fresh membrane and pass
+    ``(spikes, membrane)`` on as the next layer's input)."""
+    _check_snntorch_neurons(network)
     snn = sys.modules.get("norse.torch.module.snn")  # (a Norse module in the network has loaded it)
     time_first, cell = getattr(snn, "SNN", None), getattr(snn, "SNNCell", None)
     if time_first is None or cell is None:
@@ -44,6 +47,22 @@ def _check_one_step_modules(network: nn.Module) -> None:
             raise ValueError(f"network: {where} is Norse's {type(module).__name__}, which runs a whole time sequence "
                              f"per call; SpikingClassifier calls the network once per time step: use "
                              f"{type(module).__name__}Cell (or another Norse *Cell)")
+
+
+def _check_snntorch_neurons(network: nn.Module) -> None:
+    neuron = getattr(sys.modules.get("snntorch"), "SpikingNeuron", None)  # (a snnTorch neuron has loaded it)
+    if neuron is None:
+        return
+    for name, module in network.named_modules():
+        if type(module) is not nn.Sequential:
+            continue
+        for child_name, child in module.named_children():
+            if isinstance(child, neuron) and not getattr(child, "init_hidden", True):
+                where = ".".join(part for part in (name, child_name) if part)
+                raise ValueError(f"network: module {where!r} is a snnTorch {type(child).__name__} built without "
+                                 "init_hidden=True: in an nn.Sequential it would start from a fresh membrane at every "
+                                 "step and pass (spikes, membrane) on as the next layer's input; build it with "
+                                 "init_hidden=True (SpikingClassifier resets the hidden state at every call)")
 
 
 class SpikingClassifier(nn.Module):
