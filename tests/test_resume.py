@@ -455,3 +455,38 @@ def test_a_resume_with_another_thread_count_says_its_numbers_may_differ(tmp_path
     assert warnings == [f"{other} continues with threads {threads + 1} -> {threads}: sums may add in another order, "
                         "so its numbers can differ slightly from an uninterrupted run's (OMP_NUM_THREADS="
                         f"{threads + 1} restores the thread count)"]
+
+
+@pytest.mark.parametrize("model", ["bimu", "mesu"])
+def test_a_batch_one_bayesian_run_resumes_inside_a_task_to_the_same_numbers(model):
+    """At batch size 1 the fused training step runs, and it read its settings from the optimizer's defaults, to which
+    torch adds 'differentiable' when a state dict is loaded: every resume inside a task failed with a KeyError."""
+    from metaspike.app.runs import build_run_model, build_trainer, make_run_scenario
+
+    config = RunConfig(datasets=("digits",), epochs=2, hidden=(8,), tasks=2, model=model, batch_size=1,
+                       samples_per_task=30)
+    scenario = make_run_scenario(config)
+
+    def trainer():
+        torch.manual_seed(0)
+        return build_trainer(config, build_run_model(config, scenario), progress=False)
+
+    log = _KeepCheckpoints()
+    whole = trainer().fit(scenario, log=log)
+    inside = [blob for blob in log.saved if torch.load(io.BytesIO(blob), weights_only=True)["position"]["epochs_done"]]
+    assert inside  # (a checkpoint after a task's first epoch: resumed with the optimizer's state)
+    for blob in inside:
+        resumed = trainer().fit(scenario, resume=torch.load(io.BytesIO(blob), weights_only=True))
+        assert [list(map(str, row)) for row in resumed.matrix] == [list(map(str, row)) for row in whole.matrix]
+
+
+def test_a_bayesian_optimizer_loads_a_state_dict_twice():
+    from metaspike.bayesian import BiMU, bimu_parameters
+
+    from metaspike import bayesianize
+
+    net = bayesianize(torch.nn.Sequential(torch.nn.Linear(4, 2)), "bimu")
+    optimizer = BiMU(bimu_parameters(net))
+    optimizer.load_state_dict(optimizer.state_dict())
+    optimizer.load_state_dict(optimizer.state_dict())  # (torch added 'differentiable' to its defaults the first time)
+    assert optimizer.param_groups[0]["N"] == 60_000

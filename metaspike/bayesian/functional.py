@@ -33,7 +33,7 @@ from torch import Tensor
 from metaspike.checks import FLOAT32_MAX, number_in
 from metaspike.compiled import LazyCompiled
 
-__all__ = ["mesu_step", "mesu_step_", "bimu_step", "bimu_step_", "check_hyperparameters"]
+__all__ = ["mesu_step", "mesu_step_", "bimu_step", "bimu_step_", "check_hyperparameters", "hyperparameter_names"]
 
 # name -> (lower bound, bound included); every setting is at most float32's largest number (the updates multiply
 # float32 tensors by it; sigma_prior at most its square root, since σ_p² enters them), mu_prior at least its negative
@@ -55,6 +55,19 @@ _LIMITS: dict[str, dict[str, tuple[float, bool]]] = {
     },
 }
 _HIGHEST = {"sigma_prior": math.sqrt(FLOAT32_MAX)}
+
+
+def hyperparameter_names(rule: str) -> tuple[str, ...]:
+    """The hyperparameters of ``rule`` (``"mesu"`` or ``"bimu"``), sorted: what a param group of its optimizer sets
+    (torch adds keys of its own to an optimizer's defaults, ``differentiable`` once a state dict is loaded).
+
+    Example:
+        >>> hyperparameter_names("bimu")
+        ('N', 'kl_multiplier', 'likelihood_multiplier', 'lr', 'lr_max')
+    """
+    if rule not in _LIMITS:
+        raise ValueError(f"rule must be one of {sorted(_LIMITS)}, got {rule!r}")
+    return tuple(sorted(_LIMITS[rule]))
 
 
 def check_hyperparameters(rule: str, hyperparameters: Mapping[str, object]) -> None:

@@ -54,7 +54,7 @@ from torch.nn.modules import module as torch_module
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from metaspike.bayesian.counter_noise import draw_keys
-from metaspike.bayesian.functional import _bimu_update_, _mesu_update_, update_scalars
+from metaspike.bayesian.functional import _bimu_update_, _mesu_update_, hyperparameter_names, update_scalars
 from metaspike.bayesian.optim import MESU, BiMU
 from metaspike.bayesian.synapses import (
     _RELAXED_SAMPLES,
@@ -481,7 +481,7 @@ class FusedTrainingStep:
         self.model = model
         self.optimizer = optimizer
         self._analysis = self._analyse() if _analysis is None else _analysis
-        self._setting_names = sorted(optimizer.defaults)
+        self._setting_names = hyperparameter_names(optimizer.rule)  # (not its defaults: torch adds keys there)
         self._scalars: list[tuple[tuple[Any, ...], Tensor]] = []  # per layer: its group's settings, their tensor
         self._inverse_temperature_cache: tuple[Any, Tensor | None] = (None, None)  # (1/τ, dtype, device), tensor
         for layer in self._analysis.tensors:

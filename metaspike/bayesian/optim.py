@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from metaspike.bayesian.functional import bimu_step_, check_hyperparameters, mesu_step_
+from metaspike.bayesian.functional import bimu_step_, check_hyperparameters, hyperparameter_names, mesu_step_
 from metaspike.bayesian.synapses import synapse_role
 from metaspike.checks import is_whole, state_dict_groups
 
@@ -85,7 +85,7 @@ def _check_loaded_groups(optimizer: Optimizer, state_dict: dict[str, Any]) -> No
     group must hold every setting of the optimizer's rule (torch installs the groups as they are; another
     optimizer's state dict has other settings, and its first step would fail on a missing key)."""
     for group in state_dict_groups(state_dict):
-        missing = [key for key in optimizer.defaults if key not in group]
+        missing = [key for key in hyperparameter_names(optimizer.rule) if key not in group]
         if missing:
             raise ValueError(f"state_dict: its param groups lack {', '.join(missing)}: it is not the state dict of a "
                              f"{type(optimizer).__name__} optimizer")
