@@ -134,6 +134,8 @@ def test_plot_of_a_run_it_cannot_write_in_names_the_figure_and_draws_elsewhere(t
         (["train", "--rule", "beaker"], "unknown consolidation rule 'beaker'"),
         (["train", "--lr", "0"], "--lr must be a finite number > 0"),
         (["plot", "/nonexistent/run"], "is not a run directory"),
+        (["train", "--out", ""], "--out must name a folder, got ''"),
+        (["compare", "--seeds", "1", "-1"], "--seeds must be an integer in 0..18446744073709551615 (seeds are 64-bit), got -1"),
         (["train", "--device", "nonsense"], "--device must be cpu, cuda or cuda:N, got 'nonsense'"),
         (["train", "--device", "meta"], "--device must be cpu, cuda or cuda:N, got 'meta'"),
         (["train", "--lr", "1e38"], "--lr must be in (0, 10], got 1e+38"),
@@ -378,9 +380,17 @@ def test_ctrl_c_names_the_folder_and_the_command_that_continues_it(command, tmp_
     if command == "train":  # the same command again starts a new run, and says which one it leaves unfinished
         assert main([command, *SMALL, *extra, "--out", str(tmp_path)]) == 0
         assert (f"metaspike: warning: {folder} holds an unfinished run; this one starts in a new folder beside it "
-                f"(continue that one with: metaspike train --resume {folder})") in capsys.readouterr().err
+                f"(continue the last with: metaspike train --resume {folder})") in capsys.readouterr().err
         assert (tmp_path / f"{folder.name}-2" / "model.pt").is_file()
     assert main([command, "--resume", str(folder)]) == 0  # and it does
+    if command == "train":  # an unfinished run under a numbered name is named too (the base one is finished now)
+        import shutil
+
+        shutil.copytree(tmp_path / f"{folder.name}-2", tmp_path / f"{folder.name}-3")
+        (tmp_path / f"{folder.name}-3" / "metrics.json").unlink()
+        capsys.readouterr()
+        assert main([command, *SMALL, "--out", str(tmp_path)]) == 0
+        assert f"warning: {tmp_path / f'{folder.name}-3'} holds an unfinished run" in capsys.readouterr().err
     if command == "compare":  # plot names the command that redraws a comparison
         assert main(["plot", str(folder)]) == 2
         assert f"`metaspike compare --resume {folder}` redraws its table" in capsys.readouterr().err
@@ -478,6 +488,8 @@ def test_a_comparison_names_its_runs_that_learned_nothing(tmp_path, capsys):
     (comparison,) = tmp_path.iterdir()
     rows = json.loads((comparison / "comparison.json").read_text())["rows"]
     assert [len(row["learned_nothing"]) for row in rows] == [0, 1]
+    assert main(["compare", "--resume", str(comparison), "--quiet"]) == 0  # (a finished one: redrawn, said again)
+    assert "learned nothing; check the learning settings (--lr, --meta" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

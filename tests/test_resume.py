@@ -198,9 +198,11 @@ def test_resume_refuses_flags_that_would_change_the_stored_settings(tmp_path, ca
     (run / "metrics.json").unlink()  # as if killed before the end
     assert main(["train", "--resume", str(run), "--epochs", "9", "--lr", "0.1"]) == 2
     err = capsys.readouterr().err
-    assert "these would change them: epochs (stored 1, given 9), lr (stored 0.005, given 0.1)" in err
+    assert "these would change them: --epochs (stored 1, given 9), --lr (stored 0.005, given 0.1)" in err
     assert main(["train", "--resume", ""]) == 2
-    assert "--resume '' is not a run directory" in capsys.readouterr().err
+    assert "--resume '': no such folder" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
+    assert f"--resume '{tmp_path / 'nowhere'}': no such folder" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "the runs inside it: permuted-digits-meta5-30-seed1" in capsys.readouterr().err
 

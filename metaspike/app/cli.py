@@ -276,13 +276,21 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _mention_unfinished(folder: Path) -> None:
-    """Warn where the folder a new run would be named after holds an unfinished run (the same command typed again
-    after a Ctrl-C starts a new run beside it, ``-2``; the user may have meant to continue that one)."""
+    """Warn where runs the new run would be named after (``folder``, ``folder-2``, ...) are unfinished: the same command
+    typed again after a Ctrl-C starts a new run beside them, and the user may have meant to continue one."""
     from metaspike.app.runs import is_complete
 
-    if world()[0] == 0 and (folder / "config.json").is_file() and not is_complete(folder):
-        print(f"metaspike: warning: {folder} holds an unfinished run; this one starts in a new folder beside it "
-              f"(continue that one with: metaspike train --resume {folder})", file=sys.stderr)
+    if world()[0] != 0 or not folder.parent.is_dir():
+        return
+    numbered = {int(p.name[len(folder.name) + 1:]): p for p in folder.parent.glob(f"{folder.name}-*")
+                if p.name[len(folder.name) + 1:].isdigit()}
+    unfinished = [p for _, p in sorted({1: folder, **numbered}.items())
+                  if (p / "config.json").is_file() and not is_complete(p)]
+    if unfinished:
+        held = f"{unfinished[0]} holds an unfinished run" if len(unfinished) == 1 else \
+            f"{', '.join(map(str, unfinished))} hold unfinished runs"
+        print(f"metaspike: warning: {held}; this one starts in a new folder beside it (continue the last with: "
+              f"metaspike train --resume {unfinished[-1]})", file=sys.stderr)
 
 
 def _learning_flags(models: Sequence[str]) -> str:
@@ -310,6 +318,8 @@ def _compare(args: argparse.Namespace) -> None:
     from metaspike.app import compare
     from metaspike.app.runs import LEARNED_MARGIN
     from metaspike.app.tables import format_table
+    from metaspike.checks import check_seed
+    from metaspike.files import read_json
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("compare runs in one process; under torchrun use 'metaspike train' (one setting per launch)")
@@ -321,30 +331,35 @@ def _compare(args: argparse.Namespace) -> None:
                               lambda plan: plan.get("base", {}).get("imports") if isinstance(plan.get("base"), dict) else None,
                               args)
         path, rows = compare.resume_comparison(args.resume, progress=not args.quiet)
-    elif args.neurons is not None:
-        args.neurons = args.neurons or list(compare.DEFAULT_NEURONS)
-        if args.hidden is None:
-            args.hidden = list(compare.SNN_DEFAULTS["hidden"])
-        if args.epochs is None:
-            args.epochs = compare.SNN_DEFAULTS["epochs"]
-        settings = [parse_meta(text) for text in args.meta] if args.meta is not None else [(m,) for m in compare.DEFAULT_SNN_SWEEP]
-        if any(len(setting) != 1 for setting in settings):
-            raise ValueError("--neurons compares one meta value per setting, not one per layer")
-        metas = [setting[0] for setting in settings]
-        # the base run is one of the compared models (compare has no --model), one that takes every kind-only setting
-        # given (--readout-lambda: a BiMU kind); each model then runs without those it does not take
-        given = [key for key in KIND_SETTINGS if getattr(args, key) is not None]
-        args.model = next((n for n in args.neurons if all(KIND_SETTINGS[key](n) for key in given)), args.neurons[0])
-        base = _config(args, [metas[0]], args.seeds[0])
-        _refuse_per_task_modes(_given_settings(args), base)
-        path, rows = compare.compare_neurons(base, args.neurons, metas, args.seeds, out=args.out, progress=not args.quiet)
-        models = args.neurons
+        plan = read_json(path / compare.PLAN)  # (checked by the resume)
+        models = plan["neurons"] if plan["kind"] == "neurons" else [plan["base"]["model"]]
     else:
-        base = _config(args, None, args.seeds[0])
-        _refuse_per_task_modes(_given_settings(args), base)
-        metas = [parse_meta(text) for text in args.meta] if args.meta is not None else [(0.0,), base.meta]
-        path, rows = compare.compare(base, metas, args.seeds, args.out, progress=not args.quiet)
-        models = [base.model]
+        for seed in args.seeds:
+            check_seed("--seeds", seed)
+        if args.neurons is not None:
+            args.neurons = args.neurons or list(compare.DEFAULT_NEURONS)
+            if args.hidden is None:
+                args.hidden = list(compare.SNN_DEFAULTS["hidden"])
+            if args.epochs is None:
+                args.epochs = compare.SNN_DEFAULTS["epochs"]
+            settings = [parse_meta(text) for text in args.meta] if args.meta is not None else [(m,) for m in compare.DEFAULT_SNN_SWEEP]
+            if any(len(setting) != 1 for setting in settings):
+                raise ValueError("--neurons compares one meta value per setting, not one per layer")
+            metas = [setting[0] for setting in settings]
+            # the base run is one of the compared models (compare has no --model), one that takes every kind-only setting
+            # given (--readout-lambda: a BiMU kind); each model then runs without those it does not take
+            given = [key for key in KIND_SETTINGS if getattr(args, key) is not None]
+            args.model = next((n for n in args.neurons if all(KIND_SETTINGS[key](n) for key in given)), args.neurons[0])
+            base = _config(args, [metas[0]], args.seeds[0])
+            _refuse_per_task_modes(_given_settings(args), base)
+            path, rows = compare.compare_neurons(base, args.neurons, metas, args.seeds, out=args.out, progress=not args.quiet)
+            models = args.neurons
+        else:
+            base = _config(args, None, args.seeds[0])
+            _refuse_per_task_modes(_given_settings(args), base)
+            metas = [parse_meta(text) for text in args.meta] if args.meta is not None else [(0.0,), base.meta]
+            path, rows = compare.compare(base, metas, args.seeds, args.out, progress=not args.quiet)
+            models = [base.model]
     n_tasks = sum(1 for key in rows[0] if key.startswith("task "))
     print()
     print(f"final test accuracy (%) after the last task, mean ± std over seeds {_seeds(path)}:")
@@ -431,6 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         imported = _import_given(argv)  # (before the parser, whose help lists the registered rules)
         args = _parser().parse_args(argv)
         args.argv = argv
+        if getattr(args, "out", None) == "":  # (Path("") is the current folder: never what was meant)
+            raise ValueError("--out must name a folder, got ''")
         if hasattr(args, "imports"):
             args.imports = imported
         try:

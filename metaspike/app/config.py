@@ -33,7 +33,7 @@ from metaspike.continual.trainer import LAST_EVALUATED, TrainerConfig
 from metaspike.rules import check_meta, get_rule
 from metaspike.training import minimum_batch_size
 
-__all__ = ["RunConfig", "DEFAULT_META", "DEFAULT_INPUT_META", "default_meta", "parse_meta", "meta_label"]
+__all__ = ["RunConfig", "DEFAULT_META", "DEFAULT_INPUT_META", "default_meta", "parse_meta", "meta_label", "flag_name"]
 
 #: Default metaplasticity of the CPU main job, per layer: the first (input) layer stays nearly plastic,
 #: every later layer is consolidated strongly. Chosen from the sweep in README ("Why the default is what
@@ -82,7 +82,13 @@ def meta_label(meta: Sequence[float]) -> str:
     return ":".join(f"{m:g}" for m in meta)
 
 
-def _flag(name: str) -> str:
+def flag_name(name: str) -> str:
+    """The command-line flag of a :class:`RunConfig` field.
+
+    Example:
+        >>> flag_name("batch_size")
+        '--batch-size'
+    """
     return "--" + name.replace("_", "-")
 
 
@@ -175,7 +181,7 @@ class RunConfig:
         for key in ("tasks", "epochs", "batch_size", "num_steps", "eval_every"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{_flag(key)} must be an integer >= 1, got {value!r}")
+                raise ValueError(f"{flag_name(key)} must be an integer >= 1, got {value!r}")
         if self.tasks > MAX_TASKS:
             raise ValueError(f"--tasks must be an integer in 1..{MAX_TASKS} (the metrics read the accuracy matrix, "
                              f"tasks x tasks numbers), got {self.tasks}")
@@ -186,7 +192,7 @@ class RunConfig:
         for key, low in (("samples_per_task", 1), ("eval_tasks", LAST_EVALUATED + 1), ("eval_samples", 1)):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-                raise ValueError(f"{_flag(key)} must be an integer >= {low}, got {value!r}")
+                raise ValueError(f"{flag_name(key)} must be an integer >= {low}, got {value!r}")
         if self.samples_per_task is not None and self.samples_per_task < minimum_batch_size(uses_batchnorm(self.model)):
             raise ValueError(f"--samples-per-task {self.samples_per_task}: model {self.model!r} has BatchNorm, which "
                              "cannot train on one sample; give 2 or more, or use a model without it (bnn-layernorm, "
@@ -238,7 +244,7 @@ class RunConfig:
                 f"{' '.join(map(str, self.hidden))}), got {len(self.meta)}"
             )
         for key in ("lr", "weight_decay"):
-            finite_number(_flag(key), getattr(self, key), positive=key == "lr")
+            finite_number(flag_name(key), getattr(self, key), positive=key == "lr")
         if self.weight_decay > MAX_WEIGHT_DECAY:
             raise ValueError(f"--weight-decay must be in [0, {MAX_WEIGHT_DECAY:g}], got {self.weight_decay!r}: the decay "
                              "term weight_decay * w is added to the gradient, and beyond this it drowns the loss's")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from metaspike.allocator import usable_memory
-from metaspike.app.config import RunConfig
+from metaspike.app.config import RunConfig, flag_name
 from metaspike.app.models import Standardize, bayesian_settings, build_model, describe_model, uses_batchnorm
 from metaspike.app.tables import versions
 from metaspike.bayesian.synapses import SampledForward, bayesian_modules, start_confident
@@ -497,14 +497,16 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
         >>> path, result, warnings = resume("runs/permuted-mnist5k-meta10-seed1")  # doctest: +SKIP
     """
     path = Path(run_dir)
-    if str(run_dir) == "" or not path.is_dir():
-        raise ValueError(f"--resume {str(run_dir)!r} is not a run directory")
+    if str(run_dir) == "" or not path.exists():
+        raise ValueError(f"--resume {str(run_dir)!r}: no such folder")
+    if not path.is_dir():
+        raise ValueError(f"--resume {str(run_dir)!r} is a file, not a run directory")
     if not (path / "config.json").exists():
         runs = sorted(p.name for p in path.iterdir() if (p / "config.json").exists())
         inside = f"; the runs inside it: {', '.join(runs[:10])}" if runs else ""
         raise ValueError(f"{path} is not a run directory (no config.json){inside}")
     config = load_config(path)
-    changed = [f"{key} (stored {getattr(config, key)!r}, given {value!r})"
+    changed = [f"{flag_name(key)} (stored {getattr(config, key)!r}, given {value!r})"
                for key, value in (settings or {}).items() if getattr(config, key) != value]
     if changed:
         raise ValueError(f"{path} continues with its stored settings; these would change them: {', '.join(changed)}")
