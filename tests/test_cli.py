@@ -510,3 +510,17 @@ def test_a_setting_the_run_would_ignore_or_cannot_train_with_is_refused(tmp_path
     err = capsys.readouterr().err
     assert err.startswith(f"metaspike: error: {message}") and err.count("\n") == 1
     assert not any(tmp_path.iterdir())
+
+
+def test_plot_of_a_folder_that_holds_no_figures_yet_says_what_to_run(tmp_path, capsys):
+    run = tmp_path / "stopped-early"
+    run.mkdir()
+    (run / "config.json").write_text("{}")  # (a run killed before its first evaluation has its config only)
+    assert main(["plot", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == (f"metaspike: error: {run} has measured nothing yet (stopped before its "
+                                               f"first evaluation): continue it with: metaspike train --resume {run}")
+    reproduction = tmp_path / "reproduce-fig3-cpu"
+    reproduction.mkdir()
+    (reproduction / "reproduction.json").write_text("{}")
+    assert main(["plot", str(reproduction)]) == 2
+    assert f"is a reproduce folder: `metaspike reproduce --resume {reproduction}` redraws" in capsys.readouterr().err

@@ -398,11 +398,17 @@ def _seeds(path: Path) -> list[int]:
 def _plot(args: argparse.Namespace) -> None:
     from metaspike.app.compare import PLAN
     from metaspike.app.plots import plot_run
+    from metaspike.app.reproduce import RECORD
 
     folder = Path(args.run_dir)
-    if (folder / PLAN).is_file() and not (folder / "accuracy_matrix.csv").exists():
-        raise ValueError(f"{folder} is a comparison folder: `metaspike compare --resume {folder}` redraws its table "
-                         "and figures (finished runs are reused); `metaspike plot` redraws one run of it")
+    if not (folder / "accuracy_matrix.csv").exists():
+        for record, command in ((PLAN, "compare"), (RECORD, "reproduce")):
+            if (folder / record).is_file():
+                raise ValueError(f"{folder} is a {command} folder: `metaspike {command} --resume {folder}` redraws its "
+                                 f"table and figures (finished runs are reused); `metaspike plot` redraws one run of it")
+        if (folder / "config.json").is_file():
+            raise ValueError(f"{folder} has measured nothing yet (stopped before its first evaluation): continue it "
+                             f"with: metaspike train --resume {folder}")
     out = None if args.out is None else Path(args.out).expanduser()
     if out is not None:
         if out.exists() and not out.is_dir():
