@@ -367,12 +367,11 @@ def test_a_run_started_over_under_an_edited_config_describes_the_new_config(tmp_
     assert json.loads((run / "scenario.json").read_text())["name"] != "stale"
 
 
-def test_a_model_that_samples_in_evaluation_resumes_from_inside_a_task_to_the_same_numbers():
-    """BiMU evaluates on Bernoulli weight samples, so the data check at a task's start draws from torch's
-    generator: resumed inside that task, the check ran a second time and the run drew other numbers."""
+def _resumes_to_the_same_numbers(config: RunConfig, inside_a_task_only: bool = False) -> int:
+    """Resume ``config``'s run from each checkpoint it writes (or those after a task's first epoch) and compare the
+    matrix with the run's own, digit for digit; return how many were checked."""
     from metaspike.app.runs import build_run_model, build_trainer, make_run_scenario
 
-    config = RunConfig(datasets=("digits",), epochs=2, hidden=(8,), tasks=2, model="bimu", memory_window=1000)
     scenario = make_run_scenario(config)
 
     def trainer():
@@ -381,11 +380,20 @@ def test_a_model_that_samples_in_evaluation_resumes_from_inside_a_task_to_the_sa
 
     log = _KeepCheckpoints()
     whole = trainer().fit(scenario, log=log)
-    for blob in log.saved:
-        state = torch.load(io.BytesIO(blob), weights_only=True)
+    states = [torch.load(io.BytesIO(blob), weights_only=True) for blob in log.saved]
+    states = [state for state in states if state["position"]["epochs_done"] or not inside_a_task_only]
+    for state in states:
         resumed = trainer().fit(scenario, resume=state)
         assert [list(map(str, row)) for row in resumed.matrix] == [list(map(str, row)) for row in whole.matrix], \
             state["position"]
+    return len(states)
+
+
+def test_a_model_that_samples_in_evaluation_resumes_from_inside_a_task_to_the_same_numbers():
+    """BiMU evaluates on Bernoulli weight samples, so the data check at a task's start draws from torch's
+    generator: resumed inside that task, the check ran a second time and the run drew other numbers."""
+    assert _resumes_to_the_same_numbers(RunConfig(datasets=("digits",), epochs=2, hidden=(8,), tasks=2, model="bimu",
+                                                  memory_window=1000))
 
 
 def test_a_run_resumes_only_on_the_data_it_started_on(tmp_path, monkeypatch, capsys):
@@ -463,29 +471,14 @@ def test_a_resume_with_another_thread_count_says_its_numbers_may_differ(tmp_path
 def test_a_batch_one_bayesian_run_resumes_inside_a_task_to_the_same_numbers(model):
     """At batch size 1 the fused training step runs, and it read its settings from the optimizer's defaults, to which
     torch adds 'differentiable' when a state dict is loaded: every resume inside a task failed with a KeyError."""
-    from metaspike.app.runs import build_run_model, build_trainer, make_run_scenario
-
     config = RunConfig(datasets=("digits",), epochs=2, hidden=(8,), tasks=2, model=model, batch_size=1,
                        samples_per_task=30)
-    scenario = make_run_scenario(config)
-
-    def trainer():
-        torch.manual_seed(0)
-        return build_trainer(config, build_run_model(config, scenario), progress=False)
-
-    log = _KeepCheckpoints()
-    whole = trainer().fit(scenario, log=log)
-    inside = [blob for blob in log.saved if torch.load(io.BytesIO(blob), weights_only=True)["position"]["epochs_done"]]
-    assert inside  # (a checkpoint after a task's first epoch: resumed with the optimizer's state)
-    for blob in inside:
-        resumed = trainer().fit(scenario, resume=torch.load(io.BytesIO(blob), weights_only=True))
-        assert [list(map(str, row)) for row in resumed.matrix] == [list(map(str, row)) for row in whole.matrix]
+    assert _resumes_to_the_same_numbers(config, inside_a_task_only=True)  # (with the optimizer's state loaded)
 
 
 def test_a_bayesian_optimizer_loads_a_state_dict_twice():
-    from metaspike.bayesian import BiMU, bimu_parameters
-
     from metaspike import bayesianize
+    from metaspike.bayesian import BiMU, bimu_parameters
 
     net = bayesianize(torch.nn.Sequential(torch.nn.Linear(4, 2)), "bimu")
     optimizer = BiMU(bimu_parameters(net))
