@@ -15,7 +15,7 @@ import shutil
 import sys
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -239,12 +239,11 @@ def train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: R
     Example:
         >>> train_and_finish(trainer, scenario, RunDirectory.create("runs", "demo", {}), None, plot=True)  # doctest: +SKIP
     """
+    guard = nullcontext() if directory is None else continued_by(directory.path,
+                                                                  f"metaspike train --resume {directory.path}")
     try:
-        if directory is None:
+        with guard:
             result = _train_and_write(trainer, scenario, directory, resume)
-        else:
-            with continued_by(directory.path, f"metaspike train --resume {directory.path}"):
-                result = _train_and_write(trainer, scenario, directory, resume)
     except TrainingDiverged as err:
         where = f"; what was measured so far is in {directory.path} (the last good checkpoint is kept)" if directory else ""
         raise TrainingDiverged(f"{err}{where}") from None
@@ -423,12 +422,19 @@ def train_in_folder(root: Path, name: str, config: RunConfig, trainer: Continual
         result = finished_result(path)
         if result is not None:
             return result
-        state = None
-        if any((path / f).exists() for f in (CHECKPOINT, PREVIOUS_CHECKPOINT)):
-            state, damaged = latest_good_checkpoint(path)
-            for why in damaged:
-                print(f"metaspike: warning: {why}; resumed from the previous checkpoint", file=sys.stderr)
+        state, warnings = _checkpoint_to_continue(path)
+        for warning in warnings:
+            print(f"metaspike: warning: {warning}", file=sys.stderr)
         return train_and_finish(trainer, scenario, directory, state, plot=False)
+
+
+def _checkpoint_to_continue(path: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """The newest good checkpoint of the stopped run ``path`` (``None`` where it wrote none), and a warning for each
+    damaged one passed over."""
+    if not any((path / name).exists() for name in (CHECKPOINT, PREVIOUS_CHECKPOINT)):
+        return None, []
+    state, damaged = latest_good_checkpoint(path)
+    return state, [f"{why}; resumed from the previous checkpoint" for why in damaged]
 
 
 _SEQUENCES = {"datasets": str, "hidden": int, "meta": (int, float), "imports": str}
@@ -516,12 +522,10 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
         remove_stale_temporaries(path)  # left by a kill in the middle of a write
         if is_complete(path):  # (finished by another process meanwhile)
             raise ValueError(f"{path} is already complete; nothing to resume")
-        if any((path / name).exists() for name in (CHECKPOINT, PREVIOUS_CHECKPOINT)):
-            state, damaged = latest_good_checkpoint(path)
-            warnings = [f"{why}; resumed from the previous checkpoint" for why in damaged]
-        else:  # killed before its first epoch ended: nothing was kept, so it starts again, in its own folder
-            state, warnings = None, [f"{path} has no checkpoint yet (stopped before its first epoch ended); it "
-                                     "starts again from the beginning"]
+        state, warnings = _checkpoint_to_continue(path)
+        if state is None:  # killed before its first epoch ended: nothing was kept, so it starts again, in its own folder
+            warnings = [f"{path} has no checkpoint yet (stopped before its first epoch ended); it starts again from "
+                        "the beginning"]
         try:
             scenario = make_run_scenario(config)
         except ValueError as err:
