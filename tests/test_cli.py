@@ -396,6 +396,19 @@ def test_ctrl_c_names_the_folder_and_the_command_that_continues_it(command, tmp_
         assert f"`metaspike compare --resume {folder}` redraws its table" in capsys.readouterr().err
 
 
+def test_sigterm_inside_a_comparison_names_the_signal_and_the_comparison_that_continues(tmp_path, monkeypatch, capsys):
+    from metaspike.app.cli import Terminated
+
+    def terminated(*args, **kwargs):
+        raise Terminated
+
+    monkeypatch.setattr("metaspike.continual.trainer.train_epoch", terminated)
+    assert main(["compare", *SMALL, "--meta", "0", "5", "--out", str(tmp_path)]) == 143
+    folder = tmp_path / "compare-permuted-digits"
+    assert capsys.readouterr().err.strip() == (f"metaspike: terminated (SIGTERM); results written so far are kept in "
+                                               f"{folder}; continue with: metaspike compare --resume {folder}")
+
+
 def test_ctrl_c_before_any_folder_exists_is_one_plain_line(tmp_path, monkeypatch, capsys):
     def interrupted_while_loading(*args, **kwargs):
         raise KeyboardInterrupt

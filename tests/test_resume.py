@@ -26,18 +26,19 @@ RUN = "permuted-digits-meta5-seed1"
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _killed_run(out: Path) -> Path:
-    """Start a training subprocess, SIGKILL it as soon as its first checkpoint exists."""
+def _killed_run(out: Path, sig: int = signal.SIGKILL) -> tuple[Path, subprocess.CompletedProcess]:
+    """Start a training subprocess, send it ``sig`` as soon as its first checkpoint exists; the run folder and how
+    the process ended."""
     proc = subprocess.Popen([sys.executable, "-m", "metaspike", "train", *ARGS, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ONE_THREAD)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ONE_THREAD)
     checkpoint = out / RUN / "checkpoint.pt"
     deadline = time.time() + 120
     while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.kill(proc.pid, sig)
+    _, stderr = proc.communicate()
     assert checkpoint.exists(), "the run ended before it could be killed"
-    return out / RUN
+    return out / RUN, subprocess.CompletedProcess(proc.args, proc.returncode, None, stderr)
 
 
 def _metaspike(*args: str) -> None:
@@ -50,7 +51,7 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
     _metaspike("train", *ARGS, "--out", str(tmp_path / "whole"))
     reference = (tmp_path / "whole" / RUN / "accuracy_matrix.csv").read_text()
 
-    run = _killed_run(tmp_path / "killed")
+    run, _ = _killed_run(tmp_path / "killed")
     assert not json.loads((run / "metrics.json").read_text() if (run / "metrics.json").exists() else "{}").get("complete")
     position = load_checkpoint(run / "checkpoint.pt")["position"]
     assert position["epochs_done"] >= 1  # killed in the middle of a task (the first, unless the machine is busy)
@@ -61,6 +62,15 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
     whole_curves = (tmp_path / "whole" / RUN / "curves.csv").read_text()
     assert (run / "curves.csv").read_text() == whole_curves
     assert not (run / "checkpoint.pt").exists()  # finished runs keep model.pt only
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_names_the_command_that_continues_it(tmp_path):
+    run, ended = _killed_run(tmp_path, signal.SIGTERM)  # (what a batch scheduler sends at its time limit)
+    assert ended.returncode == 128 + signal.SIGTERM, ended.stderr[-2000:]
+    assert ended.stderr.strip().splitlines()[-1] == (f"metaspike: terminated (SIGTERM); results written so far are "
+                                                     f"kept in {run}; continue with: metaspike train --resume {run}")
+    _metaspike("train", "--resume", str(run), "--quiet")
+    assert json.loads((run / "metrics.json").read_text())["complete"] is True
 
 
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
@@ -232,7 +242,7 @@ def test_resume_validates_the_stored_config(tmp_path, capsys, field, value, mess
 
 
 def test_resume_removes_the_temporary_files_a_kill_left_behind(tmp_path):
-    run = _killed_run(tmp_path)
+    run, _ = _killed_run(tmp_path)
     stale = run / ".metrics.json.abc123.tmp"
     stale.write_text('{"complete": tr')  # what a kill in the middle of a write leaves
     _metaspike("train", "--resume", str(run), "--quiet")

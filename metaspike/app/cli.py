@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -29,6 +30,31 @@ __all__ = ["main"]
 LONG_STREAM_TASKS = 10
 
 _DEFAULTS = {f.name: f.default for f in fields(RunConfig)}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler's time limit, ``kill``, ``docker stop``) in the command's own process: it stops the
+    work as Ctrl-C does, so a run keeps what it wrote and the message names the command that continues it.
+
+    Example:
+        >>> issubclass(Terminated, KeyboardInterrupt)
+        True
+    """
+
+
+def _caused_by_sigterm(err: BaseException | None) -> bool:
+    """Whether ``err`` or an exception it was raised while handling is :class:`Terminated` (a run's
+    :class:`~metaspike.app.runs.Interrupted` replaces the signal's exception with where and how to continue)."""
+    while err is not None:
+        if isinstance(err, Terminated):
+            return True
+        err = err.__context__
+    return False
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> NoReturn:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (a second SIGTERM while this one unwinds ends the process)
+    raise Terminated
 
 
 def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
@@ -443,8 +469,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metaspike: error: --tasks must be an integer >= 1, got 0
         2
     """
-    if argv is None:  # the command's own process (not a caller's): steps reuse freed memory instead of faulting
-        keep_freed_memory()
+    if argv is None:  # the command's own process (not a caller's): steps reuse freed memory instead of faulting,
+        keep_freed_memory()  # and SIGTERM stops it as Ctrl-C does
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
     argv = list(sys.argv[1:] if argv is None else argv)
     from metaspike.training import TrainingDiverged
 
@@ -476,6 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"metaspike: error: cannot read or write{where}: {err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # (a run's Interrupted says where and how to continue)
-        print(f"metaspike: interrupted; {err}" if str(err) else "metaspike: interrupted", file=sys.stderr)
-        return 130
+        terminated = _caused_by_sigterm(err)
+        stopped = "terminated (SIGTERM)" if terminated else "interrupted"
+        print(f"metaspike: {stopped}; {err}" if str(err) else f"metaspike: {stopped}", file=sys.stderr)
+        return 128 + signal.SIGTERM if terminated else 130
     return 0
