@@ -382,6 +382,13 @@ def test_ctrl_c_names_the_folder_and_the_command_that_continues_it(command, tmp_
         assert (f"metaspike: warning: {folder} holds an unfinished run; this one starts in a new folder beside it "
                 f"(continue the last with: metaspike train --resume {folder})") in capsys.readouterr().err
         assert (tmp_path / f"{folder.name}-2" / "model.pt").is_file()
+    else:  # the same comparison again warns as train does
+        monkeypatch.setattr(trainer_module, "train_epoch", interrupted_in_second_task)
+        calls["n"] = 0
+        assert main([command, *SMALL, *extra, "--out", str(tmp_path)]) == 130
+        assert (f"metaspike: warning: {folder} holds an unfinished comparison; this one starts in a new folder beside "
+                f"it (continue the last with: metaspike compare --resume {folder})") in capsys.readouterr().err
+        monkeypatch.undo()
     assert main([command, "--resume", str(folder)]) == 0  # and it does
     if command == "train":  # an unfinished run under a numbered name is named too (the base one is finished now)
         import shutil

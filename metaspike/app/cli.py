@@ -301,22 +301,25 @@ def _train(args: argparse.Namespace) -> None:
               f"(a slow start; check {_learning_flags([config.model])})", file=sys.stderr)
 
 
-def _mention_unfinished(folder: Path) -> None:
-    """Warn where runs the new run would be named after (``folder``, ``folder-2``, ...) are unfinished: the same command
-    typed again after a Ctrl-C starts a new run beside them, and the user may have meant to continue one."""
+def _mention_unfinished(folder: Path, command: str = "train") -> None:
+    """Warn where runs (``command`` ``"train"``) or comparisons (``"compare"``) the new one would be named after
+    (``folder``, ``folder-2``, ...) are unfinished: the same command typed again after a Ctrl-C starts anew beside
+    them, and the user may have meant to continue one."""
+    from metaspike.app.compare import is_finished_comparison
     from metaspike.app.runs import is_complete
 
     if world()[0] != 0 or not folder.parent.is_dir():
         return
+    what, marker, finished = (("run", "config.json", is_complete) if command == "train" else
+                              ("comparison", "plan.json", is_finished_comparison))
     numbered = {int(p.name[len(folder.name) + 1:]): p for p in folder.parent.glob(f"{folder.name}-*")
                 if p.name[len(folder.name) + 1:].isdigit()}
-    unfinished = [p for _, p in sorted({1: folder, **numbered}.items())
-                  if (p / "config.json").is_file() and not is_complete(p)]
+    unfinished = [p for _, p in sorted({1: folder, **numbered}.items()) if (p / marker).is_file() and not finished(p)]
     if unfinished:
-        held = f"{unfinished[0]} holds an unfinished run" if len(unfinished) == 1 else \
-            f"{', '.join(map(str, unfinished))} hold unfinished runs"
+        held = f"{unfinished[0]} holds an unfinished {what}" if len(unfinished) == 1 else \
+            f"{', '.join(map(str, unfinished))} hold unfinished {what}s"
         print(f"metaspike: warning: {held}; this one starts in a new folder beside it (continue the last with: "
-              f"metaspike train --resume {unfinished[-1]})", file=sys.stderr)
+              f"metaspike {command} --resume {unfinished[-1]})", file=sys.stderr)
 
 
 def _learning_flags(models: Sequence[str]) -> str:
@@ -378,12 +381,14 @@ def _compare(args: argparse.Namespace) -> None:
             args.model = next((n for n in args.neurons if all(KIND_SETTINGS[key](n) for key in given)), args.neurons[0])
             base = _config(args, [metas[0]], args.seeds[0])
             _refuse_per_task_modes(_given_settings(args), base)
+            _mention_unfinished(Path(args.out).expanduser() / compare.comparison_name(base, neurons=True), "compare")
             path, rows = compare.compare_neurons(base, args.neurons, metas, args.seeds, out=args.out, progress=not args.quiet)
             models = args.neurons
         else:
             base = _config(args, None, args.seeds[0])
             _refuse_per_task_modes(_given_settings(args), base)
             metas = [parse_meta(text) for text in args.meta] if args.meta is not None else [(0.0,), base.meta]
+            _mention_unfinished(Path(args.out).expanduser() / compare.comparison_name(base, neurons=False), "compare")
             path, rows = compare.compare(base, metas, args.seeds, args.out, progress=not args.quiet)
             models = [base.model]
     n_tasks = sum(1 for key in rows[0] if key.startswith("task "))

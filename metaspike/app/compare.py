@@ -52,6 +52,8 @@ FORGETTING_CUT = 0.5
 PLASTICITY_SLACK = 5.0
 DEFAULT_NEURONS = ("bnn", "leaky", "synaptic", "alpha", "lapicque", "self-recurrent", "norse-lif", "norse-lsnn")
 PLAN = "plan.json"
+#: The table a comparison writes once every run is done (so also the mark of a finished comparison).
+TABLE = "comparison.csv"
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ def _execute(root: Path, plan: dict[str, Any], planned: list[Row], progress: boo
         rows.append({**row.labels, "runs": len(results), **summarize_results(results), "learned_nothing": unlearned})
     labels = ("neuron", "meta", "runs") if plan["kind"] == "neurons" else ("setting", "meta", "runs")
     n_tasks = sum(1 for key in rows[0] if key.startswith("task "))
-    atomic_write_text(root / "comparison.csv", comparison_csv(rows, labels))
+    atomic_write_text(root / TABLE, comparison_csv(rows, labels))
     atomic_write_text(root / "comparison.txt", format_table(rows, n_tasks) + "\n")
     RunDirectory(root).write_json("comparison.json", {**plan, "rows": rows})
     from metaspike.app import plots
@@ -295,6 +297,27 @@ def format_tradeoff(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def comparison_name(base: RunConfig, neurons: bool) -> str:
+    """The folder name of a comparison of ``meta`` settings (``neurons=False``) or of neuron models on ``base``'s
+    stream (``-2``, ``-3`` ... are added where it is taken).
+
+    Example:
+        >>> comparison_name(RunConfig(datasets=("digits",)), neurons=True)
+        'compare-neurons-permuted-digits'
+    """
+    return f"compare-{'neurons-' if neurons else ''}{base.scenario}-{'-'.join(base.datasets)}"
+
+
+def is_finished_comparison(root: Path) -> bool:
+    """Whether the comparison folder ``root`` has every run done and its table written.
+
+    Example:
+        >>> is_finished_comparison(Path("no-such-folder"))
+        False
+    """
+    return (root / PLAN).is_file() and (root / TABLE).is_file()
+
+
 def _start(out: str | Path, name: str, plan: dict[str, Any], progress: bool) -> tuple[Path, list[dict[str, Any]]]:
     planned = _rows(plan, Path(out) / name)  # checked before the folder is made
     root = unique_directory(out, name)
@@ -319,7 +342,7 @@ def compare(base: RunConfig, metas: Sequence[float | Sequence[float]], seeds: Se
         for seed in seeds:
             replace(base, meta=setting, seed=seed)
     plan = {"kind": "meta", "base": base.to_dict(), "settings": [list(s) for s in settings], "seeds": [int(s) for s in seeds]}
-    return _start(out, f"compare-{base.scenario}-{'-'.join(base.datasets)}", plan, progress)
+    return _start(out, comparison_name(base, neurons=False), plan, progress)
 
 
 def compare_neurons(base: RunConfig, neurons: Sequence[str] = DEFAULT_NEURONS, metas: Sequence[float] = DEFAULT_SNN_SWEEP,
@@ -347,7 +370,7 @@ def compare_neurons(base: RunConfig, neurons: Sequence[str] = DEFAULT_NEURONS, m
                 replace(base, meta=setting, seed=seed).for_model(neuron)
     plan = {"kind": "neurons", "base": base.to_dict(), "neurons": list(neurons), "metas": [float(m) for m in metas],
             "seeds": [int(s) for s in seeds]}
-    return _start(out, f"compare-neurons-{base.scenario}-{'-'.join(base.datasets)}", plan, progress)
+    return _start(out, comparison_name(base, neurons=True), plan, progress)
 
 
 def resume_comparison(root: str | Path, progress: bool = True) -> tuple[Path, list[dict[str, Any]]]:
