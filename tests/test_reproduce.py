@@ -129,7 +129,7 @@ def test_a_stopped_reproduction_resumes_to_the_table_of_one_never_stopped(tmp_pa
 
     def stopped_in_third_run(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 40:  # (two datasets, 10 epochs each, per run)
+        if calls["n"] > 41:  # (two datasets, 10 epochs each, per run: the third stops after its first epoch)
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
@@ -141,10 +141,16 @@ def test_a_stopped_reproduction_resumes_to_the_table_of_one_never_stopped(tmp_pa
     finished = sorted(root.glob("*/*/model.pt"))
     assert len(finished) == 2
     written = [path.stat().st_mtime_ns for path in finished]
+    stopped = next(path.parent for path in root.glob("*/*/checkpoint.pt"))
+    threads = torch.get_num_threads()
     monkeypatch.undo()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads + 1)  # (as read back: the arithmetic stays the same)
     assert main(["reproduce", "--resume", str(root), "--quiet"]) == 0
     assert [path.stat().st_mtime_ns for path in finished] == written  # read back, not trained again
-    assert f"results: {root}  (digits-to-mnist5k/figure.png" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert f"results: {root}  (digits-to-mnist5k/figure.png" in out
+    assert f"{stopped} continues with threads {threads} -> {threads + 1}: sums may add in another order" in err
+    monkeypatch.undo()
 
     def table(folder):
         with open(folder / "table.csv") as f:

@@ -316,6 +316,12 @@ def check_same_data(path: Path, config: RunConfig) -> None:
                          "it started on (--data-dir or $METASPIKE_DATA, from the folder it ran in)")
 
 
+def _arithmetic() -> dict[str, Any]:
+    """What a run records of the arithmetic it runs with (library versions and thread count): a resume under other
+    ones warns (:func:`_arithmetic_changes`), and a stopped reproduction's run continues under them all the same."""
+    return {"versions": versions(), "threads": torch.get_num_threads()}
+
+
 def _record(config: RunConfig, scenario: Scenario) -> dict[str, Any]:
     return {
         **config.to_dict(),
@@ -324,9 +330,8 @@ def _record(config: RunConfig, scenario: Scenario) -> dict[str, Any]:
                                             config.num_steps),
         "task_boundaries_given": scenario.task_boundaries,
         "batchnorm_effective": config.batchnorm if scenario.per_task_batchnorm else "shared",
-        "versions": versions(),
         "processes": world()[1],
-        "threads": torch.get_num_threads(),
+        **_arithmetic(),
         **({} if (bayesian := bayesian_settings(config.model, config.batch_size, config.memory_window)) is None
            else {"bayesian_optimizer_settings": bayesian}),
     }
@@ -398,8 +403,10 @@ def train_in_folder(root: Path, name: str, config: RunConfig, trainer: Continual
     """Train ``trainer`` on ``scenario`` into the run folder ``root/name``, or take up what an earlier, stopped pass
     left there: a complete run of the same record is read back, a stopped one continues from its newest good
     checkpoint (to the numbers of a run never stopped), one stopped before its config was written starts again. The
-    record (``config.json``) is ``config`` with the SHA-256 of its data (:func:`data_digests`) and ``extra``; a
-    folder holding another record (other settings, or other data) is refused. The trainer must be built as the
+    record (``config.json``) is ``config`` with the SHA-256 of its data (:func:`data_digests`) and ``extra``, and the
+    versions and thread count it ran with; a folder holding another record (other settings, or other data) is
+    refused, and one continued under other versions or another thread count warns that sums may add in another
+    order. The trainer must be built as the
     record says (its plugins, model and optimizer): what a reproduction builds for each method.
 
     Example:
@@ -410,11 +417,12 @@ def train_in_folder(root: Path, name: str, config: RunConfig, trainer: Continual
     if path.is_dir() and not (path / "config.json").exists():
         shutil.rmtree(path)  # stopped before its config was written: nothing measured yet
     if not path.is_dir():
-        directory = RunDirectory.create(root, name, record, {"name": scenario.name, **scenario.definition})
+        directory = RunDirectory.create(root, name, {**record, **_arithmetic()},
+                                        {"name": scenario.name, **scenario.definition})
         with run_lock(directory.path):
             return train_and_finish(trainer, scenario, directory, None, plot=False)
     directory = RunDirectory(path)
-    if not directory.holds(record):
+    if not directory.holds(record, ignoring=list(_arithmetic())):
         raise ValueError(f"{path} holds a run of other settings or other data than this one asks for (its config.json "
                          "differs); move it away to train this one")
     with run_lock(path):
@@ -423,7 +431,7 @@ def train_in_folder(root: Path, name: str, config: RunConfig, trainer: Continual
         if result is not None:
             return result
         state, warnings = _checkpoint_to_continue(path)
-        for warning in warnings:
+        for warning in warnings + (_arithmetic_changes(path) if state is not None else []):
             print(f"metaspike: warning: {warning}", file=sys.stderr)
         return train_and_finish(trainer, scenario, directory, state, plot=False)
 

@@ -192,16 +192,22 @@ class RunDirectory:
         if scenario is not None:
             self.write_json("scenario.json", scenario)
 
-    def holds(self, config: dict[str, Any]) -> bool:
-        """Whether the folder's ``config.json`` records ``config`` (as :meth:`create` writes it).
+    def holds(self, config: dict[str, Any], ignoring: Sequence[str] = ()) -> bool:
+        """Whether the folder's ``config.json`` records ``config`` (as :meth:`create` writes it), leaving out the
+        keys ``ignoring`` on both sides (what describes the machine, not the run).
 
         Example:
             >>> import tempfile
-            >>> run = RunDirectory.create(tempfile.mkdtemp(), "demo", {"hidden": (64,)})
-            >>> run.holds({"hidden": (64,)}), run.holds({"hidden": (32,)})
+            >>> run = RunDirectory.create(tempfile.mkdtemp(), "demo", {"hidden": (64,), "threads": 2})
+            >>> run.holds({"hidden": (64,)}, ignoring=["threads"]), run.holds({"hidden": (32,)}, ignoring=["threads"])
             (True, False)
         """
-        return read_json(self.path / "config.json") == json.loads(json.dumps(_json_ready(config)))
+        stored = read_json(self.path / "config.json")
+        if not isinstance(stored, dict):
+            return False
+        wanted = json.loads(json.dumps(_json_ready(config)))
+        return ({k: v for k, v in stored.items() if k not in ignoring} ==
+                {k: v for k, v in wanted.items() if k not in ignoring})
 
     def write_json(self, name: str, data: Any) -> Path:
         path = self.path / name
