@@ -537,6 +537,39 @@ def test_counter_uniforms_cover_the_whole_range_evenly_and_differ_between_keys()
     assert abs(float(torch.corrcoef(torch.stack([u[1:], u[:-1]]))[0, 1])) < 0.01  # nor is a stream with itself
 
 
+@pytest.mark.parametrize("form", ["_relaxed_sample_tanh", "_relaxed_sample_tau1", "_relaxed_sample_tau_half"])
+def test_the_largest_uniform_stays_below_one_so_a_very_negative_lambda_samples_minus_one(form, monkeypatch):
+    """A 24-bit (k + ½)/2²⁴ rounds to 1.0 in float32 at the top k: log(u/(1 − u)) was infinite there, and a λ of
+    −60 drew +1 (tanh form) or 0/0 (rational forms); 23-bit uniforms are exact in float32."""
+    from metaspike.bayesian import synapses
+    from metaspike.bayesian.counter_noise import uniform_pairs
+
+    high, low = uniform_pairs(torch.tensor([-1]), torch.float32)  # every bit set: the largest uniform
+    assert float(high) == float(low) == 1 - 2.0**-24 and float(1 - high) > 0
+    monkeypatch.setattr(synapses, "_uniforms", lambda lam, key, samples: high.expand(samples, lam.shape[1]))
+    inv_tau = torch.tensor({"_relaxed_sample_tau_half": 2.0, "_relaxed_sample_tau1": 1.0}.get(form, 1 / 0.7))
+    lam = torch.tensor([[-60.0, -20.0, 0.0, 20.0]])
+    sample = getattr(synapses, form)(lam, torch.tensor(0), 1, inv_tau)
+    # u = 1 − 2⁻²⁴ adds ½·log(u/(1 − u)) = 8.3 to λ: −60 and −20 stay negative, 0 and 20 positive
+    assert torch.equal(sample.sign(), torch.tensor([[-1.0, -1.0, 1.0, 1.0]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_synapses_draw_in_float32_finite_samples_with_the_right_probability(dtype):
+    from metaspike.bayesian.synapses import _draw_gaussian, _draw_relaxed
+
+    lam = torch.full((1, 1 << 17), -0.5, dtype=dtype)
+    for inv_tau in (1.0, 2.0, 1 / 0.7):
+        sample = _draw_relaxed(lam, torch.tensor(3), 2, inv_tau)
+        assert sample.dtype == dtype and bool(torch.isfinite(sample).all())
+        # 262,144 draws of P(+1) = sigmoid(−1) = 0.2689: standard error 0.0009
+        assert abs(float((sample > 0).float().mean()) - 0.2689) < 0.005
+    weight, noise = _draw_gaussian(torch.zeros(1 << 17, dtype=dtype), torch.ones(1 << 17, dtype=dtype),
+                                   torch.tensor(3), 2)
+    assert weight.dtype == noise.dtype == dtype and bool(torch.isfinite(noise).all())
+    assert abs(float(noise.float().std()) - 1) < 0.01
+
+
 def test_counter_normals_have_the_moments_of_a_standard_normal():
     from metaspike.bayesian.counter_noise import counter_normal
 
@@ -545,7 +578,7 @@ def test_counter_normals_have_the_moments_of_a_standard_normal():
     assert abs(float(eps.mean())) < 0.006
     assert abs(float(eps.var()) - 1) < 0.009
     assert abs(float(eps.pow(4).mean()) - 3) < 0.06
-    assert float(eps.abs().max()) < 5.9  # Box-Muller on 24-bit uniforms: |ε| <= sqrt(2·ln(2^25))
+    assert float(eps.abs().max()) < 5.8  # Box-Muller on 23-bit uniforms: |ε| <= sqrt(2·ln(2^24)) = 5.77
     # the normal CDF at -2, -1, 0, 1, 2: frequencies within 6 standard errors (at most 0.0005 each)
     cdf = torch.tensor([0.02275, 0.15866, 0.5, 0.84134, 0.97725], dtype=torch.float64)
     frequencies = torch.stack([(eps < t).double().mean() for t in (-2.0, -1.0, 0.0, 1.0, 2.0)])

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from metaspike.bayesian.counter_noise import counter_normal, counter_uniform, draw_key
+from metaspike.bayesian.counter_noise import arithmetic_dtype, counter_normal, counter_uniform, draw_key
 from metaspike.block_cache import reuse_in_block
 from metaspike.checks import FLOAT32_MAX, FLOAT32_TINY, finite_number, is_whole, number_in
 from metaspike.compiled import LazyCompiled
@@ -127,8 +127,9 @@ def _rows(tensor: Tensor, rows: int) -> Tensor:
 
 
 def _gaussian_sample(mu: Tensor, sigma: Tensor, key: Tensor, samples: int) -> tuple[Tensor, Tensor]:
-    """``(w, ε)``: ``samples`` rows ``w = μ + σ·ε`` for ``μ``, ``σ`` of shape ``(1, n)``, ``ε`` drawn under ``key``."""
-    noise = counter_normal((samples, mu.shape[1]), key, mu.dtype)
+    """``(w, ε)``: ``samples`` rows ``w = μ + σ·ε`` for ``μ``, ``σ`` of shape ``(1, n)``, ``ε`` drawn under ``key`` (in
+    float32 for a narrower ``μ``, then rounded to its dtype)."""
+    noise = counter_normal((samples, mu.shape[1]), key, arithmetic_dtype(mu.dtype)).to(mu.dtype)
     return torch.addcmul(mu, sigma, noise), noise
 
 
@@ -265,14 +266,15 @@ class GaussianWeight(_RolesSurviveCopies, SynapseParametrization):
 
 
 def _uniforms(lam: Tensor, key: Tensor, samples: int) -> Tensor:
-    """``(samples, n)`` uniforms on ``(0, 1)`` under ``key`` for ``λ`` of shape ``(1, n)``."""
-    return counter_uniform((samples, lam.shape[1]), key, lam.dtype)
+    """``(samples, n)`` uniforms on ``(0, 1)`` under ``key`` for ``λ`` of shape ``(1, n)`` (float32 for a narrower
+    ``λ``: the sample is computed in float32 and rounded to ``λ``'s dtype at the end)."""
+    return counter_uniform((samples, lam.shape[1]), key, arithmetic_dtype(lam.dtype))
 
 
 def _relaxed_sample_tanh(lam: Tensor, key: Tensor, samples: int, inv_tau: Tensor) -> Tensor:
     """``tanh((λ + ½ log(u / (1 − u))) / τ)`` for ``λ`` of shape ``(1, n)``: ``(samples, n)`` relaxed samples."""
     u = _uniforms(lam, key, samples)
-    return torch.tanh((lam + 0.5 * torch.log(u / (1 - u))) * inv_tau)
+    return torch.tanh((lam + 0.5 * torch.log(u / (1 - u))) * inv_tau).to(lam.dtype)
 
 
 def _relaxed_sample_rational(lam: Tensor, a: Tensor, b: Tensor, inv_tau: Tensor) -> Tensor:
@@ -294,13 +296,13 @@ def _relaxed_sample_rational(lam: Tensor, a: Tensor, b: Tensor, inv_tau: Tensor)
 def _relaxed_sample_tau1(lam: Tensor, key: Tensor, samples: int, inv_tau: Tensor) -> Tensor:
     """:func:`_relaxed_sample_tanh` for ``τ = 1`` in the rational form."""
     u = _uniforms(lam, key, samples)
-    return _relaxed_sample_rational(lam, u, 1 - u, inv_tau)
+    return _relaxed_sample_rational(lam, u, 1 - u, inv_tau).to(lam.dtype)
 
 
 def _relaxed_sample_tau_half(lam: Tensor, key: Tensor, samples: int, inv_tau: Tensor) -> Tensor:
     """:func:`_relaxed_sample_tanh` for ``τ = ½`` in the rational form."""
     u = _uniforms(lam, key, samples)
-    return _relaxed_sample_rational(lam, u * u, (1 - u) * (1 - u), inv_tau)
+    return _relaxed_sample_rational(lam, u * u, (1 - u) * (1 - u), inv_tau).to(lam.dtype)
 
 
 def _relaxed_gradient(grad: Tensor, weight: Tensor, inv_tau: Tensor) -> Tensor:
@@ -401,8 +403,9 @@ class BinaryWeight(_RolesSurviveCopies, SynapseParametrization):
             return weight if samples else weight.squeeze(0)
         if self.evaluation == "mode":
             return _expand((lam >= 0).to(lam.dtype).mul_(2).sub_(1), samples)
-        uniform = torch.rand(_shape(lam, samples), dtype=lam.dtype, device=lam.device)
-        return (uniform < torch.sigmoid(2 * lam)).to(lam.dtype).mul_(2).sub_(1)
+        exact = arithmetic_dtype(lam.dtype)  # (bfloat16 would draw P(+1) to 8 bits)
+        uniform = torch.rand(_shape(lam, samples), dtype=exact, device=lam.device)
+        return (uniform < torch.sigmoid(2 * lam.to(exact))).to(lam.dtype).mul_(2).sub_(1)
 
     def forward(self, lam: Tensor) -> Tensor:
         return reuse_in_block(self, (lam,), lambda: self.sample(lam))
