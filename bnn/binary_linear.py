@@ -250,8 +250,9 @@ def product_used(x: Tensor, layer: Any) -> str:
     """
     weight = layer.weight
     small = weight.numel() < FAST_MIN_NUMEL or x.dim() != 2 or x.dtype != torch.float32 or weight.dtype != torch.float32
-    # a compiled model fuses the plain product itself; under autocast torch picks the product's precision
-    if small or torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type):
+    # a compiled model fuses the plain product itself; under autocast torch picks the product's precision; meta
+    # tensors (shape inference) hold no values to pick a product by
+    if small or x.device.type == "meta" or torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type):
         return "F.linear"
     if not is_binary_input(x):
         return "float32"

@@ -106,8 +106,10 @@ class SignBuffers:
         key = None if block is None else (block, weight._version)
         inference_left = not torch.is_inference_mode_enabled() and any(b.is_inference() for b in self._tensors.values())
         if key is None or key != self._written_under or inference_left:
-            # (under inference_mode or autocast the pass would compile again for that state: it runs eagerly)
-            large = (weight.numel() >= COMPILED_SIGNS_MIN_NUMEL and not torch.compiler.is_compiling()
+            # (under inference_mode or autocast the pass would compile again for that state, and meta tensors hold
+            # no data: it runs eagerly)
+            large = (weight.numel() >= COMPILED_SIGNS_MIN_NUMEL and weight.device.type != "meta"
+                     and not torch.compiler.is_compiling()
                      and not torch.is_inference_mode_enabled() and not torch.is_autocast_enabled(weight.device.type))
             for dtype, buffer in self._tensors.items():
                 if not _writable(buffer):  # a fresh buffer: the old one lives on where it is held

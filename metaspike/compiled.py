@@ -18,11 +18,22 @@ def _is_recompile_limit(err: Exception) -> bool:
     return type(err).__name__ == "FailOnRecompileLimitHit" and type(err).__module__.startswith("torch._dynamo")
 
 
+def _on_meta(args: tuple[Any, ...]) -> bool:
+    """Whether the first tensor among ``args`` (or inside a first list or tuple of them) is on the ``meta`` device."""
+    for value in args:
+        if isinstance(value, (list, tuple)) and value:
+            value = value[0]
+        if isinstance(value, torch.Tensor):
+            return value.device.type == "meta"
+    return False
+
+
 class LazyCompiled:
     """``fn`` compiled by ``torch.compile`` on its first call (never at import), else ``fn`` itself.
 
     Shapes are dynamic and Python floats are graph inputs, so new sizes and values do not
-    recompile; ``options`` go to the compiler. If compiling fails (no C++ compiler, unsupported
+    recompile; ``options`` go to the compiler. Calls on ``meta`` tensors (shape inference) run ``fn`` eagerly. If
+    compiling fails (no C++ compiler, unsupported
     platform, ...), it warns once and calls ``fn`` eagerly from then on; a call past torch's limit of compiled
     variants of one function (different input counts or dtypes in one process) runs eagerly, the others stay compiled. Used for
     MetaplasticAdam's fused step, the sign buffers of large binary layers and ``bnn.pack``.
@@ -42,8 +53,8 @@ class LazyCompiled:
         self._compiled: Callable[..., Any] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.broken:
-            return self.fn(*args, **kwargs)
+        if self.broken or _on_meta(args):  # (meta tensors hold no data: shapes come from fn's ops, and a compile
+            return self.fn(*args, **kwargs)  # failing on them would leave every later call eager)
         if self._compiled is None:
             self._compiled = torch.compile(self.fn, dynamic=True, fullgraph=True, options=self.options)
         try:

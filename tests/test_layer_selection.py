@@ -341,3 +341,20 @@ def test_a_layer_whose_weight_a_hook_computes_is_named_not_skipped(wrap, convert
         convert(model, exclude="0")
     assert synapse_parametrization(model[2]) is not None and synapse_parametrization(model[0]) is None
     assert [name for name, _ in select_layers(nn.Sequential(model[0]))] == []  # elsewhere such a layer is left out
+
+
+def test_models_moved_to_meta_infer_shapes_and_leave_the_compiled_paths_in_use():
+    """Shape inference on ``meta`` (FLOP counters, model summaries): a wide bnn model ran into torch's autocast query
+    (no meta autocast), and a Bayesian one compiled its sampling loop for meta, failed, and left it eager for good."""
+    import copy
+
+    import bnn
+    from metaspike.bayesian.synapses import _compiled_gaussian_sample
+
+    x = torch.rand(5, 784)
+    wide = bnn.MLP([784, 1024, 10])  # (large enough for the compiled sign pass and the fast products)
+    assert wide.to("meta")(x.to("meta")).shape == (5, 10)
+    model = bayesianize(nn.Sequential(nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10)), "mesu")
+    copy.deepcopy(model).to("meta")(x.to("meta")).sum().backward()
+    assert not _compiled_gaussian_sample.broken
+    assert model(x).shape == (5, 10)
