@@ -429,8 +429,9 @@ def metaplastic(
     if not isinstance(optimizer, Optimizer):
         raise ValueError(f"optimizer must be a torch optimizer (metaplastic(torch.optim.SGD(model.parameters(), ...))), "
                          f"got {type(optimizer).__name__}")
-    if getattr(optimizer, "_metaspike_hooked", False):
-        raise ValueError("this optimizer already has metaplastic consolidation")
+    if getattr(optimizer, "_metaspike_hooked", False) or isinstance(optimizer, MetaplasticAdam):
+        raise ValueError(f"this optimizer ({type(optimizer).__name__}) already has metaplastic consolidation: "
+                         "wrapping it would consolidate every update twice")
     optimizer.defaults.setdefault("meta", check_meta(meta))
     optimizer.defaults.setdefault("rule", rule)
     optimizer.defaults.setdefault("consolidate", None)

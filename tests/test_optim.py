@@ -251,6 +251,8 @@ def test_wrapper_works_with_adamw_and_state_dict():
     assert state["param_groups"][0]["meta"] == 2.0
     with pytest.raises(ValueError, match="already has metaplastic consolidation"):
         metaplastic(opt)
+    with pytest.raises(ValueError, match=r"\(MetaplasticAdam\) already has metaplastic consolidation"):  # (twice)
+        metaplastic(MetaplasticAdam(model.parameters(), lr=0.01, meta=2.0), meta=2.0)
 
 
 def test_rules():
