@@ -104,6 +104,22 @@ def test_a_scenario_without_tasks_is_refused():
                                TrainerConfig(epochs=1), progress=False)
     with pytest.raises(ValueError, match="scenario 'empty' has no task to train"):
         trainer.fit(Scenario("empty", (), (), {}))
+    tasks = permuted(load_dataset("digits"), load_dataset("digits", "test"), n_tasks=2, seed=1).tasks
+    with pytest.raises(ValueError, match="scenario 'mine' has no task to evaluate"):  # (was a matrix of empty rows)
+        trainer.fit(Scenario("mine", tasks, []))
+
+
+def test_a_task_of_other_data_than_an_array_dataset_is_one_line():
+    from torch.utils.data import TensorDataset
+
+    from metaspike.continual.scenarios import Task
+
+    x, y = torch.rand(8, 4), torch.arange(8) % 2
+    with pytest.raises(ValueError, match="Task 'a': the training set must be a metaspike.data.ArrayDataset .* got "
+                                         "TensorDataset"):
+        Task("a", TensorDataset(x, y), TensorDataset(x, y))  # (failed inside fit: no attribute 'x')
+    with pytest.raises(ValueError, match="a task's name must be a non-empty str, got 3"):
+        Task(3, None, None)
 
 
 def test_a_stream_trains_every_subset_and_evaluates_its_one_test_set():

@@ -41,12 +41,27 @@ __all__ = [
 
 @dataclass(frozen=True, eq=False)
 class Task:
-    """One task: training and test data, and optionally the classes its outputs are restricted to."""
+    """One task: training and test data (:class:`~metaspike.data.ArrayDataset`), and optionally the classes its
+    outputs are restricted to.
+
+    Example:
+        >>> data = ArrayDataset.from_tensors(torch.rand(8, 4), torch.arange(8) % 2, "mine")
+        >>> Task("mine", data, data).name
+        'mine'
+    """
 
     name: str
     train: ArrayDataset
     test: ArrayDataset
     classes: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"a task's name must be a non-empty str, got {self.name!r}")
+        try:
+            _check_samples(self.train, self.test)
+        except ValueError as err:
+            raise ValueError(f"Task {self.name!r}: {err}") from None
 
 
 class TaskStream(Sequence[Task]):

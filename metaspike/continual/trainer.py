@@ -519,6 +519,9 @@ class ContinualTrainer:
         cfg = self.config
         if len(scenario.tasks) == 0:
             raise ValueError(f"scenario {scenario.name!r} has no task to train")
+        if len(scenario.eval_tasks) == 0:  # (its accuracy matrix would hold no column, and every metric be empty)
+            raise ValueError(f"scenario {scenario.name!r} has no task to evaluate (eval_tasks is empty; to evaluate "
+                             "the trained tasks, give them again)")
         names = scenario.eval_task_names
         if len(set(names)) != len(names):  # the curves are keyed by task name: two would share one column
             twice = sorted({n for n in names if names.count(n) > 1})
