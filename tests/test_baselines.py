@@ -275,3 +275,18 @@ def test_a_float_layer_under_torchs_own_parametrization_is_regularised_through_w
     model.zero_grad()
     plugin.penalty(model).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in originals)
+
+
+def test_a_plugin_that_served_another_models_trainer_is_refused():
+    """Its anchors would pull the new model toward the old one's weights (an untrained task scored 58 %)."""
+    from metaspike.continual import ContinualTrainer, TrainerConfig
+
+    def trainer(model, plugins):
+        return ContinualTrainer(model, lambda m: torch.optim.SGD(m.parameters(), lr=0.1), TrainerConfig(epochs=1),
+                                progress=False, plugins=plugins)
+
+    si, first = SynapticIntelligence(), _tiny()
+    trainer(first, [si])
+    trainer(first, [si])  # another trainer of the same model continues its memory
+    with pytest.raises(ValueError, match=r"plugins\[1\] \(SynapticIntelligence\) served the trainer of another model"):
+        trainer(_tiny(), [EWC(), si])

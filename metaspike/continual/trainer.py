@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
@@ -400,6 +401,21 @@ def _load_part(what: str, owner: Any, state: Any) -> None:
         raise ValueError(f"the checkpoint's {what} does not fit this run's {what}: {report}") from None
 
 
+def _claim_plugins(plugins: Sequence[Plugin], model: nn.Module) -> None:
+    """Mark ``plugins`` as serving ``model``; ``ValueError`` for one that served another model (it would pull this
+    model toward the other's weights, silently)."""
+    for index, plugin in enumerate(plugins):
+        served = getattr(plugin, "_metaspike_model", None)
+        if served is not None and served() is not model:
+            kind = type(plugin).__name__
+            raise ValueError(f"plugins[{index}] ({kind}) served the trainer of another model: its memory (importances, "
+                             f"anchors) belongs to that model's weights; give this trainer a new {kind}(...)")
+        try:
+            plugin._metaspike_model = weakref.ref(model)
+        except (AttributeError, TypeError):  # (a plugin with __slots__, or a model that takes no weak reference)
+            pass
+
+
 class ContinualTrainer:
     """Train ``model`` on each task of a scenario in turn and measure every task after every epoch.
 
@@ -408,7 +424,9 @@ class ContinualTrainer:
         make_optimizer: called with the model to create its optimizer (once, or once per task).
         config: :class:`TrainerConfig`.
         progress: show a progress bar per task.
-        plugins: :class:`metaspike.training.Plugin` hooks of a continual-learning method (EWC, SI, ...).
+        plugins: :class:`metaspike.training.Plugin` hooks of a continual-learning method (EWC, SI, ...). A plugin's
+            memory (importances, anchors) belongs to the model it was trained with: a plugin that served another
+            model's trainer is refused (give each model new plugins).
 
     After :meth:`fit`, ``batchnorm_states`` holds each trained task's BatchNorm state (task order) where the run
     evaluated each task with its own (per-task BatchNorm, a model with BatchNorm), else nothing: with
@@ -446,6 +464,7 @@ class ContinualTrainer:
         self.config = config
         self.progress = progress
         self.plugins = tuple(plugins)
+        _claim_plugins(self.plugins, model)
         self.batchnorm_states: list[dict[str, Tensor]] = []
         self._identity: dict[str, Any] | None = None  # the run's, once fit starts (see run_identity)
 
