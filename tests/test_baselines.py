@@ -290,3 +290,25 @@ def test_a_plugin_that_served_another_models_trainer_is_refused():
     trainer(first, [si])  # another trainer of the same model continues its memory
     with pytest.raises(ValueError, match=r"plugins\[1\] \(SynapticIntelligence\) served the trainer of another model"):
         trainer(_tiny(), [EWC(), si])
+
+
+def test_the_si_path_integral_takes_the_tasks_gradient_without_its_own_penalty():
+    model = nn.Linear(2, 1, bias=False)
+    nn.init.ones_(model.weight)
+    si, opt = SynapticIntelligence(c=1.0), torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def step(loss):
+        opt.zero_grad()
+        loss.backward()
+        si.before_step(model)
+        opt.step()
+        si.after_step(model)
+
+    step(model(torch.ones(1, 2)).sum())
+    si.task_done(model, torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), None)
+    with torch.no_grad():
+        model.weight.add_(0.5)  # away from the anchor: the penalty pulls back
+    step(0 * model(torch.ones(1, 2)).sum() + si.penalty(model))  # the task's own gradient is 0
+    assert torch.equal(si.omega[0], torch.zeros(1, 2))  # (was −g·Δθ > 0: the pull counted as the task's work)
+    step(model(torch.ones(1, 2)).sum())  # a loss without the penalty keeps its whole gradient: −1 · (−0.1)
+    torch.testing.assert_close(si.omega[0], torch.full((1, 2), 0.1))

@@ -284,6 +284,10 @@ class RandomConsolidation(EWC):
 class SynapticIntelligence(Plugin):
     """Synaptic intelligence (path-integral importance) on the weight matrices.
 
+    The path integral ``ω = −Σ g·Δθ`` takes the gradient of the loss without this plugin's own penalty (as the
+    authors' code does: the penalty's gradient ``2cΩ(θ − θ*)`` is taken off when :meth:`penalty` gave one for the
+    step), so the importance measures what the parameters did for the task, not for staying near the anchors.
+
     Args:
         c: strength of ``c · Σ Ω (θ − θ*)²``.
         xi: damping ``ξ`` of ``Ω += ω / (Δ² + ξ)``.
@@ -306,6 +310,7 @@ class SynapticIntelligence(Plugin):
         self.anchors: list[Tensor] = []  # θ* at the last task end
         self._before: list[Tensor] = []
         self._grads: list[Tensor] = []
+        self._penalized = False  # whether the loss of the step holds this plugin's penalty
 
     def before_step(self, model: nn.Module) -> None:
         params = _matrices(model)
@@ -314,6 +319,10 @@ class SynapticIntelligence(Plugin):
             self.omega = [torch.zeros_like(p) for p in params]
         self._before = [p.detach().clone() for p in params]
         self._grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
+        if self._penalized:  # the task's own gradient: take off the penalty's, 2c·Ω·(θ − θ*)
+            for g, p, o, a in zip(self._grads, params, self.big_omega, self.anchors):
+                g.sub_(2 * self.c * o * (p.detach() - a))
+            self._penalized = False
 
     def after_step(self, model: nn.Module) -> None:
         for w, p, old, g in zip(self.omega, _matrices(model), self._before, self._grads):
@@ -335,6 +344,7 @@ class SynapticIntelligence(Plugin):
         params = _matrices(model)
         _fit("importances", self.big_omega, params)
         _fit("anchors", self.anchors, params)
+        self._penalized = True
         return self.c * sum((o * (p - a).square()).sum() for o, a, p in zip(self.big_omega, self.anchors, params))
 
     def state_dict(self) -> dict[str, Any]:
