@@ -276,6 +276,16 @@ def test_mesu_bad_hyperparameters(name, value):
         mesu_step(mu, sigma, mu, sigma, **{**MESU_SETTINGS[0], name: value})
 
 
+@pytest.mark.parametrize("settings", [dict(sigma_prior=1e-20, N=1), dict(sigma_prior=1e-10, N=1, mu_prior=1e30)])
+def test_a_mesu_prior_whose_pull_float32_cannot_hold_is_refused(settings):
+    """1/(N·σ_p²) = 1e40 was finite in float64, where it was checked, and infinite in float32, where the step ran
+    (μ NaN, σ −inf)."""
+    mu, sigma = torch.zeros(3), torch.full((3,), 1e-20)
+    with pytest.raises(ValueError, match="N \\* sigma_prior\\*\\*2 must be a positive number whose reciprocal "
+                                         "\\(and mu_prior over it\\) float32 holds"):
+        mesu_step(mu, sigma, mu, sigma, **{**MESU_SETTINGS[0], **settings})
+
+
 @pytest.mark.parametrize("name, value", [
     ("lr", -0.5), ("lr_max", -1.0), ("likelihood_multiplier", float("nan")), ("kl_multiplier", -0.1),
     ("N", float("inf")), ("lr", True),

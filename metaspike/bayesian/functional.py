@@ -92,11 +92,13 @@ def check_hyperparameters(rule: str, hyperparameters: Mapping[str, object]) -> N
         raise ValueError(f"rule must be one of {sorted(_LIMITS)}, got {rule!r}")
     for name, (low, inclusive) in _LIMITS[rule].items():
         number_in(name, hyperparameters[name], low, _HIGHEST.get(name, FLOAT32_MAX), open_low=not inclusive)
-    if rule == "mesu":  # the step divides by N·σ_p² (each in range, their product can underflow)
+    if rule == "mesu":  # the step multiplies by 1/(N·σ_p²) and μ_p/(N·σ_p²) in the weights' dtype (float32 at least)
         scale = float(hyperparameters["N"]) * float(hyperparameters["sigma_prior"]) ** 2
-        if not (scale > 0 and math.isfinite(1.0 / scale) and math.isfinite(scale)):
-            raise ValueError(f"N * sigma_prior**2 must be a positive number whose reciprocal is finite, got N "
-                             f"{hyperparameters['N']!r} and sigma_prior {hyperparameters['sigma_prior']!r}")
+        pull = abs(float(hyperparameters["mu_prior"])) / scale if scale > 0 else math.inf
+        if not (scale > 0 and 1.0 / scale <= FLOAT32_MAX and pull <= FLOAT32_MAX and math.isfinite(scale)):
+            raise ValueError(f"N * sigma_prior**2 must be a positive number whose reciprocal (and mu_prior over it) "
+                             f"float32 holds, got N {hyperparameters['N']!r} and sigma_prior "
+                             f"{hyperparameters['sigma_prior']!r}")
 
 
 def _check_step_tensors(**lists: list[Tensor]) -> None:
