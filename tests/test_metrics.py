@@ -109,3 +109,11 @@ def test_joint_training_averages_every_task_it_evaluates(tmp_path):
     run = load_run(next(tmp_path.iterdir()))
     (final,) = run["matrix"]
     assert run["metrics"]["ACC"] == pytest.approx(sum(final) / 3, abs=0.01)  # (the matrix file keeps 2 decimals)
+
+
+def test_a_ragged_matrix_is_one_line_naming_the_row():
+    from metaspike.continual.metrics import summarize
+
+    with pytest.raises(ValueError, match=r"rectangular: row 1 has 1 cells, row 0 2 \(give cells not evaluated as nan"):
+        summarize([[90, 50], [60]])  # (was numpy's "inhomogeneous shape")
+    assert summarize([[90, float("nan")], [60, 70]])["ACC"] == 65.0

@@ -32,15 +32,29 @@ __all__ = ["average_accuracy", "backward_transfer", "forward_transfer", "forgett
            "last_tasks_accuracy", "evaluated_accuracy", "task_accuracy_over_time", "largest_rise"]
 
 
+def _as_array(matrix: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """``matrix`` as a float array; ``ValueError`` naming the first row whose length differs (a ragged matrix, such as
+    the lower triangle of the tasks trained so far: cells not evaluated are NaN)."""
+    try:
+        return np.asarray(matrix, dtype=float)
+    except (ValueError, TypeError):
+        rows = [len(row) if isinstance(row, Sequence | np.ndarray) else None for row in matrix]
+        ragged = next((i for i, n in enumerate(rows) if n != rows[0]), None)
+        if ragged is None:
+            raise ValueError("accuracy matrix must hold numbers (one row of accuracies per evaluation)") from None
+        raise ValueError(f"accuracy matrix must be rectangular: row {ragged} has {rows[ragged]} cells, row 0 "
+                         f"{rows[0]} (give cells not evaluated as nan)") from None
+
+
 def _square(matrix: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
-    r = np.asarray(matrix, dtype=float)
+    r = _as_array(matrix)
     if r.ndim != 2 or r.shape[0] != r.shape[1] or r.shape[0] == 0:
         raise ValueError(f"accuracy matrix must be square T x T with T >= 1, got shape {r.shape}")
     return r
 
 
 def _matrix(matrix: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
-    r = np.asarray(matrix, dtype=float)
+    r = _as_array(matrix)
     if r.ndim != 2 or r.size == 0:
         raise ValueError(f"accuracy matrix must be 2-D and non-empty, got shape {r.shape}")
     return r
@@ -173,7 +187,7 @@ def summarize(matrix: Sequence[Sequence[float]] | np.ndarray, baseline: Sequence
         >>> summarize([[90, float("nan")], [60, 95]])["evaluated_tasks"]
         2.0
     """
-    r = np.asarray(matrix, dtype=float)
+    r = _as_array(matrix)
     square = r.ndim == 2 and r.shape[0] == r.shape[1]
     partial: dict[str, float] = {}
     if r.ndim == 2 and r.size and not np.isfinite(r).all():
