@@ -135,7 +135,8 @@ class ArrayDataset:
                      classes: Sequence[str] | None = None) -> "ArrayDataset":
         """A dataset from your own arrays (torch tensors or numpy arrays), for :mod:`metaspike.continual`.
 
-        ``x``: ``[N, F]`` feature vectors, ``[N, H, W]`` (stored as ``[N, 1, H, W]``) or ``[N, C, H, W]`` images, of any
+        ``x``: ``[N, F]`` feature vectors, ``[N, H, W]`` (stored as ``[N, 1, H, W]``: sequences ``[N, T, F]`` too, so a
+        recurrent model takes ``x.squeeze(1)``) or ``[N, C, H, W]`` images, of any
         real dtype (made float32) or ``uint8`` pixels (divided by 255), copied (later changes to your arrays do not
         reach the dataset) and detached from any autograd graph; its values must lie in ``[0, 1]``, which
         spiking models read as firing probabilities (scale other data with the training set's range first, and
