@@ -13,17 +13,17 @@ resumes them exactly. Keys ``k`` and ``k + d`` give the same words shifted by ``
 overlap only if their keys lie within ``S·n`` of each other: for random 64-bit keys, a probability below
 ``2⁻⁴⁰`` per pair of draws of a million numbers.
 
-A uniform takes one word (its top 23 bits). Normals come in pairs: Box-Muller on the two 23-bit uniforms of a word
+A uniform takes one word (its top 24 bits). Normals come in pairs: Box-Muller on the two 24-bit uniforms of a word
 (top and low bits) gives ``√(−2 ln u₁)·cos 2πu₂`` and ``·sin 2πu₂`` (cosine and sine by polynomials,
 :func:`cos_two_pi`, :func:`sin_two_pi`), the cosines in the first half of the draw and the sines in the second, so
 ``m`` normals hash ``⌈m/2⌉`` counters and one log and one square root make two numbers: MESU's samples cost a fifth
 less than with a word per normal. (Uniforms in pairs would save half a hash but have to pass through memory
 between two loops, which costs BiMU's fused sample more: 0.57 against 0.40 ms at 5 samples of 78,400 weights.)
-Resolution: a uniform is ``(k + ½)/2²³`` for a 23-bit ``k``: exact in float32 (24 significant bits) and float64,
-so it is never 0 or 1 and ``u`` and ``1 − u`` lie on the same grid (with 24 bits, ``k + ½`` would round, and the top
-value to 1: ``log(u/(1 − u))`` infinite). So ``|ε| < 5.8`` (torch's float32 ``randn``, on 24-bit uniforms: 5.9).
-Draws are computed in float32 or float64 only (:func:`arithmetic_dtype`): bfloat16 and float16 would round uniforms
-near 1 to 1 (float16 cannot even hold ``k``).
+Resolution: a uniform is ``(k + ½)/2²⁴``, never 0 or 1, so ``|ε| < 5.9``, the same cut-off as torch's float32
+``randn``, which also builds on 24-bit uniforms. (In float32, ``k + ½`` needs 25 significant bits: above ``2²³`` it
+rounds to an even neighbour, and the top one to 1. Box-Muller takes that 1 in its stride, ``ln 1 = 0``, but
+``log(u/(1 − u))`` would be infinite: :func:`counter_uniform` holds it at the largest float32 below 1.) Draws are computed in float32 or float64 only (:func:`arithmetic_dtype`): bfloat16
+and float16 would round many uniforms near 1 to 1 (float16 cannot even hold ``k``).
 
 Integer arithmetic wraps modulo ``2⁶⁴`` in torch's int64 operations, eager and compiled; logical right
 shifts are arithmetic shifts masked to the low bits (:func:`_shift_right`).
@@ -48,9 +48,7 @@ def _int64(value: int) -> int:
 GOLDEN_GAMMA = _int64(0x9E3779B97F4A7C15)
 MIX1 = _int64(0xBF58476D1CE4E5B9)
 MIX2 = _int64(0x94D049BB133111EB)
-#: The bits of a uniform (:func:`_uniform`).
-UNIFORM_BITS = 23
-_LOW_BITS = (1 << UNIFORM_BITS) - 1
+_BITS24 = (1 << 24) - 1
 
 
 def _shift_right(x: Tensor, bits: int) -> Tensor:
@@ -115,26 +113,26 @@ def _check_arithmetic(dtype: torch.dtype) -> None:
 
 
 def uniform_pairs(words: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Two uniforms on ``(0, 1)`` from each of ``words``: ``(k + ½) / 2²³`` for ``k`` its top and its low 23 bits
-    (``dtype`` float32 or float64: the same numbers in both).
+    """Two uniforms on ``(0, 1)`` from each of ``words``: ``(k + ½) / 2²⁴`` for ``k`` its top and its low 24 bits
+    (``dtype`` float32 or float64; in float32 the top ``k`` gives 1, which Box-Muller takes as it is).
 
     Example:
-        >>> high, low = uniform_pairs(torch.tensor([0, -1]), torch.float32)  # all bits 0, all bits 1
+        >>> high, low = uniform_pairs(torch.tensor([0, -1]), torch.float64)  # all bits 0, all bits 1
         >>> high.tolist(), low.tolist()
-        ([5.960464477539063e-08, 0.9999999403953552], [5.960464477539063e-08, 0.9999999403953552])
+        ([2.9802322387695312e-08, 0.9999999701976776], [2.9802322387695312e-08, 0.9999999701976776])
     """
-    return _high_uniform(words, dtype), _uniform(words & _LOW_BITS, dtype)
+    return _high_uniform(words, dtype), _uniform(words & _BITS24, dtype)
 
 
 def _high_uniform(words: Tensor, dtype: torch.dtype) -> Tensor:
-    """The uniform of the top bits of ``words`` (a uniform draw's, and the first of :func:`uniform_pairs`)."""
-    return _uniform(_shift_right(words, 64 - UNIFORM_BITS), dtype)
+    """The uniform of the top 24 bits of ``words`` (a uniform draw's, and the first of :func:`uniform_pairs`)."""
+    return _uniform(_shift_right(words, 40), dtype)
 
 
 def _uniform(bits: Tensor, dtype: torch.dtype) -> Tensor:
-    """``(k + ½) / 2²³`` for 23-bit integers ``k``: ``k + ½`` takes 24 significant bits, exact in float32."""
+    """``(k + ½) / 2²⁴`` for 24-bit integers ``k`` (float32 rounds the top one to 1)."""
     _check_arithmetic(dtype)
-    return (bits.to(dtype) + 0.5) * (1.0 / (1 << UNIFORM_BITS))
+    return (bits.to(dtype) + 0.5) * (1.0 / (1 << 24))
 
 
 def _even_polynomial(x: Tensor, coefficients: tuple[Tensor, ...]) -> Tensor:
@@ -196,12 +194,12 @@ def sin_two_pi(t: Tensor) -> Tensor:
 
 
 def normal_pairs(words: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Two independent standard normals from each of ``words``, by Box-Muller on its two 23-bit uniforms
+    """Two independent standard normals from each of ``words``, by Box-Muller on its two 24-bit uniforms
     (:func:`uniform_pairs`: the top bits give the radius, the low bits the angle).
 
     Example:
         >>> first, second = normal_pairs(torch.tensor([0, 12345]), torch.float32)
-        >>> bool((first.abs() < 5.8).all() and (second.abs() < 5.8).all())
+        >>> bool((first.abs() < 5.9).all() and (second.abs() < 5.9).all())
         True
     """
     radius_uniform, angle = uniform_pairs(words, dtype)
@@ -215,7 +213,8 @@ def _counters(count: int, device: torch.device) -> Tensor:
 
 def counter_uniform(shape: tuple[int, ...], key: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """``shape`` uniforms on ``(0, 1)`` under ``key``, one word each (eager, or inlined into a compiled sampling loop);
-    ``dtype`` float32 or float64 (:func:`arithmetic_dtype`).
+    ``dtype`` float32 or float64 (:func:`arithmetic_dtype`). The top draw, which float32 rounds to 1, is held at the
+    largest float32 below 1, so ``log(u/(1 − u))`` stays finite.
 
     Example:
         >>> u = counter_uniform((2, 3), torch.tensor(1))
@@ -223,7 +222,7 @@ def counter_uniform(shape: tuple[int, ...], key: Tensor, dtype: torch.dtype = to
         (torch.Size([2, 3]), True)
     """
     words = random_words(key, _counters(math.prod(shape), key.device))
-    return _high_uniform(words, dtype).view(shape)
+    return _high_uniform(words, dtype).clamp_max(1.0 - torch.finfo(dtype).eps / 2).view(shape)
 
 
 def counter_normal(shape: tuple[int, ...], key: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
