@@ -17,7 +17,7 @@ speed-up as the median over rounds of the same round's ratio (with its range ove
 * the packed model with its fast kernels (native C, else ``torch.compile``; built before timing).
 
 The CPU model, its relevant flags and the load average head the output, which also goes to
-``benchmarks/results/inference_<cpu-kind>.txt`` (e.g. ``inference_amd-epyc.txt``), so figures
+``benchmarks/results/inference_<cpu-kind>.txt`` (e.g. ``inference_amd-epyc-avx2.txt``), so figures
 from different machines are never mixed.
 
 Usage::
@@ -41,7 +41,7 @@ import bnn
 from metaspike.quantizers import get_quantizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
-FLAGS = ("avx512f", "avx512_vpopcntdq", "avx512_bf16", "avx512_vnni", "amx_tile")
+FLAGS = ("avx2", "avx512f", "avx512_vpopcntdq", "avx512_bf16", "avx512_vnni", "amx_tile")
 
 
 def prebinarized(model: bnn.MLP) -> bnn.MLP:
@@ -55,7 +55,12 @@ def prebinarized(model: bnn.MLP) -> bnn.MLP:
 
 
 def cpu() -> tuple[str, str, list[str]]:
-    """``(model name, kind, flags)`` from ``/proc/cpuinfo``: kind is e.g. ``amd-epyc`` or ``intel-xeon-amx``."""
+    """``(model name, kind, flags)`` from ``/proc/cpuinfo``.
+
+    The kind is the model's first two words and its widest vector unit, e.g. ``amd-epyc-avx2``,
+    ``amd-epyc-avx512`` or ``intel-xeon-amx``: virtual machines often show only "AMD EPYC", and an
+    AVX2-only EPYC runs these benchmarks very differently from an AVX-512 one.
+    """
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -65,7 +70,9 @@ def cpu() -> tuple[str, str, list[str]]:
     name = name.group(1).strip() if name else "unknown CPU"
     present = [f for f in FLAGS if flags and f in flags.group(1).split()]
     words = re.sub(r"\((R|TM)\)|\bCPU\b|@.*", " ", name).split()
-    kind = "-".join(w.lower() for w in words[:2]) + ("-amx" if "amx_tile" in present else "")
+    units = (("amx_tile", "amx"), ("avx512f", "avx512"), ("avx2", "avx2"))
+    widest = next((unit for flag, unit in units if flag in present), None)
+    kind = "-".join([w.lower() for w in words[:2]] + ([widest] if widest else []))
     return name, kind, present
 
 

@@ -120,6 +120,21 @@ def kernels() -> ctypes.CDLL | None:
     return _kernels(FLAGS)
 
 
+def _instruction_sets() -> str:
+    """What ``-march=native`` builds for: the CPU's model and instruction-set flags (Linux), else the host name.
+
+    A cache folder may be shared by machines of one name but different CPUs (a home folder on a
+    cluster, virtual machines from one image); a library built for AVX-512 would stop the process
+    with an illegal instruction on an AVX2-only CPU, so the key names the instruction sets.
+    """
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.node() + platform.processor()
+    lines = [line for line in info.splitlines() if line.startswith(("model name", "flags", "Features"))]
+    return "\n".join(dict.fromkeys(lines))  # one line per distinct CPU kind
+
+
 @cache
 def _kernels(flags: tuple[str, ...]) -> ctypes.CDLL | None:
     """:func:`kernels` compiled with ``flags`` (tests add ``-DPACKED_PORTABLE``)."""
@@ -128,7 +143,7 @@ def _kernels(flags: tuple[str, ...]) -> ctypes.CDLL | None:
         warnings.warn("no C compiler found: bnn.PackedMLP runs on torch ops (slower)", RuntimeWarning, stacklevel=3)
         return None
     key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(flags).encode(), compiler.encode(),
-                                     platform.machine().encode(), platform.node().encode()])).hexdigest()[:16]
+                                     platform.machine().encode(), _instruction_sets().encode()])).hexdigest()[:16]
     name = f"packed_kernels-{key}.so"
     try:
         try:

@@ -282,6 +282,20 @@ def test_native_kernels_build_once_into_a_private_cache_folder(monkeypatch, tmp_
     assert cache.stat().st_mode & 0o777 == 0o700 and first.st_mode & 0o077 == 0
 
 
+@pytest.mark.skipif(bnn.native.kernels() is None, reason="no C compiler to build the native kernels")
+def test_a_cache_folder_shared_with_another_kind_of_cpu_keeps_one_library_per_kind(monkeypatch, tmp_path):
+    # -march=native code for one CPU may be illegal on another of the same host name (one VM image, a
+    # shared home folder): the library's name must follow the instruction sets, not the machine's name.
+    monkeypatch.setenv("METASPIKE_CACHE", str(tmp_path))
+    real = bnn.native._instruction_sets()
+    monkeypatch.setattr(bnn.native, "_instruction_sets", lambda: real.replace("flags", "flags\tavx512_other_cpu"))
+    _fresh_kernels()
+    (other,) = tmp_path.glob("packed_kernels-*.so")
+    monkeypatch.setattr(bnn.native, "_instruction_sets", lambda: real)
+    assert _fresh_kernels() is not None
+    assert {p.name for p in tmp_path.glob("packed_kernels-*.so")} - {other.name}  # built its own
+
+
 def _planted_library(path: Path, marker: Path) -> None:
     """A shared library that, once loaded, writes ``marker`` (what an attacker's code could do)."""
     source = path.with_suffix(".c")
