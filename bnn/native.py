@@ -71,6 +71,12 @@ def _check_private(fd: int, path: Path, kind: str) -> None:
         raise UnsafeCacheError(f"{kind} {path} is writable by group or others (mode {stat.S_IMODE(info.st_mode):o})")
 
 
+_LOADED_THROUGH: list[int] = []
+"""Descriptors of the libraries loaded through ``/proc/self/fd/N``, kept open for the life of the process:
+the dynamic loader knows a library by that name, and would hand back the first library for a second one
+opened later under a reused descriptor number."""
+
+
 def _open_private(folder: Path, name: str) -> ctypes.CDLL:
     """Load ``folder/name`` after checking both on open descriptors; the library is loaded through its descriptor."""
     folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -80,9 +86,14 @@ def _open_private(folder: Path, name: str) -> ctypes.CDLL:
         try:
             _check_private(fd, folder / name, "file")
             by_fd = f"/proc/self/fd/{fd}"
-            return ctypes.CDLL(by_fd if os.path.exists(by_fd) else str(folder / name))
-        finally:
+            if not os.path.exists(by_fd):
+                return ctypes.CDLL(str(folder / name))
+            library = ctypes.CDLL(by_fd)
+            _LOADED_THROUGH.append(fd)
+            return library
+        except BaseException:
             os.close(fd)
+            raise
     finally:
         os.close(folder_fd)
 

@@ -9,7 +9,8 @@
  * vector are thresholded and packed into bits at once. Outputs are split between `threads` POSIX
  * threads in whole 64-bit words of the result bits. With AVX-512 (F, BW, VL; VPOPCNTDQ too for the
  * hidden layers) the tiles use intrinsics, otherwise portable C (also forced with -DPACKED_PORTABLE,
- * so it can be tested): the results are the same bits.
+ * so it can be tested), in tiles of a few samples x outputs so that each weight loaded serves several
+ * samples: the results are the same bits.
  *
  * Hidden layers: the weights are stored word-major, w[k][o], so one vector holds word k of 8
  * outputs; XOR with the sample's word k, popcount and add give 8 counts at once.
@@ -42,6 +43,8 @@
 #define TILE_SAMPLES 4
 #define TILE_BLOCKS 4 /* vectors of outputs per tile (16 outputs each in the first layer, 8 in hidden ones) */
 #define INLINE static inline __attribute__((always_inline))
+#define PORTABLE_OUTS 4  /* portable first layer: outputs per tile (times up to 4 samples) */
+#define PORTABLE_WORDS 4 /* portable hidden layers: outputs per tile (times 2 samples) */
 #define UNROLL _Pragma("GCC unroll 16")
 /* An empty asm that "changes" the vector v in its register: the compiler then loads each tile input
  * once into a register of its own, instead of re-reading it from memory for every use. */
@@ -217,21 +220,32 @@ static int real_fires(const job_t *job, int64_t s, int64_t o, float sum) {
     return fabs(gap) > job->bound[s] ? gap > 0 : real_exact_fires(job, s, o);
 }
 
-/* As the AVX-512 tile, one output at a time, in the same order (so the same float32 sums). */
-INLINE void real_tile_of(const job_t *job, int64_t s, const int samples, int64_t o, const int blocks) {
-    int64_t nibbles = 2 * job->cols, last = o + BLOCK * blocks < job->end ? o + BLOCK * blocks : job->end;
-    int64_t words_out = (job->out + 63) / 64;
-    for (int i = 0; i < samples; i++) {
-        const float *t = job->tables + i * nibbles * NIBBLE_TABLE;
-        for (int64_t k = o; k < last; k++) {
-            float sum = 0.0f;
-            for (int64_t g = 0; g < job->cols; g++) {
-                unsigned byte = ((const uint8_t *)job->weight)[g * job->out + k];
-                sum += t[2 * g * NIBBLE_TABLE + (byte & 15)] + t[(2 * g + 1) * NIBBLE_TABLE + (byte >> 4)];
-            }
-            put_bit((uint64_t *)job->result + (s + i) * words_out, k, real_fires(job, s + i, k, sum));
+/* S1 of `samples` samples x `outs` outputs from o, in the AVX-512 tile's order (per output, group by group:
+ * acc += low + high, so the same float32 sums): each weight byte loaded serves every sample of the tile,
+ * and constant tile sizes keep the sums in registers. */
+INLINE void real_outputs(const job_t *job, int64_t s, const int samples, int64_t o, const int outs) {
+    int64_t nibbles = 2 * job->cols, words_out = (job->out + 63) / 64;
+    const uint8_t *w = (const uint8_t *)job->weight + o;
+    float acc[TILE_SAMPLES][PORTABLE_OUTS] = {{0}};
+    for (int64_t g = 0; g < job->cols; g++) {
+        const uint8_t *bytes = w + g * job->out;
+        UNROLL
+        for (int i = 0; i < samples; i++) {
+            const float *low = job->tables + (i * nibbles + 2 * g) * NIBBLE_TABLE, *high = low + NIBBLE_TABLE;
+            UNROLL
+            for (int k = 0; k < outs; k++) acc[i][k] += low[bytes[k] & 15] + high[bytes[k] >> 4];
         }
     }
+    for (int i = 0; i < samples; i++)
+        for (int k = 0; k < outs; k++)
+            put_bit((uint64_t *)job->result + (s + i) * words_out, o + k, real_fires(job, s + i, o + k, acc[i][k]));
+}
+
+/* As the AVX-512 tile, PORTABLE_OUTS outputs at a time. */
+INLINE void real_tile_of(const job_t *job, int64_t s, const int samples, int64_t o, const int blocks) {
+    int64_t last = o + BLOCK * blocks < job->end ? o + BLOCK * blocks : job->end;
+    for (; last - o >= PORTABLE_OUTS; o += PORTABLE_OUTS) real_outputs(job, s, samples, o, PORTABLE_OUTS);
+    for (; o < last; o++) real_outputs(job, s, samples, o, 1);
 }
 #endif
 
@@ -372,17 +386,35 @@ static void binary_put(const job_t *job, int64_t s, int64_t o, int64_t count) {
     }
 }
 
-/* As the AVX-512 tile, one output at a time. */
+/* Counts of `samples` (at most 2) samples x `outs` outputs from o: each weight word loaded serves every
+ * sample, and constant tile sizes keep the counts in general registers (x86-64 has 16). */
+INLINE void binary_outputs(const job_t *job, int64_t s, const int samples, int64_t o, const int outs) {
+    const uint64_t *h = (const uint64_t *)job->input + s * job->cols, *w = (const uint64_t *)job->weight + o;
+    int64_t count[2][PORTABLE_WORDS] = {{0}};
+    for (int64_t word = 0; word < job->cols; word++) {
+        const uint64_t *row = w + word * job->out;
+        UNROLL
+        for (int i = 0; i < samples; i++) {
+            uint64_t x = h[i * job->cols + word];
+            UNROLL
+            for (int k = 0; k < outs; k++) count[i][k] += __builtin_popcountll(x ^ row[k]);
+        }
+    }
+    for (int i = 0; i < samples; i++)
+        for (int k = 0; k < outs; k++) binary_put(job, s + i, o + k, count[i][k]);
+}
+
+/* As the AVX-512 tile: pairs of samples, PORTABLE_WORDS outputs at a time. */
 INLINE void binary_tile_of(const job_t *job, int64_t s, const int samples, int64_t o, const int blocks) {
-    const uint64_t *w = job->weight;
     int64_t last = o + WORD_LANES * blocks < job->end ? o + WORD_LANES * blocks : job->end;
-    for (int i = 0; i < samples; i++) {
-        const uint64_t *h = (const uint64_t *)job->input + (s + i) * job->cols;
-        for (int64_t k = o; k < last; k++) {
-            int64_t count = 0;
-            for (int64_t word = 0; word < job->cols; word++)
-                count += __builtin_popcountll(h[word] ^ w[word * job->out + k]);
-            binary_put(job, s + i, k, count);
+    for (int i = 0; i < samples; i += 2) {
+        int64_t k = o;
+        if (samples - i >= 2) {
+            for (; last - k >= PORTABLE_WORDS; k += PORTABLE_WORDS) binary_outputs(job, s + i, 2, k, PORTABLE_WORDS);
+            for (; k < last; k++) binary_outputs(job, s + i, 2, k, 1);
+        } else {
+            for (; last - k >= PORTABLE_WORDS; k += PORTABLE_WORDS) binary_outputs(job, s + i, 1, k, PORTABLE_WORDS);
+            for (; k < last; k++) binary_outputs(job, s + i, 1, k, 1);
         }
     }
 }
