@@ -15,8 +15,9 @@ weights, with the same results (the product bit for bit; gradients up to float32
     range in which bfloat16 holds every integer;
   - ``"float32"``: ``F.linear``, always available.
 
-  Which is fastest depends on the machine (on a 2-core AMD EPYC without AMX, one thread, 100 x 4096
-  x 4096: int8 13 ms, bfloat16 17 ms, float32 40 ms), so :func:`product_kind` times each candidate
+  Which is fastest depends on the machine (one thread, 100 x 4096 x 4096, on a 2-core AMD EPYC with
+  AVX-512: int8 13 ms, bfloat16 17 ms, float32 40 ms; 128 x 4096 x 4096 on one with AVX2 only, which
+  emulates both: int8 2101 ms, float32 138 ms), so :func:`product_kind` times each candidate
   once per process and *shape class* (device, rows rounded up to a power of two with all batches of
   more than 256 rows in one class, fan-in, fan-out), conversions included, and caches the winner.
   On a busy machine the timing may pick a slower product; every candidate is exact. Inputs that
@@ -25,7 +26,8 @@ weights, with the same results (the product bit for bit; gradients up to float32
   ``grad_weight = grad.T @ x`` multiply the real-valued gradient, so they stay float32. A layer
   built with ``precision="bfloat16"`` rounds the gradient (and a real-valued input) to bfloat16 for
   these two products, and on CPUs their results too (opt-in: faster where bfloat16 products are,
-  with input and weight gradients to about 8 significant bits).
+  with input and weight gradients to about 8 significant bits; where they are slower than float32,
+  as on CPUs without bfloat16 instructions, the first such product warns once per device).
 * **A reused gradient buffer.** Autograd allocates a fresh weight-sized gradient every step; for a
   4096 x 4096 layer, paging in those 64 MB costs about as much as the product that fills them. The
   layer keeps one buffer and writes the weight gradient into it whenever nothing else still refers
@@ -39,6 +41,7 @@ All apply to layers of at least :data:`FAST_MIN_NUMEL` weights; smaller layers g
 from __future__ import annotations
 
 import time
+import warnings
 from functools import cache
 from typing import Any
 
@@ -50,7 +53,7 @@ from bnn.sign_buffers import storage_is_free
 
 __all__ = [
     "FAST_MIN_NUMEL", "PRODUCT_KINDS", "PRECISIONS", "check_precision", "is_binary_input", "product_kinds",
-    "product_kind", "signs_product", "product_used", "binary_linear",
+    "product_kind", "signs_product", "product_used", "binary_linear", "bfloat16_slowdown",
 ]
 
 FAST_MIN_NUMEL = 1 << 20
@@ -194,6 +197,45 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+SLOW_BFLOAT16 = 1.5
+"""How many times slower than float32 a device's bfloat16 products may be before ``precision="bfloat16"`` warns."""
+
+
+@cache
+def bfloat16_slowdown(device: torch.device) -> float:
+    """How many times longer a bfloat16 product (float32 sums) takes than a float32 one on ``device``; timed once.
+
+    CPUs without bfloat16 instructions (AVX-512 BF16 or AMX) emulate them: measured on a 2-core AMD
+    EPYC with AVX2, one thread, 128 x 256 @ 256 x 256: float32 0.53 ms, bfloat16 8.9 ms.
+
+    Example:
+        >>> bfloat16_slowdown(torch.device("cpu")) > 0
+        True
+    """
+    a, b = torch.ones(64, 256, device=device), torch.ones(256, 256, device=device)
+    a16, b16 = a.to(torch.bfloat16), b.to(torch.bfloat16)
+    best = {"float32": float("inf"), "bfloat16": float("inf")}
+    with torch.no_grad():
+        for round_ in range(4):  # round 0 warms up
+            for kind, product in (("float32", lambda: a @ b), ("bfloat16", lambda: _bf16_mm(a16, b16))):
+                _synchronize(device)
+                start = time.perf_counter()
+                product()
+                _synchronize(device)
+                if round_:
+                    best[kind] = min(best[kind], time.perf_counter() - start)
+    return best["bfloat16"] / max(best["float32"], 1e-9)
+
+
+@cache
+def _warn_if_bfloat16_is_slow(device: torch.device) -> None:
+    slowdown = bfloat16_slowdown(device)
+    if slowdown > SLOW_BFLOAT16:
+        warnings.warn(f"precision='bfloat16': bfloat16 products take {slowdown:.0f}x as long as float32 ones on this "
+                      f"{device.type} (it has no bfloat16 instructions); precision='float32' is faster and more "
+                      "precise here", RuntimeWarning, stacklevel=4)
+
+
 def _backward_mm(a: Tensor, b: Tensor, low: bool, out: Tensor | None = None) -> Tensor:
     """``a @ b`` in float32 (into ``out`` when given), or of both rounded to bfloat16 with float32 sums when ``low``."""
     if low:
@@ -282,6 +324,8 @@ def binary_linear(x: Tensor, layer: Any) -> Tensor:
     if not (torch.is_grad_enabled() and needs_grad):
         return _product(x, layer.signs(_DTYPES[kind]), kind, bias)
     low = layer.precision == "bfloat16"
+    if low:
+        _warn_if_bfloat16_is_slow(x.device)
     # grad_input = grad @ signs needs them in the backward precision too: both from one pass
     backward_dtype = (torch.bfloat16 if low else torch.float32,) if x.requires_grad else ()
     signs, *backward = layer.signs_as(_DTYPES[kind], *backward_dtype)

@@ -1,5 +1,7 @@
 """The fast product of large binary layers: the fastest exact product, reused gradient memory."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -103,6 +105,26 @@ def test_gradients_equal_those_of_f_linear(binary_input, precision):
     tolerance = {} if precision == "float32" else dict(rtol=2**-7, atol=2**-7 * grad_out.abs().max() * 32**0.5)
     for got, want in zip(ours, (layer.weight.grad, layer.bias.grad, x_ref.grad)):
         torch.testing.assert_close(got, want, **tolerance)
+
+
+@pytest.mark.parametrize("slowdown", [20.0, 1.0])
+def test_bfloat16_precision_warns_once_where_bfloat16_products_are_slower_than_float32(slowdown, monkeypatch):
+    # CPUs without bfloat16 instructions emulate them (an AVX2 EPYC: 17x slower than float32), so the opt-in backfires
+    monkeypatch.setattr(fast, "bfloat16_slowdown", lambda device: slowdown)
+    fast._warn_if_bfloat16_is_slow.cache_clear()
+    layer = bnn.BinaryLinear(IN, OUT, precision="bfloat16")
+    x = torch.randn(8, IN).sign().requires_grad_()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(2):
+                layer(x).sum().backward()
+    finally:
+        fast._warn_if_bfloat16_is_slow.cache_clear()
+    messages = [str(w.message) for w in caught if "precision='bfloat16'" in str(w.message)]
+    assert messages == (["precision='bfloat16': bfloat16 products take 20x as long as float32 ones on this cpu (it "
+                         "has no bfloat16 instructions); precision='float32' is faster and more precise here"]
+                        if slowdown > fast.SLOW_BFLOAT16 else [])
 
 
 def test_precision_names_its_accepted_values():
