@@ -231,9 +231,9 @@ def bfloat16_slowdown(device: torch.device) -> float:
 def _warn_if_bfloat16_is_slow(device: torch.device) -> None:
     slowdown = bfloat16_slowdown(device)
     if slowdown > SLOW_BFLOAT16:
-        warnings.warn(f"precision='bfloat16': bfloat16 products take {slowdown:.0f}x as long as float32 ones on this "
-                      f"{device.type} (it has no bfloat16 instructions); precision='float32' is faster and more "
-                      "precise here", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"BinaryLinear(precision='bfloat16'): bfloat16 products take {slowdown:.0f}x as long as "
+                      f"float32 ones on this {device.type} (it has no bfloat16 instructions); precision='float32' "
+                      "is faster and more precise here", RuntimeWarning, stacklevel=4)
 
 
 def _backward_mm(a: Tensor, b: Tensor, low: bool, out: Tensor | None = None) -> Tensor:

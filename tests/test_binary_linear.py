@@ -122,8 +122,9 @@ def test_bfloat16_precision_warns_once_where_bfloat16_products_are_slower_than_f
     finally:
         fast._warn_if_bfloat16_is_slow.cache_clear()
     messages = [str(w.message) for w in caught if "precision='bfloat16'" in str(w.message)]
-    assert messages == (["precision='bfloat16': bfloat16 products take 20x as long as float32 ones on this cpu (it "
-                         "has no bfloat16 instructions); precision='float32' is faster and more precise here"]
+    assert messages == (["BinaryLinear(precision='bfloat16'): bfloat16 products take 20x as long as float32 ones "
+                         "on this cpu (it has no bfloat16 instructions); precision='float32' is faster and more "
+                         "precise here"]
                         if slowdown > fast.SLOW_BFLOAT16 else [])
 
 

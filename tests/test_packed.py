@@ -120,7 +120,7 @@ def _kernels_with(flags: tuple[str, ...]):
     lib = bnn.native._kernels(bnn.native.FLAGS + flags)
     if lib is None:
         pytest.skip("no C compiler to build the native kernels")
-    if "-DPACKED_PORTABLE" in flags:  # the build asked for, not one loaded before it (the loader knows libraries by name)
+    if "-DPACKED_PORTABLE" in flags:  # the build asked for, not one loaded earlier (the loader knows them by name)
         assert all("portable C" in kind for kind in bnn.native.kinds(lib)), bnn.native.kinds(lib)
     return lib
 
