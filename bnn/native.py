@@ -83,17 +83,19 @@ def _open_private(folder: Path, name: str) -> ctypes.CDLL:
     try:
         _check_private(folder_fd, folder, "folder")
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder_fd)
+        kept = False
         try:
             _check_private(fd, folder / name, "file")
             by_fd = f"/proc/self/fd/{fd}"
-            if not os.path.exists(by_fd):
-                return ctypes.CDLL(str(folder / name))
-            library = ctypes.CDLL(by_fd)
-            _LOADED_THROUGH.append(fd)
-            return library
-        except BaseException:
-            os.close(fd)
-            raise
+            if os.path.exists(by_fd):
+                library = ctypes.CDLL(by_fd)
+                _LOADED_THROUGH.append(fd)
+                kept = True
+                return library
+        finally:
+            if not kept:
+                os.close(fd)
+        return ctypes.CDLL(str(folder / name))  # no /proc: by path, right after the check
     finally:
         os.close(folder_fd)
 
