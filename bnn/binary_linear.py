@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from functools import cache
+from collections.abc import Callable
+from functools import cache, partial
 from typing import Any
 
 import torch
@@ -164,32 +165,39 @@ def product_kind(device: torch.device | str, m: int, k: int, n: int) -> str:
 
 
 def _fastest(device: torch.device, m: int, k: int, n: int, rounds: int = 3, budget_s: float = 0.2) -> str:
-    """The candidate of :func:`product_kinds` with the shortest best time over interleaved rounds.
+    """The candidate of :func:`product_kinds` with the shortest best time (:func:`_best_times`)."""
+    kinds = product_kinds(device, m, k, n)
+    if len(kinds) == 1:
+        return kinds[0]
+    # the values do not change the time
+    x, w = torch.ones(min(m, _PROBE_MAX_ROWS), k, device=device), torch.ones(n, k, device=device)
+    signs = {kind: w.to(_DTYPES[kind]) for kind in kinds}
+    best = _best_times({kind: partial(signs_product, x, signs[kind], kind) for kind in kinds}, device, rounds, budget_s)
+    return min(kinds, key=best.__getitem__)
+
+
+def _best_times(products: dict[str, Callable[[], object]], device: torch.device, rounds: int = 3,
+                budget_s: float = 0.2) -> dict[str, float]:
+    """The best time in seconds of each of ``products`` over interleaved rounds on ``device``.
 
     At least ``rounds`` rounds after a warm-up one, more (up to 50) while they took less than
     ``budget_s`` in all: the best of many rounds is robust to other processes sharing the CPU.
     """
-    kinds = product_kinds(device, m, k, n)
-    if len(kinds) == 1:
-        return kinds[0]
+    best = dict.fromkeys(products, float("inf"))
+    spent, round_ = 0.0, 0
     with torch.no_grad():
-        # the values do not change the time
-        x, w = torch.ones(min(m, _PROBE_MAX_ROWS), k, device=device), torch.ones(n, k, device=device)
-        signs = {kind: w.to(_DTYPES[kind]) for kind in kinds}
-        best = dict.fromkeys(kinds, float("inf"))
-        spent, round_ = 0.0, 0
         while round_ <= rounds or (spent < budget_s and round_ <= 50):  # round 0 warms up
-            for kind in kinds:
+            for name, product in products.items():
                 _synchronize(device)
                 start = time.perf_counter()
-                signs_product(x, signs[kind], kind)
+                product()
                 _synchronize(device)
                 elapsed = time.perf_counter() - start
                 if round_:
-                    best[kind] = min(best[kind], elapsed)
+                    best[name] = min(best[name], elapsed)
                 spent += elapsed
             round_ += 1
-    return min(kinds, key=best.__getitem__)
+    return best
 
 
 def _synchronize(device: torch.device) -> None:
@@ -214,16 +222,7 @@ def bfloat16_slowdown(device: torch.device) -> float:
     """
     a, b = torch.ones(64, 256, device=device), torch.ones(256, 256, device=device)
     a16, b16 = a.to(torch.bfloat16), b.to(torch.bfloat16)
-    best = {"float32": float("inf"), "bfloat16": float("inf")}
-    with torch.no_grad():
-        for round_ in range(4):  # round 0 warms up
-            for kind, product in (("float32", lambda: a @ b), ("bfloat16", lambda: _bf16_mm(a16, b16))):
-                _synchronize(device)
-                start = time.perf_counter()
-                product()
-                _synchronize(device)
-                if round_:
-                    best[kind] = min(best[kind], time.perf_counter() - start)
+    best = _best_times({"float32": partial(torch.mm, a, b), "bfloat16": partial(_bf16_mm, a16, b16)}, device)
     return best["bfloat16"] / max(best["float32"], 1e-9)
 
 

@@ -404,18 +404,18 @@ INLINE void binary_outputs(const job_t *job, int64_t s, const int samples, int64
         for (int k = 0; k < outs; k++) binary_put(job, s + i, o + k, count[i][k]);
 }
 
-/* As the AVX-512 tile: pairs of samples, PORTABLE_WORDS outputs at a time. */
+/* Outputs [o, last) of `samples` samples from s, PORTABLE_WORDS at a time. */
+INLINE void binary_outputs_to(const job_t *job, int64_t s, const int samples, int64_t o, int64_t last) {
+    for (; last - o >= PORTABLE_WORDS; o += PORTABLE_WORDS) binary_outputs(job, s, samples, o, PORTABLE_WORDS);
+    for (; o < last; o++) binary_outputs(job, s, samples, o, 1);
+}
+
+/* As the AVX-512 tile: pairs of samples (a constant count each, so the counts stay in registers). */
 INLINE void binary_tile_of(const job_t *job, int64_t s, const int samples, int64_t o, const int blocks) {
     int64_t last = o + WORD_LANES * blocks < job->end ? o + WORD_LANES * blocks : job->end;
     for (int i = 0; i < samples; i += 2) {
-        int64_t k = o;
-        if (samples - i >= 2) {
-            for (; last - k >= PORTABLE_WORDS; k += PORTABLE_WORDS) binary_outputs(job, s + i, 2, k, PORTABLE_WORDS);
-            for (; k < last; k++) binary_outputs(job, s + i, 2, k, 1);
-        } else {
-            for (; last - k >= PORTABLE_WORDS; k += PORTABLE_WORDS) binary_outputs(job, s + i, 1, k, PORTABLE_WORDS);
-            for (; k < last; k++) binary_outputs(job, s + i, 1, k, 1);
-        }
+        if (samples - i >= 2) binary_outputs_to(job, s + i, 2, o, last);
+        else binary_outputs_to(job, s + i, 1, o, last);
     }
 }
 #endif

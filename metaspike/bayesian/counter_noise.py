@@ -22,8 +22,9 @@ between two loops, which costs BiMU's fused sample more: 0.57 against 0.40 ms at
 Resolution: a uniform is ``(k + ½)/2²⁴``, never 0 or 1, so ``|ε| < 5.9``, the same cut-off as torch's float32
 ``randn``, which also builds on 24-bit uniforms. (In float32, ``k + ½`` needs 25 significant bits: above ``2²³`` it
 rounds to an even neighbour, and the top one to 1. Box-Muller takes that 1 in its stride, ``ln 1 = 0``, but
-``log(u/(1 − u))`` would be infinite: :func:`counter_uniform` holds it at the largest float32 below 1.) Draws are computed in float32 or float64 only (:func:`arithmetic_dtype`): bfloat16
-and float16 would round many uniforms near 1 to 1 (float16 cannot even hold ``k``).
+``log(u/(1 − u))`` would be infinite: :func:`counter_uniform` holds it at the largest float32 below 1.) Draws are
+computed in float32 or float64 only (:func:`arithmetic_dtype`): bfloat16 and float16 would round many uniforms near
+1 to 1 (float16 cannot even hold ``k``).
 
 Integer arithmetic wraps modulo ``2⁶⁴`` in torch's int64 operations, eager and compiled; logical right
 shifts are arithmetic shifts masked to the low bits (:func:`_shift_right`).
@@ -96,6 +97,9 @@ def random_words(key: Tensor, index: Tensor) -> Tensor:
     return z ^ _shift_right(z, 31)
 
 
+_ARITHMETIC = (torch.float32, torch.float64)  # the dtypes draws are computed in
+
+
 def arithmetic_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype random draws for tensors of ``dtype`` are computed in: ``dtype`` itself for float32 and float64,
     float32 for narrower ones (whose results the caller rounds to ``dtype`` once the draw has done its work).
@@ -104,11 +108,11 @@ def arithmetic_dtype(dtype: torch.dtype) -> torch.dtype:
         >>> arithmetic_dtype(torch.float64), arithmetic_dtype(torch.bfloat16)
         (torch.float64, torch.float32)
     """
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    return dtype if dtype in _ARITHMETIC else torch.float32
 
 
 def _check_arithmetic(dtype: torch.dtype) -> None:
-    if dtype not in (torch.float32, torch.float64):
+    if dtype not in _ARITHMETIC:
         raise ValueError(f"random draws are computed in float32 or float64, got {dtype} (see arithmetic_dtype)")
 
 
