@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["kernels", "kinds", "check_tensor", "real_layer", "binary_layer"]
+__all__ = ["kernels", "kinds", "check_tensor", "real_layer", "binary_layer", "kernel_weight"]
 
 SOURCE = Path(__file__).with_name("packed_kernels.c")
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-pthread")
@@ -174,6 +174,7 @@ def _kernels(flags: tuple[str, ...]) -> ctypes.CDLL | None:
     for layer in ("real_layer", "binary_layer"):
         getattr(lib, layer).argtypes, getattr(lib, layer).restype = _ARGS, ctypes.c_int
         getattr(lib, f"{layer}_kind").restype = ctypes.c_char_p
+    lib.binary_layer_output_major.restype = ctypes.c_int
     return lib
 
 
@@ -276,11 +277,29 @@ def real_layer(lib: ctypes.CDLL, x: Tensor, weight_t: Tensor, flip: Tensor | Non
                  torch.float64, threads)
 
 
+def kernel_weight(lib: ctypes.CDLL, weight_t: Tensor, label: str = "hidden layer") -> Tensor:
+    """A hidden layer's weights ``weight_t`` (word-major, ``(ceil(n/64), out)``, as :func:`bnn.pack` stores them)
+    in the layout ``lib``'s kernel reads: ``weight_t`` itself for the AVX-512 kernel, whose vectors hold one word
+    of 8 outputs; a copy made output-major, ``(out, ceil(n/64))``, for the portable one, which reads each
+    output's words as one stream. Made once per layer, it spares :func:`binary_layer` the copy at every call.
+
+    Example:
+        >>> lib = kernels()
+        >>> w = torch.arange(6).view(2, 3)  # 2 words of 3 outputs
+        >>> lib is None or kernel_weight(lib, w).shape in {(2, 3), (3, 2)}
+        True
+    """
+    weight_t = check_tensor(label, "weight", weight_t, (None, None), torch.int64)
+    return weight_t.T.contiguous() if lib.binary_layer_output_major() else weight_t
+
+
 def binary_layer(lib: ctypes.CDLL, words: Tensor, n: int, weight_t: Tensor, flip: Tensor | None = None,
-                 threshold: Tensor | None = None, label: str = "hidden layer", threads: int | None = None) -> Tensor:
+                 threshold: Tensor | None = None, label: str = "hidden layer", threads: int | None = None,
+                 prepared: Tensor | None = None) -> Tensor:
     """Hidden layer: int64 ``n - 2·popcount(x XOR w)`` of ``n`` packed ±1 inputs ``words``
     (``(B, ceil(n/64))``) and weight rows given word-major (``weight_t``: ``(ceil(n/64), out)``), or
-    thresholded bits and ``threads`` as in :func:`real_layer`.
+    thresholded bits and ``threads`` as in :func:`real_layer`. ``prepared``: :func:`kernel_weight` of
+    ``weight_t``, kept by a caller that calls the layer again (else it is made at every call).
 
     Example:
         >>> from bnn.packed import pack_bits
@@ -294,5 +313,10 @@ def binary_layer(lib: ctypes.CDLL, words: Tensor, n: int, weight_t: Tensor, flip
     cols = -(-n // 64)
     words = check_tensor(label, "input", words, (None, cols), torch.int64)
     weight_t = check_tensor(label, "weight", weight_t, (cols, None), torch.int64)
-    return _call(lib.binary_layer, label, words, n, weight_t, weight_t.shape[1], cols, flip, threshold, torch.int64,
-                 torch.int64, threads)
+    out = weight_t.shape[1]
+    if prepared is None:
+        prepared = kernel_weight(lib, weight_t, label)
+    layout = (out, cols) if lib.binary_layer_output_major() else (cols, out)
+    prepared = check_tensor(label, "prepared weight", prepared, layout, torch.int64)
+    return _call(lib.binary_layer, label, words, n, prepared, out, cols, flip, threshold, torch.int64, torch.int64,
+                 threads)

@@ -142,9 +142,10 @@ def _last_preactivation(x: Tensor, layers: list[dict], sizes: list[int], dots: t
     return a
 
 
-def _native_last_preactivation(lib, x: Tensor, layers: list[dict], sizes: list[int], threads: int) -> Tensor:
+def _native_last_preactivation(lib, x: Tensor, layers: list[dict], sizes: list[int], threads: int,
+                                prepared: list[Tensor]) -> Tensor:
     """:func:`_last_preactivation` in the native kernels (on up to ``threads`` threads); hidden layers go straight
-    to packed bits.
+    to packed bits. ``prepared``: the weights of layers 1, 2, ... in the kernel's layout (:func:`native.kernel_weight`).
 
     :mod:`bnn.native` checks every tensor against the sizes its kernel uses, so layers changed
     after loading cannot make it read or write outside their buffers.
@@ -156,9 +157,9 @@ def _native_last_preactivation(lib, x: Tensor, layers: list[dict], sizes: list[i
     h = native.real_layer(lib, x, first["weight"], first["flip"], first["threshold"], label="layer 0", threads=threads)
     for i, layer in enumerate(layers[1:-1], start=1):
         h = native.binary_layer(lib, h, sizes[i], layer["weight"], layer["flip"], layer["threshold"],
-                                label=f"layer {i}", threads=threads)
+                                label=f"layer {i}", threads=threads, prepared=prepared[i - 1])
     return native.binary_layer(lib, h, sizes[-2], layers[-1]["weight"], label=f"layer {len(layers) - 1}",
-                               threads=threads)
+                               threads=threads, prepared=prepared[-1])
 
 
 @cache
@@ -254,6 +255,7 @@ class PackedMLP:
         self.sizes = [int(s) for s in sizes]
         self.layers = layers
         self._native = native.kernels() if compile else None
+        self._prepared: dict[int, tuple[Tensor, int | None, Tensor]] = {}  # see _kernel_weights
         self._dots = _COMPILED_DOTS if compile else (_real_dot, _binary_dot)
         # rows per call: bounds the (rows, outputs, words) intermediates of the eager path to ~128 MB
         widest = max(layer["weight"].numel() for layer in layers)
@@ -269,6 +271,21 @@ class PackedMLP:
     def nbytes(self) -> int:
         """Bytes of everything the model stores (bit-packed weights, thresholds, last BatchNorm)."""
         return sum(layer.weight_bytes + layer.other_bytes for layer in self.layer_bytes())
+
+    @property
+    def kernel_copy_bytes(self) -> int:
+        """Bytes the native kernels keep beside :attr:`nbytes` once called: the portable kernel's output-major copy
+        of the hidden layers' weights (:func:`native.kernel_weight`); 0 where the kernels read the model's own
+        tensors (AVX-512, torch ops).
+
+        Example:
+            >>> import bnn
+            >>> model = bnn.use_population_statistics(bnn.MLP([64, 128, 10]), torch.rand(200, 64)).eval()
+            >>> packed = bnn.pack(model, compile=False)  # torch ops: they read the model's own tensors
+            >>> packed(torch.rand(1, 64)).shape, packed.kernel_copy_bytes
+            (torch.Size([1, 10]), 0)
+        """
+        return sum(_bytes(copy) for weight, _, copy in self._prepared.values() if copy is not weight)
 
     def layer_bytes(self) -> list[PackedLayer]:
         """Per-layer bytes: packed weights and the rest (thresholds, signs, BatchNorm)."""
@@ -317,7 +334,8 @@ class PackedMLP:
         with torch.inference_mode():
             if self._native is not None:  # the kernel refuses NaN and infinity itself, at no cost
                 with _torch_on_calling_thread() as threads:
-                    a = _native_last_preactivation(self._native, x, self.layers, self.sizes, threads)
+                    a = _native_last_preactivation(self._native, x, self.layers, self.sizes, threads,
+                                                   self._kernel_weights())
                     return _scores(a, self.layers[-1])
             if not bool(torch.isfinite(x).all()):
                 raise ValueError("input holds NaN or infinite values; only finite inputs are accepted")
@@ -329,6 +347,24 @@ class PackedMLP:
                 for i in range(0, len(x), self._rows)
             ]
             return _scores(parts[0] if len(parts) == 1 else torch.cat(parts), layers[-1])
+
+    def _kernel_weights(self) -> list[Tensor]:
+        """The weights of layers 1, 2, ... in the native kernel's layout (:func:`native.kernel_weight`: an
+        output-major copy for the portable kernel), kept between calls and made again when a layer's weight tensor
+        is replaced or changed in place (its version counter; an inference-mode tensor has none, so only its
+        replacement is seen)."""
+        prepared = []
+        for i, layer in enumerate(self.layers[1:], start=1):
+            weight = layer["weight"]
+            try:
+                version = weight._version
+            except (AttributeError, RuntimeError):  # not a tensor (the kernel's check names it), an inference tensor
+                version = None
+            kept = self._prepared.get(i)
+            if kept is None or kept[0] is not weight or kept[1] != version:
+                kept = self._prepared[i] = (weight, version, native.kernel_weight(self._native, weight, f"layer {i}"))
+            prepared.append(kept[2])
+        return prepared
 
     def predict(self, x: Tensor) -> Tensor:
         """Predicted class of each input (argmax of the scores)."""

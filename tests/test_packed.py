@@ -122,7 +122,38 @@ def _kernels_with(flags: tuple[str, ...]):
         pytest.skip("no C compiler to build the native kernels")
     if "-DPACKED_PORTABLE" in flags:  # the build asked for, not one loaded earlier (the loader knows them by name)
         assert all("portable C" in kind for kind in bnn.native.kinds(lib)), bnn.native.kinds(lib)
+        assert lib.binary_layer_output_major() == 1  # the portable hidden layer reads each output's words in a row
     return lib
+
+
+@pytest.mark.parametrize("flags", KERNEL_BUILDS, ids=KERNEL_BUILD_NAMES)
+def test_a_hidden_layer_takes_its_weights_prepared_once_in_the_kernels_layout(flags):
+    lib = _kernels_with(flags)
+    torch.manual_seed(3)
+    n, out = 150, 70
+    h, w = torch.randint(-2**62, 2**62, (5, 3)), torch.randint(-2**62, 2**62, (3, out))
+    prepared = bnn.native.kernel_weight(lib, w)
+    assert prepared.shape == ((out, 3) if lib.binary_layer_output_major() else (3, out))
+    assert torch.equal(bnn.native.binary_layer(lib, h, n, w, prepared=prepared), bnn.packed._binary_dot(h, w, n))
+    wrong = prepared.T.contiguous()  # the other layout: refused, never read as if it were this one
+    with pytest.raises(ValueError, match=r"^hidden layer prepared weight is \(\d+, \d+\) torch.int64, expected"):
+        bnn.native.binary_layer(lib, h, n, w, prepared=wrong)
+
+
+@pytest.mark.skipif(bnn.native.kernels() is None, reason="no C compiler to build the native kernels")
+def test_a_hidden_weight_changed_in_place_or_replaced_after_a_call_is_used_by_the_next(trained):
+    """The native kernel's copy of a hidden layer's weights (output-major for the portable kernel) follows the
+    layer: made again when the tensor is replaced or changed in place."""
+    packed = bnn.pack(trained)
+    x = load_dataset("mnist5k", "test").x[:32]
+    before = packed(x)
+    weight = packed.layers[1]["weight"]
+    weight.bitwise_not_()  # every sign of layer 1 flipped, in place
+    changed = packed(x)
+    assert torch.equal(changed, PackedMLP(packed.sizes, packed.layers, compile=False)(x))
+    assert not torch.equal(changed, before)
+    packed.layers[1]["weight"] = weight.bitwise_not()  # the original signs, in a new tensor
+    assert torch.equal(packed(x), before)
 
 
 @pytest.mark.parametrize("flags", KERNEL_BUILDS, ids=KERNEL_BUILD_NAMES)
