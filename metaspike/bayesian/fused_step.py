@@ -201,6 +201,17 @@ class _Analysis:
     fingerprint: tuple[Any, ...]
 
 
+def _module_state(module: nn.Module) -> tuple[Any, ...]:
+    """What :func:`_fingerprint` compares of one module: its class, a ``forward`` replaced on it, its children, its
+    parameters (a bias or norm weight given or taken away) and its hooks; read from its ``__dict__`` (a step makes
+    this for every module of the model: the attributes through ``nn.Module`` cost several times more)."""
+    state = module.__dict__
+    return (type(module), "forward" in state, tuple(state["_modules"].values()),
+            tuple(map(id, state["_parameters"].values())),
+            len(state["_forward_hooks"]) + len(state["_forward_pre_hooks"]) + len(state["_backward_hooks"])
+            + len(state["_backward_pre_hooks"]))
+
+
 def _fingerprint(optimizer: Any, modules: list[nn.Module], activations: list[nn.Module], layers: list[nn.Module],
                  synapses: list[nn.Module], tensors: list[tuple[Tensor, ...]]) -> tuple[Any, ...]:
     """What the verdict of :func:`_analyse` depends on and a user may change between two steps (a module replaced,
@@ -210,12 +221,9 @@ def _fingerprint(optimizer: Any, modules: list[nn.Module], activations: list[nn.
     child is hooked or is a container already), ``synapses`` the Bayesian layers' parametrizations (whose mode
     decides what a layer draws; the optimizer's settings are compared apart)."""
     return (
-        tuple(tuple(m._modules.values()) for m in modules if m._modules), tuple(s.training for s in synapses),
-        # a class or forward replaced on a module, a bias or norm weight given or taken away
-        tuple((type(m), "forward" in vars(m), tuple(id(p) for p in m._parameters.values())) for m in modules),
-        sum(_hook_count(m) for m in modules), _global_hook_count(),
+        tuple(map(_module_state, modules)), tuple(s.training for s in synapses), _global_hook_count(),
         tuple(_describe(m) for m in activations),
-        tuple(getattr(synapse, "temperature", None) for synapse in synapses),
+        tuple(synapse.temperature if isinstance(synapse, BinaryWeight) else None for synapse in synapses),
         tuple(_samples(layer) for layer in layers),
         tuple((t.requires_grad, t.dtype, t.device, t.data_ptr(), _tensor_hook_count(t)) for layer in tensors
               for t in layer),
