@@ -290,7 +290,13 @@ def kernel_weight(lib: ctypes.CDLL, weight_t: Tensor, label: str = "hidden layer
         True
     """
     weight_t = check_tensor(label, "weight", weight_t, (None, None), torch.int64)
-    return weight_t.T.contiguous() if lib.binary_layer_output_major() else weight_t
+    return weight_t.T.contiguous() if _output_major(lib) else weight_t
+
+
+@cache
+def _output_major(lib: ctypes.CDLL) -> bool:
+    """Whether ``lib``'s hidden-layer kernel reads its weights output-major (asked once per library, not per call)."""
+    return bool(lib.binary_layer_output_major())
 
 
 def binary_layer(lib: ctypes.CDLL, words: Tensor, n: int, weight_t: Tensor, flip: Tensor | None = None,
@@ -316,7 +322,7 @@ def binary_layer(lib: ctypes.CDLL, words: Tensor, n: int, weight_t: Tensor, flip
     out = weight_t.shape[1]
     if prepared is None:
         prepared = kernel_weight(lib, weight_t, label)
-    layout = (out, cols) if lib.binary_layer_output_major() else (cols, out)
+    layout = (out, cols) if _output_major(lib) else (cols, out)
     prepared = check_tensor(label, "prepared weight", prepared, layout, torch.int64)
     return _call(lib.binary_layer, label, words, n, prepared, out, cols, flip, threshold, torch.int64, torch.int64,
                  threads)

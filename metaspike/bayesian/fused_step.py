@@ -202,14 +202,11 @@ class _Analysis:
 
 
 def _module_state(module: nn.Module) -> tuple[Any, ...]:
-    """What :func:`_fingerprint` compares of one module: its class, a ``forward`` replaced on it, its children, its
-    parameters (a bias or norm weight given or taken away) and its hooks; read from its ``__dict__`` (a step makes
-    this for every module of the model: the attributes through ``nn.Module`` cost several times more)."""
-    state = module.__dict__
-    return (type(module), "forward" in state, tuple(state["_modules"].values()),
-            tuple(map(id, state["_parameters"].values())),
-            len(state["_forward_hooks"]) + len(state["_forward_pre_hooks"]) + len(state["_backward_hooks"])
-            + len(state["_backward_pre_hooks"]))
+    """What :func:`_fingerprint` compares of one module (made for every module at every step): its class, a
+    ``forward`` replaced on it, its children, its parameters (a bias or norm weight given or taken away) and its
+    hooks."""
+    return (type(module), "forward" in vars(module), tuple(module._modules.values()),
+            tuple(map(id, module._parameters.values())), _hook_count(module))
 
 
 def _fingerprint(optimizer: Any, modules: list[nn.Module], activations: list[nn.Module], layers: list[nn.Module],
