@@ -53,7 +53,7 @@ from bnn import native
 from bnn.layers import BinaryLinear, SignActivation
 from metaspike.checks import is_whole
 from metaspike.compiled import LazyCompiled
-from metaspike.files import atomic_open, check_torch_archive
+from metaspike.files import atomic_open, check_torch_archive, read_regular_file
 from metaspike.gain import output_gain
 from metaspike.layer_selection import synapse_parametrization
 from metaspike.quantizers import SteSign
@@ -395,8 +395,7 @@ class PackedMLP:
             ...
             ValueError: ... is not a readable packed BNN file (truncated or corrupted?): torch.load failed ...
         """
-        with open(path, "rb") as f:  # (a missing or unreadable file: the usual error is clear)
-            raw = f.read()
+        raw = read_regular_file(path, "packed BNN file")
         check_torch_archive(raw, f"{path}")
         try:
             data = torch.load(io.BytesIO(raw), weights_only=True)

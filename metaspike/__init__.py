@@ -1,24 +1,65 @@
 """metaspike: metaplastic binary synapses for binarized and spiking networks that forget less.
 
+The names below (and the subpackages, ``metaspike.snn``, ``metaspike.bayesian``, ...) are imported when first used,
+so ``import metaspike`` alone imports neither torch nor the library: the ``metaspike`` command can answer Ctrl-C
+while it is still starting (:mod:`metaspike.app.command`).
+
 Example:
     >>> import torch, metaspike
     >>> net = metaspike.binarize(torch.nn.Sequential(torch.nn.Linear(784, 10)))
     >>> opt = metaspike.MetaplasticAdam(net.parameters(), lr=0.005, meta=1.35)
 """
 
-from metaspike.bayesian import BiMU, MESU, bayesianize
-from metaspike.chained import ChainedOptimizer
-from metaspike.functional import consolidate
-from metaspike.optim import MetaplasticAdam, consolidates, metaplastic, param_groups
-from metaspike.population_statistics import use_population_statistics
-from metaspike.quantizers import magnitude_gate, ste_sign
-from metaspike.rules import available_rules, get_rule, register_rule
-from metaspike.synapse import binarize, binarized_once, hidden_weights, is_hidden_weight
+import importlib as _importlib
+import typing as _typing
+
+if _typing.TYPE_CHECKING:  # what the names are, for type checkers and editors
+    from metaspike.bayesian import BiMU, MESU, bayesianize
+    from metaspike.chained import ChainedOptimizer
+    from metaspike.functional import consolidate
+    from metaspike.optim import MetaplasticAdam, consolidates, metaplastic, param_groups
+    from metaspike.population_statistics import use_population_statistics
+    from metaspike.quantizers import magnitude_gate, ste_sign
+    from metaspike.rules import available_rules, get_rule, register_rule
+    from metaspike.synapse import binarize, binarized_once, hidden_weights, is_hidden_weight
 
 __version__ = "0.2.0"
+
+_HOMES = {
+    "metaspike.bayesian": ("BiMU", "MESU", "bayesianize"),
+    "metaspike.chained": ("ChainedOptimizer",),
+    "metaspike.functional": ("consolidate",),
+    "metaspike.optim": ("MetaplasticAdam", "consolidates", "metaplastic", "param_groups"),
+    "metaspike.population_statistics": ("use_population_statistics",),
+    "metaspike.quantizers": ("magnitude_gate", "ste_sign"),
+    "metaspike.rules": ("available_rules", "get_rule", "register_rule"),
+    "metaspike.synapse": ("binarize", "binarized_once", "hidden_weights", "is_hidden_weight"),
+}
+_HOME = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
     "MetaplasticAdam", "metaplastic", "param_groups", "consolidates", "binarize", "binarized_once",
     "hidden_weights", "is_hidden_weight", "ste_sign", "magnitude_gate", "consolidate", "get_rule", "register_rule",
     "available_rules", "use_population_statistics", "bayesianize", "MESU", "BiMU", "ChainedOptimizer", "__version__",
 ]
+
+
+def __getattr__(name: str) -> _typing.Any:
+    """A public name from its module, or a subpackage, imported on first use and kept."""
+    if name.startswith("__"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name in _HOME:
+        value = getattr(_importlib.import_module(_HOME[name]), name)
+    else:
+        try:
+            value = _importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":  # the subpackage exists and lacks something it imports
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(__all__) | {name for name in globals() if not name.startswith("_")})

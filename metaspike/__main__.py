@@ -2,6 +2,6 @@
 
 import sys
 
-from metaspike.app.cli import main
+from metaspike.app.command import main
 
 sys.exit(main())

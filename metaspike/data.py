@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from metaspike.allocator import usable_memory
-from metaspike.files import atomic_open, atomic_write_bytes
+from metaspike.files import atomic_open, atomic_write_bytes, read_regular_file
 
 __all__ = [
     "DataError",
@@ -347,17 +347,14 @@ def read_idx(path: str | os.PathLike, max_bytes: int = IDX_MAX_BYTES) -> np.ndar
             message names the file.
     """
     p = Path(path)
-    try:
-        # a file larger than its data may be (plus gzip's few bytes per block) is refused before it is read
+    try:  # a file larger than its data may be (plus gzip's few bytes per block) is refused before it is read
         size = p.stat().st_size
-        if size > max_bytes + max_bytes // 64 + 4096:
-            raise DataError(f"IDX file {p} is {size:,} bytes, more than the {max_bytes:,} bytes of data "
-                            "this reader accepts: not a dataset file, or more data than this machine's memory holds")
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"IDX file not found: {p}") from None
-    except OSError as err:
-        raise DataError(f"cannot read IDX file {p}: {err.strerror or err}") from None
+    except OSError:
+        size = 0  # (missing or unreadable: the reader names it)
+    if size > max_bytes + max_bytes // 64 + 4096:
+        raise DataError(f"IDX file {p} is {size:,} bytes, more than the {max_bytes:,} bytes of data "
+                        "this reader accepts: not a dataset file, or more data than this machine's memory holds")
+    raw = read_regular_file(p, "IDX file", error=DataError)
     if raw[:2] == _GZIP_MAGIC:
         raw = _gunzip_idx(raw, p, max_bytes)
     dtype, dims, header_len = _idx_header(raw, p, max_bytes)
@@ -514,7 +511,7 @@ def _load_idx_dataset(name: str, split: str, root: Path, classes: tuple[str, ...
     paths: list[Path] = []
     missing: list[str] = []
     for fname in _IDX_FILES[split]:
-        found = next((directory / n for n in (fname, fname[:-3]) if (directory / n).is_file()), None)
+        found = next((directory / n for n in (fname, fname[:-3]) if (directory / n).exists()), None)
         if found is None:
             missing.append(fname)
         else:

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import os
+import stat
 import tempfile
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -20,7 +21,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_write_text", "atomic_write_bytes", "remove_stale_temporaries", "csv_text", "read_json"]
+__all__ = ["atomic_open", "atomic_write_text", "atomic_write_bytes", "remove_stale_temporaries", "csv_text", "read_json",
+           "read_regular_file"]
+
+#: The largest JSON file :func:`read_json` reads: every JSON file metaspike writes (configs, plans, metrics,
+#: histograms) is far smaller.
+JSON_MAX_BYTES = 256 << 20
 
 
 def _umask() -> int:
@@ -131,8 +137,49 @@ def csv_text(rows: Sequence[Sequence[Any]]) -> str:
     return buffer.getvalue()
 
 
+def read_regular_file(path: str | os.PathLike, what: str, max_bytes: int | None = None,
+                      error: type[Exception] = ValueError) -> bytes:
+    """The bytes of ``path``, which must be a regular file (a link to one is followed) of at most ``max_bytes``.
+
+    A file from outside may be anything: a folder, a pipe that blocks the reader until someone writes to it, a
+    device such as ``/dev/zero`` that never ends. Each of these, a missing or unreadable file and one larger than
+    ``max_bytes`` (``None``: any size) raise one ``error`` naming ``what`` and the path, before anything is read;
+    the file is opened without blocking and checked on the open descriptor, so it cannot be swapped in between.
+
+    Example:
+        >>> read_regular_file("/dev/zero", "checkpoint")
+        Traceback (most recent call last):
+        ...
+        ValueError: checkpoint /dev/zero is not a regular file (it is a device, pipe, socket or folder)
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist") from None
+    except OSError as err:
+        raise error(f"cannot read {what} {path}: {err.strerror or err}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{what} {path} is not a regular file (it is a device, pipe, socket or folder)")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise error(f"{what} {path} is {info.st_size:,} bytes, more than the {max_bytes:,} this reader accepts")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read(info.st_size + 1)
+    except OSError as err:
+        raise error(f"cannot read {what} {path}: {err.strerror or err}") from None
+    finally:
+        os.close(fd)
+    if len(data) > info.st_size:
+        raise error(f"{what} {path} grew while it was read; read it again when nothing writes to it")
+    return data
+
+
 def read_json(path: str | os.PathLike) -> Any:
-    """The JSON value in ``path``; one ``ValueError`` naming the file when it is unreadable or not JSON.
+    """The JSON value in ``path``; one ``ValueError`` naming the file when it is unreadable, not a regular file,
+    larger than any file metaspike writes (:data:`JSON_MAX_BYTES`), nested too deeply for Python's parser, or not
+    JSON.
 
     Example:
         >>> import tempfile
@@ -144,12 +191,16 @@ def read_json(path: str | os.PathLike) -> Any:
         ValueError: ... is not valid JSON (Expecting ',' delimiter, line 1); was it edited or cut short?
     """
     path = Path(path)
+    data = read_regular_file(path, "JSON file", JSON_MAX_BYTES)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(data.decode("utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}); was it edited or cut short?") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot read {path}: {err}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not valid JSON (not UTF-8 text); was it edited or cut short?") from None
+    except RecursionError:
+        raise ValueError(f"{path} is not valid JSON for metaspike (nested deeper than Python's parser goes); "
+                         "was it edited?") from None
 
 
 def check_torch_archive(data: bytes, what: str) -> None:

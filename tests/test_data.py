@@ -194,7 +194,7 @@ def test_idx_headers_numpy_cannot_hold_are_named(tmp_path, header, message):
 
 
 def test_idx_missing_file(tmp_path):
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(DataError, match="does not exist"):
         read_idx(tmp_path / "nope")
 
 

@@ -513,3 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"metaspike: {stopped}; {err}" if str(err) else f"metaspike: {stopped}", file=sys.stderr)
         return 128 + signal.SIGTERM if terminated else 130
     return 0
+
+
+if __name__ == "__main__":  # python -m metaspike.app.cli (the command itself is python -m metaspike)
+    sys.exit(main())

@@ -34,7 +34,7 @@ import torch
 from metaspike.checks import is_finite_number, is_whole
 from metaspike.continual.trainer import ContinualResult
 from metaspike.diagnostics import plasticity_ranking
-from metaspike.files import atomic_open, atomic_write_text, check_torch_archive, csv_text, read_json
+from metaspike.files import atomic_open, atomic_write_text, check_torch_archive, csv_text, read_json, read_regular_file
 
 __all__ = [
     "RunDirectory", "load_run", "load_checkpoint", "latest_good_checkpoint", "unique_directory", "tensor_checksum",
@@ -291,12 +291,7 @@ def load_checkpoint(path: str | os.PathLike, config_digest: str | None = None) -
         >>> state = load_checkpoint("runs/permuted-mnist5k-meta10-seed1/checkpoint.pt")  # doctest: +SKIP
     """
     path = Path(path)
-    if not path.exists():
-        raise ValueError(f"no checkpoint at {path}")
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ValueError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
+    data = read_regular_file(path, "checkpoint")
     check_torch_archive(data, f"checkpoint {path}")
     try:
         with warnings.catch_warnings():  # torch warns about some foreign files before it refuses them
@@ -350,9 +345,8 @@ def _read_number_csv(file: Path, columns: Sequence[str], index: str) -> tuple[li
     The header must hold ``columns``; the ``index`` column must be filled in every row.
     """
     try:
-        with open(file, newline="", encoding="utf-8") as handle:
-            lines = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        lines = list(csv.reader(io.StringIO(read_regular_file(file, "CSV file").decode("utf-8"), newline="")))
+    except (UnicodeDecodeError, csv.Error) as err:
         raise ValueError(f"cannot read {file}: {err}") from None
     if not lines or not lines[0]:
         raise ValueError(f"{file} is empty; was it cut short?")

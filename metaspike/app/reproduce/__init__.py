@@ -2,7 +2,7 @@
 
 ``metaspike reproduce NAME [--scale cpu|paper] [--seeds ...] [--out DIR]`` calls :func:`reproduce`, and
 ``metaspike reproduce --resume DIR`` :func:`resume_reproduction`;
-see :mod:`metaspike.reproduce.experiments` for the settings and REPRODUCTION.md for the results.
+see :mod:`metaspike.app.reproduce.experiments` for the settings and REPRODUCTION.md for the results.
 """
 
 from __future__ import annotations
