@@ -141,9 +141,18 @@ def _hook_checkpoints(optimizer: Optimizer) -> None:
     optimizer.register_load_state_dict_pre_hook(_loaded_groups)
 
 
-def _check_consolidation(group: dict[str, Any]) -> None:
+_BAYESIAN_ADVICE = ("train them with their own optimizers, metaspike.BiMU(bimu_parameters(model)) or "
+                    "metaspike.MESU(mesu_param_groups(model)), and the rest with metaspike.ChainedOptimizer")
+
+
+def _check_consolidation(group: dict[str, Any], owner: str = "a metaplastic optimizer") -> None:
     """Validate what a param group says about consolidation: ``meta``, ``rule`` and ``consolidate`` (the keys
-    :func:`metaplastic` adds to another optimizer's groups, whose own settings are that optimizer's to check)."""
+    :func:`metaplastic` adds to another optimizer's groups, whose own settings are that optimizer's to check), and
+    that it holds no Bayesian synapse's tensors: ``owner`` would train BiMU's ``λ`` or MESU's ``μ, σ`` as plain
+    weights (``σ`` could turn negative, and BiMU's latent weights do not learn so)."""
+    roles = sorted({role for p in group["params"] if (role := synapse_role(p)) is not None})
+    if roles:
+        raise ValueError(f"{owner} got the {' and '.join(roles)} tensors of Bayesian synapses; " + _BAYESIAN_ADVICE)
     check_meta(group["meta"], "meta")
     get_rule(group["rule"])
     if group.get("consolidate") not in (None, True, False):
@@ -156,19 +165,10 @@ def _group_check(optimizer: Optimizer) -> Callable[[dict[str, Any]], None]:
     return _check_group if isinstance(optimizer, MetaplasticAdam) else _check_consolidation
 
 
-_BAYESIAN_ADVICE = ("train them with their own optimizers, metaspike.BiMU(bimu_parameters(model)) or "
-                    "metaspike.MESU(mesu_param_groups(model)), and the rest with metaspike.ChainedOptimizer")
-
-
 def _check_group(group: dict[str, Any]) -> None:
     """Validate a MetaplasticAdam param group's hyperparameters (those given to ``__init__`` and those a group
-    sets), and that it holds no Bayesian synapse's tensors (Adam would train BiMU's ``λ`` or MESU's ``σ`` as plain
-    weights: ``σ`` could turn negative, and BiMU's latent weights do not learn so)."""
-    roles = sorted({role for p in group["params"] if (role := synapse_role(p)) is not None})
-    if roles:
-        raise ValueError(f"MetaplasticAdam got the {' and '.join(roles)} tensors of Bayesian synapses; "
-                         + _BAYESIAN_ADVICE)
-    _check_consolidation(group)
+    sets) and what it says about consolidation (:func:`_check_consolidation`)."""
+    _check_consolidation(group, "MetaplasticAdam")
     # at most float32's largest number: the step multiplies float32 tensors by them
     for key in ("lr", "eps", "weight_decay"):
         if key in group:
@@ -438,7 +438,7 @@ def metaplastic(
     for group in optimizer.param_groups:
         for key in ("meta", "rule", "consolidate"):
             group.setdefault(key, optimizer.defaults[key])
-        _check_consolidation(group)
+        _check_consolidation(group, f"metaplastic({type(optimizer).__name__})")
     before: dict[Tensor, Tensor] = {}
 
     def remember(opt: Optimizer, args: Any, kwargs: Any) -> None:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+import metaspike
 from metaspike import bayesianize, binarize
 from metaspike.bayesian import (
     MESU,
@@ -312,6 +313,11 @@ def test_metaplastic_adam_and_param_groups_refuse_bayesian_synapses(kind):
     with pytest.raises(ValueError, match=r"train binary synapses only"):
         bnn.fit(net, (torch.randn(8, 4), torch.randint(0, 3, (8,))), epochs=1, progress=False)
     MetaplasticAdam(plain_parameters(net), lr=0.01)  # the biases and gains alone are fine
+    with pytest.raises(ValueError, match=rf"metaplastic\(SGD\) got the {role} tensors of Bayesian synapses"):
+        metaspike.metaplastic(torch.optim.SGD(net.parameters(), lr=0.01), meta=0.0)
+    hooked = metaspike.metaplastic(torch.optim.SGD(plain_parameters(net), lr=0.01))
+    with pytest.raises(ValueError, match=rf"a metaplastic optimizer got the {role} tensors of Bayesian synapses"):
+        hooked.add_param_group({"params": bimu_parameters(net) if kind == "bimu" else mesu_param_groups(net)[0]["params"]})
 
 
 @pytest.mark.parametrize("kind", ["sign", "bimu"])

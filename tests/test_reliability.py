@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -140,6 +145,7 @@ def test_a_long_stream_plots_without_a_legend_per_task_and_names_its_model(tmp_p
     ("config.json", '{"meta": 5.0, "epo', "config.json is not valid JSON"),
     ("config.json", "[1, 2]", "config.json is malformed: expected a JSON object, found list"),
     ("metrics.json", "", "metrics.json is not valid JSON"),
+    ("config.json", "[" * 100_000 + "]" * 100_000, "config.json is not valid JSON for metaspike (nested deeper"),
 ])
 def test_a_malformed_run_file_gives_one_line_naming_it(tmp_path, name, content, message):
     run = _run_folder(tmp_path)
@@ -175,3 +181,36 @@ def test_a_compressed_archive_is_refused_before_torch_load_expands_it(tmp_path):
         load_checkpoint(tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match="has compressed or oversized members"):
         bnn.PackedMLP.load(tmp_path / "packed.pt")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_devices_pipes_and_folders_are_refused_by_every_reader_before_reading(tmp_path):
+    """/dev/zero never ends and a pipe blocks its reader until someone writes: each loader refuses them (and a
+    folder) from the file's type, with one line naming it, instead of reading until memory runs out or forever."""
+    import bnn
+    from metaspike.data import DataError, read_idx
+    from metaspike.files import read_json
+
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "folder").mkdir()
+    readers = {"checkpoint": load_checkpoint, "packed BNN file": bnn.PackedMLP.load, "JSON file": read_json,
+               "IDX file": read_idx}
+    for source in [tmp_path / "pipe", tmp_path / "folder"] + [Path("/dev/zero")] * Path("/dev/zero").exists():
+        for what, read in readers.items():
+            with pytest.raises(ValueError) as info:
+                read(source)
+            assert str(info.value) == f"{what} {source} is not a regular file (it is a device, pipe, socket or folder)"
+    with pytest.raises(DataError):
+        read_idx(tmp_path / "pipe")
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path):
+    """Ctrl-C during the command's first second lands in its imports (torch's among them): one line, status 130."""
+    command = [sys.executable, "-m", "metaspike", "train", "--dataset", "digits", "--tasks", "2", "--epochs", "1",
+               "--hidden", "16", "--out", str(tmp_path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert err.strip().startswith("metaspike: interrupted") and len(err.strip().splitlines()) == 1, err

@@ -126,6 +126,27 @@ def test_nir_export_names_an_unsupported_layer():
         export_nir(nn.Sequential(nn.Flatten(), nn.Tanh()), input_shape=(4,))
 
 
+def test_nir_export_writes_bimu_synapses_as_sign_of_lambda_in_any_mode_and_refuses_what_would_not_read_back():
+    """A BiMU layer's forward pass draws samples (relaxed ones in training mode): the file holds sign(λ), the same
+    at every export; MESU synapses have no binary weight; NIR 1.0 types a grouped conv's input wrongly."""
+    pytest.importorskip("nir")
+    from metaspike.snn.nir import export_nir
+
+    torch.manual_seed(0)
+    network = metaspike.bayesianize(_snntorch_sequential(), "bimu")
+    for layer in (network[2], network[4]):
+        layer.reset_mechanism = "zero"
+    latent = network[1].parametrizations.weight.original
+    written = [export_nir(network, input_shape=(1, 28, 28)).nodes["affine"].weight for _ in range(2)]
+    expected = torch.where(latent >= 0, 1.0, -1.0).numpy()
+    assert (written[0] == expected).all() and (written[1] == expected).all()
+    with pytest.raises(ValueError, match="layer '1' has MESU synapses"):
+        export_nir(metaspike.bayesianize(_snntorch_sequential(), "mesu"), input_shape=(1, 28, 28))
+    grouped = metaspike.binarize(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)))
+    with pytest.raises(ValueError, match=r"layer '0' \(groups=2\) would not read back"):
+        export_nir(grouped, input_shape=(4, 8, 8))
+
+
 def test_metaplastic_spiking_network_forgets_less_on_a_real_data_stream(tmp_path):
     """Task 1's accuracy after three tasks, with and without metaplasticity, averaged over three seeds.
 

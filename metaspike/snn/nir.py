@@ -1,7 +1,7 @@
 """NIR export and import of binary-synapse snnTorch networks (``Leaky``, ``Synaptic``; linear and conv layers).
 
-:func:`export_nir` writes a network's ±1 weights (``sign(W_h)``, what the forward pass sees) and
-its neuron parameters as a NIR graph; :func:`import_nir` builds the same per-step network back.
+:func:`export_nir` writes a network's ±1 weights (``sign(W_h)``, what the forward pass sees; ``sign(λ)`` for
+BiMU synapses, whose forward pass draws samples) and its neuron parameters as a NIR graph; :func:`import_nir` builds the same per-step network back.
 
 Supported modules (a sequential chain): ``nn.Flatten`` (→ ``Flatten``), ``nn.Linear`` (→
 ``Affine``/``Linear``), ``nn.Conv2d`` (→ ``Conv2d``), :class:`~metaspike.snn.layers.Scale` (→
@@ -30,6 +30,7 @@ from torch import nn
 
 from metaspike.checks import finite_number
 from metaspike.gain import output_gain
+from metaspike.layer_selection import synapse_parametrization
 from metaspike.snn.backends import require_snntorch
 from metaspike.snn.layers import Scale
 from metaspike.snn.timeloop import SpikingClassifier
@@ -98,11 +99,27 @@ def _neuron_node(nir: ModuleType, snn: ModuleType, layer: nn.Module, shape: tupl
     return nir.LIF(tau=tau_mem, r=r, v_leak=zeros, v_threshold=_array(layer.threshold, shape), v_reset=zeros)
 
 
-def _weight_node(nir: ModuleType, layer: nn.Module, shape: tuple[int, ...]) -> tuple[object, np.ndarray | None]:
+def _exported_weight(name: str, layer: nn.Module) -> torch.Tensor:
+    """The weights written for ``layer``: what its forward pass sees, except for Bayesian synapses, whose forward pass
+    draws samples: a BiMU synapse is written as its most probable binary weight ``sign(λ)`` (``+1`` at 0, as its
+    evaluation mode shows it), in any mode; MESU synapses (real-valued Gaussians) are refused."""
+    synapse = synapse_parametrization(layer)
+    kind = getattr(synapse, "kind", None)
+    if kind == "mesu":
+        raise ValueError(f"export_nir writes binary weights; layer {name!r} has MESU synapses (Gaussian real-valued "
+                         "weights), which have none")
+    if kind == "bimu":
+        latent = layer.parametrizations.weight.original
+        return torch.where(latent >= 0, 1.0, -1.0).to(latent.dtype)
+    return layer.weight
+
+
+def _weight_node(nir: ModuleType, name: str, layer: nn.Module,
+                 shape: tuple[int, ...]) -> tuple[object, np.ndarray | None]:
     """The NIR node of a linear/conv layer (bias written as ``b / α``) and its gain ``α`` per output channel."""
+    weight = _numpy(_exported_weight(name, layer))
     gain = output_gain(layer)
-    alpha = None if gain is None else _numpy(gain.per_channel(layer.weight.shape[0]))
-    weight = _numpy(layer.weight)
+    alpha = None if gain is None else _numpy(gain.per_channel(weight.shape[0]))
     bias = None if layer.bias is None else _numpy(layer.bias)
     if bias is not None and alpha is not None:
         if np.any(alpha == 0):
@@ -114,6 +131,9 @@ def _weight_node(nir: ModuleType, layer: nn.Module, shape: tuple[int, ...]) -> t
         if layer.padding_mode != "zeros" and any(layer.padding):  # (NIR's Conv2d pads with zeros)
             raise ValueError(f"export_nir: NIR pads convolutions with zeros; a Conv2d with padding_mode="
                              f"{layer.padding_mode!r} cannot be exported")
+        if layer.groups != 1:  # (NIR 1.0 types a conv's input as weight.shape[1] channels: in_channels / groups)
+            raise ValueError(f"export_nir: NIR's type check reads a grouped convolution's input as its channels per "
+                             f"group, so a file with layer {name!r} (groups={layer.groups}) would not read back")
         node = nir.Conv2d(input_shape=tuple(shape[1:]), weight=weight, stride=layer.stride, padding=layer.padding,
                           dilation=layer.dilation, groups=layer.groups,
                           bias=np.zeros(weight.shape[0], dtype=np.float32) if bias is None else bias)
@@ -167,7 +187,7 @@ def export_nir(
             nodes.append(nir.Flatten(input_type={"input": np.array(shape)}, start_dim=layer.start_dim - 1,
                                      end_dim=layer.end_dim))
         elif isinstance(layer, (nn.Linear, nn.Conv2d)):
-            node, pending = _weight_node(nir, layer, shape)
+            node, pending = _weight_node(nir, name, layer, shape)
             nodes.append(node)
         elif isinstance(layer, Scale):
             nodes.append(nir.Scale(scale=_array(layer.gain, shape)))
