@@ -544,3 +544,21 @@ def test_plot_of_a_folder_that_holds_no_figures_yet_says_what_to_run(tmp_path, c
     (reproduction / "reproduction.json").write_text("{}")
     assert main(["plot", str(reproduction)]) == 2
     assert f"is a reproduce folder: `metaspike reproduce --resume {reproduction}` redraws" in capsys.readouterr().err
+
+
+def test_a_run_refused_before_it_measured_anything_leaves_no_folder_to_resume(tmp_path, capsys):
+    """Data the model cannot train on is found once training starts, after the run's folder was made: a folder left
+    behind would be offered for --resume by every later run, and refused again."""
+    import numpy as np
+
+    from metaspike.data import write_idx
+
+    folder, rng = tmp_path / "data" / "mnist", np.random.default_rng(0)
+    for prefix, n in (("train", 1), ("t10k", 20)):  # one training image: BatchNorm has no batch statistics
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", (np.arange(n) % 10).astype(np.uint8))
+    args = ["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--tasks", "2", "--epochs", "1",
+            "--hidden", "8", "--quiet", "--out", str(tmp_path / "runs")]
+    assert main(args) == 2
+    assert "got one sample" in capsys.readouterr().err
+    assert list((tmp_path / "runs").iterdir()) == []

@@ -282,6 +282,22 @@ def test_resume_refuses_a_config_edited_after_the_run_started(tmp_path, capsys, 
     assert err.count("\n") == 1 and "was written under another config.json" in err, err
 
 
+def test_resume_refuses_a_scenario_json_of_other_tasks_and_writes_a_missing_one(tmp_path, capsys):
+    """The folder must describe the tasks it trains on: a scenario.json copied from another seed's run is refused."""
+    from metaspike.app.runs import make_run_scenario
+
+    run = _interrupted_run(tmp_path)
+    other = make_run_scenario(RunConfig(datasets=("digits",), tasks=2, epochs=2, hidden=(16,), meta=(5.0,), seed=2))
+    (run / "scenario.json").write_text(json.dumps({"name": other.name, **other.definition}, default=list))
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "scenario.json records other tasks than its config.json defines" in err, err
+    (run / "scenario.json").unlink()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    ours = make_run_scenario(RunConfig(datasets=("digits",), tasks=2, epochs=2, hidden=(16,), meta=(5.0,)))
+    assert json.loads((run / "scenario.json").read_text())["seed"] == ours.definition["seed"] == 1
+
+
 def test_resume_refuses_a_checkpoint_that_does_not_fit_the_model_in_one_line(tmp_path, capsys):
     from metaspike.continual.results import CHECKSUM_KEY, CONFIG_KEY, tensor_checksum
 
@@ -495,3 +511,20 @@ def test_a_bayesian_optimizer_loads_a_state_dict_twice():
     optimizer.load_state_dict(optimizer.state_dict())
     optimizer.load_state_dict(optimizer.state_dict())  # (torch added 'differentiable' to its defaults the first time)
     assert optimizer.param_groups[0]["N"] == 60_000
+
+
+@pytest.mark.parametrize("metrics, message", [
+    ({"complete": True, "ACC": "abc"}, "'untrained_accuracy' must list 2 accuracies in [0, 100]"),
+    ({"complete": True, "untrained_accuracy": [10.0, 120.0], "seconds": 3.0}, "'untrained_accuracy' must list 2"),
+    ({"complete": True, "untrained_accuracy": [10.0, 11.0], "seconds": "3"}, "'seconds' must be a finite number >= 0"),
+])
+def test_a_finished_run_read_back_with_a_damaged_metrics_json_is_one_line(tmp_path, metrics, message):
+    """A comparison reads its finished runs back: damage there would blank cells of its table without a word."""
+    from metaspike.app.runs import finished_result, run
+
+    path, _ = run(RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(8,)), tmp_path, progress=False, plot=False)
+    assert finished_result(path).seconds >= 0
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(ValueError) as info:
+        finished_result(path)
+    assert str(info.value).startswith(f"{path / 'metrics.json'} is malformed: ") and message in str(info.value)

@@ -27,6 +27,7 @@ from metaspike.app.runs import (
     finished_result,
     learned_nothing,
     load_config,
+    removed_when_refused,
     resume,
     run,
     run_lock,
@@ -321,7 +322,8 @@ def is_finished_comparison(root: Path) -> bool:
 def _start(out: str | Path, name: str, plan: dict[str, Any], progress: bool) -> tuple[Path, list[dict[str, Any]]]:
     planned = _rows(plan, Path(out) / name)  # checked before the folder is made
     root = unique_directory(out, name)
-    with run_lock(root):  # a `compare --resume` of this folder meanwhile is one line, not a second writer
+    # (the lock: a `compare --resume` of this folder meanwhile is one line, not a second writer)
+    with removed_when_refused(root), run_lock(root):
         RunDirectory(root).write_json(PLAN, plan)
         return _execute(root, plan, planned, progress)
 

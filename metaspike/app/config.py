@@ -27,7 +27,7 @@ from metaspike.app.models import (
 )
 from metaspike.bayesian.synapses import check_magnitude
 from metaspike.chained import ChainedOptimizer
-from metaspike.checks import check_device, check_seed, finite_number
+from metaspike.checks import FLOAT32_MAX, check_device, check_seed, finite_number
 from metaspike.continual.scenarios import available_scenarios
 from metaspike.continual.trainer import LAST_EVALUATED, TrainerConfig
 from metaspike.rules import check_meta, get_rule
@@ -200,9 +200,10 @@ class RunConfig:
         if self.memory_window is not None:
             value = self.memory_window
             if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-                    or value < self.batch_size):
-                raise ValueError(f"--memory-window must be a finite number >= the batch size {self.batch_size} "
-                                 f"(N counts training samples; a window under one step overshoots), got {value!r}")
+                    or not self.batch_size <= value <= FLOAT32_MAX):
+                raise ValueError(f"--memory-window must be a number in [{self.batch_size}, {FLOAT32_MAX:g}], from the "
+                                 "batch size (N counts training samples; a window under one step overshoots) to "
+                                 f"float32's largest, got {value!r}")
             if not KIND_SETTINGS["memory_window"](self.model):
                 raise ValueError(f"--memory-window applies to models with Bayesian synapses (bimu, mesu, "
                                  f"<neuron>+bimu), not {self.model!r}")

@@ -52,7 +52,8 @@ def _where(err: BaseException, origin: str | None) -> str:
 def _load_file(path: Path) -> ModuleType:
     """The module of the ``.py`` file at ``path`` (absolute), run once per process as ``import`` runs a module."""
     if not path.is_file():
-        raise FileNotFoundError(f"no such file {path}")
+        raise FileNotFoundError(f"{path} is not a Python file (a folder, device or pipe)" if path.exists()
+                                else f"no such file {path}")
     name = f"metaspike_import_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
     if name in sys.modules:
         return sys.modules[name]

@@ -27,6 +27,7 @@ from metaspike.app.config import RunConfig, flag_name
 from metaspike.app.models import Standardize, bayesian_settings, build_model, describe_model, uses_batchnorm
 from metaspike.app.tables import versions
 from metaspike.bayesian.synapses import SampledForward, bayesian_modules, start_confident
+from metaspike.checks import is_finite_number, is_number
 from metaspike.continual.metrics import largest_rise
 from metaspike.continual.results import CHECKPOINT, PREVIOUS_CHECKPOINT, RunDirectory, latest_good_checkpoint
 from metaspike.continual.scenarios import Scenario, make_scenario
@@ -376,6 +377,34 @@ def matrix_cost_warning(config: RunConfig) -> str | None:
             f"--eval-every {fewer} or more keeps it under {MATRIX_CELLS_WARNED:,} cells")
 
 
+_MEASURED = (CHECKPOINT, PREVIOUS_CHECKPOINT, "model.pt")  # a file that holds something a run measured
+
+
+@contextmanager
+def removed_when_refused(folder: Path | None) -> Iterator[None]:
+    """Remove ``folder``, just made for a run or comparison, when what runs in it is refused (a ``ValueError``, such
+    as data a model cannot train on) before anything was measured in it (no checkpoint or model anywhere inside):
+    left behind, it would be offered for ``--resume``, which would be refused the same way.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> try:
+        ...     with removed_when_refused(folder):
+        ...         raise ValueError("one sample")
+        ... except ValueError:
+        ...     pass
+        >>> folder.exists()
+        False
+    """
+    try:
+        yield
+    except ValueError:
+        if folder is not None and not any(p.name in _MEASURED for p in folder.rglob("*")):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 def run(config: RunConfig, out: str | Path = "runs", progress: bool = True, plot: bool = True,
         name: str | None = None) -> tuple[Path, ContinualResult]:
     """Train one run and write its directory under ``out`` (named ``name``, default ``config.name``;
@@ -394,7 +423,7 @@ def run(config: RunConfig, out: str | Path = "runs", progress: bool = True, plot
         directory = RunDirectory.create(out, name or config.name, _record(config, scenario),
                                         {"name": scenario.name, **scenario.definition})
     path = _shared_path(directory.path if directory else None)
-    with run_lock(path):
+    with removed_when_refused(directory.path if directory else None), run_lock(path):
         return path, train_and_finish(trainer, scenario, directory, None, plot)
 
 
@@ -538,11 +567,13 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
             scenario = make_run_scenario(config)
         except ValueError as err:
             raise ValueError(f"{path / 'config.json'}: {err}") from None
-        if state is not None:  # (a run that starts over records the data it starts on)
+        directory = RunDirectory(path) if world()[0] == 0 else None
+        if state is not None:  # (a run that starts over records the data and tasks it starts on)
             check_same_data(path, config)
+            if directory is not None:
+                directory.check_scenario({"name": scenario.name, **scenario.definition})
             warnings += _arithmetic_changes(path)
         trainer = _trainer(config, scenario, progress)
-        directory = RunDirectory(path) if world()[0] == 0 else None
         if directory is not None and state is None:  # starting over: the folder describes the config it runs now
             directory.describe(_record(config, scenario), {"name": scenario.name, **scenario.definition})
         return path, train_and_finish(trainer, scenario, directory, state, plot), warnings
@@ -610,7 +641,14 @@ def finished_result(run_dir: str | Path) -> ContinualResult | None:
     if not is_complete(run_dir):
         return None
     run_data = load_run(run_dir)
-    metrics = run_data["metrics"]
-    return ContinualResult(run_data["task_names"], matrix=run_data["matrix"],
-                           baseline=metrics.get("untrained_accuracy", []), seconds=float(metrics.get("seconds", math.nan)))
+    metrics, tasks = run_data["metrics"], len(run_data["task_names"])
+    baseline, seconds = metrics.get("untrained_accuracy"), metrics.get("seconds")
+    if not (isinstance(baseline, list) and len(baseline) == tasks
+            and all(is_number(a) and (math.isnan(a) or 0 <= a <= 100) for a in baseline)):
+        raise ValueError(f"{Path(run_dir) / 'metrics.json'} is malformed: 'untrained_accuracy' must list {tasks} "
+                         "accuracies in [0, 100] (NaN for a task not evaluated)")
+    if not (is_finite_number(seconds) and seconds >= 0):
+        raise ValueError(f"{Path(run_dir) / 'metrics.json'} is malformed: 'seconds' must be a finite number >= 0")
+    return ContinualResult(run_data["task_names"], matrix=run_data["matrix"], baseline=[float(a) for a in baseline],
+                           seconds=float(seconds))
 

@@ -209,6 +209,25 @@ class RunDirectory:
         return ({k: v for k, v in stored.items() if k not in ignoring} ==
                 {k: v for k, v in wanted.items() if k not in ignoring})
 
+    def check_scenario(self, scenario: dict[str, Any]) -> None:
+        """Refuse a ``scenario.json`` that does not record ``scenario``, the tasks the run's config defines (edited, or
+        copied from another run: the folder would describe tasks it did not train on); write it where it is missing.
+
+        Example:
+            >>> import tempfile
+            >>> run = RunDirectory.create(tempfile.mkdtemp(), "demo", {}, {"seed": 1})
+            >>> run.check_scenario({"seed": 2})  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ValueError: .../scenario.json records other tasks than its config.json defines ...
+        """
+        path = self.path / "scenario.json"
+        if not path.exists():
+            self.write_json(path.name, scenario)
+        elif read_json(path) != json.loads(json.dumps(_json_ready(scenario))):
+            raise ValueError(f"{path} records other tasks than its config.json defines (edited, or copied from another "
+                             "run); delete it, and --resume writes it again from config.json")
+
     def write_json(self, name: str, data: Any) -> Path:
         path = self.path / name
         atomic_write_text(path, json.dumps(_json_ready(data), indent=2) + "\n")
