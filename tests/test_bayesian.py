@@ -196,6 +196,31 @@ def test_mesu_optimizer_equals_functional_step():
         assert torch.equal(mu, mu_ref) and torch.equal(sigma, sigma_ref)
 
 
+def test_a_learning_rate_scheduler_scales_both_mesu_learning_rates_and_old_state_dicts_load():
+    """torch's schedulers change a group's "lr": MESU's is a factor on η_μ and η_σ (1 until a scheduler moves it)."""
+    net = _mesu_net()
+    groups = mesu_param_groups(net)
+    mu, sigma = groups[0]["params"][:2]
+    settings = dict(MESU_SETTINGS[0])
+    opt = MESU([{"params": [mu, sigma]}], **settings)
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    _backward(net)
+    opt.step()
+    scheduler.step()
+    assert opt.param_groups[0]["lr"] == 0.5
+    halved = {**settings, "lr_mu": settings["lr_mu"] / 2, "lr_sigma": settings["lr_sigma"] / 2}
+    expected = mesu_step(mu, sigma, mu.grad, sigma.grad, **halved)
+    opt.step()
+    assert torch.equal(mu, expected[0]) and torch.equal(sigma, expected[1])
+    written_before_lr = opt.state_dict()
+    del written_before_lr["param_groups"][0]["lr"]
+    fresh = MESU([{"params": [mu, sigma]}], **settings, lr=0.25)
+    fresh.load_state_dict(written_before_lr)
+    assert fresh.param_groups[0]["lr"] == 1.0
+    with pytest.raises(ValueError, match=r"lr must be a finite number in \[0, 3.40282e\+38\], got -1"):
+        MESU([{"params": [mu, sigma]}], lr=-1)
+
+
 def test_bimu_optimizer_equals_functional_step_and_skips_missing_gradients():
     net = _bimu_net()
     lams = bimu_parameters(net)

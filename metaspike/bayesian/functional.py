@@ -33,12 +33,14 @@ from torch import Tensor
 from metaspike.checks import FLOAT32_MAX, number_in
 from metaspike.compiled import LazyCompiled
 
-__all__ = ["mesu_step", "mesu_step_", "bimu_step", "bimu_step_", "check_hyperparameters", "hyperparameter_names"]
+__all__ = ["mesu_step", "mesu_step_", "bimu_step", "bimu_step_", "check_hyperparameters", "hyperparameter_names",
+           "hyperparameter_defaults"]
 
 # name -> (lower bound, bound included); every setting is at most float32's largest number (the updates multiply
 # float32 tensors by it; sigma_prior at most its square root, since σ_p² enters them), mu_prior at least its negative
 _LIMITS: dict[str, dict[str, tuple[float, bool]]] = {
     "mesu": {
+        "lr": (0.0, True),  # a factor on lr_mu and lr_sigma: what torch's learning-rate schedulers change
         "lr_mu": (0.0, True),  # (0 as torch.optim allows: a scheduler may end there)
         "lr_sigma": (0.0, True),  # (0 as torch.optim allows: a scheduler may end there)
         "sigma_prior": (0.0, False),
@@ -55,6 +57,20 @@ _LIMITS: dict[str, dict[str, tuple[float, bool]]] = {
     },
 }
 _HIGHEST = {"sigma_prior": math.sqrt(FLOAT32_MAX)}
+# settings a mapping may leave out (the functional steps' callers, state dicts written before the setting existed)
+_OPTIONAL: dict[str, dict[str, float]] = {"mesu": {"lr": 1.0}, "bimu": {}}
+
+
+def hyperparameter_defaults(rule: str) -> dict[str, float]:
+    """The hyperparameters of ``rule`` that a mapping of them may leave out, with the value they then take.
+
+    Example:
+        >>> hyperparameter_defaults("mesu")
+        {'lr': 1.0}
+    """
+    if rule not in _OPTIONAL:
+        raise ValueError(f"rule must be one of {sorted(_OPTIONAL)}, got {rule!r}")
+    return dict(_OPTIONAL[rule])
 
 
 def hyperparameter_names(rule: str) -> tuple[str, ...]:
@@ -90,6 +106,7 @@ def check_hyperparameters(rule: str, hyperparameters: Mapping[str, object]) -> N
     """
     if rule not in _LIMITS:
         raise ValueError(f"rule must be one of {sorted(_LIMITS)}, got {rule!r}")
+    hyperparameters = {**_OPTIONAL[rule], **hyperparameters}
     for name, (low, inclusive) in _LIMITS[rule].items():
         number_in(name, hyperparameters[name], low, _HIGHEST.get(name, FLOAT32_MAX), open_low=not inclusive)
     if rule == "mesu":  # the step multiplies by 1/(N·σ_p²) and μ_p/(N·σ_p²) in the weights' dtype (float32 at least)
@@ -161,8 +178,8 @@ def _bimu_update_(lam: Tensor, grad: Tensor, *, lr: float, inv_lr_max: float, li
 def update_scalars(rule: str, hyper: Mapping[str, float]) -> dict[str, float]:
     """The scalars the one-tensor update of ``rule`` (``"mesu"`` or ``"bimu"``) takes, from its hyperparameters
     (checked first): reciprocals and products precomputed once per step, so that a compiled loop takes them as
-    inputs (MESU: ``inv = 1/(N σ_p²)``, ``mu_prior_inv = μ_p·inv``, ``prior_var_inv = σ_p²·inv``, ``half_lr_sigma =
-    η_σ/2``; BiMU: ``inv_lr_max``, ``inv_N``).
+    inputs (MESU: ``inv = 1/(N σ_p²)``, ``mu_prior_inv = μ_p·inv``, ``prior_var_inv = σ_p²·inv``, ``lr_mu`` and
+    ``half_lr_sigma = η_σ/2`` times the factor ``lr``; BiMU: ``inv_lr_max``, ``inv_N``).
 
     Example:
         >>> update_scalars("bimu", dict(lr=1, lr_max=0.5, likelihood_multiplier=2, kl_multiplier=1, N=4))
@@ -173,9 +190,9 @@ def update_scalars(rule: str, hyper: Mapping[str, float]) -> dict[str, float]:
         return dict(lr=float(hyper["lr"]), inv_lr_max=1.0 / hyper["lr_max"],
                     likelihood_multiplier=float(hyper["likelihood_multiplier"]),
                     kl_multiplier=float(hyper["kl_multiplier"]), inv_N=1.0 / hyper["N"])
-    sigma_prior = float(hyper["sigma_prior"])
+    sigma_prior, factor = float(hyper["sigma_prior"]), float(hyper.get("lr", 1.0))
     inv = 1.0 / (float(hyper["N"]) * sigma_prior**2)
-    return dict(lr_mu=float(hyper["lr_mu"]), half_lr_sigma=0.5 * float(hyper["lr_sigma"]), inv=inv,
+    return dict(lr_mu=factor * float(hyper["lr_mu"]), half_lr_sigma=0.5 * factor * float(hyper["lr_sigma"]), inv=inv,
                 mu_prior_inv=float(hyper["mu_prior"]) * inv, prior_var_inv=sigma_prior**2 * inv,
                 clamp_grad=float(hyper["clamp_grad"]))
 

@@ -23,7 +23,13 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from metaspike.bayesian.functional import bimu_step_, check_hyperparameters, hyperparameter_names, mesu_step_
+from metaspike.bayesian.functional import (
+    bimu_step_,
+    check_hyperparameters,
+    hyperparameter_defaults,
+    hyperparameter_names,
+    mesu_step_,
+)
 from metaspike.bayesian.synapses import synapse_role
 from metaspike.checks import is_whole, state_dict_groups
 
@@ -83,8 +89,11 @@ def _check_roles(optimizer: str, roles: tuple[str, ...], params: list[Tensor], h
 def _check_loaded_groups(optimizer: Optimizer, state_dict: dict[str, Any]) -> None:
     """Validate the hyperparameters of a state dict's groups before they are installed (a file from outside): each
     group must hold every setting of the optimizer's rule (torch installs the groups as they are; another
-    optimizer's state dict has other settings, and its first step would fail on a missing key)."""
+    optimizer's state dict has other settings, and its first step would fail on a missing key). A setting the
+    rule lets a group leave out takes its default (MESU's ``lr``, in state dicts written before it existed)."""
     for group in state_dict_groups(state_dict):
+        for name, value in hyperparameter_defaults(optimizer.rule).items():
+            group.setdefault(name, value)
         missing = [key for key in hyperparameter_names(optimizer.rule) if key not in group]
         if missing:
             raise ValueError(f"state_dict: its param groups lack {', '.join(missing)}: it is not the state dict of a "
@@ -167,12 +176,14 @@ class MESU(_DataGatedOptimizer):
     most ``η_σ·c/2`` of itself (plus the small prior term): with ``η_σ·c < 2`` it keeps its sign. The long-stream
     settings use ``c = 0.36``; with ``clamp_grad = 0`` watch ``σ`` when the loss is large.
 
-    A learning-rate scheduler of torch adjusts a group's ``"lr"``, which MESU does not have (it has ``lr_mu`` and
-    ``lr_sigma``): change those in ``optimizer.param_groups`` directly.
+    A group's ``lr`` multiplies both learning rates (1 by default). It is what torch's learning-rate schedulers
+    change, so ``torch.optim.lr_scheduler.StepLR(MESU(...), 10, gamma=0.5)`` halves ``η_μ`` and ``η_σ`` together
+    every 10 epochs.
 
     Args:
         params: ``μ, σ`` pairs as above, or param groups of them.
         lr_mu, lr_sigma: ``η_μ, η_σ >= 0``.
+        lr: a factor ``>= 0`` on both.
         sigma_prior: prior width ``σ_p > 0``.
         mu_prior: prior mean ``μ_p``.
         N: memory window ``> 0``: the prior term is divided by ``N``, so the posterior keeps roughly the
@@ -200,9 +211,10 @@ class MESU(_DataGatedOptimizer):
         mu_prior: float = 0.0,
         N: float = 100_000,
         clamp_grad: float = 0.0,
+        lr: float = 1.0,
     ) -> None:
-        super().__init__(params, dict(lr_mu=lr_mu, lr_sigma=lr_sigma, sigma_prior=sigma_prior, mu_prior=mu_prior,
-                                      N=N, clamp_grad=clamp_grad))
+        super().__init__(params, dict(lr=lr, lr_mu=lr_mu, lr_sigma=lr_sigma, sigma_prior=sigma_prior,
+                                      mu_prior=mu_prior, N=N, clamp_grad=clamp_grad))
 
     def _check_params(self, params: list[Tensor]) -> None:
         """A group's tensors must pair means and widths of one shape.
@@ -327,11 +339,12 @@ def settings_for_batch(rule: str, per_sample: Mapping[str, float], batch_size: i
     """
     if rule not in _OPTIMIZERS:
         raise ValueError(f"rule must be one of {sorted(_OPTIMIZERS)}, got {rule!r}")
-    defaults = {name: parameter.default for name, parameter in
-                inspect.signature(_OPTIMIZERS[rule].__init__).parameters.items()
-                if parameter.default is not inspect.Parameter.empty}
     if not isinstance(per_sample, Mapping):
         raise ValueError(f"per_sample must be a mapping of {rule}'s settings by name, got {type(per_sample).__name__}")
+    optional = hyperparameter_defaults(rule)  # (returned only where given: mesu_step takes no MESU "lr")
+    defaults = {name: parameter.default for name, parameter in
+                inspect.signature(_OPTIMIZERS[rule].__init__).parameters.items()
+                if parameter.default is not inspect.Parameter.empty and (name not in optional or name in per_sample)}
     unknown = sorted(set(per_sample) - set(defaults))
     if unknown:
         raise ValueError(f"per_sample: {', '.join(map(repr, unknown))} not a setting of {rule}; "
