@@ -208,7 +208,9 @@ def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path):
     """Ctrl-C during the command's first second lands in its imports (torch's among them): one line, status 130."""
     command = [sys.executable, "-m", "metaspike", "train", "--dataset", "digits", "--tasks", "2", "--epochs", "1",
                "--hidden", "16", "--out", str(tmp_path)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # (a process started in the background inherits Ctrl-C ignored, and the command then keeps ignoring it)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(0.5)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)

@@ -644,11 +644,11 @@ def finished_result(run_dir: str | Path) -> ContinualResult | None:
     metrics, tasks = run_data["metrics"], len(run_data["task_names"])
     baseline, seconds = metrics.get("untrained_accuracy"), metrics.get("seconds")
     if not (isinstance(baseline, list) and len(baseline) == tasks
-            and all(is_number(a) and (math.isnan(a) or 0 <= a <= 100) for a in baseline)):
+            and all(a is None or (is_number(a) and (math.isnan(a) or 0 <= a <= 100)) for a in baseline)):
         raise ValueError(f"{Path(run_dir) / 'metrics.json'} is malformed: 'untrained_accuracy' must list {tasks} "
-                         "accuracies in [0, 100] (NaN for a task not evaluated)")
+                         "accuracies in [0, 100] (null for a task not evaluated)")
     if not (is_finite_number(seconds) and seconds >= 0):
         raise ValueError(f"{Path(run_dir) / 'metrics.json'} is malformed: 'seconds' must be a finite number >= 0")
-    return ContinualResult(run_data["task_names"], matrix=run_data["matrix"], baseline=[float(a) for a in baseline],
-                           seconds=float(seconds))
+    return ContinualResult(run_data["task_names"], matrix=run_data["matrix"],
+                           baseline=[math.nan if a is None else float(a) for a in baseline], seconds=float(seconds))
 
