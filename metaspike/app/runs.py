@@ -323,6 +323,11 @@ def _arithmetic() -> dict[str, Any]:
     return {"versions": versions(), "threads": torch.get_num_threads()}
 
 
+def _scenario_record(scenario: Scenario) -> dict[str, Any]:
+    """What a run folder's ``scenario.json`` records of ``scenario``: its name and definition."""
+    return {"name": scenario.name, **scenario.definition}
+
+
 def _record(config: RunConfig, scenario: Scenario) -> dict[str, Any]:
     return {
         **config.to_dict(),
@@ -421,7 +426,7 @@ def run(config: RunConfig, out: str | Path = "runs", progress: bool = True, plot
     directory = None
     if world()[0] == 0:
         directory = RunDirectory.create(out, name or config.name, _record(config, scenario),
-                                        {"name": scenario.name, **scenario.definition})
+                                        _scenario_record(scenario))
     path = _shared_path(directory.path if directory else None)
     with removed_when_refused(directory.path if directory else None), run_lock(path):
         return path, train_and_finish(trainer, scenario, directory, None, plot)
@@ -447,7 +452,7 @@ def train_in_folder(root: Path, name: str, config: RunConfig, trainer: Continual
         shutil.rmtree(path)  # stopped before its config was written: nothing measured yet
     if not path.is_dir():
         directory = RunDirectory.create(root, name, {**record, **_arithmetic()},
-                                        {"name": scenario.name, **scenario.definition})
+                                        _scenario_record(scenario))
         with run_lock(directory.path):
             return train_and_finish(trainer, scenario, directory, None, plot=False)
     directory = RunDirectory(path)
@@ -571,11 +576,11 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
         if state is not None:  # (a run that starts over records the data and tasks it starts on)
             check_same_data(path, config)
             if directory is not None:
-                directory.check_scenario({"name": scenario.name, **scenario.definition})
+                directory.check_scenario(_scenario_record(scenario))
             warnings += _arithmetic_changes(path)
         trainer = _trainer(config, scenario, progress)
         if directory is not None and state is None:  # starting over: the folder describes the config it runs now
-            directory.describe(_record(config, scenario), {"name": scenario.name, **scenario.definition})
+            directory.describe(_record(config, scenario), _scenario_record(scenario))
         return path, train_and_finish(trainer, scenario, directory, state, plot), warnings
 
 

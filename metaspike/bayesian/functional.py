@@ -186,11 +186,12 @@ def update_scalars(rule: str, hyper: Mapping[str, float]) -> dict[str, float]:
         {'lr': 1.0, 'inv_lr_max': 2.0, 'likelihood_multiplier': 2.0, 'kl_multiplier': 1.0, 'inv_N': 0.25}
     """
     check_hyperparameters(rule, hyper)
+    hyper = {**_OPTIONAL[rule], **hyper}
     if rule == "bimu":
         return dict(lr=float(hyper["lr"]), inv_lr_max=1.0 / hyper["lr_max"],
                     likelihood_multiplier=float(hyper["likelihood_multiplier"]),
                     kl_multiplier=float(hyper["kl_multiplier"]), inv_N=1.0 / hyper["N"])
-    sigma_prior, factor = float(hyper["sigma_prior"]), float(hyper.get("lr", 1.0))
+    sigma_prior, factor = float(hyper["sigma_prior"]), float(hyper["lr"])
     inv = 1.0 / (float(hyper["N"]) * sigma_prior**2)
     return dict(lr_mu=factor * float(hyper["lr_mu"]), half_lr_sigma=0.5 * factor * float(hyper["lr_sigma"]), inv=inv,
                 mu_prior_inv=float(hyper["mu_prior"]) * inv, prior_var_inv=sigma_prior**2 * inv,

@@ -65,6 +65,12 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
+def _as_written(value: Any) -> Any:
+    """``value`` as :meth:`RunDirectory.write_json` writes it and :func:`~metaspike.files.read_json` reads it back
+    (tuples as lists, non-finite floats as ``None``), to compare with a file's contents."""
+    return json.loads(json.dumps(_json_ready(value)))
+
+
 def _cell(value: Any) -> Any:
     """A CSV cell: floats rounded to 6 places, non-finite ones left empty (read back as NaN)."""
     if isinstance(value, float):
@@ -205,7 +211,7 @@ class RunDirectory:
         stored = read_json(self.path / "config.json")
         if not isinstance(stored, dict):
             return False
-        wanted = json.loads(json.dumps(_json_ready(config)))
+        wanted = _as_written(config)
         return ({k: v for k, v in stored.items() if k not in ignoring} ==
                 {k: v for k, v in wanted.items() if k not in ignoring})
 
@@ -224,7 +230,7 @@ class RunDirectory:
         path = self.path / "scenario.json"
         if not path.exists():
             self.write_json(path.name, scenario)
-        elif read_json(path) != json.loads(json.dumps(_json_ready(scenario))):
+        elif read_json(path) != _as_written(scenario):
             raise ValueError(f"{path} records other tasks than its config.json defines (edited, or copied from another "
                              "run); delete it, and --resume writes it again from config.json")
 

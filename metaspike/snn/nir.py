@@ -31,6 +31,7 @@ from torch import nn
 from metaspike.checks import finite_number
 from metaspike.gain import output_gain
 from metaspike.layer_selection import synapse_parametrization
+from metaspike.quantizers import binary_sign
 from metaspike.snn.backends import require_snntorch
 from metaspike.snn.layers import Scale
 from metaspike.snn.timeloop import SpikingClassifier
@@ -109,8 +110,7 @@ def _exported_weight(name: str, layer: nn.Module) -> torch.Tensor:
         raise ValueError(f"export_nir writes binary weights; layer {name!r} has MESU synapses (Gaussian real-valued "
                          "weights), which have none")
     if kind == "bimu":
-        latent = layer.parametrizations.weight.original
-        return torch.where(latent >= 0, 1.0, -1.0).to(latent.dtype)
+        return binary_sign(layer.parametrizations.weight.original.detach())
     return layer.weight
 
 
