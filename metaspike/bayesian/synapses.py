@@ -65,6 +65,7 @@ from metaspike.layer_selection import (
     synapse_role,
     warn_float_matrices_left,
 )
+from metaspike.quantizers import binary_sign
 
 __all__ = [
     "GaussianWeight",
@@ -402,7 +403,7 @@ class BinaryWeight(_RolesSurviveCopies, SynapseParametrization):
             weight = _RelaxedBinarySample.apply(lam, draw_key(lam.device), samples or 1, inv_tau)
             return weight if samples else weight.squeeze(0)
         if self.evaluation == "mode":
-            return _expand((lam >= 0).to(lam.dtype).mul_(2).sub_(1), samples)
+            return _expand(binary_sign(lam.detach()), samples)
         exact = arithmetic_dtype(lam.dtype)  # (bfloat16 would draw P(+1) to 8 bits)
         uniform = torch.rand(_shape(lam, samples), dtype=exact, device=lam.device)
         return (uniform < torch.sigmoid(2 * lam.to(exact))).to(lam.dtype).mul_(2).sub_(1)
