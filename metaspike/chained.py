@@ -23,6 +23,9 @@ __all__ = ["ChainedOptimizer"]
 class ChainedOptimizer:
     """Step, zero and save several optimizers over disjoint parameters as one.
 
+    torch's learning-rate schedulers refuse a chain (they take one ``torch.optim.Optimizer``): give each chained
+    optimizer its own, e.g. ``StepLR(chain.optimizers[0], step_size=100)``.
+
     Args:
         *optimizers: ``torch.optim.Optimizer`` instances; no parameter may belong to two of them.
 

@@ -23,6 +23,7 @@ import weakref
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 __all__ = ["GAIN_SCALES", "OutputGain", "check_scale", "check_gain_layer", "attach_output_gain", "apply_output_gain", "output_gain",
            "gain_scale"]
@@ -66,6 +67,15 @@ def check_gain_layer(name: str, layer: nn.Module) -> None:
 #: before :class:`OutputGain` warns that no optimizer trains it.
 IDLE_STEPS_WARNED = 50
 
+#: How many times its starting size a gain's largest ``|α|`` may grow before :class:`OutputGain` warns that it is
+#: diverging. The start is the float layer's own output size, and a healthy training moves it far less (about
+#: 17-fold in the largest growth this project measured, Adam at 5e-3 on the tasks of a spiking comparison); a
+#: gain stepped past its stability limit by SGD grew 140-fold in 10 steps and 10⁶-fold in 200 (digits; README).
+GROWTH_WARNED = 100.0
+
+#: A gain's size is read (one reduction and a host sync) at every this many of its updates, not at every one.
+GROWTH_CHECK_EVERY = 8
+
 
 class OutputGain(nn.Module):
     """Learned gain on a linear/conv layer's output: ``α · (output - b) + b``, i.e. the bias is not scaled.
@@ -75,6 +85,13 @@ class OutputGain(nn.Module):
     output's last dimension) or over the whole layer (``scale="layer"``, a scalar). Where that mean is 0 (a
     zero-initialised layer), ``α`` starts at the mean ``|W|`` of torch's default initialisation,
     ``1 / (2·√fan_in)``: a zero gain would pass no gradient to the synapses.
+
+    ``α`` takes larger steps than a float weight under SGD: its gradient sums a product over the whole fan-in, and a
+    change of ``α`` scales the layer's output for every input at once. With a learning rate that trains the float
+    model, ``α`` may overshoot and diverge (the loss grows, the hidden weights follow it, accuracy falls to chance);
+    adaptive optimizers (Adam) size each step themselves and are not affected. Give the gains a smaller learning
+    rate (:func:`metaspike.param_groups` with ``gain_lr``; about ``lr / √fan_in``) or clip the gradients. A gain
+    whose largest ``|α|`` grows :data:`GROWTH_WARNED` times past its start is named in a warning, once.
 
     Args:
         weight: the float weight ``[out, in, *kernel]`` whose size ``α`` takes over.
@@ -101,6 +118,10 @@ class OutputGain(nn.Module):
         alpha = torch.where(alpha > 0, alpha, torch.full_like(alpha, default))
         self.scale = scale
         self.alpha = nn.Parameter(alpha.clone())
+        self._start_size = float(alpha.abs().max()) if alpha.numel() else 0.0
+        self._growth_seen_version = self.alpha._version
+        self._updates_unchecked = 0
+        self._growth_warned = False
         self._seen_alpha: int | None = None  # α's version, the layer's synapses' versions at the last training pass
         self._seen_synapses: int | None = None
         self._idle_steps = 0
@@ -127,6 +148,33 @@ class OutputGain(nn.Module):
                               "trains it. metaspike.binarize and bayesianize add these gains as new parameters: build "
                               "the optimizer after them (or add the gains' parameters to it)", stacklevel=3)
         self._seen_alpha, self._seen_synapses = alpha._version, synapse_version
+
+    def watch(self, layer: nn.Module) -> None:
+        """What a training pass checks of the gain of ``layer``: that an optimizer trains it, and that it does not
+        diverge."""
+        self._watch_growth(layer)
+        self._watch_for_no_optimizer(layer)
+
+    def _watch_growth(self, layer: nn.Module) -> None:
+        """Count the updates of ``α`` (changes of its version between training passes); every
+        :data:`GROWTH_CHECK_EVERY` of them, warn once if its largest ``|α|`` is more than :data:`GROWTH_WARNED` times
+        its start (or not finite): the gain is diverging."""
+        if self._growth_warned or self.alpha._version == self._growth_seen_version:
+            return
+        self._growth_seen_version = self.alpha._version
+        self._updates_unchecked += 1
+        if self._updates_unchecked < GROWTH_CHECK_EVERY or self._start_size == 0.0:
+            return
+        self._updates_unchecked = 0
+        size = float(self.alpha.detach().abs().max())
+        if not size <= GROWTH_WARNED * self._start_size:
+            self._growth_warned = True
+            kind = type(layer).__bases__[0] if parametrize.is_parametrized(layer) else type(layer)  # (torch's subclass)
+            warnings.warn(f"the learned output gain of a {kind.__name__} layer (of {tuple(self.alpha.shape)}) "
+                          f"has grown from {self._start_size:.3g} to {size:.3g}, over {GROWTH_WARNED:g} times its "
+                          "start: it is diverging. A gain takes larger steps than a float weight under SGD; give the "
+                          "gains a smaller learning rate (metaspike.param_groups(model, meta, gain_lr=...), about "
+                          "lr / sqrt(fan_in)), clip the gradients, or use Adam", RuntimeWarning, stacklevel=4)
 
     def per_channel(self, channels: int) -> Tensor:
         """``α`` as one value per output channel (``[channels]``), detached.
@@ -158,7 +206,7 @@ def _synapse_tensors(layer: nn.Module, gain: OutputGain) -> list[Tensor]:
 
 def apply_output_gain(layer: nn.Module, output: Tensor) -> Tensor:
     """``layer``'s output (bias included) through its :class:`OutputGain`, as its forward hook applies it (with the
-    watch for a gain no optimizer trains, in training); for a caller that computes the layer's product itself.
+    watch for a gain no optimizer trains or that diverges, in training); for a caller that computes the layer's product itself.
 
     Example:
         >>> layer = torch.nn.Linear(4, 3)
@@ -169,7 +217,7 @@ def apply_output_gain(layer: nn.Module, output: Tensor) -> Tensor:
     """
     gain = layer.output_gain
     if gain.training and torch.is_grad_enabled() and not torch.compiler.is_compiling():
-        gain._watch_for_no_optimizer(layer)
+        gain.watch(layer)
     return gain(output, getattr(layer, "bias", None))
 
 

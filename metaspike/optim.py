@@ -25,6 +25,7 @@ from torch.optim import Optimizer
 from metaspike.bayesian.synapses import bayesian_modules
 from metaspike.checks import FLOAT32_MAX, check_eps_holds, is_number, number_in, state_dict_groups
 from metaspike.compiled import LazyCompiled
+from metaspike.gain import OutputGain
 from metaspike.layer_selection import each_once, synapse_role
 from metaspike.rules import (
     Rule,
@@ -282,6 +283,7 @@ class MetaplasticAdam(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:  # tensors at their first step: converted since their group was checked?
+            check_meta(group["meta"], "a param group's meta")  # (edited since: a negative one would invert the rule)
             check_eps_holds({"eps": group["eps"], "params": [p for p in group["params"]
                                                              if p.grad is not None and not self.state[p]]})
         for group in self.param_groups:
@@ -445,7 +447,7 @@ def metaplastic(
         # every consolidated weight, with a gradient yet or not: a step(closure) makes the gradients only after this
         before.clear()
         for group in opt.param_groups:
-            if group["meta"] != 0:
+            if check_meta(group["meta"], "a param group's meta") != 0:  # (edited since it was checked?)
                 for p in group["params"]:
                     if consolidates(p, group):
                         before[p] = p.detach().clone()
@@ -506,7 +508,9 @@ def _hooked_again(cls: type, state: dict[str, Any]) -> Optimizer:
     return metaplastic(optimizer)
 
 
-def param_groups(model: nn.Module, meta: float | Sequence[float]) -> list[dict[str, Any]]:
+def param_groups(
+    model: nn.Module, meta: float | Sequence[float], gain_lr: float | None = None
+) -> list[dict[str, Any]]:
     """Param groups that say which parameters are consolidated, each weight layer with its own ``meta``.
 
     The consolidated groups (``consolidate=True``, one per layer, in model order, ``meta`` one value
@@ -514,13 +518,19 @@ def param_groups(model: nn.Module, meta: float | Sequence[float]) -> list[dict[s
     any, the weight of every layer :func:`metaspike.binarize` would select (Linear and Conv layers: the
     full-precision variant; recurrent cells, embeddings and a neuron's parameters are not among them). A last group
     holds every other parameter with ``consolidate=False`` and ``meta=0``. A weight shared by two
-    layers is listed once.
+    layers is listed once. With ``gain_lr``, the learned output gains (:class:`metaspike.gain.OutputGain`) get a
+    group of their own before that last one, with that learning rate: under SGD a gain needs a smaller one than
+    the weights (about ``lr / √fan_in``; see :class:`~metaspike.gain.OutputGain`).
 
     Example:
         >>> from bnn import MLP
         >>> groups = param_groups(MLP([784, 100, 100, 10]), [2.0, 1.0, 0.5])
         >>> [(g["meta"], g["consolidate"]) for g in groups]
         [(2.0, True), (1.0, True), (0.5, True), (0.0, False)]
+        >>> import metaspike
+        >>> net = metaspike.binarize(torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)))
+        >>> [(len(g["params"]), g.get("lr")) for g in param_groups(net, 1.35, gain_lr=0.005)]
+        [(1, None), (1, None), (2, 0.005), (2, None)]
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch nn.Module (param_groups(model, meta)), got {type(model).__name__}")
@@ -539,9 +549,17 @@ def param_groups(model: nn.Module, meta: float | Sequence[float]) -> list[dict[s
                 f"got {len(metas)} meta values but the model has {len(matrices)} weight layers; "
                 "give one value or one per layer"
             )
-    chosen = {id(w) for w in matrices}
-    rest = [p for p in model.parameters() if id(p) not in chosen]
     groups: list[dict[str, Any]] = [{"params": [w], "meta": m, "consolidate": True} for w, m in zip(matrices, metas)]
+    chosen = {id(w) for w in matrices}
+    if gain_lr is not None:
+        number_in("gain_lr", gain_lr, 0.0, FLOAT32_MAX)
+        gains = each_once(gain.alpha for gain in model.modules() if isinstance(gain, OutputGain))
+        if not gains:
+            raise ValueError("gain_lr is given but the model has no learned output gains (metaspike.binarize adds them "
+                             "unless scale=None)")
+        groups.append({"params": gains, "meta": 0.0, "consolidate": False, "lr": gain_lr})
+        chosen |= {id(g) for g in gains}
+    rest = [p for p in model.parameters() if id(p) not in chosen]
     if rest:
         groups.append({"params": rest, "meta": 0.0, "consolidate": False})
     return groups

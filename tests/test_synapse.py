@@ -219,3 +219,100 @@ def test_sampled_forward_watches_for_a_gain_no_optimizer_trains():
             sampled_forward(layer, x, samples=2).pow(2).mean().backward()
             opt.step()
     assert sum("has held a gradient through" in str(w.message) for w in caught) == 1
+
+
+def test_a_gain_that_grows_past_its_bound_is_named_once():
+    """A gain whose largest |α| passes GROWTH_WARNED times its start is named in one warning, at most
+    GROWTH_CHECK_EVERY updates later; growth below the bound, and passes without an update, say nothing."""
+    import warnings
+
+    from metaspike.gain import GROWTH_CHECK_EVERY, GROWTH_WARNED
+
+    net = metaspike.binarize(nn.Sequential(nn.Linear(8, 4)))
+    alpha = net[0].output_gain.alpha
+    start = float(alpha.detach().abs().max())
+    x = torch.randn(3, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.no_grad():
+            alpha.mul_(GROWTH_WARNED / 2)  # half the bound: no warning however often it is read
+        for _ in range(3 * GROWTH_CHECK_EVERY):
+            net(x)
+            with torch.no_grad():
+                alpha.add_(0.0)  # an update that changes nothing
+        assert not [w for w in caught if "is diverging" in str(w.message)]
+        with torch.no_grad():
+            alpha.mul_(3.0)  # 1.5 times the bound
+        for _ in range(3 * GROWTH_CHECK_EVERY):
+            net(x)
+            with torch.no_grad():
+                alpha.add_(0.0)
+    named = [w for w in caught if "is diverging" in str(w.message)]
+    assert len(named) == 1 and f"from {start:.3g}" in str(named[0].message)
+    assert "gain_lr" in str(named[0].message) and "Linear layer" in str(named[0].message)
+
+
+def _digits_standardized():
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x, dtype=torch.float32)
+    return (x - x.mean(0)) / (x.std(0) + 1e-3), torch.tensor(y)
+
+
+@pytest.mark.parametrize("gain_lr", [None, 0.05 / 8])
+def test_sgd_at_a_float_models_lr_diverges_in_the_gains_unless_they_get_their_own(gain_lr):
+    """SGD (lr 0.05, momentum 0.9) trains the float 64-64-10 MLP on standardised digits; binarized, its gains
+    diverge at that lr (the warning names them) and accuracy falls, while a gain_lr of lr / √fan_in learns."""
+    import warnings
+
+    x, y = _digits_standardized()
+    torch.manual_seed(0)
+    net = metaspike.binarize(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)))
+    params = net.parameters() if gain_lr is None else metaspike.param_groups(net, 1.35, gain_lr=gain_lr)
+    opt = metaspike.metaplastic(torch.optim.SGD(params, lr=0.05, momentum=0.9), meta=1.35)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            for batch in torch.randperm(len(x)).split(32):
+                opt.zero_grad()
+                nn.functional.cross_entropy(net(x[batch]), y[batch]).backward()
+                opt.step()
+    net.eval()
+    with torch.no_grad():
+        accuracy = (net(x).argmax(1) == y).float().mean().item()
+    diverging = [w for w in caught if "is diverging" in str(w.message)]
+    if gain_lr is None:
+        assert len(diverging) >= 1 and accuracy < 0.8
+    else:
+        assert not diverging and accuracy > 0.85
+
+
+def test_param_groups_gives_the_gains_their_own_learning_rate():
+    net = metaspike.binarize(nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)))
+    groups = metaspike.param_groups(net, [2.0, 1.0], gain_lr=1e-3)
+    gains = [net[0].output_gain.alpha, net[2].output_gain.alpha]
+    assert [g.get("lr") for g in groups] == [None, None, 1e-3, None]
+    assert groups[2]["params"] == gains and groups[2]["consolidate"] is False and groups[2]["meta"] == 0.0
+    every = [p for g in groups for p in g["params"]]
+    assert len(every) == len(list(net.parameters())) == len({id(p) for p in every})
+    with pytest.raises(ValueError, match=r"gain_lr must be"):
+        metaspike.param_groups(net, 1.0, gain_lr=-1.0)
+    plain = metaspike.binarize(nn.Sequential(nn.Linear(6, 3)), scale=None)
+    with pytest.raises(ValueError, match="no learned output gains"):
+        metaspike.param_groups(plain, 1.0, gain_lr=1e-3)
+
+
+@pytest.mark.parametrize("hooked", [False, True])
+def test_a_meta_edited_out_of_range_after_construction_is_refused_before_the_step(hooked):
+    """A group's meta set to -2 after the optimizer was built would invert the rule (damping updates away from zero
+    instead of toward it); the step refuses it and leaves the weights as they were."""
+    net = metaspike.binarize(nn.Sequential(nn.Linear(4, 3)))
+    opt = (metaspike.metaplastic(torch.optim.SGD(net.parameters(), lr=0.1), meta=2.0) if hooked
+           else metaspike.MetaplasticAdam(net.parameters(), lr=0.1, meta=2.0))
+    net(torch.randn(5, 4)).sum().backward()
+    opt.param_groups[0]["meta"] = -2.0
+    before = [p.detach().clone() for p in net.parameters()]
+    with pytest.raises(ValueError, match="a param group's meta must be"):
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
