@@ -338,6 +338,21 @@ def test_the_bayesian_kinds_are_judged_against_the_binary_network_at_m_0():
     assert verdicts["bnn"][0] == "10" and verdicts["leaky"][1] == "m = 0 only: nothing to compare it with"
 
 
+def test_a_kind_without_m_is_never_its_own_baseline_at_m_0():
+    """MESU without bnn beside it, and leaky+bimu without leaky: no reference ran, so the m = 0 columns stay empty
+    (they once held MESU's own figures), and the verdict says what is missing."""
+    from metaspike.app.compare import tradeoff_rows
+
+    def row(neuron, forgetting, task1, task2):
+        return {"neuron": neuron, "meta": None, "runs": 1, "ACC": ((task1 + task2) / 2, 0.0),
+                "forgetting": (forgetting, 0.0), "task 1": (task1, 0.0), "task 2": (task2, 0.0)}
+
+    out = {r["neuron"]: r for r in tradeoff_rows([row("mesu", 3.7, 84.1, 87.2), row("leaky+bimu", 1.8, 77.5, 80.3)])}
+    assert all(math.isnan(out[k][column][0]) for k in out for column in ("forgetting_m0", "plasticity_m0"))
+    assert out["mesu"]["verdict"] == "not judged: mesu has no m, and no bnn ran at m = 0 beside it"
+    assert out["leaky+bimu"]["verdict"] == "not judged: no leaky at m = 0 ran beside it"
+
+
 def test_one_task_gives_no_forgetting_to_judge():
     from metaspike.app.compare import tradeoff_rows
 
@@ -371,3 +386,18 @@ def test_a_bayesian_run_records_the_settings_its_optimizer_ran_with(tmp_path):
                                 memory_window=500)
     ran = {key: value for key, value in optimizer.param_groups[0].items() if key != "params"}
     assert recorded == pytest.approx(ran) and recorded["N"] == 100.0  # 500 samples, steps of 5
+
+
+def test_the_tradeoff_table_rounds_as_the_comparison_table_does():
+    """A forgetting of 12.25 is 12.3 in the comparison table (a half rounded away from zero): the same in the
+    trade-off table and its verdicts, where f"{x:.1f}" wrote 12.2."""
+    from metaspike.app.compare import format_tradeoff, tradeoff_rows
+    from metaspike.app.tables import format_table
+
+    rows = [{"neuron": "bnn", "meta": meta, "runs": 1, "ACC": (80.0 + meta, 0.0), "forgetting": (f, 0.0),
+             "task 1": (70.0, 0.0), "task 2": (90.0 + shift, 0.0), "setting": f"bnn meta={meta:g}",
+             "BWT": (-f, 0.0), "FWT": (0.0, 0.0), "seconds": (1.0, 0.0)}
+            for meta, f, shift in ((0.0, 30.0, 0.0), (10.0, 12.25, -2.25))]
+    tradeoff = format_tradeoff(tradeoff_rows(rows))
+    assert "12.3" in format_table(rows, 2) and "12.3" in tradeoff and "12.2" not in tradeoff
+    assert "last task -2.3 points" in tradeoff

@@ -32,7 +32,14 @@ from metaspike.app.runs import (
     run,
     run_lock,
 )
-from metaspike.app.tables import check_settings, comparison_csv, format_table, last_task_column, summarize_results
+from metaspike.app.tables import (
+    check_settings,
+    comparison_csv,
+    decimal_text,
+    format_table,
+    last_task_column,
+    summarize_results,
+)
 from metaspike.checks import is_number
 from metaspike.continual.results import RunDirectory, unique_directory
 from metaspike.continual.trainer import ContinualResult
@@ -70,17 +77,23 @@ def _meta_rows(base: RunConfig, settings: Sequence[tuple[float, ...]], seeds: Se
                 tuple(replace(base, meta=s, seed=int(seed)) for seed in seeds)) for s in settings]
 
 
+def _has_meta(kind: str) -> bool:
+    """Whether a model kind's synapses take an m (the 2021 rule's); BiMU, MESU and SGD do not."""
+    return optimizer_kind(kind) == "metaplastic-adam"
+
+
 def _swept_metas(neuron: str, metas: Sequence[float]) -> Sequence[float]:
     """The m values a model kind is run at: all of them for metaplastic binary synapses, one (m = 0, which
     the Bayesian synapses ignore) for the ``+bimu`` kinds."""
-    return metas if optimizer_kind(neuron) == "metaplastic-adam" else (0.0,)
+    return metas if _has_meta(neuron) else (0.0,)
 
 
 def _neuron_rows(base: RunConfig, neurons: Sequence[str], metas: Sequence[float], seeds: Sequence[int]) -> list[Row]:
     # a kind whose optimizer has no meta (BiMU, MESU, SGD) is named alone, with the settings only it takes; each kind
     # runs without the settings it does not take (RunConfig.for_model)
-    return [Row({"setting": f"{n} meta={m:g}" if optimizer_kind(n) == "metaplastic-adam" else _kind_label(base, n),
-                 "neuron": n, "meta": m},
+    # (such a kind's "meta" is None: written as an empty cell, so that it is never taken for a baseline at m = 0)
+    return [Row({"setting": f"{n} meta={m:g}" if _has_meta(n) else _kind_label(base, n),
+                 "neuron": n, "meta": m if _has_meta(n) else None},
                 tuple(replace(base, meta=(float(m),), seed=int(seed)).for_model(n) for seed in seeds))
             for n in neurons for m in _swept_metas(n, metas)]
 
@@ -233,12 +246,18 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for neuron in dict.fromkeys(r["neuron"] for r in rows):
         mine = [r for r in rows if r["neuron"] == neuron]
         reference = _reference(neuron, rows)
+        synapse_kind = optimizer_kind(neuron) in ("bimu", "mesu")
         synapse = "MESU" if optimizer_kind(neuron) == "mesu" else "BiMU"
         plain = next((r for r in rows if r["neuron"] == reference and r["meta"] == 0), None)
         judged = mine + ([plain] if plain is not None else [])
         measured = all(math.isfinite(r[key][0]) for r in judged for key in ("ACC", "forgetting", last))
         best = max(mine, key=lambda r: r["ACC"][0]) if measured else mine[0]
-        verdict = "no m = 0 row"
+        if _has_meta(neuron):
+            verdict = "no m = 0 row"
+        elif reference != neuron:
+            verdict = f"not judged: no {reference} at m = 0 ran beside it"
+        else:
+            verdict = f"not judged: {neuron} has no m" + (", and no bnn ran at m = 0 beside it" if synapse_kind else "")
         if last == "task 1":
             verdict = "cannot judge: forgetting needs at least 2 tasks (there is 1)"
         elif not measured:
@@ -248,8 +267,9 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             plastic = [r for r in mine if r is not plain and r[last][0] >= plain[last][0] - PLASTICITY_SLACK]
             if not plastic and reference != neuron:
                 drop = mine[0][last][0] - plain[last][0]
-                verdict = (f"FAILS: {synapse} forgets {mine[0]['forgetting'][0]:.1f} points (m=0: {plain['forgetting'][0]:.1f}) "
-                           f"but its last task is {drop:+.1f} points, beyond {PLASTICITY_SLACK:g}")
+                verdict = (f"FAILS: {synapse} forgets {_one(mine[0]['forgetting'][0])} points (m=0: "
+                           f"{_one(plain['forgetting'][0])}) but its last task is {_one(drop, '+')} points, beyond "
+                           f"{PLASTICITY_SLACK:g}")
             elif len(mine) == 1 and reference == neuron:
                 verdict = "m = 0 only: nothing to compare it with"
             elif not plastic:
@@ -260,16 +280,16 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 drop = chosen[last][0] - plain[last][0]
                 what = f"m={chosen['meta']:g}" if reference == neuron else f"{synapse} (against {reference} m=0)"
                 if kept <= 0:
-                    verdict = (f"nothing to protect: m = 0 forgets {kept:.1f} points; {what} forgets "
-                               f"{chosen['forgetting'][0]:.1f}, last task {drop:+.1f} points")
+                    verdict = (f"nothing to protect: m = 0 forgets {_one(kept)} points; {what} forgets "
+                               f"{_one(chosen['forgetting'][0])}, last task {_one(drop, '+')} points")
                 else:
                     less = 1 - chosen["forgetting"][0] / kept
                     change = f"{100 * less:.0f}% less" if less >= 0 else f"{-100 * less:.0f}% more"
-                    verdict = f"{what} forgets {change}, last task {drop:+.1f} points"
+                    verdict = f"{what} forgets {change}, last task {_one(drop, '+')} points"
                     if less < FORGETTING_CUT:
                         verdict = (f"FAILS (needs {100 * FORGETTING_CUT:.0f}% less): " + verdict
-                                   + (f" (forgets only {kept:.1f} points at m = 0)" if kept < 10 else ""))
-        swept = reference == neuron and optimizer_kind(neuron) == "metaplastic-adam"  # (BiMU, MESU, SGD: no meta)
+                                   + (f" (forgets only {_one(kept)} points at m = 0)" if kept < 10 else ""))
+        swept = reference == neuron and _has_meta(neuron)
         out.append({"neuron": neuron, "best_meta": f"{best['meta']:g}" if swept and measured else "-",
                     "runs": best["runs"], "verdict": verdict,
                     "ACC": best["ACC"], "memory": best["task 1"], "plasticity": best[last],
@@ -293,9 +313,19 @@ def format_tradeoff(rows: Sequence[dict[str, Any]]) -> str:
               f"{'forgetting m=0':>16}  verdict")
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r['neuron']:<{width}}{r['best_meta']:>8}{r['ACC'][0]:>10.1f}{r['memory'][0]:>10.1f}"
-                     f"{r['plasticity'][0]:>10.1f}{r['forgetting'][0]:>14.1f}{r['forgetting_m0'][0]:>16.1f}  {r['verdict']}")
+        lines.append(f"{r['neuron']:<{width}}{r['best_meta']:>8}{_one(r['ACC'][0]):>10}{_one(r['memory'][0]):>10}"
+                     f"{_one(r['plasticity'][0]):>10}{_one(r['forgetting'][0]):>14}{_one(r['forgetting_m0'][0]):>16}"
+                     f"  {r['verdict']}")
     return "\n".join(lines)
+
+
+def _one(value: float, sign: str = "") -> str:
+    """``value`` with one decimal as every table of a comparison rounds it (:func:`decimal_text`), ``n/a`` where
+    undefined; ``sign="+"`` writes a plus sign before a positive one."""
+    if not math.isfinite(value):
+        return "n/a"
+    text = decimal_text(value, 1)
+    return "+" + text if sign == "+" and not text.startswith("-") else text
 
 
 def comparison_name(base: RunConfig, neurons: bool) -> str:

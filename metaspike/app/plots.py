@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from metaspike.app.models import BIMU_SUFFIX, optimizer_kind
+from metaspike.app.models import optimizer_kind
 from metaspike.app.tables import last_task_column
 from metaspike.continual.results import load_run
 from metaspike.files import atomic_open
@@ -211,11 +211,10 @@ def plot_forgetting_by_model(rows: Sequence[dict[str, Any]], out: str | os.PathL
     metas = list(dict.fromkeys(r["meta"] for r in rows))
     fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(neurons)), 4))
     cells = {(r["neuron"], r["meta"]): r["forgetting"] for r in rows}
-    missing = (math.nan, math.nan)  # a model run at fewer m (the +bimu kinds run once): no bar
+    missing = (math.nan, math.nan)  # a model run at fewer m (the kinds without one run once): no bar
     values = [[cells.get((n, m), missing) for n in neurons] for m in metas]
-    bayesian = any(n.endswith(BIMU_SUFFIX) for n in neurons)
-    plain = "no metaplasticity" + (" (+bimu: BiMU synapses)" if bayesian else "")
-    grouped_bars(ax, neurons, [plain if m == 0 else f"meta = {m:g}" for m in metas], values)
+    labels = {None: "its own synapses (BiMU, MESU, SGD: no m)", 0: "no metaplasticity"}
+    grouped_bars(ax, neurons, [labels[m] if m in labels else f"meta = {m:g}" for m in metas], values)
     ax.set_ylabel("forgetting (accuracy points)")
     ax.set_title("forgetting by neuron model")
     fig.tight_layout()
@@ -235,13 +234,14 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], out: str | os.PathLike) -> Pat
     last = last_task_column(rows)
     fig, ax = plt.subplots(figsize=(6.4, 5))
     for neuron in dict.fromkeys(r["neuron"] for r in rows):
-        mine = sorted((r for r in rows if r["neuron"] == neuron), key=lambda r: r["meta"])
+        mine = sorted((r for r in rows if r["neuron"] == neuron), key=lambda r: r["meta"] or 0.0)  # (None: no m)
         xs, ys = [r[last] for r in mine], [r["task 1"] for r in mine]
         line = ax.errorbar([x for x, _ in xs], [y for y, _ in ys],
                            xerr=_error_bars(xs), yerr=_error_bars(ys), marker="o", capsize=3, label=neuron)
         for r, (x, _), (y, _) in zip(mine, xs, ys):
-            ax.annotate(f"{r['meta']:g}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7,
-                        color=line[0].get_color())
+            if r["meta"] is not None:
+                ax.annotate(f"{r['meta']:g}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7,
+                            color=line[0].get_color())
     ax.set_xlabel("plasticity: last task's accuracy (%)")
     ax.set_ylabel("memory: first task's accuracy after the last task (%)")
     ax.set_title("stability-plasticity trade-off (labels: meta)")
