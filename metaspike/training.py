@@ -25,7 +25,7 @@ from metaspike.distributed import average_gradients
 from metaspike.population_statistics import evaluates_with_batch_statistics, has_fixed_statistics
 
 __all__ = ["check_inputs", "minimum_batch_size", "train_epoch", "evaluate", "evaluate_together", "MIN_STATISTICS_BATCH",
-           "random_numbers_apart", "masked_logits",
+           "random_numbers_apart", "masked_logits", "backward_within_batch",
            "classification_loss", "predictions", "TrainingDiverged", "Plugin"]
 
 
@@ -266,7 +266,7 @@ def train_epoch(
                 loss = loss + extra
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss.item()} at batch {batches + 1}; lower the learning rate")
-        loss.backward()
+        backward_within_batch(loss)
         if shard[1] > 1:
             average_gradients(model)
         for plugin in plugins:
@@ -284,6 +284,33 @@ def train_epoch(
         torch.distributed.all_reduce(summed)
         mean = summed.item() / shard[1]
     return mean
+
+
+#: The start of torch's message when a backward pass reaches a graph an earlier one freed.
+_GRAPH_FREED = "Trying to backward through the graph a second time"
+
+
+def backward_within_batch(loss: Tensor) -> None:
+    """``loss.backward()``; a graph that reaches into an earlier batch's (freed) graph is one ``ValueError`` saying
+    what keeps it: a module that holds a tensor between calls, most often a neuron's state left from the last batch.
+
+    Example:
+        >>> w = torch.ones(2, requires_grad=True)
+        >>> kept = w.exp()  # computed once, then used by every batch: a state no one resets
+        >>> backward_within_batch(kept.sum())
+        >>> backward_within_batch(kept.sum())
+        Traceback (most recent call last):
+        ...
+        ValueError: the loss reaches into the graph of an earlier batch: a module keeps a tensor between calls (a neuron's state from the last batch?). Drop it before each batch: metaspike.snn.reset_states, which SpikingClassifier calls, calls every module's reset_state() method
+    """
+    try:
+        loss.backward()
+    except RuntimeError as err:
+        if not str(err).startswith(_GRAPH_FREED):
+            raise
+        raise ValueError("the loss reaches into the graph of an earlier batch: a module keeps a tensor between calls "
+                         "(a neuron's state from the last batch?). Drop it before each batch: metaspike.snn.reset_states"
+                         ", which SpikingClassifier calls, calls every module's reset_state() method") from err
 
 
 def _fused_step(model: nn.Module, optimizer: Optimizer, batch_size: int, classes: Sequence[int] | None,

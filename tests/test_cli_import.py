@@ -170,6 +170,55 @@ def test_a_neuron_builder_that_returns_no_model_is_named(tmp_path, capsys):
     assert "the builder of neuron model 'nothing-built' (" in err and "returned NoneType, not a torch nn.Module" in err
 
 
+def test_a_neuron_builder_that_raises_is_one_line_naming_its_file_and_line(tmp_path, capsys):
+    (tmp_path / "broken.py").write_text("from metaspike.snn import register_neuron\n"
+                                        "def build(spec):\n"
+                                        "    raise RuntimeError('my builder is broken')\n"
+                                        "register_neuron('broken-built', build)\n")
+    code = main(["train", "--import", str(tmp_path / "broken.py"), *SMALL, "--model", "broken-built",
+                 "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2 and err == ("metaspike: error: the builder of neuron model 'broken-built' (build) raised "
+                                 "RuntimeError at broken.py line 3: my builder is broken\n")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # no run folder left
+
+
+STATE_KEPT_MODULE = """
+import torch
+from torch import nn
+from metaspike.snn import register_neuron, spiking_mlp
+
+
+class KeepsState(nn.Module):  # its membrane lives on between calls, and its reset is not called reset_state
+    def __init__(self, output):
+        super().__init__()
+        self.output, self.mem = output, None
+
+    def reset(self):
+        self.mem = None
+
+    def forward(self, x):
+        self.mem = x if self.mem is None or self.mem.shape != x.shape else 0.9 * self.mem + x
+        return self.mem if self.output else torch.sigmoid(4 * (self.mem - 1))
+
+
+register_neuron("keeps-state", lambda spec: spiking_mlp(spec, lambda n, out: KeepsState(out)))
+"""
+
+
+def test_a_neuron_that_keeps_its_state_across_batches_is_one_line_naming_reset_state(tmp_path, capsys):
+    (tmp_path / "kept.py").write_text(STATE_KEPT_MODULE)
+    code = main(["train", "--import", str(tmp_path / "kept.py"), *SMALL, "--model", "keeps-state",
+                 "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "the loss reaches into the graph of an earlier batch" in err and "reset_state()" in err
+    (tmp_path / "fixed.py").write_text(STATE_KEPT_MODULE.replace("keeps-state", "resets-state")
+                                       .replace("def reset(self)", "def reset_state(self)"))
+    assert main(["train", "--import", str(tmp_path / "fixed.py"), *SMALL, "--model", "resets-state",
+                 "--out", str(tmp_path / "runs")]) == 0
+
+
 def test_a_missing_module_name_is_one_line(capsys):
     assert main(["train", "--import", "no_such_userlab_module", *SMALL]) == 2
     assert capsys.readouterr().err == ("metaspike: error: --import no_such_userlab_module: ModuleNotFoundError: "

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import math
 import re
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -182,7 +184,10 @@ def register_neuron(name: str, builder: Callable[[NetSpec], nn.Module]) -> Calla
     """Make a neuron model available by ``name``: to :func:`build_neuron_model`, as the run model kinds ``name``
     (binary synapses, MetaplasticAdam) and ``name+bimu`` (BiMU synapses), and to ``metaspike compare --neurons``.
     ``builder(spec)`` returns a classifier ``[B, *spec.input_shape] → [B, spec.classes]`` with float synapses,
-    most simply :func:`spiking_mlp` with the neuron's own module. Returns ``builder``.
+    most simply :func:`spiking_mlp` with the neuron's own module. Returns ``builder``. A neuron module that keeps
+    its state between calls (its membrane) gives it up in a ``reset_state()`` method, which
+    :func:`metaspike.snn.reset_states` calls before and after each batch; without it, the second batch's backward
+    pass reaches into the first one's graph.
 
     Example:
         >>> from metaspike.snn import SelfRecurrentLIF
@@ -239,7 +244,14 @@ def build_neuron_model(name: str, spec: NetSpec = NetSpec()) -> nn.Module:
     """
     check_neurons([name])
     builder = _NEURONS[name]
-    model = builder(spec)
+    try:
+        model = builder(spec)
+    except (ValueError, ImportError):  # (a refused setting, a missing backend: their own one line already)
+        raise
+    except Exception as err:  # (a registered builder is a user's code: say where it failed, in one line)
+        frame = traceback.extract_tb(err.__traceback__)[-1]
+        raise ValueError(f"the builder of neuron model {name!r} ({getattr(builder, '__qualname__', '?')}) raised "
+                         f"{type(err).__name__} at {Path(frame.filename).name} line {frame.lineno}: {err}") from err
     if not isinstance(model, nn.Module):
         where = f"{getattr(builder, '__module__', '?')}.{getattr(builder, '__qualname__', '?')}"
         raise ValueError(f"the builder of neuron model {name!r} ({where}) returned {type(model).__name__}, not a "
