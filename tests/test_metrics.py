@@ -117,3 +117,17 @@ def test_a_ragged_matrix_is_one_line_naming_the_row():
     with pytest.raises(ValueError, match=r"rectangular: row 1 has 1 cells, row 0 2 \(give cells not evaluated as nan"):
         summarize([[90, 50], [60]])  # (was numpy's "inhomogeneous shape")
     assert summarize([[90, float("nan")], [60, 70]])["ACC"] == 65.0
+
+
+def test_forgetting_takes_the_evaluated_cells_of_a_budgeted_matrix():
+    """Under --eval-tasks the cells of tasks not yet trained are nan: forgetting is then the mean drop from each
+    task's best evaluated accuracy (as BWT's cells are evaluated), the same as for the full matrix where those cells
+    would not be the best; a task not evaluated right after it was learned leaves it undefined."""
+    from metaspike.continual.metrics import backward_transfer, forgetting
+
+    nan = float("nan")
+    full = [[80.0, 9.0, 11.0], [66.9, 84.2, 10.0], [65.8, 81.7, 87.8]]
+    budgeted = [[80.0, nan, nan], [66.9, 84.2, nan], [65.8, 81.7, 87.8]]
+    assert forgetting(budgeted) == forgetting(full) == pytest.approx((80.0 - 65.8 + 84.2 - 81.7) / 2, abs=1e-12)
+    assert backward_transfer(budgeted) == backward_transfer(full)
+    assert math.isnan(forgetting([[80.0, nan, nan], [nan, nan, nan], [65.8, 81.7, 87.8]]))  # every other row

@@ -107,15 +107,22 @@ def forward_transfer(matrix: Sequence[Sequence[float]] | np.ndarray, baseline: S
 def forgetting(matrix: Sequence[Sequence[float]] | np.ndarray) -> float:
     """Forgetting (Chaudhry et al. 2018): mean drop from each earlier task's best accuracy to its final one.
 
+    The best is taken over the evaluated cells (``nan`` marks the others: tasks not yet trained, under an evaluation
+    budget), so it needs each earlier task evaluated right after it was learned and at the end; ``nan`` otherwise.
+
     Example:
         >>> forgetting([[90, 10], [60, 95]])
         30.0
+        >>> nan = float("nan")
+        >>> forgetting([[90, nan, nan], [80, 70, nan], [75, 60, 95]]), forgetting([[nan, nan], [60, 95]])
+        (12.5, nan)
     """
     r = _square(matrix)
     t = len(r)
     if t < 2:
         return math.nan
-    return float(np.mean([r[: t - 1, j].max() - r[-1, j] for j in range(t - 1)]))
+    drops = [np.nanmax(r[: t - 1, j]) - r[-1, j] if np.isfinite(r[j, j]) else math.nan for j in range(t - 1)]
+    return float(np.mean(drops))
 
 
 def last_tasks_accuracy(matrix: Sequence[Sequence[float]] | np.ndarray, k: int = 5) -> float:
