@@ -1,4 +1,4 @@
-"""Quickstart: a binarized MLP learns two permuted-digit tasks in turn, with and without metaplasticity.
+"""Quickstart: a binarized MLP learns three permuted-digit tasks in turn, with and without metaplasticity.
 
     python examples/quickstart_bnn.py      # about a minute on a laptop CPU
 """

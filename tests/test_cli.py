@@ -562,3 +562,14 @@ def test_a_run_refused_before_it_measured_anything_leaves_no_folder_to_resume(tm
     assert main(args) == 2
     assert "got one sample" in capsys.readouterr().err
     assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_a_sequence_records_one_task_per_dataset(tmp_path):
+    """--scenario sequence trains one task per --dataset: config.json records that count, not --tasks' default."""
+    assert main(["train", "--scenario", "sequence", "--dataset", "digits", "--epochs", "1", "--hidden", "16",
+                 "--quiet", "--out", str(tmp_path)]) == 0
+    config = json.loads((tmp_path / "sequence-digits-meta5-30-seed1" / "config.json").read_text())
+    assert config["tasks"] == 1
+    from metaspike.app.config import RunConfig
+
+    assert RunConfig(scenario="sequence", datasets=("digits", "mnist5k")).tasks == 2

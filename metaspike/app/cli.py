@@ -207,8 +207,9 @@ def _refuse_unused_flags(given: dict[str, object], config: RunConfig) -> None:
     kind = optimizer_kind(config.model)
     for field, users in _USED_BY.items():
         if field in given and kind not in users:
+            what = ", which does" if kind == "sgd" else " and its published settings, which do"
             raise ValueError(f"--{field.replace('_', '-')}: model {config.model!r} trains with its own optimizer "
-                             f"({kind}) and its published settings, which do not use it")
+                             f"({kind}){what} not use it")
     if config.scenario != "split" and "split_mode" in given:
         raise ValueError(f"--split-mode applies to --scenario split only, not {config.scenario}")
     if "eval_tasks" in given and config.scenario in ("joint", "stream"):
@@ -216,9 +217,9 @@ def _refuse_unused_flags(given: dict[str, object], config: RunConfig) -> None:
                          "not a budget of trained tasks")
     if "batchnorm" in given and is_builtin(config.model) and not uses_batchnorm(config.model):
         raise ValueError(f"--batchnorm: model {config.model!r} has no BatchNorm")
-    if config.scenario == "sequence" and "tasks" in given and config.tasks != len(config.datasets):
+    if config.scenario == "sequence" and "tasks" in given and given["tasks"] != len(config.datasets):
         raise ValueError(f"--tasks: --scenario sequence has one task per --dataset ({len(config.datasets)} here), "
-                         f"got --tasks {config.tasks}")
+                         f"got --tasks {given['tasks']}")
     _refuse_per_task_modes(given, config)
 
 

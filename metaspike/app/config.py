@@ -135,6 +135,9 @@ class RunConfig:
     ``batch_size``: :func:`metaspike.bayesian.settings_for_batch`); ``None`` keeps the kind's published setting
     (:func:`metaspike.app.models.build_optimizer`).
 
+    The ``"sequence"`` scenario has one task per dataset: its ``tasks`` is set to ``len(datasets)`` whatever was given
+    (``metaspike train`` refuses a ``--tasks`` that differs).
+
     ``readout_lambda`` (BiMU kinds) starts the output layer's latent weights at ``±readout_lambda`` with their drawn
     signs (:func:`metaspike.bayesian.start_confident`) instead of ``N(0, 0.1²)``; ``None`` keeps the usual start.
 
@@ -178,6 +181,8 @@ class RunConfig:
         if self.model not in available_models():
             raise ValueError(f"unknown model {self.model!r}; available: {', '.join(available_models())}"
                              f"{self._import_hint()}")
+        if self.scenario == "sequence" and isinstance(self.datasets, (tuple, list)):  # (config.json records it too)
+            object.__setattr__(self, "tasks", len(self.datasets))
         for key in ("tasks", "epochs", "batch_size", "num_steps", "eval_every"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

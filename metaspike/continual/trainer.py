@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from metaspike.bayesian.synapses import bayesian_modules
 from metaspike.checks import check_device, check_seed, is_whole
 from metaspike.continual.batchnorm import BATCHNORM_MODES, batchnorm_state, load_batchnorm_state
 from metaspike.continual.metrics import summarize
@@ -337,8 +338,9 @@ def _check_finite_weights(model: nn.Module, task: int) -> None:
     Bayesian rule whose memory window is far too short)."""
     bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
     if bad:
+        window = " or lengthen the memory window" if next(bayesian_modules(model), None) is not None else ""
         raise TrainingDiverged(f"weights became NaN or infinite by the end of task {task} ({', '.join(bad[:3])}); "
-                               "lower the learning rate or lengthen the memory window")
+                               f"lower the learning rate{window}")
 
 
 _PER_WEIGHT = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
