@@ -11,7 +11,17 @@ import numbers
 from typing import Any
 
 __all__ = ["is_number", "is_finite_number", "is_whole", "number_in", "finite_number", "FLOAT32_MAX", "FLOAT32_TINY",
-           "MAX_SEED", "check_seed", "check_device", "state_dict_groups", "check_eps_holds"]
+           "MAX_SEED", "check_seed", "check_device", "state_dict_groups", "check_eps_holds", "ModelError"]
+
+
+class ModelError(ValueError):
+    """A model that cannot work whatever data it is given (a module keeping its state between calls, ...): what a
+    check of the data against the model passes on as it is, instead of blaming the data's shape.
+
+    Example:
+        >>> issubclass(ModelError, ValueError)
+        True
+    """
 
 FLOAT32_MAX = 3.4028234663852886e38
 """float32's largest number (``torch.finfo(torch.float32).max``): the bound of a setting that multiplies float32

@@ -20,7 +20,7 @@ from torch.optim import Optimizer
 from metaspike.allocator import allocation_failure
 from metaspike.bayesian.fused_step import FusedTrainingStep
 from metaspike.bayesian.synapses import bayesian_modules
-from metaspike.checks import check_eps_holds, is_whole
+from metaspike.checks import ModelError, check_eps_holds, is_whole
 from metaspike.distributed import average_gradients
 from metaspike.population_statistics import evaluates_with_batch_statistics, has_fixed_statistics
 
@@ -105,7 +105,7 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
             model.eval()
             out = model(x[:2])
     except (RuntimeError, ValueError) as err:  # (torch's BatchNorm raises ValueError for one sample)
-        if allocation_failure(err):  # memory, not the samples' shape
+        if allocation_failure(err) or isinstance(err, ModelError):  # memory, or the model itself: not the samples'
             raise
         dtypes = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()})
         if dtypes and str(x.dtype) not in dtypes:

@@ -206,13 +206,14 @@ register_neuron("keeps-state", lambda spec: spiking_mlp(spec, lambda n, out: Kee
 """
 
 
-def test_a_neuron_that_keeps_its_state_across_batches_is_one_line_naming_reset_state(tmp_path, capsys):
+def test_a_neuron_that_keeps_its_state_across_calls_is_one_line_naming_reset_state(tmp_path, capsys):
     (tmp_path / "kept.py").write_text(STATE_KEPT_MODULE)
     code = main(["train", "--import", str(tmp_path / "kept.py"), *SMALL, "--model", "keeps-state",
                  "--out", str(tmp_path / "runs")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
-    assert "the loss reaches into the graph of an earlier batch" in err and "reset_state()" in err
+    assert ("module '2' (KeepsState) keeps the tensor 'mem' from one call to the next" in err
+            and "reset_state()" in err)
     (tmp_path / "fixed.py").write_text(STATE_KEPT_MODULE.replace("keeps-state", "resets-state")
                                        .replace("def reset(self)", "def reset_state(self)"))
     assert main(["train", "--import", str(tmp_path / "fixed.py"), *SMALL, "--model", "resets-state",

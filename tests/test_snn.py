@@ -180,3 +180,34 @@ def test_cli_compare_neurons_names_an_unknown_neuron_model(capsys):
 def test_spiking_settings_out_of_range_get_one_line(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_a_module_that_keeps_its_state_past_reset_states_is_named_at_the_first_call():
+    """A neuron module of one's own that keeps its membrane as an attribute, without reset_state(), would start each
+    call from the last one's state (a shape error at the next batch size, or a backward into a freed graph): the
+    classifier's first call names it, in evaluation as in training; with reset_state() it runs."""
+    from metaspike.checks import ModelError
+    from metaspike.snn import SpikingClassifier
+
+    class Sticky(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.v = None
+
+        def forward(self, x):
+            self.v = x if self.v is None else 0.9 * self.v + x
+            return self.v
+
+    class Resets(Sticky):
+        def reset_state(self):
+            self.v = None
+
+    for neuron, refused in ((Sticky, True), (Resets, False)):
+        net = SpikingClassifier(torch.nn.Sequential(torch.nn.Linear(4, 3), neuron()), num_steps=3, encoder="direct",
+                                readout="membrane", input_shape=(4,))
+        with torch.no_grad():
+            if refused:
+                with pytest.raises(ModelError, match=r"module '1' \(Sticky\) keeps the tensor 'v' from one call"):
+                    net(torch.rand(2, 4))
+            else:
+                assert net(torch.rand(2, 4)).shape == (2, 3) and net(torch.rand(5, 4)).shape == (5, 3)

@@ -20,6 +20,7 @@ from metaspike import function_transforms
 
 __all__ = [
     "require_snntorch", "require_norse", "available_surrogates", "surrogate", "norse_method", "reset_states",
+    "state_reset",
 ]
 
 SpikeFunction = Callable[[Tensor], Tensor]
@@ -154,9 +155,24 @@ def reset_states(model: nn.Module) -> None:
         >>> reset_states(nn.Sequential(layer)); layer.v is None
         True
     """
-    snntorch = sys.modules.get("snntorch")
     for module in model.modules():
-        if callable(getattr(module, "reset_state", None)):
-            module.reset_state()
-        elif snntorch is not None and isinstance(module, snntorch.SpikingNeuron):
-            module.reset_mem()
+        reset = state_reset(module)
+        if reset is not None:
+            reset()
+
+
+def state_reset(module: nn.Module) -> Callable[[], None] | None:
+    """What :func:`reset_states` calls to reset ``module``'s hidden state: its ``reset_state()`` method, or a snnTorch
+    neuron's ``reset_mem()``; ``None`` for a module it leaves alone.
+
+    Example:
+        >>> from metaspike.snn import SelfRecurrentLIF
+        >>> state_reset(SelfRecurrentLIF(2)) is not None, state_reset(nn.Linear(2, 2))
+        (True, None)
+    """
+    if callable(getattr(module, "reset_state", None)):
+        return module.reset_state
+    snntorch = sys.modules.get("snntorch")
+    if snntorch is not None and isinstance(module, snntorch.SpikingNeuron):
+        return module.reset_mem
+    return None

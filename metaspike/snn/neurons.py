@@ -186,8 +186,8 @@ def register_neuron(name: str, builder: Callable[[NetSpec], nn.Module]) -> Calla
     ``builder(spec)`` returns a classifier ``[B, *spec.input_shape] → [B, spec.classes]`` with float synapses,
     most simply :func:`spiking_mlp` with the neuron's own module. Returns ``builder``. A neuron module that keeps
     its state between calls (its membrane) gives it up in a ``reset_state()`` method, which
-    :func:`metaspike.snn.reset_states` calls before and after each batch; without it, the second batch's backward
-    pass reaches into the first one's graph.
+    :func:`metaspike.snn.reset_states` calls before and after each batch; without it, the classifier's first call
+    names the module and the attribute it keeps.
 
     Example:
         >>> from metaspike.snn import SelfRecurrentLIF

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from metaspike.checks import is_whole
-from metaspike.snn.backends import reset_states
+from metaspike.checks import ModelError, is_whole
+from metaspike.snn.backends import reset_states, state_reset
 from metaspike.snn.encoders import check_num_steps, get_encoder
 from metaspike.snn.readouts import Readout, get_readout
 from metaspike.synapse import binarized_once
@@ -65,6 +65,25 @@ def _check_snntorch_neurons(network: nn.Module) -> None:
                                  "init_hidden=True (SpikingClassifier resets the hidden state at every call)")
 
 
+def _unreset_tensors(network: nn.Module) -> dict[tuple[str, str], int]:
+    """The plain tensor attributes (not parameters or buffers) of the modules :func:`reset_states` leaves alone,
+    by ``(module name, attribute)``, with the identity of the tensor each holds now."""
+    return {(name, key): id(value) for name, module in network.named_modules() if state_reset(module) is None
+            for key, value in vars(module).items() if isinstance(value, Tensor)}
+
+
+def _refuse_kept_state(network: nn.Module, before: dict[tuple[str, str], int]) -> None:
+    """One :class:`~metaspike.checks.ModelError` for a module :func:`reset_states` leaves alone that set a tensor attribute during the call
+    (``before``: :func:`_unreset_tensors` at its start): a state the next call would start from."""
+    for (name, key), identity in _unreset_tensors(network).items():
+        if before.get((name, key)) != identity:
+            module = network.get_submodule(name)
+            raise ModelError(f"network: module {name!r} ({type(module).__name__}) keeps the tensor {key!r} from one "
+                             "call to the next, and metaspike.snn.reset_states does not reset it: give "
+                             f"{type(module).__name__} a reset_state() method that drops it (otherwise each batch "
+                             "starts from the last one's state)")
+
+
 class SpikingClassifier(nn.Module):
     """Run ``network`` for ``num_steps`` steps on encoded input and read logits out.
 
@@ -110,6 +129,7 @@ class SpikingClassifier(nn.Module):
         if self.input_shape is not None:
             self.in_features = math.prod(self.input_shape)
         self._stateful = _takes_state(network)
+        self._state_checked = False  # (the first call checks that no module keeps a state past reset_states)
 
     def encode(self, x: Tensor) -> Tensor:
         """``[B, *input_shape]`` → ``[num_steps, B, *input_shape]``; encoded input is checked and kept."""
@@ -128,6 +148,7 @@ class SpikingClassifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         steps = self.encode(x)
         reset_states(self.network)
+        unreset = None if self._state_checked else _unreset_tensors(self.network)
         state = None
         outputs = []
         try:
@@ -140,4 +161,7 @@ class SpikingClassifier(nn.Module):
                     outputs.append(out)
         finally:  # no autograd graph stays behind in the neurons: the model stays copyable and frees that memory
             reset_states(self.network)
+        if unreset is not None:  # (the first call: a state kept past the reset would start the next call)
+            _refuse_kept_state(self.network, unreset)
+            self._state_checked = True
         return self.readout(outputs)
