@@ -70,7 +70,8 @@ IDLE_STEPS_WARNED = 50
 #: How many times its starting size a gain's largest ``|α|`` may grow before :class:`OutputGain` warns that it is
 #: diverging. The start is the float layer's own output size, and a healthy training moves it far less (about
 #: 17-fold in the largest growth this project measured, Adam at 5e-3 on the tasks of a spiking comparison); a
-#: gain stepped past its stability limit by SGD grew 140-fold in 10 steps and 10⁶-fold in 200 (digits; README).
+#: gain stepped past its stability limit by SGD grew 140-fold in 10 steps (a conv net's classifier) and 6·10⁵-fold in
+#: 200 (an MLP; digits, README).
 GROWTH_WARNED = 100.0
 
 #: A gain's size is read (one reduction and a host sync) at every this many of its updates, not at every one.
@@ -149,7 +150,7 @@ class OutputGain(nn.Module):
                               "the optimizer after them (or add the gains' parameters to it)", stacklevel=3)
         self._seen_alpha, self._seen_synapses = alpha._version, synapse_version
 
-    def watch(self, layer: nn.Module) -> None:
+    def _watch(self, layer: nn.Module) -> None:
         """What a training pass checks of the gain of ``layer``: that an optimizer trains it, and that it does not
         diverge."""
         self._watch_growth(layer)
@@ -217,7 +218,7 @@ def apply_output_gain(layer: nn.Module, output: Tensor) -> Tensor:
     """
     gain = layer.output_gain
     if gain.training and torch.is_grad_enabled() and not torch.compiler.is_compiling():
-        gain.watch(layer)
+        gain._watch(layer)
     return gain(output, getattr(layer, "bias", None))
 
 
