@@ -35,9 +35,9 @@ from metaspike.app.runs import (
 from metaspike.app.tables import (
     check_settings,
     comparison_csv,
-    decimal_text,
     format_table,
     last_task_column,
+    one_decimal,
     summarize_results,
 )
 from metaspike.checks import is_number
@@ -246,8 +246,8 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for neuron in dict.fromkeys(r["neuron"] for r in rows):
         mine = [r for r in rows if r["neuron"] == neuron]
         reference = _reference(neuron, rows)
-        synapse_kind = optimizer_kind(neuron) in ("bimu", "mesu")
-        synapse = "MESU" if optimizer_kind(neuron) == "mesu" else "BiMU"
+        kind = optimizer_kind(neuron)
+        synapse = "MESU" if kind == "mesu" else "BiMU"
         plain = next((r for r in rows if r["neuron"] == reference and r["meta"] == 0), None)
         judged = mine + ([plain] if plain is not None else [])
         measured = all(math.isfinite(r[key][0]) for r in judged for key in ("ACC", "forgetting", last))
@@ -257,7 +257,8 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         elif reference != neuron:
             verdict = f"not judged: no {reference} at m = 0 ran beside it"
         else:
-            verdict = f"not judged: {neuron} has no m" + (", and no bnn ran at m = 0 beside it" if synapse_kind else "")
+            missing = ", and no bnn ran at m = 0 beside it" if kind in ("bimu", "mesu") else ""
+            verdict = f"not judged: {neuron} has no m{missing}"
         if last == "task 1":
             verdict = "cannot judge: forgetting needs at least 2 tasks (there is 1)"
         elif not measured:
@@ -267,9 +268,9 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             plastic = [r for r in mine if r is not plain and r[last][0] >= plain[last][0] - PLASTICITY_SLACK]
             if not plastic and reference != neuron:
                 drop = mine[0][last][0] - plain[last][0]
-                verdict = (f"FAILS: {synapse} forgets {_one(mine[0]['forgetting'][0])} points (m=0: "
-                           f"{_one(plain['forgetting'][0])}) but its last task is {_one(drop, '+')} points, beyond "
-                           f"{PLASTICITY_SLACK:g}")
+                verdict = (f"FAILS: {synapse} forgets {one_decimal(mine[0]['forgetting'][0])} points (m=0: "
+                           f"{one_decimal(plain['forgetting'][0])}) but its last task is "
+                           f"{one_decimal(drop, plus=True)} points, beyond {PLASTICITY_SLACK:g}")
             elif len(mine) == 1 and reference == neuron:
                 verdict = "m = 0 only: nothing to compare it with"
             elif not plastic:
@@ -280,15 +281,16 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 drop = chosen[last][0] - plain[last][0]
                 what = f"m={chosen['meta']:g}" if reference == neuron else f"{synapse} (against {reference} m=0)"
                 if kept <= 0:
-                    verdict = (f"nothing to protect: m = 0 forgets {_one(kept)} points; {what} forgets "
-                               f"{_one(chosen['forgetting'][0])}, last task {_one(drop, '+')} points")
+                    verdict = (f"nothing to protect: m = 0 forgets {one_decimal(kept)} points; {what} forgets "
+                               f"{one_decimal(chosen['forgetting'][0])}, last task "
+                               f"{one_decimal(drop, plus=True)} points")
                 else:
                     less = 1 - chosen["forgetting"][0] / kept
                     change = f"{100 * less:.0f}% less" if less >= 0 else f"{-100 * less:.0f}% more"
-                    verdict = f"{what} forgets {change}, last task {_one(drop, '+')} points"
+                    verdict = f"{what} forgets {change}, last task {one_decimal(drop, plus=True)} points"
                     if less < FORGETTING_CUT:
                         verdict = (f"FAILS (needs {100 * FORGETTING_CUT:.0f}% less): " + verdict
-                                   + (f" (forgets only {_one(kept)} points at m = 0)" if kept < 10 else ""))
+                                   + (f" (forgets only {one_decimal(kept)} points at m = 0)" if kept < 10 else ""))
         swept = reference == neuron and _has_meta(neuron)
         out.append({"neuron": neuron, "best_meta": f"{best['meta']:g}" if swept and measured else "-",
                     "runs": best["runs"], "verdict": verdict,
@@ -313,19 +315,10 @@ def format_tradeoff(rows: Sequence[dict[str, Any]]) -> str:
               f"{'forgetting m=0':>16}  verdict")
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r['neuron']:<{width}}{r['best_meta']:>8}{_one(r['ACC'][0]):>10}{_one(r['memory'][0]):>10}"
-                     f"{_one(r['plasticity'][0]):>10}{_one(r['forgetting'][0]):>14}{_one(r['forgetting_m0'][0]):>16}"
-                     f"  {r['verdict']}")
+        cells = [one_decimal(r[key][0]) for key in ("ACC", "memory", "plasticity", "forgetting", "forgetting_m0")]
+        lines.append(f"{r['neuron']:<{width}}{r['best_meta']:>8}{cells[0]:>10}{cells[1]:>10}{cells[2]:>10}"
+                     f"{cells[3]:>14}{cells[4]:>16}  {r['verdict']}")
     return "\n".join(lines)
-
-
-def _one(value: float, sign: str = "") -> str:
-    """``value`` with one decimal as every table of a comparison rounds it (:func:`decimal_text`), ``n/a`` where
-    undefined; ``sign="+"`` writes a plus sign before a positive one."""
-    if not math.isfinite(value):
-        return "n/a"
-    text = decimal_text(value, 1)
-    return "+" + text if sign == "+" and not text.startswith("-") else text
 
 
 def comparison_name(base: RunConfig, neurons: bool) -> str:

@@ -21,7 +21,7 @@ from metaspike.files import csv_text
 from metaspike.rules import check_meta
 
 __all__ = ["mean_std", "summarize_results", "check_settings", "comparison_csv", "format_table", "format_matrix", "last_task_column", "versions",
-           "decimal_text"]
+           "decimal_text", "one_decimal"]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -154,14 +154,26 @@ def decimal_text(value: float, digits: int) -> str:
         return str(exact.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
 
 
+def one_decimal(value: float, plus: bool = False) -> str:
+    """``value`` as every table of a comparison shows it: one decimal (:func:`decimal_text`), ``n/a`` where undefined;
+    ``plus`` writes a ``+`` before a value that is not negative.
+
+    Example:
+        >>> one_decimal(12.25), one_decimal(0.5, plus=True), one_decimal(-2.25, plus=True), one_decimal(float("nan"))
+        ('12.3', '+0.5', '-2.3', 'n/a')
+    """
+    if not math.isfinite(value):
+        return "n/a"
+    text = decimal_text(value, 1)
+    return "+" + text if plus and not text.startswith("-") else text
+
+
 def _mean_std_text(mean: float, std: float) -> str:
     """A table cell: ``mean ± std`` with one decimal, the mean alone where one run gave no spread, ``n/a`` where
     undefined."""
-    if not math.isfinite(mean):
-        return "n/a"
-    if not math.isfinite(std):
-        return decimal_text(mean, 1)
-    return f"{decimal_text(mean, 1):>8} ±{decimal_text(std, 1):>4}"
+    if not (math.isfinite(mean) and math.isfinite(std)):
+        return one_decimal(mean)
+    return f"{one_decimal(mean):>8} ±{one_decimal(std):>4}"
 
 
 def format_matrix(name: str, matrix: Sequence[Sequence[float]]) -> str:
