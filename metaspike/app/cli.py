@@ -99,6 +99,19 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
                              "(default: %(default)s)")
     parser.add_argument("--weight-decay", type=float, default=d["weight_decay"],
                         help="weight decay of that optimizer, added to the gradient (default: %(default)s)")
+    from metaspike.continual.baselines import BASELINE_STRENGTHS, EWC_ONLINE_GAMMA
+
+    strengths = ", ".join(f"{name} {meaning} {default:g}" for name, (meaning, default) in BASELINE_STRENGTHS.items())
+    parser.add_argument("--baseline", default=None, choices=list(BASELINE_STRENGTHS),
+                        help="add a continual-learning baseline's penalty to the loss: EWC (Kirkpatrick et al. 2017), "
+                             "EWC-Online (one running Fisher, Schwarz et al. 2018), SI (Zenke et al. 2017) or random "
+                             "(EWC's importances on random synapses); for models trained by gradient steps, not "
+                             "bimu/mesu (default: none)")
+    parser.add_argument("--baseline-strength", type=float, default=None, metavar="S",
+                        help=f"the baseline's strength: lambda (EWC kinds) or c (SI) (default: {strengths})")
+    parser.add_argument("--baseline-gamma", type=float, default=None, metavar="G",
+                        help="--baseline ewc-online: decay in [0, 1] of its running Fisher, F <- G*F + F_task "
+                             f"(default: {EWC_ONLINE_GAMMA:g}; 1: the Fishers of all tasks add up)")
     parser.add_argument("--rule", default=d["rule"],
                         help=f"consolidation rule: {', '.join(available_rules())} (default: %(default)s)")
     parser.add_argument("--batchnorm", default=d["batchnorm"], choices=["per-task", "shared"],
@@ -127,7 +140,8 @@ def _config(args: argparse.Namespace, meta: Sequence[float] | None, seed: int) -
         standardize=args.standardize,
         seed=seed, batchnorm=args.batchnorm, optimizer=args.optimizer, split_mode=args.split_mode,
         device=args.device, data_dir=args.data_dir, imports=tuple(args.imports), eval_samples=args.eval_samples,
-        readout_lambda=args.readout_lambda,
+        readout_lambda=args.readout_lambda, baseline=args.baseline, baseline_strength=args.baseline_strength,
+        baseline_gamma=args.baseline_gamma,
     )
 
 
@@ -244,7 +258,8 @@ _SETTING_FLAGS = {"scenario": "scenario", "dataset": "datasets", "tasks": "tasks
                   "data_dir": "data_dir", "device": "device", "seed": "seed", "samples_per_task": "samples_per_task",
                   "eval_every": "eval_every", "eval_tasks": "eval_tasks", "model": "model",
                   "memory_window": "memory_window", "standardize": "standardize", "eval_samples": "eval_samples",
-                  "readout_lambda": "readout_lambda"}
+                  "readout_lambda": "readout_lambda", "baseline": "baseline",
+                  "baseline_strength": "baseline_strength", "baseline_gamma": "baseline_gamma"}
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -289,7 +304,8 @@ def _train(args: argparse.Namespace) -> None:
               f"over the last 5 {metrics.get('last5_accuracy', float('nan')):.1f} %, "
               f"task 1 at the end {result.matrix[-1][0]:.1f} %")
     else:
-        label = f"meta={meta_label(config.meta)}" if config.name.count("-meta") else config.model
+        label = " ".join(filter(None, [f"meta={meta_label(config.meta)}" if config.name.count("-meta") else config.model,
+                                       config.baseline_setting]))
         print(format_table([{"setting": label, **summarize_results([result])}], len(result.task_names)))
     print(f"\nresults: {path}  (accuracy_matrix.csv, curves.csv, metrics.json, accuracy_curves.png)")
     if learned_nothing(result):

@@ -73,7 +73,7 @@ class Row:
 
 
 def _meta_rows(base: RunConfig, settings: Sequence[tuple[float, ...]], seeds: Sequence[int]) -> list[Row]:
-    return [Row({"setting": f"meta={meta_label(s)}", "meta": meta_label(s)},
+    return [Row({"setting": " ".join(filter(None, [f"meta={meta_label(s)}", base.baseline_setting])), "meta": meta_label(s)},
                 tuple(replace(base, meta=s, seed=int(seed)) for seed in seeds)) for s in settings]
 
 
@@ -92,7 +92,8 @@ def _neuron_rows(base: RunConfig, neurons: Sequence[str], metas: Sequence[float]
     # a kind whose optimizer has no meta (BiMU, MESU, SGD) is named alone, with the settings only it takes; each kind
     # runs without the settings it does not take (RunConfig.for_model)
     # (such a kind's "meta" is None: written as an empty cell, so that it is never taken for a baseline at m = 0)
-    return [Row({"setting": f"{n} meta={m:g}" if _has_meta(n) else _kind_label(base, n),
+    return [Row({"setting": " ".join(filter(None, [f"{n} meta={m:g}" if _has_meta(n) else _kind_label(base, n),
+                                                   base.baseline_setting])),
                  "neuron": n, "meta": m if _has_meta(n) else None},
                 tuple(replace(base, meta=(float(m),), seed=int(seed)).for_model(n) for seed in seeds))
             for n in neurons for m in _swept_metas(n, metas)]

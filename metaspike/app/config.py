@@ -27,11 +27,12 @@ from metaspike.app.models import (
 )
 from metaspike.bayesian.synapses import check_magnitude
 from metaspike.chained import ChainedOptimizer
-from metaspike.checks import FLOAT32_MAX, check_device, check_seed, finite_number
+from metaspike.checks import FLOAT32_MAX, check_device, check_seed, finite_number, number_in
+from metaspike.continual.baselines import BASELINE_STRENGTHS, EWC_ONLINE_GAMMA, make_baseline
 from metaspike.continual.scenarios import available_scenarios
 from metaspike.continual.trainer import LAST_EVALUATED, TrainerConfig
 from metaspike.rules import check_meta, get_rule
-from metaspike.training import minimum_batch_size
+from metaspike.training import Plugin, minimum_batch_size
 
 __all__ = ["RunConfig", "DEFAULT_META", "DEFAULT_INPUT_META", "default_meta", "parse_meta", "meta_label", "flag_name"]
 
@@ -141,6 +142,11 @@ class RunConfig:
     ``readout_lambda`` (BiMU kinds) starts the output layer's latent weights at ``±readout_lambda`` with their drawn
     signs (:func:`metaspike.bayesian.start_confident`) instead of ``N(0, 0.1²)``; ``None`` keeps the usual start.
 
+    ``baseline`` adds a continual-learning baseline's penalty to the loss (:func:`metaspike.continual.baselines.make_baseline`:
+    ``"ewc"``, ``"ewc-online"``, ``"si"``, or ``"random"``, EWC's importances shuffled) for models trained by gradient
+    steps of their weights (not the Bayesian kinds, which consolidate by themselves); ``baseline_strength`` is its λ
+    (SI: c) and ``baseline_gamma`` EWC-Online's decay, both recorded as run (the defaults filled in).
+
     Example:
         >>> RunConfig(meta=(1.35,), tasks=2).name
         'permuted-mnist5k-meta1.35-seed1'
@@ -172,6 +178,9 @@ class RunConfig:
     imports: tuple[str, ...] = ()
     eval_samples: int | None = None
     readout_lambda: float | None = None
+    baseline: str | None = None
+    baseline_strength: float | None = None
+    baseline_gamma: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.imports, tuple) or not all(isinstance(i, str) and i for i in self.imports):
@@ -266,6 +275,37 @@ class RunConfig:
         if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
         check_device(self.device, "--device")  # (CUDA present, and the device index within its count)
+        self._check_baseline()
+
+    def _check_baseline(self) -> None:
+        """The baseline settings: a known baseline, for a model trained by gradient steps, on a scenario with tasks;
+        its strength and EWC-Online's decay in range, filled in with their defaults."""
+        if self.baseline is None:
+            for key in ("baseline_strength", "baseline_gamma"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{flag_name(key)} applies to a --baseline; name one ({', '.join(BASELINE_STRENGTHS)})")
+            return
+        if self.baseline not in BASELINE_STRENGTHS:
+            raise ValueError(f"--baseline must be one of {', '.join(BASELINE_STRENGTHS)}, got {self.baseline!r}")
+        kind = optimizer_kind(self.model)
+        if kind in BAYESIAN_OPTIMIZERS:
+            raise ValueError(f"--baseline {self.baseline}: model {self.model!r} consolidates through its own Bayesian "
+                             f"synapses ({kind}); a baseline regularises the weights of models trained by gradient "
+                             "steps (bnn, bnn-layernorm, mlp, the spiking neuron models)")
+        if self.scenario == "stream":
+            raise ValueError(f"--baseline {self.baseline}: --scenario stream has no task boundaries, where a baseline "
+                             "takes the importances of what was learned; use a scenario with tasks")
+        meaning, default = BASELINE_STRENGTHS[self.baseline]
+        strength = default if self.baseline_strength is None else self.baseline_strength
+        object.__setattr__(self, "baseline_strength", number_in(f"--baseline-strength ({self.baseline}'s {meaning})",
+                                                                strength, 0.0, FLOAT32_MAX))
+        if self.baseline != "ewc-online":
+            if self.baseline_gamma is not None:
+                raise ValueError(f"--baseline-gamma is EWC-Online's decay of its running Fisher; --baseline "
+                                 f"{self.baseline} takes none")
+            return
+        gamma = EWC_ONLINE_GAMMA if self.baseline_gamma is None else self.baseline_gamma
+        object.__setattr__(self, "baseline_gamma", number_in("--baseline-gamma", gamma, 0.0, 1.0))
 
     def _import_hint(self) -> str:
         """What to say after an unknown model or rule name: the run's own modules, or how to name one's own."""
@@ -297,10 +337,42 @@ class RunConfig:
             window = "" if self.memory_window is None else f"-N{self.memory_window:g}"
             ensemble = "" if self.eval_samples is None else f"-eval{self.eval_samples}"
             readout = "" if self.readout_lambda is None else f"-readout{self.readout_lambda:g}"
-            return f"{self.scenario}-{'-'.join(self.datasets)}{model}{window}{readout}{ensemble}-seed{self.seed}"
+            return (f"{self.scenario}-{'-'.join(self.datasets)}{model}{window}{readout}{ensemble}"
+                    f"{self._baseline_part()}-seed{self.seed}")
         meta = "-".join(f"{m:g}" for m in self.meta)  # type: ignore[union-attr]
         rule = "" if self.rule == "tanh" else f"-{self.rule}"
-        return f"{self.scenario}-{'-'.join(self.datasets)}{model}-meta{meta}{rule}-seed{self.seed}"
+        return f"{self.scenario}-{'-'.join(self.datasets)}{model}-meta{meta}{rule}{self._baseline_part()}-seed{self.seed}"
+
+    def _baseline_part(self) -> str:
+        """The run name's part for the baseline: ``"-ewc5000"``, ``"-ewc-online100-gamma0.9"``, or nothing."""
+        if self.baseline is None:
+            return ""
+        gamma = "" if self.baseline_gamma is None else f"-gamma{self.baseline_gamma:g}"
+        return f"-{self.baseline}{self.baseline_strength:g}{gamma}"
+
+    @property
+    def baseline_setting(self) -> str:
+        """The baseline as a table names it (``"ewc-online lambda=100 gamma=0.9"``), or ``""`` without one.
+
+        Example:
+            >>> RunConfig(baseline="si").baseline_setting
+            'si c=0.1'
+        """
+        if self.baseline is None:
+            return ""
+        gamma = "" if self.baseline_gamma is None else f" gamma={self.baseline_gamma:g}"
+        return f"{self.baseline} {BASELINE_STRENGTHS[self.baseline][0]}={self.baseline_strength:g}{gamma}"
+
+    def baseline_plugins(self) -> list[Plugin]:
+        """A new plugin of this run's baseline (:func:`metaspike.continual.baselines.make_baseline`), or none.
+
+        Example:
+            >>> [type(p).__name__ for p in RunConfig(baseline="si").baseline_plugins()]
+            ['SynapticIntelligence']
+        """
+        if self.baseline is None:
+            return []
+        return [make_baseline(self.baseline, self.baseline_strength, self.baseline_gamma, seed=self.seed)]
 
     def trainer_config(self) -> TrainerConfig:
         """The :class:`TrainerConfig` of this run.

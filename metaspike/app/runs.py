@@ -103,14 +103,16 @@ def build_trainer(
     config: RunConfig, model: torch.nn.Module, progress: bool = True, plugins: Sequence[Plugin] = ()
 ) -> ContinualTrainer:
     """The continual trainer ``config`` describes, for ``model`` (with the optimizer its model kind names:
-    MetaplasticAdam with the config's meta for binary networks, BiMU, MESU or SGD for the others).
+    MetaplasticAdam with the config's meta for binary networks, BiMU, MESU or SGD for the others), with ``plugins``
+    and the config's baseline (:meth:`RunConfig.baseline_plugins`).
 
     Example:
         >>> trainer = build_trainer(RunConfig(hidden=(32,)), torch.nn.Linear(784, 10), progress=False)
         >>> trainer.config.epochs
         20
     """
-    return ContinualTrainer(model, config.make_optimizer, config.trainer_config(), progress=progress, plugins=plugins)
+    return ContinualTrainer(model, config.make_optimizer, config.trainer_config(), progress=progress,
+                            plugins=[*plugins, *config.baseline_plugins()])
 
 
 def _trainer(config: RunConfig, scenario: Scenario, progress: bool) -> ContinualTrainer:
@@ -509,7 +511,8 @@ def config_from_record(stored: Any, path: Path) -> RunConfig:
     for key in RunConfig.field_names():
         if key not in stored:
             if key in ("model", "num_steps", "samples_per_task", "eval_every", "eval_tasks", "memory_window",
-                       "standardize", "imports", "eval_samples", "readout_lambda"):  # newer fields
+                       "standardize", "imports", "eval_samples", "readout_lambda", "baseline",
+                       "baseline_strength", "baseline_gamma"):  # newer fields
                 values[key] = getattr(defaults, key)
                 continue
             raise ValueError(f"{path} has no {key!r} setting")
@@ -521,9 +524,10 @@ def config_from_record(stored: Any, path: Path) -> RunConfig:
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
                 raise ValueError(f"{path}: {key!r} must be a list of {getattr(kind, '__name__', 'numbers')}, got {value!r}")
             value = tuple(value)
-        elif key in ("data_dir",):
+        elif key in ("data_dir", "baseline"):
             if value is not None and not isinstance(value, str):
-                raise ValueError(f"{path}: {key!r} must be a folder name or null, got {value!r}")
+                what = "a folder name" if key == "data_dir" else "a baseline's name"
+                raise ValueError(f"{path}: {key!r} must be {what} or null, got {value!r}")
         elif isinstance(getattr(defaults, key), str) and not isinstance(value, str):
             raise ValueError(f"{path}: {key!r} must be a string, got {value!r}")
         values[key] = value

@@ -41,7 +41,15 @@ from metaspike.population_statistics import use_population_statistics
 from metaspike.synapse import float_layer_weights, weight_matrices
 from metaspike.training import Plugin, classification_loss
 
-__all__ = ["EWC", "EWCOnline", "SynapticIntelligence", "RandomConsolidation", "fisher_diagonal"]
+__all__ = ["EWC", "EWCOnline", "SynapticIntelligence", "RandomConsolidation", "fisher_diagonal", "EWC_LAMBDA", "SI_C",
+           "EWC_ONLINE_GAMMA", "BASELINE_STRENGTHS", "make_baseline"]
+
+#: EWC's default strength λ: the 2021 paper's, for its BNN under Adam (also EWC-Online's and the random control's).
+EWC_LAMBDA = 5000.0
+#: SI's default strength c (Zenke et al. 2017's permuted-MNIST setting).
+SI_C = 0.1
+#: EWC-Online's default decay γ of the running Fisher (1: the Fishers of all tasks add up).
+EWC_ONLINE_GAMMA = 1.0
 
 
 def _matrices(model: nn.Module) -> list[Tensor]:
@@ -154,7 +162,7 @@ class EWC(Plugin):
         0.0
     """
 
-    def __init__(self, lam: float = 5000.0, samples: int = 1000) -> None:
+    def __init__(self, lam: float = EWC_LAMBDA, samples: int = 1000) -> None:
         self.lam = finite_number("EWC lam", lam, positive=False)
         self.samples = _samples(samples, "EWC samples")
         self.importances: list[list[Tensor]] = []  # one list per past task
@@ -213,7 +221,7 @@ class EWCOnline(Plugin):
         0.0
     """
 
-    def __init__(self, lam: float = 5000.0, gamma: float = 1.0, samples: int = 1000) -> None:
+    def __init__(self, lam: float = EWC_LAMBDA, gamma: float = EWC_ONLINE_GAMMA, samples: int = 1000) -> None:
         self.lam = finite_number("lam", lam, positive=False)
         self.gamma = _gamma(gamma)
         self.samples = _samples(samples, "samples")
@@ -260,7 +268,7 @@ class RandomConsolidation(EWC):
         torch.Size([2, 3])
     """
 
-    def __init__(self, lam: float = 5000.0, samples: int = 1000, seed: int = 0) -> None:
+    def __init__(self, lam: float = EWC_LAMBDA, samples: int = 1000, seed: int = 0) -> None:
         super().__init__(lam, samples)
         if not is_whole(seed, 0):
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
@@ -301,7 +309,7 @@ class SynapticIntelligence(Plugin):
         tensor([[0.1000, 0.1000]])
     """
 
-    def __init__(self, c: float = 0.1, xi: float = 0.1) -> None:
+    def __init__(self, c: float = SI_C, xi: float = 0.1) -> None:
         self.c = finite_number("SI c", c, positive=False)
         self.xi = finite_number("SI xi", xi, positive=True)
         self.omega: list[Tensor] = []  # path integral of the current task
@@ -360,3 +368,32 @@ class SynapticIntelligence(Plugin):
         self.xi = finite_number("SI xi", state.get("xi"), positive=True)
         for key, value in tensors.items():
             setattr(self, key, [t.clone() for t in value])  # not the caller's tensors, which omega would change
+
+
+#: The baselines by name, each with the meaning and default of its one strength: what a run names (``--baseline``).
+BASELINE_STRENGTHS: dict[str, tuple[str, float]] = {
+    "ewc": ("lambda", EWC_LAMBDA), "ewc-online": ("lambda", EWC_LAMBDA), "si": ("c", SI_C), "random": ("lambda", EWC_LAMBDA),
+}
+
+
+def make_baseline(name: str, strength: float | None = None, gamma: float | None = None, seed: int = 0) -> Plugin:
+    """A new plugin of the baseline ``name`` (a key of :data:`BASELINE_STRENGTHS`) at ``strength`` (EWC, EWC-Online
+    and the random control: λ; SI: c; ``None``: the default), ``gamma`` EWC-Online's decay (``None``:
+    :data:`EWC_ONLINE_GAMMA`; no other baseline takes one) and ``seed`` the random control's shuffling seed.
+
+    Example:
+        >>> make_baseline("si").c, make_baseline("ewc-online", 100.0, gamma=0.9).gamma
+        (0.1, 0.9)
+    """
+    if name not in BASELINE_STRENGTHS:
+        raise ValueError(f"unknown baseline {name!r}; available: {', '.join(BASELINE_STRENGTHS)}")
+    if gamma is not None and name != "ewc-online":
+        raise ValueError(f"gamma is EWC-Online's decay; baseline {name!r} takes none")
+    value = BASELINE_STRENGTHS[name][1] if strength is None else strength
+    if name == "ewc":
+        return EWC(lam=value)
+    if name == "ewc-online":
+        return EWCOnline(lam=value, gamma=EWC_ONLINE_GAMMA if gamma is None else gamma)
+    if name == "si":
+        return SynapticIntelligence(c=value)
+    return RandomConsolidation(lam=value, seed=seed)

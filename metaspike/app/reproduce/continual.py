@@ -20,20 +20,13 @@ from bnn import MLP
 from metaspike.app.config import RunConfig
 from metaspike.app.runs import build_run_model, build_trainer, train_in_folder
 from metaspike.app.tables import comparison_csv, mean_std
-from metaspike.continual.baselines import EWC, RandomConsolidation, SynapticIntelligence
+from metaspike.continual.baselines import BASELINE_STRENGTHS, make_baseline
 from metaspike.continual.scenarios import Scenario, joint, make_scenario
 from metaspike.continual.trainer import ContinualResult
 from metaspike.files import atomic_write_text
 from metaspike.training import Plugin
 
-__all__ = ["Method", "run_method", "compare_methods", "summarize", "TABLE_LABELS", "plot_rows", "BASELINES"]
-
-#: Baseline plugins by name; each takes its strength (EWC/random: λ, SI: c) and the seed.
-BASELINES = {
-    "ewc": lambda strength, seed: EWC(lam=strength),
-    "si": lambda strength, seed: SynapticIntelligence(c=strength),
-    "random": lambda strength, seed: RandomConsolidation(lam=strength, seed=seed),
-}
+__all__ = ["Method", "run_method", "compare_methods", "summarize", "TABLE_LABELS", "plot_rows"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +36,8 @@ class Method:
     Attributes:
         label: name in tables and figures.
         meta: metaplasticity strength of MetaplasticAdam (0: plain Adam), or one per layer.
-        baseline: ``None`` or a key of :data:`BASELINES` (``"ewc"``, ``"si"``, ``"random"``).
+        baseline: ``None`` or a baseline's name (:data:`metaspike.continual.baselines.BASELINE_STRENGTHS`: ``"ewc"``,
+            ``"ewc-online"``, ``"si"``, ``"random"``).
         strength: the baseline's λ (EWC, random) or c (SI).
         joint: train all tasks at once (the upper bound).
         dnn: full-precision network (real weights, ReLU, BatchNorm) instead of the BNN.
@@ -61,12 +55,12 @@ class Method:
     dnn: bool = False
 
     def __post_init__(self) -> None:
-        if self.baseline is not None and self.baseline not in BASELINES:
-            raise ValueError(f"unknown baseline {self.baseline!r}; available: {', '.join(BASELINES)}")
+        if self.baseline is not None and self.baseline not in BASELINE_STRENGTHS:
+            raise ValueError(f"unknown baseline {self.baseline!r}; available: {', '.join(BASELINE_STRENGTHS)}")
 
     def plugins(self, seed: int) -> list[Plugin]:
         """The baseline's plugin (a fresh one per run), or none."""
-        return [] if self.baseline is None else [BASELINES[self.baseline](self.strength, seed)]
+        return [] if self.baseline is None else [make_baseline(self.baseline, self.strength, seed=seed)]
 
 
 def _slug(text: str) -> str:

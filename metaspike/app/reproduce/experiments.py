@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from metaspike.app.config import RunConfig, default_meta
+from metaspike.app.reproduce import long_stream
+from metaspike.app.reproduce.continual import TABLE_LABELS, Method, compare_methods
 from metaspike.app.reproduce.scales import CPU_META_FACTOR, SCALES, meta_at
 from metaspike.app.tables import comparison_csv
+from metaspike.continual.baselines import EWC_LAMBDA
 from metaspike.files import atomic_write_text
-from metaspike.app.reproduce.continual import TABLE_LABELS, Method, compare_methods
-from metaspike.app.reproduce import long_stream
 
 __all__ = ["Experiment", "EXPERIMENTS", "SCALES", "PAPER", "CPU_META_FACTOR", "meta_at", "get_experiment"]
 
-EWC_LAMBDA = 5000.0  # the paper's EWC strength
 SI_C = 1.0  # not calibrated against the paper (its SI strength is not restated here)
 #: The CPU-scale permuted stream (fig2, table1): 3 permutations of the offline ``digits`` set (1,437
 #: training images), one hidden layer of 256, 10 epochs of 29 batches of 50 per task: ~16 s per run

@@ -1,0 +1,116 @@
+"""Continual-learning baselines (EWC, EWC-Online, SI, the random control) named by a run: ``--baseline``."""
+
+import io
+import json
+
+import pytest
+import torch
+
+from metaspike.app.cli import main
+from metaspike.app.config import RunConfig
+from metaspike.app.runs import build_run_model, build_trainer, config_from_record, make_run_scenario, run
+from metaspike.continual.baselines import EWCOnline, SynapticIntelligence
+
+TINY = dict(datasets=("digits",), tasks=2, epochs=2, hidden=(32,), meta=(0.0,))
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"baseline": "lwf"}, "--baseline must be one of ewc, ewc-online, si, random, got 'lwf'"),
+    ({"baseline_strength": 3.0}, "--baseline-strength applies to a --baseline; name one"),
+    ({"baseline": "si", "baseline_gamma": 0.5}, "--baseline-gamma is EWC-Online's decay of its running Fisher; "
+                                                "--baseline si takes none"),
+    ({"baseline": "ewc", "baseline_strength": -1.0}, "--baseline-strength (ewc's lambda) must be a finite number in [0, "),
+    ({"baseline": "ewc-online", "baseline_gamma": 1.5}, "--baseline-gamma must be a finite number in [0, 1], got 1.5"),
+    ({"baseline": "ewc", "model": "mesu", "batch_size": 1}, "--baseline ewc: model 'mesu' consolidates through its own "
+                                                            "Bayesian synapses"),
+    ({"baseline": "si", "scenario": "stream"}, "--baseline si: --scenario stream has no task boundaries"),
+])
+def test_baseline_settings_out_of_range_are_one_line_naming_the_flag(settings, message):
+    with pytest.raises(ValueError) as caught:
+        RunConfig(**settings)
+    assert str(caught.value).startswith(message), caught.value
+
+
+def test_the_defaults_are_filled_in_and_recorded_and_name_the_run():
+    config = RunConfig(baseline="ewc-online")
+    assert (config.baseline_strength, config.baseline_gamma) == (5000.0, 1.0)
+    assert config.name == "permuted-mnist5k-meta5-30-30-ewc-online5000-gamma1-seed1"
+    assert RunConfig(baseline="si", baseline_strength=0.5).baseline_setting == "si c=0.5"
+    assert config_from_record(config.to_dict(), "config.json") == config
+
+
+def test_a_config_written_before_baselines_existed_reads_as_none():
+    record = RunConfig(**TINY).to_dict()
+    for key in ("baseline", "baseline_strength", "baseline_gamma"):
+        del record[key]
+    assert config_from_record(record, "config.json").baseline is None
+    record["baseline"] = 3
+    with pytest.raises(ValueError, match="'baseline' must be a baseline's name or null, got 3"):
+        config_from_record(record, "config.json")
+
+
+def test_a_run_with_baseline_equals_the_trainer_given_the_plugin_by_hand(tmp_path, one_thread):
+    config = RunConfig(**TINY, baseline="ewc-online", baseline_strength=100.0, baseline_gamma=0.5)
+    path, by_flag = run(config, tmp_path, progress=False, plot=False)
+    assert json.loads((path / "config.json").read_text())["baseline_gamma"] == 0.5
+
+    plain = RunConfig(**TINY)
+    scenario = make_run_scenario(plain)
+    torch.manual_seed(plain.seed)
+    by_hand = build_trainer(plain, build_run_model(plain, scenario), progress=False,
+                            plugins=[EWCOnline(lam=100.0, gamma=0.5)]).fit(scenario)
+    assert by_flag.matrix == by_hand.matrix
+    without = run(plain, tmp_path, progress=False, plot=False)[1]
+    assert without.matrix != by_flag.matrix  # the penalty acted on the second task
+
+
+class _KeepCheckpoints:
+    """A run log that keeps every checkpoint as the bytes torch.save writes."""
+
+    def __init__(self):
+        self.saved = []
+
+    def epoch_done(self, result):
+        pass
+
+    def task_done(self, result):
+        pass
+
+    def checkpoint(self, state):
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        self.saved.append(buffer.getvalue())
+
+
+def test_a_run_with_baseline_resumes_mid_task_to_the_numbers_of_one_never_stopped(one_thread):
+    config = RunConfig(**TINY, baseline="si", baseline_strength=1.0)
+    scenario = make_run_scenario(config)
+
+    def trainer():
+        torch.manual_seed(config.seed)
+        return build_trainer(config, build_run_model(config, scenario), progress=False)
+
+    log = _KeepCheckpoints()
+    whole = trainer().fit(scenario, log=log)
+    mid_second_task = torch.load(io.BytesIO(log.saved[2]), weights_only=True)
+    assert mid_second_task["position"] == {"task": 1, "epochs_done": 1}
+    assert len(mid_second_task["plugins"]) == 1 and mid_second_task["plugins"][0]["big_omega"]  # SI's Ω of task 1
+    assert trainer().fit(scenario, resume=mid_second_task).matrix == whole.matrix
+    assert isinstance(trainer().plugins[0], SynapticIntelligence)
+
+
+def test_the_command_line_names_the_baseline_in_the_table_and_refuses_it_on_resume_of_a_run_without(tmp_path, capsys,
+                                                                                                   one_thread):
+    args = ["--dataset", "digits", "--tasks", "2", "--epochs", "1", "--hidden", "16", "--meta", "0", "--quiet"]
+    assert main(["train", *args, "--baseline", "ewc", "--baseline-strength", "50", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "meta=0 ewc lambda=50 " in out and "permuted-digits-meta0-ewc50-seed1" in out
+    assert main(["compare", *args, "--baseline", "ewc", "--neurons", "bnn", "mesu", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--baseline ewc: model 'mesu' consolidates" in err, err
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.json").write_text(json.dumps(RunConfig(**TINY).to_dict()))
+    assert main(["train", "--resume", str(plain), "--baseline", "si"]) == 2
+    err = capsys.readouterr().err
+    assert "these would change them: --baseline (stored None, given 'si')" in err, err
