@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import traceback
+from pathlib import Path
 from typing import Any
 
 __all__ = ["is_number", "is_finite_number", "is_whole", "number_in", "finite_number", "FLOAT32_MAX", "FLOAT32_TINY",
-           "MAX_SEED", "check_seed", "check_device", "state_dict_groups", "check_eps_holds", "ModelError"]
+           "MAX_SEED", "check_seed", "check_device", "state_dict_groups", "check_eps_holds", "ModelError",
+           "raised_at"]
 
 
 class ModelError(ValueError):
@@ -180,3 +183,21 @@ def check_device(device: Any, name: str = "device") -> Any:
     if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
         raise ValueError(f"{name} {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return parsed
+
+
+def raised_at(err: BaseException, file: str | None = None) -> str:
+    """Where ``err`` was raised, as ``"name.py line N"``: a ``SyntaxError``'s own place, else the innermost frame of its
+    traceback (only frames of ``file`` when given); ``""`` when none is known. Used to name the line of a user's
+    module or builder that failed, in a one-line error.
+
+    Example:
+        >>> try:
+        ...     int("x")
+        ... except ValueError as err:
+        ...     raised_at(err).startswith("<doctest")
+        True
+    """
+    if isinstance(err, SyntaxError) and err.filename and err.lineno:
+        return f"{Path(err.filename).name} line {err.lineno}"
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if file is None or Path(f.filename) == Path(file)]
+    return f"{Path(frames[-1].filename).name} line {frames[-1].lineno}" if frames else ""

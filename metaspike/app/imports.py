@@ -13,10 +13,11 @@ import hashlib
 import importlib
 import importlib.util
 import sys
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+
+from metaspike.checks import raised_at
 
 __all__ = ["import_modules", "normalized_import", "check_resumed_imports", "FLAG"]
 
@@ -43,10 +44,8 @@ def normalized_import(spec: str) -> str:
 
 def _where(err: BaseException, origin: str | None) -> str:
     """``file line N: `` of the innermost frame of ``err`` in the imported module's own file, if any."""
-    if isinstance(err, SyntaxError) and err.filename and err.lineno:
-        return f"{Path(err.filename).name} line {err.lineno}: "
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if origin and Path(f.filename) == Path(origin)]
-    return f"{Path(frames[-1].filename).name} line {frames[-1].lineno}: " if frames else ""
+    place = raised_at(err, origin) if origin or isinstance(err, SyntaxError) else ""
+    return f"{place}: " if place else ""
 
 
 def _load_file(path: Path) -> ModuleType:

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import math
 import re
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from metaspike.checks import is_whole
+from metaspike.checks import is_whole, raised_at
 from metaspike.snn.backends import norse_method, require_norse, require_snntorch, surrogate
 from metaspike.snn.recurrent import SelfRecurrentLIF, check_decay
 from metaspike.snn.timeloop import SpikingClassifier
@@ -249,9 +247,8 @@ def build_neuron_model(name: str, spec: NetSpec = NetSpec()) -> nn.Module:
     except (ValueError, ImportError):  # (a refused setting, a missing backend: their own one line already)
         raise
     except Exception as err:  # (a registered builder is a user's code: say where it failed, in one line)
-        frame = traceback.extract_tb(err.__traceback__)[-1]
         raise ValueError(f"the builder of neuron model {name!r} ({getattr(builder, '__qualname__', '?')}) raised "
-                         f"{type(err).__name__} at {Path(frame.filename).name} line {frame.lineno}: {err}") from err
+                         f"{type(err).__name__} at {raised_at(err)}: {err}") from err
     if not isinstance(model, nn.Module):
         where = f"{getattr(builder, '__module__', '?')}.{getattr(builder, '__qualname__', '?')}"
         raise ValueError(f"the builder of neuron model {name!r} ({where}) returned {type(model).__name__}, not a "
