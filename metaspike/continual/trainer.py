@@ -224,6 +224,11 @@ class _Progress:
             self.bar.close()
 
 
+def _accuracies_text(accuracies: Sequence[float]) -> str:
+    """The progress bar's note of the evaluated accuracies: ``"T1=97.0 T2=88.5"``."""
+    return " ".join(f"T{j + 1}={a:.1f}" for j, a in enumerate(accuracies) if not math.isnan(a))
+
+
 #: The trainer settings that change a run's numbers: a resumed run must have the checkpoint's.
 RESULT_SETTINGS = ("epochs", "batch_size", "batchnorm", "optimizer", "seed", "eval_batch_size", "eval_every",
                    "eval_tasks")
@@ -582,8 +587,6 @@ class ContinualTrainer:
                 optimizer_state = None
             due = (i + 1) % cfg.eval_every == 0 or i + 1 == count
             accuracies = self._train_task(scenario, i, epoch, optimizer, generator, states, result, start, log, due)
-            for plugin in self.plugins:
-                plugin.task_done(self.model, task.train.x, task.train.y, task.classes)
             states.append(batchnorm_state(self.model))
             result.matrix.append(accuracies if due else not_evaluated)
             if not due:
@@ -647,7 +650,9 @@ class ContinualTrainer:
         log: RunLog | None,
         due: bool,
     ) -> list[float]:
-        """Train task ``index``; when ``due``, evaluate and log after every epoch, else return a NaN row."""
+        """Train task ``index``; when ``due``, evaluate and log after every epoch, else return a NaN row. Then the
+        plugins take the task's end (``task_done``: EWC's Fisher, SI's importances), which the bar says while they
+        work."""
         cfg = self.config
         task = scenario.tasks[index]
         batches = math.ceil(len(task.train) / cfg.batch_size)
@@ -671,11 +676,17 @@ class ContinualTrainer:
                     **{f"consolidated:{k}": v for k, v in consolidated_fractions(self.model, optimizer).items()},
                 })
                 result.seconds = time.perf_counter() - start
-                bar.note(" ".join(f"T{j + 1}={a:.1f}" for j, a in enumerate(accuracies) if not math.isnan(a)))
+                bar.note(_accuracies_text(accuracies))
                 if log is not None:
                     log.epoch_done(result)
                     if epoch < cfg.epochs:
                         log.checkpoint(self.checkpoint(index, epoch, optimizer, generator, states, result))
+            if self.plugins:
+                names = ", ".join(dict.fromkeys(type(p).__name__ for p in self.plugins))
+                bar.note(f"{names} at the task's end...")
+                for plugin in self.plugins:
+                    plugin.task_done(self.model, task.train.x, task.train.y, task.classes)
+                bar.note(_accuracies_text(accuracies))
         finally:
             bar.close()
         return accuracies
