@@ -114,3 +114,13 @@ def test_the_command_line_names_the_baseline_in_the_table_and_refuses_it_on_resu
     assert main(["train", "--resume", str(plain), "--baseline", "si"]) == 2
     err = capsys.readouterr().err
     assert "these would change them: --baseline (stored None, given 'si')" in err, err
+
+
+def test_ewc_on_many_tasks_is_warned_of_before_the_run_starts(tmp_path, capsys):
+    args = ["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "none"), "--tasks", "21", "--out", str(tmp_path)]
+    assert main([*args, "--baseline", "ewc"]) == 2  # (no data there: the run ends as it starts)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("metaspike: warning: --baseline ewc keeps a Fisher and an anchor of every weight matrix "
+                             "per task: by task 21, 20 copies of each") and err[1].startswith("metaspike: error: "), err
+    assert main([*args, "--baseline", "ewc-online"]) == 2
+    assert "warning" not in capsys.readouterr().err

@@ -265,6 +265,7 @@ _SETTING_FLAGS = {"scenario": "scenario", "dataset": "datasets", "tasks": "tasks
 def _train(args: argparse.Namespace) -> None:
     from metaspike.app.runs import (
         LEARNED_MARGIN,
+        ewc_memory_warning,
         learned_nothing,
         load_config,
         matrix_cost_warning,
@@ -288,8 +289,9 @@ def _train(args: argparse.Namespace) -> None:
         meta_values = [v for text in args.meta for v in parse_meta(text)] if args.meta else None
         config = _config(args, meta_values, args.seed)
         _refuse_unused_flags(_given_settings(args), config)
-        if (cost := matrix_cost_warning(config)) is not None:
-            print(f"metaspike: warning: {cost}", file=sys.stderr)
+        for cost in (matrix_cost_warning(config), ewc_memory_warning(config)):
+            if cost is not None:
+                print(f"metaspike: warning: {cost}", file=sys.stderr)
         _mention_unfinished(Path(args.out).expanduser() / config.name)
         path, result = run(config, args.out, progress=not args.quiet)
     if world()[0] != 0:

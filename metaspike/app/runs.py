@@ -384,6 +384,25 @@ def matrix_cost_warning(config: RunConfig) -> str | None:
             f"--eval-every {fewer} or more keeps it under {MATRIX_CELLS_WARNED:,} cells")
 
 
+#: Beyond this many tasks, ``--baseline ewc`` is warned of: it keeps one Fisher and one anchor per task.
+EWC_TASKS_WARNED = 20
+
+
+def ewc_memory_warning(config: RunConfig) -> str | None:
+    """A warning when ``config`` runs EWC (or its random control) on more than :data:`EWC_TASKS_WARNED` tasks: its
+    memory and the cost of every step's penalty grow with the tasks learned; else ``None``.
+
+    Example:
+        >>> ewc_memory_warning(RunConfig(tasks=100, baseline="ewc"))[:40]
+        '--baseline ewc keeps a Fisher and an anc'
+    """
+    if config.baseline not in ("ewc", "random") or config.tasks <= EWC_TASKS_WARNED:
+        return None
+    return (f"--baseline {config.baseline} keeps a Fisher and an anchor of every weight matrix per task: by task "
+            f"{config.tasks:,}, {config.tasks - 1:,} copies of each, all read by every step's penalty; --baseline "
+            "ewc-online keeps one")
+
+
 _MEASURED = (CHECKPOINT, PREVIOUS_CHECKPOINT, "model.pt")  # a file that holds something a run measured
 
 
