@@ -133,7 +133,39 @@ def _loaded_groups(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str
         group["rule"] = rule_from_record(group["rule"])
         _group_check(optimizer)(group)
         loaded.append(group)
+    if isinstance(optimizer, MetaplasticAdam):
+        _check_adam_state(optimizer, loaded, state_dict.get("state"))
     return {**state_dict, "param_groups": loaded}
+
+
+#: What MetaplasticAdam keeps of each parameter it stepped (the rule's own state besides, under ``"rule_state"``).
+_ADAM_STATE = ("step", "exp_avg", "exp_avg_sq")
+
+
+def _check_adam_state(optimizer: Optimizer, groups: list[dict[str, Any]], state: Any) -> None:
+    """Each saved parameter state of a state dict loaded into MetaplasticAdam holds Adam's step and moments, the moments
+    of the shape of the parameter it loads into: another optimizer's state (SGD's momentum) or another model's would
+    otherwise be installed, and the next step fail inside the update. Groups whose sizes differ are left to torch,
+    which refuses them in its own words."""
+    if not isinstance(state, dict):
+        raise ValueError(f"state_dict's 'state' must map parameter indices to their states, got {type(state).__name__}")
+    saved = [index for group in groups for index in group.get("params", ())]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if len(saved) != len(params):
+        return
+    into = dict(zip(saved, params))
+    for index, entry in state.items():
+        param = into.get(index)
+        if param is None:
+            raise ValueError(f"state_dict: it holds a state for parameter {index!r}, which none of its groups lists")
+        lacking = [key for key in _ADAM_STATE if not isinstance(entry, dict) or not isinstance(entry.get(key), Tensor)]
+        if lacking:
+            raise ValueError(f"state_dict: the state of parameter {index!r} lacks {', '.join(lacking)}: it is not the "
+                             "state dict of a MetaplasticAdam optimizer")
+        for key in _ADAM_STATE[1:]:
+            if entry[key].shape != param.shape:
+                raise ValueError(f"state_dict: parameter {index!r}'s {key} has shape {tuple(entry[key].shape)}, but the "
+                                 f"parameter it loads into has {tuple(param.shape)}: was it saved from another model?")
 
 
 def _hook_checkpoints(optimizer: Optimizer) -> None:
@@ -284,6 +316,8 @@ class MetaplasticAdam(Optimizer):
                 loss = closure()
         for group in self.param_groups:  # tensors at their first step: converted since their group was checked?
             check_meta(group["meta"], "a param group's meta")  # (edited since: a negative one would invert the rule)
+            if not isinstance(group["lr"], Tensor):  # (a scheduler's or a hand's edit; a tensor lr is not read here)
+                number_in("a param group's lr", group["lr"], 0.0, FLOAT32_MAX)
             check_eps_holds({"eps": group["eps"], "params": [p for p in group["params"]
                                                              if p.grad is not None and not self.state[p]]})
         for group in self.param_groups:
@@ -538,8 +572,8 @@ def param_groups(
         raise ValueError("the model has Bayesian synapses (bayesianize, bnn's Bayesian layers), and param_groups, "
                          "MetaplasticAdam and bnn.fit train binary synapses only: " + _BAYESIAN_ADVICE)
     matrices = each_once(w for _, w in weight_matrices(model))
-    if isinstance(meta, (str, bytes)):
-        raise ValueError(f"meta must be a number or a sequence of numbers, one per weight layer, got {meta!r}")
+    if not is_number(meta) and (isinstance(meta, (str, bytes, Tensor)) or not isinstance(meta, Iterable)):
+        raise ValueError(f"meta must be a number or a list of numbers, one per weight layer, got {meta!r}")
     if is_number(meta):
         metas = [check_meta(meta)] * len(matrices)
     else:

@@ -352,7 +352,7 @@ def test_wrapped_optimizers_check_added_groups_and_meta_must_be_a_number():
     assert len(opt.param_groups) == 1  # the refused group was not kept
     with pytest.raises(ValueError, match=re.escape("meta must be a finite number in [0, 3.40282e+38], got '3'")):
         MetaplasticAdam(MLP([20, 8, 3]).parameters(), meta="3")
-    with pytest.raises(ValueError, match="meta must be a number or a sequence of numbers"):
+    with pytest.raises(ValueError, match="meta must be a number or a list of numbers"):
         param_groups(MLP([20, 8, 3]), "12")
 
 

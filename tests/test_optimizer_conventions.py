@@ -246,6 +246,44 @@ def test_another_optimizers_state_dict_is_refused_at_load_not_at_the_next_step()
             {k: v for k, v in before.items() if k != "params"}
 
 
+def test_metaplastic_adam_refuses_the_state_of_another_optimizer_or_model_at_load():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 4))
+    model(torch.randn(2, 8)).sum().backward()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sgd.step()
+    adam = metaspike.MetaplasticAdam(model.parameters(), meta=2.0)
+    with pytest.raises(ValueError, match="state_dict: the state of parameter 0 lacks step, exp_avg, exp_avg_sq: it is "
+                                         "not the state dict of a MetaplasticAdam optimizer"):
+        adam.load_state_dict(sgd.state_dict())
+    wider = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Linear(32, 4))  # as many tensors, other shapes
+    wider(torch.randn(2, 8)).sum().backward()
+    other = metaspike.MetaplasticAdam(wider.parameters(), meta=2.0)
+    other.step()
+    with pytest.raises(ValueError, match=r"state_dict: parameter 0's exp_avg has shape \(32, 8\), but the parameter "
+                                         r"it loads into has \(16, 8\): was it saved from another model\?"):
+        adam.load_state_dict(other.state_dict())
+    adam.step()
+    adam.load_state_dict(adam.state_dict())  # its own loads, and steps on
+    adam.step()
+
+
+@pytest.mark.parametrize("lr", [float("nan"), -1.0, float("inf")])
+def test_a_learning_rate_edited_out_of_range_is_refused_at_the_step_before_anything_changes(lr):
+    weight = torch.ones(3, requires_grad=True)
+    adam = metaspike.MetaplasticAdam([weight], lr=0.1)
+    weight.grad = torch.ones(3)
+    adam.param_groups[0]["lr"] = lr  # (what a scheduler's lambda may do)
+    with pytest.raises(ValueError, match="a param group's lr must be a finite number in"):
+        adam.step()
+    assert torch.equal(weight.detach(), torch.ones(3)) and not adam.state[weight]
+
+
+@pytest.mark.parametrize("meta", [None, True, torch.tensor(2.0), "2"])
+def test_param_groups_names_a_meta_of_the_wrong_type(meta):
+    with pytest.raises(ValueError, match="meta must be a number or a list of numbers, one per weight layer, got"):
+        metaspike.param_groups(torch.nn.Linear(3, 2), meta)
+
+
 def test_a_scheduler_may_take_the_learning_rate_to_zero():
     """As torch.optim allows lr = 0 (a cosine or linear schedule ends there): BiMU's step then keeps only the prior
     term, −λ K/N / (K + 2 g tanh λ + 2|g| + 1/η_max), and MESU's learning rates at 0 change nothing."""
