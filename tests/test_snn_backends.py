@@ -126,6 +126,29 @@ def test_nir_export_names_an_unsupported_layer():
         export_nir(nn.Sequential(nn.Flatten(), nn.Tanh()), input_shape=(4,))
 
 
+def test_nir_export_refuses_an_input_shape_that_does_not_fit_before_it_writes(tmp_path):
+    pytest.importorskip("nir")
+    snn = pytest.importorskip("snntorch")
+    from metaspike.snn.nir import export_nir
+
+    leaky = dict(beta=0.9, init_hidden=True, output=True, reset_mechanism="zero")
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), snn.Leaky(**leaky))
+    with pytest.raises(ValueError, match=r"export_nir: input_shape \(1, 9, 9\) does not fit the network: layer '1' "
+                                         r"\(Linear\) takes 64 inputs, and gets samples of shape \(81,\)"):
+        export_nir(net, tmp_path / "net.nir", input_shape=(1, 9, 9))
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3), snn.Leaky(**leaky))
+    with pytest.raises(ValueError, match=r"layer '0' \(Conv2d\) takes 3-channel images, and gets samples of shape"):
+        export_nir(conv, input_shape=(1, 8, 8))
+    for shape in ((1, 0, 8), "1x8x8", (1.5, 8)):
+        with pytest.raises(ValueError, match="export_nir: input_shape must be one sample's shape, positive integers"):
+            export_nir(net, input_shape=shape)
+    with pytest.raises(ValueError, match="export_nir: no folder"):
+        export_nir(net, tmp_path / "none" / "net.nir", input_shape=(1, 8, 8))
+    assert not list(tmp_path.iterdir())
+    export_nir(net, tmp_path / "net.nir", input_shape=(1, 8, 8))
+    assert (tmp_path / "net.nir").is_file()
+
+
 def test_nir_export_writes_bimu_synapses_as_sign_of_lambda_in_any_mode_and_refuses_what_would_not_read_back():
     """A BiMU layer's forward pass draws samples (relaxed ones in training mode): the file holds sign(λ), the same
     at every export; MESU synapses have no binary weight; NIR 1.0 types a grouped conv's input wrongly."""
@@ -213,7 +236,7 @@ def test_no_autograd_graph_stays_in_the_neurons_after_a_pass():
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), snn.Leaky(beta=0.9, init_hidden=True),
-                        nn.Linear(8, 3), snn.Leaky(beta=0.9, init_hidden=True, output=True))
+                        nn.Linear(8, 3), snn.Leaky(beta=0.9, init_hidden=True, output=True, reset_mechanism="zero"))
     model = SpikingClassifier(metaspike.binarize(net), num_steps=3, encoder="rate", input_shape=(16,))
     x, y = torch.rand(6, 16), torch.randint(0, 3, (6,))
     F.cross_entropy(model(x), y).backward()

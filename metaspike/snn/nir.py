@@ -22,13 +22,14 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import torch
 from torch import nn
 
-from metaspike.checks import finite_number
+from metaspike.checks import finite_number, is_whole
 from metaspike.gain import output_gain
 from metaspike.layer_selection import synapse_parametrization
 from metaspike.quantizers import binary_sign
@@ -171,6 +172,10 @@ def export_nir(
         raise ValueError(f"export_nir needs input_shape (one sample's shape, e.g. (1, 28, 28)) for {what}")
     if not isinstance(model, nn.Sequential):
         raise ValueError(f"export_nir takes a sequential network, got {type(model).__name__}")
+    if (isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence)
+            or not input_shape or not all(is_whole(s, 1) for s in input_shape)):
+        raise ValueError(f"export_nir: input_shape must be one sample's shape, positive integers such as (1, 28, 28), "
+                         f"got {input_shape!r}")
     shape = tuple(int(s) for s in input_shape)
     nodes: list = []
     pending: np.ndarray | None = None  # the last weight layer's gain, not yet folded
@@ -187,6 +192,7 @@ def export_nir(
             nodes.append(nir.Flatten(input_type={"input": np.array(shape)}, start_dim=layer.start_dim - 1,
                                      end_dim=layer.end_dim))
         elif isinstance(layer, (nn.Linear, nn.Conv2d)):
+            _check_fits(name, layer, shape, input_shape)
             node, pending = _weight_node(nir, name, layer, shape)
             nodes.append(node)
         elif isinstance(layer, Scale):
@@ -198,8 +204,22 @@ def export_nir(
         nodes.append(nir.Scale(scale=_per_element(pending, shape)))
     graph = nir.NIRGraph.from_list(*nodes, type_check=False)
     if path is not None:
+        if not Path(path).parent.is_dir():
+            raise ValueError(f"export_nir: no folder {str(Path(path).parent)!r} to write {str(path)!r} in")
         nir.write(path, graph)
     return graph
+
+
+def _check_fits(name: str, layer: nn.Module, shape: tuple[int, ...], input_shape: Sequence[int]) -> None:
+    """A ``ValueError`` naming ``input_shape`` where the shape reaching weight layer ``name`` is not what it takes
+    (the file would be written, and NIR's type check would refuse to read it back)."""
+    if isinstance(layer, nn.Linear):
+        fits, takes = len(shape) == 1 and shape[0] == layer.in_features, f"{layer.in_features} inputs"
+    else:
+        fits, takes = len(shape) == 3 and shape[0] == layer.in_channels, f"{layer.in_channels}-channel images"
+    if not fits:
+        raise ValueError(f"export_nir: input_shape {tuple(input_shape)} does not fit the network: layer {name!r} "
+                         f"({type(layer).__name__}) takes {takes}, and gets samples of shape {shape}")
 
 
 def _chain(graph) -> list:
