@@ -158,6 +158,11 @@ def test_models_name_an_input_that_does_not_fit_them():
         bnn.ConvNet()(torch.rand(2, 28, 28))
     with pytest.raises(ValueError, match=r"activation must be 'sign' or 'relu'"):
         bnn.MLP([4, 3], activation="tanh")  # checked without a hidden layer too
+    for x in (torch.rand(4, 784, dtype=torch.float64), torch.randint(0, 255, (4, 784), dtype=torch.uint8)):
+        with pytest.raises(ValueError, match=rf"MLP takes torch.float32 inputs, the dtype of its weights, got {x.dtype}"):
+            bnn.MLP([784, 32, 10])(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # (autocast casts what it takes)
+        assert bnn.MLP([784, 32, 10])(torch.rand(4, 784, dtype=torch.bfloat16)).shape == (4, 10)
 
 
 def test_one_sample_asks_for_population_statistics_first():

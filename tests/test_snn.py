@@ -211,3 +211,8 @@ def test_a_module_that_keeps_its_state_past_reset_states_is_named_at_the_first_c
                     net(torch.rand(2, 4))
             else:
                 assert net(torch.rand(2, 4)).shape == (2, 3) and net(torch.rand(5, 4)).shape == (5, 3)
+
+
+def test_a_classifier_of_something_that_is_not_a_module_is_one_line():
+    with pytest.raises(ValueError, match="network must be a torch nn.Module .*, got str"):
+        SpikingClassifier("net")

@@ -104,6 +104,8 @@ def test_a_scenario_without_tasks_is_refused():
                                TrainerConfig(epochs=1), progress=False)
     with pytest.raises(ValueError, match="scenario 'empty' has no task to train"):
         trainer.fit(Scenario("empty", (), (), {}))
+    with pytest.raises(ValueError, match="fit takes a Scenario .*, got list"):  # (a train and a test set, say)
+        trainer.fit([load_dataset("digits"), load_dataset("digits", "test")])
     tasks = permuted(load_dataset("digits"), load_dataset("digits", "test"), n_tasks=2, seed=1).tasks
     with pytest.raises(ValueError, match="scenario 'mine' has no task to evaluate"):  # (was a matrix of empty rows)
         trainer.fit(Scenario("mine", tasks, []))

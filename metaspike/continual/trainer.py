@@ -543,6 +543,9 @@ class ContinualTrainer:
         :func:`metaspike.app.runs.train_and_finish`).
         """
         cfg = self.config
+        if not isinstance(scenario, Scenario):
+            raise ValueError(f"fit takes a Scenario (metaspike.continual.make_scenario, or Scenario(name, tasks, eval_tasks) of your "
+                             f"own tasks), got {type(scenario).__name__}")
         if len(scenario.tasks) == 0:
             raise ValueError(f"scenario {scenario.name!r} has no task to train")
         if len(scenario.eval_tasks) == 0:  # (its accuracy matrix would hold no column, and every metric be empty)
