@@ -170,16 +170,21 @@ def test_a_neuron_builder_that_returns_no_model_is_named(tmp_path, capsys):
     assert "the builder of neuron model 'nothing-built' (" in err and "returned NoneType, not a torch nn.Module" in err
 
 
-def test_a_neuron_builder_that_raises_is_one_line_naming_its_file_and_line(tmp_path, capsys):
-    (tmp_path / "broken.py").write_text("from metaspike.snn import register_neuron\n"
+@pytest.mark.parametrize("line, error, message", [
+    ("raise RuntimeError('my builder is broken')", "RuntimeError", "my builder is broken"),
+    ("return int('abc')", "ValueError", "invalid literal for int() with base 10: 'abc'"),  # (its own, not ours)
+    ("return torch.nn.Linear(-1, 3)", "RuntimeError", "Trying to create tensor with negative dimension -1: [3, -1]"),
+])
+def test_a_neuron_builder_that_raises_is_one_line_naming_its_file_and_line(tmp_path, capsys, line, error, message):
+    (tmp_path / "broken.py").write_text("import torch\nfrom metaspike.snn import register_neuron\n"
                                         "def build(spec):\n"
-                                        "    raise RuntimeError('my builder is broken')\n"
+                                        f"    {line}\n"
                                         "register_neuron('broken-built', build)\n")
     code = main(["train", "--import", str(tmp_path / "broken.py"), *SMALL, "--model", "broken-built",
                  "--out", str(tmp_path / "runs")])
     err = capsys.readouterr().err
     assert code == 2 and err == ("metaspike: error: the builder of neuron model 'broken-built' (build) raised "
-                                 "RuntimeError at broken.py line 3: my builder is broken\n")
+                                 f"{error} at broken.py line 4: {message}\n"), err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # no run folder left
 
 

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import math
 import re
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -232,6 +235,23 @@ def check_neurons(names: list[str] | tuple[str, ...]) -> None:
             raise ValueError(f"unknown neuron model {name!r}; available: {', '.join(available_neurons())}")
 
 
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def _raised_by_metaspike(err: BaseException) -> bool:
+    """Whether ``err`` was raised in metaspike's own code (whose errors are written as one line already), not in a
+    user's builder or a library it calls."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(_PACKAGE)
+
+
+def _builder_line(builder: Callable[..., Any], err: BaseException) -> str:
+    """Where in the builder's own file ``err`` passed last (the line of the builder that called into torch, say),
+    else where it was raised."""
+    code = getattr(builder, "__code__", None)
+    return (raised_at(err, code.co_filename) if code is not None else "") or raised_at(err)
+
+
 def build_neuron_model(name: str, spec: NetSpec = NetSpec()) -> nn.Module:
     """A classifier of the named neuron model with float synapses.
 
@@ -244,11 +264,11 @@ def build_neuron_model(name: str, spec: NetSpec = NetSpec()) -> nn.Module:
     builder = _NEURONS[name]
     try:
         model = builder(spec)
-    except (ValueError, ImportError):  # (a refused setting, a missing backend: their own one line already)
-        raise
     except Exception as err:  # (a registered builder is a user's code: say where it failed, in one line)
+        if isinstance(err, (ValueError, ImportError)) and _raised_by_metaspike(err):
+            raise  # (a refused setting, a missing backend: their own one line already)
         raise ValueError(f"the builder of neuron model {name!r} ({getattr(builder, '__qualname__', '?')}) raised "
-                         f"{type(err).__name__} at {raised_at(err)}: {err}") from err
+                         f"{type(err).__name__} at {_builder_line(builder, err)}: {err}") from err
     if not isinstance(model, nn.Module):
         where = f"{getattr(builder, '__module__', '?')}.{getattr(builder, '__qualname__', '?')}"
         raise ValueError(f"the builder of neuron model {name!r} ({where}) returned {type(model).__name__}, not a "
