@@ -68,10 +68,11 @@ class LazyCompiled:
                                   "variants run eagerly (slower)", RuntimeWarning, stacklevel=2)
                 return self.fn(*args, **kwargs)
             self.broken = True
+            result = self.fn(*args, **kwargs)  # (an error of fn itself is raised here, without the compiler's words)
             warnings.warn(
                 f"torch.compile of the {self.what} failed ({type(err).__name__}: {err}); "
                 "running it eagerly (slower) from now on",
                 RuntimeWarning,
                 stacklevel=2,
             )
-            return self.fn(*args, **kwargs)
+            return result

@@ -36,6 +36,7 @@ from metaspike.rules import (
     rule_record,
     state_from_dict,
     state_to_dict,
+    user_rule_errors,
 )
 from metaspike.synapse import is_hidden_weight, weight_matrices
 
@@ -362,13 +363,14 @@ def _adam_step_(param: Tensor, state: dict[str, Any], group: dict[str, Any], met
     tensors = _real_views(param, param.grad, state["exp_avg"], state["exp_avg_sq"])
     if update is not None:  # the compiled loop sees flat views: one symbolic size for every layer
         tensors = tuple(t.view(-1) for t in tensors)
-    new_state = (update or _adam_update_)(
-        *tensors,
-        step_size=group["lr"] / (1 - beta1**step),
-        bias_correction2_sqrt=(1 - beta2**step) ** 0.5,
-        beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
-        meta=meta, rule=rule, rule_state=rule_state,
-    )
+    with user_rule_errors(rule):
+        new_state = (update or _adam_update_)(
+            *tensors,
+            step_size=group["lr"] / (1 - beta1**step),
+            bias_correction2_sqrt=(1 - beta2**step) ** 0.5,
+            beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+            meta=meta, rule=rule, rule_state=rule_state,
+        )
     if new_state is not None and len(new_state) > 0:
         state["rule_state"] = state_to_dict(new_state)
     return new_state
@@ -495,7 +497,9 @@ def metaplastic(
                 if old is None or p.grad is None:  # (the inner step skipped a weight without a gradient)
                     continue
                 state = opt.state[p]
-                update, new_state = rule.step(old, old - p, group["meta"], state_from_dict(rule, old, state.get("rule_state")))
+                with user_rule_errors(rule):
+                    update, new_state = rule.step(old, old - p, group["meta"],
+                                                  state_from_dict(rule, old, state.get("rule_state")))
                 check_update(rule, update, old)
                 p.copy_(old - update)
                 if len(new_state) > 0:

@@ -284,3 +284,45 @@ def test_a_registered_model_with_its_own_count_of_weight_layers_takes_the_defaul
     assert main([*common, "--meta", "5", "30", "--out", str(tmp_path / "short")]) == 2
     assert "got 2 meta values but the model has 4 weight layers; give one value or one per layer" in \
         capsys.readouterr().err
+
+
+RAISING_RULE = """
+from dataclasses import dataclass
+from metaspike.rules import TanhRule, register_rule
+
+@dataclass(frozen=True)
+class Raising(TanhRule):
+    name: str = "raising-{tag}"
+
+    def step(self, hidden, update, meta, state):
+        return {{}}["x"]
+
+register_rule(Raising())
+"""
+
+
+@pytest.mark.parametrize("hidden", ["16", "512"])  # (512: a matrix the compiled update takes, which falls back)
+def test_a_rule_that_raises_is_one_line_naming_the_rule_its_file_and_line(tmp_path, capsys, hidden):
+    (tmp_path / "raising.py").write_text(RAISING_RULE.format(tag=hidden))
+    code = main(["train", "--import", str(tmp_path / "raising.py"), "--rule", f"raising-{hidden}", "--dataset",
+                 "digits", "--tasks", "2", "--epochs", "1", "--hidden", hidden, "--meta", "1", "--quiet",
+                 "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2 and err == (f"metaspike: error: consolidation rule 'raising-{hidden}' (Raising) raised KeyError "
+                                 "at raising.py line 10: 'x'\n"), err
+
+
+def test_a_rule_that_raises_under_a_wrapped_optimizer_is_named_too(tmp_path):
+    import torch
+
+    import metaspike
+    from metaspike.app.imports import import_modules
+
+    (tmp_path / "wrapped.py").write_text(RAISING_RULE.format(tag="wrapped"))
+    import_modules([str(tmp_path / "wrapped.py")])
+    net = metaspike.binarize(torch.nn.Linear(4, 2))
+    opt = metaspike.metaplastic(torch.optim.SGD(net.parameters(), lr=0.1), meta=1.0, rule="raising-wrapped")
+    net(torch.randn(3, 4)).sum().backward()
+    with pytest.raises(ValueError, match="consolidation rule 'raising-wrapped' \\(Raising\\) raised KeyError at "
+                                         "wrapped.py line 10: 'x'"):
+        opt.step()

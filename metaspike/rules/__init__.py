@@ -23,6 +23,7 @@ from metaspike.rules.base import (
     state_from_dict,
     state_to_dict,
     toward_zero,
+    user_rule_errors,
 )
 from metaspike.rules.cascade import CascadeRule, CascadeState
 from metaspike.rules.none import NoConsolidation
@@ -32,7 +33,7 @@ from metaspike.rules.tanh import TanhRule
 __all__ = [
     "Rule", "NoState", "Stateless", "TanhRule", "NoConsolidation", "CascadeRule", "CascadeState", "SwitchRule",
     "SwitchState", "check_meta", "check_update", "toward_zero", "state_to_dict", "state_from_dict", "register_rule", "get_rule", "available_rules",
-    "rule_record", "rule_from_record",
+    "rule_record", "rule_from_record", "user_rule_errors",
 ]
 
 _RULES: dict[str, Rule] = {}

@@ -19,14 +19,18 @@ update *is* the optimizer. They have pure steps of the same shape in :mod:`metas
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-import torch  # noqa: F401  (the examples in the docstrings use it)
+import torch
 from torch import Tensor
 
-from metaspike.checks import FLOAT32_MAX, number_in
+from metaspike.checks import FLOAT32_MAX, number_in, raised_at
 
-__all__ = ["Rule", "NoState", "Stateless", "check_meta", "check_update", "toward_zero", "state_to_dict", "state_from_dict"]
+__all__ = ["Rule", "NoState", "Stateless", "check_meta", "check_update", "toward_zero", "state_to_dict", "state_from_dict",
+           "user_rule_errors"]
 
 
 class NoState(NamedTuple):
@@ -112,6 +116,32 @@ def check_update(rule: Rule, update: Tensor, hidden: Tensor) -> Tensor:
         raise ValueError(f"consolidation rule {rule.name!r} returned an update of shape {got} for a weight of shape "
                          f"{tuple(hidden.shape)}; a rule's step returns (update of the weight's shape, state)")
     return update
+
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def user_rule_errors(rule: Rule) -> Iterator[None]:
+    """Around a step of ``rule``: an error raised in a user's rule (its ``step`` written outside metaspike) becomes one
+    line naming the rule and the line of its own ``step`` the error passed last; metaspike's own errors, and memory
+    running out, pass as they are.
+
+    Example:
+        >>> from metaspike.rules import get_rule
+        >>> with user_rule_errors(get_rule("tanh")):
+        ...     pass
+    """
+    try:
+        yield
+    except Exception as err:
+        code = getattr(getattr(type(rule), "step", None), "__code__", None)
+        ours = code is None or Path(code.co_filename).resolve().is_relative_to(_PACKAGE)
+        place = "" if ours or isinstance(err, (MemoryError, torch.OutOfMemoryError)) else raised_at(err, code.co_filename)
+        if not place:
+            raise
+        raise ValueError(f"consolidation rule {rule.name!r} ({type(rule).__name__}) raised {type(err).__name__} at "
+                         f"{place}: {err}") from err
 
 
 def toward_zero(hidden: Tensor, update: Tensor) -> Tensor:
