@@ -301,14 +301,15 @@ register_rule(Raising())
 """
 
 
-@pytest.mark.parametrize("hidden", ["16", "512"])  # (512: a matrix the compiled update takes, which falls back)
+@pytest.mark.parametrize("hidden", [["16"], ["512", "512"]])  # (512 x 512: the compiled update's, which falls back)
 def test_a_rule_that_raises_is_one_line_naming_the_rule_its_file_and_line(tmp_path, capsys, hidden):
-    (tmp_path / "raising.py").write_text(RAISING_RULE.format(tag=hidden))
-    code = main(["train", "--import", str(tmp_path / "raising.py"), "--rule", f"raising-{hidden}", "--dataset",
-                 "digits", "--tasks", "2", "--epochs", "1", "--hidden", hidden, "--meta", "1", "--quiet",
+    tag = "-".join(hidden)
+    (tmp_path / "raising.py").write_text(RAISING_RULE.format(tag=tag))
+    code = main(["train", "--import", str(tmp_path / "raising.py"), "--rule", f"raising-{tag}", "--dataset",
+                 "digits", "--tasks", "2", "--epochs", "1", "--hidden", *hidden, "--meta", "1", "--quiet",
                  "--out", str(tmp_path / "runs")])
     err = capsys.readouterr().err
-    assert code == 2 and err == (f"metaspike: error: consolidation rule 'raising-{hidden}' (Raising) raised KeyError "
+    assert code == 2 and err == (f"metaspike: error: consolidation rule 'raising-{tag}' (Raising) raised KeyError "
                                  "at raising.py line 10: 'x'\n"), err
 
 
