@@ -539,6 +539,12 @@ def test_plot_of_a_folder_that_holds_no_figures_yet_says_what_to_run(tmp_path, c
     assert main(["plot", str(run)]) == 2
     assert capsys.readouterr().err.strip() == (f"metaspike: error: {run} has measured nothing yet (stopped before its "
                                                f"first evaluation): continue it with: metaspike train --resume {run}")
+    (run / "metrics.json").write_text('{"complete": true}')  # a finished run whose matrix file went missing
+    (run / "model.pt").write_bytes(b"")
+    assert main(["plot", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == (f"metaspike: error: {run} is a finished run without its "
+                                               "accuracy_matrix.csv (moved or deleted), which its figures are drawn "
+                                               "from; its metrics.json and curves.csv hold the numbers")
     reproduction = tmp_path / "reproduce-fig3-cpu"
     reproduction.mkdir()
     (reproduction / "reproduction.json").write_text("{}")

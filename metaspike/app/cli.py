@@ -457,6 +457,11 @@ def _plot(args: argparse.Namespace) -> None:
                 raise ValueError(f"{folder} is a {command} folder: `metaspike {command} --resume {folder}` redraws its "
                                  f"table and figures (finished runs are reused); `metaspike plot` redraws one run of it")
         if (folder / "config.json").is_file():
+            from metaspike.app.runs import is_complete
+
+            if is_complete(folder):
+                raise ValueError(f"{folder} is a finished run without its accuracy_matrix.csv (moved or deleted), which "
+                                 "its figures are drawn from; its metrics.json and curves.csv hold the numbers")
             raise ValueError(f"{folder} has measured nothing yet (stopped before its first evaluation): continue it "
                              f"with: metaspike train --resume {folder}")
     out = None if args.out is None else Path(args.out).expanduser()
