@@ -524,6 +524,8 @@ def test_a_comparison_names_its_runs_that_learned_nothing(tmp_path, capsys):
      "--eval-tasks: --scenario joint evaluates its own test sets every time"),
     (["train", "--samples-per-task", "1"], "--samples-per-task 1: model 'bnn' has BatchNorm, which cannot train on "
                                            "one sample; give 2 or more"),
+    (["train", "--num-steps", "4"], "--num-steps applies to spiking models; 'bnn' sees each sample once"),
+    (["train", "--model", "leaky", "--num-steps", "0"], "--num-steps must be an integer >= 1, got 0"),
 ])
 def test_a_setting_the_run_would_ignore_or_cannot_train_with_is_refused(tmp_path, capsys, argv, message):
     assert main([*argv, "--dataset", "digits", "--out", str(tmp_path)]) == 2

@@ -91,6 +91,8 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
                         help="models with BiMU synapses (bimu, <neuron>+bimu): start the output layer's latent weights "
                              "at +-L with their drawn signs, a nearly deterministic readout from the first task "
                              "(default: N(0, 0.1^2) like every layer)")
+    parser.add_argument("--num-steps", type=int, default=d["num_steps"], metavar="T",
+                        help="spiking models: the time steps each sample is shown for (default: %(default)s)")
     parser.add_argument("--standardize", action="store_true",
                         help="feed the model (x - mean) / std, the pixel mean and std of the first dataset's training "
                              "split, as the papers' long streams do (not for spiking models)")
@@ -140,7 +142,7 @@ def _config(args: argparse.Namespace, meta: Sequence[float] | None, seed: int) -
         standardize=args.standardize,
         seed=seed, batchnorm=args.batchnorm, optimizer=args.optimizer, split_mode=args.split_mode,
         device=args.device, data_dir=args.data_dir, imports=tuple(args.imports), eval_samples=args.eval_samples,
-        readout_lambda=args.readout_lambda, baseline=args.baseline, baseline_strength=args.baseline_strength,
+        readout_lambda=args.readout_lambda, num_steps=args.num_steps, baseline=args.baseline, baseline_strength=args.baseline_strength,
         baseline_gamma=args.baseline_gamma,
     )
 
@@ -224,6 +226,8 @@ def _refuse_unused_flags(given: dict[str, object], config: RunConfig) -> None:
             what = ", which does" if kind == "sgd" else " and its published settings, which do"
             raise ValueError(f"--{field.replace('_', '-')}: model {config.model!r} trains with its own optimizer "
                              f"({kind}){what} not use it")
+    if "num_steps" in given and is_builtin(config.model) and not config.spiking:
+        raise ValueError(f"--num-steps applies to spiking models; {config.model!r} sees each sample once")
     if config.scenario != "split" and "split_mode" in given:
         raise ValueError(f"--split-mode applies to --scenario split only, not {config.scenario}")
     if "eval_tasks" in given and config.scenario in ("joint", "stream"):
@@ -258,7 +262,7 @@ _SETTING_FLAGS = {"scenario": "scenario", "dataset": "datasets", "tasks": "tasks
                   "data_dir": "data_dir", "device": "device", "seed": "seed", "samples_per_task": "samples_per_task",
                   "eval_every": "eval_every", "eval_tasks": "eval_tasks", "model": "model",
                   "memory_window": "memory_window", "standardize": "standardize", "eval_samples": "eval_samples",
-                  "readout_lambda": "readout_lambda", "baseline": "baseline",
+                  "readout_lambda": "readout_lambda", "num_steps": "num_steps", "baseline": "baseline",
                   "baseline_strength": "baseline_strength", "baseline_gamma": "baseline_gamma"}
 
 

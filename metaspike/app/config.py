@@ -41,6 +41,8 @@ __all__ = ["RunConfig", "DEFAULT_META", "DEFAULT_INPUT_META", "default_meta", "p
 #: it is"): with ~800 updates per task |W_h| stays small, so the paper's m = 1.35 barely consolidates.
 DEFAULT_INPUT_META = 5.0
 DEFAULT_META = 30.0
+#: Time steps a spiking model shows each sample for, unless --num-steps says otherwise.
+DEFAULT_NUM_STEPS = 8
 #: The largest --lr accepted (see the check in RunConfig).
 MAX_LR = 10.0
 #: The largest --weight-decay accepted.
@@ -169,7 +171,7 @@ class RunConfig:
     device: str = "cpu"
     data_dir: str | None = None
     model: str = "bnn"
-    num_steps: int = 8
+    num_steps: int = DEFAULT_NUM_STEPS
     samples_per_task: int | None = None
     eval_every: int = 1
     eval_tasks: int | None = None
@@ -331,8 +333,12 @@ class RunConfig:
         Example:
             >>> RunConfig(model="bimu", batch_size=1).name
             'permuted-mnist5k-bimu-seed1'
+            >>> RunConfig(model="leaky", num_steps=4, meta=(10.0,)).name  # (time steps other than the default 8)
+            'permuted-mnist5k-leaky-T4-meta10-seed1'
         """
         model = ("" if self.model == "bnn" else f"-{self.model}") + ("-standardized" if self.standardize else "")
+        if self.spiking and self.num_steps != DEFAULT_NUM_STEPS:
+            model += f"-T{self.num_steps}"
         if optimizer_kind(self.model) != "metaplastic-adam":
             window = "" if self.memory_window is None else f"-N{self.memory_window:g}"
             ensemble = "" if self.eval_samples is None else f"-eval{self.eval_samples}"
