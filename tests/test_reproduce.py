@@ -193,3 +193,23 @@ def test_ctrl_c_before_a_reproduction_measured_anything_leaves_no_folder(tmp_pat
     assert main(["reproduce", "table1", "--quiet", "--out", str(tmp_path)]) == 130
     assert capsys.readouterr().err.strip() == "metaspike: interrupted"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_reproduction_folder_written_before_a_setting_existed_is_read_back(tmp_path):
+    """A run folder of an earlier version lacks the config fields added since (here the baseline's): it holds the run
+    their defaults give, and a reproduction continued after the upgrade reads it back instead of refusing it."""
+    from metaspike.app.reproduce.continual import Method, run_method
+
+    config = RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(16,))
+    first = run_method(config, Method("plain"), tmp_path)
+    record_path = next(tmp_path.glob("*/config.json"))
+    record = json.loads(record_path.read_text())
+    for key in ("baseline", "baseline_strength", "baseline_gamma"):
+        del record[key]
+    record_path.write_text(json.dumps(record))
+    read_back = run_method(config, Method("plain"), tmp_path).matrix  # (from its CSV: two decimals)
+    assert read_back == [[round(a, 2) for a in row] for row in first.matrix]
+    record["seed"] = 2  # (a field it has still counts)
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="holds a run of other settings"):
+        run_method(config, Method("plain"), tmp_path)

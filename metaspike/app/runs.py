@@ -477,7 +477,8 @@ def train_in_folder(root: Path, name: str, config: RunConfig, trainer: Continual
         with run_lock(directory.path):
             return train_and_finish(trainer, scenario, directory, None, plot=False)
     directory = RunDirectory(path)
-    if not directory.holds(record, ignoring=list(_arithmetic())):
+    if not directory.holds(record, ignoring=list(_arithmetic()),
+                           absent={key: getattr(RunConfig, key) for key in NEWER_FIELDS}):
         raise ValueError(f"{path} holds a run of other settings or other data than this one asks for (its config.json "
                          "differs); move it away to train this one")
     with run_lock(path):
@@ -501,6 +502,10 @@ def _checkpoint_to_continue(path: Path) -> tuple[dict[str, Any] | None, list[str
 
 
 _SEQUENCES = {"datasets": str, "hidden": int, "meta": (int, float), "imports": str}
+#: The RunConfig fields added after the first version: a record without one was written before it existed, and
+#: holds the run that the field's default gives.
+NEWER_FIELDS = ("model", "num_steps", "samples_per_task", "eval_every", "eval_tasks", "memory_window", "standardize",
+                "imports", "eval_samples", "readout_lambda", "baseline", "baseline_strength", "baseline_gamma")
 
 
 def load_config(run_dir: str | Path) -> RunConfig:
@@ -529,9 +534,7 @@ def config_from_record(stored: Any, path: Path) -> RunConfig:
     defaults = RunConfig()
     for key in RunConfig.field_names():
         if key not in stored:
-            if key in ("model", "num_steps", "samples_per_task", "eval_every", "eval_tasks", "memory_window",
-                       "standardize", "imports", "eval_samples", "readout_lambda", "baseline",
-                       "baseline_strength", "baseline_gamma"):  # newer fields
+            if key in NEWER_FIELDS:
                 values[key] = getattr(defaults, key)
                 continue
             raise ValueError(f"{path} has no {key!r} setting")

@@ -198,19 +198,23 @@ class RunDirectory:
         if scenario is not None:
             self.write_json("scenario.json", scenario)
 
-    def holds(self, config: dict[str, Any], ignoring: Sequence[str] = ()) -> bool:
+    def holds(self, config: dict[str, Any], ignoring: Sequence[str] = (), absent: dict[str, Any] | None = None) -> bool:
         """Whether the folder's ``config.json`` records ``config`` (as :meth:`create` writes it), leaving out the
-        keys ``ignoring`` on both sides (what describes the machine, not the run).
+        keys ``ignoring`` on both sides (what describes the machine, not the run); a key of ``absent`` that the file
+        lacks counts as that value (a setting added since the file was written, at the value runs had before).
 
         Example:
             >>> import tempfile
             >>> run = RunDirectory.create(tempfile.mkdtemp(), "demo", {"hidden": (64,), "threads": 2})
             >>> run.holds({"hidden": (64,)}, ignoring=["threads"]), run.holds({"hidden": (32,)}, ignoring=["threads"])
             (True, False)
+            >>> run.holds({"hidden": (64,), "baseline": None}, ["threads"], absent={"baseline": None})
+            True
         """
         stored = read_json(self.path / "config.json")
         if not isinstance(stored, dict):
             return False
+        stored = {**_as_written(absent or {}), **stored}
         wanted = _as_written(config)
         return ({k: v for k, v in stored.items() if k not in ignoring} ==
                 {k: v for k, v in wanted.items() if k not in ignoring})
