@@ -353,7 +353,7 @@ def _tamper(state, change):
     (lambda s: s.update(generator=torch.zeros(3, dtype=torch.uint8)), "generator is not a state"),
     (lambda s: s["model"].update({k: v.long() for k, v in list(s["model"].items())[:1]}), "entries of another type"),
     (lambda s: [st.update(exp_avg=torch.zeros(1)) for st in s["optimizer"]["state"].values()],
-     "optimizer state 'exp_avg' has shape"),
+     "optimizer does not fit this run's optimizer: state_dict: parameter 0's exp_avg has shape (1,)"),
     (lambda s: [st.update(step=torch.tensor(-5.0)) for st in s["optimizer"]["state"].values()],
      "step count must be a number >= 0"),
     (lambda s: [g.update(lr=1e30) for g in s["optimizer"]["param_groups"]],
