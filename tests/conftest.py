@@ -1,5 +1,6 @@
 """Shared test fixtures and helpers (a test module imports the helpers: ``from conftest import fake_mnist``)."""
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,25 @@ def fake_mnist(root: Path, name: str = "mnist", n_train: int = 20, n_test: int =
         write_idx(root / name / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
         out[split] = (images, labels)
     return out
+
+
+class KeepCheckpoints:
+    """A run log (:class:`metaspike.continual.trainer.RunLog`) that keeps every checkpoint as the bytes torch.save
+    writes: a test resumes from any of them."""
+
+    def __init__(self):
+        self.saved = []
+
+    def epoch_done(self, result):
+        pass
+
+    def task_done(self, result):
+        pass
+
+    def checkpoint(self, state):
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        self.saved.append(buffer.getvalue())
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import KeepCheckpoints
 
 from metaspike.app.cli import main
 from metaspike.app.config import RunConfig
@@ -64,24 +65,6 @@ def test_a_run_with_baseline_equals_the_trainer_given_the_plugin_by_hand(tmp_pat
     assert without.matrix != by_flag.matrix  # the penalty acted on the second task
 
 
-class _KeepCheckpoints:
-    """A run log that keeps every checkpoint as the bytes torch.save writes."""
-
-    def __init__(self):
-        self.saved = []
-
-    def epoch_done(self, result):
-        pass
-
-    def task_done(self, result):
-        pass
-
-    def checkpoint(self, state):
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        self.saved.append(buffer.getvalue())
-
-
 def test_a_run_with_baseline_resumes_mid_task_to_the_numbers_of_one_never_stopped(one_thread):
     config = RunConfig(**TINY, baseline="si", baseline_strength=1.0)
     scenario = make_run_scenario(config)
@@ -90,7 +73,7 @@ def test_a_run_with_baseline_resumes_mid_task_to_the_numbers_of_one_never_stoppe
         torch.manual_seed(config.seed)
         return build_trainer(config, build_run_model(config, scenario), progress=False)
 
-    log = _KeepCheckpoints()
+    log = KeepCheckpoints()
     whole = trainer().fit(scenario, log=log)
     mid_second_task = torch.load(io.BytesIO(log.saved[2]), weights_only=True)
     assert mid_second_task["position"] == {"task": 1, "epochs_done": 1}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import fake_mnist
+from conftest import KeepCheckpoints, fake_mnist
 
 from metaspike.app.cli import main
 from metaspike.app.config import RunConfig
@@ -125,24 +125,6 @@ def test_checkpoints_load_with_weights_only(tmp_path):
     assert torch.load(directory.path / "checkpoint.prev.pt", weights_only=True)["position"]["epochs_done"] == 1
 
 
-class _KeepCheckpoints:
-    """A run log that keeps every checkpoint as the bytes torch.save writes."""
-
-    def __init__(self):
-        self.saved = []
-
-    def epoch_done(self, result):
-        pass
-
-    def task_done(self, result):
-        pass
-
-    def checkpoint(self, state):
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        self.saved.append(buffer.getvalue())
-
-
 def test_resume_keeps_the_state_of_a_baseline_plugin():
     from metaspike.continual.baselines import EWC
     from metaspike.app.config import RunConfig
@@ -155,7 +137,7 @@ def test_resume_keeps_the_state_of_a_baseline_plugin():
         torch.manual_seed(0)
         return build_trainer(config, build_model(config, scenario), progress=False, plugins=[EWC(lam=100.0)])
 
-    log = _KeepCheckpoints()
+    log = KeepCheckpoints()
     whole = trainer().fit(scenario, log=log)
     mid_second_task = torch.load(io.BytesIO(log.saved[2]), weights_only=True)  # task 2, one epoch done
     assert mid_second_task["position"] == {"task": 1, "epochs_done": 1}
@@ -404,7 +386,7 @@ def _resumes_to_the_same_numbers(config: RunConfig, inside_a_task_only: bool = F
         torch.manual_seed(0)
         return build_trainer(config, build_run_model(config, scenario), progress=False)
 
-    log = _KeepCheckpoints()
+    log = KeepCheckpoints()
     whole = trainer().fit(scenario, log=log)
     states = [torch.load(io.BytesIO(blob), weights_only=True) for blob in log.saved]
     states = [state for state in states if state["position"]["epochs_done"] or not inside_a_task_only]
