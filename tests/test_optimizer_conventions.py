@@ -251,13 +251,13 @@ def test_metaplastic_adam_refuses_the_state_of_another_optimizer_or_model_at_loa
     model(torch.randn(2, 8)).sum().backward()
     sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sgd.step()
-    adam = metaspike.MetaplasticAdam(model.parameters(), meta=2.0)
+    adam = metaspike.MetaplasticAdam(model.parameters())  # (a float model: nothing to consolidate, so meta 0)
     with pytest.raises(ValueError, match="state_dict: the state of parameter 0 lacks step, exp_avg, exp_avg_sq: it is "
                                          "not the state dict of a MetaplasticAdam optimizer"):
         adam.load_state_dict(sgd.state_dict())
     wider = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Linear(32, 4))  # as many tensors, other shapes
     wider(torch.randn(2, 8)).sum().backward()
-    other = metaspike.MetaplasticAdam(wider.parameters(), meta=2.0)
+    other = metaspike.MetaplasticAdam(wider.parameters())
     other.step()
     with pytest.raises(ValueError, match=r"state_dict: parameter 0's exp_avg has shape \(32, 8\), but the parameter "
                                          r"it loads into has \(16, 8\): was it saved from another model\?"):
