@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = ["is_number", "is_finite_number", "is_whole", "number_in", "finite_number", "FLOAT32_MAX", "FLOAT32_TINY",
            "MAX_SEED", "check_seed", "check_device", "state_dict_groups", "check_eps_holds", "ModelError",
-           "raised_at"]
+           "raised_at", "in_metaspike"]
 
 
 class ModelError(ValueError):
@@ -201,3 +201,17 @@ def raised_at(err: BaseException, file: str | None = None) -> str:
         return f"{Path(err.filename).name} line {err.lineno}"
     frames = [f for f in traceback.extract_tb(err.__traceback__) if file is None or Path(f.filename) == Path(file)]
     return f"{Path(frames[-1].filename).name} line {frames[-1].lineno}" if frames else ""
+
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def in_metaspike(filename: str) -> bool:
+    """Whether the source file ``filename`` is metaspike's own (whose errors are written as one line already), not a
+    user's module or another library.
+
+    Example:
+        >>> in_metaspike(__file__), in_metaspike("mylab.py")
+        (True, False)
+    """
+    return Path(filename).resolve().is_relative_to(_PACKAGE)

@@ -165,8 +165,9 @@ def _check_adam_state(optimizer: Optimizer, groups: list[dict[str, Any]], state:
                              "state dict of a MetaplasticAdam optimizer")
         for key in _ADAM_STATE[1:]:
             if entry[key].shape != param.shape:
-                raise ValueError(f"state_dict: parameter {index!r}'s {key} has shape {tuple(entry[key].shape)}, but the "
-                                 f"parameter it loads into has {tuple(param.shape)}: was it saved from another model?")
+                raise ValueError(f"state_dict: parameter {index!r}'s {key} has shape {tuple(entry[key].shape)}, but "
+                                 f"the parameter it loads into has {tuple(param.shape)}: was it saved from another "
+                                 "model?")
 
 
 def _hook_checkpoints(optimizer: Optimizer) -> None:

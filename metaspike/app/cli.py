@@ -142,8 +142,8 @@ def _config(args: argparse.Namespace, meta: Sequence[float] | None, seed: int) -
         standardize=args.standardize,
         seed=seed, batchnorm=args.batchnorm, optimizer=args.optimizer, split_mode=args.split_mode,
         device=args.device, data_dir=args.data_dir, imports=tuple(args.imports), eval_samples=args.eval_samples,
-        readout_lambda=args.readout_lambda, num_steps=args.num_steps, baseline=args.baseline, baseline_strength=args.baseline_strength,
-        baseline_gamma=args.baseline_gamma,
+        readout_lambda=args.readout_lambda, num_steps=args.num_steps, baseline=args.baseline,
+        baseline_strength=args.baseline_strength, baseline_gamma=args.baseline_gamma,
     )
 
 
@@ -310,8 +310,8 @@ def _train(args: argparse.Namespace) -> None:
               f"over the last 5 {metrics.get('last5_accuracy', float('nan')):.1f} %, "
               f"task 1 at the end {result.matrix[-1][0]:.1f} %")
     else:
-        label = " ".join(filter(None, [f"meta={meta_label(config.meta)}" if config.name.count("-meta") else config.model,
-                                       config.baseline_setting]))
+        kind = f"meta={meta_label(config.meta)}" if config.name.count("-meta") else config.model
+        label = " ".join(filter(None, [kind, config.baseline_setting]))
         print(format_table([{"setting": label, **summarize_results([result])}], len(result.task_names)))
     print(f"\nresults: {path}  (accuracy_matrix.csv, curves.csv, metrics.json, accuracy_curves.png)")
     if learned_nothing(result):
@@ -464,8 +464,8 @@ def _plot(args: argparse.Namespace) -> None:
             from metaspike.app.runs import is_complete
 
             if is_complete(folder):
-                raise ValueError(f"{folder} is a finished run without its accuracy_matrix.csv (moved or deleted), which "
-                                 "its figures are drawn from; its metrics.json and curves.csv hold the numbers")
+                raise ValueError(f"{folder} is a finished run without its accuracy_matrix.csv (moved or deleted), "
+                                 "which its figures are drawn from; its metrics.json and curves.csv hold the numbers")
             raise ValueError(f"{folder} has measured nothing yet (stopped before its first evaluation): continue it "
                              f"with: metaspike train --resume {folder}")
     out = None if args.out is None else Path(args.out).expanduser()

@@ -73,7 +73,8 @@ class Row:
 
 
 def _meta_rows(base: RunConfig, settings: Sequence[tuple[float, ...]], seeds: Sequence[int]) -> list[Row]:
-    return [Row({"setting": " ".join(filter(None, [f"meta={meta_label(s)}", base.baseline_setting])), "meta": meta_label(s)},
+    return [Row({"setting": " ".join(filter(None, [f"meta={meta_label(s)}", base.baseline_setting])),
+                 "meta": meta_label(s)},
                 tuple(replace(base, meta=s, seed=int(seed)) for seed in seeds)) for s in settings]
 
 

@@ -144,10 +144,11 @@ class RunConfig:
     ``readout_lambda`` (BiMU kinds) starts the output layer's latent weights at ``±readout_lambda`` with their drawn
     signs (:func:`metaspike.bayesian.start_confident`) instead of ``N(0, 0.1²)``; ``None`` keeps the usual start.
 
-    ``baseline`` adds a continual-learning baseline's penalty to the loss (:func:`metaspike.continual.baselines.make_baseline`:
-    ``"ewc"``, ``"ewc-online"``, ``"si"``, or ``"random"``, EWC's importances shuffled) for models trained by gradient
-    steps of their weights (not the Bayesian kinds, which consolidate by themselves); ``baseline_strength`` is its λ
-    (SI: c) and ``baseline_gamma`` EWC-Online's decay, both recorded as run (the defaults filled in).
+    ``baseline`` adds a continual-learning baseline's penalty to the loss
+    (:func:`metaspike.continual.baselines.make_baseline`: ``"ewc"``, ``"ewc-online"``, ``"si"``, or ``"random"``,
+    EWC's importances shuffled) for models trained by gradient steps of their weights (not the Bayesian kinds, which
+    consolidate by themselves); ``baseline_strength`` is its λ (SI: c) and ``baseline_gamma`` EWC-Online's decay,
+    both recorded as run (the defaults filled in).
 
     Example:
         >>> RunConfig(meta=(1.35,), tasks=2).name
@@ -285,7 +286,8 @@ class RunConfig:
         if self.baseline is None:
             for key in ("baseline_strength", "baseline_gamma"):
                 if getattr(self, key) is not None:
-                    raise ValueError(f"{flag_name(key)} applies to a --baseline; name one ({', '.join(BASELINE_STRENGTHS)})")
+                    raise ValueError(f"{flag_name(key)} applies to a --baseline; name one "
+                                     f"({', '.join(BASELINE_STRENGTHS)})")
             return
         if self.baseline not in BASELINE_STRENGTHS:
             raise ValueError(f"--baseline must be one of {', '.join(BASELINE_STRENGTHS)}, got {self.baseline!r}")
@@ -347,7 +349,8 @@ class RunConfig:
                     f"{self._baseline_part()}-seed{self.seed}")
         meta = "-".join(f"{m:g}" for m in self.meta)  # type: ignore[union-attr]
         rule = "" if self.rule == "tanh" else f"-{self.rule}"
-        return f"{self.scenario}-{'-'.join(self.datasets)}{model}-meta{meta}{rule}{self._baseline_part()}-seed{self.seed}"
+        return (f"{self.scenario}-{'-'.join(self.datasets)}{model}-meta{meta}{rule}{self._baseline_part()}"
+                f"-seed{self.seed}")
 
     def _baseline_part(self) -> str:
         """The run name's part for the baseline: ``"-ewc5000"``, ``"-ewc-online100-gamma0.9"``, or nothing."""

@@ -372,7 +372,8 @@ class SynapticIntelligence(Plugin):
 
 #: The baselines by name, each with the meaning and default of its one strength: what a run names (``--baseline``).
 BASELINE_STRENGTHS: dict[str, tuple[str, float]] = {
-    "ewc": ("lambda", EWC_LAMBDA), "ewc-online": ("lambda", EWC_LAMBDA), "si": ("c", SI_C), "random": ("lambda", EWC_LAMBDA),
+    "ewc": ("lambda", EWC_LAMBDA), "ewc-online": ("lambda", EWC_LAMBDA), "si": ("c", SI_C),
+    "random": ("lambda", EWC_LAMBDA),
 }
 
 

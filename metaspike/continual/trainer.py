@@ -544,8 +544,8 @@ class ContinualTrainer:
         """
         cfg = self.config
         if not isinstance(scenario, Scenario):
-            raise ValueError(f"fit takes a Scenario (metaspike.continual.make_scenario, or Scenario(name, tasks, eval_tasks) of your "
-                             f"own tasks), got {type(scenario).__name__}")
+            raise ValueError(f"fit takes a Scenario (metaspike.continual.make_scenario, or Scenario(name, tasks, "
+                             f"eval_tasks) of your own tasks), got {type(scenario).__name__}")
         if len(scenario.tasks) == 0:
             raise ValueError(f"scenario {scenario.name!r} has no task to train")
         if len(scenario.eval_tasks) == 0:  # (its accuracy matrix would hold no column, and every metric be empty)

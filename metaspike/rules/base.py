@@ -21,16 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
-from metaspike.checks import FLOAT32_MAX, number_in, raised_at
+from metaspike.checks import FLOAT32_MAX, in_metaspike, number_in, raised_at
 
-__all__ = ["Rule", "NoState", "Stateless", "check_meta", "check_update", "toward_zero", "state_to_dict", "state_from_dict",
-           "user_rule_errors"]
+__all__ = ["Rule", "NoState", "Stateless", "check_meta", "check_update", "toward_zero", "state_to_dict",
+           "state_from_dict", "user_rule_errors"]
 
 
 class NoState(NamedTuple):
@@ -118,9 +117,6 @@ def check_update(rule: Rule, update: Tensor, hidden: Tensor) -> Tensor:
     return update
 
 
-_PACKAGE = Path(__file__).resolve().parents[1]
-
-
 @contextmanager
 def user_rule_errors(rule: Rule) -> Iterator[None]:
     """Around a step of ``rule``: an error raised in a user's rule (its ``step`` written outside metaspike) becomes one
@@ -136,8 +132,9 @@ def user_rule_errors(rule: Rule) -> Iterator[None]:
         yield
     except Exception as err:
         code = getattr(getattr(type(rule), "step", None), "__code__", None)
-        ours = code is None or Path(code.co_filename).resolve().is_relative_to(_PACKAGE)
-        place = "" if ours or isinstance(err, (MemoryError, torch.OutOfMemoryError)) else raised_at(err, code.co_filename)
+        ours = code is None or in_metaspike(code.co_filename)
+        out_of_memory = isinstance(err, (MemoryError, torch.OutOfMemoryError))
+        place = "" if ours or out_of_memory else raised_at(err, code.co_filename)
         if not place:
             raise
         raise ValueError(f"consolidation rule {rule.name!r} ({type(rule).__name__}) raised {type(err).__name__} at "

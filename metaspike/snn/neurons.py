@@ -18,13 +18,12 @@ import re
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from metaspike.checks import is_whole, raised_at
+from metaspike.checks import in_metaspike, is_whole, raised_at
 from metaspike.snn.backends import norse_method, require_norse, require_snntorch, surrogate
 from metaspike.snn.recurrent import SelfRecurrentLIF, check_decay
 from metaspike.snn.timeloop import SpikingClassifier
@@ -235,14 +234,11 @@ def check_neurons(names: list[str] | tuple[str, ...]) -> None:
             raise ValueError(f"unknown neuron model {name!r}; available: {', '.join(available_neurons())}")
 
 
-_PACKAGE = Path(__file__).resolve().parents[1]
-
-
 def _raised_by_metaspike(err: BaseException) -> bool:
     """Whether ``err`` was raised in metaspike's own code (whose errors are written as one line already), not in a
     user's builder or a library it calls."""
     frames = traceback.extract_tb(err.__traceback__)
-    return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(_PACKAGE)
+    return bool(frames) and in_metaspike(frames[-1].filename)
 
 
 def _builder_line(builder: Callable[..., Any], err: BaseException) -> str:

@@ -118,7 +118,8 @@ class SpikingClassifier(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(network, nn.Module):
-            raise ValueError(f"network must be a torch nn.Module (one time step's network), got {type(network).__name__}")
+            raise ValueError(f"network must be a torch nn.Module (one time step's network), got "
+                             f"{type(network).__name__}")
         _check_one_step_modules(network)
         self.network = network
         self.num_steps = check_num_steps(num_steps)
