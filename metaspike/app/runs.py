@@ -478,7 +478,7 @@ def train_in_folder(root: Path, name: str, config: RunConfig, trainer: Continual
             return train_and_finish(trainer, scenario, directory, None, plot=False)
     directory = RunDirectory(path)
     if not directory.holds(record, ignoring=list(_arithmetic()),
-                           absent={key: getattr(RunConfig, key) for key in NEWER_FIELDS}):
+                           absent=NEWER_DEFAULTS):
         raise ValueError(f"{path} holds a run of other settings or other data than this one asks for (its config.json "
                          "differs); move it away to train this one")
     with run_lock(path):
@@ -506,6 +506,8 @@ _SEQUENCES = {"datasets": str, "hidden": int, "meta": (int, float), "imports": s
 #: holds the run that the field's default gives.
 NEWER_FIELDS = ("model", "num_steps", "samples_per_task", "eval_every", "eval_tasks", "memory_window", "standardize",
                 "imports", "eval_samples", "readout_lambda", "baseline", "baseline_strength", "baseline_gamma")
+#: What a record that lacks one of :data:`NEWER_FIELDS` ran with: the field's default.
+NEWER_DEFAULTS = {key: getattr(RunConfig, key) for key in NEWER_FIELDS}
 
 
 def load_config(run_dir: str | Path) -> RunConfig:
@@ -534,8 +536,8 @@ def config_from_record(stored: Any, path: Path) -> RunConfig:
     defaults = RunConfig()
     for key in RunConfig.field_names():
         if key not in stored:
-            if key in NEWER_FIELDS:
-                values[key] = getattr(defaults, key)
+            if key in NEWER_DEFAULTS:
+                values[key] = NEWER_DEFAULTS[key]
                 continue
             raise ValueError(f"{path} has no {key!r} setting")
         value = stored[key]
