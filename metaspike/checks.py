@@ -178,6 +178,9 @@ def check_device(device: Any, name: str = "device") -> Any:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"{name} must name a torch device ('cpu', 'cuda', 'cuda:1', ...), got {device!r}") from None
+    if parsed.type == "meta":
+        raise ValueError(f"{name} 'meta' holds shapes without values, nothing can be trained or measured on it; use "
+                         "'cpu' or 'cuda'")
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{name} {device!r}: CUDA is not available on this machine (torch {torch.__version__})")
     if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():

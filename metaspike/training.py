@@ -34,8 +34,9 @@ class Plugin:
 
     Every method does nothing by default; override what the method needs. The loop calls
     ``penalty`` for each batch (its value is added to the loss), ``before_step``/``after_step``
-    around each optimizer step (gradients are available in both), and ``task_done`` after each
-    task with that task's training data. ``state_dict``/``load_state_dict`` carry a stateful
+    around each optimizer step (gradients are available in both), and ``task_done`` at the end of
+    each task with that task's training data (in a trainer, before the task's last evaluation: a method that
+    changes the model at a task's end shows in that task's row of the accuracy matrix). ``state_dict``/``load_state_dict`` carry a stateful
     method's memory (EWC's Fisher, SI's importances) through checkpoints.
 
     Example:
@@ -55,6 +56,11 @@ class Plugin:
 
     def task_done(self, model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int] | None) -> None:
         return None
+
+    def settings(self) -> dict[str, Any]:
+        """The method's hyperparameters (nothing by default): a checkpoint records them, and a run resumed with
+        other values is refused rather than continued with the checkpoint's, as loading its state would do."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint must keep to resume the method exactly (nothing by default)."""
@@ -129,7 +135,7 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
     if y is not None and int(y.min()) < 0:
         raise ValueError(f"labels of {what} must be class indices >= 0, got {int(y.min())}")
     if y is not None and int(y.max()) >= out.shape[-1]:
-        raise ValueError(f"labels go up to {int(y.max())} but the model has {out.shape[-1]} outputs")
+        raise ValueError(f"labels of {what} go up to {int(y.max())} but the model has {out.shape[-1]} outputs")
 
 
 def masked_logits(logits: Tensor, classes: Sequence[int] | None) -> Tensor:
@@ -351,8 +357,8 @@ def evaluate(
     ``bnn.ConvNet``, as in the paper, until :func:`metaspike.use_population_statistics`) predicts a sample from the
     batch it shares: its batches (about ``batch_size`` samples each: ``len(x) / batch_size`` batches, rounded) are
     then drawn in a fixed random order (the same every call), so that a test set stored sorted by class scores what
-    a shuffled one does; batches under :data:`MIN_STATISTICS_BATCH` samples, and a set of one class only, get a
-    warning.
+    a shuffled one does; a set cut into batches under :data:`MIN_STATISTICS_BATCH` samples, and a set of one class
+    only, get a warning (a set smaller than that, evaluated in one batch, does not: no batch size would help it).
 
     A model that draws random weights in evaluation (BiMU's Bernoulli samples) draws them from a copy of torch's
     generator: evaluating never shifts the random numbers that training draws next (a run trains the same however

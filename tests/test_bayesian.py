@@ -327,10 +327,23 @@ def test_bimu_bad_hyperparameters(name, value):
         bimu_step(lam, lam, **{**BIMU_SETTINGS[0], name: value})
 
 
+@pytest.mark.parametrize("optimizer", [BiMU, MESU])
+def test_the_parameters_of_a_model_made_binary_not_bayesian_are_refused(optimizer):
+    import metaspike
+
+    net = metaspike.binarize(nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8)))
+    kind = optimizer.__name__.lower()
+    with pytest.raises(ValueError, match=f"is the hidden weight of a binary synapse .* metaspike.bayesianize\\(model, "
+                                         f"'{kind}'\\)"):
+        optimizer(net.parameters())
+    with pytest.raises(ValueError, match="is the hidden weight of a binary synapse"):
+        optimizer(metaspike.hidden_weights(net))  # (two of one shape: MESU would have paired them as mu and sigma)
+
+
 def test_bad_structure_and_options():
     with pytest.raises(ValueError, match="alternate means and widths"):
         MESU([torch.zeros(3, requires_grad=True)])
-    with pytest.raises(ValueError, match="sigma must have the shape of mu"):
+    with pytest.raises(ValueError, match=r"the width \(sigma\) must have the shape of the mean \(mu\)"):
         MESU([torch.zeros(3, requires_grad=True), torch.ones(2, requires_grad=True)])
     net = nn.Sequential(nn.Linear(3, 2))
     with pytest.raises(ValueError, match="^kind must be one of"):

@@ -104,7 +104,7 @@ def test_fit_rejects_nan_and_bad_labels():
     x[3, 5] = float("nan")
     with pytest.raises(ValueError, match="contains NaN"):
         bnn.fit(bnn.MLP([784, 16, 10]), (x, torch.zeros(10, dtype=torch.long)), progress=False)
-    with pytest.raises(ValueError, match="labels go up to 12 but the model has 10 outputs"):
+    with pytest.raises(ValueError, match="go up to 12 but the model has 10 outputs"):
         bnn.fit(bnn.MLP([784, 16, 10]), (torch.rand(10, 784), torch.full((10,), 12)), progress=False)
     with pytest.raises(ValueError, match="must be int64"):
         bnn.fit(bnn.MLP([784, 16, 10]), (torch.rand(10, 784), torch.zeros(10)), progress=False)
@@ -243,7 +243,7 @@ def test_sign_activation_checks_its_clip_value_when_built():
 
 
 @pytest.mark.parametrize("test_data, message", [
-    ((torch.rand(6, 20), torch.tensor([7, 8, 9, 7, 8, 9])), "labels go up to 9 but the model has 3 outputs"),
+    ((torch.rand(6, 20), torch.tensor([7, 8, 9, 7, 8, 9])), "go up to 9 but the model has 3 outputs"),
     ((torch.full((6, 20), float("nan")), torch.zeros(6, dtype=torch.long)), "test data contains NaN"),
     ((torch.rand(6, 19), torch.zeros(6, dtype=torch.long)), "test data samples have shape"),
 ])

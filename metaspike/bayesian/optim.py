@@ -32,6 +32,7 @@ from metaspike.bayesian.functional import (
 )
 from metaspike.bayesian.synapses import synapse_role
 from metaspike.checks import is_whole, state_dict_groups
+from metaspike.synapse import is_hidden_weight
 
 __all__ = ["MESU", "BiMU", "settings_for_batch"]
 
@@ -69,8 +70,16 @@ def _check_roles(optimizer: str, roles: tuple[str, ...], params: list[Tensor], h
     """Refuse a model's other parameters beside its synapses: where any tensor of ``params`` is marked as a synapse
     tensor (:func:`~metaspike.bayesian.synapses.synapse_role`), or the optimizer's other groups hold marked tensors
     (``marked``), each must be the one ``roles`` expects at its place (they repeat: ``("mean", "width")`` for MESU's
-    pairs). Tensors without marks (made by hand) are taken as given."""
+    pairs). Tensors without marks (made by hand) are taken as given, except the hidden weights of binary synapses
+    (:func:`~metaspike.synapse.is_hidden_weight`): a model made binary, not Bayesian."""
     found = [synapse_role(p) for p in params]
+    binary = next((i for i, p in enumerate(params) if found[i] is None and is_hidden_weight(p)), None)
+    if binary is not None:
+        raise ValueError(
+            f"{optimizer} params: tensor {binary} is the hidden weight of a binary synapse (metaspike.binarize, bnn "
+            f"layers), which {optimizer} does not train: make the synapses Bayesian with metaspike.bayesianize(model, "
+            f"{optimizer.lower()!r}) and pass {helper}(model)"
+        )
     if not marked and all(role is None for role in found):
         return
     wrong = [(i, role) for i, role in enumerate(found) if role != roles[i % len(roles)]]
@@ -224,17 +233,17 @@ class MESU(_DataGatedOptimizer):
             >>> opt.add_param_group({"params": [torch.zeros(3, requires_grad=True)]})
             Traceback (most recent call last):
             ...
-            ValueError: params must alternate means and widths (mu_1, sigma_1, mu_2, ...), got 1 tensors
+            ValueError: params must alternate means and widths (mu_1, sigma_1, mu_2, ...), got 1 tensors; a model made Bayesian by metaspike.bayesianize(model, 'mesu') gives them as mesu_param_groups(model)
         """
+        hint = "; a model made Bayesian by metaspike.bayesianize(model, 'mesu') gives them as mesu_param_groups(model)"
         if len(params) % 2:
             raise ValueError(
-                f"params must alternate means and widths (mu_1, sigma_1, mu_2, ...), got {len(params)} tensors"
+                f"params must alternate means and widths (mu_1, sigma_1, mu_2, ...), got {len(params)} tensors{hint}"
             )
         for i, (mu, sigma) in enumerate(zip(params[0::2], params[1::2])):
             if mu.shape != sigma.shape:
-                raise ValueError(
-                    f"params pair {i}: sigma must have the shape of mu, got {tuple(sigma.shape)} and {tuple(mu.shape)}"
-                )
+                raise ValueError(f"params pair {i}: the width (sigma) must have the shape of the mean (mu), got mu "
+                                 f"{tuple(mu.shape)} and sigma {tuple(sigma.shape)}{hint}")
 
     def _update_group(self, group: dict[str, Any]) -> list[Tensor]:
         mus, sigmas, grad_mus, grad_sigmas = [], [], [], []

@@ -190,6 +190,9 @@ class EWC(Plugin):
         )
         return 0.5 * self.lam * total
 
+    def settings(self) -> dict[str, Any]:
+        return {"lam": self.lam, "samples": self.samples}
+
     def state_dict(self) -> dict[str, Any]:
         """Importances and anchors of every past task (tensors), plus the hyperparameters."""
         return {"lam": self.lam, "samples": self.samples,
@@ -242,6 +245,9 @@ class EWCOnline(Plugin):
         total = sum((f * (p - a).square()).sum() for f, a, p in zip(self.fisher, self.anchor, params))
         return 0.5 * self.lam * total
 
+    def settings(self) -> dict[str, Any]:
+        return {"lam": self.lam, "gamma": self.gamma, "samples": self.samples}
+
     def state_dict(self) -> dict[str, Any]:
         """The running Fisher and the anchor (tensors), plus the hyperparameters."""
         return {"lam": self.lam, "gamma": self.gamma, "samples": self.samples,
@@ -272,7 +278,8 @@ class RandomConsolidation(EWC):
         super().__init__(lam, samples)
         if not is_whole(seed, 0):
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.seed = int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
 
     def importance(self, model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int] | None) -> list[Tensor]:
         shuffled = []
@@ -280,6 +287,9 @@ class RandomConsolidation(EWC):
             order = torch.randperm(f.numel(), generator=self.generator).to(f.device)
             shuffled.append(f.flatten()[order].view_as(f))
         return shuffled
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "seed": self.seed}
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "generator": self.generator.get_state()}
@@ -354,6 +364,9 @@ class SynapticIntelligence(Plugin):
         _fit("anchors", self.anchors, params)
         self._penalized = True
         return self.c * sum((o * (p - a).square()).sum() for o, a, p in zip(self.big_omega, self.anchors, params))
+
+    def settings(self) -> dict[str, Any]:
+        return {"c": self.c, "xi": self.xi}
 
     def state_dict(self) -> dict[str, Any]:
         """Path integrals, importances and anchors (tensors), plus the hyperparameters."""

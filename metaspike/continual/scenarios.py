@@ -60,8 +60,31 @@ class Task:
             raise ValueError(f"a task's name must be a non-empty str, got {self.name!r}")
         try:
             _check_samples(self.train, self.test)
+            if self.classes is not None:
+                object.__setattr__(self, "classes", _checked_classes(self.classes, self.train, self.test))
         except ValueError as err:
             raise ValueError(f"Task {self.name!r}: {err}") from None
+
+
+def _checked_classes(classes: Any, train: ArrayDataset, test: ArrayDataset) -> tuple[int, ...]:
+    """A task's ``classes`` as a tuple of distinct class indices that hold every label of its training and test sets
+    (a label outside them would be masked out of the outputs: an infinite loss, a test sample never right)."""
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence | np.ndarray | torch.Tensor):
+        raise ValueError(f"classes must be a sequence of class indices (e.g. (0, 1)), got {type(classes).__name__}")
+    values = classes.tolist() if isinstance(classes, np.ndarray | torch.Tensor) else list(classes)
+    wrong = [c for c in values if not is_whole(c, 0)]
+    if wrong:
+        raise ValueError(f"classes must be class indices, integers >= 0 (the labels' values, not the class names), "
+                         f"got {wrong[0]!r}")
+    indices = tuple(int(c) for c in values)
+    if not indices or len(set(indices)) != len(indices):
+        raise ValueError(f"classes must name at least one class, each once, got {indices}")
+    for part, data in (("training", train), ("test", test)):
+        outside = sorted(set(data.y.unique().tolist()) - set(indices))
+        if outside:
+            raise ValueError(f"its {part} labels include {outside[:5]}, outside its classes {indices}: a label "
+                             "outside them would be masked out of the outputs")
+    return indices
 
 
 class TaskStream(Sequence[Task]):
@@ -139,6 +162,24 @@ class Scenario:
     definition: dict[str, Any] = field(default_factory=dict)
     task_boundaries: bool = True
     task_known_at_test: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"a scenario's name must be a non-empty str, got {self.name!r}")
+        for key in ("tasks", "eval_tasks"):
+            value = getattr(self, key)
+            if isinstance(value, TaskStream):
+                continue
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+                raise ValueError(f"Scenario {key} must be a sequence of Task(name, train, test), got "
+                                 f"{type(value).__name__}")
+            wrong = next((t for t in value if not isinstance(t, Task)), None)
+            if wrong is not None:
+                raise ValueError(f"Scenario {key} must hold Task(name, train, test) objects (a task's training and "
+                                 f"test sets together), got a {type(wrong).__name__}")
+        for key in ("task_boundaries", "task_known_at_test"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"Scenario {key} must be True or False, got {getattr(self, key)!r}")
 
     @property
     def per_task_batchnorm(self) -> bool:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -30,8 +31,20 @@ from torch.optim import Optimizer
 from metaspike.bayesian.synapses import bayesian_modules
 from metaspike.checks import check_device, check_seed, is_whole
 from metaspike.continual.batchnorm import BATCHNORM_MODES, batchnorm_state, load_batchnorm_state
+from metaspike.continual.checkpoints import (
+    CHECKPOINT_FORMAT,
+    check_checkpoint,
+    check_kinds,
+    check_optimizer_state,
+    check_plugin_settings,
+    check_same_run,
+    group_settings,
+    kinds_of,
+    load_part,
+    settings_of,
+)
 from metaspike.continual.metrics import summarize
-from metaspike.continual.scenarios import Scenario, Task
+from metaspike.continual.scenarios import Scenario, Task, TaskStream
 from metaspike.diagnostics import consolidated_fractions, flip_rates, hidden_weight_histograms, sign_snapshot
 from metaspike.distributed import world
 from metaspike.population_statistics import evaluates_with_batch_statistics
@@ -49,7 +62,6 @@ __all__ = ["TrainerConfig", "ContinualResult", "RunLog", "ContinualTrainer", "OP
            "LAST_EVALUATED", "evaluated_tasks", "run_identity", "RESULT_SETTINGS"]
 
 OPTIMIZER_MODES = ("per-task", "shared")
-CHECKPOINT_FORMAT = "metaspike-checkpoint-1"
 #: An evaluation on a budget always covers this many most recently trained tasks.
 LAST_EVALUATED = 5
 
@@ -256,88 +268,6 @@ def run_identity(scenario: Scenario, config: TrainerConfig) -> dict[str, Any]:
             "settings": {key: getattr(config, key) for key in RESULT_SETTINGS}}
 
 
-def _check_same_run(stored: Any, current: dict[str, Any]) -> None:
-    """A ``ValueError`` where the checkpoint's run identity (:func:`run_identity`) is not this run's."""
-    if not isinstance(stored, dict) or not isinstance(stored.get("settings"), dict):
-        raise ValueError("the checkpoint's run identity is malformed")
-    if stored.get("scenario") != current["scenario"]:
-        raise ValueError("the checkpoint was written by a run on another scenario (its name, definition or tasks "
-                         "differ: another seed, dataset or number of tasks?); resume it on the scenario it was made on")
-    differ = [f"{key} {stored['settings'].get(key)!r} there, {value!r} here"
-              for key, value in current["settings"].items() if stored["settings"].get(key) != value]
-    if differ:
-        raise ValueError(f"the checkpoint was written with other trainer settings ({'; '.join(differ)}); resume it "
-                         "with the TrainerConfig it was made with")
-
-
-def _check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: torch.Generator, model: nn.Module) -> None:
-    """A checkpoint's structure, before anything of it is used: a checkpoint is a file from outside, and its checksum
-    only catches accidental damage. The trained tasks, the matrix rows and the BatchNorm states must agree, every
-    row must have a cell per evaluated task, the random states must have their generators' sizes, and the model's
-    entries the model's dtypes."""
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"not a metaspike checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
-    missing = [k for k in ("position", "model", "optimizer", "generator", "batchnorm_states", "result") if k not in state]
-    if missing:
-        raise ValueError(f"the checkpoint lacks {', '.join(missing)}")
-    position = state["position"]
-    if (not isinstance(position, dict) or set(position) != {"task", "epochs_done"}
-            or not is_whole(position["task"], 0) or not is_whole(position["epochs_done"], 0)
-            or position["task"] > len(scenario.tasks) or position["epochs_done"] >= epochs
-            or (position["task"] == len(scenario.tasks) and position["epochs_done"] > 0)):
-        raise ValueError(f"checkpoint position {position!r} does not fit this run "
-                         f"({len(scenario.tasks)} tasks of {epochs} epochs)")
-    trained = position["task"]
-    result = state["result"]
-    names = {f.name for f in fields(ContinualResult)}
-    if not isinstance(result, dict) or set(result) not in (names, names - {"training_tasks"}):  # (older checkpoints)
-        raise ValueError(f"the checkpoint's result must hold exactly {sorted(names)}")
-    if result.setdefault("training_tasks", len(scenario.tasks)) != len(scenario.tasks):
-        raise ValueError(f"the checkpoint's result says {result['training_tasks']!r} training tasks; this run's "
-                         f"scenario has {len(scenario.tasks)}")
-    if list(result["task_names"]) != list(scenario.eval_task_names):
-        raise ValueError("checkpoint was written for other tasks than this run's scenario has")
-    width = len(scenario.eval_task_names)
-    matrix = result["matrix"]
-    if not isinstance(matrix, (list, tuple)) or len(matrix) != trained or not all(
-            isinstance(row, (list, tuple)) and len(row) == width and all(isinstance(a, float) for a in row)
-            for row in matrix):
-        raise ValueError(f"the checkpoint's accuracy matrix must have {trained} rows (its trained tasks) of {width} "
-                         "numbers")
-    baseline = result["baseline"]
-    if not isinstance(baseline, list) or len(baseline) != width or not all(isinstance(a, float) for a in baseline):
-        raise ValueError(f"the checkpoint's untrained accuracies must be {width} numbers")
-    if not all(isinstance(result[k], list) for k in ("curves", "histograms", "diagnostics")):
-        raise ValueError("the checkpoint's curves, histograms and diagnostics must be lists")
-    for key in ("curves", "diagnostics"):  # tables: rows of numbers with one set of columns
-        rows = result[key]
-        if not all(isinstance(r, dict) and set(r) == set(rows[0]) and {"task", "epoch"} <= set(r)
-                   and all(isinstance(v, (int, float)) for v in r.values()) for r in rows):
-            raise ValueError(f"the checkpoint's {key} must be rows of numbers with the same columns")
-    if not (isinstance(result["seconds"], float) and math.isfinite(result["seconds"]) and result["seconds"] >= 0):
-        raise ValueError(f"the checkpoint's seconds must be a number >= 0, got {result['seconds']!r}")
-    states = state["batchnorm_states"]
-    if not isinstance(states, list) or len(states) != trained or not all(isinstance(s, dict) for s in states):
-        raise ValueError(f"the checkpoint must hold a BatchNorm state for each of its {trained} trained tasks")
-    reference = batchnorm_state(model)
-    for s in states:
-        if not set(reference) <= set(s) or any(not isinstance(s[k], Tensor) or s[k].shape != v.shape  # (earlier
-                                                   or s[k].dtype != v.dtype for k, v in reference.items()):  # kept more)
-            raise ValueError("the checkpoint's BatchNorm states do not fit this run's model")
-    for key, expected in (("generator", generator.get_state()), ("torch_rng", torch.get_rng_state())):
-        value = state.get(key, expected)  # (checkpoints written before torch_rng was kept lack it)
-        if not isinstance(value, Tensor) or value.dtype != expected.dtype or value.shape != expected.shape:
-            raise ValueError(f"the checkpoint's {key} is not a state of torch's generator")
-    if not isinstance(state["model"], dict) or not isinstance(state["optimizer"], dict):
-        raise ValueError("the checkpoint's model and optimizer must be state dicts")
-    own = model.state_dict()
-    mistyped = [key for key, value in state["model"].items()
-                if key in own and (not isinstance(value, Tensor) or value.dtype != own[key].dtype)]
-    if mistyped:
-        raise ValueError(f"the checkpoint's model has entries of another type than this run's model: {mistyped[:5]}")
-
-
 def _check_finite_weights(model: nn.Module, task: int) -> None:
     """Raise :class:`TrainingDiverged` when a parameter became NaN or infinite while the loss stayed finite (e.g. a
     Bayesian rule whose memory window is far too short)."""
@@ -348,64 +278,31 @@ def _check_finite_weights(model: nn.Module, task: int) -> None:
                                f"lower the learning rate{window}")
 
 
-_PER_WEIGHT = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
+def _checked_before_training(scenario: Scenario) -> list[Task]:
+    """The tasks whose data are checked before the untrained network is evaluated: every training and evaluated task
+    (each once), so that a task that does not fit the model is named before anything is trained or scored; of a lazy
+    stream (:class:`~metaspike.continual.scenarios.TaskStream`, made when reached) the first, the others when reached."""
+    trained = [scenario.tasks[0]] if isinstance(scenario.tasks, TaskStream) else list(scenario.tasks)
+    evaluated = [] if isinstance(scenario.eval_tasks, TaskStream) else list(scenario.eval_tasks)
+    return list({id(task): task for task in trained + evaluated}.values())
 
 
-def _group_settings(optimizer: Any) -> list[list[dict[str, Any]]]:
-    """The settings of every param group (all but ``params``) of an optimizer or of each optimizer of a chain."""
-    return [[{k: v for k, v in group.items() if k != "params"} for group in inner.param_groups]
-            for inner in getattr(optimizer, "optimizers", [optimizer])]
+_PLUGIN_HOOKS = ("penalty", "before_step", "after_step", "task_done", "state_dict", "load_state_dict")
 
 
-def _same_setting(a: Any, b: Any) -> bool:
-    if isinstance(a, Tensor) or isinstance(b, Tensor):
-        return isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and bool(torch.equal(a, b))
-    try:
-        return bool(a == b)
-    except (TypeError, ValueError, RuntimeError):
-        return False
-
-
-def _check_optimizer_state(optimizer: Any, settings: list[list[dict[str, Any]]]) -> None:
-    """A loaded optimizer state is one line where its param groups' settings differ from ``settings`` (those the run's
-    own optimizer was built with: the checkpoint belongs to other settings, or was edited), where its running
-    averages do not have their parameter's shape or are not finite (second moments: negative), or where its step
-    count is negative or not finite (torch finds out only at the next step, deep inside its update, or never)."""
-    for inner, groups in zip(getattr(optimizer, "optimizers", [optimizer]), settings):
-        for index, (group, built) in enumerate(zip(inner.param_groups, groups)):
-            for key, value in built.items():
-                if not _same_setting(group.get(key), value):
-                    raise ValueError(f"the checkpoint's optimizer has {key} = {group.get(key)!r} in param group {index}, "
-                                     f"where the run's settings give {value!r}: it was written with other settings")
-            for p in group["params"]:
-                state = inner.state.get(p, {})
-                for key in _PER_WEIGHT:
-                    value = state.get(key)
-                    if not isinstance(value, Tensor):
-                        continue
-                    if value.shape != p.shape:
-                        raise ValueError(f"the checkpoint's optimizer state {key!r} has shape {tuple(value.shape)}, "
-                                         f"its parameter {tuple(p.shape)}")
-                    if not bool(torch.isfinite(value).all()) or (key.endswith("exp_avg_sq") and bool((value < 0).any())):
-                        need = "finite values >= 0" if key.endswith("exp_avg_sq") else "finite values"
-                        raise ValueError(f"the checkpoint's optimizer state {key!r} must hold {need}; it does not")
-                step = state.get("step")
-                try:
-                    bad = step is not None and not (math.isfinite(float(step)) and float(step) >= 0)
-                except (TypeError, ValueError, RuntimeError):
-                    bad = True
-                if bad:
-                    raise ValueError(f"the checkpoint's optimizer step count must be a number >= 0, got {step!r}")
-
-
-def _load_part(what: str, owner: Any, state: Any) -> None:
-    """``owner.load_state_dict(state)`` with torch's multi-line mismatch report folded into one line."""
-    try:
-        owner.load_state_dict(state)
-    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
-        report = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
-        report = report if len(report) <= 300 else report[:297] + "..."
-        raise ValueError(f"the checkpoint's {what} does not fit this run's {what}: {report}") from None
+def _checked_plugins(plugins: Any) -> tuple[Plugin, ...]:
+    """``plugins`` as a tuple, each an object with the hooks of :class:`~metaspike.training.Plugin` (a class where an
+    instance belongs, or a function, would fail only once training reaches the hook)."""
+    if isinstance(plugins, (str, bytes, Plugin)) or not isinstance(plugins, Sequence):
+        raise ValueError(f"plugins must be a list of Plugin instances (e.g. [EWC()]), got {type(plugins).__name__}")
+    for index, plugin in enumerate(plugins):
+        if isinstance(plugin, type):
+            raise ValueError(f"plugins[{index}] is the class {plugin.__name__}; pass an instance: {plugin.__name__}(...)")
+        missing = [hook for hook in _PLUGIN_HOOKS if not callable(getattr(plugin, hook, None))]
+        if missing:
+            raise ValueError(f"plugins[{index}] ({type(plugin).__name__}) lacks {', '.join(missing)}: a plugin "
+                             "subclasses metaspike.training.Plugin and overrides the hooks it needs")
+    return tuple(plugins)
 
 
 def _claim_plugins(plugins: Sequence[Plugin], model: nn.Module) -> None:
@@ -466,11 +363,18 @@ class ContinualTrainer:
             raise ValueError("make_optimizer must be a function that builds the optimizer from the model (e.g. "
                              "lambda m: torch.optim.SGD(m.parameters(), lr=0.01)), called once or once per task; got "
                              f"{type(make_optimizer).__name__}")
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(config, TrainerConfig):
+            raise ValueError(f"config must be a TrainerConfig, got {type(config).__name__}")
+        if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            raise ValueError("the model's tensors are on the meta device (shapes without values): build it on a real "
+                             "device, or give it values first (model.to_empty(device='cpu'), then load_state_dict)")
         self.model = model.to(config.device)
         self.make_optimizer = make_optimizer
         self.config = config
         self.progress = progress
-        self.plugins = tuple(plugins)
+        self.plugins = _checked_plugins(plugins)
         _claim_plugins(self.plugins, model)
         self.batchnorm_states: list[dict[str, Tensor]] = []
         self._identity: dict[str, Any] | None = None  # the run's, once fit starts (see run_identity)
@@ -543,6 +447,10 @@ class ContinualTrainer:
         :func:`metaspike.app.runs.train_and_finish`).
         """
         cfg = self.config
+        missing = [hook for hook in ("epoch_done", "task_done", "checkpoint") if not callable(getattr(log, hook, None))]
+        if log is not None and missing:
+            raise ValueError(f"log must be a RunLog (e.g. metaspike.continual.RunDirectory) with epoch_done, task_done "
+                             f"and checkpoint; {type(log).__name__} lacks {', '.join(missing)}")
         if not isinstance(scenario, Scenario):
             raise ValueError(f"fit takes a Scenario (metaspike.continual.make_scenario, or Scenario(name, tasks, "
                              f"eval_tasks) of your own tasks), got {type(scenario).__name__}")
@@ -556,7 +464,14 @@ class ContinualTrainer:
             twice = sorted({n for n in names if names.count(n) > 1})
             raise ValueError(f"scenario {scenario.name!r} names two tasks alike ({', '.join(twice[:3])}); give each "
                              "task its own name")
-        self._check(scenario.tasks[0])
+        if (not scenario.evaluates_training_tasks and not isinstance(scenario.tasks, TaskStream)
+                and [t.name for t in scenario.tasks] == names):
+            warnings.warn(f"scenario {scenario.name!r}: its eval_tasks have the training tasks' names but are other "
+                          "Task objects, so they are evaluated as tasks apart from the trained ones (shared BatchNorm "
+                          "statistics, every task at every evaluation); to evaluate the trained tasks, give the same "
+                          "objects (Scenario(name, tasks, tasks))", stacklevel=2)
+        for task in _checked_before_training(scenario):
+            self._check(task)
         bounded = [type(p).__name__ for p in self.plugins if type(p).task_done is not Plugin.task_done]
         if bounded and not scenario.task_boundaries:  # (it would learn where tasks change, which the others may not)
             raise ValueError(f"{', '.join(bounded)} acts at task boundaries (task_done), which scenario "
@@ -578,15 +493,17 @@ class ContinualTrainer:
         for i in range(first_task, count):
             task = scenario.tasks[i]
             epoch = first_epoch if i == first_task else 0
-            if i > 0:  # the first task was checked before the untrained network was evaluated
+            if i > 0 and isinstance(scenario.tasks, TaskStream):  # (the others were checked before training)
                 self._check(task)
             new_task = epoch == 0 and cfg.optimizer == "per-task" and scenario.task_boundaries
             if optimizer is None or new_task:
                 optimizer = self._new_optimizer()
                 if optimizer_state is not None and not new_task:
-                    settings = _group_settings(optimizer)
-                    _load_part("optimizer", optimizer, optimizer_state)
-                    _check_optimizer_state(optimizer, settings)
+                    saved, kinds = optimizer_state
+                    check_kinds(kinds, kinds_of(optimizer), "optimizer")
+                    settings = group_settings(optimizer)
+                    load_part("optimizer", optimizer, saved)
+                    check_optimizer_state(optimizer, settings)
                 optimizer_state = None
             due = (i + 1) % cfg.eval_every == 0 or i + 1 == count
             accuracies = self._train_task(scenario, i, epoch, optimizer, generator, states, result, start, log, due)
@@ -620,15 +537,20 @@ class ContinualTrainer:
             "identity": self._identity,
             "batchnorm_states": list(states),  # (copied: the run appends to its list)
             "plugins": [plugin.state_dict() for plugin in self.plugins],
+            "kinds": kinds_of(optimizer, self.plugins),
+            "plugin_settings": [settings_of(plugin) for plugin in self.plugins],
             "result": _outer_lists_copied({f.name: getattr(result, f.name) for f in fields(result)}),
         }
 
     def _restore(self, state: dict[str, Any], scenario: Scenario, generator: torch.Generator):
-        _check_checkpoint(state, scenario, self.config.epochs, generator, self.model)
+        check_checkpoint(state, scenario, self.config.epochs, generator, self.model,
+                         {f.name for f in fields(ContinualResult)})
         if state.get("identity") is not None:  # (checkpoints written before it was kept lack it)
-            _check_same_run(state["identity"], self._identity)
+            check_same_run(state["identity"], self._identity)
+        check_kinds(state.get("kinds"), kinds_of(plugins=self.plugins), "plugins")  # (older checkpoints: not kept)
+        check_plugin_settings(self.plugins, state.get("plugin_settings"))
         position = state["position"]
-        _load_part("model", self.model, state["model"])
+        load_part("model", self.model, state["model"])
         generator.set_state(state["generator"])
         if "torch_rng" in state:  # checkpoints written before it was kept lack it
             torch.set_rng_state(state["torch_rng"])
@@ -638,7 +560,8 @@ class ContinualTrainer:
         for plugin, plugin_state in zip(self.plugins, saved_plugins):
             plugin.load_state_dict(plugin_state)
         result = ContinualResult(**_outer_lists_copied(state["result"]))  # (the run appends: the checkpoint stays)
-        return result, list(state["batchnorm_states"]), position["task"], position["epochs_done"], state["optimizer"]
+        return (result, list(state["batchnorm_states"]), position["task"], position["epochs_done"],
+                (state["optimizer"], state.get("kinds")))
 
     def _train_task(
         self,
@@ -653,9 +576,10 @@ class ContinualTrainer:
         log: RunLog | None,
         due: bool,
     ) -> list[float]:
-        """Train task ``index``; when ``due``, evaluate and log after every epoch, else return a NaN row. Then the
-        plugins take the task's end (``task_done``: EWC's Fisher, SI's importances), which the bar says while they
-        work."""
+        """Train task ``index``; when ``due``, evaluate and log after every epoch, else return a NaN row. After the
+        last epoch the plugins take the task's end (``task_done``: EWC's Fisher, SI's importances; the bar says so
+        while they work) before that epoch's evaluation, so a plugin that changes the model there shows in the
+        task's row."""
         cfg = self.config
         task = scenario.tasks[index]
         batches = math.ceil(len(task.train) / cfg.batch_size)
@@ -667,6 +591,8 @@ class ContinualTrainer:
                 signs = sign_snapshot(self.model) if due else {}
                 loss = train_epoch(self.model, optimizer, task.train.x, task.train.y, cfg.batch_size,
                                    generator, task.classes, cfg.device, bar, self.plugins, world())
+                if epoch == cfg.epochs:
+                    self._end_task(task, bar)
                 if not due:
                     continue
                 accuracies = self._evaluate_all(scenario, index + 1, states)
@@ -684,12 +610,16 @@ class ContinualTrainer:
                     log.epoch_done(result)
                     if epoch < cfg.epochs:
                         log.checkpoint(self.checkpoint(index, epoch, optimizer, generator, states, result))
-            if self.plugins:
-                names = ", ".join(dict.fromkeys(type(p).__name__ for p in self.plugins))
-                bar.note(f"{names} at the task's end...")
-                for plugin in self.plugins:
-                    plugin.task_done(self.model, task.train.x, task.train.y, task.classes)
-                bar.note(_accuracies_text(accuracies))
         finally:
             bar.close()
         return accuracies
+
+    def _end_task(self, task: Task, bar: _Progress) -> None:
+        """The plugins' ``task_done`` on ``task``'s training data, said on the progress bar while they work."""
+        if not self.plugins:
+            return
+        names = ", ".join(dict.fromkeys(type(p).__name__ for p in self.plugins))
+        bar.note(f"{names} at the task's end...")
+        for plugin in self.plugins:
+            plugin.task_done(self.model, task.train.x, task.train.y, task.classes)
+        bar.note("")

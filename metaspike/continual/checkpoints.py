@@ -1,0 +1,236 @@
+"""What a trainer checks before it resumes from a checkpoint: a checkpoint is a file from outside.
+
+:func:`check_checkpoint` checks its structure before anything of it is used, :func:`check_same_run` that it belongs
+to this run (scenario and trainer settings), :func:`check_kinds` that this run's optimizer and plugins are of the
+kinds it was written by, :func:`check_plugin_settings` that the plugins have its settings (a plugin's state carries
+its hyperparameters, which loading would otherwise put in place of the ones asked for, silently), and
+:func:`check_optimizer_state` what loading the optimizer's state brought in. :func:`load_part` loads one part with
+torch's mismatch report folded into one line.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from metaspike.checks import is_whole
+from metaspike.continual.batchnorm import batchnorm_state
+from metaspike.continual.scenarios import Scenario
+
+__all__ = ["CHECKPOINT_FORMAT", "check_checkpoint", "check_same_run", "kinds_of", "check_kinds", "settings_of",
+           "check_plugin_settings", "group_settings", "check_optimizer_state", "load_part"]
+
+CHECKPOINT_FORMAT = "metaspike-checkpoint-1"
+
+
+def check_same_run(stored: Any, current: dict[str, Any]) -> None:
+    """A ``ValueError`` where the checkpoint's run identity (:func:`~metaspike.continual.trainer.run_identity`) is not this run's."""
+    if not isinstance(stored, dict) or not isinstance(stored.get("settings"), dict):
+        raise ValueError("the checkpoint's run identity is malformed")
+    if stored.get("scenario") != current["scenario"]:
+        raise ValueError("the checkpoint was written by a run on another scenario (its name, definition or tasks "
+                         "differ: another seed, dataset or number of tasks?); resume it on the scenario it was made on")
+    differ = [f"{key} {stored['settings'].get(key)!r} there, {value!r} here"
+              for key, value in current["settings"].items() if stored["settings"].get(key) != value]
+    if differ:
+        raise ValueError(f"the checkpoint was written with other trainer settings ({'; '.join(differ)}); resume it "
+                         "with the TrainerConfig it was made with")
+
+
+def check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: torch.Generator, model: nn.Module,
+                     result_fields: set[str]) -> None:
+    """A checkpoint's structure, before anything of it is used: a checkpoint is a file from outside, and its checksum
+    only catches accidental damage. The trained tasks, the matrix rows and the BatchNorm states must agree, every
+    row must have a cell per evaluated task, the random states must have their generators' sizes, and the model's
+    entries the model's dtypes. ``result_fields``: the fields of
+    :class:`~metaspike.continual.ContinualResult` (a checkpoint written before ``training_tasks`` existed lacks it)."""
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"not a metaspike checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
+    missing = [k for k in ("position", "model", "optimizer", "generator", "batchnorm_states", "result") if k not in state]
+    if missing:
+        raise ValueError(f"the checkpoint lacks {', '.join(missing)}")
+    position = state["position"]
+    if (not isinstance(position, dict) or set(position) != {"task", "epochs_done"}
+            or not is_whole(position["task"], 0) or not is_whole(position["epochs_done"], 0)
+            or position["task"] > len(scenario.tasks) or position["epochs_done"] >= epochs
+            or (position["task"] == len(scenario.tasks) and position["epochs_done"] > 0)):
+        raise ValueError(f"checkpoint position {position!r} does not fit this run "
+                         f"({len(scenario.tasks)} tasks of {epochs} epochs)")
+    trained = position["task"]
+    result = state["result"]
+    names = result_fields
+    if not isinstance(result, dict) or set(result) not in (names, names - {"training_tasks"}):  # (older checkpoints)
+        raise ValueError(f"the checkpoint's result must hold exactly {sorted(names)}")
+    if result.setdefault("training_tasks", len(scenario.tasks)) != len(scenario.tasks):
+        raise ValueError(f"the checkpoint's result says {result['training_tasks']!r} training tasks; this run's "
+                         f"scenario has {len(scenario.tasks)}")
+    if list(result["task_names"]) != list(scenario.eval_task_names):
+        raise ValueError("checkpoint was written for other tasks than this run's scenario has")
+    width = len(scenario.eval_task_names)
+    matrix = result["matrix"]
+    if not isinstance(matrix, (list, tuple)) or len(matrix) != trained or not all(
+            isinstance(row, (list, tuple)) and len(row) == width and all(isinstance(a, float) for a in row)
+            for row in matrix):
+        raise ValueError(f"the checkpoint's accuracy matrix must have {trained} rows (its trained tasks) of {width} "
+                         "numbers")
+    baseline = result["baseline"]
+    if not isinstance(baseline, list) or len(baseline) != width or not all(isinstance(a, float) for a in baseline):
+        raise ValueError(f"the checkpoint's untrained accuracies must be {width} numbers")
+    if not all(isinstance(result[k], list) for k in ("curves", "histograms", "diagnostics")):
+        raise ValueError("the checkpoint's curves, histograms and diagnostics must be lists")
+    for key in ("curves", "diagnostics"):  # tables: rows of numbers with one set of columns
+        rows = result[key]
+        if not all(isinstance(r, dict) and set(r) == set(rows[0]) and {"task", "epoch"} <= set(r)
+                   and all(isinstance(v, (int, float)) for v in r.values()) for r in rows):
+            raise ValueError(f"the checkpoint's {key} must be rows of numbers with the same columns")
+    if not (isinstance(result["seconds"], float) and math.isfinite(result["seconds"]) and result["seconds"] >= 0):
+        raise ValueError(f"the checkpoint's seconds must be a number >= 0, got {result['seconds']!r}")
+    states = state["batchnorm_states"]
+    if not isinstance(states, list) or len(states) != trained or not all(isinstance(s, dict) for s in states):
+        raise ValueError(f"the checkpoint must hold a BatchNorm state for each of its {trained} trained tasks")
+    reference = batchnorm_state(model)
+    for s in states:
+        if not set(reference) <= set(s) or any(not isinstance(s[k], Tensor) or s[k].shape != v.shape  # (earlier
+                                                   or s[k].dtype != v.dtype for k, v in reference.items()):  # kept more)
+            raise ValueError("the checkpoint's BatchNorm states do not fit this run's model")
+    for key, expected in (("generator", generator.get_state()), ("torch_rng", torch.get_rng_state())):
+        value = state.get(key, expected)  # (checkpoints written before torch_rng was kept lack it)
+        if not isinstance(value, Tensor) or value.dtype != expected.dtype or value.shape != expected.shape:
+            raise ValueError(f"the checkpoint's {key} is not a state of torch's generator")
+    if not isinstance(state["model"], dict) or not isinstance(state["optimizer"], dict):
+        raise ValueError("the checkpoint's model and optimizer must be state dicts")
+    own = model.state_dict()
+    mistyped = [key for key, value in state["model"].items()
+                if key in own and (not isinstance(value, Tensor) or value.dtype != own[key].dtype)]
+    if mistyped:
+        raise ValueError(f"the checkpoint's model has entries of another type than this run's model: {mistyped[:5]}")
+
+
+def kinds_of(optimizer: Any = None, plugins: Sequence[Any] = ()) -> dict[str, list[str]]:
+    """The class names of an optimizer (each optimizer of a chain; none for ``None``) and of the plugins, as a
+    checkpoint records them.
+
+    Example:
+        >>> kinds_of(torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=0.1), [])
+        {'optimizer': ['SGD'], 'plugins': []}
+    """
+    optimizers = [] if optimizer is None else getattr(optimizer, "optimizers", [optimizer])
+    return {"optimizer": [type(inner).__name__ for inner in optimizers],
+            "plugins": [type(plugin).__name__ for plugin in plugins]}
+
+
+def check_kinds(stored: Any, current: dict[str, list[str]], part: str) -> None:
+    """A ``ValueError`` naming both where the checkpoint's ``part`` (``"optimizer"`` or ``"plugins"``) is of other
+    classes than this run's (checkpoints written before the kinds were recorded pass)."""
+    if stored is None:
+        return
+    if not isinstance(stored, dict) or not isinstance(stored.get(part), list):
+        raise ValueError("the checkpoint's record of its optimizer and plugins is malformed")
+    theirs, ours = stored[part], current[part]
+    if theirs != ours:
+        what = "make_optimizer builds" if part == "optimizer" else "plugins are"
+        raise ValueError(f"the checkpoint was written with {part} {', '.join(map(str, theirs)) or 'none'}; this run's "
+                         f"{what} {', '.join(ours) or 'none'}: resume it with the {part} it was made with")
+
+
+def settings_of(plugin: Any) -> dict[str, Any]:
+    """A plugin's :meth:`~metaspike.training.Plugin.settings`, as a checkpoint records them (none for a plugin that
+    does not subclass ``Plugin`` and has no ``settings``).
+
+    Example:
+        >>> from metaspike.continual.baselines import EWC
+        >>> settings_of(EWC(lam=10.0))
+        {'lam': 10.0, 'samples': 1000}
+    """
+    settings = getattr(plugin, "settings", None)
+    return settings() if callable(settings) else {}
+
+
+def check_plugin_settings(plugins: Sequence[Any], saved: Any) -> None:
+    """A ``ValueError`` where a plugin's hyperparameters (:meth:`~metaspike.training.Plugin.settings`, e.g. EWC's
+    ``lam``, SI's ``c``) differ from those the checkpoint recorded for it (``saved``: one dict per plugin, or
+    ``None`` for a checkpoint written before they were recorded). A plugin's state carries its hyperparameters, and
+    loading it would put the checkpoint's in place of the ones asked for, silently.
+
+    Example:
+        >>> from metaspike.continual.baselines import SynapticIntelligence
+        >>> check_plugin_settings([SynapticIntelligence(c=99.0)], [SynapticIntelligence(c=0.5).settings()])
+        Traceback (most recent call last):
+        ...
+        ValueError: plugins[0] (SynapticIntelligence) has c = 99.0 here, 0.5 in the checkpoint: it was written with other settings; resume it with the settings it was made with
+    """
+    if saved is None:
+        return
+    if not isinstance(saved, list) or len(saved) != len(plugins) or not all(isinstance(s, dict) for s in saved):
+        raise ValueError(f"the checkpoint's plugin settings must be {len(plugins)} dicts, one per plugin")
+    for index, (plugin, theirs) in enumerate(zip(plugins, saved)):
+        for key, value in settings_of(plugin).items():
+            if not _same_setting(theirs.get(key), value):
+                raise ValueError(f"plugins[{index}] ({type(plugin).__name__}) has {key} = {value!r} here, "
+                                 f"{theirs.get(key)!r} in the checkpoint: it was written with other settings; resume it "
+                                 "with the settings it was made with")
+
+
+_PER_WEIGHT = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
+
+
+def group_settings(optimizer: Any) -> list[list[dict[str, Any]]]:
+    """The settings of every param group (all but ``params``) of an optimizer or of each optimizer of a chain."""
+    return [[{k: v for k, v in group.items() if k != "params"} for group in inner.param_groups]
+            for inner in getattr(optimizer, "optimizers", [optimizer])]
+
+
+def _same_setting(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and bool(torch.equal(a, b))
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+
+
+def check_optimizer_state(optimizer: Any, settings: list[list[dict[str, Any]]]) -> None:
+    """A loaded optimizer state is one line where its param groups' settings differ from ``settings`` (those the run's
+    own optimizer was built with: the checkpoint belongs to other settings, or was edited), where its running
+    averages do not have their parameter's shape or are not finite (second moments: negative), or where its step
+    count is negative or not finite (torch finds out only at the next step, deep inside its update, or never)."""
+    for inner, groups in zip(getattr(optimizer, "optimizers", [optimizer]), settings):
+        for index, (group, built) in enumerate(zip(inner.param_groups, groups)):
+            for key, value in built.items():
+                if not _same_setting(group.get(key), value):
+                    raise ValueError(f"the checkpoint's optimizer has {key} = {group.get(key)!r} in param group {index}, "
+                                     f"where the run's settings give {value!r}: it was written with other settings")
+            for p in group["params"]:
+                state = inner.state.get(p, {})
+                for key in _PER_WEIGHT:
+                    value = state.get(key)
+                    if not isinstance(value, Tensor):
+                        continue
+                    if value.shape != p.shape:
+                        raise ValueError(f"the checkpoint's optimizer state {key!r} has shape {tuple(value.shape)}, "
+                                         f"its parameter {tuple(p.shape)}")
+                    if not bool(torch.isfinite(value).all()) or (key.endswith("exp_avg_sq") and bool((value < 0).any())):
+                        need = "finite values >= 0" if key.endswith("exp_avg_sq") else "finite values"
+                        raise ValueError(f"the checkpoint's optimizer state {key!r} must hold {need}; it does not")
+                step = state.get("step")
+                try:
+                    bad = step is not None and not (math.isfinite(float(step)) and float(step) >= 0)
+                except (TypeError, ValueError, RuntimeError):
+                    bad = True
+                if bad:
+                    raise ValueError(f"the checkpoint's optimizer step count must be a number >= 0, got {step!r}")
+
+
+def load_part(what: str, owner: Any, state: Any) -> None:
+    """``owner.load_state_dict(state)`` with torch's multi-line mismatch report folded into one line."""
+    try:
+        owner.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
+        report = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+        report = report if len(report) <= 300 else report[:297] + "..."
+        raise ValueError(f"the checkpoint's {what} does not fit this run's {what}: {report}") from None

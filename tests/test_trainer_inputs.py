@@ -1,0 +1,162 @@
+"""The continual trainer's Python API, as a user drives it with their own tasks and plugins: the order of a task's
+end and its evaluation, the checks that run before anything is trained, and a resume that must be made with the
+plugins and optimizer the checkpoint was written with."""
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from metaspike.continual import ContinualTrainer, Scenario, Task, TrainerConfig
+from metaspike.continual.baselines import EWC, SynapticIntelligence
+from metaspike.data import ArrayDataset
+from metaspike.training import Plugin, evaluate
+
+
+def _data(name: str = "d", features: int = 16, classes: int = 2, samples: int = 120, seed: int = 0) -> ArrayDataset:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(samples, features, generator=generator)
+    return ArrayDataset.from_tensors(x, torch.arange(samples) % classes, name)
+
+
+def _model(features: int = 16, outputs: int = 2) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(features, 8), nn.ReLU(), nn.Linear(8, outputs))
+
+
+def _trainer(model: nn.Module, plugins=(), make=None, **config) -> ContinualTrainer:
+    make = make or (lambda m: torch.optim.SGD(m.parameters(), lr=0.05))
+    return ContinualTrainer(model, make, TrainerConfig(**{"epochs": 1, "batch_size": 40, **config}), progress=False,
+                            plugins=plugins)
+
+
+class _FlipClassifier(Plugin):
+    """Changes the model at each task's end: its row must show the change."""
+
+    def task_done(self, model, x, y, classes):
+        with torch.no_grad():
+            model[-1].weight.neg_()
+            model[-1].bias.neg_()
+
+
+def test_a_plugin_that_changes_the_model_at_a_tasks_end_shows_in_that_tasks_row():
+    data = _data()
+    tasks = [Task("a", data, data), Task("b", data, data)]
+    model = _model()
+    result = _trainer(model, [_FlipClassifier()], make=lambda m: torch.optim.SGD(m.parameters(), lr=0.0)).fit(
+        Scenario("s", tasks, tasks))
+    unchanged = _model()  # the same start; lr 0, so only the plugin moved the weights: flipped twice, back to it
+    assert result.matrix[-1][0] == evaluate(model, data.x, data.y) == evaluate(unchanged, data.x, data.y)
+    flipped_once = result.matrix[0][0]
+    assert flipped_once == pytest.approx(100.0 - result.matrix[1][0])  # (two classes: a flip turns right into wrong)
+
+
+def test_every_task_is_checked_before_anything_is_trained():
+    good, wide = _data(), _data("wide", features=32)
+    trainer = _trainer(_model())
+    with pytest.raises(ValueError, match="training data of task 'b' samples of shape \\(32,\\) do not fit the model"):
+        trainer.fit(Scenario("s", [Task("a", good, good), Task("b", wide, wide)], [Task("a", good, good)]))
+    many = _data("many", classes=5)
+    seen = []
+
+    class Watch(Plugin):
+        def task_done(self, model, x, y, classes):
+            seen.append(len(y))
+
+    trainer = _trainer(_model(), [Watch()])
+    first = Task("a", good, good)
+    with pytest.raises(ValueError, match="labels of training data of task 'c' go up to 4 but the model has 2 outputs"):
+        trainer.fit(Scenario("s", [first], [first, Task("c", many, many)]))
+    assert seen == []  # refused before the first task was trained
+
+
+def test_a_tasks_classes_are_checked_against_its_labels():
+    data = _data(classes=4)
+    with pytest.raises(ValueError, match=r"Task 'a': its training labels include \[2, 3\], outside its classes \(0, 1\)"):
+        Task("a", data, data, classes=(0, 1))
+    with pytest.raises(ValueError, match="classes must be class indices, integers >= 0 .* got '0'"):
+        Task("a", data, data, classes=("0", "1", "2", "3"))
+    with pytest.raises(ValueError, match="each once"):
+        Task("a", data, data, classes=[0, 1, 2, 3, 3])
+    assert Task("a", data, data, classes=torch.arange(4)).classes == (0, 1, 2, 3)
+
+
+@pytest.mark.parametrize("tasks, eval_tasks, message", [
+    ([], None, "eval_tasks must be a sequence of Task"),
+    (None, [], "tasks must be a sequence of Task"),
+    ("pairs", [], "tasks must hold Task\\(name, train, test\\) objects .* got a tuple"),
+])
+def test_a_scenario_of_something_other_than_tasks_is_one_line(tasks, eval_tasks, message):
+    data = _data()
+    tasks = [(data, data)] if tasks == "pairs" else tasks
+    with pytest.raises(ValueError, match=message):
+        Scenario("s", tasks, eval_tasks)
+
+
+def test_plugins_and_logs_without_their_hooks_are_refused_before_training():
+    with pytest.raises(ValueError, match=r"plugins\[0\] is the class EWC; pass an instance"):
+        _trainer(_model(), [EWC])
+    with pytest.raises(ValueError, match=r"plugins\[0\] \(function\) lacks penalty"):
+        _trainer(_model(), [lambda model: None])
+    data = _data()
+    tasks = [Task("a", data, data)]
+    with pytest.raises(ValueError, match="log must be a RunLog .* object lacks epoch_done, task_done, checkpoint"):
+        _trainer(_model()).fit(Scenario("s", tasks, tasks), log=object())
+
+
+def test_a_model_or_device_without_values_is_one_line():
+    with pytest.raises(ValueError, match="device 'meta' holds shapes without values"):
+        TrainerConfig(device="meta")
+    with torch.device("meta"):
+        model = nn.Linear(4, 2)
+    with pytest.raises(ValueError, match="the model's tensors are on the meta device"):
+        _trainer(model)
+
+
+def test_eval_tasks_that_copy_the_training_tasks_are_named_in_a_warning():
+    data = _data()
+    tasks = [Task("a", data, data), Task("b", data, data)]
+    copies = [Task(t.name, t.train, t.test) for t in tasks]
+    with pytest.warns(UserWarning, match="eval_tasks have the training tasks' names but are other Task objects"):
+        _trainer(_model()).fit(Scenario("s", tasks, copies))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _trainer(_model()).fit(Scenario("s", tasks, tasks))
+
+
+class _Keep:
+    """A run log that keeps a copy of every checkpoint."""
+
+    def __init__(self):
+        self.states = []
+
+    def epoch_done(self, result):
+        pass
+
+    def task_done(self, result):
+        pass
+
+    def checkpoint(self, state):
+        self.states.append(copy.deepcopy(state))
+
+
+def test_a_resume_with_other_plugin_settings_or_kinds_or_optimizer_is_refused():
+    data = _data()
+    tasks = [Task("a", data, data)]
+    scenario = Scenario("s", tasks, tasks)
+    log = _Keep()
+    whole = _trainer(_model(), [SynapticIntelligence(c=0.5)], epochs=2).fit(scenario, log=log)
+    middle = log.states[0]  # after the first of two epochs
+    assert middle["position"] == {"task": 0, "epochs_done": 1}
+    with pytest.raises(ValueError, match=r"plugins\[0\] \(SynapticIntelligence\) has c = 99.0 here, 0.5 in the "
+                                         "checkpoint"):
+        _trainer(_model(), [SynapticIntelligence(c=99.0)], epochs=2).fit(scenario, resume=middle)
+    with pytest.raises(ValueError, match="written with plugins SynapticIntelligence; this run's plugins are EWC"):
+        _trainer(_model(), [EWC()], epochs=2).fit(scenario, resume=middle)
+    adam = lambda m: torch.optim.Adam(m.parameters(), lr=0.01)  # noqa: E731
+    with pytest.raises(ValueError, match="written with optimizer SGD; this run's make_optimizer builds Adam"):
+        _trainer(_model(), [SynapticIntelligence(c=0.5)], make=adam, epochs=2).fit(scenario, resume=middle)
+    resumed = _trainer(_model(), [SynapticIntelligence(c=0.5)], epochs=2).fit(scenario, resume=middle)
+    assert resumed.matrix == whole.matrix
