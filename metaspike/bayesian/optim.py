@@ -271,7 +271,9 @@ class BiMU(_DataGatedOptimizer):
 
     ``params`` are the latent weights ``λ`` (see :func:`~metaspike.bayesian.synapses.bimu_parameters`);
     the gradients of a training pass through the relaxed sample update them by
-    :func:`~metaspike.bayesian.functional.bimu_step_`. The defaults are those of the authors' code.
+    :func:`~metaspike.bayesian.functional.bimu_step_`. The defaults are those of the authors' code, for one sample
+    per step: at batch size ``B`` they barely move a model (the loss is a batch mean); scale per-sample settings with
+    :func:`settings_for_batch`.
 
     Published settings: for a 784-100-10 network with 0/1 "reverse gate" activations on 100 permuted-MNIST
     tasks at batch size 1, ``likelihood_multiplier=161.3, kl_multiplier=3.76, lr_max=0.0023, N=700, lr=4.9``

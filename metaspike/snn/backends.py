@@ -114,7 +114,9 @@ def surrogate(name: str) -> SpikeFunction:
     """Spike function ``x -> heaviside(x)`` whose gradient is the named surrogate.
 
     snnTorch names come from ``snntorch.surrogate``, Norse names from ``norse.torch.functional``
-    (SuperSpike: ``"superspike"``). Usable as snnTorch's ``spike_grad`` or in plain torch.
+    (SuperSpike: ``"superspike"``). Usable as snnTorch's ``spike_grad`` or in plain torch. The spikes have the
+    input's dtype (snnTorch's own functions return float32 spikes whatever the input, which a model moved to float64
+    then fails on; so does an snnTorch neuron built without ``spike_grad``, whose default is snnTorch's arctangent).
 
     Example:
         >>> surrogate("atan")(Tensor([-0.5, 0.5]))  # doctest: +SKIP
@@ -122,7 +124,8 @@ def surrogate(name: str) -> SpikeFunction:
     """
     _check_surrogate(name)
     if name in _SNNTORCH_SURROGATES:
-        return _SNNTORCH_SURROGATES[name](importlib.import_module(require_snntorch().__name__ + ".surrogate"))
+        spike = _SNNTORCH_SURROGATES[name](importlib.import_module(require_snntorch().__name__ + ".surrogate"))
+        return lambda x: spike(x).to(x.dtype)
     method, alpha = _NORSE_SURROGATES[name]
     threshold = importlib.import_module(require_norse().__name__ + ".functional.threshold").threshold
     return lambda x: threshold(x, method, alpha)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -58,7 +59,7 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
 def _time_constant(decay: torch.Tensor, shape: tuple[int, ...], dt: float, what: str) -> np.ndarray:
     kept = _array(decay.clamp(0, 1), shape)
     if np.any(kept >= 1):
-        raise ValueError(f"{what} = 1 (no leak) has no NIR time constant")
+        raise ValueError(f"export_nir: {what} = 1 (no leak) has no NIR time constant")
     return dt / (1 - kept)
 
 
@@ -80,15 +81,15 @@ def _reset_to_zero(layer: nn.Module, kind: str) -> None:
         raise ValueError(f"NIR {kind} resets to v_reset; export with reset_mechanism='zero', got {layer.reset_mechanism!r}")
 
 
-def _neuron_node(nir: ModuleType, snn: ModuleType, layer: nn.Module, shape: tuple[int, ...], dt: float,
+def _neuron_node(nir: ModuleType, snn: ModuleType, name: str, layer: nn.Module, shape: tuple[int, ...], dt: float,
                  gain: np.ndarray):
     """NIR node of an snnTorch ``Leaky``/``Synaptic``; ``gain`` (the layer before's ``α``) multiplies ``r``."""
     _refuse_unexpressed_options(layer)
     zeros = np.zeros(shape, dtype=np.float32)
-    tau_mem = _time_constant(layer.beta, shape, dt, "beta")
+    tau_mem = _time_constant(layer.beta, shape, dt, f"layer {name!r}'s beta")
     r = (gain * tau_mem / dt).astype(np.float32)
     if isinstance(layer, snn.Synaptic):
-        tau_syn = _time_constant(layer.alpha, shape, dt, "alpha")
+        tau_syn = _time_constant(layer.alpha, shape, dt, f"layer {name!r}'s alpha")
         w_in = (tau_syn / dt).astype(np.float32)
         if layer.reset_mechanism == "none":  # a readout that never fires: current-based leaky integrator
             return nir.CubaLI(tau_syn=tau_syn, tau_mem=tau_mem, r=r, v_leak=zeros, w_in=w_in)
@@ -176,13 +177,16 @@ def export_nir(
             or not input_shape or not all(is_whole(s, 1) for s in input_shape)):
         raise ValueError(f"export_nir: input_shape must be one sample's shape, positive integers such as (1, 28, 28), "
                          f"got {input_shape!r}")
+    if path is not None and not Path(path).parent.is_dir():
+        raise ValueError(f"export_nir: no folder {str(Path(path).parent)!r} to write {str(path)!r} in")
     shape = tuple(int(s) for s in input_shape)
     nodes: list = []
     pending: np.ndarray | None = None  # the last weight layer's gain, not yet folded
+    real: list[str] = []  # weight layers whose weights are not ±1
     for name, layer in model.named_children():
         if isinstance(layer, (snn.Leaky, snn.Synaptic)):
             gain = np.ones(shape, dtype=np.float32) if pending is None else _per_element(pending, shape)
-            nodes.append(_neuron_node(nir, snn, layer, shape, dt, gain))
+            nodes.append(_neuron_node(nir, snn, name, layer, shape, dt, gain))
             pending = None
             continue
         if pending is not None:
@@ -195,6 +199,8 @@ def export_nir(
             _check_fits(name, layer, shape, input_shape)
             node, pending = _weight_node(nir, name, layer, shape)
             nodes.append(node)
+            if not np.all(np.abs(node.weight) == 1):
+                real.append(name)
         elif isinstance(layer, Scale):
             nodes.append(nir.Scale(scale=_array(layer.gain, shape)))
         else:
@@ -202,10 +208,11 @@ def export_nir(
         shape = tuple(int(s) for s in nodes[-1].output_type["output"])
     if pending is not None:
         nodes.append(nir.Scale(scale=_per_element(pending, shape)))
+    if real:
+        warnings.warn(f"export_nir: layer(s) {', '.join(map(repr, real))} have real-valued weights, not ±1 (a model "
+                      "never passed through metaspike.binarize?); they are written as they are", stacklevel=2)
     graph = nir.NIRGraph.from_list(*nodes, type_check=False)
     if path is not None:
-        if not Path(path).parent.is_dir():
-            raise ValueError(f"export_nir: no folder {str(Path(path).parent)!r} to write {str(path)!r} in")
         nir.write(path, graph)
     return graph
 
