@@ -160,3 +160,19 @@ def test_a_resume_with_other_plugin_settings_or_kinds_or_optimizer_is_refused():
         _trainer(_model(), [SynapticIntelligence(c=0.5)], make=adam, epochs=2).fit(scenario, resume=middle)
     resumed = _trainer(_model(), [SynapticIntelligence(c=0.5)], epochs=2).fit(scenario, resume=middle)
     assert resumed.matrix == whole.matrix
+
+
+def test_a_run_directory_written_by_fit_is_closed_by_finish(tmp_path):
+    import json
+
+    from metaspike.continual import RunDirectory
+
+    data = _data()
+    tasks = [Task("a", data, data)]
+    log = RunDirectory.create(tmp_path, "mine", {"lr": 0.05})
+    result = _trainer(_model(), epochs=2).fit(Scenario("s", tasks, tasks), log=log)
+    assert json.loads((log.path / "metrics.json").read_text())["complete"] is False
+    assert any(p.name.startswith("checkpoint") for p in log.path.iterdir())
+    log.finish(result)
+    assert json.loads((log.path / "metrics.json").read_text())["complete"] is True
+    assert not any(p.name.startswith("checkpoint") for p in log.path.iterdir())

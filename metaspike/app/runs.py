@@ -267,8 +267,7 @@ def _train_and_write(trainer: ContinualTrainer, scenario: Scenario, directory: R
     if trainer.batchnorm_states:  # what evaluated each earlier task: model.pt holds the last task's
         with atomic_open(directory.path / BATCHNORM_STATES, "wb") as handle:
             torch.save(trainer.batchnorm_states, handle)
-    directory.write_metrics(result, complete=True)
-    directory.remove_checkpoints()
+    directory.finish(result)
     return result
 
 

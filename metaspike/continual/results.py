@@ -276,6 +276,17 @@ class RunDirectory:
         for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
             (self.path / name).unlink(missing_ok=True)
 
+    def finish(self, result: ContinualResult) -> None:
+        """Close a run that :meth:`ContinualTrainer.fit` ended: ``metrics.json`` says ``complete: true`` and the
+        checkpoints go (write the final weights first if you want them: ``metaspike train`` writes ``model.pt``).
+
+        Example:
+            >>> log = RunDirectory.create("runs", "mine", {"lr": 0.01})  # doctest: +SKIP
+            >>> log.finish(trainer.fit(scenario, log=log))  # doctest: +SKIP
+        """
+        self.write_metrics(result, complete=True)
+        self.remove_checkpoints()
+
     def task_done(self, result: ContinualResult) -> None:
         """Write the accuracy matrix so far, histograms and metrics (marked incomplete)."""
         self.write_matrix(result)

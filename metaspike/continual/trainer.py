@@ -442,9 +442,8 @@ class ContinualTrainer:
         After every evaluated epoch the log receives a checkpoint (:meth:`checkpoint`); passing one back as
         ``resume`` continues from there and gives the same numbers as an uninterrupted run. The log's run stays
         open (``complete: false``, checkpoints kept) until its writer finishes it: with a
-        :class:`~metaspike.continual.RunDirectory`, ``log.write_metrics(result, complete=True)`` and
-        ``log.remove_checkpoints()`` (what ``metaspike train`` does, with ``model.pt`` and the figures:
-        :func:`metaspike.app.runs.train_and_finish`).
+        :class:`~metaspike.continual.RunDirectory`, ``log.finish(result)`` (what ``metaspike train`` does, after
+        writing ``model.pt``, and then the figures: :func:`metaspike.app.runs.train_and_finish`).
         """
         cfg = self.config
         missing = [hook for hook in ("epoch_done", "task_done", "checkpoint") if not callable(getattr(log, hook, None))]
