@@ -314,7 +314,8 @@ class RunConfig:
     def _import_hint(self) -> str:
         """What to say after an unknown model or rule name: the run's own modules, or how to name one's own."""
         if self.imports:
-            return f" (with those that {' '.join(self.imports)} registers: check the name, or that the module registers it)"
+            return (f" (with those that {' '.join(self.imports)} registers: check the name, or that the module "
+                    "registers it)")
         return " (one of your own: name the module that registers it with --import)"
 
     def for_model(self, model: str) -> "RunConfig":

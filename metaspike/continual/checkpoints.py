@@ -28,7 +28,8 @@ CHECKPOINT_FORMAT = "metaspike-checkpoint-1"
 
 
 def check_same_run(stored: Any, current: dict[str, Any]) -> None:
-    """A ``ValueError`` where the checkpoint's run identity (:func:`~metaspike.continual.trainer.run_identity`) is not this run's."""
+    """A ``ValueError`` where the checkpoint's run identity (:func:`~metaspike.continual.trainer.run_identity`) is
+    not this run's."""
     if not isinstance(stored, dict) or not isinstance(stored.get("settings"), dict):
         raise ValueError("the checkpoint's run identity is malformed")
     if stored.get("scenario") != current["scenario"]:
