@@ -533,6 +533,9 @@ def _load_idx_dataset(name: str, split: str, root: Path, classes: tuple[str, ...
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{name} {split}: {img_path.name} holds {images.shape[0]} images but "
                         f"{lbl_path.name} holds {labels.shape[0]} labels")
+    if labels.size and int(labels.max()) >= len(classes):
+        raise DataError(f"{lbl_path}: labels must lie in [0, {len(classes) - 1}] ({len(classes)} classes), found "
+                        f"{int(labels.max())}")
     return ArrayDataset(f"{name}/{split}", _uint8_images(images),
                         torch.from_numpy(labels.astype(np.int64)), classes)
 
@@ -615,7 +618,8 @@ def _read_cifar_batches(directory: Path, batches: Sequence[str]) -> list[tuple[n
     """Batches from an extracted folder if complete, else from the tar archive."""
     extracted = directory / _CIFAR_DIR
     if all((extracted / b).is_file() for b in batches):
-        return [_parse_cifar_batch((extracted / b).read_bytes(), str(extracted / b)) for b in batches]
+        return [_parse_cifar_batch(read_regular_file(extracted / b, "CIFAR batch", _CIFAR_BATCH_MAX_BYTES, DataError),
+                                   str(extracted / b)) for b in batches]
     archive = directory / _CIFAR_ARCHIVE
     if not archive.is_file():
         raise _MissingFiles(directory, [_CIFAR_ARCHIVE],

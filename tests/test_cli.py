@@ -117,6 +117,10 @@ def test_plot_of_a_run_it_cannot_write_in_names_the_figure_and_draws_elsewhere(t
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["accuracy_curves.png", "hidden_weights.png"]
     assert main(["train", "--resume", str(run)]) == 2  # a finished run: said before any lock is taken
     assert capsys.readouterr().err.strip() == f"metaspike: error: {run} is already complete; nothing to resume"
+    (run / "accuracy_curves.png").unlink()  # as a kill while the figures were drawn leaves it
+    assert main(["train", "--resume", str(run)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"nothing to resume; its figures are missing: draw them with "
+                                                    f"metaspike plot {run}")
 
 
 @pytest.mark.parametrize(

@@ -112,8 +112,24 @@ def test_a_long_stream_plots_without_a_legend_per_task_and_names_its_model(tmp_p
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. matplotlib's "Tight layout not applied" under a 30-entry legend
         assert plot_run(run)[0].name == "accuracy_curves.png"
-    assert _run_title(config) == "permuted, bimu"  # BiMU has no meta
-    assert _run_title({**config, "model": "bnn"}) == "permuted, bnn, meta = [5.0, 30.0]"
+    assert _run_title(config, run) == "permuted, bimu"  # BiMU has no meta
+    assert _run_title({**config, "model": "bnn"}, run) == "permuted, bnn, meta = [5.0, 30.0]"
+
+
+def test_a_results_folder_from_outside_draws_in_bounded_time_or_is_one_line(tmp_path):
+    from metaspike.app.plots import MAX_HISTOGRAM_SNAPSHOTS, MAX_TITLE_PART, _drawn_snapshots, _run_title
+
+    run = _run_folder(tmp_path)
+    with pytest.raises(ValueError, match=r"config.json: 'model' must be a string, got \['bnn'\]"):
+        _run_title({"model": ["bnn"]}, run)
+    title = _run_title({"scenario": "permuted", "model": "bnn", "meta": "9" * 10_000_000}, run)
+    assert len(title) < 3 * MAX_TITLE_PART and title.endswith("...")
+    layer = {"edges": [-1.0, 0.0, 1.0], "counts": [5, 7]}
+    snapshots = [{"after_task": k, "layers": {"0": layer}} for k in range(1, 5001)]
+    drawn = _drawn_snapshots(snapshots)
+    assert len(drawn) == MAX_HISTOGRAM_SNAPSHOTS and drawn[0] is snapshots[0] and drawn[-1] is snapshots[-1]
+    (run / "hidden_weights.json").write_text(json.dumps(snapshots))
+    assert [p.name for p in plot_run(run)] == ["accuracy_curves.png", "hidden_weights.png"]
 
 
 @pytest.mark.parametrize("name, content, message", [

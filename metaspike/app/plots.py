@@ -52,6 +52,10 @@ def save_figure(fig: Any, path: str | os.PathLike) -> Path:
 
 #: The hidden-weight figure shows at most this many layers (the first ones).
 MAX_HISTOGRAM_LAYERS = 16
+#: At most this many snapshots of the hidden weights are drawn per layer (the first, the last and evenly between).
+MAX_HISTOGRAM_SNAPSHOTS = 12
+#: A value shown in a figure's title is cut to this many characters.
+MAX_TITLE_PART = 80
 
 #: Beyond this many tasks the accuracy curves are coloured by task index with a colour bar instead of a legend.
 LEGEND_TASKS = 10
@@ -94,15 +98,33 @@ def _task_colors(tasks: int) -> list[Any]:
     return [colormap(j / max(tasks - 1, 1)) for j in range(tasks)]
 
 
-def _run_title(config: dict[str, Any]) -> str:
+def _shown(value: Any) -> str:
+    """A value of a results file as a title shows it: at most :data:`MAX_TITLE_PART` characters (a file from outside
+    may hold a string of any length, which the figure would lay out for minutes)."""
+    text = str(value)
+    return text if len(text) <= MAX_TITLE_PART else text[:MAX_TITLE_PART - 3] + "..."
+
+
+def _run_title(config: dict[str, Any], run_dir: str | os.PathLike) -> str:
     """``scenario, model`` and the metaplasticity ``meta`` where the model's optimizer uses it."""
     model = config.get("model", "?")
+    if not isinstance(model, str):
+        raise ValueError(f"{Path(run_dir) / 'config.json'}: 'model' must be a string, got {_shown(repr(model))}")
     try:
         uses_meta = optimizer_kind(model) == "metaplastic-adam"
     except ValueError:  # a model kind this version does not know: show what the config says
         uses_meta = True
-    meta = f", meta = {config.get('meta', '?')}" if uses_meta else ""
-    return f"{config.get('scenario', 'run')}, {model}{meta}"
+    meta = f", meta = {_shown(config.get('meta', '?'))}" if uses_meta else ""
+    return f"{_shown(config.get('scenario', 'run'))}, {_shown(model)}{meta}"
+
+
+def _drawn_snapshots(snapshots: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """At most :data:`MAX_HISTOGRAM_SNAPSHOTS` histogram snapshots, evenly spaced, the first and the last among them
+    (a long stream keeps one per evaluation: thousands of lines would be a wall, and take minutes to draw)."""
+    if len(snapshots) <= MAX_HISTOGRAM_SNAPSHOTS:
+        return snapshots
+    last, count = len(snapshots) - 1, MAX_HISTOGRAM_SNAPSHOTS
+    return [snapshots[round(k * last / (count - 1))] for k in range(count)]
 
 
 def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> list[Path]:
@@ -119,7 +141,7 @@ def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
     path = Path(run_dir if out is None else out)
     written = []
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    _draw_curves(ax, run, _run_title(run["config"]))
+    _draw_curves(ax, run, _run_title(run["config"], run_dir))
     fig.tight_layout()
     save_figure(fig, path / "accuracy_curves.png")
     written.append(path / "accuracy_curves.png")
@@ -127,7 +149,7 @@ def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
         layers = list(run["histograms"][-1]["layers"])[:MAX_HISTOGRAM_LAYERS]  # (a figure, not a wall)
         fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3), squeeze=False)
         for k, (ax, layer) in enumerate(zip(axes[0], layers)):
-            for snapshot in run["histograms"]:
+            for snapshot in _drawn_snapshots(run["histograms"]):
                 h = snapshot["layers"][layer]
                 centres = [(a + b) / 2 for a, b in zip(h["edges"][:-1], h["edges"][1:])]
                 ax.plot(centres, h["counts"], label=f"after task {snapshot['after_task']}")

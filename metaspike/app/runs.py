@@ -560,6 +560,14 @@ def config_from_record(stored: Any, path: Path) -> RunConfig:
         raise ValueError(f"{path}: {err}") from None
 
 
+def _complete(path: Path) -> str:
+    """What ``--resume`` of a finished run says: nothing to resume, and how to draw its figures where a kill while
+    they were drawn left them missing (the numbers are all written before the run says it is complete)."""
+    missing = [name for name in ("accuracy_curves.png",) if not (path / name).exists()]
+    redraw = f"; its figures are missing: draw them with metaspike plot {path}" if missing else ""
+    return f"{path} is already complete; nothing to resume{redraw}"
+
+
 def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
            settings: dict[str, Any] | None = None) -> tuple[Path, ContinualResult, list[str]]:
     """Continue a killed run from its last good checkpoint; return ``(path, result, warnings)``.
@@ -586,11 +594,11 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
     if changed:
         raise ValueError(f"{path} continues with its stored settings; these would change them: {', '.join(changed)}")
     if is_complete(path):  # (before the lock, which a finished run on a read-only disk could not take)
-        raise ValueError(f"{path} is already complete; nothing to resume")
+        raise ValueError(_complete(path))
     with run_lock(path):
         remove_stale_temporaries(path)  # left by a kill in the middle of a write
         if is_complete(path):  # (finished by another process meanwhile)
-            raise ValueError(f"{path} is already complete; nothing to resume")
+            raise ValueError(_complete(path))
         state, warnings = _checkpoint_to_continue(path)
         if state is None:  # killed before its first epoch ended: nothing was kept, so it starts again, in its own folder
             warnings = [f"{path} has no checkpoint yet (stopped before its first epoch ended); it starts again from "
