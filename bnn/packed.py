@@ -452,13 +452,24 @@ def _checked_layers(sizes: list[int], layers: list[dict]) -> list[dict]:
 def _value_problem(layer: dict, n_in: int, last: bool, first: bool) -> str | None:
     """What is wrong with the values of a layer read from a file (``None``: nothing): what :func:`pack` can write
     is finite floats (a variance ``>= 0``), first-layer thresholds that are numbers or ``±inf`` (a constant
-    unit), and integer thresholds in ``[-n-1, n+1]`` for ``n`` inputs."""
+    unit), integer thresholds in ``[-n-1, n+1]`` for ``n`` inputs, weights whose padding bits are 0, and a last
+    layer whose scores are finite for every pre-activation it can get."""
+    word_bits = 8 if first else 64
+    used = n_in - (layer["weight"].shape[0] - 1) * word_bits  # bits of the last word that hold inputs
+    if used < word_bits and bool((layer["weight"][-1] & -(1 << used)).any()):
+        return (f"'weight' sets padding bits beyond its {n_in} inputs (pack writes them 0; set, they would count as "
+                "mismatches in every dot product)")
     if last:
         for key in ("gain", "mean", "var", "gamma", "beta"):
             if not bool(torch.isfinite(layer[key]).all()):
                 return f"{key!r} holds NaN or infinite values"
         if bool((layer["var"] < 0).any()):
             return "'var' holds negative variances"
+        # a score is affine in the pre-activation, an integer in [-n, n]: finite at both ends, finite for every input
+        ends = torch.tensor([[-n_in], [n_in]], dtype=torch.float32).expand(2, layer["gain"].numel())
+        if not bool(torch.isfinite(_scores(ends, layer)).all()):
+            return (f"gain, mean, var, gamma, beta and eps {layer['eps']!r} give scores beyond float32 (NaN or infinite) "
+                    f"for pre-activations within ±{n_in}")
         return None
     threshold = layer["threshold"]
     if first and bool(threshold.isnan().any()):

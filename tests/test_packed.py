@@ -462,14 +462,37 @@ def _set(layer: int, key: str, value):
     (_set(2, "var", lambda v: v.index_fill(0, torch.tensor([3]), -1.0)), r"layer 2 'var' holds negative variances"),
     (_set(2, "gain", lambda g: g.index_fill(0, torch.tensor([3]), float("inf"))),
      r"layer 2 'gain' holds NaN or infinite values"),
+    (_set(2, "gain", lambda g: g.index_fill(0, torch.tensor([3]), 3e38)),
+     r"layer 2 gain, mean, var, gamma, beta and eps 1e-05 give scores beyond float32 .* within ±64"),
+    (lambda data: (_set(2, "var", lambda v: v.index_fill(0, torch.tensor([3]), 0.0))(data), _set(2, "eps", 1e-300)(data)),
+     r"layer 2 gain, mean, var, gamma, beta and eps 1e-300 give scores beyond float32"),
 ], ids=["short-weight", "short-threshold", "float32-threshold", "uint8-flip", "sparse-threshold", "not-a-tensor",
         "extra-layer-key", "extra-file-key", "huge-size", "bool-size", "nan-eps", "inf-eps", "nan-threshold",
-        "huge-threshold", "negative-var", "inf-gain"])
+        "huge-threshold", "negative-var", "inf-gain", "overflowing-gain", "zero-var-and-eps"])
 def test_hostile_files_are_refused_with_one_line_naming_the_file(trained, tmp_path, change, error):
     path = _hostile_file(trained, tmp_path, change)
     with pytest.raises(ValueError, match=f"^{path} is not a valid packed BNN file: {error}") as caught:
         PackedMLP.load(path)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_padding_bits_set_beyond_a_layers_inputs_are_refused(tmp_path, layer):
+    torch.manual_seed(0)
+    model = bnn.MLP([20, 70, 10])  # 20 inputs: 3 bytes, 4 bits of padding; 70: two words, 58 bits of padding
+    bnn.use_population_statistics(model, torch.rand(64, 20))
+    model.eval()
+    path = tmp_path / "model.pt"
+    bnn.pack(model, compile=False).save(path)
+    PackedMLP.load(path, compile=False)  # as pack wrote it: every padding bit 0
+    data = torch.load(path, weights_only=True)
+    weight = data["layers"][layer]["weight"]
+    weight[-1, 0] |= 1 << (7 if layer == 0 else 62)  # one padding bit of output 0
+    data["sha256"] = bnn.packed._checksum(data["sizes"], data["layers"])
+    torch.save(data, path)
+    inputs = 20 if layer == 0 else 70
+    with pytest.raises(ValueError, match=f"layer {layer} 'weight' sets padding bits beyond its {inputs} inputs"):
+        PackedMLP.load(path, compile=False)
 
 
 def test_a_tensor_claiming_more_elements_than_its_file_holds_is_refused(trained, tmp_path):
