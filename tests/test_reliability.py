@@ -134,6 +134,8 @@ def test_a_results_folder_from_outside_draws_in_bounded_time_or_is_one_line(tmp_
 
 @pytest.mark.parametrize("name, content, message", [
     ("accuracy_matrix.csv", "", "accuracy_matrix.csv is empty; was it cut short?"),
+    ("accuracy_matrix.csv", "after_task,t1,t1\n1,90.0,\n2,85.5,91.0\n",
+     "accuracy_matrix.csv names the column 't1' more than once in its header"),
     ("accuracy_matrix.csv", "after_task,t1,t2\n", "accuracy_matrix.csv holds no results (only its header)"),
     ("accuracy_matrix.csv", "after_task,t1,t2\n1,90.0\n", "accuracy_matrix.csv line 2 has 2 cells, the header has 3"),
     ("accuracy_matrix.csv", "after_task,t1,t2\n1,90.0,abc\n",
