@@ -2,11 +2,12 @@
 end and its evaluation, the checks that run before anything is trained, and a resume that must be made with the
 plugins and optimizer the checkpoint was written with."""
 
-import copy
+import io
 import warnings
 
 import pytest
 import torch
+from conftest import KeepCheckpoints
 from torch import nn
 
 from metaspike.continual import ContinualTrainer, Scenario, Task, TrainerConfig
@@ -126,29 +127,13 @@ def test_eval_tasks_that_copy_the_training_tasks_are_named_in_a_warning():
         _trainer(_model()).fit(Scenario("s", tasks, tasks))
 
 
-class _Keep:
-    """A run log that keeps a copy of every checkpoint."""
-
-    def __init__(self):
-        self.states = []
-
-    def epoch_done(self, result):
-        pass
-
-    def task_done(self, result):
-        pass
-
-    def checkpoint(self, state):
-        self.states.append(copy.deepcopy(state))
-
-
 def test_a_resume_with_other_plugin_settings_or_kinds_or_optimizer_is_refused():
     data = _data()
     tasks = [Task("a", data, data)]
     scenario = Scenario("s", tasks, tasks)
-    log = _Keep()
+    log = KeepCheckpoints()
     whole = _trainer(_model(), [SynapticIntelligence(c=0.5)], epochs=2).fit(scenario, log=log)
-    middle = log.states[0]  # after the first of two epochs
+    middle = torch.load(io.BytesIO(log.saved[0]), weights_only=True)  # after the first of two epochs
     assert middle["position"] == {"task": 0, "epochs_done": 1}
     with pytest.raises(ValueError, match=r"plugins\[0\] \(SynapticIntelligence\) has c = 99.0 here, 0.5 in the "
                                          "checkpoint"):
