@@ -692,4 +692,8 @@ def pack(model: nn.Module, compile: bool = True) -> PackedMLP:
             flip, threshold = _real_threshold(norm, gain) if i == 0 else _integer_threshold(norm, gain, sizes[i])
             layer.update(flip=flip, threshold=threshold)
         layers.append(layer)
+    for i, layer in enumerate(layers):  # (what load would refuse is never written: save and load keep one rule)
+        problem = _value_problem(layer, sizes[i], last=i == len(layers) - 1, first=i == 0)
+        if problem is not None:
+            raise ValueError(f"pack: layer {i} {problem}")
     return PackedMLP(sizes, layers, compile=compile)

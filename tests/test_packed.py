@@ -747,3 +747,15 @@ def test_misused_packing_calls_are_one_line(tmp_path, trained):
     with pytest.raises(FileNotFoundError, match=f"cannot write {tmp_path}/missing/m.pt: its folder "
                                                 f"{tmp_path}/missing does not exist"):
         bnn.pack(trained, compile=False).save(tmp_path / "missing" / "m.pt")
+
+
+def test_pack_refuses_what_load_would_refuse(trained):
+    import copy
+
+    model = copy.deepcopy(trained)
+    last = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)][-1]
+    with torch.no_grad():
+        last.running_var[0] = 0.0
+        last.weight[0] *= 1e35
+    with pytest.raises(ValueError, match="pack: layer 2 .* give scores beyond float32"):
+        bnn.pack(model, compile=False)

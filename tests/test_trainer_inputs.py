@@ -4,7 +4,9 @@ plugins and optimizer the checkpoint was written with."""
 
 import io
 import warnings
+from collections.abc import Sequence
 
+import numpy as np
 import pytest
 import torch
 from conftest import KeepCheckpoints
@@ -161,3 +163,66 @@ def test_a_run_directory_written_by_fit_is_closed_by_finish(tmp_path):
     log.finish(result)
     assert json.loads((log.path / "metrics.json").read_text())["complete"] is True
     assert not any(p.name.startswith("checkpoint") for p in log.path.iterdir())
+
+
+def test_valid_uses_the_checks_must_not_refuse():
+    data = _data()
+
+    class Lazy(Sequence):  # a user's own sequence that makes each task when indexed
+        made = 0
+
+        def __len__(self):
+            return 50
+
+        def __getitem__(self, index):
+            if isinstance(index, slice):
+                raise TypeError("no slices")
+            Lazy.made += 1
+            return Task(f"t{index}", data, data)
+
+    Scenario("lazy", Lazy(), Lazy())
+    assert Lazy.made <= 2  # (type-checked by its first task only)
+    assert Task("a", data, data, classes={1, 0}).classes == (0, 1)
+    assert Scenario("s", [Task("a", data, data)], [], task_boundaries=np.bool_(True)).task_boundaries is True
+
+    class Minimal:  # a duck-typed plugin without state: fine where no checkpoint is kept
+        def penalty(self, model):
+            return None
+
+        def before_step(self, model):
+            pass
+
+        def after_step(self, model):
+            pass
+
+        def task_done(self, model, x, y, classes):
+            pass
+
+    tasks = [Task("a", data, data)]
+    _trainer(_model(), (p for p in [Minimal()])).fit(Scenario("s", tasks, tasks))
+    with pytest.raises(ValueError, match=r"plugins\[0\] \(Minimal\) lacks state_dict, load_state_dict, which a run"):
+        _trainer(_model(), [Minimal()]).fit(Scenario("s", tasks, tasks), log=KeepCheckpoints())
+
+
+class _TensorSettings(Plugin):
+    def __init__(self, weights):
+        self.weights = weights
+
+    def settings(self):
+        return {"weights": self.weights, "nan": float("nan")}
+
+
+def test_equal_plugin_settings_of_tensors_lists_and_nan_resume():
+    from metaspike.continual.checkpoints import check_plugin_settings, settings_of
+
+    same = [torch.ones(3), {"b": torch.zeros(2)}]
+    check_plugin_settings([_TensorSettings(same)], [settings_of(_TensorSettings([torch.ones(3), {"b": torch.zeros(2)}]))])
+    with pytest.raises(ValueError, match="has weights = "):
+        check_plugin_settings([_TensorSettings(same)], [settings_of(_TensorSettings([torch.ones(3), {"b": torch.ones(2)}]))])
+
+    class NotADict(Plugin):
+        def settings(self):
+            return [1]
+
+    with pytest.raises(ValueError, match=r"NotADict.settings\(\) must return a dict"):
+        settings_of(NotADict())

@@ -149,7 +149,11 @@ def settings_of(plugin: Any) -> dict[str, Any]:
         {'lam': 10.0, 'samples': 1000}
     """
     settings = getattr(plugin, "settings", None)
-    return settings() if callable(settings) else {}
+    found = settings() if callable(settings) else {}
+    if not isinstance(found, dict):
+        raise ValueError(f"{type(plugin).__name__}.settings() must return a dict of its hyperparameters, got "
+                         f"{type(found).__name__}")
+    return found
 
 
 def check_plugin_settings(plugins: Sequence[Any], saved: Any) -> None:
@@ -187,8 +191,17 @@ def group_settings(optimizer: Any) -> list[list[dict[str, Any]]]:
 
 
 def _same_setting(a: Any, b: Any) -> bool:
+    """Whether two settings are equal: tensors by value (on the CPU), lists, tuples and dicts item by item, NaN equal
+    to NaN (a setting compared with itself is always the same)."""
     if isinstance(a, Tensor) or isinstance(b, Tensor):
-        return isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and bool(torch.equal(a, b))
+        return (isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape and a.dtype == b.dtype
+                and bool(torch.equal(a.detach().cpu(), b.detach().cpu())))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same_setting, a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_setting(a[k], b[k]) for k in a)
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
     try:
         return bool(a == b)
     except (TypeError, ValueError, RuntimeError):

@@ -69,9 +69,16 @@ class Task:
 def _checked_classes(classes: Any, train: ArrayDataset, test: ArrayDataset) -> tuple[int, ...]:
     """A task's ``classes`` as a tuple of distinct class indices that hold every label of its training and test sets
     (a label outside them would be masked out of the outputs: an infinite loss, a test sample never right)."""
+    if isinstance(classes, (set, frozenset)):  # (no order of its own: in increasing order where it has one)
+        try:
+            classes = sorted(classes)
+        except TypeError:
+            classes = list(classes)
     if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence | np.ndarray | torch.Tensor):
         raise ValueError(f"classes must be a sequence of class indices (e.g. (0, 1)), got {type(classes).__name__}")
     values = classes.tolist() if isinstance(classes, np.ndarray | torch.Tensor) else list(classes)
+    if not isinstance(values, list):  # (a 0-d array or tensor)
+        raise ValueError(f"classes must be a sequence of class indices (e.g. (0, 1)), got one number {values!r}")
     wrong = [c for c in values if not is_whole(c, 0)]
     if wrong:
         raise ValueError(f"classes must be class indices, integers >= 0 (the labels' values, not the class names), "
@@ -173,13 +180,16 @@ class Scenario:
             if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
                 raise ValueError(f"Scenario {key} must be a sequence of Task(name, train, test), got "
                                  f"{type(value).__name__}")
-            wrong = next((t for t in value if not isinstance(t, Task)), None)
+            # (a sequence of one's own may make its tasks when indexed: only a list or tuple is checked through)
+            shown = value if isinstance(value, (list, tuple)) else [value[0]] if len(value) else []
+            wrong = next((t for t in shown if not isinstance(t, Task)), None)
             if wrong is not None:
                 raise ValueError(f"Scenario {key} must hold Task(name, train, test) objects (a task's training and "
                                  f"test sets together), got a {type(wrong).__name__}")
         for key in ("task_boundaries", "task_known_at_test"):
-            if not isinstance(getattr(self, key), bool):
+            if not isinstance(getattr(self, key), (bool, np.bool_)):
                 raise ValueError(f"Scenario {key} must be True or False, got {getattr(self, key)!r}")
+            object.__setattr__(self, key, bool(getattr(self, key)))
 
     @property
     def per_task_batchnorm(self) -> bool:

@@ -19,7 +19,7 @@ import math
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
@@ -44,7 +44,7 @@ from metaspike.continual.checkpoints import (
     settings_of,
 )
 from metaspike.continual.metrics import summarize
-from metaspike.continual.scenarios import Scenario, Task, TaskStream
+from metaspike.continual.scenarios import Scenario, Task
 from metaspike.diagnostics import consolidated_fractions, flip_rates, hidden_weight_histograms, sign_snapshot
 from metaspike.distributed import world
 from metaspike.population_statistics import evaluates_with_batch_statistics
@@ -278,23 +278,31 @@ def _check_finite_weights(model: nn.Module, task: int) -> None:
                                f"lower the learning rate{window}")
 
 
+def _lazy(tasks: Sequence[Task]) -> bool:
+    """Whether a sequence of tasks may make its tasks when indexed (a :class:`~metaspike.continual.scenarios.TaskStream`, or a sequence of one's own
+    other than a list or tuple): its tasks are checked when reached, never all held at once."""
+    return not isinstance(tasks, (list, tuple))
+
+
 def _checked_before_training(scenario: Scenario) -> list[Task]:
     """The tasks whose data are checked before the untrained network is evaluated: every training and evaluated task
     (each once), so that a task that does not fit the model is named before anything is trained or scored; of a lazy
-    stream (:class:`~metaspike.continual.scenarios.TaskStream`, made when reached) the first, the others when reached."""
-    trained = [scenario.tasks[0]] if isinstance(scenario.tasks, TaskStream) else list(scenario.tasks)
-    evaluated = [] if isinstance(scenario.eval_tasks, TaskStream) else list(scenario.eval_tasks)
+    sequence (:func:`_lazy`) the first, the others when reached."""
+    trained = [scenario.tasks[0]] if _lazy(scenario.tasks) else list(scenario.tasks)
+    evaluated = [] if _lazy(scenario.eval_tasks) else list(scenario.eval_tasks)
     return list({id(task): task for task in trained + evaluated}.values())
 
 
-_PLUGIN_HOOKS = ("penalty", "before_step", "after_step", "task_done", "state_dict", "load_state_dict")
+_PLUGIN_HOOKS = ("penalty", "before_step", "after_step", "task_done")
+_PLUGIN_STATE_HOOKS = ("state_dict", "load_state_dict")  # needed where a run keeps checkpoints or resumes
 
 
 def _checked_plugins(plugins: Any) -> tuple[Plugin, ...]:
     """``plugins`` as a tuple, each an object with the hooks of :class:`~metaspike.training.Plugin` (a class where an
     instance belongs, or a function, would fail only once training reaches the hook)."""
-    if isinstance(plugins, (str, bytes, Plugin)) or not isinstance(plugins, Sequence):
+    if isinstance(plugins, (str, bytes, Plugin, dict)) or not isinstance(plugins, Iterable):
         raise ValueError(f"plugins must be a list of Plugin instances (e.g. [EWC()]), got {type(plugins).__name__}")
+    plugins = tuple(plugins)
     for index, plugin in enumerate(plugins):
         if isinstance(plugin, type):
             raise ValueError(f"plugins[{index}] is the class {plugin.__name__}; pass an instance: {plugin.__name__}(...)")
@@ -450,6 +458,11 @@ class ContinualTrainer:
         if log is not None and missing:
             raise ValueError(f"log must be a RunLog (e.g. metaspike.continual.RunDirectory) with epoch_done, task_done "
                              f"and checkpoint; {type(log).__name__} lacks {', '.join(missing)}")
+        for index, plugin in enumerate(self.plugins if log is not None or resume is not None else ()):
+            lacking = [hook for hook in _PLUGIN_STATE_HOOKS if not callable(getattr(plugin, hook, None))]
+            if lacking:
+                raise ValueError(f"plugins[{index}] ({type(plugin).__name__}) lacks {', '.join(lacking)}, which a run "
+                                 "that keeps checkpoints or resumes needs: subclass metaspike.training.Plugin")
         if not isinstance(scenario, Scenario):
             raise ValueError(f"fit takes a Scenario (metaspike.continual.make_scenario, or Scenario(name, tasks, "
                              f"eval_tasks) of your own tasks), got {type(scenario).__name__}")
@@ -463,7 +476,7 @@ class ContinualTrainer:
             twice = sorted({n for n in names if names.count(n) > 1})
             raise ValueError(f"scenario {scenario.name!r} names two tasks alike ({', '.join(twice[:3])}); give each "
                              "task its own name")
-        if (not scenario.evaluates_training_tasks and not isinstance(scenario.tasks, TaskStream)
+        if (not scenario.evaluates_training_tasks and not _lazy(scenario.tasks)
                 and [t.name for t in scenario.tasks] == names):
             warnings.warn(f"scenario {scenario.name!r}: its eval_tasks have the training tasks' names but are other "
                           "Task objects, so they are evaluated as tasks apart from the trained ones (shared BatchNorm "
@@ -492,7 +505,7 @@ class ContinualTrainer:
         for i in range(first_task, count):
             task = scenario.tasks[i]
             epoch = first_epoch if i == first_task else 0
-            if i > 0 and isinstance(scenario.tasks, TaskStream):  # (the others were checked before training)
+            if i > 0 and _lazy(scenario.tasks):  # (the others were checked before training)
                 self._check(task)
             new_task = epoch == 0 and cfg.optimizer == "per-task" and scenario.task_boundaries
             if optimizer is None or new_task:
