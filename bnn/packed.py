@@ -479,6 +479,15 @@ def _value_problem(layer: dict, n_in: int, last: bool, first: bool) -> str | Non
     return None
 
 
+def _values_problem(sizes: list[int], layers: list[dict]) -> str | None:
+    """The first layer whose values :func:`_value_problem` finds wrong, as ``"layer i ..."`` (``None``: none)."""
+    for i, layer in enumerate(layers):
+        problem = _value_problem(layer, sizes[i], last=i == len(layers) - 1, first=i == 0)
+        if problem is not None:
+            return f"layer {i} {problem}"
+    return None
+
+
 def _check_file(data: object, path: str | os.PathLike) -> tuple[list[int], list[dict]]:
     """Validate what :meth:`PackedMLP.save` wrote; return ``(sizes, layers)`` with contiguous CPU tensors.
 
@@ -533,10 +542,9 @@ def _check_file(data: object, path: str | os.PathLike) -> tuple[list[int], list[
             layer["weight"] = layer["weight"].t().contiguous()
     if version < 5:
         layers[-1]["gain"] = torch.ones(sizes[-1])
-    for i, layer in enumerate(layers):
-        problem = _value_problem(layer, sizes[i], last=i == len(layers) - 1, first=i == 0)
-        if problem is not None:
-            raise bad(f"layer {i} {problem}")
+    problem = _values_problem(sizes, layers)
+    if problem is not None:
+        raise bad(problem)
     return sizes, layers
 
 
@@ -692,8 +700,7 @@ def pack(model: nn.Module, compile: bool = True) -> PackedMLP:
             flip, threshold = _real_threshold(norm, gain) if i == 0 else _integer_threshold(norm, gain, sizes[i])
             layer.update(flip=flip, threshold=threshold)
         layers.append(layer)
-    for i, layer in enumerate(layers):  # (what load would refuse is never written: save and load keep one rule)
-        problem = _value_problem(layer, sizes[i], last=i == len(layers) - 1, first=i == 0)
-        if problem is not None:
-            raise ValueError(f"pack: layer {i} {problem}")
+    problem = _values_problem(sizes, layers)  # (what load would refuse is never written: save and load keep one rule)
+    if problem is not None:
+        raise ValueError(f"pack: {problem}")
     return PackedMLP(sizes, layers, compile=compile)

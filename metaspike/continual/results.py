@@ -394,9 +394,10 @@ def _read_number_csv(file: Path, columns: Sequence[str], index: str) -> tuple[li
     missing = [c for c in columns if c not in header]
     if missing:
         raise ValueError(f"{file} lacks the columns {', '.join(missing)} in its header")
-    twice = sorted({c for c in header if header.count(c) > 1})
-    if twice:  # (a task's column twice: which one is the task?)
-        raise ValueError(f"{file} names the column {twice[0]!r} more than once in its header")
+    if len(set(header)) != len(header):  # (a task's column twice: which one is the task?)
+        seen: set[str] = set()
+        twice = next(c for c in header if c in seen or seen.add(c))
+        raise ValueError(f"{file} names the column {twice!r} more than once in its header")
     for number, line in enumerate(lines[1:], start=2):
         if len(line) != len(header):
             raise ValueError(f"{file} line {number} has {len(line)} cells, the header has {len(header)}")

@@ -26,6 +26,7 @@ __all__ = [
     "Task",
     "TaskStream",
     "Scenario",
+    "made_when_reached",
     "task_permutation",
     "task_subset",
     "LISTED_PERMUTATIONS",
@@ -149,6 +150,18 @@ class TaskStream(Sequence[Task]):
         return self._names(self._index(index))
 
 
+def made_when_reached(tasks: Sequence[Task]) -> bool:
+    """Whether a sequence of tasks may make its tasks when indexed (a :class:`TaskStream`, or a sequence of one's own
+    other than a list or tuple): it is never walked through, and its tasks are checked as they are reached.
+
+    Example:
+        >>> made_when_reached([]), made_when_reached(permuted(load_dataset("digits"), load_dataset("digits", "test"),
+        ...                                                   n_tasks=3).tasks)
+        (False, True)
+    """
+    return not isinstance(tasks, (list, tuple))
+
+
 @dataclass(frozen=True, eq=False)
 class Scenario:
     """A stream of tasks.
@@ -180,8 +193,7 @@ class Scenario:
             if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
                 raise ValueError(f"Scenario {key} must be a sequence of Task(name, train, test), got "
                                  f"{type(value).__name__}")
-            # (a sequence of one's own may make its tasks when indexed: only a list or tuple is checked through)
-            shown = value if isinstance(value, (list, tuple)) else [value[0]] if len(value) else []
+            shown = [value[0]] if made_when_reached(value) and len(value) else value
             wrong = next((t for t in shown if not isinstance(t, Task)), None)
             if wrong is not None:
                 raise ValueError(f"Scenario {key} must hold Task(name, train, test) objects (a task's training and "
@@ -203,7 +215,7 @@ class Scenario:
         or sequences of the same task objects in the same order (``Scenario("mine", tasks, list(tasks))``)."""
         if self.eval_tasks is self.tasks:
             return True
-        if isinstance(self.tasks, TaskStream) or isinstance(self.eval_tasks, TaskStream):
+        if made_when_reached(self.tasks) or made_when_reached(self.eval_tasks):
             return False  # (a lazy stream is evaluated on itself; comparing would make every task)
         return len(self.eval_tasks) == len(self.tasks) and all(e is t for e, t in zip(self.eval_tasks, self.tasks))
 

@@ -44,7 +44,7 @@ from metaspike.continual.checkpoints import (
     settings_of,
 )
 from metaspike.continual.metrics import summarize
-from metaspike.continual.scenarios import Scenario, Task
+from metaspike.continual.scenarios import Scenario, Task, made_when_reached
 from metaspike.diagnostics import consolidated_fractions, flip_rates, hidden_weight_histograms, sign_snapshot
 from metaspike.distributed import world
 from metaspike.population_statistics import evaluates_with_batch_statistics
@@ -278,19 +278,18 @@ def _check_finite_weights(model: nn.Module, task: int) -> None:
                                f"lower the learning rate{window}")
 
 
-def _lazy(tasks: Sequence[Task]) -> bool:
-    """Whether a sequence of tasks may make its tasks when indexed (a :class:`~metaspike.continual.scenarios.TaskStream`, or a sequence of one's own
-    other than a list or tuple): its tasks are checked when reached, never all held at once."""
-    return not isinstance(tasks, (list, tuple))
-
-
 def _checked_before_training(scenario: Scenario) -> list[Task]:
     """The tasks whose data are checked before the untrained network is evaluated: every training and evaluated task
     (each once), so that a task that does not fit the model is named before anything is trained or scored; of a lazy
     sequence (:func:`_lazy`) the first, the others when reached."""
-    trained = [scenario.tasks[0]] if _lazy(scenario.tasks) else list(scenario.tasks)
-    evaluated = [] if _lazy(scenario.eval_tasks) else list(scenario.eval_tasks)
+    trained = [scenario.tasks[0]] if made_when_reached(scenario.tasks) else list(scenario.tasks)
+    evaluated = [] if made_when_reached(scenario.eval_tasks) else list(scenario.eval_tasks)
     return list({id(task): task for task in trained + evaluated}.values())
+
+
+def _lacking(owner: Any, hooks: Sequence[str]) -> list[str]:
+    """The names of ``hooks`` that ``owner`` has no callable for."""
+    return [hook for hook in hooks if not callable(getattr(owner, hook, None))]
 
 
 _PLUGIN_HOOKS = ("penalty", "before_step", "after_step", "task_done")
@@ -306,11 +305,11 @@ def _checked_plugins(plugins: Any) -> tuple[Plugin, ...]:
     for index, plugin in enumerate(plugins):
         if isinstance(plugin, type):
             raise ValueError(f"plugins[{index}] is the class {plugin.__name__}; pass an instance: {plugin.__name__}(...)")
-        missing = [hook for hook in _PLUGIN_HOOKS if not callable(getattr(plugin, hook, None))]
+        missing = _lacking(plugin, _PLUGIN_HOOKS)
         if missing:
             raise ValueError(f"plugins[{index}] ({type(plugin).__name__}) lacks {', '.join(missing)}: a plugin "
                              "subclasses metaspike.training.Plugin and overrides the hooks it needs")
-    return tuple(plugins)
+    return plugins
 
 
 def _claim_plugins(plugins: Sequence[Plugin], model: nn.Module) -> None:
@@ -454,12 +453,12 @@ class ContinualTrainer:
         writing ``model.pt``, and then the figures: :func:`metaspike.app.runs.train_and_finish`).
         """
         cfg = self.config
-        missing = [hook for hook in ("epoch_done", "task_done", "checkpoint") if not callable(getattr(log, hook, None))]
+        missing = _lacking(log, ("epoch_done", "task_done", "checkpoint"))
         if log is not None and missing:
             raise ValueError(f"log must be a RunLog (e.g. metaspike.continual.RunDirectory) with epoch_done, task_done "
                              f"and checkpoint; {type(log).__name__} lacks {', '.join(missing)}")
         for index, plugin in enumerate(self.plugins if log is not None or resume is not None else ()):
-            lacking = [hook for hook in _PLUGIN_STATE_HOOKS if not callable(getattr(plugin, hook, None))]
+            lacking = _lacking(plugin, _PLUGIN_STATE_HOOKS)
             if lacking:
                 raise ValueError(f"plugins[{index}] ({type(plugin).__name__}) lacks {', '.join(lacking)}, which a run "
                                  "that keeps checkpoints or resumes needs: subclass metaspike.training.Plugin")
@@ -476,7 +475,7 @@ class ContinualTrainer:
             twice = sorted({n for n in names if names.count(n) > 1})
             raise ValueError(f"scenario {scenario.name!r} names two tasks alike ({', '.join(twice[:3])}); give each "
                              "task its own name")
-        if (not scenario.evaluates_training_tasks and not _lazy(scenario.tasks)
+        if (not scenario.evaluates_training_tasks and not made_when_reached(scenario.tasks)
                 and [t.name for t in scenario.tasks] == names):
             warnings.warn(f"scenario {scenario.name!r}: its eval_tasks have the training tasks' names but are other "
                           "Task objects, so they are evaluated as tasks apart from the trained ones (shared BatchNorm "
@@ -505,7 +504,7 @@ class ContinualTrainer:
         for i in range(first_task, count):
             task = scenario.tasks[i]
             epoch = first_epoch if i == first_task else 0
-            if i > 0 and _lazy(scenario.tasks):  # (the others were checked before training)
+            if i > 0 and made_when_reached(scenario.tasks):  # (the others were checked before training)
                 self._check(task)
             new_task = epoch == 0 and cfg.optimizer == "per-task" and scenario.task_boundaries
             if optimizer is None or new_task:
