@@ -373,8 +373,9 @@ def evaluate(
 
 
 def evaluate_together(model: nn.Module, parts: Sequence[tuple[Tensor, Tensor]], batch_size: int = 1000,
-                      device: torch.device | str = "cpu") -> list[float]:
-    """Accuracy (%) on each ``(x, y)`` of ``parts``, evaluated as one mixed set (as :func:`evaluate` evaluates one).
+                      device: torch.device | str = "cpu", classes: Sequence[int] | None = None) -> list[float]:
+    """Accuracy (%) on each ``(x, y)`` of ``parts``, evaluated as one mixed set (as :func:`evaluate` evaluates one),
+    among the outputs of ``classes`` (all for ``None``; a growing head's classes seen so far).
 
     Where a test sample may come from any task (a class-incremental stream), a model that normalises each batch by
     its own statistics must not see batches of one task's classes only: they would tell it the task. Evaluated one
@@ -387,7 +388,7 @@ def evaluate_together(model: nn.Module, parts: Sequence[tuple[Tensor, Tensor]], 
     """
     if not parts or any(len(x) == 0 for x, _ in parts):
         raise ValueError("parts must hold test sets of at least one sample each")
-    correct = _correct(model, torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]), batch_size, None,
+    correct = _correct(model, torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]), batch_size, classes,
                        device)
     return [_percent(part) for part in correct.split([len(x) for x, _ in parts])]
 

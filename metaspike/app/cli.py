@@ -21,6 +21,7 @@ from metaspike.allocator import allocation_failure, keep_freed_memory
 from metaspike.app.config import DEFAULT_INPUT_META, DEFAULT_META, KIND_SETTINGS, RunConfig, meta_label, parse_meta
 from metaspike.app.imports import FLAG, check_resumed_imports, import_modules
 from metaspike.app.reproduce import cli as reproduce_cli
+from metaspike.continual.scenarios import SPLIT_MODES
 from metaspike.distributed import world
 from metaspike.rules import available_rules
 
@@ -120,8 +121,9 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
                         help="BatchNorm state per task (paper) or shared (default: %(default)s)")
     parser.add_argument("--optimizer", default=d["optimizer"], choices=["per-task", "shared"],
                         help="new optimizer per task or one across tasks (default: %(default)s)")
-    parser.add_argument("--split-mode", default=d["split_mode"], choices=["task", "class"],
-                        help="split scenario: task- or class-incremental (default: %(default)s)")
+    parser.add_argument("--split-mode", default=d["split_mode"], choices=SPLIT_MODES,
+                        help="split scenario: task-incremental, class-incremental, or class-incremental with a growing "
+                             "head (the classes to come masked out in training and evaluation) (default: %(default)s)")
     parser.add_argument("--data-dir", default=None, help="dataset folder (default: $METASPIKE_DATA or ~/.cache/metaspike/data)")
     parser.add_argument("--out", default="runs", help="results folder; each run gets a new subfolder (default: %(default)s)")
     parser.add_argument("--device", default=d["device"], help="cpu or cuda[:N] (default: %(default)s)")
@@ -245,7 +247,7 @@ def _refuse_per_task_modes(given: dict[str, object], config: RunConfig) -> None:
     """One line for ``--batchnorm per-task`` typed for a scenario whose BatchNorm statistics are shared, and for
     ``--optimizer per-task`` typed for a stream, which has no tasks to start a new optimizer at."""
     if given.get("batchnorm") == "per-task" and (config.scenario == "stream" or
-                                                  (config.scenario == "split" and config.split_mode == "class")):
+                                                  (config.scenario == "split" and config.split_mode != "task")):
         why = ("has no task boundaries" if config.scenario == "stream" else
                "(class-incremental) does not say which task a test sample is from")
         raise ValueError(f"--batchnorm per-task: --scenario {config.scenario} {why}, so its BatchNorm statistics are "

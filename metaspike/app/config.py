@@ -29,7 +29,7 @@ from metaspike.bayesian.synapses import check_magnitude
 from metaspike.chained import ChainedOptimizer
 from metaspike.checks import FLOAT32_MAX, check_device, check_seed, finite_number, number_in
 from metaspike.continual.baselines import BASELINE_STRENGTHS, EWC_ONLINE_GAMMA, make_baseline
-from metaspike.continual.scenarios import available_scenarios
+from metaspike.continual.scenarios import SPLIT_MODES, available_scenarios
 from metaspike.continual.trainer import LAST_EVALUATED, TrainerConfig
 from metaspike.rules import check_meta, get_rule
 from metaspike.training import Plugin, minimum_batch_size
@@ -193,6 +193,8 @@ class RunConfig:
         if self.model not in available_models():
             raise ValueError(f"unknown model {self.model!r}; available: {', '.join(available_models())}"
                              f"{self._import_hint()}")
+        if self.split_mode not in SPLIT_MODES:
+            raise ValueError(f"--split-mode must be one of {', '.join(SPLIT_MODES)}, got {self.split_mode!r}")
         if self.scenario == "sequence" and isinstance(self.datasets, (tuple, list)):  # (config.json records it too)
             object.__setattr__(self, "tasks", len(self.datasets))
         for key in ("tasks", "epochs", "batch_size", "num_steps", "eval_every"):
@@ -346,12 +348,16 @@ class RunConfig:
             window = "" if self.memory_window is None else f"-N{self.memory_window:g}"
             ensemble = "" if self.eval_samples is None else f"-eval{self.eval_samples}"
             readout = "" if self.readout_lambda is None else f"-readout{self.readout_lambda:g}"
-            return (f"{self.scenario}-{'-'.join(self.datasets)}{model}{window}{readout}{ensemble}"
+            return (f"{self._stream_part()}{model}{window}{readout}{ensemble}"
                     f"{self._baseline_part()}-seed{self.seed}")
         meta = "-".join(f"{m:g}" for m in self.meta)  # type: ignore[union-attr]
         rule = "" if self.rule == "tanh" else f"-{self.rule}"
-        return (f"{self.scenario}-{'-'.join(self.datasets)}{model}-meta{meta}{rule}{self._baseline_part()}"
-                f"-seed{self.seed}")
+        return f"{self._stream_part()}{model}-meta{meta}{rule}{self._baseline_part()}-seed{self.seed}"
+
+    def _stream_part(self) -> str:
+        """The run name's first part: the scenario, a split's mode where not task-incremental, the datasets."""
+        mode = f"-{self.split_mode}" if self.scenario == "split" and self.split_mode != "task" else ""
+        return f"{self.scenario}{mode}-{'-'.join(self.datasets)}"
 
     def _baseline_part(self) -> str:
         """The run name's part for the baseline: ``"-ewc5000"``, ``"-ewc-online100-gamma0.9"``, or nothing."""

@@ -33,6 +33,7 @@ __all__ = [
     "permuted",
     "sequence",
     "split",
+    "SPLIT_MODES",
     "stream",
     "joint",
     "make_scenario",
@@ -174,6 +175,10 @@ class Scenario:
         task_boundaries: whether the learner may be told where tasks change (``False`` for streams).
         task_known_at_test: whether an evaluation may be told which task it tests (``False`` for class-incremental
             splits, whose single head must tell all classes apart without it).
+        growing_head: whether the single head grows with the classes seen (class-incremental, ``task_known_at_test``
+            ``False``): each task then names the classes it brings (``Task.classes``), and training and evaluation
+            use only the outputs of the tasks trained so far (:meth:`seen_classes`); the classes to come are masked
+            out, so training never pushes their outputs down, and the tasks not yet trained are not scored.
     """
 
     name: str
@@ -182,6 +187,7 @@ class Scenario:
     definition: dict[str, Any] = field(default_factory=dict)
     task_boundaries: bool = True
     task_known_at_test: bool = True
+    growing_head: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -198,10 +204,39 @@ class Scenario:
             if wrong is not None:
                 raise ValueError(f"Scenario {key} must hold Task(name, train, test) objects (a task's training and "
                                  f"test sets together), got a {type(wrong).__name__}")
-        for key in ("task_boundaries", "task_known_at_test"):
+        for key in ("task_boundaries", "task_known_at_test", "growing_head"):
             if not isinstance(getattr(self, key), (bool, np.bool_)):
                 raise ValueError(f"Scenario {key} must be True or False, got {getattr(self, key)!r}")
             object.__setattr__(self, key, bool(getattr(self, key)))
+        if self.growing_head:
+            self._check_growing_head()
+
+    def _check_growing_head(self) -> None:
+        """A growing head needs a class-incremental scenario whose tasks (listed, each naming its classes) are the
+        evaluated ones."""
+        if self.task_known_at_test:
+            raise ValueError("Scenario growing_head needs task_known_at_test=False (class-incremental: a task known at "
+                             "test time is scored on its own classes, Task.classes)")
+        if made_when_reached(self.tasks) or not self.evaluates_training_tasks:
+            raise ValueError("Scenario growing_head needs its tasks as a list or tuple, evaluated on themselves "
+                             "(eval_tasks the same tasks): the head grows with the tasks trained so far")
+        unnamed = next((t.name for t in self.tasks if t.classes is None), None)
+        if unnamed is not None:
+            raise ValueError(f"Scenario growing_head needs every task to name the classes it brings; task {unnamed!r} "
+                             "has classes=None")
+
+    def seen_classes(self, trained: int) -> tuple[int, ...] | None:
+        """The outputs of a growing head after ``trained`` tasks (counting one in training): the classes of those
+        tasks in the order they came; ``None`` (every output) without a growing head or before the first task.
+
+        Example:
+            >>> s = split(load_dataset("digits"), load_dataset("digits", "test"), groups=5, mode="class-growing")
+            >>> s.seen_classes(2), s.seen_classes(0)
+            ((0, 1, 2, 3), None)
+        """
+        if not self.growing_head or trained == 0:
+            return None
+        return tuple(dict.fromkeys(c for task in self.tasks[:trained] for c in task.classes))  # type: ignore[union-attr]
 
     @property
     def per_task_batchnorm(self) -> bool:
@@ -417,6 +452,10 @@ def sequence(datasets: Sequence[tuple[ArrayDataset, ArrayDataset]]) -> Scenario:
     return Scenario("sequence", tasks, tasks, {"datasets": [_base(tr) for tr, _ in datasets]})
 
 
+#: How :func:`split` builds its tasks: task-incremental, class-incremental, class-incremental with a growing head.
+SPLIT_MODES = ("task", "class", "class-growing")
+
+
 def split(
     train: ArrayDataset,
     test: ArrayDataset,
@@ -427,6 +466,8 @@ def split(
 
     ``mode="task"`` (task-incremental): each task's outputs are restricted to its own classes at
     training and test time. ``mode="class"`` (class-incremental): one head over all classes.
+    ``mode="class-growing"`` (class-incremental with a growing head, :attr:`Scenario.growing_head`): one head over the
+    classes of the tasks trained so far, in training and at test time; the classes to come are masked out.
 
     Example:
         >>> from metaspike.data import load_dataset
@@ -434,8 +475,8 @@ def split(
         >>> s.tasks[1].classes
         (2, 3)
     """
-    if mode not in ("task", "class"):
-        raise ValueError(f"split mode must be 'task' or 'class', got {mode!r}")
+    if mode not in SPLIT_MODES:
+        raise ValueError(f"split mode must be one of {', '.join(map(repr, SPLIT_MODES))}, got {mode!r}")
     _check_samples(train, test)
     n_classes = len(train.classes)
     if isinstance(groups, np.ndarray):
@@ -462,10 +503,11 @@ def split(
             if len(data) == 0:
                 raise ValueError(f"class group {list(g)} has no {part} samples in {_base(train)}; choose groups of "
                                  "classes that both splits hold")
-        tasks.append(Task(name, tr, te, tuple(g) if mode == "task" else None))
+        tasks.append(Task(name, tr, te, None if mode == "class" else tuple(g)))
     definition = {"dataset": _base(train), "groups": [list(g) for g in groups], "mode": mode}
     frozen = tuple(tasks)
-    return Scenario("split", frozen, frozen, definition, task_known_at_test=mode == "task")
+    return Scenario("split", frozen, frozen, definition, task_known_at_test=mode == "task",
+                    growing_head=mode == "class-growing")
 
 
 def stream(train: ArrayDataset, test: ArrayDataset, n_subsets: int = 10, seed: int = 0) -> Scenario:
@@ -504,7 +546,7 @@ def joint(scenario: Scenario) -> Scenario:
         >>> len(s.tasks), len(s.eval_tasks)
         (1, 2)
     """
-    if any(t.classes is not None for t in scenario.tasks):
+    if scenario.task_known_at_test and any(t.classes is not None for t in scenario.tasks):
         raise ValueError("joint training of task-incremental splits is not supported; use mode='class'")
     first = scenario.tasks[0].train
     x = torch.cat([t.train.x for t in scenario.tasks])

@@ -262,9 +262,12 @@ def run_identity(scenario: Scenario, config: TrainerConfig) -> dict[str, Any]:
         shown = range(count) if count <= _LISTED_TASK_NAMES else (0, count - 1)
         return [count, *(tasks[i].name for i in shown)]
 
-    described = json.dumps([scenario.name, scenario.definition, names(scenario.tasks), names(scenario.eval_tasks),
-                            scenario.task_boundaries, scenario.task_known_at_test], sort_keys=True, default=repr)
-    return {"scenario": hashlib.sha256(described.encode()).hexdigest(),
+    described = [scenario.name, scenario.definition, names(scenario.tasks), names(scenario.eval_tasks),
+                 scenario.task_boundaries, scenario.task_known_at_test]
+    if scenario.growing_head:  # (added only where set: the scenarios before it keep their hashes)
+        described.append(["growing head", [list(t.classes) for t in scenario.tasks]])  # type: ignore[arg-type]
+    described_text = json.dumps(described, sort_keys=True, default=repr)
+    return {"scenario": hashlib.sha256(described_text.encode()).hexdigest(),
             "settings": {key: getattr(config, key) for key in RESULT_SETTINGS}}
 
 
@@ -415,19 +418,24 @@ class ContinualTrainer:
         total = len(scenario.eval_tasks)
         # a scenario with its own evaluation tasks (the stream's one test set) evaluates all of them every time
         indices = evaluated_tasks(trained, total, cfg.eval_tasks) if scenario.evaluates_training_tasks else range(total)
+        if scenario.growing_head and trained:  # (the classes of the tasks to come are not among the head's outputs)
+            indices = [j for j in indices if j < trained]
         accuracies = [math.nan] * total
+        # a class-incremental evaluation is not told the task: the head's outputs (all, or those seen so far) serve all
+        seen = None if scenario.task_known_at_test else scenario.seen_classes(trained)
         if not scenario.task_known_at_test and len(indices) > 1 and evaluates_with_batch_statistics(self.model):
             # a test sample may come from any task: batches of one task's classes would tell the model the task
             tested = [scenario.eval_tasks[j].test for j in indices]
             for j, accuracy in zip(indices, evaluate_together(self.model, [(t.x, t.y) for t in tested],
-                                                              cfg.eval_batch_size, cfg.device)):
+                                                              cfg.eval_batch_size, cfg.device, seen)):
                 accuracies[j] = accuracy
             return accuracies
         for j in indices:
             task = scenario.eval_tasks[j]
             if current is not None:
                 load_batchnorm_state(self.model, states[j] if j < len(states) and j < trained else current)
-            accuracies[j] = evaluate(self.model, task.test.x, task.test.y, cfg.eval_batch_size, task.classes, cfg.device)
+            classes = task.classes if scenario.task_known_at_test else seen
+            accuracies[j] = evaluate(self.model, task.test.x, task.test.y, cfg.eval_batch_size, classes, cfg.device)
         if current is not None:
             load_batchnorm_state(self.model, current)
         return accuracies
@@ -593,6 +601,7 @@ class ContinualTrainer:
         task's row."""
         cfg = self.config
         task = scenario.tasks[index]
+        classes = scenario.seen_classes(index + 1) if scenario.growing_head else task.classes
         batches = math.ceil(len(task.train) / cfg.batch_size)
         bar = _Progress(self.progress, cfg.epochs * batches, f"task {index + 1}/{len(scenario.tasks)} {task.name}", due)
         bar.update(first_epoch * batches)
@@ -601,9 +610,9 @@ class ContinualTrainer:
             for epoch in range(first_epoch + 1, cfg.epochs + 1):
                 signs = sign_snapshot(self.model) if due else {}
                 loss = train_epoch(self.model, optimizer, task.train.x, task.train.y, cfg.batch_size,
-                                   generator, task.classes, cfg.device, bar, self.plugins, world())
+                                   generator, classes, cfg.device, bar, self.plugins, world())
                 if epoch == cfg.epochs:
-                    self._end_task(task, bar)
+                    self._end_task(task, classes, bar)
                 if not due:
                     continue
                 accuracies = self._evaluate_all(scenario, index + 1, states)
@@ -625,12 +634,13 @@ class ContinualTrainer:
             bar.close()
         return accuracies
 
-    def _end_task(self, task: Task, bar: _Progress) -> None:
-        """The plugins' ``task_done`` on ``task``'s training data, said on the progress bar while they work."""
+    def _end_task(self, task: Task, classes: tuple[int, ...] | None, bar: _Progress) -> None:
+        """The plugins' ``task_done`` on ``task``'s training data and the outputs it trained (``classes``), said on the
+        progress bar while they work."""
         if not self.plugins:
             return
         names = ", ".join(dict.fromkeys(type(p).__name__ for p in self.plugins))
         bar.note(f"{names} at the task's end...")
         for plugin in self.plugins:
-            plugin.task_done(self.model, task.train.x, task.train.y, task.classes)
+            plugin.task_done(self.model, task.train.x, task.train.y, classes)
         bar.note("")
