@@ -331,7 +331,7 @@ def comparison_name(base: RunConfig, neurons: bool) -> str:
         >>> comparison_name(RunConfig(datasets=("digits",)), neurons=True)
         'compare-neurons-permuted-digits'
     """
-    return f"compare-{'neurons-' if neurons else ''}{base.scenario}-{'-'.join(base.datasets)}"
+    return f"compare-{'neurons-' if neurons else ''}{base.stream_part()}"
 
 
 def is_finished_comparison(root: Path) -> bool:

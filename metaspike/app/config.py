@@ -348,14 +348,20 @@ class RunConfig:
             window = "" if self.memory_window is None else f"-N{self.memory_window:g}"
             ensemble = "" if self.eval_samples is None else f"-eval{self.eval_samples}"
             readout = "" if self.readout_lambda is None else f"-readout{self.readout_lambda:g}"
-            return (f"{self._stream_part()}{model}{window}{readout}{ensemble}"
+            return (f"{self.stream_part()}{model}{window}{readout}{ensemble}"
                     f"{self._baseline_part()}-seed{self.seed}")
         meta = "-".join(f"{m:g}" for m in self.meta)  # type: ignore[union-attr]
         rule = "" if self.rule == "tanh" else f"-{self.rule}"
-        return f"{self._stream_part()}{model}-meta{meta}{rule}{self._baseline_part()}-seed{self.seed}"
+        return f"{self.stream_part()}{model}-meta{meta}{rule}{self._baseline_part()}-seed{self.seed}"
 
-    def _stream_part(self) -> str:
-        """The run name's first part: the scenario, a split's mode where not task-incremental, the datasets."""
+    def stream_part(self) -> str:
+        """The first part of a run's (and a comparison's) folder name: the scenario, a split's mode where it is not
+        task-incremental, the datasets.
+
+        Example:
+            >>> RunConfig(scenario="split", split_mode="class-growing", datasets=("digits",)).stream_part()
+            'split-class-growing-digits'
+        """
         mode = f"-{self.split_mode}" if self.scenario == "split" and self.split_mode != "task" else ""
         return f"{self.scenario}{mode}-{'-'.join(self.datasets)}"
 
