@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from bnn.binary_linear import binary_linear, check_precision
 from bnn.sign_buffers import SignBuffers
 from metaspike.bayesian.fused_step import Activation, register_fused_activation
-from metaspike.checks import finite_number, number_in
+from metaspike.checks import finite_number, is_whole, number_in
 from metaspike.function_transforms import in_function_transform
 from metaspike.gain import attach_output_gain, check_scale
 from metaspike.quantizers import (
@@ -122,6 +122,15 @@ class _BinaryWeights(BinarySynapse):
         return buffer
 
 
+def _widths(**widths: object) -> tuple[int, ...]:
+    """A layer's widths (features or channels) as ints, each a positive integer (numpy integers taken), else one line
+    naming it."""
+    for name, value in widths.items():
+        if not is_whole(value, 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return tuple(int(v) for v in widths.values())  # type: ignore[call-overload]
+
+
 class BinaryLinear(_BinaryWeights, nn.Linear):
     """``nn.Linear`` whose forward pass uses ``sign(W_h)``; ``weight`` holds the hidden weights ``W_h``.
 
@@ -154,6 +163,7 @@ class BinaryLinear(_BinaryWeights, nn.Linear):
         precision: str = "float32",
         scale: str | None = None,
     ) -> None:
+        in_features, out_features = _widths(in_features=in_features, out_features=out_features)
         super().__init__(in_features, out_features, bias=bias)
         self._setup(weight_quantizer, input_quantizer, init_width, scale)
         self.precision = precision
@@ -204,6 +214,7 @@ class BinaryConv2d(_BinaryWeights, nn.Conv2d):
         groups: int = 1,
         padding_mode: str = "zeros",
     ) -> None:
+        in_channels, out_channels = _widths(in_channels=in_channels, out_channels=out_channels)
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
                          groups=groups, bias=bias, padding_mode=padding_mode)
         self._setup(weight_quantizer, input_quantizer, init_width, scale)

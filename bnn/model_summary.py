@@ -62,7 +62,9 @@ class ModelSummary:
 
     @property
     def packed_bytes(self) -> float:
-        """Bytes with binary weights stored at 1 bit."""
+        """Bytes with binary weights stored at 1 bit and every other parameter at 32: an estimate for any model. A
+        packed MLP's own count, :attr:`bnn.PackedMLP.nbytes`, differs by what packing folds and adds (BatchNorm
+        becomes a threshold and a flip bit per neuron)."""
         return sum(layer.bits for layer in self.layers) / 8
 
     @property
@@ -94,8 +96,8 @@ class ModelSummary:
             f"{self.packed_bytes / 1024:>11.2f}{self.float32_bytes / 1024:>11.2f}"
             + (f"{self.binary_macs:>13,}{self.float_macs:>13,}" if macs else "")
         )
-        lines.append(f"memory: {self.packed_bytes / 1024:.1f} kB packed vs {self.float32_bytes / 1024:.1f} kB float32 "
-                     f"({self.compression:.1f}x smaller)")
+        lines.append(f"memory: {self.packed_bytes / 1024:.1f} kB with 1-bit binary weights vs "
+                     f"{self.float32_bytes / 1024:.1f} kB float32 ({self.compression:.1f}x smaller)")
         return "\n".join(lines)
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from bnn.layers import BinaryConv2d, BinaryLinear, SignActivation
 from metaspike.allocator import usable_memory
+from metaspike.checks import is_whole
 from metaspike.population_statistics import accept_saved_population_statistics
 
 __all__ = ["MLP", "ConvNet"]
@@ -23,18 +25,14 @@ def _activation(name: str) -> nn.Module:
     raise ValueError(f"activation must be 'sign' or 'relu', got {name!r}")
 
 
-def _is_size(value: object) -> bool:
-    """Whether ``value`` is a positive integer (not a bool), as every width and count of these models must be."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 def _check_sizes(name: str, values: int | Sequence[int]) -> tuple[int, ...]:
-    """``values`` (one integer or a sequence) as a tuple of positive integers, else one line naming the argument."""
-    one = not isinstance(values, Sequence) or isinstance(values, str)
-    found = (values,) if one else tuple(values)
-    if not all(map(_is_size, found)):
+    """``values`` (one integer or a sequence) as a tuple of positive Python ints (numpy integers taken too), else one
+    line naming the argument."""
+    one = not isinstance(values, Sequence | np.ndarray) or isinstance(values, str)
+    found = (values,) if one else tuple(values.tolist() if isinstance(values, np.ndarray) else values)
+    if not all(is_whole(v, 1) for v in found):
         raise ValueError(f"{name} must be {'a positive integer' if one else 'positive integers'}, got {values!r}")
-    return found
+    return tuple(int(v) for v in found)
 
 
 def _check_input(model: nn.Module, x: Tensor, shape: tuple[int, ...], flat: bool) -> None:
@@ -90,9 +88,12 @@ class MLP(nn.Sequential):
         weight_quantizer: str = "ste_sign_unclipped",
         activation: str = "sign",
     ) -> None:
-        sizes = list(sizes)
-        if len(sizes) < 2 or not all(map(_is_size, sizes)):
-            raise ValueError(f"sizes must list at least 2 positive integer widths (input ... classes), got {sizes}")
+        listed = (sizes.tolist() if isinstance(sizes, np.ndarray) else list(sizes)
+                  if isinstance(sizes, Sequence) and not isinstance(sizes, (str, bytes)) else None)
+        if listed is None or len(listed) < 2 or not all(is_whole(v, 1) for v in listed):
+            raise ValueError(f"sizes must list at least 2 positive integer widths (input ... classes), e.g. "
+                             f"[784, 256, 10], got {sizes!r}")
+        sizes = [int(v) for v in listed]
         weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
         memory = usable_memory()
         if memory is not None and 4 * weights > memory:  # (torch's allocator would fail with its own message)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from bnn.packed import PackedMLP
 from metaspike import training
 from metaspike.checks import check_device, check_seed, is_whole
 from metaspike.data import ArrayDataset
@@ -53,6 +54,10 @@ def fit(
         >>> history[-1]["test_accuracy"] > 50
         True
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch nn.Module to train, got {type(model).__name__}"
+                         + (" (a packed model only predicts: bnn.evaluate takes it)" if isinstance(model, PackedMLP)
+                            else ""))
     if not is_whole(epochs, 1):
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
     if not is_whole(batch_size, 2):
@@ -86,8 +91,8 @@ def fit(
     return history
 
 
-def evaluate(model: nn.Module, data: Data, batch_size: int = 1000, device: str = "cpu") -> float:
-    """Accuracy of ``model`` on ``data`` in percent.
+def evaluate(model: nn.Module | PackedMLP, data: Data, batch_size: int = 1000, device: str = "cpu") -> float:
+    """Accuracy of ``model`` (a torch model, or a :class:`bnn.PackedMLP` on the CPU) on ``data`` in percent.
 
     Example:
         >>> import bnn
@@ -97,5 +102,26 @@ def evaluate(model: nn.Module, data: Data, batch_size: int = 1000, device: str =
     """
     check_device(device)
     x, y = _tensors(data, "data")
+    if isinstance(model, PackedMLP):
+        return _packed_accuracy(model, x, y, batch_size, device)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch nn.Module or a bnn.PackedMLP, got {type(model).__name__}")
     training.check_inputs(model.to(device), x.to(device), y.to(device))
     return training.evaluate(model, x, y, batch_size, device=device)
+
+
+def _packed_accuracy(model: PackedMLP, x: Tensor, y: Tensor, batch_size: int, device: str) -> float:
+    """Accuracy (%) of a packed model, which runs on the CPU, in batches of ``batch_size``."""
+    if torch.device(device).type != "cpu":
+        raise ValueError(f"device {device!r}: a bnn.PackedMLP runs on the CPU; leave device as 'cpu'")
+    if not is_whole(batch_size, 1):
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if len(x) == 0 or len(x) != len(y):
+        raise ValueError(f"data must hold as many labels as inputs, at least one: got {len(x)} inputs, {len(y)} labels")
+    classes = model.sizes[-1]
+    if y.dim() != 1 or torch.is_floating_point(y) or not bool(((y >= 0) & (y < classes)).all()):
+        raise ValueError(f"labels must be a 1-D integer tensor of class indices in 0..{classes - 1} (the packed model's "
+                         f"outputs), got dtype {y.dtype}, shape {tuple(y.shape)}")
+    correct = sum(int((model.predict(x[i:i + batch_size]) == y[i:i + batch_size].cpu()).sum())
+                  for i in range(0, len(x), batch_size))
+    return 100.0 * correct / len(x)

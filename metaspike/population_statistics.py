@@ -18,7 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from metaspike.checks import is_whole
 
 __all__ = ["use_population_statistics", "accept_saved_population_statistics", "has_fixed_statistics",
-           "evaluates_with_batch_statistics"]
+           "statistics_outdated", "evaluates_with_batch_statistics"]
 
 
 @torch.no_grad()
@@ -36,6 +36,12 @@ def use_population_statistics(model: nn.Module, x: Tensor, batch_size: int = 100
         >>> model(torch.rand(1, 784)).shape
         torch.Size([1, 10])
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch nn.Module with BatchNorm layers, got {type(model).__name__}")
+    if not isinstance(x, Tensor) or not torch.is_floating_point(x):
+        got = f"a {x.dtype} tensor" if isinstance(x, Tensor) else f"a {type(x).__name__}"
+        raise ValueError(f"x must be one floating-point tensor of training inputs, got {got}: gather them first "
+                         "(e.g. torch.cat([x for x, _ in loader]), or torch.as_tensor(array, dtype=torch.float32))")
     norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
     if not norms:
         raise ValueError(f"{type(model).__name__} has no BatchNorm layer to fix")
@@ -53,7 +59,53 @@ def use_population_statistics(model: nn.Module, x: Tensor, batch_size: int = 100
         _fix_each(model, norms, x, chunks)
     finally:
         model.train(was_training)
+    model.__dict__[_FIXED_WITH] = _fingerprints(model)
     return model
+
+
+#: The attribute (of the module given to :func:`use_population_statistics`) holding what its weights and statistics
+#: were when the statistics were fixed, for :func:`statistics_outdated`.
+_FIXED_WITH = "_population_statistics_fixed_with"
+
+
+def _fingerprint(t: Tensor) -> tuple[float, float]:
+    """Two numbers that change when any value of ``t`` does (its sum and its 2-norm, in float64)."""
+    t = t.detach()
+    return float(t.sum(dtype=torch.float64)), float(torch.linalg.vector_norm(t, dtype=torch.float64))
+
+
+def _fingerprints(model: nn.Module) -> dict[str, dict[int, tuple[float, float]]]:
+    """The fingerprint of each parameter and each BatchNorm running mean of ``model``, by tensor identity."""
+    statistics = [m.running_mean for m in model.modules() if isinstance(m, _BatchNorm) and m.running_mean is not None]
+    return {"weights": {id(p): _fingerprint(p) for p in model.parameters()},
+            "statistics": {id(t): _fingerprint(t) for t in statistics}}
+
+
+def statistics_outdated(model: nn.Module) -> bool:
+    """Whether a module of ``model`` whose BatchNorm statistics :func:`use_population_statistics` fixed has had its
+    weights changed since, while the statistics stayed (training does not update fixed statistics: evaluation and
+    ``bnn.pack`` would use ones measured on other weights). Statistics fixed again or loaded since count as new.
+
+    Example:
+        >>> from bnn import MLP
+        >>> model = use_population_statistics(MLP([4, 3, 2]), torch.rand(8, 4))
+        >>> before = statistics_outdated(model)
+        >>> with torch.no_grad():
+        ...     _ = model[1].weight.mul_(-1)
+        >>> before, statistics_outdated(model)
+        (False, True)
+    """
+    for module in model.modules():
+        fixed_with = module.__dict__.get(_FIXED_WITH)
+        if fixed_with is None:
+            continue
+        now = _fingerprints(module)
+        if now["statistics"] != fixed_with["statistics"]:
+            continue  # (statistics fixed again, loaded or replaced: they go with the weights they came with)
+        if any(key in fixed_with["weights"] and print_ != fixed_with["weights"][key]
+               for key, print_ in now["weights"].items()):
+            return True
+    return False
 
 
 def _fix_each(model: nn.Module, norms: list[_BatchNorm], x: Tensor, chunks: tuple[Tensor, ...]) -> None:

@@ -22,7 +22,7 @@ from metaspike.bayesian.fused_step import FusedTrainingStep
 from metaspike.bayesian.synapses import bayesian_modules
 from metaspike.checks import ModelError, check_eps_holds, is_whole
 from metaspike.distributed import average_gradients
-from metaspike.population_statistics import evaluates_with_batch_statistics, has_fixed_statistics
+from metaspike.population_statistics import evaluates_with_batch_statistics, statistics_outdated
 
 __all__ = ["check_inputs", "minimum_batch_size", "train_epoch", "evaluate", "evaluate_together", "MIN_STATISTICS_BATCH",
            "random_numbers_apart", "masked_logits", "backward_within_batch",
@@ -249,10 +249,6 @@ def train_epoch(
         if batch_size >= minimum:  # every batch would be skipped: nothing would train
             raise ValueError(f"x has {len(x)} samples, fewer than the smallest batch that trains ({minimum}: {why})")
         raise ValueError(f"batch_size {batch_size}: {why}; use batch_size >= {minimum}")
-    if has_fixed_statistics(model):
-        warnings.warn(f"{type(model).__name__}'s BatchNorm statistics were fixed by use_population_statistics before "
-                      "this training, which does not update them: evaluation keeps using the old ones; call "
-                      "use_population_statistics again after training", stacklevel=2)
     fused = _fused_step(model, optimizer, batch_size, classes, plugins, shard)
     if fused is not None:
         return _train_fused(fused, x, y, order, device, progress)
@@ -416,6 +412,7 @@ def _correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, classes: S
                           f"batch by its own statistics, which under {MIN_STATISTICS_BATCH} samples distort its "
                           "predictions; evaluate in larger batches or fix the statistics first "
                           "(metaspike.use_population_statistics)", stacklevel=4)
+    warn_if_statistics_outdated(model, "evaluating", stacklevel=5)
     if batch_statistics and len(x) > 1 and bool((y == y[0]).all()):
         warnings.warn("evaluating samples of one class only: the model's BatchNorm normalises the batch by its own "
                       "statistics, which removes what the class has in common; fix the statistics first "
@@ -431,6 +428,16 @@ def _correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, classes: S
     finally:
         model.train(was_training)
     return correct
+
+
+def warn_if_statistics_outdated(model: nn.Module, doing: str, stacklevel: int) -> None:
+    """Warn, naming what is ``doing``, when ``model``'s weights changed after its BatchNorm statistics were fixed
+    (:func:`~metaspike.population_statistics.statistics_outdated`)."""
+    if statistics_outdated(model):
+        warnings.warn(f"{doing} {type(model).__name__} with BatchNorm statistics that use_population_statistics fixed "
+                      "before its weights last changed (training does not update them, so they describe other "
+                      "weights); call use_population_statistics(model, training_inputs) again first",
+                      stacklevel=stacklevel)
 
 
 #: Below this many samples per evaluated batch, per-batch BatchNorm statistics are noisy enough to change predictions

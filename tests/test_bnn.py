@@ -33,6 +33,47 @@ def test_mlp_rejects_bad_sizes(sizes):
         bnn.MLP(sizes)
 
 
+def test_sizes_and_widths_take_numpy_integers_and_name_what_is_not_a_width():
+    import numpy as np
+
+    labels = np.array([0, 3, 9])
+    assert bnn.MLP([64, 32, labels.max() + 1]).sizes == (64, 32, 10)  # (a numpy integer, as y.max() + 1 gives)
+    assert bnn.MLP(np.array([64, 10])).sizes == (64, 10)
+    assert bnn.BinaryLinear(np.int64(4), 2).in_features == 4
+    with pytest.raises(ValueError, match=r"sizes must list at least 2 positive integer widths .* got 64$"):
+        bnn.MLP(64)
+    with pytest.raises(ValueError, match=r"in_features must be a positive integer, got 64.0"):
+        bnn.BinaryLinear(64.0, 10)
+    with pytest.raises(ValueError, match=r"out_channels must be a positive integer, got 0"):
+        bnn.BinaryConv2d(3, 0, 3)
+
+
+def test_a_packed_model_is_evaluated_by_bnn_evaluate_and_refused_by_what_trains():
+    train, test = load_dataset("digits"), load_dataset("digits", "test")
+    model = bnn.MLP([784, 32, 10])
+    bnn.fit(model, train, epochs=1, progress=False)
+    bnn.use_population_statistics(model, train.x).eval()
+    packed = bnn.pack(model)
+    assert bnn.evaluate(packed, test) == bnn.evaluate(model, test)
+    assert bnn.evaluate(packed, (test.x, test.y), batch_size=7) == bnn.evaluate(model, test)
+    with pytest.raises(ValueError, match=r"model must be a torch nn.Module to train, got PackedMLP \(a packed model "
+                                         r"only predicts: bnn.evaluate takes it\)"):
+        bnn.fit(packed, train)
+    with pytest.raises(ValueError, match="model must be a torch nn.Module with BatchNorm layers, got PackedMLP"):
+        bnn.use_population_statistics(packed, train.x)
+    with pytest.raises(ValueError, match=r"labels must be a 1-D integer tensor of class indices in 0..9"):
+        bnn.evaluate(packed, (test.x, test.y.float()))
+    with pytest.raises(ValueError, match="model must be a torch nn.Module or a bnn.PackedMLP, got str"):
+        bnn.evaluate("model.pt", test)
+
+
+@pytest.mark.parametrize("x, got", [(lambda t: t.numpy(), "a ndarray"), (lambda t: [(t, t)], "a list"),
+                                    (lambda t: (t * 255).to(torch.uint8), "a torch.uint8 tensor")])
+def test_population_statistics_name_inputs_that_are_not_one_float_tensor(x, got):
+    with pytest.raises(ValueError, match=f"x must be one floating-point tensor of training inputs, got {got}: gather"):
+        bnn.use_population_statistics(bnn.MLP([4, 3, 2]), x(torch.rand(8, 4)))
+
+
 def test_summary_counts_binary_and_float_parameters():
     s = bnn.summary(bnn.MLP([784, 100, 10]))
     assert s.binary_params == 784 * 100 + 100 * 10

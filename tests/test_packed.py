@@ -632,13 +632,50 @@ def test_missing_population_statistics_are_named():
 
 def test_models_that_cannot_be_packed_are_rejected():
     relu = bnn.use_population_statistics(bnn.MLP([20, 8, 4], activation="relu"), torch.rand(50, 20))
-    with pytest.raises(ValueError, match="followed by ReLU; pack needs sign activations"):
+    with pytest.raises(ValueError, match="followed by ReLU; pack needs a bnn.SignActivation there"):
         bnn.pack(relu)
     real = bnn.use_population_statistics(bnn.MLP([20, 8, 4], weight_quantizer="none"), torch.rand(50, 20))
     with pytest.raises(ValueError, match="does not binarize its weights"):
         bnn.pack(real)
     with pytest.raises(ValueError, match="pack expects a bnn.MLP"):
         bnn.pack(torch.nn.Sequential(torch.nn.Linear(4, 2)))
+
+
+class _OwnForward(torch.nn.Module):
+    """A user's model whose forward does more than its layers in order (an input shift, a skip)."""
+
+    def __init__(self, mlp):
+        super().__init__()
+        self.fc1, self.bn1, self.act, self.fc2, self.bn2 = mlp[1], mlp[2], mlp[3], mlp[4], mlp[5]
+
+    def forward(self, x):
+        return self.bn2(self.fc2(self.act(self.bn1(self.fc1((x - 0.3) * 4)))))
+
+
+def test_a_model_pack_cannot_read_is_refused_in_one_line_naming_what_to_change():
+    mlp = bnn.use_population_statistics(bnn.MLP([20, 8, 4]), torch.rand(50, 20)).eval()
+    layers = list(mlp.children())  # Flatten, BinaryLinear, BatchNorm1d, SignActivation, BinaryLinear, BatchNorm1d
+    with pytest.raises(ValueError, match="_OwnForward has a forward of its own, which pack cannot see"):
+        bnn.pack(_OwnForward(mlp))
+    with pytest.raises(ValueError, match="module 0 of Sequential is a MLP holding layers: pack that module"):
+        bnn.pack(torch.nn.Sequential(mlp))
+    with pytest.raises(ValueError, match=r"layer 1's BinaryLinear is followed by nothing, not a BatchNorm1d"):
+        bnn.pack(torch.nn.Sequential(*layers[:5]))
+    larq_style = bnn.BinaryLinear(8, 4, input_quantizer="ste_sign")
+    with pytest.raises(ValueError, match=r"layer 0 is followed by BinaryLinear; pack needs a bnn.SignActivation there; "
+                                         r"layer 1 binarizes its input itself \(input_quantizer"):
+        bnn.pack(torch.nn.Sequential(*layers[:3], larq_style, layers[5]).eval())
+    with pytest.raises(ValueError, match="compile must be True .* or False .*, got 'yes'"):
+        bnn.pack(mlp, compile="yes")
+
+
+def test_dropout_and_identity_between_layers_pack_as_the_no_ops_they_are_in_eval_mode():
+    mlp = bnn.use_population_statistics(bnn.MLP([20, 8, 4]), torch.rand(50, 20)).eval()
+    layers = list(mlp.children())
+    with_dropout = torch.nn.Sequential(*layers[:4], torch.nn.Dropout(0.5), torch.nn.Identity(), *layers[4:]).eval()
+    x = torch.rand(64, 20)
+    assert torch.equal(bnn.pack(with_dropout, compile=False)(x), bnn.pack(mlp, compile=False)(x))
+    assert torch.equal(bnn.pack(with_dropout, compile=False)(x), with_dropout(x))
 
 
 def test_input_of_the_wrong_size_is_rejected(trained):

@@ -1,6 +1,7 @@
 """The continual trainer: accuracy matrix, curves, BatchNorm modes, and forgetting that metaplasticity reduces."""
 
 
+import copy
 import math
 import warnings
 
@@ -280,13 +281,34 @@ def test_batch_statistics_evaluation_of_one_class_warns_at_the_callers_line():
     assert caught[0].filename == __file__
 
 
-def test_training_after_the_statistics_were_fixed_warns_that_they_are_stale():
+@pytest.mark.parametrize("optimizer", ["metaplastic-adam", "fused-adam"])
+def test_evaluating_or_packing_after_training_on_fixed_statistics_warns_that_they_are_outdated(optimizer):
+    import bnn
     from metaspike.population_statistics import use_population_statistics
 
-    model = use_population_statistics(MLP([20, 8, 3]), torch.rand(40, 20))
-    optimizer = MetaplasticAdam(model.parameters(), lr=0.01)
-    with pytest.warns(UserWarning, match="statistics were fixed by use_population_statistics before this training"):
-        train_epoch(model, optimizer, torch.rand(20, 20), torch.randint(0, 3, (20,)), batch_size=10)
+    x, y = torch.rand(40, 20), torch.randint(0, 3, (40,))
+    model = use_population_statistics(MLP([20, 8, 3]), x)
+    params = list(model.parameters())  # (fused Adam writes its steps without a tensor version count)
+    step = (MetaplasticAdam(params, lr=0.01) if optimizer == "metaplastic-adam"
+            else torch.optim.Adam(params, lr=0.01, fused=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (fresh statistics: no warning; training itself warns of nothing)
+        evaluate(model, x, y)
+        train_epoch(model, step, x, y, batch_size=10)  # (a user's own loop is the same: the weights changed)
+    with pytest.warns(UserWarning, match="evaluating MLP with BatchNorm statistics that use_population_statistics "
+                                         "fixed before its weights last changed") as caught:
+        evaluate(model, x, y)
+    assert caught[0].filename == __file__
+    with pytest.warns(UserWarning, match="packing MLP with BatchNorm statistics that use_population_statistics fixed"):
+        bnn.pack(model.eval(), compile=False)
+    copied = copy.deepcopy(model)  # (a copy's record names the original's tensors: it is not judged, not misjudged)
+    use_population_statistics(model, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate(model, x, y)
+        evaluate(copied, x, y)
+        model.load_state_dict(copied.state_dict())  # (weights loaded with their statistics: they go together)
+        evaluate(model, x, y)
 
 
 def test_a_model_returning_a_tuple_is_one_line_and_time_steps_read_as_samples_are_named():
