@@ -123,7 +123,9 @@ class ArrayDataset:
             lo, hi = float(self.x.min()), float(self.x.max())
             if lo < 0.0 or hi > 1.0:
                 raise DataError(f"{where}: x values must lie in [0, 1], found [{lo:g}, {hi:g}] (spiking models read "
-                                "them as firing probabilities): scale the data by the training set's range first")
+                                "them as firing probabilities): scale the data by the training set's range first; "
+                                "to standardize for a model that is not spiking, keep the [0, 1] data here and put "
+                                "metaspike.app.models.Standardize(mean, std) in front of the model")
         if self.y.numel() > 0:
             lo, hi = int(self.y.min()), int(self.y.max())
             if lo < 0 or hi >= len(self.classes):

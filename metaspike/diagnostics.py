@@ -10,24 +10,37 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 import math
 from collections.abc import Sequence
 
+import torch
+from torch import nn
 from torch.optim import Optimizer
 
+from metaspike.layer_selection import synapse_role
 from metaspike.optim import consolidates
 from metaspike.rules import get_rule
-from metaspike.synapse import weight_matrices
+from metaspike.synapse import is_hidden_weight, weight_matrices
 
-__all__ = ["hidden_weight_histograms", "sign_snapshot", "flip_rates", "consolidated_fractions", "plasticity_ranking"]
+__all__ = ["hidden_weight_histograms", "HISTOGRAM_QUANTITIES", "sign_snapshot", "flip_rates", "consolidated_fractions",
+           "plasticity_ranking"]
+
+
+#: What a histogram's values are, by the tensor's role (:func:`~metaspike.layer_selection.synapse_role`): a binary
+#: synapse's hidden weight, a BiMU latent weight, a MESU mean, or a float layer's weight.
+HISTOGRAM_QUANTITIES = {"hidden": "hidden weight", "latent": "latent lambda", "mean": "mean mu", "float": "weight"}
+
+
+def _quantity(weight: torch.Tensor) -> str:
+    role = synapse_role(weight)
+    return HISTOGRAM_QUANTITIES[role if role is not None else "hidden" if is_hidden_weight(weight) else "float"]
 
 
 @torch.no_grad()
 def hidden_weight_histograms(model: nn.Module, bins: int = 60) -> dict[str, dict[str, list[float]]]:
-    """Histogram of ``W_h`` for each layer: ``{layer: {"edges": [...], "counts": [...], "median_abs": m}}``.
+    """Histogram of ``W_h`` for each layer: ``{layer: {"edges": [...], "counts": [...], "median_abs": m,
+    "quantity": q}}``, where ``q`` (:data:`HISTOGRAM_QUANTITIES`) says what was counted: ``W_h``, or for Bayesian
+    synapses the tensor whose sign is the most probable weight (BiMU's ``λ``, MESU's ``μ``).
 
     Example:
         >>> h = hidden_weight_histograms(torch.nn.Sequential(torch.nn.Linear(3, 2)), bins=4)
@@ -45,6 +58,7 @@ def hidden_weight_histograms(model: nn.Module, bins: int = 60) -> dict[str, dict
             "edges": [round(e, 6) for e in edges.tolist()],
             "counts": [int(c) for c in counts.tolist()],
             "median_abs": float(w.abs().median()),
+            "quantity": _quantity(weight),
         }
     return result
 
@@ -83,7 +97,7 @@ def consolidated_fractions(model: nn.Module, optimizer: Optimizer, threshold: fl
 
     Uses the ``meta`` and ``rule`` of the optimizer's param group holding each weight matrix
     (layers outside any metaplastic group, or that their group does not consolidate, count as 0:
-    :func:`metaspike.optim.consolidates`). The damping of a synapse is what the rule keeps
+    :func:`metaspike.optim.consolidates`; Bayesian synapses, which consolidate by their own rule, are left out). The damping of a synapse is what the rule keeps
     of a unit update toward zero; rules with per-synapse state (``cascade``, ``switch``) damp by their
     history, not by ``W_h`` alone, and give ``nan``.
 
@@ -96,6 +110,8 @@ def consolidated_fractions(model: nn.Module, optimizer: Optimizer, threshold: fl
     groups = {id(p): group for group in optimizer.param_groups for p in group["params"]}
     fractions = {}
     for name, weight in weight_matrices(model):
+        if synapse_role(weight) is not None:
+            continue
         group = groups.get(id(weight))
         if group is None or not group.get("meta") or not consolidates(weight, group):
             fractions[name] = 0.0

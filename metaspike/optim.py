@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from metaspike.bayesian.optim import BAYESIAN_ADVICE
 from metaspike.bayesian.synapses import bayesian_modules
 from metaspike.checks import FLOAT32_MAX, check_eps_holds, is_number, number_in, state_dict_groups
 from metaspike.compiled import LazyCompiled
@@ -176,10 +177,6 @@ def _hook_checkpoints(optimizer: Optimizer) -> None:
     optimizer.register_load_state_dict_pre_hook(_loaded_groups)
 
 
-_BAYESIAN_ADVICE = ("train them with their own optimizers, metaspike.BiMU(bimu_parameters(model)) or "
-                    "metaspike.MESU(mesu_param_groups(model)), and the rest with metaspike.ChainedOptimizer")
-
-
 def _check_consolidation(group: dict[str, Any], owner: str = "a metaplastic optimizer") -> None:
     """Validate what a param group says about consolidation: ``meta``, ``rule`` and ``consolidate`` (the keys
     :func:`metaplastic` adds to another optimizer's groups, whose own settings are that optimizer's to check), and
@@ -187,7 +184,7 @@ def _check_consolidation(group: dict[str, Any], owner: str = "a metaplastic opti
     weights (``σ`` could turn negative, and BiMU's latent weights do not learn so)."""
     roles = sorted({role for p in group["params"] if (role := synapse_role(p)) is not None})
     if roles:
-        raise ValueError(f"{owner} got the {' and '.join(roles)} tensors of Bayesian synapses; " + _BAYESIAN_ADVICE)
+        raise ValueError(f"{owner} got the {' and '.join(roles)} tensors of Bayesian synapses; " + BAYESIAN_ADVICE)
     check_meta(group["meta"], "meta")
     get_rule(group["rule"])
     if group.get("consolidate") not in (None, True, False):
@@ -575,7 +572,7 @@ def param_groups(
         raise ValueError(f"model must be a torch nn.Module (param_groups(model, meta)), got {type(model).__name__}")
     if next(bayesian_modules(model), None) is not None:
         raise ValueError("the model has Bayesian synapses (bayesianize, bnn's Bayesian layers), and param_groups, "
-                         "MetaplasticAdam and bnn.fit train binary synapses only: " + _BAYESIAN_ADVICE)
+                         "MetaplasticAdam and bnn.fit train binary synapses only: " + BAYESIAN_ADVICE)
     matrices = each_once(w for _, w in weight_matrices(model))
     if not is_number(meta) and (isinstance(meta, (str, bytes, Tensor)) or not isinstance(meta, Iterable)):
         raise ValueError(f"meta must be a number or a list of numbers, one per weight layer, got {meta!r}")

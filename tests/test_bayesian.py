@@ -863,3 +863,55 @@ def test_sampled_layers_draw_their_samples_once_per_binarized_once_block(layer_t
         first, again = layer(x), layer(x)
     assert torch.equal(first, again)
     assert not torch.equal(first, layer(x))  # outside a block: new samples
+
+
+@pytest.mark.parametrize("kind", ["bimu", "mesu"])
+def test_a_non_finite_gradient_is_refused_and_changes_nothing(kind):
+    """A NaN latent weight would read as a plausible +1 weight in evaluation (the sign of NaN): the step refuses."""
+    model = bayesianize(nn.Sequential(nn.Linear(4, 2)), kind, scale=None)
+    optimizer = BiMU(bimu_parameters(model)) if kind == "bimu" else MESU(mesu_param_groups(model))
+    before = copy.deepcopy(model.state_dict())
+    model(torch.tensor([[float("nan"), 0.0, 0.0, 0.0]])).sum().backward()
+    with pytest.raises(ValueError, match=r"\.step: the gradient of parameter 0 of param group 0 holds NaN or infinite "
+                                         r"values .*; nothing was changed"):
+        optimizer.step()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(int(s.get("step", 0)) == 0 for s in optimizer.state.values())
+
+
+@pytest.mark.parametrize("kind", ["bimu", "mesu"])
+def test_a_trainer_refuses_a_plain_optimizer_over_bayesian_synapses(kind):
+    """Adam trains λ (or μ and σ) as plain weights: it learns nothing of what the rule would (a helper's run: chance)."""
+    from metaspike.chained import ChainedOptimizer
+    from metaspike.continual import ContinualTrainer, TrainerConfig, make_scenario
+
+    scenario = make_scenario("permuted", ["digits"], tasks=1)
+    model = bayesianize(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), kind)
+    name = {"bimu": "BiMU latent weight", "mesu": "MESU mean and MESU width"}[kind]
+    for make in (lambda m: torch.optim.Adam(m.parameters()),
+                 lambda m: ChainedOptimizer(torch.optim.SGD(m.parameters(), lr=0.1))):  # (in a chain too)
+        trainer = ContinualTrainer(model, make, TrainerConfig(epochs=1), progress=False)
+        with pytest.raises(ValueError, match=f"make_optimizer: (Adam|SGD) holds the {name} tensors of Bayesian "
+                                             "synapses, which it would train as plain weights"):
+            trainer.fit(scenario)
+
+
+def test_the_rules_name_a_tensor_that_is_not_floating_point():
+    with pytest.raises(ValueError, match=r"lams\[0\] has dtype torch.int64; MESU and BiMU update floating-point"):
+        bimu_step(torch.zeros(3, dtype=torch.long), torch.ones(3), lr=1.0, lr_max=1.0, likelihood_multiplier=1.0,
+                  kl_multiplier=1.0, N=10.0)
+    with pytest.raises(ValueError, match=r"grad_mus\[0\] has dtype torch.int32"):
+        mesu_step(torch.zeros(3), torch.ones(3), torch.zeros(3, dtype=torch.int32), torch.zeros(3), lr_mu=1.0,
+                  lr_sigma=1.0, sigma_prior=1.0, mu_prior=0.0, N=10.0)
+
+
+@pytest.mark.parametrize("kind, quantity", [("bimu", "latent lambda"), ("mesu", "mean mu")])
+def test_diagnostics_of_bayesian_synapses_name_what_they_count_and_leave_out_the_2021_consolidation(kind, quantity):
+    from metaspike.diagnostics import consolidated_fractions, hidden_weight_histograms
+
+    model = bayesianize(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), kind, scale=None)
+    optimizer = BiMU(bimu_parameters(model)) if kind == "bimu" else MESU(mesu_param_groups(model))
+    assert consolidated_fractions(model, optimizer) == {}
+    assert {h["quantity"] for h in hidden_weight_histograms(model).values()} == {quantity}
+    binary = nn.Sequential(nn.Linear(4, 3))
+    assert hidden_weight_histograms(binary)["0"]["quantity"] == "weight"

@@ -155,6 +155,8 @@ def test_plot_of_a_run_it_cannot_write_in_names_the_figure_and_draws_elsewhere(t
         (["train", "--resume", "somewhere", "--out", "elsewhere"], "--resume continues in RUN_DIR itself; remove --out"),
         (["reproduce", "fig5ab", "--seeds", "-1"], "--seeds must list one or more distinct integers in 0..18446744073709551615"),
         (["train", "--model", "bimu", "--eval-samples", "100000"], "--eval-samples must be an integer in 1..1000"),
+        (["compare", "--neurons", "bimu", "mesu", "--meta", "5"],
+         "--meta: none of the models compared (bimu, mesu) trains with MetaplasticAdam, whose m --meta sets"),
     ],
 )
 def test_bad_input_gets_one_clear_line(args, message, capsys):
@@ -418,6 +420,20 @@ def test_sigterm_inside_a_comparison_names_the_signal_and_the_comparison_that_co
     folder = tmp_path / "compare-permuted-digits"
     assert capsys.readouterr().err.strip() == (f"metaspike: terminated (SIGTERM); results written so far are kept in "
                                                f"{folder}; continue with: metaspike compare --resume {folder}")
+
+
+def test_ctrl_c_while_a_comparison_draws_its_figures_names_the_comparison_that_continues(tmp_path, monkeypatch,
+                                                                                           capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("metaspike.app.plots.plot_comparison", interrupted)
+    assert main(["compare", *SMALL, "--meta", "0", "5", "--out", str(tmp_path)]) == 130
+    folder = tmp_path / "compare-permuted-digits"
+    assert capsys.readouterr().err.strip().endswith(f"continue with: metaspike compare --resume {folder}")
+    monkeypatch.undo()
+    assert main(["compare", "--resume", str(folder), "--quiet"]) == 0
+    assert (folder / "comparison.png").exists()
 
 
 def test_ctrl_c_before_any_folder_exists_is_one_plain_line(tmp_path, monkeypatch, capsys):

@@ -78,24 +78,29 @@ def _meta_rows(base: RunConfig, settings: Sequence[tuple[float, ...]], seeds: Se
                 tuple(replace(base, meta=s, seed=int(seed)) for seed in seeds)) for s in settings]
 
 
-def _has_meta(kind: str) -> bool:
-    """Whether a model kind's synapses take an m (the 2021 rule's); BiMU, MESU and SGD do not."""
+def takes_meta(kind: str) -> bool:
+    """Whether a model kind's synapses take an m (the 2021 rule's); BiMU, MESU and SGD do not.
+
+    Example:
+        >>> takes_meta("leaky"), takes_meta("bimu")
+        (True, False)
+    """
     return optimizer_kind(kind) == "metaplastic-adam"
 
 
 def _swept_metas(neuron: str, metas: Sequence[float]) -> Sequence[float]:
     """The m values a model kind is run at: all of them for metaplastic binary synapses, one (m = 0, which
     the Bayesian synapses ignore) for the ``+bimu`` kinds."""
-    return metas if _has_meta(neuron) else (0.0,)
+    return metas if takes_meta(neuron) else (0.0,)
 
 
 def _neuron_rows(base: RunConfig, neurons: Sequence[str], metas: Sequence[float], seeds: Sequence[int]) -> list[Row]:
     # a kind whose optimizer has no meta (BiMU, MESU, SGD) is named alone, with the settings only it takes; each kind
     # runs without the settings it does not take (RunConfig.for_model)
     # (such a kind's "meta" is None: written as an empty cell, so that it is never taken for a baseline at m = 0)
-    return [Row({"setting": " ".join(filter(None, [f"{n} meta={m:g}" if _has_meta(n) else _kind_label(base, n),
+    return [Row({"setting": " ".join(filter(None, [f"{n} meta={m:g}" if takes_meta(n) else _kind_label(base, n),
                                                    base.baseline_setting])),
-                 "neuron": n, "meta": m if _has_meta(n) else None},
+                 "neuron": n, "meta": m if takes_meta(n) else None},
                 tuple(replace(base, meta=(float(m),), seed=int(seed)).for_model(n) for seed in seeds))
             for n in neurons for m in _swept_metas(n, metas)]
 
@@ -181,14 +186,21 @@ def _run_or_continue(config: RunConfig, root: Path, progress: bool) -> Continual
 
 
 def _execute(root: Path, plan: dict[str, Any], planned: list[Row], progress: bool) -> tuple[Path, list[dict[str, Any]]]:
-    rows = []
-    first_runs: list[Path] = []
-    for row in planned:
-        with continued_by(root, f"metaspike compare --resume {root}"):  # (the comparison continues, not its run)
+    # a Ctrl-C at any moment, in a run or while the table and figures are written, names the comparison's --resume
+    with continued_by(root, f"metaspike compare --resume {root}"):
+        rows = []
+        first_runs: list[Path] = []
+        for row in planned:
             results = [_run_or_continue(config, root, progress) for config in row.configs]
-        first_runs.append(root / row.configs[0].name)
-        unlearned = [config.name for config, result in zip(row.configs, results) if learned_nothing(result)]
-        rows.append({**row.labels, "runs": len(results), **summarize_results(results), "learned_nothing": unlearned})
+            first_runs.append(root / row.configs[0].name)
+            unlearned = [config.name for config, result in zip(row.configs, results) if learned_nothing(result)]
+            rows.append({**row.labels, "runs": len(results), **summarize_results(results), "learned_nothing": unlearned})
+        _write_comparison(root, plan, rows, first_runs)
+    return root, rows
+
+
+def _write_comparison(root: Path, plan: dict[str, Any], rows: list[dict[str, Any]], first_runs: list[Path]) -> None:
+    """The comparison's table (CSV, text, JSON) and figures; a neuron comparison's trade-off table too."""
     labels = ("neuron", "meta", "runs") if plan["kind"] == "neurons" else ("setting", "meta", "runs")
     n_tasks = sum(1 for key in rows[0] if key.startswith("task "))
     atomic_write_text(root / TABLE, comparison_csv(rows, labels))
@@ -206,7 +218,6 @@ def _execute(root: Path, plan: dict[str, Any], planned: list[Row], progress: boo
         final = [[row[f"task {j + 1}"] for j in range(n_tasks)] for row in rows]
         plots.plot_comparison(first_runs, [r["setting"] for r in rows], root / "comparison.png",
                               [tuple(zip(*f)) for f in final])
-    return root, rows
 
 
 TRADEOFF_LABELS = ("neuron", "best_meta", "runs", "verdict")
@@ -254,7 +265,7 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         judged = mine + ([plain] if plain is not None else [])
         measured = all(math.isfinite(r[key][0]) for r in judged for key in ("ACC", "forgetting", last))
         best = max(mine, key=lambda r: r["ACC"][0]) if measured else mine[0]
-        if _has_meta(neuron):
+        if takes_meta(neuron):
             verdict = "no m = 0 row"
         elif reference != neuron:
             verdict = f"not judged: no {reference} at m = 0 ran beside it"
@@ -293,7 +304,7 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                     if less < FORGETTING_CUT:
                         verdict = (f"FAILS (needs {100 * FORGETTING_CUT:.0f}% less): " + verdict
                                    + (f" (forgets only {one_decimal(kept)} points at m = 0)" if kept < 10 else ""))
-        swept = reference == neuron and _has_meta(neuron)
+        swept = reference == neuron and takes_meta(neuron)
         out.append({"neuron": neuron, "best_meta": f"{best['meta']:g}" if swept and measured else "-",
                     "runs": best["runs"], "verdict": verdict,
                     "ACC": best["ACC"], "memory": best["task 1"], "plasticity": best[last],

@@ -17,6 +17,7 @@ from typing import Any
 from metaspike.app.models import optimizer_kind
 from metaspike.app.tables import last_task_column
 from metaspike.continual.results import load_run
+from metaspike.diagnostics import HISTOGRAM_QUANTITIES
 from metaspike.files import atomic_open
 
 __all__ = ["plot_run", "plot_comparison", "plot_first_task", "pyplot", "save_figure"]
@@ -118,6 +119,20 @@ def _run_title(config: dict[str, Any], run_dir: str | os.PathLike) -> str:
     return f"{_shown(config.get('scenario', 'run'))}, {_shown(model)}{meta}"
 
 
+#: The axis label of each kind of histogram (:data:`metaspike.diagnostics.HISTOGRAM_QUANTITIES`; files written before
+#: the kind was recorded hold hidden weights).
+_HISTOGRAM_LABELS = {HISTOGRAM_QUANTITIES["hidden"]: "hidden weight $W_h$",
+                     HISTOGRAM_QUANTITIES["latent"]: r"BiMU latent weight $\lambda$",
+                     HISTOGRAM_QUANTITIES["mean"]: r"MESU mean $\mu$", HISTOGRAM_QUANTITIES["float"]: "weight"}
+
+
+def _histogram_label(histogram: dict[str, Any]) -> str:
+    """The x-axis label of a layer's histogram (a file's ``quantity`` it does not know: the hidden weights')."""
+    quantity = histogram.get("quantity")
+    hidden = _HISTOGRAM_LABELS[HISTOGRAM_QUANTITIES["hidden"]]
+    return _HISTOGRAM_LABELS.get(quantity, hidden) if isinstance(quantity, str) else hidden
+
+
 def _drawn_snapshots(snapshots: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """At most :data:`MAX_HISTOGRAM_SNAPSHOTS` histogram snapshots, evenly spaced, the first and the last among them
     (a long stream keeps one per evaluation: thousands of lines would be a wall, and take minutes to draw)."""
@@ -156,7 +171,7 @@ def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
             ax.set_yscale("log")
             shape = run["histograms"][-1]["layers"][layer].get("shape")
             ax.set_title(f"layer {k + 1}" + (f" ({shape[1]}→{shape[0]})" if shape and len(shape) == 2 else ""), fontsize=10)
-            ax.set_xlabel("hidden weight $W_h$")
+            ax.set_xlabel(_histogram_label(run["histograms"][-1]["layers"][layer]))
         axes[0][0].set_ylabel("count")
         axes[0][-1].legend(fontsize=7)
         fig.tight_layout()

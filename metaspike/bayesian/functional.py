@@ -119,8 +119,8 @@ def check_hyperparameters(rule: str, hyperparameters: Mapping[str, object]) -> N
 
 
 def _check_step_tensors(**lists: list[Tensor]) -> None:
-    """The lists of a step hold tensors that belong together: equal lengths, equal shapes at each place, dense
-    (checked before any tensor changes, and before the compiled loop sees them)."""
+    """The lists of a step hold tensors that belong together: equal lengths, equal shapes at each place, dense and
+    floating-point (checked before any tensor changes, and before the compiled loop sees them)."""
     lengths = {name: len(tensors) for name, tensors in lists.items()}
     if len(set(lengths.values())) > 1:
         raise ValueError(f"the tensor lists must have equal lengths, got {lengths}")
@@ -132,6 +132,9 @@ def _check_step_tensors(**lists: list[Tensor]) -> None:
             if tensor.layout != torch.strided:
                 raise ValueError(f"{name}[{i}] is a sparse tensor; MESU and BiMU need dense gradients (an "
                                  "nn.Embedding with sparse=False, for instance)")
+            if not torch.is_floating_point(tensor):
+                raise ValueError(f"{name}[{i}] has dtype {tensor.dtype}; MESU and BiMU update floating-point tensors "
+                                 "(float32, float64, bfloat16, float16)")
             if tensor.shape != tensors[0].shape:
                 raise ValueError(f"{name}[{i}] has shape {tuple(tensor.shape)} where {names[0]}[{i}] has "
                                  f"{tuple(tensors[0].shape)}; the tensors at one place belong together")

@@ -34,7 +34,7 @@ from metaspike.bayesian.synapses import synapse_role
 from metaspike.checks import is_whole, state_dict_groups
 from metaspike.synapse import is_hidden_weight
 
-__all__ = ["MESU", "BiMU", "settings_for_batch"]
+__all__ = ["MESU", "BiMU", "settings_for_batch", "check_synapse_optimizers", "BAYESIAN_ADVICE"]
 
 
 def _any_gradient(groups: list[dict[str, Any]]) -> bool:
@@ -46,6 +46,20 @@ def _any_gradient(groups: list[dict[str, Any]]) -> bool:
     """
     grads = sorted((p.grad for group in groups for p in group["params"] if p.grad is not None), key=Tensor.numel)
     return any(bool(g.any()) for g in grads)
+
+
+def _refuse_non_finite_gradients(optimizer: str, groups: list[dict[str, Any]]) -> None:
+    """One line naming the first parameter whose gradient holds NaN or infinite values (one sync for all of them)."""
+    places = [(g, i) for g, group in enumerate(groups) for i, p in enumerate(group["params"]) if p.grad is not None]
+    if not places:
+        return
+    flags = [groups[g]["params"][i].grad.isfinite().all() for g, i in places]
+    finite = torch.stack([flag.to(flags[0].device) for flag in flags])  # (one sync, on the first one's device)
+    if bool(finite.all()):
+        return
+    g, i = places[int((~finite).nonzero()[0])]
+    raise ValueError(f"{optimizer}.step: the gradient of parameter {i} of param group {g} holds NaN or infinite values "
+                     "(from a non-finite loss or input?); nothing was changed")
 
 
 def _count_steps(optimizer: Optimizer, params: list[Tensor]) -> None:
@@ -110,6 +124,34 @@ def _check_loaded_groups(optimizer: Optimizer, state_dict: dict[str, Any]) -> No
         check_hyperparameters(optimizer.rule, group)
 
 
+#: What to do with the tensors of Bayesian synapses that another optimizer was given.
+BAYESIAN_ADVICE = ("train them with their own optimizers, metaspike.BiMU(bimu_parameters(model)) or "
+                   "metaspike.MESU(mesu_param_groups(model)), and the rest with metaspike.ChainedOptimizer")
+
+
+def check_synapse_optimizers(optimizer: Any) -> None:
+    """Refuse an optimizer, or an optimizer of a :class:`metaspike.ChainedOptimizer`, other than MESU and BiMU that
+    holds tensors of Bayesian synapses: it would train BiMU's ``λ`` or MESU's ``μ, σ`` as plain weights (they do not
+    learn so, and ``σ`` may turn negative), silently; what a trainer checks its optimizer with.
+
+    Example:
+        >>> from metaspike.bayesian import bayesianize
+        >>> model = bayesianize(torch.nn.Sequential(torch.nn.Linear(4, 2)), "bimu", scale=None)
+        >>> check_synapse_optimizers(torch.optim.Adam(model.parameters()))
+        Traceback (most recent call last):
+        ...
+        ValueError: Adam holds the BiMU latent weight tensors of Bayesian synapses, which it would train as plain weights; train them with their own optimizers, metaspike.BiMU(bimu_parameters(model)) or metaspike.MESU(mesu_param_groups(model)), and the rest with metaspike.ChainedOptimizer
+    """
+    for part in getattr(optimizer, "optimizers", None) or [optimizer]:
+        if isinstance(part, _DataGatedOptimizer):
+            continue
+        roles = sorted({role for group in part.param_groups for p in group["params"]
+                        if (role := synapse_role(p)) is not None})
+        if roles:
+            raise ValueError(f"{type(part).__name__} holds the {' and '.join(_ROLE_NAMES[r] for r in roles)} tensors "
+                             f"of Bayesian synapses, which it would train as plain weights; {BAYESIAN_ADVICE}")
+
+
 class _DataGatedOptimizer(Optimizer):
     """What MESU and BiMU share: hyperparameters validated for every group, and a step that changes
     nothing when no parameter has a nonzero gradient. A subclass names its ``rule`` and implements
@@ -151,11 +193,16 @@ class _DataGatedOptimizer(Optimizer):
 
         Args:
             closure: re-evaluates the model and returns the loss (optional).
+
+        Raises:
+            ValueError: a gradient holds NaN or infinite values (nothing is changed: a NaN latent weight would read
+                as a plausible ±1 weight in evaluation, where the sign of NaN is +1).
         """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        _refuse_non_finite_gradients(type(self).__name__, self.param_groups)
         if _any_gradient(self.param_groups):
             for group in self.param_groups:
                 updated = self._update_group(group)
@@ -195,7 +242,7 @@ class MESU(_DataGatedOptimizer):
         lr: a factor ``>= 0`` on both.
         sigma_prior: prior width ``σ_p > 0``.
         mu_prior: prior mean ``μ_p``.
-        N: memory window ``> 0``: the prior term is divided by ``N``, so the posterior keeps roughly the
+        N: memory window ``>= 1`` (in samples): the prior term is divided by ``N``, so the posterior keeps roughly the
             last ``N`` likelihood terms (one per step for a batch-mean loss).
         clamp_grad: ``c >= 0``; gradients are clipped to ``±c/σ`` first; ``0`` does not clip.
 
@@ -288,7 +335,7 @@ class BiMU(_DataGatedOptimizer):
         lr_max: ``η_max > 0``; bounds the step (the denominator is at least ``1/η_max``).
         likelihood_multiplier: ``L > 0``, scales the gradient.
         kl_multiplier: ``κ >= 0``, the strength of the pull toward the prior.
-        N: ``> 0``, divides the prior term.
+        N: memory window ``>= 1`` (in samples), divides the prior term.
 
     Example:
         >>> from metaspike.bayesian.synapses import bayesianize, bimu_parameters

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from metaspike.bayesian.optim import check_synapse_optimizers
 from metaspike.bayesian.synapses import bayesian_modules
 from metaspike.checks import check_device, check_seed, is_whole
 from metaspike.continual.batchnorm import BATCHNORM_MODES, batchnorm_state, load_batchnorm_state
@@ -404,6 +405,10 @@ class ContinualTrainer:
             raise ValueError("make_optimizer must build its optimizer over the parameters of the model it is given; "
                              + (f"{foreign} of its {len(given)} parameters are not the model's" if given
                                 else "it has no parameters"))
+        try:
+            check_synapse_optimizers(optimizer)
+        except ValueError as err:
+            raise ValueError(f"make_optimizer: {err}") from None
         return optimizer
 
     def _per_task_batchnorm(self, scenario: Scenario) -> bool:
