@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -25,14 +25,31 @@ def _activation(name: str) -> nn.Module:
     raise ValueError(f"activation must be 'sign' or 'relu', got {name!r}")
 
 
+def _listed(values: object) -> list[object] | None:
+    """``values`` as a list when it is a collection of values (a sequence, an iterator, an array or tensor); ``None``
+    for one value (a number, a string)."""
+    if isinstance(values, (np.ndarray, Tensor)):
+        listed = values.tolist()
+        return listed if isinstance(listed, list) else None
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        return None
+    return list(values)
+
+
+def _positive_ints(values: list[object]) -> tuple[int, ...] | None:
+    """``values`` as Python ints when each is a positive integer (numpy integers taken too), else ``None``."""
+    return tuple(int(v) for v in values) if all(is_whole(v, 1) for v in values) else None  # type: ignore[call-overload]
+
+
 def _check_sizes(name: str, values: int | Sequence[int]) -> tuple[int, ...]:
-    """``values`` (one integer or a sequence) as a tuple of positive Python ints (numpy integers taken too), else one
-    line naming the argument."""
-    one = not isinstance(values, Sequence | np.ndarray) or isinstance(values, str)
-    found = (values,) if one else tuple(values.tolist() if isinstance(values, np.ndarray) else values)
-    if not all(is_whole(v, 1) for v in found):
-        raise ValueError(f"{name} must be {'a positive integer' if one else 'positive integers'}, got {values!r}")
-    return tuple(int(v) for v in found)
+    """``values`` (one integer or a collection) as a tuple of positive Python ints, else one line naming the
+    argument."""
+    listed = _listed(values)
+    found = _positive_ints([values] if listed is None else listed)
+    if found is None:
+        raise ValueError(f"{name} must be {'positive integers' if listed is not None else 'a positive integer'}, got "
+                         f"{values!r}")
+    return found
 
 
 def _check_input(model: nn.Module, x: Tensor, shape: tuple[int, ...], flat: bool) -> None:
@@ -88,12 +105,12 @@ class MLP(nn.Sequential):
         weight_quantizer: str = "ste_sign_unclipped",
         activation: str = "sign",
     ) -> None:
-        listed = (sizes.tolist() if isinstance(sizes, np.ndarray) else list(sizes)
-                  if isinstance(sizes, Sequence) and not isinstance(sizes, (str, bytes)) else None)
-        if listed is None or len(listed) < 2 or not all(is_whole(v, 1) for v in listed):
+        listed = _listed(sizes)
+        widths = None if listed is None or len(listed) < 2 else _positive_ints(listed)
+        if widths is None:
             raise ValueError(f"sizes must list at least 2 positive integer widths (input ... classes), e.g. "
-                             f"[784, 256, 10], got {sizes!r}")
-        sizes = [int(v) for v in listed]
+                             f"[784, 256, 10], got {sizes if listed is None else listed!r}")
+        sizes = list(widths)
         weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
         memory = usable_memory()
         if memory is not None and 4 * weights > memory:  # (torch's allocator would fail with its own message)

@@ -60,7 +60,7 @@ from bnn.models import MLP
 from metaspike.checks import is_whole
 from metaspike.compiled import LazyCompiled
 from metaspike.files import atomic_open, check_torch_archive, read_regular_file
-from metaspike.gain import output_gain
+from metaspike.gain import foreign_forward_hooks, output_gain
 from metaspike.layer_selection import synapse_parametrization
 from metaspike.quantizers import SteSign
 from metaspike.training import warn_if_statistics_outdated
@@ -560,8 +560,9 @@ def _check_file(data: object, path: str | os.PathLike) -> tuple[list[int], list[
 # --------------------------------------------------------------------------------------------
 
 
-#: Modules an MLP in eval mode passes its input through unchanged (a 2-D batch through ``Flatten``): pack skips them.
-_PASS_THROUGH = (nn.Flatten, nn.Identity, nn.Dropout)
+#: Modules an MLP in eval mode passes its input through unchanged (a 2-D batch through ``Flatten``, every kind of
+#: dropout): pack skips them.
+_PASS_THROUGH = (nn.Flatten, nn.Identity, nn.modules.dropout._DropoutNd)
 
 
 def _layers_of(model: nn.Module) -> list[tuple[BinaryLinear, nn.BatchNorm1d]]:
@@ -571,13 +572,18 @@ def _layers_of(model: nn.Module) -> list[tuple[BinaryLinear, nn.BatchNorm1d]]:
         raise ValueError(f"pack takes a bnn.MLP or an nn.Sequential of its layers; {type(model).__name__} has a forward "
                          "of its own, which pack cannot see (it would pack the layers and drop what forward does "
                          "between them): put the layers in an nn.Sequential, or move other work out of the model")
+    hooked = next((name or type(model).__name__ for name, m in model.named_modules() if foreign_forward_hooks(m)), None)
+    if hooked is not None:
+        raise ValueError(f"pack: module {hooked!r} has forward hooks, which can change what the model computes and "
+                         "which pack cannot see; remove them first (the handle's .remove())")
     expected = "BinaryLinear -> BatchNorm1d [-> SignActivation] per layer"
-    modules = [m for m in model.children() if not isinstance(m, _PASS_THROUGH)]
+    named = [(name, m) for name, m in model.named_children() if not isinstance(m, _PASS_THROUGH)]
+    modules = [m for _, m in named]
     pairs, i = [], 0
     while i < len(modules):
         linear, norm = modules[i], modules[i + 1] if i + 1 < len(modules) else None
         if isinstance(linear, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
-            raise ValueError(f"pack takes the MLP itself; module {i} of {type(model).__name__} is a "
+            raise ValueError(f"pack takes the MLP itself; module {named[i][0]!r} of {type(model).__name__} is a "
                              f"{type(linear).__name__} holding layers: pack that module")
         if not isinstance(linear, BinaryLinear):
             raise ValueError(f"pack expects a bnn.MLP ({expected}); found {type(linear).__name__} where layer "
@@ -708,7 +714,7 @@ def pack(model: nn.Module, compile: bool = True) -> PackedMLP:
         raise ValueError(f"compile must be True (the fast kernels) or False (plain torch ops), got {compile!r}")
     model = getattr(model, "_orig_mod", model)  # a torch.compile'd model: the model it wraps
     pairs = _layers_of(model)
-    warn_if_statistics_outdated(model, "packing", stacklevel=3)
+    warn_if_statistics_outdated(model, "packing")
     if any(module.training for module in model.modules()):
         raise ValueError(
             "pack needs the model in eval mode, where its BatchNorm layers use the population statistics that "

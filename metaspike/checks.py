@@ -17,6 +17,17 @@ __all__ = ["is_number", "is_finite_number", "is_whole", "number_in", "finite_num
            "raised_at", "in_metaspike"]
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss, or a gradient, became NaN or infinite; training stopped before a step on it (the weights may already
+    hold the NaN or infinite values that made it so: the last step before it produced them). Raised by
+    :func:`metaspike.training.train_epoch` and by the MESU and BiMU steps.
+
+    Example:
+        >>> issubclass(TrainingDiverged, RuntimeError)
+        True
+    """
+
+
 class ModelError(ValueError):
     """A model that cannot work whatever data it is given (a module keeping its state between calls, ...): what a
     check of the data against the model passes on as it is, instead of blaming the data's shape.

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 __all__ = ["GAIN_SCALES", "OutputGain", "check_scale", "check_gain_layer", "attach_output_gain", "apply_output_gain", "output_gain",
-           "gain_scale"]
+           "gain_scale", "foreign_forward_hooks"]
 
 GAIN_SCALES = ("channel", "layer")
 """Accepted gain kinds: one ``α`` per output channel, or one per layer (``None``: no gain)."""
@@ -224,6 +224,20 @@ def apply_output_gain(layer: nn.Module, output: Tensor) -> Tensor:
 
 def _apply_output_gain(layer: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
     return apply_output_gain(layer, output)
+
+
+def foreign_forward_hooks(module: nn.Module) -> int:
+    """How many forward hooks and pre-hooks of ``module`` are not its output gain's (added by someone else: they may
+    change what it computes unseen by code that reads the layer's parameters, such as ``bnn.pack``).
+
+    Example:
+        >>> layer = torch.nn.Linear(4, 3)
+        >>> _ = attach_output_gain(layer, "layer")
+        >>> foreign_forward_hooks(layer), foreign_forward_hooks(torch.nn.Linear(4, 3))
+        (0, 0)
+    """
+    own = sum(hook is _apply_output_gain for hook in module._forward_hooks.values())
+    return len(module._forward_hooks) + len(module._forward_pre_hooks) - own
 
 
 def attach_output_gain(layer: nn.Module, scale: str) -> OutputGain:

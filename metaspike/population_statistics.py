@@ -17,8 +17,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from metaspike.checks import is_whole
 
-__all__ = ["use_population_statistics", "accept_saved_population_statistics", "has_fixed_statistics",
-           "statistics_outdated", "evaluates_with_batch_statistics"]
+__all__ = ["use_population_statistics", "accept_saved_population_statistics", "statistics_outdated",
+           "evaluates_with_batch_statistics"]
 
 
 @torch.no_grad()
@@ -38,9 +38,8 @@ def use_population_statistics(model: nn.Module, x: Tensor, batch_size: int = 100
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch nn.Module with BatchNorm layers, got {type(model).__name__}")
-    if not isinstance(x, Tensor) or not torch.is_floating_point(x):
-        got = f"a {x.dtype} tensor" if isinstance(x, Tensor) else f"a {type(x).__name__}"
-        raise ValueError(f"x must be one floating-point tensor of training inputs, got {got}: gather them first "
+    if not isinstance(x, Tensor):
+        raise ValueError(f"x must be one tensor of training inputs, got a {type(x).__name__}: gather them first "
                          "(e.g. torch.cat([x for x, _ in loader]), or torch.as_tensor(array, dtype=torch.float32))")
     norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
     if not norms:
@@ -59,32 +58,48 @@ def use_population_statistics(model: nn.Module, x: Tensor, batch_size: int = 100
         _fix_each(model, norms, x, chunks)
     finally:
         model.train(was_training)
-    model.__dict__[_FIXED_WITH] = _fingerprints(model)
+    owner = getattr(model, "_orig_mod", model)  # (a torch.compile'd model: the record stays with the model it wraps)
+    owner.__dict__[_FIXED_WITH] = _fingerprints(owner)
     return model
 
 
 #: The attribute (of the module given to :func:`use_population_statistics`) holding what its weights and statistics
 #: were when the statistics were fixed, for :func:`statistics_outdated`.
 _FIXED_WITH = "_population_statistics_fixed_with"
+_PROBES = 64  # entries of each tensor kept: a training step moves nearly every weight, so one of 64 moves
 
 
-def _fingerprint(t: Tensor) -> tuple[float, float]:
-    """Two numbers that change when any value of ``t`` does (its sum and its 2-norm, in float64)."""
-    t = t.detach()
-    return float(t.sum(dtype=torch.float64)), float(torch.linalg.vector_norm(t, dtype=torch.float64))
+def _fingerprint(t: Tensor) -> Tensor:
+    """``_PROBES`` entries of ``t`` at fixed, evenly spread places, as float64 on the CPU: compared exactly, they
+    change when the tensor is trained and not when it is moved, converted to a wider dtype or summed by other
+    threads."""
+    flat = t.detach().reshape(-1)
+    places = torch.linspace(0, max(flat.numel() - 1, 0), min(_PROBES, flat.numel()), device=flat.device).long()
+    return flat[places].to("cpu", torch.float64)
 
 
-def _fingerprints(model: nn.Module) -> dict[str, dict[int, tuple[float, float]]]:
-    """The fingerprint of each parameter and each BatchNorm running mean of ``model``, by tensor identity."""
-    statistics = [m.running_mean for m in model.modules() if isinstance(m, _BatchNorm) and m.running_mean is not None]
-    return {"weights": {id(p): _fingerprint(p) for p in model.parameters()},
-            "statistics": {id(t): _fingerprint(t) for t in statistics}}
+def _fingerprints(model: nn.Module) -> dict[str, dict[str, Tensor]]:
+    """By name, the fingerprints of ``model``'s BatchNorm running means and of the parameters registered before its
+    last BatchNorm (those after it, a classifier head, do not change the statistics)."""
+    statistics, weights = {}, {}
+    last_norm = max((i for i, m in enumerate(model.modules()) if isinstance(m, _BatchNorm)), default=-1)
+    for i, (name, module) in enumerate(model.named_modules()):
+        if isinstance(module, _BatchNorm) and module.running_mean is not None:
+            statistics[name] = _fingerprint(module.running_mean)
+        if i < last_norm:
+            weights.update({f"{name}.{key}": _fingerprint(p) for key, p in module.named_parameters(recurse=False)})
+    return {"weights": weights, "statistics": statistics}
+
+
+def _same(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
 
 
 def statistics_outdated(model: nn.Module) -> bool:
     """Whether a module of ``model`` whose BatchNorm statistics :func:`use_population_statistics` fixed has had its
     weights changed since, while the statistics stayed (training does not update fixed statistics: evaluation and
-    ``bnn.pack`` would use ones measured on other weights). Statistics fixed again or loaded since count as new.
+    ``bnn.pack`` would use ones measured on other weights). Statistics fixed again or loaded since count as new; the
+    parameters after the last BatchNorm (a head trained on fixed features) do not count. A copy keeps the record.
 
     Example:
         >>> from bnn import MLP
@@ -100,10 +115,10 @@ def statistics_outdated(model: nn.Module) -> bool:
         if fixed_with is None:
             continue
         now = _fingerprints(module)
-        if now["statistics"] != fixed_with["statistics"]:
+        if not _same(now["statistics"], fixed_with["statistics"]):
             continue  # (statistics fixed again, loaded or replaced: they go with the weights they came with)
-        if any(key in fixed_with["weights"] and print_ != fixed_with["weights"][key]
-               for key, print_ in now["weights"].items()):
+        if any(name in fixed_with["weights"] and not _same({name: now_print}, {name: fixed_with["weights"][name]})
+               for name, now_print in now["weights"].items()):
             return True
     return False
 
@@ -160,19 +175,6 @@ def accept_saved_population_statistics(model: nn.Module) -> nn.Module:
         if isinstance(module, _BatchNorm):
             module.register_load_state_dict_pre_hook(_make_room_for_statistics)
     return model
-
-
-def has_fixed_statistics(model: nn.Module) -> bool:
-    """Whether a BatchNorm layer of ``model`` that normalises with batch statistics in training holds statistics
-    fixed by :func:`use_population_statistics` (training leaves them as they are; evaluation uses them).
-
-    Example:
-        >>> from bnn import MLP
-        >>> has_fixed_statistics(MLP([4, 3, 2])), has_fixed_statistics(use_population_statistics(MLP([4, 3, 2]), torch.rand(8, 4)))
-        (False, True)
-    """
-    return any(isinstance(m, _BatchNorm) and not m.track_running_stats and m.running_mean is not None
-               for m in model.modules())
 
 
 def evaluates_with_batch_statistics(model: nn.Module) -> bool:

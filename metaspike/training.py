@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -20,7 +22,7 @@ from torch.optim import Optimizer
 from metaspike.allocator import allocation_failure
 from metaspike.bayesian.fused_step import FusedTrainingStep
 from metaspike.bayesian.synapses import bayesian_modules
-from metaspike.checks import ModelError, check_eps_holds, is_whole
+from metaspike.checks import ModelError, TrainingDiverged, check_eps_holds, is_whole
 from metaspike.distributed import average_gradients
 from metaspike.population_statistics import evaluates_with_batch_statistics, statistics_outdated
 
@@ -69,11 +71,6 @@ class Plugin:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         return None
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; training stopped before a step on that loss (the weights may already hold
-    the NaN or infinite values that made it so: the last step before it produced them)."""
 
 
 def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str = "input") -> None:
@@ -412,7 +409,7 @@ def _correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, classes: S
                           f"batch by its own statistics, which under {MIN_STATISTICS_BATCH} samples distort its "
                           "predictions; evaluate in larger batches or fix the statistics first "
                           "(metaspike.use_population_statistics)", stacklevel=4)
-    warn_if_statistics_outdated(model, "evaluating", stacklevel=5)
+    warn_if_statistics_outdated(model, "evaluating")
     if batch_statistics and len(x) > 1 and bool((y == y[0]).all()):
         warnings.warn("evaluating samples of one class only: the model's BatchNorm normalises the batch by its own "
                       "statistics, which removes what the class has in common; fix the statistics first "
@@ -430,14 +427,30 @@ def _correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, classes: S
     return correct
 
 
-def warn_if_statistics_outdated(model: nn.Module, doing: str, stacklevel: int) -> None:
-    """Warn, naming what is ``doing``, when ``model``'s weights changed after its BatchNorm statistics were fixed
-    (:func:`~metaspike.population_statistics.statistics_outdated`)."""
+#: Where the library's own code lives (metaspike, bnn beside it, torch): a warning points past them to its caller.
+_PACKAGES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_LIBRARY_PATHS = tuple(os.path.join(path, "") for path in (os.path.join(_PACKAGES, "metaspike"),
+                                                           os.path.join(_PACKAGES, "bnn"),
+                                                           os.path.dirname(os.path.abspath(torch.__file__))))
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` (for a warning issued by this function's caller) of the first frame outside the library:
+    the user's line, however deep in metaspike, bnn or torch (a decorator's wrapper) the warning is issued."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_PATHS):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn_if_statistics_outdated(model: nn.Module, doing: str) -> None:
+    """Warn, naming what is ``doing``, at the user's line, when ``model``'s weights changed after its BatchNorm
+    statistics were fixed (:func:`~metaspike.population_statistics.statistics_outdated`)."""
     if statistics_outdated(model):
         warnings.warn(f"{doing} {type(model).__name__} with BatchNorm statistics that use_population_statistics fixed "
                       "before its weights last changed (training does not update them, so they describe other "
                       "weights); call use_population_statistics(model, training_inputs) again first",
-                      stacklevel=stacklevel)
+                      stacklevel=_user_stacklevel())
 
 
 #: Below this many samples per evaluated batch, per-batch BatchNorm statistics are noisy enough to change predictions

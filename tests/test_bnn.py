@@ -67,11 +67,17 @@ def test_a_packed_model_is_evaluated_by_bnn_evaluate_and_refused_by_what_trains(
         bnn.evaluate("model.pt", test)
 
 
-@pytest.mark.parametrize("x, got", [(lambda t: t.numpy(), "a ndarray"), (lambda t: [(t, t)], "a list"),
-                                    (lambda t: (t * 255).to(torch.uint8), "a torch.uint8 tensor")])
-def test_population_statistics_name_inputs_that_are_not_one_float_tensor(x, got):
-    with pytest.raises(ValueError, match=f"x must be one floating-point tensor of training inputs, got {got}: gather"):
+@pytest.mark.parametrize("x, got", [(lambda t: t.numpy(), "a ndarray"), (lambda t: [(t, t)], "a list")])
+def test_population_statistics_name_inputs_that_are_not_one_tensor(x, got):
+    with pytest.raises(ValueError, match=f"x must be one tensor of training inputs, got {got}: gather"):
         bnn.use_population_statistics(bnn.MLP([4, 3, 2]), x(torch.rand(8, 4)))
+
+
+def test_population_statistics_take_the_token_indices_an_embedding_model_reads():
+    model = nn.Sequential(nn.Embedding(20, 6), nn.Flatten(), nn.BatchNorm1d(18), nn.Linear(18, 2))
+    tokens = torch.randint(0, 20, (50, 3))
+    bnn.use_population_statistics(model, tokens)
+    assert model[2].running_mean.shape == (18,)
 
 
 def test_summary_counts_binary_and_float_parameters():

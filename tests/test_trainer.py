@@ -299,15 +299,34 @@ def test_evaluating_or_packing_after_training_on_fixed_statistics_warns_that_the
                                          "fixed before its weights last changed") as caught:
         evaluate(model, x, y)
     assert caught[0].filename == __file__
-    with pytest.warns(UserWarning, match="packing MLP with BatchNorm statistics that use_population_statistics fixed"):
+    with pytest.warns(UserWarning, match="packing MLP with BatchNorm statistics that use_population_statistics fixed") \
+            as caught:
         bnn.pack(model.eval(), compile=False)
-    copied = copy.deepcopy(model)  # (a copy's record names the original's tensors: it is not judged, not misjudged)
+    assert caught[0].filename == __file__  # (through pack's no_grad wrapper: the user's line)
+    with pytest.warns(UserWarning, match="evaluating MLP") as caught:
+        bnn.evaluate(model, (x, y))
+    assert caught[0].filename == __file__
+    copied = copy.deepcopy(model)  # (a copy keeps the record: its statistics are as outdated)
+    with pytest.warns(UserWarning, match="evaluating MLP with BatchNorm statistics"):
+        evaluate(copied, x, y)
     use_population_statistics(model, x)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        evaluate(model.double(), x.double(), y)  # (fixed again; then converted: the same values)
+        model.float().load_state_dict(copied.state_dict())  # (weights loaded with their statistics: they go together)
         evaluate(model, x, y)
-        evaluate(copied, x, y)
-        model.load_state_dict(copied.state_dict())  # (weights loaded with their statistics: they go together)
+
+
+def test_a_head_trained_on_fixed_features_keeps_its_statistics_current():
+    """Only the parameters before the last BatchNorm make its statistics: a classifier after it may train on."""
+    from metaspike.population_statistics import use_population_statistics
+
+    x, y = torch.rand(40, 20), torch.randint(0, 3, (40,))
+    model = torch.nn.Sequential(torch.nn.Linear(20, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3))
+    use_population_statistics(model, x)
+    train_epoch(model, torch.optim.SGD(model[2].parameters(), lr=0.1), x, y, batch_size=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         evaluate(model, x, y)
 
 

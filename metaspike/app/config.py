@@ -348,15 +348,17 @@ class RunConfig:
             window = "" if self.memory_window is None else f"-N{self.memory_window:g}"
             ensemble = "" if self.eval_samples is None else f"-eval{self.eval_samples}"
             readout = "" if self.readout_lambda is None else f"-readout{self.readout_lambda:g}"
-            return (f"{self.stream_part()}{model}{window}{readout}{ensemble}"
+            return (f"{self.scenario}-{'-'.join(self.datasets)}{model}{window}{readout}{ensemble}"
                     f"{self._baseline_part()}-seed{self.seed}")
         meta = "-".join(f"{m:g}" for m in self.meta)  # type: ignore[union-attr]
         rule = "" if self.rule == "tanh" else f"-{self.rule}"
-        return f"{self.stream_part()}{model}-meta{meta}{rule}{self._baseline_part()}-seed{self.seed}"
+        return (f"{self.scenario}-{'-'.join(self.datasets)}{model}-meta{meta}{rule}{self._baseline_part()}"
+                f"-seed{self.seed}")
 
     def stream_part(self) -> str:
-        """The first part of a run's (and a comparison's) folder name: the scenario, a split's mode where it is not
-        task-incremental, the datasets.
+        """The stream a comparison's folder is named after: the scenario, a split's mode where it is not
+        task-incremental, the datasets. (Runs keep the names they had before the modes were named, so that a
+        comparison written then still finds its runs on ``--resume``; their ``config.json`` says the mode.)
 
         Example:
             >>> RunConfig(scenario="split", split_mode="class-growing", datasets=("digits",)).stream_part()

@@ -244,11 +244,13 @@ class RunDirectory:
         return path
 
     def epoch_done(self, result: ContinualResult) -> None:
-        """Rewrite ``curves.csv`` and ``diagnostics.csv`` (one row per epoch so far), atomically."""
+        """Rewrite ``curves.csv`` and ``diagnostics.csv`` (one row per epoch so far), atomically. The columns are every
+        row's keys in the order met (a run resumed by a later version may measure other diagnostics): a row without
+        one has an empty cell there."""
         for name, rows in (("curves.csv", result.curves), ("diagnostics.csv", result.diagnostics)):
             if rows:
-                header = list(rows[0])
-                body = [[_cell(r[k]) for k in header] for r in rows]
+                header = list(dict.fromkeys(k for r in rows for k in r))
+                body = [[_cell(r[k]) if k in r else "" for k in header] for r in rows]
                 atomic_write_text(self.path / name, csv_text([header] + body))
 
     def checkpoint(self, state: dict[str, Any]) -> None:

@@ -423,8 +423,12 @@ class ContinualTrainer:
         total = len(scenario.eval_tasks)
         # a scenario with its own evaluation tasks (the stream's one test set) evaluates all of them every time
         indices = evaluated_tasks(trained, total, cfg.eval_tasks) if scenario.evaluates_training_tasks else range(total)
-        if scenario.growing_head and trained:  # (the classes of the tasks to come are not among the head's outputs)
-            indices = [j for j in indices if j < trained]
+        if scenario.growing_head:
+            if not trained:  # the untrained network scored on each task as the task is first scored, for a fair rise
+                first_scored = dict.fromkeys(range(total), math.nan)
+                first_scored.update({j: self._evaluate_all(scenario, j + 1, states)[j] for j in indices})
+                return list(first_scored.values())
+            indices = [j for j in indices if j < trained]  # (the classes of the tasks to come are not in the head)
         accuracies = [math.nan] * total
         # a class-incremental evaluation is not told the task: the head's outputs (all, or those seen so far) serve all
         seen = None if scenario.task_known_at_test else scenario.seen_classes(trained)
