@@ -116,12 +116,9 @@ def _packed_accuracy(model: PackedMLP, x: Tensor, y: Tensor, batch_size: int, de
         raise ValueError(f"device {device!r}: a bnn.PackedMLP runs on the CPU; leave device as 'cpu'")
     if not is_whole(batch_size, 1):
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if len(x) == 0 or len(x) != len(y):
-        raise ValueError(f"data must hold as many labels as inputs, at least one: got {len(x)} inputs, {len(y)} labels")
-    classes = model.sizes[-1]
-    if y.dim() != 1 or torch.is_floating_point(y) or not bool(((y >= 0) & (y < classes)).all()):
-        raise ValueError(f"labels must be a 1-D integer tensor of class indices in 0..{classes - 1} (the packed model's "
-                         f"outputs), got dtype {y.dtype}, shape {tuple(y.shape)}")
+    if len(x) == 0:
+        raise ValueError("data is empty")
+    training.check_labels(y, len(x), model.sizes[-1], "data")
     correct = sum(int((model.predict(x[i:i + batch_size]) == y[i:i + batch_size].cpu()).sum())
                   for i in range(0, len(x), batch_size))
     return 100.0 * correct / len(x)

@@ -26,7 +26,7 @@ from metaspike.checks import ModelError, TrainingDiverged, check_eps_holds, is_w
 from metaspike.distributed import average_gradients
 from metaspike.population_statistics import evaluates_with_batch_statistics, statistics_outdated
 
-__all__ = ["check_inputs", "minimum_batch_size", "train_epoch", "evaluate", "evaluate_together", "MIN_STATISTICS_BATCH",
+__all__ = ["check_inputs", "check_labels", "minimum_batch_size", "train_epoch", "evaluate", "evaluate_together", "MIN_STATISTICS_BATCH",
            "random_numbers_apart", "masked_logits", "backward_within_batch",
            "classification_loss", "predictions", "TrainingDiverged", "Plugin"]
 
@@ -89,13 +89,7 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
     if not torch.isfinite(x).all():
         raise ValueError(f"{what} contains NaN or infinite values")
     if y is not None:
-        if y.dtype != torch.long:
-            raise ValueError(f"labels of {what} must be int64 class indices, got dtype {y.dtype}")
-        if y.dim() != 1:
-            raise ValueError(f"labels of {what} must have shape [N], one class index per sample, got "
-                             f"{list(y.shape)}")
-        if len(y) != len(x):
-            raise ValueError(f"{what} has {len(x)} samples but {len(y)} labels")
+        check_labels(y, len(x), None, what)
     expected = getattr(model, "in_features", None)
     if expected is not None and x[0].numel() != expected:
         raise ValueError(
@@ -129,10 +123,28 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
                       "Bayesian network (the loss averages over them, a prediction averages their log-probabilities), "
                       "but it has no Bayesian synapses; if these are time steps, reduce them over time in the model "
                       "(metaspike.snn.SpikingClassifier does)", stacklevel=2)
-    if y is not None and int(y.min()) < 0:
+    if y is not None:
+        check_labels(y, len(x), out.shape[-1], what)
+
+
+def check_labels(y: Tensor, samples: int, outputs: int | None, what: str = "input") -> None:
+    """Reject labels that cannot score ``samples`` samples of ``what`` on a model with ``outputs`` outputs (``None``:
+    not known yet), with one clear message: int64 class indices of shape [N], one per sample, in 0..outputs-1.
+
+    Example:
+        >>> check_labels(torch.tensor([0, 2]), 2, 3)
+    """
+    if not isinstance(y, Tensor) or y.dtype != torch.long:
+        raise ValueError(f"labels of {what} must be int64 class indices, got "
+                         f"{f'dtype {y.dtype}' if isinstance(y, Tensor) else type(y).__name__}")
+    if y.dim() != 1:
+        raise ValueError(f"labels of {what} must have shape [N], one class index per sample, got {list(y.shape)}")
+    if len(y) != samples:
+        raise ValueError(f"{what} has {samples} samples but {len(y)} labels")
+    if outputs is not None and len(y) and int(y.min()) < 0:
         raise ValueError(f"labels of {what} must be class indices >= 0, got {int(y.min())}")
-    if y is not None and int(y.max()) >= out.shape[-1]:
-        raise ValueError(f"labels of {what} go up to {int(y.max())} but the model has {out.shape[-1]} outputs")
+    if outputs is not None and len(y) and int(y.max()) >= outputs:
+        raise ValueError(f"labels of {what} go up to {int(y.max())} but the model has {outputs} outputs")
 
 
 def masked_logits(logits: Tensor, classes: Sequence[int] | None) -> Tensor:

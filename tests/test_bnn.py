@@ -61,8 +61,10 @@ def test_a_packed_model_is_evaluated_by_bnn_evaluate_and_refused_by_what_trains(
         bnn.fit(packed, train)
     with pytest.raises(ValueError, match="model must be a torch nn.Module with BatchNorm layers, got PackedMLP"):
         bnn.use_population_statistics(packed, train.x)
-    with pytest.raises(ValueError, match=r"labels must be a 1-D integer tensor of class indices in 0..9"):
+    with pytest.raises(ValueError, match=r"labels of data must be int64 class indices, got dtype torch.float32"):
         bnn.evaluate(packed, (test.x, test.y.float()))
+    with pytest.raises(ValueError, match=r"labels of data go up to 10 but the model has 10 outputs"):
+        bnn.evaluate(packed, (test.x, test.y + 1))
     with pytest.raises(ValueError, match="model must be a torch nn.Module or a bnn.PackedMLP, got str"):
         bnn.evaluate("model.pt", test)
 
