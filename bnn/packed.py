@@ -19,8 +19,9 @@ model in eval mode, from about 1/32 of its memory:
   The float model rounds that sum in float32, and where the rounding carries it across the threshold (an input
   within a rounding error of it), the two differ: this is the only possible difference between them. Measured on
   an untrained 784-4096-10 (population statistics of uniform noise): 14 of 20,000 uniform random inputs got other
-  scores, none another prediction; trained models predict alike on the whole MNIST test split. A one-layer model's scores come straight from that sum, summed in another order: they agree to
-  float32 rounding, not bit for bit. The torch ops sum it from per-byte tables (for each group of 8 inputs,
+  scores, none another prediction; trained models predict alike on the whole MNIST test split. A one-layer
+  model's scores come straight from that sum, summed in another order: they agree to float32 rounding, not bit
+  for bit. The torch ops sum it from per-byte tables (for each group of 8 inputs,
   the 256 signed sums ``Σ_j ±x_j`` are tabulated once per sample and each neuron adds the entries its
   weight bytes select); the native kernel sums from per-nibble tables in float32 and recomputes in
   float64 only the neurons whose float32 sum is too near the threshold to decide (see
@@ -572,7 +573,8 @@ def _layers_of(model: nn.Module) -> list[tuple[BinaryLinear, nn.BatchNorm1d]]:
         raise ValueError(f"pack takes a bnn.MLP or an nn.Sequential of its layers; {type(model).__name__} has a forward "
                          "of its own, which pack cannot see (it would pack the layers and drop what forward does "
                          "between them): put the layers in an nn.Sequential, or move other work out of the model")
-    hooked = next((name or type(model).__name__ for name, m in model.named_modules() if foreign_forward_hooks(m)), None)
+    hooked = next((name or type(model).__name__ for name, m in model.named_modules() if foreign_forward_hooks(m)),
+                  None)
     if hooked is not None:
         raise ValueError(f"pack: module {hooked!r} has forward hooks, which can change what the model computes and "
                          "which pack cannot see; remove them first (the handle's .remove())")

@@ -91,8 +91,8 @@ def _fingerprints(model: nn.Module) -> dict[str, dict[str, Tensor]]:
     return {"weights": weights, "statistics": statistics}
 
 
-def _same(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
-    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+def _equal(a: Tensor, b: Tensor) -> bool:
+    return a.shape == b.shape and torch.equal(a, b)
 
 
 def statistics_outdated(model: nn.Module) -> bool:
@@ -111,14 +111,14 @@ def statistics_outdated(model: nn.Module) -> bool:
         (False, True)
     """
     for module in model.modules():
-        fixed_with = module.__dict__.get(_FIXED_WITH)
-        if fixed_with is None:
+        fixed = module.__dict__.get(_FIXED_WITH)
+        if fixed is None:
             continue
         now = _fingerprints(module)
-        if not _same(now["statistics"], fixed_with["statistics"]):
+        if now["statistics"].keys() != fixed["statistics"].keys() or not all(
+                _equal(t, fixed["statistics"][name]) for name, t in now["statistics"].items()):
             continue  # (statistics fixed again, loaded or replaced: they go with the weights they came with)
-        if any(name in fixed_with["weights"] and not _same({name: now_print}, {name: fixed_with["weights"][name]})
-               for name, now_print in now["weights"].items()):
+        if any(name in fixed["weights"] and not _equal(t, fixed["weights"][name]) for name, t in now["weights"].items()):
             return True
     return False
 
