@@ -137,6 +137,11 @@ def test_a_growing_head_it_cannot_grow_gets_one_line(digits):
     unnamed = [Task("all", train, test)]
     with pytest.raises(ValueError, match="task 'all' has classes=None"):
         Scenario("mine", unnamed, unnamed, task_known_at_test=False, growing_head=True)
+    with pytest.raises(ValueError, match="and task_boundaries=True"):
+        Scenario("mine", tasks, tasks, task_boundaries=False, task_known_at_test=False, growing_head=True)
+    overlapping = [Task("a", tasks[0].train, tasks[0].test, (0, 1)), Task("b", tasks[1].train, tasks[1].test, (1, 2, 3))]
+    with pytest.raises(ValueError, match=r"task 'b' brings \[1\] again"):
+        Scenario("mine", overlapping, overlapping, task_known_at_test=False, growing_head=True)
     with pytest.raises(ValueError, match="growing_head must be True or False"):
         Scenario("mine", tasks, tasks, task_known_at_test=False, growing_head="yes")
     with pytest.raises(ValueError, match="split mode must be one of 'task', 'class', 'class-growing'"):
@@ -151,6 +156,19 @@ def test_command_line_class_growing_split(tmp_path, capsys):
     rows = (run / "accuracy_matrix.csv").read_text().splitlines()
     assert rows[1].endswith(",,") and rows[2].endswith(",") and not rows[3].endswith(",")  # (tasks to come: empty)
     assert json.loads((run / "config.json").read_text())["split_mode"] == "class-growing"
+    assert "BWT" in capsys.readouterr().out  # (the metrics table: the last row is whole, no evaluation budget)
     assert main(argv[:-2] + ["--batchnorm", "per-task", "--out", str(tmp_path)]) == 2
     assert ("--batchnorm per-task: --scenario split (class-incremental) does not say which task"
             in capsys.readouterr().err)
+
+
+def test_a_budgeted_growing_head_measures_every_tasks_start_and_a_one_class_task_is_not_called_unlearned(tmp_path,
+                                                                                                        capsys):
+    """Ten one-class tasks: the first head has one output (100 % untrained); a budget of 6 evaluations must not leave
+    the other tasks' starts unmeasured, or the run would read as having learned nothing."""
+    assert main(["train", "--scenario", "split", "--split-mode", "class-growing", "--dataset", "digits", "--tasks", "10",
+                 "--eval-tasks", "6", "--epochs", "1", "--hidden", "32", "--quiet", "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    metrics = json.loads((tmp_path / "split-digits-meta5-30-seed1" / "metrics.json").read_text())
+    assert metrics["untrained_accuracy"][0] == 100.0 and None not in metrics["untrained_accuracy"]
+    assert "the run learned nothing" not in err and "task(s) 1," not in err  # (one-class tasks may still learn little)

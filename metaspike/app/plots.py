@@ -107,7 +107,8 @@ def _shown(value: Any) -> str:
 
 
 def _run_title(config: dict[str, Any], run_dir: str | os.PathLike) -> str:
-    """``scenario, model`` and the metaplasticity ``meta`` where the model's optimizer uses it."""
+    """``scenario`` (with a split's class mode), ``model`` and the metaplasticity ``meta`` where the model's optimizer uses
+    it."""
     model = config.get("model", "?")
     if not isinstance(model, str):
         raise ValueError(f"{Path(run_dir) / 'config.json'}: 'model' must be a string, got {_shown(repr(model))}")
@@ -116,7 +117,10 @@ def _run_title(config: dict[str, Any], run_dir: str | os.PathLike) -> str:
     except ValueError:  # a model kind this version does not know: show what the config says
         uses_meta = True
     meta = f", meta = {_shown(config.get('meta', '?'))}" if uses_meta else ""
-    return f"{_shown(config.get('scenario', 'run'))}, {_shown(model)}{meta}"
+    mode = config.get("split_mode", "task")
+    scenario = _shown(config.get("scenario", "run")) + (f" ({_shown(mode)})" if config.get("scenario") == "split"
+                                                        and mode != "task" else "")
+    return f"{scenario}, {_shown(model)}{meta}"
 
 
 #: The axis label of each kind of histogram (:data:`metaspike.diagnostics.HISTOGRAM_QUANTITIES`; files written before

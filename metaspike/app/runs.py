@@ -644,16 +644,20 @@ def _learned(rise: float) -> bool:
 def tasks_learned_nothing(result: ContinualResult) -> list[int]:
     """The tasks (numbered from 1) whose accuracy right after their own training, where it was evaluated, rose less
     than :data:`LEARNED_MARGIN` points above the untrained network's (a run may learn its later tasks and not its
-    first: a slow start).
+    first: a slow start). A task the untrained network already scored within the margin of 100 % (a growing head's
+    first task of one class) has no room to show it learned, and is not named.
 
     Example:
         >>> tasks_learned_nothing(ContinualResult(["a", "b"], matrix=[[11.0, 9.0], [12.0, 90.0]], baseline=[10.0, 10.0]))
         [1]
+        >>> tasks_learned_nothing(ContinualResult(["a", "b"], matrix=[[100.0, 9.0], [12.0, 90.0]], baseline=[100.0, 10.0]))
+        []
     """
     if len(result.baseline) != len(result.task_names) or len(result.task_names) != len(result.matrix):
         return []  # (a stream's one test set, or untrained accuracies not measured)
     return [j + 1 for j, (row, untrained) in enumerate(zip(result.matrix, result.baseline))
-            if math.isfinite(row[j]) and math.isfinite(untrained) and not _learned(row[j] - untrained)]
+            if math.isfinite(row[j]) and math.isfinite(untrained) and not _learned(row[j] - untrained)
+            and _learned(100.0 - untrained)]
 
 
 def learned_nothing(result: ContinualResult) -> bool:

@@ -184,20 +184,21 @@ def largest_rise(matrix: Sequence[Sequence[float]] | np.ndarray, baseline: Seque
 def summarize(matrix: Sequence[Sequence[float]] | np.ndarray, baseline: Sequence[float] | None = None) -> dict[str, float]:
     """All metrics of an accuracy matrix as a dict (``nan`` where undefined).
 
-    A matrix with cells not evaluated (NaN) also gets the metrics of its evaluated cells:
-    ``evaluated_accuracy`` and ``evaluated_tasks`` (their count), ``last5_accuracy``, and
-    ``task1_accuracy`` (final accuracy on task 1).
+    A matrix whose last row has cells not evaluated (NaN: an evaluation budget) also gets the metrics of its evaluated
+    cells: ``evaluated_accuracy`` and ``evaluated_tasks`` (their count), ``last5_accuracy``, and ``task1_accuracy``
+    (final accuracy on task 1). (Where only earlier rows have such cells, tasks not yet trained under a growing head
+    or rows skipped by ``eval_every``, these would repeat ACC.)
 
     Example:
         >>> summarize([[90, 10], [60, 95]], baseline=[10, 12])["BWT"]
         -30.0
-        >>> summarize([[90, float("nan")], [60, 95]])["evaluated_tasks"]
-        2.0
+        >>> summarize([[90, float("nan")], [float("nan"), 95]])["evaluated_tasks"]
+        1.0
     """
     r = _as_array(matrix)
     square = r.ndim == 2 and r.shape[0] == r.shape[1]
     partial: dict[str, float] = {}
-    if r.ndim == 2 and r.size and not np.isfinite(r).all():
+    if r.ndim == 2 and r.size and not np.isfinite(r[-1]).all():
         mean, count = evaluated_accuracy(r)
         partial = {"evaluated_accuracy": mean, "evaluated_tasks": float(count),
                    "last5_accuracy": last_tasks_accuracy(r, 5), "task1_accuracy": float(r[-1, 0])}

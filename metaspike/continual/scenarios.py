@@ -214,9 +214,10 @@ class Scenario:
     def _check_growing_head(self) -> None:
         """A growing head needs a class-incremental scenario whose tasks (listed, each naming its classes) are the
         evaluated ones."""
-        if self.task_known_at_test:
+        if self.task_known_at_test or not self.task_boundaries:
             raise ValueError("Scenario growing_head needs task_known_at_test=False (class-incremental: a task known at "
-                             "test time is scored on its own classes, Task.classes)")
+                             "test time is scored on its own classes, Task.classes) and task_boundaries=True (the head "
+                             "grows where a task begins)")
         if made_when_reached(self.tasks) or not self.evaluates_training_tasks:
             raise ValueError("Scenario growing_head needs its tasks as a list or tuple, evaluated on themselves "
                              "(eval_tasks the same tasks): the head grows with the tasks trained so far")
@@ -224,6 +225,13 @@ class Scenario:
         if unnamed is not None:
             raise ValueError(f"Scenario growing_head needs every task to name the classes it brings; task {unnamed!r} "
                              "has classes=None")
+        seen: set[int] = set()
+        for task in self.tasks:
+            again = sorted(seen.intersection(task.classes))  # type: ignore[arg-type]
+            if again:
+                raise ValueError(f"Scenario growing_head needs each class brought by one task; task {task.name!r} "
+                                 f"brings {again} again (its test samples would count for two tasks)")
+            seen.update(task.classes)  # type: ignore[arg-type]
 
     def seen_classes(self, trained: int) -> tuple[int, ...] | None:
         """The outputs of a growing head after ``trained`` tasks (counting one in training): the classes of those

@@ -424,10 +424,10 @@ class ContinualTrainer:
         # a scenario with its own evaluation tasks (the stream's one test set) evaluates all of them every time
         indices = evaluated_tasks(trained, total, cfg.eval_tasks) if scenario.evaluates_training_tasks else range(total)
         if scenario.growing_head:
-            if not trained:  # the untrained network scored on each task as the task is first scored, for a fair rise
-                first_scored = dict.fromkeys(range(total), math.nan)
-                first_scored.update({j: self._evaluate_all(scenario, j + 1, states)[j] for j in indices})
-                return list(first_scored.values())
+            if not trained:  # the untrained network scored on every task as the task is first scored (a fair rise;
+                # not only on a budget's sample: a first task of one class scores 100 % untrained, and a rise needs
+                # a measured start)
+                return [self._evaluate_all(scenario, j + 1, states)[j] for j in range(total)]
             indices = [j for j in indices if j < trained]  # (the classes of the tasks to come are not in the head)
         accuracies = [math.nan] * total
         # a class-incremental evaluation is not told the task: the head's outputs (all, or those seen so far) serve all
