@@ -162,6 +162,7 @@ def test_command_line_class_growing_split(tmp_path, capsys):
             in capsys.readouterr().err)
 
 
+@pytest.mark.filterwarnings("ignore:evaluating samples of one class only")  # (one-class tasks, batch statistics)
 def test_a_budgeted_growing_head_measures_every_tasks_start_and_a_one_class_task_is_not_called_unlearned(tmp_path,
                                                                                                         capsys):
     """Ten one-class tasks: the first head has one output (100 % untrained); a budget of 6 evaluations must not leave
