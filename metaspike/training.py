@@ -420,12 +420,12 @@ def _correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, classes: S
             warnings.warn(f"evaluating in batches of {len(x) // chunks} samples: the model's BatchNorm normalises each "
                           f"batch by its own statistics, which under {MIN_STATISTICS_BATCH} samples distort its "
                           "predictions; evaluate in larger batches or fix the statistics first "
-                          "(metaspike.use_population_statistics)", stacklevel=4)
+                          "(metaspike.use_population_statistics)", stacklevel=_user_stacklevel())
     warn_if_statistics_outdated(model, "evaluating")
     if batch_statistics and len(x) > 1 and bool((y == y[0]).all()):
         warnings.warn("evaluating samples of one class only: the model's BatchNorm normalises the batch by its own "
                       "statistics, which removes what the class has in common; fix the statistics first "
-                      "(metaspike.use_population_statistics)", stacklevel=4)
+                      "(metaspike.use_population_statistics)", stacklevel=_user_stacklevel())
     was_training = model.training
     model.eval()
     correct = torch.zeros(len(x), dtype=torch.bool)

@@ -279,6 +279,11 @@ def test_batch_statistics_evaluation_of_one_class_warns_at_the_callers_line():
     with pytest.warns(UserWarning, match="evaluating samples of one class only") as caught:
         evaluate(model, x, y)
     assert caught[0].filename == __file__
+    import bnn
+
+    with pytest.warns(UserWarning, match="evaluating samples of one class only") as caught:
+        bnn.evaluate(model, (x, y))  # (one level deeper in the library: still the user's line)
+    assert caught[0].filename == __file__
 
 
 @pytest.mark.parametrize("optimizer", ["metaplastic-adam", "fused-adam"])
