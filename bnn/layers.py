@@ -36,6 +36,25 @@ from metaspike.synapse import BinarySynapse, mark_hidden_weight
 __all__ = ["BinaryLinear", "BinaryConv2d", "SignActivation", "MagnitudeGate"]
 
 
+def check_input_dtype(name: str, x: Tensor, dtype: torch.dtype | None) -> None:
+    """One line, instead of torch's error from inside a product, when ``x`` is not of the weights' ``dtype`` (under
+    ``torch.autocast`` anything goes)."""
+    if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+        raise ValueError(f"{name} takes {dtype} inputs, the dtype of its weights, got {x.dtype}: convert them with "
+                         f"x.to({dtype}) (or the model with model.to(x.dtype), or run it under torch.autocast)")
+
+
+def _check_features(layer: nn.Module, x: Tensor, features: int, dim: int, what: str) -> None:
+    """One line when ``x``'s size at ``dim`` is not the layer's ``features`` (``what`` names that size), or its dtype
+    is not the weights'."""
+    name = type(layer).__name__
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} takes a tensor, got {type(x).__name__}")
+    if x.dim() < abs(dim) or x.shape[dim] != features:
+        raise ValueError(f"{name} takes inputs with {features} {what}, got shape {tuple(x.shape)}")
+    check_input_dtype(name, x, layer.weight.dtype)
+
+
 def _init_uniform(weight: Tensor, init_width: float | None) -> None:
     if init_width is not None:
         number_in("init_width", init_width, 0.0, open_low=True, note="or None")
@@ -178,6 +197,7 @@ class BinaryLinear(_BinaryWeights, nn.Linear):
         self._precision = check_precision(value)
 
     def forward(self, x: Tensor) -> Tensor:
+        _check_features(self, x, self.in_features, -1, "features in the last dimension")
         x = self.input_quantizer(x)
         if self._buffered:
             mark_hidden_weight(self.weight)
@@ -220,6 +240,8 @@ class BinaryConv2d(_BinaryWeights, nn.Conv2d):
         self._setup(weight_quantizer, input_quantizer, init_width, scale)
 
     def forward(self, x: Tensor) -> Tensor:
+        _check_features(self, x, self.in_channels, -3, "channels ((batch, channels, height, width) or (channels, "
+                        "height, width))")
         return self._conv_forward(self.input_quantizer(x), self.visible_weight(), self.bias)
 
 

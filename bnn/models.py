@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bnn.layers import BinaryConv2d, BinaryLinear, SignActivation
+from bnn.layers import BinaryConv2d, BinaryLinear, SignActivation, check_input_dtype
 from metaspike.allocator import usable_memory
 from metaspike.checks import is_whole
 from metaspike.population_statistics import accept_saved_population_statistics
@@ -64,10 +64,7 @@ def _check_input(model: nn.Module, x: Tensor, shape: tuple[int, ...], flat: bool
         want = (f"(batch, {math.prod(shape)}) or any shape whose samples hold {math.prod(shape)} values" if flat
                 else f"(batch, {', '.join(map(str, shape))})")
         raise ValueError(f"{name} takes inputs of shape {want}, got {tuple(x.shape)}")
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-    if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
-        raise ValueError(f"{name} takes {dtype} inputs, the dtype of its weights, got {x.dtype}: convert them with "
-                         f"x.to({dtype}) (or the model with model.to(x.dtype), or run it under torch.autocast)")
+    check_input_dtype(name, x, next((p.dtype for p in model.parameters() if p.is_floating_point()), None))
     if x.shape[0] == 1 and any(isinstance(m, nn.BatchNorm1d) and (m.training or m.running_mean is None)
                                for m in model.modules()):
         raise ValueError(f"{name} got one sample, but its BatchNorm layers normalise with the statistics of the batch "

@@ -1,6 +1,7 @@
 """The bnn API: the paper's MLP, summary, population statistics, fit/evaluate."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -212,6 +213,24 @@ def test_models_name_an_input_that_does_not_fit_them():
             bnn.MLP([784, 32, 10])(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # (autocast casts what it takes)
         assert bnn.MLP([784, 32, 10])(torch.rand(4, 784, dtype=torch.bfloat16)).shape == (4, 10)
+
+
+def test_layers_name_an_input_that_does_not_fit_them():
+    layer, conv = bnn.BinaryLinear(8, 4), bnn.BinaryConv2d(3, 4, 3)
+    for x in (torch.rand(3, 7), torch.rand(())):
+        with pytest.raises(ValueError, match=rf"BinaryLinear takes inputs with 8 features .* got shape {re.escape(str(tuple(x.shape)))}"):
+            layer(x)
+    for x in (torch.rand(2, 2, 8, 8), torch.rand(8, 8)):
+        with pytest.raises(ValueError, match=r"BinaryConv2d takes inputs with 3 channels"):
+            conv(x)
+    for x in (torch.rand(3, 8, dtype=torch.float64), torch.randint(0, 2, (3, 8))):
+        with pytest.raises(ValueError, match=rf"BinaryLinear takes torch.float32 inputs, .* got {x.dtype}: convert"):
+            layer(x)
+    with pytest.raises(ValueError, match=r"BinaryLinear takes a tensor, got list"):
+        layer([0.0] * 8)
+    assert layer(torch.rand(5, 2, 8)).shape == (5, 2, 4) and conv(torch.rand(3, 8, 8)).shape == (4, 6, 6)  # as nn's
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(torch.rand(3, 8)).shape == (3, 4)  # (autocast casts what it takes)
 
 
 def test_one_sample_asks_for_population_statistics_first():
