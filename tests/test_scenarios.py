@@ -106,6 +106,16 @@ def test_a_hand_built_scenario_evaluating_its_own_tasks_keeps_per_task_statistic
         assert not Scenario("mine", tasks, evaluated).evaluates_training_tasks
 
 
+def test_a_scenario_keeps_the_tasks_it_checked_when_the_callers_list_changes():
+    from metaspike.continual import Scenario
+
+    tasks = list(permuted(load_dataset("digits"), load_dataset("digits", "test"), n_tasks=2, seed=1).tasks)
+    scenario = Scenario("mine", tasks, tasks)
+    tasks.append("not a task")
+    tasks[0] = "nor this"
+    assert [t.name for t in scenario.tasks] == ["digits-perm1", "digits-perm2"] and scenario.tasks is scenario.eval_tasks
+
+
 def test_scenario_arguments_that_do_not_fit_together_are_one_line():
     import numpy as np
 

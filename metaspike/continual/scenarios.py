@@ -169,8 +169,9 @@ class Scenario:
 
     Attributes:
         name: scenario kind (``"permuted"``, ``"sequence"``, ``"split"``, ``"stream"``, ``"joint"``).
-        tasks: tasks trained one after the other.
-        eval_tasks: tasks every evaluation covers (columns of the accuracy matrix).
+        tasks: tasks trained one after the other (a list is kept as a tuple, so changing the list later does not
+            change the scenario that was checked).
+        eval_tasks: tasks every evaluation covers (columns of the accuracy matrix; a list is kept as a tuple too).
         definition: everything needed to rebuild the stream (saved as ``scenario.json``).
         task_boundaries: whether the learner may be told where tasks change (``False`` for streams).
         task_known_at_test: whether an evaluation may be told which task it tests (``False`` for class-incremental
@@ -192,6 +193,11 @@ class Scenario:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"a scenario's name must be a non-empty str, got {self.name!r}")
+        kept: dict[int, tuple] = {}  # a list is kept as a tuple (one list given twice as one tuple): what is checked
+        for key in ("tasks", "eval_tasks"):  # here is what trains, whatever happens to the caller's list later
+            value = getattr(self, key)
+            if isinstance(value, list):
+                object.__setattr__(self, key, kept.setdefault(id(value), tuple(value)))
         for key in ("tasks", "eval_tasks"):
             value = getattr(self, key)
             if isinstance(value, TaskStream):

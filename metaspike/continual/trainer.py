@@ -427,7 +427,10 @@ class ContinualTrainer:
             if not trained:  # the untrained network scored on every task as the task is first scored (a fair rise;
                 # not only on a budget's sample: a first task of one class scores 100 % untrained, and a rise needs
                 # a measured start)
-                return [self._evaluate_all(scenario, j + 1, states)[j] for j in range(total)]
+                if evaluates_with_batch_statistics(self.model):  # in the mix of tasks it is first scored among
+                    return [self._evaluate_all(scenario, j + 1, states)[j] for j in range(total)]
+                return [evaluate(self.model, task.test.x, task.test.y, cfg.eval_batch_size, scenario.seen_classes(j + 1),
+                                 cfg.device) for j, task in enumerate(scenario.eval_tasks)]
             indices = [j for j in indices if j < trained]  # (the classes of the tasks to come are not in the head)
         accuracies = [math.nan] * total
         # a class-incremental evaluation is not told the task: the head's outputs (all, or those seen so far) serve all
