@@ -73,11 +73,13 @@ class Plugin:
         return None
 
 
-def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str = "input") -> None:
+def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str = "input",
+                 classes: Sequence[int] | None = None) -> None:
     """Reject data that cannot train ``model``, with one clear message.
 
     Checks dtype, NaN/inf, matching lengths and that a forward pass on two samples works (the
-    message names the input shape and what the model expected).
+    message names the input shape and what the model expected), and that the labels and the ``classes`` the data is
+    scored on (a task's) are outputs of the model.
 
     Example:
         >>> check_inputs(torch.nn.Linear(4, 2), torch.rand(10, 4))
@@ -125,6 +127,10 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
                       "(metaspike.snn.SpikingClassifier does)", stacklevel=2)
     if y is not None:
         check_labels(y, len(x), out.shape[-1], what)
+    beyond = [c for c in classes or () if not 0 <= c < out.shape[-1]]
+    if beyond:
+        raise ValueError(f"{what} is scored on classes {list(classes)}, beyond the model's {out.shape[-1]} outputs "  # type: ignore[arg-type]
+                         f"(classes 0 to {out.shape[-1] - 1})")
 
 
 def check_labels(y: Tensor, samples: int, outputs: int | None, what: str = "input") -> None:

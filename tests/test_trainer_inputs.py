@@ -73,6 +73,10 @@ def test_every_task_is_checked_before_anything_is_trained():
     with pytest.raises(ValueError, match="labels of training data of task 'c' go up to 4 but the model has 2 outputs"):
         trainer.fit(Scenario("s", [first], [first, Task("c", many, many)]))
     assert seen == []  # refused before the first task was trained
+    one_class = ArrayDataset.from_tensors(torch.rand(40, 16), torch.zeros(40, dtype=torch.long), "one")
+    with pytest.raises(ValueError, match=r"training data of task 'd' is scored on classes \[0, 2\], beyond the "
+                                         r"model's 2 outputs \(classes 0 to 1\)"):  # (its labels are all outputs)
+        trainer.fit(Scenario("s", [first], [first, Task("d", one_class, one_class, classes=(0, 2))]))
 
 
 def test_a_tasks_classes_are_checked_against_its_labels():

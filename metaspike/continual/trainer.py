@@ -459,7 +459,7 @@ class ContinualTrainer:
         a resumed run, which checks again, goes on with the numbers the uninterrupted one drew."""
         with random_numbers_apart(self.config.device):
             check_inputs(self.model, task.train.x.to(self.config.device), task.train.y.to(self.config.device),
-                         what=f"training data of task {task.name!r}")
+                         what=f"training data of task {task.name!r}", classes=task.classes)
             check_inputs(self.model, task.test.x.to(self.config.device), task.test.y.to(self.config.device),
                          what=f"test data of task {task.name!r}")
 
