@@ -435,12 +435,15 @@ class ContinualTrainer:
         accuracies = [math.nan] * total
         # a class-incremental evaluation is not told the task: the head's outputs (all, or those seen so far) serve all
         seen = None if scenario.task_known_at_test else scenario.seen_classes(trained)
-        if not scenario.task_known_at_test and len(indices) > 1 and evaluates_with_batch_statistics(self.model):
+        if not scenario.task_known_at_test and evaluates_with_batch_statistics(self.model):
             # a test sample may come from any task: batches of one task's classes would tell the model the task
-            tested = [scenario.eval_tasks[j].test for j in indices]
-            for j, accuracy in zip(indices, evaluate_together(self.model, [(t.x, t.y) for t in tested],
-                                                              cfg.eval_batch_size, cfg.device, seen)):
-                accuracies[j] = accuracy
+            for mix, scored in self._mixes(scenario, trained, indices):
+                tested = [scenario.eval_tasks[j].test for j in mix]
+                scores = evaluate_together(self.model, [(t.x, t.y) for t in tested], cfg.eval_batch_size, cfg.device,
+                                           seen)
+                for j, accuracy in zip(mix, scores):
+                    if j in scored:
+                        accuracies[j] = accuracy
             return accuracies
         for j in indices:
             task = scenario.eval_tasks[j]
@@ -451,6 +454,19 @@ class ContinualTrainer:
         if current is not None:
             load_batchnorm_state(self.model, current)
         return accuracies
+
+    @staticmethod
+    def _mixes(scenario: Scenario, trained: int, indices: Sequence[int]) -> list[tuple[Sequence[int], set[int]]]:
+        """The mixed sets a class-incremental evaluation after ``trained`` tasks scores ``indices`` in (the tasks of
+        each set's test samples, and those scored from it): a trained task in the mix of every trained task's test set,
+        scored in this evaluation or not, so that its cell depends neither on the evaluation budget nor on the tasks
+        to come; a task to come in the mix of all tasks. A scenario with its own evaluation tasks, or made as they are
+        reached, mixes the scored tasks."""
+        if not scenario.evaluates_training_tasks or made_when_reached(scenario.eval_tasks):
+            return [(indices, set(indices))]
+        total = len(scenario.eval_tasks)
+        earlier, later = {j for j in indices if j < trained}, {j for j in indices if j >= trained}
+        return [(range(mix), scored) for mix, scored in ((min(trained, total), earlier), (total, later)) if scored]
 
     def _check(self, task: Task) -> None:
         """The task's training and test data fit the model (the test labels too: a label the model cannot output
