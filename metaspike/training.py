@@ -78,8 +78,8 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
     """Reject data that cannot train ``model``, with one clear message.
 
     Checks dtype, NaN/inf, matching lengths and that a forward pass on two samples works (the
-    message names the input shape and what the model expected), and that the labels and the ``classes`` the data is
-    scored on (a task's) are outputs of the model.
+    message names the input shape and what the model expected), and that the labels are among the ``classes`` of the
+    data (a task's), and those among the model's outputs.
 
     Example:
         >>> check_inputs(torch.nn.Linear(4, 2), torch.rand(10, 4))
@@ -127,9 +127,13 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
                       "(metaspike.snn.SpikingClassifier does)", stacklevel=2)
     if y is not None:
         check_labels(y, len(x), out.shape[-1], what)
+    if classes is not None and y is not None:  # (a task checks its labels when made; this is what trains now)
+        outside = sorted(set(y.unique().tolist()) - set(classes))
+        if outside:
+            raise ValueError(f"labels of {what} include {outside[:5]}, outside its classes {list(classes)}")
     beyond = [c for c in classes or () if not 0 <= c < out.shape[-1]]
     if beyond:
-        raise ValueError(f"{what} is scored on classes {list(classes)}, beyond the model's {out.shape[-1]} outputs "  # type: ignore[arg-type]
+        raise ValueError(f"the classes {list(classes)} of {what} go beyond the model's {out.shape[-1]} outputs "  # type: ignore[arg-type]
                          f"(classes 0 to {out.shape[-1] - 1})")
 
 

@@ -3,6 +3,7 @@
 import copy
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -147,6 +148,18 @@ def test_a_task_known_at_test_is_not_told_its_classes_in_a_class_incremental_sce
         model[-1].bias[9] = 1e3
     result = _fit(Scenario("mine", tasks, tasks, task_known_at_test=False), model)
     assert result.matrix[0][0] == 0.0
+
+
+def test_a_class_incremental_scenario_whose_tasks_name_their_classes_is_named_in_a_warning(digits):
+    """Training masked to each task's classes (the labels trick) and scored on every output: a mix a user can reach
+    without meaning to (a reviewer's first task scored 40 % right after training, 100 % with the growing head)."""
+    tasks = split(*digits, groups=GROUPS, mode="class-growing").tasks
+    with pytest.warns(UserWarning, match="each trains on its own outputs only .* growing_head=True"):
+        Scenario("mine", tasks, tasks, task_known_at_test=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Scenario("mine", tasks, tasks, task_known_at_test=False, growing_head=True)
+        split(*digits, groups=GROUPS, mode="class")
 
 
 def test_growing_head_changes_the_run_identity(digits):

@@ -125,7 +125,7 @@ def test_scenario_arguments_that_do_not_fit_together_are_one_line():
     with pytest.raises(ValueError, match=r"samples differ in shape: \[1, 8, 8\] and \[1, 7, 7\]"):
         permuted(train, ArrayDataset.from_tensors(torch.rand(6, 7, 7), torch.arange(6) % 4, "mine"))
     missing_class = ArrayDataset.from_tensors(torch.rand(6, 8, 8), torch.arange(6) % 3, "mine")  # no class 3
-    with pytest.raises(ValueError, match=r"name different classes \(4 and 3"):
+    with pytest.raises(ValueError, match=r"name different classes \(4 and 3; from index 3: \['3'\] and \[\]\)"):
         split(train, missing_class, groups=2)
     test = ArrayDataset.from_tensors(torch.rand(8, 8, 8), torch.arange(8) % 4, "mine")
     assert [t.classes for t in split(train, test, groups=np.array([[0, 1], [2, 3]])).tasks] == [(0, 1), (2, 3)]

@@ -74,9 +74,15 @@ def test_every_task_is_checked_before_anything_is_trained():
         trainer.fit(Scenario("s", [first], [first, Task("c", many, many)]))
     assert seen == []  # refused before the first task was trained
     one_class = ArrayDataset.from_tensors(torch.rand(40, 16), torch.zeros(40, dtype=torch.long), "one")
-    with pytest.raises(ValueError, match=r"training data of task 'd' is scored on classes \[0, 2\], beyond the "
+    with pytest.raises(ValueError, match=r"the classes \[0, 2\] of training data of task 'd' go beyond the "
                                          r"model's 2 outputs \(classes 0 to 1\)"):  # (its labels are all outputs)
         trainer.fit(Scenario("s", [first], [first, Task("d", one_class, one_class, classes=(0, 2))]))
+    zeros = ArrayDataset.from_tensors(torch.rand(40, 16), torch.zeros(40, dtype=torch.long), "zeros", classes=("a", "b"))
+    changed = Task("e", zeros, zeros, classes=(0,))
+    changed.train.y[:3] = 1  # (labels changed in place after the task checked them)
+    with pytest.raises(ValueError, match=r"labels of training data of task 'e' include \[1\], outside its classes "
+                                         r"\[0\]"):
+        trainer.fit(Scenario("s", [first, changed], [first, changed]))
 
 
 def test_a_tasks_classes_are_checked_against_its_labels():

@@ -15,7 +15,7 @@ layers (recurrent cells, embeddings).
   ``θ*``, the weights after the last task; the loss gets ``λ/2 · Σ F (θ − θ*)²``. Its memory is
   constant, so it suits streams of hundreds of tasks.
 * :class:`SynapticIntelligence` (Zenke et al. 2017): ``ω`` accumulates ``−g·Δθ`` at every step
-  (``g`` the gradient used by the step, i.e. of the loss including the penalty); at a task end
+  (``g`` the gradient of the loss without SI's own penalty, as in the authors' code); at a task end
   ``Ω += ω / (Δ² + ξ)`` with ``Δ`` the change of ``θ`` over the task; the loss gets
   ``c · Σ Ω (θ − θ*)²`` with ``θ*`` the weights at the last task end.
 * :class:`RandomConsolidation`: EWC whose Fisher values are shuffled at random across the synapses

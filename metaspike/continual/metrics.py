@@ -105,10 +105,13 @@ def forward_transfer(matrix: Sequence[Sequence[float]] | np.ndarray, baseline: S
 
 
 def forgetting(matrix: Sequence[Sequence[float]] | np.ndarray) -> float:
-    """Forgetting (Chaudhry et al. 2018): mean drop from each earlier task's best accuracy to its final one.
+    """Forgetting (Chaudhry et al. 2018): mean drop from each earlier task's best accuracy since it was learned to its
+    final one.
 
-    The best is taken over the evaluated cells (``nan`` marks the others: tasks not yet trained, under an evaluation
-    budget), so it needs each earlier task evaluated right after it was learned and at the end; ``nan`` otherwise.
+    The best is taken over the rows from the one where the task was trained (as Mammoth does; Avalanche takes that
+    row alone: an accuracy the untrained network had, 50 % on a two-class task, is not a skill to forget), over the
+    evaluated cells (``nan`` marks the others: tasks not yet trained, under an evaluation budget), so it needs each
+    earlier task evaluated right after it was learned and at the end; ``nan`` otherwise.
 
     Example:
         >>> forgetting([[90, 10], [60, 95]])
@@ -116,17 +119,20 @@ def forgetting(matrix: Sequence[Sequence[float]] | np.ndarray) -> float:
         >>> nan = float("nan")
         >>> forgetting([[90, nan, nan], [80, 70, nan], [75, 60, 95]]), forgetting([[nan, nan], [60, 95]])
         (12.5, nan)
+        >>> forgetting([[90, 80, 10], [85, 50, 10], [85, 50, 95]])  # task 2 never got above its 50 %: no forgetting
+        2.5
     """
     r = _square(matrix)
     t = len(r)
     if t < 2:
         return math.nan
-    drops = [np.nanmax(r[: t - 1, j]) - r[-1, j] if np.isfinite(r[j, j]) else math.nan for j in range(t - 1)]
+    drops = [np.nanmax(r[j: t - 1, j]) - r[-1, j] if np.isfinite(r[j, j]) else math.nan for j in range(t - 1)]
     return float(np.mean(drops))
 
 
 def last_tasks_accuracy(matrix: Sequence[Sequence[float]] | np.ndarray, k: int = 5) -> float:
-    """Mean final accuracy on the last ``k`` tasks (``nan`` if one of them was not evaluated at the end).
+    """Mean final accuracy on the last ``k`` tasks (all of them in a stream of fewer than ``k``; ``nan`` if one of them
+    was not evaluated at the end).
 
     Example:
         >>> last_tasks_accuracy([[90, float("nan"), float("nan")], [60, 80, 95]], k=2)

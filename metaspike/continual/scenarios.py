@@ -11,6 +11,7 @@ nothing until it is trained, and only a few tasks are held at a time.
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -216,6 +217,12 @@ class Scenario:
             object.__setattr__(self, key, bool(getattr(self, key)))
         if self.growing_head:
             self._check_growing_head()
+        elif not self.task_known_at_test and not made_when_reached(self.tasks) and any(
+                t.classes is not None for t in self.tasks):
+            warnings.warn(f"Scenario {self.name!r}: its tasks name their classes, so each trains on its own outputs "
+                          "only (the labels trick), while a class-incremental scenario (task_known_at_test=False) is "
+                          "scored on every output; for a head that grows with the classes give growing_head=True, for "
+                          "training on every output give the tasks classes=None", stacklevel=3)
 
     def _check_growing_head(self) -> None:
         """A growing head needs a class-incremental scenario whose tasks (listed, each naming its classes) are the
@@ -304,9 +311,11 @@ def _check_samples(train: ArrayDataset, test: ArrayDataset) -> None:
         raise ValueError(f"the training and test sets' samples differ in shape: {list(train.x.shape[1:])} and "
                          f"{list(test.x.shape[1:])}")
     if train.classes != test.classes:
+        first = next(i for i, (a, b) in enumerate(zip(train.classes + (None,), test.classes + (None,))) if a != b)
         raise ValueError(f"the training and test sets name different classes ({len(train.classes)} and "
-                         f"{len(test.classes)}: {train.classes[:5]}... and {test.classes[:5]}...); give both the same "
-                         "classes (ArrayDataset.from_tensors(..., classes=...))")
+                         f"{len(test.classes)}; from index {first}: {list(train.classes[first:first + 3])} and "
+                         f"{list(test.classes[first:first + 3])}); give both the same classes "
+                         "(ArrayDataset.from_tensors(..., classes=...))")
 
 
 def _check_count(n: int, what: str) -> int:
