@@ -20,6 +20,8 @@ __all__ = ["binarized_once", "reuse_in_block", "signs_cache_key"]
 
 _block_ids = itertools.count(1)
 _open_blocks: list[int] = []
+_depth = 0  # how many blocks are open: what compiled code reads (an int, whose value it guards on; the ids would
+# make it compile anew for every block)
 
 
 def signs_cache_key() -> int | None:
@@ -54,8 +56,16 @@ def reuse_in_block(parametrization: nn.Module, tensors: tuple[Tensor, ...], make
         ...     a is reuse_in_block(synapse, (w,), lambda: w.sign())
         True
     """
-    if not _open_blocks:
+    if not _depth:
         return make()
+    return _made_once(parametrization, tensors, make, variant)
+
+
+# Outside a compiled graph: the lookup keys on objects and tensor versions, which torch.compile would guard on (a
+# recompilation after every optimizer step, until its limit); the weight it gives is an input of the graph.
+@torch.compiler.disable
+def _made_once(parametrization: nn.Module, tensors: tuple[Tensor, ...], make: Callable[[], Tensor],
+               variant: Any) -> Tensor:
     key = (id(parametrization), id(tensors[0]), variant)
     made_under = (*(t._version for t in tensors), torch.is_grad_enabled(), parametrization.training)
     found = _block_weights.get(key)
@@ -83,10 +93,13 @@ def binarized_once() -> Iterator[None]:
         >>> with binarized_once():
         ...     out = sum(net(torch.randn(2, 4)) for _ in range(5))
     """
+    global _depth
     _open_blocks.append(next(_block_ids))
+    _depth += 1
     try:
         yield
     finally:
         _open_blocks.pop()
+        _depth -= 1
         if not _open_blocks:
             _block_weights.clear()

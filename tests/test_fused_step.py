@@ -257,9 +257,9 @@ def _narrow_layernorm():
     return net, MESU(mesu_param_groups(net))
 
 
-def _scheduled():
+def _step_replaced():
     net, opt = _user_net("bimu")
-    torch.optim.lr_scheduler.StepLR(opt, step_size=10)  # (wraps opt.step)
+    opt.step = lambda closure=None: BiMU.step(opt, closure)  # (not a learning-rate scheduler's wrapper)
     return net, opt
 
 
@@ -270,11 +270,34 @@ def _scheduled():
     (_own_forward, "_OwnLinear with its own forward"),
     (_second_parametrization, "another parametrization beside its synapse"),
     (_narrow_layernorm, "a LayerNorm over (5,) after 7 features"),
-    (_scheduled, "step is wrapped"),
+    (_step_replaced, "step is replaced on the optimizer itself"),
 ])
 def test_what_changes_the_ordinary_step_is_refused(build, reason):
     net, opt = build()
     assert reason in why_not_fused(net, opt)
+
+
+@pytest.mark.parametrize("kind", ["bimu", "mesu"])
+def test_a_learning_rate_scheduler_on_the_optimizer_keeps_the_fused_step(kind, recwarn):
+    """A torch scheduler wraps optimizer.step; the fused step reads each step's lr from the groups as the ordinary
+    step does, and records the step the scheduler checks for (no call-order warning)."""
+    nets = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        net, opt = _user_net(kind)
+        scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        if fused:
+            assert why_not_fused(net, opt) is None
+        step = FusedTrainingStep(net, opt) if fused else lambda xi, yi: _ordinary_steps(net, opt, [xi], [yi])
+        x, y = torch.rand(3, 1, 12, dtype=torch.float64), torch.tensor([[1], [3], [0]])
+        torch.manual_seed(1)
+        for xi, yi in zip(x, y):
+            step(xi, yi)
+            scheduler.step()
+        nets.append(net)
+    for p, q in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=TOLERANCE)
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]
 
 
 def _changed_between_steps(change, build) -> tuple[nn.Module, nn.Module]:

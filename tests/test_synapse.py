@@ -316,3 +316,29 @@ def test_a_meta_edited_out_of_range_after_construction_is_refused_before_the_ste
     with pytest.raises(ValueError, match="a param group's meta must be"):
         opt.step()
     assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
+
+
+def test_a_compiled_model_inside_binarized_once_is_not_recompiled_at_every_step():
+    """The block's weight cache keys on objects and tensor versions; traced, it made torch.compile recompile after
+    every optimizer step until its limit (a reviewer's compiled SNN: 52 s for 15 steps, 0.3 s eager)."""
+    torch.manual_seed(0)
+    net = binarize(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)))
+    compiled = torch.compile(net)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    x, y = torch.rand(4, 8), torch.tensor([0, 1, 2, 0])
+
+    def train_steps(count: int) -> list[float]:
+        losses = []
+        with binarized_once():
+            for _ in range(count):
+                loss = F.cross_entropy(compiled(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+        return losses
+
+    train_steps(2)  # (compiled once for training)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        losses = train_steps(4)
+    assert losses[-1] < losses[0]

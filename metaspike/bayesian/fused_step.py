@@ -24,9 +24,9 @@ The network it takes (:func:`why_not_fused` says what stops one):
   module registered by :func:`register_fused_activation` (``bnn.MagnitudeGate`` is) between them; the last
   module's output is the logits;
 * trained in training mode by exactly one :class:`MESU` or :class:`BiMU` that holds the model's synapse
-  tensors and nothing else; no hooks on the modules, the synapse tensors or the optimizer, no wrapped
-  ``optimizer.step`` (a learning-rate scheduler's), no second parametrization on a weight and no ``nn.Linear``
-  subclass with a ``forward`` of its own.
+  tensors and nothing else (a torch learning-rate scheduler on it is fine: each step reads the groups' ``lr``);
+  no hooks on the modules, the synapse tensors or the optimizer, no ``optimizer.step`` replaced by other code than a
+  scheduler's, no second parametrization on a weight and no ``nn.Linear`` subclass with a ``forward`` of its own.
 
 :func:`metaspike.training.train_epoch` uses it by itself at batch size 1 when the network qualifies and no
 plugin, task mask or second process takes part.
@@ -246,8 +246,9 @@ def _refuse_optimizer(optimizer: Any) -> str | None:
         return f"the optimizer is a {type(optimizer).__name__}, not metaspike's MESU or BiMU"
     if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks:
         return "the optimizer has step hooks"
-    if "step" in vars(optimizer):
-        return "the optimizer's step is wrapped (by a learning-rate scheduler?)"
+    step = vars(optimizer).get("step")
+    if step is not None and not getattr(step, "_wrapped_by_lr_sched", False):  # (a torch scheduler's wrapper: fine)
+        return "the optimizer's step is replaced on the optimizer itself"
     return None
 
 
@@ -558,6 +559,7 @@ class FusedTrainingStep:
             for state in made:
                 if not state["step"]:
                     del state["step"]
+            self.optimizer._opt_called = True  # (what a learning-rate scheduler's wrapper of step() records)
             return loss
 
     def _inverse_temperature(self, weight: Tensor) -> Tensor:
