@@ -255,6 +255,38 @@ def test_a_new_rule_works_in_every_optimizer_and_resumes_from_checkpoints(halvin
     _resume_equals_uninterrupted(kind, halving)
 
 
+class _PlainHalving:
+    """``_Halving`` as a plain class (not a dataclass): no settings of its own to record."""
+
+    name = "plain-halving-test"
+    elementwise = False
+
+    def init_state(self, hidden):
+        return _Halving().init_state(hidden)
+
+    def state_type(self):
+        return _CountState
+
+    def step(self, hidden, update, meta, state):
+        return _Halving().step(hidden, update, meta, state)
+
+
+def test_a_new_rule_given_as_an_object_resumes_from_a_weights_only_checkpoint():
+    """A registered rule that is not a dataclass was kept as an object in the state dict, which
+    torch.load(weights_only=True) refuses; one that holds what the registered one holds is saved by its name."""
+    from metaspike import rules
+
+    register_rule(_PlainHalving())
+    try:
+        _resume_equals_uninterrupted("adam", _PlainHalving())
+        assert rules.rule_record(_PlainHalving()) == "plain-halving-test"
+        changed = _PlainHalving()
+        changed.extra = 2  # (settings of its own: kept as the object, which only a full torch.load reads)
+        assert rules.rule_record(changed) is changed
+    finally:
+        rules._RULES.pop("plain-halving-test")
+
+
 def test_a_new_rule_works_from_the_command_line(halving, tmp_path):
     from metaspike.app.cli import main
 

@@ -97,16 +97,29 @@ def get_rule(rule: str | Rule) -> Rule:
 def rule_record(rule: str | Rule) -> str | dict[str, Any] | Rule:
     """``rule`` as plain data for a checkpoint that ``torch.load(..., weights_only=True)`` reads: a name stays a
     name; a rule object of a registered kind with its own settings (a dataclass) becomes ``{"rule": name, **its
-    settings}``; a rule of another kind stays the object.
+    settings}``, one of a registered kind that is not a dataclass its name when it holds what the registered one
+    holds; any other rule stays the object (which only a full ``torch.load`` reads back).
 
     Example:
         >>> rule_record(CascadeRule(n=2, leak=0.1))
         {'rule': 'cascade', 'n': 2, 'leak': 0.1, 'name': 'cascade', 'elementwise': False}
     """
     registered = _RULES.get(getattr(rule, "name", None)) if not isinstance(rule, str) else None
-    if registered is None or type(registered) is not type(rule) or not dataclasses.is_dataclass(rule):
+    if registered is None or type(registered) is not type(rule):
         return rule
+    if not dataclasses.is_dataclass(rule):
+        return rule.name if rule is registered or _same_attributes(rule, registered) else rule
     return {"rule": rule.name, **{f.name: getattr(rule, f.name) for f in dataclasses.fields(rule) if f.init}}
+
+
+def _same_attributes(first: object, second: object) -> bool:
+    """Whether two objects hold the same plain attributes (``==`` each; tensors or other values without a plain
+    truth value count as different)."""
+    try:
+        return vars(first).keys() == vars(second).keys() and all(
+            bool(value == vars(second)[key]) for key, value in vars(first).items())
+    except (TypeError, RuntimeError, ValueError):
+        return False
 
 
 def rule_from_record(record: str | dict[str, Any] | Rule) -> str | Rule:
