@@ -121,16 +121,51 @@ def _rules_as_records(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[
     return state_dict
 
 
+#: The keys :func:`metaplastic` adds to another optimizer's groups (a state dict saved before it lacks them).
+_CONSOLIDATION_KEYS = ("meta", "rule", "consolidate")
+#: The settings that every state dict of ``torch.optim.Adam`` and of MetaplasticAdam holds (MetaplasticAdam's others,
+#: ``consolidate`` and ``fused`` among them, were added over time: a group that lacks one takes its default).
+_ADAM_SETTINGS = ("lr", "betas", "eps", "weight_decay")
+#: Group settings of Adam-family optimizers that make another algorithm, with what sets them. A state dict whose groups
+#: set one loads into an optimizer without that setting only to run another algorithm on its moments. RAdam's state
+#: dict is not told apart: it holds the settings and per-parameter state of Adam's, under the same names.
+_OTHER_ALGORITHMS = {
+    "amsgrad": "amsgrad",
+    "maximize": "maximize",
+    "decoupled_weight_decay": "decoupled weight decay (the state dict of AdamW or Adam(decoupled_weight_decay=True))",
+    "momentum_decay": "momentum decay (the state dict of NAdam)",
+}
+
+
+def _missing_settings(optimizer: Optimizer, group: dict[str, Any]) -> list[str]:
+    """The settings of ``optimizer``'s own algorithm that a state dict's ``group`` lacks: those of another algorithm
+    (SGD's into Adam) lack some. Not missing: the keys :func:`metaplastic` adds, and those that torch's own load
+    fills in (each optimizer's ``__setstate__`` sets the keys newer torch versions added: SGD's ``fused``, ...)."""
+    if isinstance(optimizer, MetaplasticAdam):
+        return [key for key in _ADAM_SETTINGS if key not in group]
+    probe = type(optimizer).__new__(type(optimizer))  # (nothing of the optimizer itself is touched)
+    probe.__setstate__({"defaults": {}, "state": {}, "param_groups": [{**group, "params": []}]})
+    filled = set(probe.param_groups[0]) | set(probe.defaults)
+    return [key for key in optimizer.defaults if key not in filled and key not in _CONSOLIDATION_KEYS]
+
+
 def _loaded_groups(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
     """The state dict to load, checked before anything of it is installed (a state dict is a file from outside):
-    its rules rebuilt from their records, a setting a group lacks (the state dict of a plain torch optimizer) at
-    the optimizer's default, every group validated."""
+    another algorithm's refused (:func:`_missing_settings`, :data:`_OTHER_ALGORITHMS`), its rules rebuilt from their
+    records, a setting a group lacks (the state dict of a plain torch optimizer, or of an older metaspike) at the
+    optimizer's default, every group validated."""
+    name = type(optimizer).__name__
     loaded = []
     for group in state_dict_groups(state_dict):
-        asked = [key for key in ("amsgrad", "maximize") if group.get(key) and key not in optimizer.defaults]
+        asked = [what for key, what in _OTHER_ALGORITHMS.items()
+                 if group.get(key, False) is not False and key not in optimizer.defaults]
         if asked:
-            raise ValueError(f"state_dict: its groups ask for {' and '.join(asked)}, which {type(optimizer).__name__} "
-                             "does not do")
+            raise ValueError(f"state_dict: its groups ask for {' and '.join(asked)}, which {name} does not do: it "
+                             "would run another algorithm on the saved state")
+        missing = _missing_settings(optimizer, group)
+        if missing:
+            raise ValueError(f"state_dict: its param groups lack {', '.join(missing)}: it is not a state dict of "
+                             f"{name}")
         group = {**optimizer.defaults, **group}
         group["rule"] = rule_from_record(group["rule"])
         _group_check(optimizer)(group)
@@ -472,7 +507,7 @@ def metaplastic(
     optimizer.defaults.setdefault("rule", rule)
     optimizer.defaults.setdefault("consolidate", None)
     for group in optimizer.param_groups:
-        for key in ("meta", "rule", "consolidate"):
+        for key in _CONSOLIDATION_KEYS:
             group.setdefault(key, optimizer.defaults[key])
         _check_consolidation(group, f"metaplastic({type(optimizer).__name__})")
     before: dict[Tensor, Tensor] = {}

@@ -234,6 +234,79 @@ def test_a_state_dict_asking_for_what_metaplastic_adam_does_not_do_is_refused():
     wrapped.load_state_dict(wrapped.state_dict())
 
 
+DECOUPLED = r"decoupled weight decay \(the state dict of AdamW or Adam\(decoupled_weight_decay=True\)\)"
+NADAM = r"momentum decay \(the state dict of NAdam\)"
+
+
+@pytest.mark.parametrize("make, asked", [
+    (lambda params: torch.optim.AdamW(params), DECOUPLED),
+    (lambda params: torch.optim.Adam(params, decoupled_weight_decay=True), DECOUPLED),
+    (lambda params: torch.optim.NAdam(params), NADAM),
+    (lambda params: torch.optim.NAdam(params, momentum_decay=0.0), NADAM),  # (NAdam still: its mu_product)
+])
+def test_metaplastic_adam_refuses_the_state_dict_of_another_adam_family_algorithm(make, asked):
+    weight = torch.zeros(3, requires_grad=True)
+    other = make([weight])
+    weight.grad = torch.ones(3)
+    other.step()
+    ours = metaspike.MetaplasticAdam([weight], lr=0.01)
+    with pytest.raises(ValueError, match=f"^state_dict: its groups ask for {asked}, which MetaplasticAdam does not do: "
+                                         "it would run another algorithm on the saved state$"):
+        ours.load_state_dict(other.state_dict())
+    assert ours.param_groups[0]["lr"] == 0.01 and "decoupled_weight_decay" not in ours.param_groups[0]
+    assert not ours.state
+
+
+def test_a_wrapped_optimizer_refuses_the_state_dict_of_another_algorithm():
+    """Its load hook fills the keys metaplastic adds, not the settings of the wrapped optimizer's own algorithm: a
+    state dict that lacks them is another algorithm's (torch's own SGD loads Adam's and fails at the step)."""
+    model = metaspike.binarize(torch.nn.Sequential(torch.nn.Linear(4, 3)))
+    model(torch.randn(2, 4)).sum().backward()
+    adam, ours = torch.optim.Adam(model.parameters()), metaspike.MetaplasticAdam(model.parameters(), meta=1.0)
+    sgd = metaspike.metaplastic(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    for foreign in (adam, ours):
+        foreign.step()
+        with pytest.raises(ValueError, match="^state_dict: its param groups lack momentum, dampening: it is not a "
+                                             "state dict of SGD$"):
+            sgd.load_state_dict(foreign.state_dict())
+    assert sgd.param_groups[0]["lr"] == 0.1 and "betas" not in sgd.param_groups[0] and not sgd.state
+    sgd.step()
+    wrapped_adam = metaspike.metaplastic(torch.optim.Adam(model.parameters()))
+    with pytest.raises(ValueError, match="^state_dict: its param groups lack betas, eps: it is not a state dict of "
+                                         "Adam$"):
+        wrapped_adam.load_state_dict(sgd.state_dict())
+    with pytest.raises(ValueError, match="its groups ask for momentum decay"):
+        wrapped_adam.load_state_dict(torch.optim.NAdam(model.parameters()).state_dict())
+    wrapped_adam.load_state_dict(ours.state_dict())  # (Adam's settings: MetaplasticAdam's state continues in Adam)
+
+
+def test_a_wrapped_optimizer_loads_a_state_dict_saved_before_metaplastic_or_by_an_older_torch():
+    """Keys that metaplastic adds (meta, rule, consolidate) take the optimizer's defaults, and keys newer torch
+    versions added (SGD's fused, ...) what the optimizer's __setstate__ gives them, as torch's own load does."""
+    model = metaspike.binarize(torch.nn.Sequential(torch.nn.Linear(4, 3)))
+    plain = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 4)).sum().backward()
+    plain.step()
+    saved = plain.state_dict()
+    for group in saved["param_groups"]:
+        for key in ("fused", "differentiable", "nesterov"):  # (an older torch's SGD)
+            del group[key]
+    wrapped = metaspike.metaplastic(torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.5), meta=2.0)
+    wrapped.load_state_dict(saved)
+    group = wrapped.param_groups[0]
+    assert (group["lr"], group["momentum"], group["meta"], group["rule"], group["consolidate"]) == \
+        (0.1, 0.9, 2.0, "tanh", None)
+    assert group["nesterov"] is False
+    assert torch.equal(wrapped.state[group["params"][0]]["momentum_buffer"],
+                       plain.state[plain.param_groups[0]["params"][0]]["momentum_buffer"])
+    older = wrapped.state_dict()  # an older metaspike's: no consolidate key yet
+    for group in older["param_groups"]:
+        del group["consolidate"]
+    wrapped.load_state_dict(older)
+    assert wrapped.param_groups[0]["consolidate"] is None
+    wrapped.step()
+
+
 def test_another_optimizers_state_dict_is_refused_at_load_not_at_the_next_step():
     lam = torch.zeros(3, requires_grad=True)
     mu, sigma = torch.zeros(3, requires_grad=True), torch.ones(3, requires_grad=True)
@@ -252,9 +325,14 @@ def test_metaplastic_adam_refuses_the_state_of_another_optimizer_or_model_at_loa
     sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sgd.step()
     adam = metaspike.MetaplasticAdam(model.parameters())  # (a float model: nothing to consolidate, so meta 0)
-    with pytest.raises(ValueError, match="state_dict: the state of parameter 0 lacks step, exp_avg, exp_avg_sq: it is "
-                                         "not the state dict of a MetaplasticAdam optimizer"):
+    with pytest.raises(ValueError, match="state_dict: its param groups lack betas, eps: it is not a state dict of "
+                                         "MetaplasticAdam"):
         adam.load_state_dict(sgd.state_dict())
+    adamax = torch.optim.Adamax(model.parameters())  # (Adam's settings; its state holds exp_avg and exp_inf)
+    adamax.step()
+    with pytest.raises(ValueError, match="state_dict: the state of parameter 0 lacks exp_avg_sq: it is not the state "
+                                         "dict of a MetaplasticAdam optimizer"):
+        adam.load_state_dict(adamax.state_dict())
     wider = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Linear(32, 4))  # as many tensors, other shapes
     wider(torch.randn(2, 8)).sum().backward()
     other = metaspike.MetaplasticAdam(wider.parameters())
