@@ -236,23 +236,28 @@ def _check_group(group: dict[str, Any]) -> None:
     """Validate a MetaplasticAdam param group's hyperparameters (those given to ``__init__`` and those a group
     sets) and what it says about consolidation (:func:`_check_consolidation`)."""
     _check_consolidation(group, "MetaplasticAdam")
+    lr = group.get("lr")
+    if isinstance(lr, Tensor):  # as torch.optim.Adam takes it: one real number
+        if lr.numel() != 1 or not lr.is_floating_point():
+            raise ValueError(f"a tensor lr must hold one floating-point number, got shape {tuple(lr.shape)} {lr.dtype}")
+        number_in("lr", lr.item(), 0.0, FLOAT32_MAX)
+    _check_adam_settings(group)
+    check_eps_holds(group)
+
+
+def _check_adam_settings(group: dict[str, Any], whose: str = "") -> None:
+    """Validate the Adam settings a MetaplasticAdam group holds, as plain numbers (a tensor lr is left alone: it is
+    checked where the group is made, and reading it would sync); ``whose`` begins their names in the messages."""
     # at most float32's largest number: the step multiplies float32 tensors by them
     for key in ("lr", "eps", "weight_decay"):
-        if key in group:
-            value = group[key]
-            if key == "lr" and isinstance(value, Tensor):  # as torch.optim.Adam takes it: one real number
-                if value.numel() != 1 or not value.is_floating_point():
-                    raise ValueError(f"a tensor lr must hold one floating-point number, got shape "
-                                     f"{tuple(value.shape)} {value.dtype}")
-                value = value.item()
-            number_in(key, value, 0.0, FLOAT32_MAX)
-    check_eps_holds(group)
+        if key in group and not isinstance(group[key], Tensor):
+            number_in(f"{whose}{key}", group[key], 0.0, FLOAT32_MAX)
     if "betas" in group:
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+            raise ValueError(f"{whose}betas must be two numbers in [0, 1), got {betas!r}")
         for beta in betas:
-            number_in("each of betas", beta, 0.0, 1.0, open_high=True)
+            number_in(f"each of {whose}betas", beta, 0.0, 1.0, open_high=True)
 
 
 class MetaplasticAdam(Optimizer):
@@ -350,8 +355,7 @@ class MetaplasticAdam(Optimizer):
                 loss = closure()
         for group in self.param_groups:  # tensors at their first step: converted since their group was checked?
             check_meta(group["meta"], "a param group's meta")  # (edited since: a negative one would invert the rule)
-            if not isinstance(group["lr"], Tensor):  # (a scheduler's or a hand's edit; a tensor lr is not read here)
-                number_in("a param group's lr", group["lr"], 0.0, FLOAT32_MAX)
+            _check_adam_settings(group, "a param group's ")  # (a scheduler's or a hand's edit: eps NaN makes NaN weights)
             check_eps_holds({"eps": group["eps"], "params": [p for p in group["params"]
                                                              if p.grad is not None and not self.state[p]]})
         for group in self.param_groups:

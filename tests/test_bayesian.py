@@ -885,6 +885,24 @@ def test_a_non_finite_gradient_is_refused_and_changes_nothing(kind):
     optimizer.step()
 
 
+@pytest.mark.parametrize("kind, key", [("bimu", "lr"), ("mesu", "N")])
+def test_a_setting_edited_out_of_range_in_a_later_group_is_refused_before_any_group_changes(kind, key):
+    """Every group is checked before any is updated (group 0 was updated before group 1's setting raised)."""
+    tensors = [torch.zeros(3, requires_grad=True), torch.ones(3, requires_grad=True)]
+    if kind == "bimu":
+        optimizer = BiMU([dict(params=[tensors[0]]), dict(params=[tensors[1]])])
+    else:
+        tensors += [torch.zeros(3, requires_grad=True), torch.ones(3, requires_grad=True)]
+        optimizer = MESU([dict(params=tensors[:2]), dict(params=tensors[2:])])
+    for tensor in tensors:
+        tensor.grad = torch.ones(3)
+    before = [t.detach().clone() for t in tensors]
+    optimizer.param_groups[1][key] = -1.0  # (what a scheduler's lambda, or a hand, may do)
+    with pytest.raises(ValueError, match=rf"^{key} must be a finite number in [\[(](0|1), 3.40282e\+38\], got -1.0$"):
+        optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, tensors)) and not optimizer.state
+
+
 @pytest.mark.parametrize("kind", ["bimu", "mesu"])
 def test_a_trainer_refuses_a_plain_optimizer_over_bayesian_synapses(kind):
     """Adam trains λ (or μ and σ) as plain weights: it learns nothing of what the rule would (a helper's run: chance)."""

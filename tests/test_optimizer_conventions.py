@@ -345,15 +345,25 @@ def test_metaplastic_adam_refuses_the_state_of_another_optimizer_or_model_at_loa
     adam.step()
 
 
-@pytest.mark.parametrize("lr", [float("nan"), -1.0, float("inf")])
-def test_a_learning_rate_edited_out_of_range_is_refused_at_the_step_before_anything_changes(lr):
-    weight = torch.ones(3, requires_grad=True)
-    adam = metaspike.MetaplasticAdam([weight], lr=0.1)
-    weight.grad = torch.ones(3)
-    adam.param_groups[0]["lr"] = lr  # (what a scheduler's lambda may do)
-    with pytest.raises(ValueError, match="a param group's lr must be a finite number in"):
+@pytest.mark.parametrize("key, value, message", [
+    ("lr", float("nan"), r"a param group's lr must be a finite number in \[0, 3.40282e\+38\], got nan"),
+    ("lr", -1.0, "a param group's lr must be a finite number in"),
+    ("lr", float("inf"), "a param group's lr must be a finite number in"),
+    ("eps", float("nan"), r"a param group's eps must be a finite number in \[0, 3.40282e\+38\], got nan"),
+    ("eps", -1e-3, "a param group's eps must be a finite number in"),
+    ("weight_decay", float("nan"), "a param group's weight_decay must be a finite number in"),
+    ("betas", (1.5, 0.999), r"each of a param group's betas must be a finite number in \[0, 1\), got 1.5"),
+    ("betas", (0.9, 1.0), r"each of a param group's betas must be a finite number in \[0, 1\), got 1.0"),
+    ("betas", 0.9, r"a param group's betas must be two numbers in \[0, 1\), got 0.9"),
+])
+def test_a_setting_edited_out_of_range_is_refused_at_the_step_before_anything_changes(key, value, message):
+    weight, other = torch.ones(3, requires_grad=True), torch.ones(3, requires_grad=True)
+    adam = metaspike.MetaplasticAdam([dict(params=[weight]), dict(params=[other])], lr=0.1)
+    weight.grad, other.grad = torch.ones(3), torch.ones(3)
+    adam.param_groups[1][key] = value  # (what a scheduler's lambda, or a hand, may do)
+    with pytest.raises(ValueError, match=f"^{message}"):
         adam.step()
-    assert torch.equal(weight.detach(), torch.ones(3)) and not adam.state[weight]
+    assert torch.equal(weight.detach(), torch.ones(3)) and not adam.state[weight] and not adam.state[other]
 
 
 @pytest.mark.parametrize("meta", [None, True, torch.tensor(2.0), "2"])

@@ -201,6 +201,7 @@ class _DataGatedOptimizer(Optimizer):
             closure: re-evaluates the model and returns the loss (optional).
 
         Raises:
+            ValueError: a param group's setting is out of range (see :meth:`check_step`).
             TrainingDiverged: a gradient holds NaN or infinite values (nothing is changed: a NaN latent weight would
                 read as a plausible ±1 weight in evaluation, where the sign of NaN is +1).
         """
@@ -208,13 +209,33 @@ class _DataGatedOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        _refuse_non_finite_gradients(type(self).__name__, self.param_groups)
+        self.check_step()
         if _any_gradient(self.param_groups):
             for group in self.param_groups:
                 updated = self._update_group(group)
                 if updated:
                     _count_steps(self, updated)
         return loss
+
+    def check_step(self) -> None:
+        """Raise what the next step would raise before it changes anything: a ``ValueError`` where a param group's
+        setting is out of range (every group, before any is updated: one edited since it was checked, by a scheduler
+        or a hand), a :class:`~metaspike.checks.TrainingDiverged` where a gradient holds NaN or infinite values.
+        :meth:`step` checks so first; a :class:`~metaspike.ChainedOptimizer` checks each of its MESU and BiMU
+        optimizers so before it steps any.
+
+        Example:
+            >>> lam = torch.zeros(2, requires_grad=True)
+            >>> opt = BiMU([lam])
+            >>> lam.grad = torch.tensor([float("nan"), 0.0])
+            >>> opt.check_step()
+            Traceback (most recent call last):
+            ...
+            metaspike.checks.TrainingDiverged: BiMU.step: the gradient of parameter 0 of param group 0 holds NaN or infinite values; BiMU changed nothing
+        """
+        for group in self.param_groups:
+            check_hyperparameters(self.rule, group)
+        _refuse_non_finite_gradients(type(self).__name__, self.param_groups)
 
     def _update_group(self, group: dict[str, Any]) -> list[Tensor]:
         """Apply the rule to ``group``; return the parameters it updated."""
