@@ -11,11 +11,14 @@ torch's learning-rate schedulers take one ``torch.optim.Optimizer``: give each c
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
+
+from metaspike.bayesian.optim import _DataGatedOptimizer
 
 __all__ = ["ChainedOptimizer"]
 
@@ -26,8 +29,12 @@ class ChainedOptimizer:
     torch's learning-rate schedulers refuse a chain (they take one ``torch.optim.Optimizer``): give each chained
     optimizer its own, e.g. ``StepLR(chain.optimizers[0], step_size=100)``.
 
+    A step is all or nothing where a MESU or BiMU optimizer refuses it (a gradient holding NaN or infinite values, a
+    setting out of range): each of them is checked before any optimizer steps.
+
     Args:
-        *optimizers: ``torch.optim.Optimizer`` instances; no parameter may belong to two of them.
+        *optimizers: ``torch.optim.Optimizer`` instances; no parameter may belong to two of them, and none may need a
+            closure at every step (``LBFGS``: it evaluates the loss several times a step; step it on its own).
 
     Example:
         >>> import torch
@@ -46,6 +53,9 @@ class ChainedOptimizer:
         for i, optimizer in enumerate(optimizers):
             if not isinstance(optimizer, Optimizer):
                 raise ValueError(f"optimizer {i} is a {type(optimizer).__name__}, not a torch.optim.Optimizer")
+            if _needs_closure(optimizer):
+                raise ValueError(f"optimizer {i} ({type(optimizer).__name__}) needs a closure at every step, which "
+                                 "a chain does not give it (it evaluates a closure once for all): step it on its own")
             ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
             if ids & seen:
                 raise ValueError(f"optimizer {i} updates parameters that an earlier optimizer updates too")
@@ -63,12 +73,16 @@ class ChainedOptimizer:
         return {p: s for optimizer in self.optimizers for p, s in optimizer.state.items()}
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Evaluate ``closure`` once (if given, with gradients on, as torch optimizers do), then step every
-        optimizer; returns the closure's loss."""
+        """Evaluate ``closure`` once (if given, with gradients on, as torch optimizers do), check every MESU and BiMU
+        optimizer (:meth:`~metaspike.bayesian.optim.BiMU.check_step`: nothing steps if one of them would refuse), then
+        step every optimizer; returns the closure's loss."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        for optimizer in self.optimizers:
+            if isinstance(optimizer, _DataGatedOptimizer):
+                optimizer.check_step()
         for optimizer in self.optimizers:
             optimizer.step()
         return loss
@@ -100,3 +114,10 @@ class ChainedOptimizer:
 
     def __repr__(self) -> str:
         return f"ChainedOptimizer({', '.join(type(o).__name__ for o in self.optimizers)})"
+
+
+def _needs_closure(optimizer: Optimizer) -> bool:
+    """Whether ``optimizer.step`` takes an argument without a default (``LBFGS.step(closure)``)."""
+    return any(parameter.default is inspect.Parameter.empty
+               and parameter.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+               for parameter in inspect.signature(optimizer.step).parameters.values())

@@ -5,8 +5,9 @@ import copy
 import pytest
 import torch
 
-from metaspike import BiMU, ChainedOptimizer
-from metaspike.bayesian import bayesianize, bimu_parameters, plain_parameters
+from metaspike import MESU, BiMU, ChainedOptimizer
+from metaspike.bayesian import bayesianize, bimu_parameters, mesu_param_groups, plain_parameters
+from metaspike.checks import TrainingDiverged
 
 
 def _model_and_chain():
@@ -53,3 +54,44 @@ def test_a_chain_refuses_shared_parameters_other_objects_and_foreign_state():
         chain.load_state_dict({"optimizers": [chain.optimizers[0].state_dict()]})
     with pytest.raises(ValueError, match="state_dict holds no optimizer states; this chain has 2"):
         chain.load_state_dict(chain.optimizers[0].state_dict())
+
+
+@pytest.mark.parametrize("bimu_first", [True, False])
+def test_a_non_finite_gradient_changes_nothing_whatever_the_order_of_the_chain(bimu_first):
+    """BiMU refuses a NaN gradient; Adam, stepped before it, wrote NaN into the other parameters."""
+    torch.manual_seed(0)
+    model = bayesianize(torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Linear(4, 3)), "bimu")
+    bimu, adam = BiMU(bimu_parameters(model)), torch.optim.Adam(plain_parameters(model), lr=0.01)
+    chain = ChainedOptimizer(*((bimu, adam) if bimu_first else (adam, bimu)))
+    x = torch.randn(5, 6)
+    x[0, 0] = float("nan")
+    model(x).pow(2).mean().backward()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(TrainingDiverged, match="BiMU.step: the gradient of parameter 0 of param group 0 holds NaN"):
+        chain.step()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not adam.state and not bimu.state
+    assert [type(o).__name__ for o in chain.optimizers] == (["BiMU", "Adam"] if bimu_first else ["Adam", "BiMU"])
+
+
+def test_a_non_finite_gradient_of_a_later_bayesian_optimizer_changes_nothing_of_an_earlier_one():
+    torch.manual_seed(0)
+    binary = bayesianize(torch.nn.Sequential(torch.nn.Linear(6, 4)), "bimu", scale=None)
+    gaussian = bayesianize(torch.nn.Sequential(torch.nn.Linear(6, 4)), "mesu", scale=None)
+    chain = ChainedOptimizer(BiMU(bimu_parameters(binary)), MESU(mesu_param_groups(gaussian)))
+    x = torch.randn(5, 6)
+    binary(x).pow(2).mean().backward()
+    x[0, 0] = float("inf")
+    gaussian(x).pow(2).mean().backward()
+    before = [copy.deepcopy(m.state_dict()) for m in (binary, gaussian)]
+    with pytest.raises(TrainingDiverged, match="MESU.step: the gradient of parameter 0 of param group 0 holds NaN"):
+        chain.step()
+    for saved, model in zip(before, (binary, gaussian)):
+        assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_chain_refuses_an_optimizer_that_needs_a_closure_at_every_step():
+    model, chain = _model_and_chain()
+    with pytest.raises(ValueError, match=r"^optimizer 1 \(LBFGS\) needs a closure at every step, which a chain does "
+                                         r"not give it \(it evaluates a closure once for all\): step it on its own$"):
+        ChainedOptimizer(chain.optimizers[0], torch.optim.LBFGS(plain_parameters(model)))
