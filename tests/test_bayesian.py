@@ -904,6 +904,18 @@ def test_a_setting_edited_out_of_range_in_a_later_group_is_refused_before_any_gr
 
 
 @pytest.mark.parametrize("kind", ["bimu", "mesu"])
+def test_a_step_on_the_meta_device_runs_on_shapes_as_torch_optimizers_do(kind):
+    """torch.optim.Adam steps parameters on the meta device (shapes without values); the finite-gradient check read
+    their values and failed inside torch."""
+    tensors = [torch.nn.Parameter(torch.empty(4, 3, device="meta")) for _ in range(1 if kind == "bimu" else 2)]
+    optimizer = BiMU(tensors) if kind == "bimu" else MESU(tensors)
+    for tensor in tensors:
+        tensor.grad = torch.empty(4, 3, device="meta")
+    optimizer.step()
+    assert all(t.is_meta and t.shape == (4, 3) and int(optimizer.state[t]["step"]) == 1 for t in tensors)
+
+
+@pytest.mark.parametrize("kind", ["bimu", "mesu"])
 def test_a_trainer_refuses_a_plain_optimizer_over_bayesian_synapses(kind):
     """Adam trains λ (or μ and σ) as plain weights: it learns nothing of what the rule would (a helper's run: chance)."""
     from metaspike.chained import ChainedOptimizer

@@ -38,22 +38,24 @@ __all__ = ["MESU", "BiMU", "settings_for_batch", "check_synapse_optimizers", "BA
 
 
 def _any_gradient(groups: list[dict[str, Any]]) -> bool:
-    """Whether any parameter of ``groups`` has a gradient with a nonzero (or NaN) entry.
+    """Whether any parameter of ``groups`` has a gradient with a nonzero (or NaN) entry, or one on the meta device
+    (which holds shapes without values: the step runs there on shapes, as torch's optimizers do).
 
     Checked tensor by tensor, smallest first, and lazily: a training step stops at its first
     gradient with data, so it typically reads one small tensor and syncs once; only a step without
     data reads them all.
     """
     grads = sorted((p.grad for group in groups for p in group["params"] if p.grad is not None), key=Tensor.numel)
-    return any(bool(g.any()) for g in grads)
+    return any(g.is_meta or bool(g.any()) for g in grads)
 
 
 def _refuse_non_finite_gradients(optimizer: str, groups: list[dict[str, Any]]) -> None:
     """:class:`TrainingDiverged` naming the first parameter whose gradient holds NaN or infinite values. Their 2-norms
     come in one fused call and one sync (a NaN or infinity makes a norm so; a norm that merely overflows is checked
-    entry by entry before anything is said); sparse gradients are left to the rule's check, which names them."""
+    entry by entry before anything is said); sparse gradients are left to the rule's check, which names them, and
+    gradients on the meta device hold no values to check."""
     places = [(g, i) for g, group in enumerate(groups) for i, p in enumerate(group["params"])
-              if p.grad is not None and p.grad.layout == torch.strided]
+              if p.grad is not None and p.grad.layout == torch.strided and not p.grad.is_meta]
     if not places:
         return
     grads = [groups[g]["params"][i].grad for g, i in places]
