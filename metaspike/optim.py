@@ -144,8 +144,11 @@ def _missing_settings(optimizer: Optimizer, group: dict[str, Any]) -> list[str]:
     if isinstance(optimizer, MetaplasticAdam):
         return [key for key in _ADAM_SETTINGS if key not in group]
     probe = type(optimizer).__new__(type(optimizer))  # (nothing of the optimizer itself is touched)
-    probe.__setstate__({"defaults": {}, "state": {}, "param_groups": [{**group, "params": []}]})
-    filled = set(probe.param_groups[0]) | set(probe.defaults)
+    try:
+        probe.__setstate__({"defaults": {}, "state": {}, "param_groups": [{**group, "params": []}]})
+        filled = set(probe.param_groups[0]) | set(probe.defaults)
+    except Exception:  # (an optimizer of one's own whose load cannot be tried apart: nothing can be told missing)
+        return []
     return [key for key in optimizer.defaults if key not in filled and key not in _CONSOLIDATION_KEYS]
 
 
