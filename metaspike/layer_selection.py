@@ -129,7 +129,10 @@ def select_layers(
 
     A layer whose ``weight`` is a tensor but no parameter (a buffer, or computed by a hook as the old
     ``torch.nn.utils.weight_norm`` does) is left out, or, with ``refuse_computed_weights`` (what turns layers into
-    synapses asks for), an error naming it.
+    synapses asks for), an error naming it. Synapses are made of a layer's ``weight`` parameter, so with
+    ``refuse_computed_weights`` a class in ``layer_types`` whose layers in ``model`` all lack one (an ``nn.LSTM``'s
+    matrices are ``weight_ih_l0``..., a Norse ``LIFRecurrentCell``'s ``input_weights``...) is an error naming it too:
+    the call would leave exactly the layers it was asked for float.
 
     ``layer_types`` is a class or a sequence of classes; ``exclude`` one name or a sequence of names, each of
     which must exist. Layers whose owner reads their weight without calling them (``out_proj`` of an
@@ -147,10 +150,11 @@ def select_layers(
     types = _layer_types(layer_types)
     excluded = _excluded_names(model, exclude)
     bypassed = _forward_bypassed(model)
-    selected = []
+    selected, candidates = [], []
     for name, layer in model.named_modules():
         if not isinstance(layer, types) or _is_excluded(name, excluded) or id(layer) in bypassed:
             continue
+        candidates.append((name, layer))
         if parametrize.is_parametrized(layer, "weight"):
             selected.append((name, layer))
             continue
@@ -163,7 +167,26 @@ def select_layers(
                              "computed by a hook as the old torch.nn.utils.weight_norm and spectral_norm do), so it "
                              f"cannot become a synapse: exclude it (exclude=[{name!r}]) or use "
                              "torch.nn.utils.parametrizations.weight_norm / spectral_norm")
+    if refuse_computed_weights:
+        _refuse_types_without_weight(types, candidates, selected)
     return selected
+
+
+def _refuse_types_without_weight(types: tuple[type[nn.Module], ...], candidates: list[tuple[str, nn.Module]],
+                                 selected: list[tuple[str, nn.Module]]) -> None:
+    """A class of ``types`` that has layers among ``candidates`` but none in ``selected`` (none has a ``weight``
+    parameter) is an error naming it and the weight matrices its first layer has instead."""
+    chosen = {id(layer) for _, layer in selected}
+    for layer_type in types:
+        layers = [(name, layer) for name, layer in candidates if isinstance(layer, layer_type)]
+        if layers and not any(id(layer) in chosen for _, layer in layers):
+            name, layer = layers[0]
+            matrices = [key for key, p in layer.named_parameters(recurse=False) if p.dim() >= 2]
+            has = f"its weight matrices are {', '.join(matrices)}" if matrices else "it has no weight matrix"
+            raise ValueError(f"layer_types names {layer_type.__name__}, but no {layer_type.__name__} layer has a "
+                             f"'weight' parameter (layer {name!r}: {has}); synapses are made of a layer's 'weight' "
+                             f"parameter only, so leave {layer_type.__name__} out of layer_types (its weights stay "
+                             "float)")
 
 
 def check_weight_ready(name: str, layer: nn.Module) -> None:
@@ -197,13 +220,16 @@ def each_once(tensors: Iterable[Tensor]) -> list[Tensor]:
     return list({id(t): t for t in tensors}.values())
 
 
-def warn_float_matrices_left(model: nn.Module, selected: Sequence[nn.Module], exclude: str | Sequence[str], what: str) -> None:
+def warn_float_matrices_left(model: nn.Module, selected: Sequence[nn.Module], exclude: str | Sequence[str], what: str,
+                             layer_types: type[nn.Module] | Sequence[type[nn.Module]] = DEFAULT_LAYER_TYPES) -> None:
     """Warn about weight matrices (parameters of two or more dimensions) that stay float because their layer is of a
     kind no synapse call handles (an ``nn.LSTM``, a Norse ``LIFRecurrentCell``, the ``out_proj`` of an
     ``nn.MultiheadAttention``, ...): they would train as float weights and never be consolidated, silently. Layers in
     ``selected``, excluded layers and the default layer types (left out on purpose by a narrower ``layer_types``) are
-    not named. A second warning names the modules that share a weight tensor with a synapse layer without being one
-    (an ``nn.Embedding`` tied to an output ``nn.Linear``): they read the synapse's float state, not its weight.
+    not named. Layers of a class in ``layer_types`` that have no ``weight`` parameter (others of their class have
+    one) are named apart: excluding them is not what the caller asked. A second warning names the modules that share
+    a weight tensor with a synapse layer without being one (an ``nn.Embedding`` tied to an output ``nn.Linear``):
+    they read the synapse's float state, not its weight.
 
     Example:
         >>> net = nn.Sequential(nn.LSTM(3, 4), nn.Linear(4, 2))
@@ -217,7 +243,8 @@ def warn_float_matrices_left(model: nn.Module, selected: Sequence[nn.Module], ex
     covered = {id(p) for layer in selected for p in layer.parameters()}
     inside = {id(m) for layer in selected for m in layer.modules()}  # a selected layer, its gain, its parametrization
     bypassed = _forward_bypassed(model)
-    left, tied = [], []
+    types = _layer_types(layer_types)
+    left, named, tied = [], [], []
     for name, module in model.named_modules():
         if id(module) in inside or _is_excluded(name, excluded):
             continue
@@ -225,13 +252,23 @@ def warn_float_matrices_left(model: nn.Module, selected: Sequence[nn.Module], ex
             continue
         for key, p in module.named_parameters(recurse=False):
             if p.dim() >= 2:
-                (tied if id(p) in covered else left).append(f"{name}.{key}" if name else key)
+                asked = isinstance(module, types) and id(module) not in bypassed
+                (tied if id(p) in covered else named if asked else left).append(f"{name}.{key}" if name else key)
     if tied:
         warnings.warn(f"{what} made synapses of weight tensors that other modules use too ({', '.join(tied)}): those "
                       "modules are not synapses and read the synapse's float state as their weight; untie the "
                       "weights or exclude the synapse layer", UserWarning, stacklevel=3)
+    if named:
+        warnings.warn(f"{what} left {len(named)} weight matrices float in layers of a type named in layer_types "
+                      f"({_shown(named)}): their layers have no 'weight' parameter, and synapses are made of a "
+                      "layer's 'weight' parameter only; they train as float weights and are not consolidated",
+                      UserWarning, stacklevel=3)
     if left:
-        shown = ", ".join(left[:6]) + (f" and {len(left) - 6} more" if len(left) > 6 else "")
         warnings.warn(f"{what} left {len(left)} weight matrices float, in layers it does not make synapses of "
-                      f"({shown}): they train as float weights and are not consolidated; name their layers in "
+                      f"({_shown(left)}): they train as float weights and are not consolidated; name their layers in "
                       f"{what}(..., exclude=[...]) to silence this", UserWarning, stacklevel=3)
+
+
+def _shown(names: list[str]) -> str:
+    """The first six of ``names``, and how many more."""
+    return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")

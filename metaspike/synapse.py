@@ -173,7 +173,7 @@ def binarize(
     if not todo and not any(True for _ in binary_modules(module)):
         raise ValueError(f"{type(module).__name__} has no layer to binarize (looked for {layer_type_names(layer_types)} "
                          "layers with a weight parameter)")
-    warn_float_matrices_left(module, [layer for _, layer in selected], exclude, "binarize")
+    warn_float_matrices_left(module, [layer for _, layer in selected], exclude, "binarize", layer_types)
     return module
 
 

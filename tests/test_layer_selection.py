@@ -245,6 +245,56 @@ def test_weight_matrices_left_float_by_a_layer_kind_without_synapses_are_named(k
 
 
 @pytest.mark.parametrize("kind", ["sign", "bimu", "mesu"])
+@pytest.mark.parametrize("scale", ["channel", None])
+def test_a_named_layer_type_without_a_weight_parameter_is_refused(kind, scale):
+    """Naming nn.LSTM (or a Norse LIFRecurrentCell) in layer_types converted nothing of it, with a warning that
+    advised excluding it: a synapse is made of a layer's `weight` parameter, which such a layer does not have."""
+    def call(net, **kw):
+        return binarize(net, scale=scale, **kw) if kind == "sign" else bayesianize(net, kind, scale=scale, **kw)
+
+    net = nn.Sequential(nn.LSTM(3, 4), nn.Linear(4, 2))
+    before = _snapshot(net)
+    with pytest.raises(ValueError, match=r"^layer_types names LSTM, but no LSTM layer has a 'weight' parameter "
+                                         r"\(layer '0': its weight matrices are weight_ih_l0, weight_hh_l0\); "
+                                         r"synapses are made of a layer's 'weight' parameter only"):
+        call(net, layer_types=(nn.Linear, nn.LSTM))
+    assert _unchanged(net, before)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # excluded: no layer of the class is asked for
+        call(nn.Sequential(nn.LSTM(3, 4), nn.Linear(4, 2)), layer_types=(nn.Linear, nn.LSTM), exclude="0")
+
+
+class _MaybeWeighted(nn.Module):
+    """A layer whose matrix is its `weight` parameter or, built with ``weighted=False``, another one."""
+
+    def __init__(self, weighted: bool):
+        super().__init__()
+        setattr(self, "weight" if weighted else "matrix", nn.Parameter(torch.randn(2, 2)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ getattr(self, "weight", getattr(self, "matrix", None)).T
+
+
+@pytest.mark.parametrize("kind", ["sign", "bimu", "mesu"])
+def test_a_named_layer_left_float_is_not_told_to_be_excluded(kind):
+    """Layers of a named class that lack the `weight` parameter others of it have are named apart, without the
+    advice to exclude them (the opposite of what the caller asked)."""
+    net = nn.Sequential(_MaybeWeighted(True), _MaybeWeighted(False), nn.LSTM(2, 2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        binarize(net, _MaybeWeighted, scale=None) if kind == "sign" else bayesianize(
+            net, kind, layer_types=_MaybeWeighted, scale=None)
+    messages = [str(w.message) for w in caught if w.category is UserWarning]
+    what = "binarize" if kind == "sign" else "bayesianize"
+    assert messages[0] == (f"{what} left 1 weight matrices float in layers of a type named in layer_types (1.matrix): "
+                           "their layers have no 'weight' parameter, and synapses are made of a layer's 'weight' "
+                           "parameter only; they train as float weights and are not consolidated")
+    assert messages[1].startswith(f"{what} left 2 weight matrices float, in layers it does not make synapses of "
+                                  "(2.weight_ih_l0, 2.weight_hh_l0)") and "exclude" in messages[1]
+    assert len(messages) == 2 and synapse_parametrization(net[0]) is not None
+
+
+@pytest.mark.parametrize("kind", ["sign", "bimu", "mesu"])
 def test_attention_layers_stay_float_because_attention_bypasses_their_forward_pass(kind):
     """nn.MultiheadAttention multiplies by out_proj.weight itself: a gain on out_proj would never act."""
     torch.manual_seed(0)

@@ -81,6 +81,18 @@ def test_norse_sequential_state_models_train_with_binary_synapses(neuron):
     assert set(model.network[1].weight.unique().tolist()) == {-1.0, 1.0}
 
 
+@pytest.mark.parametrize("convert", [metaspike.binarize, lambda net, **kw: metaspike.bayesianize(net, "bimu", **kw)])
+def test_naming_a_norse_recurrent_cell_in_layer_types_is_refused(convert):
+    """The cell's matrices are input_weights and recurrent_weights, no `weight`: it was left float in silence."""
+    norse = pytest.importorskip("norse.torch")
+    net = norse.SequentialState(nn.Flatten(), nn.Linear(16, 8), norse.LIFRecurrentCell(8, 4), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"^layer_types names LIFRecurrentCell, but no LIFRecurrentCell layer has a "
+                                         r"'weight' parameter \(layer '2': its weight matrices are input_weights, "
+                                         r"recurrent_weights\)"):
+        convert(net, layer_types=(nn.Linear, norse.LIFRecurrentCell), scale=None)
+    assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in net.modules())  # nothing changed
+
+
 def test_norse_neurons_reject_an_snntorch_surrogate_name_and_take_superspike():
     pytest.importorskip("norse.torch")
     with pytest.raises(ValueError, match="Norse neurons take surrogate"):

@@ -625,7 +625,7 @@ def bayesianize(
                       f"values; {start}={given!r} starts only the layers this call converts (set theirs on "
                       "layer.parametrizations.weight[0])", stacklevel=2)
     _make_synapses(todo, kind, scale, sigma_init, lambda_init, temperature, evaluation)  # everything checked
-    warn_float_matrices_left(model, [layer for _, layer in selected], exclude, "bayesianize")
+    warn_float_matrices_left(model, [layer for _, layer in selected], exclude, "bayesianize", layer_types)
     return model
 
 
