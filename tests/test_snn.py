@@ -9,8 +9,16 @@ from torch import nn
 
 import metaspike
 from metaspike.snn import (
-    LatencyEncoder, RateEncoder, SelfRecurrentLIF, SpikingClassifier, build_neuron_model, get_encoder, get_readout,
-    reset_states, surrogate,
+    LatencyEncoder,
+    RateEncoder,
+    SelfRecurrentLIF,
+    SpikingClassifier,
+    build_neuron_model,
+    get_encoder,
+    get_readout,
+    membrane,
+    reset_states,
+    surrogate,
 )
 from metaspike.snn.neurons import NetSpec
 from metaspike.synapse import SignWeight
@@ -92,7 +100,21 @@ def test_unknown_neuron_surrogate_and_a_model_without_synapses_raise_value_error
     with pytest.raises(ValueError, match="unknown surrogate 'smooth'"):
         surrogate("smooth")
     with pytest.raises(ValueError, match="has no layer to binarize"):
-        metaspike.binarize(SpikingClassifier(nn.Sequential(nn.Flatten(), SelfRecurrentLIF(4)), 2))
+        metaspike.binarize(SpikingClassifier(nn.Sequential(nn.Flatten(), SelfRecurrentLIF(4)), 2, readout="count"))
+
+
+@pytest.mark.parametrize("readout", ["membrane", membrane])
+def test_a_membrane_readout_of_a_last_neuron_that_returns_spikes_only_is_refused(readout):
+    """Averaged spikes are spike rates, not a membrane (all zero before training): the fix is named instead."""
+    spiking = nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(4, 3), SelfRecurrentLIF(3)))
+    with pytest.raises(ValueError, match=r"^readout='membrane' reads the last module's membrane potential, but module "
+                                         r"'1.1' \(SelfRecurrentLIF\) returns its spikes only, so the logits would be "
+                                         r"spike rates: build it with output=True .*, or read the spikes with "
+                                         r"readout='count'$"):
+        SpikingClassifier(spiking, num_steps=2, encoder="direct", readout=readout)
+    counted = SpikingClassifier(spiking, num_steps=2, encoder="direct", readout="count")
+    assert counted(torch.rand(2, 1, 2, 2)).shape == (2, 3)
+    assert _tiny(readout=readout)(torch.rand(2, 1, 2, 2)).unique().numel() > 2  # output=True: a real membrane
 
 
 def test_signs_are_taken_once_per_forward_not_once_per_step(monkeypatch):
@@ -140,8 +162,8 @@ def test_readout_and_encoder_objects_pass_through():
 
 
 def test_compare_neurons_writes_one_table_and_figure_for_every_model_and_meta(tmp_path):
-    from metaspike.app.config import RunConfig
     from metaspike.app.compare import compare_neurons
+    from metaspike.app.config import RunConfig
 
     base = RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(16,), num_steps=2)
     path, rows = compare_neurons(base, ["bnn", "self-recurrent"], [0, 50], out=tmp_path, progress=False)

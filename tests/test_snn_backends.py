@@ -234,6 +234,24 @@ def test_the_membrane_readout_reads_the_membrane_of_every_snntorch_neuron(neuron
     assert torch.equal(got, expected)  # the same float32 operations in the same order
 
 
+def test_a_membrane_readout_of_an_snntorch_or_norse_neuron_that_returns_spikes_only_is_refused():
+    """A snnTorch neuron without output=True returns its spikes only, as does every Norse cell but the leaky
+    integrators: the "membrane" logits were spike rates (a Norse LIFCell's all zero before training)."""
+    norse = pytest.importorskip("norse.torch")
+    cases = [(nn.Sequential(nn.Linear(4, 3), snn.Leaky(beta=0.9, init_hidden=True)),
+              r"module '1' \(Leaky\) .*: build it with output=True \(Leaky then returns \(spikes, membrane\)\)"),
+             (norse.SequentialState(nn.Linear(4, 3), norse.LIFCell()),
+              r"module '1' \(LIFCell\) .*: end the network with a Norse LICell \(a leaky integrator, whose output is "
+              r"its voltage\)")]
+    for net, message in cases:
+        with pytest.raises(ValueError, match=r"^readout='membrane' reads the last module's membrane potential, but "
+                                             + message + r", or read the spikes with readout='count'$"):
+            SpikingClassifier(net, num_steps=2, encoder="direct")  # "membrane" is the default readout
+        assert SpikingClassifier(net, num_steps=2, encoder="direct", readout="count")(torch.rand(5, 4)).shape == (5, 3)
+    voltage = SpikingClassifier(norse.SequentialState(nn.Linear(4, 3), norse.LICell()), num_steps=2, encoder="direct")
+    assert voltage(torch.rand(5, 4)).shape == (5, 3)
+
+
 @pytest.mark.filterwarnings("ignore:Inhibition is an unstable feature")
 def test_the_registry_synaptic_model_round_trips_through_nir_and_unexpressed_options_are_refused(tmp_path):
     pytest.importorskip("nir")

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from metaspike.checks import ModelError, is_whole
 from metaspike.snn.backends import reset_states, state_reset
 from metaspike.snn.encoders import check_num_steps, get_encoder
-from metaspike.snn.readouts import Readout, get_readout
+from metaspike.snn.readouts import Readout, get_readout, membrane
+from metaspike.snn.recurrent import SelfRecurrentLIF
 from metaspike.synapse import binarized_once
 
 __all__ = ["SpikingClassifier"]
@@ -65,6 +66,38 @@ def _check_snntorch_neurons(network: nn.Module) -> None:
                                  "init_hidden=True (SpikingClassifier resets the hidden state at every call)")
 
 
+def _last_module(network: nn.Module) -> tuple[str, nn.Module]:
+    """``(name, module)`` of the module whose output is ``network``'s: the last of nested ``nn.Sequential`` and Norse
+    ``SequentialState`` containers (the network itself when it is neither)."""
+    chain = (nn.Sequential, getattr(sys.modules.get("norse.torch"), "SequentialState", nn.Sequential))
+    name, module = "", network
+    while type(module) in chain and len(module):
+        key = list(module._modules)[-1]
+        name, module = ".".join(part for part in (name, key) if part), module[-1]
+    return name, module
+
+
+def _refuse_membrane_of_spikes(network: nn.Module) -> None:
+    """The membrane readout on a network whose last module is a neuron that returns its spikes only (a snnTorch
+    neuron or :class:`~metaspike.snn.SelfRecurrentLIF` without ``output=True``, a Norse spiking cell) would average
+    spikes, not a membrane: the logits would be spike rates (all zero before training). One error naming the fix."""
+    name, module = _last_module(network)
+    kind = type(module).__name__
+    neurons = (SelfRecurrentLIF, getattr(sys.modules.get("snntorch"), "SpikingNeuron", SelfRecurrentLIF))
+    snn, norse = sys.modules.get("norse.torch.module.snn"), sys.modules.get("norse.torch")  # (loaded by Norse modules)
+    cells = tuple(getattr(snn, cell) for cell in ("SNNCell", "SNNRecurrentCell") if hasattr(snn, cell))
+    integrators = tuple(getattr(norse, cell) for cell in ("LICell", "LIBoxCell") if hasattr(norse, cell))
+    if isinstance(module, neurons) and not getattr(module, "output", True) and getattr(module, "init_hidden", True):
+        fix = f"build it with output=True ({kind} then returns (spikes, membrane))"
+    elif cells and isinstance(module, cells) and not isinstance(module, integrators):
+        fix = "end the network with a Norse LICell (a leaky integrator, whose output is its voltage)"
+    else:
+        return
+    raise ValueError(f"readout='membrane' reads the last module's membrane potential, but module {name!r} ({kind}) "
+                     f"returns its spikes only, so the logits would be spike rates: {fix}, or read the spikes with "
+                     "readout='count'")
+
+
 def _unreset_tensors(network: nn.Module) -> dict[tuple[str, str], int]:
     """The plain tensor attributes (not parameters or buffers) of the modules :func:`reset_states` leaves alone,
     by ``(module name, attribute)``, with the identity of the tensor each holds now."""
@@ -96,7 +129,9 @@ class SpikingClassifier(nn.Module):
         network: one time step: input ``[B, *input_shape]`` → output tensor or ``(spikes, membrane)``.
         num_steps: time steps per sample (>= 1).
         encoder: ``"rate"``, ``"latency"``, ``"direct"`` or an encoder module.
-        readout: ``"count"``, ``"membrane"`` or a callable on the list of step outputs.
+        readout: ``"count"``, ``"membrane"`` or a callable on the list of step outputs. ``"membrane"`` on a
+            network whose last module is a neuron that returns spikes only (a snnTorch neuron without
+            ``output=True``, a Norse ``LIFCell``: anything but an ``LICell``) is an error, as it would read spikes.
         input_shape: shape of one sample; when given, inputs are checked against it and
             pre-encoded inputs ``[num_steps, B, *input_shape]`` are accepted.
 
@@ -125,6 +160,8 @@ class SpikingClassifier(nn.Module):
         self.num_steps = check_num_steps(num_steps)
         self.encoder = get_encoder(encoder)
         self.readout = get_readout(readout)
+        if self.readout is membrane:
+            _refuse_membrane_of_spikes(network)
         if input_shape is not None and (isinstance(input_shape, str) or not all(is_whole(s, 1) for s in input_shape)
                                         or not len(input_shape)):
             raise ValueError(f"input_shape must be a non-empty sequence of integers >= 1, got {input_shape!r}")
