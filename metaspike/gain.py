@@ -97,6 +97,8 @@ class OutputGain(nn.Module):
     Args:
         weight: the float weight ``[out, in, *kernel]`` whose size ``α`` takes over.
         scale: ``"channel"`` or ``"layer"``.
+        layer_name: the layer's module path (in the model :func:`metaspike.binarize` or
+            :func:`metaspike.bayesianize` was given), which the warnings name; ``""`` (unknown) names its class only.
 
     Example:
         >>> gain = OutputGain(torch.tensor([[0.5, -0.5], [0.1, 0.3]]), "channel")
@@ -106,7 +108,9 @@ class OutputGain(nn.Module):
         [[0.5, 0.20000000298023224]]
     """
 
-    def __init__(self, weight: Tensor, scale: str) -> None:
+    layer_name: str = ""
+
+    def __init__(self, weight: Tensor, scale: str, layer_name: str = "") -> None:
         super().__init__()
         if check_scale(scale) is None:
             raise ValueError("scale must be 'channel' or 'layer' for an OutputGain, got None")
@@ -118,6 +122,7 @@ class OutputGain(nn.Module):
         default = 0.5 / math.sqrt(max(math.prod(weight.shape[1:]), 1))  # mean |W| of U(±1/√fan_in): torch's init
         alpha = torch.where(alpha > 0, alpha, torch.full_like(alpha, default))
         self.scale = scale
+        self.layer_name = layer_name
         self.alpha = nn.Parameter(alpha.clone())
         self._start_size = float(alpha.abs().max()) if alpha.numel() else 0.0
         self._growth_seen_version = self.alpha._version
@@ -126,6 +131,15 @@ class OutputGain(nn.Module):
         self._seen_alpha: int | None = None  # α's version, the layer's synapses' versions at the last training pass
         self._seen_synapses: int | None = None
         self._idle_steps = 0
+
+    def _describe(self, layer: nn.Module) -> str:
+        """The gain's layer, for a warning: ``layer '1.0' (Linear, α of shape (64,))``, or without a known name
+        ``a Linear layer (α of shape (64,))``."""
+        kind = type(layer).__bases__[0] if parametrize.is_parametrized(layer) else type(layer)  # (torch's subclass)
+        shape = f"α of shape {tuple(self.alpha.shape)}"
+        if self.layer_name:
+            return f"layer {self.layer_name!r} ({kind.__name__}, {shape})"
+        return f"a {kind.__name__} layer ({shape})"
 
     def _watch_for_no_optimizer(self, layer: nn.Module) -> None:
         """Warn once when ``layer``'s synapses were updated :data:`IDLE_STEPS_WARNED` times (the sum of their tensors'
@@ -144,7 +158,7 @@ class OutputGain(nn.Module):
         elif self._seen_synapses is not None and synapse_version != self._seen_synapses:
             self._idle_steps += 1
             if self._idle_steps == IDLE_STEPS_WARNED:
-                warnings.warn(f"a learned output gain (of {tuple(alpha.shape)}) has held a gradient through "
+                warnings.warn(f"the learned output gain of {self._describe(layer)} has held a gradient through "
                               f"{IDLE_STEPS_WARNED} updates of its layer's synapses without changing: no optimizer "
                               "trains it. metaspike.binarize and bayesianize add these gains as new parameters: build "
                               "the optimizer after them (or add the gains' parameters to it)", stacklevel=3)
@@ -170,9 +184,8 @@ class OutputGain(nn.Module):
         size = float(self.alpha.detach().abs().max())
         if not size <= GROWTH_WARNED * self._start_size:
             self._growth_warned = True
-            kind = type(layer).__bases__[0] if parametrize.is_parametrized(layer) else type(layer)  # (torch's subclass)
-            warnings.warn(f"the learned output gain of a {kind.__name__} layer (of {tuple(self.alpha.shape)}) "
-                          f"has grown from {self._start_size:.3g} to {size:.3g}, over {GROWTH_WARNED:g} times its "
+            warnings.warn(f"the learned output gain of {self._describe(layer)} has grown from "
+                          f"{self._start_size:.3g} to {size:.3g}, over {GROWTH_WARNED:g} times its "
                           "start: it is diverging. A gain takes larger steps than a float weight under SGD; give the "
                           "gains a smaller learning rate (metaspike.param_groups(model, meta, gain_lr=...), about "
                           "lr / sqrt(fan_in)), clip the gradients, or use Adam", RuntimeWarning, stacklevel=4)
@@ -240,10 +253,11 @@ def foreign_forward_hooks(module: nn.Module) -> int:
     return len(module._forward_hooks) + len(module._forward_pre_hooks) - own
 
 
-def attach_output_gain(layer: nn.Module, scale: str) -> OutputGain:
+def attach_output_gain(layer: nn.Module, scale: str, name: str = "") -> OutputGain:
     """Give a linear/conv ``layer`` a learned :class:`OutputGain` (child ``output_gain``, applied to its output by
-    a forward hook), started from the layer's current weight. :func:`metaspike.binarize` and
-    :func:`metaspike.bayesianize` call it before the weight becomes a synapse.
+    a forward hook), started from the layer's current weight; ``name``, the layer's module path, is what the gain's
+    warnings call it. :func:`metaspike.binarize` and :func:`metaspike.bayesianize` call it before the weight becomes
+    a synapse.
 
     Example:
         >>> layer = torch.nn.Linear(4, 3)
@@ -252,7 +266,7 @@ def attach_output_gain(layer: nn.Module, scale: str) -> OutputGain:
         >>> bool(torch.allclose(layer(x), gain.alpha * (x @ layer.weight.T) + layer.bias))
         True
     """
-    layer.output_gain = OutputGain(layer.weight, scale)
+    layer.output_gain = OutputGain(layer.weight, scale, name)
     layer.register_forward_hook(_apply_output_gain)
     return layer.output_gain
 

@@ -164,10 +164,10 @@ def binarize(
                              "weight_norm); binarize needs one weight tensor to take the sign of")
         if scale is not None:
             check_gain_layer(name, layer)
-        todo.append(layer)
-    for layer in todo:  # everything checked: now change the model
+        todo.append((name, layer))
+    for name, layer in todo:  # everything checked: now change the model
         if scale is not None:
-            attach_output_gain(layer, scale)
+            attach_output_gain(layer, scale, name)
         parametrize.register_parametrization(layer, "weight", SignWeight())
         mark_hidden_weight(layer.parametrizations.weight.original)  # type: ignore[union-attr]
     if not todo and not any(True for _ in binary_modules(module)):

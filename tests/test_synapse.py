@@ -175,6 +175,34 @@ def test_a_gain_no_optimizer_trains_is_named_after_a_few_dozen_steps():
         assert len(named) == (2 if built_first else 0)  # once per gain
 
 
+@pytest.mark.parametrize("kind", ["sign", "bimu"])
+def test_a_gain_no_optimizer_trains_is_named_by_its_layer(kind):
+    """Layers of one width have gains of one shape: the warning names each layer's path, not only its gain's shape."""
+    import warnings
+
+    from metaspike.bayesian import BiMU, bimu_parameters
+    from metaspike.gain import IDLE_STEPS_WARNED, attach_output_gain
+
+    net = nn.Sequential(nn.Linear(8, 4), nn.Tanh(), nn.Sequential(nn.Linear(4, 4), nn.Tanh()), nn.Linear(4, 4))
+    if kind == "sign":
+        opt = metaspike.MetaplasticAdam(net.parameters(), lr=0.01, meta=5.0)  # built first: it lacks the gains
+        metaspike.binarize(net)
+    else:
+        opt = BiMU(bimu_parameters(metaspike.bayesianize(net, "bimu")))  # the gains' parameters forgotten
+    x = torch.randn(16, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(IDLE_STEPS_WARNED + 5):
+            opt.zero_grad()
+            net(x).pow(2).sum().backward()
+            opt.step()
+    named = sorted(str(w.message).split(" has held")[0] for w in caught if "has held a gradient" in str(w.message))
+    assert named == [f"the learned output gain of layer {name!r} (Linear, α of shape (4,))" for name in ("0", "2.0", "3")]
+    unnamed = nn.Linear(8, 4)
+    attach_output_gain(unnamed, "layer")
+    assert unnamed.output_gain._describe(unnamed) == "a Linear layer (α of shape ())"
+
+
 @pytest.mark.parametrize("set_to_none", [True, False])
 def test_passes_between_steps_do_not_count_as_a_gain_left_out(set_to_none):
     """Many passes before one step (accumulated micro-batches; a layer called at every time step of a spiking
@@ -249,7 +277,8 @@ def test_a_gain_that_grows_past_its_bound_is_named_once():
                 alpha.add_(0.0)
     named = [w for w in caught if "is diverging" in str(w.message)]
     assert len(named) == 1 and f"from {start:.3g}" in str(named[0].message)
-    assert "gain_lr" in str(named[0].message) and "Linear layer" in str(named[0].message)
+    assert "gain_lr" in str(named[0].message)
+    assert str(named[0].message).startswith("the learned output gain of layer '0' (Linear, α of shape (4,)) has grown")
 
 
 def _digits_standardized():

@@ -493,15 +493,15 @@ def _new_synapse(kind: str, weight: nn.Parameter, sigma_init: float, lambda_init
     return BinaryWeight(temperature, evaluation)
 
 
-def _make_synapses(layers: list[nn.Module], kind: str, scale: str | None, sigma_init: float, lambda_init: float | None,
-                   temperature: float, evaluation: str) -> None:
-    """Turn the checked ``layers`` into synapses of ``kind``: first every gain, from the float weights (before a λ
-    replaces them), then the synapses, one for each weight parameter (tied layers share it)."""
-    for layer in layers:
+def _make_synapses(layers: list[tuple[str, nn.Module]], kind: str, scale: str | None, sigma_init: float,
+                   lambda_init: float | None, temperature: float, evaluation: str) -> None:
+    """Turn the checked ``(name, layer)`` pairs into synapses of ``kind``: first every gain, from the float weights
+    (before a λ replaces them), then the synapses, one for each weight parameter (tied layers share it)."""
+    for name, layer in layers:
         if scale is not None and output_gain(layer) is None:
-            attach_output_gain(layer, scale)
+            attach_output_gain(layer, scale, name)
     shared: dict[int, _Parametrization] = {}
-    for layer in layers:
+    for _, layer in layers:
         weight = layer.weight
         if id(weight) not in shared:
             shared[id(weight)] = _new_synapse(kind, weight, sigma_init, lambda_init, temperature, evaluation)
@@ -535,7 +535,7 @@ def make_bayesian(
     check_weight_ready(type(layer).__name__, layer)
     if scale is not None and output_gain(layer) is None:
         check_gain_layer(type(layer).__name__, layer)
-    _make_synapses([layer], kind, scale, sigma_init, lambda_init, temperature, evaluation)
+    _make_synapses([("", layer)], kind, scale, sigma_init, lambda_init, temperature, evaluation)
     return layer
 
 
@@ -614,7 +614,7 @@ def bayesianize(
             raise ValueError(f"layer {name!r} already has a weight parametrization; bayesianize needs plain weights")
         if scale is not None and output_gain(layer) is None:
             check_gain_layer(name, layer)
-        todo.append(layer)
+        todo.append((name, layer))
     if not todo and not any(found == kind for _, _, found, _ in bayesian_modules(model)):
         raise ValueError(f"{type(model).__name__} has no layer to make Bayesian (looked for "
                          f"{layer_type_names(layer_types)} layers with a weight parameter)")
