@@ -143,12 +143,20 @@ def test_nir_round_trip_gives_the_same_spikes(tmp_path):
     torch.testing.assert_close(*logits)
 
 
-def test_nir_export_names_an_unsupported_layer():
+def test_nir_export_names_an_unsupported_layer_and_what_it_takes():
+    """README lists what export_nir takes and names pooling, RLeaky, Alpha and Norse cells as refused."""
     pytest.importorskip("nir")
+    norse = pytest.importorskip("norse.torch")
     from metaspike.snn.nir import export_nir
 
-    with pytest.raises(ValueError, match="does not support layer '1' \\(Tanh\\)"):
+    takes = ": it exports nn.Linear, nn.Conv2d, nn.Flatten, Scale and snnTorch Leaky and Synaptic neurons only$"
+    with pytest.raises(ValueError, match="^export_nir does not support layer '1' \\(Tanh\\)" + takes):
         export_nir(nn.Sequential(nn.Flatten(), nn.Tanh()), input_shape=(4,))
+    leaky = dict(beta=0.9, init_hidden=True, reset_mechanism="zero")
+    for refused in (nn.MaxPool2d(2), nn.AvgPool2d(2), snn.RLeaky(linear_features=4, **leaky),
+                    snn.Alpha(alpha=0.9, beta=0.8, init_hidden=True, reset_mechanism="zero"), norse.LIFCell()):
+        with pytest.raises(ValueError, match=rf"layer '1' \({type(refused).__name__}\){takes}"):
+            export_nir(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), refused, snn.Leaky(**leaky)), input_shape=(1, 4, 4))
 
 
 def test_nir_export_refuses_an_input_shape_that_does_not_fit_before_it_writes(tmp_path):

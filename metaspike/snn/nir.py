@@ -204,7 +204,8 @@ def export_nir(
         elif isinstance(layer, Scale):
             nodes.append(nir.Scale(scale=_array(layer.gain, shape)))
         else:
-            raise ValueError(f"export_nir does not support layer {name!r} ({type(layer).__name__})")
+            raise ValueError(f"export_nir does not support layer {name!r} ({type(layer).__name__}): it exports "
+                             "nn.Linear, nn.Conv2d, nn.Flatten, Scale and snnTorch Leaky and Synaptic neurons only")
         shape = tuple(int(s) for s in nodes[-1].output_type["output"])
     if pending is not None:
         nodes.append(nir.Scale(scale=_per_element(pending, shape)))
