@@ -286,6 +286,26 @@ def test_a_registered_model_with_its_own_count_of_weight_layers_takes_the_defaul
         capsys.readouterr().err
 
 
+NORSE_MODULE = """
+import norse.torch as norse
+from metaspike.snn import register_neuron, spiking_mlp
+
+register_neuron("my-norse", lambda spec: spiking_mlp(spec, lambda n, out: norse.LICell() if out else norse.LIFCell()))
+"""
+
+
+def test_a_registered_spiking_mlp_of_norse_cells_threads_their_states_and_trains(tmp_path, capsys):
+    """spiking_mlp built an nn.Sequential, which cannot pass Norse cells' states on, and the error advised a
+    SequentialState the builder could not choose: the stack is a SequentialState when its neurons are Norse cells."""
+    pytest.importorskip("norse.torch")
+    module = tmp_path / "mylab_norse.py"
+    module.write_text(NORSE_MODULE)
+    assert main(["train", "--import", str(module), "--model", "my-norse", *SMALL, "--out", str(tmp_path)]) == 0, \
+        capsys.readouterr().err
+    model = neurons.build_neuron_model("my-norse", neurons.NetSpec(hidden=(8,), num_steps=2))
+    assert type(model.network).__name__ == "SequentialState"
+
+
 RAISING_RULE = """
 from dataclasses import dataclass
 from metaspike.rules import TanhRule, register_rule

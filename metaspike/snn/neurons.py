@@ -26,7 +26,7 @@ from torch import nn
 from metaspike.checks import in_metaspike, is_whole, raised_at
 from metaspike.snn.backends import norse_method, require_norse, require_snntorch, surrogate
 from metaspike.snn.recurrent import SelfRecurrentLIF, check_decay
-from metaspike.snn.timeloop import SpikingClassifier
+from metaspike.snn.timeloop import SpikingClassifier, holds_norse_cells
 
 __all__ = ["NetSpec", "available_neurons", "check_neurons", "build_neuron_model", "register_neuron", "spiking_mlp"]
 
@@ -70,10 +70,6 @@ def _layers(spec: NetSpec, neuron: Neuron) -> list[nn.Module]:
     return layers
 
 
-def _classifier(spec: NetSpec, network: nn.Module) -> SpikingClassifier:
-    return SpikingClassifier(network, spec.num_steps, spec.encoder, spec.readout, spec.input_shape)
-
-
 def spiking_mlp(spec: NetSpec, neuron: Neuron) -> SpikingClassifier:
     """The registry's stack for a neuron model: ``Flatten → [Linear (no bias) → neuron] per layer`` in a
     :class:`~metaspike.snn.SpikingClassifier` with ``spec``'s sizes, time steps, encoder and readout.
@@ -81,6 +77,8 @@ def spiking_mlp(spec: NetSpec, neuron: Neuron) -> SpikingClassifier:
     ``neuron(features, is_output)`` makes the module after each Linear: one time step, input current ``[B,
     features]`` → spikes (or snnTorch's ``(spikes, membrane)``), its state kept inside and reset by
     :func:`metaspike.snn.reset_states`; the output layer's should not reset (the readout reads its membrane).
+    Norse cells (``LIFCell``, and an ``LICell`` as output) keep no state inside: the stack is then a Norse
+    ``SequentialState``, which threads their states, instead of an ``nn.Sequential``.
 
     Example:
         >>> from metaspike.snn import SelfRecurrentLIF
@@ -89,7 +87,9 @@ def spiking_mlp(spec: NetSpec, neuron: Neuron) -> SpikingClassifier:
         >>> model(torch.rand(2, 1, 28, 28)).shape
         torch.Size([2, 10])
     """
-    return _classifier(spec, nn.Sequential(*_layers(spec, neuron)))
+    layers = _layers(spec, neuron)
+    container = require_norse().SequentialState if holds_norse_cells(layers) else nn.Sequential
+    return SpikingClassifier(container(*layers), spec.num_steps, spec.encoder, spec.readout, spec.input_shape)
 
 
 def _snntorch(spec: NetSpec, make: Callable[..., nn.Module]) -> SpikingClassifier:
@@ -149,7 +149,7 @@ def _norse(spec: NetSpec, cell: Callable[[Callable[..., tuple], str, float], nn.
             return norse.LICell(norse.LIParameters(**taus))
         return cell(taus, method, alpha_)
 
-    return _classifier(spec, norse.SequentialState(*_layers(spec, neuron)))
+    return spiking_mlp(spec, neuron)
 
 
 def norse_lif(spec: NetSpec) -> nn.Module:

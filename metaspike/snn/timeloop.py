@@ -28,6 +28,18 @@ def _takes_state(network: nn.Module) -> bool:
     return "state" in inspect.signature(network.forward).parameters
 
 
+def holds_norse_cells(modules: Sequence[nn.Module]) -> bool:
+    """Whether any of ``modules`` is a Norse cell (``LIFCell``, ``LICell``, ...), which returns ``(output, state)``
+    and so needs Norse's ``SequentialState`` to thread its state, not an ``nn.Sequential``.
+
+    Example:
+        >>> holds_norse_cells([nn.Linear(2, 2), nn.ReLU()])
+        False
+    """
+    cell = getattr(sys.modules.get("norse.torch.module.snn"), "SNNCell", None)  # (a Norse module has loaded it)
+    return cell is not None and any(isinstance(module, cell) for module in modules)
+
+
 def _check_one_step_modules(network: nn.Module) -> None:
     """Refuse Norse's time-first modules (``LIF``, ``LI``, ``LSNN``, ...): they read their input's first dimension
     as time, so called once per step with ``[B, ...]`` they would run the batch as a sequence (one sample's state
@@ -41,7 +53,7 @@ def _check_one_step_modules(network: nn.Module) -> None:
         return
     for name, module in network.named_modules():
         where = f"module {name!r}" if name else "the network"
-        if type(module) is nn.Sequential and any(isinstance(child, cell) for child in module):
+        if type(module) is nn.Sequential and holds_norse_cells(module):
             raise ValueError(f"network: {where} is an nn.Sequential holding Norse cells, which return (output, state) "
                              "pairs it would pass on as inputs; put them in norse.torch.SequentialState")
         if isinstance(module, time_first):
