@@ -338,6 +338,26 @@ def test_the_bayesian_kinds_are_judged_against_the_binary_network_at_m_0():
     assert verdicts["bnn"][0] == "10" and verdicts["leaky"][1] == "m = 0 only: nothing to compare it with"
 
 
+@pytest.mark.parametrize("forgetting, says", [
+    (-1.1, "forgets nothing (its earlier tasks gained 1.1 points)"),
+    (-0.01, "forgets nothing"),
+    (0.0, "forgets nothing"),
+    (0.1, "forgets 100% less"),
+    (13.05, "forgets 50% less"),
+])
+def test_a_verdict_on_no_or_negative_forgetting_says_so_not_more_than_100_percent_less(forgetting, says):
+    """A negative forgetting (the earlier tasks ended above their best) read as "forgets 104% less"."""
+    from metaspike.app.compare import tradeoff_rows
+
+    def row(neuron, forgetting, task1, task2):
+        return {"neuron": neuron, "meta": 0.0, "runs": 1, "ACC": ((task1 + task2) / 2, 0.0),
+                "forgetting": (forgetting, 0.0), "task 1": (task1, 0.0), "task 2": (task2, 0.0)}
+
+    rows = [row("leaky", 26.1, 61.4, 81.1), row("leaky+bimu", forgetting, 89.2, 91.4)]
+    verdict = {r["neuron"]: r["verdict"] for r in tradeoff_rows(rows)}["leaky+bimu"]
+    assert verdict == f"BiMU (against leaky m=0) {says}, last task +10.3 points"
+
+
 def test_a_kind_without_m_is_never_its_own_baseline_at_m_0():
     """MESU without bnn beside it, and leaky+bimu without leaky: no reference ran, so the m = 0 columns stay empty
     (they once held MESU's own figures), and the verdict says what is missing."""

@@ -253,6 +253,8 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         'm=10 forgets 75% less, last task -2.0 points'
         >>> tradeoff_rows([row(0.0, 10.0, 60.0, 90.0), row(10.0, 15.0, 55.0, 89.0)])[0]["verdict"]
         'FAILS (needs 50% less): m=10 forgets 50% more, last task -1.0 points'
+        >>> tradeoff_rows([row(0.0, 26.1, 61.4, 81.1), row(10.0, -1.1, 89.2, 91.4)])[0]["verdict"]
+        'm=10 forgets nothing (its earlier tasks gained 1.1 points), last task +10.3 points'
     """
     out = []
     last = last_task_column(rows)
@@ -298,8 +300,13 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                                f"{one_decimal(chosen['forgetting'][0])}, last task "
                                f"{one_decimal(drop, plus=True)} points")
                 else:
-                    less = 1 - chosen["forgetting"][0] / kept
-                    change = f"{100 * less:.0f}% less" if less >= 0 else f"{-100 * less:.0f}% more"
+                    forgot = chosen["forgetting"][0]
+                    less = 1 - forgot / kept
+                    if forgot > 0:
+                        change = f"{100 * less:.0f}% less" if less >= 0 else f"{-100 * less:.0f}% more"
+                    else:  # (its earlier tasks end at their best, or above it: no percentage of m = 0's figure)
+                        gained = one_decimal(abs(forgot))
+                        change = "nothing" + (f" (its earlier tasks gained {gained} points)" if gained != "0.0" else "")
                     verdict = f"{what} forgets {change}, last task {one_decimal(drop, plus=True)} points"
                     if less < FORGETTING_CUT:
                         verdict = (f"FAILS (needs {100 * FORGETTING_CUT:.0f}% less): " + verdict
