@@ -104,14 +104,15 @@ def test_unknown_neuron_surrogate_and_a_model_without_synapses_raise_value_error
 
 
 @pytest.mark.parametrize("readout", ["membrane", membrane])
-def test_a_membrane_readout_of_a_last_neuron_that_returns_spikes_only_is_refused(readout):
-    """Averaged spikes are spike rates, not a membrane (all zero before training): the fix is named instead."""
+def test_a_membrane_readout_of_a_last_neuron_that_returns_spikes_only_is_named_in_a_warning(readout):
+    """Averaged spikes are spike rates, not a membrane (all zero before training): the fix is named."""
     spiking = nn.Sequential(nn.Flatten(), nn.Sequential(nn.Linear(4, 3), SelfRecurrentLIF(3)))
-    with pytest.raises(ValueError, match=r"^readout='membrane' reads the last module's membrane potential, but module "
-                                         r"'1.1' \(SelfRecurrentLIF\) returns its spikes only, so the logits would be "
+    with pytest.warns(UserWarning, match=r"^readout='membrane' reads the last module's membrane potential, but module "
+                                         r"'1.1' \(SelfRecurrentLIF\) returns its spikes only, so the logits are "
                                          r"spike rates: build it with output=True .*, or read the spikes with "
-                                         r"readout='count'$"):
+                                         r"readout='count'$") as caught:
         SpikingClassifier(spiking, num_steps=2, encoder="direct", readout=readout)
+    assert caught[0].filename == __file__  # (at the user's line)
     counted = SpikingClassifier(spiking, num_steps=2, encoder="direct", readout="count")
     assert counted(torch.rand(2, 1, 2, 2)).shape == (2, 3)
     assert _tiny(readout=readout)(torch.rand(2, 1, 2, 2)).unique().numel() > 2  # output=True: a real membrane

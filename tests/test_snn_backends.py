@@ -242,7 +242,7 @@ def test_the_membrane_readout_reads_the_membrane_of_every_snntorch_neuron(neuron
     assert torch.equal(got, expected)  # the same float32 operations in the same order
 
 
-def test_a_membrane_readout_of_an_snntorch_or_norse_neuron_that_returns_spikes_only_is_refused():
+def test_a_membrane_readout_of_an_snntorch_or_norse_neuron_that_returns_spikes_only_is_named_in_a_warning():
     """A snnTorch neuron without output=True returns its spikes only, as does every Norse cell but the leaky
     integrators: the "membrane" logits were spike rates (a Norse LIFCell's all zero before training)."""
     norse = pytest.importorskip("norse.torch")
@@ -252,7 +252,7 @@ def test_a_membrane_readout_of_an_snntorch_or_norse_neuron_that_returns_spikes_o
               r"module '1' \(LIFCell\) .*: end the network with a Norse LICell \(a leaky integrator, whose output is "
               r"its voltage\)")]
     for net, message in cases:
-        with pytest.raises(ValueError, match=r"^readout='membrane' reads the last module's membrane potential, but "
+        with pytest.warns(UserWarning, match=r"^readout='membrane' reads the last module's membrane potential, but "
                                              + message + r", or read the spikes with readout='count'$"):
             SpikingClassifier(net, num_steps=2, encoder="direct")  # "membrane" is the default readout
         assert SpikingClassifier(net, num_steps=2, encoder="direct", readout="count")(torch.rand(5, 4)).shape == (5, 3)

@@ -6,7 +6,7 @@ snnTorch's neurons return them with ``output=True``: ``(spk, mem)`` (Leaky, Lapi
 
 * ``"count"``: spikes summed over the steps (the spikes are the tensor, or the tuple's first item).
 * ``"membrane"``: membrane potential averaged over the steps (the tuple's last item, or the tensor
-  itself, e.g. the voltage of a Norse ``LICell``). :class:`~metaspike.snn.SpikingClassifier` refuses it for a
+  itself, e.g. the voltage of a Norse ``LICell``). :class:`~metaspike.snn.SpikingClassifier` warns for a
   network whose last neuron returns spikes only (a snnTorch neuron without ``output=True``, a Norse ``LIFCell``).
 """
 
