@@ -6,7 +6,6 @@ import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from bnn.layers import BinaryConv2d, BinaryLinear, SignActivation, check_input_dtype
