@@ -146,7 +146,9 @@ def test_a_task_known_at_test_is_not_told_its_classes_in_a_class_incremental_sce
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
     with torch.no_grad():
         model[-1].bias[9] = 1e3
-    result = _fit(Scenario("mine", tasks, tasks, task_known_at_test=False), model)
+    with pytest.warns(UserWarning, match="the labels trick"):
+        scenario = Scenario("mine", tasks, tasks, task_known_at_test=False)
+    result = _fit(scenario, model)
     assert result.matrix[0][0] == 0.0
 
 
@@ -165,7 +167,8 @@ def test_a_class_incremental_scenario_whose_tasks_name_their_classes_is_named_in
 def test_growing_head_changes_the_run_identity(digits):
     tasks = split(*digits, groups=GROUPS, mode="task").tasks
     config = TrainerConfig()
-    plain = run_identity(Scenario("mine", tasks, tasks, task_known_at_test=False), config)
+    with pytest.warns(UserWarning, match="the labels trick"):
+        plain = run_identity(Scenario("mine", tasks, tasks, task_known_at_test=False), config)
     growing = run_identity(Scenario("mine", tasks, tasks, task_known_at_test=False, growing_head=True), config)
     assert plain["scenario"] != growing["scenario"]
 
