@@ -45,14 +45,21 @@ def check_input_dtype(name: str, x: Tensor, dtype: torch.dtype | None) -> None:
 
 
 def _check_features(layer: nn.Module, x: Tensor, features: int, dim: int, what: str) -> None:
-    """One line when ``x``'s size at ``dim`` is not the layer's ``features`` (``what`` names that size), or its dtype
-    is not the weights'."""
+    """One line when ``x`` is not a tensor whose size at ``dim`` is the layer's ``features`` (``what`` names that
+    size)."""
     name = type(layer).__name__
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} takes a tensor, got {type(x).__name__}")
     if x.dim() < abs(dim) or x.shape[dim] != features:
         raise ValueError(f"{name} takes inputs with {features} {what}, got shape {tuple(x.shape)}")
-    check_input_dtype(name, x, layer.weight.dtype)
+
+
+def _quantized_input(layer: nn.Module, x: Tensor) -> Tensor:
+    """``x`` through the layer's input quantizer, which must give the dtype of the layer's parameters (read from the
+    tensors themselves: reading ``layer.weight`` would run its parametrization, a Bayesian layer's weight sample)."""
+    x = layer.input_quantizer(x)
+    check_input_dtype(type(layer).__name__, x, next((p.dtype for p in layer.parameters()), None))
+    return x
 
 
 def _init_uniform(weight: Tensor, init_width: float | None) -> None:
@@ -198,7 +205,7 @@ class BinaryLinear(_BinaryWeights, nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_features(self, x, self.in_features, -1, "features in the last dimension")
-        x = self.input_quantizer(x)
+        x = _quantized_input(self, x)
         if self._buffered:
             mark_hidden_weight(self.weight)
             return binary_linear(x, self)
@@ -242,7 +249,7 @@ class BinaryConv2d(_BinaryWeights, nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         _check_features(self, x, self.in_channels, -3, "channels ((batch, channels, height, width) or (channels, "
                         "height, width))")
-        return self._conv_forward(self.input_quantizer(x), self.visible_weight(), self.bias)
+        return self._conv_forward(_quantized_input(self, x), self.visible_weight(), self.bias)
 
 
 class SignActivation(nn.Module):

@@ -117,7 +117,9 @@ class ChainedOptimizer:
 
 
 def _needs_closure(optimizer: Optimizer) -> bool:
-    """Whether ``optimizer.step`` takes an argument without a default (``LBFGS.step(closure)``)."""
+    """Whether the class's ``step`` takes an argument without a default after ``self`` (``LBFGS.step(closure)``; the
+    class's, as a learning-rate scheduler replaces an instance's ``step`` with a wrapper of its own signature)."""
+    parameters = list(inspect.signature(type(optimizer).step).parameters.values())[1:]
     return any(parameter.default is inspect.Parameter.empty
                and parameter.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-               for parameter in inspect.signature(optimizer.step).parameters.values())
+               for parameter in parameters)

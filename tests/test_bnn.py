@@ -233,6 +233,32 @@ def test_layers_name_an_input_that_does_not_fit_them():
         assert layer(torch.rand(3, 8)).shape == (3, 4)  # (autocast casts what it takes)
 
 
+class _PixelsToPlusMinusOne(nn.Module):
+    def forward(self, x):
+        return x.float() / 127.5 - 1
+
+
+def test_a_layers_input_check_takes_what_its_quantizer_gives_and_draws_no_weight_sample(monkeypatch):
+    """The dtype is checked after the input quantizer (one that turns uint8 pixels into floats is fine), and read from
+    the parameters: reading a Bayesian layer's weight would draw a sample, and move torch's generator."""
+    import bnn.layers
+
+    layer = bnn.BinaryLinear(4, 3, input_quantizer=_PixelsToPlusMinusOne())
+    assert layer(torch.randint(0, 256, (2, 4), dtype=torch.uint8)).shape == (2, 3)
+    conv = bnn.BinaryConv2d(1, 2, 3, input_quantizer=_PixelsToPlusMinusOne())
+    assert conv(torch.ones(1, 1, 4, 4, dtype=torch.bool)).shape == (1, 2, 2, 2)
+    torch.manual_seed(0)
+    model = metaspike.bayesianize(nn.Sequential(bnn.BinaryLinear(4, 3)), "bimu", scale=None)
+    synapse = model[0].parametrizations.weight[0]
+    draws = []
+    synapse.register_forward_hook(lambda *args: draws.append(1))
+    model(torch.rand(2, 4))
+    checked = len(draws)
+    monkeypatch.setattr(bnn.layers, "_quantized_input", lambda layer, x: layer.input_quantizer(x))  # (no check)
+    model(torch.rand(2, 4))
+    assert checked == len(draws) - checked
+
+
 def test_one_sample_asks_for_population_statistics_first():
     """BatchNorm with the batch's statistics (the paper's) is undefined for one sample, in eval mode too."""
     model = bnn.MLP([784, 32, 10]).eval()

@@ -95,3 +95,6 @@ def test_a_chain_refuses_an_optimizer_that_needs_a_closure_at_every_step():
     with pytest.raises(ValueError, match=r"^optimizer 1 \(LBFGS\) needs a closure at every step, which a chain does "
                                          r"not give it \(it evaluates a closure once for all\): step it on its own$"):
         ChainedOptimizer(chain.optimizers[0], torch.optim.LBFGS(plain_parameters(model)))
+    scheduled = torch.optim.Adam(plain_parameters(model), lr=0.01)
+    torch.optim.lr_scheduler.StepLR(scheduled, step_size=10)  # (its wrapper of step reads (self, closure=None))
+    assert ChainedOptimizer(chain.optimizers[0], scheduled).optimizers[1] is scheduled
