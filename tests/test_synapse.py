@@ -155,33 +155,35 @@ def test_rewriting_signs_after_a_step_is_caught_by_a_retained_graph():
 
 def test_a_gain_no_optimizer_trains_is_named_after_a_few_dozen_steps():
     """An optimizer built before binarize lacks the gains it adds: they get gradients but never change."""
-    import warnings
-
-    from metaspike.gain import IDLE_STEPS_WARNED
-
     for built_first in (True, False):
         net = nn.Sequential(nn.Linear(8, 4), nn.Tanh(), nn.Linear(4, 2))
         opt = metaspike.MetaplasticAdam(net.parameters(), lr=0.01, meta=5.0) if built_first else None
         metaspike.binarize(net)
         opt = opt or metaspike.MetaplasticAdam(net.parameters(), lr=0.01, meta=5.0)
-        x = torch.randn(16, 8)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            for _ in range(IDLE_STEPS_WARNED + 5):
-                opt.zero_grad()
-                net(x).pow(2).sum().backward()
-                opt.step()
-        named = [w for w in caught if "has held a gradient through" in str(w.message)]
+        named = _idle_gain_warnings(net, opt, torch.randn(16, 8))
         assert len(named) == (2 if built_first else 0)  # once per gain
+
+
+def _idle_gain_warnings(net: nn.Module, opt, x: torch.Tensor) -> list[str]:
+    """The messages of the warnings that a gain no optimizer trains gives over enough training steps of ``net``."""
+    import warnings
+
+    from metaspike.gain import IDLE_STEPS_WARNED
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(IDLE_STEPS_WARNED + 5):
+            opt.zero_grad()
+            net(x).pow(2).sum().backward()
+            opt.step()
+    return [str(w.message) for w in caught if "has held a gradient through" in str(w.message)]
 
 
 @pytest.mark.parametrize("kind", ["sign", "bimu"])
 def test_a_gain_no_optimizer_trains_is_named_by_its_layer(kind):
     """Layers of one width have gains of one shape: the warning names each layer's path, not only its gain's shape."""
-    import warnings
-
     from metaspike.bayesian import BiMU, bimu_parameters
-    from metaspike.gain import IDLE_STEPS_WARNED, attach_output_gain
+    from metaspike.gain import attach_output_gain
 
     net = nn.Sequential(nn.Linear(8, 4), nn.Tanh(), nn.Sequential(nn.Linear(4, 4), nn.Tanh()), nn.Linear(4, 4))
     if kind == "sign":
@@ -189,14 +191,7 @@ def test_a_gain_no_optimizer_trains_is_named_by_its_layer(kind):
         metaspike.binarize(net)
     else:
         opt = BiMU(bimu_parameters(metaspike.bayesianize(net, "bimu")))  # the gains' parameters forgotten
-    x = torch.randn(16, 8)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for _ in range(IDLE_STEPS_WARNED + 5):
-            opt.zero_grad()
-            net(x).pow(2).sum().backward()
-            opt.step()
-    named = sorted(str(w.message).split(" has held")[0] for w in caught if "has held a gradient" in str(w.message))
+    named = sorted(message.split(" has held")[0] for message in _idle_gain_warnings(net, opt, torch.randn(16, 8)))
     assert named == [f"the learned output gain of layer {name!r} (Linear, α of shape (4,))" for name in ("0", "2.0", "3")]
     unnamed = nn.Linear(8, 4)
     attach_output_gain(unnamed, "layer")
