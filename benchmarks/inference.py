@@ -17,7 +17,7 @@ speed-up as the median over rounds of the same round's ratio (with its range ove
 * the packed model with its fast kernels (native C, else ``torch.compile``; built before timing).
 
 The CPU model, its relevant flags and the load average head the output, which also goes to
-``benchmarks/results/inference_<cpu-kind>.txt`` (e.g. ``inference_amd-epyc-avx2.txt``), so figures
+``benchmarks/results/inference_<cpu-kind>.txt`` (e.g. ``inference_amd-epyc-avx2-family23.txt``), so figures
 from different machines are never mixed.
 
 Usage::
@@ -55,25 +55,34 @@ def prebinarized(model: bnn.MLP) -> bnn.MLP:
 
 
 def cpu() -> tuple[str, str, list[str]]:
-    """``(model name, kind, flags)`` from ``/proc/cpuinfo``.
+    """``(model name with its family and model numbers, kind, flags)`` from ``/proc/cpuinfo``.
 
-    The kind is the model's first two words and its widest vector unit, e.g. ``amd-epyc-avx2``,
-    ``amd-epyc-avx512`` or ``intel-xeon-amx``: virtual machines often show only "AMD EPYC", and an
-    AVX2-only EPYC runs these benchmarks very differently from an AVX-512 one.
+    The kind is the model's first two words, its widest vector unit and its family number, e.g.
+    ``amd-epyc-avx2-family23``, ``amd-epyc-avx512-family26`` or ``intel-xeon-amx-family6``: virtual
+    machines often show only "AMD EPYC", an AVX2-only EPYC runs these benchmarks very differently from an
+    AVX-512 one, and two AVX-512 generations differ as much (Zen 4, family 25, splits a 512-bit operation
+    into two 256-bit halves; Zen 5, family 26, does not).
     """
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return "unknown CPU", "unknown-cpu", []
-    name = re.search(r"^model name\s*:\s*(.*)$", info, re.M)
-    flags = re.search(r"^flags\s*:\s*(.*)$", info, re.M)
-    name = name.group(1).strip() if name else "unknown CPU"
-    present = [f for f in FLAGS if flags and f in flags.group(1).split()]
+
+    def field(key: str) -> str | None:
+        found = re.search(rf"^{key}\s*:\s*(.*)$", info, re.M)
+        return found.group(1).strip() if found else None
+
+    name = field("model name") or "unknown CPU"
+    flags = (field("flags") or "").split()
+    family, model = field("cpu family"), field("model")
+    present = [f for f in FLAGS if f in flags]
     words = re.sub(r"\((R|TM)\)|\bCPU\b|@.*", " ", name).split()
     units = (("amx_tile", "amx"), ("avx512f", "avx512"), ("avx2", "avx2"))
     widest = next((unit for flag, unit in units if flag in present), None)
-    kind = "-".join([w.lower() for w in words[:2]] + ([widest] if widest else []))
-    return name, kind, present
+    kind = "-".join([w.lower() for w in words[:2]] + ([widest] if widest else [])
+                    + ([f"family{family}"] if family else []))
+    described = f"{name} (family {family}, model {model})" if family else name
+    return described, kind, present
 
 
 def _time_ms(fn, samples: list[float]) -> None:

@@ -28,7 +28,7 @@ same round's ratio, with its range. The script also prints the product each bina
 where the step's time goes (``torch.profiler``: matrix products, optimizer, BatchNorm, the rest)
 and the test accuracy of all after one epoch on ``mnist5k``. The CPU model, its relevant flags and
 the load average head the output, which also goes to
-``benchmarks/results/train_throughput_<cpu-kind>.txt`` (e.g. ``train_throughput_amd-epyc-avx2.txt``),
+``benchmarks/results/train_throughput_<cpu-kind>.txt`` (e.g. ``train_throughput_amd-epyc-avx2-family23.txt``),
 so figures from different machines are never mixed.
 
 Usage::
