@@ -9,15 +9,18 @@ what comes in.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from bnn.binary_linear import binary_linear, check_precision
 from bnn.sign_buffers import SignBuffers
 from metaspike.bayesian.fused_step import Activation, register_fused_activation
+from metaspike.block_cache import binarized_once
 from metaspike.checks import finite_number, is_whole, number_in
 from metaspike.function_transforms import in_function_transform
 from metaspike.gain import attach_output_gain, check_scale
@@ -60,6 +63,17 @@ def _quantized_input(layer: nn.Module, x: Tensor) -> Tensor:
     x = layer.input_quantizer(x)
     check_input_dtype(type(layer).__name__, x, next((p.dtype for p in layer.parameters()), None))
     return x
+
+
+def _one_weight_per_pass(layer: nn.Module) -> AbstractContextManager[None]:
+    """A block in which every read of ``layer.weight`` gives the same tensor, when the weight is parametrized.
+
+    A forward pass reads the weight several times (its signs, the tensor its straight-through gradient reaches, the
+    gradient buffer's shape); a parametrization made by :func:`metaspike.bayesianize` draws a new weight sample at
+    each read, so without the block the product would use one sample and the gradient reach another. A plain
+    binary layer needs no block.
+    """
+    return binarized_once() if parametrize.is_parametrized(layer, "weight") else nullcontext()
 
 
 def _init_uniform(weight: Tensor, init_width: float | None) -> None:
@@ -206,10 +220,11 @@ class BinaryLinear(_BinaryWeights, nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         _check_features(self, x, self.in_features, -1, "features in the last dimension")
         x = _quantized_input(self, x)
-        if self._buffered:
-            mark_hidden_weight(self.weight)
-            return binary_linear(x, self)
-        return F.linear(x, self.visible_weight(), self.bias)
+        with _one_weight_per_pass(self):
+            if self._buffered:
+                mark_hidden_weight(self.weight)
+                return binary_linear(x, self)
+            return F.linear(x, self.visible_weight(), self.bias)
 
 
 class BinaryConv2d(_BinaryWeights, nn.Conv2d):
@@ -249,7 +264,9 @@ class BinaryConv2d(_BinaryWeights, nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         _check_features(self, x, self.in_channels, -3, "channels ((batch, channels, height, width) or (channels, "
                         "height, width))")
-        return self._conv_forward(_quantized_input(self, x), self.visible_weight(), self.bias)
+        x = _quantized_input(self, x)
+        with _one_weight_per_pass(self):
+            return self._conv_forward(x, self.visible_weight(), self.bias)
 
 
 class SignActivation(nn.Module):

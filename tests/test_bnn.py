@@ -259,6 +259,37 @@ def test_a_layers_input_check_takes_what_its_quantizer_gives_and_draws_no_weight
     assert checked == len(draws) - checked
 
 
+@pytest.mark.parametrize("kind", ["bimu", "mesu"])
+@pytest.mark.parametrize("shape", ["linear", "large linear", "conv"])
+def test_a_bayesianized_binary_layer_uses_one_weight_sample_per_forward_pass(kind, shape):
+    """A forward pass reads the weight several times (its signs, the tensor the straight-through gradient reaches,
+    the gradient buffer's shape), and each read of a Bayesian weight draws a sample: the product used one sample and
+    the gradient reached another. Now one sample serves the pass: the output is its product and the synapse's
+    gradient is what that sample's graph gives. The values are integers well below 2^24 (±1 inputs, weights and
+    output gradients), so both sides are exact and compared bit for bit."""
+    torch.manual_seed(0)
+    layer = {"linear": lambda: bnn.BinaryLinear(40, 30), "large linear": lambda: bnn.BinaryLinear(1024, 1024),
+             "conv": lambda: bnn.BinaryConv2d(3, 4, 3)}[shape]()  # (the large one takes the fast product)
+    metaspike.bayesianize(layer, kind, scale=None)
+    seen = []
+    layer.parametrizations.weight[0].register_forward_hook(lambda module, args, out: seen.append(out))
+    x = torch.randn(8, *((layer.in_features,) if shape != "conv" else (3, 6, 6))).sign()
+    out = layer(x)
+    assert len({id(sample) for sample in seen}) == 1
+    sample = seen[0]
+    if shape == "conv":
+        assert torch.equal(out, nn.functional.conv2d(x, sample.sign()))
+    else:
+        assert torch.equal(out, x @ sample.sign().T)
+    grad = torch.randn_like(out).sign()
+    out.backward(grad, retain_graph=True)
+    weight_grad = (torch.nn.grad.conv2d_weight(x, sample.shape, grad) if shape == "conv" else grad.T @ x)
+    tensors = [t for t in layer.parameters() if t.requires_grad]
+    expected = torch.autograd.grad(sample, tensors, weight_grad)
+    for tensor, want in zip(tensors, expected):
+        assert torch.equal(tensor.grad, want)
+
+
 def test_one_sample_asks_for_population_statistics_first():
     """BatchNorm with the batch's statistics (the paper's) is undefined for one sample, in eval mode too."""
     model = bnn.MLP([784, 32, 10]).eval()

@@ -574,7 +574,9 @@ def bayesianize(
     leaves it as it was. Layers that share one weight (tied weights) share one synapse: one ``λ``, or one
     ``μ`` and one ``σ``, each listed once by :func:`bimu_parameters` and :func:`mesu_param_groups`. Each use of a
     synapse draws its own weight sample, so the two layers of a tied pair see different samples in one forward pass
-    unless it runs inside :func:`metaspike.binarized_once` (one sample per synapse for the whole block).
+    unless it runs inside :func:`metaspike.binarized_once` (one sample per synapse for the whole block). A ``bnn``
+    binary layer (``bnn.BinaryLinear``, ``bnn.BinaryConv2d``) draws one sample per forward pass and uses its signs
+    (its gradient reaches that sample straight through).
 
     Args:
         model: the model to change (plain torch, snnTorch, Norse, ...).
