@@ -147,7 +147,9 @@ def signs_product(x: Tensor, signs: Tensor, kind: str) -> Tensor:
 
 
 def _size_class(m: int) -> int:
-    return min(m, _PROBE_MAX_ROWS).bit_length()
+    """``m`` rows rounded up to a power of two (its exponent), all above ``_PROBE_MAX_ROWS`` one class: every class
+    has one set of :func:`product_kinds` (CUDA's int8 takes ``m > 16`` rows, the bound of class 16)."""
+    return max(min(m, _PROBE_MAX_ROWS + 1) - 1, 0).bit_length()
 
 
 def product_kind(device: torch.device | str, m: int, k: int, n: int) -> str:
@@ -303,8 +305,9 @@ def product_used(x: Tensor, layer: Any) -> str:
 def binary_linear(x: Tensor, layer: Any) -> Tensor:
     """``F.linear(x, sign(W_h), bias)`` for a binary layer of :mod:`bnn.layers`, fast.
 
-    Equal to ``F.linear(x, layer.visible_weight(), layer.bias)``: without a bias the output bit for bit
-    (with one, the exact product is rounded once when the bias is added), gradients up to float32
+    Equal to ``F.linear(x, layer.visible_weight(), layer.bias)``: without a bias the output bit for bit; with one,
+    a ±1 input's exact product is rounded once when the bias is added, and a real-valued input's float32 product
+    may differ in its last bits (``F.linear`` adds the bias inside its product); gradients up to float32
     rounding (the same products, possibly summed in another order) or, for a layer with
     ``precision="bfloat16"``, up to bfloat16 rounding of the gradient.
 

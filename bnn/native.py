@@ -5,7 +5,9 @@ uses the CPU's own instructions) into a cache folder (``$METASPIKE_CACHE``, else
 ``$XDG_CACHE_HOME/metaspike``, else ``~/.cache/metaspike``; created with mode ``0o700``) and called
 through ``ctypes``. A library is only loaded from a folder and a file that belong to the current
 user and that nobody else may write (checked on open file descriptors, and loaded through the
-descriptor, so neither can be swapped in between); a cache folder that fails this check is left
+descriptor, so neither can be swapped in between), and whose bytes have the SHA-256 recorded beside it when
+it was built (a library cut short would stop the process with a bus error when loaded: it is built again
+instead); a cache folder that fails this check is left
 alone with a warning and the kernels are built in a private temporary folder instead. Without a C
 compiler, or if the build fails, :func:`kernels` returns ``None`` (with one warning) and the packed
 model runs on torch ops.
@@ -52,6 +54,11 @@ class UnsafeCacheError(OSError):
     """A kernel library or its folder that another user could have written."""
 
 
+class DamagedLibraryError(OSError):
+    """A cached kernel library whose bytes are not those recorded when it was built (cut short by a full disk, a
+    restored backup): loading it could stop the process with a bus error, so it is built again."""
+
+
 def _cache_dir() -> Path:
     root = os.environ.get("METASPIKE_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "metaspike"
@@ -77,8 +84,38 @@ the dynamic loader knows a library by that name, and would hand back the first l
 opened later under a reused descriptor number."""
 
 
+def _digest(fd: int) -> str:
+    """The SHA-256 of the whole file open as ``fd`` (read from its start; the offset is put back to 0)."""
+    digest = hashlib.sha256()
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, 1 << 20):
+        digest.update(chunk)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return digest.hexdigest()
+
+
+def _digest_name(name: str) -> str:
+    """The file beside library ``name`` that holds the digest of its bytes as built."""
+    return f"{name}.sha256"
+
+
+def _recorded_digest(folder_fd: int, folder: Path, name: str) -> str | None:
+    """The digest recorded when library ``name`` was built (checked as private as the library), or ``None``."""
+    try:
+        fd = os.open(_digest_name(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder_fd)
+    except FileNotFoundError:
+        return None
+    try:
+        _check_private(fd, folder / _digest_name(name), "file")
+        return os.read(fd, 256).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+
+
 def _open_private(folder: Path, name: str) -> ctypes.CDLL:
-    """Load ``folder/name`` after checking both on open descriptors; the library is loaded through its descriptor."""
+    """Load ``folder/name`` after checking both on open descriptors, and the library's bytes against the digest
+    recorded when it was built (:class:`DamagedLibraryError` otherwise); the library is loaded through its
+    descriptor."""
     folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         _check_private(folder_fd, folder, "folder")
@@ -86,6 +123,8 @@ def _open_private(folder: Path, name: str) -> ctypes.CDLL:
         kept = False
         try:
             _check_private(fd, folder / name, "file")
+            if _recorded_digest(folder_fd, folder, name) != _digest(fd):
+                raise DamagedLibraryError(f"{folder / name} is not the library that was built there")
             by_fd = f"/proc/self/fd/{fd}"
             if os.path.exists(by_fd):
                 library = ctypes.CDLL(by_fd)
@@ -109,15 +148,25 @@ def _build(compiler: str, flags: tuple[str, ...], folder: Path, name: str) -> No
         except subprocess.CalledProcessError:  # e.g. a compiler without -march=native: build for the generic CPU
             subprocess.run([c for c in command if c != "-march=native"], check=True, capture_output=True, text=True)
         os.chmod(built, 0o700)
-        os.replace(built, folder / name)  # atomic: another process never loads a half-written library
+        digest = Path(scratch) / _digest_name(name)
+        fd = os.open(built, os.O_RDONLY)
+        try:
+            digest.write_text(_digest(fd) + "\n")
+        finally:
+            os.close(fd)
+        digest.chmod(0o600)
+        # each atomic: another process never loads a half-written library (between the two it sees a digest
+        # that does not match, and builds its own)
+        os.replace(built, folder / name)
+        os.replace(digest, folder / _digest_name(name))
 
 
 def _load(compiler: str, flags: tuple[str, ...], folder: Path, name: str) -> ctypes.CDLL:
-    """The library ``name`` in ``folder``, built there first if missing."""
+    """The library ``name`` in ``folder``, built there first if missing or damaged."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         return _open_private(folder, name)
-    except FileNotFoundError:
+    except (FileNotFoundError, DamagedLibraryError):
         _build(compiler, flags, folder, name)
         return _open_private(folder, name)
 

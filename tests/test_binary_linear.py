@@ -69,9 +69,21 @@ def test_the_product_is_timed_once_per_shape_class(monkeypatch):
     calls = []
     monkeypatch.setattr(fast, "_choices", {})
     monkeypatch.setattr(fast, "_fastest", lambda *shape: calls.append(shape) or "float32")
-    for m in (100, 120, 64, 300, 1000):  # classes 64-127, 64-127, 64-127, 256+, 256+
+    for m in (100, 120, 128, 300, 1000):  # classes 65-128, 65-128, 65-128, 257+, 257+
         assert fast.product_kind("cpu", m, 1024, 1024) == "float32"
     assert calls == [(torch.device("cpu"), 100, 1024, 1024), (torch.device("cpu"), 300, 1024, 1024)]
+
+
+def test_the_rows_of_one_shape_class_have_the_same_candidate_products(monkeypatch):
+    """A class's timed choice serves all its row counts: CUDA's int8 takes more than 16 rows, and 16 shared a class
+    with 17-31, so a choice of int8 timed at 24 rows went to a 16-row batch, which torch._int_mm refuses."""
+    monkeypatch.setattr(fast, "_float32_out_of_bf16", lambda device_type: True)  # (asks no GPU)
+    for device in ("cpu", "cuda"):
+        kinds: dict[int, set[tuple[str, ...]]] = {}
+        for m in range(0, 600):
+            kinds.setdefault(fast._size_class(m), set()).add(tuple(fast.product_kinds(device, m, 1024, 1024)))
+        assert all(len(found) == 1 for found in kinds.values()), (device, kinds)
+    assert fast._size_class(16) != fast._size_class(17) and fast._size_class(256) != fast._size_class(257)
 
 
 def test_the_timing_probe_picks_a_product_this_machine_can_run():

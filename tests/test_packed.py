@@ -1,6 +1,7 @@
 """bnn.pack: bit-packed inference predicts exactly as the float model."""
 
 import copy
+import hashlib
 import os
 import pickle
 import subprocess
@@ -318,7 +319,7 @@ def test_native_kernels_build_once_into_a_private_cache_folder(monkeypatch, tmp_
         first = built.stat()
         assert _fresh_kernels() is not None  # the second call loads it, no rebuild
     assert (built.stat().st_ino, built.stat().st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
-    assert [p.name for p in cache.iterdir()] == [built.name]  # no scratch files left behind
+    assert sorted(p.name for p in cache.iterdir()) == [built.name, built.name + ".sha256"]  # no scratch files left
     assert cache.stat().st_mode & 0o777 == 0o700 and first.st_mode & 0o077 == 0
 
 
@@ -334,6 +335,31 @@ def test_a_cache_folder_shared_with_another_kind_of_cpu_keeps_one_library_per_ki
     monkeypatch.setattr(bnn.native, "_instruction_sets", lambda: real)
     assert _fresh_kernels() is not None
     assert {p.name for p in tmp_path.glob("packed_kernels-*.so")} - {other.name}  # built its own
+
+
+@pytest.mark.skipif(bnn.native.kernels() is None, reason="no C compiler to build the native kernels")
+@pytest.mark.parametrize("damage", ["cut short", "emptied", "overwritten", "digest lost"])
+def test_a_damaged_cached_library_is_built_again_not_loaded(tmp_path, damage):
+    """A library cut short (a full disk, a restored backup) stopped the process with a bus error when loaded, and an
+    emptied or overwritten one left the packed models on torch ops for good: each is now built again. The loads run
+    in child processes, since a bus error cannot be caught."""
+    env = {**os.environ, "METASPIKE_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    load = [sys.executable, "-W", "error", "-c", "import bnn.native as n; assert n.kernels().binary_layer_kind()"]
+    subprocess.run(load, env=env, check=True, capture_output=True)
+    (built,) = tmp_path.glob("packed_kernels-*.so")
+    good = built.read_bytes()
+    if damage == "cut short":
+        built.write_bytes(good[:20000])
+    elif damage == "emptied":
+        built.write_bytes(b"")
+    elif damage == "overwritten":
+        built.write_bytes(os.urandom(len(good)))
+    else:
+        Path(f"{built}.sha256").unlink()  # (a library built before digests were recorded)
+    run = subprocess.run(load, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, (run.returncode, run.stderr[-500:])
+    assert built.read_bytes() and Path(f"{built}.sha256").exists()
+    assert Path(f"{built}.sha256").read_text().strip() == hashlib.sha256(built.read_bytes()).hexdigest()
 
 
 def _planted_library(path: Path, marker: Path) -> None:
