@@ -13,7 +13,10 @@ the usual ``(B, out)``; with ``samples=S`` it draws ``S`` weight samples and run
 following sampled layer takes that ``(S, B, ...)`` input sample by sample. So a sampled layer reads an input
 with one more dimension than the layer's own (3-D for a linear layer) as such an ``(S, B, ...)`` output; any
 other leading dimension, e.g. a sequence in ``(B, T, features)``, must be folded into the batch first
-(``x.flatten(0, 1)``), or the layer would read ``B == S`` rows as samples. Average the loss over
+(``x.flatten(0, 1)``), or the layer would read ``B == S`` rows as samples. The modules between sampled layers see
+that ``(S, B, ...)`` output too: ``BatchNorm1d`` would read it as ``(N, C, L)`` (the batch as channels: an error, or
+silently wrong where ``B`` equals the channels) and 2-D pooling or ``BatchNorm2d`` refuse 5-D inputs, so wrap such a
+module to fold the samples into the batch around it (``m(h.flatten(0, 1)).unflatten(0, h.shape[:2])``). Average the loss over
 the flattened ``S·B`` outputs (e.g. ``F.cross_entropy(out.flatten(0, 1), y.repeat(S))``): the
 gradient is then the mean of the ``S`` per-sample gradients, as the authors' multi-sample steps use.
 

@@ -120,9 +120,10 @@ class _BinaryWeights(BinarySynapse):
     @property
     def _buffered(self) -> bool:
         """Whether the forward pass may use the sign buffers (the unclipped straight-through sign; not inside a
-        torch.func transform, whose wrapped weights have no storage to cache signs of: the quantizer runs there)."""
+        torch.func transform, whose wrapped weights have no storage to cache signs of, nor for a parametrized weight,
+        a Bayesian synapse's sample, which is a new tensor at every pass: the quantizer runs there)."""
         return (isinstance(self.weight_quantizer, SteSign) and self.weight_quantizer.clip_value is None
-                and not in_function_transform())
+                and not in_function_transform() and not parametrize.is_parametrized(self, "weight"))
 
     def signs(self, dtype: torch.dtype | None = None) -> Tensor:
         """``sign(W_h)`` as ``dtype`` (default: the weight's), from the layer's persistent buffers.

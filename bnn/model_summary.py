@@ -14,6 +14,7 @@ from torch.nn.utils import parametrize
 from bnn.binary_linear import is_binary_input
 from metaspike.bayesian.synapses import bayesian_modules
 from metaspike.synapse import binary_modules
+from metaspike.training import random_numbers_apart
 
 __all__ = ["summary", "LayerSummary", "ModelSummary"]
 
@@ -130,10 +131,13 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> Model
         raise ValueError(f"input_shape must be one sample's shape, a sequence of positive integers, got {input_shape!r}")
     macs = _count_macs(model, input_shape) if input_shape is not None else {}
     binary = {id(weight) for _, weight in _binary_layers(model)}
+    # a parametrization's modules (a MESU synapse holds sigma) are counted with the layer they belong to
+    in_parametrizations = {id(inner) for module in model.modules() if parametrize.is_parametrized(module)
+                           for inner in module.parametrizations.modules()}  # type: ignore[union-attr]
     rows = []
     for name, module in model.named_modules():
-        if isinstance(module, parametrize.ParametrizationList):
-            continue  # counted with the layer it belongs to
+        if id(module) in in_parametrizations:
+            continue
         params = list(module.parameters(recurse=False))
         if parametrize.is_parametrized(module):
             params += list(module.parametrizations.parameters())  # type: ignore[union-attr]
@@ -185,7 +189,9 @@ def _count_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tuple
     was_training = model.training
     try:
         model.eval()  # no running statistics are updated (the paper's BatchNorm still uses the batch's)
-        model(torch.rand(_PROBE_SAMPLES, *input_shape))
+        device = next(model.parameters(), torch.empty(0)).device
+        with random_numbers_apart(device):  # (the probe and a Bayesian model's samples leave training's numbers)
+            model(torch.rand(_PROBE_SAMPLES, *input_shape))
     except Exception as err:
         raise ValueError(f"summary: a forward pass on input_shape {tuple(input_shape)} failed: {err}") from None
     finally:

@@ -184,13 +184,17 @@ def _has_sign_parametrization(layer: nn.Module) -> bool:
 def binary_modules(module: nn.Module) -> Iterator[tuple[str, nn.Module, nn.Parameter]]:
     """Yield ``(name, layer, hidden_weight)`` for every binary synapse layer in ``module``.
 
+    A ``bnn`` binary layer whose weight is a Bayesian synapse (:func:`metaspike.bayesianize`) has no hidden weight: its
+    tensors are the synapse's (:func:`metaspike.bayesian.bayesian_modules` finds it), and reading its ``weight`` would
+    draw a sample.
+
     Example:
         >>> net = binarize(torch.nn.Sequential(torch.nn.Linear(4, 3)))
         >>> [name for name, _, _ in binary_modules(net)]
         ['0']
     """
     for name, layer in module.named_modules():
-        if isinstance(layer, BinarySynapse) and layer.is_binary:
+        if isinstance(layer, BinarySynapse) and layer.is_binary and not parametrize.is_parametrized(layer, "weight"):
             yield name, layer, mark_hidden_weight(layer.weight)
         elif _has_sign_parametrization(layer):
             yield name, layer, mark_hidden_weight(layer.parametrizations.weight.original)  # type: ignore[union-attr]

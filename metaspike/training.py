@@ -78,8 +78,9 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
     """Reject data that cannot train ``model``, with one clear message.
 
     Checks dtype, NaN/inf, matching lengths and that a forward pass on two samples works (the
-    message names the input shape and what the model expected), and that the labels are among the ``classes`` of the
-    data (a task's), and those among the model's outputs.
+    message names the input shape and what the model expected; its random draws, a Bayesian model's weight samples,
+    come from copies of torch's generators: :func:`random_numbers_apart`), and that the labels are among the
+    ``classes`` of the data (a task's), and those among the model's outputs.
 
     Example:
         >>> check_inputs(torch.nn.Linear(4, 2), torch.rand(10, 4))
@@ -100,8 +101,8 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
         )
     was_training = model.training
     try:
-        with torch.no_grad():
-            model.eval()
+        with torch.no_grad(), random_numbers_apart(x.device):  # (a model that samples its weights: training's numbers
+            model.eval()                                          # do not depend on the check)
             out = model(x[:2])
     except (RuntimeError, ValueError) as err:  # (torch's BatchNorm raises ValueError for one sample)
         if allocation_failure(err) or isinstance(err, ModelError):  # memory, or the model itself: not the samples'

@@ -55,7 +55,6 @@ from metaspike.training import (
     check_inputs,
     evaluate,
     evaluate_together,
-    random_numbers_apart,
     train_epoch,
 )
 
@@ -471,13 +470,12 @@ class ContinualTrainer:
     def _check(self, task: Task) -> None:
         """The task's training and test data fit the model (the test labels too: a label the model cannot output
         would be scored as a silent miss). A model that samples its weights draws from a copy of torch's generator
-        here, as in evaluation: training's numbers do not depend on the check (or on how many samples it draws), and
-        a resumed run, which checks again, goes on with the numbers the uninterrupted one drew."""
-        with random_numbers_apart(self.config.device):
-            check_inputs(self.model, task.train.x.to(self.config.device), task.train.y.to(self.config.device),
-                         what=f"training data of task {task.name!r}", classes=task.classes)
-            check_inputs(self.model, task.test.x.to(self.config.device), task.test.y.to(self.config.device),
-                         what=f"test data of task {task.name!r}")
+        in the check (:func:`~metaspike.training.check_inputs`), as in evaluation: training's numbers do not depend on
+        it, and a resumed run, which checks again, goes on with the numbers the uninterrupted one drew."""
+        check_inputs(self.model, task.train.x.to(self.config.device), task.train.y.to(self.config.device),
+                     what=f"training data of task {task.name!r}", classes=task.classes)
+        check_inputs(self.model, task.test.x.to(self.config.device), task.test.y.to(self.config.device),
+                     what=f"test data of task {task.name!r}")
 
     def fit(self, scenario: Scenario, log: RunLog | None = None, resume: dict[str, Any] | None = None) -> ContinualResult:
         """Train every task of ``scenario`` in order; return (and log) the results.
