@@ -9,7 +9,6 @@ what comes in.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +19,6 @@ from torch.nn.utils import parametrize
 from bnn.binary_linear import binary_linear, check_precision
 from bnn.sign_buffers import SignBuffers
 from metaspike.bayesian.fused_step import Activation, register_fused_activation
-from metaspike.block_cache import binarized_once
 from metaspike.checks import finite_number, is_whole, number_in
 from metaspike.function_transforms import in_function_transform
 from metaspike.gain import attach_output_gain, check_scale
@@ -63,17 +61,6 @@ def _quantized_input(layer: nn.Module, x: Tensor) -> Tensor:
     x = layer.input_quantizer(x)
     check_input_dtype(type(layer).__name__, x, next((p.dtype for p in layer.parameters()), None))
     return x
-
-
-def _one_weight_per_pass(layer: nn.Module) -> AbstractContextManager[None]:
-    """A block in which every read of ``layer.weight`` gives the same tensor, when the weight is parametrized.
-
-    A forward pass reads the weight several times (its signs, the tensor its straight-through gradient reaches, the
-    gradient buffer's shape); a parametrization made by :func:`metaspike.bayesianize` draws a new weight sample at
-    each read, so without the block the product would use one sample and the gradient reach another. A plain
-    binary layer needs no block.
-    """
-    return binarized_once() if parametrize.is_parametrized(layer, "weight") else nullcontext()
 
 
 def _init_uniform(weight: Tensor, init_width: float | None) -> None:
@@ -144,14 +131,18 @@ class _BinaryWeights(BinarySynapse):
         return self._sign_buffers.signs_as(self.weight, dtypes)
 
     def visible_weight(self) -> Tensor:
-        """The weight the forward pass uses (±1 for a binary synapse)."""
+        """The weight the forward pass uses (±1 for a binary synapse).
+
+        The weight is read once: a parametrized one (a Bayesian synapse of :func:`metaspike.bayesianize`) is a new
+        sample at each read, and the product and its straight-through gradient must see the same one."""
+        weight = self.weight
         if self.is_binary:
-            mark_hidden_weight(self.weight)
+            mark_hidden_weight(weight)
         if not self._buffered:
-            return self.weight_quantizer(self.weight)
+            return self.weight_quantizer(weight)
         signs = self.signs()
-        if torch.is_grad_enabled() and self.weight.requires_grad:
-            return _StraightThrough.apply(self.weight, signs)
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return _StraightThrough.apply(weight, signs)
         return signs
 
     def gradient_buffer(self) -> Tensor:
@@ -221,11 +212,10 @@ class BinaryLinear(_BinaryWeights, nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         _check_features(self, x, self.in_features, -1, "features in the last dimension")
         x = _quantized_input(self, x)
-        with _one_weight_per_pass(self):
-            if self._buffered:
-                mark_hidden_weight(self.weight)
-                return binary_linear(x, self)
-            return F.linear(x, self.visible_weight(), self.bias)
+        if self._buffered:
+            mark_hidden_weight(self.weight)
+            return binary_linear(x, self)
+        return F.linear(x, self.visible_weight(), self.bias)
 
 
 class BinaryConv2d(_BinaryWeights, nn.Conv2d):
@@ -265,9 +255,7 @@ class BinaryConv2d(_BinaryWeights, nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         _check_features(self, x, self.in_channels, -3, "channels ((batch, channels, height, width) or (channels, "
                         "height, width))")
-        x = _quantized_input(self, x)
-        with _one_weight_per_pass(self):
-            return self._conv_forward(x, self.visible_weight(), self.bias)
+        return self._conv_forward(_quantized_input(self, x), self.visible_weight(), self.bias)
 
 
 class SignActivation(nn.Module):

@@ -265,14 +265,15 @@ def test_a_layers_input_check_takes_what_its_quantizer_gives_and_draws_no_weight
 @pytest.mark.parametrize("kind", ["bimu", "mesu"])
 @pytest.mark.parametrize("shape", ["linear", "large linear", "conv"])
 def test_a_bayesianized_binary_layer_uses_one_weight_sample_per_forward_pass(kind, shape):
-    """A forward pass reads the weight several times (its signs, the tensor the straight-through gradient reaches,
+    """A forward pass read the weight several times (its signs, the tensor the straight-through gradient reaches,
     the gradient buffer's shape), and each read of a Bayesian weight draws a sample: the product used one sample and
     the gradient reached another. Now one sample serves the pass: the output is its product and the synapse's
     gradient is what that sample's graph gives. The values are integers well below 2^24 (±1 inputs, weights and
     output gradients), so both sides are exact and compared bit for bit."""
     torch.manual_seed(0)
     layer = {"linear": lambda: bnn.BinaryLinear(40, 30), "large linear": lambda: bnn.BinaryLinear(1024, 1024),
-             "conv": lambda: bnn.BinaryConv2d(3, 4, 3)}[shape]()  # (the large one takes the fast product)
+             "conv": lambda: bnn.BinaryConv2d(3, 4, 3)}[shape]()  # (the large one's size takes the fast product
+    # when its weight is not sampled)
     metaspike.bayesianize(layer, kind, scale=None)
     seen = []
     layer.parametrizations.weight[0].register_forward_hook(lambda module, args, out: seen.append(out))
