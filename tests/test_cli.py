@@ -157,6 +157,10 @@ def test_plot_of_a_run_it_cannot_write_in_names_the_figure_and_draws_elsewhere(t
         (["train", "--model", "bimu", "--eval-samples", "100000"], "--eval-samples must be an integer in 1..1000"),
         (["compare", "--neurons", "bimu", "mesu", "--meta", "5"],
          "--meta: none of the models compared (bimu, mesu) trains with MetaplasticAdam, whose m --meta sets"),
+        (["compare", "--neurons", "bnn", "mlp", "--lr", "0.01"],
+         "--lr: the models compared train with different optimizers (bnn: metaplastic-adam, mlp: sgd)"),
+        (["compare", "--neurons", "leaky", "mlp", "--weight-decay", "0.01"],
+         "--weight-decay: the models compared train with different optimizers (leaky: metaplastic-adam, mlp: sgd)"),
     ],
 )
 def test_bad_input_gets_one_clear_line(args, message, capsys):
@@ -164,6 +168,33 @@ def test_bad_input_gets_one_clear_line(args, message, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("metaspike: error: ") and message in err
     assert len(err.splitlines()) == 1
+
+
+def test_a_run_records_only_the_optimizer_settings_its_model_takes(tmp_path):
+    from metaspike.app.config import RunConfig
+    from metaspike.app.models import DEFAULT_LR
+    from metaspike.app.runs import config_from_record
+
+    assert main(["train", *SMALL, "--model", "mlp", "--out", str(tmp_path)]) == 0
+    sgd = json.loads((tmp_path / "permuted-digits-mlp-seed1" / "config.json").read_text())
+    assert (sgd["lr"], sgd["weight_decay"], sgd["meta"], sgd["rule"]) == (DEFAULT_LR["sgd"], 0.0, None, None)
+    bayesian = RunConfig(model="mesu", batch_size=1).to_dict()
+    assert [bayesian[key] for key in ("lr", "weight_decay", "meta", "rule")] == [None] * 4
+    # a record written when every run held all four still loads, and says what its model trains with
+    old = {**sgd, "meta": [5.0, 30.0], "rule": "tanh", "lr": 0.005}
+    loaded = config_from_record(old, tmp_path / "config.json")
+    assert (loaded.lr, loaded.weight_decay, loaded.meta, loaded.rule) == (0.005, 0.0, None, None)
+
+
+def test_a_comparison_of_models_with_different_optimizers_gives_each_its_own_learning_rate():
+    from metaspike.app.compare import _neuron_rows
+    from metaspike.app.config import RunConfig
+    from metaspike.app.models import DEFAULT_LR
+
+    rows = _neuron_rows(RunConfig(model="bnn", lr=0.01), ["bnn", "leaky", "mlp", "bimu"], [0.0, 5.0], [1])
+    lrs = {(row.labels["neuron"], row.labels["meta"]): row.configs[0].lr for row in rows}
+    assert lrs == {("bnn", 0.0): 0.01, ("bnn", 5.0): 0.01, ("leaky", 0.0): 0.01, ("leaky", 5.0): 0.01,
+                   ("mlp", None): DEFAULT_LR["sgd"], ("bimu", None): None}
 
 
 def test_missing_data_files_say_what_to_put_where(tmp_path, capsys):

@@ -20,6 +20,7 @@ import torch
 from metaspike.allocator import allocation_failure, keep_freed_memory
 from metaspike.app.config import DEFAULT_INPUT_META, DEFAULT_META, KIND_SETTINGS, RunConfig, meta_label, parse_meta
 from metaspike.app.imports import FLAG, check_resumed_imports, import_modules
+from metaspike.app.models import DEFAULT_LR, takes_setting
 from metaspike.app.reproduce import cli as reproduce_cli
 from metaspike.continual.scenarios import SPLIT_MODES
 from metaspike.distributed import world
@@ -97,11 +98,12 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
     parser.add_argument("--standardize", action="store_true",
                         help="feed the model (x - mean) / std, the pixel mean and std of the first dataset's training "
                              "split, as the papers' long streams do (not for spiking models)")
-    parser.add_argument("--lr", type=float, default=d["lr"],
+    parser.add_argument("--lr", type=float, default=None,
                         help="learning rate of the model's optimizer: MetaplasticAdam, or SGD for --model mlp "
-                             "(default: %(default)s)")
-    parser.add_argument("--weight-decay", type=float, default=d["weight_decay"],
-                        help="weight decay of that optimizer, added to the gradient (default: %(default)s)")
+                             f"(default: {DEFAULT_LR['metaplastic-adam']:g}, with SGD {DEFAULT_LR['sgd']:g}; the "
+                             "Bayesian models bimu, mesu and <neuron>+bimu take their published settings instead)")
+    parser.add_argument("--weight-decay", type=float, default=None,
+                        help="weight decay of that optimizer, added to the gradient (default: 0)")
     from metaspike.continual.baselines import BASELINE_STRENGTHS, EWC_ONLINE_GAMMA
 
     strengths = ", ".join(f"{name} {meaning} {default:g}" for name, (meaning, default) in BASELINE_STRENGTHS.items())
@@ -115,8 +117,8 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
     parser.add_argument("--baseline-gamma", type=float, default=None, metavar="G",
                         help="--baseline ewc-online: decay in [0, 1] of its running Fisher, F <- G*F + F_task "
                              f"(default: {EWC_ONLINE_GAMMA:g}; 1: the Fishers of all tasks add up)")
-    parser.add_argument("--rule", default=d["rule"],
-                        help=f"consolidation rule: {', '.join(available_rules())} (default: %(default)s)")
+    parser.add_argument("--rule", default=None,
+                        help=f"consolidation rule of MetaplasticAdam: {', '.join(available_rules())} (default: tanh)")
     parser.add_argument("--batchnorm", default=d["batchnorm"], choices=["per-task", "shared"],
                         help="BatchNorm state per task (paper) or shared (default: %(default)s)")
     parser.add_argument("--optimizer", default=d["optimizer"], choices=["per-task", "shared"],
@@ -212,18 +214,13 @@ def _given_settings(args: argparse.Namespace) -> dict[str, object]:
     return given
 
 
-#: RunConfig field -> the optimizer kinds (metaspike.app.models.optimizer_kind) that use it
-_USED_BY = {"meta": ("metaplastic-adam",), "rule": ("metaplastic-adam",), "lr": ("metaplastic-adam", "sgd"),
-            "weight_decay": ("metaplastic-adam", "sgd")}
-
-
 def _refuse_unused_flags(given: dict[str, object], config: RunConfig) -> None:
     """One line for a flag typed on the command line that the run would ignore (its model's optimizer does not
     use it, or its scenario sets it otherwise): a run never silently differs from what was asked."""
-    from metaspike.app.models import is_builtin, optimizer_kind, uses_batchnorm
+    from metaspike.app.models import OPTIMIZER_SETTINGS, is_builtin, optimizer_kind, uses_batchnorm
 
     kind = optimizer_kind(config.model)
-    for field, users in _USED_BY.items():
+    for field, users in OPTIMIZER_SETTINGS.items():
         if field in given and kind not in users:
             what = ", which does" if kind == "sgd" else " and its published settings, which do"
             raise ValueError(f"--{field.replace('_', '-')}: model {config.model!r} trains with its own optimizer "
@@ -354,11 +351,11 @@ def _learning_flags(models: Sequence[str]) -> str:
         >>> _learning_flags(["bnn"]), _learning_flags(["bimu"])
         ('--lr, --meta (a large m freezes every weight), --epochs', '--memory-window, --epochs')
     """
-    from metaspike.app.models import BAYESIAN_OPTIMIZERS, optimizer_kind
+    from metaspike.app.models import BAYESIAN_OPTIMIZERS, OPTIMIZER_SETTINGS, optimizer_kind
 
     kinds = {optimizer_kind(model) for model in models}
     flags = [flag for field, flag in (("lr", "--lr"), ("meta", "--meta (a large m freezes every weight)"))
-             if kinds & set(_USED_BY[field])]
+             if kinds & set(OPTIMIZER_SETTINGS[field])]
     flags += ["--memory-window"] if kinds & set(BAYESIAN_OPTIMIZERS) else []
     return ", ".join(flags + ["--epochs"])
 
@@ -405,9 +402,12 @@ def _compare(args: argparse.Namespace) -> None:
                                  "MetaplasticAdam, whose m --meta sets (each runs once, without an m); leave out --meta")
             # the base run is one of the compared models (compare has no --model), one that takes every kind-only setting
             # given (--readout-lambda: a BiMU kind); each model then runs without those it does not take
+            _refuse_shared_learning_rate(args)
             given = [key for key in KIND_SETTINGS if getattr(args, key) is not None]
-            args.model = next((n for n in args.neurons if all(KIND_SETTINGS[key](n) for key in given)), args.neurons[0])
-            base = _config(args, [metas[0]], args.seeds[0])
+            given_optimizer = [key for key in ("lr", "weight_decay", "rule") if getattr(args, key) is not None]
+            args.model = next((n for n in args.neurons if all(KIND_SETTINGS[key](n) for key in given)
+                               and all(takes_setting(n, key) for key in given_optimizer)), args.neurons[0])
+            base = _config(args, [metas[0]] if compare.takes_meta(args.model) else None, args.seeds[0])
             _refuse_per_task_modes(_given_settings(args), base)
             _mention_unfinished(Path(args.out).expanduser() / compare.comparison_name(base, neurons=True), "compare")
             path, rows = compare.compare_neurons(base, args.neurons, metas, args.seeds, out=args.out, progress=not args.quiet)
@@ -433,6 +433,27 @@ def _compare(args: argparse.Namespace) -> None:
         print(f"metaspike: warning: in {len(unlearned)} run(s) no task's accuracy rose more than {LEARNED_MARGIN:g} points "
               f"above the untrained network's: {', '.join(unlearned)} learned nothing; {_learning_settings(models)}",
               file=sys.stderr)
+
+
+def _refuse_shared_learning_rate(args: argparse.Namespace) -> None:
+    """One line for ``--lr`` or ``--weight-decay`` given to a comparison of models trained by different gradient
+    optimizers: one learning rate is a different step to Adam and to SGD, and each takes its own default.
+
+    Example:
+        >>> _refuse_shared_learning_rate(argparse.Namespace(neurons=["bnn", "mlp"], lr=0.01, weight_decay=None))
+        Traceback (most recent call last):
+        ...
+        ValueError: --lr: the models compared train with different optimizers (bnn: metaplastic-adam, mlp: sgd), to which one rate means different steps; leave it out (each takes its own default) or compare them separately
+    """
+    from metaspike.app.models import optimizer_kind
+
+    kinds = {n: optimizer_kind(n) for n in args.neurons if optimizer_kind(n) in DEFAULT_LR}
+    for key in ("lr", "weight_decay"):
+        if getattr(args, key) is not None and len(set(kinds.values())) > 1:
+            trained = ", ".join(f"{n}: {kind}" for n, kind in kinds.items())
+            raise ValueError(f"--{key.replace('_', '-')}: the models compared train with different optimizers "
+                             f"({trained}), to which one rate means different steps; leave it out (each takes its own "
+                             "default) or compare them separately")
 
 
 def _check_stored_imports(record_path: Path, stored: Callable[[dict], object], args: argparse.Namespace) -> None:

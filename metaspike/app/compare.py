@@ -101,7 +101,8 @@ def _neuron_rows(base: RunConfig, neurons: Sequence[str], metas: Sequence[float]
     return [Row({"setting": " ".join(filter(None, [f"{n} meta={m:g}" if takes_meta(n) else _kind_label(base, n),
                                                    base.baseline_setting])),
                  "neuron": n, "meta": m if takes_meta(n) else None},
-                tuple(replace(base, meta=(float(m),), seed=int(seed)).for_model(n) for seed in seeds))
+                tuple(replace(base.for_model(n), seed=int(seed), **({"meta": (float(m),)} if takes_meta(n) else {}))
+                      for seed in seeds))
             for n in neurons for m in _swept_metas(n, metas)]
 
 
@@ -158,7 +159,7 @@ def _rows(plan: dict[str, Any], root: Path) -> list[Row]:
     for row in rows:
         for config in row.configs:
             # one m for every layer is the same run whether written once or per layer (--meta 5 and 5,5)
-            same = replace(config, meta=config.meta[:1]) if len(set(config.meta)) == 1 else config
+            same = replace(config, meta=config.meta[:1]) if config.meta and len(set(config.meta)) == 1 else config
             if same.name in seen:
                 raise ValueError(f"{row.labels['setting']} and {seen[same.name]} would be one run ({same.name}): "
                                  "list each model once and meta settings that differ at 6 significant digits")

@@ -16,6 +16,8 @@ from torch.optim import Optimizer
 
 from metaspike.app.models import (
     BAYESIAN_OPTIMIZERS,
+    DEFAULT_LR,
+    OPTIMIZER_SETTINGS,
     SAMPLED_EVALUATION,
     available_models,
     build_optimizer,
@@ -119,6 +121,10 @@ class RunConfig:
     time steps; ``"bimu"``, ``"mesu"``, ``"mlp"``...), so that any run can be rebuilt and resumed from its
     config alone; the kind also says which optimizer trains it (:meth:`make_optimizer`).
 
+    ``meta``, ``rule``, ``lr`` and ``weight_decay`` set the gradient optimizer (:data:`OPTIMIZER_SETTINGS`): left
+    ``None``, they take the kind's defaults (``lr``: :data:`DEFAULT_LR`); a kind whose optimizer does not take one
+    (SGD takes no ``meta`` or ``rule``; BiMU and MESU none of them) records it as ``None`` whatever was given.
+
     Long streams: ``samples_per_task`` trains each permuted task on a seeded subset of that many
     samples; ``eval_every`` and ``eval_tasks`` evaluate after every k-th task on a budget of tasks
     (:func:`metaspike.continual.trainer.evaluated_tasks`); ``batch_size=1`` needs a model without BatchNorm.
@@ -161,9 +167,9 @@ class RunConfig:
     epochs: int = 20
     hidden: tuple[int, ...] = (512, 512)
     meta: tuple[float, ...] | None = None
-    rule: str = "tanh"
-    lr: float = 0.005
-    weight_decay: float = 0.0
+    rule: str | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
     batch_size: int = 100
     seed: int = 1
     batchnorm: str = "per-task"
@@ -251,36 +257,53 @@ class RunConfig:
             raise ValueError(f"--samples-per-task applies to --scenario permuted only, not {self.scenario!r}")
         if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
             raise ValueError(f"--hidden must list positive integer layer widths, got {list(self.hidden)}")
-        layers = weight_layer_count(self.model, self.hidden)  # (None: a registered neuron model, counted once built)
-        if self.meta is None:
-            object.__setattr__(self, "meta", default_meta(layers) if layers else (DEFAULT_META,))
-        if not self.meta:
-            raise ValueError("--meta needs one value, or one per layer")
-        for m in self.meta:
-            check_meta(m, "--meta")
-        if layers is not None and len(self.meta) not in (1, layers):
-            raise ValueError(
-                f"--meta takes one value or one per layer ({layers} for --hidden "
-                f"{' '.join(map(str, self.hidden))}), got {len(self.meta)}"
-            )
-        for key in ("lr", "weight_decay"):
-            finite_number(flag_name(key), getattr(self, key), positive=key == "lr")
-        if self.weight_decay > MAX_WEIGHT_DECAY:
-            raise ValueError(f"--weight-decay must be in [0, {MAX_WEIGHT_DECAY:g}], got {self.weight_decay!r}: the decay "
-                             "term weight_decay * w is added to the gradient, and beyond this it drowns the loss's")
-        if self.lr > MAX_LR:
-            raise ValueError(f"--lr must be in (0, {MAX_LR:g}], got {self.lr!r}: a larger rate overshoots at every "
-                             "step (a binary network's hidden weights start within ±0.05 and Adam moves each by about "
-                             "lr per step)")
-        try:
-            get_rule(self.rule)
-        except ValueError as err:
-            raise ValueError(f"{err}{self._import_hint()}") from None
+        self._check_optimizer_settings()
         TrainerConfig(batchnorm=self.batchnorm, optimizer=self.optimizer)  # validates the modes
         if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
         check_device(self.device, "--device")  # (CUDA present, and the device index within its count)
         self._check_baseline()
+
+    def _check_optimizer_settings(self) -> None:
+        """The gradient optimizer's settings (:data:`OPTIMIZER_SETTINGS`): ``None`` for a kind whose optimizer does not
+        take one (whatever was given: ``metaspike train`` refuses such a flag), the kind's default where not given, and
+        each in range."""
+        kind = optimizer_kind(self.model)
+        for key, users in OPTIMIZER_SETTINGS.items():
+            if kind not in users:
+                object.__setattr__(self, key, None)
+        if kind not in DEFAULT_LR:
+            return
+        layers = weight_layer_count(self.model, self.hidden)  # (None: a registered neuron model, counted once built)
+        if kind == "metaplastic-adam":
+            if self.meta is None:
+                object.__setattr__(self, "meta", default_meta(layers) if layers else (DEFAULT_META,))
+            if not self.meta:
+                raise ValueError("--meta needs one value, or one per layer")
+            for m in self.meta:
+                check_meta(m, "--meta")
+            if layers is not None and len(self.meta) not in (1, layers):
+                raise ValueError(
+                    f"--meta takes one value or one per layer ({layers} for --hidden "
+                    f"{' '.join(map(str, self.hidden))}), got {len(self.meta)}"
+                )
+            if self.rule is None:
+                object.__setattr__(self, "rule", "tanh")
+            try:
+                get_rule(self.rule)
+            except ValueError as err:
+                raise ValueError(f"{err}{self._import_hint()}") from None
+        for key, default in (("lr", DEFAULT_LR[kind]), ("weight_decay", 0.0)):
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, default)
+            finite_number(flag_name(key), getattr(self, key), positive=key == "lr")
+        if self.weight_decay > MAX_WEIGHT_DECAY:  # type: ignore[operator]
+            raise ValueError(f"--weight-decay must be in [0, {MAX_WEIGHT_DECAY:g}], got {self.weight_decay!r}: the decay "
+                             "term weight_decay * w is added to the gradient, and beyond this it drowns the loss's")
+        if self.lr > MAX_LR:  # type: ignore[operator]
+            raise ValueError(f"--lr must be in (0, {MAX_LR:g}], got {self.lr!r}: a larger rate overshoots at every "
+                             "step (a binary network's hidden weights start within ±0.05 and Adam moves each by about "
+                             "lr per step)")
 
     def _check_baseline(self) -> None:
         """The baseline settings: a known baseline, for a model trained by gradient steps, on a scenario with tasks;
@@ -322,13 +345,19 @@ class RunConfig:
 
     def for_model(self, model: str) -> "RunConfig":
         """These settings for model kind ``model``, without those it does not take (:data:`KIND_SETTINGS`): what
-        a comparison of several kinds runs each kind with.
+        a comparison of several kinds runs each kind with. A kind trained by another optimizer starts from its own
+        optimizer's defaults (a learning rate means a different step to Adam and to SGD).
 
         Example:
             >>> RunConfig(model="bimu", batch_size=1, readout_lambda=1.0).for_model("mlp").readout_lambda is None
             True
+            >>> RunConfig(model="bnn", lr=0.01).for_model("mlp").lr, RunConfig(model="bnn", lr=0.01).for_model("leaky").lr
+            (0.05, 0.01)
         """
-        return replace(self, model=model, **{key: None for key, takes in KIND_SETTINGS.items() if not takes(model)})
+        unset = {key: None for key, takes in KIND_SETTINGS.items() if not takes(model)}
+        if optimizer_kind(model) != optimizer_kind(self.model):
+            unset.update(dict.fromkeys(OPTIMIZER_SETTINGS))
+        return replace(self, model=model, **unset)
 
     @property
     def name(self) -> str:
@@ -419,9 +448,9 @@ class RunConfig:
             >>> type(config.make_optimizer(build_model("mlp", [8], (1, 28, 28), 10))).__name__
             'SGD'
         """
-        metas: float | Sequence[float] = self.meta[0] if len(self.meta) == 1 else self.meta  # type: ignore[index, arg-type]
-        return build_optimizer(self.model, model, self.lr, metas, self.rule, self.weight_decay, self.batch_size,
-                               self.memory_window)
+        metas: float | Sequence[float] = 0.0 if self.meta is None else self.meta[0] if len(self.meta) == 1 else self.meta
+        return build_optimizer(self.model, model, self.lr, metas, self.rule or "tanh", self.weight_decay or 0.0,
+                               self.batch_size, self.memory_window)
 
     @property
     def spiking(self) -> bool:
@@ -429,8 +458,14 @@ class RunConfig:
         return is_spiking(self.model)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready record written to ``config.json`` (a single ``meta`` as a number)."""
-        return {**asdict(self), "meta": self.meta[0] if len(self.meta) == 1 else list(self.meta)}  # type: ignore[arg-type]
+        """The JSON-ready record written to ``config.json`` (a single ``meta`` as a number).
+
+        Example:
+            >>> RunConfig(model="mlp").to_dict()["meta"], RunConfig(meta=(10.0,)).to_dict()["meta"]
+            (None, 10.0)
+        """
+        meta = None if self.meta is None else self.meta[0] if len(self.meta) == 1 else list(self.meta)
+        return {**asdict(self), "meta": meta}
 
     @classmethod
     def field_names(cls) -> list[str]:

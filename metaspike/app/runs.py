@@ -24,7 +24,14 @@ from torch import nn
 
 from metaspike.allocator import usable_memory
 from metaspike.app.config import RunConfig, flag_name
-from metaspike.app.models import Standardize, bayesian_settings, build_model, describe_model, uses_batchnorm
+from metaspike.app.models import (
+    OPTIMIZER_SETTINGS,
+    Standardize,
+    bayesian_settings,
+    build_model,
+    describe_model,
+    uses_batchnorm,
+)
 from metaspike.app.tables import versions
 from metaspike.bayesian.synapses import SampledForward, bayesian_modules, start_confident
 from metaspike.checks import is_finite_number, is_number
@@ -542,7 +549,9 @@ def config_from_record(stored: Any, path: Path) -> RunConfig:
         value = stored[key]
         if key == "meta" and isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
-        if key in _SEQUENCES:
+        if value is None and key in OPTIMIZER_SETTINGS:
+            pass  # (a setting its model's optimizer does not take)
+        elif key in _SEQUENCES:
             kind = _SEQUENCES[key]
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
                 raise ValueError(f"{path}: {key!r} must be a list of {getattr(kind, '__name__', 'numbers')}, got {value!r}")
