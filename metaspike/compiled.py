@@ -28,6 +28,21 @@ def _on_meta(args: tuple[Any, ...]) -> bool:
     return False
 
 
+def _signature(value: Any) -> Any:
+    """What tells two calls' arguments apart for the compiled variants: each tensor's dtype, device, shape and
+    strides, each list's or tuple's items, a number's type (numbers are graph inputs), any other object itself (a
+    plan the function is specialised on)."""
+    if isinstance(value, torch.Tensor):
+        return value.dtype, value.device, tuple(value.shape), value.stride()
+    if isinstance(value, (list, tuple)):
+        return type(value), tuple(_signature(item) for item in value)
+    if isinstance(value, dict):
+        return tuple((key, _signature(item)) for key, item in value.items())
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return type(value)
+    return type(value), id(value)
+
+
 class LazyCompiled:
     """``fn`` compiled by ``torch.compile`` on its first call (never at import), else ``fn`` itself.
 
@@ -35,7 +50,9 @@ class LazyCompiled:
     recompile; ``options`` go to the compiler. Calls on ``meta`` tensors (shape inference) run ``fn`` eagerly. If
     compiling fails (no C++ compiler, unsupported
     platform, ...), it warns once and calls ``fn`` eagerly from then on; a call past torch's limit of compiled
-    variants of one function (different input counts or dtypes in one process) runs eagerly, the others stay compiled. Used for
+    variants of one function (different input counts or dtypes in one process) runs eagerly, the others stay compiled;
+    arguments of the same dtypes, shapes and strides as such a call then run eagerly at once, without asking torch's
+    compiler again (which costs more than the call and logs a warning each time). Used for
     MetaplasticAdam's fused step, the sign buffers of large binary layers and ``bnn.pack``.
 
     Example:
@@ -50,11 +67,15 @@ class LazyCompiled:
         self.options = options
         self.broken = False
         self.limit_reached = False
+        self._eager_signatures: set[Any] = set()  # (the arguments past the limit of variants)
         self._compiled: Callable[..., Any] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.broken or _on_meta(args):  # (meta tensors hold no data: shapes come from fn's ops, and a compile
             return self.fn(*args, **kwargs)  # failing on them would leave every later call eager)
+        signature = _signature((args, kwargs)) if self.limit_reached else None
+        if signature is not None and signature in self._eager_signatures:
+            return self.fn(*args, **kwargs)
         if self._compiled is None:
             self._compiled = torch.compile(self.fn, dynamic=True, fullgraph=True, options=self.options)
         try:
@@ -66,6 +87,7 @@ class LazyCompiled:
                     self.limit_reached = True
                     warnings.warn(f"the {self.what} has compiled torch's limit of variants in this process; new "
                                   "variants run eagerly (slower)", RuntimeWarning, stacklevel=2)
+                self._eager_signatures.add(_signature((args, kwargs)))
                 return self.fn(*args, **kwargs)
             self.broken = True
             result = self.fn(*args, **kwargs)  # (an error of fn itself is raised here, without the compiler's words)

@@ -55,6 +55,7 @@ __all__ = [
     "write_idx",
     "load_dataset",
     "available_datasets",
+    "dataset_key",
 ]
 
 ENV_VAR = "METASPIKE_DATA"
@@ -733,6 +734,23 @@ def available_datasets() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def dataset_key(name: str) -> str:
+    """The registered name that ``name`` spells (case, surrounding spaces and ``_`` for ``-`` aside), as
+    :func:`load_dataset` reads it and a run records it.
+
+    Example:
+        >>> dataset_key(" MNIST5K"), dataset_key("fashion_mnist")
+        ('mnist5k', 'fashion-mnist')
+
+    Raises:
+        DataError: a name that spells none of :func:`available_datasets`.
+    """
+    key = str(name).strip().lower().replace("_", "-")
+    if key not in _REGISTRY:
+        raise DataError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}")
+    return key
+
+
 @functools.lru_cache(maxsize=32)
 def _load_cached(name: str, split: str, root: Path) -> ArrayDataset:
     # Exceptions (including _MissingFiles) are not cached by lru_cache.
@@ -766,9 +784,7 @@ def load_dataset(name: str, split: str = "train",
         DataError: unknown name, bad split, files missing and not downloadable,
             or corrupt files.
     """
-    key = str(name).strip().lower().replace("_", "-")
-    if key not in _REGISTRY:
-        raise DataError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}")
+    key = dataset_key(name)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} for dataset {key!r}; "
                         f"accepted: {', '.join(SPLITS)}")

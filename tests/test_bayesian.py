@@ -2,6 +2,8 @@
 
 import copy
 import math
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -9,10 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import metaspike
 from bnn import BayesianConv2d, BayesianLinear, BinaryBayesianConv2d, BinaryBayesianLinear
 from metaspike.bayesian import (
     MESU,
     BiMU,
+    BinaryWeight,
+    GaussianWeight,
     bayesian_modules,
     bayesianize,
     bimu_parameters,
@@ -165,6 +170,18 @@ def test_bimu_step_matches_float64_formula(settings):
     _assert_within(new_lam, expected, scale)
 
 
+def test_bimu_step_keeps_its_digits_where_a_gradient_opposes_a_confident_weight():
+    """Where g and λ have opposite signs, |g| + g tanh λ = |g| (1 − tanh|λ|): formed from tanh λ in float32 it loses
+    every digit past |λ| ≈ 9 (a step 4x too large here); formed from e = exp(−2|λ|) it keeps them. Each factor of
+    that form is a few float32 roundings off, so the step is within a few tens of ulps (1e-5) of float64's."""
+    lam = torch.tensor([8.678, -8.678, 12.0, -5.0, 0.0, 0.0, 3.0])
+    grad = torch.tensor([-1620.5, 1620.5, -40.0, 3.0, -1.0, 1.0, 2.0])
+    settings = dict(lr=1.0, lr_max=100.0, likelihood_multiplier=161.3, kl_multiplier=0.0, N=1.0)
+    step = bimu_step(lam, grad, **settings).double() - lam.double()
+    exact = bimu_step(lam.double(), grad.double(), **settings) - lam.double()
+    assert torch.allclose(step, exact, rtol=1e-5, atol=0)
+
+
 def _mesu_net(seed=0):
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3, bias=False))
@@ -217,6 +234,11 @@ def test_a_learning_rate_scheduler_scales_both_mesu_learning_rates_and_old_state
     fresh = MESU([{"params": [mu, sigma]}], **settings, lr=0.25)
     fresh.load_state_dict(written_before_lr)
     assert fresh.param_groups[0]["lr"] == 1.0
+    assert "lr" not in written_before_lr["param_groups"][0]  # (the caller's state dict is left as it was)
+    # a tensor appended to a group by hand: the pairs no longer line up, and the step says so before it changes any
+    fresh.param_groups[0]["params"].append(torch.zeros(2, requires_grad=True))
+    with pytest.raises(ValueError, match="params must alternate means and widths"):
+        fresh.step()
     with pytest.raises(ValueError, match=r"lr must be a finite number in \[0, 3.40282e\+38\], got -1"):
         MESU([{"params": [mu, sigma]}], lr=-1)
 
@@ -243,11 +265,16 @@ def test_all_zero_gradients_change_nothing(make, optimizer, params):
     # a short memory window and, for MESU, σ ≠ σ_p, so that the prior pull moves every weight
     opt = optimizer(params(net), **({"N": 1.0, "sigma_prior": 0.5} if optimizer is MESU else {"N": 1.0}))
     before = [p.detach().clone() for p in net.parameters()]
-    opt.step()  # all gradients None
+    with pytest.warns(UserWarning, match=r"\.step: none of its tensors has a gradient, so nothing changed \(no "
+                                         r"backward pass since zero_grad\?\); a Bayesian synapse in evaluation mode "
+                                         r"gives none \(call model.train\(\)"):
+        opt.step()  # all gradients None
     _backward(net)
     for p in net.parameters():
         p.grad.zero_()
-    opt.step()  # all gradients zero
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (zeros are a step without data: a documented case, said nothing of)
+        opt.step()  # all gradients zero
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
     assert not opt.state
     # one nonzero gradient anywhere: every parameter with a gradient moves (the prior pull acts)
@@ -256,6 +283,31 @@ def test_all_zero_gradients_change_nothing(make, optimizer, params):
     opt.step()
     bayesian = [t for _, _, _, tensors in bayesian_modules(net) for t in tensors]
     assert all(not torch.equal(b, p) for b, p in zip(before, net.parameters()) if any(p is t for t in bayesian))
+
+
+@pytest.mark.parametrize("kind", ["bimu", "mesu"])
+def test_training_a_model_left_in_evaluation_mode_says_what_its_synapses_miss(kind):
+    """In evaluation mode a synapse shows its mode (sign λ, μ) or a fixed sample, without a gradient to λ or σ: the
+    optimizer says so once instead of leaving them untrained without a word."""
+    net = bayesianize(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)), kind).eval()
+    synapses = bimu_parameters(net) if kind == "bimu" else mesu_param_groups(net)
+    opt = metaspike.ChainedOptimizer(BiMU(synapses) if kind == "bimu" else MESU(synapses),
+                                     torch.optim.Adam(plain_parameters(net), lr=1e-2))
+    expected = "none of its tensors has a gradient" if kind == "bimu" else "its width \\(sigma\\) none"
+    with pytest.warns(UserWarning, match=expected) as caught:
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(net(torch.randn(4, 8)), torch.randint(0, 3, (4,))).backward()
+            opt.step()
+    assert sum("model.train()" in str(w.message) for w in caught) == 1  # once per optimizer
+    net.train()
+    before = [t.detach().clone() for t in opt.optimizers[0].param_groups[0]["params"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        opt.zero_grad()
+        F.cross_entropy(net(torch.randn(4, 8)), torch.randint(0, 3, (4,))).backward()
+        opt.step()
+    assert all(not torch.equal(a, t) for a, t in zip(before, opt.optimizers[0].param_groups[0]["params"]))
 
 
 @pytest.mark.parametrize("make, optimizer, params, settings", [
@@ -350,10 +402,17 @@ def test_bad_structure_and_options():
         bayesianize(net, "gauss")
     with pytest.raises(ValueError, match="^evaluation must be one of"):
         bayesianize(net, "bimu", evaluation="mean")
-    with pytest.raises(ValueError, match="^sigma_init must be a finite number > 0"):
-        bayesianize(net, "mesu", sigma_init=0)
-    with pytest.raises(ValueError, match="^temperature must be a finite number > 0"):
-        bayesianize(net, "bimu", temperature=-1)
+    # each setting in the range a float32 synapse holds what it implies: sigma^2, 1/temperature, the drawn lambdas
+    for kind, setting, bad in (("mesu", "sigma_init", 0), ("mesu", "sigma_init", 1e-50), ("mesu", "sigma_init", 1e300),
+                               ("bimu", "temperature", -1), ("bimu", "temperature", 1e-39),
+                               ("bimu", "lambda_init", 1e300), ("bimu", "lambda_init", -1.0)):
+        with pytest.raises(ValueError, match=f"^{setting} must be a finite number in \\[.* float32 .*got {re.escape(str(bad))}$"):
+            bayesianize(net, kind, **{setting: bad})
+    with pytest.raises(ValueError, match="^sigma_init must be a finite number in"):
+        GaussianWeight(torch.zeros(2), sigma_init=1e-50)
+    with pytest.raises(ValueError, match="^temperature must be a finite number in"):
+        BinaryWeight(temperature=1e-39)
+    assert isinstance(bayesianize(nn.Sequential(nn.Linear(3, 2)), "mesu", sigma_init=2e-19)[0], nn.Linear)
     with pytest.raises(ValueError, match="exclude names layers that do not exist"):
         bayesianize(net, exclude=["5"])
     with pytest.raises(ValueError, match="no layer to make Bayesian"):

@@ -157,6 +157,11 @@ def test_plot_of_a_run_it_cannot_write_in_names_the_figure_and_draws_elsewhere(t
         (["train", "--model", "bimu", "--eval-samples", "100000"], "--eval-samples must be an integer in 1..1000"),
         (["compare", "--neurons", "bimu", "mesu", "--meta", "5"],
          "--meta: none of the models compared (bimu, mesu) trains with MetaplasticAdam, whose m --meta sets"),
+        (["compare", "--model", "bimu"],
+         "unrecognized arguments: --model bimu; compare names its models with --neurons (one model: --neurons bimu)"),
+        (["train", "--scenario", "joint", "--baseline", "ewc"],
+         "--baseline ewc: --scenario joint trains its tasks as one, so no earlier task is left for its penalty to protect"),
+        (["train", "--tasks", "1", "--baseline", "si"], "--baseline si: the run has one task, so no earlier task is left"),
         (["compare", "--neurons", "bnn", "mlp", "--lr", "0.01"],
          "--lr: the models compared train with different optimizers (bnn: metaplastic-adam, mlp: sgd)"),
         (["compare", "--neurons", "leaky", "mlp", "--weight-decay", "0.01"],
@@ -632,3 +637,11 @@ def test_a_sequence_records_one_task_per_dataset(tmp_path):
     from metaspike.app.config import RunConfig
 
     assert RunConfig(scenario="sequence", datasets=("digits", "mnist5k")).tasks == 2
+
+
+def test_a_comparison_under_another_rule_names_it_in_its_folder_and_rows(tmp_path, capsys):
+    assert main(["compare", *SMALL, "--meta", "0", "5", "--rule", "cascade", "--baseline", "si", "--out", str(tmp_path)]) == 0
+    folder = tmp_path / "compare-permuted-digits-cascade-si0.1"
+    rows = list(csv.DictReader(open(folder / "comparison.csv")))
+    assert [row["setting"] for row in rows] == ["meta=0 rule=cascade si c=0.1", "meta=5 rule=cascade si c=0.1"]
+    assert "meta=5 rule=cascade si c=0.1" in capsys.readouterr().out

@@ -349,6 +349,9 @@ def test_changes_between_steps_are_taken_into_account(change, build):
     (lambda net, opt: setattr(net[2], "forward", lambda h: 100 * torch.tanh(h)), "forward was replaced on the module"),
     (lambda net, opt: setattr(net[1], "forward", lambda h: h[:, :7]), "with its own forward"),
     (lambda net, opt: setattr(net[2], "__class__", type("Gate", (nn.ReLU,), {})), "a Gate between"),
+    # a tensor of a group swapped in place (same count): the ordinary step would no longer update the model's
+    (lambda net, opt: opt.param_groups[0]["params"].__setitem__(0, nn.Parameter(torch.zeros(1))),
+     "the optimizer's tensors are not exactly the model's synapse tensors"),
 ])
 def test_changes_that_leave_no_fused_step_are_refused_at_the_next_step(change, reason):
     net, opt = _user_net("mesu")

@@ -163,6 +163,24 @@ class _OneLineErrors(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+#: (command, flag it does not take) -> what it takes instead, said after argparse's "unrecognized arguments"
+_OTHER_FLAGS = {("compare", "--model"): "compare names its models with --neurons (one model: --neurons bimu)",
+                ("train", "--neurons"): "train runs one model, named by --model; compare several with compare --neurons",
+                ("train", "--seeds"): "train runs one seed, given by --seed; several: compare --seeds"}
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line parsed, a flag the command does not take refused in one line, with what it takes instead
+    where another command takes that flag (``compare --model``)."""
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        hints = [hint for (command, flag), hint in _OTHER_FLAGS.items()
+                 if command == args.command and any(word.split("=")[0] == flag for word in unknown)]
+        parser.error("; ".join([f"unrecognized arguments: {' '.join(unknown)}", *hints]))
+    return args
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _OneLineErrors(
         prog="metaspike",
@@ -310,7 +328,7 @@ def _train(args: argparse.Namespace) -> None:
               f"task 1 at the end {result.matrix[-1][0]:.1f} %")
     else:
         kind = f"meta={meta_label(config.meta)}" if config.name.count("-meta") else config.model
-        label = " ".join(filter(None, [kind, config.baseline_setting]))
+        label = " ".join(filter(None, [kind, config.rule_setting, config.baseline_setting]))
         print(format_table([{"setting": label, **summarize_results([result])}], len(result.task_names)))
     print(f"\nresults: {path}  (accuracy_matrix.csv, curves.csv, metrics.json, accuracy_curves.png)")
     if learned_nothing(result):
@@ -536,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         imported = _import_given(argv)  # (before the parser, whose help lists the registered rules)
-        args = _parser().parse_args(argv)
+        args = _parse(argv)
         args.argv = argv
         if getattr(args, "out", None) == "":  # (Path("") is the current folder: never what was meant)
             raise ValueError("--out must name a folder, got ''")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from metaspike.app.config import KIND_SETTINGS, RunConfig, meta_label
+from metaspike.app.config import DEFAULT_RULE, KIND_SETTINGS, RunConfig, meta_label
 from metaspike.app.models import BIMU_SUFFIX, optimizer_kind
 from metaspike.app.runs import (
     check_same_data,
@@ -73,7 +73,7 @@ class Row:
 
 
 def _meta_rows(base: RunConfig, settings: Sequence[tuple[float, ...]], seeds: Sequence[int]) -> list[Row]:
-    return [Row({"setting": " ".join(filter(None, [f"meta={meta_label(s)}", base.baseline_setting])),
+    return [Row({"setting": " ".join(filter(None, [f"meta={meta_label(s)}", base.rule_setting, base.baseline_setting])),
                  "meta": meta_label(s)},
                 tuple(replace(base, meta=s, seed=int(seed)) for seed in seeds)) for s in settings]
 
@@ -98,8 +98,8 @@ def _neuron_rows(base: RunConfig, neurons: Sequence[str], metas: Sequence[float]
     # a kind whose optimizer has no meta (BiMU, MESU, SGD) is named alone, with the settings only it takes; each kind
     # runs without the settings it does not take (RunConfig.for_model)
     # (such a kind's "meta" is None: written as an empty cell, so that it is never taken for a baseline at m = 0)
-    return [Row({"setting": " ".join(filter(None, [f"{n} meta={m:g}" if takes_meta(n) else _kind_label(base, n),
-                                                   base.baseline_setting])),
+    return [Row({"setting": " ".join(filter(None, [f"{n} meta={m:g} {base.rule_setting}".rstrip() if takes_meta(n)
+                                                   else _kind_label(base, n), base.baseline_setting])),
                  "neuron": n, "meta": m if takes_meta(n) else None},
                 tuple(replace(base.for_model(n), seed=int(seed), **({"meta": (float(m),)} if takes_meta(n) else {}))
                       for seed in seeds))
@@ -344,13 +344,17 @@ def format_tradeoff(rows: Sequence[dict[str, Any]]) -> str:
 
 def comparison_name(base: RunConfig, neurons: bool) -> str:
     """The folder name of a comparison of ``meta`` settings (``neurons=False``) or of neuron models on ``base``'s
-    stream (``-2``, ``-3`` ... are added where it is taken).
+    stream, with the consolidation rule where it is not the default and the baseline every run takes (``-2``,
+    ``-3`` ... are added where it is taken).
 
     Example:
         >>> comparison_name(RunConfig(datasets=("digits",)), neurons=True)
         'compare-neurons-permuted-digits'
+        >>> comparison_name(RunConfig(rule="cascade", baseline="si"), neurons=False)
+        'compare-permuted-mnist5k-cascade-si0.1'
     """
-    return f"compare-{'neurons-' if neurons else ''}{base.stream_part()}"
+    rule = "" if base.rule in (None, DEFAULT_RULE) else f"-{base.rule}"
+    return f"compare-{'neurons-' if neurons else ''}{base.stream_part()}{rule}{base.baseline_part()}"
 
 
 def is_finished_comparison(root: Path) -> bool:

@@ -33,11 +33,14 @@ from metaspike.checks import FLOAT32_MAX, check_device, check_seed, finite_numbe
 from metaspike.continual.baselines import BASELINE_STRENGTHS, EWC_ONLINE_GAMMA, make_baseline
 from metaspike.continual.scenarios import SPLIT_MODES, available_scenarios
 from metaspike.continual.trainer import LAST_EVALUATED, TrainerConfig
+from metaspike.data import dataset_key
 from metaspike.rules import check_meta, get_rule
 from metaspike.training import Plugin, minimum_batch_size
 
-__all__ = ["RunConfig", "DEFAULT_META", "DEFAULT_INPUT_META", "default_meta", "parse_meta", "meta_label", "flag_name"]
+__all__ = ["RunConfig", "DEFAULT_RULE", "DEFAULT_META", "DEFAULT_INPUT_META", "default_meta", "parse_meta", "meta_label", "flag_name"]
 
+#: The consolidation rule of MetaplasticAdam where none is given (the 2021 paper's).
+DEFAULT_RULE = "tanh"
 #: Default metaplasticity of the CPU main job, per layer: the first (input) layer stays nearly plastic,
 #: every later layer is consolidated strongly. Chosen from the sweep in README ("Why the default is what
 #: it is"): with ~800 updates per task |W_h| stays small, so the paper's m = 1.35 barely consolidates.
@@ -201,7 +204,11 @@ class RunConfig:
                              f"{self._import_hint()}")
         if self.split_mode not in SPLIT_MODES:
             raise ValueError(f"--split-mode must be one of {', '.join(SPLIT_MODES)}, got {self.split_mode!r}")
-        if self.scenario == "sequence" and isinstance(self.datasets, (tuple, list)):  # (config.json records it too)
+        if (not isinstance(self.datasets, (tuple, list)) or not self.datasets
+                or not all(isinstance(name, str) for name in self.datasets)):
+            raise ValueError(f"--dataset takes one or more dataset names, got {self.datasets!r}")
+        object.__setattr__(self, "datasets", tuple(dataset_key(name) for name in self.datasets))  # (MNIST5K: mnist5k)
+        if self.scenario == "sequence":  # (config.json records it too)
             object.__setattr__(self, "tasks", len(self.datasets))
         for key in ("tasks", "epochs", "batch_size", "num_steps", "eval_every"):
             value = getattr(self, key)
@@ -288,7 +295,7 @@ class RunConfig:
                     f"{' '.join(map(str, self.hidden))}), got {len(self.meta)}"
                 )
             if self.rule is None:
-                object.__setattr__(self, "rule", "tanh")
+                object.__setattr__(self, "rule", DEFAULT_RULE)
             try:
                 get_rule(self.rule)
             except ValueError as err:
@@ -324,6 +331,10 @@ class RunConfig:
         if self.scenario == "stream":
             raise ValueError(f"--baseline {self.baseline}: --scenario stream has no task boundaries, where a baseline "
                              "takes the importances of what was learned; use a scenario with tasks")
+        if self.scenario == "joint" or self.tasks == 1:
+            one = "--scenario joint trains its tasks as one" if self.scenario == "joint" else "the run has one task"
+            raise ValueError(f"--baseline {self.baseline}: {one}, so no earlier task is left for its penalty to protect; "
+                             "use two or more tasks")
         meaning, default = BASELINE_STRENGTHS[self.baseline]
         strength = default if self.baseline_strength is None else self.baseline_strength
         object.__setattr__(self, "baseline_strength", number_in(f"--baseline-strength ({self.baseline}'s {meaning})",
@@ -378,10 +389,10 @@ class RunConfig:
             ensemble = "" if self.eval_samples is None else f"-eval{self.eval_samples}"
             readout = "" if self.readout_lambda is None else f"-readout{self.readout_lambda:g}"
             return (f"{self.scenario}-{'-'.join(self.datasets)}{model}{window}{readout}{ensemble}"
-                    f"{self._baseline_part()}-seed{self.seed}")
+                    f"{self.baseline_part()}-seed{self.seed}")
         meta = "-".join(f"{m:g}" for m in self.meta)  # type: ignore[union-attr]
-        rule = "" if self.rule == "tanh" else f"-{self.rule}"
-        return (f"{self.scenario}-{'-'.join(self.datasets)}{model}-meta{meta}{rule}{self._baseline_part()}"
+        rule = "" if self.rule == DEFAULT_RULE else f"-{self.rule}"
+        return (f"{self.scenario}-{'-'.join(self.datasets)}{model}-meta{meta}{rule}{self.baseline_part()}"
                 f"-seed{self.seed}")
 
     def stream_part(self) -> str:
@@ -396,12 +407,27 @@ class RunConfig:
         mode = f"-{self.split_mode}" if self.scenario == "split" and self.split_mode != "task" else ""
         return f"{self.scenario}{mode}-{'-'.join(self.datasets)}"
 
-    def _baseline_part(self) -> str:
-        """The run name's part for the baseline: ``"-ewc5000"``, ``"-ewc-online100-gamma0.9"``, or nothing."""
+    def baseline_part(self) -> str:
+        """The run name's part for the baseline: ``"-ewc5000"``, ``"-ewc-online100-gamma0.9"``, or nothing.
+
+        Example:
+            >>> RunConfig(baseline="ewc").baseline_part()
+            '-ewc5000'
+        """
         if self.baseline is None:
             return ""
         gamma = "" if self.baseline_gamma is None else f"-gamma{self.baseline_gamma:g}"
         return f"-{self.baseline}{self.baseline_strength:g}{gamma}"
+
+    @property
+    def rule_setting(self) -> str:
+        """The consolidation rule as a table names it where it is not the default (``"rule=cascade"``), or ``""``.
+
+        Example:
+            >>> RunConfig(rule="cascade").rule_setting, RunConfig().rule_setting, RunConfig(model="mlp").rule_setting
+            ('rule=cascade', '', '')
+        """
+        return "" if self.rule in (None, DEFAULT_RULE) else f"rule={self.rule}"
 
     @property
     def baseline_setting(self) -> str:
@@ -449,7 +475,7 @@ class RunConfig:
             'SGD'
         """
         metas: float | Sequence[float] = 0.0 if self.meta is None else self.meta[0] if len(self.meta) == 1 else self.meta
-        return build_optimizer(self.model, model, self.lr, metas, self.rule or "tanh", self.weight_decay or 0.0,
+        return build_optimizer(self.model, model, self.lr, metas, self.rule or DEFAULT_RULE, self.weight_decay or 0.0,
                                self.batch_size, self.memory_window)
 
     @property

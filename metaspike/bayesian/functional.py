@@ -171,10 +171,13 @@ def _bimu_update_(lam: Tensor, grad: Tensor, *, lr: float, inv_lr_max: float, li
     # tanh|λ| = (1 − e)/(1 + e) and 1 − tanh² λ = 4e/(1 + e)², which keeps its digits where |λ| ≫ 1
     e = torch.exp(lam.abs() * -2.0)
     r = 1.0 / (1.0 + e)
-    t = torch.copysign((1.0 - e) * r, lam)
     kl = (e * r * r) * (4.0 * kl_multiplier)  # K = κ (1 − tanh² λ)
     numerator = g * lr + (lam * kl) * inv_N  # η g + λ K / N
-    denominator = (g.abs() + g * t) * 2.0 + kl + inv_lr_max  # 2 (|g| + g tanh λ) + K + 1/η_max
+    # |g| + g tanh λ = |g| (1 + tanh|λ|) where g and λ share a sign, else |g| (1 − tanh|λ|) = |g|·2e/(1 + e): the
+    # second from e, since 1 − tanh|λ| formed in float32 loses its digits (all of them past |λ| ≈ 9)
+    agreeing = (g >= 0) == (lam >= 0)
+    factor = torch.where(agreeing, 1.0 + (1.0 - e) * r, (2.0 * e) * r)
+    denominator = g.abs() * factor * 2.0 + kl + inv_lr_max  # 2 (|g| + g tanh λ) + K + 1/η_max
     lam.sub_(numerator / denominator)
 
 

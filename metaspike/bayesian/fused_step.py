@@ -225,7 +225,7 @@ def _fingerprint(optimizer: Any, modules: list[nn.Module], activations: list[nn.
         tuple((t.requires_grad, t.dtype, t.device, t.data_ptr(), _tensor_hook_count(t)) for layer in tensors
               for t in layer),
         id(optimizer.param_groups), tuple(id(g) for g in optimizer.param_groups),
-        tuple(len(g["params"]) for g in optimizer.param_groups), "step" in vars(optimizer),
+        tuple(tuple(map(id, g["params"])) for g in optimizer.param_groups), "step" in vars(optimizer),
         len(optimizer._optimizer_step_pre_hooks) + len(optimizer._optimizer_step_post_hooks),
     )
 
@@ -452,8 +452,8 @@ def _fused_step(plan: _Plan, x: Tensor, target: Tensor, keys: Tensor, tensors: l
             _mesu_update_(new[0], new[1], *layer_grads, **layer_scalars, clamp=plan.clamps[layer])
         for t, n in zip(layer_tensors, new):
             t.copy_(torch.where(apply, n, t))
-    for count in (c for layer in steps for c in layer):
-        count.add_(apply.to(count.dtype))
+    for count in (c for layer in steps for c in layer):  # (on the CPU, as the optimizers keep them, on any device)
+        count.add_(apply.to(device=count.device, dtype=count.dtype))
     return loss
 
 

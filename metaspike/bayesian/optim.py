@@ -16,6 +16,7 @@ rules of :mod:`metaspike.bayesian.functional` to all parameters of a group at on
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable
 
@@ -47,6 +48,20 @@ def _any_gradient(groups: list[dict[str, Any]]) -> bool:
     """
     grads = sorted((p.grad for group in groups for p in group["params"] if p.grad is not None), key=Tensor.numel)
     return any(g.is_meta or bool(g.any()) for g in grads)
+
+
+#: What a step without the gradients it expects says once per optimizer (a Bayesian synapse in evaluation mode shows
+#: its mode or a fixed sample, which carries no gradient to λ or σ).
+_EVAL_MODE_HINT = ("a Bayesian synapse in evaluation mode gives none (call model.train() before the training passes, "
+                   "and model.eval() only to evaluate)")
+
+
+def _warn_once(optimizer: Optimizer, what: str, message: str) -> None:
+    """``message`` as a ``UserWarning``, the first time ``optimizer`` meets the case ``what``."""
+    warned = optimizer.__dict__.setdefault("_warned", set())
+    if what not in warned:
+        warned.add(what)
+        warnings.warn(message, UserWarning, stacklevel=4)
 
 
 def _refuse_non_finite_gradients(optimizer: str, groups: list[dict[str, Any]]) -> None:
@@ -117,19 +132,21 @@ def _check_roles(optimizer: str, roles: tuple[str, ...], params: list[Tensor], h
     )
 
 
-def _check_loaded_groups(optimizer: Optimizer, state_dict: dict[str, Any]) -> None:
+def _check_loaded_groups(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
     """Validate the hyperparameters of a state dict's groups before they are installed (a file from outside): each
     group must hold every setting of the optimizer's rule (torch installs the groups as they are; another
     optimizer's state dict has other settings, and its first step would fail on a missing key). A setting the
-    rule lets a group leave out takes its default (MESU's ``lr``, in state dicts written before it existed)."""
-    for group in state_dict_groups(state_dict):
-        for name, value in hyperparameter_defaults(optimizer.rule).items():
-            group.setdefault(name, value)
+    rule lets a group leave out takes its default (MESU's ``lr``, in state dicts written before it existed), in
+    copies of the groups: the caller's state dict is left as it was."""
+    defaults = hyperparameter_defaults(optimizer.rule)
+    groups = [{**defaults, **group} for group in state_dict_groups(state_dict)]
+    for group in groups:
         missing = [key for key in hyperparameter_names(optimizer.rule) if key not in group]
         if missing:
             raise ValueError(f"state_dict: its param groups lack {', '.join(missing)}: it is not the state dict of a "
                              f"{type(optimizer).__name__} optimizer")
         check_hyperparameters(optimizer.rule, group)
+    return {**state_dict, "param_groups": groups}
 
 
 #: What to do with the tensors of Bayesian synapses that another optimizer was given.
@@ -217,6 +234,9 @@ class _DataGatedOptimizer(Optimizer):
                 updated = self._update_group(group)
                 if updated:
                     _count_steps(self, updated)
+        elif all(p.grad is None for group in self.param_groups for p in group["params"]):
+            _warn_once(self, "no gradient", f"{type(self).__name__}.step: none of its tensors has a gradient, so "
+                       f"nothing changed (no backward pass since zero_grad?); {_EVAL_MODE_HINT}")
         return loss
 
     def check_step(self) -> None:
@@ -237,6 +257,7 @@ class _DataGatedOptimizer(Optimizer):
         """
         for group in self.param_groups:
             check_hyperparameters(self.rule, group)
+            self._check_params(group["params"])  # (a tensor appended to a group by hand since)
         _refuse_non_finite_gradients(type(self).__name__, self.param_groups)
 
     def _update_group(self, group: dict[str, Any]) -> list[Tensor]:
@@ -333,6 +354,10 @@ class MESU(_DataGatedOptimizer):
             grad_mus.append(torch.zeros_like(mu) if mu.grad is None else mu.grad)
             grad_sigmas.append(torch.zeros_like(sigma) if sigma.grad is None else sigma.grad)
             kept += [(t, t.detach().clone()) for t in (mu, sigma) if t.grad is None]  # (frozen: σ fixed, say)
+            if mu.grad is not None and sigma.grad is None and sigma.requires_grad:
+                _warn_once(self, "no width gradient", "MESU.step: a mean (mu) has a gradient and its width (sigma) "
+                           f"none, so sigma stays as it is (freeze it with requires_grad_(False) to mean that); "
+                           f"{_EVAL_MODE_HINT}")
         if mus:
             mesu_step_(mus, sigmas, grad_mus, grad_sigmas, group)
         with torch.no_grad():

@@ -42,7 +42,7 @@ from torch.nn.utils import parametrize
 
 from metaspike.bayesian.counter_noise import arithmetic_dtype, counter_normal, counter_uniform, draw_key
 from metaspike.block_cache import reuse_in_block
-from metaspike.checks import FLOAT32_MAX, FLOAT32_TINY, finite_number, is_whole, number_in
+from metaspike.checks import FLOAT32_MAX, FLOAT32_TINY, is_whole, number_in
 from metaspike.compiled import LazyCompiled
 from metaspike.function_transforms import refuse_function_transform
 from metaspike.gain import (
@@ -235,7 +235,7 @@ class GaussianWeight(_RolesSurviveCopies, SynapseParametrization):
     def __init__(self, mu: Tensor, sigma_init: float = SIGMA_INIT, evaluation: str = "mode") -> None:
         super().__init__()
         self.evaluation = _choice("evaluation", evaluation, EVALUATIONS)
-        self.sigma = nn.Parameter(torch.full_like(mu.detach(), finite_number("sigma_init", sigma_init, positive=True)))
+        self.sigma = nn.Parameter(torch.full_like(mu.detach(), check_setting("sigma_init", sigma_init)))
 
     @_outside_compiled_models
     def sample(self, mu: Tensor, samples: int | None = None) -> Tensor:
@@ -386,7 +386,7 @@ class BinaryWeight(_RolesSurviveCopies, SynapseParametrization):
 
     def __init__(self, temperature: float = 1.0, evaluation: str = "mode") -> None:
         super().__init__()
-        self.temperature = finite_number("temperature", temperature, positive=True)
+        self.temperature = check_setting("temperature", temperature)
         self.evaluation = _choice("evaluation", evaluation, EVALUATIONS)
 
     @_outside_compiled_models
@@ -468,15 +468,41 @@ def _gain_scale(kind: str, scale: str | None) -> str | None:
         raise ValueError(f"scale must be 'auto', 'channel', 'layer' or None, got {scale!r}") from None
 
 
+#: The range of each synapse setting, and why: a float32 synapse must hold what it implies.
+SETTING_RANGES: dict[str, tuple[float, float, str]] = {
+    "sigma_init": (FLOAT32_TINY ** 0.5, FLOAT32_MAX ** 0.5,
+                   "(MESU's steps scale with sigma^2, which float32 must hold without rounding to 0 or infinity)"),
+    "temperature": (FLOAT32_TINY, FLOAT32_MAX, "(1/temperature scales the relaxed sample: float32 must hold it)"),
+    "lambda_init": (0.0, FLOAT32_MAX / 16,
+                    "(the normal draws of lambda reach several times it, which float32 must hold)"),
+}
+
+
+def check_setting(name: str, value: Any) -> float:
+    """``value`` of the synapse setting ``name`` (``"sigma_init"``, ``"temperature"``, ``"lambda_init"``) as a float
+    if it lies in its range (:data:`SETTING_RANGES`), else a ``ValueError`` naming it and the range.
+
+    Example:
+        >>> check_setting("temperature", 0.5)
+        0.5
+        >>> check_setting("sigma_init", 1e-50)
+        Traceback (most recent call last):
+        ...
+        ValueError: sigma_init must be a finite number in [1.0842e-19, 1.84467e+19] (MESU's steps scale with sigma^2, which float32 must hold without rounding to 0 or infinity), got 1e-50
+    """
+    low, high, note = SETTING_RANGES[name]
+    return number_in(name, value, low, high, note=note)
+
+
 def _check_settings(kind: str, scale: str | None, sigma_init: float, lambda_init: float | None, temperature: float,
                     evaluation: str) -> str | None:
     """Validate the settings of :func:`make_bayesian` and :func:`bayesianize` (of both kinds, whichever is asked
     for) before anything changes; return the gain kind ``scale`` asks for."""
     _choice("kind", kind, KINDS)
-    finite_number("sigma_init", sigma_init, positive=True)
+    check_setting("sigma_init", sigma_init)
     if lambda_init is not None:
-        finite_number("lambda_init", lambda_init, positive=False)
-    finite_number("temperature", temperature, positive=True)
+        check_setting("lambda_init", lambda_init)
+    check_setting("temperature", temperature)
     _choice("evaluation", evaluation, EVALUATIONS)
     return _gain_scale(kind, scale)
 

@@ -41,12 +41,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _mean_std(mean: float, std: float) -> str:
-    """``mean±std``, or the mean alone where one seed gave no spread (NaN).
+    """``mean±std``, the mean alone where one seed gave no spread (NaN), ``n/a`` where the metric is undefined (a
+    task's forgetting before any later task), as ``metaspike train`` writes it.
 
     Example:
-        >>> _mean_std(51.0, float("nan")), _mean_std(51.0, 1.25)
-        ('51.00', '51.00±1.25')
+        >>> _mean_std(51.0, float("nan")), _mean_std(51.0, 1.25), _mean_std(float("nan"), float("nan"))
+        ('51.00', '51.00±1.25', 'n/a')
     """
+    if not math.isfinite(mean):
+        return "n/a"
     return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f}±{std:.2f}"
 
 

@@ -100,19 +100,24 @@ def run_method(config: RunConfig, method: Method, root: str | Path, progress: bo
 
 
 def summarize(label: str, results: Sequence[ContinualResult], paper: str) -> dict[str, Any]:
-    """One table row: paper's number, mean and std over seeds of ACC, first-task accuracy, BWT, forgetting.
+    """One table row: paper's number, mean and std over seeds of ACC, first-task accuracy, BWT, forgetting; for a
+    stream, whose one test set has no tasks to tell apart, the final accuracy (ACC) alone.
 
     Example:
         >>> r = ContinualResult(task_names=["a", "b"], matrix=[[90.0, 10.0], [60.0, 95.0]], seconds=1.0)
         >>> summarize("x", [r], "n/a")["task1"]  # one seed: no spread measured
         (60.0, nan)
+        >>> s = ContinualResult(task_names=["stream"], matrix=[[40.0], [70.0]], seconds=1.0)
+        >>> [key for key in summarize("x", [s], "n/a") if key not in ("setting", "paper", "runs")]
+        ['ACC', 'seconds']
     """
     row: dict[str, Any] = {"setting": label, "paper": paper, "runs": len(results)}
     row["ACC"] = mean_std([r.metrics["ACC"] for r in results])
-    row["task1"] = mean_std([r.matrix[-1][0] for r in results])
-    row["last_task"] = mean_std([r.matrix[-1][-1] for r in results])
-    row["BWT"] = mean_std([r.metrics["BWT"] for r in results])
-    row["forgetting"] = mean_std([r.metrics["forgetting"] for r in results])
+    if any(len(r.task_names) > 1 for r in results):
+        row["task1"] = mean_std([r.matrix[-1][0] for r in results])
+        row["last_task"] = mean_std([r.matrix[-1][-1] for r in results])
+        row["BWT"] = mean_std([r.metrics["BWT"] for r in results])
+        row["forgetting"] = mean_std([r.metrics["forgetting"] for r in results])
     row["seconds"] = mean_std([r.seconds for r in results])
     return row
 
@@ -132,7 +137,9 @@ def plot_rows(rows: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.3 * len(rows) + 2.5, 3.6))
     xs = range(len(rows))
-    for k, (key, name) in enumerate((("ACC", "mean accuracy (ACC)"), ("task1", "task 1 after the last task"))):
+    bars = [(key, name) for key, name in (("ACC", "mean accuracy (ACC)"), ("task1", "task 1 after the last task"))
+            if key in rows[0]]
+    for k, (key, name) in enumerate(bars):
         ax.bar([x + 0.4 * k for x in xs], [r[key][0] for r in rows], 0.4, yerr=[r[key][1] for r in rows],
                label=name, capsize=3)
     ax.set_xticks([x + 0.2 for x in xs], [r["setting"] for r in rows], rotation=20, ha="right", fontsize=8)
