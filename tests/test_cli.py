@@ -157,8 +157,6 @@ def test_plot_of_a_run_it_cannot_write_in_names_the_figure_and_draws_elsewhere(t
         (["train", "--model", "bimu", "--eval-samples", "100000"], "--eval-samples must be an integer in 1..1000"),
         (["compare", "--neurons", "bimu", "mesu", "--meta", "5"],
          "--meta: none of the models compared (bimu, mesu) trains with MetaplasticAdam, whose m --meta sets"),
-        (["compare", "--model", "bimu"],
-         "unrecognized arguments: --model bimu; compare names its models with --neurons (one model: --neurons bimu)"),
         (["train", "--scenario", "joint", "--baseline", "ewc"],
          "--baseline ewc: --scenario joint trains its tasks as one, so no earlier task is left for its penalty to protect"),
         (["train", "--tasks", "1", "--baseline", "si"], "--baseline si: the run has one task, so no earlier task is left"),
@@ -329,6 +327,10 @@ def test_an_edited_comparison_plan_is_refused_in_one_line(tmp_path, capsys, fiel
 @pytest.mark.parametrize("argv, message", [
     (["train", "--seed", "1.5"], "metaspike train: error: argument --seed: invalid int value: '1.5'"),
     (["compare", "--rule", "tanh", "cascade"], "metaspike: error: unrecognized arguments: cascade"),
+    (["compare", "--model", "bimu"], "metaspike: error: unrecognized arguments: --model bimu; compare names its models "
+                                     "with --neurons (one model: --neurons bimu)"),
+    (["train", "--seeds", "1", "2"], "metaspike: error: unrecognized arguments: --seeds 1 2; train runs one seed, given "
+                                     "by --seed; several: compare --seeds"),
     (["train", "--split-mode", "class"], "metaspike: error: --split-mode applies to --scenario split only"),
 ])
 def test_command_line_mistakes_are_one_line(argv, message, capsys):
