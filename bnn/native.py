@@ -102,7 +102,7 @@ def _digest_name(name: str) -> str:
 def _recorded_digest(folder_fd: int, folder: Path, name: str) -> str | None:
     """The digest recorded when library ``name`` was built (checked as private as the library), or ``None``."""
     try:
-        fd = os.open(_digest_name(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder_fd)
+        fd = os.open(_digest_name(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=folder_fd)
     except FileNotFoundError:
         return None
     try:
@@ -119,7 +119,7 @@ def _open_private(folder: Path, name: str) -> ctypes.CDLL:
     folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         _check_private(folder_fd, folder, "folder")
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder_fd)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=folder_fd)
         kept = False
         try:
             _check_private(fd, folder / name, "file")

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 import traceback
 from pathlib import Path
 from typing import Any
 
-__all__ = ["is_number", "is_finite_number", "is_whole", "number_in", "finite_number", "FLOAT32_MAX", "FLOAT32_TINY",
+__all__ = ["registered_name", "is_number", "is_finite_number", "is_whole", "number_in", "finite_number", "FLOAT32_MAX", "FLOAT32_TINY",
            "MAX_SEED", "check_seed", "check_device", "state_dict_groups", "check_eps_holds", "ModelError",
            "raised_at", "in_metaspike"]
 
@@ -75,6 +76,24 @@ def is_whole(value: Any, low: int) -> bool:
         (True, False, False, False)
     """
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+
+
+def registered_name(what: str, name: Any, note: str = "") -> str:
+    """``name`` for a registered rule or model (named in run folders, so never a path): letters, digits, ``_``,
+    ``.`` or ``-``, from a letter or digit; else a ``ValueError`` naming ``what`` and ``note``.
+
+    Example:
+        >>> registered_name("a rule's name", "my-rule.v2")
+        'my-rule.v2'
+        >>> registered_name("a rule's name", "x/../escaped")
+        Traceback (most recent call last):
+        ...
+        ValueError: a rule's name must be letters, digits, '_', '.' or '-' (it names run folders), got 'x/../escaped'
+    """
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ValueError(f"{what} must be letters, digits, '_', '.' or '-' ({note or 'it names run folders'}), "
+                         f"got {name!r}")
+    return name
 
 
 def number_in(name: str, value: Any, low: float, high: float | None = None, *, open_low: bool = False,

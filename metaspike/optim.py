@@ -344,6 +344,33 @@ class MetaplasticAdam(Optimizer):
             state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         return state
 
+    def check_step(self) -> None:
+        """Raise what the next step would raise before it changes any group: a setting edited out of range since its
+        group was checked (by a scheduler or a hand: a negative ``meta`` would invert the rule, a NaN ``eps`` make NaN
+        weights), an ``eps`` that tensors converted since vanish in, a sparse gradient, a complex tensor to
+        consolidate. :meth:`step` checks so first; a :class:`~metaspike.ChainedOptimizer` checks each of its
+        optimizers so before it steps any.
+
+        Example:
+            >>> w = torch.zeros(2, requires_grad=True)
+            >>> opt = MetaplasticAdam([w], meta=1.0)
+            >>> opt.param_groups[0]["meta"] = -1.0
+            >>> opt.check_step()
+            Traceback (most recent call last):
+            ...
+            ValueError: a param group's meta must be a finite number in [0, 3.40282e+38], got -1.0
+        """
+        for group in self.param_groups:
+            check_meta(group["meta"], "a param group's meta")
+            _check_adam_settings(group, "a param group's ")
+            params = [p for p in group["params"] if p.grad is not None]
+            check_eps_holds({"eps": group["eps"], "params": [p for p in params if not self.state[p]]})
+            if any(p.grad.is_sparse for p in params):
+                raise RuntimeError("MetaplasticAdam does not support sparse gradients")
+            if group["meta"] != 0 and any(p.is_complex() and consolidates(p, group) for p in params):
+                raise ValueError("MetaplasticAdam consolidates real hidden weights; a complex parameter has no sign to "
+                                 "keep: put it in a group with consolidate=False")
+
     @torch.no_grad()
     @torch.compiler.disable
     def step(self, closure=None):  # type: ignore[override]
@@ -356,19 +383,10 @@ class MetaplasticAdam(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:  # tensors at their first step: converted since their group was checked?
-            check_meta(group["meta"], "a param group's meta")  # (edited since: a negative one would invert the rule)
-            _check_adam_settings(group, "a param group's ")  # (a scheduler's or a hand's edit: eps NaN makes NaN weights)
-            check_eps_holds({"eps": group["eps"], "params": [p for p in group["params"]
-                                                             if p.grad is not None and not self.state[p]]})
+        self.check_step()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            if any(p.grad.is_sparse for p in params):
-                raise RuntimeError("MetaplasticAdam does not support sparse gradients")
             consolidated = [group["meta"] != 0 and consolidates(p, group) for p in params]
-            if any(flag and p.is_complex() for p, flag in zip(params, consolidated)):
-                raise ValueError("MetaplasticAdam consolidates real hidden weights; a complex parameter has no sign to "
-                                 "keep: put it in a group with consolidate=False")
             for param in _pick(params, consolidated, True):
                 _metaplastic_step_(param, self._init_state(param), group)
             plain = _pick(params, consolidated, False)

@@ -90,6 +90,26 @@ def test_a_non_finite_gradient_of_a_later_bayesian_optimizer_changes_nothing_of_
         assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
 
 
+def test_a_metaplastic_adam_setting_edited_out_of_range_changes_nothing_of_an_earlier_optimizer():
+    """MetaplasticAdam checks its groups before a step, as MESU and BiMU do: in a chain every one is checked before
+    any steps, so a refused step leaves every model as it was."""
+    import metaspike
+
+    torch.manual_seed(0)
+    binary = bayesianize(torch.nn.Sequential(torch.nn.Linear(6, 4)), "bimu", scale=None)
+    hidden = metaspike.binarize(torch.nn.Sequential(torch.nn.Linear(6, 4, bias=False)), scale=None)
+    adam = metaspike.MetaplasticAdam(hidden.parameters(), meta=1.0)
+    chain = ChainedOptimizer(BiMU(bimu_parameters(binary)), adam)
+    x = torch.randn(5, 6)
+    (binary(x).pow(2).mean() + hidden(x).pow(2).mean()).backward()
+    adam.param_groups[0]["meta"] = -1.0  # (a hand's or a scheduler's edit: it would invert the rule)
+    before = [copy.deepcopy(m.state_dict()) for m in (binary, hidden)]
+    with pytest.raises(ValueError, match=r"a param group's meta must be a finite number in \[0, "):
+        chain.step()
+    for saved, model in zip(before, (binary, hidden)):
+        assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+
+
 def test_a_chain_refuses_an_optimizer_that_needs_a_closure_at_every_step():
     model, chain = _model_and_chain()
     with pytest.raises(ValueError, match=r"^optimizer 1 \(LBFGS\) needs a closure at every step, which a chain does "

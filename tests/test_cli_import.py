@@ -110,7 +110,7 @@ def test_a_comparison_resumes_only_with_the_imports_it_was_made_with(tmp_path, c
     out = tmp_path / "cmp"
     assert main(["compare", "--import", str(module), "--rule", "half-tanh", "--meta", "0", "5", *SMALL,
                  "--out", str(out)]) == 0
-    root = out / "compare-permuted-digits"
+    root = out / "compare-permuted-digits-half-tanh"  # (a comparison under another rule names it)
     (root / "permuted-digits-meta5-half-tanh-seed1" / "metrics.json").unlink()  # as if killed
     capsys.readouterr()
     assert main(["compare", "--resume", str(root), "--quiet"]) == 2

@@ -68,6 +68,8 @@ def test_evaluation_budget_picks_first_last_five_and_an_even_sample():
     assert evaluated_tasks(250, 1000, 16) == [0, 100, 200, 245, 246, 247, 248, 249]
     assert evaluated_tasks(1000, 1000, 16)[-6:] == [899, 995, 996, 997, 998, 999]
     assert len(evaluated_tasks(1000, 1000, 16)) <= 16 and evaluated_tasks(2, 1000, 16) == [0, 1]
+    # a budget beyond the tasks evaluates every task, without spreading 10^14 points over them first
+    assert evaluated_tasks(4, 10, 10**14) == evaluated_tasks(4, 10, 15) == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="budget must be None or an integer > 5"):
         evaluated_tasks(1, 10, 5)
     with pytest.raises(ValueError, match="eval_tasks must be None or an integer > 5"):

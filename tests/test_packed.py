@@ -362,6 +362,23 @@ def test_a_damaged_cached_library_is_built_again_not_loaded(tmp_path, damage):
     assert Path(f"{built}.sha256").read_text().strip() == hashlib.sha256(built.read_bytes()).hexdigest()
 
 
+@pytest.mark.skipif(bnn.native.kernels() is None, reason="no C compiler to build the native kernels")
+@pytest.mark.parametrize("which", ["library", "digest"])
+def test_a_fifo_in_place_of_a_cached_file_is_passed_over_not_waited_on(tmp_path, which):
+    """Opening a FIFO for reading waits for a writer: the cache's files are opened without waiting, then refused as
+    not files, and the kernels are built in a private folder (a child process, so that a hang ends in a timeout)."""
+    env = {**os.environ, "METASPIKE_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    load = [sys.executable, "-c", "import bnn.native as n; assert n.kernels().binary_layer_kind()"]
+    subprocess.run(load, env=env, check=True, capture_output=True)
+    (built,) = tmp_path.glob("packed_kernels-*.so")
+    fifo = built if which == "library" else Path(f"{built}.sha256")
+    fifo.unlink()
+    os.mkfifo(fifo)
+    run = subprocess.run(load, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-500:]
+    assert "is not a file" in run.stderr
+
+
 def _planted_library(path: Path, marker: Path) -> None:
     """A shared library that, once loaded, writes ``marker`` (what an attacker's code could do)."""
     source = path.with_suffix(".c")

@@ -346,6 +346,8 @@ def _tamper(state, change):
      "optimizer state 'exp_avg_sq' must hold finite values >= 0"),
     (lambda s: [st.update(exp_avg=st["exp_avg"] * float("nan")) for st in s["optimizer"]["state"].values()],
      "optimizer state 'exp_avg' must hold finite values"),
+    (lambda s: s["model"].update({"1.weight": s["model"]["1.weight"] * float("nan")}),
+     "the checkpoint's model holds NaN or infinite values (in 1.weight), which a run never writes"),
 ])
 def test_a_tampered_checkpoint_is_one_line_never_a_wrong_run(tmp_path, capsys, change, message):
     """The checksum catches accidental damage only (anyone can recompute it): a checkpoint's structure is checked

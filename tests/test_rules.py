@@ -306,8 +306,10 @@ def test_a_rule_name_means_one_rule():
     with pytest.raises(ValueError, match="a different rule is registered as 'tanh' already"):
         register_rule(impostor)
     nameless = dataclasses.replace(TanhRule(), name="")
-    with pytest.raises(ValueError, match="a rule's name must be a non-empty string"):
+    with pytest.raises(ValueError, match="a rule's name must be letters, digits, '_', '.' or '-'"):
         register_rule(nameless)
+    with pytest.raises(ValueError, match=r"a rule's name must be .* \(it names run folders"):  # (never a path outside)
+        register_rule(dataclasses.replace(TanhRule(), name="x/../../escaped"))
     assert "tanh" in available_rules() and get_rule("tanh") == TanhRule()
 
 

@@ -197,11 +197,14 @@ def _parser() -> argparse.ArgumentParser:
                             "spiking neuron model (see metaspike.app.models.available_models()) (default: %(default)s)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint "
                        "(its settings are read from RUN_DIR; a flag that would change one is refused)")
-    cmp = sub.add_parser("compare", help="same task stream with several meta values, one table and figure")
+    cmp = sub.add_parser("compare", help="several meta values, or models (--neurons), on one task stream: one table "
+                                         "and figure")
     _add_run_options(cmp, "meta settings to compare, each a number or one number per layer like 5,30,30 "
                           f"(default: 0 and {default})")
-    cmp.add_argument("--seeds", type=int, nargs="+", default=[_DEFAULTS["seed"]], help="seeds; the table gives mean ± std (default: %(default)s)")
-    cmp.add_argument("--resume", metavar="DIR", help="finish a killed comparison (other options are read from DIR)")
+    cmp.add_argument("--seeds", type=int, nargs="+", default=[_DEFAULTS["seed"]],
+                     help=f"seeds; the table gives mean ± std (default: {_DEFAULTS['seed']})")
+    cmp.add_argument("--resume", metavar="DIR", help="finish a killed comparison with the settings it started with "
+                                                     "(read from DIR/plan.json; give no other option but --quiet)")
     from metaspike.app.compare import DEFAULT_SNN_SWEEP
 
     cmp.add_argument("--neurons", nargs="*", default=None, metavar="NAME",
@@ -556,8 +559,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         imported = _import_given(argv)  # (before the parser, whose help lists the registered rules)
         args = _parse(argv)
         args.argv = argv
-        if getattr(args, "out", None) == "":  # (Path("") is the current folder: never what was meant)
-            raise ValueError("--out must name a folder, got ''")
+        for flag in ("out", "data_dir"):
+            folder = getattr(args, flag, None)
+            if folder == "":  # (Path("") is the current folder: never what was meant)
+                raise ValueError(f"--{flag.replace('_', '-')} must name a folder, got ''")
+            if flag == "data_dir" and folder is not None and Path(folder).expanduser().is_file():
+                raise ValueError(f"--data-dir {folder} is a file; it names the folder that holds each dataset's "
+                                 "folder (mnist/, fashion-mnist/, ...)")
         if hasattr(args, "imports"):
             args.imports = imported
         try:

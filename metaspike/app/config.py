@@ -29,7 +29,7 @@ from metaspike.app.models import (
 )
 from metaspike.bayesian.synapses import check_magnitude
 from metaspike.chained import ChainedOptimizer
-from metaspike.checks import FLOAT32_MAX, check_device, check_seed, finite_number, number_in
+from metaspike.checks import FLOAT32_MAX, FLOAT32_TINY, check_device, check_seed, finite_number, number_in
 from metaspike.continual.baselines import BASELINE_STRENGTHS, EWC_ONLINE_GAMMA, make_baseline
 from metaspike.continual.scenarios import SPLIT_MODES, available_scenarios
 from metaspike.continual.trainer import LAST_EVALUATED, TrainerConfig
@@ -307,10 +307,10 @@ class RunConfig:
         if self.weight_decay > MAX_WEIGHT_DECAY:  # type: ignore[operator]
             raise ValueError(f"--weight-decay must be in [0, {MAX_WEIGHT_DECAY:g}], got {self.weight_decay!r}: the decay "
                              "term weight_decay * w is added to the gradient, and beyond this it drowns the loss's")
-        if self.lr > MAX_LR:  # type: ignore[operator]
-            raise ValueError(f"--lr must be in (0, {MAX_LR:g}], got {self.lr!r}: a larger rate overshoots at every "
-                             "step (a binary network's hidden weights start within ±0.05 and Adam moves each by about "
-                             "lr per step)")
+        if not FLOAT32_TINY <= self.lr <= MAX_LR:  # type: ignore[operator]
+            raise ValueError(f"--lr must be in [{FLOAT32_TINY:g}, {MAX_LR:g}], got {self.lr!r}: a smaller rate is 0 or "
+                             "loses its digits in float32, and a larger one overshoots at every step (a binary "
+                             "network's hidden weights start within ±0.05 and Adam moves each by about lr per step)")
 
     def _check_baseline(self) -> None:
         """The baseline settings: a known baseline, for a model trained by gradient steps, on a scenario with tasks;

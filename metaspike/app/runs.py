@@ -38,7 +38,7 @@ from metaspike.checks import is_finite_number, is_number
 from metaspike.continual.metrics import largest_rise
 from metaspike.continual.results import CHECKPOINT, PREVIOUS_CHECKPOINT, RunDirectory, latest_good_checkpoint
 from metaspike.continual.scenarios import Scenario, make_scenario
-from metaspike.continual.trainer import ContinualResult, ContinualTrainer
+from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig
 from metaspike.data import ArrayDataset, default_data_dir, load_dataset
 from metaspike.distributed import init_from_env, sync_batchnorm, world
 from metaspike.files import atomic_open, read_json, remove_stale_temporaries
@@ -51,6 +51,9 @@ __all__ = ["build_run_model", "build_trainer", "make_run_scenario", "train_and_f
 LOCK = ".lock"
 #: float32 copies of each weight while training: hidden weight, gradient, two Adam moments, ±1 buffer.
 BYTES_PER_WEIGHT_IN_TRAINING = 5
+#: float32 values per unit and time step a spiking model keeps for its backward pass (at least its input or
+#: membrane potential and its spikes, and their gradients).
+FLOATS_PER_UNIT_AND_STEP = 4
 
 
 def make_run_scenario(config: RunConfig) -> Scenario:
@@ -68,6 +71,20 @@ def make_run_scenario(config: RunConfig) -> Scenario:
         if message.startswith("samples_per_task "):
             message = "--samples-per-task " + message[len("samples_per_task "):]
         raise ValueError(message) from None
+
+
+def _check_time_steps_fit(config: RunConfig, sizes: list[int], available: int | None) -> None:
+    """One line where a spiking model's activations over ``num_steps`` time steps exceed this process's memory: a
+    training batch keeps every unit's values at every step for the backward pass, and an evaluation batch's input is
+    encoded as spikes for every step at once."""
+    evaluated = TrainerConfig().eval_batch_size * sizes[0]
+    needed = config.num_steps * (config.batch_size * sum(sizes) * FLOATS_PER_UNIT_AND_STEP + evaluated) * 4
+    if available is not None and needed > available:
+        raise ValueError(f"--num-steps {config.num_steps} needs about {needed / 2**30:.0f} GiB for the spiking model's "
+                         f"activations ({config.num_steps:,} time steps of {config.batch_size:,} training samples and "
+                         f"{sum(sizes):,} units, and of the evaluation batches' input spikes); "
+                         f"this process may use {available / 2**30:.0f} GiB (the machine's memory, its container's "
+                         "limit or ulimit -v)")
 
 
 def build_run_model(config: RunConfig, scenario: Scenario) -> torch.nn.Module:
@@ -88,6 +105,8 @@ def build_run_model(config: RunConfig, scenario: Scenario) -> torch.nn.Module:
                          f"({weights:,} weights, each with its gradient, Adam moments and sign buffer); "
                          f"this process may use {available / 2**30:.0f} GiB (the machine's memory, its container's "
                          "limit or ulimit -v)")
+    if config.spiking:
+        _check_time_steps_fit(config, sizes, available)
     model = build_model(config.model, config.hidden, scenario.input_shape, scenario.num_classes, config.num_steps)
     if config.readout_lambda is not None:
         start_confident(readout_layer(model), config.readout_lambda)

@@ -110,6 +110,12 @@ def check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: tor
                 if key in own and (not isinstance(value, Tensor) or value.dtype != own[key].dtype)]
     if mistyped:
         raise ValueError(f"the checkpoint's model has entries of another type than this run's model: {mistyped[:5]}")
+    # (a run stops before it writes a NaN weight: one here was put there, and would read as divergence of this run)
+    broken = [key for key, value in state["model"].items()
+              if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if broken:
+        raise ValueError(f"the checkpoint's model holds NaN or infinite values (in {', '.join(broken[:5])}), which a "
+                         "run never writes")
 
 
 def kinds_of(optimizer: Any = None, plugins: Sequence[Any] = ()) -> dict[str, list[str]]:

@@ -340,7 +340,7 @@ def load_checkpoint(path: str | os.PathLike, config_digest: str | None = None) -
             warnings.simplefilter("ignore")
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for damaged files; its messages span lines
-        if "Unsupported global" in str(err):
+        if "unsupported global" in str(err).lower():  # (torch's words: "Unsupported global", "unsupported GLOBAL")
             raise ValueError(f"checkpoint {path} holds an object that torch.load(weights_only=True) does not read "
                              "(a checkpoint holds tensors and plain Python values only)") from None
         raise ValueError(f"checkpoint {path} is truncated or corrupt (torch cannot read it: {type(err).__name__})") from None

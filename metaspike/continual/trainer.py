@@ -91,7 +91,8 @@ def evaluated_tasks(trained: int, total: int, budget: int | None = None) -> list
         return list(range(total))
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget <= LAST_EVALUATED:
         raise ValueError(f"budget must be None or an integer > {LAST_EVALUATED}, got {budget!r}")
-    sample = {int(j) for j in np.linspace(0, total - 1, int(budget) - LAST_EVALUATED).round()}
+    spread = min(int(budget) - LAST_EVALUATED, total)  # (more points than tasks name no other task)
+    sample = {int(j) for j in np.linspace(0, total - 1, spread).round()}
     if trained == 0:
         return sorted(sample)
     return sorted({j for j in sample if j < trained} | set(range(max(0, trained - LAST_EVALUATED), trained)))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from metaspike.checks import registered_name
 from metaspike.rules.base import (
     NoState,
     Rule,
@@ -51,8 +52,7 @@ def register_rule(rule: Rule) -> Rule:
     missing = [attr for attr in _REQUIRED if not hasattr(rule, attr)]
     if missing:
         raise ValueError(f"{rule!r} is not a consolidation rule: it lacks {', '.join(missing)} (see metaspike.rules.base.Rule)")
-    if not isinstance(rule.name, str) or not rule.name:
-        raise ValueError(f"a rule's name must be a non-empty string, got {rule.name!r}")
+    registered_name("a rule's name", rule.name, "it names run folders and checkpoints' records")
     known = _RULES.get(rule.name)
     if known is not None and known != rule:  # (every run asking for the name would change rule, silently)
         raise ValueError(f"a different rule is registered as {rule.name!r} already ({known!r}); give yours its own name")

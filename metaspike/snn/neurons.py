@@ -14,7 +14,6 @@ neuron's own module) and one line in ``_NEURONS``; a user's own model is added b
 from __future__ import annotations
 
 import math
-import re
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from metaspike.checks import in_metaspike, is_whole, raised_at
+from metaspike.checks import in_metaspike, is_whole, raised_at, registered_name
 from metaspike.snn.backends import norse_method, require_norse, require_snntorch, surrogate
 from metaspike.snn.recurrent import SelfRecurrentLIF, check_decay
 from metaspike.snn.timeloop import SpikingClassifier, holds_norse_cells
@@ -198,9 +197,7 @@ def register_neuron(name: str, builder: Callable[[NetSpec], nn.Module]) -> Calla
         torch.Size([3, 10])
         >>> register_neuron("slow-lif", slow_lif)  # doctest: +SKIP
     """
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise ValueError(f"a neuron model's name must be letters, digits, '_', '.' or '-' (no '+', which joins "
-                         f"a synapse kind: 'leaky+bimu'), got {name!r}")
+    registered_name("a neuron model's name", name, "no '+', which joins a synapse kind: 'leaky+bimu'")
     if not callable(builder):
         raise ValueError(f"builder must be a callable (spec: NetSpec) -> nn.Module, got {type(builder).__name__}")
     known = _NEURONS.get(name)
