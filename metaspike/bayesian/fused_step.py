@@ -60,9 +60,11 @@ from metaspike.bayesian.synapses import (
     _RELAXED_SAMPLES,
     BinaryWeight,
     SampledForward,
+    _gaussian_row_gradients,
     _gaussian_sample,
     _integer_power,
     _parametrization,
+    _relaxed_row_gradient,
     _synapse_tensors,
 )
 from metaspike.compiled import LazyCompiled
@@ -431,11 +433,10 @@ def _fused_step(plan: _Plan, x: Tensor, target: Tensor, keys: Tensor, tensors: l
     for stage, kept in zip(reversed(plan.stages), reversed(saved)):
         if isinstance(stage, int):
             a, weight, extra = kept
-            outer = grad.unsqueeze(2) * a.unsqueeze(1)  # the samples' weight gradients, (S, out, in)
-            if plan.rule == "bimu":
-                grads[stage] = ((outer * (1 - weight * weight)).sum(0) * inv_tau,)
+            if plan.rule == "bimu":  # (from the samples' weight gradients, (S, out, in), as the layers compute them)
+                grads[stage] = (_relaxed_row_gradient(grad, a, weight, inv_tau),)
             else:
-                grads[stage] = (outer.sum(0), (outer * extra).sum(0))
+                grads[stage] = _gaussian_row_gradients(grad, a, extra)
             if stage > 0:
                 grad = torch.matmul(grad.unsqueeze(1), weight).squeeze(1)
         else:
