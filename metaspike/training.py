@@ -121,6 +121,12 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
         raise ValueError(f"the model must return logits [B, classes] (or [S, B, classes]: S weight samples of a "
                          f"Bayesian network), got {got}; a spiking model returns its output reduced over time "
                          "(metaspike.snn.SpikingClassifier does that)")
+    probed = min(len(x), 2)
+    if out.shape[-2] != probed:
+        raise ValueError(f"the model returns {list(out.shape)} for {probed} samples of {what}: its outputs must be "
+                         "[B, classes] (or [S, B, classes]: S weight samples of a Bayesian network), the batch second "
+                         "to last; a spiking model returns its output reduced over time (metaspike.snn.SpikingClassifier "
+                         "does that)")
     if out.dim() == 3 and next(bayesian_modules(model), None) is None:
         warnings.warn(f"the model returns {list(out.shape)} outputs, read as {out.shape[0]} weight samples of a "
                       "Bayesian network (the loss averages over them, a prediction averages their log-probabilities), "

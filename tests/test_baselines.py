@@ -37,6 +37,20 @@ def test_fisher_is_mean_of_squared_per_sample_gradients():
     assert model.weight.grad is None  # the estimate leaves the model's gradients alone
 
 
+def test_fisher_says_where_its_first_samples_miss_classes_and_refuses_labels_that_do_not_fit():
+    """It takes the first samples (the authors' code): of data stored by class, one class; a warning says so. Labels
+    of another count, dtype or range are one line, not torch's error from inside the loss after some samples."""
+    model, x = nn.Linear(4, 3), torch.rand(300, 4)
+    by_class = torch.arange(300) // 100
+    with pytest.warns(UserWarning, match=r"the Fisher is taken on the first 100 of 300 samples, which miss class\(es\) "
+                                         "1, 2 that the others hold"):
+        fisher_diagonal(model, x, by_class, samples=100)
+    for labels, message in ((by_class.float(), "must be int64 class indices"), (by_class[:10], "300 samples but 10"),
+                            (by_class[torch.randperm(300)] + 5, "go up to 7 but the model has 3 outputs")):
+        with pytest.raises(ValueError, match=message):
+            fisher_diagonal(model, x, labels, samples=100)
+
+
 def test_fisher_of_a_batch_statistics_bnn_uses_population_statistics_and_leaves_the_model_alone():
     torch.manual_seed(0)
     model = MLP([784, 32, 10])

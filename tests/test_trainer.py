@@ -466,3 +466,67 @@ def test_a_tasks_batchnorm_state_is_its_scale_and_shift_not_its_running_statisti
     assert torch.equal(net[1].weight, saved["1.weight"]) and torch.equal(net[1].running_mean, today)
     with pytest.raises(ValueError, match="the BatchNorm state lacks 1.bias"):
         load_batchnorm_state(net, {"1.weight": saved["1.weight"]})
+
+
+def _tiny_tasks():
+    from metaspike.continual import Task
+    from metaspike.data import ArrayDataset
+
+    generator = torch.Generator().manual_seed(0)
+
+    def data(k):
+        x = torch.rand(200, 6, generator=generator)
+        return ArrayDataset.from_tensors(x, (x[:, k] > 0.5).long(), f"feature{k}")
+
+    return [Task(name, data(k), data(k)) for k, name in enumerate("ABC")]
+
+
+def test_metrics_that_pair_a_row_with_its_task_are_nan_where_the_columns_are_other_tasks():
+    """Evaluated in another order than trained, column j is not the task trained j-th: BWT, FWT and forgetting would
+    pair each row with the wrong task (BWT +15 where the tasks lost 22 points on average), so they are nan."""
+    from metaspike.continual import Scenario
+
+    a, b, c = _tiny_tasks()
+    torch.manual_seed(0)
+    trainer = ContinualTrainer(nn.Linear(6, 2), lambda m: torch.optim.SGD(m.parameters(), lr=0.5),
+                               TrainerConfig(epochs=3, batch_size=20), progress=False)
+    result = trainer.fit(Scenario("reversed", [a, b, c], [c, b, a]))
+    metrics = result.metrics
+    assert result.task_names == ["C", "B", "A"] and not result.evaluates_trained_tasks
+    assert metrics["ACC"] == pytest.approx(sum(result.matrix[-1]) / 3)
+    assert all(math.isnan(metrics[key]) for key in ("BWT", "FWT", "forgetting"))
+    torch.manual_seed(0)
+    aligned = ContinualTrainer(nn.Linear(6, 2), lambda m: torch.optim.SGD(m.parameters(), lr=0.5),
+                               TrainerConfig(epochs=3, batch_size=20), progress=False).fit(Scenario("s", [a, b, c],
+                                                                                                    [a, b, c]))
+    assert aligned.evaluates_trained_tasks and not math.isnan(aligned.metrics["BWT"])
+
+
+def test_a_model_whose_outputs_put_the_batch_elsewhere_is_one_line(scenario):
+    """[B, T, classes] (time steps second) would be read as T weight samples of B... and fail inside the scoring, or
+    with T equal to a chunk's size score nonsense: the batch must be second to last."""
+
+    class TimeSecond(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(784, 10)
+
+        def forward(self, x):
+            return torch.stack([self.linear(x.flatten(1))] * 5, 1)
+
+    trainer = ContinualTrainer(TimeSecond(), lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
+                               TrainerConfig(epochs=1, batch_size=20), progress=False)
+    with pytest.raises(ValueError, match=r"^the model returns \[2, 5, 10\] for 2 samples of .* the batch second to last"):
+        trainer.fit(scenario)
+
+
+@pytest.mark.parametrize("name", ["loss", "epoch", "after_task"])
+def test_a_task_named_like_a_column_of_the_results_files_is_refused(name):
+    """Its accuracies would overwrite the curves' own column (the training loss lost) or the matrix's header."""
+    from metaspike.continual import Scenario, Task
+
+    tasks = [Task(name, t.train, t.test) if k == 0 else t for k, t in enumerate(_tiny_tasks())]
+    trainer = ContinualTrainer(nn.Linear(6, 2), lambda m: torch.optim.SGD(m.parameters(), lr=0.5),
+                               TrainerConfig(epochs=1, batch_size=20), progress=False)
+    with pytest.raises(ValueError, match=f"names a task {name!r}, a column the results files keep for themselves"):
+        trainer.fit(Scenario("mine", tasks, tasks))

@@ -28,6 +28,7 @@ resumed run with a baseline continues exactly.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,7 +40,7 @@ from metaspike.checks import finite_number, is_whole, number_in
 from metaspike.layer_selection import each_once
 from metaspike.population_statistics import use_population_statistics
 from metaspike.synapse import float_layer_weights, weight_matrices
-from metaspike.training import Plugin, classification_loss
+from metaspike.training import Plugin, check_labels, classification_loss
 
 __all__ = ["EWC", "EWCOnline", "SynapticIntelligence", "RandomConsolidation", "fisher_diagonal", "EWC_LAMBDA", "SI_C",
            "EWC_ONLINE_GAMMA", "BASELINE_STRENGTHS", "make_baseline"]
@@ -96,14 +97,28 @@ def _fit(name: str, tensors: Sequence[Tensor], params: Sequence[Tensor]) -> None
                          f"matrices ({[tuple(p.shape) for p in params]}); was its state saved with another model?")
 
 
+def _warn_if_sorted_by_class(y: Tensor, count: int) -> None:
+    """Warn where the first ``count`` labels of ``y`` miss a class that a random draw of ``count`` would hold at
+    least 5 times on average (missed by chance with probability below 1 %): data stored by class, of which the
+    Fisher would weigh only the first classes (Kirkpatrick et al. draw the samples at random)."""
+    classes, frequencies = y.unique(return_counts=True)
+    seen = set(y[:count].unique().tolist())
+    missed = [int(c) for c, n in zip(classes.tolist(), frequencies.tolist()) if c not in seen and count * n / len(y) >= 5]
+    if missed:
+        warnings.warn(f"the Fisher is taken on the first {count} of {len(y)} samples, which miss class(es) "
+                      f"{', '.join(map(str, missed[:5]))} that the others hold (data stored by class?); shuffle the "
+                      "data so that it weighs every class", stacklevel=4)
+
+
 def fisher_diagonal(
     model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int] | None = None, samples: int = 1000
 ) -> list[Tensor]:
     """Empirical diagonal Fisher of the weight matrices, one tensor per matrix.
 
     ``F = mean over samples of g_i²``, where ``g_i`` is the gradient of the negative log-likelihood
-    of sample ``i``'s true label, over the first ``samples`` samples of ``(x, y)`` (as in Kirkpatrick
-    et al. 2017 and the paper authors' code). The paper's BatchNorm normalises with batch statistics,
+    of sample ``i``'s true label, over the first ``samples`` samples of ``(x, y)`` (the paper authors' code; Kirkpatrick
+    et al. 2017 draw them at random: a warning says where the first ones miss classes the others hold, as data
+    stored by class does). The paper's BatchNorm normalises with batch statistics,
     which a single sample does not have: the estimate then runs on a copy of the model whose BatchNorm
     layers use the population statistics of ``x``
     (:func:`metaspike.population_statistics.use_population_statistics`); other models run in evaluation mode
@@ -119,6 +134,9 @@ def fisher_diagonal(
     """
     _samples(samples, "Fisher samples")
     _matrices(model)
+    if not isinstance(x, Tensor) or x.dim() < 2:
+        raise ValueError(f"x must be a tensor of samples [N, ...], got {list(x.shape) if isinstance(x, Tensor) else x!r}")
+    check_labels(y, len(x), None, "the Fisher's data")
     has_batchnorm = any(isinstance(m, _BatchNorm) for m in model.modules())
     # a copy only where BatchNorm needs other statistics: copying fails on models that keep non-leaf tensors
     # (an snnTorch neuron's state after a training pass), and the gradients below never reach .grad
@@ -132,9 +150,13 @@ def fisher_diagonal(
         device = params[0].device
         total = [torch.zeros_like(p) for p in params]
         count = min(len(x), int(samples))
+        _warn_if_sorted_by_class(y, count)
         for i in range(count):
             # the training loss: a model with S weight samples gives (S, 1, C) logits, the mean of their losses
-            loss = classification_loss(probe(x[i : i + 1].to(device)), y[i : i + 1].to(device), classes)
+            logits = probe(x[i : i + 1].to(device))
+            if i == 0:  # (the classes the model has are known once it answers)
+                check_labels(y[:count], count, logits.shape[-1], "the Fisher's data")
+            loss = classification_loss(logits, y[i : i + 1].to(device), classes)
             if not loss.requires_grad:
                 raise ValueError("the Fisher needs gradients of the evaluated model's loss with respect to its weight "
                                  "matrices, and this model has none in evaluation mode (binary synapses evaluated on "

@@ -7,8 +7,9 @@ network on task ``j``, ``T`` the number of tasks.
 * ACC = (1/T) Σ_j R[T, j]  (Lopez-Paz & Ranzato 2017)
 * BWT = 1/(T−1) Σ_{j<T} (R[T, j] − R[j, j]); negative means forgetting (Lopez-Paz & Ranzato 2017)
 * FWT = 1/(T−1) Σ_{j>1} (R[j−1, j] − b[j])  (Lopez-Paz & Ranzato 2017)
-* forgetting = 1/(T−1) Σ_{j<T} max_{l<T} (R[l, j] − R[T, j]); positive means forgetting
-  (Chaudhry et al. 2018)
+* forgetting = 1/(T−1) Σ_{j<T} max_{j≤l<T} (R[l, j] − R[T, j]); positive means forgetting (Chaudhry et al. 2018,
+  the maximum taken from the row where task ``j`` was trained on, as Mammoth reads it: an accuracy a task had by
+  chance before it was trained is nothing it learned)
 
 Metrics that need two tasks or more are ``nan`` for a single task.
 
@@ -187,8 +188,11 @@ def largest_rise(matrix: Sequence[Sequence[float]] | np.ndarray, baseline: Seque
     return float(rises[measured].max()) if measured.any() else math.nan
 
 
-def summarize(matrix: Sequence[Sequence[float]] | np.ndarray, baseline: Sequence[float] | None = None) -> dict[str, float]:
-    """All metrics of an accuracy matrix as a dict (``nan`` where undefined).
+def summarize(matrix: Sequence[Sequence[float]] | np.ndarray, baseline: Sequence[float] | None = None,
+              aligned: bool = True) -> dict[str, float]:
+    """All metrics of an accuracy matrix as a dict (``nan`` where undefined). ``aligned=False`` says that column ``j``
+    is not the task trained ``j``-th (a scenario evaluated on other tasks, or on its tasks in another order): BWT,
+    FWT and forgetting, which pair them, are then ``nan`` too.
 
     A matrix whose last row has cells not evaluated (NaN: an evaluation budget) also gets the metrics of its evaluated
     cells: ``evaluated_accuracy`` and ``evaluated_tasks`` (their count), ``last5_accuracy``, and ``task1_accuracy``
@@ -202,7 +206,7 @@ def summarize(matrix: Sequence[Sequence[float]] | np.ndarray, baseline: Sequence
         1.0
     """
     r = _as_array(matrix)
-    square = r.ndim == 2 and r.shape[0] == r.shape[1]
+    square = aligned and r.ndim == 2 and r.shape[0] == r.shape[1]
     partial: dict[str, float] = {}
     if r.ndim == 2 and r.size and not np.isfinite(r[-1]).all():
         mean, count = evaluated_accuracy(r)

@@ -172,13 +172,16 @@ class ContinualResult:
     diagnostics: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     training_tasks: int = 0
+    evaluates_trained_tasks: bool = True
 
     @property
     def metrics(self) -> dict[str, float]:
         """ACC, BWT, FWT and forgetting of :attr:`matrix` (see :mod:`metaspike.continual.metrics`). Until every task
         is trained (a run going on, or stopped) in a stream that trains each evaluated task in turn, they cover the
         tasks trained so far: a task not yet trained has an accuracy (near chance) but nothing to remember. (Joint
-        training evaluates every task after its one training task; a stream evaluates one test set.)
+        training evaluates every task after its one training task; a stream evaluates one test set.) Where the
+        evaluated tasks are not the trained ones in their order (:attr:`evaluates_trained_tasks` false), BWT, FWT and
+        forgetting, which pair row ``j`` with column ``j``, are ``nan``.
 
         Example:
             >>> ContinualResult(["a", "b"], matrix=[[90.0, 11.0]], training_tasks=2).metrics["ACC"]  # task 1 so far
@@ -191,7 +194,7 @@ class ContinualResult:
         baseline = self.baseline or None
         if 0 < trained < self.training_tasks == len(self.task_names):
             matrix, baseline = matrix[:, :trained], baseline and baseline[:trained]
-        return summarize(matrix, baseline)
+        return summarize(matrix, baseline, aligned=self.evaluates_trained_tasks)
 
 
 def _outer_lists_copied(values: dict[str, Any]) -> dict[str, Any]:
@@ -243,6 +246,10 @@ def _accuracies_text(accuracies: Sequence[float]) -> str:
 
 
 #: The trainer settings that change a run's numbers: a resumed run must have the checkpoint's.
+#: The columns of a curves row before its tasks' accuracies (one row per evaluation).
+CURVE_COLUMNS = ("task", "epoch", "global_epoch", "loss")
+#: Names a task may not take: the results files' own columns (the curves', and the accuracy matrix's first).
+RESERVED_TASK_NAMES = (*CURVE_COLUMNS, "after_task")
 RESULT_SETTINGS = ("epochs", "batch_size", "batchnorm", "optimizer", "seed", "eval_batch_size", "eval_every",
                    "eval_tasks")
 _LISTED_TASK_NAMES = 1000  # a longer stream is named by its first and last tasks
@@ -506,6 +513,10 @@ class ContinualTrainer:
             raise ValueError(f"scenario {scenario.name!r} has no task to evaluate (eval_tasks is empty; to evaluate "
                              "the trained tasks, give them again)")
         names = scenario.eval_task_names
+        taken = sorted(set(names) & set(RESERVED_TASK_NAMES))
+        if taken:  # (the curves and the accuracy matrix hold one column per task, beside these)
+            raise ValueError(f"scenario {scenario.name!r} names a task {taken[0]!r}, a column the results files keep "
+                             f"for themselves ({', '.join(RESERVED_TASK_NAMES)}); give the task another name")
         if len(set(names)) != len(names):  # the curves are keyed by task name: two would share one column
             twice = sorted({n for n in names if names.count(n) > 1})
             raise ValueError(f"scenario {scenario.name!r} names two tasks alike ({', '.join(twice[:3])}); give each "
@@ -526,7 +537,8 @@ class ContinualTrainer:
         self._identity = run_identity(scenario, cfg)
         generator = torch.Generator().manual_seed(cfg.seed)
         if resume is None:
-            result = ContinualResult(task_names=scenario.eval_task_names, training_tasks=len(scenario.tasks))
+            result = ContinualResult(task_names=scenario.eval_task_names, training_tasks=len(scenario.tasks),
+                                     evaluates_trained_tasks=scenario.evaluates_training_tasks)
             result.baseline = self._evaluate_all(scenario, 0, [])
             states: list[dict] = []
             first_task, first_epoch, optimizer_state = 0, 0, None
@@ -643,7 +655,7 @@ class ContinualTrainer:
                 if not due:
                     continue
                 accuracies = self._evaluate_all(scenario, index + 1, states)
-                row = {"task": index + 1, "epoch": epoch, "global_epoch": index * cfg.epochs + epoch, "loss": loss}
+                row = dict(zip(CURVE_COLUMNS, (index + 1, epoch, index * cfg.epochs + epoch, loss)))
                 row.update(dict(zip(result.task_names, accuracies)))
                 result.curves.append(row)
                 result.diagnostics.append({
