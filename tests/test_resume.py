@@ -146,6 +146,30 @@ def test_resume_keeps_the_state_of_a_baseline_plugin():
     assert resumed.matrix == whole.matrix
 
 
+def test_resume_from_python_refuses_other_data_under_the_same_names():
+    """A user's own tensors under the same names and definition: the scenario's description matches, its data do
+    not, and one result would mix two datasets."""
+    from metaspike.continual import ContinualTrainer, TrainerConfig, split
+    from metaspike.data import ArrayDataset
+
+    def data(seed):
+        generator = torch.Generator().manual_seed(seed)
+        x, y = torch.rand(400, 16, generator=generator), torch.randint(0, 4, (400,), generator=generator)
+        return ArrayDataset.from_tensors(x[:300], y[:300], "mine"), ArrayDataset.from_tensors(x[300:], y[300:], "mine")
+
+    def trainer():
+        torch.manual_seed(0)
+        return ContinualTrainer(torch.nn.Linear(16, 4), lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
+                                TrainerConfig(epochs=1, batch_size=30), progress=False)
+
+    log = KeepCheckpoints()
+    trainer().fit(split(*data(0), groups=2), log=log)
+    first_task = torch.load(io.BytesIO(log.saved[0]), weights_only=True)
+    with pytest.raises(ValueError, match="the checkpoint was written by a run on other data"):
+        trainer().fit(split(*data(1), groups=2), resume=first_task)
+    assert trainer().fit(split(*data(0), groups=2), resume=first_task).matrix  # (its own data: resumed)
+
+
 NEURON_ARGS = ["compare", "--neurons", "bnn", "self-recurrent", "--meta", "0", "20", "--dataset", "digits", "--tasks",
                "2", "--epochs", "4", "--hidden", "16", "--quiet"]
 COMPARISON = "compare-neurons-permuted-digits"

@@ -275,8 +275,28 @@ def run_identity(scenario: Scenario, config: TrainerConfig) -> dict[str, Any]:
     if scenario.growing_head:  # (added only where set: the scenarios before it keep their hashes)
         described.append(["growing head", [list(t.classes) for t in scenario.tasks]])  # type: ignore[arg-type]
     described_text = json.dumps(described, sort_keys=True, default=repr)
-    return {"scenario": hashlib.sha256(described_text.encode()).hexdigest(),
+    return {"scenario": hashlib.sha256(described_text.encode()).hexdigest(), "data": _data_fingerprint(scenario),
             "settings": {key: getattr(config, key) for key in RESULT_SETTINGS}}
+
+
+#: Values of each tensor a data fingerprint reads, evenly spaced (the whole tensor where it holds fewer).
+_FINGERPRINT_VALUES = 4096
+
+
+def _data_fingerprint(scenario: Scenario) -> str:
+    """A SHA-256 of the data of the scenario's first and last task (training and test samples and labels: shapes,
+    dtypes and :data:`_FINGERPRINT_VALUES` evenly spaced values of each), so that a run resumed on other data under
+    the same names and definition (a user's own tensors) is refused; a stream made as it is reached reads its first
+    task only (its definition fixes the others)."""
+    tasks = [scenario.tasks[0]] if made_when_reached(scenario.tasks) else [scenario.tasks[0], scenario.tasks[-1]]
+    digest = hashlib.sha256()
+    for data in (part for task in tasks for part in (task.train, task.test)):
+        for tensor in (data.x, data.y):
+            flat = tensor.detach().reshape(-1)
+            digest.update(repr((tuple(tensor.shape), str(tensor.dtype))).encode())
+            spaced = flat[:: max(1, flat.numel() // _FINGERPRINT_VALUES)].contiguous().cpu()
+            digest.update(spaced.view(torch.uint8).numpy().tobytes())  # (as bytes: numpy has no bfloat16)
+    return digest.hexdigest()
 
 
 def _check_finite_weights(model: nn.Module, task: int) -> None:
