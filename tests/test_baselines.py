@@ -12,7 +12,14 @@ import metaspike
 from bnn import MLP
 from metaspike.app.reproduce.continual import Method, run_method
 from metaspike.app.reproduce.experiments import CPU_PERMUTED
-from metaspike.continual.baselines import EWC, EWCOnline, RandomConsolidation, SynapticIntelligence, fisher_diagonal
+from metaspike.continual.baselines import (
+    EWC,
+    EWCOnline,
+    RandomConsolidation,
+    SynapticIntelligence,
+    fisher_diagonal,
+    fisher_sample_indices,
+)
 from metaspike.training import train_epoch
 
 
@@ -37,16 +44,20 @@ def test_fisher_is_mean_of_squared_per_sample_gradients():
     assert model.weight.grad is None  # the estimate leaves the model's gradients alone
 
 
-def test_fisher_says_where_its_first_samples_miss_classes_and_refuses_labels_that_do_not_fit():
-    """It takes the first samples (the authors' code): of data stored by class, one class; a warning says so. Labels
-    of another count, dtype or range are one line, not torch's error from inside the loss after some samples."""
+def test_fisher_of_data_stored_by_class_weighs_every_class_and_labels_that_do_not_fit_are_one_line():
+    """It takes the first samples (the authors' code): of data stored by class (mnist5k's training split), one class.
+    There it takes evenly spaced ones instead. Labels of another count, dtype or range are one line, not torch's error
+    from inside the loss after some samples."""
     model, x = nn.Linear(4, 3), torch.rand(300, 4)
     by_class = torch.arange(300) // 100
-    with pytest.warns(UserWarning, match=r"the Fisher is taken on the first 100 of 300 samples, which miss class\(es\) "
-                                         "1, 2 that the others hold"):
-        fisher_diagonal(model, x, by_class, samples=100)
+    spread = fisher_sample_indices(by_class, 30)
+    assert sorted(set(by_class[spread].tolist())) == [0, 1, 2] and len(spread) == 30
+    expected = fisher_diagonal(model, x[spread], by_class[spread], samples=30)
+    assert all(torch.equal(a, b) for a, b in zip(fisher_diagonal(model, x, by_class, samples=30), expected))
+    mixed = by_class[torch.randperm(300, generator=torch.Generator().manual_seed(0))]
+    assert fisher_sample_indices(mixed, 30).tolist() == list(range(30))  # (the first, as before)
     for labels, message in ((by_class.float(), "must be int64 class indices"), (by_class[:10], "300 samples but 10"),
-                            (by_class[torch.randperm(300)] + 5, "go up to 7 but the model has 3 outputs")):
+                            (mixed + 5, "go up to 7 but the model has 3 outputs")):
         with pytest.raises(ValueError, match=message):
             fisher_diagonal(model, x, labels, samples=100)
 

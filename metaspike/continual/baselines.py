@@ -28,7 +28,6 @@ resumed run with a baseline continues exactly.
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,7 +41,7 @@ from metaspike.population_statistics import use_population_statistics
 from metaspike.synapse import float_layer_weights, weight_matrices
 from metaspike.training import Plugin, check_labels, classification_loss
 
-__all__ = ["EWC", "EWCOnline", "SynapticIntelligence", "RandomConsolidation", "fisher_diagonal", "EWC_LAMBDA", "SI_C",
+__all__ = ["EWC", "EWCOnline", "SynapticIntelligence", "RandomConsolidation", "fisher_diagonal", "fisher_sample_indices", "EWC_LAMBDA", "SI_C",
            "EWC_ONLINE_GAMMA", "BASELINE_STRENGTHS", "make_baseline"]
 
 #: EWC's default strength λ: the 2021 paper's, for its BNN under Adam (also EWC-Online's and the random control's).
@@ -97,17 +96,24 @@ def _fit(name: str, tensors: Sequence[Tensor], params: Sequence[Tensor]) -> None
                          f"matrices ({[tuple(p.shape) for p in params]}); was its state saved with another model?")
 
 
-def _warn_if_sorted_by_class(y: Tensor, count: int) -> None:
-    """Warn where the first ``count`` labels of ``y`` miss a class that a random draw of ``count`` would hold at
-    least 5 times on average (missed by chance with probability below 1 %): data stored by class, of which the
-    Fisher would weigh only the first classes (Kirkpatrick et al. draw the samples at random)."""
+def fisher_sample_indices(y: Tensor, samples: int) -> Tensor:
+    """The samples the Fisher is taken on: the first ``samples`` (the paper authors' code), or ``samples`` evenly
+    spaced ones where the first miss a class that a random draw of that many would hold at least 5 times on average
+    (missed by chance with probability below 1 %): data stored by class, of which the first samples are one or a few
+    classes (mnist5k's training split is; Kirkpatrick et al. draw the samples at random).
+
+    Example:
+        >>> fisher_sample_indices(torch.tensor([0, 1, 0, 1, 0, 1]), 2).tolist()
+        [0, 1]
+        >>> fisher_sample_indices(torch.arange(300) // 100, 30).tolist()[:4]  # stored by class: spread over them
+        [0, 10, 21, 31]
+    """
+    count = min(len(y), int(samples))
     classes, frequencies = y.unique(return_counts=True)
     seen = set(y[:count].unique().tolist())
-    missed = [int(c) for c, n in zip(classes.tolist(), frequencies.tolist()) if c not in seen and count * n / len(y) >= 5]
-    if missed:
-        warnings.warn(f"the Fisher is taken on the first {count} of {len(y)} samples, which miss class(es) "
-                      f"{', '.join(map(str, missed[:5]))} that the others hold (data stored by class?); shuffle the "
-                      "data so that it weighs every class", stacklevel=4)
+    if all(c in seen or count * n / len(y) < 5 for c, n in zip(classes.tolist(), frequencies.tolist())):
+        return torch.arange(count)
+    return torch.linspace(0, len(y) - 1, count).round().long()
 
 
 def fisher_diagonal(
@@ -116,9 +122,9 @@ def fisher_diagonal(
     """Empirical diagonal Fisher of the weight matrices, one tensor per matrix.
 
     ``F = mean over samples of g_i²``, where ``g_i`` is the gradient of the negative log-likelihood
-    of sample ``i``'s true label, over the first ``samples`` samples of ``(x, y)`` (the paper authors' code; Kirkpatrick
-    et al. 2017 draw them at random: a warning says where the first ones miss classes the others hold, as data
-    stored by class does). The paper's BatchNorm normalises with batch statistics,
+    of sample ``i``'s true label, over ``samples`` samples of ``(x, y)``: the first (the paper authors' code), or evenly
+    spaced ones where the first miss classes that the others hold, as data stored by class does
+    (:func:`fisher_sample_indices`). The paper's BatchNorm normalises with batch statistics,
     which a single sample does not have: the estimate then runs on a copy of the model whose BatchNorm
     layers use the population statistics of ``x``
     (:func:`metaspike.population_statistics.use_population_statistics`); other models run in evaluation mode
@@ -149,13 +155,13 @@ def fisher_diagonal(
         params = _matrices(probe)
         device = params[0].device
         total = [torch.zeros_like(p) for p in params]
-        count = min(len(x), int(samples))
-        _warn_if_sorted_by_class(y, count)
-        for i in range(count):
+        chosen = fisher_sample_indices(y, samples)
+        count = len(chosen)
+        for n, i in enumerate(chosen.tolist()):
             # the training loss: a model with S weight samples gives (S, 1, C) logits, the mean of their losses
             logits = probe(x[i : i + 1].to(device))
-            if i == 0:  # (the classes the model has are known once it answers)
-                check_labels(y[:count], count, logits.shape[-1], "the Fisher's data")
+            if n == 0:  # (the classes the model has are known once it answers)
+                check_labels(y, len(y), logits.shape[-1], "the Fisher's data")
             loss = classification_loss(logits, y[i : i + 1].to(device), classes)
             if not loss.requires_grad:
                 raise ValueError("the Fisher needs gradients of the evaluated model's loss with respect to its weight "
