@@ -19,7 +19,7 @@ import torch
 from torch.optim import Optimizer
 
 from metaspike.bayesian.optim import _DataGatedOptimizer
-from metaspike.optim import MetaplasticAdam
+from metaspike.optim import check_before_step
 
 __all__ = ["ChainedOptimizer"]
 
@@ -30,8 +30,8 @@ class ChainedOptimizer:
     torch's learning-rate schedulers refuse a chain (they take one ``torch.optim.Optimizer``): give each chained
     optimizer its own, e.g. ``StepLR(chain.optimizers[0], step_size=100)``.
 
-    A step is all or nothing where a MESU, BiMU or MetaplasticAdam optimizer refuses it (a gradient holding NaN or
-    infinite values, a setting out of range): each of them is checked before any optimizer steps.
+    A step is all or nothing where a MESU, BiMU or metaplastic optimizer refuses it (a gradient holding NaN or infinite
+    values, a setting out of range, an unknown rule): each of them is checked before any optimizer steps.
 
     Args:
         *optimizers: ``torch.optim.Optimizer`` instances; no parameter may belong to two of them, and none may need a
@@ -75,16 +75,18 @@ class ChainedOptimizer:
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Evaluate ``closure`` once (if given, with gradients on, as torch optimizers do), check every MESU, BiMU and
-        MetaplasticAdam optimizer (:meth:`~metaspike.bayesian.optim.BiMU.check_step`,
-        :meth:`~metaspike.optim.MetaplasticAdam.check_step`: nothing steps if one of them would refuse), then step every
+        metaplastic optimizer (:meth:`~metaspike.bayesian.optim.BiMU.check_step`,
+        :func:`~metaspike.optim.check_before_step`: nothing steps if one of them would refuse), then step every
         optimizer; returns the closure's loss."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for optimizer in self.optimizers:
-            if isinstance(optimizer, (_DataGatedOptimizer, MetaplasticAdam)):
+            if isinstance(optimizer, _DataGatedOptimizer):
                 optimizer.check_step()
+            else:
+                check_before_step(optimizer)
         for optimizer in self.optimizers:
             optimizer.step()
         return loss

@@ -41,7 +41,7 @@ from metaspike.rules import (
 )
 from metaspike.synapse import is_hidden_weight, weight_matrices
 
-__all__ = ["MetaplasticAdam", "metaplastic", "param_groups", "consolidates"]
+__all__ = ["MetaplasticAdam", "metaplastic", "param_groups", "consolidates", "check_before_step"]
 
 FUSED_MIN_NUMEL = 1 << 18
 """With ``fused=None``, weight matrices with at least this many entries get the compiled step."""
@@ -362,7 +362,11 @@ class MetaplasticAdam(Optimizer):
         """
         for group in self.param_groups:
             check_meta(group["meta"], "a param group's meta")
+            get_rule(group["rule"])
             _check_adam_settings(group, "a param group's ")
+            lr = group["lr"]
+            if isinstance(lr, Tensor) and lr.device.type == "cpu":  # (on a GPU reading it would wait for the device)
+                number_in("a param group's lr", lr.item(), 0.0, FLOAT32_MAX)
             params = [p for p in group["params"] if p.grad is not None]
             check_eps_holds({"eps": group["eps"], "params": [p for p in params if not self.state[p]]})
             if any(p.grad.is_sparse for p in params):
@@ -402,6 +406,29 @@ class MetaplasticAdam(Optimizer):
                 for param, state in zip(plain, states):
                     _adam_step_(param, state, group, meta=0.0)
         return loss
+
+
+def check_before_step(optimizer: Optimizer) -> None:
+    """Raise what the next step of a metaplastic optimizer would raise about its settings, before anything changes:
+    :meth:`MetaplasticAdam.check_step`, or for an optimizer :func:`metaplastic` hooked, its groups' ``meta`` and
+    ``rule`` (its own settings are its own to check); nothing for other optimizers. What a
+    :class:`~metaspike.ChainedOptimizer` checks before it steps any of its optimizers.
+
+    Example:
+        >>> sgd = metaplastic(torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1), meta=1.0)
+        >>> sgd.param_groups[0]["rule"] = "bogus"
+        >>> check_before_step(sgd)
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown consolidation rule 'bogus'; available: cascade, none, switch, tanh
+    """
+    if isinstance(optimizer, MetaplasticAdam):
+        optimizer.check_step()
+        return
+    for group in optimizer.param_groups:
+        if "meta" in group:
+            check_meta(group["meta"], "a param group's meta")
+            get_rule(group["rule"])
 
 
 def _pick(items: list, flags: list[bool], wanted: bool) -> list:

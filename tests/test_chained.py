@@ -102,8 +102,21 @@ def test_a_metaplastic_adam_setting_edited_out_of_range_changes_nothing_of_an_ea
     chain = ChainedOptimizer(BiMU(bimu_parameters(binary)), adam)
     x = torch.randn(5, 6)
     (binary(x).pow(2).mean() + hidden(x).pow(2).mean()).backward()
-    adam.param_groups[0]["meta"] = -1.0  # (a hand's or a scheduler's edit: it would invert the rule)
     before = [copy.deepcopy(m.state_dict()) for m in (binary, hidden)]
+    for key, value, message in (("meta", -1.0, r"a param group's meta must be a finite number in \[0, "),
+                                ("rule", "bogus", "unknown consolidation rule 'bogus'"),
+                                ("lr", torch.tensor(float("nan")), "a param group's lr must be a finite number")):
+        good = adam.param_groups[0][key]
+        adam.param_groups[0][key] = value  # (a hand's or a scheduler's edit: meta -1 would invert the rule)
+        with pytest.raises(ValueError, match=message):
+            chain.step()
+        adam.param_groups[0][key] = good
+        for saved, model in zip(before, (binary, hidden)):
+            assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    # an optimizer metaplastic() hooked: its groups' meta and rule are checked before the chain steps too
+    sgd = metaspike.metaplastic(torch.optim.SGD(hidden.parameters(), lr=0.1), meta=1.0)
+    chain = ChainedOptimizer(BiMU(bimu_parameters(binary)), sgd)
+    sgd.param_groups[0]["meta"] = -1.0
     with pytest.raises(ValueError, match=r"a param group's meta must be a finite number in \[0, "):
         chain.step()
     for saved, model in zip(before, (binary, hidden)):

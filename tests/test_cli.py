@@ -168,7 +168,7 @@ def test_plot_of_a_run_it_cannot_write_in_names_the_figure_and_draws_elsewhere(t
         (["compare", "--neurons", "bnn", "mlp", "--lr", "0.01"],
          "--lr: the models compared train with different optimizers (bnn: metaplastic-adam, mlp: sgd)"),
         (["compare", "--neurons", "leaky", "mlp", "--weight-decay", "0.01"],
-         "--weight-decay: the models compared train with different optimizers (leaky: metaplastic-adam, mlp: sgd)"),
+         "--weight-decay: the models compared train with different optimizers (leaky: metaplastic-adam, mlp: sgd), to which one setting"),
     ],
 )
 def test_bad_input_gets_one_clear_line(args, message, capsys):
@@ -332,8 +332,9 @@ def test_an_edited_comparison_plan_is_refused_in_one_line(tmp_path, capsys, fiel
 @pytest.mark.parametrize("argv, message", [
     (["train", "--seed", "1.5"], "metaspike train: error: argument --seed: invalid int value: '1.5'"),
     (["compare", "--rule", "tanh", "cascade"], "metaspike: error: unrecognized arguments: cascade"),
-    (["compare", "--model", "bimu"], "metaspike: error: unrecognized arguments: --model bimu; compare names its models "
-                                     "with --neurons (one model: --neurons bimu)"),
+    (["compare", "--model", "leaky"], "metaspike: error: unrecognized arguments: --model leaky; compare names its "
+                                      "models with --neurons (one model: --neurons leaky)"),
+    (["compare", "--seed", "3"], "metaspike: error: unrecognized arguments: --seed 3; compare takes --seeds"),
     (["train", "--seeds", "1", "2"], "metaspike: error: unrecognized arguments: --seeds 1 2; train runs one seed, given "
                                      "by --seed; several: compare --seeds"),
     (["train", "--split-mode", "class"], "metaspike: error: --split-mode applies to --scenario split only"),

@@ -164,7 +164,9 @@ class _OneLineErrors(argparse.ArgumentParser):
 
 
 #: (command, flag it does not take) -> what it takes instead, said after argparse's "unrecognized arguments"
-_OTHER_FLAGS = {("compare", "--model"): "compare names its models with --neurons (one model: --neurons bimu)",
+_OTHER_FLAGS = {("compare", "--model"): "compare names its models with --neurons (one model: --neurons {value})",
+                ("compare", "--seed"): "compare takes --seeds (one or more)",
+                ("reproduce", "--seed"): "reproduce takes --seeds (one or more)",
                 ("train", "--neurons"): "train runs one model, named by --model; compare several with compare --neurons",
                 ("train", "--seeds"): "train runs one seed, given by --seed; several: compare --seeds"}
 
@@ -175,8 +177,13 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = _parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        hints = [hint for (command, flag), hint in _OTHER_FLAGS.items()
-                 if command == args.command and any(word.split("=")[0] == flag for word in unknown)]
+        hints = []
+        for (command, flag), hint in _OTHER_FLAGS.items():
+            at = next((k for k, word in enumerate(unknown) if word.split("=")[0] == flag), None)
+            if command == args.command and at is not None:
+                word = unknown[at]
+                value = word.split("=", 1)[1] if "=" in word else unknown[at + 1] if at + 1 < len(unknown) else "NAME"
+                hints.append(hint.format(value=value))
         parser.error("; ".join([f"unrecognized arguments: {' '.join(unknown)}", *hints]))
     return args
 
@@ -464,7 +471,7 @@ def _refuse_shared_learning_rate(args: argparse.Namespace) -> None:
         >>> _refuse_shared_learning_rate(argparse.Namespace(neurons=["bnn", "mlp"], lr=0.01, weight_decay=None))
         Traceback (most recent call last):
         ...
-        ValueError: --lr: the models compared train with different optimizers (bnn: metaplastic-adam, mlp: sgd), to which one rate means different steps; leave it out (each takes its own default) or compare them separately
+        ValueError: --lr: the models compared train with different optimizers (bnn: metaplastic-adam, mlp: sgd), to which one setting means different steps; leave it out (each takes its own default) or compare them separately
     """
     from metaspike.app.models import optimizer_kind
 
@@ -473,8 +480,8 @@ def _refuse_shared_learning_rate(args: argparse.Namespace) -> None:
         if getattr(args, key) is not None and len(set(kinds.values())) > 1:
             trained = ", ".join(f"{n}: {kind}" for n, kind in kinds.items())
             raise ValueError(f"--{key.replace('_', '-')}: the models compared train with different optimizers "
-                             f"({trained}), to which one rate means different steps; leave it out (each takes its own "
-                             "default) or compare them separately")
+                             f"({trained}), to which one setting means different steps; leave it out (each takes its "
+                             "own default) or compare them separately")
 
 
 def _check_stored_imports(record_path: Path, stored: Callable[[dict], object], args: argparse.Namespace) -> None:

@@ -308,9 +308,10 @@ class RunConfig:
             raise ValueError(f"--weight-decay must be in [0, {MAX_WEIGHT_DECAY:g}], got {self.weight_decay!r}: the decay "
                              "term weight_decay * w is added to the gradient, and beyond this it drowns the loss's")
         if not FLOAT32_TINY <= self.lr <= MAX_LR:  # type: ignore[operator]
+            adam = (" (a binary network's hidden weights start within ±0.05 and Adam moves each by about lr per step)"
+                    if kind == "metaplastic-adam" else "")
             raise ValueError(f"--lr must be in [{FLOAT32_TINY:g}, {MAX_LR:g}], got {self.lr!r}: a smaller rate is 0 or "
-                             "loses its digits in float32, and a larger one overshoots at every step (a binary "
-                             "network's hidden weights start within ±0.05 and Adam moves each by about lr per step)")
+                             f"loses its digits in float32, and a larger one overshoots at every step{adam}")
 
     def _check_baseline(self) -> None:
         """The baseline settings: a known baseline, for a model trained by gradient steps, on a scenario with tasks;
