@@ -186,6 +186,7 @@ def test_a_run_records_only_the_optimizer_settings_its_model_takes(tmp_path):
     assert main(["train", *SMALL, "--model", "mlp", "--out", str(tmp_path)]) == 0
     sgd = json.loads((tmp_path / "permuted-digits-mlp-seed1" / "config.json").read_text())
     assert (sgd["lr"], sgd["weight_decay"], sgd["meta"], sgd["rule"]) == (DEFAULT_LR["sgd"], 0.0, None, None)
+    assert sgd["batchnorm_effective"] is None  # (the MLP has no BatchNorm for --batchnorm to concern)
     bayesian = RunConfig(model="mesu", batch_size=1).to_dict()
     assert [bayesian[key] for key in ("lr", "weight_decay", "meta", "rule")] == [None] * 4
     # a record written when every run held all four still loads, and says what its model trains with

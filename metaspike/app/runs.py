@@ -30,6 +30,7 @@ from metaspike.app.models import (
     bayesian_settings,
     build_model,
     describe_model,
+    is_builtin,
     uses_batchnorm,
 )
 from metaspike.app.tables import versions
@@ -362,7 +363,9 @@ def _record(config: RunConfig, scenario: Scenario) -> dict[str, Any]:
         "model_description": describe_model(config.model, config.hidden, scenario.input_shape, scenario.num_classes,
                                             config.num_steps),
         "task_boundaries_given": scenario.task_boundaries,
-        "batchnorm_effective": config.batchnorm if scenario.per_task_batchnorm else "shared",
+        # (None: a built-in model without BatchNorm, which --batchnorm does not concern)
+        "batchnorm_effective": (None if is_builtin(config.model) and not uses_batchnorm(config.model) else
+                                config.batchnorm if scenario.per_task_batchnorm else "shared"),
         "processes": world()[1],
         **_arithmetic(),
         **({} if (bayesian := bayesian_settings(config.model, config.batch_size, config.memory_window)) is None
