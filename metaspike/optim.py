@@ -361,8 +361,7 @@ class MetaplasticAdam(Optimizer):
             ValueError: a param group's meta must be a finite number in [0, 3.40282e+38], got -1.0
         """
         for group in self.param_groups:
-            check_meta(group["meta"], "a param group's meta")
-            get_rule(group["rule"])
+            _check_edited_consolidation(group)
             _check_adam_settings(group, "a param group's ")
             lr = group["lr"]
             if isinstance(lr, Tensor) and lr.device.type == "cpu":  # (on a GPU reading it would wait for the device)
@@ -427,8 +426,14 @@ def check_before_step(optimizer: Optimizer) -> None:
         return
     for group in optimizer.param_groups:
         if "meta" in group:
-            check_meta(group["meta"], "a param group's meta")
-            get_rule(group["rule"])
+            _check_edited_consolidation(group)
+
+
+def _check_edited_consolidation(group: dict[str, Any]) -> None:
+    """A group's ``meta`` and ``rule`` as a step reads them, edited since the group was checked or not (a negative
+    ``meta`` would invert the rule)."""
+    check_meta(group["meta"], "a param group's meta")
+    get_rule(group["rule"])
 
 
 def _pick(items: list, flags: list[bool], wanted: bool) -> list:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from metaspike.app.config import DEFAULT_RULE, KIND_SETTINGS, RunConfig, meta_label
+from metaspike.app.config import KIND_SETTINGS, RunConfig, meta_label
 from metaspike.app.models import BIMU_SUFFIX, optimizer_kind
 from metaspike.app.runs import (
     check_same_data,
@@ -353,8 +353,7 @@ def comparison_name(base: RunConfig, neurons: bool) -> str:
         >>> comparison_name(RunConfig(rule="cascade", baseline="si"), neurons=False)
         'compare-permuted-mnist5k-cascade-si0.1'
     """
-    rule = "" if base.rule in (None, DEFAULT_RULE) else f"-{base.rule}"
-    return f"compare-{'neurons-' if neurons else ''}{base.stream_part()}{rule}{base.baseline_part()}"
+    return f"compare-{'neurons-' if neurons else ''}{base.stream_part()}{base.rule_part()}{base.baseline_part()}"
 
 
 def is_finished_comparison(root: Path) -> bool:

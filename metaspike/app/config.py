@@ -281,8 +281,8 @@ class RunConfig:
                 object.__setattr__(self, key, None)
         if kind not in DEFAULT_LR:
             return
-        layers = weight_layer_count(self.model, self.hidden)  # (None: a registered neuron model, counted once built)
         if kind == "metaplastic-adam":
+            layers = weight_layer_count(self.model, self.hidden)  # (None: a registered neuron model, counted once built)
             if self.meta is None:
                 object.__setattr__(self, "meta", default_meta(layers) if layers else (DEFAULT_META,))
             if not self.meta:
@@ -392,8 +392,7 @@ class RunConfig:
             return (f"{self.scenario}-{'-'.join(self.datasets)}{model}{window}{readout}{ensemble}"
                     f"{self.baseline_part()}-seed{self.seed}")
         meta = "-".join(f"{m:g}" for m in self.meta)  # type: ignore[union-attr]
-        rule = "" if self.rule == DEFAULT_RULE else f"-{self.rule}"
-        return (f"{self.scenario}-{'-'.join(self.datasets)}{model}-meta{meta}{rule}{self.baseline_part()}"
+        return (f"{self.scenario}-{'-'.join(self.datasets)}{model}-meta{meta}{self.rule_part()}{self.baseline_part()}"
                 f"-seed{self.seed}")
 
     def stream_part(self) -> str:
@@ -407,6 +406,15 @@ class RunConfig:
         """
         mode = f"-{self.split_mode}" if self.scenario == "split" and self.split_mode != "task" else ""
         return f"{self.scenario}{mode}-{'-'.join(self.datasets)}"
+
+    def rule_part(self) -> str:
+        """The run name's part for the consolidation rule where it is not the default: ``"-cascade"``, or nothing.
+
+        Example:
+            >>> RunConfig(rule="cascade").rule_part(), RunConfig().rule_part(), RunConfig(model="mlp").rule_part()
+            ('-cascade', '', '')
+        """
+        return "" if self.rule in (None, DEFAULT_RULE) else f"-{self.rule}"
 
     def baseline_part(self) -> str:
         """The run name's part for the baseline: ``"-ewc5000"``, ``"-ewc-online100-gamma0.9"``, or nothing.
@@ -428,7 +436,7 @@ class RunConfig:
             >>> RunConfig(rule="cascade").rule_setting, RunConfig().rule_setting, RunConfig(model="mlp").rule_setting
             ('rule=cascade', '', '')
         """
-        return "" if self.rule in (None, DEFAULT_RULE) else f"rule={self.rule}"
+        return f"rule={self.rule}" if self.rule_part() else ""
 
     @property
     def baseline_setting(self) -> str:

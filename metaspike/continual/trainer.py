@@ -245,11 +245,11 @@ def _accuracies_text(accuracies: Sequence[float]) -> str:
     return " ".join(f"T{j + 1}={a:.1f}" for j, a in enumerate(accuracies) if not math.isnan(a))
 
 
-#: The trainer settings that change a run's numbers: a resumed run must have the checkpoint's.
 #: The columns of a curves row before its tasks' accuracies (one row per evaluation).
 CURVE_COLUMNS = ("task", "epoch", "global_epoch", "loss")
 #: Names a task may not take: the results files' own columns (the curves', and the accuracy matrix's first).
 RESERVED_TASK_NAMES = (*CURVE_COLUMNS, "after_task")
+#: The trainer settings that change a run's numbers: a resumed run must have the checkpoint's.
 RESULT_SETTINGS = ("epochs", "batch_size", "batchnorm", "optimizer", "seed", "eval_batch_size", "eval_every",
                    "eval_tasks")
 _LISTED_TASK_NAMES = 1000  # a longer stream is named by its first and last tasks
