@@ -26,14 +26,18 @@ Timings are interleaved in one process (a busy machine slows all alike): each ro
 ``--steps-per-round`` steps of every contestant; the speed-up is the median over rounds of the
 same round's ratio, with its range. The script also prints the product each binary layer used,
 where the step's time goes (``torch.profiler``: matrix products, optimizer, BatchNorm, the rest)
-and the test accuracy of all after one epoch on ``mnist5k``. The CPU model, its relevant flags and
-the load average head the output, which also goes to
+and the test accuracy of all after one epoch on ``mnist5k``. It also checks, at each
+binary layer of the timed step, that every exact product the device offers equals the float32 product bit for bit
+(``torch.equal``). The CPU model, its relevant flags and the load average head the output, which also goes to
 ``benchmarks/results/train_throughput_<cpu-kind>.txt`` (e.g. ``train_throughput_amd-epyc-avx2-family23.txt``),
-so figures from different machines are never mixed.
+so figures from different machines are never mixed. With ``--device cuda`` both contestants run on the GPU, the
+GPU's name heads the output and the file is ``train_throughput_cuda-<gpu>.txt``; there the step's shares come
+from the GPU time of its kernels (``torch.profiler`` with CUDA activity).
 
 Usage::
 
     python benchmarks/train_throughput.py --hidden 1024 4096 --seeds 3
+    python benchmarks/train_throughput.py --device cuda --hidden 4096
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -48,17 +53,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from inference import FLAGS, cpu  # the sibling benchmark: CPU model, kind and flags from /proc/cpuinfo
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
 import bnn
-from bnn.binary_linear import product_used
+from bnn.binary_linear import _DTYPES, product_kinds, product_used, signs_product
 from metaspike import training
 from metaspike.allocator import keep_freed_memory
+from metaspike.checks import check_device
 from metaspike.data import load_dataset
 from metaspike.optim import MetaplasticAdam
-
-from inference import FLAGS, cpu  # the sibling benchmark: CPU model, kind and flags from /proc/cpuinfo
 
 BATCH = 100
 LR = 0.005
@@ -184,8 +189,9 @@ Step = Callable[[nn.Module, Optimizer, Tensor, Tensor], float]
 Contestants = dict[str, tuple[nn.Module, Optimizer, Step]]
 
 
-def make_contestants(hidden: int, meta: float, seed: int) -> Contestants:
-    """metaspike (float32 and bfloat16 backward products) and the authors' style, same initial hidden weights."""
+def make_contestants(hidden: int, meta: float, seed: int, device: torch.device) -> Contestants:
+    """metaspike (float32 and bfloat16 backward products) and the authors' style, same initial hidden weights, on
+    ``device``."""
     sizes = [784, hidden, hidden, 10]
     torch.manual_seed(seed)
     ours = bnn.MLP(sizes)
@@ -198,6 +204,7 @@ def make_contestants(hidden: int, meta: float, seed: int) -> Contestants:
     with torch.no_grad():
         for mine, other in zip([m for m in ours if isinstance(m, bnn.BinaryLinear)], theirs.linears):
             other.weight.copy_(mine.weight)
+    ours, ours_bf16, theirs = ours.to(device), ours_bf16.to(device), theirs.to(device)
     return {
         "metaspike": (ours, MetaplasticAdam(ours.parameters(), lr=LR, meta=meta), metaspike_step),
         "metaspike bf16": (ours_bf16, MetaplasticAdam(ours_bf16.parameters(), lr=LR, meta=meta), metaspike_step),
@@ -206,11 +213,13 @@ def make_contestants(hidden: int, meta: float, seed: int) -> Contestants:
 
 
 def products_used(model: nn.Module, x: Tensor) -> list[str]:
-    """``"<in>x<out>: <product>"`` for each binary layer of ``model``, as a training step on ``x`` computes it."""
+    """``"<in>x<out>: <product>"`` for each binary layer of ``model``, as a training step on ``x`` computes it, and
+    for a layer of ±1 inputs which exact products equal the float32 one bit for bit (all of them, or the run stops)."""
     seen: list[str] = []
 
     def record(layer: nn.Module, args: tuple[Tensor, ...]) -> None:
-        seen.append(f"{layer.in_features}x{layer.out_features}: {product_used(args[0], layer)}")
+        used = product_used(args[0], layer)
+        seen.append(f"{layer.in_features}x{layer.out_features}: {used}{exact_products(layer, args[0])}")
 
     hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, bnn.BinaryLinear)]
     try:
@@ -221,11 +230,28 @@ def products_used(model: nn.Module, x: Tensor) -> list[str]:
     return seen
 
 
-def throughput(hidden: int, meta: float, rounds: int, steps_per_round: int) -> dict[str, object]:
+def exact_products(layer: nn.Module, x: Tensor) -> str:
+    """``" (int8 = bfloat16 = float32 bit for bit)"`` for the exact products of ``layer`` on ±1 input ``x``, checked
+    with ``torch.equal``; ``""`` for a layer whose input is not ±1. A product that differs stops the benchmark."""
+    x = x.detach().flatten(1)
+    if x.shape[1] != layer.in_features or not bool(x.abs().eq(1).all()):
+        return ""
+    with torch.no_grad():
+        exact = x @ layer.signs().T
+        kinds = product_kinds(x.device, *x.shape, layer.out_features)
+        for kind in kinds:
+            if not torch.equal(signs_product(x, layer.signs(_DTYPES[kind]), kind), exact):
+                raise SystemExit(f"the {kind} product of a {layer.in_features}x{layer.out_features} layer on "
+                                 f"{x.device} differs from the float32 product")
+    return f" ({' = '.join(kinds)} bit for bit)"
+
+
+def throughput(hidden: int, meta: float, rounds: int, steps_per_round: int, device: torch.device) -> dict[str, object]:
     """Per contestant: the median seconds per step of each round and where the time goes, on random data."""
-    contestants = make_contestants(hidden, meta, seed=0)
+    contestants = make_contestants(hidden, meta, seed=0, device=device)
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(BATCH, 1, 28, 28, generator=g), torch.randint(0, 10, (BATCH,), generator=g)
+    x, y = x.to(device), y.to(device)
     for model, opt, step in contestants.values():  # warm-up (allocations, timing probes, compiled steps)
         for _ in range(2):
             step(model, opt, x, y)
@@ -235,43 +261,54 @@ def throughput(hidden: int, meta: float, rounds: int, steps_per_round: int) -> d
             samples = []
             for _ in range(steps_per_round):
                 start = time.perf_counter()
-                step(model, opt, x, y)
+                step(model, opt, x, y)  # (returns the loss as a float: the device has finished the step)
                 samples.append(time.perf_counter() - start)
             times[name].append(statistics.median(samples))
-    shares = {name: time_shares(lambda m=model, o=opt, s=step: s(m, o, x, y)) for name, (model, opt, step) in
-              contestants.items()}
+    shares = {name: time_shares(lambda m=model, o=opt, s=step: s(m, o, x, y), device)
+              for name, (model, opt, step) in contestants.items()}
     return {"times": times, "shares": shares, "products": products_used(contestants["metaspike"][0], x)}
 
 
-def time_shares(step: Callable[[], object], steps: int = 3) -> dict[str, float]:
-    """Fractions of the wall time of ``step`` in matrix products, the optimizer step and BatchNorm."""
+def time_shares(step: Callable[[], object], device: torch.device, steps: int = 3) -> dict[str, float]:
+    """Fractions of the wall time of ``step`` in matrix products, the optimizer step and BatchNorm: the CPU time of
+    those operators, or on a GPU the time of the kernels they launched."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    gpu = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    with profile(activities=activities) as prof:
         start = time.perf_counter()
         for _ in range(steps):
             step()
         wall_us = (time.perf_counter() - start) * 1e6
     events = prof.key_averages()
+    own, total = ("self_device_time_total", "device_time_total") if gpu else ("self_cpu_time_total", "cpu_time_total")
     return {
-        "products": sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / wall_us,
-        "optimizer": sum(e.cpu_time_total for e in events if e.key.startswith("Optimizer.step#")) / wall_us,
-        "BatchNorm": sum(e.self_cpu_time_total for e in events if e.key in BATCH_NORM_OPS) / wall_us,
+        "products": sum(getattr(e, own) for e in events if e.key in MATMUL_OPS) / wall_us,
+        "optimizer": sum(getattr(e, total) for e in events if e.key.startswith("Optimizer.step#")) / wall_us,
+        "BatchNorm": sum(getattr(e, own) for e in events if e.key in BATCH_NORM_OPS) / wall_us,
     }
 
 
-def one_epoch_accuracy(hidden: int, meta: float, seed: int) -> dict[str, float]:
+def one_epoch_accuracy(hidden: int, meta: float, seed: int, device: torch.device) -> dict[str, float]:
     """Test accuracy (%) of each contestant after one epoch on mnist5k, same initial weights and batch order."""
     train, test = load_dataset("mnist5k"), load_dataset("mnist5k", "test")
+    x, y = train.x.to(device), train.y.to(device)
     result = {}
-    for name, (model, opt, step) in make_contestants(hidden, meta, seed).items():
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    for name, (model, opt, step) in make_contestants(hidden, meta, seed, device).items():
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).to(device)
         model.train()
         for start in range(0, len(train) - BATCH + 1, BATCH):
             index = order[start : start + BATCH]
-            step(model, opt, train.x[index], train.y[index])
-        result[name] = training.evaluate(model, test.x, test.y)
+            step(model, opt, x[index], y[index])
+        result[name] = training.evaluate(model, test.x, test.y, device=device)
     return result
+
+
+def gpu(device: torch.device) -> tuple[str, str]:
+    """``(name, kind)`` of the CUDA ``device``, e.g. ``("NVIDIA H200", "cuda-nvidia-h200")``."""
+    name = torch.cuda.get_device_name(device)
+    return name, "cuda-" + "-".join(re.findall(r"[a-z0-9]+", name.lower()))
 
 
 def main() -> None:
@@ -285,9 +322,14 @@ def main() -> None:
     parser.add_argument("--no-accuracy", action="store_true", help="skip the one-epoch accuracy check")
     parser.add_argument("--out", type=Path, default=None,
                         help="results file (default: results/train_throughput_<cpu-kind>.txt)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
     parser.add_argument("--release-freed-memory", action="store_true",
                         help="keep glibc's default of returning freed memory (the metaspike command keeps it)")
     args = parser.parse_args()
+    try:
+        device = check_device(args.device, "--device")
+    except ValueError as err:
+        parser.error(str(err))
     kept = not args.release_freed_memory and keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -299,12 +341,15 @@ def main() -> None:
         lines.append(line)
 
     say(f"CPU: {cpu_name} ({os.cpu_count()} logical CPUs); flags: {' '.join(flags) or 'none of ' + ', '.join(FLAGS)}")
+    if device.type == "cuda":
+        gpu_name, kind = gpu(device)
+        say(f"GPU: {gpu_name} ({device}); both contestants run on it")
     say(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     say(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, meta {args.meta}, "
         f"{args.rounds} rounds of {args.steps_per_round} steps each; freed memory "
         f"{'kept' if kept else 'returned to the system'} (metaspike.allocator)")
     for hidden in args.hidden:
-        result = throughput(hidden, args.meta, args.rounds, args.steps_per_round)
+        result = throughput(hidden, args.meta, args.rounds, args.steps_per_round, device)
         times, shares = result["times"], result["shares"]
         say(f"784-{hidden}-{hidden}-10: products of metaspike's binary layers: {'; '.join(result['products'])}")
         for name, per_round in times.items():
@@ -318,7 +363,7 @@ def main() -> None:
                 f"(rounds: {min(ratios):.2f}-{max(ratios):.2f}x)")
         if not args.no_accuracy:
             for seed in range(args.seeds):
-                acc = one_epoch_accuracy(hidden, args.meta, seed)
+                acc = one_epoch_accuracy(hidden, args.meta, seed, device)
                 say(f"  one epoch on mnist5k, seed {seed}: test accuracy "
                     + ", ".join(f"{name} {value:.1f}%" for name, value in acc.items()))
     say(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
