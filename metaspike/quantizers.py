@@ -41,6 +41,10 @@ def binary_sign(x: Tensor, out: Tensor | None = None) -> Tensor:
     """
     # sign(x) + 0.5 lies in {-0.5, 0.5, 1.5}, so its sign maps 0 (and -0.0) to +1; several times faster on
     # CPU than torch.where(x >= 0, 1.0, -1.0), which builds a mask and two scalar tensors
+    if out is None and torch.compiler.is_compiling():
+        # out of place: torch 2.11 compiled a straight-through sign with in-place steps in its forward pass to a
+        # zero gradient (2.13 did not); a compiled graph fuses the three steps anyway
+        return torch.sign(torch.sign(x) + 0.5)
     return torch.sign(x, out=out).add_(0.5).sign_()
 
 

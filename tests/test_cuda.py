@@ -36,8 +36,9 @@ def test_metaplastic_adam_steps_on_the_gpu_as_on_the_cpu():
         for grad in grads:
             w.grad = grad.to(device)
             opt.step()
-        results.append(w.detach().cpu() - weight)  # the updates: their size is the lr, not the weight's
-    torch.testing.assert_close(results[1], results[0], rtol=UPDATE_RTOL, atol=0.005 * UPDATE_RTOL)
+        results.append(w.detach().cpu())
+    # each of the 5 updates (about lr in size) within UPDATE_RTOL of the CPU's, and each weight rounded once per step
+    torch.testing.assert_close(results[1], results[0], rtol=5 * 2**-24, atol=5 * 0.005 * UPDATE_RTOL)
 
 
 def test_bimu_and_mesu_steps_on_the_gpu_as_on_the_cpu():
@@ -102,7 +103,9 @@ def test_a_binarized_mlp_learns_digits_on_the_gpu_as_on_the_cpu():
     ("mesu", []),
     ("leaky", ["--num-steps", "4"]),
     ("leaky+bimu", ["--num-steps", "4"]),
-    ("bimu", ["--batch-size", "1", "--samples-per-task", "400"]),  # batch 1: the fused BiMU step
+    # batch 1: the fused BiMU step (it needs more samples and units than one epoch of 64 units at batch 64: two CPU
+    # runs of this case ended task 2 at 58 and 71 %)
+    ("bimu", ["--batch-size", "1", "--samples-per-task", "1000", "--hidden", "100"]),
 ])
 def test_the_command_trains_each_kind_of_model_on_the_gpu(tmp_path, model, extra):
     args = ["train", "--model", model, "--dataset", "digits", "--tasks", "2", "--epochs", "1", "--hidden", "64",

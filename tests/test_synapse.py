@@ -30,6 +30,21 @@ def test_ste_sign_passes_the_gradient_only_where_abs_x_le_clip_value_as_larq_doe
         ste_sign(y, clip_value=-1)
 
 
+@pytest.mark.parametrize("clip_value", [None, 1.0])
+def test_a_compiled_ste_sign_gives_the_eager_value_and_gradient(clip_value):
+    """torch 2.11 compiled the sign's in-place steps to a zero gradient: a compiled bnn model learned nothing."""
+    x = torch.tensor([-2.0, -0.3, 0.0, -0.0, 0.7, 1.5])
+    weights = torch.arange(1.0, 7.0)
+    results = []
+    for fn in (ste_sign, torch.compile(ste_sign)):
+        w = x.clone().requires_grad_()
+        out = fn(w, clip_value)
+        (out * weights).sum().backward()
+        results.append((out.tolist(), w.grad.tolist()))
+    assert results[1] == results[0]
+    assert results[0][0] == [-1.0, -1.0, 1.0, 1.0, 1.0, 1.0]
+
+
 def test_a_data_edit_of_the_hidden_weights_reaches_the_next_forward_pass():
     layer = bnn.BinaryLinear(4, 3)
     x = torch.ones(1, 4)
