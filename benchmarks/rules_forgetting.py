@@ -14,10 +14,10 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from metaspike.continual.results import atomic_write_text
 from metaspike.app.compare import compare
 from metaspike.app.config import RunConfig, parse_meta
 from metaspike.app.tables import comparison_csv
+from metaspike.continual.results import atomic_write_text
 
 
 def main() -> None:

@@ -7,13 +7,13 @@ Example:
     layer ...
 """
 
-from metaspike.population_statistics import use_population_statistics
-from bnn.layers import BinaryConv2d, BinaryLinear, MagnitudeGate, SignActivation
 from bnn.bayesian_layers import BayesianConv2d, BayesianLinear, BinaryBayesianConv2d, BinaryBayesianLinear
+from bnn.layers import BinaryConv2d, BinaryLinear, MagnitudeGate, SignActivation
+from bnn.model_summary import summary
 from bnn.models import MLP, ConvNet
 from bnn.packed import PackedMLP, pack
-from bnn.model_summary import summary
 from bnn.training import evaluate, fit
+from metaspike.population_statistics import use_population_statistics
 
 __all__ = [
     "BinaryLinear", "BinaryConv2d", "SignActivation", "MagnitudeGate", "MLP", "ConvNet", "summary",

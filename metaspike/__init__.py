@@ -14,7 +14,7 @@ import importlib as _importlib
 import typing as _typing
 
 if _typing.TYPE_CHECKING:  # what the names are, for type checkers and editors
-    from metaspike.bayesian import BiMU, MESU, bayesianize
+    from metaspike.bayesian import MESU, BiMU, bayesianize
     from metaspike.chained import ChainedOptimizer
     from metaspike.functional import consolidate
     from metaspike.optim import MetaplasticAdam, consolidates, metaplastic, param_groups

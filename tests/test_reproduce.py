@@ -10,14 +10,14 @@ import torch
 
 import bnn
 from metaspike.app.cli import main
-from metaspike.data import load_dataset
 from metaspike.app.config import RunConfig
 from metaspike.app.reproduce import reproduce
 from metaspike.app.reproduce.continual import Method, compare_methods, run_method
 from metaspike.app.reproduce.experiments import EXPERIMENTS
-from metaspike.app.reproduce.scales import meta_at
 from metaspike.app.reproduce.flips import flip_loss_increase
 from metaspike.app.reproduce.quadratic import QuadraticTask, train_quadratic
+from metaspike.app.reproduce.scales import meta_at
+from metaspike.data import load_dataset
 
 TINY = RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(32,), batch_size=50)
 

@@ -75,7 +75,8 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_names_the_command_that_continues
 
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
     from metaspike.app.config import RunConfig
-    from metaspike.app.runs import make_run_scenario as _scenario, _trainer
+    from metaspike.app.runs import _trainer
+    from metaspike.app.runs import make_run_scenario as _scenario
     from metaspike.continual import RunDirectory
 
     config = RunConfig(datasets=("digits",), tasks=2, epochs=3, hidden=(32,), meta=(5.0,))
@@ -126,9 +127,11 @@ def test_checkpoints_load_with_weights_only(tmp_path):
 
 
 def test_resume_keeps_the_state_of_a_baseline_plugin():
-    from metaspike.continual.baselines import EWC
     from metaspike.app.config import RunConfig
-    from metaspike.app.runs import make_run_scenario as _scenario, build_run_model as build_model, build_trainer
+    from metaspike.app.runs import build_run_model as build_model
+    from metaspike.app.runs import build_trainer
+    from metaspike.app.runs import make_run_scenario as _scenario
+    from metaspike.continual.baselines import EWC
 
     config = RunConfig(datasets=("digits",), tasks=2, epochs=2, hidden=(32,), meta=(0.0,))
     scenario = _scenario(config)

@@ -4,10 +4,10 @@ from metaspike.continual.batchnorm import batchnorm_state, load_batchnorm_state
 from metaspike.continual.metrics import (
     average_accuracy,
     backward_transfer,
+    evaluated_accuracy,
     forgetting,
     forward_transfer,
     last_tasks_accuracy,
-    evaluated_accuracy,
     summarize,
     task_accuracy_over_time,
 )

@@ -1,8 +1,13 @@
-import sys, time, json
+import json
+import sys
+import time
 from dataclasses import replace
-from metaspike.app.reproduce.long_stream import METHODS, stream_config, run_method
-from metaspike.continual.metrics import evaluated_accuracy, last_tasks_accuracy
+
 import numpy as np
+
+from metaspike.app.reproduce.long_stream import METHODS, run_method, stream_config
+from metaspike.continual.metrics import evaluated_accuracy, last_tasks_accuracy
+
 seed = int(sys.argv[1])
 method = next(m for m in METHODS if m.label == "EWC-Online")
 config = replace(stream_config("cpu", seed), **method.settings)
