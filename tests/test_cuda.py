@@ -95,7 +95,9 @@ def test_a_compiled_binary_layer_on_the_gpu_gives_the_eager_output_and_gradients
 
 def test_a_binarized_mlp_learns_digits_on_the_gpu_as_on_the_cpu():
     """The same model, data and batch order on both devices: the ±1 products are exact, so the runs differ only by
-    rounding in the first layer, BatchNorm and the optimizer, and end at nearly the same accuracy."""
+    rounding in the first layer, BatchNorm and the optimizer. Once a sign after BatchNorm flips by rounding the
+    trajectories part like two seeds': six seeds of this run on a CPU ended at 96.7-98.3 % (AMD EPYC Zen 5), so
+    the two must end within 5 points and above 90 %."""
     train, test = load_dataset("digits"), load_dataset("digits", "test")
     accuracy = []
     for device in ("cpu", GPU):
@@ -111,7 +113,7 @@ def test_a_binarized_mlp_learns_digits_on_the_gpu_as_on_the_cpu():
                 opt.step()
         assert all(p.device.type == device for p in model.parameters())
         accuracy.append(metaspike.training.evaluate(model, test.x.flatten(1), test.y, device=device))
-    assert accuracy[1] > 80 and abs(accuracy[1] - accuracy[0]) < 5, accuracy
+    assert accuracy[1] > 90 and abs(accuracy[1] - accuracy[0]) < 5, accuracy
 
 
 @pytest.mark.parametrize("model, extra", [
