@@ -7,6 +7,7 @@ Example:
     layer ...
 """
 
+import metaspike  # noqa: F401  (first: it refuses a torch older than it runs on before anything imports torch)
 from bnn.bayesian_layers import BayesianConv2d, BayesianLinear, BinaryBayesianConv2d, BinaryBayesianLinear
 from bnn.layers import BinaryConv2d, BinaryLinear, MagnitudeGate, SignActivation
 from bnn.model_summary import summary

@@ -11,7 +11,45 @@ Example:
 """
 
 import importlib as _importlib
+import re as _re
 import typing as _typing
+from importlib import util as _util
+from pathlib import Path as _Path
+
+MIN_TORCH = (2, 11)
+"""The oldest torch metaspike runs on: torch.compile in 2.3-2.10 drew BiMU's weight samples wrongly (a fused loop of
+64-bit integer hashing and conversion to float gave zeros, then NaN), without an error."""
+
+
+def torch_version_problem(found: str) -> str | None:
+    """Why torch ``found`` (a version string) cannot run metaspike, or ``None`` where it can.
+
+    Example:
+        >>> torch_version_problem("2.13.0+cpu") is None, torch_version_problem("2.9.1")[:35]
+        (True, 'metaspike needs torch 2.11 or newer')
+    """
+    numbers = tuple(int(part) for part in _re.findall(r"\d+", found)[:2])
+    if len(numbers) == 2 and numbers < MIN_TORCH:
+        return (f"metaspike needs torch {MIN_TORCH[0]}.{MIN_TORCH[1]} or newer, found torch {found}: "
+                "its torch.compile draws wrong Bayesian weight samples (pip install 'torch>=2.11')")
+    return None
+
+
+def _check_torch() -> None:
+    """Refuse an older torch at import, from the version file torch is built with, read without importing torch
+    (``import metaspike`` imports no torch; importlib.metadata would take 25 ms to import)."""
+    spec = _util.find_spec("torch")
+    version_file = _Path(spec.origin).with_name("version.py") if spec and spec.origin else None
+    try:
+        found = _re.search(r"^__version__\s*=\s*['\"]([^'\"]+)", version_file.read_text(), _re.M) if version_file else None
+    except (OSError, UnicodeDecodeError):  # (torch's own import will say what is wrong with it)
+        return
+    problem = torch_version_problem(found.group(1)) if found else None
+    if problem:
+        raise ImportError(problem)
+
+
+_check_torch()
 
 if _typing.TYPE_CHECKING:  # what the names are, for type checkers and editors
     from metaspike.bayesian import MESU, BiMU, bayesianize

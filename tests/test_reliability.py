@@ -234,3 +234,21 @@ def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path):
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     assert err.strip().startswith("metaspike: interrupted") and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("package", ["metaspike", "bnn"])
+def test_an_older_torch_is_refused_at_import_with_one_line(tmp_path, package):
+    """torch 2.3-2.10 compiled BiMU's weight samples wrongly, without an error: importing metaspike refuses them,
+    from torch's version file (no torch is imported)."""
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise SystemExit('torch was imported')\n")
+    (fake / "version.py").write_text("__version__ = '2.9.1+cpu'\n")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(root)])}
+    done = subprocess.run([sys.executable, "-c", f"import {package}"], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "ImportError: metaspike needs torch 2.11 or newer, found torch 2.9.1+cpu: its torch.compile draws wrong "
+        "Bayesian weight samples (pip install 'torch>=2.11')")
