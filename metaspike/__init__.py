@@ -30,8 +30,9 @@ def torch_version_problem(found: str) -> str | None:
     """
     numbers = tuple(int(part) for part in _re.findall(r"\d+", found)[:2])
     if len(numbers) == 2 and numbers < MIN_TORCH:
-        return (f"metaspike needs torch {MIN_TORCH[0]}.{MIN_TORCH[1]} or newer, found torch {found}: "
-                "its torch.compile draws wrong Bayesian weight samples (pip install 'torch>=2.11')")
+        oldest = ".".join(map(str, MIN_TORCH))
+        return (f"metaspike needs torch {oldest} or newer, found torch {found}: its torch.compile draws wrong "
+                f"Bayesian weight samples (pip install 'torch>={oldest}')")
     return None
 
 
@@ -41,9 +42,10 @@ def _check_torch() -> None:
     spec = _util.find_spec("torch")
     version_file = _Path(spec.origin).with_name("version.py") if spec and spec.origin else None
     try:
-        found = _re.search(r"^__version__\s*=\s*['\"]([^'\"]+)", version_file.read_text(), _re.M) if version_file else None
+        text = version_file.read_text() if version_file else ""
     except (OSError, UnicodeDecodeError):  # (torch's own import will say what is wrong with it)
         return
+    found = _re.search(r"^__version__\s*=\s*['\"]([^'\"]+)", text, _re.M)
     problem = torch_version_problem(found.group(1)) if found else None
     if problem:
         raise ImportError(problem)
