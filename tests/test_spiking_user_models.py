@@ -67,6 +67,18 @@ def test_the_triangular_surrogate_is_a_triangle_around_the_threshold():
     assert torch.equal(x.grad, torch.tensor([0.0, 0.5, 0.75, 1.0, 0.75, 0.5, 0.0]))
 
 
+def test_the_sigmoid_surrogate_is_the_sigmoids_slope_and_finite_far_below_the_threshold():
+    """snnTorch 1.0's sigmoid surrogate squared an overflowing exp: NaN below x = -3.5, a NaN first step."""
+    x = torch.tensor([-1e4, -5.0, -3.5, -0.1, 0.0, 0.1, 5.0, 1e4], dtype=torch.float32, requires_grad=True)
+    spikes = surrogate("sigmoid")(x)
+    spikes.sum().backward()
+    assert torch.equal(spikes, (x > 0).float())
+    exact = torch.func.grad(lambda v: torch.sigmoid(25 * v).sum())(x.detach().double())
+    # sigmoid and two products in float32: a few roundings of 2**-24 each, relative to the slope (at most 6.25)
+    torch.testing.assert_close(x.grad.double(), exact, rtol=2**-20, atol=1e-12)
+    assert x.grad[4] == 6.25 and bool(torch.isfinite(x.grad).all())
+
+
 def test_param_groups_of_a_float_spiking_model_consolidate_its_layers_weights_not_its_neurons():
     beta = torch.full((4, 1, 1), 0.9)  # a per-channel decay, as snnTorch's conv tutorials shape it
     net = nn.Sequential(nn.Conv2d(1, 4, 3), snn.Leaky(beta=beta, learn_beta=True, init_hidden=True), nn.Flatten(),

@@ -50,48 +50,67 @@ def _fires(x: Tensor) -> Tensor:
     return (x > 0).to(x.dtype)
 
 
-class _TriangularSpike(torch.autograd.Function):
-    """``heaviside(x)`` (``x > 0``) with the triangular surrogate gradient ``max(0, 1 − |x|)``. (snnTorch 0.9's
-    ``surrogate.triangular`` gives ``+1`` below the threshold and ``−1`` at and above it: a model trained with it
-    reached 41 % on digits where atan reached 82 %.)"""
+def _triangular_slope(x: Tensor) -> Tensor:
+    """``max(0, 1 − |x|)``. (snnTorch 0.9's ``surrogate.triangular`` gives ``+1`` below the threshold and ``−1`` at
+    and above it: a model trained with it reached 41 % on digits where atan reached 82 %.)"""
+    return (1 - x.abs()).clamp(min=0)
+
+
+SIGMOID_SLOPE = 25.0
+"""``k`` of the sigmoid surrogate ``d/dx sigmoid(k·x)`` (snnTorch's default)."""
+
+
+def _sigmoid_slope(x: Tensor) -> Tensor:
+    """``k·σ(kx)·(1 − σ(kx))``, finite for every ``x``. (snnTorch 1.0's ``surrogate.sigmoid`` forms
+    ``k·e^{−kx} / (e^{−kx} + 1)²``, whose square overflows float32 below ``x ≈ −3.5`` at ``k = 25``: NaN gradients,
+    which a binarized Leaky network on digits met at its first step and never left chance.)"""
+    s = torch.sigmoid(SIGMOID_SLOPE * x)
+    return SIGMOID_SLOPE * s * (1 - s)
+
+
+class _SurrogateSpike(torch.autograd.Function):
+    """``heaviside(x)`` (``x > 0``) whose gradient is ``slope(x)`` (one of the ``_*_slope`` functions above)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
+    def forward(ctx: Any, x: Tensor, slope: Callable[[Tensor], Tensor]) -> Tensor:
         ctx.save_for_backward(x)
+        ctx.slope = slope
         return _fires(x)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         (x,) = ctx.saved_tensors
-        return grad * (1 - x.abs()).clamp(min=0)
+        return grad * ctx.slope(x), None
 
 
-class _TransformableTriangularSpike(_TriangularSpike):
-    """:class:`_TriangularSpike` in the form torch.func transforms run (:mod:`metaspike.function_transforms`)."""
+class _TransformableSurrogateSpike(_SurrogateSpike):
+    """:class:`_SurrogateSpike` in the form torch.func transforms run (:mod:`metaspike.function_transforms`)."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(x: Tensor, slope: Callable[[Tensor], Tensor]) -> Tensor:  # type: ignore[override]
         return _fires(x)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        ctx.save_for_backward(*inputs)
+        x, slope = inputs
+        ctx.save_for_backward(x)
+        ctx.slope = slope
 
 
-def _triangular_spike(x: Tensor) -> Tensor:
-    return function_transforms.apply(_TriangularSpike, _TransformableTriangularSpike, x)
+def _spike_with(slope: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """The spike function whose surrogate gradient is ``slope``."""
+    return lambda x: function_transforms.apply(_SurrogateSpike, _TransformableSurrogateSpike, x, slope)
 
 
 # name -> (backend, factory of the spike function; Norse names map to its threshold ``method``)
 _SNNTORCH_SURROGATES = {
     "fast_sigmoid": lambda s: s.fast_sigmoid(slope=25),
     "atan": lambda s: s.atan(alpha=2.0),
-    "sigmoid": lambda s: s.sigmoid(slope=25),
-    "triangular": lambda s: _triangular_spike,
     "straight_through": lambda s: s.straight_through_estimator(),
 }
+_OWN_SURROGATES = {"sigmoid": _sigmoid_slope, "triangular": _triangular_slope}  # (snnTorch's versions of these fail)
 _NORSE_SURROGATES = {"superspike": ("super", 100.0), "tanh": ("tanh", 100.0), "triangle": ("triangle", 0.3)}
 
 
@@ -102,19 +121,21 @@ def available_surrogates() -> list[str]:
         >>> available_surrogates()
         ['atan', 'fast_sigmoid', 'sigmoid', 'straight_through', 'superspike', 'tanh', 'triangle', 'triangular']
     """
-    return sorted([*_SNNTORCH_SURROGATES, *_NORSE_SURROGATES])
+    return sorted([*_SNNTORCH_SURROGATES, *_OWN_SURROGATES, *_NORSE_SURROGATES])
 
 
 def _check_surrogate(name: str) -> None:
-    if name not in _SNNTORCH_SURROGATES and name not in _NORSE_SURROGATES:
+    if name not in available_surrogates():
         raise ValueError(f"unknown surrogate {name!r}; available: {', '.join(available_surrogates())}")
 
 
 def surrogate(name: str) -> SpikeFunction:
     """Spike function ``x -> heaviside(x)`` whose gradient is the named surrogate.
 
-    snnTorch names come from ``snntorch.surrogate``, Norse names from ``norse.torch.functional``
-    (SuperSpike: ``"superspike"``). Usable as snnTorch's ``spike_grad`` or in plain torch. The spikes have the
+    ``"atan"``, ``"fast_sigmoid"`` and ``"straight_through"`` come from ``snntorch.surrogate``; ``"sigmoid"``
+    (``d/dx sigmoid(25x)``) and ``"triangular"`` (``max(0, 1 − |x|)``) are metaspike's own, since snnTorch's give
+    NaN or wrong-signed gradients; Norse names come from ``norse.torch.functional`` (SuperSpike: ``"superspike"``).
+    Usable as snnTorch's ``spike_grad`` or in plain torch. The spikes have the
     input's dtype (snnTorch's own functions return float32 spikes whatever the input, which a model moved to float64
     then fails on; so does an snnTorch neuron built without ``spike_grad``, whose default is snnTorch's arctangent).
 
@@ -123,6 +144,8 @@ def surrogate(name: str) -> SpikeFunction:
         tensor([0., 1.])
     """
     _check_surrogate(name)
+    if name in _OWN_SURROGATES:
+        return _spike_with(_OWN_SURROGATES[name])
     if name in _SNNTORCH_SURROGATES:
         spike = _SNNTORCH_SURROGATES[name](importlib.import_module(require_snntorch().__name__ + ".surrogate"))
         return lambda x: spike(x).to(x.dtype)
