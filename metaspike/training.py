@@ -73,6 +73,10 @@ class Plugin:
         return None
 
 
+_OUTPUT_SHAPES = "[B, classes] (or [S, B, classes]: S weight samples of a Bayesian network)"
+_REDUCED_OVER_TIME = "a spiking model returns its output reduced over time (metaspike.snn.SpikingClassifier does that)"
+
+
 def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str = "input",
                  classes: Sequence[int] | None = None) -> None:
     """Reject data that cannot train ``model``, with one clear message.
@@ -118,15 +122,11 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
         model.train(was_training)
     if not isinstance(out, Tensor) or out.dim() not in (2, 3):
         got = f"a {type(out).__name__}" if not isinstance(out, Tensor) else f"shape {list(out.shape)}"
-        raise ValueError(f"the model must return logits [B, classes] (or [S, B, classes]: S weight samples of a "
-                         f"Bayesian network), got {got}; a spiking model returns its output reduced over time "
-                         "(metaspike.snn.SpikingClassifier does that)")
+        raise ValueError(f"the model must return logits {_OUTPUT_SHAPES}, got {got}; {_REDUCED_OVER_TIME}")
     probed = min(len(x), 2)
     if out.shape[-2] != probed:
         raise ValueError(f"the model returns {list(out.shape)} for {probed} samples of {what}: its outputs must be "
-                         "[B, classes] (or [S, B, classes]: S weight samples of a Bayesian network), the batch second "
-                         "to last; a spiking model returns its output reduced over time (metaspike.snn.SpikingClassifier "
-                         "does that)")
+                         f"{_OUTPUT_SHAPES}, the batch second to last; {_REDUCED_OVER_TIME}")
     if out.dim() == 3 and next(bayesian_modules(model), None) is None:
         warnings.warn(f"the model returns {list(out.shape)} outputs, read as {out.shape[0]} weight samples of a "
                       "Bayesian network (the loss averages over them, a prediction averages their log-probabilities), "
