@@ -11,12 +11,11 @@ import importlib
 import sys
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from metaspike import function_transforms
+from metaspike.snn.spikes import surrogate_spike
 
 __all__ = [
     "require_snntorch", "require_norse", "available_surrogates", "surrogate", "norse_method", "reset_states",
@@ -46,71 +45,32 @@ def require_norse() -> ModuleType:
     return _require("norse.torch", "norse")
 
 
-def _fires(x: Tensor) -> Tensor:
-    return (x > 0).to(x.dtype)
-
-
-def _triangular_slope(x: Tensor) -> Tensor:
-    """``max(0, 1 − |x|)``. (snnTorch 0.9's ``surrogate.triangular`` gives ``+1`` below the threshold and ``−1`` at
-    and above it: a model trained with it reached 41 % on digits where atan reached 82 %.)"""
-    return (1 - x.abs()).clamp(min=0)
+def _triangular_gradient(x: Tensor, grad: Tensor) -> Tensor:
+    """``grad·max(0, 1 − |x|)``. (snnTorch 0.9's ``surrogate.triangular`` gives ``+1`` below the threshold and ``−1``
+    at and above it: a model trained with it reached 41 % on digits where atan reached 82 %.)"""
+    return grad * (1 - x.abs()).clamp(min=0)
 
 
 SIGMOID_SLOPE = 25.0
 """``k`` of the sigmoid surrogate ``d/dx sigmoid(k·x)`` (snnTorch's default)."""
 
 
-def _sigmoid_slope(x: Tensor) -> Tensor:
-    """``k·σ(kx)·(1 − σ(kx))``, finite for every ``x``. (snnTorch 1.0's ``surrogate.sigmoid`` forms
+def _sigmoid_gradient(x: Tensor, grad: Tensor) -> Tensor:
+    """``grad·k·σ(kx)·(1 − σ(kx))``, finite for every ``x``. (snnTorch 1.0's ``surrogate.sigmoid`` forms
     ``k·e^{−kx} / (e^{−kx} + 1)²``, whose square overflows float32 below ``x ≈ −3.5`` at ``k = 25``: NaN gradients,
     which a binarized Leaky network on digits met at its first step and never left chance.)"""
     s = torch.sigmoid(SIGMOID_SLOPE * x)
-    return SIGMOID_SLOPE * s * (1 - s)
+    return grad * (SIGMOID_SLOPE * s * (1 - s))
 
 
-class _SurrogateSpike(torch.autograd.Function):
-    """``heaviside(x)`` (``x > 0``) whose gradient is ``slope(x)`` (one of the ``_*_slope`` functions above)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, slope: Callable[[Tensor], Tensor]) -> Tensor:
-        ctx.save_for_backward(x)
-        ctx.slope = slope
-        return _fires(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        (x,) = ctx.saved_tensors
-        return grad * ctx.slope(x), None
-
-
-class _TransformableSurrogateSpike(_SurrogateSpike):
-    """:class:`_SurrogateSpike` in the form torch.func transforms run (:mod:`metaspike.function_transforms`)."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x: Tensor, slope: Callable[[Tensor], Tensor]) -> Tensor:  # type: ignore[override]
-        return _fires(x)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        x, slope = inputs
-        ctx.save_for_backward(x)
-        ctx.slope = slope
-
-
-def _spike_with(slope: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """The spike function whose surrogate gradient is ``slope``."""
-    return lambda x: function_transforms.apply(_SurrogateSpike, _TransformableSurrogateSpike, x, slope)
-
-
-# name -> (backend, factory of the spike function; Norse names map to its threshold ``method``)
+# name -> the spike function, from snntorch.surrogate; metaspike's own: name -> its surrogate gradient; Norse's:
+# name -> its threshold (method, alpha)
 _SNNTORCH_SURROGATES = {
     "fast_sigmoid": lambda s: s.fast_sigmoid(slope=25),
     "atan": lambda s: s.atan(alpha=2.0),
     "straight_through": lambda s: s.straight_through_estimator(),
 }
-_OWN_SURROGATES = {"sigmoid": _sigmoid_slope, "triangular": _triangular_slope}  # (snnTorch's versions of these fail)
+_OWN_SURROGATES = {"sigmoid": _sigmoid_gradient, "triangular": _triangular_gradient}  # (snnTorch's ones fail)
 _NORSE_SURROGATES = {"superspike": ("super", 100.0), "tanh": ("tanh", 100.0), "triangle": ("triangle", 0.3)}
 
 
@@ -145,7 +105,8 @@ def surrogate(name: str) -> SpikeFunction:
     """
     _check_surrogate(name)
     if name in _OWN_SURROGATES:
-        return _spike_with(_OWN_SURROGATES[name])
+        gradient = _OWN_SURROGATES[name]
+        return lambda x: surrogate_spike(x, gradient)
     if name in _SNNTORCH_SURROGATES:
         spike = _SNNTORCH_SURROGATES[name](importlib.import_module(require_snntorch().__name__ + ".surrogate"))
         return lambda x: spike(x).to(x.dtype)

@@ -8,13 +8,12 @@ and its membrane decay and firing threshold are trained by backprop with the syn
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from metaspike import function_transforms
 from metaspike.checks import is_whole, number_in
+from metaspike.snn.spikes import surrogate_spike
 
 __all__ = ["SelfRecurrentLIF", "fast_sigmoid_spike", "check_decay"]
 
@@ -30,39 +29,8 @@ def check_decay(beta: float) -> float:
     return beta
 
 
-def _heaviside(x: Tensor) -> Tensor:
-    return (x > 0).to(x.dtype)
-
-
-class _FastSigmoidSpike(torch.autograd.Function):
-    @staticmethod
-    def remember(ctx: Any, x: Tensor, slope: float) -> None:
-        ctx.save_for_backward(x)
-        ctx.slope = slope
-
-    @staticmethod
-    def forward(ctx, x: Tensor, slope: float) -> Tensor:  # type: ignore[override]
-        _FastSigmoidSpike.remember(ctx, x, slope)
-        return _heaviside(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        (x,) = ctx.saved_tensors
-        return grad / (ctx.slope * x.abs() + 1.0) ** 2, None
-
-
-class _TransformableFastSigmoidSpike(_FastSigmoidSpike):
-    """:class:`_FastSigmoidSpike` in the form torch.func transforms run (:mod:`metaspike.function_transforms`)."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x: Tensor, slope: float) -> Tensor:  # type: ignore[override]
-        return _heaviside(x)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        _FastSigmoidSpike.remember(ctx, *inputs)
+def _fast_sigmoid_gradient(x: Tensor, grad: Tensor, slope: float) -> Tensor:
+    return grad / (slope * x.abs() + 1.0) ** 2
 
 
 def fast_sigmoid_spike(x: Tensor, slope: float = 25.0) -> Tensor:
@@ -72,7 +40,7 @@ def fast_sigmoid_spike(x: Tensor, slope: float = 25.0) -> Tensor:
         >>> fast_sigmoid_spike(torch.tensor([-0.1, 0.2]))
         tensor([0., 1.])
     """
-    return function_transforms.apply(_FastSigmoidSpike, _TransformableFastSigmoidSpike, x, slope)
+    return surrogate_spike(x, _fast_sigmoid_gradient, slope)
 
 
 class SelfRecurrentLIF(nn.Module):
