@@ -475,7 +475,7 @@ def _refuse_shared_learning_rate(args: argparse.Namespace) -> None:
     """
     from metaspike.app.models import optimizer_kind
 
-    kinds = {n: optimizer_kind(n) for n in args.neurons if optimizer_kind(n) in DEFAULT_LR}
+    kinds = {n: kind for n in args.neurons if (kind := optimizer_kind(n)) in DEFAULT_LR}
     for key in ("lr", "weight_decay"):
         if getattr(args, key) is not None and len(set(kinds.values())) > 1:
             trained = ", ".join(f"{n}: {kind}" for n, kind in kinds.items())
