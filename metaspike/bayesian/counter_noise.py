@@ -91,10 +91,16 @@ def random_words(key: Tensor, index: Tensor) -> Tensor:
         >>> w.dtype, len(set(w.tolist()))
         (torch.int64, 3)
     """
+    z = _words_before_last_shift(key, index)
+    return z ^ _shift_right(z, 31)
+
+
+def _words_before_last_shift(key: Tensor, index: Tensor) -> Tensor:
+    """:func:`random_words` without its last step ``z ^ (z >> 31)``, which leaves the top 33 bits as they are
+    (``z >> 31`` has only 33 significant bits): a uniform, which takes the top 24, skips it."""
     z = (index + key) * GOLDEN_GAMMA
     z = (z ^ _shift_right(z, 30)) * MIX1
-    z = (z ^ _shift_right(z, 27)) * MIX2
-    return z ^ _shift_right(z, 31)
+    return (z ^ _shift_right(z, 27)) * MIX2
 
 
 _ARITHMETIC = (torch.float32, torch.float64)  # the dtypes draws are computed in
@@ -229,7 +235,7 @@ def counter_uniform(shape: tuple[int, ...], key: Tensor, dtype: torch.dtype = to
         >>> u.shape, bool(((u > 0) & (u < 1)).all())
         (torch.Size([2, 3]), True)
     """
-    words = random_words(key, _counters(math.prod(shape), key.device))
+    words = _words_before_last_shift(key, _counters(math.prod(shape), key.device))  # (the top bits of random_words')
     return _high_uniform(words, dtype).clamp_max(1.0 - torch.finfo(dtype).eps / 2).view(shape)
 
 

@@ -163,14 +163,22 @@ def _mesu_update_(mu: Tensor, sigma: Tensor, grad_mu: Tensor, grad_sigma: Tensor
     sigma.add_(step_sigma * half_lr_sigma)
 
 
+def _exp_pair(lam: Tensor, inv_tau: Tensor | float = 1.0) -> tuple[Tensor, Tensor]:
+    """``(e, 1/(1 + e))`` with ``e = exp(−2|λ|/τ)``: BiMU's relaxed sample takes its two sigmoids from them
+    (:func:`~metaspike.bayesian.synapses._relaxed_sample_rational`) and its update ``tanh λ`` (``τ = 1``), so a step
+    that does both computes them once."""
+    e = torch.exp(lam.abs() * (-2.0 * inv_tau))
+    return e, 1.0 / (1.0 + e)
+
+
 def _bimu_update_(lam: Tensor, grad: Tensor, *, lr: float, inv_lr_max: float, likelihood_multiplier: float,
-                  kl_multiplier: float, inv_N: float) -> None:
-    """The BiMU rule on one tensor ``λ``, in place: the one implementation, one compiled loop."""
+                  kl_multiplier: float, inv_N: float, pair: tuple[Tensor, Tensor] | None = None) -> None:
+    """The BiMU rule on one tensor ``λ``, in place: the one implementation, one compiled loop; ``pair`` is
+    :func:`_exp_pair` of ``λ`` where the caller has it (a fused step, from its relaxed sample at ``τ = 1``)."""
     g = grad * likelihood_multiplier
     # tanh λ and 1 − tanh² λ from one exp (a vectorised exp costs a third of a tanh): with e = exp(−2|λ|),
     # tanh|λ| = (1 − e)/(1 + e) and 1 − tanh² λ = 4e/(1 + e)², which keeps its digits where |λ| ≫ 1
-    e = torch.exp(lam.abs() * -2.0)
-    r = 1.0 / (1.0 + e)
+    e, r = _exp_pair(lam) if pair is None else pair
     kl = (e * r * r) * (4.0 * kl_multiplier)  # K = κ (1 − tanh² λ)
     numerator = g * lr + (lam * kl) * inv_N  # η g + λ K / N
     # |g| + g tanh λ = |g| (1 + tanh|λ|) where g and λ share a sign, else |g| (1 − tanh|λ|) = |g|·2e/(1 + e): the

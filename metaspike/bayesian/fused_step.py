@@ -54,7 +54,13 @@ from torch.nn.modules import module as torch_module
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from metaspike.bayesian.counter_noise import draw_keys
-from metaspike.bayesian.functional import _bimu_update_, _mesu_update_, hyperparameter_names, update_scalars
+from metaspike.bayesian.functional import (
+    _bimu_update_,
+    _exp_pair,
+    _mesu_update_,
+    hyperparameter_names,
+    update_scalars,
+)
 from metaspike.bayesian.optim import MESU, BiMU
 from metaspike.bayesian.synapses import (
     _RELAXED_SAMPLES,
@@ -65,6 +71,7 @@ from metaspike.bayesian.synapses import (
     _integer_power,
     _parametrization,
     _relaxed_row_gradient,
+    _relaxed_sample_tau1,
     _synapse_tensors,
 )
 from metaspike.compiled import LazyCompiled
@@ -157,6 +164,7 @@ class _Plan:
     rule: str  # "bimu" or "mesu"
     samples: int
     sample_form: int  # BiMU: the relaxed sample's form (synapses._RELAXED_SAMPLES); MESU: 0
+    shared_exp: bool  # BiMU at τ = 1 exactly: the sample and the update take exp(−2|λ|) from one loop
     stages: tuple[Activation | int, ...]  # an int: the index of a Bayesian layer
     clamps: tuple[bool, ...]  # MESU: per Bayesian layer, whether its group clips gradients
     scalar_names: tuple[str, ...]  # the names of functional.update_scalars, in the order of its values
@@ -373,7 +381,8 @@ def _analyse(model: nn.Module, optimizer: Any) -> _Analysis | str:
         return groups
     synapse = _parametrization(layers[0])
     form = _integer_power(1.0 / synapse.temperature) if isinstance(synapse, BinaryWeight) else 0
-    plan = _Plan(optimizer.rule, _samples(layers[0]), form, tuple(stages), _clamps(optimizer.rule, groups),
+    shared_exp = isinstance(synapse, BinaryWeight) and 1.0 / synapse.temperature == 1.0
+    plan = _Plan(optimizer.rule, _samples(layers[0]), form, shared_exp, tuple(stages), _clamps(optimizer.rule, groups),
                  tuple(update_scalars(optimizer.rule, groups[0])))
     plan = _PLANS.setdefault(plan, plan)  # one object per structure: the compiled step's guards compare objects
     everything = list(model.modules())
@@ -395,13 +404,18 @@ def why_not_fused(model: nn.Module, optimizer: Any) -> str | None:
     return found if isinstance(found, str) else None
 
 
-def _sample(plan: _Plan, tensors: Sequence[Tensor], key: Tensor, inv_tau: Tensor) -> tuple[Tensor, Tensor]:
+def _sample(plan: _Plan, tensors: Sequence[Tensor], key: Tensor, inv_tau: Tensor,
+            pair: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
     """``(w, saved)``: the layer's ``S`` weight samples ``(S, out, in)`` and what its gradient needs (BiMU: the
-    samples; MESU: the noise), drawn as :mod:`~metaspike.bayesian.synapses` draws them."""
+    samples; MESU: the noise), drawn as :mod:`~metaspike.bayesian.synapses` draws them (``pair``: the layer's
+    ``_exp_pair`` where the plan shares it)."""
     shape = (plan.samples, *tensors[0].shape)
     if plan.rule == "bimu":
         lam = tensors[0].reshape(1, -1)
-        weight = _RELAXED_SAMPLES[plan.sample_form].fn(lam, key, plan.samples, inv_tau)
+        if pair is None:
+            weight = _RELAXED_SAMPLES[plan.sample_form].fn(lam, key, plan.samples, inv_tau)
+        else:  # (a shared pair: τ = 1)
+            weight = _relaxed_sample_tau1(lam, key, plan.samples, inv_tau, pair)
         return weight.view(shape), weight.view(shape)
     weight, noise = _gaussian_sample(tensors[0].reshape(1, -1), tensors[1].reshape(1, -1), key, plan.samples)
     return weight.view(shape), noise.view(shape)
@@ -414,9 +428,14 @@ def _fused_step(plan: _Plan, x: Tensor, target: Tensor, keys: Tensor, tensors: l
     ``plan.scalar_names`` order) as a tensor of the weights' dtype."""
     a = x  # the current activation: (1, in) for the first layer, then (S, n)
     saved: list[tuple[Any, ...]] = []  # per stage, what its backward needs
+    # (on a CPU inductor stores a tensor that two loops read and that takes an exp: the update reads e and 1/(1 + e)
+    # where it computed its own, and its loop went from 45 to 15 µs a step, 784-100-10, AMD EPYC Zen 5, one thread)
+    pairs = [_exp_pair(layer[0]) if plan.shared_exp else None for layer in tensors]
     for stage in plan.stages:
         if isinstance(stage, int):
-            weight, extra = _sample(plan, tensors[stage], keys[stage], inv_tau)
+            pair = pairs[stage]
+            weight, extra = _sample(plan, tensors[stage], keys[stage], inv_tau,
+                                    None if pair is None else (pair[0].reshape(1, -1), pair[1].reshape(1, -1)))
             h = torch.matmul(weight, a.unsqueeze(-1).expand(plan.samples, -1, 1) if a.shape[0] == 1 else
                              a.unsqueeze(-1)).squeeze(-1)
             saved.append((a, weight, extra))
@@ -448,17 +467,25 @@ def _fused_step(plan: _Plan, x: Tensor, target: Tensor, keys: Tensor, tensors: l
         layer_scalars = dict(zip(plan.scalar_names, values.unbind()))
         new = [t.clone() for t in layer_tensors]
         if plan.rule == "bimu":
-            _bimu_update_(new[0], layer_grads[0], **layer_scalars)
+            _bimu_update_(new[0], layer_grads[0], **layer_scalars, pair=pairs[layer])
         else:
             _mesu_update_(new[0], new[1], *layer_grads, **layer_scalars, clamp=plan.clamps[layer])
         for t, n in zip(layer_tensors, new):
             t.copy_(torch.where(apply, n, t))
     for count in (c for layer in steps for c in layer):  # (on the CPU, as the optimizers keep them, on any device)
         count.add_(apply.to(device=count.device, dtype=count.dtype))
-    return loss
+    # BiMU's samples are returned, so stored once: inductor may otherwise recompute one, hash and all, in every loop
+    # that reads it. (MESU's loops read the stored noise and recompute μ + σε, which costs less than storing it.)
+    return loss, [kept[1] for kept, stage in zip(saved, plan.stages) if isinstance(stage, int) and plan.rule == "bimu"]
 
 
-_compiled_fused_step = LazyCompiled(_fused_step, "fused batch-1 Bayesian training step")
+# Inductor stores a computed tensor in memory once it has read more than ``realize_acc_reads_threshold`` buffers
+# (default 8), else it recomputes it inside each loop that reads it. A LayerNorm's backward per-row factor reads 7
+# (its sums and means), and inlined into the first layer's (out, in) weight-gradient loop it was recomputed, two
+# square roots and four divisions, for every 16 weights: 36 of a BiMU step's 141 µs of loops (784-100-10, one
+# weight sample, one thread of an AMD EPYC Zen 5). At 6 it is stored once per row: the same arithmetic, faster.
+_compiled_fused_step = LazyCompiled(_fused_step, "fused batch-1 Bayesian training step",
+                                    options={"realize_acc_reads_threshold": 6})
 
 
 class FusedTrainingStep:
@@ -554,9 +581,9 @@ class FusedTrainingStep:
             for state in made:  # (removed again below if this step updates nothing, as the optimizers make none)
                 state["step"] = torch.zeros((), dtype=torch.float32)
             tensors = [[t.detach() for t in layer] for layer in found.tensors]
-            loss = _compiled_fused_step(found.plan, x, target, keys, tensors, scalars,
-                                        [[state["step"] for state in layer] for layer in states],
-                                        self._inverse_temperature(weight))
+            loss, _ = _compiled_fused_step(found.plan, x, target, keys, tensors, scalars,
+                                           [[state["step"] for state in layer] for layer in states],
+                                           self._inverse_temperature(weight))
             for state in made:
                 if not state["step"]:
                     del state["step"]

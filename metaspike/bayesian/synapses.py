@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from metaspike.bayesian.counter_noise import arithmetic_dtype, counter_normal, counter_uniform, draw_key
+from metaspike.bayesian.functional import _exp_pair
 from metaspike.block_cache import reuse_in_block
 from metaspike.checks import FLOAT32_MAX, FLOAT32_TINY, is_whole, number_in
 from metaspike.compiled import LazyCompiled
@@ -278,15 +279,16 @@ def _relaxed_sample_tanh(lam: Tensor, key: Tensor, samples: int, inv_tau: Tensor
     return torch.tanh((lam + 0.5 * torch.log(u / (1 - u))) * inv_tau).to(lam.dtype)
 
 
-def _relaxed_sample_rational(lam: Tensor, a: Tensor, b: Tensor, inv_tau: Tensor) -> Tensor:
+def _relaxed_sample_rational(lam: Tensor, a: Tensor, b: Tensor, inv_tau: Tensor,
+                             pair: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """The same as :func:`_relaxed_sample_tanh` where ``a = u^k``, ``b = (1 − u)^k`` with ``k = 1/τ``:
     ``(p·a − q·b) / (p·a + q·b)``, ``p = sigmoid(2λ/τ)``, ``q = sigmoid(−2λ/τ)`` (multiply
     ``tanh x = (e^{2x} − 1)/(e^{2x} + 1)`` through by ``q·(1 − u)^k``): no transcendental per sample, and
     the denominator never vanishes (``max(p, q) >= ½`` and ``u`` is never 0 or 1). Both sigmoids come from one
     exp, ``e = exp(−2|λ|/τ)``: the larger is ``1/(1 + e)``, the smaller ``e/(1 + e)``, which keeps its digits
-    where ``|λ| ≫ τ`` (``1 − p`` would round to 0)."""
-    e = torch.exp(lam.abs() * (-2.0 * inv_tau))
-    larger = 1.0 / (1.0 + e)
+    where ``|λ| ≫ τ`` (``1 − p`` would round to 0); ``pair`` is :func:`_exp_pair` of ``λ`` and ``τ`` where the caller
+    has it."""
+    e, larger = _exp_pair(lam, inv_tau) if pair is None else pair
     smaller = e * larger
     positive = lam >= 0
     pa = torch.where(positive, larger, smaller) * a
@@ -294,10 +296,11 @@ def _relaxed_sample_rational(lam: Tensor, a: Tensor, b: Tensor, inv_tau: Tensor)
     return (pa - qb) / (pa + qb)
 
 
-def _relaxed_sample_tau1(lam: Tensor, key: Tensor, samples: int, inv_tau: Tensor) -> Tensor:
-    """:func:`_relaxed_sample_tanh` for ``τ = 1`` in the rational form."""
+def _relaxed_sample_tau1(lam: Tensor, key: Tensor, samples: int, inv_tau: Tensor,
+                         pair: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """:func:`_relaxed_sample_tanh` for ``τ = 1`` in the rational form (``pair``: see :func:`_relaxed_sample_rational`)."""
     u = _uniforms(lam, key, samples)
-    return _relaxed_sample_rational(lam, u, 1 - u, inv_tau).to(lam.dtype)
+    return _relaxed_sample_rational(lam, u, 1 - u, inv_tau, pair).to(lam.dtype)
 
 
 def _relaxed_sample_tau_half(lam: Tensor, key: Tensor, samples: int, inv_tau: Tensor) -> Tensor:
