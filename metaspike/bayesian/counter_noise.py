@@ -96,8 +96,8 @@ def random_words(key: Tensor, index: Tensor) -> Tensor:
 
 
 def _words_before_last_shift(key: Tensor, index: Tensor) -> Tensor:
-    """:func:`random_words` without its last step ``z ^ (z >> 31)``, which leaves the top 33 bits as they are
-    (``z >> 31`` has only 33 significant bits): a uniform, which takes the top 24, skips it."""
+    """:func:`random_words` without its last step ``z ^ (z >> 31)``, which changes only the low 33 bits (``z >> 31``
+    has no more) and leaves the top 31 as they are: a uniform, which takes the top 24, skips it."""
     z = (index + key) * GOLDEN_GAMMA
     z = (z ^ _shift_right(z, 30)) * MIX1
     return (z ^ _shift_right(z, 27)) * MIX2
