@@ -408,14 +408,14 @@ def _sample(plan: _Plan, tensors: Sequence[Tensor], key: Tensor, inv_tau: Tensor
             pair: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
     """``(w, saved)``: the layer's ``S`` weight samples ``(S, out, in)`` and what its gradient needs (BiMU: the
     samples; MESU: the noise), drawn as :mod:`~metaspike.bayesian.synapses` draws them (``pair``: the layer's
-    ``_exp_pair`` where the plan shares it)."""
+    ``_exp_pair``, shaped as its weights, where the plan shares it)."""
     shape = (plan.samples, *tensors[0].shape)
     if plan.rule == "bimu":
         lam = tensors[0].reshape(1, -1)
         if pair is None:
             weight = _RELAXED_SAMPLES[plan.sample_form].fn(lam, key, plan.samples, inv_tau)
         else:  # (a shared pair: τ = 1)
-            weight = _relaxed_sample_tau1(lam, key, plan.samples, inv_tau, pair)
+            weight = _relaxed_sample_tau1(lam, key, plan.samples, inv_tau, tuple(t.reshape(1, -1) for t in pair))
         return weight.view(shape), weight.view(shape)
     weight, noise = _gaussian_sample(tensors[0].reshape(1, -1), tensors[1].reshape(1, -1), key, plan.samples)
     return weight.view(shape), noise.view(shape)
@@ -433,9 +433,7 @@ def _fused_step(plan: _Plan, x: Tensor, target: Tensor, keys: Tensor, tensors: l
     pairs = [_exp_pair(layer[0]) if plan.shared_exp else None for layer in tensors]
     for stage in plan.stages:
         if isinstance(stage, int):
-            pair = pairs[stage]
-            weight, extra = _sample(plan, tensors[stage], keys[stage], inv_tau,
-                                    None if pair is None else (pair[0].reshape(1, -1), pair[1].reshape(1, -1)))
+            weight, extra = _sample(plan, tensors[stage], keys[stage], inv_tau, pairs[stage])
             h = torch.matmul(weight, a.unsqueeze(-1).expand(plan.samples, -1, 1) if a.shape[0] == 1 else
                              a.unsqueeze(-1)).squeeze(-1)
             saved.append((a, weight, extra))
