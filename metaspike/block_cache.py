@@ -8,6 +8,7 @@ synapse's weight sample) is taken once and reused. :func:`reuse_in_block` is tha
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -38,8 +39,10 @@ def signs_cache_key() -> int | None:
     return _open_blocks[-1] if _open_blocks else None
 
 
-# inside a block: per (parametrization, its first tensor), the weight it showed and what it was made under
-_block_weights: dict[tuple[int, int, Any], tuple[tuple[Any, ...], Any]] = {}
+# inside a block: per (parametrization, its first tensor), what the weight was made under, the weight, and weak
+# references to the two (ids are reused once an object is freed: a model made in the block after another was freed
+# may get its ids, and its fresh tensors start at version 0 again)
+_block_weights: dict[tuple[int, int, Any], tuple[tuple[Any, ...], Any, weakref.ref, weakref.ref]] = {}
 
 
 def reuse_in_block(parametrization: nn.Module, tensors: tuple[Tensor, ...], make: Callable[[], Tensor],
@@ -67,10 +70,13 @@ def reuse_in_block(parametrization: nn.Module, tensors: tuple[Tensor, ...], make
 def _made_once(parametrization: nn.Module, tensors: tuple[Tensor, ...], make: Callable[[], Tensor],
                variant: Any) -> Tensor:
     key = (id(parametrization), id(tensors[0]), variant)
-    made_under = (*(t._version for t in tensors), torch.is_grad_enabled(), parametrization.training)
+    # (the storage, dtype and device too: ``model.double()`` or ``.to(device)`` swaps a tensor's data in place of
+    # it, which keeps its version)
+    made_under = (*((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors), torch.is_grad_enabled(),
+                  parametrization.training)
     found = _block_weights.get(key)
-    if found is None or found[0] != made_under:
-        found = _block_weights[key] = (made_under, make())
+    if found is None or found[0] != made_under or found[2]() is not parametrization or found[3]() is not tensors[0]:
+        found = _block_weights[key] = (made_under, make(), weakref.ref(parametrization), weakref.ref(tensors[0]))
     return found[1]
 
 
@@ -82,8 +88,8 @@ def binarized_once() -> Iterator[None]:
     Use it around a spiking time loop or an evaluation, so the sign is taken once per block rather
     than once per time step or batch. A weight is taken again after its tensors change in place (an
     optimizer step), and when the grad mode changes (an evaluation under ``no_grad`` between training
-    steps), so a training loop may run inside the block. Edits through ``.data`` are not seen. A sampled (BiMU,
-    MESU) weight is one node of the graph for the whole block: gradient accumulation over several micro-batches
+    steps), so a training loop may run inside the block. In-place edits through ``.data`` are not seen (a tensor
+    given new data, by ``model.double()`` for one, is). A sampled (BiMU, MESU) weight is one node of the graph for the whole block: gradient accumulation over several micro-batches
     before one optimizer step backpropagates through it more than once, so every ``backward`` but the last needs
     ``retain_graph=True`` (or open the block per micro-batch, which samples each anew).
 

@@ -110,6 +110,32 @@ def test_binarized_once_computes_the_sign_once_per_forward_block(monkeypatch):
     assert len(calls) == 1
 
 
+def test_binarized_once_never_gives_a_new_model_the_signs_of_a_freed_one(monkeypatch):
+    # a model made in a block after another was freed may get the freed one's object ids (the interpreter reuses
+    # them), and its weights start at version 0 again: here the ids are made to collide on purpose
+    import metaspike.block_cache
+
+    torch.manual_seed(0)
+    old, new = (binarize(nn.Sequential(nn.Linear(4, 3)), scale=None) for _ in range(2))
+    same_id = {id(new[0].parametrizations.weight[0]): id(old[0].parametrizations.weight[0]),
+               id(hidden_weights(new)[0]): id(hidden_weights(old)[0])}
+    monkeypatch.setattr(metaspike.block_cache, "id", lambda obj: same_id.get(id(obj), id(obj)), raising=False)
+    x = torch.randn(3, 4)
+    with torch.no_grad(), binarized_once():
+        old(x)
+        out = new(x)
+    assert torch.equal(out, torch.addmm(new[0].bias, x, hidden_weights(new)[0].sign().t()))
+
+
+def test_binarized_once_takes_the_sign_again_after_a_dtype_change():
+    net = binarize(nn.Sequential(nn.Linear(4, 3)), scale=None)
+    with binarized_once():
+        net(torch.randn(2, 4))
+        net.double()  # (the parameters keep their identity and version, with new data)
+        out = net(torch.randn(2, 4, dtype=torch.float64))
+    assert out.dtype == torch.float64
+
+
 def test_binary_linear_matches_sign_matmul_and_trains_hidden_weights():
     torch.manual_seed(2)
     layer = bnn.BinaryLinear(6, 4)
