@@ -28,6 +28,7 @@ from metaspike.checks import FLOAT32_MAX, check_eps_holds, is_number, number_in,
 from metaspike.compiled import LazyCompiled
 from metaspike.gain import OutputGain
 from metaspike.layer_selection import each_once, synapse_role
+from metaspike.optimizer_state import check_parameter_state, check_state_tensor
 from metaspike.rules import (
     Rule,
     check_meta,
@@ -173,40 +174,50 @@ def _loaded_groups(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str
         group["rule"] = rule_from_record(group["rule"])
         _group_check(optimizer)(group)
         loaded.append(group)
-    if isinstance(optimizer, MetaplasticAdam):
-        _check_adam_state(optimizer, loaded, state_dict.get("state"))
+    _check_saved_state(optimizer, loaded, state_dict.get("state"))
     return {**state_dict, "param_groups": loaded}
 
 
 #: What MetaplasticAdam keeps of each parameter it stepped (the rule's own state besides, under ``"rule_state"``).
 _ADAM_STATE = ("step", "exp_avg", "exp_avg_sq")
-
-
-def _check_adam_state(optimizer: Optimizer, groups: list[dict[str, Any]], state: Any) -> None:
-    """Each saved parameter state of a state dict loaded into MetaplasticAdam holds Adam's step and moments, the moments
-    of the shape of the parameter it loads into: another optimizer's state (SGD's momentum) or another model's would
-    otherwise be installed, and the next step fail inside the update. Groups whose sizes differ are left to torch,
-    which refuses them in its own words."""
+def _check_saved_state(optimizer: Optimizer, groups: list[dict[str, Any]], state: Any) -> None:
+    """Check the per-parameter states of a state dict loaded into a metaplastic optimizer before they are installed:
+    MetaplasticAdam's hold Adam's step and moments; the moments of torch.optim's algorithms and the consolidation
+    rule's state (``"rule_state"``) have the shape of the parameter they load into, finite values, and no negative
+    sum of squares or step count. Another optimizer's state (SGD's momentum in Adam), another model's or an edited
+    file's would otherwise be installed, and the next step fail inside the update or turn every weight NaN. Groups
+    whose sizes differ are left to torch, which refuses them in its own words."""
     if not isinstance(state, dict):
         raise ValueError(f"state_dict's 'state' must map parameter indices to their states, got {type(state).__name__}")
-    saved = [index for group in groups for index in group.get("params", ())]
+    saved = [(index, group) for group in groups for index in group.get("params", ())]
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if len(saved) != len(params):
         return
-    into = dict(zip(saved, params))
+    into = {index: (param, group) for (index, group), param in zip(saved, params)}
     for index, entry in state.items():
-        param = into.get(index)
-        if param is None:
+        if index not in into:
             raise ValueError(f"state_dict: it holds a state for parameter {index!r}, which none of its groups lists")
-        lacking = [key for key in _ADAM_STATE if not isinstance(entry, dict) or not isinstance(entry.get(key), Tensor)]
-        if lacking:
-            raise ValueError(f"state_dict: the state of parameter {index!r} lacks {', '.join(lacking)}: it is not the "
-                             "state dict of a MetaplasticAdam optimizer")
-        for key in _ADAM_STATE[1:]:
-            if entry[key].shape != param.shape:
-                raise ValueError(f"state_dict: parameter {index!r}'s {key} has shape {tuple(entry[key].shape)}, but "
-                                 f"the parameter it loads into has {tuple(param.shape)}: was it saved from another "
-                                 "model?")
+        param, group = into[index]
+        if isinstance(optimizer, MetaplasticAdam):
+            lacking = [key for key in _ADAM_STATE if not isinstance(entry, dict) or not isinstance(entry.get(key), Tensor)]
+            if lacking:
+                raise ValueError(f"state_dict: the state of parameter {index!r} lacks {', '.join(lacking)}: it is not "
+                                 "the state dict of a MetaplasticAdam optimizer")
+        check_parameter_state(entry, param.shape, f"state_dict: parameter {index!r}")
+        if "rule_state" in entry:
+            _check_rule_state(index, entry["rule_state"], get_rule(group["rule"]), param)
+
+
+def _check_rule_state(index: Any, stored: Any, rule: Rule, param: Tensor) -> None:
+    """The consolidation rule's saved state of ``param``: the fields of ``rule``'s state, each of the shape a new
+    state of ``param`` has."""
+    expected = state_to_dict(rule.init_state(param.detach()))
+    if not isinstance(stored, dict) or set(stored) != set(expected):
+        fields = sorted(map(str, stored)) if isinstance(stored, dict) else type(stored).__name__
+        raise ValueError(f"state_dict: parameter {index!r}'s rule_state has the fields {fields}, but its group's "
+                         f"{type(rule).__name__} keeps {sorted(expected)}")
+    for field, value in stored.items():
+        check_state_tensor(f"state_dict: parameter {index!r}'s rule_state {field}", value, expected[field].shape)
 
 
 def _hook_checkpoints(optimizer: Optimizer) -> None:
@@ -246,6 +257,9 @@ def _check_group(group: dict[str, Any]) -> None:
         number_in("lr", lr.item(), 0.0, FLOAT32_MAX)
     _check_adam_settings(group)
     check_eps_holds(group)
+    for name in ("fused", "foreach"):
+        if group.get(name) not in (None, True, False):
+            raise ValueError(f"{name} must be True, False or None, got {group[name]!r}")
 
 
 def _check_adam_settings(group: dict[str, Any], whose: str = "") -> None:
@@ -309,9 +323,6 @@ class MetaplasticAdam(Optimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
     ) -> None:
-        for name, value in (("fused", fused), ("foreach", foreach)):
-            if value not in (None, True, False):
-                raise ValueError(f"{name} must be True, False or None, got {value!r}")
         defaults = dict(
             lr=lr,
             betas=tuple(betas) if isinstance(betas, (tuple, list)) else betas,  # (checked with the groups)

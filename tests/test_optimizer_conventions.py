@@ -346,11 +346,66 @@ def test_metaplastic_adam_refuses_the_state_of_another_optimizer_or_model_at_loa
     other = metaspike.MetaplasticAdam(wider.parameters())
     other.step()
     with pytest.raises(ValueError, match=r"state_dict: parameter 0's exp_avg has shape \(32, 8\), but the parameter "
-                                         r"it loads into has \(16, 8\): was it saved from another model\?"):
+                                         r"it belongs to has \(16, 8\): was it saved from another model\?"):
         adam.load_state_dict(other.state_dict())
     adam.step()
     adam.load_state_dict(adam.state_dict())  # its own loads, and steps on
     adam.step()
+
+
+def _edited(state_dict, edit):
+    edited = copy.deepcopy(state_dict)
+    edit(next(iter(edited["state"].values())), edited["param_groups"][0])
+    return edited
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s, g: s["exp_avg_sq"].neg_().sub_(1), "parameter 0's exp_avg_sq holds negative values"),
+    (lambda s, g: s["exp_avg"].fill_(float("nan")), "parameter 0's exp_avg holds NaN or infinite values"),
+    (lambda s, g: s.__setitem__("step", torch.tensor(-5.0)), r"parameter 0's step must be one finite number >= 0, "
+                                                               r"got -5.0"),
+    (lambda s, g: s.__setitem__("step", torch.tensor([1.0, 2.0])), r"step must be one finite number >= 0, got a "
+                                                                    r"tensor of shape \(2,\)"),
+    (lambda s, g: s.__setitem__("exp_avg", [0.0]), "the state of parameter 0 lacks exp_avg: it is not the state dict"),
+    (lambda s, g: g.__setitem__("fused", "yes"), "fused must be True, False or None, got 'yes'"),
+])
+def test_metaplastic_adam_refuses_an_edited_state_dict_before_installing_it(edit, message):
+    # a checkpoint is a file from outside: moments or a step count that would make the next step NaN (or fail inside
+    # the update) are refused at load, and the optimizer keeps its own state
+    model = metaspike.binarize(torch.nn.Sequential(torch.nn.Linear(6, 4)))
+    adam = metaspike.MetaplasticAdam(model.parameters(), lr=0.01, meta=1.0)
+    model(torch.randn(3, 6)).sum().backward()
+    adam.step()
+    saved = adam.state_dict()
+    before = copy.deepcopy(saved)
+    with pytest.raises(ValueError, match=message):
+        adam.load_state_dict(_edited(saved, edit))
+    after = adam.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    assert all(torch.equal(after["state"][0][k], before["state"][0][k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_a_metaplastic_torch_optimizer_refuses_another_models_state_at_load(momentum):
+    # the rule's own state (the switch rule keeps three tensors per weight) and torch's moments must fit the
+    # parameters they load into
+    def trained(hidden):
+        model = metaspike.binarize(torch.nn.Sequential(torch.nn.Linear(10, hidden), torch.nn.Linear(hidden, 5)))
+        optimizer = metaspike.metaplastic(torch.optim.SGD(model.parameters(), lr=0.01, momentum=momentum), meta=1.0,
+                                          rule="switch")
+        model(torch.randn(8, 10)).sum().backward()
+        optimizer.step()
+        return optimizer
+
+    with pytest.raises(ValueError, match=r"parameter \d+'s (momentum_buffer|rule_state sign) has shape \(20,( 10)?\), "
+                                         r"but the parameter it belongs to has \(30,( 10)?\): was it saved from another "
+                                         "model"):
+        trained(30).load_state_dict(trained(20).state_dict())
+    own = trained(20)
+    own.load_state_dict(own.state_dict())  # its own loads
+    with pytest.raises(ValueError, match=r"parameter \d+'s rule_state has the fields \['x'\], but its group's "
+                                         r"SwitchRule keeps \['consolidated', 'rng', 'run', 'sign'\]"):
+        own.load_state_dict(_edited(own.state_dict(), lambda s, g: s.__setitem__("rule_state", {"x": torch.zeros(1)})))
 
 
 @pytest.mark.parametrize("key, value, message", [

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from metaspike.checks import is_whole
 from metaspike.continual.batchnorm import batchnorm_state
 from metaspike.continual.scenarios import Scenario
+from metaspike.optimizer_state import check_parameter_state
 
 __all__ = ["CHECKPOINT_FORMAT", "check_checkpoint", "check_same_run", "kinds_of", "check_kinds", "settings_of",
            "check_plugin_settings", "group_settings", "check_optimizer_state", "load_part"]
@@ -190,9 +191,6 @@ def check_plugin_settings(plugins: Sequence[Any], saved: Any) -> None:
                                  "with the settings it was made with")
 
 
-_PER_WEIGHT = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
-
-
 def group_settings(optimizer: Any) -> list[list[dict[str, Any]]]:
     """The settings of every param group (all but ``params``) of an optimizer or of each optimizer of a chain."""
     return [[{k: v for k, v in group.items() if k != "params"} for group in inner.param_groups]
@@ -219,9 +217,9 @@ def _same_setting(a: Any, b: Any) -> bool:
 
 def check_optimizer_state(optimizer: Any, settings: list[list[dict[str, Any]]]) -> None:
     """A loaded optimizer state is one line where its param groups' settings differ from ``settings`` (those the run's
-    own optimizer was built with: the checkpoint belongs to other settings, or was edited), where its running
-    averages do not have their parameter's shape or are not finite (second moments: negative), or where its step
-    count is negative or not finite (torch finds out only at the next step, deep inside its update, or never)."""
+    own optimizer was built with: the checkpoint belongs to other settings, or was edited) and where a parameter's
+    state is not what :func:`~metaspike.optimizer_state.check_parameter_state` accepts (torch finds out only at the
+    next step, deep inside its update, or never; metaspike's own optimizers refuse it already at load)."""
     for inner, groups in zip(getattr(optimizer, "optimizers", [optimizer]), settings):
         for index, (group, built) in enumerate(zip(inner.param_groups, groups)):
             for key, value in built.items():
@@ -229,24 +227,8 @@ def check_optimizer_state(optimizer: Any, settings: list[list[dict[str, Any]]]) 
                     raise ValueError(f"the checkpoint's optimizer has {key} = {group.get(key)!r} in param group {index}, "
                                      f"where the run's settings give {value!r}: it was written with other settings")
             for p in group["params"]:
-                state = inner.state.get(p, {})
-                for key in _PER_WEIGHT:
-                    value = state.get(key)
-                    if not isinstance(value, Tensor):
-                        continue
-                    if value.shape != p.shape:
-                        raise ValueError(f"the checkpoint's optimizer state {key!r} has shape {tuple(value.shape)}, "
-                                         f"its parameter {tuple(p.shape)}")
-                    if not bool(torch.isfinite(value).all()) or (key.endswith("exp_avg_sq") and bool((value < 0).any())):
-                        need = "finite values >= 0" if key.endswith("exp_avg_sq") else "finite values"
-                        raise ValueError(f"the checkpoint's optimizer state {key!r} must hold {need}; it does not")
-                step = state.get("step")
-                try:
-                    bad = step is not None and not (math.isfinite(float(step)) and float(step) >= 0)
-                except (TypeError, ValueError, RuntimeError):
-                    bad = True
-                if bad:
-                    raise ValueError(f"the checkpoint's optimizer step count must be a number >= 0, got {step!r}")
+                check_parameter_state(inner.state.get(p, {}), p.shape, "the checkpoint's optimizer state of a "
+                                      f"{tuple(p.shape)} parameter in param group {index}")
 
 
 def load_part(what: str, owner: Any, state: Any) -> None:

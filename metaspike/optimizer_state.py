@@ -1,0 +1,84 @@
+"""Checks of an optimizer's per-parameter state read from a file (a state dict, a run's checkpoint): one place for
+what torch.optim's algorithms and metaspike's keep per parameter, and what their values may be.
+
+A moment of another model's shape, a NaN or a negative sum of squares installs without a word and turns every weight
+NaN at the next step, or fails deep inside the update; these checks name the parameter and the entry instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metaspike.checks import is_number
+
+__all__ = ["PARAMETER_SHAPED", "NEVER_NEGATIVE", "check_parameter_state", "check_state_tensor", "check_step_count"]
+
+#: The per-parameter state tensors of torch.optim's algorithms (and MetaplasticAdam's) that have the parameter's shape.
+PARAMETER_SHAPED = frozenset({"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_inf", "momentum_buffer", "square_avg",
+                              "grad_avg", "acc_delta", "sum", "ax", "prev", "step_size"})
+#: Those of them that are never negative: running sums of squares, step sizes.
+NEVER_NEGATIVE = frozenset({"exp_avg_sq", "max_exp_avg_sq", "exp_inf", "square_avg", "acc_delta", "sum", "step_size"})
+
+
+def check_parameter_state(state: Any, shape: torch.Size, where: str) -> None:
+    """One ``ValueError`` beginning with ``where`` (which names the parameter) where the state an optimizer keeps of a
+    parameter of ``shape`` is not a dict, one of its :data:`PARAMETER_SHAPED` tensors has another shape or a NaN or
+    infinite value (or, of :data:`NEVER_NEGATIVE`, a negative one), or its step count is not one finite number >= 0.
+    Entries of other names (LBFGS's flat history, Adafactor's factored moments) are the algorithm's own business.
+
+    Example:
+        >>> check_parameter_state({"step": torch.tensor(3.0), "exp_avg": torch.zeros(2)}, torch.Size([2]), "p")
+        >>> check_parameter_state({"exp_avg_sq": -torch.ones(2)}, torch.Size([2]), "parameter 0")
+        Traceback (most recent call last):
+        ...
+        ValueError: parameter 0's exp_avg_sq holds negative values (a sum of squares or a step size is >= 0)
+    """
+    if not isinstance(state, dict):
+        raise ValueError(f"{where}'s state must be a dict, got {type(state).__name__}")
+    for key, value in state.items():
+        if key in PARAMETER_SHAPED and value is not None:
+            check_state_tensor(f"{where}'s {key}", value, shape, never_negative=key in NEVER_NEGATIVE)
+    if "step" in state:
+        check_step_count(f"{where}'s step", state["step"])
+
+
+def check_state_tensor(where: str, value: Any, shape: torch.Size, *, never_negative: bool = False) -> None:
+    """One ``ValueError`` beginning with ``where`` unless ``value`` is a tensor of ``shape`` whose floating-point values
+    are finite (and, ``never_negative``, >= 0).
+
+    Example:
+        >>> check_state_tensor("momentum", torch.zeros(3), torch.Size([2]))
+        Traceback (most recent call last):
+        ...
+        ValueError: momentum has shape (3,), but the parameter it belongs to has (2,): was it saved from another model?
+    """
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{where} must be a tensor, got {type(value).__name__}")
+    if value.shape != shape:
+        raise ValueError(f"{where} has shape {tuple(value.shape)}, but the parameter it belongs to has {tuple(shape)}: "
+                         "was it saved from another model?")
+    if value.is_floating_point() and not bool(value.isfinite().all()):
+        raise ValueError(f"{where} holds NaN or infinite values")
+    if never_negative and bool((value < 0).any()):
+        raise ValueError(f"{where} holds negative values (a sum of squares or a step size is >= 0)")
+
+
+def check_step_count(where: str, step: Any) -> None:
+    """One ``ValueError`` beginning with ``where`` unless ``step`` is one finite number >= 0 (a one-element tensor, as
+    torch keeps it, or a plain number).
+
+    Example:
+        >>> check_step_count("step", torch.tensor(-1.0))
+        Traceback (most recent call last):
+        ...
+        ValueError: step must be one finite number >= 0, got -1.0
+    """
+    if isinstance(step, Tensor) and step.numel() != 1:
+        raise ValueError(f"{where} must be one finite number >= 0, got a tensor of shape {tuple(step.shape)}")
+    value = step.item() if isinstance(step, Tensor) else step
+    if not is_number(value) or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{where} must be one finite number >= 0, got {value!r}")
