@@ -375,6 +375,23 @@ def test_input_of_another_dtype_is_one_line_and_leaves_the_step_compiled():
     assert not _compiled_fused_step.broken
 
 
+def test_rows_of_a_dataset_at_any_offset_share_one_compiled_variant():
+    # train_epoch passes the rows x[i:i+1], views at offsets i·width into the dataset: the compiled step must not
+    # specialise on them (views and plain tensors, offsets 0 and 1 and one equal to a size each made a variant, and
+    # a few networks in one process reached torch's limit of variants)
+    from torch._dynamo.utils import counters
+
+    net = nn.Sequential(nn.Linear(5, 11, bias=False), nn.ReLU(), nn.Linear(11, 2, bias=False))  # (a plan of its own)
+    bayesianize(net, "bimu", scale=None)
+    step = FusedTrainingStep(net, BiMU(bimu_parameters(net)))
+    x, y = torch.randn(13, 5), torch.randint(0, 2, (13,))
+    compiled_before = counters["stats"]["unique_graphs"]
+    for i in (0, 1, 2, 11, 5):  # offsets 0, 5, 10, 55 (= 5·11) and 25
+        step(x[i:i + 1], y[i:i + 1])
+    step(x[3:4].clone(), y[3:4].clone())  # and a tensor of its own
+    assert counters["stats"]["unique_graphs"] - compiled_before == 1
+
+
 def test_a_samples_attribute_on_a_plain_linear_layer_draws_one_sample_as_its_forward_does():
     net, opt = _user_net("bimu")
     net[1].samples = 3  # (nn.Linear's forward ignores it)

@@ -575,6 +575,10 @@ class FusedTrainingStep:
             label = int(target)
             if not 0 <= label < classes:
                 raise ValueError(f"target {label} is not a class of the model's {classes} outputs")
+            # (a row of a dataset is a view at some offset into it: the compiled step would specialise on views and
+            # plain tensors, on offsets 0 and 1 and on one equal to a size, a variant each, and a few networks in one
+            # process would reach torch's limit of variants)
+            x, target = (t if t._base is None and t.storage_offset() == 0 else t.clone() for t in (x, target))
             keys = draw_keys((len(found.tensors),), weight.device)
             states = [[self.optimizer.state[t] for t in layer] for layer in found.tensors]
             made = [state for layer in states for state in layer if "step" not in state]
