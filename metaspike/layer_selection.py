@@ -190,8 +190,9 @@ def _refuse_types_without_weight(types: tuple[type[nn.Module], ...], candidates:
 
 
 def check_weight_ready(name: str, layer: nn.Module) -> None:
-    """A layer's weight can become a synapse: not lazy (``nn.LazyLinear`` before its first forward pass) and not on
-    the ``meta`` device (a synapse made before the model is materialized would never be initialised).
+    """A layer's weight can become a synapse: not lazy (``nn.LazyLinear`` before its first forward pass), not on
+    the ``meta`` device (a synapse made before the model is materialized would never be initialised), and real
+    (a sign, a Gaussian width or a probability of a complex or integer weight means nothing).
 
     Example:
         >>> check_weight_ready("0", nn.Linear(2, 2, device="meta"))
@@ -205,6 +206,9 @@ def check_weight_ready(name: str, layer: nn.Module) -> None:
     if isinstance(weight, Tensor) and weight.is_meta:
         raise ValueError(f"layer {name!r} has its weight on the 'meta' device: materialize the model first "
                          "(model.to_empty(device=...) and initialise its weights)")
+    if isinstance(weight, Tensor) and not weight.is_floating_point():
+        raise ValueError(f"layer {name!r} has {weight.dtype} weights: a synapse needs real floating-point ones "
+                         "(float16, bfloat16, float32 or float64); exclude it (exclude=[...]) or convert the model")
 
 
 def each_once(tensors: Iterable[Tensor]) -> list[Tensor]:

@@ -221,6 +221,28 @@ def test_synapses_are_refused_on_unmaterialized_weights_and_non_models():
 
 
 @pytest.mark.parametrize("kind", ["sign", "bimu", "mesu"])
+def test_synapses_are_refused_on_complex_weights_before_anything_changes(kind):
+    # (a sign, a Gaussian width or a probability of a complex weight means nothing: torch's sign refused it only at
+    # the first forward pass, and MESU took a complex width)
+    net = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="layer '1' has torch.complex64 weights: a synapse needs real floating-point"):
+        binarize(net) if kind == "sign" else bayesianize(net, kind)
+    assert not any(torch.nn.utils.parametrize.is_parametrized(layer) for layer in net)
+
+
+@pytest.mark.parametrize("kind", ["bimu", "mesu"])
+def test_bayesian_synapses_are_refused_on_layers_with_sparse_gradients(kind):
+    net = nn.Sequential(nn.Embedding(10, 4, sparse=True))
+    with pytest.raises(ValueError, match=r"layer '0' \(Embedding\) makes sparse gradients; Bayesian synapses need "
+                                         "dense ones: make it with sparse=False"):
+        bayesianize(net, kind, layer_types=nn.Embedding, scale=None)
+    dense = bayesianize(nn.Sequential(nn.Embedding(10, 4)), kind, layer_types=nn.Embedding, scale=None)
+    dense(torch.tensor([1, 3])).sum().backward()  # (dense gradients reach the synapse's tensors)
+    assert all(t.grad is not None and t.grad.layout == torch.strided for _, _, _, ts in bayesian_modules(dense)
+               for t in ts)
+
+
+@pytest.mark.parametrize("kind", ["sign", "bimu", "mesu"])
 def test_tied_weights_are_one_weight_matrix_for_the_baselines(kind):
     from metaspike.synapse import weight_matrices
 

@@ -643,6 +643,9 @@ def bayesianize(
             continue
         if parametrize.is_parametrized(layer, "weight"):
             raise ValueError(f"layer {name!r} already has a weight parametrization; bayesianize needs plain weights")
+        if getattr(layer, "sparse", False) is True:  # (the synapses' backward passes and MESU/BiMU need dense ones)
+            raise ValueError(f"layer {name!r} ({type(layer).__name__}) makes sparse gradients; Bayesian synapses need "
+                             "dense ones: make it with sparse=False")
         if scale is not None and output_gain(layer) is None:
             check_gain_layer(name, layer)
         todo.append((name, layer))
