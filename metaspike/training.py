@@ -361,6 +361,7 @@ def _train_fused(step: FusedTrainingStep, x: Tensor, y: Tensor, order: Tensor, d
         total += loss
         if progress is not None:
             progress.update(1)
+    step.check_weights()  # (a NaN weight makes the next step's loss NaN; after the last step nothing would tell)
     return total / max(len(order), 1)
 
 

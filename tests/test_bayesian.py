@@ -944,6 +944,38 @@ def test_a_non_finite_gradient_is_refused_and_changes_nothing(kind):
     optimizer.step()
 
 
+@pytest.mark.parametrize("kind, settings", [("bimu", dict(likelihood_multiplier=1e38, lr_max=1e38)),
+                                             ("bimu", dict(lr=1e20, lr_max=1e20, likelihood_multiplier=1e20)),
+                                             ("mesu", dict(lr_mu=1e38, lr_sigma=1e38, clamp_grad=0.0))])
+def test_settings_whose_product_overflows_are_named_after_the_step(kind, settings):
+    """Each setting is in range, their product is not: the step on finite gradients made NaN or infinite tensors,
+    which must not pass silently (a NaN latent weight reads as +1 in evaluation)."""
+    from metaspike.training import TrainingDiverged
+
+    torch.manual_seed(0)
+    model = bayesianize(nn.Sequential(nn.Linear(6, 8, bias=False), nn.ReLU(), nn.Linear(8, 3, bias=False)), kind,
+                        scale=None)
+    optimizer = (BiMU(bimu_parameters(model), **settings) if kind == "bimu"
+                 else MESU(mesu_param_groups(model), **settings))
+    (1e6 * F.cross_entropy(model(torch.randn(8, 6)), torch.randint(0, 3, (8,)))).backward()  # (finite gradients)
+    with pytest.raises(TrainingDiverged, match=r"\.step: the update of parameter \d+ of param group 0 made NaN or "
+                                               r"infinite values from finite gradients: the group's settings scale the "
+                                               r"update past what torch.float32 holds"):
+        optimizer.step()
+
+
+def test_train_epoch_names_weights_its_fused_steps_left_non_finite():
+    from metaspike.bayesian.fused_step import FusedTrainingStep
+    from metaspike.training import TrainingDiverged, train_epoch
+
+    model = bayesianize(nn.Sequential(nn.Linear(6, 3, bias=False)), "bimu", scale=None)
+    optimizer = BiMU(bimu_parameters(model), likelihood_multiplier=1e38, lr_max=1e38)
+    assert FusedTrainingStep.where_possible(model, optimizer) is not None  # (train_epoch takes the fused step)
+    with pytest.raises(TrainingDiverged, match="the fused bimu steps left NaN or infinite values in a synapse tensor of "
+                                               r"shape \(3, 6\) from finite losses|loss became nan"):
+        train_epoch(model, optimizer, 100 * torch.randn(2, 6), torch.tensor([0, 2]), batch_size=1)
+
+
 @pytest.mark.parametrize("kind, key", [("bimu", "lr"), ("mesu", "N")])
 def test_a_setting_edited_out_of_range_in_a_later_group_is_refused_before_any_group_changes(kind, key):
     """Every group is checked before any is updated (group 0 was updated before group 1's setting raised)."""

@@ -61,7 +61,7 @@ from metaspike.bayesian.functional import (
     hyperparameter_names,
     update_scalars,
 )
-from metaspike.bayesian.optim import MESU, BiMU
+from metaspike.bayesian.optim import MESU, BiMU, _first_non_finite
 from metaspike.bayesian.synapses import (
     _RELAXED_SAMPLES,
     BinaryWeight,
@@ -74,6 +74,7 @@ from metaspike.bayesian.synapses import (
     _relaxed_sample_tau1,
     _synapse_tensors,
 )
+from metaspike.checks import TrainingDiverged
 from metaspike.compiled import LazyCompiled
 from metaspike.gain import output_gain
 
@@ -593,6 +594,27 @@ class FusedTrainingStep:
                     del state["step"]
             self.optimizer._opt_called = True  # (what a learning-rate scheduler's wrapper of step() records)
             return loss
+
+    def check_weights(self) -> None:
+        """Raise :class:`~metaspike.checks.TrainingDiverged` where a synapse tensor holds NaN or infinite values: steps
+        on finite losses whose settings multiply past what the dtype holds. A NaN weight makes the next step's loss
+        NaN (a step on it changes nothing); after the last step of a run nothing would tell, so
+        :func:`~metaspike.training.train_epoch` checks once per epoch (at every step it would cost a pass over the
+        weights).
+
+        Example:
+            >>> from metaspike.bayesian import BiMU, bayesianize, bimu_parameters
+            >>> net = bayesianize(torch.nn.Sequential(torch.nn.Linear(4, 2, bias=False)), "bimu", scale=None)
+            >>> step = FusedTrainingStep(net, BiMU(bimu_parameters(net)))
+            >>> step.check_weights()  # nothing to say
+        """
+        found = self._analysis
+        tensors = [t.detach() for layer in found.tensors for t in layer if not t.is_meta]
+        k = _first_non_finite(tensors)
+        if k is not None:
+            raise TrainingDiverged(f"the fused {found.plan.rule} steps left NaN or infinite values in a synapse tensor "
+                                   f"of shape {tuple(tensors[k].shape)} from finite losses: the optimizer's settings "
+                                   f"scale the update past what {tensors[k].dtype} holds; lower them")
 
     def _inverse_temperature(self, weight: Tensor) -> Tensor:
         """``1/τ`` of the BiMU layers (1 for MESU) as a 0-d tensor of the weights' dtype, made again only when it

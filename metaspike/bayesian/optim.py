@@ -64,25 +64,48 @@ def _warn_once(optimizer: Optimizer, what: str, message: str) -> None:
         warnings.warn(message, UserWarning, stacklevel=4)
 
 
-def _refuse_non_finite_gradients(optimizer: str, groups: list[dict[str, Any]]) -> None:
-    """:class:`TrainingDiverged` naming the first parameter whose gradient holds NaN or infinite values. Their 2-norms
-    come in one fused call and one sync (a NaN or infinity makes a norm so; a norm that merely overflows is checked
-    entry by entry before anything is said); sparse gradients are left to the rule's check, which names them, and
-    gradients on the meta device hold no values to check."""
-    places = [(g, i) for g, group in enumerate(groups) for i, p in enumerate(group["params"])
-              if p.grad is not None and p.grad.layout == torch.strided and not p.grad.is_meta]
-    if not places:
-        return
-    grads = [groups[g]["params"][i].grad for g, i in places]
-    norms = torch._foreach_norm(grads)
+def _first_non_finite(tensors: list[Tensor]) -> int | None:
+    """The index of the first of ``tensors`` (dense, not on the meta device) that holds a NaN or infinite value, else
+    ``None``. Their 2-norms come in one fused call and one sync (a NaN or infinity makes a norm so; a norm that
+    merely overflows is checked entry by entry before anything is said)."""
+    if not tensors:
+        return None
+    norms = torch._foreach_norm(tensors)
     finite = torch.stack([norm.to(norms[0].device) for norm in norms]).isfinite()
     if bool(finite.all()):
-        return
-    for k in (~finite).nonzero().flatten().tolist():
-        if not bool(grads[k].isfinite().all()):
-            g, i = places[k]
-            raise TrainingDiverged(f"{optimizer}.step: the gradient of parameter {i} of param group {g} holds NaN or "
-                                   f"infinite values; {optimizer} changed nothing")
+        return None
+    return next((k for k in (~finite).nonzero().flatten().tolist() if not bool(tensors[k].isfinite().all())), None)
+
+
+def _checkable(groups: list[dict[str, Any]], tensor_of: Callable[[Tensor], Tensor | None]) -> list[tuple[int, int, Tensor]]:
+    """``(group index, parameter index, tensor_of(parameter))`` wherever that tensor exists, is dense and holds values
+    (sparse gradients are left to the rule's check, which names them; the meta device holds no values)."""
+    found = [(g, i, tensor_of(p)) for g, group in enumerate(groups) for i, p in enumerate(group["params"])]
+    return [(g, i, t) for g, i, t in found if t is not None and t.layout == torch.strided and not t.is_meta]
+
+
+def _refuse_non_finite_gradients(optimizer: str, groups: list[dict[str, Any]]) -> None:
+    """:class:`TrainingDiverged` naming the first parameter whose gradient holds NaN or infinite values."""
+    places = _checkable(groups, lambda p: p.grad)
+    k = _first_non_finite([t for _, _, t in places])
+    if k is not None:
+        g, i, _ = places[k]
+        raise TrainingDiverged(f"{optimizer}.step: the gradient of parameter {i} of param group {g} holds NaN or "
+                               f"infinite values; {optimizer} changed nothing")
+
+
+def _refuse_non_finite_results(optimizer: str, groups: list[dict[str, Any]], updated: set[int]) -> None:
+    """:class:`TrainingDiverged` naming the first parameter that a step (on finite gradients) left NaN or infinite:
+    settings each in range whose product passes what the dtype holds (``likelihood_multiplier × lr``, say). Checked
+    after the update (before it, a copy of every tensor would be needed at every step): the tensor holds the values,
+    and the message says so."""
+    places = _checkable(groups, lambda p: p if id(p) in updated else None)
+    k = _first_non_finite([t.detach() for _, _, t in places])
+    if k is not None:
+        g, i, t = places[k]
+        raise TrainingDiverged(f"{optimizer}.step: the update of parameter {i} of param group {g} made NaN or infinite "
+                               f"values from finite gradients: the group's settings scale the update past what "
+                               f"{t.dtype} holds (lower them, and restore the tensor: it holds those values now)")
 
 
 def _count_steps(optimizer: Optimizer, params: list[Tensor]) -> None:
@@ -222,7 +245,8 @@ class _DataGatedOptimizer(Optimizer):
         Raises:
             ValueError: a param group's setting is out of range (see :meth:`check_step`).
             TrainingDiverged: a gradient holds NaN or infinite values (nothing is changed: a NaN latent weight would
-                read as a plausible ±1 weight in evaluation, where the sign of NaN is +1).
+                read as a plausible ±1 weight in evaluation, where the sign of NaN is +1), or the update of finite
+                gradients made some (settings whose product passes what the dtype holds; the tensor holds them).
         """
         loss = None
         if closure is not None:
@@ -230,10 +254,13 @@ class _DataGatedOptimizer(Optimizer):
                 loss = closure()
         self.check_step()
         if _any_gradient(self.param_groups):
+            updated = []
             for group in self.param_groups:
-                updated = self._update_group(group)
-                if updated:
-                    _count_steps(self, updated)
+                updated_here = self._update_group(group)
+                if updated_here:
+                    _count_steps(self, updated_here)
+                updated += updated_here
+            _refuse_non_finite_results(type(self).__name__, self.param_groups, {id(t) for t in updated})
         elif all(p.grad is None for group in self.param_groups for p in group["params"]):
             _warn_once(self, "no gradient", f"{type(self).__name__}.step: none of its tensors has a gradient, so "
                        f"nothing changed (no backward pass since zero_grad?); {_EVAL_MODE_HINT}")
