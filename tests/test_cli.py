@@ -48,21 +48,30 @@ def test_rerunning_never_overwrites_an_earlier_run(tmp_path):
     assert (first / "notes.txt").read_text() == "mine"
 
 
-def test_a_run_that_fails_keeps_what_it_measured(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dies_at_call", [1, 2])
+def test_a_run_that_fails_keeps_what_it_measured_and_says_what_that_is(tmp_path, monkeypatch, capsys, dies_at_call):
     from metaspike.continual import trainer as trainer_module
 
     real = trainer_module.train_epoch
     calls = {"n": 0}
 
-    def dies_in_second_task(*args, **kwargs):
+    def dies(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 1:
+        if calls["n"] >= dies_at_call:
             raise TrainingDiverged("loss became nan at batch 3; lower the learning rate")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "train_epoch", dies_in_second_task)
+    monkeypatch.setattr(trainer_module, "train_epoch", dies)
     assert main(["train", *SMALL, "--out", str(tmp_path)]) == 2
-    run = load_run(tmp_path / "permuted-digits-meta5-30-seed1")
+    folder = tmp_path / "permuted-digits-meta5-30-seed1"
+    err = capsys.readouterr().err
+    if dies_at_call == 1:  # (in the first task: no checkpoint, nothing measured)
+        assert err.endswith(f"it diverged before its first checkpoint, so nothing was measured: {folder} keeps its "
+                            "settings and training curves only\n")
+        assert not (folder / "accuracy_matrix.csv").exists()
+        return
+    assert err.endswith(f"what was measured so far is in {folder} (the last good checkpoint is kept)\n")
+    run = load_run(folder)
     assert len(run["matrix"]) == 1 and len(run["curves"]) == 1
     assert run["metrics"]["complete"] is False
 
@@ -591,11 +600,41 @@ def test_a_comparison_names_its_runs_that_learned_nothing(tmp_path, capsys):
                                            "one sample; give 2 or more"),
     (["train", "--num-steps", "4"], "--num-steps applies to spiking models; 'bnn' sees each sample once"),
     (["train", "--model", "leaky", "--num-steps", "0"], "--num-steps must be an integer >= 1, got 0"),
+    (["train", "--scenario", "stream", "--tasks", "1000"], "--tasks 1000: --scenario stream cuts the 1,437 training "
+     "samples into parts of as few as 1, and model 'bnn' has BatchNorm, which cannot train on one sample; give --tasks "
+     "718 or fewer"),
+    (["train", "--scenario", "stream", "--tasks", "2000", "--model", "mlp"],
+     "--tasks 2000: --scenario stream cannot cut 1437 samples into 2000 subsets (one subset per task)"),
+    # a comparison refuses them as train does (it ran without them, and recorded some in its runs' config.json)
+    (["compare", "--split-mode", "class"], "--split-mode applies to --scenario split only, not permuted"),
+    (["compare", "--num-steps", "4"], "--num-steps applies to spiking models; 'bnn' sees each sample once"),
+    (["compare", "--scenario", "joint", "--eval-tasks", "6"],
+     "--eval-tasks: --scenario joint evaluates its own test sets every time"),
+    (["compare", "--neurons", "bimu", "--lr", "0.1"],
+     "--lr: model 'bimu' trains with its own optimizer (bimu) and its published settings, which do not use it"),
+    (["compare", "--neurons", "bimu", "mesu", "--rule", "switch"],
+     "--rule: model 'bimu' trains with its own optimizer (bimu) and its published settings, which do not use it; "
+     "none of the models compared uses it"),
 ])
 def test_a_setting_the_run_would_ignore_or_cannot_train_with_is_refused(tmp_path, capsys, argv, message):
     assert main([*argv, "--dataset", "digits", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"metaspike: error: {message}") and err.count("\n") == 1
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_deep_network_gets_a_folder_name_that_fits_or_one_line_saying_why_not(tmp_path, capsys):
+    # the default m, one per layer, listed 91 values for 90 hidden layers: a name past the file systems' 255 bytes
+    # failed as "cannot write results to --out: File name too long"
+    from metaspike.app.config import MAX_NAME_BYTES, RunConfig
+
+    assert RunConfig(hidden=(4,) * 90).name == "permuted-mnist5k-meta5-30x90-seed1"
+    assert RunConfig(hidden=(4,) * 3).name == "permuted-mnist5k-meta5-30-30-30-seed1"  # (a name that fits: as before)
+    assert main(["train", "--dataset", "digits", "--hidden", *["4"] * 90, "--meta", ",".join(map(str, range(91))),
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("metaspike: error: the run's folder name would be ") and err.count("\n") == 1
+    assert f"more than a file name may hold ({MAX_NAME_BYTES}): it lists each --dataset and each --meta value" in err
     assert not any(tmp_path.iterdir())
 
 

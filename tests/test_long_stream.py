@@ -394,6 +394,10 @@ def test_a_stream_whose_matrix_outgrows_its_rewrites_is_warned_of():
     suggested = RunConfig(tasks=10_000, eval_every=10, batch_size=1, model="bimu")
     assert matrix_cost_warning(suggested) is None and 1_000 * 10_000 <= MATRIX_CELLS_WARNED
     assert matrix_cost_warning(RunConfig(tasks=1_000, eval_every=1, batch_size=1, model="bimu")) is None
+    # a stream of subsets has one column per dataset, a joint run one row: neither grows so
+    for scenario in ("stream", "joint"):
+        assert matrix_cost_warning(RunConfig(scenario=scenario, tasks=10_000, eval_every=1, batch_size=1,
+                                             model="bimu")) is None
 
 
 def test_a_bayesian_run_records_the_settings_its_optimizer_ran_with(tmp_path):

@@ -268,6 +268,20 @@ def _refuse_unused_flags(given: dict[str, object], config: RunConfig) -> None:
     _refuse_per_task_modes(given, config)
 
 
+def _refuse_flags_no_model_uses(given: dict[str, object], configs: Sequence[RunConfig]) -> None:
+    """:func:`_refuse_unused_flags` for a comparison of several models (``configs``: each model's settings): one line
+    for a flag that none of them would use (one that some use, the others run without)."""
+    for field, value in given.items():
+        reasons = []
+        for config in configs:
+            try:
+                _refuse_unused_flags({field: value}, config)
+            except ValueError as err:
+                reasons.append(str(err))
+        if len(reasons) == len(configs):
+            raise ValueError(reasons[0] + ("" if len(configs) == 1 else "; none of the models compared uses it"))
+
+
 def _refuse_per_task_modes(given: dict[str, object], config: RunConfig) -> None:
     """One line for ``--batchnorm per-task`` typed for a scenario whose BatchNorm statistics are shared, and for
     ``--optimizer per-task`` typed for a stream, which has no tasks to start a new optimizer at."""
@@ -436,13 +450,14 @@ def _compare(args: argparse.Namespace) -> None:
             args.model = next((n for n in args.neurons if all(KIND_SETTINGS[key](n) for key in given)
                                and all(takes_setting(n, key) for key in given_optimizer)), args.neurons[0])
             base = _config(args, [metas[0]] if compare.takes_meta(args.model) else None, args.seeds[0])
-            _refuse_per_task_modes(_given_settings(args), base)
+            given_flags = {k: v for k, v in _given_settings(args).items() if k != "meta"}  # (--meta: checked above)
+            _refuse_flags_no_model_uses(given_flags, [base.for_model(n) for n in args.neurons])
             _mention_unfinished(Path(args.out).expanduser() / compare.comparison_name(base, neurons=True), "compare")
             path, rows = compare.compare_neurons(base, args.neurons, metas, args.seeds, out=args.out, progress=not args.quiet)
             models = args.neurons
         else:
             base = _config(args, None, args.seeds[0])
-            _refuse_per_task_modes(_given_settings(args), base)
+            _refuse_unused_flags(_given_settings(args), base)
             metas = [parse_meta(text) for text in args.meta] if args.meta is not None else [(0.0,), base.meta]
             _mention_unfinished(Path(args.out).expanduser() / compare.comparison_name(base, neurons=False), "compare")
             path, rows = compare.compare(base, metas, args.seeds, args.out, progress=not args.quiet)

@@ -5,6 +5,7 @@ This is the application layer: its errors name the command-line flags that set e
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -101,6 +102,8 @@ def flag_name(name: str) -> str:
 
 
 MAX_TASKS = 10_000
+#: The longest run folder name (bytes): most file systems take 255, and a name that is taken gets "-2", "-3"...
+MAX_NAME_BYTES = 240
 """The most tasks a run takes: each evaluation's metrics read a tasks x tasks matrix (800 MB at this size)."""
 MAX_EVAL_SAMPLES = 1000
 """The largest ``--eval-samples``: each evaluation holds that many weight samples of every layer at once (1,000 of a
@@ -270,6 +273,10 @@ class RunConfig:
             raise ValueError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
         check_device(self.device, "--device")  # (CUDA present, and the device index within its count)
         self._check_baseline()
+        if len(self.name.encode()) > MAX_NAME_BYTES:
+            raise ValueError(f"the run's folder name would be {len(self.name.encode())} bytes ({self.name[:60]}...), "
+                             f"more than a file name may hold ({MAX_NAME_BYTES}): it lists each --dataset and each "
+                             "--meta value; give fewer")
 
     def _check_optimizer_settings(self) -> None:
         """The gradient optimizer's settings (:data:`OPTIMIZER_SETTINGS`): ``None`` for a kind whose optimizer does not
@@ -391,9 +398,17 @@ class RunConfig:
             readout = "" if self.readout_lambda is None else f"-readout{self.readout_lambda:g}"
             return (f"{self.scenario}-{'-'.join(self.datasets)}{model}{window}{readout}{ensemble}"
                     f"{self.baseline_part()}-seed{self.seed}")
-        meta = "-".join(f"{m:g}" for m in self.meta)  # type: ignore[union-attr]
-        return (f"{self.scenario}-{'-'.join(self.datasets)}{model}-meta{meta}{self.rule_part()}{self.baseline_part()}"
-                f"-seed{self.seed}")
+        def named(meta: str) -> str:
+            return (f"{self.scenario}-{'-'.join(self.datasets)}{model}-meta{meta}{self.rule_part()}"
+                    f"{self.baseline_part()}-seed{self.seed}")
+
+        name = named("-".join(f"{m:g}" for m in self.meta))  # type: ignore[union-attr]
+        if len(name.encode()) <= MAX_NAME_BYTES:
+            return name
+        # (one m per layer of a deep network: a value repeated k times is written once, "30x89", only where the
+        # whole list would not fit, so that every name that fits stays as it was)
+        runs = [(m, len(list(group))) for m, group in itertools.groupby(self.meta)]  # type: ignore[arg-type]
+        return named("-".join(f"{m:g}" + (f"x{count}" if count > 1 else "") for m, count in runs))
 
     def stream_part(self) -> str:
         """The stream a comparison's folder is named after: the scenario, a split's mode where it is not

@@ -65,13 +65,30 @@ def make_run_scenario(config: RunConfig) -> Scenario:
         2
     """
     try:
-        return make_scenario(config.scenario, config.datasets, config.tasks, config.seed, config.data_dir,
-                             config.split_mode, samples_per_task=config.samples_per_task)
+        scenario = make_scenario(config.scenario, config.datasets, config.tasks, config.seed, config.data_dir,
+                                 config.split_mode, samples_per_task=config.samples_per_task)
     except ValueError as err:  # the scenarios name their argument; a run's user knows it as a flag
         message = str(err)
         if message.startswith("samples_per_task "):
             message = "--samples-per-task " + message[len("samples_per_task "):]
+        elif config.scenario == "stream" and message.startswith("cannot cut "):
+            message = f"--tasks {config.tasks}: --scenario stream {message} (one subset per task)"
         raise ValueError(message) from None
+    if config.scenario == "stream":
+        _check_stream_parts(config, scenario)
+    return scenario
+
+
+def _check_stream_parts(config: RunConfig, scenario: Scenario) -> None:
+    """One line naming ``--tasks`` where a stream's parts are too small for the model: BatchNorm cannot train on a
+    part of one sample."""
+    smallest, total = min(len(task.train) for task in scenario.tasks), sum(len(task.train) for task in scenario.tasks)
+    least = minimum_batch_size(uses_batchnorm(config.model))
+    if smallest < least:
+        raise ValueError(f"--tasks {config.tasks}: --scenario stream cuts the {total:,} training samples into parts of "
+                         f"as few as {smallest}, and model {config.model!r} has BatchNorm, which cannot train on one "
+                         f"sample; give --tasks {total // least} or fewer, or use a model without it (bnn-layernorm, "
+                         "bimu, mesu, mlp)")
 
 
 def _check_time_steps_fit(config: RunConfig, sizes: list[int], available: int | None) -> None:
@@ -275,13 +292,22 @@ def train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: R
         with guard:
             result = _train_and_write(trainer, scenario, directory, resume)
     except TrainingDiverged as err:
-        where = f"; what was measured so far is in {directory.path} (the last good checkpoint is kept)" if directory else ""
-        raise TrainingDiverged(f"{err}{where}") from None
+        raise TrainingDiverged(f"{err}{_what_is_kept(directory)}") from None
     if plot and directory is not None:  # (a complete run: a figure that cannot be written is only that)
         from metaspike.app.plots import plot_run
 
         plot_run(directory.path)
     return result
+
+
+def _what_is_kept(directory: RunDirectory | None) -> str:
+    """What a diverged run's message adds: where what it measured is kept, or that it measured nothing yet."""
+    if directory is None:
+        return ""
+    if any((directory.path / name).exists() for name in (CHECKPOINT, PREVIOUS_CHECKPOINT)):
+        return f"; what was measured so far is in {directory.path} (the last good checkpoint is kept)"
+    return (f"; it diverged before its first checkpoint, so nothing was measured: {directory.path} keeps its settings "
+            "and training curves only")
 
 
 def _train_and_write(trainer: ContinualTrainer, scenario: Scenario, directory: RunDirectory | None,
@@ -403,11 +429,14 @@ def matrix_cost_warning(config: RunConfig) -> str | None:
         >>> matrix_cost_warning(RunConfig(tasks=10_000, eval_every=1, batch_size=1, model="bimu"))[:40]
         'the accuracy matrix grows to 10,000 rows'
     """
-    rows = -(-config.tasks // config.eval_every)
-    if rows * config.tasks <= MATRIX_CELLS_WARNED:
+    # (a stream is evaluated on one test set per dataset; a joint run once, after training on every task at once)
+    columns = len(config.datasets) if config.scenario == "stream" else config.tasks
+    evaluations = 1 if config.scenario == "joint" else config.tasks
+    rows = -(-evaluations // config.eval_every)
+    if rows * columns <= MATRIX_CELLS_WARNED:
         return None
-    fewer = max(1, -(-config.tasks * config.tasks // MATRIX_CELLS_WARNED))
-    return (f"the accuracy matrix grows to {rows:,} rows of {config.tasks:,} cells (one row per evaluation), and every "
+    fewer = max(1, -(-evaluations * columns // MATRIX_CELLS_WARNED))
+    return (f"the accuracy matrix grows to {rows:,} rows of {columns:,} cells (one row per evaluation), and every "
             "checkpoint and results file rewrites them all, so each evaluation costs more than the last; "
             f"--eval-every {fewer} or more keeps it under {MATRIX_CELLS_WARNED:,} cells")
 
