@@ -309,6 +309,20 @@ def test_a_comparison_that_fails_its_checks_leaves_no_folder(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_comparison_resumed_refuses_a_run_whose_matrix_is_not_its_own(tmp_path, capsys):
+    # a finished run's matrix copied from another setting's run would stand for it in the table
+    args = ["compare", *SMALL, "--meta", "0", "5", "--out", str(tmp_path)]
+    assert main(args) == 0
+    root = next(tmp_path.glob("compare-*"))
+    plain, consolidated = root / "permuted-digits-meta0-seed1", root / "permuted-digits-meta5-seed1"
+    (plain / "accuracy_matrix.csv").write_text((consolidated / "accuracy_matrix.csv").read_text())
+    capsys.readouterr()
+    assert main(["compare", "--resume", str(root), "--quiet"]) == 2
+    assert capsys.readouterr().err == (f"metaspike: error: {plain / 'accuracy_matrix.csv'}'s last row differs from the "
+                                       f"final_accuracy of {plain / 'metrics.json'}: one of them was edited or copied "
+                                       "from another run\n")
+
+
 def test_a_neuron_comparison_checks_the_models_it_compares(tmp_path, capsys):
     """--batch-size 1 is right for the listed models (no BatchNorm); the default model of train is not compared."""
     args = ["compare", "--neurons", "mlp", "--dataset", "digits", "--tasks", "2", "--epochs", "1", "--hidden", "8",

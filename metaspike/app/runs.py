@@ -734,6 +734,19 @@ def learned_nothing(result: ContinualResult) -> bool:
     return math.isfinite(rise) and not _learned(rise)
 
 
+def _check_final_row(run_dir: Path, matrix: list[list[float]], final: Any) -> None:
+    """The matrix's last row is what ``metrics.json`` says the run ended with (both are written from one result, to
+    two decimals): a matrix copied from another run or edited by hand would otherwise stand for this run."""
+    def same(a: Any, b: float) -> bool:
+        missing = a is None or (is_number(a) and math.isnan(a))
+        return missing == math.isnan(b) and (missing or (is_number(a) and abs(a - b) <= 0.005))
+
+    last = matrix[-1] if matrix else []
+    if not (isinstance(final, list) and len(final) == len(last) and all(map(same, final, last))):
+        raise ValueError(f"{run_dir / 'accuracy_matrix.csv'}'s last row differs from the final_accuracy of "
+                         f"{run_dir / 'metrics.json'}: one of them was edited or copied from another run")
+
+
 def finished_result(run_dir: str | Path) -> ContinualResult | None:
     """The result of a complete run read back from its files, or ``None`` when it is not complete.
 
@@ -753,6 +766,7 @@ def finished_result(run_dir: str | Path) -> ContinualResult | None:
                          "accuracies in [0, 100] (null for a task not evaluated)")
     if not (is_finite_number(seconds) and seconds >= 0):
         raise ValueError(f"{Path(run_dir) / 'metrics.json'} is malformed: 'seconds' must be a finite number >= 0")
+    _check_final_row(Path(run_dir), run_data["matrix"], metrics.get("final_accuracy"))
     return ContinualResult(run_data["task_names"], matrix=run_data["matrix"],
                            baseline=[math.nan if a is None else float(a) for a in baseline], seconds=float(seconds))
 
