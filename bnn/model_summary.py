@@ -108,7 +108,8 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> Model
     Binary parameters are the hidden weights of binary synapses (:class:`bnn.BinaryLinear`,
     :class:`bnn.BinaryConv2d` or layers changed by :func:`metaspike.binarize`) and the latent weights
     of BiMU synapses (whose weights are ±1 too); they cost one bit at inference. Everything else (biases,
-    BatchNorm, MESU's Gaussian weights) is counted as float32. With ``input_shape`` (one sample's shape,
+    BatchNorm, MESU's Gaussian weights) is counted as float32; a weight shared by two layers (tied) is counted once,
+    with the first. With ``input_shape`` (one sample's shape,
     without the batch dimension), a forward pass on two random samples also counts the
     multiply-accumulates per sample of every linear and (transposed) convolution layer, every time the
     layer runs (a spiking network's time steps, a layer used twice): 1-bit where both the weights and the
@@ -135,13 +136,16 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> Model
     in_parametrizations = {id(inner) for module in model.modules() if parametrize.is_parametrized(module)
                            for inner in module.parametrizations.modules()}  # type: ignore[union-attr]
     rows = []
+    counted: set[int] = set()  # (a weight shared by two layers, tied, is counted with the first)
     for name, module in model.named_modules():
         if id(module) in in_parametrizations:
             continue
         params = list(module.parameters(recurse=False))
         if parametrize.is_parametrized(module):
             params += list(module.parametrizations.parameters())  # type: ignore[union-attr]
-        if not params:
+        params = [p for p in params if id(p) not in counted]
+        counted.update(map(id, params))
+        if not params and name not in macs:
             continue
         n_binary = sum(p.numel() for p in params if id(p) in binary)
         n_float = sum(p.numel() for p in params if id(p) not in binary)
@@ -189,9 +193,10 @@ def _count_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tuple
     was_training = model.training
     try:
         model.eval()  # no running statistics are updated (the paper's BatchNorm still uses the batch's)
-        device = next(model.parameters(), torch.empty(0)).device
-        with random_numbers_apart(device):  # (the probe and a Bayesian model's samples leave training's numbers)
-            model(torch.rand(_PROBE_SAMPLES, *input_shape))
+        # (the probe in the dtype and on the device of the model's first floating-point parameter)
+        like = next((p for p in model.parameters() if p.is_floating_point()), torch.empty(0))
+        with random_numbers_apart(like.device):  # (the probe and a Bayesian model's samples leave training's numbers)
+            model(torch.rand(_PROBE_SAMPLES, *input_shape, dtype=like.dtype, device=like.device))
     except Exception as err:
         raise ValueError(f"summary: a forward pass on input_shape {tuple(input_shape)} failed: {err}") from None
     finally:

@@ -104,6 +104,27 @@ def test_summary_of_a_binarized_foreign_model():
     assert (s.binary_params, s.float_params) == (60, 7 + 7)  # biases and the learned gains (5 + 2 channels)
 
 
+def test_summary_counts_a_tied_weight_once_and_probes_in_the_models_dtype():
+    from metaspike import binarize
+
+    class Tied(nn.Module):  # one weight, two layers
+        def __init__(self):
+            super().__init__()
+            self.encode, self.decode = nn.Linear(8, 8, bias=False), nn.Linear(8, 8, bias=False)
+            self.decode.weight = self.encode.weight
+
+        def forward(self, x):
+            return self.decode(torch.tanh(self.encode(x)))
+
+    for model, binary, floats in ((binarize(Tied(), scale=None), 64, 0), (Tied(), 0, 64)):
+        counted = bnn.summary(model, input_shape=(8,))
+        assert (counted.binary_params, counted.float_params) == (binary, floats)
+        assert counted.binary_macs + counted.float_macs == 2 * 64  # (both layers run: their products count)
+    for dtype in (torch.float64, torch.bfloat16):  # (the probe was float32 whatever the model)
+        model = bnn.MLP([4, 3]).to(dtype)
+        assert bnn.summary(model, input_shape=(4,)).float_macs == 12
+
+
 def test_summary_counts_one_bit_and_32_bit_macs_per_sample():
     model = bnn.ConvNet()
     before = {k: v.clone() for k, v in model.state_dict().items()}
