@@ -261,7 +261,7 @@ class PackedMLP:
                              f"(as bnn.pack makes them), got {type(layers).__name__} of "
                              f"{len(layers) if isinstance(layers, list) else 'no'} entries")
         self.sizes = [int(s) for s in sizes]
-        self.layers = layers
+        self.layers = _valid_layers(self.sizes, layers)
         self._native = native.kernels() if compile else None
         self._prepared: dict[int, tuple[Tensor, int | None, Tensor]] = {}  # see _kernel_weights
         self._dots = _COMPILED_DOTS if compile else (_real_dot, _binary_dot)
@@ -412,7 +412,12 @@ class PackedMLP:
                 f"{path} is not a readable packed BNN file (truncated or corrupted?): "
                 f"torch.load failed with {type(err).__name__}"
             ) from None
-        return cls(*_check_file(data, path), compile=compile)
+        try:
+            return cls(*_check_file(data, path), compile=compile)
+        except ValueError as err:
+            if str(err).startswith(f"{path} "):
+                raise
+            raise ValueError(f"{path} is not a valid packed BNN file: {err}") from None
 
 
 def _checksum(sizes: list[int], layers: list[dict]) -> str:
@@ -444,6 +449,25 @@ def _layer_tensors(sizes: list[int], i: int) -> dict[str, tuple[tuple[int, ...],
     return expected
 
 
+def _valid_layers(sizes: list[int], layers: list[dict]) -> list[dict]:
+    """Copies of ``layers`` whose entries are what :func:`pack` makes for ``sizes``: exactly its keys, its tensors'
+    dtypes and shapes (:func:`_checked_layers`), a finite last-layer ``eps > 0`` and values it can write
+    (:func:`_values_problem`); else one ``ValueError`` naming the layer and entry. What :class:`PackedMLP` is made of,
+    by :func:`pack`, :meth:`PackedMLP.load` or a hand."""
+    for i, layer in enumerate(layers):
+        keys = set(_layer_tensors(sizes, i)) | ({"eps"} if i == len(layers) - 1 else set())
+        if set(layer) != keys:
+            raise ValueError(f"layer {i} has entries {sorted(map(str, layer))}, expected {sorted(keys)}")
+    eps = layers[-1]["eps"]
+    if not (type(eps) is float and math.isfinite(eps) and eps > 0):
+        raise ValueError(f"layer {len(layers) - 1} 'eps' is {eps!r}, expected a finite float > 0")
+    checked = _checked_layers(sizes, layers)
+    problem = _values_problem(sizes, checked)
+    if problem is not None:
+        raise ValueError(problem)
+    return checked
+
+
 def _checked_layers(sizes: list[int], layers: list[dict]) -> list[dict]:
     """``layers`` with every tensor checked against ``sizes`` (:func:`bnn.native.check_tensor`).
 
@@ -451,7 +475,7 @@ def _checked_layers(sizes: list[int], layers: list[dict]) -> list[dict]:
     so a layer changed after loading must not reach them with other dtypes or shapes.
     """
     return [
-        {**layer, **{key: native.check_tensor(f"layer {i}", key, layer.get(key), shape, dtype)
+        {**layer, **{key: native.check_tensor(f"layer {i}", repr(key), layer.get(key), shape, dtype)
                      for key, (shape, dtype) in _layer_tensors(sizes, i).items()}}
         for i, layer in enumerate(layers)
     ]
@@ -530,8 +554,6 @@ def _check_file(data: object, path: str | os.PathLike) -> tuple[list[int], list[
         keys = set(expected) | ({"eps"} if last else set())
         if set(layer) != keys:
             raise bad(f"layer {i} has entries {sorted(map(str, layer))}, expected {sorted(keys)}")
-        if last and not (type(layer["eps"]) is float and math.isfinite(layer["eps"]) and layer["eps"] > 0):
-            raise bad(f"layer {i} 'eps' is {layer['eps']!r}, expected a finite float > 0")
         for key, (shape, dtype) in expected.items():
             value = layer[key]
             if (isinstance(value, Tensor) and value.layout == torch.strided
@@ -550,10 +572,7 @@ def _check_file(data: object, path: str | os.PathLike) -> tuple[list[int], list[
             layer["weight"] = layer["weight"].t().contiguous()
     if version < 5:
         layers[-1]["gain"] = torch.ones(sizes[-1])
-    problem = _values_problem(sizes, layers)
-    if problem is not None:
-        raise bad(problem)
-    return sizes, layers
+    return sizes, layers  # (their values: checked by PackedMLP, as those of any layers)
 
 
 # --------------------------------------------------------------------------------------------
@@ -739,7 +758,7 @@ def pack(model: nn.Module, compile: bool = True) -> PackedMLP:
             flip, threshold = _real_threshold(norm, gain) if i == 0 else _integer_threshold(norm, gain, sizes[i])
             layer.update(flip=flip, threshold=threshold)
         layers.append(layer)
-    problem = _values_problem(sizes, layers)  # (what load would refuse is never written: save and load keep one rule)
-    if problem is not None:
-        raise ValueError(f"pack: {problem}")
-    return PackedMLP(sizes, layers, compile=compile)
+    try:  # (PackedMLP checks the layers as load does: what load would refuse is never written)
+        return PackedMLP(sizes, layers, compile=compile)
+    except ValueError as err:
+        raise ValueError(f"pack: {err}") from None

@@ -614,13 +614,30 @@ def test_layers_changed_after_loading_are_checked_before_every_native_call(train
         bnn.native.binary_layer(lib, torch.zeros(2, 2, dtype=torch.int64), 0, layers[1]["weight"])
 
 
+@pytest.mark.parametrize("compile", [False, True], ids=["torch-ops", "fast-kernels"])
+@pytest.mark.parametrize("edit, error", [
+    (lambda layers: layers[0].pop("weight"), r"layer 0 has entries \['flip', 'threshold'\], expected \['flip', "
+                                             r"'threshold', 'weight'\]"),
+    (lambda layers: layers[-1].pop("eps"), r"layer 2 has entries .*, expected .*'eps'"),
+    (lambda layers: layers[-1].__setitem__("weight", [1, 2]), r"layer 2 'weight' is a list, expected a torch.int64 tensor"),
+    (lambda layers: layers[-1].__setitem__("gamma", torch.ones(3)), r"layer 2 'gamma' is \(3,\) torch.float32, "
+                                                                     r"expected \(10,\) torch.float32"),
+    (lambda layers: layers[-1].__setitem__("var", -torch.ones(10)), "'var' holds negative variances"),
+])
+def test_packed_mlp_made_by_hand_is_checked_as_a_loaded_file_is(trained, compile, edit, error):
+    layers = copy.deepcopy(bnn.pack(trained, compile=False).layers)
+    edit(layers)
+    with pytest.raises(ValueError, match=error):
+        PackedMLP([784, 128, 64, 10], layers, compile=compile)
+
+
 def test_layers_changed_after_loading_are_checked_on_the_torch_paths_too(trained, monkeypatch):
     monkeypatch.setattr(bnn.packed.native, "kernels", lambda: None)  # the torch.compile path, as without a C compiler
     x = load_dataset("mnist5k", "test").x[:4]
     for compile in (False, True):
         packed = bnn.pack(trained, compile=compile)
         packed.layers[0]["weight"] = packed.layers[0]["weight"].to(torch.int64) + 1000  # table indices out of range
-        with pytest.raises(ValueError, match=r"layer 0 weight is \(98, 128\) torch.int64, expected \(98, 128\) torch.uint8"):
+        with pytest.raises(ValueError, match=r"layer 0 'weight' is \(98, 128\) torch.int64, expected \(98, 128\) torch.uint8"):
             packed(x)
 
 
