@@ -107,11 +107,7 @@ class MLP(nn.Sequential):
             raise ValueError(f"sizes must list at least 2 positive integer widths (input ... classes), e.g. "
                              f"[784, 256, 10], got {sizes if listed is None else listed!r}")
         sizes = list(widths)
-        weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-        memory = usable_memory()
-        if memory is not None and 4 * weights > memory:  # (torch's allocator would fail with its own message)
-            raise ValueError(f"sizes {sizes}: {weights:,} float32 hidden weights take {4 * weights / 2**30:,.0f} GiB, "
-                             f"more than the {memory / 2**30:.0f} GiB this process may use")
+        _check_weights_fit(f"sizes {sizes}", sum(a * b for a, b in zip(sizes[:-1], sizes[1:])))
         _activation(activation)  # checked even where no hidden layer uses it
         layers: list[nn.Module] = [nn.Flatten()]
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -127,6 +123,15 @@ class MLP(nn.Sequential):
     def forward(self, x: Tensor) -> Tensor:
         _check_input(self, x, (self.in_features,), flat=True)
         return super().forward(x)
+
+
+def _check_weights_fit(what: str, weights: int) -> None:
+    """One line naming ``what`` where ``weights`` float32 hidden weights exceed the memory this process may use
+    (torch's allocator would fail with its own message)."""
+    memory = usable_memory()
+    if memory is not None and 4 * weights > memory:
+        raise ValueError(f"{what}: {weights:,} float32 hidden weights take {4 * weights / 2**30:,.0f} GiB, more than "
+                         f"the {memory / 2**30:.0f} GiB this process may use")
 
 
 class ConvNet(nn.Sequential):
@@ -159,6 +164,10 @@ class ConvNet(nn.Sequential):
         _check_sizes("hidden", hidden)
         _check_sizes("num_classes", num_classes)
         _activation(activation)
+        widths, (h_out, w_out) = [c, *channels], (h >> len(channels), w >> len(channels))
+        _check_weights_fit(f"in_shape {tuple(in_shape)}, channels {list(channels)}, hidden {hidden}",
+                           sum(9 * a * b for a, b in zip(widths[:-1], widths[1:]))
+                           + widths[-1] * h_out * w_out * hidden + hidden * num_classes)
         layers: list[nn.Module] = []
         for out_c in channels:
             if h < 2 or w < 2:

@@ -97,6 +97,21 @@ def layer_type_names(layer_types: type[nn.Module] | Sequence[type[nn.Module]]) -
     return ", ".join(t.__name__ for t in _layer_types(layer_types))
 
 
+def nothing_to_convert(model: nn.Module, action: str, layer_types: type[nn.Module] | Sequence[type[nn.Module]]) -> str:
+    """The message for a call that found no layer to ``action`` in ``model``, saying where the layers of an owner that
+    bypasses their forward pass (:data:`FORWARD_BYPASSING_OWNERS`) were left out.
+
+    Example:
+        >>> nothing_to_convert(nn.MultiheadAttention(4, 1), "binarize", nn.Linear)[:70]
+        'MultiheadAttention has no layer to binarize (looked for Linear layers '
+    """
+    owners = sorted({type(m).__name__ for m in model.modules() if isinstance(m, FORWARD_BYPASSING_OWNERS)})
+    note = (f"; the layers inside a {' or '.join(owners)} are left out: it reads their weights without calling them, "
+            "so a synapse on them would never be used" if owners else "")
+    return (f"{type(model).__name__} has no layer to {action} (looked for {layer_type_names(layer_types)} layers with a "
+            f"weight parameter){note}")
+
+
 def _excluded_names(model: nn.Module, exclude: str | Sequence[str]) -> tuple[str, ...]:
     names = (exclude,) if isinstance(exclude, str) else tuple(exclude) if isinstance(exclude, Sequence) else None
     if names is None or not all(isinstance(name, str) for name in names):

@@ -26,7 +26,7 @@ from metaspike.layer_selection import (
     DEFAULT_LAYER_TYPES,
     SynapseParametrization,
     each_once,
-    layer_type_names,
+    nothing_to_convert,
     select_layers,
     synapse_parametrization,
     warn_float_matrices_left,
@@ -171,8 +171,7 @@ def binarize(
         parametrize.register_parametrization(layer, "weight", SignWeight())
         mark_hidden_weight(layer.parametrizations.weight.original)  # type: ignore[union-attr]
     if not todo and not any(True for _ in binary_modules(module)):
-        raise ValueError(f"{type(module).__name__} has no layer to binarize (looked for {layer_type_names(layer_types)} "
-                         "layers with a weight parameter)")
+        raise ValueError(nothing_to_convert(module, "binarize", layer_types))
     warn_float_matrices_left(module, [layer for _, layer in selected], exclude, "binarize", layer_types)
     return module
 

@@ -556,3 +556,11 @@ def test_an_mlp_larger_than_memory_is_one_line(monkeypatch):
     with pytest.raises(ValueError, match=r"sizes \[784, 1048576, 10\]: 832,569,344 float32 hidden weights take 3 GiB, "
                                          r"more than the 1 GiB this process may use"):
         bnn.MLP([784, 2**20, 10])
+
+
+def test_a_convnet_larger_than_memory_is_one_line(monkeypatch):
+    monkeypatch.setattr(bnn.models, "usable_memory", lambda: 1 << 30)
+    # by hand: 9·1·64 conv weights + 64·(4096/2)² inputs to the classifier x 16 hidden units + 16·10
+    with pytest.raises(ValueError, match=r"in_shape \(1, 4096, 4096\), channels \[64\], hidden 16: 4,294,968,032 "
+                                         r"float32 hidden weights take 16 GiB, more than the 1 GiB this process may use"):
+        bnn.ConvNet((1, 4096, 4096), (64,), 16, 10)

@@ -88,6 +88,10 @@ def test_binarize_excludes_named_layers_and_rejects_models_without_layers():
     assert len(hidden_weights(net)) == 1
     with pytest.raises(ValueError, match="ReLU has no layer to binarize"):
         binarize(nn.ReLU())
+    with pytest.raises(ValueError, match=r"MultiheadAttention has no layer to binarize \(looked for Linear, .*\); the "
+                                         "layers inside a MultiheadAttention are left out: it reads their weights "
+                                         "without calling them"):
+        binarize(nn.MultiheadAttention(8, 2))
     with pytest.raises(ValueError, match="exclude names layers that do not exist"):
         binarize(nn.Sequential(nn.Linear(2, 2)), exclude=["7"])
 

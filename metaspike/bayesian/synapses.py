@@ -60,7 +60,7 @@ from metaspike.layer_selection import (
     SynapseParametrization,
     check_weight_ready,
     each_once,
-    layer_type_names,
+    nothing_to_convert,
     select_layers,
     synapse_parametrization,
     synapse_role,
@@ -650,8 +650,7 @@ def bayesianize(
             check_gain_layer(name, layer)
         todo.append((name, layer))
     if not todo and not any(found == kind for _, _, found, _ in bayesian_modules(model)):
-        raise ValueError(f"{type(model).__name__} has no layer to make Bayesian (looked for "
-                         f"{layer_type_names(layer_types)} layers with a weight parameter)")
+        raise ValueError(nothing_to_convert(model, "make Bayesian", layer_types))
     start, given, default = (("sigma_init", sigma_init, SIGMA_INIT) if kind == "mesu" else
                              ("lambda_init", lambda_init, LAMBDA_INIT))
     if kept and given != default:
