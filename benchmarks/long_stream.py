@@ -6,8 +6,10 @@ Two parts, in one process:
    ``nn.Linear`` network with SGD (forward, loss, backward, step), and the stream's BiMU and MESU networks
    (model kinds ``"bimu"`` and ``"mesu"`` with their optimizers) drawing ``S`` weight samples per step, each
    with the loss averaged over the ``S`` outputs: once as the stream trains them (``fused``: one compiled call
-   per step, :class:`metaspike.bayesian.fused_step.FusedTrainingStep`) and once through autograd and
-   ``optimizer.step()`` (``autograd``: what a model the fused step does not take costs).
+   per step, :meth:`metaspike.bayesian.fused_step.FusedTrainingStep.train_rows`, as ``train_epoch`` runs it), at
+   ``S = 1`` also as one checked call of the fused step per sample (``a call per step``: what a user's own loop
+   costs), and once through autograd and ``optimizer.step()`` (``autograd``: what a model the fused step does not
+   take costs).
    The target: a Bayesian step costs at most ``2·S`` plain steps. Freed memory is kept in the process as the
    ``metaspike`` command keeps it (:func:`metaspike.allocator.keep_freed_memory`); ``--release-freed-memory``
    measures with glibc's default instead.
@@ -42,8 +44,19 @@ from metaspike.allocator import keep_freed_memory
 from metaspike.app.models import build_model, build_optimizer
 from metaspike.bayesian.fused_step import FusedTrainingStep
 
+#: A variant of the step-cost part: trains on the rows ``rows`` of ``(x, y)``, one step each.
+Rows = Callable[[torch.Tensor, torch.Tensor, range], object]
 
-def _plain() -> Callable[[torch.Tensor, torch.Tensor], None]:
+
+def _each_row(step: Callable[[torch.Tensor, torch.Tensor], object]) -> Rows:
+    def run(x: torch.Tensor, y: torch.Tensor, rows: range) -> None:
+        for i in rows:
+            step(x[i : i + 1], y[i : i + 1])
+
+    return run
+
+
+def _plain() -> Rows:
     net = nn.Sequential(nn.Linear(784, 100, bias=False), nn.ReLU(), nn.Linear(100, 10, bias=False))
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
 
@@ -52,17 +65,23 @@ def _plain() -> Callable[[torch.Tensor, torch.Tensor], None]:
         F.cross_entropy(net(x), y).backward()
         opt.step()
 
-    return step
+    return _each_row(step)
 
 
-def _sampled(kind: str, samples: int, fused: bool) -> Callable[[torch.Tensor, torch.Tensor], None]:
+def _sampled(kind: str, samples: int, fused: str | None) -> Rows:
+    """The stream's network of ``kind`` drawing ``samples`` weight samples per step; ``fused``: ``"rows"`` as
+    train_epoch runs it (:meth:`FusedTrainingStep.train_rows`, the model checked once per epoch), ``"call"`` one
+    checked call of the fused step per sample, ``None`` autograd and ``optimizer.step()``."""
     net = build_model(kind, [100], (1, 28, 28), 10)
     for layer in net.modules():
         if hasattr(layer, "samples"):  # the Bayesian layers' weight samples per step
             layer.samples = samples
     opt = build_optimizer(kind, net, lr=0.0)  # (lr is not used by the Bayesian optimizers)
-    if fused:  # what train_epoch and the metaspike command run at batch size 1
-        return FusedTrainingStep(net, opt)
+    if fused == "rows":
+        fused_step = FusedTrainingStep(net, opt)
+        return lambda x, y, rows: fused_step.train_rows(x, y, rows)
+    if fused == "call":
+        return _each_row(FusedTrainingStep(net, opt))
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         opt.zero_grad(set_to_none=True)
@@ -70,26 +89,25 @@ def _sampled(kind: str, samples: int, fused: bool) -> Callable[[torch.Tensor, to
         F.cross_entropy(out.flatten(0, 1), y.repeat(samples)).backward()
         opt.step()
 
-    return step
+    return _each_row(step)
 
 
 def step_costs(steps: int, rounds: int) -> dict[str, float]:
     """Median milliseconds per batch-1 step of each variant, over ``rounds`` interleaved rounds (after a warm-up)."""
     torch.manual_seed(0)
-    variants: dict[str, Callable[[torch.Tensor, torch.Tensor], object]] = {"plain Linear + SGD": _plain()}
+    variants: dict[str, Rows] = {"plain Linear + SGD": _plain()}
     for kind, label, samples in (("bimu", "BiMU", 1), ("bimu", "BiMU", 5), ("mesu", "MESU", 1), ("mesu", "MESU", 10)):
-        for fused in (True, False):
-            variants[f"{label} S={samples} {'fused' if fused else 'autograd'}"] = _sampled(kind, samples, fused)
-    x, y = torch.randn(steps, 1, 784), torch.randint(0, 10, (steps, 1))
+        for fused, name in (("rows", "fused"), ("call", "fused, a call per step"), (None, "autograd")):
+            if fused != "call" or samples == 1:
+                variants[f"{label} S={samples} {name}"] = _sampled(kind, samples, fused)
+    x, y = torch.randn(steps, 784), torch.randint(0, 10, (steps,))
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for step in variants.values():  # warm-up, untimed: the fused loops compile on their first call
-        for i in range(min(steps, 20)):
-            step(x[i], y[i])
+    for run in variants.values():  # warm-up, untimed: the fused loops compile on their first call
+        run(x, y, range(min(steps, 20)))
     for _ in range(rounds):
-        for name, step in variants.items():
+        for name, run in variants.items():
             start = time.perf_counter()
-            for i in range(steps):
-                step(x[i], y[i])
+            run(x, y, range(steps))
             times[name].append(1000 * (time.perf_counter() - start) / steps)
     return {name: statistics.median(t) for name, t in times.items()}
 
@@ -149,8 +167,8 @@ def main() -> None:
         plain = costs["plain Linear + SGD"]
         for name, ms in costs.items():
             samples = int(name.split("S=")[1].split()[0]) if "S=" in name else 1
-            target = "" if name.startswith("plain") else f"  = {ms / plain:.1f} plain steps (target <= {2 * samples})"
-            print(f"{name:24s} {ms:.4f} ms/step{target}")
+            target = "" if name.startswith("plain") else f"  = {ms / plain:.2f} plain steps (target <= {2 * samples})"
+            print(f"{name:32s} {ms:.4f} ms/step{target}")
     if args.steps_only:
         return
     from metaspike.app.reproduce import long_stream

@@ -353,16 +353,19 @@ def _fused_step(model: nn.Module, optimizer: Optimizer, batch_size: int, classes
 def _train_fused(step: FusedTrainingStep, x: Tensor, y: Tensor, order: Tensor, device: torch.device | str,
                  progress: Any) -> float:
     """:func:`train_epoch` by fused steps, one sample each in ``order``; the mean loss."""
-    total = 0.0
-    for batches, i in enumerate(order.tolist(), start=1):  # (slices are views: no copy per step)
-        loss = step(x[i : i + 1].to(device, non_blocking=True), y[i : i + 1].to(device, non_blocking=True)).item()
-        if not math.isfinite(loss):  # (the fused step left the weights as they were)
-            raise TrainingDiverged(f"loss became {loss} at batch {batches}; lower the learning rate")
-        total += loss
+    losses: list[float] = []
+
+    def after_step(loss: Tensor) -> None:
+        value = loss.item()
+        if not math.isfinite(value):  # (the fused step left the weights as they were)
+            raise TrainingDiverged(f"loss became {value} at batch {len(losses) + 1}; lower the learning rate")
+        losses.append(value)
         if progress is not None:
             progress.update(1)
+
+    step.train_rows(x, y, order.tolist(), device, after_step)
     step.check_weights()  # (a NaN weight makes the next step's loss NaN; after the last step nothing would tell)
-    return total / max(len(order), 1)
+    return sum(losses) / max(len(order), 1)
 
 
 @torch.no_grad()

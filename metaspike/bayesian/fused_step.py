@@ -561,21 +561,64 @@ class FusedTrainingStep:
             raise ValueError("target must be an int64 tensor of shape (1,), as cross-entropy takes class indices")
         self._refresh()
         scalars = self._scalar_tensors()  # (may make the plan again: MESU's clipping depends on a setting)
+        self._check_labels(target)
+        return self._step(x, target, scalars, [[t.detach() for t in layer] for layer in self._analysis.tensors],
+                          check_input=True)
+
+    def train_rows(self, x: Tensor, y: Tensor, order: Sequence[int], device: torch.device | str = "cpu",
+                   after_step: Callable[[Tensor], None] | None = None) -> None:
+        """Train on the rows ``order`` of a dataset ``(x, y)`` (``y`` int64 class indices), one step each, calling
+        ``after_step(loss)`` after each (a loop's own checks and progress). What a step may meet is checked once,
+        before the first (the model, the optimizer, the labels): nothing but this loop runs between its steps
+        (between calls of the step itself a hook, a scheduler or a hand may change things, which each call checks).
+
+        Example:
+            >>> from metaspike.bayesian import BiMU, bayesianize, bimu_parameters
+            >>> net = bayesianize(torch.nn.Sequential(torch.nn.Linear(6, 3, bias=False)), "bimu", scale=None)
+            >>> losses = []
+            >>> FusedTrainingStep(net, BiMU(bimu_parameters(net))).train_rows(
+            ...     torch.randn(4, 6), torch.tensor([0, 2, 1, 0]), [3, 0, 2], after_step=losses.append)
+            >>> len(losses)
+            3
+        """
+        if not (isinstance(x, Tensor) and isinstance(y, Tensor) and y.dtype == torch.int64 and y.dim() == 1
+                and len(x) == len(y)):
+            raise ValueError("x and y must be tensors of as many rows, y of int64 class indices")
+        self._refresh()
+        scalars = self._scalar_tensors()
+        rows = list(order)
+        if rows:
+            self._check_labels(y[torch.tensor(rows)])
+        tensors = [[t.detach() for t in layer] for layer in self._analysis.tensors]
+        for k, i in enumerate(rows):
+            loss = self._step(x[i : i + 1].to(device, non_blocking=True), y[i : i + 1].to(device, non_blocking=True),
+                              scalars, tensors, check_input=k == 0)  # (every row has the first one's shape and dtype)
+            if after_step is not None:
+                after_step(loss)
+
+    def _check_labels(self, labels: Tensor) -> None:
+        """Every label a class of the last layer's outputs (the compiled step reads no out-of-range index)."""
+        classes = self._analysis.layers[-1].out_features  # (the activations keep the last dimension)
+        low, high = (int(v) for v in torch.aminmax(labels))
+        if low < 0 or high >= classes:
+            raise ValueError(f"target {low if low < 0 else high} is not a class of the model's {classes} outputs")
+
+    def _step(self, x: Tensor, target: Tensor, scalars: list[Tensor], tensors: list[list[Tensor]],
+              check_input: bool) -> Tensor:
+        """One step on a checked model and optimizer and labels; ``check_input``: whether to check ``x`` (after the
+        modules before the first Bayesian layer) and ``target`` against the model."""
         found = self._analysis
         first, weight = found.layers[0], found.tensors[0][0]
         with torch.no_grad():
             for module in found.prefix:
                 x = module(x)
-            if x.shape != (1, first.in_features) or x.dtype != weight.dtype or x.device != weight.device:
-                raise ValueError(f"the first Bayesian layer takes a (1, {first.in_features}) {weight.dtype} tensor on "
-                                 f"{weight.device}, got {tuple(x.shape)} {x.dtype} on {x.device} after the modules "
-                                 "before it")
-            if target.device != weight.device:
-                raise ValueError(f"target is on {target.device}, the model on {weight.device}")
-            classes = found.layers[-1].out_features  # (the activations keep the last dimension)
-            label = int(target)
-            if not 0 <= label < classes:
-                raise ValueError(f"target {label} is not a class of the model's {classes} outputs")
+            if check_input:
+                if x.shape != (1, first.in_features) or x.dtype != weight.dtype or x.device != weight.device:
+                    raise ValueError(f"the first Bayesian layer takes a (1, {first.in_features}) {weight.dtype} tensor "
+                                     f"on {weight.device}, got {tuple(x.shape)} {x.dtype} on {x.device} after the "
+                                     "modules before it")
+                if target.device != weight.device:
+                    raise ValueError(f"target is on {target.device}, the model on {weight.device}")
             # (a row of a dataset is a view at some offset into it: the compiled step would specialise on views and
             # plain tensors, on offsets 0 and 1 and on one equal to a size, a variant each, and a few networks in one
             # process would reach torch's limit of variants)
@@ -585,7 +628,6 @@ class FusedTrainingStep:
             made = [state for layer in states for state in layer if "step" not in state]
             for state in made:  # (removed again below if this step updates nothing, as the optimizers make none)
                 state["step"] = torch.zeros((), dtype=torch.float32)
-            tensors = [[t.detach() for t in layer] for layer in found.tensors]
             loss, _ = _compiled_fused_step(found.plan, x, target, keys, tensors, scalars,
                                            [[state["step"] for state in layer] for layer in states],
                                            self._inverse_temperature(weight))
