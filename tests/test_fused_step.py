@@ -392,6 +392,24 @@ def test_rows_of_a_dataset_at_any_offset_share_one_compiled_variant():
     assert counters["stats"]["unique_graphs"] - compiled_before == 1
 
 
+def test_train_rows_checks_every_label_before_the_first_step_and_equals_calls_per_row():
+    net, opt = _user_net("bimu")
+    twin = copy.deepcopy(net)
+    twin_opt = BiMU(bimu_parameters(twin), **opt.defaults)
+    x, y = torch.rand(5, 12, dtype=torch.float64), torch.tensor([0, 3, 1, 2, 1])
+    before = [p.detach().clone() for p in net.parameters()]
+    with pytest.raises(ValueError, match="target 4 is not a class of the model's 4 outputs"):
+        FusedTrainingStep(net, opt).train_rows(x, torch.tensor([0, 3, 1, 4, 1]), range(5))
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))  # (refused before any step)
+    torch.manual_seed(5)
+    losses = []
+    FusedTrainingStep(net, opt).train_rows(x, y, [4, 0, 2], after_step=losses.append)
+    torch.manual_seed(5)
+    step = FusedTrainingStep(twin, twin_opt)
+    assert [float(v) for v in losses] == [float(step(x[i : i + 1], y[i : i + 1])) for i in (4, 0, 2)]
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), twin.parameters()))
+
+
 def test_a_samples_attribute_on_a_plain_linear_layer_draws_one_sample_as_its_forward_does():
     net, opt = _user_net("bimu")
     net[1].samples = 3  # (nn.Linear's forward ignores it)
