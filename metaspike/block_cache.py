@@ -72,12 +72,21 @@ def _made_once(parametrization: nn.Module, tensors: tuple[Tensor, ...], make: Ca
     key = (id(parametrization), id(tensors[0]), variant)
     # (the storage, dtype and device too: ``model.double()`` or ``.to(device)`` swaps a tensor's data in place of
     # it, which keeps its version)
-    made_under = (*((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors), torch.is_grad_enabled(),
+    made_under = (*((t._version, _data_address(t), t.dtype, t.device) for t in tensors), torch.is_grad_enabled(),
                   parametrization.training)
     found = _block_weights.get(key)
     if found is None or found[0] != made_under or found[2]() is not parametrization or found[3]() is not tensors[0]:
         found = _block_weights[key] = (made_under, make(), weakref.ref(parametrization), weakref.ref(tensors[0]))
     return found[1]
+
+
+def _data_address(tensor: Tensor) -> int | None:
+    """Where ``tensor``'s data lies; ``None`` for a tensor without storage of its own (one that ``torch.func``
+    transforms wrap around another, whose own version and identity say the rest)."""
+    try:
+        return tensor.data_ptr()
+    except RuntimeError:
+        return None
 
 
 @contextmanager
