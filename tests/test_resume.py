@@ -173,6 +173,34 @@ def test_resume_from_python_refuses_other_data_under_the_same_names():
     assert trainer().fit(split(*data(0), groups=2), resume=first_task).matrix  # (its own data: resumed)
 
 
+@pytest.mark.parametrize("position", [{"task": 0, "epochs_done": 1}, {"task": 1, "epochs_done": 0}])
+def test_resume_from_python_refuses_other_optimizer_settings_inside_a_task_and_at_its_end(position):
+    """At a task boundary a new optimizer starts, but the saved one says which settings the run trained with: a run
+    resumed under others would mix two optimizers' results (it was refused inside a task only)."""
+    from metaspike import MetaplasticAdam
+    from metaspike.continual import ContinualTrainer, TrainerConfig, split
+    from metaspike.data import ArrayDataset
+
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.rand(300, 16, generator=generator), torch.randint(0, 4, (300,), generator=generator)
+    scenario = split(ArrayDataset.from_tensors(x[:200], y[:200], "mine"),
+                     ArrayDataset.from_tensors(x[200:], y[200:], "mine"), groups=2)
+
+    def trainer(lr):
+        torch.manual_seed(0)
+        return ContinualTrainer(torch.nn.Linear(16, 4), lambda m: MetaplasticAdam(m.parameters(), lr=lr),
+                                TrainerConfig(epochs=2, batch_size=50, eval_every=1), progress=False)
+
+    log = KeepCheckpoints()
+    trainer(0.01).fit(scenario, log=log)
+    saved = next(state for state in map(lambda raw: torch.load(io.BytesIO(raw), weights_only=True), log.saved)
+                 if state["position"] == position)
+    with pytest.raises(ValueError, match="the checkpoint's optimizer has lr = 0.01 in param group 0, where the run's "
+                                         "settings give 0.05: it was written with other settings"):
+        trainer(0.05).fit(scenario, resume=saved)
+    assert trainer(0.01).fit(scenario, resume=saved).matrix  # (its own settings: resumed)
+
+
 NEURON_ARGS = ["compare", "--neurons", "bnn", "self-recurrent", "--meta", "0", "20", "--dataset", "digits", "--tasks",
                "2", "--epochs", "4", "--hidden", "16", "--quiet"]
 COMPARISON = "compare-neurons-permuted-digits"

@@ -299,6 +299,16 @@ def _data_fingerprint(scenario: Scenario) -> str:
     return digest.hexdigest()
 
 
+def _load_saved_optimizer(optimizer: Optimizer, optimizer_state: tuple[Any, Any]) -> None:
+    """Load a checkpoint's optimizer state into ``optimizer``: refused in one line where it was another kind of
+    optimizer, has other settings or holds state that does not fit (:func:`check_optimizer_state`)."""
+    saved, kinds = optimizer_state
+    check_kinds(kinds, kinds_of(optimizer), "optimizer")
+    settings = group_settings(optimizer)
+    load_part("optimizer", optimizer, saved)
+    check_optimizer_state(optimizer, settings)
+
+
 def _check_finite_weights(model: nn.Module, task: int) -> None:
     """Raise :class:`TrainingDiverged` when a parameter became NaN or infinite while the loss stayed finite (e.g. a
     Bayesian rule whose memory window is far too short)."""
@@ -576,12 +586,9 @@ class ContinualTrainer:
             new_task = epoch == 0 and cfg.optimizer == "per-task" and scenario.task_boundaries
             if optimizer is None or new_task:
                 optimizer = self._new_optimizer()
-                if optimizer_state is not None and not new_task:
-                    saved, kinds = optimizer_state
-                    check_kinds(kinds, kinds_of(optimizer), "optimizer")
-                    settings = group_settings(optimizer)
-                    load_part("optimizer", optimizer, saved)
-                    check_optimizer_state(optimizer, settings)
+                if optimizer_state is not None:  # (at a task boundary a new optimizer starts, but the saved one must
+                    # have been built with this run's settings: it is loaded into a copy that is then dropped)
+                    _load_saved_optimizer(self._new_optimizer() if new_task else optimizer, optimizer_state)
                 optimizer_state = None
             due = (i + 1) % cfg.eval_every == 0 or i + 1 == count
             accuracies = self._train_task(scenario, i, epoch, optimizer, generator, states, result, start, log, due)
