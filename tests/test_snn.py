@@ -236,6 +236,41 @@ def test_a_module_that_keeps_its_state_past_reset_states_is_named_at_the_first_c
                 assert net(torch.rand(2, 4)).shape == (2, 3) and net(torch.rand(5, 4)).shape == (5, 3)
 
 
+def test_a_state_kept_in_a_tuple_or_a_buffer_is_named_too():
+    """A state passed by hand and kept as a tuple of tensors, or a membrane kept in a registered buffer, leaked from
+    one batch into the next without a word (only a plain tensor attribute was seen)."""
+    from metaspike.checks import ModelError
+    from metaspike.snn import SpikingClassifier
+
+    class InTuple(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.state = ()
+
+        def forward(self, x):
+            self.state = (x if not self.state else 0.9 * self.state[0] + x,)
+            return self.state[0]
+
+    class InBuffer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("v", torch.zeros(1, 3))
+
+        def forward(self, x):
+            self.v = 0.9 * self.v + x
+            return self.v
+
+    for neuron, key in ((InTuple, "state"), (InBuffer, "v")):
+        net = SpikingClassifier(torch.nn.Sequential(torch.nn.Linear(4, 3), neuron()), num_steps=3, encoder="direct",
+                                readout="membrane", input_shape=(4,))
+        with torch.no_grad(), pytest.raises(ModelError, match=rf"module '1' \({neuron.__name__}\) keeps the tensor "
+                                                              f"'{key}' from one call"):
+            net(torch.rand(1, 4))
+    batchnorm = SpikingClassifier(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)), num_steps=3,
+                                  encoder="direct", readout="membrane", input_shape=(4,))
+    batchnorm(torch.rand(5, 4))  # (statistics updated in place: a buffer, but no state between calls)
+
+
 def test_a_classifier_of_something_that_is_not_a_module_is_one_line():
     with pytest.raises(ValueError, match="network must be a torch nn.Module .*, got str"):
         SpikingClassifier("net")

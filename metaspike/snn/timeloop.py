@@ -11,6 +11,7 @@ import math
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -112,18 +113,34 @@ def _warn_membrane_of_spikes(network: nn.Module) -> None:
                   "readout='count'", stacklevel=3)
 
 
-def _unreset_tensors(network: nn.Module) -> dict[tuple[str, str], int]:
-    """The plain tensor attributes (not parameters or buffers) of the modules :func:`reset_states` leaves alone,
-    by ``(module name, attribute)``, with the identity of the tensor each holds now."""
-    return {(name, key): id(value) for name, module in network.named_modules() if state_reset(module) is None
-            for key, value in vars(module).items() if isinstance(value, Tensor)}
+def _held_tensors(value: Any) -> Any:
+    """The identities of the tensors ``value`` holds (a tensor, or a tuple, list or dict of them, nested), in its
+    shape; ``None`` where it holds none."""
+    if isinstance(value, Tensor):
+        return id(value)
+    items = list(value.values()) if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else ()
+    held = tuple(_held_tensors(item) for item in items)
+    return held if any(h is not None for h in held) else None
+
+
+def _unreset_tensors(network: nn.Module) -> dict[tuple[str, str], Any]:
+    """The tensors that the modules :func:`reset_states` leaves alone hold in attributes (a tensor, or a tuple, list
+    or dict of them: a state passed by hand) and in buffers, by ``(module name, attribute)``, with the identities of
+    the tensors each holds now (parameters and buffers updated in place keep theirs)."""
+    return {(name, key): held for name, module in network.named_modules() if state_reset(module) is None
+            for key, value in [*vars(module).items(), *module._buffers.items()]
+            if key not in _MODULE_INTERNALS and (held := _held_tensors(value)) is not None}
+
+
+#: What every ``nn.Module`` keeps in its ``__dict__`` (its parameters, buffers, children and hooks): not a state.
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
 
 
 def _refuse_kept_state(network: nn.Module, before: dict[tuple[str, str], int]) -> None:
     """One :class:`~metaspike.checks.ModelError` for a module :func:`reset_states` leaves alone that set a tensor attribute during the call
     (``before``: :func:`_unreset_tensors` at its start): a state the next call would start from."""
-    for (name, key), identity in _unreset_tensors(network).items():
-        if before.get((name, key)) != identity:
+    for (name, key), held in _unreset_tensors(network).items():
+        if before.get((name, key)) != held:
             module = network.get_submodule(name)
             raise ModelError(f"network: module {name!r} ({type(module).__name__}) keeps the tensor {key!r} from one "
                              "call to the next, and metaspike.snn.reset_states does not reset it: give "
