@@ -272,7 +272,10 @@ def test_the_registry_synaptic_model_round_trips_through_nir_and_unexpressed_opt
                                 model.input_shape)
     x = torch.rand(5, 1, 28, 28)
     torch.testing.assert_close(model(x), rebuilt(x))
-    for option in (dict(graded_spikes_factor=2.0), dict(inhibition=True), dict(reset_delay=False)):
+    from snntorch.functional import quant
+
+    for option in (dict(graded_spikes_factor=2.0), dict(inhibition=True), dict(reset_delay=False),
+                   dict(state_quant=quant.state_quant(num_bits=4, uniform=True))):  # (quantized states: not in NIR)
         net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), snn.Leaky(beta=0.9, reset_mechanism="zero", init_hidden=True,
                                                                     **option))
         with pytest.raises(ValueError, match=f"NIR has no counterpart of Leaky\\({next(iter(option))}="):

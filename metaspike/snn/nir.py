@@ -64,14 +64,25 @@ def _time_constant(decay: torch.Tensor, shape: tuple[int, ...], dt: float, what:
 
 
 #: snnTorch neuron options NIR's neurons have no counterpart for, with the value that needs none
-_PLAIN_OPTIONS = (("graded_spikes_factor", 1.0), ("inhibition", False), ("reset_delay", True))
+_PLAIN_OPTIONS = (("graded_spikes_factor", 1.0), ("inhibition", False), ("reset_delay", True), ("state_quant", False))
+
+
+def _is_plain(value: object, plain: object) -> bool:
+    """Whether an option's ``value`` is its ``plain`` one (a number or a flag; anything else, a quantizing function
+    for ``state_quant``, is not)."""
+    if value is plain:
+        return True
+    try:
+        return bool(torch.all(torch.as_tensor(value) == plain))
+    except (TypeError, RuntimeError, ValueError):
+        return False
 
 
 def _refuse_unexpressed_options(layer: nn.Module) -> None:
     """One ``ValueError`` for an snnTorch option the exported graph could not reproduce (it would run differently)."""
     for option, plain in _PLAIN_OPTIONS:
         value = getattr(layer, option, plain)
-        if not bool(torch.all(torch.as_tensor(value) == plain)):
+        if not _is_plain(value, plain):
             raise ValueError(f"NIR has no counterpart of {type(layer).__name__}({option}={value!r}); export a neuron "
                              f"with {option}={plain!r}")
 
