@@ -143,6 +143,22 @@ def test_nir_round_trip_gives_the_same_spikes(tmp_path):
     torch.testing.assert_close(*logits)
 
 
+def test_nir_round_trip_of_a_network_whose_last_neuron_feeds_a_linear_readout():
+    # the imported network made its last neuron the output, and its (spikes, membrane) went into the Linear after it
+    pytest.importorskip("nir")
+    from metaspike.snn.nir import export_nir, import_nir
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), snn.Leaky(beta=0.8, init_hidden=True, reset_mechanism="zero"),
+                        nn.Linear(16, 4))
+    model = SpikingClassifier(metaspike.binarize(net), num_steps=4, encoder="direct", readout="membrane",
+                              input_shape=(1, 8, 8)).eval()
+    rebuilt = SpikingClassifier(import_nir(export_nir(model)), num_steps=4, encoder="direct", readout="membrane",
+                                input_shape=(1, 8, 8)).eval()
+    x = torch.rand(3, 1, 8, 8)
+    torch.testing.assert_close(rebuilt(x), model(x))
+
+
 def test_nir_export_names_an_unsupported_layer_and_what_it_takes():
     """README lists what export_nir takes and names pooling, RLeaky, Alpha and Norse cells as refused."""
     pytest.importorskip("nir")

@@ -289,7 +289,7 @@ def _scale(gain: torch.Tensor) -> Scale:
 def import_nir(source, dt: float = 1.0) -> nn.Sequential:
     """Build the per-step network (snnTorch ``Leaky``/``Synaptic`` neurons) of a NIR graph or file.
 
-    Wrap the result in :class:`SpikingClassifier` to run it over time; the last neuron layer
+    Wrap the result in :class:`SpikingClassifier` to run it over time; a neuron layer that is the graph's last node
     returns ``(spikes, membrane)``. Layers come back real-valued (``nn.Linear``/``nn.Conv2d`` holding
     the ±1 weights), gains as :class:`Scale` layers.
 
@@ -301,7 +301,6 @@ def import_nir(source, dt: float = 1.0) -> nn.Sequential:
     finite_number("dt", dt, positive=True)
     graph = source if isinstance(source, nir.NIRGraph) else nir.read(source)
     nodes = _chain(graph)
-    neurons = [i for i, n in enumerate(nodes) if isinstance(n, (nir.LIF, nir.LI, nir.CubaLIF, nir.CubaLI))]
     layers: list[nn.Module] = []
     for i, node in enumerate(nodes):
         if isinstance(node, nir.Flatten):
@@ -327,7 +326,7 @@ def import_nir(source, dt: float = 1.0) -> nn.Sequential:
         elif isinstance(node, nir.Scale):
             layers.append(_scale(_tensor(node.scale, "scale")))
         elif isinstance(node, (nir.LIF, nir.LI, nir.CubaLIF, nir.CubaLI)):
-            layers += _neuron(snn, node, dt, output=i == neurons[-1])
+            layers += _neuron(snn, node, dt, output=i == len(nodes) - 1)  # (a tuple into a layer after it would fail)
         else:
             raise ValueError(f"import_nir does not support NIR node {type(node).__name__}")
     return nn.Sequential(*layers)
