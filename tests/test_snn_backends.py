@@ -343,10 +343,25 @@ def test_a_hostile_nir_graph_is_one_line(nodes, edges, message):
 
 
 def test_snntorch_neurons_without_init_hidden_in_a_sequential_are_refused_in_one_line():
-    """Called with the input alone, such a neuron starts from a fresh membrane at every step and returns (spikes,
-    membrane), which nn.Sequential would hand to the next layer as its input."""
+    """Called with the input alone, such a neuron returns (spikes, membrane), which nn.Sequential would hand to the
+    next layer as its input; as the network's last module its pair is the output (its membrane is reset per call)."""
     step = nn.Sequential(nn.Linear(4, 3), snn.Leaky(beta=0.9), nn.Linear(3, 2))
     with pytest.raises(ValueError, match=r"^network: module '1' is a snnTorch Leaky built without init_hidden=True"):
         SpikingClassifier(step, num_steps=2, encoder="direct")
     fixed = nn.Sequential(nn.Linear(4, 3), snn.Leaky(beta=0.9, init_hidden=True), nn.Linear(3, 2))
     assert SpikingClassifier(fixed, num_steps=2, encoder="direct")(torch.rand(5, 4)).shape == (5, 2)
+    last = SpikingClassifier(nn.Sequential(nn.Linear(4, 3), snn.Leaky(beta=0.5)), num_steps=3, encoder="direct",
+                             readout="membrane")
+    x = torch.rand(2, 4)
+    assert torch.equal(last(x), last(x)) and last(torch.rand(7, 4)).shape == (7, 3)
+
+
+@pytest.mark.parametrize("name", ["LeakyParallel", "StateLeaky"])
+def test_snntorch_time_first_modules_are_refused_in_one_line(name):
+    """They read their input's first dimension as time: called once per step, a batch would run as a sequence."""
+    if not hasattr(snn, name):
+        pytest.skip(f"this snnTorch has no {name}")
+    module = snn.LeakyParallel(4, 3) if name == "LeakyParallel" else snn.StateLeaky(beta=0.9, channels=4)
+    with pytest.raises(ValueError, match=rf"^network: module '1' is snnTorch's {name}, which runs a whole time "
+                                         r"sequence per call .* use snntorch.Leaky\(init_hidden=True\)"):
+        SpikingClassifier(nn.Sequential(nn.Linear(4, 4), module), num_steps=2, encoder="direct")

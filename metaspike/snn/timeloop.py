@@ -64,20 +64,36 @@ def _check_one_step_modules(network: nn.Module) -> None:
                              f"{type(module).__name__}Cell (or another Norse *Cell)")
 
 
+#: snnTorch modules that run a whole time sequence per call (time first), and what runs one step instead.
+_SNNTORCH_TIME_FIRST = {"LeakyParallel": "snntorch.Leaky(init_hidden=True)", "StateLeaky": "snntorch.Leaky(init_hidden=True)"}
+
+
 def _check_snntorch_neurons(network: nn.Module) -> None:
-    neuron = getattr(sys.modules.get("snntorch"), "SpikingNeuron", None)  # (a snnTorch neuron has loaded it)
+    """Refuse snnTorch's time-first modules, and a snnTorch neuron built without ``init_hidden=True`` inside an
+    ``nn.Sequential`` where a layer follows it (it returns ``(spikes, membrane)``, which that layer would take as
+    its input; as the network's last module its pair is the output the readout takes)."""
+    snntorch = sys.modules.get("snntorch")
+    neuron = getattr(snntorch, "SpikingNeuron", None)  # (a snnTorch neuron has loaded it)
     if neuron is None:
         return
+    time_first = tuple(getattr(snntorch, name) for name in _SNNTORCH_TIME_FIRST if hasattr(snntorch, name))
+    for name, module in network.named_modules():
+        if isinstance(module, time_first):
+            raise ValueError(f"network: {f'module {name!r}' if name else 'the network'} is snnTorch's "
+                             f"{type(module).__name__}, which runs a whole time sequence per call (its input's first "
+                             "dimension is time); SpikingClassifier calls the network once per time step: use "
+                             f"{_SNNTORCH_TIME_FIRST[type(module).__name__]}")
+    last = _last_module(network)[1]
     for name, module in network.named_modules():
         if type(module) is not nn.Sequential:
             continue
         for child_name, child in module.named_children():
-            if isinstance(child, neuron) and not getattr(child, "init_hidden", True):
+            if isinstance(child, neuron) and not getattr(child, "init_hidden", True) and child is not last:
                 where = ".".join(part for part in (name, child_name) if part)
                 raise ValueError(f"network: module {where!r} is a snnTorch {type(child).__name__} built without "
-                                 "init_hidden=True: in an nn.Sequential it would start from a fresh membrane at every "
-                                 "step and pass (spikes, membrane) on as the next layer's input; build it with "
-                                 "init_hidden=True (SpikingClassifier resets the hidden state at every call)")
+                                 "init_hidden=True: in an nn.Sequential it returns (spikes, membrane), which the next "
+                                 "layer would take as its input; build it with init_hidden=True (SpikingClassifier "
+                                 "resets the hidden state at every call)")
 
 
 def _last_module(network: nn.Module) -> tuple[str, nn.Module]:
