@@ -81,6 +81,16 @@ def test_time_loop_accepts_encoded_input_and_checks_shapes():
         model(torch.rand(5, 2, 1, 2, 2))
     with pytest.raises(ValueError, match=r"input of shape \(2, 1, 3, 3\) does not fit"):
         model(torch.rand(2, 1, 3, 3))
+    encoded = (torch.rand(3, 2, 1, 2, 2) < 0.5).float()
+    encoded[1, 0, 0, 0, 0] = float("nan")  # (a spike train is checked as a raw batch is: NaN ran silently)
+    with pytest.raises(ValueError, match="encoded input holds NaN or infinite values"):
+        model(encoded)
+    with pytest.raises(ValueError, match=r"encoded input must be floating point \(spikes as 0.0 and 1.0\), got "
+                                         r"torch.uint8: convert it with x.float\(\)"):
+        model(torch.ones(3, 2, 1, 2, 2, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="input must be a torch tensor, got list"):
+        model(x.tolist())
+    assert SpikingClassifier(torch.nn.Linear(4, 2), num_steps=2, encoder="direct", input_shape=4).input_shape == (4,)
 
 
 @pytest.mark.parametrize("bad, message", [

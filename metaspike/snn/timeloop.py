@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from metaspike.checks import ModelError, is_whole
@@ -209,8 +210,10 @@ class SpikingClassifier(nn.Module):
         self.readout = get_readout(readout)
         if self.readout is membrane:
             _warn_membrane_of_spikes(network)
-        if input_shape is not None and (isinstance(input_shape, str) or not all(is_whole(s, 1) for s in input_shape)
-                                        or not len(input_shape)):
+        if is_whole(input_shape, 1):  # (one number: a sample of that many features)
+            input_shape = (input_shape,)
+        if input_shape is not None and (not isinstance(input_shape, Sequence) or isinstance(input_shape, str)
+                                        or not all(is_whole(s, 1) for s in input_shape) or not len(input_shape)):
             raise ValueError(f"input_shape must be a non-empty sequence of integers >= 1, got {input_shape!r}")
         self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
         if self.input_shape is not None:
@@ -220,12 +223,19 @@ class SpikingClassifier(nn.Module):
 
     def encode(self, x: Tensor) -> Tensor:
         """``[B, *input_shape]`` → ``[num_steps, B, *input_shape]``; encoded input is checked and kept."""
+        if not isinstance(x, Tensor):
+            raise ValueError(f"input must be a torch tensor, got {type(x).__name__} (torch.as_tensor(x) makes one)")
         shape = self.input_shape
         if shape is None or tuple(x.shape[1:]) == shape:
             return self.encoder(x, self.num_steps)
         if tuple(x.shape[2:]) == shape and x.dim() == len(shape) + 2:
             if x.shape[0] != self.num_steps:
                 raise ValueError(f"input has {x.shape[0]} time steps but num_steps is {self.num_steps}")
+            if not x.is_floating_point():
+                raise ValueError(f"encoded input must be floating point (spikes as 0.0 and 1.0), got {x.dtype}: "
+                                 "convert it with x.float()")
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError("encoded input holds NaN or infinite values; only finite inputs are accepted")
             return x
         raise ValueError(
             f"input of shape {tuple(x.shape)} does not fit: expected [batch, {', '.join(map(str, shape))}] "
