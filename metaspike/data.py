@@ -61,6 +61,9 @@ __all__ = [
 ENV_VAR = "METASPIKE_DATA"
 SPLITS = ("train", "test")
 DOWNLOAD_TIMEOUT_S = 20.0
+#: The most classes a dataset made from one's own arrays may name by default (its largest label + 1): a sparse
+#: class id of 10**8 made 10**8 names and 7 GB before anything else.
+MAX_CLASSES = 1_000_000
 
 
 class DataError(ValueError):
@@ -170,9 +173,19 @@ class ArrayDataset:
             raise DataError(f"{where}: y must have shape [N], got {list(y.shape)}")
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
             raise DataError(f"{where}: y must hold integer class indices, got {y.dtype}")
+        unsigned64 = y.dtype == torch.uint64
         y = y.to(torch.int64, copy=True)
+        if unsigned64 and bool((y < 0).any()):  # (wrapped around: 2**63 or more)
+            raise DataError(f"{where}: y holds labels of 2**63 or more; labels are class indices 0..C-1")
         if classes is None:
-            classes = tuple(str(c) for c in range(int(y.max()) + 1 if y.numel() else 1))
+            largest = int(y.max()) if y.numel() else 0
+            if largest >= MAX_CLASSES:
+                raise DataError(f"{where}: y's largest label is {largest:,}, which would make {largest + 1:,} classes "
+                                f"(at most {MAX_CLASSES:,}): labels are class indices 0..C-1, never renumbered; "
+                                "number sparse class ids 0..C-1 first (np.unique(y, return_inverse=True)[1])")
+            classes = tuple(str(c) for c in range(largest + 1))
+        elif isinstance(classes, str) or not isinstance(classes, Sequence):
+            raise DataError(f"{where}: classes must be a sequence of class names, got {classes!r}")
         return cls(name, (x[:, None] if x.dim() == 3 else x).contiguous(), y, tuple(classes))
 
     def __len__(self) -> int:
@@ -205,6 +218,8 @@ class ArrayDataset:
             10
         """
         idx = torch.as_tensor(index)
+        if idx.numel() == 0:  # (an empty list is a float tensor to torch: no sample)
+            idx = idx.to(torch.int64)
         if idx.dtype != torch.bool:
             if idx.is_floating_point():
                 raise DataError(f"dataset {self.name!r}: subset index must be integers or a "

@@ -578,10 +578,21 @@ def test_own_tensors_or_arrays_become_a_dataset_the_scenarios_take():
     ([[0.5]], torch.tensor([0]), "x and y must be torch tensors or numpy arrays, got list as x"),
     (torch.rand(2, 3), np.array(["a", "b"], dtype=object), "y must hold numbers, got a numpy array of object"),
     (torch.rand(2, 3), torch.zeros(2, 1, dtype=torch.int32), r"y must have shape \[N\], got \[2, 1\]"),
+    # a sparse class id made 10**8 class names (7 GB) before anything else
+    (torch.rand(2, 3), torch.tensor([0, 10**8]), r"y's largest label is 100,000,000, which would make 100,000,001 "
+                                                  r"classes \(at most 1,000,000\).*np.unique\(y, return_inverse=True\)"),
+    (torch.rand(2, 3), np.array([0, 2**63 + 5], dtype=np.uint64), r"y holds labels of 2\*\*63 or more"),
 ])
 def test_own_data_that_does_not_fit_is_one_line(x, y, message):
     with pytest.raises(DataError, match=message):
         ArrayDataset.from_tensors(x, y)
+
+
+def test_own_class_names_must_be_a_sequence_and_an_empty_subset_is_empty():
+    with pytest.raises(DataError, match="classes must be a sequence of class names, got 'ab'"):
+        ArrayDataset.from_tensors(torch.rand(2, 3), torch.tensor([0, 1]), classes="ab")
+    data = ArrayDataset.from_tensors(torch.rand(3, 2), torch.tensor([0, 1, 1]))
+    assert len(data.subset([])) == 0 and data.subset([]).classes == ("0", "1")  # (a filter that matched nothing)
 
 
 def test_own_data_is_copied_and_detached_and_its_name_checked():

@@ -252,3 +252,21 @@ def test_an_older_torch_is_refused_at_import_with_one_line(tmp_path, package):
     assert done.stderr.strip().splitlines()[-1] == (
         "ImportError: metaspike needs torch 2.11 or newer, found torch 2.9.1+cpu: its torch.compile draws wrong "
         "Bayesian weight samples (pip install 'torch>=2.11')")
+
+
+@pytest.mark.parametrize("name, config, message", [
+    ("", {}, "a run's name must be one folder name"),
+    ("a/b", {}, "a run's name must be one folder name"),
+    ("run", {"optimizer": object()}, "the run's config cannot be written as JSON: Object of type object"),
+])
+def test_a_run_directory_that_cannot_be_made_is_refused_before_its_folder_is(tmp_path, name, config, message):
+    with pytest.raises(ValueError, match=message):
+        RunDirectory.create(tmp_path, name, config)
+    assert list(tmp_path.iterdir()) == []  # (an empty folder left behind made the next run "run-2")
+
+
+def test_a_run_config_of_numpy_scalars_is_written_as_numbers(tmp_path):
+    import numpy as np
+
+    run = RunDirectory.create(tmp_path, "run", {"lr": np.float32(0.5), "epochs": np.int64(3), "m": torch.tensor(2.0)})
+    assert json.loads((run.path / "config.json").read_text()) == {"lr": 0.5, "epochs": 3, "m": 2.0}

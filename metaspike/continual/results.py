@@ -56,6 +56,8 @@ def _file_digest(path: Path) -> str | None:
 
 
 def _json_ready(value: Any) -> Any:
+    if not isinstance(value, (str, bytes)) and getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()  # (a numpy scalar or a 0-d tensor: its number)
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
@@ -186,7 +188,15 @@ class RunDirectory:
 
     @classmethod
     def create(cls, root: str | os.PathLike, name: str, config: dict[str, Any], scenario: dict[str, Any] | None = None) -> "RunDirectory":
-        """Make a new run directory under ``root`` and write its config (and scenario definition)."""
+        """Make a new run directory under ``root`` and write its config (and scenario definition); a name that is not
+        one folder name, or a config that JSON cannot hold, is refused before anything is made."""
+        if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or os.sep in name:
+            raise ValueError(f"a run's name must be one folder name (no '/'), got {name!r}")
+        for what, data in (("config", config), ("scenario", scenario)):
+            try:
+                json.dumps(_json_ready(data))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"the run's {what} cannot be written as JSON: {err}") from None
         run = cls(unique_directory(root, name))
         run.describe(config, scenario)
         return run
