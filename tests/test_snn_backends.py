@@ -342,6 +342,21 @@ def test_a_hostile_nir_graph_is_one_line(nodes, edges, message):
         import_nir(graph)
 
 
+def test_a_float64_network_of_snntorch_spike_functions_names_the_neuron_and_the_fix():
+    # snnTorch's own spike functions return float32 spikes: the next layer failed deep in torch on mixed dtypes
+    from metaspike.checks import ModelError
+
+    def net(**kw):
+        return nn.Sequential(nn.Linear(4, 3), snn.Leaky(beta=0.9, init_hidden=True, **kw), nn.Linear(3, 2))
+
+    x = torch.rand(2, 4, dtype=torch.float64)
+    with pytest.raises(ModelError, match=r"module '1' \(Leaky\) spikes through snnTorch's own spike function, which "
+                                         r"returns float32 spikes .* spike_grad=metaspike.snn.surrogate\('atan'\)"):
+        SpikingClassifier(net(), num_steps=2, encoder="direct").double()(x)
+    fixed = SpikingClassifier(net(spike_grad=surrogate("atan")), num_steps=2, encoder="direct").double()
+    assert fixed(x).dtype == torch.float64
+
+
 def test_snntorch_neurons_without_init_hidden_in_a_sequential_are_refused_in_one_line():
     """Called with the input alone, such a neuron returns (spikes, membrane), which nn.Sequential would hand to the
     next layer as its input; as the network's last module its pair is the output (its membrane is reset per call)."""

@@ -130,6 +130,21 @@ def _warn_membrane_of_spikes(network: nn.Module) -> None:
                   "readout='count'", stacklevel=3)
 
 
+def _float32_spikes(network: nn.Module, x: Tensor) -> str | None:
+    """Where a pass of a network of another dtype than float32 failed on mixed dtypes: the snnTorch neuron whose own
+    spike function made float32 spikes (snnTorch's functions do, whatever their input), and the fix; else ``None``."""
+    if x.dtype == torch.float32:
+        return None
+    for name, module in network.named_modules():
+        spike = getattr(module, "spike_grad", None)
+        if spike is not None and str(getattr(spike, "__module__", "")).startswith("snntorch"):
+            return (f"network: module {name!r} ({type(module).__name__}) spikes through snnTorch's own spike "
+                    f"function, which returns float32 spikes whatever its input, so a {x.dtype} network fails "
+                    "on mixed dtypes; build its neurons with spike_grad=metaspike.snn.surrogate('atan') (or another "
+                    "name), which keeps the input's dtype")
+    return None
+
+
 def _held_tensors(value: Any) -> Any:
     """The identities of the tensors ``value`` holds (a tensor, or a tuple, list or dict of them, nested), in its
     shape; ``None`` where it holds none."""
@@ -256,6 +271,11 @@ class SpikingClassifier(nn.Module):
                     else:
                         out = self.network(x_t)
                     outputs.append(out)
+        except RuntimeError as err:
+            hint = _float32_spikes(self.network, x) if "dtype" in str(err) else None
+            if hint is None:
+                raise
+            raise ModelError(hint) from err
         finally:  # no autograd graph stays behind in the neurons: the model stays copyable and frees that memory
             reset_states(self.network)
         if unreset is not None:  # (the first call: a state kept past the reset would start the next call)
