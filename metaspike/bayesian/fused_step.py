@@ -561,7 +561,8 @@ class FusedTrainingStep:
             raise ValueError("target must be an int64 tensor of shape (1,), as cross-entropy takes class indices")
         self._refresh()
         scalars = self._scalar_tensors()  # (may make the plan again: MESU's clipping depends on a setting)
-        self._check_labels(target)
+        label = int(target)
+        self._check_labels(label, label)
         return self._step(x, target, scalars, [[t.detach() for t in layer] for layer in self._analysis.tensors],
                           check_input=True)
 
@@ -588,7 +589,7 @@ class FusedTrainingStep:
         scalars = self._scalar_tensors()
         rows = list(order)
         if rows:
-            self._check_labels(y[torch.tensor(rows)])
+            self._check_labels(*(int(v) for v in torch.aminmax(y[torch.tensor(rows)])))
         tensors = [[t.detach() for t in layer] for layer in self._analysis.tensors]
         for k, i in enumerate(rows):
             loss = self._step(x[i : i + 1].to(device, non_blocking=True), y[i : i + 1].to(device, non_blocking=True),
@@ -596,10 +597,10 @@ class FusedTrainingStep:
             if after_step is not None:
                 after_step(loss)
 
-    def _check_labels(self, labels: Tensor) -> None:
-        """Every label a class of the last layer's outputs (the compiled step reads no out-of-range index)."""
+    def _check_labels(self, low: int, high: int) -> None:
+        """Labels from ``low`` to ``high`` are classes of the last layer's outputs (the compiled step reads no
+        out-of-range index)."""
         classes = self._analysis.layers[-1].out_features  # (the activations keep the last dimension)
-        low, high = (int(v) for v in torch.aminmax(labels))
         if low < 0 or high >= classes:
             raise ValueError(f"target {low if low < 0 else high} is not a class of the model's {classes} outputs")
 
