@@ -97,4 +97,5 @@ def test_running_out_of_memory_in_a_run_is_one_line(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(ContinualTrainer, "fit", hungry)
     assert main(["train", "--dataset", "digits", "--tasks", "1", "--hidden", "8", "--quiet", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == ("metaspike: error: out of memory: a tensor of 400000.0 GB did not fit; "
-                                               "a smaller --hidden, --batch-size or --samples-per-task needs less")
+                                               "a smaller --hidden, --batch-size, --samples-per-task or --eval-samples "
+                                               "needs less")

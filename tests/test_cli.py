@@ -617,6 +617,9 @@ def test_a_comparison_names_its_runs_that_learned_nothing(tmp_path, capsys):
     (["train", "--scenario", "stream", "--tasks", "1000"], "--tasks 1000: --scenario stream cuts the 1,437 training "
      "samples into parts of as few as 1, and model 'bnn' has BatchNorm, which cannot train on one sample; give --tasks "
      "718 or fewer"),
+    (["train", "--model", "bimu", "--samples-per-task", "20", "--batch-size", "100"],
+     "--batch-size 100: model 'bimu' scales its optimizer's settings to 100 samples a step (summed evidence, a memory "
+     "window counted in samples), but a task of 20 training samples gives steps of 20; give --batch-size 20 or less"),
     (["train", "--scenario", "stream", "--tasks", "2000", "--model", "mlp"],
      "--tasks 2000: --scenario stream cannot cut 1437 samples into 2000 subsets (one subset per task)"),
     # a comparison refuses them as train does (it ran without them, and recorded some in its runs' config.json)

@@ -602,8 +602,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         failure = allocation_failure(err)
         if failure is None:
             raise
-        print(f"metaspike: error: {failure}; a smaller --hidden, --batch-size or --samples-per-task needs less",
-              file=sys.stderr)
+        print(f"metaspike: error: {failure}; a smaller --hidden, --batch-size, --samples-per-task or --eval-samples "
+              "needs less", file=sys.stderr)
         return 2
     except OSError as err:  # a full disk, a folder that vanished, a file that cannot be read
         where = f" {err.filename}" if err.filename else ""

@@ -25,12 +25,14 @@ from torch import nn
 from metaspike.allocator import usable_memory
 from metaspike.app.config import RunConfig, flag_name
 from metaspike.app.models import (
+    BAYESIAN_OPTIMIZERS,
     OPTIMIZER_SETTINGS,
     Standardize,
     bayesian_settings,
     build_model,
     describe_model,
     is_builtin,
+    optimizer_kind,
     uses_batchnorm,
 )
 from metaspike.app.tables import versions
@@ -38,7 +40,7 @@ from metaspike.bayesian.synapses import SampledForward, bayesian_modules, start_
 from metaspike.checks import is_finite_number, is_number
 from metaspike.continual.metrics import largest_rise
 from metaspike.continual.results import CHECKPOINT, PREVIOUS_CHECKPOINT, RunDirectory, latest_good_checkpoint
-from metaspike.continual.scenarios import Scenario, make_scenario
+from metaspike.continual.scenarios import Scenario, made_when_reached, make_scenario
 from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig
 from metaspike.data import ArrayDataset, default_data_dir, load_dataset
 from metaspike.distributed import init_from_env, sync_batchnorm, world
@@ -76,7 +78,23 @@ def make_run_scenario(config: RunConfig) -> Scenario:
         raise ValueError(message) from None
     if config.scenario == "stream":
         _check_stream_parts(config, scenario)
+    _check_bayesian_batch(config, scenario)
     return scenario
+
+
+def _check_bayesian_batch(config: RunConfig, scenario: Scenario) -> None:
+    """One line naming ``--batch-size`` where a Bayesian model's settings, scaled to ``batch_size`` samples a step
+    (:func:`~metaspike.bayesian.optim.settings_for_batch`), would meet tasks of fewer samples: every step would hold
+    fewer than they were scaled for."""
+    if optimizer_kind(config.model) not in BAYESIAN_OPTIMIZERS or config.batch_size == 1:
+        return
+    tasks = scenario.tasks[:1] if made_when_reached(scenario.tasks) else scenario.tasks  # (a lazy stream: alike)
+    smallest = min(len(task.train) for task in tasks)
+    if smallest < config.batch_size:
+        raise ValueError(f"--batch-size {config.batch_size}: model {config.model!r} scales its optimizer's settings "
+                         f"to {config.batch_size} samples a step (summed evidence, a memory window counted in samples), "
+                         f"but a task of {smallest} training samples gives steps of {smallest}; give --batch-size "
+                         f"{smallest} or less")
 
 
 def _check_stream_parts(config: RunConfig, scenario: Scenario) -> None:

@@ -470,7 +470,9 @@ def settings_for_batch(rule: str, per_sample: Mapping[str, float], batch_size: i
     MESU's bound makes a large batch learn per step no more than one sample does: a task needs enough steps (on
     digits, 1,437 images, 3 epochs, ``mesu`` keeps task 1 at 17.2 % at ``B = 100``, 45 steps, and reaches 94.2 % at
     ``B = 32``; a larger clip diverged). The other settings are unchanged, and ``B = 1`` changes nothing. The window
-    ``N`` must stay at least one step: ``N >= B``.
+    ``N`` must stay at least one step: ``N >= B``. An epoch's last batch, where ``B`` does not divide the samples, holds
+    fewer and is stepped with the same settings (its mean gradient weighed as ``B`` samples'); the command line
+    refuses a ``--batch-size`` larger than a task's samples, where every step would be so.
 
     Example:
         >>> settings_for_batch("bimu", dict(likelihood_multiplier=2.0, N=6000), batch_size=100)
