@@ -52,7 +52,8 @@ __all__ = ["build_run_model", "build_trainer", "make_run_scenario", "train_and_f
            "stopped_by_file_error", "continued_by"]
 
 LOCK = ".lock"
-#: float32 copies of each weight while training: hidden weight, gradient, two Adam moments, ±1 buffer.
+#: float32 copies of each weight while training: hidden weight, gradient, two Adam moments, ±1 buffer (a Bayesian
+#: model's mean and width or latent weight, their gradients and its weight samples: as many, more with more samples)
 BYTES_PER_WEIGHT_IN_TRAINING = 5
 #: float32 values per unit and time step a spiking model keeps for its backward pass (at least its input or
 #: membrane potential and its spikes, and their gradients).
@@ -138,7 +139,8 @@ def build_run_model(config: RunConfig, scenario: Scenario) -> torch.nn.Module:
     available = usable_memory()
     if available is not None and needed > available:
         raise ValueError(f"--hidden {' '.join(map(str, config.hidden))} needs about {needed / 2**30:.0f} GiB to train "
-                         f"({weights:,} weights, each with its gradient, Adam moments and sign buffer); "
+                         f"({weights:,} weights, each with its gradient, optimizer state and the weights a step uses: "
+                         f"at least {BYTES_PER_WEIGHT_IN_TRAINING} float32 copies); "
                          f"this process may use {available / 2**30:.0f} GiB (the machine's memory, its container's "
                          "limit or ulimit -v)")
     if config.spiking:
