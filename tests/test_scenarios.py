@@ -152,3 +152,9 @@ def test_tasks_named_alike_get_their_own_names_or_are_refused():
 def test_task_subset_names_a_bad_seed_or_index(seed, index, message):
     with pytest.raises(ValueError, match=message):
         task_subset(seed, index, 10, 3)
+
+
+def test_make_scenario_refuses_a_split_mode_for_a_scenario_that_is_no_split():
+    with pytest.raises(ValueError, match="split_mode applies to the 'split' scenario only, not 'permuted'"):
+        make_scenario("permuted", "digits", tasks=2, split_mode="class")  # (it was dropped without a word)
+    assert len(make_scenario("split", "digits", tasks=2, split_mode="class").tasks) == 2

@@ -88,7 +88,7 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
                              "plastic (default: the published setting)")
     parser.add_argument("--eval-samples", type=int, default=None, metavar="K",
                         help="models that predict from weight samples (bimu): average the predictions of K samples in "
-                             "evaluation (default: as many as a training step draws, 5; more predict better)")
+                             "evaluation, 1..1000 (default: as many as a training step draws, 5; more predict better)")
     parser.add_argument("--readout-lambda", type=float, default=None, metavar="L",
                         help="models with BiMU synapses (bimu, <neuron>+bimu): start the output layer's latent weights "
                              "at +-L with their drawn signs, a nearly deterministic readout from the first task "

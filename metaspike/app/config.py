@@ -410,6 +410,17 @@ class RunConfig:
         runs = [(m, len(list(group))) for m, group in itertools.groupby(self.meta)]  # type: ignore[arg-type]
         return named("-".join(f"{m:g}" + (f"x{count}" if count > 1 else "") for m, count in runs))
 
+    @property
+    def applied_split_mode(self) -> str:
+        """The split mode the scenario is made with: ``split_mode`` for ``--scenario split``, else ``"task"`` (the
+        command line refuses another for the other scenarios; a run recorded with one never applied it).
+
+        Example:
+            >>> RunConfig(scenario="split", split_mode="class").applied_split_mode, RunConfig().applied_split_mode
+            ('class', 'task')
+        """
+        return self.split_mode if self.scenario == "split" else "task"
+
     def stream_part(self) -> str:
         """The stream a comparison's folder is named after: the scenario, a split's mode where it is not
         task-incremental, the datasets. (Runs keep the names they had before the modes were named, so that a

@@ -69,7 +69,7 @@ def make_run_scenario(config: RunConfig) -> Scenario:
     """
     try:
         scenario = make_scenario(config.scenario, config.datasets, config.tasks, config.seed, config.data_dir,
-                                 config.split_mode, samples_per_task=config.samples_per_task)
+                                 config.applied_split_mode, samples_per_task=config.samples_per_task)
     except ValueError as err:  # the scenarios name their argument; a run's user knows it as a flag
         message = str(err)
         if message.startswith("samples_per_task "):

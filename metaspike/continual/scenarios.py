@@ -617,6 +617,8 @@ def make_scenario(
     check_seed("seed", seed)
     if samples_per_task is not None and name != "permuted":
         raise ValueError(f"samples_per_task applies to the 'permuted' scenario only, not {name!r}")
+    if split_mode != "task" and name != "split":
+        raise ValueError(f"split_mode applies to the 'split' scenario only, not {name!r}")
     if isinstance(datasets, str):  # one name, not a sequence of one-letter names
         datasets = [datasets]
     if not datasets:

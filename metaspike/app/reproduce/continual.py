@@ -69,7 +69,7 @@ def _slug(text: str) -> str:
 
 def _scenario(config: RunConfig, method: Method) -> Scenario:
     scenario = make_scenario(config.scenario, config.datasets, config.tasks, config.seed, config.data_dir,
-                             config.split_mode)
+                             config.applied_split_mode)
     return joint(scenario) if method.joint else scenario
 
 
