@@ -243,7 +243,14 @@ def _check_consolidation(group: dict[str, Any], owner: str = "a metaplastic opti
 def _group_check(optimizer: Optimizer) -> Callable[[dict[str, Any]], None]:
     """What a group of ``optimizer`` is checked for: everything for MetaplasticAdam, the consolidation settings for
     another optimizer that :func:`metaplastic` hooked."""
-    return _check_group if isinstance(optimizer, MetaplasticAdam) else _check_consolidation
+    return _check_group if isinstance(optimizer, MetaplasticAdam) else _check_wrapped_group
+
+
+def _check_wrapped_group(group: dict[str, Any]) -> None:
+    """A group of another optimizer that :func:`metaplastic` hooked: its consolidation settings, and an ``eps`` its
+    parameters' dtype holds."""
+    _check_consolidation(group)
+    check_eps_holds(group)
 
 
 def _check_group(group: dict[str, Any]) -> None:
@@ -578,6 +585,7 @@ def metaplastic(
         for key in _CONSOLIDATION_KEYS:
             group.setdefault(key, optimizer.defaults[key])
         _check_consolidation(group, f"metaplastic({type(optimizer).__name__})")
+        check_eps_holds(group)  # (Adam's 1e-8 is 0 in float16: its updates turn NaN, as MetaplasticAdam refuses)
     before: dict[Tensor, Tensor] = {}
 
     def remember(opt: Optimizer, args: Any, kwargs: Any) -> None:

@@ -467,3 +467,13 @@ def test_consolidated_fractions_count_only_what_the_optimizer_consolidates():
     with torch.no_grad():
         float_net[0].weight.mul_(20)
     assert consolidated_fractions(float_net, MetaplasticAdam(float_net.parameters(), meta=10.0)) == {"0": 0.0}
+
+
+@pytest.mark.parametrize("make", [lambda p: torch.optim.Adam(p, lr=0.01), lambda p: torch.optim.RMSprop(p, lr=0.01)])
+def test_metaplastic_refuses_an_eps_that_a_float16_model_rounds_to_zero(make):
+    # as MetaplasticAdam refuses it: Adam's 1e-8 is 0 in float16, and one step left NaN hidden weights
+    import metaspike
+
+    model = metaspike.binarize(torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.Linear(6, 3))).half()
+    with pytest.raises(ValueError, match="the optimizer's eps 1e-08 is 0 in torch.float16"):
+        metaspike.metaplastic(make(model.parameters()), meta=2.0)

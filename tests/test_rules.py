@@ -196,7 +196,7 @@ def test_adam_with_the_cascade_follows_the_rule_on_the_step():
         (lambda: CascadeRule(n=2.5), "CascadeRule n must be an integer >= 2, got 2.5"),
         (lambda: CascadeRule(leak=-1.0), r"CascadeRule leak must be a finite number in \[0, 3.40282e\+38\], got -1.0"),
         (lambda: SwitchRule(damping=1.5), r"SwitchRule damping must be a finite number in \[0, 1\], got 1.5"),
-        (lambda: SwitchRule(seed="x"), "SwitchRule seed must be an integer, got 'x'"),
+        (lambda: SwitchRule(seed="x"), "SwitchRule seed must be an integer in 0..18446744073709551615 \\(seeds are 64-bit\\), got 'x'"),
         (lambda: get_rule("beaker"), r"unknown consolidation rule 'beaker'; available: cascade, none, switch, tanh"),
         (lambda: get_rule(object()), "is not a consolidation rule: it lacks name, elementwise, init_state"),
     ],
@@ -354,3 +354,27 @@ def test_consolidate_names_an_update_of_another_shape():
         consolidate(torch.zeros(3), torch.zeros(2), meta=1.0)
     with pytest.raises(ValueError, match=r"hidden and update must be tensors, got list and Tensor"):
         consolidate([0.0, 1.0], torch.zeros(2), meta=1.0)
+
+
+@pytest.mark.parametrize("new_rule", ["tanh", "cascade", "none"])
+def test_a_rule_changed_between_steps_starts_afresh(new_rule):
+    # the switch rule's stored state went to the new rule's state record: a TypeError inside the step, after Adam's
+    # step count had moved (and, in a ChainedOptimizer, after the other optimizers had stepped)
+    import metaspike
+
+    torch.manual_seed(0)
+    net = metaspike.binarize(torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)))
+    opt = metaspike.MetaplasticAdam(net.parameters(), lr=0.01, meta=2.0, rule="switch")
+    for step in range(3):
+        if step == 2:
+            for group in opt.param_groups:
+                group["rule"] = new_rule
+        opt.zero_grad()
+        net(torch.randn(4, 8)).pow(2).mean().backward()
+        opt.step()
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+def test_switch_rule_seed_must_fit_a_generator():
+    with pytest.raises(ValueError, match=r"SwitchRule seed must be an integer in 0\.\.18446744073709551615"):
+        SwitchRule(seed=2**64)

@@ -162,13 +162,14 @@ def state_to_dict(state: NamedTuple) -> dict[str, Tensor]:
 
 
 def state_from_dict(rule: Rule, hidden: Tensor, stored: dict[str, Tensor] | None) -> NamedTuple:
-    """The rule's state record from stored fields (``rule.init_state(hidden)`` when nothing is stored).
+    """The rule's state record from stored fields (``rule.init_state(hidden)`` when nothing is stored, or when the
+    stored fields are another rule's: a group whose rule was changed between steps starts the new rule afresh).
 
     Example:
         >>> from metaspike.rules import get_rule
         >>> state_from_dict(get_rule("tanh"), torch.zeros(2), None)
         NoState()
     """
-    if not stored:
+    if not stored or set(stored) != set(rule.state_type()._fields):
         return rule.init_state(hidden)
     return rule.state_type()(**stored)

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from metaspike.checks import number_in
+from metaspike.checks import check_seed, number_in
 from metaspike.rules.base import toward_zero
 
 __all__ = ["SwitchRule", "SwitchState"]
@@ -58,8 +58,7 @@ class SwitchRule:
 
     def __post_init__(self) -> None:
         number_in("SwitchRule damping", self.damping, 0.0, 1.0)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"SwitchRule seed must be an integer, got {self.seed!r}")
+        check_seed("SwitchRule seed", self.seed)  # (torch's generators take 64-bit seeds)
 
     def init_state(self, hidden: Tensor) -> SwitchState:
         zeros = torch.zeros_like(hidden, memory_format=torch.preserve_format)
