@@ -32,7 +32,7 @@ from metaspike.optimizer_state import check_parameter_state, check_state_tensor
 from metaspike.rules import (
     Rule,
     check_meta,
-    check_update,
+    checked_step,
     get_rule,
     rule_from_record,
     rule_record,
@@ -509,8 +509,7 @@ def _adam_update_(
     if meta == 0:
         param.addcdiv_(exp_avg, denom, value=-step_size)
         return rule_state
-    update, rule_state = rule.step(param, exp_avg / denom.div_(step_size), meta, rule_state)
-    check_update(rule, update, param)
+    update, rule_state = checked_step(rule, rule.step(param, exp_avg / denom.div_(step_size), meta, rule_state), param)
     param.sub_(update)
     return rule_state
 
@@ -607,9 +606,8 @@ def metaplastic(
                     continue
                 state = opt.state[p]
                 with user_rule_errors(rule):
-                    update, new_state = rule.step(old, old - p, group["meta"],
-                                                  state_from_dict(rule, old, state.get("rule_state")))
-                check_update(rule, update, old)
+                    result = rule.step(old, old - p, group["meta"], state_from_dict(rule, old, state.get("rule_state")))
+                update, new_state = checked_step(rule, result, old)
                 p.copy_(old - update)
                 if len(new_state) > 0:
                     state["rule_state"] = state_to_dict(new_state)

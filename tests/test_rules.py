@@ -378,3 +378,28 @@ def test_a_rule_changed_between_steps_starts_afresh(new_rule):
 def test_switch_rule_seed_must_fit_a_generator():
     with pytest.raises(ValueError, match=r"SwitchRule seed must be an integer in 0\.\.18446744073709551615"):
         SwitchRule(seed=2**64)
+
+
+@pytest.mark.parametrize("returns, message", [
+    (lambda update, state: update, r"returned Tensor from step; a rule's step returns \(update of the weight's shape, "
+                                   r"state\)"),
+    (lambda update, state: (update, {}), "returned a state of type dict; a rule's state is a NamedTuple of tensors"),
+    (lambda update, state: (update, None), "returned a state of type NoneType"),
+])
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_user_rule_returning_the_wrong_kind_of_value_is_one_line(returns, message, wrapped):
+    import metaspike
+    from metaspike.rules import TanhRule
+
+    class Odd(TanhRule):
+        def step(self, hidden, update, meta, state):
+            return returns(update, state)
+
+    rule = Odd(name="odd")
+    weight = torch.zeros(2, 3, requires_grad=True)
+    groups = [{"params": [weight], "consolidate": True}]
+    optimizer = (metaspike.metaplastic(torch.optim.SGD(groups, lr=0.1), meta=1.0, rule=rule) if wrapped
+                 else metaspike.MetaplasticAdam(groups, meta=1.0, rule=rule))
+    weight.sum().backward()
+    with pytest.raises(ValueError, match=f"consolidation rule 'odd' \\(Odd\\) {message}"):
+        optimizer.step()

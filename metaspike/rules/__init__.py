@@ -21,6 +21,7 @@ from metaspike.rules.base import (
     Stateless,
     check_meta,
     check_update,
+    checked_step,
     state_from_dict,
     state_to_dict,
     toward_zero,
@@ -33,7 +34,7 @@ from metaspike.rules.tanh import TanhRule
 
 __all__ = [
     "Rule", "NoState", "Stateless", "TanhRule", "NoConsolidation", "CascadeRule", "CascadeState", "SwitchRule",
-    "SwitchState", "check_meta", "check_update", "toward_zero", "state_to_dict", "state_from_dict", "register_rule", "get_rule", "available_rules",
+    "SwitchState", "check_meta", "check_update", "checked_step", "toward_zero", "state_to_dict", "state_from_dict", "register_rule", "get_rule", "available_rules",
     "rule_record", "rule_from_record", "user_rule_errors",
 ]
 

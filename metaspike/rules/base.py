@@ -28,8 +28,8 @@ from torch import Tensor
 
 from metaspike.checks import FLOAT32_MAX, in_metaspike, number_in, raised_at
 
-__all__ = ["Rule", "NoState", "Stateless", "check_meta", "check_update", "toward_zero", "state_to_dict",
-           "state_from_dict", "user_rule_errors"]
+__all__ = ["Rule", "NoState", "Stateless", "check_meta", "check_update", "checked_step", "toward_zero",
+           "state_to_dict", "state_from_dict", "user_rule_errors"]
 
 
 class NoState(NamedTuple):
@@ -115,6 +115,32 @@ def check_update(rule: Rule, update: Tensor, hidden: Tensor) -> Tensor:
         raise ValueError(f"consolidation rule {rule.name!r} returned an update of shape {got} for a weight of shape "
                          f"{tuple(hidden.shape)}; a rule's step returns (update of the weight's shape, state)")
     return update
+
+
+def checked_step(rule: Rule, result: Any, hidden: Tensor) -> tuple[Tensor, NamedTuple]:
+    """``(update, state)``, what ``rule.step`` returned for ``hidden``, once it is that: a pair whose update has
+    ``hidden``'s shape (:func:`check_update`) and whose state is a ``NamedTuple`` record (``NoState()`` for none).
+
+    Example:
+        >>> from metaspike.rules import get_rule
+        >>> checked_step(get_rule("tanh"), (torch.zeros(2), NoState()), torch.zeros(2))[1]
+        NoState()
+        >>> checked_step(get_rule("tanh"), torch.zeros(2), torch.zeros(2))
+        Traceback (most recent call last):
+        ...
+        ValueError: consolidation rule 'tanh' (TanhRule) returned Tensor from step; a rule's step returns (update of the weight's shape, state)
+    """
+    if not (isinstance(result, tuple) and len(result) == 2):
+        got = f"a tuple of {len(result)}" if isinstance(result, tuple) else type(result).__name__
+        raise ValueError(f"consolidation rule {rule.name!r} ({type(rule).__name__}) returned {got} from step; a rule's "
+                         "step returns (update of the weight's shape, state)")
+    update, state = result
+    check_update(rule, update, hidden)
+    if not (isinstance(state, tuple) and hasattr(state, "_asdict")):
+        raise ValueError(f"consolidation rule {rule.name!r} ({type(rule).__name__}) returned a state of type "
+                         f"{type(state).__name__}; a rule's state is a NamedTuple of tensors (NoState() when it keeps "
+                         "none), which the optimizer saves under 'rule_state'")
+    return update, state
 
 
 @contextmanager
