@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.distributed.nn.functional import all_reduce
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["world", "init_from_env", "sync_batchnorm", "average_gradients"]
+__all__ = ["world", "world_size_from_env", "init_from_env", "sync_batchnorm", "average_gradients"]
 
 
 def world() -> tuple[int, int]:
@@ -34,6 +34,25 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def world_size_from_env() -> int:
+    """The number of processes ``torchrun`` says in ``WORLD_SIZE`` (1 without it); a value that is not a whole
+    number >= 1 is one ``ValueError`` naming the variable.
+
+    Example:
+        >>> world_size_from_env()  # outside torchrun
+        1
+    """
+    text = os.environ.get("WORLD_SIZE", "1")
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise ValueError(f"the environment variable WORLD_SIZE must be a whole number >= 1 (torchrun sets it), got "
+                         f"{text!r}")
+    return size
+
+
 def init_from_env(device: str = "cpu") -> tuple[int, int]:
     """Join the process group that ``torchrun`` describes in the environment (no-op otherwise).
 
@@ -41,7 +60,7 @@ def init_from_env(device: str = "cpu") -> tuple[int, int]:
         >>> init_from_env("cpu")  # outside torchrun
         (0, 1)
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    if world_size_from_env() > 1 and not dist.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"
         dist.init_process_group(backend)
         if device.startswith("cuda"):

@@ -84,3 +84,12 @@ def test_torchrun_train_gives_the_single_process_accuracy_matrix(tmp_path):
     for row_two, row_one in zip(matrix_two, matrix_one):
         assert row_two == pytest.approx(row_one, abs=1.0)  # same model up to float rounding of the reductions
     assert '"processes": 2' in (tmp_path / "two" / name / "config.json").read_text()
+
+
+def test_a_world_size_that_is_no_whole_number_is_one_line(monkeypatch, tmp_path, capsys):
+    from metaspike.app.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "abc")  # (it read "invalid literal for int() with base 10: 'abc'")
+    assert main(["train", "--dataset", "digits", "--tasks", "1", "--quiet", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == ("metaspike: error: the environment variable WORLD_SIZE must be a whole number "
+                                       ">= 1 (torchrun sets it), got 'abc'\n")

@@ -7,7 +7,6 @@ printed as one line ``metaspike: error: ...`` with exit status 2.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -23,7 +22,7 @@ from metaspike.app.imports import FLAG, check_resumed_imports, import_modules
 from metaspike.app.models import DEFAULT_LR, takes_setting
 from metaspike.app.reproduce import cli as reproduce_cli
 from metaspike.continual.scenarios import SPLIT_MODES
-from metaspike.distributed import world
+from metaspike.distributed import world, world_size_from_env
 from metaspike.rules import available_rules
 
 __all__ = ["main"]
@@ -414,7 +413,7 @@ def _compare(args: argparse.Namespace) -> None:
     from metaspike.checks import check_seed
     from metaspike.files import read_json
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if world_size_from_env() > 1:
         raise ValueError("compare runs in one process; under torchrun use 'metaspike train' (one setting per launch)")
     if args.resume is not None:
         given = [flag for flag in args.argv if flag.startswith("--") and flag.split("=")[0] not in ("--resume", "--quiet", FLAG)]
