@@ -710,3 +710,12 @@ def test_a_comparison_under_another_rule_names_it_in_its_folder_and_rows(tmp_pat
     rows = list(csv.DictReader(open(folder / "comparison.csv")))
     assert [row["setting"] for row in rows] == ["meta=0 rule=cascade si c=0.1", "meta=5 rule=cascade si c=0.1"]
     assert "meta=5 rule=cascade si c=0.1" in capsys.readouterr().out
+
+
+def test_version_names_metaspike_and_torch(capsys):
+    import metaspike
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"metaspike {metaspike.__version__}, torch {torch.__version__}\n"

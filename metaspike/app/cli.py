@@ -16,6 +16,7 @@ from typing import NoReturn
 
 import torch
 
+import metaspike
 from metaspike.allocator import allocation_failure, keep_freed_memory
 from metaspike.app.config import DEFAULT_INPUT_META, DEFAULT_META, KIND_SETTINGS, RunConfig, meta_label, parse_meta
 from metaspike.app.imports import FLAG, check_resumed_imports, import_modules
@@ -192,6 +193,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="metaspike",
         description="Metaplastic binarized networks that forget less. Results go to --out (default runs/).",
     )
+    parser.add_argument("--version", action="version", version=f"metaspike {metaspike.__version__}, torch "
+                        f"{torch.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = sub.add_parser("train", help="train one continual-learning run")
     default = (f"{DEFAULT_INPUT_META:g} for the first layer, {DEFAULT_META:g} for the others; {DEFAULT_META:g} for every "
