@@ -98,8 +98,9 @@ def binarized_once() -> Iterator[None]:
     than once per time step or batch. A weight is taken again after its tensors change in place (an
     optimizer step), and when the grad mode changes (an evaluation under ``no_grad`` between training
     steps), so a training loop may run inside the block. In-place edits through ``.data`` are not seen (a tensor
-    given new data, by ``model.double()`` for one, is). A sampled (BiMU, MESU) weight is one node of the graph for the whole block: gradient accumulation over several micro-batches
-    before one optimizer step backpropagates through it more than once, so every ``backward`` but the last needs
+    given new data, by ``model.double()`` for one, is). A sampled (BiMU, MESU) weight is one node of the graph for
+    the whole block: gradient accumulation over several micro-batches before one optimizer step backpropagates
+    through it more than once, so every ``backward`` but the last needs
     ``retain_graph=True`` (or open the block per micro-batch, which samples each anew).
 
     Example:

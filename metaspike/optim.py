@@ -180,6 +180,8 @@ def _loaded_groups(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str
 
 #: What MetaplasticAdam keeps of each parameter it stepped (the rule's own state besides, under ``"rule_state"``).
 _ADAM_STATE = ("step", "exp_avg", "exp_avg_sq")
+
+
 def _check_saved_state(optimizer: Optimizer, groups: list[dict[str, Any]], state: Any) -> None:
     """Check the per-parameter states of a state dict loaded into a metaplastic optimizer before they are installed:
     MetaplasticAdam's hold Adam's step and moments; the moments of torch.optim's algorithms and the consolidation
@@ -199,7 +201,8 @@ def _check_saved_state(optimizer: Optimizer, groups: list[dict[str, Any]], state
             raise ValueError(f"state_dict: it holds a state for parameter {index!r}, which none of its groups lists")
         param, group = into[index]
         if isinstance(optimizer, MetaplasticAdam):
-            lacking = [key for key in _ADAM_STATE if not isinstance(entry, dict) or not isinstance(entry.get(key), Tensor)]
+            lacking = [key for key in _ADAM_STATE
+                       if not isinstance(entry, dict) or not isinstance(entry.get(key), Tensor)]
             if lacking:
                 raise ValueError(f"state_dict: the state of parameter {index!r} lacks {', '.join(lacking)}: it is not "
                                  "the state dict of a MetaplasticAdam optimizer")
@@ -246,10 +249,10 @@ def _group_check(optimizer: Optimizer) -> Callable[[dict[str, Any]], None]:
     return _check_group if isinstance(optimizer, MetaplasticAdam) else _check_wrapped_group
 
 
-def _check_wrapped_group(group: dict[str, Any]) -> None:
+def _check_wrapped_group(group: dict[str, Any], owner: str = "a metaplastic optimizer") -> None:
     """A group of another optimizer that :func:`metaplastic` hooked: its consolidation settings, and an ``eps`` its
-    parameters' dtype holds."""
-    _check_consolidation(group)
+    parameters' dtype holds (Adam's 1e-8 is 0 in float16: its updates turn NaN, as MetaplasticAdam refuses)."""
+    _check_consolidation(group, owner)
     check_eps_holds(group)
 
 
@@ -583,8 +586,7 @@ def metaplastic(
     for group in optimizer.param_groups:
         for key in _CONSOLIDATION_KEYS:
             group.setdefault(key, optimizer.defaults[key])
-        _check_consolidation(group, f"metaplastic({type(optimizer).__name__})")
-        check_eps_holds(group)  # (Adam's 1e-8 is 0 in float16: its updates turn NaN, as MetaplasticAdam refuses)
+        _check_wrapped_group(group, f"metaplastic({type(optimizer).__name__})")
     before: dict[Tensor, Tensor] = {}
 
     def remember(opt: Optimizer, args: Any, kwargs: Any) -> None:

@@ -102,9 +102,9 @@ def flag_name(name: str) -> str:
 
 
 MAX_TASKS = 10_000
-#: The longest run folder name (bytes): most file systems take 255, and a name that is taken gets "-2", "-3"...
-MAX_NAME_BYTES = 240
 """The most tasks a run takes: each evaluation's metrics read a tasks x tasks matrix (800 MB at this size)."""
+MAX_NAME_BYTES = 240
+"""The longest run folder name (bytes): most file systems take 255, and a name that is taken gets "-2", "-3"..."""
 MAX_EVAL_SAMPLES = 1000
 """The largest ``--eval-samples``: each evaluation holds that many weight samples of every layer at once (1,000 of a
 784-100-10 network: 320 MB); on the 100-task stream 100 samples gave nearly all of the gain (REPRODUCTION.md)."""

@@ -77,7 +77,8 @@ def _first_non_finite(tensors: list[Tensor]) -> int | None:
     return next((k for k in (~finite).nonzero().flatten().tolist() if not bool(tensors[k].isfinite().all())), None)
 
 
-def _checkable(groups: list[dict[str, Any]], tensor_of: Callable[[Tensor], Tensor | None]) -> list[tuple[int, int, Tensor]]:
+def _checkable(groups: list[dict[str, Any]],
+               tensor_of: Callable[[Tensor], Tensor | None]) -> list[tuple[int, int, Tensor]]:
     """``(group index, parameter index, tensor_of(parameter))`` wherever that tensor exists, is dense and holds values
     (sparse gradients are left to the rule's check, which names them; the meta device holds no values)."""
     found = [(g, i, tensor_of(p)) for g, group in enumerate(groups) for i, p in enumerate(group["params"])]

@@ -34,8 +34,8 @@ from metaspike.rules.tanh import TanhRule
 
 __all__ = [
     "Rule", "NoState", "Stateless", "TanhRule", "NoConsolidation", "CascadeRule", "CascadeState", "SwitchRule",
-    "SwitchState", "check_meta", "check_update", "checked_step", "toward_zero", "state_to_dict", "state_from_dict", "register_rule", "get_rule", "available_rules",
-    "rule_record", "rule_from_record", "user_rule_errors",
+    "SwitchState", "check_meta", "check_update", "checked_step", "toward_zero", "state_to_dict", "state_from_dict",
+    "register_rule", "get_rule", "available_rules", "rule_record", "rule_from_record", "user_rule_errors",
 ]
 
 _RULES: dict[str, Rule] = {}

@@ -65,8 +65,9 @@ def _check_one_step_modules(network: nn.Module) -> None:
                              f"{type(module).__name__}Cell (or another Norse *Cell)")
 
 
-#: snnTorch modules that run a whole time sequence per call (time first), and what runs one step instead.
-_SNNTORCH_TIME_FIRST = {"LeakyParallel": "snntorch.Leaky(init_hidden=True)", "StateLeaky": "snntorch.Leaky(init_hidden=True)"}
+#: snnTorch modules that run a whole time sequence per call (time first); ``snntorch.Leaky(init_hidden=True)`` runs
+#: one step.
+_SNNTORCH_TIME_FIRST = ("LeakyParallel", "StateLeaky")
 
 
 def _check_snntorch_neurons(network: nn.Module) -> None:
@@ -83,7 +84,7 @@ def _check_snntorch_neurons(network: nn.Module) -> None:
             raise ValueError(f"network: {f'module {name!r}' if name else 'the network'} is snnTorch's "
                              f"{type(module).__name__}, which runs a whole time sequence per call (its input's first "
                              "dimension is time); SpikingClassifier calls the network once per time step: use "
-                             f"{_SNNTORCH_TIME_FIRST[type(module).__name__]}")
+                             "snntorch.Leaky(init_hidden=True)")
     last = _last_module(network)[1]
     for name, module in network.named_modules():
         if type(module) is not nn.Sequential:
@@ -168,7 +169,7 @@ def _unreset_tensors(network: nn.Module) -> dict[tuple[str, str], Any]:
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
 
 
-def _refuse_kept_state(network: nn.Module, before: dict[tuple[str, str], int]) -> None:
+def _refuse_kept_state(network: nn.Module, before: dict[tuple[str, str], Any]) -> None:
     """One :class:`~metaspike.checks.ModelError` for a module :func:`reset_states` leaves alone that set a tensor attribute during the call
     (``before``: :func:`_unreset_tensors` at its start): a state the next call would start from."""
     for (name, key), held in _unreset_tensors(network).items():
