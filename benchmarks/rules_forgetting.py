@@ -24,7 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tanh", nargs="+", default=["5,30,30"], help="m values for the tanh rule")
     parser.add_argument("--cascade", nargs="+", default=["5,30,30"], help="m values for the cascade rule")
-    parser.add_argument("--switch", nargs="+", default=["0.1", "0.3"], help="m values for the switch rule")
+    parser.add_argument("--switch", nargs="+", default=["0.02", "0.1"], help="m values for the switch rule")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--out", default="benchmarks/results/runs")
     args = parser.parse_args()

@@ -114,6 +114,8 @@ def test_a_long_stream_plots_without_a_legend_per_task_and_names_its_model(tmp_p
         assert plot_run(run)[0].name == "accuracy_curves.png"
     assert _run_title(config, run) == "permuted, bimu"  # BiMU has no meta
     assert _run_title({**config, "model": "bnn"}, run) == "permuted, bnn, meta = [5.0, 30.0]"
+    assert _run_title({**config, "model": "bnn", "rule": "cascade"}, run) == "permuted, bnn, meta = [5.0, 30.0], rule cascade"
+    assert _run_title({**config, "model": "bnn", "rule": "tanh"}, run) == "permuted, bnn, meta = [5.0, 30.0]"
 
 
 def test_a_results_folder_from_outside_draws_in_bounded_time_or_is_one_line(tmp_path):

@@ -116,6 +116,23 @@ def test_switch_is_random_but_repeats_with_its_seed():
     assert not torch.equal(two_steps(4), first)
 
 
+def test_switch_parameters_draw_different_streams():
+    """Each parameter's generator is seeded from the rule's seed and the parameter's weights: two layers of
+    one network do not consolidate the same synapses, and the same weights give the same draws."""
+    rule, update = SwitchRule(seed=5), torch.full((4000,), -0.1)
+    first, second = torch.linspace(0.1, 1.0, 4000), torch.linspace(0.2, 1.1, 4000)
+
+    def consolidated(hidden):
+        state = rule.init_state(hidden)
+        for _ in range(2):
+            _, state = rule.step(hidden, update, 0.7, state)
+        return state.consolidated
+
+    assert not torch.equal(consolidated(first), consolidated(second))
+    assert torch.equal(consolidated(first), consolidated(first.clone()))
+    assert rule.init_state(torch.tensor(2.0)).rng.shape == rule.init_state(torch.zeros(0)).rng.shape
+
+
 def _model(seed=0):
     torch.manual_seed(seed)
     return MLP([20, 16, 16, 4])

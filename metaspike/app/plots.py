@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from metaspike.app.config import DEFAULT_RULE
 from metaspike.app.models import optimizer_kind
 from metaspike.app.tables import last_task_column
 from metaspike.continual.results import load_run
@@ -107,8 +108,8 @@ def _shown(value: Any) -> str:
 
 
 def _run_title(config: dict[str, Any], run_dir: str | os.PathLike) -> str:
-    """``scenario`` (with a split's class mode), ``model`` and the metaplasticity ``meta`` where the model's optimizer uses
-    it."""
+    """``scenario`` (with a split's class mode), ``model``, and the metaplasticity ``meta`` and the consolidation rule
+    (where it is not the default) where the model's optimizer uses them."""
     model = config.get("model", "?")
     if not isinstance(model, str):
         raise ValueError(f"{Path(run_dir) / 'config.json'}: 'model' must be a string, got {_shown(repr(model))}")
@@ -116,7 +117,9 @@ def _run_title(config: dict[str, Any], run_dir: str | os.PathLike) -> str:
         uses_meta = optimizer_kind(model) == "metaplastic-adam"
     except ValueError:  # a model kind this version does not know: show what the config says
         uses_meta = True
-    meta = f", meta = {_shown(config.get('meta', '?'))}" if uses_meta else ""
+    rule = config.get("rule")
+    rule_part = f", rule {_shown(rule)}" if uses_meta and rule not in (None, DEFAULT_RULE) else ""
+    meta = f", meta = {_shown(config.get('meta', '?'))}{rule_part}" if uses_meta else ""
     mode = config.get("split_mode", "task")
     scenario = _shown(config.get("scenario", "run")) + (f" ({_shown(mode)})" if config.get("scenario") == "split"
                                                         and mode != "task" else "")

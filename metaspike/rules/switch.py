@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -34,13 +35,14 @@ class SwitchRule:
 
     so alternating updates never consolidate it and ``meta = 0`` gives the plain optimizer. A
     consolidated synapse's updates toward zero are multiplied by ``damping`` (``0``: blocked); other
-    updates pass. An update is damped according to the state *before* it. The draws come from a
-    ``torch.Generator`` seeded with ``seed`` per parameter, whose state is part of the rule's state, so
-    runs (and resumed runs) repeat exactly.
+    updates pass. An update is damped according to the state *before* it. The draws come from one
+    ``torch.Generator`` per parameter, seeded from ``seed`` and the parameter's shape and weights when its
+    state is made (so two layers draw different numbers unless their weights are equal), whose state is
+    part of the rule's state, so runs (and resumed runs) repeat exactly.
 
     Args:
         damping: factor in ``[0, 1]`` for a consolidated synapse's updates toward zero.
-        seed: seed of each parameter's generator.
+        seed: the seed that each parameter's generator's seed is derived from.
 
     Example:
         >>> rule, w = SwitchRule(), torch.tensor([1.0])
@@ -62,11 +64,18 @@ class SwitchRule:
 
     def init_state(self, hidden: Tensor) -> SwitchState:
         zeros = torch.zeros_like(hidden, memory_format=torch.preserve_format)
-        generator = torch.Generator(hidden.device).manual_seed(self.seed)
+        generator = torch.Generator(hidden.device).manual_seed(self._parameter_seed(hidden))
         return SwitchState(zeros, zeros.clone(), zeros.clone(), generator.get_state())
 
     def state_type(self) -> type:
         return SwitchState
+
+    def _parameter_seed(self, hidden: Tensor) -> int:
+        """A 63-bit seed from ``seed``, the shape and the bytes of ``hidden``: the same on every machine."""
+        digest = hashlib.blake2b(digest_size=8)
+        digest.update(f"{self.seed}:{tuple(hidden.shape)}:{hidden.dtype}".encode())
+        digest.update(hidden.detach().to("cpu").reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        return int.from_bytes(digest.digest(), "little") >> 1
 
     def step(self, hidden: Tensor, update: Tensor, meta: float, state: SwitchState) -> tuple[Tensor, SwitchState]:
         consolidated = state.consolidated.to(hidden.dtype) > 0
