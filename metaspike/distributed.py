@@ -16,7 +16,6 @@ import os
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.distributed.nn.functional import all_reduce
 from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ["world", "world_size_from_env", "init_from_env", "sync_batchnorm", "average_gradients"]
@@ -68,6 +67,24 @@ def init_from_env(device: str = "cpu") -> tuple[int, int]:
     return world()
 
 
+class _SummedOverProcesses(torch.autograd.Function):
+    """The sum of a tensor over all processes, differentiable: each process's output is the sum of every input, so
+    the gradient of each input is the sum of every process's output gradient (torch's own differentiable
+    ``all_reduce`` is deprecated and warns on every call)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # noqa: D102
+        total = x.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
+        total = grad.clone()
+        dist.all_reduce(total)
+        return total
+
+
 class _GlobalStatistics:
     """Mixin for a BatchNorm class: in training, normalise with the statistics of all processes' batches."""
 
@@ -77,7 +94,7 @@ class _GlobalStatistics:
         channels = x.shape[1]
         dims = [0, *range(2, x.dim())]
         count = torch.tensor([x.numel() / channels], dtype=x.dtype, device=x.device)
-        totals = all_reduce(torch.cat([x.sum(dims), x.square().sum(dims), count]))
+        totals = _SummedOverProcesses.apply(torch.cat([x.sum(dims), x.square().sum(dims), count]))
         n = totals[-1]
         mean = totals[:channels] / n
         var = (totals[channels : 2 * channels] / n - mean.square()).clamp_min(0)

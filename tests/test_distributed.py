@@ -75,6 +75,7 @@ def test_torchrun_train_gives_the_single_process_accuracy_matrix(tmp_path):
     two = subprocess.run(["torchrun", "--standalone", "--nproc-per-node", "2", "-m", "metaspike", *args,
                           "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
+    assert "Warning" not in two.stderr, two.stderr[-2000:]  # --quiet: no deprecation warning per BatchNorm call
     one = subprocess.run([sys.executable, "-m", "metaspike", *args, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
