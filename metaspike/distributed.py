@@ -12,6 +12,10 @@ would change the model). Works with ``gloo`` on CPUs and ``nccl`` on GPUs; torch
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -61,10 +65,32 @@ def init_from_env(device: str = "cpu") -> tuple[int, int]:
     """
     if world_size_from_env() > 1 and not dist.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend)
+        with _signals_end_the_process():
+            dist.init_process_group(backend)
         if device.startswith("cuda"):
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return world()
+
+
+@contextmanager
+def _signals_end_the_process() -> Iterator[None]:
+    """Ctrl-C and SIGTERM end the process at once inside the block (on the main thread; elsewhere nothing changes).
+
+    The rendezvous waits for the other processes inside torch's C++ code, where a handler written in Python never
+    runs: with one (the ``metaspike`` command's turns SIGTERM into a clean stop) a process whose peers never come
+    could not be stopped but by SIGKILL. Nothing has been written before the rendezvous, so there is nothing to
+    lose."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    for number in saved:
+        signal.signal(number, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for number, handler in saved.items():  # (None: a handler not set from Python, which cannot be restored)
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
 
 
 class _SummedOverProcesses(torch.autograd.Function):

@@ -94,3 +94,33 @@ def test_a_world_size_that_is_no_whole_number_is_one_line(monkeypatch, tmp_path,
     assert main(["train", "--dataset", "digits", "--tasks", "1", "--quiet", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == ("metaspike: error: the environment variable WORLD_SIZE must be a whole number "
                                        ">= 1 (torchrun sets it), got 'abc'\n")
+
+
+def test_sigterm_stops_a_process_whose_peer_never_comes(tmp_path):
+    """The rendezvous waits inside torch's C++ code, where the command's SIGTERM handler never ran: the process kept
+    waiting for a peer that never came. It now ends on SIGTERM while it waits."""
+    import signal
+    import time
+
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    args = ["train", "--dataset", "digits", "--tasks", "1", "--quiet", "--out", str(tmp_path)]
+    process = subprocess.Popen([sys.executable, "-m", "metaspike", *args], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # rank 0 listens on MASTER_PORT once it waits in the rendezvous
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert process.poll() is None, process.stderr.read().decode()[-2000:]
+            time.sleep(0.2)
+        else:
+            pytest.fail("the process never reached the rendezvous")
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) != 0
+    finally:
+        process.kill()
+        process.wait()
