@@ -145,7 +145,7 @@ def test_an_unknown_rule_says_how_to_name_ones_own(capsys):
     ("import torch\n\ntorch.zeros(2) + torch.zeros(3)\n", "--import {spec}: bad.py line 3: RuntimeError: The size"),
     ("from metaspike.rules import TanhRule, register_rule\nregister_rule(TanhRule())\n", None),
     ("from metaspike.rules import CascadeRule, register_rule\nregister_rule(CascadeRule(name='tanh'))\n",
-     "--import {spec}: bad.py line 2: ValueError: a different rule is registered as 'tanh'"),
+     "--import {spec}: bad.py line 2: ValueError: 'tanh' is a built-in rule's name"),
     ("import sys\nsys.exit(3)\n", "--import {spec}: bad.py line 2: SystemExit: 3"),
 ])
 def test_a_module_that_cannot_be_imported_is_one_line(tmp_path, capsys, content, message):

@@ -315,13 +315,21 @@ def test_a_new_rule_works_from_the_command_line(halving, tmp_path):
     assert run.name.endswith("-halving-test-seed1")
 
 
-def test_a_rule_name_means_one_rule():
+def test_a_rule_name_means_one_rule(monkeypatch):
+    import metaspike.rules
     from metaspike.rules import TanhRule
+
+    monkeypatch.setattr(metaspike.rules, "_RULES", dict(metaspike.rules._RULES))  # (the test's rules go with it)
 
     assert register_rule(TanhRule()).name == "tanh"  # the same rule again: nothing changes
     impostor = _Averaging(name="tanh")
-    with pytest.raises(ValueError, match="a different rule is registered as 'tanh' already"):
-        register_rule(impostor)
+    with pytest.raises(ValueError, match="'tanh' is a built-in rule's name"):
+        register_rule(impostor, replace=True)
+    first, edited = _Averaging(name="averaging-test"), dataclasses.replace(TanhRule(), name="averaging-test")
+    assert register_rule(first) is first
+    with pytest.raises(ValueError, match="a different rule is registered as 'averaging-test' already .* replace=True"):
+        register_rule(edited)
+    assert register_rule(edited, replace=True) is edited and get_rule("averaging-test") is edited
     nameless = dataclasses.replace(TanhRule(), name="")
     with pytest.raises(ValueError, match="a rule's name must be letters, digits, '_', '.' or '-'"):
         register_rule(nameless)

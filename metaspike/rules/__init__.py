@@ -43,8 +43,11 @@ _RULES: dict[str, Rule] = {}
 _REQUIRED = ("name", "elementwise", "init_state", "state_type", "step")
 
 
-def register_rule(rule: Rule) -> Rule:
+def register_rule(rule: Rule, *, replace: bool = False) -> Rule:
     """Make ``rule`` available by its name (to the optimizers, the CLI's ``--rule`` and checkpoints).
+
+    A name already taken by a different rule is refused unless ``replace=True`` (e.g. a rule edited and registered
+    again in a notebook); the built-in rules' names cannot be replaced.
 
     Example:
         >>> register_rule(TanhRule()).name
@@ -56,15 +59,16 @@ def register_rule(rule: Rule) -> Rule:
     registered_name("a rule's name", rule.name, "it names run folders and checkpoints' records")
     known = _RULES.get(rule.name)
     if known is not None and known != rule:  # (every run asking for the name would change rule, silently)
-        raise ValueError(f"a different rule is registered as {rule.name!r} already ({known!r}); give yours its own name")
+        if rule.name in _BUILT_IN:
+            raise ValueError(f"{rule.name!r} is a built-in rule's name ({known!r}); give yours its own name")
+        if not replace:
+            raise ValueError(f"a different rule is registered as {rule.name!r} already ({known!r}); give yours its own "
+                             "name, or register_rule(rule, replace=True) to replace it")
     _RULES[rule.name] = rule
     return rule
 
 
-register_rule(TanhRule())
-register_rule(NoConsolidation())
-register_rule(CascadeRule())
-register_rule(SwitchRule())
+_BUILT_IN = frozenset(register_rule(rule).name for rule in (TanhRule(), NoConsolidation(), CascadeRule(), SwitchRule()))
 
 
 def available_rules() -> list[str]:
