@@ -81,6 +81,22 @@ def test_norse_sequential_state_models_train_with_binary_synapses(neuron):
     assert set(model.network[1].weight.unique().tolist()) == {-1.0, 1.0}
 
 
+def test_norse_lsnn_needs_a_step_per_layer_for_its_output_to_depend_on_its_input():
+    """Each LSNN layer passes its input on one step later: at one step per layer its output was the same for every
+    input (zero gradient, nothing learned, silently). One more step is what it needs."""
+    pytest.importorskip("norse.torch")
+    with pytest.raises(ValueError, match=r"^num_steps \(--num-steps\) must be at least 3 for norse-lsnn with 2 hidden "
+                                         r"layers .* got 2$"):
+        build_neuron_model("norse-lsnn", NetSpec(hidden=(8, 8), num_steps=2))
+    torch.manual_seed(0)
+    model = build_neuron_model("norse-lsnn", NetSpec(hidden=(16, 16), num_steps=3))
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.mul_(20)  # (strong weights: every layer spikes at its first chance)
+    out = model(torch.rand(8, 1, 28, 28))
+    assert out.std() > 0
+
+
 @pytest.mark.parametrize("convert", [metaspike.binarize, lambda net, **kw: metaspike.bayesianize(net, "bimu", **kw)])
 def test_naming_a_norse_recurrent_cell_in_layer_types_is_refused(convert):
     """The cell's matrices are input_weights and recurrent_weights, no `weight`: it was left float in silence."""

@@ -158,8 +158,15 @@ def norse_lif(spec: NetSpec) -> nn.Module:
 
 
 def norse_lsnn(spec: NetSpec) -> nn.Module:
-    """Norse ``LSNNCell``: LIF with an adaptive threshold (Bellec et al. 2018)."""
+    """Norse ``LSNNCell``: LIF with an adaptive threshold (Bellec et al. 2018). Its spikes come from the membrane
+    before the step's input current enters it, so each layer passes its input on one step later: the network needs
+    ``num_steps >= len(hidden) + 1`` for its output to depend on its input (fewer is refused)."""
     norse = require_norse()
+    if spec.num_steps < len(spec.hidden) + 1:
+        raise ValueError(f"num_steps (--num-steps) must be at least {len(spec.hidden) + 1} for norse-lsnn with "
+                         f"{len(spec.hidden)} hidden layers (each LSNN layer passes its input on one time step later: "
+                         f"with fewer the output does not depend on the input and nothing is learned), got "
+                         f"{spec.num_steps}")
     return _norse(spec, lambda taus, method, a: norse.LSNNCell(
         norse.LSNNParameters(**taus, tau_adapt_inv=torch.as_tensor(1 / 0.05), beta=torch.as_tensor(0.5),
                              method=method, alpha=a)))
