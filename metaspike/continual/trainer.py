@@ -46,6 +46,13 @@ from metaspike.continual.checkpoints import (
 )
 from metaspike.continual.metrics import summarize
 from metaspike.continual.scenarios import Scenario, Task, made_when_reached
+from metaspike.continual.schedulers import (
+    SCHEDULED_SETTINGS,
+    check_scheduler,
+    load_scheduler_record,
+    scheduler_record,
+    step_scheduler,
+)
 from metaspike.diagnostics import consolidated_fractions, flip_rates, hidden_weight_histograms, sign_snapshot
 from metaspike.distributed import world
 from metaspike.population_statistics import evaluates_with_batch_statistics
@@ -299,12 +306,17 @@ def _data_fingerprint(scenario: Scenario) -> str:
     return digest.hexdigest()
 
 
-def _load_saved_optimizer(optimizer: Optimizer, optimizer_state: tuple[Any, Any]) -> None:
+def _load_saved_optimizer(optimizer: Optimizer, optimizer_state: tuple[Any, Any], scheduled: bool) -> None:
     """Load a checkpoint's optimizer state into ``optimizer``: refused in one line where it was another kind of
-    optimizer, has other settings or holds state that does not fit (:func:`check_optimizer_state`)."""
+    optimizer, has other settings or holds state that does not fit (:func:`check_optimizer_state`). Where a
+    learning-rate scheduler drives it (``scheduled``), the settings a scheduler moves are its to check
+    (:func:`~metaspike.continual.schedulers.load_scheduler_record`: its base rates)."""
     saved, kinds = optimizer_state
     check_kinds(kinds, kinds_of(optimizer), "optimizer")
     settings = group_settings(optimizer)
+    if scheduled:
+        settings = [[{k: v for k, v in group.items() if k not in SCHEDULED_SETTINGS} for group in inner]
+                    for inner in settings]
     load_part("optimizer", optimizer, saved)
     check_optimizer_state(optimizer, settings)
 
@@ -379,6 +391,10 @@ class ContinualTrainer:
         plugins: :class:`metaspike.training.Plugin` hooks of a continual-learning method (EWC, SI, ...). A plugin's
             memory (importances, anchors) belongs to the model it was trained with: a plugin that served another
             model's trainer is refused (give each model new plugins).
+        make_scheduler: called with each new optimizer to create its learning-rate scheduler (e.g.
+            ``lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, 5)``), stepped after every epoch
+            (``ReduceLROnPlateau`` with the epoch's mean training loss); so with ``optimizer="per-task"`` the schedule
+            starts again with each task. Checkpoints keep its state.
 
     After :meth:`fit`, ``batchnorm_states`` holds each trained task's BatchNorm state (task order) where the run
     evaluated each task with its own (per-task BatchNorm, a model with BatchNorm), else nothing: with
@@ -406,7 +422,12 @@ class ContinualTrainer:
         config: TrainerConfig = TrainerConfig(),
         progress: bool = True,
         plugins: Sequence[Plugin] = (),
+        make_scheduler: Callable[[Optimizer], Any] | None = None,
     ) -> None:
+        if make_scheduler is not None and not callable(make_scheduler):
+            raise ValueError("make_scheduler must be a function that builds the scheduler from the optimizer (e.g. "
+                             "lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, 5)), or None; got "
+                             f"{type(make_scheduler).__name__}")
         if not callable(make_optimizer):  # (an optimizer instance is not: torch's optimizers have no __call__)
             raise ValueError("make_optimizer must be a function that builds the optimizer from the model (e.g. "
                              "lambda m: torch.optim.SGD(m.parameters(), lr=0.01)), called once or once per task; got "
@@ -420,6 +441,7 @@ class ContinualTrainer:
                              "device, or give it values first (model.to_empty(device='cpu'), then load_state_dict)")
         self.model = model.to(config.device)
         self.make_optimizer = make_optimizer
+        self.make_scheduler = make_scheduler
         self.config = config
         self.progress = progress
         self.plugins = _checked_plugins(plugins)
@@ -447,6 +469,12 @@ class ContinualTrainer:
         except ValueError as err:
             raise ValueError(f"make_optimizer: {err}") from None
         return optimizer
+
+    def _new_scheduler(self, optimizer: Optimizer) -> Any | None:
+        """``make_scheduler(optimizer)``, checked; ``None`` without ``make_scheduler``."""
+        if self.make_scheduler is None:
+            return None
+        return check_scheduler(self.make_scheduler(optimizer), optimizer)
 
     def _per_task_batchnorm(self, scenario: Scenario) -> bool:
         """Whether each task is evaluated with its own BatchNorm state: asked for, and allowed by the scenario."""
@@ -571,11 +599,12 @@ class ContinualTrainer:
                                      evaluates_trained_tasks=scenario.evaluates_training_tasks)
             result.baseline = self._evaluate_all(scenario, 0, [])
             states: list[dict] = []
-            first_task, first_epoch, optimizer_state = 0, 0, None
+            first_task, first_epoch, optimizer_state, scheduler_state = 0, 0, None, None
         else:
-            result, states, first_task, first_epoch, optimizer_state = self._restore(resume, scenario, generator)
+            result, states, first_task, first_epoch, optimizer_state, scheduler_state = self._restore(
+                resume, scenario, generator)
         start = time.perf_counter() - result.seconds
-        optimizer = None
+        optimizer = scheduler = None
         count = len(scenario.tasks)
         not_evaluated = (math.nan,) * len(result.task_names)  # one row for every task without an evaluation
         for i in range(first_task, count):
@@ -586,12 +615,17 @@ class ContinualTrainer:
             new_task = epoch == 0 and cfg.optimizer == "per-task" and scenario.task_boundaries
             if optimizer is None or new_task:
                 optimizer = self._new_optimizer()
+                scheduler = self._new_scheduler(optimizer)
                 if optimizer_state is not None:  # (at a task boundary a new optimizer starts, but the saved one must
                     # have been built with this run's settings: it is loaded into a copy that is then dropped)
-                    _load_saved_optimizer(self._new_optimizer() if new_task else optimizer, optimizer_state)
-                optimizer_state = None
+                    saved_into = self._new_optimizer() if new_task else optimizer
+                    load_scheduler_record(scheduler if not new_task else self._new_scheduler(saved_into),
+                                          scheduler_state)
+                    _load_saved_optimizer(saved_into, optimizer_state, scheduled=scheduler is not None)
+                optimizer_state = scheduler_state = None
             due = (i + 1) % cfg.eval_every == 0 or i + 1 == count
-            accuracies = self._train_task(scenario, i, epoch, optimizer, generator, states, result, start, log, due)
+            accuracies = self._train_task(scenario, i, epoch, optimizer, scheduler, generator, states, result, start,
+                                          log, due)
             states.append(batchnorm_state(self.model))
             result.matrix.append(accuracies if due else not_evaluated)
             if not due:
@@ -601,22 +635,23 @@ class ContinualTrainer:
             result.seconds = time.perf_counter() - start
             if log is not None:
                 log.task_done(result)
-                log.checkpoint(self.checkpoint(i + 1, 0, optimizer, generator, states, result))
+                log.checkpoint(self.checkpoint(i + 1, 0, optimizer, generator, states, result, scheduler))
         result.seconds = time.perf_counter() - start
         self.batchnorm_states = list(states) if self._per_task_batchnorm(scenario) and any(states) else []
         return result
 
     def checkpoint(
         self, task: int, epochs_done: int, optimizer: Optimizer, generator: torch.Generator,
-        states: list[dict], result: ContinualResult,
+        states: list[dict], result: ContinualResult, scheduler: Any | None = None,
     ) -> dict[str, Any]:
-        """Everything needed to continue: weights, optimizer, batch-order RNG, torch's global RNG (the weight
-        samples of Bayesian synapses), BatchNorm states, results."""
+        """Everything needed to continue: weights, optimizer (and its learning-rate scheduler), batch-order RNG,
+        torch's global RNG (the weight samples of Bayesian synapses), BatchNorm states, results."""
         return {
             "format": CHECKPOINT_FORMAT,
             "position": {"task": task, "epochs_done": epochs_done},
             "model": self.model.state_dict(),
             "optimizer": optimizer.state_dict(),
+            "scheduler": None if scheduler is None else scheduler_record(scheduler),
             "generator": generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "identity": self._identity,
@@ -646,7 +681,7 @@ class ContinualTrainer:
             plugin.load_state_dict(plugin_state)
         result = ContinualResult(**_outer_lists_copied(state["result"]))  # (the run appends: the checkpoint stays)
         return (result, list(state["batchnorm_states"]), position["task"], position["epochs_done"],
-                (state["optimizer"], state.get("kinds")))
+                (state["optimizer"], state.get("kinds")), state.get("scheduler"))
 
     def _train_task(
         self,
@@ -654,6 +689,7 @@ class ContinualTrainer:
         index: int,
         first_epoch: int,
         optimizer: Optimizer,
+        scheduler: Any | None,
         generator: torch.Generator,
         states: list[dict],
         result: ContinualResult,
@@ -677,6 +713,8 @@ class ContinualTrainer:
                 signs = sign_snapshot(self.model) if due else {}
                 loss = train_epoch(self.model, optimizer, task.train.x, task.train.y, cfg.batch_size,
                                    generator, classes, cfg.device, bar, self.plugins, world())
+                if scheduler is not None:
+                    step_scheduler(scheduler, loss)
                 if epoch == cfg.epochs:
                     self._end_task(task, classes, bar)
                 if not due:
@@ -695,7 +733,7 @@ class ContinualTrainer:
                 if log is not None:
                     log.epoch_done(result)
                     if epoch < cfg.epochs:
-                        log.checkpoint(self.checkpoint(index, epoch, optimizer, generator, states, result))
+                        log.checkpoint(self.checkpoint(index, epoch, optimizer, generator, states, result, scheduler))
         finally:
             bar.close()
         return accuracies
