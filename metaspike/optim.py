@@ -466,6 +466,9 @@ def _adam_step_(param: Tensor, state: dict[str, Any], group: dict[str, Any], met
     """One Adam step of one parameter, in place, its update passed through the group's rule when
     ``meta > 0``; returns the rule's new state. ``update`` is :func:`_adam_update_` (default) or its
     compiled version."""
+    if update is not None:  # (its flat views need contiguous moments: a state loaded from a channels_last model has not)
+        for key in ("exp_avg", "exp_avg_sq"):
+            state[key] = state[key].contiguous()
     state["step"] += 1
     step = state["step"].item()
     beta1, beta2 = group["betas"]

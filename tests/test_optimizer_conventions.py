@@ -476,3 +476,32 @@ def test_metaplastic_adam_refuses_float16_weights_its_eps_vanishes_in():
     with pytest.raises(ValueError, match="is 0 in torch.float16"):
         late.step()
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_state_saved_from_a_channels_last_model_resumes_in_the_fused_step():
+    """The compiled step flattens the moments with view(-1): moments loaded from a channels_last model raised torch's
+    view error (and had counted the step already)."""
+    from metaspike import binarize
+    from metaspike.optim import MetaplasticAdam
+
+    def trained(channels_last, state=None):
+        torch.manual_seed(0)
+        model = binarize(torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3)), scale=None)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = MetaplasticAdam(model.parameters(), lr=0.01, meta=2.0, fused=True)
+        if state is not None:
+            model.load_state_dict(state[0])
+            optimizer.load_state_dict(state[1])
+        for _ in range(2):
+            optimizer.zero_grad()
+            model(torch.ones(1, 4, 3, 3)).pow(2).mean().backward()
+            optimizer.step()
+        return model, optimizer
+
+    model, optimizer = trained(channels_last=True)
+    saved = [state for state in optimizer.state.values() if state["exp_avg"].dim() == 4][0]
+    assert not saved["exp_avg"].is_contiguous()
+    resumed, again = trained(channels_last=False, state=(model.state_dict(), optimizer.state_dict()))
+    steps = [state["step"].item() for state in again.state.values()]
+    assert steps == [4, 4] and all(torch.isfinite(p).all() for p in resumed.parameters())

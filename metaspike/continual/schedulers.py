@@ -51,7 +51,7 @@ def step_scheduler(scheduler: Any, loss: float) -> None:
         >>> import torch
         >>> sgd = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
         >>> scheduler = torch.optim.lr_scheduler.StepLR(sgd, 1, gamma=0.5)
-        >>> step_scheduler(scheduler, 0.3); sgd.param_groups[0]["lr"]
+        >>> sgd.step(); step_scheduler(scheduler, 0.3); sgd.param_groups[0]["lr"]
         0.05
     """
     if isinstance(scheduler, ReduceLROnPlateau):

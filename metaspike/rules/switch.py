@@ -87,7 +87,7 @@ class SwitchRule:
         generator = torch.Generator(hidden.device)
         generator.set_state(state.rng.to("cpu", torch.uint8))  # an optimizer's load_state_dict casts it to float
         draw = torch.rand(hidden.shape, generator=generator, device=hidden.device, dtype=hidden.dtype)
-        switched = draw < -torch.expm1(-meta * run)
+        switched = moved & (draw < -torch.expm1(-meta * run))  # (a zero update changes nothing)
         new = SwitchState(torch.where(moved, sign, last_sign), run, (consolidated | switched).to(hidden.dtype),
                           generator.get_state())
         return kept, new
