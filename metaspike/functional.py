@@ -43,5 +43,21 @@ def consolidate(
         raise ValueError(f"hidden and update must be tensors, got {type(hidden).__name__} and {type(update).__name__}")
     if update.shape != hidden.shape:
         raise ValueError(f"update must have the shape of hidden {tuple(hidden.shape)}, got {tuple(update.shape)}")
-    step, new_state = rule.step(hidden, update, meta, rule.init_state(hidden) if state is None else state)
+    fresh = rule.init_state(hidden)
+    if state is not None:
+        _check_state(rule, state, fresh)
+    step, new_state = rule.step(hidden, update, meta, fresh if state is None else state)
     return check_update(rule, step, hidden), new_state
+
+
+def _check_state(rule: Rule, state: object, fresh: NamedTuple) -> None:
+    """``state`` must be ``rule``'s state record, each field a tensor of the shape a new state of the weight has."""
+    kind = rule.state_type()
+    if not isinstance(state, kind):
+        raise ValueError(f"state must be {type(rule).__name__}'s state record ({kind.__name__}, from "
+                         f"rule.init_state(hidden) or a previous step), got {type(state).__name__}")
+    for field, value, expected in zip(kind._fields, state, fresh):
+        if isinstance(expected, Tensor) and (not isinstance(value, Tensor) or value.shape != expected.shape):
+            found = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(f"state.{field} must be a tensor of shape {tuple(expected.shape)} for this hidden weight, "
+                             f"got {found}")

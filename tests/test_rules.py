@@ -441,3 +441,23 @@ def test_a_user_rule_returning_the_wrong_kind_of_value_is_one_line(returns, mess
     weight.sum().backward()
     with pytest.raises(ValueError, match=f"consolidation rule 'odd' \\(Odd\\) {message}"):
         optimizer.step()
+
+
+def test_consolidate_refuses_another_rules_state_and_a_state_of_another_shape():
+    """Another rule's record raised AttributeError inside the rule, and a state of the wrong shape was broadcast."""
+    from metaspike.functional import bimu_step, consolidate, mesu_step
+    from metaspike.rules import NoState
+
+    with pytest.raises(ValueError, match=r"^state must be CascadeRule's state record \(CascadeState, .*got NoState$"):
+        consolidate(torch.ones(3), torch.ones(3), 1.0, rule="cascade", state=NoState())
+    small = CascadeRule().init_state(torch.zeros(1))
+    with pytest.raises(ValueError, match=r"^state.levels must be a tensor of shape \(2, 3\) for this hidden weight, "
+                                         r"got \(2, 1\)$"):
+        consolidate(torch.ones(3), torch.ones(3), 1.0, rule="cascade", state=small)
+    own = CascadeRule().init_state(torch.zeros(3))
+    assert consolidate(torch.ones(3), torch.ones(3), 1.0, rule="cascade", state=own)[0].shape == (3,)
+    with pytest.raises(ValueError, match="^lam must be a tensor, got list$"):
+        bimu_step([0.0], torch.ones(1), lr=1.0, lr_max=1.0, likelihood_multiplier=1.0, kl_multiplier=1.0, N=10)
+    with pytest.raises(ValueError, match="^sigma must be a tensor, got float$"):
+        mesu_step(torch.zeros(1), 1.0, torch.ones(1), torch.ones(1), lr_mu=1, lr_sigma=1, sigma_prior=1, mu_prior=0,
+                  N=10)

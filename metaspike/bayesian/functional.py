@@ -282,9 +282,16 @@ def mesu_step(
         (tensor([-0.1000]), tensor([1.]))
     """
     hyper = dict(lr_mu=lr_mu, lr_sigma=lr_sigma, sigma_prior=sigma_prior, mu_prior=mu_prior, N=N, clamp_grad=clamp_grad)
-    mu, sigma = mu.detach().clone(), sigma.detach().clone()
+    mu, sigma = _copied("mu", mu), _copied("sigma", sigma)
     mesu_step_([mu], [sigma], [grad_mu], [grad_sigma], hyper)
     return mu, sigma
+
+
+def _copied(name: str, value: Tensor) -> Tensor:
+    """A detached copy of the tensor argument ``name`` of a pure step (one ``ValueError`` where it is no tensor)."""
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{name} must be a tensor, got {type(value).__name__}")
+    return value.detach().clone()
 
 
 @torch.no_grad()
@@ -324,7 +331,7 @@ def bimu_step(
         ...           kl_multiplier=1.0, N=60_000)
         tensor([0.])
     """
-    lam = lam.detach().clone()
+    lam = _copied("lam", lam)
     hyper = dict(lr=lr, lr_max=lr_max, likelihood_multiplier=likelihood_multiplier, kl_multiplier=kl_multiplier, N=N)
     bimu_step_([lam], [grad], hyper)
     return lam
