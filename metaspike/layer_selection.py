@@ -116,9 +116,15 @@ def _excluded_names(model: nn.Module, exclude: str | Sequence[str]) -> tuple[str
     names = (exclude,) if isinstance(exclude, str) else tuple(exclude) if isinstance(exclude, Sequence) else None
     if names is None or not all(isinstance(name, str) for name in names):
         raise ValueError(f"exclude must be a layer name or a sequence of names, got {exclude!r}")
-    unknown = sorted(set(names) - {name for name, _ in model.named_modules()})
+    matrices = {name for name, p in model.named_parameters()
+                if not isinstance(p, nn.parameter.UninitializedParameter) and p.dim() >= 2}
+    unknown = sorted(set(names) - {name for name, _ in model.named_modules()} - matrices)
     if unknown:
-        raise ValueError(f"exclude names layers that do not exist: {unknown}")
+        raise ValueError(f"exclude names layers (or weight matrices) that do not exist: {unknown}")
+    weights = sorted(name for name in set(names) & matrices if name.rsplit(".", 1)[-1] == "weight")
+    if weights:  # (a layer's weight is what a synapse is made of: naming it must not leave the layer selected)
+        layer = weights[0].rsplit(".", 1)[0] if "." in weights[0] else ""
+        raise ValueError(f"exclude names the weight {weights[0]!r}: name its layer {layer!r} to leave it float")
     return names
 
 
@@ -270,7 +276,7 @@ def warn_float_matrices_left(model: nn.Module, selected: Sequence[nn.Module], ex
         if isinstance(module, DEFAULT_LAYER_TYPES) and id(module) not in bypassed:
             continue
         for key, p in module.named_parameters(recurse=False):
-            if p.dim() >= 2:
+            if p.dim() >= 2 and (f"{name}.{key}" if name else key) not in excluded:
                 asked = isinstance(module, types) and id(module) not in bypassed
                 (tied if id(p) in covered else named if asked else left).append(f"{name}.{key}" if name else key)
     if tied:
@@ -284,8 +290,9 @@ def warn_float_matrices_left(model: nn.Module, selected: Sequence[nn.Module], ex
                       UserWarning, stacklevel=3)
     if left:
         warnings.warn(f"{what} left {len(left)} weight matrices float, in layers it does not make synapses of "
-                      f"({_shown(left)}): they train as float weights and are not consolidated; name their layers in "
-                      f"{what}(..., exclude=[...]) to silence this", UserWarning, stacklevel=3)
+                      f"({_shown(left)}): they train as float weights and are not consolidated; name them (or a "
+                      f"layer that holds them, such as an LSTM) in {what}(..., exclude=[...]) to silence this",
+                      UserWarning, stacklevel=3)
 
 
 def _shown(names: list[str]) -> str:

@@ -136,7 +136,8 @@ def binarize(
         module: the model to change.
         layer_types: which layer classes get binary weights (a class or a sequence of classes).
         exclude: qualified names of layers or blocks to leave real-valued (e.g. ``"0"`` for a first layer; a
-            block's name excludes every layer inside it).
+            block's name excludes every layer inside it), or of weight matrices a module holds directly (no layer's
+            ``weight``), which stay float anyway: naming them silences the warning about them.
         scale: the learned gain: ``"channel"`` (one per output channel, default), ``"layer"`` (one per
             layer) or ``None`` (the bare sign, e.g. for a layer followed by BatchNorm).
 

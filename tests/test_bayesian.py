@@ -413,7 +413,7 @@ def test_bad_structure_and_options():
     with pytest.raises(ValueError, match="^temperature must be a finite number in"):
         BinaryWeight(temperature=1e-39)
     assert isinstance(bayesianize(nn.Sequential(nn.Linear(3, 2)), "mesu", sigma_init=2e-19)[0], nn.Linear)
-    with pytest.raises(ValueError, match="exclude names layers that do not exist"):
+    with pytest.raises(ValueError, match="exclude names layers \\(or weight matrices\\) that do not exist"):
         bayesianize(net, exclude=["5"])
     with pytest.raises(ValueError, match="no layer to make Bayesian"):
         bayesianize(nn.Sequential(nn.ReLU()))

@@ -49,7 +49,7 @@ def test_excluding_a_block_excludes_its_layers_and_a_string_is_one_name(convert)
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(exclude=["7"]), "exclude names layers that do not exist"),
+    (dict(exclude=["7"]), "exclude names layers \\(or weight matrices\\) that do not exist"),
     (dict(exclude=[0]), "exclude must be a layer name or a sequence of names"),
     (dict(layer_types="Linear"), "layer_types must be an nn.Module class"),
     (dict(layer_types=[int]), "layer_types must be an nn.Module class"),
@@ -436,3 +436,32 @@ def test_models_moved_to_meta_infer_shapes_and_leave_the_compiled_paths_in_use()
     copy.deepcopy(model).to("meta")(x.to("meta")).sum().backward()
     assert not _compiled_gaussian_sample.broken
     assert model(x).shape == (5, 10)
+
+
+def test_a_matrix_held_directly_is_silenced_by_its_own_name_and_a_layers_weight_is_refused():
+    """The warning's advice (exclude) accepted module names only: a matrix held by a module with layers of its own
+    could be silenced only by leaving those layers float too."""
+    import warnings
+
+    import metaspike
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.W1 = nn.Parameter(torch.randn(6, 5))
+            self.fc = nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.fc(x @ self.W1)
+
+    net = nn.Sequential(Block())
+    with pytest.warns(UserWarning, match=r"left 1 weight matrices float, .*\(0.W1\).* name them \(or a layer that "
+                                         r"holds them, such as an LSTM\)"):
+        metaspike.binarize(net, scale=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        binary = metaspike.binarize(nn.Sequential(Block()), scale=None, exclude=["0.W1"])
+    assert torch.nn.utils.parametrize.is_parametrized(binary[0].fc)  # the block's own layer is still a synapse
+    with pytest.raises(ValueError, match=r"^exclude names the weight '0.fc.weight': name its layer '0.fc' to leave "
+                                         r"it float$"):
+        metaspike.binarize(nn.Sequential(Block()), scale=None, exclude=["0.fc.weight"])

@@ -92,7 +92,7 @@ def test_binarize_excludes_named_layers_and_rejects_models_without_layers():
                                          "layers inside a MultiheadAttention are left out: it reads their weights "
                                          "without calling them"):
         binarize(nn.MultiheadAttention(8, 2))
-    with pytest.raises(ValueError, match="exclude names layers that do not exist"):
+    with pytest.raises(ValueError, match="exclude names layers \\(or weight matrices\\) that do not exist"):
         binarize(nn.Sequential(nn.Linear(2, 2)), exclude=["7"])
 
 

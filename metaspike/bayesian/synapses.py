@@ -612,7 +612,7 @@ def bayesianize(
         kind: ``"bimu"`` (binary weights) or ``"mesu"`` (Gaussian weights).
         layer_types: which layer classes get Bayesian weights (a class or a sequence of classes).
         exclude: qualified names of layers or blocks to leave as they are (a block's name excludes every layer
-            inside it).
+            inside it), or of weight matrices a module holds directly, to silence the warning about them.
         sigma_init: MESU: initial width ``σ`` (``μ`` is the layer's current weight).
         lambda_init: BiMU: ``λ`` starts small and random, ``N(0, lambda_init²)`` (the authors start
             ``λ`` small and random); ``None`` keeps the layer's current weights as ``λ``.
