@@ -49,6 +49,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from bnn.sign_buffers import storage_is_free
 
@@ -253,6 +254,7 @@ class _FastBinaryLinear(torch.autograd.Function):
         backward_signs: Tensor | None, low: bool, grad_buffer: Tensor | None,
     ) -> Tensor:
         ctx.save_for_backward(x, backward_signs)
+        ctx.hidden, ctx.signs = hidden, signs  # (for a backward that builds a graph itself: create_graph=True)
         ctx.low = low
         ctx.grad_buffer = grad_buffer
         ctx.has_bias = bias is not None
@@ -260,6 +262,8 @@ class _FastBinaryLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        if torch.is_grad_enabled():  # create_graph=True: gradients that are differentiable themselves
+            return _differentiable_backward(ctx, grad)
         x, signs = ctx.saved_tensors
         low = ctx.low
         grad_x = _backward_mm(grad, signs, low) if ctx.needs_input_grad[0] else None
@@ -278,6 +282,24 @@ class _FastBinaryLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
+def _differentiable_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+    """The backward of ``F.linear(x, W, bias)`` with ``W`` the ±1 weight whose gradient reaches the hidden weight
+    straight through, in differentiable operations (a gradient penalty's second derivative, as the small layers'
+    ``F.linear`` gives it); float32 products, without the reused gradient buffer."""
+    x, _ = ctx.saved_tensors
+    hidden = ctx.hidden
+    visible = hidden + (ctx.signs.to(hidden.dtype) - hidden).detach()  # ±1, its gradient is the hidden weight's
+    grad_x = grad @ visible if ctx.needs_input_grad[0] else None
+    grad_w = grad.t() @ x if ctx.needs_input_grad[1] else None
+    grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return grad_x, grad_w, grad_b, None, None, None, None, None
+
+
+def _is_dual(*tensors: Tensor | None) -> bool:
+    """Whether forward-mode AD (``torch.autograd.forward_ad``) carries a tangent on one of ``tensors``."""
+    return any(t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
 def _product(x: Tensor, signs: Tensor, kind: str, bias: Tensor | None) -> Tensor:
     out = signs_product(x, signs, kind)
     return out if bias is None else out.add_(bias)
@@ -294,8 +316,9 @@ def product_used(x: Tensor, layer: Any) -> str:
     weight = layer.weight
     small = weight.numel() < FAST_MIN_NUMEL or x.dim() != 2 or x.dtype != torch.float32 or weight.dtype != torch.float32
     # a compiled model fuses the plain product itself; under autocast torch picks the product's precision; meta
-    # tensors (shape inference) hold no values to pick a product by
-    if small or x.device.type == "meta" or torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type):
+    # tensors (shape inference) hold no values to pick a product by; forward-mode AD needs F.linear's tangents
+    if (small or x.device.type == "meta" or torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type)
+            or _is_dual(x, weight, layer.bias)):
         return "F.linear"
     if not is_binary_input(x):
         return "float32"

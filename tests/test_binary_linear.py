@@ -273,3 +273,35 @@ def test_inference_mode_then_training_inside_one_binarized_once_block():
             model.eval()(torch.rand(4, 1100))
         model.train()
         F.cross_entropy(model(torch.rand(4, 1100)), torch.tensor([0, 1, 2, 0])).backward()
+
+
+def test_second_derivatives_and_forward_mode_tangents_equal_the_straight_through_f_linear(layer):
+    """A gradient penalty (create_graph=True) crashed in torch's out= product, or, with weight.grad held, gave a
+    gradient cut off from the hidden weight; forward-mode AD had no tangent rule. Both now equal what F.linear with
+    a straight-through ±1 weight gives, to float32 rounding: each side's sum of n terms is within n·u·Σ|terms| of
+    the exact one (u = 2^-24), the bound the test computes from its data."""
+    import torch.autograd.forward_ad as fwAD
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 2, (4, IN), generator=g).float().mul(2).sub(1).requires_grad_()
+    weight = torch.randn(4, OUT, generator=g)
+    hidden = layer.weight.detach().clone().requires_grad_()
+
+    def penalty_gradients(forward, weight_param):
+        (grad_x,) = torch.autograd.grad((forward(x) * weight).sum(), x, create_graph=True)
+        return torch.autograd.grad(grad_x.square().sum(), weight_param)[0]
+
+    reference = penalty_gradients(lambda v: F.linear(v, hidden + (layer.signs() - hidden).detach()), hidden)
+    assert fast.product_used(x.detach(), layer) != "F.linear"
+    layer(x.detach()).sum().backward()  # weight.grad now holds the reused buffer
+    u = 2.0**-24
+    row_sums = weight.abs().sum(1, keepdim=True).expand(4, IN)  # Σ|terms| of each grad_x = weight @ signs entry
+    # the penalty's gradient 2·weightᵀ @ grad_x: grad_x's own error (OUT terms) carried through, and its 4-term sum's
+    bound = 2 * weight.abs().T @ (OUT * u * row_sums) + 2 * 4 * u * (weight.abs().T @ row_sums)
+    difference = (penalty_gradients(layer, layer.weight) - reference).abs()
+    assert (difference <= 2 * bound).all()  # (each side within the bound of the exact value)
+    tangent = torch.randn(3, IN, generator=g)
+    with fwAD.dual_level():
+        out = fwAD.unpack_dual(layer(fwAD.make_dual(x.detach()[:3], tangent))).tangent
+    tangent_bound = IN * u * tangent.abs().sum(1, keepdim=True)
+    assert ((out - tangent @ layer.signs().T).abs() <= 2 * tangent_bound).all()
