@@ -306,12 +306,23 @@ def train_epoch(
         batches += 1
         if progress is not None:
             progress.update(1)
+    _refuse_non_finite_parameters(model)
     mean = total / max(batches, 1)
     if shard[1] > 1:  # report the loss of the whole batch, as one process would
         summed = torch.tensor([mean], dtype=torch.float64)  # a Python float: keep its precision
         torch.distributed.all_reduce(summed)
         mean = summed.item() / shard[1]
     return mean
+
+
+def _refuse_non_finite_parameters(model: nn.Module) -> None:
+    """:class:`TrainingDiverged` naming the parameters that became NaN or infinite while the loss stayed finite (a NaN
+    in one gradient entry): a binary synapse shows a NaN hidden weight as +1 and would never learn again, silently."""
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise TrainingDiverged(f"parameters became NaN or infinite in this epoch while the loss stayed finite "
+                               f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}): a gradient held NaN or "
+                               "infinite entries; check the model's operations or lower the learning rate")
 
 
 #: The start of torch's message when a backward pass reaches a graph an earlier one freed.

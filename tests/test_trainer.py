@@ -189,8 +189,8 @@ def test_weights_that_become_infinite_while_the_loss_stays_finite_stop_the_run_i
         def forward(self, x):
             return self.net(x)
 
-    class BlowUp(Plugin):
-        def after_step(self, model):
+    class BlowUp(Plugin):  # (after the epoch's own check: at the task's end)
+        def task_done(self, model, x, y, classes):
             model.spare.data.fill_(float("inf"))
 
     scenario = permuted(load_dataset("digits"), load_dataset("digits", "test"), n_tasks=1, seed=1, samples_per_task=20)
@@ -530,3 +530,18 @@ def test_a_task_named_like_a_column_of_the_results_files_is_refused(name):
                                TrainerConfig(epochs=1, batch_size=20), progress=False)
     with pytest.raises(ValueError, match=f"names a task {name!r}, a column the results files keep for themselves"):
         trainer.fit(Scenario("mine", tasks, tasks))
+
+
+def test_a_nan_gradient_entry_that_leaves_the_loss_finite_ends_the_epoch_as_diverged():
+    """A binary synapse shows a NaN hidden weight as +1 and never learns again, while the loss stays finite."""
+    import bnn
+    from metaspike.optim import MetaplasticAdam
+    from metaspike.training import TrainingDiverged, train_epoch
+
+    torch.manual_seed(0)
+    model = bnn.MLP([20, 32, 4])
+    model[1].weight.register_hook(lambda grad: grad.index_fill(0, torch.tensor([0]), float("nan")))
+    optimizer = MetaplasticAdam(model.parameters(), lr=0.01, meta=1.0)
+    with pytest.raises(TrainingDiverged, match=r"^parameters became NaN or infinite in this epoch while the loss "
+                                               r"stayed finite \(1.parametrizations.weight.original|1.weight"):
+        train_epoch(model, optimizer, torch.rand(40, 20), torch.randint(0, 4, (40,)), batch_size=10)
