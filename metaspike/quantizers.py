@@ -39,6 +39,9 @@ def binary_sign(x: Tensor, out: Tensor | None = None) -> Tensor:
         >>> binary_sign(torch.tensor([-0.5, 0.0, -0.0, 2.0]))
         tensor([-1.,  1.,  1.,  1.])
     """
+    if not x.is_floating_point():  # (the in-place steps below raised torch's "can't be cast" for integer tensors)
+        raise ValueError(f"the tensor to binarize must be floating point (its signs are ±1.0), got {x.dtype}; "
+                         "convert it first, e.g. x.float()")
     # sign(x) + 0.5 lies in {-0.5, 0.5, 1.5}, so its sign maps 0 (and -0.0) to +1; several times faster on
     # CPU than torch.where(x >= 0, 1.0, -1.0), which builds a mask and two scalar tensors
     if out is None and torch.compiler.is_compiling():

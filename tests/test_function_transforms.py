@@ -84,3 +84,15 @@ def test_the_triangular_surrogate_takes_vmap():
     spike = surrogate("triangular")
     x = torch.tensor([-0.5, 0.2, 1.5])
     assert torch.equal(vmap(grad(lambda v: spike(v).sum()))(x), torch.tensor([0.5, 0.8, 0.0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int8, torch.bool])
+def test_the_sign_of_an_integer_tensor_is_one_line(dtype):
+    """The in-place steps of the sign raised torch's "result type Float can't be cast to the desired output type"."""
+    import bnn
+    from metaspike import ste_sign
+
+    message = rf"^the tensor to binarize must be floating point \(its signs are ±1.0\), got {dtype}; convert it"
+    for sign in (ste_sign, bnn.SignActivation()):
+        with pytest.raises(ValueError, match=message):
+            sign(torch.ones(3, dtype=dtype))
