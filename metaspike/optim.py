@@ -391,6 +391,7 @@ class MetaplasticAdam(Optimizer):
             check_eps_holds({"eps": group["eps"], "params": [p for p in params if not self.state[p]]})
             if any(p.grad.is_sparse for p in params):
                 raise RuntimeError("MetaplasticAdam does not support sparse gradients")
+            _check_state_follows(self.state, params)
             if group["meta"] != 0 and any(p.is_complex() and consolidates(p, group) for p in params):
                 raise ValueError("MetaplasticAdam consolidates real hidden weights; a complex parameter has no sign to "
                                  "keep: put it in a group with consolidate=False")
@@ -488,6 +489,17 @@ def _adam_step_(param: Tensor, state: dict[str, Any], group: dict[str, Any], met
     if new_state is not None and len(new_state) > 0:
         state["rule_state"] = state_to_dict(new_state)
     return new_state
+
+
+def _check_state_follows(state: Any, params: list[Tensor]) -> None:
+    """One ``ValueError`` where a parameter was converted to another dtype or device after its moments were made
+    (``model.double()`` after a step: torch's Adam step fails inside with "expected dtype float for `end`")."""
+    for p in params:
+        moment = state[p].get("exp_avg") if state[p] else None
+        if isinstance(moment, Tensor) and (moment.dtype != p.dtype or moment.device != p.device):
+            raise ValueError(f"a parameter is {p.dtype} on {p.device} but its optimizer state {moment.dtype} on "
+                             f"{moment.device}: the model was converted after the optimizer's first step; convert the "
+                             "state too (optimizer.load_state_dict(optimizer.state_dict())), or make a new optimizer")
 
 
 def _real_views(*tensors: Tensor) -> tuple[Tensor, ...]:

@@ -477,3 +477,20 @@ def test_metaplastic_refuses_an_eps_that_a_float16_model_rounds_to_zero(make):
     model = metaspike.binarize(torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.Linear(6, 3))).half()
     with pytest.raises(ValueError, match="the optimizer's eps 1e-08 is 0 in torch.float16"):
         metaspike.metaplastic(make(model.parameters()), meta=2.0)
+
+
+def test_a_model_converted_after_the_first_step_is_one_line_and_the_named_remedy_works():
+    from metaspike.optim import MetaplasticAdam
+
+    model = torch.nn.Linear(4, 2)
+    optimizer = MetaplasticAdam(model.parameters(), lr=0.01, meta=1.0)
+    model(torch.rand(3, 4)).sum().backward()
+    optimizer.step()
+    model.double()
+    model(torch.rand(3, 4, dtype=torch.float64)).sum().backward()
+    with pytest.raises(ValueError, match=r"^a parameter is torch.float64 on cpu but its optimizer state torch.float32 "
+                                         r"on cpu: the model was converted after the optimizer's first step"):
+        optimizer.step()
+    optimizer.load_state_dict(optimizer.state_dict())
+    optimizer.step()
+    assert all(state["exp_avg"].dtype == torch.float64 for state in optimizer.state.values())
