@@ -19,7 +19,9 @@ from metaspike.continual.results import RunDirectory, latest_good_checkpoint, lo
 
 
 def _state(epochs_done: int) -> dict:
-    return {"position": {"task": 0, "epochs_done": epochs_done},
+    from metaspike.continual.checkpoints import CHECKPOINT_FORMAT
+
+    return {"format": CHECKPOINT_FORMAT, "position": {"task": 0, "epochs_done": epochs_done},
             "model": {"w": torch.arange(16, dtype=torch.float32) + epochs_done},
             "optimizer": {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 0.1, "params": [0]}]}}
 
@@ -46,10 +48,10 @@ def test_changed_tensor_bytes_are_caught_and_the_previous_checkpoint_used(tmp_pa
     assert torch.load(newest, weights_only=True)["position"]["epochs_done"] == 2  # torch alone sees nothing wrong
     with pytest.raises(ValueError) as info:
         load_checkpoint(newest)
-    assert str(info.value) == f"checkpoint {newest} is damaged: its tensor data do not match their checksum"
+    assert str(info.value) == f"checkpoint {newest} is damaged: its content does not match its checksum"
     state, warnings = latest_good_checkpoint(run.path)
     assert state["position"]["epochs_done"] == 1 and torch.equal(state["model"]["w"], torch.arange(16.0) + 1)
-    assert "tensor_sha256" not in state
+    assert "state_sha256" not in state
     assert warnings == [str(info.value)]
 
 
@@ -68,8 +70,50 @@ def test_unreadable_checkpoint_error_is_our_own_single_line(tmp_path):
 def test_checkpoint_without_a_checksum_is_refused(tmp_path):
     path = tmp_path / "checkpoint.pt"
     torch.save(_state(1), path)
-    with pytest.raises(ValueError, match=r"checkpoint.pt has no checksum of its tensor data \(written by an older"):
+    with pytest.raises(ValueError, match=r"checkpoint.pt lacks its checksum or the digest of its run's config.json"):
         load_checkpoint(path)
+
+
+def test_an_accuracy_outside_0_100_in_a_results_file_is_one_line(tmp_path):
+    """An edited 250 % was read back, and compare --resume wrote a forgetting of 174.72 points."""
+    run = _run_folder(tmp_path)
+    (run / "accuracy_matrix.csv").write_text("after_task,t1,t2\n1,250.0,\n2,85.5,91.0\n")
+    with pytest.raises(ValueError, match=r"accuracy_matrix.csv line 2, column 't1': 250.0 is not an accuracy in "
+                                         r"\[0, 100\]$"):
+        load_run(run)
+    (tmp_path / "curves").mkdir()
+    run = _run_folder(tmp_path / "curves")
+    (run / "curves.csv").write_text("task,epoch,global_epoch,loss,t1,t2\n1,1,1,0.5,-3,\n")
+    with pytest.raises(ValueError, match=r"curves.csv line 2, column 't1': -3.0 is not an accuracy in \[0, 100\]$"):
+        load_run(run)
+
+
+def test_a_metrics_file_that_is_no_object_or_says_complete_as_a_string_is_one_line(tmp_path):
+    from metaspike.app.runs import is_complete
+
+    run = _run_folder(tmp_path)
+    (run / "model.pt").write_bytes(b"")
+    for text in ("[]", '{"complete": "false"}'):
+        (run / "metrics.json").write_text(text)
+        with pytest.raises(ValueError, match=r"metrics.json must be a JSON object whose 'complete' is true or false$"):
+            is_complete(run)
+    (run / "metrics.json").write_text('{"complete": false}')
+    assert is_complete(run) is False
+
+
+def test_the_run_lock_is_shared_as_the_umask_says(tmp_path):
+    """The lock was made 0644 whatever the umask: a group member could write every file of a run but the lock."""
+    import os
+
+    from metaspike.app.runs import LOCK, run_lock
+
+    before = os.umask(0o002)
+    try:
+        with run_lock(tmp_path):
+            pass
+    finally:
+        os.umask(before)
+    assert (tmp_path / LOCK).stat().st_mode & 0o777 == 0o664
 
 
 def _run_folder(tmp_path: Path) -> Path:

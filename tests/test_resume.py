@@ -336,16 +336,39 @@ def test_resume_refuses_a_scenario_json_of_other_tasks_and_writes_a_missing_one(
 
 
 def test_resume_refuses_a_checkpoint_that_does_not_fit_the_model_in_one_line(tmp_path, capsys):
-    from metaspike.continual.results import CHECKSUM_KEY, CONFIG_KEY, tensor_checksum
+    from metaspike.continual.results import CHECKSUM_KEY, CONFIG_KEY, _file_digest, state_checksum
 
     run = _interrupted_run(tmp_path / "a")
     other = _interrupted_run(tmp_path / "b", hidden=(24,))
-    state = load_checkpoint(other / "checkpoint.pt")  # as an older checkpoint, without the config's digest
-    torch.save({**state, CHECKSUM_KEY: tensor_checksum(state)}, run / "checkpoint.pt")
-    assert CONFIG_KEY not in torch.load(run / "checkpoint.pt", weights_only=True)
+    state = load_checkpoint(other / "checkpoint.pt")  # re-sealed as if written under this run's config.json
+    torch.save({**state, CHECKSUM_KEY: state_checksum(state), CONFIG_KEY: _file_digest(run / "config.json")},
+               run / "checkpoint.pt")
     assert main(["train", "--resume", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the checkpoint's model does not fit this run's model" in err, err
+
+
+def test_a_changed_number_or_a_stripped_record_in_a_checkpoint_is_refused(tmp_path):
+    """The checksum covered tensors only: a flipped bit in the stored accuracies resumed to a task at 126.72 % (and a
+    changed untrained accuracy warned, falsely, that task 1 learned nothing); and
+    a checkpoint without its config digest (as older versions wrote) was resumed unchecked, mixing two runs."""
+    from metaspike.continual.results import CHECKSUM_KEY, CONFIG_KEY
+
+    run = _interrupted_run(tmp_path / "a")
+    raw = torch.load(run / "checkpoint.pt", weights_only=True)
+    raw["result"]["baseline"][0] += 32.0  # (the untrained accuracy of task 1)
+    torch.save(raw, run / "edited.pt")
+    with pytest.raises(ValueError, match="edited.pt is damaged: its content does not match its checksum$"):
+        load_checkpoint(run / "edited.pt")
+    raw = torch.load(run / "checkpoint.pt", weights_only=True)
+    torch.save({k: v for k, v in raw.items() if k != CONFIG_KEY}, run / "stripped.pt")
+    with pytest.raises(ValueError, match="stripped.pt lacks its checksum or the digest of its run's config.json"):
+        load_checkpoint(run / "stripped.pt")
+    torch.save({**raw, "format": "metaspike-checkpoint-1"}, run / "old.pt")
+    with pytest.raises(ValueError, match=r"old.pt has the format 'metaspike-checkpoint-1', and this metaspike reads "
+                                         r"'metaspike-checkpoint-2' \(written by another version\)"):
+        load_checkpoint(run / "old.pt")
+    assert CHECKSUM_KEY in raw
 
 
 def test_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path, capsys):
@@ -407,14 +430,14 @@ def _tamper(state, change):
 def test_a_tampered_checkpoint_is_one_line_never_a_wrong_run(tmp_path, capsys, change, message):
     """The checksum catches accidental damage only (anyone can recompute it): a checkpoint's structure is checked
     before it is used, or a resumed run could end `complete` with the wrong rows, or fail deep inside torch."""
-    from metaspike.continual.results import CHECKSUM_KEY, CONFIG_KEY, tensor_checksum
+    from metaspike.continual.results import CHECKSUM_KEY, CONFIG_KEY, state_checksum
 
     run = _interrupted_run(tmp_path, epochs=3, meta=(5.0,), batchnorm="per-task")
     raw = torch.load(run / "checkpoint.pt", weights_only=True)
     digest = raw.pop(CONFIG_KEY)
     raw.pop(CHECKSUM_KEY)
     state = _tamper(raw, change)
-    torch.save({**state, CHECKSUM_KEY: tensor_checksum(state), CONFIG_KEY: digest}, run / "checkpoint.pt")
+    torch.save({**state, CHECKSUM_KEY: state_checksum(state), CONFIG_KEY: digest}, run / "checkpoint.pt")
     (run / "checkpoint.prev.pt").unlink(missing_ok=True)
     assert main(["train", "--resume", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()

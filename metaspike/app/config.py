@@ -91,14 +91,18 @@ def meta_label(meta: Sequence[float]) -> str:
     return ":".join(f"{m:g}" for m in meta)
 
 
+#: The fields whose flag is not their name with dashes (a flag that takes one or more values is singular).
+_FLAGS = {"datasets": "--dataset", "imports": "--import"}
+
+
 def flag_name(name: str) -> str:
     """The command-line flag of a :class:`RunConfig` field.
 
     Example:
-        >>> flag_name("batch_size")
-        '--batch-size'
+        >>> flag_name("batch_size"), flag_name("datasets")
+        ('--batch-size', '--dataset')
     """
-    return "--" + name.replace("_", "-")
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
 MAX_TASKS = 10_000

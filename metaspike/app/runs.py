@@ -213,7 +213,7 @@ def run_lock(path: Path) -> Iterator[None]:
     if world()[0] != 0:  # rank 0 holds the lock for the whole group
         yield
         return
-    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)  # (less the umask, as every file of the run)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -709,7 +709,12 @@ def is_complete(run_dir: str | Path) -> bool:
     """
     path = Path(run_dir)
     metrics_file = path / "metrics.json"
-    return metrics_file.exists() and (path / "model.pt").exists() and bool(read_json(metrics_file).get("complete"))
+    if not (metrics_file.exists() and (path / "model.pt").exists()):
+        return False
+    metrics = read_json(metrics_file)
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("complete", False), bool):
+        raise ValueError(f"{metrics_file} must be a JSON object whose 'complete' is true or false")
+    return metrics.get("complete", False)
 
 
 #: A run none of whose accuracies rose more than this many points above the untrained network's learned nothing.

@@ -25,7 +25,7 @@ from metaspike.optimizer_state import check_parameter_state
 __all__ = ["CHECKPOINT_FORMAT", "check_checkpoint", "check_same_run", "kinds_of", "check_kinds", "settings_of",
            "check_plugin_settings", "group_settings", "check_optimizer_state", "load_part"]
 
-CHECKPOINT_FORMAT = "metaspike-checkpoint-1"
+CHECKPOINT_FORMAT = "metaspike-checkpoint-2"
 
 
 def check_same_run(stored: Any, current: dict[str, Any]) -> None:
@@ -46,6 +46,11 @@ def check_same_run(stored: Any, current: dict[str, Any]) -> None:
                          "with the TrainerConfig it was made with")
 
 
+def _is_accuracy(value: Any) -> bool:
+    """Whether ``value`` is a float percentage in ``[0, 100]``, or NaN (a cell no evaluation filled)."""
+    return isinstance(value, float) and (math.isnan(value) or 0.0 <= value <= 100.0)
+
+
 def check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: torch.Generator, model: nn.Module,
                      result_fields: set[str]) -> None:
     """A checkpoint's structure, before anything of it is used: a checkpoint is a file from outside, and its checksum
@@ -56,7 +61,8 @@ def check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: tor
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"not a metaspike checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
-    missing = [k for k in ("position", "model", "optimizer", "generator", "batchnorm_states", "result") if k not in state]
+    missing = [k for k in ("position", "model", "optimizer", "generator", "batchnorm_states", "result", "identity")
+               if k not in state]
     if missing:
         raise ValueError(f"the checkpoint lacks {', '.join(missing)}")
     position = state["position"]
@@ -79,13 +85,12 @@ def check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: tor
     width = len(scenario.eval_task_names)
     matrix = result["matrix"]
     if not isinstance(matrix, (list, tuple)) or len(matrix) != trained or not all(
-            isinstance(row, (list, tuple)) and len(row) == width and all(isinstance(a, float) for a in row)
-            for row in matrix):
+            isinstance(row, (list, tuple)) and len(row) == width and all(map(_is_accuracy, row)) for row in matrix):
         raise ValueError(f"the checkpoint's accuracy matrix must have {trained} rows (its trained tasks) of {width} "
-                         "numbers")
+                         "accuracies in [0, 100] (or NaN: not evaluated)")
     baseline = result["baseline"]
-    if not isinstance(baseline, list) or len(baseline) != width or not all(isinstance(a, float) for a in baseline):
-        raise ValueError(f"the checkpoint's untrained accuracies must be {width} numbers")
+    if not isinstance(baseline, list) or len(baseline) != width or not all(map(_is_accuracy, baseline)):
+        raise ValueError(f"the checkpoint's untrained accuracies must be {width} accuracies in [0, 100] (or NaN)")
     if not all(isinstance(result[k], list) for k in ("curves", "histograms", "diagnostics")):
         raise ValueError("the checkpoint's curves, histograms and diagnostics must be lists")
     for key in ("curves", "diagnostics"):  # tables: rows of numbers with one set of columns

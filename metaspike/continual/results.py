@@ -9,7 +9,7 @@ fraction of consolidated synapses) and, while the run goes on, ``checkpoint.pt``
 to resume it from. Files are replaced atomically (temporary file, then rename), so a run that dies leaves
 the last complete version of each, and a new run never writes into an existing directory.
 
-A checkpoint also stores a SHA-256 of all its tensor data (:func:`tensor_checksum`), so bytes changed
+A checkpoint also stores a SHA-256 of all its content, tensors and plain values (:func:`state_checksum`), so bytes changed
 on disk are caught when it is loaded, not only a damaged zip or pickle. :func:`load_run` checks every
 file it reads and names the file in its one-line ``ValueError`` when one is malformed.
 """
@@ -32,17 +32,18 @@ from typing import Any
 import torch
 
 from metaspike.checks import is_finite_number, is_whole
+from metaspike.continual.checkpoints import CHECKPOINT_FORMAT
 from metaspike.continual.trainer import ContinualResult
 from metaspike.diagnostics import plasticity_ranking
 from metaspike.files import atomic_open, atomic_write_text, check_torch_archive, csv_text, read_json, read_regular_file
 
 __all__ = [
-    "RunDirectory", "load_run", "load_checkpoint", "latest_good_checkpoint", "unique_directory", "tensor_checksum",
+    "RunDirectory", "load_run", "load_checkpoint", "latest_good_checkpoint", "unique_directory", "state_checksum",
 ]
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
-CHECKSUM_KEY = "tensor_sha256"  # beside the trainer's state in a checkpoint file
+CHECKSUM_KEY = "state_sha256"  # beside the trainer's state in a checkpoint file
 CONFIG_KEY = "config_sha256"  # the run's config.json when the run started, beside the trainer's state
 
 
@@ -80,16 +81,17 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def tensor_checksum(state: Any) -> str:
-    """SHA-256 (hex) over every tensor in a nested dict/list structure: its key path, dtype, shape and bytes.
+def state_checksum(state: Any) -> str:
+    """SHA-256 (hex) over everything in a nested dict/list structure: each tensor's key path, dtype, shape and bytes,
+    and each plain value's key path, type and exact text (a float's ``repr`` holds all its bits).
 
     Dict keys are visited in sorted order, so the digest depends only on the content.
 
     Example:
-        >>> a = tensor_checksum({"w": torch.ones(2), "step": [torch.tensor(3)]})
-        >>> a == tensor_checksum({"step": [torch.tensor(3)], "w": torch.ones(2)})
+        >>> a = state_checksum({"w": torch.ones(2), "step": [torch.tensor(3)], "acc": [94.72]})
+        >>> a == state_checksum({"acc": [94.72], "step": [torch.tensor(3)], "w": torch.ones(2)})
         True
-        >>> a == tensor_checksum({"w": torch.tensor([1.0, 2.0]), "step": [torch.tensor(3)]})
+        >>> a == state_checksum({"w": torch.ones(2), "step": [torch.tensor(3)], "acc": [126.72]})
         False
     """
     digest = hashlib.sha256()
@@ -103,8 +105,11 @@ def tensor_checksum(state: Any) -> str:
             for key in sorted(value, key=repr):
                 walk(value[key], f"{where}/{key!r}")
         elif isinstance(value, (list, tuple)):
+            digest.update(f"{where}|{type(value).__name__}|{len(value)}|".encode())
             for index, item in enumerate(value):
                 walk(item, f"{where}[{index}]")
+        else:
+            digest.update(f"{where}|{type(value).__name__}|{value!r}|".encode())
 
     walk(state, "")
     return digest.hexdigest()
@@ -267,7 +272,7 @@ class RunDirectory:
         """Save a trainer checkpoint as ``checkpoint.pt``; the previous one is kept as ``checkpoint.prev.pt``.
 
         The new file is complete on disk before it replaces anything, so a kill at any moment
-        leaves at least one good checkpoint. The file also holds :func:`tensor_checksum` of ``state``,
+        leaves at least one good checkpoint. The file also holds :func:`state_checksum` of ``state``,
         which :func:`load_checkpoint` verifies, and the SHA-256 of the run's ``config.json``, which
         :func:`latest_good_checkpoint` compares with the file then in the folder.
         """
@@ -281,7 +286,7 @@ class RunDirectory:
             except OSError:  # a file system without hard links
                 shutil.copyfile(path, previous)
         with atomic_open(path, "wb") as handle:
-            torch.save({**state, CHECKSUM_KEY: tensor_checksum(state), CONFIG_KEY: self.config_digest}, handle)
+            torch.save({**state, CHECKSUM_KEY: state_checksum(state), CONFIG_KEY: self.config_digest}, handle)
 
     def remove_checkpoints(self) -> None:
         """Delete the checkpoints of a finished run (its final weights are in ``model.pt``)."""
@@ -332,12 +337,12 @@ class RunDirectory:
 
 
 def load_checkpoint(path: str | os.PathLike, config_digest: str | None = None) -> dict[str, Any]:
-    """Load a checkpoint file with ``torch.load(..., weights_only=True)`` and verify its tensor checksum.
+    """Load a checkpoint file with ``torch.load(..., weights_only=True)`` and verify its checksum.
 
-    Raises one line of ``ValueError`` naming the file when it is missing, truncated, corrupt, or its
-    tensor data do not match the checksum stored with them; with ``config_digest`` (the SHA-256 of the run's
-    ``config.json`` now), :class:`ConfigChanged` when the checkpoint was written under another one (checkpoints
-    of older versions hold none and are not checked).
+    Raises one line of ``ValueError`` naming the file when it is missing, truncated, corrupt, of another version's
+    format, or its content (tensors and plain values alike) does not match the checksum stored with it; with
+    ``config_digest`` (the SHA-256 of the run's ``config.json`` now), :class:`ConfigChanged` when the checkpoint was
+    written under another one.
 
     Example:
         >>> state = load_checkpoint("runs/permuted-mnist5k-meta10-seed1/checkpoint.pt")  # doctest: +SKIP
@@ -356,13 +361,16 @@ def load_checkpoint(path: str | os.PathLike, config_digest: str | None = None) -
         raise ValueError(f"checkpoint {path} is truncated or corrupt (torch cannot read it: {type(err).__name__})") from None
     if not isinstance(state, dict) or "position" not in state:
         raise ValueError(f"checkpoint {path} is not a metaspike checkpoint")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint {path} has the format {state.get('format')!r}, and this metaspike reads "
+                         f"{CHECKPOINT_FORMAT!r} (written by another version): start the run again")
     stored = state.pop(CHECKSUM_KEY, None)
     written_under = state.pop(CONFIG_KEY, None)
-    if stored is None:
-        raise ValueError(f"checkpoint {path} has no checksum of its tensor data (written by an older metaspike?)")
-    if stored != tensor_checksum(state):
-        raise ValueError(f"checkpoint {path} is damaged: its tensor data do not match their checksum")
-    if config_digest is not None and written_under is not None and written_under != config_digest:
+    if stored is None or written_under is None:
+        raise ValueError(f"checkpoint {path} lacks its checksum or the digest of its run's config.json (edited?)")
+    if stored != state_checksum(state):
+        raise ValueError(f"checkpoint {path} is damaged: its content does not match its checksum")
+    if config_digest is not None and written_under != config_digest:
         raise ConfigChanged(f"checkpoint {path} was written under another config.json than {path.parent} holds now "
                             "(the file was edited, or the checkpoint comes from another run): restore the file, or "
                             "start a new run")
@@ -427,6 +435,16 @@ def _read_number_csv(file: Path, columns: Sequence[str], index: str) -> tuple[li
             row.append(value)
         rows.append(row)
     return header, rows
+
+
+def _check_accuracies(file: Path, header: Sequence[str], rows: Sequence[Sequence[float]], names: Sequence[str]) -> None:
+    """The cells of the columns ``names`` must be accuracies in [0, 100] or empty (an edited 250 % read back as a
+    forgetting of 174 points)."""
+    for column in (header.index(name) for name in names):
+        for number, row in enumerate(rows, start=2):
+            if not (math.isnan(row[column]) or 0.0 <= row[column] <= 100.0):
+                raise ValueError(f"{file} line {number}, column {header[column]!r}: {row[column]!r} is not an "
+                                 "accuracy in [0, 100]")
 
 
 MAX_AFTER_TASK = 10**6
@@ -498,6 +516,7 @@ def load_run(path: str | os.PathLike) -> dict[str, Any]:
     if not matrix_file.exists():
         raise ValueError(f"{path} is not a run directory (no accuracy_matrix.csv)")
     header, rows = _read_number_csv(matrix_file, ["after_task"], "after_task")
+    _check_accuracies(matrix_file, header, rows, header[1:])
     if header[0] != "after_task" or len(header) < 2:
         raise ValueError(f"{matrix_file} must start with a header 'after_task,<task names>', found {','.join(header)!r}")
     if not rows:
@@ -508,6 +527,7 @@ def load_run(path: str | os.PathLike) -> dict[str, Any]:
     curves_file = path / "curves.csv"
     if curves_file.exists():
         columns, values = _read_number_csv(curves_file, ["global_epoch", *task_names], "global_epoch")
+        _check_accuracies(curves_file, columns, values, task_names)
         curves = [dict(zip(columns, row)) for row in values]
         if not _increasing_whole([row["global_epoch"] for row in curves], 10**9):
             raise ValueError(f"{curves_file}: global_epoch must hold increasing whole numbers in 1..10^9")

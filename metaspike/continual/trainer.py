@@ -665,8 +665,7 @@ class ContinualTrainer:
     def _restore(self, state: dict[str, Any], scenario: Scenario, generator: torch.Generator):
         check_checkpoint(state, scenario, self.config.epochs, generator, self.model,
                          {f.name for f in fields(ContinualResult)})
-        if state.get("identity") is not None:  # (checkpoints written before it was kept lack it)
-            check_same_run(state["identity"], self._identity)
+        check_same_run(state["identity"], self._identity)
         check_kinds(state.get("kinds"), kinds_of(plugins=self.plugins), "plugins")  # (older checkpoints: not kept)
         check_plugin_settings(self.plugins, state.get("plugin_settings"))
         position = state["position"]

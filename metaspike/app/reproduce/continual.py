@@ -20,11 +20,10 @@ from bnn import MLP
 from metaspike.app.config import RunConfig
 from metaspike.app.runs import build_run_model, build_trainer, train_in_folder
 from metaspike.app.tables import comparison_csv, mean_std
-from metaspike.continual.baselines import BASELINE_STRENGTHS, make_baseline
+from metaspike.continual.baselines import BASELINE_STRENGTHS
 from metaspike.continual.scenarios import Scenario, joint, make_scenario
 from metaspike.continual.trainer import ContinualResult
 from metaspike.files import atomic_write_text
-from metaspike.training import Plugin
 
 __all__ = ["Method", "run_method", "compare_methods", "summarize", "TABLE_LABELS", "plot_rows"]
 
@@ -58,10 +57,6 @@ class Method:
         if self.baseline is not None and self.baseline not in BASELINE_STRENGTHS:
             raise ValueError(f"unknown baseline {self.baseline!r}; available: {', '.join(BASELINE_STRENGTHS)}")
 
-    def plugins(self, seed: int) -> list[Plugin]:
-        """The baseline's plugin (a fresh one per run), or none."""
-        return [] if self.baseline is None else [make_baseline(self.baseline, self.strength, seed=seed)]
-
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")
@@ -85,7 +80,8 @@ def run_method(config: RunConfig, method: Method, root: str | Path, progress: bo
         2
     """
     metas = method.meta if isinstance(method.meta, tuple) else (method.meta,)
-    config = replace(config, meta=tuple(float(m) for m in metas))
+    config = replace(config, meta=tuple(float(m) for m in metas), baseline=method.baseline,  # (recorded with the run)
+                     baseline_strength=None if method.baseline is None else method.strength)
     scenario = _scenario(config, method)
     torch.manual_seed(config.seed)
     if method.dnn:
@@ -94,7 +90,7 @@ def run_method(config: RunConfig, method: Method, root: str | Path, progress: bo
     else:
         model = build_run_model(config, scenario)
 
-    trainer = build_trainer(config, model, progress, method.plugins(config.seed))
+    trainer = build_trainer(config, model, progress)
     return train_in_folder(Path(root), f"{_slug(method.label)}-seed{config.seed}", config, trainer, scenario,
                            {"method": asdict(method), "scenario_effective": scenario.name})
 

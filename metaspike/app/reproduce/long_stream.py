@@ -27,8 +27,8 @@ from __future__ import annotations
 import math
 import resource
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +38,10 @@ import torch
 from metaspike.app.config import RunConfig
 from metaspike.app.runs import build_run_model, build_trainer, make_run_scenario, train_in_folder
 from metaspike.app.tables import comparison_csv, mean_std
-from metaspike.continual.baselines import EWCOnline, SynapticIntelligence
 from metaspike.continual.metrics import evaluated_accuracy, last_tasks_accuracy
 from metaspike.continual.trainer import ContinualResult
 from metaspike.files import atomic_write_text
-from metaspike.training import Plugin, TrainingDiverged
+from metaspike.training import TrainingDiverged
 
 __all__ = ["LONG_STREAM", "METHODS", "SWEEP", "SWEEP_BATCHNORM", "BATCHNORM_BATCH", "LongMethod", "stream_config",
            "run_method", "sweep_metaplastic", "run", "MESU_PLASTIC_WINDOW", "BIMU_ENSEMBLE", "CONFIDENT_READOUT",
@@ -65,7 +64,7 @@ SGD_LR = 0.001
 #: EWC-Online's λ and SI's c, the better of two on seed 1 at lr 0.001 by the mean over the evaluated tasks:
 #: EWC-Online λ 10: 54.6 / 77.0, λ 100: 55.2 / 67.0; SI c 0.01: 54.1 / 78.0, c 0.1: 56.4 / 72.8. The penalty's
 #: stiffness (λ·F·lr, 2·c·Ω·lr) must stay below 2: at lr 0.01, EWC λ 100 and SI c 0.1 diverged.
-EWC_ONLINE_LAMBDA, EWC_ONLINE_GAMMA, EWC_ONLINE_SAMPLES = 100.0, 0.9, 200
+EWC_ONLINE_LAMBDA, EWC_ONLINE_GAMMA = 100.0, 0.9
 SI_C = 0.1
 #: MESU's memory window for the plastic setting: the published 600,000 steps leave the latest tasks at 74 %
 #: after 100 tasks; on the first 30 tasks (seed 1) 150,000 and 50,000 raised the last five's mean from 76.9
@@ -87,14 +86,14 @@ TABLE_COLUMNS = ("setting", "runs")
 
 @dataclass(frozen=True)
 class LongMethod:
-    """One method of the comparison: a label, the run settings it changes, and its plugins.
+    """One method of the comparison: a label and the run settings it changes (a baseline's among them, so that its
+    run folder records it).
 
     ``sweep``: a grid of ``(lr, m)`` from which :func:`sweep_metaplastic` picks both (once per seed).
     """
 
     label: str
     settings: dict[str, Any]
-    plugins: Callable[[], Sequence[Plugin]] = field(default=lambda: ())
     sweep: tuple[tuple[float, float], ...] = ()
 
 
@@ -108,9 +107,9 @@ METHODS: tuple[LongMethod, ...] = (
     LongMethod("MESU, N 50,000", {"model": "mesu", "memory_window": MESU_PLASTIC_WINDOW}),
     LongMethod("2021 rule, LayerNorm", {"model": "bnn-layernorm"}, sweep=SWEEP),
     LongMethod("2021 rule, BatchNorm", {"model": "bnn", "batch_size": BATCHNORM_BATCH}, sweep=SWEEP_BATCHNORM),
-    LongMethod("EWC-Online", {"model": "mlp", "lr": SGD_LR},
-               lambda: [EWCOnline(EWC_ONLINE_LAMBDA, EWC_ONLINE_GAMMA, EWC_ONLINE_SAMPLES)]),
-    LongMethod("SI", {"model": "mlp", "lr": SGD_LR}, lambda: [SynapticIntelligence(c=SI_C)]),
+    LongMethod("EWC-Online", {"model": "mlp", "lr": SGD_LR, "baseline": "ewc-online",
+                              "baseline_strength": EWC_ONLINE_LAMBDA, "baseline_gamma": EWC_ONLINE_GAMMA}),
+    LongMethod("SI", {"model": "mlp", "lr": SGD_LR, "baseline": "si", "baseline_strength": SI_C}),
     LongMethod("SGD", {"model": "mlp", "lr": SGD_LR}),
     LongMethod("plain BNN", {"model": "bnn-layernorm", "meta": (0.0,), "lr": 1e-4}),
 )
@@ -131,9 +130,9 @@ def stream_config(scale: str, seed: int, data_dir: str | None = None) -> RunConf
     return replace(LONG_STREAM, seed=seed, data_dir=data_dir, tasks=1000, datasets=("mnist",))
 
 
-def run_method(config: RunConfig, plugins: Sequence[Plugin] = (), out: str | Path | None = None,
+def run_method(config: RunConfig, out: str | Path | None = None,
                progress: bool = False) -> tuple[ContinualResult, float]:
-    """Train ``config`` (its model kind picks the optimizer) with ``plugins``; return the result and
+    """Train ``config`` (its model kind picks the optimizer, its baseline the plugin); return the result and
     the seconds per training step. With ``out``, the run is written to the run folder ``out/<config.name>``, and a
     run a stopped reproduction left there is read back or continued (:func:`~metaspike.app.runs.train_in_folder`).
 
@@ -146,7 +145,7 @@ def run_method(config: RunConfig, plugins: Sequence[Plugin] = (), out: str | Pat
     scenario = make_run_scenario(config)
     torch.manual_seed(config.seed)
     model = build_run_model(config, scenario)
-    trainer = build_trainer(config, model, progress, plugins)
+    trainer = build_trainer(config, model, progress)
     if out is None:
         result = trainer.fit(scenario)
     else:
@@ -237,8 +236,8 @@ def run(scale: str, seeds: Sequence[int], root: Path, progress: bool, data_dir: 
                 notes.append(f"lr={config.lr:g} m={config.meta[0]:g}")  # type: ignore[index]
             start = time.perf_counter()
             try:
-                result, step = run_method(config, method.plugins(),
-                                          root / "runs" / method.label.replace(" ", "_").replace(",", ""), progress)
+                result, step = run_method(config, root / "runs" / method.label.replace(" ", "_").replace(",", ""),
+                                          progress)
             except TrainingDiverged as err:  # one diverged method leaves the others to run
                 print(f"long-stream {method.label} seed {seed}: diverged ({err})", flush=True)
                 notes.append("diverged")
