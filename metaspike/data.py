@@ -38,8 +38,8 @@ import tarfile
 import urllib.request
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Callable, NoReturn, Sequence
 
 import numpy as np
 import torch
@@ -267,6 +267,15 @@ def default_data_dir(path: str | os.PathLike | None = None) -> Path:
     return Path.home() / ".cache" / "metaspike" / "data"
 
 
+def _exists(path: Path, directory: Path) -> bool:
+    """Whether ``path`` exists (a link to nothing does not); one DataError naming the dataset folder ``directory``
+    when it cannot be searched."""
+    try:
+        return path.exists()
+    except OSError as err:
+        raise DataError(f"cannot read dataset folder {directory}: {err.strerror or err}") from None
+
+
 # --------------------------------------------------------------------------
 # IDX files (the MNIST format)
 # --------------------------------------------------------------------------
@@ -292,6 +301,35 @@ IDX_MAX_DIMENSIONS = 8
 """The most dimensions an IDX file may declare here (the format allows 255, numpy 64; datasets use 1 to 4)."""
 
 
+def _check_idx_shape(dims: tuple[int, ...], itemsize: int, max_bytes: int, where: str, reading: bool) -> None:
+    """Refuse data of dimensions ``dims`` (items of ``itemsize`` bytes) that no IDX file here may hold; ``where``
+    begins the message, ``reading`` adds what to do about a file read.
+
+    The one definition of a valid IDX file, shared by :func:`read_idx` and :func:`write_idx`: every file written
+    can be read back.
+    """
+    if not 1 <= len(dims) <= IDX_MAX_DIMENSIONS:
+        raise DataError(f"{where} {len(dims)} dimensions; this reader accepts 1 to {IDX_MAX_DIMENSIONS}")
+    if 0 in dims:
+        raise DataError(f"{where} an empty dimension (dimensions {dims}): it holds no data"
+                        + ("; delete it and fetch it again" if reading else ""))
+    if max(dims) >= 2 ** 32:  # (a header records each dimension in 4 bytes)
+        raise DataError(f"{where} a dimension of 2**32 or more (dimensions {dims}), more than IDX can record")
+    size = math.prod(dims) * itemsize
+    if size > max_bytes:
+        raise DataError(f"{where} {size:,} bytes of data (dimensions {dims}), more than the {max_bytes:,} this reader "
+                        "accepts" + (": a corrupt header, or more data than this machine's memory holds once loaded"
+                                     if reading else ""))
+
+
+def _check_max_bytes(max_bytes: object) -> int:
+    """``max_bytes`` of :func:`read_idx`, a whole number of bytes from 1; else one DataError (a ValueError) naming it."""
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 1:
+        raise DataError(f"max_bytes must be a whole number of bytes, 1 or more (default {IDX_MAX_BYTES:,}), "
+                        f"got {max_bytes!r}")
+    return int(max_bytes)
+
+
 def _idx_header(head: bytes, p: Path, max_bytes: int) -> tuple[np.dtype, tuple[int, ...], int]:
     """Data type, dimensions and header length of the IDX file ``p`` from its first bytes ``head``, which may declare
     at most ``max_bytes`` bytes of data.
@@ -307,21 +345,12 @@ def _idx_header(head: bytes, p: Path, max_bytes: int) -> tuple[np.dtype, tuple[i
     if code not in _IDX_DTYPES:
         known = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
         raise DataError(f"IDX file {p} has unknown data type code 0x{code:02X} (known: {known})")
-    if not 1 <= ndim <= IDX_MAX_DIMENSIONS:
-        raise DataError(f"IDX file {p} declares {ndim} dimensions; this reader accepts 1 to {IDX_MAX_DIMENSIONS}")
     header_len = 4 + 4 * ndim
     if len(head) < header_len:
         raise DataError(f"IDX file {p} is truncated inside its header: {ndim} dimensions need "
                         f"{header_len} header bytes, file has {len(head)}")
     dims = tuple(int(d) for d in np.frombuffer(head, dtype=">u4", count=ndim, offset=4))
-    if 0 in dims:
-        raise DataError(f"IDX file {p} declares an empty dimension (dimensions {dims}): it holds no data; delete it "
-                        "and fetch it again")
-    size = math.prod(dims) * _IDX_DTYPES[code].itemsize
-    if size > max_bytes:
-        raise DataError(f"IDX file {p} declares {size:,} bytes of data (dimensions {dims}), more than the "
-                        f"{max_bytes:,} this reader accepts: a corrupt header, or more data than this machine's memory "
-                        "holds once loaded")
+    _check_idx_shape(dims, _IDX_DTYPES[code].itemsize, max_bytes, f"IDX file {p} declares", reading=True)
     return _IDX_DTYPES[code], dims, header_len
 
 
@@ -362,8 +391,9 @@ def read_idx(path: str | os.PathLike, max_bytes: int = IDX_MAX_BYTES) -> np.ndar
 
     Raises:
         DataError: the file is missing, truncated, not IDX, or corrupt; the
-            message names the file.
+            message names the file. Also ``max_bytes`` other than a whole number from 1.
     """
+    max_bytes = _check_max_bytes(max_bytes)
     p = Path(path)
     try:  # a file larger than its data may be (plus gzip's few bytes per block) is refused before it is read
         size = p.stat().st_size
@@ -391,8 +421,9 @@ def read_idx(path: str | os.PathLike, max_bytes: int = IDX_MAX_BYTES) -> np.ndar
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write ``array`` as an IDX file; gzip-compressed when the name ends in ``.gz``.
 
-    Supported dtypes: uint8, int8, int16, int32, float32, float64.  The file
-    is written to a temporary name and renamed into place.
+    Supported dtypes: uint8, int8, int16, int32, float32, float64 (either byte order); the array must be what
+    :func:`read_idx` reads back: 1 to ``IDX_MAX_DIMENSIONS`` dimensions, none empty, at most ``IDX_MAX_BYTES`` of
+    data.  The file is written to a temporary name and renamed into place.
 
     Example:
         >>> import tempfile; path = Path(tempfile.mkdtemp()) / "tiny-labels-idx1-ubyte.gz"
@@ -402,14 +433,12 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     """
     p = Path(path)
     arr = np.asarray(array)
-    code = next((c for c, dt in _IDX_DTYPES.items() if dt.newbyteorder("=") == arr.dtype), None)
+    code = next((c for c, dt in _IDX_DTYPES.items() if dt == arr.dtype.newbyteorder(">")), None)
     if code is None:
         raise DataError(f"cannot write {p}: IDX has no type for dtype {arr.dtype} "
                         f"(use uint8, int8, int16, int32, float32 or float64)")
-    if not 1 <= arr.ndim <= 255:
-        raise DataError(f"cannot write {p}: IDX needs 1..255 dimensions, array has {arr.ndim}")
-    if any(d >= 2 ** 32 for d in arr.shape):
-        raise DataError(f"cannot write {p}: dimension too large for IDX {arr.shape}")
+    _check_idx_shape(arr.shape, arr.dtype.itemsize, IDX_MAX_BYTES, f"cannot write {p}, which read_idx would refuse: "
+                     "the array has", reading=False)
     payload = (bytes([0, 0, code, arr.ndim])
                + np.asarray(arr.shape, dtype=">u4").tobytes()
                + np.ascontiguousarray(arr, dtype=_IDX_DTYPES[code]).tobytes())
@@ -529,7 +558,7 @@ def _load_idx_dataset(name: str, split: str, root: Path, classes: tuple[str, ...
     paths: list[Path] = []
     missing: list[str] = []
     for fname in _IDX_FILES[split]:
-        found = next((directory / n for n in (fname, fname[:-3]) if (directory / n).exists()), None)
+        found = next((directory / n for n in (fname, fname[:-3]) if _exists(directory / n, directory)), None)
         if found is None:
             missing.append(fname)
         else:
@@ -583,86 +612,197 @@ _CIFAR_BATCHES = {
     "test": ("test_batch",),
 }
 
-# Globals a CIFAR batch pickle legitimately refers to: numpy array
-# reconstruction (old and new numpy module paths) and bytes decoding.
-_PICKLE_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+#: A CIFAR-10 batch pickle: 10,000 images of 3,072 bytes plus labels and names (31 MB); a little room above it.
+_CIFAR_BATCH_MAX_BYTES = 32 * 1024 * 1024
+#: The images one CIFAR-10 batch holds.
+_CIFAR_BATCH_IMAGES = 10_000
+#: The most members a CIFAR archive may have (the real one has 8): each member's record is kept while it is read.
+_CIFAR_ARCHIVE_MAX_MEMBERS = 1_000
+
+
+class _PickledArray(np.ndarray):
+    """``numpy.ndarray`` as a CIFAR batch pickle may rebuild it: only empty through :func:`_reconstruct`, then filled
+    by the pickle (BUILD) with plain numbers and exactly the bytes the file holds for them.
+
+    Calling it (``numpy.ndarray(shape, dtype, buffer, offset, strides)``) would make an array of any size, or one
+    that repeats a 1-byte buffer, from a few bytes of file: refused.
+    """
+
+    def __new__(cls, *args: object, **kwargs: object) -> NoReturn:
+        raise pickle.UnpicklingError("refusing to call numpy.ndarray: a pickled array is rebuilt by numpy's "
+                                     "_reconstruct or _frombuffer")
+
+    def __setstate__(self, state: object) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):  # (version,) shape, dtype, fortran, raw data
+            raise pickle.UnpicklingError("refusing a numpy array state other than numpy's own")
+        _plain_dtype(state[-3])
+        super().__setstate__(state)  # (numpy refuses raw data of another length than the shape needs)
+
+
+def _plain_dtype(dtype: object) -> np.dtype:
+    """``dtype`` if it is a plain number type (booleans, integers, floats), else an UnpicklingError.
+
+    A pickle sets a dtype's state after making it (BUILD) and may give it flags, fields or a sub-array under which
+    numpy reads the file's bytes as pointers (a crash) or allocates for Python objects.
+    """
+    if (not isinstance(dtype, np.dtype) or dtype.kind not in "biuf" or dtype.flags or dtype.names is not None
+            or dtype.subdtype is not None):
+        raise pickle.UnpicklingError("refusing a numpy array of other than plain numbers")
+    return dtype
+
+
+def _new_dtype(spec: object, align: object = False, copy: object = True) -> np.dtype:
+    """``numpy.dtype`` as a pickle calls it, always a new object: the pickle then sets its state (BUILD), which must
+    never reach numpy's shared types (``numpy.dtype("u1", False, False)`` is numpy's uint8 itself)."""
+    return np.dtype(spec, align=bool(align), copy=True)
+
+
+def _reconstruct(subtype: object, shape: object, dtype: object) -> _PickledArray:
+    """numpy's ``_reconstruct`` as every pickled array calls it: an empty array that the pickle then fills.
+
+    An array declared any larger would be memory the file never held: uninitialised, as large as a tiny file asks.
+    """
+    if subtype is not _PickledArray or shape != (0,):
+        raise pickle.UnpicklingError("refusing numpy _reconstruct of other than an empty numpy.ndarray: a pickled "
+                                     "array takes its size from the bytes the file holds")
+    return np.ndarray.__new__(_PickledArray, 0, _plain_dtype(np.dtype(dtype)))
+
+
+def _frombuffer(buffer: object, dtype: object, shape: object, order: object) -> _PickledArray:
+    """numpy's ``_frombuffer`` as pickle protocol 5 calls it: a view of bytes the file holds."""
+    return np.frombuffer(buffer, dtype=_plain_dtype(dtype)).reshape(shape, order=order).view(_PickledArray)
+
+
+def _latin1_encode(text: object, encoding: object) -> bytes:
+    """``_codecs.encode`` as a pickle of bytes written by Python 3 with protocol 2 calls it: ``text`` to latin-1,
+    one byte per character.
+
+    Any other use is refused: other codecs make more than they are given ('hex' doubles it, and nesting it made
+    gigabytes from a few hundred bytes of file).
+    """
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("refusing _codecs.encode other than of text to 'latin1' (how Python 3 pickles "
+                                     "bytes)")
+    return text.encode("latin-1")
+
+
+# Globals a CIFAR batch pickle legitimately refers to (numpy arrays under numpy's old and new module paths, and bytes
+# pickled by Python 3) and what this module gives it for each: checked stand-ins that make nothing larger than the file.
+_PICKLE_ALLOWED: dict[tuple[str, str], Callable[..., object]] = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct, ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer, ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy", "ndarray"): _PickledArray, ("numpy", "dtype"): _new_dtype, ("_codecs", "encode"): _latin1_encode,
 }
 
 
 class _BatchUnpickler(pickle.Unpickler):
-    """Unpickler that refuses every global not needed by a CIFAR batch.
+    """Unpickler that refuses every global not needed by a CIFAR batch, and gives checked stand-ins for the rest.
 
     Unpickling can execute arbitrary code; this allow-list limits what a
     tampered file can reach, but still only load files from trusted sources.
     """
 
-    def find_class(self, module: str, name: str):  # noqa: D102
-        if (module, name) not in _PICKLE_ALLOWED:
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data), encoding="bytes")  # (the official files were pickled by Python 2)
+
+    def find_class(self, module: str, name: str) -> object:  # noqa: D102
+        allowed = _PICKLE_ALLOWED.get((module, name))
+        if allowed is None:
             raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
-        return super().find_class(module, name)
-
-
-#: A CIFAR-10 batch pickle: 10,000 images of 3,072 bytes plus labels and names (31 MB); a little room above it.
-_CIFAR_BATCH_MAX_BYTES = 32 * 1024 * 1024
+        # a function is given as a new one per file: a pickle may set attributes on what it loads (BUILD)
+        return allowed if isinstance(allowed, type) else lambda *args: allowed(*args)
 
 
 def _parse_cifar_batch(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """The images (uint8 ``[N, 3072]``) and labels (int64 ``[N]``) of the CIFAR batch pickle ``data`` read from
+    ``where``; one DataError naming ``where`` for anything else."""
+    batch = _unpickle_cifar_batch(data, where)
+    images = _cifar_images(batch[b"data"], where)
+    return images, _cifar_labels(batch[b"labels"], len(images), where)
+
+
+def _unpickle_cifar_batch(data: bytes, where: str) -> dict:
     try:
-        # encoding="bytes": the official files were pickled by Python 2.
-        batch = _BatchUnpickler(io.BytesIO(data), encoding="bytes").load()
+        batch = _BatchUnpickler(data).load()
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
         raise DataError(f"{where} is not a readable CIFAR batch pickle ({err})") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise DataError(f"{where} is not a CIFAR batch: expected a dict with keys b'data' and b'labels'")
-    images = np.asarray(batch[b"data"])
-    raw_labels = batch[b"labels"]
-    if not isinstance(raw_labels, list) or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31
-                                                   for v in raw_labels):
-        raise DataError(f"{where}: b'labels' must be a list of class indices (integers), as the CIFAR files hold")
-    labels = np.asarray(raw_labels, dtype=np.int64)
-    if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3 * 32 * 32:
-        raise DataError(f"{where}: b'data' must be uint8 of shape [N, 3072], "
-                        f"got {images.dtype} {list(images.shape)}")
-    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise DataError(f"{where}: {images.shape[0]} images but labels of shape {list(labels.shape)}")
-    return images, labels.astype(np.int64)
+    return batch
+
+
+def _cifar_images(data: object, where: str) -> np.ndarray:
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        got = f"{data.dtype} {list(data.shape)}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{where}: b'data' must be uint8 of shape [N, 3072], got {got}")
+    if len(data) > _CIFAR_BATCH_IMAGES:
+        raise DataError(f"{where}: b'data' holds {len(data):,} images; a CIFAR batch holds at most "
+                        f"{_CIFAR_BATCH_IMAGES:,}")
+    return np.asarray(data)  # (numpy's own class, not the pickle's stand-in)
+
+
+def _cifar_labels(labels: object, count: int, where: str) -> np.ndarray:
+    classes = len(CIFAR10_CLASSES)
+    if not isinstance(labels, list) or not all(type(v) is int and 0 <= v < classes for v in labels):
+        raise DataError(f"{where}: b'labels' must be a list of class indices 0..{classes - 1} (integers), as the "
+                        "CIFAR files hold")
+    if len(labels) != count:
+        raise DataError(f"{where}: {count} images but {len(labels)} labels")
+    return np.asarray(labels, dtype=np.int64)
 
 
 def _read_cifar_batches(directory: Path, batches: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Batches from an extracted folder if complete, else from the tar archive."""
     extracted = directory / _CIFAR_DIR
-    if all((extracted / b).is_file() for b in batches):
+    if all(_exists(extracted / b, directory) for b in batches):  # (a folder or a pipe there is named, not missing)
         return [_parse_cifar_batch(read_regular_file(extracted / b, "CIFAR batch", _CIFAR_BATCH_MAX_BYTES, DataError),
                                    str(extracted / b)) for b in batches]
     archive = directory / _CIFAR_ARCHIVE
-    if not archive.is_file():
+    if not _exists(archive, directory):
         raise _MissingFiles(directory, [_CIFAR_ARCHIVE],
                             [_Remote(_CIFAR_ARCHIVE, CIFAR10_URL, CIFAR10_MD5)],
                             hint=f"or the extracted folder {_CIFAR_DIR}/ with "
                                  f"{', '.join(batches)}")
-    out = []
+    if not archive.is_file():
+        raise DataError(f"archive {archive} is not a regular file (it is a device, pipe, socket or folder)")
     try:
         with tarfile.open(archive, "r:*") as tar:
-            members = {Path(m.name).name: m for m in tar.getmembers()
-                       if m.isfile() and Path(m.name).parent.name == _CIFAR_DIR}
-            for b in batches:
-                if b not in members:
-                    raise DataError(f"archive {archive} has no member {_CIFAR_DIR}/{b}; "
-                                    f"delete it and fetch it again")
-                if members[b].size > _CIFAR_BATCH_MAX_BYTES:  # checked before the member is read into memory
-                    raise DataError(f"archive {archive}: member {members[b].name} holds {members[b].size} bytes, more "
-                                    f"than a CIFAR batch ({_CIFAR_BATCH_MAX_BYTES}); delete it and fetch it again")
-                fh = tar.extractfile(members[b])
-                assert fh is not None
-                out.append(_parse_cifar_batch(fh.read(), f"{archive}:{members[b].name}"))
+            members = _cifar_members(tar, archive, batches)
+            return [_parse_cifar_batch(_read_cifar_member(tar, members[b], archive), f"{archive}:{members[b].name}")
+                    for b in batches]
     except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
         raise DataError(f"archive {archive} is corrupt or truncated ({err}); "
                         f"delete it and fetch it again") from None
-    return out
+
+
+def _cifar_members(tar: tarfile.TarFile, archive: Path, batches: Sequence[str]) -> dict[str, tarfile.TarInfo]:
+    """The member of ``tar`` holding each of ``batches`` (a regular file ``.../cifar-10-batches-py/<batch>``), the
+    records read one at a time; a DataError for an archive of too many members, or two candidates for one batch."""
+    found: dict[str, tarfile.TarInfo] = {}
+    for count, member in enumerate(tar, 1):
+        if count > _CIFAR_ARCHIVE_MAX_MEMBERS:
+            raise DataError(f"archive {archive} has more than {_CIFAR_ARCHIVE_MAX_MEMBERS:,} members (the CIFAR-10 "
+                            "archive has 8): not the CIFAR-10 archive; delete it and fetch it again")
+        name = PurePosixPath(member.name)
+        if not member.isfile() or name.parent.name != _CIFAR_DIR or name.name not in batches:
+            continue
+        if name.name in found:
+            raise DataError(f"archive {archive} holds two members for {_CIFAR_DIR}/{name.name}: "
+                            f"{found[name.name].name} and {member.name}; delete it and fetch it again")
+        found[name.name] = member
+    missing = next((b for b in batches if b not in found), None)
+    if missing is not None:
+        raise DataError(f"archive {archive} has no member {_CIFAR_DIR}/{missing}; delete it and fetch it again")
+    return found
+
+
+def _read_cifar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: Path) -> bytes:
+    if member.size > _CIFAR_BATCH_MAX_BYTES:  # checked before the member is read into memory
+        raise DataError(f"archive {archive}: member {member.name} holds {member.size} bytes, more "
+                        f"than a CIFAR batch ({_CIFAR_BATCH_MAX_BYTES}); delete it and fetch it again")
+    handle = tar.extractfile(member)
+    assert handle is not None  # (a regular file's member)
+    return handle.read()
 
 
 def _load_cifar10(split: str, root: Path) -> ArrayDataset:
