@@ -590,3 +590,26 @@ def test_a_finished_run_read_back_with_a_damaged_metrics_json_is_one_line(tmp_pa
     with pytest.raises(ValueError) as info:
         finished_result(path)
     assert str(info.value).startswith(f"{path / 'metrics.json'} is malformed: ") and message in str(info.value)
+
+
+def test_a_checkpoint_without_its_run_identity_is_refused_from_python():
+    """Without "identity" the run's scenario and settings went unchecked: another seed's checkpoint was resumed."""
+    from metaspike.continual import ContinualTrainer, TrainerConfig, split
+    from metaspike.data import ArrayDataset
+
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.rand(300, 16, generator=generator), torch.randint(0, 4, (300,), generator=generator)
+    scenario = split(ArrayDataset.from_tensors(x[:200], y[:200], "mine"),
+                     ArrayDataset.from_tensors(x[200:], y[200:], "mine"), groups=2)
+
+    def trainer():
+        torch.manual_seed(0)
+        return ContinualTrainer(torch.nn.Linear(16, 4), lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
+                                TrainerConfig(epochs=1, batch_size=50), progress=False)
+
+    log = KeepCheckpoints()
+    trainer().fit(scenario, log=log)
+    saved = torch.load(io.BytesIO(log.saved[0]), weights_only=True)
+    del saved["identity"]
+    with pytest.raises(ValueError, match="^the checkpoint lacks identity$"):
+        trainer().fit(scenario, resume=saved)
