@@ -9,6 +9,9 @@ the last task no more than 3 points below m = 0. Prints the table, each check, a
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from common import RUNS, machine
 
 from metaspike.app.compare import compare
 from metaspike.app.config import RunConfig
@@ -18,8 +21,9 @@ from metaspike.app.tables import format_table
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--out", default="benchmarks/results/runs")
+    parser.add_argument("--out", type=Path, default=RUNS, help="folder of the comparison (default: %(default)s)")
     args = parser.parse_args()
+    print(machine(), flush=True)
     base = RunConfig()
     path, rows = compare(base, [(0.0,), base.meta], args.seeds, args.out, progress=False)
     plain, meta = rows

@@ -16,13 +16,17 @@ speed-up as the median over rounds of the same round's ratio (with its range ove
   baseline: a plain ``Linear -> BatchNorm1d -> sign`` stack),
 * the packed model with its fast kernels (native C, else ``torch.compile``; built before timing).
 
-The CPU model, its relevant flags and the load average head the output, which also goes to
-``benchmarks/results/inference_<cpu-kind>.txt`` (e.g. ``inference_amd-epyc-avx2-family23.txt``), so figures
-from different machines are never mixed.
+The CPU model, its relevant flags, torch's version and threads and the load average head the output, which also
+goes to ``benchmarks/results/runs/inference_<cpu-kind>_<N>thread(s).txt`` (git-ignored; e.g.
+``runs/inference_amd-epyc-avx2-family23_1thread.txt``), so figures from different machines and thread counts are
+never mixed and a trial run never replaces published figures. Publishing into ``benchmarks/results/`` takes an
+explicit ``--out``.
 
 Usage::
 
-    OMP_NUM_THREADS=2 python benchmarks/inference.py --hidden 4096 --repeats 10 --calls 10
+    OMP_NUM_THREADS=2 python benchmarks/inference.py --hidden 4096 --repeats 10 --calls 10 \
+        --out benchmarks/results/inference_<cpu-kind>.txt
+    OMP_NUM_THREADS=1 python benchmarks/inference.py --hidden 64 --repeats 2 --calls 2 --batches 1   # a quick try
 """
 
 from __future__ import annotations
@@ -30,18 +34,15 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import re
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from common import FLAGS, cpu, machine, nonnegative_float, positive_int, run_file
 
 import bnn
 from metaspike.quantizers import get_quantizer
-
-RESULTS = Path(__file__).resolve().parent / "results"
-FLAGS = ("avx2", "avx512f", "avx512_vpopcntdq", "avx512_bf16", "avx512_vnni", "amx_tile")
 
 
 def prebinarized(model: bnn.MLP) -> bnn.MLP:
@@ -52,37 +53,6 @@ def prebinarized(model: bnn.MLP) -> bnn.MLP:
             layer.weight.data = layer.visible_weight().detach()
             layer.weight_quantizer = get_quantizer("none")
     return twin
-
-
-def cpu() -> tuple[str, str, list[str]]:
-    """``(model name with its family and model numbers, kind, flags)`` from ``/proc/cpuinfo``.
-
-    The kind is the model's first two words, its widest vector unit and its family number, e.g.
-    ``amd-epyc-avx2-family23``, ``amd-epyc-avx512-family26`` or ``intel-xeon-amx-family6``: virtual
-    machines often show only "AMD EPYC", an AVX2-only EPYC runs these benchmarks very differently from an
-    AVX-512 one, and two AVX-512 generations differ as much (Zen 4, family 25, splits a 512-bit operation
-    into two 256-bit halves; Zen 5, family 26, does not).
-    """
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown CPU", "unknown-cpu", []
-
-    def field(key: str) -> str | None:
-        found = re.search(rf"^{key}\s*:\s*(.*)$", info, re.M)
-        return found.group(1).strip() if found else None
-
-    name = field("model name") or "unknown CPU"
-    flags = (field("flags") or "").split()
-    family, model = field("cpu family"), field("model")
-    present = [f for f in FLAGS if f in flags]
-    words = re.sub(r"\((R|TM)\)|\bCPU\b|@.*", " ", name).split()
-    units = (("amx_tile", "amx"), ("avx512f", "avx512"), ("avx2", "avx2"))
-    widest = next((unit for flag, unit in units if flag in present), None)
-    kind = "-".join([w.lower() for w in words[:2]] + ([widest] if widest else [])
-                    + ([f"family{family}"] if family else []))
-    described = f"{name} (family {family}, model {model})" if family else name
-    return described, kind, present
 
 
 def _time_ms(fn, samples: list[float]) -> None:
@@ -98,26 +68,28 @@ def _quartiles(values: list[float]) -> tuple[float, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=4096)
-    parser.add_argument("--repeats", type=int, default=10, help="interleaved rounds")
-    parser.add_argument("--calls", type=int, default=10, help="consecutive calls of each model per round")
-    parser.add_argument("--settle-ms", type=float, default=50.0,
+    parser.add_argument("--hidden", type=positive_int, default=4096)
+    parser.add_argument("--repeats", type=positive_int, default=10, help="interleaved rounds")
+    parser.add_argument("--calls", type=positive_int, default=10, help="consecutive calls of each model per round")
+    parser.add_argument("--settle-ms", type=nonnegative_float, default=50.0,
                         help="pause before each model's calls, so torch's threads stop spinning (default: 50)")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--out", type=Path, default=None, help="results file (default: results/inference_<cpu-kind>.txt)")
+    parser.add_argument("--batches", type=positive_int, nargs="+", default=[1, 64])
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (default: the git-ignored results/runs/inference_<cpu-kind>_<N>thread(s)"
+                             ".txt; publish with --out benchmarks/results/inference_<cpu-kind>.txt)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cpu_name, kind, flags = cpu()
+    _, kind, flags = cpu()
     lines: list[str] = []
 
     def say(line: str) -> None:
         print(line, flush=True)
         lines.append(line)
 
-    say(f"CPU: {cpu_name} ({os.cpu_count()} logical CPUs); flags: "
-        + ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in FLAGS))
+    say(machine())
+    say("flags: " + ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in FLAGS))
     say(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     torch.manual_seed(0)
     sizes = [784, args.hidden, args.hidden, 10]
@@ -125,7 +97,7 @@ def main() -> None:
     packed = bnn.pack(model)
     summary = bnn.summary(model)
     float_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    say(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {'-'.join(map(str, sizes))}, "
+    say(f"model {'-'.join(map(str, sizes))}, "
         f"{args.repeats} rounds of {args.calls} calls per model, {args.settle_ms:g} ms pause before each model's calls")
     say(f"weight memory: float32 {float_bytes / 2**20:.2f} MiB, packed {packed.nbytes / 2**20:.2f} MiB "
         f"({float_bytes / packed.nbytes:.1f}x less; bnn.summary's 1-bit estimate {summary.packed_bytes / 2**20:.2f} MiB)")
@@ -164,7 +136,7 @@ def main() -> None:
         say(f"the native kernels' own copy of the hidden weights (output-major, portable kernel): "
             f"{packed.kernel_copy_bytes / 2**20:.2f} MiB more in memory")
     say(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    out = args.out or RESULTS / f"inference_{kind}.txt"
+    out = args.out or run_file("inference", kind)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print(f"written to {out}")

@@ -16,6 +16,9 @@ Two parts, in one process:
 2. **The stream**: every method of :mod:`metaspike.app.reproduce.long_stream`, printing seconds,
    milliseconds per training step (through the trainer, evaluation included) and the peak RSS.
 
+The table and figure go to ``--out`` (default: the git-ignored ``benchmarks/results/runs/long_stream``); only an
+explicit ``--out`` writes into the committed results.
+
 Usage::
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/long_stream.py --seeds 1 --out benchmarks/results/long_stream
@@ -29,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import platform
 import resource
 import statistics
 import time
@@ -38,6 +40,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import RUNS, machine, positive_int
 from torch import nn
 
 from metaspike.allocator import keep_freed_memory
@@ -143,12 +146,26 @@ def merge(parts: list[Path], out: Path) -> None:
     print(open(out / "table.csv").read())
 
 
+def _methods(parser: argparse.ArgumentParser, labels: list[str] | None) -> list:
+    """The methods of :mod:`metaspike.app.reproduce.long_stream` named by ``labels`` (all for ``None``); an unknown
+    label is one line listing the valid ones."""
+    from metaspike.app.reproduce import long_stream
+
+    valid = [m.label for m in long_stream.METHODS]
+    unknown = [label for label in labels or [] if label not in valid]
+    if unknown:
+        parser.error(f"argument --methods: unknown {', '.join(map(repr, unknown))}; "
+                     f"choose from {', '.join(map(repr, valid))}")
+    return [m for m in long_stream.METHODS if labels is None or m.label in labels]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
-    parser.add_argument("--out", default="benchmarks/results/long_stream")
-    parser.add_argument("--steps", type=int, default=500, help="steps per round of the step-cost part")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=RUNS / "long_stream",
+                        help="folder of the table and figure (default: the git-ignored results/runs/long_stream)")
+    parser.add_argument("--steps", type=positive_int, default=500, help="steps per round of the step-cost part")
+    parser.add_argument("--rounds", type=positive_int, default=5)
     parser.add_argument("--steps-only", action="store_true", help="only the step-cost part")
     parser.add_argument("--no-steps", action="store_true", help="skip the step-cost part")
     parser.add_argument("--methods", nargs="+", default=None, help="labels of the methods to run (default: all)")
@@ -158,10 +175,11 @@ def main() -> None:
     args = parser.parse_args()
     kept = not args.release_freed_memory and keep_freed_memory()
     if args.merge:
-        merge(args.merge, Path(args.out))
+        merge(args.merge, args.out)
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}, "
-          f"freed memory {'kept' if kept else 'returned to the system'} (metaspike.allocator)")
+    methods = _methods(parser, args.methods)
+    print(machine(), flush=True)
+    print(f"freed memory {'kept' if kept else 'returned to the system'} (metaspike.allocator)")
     if not args.no_steps:
         costs = step_costs(args.steps, args.rounds)
         plain = costs["plain Linear + SGD"]
@@ -173,9 +191,8 @@ def main() -> None:
         return
     from metaspike.app.reproduce import long_stream
 
-    methods = [m for m in long_stream.METHODS if args.methods is None or m.label in args.methods]
     start = time.perf_counter()
-    rows = long_stream.run("cpu", args.seeds, Path(args.out), False, None, methods)
+    rows = long_stream.run("cpu", args.seeds, args.out, False, None, methods)
     for row in rows:
         cells = "  ".join(f"{k}={v[0]:.2f}" for k, v in row.items() if isinstance(v, tuple))
         print(f"{row['setting']}: {cells}  {row['settings']}")

@@ -12,6 +12,7 @@ figure to ``--out``:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -38,9 +39,28 @@ def _run_halves(seeds: list[str]) -> list[Path]:
     return [next(out.glob("compare-neurons-*")) for out in outs]
 
 
+LABELS = ("neuron", "meta", "runs")
+
+
+def _pair(value: object) -> tuple[float, float] | None:
+    """A measured ``(mean, std)`` as ``comparison.json`` stores it (a list of two numbers, ``null`` for undefined)
+    with NaN for ``null``; ``None`` for anything else (e.g. the list of runs that learned nothing)."""
+    numbers = isinstance(value, list) and len(value) == 2
+    if not numbers or not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in value):
+        return None
+    return tuple(math.nan if v is None else float(v) for v in value)
+
+
 def _rows(folder: Path) -> list[dict]:
+    """The rows of ``folder``'s ``comparison.json`` as :func:`metaspike.app.compare.compare_neurons` returned them:
+    measured values as ``(mean, std)`` tuples (NaN where undefined), labels and other lists as stored."""
     rows = read_json(folder / "comparison.json")["rows"]
-    return [{k: tuple(v) if isinstance(v, list) else v for k, v in row.items()} for row in rows]
+    return [{k: _value(k, v) for k, v in row.items()} for row in rows]
+
+
+def _value(key: str, value: object) -> object:
+    pair = None if key in LABELS else _pair(value)
+    return value if pair is None else pair
 
 
 def main() -> None:
@@ -54,7 +74,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     tradeoff = tradeoff_rows(rows)
     n_tasks = sum(1 for key in rows[0] if key.startswith("task "))
-    atomic_write_text(args.out / "comparison.csv", comparison_csv(rows, ("neuron", "meta", "runs")))
+    atomic_write_text(args.out / "comparison.csv", comparison_csv(rows, LABELS))
     atomic_write_text(args.out / "comparison.txt", format_table(rows, n_tasks) + "\n")
     atomic_write_text(args.out / "tradeoff.csv", comparison_csv(tradeoff, TRADEOFF_LABELS))
     atomic_write_text(args.out / "tradeoff.txt", format_tradeoff(tradeoff) + "\n")

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from common import machine, positive_int
 
 import bnn
 from metaspike.optim import MetaplasticAdam
@@ -65,14 +66,14 @@ def bench(hidden: int, repeats: int, meta: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, nargs="+", default=[1024, 4096])
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--hidden", type=positive_int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--repeats", type=positive_int, default=20)
     parser.add_argument("--meta", type=float, default=1.35)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(machine(), flush=True)
     for hidden in args.hidden:
         bench(hidden, args.repeats, args.meta)
 

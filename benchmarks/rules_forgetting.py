@@ -4,20 +4,44 @@
 
 Each rule runs with the m values given for it (``--tanh``, ``--cascade``, ``--switch``; m = 0 is the plain
 BNN for every rule) on 3 permutations of mnist5k, 784-512-512-10, 20 epochs per task, seeds 1-3. Prints one
-table (first task after the last, last task, ACC, forgetting: mean ± std over seeds) and writes it to
-``--out``/rules.csv.
+table (first task after the last, last task, ACC, forgetting: mean ± std over seeds; the mean alone for one seed),
+headed by the CPU, torch's version and threads, and writes it to ``--out``/rules.csv (with those in its ``cpu``,
+``cpu_kind``, ``torch`` and ``threads`` columns).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import replace
 from pathlib import Path
 
+from common import RUNS, machine, machine_fields
+
 from metaspike.app.compare import compare
 from metaspike.app.config import RunConfig, parse_meta
-from metaspike.app.tables import comparison_csv
+from metaspike.app.tables import comparison_csv, one_decimal
 from metaspike.continual.results import atomic_write_text
+
+
+def _label(rule: str, setting: str) -> str:
+    """The row label: the rule, then compare's setting without its own ``rule=...`` (``"cascade meta=5:30:30"``)."""
+    return " ".join([rule, *(word for word in setting.split() if word != f"rule={rule}")])
+
+
+def _cell(mean: float, std: float) -> str:
+    """``mean±std`` in 14 characters; the mean alone where one seed measured no spread (``n/a`` where undefined)."""
+    spread = f"±{one_decimal(std):<5}" if math.isfinite(std) else " " * 6
+    return f"{one_decimal(mean):>8}{spread}"
+
+
+def _table(rows: list[dict], tasks: int) -> str:
+    """The printed table: one line per row, the label column as wide as the longest label."""
+    keys = ("task 1", f"task {tasks}", "ACC", "forgetting")
+    width = max(24, *(len(row["setting"]) + 2 for row in rows))
+    lines = [f"{'setting':<{width}}" + "".join(f"{key:>14}" for key in keys)]
+    lines += [f"{row['setting']:<{width}}" + "".join(_cell(*row[key]) for key in keys) for row in rows]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -26,24 +50,24 @@ def main() -> None:
     parser.add_argument("--cascade", nargs="+", default=["5,30,30"], help="m values for the cascade rule")
     parser.add_argument("--switch", nargs="+", default=["0.02", "0.1"], help="m values for the switch rule")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--out", default="benchmarks/results/runs")
+    parser.add_argument("--out", type=Path, default=RUNS,
+                        help="folder of the comparisons and rules.csv (default: %(default)s)")
     args = parser.parse_args()
+    print(machine(), flush=True)
+    on = machine_fields()
     rows = []
     for rule in ("tanh", "cascade", "switch"):
         metas = [parse_meta(m) for m in getattr(args, rule)]
         if rule == "tanh":
             metas = [(0.0,), *metas]  # the plain BNN, once
         path, found = compare(replace(RunConfig(), rule=rule), metas, args.seeds, args.out, progress=False)
-        rows += [{**row, "setting": f"{rule} {row['setting']}", "rule": rule} for row in found]
+        rows += [{**row, "setting": _label(rule, row["setting"]), "rule": rule, **on} for row in found]
         print(f"{rule}: {path}")
     tasks = sum(1 for key in rows[0] if key.startswith("task "))
-    print(f"{'setting':<24}{'task 1':>14}{f'task {tasks}':>14}{'ACC':>14}{'forgetting':>14}")
-    for row in rows:
-        cells = "".join(f"{row[k][0]:>8.1f}±{row[k][1]:<5.1f}" for k in ("task 1", f"task {tasks}", "ACC", "forgetting"))
-        print(f"{row['setting']:<24}{cells}")
-    out = Path(args.out)
+    print(_table(rows, tasks))
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "rules.csv", comparison_csv(rows, ("setting", "rule", "meta", "runs")))
+    atomic_write_text(out / "rules.csv", comparison_csv(rows, ("setting", "rule", "meta", "runs", *on)))
     print(f"table: {out / 'rules.csv'}")
 
 

@@ -13,6 +13,8 @@ import argparse
 import statistics
 import tempfile
 
+from common import machine, positive_int
+
 from metaspike.app.compare import DEFAULT_SNN_META, SNN_DEFAULTS
 from metaspike.app.config import RunConfig
 from metaspike.app.runs import run
@@ -23,12 +25,13 @@ def main() -> None:
     parser.add_argument("--neuron", default="leaky")
     parser.add_argument("--meta", type=float, nargs="+", default=[0.0, DEFAULT_SNN_META])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--epochs", type=int, default=SNN_DEFAULTS["epochs"])
-    parser.add_argument("--hidden", type=int, nargs="+", default=list(SNN_DEFAULTS["hidden"]))
-    parser.add_argument("--num-steps", type=int, default=RunConfig().num_steps)
+    parser.add_argument("--epochs", type=positive_int, default=SNN_DEFAULTS["epochs"])
+    parser.add_argument("--hidden", type=positive_int, nargs="+", default=list(SNN_DEFAULTS["hidden"]))
+    parser.add_argument("--num-steps", type=positive_int, default=RunConfig().num_steps)
     parser.add_argument("--lr", type=float, default=0.005)
     args = parser.parse_args()
     out = tempfile.mkdtemp()
+    print(machine(), flush=True)
     first: dict[float, list[float]] = {m: [] for m in args.meta}
     print(f"{'meta':>6} {'seed':>5} {'task 1':>8} {'last task':>10} {'ACC':>7} {'seconds':>8}", flush=True)
     for seed in args.seeds:

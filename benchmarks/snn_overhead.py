@@ -16,6 +16,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from common import machine, positive_int
 
 import metaspike
 from metaspike.snn import NetSpec, build_neuron_model
@@ -23,10 +24,11 @@ from metaspike.snn import NetSpec, build_neuron_model
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--num-steps", type=int, default=NetSpec().num_steps)
-    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--steps", type=positive_int, default=30)
+    parser.add_argument("--num-steps", type=positive_int, default=NetSpec().num_steps)
+    parser.add_argument("--batch-size", type=positive_int, default=100)
     args = parser.parse_args()
+    print(machine(), flush=True)
     spec = NetSpec(num_steps=args.num_steps)
     torch.manual_seed(0)
     binary = metaspike.binarize(build_neuron_model("leaky", spec))

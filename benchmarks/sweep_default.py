@@ -3,8 +3,12 @@ default stream (permuted mnist5k, 3 tasks). Prints one line per run and writes a
 
     python benchmarks/sweep_default.py --hidden 512 --epochs 20 --lr 0.005 --meta 0 10 5,30,30 --optimizer per-task
 
-A meta setting is one number or one number per layer (5,30,30). Columns: first-task and last-task accuracy
-after the last task, ACC, forgetting, seconds. Run it with OMP_NUM_THREADS=1 when other jobs share the CPU.
+A meta setting is one number or one number per layer (5,30,30). Columns: the settings that tell runs apart
+(dataset, tasks, hidden layers, hidden size, epochs, lr, meta, seed, optimizer), first-task and last-task accuracy
+after the last task, ACC, forgetting, seconds; the CSV adds the CPU, its kind, torch's version and threads. Rows
+are appended to ``--csv`` (default: the git-ignored ``benchmarks/results/runs/sweep_default.csv``; a relative
+path is taken from the current folder); a CSV with other columns is refused. Run it with OMP_NUM_THREADS=1 when
+other jobs share the CPU.
 """
 
 from __future__ import annotations
@@ -14,41 +18,63 @@ import csv
 import itertools
 import tempfile
 from pathlib import Path
+from typing import TextIO
+
+from common import RUNS, machine, machine_fields, positive_int
 
 from metaspike.app.config import RunConfig, meta_label, parse_meta
 from metaspike.app.runs import run
 
+SETTINGS = ["dataset", "tasks", "layers", "hidden", "epochs", "lr", "meta", "seed", "optimizer"]
+MEASURED = ["first_task", "last_task", "ACC", "forgetting", "seconds"]
+HEADER = [*SETTINGS, *MEASURED, *machine_fields()]
+
+
+def _open_csv(out: Path) -> TextIO:
+    """``out`` opened to append rows under :data:`HEADER` (written if the file is new or empty); a file with other
+    columns is refused in one line."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    first = None
+    if out.exists():
+        with open(out, newline="") as existing:
+            first = next(csv.reader(existing), None)
+    if first is not None and first != HEADER:
+        raise SystemExit(f"sweep_default.py: {out} has other columns than this script writes ({','.join(HEADER)}); "
+                         "give another --csv")
+    handle = open(out, "a", newline="")
+    if first is None:
+        csv.writer(handle).writerow(HEADER)
+    return handle
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hidden", type=int, nargs="+", default=[1024])
-    parser.add_argument("--layers", type=int, default=2, help="number of hidden layers")
-    parser.add_argument("--epochs", type=int, nargs="+", default=[20])
+    parser.add_argument("--hidden", type=positive_int, nargs="+", default=[1024])
+    parser.add_argument("--layers", type=positive_int, default=2, help="number of hidden layers")
+    parser.add_argument("--epochs", type=positive_int, nargs="+", default=[20])
     parser.add_argument("--lr", type=float, nargs="+", default=[0.005])
     parser.add_argument("--meta", nargs="+", default=["0", "10"], help="settings: a number or one per layer (5,30,30)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--optimizer", default="shared", choices=["shared", "per-task"])
     parser.add_argument("--dataset", default="mnist5k")
-    parser.add_argument("--tasks", type=int, default=3)
-    parser.add_argument("--csv", default="benchmarks/results/sweep_default.csv")
+    parser.add_argument("--tasks", type=positive_int, default=3)
+    parser.add_argument("--csv", type=Path, default=RUNS / "sweep_default.csv",
+                        help="CSV to append to (default: the git-ignored benchmarks/results/runs/sweep_default.csv)")
     args = parser.parse_args()
-    out = Path(args.csv)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    header = ["hidden", "epochs", "lr", "meta", "seed", "optimizer", "first_task", "last_task", "ACC", "forgetting", "seconds"]
-    new_file = not out.exists()
-    with open(out, "a", newline="") as handle, tempfile.TemporaryDirectory() as tmp:
+    machine_cells = list(machine_fields().values())
+    with _open_csv(args.csv) as handle, tempfile.TemporaryDirectory() as tmp:
         writer = csv.writer(handle)
-        if new_file:
-            writer.writerow(header)
-        print(" ".join(f"{h:>10}" for h in header), flush=True)
+        print(machine(), flush=True)
+        print(" ".join(f"{h:>10}" for h in [*SETTINGS, *MEASURED]), flush=True)
         for hidden, epochs, lr, meta, seed in itertools.product(args.hidden, args.epochs, args.lr, args.meta, args.seeds):
             config = RunConfig(datasets=(args.dataset,), tasks=args.tasks, hidden=(hidden,) * args.layers, epochs=epochs,
                                lr=lr, meta=parse_meta(meta), seed=seed, optimizer=args.optimizer)
             _, result = run(config, tmp, progress=False, plot=False)
             final = result.matrix[-1]
-            row = [hidden, epochs, lr, meta_label(config.meta), seed, args.optimizer, round(final[0], 2), round(final[-1], 2),
-                   round(result.metrics["ACC"], 2), round(result.metrics["forgetting"], 2), round(result.seconds, 1)]
-            writer.writerow(row)
+            row = [args.dataset, args.tasks, args.layers, hidden, epochs, lr, meta_label(config.meta), seed,
+                   args.optimizer, round(final[0], 2), round(final[-1], 2), round(result.metrics["ACC"], 2),
+                   round(result.metrics["forgetting"], 2), round(result.seconds, 1)]
+            writer.writerow([*row, *machine_cells])
             handle.flush()
             print(" ".join(f"{v:>10}" for v in row), flush=True)
 

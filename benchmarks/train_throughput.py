@@ -28,16 +28,20 @@ same round's ratio, with its range. The script also prints the product each bina
 where the step's time goes (``torch.profiler``: matrix products, optimizer, BatchNorm, the rest)
 and the test accuracy of all after one epoch on ``mnist5k``. It also checks, at each
 binary layer of the timed step, that every exact product the device offers equals the float32 product bit for bit
-(``torch.equal``). The CPU model, its relevant flags and the load average head the output, which also goes to
-``benchmarks/results/train_throughput_<cpu-kind>.txt`` (e.g. ``train_throughput_amd-epyc-avx2-family23.txt``),
-so figures from different machines are never mixed. With ``--device cuda`` both contestants run on the GPU, the
-GPU's name heads the output and the file is ``train_throughput_cuda-<gpu>.txt``; there the step's shares come
-from the GPU time of its kernels (``torch.profiler`` with CUDA activity).
+(``torch.equal``). The CPU model, its relevant flags, torch's version and threads and the load average head the
+output, which also goes to ``benchmarks/results/runs/train_throughput_<cpu-kind>_<N>thread(s).txt`` (git-ignored;
+e.g. ``runs/train_throughput_amd-epyc-avx2-family23_1thread.txt``), so figures from different machines and thread
+counts are never mixed and a trial run never replaces published figures; publishing into ``benchmarks/results/``
+takes an explicit ``--out``. With ``--device cuda`` both contestants run on the GPU, the GPU's name heads the output
+and the file is ``runs/train_throughput_cuda-<gpu>_<N>thread(s).txt``; there the step's shares come from the GPU
+time of its kernels (``torch.profiler`` with CUDA activity).
 
 Usage::
 
-    python benchmarks/train_throughput.py --hidden 1024 4096 --seeds 3
+    python benchmarks/train_throughput.py --hidden 1024 4096 --seeds 3 \
+        --out benchmarks/results/train_throughput_<cpu-kind>.txt
     python benchmarks/train_throughput.py --device cuda --hidden 4096
+    OMP_NUM_THREADS=1 python benchmarks/train_throughput.py --hidden 64 --rounds 1 --steps-per-round 1 --no-accuracy
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from inference import FLAGS, cpu  # the sibling benchmark: CPU model, kind and flags from /proc/cpuinfo
+from common import FLAGS, cpu, machine, positive_int, run_file
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
@@ -67,7 +71,6 @@ from metaspike.optim import MetaplasticAdam
 
 BATCH = 100
 LR = 0.005
-RESULTS = Path(__file__).resolve().parent / "results"
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_int_mm")
 BATCH_NORM_OPS = ("aten::native_batch_norm", "aten::native_batch_norm_backward")
 
@@ -313,15 +316,16 @@ def gpu(device: torch.device) -> tuple[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--hidden", type=positive_int, nargs="+", default=[1024, 4096])
     parser.add_argument("--meta", type=float, default=1.35)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--steps-per-round", type=int, default=3)
-    parser.add_argument("--seeds", type=int, default=1, help="seeds for the one-epoch accuracy check")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--rounds", type=positive_int, default=10)
+    parser.add_argument("--steps-per-round", type=positive_int, default=3)
+    parser.add_argument("--seeds", type=positive_int, default=1, help="seeds for the one-epoch accuracy check")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-accuracy", action="store_true", help="skip the one-epoch accuracy check")
     parser.add_argument("--out", type=Path, default=None,
-                        help="results file (default: results/train_throughput_<cpu-kind>.txt)")
+                        help="results file (default: the git-ignored results/runs/train_throughput_<kind>_<N>thread(s)"
+                             ".txt; publish with --out benchmarks/results/train_throughput_<kind>.txt)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
     parser.add_argument("--release-freed-memory", action="store_true",
                         help="keep glibc's default of returning freed memory (the metaspike command keeps it)")
@@ -333,19 +337,20 @@ def main() -> None:
     kept = not args.release_freed_memory and keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cpu_name, kind, flags = cpu()
+    _, kind, flags = cpu()
     lines: list[str] = []
 
     def say(line: str) -> None:
         print(line, flush=True)
         lines.append(line)
 
-    say(f"CPU: {cpu_name} ({os.cpu_count()} logical CPUs); flags: {' '.join(flags) or 'none of ' + ', '.join(FLAGS)}")
+    say(machine())
+    say(f"flags: {' '.join(flags) or 'none of ' + ', '.join(FLAGS)}")
     if device.type == "cuda":
         gpu_name, kind = gpu(device)
         say(f"GPU: {gpu_name} ({device}); both contestants run on it")
     say(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    say(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, meta {args.meta}, "
+    say(f"batch {BATCH}, meta {args.meta}, "
         f"{args.rounds} rounds of {args.steps_per_round} steps each; freed memory "
         f"{'kept' if kept else 'returned to the system'} (metaspike.allocator)")
     for hidden in args.hidden:
@@ -367,7 +372,8 @@ def main() -> None:
                 say(f"  one epoch on mnist5k, seed {seed}: test accuracy "
                     + ", ".join(f"{name} {value:.1f}%" for name, value in acc.items()))
     say(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    out = args.out or RESULTS / f"train_throughput_{kind}.txt"
+    out = args.out or run_file("train_throughput", kind)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print(f"written to {out}")
 

@@ -1,0 +1,95 @@
+"""Pieces the benchmark scripts share: where results go, the CPU's description, the line that heads every
+benchmark's output, and argparse types that accept only a flag's range.
+
+Results go by default to ``benchmarks/results/runs/`` (ignored by git); only an explicit ``--out`` (or ``--csv``)
+writes into the committed ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+#: The default folder of every benchmark's output (git-ignored): published figures are written with ``--out``.
+RUNS = RESULTS / "runs"
+FLAGS = ("avx2", "avx512f", "avx512_vpopcntdq", "avx512_bf16", "avx512_vnni", "amx_tile")
+
+
+def cpu() -> tuple[str, str, list[str]]:
+    """``(model name with its family and model numbers, kind, flags)`` from ``/proc/cpuinfo``.
+
+    The kind is the model's first two words, its widest vector unit and its family number, e.g.
+    ``amd-epyc-avx2-family23``, ``amd-epyc-avx512-family26`` or ``intel-xeon-amx-family6``: virtual
+    machines often show only "AMD EPYC", an AVX2-only EPYC runs these benchmarks very differently from an
+    AVX-512 one, and two AVX-512 generations differ as much (Zen 4, family 25, splits a 512-bit operation
+    into two 256-bit halves; Zen 5, family 26, does not).
+    """
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU", "unknown-cpu", []
+
+    def field(key: str) -> str | None:
+        found = re.search(rf"^{key}\s*:\s*(.*)$", info, re.M)
+        return found.group(1).strip() if found else None
+
+    name = field("model name") or "unknown CPU"
+    flags = (field("flags") or "").split()
+    family, model = field("cpu family"), field("model")
+    present = [f for f in FLAGS if f in flags]
+    words = re.sub(r"\((R|TM)\)|\bCPU\b|@.*", " ", name).split()
+    units = (("amx_tile", "amx"), ("avx512f", "avx512"), ("avx2", "avx2"))
+    widest = next((unit for flag, unit in units if flag in present), None)
+    kind = "-".join([w.lower() for w in words[:2]] + ([widest] if widest else [])
+                    + ([f"family{family}"] if family else []))
+    described = f"{name} (family {family}, model {model})" if family else name
+    return described, kind, present
+
+
+def machine_fields() -> dict[str, object]:
+    """The CPU (model with family and model numbers), its kind, torch's version and threads, as the columns
+    ``cpu``, ``cpu_kind``, ``torch`` and ``threads`` of a benchmark's CSV. Call it after ``torch.set_num_threads``."""
+    described, kind, _ = cpu()
+    return {"cpu": described, "cpu_kind": kind, "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def machine() -> str:
+    """The line that heads every benchmark's output: :func:`machine_fields` in words, e.g. ``CPU: AMD EPYC 9R45
+    (family 26, model 2), kind amd-epyc-avx512-family26, 2 logical CPUs; torch 2.13.0, 1 thread``."""
+    on = machine_fields()
+    return (f"CPU: {on['cpu']}, kind {on['cpu_kind']}, {os.cpu_count()} logical CPUs; torch {on['torch']}, "
+            f"{on['threads']} thread{'' if on['threads'] == 1 else 's'}")
+
+
+def run_file(name: str, kind: str) -> Path:
+    """The default results file of benchmark ``name`` on a machine of ``kind`` at torch's thread count, in the
+    git-ignored :data:`RUNS`, e.g. ``runs/inference_amd-epyc-avx2-family23_1thread.txt``."""
+    threads = torch.get_num_threads()
+    return RUNS / f"{name}_{kind}_{threads}thread{'' if threads == 1 else 's'}.txt"
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the flag in its one-line error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
