@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from bnn.layers import check_conv_geometry
 from metaspike.bayesian.synapses import SampledForward, make_bayesian
 
 __all__ = ["BayesianLinear", "BayesianConv2d", "BinaryBayesianLinear", "BinaryBayesianConv2d"]
@@ -96,6 +97,7 @@ class BayesianConv2d(SampledForward, nn.Conv2d):
         sigma_init: float = 0.1,
         evaluation: str = "mode",
     ) -> None:
+        check_conv_geometry(kernel_size, stride, padding, dilation)
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
         self._set_samples(samples, evaluation_samples)
         make_bayesian(self, "mesu", sigma_init=sigma_init, evaluation=evaluation)
@@ -170,6 +172,7 @@ class BinaryBayesianConv2d(SampledForward, nn.Conv2d):
         evaluation: str = "mode",
         scale: str | None = None,
     ) -> None:
+        check_conv_geometry(kernel_size, stride, padding, dilation)
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
         self._set_samples(samples, evaluation_samples)
         make_bayesian(self, "bimu", lambda_init=lambda_init, temperature=temperature, evaluation=evaluation, scale=scale)

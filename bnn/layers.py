@@ -163,6 +163,25 @@ def _widths(**widths: object) -> tuple[int, ...]:
     return tuple(int(v) for v in widths.values())  # type: ignore[call-overload]
 
 
+def check_conv_geometry(kernel_size: object, stride: object, padding: object, dilation: object) -> None:
+    """A 2-D convolution's ``kernel_size``, ``stride`` and ``dilation`` (an int >= 1 or two), and ``padding`` (an int
+    >= 0, two, ``"same"`` or ``"valid"``), else one line naming the argument (torch found out in the forward pass,
+    inside oneDNN).
+
+    Example:
+        >>> check_conv_geometry(3, 1, "same", (1, 2))
+    """
+    def pair(value: object, least: int) -> bool:
+        values = value if isinstance(value, tuple) else (value,)
+        return len(values) in (1, 2) and all(is_whole(v, least) for v in values)
+
+    for name, value in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
+        if not pair(value, 1):
+            raise ValueError(f"{name} must be an integer >= 1 or a pair of them, got {value!r}")
+    if padding not in ("same", "valid") and not pair(padding, 0):
+        raise ValueError(f"padding must be an integer >= 0, a pair of them, 'same' or 'valid', got {padding!r}")
+
+
 class BinaryLinear(_BinaryWeights, nn.Linear):
     """``nn.Linear`` whose forward pass uses ``sign(W_h)``; ``weight`` holds the hidden weights ``W_h``.
 
@@ -248,6 +267,7 @@ class BinaryConv2d(_BinaryWeights, nn.Conv2d):
         padding_mode: str = "zeros",
     ) -> None:
         in_channels, out_channels = _widths(in_channels=in_channels, out_channels=out_channels)
+        check_conv_geometry(kernel_size, stride, padding, dilation)
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
                          groups=groups, bias=bias, padding_mode=padding_mode)
         self._setup(weight_quantizer, input_quantizer, init_width, scale)

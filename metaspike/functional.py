@@ -13,8 +13,6 @@ Example:
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from torch import Tensor
 
 from metaspike.bayesian.functional import bimu_step, mesu_step
@@ -24,8 +22,8 @@ __all__ = ["consolidate", "mesu_step", "bimu_step"]
 
 
 def consolidate(
-    hidden: Tensor, update: Tensor, meta: float, rule: str | Rule = "tanh", state: NamedTuple | None = None
-) -> tuple[Tensor, NamedTuple]:
+    hidden: Tensor, update: Tensor, meta: float, rule: str | Rule = "tanh", state: tuple | None = None
+) -> tuple[Tensor, tuple]:
     """Damp the parts of ``update`` that would move ``hidden`` toward zero; return ``(update, new state)``.
 
     ``update`` is what the optimizer subtracts from ``hidden`` (``W_h <- W_h - update``). ``state`` is
@@ -50,7 +48,7 @@ def consolidate(
     return check_update(rule, step, hidden), new_state
 
 
-def _check_state(rule: Rule, state: object, fresh: NamedTuple) -> None:
+def _check_state(rule: Rule, state: object, fresh: tuple) -> None:
     """``state`` must be ``rule``'s state record, each field a tensor of the shape a new state of the weight has."""
     kind = rule.state_type()
     if not isinstance(state, kind):

@@ -786,7 +786,8 @@ def test_the_batch_one_product_gives_the_gradients_of_the_samples_batched_produc
     from metaspike.bayesian.synapses import make_bayesian
 
     torch.manual_seed(3)
-    layer = make_bayesian(nn.Linear(7, 5, bias=True), kind, temperature=0.5, scale=None).double()
+    layer = make_bayesian(nn.Linear(7, 5, bias=True), kind, scale=None,
+                          **({"temperature": 0.5} if kind == "bimu" else {})).double()
     x = torch.randn(*(() if shared_input else (samples,)), 1, 7, dtype=torch.float64, requires_grad=True)
     g = torch.randn(samples, 1, 5, dtype=torch.float64)
     params = [p for p in layer.parameters()]
@@ -1042,3 +1043,19 @@ def test_diagnostics_of_bayesian_synapses_name_what_they_count_and_leave_out_the
     assert {h["quantity"] for h in hidden_weight_histograms(model).values()} == {quantity}
     binary = nn.Sequential(nn.Linear(4, 3))
     assert hidden_weight_histograms(binary)["0"]["quantity"] == "weight"
+
+
+def test_settings_of_the_other_synapse_kind_are_refused_and_evaluation_samples_is_named():
+    """They were dropped without a word; evaluation_samples' error named samples."""
+    import bnn
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    with pytest.raises(ValueError, match="^lambda_init and temperature are settings of the other synapse kind; "
+                                         "kind 'mesu' takes sigma_init$"):
+        metaspike.bayesianize(net, "mesu", lambda_init=5.0, temperature=1e-3)
+    with pytest.raises(ValueError, match="^sigma_init is a setting of the other synapse kind; kind 'bimu' takes "
+                                         "lambda_init and temperature$"):
+        metaspike.bayesianize(net, "bimu", sigma_init=5.0)
+    assert not torch.nn.utils.parametrize.is_parametrized(net[0])
+    with pytest.raises(ValueError, match="^evaluation_samples must be an int >= 1 or None, got 0$"):
+        bnn.BayesianLinear(4, 3, samples=2, evaluation_samples=0)

@@ -564,3 +564,21 @@ def test_a_convnet_larger_than_memory_is_one_line(monkeypatch):
     with pytest.raises(ValueError, match=r"in_shape \(1, 4096, 4096\), channels \[64\], hidden 16: 4,294,968,032 "
                                          r"float32 hidden weights take 16 GiB, more than the 1 GiB this process may use"):
         bnn.ConvNet((1, 4096, 4096), (64,), 16, 10)
+
+
+def test_a_convolutions_geometry_and_a_scales_shape_are_one_line_and_fit_takes_batch_size_one():
+    """kernel_size 0, stride 0 and padding -1 failed in the forward pass inside oneDNN; Scale(-1) inside torch;
+    bnn.fit refused batch_size=1 even for a model without BatchNorm, which train_epoch trains."""
+    import bnn
+    from metaspike.snn import Scale
+
+    for make, message in [(lambda: bnn.BinaryConv2d(3, 4, 0), "kernel_size must be an integer >= 1"),
+                          (lambda: bnn.BayesianConv2d(3, 4, 3, stride=0), "stride must be an integer >= 1"),
+                          (lambda: bnn.BinaryBayesianConv2d(3, 4, 3, padding=-1), "padding must be an integer >= 0"),
+                          (lambda: Scale(-1), "shape must be a positive integer"),
+                          (lambda: Scale(3, init=float("nan")), "init must be a finite number, got nan")]:
+        with pytest.raises(ValueError, match=f"^{message}"):
+            make()
+    model = torch.nn.Sequential(bnn.BinaryLinear(4, 3), torch.nn.LayerNorm(3, elementwise_affine=False))
+    data = (torch.rand(6, 4), torch.randint(0, 3, (6,)))
+    assert len(bnn.fit(model, data, epochs=1, batch_size=1, progress=False)) == 1

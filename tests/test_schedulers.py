@@ -92,3 +92,21 @@ def test_a_chained_scheduler_compares_its_parts_settings_not_their_progress():
     second = chained(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1))
     load_scheduler_record(second, scheduler_record(first))
     assert second.last_epoch == 3
+
+
+def test_a_scheduler_of_one_optimizer_of_a_chain_is_taken():
+    """The README gives each chained optimizer its own scheduler; the trainer refused every scheduler of a chain."""
+    from metaspike import ChainedOptimizer
+
+    chains = []
+
+    def make_optimizer(model):
+        chain = ChainedOptimizer(torch.optim.SGD([model.weight], lr=0.4), torch.optim.SGD([model.bias], lr=0.1))
+        chains.append(chain)
+        return chain
+
+    torch.manual_seed(0)
+    trainer = ContinualTrainer(torch.nn.Linear(16, 4), make_optimizer, TrainerConfig(epochs=2, batch_size=50),
+                               progress=False, make_scheduler=lambda chain: _step_lr(chain.optimizers[0]))
+    trainer.fit(_scenario())
+    assert [[o.param_groups[0]["lr"] for o in chain.optimizers] for chain in chains] == [[0.1, 0.1], [0.1, 0.1]]

@@ -94,15 +94,16 @@ def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
     return value
 
 
-def check_samples(samples: int | None) -> int | None:
-    """Validate a number of weight samples: an int ``>= 1``, or ``None`` (one ordinary pass).
+def check_samples(samples: int | None, name: str = "samples") -> int | None:
+    """Validate a number of weight samples: an int ``>= 1``, or ``None`` (one ordinary pass); ``name`` is the
+    argument an error names.
 
     Example:
         >>> check_samples(5)
         5
     """
     if samples is not None and not is_whole(samples, 1):
-        raise ValueError(f"samples must be an int >= 1 or None, got {samples!r}")
+        raise ValueError(f"{name} must be an int >= 1 or None, got {samples!r}")
     return samples
 
 
@@ -507,6 +508,13 @@ def _check_settings(kind: str, scale: str | None, sigma_init: float, lambda_init
         check_setting("lambda_init", lambda_init)
     check_setting("temperature", temperature)
     _choice("evaluation", evaluation, EVALUATIONS)
+    others = ({"lambda_init": (lambda_init, LAMBDA_INIT), "temperature": (temperature, 1.0)} if kind == "mesu"
+              else {"sigma_init": (sigma_init, SIGMA_INIT)})
+    given = [name for name, (value, default) in others.items() if value != default]
+    if given:  # (it would be dropped without a word)
+        raise ValueError(f"{' and '.join(given)} {'is a setting' if len(given) == 1 else 'are settings'} of the other "
+                         f"synapse kind; kind {kind!r} takes "
+                         f"{'sigma_init' if kind == 'mesu' else 'lambda_init and temperature'}")
     return _gain_scale(kind, scale)
 
 
@@ -902,7 +910,7 @@ class SampledForward:
         """The constructors' checks: ``samples`` an int ``>= 1`` or ``None``; ``evaluation_samples`` too, and only
         with ``samples`` (a layer's output keeps its sample dimension in both modes)."""
         self.samples = check_samples(samples)
-        if check_samples(evaluation_samples) is not None and samples is None:
+        if check_samples(evaluation_samples, "evaluation_samples") is not None and samples is None:
             raise ValueError("evaluation_samples needs samples: a layer of one sample (samples=None) has no sample "
                              "dimension to fill")
         self.evaluation_samples = evaluation_samples

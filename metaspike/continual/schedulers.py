@@ -38,9 +38,12 @@ def check_scheduler(scheduler: Any, optimizer: Optimizer) -> Any:
     if lacking:
         raise ValueError(f"make_scheduler must return a learning-rate scheduler (e.g. torch.optim.lr_scheduler.StepLR("
                          f"optimizer, 5)); {type(scheduler).__name__} lacks {', '.join(lacking)}")
-    if getattr(scheduler, "optimizer", None) is not optimizer:  # (it would change another optimizer's rate, silently)
+    driven = getattr(scheduler, "optimizer", None)
+    own = [optimizer, *getattr(optimizer, "optimizers", ())]  # (a ChainedOptimizer: a scheduler of one of its parts)
+    if not any(driven is candidate for candidate in own):  # (it would change another optimizer's rate, silently)
         raise ValueError("make_scheduler must build its scheduler over the optimizer it is given (e.g. "
-                         "lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, 5))")
+                         "lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, 5)), or over one optimizer of "
+                         "a metaspike.ChainedOptimizer (StepLR(optimizer.optimizers[0], 5))")
     return scheduler
 
 

@@ -70,7 +70,7 @@ class Rule(Protocol):
     #: True when ``step`` is elementwise with an empty state (the optimizer may fuse and compile it).
     elementwise: bool
 
-    def init_state(self, hidden: Tensor) -> NamedTuple:
+    def init_state(self, hidden: Tensor) -> tuple:
         """The state of a synapse that has seen no update (tensors shaped like ``hidden``)."""
         ...
 
@@ -78,7 +78,7 @@ class Rule(Protocol):
         """The ``NamedTuple`` class of this rule's state."""
         ...
 
-    def step(self, hidden: Tensor, update: Tensor, meta: float, state: Any) -> tuple[Tensor, NamedTuple]:
+    def step(self, hidden: Tensor, update: Tensor, meta: float, state: Any) -> tuple[Tensor, tuple]:
         """The update to subtract from ``hidden`` in place of ``update`` (the same shape), and the new state.
 
         ``hidden`` may be the live weight, which the optimizer changes in place after the step: a state that keeps
@@ -117,7 +117,7 @@ def check_update(rule: Rule, update: Tensor, hidden: Tensor) -> Tensor:
     return update
 
 
-def checked_step(rule: Rule, result: Any, hidden: Tensor) -> tuple[Tensor, NamedTuple]:
+def checked_step(rule: Rule, result: Any, hidden: Tensor) -> tuple[Tensor, tuple]:
     """``(update, state)``, what ``rule.step`` returned for ``hidden``, once it is that: a pair whose update has
     ``hidden``'s shape (:func:`check_update`) and whose state is a ``NamedTuple`` record (``NoState()`` for none).
 
@@ -177,7 +177,7 @@ def toward_zero(hidden: Tensor, update: Tensor) -> Tensor:
     return hidden * update > 0
 
 
-def state_to_dict(state: NamedTuple) -> dict[str, Tensor]:
+def state_to_dict(state: tuple) -> dict[str, Tensor]:
     """The fields of a state record, as stored in an optimizer's state.
 
     Example:
@@ -187,7 +187,7 @@ def state_to_dict(state: NamedTuple) -> dict[str, Tensor]:
     return dict(state._asdict())
 
 
-def state_from_dict(rule: Rule, hidden: Tensor, stored: dict[str, Tensor] | None) -> NamedTuple:
+def state_from_dict(rule: Rule, hidden: Tensor, stored: dict[str, Tensor] | None) -> tuple:
     """The rule's state record from stored fields (``rule.init_state(hidden)`` when nothing is stored, or when the
     stored fields are another rule's: a group whose rule was changed between steps starts the new rule afresh).
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from metaspike.checks import is_finite_number, is_whole
+
 __all__ = ["Scale"]
 
 
@@ -25,7 +27,12 @@ class Scale(nn.Module):
 
     def __init__(self, shape: int | tuple[int, ...], init: float = 1.0) -> None:
         super().__init__()
-        self.gain = nn.Parameter(torch.full((shape,) if isinstance(shape, int) else tuple(shape), float(init)))
+        dims = (shape,) if isinstance(shape, int) else tuple(shape) if isinstance(shape, (tuple, list)) else None
+        if not dims or not all(is_whole(d, 1) for d in dims):
+            raise ValueError(f"shape must be a positive integer or a tuple of them, got {shape!r}")
+        if not is_finite_number(init):
+            raise ValueError(f"init must be a finite number, got {init!r}")
+        self.gain = nn.Parameter(torch.full(tuple(int(d) for d in dims), float(init)))
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.gain
