@@ -396,3 +396,22 @@ def test_snntorch_time_first_modules_are_refused_in_one_line(name):
     with pytest.raises(ValueError, match=rf"^network: module '1' is snnTorch's {name}, which runs a whole time "
                                          r"sequence per call .* use snntorch.Leaky\(init_hidden=True\)"):
         SpikingClassifier(nn.Sequential(nn.Linear(4, 4), module), num_steps=2, encoder="direct")
+
+
+def test_norse_installed_without_its_dependencies_names_them(monkeypatch):
+    """`pip install --no-deps norse` leaves out nir and nirtorch; the message said to install norse again."""
+    import importlib
+    import importlib.util
+
+    from metaspike.snn import backends
+
+    if importlib.util.find_spec("norse") is None:
+        pytest.skip("norse is not installed")
+
+    def without_nir(name):
+        raise ImportError("No module named 'nir'", name="nir")
+
+    monkeypatch.setattr(backends.importlib, "import_module", without_nir)
+    with pytest.raises(ImportError, match=r"^norse is installed but cannot import 'nir', which it needs: pip install "
+                                          r"nir nirtorch"):
+        backends.require_norse()

@@ -8,6 +8,7 @@ imports torchvision at that level).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -26,12 +27,20 @@ SpikeFunction = Callable[[Tensor], Tensor]
 
 # (Norse's metadata asks for torchvision, which need not import beside the torch installed: leave its dependencies)
 _PIP = {"snntorch": "pip install snntorch", "norse": "pip install --no-deps norse"}
+#: What installs a module the backends import but pip's --no-deps left out (the snn extra has them all).
+_DEPENDENCY_PIP = {"nir": "nir nirtorch", "nirtorch": "nir nirtorch"}
 
 
 def _require(module: str, package: str) -> ModuleType:
+    """``module``, or one ImportError with the pip command that installs what is missing: the package itself, or a
+    module it imports (Norse installed with ``--no-deps`` lacks nir and nirtorch)."""
     try:
         return importlib.import_module(module)
     except ImportError as err:
+        missing = (getattr(err, "name", None) or "").split(".")[0]
+        if missing and missing != package.split(".")[0] and importlib.util.find_spec(package) is not None:
+            raise ImportError(f"{package} is installed but cannot import {missing!r}, which it needs: pip install "
+                              f"{_DEPENDENCY_PIP.get(missing, missing)} ({err})") from None
         raise ImportError(f"this feature needs {package}: {_PIP[package]} ({err})") from None
 
 
