@@ -37,7 +37,7 @@ def _train(shard=(0, 1)):
     opt = MetaplasticAdam(model.parameters(), lr=0.005, meta=5.0)
     x, y = _data()
     loss = train_epoch(model, opt, x, y, 100, torch.Generator().manual_seed(1), shard=shard)
-    return loss, [p.detach().clone() for p in model.parameters()]
+    return loss, [t.detach().clone() for t in (*model.parameters(), *model.buffers())]  # (running statistics too)
 
 
 def _worker(rank: int, size: int, port: int, out: str) -> None:
@@ -124,3 +124,51 @@ def test_sigterm_stops_a_process_whose_peer_never_comes(tmp_path):
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_model_through_sync_batchnorm_pickles():
+    """A model passed through sync_batchnorm could not be saved whole: its classes were made on the fly. (Its running
+    statistics and num_batches_tracked, which stayed 0, are compared with one process's in the two-process test.)"""
+    import pickle
+
+    net = sync_batchnorm(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.BatchNorm2d(4)))
+    again = pickle.loads(pickle.dumps(net))
+    assert [type(m).__name__ for m in again[1:]] == ["GlobalBatchNorm1d", "GlobalBatchNorm2d"]
+
+
+def _unseeded_worker(rank: int, size: int, port: int, out: str) -> None:
+    """Each process builds its model from its own seed, as a script without a shared seed does."""
+    from metaspike.continual import ContinualTrainer, TrainerConfig, split
+    from metaspike.data import ArrayDataset
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
+    torch.set_num_threads(1)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        x, y = torch.rand(120, 8, generator=generator), torch.randint(0, 4, (120,), generator=generator)
+        scenario = split(ArrayDataset.from_tensors(x[:80], y[:80], "mine"),
+                         ArrayDataset.from_tensors(x[80:], y[80:], "mine"), groups=2)
+        torch.manual_seed(rank)
+        model = torch.nn.Linear(8, 4)
+        ContinualTrainer(model, lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
+                         TrainerConfig(epochs=1, batch_size=20), progress=False).fit(scenario)
+        torch.save([t.detach().clone() for t in model.parameters()], f"{out}.{rank}")
+        torch.manual_seed(rank)
+        try:
+            ContinualTrainer(torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.BatchNorm1d(4)),
+                             lambda m: torch.optim.SGD(m.parameters(), lr=0.1), TrainerConfig(epochs=1, batch_size=20),
+                             progress=False).fit(scenario)
+        except ValueError as err:
+            torch.save(str(err), f"{out}.{rank}.err")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_trainer_starts_every_process_from_the_first_ones_weights(tmp_path, one_thread):
+    """Processes that built their models from other seeds ended up to 0.1 apart, with other matrices, silently; and a
+    model with BatchNorm not passed through sync_batchnorm trained on each process's slice."""
+    out = str(tmp_path / "params")
+    mp.start_processes(_unseeded_worker, args=(2, _free_port(), out), nprocs=2, join=True, start_method="spawn")
+    first, second = (torch.load(f"{out}.{rank}", weights_only=True) for rank in (0, 1))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert "pass the model through metaspike.distributed.sync_batchnorm first" in torch.load(f"{out}.0.err")

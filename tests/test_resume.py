@@ -613,3 +613,17 @@ def test_a_checkpoint_without_its_run_identity_is_refused_from_python():
     del saved["identity"]
     with pytest.raises(ValueError, match="^the checkpoint lacks identity$"):
         trainer().fit(scenario, resume=saved)
+
+
+def test_a_run_continues_with_the_number_of_processes_it_was_trained_by(tmp_path, monkeypatch, capsys):
+    """A 2-process run resumed in one process trained the short last batches two processes skip: other numbers,
+    silently. (And under torchrun both processes took the run's lock, so `torchrun ... --resume` always failed: the
+    first process alone takes it now.)"""
+    run = _interrupted_run(tmp_path, record={"processes": 2})
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was trained by 2 processes and would continue with 1" in err, err
+    assert f"torchrun --nproc-per-node 2 -m metaspike train --resume {run}" in err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["reproduce", "fig5ab", "--quiet"]) == 2
+    assert "reproduce runs in one process; under torchrun use 'metaspike train'" in capsys.readouterr().err

@@ -43,7 +43,7 @@ from metaspike.continual.results import CHECKPOINT, PREVIOUS_CHECKPOINT, RunDire
 from metaspike.continual.scenarios import Scenario, made_when_reached, make_scenario
 from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig
 from metaspike.data import ArrayDataset, default_data_dir, load_dataset
-from metaspike.distributed import init_from_env, sync_batchnorm, world
+from metaspike.distributed import init_from_env, sync_batchnorm, world, world_size_from_env
 from metaspike.files import atomic_open, read_json, remove_stale_temporaries
 from metaspike.training import Plugin, TrainingDiverged, minimum_batch_size
 
@@ -419,6 +419,18 @@ def _record(config: RunConfig, scenario: Scenario) -> dict[str, Any]:
     }
 
 
+def _check_same_processes(path: Path) -> None:
+    """A run continues with the number of processes it was trained by: another number splits each batch otherwise
+    (a short last batch that one process trains, two skip), and the resumed numbers would differ, silently."""
+    recorded = read_json(path / "config.json").get("processes", 1)
+    now = world_size_from_env()
+    if recorded != now:
+        how = (f"torchrun --nproc-per-node {recorded} -m metaspike train --resume {path}" if isinstance(recorded, int)
+               and recorded > 1 else f"metaspike train --resume {path}, without torchrun")
+        raise ValueError(f"{path} was trained by {recorded!r} processes and would continue with {now}, which splits "
+                         f"its batches otherwise and changes its numbers; continue it as it ran: {how}")
+
+
 def _arithmetic_changes(path: Path) -> list[str]:
     """Warnings where a run continues with other arithmetic than it started with (another thread count or torch
     version adds floating-point sums in another order): its numbers may then differ slightly from an uninterrupted
@@ -673,10 +685,13 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
                for key, value in (settings or {}).items() if getattr(config, key) != value]
     if changed:
         raise ValueError(f"{path} continues with its stored settings; these would change them: {', '.join(changed)}")
+    _check_same_processes(path)
     if is_complete(path):  # (before the lock, which a finished run on a read-only disk could not take)
         raise ValueError(_complete(path))
-    with run_lock(path):
-        remove_stale_temporaries(path)  # left by a kill in the middle of a write
+    rank, _ = init_from_env(config.device)  # (under torchrun the first process alone holds the lock and writes)
+    with run_lock(path) if rank == 0 else nullcontext():
+        if rank == 0:
+            remove_stale_temporaries(path)  # left by a kill in the middle of a write
         if is_complete(path):  # (finished by another process meanwhile)
             raise ValueError(_complete(path))
         state, warnings = _checkpoint_to_continue(path)

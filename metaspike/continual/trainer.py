@@ -54,7 +54,7 @@ from metaspike.continual.schedulers import (
     step_scheduler,
 )
 from metaspike.diagnostics import consolidated_fractions, flip_rates, hidden_weight_histograms, sign_snapshot
-from metaspike.distributed import world
+from metaspike.distributed import start_alike, world
 from metaspike.population_statistics import evaluates_with_batch_statistics
 from metaspike.training import (
     Plugin,
@@ -401,8 +401,9 @@ class ContinualTrainer:
     :func:`metaspike.continual.load_batchnorm_state` they give an earlier task's accuracy again.
 
     Under ``torchrun`` (an initialised process group) every process trains on its slice of each
-    mini-batch and gradients are averaged; give it a model passed through
-    :func:`metaspike.distributed.sync_batchnorm` so BatchNorm sees the whole batch.
+    mini-batch and gradients are averaged; :meth:`fit` starts every process from the first one's weights and
+    refuses a model with BatchNorm that was not passed through :func:`metaspike.distributed.sync_batchnorm` (which
+    makes BatchNorm see the whole batch).
 
     Example:
         >>> from bnn import MLP
@@ -593,6 +594,7 @@ class ContinualTrainer:
                              f"{scenario.name!r} does not tell the learner (task_boundaries=False); compare it on a "
                              "scenario with tasks")
         self._identity = run_identity(scenario, cfg)
+        start_alike(self.model)  # (under several processes: the first one's weights everywhere)
         generator = torch.Generator().manual_seed(cfg.seed)
         if resume is None:
             result = ContinualResult(task_names=scenario.eval_task_names, training_tasks=len(scenario.tasks),
