@@ -182,9 +182,10 @@ def build_trainer(
 def _trainer(config: RunConfig, scenario: Scenario, progress: bool) -> ContinualTrainer:
     rank, processes = init_from_env(config.device)
     minimum = minimum_batch_size(uses_batchnorm(config.model), processes)
-    if config.batch_size < minimum:  # (train_epoch says the same, naming its argument instead of the flag)
-        why = "BatchNorm needs two samples per process" if uses_batchnorm(config.model) else "one sample per process"
-        raise ValueError(f"--batch-size {config.batch_size}: {processes} processes need at least {minimum} ({why})")
+    why = "BatchNorm needs two samples per process" if uses_batchnorm(config.model) else "one sample per process"
+    for flag, value in (("--batch-size", config.batch_size), ("--samples-per-task", config.samples_per_task)):
+        if value is not None and value < minimum:  # (train_epoch says the same, naming its argument, not the flag)
+            raise ValueError(f"{flag} {value}: {processes} processes need at least {minimum} ({why})")
     torch.manual_seed(config.seed)
     model = build_run_model(config, scenario)
     if processes > 1:
