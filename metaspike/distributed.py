@@ -193,8 +193,9 @@ def start_alike(model: nn.Module) -> None:
         raise ValueError(f"the model's BatchNorm layers ({', '.join(local[:3])}) would use each process's own slice "
                          "of the batch: pass the model through metaspike.distributed.sync_batchnorm first")
     with torch.no_grad():
-        for tensor in model.state_dict().values():
-            dist.broadcast(tensor, src=0)
+        for value in model.state_dict().values():
+            if isinstance(value, Tensor):  # (a module's extra state may be any object)
+                dist.broadcast(value, src=0)
 
 
 def average_gradients(model: nn.Module) -> None:
