@@ -121,6 +121,10 @@ class TaskStream(Sequence[Task]):
     def __len__(self) -> int:
         return self.count
 
+    def __repr__(self) -> str:
+        """``TaskStream(100000 tasks, first 'perm1', 8 kept)``: never the tasks' data."""
+        return f"TaskStream({self.count} tasks, first {self._names(0)!r}, {self.keep} kept)"
+
     def _index(self, index: int) -> int:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
             raise TypeError(f"task index must be an integer, got {index!r}")
@@ -190,6 +194,20 @@ class Scenario:
     task_boundaries: bool = True
     task_known_at_test: bool = True
     growing_head: bool = False
+
+    def __repr__(self) -> str:
+        """The scenario's kind, sizes and flags, e.g. ``Scenario('permuted', 3 tasks, 3 evaluated,
+        task_boundaries=True, task_known_at_test=True, growing_head=False)``: never the tasks' data or the
+        definition's permutations (thousands of numbers).
+
+        Example:
+            >>> from metaspike.data import load_dataset
+            >>> permuted(load_dataset("digits"), load_dataset("digits", "test"), n_tasks=3)
+            Scenario('permuted', 3 tasks, 3 evaluated, task_boundaries=True, task_known_at_test=True, growing_head=False)
+        """
+        return (f"Scenario({self.name!r}, {len(self.tasks)} tasks, {len(self.eval_tasks)} evaluated, "
+                f"task_boundaries={self.task_boundaries}, task_known_at_test={self.task_known_at_test}, "
+                f"growing_head={self.growing_head})")
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:

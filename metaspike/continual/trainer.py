@@ -181,6 +181,24 @@ class ContinualResult:
     training_tasks: int = 0
     evaluates_trained_tasks: bool = True
 
+    def __repr__(self) -> str:
+        """The tasks, the matrix's size and the metrics, on one line: never the curves and histograms (thousands of
+        numbers).
+
+        Example:
+            >>> ContinualResult(task_names=["a", "b"], matrix=[[90.0, 10.0], [60.0, 95.0]], seconds=1.5)
+            ContinualResult(2 tasks ['a', 'b'], matrix 2x2, ACC 77.50, BWT -30.00, 1.5 s)
+        """
+        names = self.task_names if len(self.task_names) <= 4 else [*self.task_names[:3], "...", self.task_names[-1]]
+        try:  # (a result before its first evaluation has none; a repr never raises)
+            metrics = self.metrics if self.matrix else {}
+        except ValueError:
+            metrics = {}
+        shown = ", ".join(f"{key} {value:.2f}" for key, value in metrics.items()
+                          if key in ("ACC", "BWT") and isinstance(value, float) and math.isfinite(value))
+        return (f"ContinualResult({len(self.task_names)} tasks {names}, matrix {len(self.matrix)}x"
+                f"{len(self.task_names)}{', ' + shown if shown else ''}, {self.seconds:.1f} s)")
+
     @property
     def metrics(self) -> dict[str, float]:
         """ACC, BWT, FWT and forgetting of :attr:`matrix` (see :mod:`metaspike.continual.metrics`). Until every task
