@@ -28,7 +28,7 @@ from metaspike.population_statistics import evaluates_with_batch_statistics, sta
 
 __all__ = ["check_inputs", "check_labels", "minimum_batch_size", "train_epoch", "evaluate", "evaluate_together", "MIN_STATISTICS_BATCH",
            "random_numbers_apart", "masked_logits", "backward_within_batch",
-           "classification_loss", "predictions", "TrainingDiverged", "Plugin"]
+           "classification_loss", "predictions", "TrainingDiverged", "Plugin", "non_finite_parameters"]
 
 
 class Plugin:
@@ -315,10 +315,23 @@ def train_epoch(
     return mean
 
 
+def non_finite_parameters(model: nn.Module) -> list[str]:
+    """The names of ``model``'s parameters that hold NaN or infinite values.
+
+    Example:
+        >>> net = torch.nn.Linear(2, 1)
+        >>> with torch.no_grad():
+        ...     _ = net.bias.fill_(float("nan"))
+        >>> non_finite_parameters(net)
+        ['bias']
+    """
+    return [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+
+
 def _refuse_non_finite_parameters(model: nn.Module) -> None:
     """:class:`TrainingDiverged` naming the parameters that became NaN or infinite while the loss stayed finite (a NaN
     in one gradient entry): a binary synapse shows a NaN hidden weight as +1 and would never learn again, silently."""
-    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    bad = non_finite_parameters(model)
     if bad:
         raise TrainingDiverged(f"parameters became NaN or infinite in this epoch while the loss stayed finite "
                                f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}): a gradient held NaN or "

@@ -62,6 +62,7 @@ from metaspike.training import (
     check_inputs,
     evaluate,
     evaluate_together,
+    non_finite_parameters,
     train_epoch,
 )
 
@@ -342,7 +343,7 @@ def _load_saved_optimizer(optimizer: Optimizer, optimizer_state: tuple[Any, Any]
 def _check_finite_weights(model: nn.Module, task: int) -> None:
     """Raise :class:`TrainingDiverged` when a parameter became NaN or infinite while the loss stayed finite (e.g. a
     Bayesian rule whose memory window is far too short)."""
-    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    bad = non_finite_parameters(model)
     if bad:
         window = " or lengthen the memory window" if next(bayesian_modules(model), None) is not None else ""
         raise TrainingDiverged(f"weights became NaN or infinite by the end of task {task} ({', '.join(bad[:3])}); "
