@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from metaspike.checks import is_whole
 from metaspike.continual.batchnorm import batchnorm_state
+from metaspike.continual.metrics import is_accuracy
 from metaspike.continual.scenarios import Scenario
 from metaspike.optimizer_state import check_parameter_state
 
@@ -44,11 +45,6 @@ def check_same_run(stored: Any, current: dict[str, Any]) -> None:
     if differ:
         raise ValueError(f"the checkpoint was written with other trainer settings ({'; '.join(differ)}); resume it "
                          "with the TrainerConfig it was made with")
-
-
-def _is_accuracy(value: Any) -> bool:
-    """Whether ``value`` is a float percentage in ``[0, 100]``, or NaN (a cell no evaluation filled)."""
-    return isinstance(value, float) and (math.isnan(value) or 0.0 <= value <= 100.0)
 
 
 def check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: torch.Generator, model: nn.Module,
@@ -85,11 +81,11 @@ def check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: tor
     width = len(scenario.eval_task_names)
     matrix = result["matrix"]
     if not isinstance(matrix, (list, tuple)) or len(matrix) != trained or not all(
-            isinstance(row, (list, tuple)) and len(row) == width and all(map(_is_accuracy, row)) for row in matrix):
+            isinstance(row, (list, tuple)) and len(row) == width and all(map(is_accuracy, row)) for row in matrix):
         raise ValueError(f"the checkpoint's accuracy matrix must have {trained} rows (its trained tasks) of {width} "
                          "accuracies in [0, 100] (or NaN: not evaluated)")
     baseline = result["baseline"]
-    if not isinstance(baseline, list) or len(baseline) != width or not all(map(_is_accuracy, baseline)):
+    if not isinstance(baseline, list) or len(baseline) != width or not all(map(is_accuracy, baseline)):
         raise ValueError(f"the checkpoint's untrained accuracies must be {width} accuracies in [0, 100] (or NaN)")
     if not all(isinstance(result[k], list) for k in ("curves", "histograms", "diagnostics")):
         raise ValueError("the checkpoint's curves, histograms and diagnostics must be lists")

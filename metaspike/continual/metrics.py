@@ -30,7 +30,17 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = ["average_accuracy", "backward_transfer", "forward_transfer", "forgetting", "summarize",
-           "last_tasks_accuracy", "evaluated_accuracy", "task_accuracy_over_time", "largest_rise"]
+           "last_tasks_accuracy", "evaluated_accuracy", "task_accuracy_over_time", "largest_rise", "is_accuracy"]
+
+
+def is_accuracy(value: object) -> bool:
+    """Whether ``value`` is a float percentage in ``[0, 100]``, or NaN (a cell no evaluation filled).
+
+    Example:
+        >>> is_accuracy(94.72), is_accuracy(float("nan")), is_accuracy(126.72)
+        (True, True, False)
+    """
+    return isinstance(value, float) and (math.isnan(value) or 0.0 <= value <= 100.0)
 
 
 def _as_array(matrix: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ import torch
 
 from metaspike.checks import is_finite_number, is_whole
 from metaspike.continual.checkpoints import CHECKPOINT_FORMAT
+from metaspike.continual.metrics import is_accuracy
 from metaspike.continual.trainer import ContinualResult
 from metaspike.diagnostics import plasticity_ranking
 from metaspike.files import atomic_open, atomic_write_text, check_torch_archive, csv_text, read_json, read_regular_file
@@ -442,7 +443,7 @@ def _check_accuracies(file: Path, header: Sequence[str], rows: Sequence[Sequence
     forgetting of 174 points)."""
     for column in (header.index(name) for name in names):
         for number, row in enumerate(rows, start=2):
-            if not (math.isnan(row[column]) or 0.0 <= row[column] <= 100.0):
+            if not is_accuracy(row[column]):
                 raise ValueError(f"{file} line {number}, column {header[column]!r}: {row[column]!r} is not an "
                                  "accuracy in [0, 100]")
 
