@@ -23,7 +23,7 @@ from metaspike.app.imports import FLAG, check_resumed_imports, import_modules
 from metaspike.app.models import DEFAULT_LR, takes_setting
 from metaspike.app.reproduce import cli as reproduce_cli
 from metaspike.continual.scenarios import SPLIT_MODES
-from metaspike.distributed import world, world_size_from_env
+from metaspike.distributed import world
 from metaspike.rules import available_rules
 
 __all__ = ["main"]
@@ -411,13 +411,12 @@ def _learning_settings(models: Sequence[str]) -> str:
 
 def _compare(args: argparse.Namespace) -> None:
     from metaspike.app import compare
-    from metaspike.app.runs import LEARNED_MARGIN
+    from metaspike.app.runs import LEARNED_MARGIN, refuse_several_processes
     from metaspike.app.tables import format_table
     from metaspike.checks import check_seed
     from metaspike.files import read_json
 
-    if world_size_from_env() > 1:
-        raise ValueError("compare runs in one process; under torchrun use 'metaspike train' (one setting per launch)")
+    refuse_several_processes("compare")
     if args.resume is not None:
         given = [flag for flag in args.argv if flag.startswith("--") and flag.split("=")[0] not in ("--resume", "--quiet", FLAG)]
         if given:

@@ -420,6 +420,17 @@ def _record(config: RunConfig, scenario: Scenario) -> dict[str, Any]:
     }
 
 
+def refuse_several_processes(command: str) -> None:
+    """One ``ValueError`` where ``torchrun`` started several processes for ``command``, which runs in one (each process
+    would run all of it, into its own folder).
+
+    Example:
+        >>> refuse_several_processes("compare")  # outside torchrun: nothing to refuse
+    """
+    if world_size_from_env() > 1:
+        raise ValueError(f"{command} runs in one process; under torchrun use 'metaspike train' (one setting per launch)")
+
+
 def _check_same_processes(path: Path) -> None:
     """A run continues with the number of processes it was trained by: another number splits each batch otherwise
     (a short last batch that one process trains, two skip), and the resumed numbers would differ, silently."""

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from metaspike.app.reproduce.experiments import EXPERIMENTS
 from metaspike.app.reproduce.scales import SCALES
-from metaspike.distributed import world_size_from_env
 
 __all__ = ["add_parser", "run"]
 
@@ -58,9 +57,9 @@ def _mean_std(mean: float, std: float) -> str:
 def run(args: argparse.Namespace) -> None:
     """Run (or, with ``--resume``, finish) the experiment named in ``args`` and print where its table and figure are."""
     from metaspike.app.reproduce import reproduce, resume_reproduction
+    from metaspike.app.runs import refuse_several_processes
 
-    if world_size_from_env() > 1:  # (each process would run the whole reproduction into its own folder)
-        raise ValueError("reproduce runs in one process; under torchrun use 'metaspike train' (one setting per launch)")
+    refuse_several_processes("reproduce")
     settings = [flag for flag, value in (("NAME", args.name), ("--scale", args.scale), ("--seeds", args.seeds),
                                          ("--data-dir", args.data_dir), ("--out", args.out)) if value is not None]
     if args.resume is not None:
