@@ -6,8 +6,9 @@ with a hard-tanh straight-through gradient) with metaplastic Adam (``meta > 0``)
 * **metaspike**: ``bnn.MLP`` + :class:`metaspike.MetaplasticAdam`. The hidden weight is the
   parameter; its signs are written once per step into persistent buffers (one compiled pass); each
   product of ±1 inputs by ±1 weights uses the fastest exact product of the machine (int8, bfloat16
-  or float32, timed once per process and shape; see :mod:`bnn.binary_linear`); the weight gradient
-  is written into a reused buffer; the optimizer updates the hidden weight in place (one fused,
+  or float32, timed once per process and shape; see :mod:`bnn.binary_linear`); each float32 product
+  (the first layer's, the backward ones) goes to the faster of ``torch.mm`` and oneDNN on the machine
+  (:mod:`bnn.float32_products`); the weight gradient is written into a reused buffer; the optimizer updates the hidden weight in place (one fused,
   compiled loop per weight matrix). Run twice: with the default float32 backward products, and
   with the opt-in ``precision="bfloat16"`` ones (``metaspike bf16``).
 * **authors' style** (written here from the description of the code published with Laborieux et
@@ -63,6 +64,7 @@ from torch.optim import Optimizer
 
 import bnn
 from bnn.binary_linear import _DTYPES, product_kinds, product_used, signs_product
+from bnn.float32_products import float32_library
 from metaspike import training
 from metaspike.allocator import keep_freed_memory
 from metaspike.checks import check_device
@@ -71,7 +73,7 @@ from metaspike.optim import MetaplasticAdam
 
 BATCH = 100
 LR = 0.005
-MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_int_mm")
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_int_mm", "mkldnn::_linear_pointwise")
 BATCH_NORM_OPS = ("aten::native_batch_norm", "aten::native_batch_norm_backward")
 
 
@@ -216,13 +218,15 @@ def make_contestants(hidden: int, meta: float, seed: int, device: torch.device) 
 
 
 def products_used(model: nn.Module, x: Tensor) -> list[str]:
-    """``"<in>x<out>: <product>"`` for each binary layer of ``model``, as a training step on ``x`` computes it, and
-    for a layer of ±1 inputs which exact products equal the float32 one bit for bit (all of them, or the run stops)."""
+    """``"<in>x<out>: <product>"`` for each binary layer of ``model``, as a training step on ``x`` computes it, the
+    library of each of its float32 products, and for a layer of ±1 inputs which exact products equal the float32 one
+    bit for bit (all of them, or the run stops)."""
     seen: list[str] = []
 
     def record(layer: nn.Module, args: tuple[Tensor, ...]) -> None:
         used = product_used(args[0], layer)
-        seen.append(f"{layer.in_features}x{layer.out_features}: {used}{exact_products(layer, args[0])}")
+        seen.append(f"{layer.in_features}x{layer.out_features}: {used}{float32_libraries(layer, args[0], used)}"
+                    f"{exact_products(layer, args[0])}")
 
     hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, bnn.BinaryLinear)]
     try:
@@ -231,6 +235,19 @@ def products_used(model: nn.Module, x: Tensor) -> list[str]:
         for hook in hooks:
             hook.remove()
     return seen
+
+
+def float32_libraries(layer: nn.Module, x: Tensor, used: str) -> str:
+    """``" [float32 by oneDNN; backward: grad_input oneDNN, grad_weight torch.mm]"``: which library computes each
+    float32 product of ``layer`` in a training step on ``x`` (see :mod:`bnn.float32_products`); ``""`` for a layer
+    on ``F.linear``."""
+    if used == "F.linear":
+        return ""
+    m, k, n = x.shape[0], layer.in_features, layer.out_features
+    forward = f"float32 by {float32_library(x.device, 'forward', m, k, n)}; " if used == "float32" else ""
+    backward = [f"{product} {float32_library(x.device, product, m, k, n)}"
+                for product, needed in (("grad_input", x.requires_grad), ("grad_weight", True)) if needed]
+    return f" [{forward}backward: {', '.join(backward)}]"
 
 
 def exact_products(layer: nn.Module, x: Tensor) -> str:

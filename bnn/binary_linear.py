@@ -13,7 +13,7 @@ weights, with the same results (the product bit for bit; gradients up to float32
     the device can return a bfloat16 product in float32 (CUDA) it is exact for ``k < 2**24``;
     where it rounds the product to bfloat16 (CPUs in torch 2.13) only for ``k <= 256``, the largest
     range in which bfloat16 holds every integer;
-  - ``"float32"``: ``F.linear``, always available.
+  - ``"float32"``: a float32 product (:mod:`bnn.float32_products`), always available.
 
   Which is fastest depends on the machine (one thread, 100 x 4096 x 4096, on a 2-core AMD EPYC with
   AVX-512: int8 13 ms, bfloat16 17 ms, float32 40 ms; 128 x 4096 x 4096 on one with AVX2 only, which
@@ -23,7 +23,9 @@ weights, with the same results (the product bit for bit; gradients up to float32
   On a busy machine the timing may pick a slower product; every candidate is exact. Inputs that
   are not ±1 (the first layer's pixels) use float32.
 * **Backward products in float32 by default.** ``grad_input = grad @ signs`` and
-  ``grad_weight = grad.T @ x`` multiply the real-valued gradient, so they stay float32. A layer
+  ``grad_weight = grad.T @ x`` multiply the real-valued gradient, so they stay float32. Every float32
+  product goes to the faster of torch's two float32 libraries on the machine (``torch.mm`` or oneDNN,
+  timed once per process and shape class; :mod:`bnn.float32_products`). A layer
   built with ``precision="bfloat16"`` rounds the gradient (and a real-valued input) to bfloat16 for
   these two products, and on CPUs their results too (opt-in: faster where bfloat16 products are,
   with input and weight gradients to about 8 significant bits; where they are slower than float32,
@@ -40,9 +42,7 @@ All apply to layers of at least :data:`FAST_MIN_NUMEL` weights; smaller layers g
 
 from __future__ import annotations
 
-import time
 import warnings
-from collections.abc import Callable
 from functools import cache, partial
 from typing import Any
 
@@ -51,6 +51,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import forward_ad
 
+from bnn.float32_products import float32_library, mm
+from bnn.product_timing import best_times, probe_rows, size_class
 from bnn.sign_buffers import storage_is_free
 
 __all__ = [
@@ -65,7 +67,6 @@ PRECISIONS = ("float32", "bfloat16")
 """The precisions a layer's backward products may use (``BinaryLinear(precision=...)``)."""
 _DTYPES = {"int8": torch.int8, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _BF16_EXACT_ROUNDED = 256  # bfloat16 holds every integer up to 2**8
-_PROBE_MAX_ROWS = 256  # larger batches share one shape class, timed with this many rows
 
 _choices: dict[tuple[Any, ...], str] = {}
 
@@ -144,13 +145,8 @@ def signs_product(x: Tensor, signs: Tensor, kind: str) -> Tensor:
         return torch._int_mm(x.to(torch.int8), signs.t()).float()
     if kind == "bfloat16":
         return _bf16_mm(x.to(torch.bfloat16), signs.t())
-    return torch.mm(x, signs.t())
-
-
-def _size_class(m: int) -> int:
-    """``m`` rows rounded up to a power of two (its exponent), all above ``_PROBE_MAX_ROWS`` one class: every class
-    has one set of :func:`product_kinds` (CUDA's int8 takes ``m > 16`` rows, the bound of class 16)."""
-    return max(min(m, _PROBE_MAX_ROWS + 1) - 1, 0).bit_length()
+    (m, k), n = x.shape, signs.shape[0]
+    return mm(x, signs.t(), float32_library(x.device, "forward", m, k, n))
 
 
 def product_kind(device: torch.device | str, m: int, k: int, n: int) -> str:
@@ -161,7 +157,7 @@ def product_kind(device: torch.device | str, m: int, k: int, n: int) -> str:
         True
     """
     device = torch.device(device)
-    key = (device, _size_class(m), k, n)
+    key = (device, size_class(m), k, n)  # every class has one set of product_kinds (CUDA's int8 takes m > 16)
     if key not in _choices:
         _choices[key] = _fastest(device, m, k, n)
     return _choices[key]
@@ -173,39 +169,10 @@ def _fastest(device: torch.device, m: int, k: int, n: int, rounds: int = 3, budg
     if len(kinds) == 1:
         return kinds[0]
     # the values do not change the time
-    x, w = torch.ones(min(m, _PROBE_MAX_ROWS), k, device=device), torch.ones(n, k, device=device)
+    x, w = torch.ones(probe_rows(m), k, device=device), torch.ones(n, k, device=device)
     signs = {kind: w.to(_DTYPES[kind]) for kind in kinds}
-    best = _best_times({kind: partial(signs_product, x, signs[kind], kind) for kind in kinds}, device, rounds, budget_s)
+    best = best_times({kind: partial(signs_product, x, signs[kind], kind) for kind in kinds}, device, rounds, budget_s)
     return min(kinds, key=best.__getitem__)
-
-
-def _best_times(products: dict[str, Callable[[], object]], device: torch.device, rounds: int = 3,
-                budget_s: float = 0.2) -> dict[str, float]:
-    """The best time in seconds of each of ``products`` over interleaved rounds on ``device``.
-
-    At least ``rounds`` rounds after a warm-up one, more (up to 50) while they took less than
-    ``budget_s`` in all: the best of many rounds is robust to other processes sharing the CPU.
-    """
-    best = dict.fromkeys(products, float("inf"))
-    spent, round_ = 0.0, 0
-    with torch.no_grad():
-        while round_ <= rounds or (spent < budget_s and round_ <= 50):  # round 0 warms up
-            for name, product in products.items():
-                _synchronize(device)
-                start = time.perf_counter()
-                product()
-                _synchronize(device)
-                elapsed = time.perf_counter() - start
-                if round_:
-                    best[name] = min(best[name], elapsed)
-                spent += elapsed
-            round_ += 1
-    return best
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 SLOW_BFLOAT16 = 1.5
@@ -225,7 +192,7 @@ def bfloat16_slowdown(device: torch.device) -> float:
     """
     a, b = torch.ones(64, 256, device=device), torch.ones(256, 256, device=device)
     a16, b16 = a.to(torch.bfloat16), b.to(torch.bfloat16)
-    best = _best_times({"float32": partial(torch.mm, a, b), "bfloat16": partial(_bf16_mm, a16, b16)}, device)
+    best = best_times({"float32": partial(torch.mm, a, b), "bfloat16": partial(_bf16_mm, a16, b16)}, device)
     return best["bfloat16"] / max(best["float32"], 1e-9)
 
 
@@ -238,11 +205,14 @@ def _warn_if_bfloat16_is_slow(device: torch.device) -> None:
                       "is faster and more precise here", RuntimeWarning, stacklevel=4)
 
 
-def _backward_mm(a: Tensor, b: Tensor, low: bool, out: Tensor | None = None) -> Tensor:
-    """``a @ b`` in float32 (into ``out`` when given), or of both rounded to bfloat16 with float32 sums when ``low``."""
+def _backward_mm(a: Tensor, b: Tensor, low: bool, product: str, out: Tensor | None = None) -> Tensor:
+    """``a @ b``, the backward ``product`` (``"grad_input"``: ``grad @ signs``, ``"grad_weight"``: ``grad.T @ x``), in
+    float32 by the faster library (into ``out`` when given), or of both rounded to bfloat16 with float32 sums when
+    ``low``."""
     if low:
         return _bf16_mm(a.to(torch.bfloat16), b.to(torch.bfloat16), out)
-    return a @ b if out is None else torch.mm(a, b, out=out)
+    m, n = a.shape if product == "grad_input" else reversed(a.shape)
+    return mm(a, b, float32_library(a.device, product, m, b.shape[1], n), out)
 
 
 class _FastBinaryLinear(torch.autograd.Function):
@@ -266,7 +236,7 @@ class _FastBinaryLinear(torch.autograd.Function):
             return _differentiable_backward(ctx, grad)
         x, signs = ctx.saved_tensors
         low = ctx.low
-        grad_x = _backward_mm(grad, signs, low) if ctx.needs_input_grad[0] else None
+        grad_x = _backward_mm(grad, signs, low, "grad_input") if ctx.needs_input_grad[0] else None
         grad_w = None
         if ctx.needs_input_grad[1]:
             buffer = ctx.grad_buffer
@@ -275,9 +245,9 @@ class _FastBinaryLinear(torch.autograd.Function):
                 grad_w = torch.empty(0, dtype=buffer.dtype, device=buffer.device).set_(
                     buffer.untyped_storage(), 0, buffer.shape, buffer.stride()
                 )
-                _backward_mm(grad.t(), x, low, out=grad_w)
+                _backward_mm(grad.t(), x, low, "grad_weight", out=grad_w)
             else:
-                grad_w = _backward_mm(grad.t(), x, low)
+                grad_w = _backward_mm(grad.t(), x, low, "grad_weight")
         grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b, None, None, None, None, None
 

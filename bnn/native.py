@@ -23,6 +23,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import stat
 import subprocess
@@ -139,10 +140,10 @@ def _open_private(folder: Path, name: str) -> ctypes.CDLL:
         os.close(folder_fd)
 
 
-def _build(compiler: str, flags: tuple[str, ...], folder: Path, name: str) -> None:
+def _build(compiler: list[str], flags: tuple[str, ...], folder: Path, name: str) -> None:
     with tempfile.TemporaryDirectory(dir=folder) as scratch:  # mode 0o700
         built = Path(scratch) / name
-        command = [compiler, *flags, str(SOURCE), "-o", str(built)]
+        command = [*compiler, *flags, str(SOURCE), "-o", str(built)]
         try:
             subprocess.run(command, check=True, capture_output=True, text=True)
         except subprocess.CalledProcessError:  # e.g. a compiler without -march=native: build for the generic CPU
@@ -161,7 +162,7 @@ def _build(compiler: str, flags: tuple[str, ...], folder: Path, name: str) -> No
         os.replace(digest, folder / _digest_name(name))
 
 
-def _load(compiler: str, flags: tuple[str, ...], folder: Path, name: str) -> ctypes.CDLL:
+def _load(compiler: list[str], flags: tuple[str, ...], folder: Path, name: str) -> ctypes.CDLL:
     """The library ``name`` in ``folder``, built there first if missing or damaged."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
@@ -197,14 +198,31 @@ def _instruction_sets() -> str:
     return "\n".join(dict.fromkeys(lines))  # one line per distinct CPU kind
 
 
+def _compiler() -> list[str] | None:
+    """The C compiler's command: ``CC`` split as a shell splits it (``CC="ccache gcc"``), else the first of
+    ``cc``, ``gcc`` and ``clang`` on the path; ``None`` (with a warning) where there is none."""
+    cc = os.environ.get("CC", "").strip()
+    if cc:
+        try:
+            return shlex.split(cc)
+        except ValueError as err:  # e.g. an unclosed quote
+            warnings.warn(f"CC={cc!r} is not a command ({err}): bnn.PackedMLP runs on torch ops (slower)",
+                          RuntimeWarning, stacklevel=4)
+            return None
+    found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if found is None:
+        warnings.warn("no C compiler found: bnn.PackedMLP runs on torch ops (slower)", RuntimeWarning, stacklevel=4)
+        return None
+    return [found]
+
+
 @cache
 def _kernels(flags: tuple[str, ...]) -> ctypes.CDLL | None:
     """:func:`kernels` compiled with ``flags`` (tests add ``-DPACKED_PORTABLE``)."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    compiler = _compiler()
     if compiler is None:
-        warnings.warn("no C compiler found: bnn.PackedMLP runs on torch ops (slower)", RuntimeWarning, stacklevel=3)
         return None
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(flags).encode(), compiler.encode(),
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(flags).encode(), "\0".join(compiler).encode(),
                                      platform.machine().encode(), _instruction_sets().encode()])).hexdigest()[:16]
     name = f"packed_kernels-{key}.so"
     try:

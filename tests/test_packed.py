@@ -421,6 +421,24 @@ def test_without_a_c_compiler_the_native_kernels_are_skipped_with_a_warning(monk
         assert _fresh_kernels() is None
 
 
+@pytest.mark.skipif(bnn.native.kernels() is None, reason="no C compiler to build the native kernels")
+def test_a_compiler_command_with_arguments_in_cc_builds_the_kernels(monkeypatch, tmp_path):
+    import shutil
+
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    monkeypatch.setenv("CC", f"env LC_ALL=C {compiler} -O2")  # as make takes CC, e.g. CC="ccache gcc"
+    monkeypatch.setenv("METASPIKE_CACHE", str(tmp_path))
+    lib = _fresh_kernels()
+    assert lib is not None and lib.binary_layer_kind()
+
+
+def test_a_cc_that_is_no_command_is_skipped_with_one_warning(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", 'gcc "-O2')
+    monkeypatch.setenv("METASPIKE_CACHE", str(tmp_path))
+    with pytest.warns(RuntimeWarning, match="""CC='gcc "-O2' is not a command \\(No closing quotation\\)"""):
+        assert _fresh_kernels() is None
+
+
 def test_memory_is_about_one_bit_per_weight(trained):
     packed = bnn.pack(trained, compile=False)
     weights = 784 * 128 + 128 * 64 + 64 * 10
