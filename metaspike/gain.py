@@ -218,6 +218,14 @@ def _synapse_tensors(layer: nn.Module, gain: OutputGain) -> list[Tensor]:
     return _SYNAPSE_TENSORS[gain]
 
 
+def _list_tensors_anew(layer: nn.Module, incompatible_keys: object) -> None:
+    """Post-hook of ``load_state_dict`` on a layer with a gain: ``assign=True`` puts new parameters in, so the
+    tensors :func:`_synapse_tensors` kept are listed again at the next pass."""
+    gain = output_gain(layer)
+    if gain is not None:
+        _SYNAPSE_TENSORS.pop(gain, None)
+
+
 def apply_output_gain(layer: nn.Module, output: Tensor) -> Tensor:
     """``layer``'s output (bias included) through its :class:`OutputGain`, as its forward hook applies it (with the
     watch for a gain no optimizer trains or that diverges, in training); for a caller that computes the layer's product itself.
@@ -259,6 +267,9 @@ def attach_output_gain(layer: nn.Module, scale: str, name: str = "") -> OutputGa
     warnings call it. :func:`metaspike.binarize` and :func:`metaspike.bayesianize` call it before the weight becomes
     a synapse.
 
+    The gain trains where the weight does (a frozen layer, ``requires_grad_(False)``, stays frozen), and its hook
+    runs before the forward hooks the layer had already: those see, and may replace, the output the next layer gets.
+
     Example:
         >>> layer = torch.nn.Linear(4, 3)
         >>> gain = attach_output_gain(layer, "layer")  # output α·(W x) + b, α a scalar here
@@ -266,8 +277,11 @@ def attach_output_gain(layer: nn.Module, scale: str, name: str = "") -> OutputGa
         >>> bool(torch.allclose(layer(x), gain.alpha * (x @ layer.weight.T) + layer.bias))
         True
     """
-    layer.output_gain = OutputGain(layer.weight, scale, name)
-    layer.register_forward_hook(_apply_output_gain)
+    weight = layer.weight
+    layer.output_gain = OutputGain(weight, scale, name)
+    layer.output_gain.alpha.requires_grad_(weight.requires_grad)
+    layer.register_forward_hook(_apply_output_gain, prepend=True)
+    layer.register_load_state_dict_post_hook(_list_tensors_anew)
     return layer.output_gain
 
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 
-__all__ = ["DEFAULT_LAYER_TYPES", "SynapseParametrization", "synapse_parametrization", "select_layers",
-           "layer_type_names", "each_once", "check_weight_ready", "warn_float_matrices_left",
+__all__ = ["DEFAULT_LAYER_TYPES", "SynapseParametrization", "attach_synapse", "synapse_parametrization",
+           "select_layers", "layer_type_names", "each_once", "check_weight_ready", "warn_float_matrices_left",
            "FORWARD_BYPASSING_OWNERS", "ROLE_ATTRIBUTE", "synapse_role"]
 
 #: The layer classes that get synapses unless a call names others.
@@ -35,6 +35,12 @@ class SynapseParametrization(nn.Module):
     """A parametrization of a layer's ``weight`` that makes it a synapse of kind ``kind`` (``"sign"``, ``"mesu"``,
     ``"bimu"``): the layer's weight parameter becomes the synapse's state.
 
+    The optimizers tell a synapse's tensors from a model's other parameters by marks that live with the tensors
+    (:meth:`mark`), and torch makes new tensors without them: a deep copy or an unpickled copy of the model, and
+    ``load_state_dict(..., assign=True)``. So a synapse keeps its tensors by role in a plain attribute (which a deep
+    copy maps to the new tensors) and marks them again when it is restored; :func:`attach_synapse` has every load of
+    a state dict mark the layer's new tensors.
+
     Example:
         >>> class Halved(SynapseParametrization):
         ...     kind = "halved"
@@ -44,6 +50,68 @@ class SynapseParametrization(nn.Module):
     """
 
     kind: ClassVar[str]
+
+    def tensors_of(self, layer: nn.Module) -> dict[str, Tensor]:
+        """The synapse's tensors on ``layer`` (its weight's parametrization), by role; none unless a subclass says."""
+        return {}
+
+    def mark(self, role: str, tensor: Tensor) -> None:
+        """Mark ``tensor`` as the synapse's ``role`` (read by :func:`synapse_role`); a subclass whose tensors are told
+        apart otherwise overrides it."""
+        setattr(tensor, ROLE_ATTRIBUTE, role)
+
+    def marked_tensors(self, layer: nn.Module) -> tuple[Tensor, ...]:
+        """:meth:`tensors_of` ``layer``, kept (the tensors a copy marks again) and marked now.
+
+        Example:
+            >>> import torch
+            >>> from metaspike import bayesianize
+            >>> layer = bayesianize(nn.Linear(3, 2), "mesu")
+            >>> [synapse_role(t) for t in synapse_parametrization(layer).marked_tensors(layer)]
+            ['mean', 'width']
+        """
+        tensors = self.tensors_of(layer)
+        object.__setattr__(self, "_role_tensors", tensors)  # (a plain attribute: deepcopy maps it to the new tensors)
+        self._mark_kept()
+        return tuple(tensors.values())
+
+    def _mark_kept(self) -> None:
+        """Mark the tensors :meth:`marked_tensors` kept, each by its role."""
+        for role, tensor in vars(self).get("_role_tensors", {}).items():
+            self.mark(role, tensor)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a deep copy or an unpickled model: torch copies a parameter's data, not its marks
+        super().__setstate__(state)
+        self._mark_kept()
+
+
+def attach_synapse(layer: nn.Module, synapse: SynapseParametrization, unsafe: bool = False) -> None:
+    """Make ``layer``'s weight the synapse ``synapse`` (torch's parametrization; ``unsafe`` skips torch's trial call
+    of it), mark its tensors, and have every ``load_state_dict`` into the layer (or a model holding it) mark them
+    again: with ``assign=True`` torch puts new parameters in, unmarked.
+
+    Example:
+        >>> from metaspike.bayesian import GaussianWeight
+        >>> layer, saved = nn.Linear(3, 2), nn.Linear(3, 2)
+        >>> for each in (layer, saved):
+        ...     attach_synapse(each, GaussianWeight(each.weight))
+        >>> _ = layer.load_state_dict(saved.state_dict(), assign=True)  # new parameters
+        >>> [synapse_role(p) for p in layer.parameters()]
+        [None, 'mean', 'width']
+    """
+    parametrize.register_parametrization(layer, "weight", synapse, unsafe=unsafe)
+    if not any(hook is _mark_after_load for hook in layer._load_state_dict_post_hooks.values()):
+        layer.register_load_state_dict_post_hook(_mark_after_load)
+    synapse.marked_tensors(layer)
+
+
+def _mark_after_load(layer: nn.Module, incompatible_keys: Any) -> None:
+    """Post-hook of ``load_state_dict`` on a synapse layer (a module-level function: copies and pickles keep it):
+    the synapse keeps and marks the layer's tensors as they are now."""
+    synapse = synapse_parametrization(layer)
+    if synapse is not None:
+        synapse.marked_tensors(layer)
 
 
 def synapse_parametrization(layer: nn.Module) -> SynapseParametrization | None:

@@ -64,10 +64,10 @@ def consolidates(param: Tensor, group: dict[str, Any]) -> bool:
 
 
 def warn_at_first_step_if_nothing_consolidated(optimizer: Optimizer) -> None:
-    """At the optimizer's first step, warn when some group asks for consolidation (``meta != 0``) but no parameter
-    is consolidated (a model that was not binarized: ``meta`` would then change nothing, silently). Checked at the
-    first step, not when the optimizer is made: a deep copy of a binary model marks its hidden weights again on its
-    first forward pass.
+    """At the end of the optimizer's first step, warn when some group asks for consolidation (``meta != 0``) but no
+    parameter is consolidated (a model that was not binarized: ``meta`` would then change nothing, silently). Checked
+    then, not when the optimizer is made nor before the step's closure: a binary layer whose parameters were replaced
+    by hand marks its hidden weight again on its forward pass.
 
     Example:
         >>> import warnings
@@ -88,7 +88,7 @@ def warn_at_first_step_if_nothing_consolidated(optimizer: Optimizer) -> None:
             checked = True
             _warn_if_nothing_consolidated(opt)
 
-    optimizer.register_step_pre_hook(check_once)
+    optimizer.register_step_post_hook(check_once)
 
 
 def _warn_if_nothing_consolidated(optimizer: Optimizer) -> None:
@@ -575,8 +575,9 @@ def metaplastic(
 ) -> Optimizer:
     """Add metaplastic consolidation to any torch optimizer, in place, and return it.
 
-    Before each step the consolidated weights (see :func:`consolidates`) are remembered; after it,
-    each one's change goes through the group's rule (``rule.step(old, old - new, meta, state)``) and
+    Before each step (for ``step(closure)``, right after the closure's first call: its forward pass marks a hidden
+    weight set by hand since the last one) the consolidated weights (see :func:`consolidates`) are remembered;
+    after it, each one's change goes through the group's rule (``rule.step(old, old - new, meta, state)``) and
     the weight is set to ``old - update``. ``meta``, ``rule`` and ``consolidate`` become param-group
     hyperparameters (groups that already set them keep them), so LR schedulers, ``state_dict()`` and
     per-layer strengths work as with the plain optimizer; a rule's state lives in ``optimizer.state``
@@ -604,14 +605,17 @@ def metaplastic(
         _check_wrapped_group(group, f"metaplastic({type(optimizer).__name__})")
     before: dict[Tensor, Tensor] = {}
 
-    def remember(opt: Optimizer, args: Any, kwargs: Any) -> None:
-        # every consolidated weight, with a gradient yet or not: a step(closure) makes the gradients only after this
+    def remember() -> None:
+        # every consolidated weight, with a gradient yet or not (the inner step skips those without one)
         before.clear()
-        for group in opt.param_groups:
+        for group in optimizer.param_groups:
             if check_meta(group["meta"], "a param group's meta") != 0:  # (edited since it was checked?)
                 for p in group["params"]:
                     if consolidates(p, group):
                         before[p] = p.detach().clone()
+
+    def remember_before_step(opt: Optimizer, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
+        return _after_the_closure(remember, args, kwargs)
 
     @torch.no_grad()
     def damp(opt: Optimizer, args: Any, kwargs: Any) -> None:
@@ -630,7 +634,7 @@ def metaplastic(
                     state["rule_state"] = state_to_dict(new_state)
         before.clear()
 
-    optimizer.register_step_pre_hook(remember)
+    optimizer.register_step_pre_hook(remember_before_step)
     optimizer.register_step_post_hook(damp)
     _hook_checkpoints(optimizer)
     add = optimizer.add_param_group
@@ -639,6 +643,31 @@ def metaplastic(
     optimizer.__class__ = _copied_with_hooks(type(optimizer))
     warn_at_first_step_if_nothing_consolidated(optimizer)
     return optimizer
+
+
+def _after_the_closure(then: Callable[[], None], args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
+    """Run ``then`` now, before a step without a closure; for ``step(closure)`` (``args``, ``kwargs`` as an optimizer's
+    step pre-hook gets them: ``args[0]`` is the optimizer), the step's arguments with a closure that runs ``then``
+    right after the closure's first call, before the step changes any weight. A closure's forward pass marks a hidden
+    weight set by hand (:func:`metaspike.synapse.mark_hidden_weight`), so what is consolidated is decided after it,
+    as in :meth:`MetaplasticAdam.step`."""
+    closure = kwargs["closure"] if "closure" in kwargs else args[1] if len(args) > 1 else None
+    if closure is None:
+        then()
+        return None
+    called = False
+
+    def closure_then() -> Any:
+        nonlocal called
+        loss = closure()
+        if not called:
+            called = True
+            then()
+        return loss
+
+    if "closure" in kwargs:
+        return args, {**kwargs, "closure": closure_then}
+    return (args[0], closure_then, *args[2:]), kwargs
 
 
 class _KeepsHooksWhenCopied:

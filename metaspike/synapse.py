@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,7 @@ from metaspike.gain import attach_output_gain, check_gain_layer, check_scale, ga
 from metaspike.layer_selection import (
     DEFAULT_LAYER_TYPES,
     SynapseParametrization,
+    attach_synapse,
     each_once,
     nothing_to_convert,
     select_layers,
@@ -49,8 +51,8 @@ def _forget(key: int, reference: weakref.ref) -> None:
 def mark_hidden_weight(weight: Tensor) -> Tensor:
     """Record ``weight`` as the hidden weight of a binary synapse (see :func:`is_hidden_weight`); returns it.
 
-    Binary synapse layers call it when created and on every forward pass (a copied model marks its
-    weights again on its first pass, before any gradient exists).
+    Binary synapse layers call it when created, copied, unpickled or loaded (``load_state_dict(..., assign=True)``
+    puts in a new parameter) and on every forward pass.
 
     Example:
         >>> w = nn.Parameter(torch.zeros(2, 2))
@@ -81,7 +83,8 @@ class BinarySynapse:
 
     A subclass sets ``is_binary`` (``False`` for a full-precision variant of the same layer) and
     implements :meth:`visible_weight`; layers of the ``bnn`` API do, so :func:`binary_modules` finds
-    them without ``metaspike`` importing ``bnn``.
+    them without ``metaspike`` importing ``bnn``. Its hidden weight is marked (:func:`mark_hidden_weight`) again
+    when the layer is deep-copied or unpickled and after its weight is loaded: torch makes new parameters there.
     """
 
     weight: nn.Parameter
@@ -95,6 +98,16 @@ class BinarySynapse:
         """The weight the forward pass uses (±1 for a binary synapse)."""
         raise NotImplementedError
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[misc]
+        _hidden_weight(self)  # type: ignore[arg-type]
+
+    def _load_from_state_dict(self, *args: Any) -> None:
+        """torch's load of the layer's own tensors (the override point torch gives for it), then its hidden weight
+        marked: ``load_state_dict(..., assign=True)`` puts in a new parameter."""
+        super()._load_from_state_dict(*args)  # type: ignore[misc]
+        _hidden_weight(self)  # type: ignore[arg-type]
+
 
 class SignWeight(SynapseParametrization):
     """Parametrization that shows ``sign(W_h)`` (unclipped straight-through gradient) in place of ``W_h``."""
@@ -103,6 +116,14 @@ class SignWeight(SynapseParametrization):
 
     def forward(self, hidden: Tensor) -> Tensor:
         return reuse_in_block(self, (hidden,), lambda: ste_sign(mark_hidden_weight(hidden), clip_value=None))
+
+    def tensors_of(self, layer: nn.Module) -> dict[str, Tensor]:
+        """The hidden weight ``W_h`` (the layer's weight parameter)."""
+        return {"hidden": layer.parametrizations.weight.original}
+
+    def mark(self, role: str, tensor: Tensor) -> None:
+        """Mark the hidden weight (:func:`mark_hidden_weight`)."""
+        mark_hidden_weight(tensor)
 
 
 def binarize(
@@ -169,16 +190,19 @@ def binarize(
     for name, layer in todo:  # everything checked: now change the model
         if scale is not None:
             attach_output_gain(layer, scale, name)
-        parametrize.register_parametrization(layer, "weight", SignWeight())
-        mark_hidden_weight(layer.parametrizations.weight.original)  # type: ignore[union-attr]
+        attach_synapse(layer, SignWeight())
     if not todo and not any(True for _ in binary_modules(module)):
         raise ValueError(nothing_to_convert(module, "binarize", layer_types))
     warn_float_matrices_left(module, [layer for _, layer in selected], exclude, "binarize", layer_types)
     return module
 
 
-def _has_sign_parametrization(layer: nn.Module) -> bool:
-    return isinstance(synapse_parametrization(layer), SignWeight)
+def _hidden_weight(layer: nn.Module) -> Tensor | None:
+    """The hidden weight of a binary synapse layer, marked; ``None`` for any other layer (a Bayesian synapse's too)."""
+    if isinstance(layer, BinarySynapse) and layer.is_binary and not parametrize.is_parametrized(layer, "weight"):
+        return mark_hidden_weight(layer.weight)
+    synapse = synapse_parametrization(layer)
+    return synapse.marked_tensors(layer)[0] if isinstance(synapse, SignWeight) else None
 
 
 def binary_modules(module: nn.Module) -> Iterator[tuple[str, nn.Module, nn.Parameter]]:
@@ -194,10 +218,9 @@ def binary_modules(module: nn.Module) -> Iterator[tuple[str, nn.Module, nn.Param
         ['0']
     """
     for name, layer in module.named_modules():
-        if isinstance(layer, BinarySynapse) and layer.is_binary and not parametrize.is_parametrized(layer, "weight"):
-            yield name, layer, mark_hidden_weight(layer.weight)
-        elif _has_sign_parametrization(layer):
-            yield name, layer, mark_hidden_weight(layer.parametrizations.weight.original)  # type: ignore[union-attr]
+        weight = _hidden_weight(layer)
+        if weight is not None:
+            yield name, layer, weight  # type: ignore[misc]
 
 
 def hidden_weights(module: nn.Module) -> list[nn.Parameter]:

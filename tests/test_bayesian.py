@@ -1059,3 +1059,49 @@ def test_settings_of_the_other_synapse_kind_are_refused_and_evaluation_samples_i
     assert not torch.nn.utils.parametrize.is_parametrized(net[0])
     with pytest.raises(ValueError, match="^evaluation_samples must be an int >= 1 or None, got 0$"):
         bnn.BayesianLinear(4, 3, samples=2, evaluation_samples=0)
+
+
+@pytest.mark.parametrize("kind", ["bimu", "mesu"])
+def test_a_state_dict_loaded_by_assignment_keeps_the_synapses_marked(kind):
+    """load_state_dict(..., assign=True) puts new parameters in: their roles are marked again, so the optimizers
+    refuse what they refused before the load (BiMU/MESU the biases and gains, Adam the synapse tensors), and a deep
+    copy of the loaded model (or a load into a deep copy) is marked as well, not the tensors the load replaced."""
+    from metaspike.bayesian.optim import check_synapse_optimizers
+    from metaspike.layer_selection import synapse_role
+    from metaspike.optim import MetaplasticAdam
+
+    def make():
+        return bayesianize(nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3)), kind)
+
+    roles = ["latent"] * 2 if kind == "bimu" else ["mean", "width"] * 2
+    model = make()
+    replaced = list(model.parameters())
+    model.load_state_dict(make().state_dict(), assign=True)
+    assert not any(p is q for p in model.parameters() for q in replaced)  # torch made new parameters
+    for loaded in (model, copy.deepcopy(model)):
+        assert [r for p in loaded.parameters() if (r := synapse_role(p)) is not None] == roles
+        for build in (lambda: (BiMU if kind == "bimu" else MESU)(loaded.parameters()),
+                      lambda: MetaplasticAdam(loaded.parameters()),
+                      lambda: check_synapse_optimizers(torch.optim.Adam(loaded.parameters()))):
+            with pytest.raises(ValueError, match="(Bayesian synapses|not a synapse tensor|width tensors|latent)"):
+                build()
+    copied = copy.deepcopy(make())
+    copied.load_state_dict(make().state_dict(), assign=True)  # (the copy's hooks were copied with it)
+    assert [r for p in copied.parameters() if (r := synapse_role(p)) is not None] == roles
+
+
+def test_a_frozen_layer_made_mesu_keeps_its_width_frozen():
+    """requires_grad_(False) before bayesianize: σ, made from the frozen weight, trains no more than μ does, so MESU
+    leaves the frozen layer as it was; the other layer's σ trains."""
+    net = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+    net[0].requires_grad_(False)
+    bayesianize(net, "mesu")
+    sigmas = [layer.parametrizations.weight[0].sigma for layer in (net[0], net[2])]
+    assert [s.requires_grad for s in sigmas] == [False, True]
+    frozen = [t.detach().clone() for t in net[0].parameters()]
+    optimizer = MESU(mesu_param_groups(net), lr_mu=10.0, lr_sigma=10.0)
+    for _ in range(3):
+        optimizer.zero_grad()
+        F.cross_entropy(net(torch.randn(8, 6)), torch.randint(0, 3, (8,))).backward()
+        optimizer.step()
+    assert all(torch.equal(before, after) for before, after in zip(frozen, net[0].parameters()))

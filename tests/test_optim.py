@@ -494,3 +494,47 @@ def test_a_model_converted_after_the_first_step_is_one_line_and_the_named_remedy
     optimizer.load_state_dict(optimizer.state_dict())
     optimizer.step()
     assert all(state["exp_avg"].dtype == torch.float64 for state in optimizer.state.values())
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "replaced"])
+@pytest.mark.parametrize("keyword", [False, True])
+def test_a_wrapped_step_with_a_closure_consolidates_weights_its_forward_pass_marks(how, keyword):
+    """metaplastic(SGD).step(closure) chose the weights to consolidate before the closure ran: hidden weights that
+    only its forward pass marks (a parameter replaced by hand; a deep copy's, before copies marked them) took plain
+    SGD steps, and a warning said that nothing is consolidated. The step must equal the same model's whose weights
+    were marked from the start."""
+    import copy
+
+    def build():
+        torch.manual_seed(1)
+        return metaspike.binarize(nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3)))
+
+    def unmarked():
+        if how == "deepcopy":
+            return copy.deepcopy(build())
+        model = build()
+        for layer in (model[0], model[2]):
+            weights = layer.parametrizations.weight
+            weights.original = nn.Parameter(weights.original.detach().clone())  # unmarked until a forward pass
+        return model
+
+    x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+
+    def first_step(model, meta):
+        optimizer = metaplastic(torch.optim.SGD(model.parameters(), lr=1.0), meta=meta)
+
+        def closure():
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        optimizer.step(closure=closure) if keyword else optimizer.step(closure)
+        return [p.detach() for p in model.parameters()]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no "consolidates nothing")
+        stepped = first_step(unmarked(), 50.0)
+    expected, plain = first_step(build(), 50.0), first_step(build(), 0.0)
+    assert all(torch.equal(a, b) for a, b in zip(stepped, expected))  # the same operations on the same numbers
+    assert not all(torch.equal(a, b) for a, b in zip(expected, plain))  # (meta = 50 does damp this step)

@@ -232,3 +232,54 @@ def test_nir_export_refuses_a_padding_it_cannot_express(tmp_path, mode):
                                          "cannot be exported"):
         export_nir(model, tmp_path / "conv.nir")
     assert not (tmp_path / "conv.nir").exists()
+
+
+@pytest.mark.parametrize("convert", ["binarize", "bimu"])
+def test_a_forward_hook_registered_before_the_conversion_sees_and_sets_the_gained_output(convert):
+    """The gain is a forward hook added by the conversion; run after the user's earlier hooks, it turned an
+    ablation hook's zeros into b·(1 - α) and showed a recording hook sign(W)x + b instead of the layer's output."""
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    seen = {}
+
+    def ablate_unit_0(module, inputs, output):
+        seen["hook"] = output.clone()
+        output = output.clone()
+        output[:, 0] = 0.0
+        return output
+
+    net[0].register_forward_hook(ablate_unit_0)
+    if convert == "binarize":
+        metaspike.binarize(net)
+    else:
+        metaspike.bayesianize(net, "bimu").eval()
+    net[1].register_forward_pre_hook(lambda module, inputs: seen.__setitem__("next", inputs[0]))
+    x = torch.randn(5, 4)
+    net(x)
+    layer = net[0]
+    gained = F.linear(x, layer.weight, layer.bias)
+    gained = layer.output_gain(gained, layer.bias)
+    assert torch.equal(seen["hook"], gained)  # the same operations: no rounding apart
+    assert torch.equal(seen["next"][:, 0], torch.zeros(5))
+    assert torch.equal(seen["next"][:, 1:], gained[:, 1:])
+
+
+@pytest.mark.parametrize("convert", ["binarize", "bimu"])
+def test_a_layer_frozen_before_the_conversion_keeps_its_gain_frozen(convert):
+    """requires_grad_(False) before binarize / bayesianize: the new gain trained, and the frozen layer's output
+    changed under an optimizer of the parameters that require gradients; the other layer's gain still trains."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    net[0].requires_grad_(False)
+    if convert == "binarize":
+        metaspike.binarize(net)
+    else:
+        metaspike.bayesianize(net, "bimu").eval()  # (evaluation mode: sign(λ), the same weights at each pass)
+    assert [net[i].output_gain.alpha.requires_grad for i in (0, 2)] == [False, True]
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    before = net[0](x).detach().clone()
+    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=0.05)
+    for _ in range(5):
+        optimizer.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        optimizer.step()
+    assert torch.equal(net[0](x), before)

@@ -411,3 +411,59 @@ def test_a_compiled_model_inside_binarized_once_is_not_recompiled_at_every_step(
     with torch._dynamo.config.patch(error_on_recompile=True):
         losses = train_steps(4)
     assert losses[-1] < losses[0]
+
+
+def _binary_models() -> list:
+    """Builders of a bnn model and of a binarized torch model."""
+    return [lambda: bnn.MLP([4, 5, 2]), lambda: binarize(nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)))]
+
+
+def _restored(build, how: str) -> nn.Module:
+    """A model from ``build``, deep-copied, pickled whole (torch.save; torch refuses a parametrized model, so the bnn
+    model only) or loaded by assignment into another one."""
+    import copy
+    import io
+
+    if how == "deepcopy":
+        return copy.deepcopy(build())
+    if how == "pickle":
+        buffer = io.BytesIO()
+        torch.save(build(), buffer)
+        buffer.seek(0)
+        return torch.load(buffer, weights_only=False)
+    model = build()
+    model.load_state_dict(build().state_dict(), assign=True)
+    return model
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "assign"])
+@pytest.mark.parametrize("which", [0, 1])
+def test_a_copied_unpickled_or_assign_loaded_binary_model_marks_its_hidden_weights_before_any_pass(how, which):
+    """torch makes new parameters there; they were unmarked until the first forward pass, so BiMU took the copy's
+    parameters (it refuses the original's) and an optimizer's first decisions missed them."""
+    from metaspike.bayesian import BiMU
+    from metaspike.synapse import is_hidden_weight
+
+    build = _binary_models()[which]
+    if how == "pickle" and which == 1:
+        pytest.skip("torch refuses to pickle a parametrized model")
+    original, restored = build(), _restored(build, how)
+    marked = [name for name, p in original.named_parameters() if is_hidden_weight(p)]
+    assert len(marked) == 2
+    assert [name for name, p in restored.named_parameters() if is_hidden_weight(p)] == marked
+    with pytest.raises(ValueError, match="BiMU"):
+        BiMU(restored.parameters())
+
+
+def test_a_gain_left_out_of_the_optimizer_is_named_after_an_assign_load():
+    """The gain's watch kept its layer's tensors as listed at the first pass: after load_state_dict(assign=True) it
+    read the replaced ones, whose versions no step changes, and never warned."""
+    from metaspike.optim import MetaplasticAdam
+
+    net = binarize(nn.Sequential(nn.Linear(8, 4), nn.Tanh(), nn.Linear(4, 2)))
+    x = torch.randn(16, 8)
+    for _ in range(2):  # training passes, the second with the gains' gradients: the watch lists the tensors
+        net(x).pow(2).sum().backward()
+    net.load_state_dict(binarize(nn.Sequential(nn.Linear(8, 4), nn.Tanh(), nn.Linear(4, 2))).state_dict(), assign=True)
+    opt = MetaplasticAdam([p for name, p in net.named_parameters() if "output_gain" not in name], lr=0.01, meta=5.0)
+    assert len(_idle_gain_warnings(net, opt, x)) == 2  # once per gain

@@ -56,8 +56,8 @@ from metaspike.gain import (
 )
 from metaspike.layer_selection import (
     DEFAULT_LAYER_TYPES,
-    ROLE_ATTRIBUTE,
     SynapseParametrization,
+    attach_synapse,
     check_weight_ready,
     each_once,
     nothing_to_convert,
@@ -199,22 +199,7 @@ SIGMA_INIT = 0.1
 LAMBDA_INIT = 0.1
 
 
-def _mark_roles(synapse: nn.Module) -> None:
-    """Mark the tensors of ``synapse`` with their roles (:data:`~metaspike.layer_selection.ROLE_ATTRIBUTE`)."""
-    for role, tensor in vars(synapse).get("_role_tensors", {}).items():
-        setattr(tensor, ROLE_ATTRIBUTE, role)
-
-
-class _RolesSurviveCopies:
-    """Mixin of the Bayesian parametrizations: a deep copy of the model marks the copied tensors' roles again, so
-    that ``BiMU(copy.deepcopy(model).parameters())`` is refused as ``BiMU(model.parameters())`` is."""
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)  # type: ignore[misc]
-        _mark_roles(self)  # type: ignore[arg-type]
-
-
-class GaussianWeight(_RolesSurviveCopies, SynapseParametrization):
+class GaussianWeight(SynapseParametrization):
     """Parametrization of a MESU synapse: the weight parameter is the mean ``μ``, ``sigma`` the width.
 
     ``sigma`` starts at ``sigma_init`` everywhere (the MESU paper starts ``σ`` at the scale of the
@@ -255,6 +240,10 @@ class GaussianWeight(_RolesSurviveCopies, SynapseParametrization):
 
     def forward(self, mu: Tensor) -> Tensor:
         return reuse_in_block(self, (mu, self.sigma), lambda: self.sample(mu))
+
+    def tensors_of(self, layer: nn.Module) -> dict[str, Tensor]:
+        """``μ`` (the layer's weight parameter) and ``σ``, by role."""
+        return {"mean": layer.parametrizations.weight.original, "width": self.sigma}
 
     def _row_sample(self, params: tuple[Tensor, ...], key: Tensor, rows: int) -> tuple[Tensor, Tensor]:
         """``(w, ε)``: ``rows`` flat samples and their noise (for :class:`_SampledRowProduct`)."""
@@ -366,7 +355,7 @@ def _integer_power(inv_tau: float) -> int:
     return k if k in _RELAXED_SAMPLES and k > 0 and abs(inv_tau - k) < 1e-9 else 0
 
 
-class BinaryWeight(_RolesSurviveCopies, SynapseParametrization):
+class BinaryWeight(SynapseParametrization):
     """Parametrization of a BiMU synapse: the weight parameter is the latent ``λ`` of a ±1 weight.
 
     The weight is ``+1`` with probability ``sigmoid(2λ)`` (mean ``tanh λ``). Training mode shows the
@@ -414,6 +403,10 @@ class BinaryWeight(_RolesSurviveCopies, SynapseParametrization):
 
     def forward(self, lam: Tensor) -> Tensor:
         return reuse_in_block(self, (lam,), lambda: self.sample(lam))
+
+    def tensors_of(self, layer: nn.Module) -> dict[str, Tensor]:
+        """``λ`` (the layer's weight parameter), by role."""
+        return {"latent": layer.parametrizations.weight.original}
 
     def _row_sample(self, params: tuple[Tensor, ...], key: Tensor, rows: int) -> tuple[Tensor, Tensor]:
         """``rows`` flat relaxed samples, twice: the samples and what their gradient needs (for
@@ -522,8 +515,10 @@ def _new_synapse(kind: str, weight: nn.Parameter, sigma_init: float, lambda_init
                  evaluation: str) -> _Parametrization:
     """The parametrization that makes ``weight`` a synapse of ``kind`` (BiMU: ``λ`` drawn anew unless
     ``lambda_init`` is ``None``)."""
-    if kind == "mesu":
-        return GaussianWeight(weight, sigma_init, evaluation)
+    if kind == "mesu":  # (σ trains where μ does: a frozen layer stays frozen)
+        synapse = GaussianWeight(weight, sigma_init, evaluation)
+        synapse.sigma.requires_grad_(weight.requires_grad)
+        return synapse
     if lambda_init is not None:
         with torch.no_grad():
             weight.normal_(0.0, lambda_init)
@@ -544,8 +539,7 @@ def _make_synapses(layers: list[tuple[str, nn.Module]], kind: str, scale: str | 
             shared[id(weight)] = _new_synapse(kind, weight, sigma_init, lambda_init, temperature, evaluation)
         # unsafe: skip torch's trial call of the parametrization (a sample has the weight's shape and dtype by
         # construction), which would draw random numbers and compile the sample loop for every layer built
-        parametrize.register_parametrization(layer, "weight", shared[id(weight)], unsafe=True)
-        _synapse_tensors(layer, shared[id(weight)])  # (marks their roles)
+        attach_synapse(layer, shared[id(weight)], unsafe=True)
 
 
 def make_bayesian(
@@ -689,12 +683,9 @@ def bayesian_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, tu
 
 def _synapse_tensors(layer: nn.Module, synapse: _Parametrization) -> tuple[nn.Parameter, ...]:
     """``(μ, σ)`` of a MESU layer, ``(λ,)`` of a BiMU layer, marked with their roles: when the synapse is made, and
-    again whenever they are listed or the model is deep-copied (torch copies a parameter's data only)."""
-    original = layer.parametrizations.weight.original
-    roles = {"mean": original, "width": synapse.sigma} if isinstance(synapse, GaussianWeight) else {"latent": original}
-    object.__setattr__(synapse, "_role_tensors", roles)  # (a plain attribute: deepcopy maps it to the new tensors)
-    _mark_roles(synapse)
-    return tuple(roles.values())
+    again whenever they are listed, a state dict is loaded or the model is deep-copied (torch copies a parameter's
+    data only; :class:`~metaspike.layer_selection.SynapseParametrization`)."""
+    return synapse.marked_tensors(layer)  # type: ignore[return-value]
 
 
 def mesu_param_groups(model: nn.Module) -> list[dict[str, Any]]:
