@@ -132,6 +132,15 @@ class OutputGain(nn.Module):
         self._seen_synapses: int | None = None
         self._idle_steps = 0
 
+    def extra_repr(self) -> str:
+        """``scale='channel', shape=(64, 1)``: what ``print(model)`` shows of the gain.
+
+        Example:
+            >>> OutputGain(torch.ones(3, 2), "layer")
+            OutputGain(scale='layer', shape=())
+        """
+        return f"scale={self.scale!r}, shape={tuple(self.alpha.shape)}"
+
     def _describe(self, layer: nn.Module) -> str:
         """The gain's layer, for a warning: ``layer '1.0' (Linear, α of shape (64,))``, or without a known name
         ``a Linear layer (α of shape (64,))``."""

@@ -36,3 +36,12 @@ class Scale(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.gain
+
+    def extra_repr(self) -> str:
+        """``shape=(2, 1, 1)``: what ``print(model)`` shows of the layer.
+
+        Example:
+            >>> Scale(3)
+            Scale(shape=(3,))
+        """
+        return f"shape={tuple(self.gain.shape)}"
