@@ -261,7 +261,8 @@ def _shape(shape: tuple[int | None, ...]) -> str:
 
 
 def check_tensor(label: str, name: str, t: object, shape: tuple[int | None, ...], dtype: torch.dtype) -> Tensor:
-    """``t`` as a contiguous CPU tensor holding exactly ``shape`` (``None``: any size) elements of ``dtype``.
+    """``t`` as a contiguous CPU tensor holding exactly ``shape`` (``None``: any size) elements of ``dtype``, detached
+    from autograd (a tensor read from a file may carry ``requires_grad``, which the kernels' values never need).
 
     Views (stride 0, transposed, sliced) are copied into a buffer of their own, and the buffer is
     checked to hold them; anything else raises a one-line ``ValueError`` naming ``label`` and ``name``.
@@ -282,6 +283,7 @@ def check_tensor(label: str, name: str, t: object, shape: tuple[int | None, ...]
     sizes = t.shape
     if t.dtype != dtype or len(sizes) != len(shape) or not all([s is None or s == n for s, n in zip(shape, sizes)]):
         raise ValueError(f"{label} {name} is {tuple(sizes)} {t.dtype}, expected {_shape(shape)} {dtype}")
+    t = t.detach()
     if t.is_neg():
         t = t.resolve_neg()
     t = t.contiguous()
@@ -317,8 +319,9 @@ def _call(fn, label: str, inputs: Tensor, n: int, weight: Tensor, out: int, cols
 
 def real_layer(lib: ctypes.CDLL, x: Tensor, weight_t: Tensor, flip: Tensor | None = None,
                threshold: Tensor | None = None, label: str = "first layer", threads: int | None = None) -> Tensor:
-    """First layer: float64 pre-activations ``(B, out)`` of real inputs ``x`` (``(B, n)``, converted to
-    float32) for sign bytes ``weight_t`` (transposed: ``(ceil(n/8), out)``), or, with
+    """First layer: float64 pre-activations ``(B, out)`` of real float32 inputs ``x`` (``(B, n)``; a caller
+    rounds other dtypes first, as :class:`bnn.PackedMLP` does) for sign bytes ``weight_t`` (transposed:
+    ``(ceil(n/8), out)``), or, with
     ``flip``/``threshold``, the packed int64 bits of ``(-a if flip else a) >= threshold``.
     ``threads`` caps the kernel's threads (default: torch's number).
 
@@ -333,8 +336,6 @@ def real_layer(lib: ctypes.CDLL, x: Tensor, weight_t: Tensor, flip: Tensor | Non
         >>> lib is None or real_layer(lib, torch.tensor([[1.0, 2.0, 4.0]]), w.T).tolist() == [[3.0]]
         True
     """
-    if isinstance(x, Tensor) and x.is_floating_point() and x.is_cpu:
-        x = x.to(torch.float32)
     x = check_tensor(label, "input", x, (None, None), torch.float32)
     if x.shape[1] < 1:
         raise ValueError(f"{label} input has no features (shape {tuple(x.shape)})")

@@ -14,7 +14,8 @@ model in eval mode, from about 1/32 of its memory:
   folds into the same threshold: the float model computes ``BN(α·a)``, which is monotone in ``a``
   (reversed where ``α < 0``), so the search above simply evaluates ``BN(α·a)``; the weights stay bits.
   The last layer keeps ``α`` (one float32 per class) and multiplies the scores by it before its BatchNorm.
-* The first layer takes real-valued input. Its pre-activation ``Σ ±x_i`` is compared in float64
+* The first layer takes real-valued input, rounded to float32 once (as the float32 model reads it; every kernel
+  computes from those values, whatever the input's dtype). Its pre-activation ``Σ ±x_i`` is compared in float64
   with the threshold ``(μ - β·sqrt(σ² + ε)/γ) / α``, so the packed model decides each neuron on its exact sum.
   The float model rounds that sum in float32, and where the rounding carries it across the threshold (an input
   within a rounding error of it), the two differ: this is the only possible difference between them. Measured on
@@ -216,6 +217,22 @@ def _torch_on_calling_thread() -> Iterator[int]:
         openmp.omp_set_num_threads(threads)
 
 
+def _float32_input(x: Tensor) -> Tensor:
+    """Floating-point input ``x`` rounded to float32, the one rounding every kernel computes from; a finite value
+    beyond float32's range (which would round to infinity) is one ``ValueError``.
+
+    Example:
+        >>> _float32_input(torch.tensor([0.1], dtype=torch.float64)).item() == torch.tensor(0.1).item()
+        True
+    """
+    rounded = x.to(torch.float32)
+    if x.dtype == torch.float64 and bool((rounded.isinf() & x.isfinite()).any()):  # (float64: the one wider dtype)
+        largest = torch.finfo(torch.float32).max
+        raise ValueError(f"input holds finite values beyond float32's range (magnitudes up to {largest:.8g}): the "
+                         "packed model computes in float32, as the float model does")
+    return rounded
+
+
 def _scores(a: Tensor, last: dict) -> Tensor:
     """The last layer's gain and BatchNorm, run eagerly with the float model's own kernels so scores match
     bit for bit (a gain of 1 multiplies exactly)."""
@@ -326,9 +343,13 @@ class PackedMLP:
     def __call__(self, x: Tensor) -> Tensor:
         """Class scores (float32, ``(batch, classes)``) of real-valued inputs ``x`` (finite, on the CPU).
 
+        ``x`` may have any floating dtype: it is rounded to float32 once, as the float32 model it was packed from
+        reads it, and every kernel computes from those values (a float64 input gets the scores of its float32
+        rounding).
+
         Raises:
             ValueError: ``x`` has the wrong number of features, is not a floating-point CPU tensor,
-                or holds NaN or infinite values.
+                holds NaN or infinite values, or finite values beyond float32's range.
         """
         if not isinstance(x, Tensor) or x.dim() < 2 or math.prod(x.shape[1:]) != self.sizes[0]:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -340,6 +361,7 @@ class PackedMLP:
         if not torch.is_floating_point(x):
             raise ValueError(f"input must be floating point, got dtype {x.dtype}")
         with torch.inference_mode():
+            x = _float32_input(x)
             if self._native is not None:  # the kernel refuses NaN and infinity itself, at no cost
                 with _torch_on_calling_thread() as threads:
                     a = _native_last_preactivation(self._native, x, self.layers, self.sizes, threads,
@@ -404,7 +426,7 @@ class PackedMLP:
             ValueError: ... is not a readable packed BNN file (truncated or corrupted?): torch.load failed ...
         """
         raw = read_regular_file(path, "packed BNN file")
-        check_torch_archive(raw, f"{path}")
+        check_torch_archive(raw, f"packed BNN file {path}")
         try:
             data = torch.load(io.BytesIO(raw), weights_only=True)
         except Exception as err:
@@ -582,12 +604,23 @@ def _check_file(data: object, path: str | os.PathLike) -> tuple[list[int], list[
 
 #: Modules an MLP in eval mode passes its input through unchanged (a 2-D batch through ``Flatten``, every kind of
 #: dropout): pack skips them.
-_PASS_THROUGH = (nn.Flatten, nn.Identity, nn.modules.dropout._DropoutNd)
+_PASS_THROUGH = (nn.Flatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                 nn.FeatureAlphaDropout)
+#: The classes whose forward pack reads from their parameters (or skips): a subclass must keep their forward.
+_KNOWN_LAYERS = (BinaryLinear, nn.BatchNorm1d, SignActivation, *_PASS_THROUGH)
+
+
+def _replaced_forward(module: nn.Module) -> type[nn.Module] | None:
+    """The first class of :data:`_KNOWN_LAYERS` that ``module`` is an instance of but whose ``forward`` its own class
+    replaces (pack would compute that class's forward, not the module's), else ``None``."""
+    return next((known for known in _KNOWN_LAYERS
+                 if isinstance(module, known) and type(module).forward is not known.forward), None)
 
 
 def _layers_of(model: nn.Module) -> list[tuple[BinaryLinear, nn.BatchNorm1d]]:
     """The ``(BinaryLinear, BatchNorm1d)`` pairs of an MLP, after checking its structure: a ``bnn.MLP`` or an
-    ``nn.Sequential`` (whose forward is its modules in order: the packed model computes that and nothing else)."""
+    ``nn.Sequential`` (whose forward is its modules in order: the packed model computes that and nothing else) of
+    layers whose classes keep the forward of the layer pack reads them as (:func:`_replaced_forward`)."""
     if type(model).forward not in (MLP.forward, nn.Sequential.forward):
         raise ValueError(f"pack takes a bnn.MLP or an nn.Sequential of its layers; {type(model).__name__} has a forward "
                          "of its own, which pack cannot see (it would pack the layers and drop what forward does "
@@ -597,6 +630,13 @@ def _layers_of(model: nn.Module) -> list[tuple[BinaryLinear, nn.BatchNorm1d]]:
     if hooked is not None:
         raise ValueError(f"pack: module {hooked!r} has forward hooks, which can change what the model computes and "
                          "which pack cannot see; remove them first (the handle's .remove())")
+    for name, module in model.named_children():
+        replaced = _replaced_forward(module)
+        if replaced is not None:
+            raise ValueError(f"pack: module {name!r} of {type(model).__name__} is a {type(module).__name__}, a "
+                             f"{replaced.__name__} with a forward of its own, which pack cannot see (it packs what "
+                             f"{replaced.__name__}.forward computes): use a plain {replaced.__name__} there, or move "
+                             "the other work out of the model")
     expected = "BinaryLinear -> BatchNorm1d [-> SignActivation] per layer"
     named = [(name, m) for name, m in model.named_children() if not isinstance(m, _PASS_THROUGH)]
     modules = [m for _, m in named]
@@ -717,9 +757,10 @@ def pack(model: nn.Module, compile: bool = True) -> PackedMLP:
     ``False`` runs plain torch ops. It warns when the model's weights changed after its statistics were fixed.
 
     Raises:
-        ValueError: ``model`` is not an MLP of binary layers with sign activations, its
-            BatchNorm layers have no population statistics (:func:`bnn.use_population_statistics`),
-            or it is in training mode (where BatchNorm uses batch statistics, not the ones packed).
+        ValueError: ``model`` is not an MLP of binary layers with sign activations, it or one of its layers has
+            a forward of its own (a subclass that overrides it), its BatchNorm layers have no population statistics
+            (:func:`bnn.use_population_statistics`), or it is in training mode (where BatchNorm uses batch
+            statistics, not the ones packed).
 
     Example:
         >>> import bnn

@@ -52,6 +52,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     path = Path(path)
     if not path.parent.is_dir():  # (mkstemp would name its temporary file instead)
         raise FileNotFoundError(f"cannot write {path}: its folder {path.parent} does not exist")
+    if _is_folder(path):  # (refused before anything is written; os.replace would name the temporary file)
+        raise IsADirectoryError(f"cannot write {path}: it is a folder; name a file inside it or beside it")
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as err:  # (a read-only folder: name the file asked for, not a random temporary name)
@@ -69,6 +71,14 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
         if failure is not None and failure.filename is None:  # (a full disk names no file): name the target
             raise OSError(failure.errno, failure.strerror or str(failure), str(path)) from err
         raise
+
+
+def _is_folder(path: Path) -> bool:
+    """Whether ``path`` itself is a folder (a link to one is not: the rename replaces the link)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:  # missing (the usual case) or unreadable: the write itself says what is wrong
+        return False
 
 
 def _file_failure(err: BaseException) -> OSError | None:
@@ -203,24 +213,54 @@ def read_json(path: str | os.PathLike) -> Any:
                          "was it edited?") from None
 
 
-def check_torch_archive(data: bytes, what: str) -> None:
-    """Refuse bytes that ``torch.load`` should not expand: ``torch.save`` writes a zip archive whose members are
-    stored uncompressed, so a member that is compressed (a small file that inflates to gigabytes in memory before
-    torch finds anything wrong) or sizes that add up to more than the file are one ``ValueError`` naming ``what``.
+#: How a zip archive starts (a local file header): ``torch.load`` reads bytes that start so with its zip reader, and
+#: others as its older format.
+_ZIP_MAGIC = b"PK\x03\x04"
+#: The signature of the end-of-central-directory record, from which every zip reader (Python's, torch's) finds the
+#: members: bytes without one are no archive that either can open.
+_END_OF_CENTRAL_DIRECTORY = b"PK\x05\x06"
 
-    Bytes that are no zip archive at all pass: ``torch.load`` refuses them without expanding anything, and its
-    callers name the damage.
+
+def check_torch_archive(data: bytes, what: str) -> None:
+    """Refuse bytes that ``torch.load`` should not expand: ``torch.save`` writes a plain zip archive whose members
+    are stored uncompressed, so a member that is compressed (a small file that inflates to gigabytes in memory
+    before torch finds anything wrong), sizes that add up to more than the file, and an archive that Python's
+    ``zipfile`` cannot read (whose sizes it cannot bound, while torch's own zip reader may still read it and
+    inflate its members) are one ``ValueError`` naming ``what``.
+
+    Bytes that do not start as a zip archive are refused too: ``torch.load`` would read them as its format from
+    before torch 1.6, which sets aside as much memory as the file's pickle declares for each tensor, and no
+    metaspike file was ever written that way. Bytes without an end-of-central-directory record (a truncated file)
+    pass: torch's zip reader refuses them without expanding anything, and the callers name the damage.
 
     Example:
         >>> import torch
         >>> buffer = io.BytesIO(); torch.save({"w": torch.zeros(3)}, buffer)
         >>> check_torch_archive(buffer.getvalue(), "model.pt")
+        >>> damaged = buffer.getvalue().replace(b"PK\\x01\\x02", b"PK\\x01\\x00", 1)  # a central directory entry
+        >>> check_torch_archive(damaged, "model.pt")
+        Traceback (most recent call last):
+        ...
+        ValueError: model.pt starts as a zip archive but is not one Python's zipfile can read (BadZipFile: ...
     """
+    if not data.startswith(_ZIP_MAGIC):
+        raise ValueError(f"{what} is not a zip archive, which torch.save writes (it starts with {data[:4]!r}): "
+                         "another kind of file, or damaged; refused before loading")
+    if _END_OF_CENTRAL_DIRECTORY not in data:
+        return
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             members = archive.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError):
-        return
+    except Exception as err:  # zipfile raises several types for damaged archives (NotImplementedError among them)
+        raise ValueError(f"{what} starts as a zip archive but is not one Python's zipfile can read "
+                         f"({type(err).__name__}: {_first_line(err)}); torch.save writes plain zip archives, so it "
+                         "is damaged or was made by hand: refused before loading") from None
     if any(m.compress_type != zipfile.ZIP_STORED for m in members) or sum(m.file_size for m in members) > len(data):
         raise ValueError(f"{what} has compressed or oversized members, which torch.save never writes; refused "
                          "before loading")
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message (``"no message"`` where it has none), for a one-line error."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else "no message"

@@ -882,3 +882,147 @@ def test_pack_refuses_what_load_would_refuse(trained):
         last.weight[0] *= 1e35
     with pytest.raises(ValueError, match="pack: layer 2 .* give scores beyond float32"):
         bnn.pack(model, compile=False)
+
+
+class _ShiftedSign(bnn.SignActivation):
+    def forward(self, x):
+        return super().forward(x - 0.5)
+
+
+class _NegatedLinear(bnn.BinaryLinear):
+    def forward(self, x):
+        return -super().forward(x)
+
+
+class _ShiftedNorm(torch.nn.BatchNorm1d):
+    def forward(self, x):
+        return super().forward(x) + 1.0
+
+
+class _DoublingIdentity(torch.nn.Identity):
+    def forward(self, x):
+        return 2 * x
+
+
+class _RenamedSign(bnn.SignActivation):
+    """A subclass that keeps SignActivation's forward: pack reads it as one."""
+
+
+@pytest.mark.parametrize("position, layer, base", [
+    (2, _ShiftedSign(), "SignActivation"), (0, _NegatedLinear(37, 65), "BinaryLinear"),
+    (1, _ShiftedNorm(65), "BatchNorm1d"), (3, _DoublingIdentity(), "Identity"),
+], ids=["sign", "linear", "batchnorm", "skipped-identity"])
+def test_pack_refuses_a_layer_whose_class_replaces_its_forward(position, layer, base):
+    """pack computes what BinaryLinear, BatchNorm1d, SignActivation (and the skipped Identity) compute; a subclass
+    overriding forward computed something else, and packed silently into a model that predicted otherwise."""
+    torch.manual_seed(0)
+    layers = [bnn.BinaryLinear(37, 65), torch.nn.BatchNorm1d(65), bnn.SignActivation(), bnn.BinaryLinear(65, 3),
+              torch.nn.BatchNorm1d(3)]
+    if isinstance(layer, torch.nn.Identity):
+        layers.insert(position, layer)
+    else:
+        layers[position] = layer
+    model = bnn.use_population_statistics(torch.nn.Sequential(*layers), torch.rand(200, 37)).eval()
+    with pytest.raises(ValueError) as info:
+        bnn.pack(model)
+    assert str(info.value) == (
+        f"pack: module '{position}' of Sequential is a {type(layer).__name__}, a {base} with a forward of its own, "
+        f"which pack cannot see (it packs what {base}.forward computes): use a plain {base} there, or move the "
+        "other work out of the model")
+
+
+def test_a_layer_subclass_that_keeps_its_forward_packs_as_its_base():
+    torch.manual_seed(0)
+    layers = [bnn.BinaryLinear(37, 65), torch.nn.BatchNorm1d(65), _RenamedSign(), bnn.BinaryLinear(65, 3),
+              torch.nn.BatchNorm1d(3)]
+    x = torch.rand(200, 37)
+    model = bnn.use_population_statistics(torch.nn.Sequential(*layers), x).eval()
+    with torch.no_grad():
+        assert torch.equal(bnn.pack(model, compile=False)(x), model(x))
+
+
+def _model_with_a_threshold_at(m: float) -> torch.nn.Module:
+    """A 2-3-2 MLP whose first hidden neuron fires iff x[0] + x[1] >= m (weights +1, BatchNorm centred on the
+    float32 value m, no shift): the packed threshold is m exactly."""
+    torch.manual_seed(0)
+    model = bnn.MLP([2, 3, 2])
+    with torch.no_grad():
+        model[1].weight[0] = 1.0
+    bnn.use_population_statistics(model, torch.rand(100, 2)).eval()
+    norm = model[2]
+    with torch.no_grad():
+        norm.running_mean[0], norm.running_var[0], norm.weight[0], norm.bias[0] = m, 1.0, 1.0, 0.0
+    return model
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["torch-ops", "fast-kernels"])
+def test_a_float64_input_is_rounded_to_float32_once_on_every_path(compile):
+    """A float64 input is the float32 model's input after one rounding: the reference torch ops summed the float64
+    values while the native kernel summed their float32 rounding, so the same input got other scores (and
+    predictions) depending on whether a C compiler was found."""
+    m = torch.tensor(0.3).item()  # a float32 value: the threshold of the first hidden neuron
+    model = _model_with_a_threshold_at(m)
+    x = torch.tensor([[np.nextafter(m, -np.inf), 0.0]], dtype=torch.float64)  # below m; rounds to m in float32
+    assert x[0, 0].item() < m and x.float()[0, 0].item() == m
+    packed = bnn.pack(model, compile=compile)
+    expected = packed(x.float())  # the neuron fires: its sum is m
+    below = packed(torch.tensor([[np.nextafter(np.float32(m), np.float32(-1)), 0.0]]))  # float32, below m: it does not
+    assert not torch.equal(below, expected)  # (so the neuron's decision shows in the scores)
+    assert torch.equal(packed(x), expected)
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["torch-ops", "fast-kernels"])
+def test_a_finite_input_beyond_float32s_range_is_named_as_such(compile):
+    """A finite 1e300 was refused by the native kernel as "NaN or infinite" (its float32 rounding is infinite)
+    and accepted by the torch ops; both now say what it is, and float32's largest value is accepted."""
+    model = bnn.use_population_statistics(bnn.MLP([2, 4, 2]), torch.rand(100, 2)).eval()
+    packed = bnn.pack(model, compile=compile)
+    for value in (1e300, -1e39):
+        with pytest.raises(ValueError) as info:
+            packed(torch.tensor([[0.5, value]], dtype=torch.float64))
+        assert str(info.value) == ("input holds finite values beyond float32's range (magnitudes up to "
+                                   "3.4028235e+38): the packed model computes in float32, as the float model does")
+    largest = torch.finfo(torch.float32).max
+    assert bool(packed(torch.tensor([[largest, -largest]], dtype=torch.float64)).isfinite().all())
+    with pytest.raises(ValueError, match="input holds NaN or infinite values"):
+        packed(torch.tensor([[0.5, float("inf")]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("layer, key", [(2, "mean"), (2, "var"), (2, "gamma"), (0, "threshold"), (1, "weight")])
+@pytest.mark.parametrize("compile", [False, True], ids=["torch-ops", "fast-kernels"])
+def test_a_file_tensor_flagged_requires_grad_loads_detached(trained, tmp_path, compile, layer, key):
+    """requires_grad is one bit of the pickle that the checksum (of the values) does not cover: a flagged 'mean'
+    made load fail with torch's "native_batch_norm is not differentiable"; the values are what count."""
+    packed = bnn.pack(trained, compile=False)
+
+    def flag(data):  # (an integer tensor cannot require grad: it is stored as a Parameter, another class)
+        value = data["layers"][layer][key]
+        data["layers"][layer][key] = torch.nn.Parameter(value, requires_grad=value.is_floating_point())
+
+    path = _hostile_file(trained, tmp_path, flag, checksum=False)  # (same values: the stored checksum is theirs)
+    loaded = PackedMLP.load(path, compile=compile)
+    assert not any(t.requires_grad for entries in loaded.layers for t in entries.values() if isinstance(t, torch.Tensor))
+    assert all(type(t) is torch.Tensor for entries in loaded.layers for t in entries.values()
+               if isinstance(t, torch.Tensor))
+    x = load_dataset("mnist5k", "test").x[:50]
+    assert torch.equal(loaded(x), packed(x))
+
+
+def test_a_packed_model_made_by_hand_of_tensors_that_require_grad_works():
+    model = bnn.use_population_statistics(bnn.MLP([20, 8, 4]), torch.rand(50, 20)).eval()
+    packed = bnn.pack(model, compile=False)
+    layers = [{k: v.clone().requires_grad_(v.is_floating_point()) if isinstance(v, torch.Tensor) else v
+               for k, v in layer.items()} for layer in packed.layers]
+    x = torch.rand(5, 20)
+    assert torch.equal(PackedMLP(packed.sizes, layers, compile=False)(x), packed(x))
+
+
+def test_a_file_in_torchs_format_from_before_1_6_is_refused_before_loading(trained, tmp_path):
+    """torch.load reads a file that is no zip archive as its older format, which sets aside the memory its pickle
+    declares for each tensor; metaspike never wrote one."""
+    path = tmp_path / "old.pt"
+    bnn.pack(trained, compile=False).save(path)
+    torch.save(torch.load(path, weights_only=True), path, _use_new_zipfile_serialization=False)
+    assert torch.load(path, weights_only=True)  # (torch itself still reads it)
+    with pytest.raises(ValueError, match=r"^packed BNN file .*old\.pt is not a zip archive, which torch\.save writes"):
+        PackedMLP.load(path)

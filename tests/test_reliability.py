@@ -316,3 +316,99 @@ def test_a_run_config_of_numpy_scalars_is_written_as_numbers(tmp_path):
 
     run = RunDirectory.create(tmp_path, "run", {"lr": np.float32(0.5), "epochs": np.int64(3), "m": torch.tensor(2.0)})
     assert json.loads((run.path / "config.json").read_text()) == {"lr": 0.5, "epochs": 3, "m": 2.0}
+
+
+def _unreadable_to_zipfile(saved: bytes, inflated: int) -> bytes:
+    """``saved`` (a torch.save archive) rewritten with its pickle deflated and padded to inflate by ``inflated`` zero
+    bytes, and the last central-directory entry's comment ending in a ZIP64 locator "on disk 1": Python's zipfile
+    refuses the archive ("span multiple disks"), torch's zip reader ignores the locator and inflates the member."""
+    import io
+    import struct
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(saved)) as source, zipfile.ZipFile(out, "w") as target:
+        members = source.infolist()
+        for k, member in enumerate(members):
+            info = zipfile.ZipInfo(member.filename, date_time=(2020, 1, 1, 0, 0, 0))
+            if k == len(members) - 1:
+                info.comment = struct.pack("<4sIQI", b"PK\x06\x07", 1, 0, 2)
+            data = source.read(member)
+            if member.filename.endswith("data.pkl"):
+                info.compress_type = zipfile.ZIP_DEFLATED
+                data += bytes(inflated)  # (after the pickle's STOP opcode: never read)
+            target.writestr(info, data)
+    return out.getvalue()
+
+
+def test_an_archive_pythons_zipfile_cannot_read_is_refused_before_torch_load_expands_it(tmp_path):
+    """check_torch_archive bounds the members' sizes from zipfile's reading; an archive zipfile could not read was
+    let through as "no zip archive", and torch's own reader then inflated it (a 1 MB file took 2.3 GB)."""
+    import io
+
+    import bnn
+
+    buffer = io.BytesIO()
+    torch.save(_state(1), buffer)
+    hostile = _unreadable_to_zipfile(buffer.getvalue(), 1 << 22)
+    assert len(hostile) < len(buffer.getvalue()) + 10_000  # 4 MiB of padding compresses to a few KB
+    assert torch.load(io.BytesIO(hostile), weights_only=True)["position"]["epochs_done"] == 1  # torch reads it
+    with pytest.raises(zipfile.BadZipFile, match="span multiple disks"):
+        zipfile.ZipFile(io.BytesIO(hostile))
+    packed = tmp_path / "good.pt"
+    bnn.pack(bnn.use_population_statistics(bnn.MLP([8, 4, 2]), torch.rand(50, 8)).eval()).save(packed)
+    (tmp_path / "checkpoint.pt").write_bytes(hostile)
+    (tmp_path / "packed.pt").write_bytes(_unreadable_to_zipfile(packed.read_bytes(), 1 << 22))
+    for what, path, load in [("checkpoint", tmp_path / "checkpoint.pt", load_checkpoint),
+                             ("packed BNN file", tmp_path / "packed.pt", bnn.PackedMLP.load)]:
+        with pytest.raises(ValueError) as info:
+            load(path)
+        assert str(info.value) == (
+            f"{what} {path} starts as a zip archive but is not one Python's zipfile can read (BadZipFile: zipfiles "
+            "that span multiple disks are not supported); torch.save writes plain zip archives, so it is damaged or "
+            "was made by hand: refused before loading")
+
+
+def test_a_zip_header_of_an_unknown_version_is_one_value_error(tmp_path):
+    """One flipped bit in "version needed to extract" made zipfile raise NotImplementedError, which escaped
+    load_checkpoint and PackedMLP.load instead of their one-line ValueError."""
+    import bnn
+
+    run = RunDirectory.create(tmp_path, "run", {})
+    run.checkpoint(_state(1))
+    packed = tmp_path / "packed.pt"
+    bnn.pack(bnn.use_population_statistics(bnn.MLP([8, 4, 2]), torch.rand(50, 8)).eval()).save(packed)
+    for what, path, load in [("checkpoint", run.path / "checkpoint.pt", load_checkpoint),
+                             ("packed BNN file", packed, bnn.PackedMLP.load)]:
+        raw = bytearray(path.read_bytes())
+        raw[raw.find(b"PK\x01\x02") + 6] ^= 0x80  # low byte of the first central-directory entry's version needed
+        path.write_bytes(bytes(raw))
+        with pytest.raises(ValueError) as info:
+            load(path)
+        assert str(info.value).startswith(f"{what} {path} starts as a zip archive but is not one Python's zipfile "
+                                          "can read (NotImplementedError: zip file version ")
+
+
+def test_atomic_open_refuses_a_folder_before_writing_anything(tmp_path):
+    """A folder as the target was written to a temporary file, fsynced, and then failed the rename with an
+    IsADirectoryError naming that temporary file."""
+    import bnn
+    from metaspike.files import atomic_open
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "kept.txt").write_text("kept")
+    written = []
+    with pytest.raises(IsADirectoryError) as info:
+        with atomic_open(folder, "wb") as handle:
+            written.append(handle)
+    assert str(info.value) == f"cannot write {folder}: it is a folder; name a file inside it or beside it"
+    assert written == [] and sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+    assert [p.name for p in folder.iterdir()] == ["kept.txt"]
+    packed = bnn.pack(bnn.use_population_statistics(bnn.MLP([8, 4, 2]), torch.rand(50, 8)).eval())
+    with pytest.raises(IsADirectoryError, match=f"cannot write {folder}: it is a folder"):
+        packed.save(folder)
+    link = tmp_path / "link"
+    link.symlink_to(folder)
+    with atomic_open(link) as handle:  # a link is replaced, as the rename does, never written through
+        handle.write("new")
+    assert not link.is_symlink() and link.read_text() == "new" and (folder / "kept.txt").read_text() == "kept"
