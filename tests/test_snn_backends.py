@@ -415,3 +415,17 @@ def test_norse_installed_without_its_dependencies_names_them(monkeypatch):
     with pytest.raises(ImportError, match=r"^norse is installed but cannot import 'nir', which it needs: pip install "
                                           r"nir nirtorch"):
         backends.require_norse()
+
+
+def test_a_comparison_needing_a_missing_backend_stops_before_its_first_run(tmp_path, monkeypatch):
+    """The runs of the models before the one whose backend is missing trained first, then the comparison stopped."""
+    import sys
+
+    from metaspike.app.compare import compare_neurons
+    from metaspike.app.config import RunConfig
+
+    monkeypatch.setitem(sys.modules, "norse.torch", None)  # as if Norse were not installed
+    base = RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(8,))
+    with pytest.raises(ImportError, match="this feature needs norse: pip install --no-deps norse"):
+        compare_neurons(base, ["leaky", "norse-lif"], [0.0], out=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []  # no folder, no run

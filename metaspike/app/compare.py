@@ -18,8 +18,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from metaspike.app.config import KIND_SETTINGS, RunConfig, meta_label
-from metaspike.app.models import BIMU_SUFFIX, optimizer_kind
+from metaspike.app.models import BIMU_SUFFIX, build_model, is_builtin, optimizer_kind
 from metaspike.app.runs import (
     check_same_data,
     config_from_record,
@@ -417,9 +419,20 @@ def compare_neurons(base: RunConfig, neurons: Sequence[str] = DEFAULT_NEURONS, m
         for setting in settings:
             for seed in seeds:
                 replace(base, meta=setting, seed=seed).for_model(neuron)
+    _check_backends(base, neurons)
     plan = {"kind": "neurons", "base": base.to_dict(), "neurons": list(neurons), "metas": [float(m) for m in metas],
             "seeds": [int(s) for s in seeds]}
     return _start(out, comparison_name(base, neurons=True), plan, progress)
+
+
+def _check_backends(base: RunConfig, neurons: Sequence[str]) -> None:
+    """Build a small model of each of metaspike's own ``neurons`` (one input, two classes): a backend that is not
+    installed (Norse, snnTorch) is one line before the first run, not after the runs of the models before it. (A
+    registered neuron model is the user's code, built when its runs start.)"""
+    with torch.random.fork_rng(devices=[]):  # (the runs draw their weights from their own seeds anyway)
+        for neuron in neurons:
+            if is_builtin(neuron):
+                build_model(neuron, base.hidden, (1,), 2, base.num_steps)
 
 
 def resume_comparison(root: str | Path, progress: bool = True) -> tuple[Path, list[dict[str, Any]]]:
