@@ -321,3 +321,13 @@ def test_second_derivatives_and_forward_mode_tangents_equal_the_straight_through
         out = fwAD.unpack_dual(layer(fwAD.make_dual(x.detach()[:3], tangent))).tangent
     tangent_bound = IN * u * tangent.abs().sum(1, keepdim=True)
     assert ((out - tangent @ layer.signs().T).abs() <= 2 * tangent_bound).all()
+
+
+@pytest.mark.parametrize("library", float32_products.LIBRARIES)
+def test_a_mid_sized_layer_takes_the_fast_product_only_where_onednn_computes_its_float32_products(library, monkeypatch):
+    monkeypatch.setattr(fast, "float32_library", lambda *shape: library)
+    mid = bnn.BinaryLinear(1024, fast.ONEDNN_FAST_MIN_NUMEL // 1024)
+    below = bnn.BinaryLinear(1024, fast.ONEDNN_FAST_MIN_NUMEL // 1024 - 1)
+    x = torch.randn(8, 1024)
+    assert fast.product_used(x, mid) == ("float32" if library == "oneDNN" else "F.linear")
+    assert fast.product_used(x, below) == "F.linear"
