@@ -427,3 +427,43 @@ def test_the_tradeoff_table_rounds_as_the_comparison_table_does():
     tradeoff = format_tradeoff(tradeoff_rows(rows))
     assert "12.3" in format_table(rows, 2) and "12.3" in tradeoff and "12.2" not in tradeoff
     assert "last task -2.3 points" in tradeoff
+
+
+def test_a_long_stream_evaluated_on_every_task_reports_its_last_five(tmp_path, capsys):
+    """12 tasks evaluated after every 5th (and the last) on every task: the command printed "over the last 5 nan %"
+    and metrics.json lacked last5_accuracy and task1_accuracy, as for every long stream whose last row was complete."""
+    import csv
+    import re
+
+    assert main(["train", "--model", "mlp", "--dataset", "digits", "--hidden", "20", "--epochs", "1", "--batch-size",
+                 "1", "--samples-per-task", "30", "--tasks", "12", "--eval-every", "5", "--quiet",
+                 "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    (run,) = tmp_path.iterdir()
+    rows = list(csv.reader(open(run / "accuracy_matrix.csv")))
+    assert [row[0] for row in rows] == ["after_task", "5", "10", "12"]
+    final = [float(cell) for cell in rows[-1][1:]]
+    metrics = json.loads((run / "metrics.json").read_text())
+    # the file keeps 2 decimals (0.005 off each cell at most), metrics.json 3 (0.0005), the summary line 1 (0.05)
+    assert metrics["last5_accuracy"] == pytest.approx(sum(final[-5:]) / 5, abs=0.0055)
+    assert metrics["task1_accuracy"] == pytest.approx(final[0], abs=0.0055) and metrics["evaluated_tasks"] == 12
+    assert metrics["evaluated_accuracy"] == pytest.approx(metrics["ACC"], abs=0.0005)
+    line = re.search(r"12 tasks, 12 evaluated: mean accuracy over the evaluated tasks ([\d.]+) %, over the last 5 "
+                     r"([\d.]+) %, task 1 at the end ([\d.]+) %", printed)
+    assert line, printed
+    for shown, value in zip(map(float, line.groups()), (metrics["ACC"], metrics["last5_accuracy"], final[0])):
+        assert shown == pytest.approx(value, abs=0.0555)  # 0.05 (1 decimal) + 0.005 + 0.0005 (the files' rounding)
+
+
+def test_a_table_of_long_streams_shows_the_last_five_but_not_a_repeat_of_acc():
+    """Every task evaluated at the end: the mean over the evaluated tasks is ACC, and the table leaves it out; the mean
+    over the last five is a column of its own (beyond 10 tasks the table shows the first and the last task only)."""
+    from metaspike.app.tables import format_table, summarize_results
+    from metaspike.continual import ContinualResult
+
+    final = [50.0 + j for j in range(12)]
+    result = ContinualResult([f"t{j}" for j in range(12)], matrix=[(math.nan,) * 12] * 11 + [final], seconds=1.0)
+    row = summarize_results([result])
+    assert row["last 5"][0] == pytest.approx(59.0) and row["evaluated"][0] == row["ACC"][0] == pytest.approx(55.5)
+    header = format_table([{"setting": "m=0", **row}], 12).splitlines()[0].split()
+    assert header == ["setting", "task", "1", "task", "12", "ACC", "BWT", "FWT", "forgetting", "last", "5", "seconds"]

@@ -131,3 +131,136 @@ def test_forgetting_takes_the_evaluated_cells_of_a_budgeted_matrix():
     assert forgetting(budgeted) == forgetting(full) == pytest.approx((80.0 - 65.8 + 84.2 - 81.7) / 2, abs=1e-12)
     assert backward_transfer(budgeted) == backward_transfer(full)
     assert math.isnan(forgetting([[80.0, nan, nan], [nan, nan, nan], [65.8, 81.7, 87.8]]))  # every other row
+
+
+def _dense_metrics(matrix, baseline):
+    """The documented formulas on the whole matrix as one float64 array (what the metrics computed before they read
+    the evaluated rows only): the reference the row-wise metrics must equal exactly."""
+    import numpy as np
+
+    r, b = np.array(matrix, dtype=float), np.asarray(baseline, dtype=float)
+    t = len(r)
+    final = r[-1]
+    covered = np.isfinite(final)
+    rises = r - b
+    with np.errstate(all="ignore"):
+        return {
+            "ACC": float(final.mean()),
+            "BWT": float(np.mean([r[-1, j] - r[j, j] for j in range(t - 1)])) if t > 1 else math.nan,
+            "FWT": float(np.mean([r[j - 1, j] - b[j] for j in range(1, t)])) if t > 1 else math.nan,
+            "forgetting": float(np.mean([np.nanmax(r[j: t - 1, j]) - r[-1, j] if np.isfinite(r[j, j]) else math.nan
+                                         for j in range(t - 1)])) if t > 1 else math.nan,
+            "evaluated_accuracy": float(final[covered].mean()) if covered.any() else math.nan,
+            "evaluated_tasks": float(covered.sum()),
+            "last5_accuracy": float(final[-5:].mean()),
+            "task1_accuracy": float(final[0]),
+            "largest_rise": float(rises[np.isfinite(rises)].max()) if np.isfinite(rises).any() else math.nan,
+            "over_time": [(i + 1, float(a)) for i, a in enumerate(r[:, 0]) if math.isfinite(a)],
+        }
+
+
+def _random_matrix(rng):
+    """A square matrix as a run leaves it: random accuracies, tasks trained without an evaluation (one shared all-NaN
+    tuple, as the trainer appends), a growing head's NaN upper triangle, an evaluation budget's NaN cells in the final
+    row, each drawn or not."""
+    import numpy as np
+
+    t = int(rng.integers(1, 16))
+    r = rng.uniform(0.0, 100.0, (t, t))
+    if rng.random() < 0.5:
+        r[np.triu_indices(t, 1)] = math.nan
+    if rng.random() < 0.5:
+        r[-1, rng.random(t) < 0.4] = math.nan
+    skipped = (math.nan,) * t
+    rows = [skipped if i < t - 1 and rng.random() < 0.4 else r[i].tolist() for i in range(t)]
+    return rows, rng.uniform(0.0, 20.0, t).tolist()
+
+
+def test_the_row_wise_metrics_equal_the_dense_computation_exactly():
+    """Every metric reads each distinct row once (a long stream's skipped rows are one tuple) and gives the same float
+    as the formulas on the whole float64 array: the same numpy operations on the same values in the same order, so
+    equal to the last bit (two NaNs count as equal)."""
+    import numpy as np
+
+    from metaspike.continual.metrics import evaluated_rows, task_accuracy_over_time
+    from metaspike.continual.trainer import ContinualResult
+
+    def same(a, b):
+        return a == b or (math.isnan(a) and math.isnan(b))
+
+    rng = np.random.default_rng(0)
+    kinds = {"skipped": 0, "triangle": 0, "partial": 0}
+    for _ in range(300):
+        rows, baseline = _random_matrix(rng)
+        dense = _dense_metrics(rows, baseline)
+        got = summarize(rows, baseline, tasks=11)  # (a long stream: every metric is there)
+        for key in ("ACC", "BWT", "FWT", "forgetting", "evaluated_accuracy", "evaluated_tasks", "last5_accuracy",
+                    "task1_accuracy"):
+            assert same(got[key], dense[key]), (key, rows)
+        assert same(largest_rise(rows, baseline), dense["largest_rise"])
+        assert task_accuracy_over_time(rows) == dense["over_time"]
+        assert evaluated_rows(rows) == [i for i, row in enumerate(rows) if not all(map(math.isnan, row))]
+        result = ContinualResult([f"t{j}" for j in range(len(rows))], matrix=rows, baseline=baseline)
+        assert set(result.metrics) <= set(got) and all(same(result.metrics[key], got[key]) for key in result.metrics)
+        kinds["skipped"] += any(isinstance(row, tuple) for row in rows)  # (the shared all-NaN row)
+        kinds["triangle"] += len(rows) > 1 and math.isnan(rows[0][-1]) and not math.isnan(rows[0][0])
+        kinds["partial"] += not all(map(math.isfinite, rows[-1]))
+    assert min(kinds.values()) >= 30, kinds  # each pattern was drawn often
+
+
+def test_metrics_take_memory_for_the_evaluated_rows_not_tasks_squared():
+    """A 3,000-task stream evaluated once, at the end, on 10 tasks: its matrix is 2,999 references to one all-NaN
+    tuple and one row. As one float64 array it would take 3000 x 3000 x 8 B = 72 MB; read row by row it takes the
+    two distinct rows (2 x 24 kB) and a list of 3,000 references (24 kB), so 2 MB bounds it with room for numpy's
+    temporaries of one row."""
+    import tracemalloc
+
+    from metaspike.app.runs import learned_nothing, tasks_learned_nothing
+    from metaspike.continual.trainer import ContinualResult
+
+    t = 3000
+    final = [math.nan] * t
+    for j in [0, 700, 1400, 2100, 2800, *range(t - 5, t - 1)]:
+        final[j] = 50.0
+    final[-1] = 12.0  # (the last task learned nothing: 2 points above the untrained network's 10)
+    skipped = (math.nan,) * t
+    result = ContinualResult([f"t{j}" for j in range(t)], matrix=[skipped] * (t - 1) + [final], baseline=[10.0] * t,
+                             training_tasks=t)
+    tracemalloc.start()
+    try:
+        metrics = result.metrics
+        rise = largest_rise(result.matrix, result.baseline)
+        verdicts = learned_nothing(result), tasks_learned_nothing(result)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000, f"{peak / 1e6:.1f} MB"
+    assert metrics["evaluated_tasks"] == 10 and metrics["evaluated_accuracy"] == pytest.approx(46.2) and rise == 40.0
+    assert metrics["last5_accuracy"] == pytest.approx(42.4) and math.isnan(metrics["ACC"]) and verdicts == (False, [t])
+
+
+def test_every_long_stream_gets_the_metrics_of_its_evaluated_tasks():
+    """They were added only where the last row had cells not evaluated: a stream of 12 tasks evaluated on all of them,
+    or one evaluated every 5th task, had no last5_accuracy (and the command printed "over the last 5 nan %")."""
+    from metaspike.continual.metrics import LONG_STREAM_TASKS
+    from metaspike.continual.trainer import ContinualResult
+
+    nan = math.nan
+    t = LONG_STREAM_TASKS + 2
+    full = [[float(10 * i + j % 7) for j in range(t)] for i in range(t)]
+    values = summarize(full)
+    assert values["last5_accuracy"] == pytest.approx(sum(full[-1][-5:]) / 5, abs=1e-12)
+    assert values["evaluated_tasks"] == t and values["evaluated_accuracy"] == values["ACC"]
+    assert values["task1_accuracy"] == full[-1][0]
+    skipped = (nan,) * 3
+    every_other = summarize([[90.0, nan, nan], skipped, [70.0, 80.0, 95.0]])  # (eval_every=2: rows 1 and 3)
+    assert every_other["last5_accuracy"] == pytest.approx(245 / 3) and every_other["task1_accuracy"] == 70.0
+    growing_head = summarize([[90.0, nan, nan], [80.0, 70.0, nan], [75.0, 60.0, 95.0]])
+    assert "last5_accuracy" not in growing_head  # (a short stream evaluated after every task: its ACC says it all)
+    assert "last5_accuracy" not in summarize([[90.0, 10.0], [60.0, 95.0]], tasks=LONG_STREAM_TASKS)
+    # a long stream so far (two of twelve tasks trained): from its first evaluation, over the tasks trained so far
+    so_far = ContinualResult([f"t{j}" for j in range(t)], matrix=[[90.0] + [9.0] * (t - 1), [60.0, 95.0] + [8.0] * (t - 2)],
+                             training_tasks=t).metrics
+    assert so_far["last5_accuracy"] == pytest.approx(77.5) and so_far["evaluated_tasks"] == 2
+    with pytest.raises(ValueError, match="tasks must be None or an integer >= 1, got 0"):
+        summarize(full, tasks=0)

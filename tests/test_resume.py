@@ -366,7 +366,7 @@ def test_a_changed_number_or_a_stripped_record_in_a_checkpoint_is_refused(tmp_pa
         load_checkpoint(run / "stripped.pt")
     torch.save({**raw, "format": "metaspike-checkpoint-1"}, run / "old.pt")
     with pytest.raises(ValueError, match=r"old.pt has the format 'metaspike-checkpoint-1', and this metaspike reads "
-                                         r"'metaspike-checkpoint-2' \(written by another version\)"):
+                                         r"'metaspike-checkpoint-3' \(written by another version\)"):
         load_checkpoint(run / "old.pt")
     assert CHECKSUM_KEY in raw
 
@@ -627,3 +627,70 @@ def test_a_run_continues_with_the_number_of_processes_it_was_trained_by(tmp_path
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["reproduce", "fig5ab", "--quiet"]) == 2
     assert "reproduce runs in one process; under torchrun use 'metaspike train'" in capsys.readouterr().err
+
+
+def _python_calls(work) -> int:
+    """How many Python-level function calls ``work()`` makes (a count of the steps a walk takes, not a clock)."""
+    calls = 0
+
+    def count(frame, event, arg):
+        nonlocal calls
+        calls += event == "call"
+
+    sys.setprofile(count)
+    try:
+        work()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def test_a_checkpoint_of_a_long_stream_costs_its_evaluated_cells_not_tasks_squared(tmp_path):
+    """The checksum and the loadability check walked each of the T rows of T cells, the one shared all-NaN tuple of
+    the tasks trained without an evaluation again every time: T^2 steps (80 s a checkpoint at T = 10,000). Now a
+    repeated row costs one step: with T = 400 rows sharing one tuple of 400 cells and one evaluated row, the distinct
+    content is 2 x 400 cells and 400 row references, so a few steps each (4 x (800 + 400)) bound the calls, where the
+    cell-by-cell walk made at least 400 x 400 = 160,000."""
+    from metaspike.continual import RunDirectory
+    from metaspike.continual.checkpoints import CHECKPOINT_FORMAT
+    from metaspike.continual.results import check_loadable, state_checksum
+
+    t, nan = 400, float("nan")
+    skipped = (nan,) * t
+    state = {"format": CHECKPOINT_FORMAT, "position": {"task": t, "epochs_done": 0},
+             "result": {"matrix": [skipped] * (t - 1) + [[50.0] * t]}}
+    for work in (lambda: state_checksum(state), lambda: check_loadable(state)):
+        assert _python_calls(work) < 4 * (2 * t + t)
+    run = RunDirectory.create(tmp_path, "run", {})
+    run.checkpoint(state)
+    loaded = load_checkpoint(run.path / "checkpoint.pt")  # (torch.load gives the shared row back shared)
+    assert loaded["result"]["matrix"][0] is loaded["result"]["matrix"][t - 2]
+
+
+def test_the_checksum_still_covers_every_cell_and_the_order_of_the_rows(tmp_path):
+    """Marking a repeated row by where it was first met keeps the digest a function of the content: a changed cell of
+    the shared row, the evaluated row moved, a shared row made a copy all change it; a structure without repeats keeps
+    the digest of the walk that read everything (the value below was computed by it)."""
+    from metaspike.continual.results import state_checksum
+
+    plain = {"w": torch.ones(2), "step": [torch.tensor(3)], "acc": [94.72, float("nan")], "t": (1, "a", None),
+             "d": {"x": 1.5}}
+    assert state_checksum(plain) == "d36d2544d086f643057c31f20a91fe94e768f47a4922dddf05759d0e330f0384"
+    nan = float("nan")
+    skipped, evaluated = (nan,) * 3, [50.0, 60.0, 70.0]
+    digest = state_checksum([skipped, skipped, evaluated])
+    assert digest == state_checksum([skipped, skipped, list(evaluated)])  # (the same content)
+    assert digest != state_checksum([skipped, evaluated, skipped])
+    assert digest != state_checksum([skipped, (nan,) * 3, evaluated])
+    assert digest != state_checksum([(nan, nan, 1.0)] * 2 + [evaluated])
+
+
+def test_a_checkpoint_of_the_format_summed_before_repeats_were_marked_is_refused_by_its_format(tmp_path):
+    from metaspike.continual.results import CHECKSUM_KEY, CONFIG_KEY
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": "metaspike-checkpoint-2", "position": {"task": 1}, "result": {"matrix": [[50.0]]},
+                CHECKSUM_KEY: "0" * 64,
+                CONFIG_KEY: "c"}, path)
+    with pytest.raises(ValueError, match="format 'metaspike-checkpoint-2'.*'metaspike-checkpoint-3'.*start the run again"):
+        load_checkpoint(path)

@@ -158,3 +158,13 @@ def test_make_scenario_refuses_a_split_mode_for_a_scenario_that_is_no_split():
     with pytest.raises(ValueError, match="split_mode applies to the 'split' scenario only, not 'permuted'"):
         make_scenario("permuted", "digits", tasks=2, split_mode="class")  # (it was dropped without a word)
     assert len(make_scenario("split", "digits", tasks=2, split_mode="class").tasks) == 2
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, 2.0, 2**64, "1", True])
+def test_task_permutation_names_a_bad_seed_as_task_subset_does(seed):
+    from metaspike.continual import task_permutation
+
+    message = r"seed must be an integer in 0\.\.18446744073709551615"
+    for draw in (lambda: task_permutation(seed, 0, 5), lambda: task_subset(seed, 0, 10, 3)):
+        with pytest.raises(ValueError, match=message):
+            draw()

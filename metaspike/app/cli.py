@@ -22,14 +22,12 @@ from metaspike.app.config import DEFAULT_INPUT_META, DEFAULT_META, KIND_SETTINGS
 from metaspike.app.imports import FLAG, check_resumed_imports, import_modules
 from metaspike.app.models import DEFAULT_LR, takes_setting
 from metaspike.app.reproduce import cli as reproduce_cli
+from metaspike.continual.metrics import LONG_STREAM_TASKS
 from metaspike.continual.scenarios import SPLIT_MODES
 from metaspike.distributed import world
 from metaspike.rules import available_rules
 
 __all__ = ["main"]
-
-#: Beyond this many tasks, ``train`` prints the long-stream summary instead of one column per task.
-LONG_STREAM_TASKS = 10
 
 _DEFAULTS = {f.name: f.default for f in fields(RunConfig)}
 
@@ -344,14 +342,13 @@ def _train(args: argparse.Namespace) -> None:
     if world()[0] != 0:
         return  # under torchrun, only the first process reports
     print()
-    if len(result.task_names) == 1 and len(result.matrix) > 1:  # a stream's one test set: no tasks to count
+    metrics, tasks = result.metrics, len(result.task_names)
+    if tasks == 1 and len(result.matrix) > 1:  # a stream's one test set: no tasks to count
         print(f"{len(result.matrix)} parts of the stream trained: test accuracy at the end {result.matrix[-1][0]:.1f} %")
-    elif len(result.task_names) > LONG_STREAM_TASKS or "evaluated_accuracy" in result.metrics:
-        metrics = result.metrics
-        print(f"{len(result.task_names)} tasks, {int(metrics.get('evaluated_tasks', len(result.task_names)))} evaluated: "
-              f"mean accuracy over the evaluated tasks {metrics.get('evaluated_accuracy', metrics['ACC']):.1f} %, "
-              f"over the last 5 {metrics.get('last5_accuracy', float('nan')):.1f} %, "
-              f"task 1 at the end {result.matrix[-1][0]:.1f} %")
+    elif tasks > LONG_STREAM_TASKS or metrics.get("evaluated_tasks", tasks) < tasks:  # (a budget left tasks out)
+        print(f"{tasks} tasks, {int(metrics['evaluated_tasks'])} evaluated: "
+              f"mean accuracy over the evaluated tasks {metrics['evaluated_accuracy']:.1f} %, "
+              f"over the last 5 {metrics['last5_accuracy']:.1f} %, task 1 at the end {metrics['task1_accuracy']:.1f} %")
     else:
         kind = f"meta={meta_label(config.meta)}" if config.name.count("-meta") else config.model
         label = " ".join(filter(None, [kind, config.rule_setting, config.baseline_setting]))

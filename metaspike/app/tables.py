@@ -50,15 +50,16 @@ def summarize_results(results: Sequence[ContinualResult]) -> dict[str, tuple[flo
         row[f"task {j + 1}"] = mean_std([r.matrix[-1][j] for r in results])
     for key in ("ACC", "BWT", "FWT", "forgetting"):
         row[key] = mean_std([r.metrics[key] for r in results])
-    if all(key in r.metrics for r in results for key in BUDGET_METRICS):  # an evaluation budget: what it measured
+    if all(key in r.metrics for r in results for key in BUDGET_METRICS):  # a long stream's evaluated tasks
         for key, label in BUDGET_METRICS.items():
             row[label] = mean_std([r.metrics[key] for r in results])
     row["seconds"] = mean_std([r.seconds for r in results])
     return row
 
 
-#: The metrics of a run evaluated on a budget of tasks (ACC and forgetting need every task), as table columns: the
-#: mean accuracy over the evaluated tasks and over the last five.
+#: The metrics of a long stream's evaluated tasks (:func:`metaspike.continual.metrics.summarize`; under an evaluation
+#: budget ACC and forgetting, which need every task, are undefined), as table columns: the mean accuracy over the
+#: evaluated tasks and over the last five.
 BUDGET_METRICS = {"evaluated_accuracy": "evaluated", "last5_accuracy": "last 5"}
 #: Beyond this many tasks, a text table shows the first and last task's accuracy only (the CSV keeps them all).
 TABLE_TASKS = 10
@@ -113,8 +114,9 @@ def last_task_column(rows: Sequence[dict[str, Any]]) -> str:
 
 def format_table(rows: Sequence[dict[str, Any]], task_count: int) -> str:
     """Text table of a comparison: final accuracy per task (the first and the last beyond :data:`TABLE_TASKS`
-    tasks), ACC, BWT, FWT, forgetting, the evaluation budget's means where every row has them
-    (:data:`BUDGET_METRICS`), time (mean ± std; the ± is left out where one run gave no spread).
+    tasks), ACC, BWT, FWT, forgetting, a long stream's means over its evaluated tasks where every row has them
+    (:data:`BUDGET_METRICS`; a column that repeats ACC in every row, where every task was evaluated at the end, is left
+    out), time (mean ± std; the ± is left out where one run gave no spread).
 
     Example:
         >>> print(format_table([{"setting": "m=0", "task 1": (50.0, math.nan), "ACC": (50.0, math.nan),
@@ -123,7 +125,8 @@ def format_table(rows: Sequence[dict[str, Any]], task_count: int) -> str:
         m=0                             50.0          50.0           0.0           n/a           0.0           1.0
     """
     shown = range(task_count) if task_count <= TABLE_TASKS else (0, task_count - 1)
-    budget = [label for label in BUDGET_METRICS.values() if all(label in row for row in rows)]
+    budget = [label for label in BUDGET_METRICS.values()
+              if all(label in row for row in rows) and any(row[label][0] != row["ACC"][0] for row in rows)]
     cols = [f"task {j + 1}" for j in shown] + ["ACC", "BWT", "FWT", "forgetting", *budget, "seconds"]
     width = max(22, *(len(row["setting"]) + 2 for row in rows))  # the longest label, e.g. "self-recurrent+bimu meta=0"
     cells = [[_mean_std_text(*row[c]) for c in cols] for row in rows]

@@ -26,7 +26,7 @@ from metaspike.optimizer_state import check_parameter_state
 __all__ = ["CHECKPOINT_FORMAT", "check_checkpoint", "check_same_run", "kinds_of", "check_kinds", "settings_of",
            "check_plugin_settings", "group_settings", "check_optimizer_state", "load_part"]
 
-CHECKPOINT_FORMAT = "metaspike-checkpoint-2"
+CHECKPOINT_FORMAT = "metaspike-checkpoint-3"
 
 
 def check_same_run(stored: Any, current: dict[str, Any]) -> None:

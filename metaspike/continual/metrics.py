@@ -13,24 +13,38 @@ network on task ``j``, ``T`` the number of tasks.
 
 Metrics that need two tasks or more are ``nan`` for a single task.
 
-A long stream evaluated on a budget leaves cells of ``R`` NaN (not evaluated); the metrics above are
-then NaN as well, and these cover the evaluated cells only (as reported for 100- to 1000-task
-permuted streams, e.g. by the BiMU paper):
+A long stream leaves cells of ``R`` NaN (not evaluated): every cell of the rows of tasks trained without an evaluation
+(``eval_every``), and under an evaluation budget the cells of the tasks it left out; the metrics above that read such
+a cell are then NaN as well, and these cover the evaluated cells only (as reported for 100- to 1000-task permuted
+streams, e.g. by the BiMU paper):
 
 * ``last_tasks_accuracy``: mean final accuracy on the last ``k`` tasks (5 by default);
 * ``evaluated_accuracy``: mean final accuracy over the tasks evaluated at the end;
 * ``task_accuracy_over_time``: accuracy on one task (task 1 by default) after each evaluated row.
+
+The rows of tasks trained without an evaluation are one shared all-NaN tuple in a long stream's matrix: every function
+here reads each distinct row object once (:func:`matrix_rows`), so a metric costs memory for the evaluated rows and
+time for them and one step per row, not for (tasks trained) x (tasks) cells.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from metaspike.checks import is_whole
+
 __all__ = ["average_accuracy", "backward_transfer", "forward_transfer", "forgetting", "summarize",
-           "last_tasks_accuracy", "evaluated_accuracy", "task_accuracy_over_time", "largest_rise", "is_accuracy"]
+           "last_tasks_accuracy", "evaluated_accuracy", "task_accuracy_over_time", "largest_rise", "is_accuracy",
+           "matrix_rows", "evaluated_rows", "LONG_STREAM_TASKS"]
+
+Matrix = Sequence[Sequence[float]] | np.ndarray
+
+#: A stream of more tasks than this is a long stream: :func:`summarize` adds the metrics of its evaluated tasks, and
+#: ``metaspike train`` prints those instead of one column per task.
+LONG_STREAM_TASKS = 10
 
 
 def is_accuracy(value: object) -> bool:
@@ -43,79 +57,139 @@ def is_accuracy(value: object) -> bool:
     return isinstance(value, float) and (math.isnan(value) or 0.0 <= value <= 100.0)
 
 
-def _as_array(matrix: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
-    """``matrix`` as a float array; ``ValueError`` naming the first row whose length differs (a ragged matrix, such as
-    the lower triangle of the tasks trained so far: cells not evaluated are NaN)."""
+def _as_row(row: object) -> np.ndarray:
+    """One row of an accuracy matrix as a float array (the array itself where it is one already)."""
     try:
-        return np.asarray(matrix, dtype=float)
+        return np.asarray(row, dtype=float)
     except (ValueError, TypeError):
-        rows = [len(row) if isinstance(row, Sequence | np.ndarray) else None for row in matrix]
-        ragged = next((i for i, n in enumerate(rows) if n != rows[0]), None)
-        if ragged is None:
-            raise ValueError("accuracy matrix must hold numbers (one row of accuracies per evaluation)") from None
-        raise ValueError(f"accuracy matrix must be rectangular: row {ragged} has {rows[ragged]} cells, row 0 "
-                         f"{rows[0]} (give cells not evaluated as nan)") from None
+        raise ValueError("accuracy matrix must hold numbers (one row of accuracies per evaluation)") from None
 
 
-def _square(matrix: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
-    r = _as_array(matrix)
-    if r.ndim != 2 or r.shape[0] != r.shape[1] or r.shape[0] == 0:
-        raise ValueError(f"accuracy matrix must be square T x T with T >= 1, got shape {r.shape}")
-    return r
+def matrix_rows(matrix: Matrix, columns: int | None = None) -> list[np.ndarray]:
+    """The rows of an accuracy matrix as 1-D float arrays (the first ``columns`` cells of each, where given), each
+    distinct row object converted once: the rows of a long stream's tasks trained without an evaluation, one shared
+    all-NaN tuple, stay one array, so the rows take memory for the evaluated ones. A ``ValueError`` names the first row
+    whose length differs (a ragged matrix, such as the lower triangle of the tasks trained so far: give the cells not
+    evaluated as NaN).
+
+    Example:
+        >>> skipped = (float("nan"),) * 3
+        >>> rows = matrix_rows([skipped, skipped, [50, 60, 70]], columns=2)
+        >>> rows[0] is rows[1], rows[2].tolist()
+        (True, [50.0, 60.0])
+    """
+    converted: dict[int, np.ndarray] = {}
+    rows = []
+    try:
+        for row in matrix:
+            if id(row) not in converted:
+                converted[id(row)] = _as_row(row)
+            rows.append(converted[id(row)])
+    except TypeError:  # (not a sequence of rows: a number)
+        raise ValueError("accuracy matrix must hold numbers (one row of accuracies per evaluation)") from None
+    if not rows or rows[0].ndim != 1 or rows[0].size == 0:
+        shape = (len(rows), *rows[0].shape) if rows else (0,)
+        raise ValueError(f"accuracy matrix must be 2-D and non-empty, got shape {shape}")
+    ragged = next((i for i, row in enumerate(rows) if row.shape != rows[0].shape), None)
+    if ragged is not None:
+        cells = rows[ragged].shape[0] if rows[ragged].ndim == 1 else "no row of"
+        raise ValueError(f"accuracy matrix must be rectangular: row {ragged} has {cells} cells, row 0 "
+                         f"{rows[0].shape[0]} (give cells not evaluated as nan)")
+    if columns is None:
+        return rows
+    if not is_whole(columns, 1):
+        raise ValueError(f"columns must be None or an integer >= 1, got {columns!r}")
+    cut = {id(row): row[:columns] for row in _distinct(rows)}
+    return [cut[id(row)] for row in rows]
 
 
-def _matrix(matrix: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
-    r = _as_array(matrix)
-    if r.ndim != 2 or r.size == 0:
-        raise ValueError(f"accuracy matrix must be 2-D and non-empty, got shape {r.shape}")
-    return r
+def _distinct(rows: Iterable[np.ndarray]) -> list[np.ndarray]:
+    """Each distinct row object once (a long stream's skipped rows are one)."""
+    return list({id(row): row for row in rows}.values())
 
 
-def _final_row(matrix: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
-    return _matrix(matrix)[-1]
+def _skipped(row: np.ndarray) -> bool:
+    """Whether no cell of ``row`` was evaluated (a task trained without an evaluation)."""
+    return bool(np.isnan(row).all())
 
 
-def average_accuracy(matrix: Sequence[Sequence[float]] | np.ndarray) -> float:
+def _any_skipped(rows: Sequence[np.ndarray]) -> bool:
+    """Whether one of ``rows`` has no evaluated cell."""
+    return any(_skipped(row) for row in _distinct(rows))
+
+
+def evaluated_rows(matrix: Matrix) -> list[int]:
+    """The rows (0-based) of an accuracy matrix with an evaluated cell (not NaN), each distinct row object read once:
+    a long stream's rows of tasks trained without an evaluation are left out.
+
+    Example:
+        >>> skipped = (float("nan"),) * 2
+        >>> evaluated_rows([skipped, [90.0, float("nan")], skipped, [85.0, 92.0]])
+        [1, 3]
+    """
+    rows = matrix_rows(matrix)
+    skipped = {id(row): _skipped(row) for row in _distinct(rows)}
+    return [i for i, row in enumerate(rows) if not skipped[id(row)]]
+
+
+def _square(matrix: Matrix) -> list[np.ndarray]:
+    rows = matrix_rows(matrix)
+    if len(rows) != rows[0].shape[0]:
+        raise ValueError(f"accuracy matrix must be square T x T with T >= 1, got shape {(len(rows), rows[0].shape[0])}")
+    return rows
+
+
+def _paired(rows: list[np.ndarray]) -> np.ndarray | None:
+    """A square matrix's rows as one array, or ``None`` where a row before the last has no evaluated cell: BWT, FWT
+    and forgetting read every one of those rows (each earlier task right after it was learned, or just before), so
+    they are ``nan`` then, and the array is never made of a long stream's skipped rows."""
+    return None if _any_skipped(rows[:-1]) else np.stack(rows)
+
+
+def average_accuracy(matrix: Matrix) -> float:
     """ACC: mean accuracy over all tasks after the last one (last row of any R).
 
     Example:
         >>> average_accuracy([[90, 10], [60, 95]])
         77.5
     """
-    return float(_final_row(matrix).mean())
+    return float(matrix_rows(matrix)[-1].mean())
 
 
-def backward_transfer(matrix: Sequence[Sequence[float]] | np.ndarray) -> float:
+def backward_transfer(matrix: Matrix) -> float:
     """BWT: mean change of each earlier task's accuracy from just after learning it to the end.
 
     Example:
         >>> backward_transfer([[90, 10], [60, 95]])
         -30.0
     """
-    r = _square(matrix)
-    t = len(r)
-    if t < 2:
+    rows = _square(matrix)
+    t = len(rows)
+    r = _paired(rows) if t >= 2 else None
+    if r is None:
         return math.nan
     return float(np.mean([r[-1, j] - r[j, j] for j in range(t - 1)]))
 
 
-def forward_transfer(matrix: Sequence[Sequence[float]] | np.ndarray, baseline: Sequence[float]) -> float:
+def forward_transfer(matrix: Matrix, baseline: Sequence[float]) -> float:
     """FWT: mean accuracy on each task just before learning it, above the untrained network's.
 
     Example:
         >>> forward_transfer([[90, 10], [60, 95]], baseline=[10, 12])
         -2.0
     """
-    r = _square(matrix)
+    rows = _square(matrix)
+    t = len(rows)
     b = np.asarray(baseline, dtype=float)
-    if b.shape != (len(r),):
-        raise ValueError(f"baseline must hold one accuracy per task ({len(r)}), got shape {b.shape}")
-    if len(r) < 2:
+    if b.shape != (t,):
+        raise ValueError(f"baseline must hold one accuracy per task ({t}), got shape {b.shape}")
+    r = _paired(rows) if t >= 2 else None
+    if r is None:
         return math.nan
-    return float(np.mean([r[j - 1, j] - b[j] for j in range(1, len(r))]))
+    return float(np.mean([r[j - 1, j] - b[j] for j in range(1, t)]))
 
 
-def forgetting(matrix: Sequence[Sequence[float]] | np.ndarray) -> float:
+def forgetting(matrix: Matrix) -> float:
     """Forgetting (Chaudhry et al. 2018): mean drop from each earlier task's best accuracy since it was learned to its
     final one.
 
@@ -133,15 +207,16 @@ def forgetting(matrix: Sequence[Sequence[float]] | np.ndarray) -> float:
         >>> forgetting([[90, 80, 10], [85, 50, 10], [85, 50, 95]])  # task 2 never got above its 50 %: no forgetting
         2.5
     """
-    r = _square(matrix)
-    t = len(r)
-    if t < 2:
+    rows = _square(matrix)
+    t = len(rows)
+    r = _paired(rows) if t >= 2 else None
+    if r is None:
         return math.nan
     drops = [np.nanmax(r[j: t - 1, j]) - r[-1, j] if np.isfinite(r[j, j]) else math.nan for j in range(t - 1)]
     return float(np.mean(drops))
 
 
-def last_tasks_accuracy(matrix: Sequence[Sequence[float]] | np.ndarray, k: int = 5) -> float:
+def last_tasks_accuracy(matrix: Matrix, k: int = 5) -> float:
     """Mean final accuracy on the last ``k`` tasks (all of them in a stream of fewer than ``k``; ``nan`` if one of them
     was not evaluated at the end).
 
@@ -151,22 +226,22 @@ def last_tasks_accuracy(matrix: Sequence[Sequence[float]] | np.ndarray, k: int =
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    return float(_final_row(matrix)[-k:].mean())
+    return float(matrix_rows(matrix)[-1][-k:].mean())
 
 
-def evaluated_accuracy(matrix: Sequence[Sequence[float]] | np.ndarray) -> tuple[float, int]:
+def evaluated_accuracy(matrix: Matrix) -> tuple[float, int]:
     """Mean final accuracy over the tasks evaluated at the end, and how many tasks that is.
 
     Example:
         >>> evaluated_accuracy([[90, float("nan")], [float("nan"), 95]])
         (95.0, 1)
     """
-    row = _final_row(matrix)
+    row = matrix_rows(matrix)[-1]
     covered = np.isfinite(row)
     return (float(row[covered].mean()) if covered.any() else math.nan), int(covered.sum())
 
 
-def task_accuracy_over_time(matrix: Sequence[Sequence[float]] | np.ndarray, task: int = 0) -> list[tuple[int, float]]:
+def task_accuracy_over_time(matrix: Matrix, task: int = 0) -> list[tuple[int, float]]:
     """``(after_task, accuracy)`` on task ``task`` (0-based column) for every row where it was evaluated.
 
     ``after_task`` counts trained tasks from 1 (row ``i`` is after task ``i + 1``).
@@ -175,13 +250,14 @@ def task_accuracy_over_time(matrix: Sequence[Sequence[float]] | np.ndarray, task
         >>> task_accuracy_over_time([[90, 10], [float("nan"), 50], [70, 95]])
         [(1, 90.0), (3, 70.0)]
     """
-    r = _matrix(matrix)
-    if isinstance(task, bool) or not isinstance(task, (int, np.integer)) or not 0 <= task < r.shape[1]:
-        raise ValueError(f"task must be a column index in 0..{r.shape[1] - 1}, got {task!r}")
-    return [(i + 1, float(a)) for i, a in enumerate(r[:, task]) if math.isfinite(a)]
+    rows = matrix_rows(matrix)
+    width = rows[0].shape[0]
+    if isinstance(task, bool) or not isinstance(task, (int, np.integer)) or not 0 <= task < width:
+        raise ValueError(f"task must be a column index in 0..{width - 1}, got {task!r}")
+    return [(i + 1, float(row[task])) for i, row in enumerate(rows) if math.isfinite(row[task])]
 
 
-def largest_rise(matrix: Sequence[Sequence[float]] | np.ndarray, baseline: Sequence[float]) -> float:
+def largest_rise(matrix: Matrix, baseline: Sequence[float]) -> float:
     """The largest rise of an evaluated accuracy ``R[i, j]`` over the untrained network's on that task, ``b[j]``
     (``nan`` where no cell and its baseline were measured): how much the run learned at its best.
 
@@ -189,43 +265,53 @@ def largest_rise(matrix: Sequence[Sequence[float]] | np.ndarray, baseline: Seque
         >>> largest_rise([[60, 12], [40, 70]], [10, 11])
         59.0
     """
-    r = _matrix(matrix)
+    rows = matrix_rows(matrix)
+    width = rows[0].shape[0]
     b = np.asarray(baseline, dtype=float)
-    if b.ndim != 1 or b.shape[0] != r.shape[1]:
-        raise ValueError(f"baseline must hold one accuracy per task ({r.shape[1]}), got shape {b.shape}")
-    rises = r - b
-    measured = np.isfinite(rises)
-    return float(rises[measured].max()) if measured.any() else math.nan
+    if b.ndim != 1 or b.shape[0] != width:
+        raise ValueError(f"baseline must hold one accuracy per task ({width}), got shape {b.shape}")
+    best = [rises[np.isfinite(rises)].max() for rises in (row - b for row in _distinct(rows))
+            if np.isfinite(rises).any()]
+    return float(max(best)) if best else math.nan
 
 
-def summarize(matrix: Sequence[Sequence[float]] | np.ndarray, baseline: Sequence[float] | None = None,
-              aligned: bool = True) -> dict[str, float]:
+def summarize(matrix: Matrix, baseline: Sequence[float] | None = None, aligned: bool = True,
+              tasks: int | None = None) -> dict[str, float]:
     """All metrics of an accuracy matrix as a dict (``nan`` where undefined). ``aligned=False`` says that column ``j``
     is not the task trained ``j``-th (a scenario evaluated on other tasks, or on its tasks in another order): BWT,
     FWT and forgetting, which pair them, are then ``nan`` too.
 
-    A matrix whose last row has cells not evaluated (NaN: an evaluation budget) also gets the metrics of its evaluated
-    cells: ``evaluated_accuracy`` and ``evaluated_tasks`` (their count), ``last5_accuracy``, and ``task1_accuracy``
-    (final accuracy on task 1). (Where only earlier rows have such cells, tasks not yet trained under a growing head
-    or rows skipped by ``eval_every``, these would repeat ACC.)
+    A long stream also gets the metrics of its evaluated cells: ``evaluated_accuracy`` and ``evaluated_tasks`` (their
+    count), ``last5_accuracy``, and ``task1_accuracy`` (final accuracy on task 1). A matrix is a long stream's where
+    its last row has cells not evaluated (NaN: an evaluation budget), where an earlier row has none evaluated (a task
+    trained without an evaluation, ``eval_every``), or where the stream has more than :data:`LONG_STREAM_TASKS` tasks
+    (``tasks``: the matrix's columns unless given, as for a matrix cut to the tasks trained so far). Earlier rows with
+    only some cells not evaluated (the tasks not yet trained under a growing head) make no long stream.
 
     Example:
         >>> summarize([[90, 10], [60, 95]], baseline=[10, 12])["BWT"]
         -30.0
         >>> summarize([[90, float("nan")], [float("nan"), 95]])["evaluated_tasks"]
         1.0
+        >>> summarize([[90, 10], [60, 95]], tasks=12)["last5_accuracy"]  # the first two tasks of twelve
+        77.5
     """
-    r = _as_array(matrix)
-    square = aligned and r.ndim == 2 and r.shape[0] == r.shape[1]
-    partial: dict[str, float] = {}
-    if r.ndim == 2 and r.size and not np.isfinite(r[-1]).all():
-        mean, count = evaluated_accuracy(r)
-        partial = {"evaluated_accuracy": mean, "evaluated_tasks": float(count),
-                   "last5_accuracy": last_tasks_accuracy(r, 5), "task1_accuracy": float(r[-1, 0])}
+    if tasks is not None and not is_whole(tasks, 1):
+        raise ValueError(f"tasks must be None or an integer >= 1, got {tasks!r}")
+    rows = matrix_rows(matrix)
+    final = rows[-1]
+    square = aligned and len(rows) == final.shape[0]
+    long_stream = (not np.isfinite(final).all() or _any_skipped(rows[:-1])
+                   or (final.shape[0] if tasks is None else tasks) > LONG_STREAM_TASKS)
+    evaluated: dict[str, float] = {}
+    if long_stream:
+        mean, count = evaluated_accuracy(rows)
+        evaluated = {"evaluated_accuracy": mean, "evaluated_tasks": float(count),
+                     "last5_accuracy": last_tasks_accuracy(rows, 5), "task1_accuracy": float(final[0])}
     return {
-        "ACC": average_accuracy(r),
-        "BWT": backward_transfer(r) if square else math.nan,
-        "FWT": forward_transfer(r, baseline) if square and baseline is not None else math.nan,
-        "forgetting": forgetting(r) if square else math.nan,
-        **partial,
+        "ACC": average_accuracy(rows),
+        "BWT": backward_transfer(rows) if square else math.nan,
+        "FWT": forward_transfer(rows, baseline) if square and baseline is not None else math.nan,
+        "forgetting": forgetting(rows) if square else math.nan,
+        **evaluated,
     }

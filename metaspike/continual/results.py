@@ -33,7 +33,7 @@ import torch
 
 from metaspike.checks import is_finite_number, is_whole
 from metaspike.continual.checkpoints import CHECKPOINT_FORMAT
-from metaspike.continual.metrics import is_accuracy
+from metaspike.continual.metrics import evaluated_rows, is_accuracy
 from metaspike.continual.trainer import ContinualResult
 from metaspike.diagnostics import plasticity_ranking
 from metaspike.files import atomic_open, atomic_write_text, check_torch_archive, csv_text, read_json, read_regular_file
@@ -86,7 +86,12 @@ def state_checksum(state: Any) -> str:
     """SHA-256 (hex) over everything in a nested dict/list structure: each tensor's key path, dtype, shape and bytes,
     and each plain value's key path, type and exact text (a float's ``repr`` holds all its bits).
 
-    Dict keys are visited in sorted order, so the digest depends only on the content.
+    Dict keys are visited in sorted order, so the digest depends only on the content. A list, tuple or dict met again
+    (the one all-NaN row that stands for every task of a long stream trained without an evaluation) adds its key path
+    and the one where it was first met, not its content again, so the digest costs time for the distinct content, not
+    for (tasks trained) x (tasks) (``torch.save`` keeps such an object one, and ``torch.load`` gives it back shared).
+    (Checkpoints of format ``metaspike-checkpoint-2`` summed a repeated object in full each time: they are refused by
+    their format.)
 
     Example:
         >>> a = state_checksum({"w": torch.ones(2), "step": [torch.tensor(3)], "acc": [94.72]})
@@ -94,10 +99,19 @@ def state_checksum(state: Any) -> str:
         True
         >>> a == state_checksum({"w": torch.ones(2), "step": [torch.tensor(3)], "acc": [126.72]})
         False
+        >>> skipped = (float("nan"),) * 2
+        >>> state_checksum([skipped, skipped]) == state_checksum([skipped, (float("nan"),) * 2])  # shared or not
+        False
     """
     digest = hashlib.sha256()
+    first_met: dict[int, str] = {}
 
     def walk(value: Any, where: str) -> None:
+        if isinstance(value, (dict, list, tuple)):
+            if id(value) in first_met:
+                digest.update(f"{where}|same as {first_met[id(value)]}|".encode())
+                return
+            first_met[id(value)] = where
         if isinstance(value, torch.Tensor):
             flat = value.detach().cpu().contiguous().reshape(-1)
             digest.update(f"{where}|{flat.dtype}|{tuple(value.shape)}|".encode())
@@ -152,7 +166,8 @@ _PLAIN_VALUES = (bool, int, float, complex, str, bytes, type(None), torch.dtype,
 
 def check_loadable(state: Any, where: str = "state") -> None:
     """Refuse what ``torch.load(weights_only=True)`` would not read back: everything but tensors, plain Python
-    values and lists, tuples and dicts of them (a plugin's or a rule's state holding a numpy array, say).
+    values and lists, tuples and dicts of them (a plugin's or a rule's state holding a numpy array, say). A list, tuple
+    or dict met again (a long stream's one row for its tasks trained without an evaluation) is checked once.
 
     Example:
         >>> check_loadable({"fisher": [torch.zeros(2)], "step": 3})
@@ -162,20 +177,27 @@ def check_loadable(state: Any, where: str = "state") -> None:
         ...
         ValueError: a checkpoint holds tensors and plain Python values only; state['plugins'][0]['fisher'] is a numpy.ndarray (torch.load(weights_only=True) would not read it back)
     """
-    if isinstance(state, (torch.Tensor, *_PLAIN_VALUES)):
-        return
-    if type(state) in (dict, OrderedDict):
-        for key, value in state.items():
-            check_loadable(key, f"{where} key")
-            check_loadable(value, f"{where}[{key!r}]")
-        return
-    if type(state) in (list, tuple):  # (a named tuple is a class torch does not read back)
-        for i, value in enumerate(state):
-            check_loadable(value, f"{where}[{i}]")
-        return
-    kind = f"{type(state).__module__}.{type(state).__qualname__}".removeprefix("builtins.")
-    raise ValueError(f"a checkpoint holds tensors and plain Python values only; {where} is a {kind} "
-                     "(torch.load(weights_only=True) would not read it back)")
+    checked: set[int] = set()
+
+    def check(value: Any, where: str) -> None:
+        if isinstance(value, (torch.Tensor, *_PLAIN_VALUES)) or id(value) in checked:
+            return
+        if type(value) in (dict, OrderedDict):
+            checked.add(id(value))
+            for key, item in value.items():
+                check(key, f"{where} key")
+                check(item, f"{where}[{key!r}]")
+            return
+        if type(value) in (list, tuple):  # (a named tuple is a class torch does not read back)
+            checked.add(id(value))
+            for i, item in enumerate(value):
+                check(item, f"{where}[{i}]")
+            return
+        kind = f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
+        raise ValueError(f"a checkpoint holds tensors and plain Python values only; {where} is a {kind} "
+                         "(torch.load(weights_only=True) would not read it back)")
+
+    check(state, where)
 
 
 class RunDirectory:
@@ -312,10 +334,10 @@ class RunDirectory:
         self.write_metrics(result, complete=False)
 
     def write_matrix(self, result: ContinualResult) -> None:
-        """One row per evaluation (``after_task`` says after which task); tasks trained without one have no row."""
+        """One row per evaluation (``after_task`` says after which task); tasks trained without one have no row (their
+        shared row is read once)."""
         rows = [["after_task"] + result.task_names]
-        rows += [[i + 1] + [_cell(round(a, 2)) for a in accs]
-                 for i, accs in enumerate(result.matrix) if any(math.isfinite(a) for a in accs)]
+        rows += [[i + 1] + [_cell(round(a, 2)) for a in result.matrix[i]] for i in evaluated_rows(result.matrix)]
         atomic_write_text(self.path / "accuracy_matrix.csv", csv_text(rows))
 
     def write_metrics(self, result: ContinualResult, complete: bool = True) -> None:

@@ -399,7 +399,7 @@ def task_permutation(seed: int, index: int, features: int) -> np.ndarray:
     """
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
         raise ValueError(f"index must be an integer >= 0, got {index!r}")
-    return _Permutations(seed, _check_count(features, "features"))(int(index))
+    return _Permutations(check_seed("seed", seed), _check_count(features, "features"))(int(index))
 
 
 def task_subset(seed: int, index: int, size: int, samples: int) -> np.ndarray:

@@ -44,7 +44,7 @@ from metaspike.continual.checkpoints import (
     load_part,
     settings_of,
 )
-from metaspike.continual.metrics import summarize
+from metaspike.continual.metrics import matrix_rows, summarize
 from metaspike.continual.scenarios import Scenario, Task, made_when_reached
 from metaspike.continual.schedulers import (
     SCHEDULED_SETTINGS,
@@ -202,12 +202,14 @@ class ContinualResult:
 
     @property
     def metrics(self) -> dict[str, float]:
-        """ACC, BWT, FWT and forgetting of :attr:`matrix` (see :mod:`metaspike.continual.metrics`). Until every task
-        is trained (a run going on, or stopped) in a stream that trains each evaluated task in turn, they cover the
-        tasks trained so far: a task not yet trained has an accuracy (near chance) but nothing to remember. (Joint
-        training evaluates every task after its one training task; a stream evaluates one test set.) Where the
-        evaluated tasks are not the trained ones in their order (:attr:`evaluates_trained_tasks` false), BWT, FWT and
-        forgetting, which pair row ``j`` with column ``j``, are ``nan``.
+        """ACC, BWT, FWT and forgetting of :attr:`matrix`, and a long stream's metrics of its evaluated tasks (see
+        :func:`metaspike.continual.metrics.summarize`: a stream of more tasks than ``LONG_STREAM_TASKS`` has them from
+        its first evaluation), read from the evaluated rows (the shared row of the tasks trained without an evaluation
+        once). Until every task is trained (a run going on, or stopped) in a stream that trains each evaluated task in
+        turn, they cover the tasks trained so far: a task not yet trained has an accuracy (near chance) but nothing to
+        remember. (Joint training evaluates every task after its one training task; a stream evaluates one test set.)
+        Where the evaluated tasks are not the trained ones in their order (:attr:`evaluates_trained_tasks` false), BWT,
+        FWT and forgetting, which pair row ``j`` with column ``j``, are ``nan``.
 
         Example:
             >>> ContinualResult(["a", "b"], matrix=[[90.0, 11.0]], training_tasks=2).metrics["ACC"]  # task 1 so far
@@ -216,11 +218,12 @@ class ContinualResult:
             85.0
         """
         trained = len(self.matrix)
-        matrix = np.array(self.matrix, dtype=float)
         baseline = self.baseline or None
-        if 0 < trained < self.training_tasks == len(self.task_names):
-            matrix, baseline = matrix[:, :trained], baseline and baseline[:trained]
-        return summarize(matrix, baseline, aligned=self.evaluates_trained_tasks)
+        so_far = 0 < trained < self.training_tasks == len(self.task_names)
+        matrix = matrix_rows(self.matrix, trained if so_far else None)  # (a shared skipped row stays one array)
+        if so_far:
+            baseline = baseline and baseline[:trained]
+        return summarize(matrix, baseline, aligned=self.evaluates_trained_tasks, tasks=len(self.task_names))
 
 
 def _outer_lists_copied(values: dict[str, Any]) -> dict[str, Any]:
