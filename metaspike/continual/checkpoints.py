@@ -80,8 +80,11 @@ def check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: tor
         raise ValueError("checkpoint was written for other tasks than this run's scenario has")
     width = len(scenario.eval_task_names)
     matrix = result["matrix"]
+    distinct = {id(row): row for row in matrix} if isinstance(matrix, (list, tuple)) else {}  # (a long stream's
+    # rows of tasks trained without an evaluation are one shared tuple: each checked once, not tasks x tasks cells)
     if not isinstance(matrix, (list, tuple)) or len(matrix) != trained or not all(
-            isinstance(row, (list, tuple)) and len(row) == width and all(map(is_accuracy, row)) for row in matrix):
+            isinstance(row, (list, tuple)) and len(row) == width and all(map(is_accuracy, row))
+            for row in distinct.values()):
         raise ValueError(f"the checkpoint's accuracy matrix must have {trained} rows (its trained tasks) of {width} "
                          "accuracies in [0, 100] (or NaN: not evaluated)")
     baseline = result["baseline"]
