@@ -78,12 +78,12 @@ def mm(a: Tensor, b: Tensor, library: str, out: Tensor | None = None) -> Tensor:
         >>> torch.equal(mm(a, b, "oneDNN" if "oneDNN" in float32_libraries("cpu") else "torch.mm"), a @ b)
         True
     """
-    if library == "torch.mm":
-        return torch.mm(a, b) if out is None else torch.mm(a, b, out=out)
     linear = _onednn_linear()
-    if library != "oneDNN" or linear is None or a.device.type != "cpu":
+    if library not in LIBRARIES or library == "oneDNN" and (linear is None or a.device.type != "cpu"):
         raise ValueError(f"library must be one of {', '.join(map(repr, float32_libraries(a.device)))}, "
                          f"got {library!r}")
+    if library == "torch.mm" or 0 in (*a.shape, *b.shape):  # (oneDNN has no product of an empty batch's backward)
+        return torch.mm(a, b) if out is None else torch.mm(a, b, out=out)
     weight = b.t()
     if out is None:
         return linear(a, weight, None, "none", [], "")
@@ -114,8 +114,8 @@ def _faster(device: torch.device, product: str, m: int, k: int, n: int) -> str:
     """``"oneDNN"`` where it is :data:`ONEDNN_MARGIN` times faster than ``torch.mm`` for this product, else
     ``"torch.mm"``."""
     libraries = float32_libraries(device)
-    if len(libraries) == 1:
-        return libraries[0]
+    if len(libraries) == 1 or 0 in (m, k, n):  # (nothing to time: an empty product is torch.mm's, as mm runs it)
+        return "torch.mm"
     rows = probe_rows(m)
     # the values do not change the time; the layouts are those binary_linear passes
     if product == "forward":

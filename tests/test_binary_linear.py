@@ -331,3 +331,14 @@ def test_a_mid_sized_layer_takes_the_fast_product_only_where_onednn_computes_its
     x = torch.randn(8, 1024)
     assert fast.product_used(x, mid) == ("float32" if library == "oneDNN" else "F.linear")
     assert fast.product_used(x, below) == "F.linear"
+
+
+@pytest.mark.parametrize("library", float32_products.LIBRARIES)
+def test_an_empty_batch_trains_a_large_layer_to_a_zero_gradient(layer, library, monkeypatch):
+    if library not in float32_products.float32_libraries("cpu"):
+        pytest.skip(f"this torch build has no {library} product")
+    monkeypatch.setattr(fast, "float32_library", lambda *shape: library)
+    x = torch.empty(0, IN).requires_grad_()
+    assert fast.product_used(x.detach(), layer) in fast.PRODUCT_KINDS  # (the fast path, not F.linear)
+    layer(x).sum().backward()
+    assert torch.equal(layer.weight.grad, torch.zeros(OUT, IN)) and x.grad.shape == (0, IN)

@@ -81,3 +81,13 @@ def test_bad_names_get_one_line_naming_the_accepted_ones():
         products.float32_library("cpu", "fwd", 8, 8, 8)
     with pytest.raises(ValueError, match="library must be one of 'torch.mm'.*got 'mkl'"):
         products.mm(torch.ones(2, 2), torch.ones(2, 2), "mkl")
+
+
+@pytest.mark.parametrize("library", products.LIBRARIES)
+def test_products_of_an_empty_batch_are_zero_sized_or_zero(library):
+    if library not in libraries():
+        pytest.skip(f"this torch build has no {library} product")
+    assert products.mm(torch.empty(0, 30), torch.ones(30, 5), library).shape == (0, 5)
+    out = torch.full((5, 30), float("nan"))
+    assert torch.equal(products.mm(torch.empty(5, 0), torch.empty(0, 30), library, out=out), torch.zeros(5, 30))
+    assert products._faster(torch.device("cpu"), "grad_weight", 0, 30, 5) == "torch.mm"
