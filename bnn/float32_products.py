@@ -82,6 +82,8 @@ def mm(a: Tensor, b: Tensor, library: str, out: Tensor | None = None) -> Tensor:
     if library not in LIBRARIES or library == "oneDNN" and (linear is None or a.device.type != "cpu"):
         raise ValueError(f"library must be one of {', '.join(map(repr, float32_libraries(a.device)))}, "
                          f"got {library!r}")
+    if library == "oneDNN" and not a.dtype == b.dtype == torch.float32:
+        raise ValueError(f"oneDNN's product here takes float32 matrices, got {a.dtype} and {b.dtype}")
     if library == "torch.mm" or 0 in (*a.shape, *b.shape):  # (oneDNN has no product of an empty batch's backward)
         return torch.mm(a, b) if out is None else torch.mm(a, b, out=out)
     weight = b.t()

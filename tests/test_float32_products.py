@@ -81,6 +81,9 @@ def test_bad_names_get_one_line_naming_the_accepted_ones():
         products.float32_library("cpu", "fwd", 8, 8, 8)
     with pytest.raises(ValueError, match="library must be one of 'torch.mm'.*got 'mkl'"):
         products.mm(torch.ones(2, 2), torch.ones(2, 2), "mkl")
+    if "oneDNN" in libraries():
+        with pytest.raises(ValueError, match="takes float32 matrices, got torch.float64 and torch.float32"):
+            products.mm(torch.ones(2, 2, dtype=torch.float64), torch.ones(2, 2), "oneDNN")
 
 
 @pytest.mark.parametrize("library", products.LIBRARIES)
