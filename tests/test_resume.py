@@ -173,6 +173,39 @@ def test_resume_from_python_refuses_other_data_under_the_same_names():
     assert trainer().fit(split(*data(0), groups=2), resume=first_task).matrix  # (its own data: resumed)
 
 
+def test_resume_from_python_refuses_another_middle_task_or_other_task_classes():
+    """Only the first and last task's data were fingerprinted, and a task's classes only under a growing head: a
+    resume with another middle task (same name), or with every task's outputs restricted, mixed two experiments."""
+    from metaspike.continual import ContinualTrainer, Scenario, Task, TrainerConfig
+    from metaspike.data import ArrayDataset
+
+    generator = torch.Generator().manual_seed(0)
+
+    def task(name, w, classes=None):
+        x = torch.rand(90, 8, generator=generator)
+        data = ArrayDataset.from_tensors(x, (x @ w > w.sum() / 2).long(), "signals", classes=["a", "b"])
+        return Task(name, data.subset(range(60)), data.subset(range(60, 90)), classes=classes)
+
+    def trainer():
+        torch.manual_seed(0)
+        return ContinualTrainer(torch.nn.Linear(8, 3), lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
+                                TrainerConfig(epochs=1, batch_size=10), progress=False)
+
+    weights = [torch.randn(8, generator=generator) for _ in range(3)]
+    tasks = [task(f"t{i}", w) for i, w in enumerate(weights)]
+    log = KeepCheckpoints()
+    trainer().fit(Scenario("mine", tasks, tasks), log=log)
+    after_two = next(s for s in map(lambda b: torch.load(io.BytesIO(b), weights_only=True), log.saved)
+                     if s["position"] == {"task": 2, "epochs_done": 0})
+    other_middle = [tasks[0], task("t1", -weights[1]), tasks[2]]
+    with pytest.raises(ValueError, match="the checkpoint was written by a run on other data"):
+        trainer().fit(Scenario("mine", other_middle, other_middle), resume=after_two)
+    restricted = [Task(t.name, t.train, t.test, classes=(0, 1)) for t in tasks]
+    with pytest.raises(ValueError, match="the checkpoint was written by a run on another scenario"):
+        trainer().fit(Scenario("mine", restricted, restricted), resume=after_two)
+    assert len(trainer().fit(Scenario("mine", tasks, tasks), resume=after_two).matrix) == 3  # (its own: resumed)
+
+
 @pytest.mark.parametrize("position", [{"task": 0, "epochs_done": 1}, {"task": 1, "epochs_done": 0}])
 def test_resume_from_python_refuses_other_optimizer_settings_inside_a_task_and_at_its_end(position):
     """At a task boundary a new optimizer starts, but the saved one says which settings the run trained with: a run

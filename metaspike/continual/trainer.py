@@ -300,9 +300,9 @@ def run_identity(scenario: Scenario, config: TrainerConfig) -> dict[str, Any]:
         return [count, *(tasks[i].name for i in shown)]
 
     described = [scenario.name, scenario.definition, names(scenario.tasks), names(scenario.eval_tasks),
-                 scenario.task_boundaries, scenario.task_known_at_test]
-    if scenario.growing_head:  # (added only where set: the scenarios before it keep their hashes)
-        described.append(["growing head", [list(t.classes) for t in scenario.tasks]])  # type: ignore[arg-type]
+                 scenario.task_boundaries, scenario.task_known_at_test, scenario.growing_head]
+    if not made_when_reached(scenario.tasks):  # (a stream made as it is reached: its definition fixes its classes)
+        described.append([None if t.classes is None else list(t.classes) for t in scenario.tasks])
     described_text = json.dumps(described, sort_keys=True, default=repr)
     return {"scenario": hashlib.sha256(described_text.encode()).hexdigest(), "data": _data_fingerprint(scenario),
             "settings": {key: getattr(config, key) for key in RESULT_SETTINGS}}
@@ -313,13 +313,17 @@ _FINGERPRINT_VALUES = 4096
 
 
 def _data_fingerprint(scenario: Scenario) -> str:
-    """A SHA-256 of the data of the scenario's first and last task (training and test samples and labels: shapes,
-    dtypes and :data:`_FINGERPRINT_VALUES` evenly spaced values of each), so that a run resumed on other data under
-    the same names and definition (a user's own tensors) is refused; a stream made as it is reached reads its first
-    task only (its definition fixes the others)."""
-    tasks = [scenario.tasks[0]] if made_when_reached(scenario.tasks) else [scenario.tasks[0], scenario.tasks[-1]]
+    """A SHA-256 of the data of every task of the scenario and of its evaluated tasks (training and test samples and
+    labels: shapes, dtypes and :data:`_FINGERPRINT_VALUES` evenly spaced values of each), so that a run resumed on
+    other data under the same names and definition (a user's own tensors, any task of them) is refused; a stream made
+    as it is reached reads its first task only (its definition fixes the others, and reading them would make them)."""
+    if made_when_reached(scenario.tasks):
+        parts = [scenario.tasks[0].train, scenario.tasks[0].test]
+    else:
+        parts = [part for task in scenario.tasks for part in (task.train, task.test)]
+        parts += [] if made_when_reached(scenario.eval_tasks) else [task.test for task in scenario.eval_tasks]
     digest = hashlib.sha256()
-    for data in (part for task in tasks for part in (task.train, task.test)):
+    for data in {id(part): part for part in parts}.values():  # (a task evaluated as trained is read once)
         for tensor in (data.x, data.y):
             flat = tensor.detach().reshape(-1)
             digest.update(repr((tuple(tensor.shape), str(tensor.dtype))).encode())
