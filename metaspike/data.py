@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from metaspike.allocator import usable_memory
+from metaspike.checks import check_device
 from metaspike.files import atomic_open, atomic_write_bytes, read_regular_file
 
 __all__ = [
@@ -104,10 +105,13 @@ class ArrayDataset:
     classes: tuple[str, ...]
 
     def __post_init__(self) -> None:
+        _check_name(self.name)
         where = f"dataset {self.name!r}"
         if not isinstance(self.x, torch.Tensor) or not isinstance(self.y, torch.Tensor):
             raise DataError(f"{where}: x and y must be torch tensors, got "
                             f"{type(self.x).__name__} and {type(self.y).__name__}")
+        for label, tensor in (("x", self.x), ("y", self.y)):
+            _check_holds_values(tensor, where, label)
         if self.x.dtype != torch.float32:
             raise DataError(f"{where}: x must be float32, got {self.x.dtype}")
         if self.y.dtype != torch.int64:
@@ -156,8 +160,7 @@ class ArrayDataset:
             >>> ds.x.shape, ds.classes
             (torch.Size([6, 64]), ('0', '1', '2'))
         """
-        if not isinstance(name, str) or not name:
-            raise DataError(f"name must be a non-empty string, got {name!r}")
+        _check_name(name)
         where = f"dataset {name!r}"
         x, y = (_as_tensor(v, where, label) for v, label in ((x, "x"), (y, "y")))
         if x.dtype == torch.uint8:
@@ -232,6 +235,21 @@ class ArrayDataset:
         return ArrayDataset(self.name if name is None else name, x, y, self.classes)
 
 
+def _check_name(name: object) -> None:
+    """A DataError unless ``name`` (a dataset's name: scenarios name their tasks after it) is a non-empty str."""
+    if not isinstance(name, str) or not name:
+        raise DataError(f"name must be a non-empty string, got {name!r}")
+
+
+def _check_holds_values(tensor: torch.Tensor, where: str, label: str) -> None:
+    """A DataError naming ``label`` when ``tensor`` is on a device without values (``meta``: shapes only), whose
+    values could be neither checked nor trained on."""
+    try:
+        check_device(tensor.device, f"{label}'s device")
+    except ValueError as err:
+        raise DataError(f"{where}: {err}") from None
+
+
 def _as_tensor(value: object, where: str, label: str) -> torch.Tensor:
     """``value`` (a tensor or a numpy array of numbers) as a tensor detached from any autograd graph."""
     if isinstance(value, np.ndarray):
@@ -240,6 +258,7 @@ def _as_tensor(value: object, where: str, label: str) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(value))  # (negative strides, e.g. np.flip, need a copy)
     if not isinstance(value, torch.Tensor):
         raise DataError(f"{where}: x and y must be torch tensors or numpy arrays, got {type(value).__name__} as {label}")
+    _check_holds_values(value, where, label)
     return value.detach()
 
 

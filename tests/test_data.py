@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -608,3 +609,53 @@ def test_own_data_is_copied_and_detached_and_its_name_checked():
     assert flipped.y.tolist() == [0, 1, 2] and flipped.x[0, 2] == 1.0
     with pytest.raises(DataError, match="name must be a non-empty string, got 5"):
         ArrayDataset.from_tensors(torch.rand(2, 3), torch.tensor([0, 1]), name=5)
+
+
+@pytest.mark.parametrize("name", [None, 5, "", b"toy"])
+def test_a_dataset_name_that_is_not_a_non_empty_string_is_refused_however_the_dataset_is_made(name):
+    x, y = torch.rand(4, 3), torch.tensor([0, 1, 1, 0])
+    message = rf"^name must be a non-empty string, got {re.escape(repr(name))}$"
+    with pytest.raises(DataError, match=message):  # (accepted before: every scenario then failed in .split("/"))
+        ArrayDataset(name, x, y, ("a", "b"))
+    with pytest.raises(DataError, match=message):
+        ArrayDataset.from_tensors(x, y, name)
+    if name is not None:  # (subset's name=None keeps the dataset's name)
+        with pytest.raises(DataError, match=message):
+            ArrayDataset("ok", x, y, ("a", "b")).subset([0, 1], name=name)
+
+
+def test_tensors_on_the_meta_device_are_one_line_naming_the_argument():
+    meta_x, meta_y = torch.empty(4, 3, device="meta"), torch.zeros(4, dtype=torch.long, device="meta")
+    x, y = torch.rand(4, 3), torch.tensor([0, 1, 1, 0])
+    for args, label in (((meta_x, y), "x"), ((x, meta_y), "y")):
+        message = rf"^dataset 'mine': {label}'s device 'meta' holds shapes without values"
+        with pytest.raises(DataError, match=message):  # (was torch's "Tensor.item() cannot be called on meta tensors")
+            ArrayDataset.from_tensors(*args, "mine")
+        with pytest.raises(DataError, match=message):
+            ArrayDataset("mine", *args, ("a", "b"))
+
+
+def test_the_standardize_the_range_error_points_at_takes_scalars_and_names_a_vector_in_one_line():
+    from metaspike.app.models import Standardize
+
+    x = torch.rand(20, 13, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(DataError, match=r"Standardize\(mean, std\) in front of the model$"):
+        ArrayDataset.from_tensors(x * 10, torch.zeros(20, dtype=torch.long))
+    # one number given as a tensor, a numpy array or a numpy scalar is taken, as before
+    for mean, std in ((x.mean(), x.std()), (np.float64(0.5), np.array(0.25)), (torch.tensor([0.5]), 0.25)):
+        module = Standardize(mean, std)
+        assert module.mean.shape == module.std.shape == ()
+    # (0 - 0.5) / 0.25 and (1 - 0.5) / 0.25 are exact in float32: powers of two
+    assert torch.equal(Standardize(0.5, 0.25)(torch.tensor([[0.0, 1.0]])), torch.tensor([[-2.0, 2.0]]))
+    for mean, std, message in [
+        (x.mean(0), x.std(0), r"^Standardize's mean must be a scalar \(one number for every input value\), got a "
+                              r"Tensor of shape \[13\]; for per-feature statistics put your own module"),
+        (0.5, x.numpy().std(0), r"^Standardize's std must be a scalar .* got a ndarray of shape \[13\];"),
+        (None, 0.2, r"^Standardize's mean must be a finite number \(a scalar\), got None$"),
+        (0.5, float("nan"), r"^Standardize's std must be a finite number \(a scalar\), got nan$"),
+        (True, 0.2, r"^Standardize's mean must be a finite number \(a scalar\), got True$"),
+        (0.5, 0, r"^Standardize's std must be > 0 \(it divides\), got 0.0$"),
+        (torch.empty((), device="meta"), 0.2, r"^Standardize's mean is a tensor on the 'meta' device"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            Standardize(mean, std)

@@ -168,3 +168,33 @@ def test_task_permutation_names_a_bad_seed_as_task_subset_does(seed):
     for draw in (lambda: task_permutation(seed, 0, 5), lambda: task_subset(seed, 0, 10, 3)):
         with pytest.raises(ValueError, match=message):
             draw()
+
+
+def test_sequence_reads_an_iterable_of_pairs_once_and_refuses_what_holds_no_pairs():
+    from metaspike.continual import sequence
+    from metaspike.data import ArrayDataset
+
+    x, y = torch.rand(12, 6), torch.arange(12) % 3
+    pairs = [(ArrayDataset.from_tensors(x, y, name), ArrayDataset.from_tensors(x[:6], y[:6], name))
+             for name in ("a", "b")]
+    listed = sequence(pairs)
+    generated = sequence(pair for pair in pairs)  # (its len() was a bare TypeError, and it could be read only once)
+    assert [t.name for t in generated.tasks] == [t.name for t in listed.tasks] == ["a", "b"]
+    assert all(g.train is t.train and g.test is t.test for g, t in zip(generated.tasks, listed.tasks))
+    assert generated.definition == listed.definition == {"datasets": ["a", "b"]}
+    for bad, kind in ((pairs[0][0], "ArrayDataset"), (5, "int"), ("ab", "str")):
+        with pytest.raises(ValueError, match=rf"^a dataset sequence takes a list \(or any iterable\) of \(train, test\) "
+                                             rf"pairs, got {kind}$"):
+            sequence(bad)
+    with pytest.raises(ValueError, match="^a dataset sequence needs at least one dataset$"):
+        sequence(iter(()))
+
+
+@pytest.mark.parametrize("groups", [[[[0], [1]], [2]], [[0, [1]], [2]], [[0], [(1, 2)]]])
+def test_class_groups_of_something_other_than_class_indices_are_one_line(groups):
+    from metaspike.data import ArrayDataset
+
+    x, y = torch.rand(12, 6), torch.arange(12) % 3
+    train, test = ArrayDataset.from_tensors(x, y, "d"), ArrayDataset.from_tensors(x[:6], y[:6], "d")
+    with pytest.raises(ValueError, match=r"^class groups must be non-empty, disjoint and within 0\.\.2, got "):
+        split(train, test, groups)  # (a list inside a group was hashed first: "unhashable type: 'list'")

@@ -30,13 +30,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
 from metaspike.chained import ChainedOptimizer
+from metaspike.checks import is_finite_number
 
 __all__ = ["available_models", "is_spiking", "build_model", "describe_model", "optimizer_kind", "uses_batchnorm",
            "is_builtin", "weight_layer_count", "build_optimizer", "published_settings", "OPTIMIZER_KINDS", "BIMU_SETTINGS", "MESU_SETTINGS", "SPIKING_BIMU_SETTINGS",
@@ -90,23 +92,48 @@ class Standardize(nn.Module):
     """``(x − mean) / std`` with fixed scalars (a training set's pixel statistics), as the first module of a
     model (``--standardize``); ``mean`` and ``std`` are buffers, so checkpoints carry them.
 
+    ``mean`` and ``std`` are numbers, or tensors or numpy arrays holding one number (``x.mean()``); per-feature
+    vectors are refused.
+
     Example:
         >>> Standardize(0.5, 0.25)(torch.ones(1, 2))
         tensor([[2., 2.]])
+        >>> Standardize(torch.tensor([0.5, 0.2]), 0.25)
+        Traceback (most recent call last):
+        ...
+        ValueError: Standardize's mean must be a scalar (one number for every input value), got a Tensor of shape [2]; for per-feature statistics put your own module computing (x - mean) / std in front of the model
     """
 
     def __init__(self, mean: float, std: float) -> None:
         super().__init__()
-        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
-            raise ValueError(f"std must be a finite number > 0 and mean finite, got mean={mean}, std={std}")
-        self.register_buffer("mean", torch.tensor(float(mean)))
-        self.register_buffer("std", torch.tensor(float(std)))
+        mean, std = _standardize_scalar("mean", mean), _standardize_scalar("std", std)
+        if std <= 0:
+            raise ValueError(f"Standardize's std must be > 0 (it divides), got {std!r}")
+        self.register_buffer("mean", torch.tensor(mean))
+        self.register_buffer("std", torch.tensor(std))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
     def extra_repr(self) -> str:
         return f"mean={float(self.mean):.4g}, std={float(self.std):.4g}"
+
+
+def _standardize_scalar(name: str, value: Any) -> float:
+    """:class:`Standardize`'s ``name`` argument as a float: a finite number, or a tensor or numpy array holding one;
+    else a ``ValueError`` naming ``name`` and saying a scalar is expected."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        if math.prod(value.shape) != 1:
+            raise ValueError(f"Standardize's {name} must be a scalar (one number for every input value), got a "
+                             f"{type(value).__name__} of shape {list(value.shape)}; for per-feature statistics put "
+                             "your own module computing (x - mean) / std in front of the model")
+        if isinstance(value, torch.Tensor) and value.is_meta:
+            raise ValueError(f"Standardize's {name} is a tensor on the 'meta' device, which holds no value; give a "
+                             "number")
+        value = value.item()
+    if not is_finite_number(value):
+        raise ValueError(f"Standardize's {name} must be a finite number (a scalar), got {value!r}")
+    return float(value)
 
 
 def _sizes(hidden: Sequence[int], input_shape: Sequence[int], classes: int) -> list[int]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
@@ -465,8 +465,9 @@ def permuted(train: ArrayDataset, test: ArrayDataset, n_tasks: int = 3, seed: in
     return Scenario("permuted", tasks, tasks, definition)
 
 
-def sequence(datasets: Sequence[tuple[ArrayDataset, ArrayDataset]]) -> Scenario:
-    """One task per ``(train, test)`` pair, in order (e.g. MNIST → Fashion-MNIST).
+def sequence(datasets: Iterable[tuple[ArrayDataset, ArrayDataset]]) -> Scenario:
+    """One task per ``(train, test)`` pair, in order (e.g. MNIST → Fashion-MNIST); ``datasets`` is a list of pairs or
+    any iterable of them (a generator is read once).
 
     Example:
         >>> from metaspike.data import load_dataset
@@ -474,6 +475,10 @@ def sequence(datasets: Sequence[tuple[ArrayDataset, ArrayDataset]]) -> Scenario:
         >>> [t.name for t in sequence(pairs).tasks]
         ['mnist5k', 'digits']
     """
+    if isinstance(datasets, (str, bytes)) or not isinstance(datasets, Iterable):
+        raise ValueError(f"a dataset sequence takes a list (or any iterable) of (train, test) pairs, got "
+                         f"{type(datasets).__name__}")
+    datasets = list(datasets)
     if len(datasets) < 1:
         raise ValueError("a dataset sequence needs at least one dataset")
     for pair in datasets:
@@ -531,8 +536,8 @@ def split(
             raise ValueError(f"cannot split {n_classes} classes into {n} groups")
         groups = [list(map(int, g)) for g in np.array_split(np.arange(n_classes), n)]
     flat = [c for g in groups for c in g]
-    if (not groups or any(len(g) == 0 for g in groups) or len(set(flat)) != len(flat)
-            or not all(is_whole(c, 0) and c < n_classes for c in flat)):
+    if (not groups or any(len(g) == 0 for g in groups) or not all(is_whole(c, 0) and c < n_classes for c in flat)
+            or len(set(flat)) != len(flat)):  # (class indices checked before they are hashed: a list is not)
         raise ValueError(f"class groups must be non-empty, disjoint and within 0..{n_classes - 1}, got {groups}")
     tasks = []
     for g in groups:
