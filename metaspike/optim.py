@@ -2,7 +2,8 @@
 
 * :class:`MetaplasticAdam`: Adam in which the first-moment term of every weight matrix/kernel is
   damped by a consolidation rule wherever it would move the hidden weight toward zero. With
-  ``meta=0`` it is ``torch.optim.Adam`` bit for bit.
+  ``meta=0`` and a rule that is then the plain optimizer (every built-in rule: ``plain_at_zero``) it is
+  ``torch.optim.Adam`` bit for bit.
 * :func:`metaplastic`: adds the same rule to any torch optimizer (SGD, AdamW, ...) through step hooks.
 
 ``meta`` is a param-group hyperparameter, so every layer can have its own strength.
@@ -14,6 +15,7 @@ weight update in a single pass over memory) compiled by ``torch.compile`` on fir
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -34,6 +36,7 @@ from metaspike.rules import (
     check_meta,
     checked_step,
     get_rule,
+    is_plain,
     rule_from_record,
     rule_record,
     state_from_dict,
@@ -64,10 +67,10 @@ def consolidates(param: Tensor, group: dict[str, Any]) -> bool:
 
 
 def warn_at_first_step_if_nothing_consolidated(optimizer: Optimizer) -> None:
-    """At the end of the optimizer's first step, warn when some group asks for consolidation (``meta != 0``) but no
-    parameter is consolidated (a model that was not binarized: ``meta`` would then change nothing, silently). Checked
-    then, not when the optimizer is made nor before the step's closure: a binary layer whose parameters were replaced
-    by hand marks its hidden weight again on its forward pass.
+    """At the end of the optimizer's first step, warn when some group asks for consolidation (:func:`_applies_rule`)
+    but no parameter is consolidated (a model that was not binarized: ``meta`` would then change nothing, silently).
+    Checked then, not when the optimizer is made nor before the step's closure: a binary layer whose parameters were
+    replaced by hand marks its hidden weight again on its forward pass.
 
     Example:
         >>> import warnings
@@ -92,15 +95,22 @@ def warn_at_first_step_if_nothing_consolidated(optimizer: Optimizer) -> None:
 
 
 def _warn_if_nothing_consolidated(optimizer: Optimizer) -> None:
-    asks = any(group["meta"] != 0 for group in optimizer.param_groups)
+    asks = any(_applies_rule(group) for group in optimizer.param_groups)
     if asks and not any(consolidates(p, group) for group in optimizer.param_groups for p in group["params"]):
         warnings.warn(
-            "meta != 0 but the optimizer consolidates nothing: none of its parameters is the hidden weight of a binary "
+            "meta != 0 (or a rule that acts at meta = 0) but the optimizer consolidates nothing: none of its "
+            "parameters is the hidden weight of a binary "
             "synapse (call metaspike.binarize(model) first, or pass metaspike.param_groups(model, meta) to "
             "consolidate a float model's weight matrices)",
             UserWarning,
             stacklevel=4,
         )
+
+
+def _applies_rule(group: dict[str, Any]) -> bool:
+    """Whether ``group``'s rule acts on its consolidated parameters: not where its ``meta`` is 0 and its rule is then
+    the plain optimizer (:func:`metaspike.rules.is_plain`), which the optimizers step as it is."""
+    return not is_plain(get_rule(group["rule"]), group["meta"])
 
 
 def _add_checked(optimizer: Optimizer, add: Callable[[dict[str, Any]], None], param_group: dict[str, Any]) -> None:
@@ -153,11 +163,16 @@ def _missing_settings(optimizer: Optimizer, group: dict[str, Any]) -> list[str]:
     return [key for key in optimizer.defaults if key not in filled and key not in _CONSOLIDATION_KEYS]
 
 
-def _loaded_groups(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+#: The consolidation rules' states of a loaded state dict, by the parameter each belongs to.
+_RuleStates = dict[Tensor, dict[str, Tensor]]
+
+
+def _loaded_groups(optimizer: Optimizer, state_dict: dict[str, Any]) -> tuple[dict[str, Any], _RuleStates]:
     """The state dict to load, checked before anything of it is installed (a state dict is a file from outside):
     another algorithm's refused (:func:`_missing_settings`, :data:`_OTHER_ALGORITHMS`), its rules rebuilt from their
     records, a setting a group lacks (the state dict of a plain torch optimizer, or of an older metaspike) at the
-    optimizer's default, every group validated."""
+    optimizer's default, every group validated; and the rules' states as they are to be installed
+    (:func:`_check_saved_state`)."""
     name = type(optimizer).__name__
     loaded = []
     for group in state_dict_groups(state_dict):
@@ -174,28 +189,30 @@ def _loaded_groups(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str
         group["rule"] = rule_from_record(group["rule"])
         _group_check(optimizer)(group)
         loaded.append(group)
-    _check_saved_state(optimizer, loaded, state_dict.get("state"))
-    return {**state_dict, "param_groups": loaded}
+    rule_states = _check_saved_state(optimizer, loaded, state_dict.get("state"))
+    return {**state_dict, "param_groups": loaded}, rule_states
 
 
 #: What MetaplasticAdam keeps of each parameter it stepped (the rule's own state besides, under ``"rule_state"``).
 _ADAM_STATE = ("step", "exp_avg", "exp_avg_sq")
 
 
-def _check_saved_state(optimizer: Optimizer, groups: list[dict[str, Any]], state: Any) -> None:
+def _check_saved_state(optimizer: Optimizer, groups: list[dict[str, Any]], state: Any) -> _RuleStates:
     """Check the per-parameter states of a state dict loaded into a metaplastic optimizer before they are installed:
     MetaplasticAdam's hold Adam's step and moments; the moments of torch.optim's algorithms and the consolidation
     rule's state (``"rule_state"``) have the shape of the parameter they load into, finite values, and no negative
     sum of squares or step count. Another optimizer's state (SGD's momentum in Adam), another model's or an edited
     file's would otherwise be installed, and the next step fail inside the update or turn every weight NaN. Groups
-    whose sizes differ are left to torch, which refuses them in its own words."""
+    whose sizes differ are left to torch, which refuses them in its own words. Returns the rules' states as
+    :func:`_check_rule_state` gives them back."""
     if not isinstance(state, dict):
         raise ValueError(f"state_dict's 'state' must map parameter indices to their states, got {type(state).__name__}")
     saved = [(index, group) for group in groups for index in group.get("params", ())]
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if len(saved) != len(params):
-        return
+        return {}
     into = {index: (param, group) for (index, group), param in zip(saved, params)}
+    rule_states: _RuleStates = {}
     for index, entry in state.items():
         if index not in into:
             raise ValueError(f"state_dict: it holds a state for parameter {index!r}, which none of its groups lists")
@@ -208,25 +225,50 @@ def _check_saved_state(optimizer: Optimizer, groups: list[dict[str, Any]], state
                                  "the state dict of a MetaplasticAdam optimizer")
         check_parameter_state(entry, param.shape, f"state_dict: parameter {index!r}")
         if "rule_state" in entry:
-            _check_rule_state(index, entry["rule_state"], get_rule(group["rule"]), param)
+            rule_states[param] = _check_rule_state(index, entry["rule_state"], get_rule(group["rule"]), param)
+    return rule_states
 
 
-def _check_rule_state(index: Any, stored: Any, rule: Rule, param: Tensor) -> None:
-    """The consolidation rule's saved state of ``param``: the fields of ``rule``'s state, each of the shape a new
-    state of ``param`` has."""
+def _check_rule_state(index: Any, stored: Any, rule: Rule, param: Tensor) -> dict[str, Tensor]:
+    """The consolidation rule's saved state of ``param``, checked: the fields of ``rule``'s state, each of the shape
+    a new state of ``param`` has; returned with the dtype and device each field has there (torch's load casts every
+    state tensor to the parameter's dtype: a bool mask would come back float, an int64 counter rounded), refused
+    where that dtype cannot hold its values (a fraction in an integer field)."""
     expected = state_to_dict(rule.init_state(param.detach()))
     if not isinstance(stored, dict) or set(stored) != set(expected):
         fields = sorted(map(str, stored)) if isinstance(stored, dict) else type(stored).__name__
         raise ValueError(f"state_dict: parameter {index!r}'s rule_state has the fields {fields}, but its group's "
                          f"{type(rule).__name__} keeps {sorted(expected)}")
+    restored = {}
     for field, value in stored.items():
-        check_state_tensor(f"state_dict: parameter {index!r}'s rule_state {field}", value, expected[field].shape)
+        where = f"state_dict: parameter {index!r}'s rule_state {field}"
+        check_state_tensor(where, value, expected[field].shape)
+        restored[field] = value.to(device=expected[field].device, dtype=expected[field].dtype)
+        if not restored[field].is_floating_point() and not torch.equal(restored[field].to(value), value):
+            raise ValueError(f"{where} is {value.dtype} and holds values that {expected[field].dtype}, its dtype in "
+                             f"{type(rule).__name__}.init_state, cannot hold")
+    return restored
 
 
 def _hook_checkpoints(optimizer: Optimizer) -> None:
-    """Rules saved as plain records, and every group completed and validated before a state dict is loaded."""
+    """Rules saved as plain records; every group completed and validated before a state dict is loaded, and the
+    rules' states installed after torch's load as :func:`_check_rule_state` gave them back."""
+    rule_states: _RuleStates = {}
+
+    def check(opt: Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+        rule_states.clear()  # (a load that failed after its check leaves nothing behind for the next)
+        loaded, checked = _loaded_groups(opt, state_dict)
+        rule_states.update(checked)
+        return loaded
+
+    def install_rule_states(opt: Optimizer) -> None:
+        for param, fields in rule_states.items():
+            opt.state[param]["rule_state"] = fields
+        rule_states.clear()
+
     optimizer.register_state_dict_post_hook(_rules_as_records)
-    optimizer.register_load_state_dict_pre_hook(_loaded_groups)
+    optimizer.register_load_state_dict_pre_hook(check)
+    optimizer.register_load_state_dict_post_hook(install_rule_states)
 
 
 def _check_consolidation(group: dict[str, Any], owner: str = "a metaplastic optimizer") -> None:
@@ -300,7 +342,8 @@ class MetaplasticAdam(Optimizer):
         params: parameters or param groups; a group may set its own ``meta``, ``rule`` and
             ``consolidate`` (``True``/``False``; ``None``: the binary synapses' hidden weights).
         lr, betas, eps, weight_decay: as in ``torch.optim.Adam``; validated for every group.
-        meta: metaplasticity strength ``m >= 0``; ``0`` gives plain Adam.
+        meta: metaplasticity strength ``m >= 0``; ``0`` gives plain Adam under a rule that says so (every
+            built-in rule; ``plain_at_zero``, see :class:`metaspike.rules.Rule`), while another rule is still called.
         rule: consolidation rule name (see :func:`metaspike.rules.available_rules`) or object; a
             rule's state is kept in the optimizer state under ``"rule_state"``.
         foreach: use the multi-tensor path; ``None`` chooses as ``torch.optim.Adam`` does.
@@ -309,8 +352,8 @@ class MetaplasticAdam(Optimizer):
             on the first step, a few seconds; cached on disk by torch afterwards); ``False``: by
             separate tensor operations; ``None``: fused for matrices of at least
             :data:`FUSED_MIN_NUMEL` entries. If compiling fails, a warning is given and the
-            separate operations are used. Plain Adam (``meta=0``, 1-D parameters) is never fused,
-            so it stays ``torch.optim.Adam`` bit for bit.
+            separate operations are used. Plain Adam (``meta=0`` under a built-in rule, parameters not
+            consolidated) is never fused, so it stays ``torch.optim.Adam`` bit for bit.
 
     Example:
         >>> import metaspike
@@ -392,7 +435,7 @@ class MetaplasticAdam(Optimizer):
             if any(p.grad.is_sparse for p in params):
                 raise RuntimeError("MetaplasticAdam does not support sparse gradients")
             _check_state_follows(self.state, params)
-            if group["meta"] != 0 and any(p.is_complex() and consolidates(p, group) for p in params):
+            if _applies_rule(group) and any(p.is_complex() and consolidates(p, group) for p in params):
                 raise ValueError("MetaplasticAdam consolidates real hidden weights; a complex parameter has no sign to "
                                  "keep: put it in a group with consolidate=False")
 
@@ -411,7 +454,8 @@ class MetaplasticAdam(Optimizer):
         self.check_step()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            consolidated = [group["meta"] != 0 and consolidates(p, group) for p in params]
+            applies = _applies_rule(group)
+            consolidated = [applies and consolidates(p, group) for p in params]
             for param in _pick(params, consolidated, True):
                 _metaplastic_step_(param, self._init_state(param), group)
             plain = _pick(params, consolidated, False)
@@ -425,7 +469,7 @@ class MetaplasticAdam(Optimizer):
                 _multi_tensor_adam(group, plain, states)
             else:
                 for param, state in zip(plain, states):
-                    _adam_step_(param, state, group, meta=0.0)
+                    _adam_step_(param, state, group, rule=None)
         return loss
 
 
@@ -462,10 +506,10 @@ def _pick(items: list, flags: list[bool], wanted: bool) -> list:
     return [item for item, flag in zip(items, flags) if flag == wanted]
 
 
-def _adam_step_(param: Tensor, state: dict[str, Any], group: dict[str, Any], meta: float,
+def _adam_step_(param: Tensor, state: dict[str, Any], group: dict[str, Any], rule: Rule | None,
                 update: Callable[..., Any] | None = None) -> Any:
-    """One Adam step of one parameter, in place, its update passed through the group's rule when
-    ``meta > 0``; returns the rule's new state. ``update`` is :func:`_adam_update_` (default) or its
+    """One Adam step of one parameter, in place, its update passed through ``rule`` (the group's, at the group's
+    ``meta``; ``None``: plain Adam); returns the rule's new state. ``update`` is :func:`_adam_update_` (default) or its
     compiled version."""
     if update is not None:  # (its flat views need contiguous moments: a state loaded from a channels_last model has not)
         for key in ("exp_avg", "exp_avg_sq"):
@@ -473,18 +517,17 @@ def _adam_step_(param: Tensor, state: dict[str, Any], group: dict[str, Any], met
     state["step"] += 1
     step = state["step"].item()
     beta1, beta2 = group["betas"]
-    rule = get_rule(group["rule"])
-    rule_state = state_from_dict(rule, param, state.get("rule_state")) if meta != 0 else None
+    rule_state = state_from_dict(rule, param, state.get("rule_state")) if rule is not None else None
     tensors = _real_views(param, param.grad, state["exp_avg"], state["exp_avg_sq"])
     if update is not None:  # the compiled loop sees flat views: one symbolic size for every layer
         tensors = tuple(t.view(-1) for t in tensors)
-    with user_rule_errors(rule):
+    with user_rule_errors(rule) if rule is not None else contextlib.nullcontext():
         new_state = (update or _adam_update_)(
             *tensors,
             step_size=group["lr"] / (1 - beta1**step),
             bias_correction2_sqrt=(1 - beta2**step) ** 0.5,
             beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
-            meta=meta, rule=rule, rule_state=rule_state,
+            meta=group["meta"], rule=rule, rule_state=rule_state,
         )
     if new_state is not None and len(new_state) > 0:
         state["rule_state"] = state_to_dict(new_state)
@@ -511,12 +554,12 @@ def _real_views(*tensors: Tensor) -> tuple[Tensor, ...]:
 def _adam_update_(
     param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, *,
     step_size: float, bias_correction2_sqrt: float, beta1: float, beta2: float, eps: float,
-    weight_decay: float, meta: float, rule: Rule, rule_state: Any,
+    weight_decay: float, meta: float, rule: Rule | None, rule_state: Any,
 ) -> Any:
     """The update itself, written so that ``torch.compile`` can fuse it into one loop.
 
-    With ``meta == 0`` these are the operations of ``torch.optim.Adam`` (single-tensor path). With
-    ``meta > 0`` the Adam step ``lr·m̂/(√v̂ + eps)`` goes through ``rule.step`` (the step size divides
+    With ``rule=None`` these are the operations of ``torch.optim.Adam`` (single-tensor path). With a rule
+    the Adam step ``lr·m̂/(√v̂ + eps)`` goes through ``rule.step`` at ``meta`` (the step size divides
     the denominator, so that the compiled loop takes it as an input rather than recompiling every step).
     """
     if weight_decay != 0:
@@ -524,7 +567,7 @@ def _adam_update_(
     exp_avg.lerp_(grad, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-    if meta == 0:
+    if rule is None:
         param.addcdiv_(exp_avg, denom, value=-step_size)
         return rule_state
     update, rule_state = checked_step(rule, rule.step(param, exp_avg / denom.div_(step_size), meta, rule_state), param)
@@ -545,7 +588,7 @@ def _metaplastic_step_(param: Tensor, state: dict[str, Any], group: dict[str, An
         and param.is_contiguous() and param.grad.is_contiguous()
         and (fused is True or param.numel() >= FUSED_MIN_NUMEL)
     )
-    _adam_step_(param, state, group, group["meta"], update=_compiled_update if compiled else None)
+    _adam_step_(param, state, group, rule, update=_compiled_update if compiled else None)
 
 
 def _multi_tensor_adam(group: dict[str, Any], params: list[Tensor], states: list[dict]) -> None:
@@ -578,7 +621,8 @@ def metaplastic(
     Before each step (for ``step(closure)``, right after the closure's first call: its forward pass marks a hidden
     weight set by hand since the last one) the consolidated weights (see :func:`consolidates`) are remembered;
     after it, each one's change goes through the group's rule (``rule.step(old, old - new, meta, state)``) and
-    the weight is set to ``old - update``. ``meta``, ``rule`` and ``consolidate`` become param-group
+    the weight is set to ``old - update`` (not where ``meta`` is 0 and the rule is then the plain optimizer, as every
+    built-in rule is: ``plain_at_zero``). ``meta``, ``rule`` and ``consolidate`` become param-group
     hyperparameters (groups that already set them keep them), so LR schedulers, ``state_dict()`` and
     per-layer strengths work as with the plain optimizer; a rule's state lives in ``optimizer.state``
     under ``"rule_state"``, so ``state_dict()`` saves it too.
@@ -609,7 +653,8 @@ def metaplastic(
         # every consolidated weight, with a gradient yet or not (the inner step skips those without one)
         before.clear()
         for group in optimizer.param_groups:
-            if check_meta(group["meta"], "a param group's meta") != 0:  # (edited since it was checked?)
+            _check_edited_consolidation(group)
+            if _applies_rule(group):
                 for p in group["params"]:
                     if consolidates(p, group):
                         before[p] = p.detach().clone()

@@ -10,6 +10,7 @@ import contextlib
 import math
 import os
 import sys
+import sysconfig
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -22,7 +23,7 @@ from torch.optim import Optimizer
 from metaspike.allocator import allocation_failure
 from metaspike.bayesian.fused_step import FusedTrainingStep
 from metaspike.bayesian.synapses import bayesian_modules
-from metaspike.checks import ModelError, TrainingDiverged, check_eps_holds, is_whole
+from metaspike.checks import ModelError, TrainingDiverged, check_eps_holds, is_number, is_whole, raised_at
 from metaspike.distributed import average_gradients
 from metaspike.population_statistics import evaluates_with_batch_statistics, statistics_outdated
 
@@ -82,7 +83,8 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
     """Reject data that cannot train ``model``, with one clear message.
 
     Checks dtype, NaN/inf, matching lengths and that a forward pass on two samples works (the
-    message names the input shape and what the model expected; its random draws, a Bayesian model's weight samples,
+    message names the input shape and what the model expected, or, for an error raised in a user's own code, its
+    module, file and line (:func:`_trial_failure`); its random draws, a Bayesian model's weight samples,
     come from copies of torch's generators: :func:`random_numbers_apart`), and that the labels are among the
     ``classes`` of the data (a task's), and those among the model's outputs.
 
@@ -108,16 +110,13 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
         with torch.no_grad(), random_numbers_apart(x.device):  # (a model that samples its weights: training's numbers
             model.eval()                                          # do not depend on the check)
             out = model(x[:2])
-    except (RuntimeError, ValueError) as err:  # (torch's BatchNorm raises ValueError for one sample)
+    except Exception as err:
         if allocation_failure(err) or isinstance(err, ModelError):  # memory, or the model itself: not the samples'
             raise
-        dtypes = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()})
-        if dtypes and str(x.dtype) not in dtypes:
-            convert = (f"convert the data (x.to({dtypes[0]}))" if x.dtype == torch.float16 else  # (trains NaN: eps)
-                       f"convert the model (model.to({x.dtype})) or the data to one dtype")
-            raise ValueError(f"{what} is {x.dtype} but the model's parameters are {', '.join(dtypes)}; {convert}") from None
-        first_line = str(err).strip().splitlines()[0]
-        raise ValueError(f"{what} samples of shape {tuple(x.shape[1:])} do not fit the model: {first_line}") from None
+        failure = _trial_failure(model, x, what, err)
+        if failure is None:
+            raise
+        raise failure from None
     finally:
         model.train(was_training)
     if not isinstance(out, Tensor) or out.dim() not in (2, 3):
@@ -142,6 +141,29 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
     if beyond:
         raise ValueError(f"the classes {list(classes)} of {what} go beyond the model's {out.shape[-1]} outputs "  # type: ignore[arg-type]
                          f"(classes 0 to {out.shape[-1] - 1})")
+
+
+def _trial_failure(model: nn.Module, x: Tensor, what: str, err: Exception) -> ValueError | None:
+    """The one-line error for ``err``, raised by the trial forward pass of :func:`check_inputs` on samples of ``x``
+    (``None``: ``err`` is passed on as it is, an error of another kind raised in a library): data of another dtype
+    than the model's parameters; an error raised in a user's own code (:func:`_raised_in_user_code`: a bug there, or
+    samples that code cannot take), named by its module, file and line; else samples of a shape that does not fit
+    (torch's BatchNorm raises ValueError for one sample)."""
+    known = isinstance(err, (RuntimeError, ValueError))
+    dtypes = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()})
+    if known and dtypes and str(x.dtype) not in dtypes:
+        convert = (f"convert the data (x.to({dtypes[0]}))" if x.dtype == torch.float16 else  # (trains NaN: eps)
+                   f"convert the model (model.to({x.dtype})) or the data to one dtype")
+        return ValueError(f"{what} is {x.dtype} but the model's parameters are {', '.join(dtypes)}; {convert}")
+    lines = str(err).strip().splitlines()
+    first_line = lines[0] if lines else type(err).__name__
+    place = _raised_in_user_code(err)
+    if place:
+        return ValueError(f"{what}: the model raised {type(err).__name__} in {place} on samples of shape "
+                          f"{tuple(x.shape[1:])}: {first_line}")
+    if known:
+        return ValueError(f"{what} samples of shape {tuple(x.shape[1:])} do not fit the model: {first_line}")
+    return None
 
 
 def check_labels(y: Tensor, samples: int, outputs: int | None, what: str = "input") -> None:
@@ -288,8 +310,9 @@ def train_epoch(
         loss = classification_loss(model(inputs), targets, classes)
         if shard[1] > 1:  # weigh this slice by its share, so averaged gradients equal the whole batch's
             loss = loss * (len(index) * shard[1] / len(batch))
+        _require_gradient(loss)
         for plugin in plugins:
-            extra = plugin.penalty(model)
+            extra = _checked_penalty(plugin, model)
             if extra is not None:
                 loss = loss + extra
         if not torch.isfinite(loss):
@@ -313,6 +336,30 @@ def train_epoch(
         torch.distributed.all_reduce(summed)
         mean = summed.item() / shard[1]
     return mean
+
+
+def _require_gradient(loss: Tensor) -> None:
+    """One ``ValueError`` where the model's loss carries no gradient back to any parameter: its backward pass would
+    fail inside torch (or, with a plugin's penalty added, train on the penalty alone)."""
+    if loss.requires_grad:
+        return
+    if not torch.is_grad_enabled():
+        raise ValueError("the loss has no gradient: training ran with gradients disabled (inside torch.no_grad() or "
+                         "torch.inference_mode())")
+    raise ValueError("the loss has no gradient to any trained parameter: the model's output does not depend on a "
+                     "parameter that requires grad (a spike function without a surrogate gradient, such as "
+                     "(mem > threshold).float(), or every parameter frozen)")
+
+
+def _checked_penalty(plugin: Plugin, model: nn.Module) -> Tensor | float | None:
+    """``plugin.penalty(model)`` once it is what a loss can take: a scalar tensor, a number or ``None`` (a tensor of
+    several values would turn the loss into one, and the next check fail inside torch)."""
+    extra = plugin.penalty(model)
+    if extra is None or is_number(extra) or (isinstance(extra, Tensor) and extra.dim() == 0):
+        return extra
+    got = f"a tensor of shape {list(extra.shape)}" if isinstance(extra, Tensor) else f"a {type(extra).__name__}"
+    raise ValueError(f"plugin {type(plugin).__name__}: its penalty returned {got}; penalty must return a scalar tensor "
+                     "or a number (None: no penalty)")
 
 
 def non_finite_parameters(model: nn.Module) -> list[str]:
@@ -489,6 +536,36 @@ _PACKAGES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _LIBRARY_PATHS = tuple(os.path.join(path, "") for path in (os.path.join(_PACKAGES, "metaspike"),
                                                            os.path.join(_PACKAGES, "bnn"),
                                                            os.path.dirname(os.path.abspath(torch.__file__))))
+
+
+#: Where installed libraries and Python's own modules live: an error raised there is not a user's own code's.
+_INSTALLED_PATHS = tuple(os.path.join(os.path.abspath(path), "") for path in
+                         {sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")})
+
+
+def _raised_in_user_code(err: BaseException) -> str:
+    """Where ``err`` was raised, as ``"Class.method (name.py line N)"``, when the innermost frame of its traceback is
+    a user's own code (not metaspike, bnn, torch, another installed library or Python's own modules); ``""`` else.
+
+    Example:
+        >>> try:
+        ...     torch.zeros(2) + torch.zeros(3)
+        ... except RuntimeError as err:
+        ...     _raised_in_user_code(err).startswith("<module> (<doctest")
+        True
+    """
+    innermost = err.__traceback__
+    if innermost is None:
+        return ""
+    while innermost.tb_next is not None:
+        innermost = innermost.tb_next
+    frame = innermost.tb_frame
+    filename = frame.f_code.co_filename
+    if filename.startswith("<frozen ") or os.path.abspath(filename).startswith(_LIBRARY_PATHS + _INSTALLED_PATHS):
+        return ""  # ("<frozen importlib._bootstrap>": Python's own modules, frozen into it)
+    owner = frame.f_locals.get("self")
+    function = f"{type(owner).__qualname__}.{frame.f_code.co_name}" if owner is not None else frame.f_code.co_name
+    return f"{function} ({raised_at(err, frame.f_code.co_filename)})"
 
 
 def _user_stacklevel() -> int:

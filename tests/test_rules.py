@@ -15,6 +15,7 @@ from metaspike.optim import MetaplasticAdam, metaplastic
 from metaspike.rules import (
     CascadeRule,
     CascadeState,
+    NoState,
     Stateless,
     SwitchRule,
     available_rules,
@@ -446,7 +447,6 @@ def test_a_user_rule_returning_the_wrong_kind_of_value_is_one_line(returns, mess
 def test_consolidate_refuses_another_rules_state_and_a_state_of_another_shape():
     """Another rule's record raised AttributeError inside the rule, and a state of the wrong shape was broadcast."""
     from metaspike.functional import bimu_step, consolidate, mesu_step
-    from metaspike.rules import NoState
 
     with pytest.raises(ValueError, match=r"^state must be CascadeRule's state record \(CascadeState, .*got NoState$"):
         consolidate(torch.ones(3), torch.ones(3), 1.0, rule="cascade", state=NoState())
@@ -461,3 +461,144 @@ def test_consolidate_refuses_another_rules_state_and_a_state_of_another_shape():
     with pytest.raises(ValueError, match="^sigma must be a tensor, got float$"):
         mesu_step(torch.zeros(1), 1.0, torch.ones(1), torch.ones(1), lr_mu=1, lr_sigma=1, sigma_prior=1, mu_prior=0,
                   N=10)
+
+
+# ---- meta = 0: the built-in rules are the plain optimizer there; a user's rule is still called -----------------
+
+
+@dataclass(frozen=True)
+class _Freeze:
+    """A user's rule that keeps every consolidated weight where it is (it does not say it is plain at meta = 0)."""
+
+    name: str = "freeze-test"
+    elementwise: bool = True
+
+    def init_state(self, hidden):
+        return NoState()
+
+    def state_type(self):
+        return NoState
+
+    def step(self, hidden, update, meta, state):
+        return torch.zeros_like(update), state
+
+
+_AT_META_ZERO = {
+    "adam": lambda ps, rule: MetaplasticAdam(ps, lr=0.01, meta=0.0, rule=rule, fused=False),
+    "adam-compiled": lambda ps, rule: MetaplasticAdam(ps, lr=0.01, meta=0.0, rule=rule, foreach=True, fused=True),
+    "sgd": lambda ps, rule: metaplastic(torch.optim.SGD(ps, lr=0.1, momentum=0.9), meta=0.0, rule=rule),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_AT_META_ZERO))
+def test_a_users_rule_is_applied_at_meta_zero(kind):
+    # the optimizers took meta = 0 for the plain optimizer whatever the rule: a registered rule was never called
+    model = _model()
+    hidden = [p.detach().clone() for p in model.parameters() if p.dim() > 1]
+    others = [p.detach().clone() for p in model.parameters() if p.dim() == 1]
+    trained = _train(model, _AT_META_ZERO[kind](model.parameters(), _Freeze()), 3)
+    assert all(torch.equal(a, b) for a, b in zip([p for p in trained if p.dim() > 1], hidden))  # frozen exactly
+    assert not any(torch.equal(a, b) for a, b in zip([p for p in trained if p.dim() == 1], others))  # the rest trains
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_a_users_rule_keeps_its_state_at_meta_zero(halving, kind):
+    model = _model()
+    opt = _AT_META_ZERO[kind](model.parameters(), halving)
+    _train(model, opt, 3)
+    weight = next(p for p in model.parameters() if p.dim() > 1)
+    assert opt.state[weight]["rule_state"]["count"].max().item() == 3.0  # one per step: the rule ran every step
+
+
+@pytest.mark.parametrize("rule", ["tanh", "none", "cascade", "switch"])
+def test_the_built_in_rules_at_meta_zero_are_the_plain_optimizer_bit_for_bit(rule):
+    assert get_rule(rule).plain_at_zero is True
+    for ours, plain in ((lambda ps: MetaplasticAdam(ps, lr=0.01, meta=0.0, rule=rule),
+                         lambda ps: torch.optim.Adam(ps, lr=0.01)),
+                        (lambda ps: metaplastic(torch.optim.SGD(ps, lr=0.1, momentum=0.9), meta=0.0, rule=rule),
+                         lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9))):
+        a, b = _model(), _model()
+        opt = ours(a.parameters())
+        assert all(torch.equal(p, q) for p, q in zip(_train(a, opt, 4), _train(b, plain(b.parameters()), 4)))
+        assert not any("rule_state" in state for state in opt.state.values())  # skipped, not called
+
+
+def test_plain_at_zero_must_say_true_or_false():
+    @dataclass(frozen=True)
+    class Unclear(_Freeze):
+        name: str = "unclear-test"
+        plain_at_zero: str = "yes"
+
+    with pytest.raises(ValueError, match=r"rule 'unclear-test' \(Unclear\): plain_at_zero must be True or False, "
+                                         r"got 'yes'"):
+        register_rule(Unclear())
+    with pytest.raises(ValueError, match="plain_at_zero must be True or False"):
+        MetaplasticAdam([torch.zeros(2, requires_grad=True)], rule=Unclear())
+
+
+# ---- a rule's state keeps its dtypes through state_dict() ------------------------------------------------------
+
+
+class _LockState(NamedTuple):
+    locked: torch.Tensor  # bool
+    hits: torch.Tensor  # int64, counted from _FROM
+
+
+#: Where _Lock's counter starts: float32 holds 2**40 + 3 as 2**40 (its spacing there is 2**17), so a counter cast to
+#: the weight's float32 and back would lose every count.
+_FROM = 2**40
+
+
+@dataclass(frozen=True)
+class _Lock:
+    """A synapse whose updates toward zero are blocked for good once it has taken 3 of them."""
+
+    name: str = "lock-test"
+    elementwise: bool = False
+
+    def init_state(self, hidden):
+        return _LockState(torch.zeros_like(hidden, dtype=torch.bool), torch.full_like(hidden, _FROM, dtype=torch.int64))
+
+    def state_type(self):
+        return _LockState
+
+    def step(self, hidden, update, meta, state):
+        toward = hidden * update > 0
+        update = torch.where(state.locked & toward, torch.zeros_like(update), update)
+        hits = state.hits + toward.long()
+        return update, _LockState(state.locked | (hits >= _FROM + 3), hits)
+
+
+@pytest.fixture
+def lock():
+    from metaspike import rules
+
+    register_rule(_Lock())
+    yield "lock-test"
+    rules._RULES.pop("lock-test")
+
+
+@pytest.mark.parametrize("kind", sorted(_OPTIMIZERS))
+def test_a_rule_state_of_bool_and_int64_fields_resumes_exactly(lock, kind):
+    # torch's load cast every state tensor to the weight's float32: the bool mask's `|` failed on the next step
+    a, opt = _resume_equals_uninterrupted(kind, lock)
+    weight = next(p for p in a.parameters() if p.dim() > 1)
+    state = opt.state[weight]["rule_state"]
+    assert state["locked"].any() and state["hits"].max() > _FROM + 3  # (the run did lock synapses and count on)
+    again = _model()
+    loaded = _OPTIMIZERS[kind](again.parameters(), lock)
+    loaded.load_state_dict(opt.state_dict())
+    fields = loaded.state[next(p for p in again.parameters() if p.dim() > 1)]["rule_state"]
+    assert (fields["locked"].dtype, fields["hits"].dtype) == (torch.bool, torch.int64)
+
+
+def test_a_rule_state_field_that_its_dtype_cannot_hold_is_refused(lock):
+    a = _model()
+    opt = MetaplasticAdam(a.parameters(), lr=0.01, meta=1.0, rule=lock)
+    _train(a, opt, 1)
+    saved = opt.state_dict()
+    index = next(i for i, s in saved["state"].items() if "rule_state" in s)
+    saved["state"][index]["rule_state"]["hits"] = saved["state"][index]["rule_state"]["hits"].double() + 0.5
+    with pytest.raises(ValueError, match=rf"state_dict: parameter {index}'s rule_state hits is torch.float64 and holds "
+                                         r"values that torch.int64, its dtype in _Lock.init_state, cannot hold"):
+        MetaplasticAdam(_model().parameters(), lr=0.01, meta=1.0, rule=lock).load_state_dict(saved)

@@ -22,6 +22,7 @@ from metaspike.rules.base import (
     check_meta,
     check_update,
     checked_step,
+    is_plain,
     state_from_dict,
     state_to_dict,
     toward_zero,
@@ -36,11 +37,25 @@ __all__ = [
     "Rule", "NoState", "Stateless", "TanhRule", "NoConsolidation", "CascadeRule", "CascadeState", "SwitchRule",
     "SwitchState", "check_meta", "check_update", "checked_step", "toward_zero", "state_to_dict", "state_from_dict",
     "register_rule", "get_rule", "available_rules", "rule_record", "rule_from_record", "user_rule_errors",
+    "is_plain",
 ]
 
 _RULES: dict[str, Rule] = {}
 
 _REQUIRED = ("name", "elementwise", "init_state", "state_type", "step")
+
+
+def _check_is_rule(rule: Any) -> None:
+    """One ``ValueError`` unless ``rule`` has what a rule has (:data:`_REQUIRED`) and a ``plain_at_zero``, where it
+    has one, that is ``True`` or ``False`` (another value would be read as ``False``, silently)."""
+    missing = [attr for attr in _REQUIRED if not hasattr(rule, attr)]
+    if missing:
+        raise ValueError(f"{rule!r} is not a consolidation rule: it lacks {', '.join(missing)} "
+                         "(see metaspike.rules.base.Rule)")
+    plain = getattr(rule, "plain_at_zero", False)
+    if not isinstance(plain, bool):
+        raise ValueError(f"consolidation rule {rule.name!r} ({type(rule).__name__}): plain_at_zero must be True or "
+                         f"False, got {plain!r}")
 
 
 def register_rule(rule: Rule, *, replace: bool = False) -> Rule:
@@ -53,9 +68,7 @@ def register_rule(rule: Rule, *, replace: bool = False) -> Rule:
         >>> register_rule(TanhRule()).name
         'tanh'
     """
-    missing = [attr for attr in _REQUIRED if not hasattr(rule, attr)]
-    if missing:
-        raise ValueError(f"{rule!r} is not a consolidation rule: it lacks {', '.join(missing)} (see metaspike.rules.base.Rule)")
+    _check_is_rule(rule)
     registered_name("a rule's name", rule.name, "it names run folders and checkpoints' records")
     known = _RULES.get(rule.name)
     if known is not None and known != rule:  # (every run asking for the name would change rule, silently)
@@ -93,9 +106,7 @@ def get_rule(rule: str | Rule) -> Rule:
             return _RULES[rule]
         except KeyError:
             raise ValueError(f"unknown consolidation rule {rule!r}; available: {', '.join(available_rules())}") from None
-    missing = [attr for attr in _REQUIRED if not hasattr(rule, attr)]
-    if missing:
-        raise ValueError(f"{rule!r} is not a consolidation rule: it lacks {', '.join(missing)} (see metaspike.rules.base.Rule)")
+    _check_is_rule(rule)
     return rule
 
 

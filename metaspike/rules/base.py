@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -29,7 +29,7 @@ from torch import Tensor
 from metaspike.checks import FLOAT32_MAX, in_metaspike, number_in, raised_at
 
 __all__ = ["Rule", "NoState", "Stateless", "check_meta", "check_update", "checked_step", "toward_zero",
-           "state_to_dict", "state_from_dict", "user_rule_errors"]
+           "state_to_dict", "state_from_dict", "user_rule_errors", "is_plain"]
 
 
 class NoState(NamedTuple):
@@ -37,7 +37,8 @@ class NoState(NamedTuple):
 
 
 class Stateless:
-    """Base of rules without per-synapse state: their state is :class:`NoState` and their step is elementwise.
+    """Base of rules without per-synapse state: their state is :class:`NoState` and their step is elementwise. A
+    subclass is called at ``meta = 0`` too unless it sets ``plain_at_zero = True`` (see :class:`Rule`).
 
     Example:
         >>> Stateless().init_state(torch.zeros(2))
@@ -45,6 +46,7 @@ class Stateless:
     """
 
     elementwise: bool = True
+    plain_at_zero: ClassVar[bool] = False
 
     def init_state(self, hidden: Tensor) -> NoState:
         """The empty state."""
@@ -69,6 +71,11 @@ class Rule(Protocol):
     name: str
     #: True when ``step`` is elementwise with an empty state (the optimizer may fuse and compile it).
     elementwise: bool
+    #: True when ``meta = 0`` means the plain optimizer for this rule (each built-in rule's docstring says so): the
+    #: optimizers then skip it where ``meta == 0`` (not called, its state left as it is) and step as the plain
+    #: optimizer, ``torch.optim.Adam`` bit for bit in MetaplasticAdam. A rule without the attribute, or with
+    #: False, is called at every ``meta``, 0 included.
+    plain_at_zero: bool
 
     def init_state(self, hidden: Tensor) -> tuple:
         """The state of a synapse that has seen no update (tensors shaped like ``hidden``)."""
@@ -82,8 +89,8 @@ class Rule(Protocol):
         """The update to subtract from ``hidden`` in place of ``update`` (the same shape), and the new state.
 
         ``hidden`` may be the live weight, which the optimizer changes in place after the step: a state that keeps
-        the weight keeps ``hidden.clone()``. The optimizers store a state's tensors in their own state, which
-        ``load_state_dict`` casts to the weight's dtype: keep counters in float (exact up to 2**24)."""
+        the weight keeps ``hidden.clone()``. The optimizers store a state's tensors in their own state;
+        ``load_state_dict`` gives them back with the dtypes and devices that ``init_state`` gives them."""
         ...
 
 
@@ -99,6 +106,18 @@ def check_meta(meta: float, where: str = "meta") -> float:
         1.35
     """
     return number_in(where, meta, 0.0, MAX_META)
+
+
+def is_plain(rule: Rule, meta: float) -> bool:
+    """Whether an optimizer steps as the plain optimizer, without calling ``rule``, at strength ``meta``: ``meta`` is
+    0 and the rule says it is then the plain optimizer (``plain_at_zero``; a rule without the attribute does not).
+
+    Example:
+        >>> from metaspike.rules import get_rule
+        >>> is_plain(get_rule("tanh"), 0.0), is_plain(get_rule("tanh"), 1.0), is_plain(Stateless(), 0.0)
+        (True, False, False)
+    """
+    return meta == 0 and getattr(rule, "plain_at_zero", False) is True
 
 
 def check_update(rule: Rule, update: Tensor, hidden: Tensor) -> Tensor:

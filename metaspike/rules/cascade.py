@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -55,6 +55,7 @@ class CascadeRule:
     leak: float = 0.0
     name: str = "cascade"
     elementwise: bool = False
+    plain_at_zero: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 2:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor
 
@@ -22,6 +23,7 @@ class NoConsolidation(Stateless):
     """
 
     name: str = "none"
+    plain_at_zero: ClassVar[bool] = True
 
     def step(self, hidden: Tensor, update: Tensor, meta: float, state: NoState) -> tuple[Tensor, NoState]:
         return update, state

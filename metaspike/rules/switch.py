@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -57,6 +57,7 @@ class SwitchRule:
     seed: int = 0
     name: str = "switch"
     elementwise: bool = False
+    plain_at_zero: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         number_in("SwitchRule damping", self.damping, 0.0, 1.0)
@@ -85,7 +86,7 @@ class SwitchRule:
         last_sign, last_run = state.sign.to(hidden.dtype), state.run.to(hidden.dtype)
         run = torch.where(moved, torch.where(sign == last_sign, last_run + 1, 0.0), last_run)
         generator = torch.Generator(hidden.device)
-        generator.set_state(state.rng.to("cpu", torch.uint8))  # an optimizer's load_state_dict casts it to float
+        generator.set_state(state.rng.to("cpu", torch.uint8))  # (a state moved to the weight's device or dtype by hand)
         draw = torch.rand(hidden.shape, generator=generator, device=hidden.device, dtype=hidden.dtype)
         switched = moved & (draw < -torch.expm1(-meta * run))  # (a zero update changes nothing)
         new = SwitchState(torch.where(moved, sign, last_sign), run, (consolidated | switched).to(hidden.dtype),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -37,6 +38,7 @@ class TanhRule(Stateless):
     """
 
     name: str = "tanh"
+    plain_at_zero: ClassVar[bool] = True
 
     def step(self, hidden: Tensor, update: Tensor, meta: float, state: NoState) -> tuple[Tensor, NoState]:
         if meta == 0:
