@@ -719,3 +719,102 @@ def test_version_names_metaspike_and_torch(capsys):
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out == f"metaspike {metaspike.__version__}, torch {torch.__version__}\n"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished two-task run (digits, 8 hidden units), trained once for the tests that read it back."""
+    from metaspike.app.config import RunConfig
+    from metaspike.app.runs import run
+
+    path, _ = run(RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(8,)), tmp_path_factory.mktemp("runs"),
+                  progress=False, plot=False)
+    return path
+
+
+def _copy_with_metrics(source: Path, target: Path, **changed) -> Path:
+    """A copy of the run folder ``source`` at ``target`` whose metrics.json holds ``changed`` (None: null)."""
+    import shutil
+
+    shutil.copytree(source, target)
+    metrics = json.loads((target / "metrics.json").read_text())
+    (target / "metrics.json").write_text(json.dumps({**metrics, **changed}))
+    return target
+
+
+def test_a_run_read_back_reports_the_metrics_it_recorded(finished_run, tmp_path):
+    """finished_result recomputed the metrics from the matrix's two decimals: FWT -6.25 in metrics.json came back
+    -6.245 (-6.2 in a table). What metrics.json records (null: NaN) is what a comparison or reproduction reports."""
+    import math
+
+    from metaspike.app.runs import finished_result
+
+    recorded = json.loads((finished_run / "metrics.json").read_text())
+    result = finished_result(finished_run)
+    for key in ("ACC", "BWT", "FWT", "forgetting"):
+        assert result.metrics[key] == recorded[key] or (recorded[key] is None and math.isnan(result.metrics[key]))
+    edited = finished_result(_copy_with_metrics(finished_run, tmp_path / "run", ACC=12.345, FWT=None,
+                                                evaluated_accuracy=50.5, evaluated_tasks=2, last5_accuracy=60.25,
+                                                task1_accuracy=40.0))
+    assert edited.metrics["ACC"] == 12.345 and edited.metrics["BWT"] == recorded["BWT"]
+    assert "FWT" in edited.metrics and math.isnan(edited.metrics["FWT"])
+    assert edited.metrics["evaluated_tasks"] == 2.0 and edited.metrics["last5_accuracy"] == 60.25
+    assert edited.matrix == result.matrix and edited.task_names == result.task_names
+    assert repr(edited).startswith("ContinualResult(2 tasks") and "ACC 12.35" in repr(edited)
+
+
+@pytest.mark.parametrize("changed, message", [
+    ({"ACC": 100.5}, "'ACC' must be a number in [0, 100], or null where undefined"),
+    ({"BWT": "-3.0"}, "'BWT' must be a number in [-100, 100], or null where undefined"),
+    ({"FWT": float("inf")}, "'FWT' must be a number in [-100, 100], or null where undefined"),
+    ({"forgetting": True}, "'forgetting' must be a number in [-100, 100], or null where undefined"),
+    ({"evaluated_accuracy": 50.0}, "records 'evaluated_accuracy' of a long stream's metrics without the others"),
+    ({"evaluated_accuracy": 50.0, "evaluated_tasks": 3, "last5_accuracy": 50.0, "task1_accuracy": 50.0},
+     "'evaluated_tasks' must be a whole number in [0, 2]"),
+    ({"evaluated_accuracy": 50.0, "evaluated_tasks": 2, "last5_accuracy": 150.0, "task1_accuracy": 50.0},
+     "'last5_accuracy' must be a number in [0, 100]"),
+])
+def test_a_run_read_back_with_recorded_metrics_out_of_range_is_one_line(finished_run, tmp_path, changed, message):
+    from metaspike.app.runs import finished_result
+
+    run = _copy_with_metrics(finished_run, tmp_path / "run", **changed)
+    with pytest.raises(ValueError) as info:
+        finished_result(run)
+    assert str(info.value).startswith(f"{run / 'metrics.json'} is malformed: ") and message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_run_read_back_without_a_recorded_metric_is_one_line(finished_run, tmp_path):
+    from metaspike.app.runs import finished_result
+
+    run = _copy_with_metrics(finished_run, tmp_path / "run")
+    metrics = json.loads((run / "metrics.json").read_text())
+    del metrics["forgetting"]
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(ValueError, match=r"metrics.json is malformed: 'forgetting' must be a number in \[-100, 100\]"):
+        finished_result(run)
+
+
+def test_a_comparison_reports_what_its_runs_recorded(tmp_path, capsys):
+    """The comparison's table and CSV showed metrics recomputed from the matrix's two decimals (FWT -6.2 for a run
+    whose metrics.json and `train` said -6.25 / -6.3); read back again by --resume, the table is the runs' own."""
+    from metaspike.app.tables import decimal_text
+
+    assert main(["compare", *SMALL, "--meta", "0", "--out", str(tmp_path)]) == 0
+    root = next(tmp_path.glob("compare-*"))
+    run = root / "permuted-digits-meta0-seed1"
+
+    def table() -> dict[str, str]:
+        return next(csv.DictReader(open(root / "comparison.csv")))
+
+    recorded = json.loads((run / "metrics.json").read_text())
+    for key in ("ACC", "BWT", "FWT", "forgetting"):  # (one seed: the mean is the run's value, to 3 decimals)
+        assert table()[f"{key}_mean"] == ("" if recorded[key] is None else decimal_text(recorded[key], 3)), key
+    metrics = {**recorded, "ACC": 12.345, "BWT": -1.25, "FWT": None}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    capsys.readouterr()
+    assert main(["compare", "--resume", str(root), "--quiet"]) == 0
+    row = table()
+    assert (row["ACC_mean"], row["BWT_mean"], row["FWT_mean"]) == ("12.345", "-1.250", "")
+    line = next(line for line in (root / "comparison.txt").read_text().splitlines() if line.startswith("meta=0"))
+    assert line.split()[3:6] == ["12.3", "-1.3", "n/a"]  # (after the setting and two tasks: ACC, BWT, FWT)

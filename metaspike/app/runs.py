@@ -16,6 +16,7 @@ import sys
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from metaspike.app.models import (
 )
 from metaspike.app.tables import versions
 from metaspike.bayesian.synapses import SampledForward, bayesian_modules, start_confident
-from metaspike.checks import is_finite_number, is_number
+from metaspike.checks import is_finite_number, is_number, is_whole
 from metaspike.continual.metrics import largest_rise
 from metaspike.continual.results import CHECKPOINT, PREVIOUS_CHECKPOINT, RunDirectory, latest_good_checkpoint
 from metaspike.continual.scenarios import Scenario, made_when_reached, make_scenario
@@ -48,8 +49,8 @@ from metaspike.files import atomic_open, read_json, remove_stale_temporaries
 from metaspike.training import Plugin, TrainingDiverged, minimum_batch_size
 
 __all__ = ["build_run_model", "build_trainer", "make_run_scenario", "train_and_finish", "run", "resume",
-           "load_config", "config_from_record", "run_lock", "is_complete", "finished_result", "train_in_folder",
-           "stopped_by_file_error", "continued_by"]
+           "load_config", "config_from_record", "run_lock", "is_complete", "finished_result", "RecordedResult",
+           "train_in_folder", "stopped_by_file_error", "continued_by"]
 
 LOCK = ".lock"
 #: float32 copies of each weight while training: hidden weight, gradient, two Adam moments, ±1 buffer (a Bayesian
@@ -799,8 +800,69 @@ def _check_final_row(run_dir: Path, matrix: list[list[float]], final: Any) -> No
                          f"{run_dir / 'metrics.json'}: one of them was edited or copied from another run")
 
 
-def finished_result(run_dir: str | Path) -> ContinualResult | None:
-    """The result of a complete run read back from its files, or ``None`` when it is not complete.
+@dataclass(repr=False)  # (ContinualResult's one-line repr, not the generated one)
+class RecordedResult(ContinualResult):
+    """A finished run read back from its folder: :attr:`metrics` are the ones its ``metrics.json`` recorded (to three
+    decimals), not recomputed from ``accuracy_matrix.csv``, whose cells are rounded to two: a table of runs read back
+    shows the numbers the run itself recorded and ``metaspike train`` printed.
+
+    Attributes:
+        recorded: the metrics ``metrics.json`` holds, NaN where it says ``null`` (undefined).
+
+    Example:
+        >>> RecordedResult(["a", "b"], matrix=[[90.0, 10.0], [60.0, 95.0]], recorded={"ACC": 77.504}).metrics
+        {'ACC': 77.504}
+    """
+
+    recorded: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The metrics the run recorded (a copy: a caller's change never reaches the result)."""
+        return dict(self.recorded)
+
+
+#: The metrics every finished run records in ``metrics.json`` (:func:`metaspike.continual.metrics.summarize`), with
+#: the range each lies in: ACC averages accuracies; BWT, FWT and forgetting average differences of two of them.
+RUN_METRICS = {"ACC": (0.0, 100.0), "BWT": (-100.0, 100.0), "FWT": (-100.0, 100.0), "forgetting": (-100.0, 100.0)}
+#: The metrics a long stream records besides, all or none: accuracies, and how many tasks they cover.
+LONG_STREAM_METRICS = ("evaluated_accuracy", "evaluated_tasks", "last5_accuracy", "task1_accuracy")
+
+
+def _recorded_metric(file: Path, key: str, value: Any, low: float, high: float) -> float:
+    """``value``, the metric ``key`` recorded in ``file``, as a float (NaN for ``null``); one ``ValueError`` naming
+    both where it is absent, not a number, or outside ``[low, high]``."""
+    if value is None or (is_number(value) and math.isnan(value)):
+        return math.nan
+    if not (is_number(value) and low <= value <= high):
+        raise ValueError(f"{file} is malformed: {key!r} must be a number in [{low:g}, {high:g}], or null where "
+                         "undefined")
+    return float(value)
+
+
+def _recorded_metrics(file: Path, metrics: dict[str, Any], tasks: int) -> dict[str, float]:
+    """The metrics ``file``, the ``metrics.json`` of a finished run of ``tasks`` tasks, records, in the order
+    :func:`~metaspike.continual.metrics.summarize` gives them: :data:`RUN_METRICS`, and a long stream's
+    :data:`LONG_STREAM_METRICS` where it has them."""
+    long_stream = [key for key in LONG_STREAM_METRICS if key in metrics]
+    if long_stream and len(long_stream) != len(LONG_STREAM_METRICS):
+        raise ValueError(f"{file} is malformed: it records {', '.join(map(repr, long_stream))} of a long stream's "
+                         f"metrics without the others ({', '.join(map(repr, LONG_STREAM_METRICS))})")
+    recorded = {key: _recorded_metric(file, key, metrics.get(key, "absent"), *limits)
+                for key, limits in RUN_METRICS.items()}
+    for key in long_stream:
+        if key != "evaluated_tasks":
+            recorded[key] = _recorded_metric(file, key, metrics[key], 0.0, 100.0)
+        elif is_whole(metrics[key], 0) and metrics[key] <= tasks:
+            recorded[key] = float(metrics[key])  # (a count, as summarize gives it)
+        else:
+            raise ValueError(f"{file} is malformed: 'evaluated_tasks' must be a whole number in [0, {tasks}]")
+    return recorded
+
+
+def finished_result(run_dir: str | Path) -> RecordedResult | None:
+    """The result of a complete run read back from its files, or ``None`` when it is not complete: its matrix from
+    ``accuracy_matrix.csv`` (two decimals), its metrics as ``metrics.json`` recorded them (:class:`RecordedResult`).
 
     Example:
         >>> finished_result("runs/permuted-mnist5k-meta10-seed1")  # doctest: +SKIP
@@ -811,14 +873,15 @@ def finished_result(run_dir: str | Path) -> ContinualResult | None:
         return None
     run_data = load_run(run_dir)
     metrics, tasks = run_data["metrics"], len(run_data["task_names"])
+    metrics_file = Path(run_dir) / "metrics.json"
     baseline, seconds = metrics.get("untrained_accuracy"), metrics.get("seconds")
     if not (isinstance(baseline, list) and len(baseline) == tasks
             and all(a is None or (is_number(a) and (math.isnan(a) or 0 <= a <= 100)) for a in baseline)):
-        raise ValueError(f"{Path(run_dir) / 'metrics.json'} is malformed: 'untrained_accuracy' must list {tasks} "
+        raise ValueError(f"{metrics_file} is malformed: 'untrained_accuracy' must list {tasks} "
                          "accuracies in [0, 100] (null for a task not evaluated)")
     if not (is_finite_number(seconds) and seconds >= 0):
-        raise ValueError(f"{Path(run_dir) / 'metrics.json'} is malformed: 'seconds' must be a finite number >= 0")
+        raise ValueError(f"{metrics_file} is malformed: 'seconds' must be a finite number >= 0")
     _check_final_row(Path(run_dir), run_data["matrix"], metrics.get("final_accuracy"))
-    return ContinualResult(run_data["task_names"], matrix=run_data["matrix"],
-                           baseline=[math.nan if a is None else float(a) for a in baseline], seconds=float(seconds))
-
+    return RecordedResult(run_data["task_names"], matrix=run_data["matrix"],
+                          baseline=[math.nan if a is None else float(a) for a in baseline], seconds=float(seconds),
+                          recorded=_recorded_metrics(metrics_file, metrics, tasks))
