@@ -121,7 +121,8 @@ def test_paper_scale_without_data_names_the_files(name, capsys, tmp_path):
 def test_a_stopped_reproduction_resumes_to_the_table_of_one_never_stopped(tmp_path, monkeypatch, capsys):
     """Ctrl-C in fig3's third run: the hint names `reproduce --resume`; the resume reads back the two finished runs
     (not retrained), continues the rest, and writes the table an uninterrupted reproduction writes (runs read back
-    carry their matrix's two decimals: the means agree to 0.01)."""
+    report the metrics their metrics.json recorded, to three decimals, and their matrix's accuracies to two: the
+    means agree to 0.01)."""
     from metaspike.continual import trainer as trainer_module
 
     assert main(["reproduce", "fig3", "--quiet", "--out", str(tmp_path / "whole")]) == 0
