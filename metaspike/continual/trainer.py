@@ -654,7 +654,9 @@ class ContinualTrainer:
             due = (i + 1) % cfg.eval_every == 0 or i + 1 == count
             accuracies = self._train_task(scenario, i, epoch, optimizer, scheduler, generator, states, result, start,
                                           log, due)
-            states.append(batchnorm_state(self.model))
+            # (a task's own BatchNorm state is kept only where evaluation reads it: shared statistics would grow the
+            # memory and every checkpoint by one state per task)
+            states.append(batchnorm_state(self.model) if self._per_task_batchnorm(scenario) else {})
             result.matrix.append(accuracies if due else not_evaluated)
             if not due:
                 continue
