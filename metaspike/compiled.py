@@ -67,10 +67,12 @@ class LazyCompiled:
         self.options = options
         self.broken = False
         self.limit_reached = False
+        self.last_call_eager = False  # (whether the last call ran fn eagerly: a caller with a faster way may take it)
         self._eager_signatures: set[Any] = set()  # (the arguments past the limit of variants)
         self._compiled: Callable[..., Any] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.last_call_eager = True
         if self.broken or _on_meta(args):  # (meta tensors hold no data: shapes come from fn's ops, and a compile
             return self.fn(*args, **kwargs)  # failing on them would leave every later call eager)
         signature = _signature((args, kwargs)) if self.limit_reached else None
@@ -79,7 +81,9 @@ class LazyCompiled:
         if self._compiled is None:
             self._compiled = torch.compile(self.fn, dynamic=True, fullgraph=True, options=self.options)
         try:
-            return self._compiled(*args, **kwargs)
+            result = self._compiled(*args, **kwargs)
+            self.last_call_eager = False
+            return result
         except Exception as err:  # compilation failed before anything ran: run eagerly instead
             if _is_recompile_limit(err):  # this process compiled its variants (input counts, dtypes): new ones
                 # run eagerly, the compiled ones stay in use

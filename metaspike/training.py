@@ -415,10 +415,12 @@ def backward_within_batch(loss: Tensor) -> None:
 def _fused_step(model: nn.Module, optimizer: Optimizer, batch_size: int, classes: Sequence[int] | None,
                 plugins: Sequence[Plugin], shard: tuple[int, int]) -> FusedTrainingStep | None:
     """The fused batch-1 step of a Bayesian network (:mod:`metaspike.bayesian.fused_step`) where it computes what
-    :func:`train_epoch`'s own loop would: batch size 1, one process, no plugin, no task mask, a qualifying model."""
+    :func:`train_epoch`'s own loop would: batch size 1, one process, no plugin, no task mask, a qualifying model; and
+    where it runs compiled (uncompiled, past torch's limit of compiled variants, it is slower than the loop)."""
     if batch_size != 1 or shard[1] != 1 or plugins or classes is not None:
         return None
-    return FusedTrainingStep.where_possible(model, optimizer)
+    step = FusedTrainingStep.where_possible(model, optimizer)
+    return None if step is None or step.runs_eagerly() else step
 
 
 def _train_fused(step: FusedTrainingStep, x: Tensor, y: Tensor, order: Tensor, device: torch.device | str,

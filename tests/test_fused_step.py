@@ -427,3 +427,23 @@ def test_a_registered_activation_must_describe_itself_as_a_frozen_activation():
     assert why_not_fused(net, opt) == "doubling"
     register_fused_activation(Doubling, lambda module: object())
     assert "not a frozen dataclass subclassing Activation" in why_not_fused(net, opt)
+
+
+def test_a_fused_step_that_ran_uncompiled_gives_way_to_the_autograd_step(monkeypatch):
+    """Past torch's limit of compiled variants (a sweep over nine network shapes in one process) or without a working
+    compiler, train_epoch kept the fused step, which eagerly took 4.4 ms a sample where autograd's took 1.2 ms."""
+    from metaspike import training
+    from metaspike.bayesian import BiMU, bayesianize, bimu_parameters, fused_step
+
+    net = bayesianize(torch.nn.Sequential(torch.nn.Linear(6, 3, bias=False)), "bimu", scale=None)
+    optimizer = BiMU(bimu_parameters(net))
+    monkeypatch.setattr(fused_step, "_EAGER_PLANS", set())
+    monkeypatch.setattr(fused_step._compiled_fused_step, "broken", False)
+    assert training._fused_step(net, optimizer, 1, None, [], (0, 1)) is not None
+    monkeypatch.setattr(fused_step._compiled_fused_step, "broken", True)  # every call runs eagerly
+    assert training._fused_step(net, optimizer, 1, None, [], (0, 1)) is None
+    step = fused_step.FusedTrainingStep(net, optimizer)
+    step.train_rows(torch.randn(2, 6), torch.tensor([0, 2]), [0, 1])
+    monkeypatch.setattr(fused_step._compiled_fused_step, "broken", False)  # (the compiler works, the limit is met)
+    assert step._analysis.plan in fused_step._EAGER_PLANS
+    assert training._fused_step(net, optimizer, 1, None, [], (0, 1)) is None
