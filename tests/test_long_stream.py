@@ -87,6 +87,14 @@ def test_matrix_keeps_only_evaluated_cells(digits, tmp_path):
     evaluated = [[j for j, a in enumerate(row) if not math.isnan(a)] for row in result.matrix]
     assert evaluated == [[], [], [0, 1, 2], [], [], [0, 1, 2, 3, 4, 5], [0, 2, 3, 4, 5, 6]]
     assert [c["task"] for c in result.curves] == [3, 6, 7] and [h["after_task"] for h in result.histograms] == [3, 6, 7]
+    # a curve row holds the tasks evaluated then, not a NaN for each of the others (each rewrite and checkpoint of
+    # the curves would cost tasks x tasks x epochs); its file still has a column per task, empty where not evaluated
+    names = [task.name for task in scenario.tasks]
+    assert [[k for k in c if k in names] for c in result.curves] == [
+        [names[j] for j in row] for row in (evaluated[2], evaluated[5], evaluated[6])]
+    header, first_row = ((directory.path / "curves.csv").read_text().splitlines()[i].split(",") for i in (0, 1))
+    assert header == ["task", "epoch", "global_epoch", "loss", *names]
+    assert [j for j, cell in enumerate(first_row[4:]) if cell] == evaluated[2]
     # rows of tasks without an evaluation: one shared tuple in memory, no line in the file
     assert result.matrix[0] is result.matrix[4] and isinstance(result.matrix[0], tuple)
     lines = (directory.path / "accuracy_matrix.csv").read_text().splitlines()

@@ -23,10 +23,12 @@ from metaspike.continual.metrics import is_accuracy
 from metaspike.continual.scenarios import Scenario
 from metaspike.optimizer_state import check_parameter_state
 
-__all__ = ["CHECKPOINT_FORMAT", "check_checkpoint", "check_same_run", "kinds_of", "check_kinds", "settings_of",
+__all__ = ["CHECKPOINT_FORMAT", "CURVE_COLUMNS", "check_checkpoint", "check_same_run", "kinds_of", "check_kinds", "settings_of",
            "check_plugin_settings", "group_settings", "check_optimizer_state", "load_part"]
 
 CHECKPOINT_FORMAT = "metaspike-checkpoint-3"
+#: The columns of a curves row before its evaluated tasks' accuracies (one row per evaluation).
+CURVE_COLUMNS = ("task", "epoch", "global_epoch", "loss")
 
 
 def check_same_run(stored: Any, current: dict[str, Any]) -> None:
@@ -92,11 +94,15 @@ def check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: tor
         raise ValueError(f"the checkpoint's untrained accuracies must be {width} accuracies in [0, 100] (or NaN)")
     if not all(isinstance(result[k], list) for k in ("curves", "histograms", "diagnostics")):
         raise ValueError("the checkpoint's curves, histograms and diagnostics must be lists")
-    for key in ("curves", "diagnostics"):  # tables: rows of numbers with one set of columns
-        rows = result[key]
-        if not all(isinstance(r, dict) and set(r) == set(rows[0]) and {"task", "epoch"} <= set(r)
-                   and all(isinstance(v, (int, float)) for v in r.values()) for r in rows):
-            raise ValueError(f"the checkpoint's {key} must be rows of numbers with the same columns")
+    curve_columns = set(CURVE_COLUMNS)
+    if not all(isinstance(r, dict) and curve_columns <= set(r) <= curve_columns | set(scenario.eval_task_names)
+               and all(isinstance(v, (int, float)) for v in r.values()) for r in result["curves"]):
+        raise ValueError("the checkpoint's curves must be rows of numbers: task, epoch, global_epoch, loss and the "
+                         "accuracy of tasks of this run's scenario")
+    rows = result["diagnostics"]  # (a table: rows of numbers with one set of columns)
+    if not all(isinstance(r, dict) and set(r) == set(rows[0]) and {"task", "epoch"} <= set(r)
+               and all(isinstance(v, (int, float)) for v in r.values()) for r in rows):
+        raise ValueError("the checkpoint's diagnostics must be rows of numbers with the same columns")
     if not (isinstance(result["seconds"], float) and math.isfinite(result["seconds"]) and result["seconds"] >= 0):
         raise ValueError(f"the checkpoint's seconds must be a number >= 0, got {result['seconds']!r}")
     states = state["batchnorm_states"]

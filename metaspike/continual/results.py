@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from metaspike.checks import is_finite_number, is_whole
-from metaspike.continual.checkpoints import CHECKPOINT_FORMAT
+from metaspike.continual.checkpoints import CHECKPOINT_FORMAT, CURVE_COLUMNS
 from metaspike.continual.metrics import evaluated_rows, is_accuracy
 from metaspike.continual.trainer import ContinualResult
 from metaspike.diagnostics import plasticity_ranking
@@ -283,11 +283,13 @@ class RunDirectory:
 
     def epoch_done(self, result: ContinualResult) -> None:
         """Rewrite ``curves.csv`` and ``diagnostics.csv`` (one row per epoch so far), atomically. The columns are every
-        row's keys in the order met (a run resumed by a later version may measure other diagnostics): a row without
-        one has an empty cell there."""
+        row's keys in the order met (a run resumed by a later version may measure other diagnostics), the curves' with
+        every task's column after their own (a row holds the tasks evaluated then): a row without one has an empty
+        cell there."""
         for name, rows in (("curves.csv", result.curves), ("diagnostics.csv", result.diagnostics)):
             if rows:
-                header = list(dict.fromkeys(k for r in rows for k in r))
+                first = [*CURVE_COLUMNS, *result.task_names] if name == "curves.csv" else []
+                header = list(dict.fromkeys([*first, *(k for r in rows for k in r)]))
                 body = [[_cell(r[k]) if k in r else "" for k in header] for r in rows]
                 atomic_write_text(self.path / name, csv_text([header] + body))
 

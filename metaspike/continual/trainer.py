@@ -34,6 +34,7 @@ from metaspike.checks import check_device, check_seed, is_whole
 from metaspike.continual.batchnorm import BATCHNORM_MODES, batchnorm_state, load_batchnorm_state
 from metaspike.continual.checkpoints import (
     CHECKPOINT_FORMAT,
+    CURVE_COLUMNS,
     check_checkpoint,
     check_kinds,
     check_optimizer_state,
@@ -165,7 +166,8 @@ class ContinualResult:
         matrix: ``R[i][j]``, accuracy (percent) on task ``j`` after training task ``i`` (rows of tasks after which
             nothing was evaluated are one shared all-NaN tuple, so a long stream's matrix grows with its evaluations).
         baseline: accuracy of the untrained network on each task (for FWT).
-        curves: one dict per epoch: trained task, epoch, loss and accuracy on every task.
+        curves: one dict per evaluated epoch: trained task, epoch, loss and the accuracy on each task evaluated then
+            (a task left out, by an evaluation budget or as not yet trained, has no entry).
         histograms: hidden-weight histograms per layer after each task.
         diagnostics: one dict per epoch: sign-flip rate and consolidated fraction of each layer.
         seconds: wall time of training and evaluation.
@@ -274,8 +276,6 @@ def _accuracies_text(accuracies: Sequence[float]) -> str:
     return " ".join(f"T{j + 1}={a:.1f}" for j, a in enumerate(accuracies) if not math.isnan(a))
 
 
-#: The columns of a curves row before its tasks' accuracies (one row per evaluation).
-CURVE_COLUMNS = ("task", "epoch", "global_epoch", "loss")
 #: Names a task may not take: the results files' own columns (the curves', and the accuracy matrix's first).
 RESERVED_TASK_NAMES = (*CURVE_COLUMNS, "after_task")
 #: The trainer settings that change a run's numbers: a resumed run must have the checkpoint's.
@@ -750,7 +750,9 @@ class ContinualTrainer:
                     continue
                 accuracies = self._evaluate_all(scenario, index + 1, states)
                 row = dict(zip(CURVE_COLUMNS, (index + 1, epoch, index * cfg.epochs + epoch, loss)))
-                row.update(dict(zip(result.task_names, accuracies)))
+                # (the evaluated tasks only: under a long stream's budget most are not, and a row of every task would
+                # make each rewrite and checkpoint of the curves cost tasks x tasks x epochs)
+                row.update((name, a) for name, a in zip(result.task_names, accuracies) if not math.isnan(a))
                 result.curves.append(row)
                 result.diagnostics.append({
                     "task": index + 1, "epoch": epoch,
