@@ -140,10 +140,18 @@ def _square(matrix: Matrix) -> list[np.ndarray]:
 
 
 def _paired(rows: list[np.ndarray]) -> np.ndarray | None:
-    """A square matrix's rows as one array, or ``None`` where a row before the last has no evaluated cell: BWT, FWT
-    and forgetting read every one of those rows (each earlier task right after it was learned, or just before), so
-    they are ``nan`` then, and the array is never made of a long stream's skipped rows."""
-    return None if _any_skipped(rows[:-1]) else np.stack(rows)
+    """A square matrix's rows as one array, or ``None`` where BWT, FWT and forgetting are ``nan``: a single task, or a
+    row before the last with no evaluated cell (they read every one of those rows: each earlier task right after it
+    was learned, or just before), so the array is never made of a long stream's skipped rows."""
+    return None if len(rows) < 2 or _any_skipped(rows[:-1]) else np.stack(rows)
+
+
+def _baseline(baseline: Sequence[float], tasks: int) -> np.ndarray:
+    """``baseline`` as an array of one untrained accuracy per task; ``ValueError`` for another shape."""
+    b = np.asarray(baseline, dtype=float)
+    if b.shape != (tasks,):
+        raise ValueError(f"baseline must hold one accuracy per task ({tasks}), got shape {b.shape}")
+    return b
 
 
 def average_accuracy(matrix: Matrix) -> float:
@@ -163,12 +171,14 @@ def backward_transfer(matrix: Matrix) -> float:
         >>> backward_transfer([[90, 10], [60, 95]])
         -30.0
     """
-    rows = _square(matrix)
-    t = len(rows)
-    r = _paired(rows) if t >= 2 else None
+    return _backward_transfer(_paired(_square(matrix)))
+
+
+def _backward_transfer(r: np.ndarray | None) -> float:
+    """BWT of a square matrix made one array by :func:`_paired` (``None``: ``nan``)."""
     if r is None:
         return math.nan
-    return float(np.mean([r[-1, j] - r[j, j] for j in range(t - 1)]))
+    return float(np.mean([r[-1, j] - r[j, j] for j in range(len(r) - 1)]))
 
 
 def forward_transfer(matrix: Matrix, baseline: Sequence[float]) -> float:
@@ -179,14 +189,14 @@ def forward_transfer(matrix: Matrix, baseline: Sequence[float]) -> float:
         -2.0
     """
     rows = _square(matrix)
-    t = len(rows)
-    b = np.asarray(baseline, dtype=float)
-    if b.shape != (t,):
-        raise ValueError(f"baseline must hold one accuracy per task ({t}), got shape {b.shape}")
-    r = _paired(rows) if t >= 2 else None
+    return _forward_transfer(_paired(rows), _baseline(baseline, len(rows)))
+
+
+def _forward_transfer(r: np.ndarray | None, b: np.ndarray) -> float:
+    """FWT of a square matrix made one array by :func:`_paired` (``None``: ``nan``) above the baseline ``b``."""
     if r is None:
         return math.nan
-    return float(np.mean([r[j - 1, j] - b[j] for j in range(1, t)]))
+    return float(np.mean([r[j - 1, j] - b[j] for j in range(1, len(r))]))
 
 
 def forgetting(matrix: Matrix) -> float:
@@ -207,11 +217,14 @@ def forgetting(matrix: Matrix) -> float:
         >>> forgetting([[90, 80, 10], [85, 50, 10], [85, 50, 95]])  # task 2 never got above its 50 %: no forgetting
         2.5
     """
-    rows = _square(matrix)
-    t = len(rows)
-    r = _paired(rows) if t >= 2 else None
+    return _forgetting(_paired(_square(matrix)))
+
+
+def _forgetting(r: np.ndarray | None) -> float:
+    """Forgetting of a square matrix made one array by :func:`_paired` (``None``: ``nan``)."""
     if r is None:
         return math.nan
+    t = len(r)
     drops = [np.nanmax(r[j: t - 1, j]) - r[-1, j] if np.isfinite(r[j, j]) else math.nan for j in range(t - 1)]
     return float(np.mean(drops))
 
@@ -308,10 +321,11 @@ def summarize(matrix: Matrix, baseline: Sequence[float] | None = None, aligned: 
         mean, count = evaluated_accuracy(rows)
         evaluated = {"evaluated_accuracy": mean, "evaluated_tasks": float(count),
                      "last5_accuracy": last_tasks_accuracy(rows, 5), "task1_accuracy": float(final[0])}
+    paired = _paired(rows) if square else None  # (one array for the three metrics that pair rows and columns)
     return {
         "ACC": average_accuracy(rows),
-        "BWT": backward_transfer(rows) if square else math.nan,
-        "FWT": forward_transfer(rows, baseline) if square and baseline is not None else math.nan,
-        "forgetting": forgetting(rows) if square else math.nan,
+        "BWT": _backward_transfer(paired),
+        "FWT": _forward_transfer(paired, _baseline(baseline, len(rows))) if square and baseline is not None else math.nan,
+        "forgetting": _forgetting(paired),
         **evaluated,
     }
