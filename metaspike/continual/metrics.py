@@ -279,10 +279,7 @@ def largest_rise(matrix: Matrix, baseline: Sequence[float]) -> float:
         59.0
     """
     rows = matrix_rows(matrix)
-    width = rows[0].shape[0]
-    b = np.asarray(baseline, dtype=float)
-    if b.ndim != 1 or b.shape[0] != width:
-        raise ValueError(f"baseline must hold one accuracy per task ({width}), got shape {b.shape}")
+    b = _baseline(baseline, rows[0].shape[0])
     best = [rises[np.isfinite(rises)].max() for rises in (row - b for row in _distinct(rows))
             if np.isfinite(rises).any()]
     return float(max(best)) if best else math.nan
