@@ -426,13 +426,14 @@ def compare_neurons(base: RunConfig, neurons: Sequence[str] = DEFAULT_NEURONS, m
 
 
 def _check_backends(base: RunConfig, neurons: Sequence[str]) -> None:
-    """Build a small model of each of metaspike's own ``neurons`` (one input, two classes): a backend that is not
-    installed (Norse, snnTorch) is one line before the first run, not after the runs of the models before it. (A
-    registered neuron model is the user's code, built when its runs start.)"""
+    """Build a small model of each of metaspike's own ``neurons`` (one input, two classes, the run's layers of one unit
+    each): a backend that is not installed (Norse, snnTorch) is one line before the first run, not after the runs of
+    the models before it. (A registered neuron model is the user's code, built when its runs start.)"""
+    layers = tuple(1 for _ in base.hidden)  # (as many as the runs have, so that their own checks apply; no cost)
     with torch.random.fork_rng(devices=[]):  # (the runs draw their weights from their own seeds anyway)
         for neuron in neurons:
             if is_builtin(neuron):
-                build_model(neuron, base.hidden, (1,), 2, base.num_steps)
+                build_model(neuron, layers, (1,), 2, base.num_steps)
 
 
 def resume_comparison(root: str | Path, progress: bool = True) -> tuple[Path, list[dict[str, Any]]]:
