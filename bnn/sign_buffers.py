@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaspike.compiled import LazyCompiled
+from metaspike.compiled import LARGE_TENSOR_LOOPS, LazyCompiled
 from metaspike.quantizers import binary_sign
 from metaspike.synapse import signs_cache_key
 
@@ -64,7 +64,7 @@ def _writable(buffer: Tensor) -> bool:
     return storage_is_free(buffer) and (torch.is_inference_mode_enabled() or not buffer.is_inference())
 
 
-_compiled_signs_into = LazyCompiled(_signs_into, "sign buffers of a binary layer")  # one fused pass
+_compiled_signs_into = LazyCompiled(_signs_into, "sign buffers of a binary layer", LARGE_TENSOR_LOOPS)  # one pass
 
 
 class SignBuffers:

@@ -27,7 +27,7 @@ from torch.optim import Optimizer
 from metaspike.bayesian.optim import BAYESIAN_ADVICE
 from metaspike.bayesian.synapses import bayesian_modules
 from metaspike.checks import FLOAT32_MAX, check_eps_holds, is_number, number_in, state_dict_groups
-from metaspike.compiled import LazyCompiled
+from metaspike.compiled import LARGE_TENSOR_LOOPS, LazyCompiled
 from metaspike.gain import OutputGain
 from metaspike.layer_selection import each_once, synapse_role
 from metaspike.optimizer_state import check_parameter_state, check_state_tensor
@@ -575,7 +575,7 @@ def _adam_update_(
     return rule_state
 
 
-_compiled_update = LazyCompiled(_adam_update_, "fused MetaplasticAdam step")
+_compiled_update = LazyCompiled(_adam_update_, "fused MetaplasticAdam step", LARGE_TENSOR_LOOPS)
 
 
 def _metaplastic_step_(param: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:

@@ -92,6 +92,16 @@ def test_the_timing_probe_picks_a_product_this_machine_can_run():
     assert fast._fastest(torch.device("cpu"), 32, 512, 256, rounds=1) in fast.product_kinds("cpu", 32, 512, 256)
 
 
+@pytest.mark.parametrize("row, expected", [(None, True), (0, False), (5, False)])
+def test_is_binary_input_reads_every_row_not_only_the_first(row, expected):
+    x = torch.where(torch.rand(8, 6, generator=torch.Generator().manual_seed(0)) < 0.5, -1.0, 1.0)
+    if row is not None:
+        x[row, 3] = 0.5
+    assert fast.is_binary_input(x) is expected
+    assert fast.is_binary_input(x.t()) is expected  # (a transposed view: its first row is another slice)
+    assert fast.is_binary_input(x[:0]) is True and fast.is_binary_input(torch.tensor(-1.0)) is True
+
+
 def test_real_valued_input_keeps_the_float32_product(layer):
     x = torch.rand(16, IN)
     assert not fast.is_binary_input(x)
