@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -90,6 +91,7 @@ class _BinaryWeights(BinarySynapse):
     def _setup(self, weight_quantizer: str | Quantizer | None, input_quantizer: str | Quantizer | None,
                init_width: float | None, scale: str | None) -> None:
         self.weight_quantizer = get_quantizer(weight_quantizer)
+        quantizer_bits(self.weight_quantizer, "weight_quantizer")  # (a precision that is no number of bits: refused)
         self.input_quantizer = get_quantizer(input_quantizer)
         # from torch's init, before the uniform one; applied by the same forward hook as binarize's gains
         self.output_gain = None if check_scale(scale) is None else attach_output_gain(self, scale)
@@ -101,8 +103,19 @@ class _BinaryWeights(BinarySynapse):
 
     @property
     def is_binary(self) -> bool:
-        """True unless the weight quantizer keeps real weights (``"none"``)."""
+        """True unless the weight quantizer keeps real weights (``"none"``): the layer then has a hidden weight, which
+        the optimizers consolidate, whatever the quantizer's precision."""
         return not isinstance(self.weight_quantizer, NoQuantizer)
+
+    @property
+    def weight_bits(self) -> int:
+        """Bits per weight the forward pass shows: the weight quantizer's precision (:func:`quantizer_bits`).
+
+        Example:
+            >>> BinaryLinear(3, 2).weight_bits, BinaryLinear(3, 2, weight_quantizer=torch.tanh).weight_bits
+            (1, 32)
+        """
+        return quantizer_bits(self.weight_quantizer, "weight_quantizer")
 
     @property
     def _buffered(self) -> bool:
@@ -152,6 +165,31 @@ class _BinaryWeights(BinarySynapse):
             buffer = torch.empty_like(weight, memory_format=torch.contiguous_format)
             self._grad_buffer = buffer
         return buffer
+
+
+def quantizer_bits(quantizer: Quantizer, name: str) -> int:
+    """The bits per value ``quantizer`` gives: its ``precision`` (``metaspike.quantizers``' objects carry theirs: 1 for
+    the signs, 32 for ``"none"``), 32 for a callable without one (its values may be any real numbers); a
+    ``precision`` that is not an integer >= 1 is one ``ValueError`` naming ``name``.
+
+    Example:
+        >>> quantizer_bits(get_quantizer("ste_sign"), "input_quantizer"), quantizer_bits(torch.tanh, "input_quantizer")
+        (1, 32)
+    """
+    bits = getattr(quantizer, "precision", 32)
+    if not is_whole(bits, 1):
+        raise ValueError(f"{name} {quantizer!r} has precision {bits!r}; a quantizer's precision is its bits per value, "
+                         "an integer >= 1")
+    return int(bits)
+
+
+def _check_bias(bias: object) -> bool:
+    """``bias`` if it is ``True`` or ``False`` (a numpy bool taken), else one line: a number or a quantizer's name there
+    is an argument given in the wrong place."""
+    if not isinstance(bias, (bool, np.bool_)):
+        raise ValueError(f"bias must be True or False, got {bias!r} (the layers take nn.Linear's and nn.Conv2d's "
+                         "positional arguments; give the others by keyword)")
+    return bool(bias)
 
 
 def _widths(**widths: object) -> tuple[int, ...]:
@@ -215,7 +253,7 @@ class BinaryLinear(_BinaryWeights, nn.Linear):
         scale: str | None = None,
     ) -> None:
         in_features, out_features = _widths(in_features=in_features, out_features=out_features)
-        super().__init__(in_features, out_features, bias=bias)
+        super().__init__(in_features, out_features, bias=_check_bias(bias))
         self._setup(weight_quantizer, input_quantizer, init_width, scale)
         self.precision = precision
 
@@ -238,15 +276,16 @@ class BinaryLinear(_BinaryWeights, nn.Linear):
 
 
 class BinaryConv2d(_BinaryWeights, nn.Conv2d):
-    """``nn.Conv2d`` whose forward pass uses ``sign(W_h)``: ``nn.Conv2d``'s arguments (``stride``, ``padding``,
-    ``dilation``, ``groups``, ``padding_mode``; ``bias`` off by default), then those of :class:`BinaryLinear`. For
-    Conv1d, Conv3d or transposed convolutions, :func:`metaspike.binarize` an ``nn`` layer.
+    """``nn.Conv2d`` whose forward pass uses ``sign(W_h)``: ``nn.Conv2d``'s arguments in its order (``stride``,
+    ``padding``, ``dilation``, ``groups``, ``bias`` (off by default), ``padding_mode``), then those of
+    :class:`BinaryLinear`, by keyword only. For Conv1d, Conv3d or transposed convolutions, :func:`metaspike.binarize`
+    an ``nn`` layer.
 
     Example:
         >>> conv = BinaryConv2d(1, 8, kernel_size=3, padding=1)
         >>> conv(torch.rand(2, 1, 28, 28)).shape
         torch.Size([2, 8, 28, 28])
-        >>> BinaryConv2d(8, 8, 3, padding="same", dilation=2, groups=8, padding_mode="reflect").weight.shape
+        >>> BinaryConv2d(8, 8, 3, 1, "same", 2, 8, False, "reflect", init_width=0.05).weight.shape
         torch.Size([8, 1, 3, 3])
     """
 
@@ -257,25 +296,54 @@ class BinaryConv2d(_BinaryWeights, nn.Conv2d):
         kernel_size: int | tuple[int, int],
         stride: int | tuple[int, int] = 1,
         padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
         bias: bool = False,
+        padding_mode: str = "zeros",
+        *,
         weight_quantizer: str | Quantizer | None = "ste_sign_unclipped",
         input_quantizer: str | Quantizer | None = None,
         init_width: float | None = 0.1,
         scale: str | None = None,
-        dilation: int | tuple[int, int] = 1,
-        groups: int = 1,
-        padding_mode: str = "zeros",
     ) -> None:
         in_channels, out_channels = _widths(in_channels=in_channels, out_channels=out_channels)
         check_conv_geometry(kernel_size, stride, padding, dilation)
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
-                         groups=groups, bias=bias, padding_mode=padding_mode)
+                         groups=groups, bias=_check_bias(bias), padding_mode=padding_mode)
         self._setup(weight_quantizer, input_quantizer, init_width, scale)
 
     def forward(self, x: Tensor) -> Tensor:
         _check_features(self, x, self.in_channels, -3, "channels ((batch, channels, height, width) or (channels, "
                         "height, width))")
+        _check_spatial_size(self, x)
         return self._conv_forward(_quantized_input(self, x), self.visible_weight(), self.bias)
+
+
+def _check_spatial_size(conv: nn.Conv2d, x: Tensor) -> None:
+    """One line, instead of torch's error from inside the convolution, when the input's height or width is too small
+    for the layer: empty, with the padding on both sides smaller than the kernel's span
+    ``dilation·(kernel_size - 1) + 1`` (``nn.Conv2d``'s condition: the stride only thins out the positions that fit),
+    or not larger than a reflected padding (not smaller than a circular one)."""
+    size = tuple(x.shape[-2:])
+    span = tuple(d * (k - 1) + 1 for k, d in zip(conv.kernel_size, conv.dilation))
+    if conv.padding == "same":  # torch pads d·(k - 1) in all, the larger half after: every input of size >= 1 fits
+        sides = tuple(((s - 1) // 2, s - 1 - (s - 1) // 2) for s in span)
+    elif conv.padding == "valid":
+        sides = ((0, 0), (0, 0))
+    else:
+        sides = tuple((p, p) for p in conv.padding)
+    name, shown = type(conv).__name__, "x".join(map(str, size))
+    if any(n < 1 or n + low + high < s for n, (low, high), s in zip(size, sides, span)):  # (torch: no empty image)
+        least = "x".join(str(max(s - low - high, 1)) for s, (low, high) in zip(span, sides))
+        raise ValueError(f"{name} takes inputs of at least {least} pixels (height x width: its kernel spans "
+                         f"{'x'.join(map(str, span))} with kernel_size {conv.kernel_size} and dilation "
+                         f"{conv.dilation}, padding {conv.padding}), got {shown}")
+    wraps = {"reflect": lambda n, pad: pad >= n, "circular": lambda n, pad: pad > n}.get(conv.padding_mode)
+    if wraps is not None and any(wraps(n, max(side)) for n, side in zip(size, sides)):
+        widest = "x".join(str(max(side)) for side in sides)
+        relation = "larger than" if conv.padding_mode == "reflect" else "at least as large as"
+        raise ValueError(f"{name} with padding_mode {conv.padding_mode!r} takes inputs {relation} its padding "
+                         f"({widest} pixels on a side, height x width), got {shown}")
 
 
 class SignActivation(nn.Module):

@@ -13,7 +13,7 @@ from torch.nn.utils import parametrize
 
 from bnn.binary_linear import is_binary_input
 from metaspike.bayesian.synapses import bayesian_modules
-from metaspike.synapse import binary_modules
+from metaspike.synapse import BinarySynapse, binary_modules
 from metaspike.training import random_numbers_apart
 
 __all__ = ["summary", "LayerSummary", "ModelSummary"]
@@ -29,11 +29,14 @@ class LayerSummary:
     float_params: int
     binary_macs: int = 0
     float_macs: int = 0
+    quantized_params: int = 0
+    quantized_bits: int = 0
 
     @property
     def bits(self) -> int:
-        """Memory at inference: 1 bit per binary weight, 32 per float parameter."""
-        return self.binary_params + 32 * self.float_params
+        """Memory at inference: 1 bit per binary weight, 32 per float parameter, a quantized weight's precision for
+        each of those (:attr:`quantized_bits`)."""
+        return self.binary_params + 32 * self.float_params + self.quantized_bits
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,11 @@ class ModelSummary:
         return sum(layer.float_params for layer in self.layers)
 
     @property
+    def quantized_params(self) -> int:
+        """Weights whose quantizer gives another precision than 1 or 32 bits (counted at that precision)."""
+        return sum(layer.quantized_params for layer in self.layers)
+
+    @property
     def packed_bytes(self) -> float:
         """Bytes with binary weights stored at 1 bit and every other parameter at 32: an estimate for any model. A
         packed MLP's own count, :attr:`bnn.PackedMLP.nbytes`, differs by what packing folds and adds (BatchNorm
@@ -71,7 +79,7 @@ class ModelSummary:
     @property
     def float32_bytes(self) -> float:
         """Bytes with every parameter stored as float32 (what a checkpoint of hidden weights holds)."""
-        return 4 * (self.binary_params + self.float_params)
+        return 4 * (self.binary_params + self.float_params + self.quantized_params)
 
     @property
     def compression(self) -> float:
@@ -81,23 +89,29 @@ class ModelSummary:
         macs = self.counted_macs
         names = max(16, *(len(row.name) + 2 for row in self.layers)) if self.layers else 16
         kinds = max(14, *(len(row.kind) + 2 for row in self.layers)) if self.layers else 14
-        header = f"{'layer':<{names}}{'kind':<{kinds}}{'binary':>12}{'float':>10}{'1-bit kB':>11}{'32-bit kB':>11}"
+        quantized = self.quantized_params > 0  # (a column only for models that have such weights)
+        header = f"{'layer':<{names}}{'kind':<{kinds}}{'binary':>12}{'float':>10}"
+        header += f"{'quantized':>11}" if quantized else ""
+        header += f"{'packed kB' if quantized else '1-bit kB':>11}{'32-bit kB':>11}"
         header += f"{'1-bit MACs':>13}{'32-bit MACs':>13}" if macs else ""
         lines = [header, "-" * len(header)]
         for row in self.layers:
-            total = row.binary_params + row.float_params
+            total = row.binary_params + row.float_params + row.quantized_params
             lines.append(
                 f"{row.name:<{names}}{row.kind:<{kinds}}{row.binary_params:>12,}{row.float_params:>10,}"
-                f"{row.bits / 8 / 1024:>11.2f}{4 * total / 1024:>11.2f}"
+                + (f"{row.quantized_params:>11,}" if quantized else "")
+                + f"{row.bits / 8 / 1024:>11.2f}{4 * total / 1024:>11.2f}"
                 + (f"{row.binary_macs:>13,}{row.float_macs:>13,}" if macs else "")
             )
         lines.append("-" * len(header))
         lines.append(
             f"{'total':<{names + kinds}}{self.binary_params:>12,}{self.float_params:>10,}"
-            f"{self.packed_bytes / 1024:>11.2f}{self.float32_bytes / 1024:>11.2f}"
+            + (f"{self.quantized_params:>11,}" if quantized else "")
+            + f"{self.packed_bytes / 1024:>11.2f}{self.float32_bytes / 1024:>11.2f}"
             + (f"{self.binary_macs:>13,}{self.float_macs:>13,}" if macs else "")
         )
-        lines.append(f"memory: {self.packed_bytes / 1024:.1f} kB with 1-bit binary weights vs "
+        lines.append(f"memory: {self.packed_bytes / 1024:.1f} kB with 1-bit binary weights"
+                     f"{' and quantized ones at their precision' if quantized else ''} vs "
                      f"{self.float32_bytes / 1024:.1f} kB float32 ({self.compression:.1f}x smaller)")
         return "\n".join(lines)
 
@@ -107,9 +121,11 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> Model
 
     Binary parameters are the hidden weights of binary synapses (:class:`bnn.BinaryLinear`,
     :class:`bnn.BinaryConv2d` or layers changed by :func:`metaspike.binarize`) and the latent weights
-    of BiMU synapses (whose weights are ±1 too); they cost one bit at inference. Everything else (biases,
-    BatchNorm, MESU's Gaussian weights) is counted as float32; a weight shared by two layers (tied) is counted once,
-    with the first. With ``input_shape`` (one sample's shape,
+    of BiMU synapses (whose weights are ±1 too); they cost one bit at inference. A ``bnn`` layer's weights count at its
+    weight quantizer's ``precision`` (:attr:`bnn.BinaryLinear.weight_bits`): binary for the sign quantizers (1 bit),
+    ``quantized_params`` at that many bits for another precision, float for a callable without one. Everything else
+    (biases, BatchNorm, MESU's Gaussian weights) is counted as float32; a weight shared by two layers (tied) is counted
+    once, with the first. With ``input_shape`` (one sample's shape,
     without the batch dimension), a forward pass on two random samples also counts the
     multiply-accumulates per sample of every linear and (transposed) convolution layer, every time the
     layer runs (a spiking network's time steps, a layer used twice): 1-bit where both the weights and the
@@ -131,7 +147,7 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> Model
             isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in input_shape)):
         raise ValueError(f"input_shape must be one sample's shape, a sequence of positive integers, got {input_shape!r}")
     macs = _count_macs(model, input_shape) if input_shape is not None else {}
-    binary = {id(weight) for _, weight in _binary_layers(model)}
+    bits = {id(weight): n for _, weight, n in _quantized_layers(model)}  # (the other tensors: 32 bits)
     # a parametrization's modules (a MESU synapse holds sigma) are counted with the layer they belong to
     in_parametrizations = {id(inner) for module in model.modules() if parametrize.is_parametrized(module)
                            for inner in module.parametrizations.modules()}  # type: ignore[union-attr]
@@ -147,18 +163,23 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> Model
         counted.update(map(id, params))
         if not params and name not in macs:
             continue
-        n_binary = sum(p.numel() for p in params if id(p) in binary)
-        n_float = sum(p.numel() for p in params if id(p) not in binary)
+        precision = [bits.get(id(p), 32) for p in params]
+        n_binary = sum(p.numel() for p, n in zip(params, precision) if n == 1)
+        n_float = sum(p.numel() for p, n in zip(params, precision) if n == 32)
+        quantized = [(p.numel(), n) for p, n in zip(params, precision) if n not in (1, 32)]
         rows.append(LayerSummary(name or type(model).__name__, type(module).__name__, n_binary, n_float,
-                                 *macs.get(name, (0, 0))))
+                                 *macs.get(name, (0, 0)), sum(numel for numel, _ in quantized),
+                                 sum(numel * n for numel, n in quantized)))
     return ModelSummary(tuple(rows), counted_macs=input_shape is not None)
 
 
-def _binary_layers(model: nn.Module) -> list[tuple[nn.Module, Tensor]]:
-    """``(layer, its trained tensor)`` of every layer whose weights are ±1: binary synapses (the hidden weight) and
-    BiMU synapses (the latent weight)."""
-    layers = [(layer, weight) for _, layer, weight in binary_modules(model)]
-    return layers + [(layer, tensors[0]) for _, layer, kind, tensors in bayesian_modules(model) if kind == "bimu"]
+def _quantized_layers(model: nn.Module) -> list[tuple[nn.Module, Tensor, int]]:
+    """``(layer, its trained tensor, bits per weight)`` of every layer that shows quantized weights: binary synapses
+    (the hidden weight; a ``bnn`` layer's quantizer says its bits, :class:`metaspike.synapse.BinarySynapse`) and BiMU
+    synapses (the latent weight, 1 bit)."""
+    layers = [(layer, weight, layer.weight_bits if isinstance(layer, BinarySynapse) else 1)
+              for _, layer, weight in binary_modules(model)]
+    return layers + [(layer, tensors[0], 1) for _, layer, kind, tensors in bayesian_modules(model) if kind == "bimu"]
 
 
 _TRANSPOSED_LAYERS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -169,7 +190,7 @@ _PROBE_SAMPLES = 2  # (two: BatchNorm with batch statistics needs more than one)
 @torch.no_grad()
 def _count_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tuple[int, int]]:
     """``{layer name: (1-bit MACs, 32-bit MACs)}`` per sample, from one forward pass on two random samples."""
-    binary_layers = {id(layer) for layer, _ in _binary_layers(model)}
+    binary_layers = {id(layer) for layer, _, bits in _quantized_layers(model) if bits == 1}
     counts: dict[str, tuple[int, int]] = {}
 
     def hook(name: str):

@@ -64,7 +64,7 @@ from metaspike.compiled import LazyCompiled
 from metaspike.files import atomic_open, check_torch_archive, read_regular_file
 from metaspike.gain import foreign_forward_hooks, output_gain
 from metaspike.layer_selection import synapse_parametrization
-from metaspike.quantizers import SteSign
+from metaspike.quantizers import NoQuantizer, SteSign
 from metaspike.training import warn_if_statistics_outdated
 
 __all__ = ["pack", "PackedMLP", "PackedLayer"]
@@ -617,10 +617,35 @@ def _replaced_forward(module: nn.Module) -> type[nn.Module] | None:
                  if isinstance(module, known) and type(module).forward is not known.forward), None)
 
 
+#: The layers of an MLP pack takes, as its messages name them.
+_MLP_LAYOUT = "BinaryLinear -> BatchNorm1d per layer, a SignActivation between layers"
+#: Convolutions of every kind (their lazy forms subclass them): no packed kernel computes one.
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _check_no_convolution(model: nn.Module) -> None:
+    """One line naming the first convolutional layer of ``model``, if it has one: pack computes dense layers only, so
+    this is the reason to give first (before the model's forward or its order of layers)."""
+    found = next(((name, m) for name, m in model.named_modules() if isinstance(m, _CONVOLUTIONS)), None)
+    if found is not None:
+        name, module = found
+        raise ValueError(f"pack cannot pack convolutional layers: module {name or type(model).__name__!r} of "
+                         f"{type(model).__name__} is a {type(module).__name__}; pack takes MLPs ({_MLP_LAYOUT}), such "
+                         "as bnn.MLP")
+
+
+def _quantizes_input(linear: BinaryLinear) -> bool:
+    """Whether ``linear`` changes its input before its product (any input_quantizer but ``None``): the packed first
+    layer sums the real input and the later ones take the signs of a SignActivation, so pack refuses it."""
+    return not isinstance(linear.input_quantizer, NoQuantizer)
+
+
 def _layers_of(model: nn.Module) -> list[tuple[BinaryLinear, nn.BatchNorm1d]]:
     """The ``(BinaryLinear, BatchNorm1d)`` pairs of an MLP, after checking its structure: a ``bnn.MLP`` or an
     ``nn.Sequential`` (whose forward is its modules in order: the packed model computes that and nothing else) of
-    layers whose classes keep the forward of the layer pack reads them as (:func:`_replaced_forward`)."""
+    layers whose classes keep the forward of the layer pack reads them as (:func:`_replaced_forward`), ending with a
+    BatchNorm1d (whose scores the packed model gives)."""
+    _check_no_convolution(model)
     if type(model).forward not in (MLP.forward, nn.Sequential.forward):
         raise ValueError(f"pack takes a bnn.MLP or an nn.Sequential of its layers; {type(model).__name__} has a forward "
                          "of its own, which pack cannot see (it would pack the layers and drop what forward does "
@@ -637,7 +662,6 @@ def _layers_of(model: nn.Module) -> list[tuple[BinaryLinear, nn.BatchNorm1d]]:
                              f"{replaced.__name__} with a forward of its own, which pack cannot see (it packs what "
                              f"{replaced.__name__}.forward computes): use a plain {replaced.__name__} there, or move "
                              "the other work out of the model")
-    expected = "BinaryLinear -> BatchNorm1d [-> SignActivation] per layer"
     named = [(name, m) for name, m in model.named_children() if not isinstance(m, _PASS_THROUGH)]
     modules = [m for _, m in named]
     pairs, i = [], 0
@@ -647,12 +671,12 @@ def _layers_of(model: nn.Module) -> list[tuple[BinaryLinear, nn.BatchNorm1d]]:
             raise ValueError(f"pack takes the MLP itself; module {named[i][0]!r} of {type(model).__name__} is a "
                              f"{type(linear).__name__} holding layers: pack that module")
         if not isinstance(linear, BinaryLinear):
-            raise ValueError(f"pack expects a bnn.MLP ({expected}); found {type(linear).__name__} where layer "
+            raise ValueError(f"pack expects a bnn.MLP ({_MLP_LAYOUT}); found {type(linear).__name__} where layer "
                              f"{len(pairs)}'s BinaryLinear should be")
         if not isinstance(norm, nn.BatchNorm1d):
             after = "nothing" if norm is None else type(norm).__name__
-            raise ValueError(f"pack expects a bnn.MLP ({expected}); layer {len(pairs)}'s BinaryLinear is followed by "
-                             f"{after}, not a BatchNorm1d (whose statistics become the packed thresholds and scores)")
+            raise ValueError(f"pack expects a bnn.MLP ({_MLP_LAYOUT}); layer {len(pairs)}'s BinaryLinear is followed "
+                             f"by {after}, not a BatchNorm1d (whose statistics become the packed thresholds and scores)")
         if not isinstance(linear.weight_quantizer, SteSign):
             raise ValueError(f"layer {len(pairs)} does not binarize its weights (its weight_quantizer is not a sign)")
         if linear.bias is not None:
@@ -661,7 +685,7 @@ def _layers_of(model: nn.Module) -> list[tuple[BinaryLinear, nn.BatchNorm1d]]:
             raise ValueError(f"layer {len(pairs)} draws a new weight sample at every evaluation (Bayesian synapses "
                              "with evaluation='sample'), which one packed weight cannot equal; pack a model whose "
                              "synapses evaluate with their mode (evaluation='mode')")
-        if linear.input_quantizer.precision != 32:  # the packed first layer takes the real input, later ones signs
+        if _quantizes_input(linear):
             raise ValueError(f"layer {len(pairs)} quantizes its input (input_quantizer {linear.input_quantizer!r}); "
                              "pack supports bnn.MLP's layers, whose inputs are the real data and the signs of "
                              "SignActivation")
@@ -681,13 +705,18 @@ def _layers_of(model: nn.Module) -> list[tuple[BinaryLinear, nn.BatchNorm1d]]:
         if not is_last:
             if not isinstance(modules[i], SignActivation):
                 following = modules[i]
-                why = (f"; layer {len(pairs)} binarizes its input itself (input_quantizer "
+                why = (f"; layer {len(pairs)} quantizes its input itself (input_quantizer "
                        f"{following.input_quantizer!r}): pack takes the sign as a bnn.SignActivation between the "
                        "layers, with input_quantizer=None"
-                       if isinstance(following, BinaryLinear) and following.input_quantizer.precision != 32 else "")
+                       if isinstance(following, BinaryLinear) and _quantizes_input(following) else "")
                 raise ValueError(f"layer {len(pairs) - 1} is followed by {type(following).__name__}; pack needs a "
                                  f"bnn.SignActivation there{why}")
             i += 1
+            if i >= len(modules):
+                raise ValueError(f"pack: the model ends with a SignActivation after layer {len(pairs) - 1}'s "
+                                 "BatchNorm1d, so its outputs are ±1 (ties broken by position); a packed model gives "
+                                 "the last BatchNorm's class scores, as bnn.MLP does: remove that SignActivation "
+                                 "to pack the model (its predictions are then the argmax of the scores)")
     if not pairs:
         raise ValueError("pack expects a bnn.MLP with at least one BinaryLinear layer")
     return pairs
@@ -757,7 +786,8 @@ def pack(model: nn.Module, compile: bool = True) -> PackedMLP:
     ``False`` runs plain torch ops. It warns when the model's weights changed after its statistics were fixed.
 
     Raises:
-        ValueError: ``model`` is not an MLP of binary layers with sign activations, it or one of its layers has
+        ValueError: ``model`` is not an MLP of binary layers with sign activations between them (convolutional
+            layers are named first; an MLP that ends with a SignActivation is refused), it or one of its layers has
             a forward of its own (a subclass that overrides it), its BatchNorm layers have no population statistics
             (:func:`bnn.use_population_statistics`), or it is in training mode (where BatchNorm uses batch
             statistics, not the ones packed).

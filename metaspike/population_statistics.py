@@ -11,6 +11,8 @@ The paper's BatchNorm normalises with the statistics of the evaluated batch
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -28,7 +30,9 @@ def use_population_statistics(model: nn.Module, x: Tensor, batch_size: int = 100
     Afterwards ``model.eval()`` predicts with those statistics (any batch size, including 1);
     ``model.train()`` still normalises with batch statistics. Returns ``model``; the model keeps its training or
     evaluation mode. ``x`` (at least 2 finite samples) runs in near-equal chunks of at least ``batch_size`` (an
-    integer >= 2) samples: the BatchNorm layers not fixed yet normalise each chunk by its own statistics.
+    integer >= 2) samples: the BatchNorm layers not fixed yet normalise each chunk by its own statistics. A BatchNorm
+    layer the forward pass never reaches (the head of another task in a multi-head model) keeps its statistics, and
+    one warning names it.
 
     Example:
         >>> from bnn import MLP
@@ -41,7 +45,7 @@ def use_population_statistics(model: nn.Module, x: Tensor, batch_size: int = 100
     if not isinstance(x, Tensor):
         raise ValueError(f"x must be one tensor of training inputs, got a {type(x).__name__}: gather them first "
                          "(e.g. torch.cat([x for x, _ in loader]), or torch.as_tensor(array, dtype=torch.float32))")
-    norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    norms = [(name, m) for name, m in model.named_modules() if isinstance(m, _BatchNorm)]
     if not norms:
         raise ValueError(f"{type(model).__name__} has no BatchNorm layer to fix")
     if len(x) < 2:
@@ -55,9 +59,14 @@ def use_population_statistics(model: nn.Module, x: Tensor, batch_size: int = 100
     was_training = model.training
     model.eval()
     try:
-        _fix_each(model, norms, x, chunks)
+        unreached = _fix_each(model, norms, x, chunks)
     finally:
         model.train(was_training)
+    if unreached:
+        warnings.warn(f"use_population_statistics: the forward pass on x never reached BatchNorm layer(s) "
+                      f"{', '.join(map(repr, unreached))} (a head not in use?); their statistics are left as they "
+                      "were: fix them with a call that runs through them (e.g. with that head selected)",
+                      stacklevel=3)  # (the caller of use_population_statistics, past no_grad)
     owner = getattr(model, "_orig_mod", model)  # (a torch.compile'd model: the record stays with the model it wraps)
     owner.__dict__[_FIXED_WITH] = _fingerprints(owner)
     return model
@@ -123,30 +132,50 @@ def statistics_outdated(model: nn.Module) -> bool:
     return False
 
 
-def _fix_each(model: nn.Module, norms: list[_BatchNorm], x: Tensor, chunks: tuple[Tensor, ...]) -> None:
-    for norm in norms:  # in forward order; earlier layers are fixed when a later one is measured
-        total = sq_total = None
-        count = 0
-
-        def record(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-            nonlocal total, sq_total, count
-            h = inputs[0].transpose(0, 1).reshape(inputs[0].shape[1], -1).double()
-            s, sq = h.sum(1), h.square().sum(1)
-            total = s if total is None else total + s
-            sq_total = sq if sq_total is None else sq_total + sq
-            count += h.shape[1]
-
-        handle = norm.register_forward_pre_hook(record)
-        try:
-            for index in chunks:
-                model(x[index])
-        finally:
-            handle.remove()
-        mean = total / count
-        var = (sq_total / count - mean.square()).clamp_min(0) * count / max(count - 1, 1)
+def _fix_each(model: nn.Module, norms: list[tuple[str, _BatchNorm]], x: Tensor,
+              chunks: tuple[Tensor, ...]) -> list[str]:
+    """Fix each of ``norms`` (``(name, layer)`` in forward order) to the statistics of its input over ``x``, earlier
+    layers fixed when a later one is measured; returns the names of those the forward pass never reached (left as
+    they were)."""
+    unreached = []
+    for name, norm in norms:
+        measured = _input_statistics(model, norm, x, chunks)
+        if measured is None:
+            unreached.append(name)
+            continue
+        mean, var, count = measured
         norm.running_mean = mean.to(norm.weight.dtype if norm.weight is not None else torch.float32)
         norm.running_var = var.to(norm.running_mean.dtype)
         norm.num_batches_tracked = torch.tensor(count, dtype=torch.long)
+    return unreached
+
+
+def _input_statistics(model: nn.Module, norm: _BatchNorm, x: Tensor,
+                      chunks: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, int] | None:
+    """``(mean, unbiased variance, count)`` per channel of what ``norm`` receives while ``model`` runs on ``x`` chunk
+    by chunk (float64); ``None`` when the forward pass never calls ``norm`` (a head not in use)."""
+    total = sq_total = None
+    count = 0
+
+    def record(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        nonlocal total, sq_total, count
+        h = inputs[0].transpose(0, 1).reshape(inputs[0].shape[1], -1).double()
+        s, sq = h.sum(1), h.square().sum(1)
+        total = s if total is None else total + s
+        sq_total = sq if sq_total is None else sq_total + sq
+        count += h.shape[1]
+
+    handle = norm.register_forward_pre_hook(record)
+    try:
+        for index in chunks:
+            model(x[index])
+    finally:
+        handle.remove()
+    if total is None:
+        return None
+    mean = total / count
+    var = (sq_total / count - mean.square()).clamp_min(0) * count / max(count - 1, 1)
+    return mean, var, count
 
 
 def _make_room_for_statistics(module: _BatchNorm, state_dict: dict, prefix: str, *args: object) -> None:

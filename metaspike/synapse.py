@@ -81,18 +81,24 @@ def is_hidden_weight(weight: Tensor) -> bool:
 class BinarySynapse:
     """Interface of a layer whose ``weight`` parameter is a hidden weight shown as ±1 in the forward pass.
 
-    A subclass sets ``is_binary`` (``False`` for a full-precision variant of the same layer) and
-    implements :meth:`visible_weight`; layers of the ``bnn`` API do, so :func:`binary_modules` finds
-    them without ``metaspike`` importing ``bnn``. Its hidden weight is marked (:func:`mark_hidden_weight`) again
-    when the layer is deep-copied or unpickled and after its weight is loaded: torch makes new parameters there.
+    A subclass sets ``is_binary`` (``False`` for a full-precision variant of the same layer), ``weight_bits`` (the
+    precision of a quantizer other than the sign, for ``bnn.summary``) and implements :meth:`visible_weight`; layers
+    of the ``bnn`` API do, so :func:`binary_modules` finds them without ``metaspike`` importing ``bnn``. Its hidden
+    weight is marked (:func:`mark_hidden_weight`) again when the layer is deep-copied or unpickled and after its weight
+    is loaded: torch makes new parameters there.
     """
 
     weight: nn.Parameter
 
     @property
     def is_binary(self) -> bool:
-        """True when the layer binarizes its weights."""
+        """True when the layer shows its hidden weight quantized (a hidden weight the optimizers consolidate)."""
         return True
+
+    @property
+    def weight_bits(self) -> int:
+        """Bits per weight the forward pass shows: 1 (±1) unless the layer's quantizer says otherwise."""
+        return 1
 
     def visible_weight(self) -> Tensor:
         """The weight the forward pass uses (±1 for a binary synapse)."""

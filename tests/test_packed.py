@@ -748,7 +748,7 @@ def test_a_model_pack_cannot_read_is_refused_in_one_line_naming_what_to_change()
         bnn.pack(torch.nn.Sequential(*layers[:5]))
     larq_style = bnn.BinaryLinear(8, 4, input_quantizer="ste_sign")
     with pytest.raises(ValueError, match=r"layer 0 is followed by BinaryLinear; pack needs a bnn.SignActivation there; "
-                                         r"layer 1 binarizes its input itself \(input_quantizer"):
+                                         r"layer 1 quantizes its input itself \(input_quantizer"):
         bnn.pack(torch.nn.Sequential(*layers[:3], larq_style, layers[5]).eval())
     with pytest.raises(ValueError, match="compile must be True .* or False .*, got 'yes'"):
         bnn.pack(mlp, compile="yes")
