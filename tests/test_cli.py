@@ -818,3 +818,16 @@ def test_a_comparison_reports_what_its_runs_recorded(tmp_path, capsys):
     assert (row["ACC_mean"], row["BWT_mean"], row["FWT_mean"]) == ("12.345", "-1.250", "")
     line = next(line for line in (root / "comparison.txt").read_text().splitlines() if line.startswith("meta=0"))
     assert line.split()[3:6] == ["12.3", "-1.3", "n/a"]  # (after the setting and two tasks: ACC, BWT, FWT)
+
+
+def test_a_run_under_a_path_an_ascii_terminal_cannot_print_ends_well(tmp_path):
+    import os
+
+    out = tmp_path / "résultats"
+    done = subprocess.run([sys.executable, "-m", "metaspike", "train", "--dataset", "digits", "--tasks", "2",
+                           "--epochs", "1", "--hidden", "16", "--quiet", "--out", str(out)],
+                          capture_output=True, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 0, done.stderr
+    run = next(out.iterdir())
+    assert f"results: {str(run).replace('é', chr(92) + 'xe9')}".encode() in done.stdout
+    assert json.loads((run / "metrics.json").read_text())["complete"] is True

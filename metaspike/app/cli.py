@@ -561,6 +561,16 @@ def _import_given(argv: Sequence[str]) -> tuple[str, ...]:
     return import_modules(pre.parse_known_args(argv)[0].imports)
 
 
+def _escape_unencodable_output() -> None:
+    """Let stdout and stderr write what their encoding cannot hold as escapes (``\\xe9``) instead of raising: with an
+    ASCII-only terminal (``PYTHONIOENCODING=ascii``) a run under a non-ASCII ``--out`` finished, wrote its files and
+    then failed on printing its folder, exiting 2 as if the run had failed."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)  # (a replaced stream may have none)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metaspike`` console script; returns the exit status.
 
@@ -570,8 +580,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         2
     """
     if argv is None:  # the command's own process (not a caller's): steps reuse freed memory instead of faulting,
-        keep_freed_memory()  # and SIGTERM stops it as Ctrl-C does
+        keep_freed_memory()  # SIGTERM stops it as Ctrl-C does, and a path its terminal cannot encode is escaped
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
+        _escape_unencodable_output()
     argv = list(sys.argv[1:] if argv is None else argv)
     from metaspike.training import TrainingDiverged
 
