@@ -253,8 +253,8 @@ def test_ewc_estimates_the_fisher_of_a_model_with_weight_samples(kind):
             layer.samples = 3
     ewc = EWC(samples=4)
     x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 10, (6,))
-    if kind == "bimu":  # evaluated on Bernoulli samples: no gradient reaches λ
-        with pytest.raises(ValueError, match="this model has none in evaluation mode"):
+    if kind == "bimu":  # evaluated on sign(λ) or Bernoulli samples: no gradient reaches λ
+        with pytest.raises(ValueError, match=r"^EWC: .* get none in evaluation mode \(BiMU synapses evaluate with"):
             ewc.task_done(model, x, y, None)
         return
     ewc.task_done(model, x, y, None)
@@ -337,3 +337,63 @@ def test_the_si_path_integral_takes_the_tasks_gradient_without_its_own_penalty()
     assert torch.equal(si.omega[0], torch.zeros(1, 2))  # (was −g·Δθ > 0: the pull counted as the task's work)
     step(model(torch.ones(1, 2)).sum())  # a loss without the penalty keeps its whole gradient: −1 · (−0.1)
     torch.testing.assert_close(si.omega[0], torch.full((1, 2), 0.1))
+
+
+def _bimu_net(**bayesianize_options) -> nn.Module:
+    """A BiMU network with its learned gains (the loss has a gradient in evaluation mode, through them only)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 4))
+    return metaspike.bayesianize(net, kind="bimu", **bayesianize_options)
+
+
+@pytest.mark.parametrize("make", [EWC, EWCOnline, RandomConsolidation])
+def test_a_fisher_baseline_on_bimu_synapses_is_one_line_naming_it_not_a_zero_fisher(make):
+    """BiMU evaluates with sign(λ): no gradient reaches λ, and the Fisher came back all zero, so EWC, EWC-Online and
+    the random control did nothing, silently (the gains kept the loss differentiable, which was all the check asked)."""
+    x, y = torch.rand(30, 20), torch.randint(0, 4, (30,))
+    plugin = make()
+    with pytest.raises(ValueError, match=rf"^{make.__name__}: the Fisher needs gradients of the evaluated model's loss "
+                                         r"with respect to the weight matrices it protects, and those of layers 0, 2 "
+                                         r"get none in evaluation mode \(BiMU synapses evaluate with sign\(λ\)"):
+        plugin.task_done(_bimu_net(), x, y, None)
+    with pytest.raises(ValueError, match=r"^fisher_diagonal: .* of layers 0, 2 get none in evaluation mode \(BiMU"):
+        fisher_diagonal(_bimu_net(evaluation="sample"), x, y)
+
+
+def test_the_fisher_names_only_the_weight_matrices_it_cannot_measure():
+    """A float layer left beside BiMU synapses has a Fisher; the synapses' λ is named alone. A layer the evaluated
+    model does not use is named with the general reason."""
+    x, y = torch.rand(30, 20), torch.randint(0, 4, (30,))
+    with pytest.raises(ValueError, match=r"of layer 2 get none in evaluation mode \(BiMU synapses"):
+        fisher_diagonal(_bimu_net(exclude="0"), x, y)
+
+    class UnusedHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = nn.Linear(20, 4), nn.Linear(20, 4)
+
+        def forward(self, inputs):
+            return self.body(inputs)
+
+    with pytest.raises(ValueError, match=r"of layer head get none in evaluation mode \(evaluation mode does not use "):
+        fisher_diagonal(UnusedHead(), x, y)
+
+
+@pytest.mark.parametrize("x, y, classes, message", [
+    (torch.rand(10, 4), torch.zeros(10, dtype=torch.long), (1, 2),
+     r"^labels of the Fisher's data \(x, y\) include \[0\], outside its classes \[1, 2\]$"),
+    (torch.rand(0, 4), torch.zeros(0, dtype=torch.long), None, r"^the Fisher's data \(x, y\) is empty$"),
+    (torch.rand(10, 4), torch.arange(10) % 3, (),
+     r"^labels of the Fisher's data \(x, y\) include \[0, 1, 2\], outside its classes \[\]$"),
+    (torch.rand(10, 5), torch.arange(10) % 3, None,
+     r"^the Fisher's data \(x, y\) samples of shape \(5,\) do not fit the model: "),
+    (torch.full((10, 4), float("nan")), torch.arange(10) % 3, None,
+     r"^the Fisher's data \(x, y\) contains NaN or infinite values$"),
+], ids=["labels-outside-classes", "empty", "no-classes", "wrong-width", "nan"])
+def test_fisher_diagonal_on_data_that_cannot_score_the_model_is_one_line(x, y, classes, message):
+    """Labels outside ``classes`` (an infinite loss), empty data or ``classes=()`` (0/0) gave a finite or all-NaN
+    "Fisher" without a word, and samples of the wrong width torch's error from inside the model."""
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    with pytest.raises(ValueError, match=message):
+        fisher_diagonal(model, x, y, classes=classes)
+

@@ -320,9 +320,9 @@ def test_resume_removes_the_temporary_files_a_kill_left_behind(tmp_path):
     assert json.loads((run / "metrics.json").read_text())["complete"] is True
 
 
-def _interrupted_run(root: Path, record: dict | None = None, **settings) -> Path:
-    """A run stopped after its first checkpoint, in this process (a small digits stream); ``record`` adds entries to
-    its config.json."""
+def _interrupted_run(root: Path, record: dict | None = None, stop_at: int = 1, **settings) -> Path:
+    """A run stopped after its ``stop_at``-th checkpoint (its first by default), in this process (a small digits
+    stream); ``record`` adds entries to its config.json."""
     from metaspike.app.runs import _trainer
     from metaspike.app.runs import make_run_scenario as _scenario
     from metaspike.continual import RunDirectory
@@ -331,13 +331,17 @@ def _interrupted_run(root: Path, record: dict | None = None, **settings) -> Path
     directory = RunDirectory.create(root, config.name, {**config.to_dict(), **(record or {})})
     scenario = _scenario(config)
 
-    class StopAtFirstCheckpoint(RunDirectory):
+    class StopAtCheckpoint(RunDirectory):
+        written = 0
+
         def checkpoint(self, state):
             super().checkpoint(state)
-            raise KeyboardInterrupt
+            self.written += 1
+            if self.written == stop_at:
+                raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _trainer(config, scenario, progress=False).fit(scenario, log=StopAtFirstCheckpoint(directory.path))
+        _trainer(config, scenario, progress=False).fit(scenario, log=StopAtCheckpoint(directory.path))
     return directory.path
 
 
@@ -488,9 +492,10 @@ def test_a_run_started_over_under_an_edited_config_describes_the_new_config(tmp_
     assert json.loads((run / "scenario.json").read_text())["name"] != "stale"
 
 
-def _resumes_to_the_same_numbers(config: RunConfig, inside_a_task_only: bool = False) -> int:
-    """Resume ``config``'s run from each checkpoint it writes (or those after a task's first epoch) and compare the
-    matrix with the run's own, digit for digit; return how many were checked."""
+def _resumes_to_the_same_numbers(config: RunConfig, inside_a_task_only: bool = False, from_task: int = 0) -> int:
+    """Resume ``config``'s run from each checkpoint it writes (or those after a task's first epoch; or those written
+    once ``from_task`` tasks were trained) and compare the matrix with the run's own, digit for digit; return how many
+    were checked."""
     from metaspike.app.runs import build_run_model, build_trainer, make_run_scenario
 
     scenario = make_run_scenario(config)
@@ -502,12 +507,58 @@ def _resumes_to_the_same_numbers(config: RunConfig, inside_a_task_only: bool = F
     log = KeepCheckpoints()
     whole = trainer().fit(scenario, log=log)
     states = [torch.load(io.BytesIO(blob), weights_only=True) for blob in log.saved]
-    states = [state for state in states if state["position"]["epochs_done"] or not inside_a_task_only]
+    states = [state for state in states if (state["position"]["epochs_done"] or not inside_a_task_only)
+              and state["position"]["task"] >= from_task]
     for state in states:
         resumed = trainer().fit(scenario, resume=state)
         assert [list(map(str, row)) for row in resumed.matrix] == [list(map(str, row)) for row in whole.matrix], \
             state["position"]
     return len(states)
+
+
+#: Runs whose BatchNorm is not per task: asked for, or a class-incremental split (evaluated with the shared state).
+NOT_PER_TASK_BATCHNORM = [pytest.param({"batchnorm": "shared"}, id="shared-batchnorm"),
+                          pytest.param({"scenario": "split", "split_mode": "class"}, id="class-split")]
+
+
+@pytest.mark.parametrize("settings", NOT_PER_TASK_BATCHNORM)
+def test_a_run_whose_batchnorm_is_not_per_task_resumes_after_its_first_task_to_the_same_numbers(settings):
+    """Where BatchNorm is not per task the trainer keeps an empty state for each trained task, and the checkpoint
+    check asked every state for all the model's BatchNorm entries: each resume past the first task was refused
+    ("the checkpoint's BatchNorm states do not fit this run's model")."""
+    config = RunConfig(datasets=("digits",), tasks=3, epochs=2, hidden=(16,), meta=(5.0,), **settings)
+    assert _resumes_to_the_same_numbers(config, from_task=2) == 3  # after task 2, inside task 3, after task 3
+
+
+def test_a_per_task_batchnorm_run_refuses_a_checkpoint_without_its_tasks_batchnorm_states():
+    """An empty BatchNorm state is what a run keeps where BatchNorm is not per task, and only there: a per-task run
+    reads each task's state to evaluate it."""
+    from metaspike.app.runs import build_run_model, build_trainer, make_run_scenario
+
+    config = RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(16,), meta=(5.0,), batchnorm="per-task")
+    scenario = make_run_scenario(config)
+    log = KeepCheckpoints()
+    build_trainer(config, build_run_model(config, scenario), progress=False).fit(scenario, log=log)
+    after_one = torch.load(io.BytesIO(log.saved[0]), weights_only=True)
+    assert after_one["position"] == {"task": 1, "epochs_done": 0} and after_one["batchnorm_states"][0]
+    after_one["batchnorm_states"] = [{}]
+    with pytest.raises(ValueError, match="^the checkpoint's BatchNorm states do not fit this run's model$"):
+        build_trainer(config, build_run_model(config, scenario), progress=False).fit(scenario, resume=after_one)
+
+
+@pytest.mark.parametrize("settings", NOT_PER_TASK_BATCHNORM)
+def test_train_resume_continues_a_run_whose_batchnorm_is_not_per_task_after_task_two(tmp_path, capsys, settings):
+    """`metaspike train --resume` of such a run stopped after task 2 of 3 (`compare --resume` resumes its runs the
+    same way) ends with the accuracy matrix of the run that was never stopped."""
+    from metaspike.app.runs import run as run_whole
+
+    settings = {"tasks": 3, "epochs": 2, **settings}
+    whole, _ = run_whole(RunConfig(datasets=("digits",), hidden=(16,), meta=(5.0,), **settings), tmp_path / "whole",
+                         progress=False, plot=False)
+    stopped = _interrupted_run(tmp_path / "stopped", stop_at=4, **settings)  # (1 epoch, task 1, 1 epoch, task 2)
+    assert load_checkpoint(stopped / "checkpoint.pt")["position"] == {"task": 2, "epochs_done": 0}
+    assert main(["train", "--resume", str(stopped), "--quiet"]) == 0, capsys.readouterr().err
+    assert (stopped / "accuracy_matrix.csv").read_text() == (whole / "accuracy_matrix.csv").read_text()
 
 
 def test_a_model_that_samples_in_evaluation_resumes_from_inside_a_task_to_the_same_numbers():

@@ -36,13 +36,14 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from metaspike.checks import finite_number, is_whole, number_in
-from metaspike.layer_selection import each_once
+from metaspike.layer_selection import synapse_role
 from metaspike.population_statistics import use_population_statistics
 from metaspike.synapse import float_layer_weights, weight_matrices
-from metaspike.training import Plugin, check_labels, classification_loss
+from metaspike.training import Plugin, check_inputs, classification_loss
 
-__all__ = ["EWC", "EWCOnline", "SynapticIntelligence", "RandomConsolidation", "fisher_diagonal", "fisher_sample_indices", "EWC_LAMBDA", "SI_C",
-           "EWC_ONLINE_GAMMA", "BASELINE_STRENGTHS", "make_baseline"]
+__all__ = ["EWC", "EWCOnline", "SynapticIntelligence", "RandomConsolidation", "fisher_diagonal",
+           "fisher_sample_indices", "EWC_LAMBDA", "SI_C", "EWC_ONLINE_GAMMA", "BASELINE_STRENGTHS",
+           "NO_GRADIENT_IN_EVALUATION", "make_baseline"]
 
 #: EWC's default strength λ: the 2021 paper's, for its BNN under Adam (also EWC-Online's and the random control's).
 EWC_LAMBDA = 5000.0
@@ -52,17 +53,43 @@ SI_C = 0.1
 EWC_ONLINE_GAMMA = 1.0
 
 
-def _matrices(model: nn.Module) -> list[Tensor]:
-    """The weight matrices the baselines regularise: every synapse's (:func:`metaspike.synapse.weight_matrices`) and
-    the weight of every Linear/Conv layer kept float beside them (``binarize(model, exclude=...)``; under torch's
-    own parametrization, such as ``weight_norm``, the tensors it trains), each once; a model without any is one
-    line."""
-    floats = (w for _, w in float_layer_weights(model, parametrized=True))
-    matrices = each_once([*(w for _, w in weight_matrices(model)), *floats])
-    if not matrices:
+#: Why the evaluated model's loss has no gradient with respect to a synapse's tensor, by the tensor's role
+#: (:func:`~metaspike.layer_selection.synapse_role`): a Fisher taken there is zero and protects nothing.
+NO_GRADIENT_IN_EVALUATION = {
+    "latent": "BiMU synapses evaluate with sign(λ) or a Bernoulli sample of it, through which no gradient reaches "
+              "λ; they consolidate by themselves: train them without a baseline",
+}
+
+
+def _named_matrices(model: nn.Module) -> list[tuple[str, Tensor]]:
+    """``(layer name, tensor)`` of each weight matrix the baselines regularise: every synapse's
+    (:func:`metaspike.synapse.weight_matrices`) and the weight of every Linear/Conv layer kept float beside them
+    (``binarize(model, exclude=...)``; under torch's own parametrization, such as ``weight_norm``, the tensors it
+    trains), each tensor once (under its first layer's name); a model without any is one line."""
+    first: dict[int, tuple[str, Tensor]] = {}
+    for name, weight in (*weight_matrices(model), *float_layer_weights(model, parametrized=True)):
+        first.setdefault(id(weight), (name, weight))
+    if not first:
         raise ValueError(f"{type(model).__name__} has no weight matrices (no parameter with two or more dimensions) "
                          "for the baseline to regularise")
-    return matrices
+    return list(first.values())
+
+
+def _matrices(model: nn.Module) -> list[Tensor]:
+    """The tensors of :func:`_named_matrices`."""
+    return [weight for _, weight in _named_matrices(model)]
+
+
+def _unmeasured(who: str, named: Sequence[tuple[str, Tensor]]) -> ValueError:
+    """The error for weight matrices (``named``) that the evaluated model's loss gives no gradient: their Fisher
+    would be zero, and a baseline built on it would protect nothing, silently."""
+    layers = list(dict.fromkeys(name or "(the model itself)" for name, _ in named))
+    reasons = [NO_GRADIENT_IN_EVALUATION[role] for role in dict.fromkeys(synapse_role(w) for _, w in named)
+               if role in NO_GRADIENT_IN_EVALUATION]
+    why = "; ".join(reasons) or "evaluation mode does not use them, or uses them through a step without a gradient"
+    return ValueError(f"{who}: the Fisher needs gradients of the evaluated model's loss with respect to the weight "
+                      f"matrices it protects, and those of {'layers' if len(layers) > 1 else 'layer'} "
+                      f"{', '.join(layers)} get none in evaluation mode ({why})")
 
 
 def _samples(value: Any, name: str) -> int:
@@ -130,6 +157,11 @@ def fisher_diagonal(
     (:func:`metaspike.population_statistics.use_population_statistics`); other models run in evaluation mode
     and are put back in their mode. The weights and ``.grad`` are not touched.
 
+    Data that cannot score the model (empty, NaN, labels outside ``classes`` or the model's outputs, samples the model
+    cannot take) is one ``ValueError`` (:func:`metaspike.training.check_inputs`), and so is a weight matrix that the
+    evaluated loss gives no gradient (BiMU's ``λ``, evaluated as ``sign(λ)``: :data:`NO_GRADIENT_IN_EVALUATION`),
+    whose Fisher would be zero: a baseline built on it would protect nothing.
+
     Example:
         >>> model = torch.nn.Linear(3, 2, bias=False)
         >>> with torch.no_grad():
@@ -138,11 +170,17 @@ def fisher_diagonal(
         tensor([[0.2500, 0.2500, 0.2500],
                 [0.2500, 0.2500, 0.2500]])
     """
+    return _fisher(model, x, y, classes, samples, "fisher_diagonal")
+
+
+def _fisher(model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int] | None, samples: int,
+            who: str) -> list[Tensor]:
+    """:func:`fisher_diagonal`, its errors said by ``who`` (the function, or the plugin that takes it)."""
     _samples(samples, "Fisher samples")
     _matrices(model)
     if not isinstance(x, Tensor) or x.dim() < 2:
         raise ValueError(f"x must be a tensor of samples [N, ...], got {list(x.shape) if isinstance(x, Tensor) else x!r}")
-    check_labels(y, len(x), None, "the Fisher's data")
+    check_inputs(model, x, y, "the Fisher's data (x, y)", classes)  # (one line: a forward error names x's shape)
     has_batchnorm = any(isinstance(m, _BatchNorm) for m in model.modules())
     # a copy only where BatchNorm needs other statistics: copying fails on models that keep non-leaf tensors
     # (an snnTorch neuron's state after a training pass), and the gradients below never reach .grad
@@ -152,27 +190,27 @@ def fisher_diagonal(
     was_training = probe.training
     probe.eval()
     try:
-        params = _matrices(probe)
-        device = params[0].device
+        named = _named_matrices(probe)
+        params = [weight for _, weight in named]
         total = [torch.zeros_like(p) for p in params]
+        reached = [False] * len(params)
         chosen = fisher_sample_indices(y, samples)
-        count = len(chosen)
-        for n, i in enumerate(chosen.tolist()):
+        for i in chosen.tolist():
             # the training loss: a model with S weight samples gives (S, 1, C) logits, the mean of their losses
-            logits = probe(x[i : i + 1].to(device))
-            if n == 0:  # (the classes the model has are known once it answers)
-                check_labels(y, len(y), logits.shape[-1], "the Fisher's data")
-            loss = classification_loss(logits, y[i : i + 1].to(device), classes)
-            if not loss.requires_grad:
-                raise ValueError("the Fisher needs gradients of the evaluated model's loss with respect to its weight "
-                                 "matrices, and this model has none in evaluation mode (binary synapses evaluated on "
-                                 "Bernoulli weight samples?)")
-            for t, g in zip(total, torch.autograd.grad(loss, params, allow_unused=True)):
+            logits = probe(x[i : i + 1].to(params[0].device))
+            loss = classification_loss(logits, y[i : i + 1].to(params[0].device), classes)
+            grads = (torch.autograd.grad(loss, params, allow_unused=True) if loss.requires_grad
+                     else (None,) * len(params))
+            for k, (t, g) in enumerate(zip(total, grads)):
                 if g is not None:
                     t.add_(g.square())
+                    reached[k] = True
     finally:
         probe.train(was_training)
-    return [t / count for t in total]
+    unreached = [pair for pair, hit in zip(named, reached) if not hit]
+    if unreached:
+        raise _unmeasured(who, unreached)
+    return [t / len(chosen) for t in total]
 
 
 class EWC(Plugin):
@@ -198,7 +236,7 @@ class EWC(Plugin):
 
     def importance(self, model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int] | None) -> list[Tensor]:
         """Importance of each synapse for the task just learned: its Fisher value."""
-        return fisher_diagonal(model, x, y, classes, self.samples)
+        return _fisher(model, x, y, classes, self.samples, type(self).__name__)
 
     def task_done(self, model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int] | None) -> None:
         self.importances.append(self.importance(model, x, y, classes))
@@ -260,7 +298,7 @@ class EWCOnline(Plugin):
         self.anchor: list[Tensor] = []
 
     def task_done(self, model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int] | None) -> None:
-        new = fisher_diagonal(model, x, y, classes, self.samples)
+        new = _fisher(model, x, y, classes, self.samples, type(self).__name__)
         self.fisher = new if not self.fisher else [self.gamma * f + n for f, n in zip(self.fisher, new)]
         self.anchor = [p.detach().clone() for p in _matrices(model)]
 

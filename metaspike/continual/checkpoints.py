@@ -23,8 +23,9 @@ from metaspike.continual.metrics import is_accuracy
 from metaspike.continual.scenarios import Scenario
 from metaspike.optimizer_state import check_parameter_state
 
-__all__ = ["CHECKPOINT_FORMAT", "CURVE_COLUMNS", "check_checkpoint", "check_same_run", "kinds_of", "check_kinds", "settings_of",
-           "check_plugin_settings", "group_settings", "check_optimizer_state", "load_part"]
+__all__ = ["CHECKPOINT_FORMAT", "CURVE_COLUMNS", "check_checkpoint", "check_batchnorm_states", "check_same_run",
+           "kinds_of", "check_kinds", "settings_of", "check_plugin_settings", "group_settings", "check_optimizer_state",
+           "load_part"]
 
 CHECKPOINT_FORMAT = "metaspike-checkpoint-3"
 #: The columns of a curves row before its evaluated tasks' accuracies (one row per evaluation).
@@ -50,12 +51,14 @@ def check_same_run(stored: Any, current: dict[str, Any]) -> None:
 
 
 def check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: torch.Generator, model: nn.Module,
-                     result_fields: set[str]) -> None:
+                     result_fields: set[str], *, per_task_batchnorm: bool) -> None:
     """A checkpoint's structure, before anything of it is used: a checkpoint is a file from outside, and its checksum
     only catches accidental damage. The trained tasks, the matrix rows and the BatchNorm states must agree, every
     row must have a cell per evaluated task, the random states must have their generators' sizes, and the model's
     entries the model's dtypes. ``result_fields``: the fields of
-    :class:`~metaspike.continual.ContinualResult` (a checkpoint written before ``training_tasks`` existed lacks it)."""
+    :class:`~metaspike.continual.ContinualResult` (a checkpoint written before ``training_tasks`` existed lacks it).
+    ``per_task_batchnorm``: whether this run evaluates each task with its own BatchNorm state (see
+    :func:`check_batchnorm_states`)."""
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"not a metaspike checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
@@ -105,14 +108,7 @@ def check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: tor
         raise ValueError("the checkpoint's diagnostics must be rows of numbers with the same columns")
     if not (isinstance(result["seconds"], float) and math.isfinite(result["seconds"]) and result["seconds"] >= 0):
         raise ValueError(f"the checkpoint's seconds must be a number >= 0, got {result['seconds']!r}")
-    states = state["batchnorm_states"]
-    if not isinstance(states, list) or len(states) != trained or not all(isinstance(s, dict) for s in states):
-        raise ValueError(f"the checkpoint must hold a BatchNorm state for each of its {trained} trained tasks")
-    reference = batchnorm_state(model)
-    for s in states:
-        if not set(reference) <= set(s) or any(not isinstance(s[k], Tensor) or s[k].shape != v.shape  # (earlier
-                                                   or s[k].dtype != v.dtype for k, v in reference.items()):  # kept more)
-            raise ValueError("the checkpoint's BatchNorm states do not fit this run's model")
+    check_batchnorm_states(state["batchnorm_states"], trained, model, per_task_batchnorm)
     for key, expected in (("generator", generator.get_state()), ("torch_rng", torch.get_rng_state())):
         value = state.get(key, expected)  # (checkpoints written before torch_rng was kept lack it)
         if not isinstance(value, Tensor) or value.dtype != expected.dtype or value.shape != expected.shape:
@@ -130,6 +126,32 @@ def check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: tor
     if broken:
         raise ValueError(f"the checkpoint's model holds NaN or infinite values (in {', '.join(broken[:5])}), which a "
                          "run never writes")
+
+
+def check_batchnorm_states(states: Any, trained: int, model: nn.Module, per_task: bool) -> None:
+    """A ``ValueError`` unless ``states`` holds one BatchNorm state per trained task that fits ``model`` (each of its
+    BatchNorm layers' parameters, in their shapes and dtypes; a state may hold more, as earlier versions kept). Where
+    the run's BatchNorm is not per task (``per_task`` false: ``batchnorm="shared"``, or a scenario that evaluates with
+    the shared state), a task's state is never read, and the trainer keeps an empty one: that is accepted there, and
+    only there.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+        >>> check_batchnorm_states([{}], 1, net, per_task=False)
+        >>> check_batchnorm_states([{}], 1, net, per_task=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: the checkpoint's BatchNorm states do not fit this run's model
+    """
+    if not isinstance(states, list) or len(states) != trained or not all(isinstance(s, dict) for s in states):
+        raise ValueError(f"the checkpoint must hold a BatchNorm state for each of its {trained} trained tasks")
+    reference = batchnorm_state(model)
+    for s in states:
+        if not s and not per_task:
+            continue
+        if not set(reference) <= set(s) or any(not isinstance(s[k], Tensor) or s[k].shape != v.shape
+                                               or s[k].dtype != v.dtype for k, v in reference.items()):
+            raise ValueError("the checkpoint's BatchNorm states do not fit this run's model")
 
 
 def kinds_of(optimizer: Any = None, plugins: Sequence[Any] = ()) -> dict[str, list[str]]:

@@ -694,7 +694,8 @@ class ContinualTrainer:
 
     def _restore(self, state: dict[str, Any], scenario: Scenario, generator: torch.Generator):
         check_checkpoint(state, scenario, self.config.epochs, generator, self.model,
-                         {f.name for f in fields(ContinualResult)})
+                         {f.name for f in fields(ContinualResult)},
+                         per_task_batchnorm=self._per_task_batchnorm(scenario))
         check_same_run(state["identity"], self._identity)
         check_kinds(state.get("kinds"), kinds_of(plugins=self.plugins), "plugins")  # (older checkpoints: not kept)
         check_plugin_settings(self.plugins, state.get("plugin_settings"))
