@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-__all__ = ["LazyCompiled", "LARGE_TENSOR_LOOPS"]
+__all__ = ["LazyCompiled", "LARGE_TENSOR_LOOPS", "compiling_disabled"]
 
 LARGE_TENSOR_LOOPS = {"cpp.dynamic_threads": True}
 """Compiler options for a function over large tensors: its CPU loops always run in a parallel region of as many
@@ -50,17 +51,81 @@ def _signature(value: Any) -> Any:
     return type(value), id(value)
 
 
+_NOTHING_COMPILED = "torch.compile with fullgraph=True found no compiled frames"
+"""How torch's error begins when its compiled wrapper ran a function uncompiled (a frame it skipped) and raised after
+the function had returned (``torch/_dynamo/eval_frame.py``, torch 2.13)."""
+
+_TORCH_MODULES = r"torch(\.|$)"
+"""The modules whose warnings are torch's own (a ``module`` pattern of :func:`warnings.filterwarnings`)."""
+
+
+def compiling_disabled() -> bool:
+    """Whether ``torch.compile`` is switched off here, so that a compiled function would run its Python uncompiled:
+    by ``TORCH_COMPILE_DISABLE=1`` or ``torch._dynamo.config.disable``, by ``TORCHDYNAMO_DISABLE=1``, by
+    ``torch.compiler.set_stance("force_eager")``, or inside a torch dispatch mode that torch does not compile under
+    (``FlopCounterMode``, ...). Read at every call: each of them may change between calls.
+
+    Example:
+        >>> with torch.compiler.set_stance("force_eager"):
+        ...     compiling_disabled()
+        True
+    """
+    dynamo = torch._dynamo
+    if dynamo.config.disable or os.environ.get("TORCHDYNAMO_DISABLE") == "1":
+        return True
+    if dynamo.eval_frame._stance.stance == "force_eager":
+        return True
+    return bool(torch._C._len_torch_dispatch_stack()) and _dispatch_mode_skips_compiling()
+
+
+def _dispatch_mode_skips_compiling() -> bool:
+    """Whether a dispatch mode on the stack makes torch run compiled functions uncompiled (modes of torch's own
+    infrastructure, or ones that ignore compiling, do not)."""
+    from torch.utils._python_dispatch import any_torch_dispatch_mode_on_stack
+
+    return any_torch_dispatch_mode_on_stack()
+
+
+def _compile_failed(err: Exception) -> bool:
+    """Whether ``err`` is torch's compiler failing on a call before any of the function ran: with ``fullgraph=True``
+    the function is traced and compiled whole before its compiled code runs, and the compile step
+    (``torch/_dynamo/convert_frame.py``, torch 2.13) raises its own exceptions (``BackendCompilerFailed``, which
+    inductor's errors subclass, ``Unsupported``, ``InternalTorchDynamoError`` around anything else it met, ...), or
+    an ``AssertionError`` or ``IndexError`` as met. Anything else was raised by the compiled code while it ran."""
+    return isinstance(err, (torch._dynamo.exc.TorchDynamoException, AssertionError, IndexError))
+
+
+def _first_line(err: BaseException) -> str:
+    """``err`` in one line: its class and its message's first line, of the error inside where torch's compiler
+    wrapped one (``backend='inductor' raised:`` tells nothing)."""
+    inner = getattr(err, "inner_exception", None)
+    if isinstance(inner, BaseException):
+        err = inner
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
+def _warnings_raise() -> bool:
+    """Whether a warnings filter turns some warning into an error (``python -W error``, ``PYTHONWARNINGS=error``)."""
+    return any(item[0] == "error" for item in warnings.filters)
+
+
 class LazyCompiled:
     """``fn`` compiled by ``torch.compile`` on its first call (never at import), else ``fn`` itself.
 
     Shapes are dynamic and Python floats are graph inputs, so new sizes and values do not
-    recompile; ``options`` go to the compiler. Calls on ``meta`` tensors (shape inference) run ``fn`` eagerly. If
+    recompile; ``options`` go to the compiler. Calls on ``meta`` tensors (shape inference) run ``fn`` eagerly, and so
+    do calls while compiling is switched off (:func:`compiling_disabled`), without a word. If
     compiling fails (no C++ compiler, unsupported
     platform, ...), it warns once and calls ``fn`` eagerly from then on; a call past torch's limit of compiled
     variants of one function (different input counts or dtypes in one process) runs eagerly, the others stay compiled;
     arguments of the same dtypes, shapes and strides as such a call then run eagerly at once, without asking torch's
     compiler again (which costs more than the call and logs a warning each time). Used for
     MetaplasticAdam's fused step, the sign buffers of large binary layers and ``bnn.pack``.
+
+    No call runs ``fn`` twice (``fn`` may change its arguments in place): it runs eagerly only where the compiler
+    failed before any of it ran, its own warning comes before that run (so a warnings-as-errors setting stops the
+    call before anything changed), and torch's own warnings while it compiles are shown, never raised.
 
     Example:
         >>> double = LazyCompiled(lambda x: 2 * x, "doubling")  # nothing is compiled yet
@@ -78,34 +143,71 @@ class LazyCompiled:
         self._eager_signatures: set[Any] = set()  # (the arguments past the limit of variants)
         self._compiled: Callable[..., Any] | None = None
 
+    def runs_eagerly(self) -> bool:
+        """Whether a call now runs ``fn`` eagerly whatever its arguments: compiling failed, or is switched off.
+
+        Example:
+            >>> with torch.compiler.set_stance("force_eager"):
+            ...     LazyCompiled(lambda x: 2 * x, "doubling").runs_eagerly()
+            True
+        """
+        return self.broken or compiling_disabled()
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.last_call_eager = True
-        if self.broken or _on_meta(args):  # (meta tensors hold no data: shapes come from fn's ops, and a compile
-            return self.fn(*args, **kwargs)  # failing on them would leave every later call eager)
+        if self.broken or _on_meta(args) or compiling_disabled():  # (meta tensors hold no data: shapes come from
+            return self.fn(*args, **kwargs)  # fn's ops, and a compile failing on them would leave later calls eager)
         signature = _signature((args, kwargs)) if self.limit_reached else None
         if signature is not None and signature in self._eager_signatures:
             return self.fn(*args, **kwargs)
         if self._compiled is None:
-            self._compiled = torch.compile(self.fn, dynamic=True, fullgraph=True, options=self.options)
+            try:
+                self._compiled = torch.compile(self.fn, dynamic=True, fullgraph=True, options=self.options)
+            except Exception as err:  # (torch.compile refuses this platform or these options: nothing ran)
+                return self._fall_back(err, args, kwargs)
         try:
-            result = self._compiled(*args, **kwargs)
-            self.last_call_eager = False
-            return result
-        except Exception as err:  # compilation failed before anything ran: run eagerly instead
-            if _is_recompile_limit(err):  # this process compiled its variants (input counts, dtypes): new ones
-                # run eagerly, the compiled ones stay in use
-                if not self.limit_reached:
-                    self.limit_reached = True
-                    warnings.warn(f"the {self.what} has compiled torch's limit of variants in this process; new "
-                                  "variants run eagerly (slower)", RuntimeWarning, stacklevel=2)
-                self._eager_signatures.add(_signature((args, kwargs)))
-                return self.fn(*args, **kwargs)
-            self.broken = True
-            result = self.fn(*args, **kwargs)  # (an error of fn itself is raised here, without the compiler's words)
-            warnings.warn(
-                f"torch.compile of the {self.what} failed ({type(err).__name__}: {err}); "
-                "running it eagerly (slower) from now on",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return result
+            result = self._call_compiled(args, kwargs)
+        except Exception as err:
+            if _is_recompile_limit(err):
+                return self._past_limit(args, kwargs)
+            if str(err).startswith(_NOTHING_COMPILED):  # (torch skipped fn's frame for a reason compiling_disabled
+                self.broken = True  # does not know, ran fn and lost its result; it skips that frame from now on)
+                raise RuntimeError(f"torch.compile ran the {self.what} uncompiled, then raised ({_first_line(err)}); "
+                                   "its changes are made but its result is lost, so it is not run again (later "
+                                   "calls run it eagerly)") from None
+            if not _compile_failed(err):  # (an error of the compiled code while it ran: fn's own)
+                raise
+            return self._fall_back(err, args, kwargs)
+        self.last_call_eager = False
+        return result
+
+    def _call_compiled(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``fn`` on the arguments by its compiled code, compiled first where no variant fits them. Where a warnings
+        filter raises warnings, torch's own warnings are only shown meanwhile: raised inside the compiler, one (the
+        deprecation of ``torch.jit.script_method`` that inductor meets) failed every compile under
+        ``python -W error``. (``warnings.catch_warnings`` swaps the process's filters: while such a call runs,
+        another thread's warnings from torch are shown, not raised.)"""
+        if not _warnings_raise():
+            return self._compiled(*args, **kwargs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("default", module=_TORCH_MODULES)
+            return self._compiled(*args, **kwargs)
+
+    def _past_limit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``fn`` run eagerly on arguments past torch's limit of compiled variants (input counts, dtypes): new
+        variants run eagerly, the compiled ones stay in use; warned once."""
+        if not self.limit_reached:
+            self.limit_reached = True
+            warnings.warn(f"the {self.what} has compiled torch's limit of variants in this process; new "
+                          "variants run eagerly (slower)", RuntimeWarning, stacklevel=3)
+        self._eager_signatures.add(_signature((args, kwargs)))
+        return self.fn(*args, **kwargs)
+
+    def _fall_back(self, err: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``fn`` run eagerly, now and from now on, after its compile failed with ``err`` before any of it ran. The
+        warning comes first: raised as an error, it stops the call before ``fn`` changed anything (and the next
+        call runs eagerly without a word)."""
+        self.broken = True
+        warnings.warn(f"torch.compile of the {self.what} failed ({_first_line(err)}); running it eagerly (slower) "
+                      "from now on", RuntimeWarning, stacklevel=3)
+        return self.fn(*args, **kwargs)  # (an error of fn itself is raised here, without the compiler's words)

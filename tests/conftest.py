@@ -1,5 +1,6 @@
 """Shared test fixtures and helpers (a test module imports the helpers: ``from conftest import fake_mnist``)."""
 
+import functools
 import io
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from metaspike.compiled import compiling_disabled
 from metaspike.data import write_idx
 
 
@@ -63,3 +65,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@functools.cache
+def _torch_compiles() -> bool:
+    """Whether ``torch.compile`` compiles here: a tiny function compiled and run (inductor's CPU code needs a C++
+    compiler; ``TORCH_COMPILE_DISABLE=1`` and the like switch it off)."""
+    if compiling_disabled():
+        return False
+    try:
+        torch.compile(lambda x: x + 1, fullgraph=True)(torch.zeros(2))
+    except Exception:  # (whatever torch raises: these tests need its compiler to work, and skip where it does not)
+        return False
+    return True
+
+
+@pytest.fixture
+def working_compiler():
+    """Skip a test that checks compiled behaviour (a step compiled, not eager; compiled results) where
+    ``torch.compile`` does not work: without a C++ compiler the library runs eagerly, as it should, and such a test
+    has nothing to check. Asked once per process, by the first test that needs it."""
+    if not _torch_compiles():
+        pytest.skip("torch.compile does not work here (no C++ compiler, or compiling switched off)")

@@ -228,6 +228,7 @@ def test_large_layers_get_their_signs_from_one_compiled_pass_equal_to_eager():
     assert all(torch.equal(other.float(), signs) for other in others)
 
 
+@pytest.mark.usefixtures("working_compiler")  # (asserts compiled behaviour)
 def test_a_compiled_model_with_large_binary_layers_matches_eager():
     torch.manual_seed(3)
     model = bnn.MLP([IN, OUT, 10])

@@ -122,6 +122,7 @@ def test_a_non_finite_loss_leaves_the_weights_and_train_epoch_raises():
         train_epoch(net, opt, x, torch.tensor([0]), batch_size=1)
 
 
+@pytest.mark.usefixtures("working_compiler")  # (asserts compiled behaviour)
 def test_train_epoch_takes_the_fused_step_only_where_it_computes_the_same():
     net, opt = _bimu_net()
     assert isinstance(_fused_step(net, opt, 1, None, (), (0, 1)), FusedTrainingStep)
@@ -363,6 +364,7 @@ def test_changes_that_leave_no_fused_step_are_refused_at_the_next_step(change, r
         step(x, torch.tensor([1]))
 
 
+@pytest.mark.usefixtures("working_compiler")  # (asserts compiled behaviour)
 def test_input_of_another_dtype_is_one_line_and_leaves_the_step_compiled():
     net, opt = _user_net("mesu")
     step = FusedTrainingStep(net, opt)
@@ -375,6 +377,7 @@ def test_input_of_another_dtype_is_one_line_and_leaves_the_step_compiled():
     assert not _compiled_fused_step.broken
 
 
+@pytest.mark.usefixtures("working_compiler")  # (asserts compiled behaviour)
 def test_rows_of_a_dataset_at_any_offset_share_one_compiled_variant():
     # train_epoch passes the rows x[i:i+1], views at offsets i·width into the dataset: the compiled step must not
     # specialise on them (views and plain tensors, offsets 0 and 1 and one equal to a size each made a variant, and
@@ -429,6 +432,7 @@ def test_a_registered_activation_must_describe_itself_as_a_frozen_activation():
     assert "not a frozen dataclass subclassing Activation" in why_not_fused(net, opt)
 
 
+@pytest.mark.usefixtures("working_compiler")  # (asserts compiled behaviour)
 def test_a_fused_step_that_ran_uncompiled_gives_way_to_the_autograd_step(monkeypatch):
     """Past torch's limit of compiled variants (a sweep over nine network shapes in one process) or without a working
     compiler, train_epoch kept the fused step, which eagerly took 4.4 ms a sample where autograd's took 1.2 ms."""
@@ -447,3 +451,21 @@ def test_a_fused_step_that_ran_uncompiled_gives_way_to_the_autograd_step(monkeyp
     monkeypatch.setattr(fused_step._compiled_fused_step, "broken", False)  # (the compiler works, the limit is met)
     assert step._analysis.plan in fused_step._EAGER_PLANS
     assert training._fused_step(net, optimizer, 1, None, [], (0, 1)) is None
+
+
+@pytest.mark.parametrize("switch_off", [lambda: torch._dynamo.config.patch(disable=True),  # TORCH_COMPILE_DISABLE=1
+                                        lambda: torch.compiler.set_stance("force_eager")])
+def test_with_compiling_switched_off_a_step_is_one_step_and_runs_eagerly(switch_off, monkeypatch):
+    """Under TORCH_COMPILE_DISABLE=1 one call of the step applied its update twice (the step count 2), and
+    runs_eagerly() said False under TORCHDYNAMO_DISABLE=1, so train_epoch took the slower eager fused step."""
+    from metaspike.bayesian import fused_step
+
+    monkeypatch.setattr(fused_step, "_EAGER_PLANS", set())
+    with switch_off():
+        _assert_same_steps(_bimu_net)  # (and the ordinary BiMU steps, eager too, count one step a call)
+        net, opt = _user_net("mesu")
+        step = FusedTrainingStep(net, opt)
+        assert step.runs_eagerly() and _fused_step(net, opt, 1, None, (), (0, 1)) is None
+        step(torch.rand(1, 12, dtype=torch.float64), torch.tensor([1]))
+        assert fused_step._compiled_fused_step.last_call_eager
+    assert not fused_step._EAGER_PLANS  # (switched on again, the step compiles: not past the limit of variants)

@@ -538,3 +538,23 @@ def test_a_wrapped_step_with_a_closure_consolidates_weights_its_forward_pass_mar
     expected, plain = first_step(build(), 50.0), first_step(build(), 0.0)
     assert all(torch.equal(a, b) for a, b in zip(stepped, expected))  # the same operations on the same numbers
     assert not all(torch.equal(a, b) for a, b in zip(expected, plain))  # (meta = 50 does damp this step)
+
+
+@pytest.mark.parametrize("switch_off", [lambda: torch._dynamo.config.patch(disable=True),  # TORCH_COMPILE_DISABLE=1
+                                        lambda: torch.compiler.set_stance("force_eager")])
+def test_a_fused_step_with_compiling_switched_off_is_one_eager_step(switch_off):
+    """Under TORCH_COMPILE_DISABLE=1 the fused update ran twice on the first step (exp_avg 0.19 for 0.1). Both steps
+    apply the same elementwise operations to the same numbers (one on a flat view), so they agree exactly."""
+    torch.manual_seed(0)
+    weight = torch.randn(512, 512) * 0.01
+    fused, plain = nn.Parameter(weight.clone()), nn.Parameter(weight.clone())
+    steps = [MetaplasticAdam([dict(params=[p], consolidate=True)], lr=0.005, meta=3.0, fused=f)
+             for p, f in ((fused, True), (plain, False))]
+    for p, opt in zip((fused, plain), steps):
+        p.grad = torch.ones_like(p)
+        with switch_off():
+            opt.step()
+    assert torch.equal(fused, plain)
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(steps[0].state[fused][key], steps[1].state[plain][key]), key
+    assert torch.equal(steps[0].state[fused]["exp_avg"], torch.full_like(fused, 0.1))  # (1 - beta1) * 1, once

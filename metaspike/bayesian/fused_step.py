@@ -75,7 +75,7 @@ from metaspike.bayesian.synapses import (
     _synapse_tensors,
 )
 from metaspike.checks import TrainingDiverged
-from metaspike.compiled import LazyCompiled
+from metaspike.compiled import LazyCompiled, compiling_disabled
 from metaspike.gain import output_gain
 
 __all__ = ["FusedTrainingStep", "why_not_fused", "register_fused_activation", "Activation"]
@@ -540,10 +540,11 @@ class FusedTrainingStep:
         return None if isinstance(found, str) else cls(model, optimizer, found)
 
     def runs_eagerly(self) -> bool:
-        """Whether this step runs uncompiled: torch's compiler failed, or this network's step came after the
-        process's limit of compiled variants. Eagerly it is slower than the autograd step it replaces (measured on
-        a 2-core AMD EPYC Zen 5: 4.4 against 1.2 ms a sample), so :func:`metaspike.training.train_epoch` takes
-        that one instead.
+        """Whether this step runs uncompiled: torch's compiler failed or is switched off
+        (:func:`~metaspike.compiled.compiling_disabled`: ``TORCH_COMPILE_DISABLE=1``, ...), or this network's step
+        came after the process's limit of compiled variants. Eagerly it is slower than the autograd step it replaces
+        (measured on a 2-core AMD EPYC Zen 5: 4.4 against 1.2 ms a sample), so :func:`metaspike.training.train_epoch`
+        takes that one instead.
 
         Example:
             >>> from metaspike.bayesian import MESU, bayesianize, mesu_param_groups
@@ -551,7 +552,7 @@ class FusedTrainingStep:
             >>> FusedTrainingStep(net, MESU(mesu_param_groups(net))).runs_eagerly() in (True, False)
             True
         """
-        return _compiled_fused_step.broken or self._analysis.plan in _EAGER_PLANS
+        return _compiled_fused_step.runs_eagerly() or self._analysis.plan in _EAGER_PLANS
 
     def _analyse(self) -> _Analysis:
         found = _analyse(self.model, self.optimizer)
@@ -648,8 +649,8 @@ class FusedTrainingStep:
             loss, _ = _compiled_fused_step(found.plan, x, target, keys, tensors, scalars,
                                            [[state["step"] for state in layer] for layer in states],
                                            self._inverse_temperature(weight))
-            if _compiled_fused_step.last_call_eager:
-                _EAGER_PLANS.add(found.plan)
+            if _compiled_fused_step.last_call_eager and not compiling_disabled():  # (switched off for a while: the
+                _EAGER_PLANS.add(found.plan)  # plan compiles once it is switched on again)
             for state in made:
                 if not state["step"]:
                     del state["step"]
