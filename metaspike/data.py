@@ -130,7 +130,7 @@ class ArrayDataset:
                 raise DataError(f"{where}: x contains {bad} non-finite values (NaN or inf)")
             lo, hi = float(self.x.min()), float(self.x.max())
             if lo < 0.0 or hi > 1.0:
-                raise DataError(f"{where}: x values must lie in [0, 1], found [{lo:g}, {hi:g}] (spiking models read "
+                raise DataError(f"{where}: x values must lie in [0, 1], found [{lo:g}, {hi:g}] (the rate encoder reads "
                                 "them as firing probabilities): scale the data by the training set's range first; "
                                 "to standardize for a model that is not spiking, keep the [0, 1] data here and put "
                                 "metaspike.app.models.Standardize(mean, std) in front of the model")
@@ -149,7 +149,7 @@ class ArrayDataset:
         recurrent model takes ``x.squeeze(1)``) or ``[N, C, H, W]`` images, of any
         real dtype (made float32) or ``uint8`` pixels (divided by 255), copied (later changes to your arrays do not
         reach the dataset) and detached from any autograd graph; its values must lie in ``[0, 1]``, which
-        spiking models read as firing probabilities (scale other data with the training set's range first, and
+        the rate encoder reads as firing probabilities (scale other data with the training set's range first, and
         standardize inside the model if it wants zero mean: :class:`metaspike.app.models.Standardize`). ``y``: ``N``
         integer labels, class indices ``0..C-1`` (labels are never renumbered, so a training and a test set made
         separately agree). ``classes``: the ``C`` class names; by default ``"0"`` to ``"K"`` for the largest label

@@ -290,8 +290,7 @@ def test_standardize_puts_the_training_pixels_statistics_in_front_of_the_model(t
     record = config.to_dict()
     del record["standardize"]  # a run written before the setting existed was not standardized
     assert config_from_record(record, tmp_path / "config.json").standardize is False
-    with pytest.raises(ValueError, match=r"^--standardize: spiking model 'leaky' encodes pixel intensities"):
-        RunConfig(model="leaky", standardize=True)
+    assert RunConfig(model="leaky", standardize=True).standardize is True  # (the direct encoder takes currents)
     with pytest.raises(ValueError, match=r"^--standardize is a switch \(true or false\), got 1"):
         RunConfig(standardize=1)
     out = tmp_path / "runs"

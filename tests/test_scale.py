@@ -183,7 +183,7 @@ def test_nir_round_trip_of_a_binarized_conv_network_with_synaptic_and_leaky_neur
     spike_grad = surrogate("fast_sigmoid")
     network = metaspike.binarize(nn.Sequential(
         nn.Conv2d(1, 4, 3, padding=1), snn.Synaptic(alpha=0.6, beta=0.8, spike_grad=spike_grad, init_hidden=True,
-                                                    reset_mechanism="zero"),
+                                                    reset_mechanism="zero", reset_delay=False),
         nn.Flatten(), nn.Linear(4 * 64, 10),
         snn.Leaky(beta=0.9, spike_grad=spike_grad, init_hidden=True, output=True, reset_mechanism="none"),
     ))

@@ -60,6 +60,18 @@ def test_latency_encoder_fires_once_earlier_for_brighter_inputs():
     assert spikes[:, 0, :3].argmax(0).tolist() == [0, 2, 4]
 
 
+@pytest.mark.parametrize("dtype, num_steps", [(torch.bfloat16, 300), (torch.float16, 3000), (torch.float64, 300)])
+def test_latency_encoder_fires_once_at_the_exact_step_in_any_dtype(dtype, num_steps):
+    """bfloat16 holds every integer only up to 256 and float16 up to 2048: the step indices made in the input's dtype
+    matched the spike time at up to 3 steps. The step is round((1 - x)(T - 1)) of the value x holds, exactly."""
+    x = torch.tensor([[0.001, 0.01, 0.05, 0.5, 1.0, 0.0]]).to(dtype)
+    spikes = LatencyEncoder()(x, num_steps)
+    assert spikes.dtype == dtype
+    assert spikes.sum(0).tolist() == [[1.0, 1.0, 1.0, 1.0, 1.0, 0.0]]
+    expected = torch.round((1 - x[0, :5].double()) * (num_steps - 1)).long()  # (float64: exact for these steps)
+    assert torch.equal(spikes[:, 0, :5].argmax(0), expected)
+
+
 def test_time_loop_resets_state_so_repeated_calls_agree():
     torch.manual_seed(0)
     model = _tiny(num_steps=6)
@@ -213,6 +225,33 @@ def test_cli_compare_neurons_names_an_unknown_neuron_model(capsys):
 def test_spiking_settings_out_of_range_get_one_line(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_the_self_recurrent_model_refuses_a_count_of_its_output_layer_which_never_fires():
+    """Its output layer's threshold is 1e4 (its membrane is the readout): readout="count" gave all-zero logits, and
+    nothing trained."""
+    with pytest.raises(ValueError, match=r"^readout 'count' sums the output layer's spikes, but self-recurrent's "
+                                         r"output layer has the threshold 1e4 and never fires .* use "
+                                         r"readout='membrane'$"):
+        build_neuron_model("self-recurrent", NetSpec(hidden=(8,), num_steps=2, readout="count"))
+
+
+def test_spiking_models_of_the_command_take_standardized_inputs():
+    """The registry's spiking models feed their input as a current (the direct encoder), so --standardize was refused
+    for them on a false ground ("encodes pixel intensities in [0, 1] as spikes"); an encoder that does read [0, 1]
+    still refuses standardized values in one line."""
+    from metaspike.app.config import RunConfig
+    from metaspike.app.models import build_model
+    from metaspike.snn import DirectEncoder
+
+    assert "-self-recurrent-standardized-" in RunConfig(model="self-recurrent", standardize=True).name
+    torch.manual_seed(0)
+    model = build_model("self-recurrent", [8], (1, 4, 4), 3, num_steps=2)
+    standardized = torch.randn(5, 1, 4, 4)
+    assert isinstance(model.encoder, DirectEncoder) and torch.isfinite(model(standardized)).all()
+    with pytest.raises(ValueError, match=r"x must hold intensities in \[0, 1\] for the rate encoder, .* for "
+                                         "standardized inputs use encoder='direct'"):
+        RateEncoder()(standardized, 2)
 
 
 def test_a_module_that_keeps_its_state_past_reset_states_is_named_at_the_first_call():

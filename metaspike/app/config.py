@@ -141,7 +141,9 @@ class RunConfig:
 
     ``standardize`` feeds the model ``(x − mean) / std`` with the mean and std of every pixel of the first dataset's
     training split (:class:`metaspike.app.models.Standardize`, the first module of the model), as the papers' long
-    streams do; not for spiking models, which encode raw intensities.
+    streams do; spiking models too (the registry's feed their input as a current at every step, the direct encoder; a
+    registered model whose encoder reads intensities in [0, 1], rate or latency, refuses standardized input at its
+    first batch).
 
     ``eval_samples`` is the number of weight samples whose predictions are averaged in evaluation, for the models
     that evaluate on samples (``bimu``: the published 5 by default, as in training; more predict better).
@@ -264,9 +266,6 @@ class RunConfig:
                              f"{published['N']:g} or --memory-window >= {self.batch_size}")
         if not isinstance(self.standardize, bool):
             raise ValueError(f"--standardize is a switch (true or false), got {self.standardize!r}")
-        if self.standardize and is_spiking(self.model):
-            raise ValueError(f"--standardize: spiking model {self.model!r} encodes pixel intensities in [0, 1] as spikes; "
-                             "it takes the raw pixels")
         if self.samples_per_task is not None and self.scenario != "permuted":
             raise ValueError(f"--samples-per-task applies to --scenario permuted only, not {self.scenario!r}")
         if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):

@@ -60,7 +60,9 @@ class RateEncoder(nn.Module):
 
 
 class LatencyEncoder(nn.Module):
-    """One spike per input value ``> 0``, at step ``round((1 - x)(num_steps - 1))``.
+    """One spike per input value ``> 0``, at step ``round((1 - x)(num_steps - 1))``, computed in at least float32
+    whatever the input's dtype (bfloat16 holds every integer only up to 256, float16 up to 2048); the spikes come in
+    the input's dtype.
 
     Example:
         >>> LatencyEncoder()(torch.tensor([[1.0, 0.0, 0.5]]), num_steps=3)[:, 0]
@@ -72,8 +74,9 @@ class LatencyEncoder(nn.Module):
     def forward(self, x: Tensor, num_steps: int) -> Tensor:
         check_num_steps(num_steps)
         _check_unit_interval(x, "latency")
-        when = torch.round((1 - x) * (num_steps - 1))
-        steps = torch.arange(num_steps, device=x.device, dtype=x.dtype).view(-1, *([1] * x.dim()))
+        exact = x.to(torch.promote_types(x.dtype, torch.float32))  # (float32 holds every whole step up to 2**24)
+        when = torch.round((1 - exact) * (num_steps - 1)).long()
+        steps = torch.arange(num_steps, device=x.device).view(-1, *([1] * x.dim()))
         return ((steps == when) & (x > 0)).to(x.dtype)
 
 

@@ -35,7 +35,16 @@ class NetSpec:
     """Size and time settings shared by every neuron model of a comparison.
 
     ``surrogate=None`` takes each backend's default (snnTorch: ``fast_sigmoid``, Norse:
-    ``superspike``, self-recurrent layer: its own fast sigmoid).
+    ``superspike``, self-recurrent layer: its own fast sigmoid). ``beta`` is the membrane's decay per step of the
+    snnTorch models (``alpha`` derives its two decays from it) and of the self-recurrent one; ``norse-lif`` and
+    ``norse-lsnn`` keep Norse's time constants (``tau_mem_inv`` 200/s and ``tau_syn_inv`` 500/s at Norse's step of
+    1 ms: decays of 0.8 and 0.5 per step, whatever ``beta``) and refuse a ``beta`` other than the default 0.9.
+    ``readout="count"`` needs an output layer that fires: ``norse-lif``, ``norse-lsnn`` (a leaky integrator's
+    voltage) and ``self-recurrent`` (threshold 1e4) refuse it.
+
+    Example:
+        >>> NetSpec(hidden=(100,), beta=0.8).beta
+        0.8
     """
 
     input_shape: tuple[int, ...] = (1, 28, 28)
@@ -126,8 +135,18 @@ def lapicque(spec: NetSpec) -> nn.Module:
     return _snntorch(spec, lambda **kw: snn.Lapicque(beta=spec.beta, **kw))
 
 
+def _refuse_count_readout(spec: NetSpec, model: str, output: str) -> None:
+    """One ``ValueError`` for ``readout="count"`` (the output layer's spikes summed over the steps) on a model whose
+    output layer emits no spikes (``output`` says what it does instead)."""
+    if spec.readout == "count":
+        raise ValueError(f"readout 'count' sums the output layer's spikes, but {model}'s output layer {output}: use "
+                         "readout='membrane'")
+
+
 def self_recurrent(spec: NetSpec) -> nn.Module:
-    """Self-recurrent LIF with learnable decay and threshold (Zhang & Li 2020), plain torch."""
+    """Self-recurrent LIF with learnable decay and threshold (Zhang & Li 2020), plain torch; its output layer never
+    fires (threshold 1e4: the readout is its membrane)."""
+    _refuse_count_readout(spec, "self-recurrent", "has the threshold 1e4 and never fires (every count would be 0)")
     spike_fn = surrogate(spec.surrogate) if spec.surrogate else None
 
     def neuron(features: int, last: bool) -> nn.Module:
@@ -138,10 +157,24 @@ def self_recurrent(spec: NetSpec) -> nn.Module:
     return spiking_mlp(spec, neuron)
 
 
-def _norse(spec: NetSpec, cell: Callable[[Callable[..., tuple], str, float], nn.Module]) -> nn.Module:
+#: The registry's Norse models' inverse time constants (1/s), Norse's defaults, whatever ``NetSpec.beta``; at Norse's
+#: step of 1 ms they decay the membrane by 0.8 and the synaptic current by 0.5 per step
+_NORSE_INVERSE_TIME_CONSTANTS = {"tau_syn_inv": 500.0, "tau_mem_inv": 200.0}
+_NORSE_STEP = 0.001  # (Norse's default dt, in seconds)
+
+
+def _norse(spec: NetSpec, model: str, cell: Callable[[Callable[..., tuple], str, float], nn.Module]) -> nn.Module:
+    """The registry's Norse stack: ``cell`` in the hidden layers, Norse's leaky integrator ``LICell`` as output."""
+    if spec.beta != NetSpec.beta:
+        decay = 1 - _NORSE_STEP * _NORSE_INVERSE_TIME_CONSTANTS["tau_mem_inv"]
+        raise ValueError(f"beta sets the membrane decay of the snnTorch and self-recurrent models only; {model} keeps "
+                         f"Norse's time constants (a decay of {decay:g} per step): leave beta at its default "
+                         f"{NetSpec.beta}, got {spec.beta!r}")
+    _refuse_count_readout(spec, model, "is Norse's LICell, a leaky integrator whose output is its voltage (the count "
+                                       "would sum voltages)")
     norse = require_norse()
     method, alpha_ = norse_method(spec.surrogate or "superspike")
-    taus = dict(tau_syn_inv=torch.as_tensor(500.0), tau_mem_inv=torch.as_tensor(200.0))
+    taus = {key: torch.as_tensor(value) for key, value in _NORSE_INVERSE_TIME_CONSTANTS.items()}
 
     def neuron(features: int, last: bool) -> nn.Module:
         if last:
@@ -154,7 +187,8 @@ def _norse(spec: NetSpec, cell: Callable[[Callable[..., tuple], str, float], nn.
 def norse_lif(spec: NetSpec) -> nn.Module:
     """Norse ``LIFCell`` (current-based LIF); Norse's leaky integrator ``LICell`` as output."""
     norse = require_norse()
-    return _norse(spec, lambda taus, method, a: norse.LIFCell(norse.LIFParameters(**taus, method=method, alpha=a)))
+    return _norse(spec, "norse-lif",
+                  lambda taus, method, a: norse.LIFCell(norse.LIFParameters(**taus, method=method, alpha=a)))
 
 
 def norse_lsnn(spec: NetSpec) -> nn.Module:
@@ -167,7 +201,7 @@ def norse_lsnn(spec: NetSpec) -> nn.Module:
                          f"{len(spec.hidden)} hidden layers (each LSNN layer passes its input on one time step later: "
                          f"with fewer the output does not depend on the input and nothing is learned), got "
                          f"{spec.num_steps}")
-    return _norse(spec, lambda taus, method, a: norse.LSNNCell(
+    return _norse(spec, "norse-lsnn", lambda taus, method, a: norse.LSNNCell(
         norse.LSNNParameters(**taus, tau_adapt_inv=torch.as_tensor(1 / 0.05), beta=torch.as_tensor(0.5),
                              method=method, alpha=a)))
 
@@ -193,7 +227,8 @@ def register_neuron(name: str, builder: Callable[[NetSpec], nn.Module]) -> Calla
     most simply :func:`spiking_mlp` with the neuron's own module. Returns ``builder``. A neuron module that keeps
     its state between calls (its membrane) gives it up in a ``reset_state()`` method, which
     :func:`metaspike.snn.reset_states` calls before and after each batch; without it, the classifier's first call
-    names the module and the attribute it keeps.
+    names the module and the attribute where the module puts a new tensor in an attribute or buffer (``self.v = ...``),
+    but not a state updated in place (``self.v.mul_(...)``), which carries over from one batch to the next.
 
     Example:
         >>> from metaspike.snn import SelfRecurrentLIF

@@ -3,13 +3,22 @@
 :func:`export_nir` writes a network's ±1 weights (``sign(W_h)``, what the forward pass sees; ``sign(λ)`` for
 BiMU synapses, whose forward pass draws samples) and its neuron parameters as a NIR graph; :func:`import_nir` builds the same per-step network back.
 
-Supported modules (a sequential chain): ``nn.Flatten`` (→ ``Flatten``), ``nn.Linear`` (→
-``Affine``/``Linear``), ``nn.Conv2d`` (→ ``Conv2d``), :class:`~metaspike.snn.layers.Scale` (→
-``Scale``), ``snntorch.Leaky`` with ``reset_mechanism="zero"`` (→ ``LIF``) or ``"none"`` (→ ``LI``),
-``snntorch.Synaptic`` with ``reset_mechanism="zero"`` (→ ``CubaLIF``) or ``"none"`` (→ ``CubaLI``); options NIR
-cannot express (``graded_spikes_factor``, ``inhibition``, ``reset_delay=False``) are refused. Discretisation with step
-``dt`` (forward Euler, as snnTorch does): ``beta = 1 - dt / tau_mem``, ``alpha = 1 - dt / tau_syn``, input
-gains ``r dt / tau_mem`` and ``w_in dt / tau_syn`` (``1`` on export without a learned gain).
+Supported modules (a sequential chain): ``nn.Flatten`` (→ ``Flatten``, its dimensions renumbered without the batch),
+``nn.Linear`` (→ ``Affine``/``Linear``), ``nn.Conv2d`` (→ ``Conv2d``), :class:`~metaspike.snn.layers.Scale` (→
+``Scale``), and the neurons:
+
+* ``snntorch.Leaky`` with ``reset_mechanism="zero"`` → ``LIF``;
+* ``snntorch.Synaptic`` with ``reset_mechanism="zero"`` and ``reset_delay=False`` → ``CubaLIF`` (with snnTorch's
+  default ``reset_delay=True`` a Synaptic zeroes its whole membrane on the step after a spike, that step's input
+  included, where ``CubaLIF`` resets at the spike and then integrates: refused);
+* either with ``reset_mechanism="none"``: ``LI``/``CubaLI`` (no threshold: the node's output is its voltage) where the
+  network's output is that voltage (the last module, built with ``output=True``, not read by the ``"count"``
+  readout), else ``LI``/``CubaLI`` followed by a ``Threshold`` node, NIR's spiking neuron without reset.
+
+Options NIR cannot express (``graded_spikes_factor``, ``inhibition``, ``state_quant``, a reset by subtraction) are
+refused. Discretisation with step ``dt`` (forward Euler, as snnTorch does): ``beta = 1 - dt / tau_mem``,
+``alpha = 1 - dt / tau_syn``, input gains ``r dt / tau_mem`` and ``w_in dt / tau_syn`` (``1`` on export without a
+learned gain).
 
 The learned gain ``α`` of a binary layer (:class:`metaspike.gain.OutputGain`) is folded into the
 input resistance ``r`` of the neuron that follows (``r = α tau_mem / dt``; the layer's bias is
@@ -36,6 +45,7 @@ from metaspike.layer_selection import synapse_parametrization
 from metaspike.quantizers import binary_sign
 from metaspike.snn.backends import require_snntorch
 from metaspike.snn.layers import Scale
+from metaspike.snn.readouts import spike_count
 from metaspike.snn.timeloop import SpikingClassifier
 
 __all__ = ["export_nir", "import_nir"]
@@ -64,7 +74,7 @@ def _time_constant(decay: torch.Tensor, shape: tuple[int, ...], dt: float, what:
 
 
 #: snnTorch neuron options NIR's neurons have no counterpart for, with the value that needs none
-_PLAIN_OPTIONS = (("graded_spikes_factor", 1.0), ("inhibition", False), ("reset_delay", True), ("state_quant", False))
+_PLAIN_OPTIONS = (("graded_spikes_factor", 1.0), ("inhibition", False), ("state_quant", False))
 
 
 def _is_plain(value: object, plain: object) -> bool:
@@ -87,30 +97,43 @@ def _refuse_unexpressed_options(layer: nn.Module) -> None:
                              f"with {option}={plain!r}")
 
 
-def _reset_to_zero(layer: nn.Module, kind: str) -> None:
-    if layer.reset_mechanism != "zero":
-        raise ValueError(f"NIR {kind} resets to v_reset; export with reset_mechanism='zero', got {layer.reset_mechanism!r}")
+def _refuse_unexpressed_reset(name: str, layer: nn.Module, synaptic: bool) -> None:
+    """One ``ValueError`` for a reset NIR's ``LIF``/``CubaLIF`` do not make: they set ``v`` to ``v_reset`` (0) at a
+    spike and integrate the next step's input from there. snnTorch's ``Leaky`` with ``reset_mechanism="zero"`` does
+    so (with either ``reset_delay``); its ``Synaptic`` only with ``reset_delay=False``: its delayed reset zeroes the
+    whole membrane of the step after the spike, that step's input included."""
+    if layer.reset_mechanism not in ("zero", "none"):
+        raise ValueError(f"export_nir: NIR's neurons reset to v_reset; export layer {name!r} "
+                         f"({type(layer).__name__}) with reset_mechanism='zero' (or 'none'), got "
+                         f"{layer.reset_mechanism!r}")
+    if synaptic and layer.reset_mechanism == "zero" and layer.reset_delay:
+        raise ValueError(f"export_nir: layer {name!r} (Synaptic, reset_mechanism='zero', reset_delay=True) zeroes its "
+                         "whole membrane on the step after a spike, that step's input included, while NIR's CubaLIF "
+                         "resets at the spike and integrates the next input: build it with reset_delay=False, which "
+                         "resets as CubaLIF does")
 
 
-def _neuron_node(nir: ModuleType, snn: ModuleType, name: str, layer: nn.Module, shape: tuple[int, ...], dt: float,
-                 gain: np.ndarray):
-    """NIR node of an snnTorch ``Leaky``/``Synaptic``; ``gain`` (the layer before's ``α``) multiplies ``r``."""
+def _neuron_nodes(nir: ModuleType, snn: ModuleType, name: str, layer: nn.Module, shape: tuple[int, ...], dt: float,
+                  gain: np.ndarray, voltage_out: bool) -> list:
+    """NIR nodes of an snnTorch ``Leaky``/``Synaptic``; ``gain`` (the layer before's ``α``) multiplies ``r``. A neuron
+    without reset is an ``LI``/``CubaLI`` where its voltage is what leaves it (``voltage_out``), else one followed by
+    a ``Threshold`` (its spikes)."""
     _refuse_unexpressed_options(layer)
+    synaptic = isinstance(layer, snn.Synaptic)
+    _refuse_unexpressed_reset(name, layer, synaptic)
     zeros = np.zeros(shape, dtype=np.float32)
+    threshold = _array(layer.threshold, shape)
     tau_mem = _time_constant(layer.beta, shape, dt, f"layer {name!r}'s beta")
     r = (gain * tau_mem / dt).astype(np.float32)
-    if isinstance(layer, snn.Synaptic):
+    fires = layer.reset_mechanism == "zero"
+    if synaptic:
         tau_syn = _time_constant(layer.alpha, shape, dt, f"layer {name!r}'s alpha")
-        w_in = (tau_syn / dt).astype(np.float32)
-        if layer.reset_mechanism == "none":  # a readout that never fires: current-based leaky integrator
-            return nir.CubaLI(tau_syn=tau_syn, tau_mem=tau_mem, r=r, v_leak=zeros, w_in=w_in)
-        _reset_to_zero(layer, "CubaLIF")
-        return nir.CubaLIF(tau_syn=tau_syn, tau_mem=tau_mem, r=r, v_leak=zeros, v_threshold=_array(layer.threshold, shape),
-                           v_reset=zeros, w_in=w_in)
-    if layer.reset_mechanism == "none":
-        return nir.LI(tau=tau_mem, r=r, v_leak=zeros)
-    _reset_to_zero(layer, "LIF")
-    return nir.LIF(tau=tau_mem, r=r, v_leak=zeros, v_threshold=_array(layer.threshold, shape), v_reset=zeros)
+        common = dict(tau_syn=tau_syn, tau_mem=tau_mem, r=r, v_leak=zeros, w_in=(tau_syn / dt).astype(np.float32))
+        node = (nir.CubaLIF(**common, v_threshold=threshold, v_reset=zeros) if fires else nir.CubaLI(**common))
+    else:
+        node = (nir.LIF(tau=tau_mem, r=r, v_leak=zeros, v_threshold=threshold, v_reset=zeros) if fires
+                else nir.LI(tau=tau_mem, r=r, v_leak=zeros))
+    return [node] if fires or voltage_out else [node, nir.Threshold(threshold=threshold)]
 
 
 def _exported_weight(name: str, layer: nn.Module) -> torch.Tensor:
@@ -177,6 +200,7 @@ def export_nir(
     nir = _nir()
     snn = require_snntorch()
     what = "a SpikingClassifier made without input_shape" if isinstance(model, SpikingClassifier) else "a bare network"
+    counts_spikes = isinstance(model, SpikingClassifier) and model.readout is spike_count
     if isinstance(model, SpikingClassifier):
         input_shape = input_shape or model.input_shape
         model = model.network
@@ -194,18 +218,20 @@ def export_nir(
     nodes: list = []
     pending: np.ndarray | None = None  # the last weight layer's gain, not yet folded
     real: list[str] = []  # weight layers whose weights are not ±1
+    last = list(model._modules)[-1] if len(model) else None
     for name, layer in model.named_children():
         if isinstance(layer, (snn.Leaky, snn.Synaptic)):
             gain = np.ones(shape, dtype=np.float32) if pending is None else _per_element(pending, shape)
-            nodes.append(_neuron_node(nir, snn, name, layer, shape, dt, gain))
+            voltage_out = name == last and layer.output and not counts_spikes  # (what the readout takes)
+            nodes += _neuron_nodes(nir, snn, name, layer, shape, dt, gain, voltage_out)
             pending = None
             continue
         if pending is not None:
             nodes.append(nir.Scale(scale=_per_element(pending, shape)))
             pending = None
         if isinstance(layer, nn.Flatten):
-            nodes.append(nir.Flatten(input_type={"input": np.array(shape)}, start_dim=layer.start_dim - 1,
-                                     end_dim=layer.end_dim))
+            start, end = _batchless_dims(name, layer, shape)
+            nodes.append(nir.Flatten(input_type={"input": np.array(shape)}, start_dim=start, end_dim=end))
         elif isinstance(layer, (nn.Linear, nn.Conv2d)):
             _check_fits(name, layer, shape, input_shape)
             node, pending = _weight_node(nir, name, layer, shape)
@@ -227,6 +253,29 @@ def export_nir(
     if path is not None:
         nir.write(path, graph)
     return graph
+
+
+def _batchless_dims(name: str, layer: nn.Flatten, shape: tuple[int, ...]) -> tuple[int, int]:
+    """``nn.Flatten``'s ``(start_dim, end_dim)`` in NIR's numbering of a sample (``shape``) without its batch
+    dimension: one less where a dimension counts from the front, the same where it counts from the back. A
+    ``ValueError`` for the batch dimension, which NIR does not have, for a dimension the input lacks, and for an end
+    before the start."""
+    dims = len(shape) + 1  # (with the batch)
+    wanted = {"start_dim": layer.start_dim, "end_dim": layer.end_dim}
+    front = {key: dim if dim >= 0 else dim + dims for key, dim in wanted.items()}  # (counted from the front)
+    where = f"export_nir: layer {name!r} (Flatten)"
+    for key, dim in front.items():
+        if not 0 <= dim < dims:
+            raise ValueError(f"{where} has {key}={wanted[key]}, but its input [batch, {', '.join(map(str, shape))}] "
+                             f"has dimensions {-dims}..{dims - 1}")
+        if dim == 0:
+            raise ValueError(f"{where} has {key}={wanted[key]}, the batch dimension, which NIR's batch-less shapes do "
+                             "not have; flatten from dimension 1 on")
+    if front["start_dim"] > front["end_dim"]:
+        raise ValueError(f"{where} has start_dim={layer.start_dim} after end_dim={layer.end_dim} for its input "
+                         f"[batch, {', '.join(map(str, shape))}]")
+    start, end = (dim - 1 if dim >= 0 else dim for dim in wanted.values())
+    return start, end
 
 
 def _check_fits(name: str, layer: nn.Module, shape: tuple[int, ...], input_shape: Sequence[int]) -> None:
@@ -290,8 +339,10 @@ def import_nir(source, dt: float = 1.0) -> nn.Sequential:
     """Build the per-step network (snnTorch ``Leaky``/``Synaptic`` neurons) of a NIR graph or file.
 
     Wrap the result in :class:`SpikingClassifier` to run it over time; a neuron layer that is the graph's last node
-    returns ``(spikes, membrane)``. Layers come back real-valued (``nn.Linear``/``nn.Conv2d`` holding
-    the ±1 weights), gains as :class:`Scale` layers.
+    returns ``(spikes, membrane)``. An ``LI``/``CubaLI`` node followed by a ``Threshold`` node comes back as one
+    neuron without reset that fires at that threshold; one without a ``Threshold`` passes its voltage on, which only
+    the last neuron's membrane does (an output read by the ``"membrane"`` readout): elsewhere it is refused. Layers
+    come back real-valued (``nn.Linear``/``nn.Conv2d`` holding the ±1 weights), gains as :class:`Scale` layers.
 
     Example:
         >>> network = import_nir("net.nir")  # doctest: +SKIP
@@ -300,11 +351,11 @@ def import_nir(source, dt: float = 1.0) -> nn.Sequential:
     snn = require_snntorch()
     finite_number("dt", dt, positive=True)
     graph = source if isinstance(source, nir.NIRGraph) else nir.read(source)
-    nodes = _chain(graph)
+    nodes = _thresholds_joined(nir, _chain(graph))
     layers: list[nn.Module] = []
-    for i, node in enumerate(nodes):
-        if isinstance(node, nir.Flatten):
-            layers.append(nn.Flatten(node.start_dim + 1, node.end_dim))
+    for i, (node, threshold) in enumerate(nodes):
+        if isinstance(node, nir.Flatten):  # (NIR numbers a sample's dimensions without the batch)
+            layers.append(nn.Flatten(*(int(d) + 1 if d >= 0 else int(d) for d in (node.start_dim, node.end_dim))))
         elif isinstance(node, (nir.Affine, nir.Linear)):
             weight = _tensor(node.weight, "linear weight")
             bias = getattr(node, "bias", None)
@@ -326,13 +377,33 @@ def import_nir(source, dt: float = 1.0) -> nn.Sequential:
         elif isinstance(node, nir.Scale):
             layers.append(_scale(_tensor(node.scale, "scale")))
         elif isinstance(node, (nir.LIF, nir.LI, nir.CubaLIF, nir.CubaLI)):
-            layers += _neuron(snn, node, dt, output=i == len(nodes) - 1)  # (a tuple into a layer after it would fail)
+            last = i == len(nodes) - 1  # (only the last returns (spikes, membrane): a layer after it would fail)
+            layers += _neuron(snn, node, threshold, dt, output=last)
         else:
             raise ValueError(f"import_nir does not support NIR node {type(node).__name__}")
     return nn.Sequential(*layers)
 
 
-def _neuron(snn: ModuleType, node, dt: float, output: bool) -> list[nn.Module]:
+def _thresholds_joined(nir: ModuleType, nodes: list) -> list[tuple[object, object | None]]:
+    """``nodes`` as ``(node, threshold)`` pairs: an ``LI``/``CubaLI`` node with the ``Threshold`` node that follows it
+    (together a spiking neuron without reset), every other node with ``None``. A ``Threshold`` anywhere else is
+    refused in one line."""
+    joined: list[tuple[object, object | None]] = []
+    for node in nodes:
+        if not isinstance(node, nir.Threshold):
+            joined.append((node, None))
+        elif joined and isinstance(joined[-1][0], (nir.LI, nir.CubaLI)) and joined[-1][1] is None:
+            joined[-1] = (joined[-1][0], node)
+        else:
+            raise ValueError("import_nir reads a Threshold node only right after an LI or CubaLI node (a spiking "
+                             "neuron without reset)")
+    return joined
+
+
+def _neuron(snn: ModuleType, node, threshold_node, dt: float, output: bool) -> list[nn.Module]:
+    """The snnTorch neuron of a NIR neuron node (and the ``Threshold`` node after an ``LI``/``CubaLI`` one, or
+    ``None``), after a :class:`Scale` where its input gain is not 1. A ``CubaLIF`` becomes a ``Synaptic`` with
+    ``reset_delay=False``, which resets at the spike as ``CubaLIF`` does."""
     v_reset = getattr(node, "v_reset", None)
     if np.any(np.asarray(node.v_leak) != 0) or (v_reset is not None and np.any(np.asarray(v_reset) != 0)):
         raise ValueError("import_nir supports v_leak = 0 and v_reset = 0 only")
@@ -340,13 +411,18 @@ def _neuron(snn: ModuleType, node, dt: float, output: bool) -> list[nn.Module]:
     tau = _time_constant_tensor(node.tau_mem if is_cuba else node.tau, dt, "membrane time constant")
     gain = _tensor(node.r, "input resistance r") * dt / tau
     fires = hasattr(node, "v_threshold")
-    threshold = _tensor(node.v_threshold, "threshold") if fires else 1.0
+    if not fires and threshold_node is None and not output:
+        raise ValueError(f"import_nir: a {type(node).__name__} node without a Threshold node after it passes its "
+                         "voltage to the next node, which an snnTorch neuron in a sequential network does not (it "
+                         "passes spikes); only the graph's last neuron node may be one")
+    threshold = (_tensor(node.v_threshold, "threshold") if fires
+                 else _tensor(threshold_node.threshold, "threshold") if threshold_node is not None else 1.0)
     common = dict(beta=1 - dt / tau, threshold=threshold, init_hidden=True, output=output,
                   reset_mechanism="zero" if fires else "none")
     if is_cuba:
         tau_syn = _time_constant_tensor(node.tau_syn, dt, "synaptic time constant")
         gain = gain * _tensor(node.w_in, "w_in") * dt / tau_syn
-        neuron = snn.Synaptic(alpha=1 - dt / tau_syn, **common)
+        neuron = snn.Synaptic(alpha=1 - dt / tau_syn, reset_delay=False, **common)
     else:
         neuron = snn.Leaky(**common)
     if torch.allclose(gain, torch.ones_like(gain)):

@@ -4,7 +4,9 @@ A step's output is either a tensor or a tuple that starts with the spikes and en
 snnTorch's neurons return them with ``output=True``: ``(spk, mem)`` (Leaky, Lapicque, RLeaky), ``(spk, syn, mem)``
 (Synaptic, RSynaptic), ``(spk, syn_exc, syn_inh, mem)`` (Alpha).
 
-* ``"count"``: spikes summed over the steps (the spikes are the tensor, or the tuple's first item).
+* ``"count"``: spikes summed over the steps (the spikes are the tensor, or the tuple's first item; for a last module
+  that emits no spikes, a Norse ``LICell``'s voltage, that sum is not a count: the registry's models whose output
+  layer does not fire refuse this readout).
 * ``"membrane"``: membrane potential averaged over the steps (the tuple's last item, or the tensor
   itself, e.g. the voltage of a Norse ``LICell``). :class:`~metaspike.snn.SpikingClassifier` warns for a
   network whose last neuron returns spikes only (a snnTorch neuron without ``output=True``, a Norse ``LIFCell``).

@@ -185,7 +185,10 @@ class SpikingClassifier(nn.Module):
     """Run ``network`` for ``num_steps`` steps on encoded input and read logits out.
 
     The hidden state of every neuron inside ``network`` is reset at the start of each call (see
-    :func:`metaspike.snn.reset_states`); Norse-style networks (``forward(x, state)``, e.g.
+    :func:`metaspike.snn.reset_states`). A module it cannot reset (no ``reset_state()``) that puts a new tensor in an
+    attribute or buffer during the first call is named in one error; a state such a module updates in place is not
+    detected (BatchNorm's running statistics change in place too) and carries over. Norse-style networks
+    (``forward(x, state)``, e.g.
     ``SequentialState``) get their state threaded through the steps. Binary weights are computed
     once per call (:func:`metaspike.binarized_once`), not once per step.
 
@@ -196,6 +199,8 @@ class SpikingClassifier(nn.Module):
         readout: ``"count"``, ``"membrane"`` or a callable on the list of step outputs. ``"membrane"`` on a
             network whose last module is a neuron that returns spikes only (a snnTorch neuron without
             ``output=True``, a Norse ``LIFCell``: anything but an ``LICell``) reads spikes: a warning names the fix.
+            ``"count"`` sums whatever the last module returns first: on a network ending in a leaky integrator (a
+            Norse ``LICell``) that is its voltage, unchecked here (the registry's models refuse it).
         input_shape: shape of one sample; when given, inputs are checked against it and
             pre-encoded inputs ``[num_steps, B, *input_shape]`` are accepted.
 
