@@ -816,7 +816,7 @@ def test_a_sampled_product_needs_a_whole_number_of_samples(samples):
 
 
 @pytest.mark.parametrize("kind", ["mesu", "bimu"])
-def test_a_compiled_model_with_bayesian_synapses_draws_what_the_eager_model_draws(kind):
+def test_a_compiled_model_with_bayesian_synapses_draws_what_the_eager_model_draws(kind, working_compiler):
     # torch.compile(model) must not trace the weight samples (dynamo cannot, and a traced key would come from
     # inductor's random stream): the sampled layers run as they are, so the same seed gives the same numbers
     from metaspike.app.models import build_model

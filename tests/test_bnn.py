@@ -331,7 +331,7 @@ for compiled, eager in zip(*grads):
 """
 
 
-def test_a_compiled_bayesianized_bnn_model_trains_as_the_eager_one():
+def test_a_compiled_bayesianized_bnn_model_trains_as_the_eager_one(working_compiler):
     """torch.compile of a bayesianized bnn.MLP failed at its second pass inside dynamo: the layers' sign buffers kept
     a weak reference to the last pass's weight sample, dead by then. A sampled weight now takes the quantizer, as in a
     torch.func transform; the compiled model draws the samples eager draws (README), so the gradients agree. (In a

@@ -421,7 +421,7 @@ def test_a_layer_whose_weight_a_hook_computes_is_named_not_skipped(wrap, convert
     assert [name for name, _ in select_layers(nn.Sequential(model[0]))] == []  # elsewhere such a layer is left out
 
 
-def test_models_moved_to_meta_infer_shapes_and_leave_the_compiled_paths_in_use():
+def test_models_moved_to_meta_infer_shapes_and_leave_the_compiled_paths_in_use(working_compiler):
     """Shape inference on ``meta`` (FLOP counters, model summaries): a wide bnn model ran into torch's autocast query
     (no meta autocast), and a Bayesian one compiled its sampling loop for meta, failed, and left it eager for good."""
     import copy

@@ -31,7 +31,7 @@ def test_ste_sign_passes_the_gradient_only_where_abs_x_le_clip_value_as_larq_doe
 
 
 @pytest.mark.parametrize("clip_value", [None, 1.0])
-def test_a_compiled_ste_sign_gives_the_eager_value_and_gradient(clip_value):
+def test_a_compiled_ste_sign_gives_the_eager_value_and_gradient(clip_value, working_compiler):
     """torch 2.11 compiled the sign's in-place steps to a zero gradient: a compiled bnn model learned nothing."""
     x = torch.tensor([-2.0, -0.3, 0.0, -0.0, 0.7, 1.5])
     weights = torch.arange(1.0, 7.0)
@@ -387,7 +387,7 @@ def test_a_meta_edited_out_of_range_after_construction_is_refused_before_the_ste
     assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
 
 
-def test_a_compiled_model_inside_binarized_once_is_not_recompiled_at_every_step():
+def test_a_compiled_model_inside_binarized_once_is_not_recompiled_at_every_step(working_compiler):
     """The block's weight cache keys on objects and tensor versions; traced, it made torch.compile recompile after
     every optimizer step until its limit (a reviewer's compiled SNN: 52 s for 15 steps, 0.3 s eager)."""
     torch.manual_seed(0)
