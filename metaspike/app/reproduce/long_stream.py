@@ -18,7 +18,9 @@ point is one of the last five, so 15 tasks are evaluated). Methods (:data:`METHO
   trained by Adam through the straight-through estimator, ``m = 0``).
 
 The table (``table.csv``) gives, per method, the mean final accuracy over the evaluated tasks, over
-the last 5 tasks, and on task 1, with seconds per run and per training step; the figure
+the last 5 tasks, and on task 1, with seconds per run and the run's wall time per training step (``run_ms_per_step``:
+its evaluations included, so a method evaluated on more weight samples costs more per step there; the step alone is
+what ``benchmarks/long_stream.py --steps-only`` times); the figure
 (``accuracy_vs_task.png``) the final accuracy of each evaluated task against its index.
 """
 
@@ -133,7 +135,7 @@ def stream_config(scale: str, seed: int, data_dir: str | None = None) -> RunConf
 def run_method(config: RunConfig, out: str | Path | None = None,
                progress: bool = False) -> tuple[ContinualResult, float]:
     """Train ``config`` (its model kind picks the optimizer, its baseline the plugin); return the result and
-    the seconds per training step. With ``out``, the run is written to the run folder ``out/<config.name>``, and a
+    the run's wall time per training step in seconds (its evaluations included). With ``out``, the run is written to the run folder ``out/<config.name>``, and a
     run a stopped reproduction left there is read back or continued (:func:`~metaspike.app.runs.train_in_folder`).
 
     Example:
@@ -185,12 +187,12 @@ def _row(label: str, results: Sequence[ContinualResult], steps: Sequence[float],
         "last5_mean": mean_std([last_tasks_accuracy(r.matrix, 5) for r in results]),
         "task1_final": mean_std([r.matrix[-1][0] for r in results]),
         "seconds_per_run": mean_std([r.seconds for r in results]),
-        "ms_per_step": mean_std([1000 * s for s in steps]),
+        "run_ms_per_step": mean_std([1000 * s for s in steps]),
         "settings": note,
     }
 
 
-_METRICS = ("evaluated_mean", "last5_mean", "task1_final", "seconds_per_run", "ms_per_step")
+_METRICS = ("evaluated_mean", "last5_mean", "task1_final", "seconds_per_run", "run_ms_per_step")
 
 
 def _plot(curves: dict[str, list[list[float]]], path: Path) -> Path:
@@ -244,7 +246,7 @@ def run(scale: str, seeds: Sequence[int], root: Path, progress: bool, data_dir: 
                 continue
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             print(f"long-stream {method.label} seed {seed}: {time.perf_counter() - start:.0f} s, "
-                  f"{1000 * step:.3f} ms/step, last-5 {last_tasks_accuracy(result.matrix, 5):.1f}, "
+                  f"{1000 * step:.3f} ms a step with its evaluations, last-5 {last_tasks_accuracy(result.matrix, 5):.1f}, "
                   f"peak RSS of the process so far {peak:.0f} MiB", flush=True)
             results.append(result)
             steps.append(step)
