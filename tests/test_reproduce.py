@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+from dataclasses import fields, replace
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from metaspike.app.reproduce.experiments import EXPERIMENTS
 from metaspike.app.reproduce.flips import flip_loss_increase
 from metaspike.app.reproduce.quadratic import QuadraticTask, train_quadratic
 from metaspike.app.reproduce.scales import meta_at
+from metaspike.app.runs import BUILT_BY_REPRODUCE, load_config
 from metaspike.data import load_dataset
 
 TINY = RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(32,), batch_size=50)
@@ -102,6 +105,7 @@ def test_reproduce_fig5ab_writes_table_and_figure(tmp_path):
     (["reproduce", "fig9"], "unknown experiment 'fig9'; available: fig2, table1"),
     (["reproduce", "fig2", "--scale", "huge"], "unknown scale 'huge'; available: cpu, paper"),
     (["reproduce", "fig5ab", "--seeds", "1", "1"], "--seeds must list one or more distinct integers"),
+    (["reproduce", "fig5ab", "--scale", ""], "unknown scale ''; available: cpu, paper"),  # (not run as cpu)
 ])
 def test_cli_errors_are_one_line(argv, message, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path)]) == 2
@@ -214,3 +218,103 @@ def test_a_reproduction_folder_written_before_a_setting_existed_is_read_back(tmp
     record_path.write_text(json.dumps(record))
     with pytest.raises(ValueError, match="holds a run of other settings"):
         run_method(config, Method("plain"), tmp_path)
+
+
+def _stopped_at_call(monkeypatch, stop: int) -> None:
+    """Ctrl-C at the ``stop``-th epoch trained from now on (the epochs before it keep their checkpoints)."""
+    from metaspike.continual import trainer as trainer_module
+
+    real, calls = trainer_module.train_epoch, {"n": 0}
+
+    def stopped(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == stop:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_epoch", stopped)
+
+
+def test_a_stopped_dnn_run_of_fig2_is_continued_by_reproduce_resume_alone(tmp_path, monkeypatch, capsys):
+    """fig2's DNN run records the BNN's settings (model "bnn") with method.dnn: `train --resume` would load its
+    checkpoint into a BNN and train on, and a model rebuilt from load_config would be a BNN that accepts model.pt.
+    Both are one line naming the method and the reproduction's resume, which finishes it to the numbers of a
+    reproduction never stopped."""
+    from metaspike.app.reproduce import experiments
+
+    monkeypatch.setattr(experiments, "CPU_PERMUTED", TINY)  # (fig2's settings at CPU scale, made tiny)
+    assert main(["reproduce", "fig2", "--quiet", "--out", str(tmp_path / "whole")]) == 0
+    _stopped_at_call(monkeypatch, 10)  # four BNN runs of 2 tasks of 1 epoch, then the DNN m=0's second task
+    assert main(["reproduce", "fig2", "--quiet", "--out", str(tmp_path / "stopped")]) == 130
+    monkeypatch.undo()
+    monkeypatch.setattr(experiments, "CPU_PERMUTED", TINY)
+    root = tmp_path / "stopped" / "reproduce-fig2-cpu"
+    run_dir = root / "dnn-m-0-seed1"
+    assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "model.pt").exists()
+    assert json.loads((run_dir / "config.json").read_text())["model"] == "bnn"  # (the settings it shares with a BNN)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"metaspike: error: {run_dir} is a run of metaspike reproduce whose method 'DNN m=0' "
+                          "trains a float DNN") and err.count("\n") == 1
+    assert err.strip().endswith(f"continue it with: metaspike reproduce --resume {root}")
+    assert not (run_dir / "model.pt").exists() and (run_dir / "checkpoint.pt").exists()  # nothing trained
+    finished = tmp_path / "whole" / "reproduce-fig2-cpu" / "dnn-m-0-seed1"
+    refused = f"method 'DNN m=0' trains a float DNN .* --resume {re.escape(str(finished.parent))}$"
+    with pytest.raises(ValueError, match=refused):
+        load_config(finished)  # (its model.pt would load into the BNN the BNN's settings build)
+    assert main(["reproduce", "--resume", str(root), "--quiet"]) == 0
+    assert (run_dir / "accuracy_matrix.csv").read_text() == (finished / "accuracy_matrix.csv").read_text()
+
+
+def test_a_stopped_joint_run_is_refused_by_train_resume_and_load_config(tmp_path, monkeypatch, capsys):
+    """A joint run records its stream's scenario ("permuted") with method.joint: `train --resume` would rebuild the
+    sequential tasks, and was refused for a scenario.json "edited, or copied from another run"."""
+    config = replace(TINY, epochs=2)
+    _stopped_at_call(monkeypatch, 2)  # (one task of every task at once: stopped in its second epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_method(config, Method("BNN joint training", joint=True), tmp_path)
+    monkeypatch.undo()
+    (run_dir,) = tmp_path.iterdir()
+    assert json.loads((run_dir / "config.json").read_text())["scenario"] == "permuted"
+    assert (run_dir / "checkpoint.pt").exists()
+    assert main(["train", "--resume", str(run_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "method 'BNN joint training' trains every task at once (joint training)" in err
+    assert "scenario.json" not in err and err.strip().endswith("metaspike reproduce --resume ROOT (the reproduction's "
+                                                              "folder that holds it)")
+    with pytest.raises(ValueError, match="method 'BNN joint training' trains every task at once"):
+        load_config(run_dir)
+    assert len(run_method(config, Method("BNN joint training", joint=True), tmp_path).matrix) == 1  # (continued)
+    plain = run_method(TINY, Method("BNN m=0"), tmp_path / "plain")
+    assert load_config(tmp_path / "plain" / "bnn-m-0-seed1").meta == (0.0,) and len(plain.matrix) == 2
+
+
+def test_every_method_flag_its_config_does_not_record_is_refused_by_load_config():
+    """A Method's label, m and baseline are its run's settings; every other flag builds what the settings do not, so
+    load_config must refuse it (a new flag left out of BUILT_BY_REPRODUCE would be rebuilt as something else)."""
+    recorded = {"label", "meta", "baseline", "strength"}
+    assert {field.name for field in fields(Method)} - recorded == set(BUILT_BY_REPRODUCE)
+
+
+def test_fig5cde_measures_the_loss_on_samples_of_every_class_in_proportion(tmp_path, monkeypatch):
+    """mnist5k's training split is stored by class: its first 2,000 samples are classes 0-4 only. The loss is
+    measured on 2,000 evenly spaced ones, as many of each class as its share of the split gives."""
+    from metaspike.app.reproduce import flips
+
+    measured = {}
+
+    def record(model, x, y, **kwargs):
+        measured.update(x=x, y=y)
+        return [{"low": 0.0, "high": 1.0, "loss_increase": 0.0}] * 5
+
+    monkeypatch.setattr(flips, "flip_loss_increase", record)
+    monkeypatch.setattr(bnn, "fit", lambda *args, **kwargs: None)  # (which samples are measured on, not training)
+    flips.reproduce_fig5cde("cpu", [1], tmp_path, {})
+    train = load_dataset("mnist5k")
+    x, y = measured["x"], measured["y"]
+    assert len(y) == 2000 and torch.equal(x[0], train.x[0]) and torch.equal(x[-1], train.x[-1])
+    share = torch.bincount(train.y.long(), minlength=10) * len(y) / len(train.y)
+    # samples s = (N - 1) / (n - 1) apart: a class's n_c consecutive samples hold n_c / s of them, give or take one,
+    # and n_c / s differs from its share n_c n / N by n_c (N - n) / (N (N - 1)) <= 0.5 (N = 4,000, n = 2,000)
+    assert (torch.bincount(y.long(), minlength=10) - share).abs().max() <= 1.5

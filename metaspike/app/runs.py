@@ -50,7 +50,8 @@ from metaspike.training import Plugin, TrainingDiverged, minimum_batch_size
 
 __all__ = ["build_run_model", "build_trainer", "make_run_scenario", "train_and_finish", "run", "resume",
            "load_config", "config_from_record", "run_lock", "is_complete", "finished_result", "RecordedResult",
-           "train_in_folder", "stopped_by_file_error", "continued_by"]
+           "train_in_folder", "stopped_by_file_error", "continued_by", "check_rebuilt_by_settings",
+           "REPRODUCTION_RECORD", "BUILT_BY_REPRODUCE"]
 
 LOCK = ".lock"
 #: float32 copies of each weight while training: hidden weight, gradient, two Adam moments, ±1 buffer (a Bayesian
@@ -612,14 +613,57 @@ NEWER_FIELDS = ("model", "num_steps", "samples_per_task", "eval_every", "eval_ta
 NEWER_DEFAULTS = {key: getattr(RunConfig, key) for key in NEWER_FIELDS}
 
 
+#: The file that marks the folder of a reproduction (``metaspike reproduce``), which holds its runs' folders.
+REPRODUCTION_RECORD = "reproduction.json"
+#: The flags of a reproduction's method (:class:`metaspike.app.reproduce.continual.Method`, recorded under
+#: ``"method"`` in its runs' ``config.json``) that build another model or other tasks than the run's settings
+#: describe, with what each builds: such a run is continued by ``metaspike reproduce --resume`` alone.
+BUILT_BY_REPRODUCE = {"dnn": "a float DNN (real weights, ReLU)", "joint": "every task at once (joint training)"}
+
+
+def _reproduction_root(run_dir: Path) -> str:
+    """The reproduction folder (holding :data:`REPRODUCTION_RECORD`) that holds ``run_dir``, or ``ROOT`` where none
+    does."""
+    for folder in (*run_dir.parents, *run_dir.absolute().parents):
+        if (folder / REPRODUCTION_RECORD).is_file():
+            return str(folder)
+    return "ROOT (the reproduction's folder that holds it)"
+
+
+def check_rebuilt_by_settings(run_dir: Path, record: Any) -> None:
+    """One ``ValueError`` where ``record``, the ``config.json`` of ``run_dir``, is a reproduction's run whose method
+    builds what its settings do not (:data:`BUILT_BY_REPRODUCE`): rebuilt from them, a DNN would be a BNN and a joint
+    run a sequential one, and would take its checkpoint or weights silently.
+
+    Example:
+        >>> check_rebuilt_by_settings(Path("runs/a"), {"method": {"label": "DNN m=0", "dnn": True}})
+        Traceback (most recent call last):
+        ...
+        ValueError: runs/a is a run of metaspike reproduce whose method 'DNN m=0' trains a float DNN (real ...
+    """
+    method = record.get("method") if isinstance(record, dict) else None
+    if not isinstance(method, dict):
+        return
+    built = [what for flag, what in BUILT_BY_REPRODUCE.items() if method.get(flag)]
+    if built:
+        raise ValueError(f"{run_dir} is a run of metaspike reproduce whose method {method.get('label')!r} trains "
+                         f"{' and '.join(built)}, which the settings of its config.json do not describe (continued "
+                         "or rebuilt from them, it would be another run); continue it with: metaspike reproduce "
+                         f"--resume {_reproduction_root(run_dir)}")
+
+
 def load_config(run_dir: str | Path) -> RunConfig:
-    """The validated :class:`RunConfig` stored in ``run_dir/config.json`` (see :func:`config_from_record`).
+    """The validated :class:`RunConfig` stored in ``run_dir/config.json`` (see :func:`config_from_record`): the
+    settings that rebuild the run's model and tasks (:func:`make_run_scenario`, :func:`build_run_model`), refused
+    for a reproduction's run they do not describe (:func:`check_rebuilt_by_settings`).
 
     Example:
         >>> load_config("runs/permuted-mnist5k-meta5-30-30-seed1")  # doctest: +SKIP
     """
     path = Path(run_dir) / "config.json"
-    return config_from_record(read_json(path), path)
+    record = read_json(path)
+    check_rebuilt_by_settings(Path(run_dir), record)
+    return config_from_record(record, path)
 
 
 def config_from_record(stored: Any, path: Path) -> RunConfig:

@@ -15,7 +15,7 @@ from typing import Any
 
 from metaspike.app.reproduce.experiments import EXPERIMENTS, get_experiment
 from metaspike.app.reproduce.scales import SCALES
-from metaspike.app.runs import LOCK, Interrupted, continued_by, run_lock
+from metaspike.app.runs import LOCK, REPRODUCTION_RECORD, Interrupted, continued_by, run_lock
 from metaspike.checks import MAX_SEED
 from metaspike.continual.results import unique_directory
 from metaspike.files import atomic_write_text, read_json
@@ -25,7 +25,7 @@ __all__ = ["reproduce", "resume_reproduction", "EXPERIMENTS", "SCALES"]
 
 #: The file in a reproduction's folder that records what it runs (experiment, scale, seeds, data folder), so that
 #: ``metaspike reproduce --resume DIR`` finishes it.
-RECORD = "reproduction.json"
+RECORD = REPRODUCTION_RECORD
 
 
 def _check_seeds(seeds: Sequence[int]) -> list[int]:

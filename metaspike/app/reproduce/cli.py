@@ -70,8 +70,9 @@ def run(args: argparse.Namespace) -> None:
     elif args.name is None:
         raise ValueError(f"reproduce needs an experiment NAME (one of {', '.join(EXPERIMENTS)}) or --resume DIR")
     else:
-        root, rows = reproduce(args.name, args.scale or "cpu", args.seeds or [1], args.out or "runs",
-                               progress=not args.quiet, data_dir=args.data_dir)
+        scale = "cpu" if args.scale is None else args.scale  # (an empty --scale is refused, as any unknown one)
+        root, rows = reproduce(args.name, scale, args.seeds or [1], args.out or "runs", progress=not args.quiet,
+                               data_dir=args.data_dir)
     for row in rows:
         cells = [f"{k}={_mean_std(*v)}" if isinstance(v, tuple) else f"{k}={v}" for k, v in row.items() if k != "setting"]
         print(f"{row['setting']}: {'  '.join(cells)}")

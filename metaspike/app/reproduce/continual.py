@@ -41,6 +41,11 @@ class Method:
         joint: train all tasks at once (the upper bound).
         dnn: full-precision network (real weights, ReLU, BatchNorm) instead of the BNN.
 
+    ``joint`` and ``dnn`` build what the run's :class:`RunConfig` does not describe: its ``config.json`` records them
+    under ``"method"``, and :data:`metaspike.app.runs.BUILT_BY_REPRODUCE` lists them, so that ``metaspike train
+    --resume`` and :func:`~metaspike.app.runs.load_config` refuse the run (``metaspike reproduce --resume``
+    continues it).
+
     Example:
         >>> Method("EWC", baseline="ewc", strength=5000.0).label
         'EWC'

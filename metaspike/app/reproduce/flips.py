@@ -17,11 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from metaspike.app.tables import comparison_csv
-from metaspike.data import load_dataset
+from metaspike.continual.baselines import fisher_sample_indices
+from metaspike.data import ArrayDataset, load_dataset
 from metaspike.files import atomic_write_text
 from metaspike.synapse import weight_matrices
 
-__all__ = ["flip_loss_increase", "reproduce_fig5cde"]
+__all__ = ["flip_loss_increase", "loss_sample", "reproduce_fig5cde", "LOSS_SAMPLES"]
+
+#: How many training samples the loss increase is measured on.
+LOSS_SAMPLES = 2000
 
 
 @torch.no_grad()
@@ -65,12 +69,27 @@ def flip_loss_increase(
     return records
 
 
+def loss_sample(train: ArrayDataset, samples: int = LOSS_SAMPLES) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``samples`` training samples the loss increase is measured on: the first, or evenly spaced ones where the
+    first miss classes, as in a split stored by class (mnist5k's first 2,000 are classes 0-4 only), by
+    :func:`~metaspike.continual.baselines.fisher_sample_indices`, which picks EWC's Fisher samples the same way.
+
+    Example:
+        >>> x, y = loss_sample(load_dataset("mnist5k"))
+        >>> len(y), sorted(y.unique().tolist()) == list(range(10))
+        (2000, True)
+    """
+    chosen = fisher_sample_indices(train.y, samples)
+    return train.x[chosen], train.y[chosen]
+
+
 def reproduce_fig5cde(scale: str, seeds: Sequence[int], root: Path, paper: dict[str, str],
                       data_dir: str | None = None) -> list[dict[str, Any]]:
     """Train a BNN per seed, measure the flip loss increase per |W_h| bin; write ``table.csv`` and ``fig5cde.png``.
 
     CPU scale: ``MLP([784, 256, 256, 10])`` on mnist5k for 5 epochs; paper scale (assumed, not the
-    paper's stated setting): 1024-1024 on MNIST for 20 epochs. Both use m = 1.35 mapped to the scale.
+    paper's stated setting): 1024-1024 on MNIST for 20 epochs. Both use m = 1.35 mapped to the scale. The loss is
+    measured on :data:`LOSS_SAMPLES` training samples of every class (:func:`loss_sample`).
 
     Example:
         >>> rows = reproduce_fig5cde("cpu", [1], Path("runs/fig5cde"), {})  # doctest: +SKIP
@@ -83,7 +102,7 @@ def reproduce_fig5cde(scale: str, seeds: Sequence[int], root: Path, paper: dict[
     paper_scale = scale == "paper"
     dataset, hidden, epochs = ("mnist", 1024, 20) if paper_scale else ("mnist5k", 256, 5)
     train = load_dataset(dataset, "train", data_dir)
-    x, y = train.x[:2000], train.y[:2000]
+    x, y = loss_sample(train)
     meta = meta_at(scale, 1.35)
     per_seed = []
     for seed in seeds:
