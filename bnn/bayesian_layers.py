@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from bnn.layers import check_conv_geometry
+from bnn.layers import check_conv_geometry, check_widths
 from metaspike.bayesian.synapses import SampledForward, make_bayesian
 
 __all__ = ["BayesianLinear", "BayesianConv2d", "BinaryBayesianLinear", "BinaryBayesianConv2d"]
@@ -64,6 +64,7 @@ class BayesianLinear(SampledForward, nn.Linear):
         sigma_init: float = 0.1,
         evaluation: str = "mode",
     ) -> None:
+        in_features, out_features = check_widths(in_features=in_features, out_features=out_features)
         super().__init__(in_features, out_features, bias=bias)
         self._set_samples(samples, evaluation_samples)
         make_bayesian(self, "mesu", sigma_init=sigma_init, evaluation=evaluation)
@@ -97,6 +98,7 @@ class BayesianConv2d(SampledForward, nn.Conv2d):
         sigma_init: float = 0.1,
         evaluation: str = "mode",
     ) -> None:
+        in_channels, out_channels = check_widths(in_channels=in_channels, out_channels=out_channels)
         check_conv_geometry(kernel_size, stride, padding, dilation)
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
         self._set_samples(samples, evaluation_samples)
@@ -137,6 +139,7 @@ class BinaryBayesianLinear(SampledForward, nn.Linear):
         evaluation: str = "mode",
         scale: str | None = None,
     ) -> None:
+        in_features, out_features = check_widths(in_features=in_features, out_features=out_features)
         super().__init__(in_features, out_features, bias=bias)
         self._set_samples(samples, evaluation_samples)
         make_bayesian(self, "bimu", lambda_init=lambda_init, temperature=temperature, evaluation=evaluation, scale=scale)
@@ -172,6 +175,7 @@ class BinaryBayesianConv2d(SampledForward, nn.Conv2d):
         evaluation: str = "mode",
         scale: str | None = None,
     ) -> None:
+        in_channels, out_channels = check_widths(in_channels=in_channels, out_channels=out_channels)
         check_conv_geometry(kernel_size, stride, padding, dilation)
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
         self._set_samples(samples, evaluation_samples)

@@ -192,9 +192,14 @@ def _check_bias(bias: object) -> bool:
     return bool(bias)
 
 
-def _widths(**widths: object) -> tuple[int, ...]:
+def check_widths(**widths: object) -> tuple[int, ...]:
     """A layer's widths (features or channels) as ints, each a positive integer (numpy integers taken), else one line
-    naming it."""
+    naming it (torch would fail inside ``torch.empty`` on a negative or fractional width and accept a zero one).
+
+    Example:
+        >>> check_widths(in_features=784, out_features=10)
+        (784, 10)
+    """
     for name, value in widths.items():
         if not is_whole(value, 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -252,7 +257,7 @@ class BinaryLinear(_BinaryWeights, nn.Linear):
         precision: str = "float32",
         scale: str | None = None,
     ) -> None:
-        in_features, out_features = _widths(in_features=in_features, out_features=out_features)
+        in_features, out_features = check_widths(in_features=in_features, out_features=out_features)
         super().__init__(in_features, out_features, bias=_check_bias(bias))
         self._setup(weight_quantizer, input_quantizer, init_width, scale)
         self.precision = precision
@@ -306,7 +311,7 @@ class BinaryConv2d(_BinaryWeights, nn.Conv2d):
         init_width: float | None = 0.1,
         scale: str | None = None,
     ) -> None:
-        in_channels, out_channels = _widths(in_channels=in_channels, out_channels=out_channels)
+        in_channels, out_channels = check_widths(in_channels=in_channels, out_channels=out_channels)
         check_conv_geometry(kernel_size, stride, padding, dilation)
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
                          groups=groups, bias=_check_bias(bias), padding_mode=padding_mode)

@@ -609,6 +609,11 @@ def bayesianize(
     binary layer (``bnn.BinaryLinear``, ``bnn.BinaryConv2d``) draws one sample per forward pass and uses its signs
     (its gradient reaches that sample straight through).
 
+    A converted layer's forward pass draws one weight sample. MESU needs several per step: run each layer as
+    :func:`sampled_forward` in training (or build the model from ``bnn.BayesianLinear(..., samples=S)``); a
+    bayesianized 784-64-64-10 MLP on digits (batch 64, 3 epochs) reached 15-40 % with one sample and 60-68 % with
+    ten (README, "Spiking networks").
+
     Args:
         model: the model to change (plain torch, snnTorch, Norse, ...).
         kind: ``"bimu"`` (binary weights) or ``"mesu"`` (Gaussian weights).
