@@ -1105,3 +1105,33 @@ def test_a_frozen_layer_made_mesu_keeps_its_width_frozen():
         F.cross_entropy(net(torch.randn(8, 6)), torch.randint(0, 3, (8,))).backward()
         optimizer.step()
     assert all(torch.equal(before, after) for before, after in zip(frozen, net[0].parameters()))
+
+
+@pytest.mark.parametrize("optimizer, pairs", [(metaspike.BiMU, 1), (metaspike.MESU, 2)])
+def test_an_integer_tensor_is_refused_when_the_optimizer_is_made_in_one_line(optimizer, pairs):
+    with pytest.raises(ValueError) as caught:
+        optimizer([torch.zeros(3, dtype=torch.int64) for _ in range(pairs)])
+    assert str(caught.value) == (f"{optimizer.__name__} params[0] has dtype torch.int64; MESU and BiMU update "
+                                 "floating-point tensors (float32, float64, bfloat16, float16)")
+    opt = optimizer([torch.zeros(3, requires_grad=True) for _ in range(pairs)])
+    opt.param_groups[0]["params"].append(torch.zeros(3, dtype=torch.int64))  # (by hand, after it was made)
+    with pytest.raises(ValueError, match=rf"{optimizer.__name__} params\[{pairs}\] has dtype torch.int64"):
+        opt.step()
+
+
+@pytest.mark.parametrize("optimizer, pairs", [(metaspike.BiMU, 1), (metaspike.MESU, 2)])
+def test_a_0d_tensor_setting_is_taken_as_its_number_and_a_larger_one_is_refused_by_its_shape(optimizer, pairs):
+    params = [torch.zeros(3, requires_grad=True) for _ in range(pairs)]
+    opt = optimizer(params, lr=torch.tensor(0.5))
+    opt.add_param_group({"params": [torch.zeros(2, requires_grad=True) for _ in range(pairs)], "lr": torch.tensor(2)})
+    assert [group["lr"] for group in opt.param_groups] == [0.5, 2]  # (0.5 and 2 are exact in float32 and int64)
+    assert type(opt.param_groups[0]["lr"]) is float
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+    for p in params:
+        p.grad = torch.ones(3)
+    opt.step()
+    scheduler.step()
+    assert [group["lr"] for group in opt.param_groups] == [0.25, 1.0]
+    with pytest.raises(ValueError, match=r"^lr must be a number or a 0-d real tensor holding one, got a torch.float32 "
+                                         r"tensor of shape \(2,\)$"):
+        optimizer(params, lr=torch.tensor([0.5, 1.0]))

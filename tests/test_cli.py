@@ -622,6 +622,8 @@ def test_a_comparison_names_its_runs_that_learned_nothing(tmp_path, capsys):
      "window counted in samples), but a task of 20 training samples gives steps of 20; give --batch-size 20 or less"),
     (["train", "--scenario", "stream", "--tasks", "2000", "--model", "mlp"],
      "--tasks 2000: --scenario stream cannot cut 1437 samples into 2000 subsets (one subset per task)"),
+    (["train", "--scenario", "split", "--tasks", "11"], "--tasks 11: --scenario split cannot split 10 classes into 11 "
+     "groups (one group of classes per task); give --tasks in 1..10 for digits"),
     # a comparison refuses them as train does (it ran without them, and recorded some in its runs' config.json)
     (["compare", "--split-mode", "class"], "--split-mode applies to --scenario split only, not permuted"),
     (["compare", "--num-steps", "4"], "--num-steps applies to spiking models; 'bnn' sees each sample once"),
@@ -831,3 +833,28 @@ def test_a_run_under_a_path_an_ascii_terminal_cannot_print_ends_well(tmp_path):
     run = next(out.iterdir())
     assert f"results: {str(run).replace('é', chr(92) + 'xe9')}".encode() in done.stdout
     assert json.loads((run / "metrics.json").read_text())["complete"] is True
+
+
+@pytest.mark.parametrize("scenario, effective", [("stream", "shared"), ("permuted", "per-task")])
+def test_config_json_records_the_optimizer_mode_the_run_trained_with(tmp_path, scenario, effective):
+    assert main(["train", *SMALL, "--hidden", "8", "--scenario", scenario, "--out", str(tmp_path)]) == 0
+    (config,) = tmp_path.glob("*/config.json")
+    record = json.loads(config.read_text())
+    assert (record["optimizer"], record["optimizer_effective"]) == ("per-task", effective)  # (a stream: one optimizer)
+
+
+def test_the_help_of_standardize_says_spiking_models_take_it(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    start = text.index("--standardize feed")
+    said = text[start:text.index("--lr ", start)]
+    assert "spiking models too" in said and "not for spiking" not in said
+
+
+def test_several_datasets_for_a_scenario_of_one_are_refused_naming_the_flag(tmp_path, capsys):
+    assert main(["train", "--tasks", "2", "--dataset", "digits", "mnist5k", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == ("metaspike: error: --dataset: --scenario permuted takes one dataset, got 2 (digits, mnist5k); give "
+                   "one, or --scenario sequence to train several in turn\n")
+    assert not any(tmp_path.iterdir())

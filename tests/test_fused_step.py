@@ -469,3 +469,28 @@ def test_with_compiling_switched_off_a_step_is_one_step_and_runs_eagerly(switch_
         step(torch.rand(1, 12, dtype=torch.float64), torch.tensor([1]))
         assert fused_step._compiled_fused_step.last_call_eager
     assert not fused_step._EAGER_PLANS  # (switched on again, the step compiles: not past the limit of variants)
+
+
+@pytest.mark.parametrize("kind", ["bimu", "mesu"])
+def test_train_rows_reads_a_learning_rate_set_in_after_step_at_the_next_step(kind):
+    net, opt = _user_net(kind)
+    twin = copy.deepcopy(net)
+    twin_opt = type(opt)(bimu_parameters(twin) if kind == "bimu" else mesu_param_groups(twin), **opt.defaults)
+    x, y = torch.rand(5, 12, dtype=torch.float64), torch.tensor([0, 3, 1, 2, 1])
+    after_first = []
+
+    def stop_learning(loss: torch.Tensor) -> None:  # (a per-sample schedule that ends at the first sample)
+        if not after_first:
+            after_first.extend(p.detach().clone() for p in net.parameters())
+        opt.param_groups[0]["lr"] = 0.0
+
+    torch.manual_seed(5)
+    FusedTrainingStep(net, opt).train_rows(x, y, range(5), after_step=stop_learning)
+    torch.manual_seed(5)
+    step = FusedTrainingStep(twin, twin_opt)
+    for i in range(5):  # (each call reads the settings as they are)
+        step(x[i : i + 1], y[i : i + 1])
+        twin_opt.param_groups[0]["lr"] = 0.0
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), twin.parameters()))
+    if kind == "mesu":  # lr multiplies both of MESU's updates: at lr = 0 each later step adds exactly 0
+        assert all(torch.equal(a, b) for a, b in zip(after_first, net.parameters()))

@@ -571,3 +571,28 @@ def test_shared_batchnorm_keeps_no_state_per_task_in_memory_or_checkpoints():
         trainer.fit(scenario, log=log)
         assert len(log.states[-1]) == 4 and sum(bool(s) for s in log.states[-1]) == kept
         assert len(trainer.batchnorm_states) == kept
+
+
+def _rule_state_warnings(rule: str, optimizer: str) -> list[str]:
+    """The RuntimeWarnings of a 3-task run of ``rule`` with ``optimizer`` ("per-task" or "shared")."""
+    tasks = permuted(load_dataset("digits"), load_dataset("digits", "test"), n_tasks=3, seed=0, samples_per_task=100)
+    torch.manual_seed(0)
+    trainer = ContinualTrainer(MLP([784, 8, 10]), lambda m: MetaplasticAdam(m.parameters(), meta=1.0, rule=rule),
+                               TrainerConfig(epochs=1, batch_size=50, optimizer=optimizer), progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(tasks)
+    return [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.parametrize("rule", ["switch", "cascade"])
+def test_a_rule_keeping_state_under_per_task_optimizers_warns_once_that_its_state_starts_anew(rule):
+    caught = _rule_state_warnings(rule, "per-task")
+    assert len(caught) == 1  # (once per run, though the run makes three optimizers)
+    assert f"{rule!r} keeps state" in caught[0] and "starts anew with each task's optimizer" in caught[0]
+    assert "--optimizer shared" in caught[0]
+
+
+@pytest.mark.parametrize("rule, optimizer", [("tanh", "per-task"), ("switch", "shared")])
+def test_a_stateless_rule_or_a_shared_optimizer_does_not_warn_of_rule_state(rule, optimizer):
+    assert _rule_state_warnings(rule, optimizer) == []

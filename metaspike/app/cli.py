@@ -95,7 +95,8 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
                         help="spiking models: the time steps each sample is shown for (default: %(default)s)")
     parser.add_argument("--standardize", action="store_true",
                         help="feed the model (x - mean) / std, the pixel mean and std of the first dataset's training "
-                             "split, as the papers' long streams do (not for spiking models)")
+                             "split, as the papers' long streams do (spiking models too: the registry's feed it as a "
+                             "current)")
     parser.add_argument("--lr", type=float, default=None,
                         help="learning rate of the model's optimizer: MetaplasticAdam, or SGD for --model mlp "
                              f"(default: {DEFAULT_LR['metaplastic-adam']:g}, with SGD {DEFAULT_LR['sgd']:g}; the "

@@ -219,6 +219,9 @@ class RunConfig:
         object.__setattr__(self, "datasets", tuple(dataset_key(name) for name in self.datasets))  # (MNIST5K: mnist5k)
         if self.scenario == "sequence":  # (config.json records it too)
             object.__setattr__(self, "tasks", len(self.datasets))
+        elif len(self.datasets) > 1:
+            raise ValueError(f"--dataset: --scenario {self.scenario} takes one dataset, got {len(self.datasets)} "
+                             f"({', '.join(self.datasets)}); give one, or --scenario sequence to train several in turn")
         for key in ("tasks", "epochs", "batch_size", "num_steps", "eval_every"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -42,7 +42,7 @@ from metaspike.checks import is_finite_number, is_number, is_whole
 from metaspike.continual.metrics import largest_rise
 from metaspike.continual.results import CHECKPOINT, PREVIOUS_CHECKPOINT, RunDirectory, latest_good_checkpoint
 from metaspike.continual.scenarios import Scenario, made_when_reached, make_scenario
-from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig
+from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig, applied_optimizer_mode
 from metaspike.data import ArrayDataset, default_data_dir, load_dataset
 from metaspike.distributed import init_from_env, sync_batchnorm, world, world_size_from_env
 from metaspike.files import atomic_open, read_json, remove_stale_temporaries
@@ -78,6 +78,10 @@ def make_run_scenario(config: RunConfig) -> Scenario:
             message = "--samples-per-task " + message[len("samples_per_task "):]
         elif config.scenario == "stream" and message.startswith("cannot cut "):
             message = f"--tasks {config.tasks}: --scenario stream {message} (one subset per task)"
+        elif config.scenario == "split" and message.startswith("cannot split "):
+            classes = len(load_dataset(config.datasets[0], "train", config.data_dir).classes)
+            message = (f"--tasks {config.tasks}: --scenario split {message} (one group of classes per task); give "
+                       f"--tasks in 1..{classes} for {config.datasets[0]}")
         raise ValueError(message) from None
     if config.scenario == "stream":
         _check_stream_parts(config, scenario)
@@ -415,6 +419,7 @@ def _record(config: RunConfig, scenario: Scenario) -> dict[str, Any]:
         # (None: a built-in model without BatchNorm, which --batchnorm does not concern)
         "batchnorm_effective": (None if is_builtin(config.model) and not uses_batchnorm(config.model) else
                                 config.batchnorm if scenario.per_task_batchnorm else "shared"),
+        "optimizer_effective": applied_optimizer_mode(config.optimizer, scenario),  # (a stream trains one optimizer)
         "processes": world()[1],
         **_arithmetic(),
         **({} if (bayesian := bayesian_settings(config.model, config.batch_size, config.memory_window)) is None

@@ -587,8 +587,10 @@ class FusedTrainingStep:
                    after_step: Callable[[Tensor], None] | None = None) -> None:
         """Train on the rows ``order`` of a dataset ``(x, y)`` (``y`` int64 class indices), one step each, calling
         ``after_step(loss)`` after each (a loop's own checks and progress). What a step may meet is checked once,
-        before the first (the model, the optimizer, the labels): nothing but this loop runs between its steps
-        (between calls of the step itself a hook, a scheduler or a hand may change things, which each call checks).
+        before the first (the model, the optimizer, the labels), except the optimizer's settings, which are read and
+        checked again after each ``after_step`` call (it may step a per-sample learning-rate scheduler or set ``lr``);
+        ``after_step`` changes nothing else (between calls of the step itself a hook, a scheduler or a hand may change
+        anything, which each call checks).
 
         Example:
             >>> from metaspike.bayesian import BiMU, bayesianize, bimu_parameters
@@ -613,6 +615,7 @@ class FusedTrainingStep:
                               scalars, tensors, check_input=k == 0)  # (every row has the first one's shape and dtype)
             if after_step is not None:
                 after_step(loss)
+                scalars = self._scalar_tensors()  # (made again only where after_step changed a setting)
 
     def _check_labels(self, low: int, high: int) -> None:
         """Labels from ``low`` to ``high`` are classes of the last layer's outputs (the compiled step reads no

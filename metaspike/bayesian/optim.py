@@ -11,6 +11,7 @@ rules of :mod:`metaspike.bayesian.functional` to all parameters of a group at on
 * The optimizers update only the Bayesian tensors they are given; biases and norm layers are left
   alone: train :func:`~metaspike.bayesian.synapses.plain_parameters` with any torch optimizer.
 * The state of each parameter is ``step``, the number of updates it received.
+* A setting may be given as a 0-d tensor (as torch's optimizers take ``lr``); a group keeps its number.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from metaspike.bayesian.functional import (
+    _check_step_tensors,
     bimu_step_,
     check_hyperparameters,
     hyperparameter_defaults,
@@ -117,6 +119,29 @@ def _count_steps(optimizer: Optimizer, params: list[Tensor]) -> None:
             state["step"] = torch.zeros((), dtype=torch.float32)
         steps.append(state["step"])
     torch._foreach_add_(steps, 1.0)
+
+
+def _settings_as_numbers(rule: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``settings`` in which each of ``rule``'s hyperparameters given as a 0-d real tensor is its number (a
+    scheduler then sets numbers, as for a number); a tensor of another shape or kind is refused in one line."""
+    numbers = dict(settings)
+    for name in hyperparameter_names(rule):
+        value = numbers.get(name)
+        if isinstance(value, Tensor):
+            if value.dim() != 0 or value.is_complex() or value.dtype == torch.bool or value.is_meta:
+                raise ValueError(f"{name} must be a number or a 0-d real tensor holding one, got a {value.dtype} "
+                                 f"tensor of shape {tuple(value.shape)}{' on the meta device' * value.is_meta}")
+            numbers[name] = value.item()
+    return numbers
+
+
+def _check_floating(optimizer: str, params: list[Tensor]) -> None:
+    """Refuse a tensor that is not a dense floating-point tensor, in the words of the step's own check (the step would
+    otherwise fail inside torch, in the check of its gradients)."""
+    try:
+        _check_step_tensors(params=params)
+    except ValueError as err:
+        raise ValueError(f"{optimizer} {err}") from None
 
 
 def _group_params(param_group: dict[str, Any]) -> list[Tensor]:
@@ -212,6 +237,7 @@ class _DataGatedOptimizer(Optimizer):
     helper: str
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], defaults: dict[str, Any]) -> None:
+        defaults = _settings_as_numbers(self.rule, defaults)
         check_hyperparameters(self.rule, defaults)
         super().__init__(params, defaults)
         self.register_load_state_dict_pre_hook(_check_loaded_groups)
@@ -219,6 +245,7 @@ class _DataGatedOptimizer(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group; its hyperparameters are validated first, and no tensor may be listed twice (a
         tied weight would be updated twice a step)."""
+        param_group = _settings_as_numbers(self.rule, param_group)
         check_hyperparameters(self.rule, {**self.defaults, **param_group})
         params = _group_params(param_group)
         if len({id(p) for p in params}) < len(params):
@@ -230,6 +257,7 @@ class _DataGatedOptimizer(Optimizer):
             # the earlier groups were taken as hand-made tensors; beside synapses they are a model's other parameters
             _check_roles(type(self).__name__, self.roles, earlier, self.helper, True)
         _check_roles(type(self).__name__, self.roles, params, self.helper, marked)
+        _check_floating(type(self).__name__, params)
         self._check_params(params)
         super().add_param_group({**param_group, "params": params})
 
@@ -285,7 +313,8 @@ class _DataGatedOptimizer(Optimizer):
         """
         for group in self.param_groups:
             check_hyperparameters(self.rule, group)
-            self._check_params(group["params"])  # (a tensor appended to a group by hand since)
+            _check_floating(type(self).__name__, group["params"])  # (a tensor appended to a group by hand since)
+            self._check_params(group["params"])
         _refuse_non_finite_gradients(type(self).__name__, self.param_groups)
 
     def _update_group(self, group: dict[str, Any]) -> list[Tensor]:
@@ -469,7 +498,7 @@ def settings_for_batch(rule: str, per_sample: Mapping[str, float], batch_size: i
       step may (``η c σ``); with the batch-1 bound kept, MESU diverged within 8 steps at ``B = 100``.
 
     MESU's bound makes a large batch learn per step no more than one sample does: a task needs enough steps (on
-    digits, 1,437 images, 3 epochs, ``mesu`` keeps task 1 at 17.2 % at ``B = 100``, 45 steps, and reaches 94.2 % at
+    digits, 1,437 images, 3 epochs, the ``mesu`` model kind, 10 weight samples a step, keeps task 1 at 17.2 % at ``B = 100``, 45 steps, and reaches 94.2 % at
     ``B = 32``; a larger clip diverged). The other settings are unchanged, and ``B = 1`` changes nothing. The window
     ``N`` must stay at least one step: ``N >= B``. An epoch's last batch, where ``B`` does not divide the samples, holds
     fewer and is stepped with the same settings (its mean gradient weighed as ``B`` samples'); the command line

@@ -57,6 +57,7 @@ from metaspike.continual.schedulers import (
 from metaspike.diagnostics import consolidated_fractions, flip_rates, hidden_weight_histograms, sign_snapshot
 from metaspike.distributed import start_alike, world
 from metaspike.population_statistics import evaluates_with_batch_statistics
+from metaspike.rules import get_rule, is_plain
 from metaspike.training import (
     Plugin,
     TrainingDiverged,
@@ -68,7 +69,7 @@ from metaspike.training import (
 )
 
 __all__ = ["TrainerConfig", "ContinualResult", "RunLog", "ContinualTrainer", "OPTIMIZER_MODES", "CHECKPOINT_FORMAT",
-           "LAST_EVALUATED", "evaluated_tasks", "run_identity", "RESULT_SETTINGS"]
+           "LAST_EVALUATED", "evaluated_tasks", "run_identity", "RESULT_SETTINGS", "applied_optimizer_mode"]
 
 OPTIMIZER_MODES = ("per-task", "shared")
 #: An evaluation on a budget always covers this many most recently trained tasks.
@@ -117,7 +118,9 @@ class TrainerConfig:
         batchnorm: ``"per-task"`` (BatchNorm state saved after each task and restored to evaluate
             it, the paper's setting, where the scenario allows it: :attr:`Scenario.per_task_batchnorm`; a
             class-incremental split or a stream evaluates with the shared state) or ``"shared"``.
-        optimizer: ``"per-task"`` (a new optimizer for each task) or ``"shared"`` (one for all).
+        optimizer: ``"per-task"`` (a new optimizer for each task, so a consolidation rule's state, switch's or
+            cascade's, starts anew with each: :meth:`ContinualTrainer.fit` warns) or ``"shared"`` (one for all); a
+            scenario without task boundaries trains one (:func:`applied_optimizer_mode`).
         seed: seeds the batch order.
         eval_batch_size: evaluation batch size (BatchNorm without running statistics normalises
             with the statistics of each evaluated batch, drawn in a fixed random order:
@@ -284,6 +287,19 @@ RESULT_SETTINGS = ("epochs", "batch_size", "batchnorm", "optimizer", "seed", "ev
 _LISTED_TASK_NAMES = 1000  # a longer stream is named by its first and last tasks
 
 
+def applied_optimizer_mode(mode: str, scenario: Scenario) -> str:
+    """The optimizer mode a run of ``scenario`` with ``TrainerConfig(optimizer=mode)`` trains with: ``mode``, except
+    on a scenario without task boundaries (a stream), which one optimizer trains (``"shared"``).
+
+    Example:
+        >>> from metaspike.data import load_dataset
+        >>> from metaspike.continual.scenarios import stream
+        >>> applied_optimizer_mode("per-task", stream(load_dataset("digits"), load_dataset("digits", "test"), 2))
+        'shared'
+    """
+    return mode if scenario.task_boundaries else "shared"
+
+
 def run_identity(scenario: Scenario, config: TrainerConfig) -> dict[str, Any]:
     """What a checkpoint records of the run it belongs to: a SHA-256 of the scenario (name, definition, tasks) and
     the trainer settings that change its numbers (:data:`RESULT_SETTINGS`), so that a resume on another stream (the
@@ -345,6 +361,31 @@ def _load_saved_optimizer(optimizer: Optimizer, optimizer_state: tuple[Any, Any]
                     for inner in settings]
     load_part("optimizer", optimizer, saved)
     check_optimizer_state(optimizer, settings)
+
+
+def _rules_keeping_state(optimizer: Optimizer) -> list[str]:
+    """The names of the consolidation rules that ``optimizer``'s param groups apply (a group with a ``rule``, where its
+    ``meta`` does not make it the plain optimizer) and that keep state across steps (a state record with fields)."""
+    names = set()
+    for group in optimizer.param_groups:
+        if "rule" not in group or "meta" not in group:  # (not a metaplastic optimizer's group)
+            continue
+        rule = get_rule(group["rule"])
+        if not is_plain(rule, group["meta"]) and getattr(rule.state_type(), "_fields", ()):
+            names.add(rule.name)
+    return sorted(names)
+
+
+def _warn_if_rule_state_restarts(optimizer: Optimizer) -> None:
+    """One ``RuntimeWarning`` where ``optimizer``, the first of a run that makes a new one for each task, applies a
+    consolidation rule that keeps state across steps: that state lives in the optimizer state, so it starts anew with
+    each task's optimizer."""
+    names = _rules_keeping_state(optimizer)
+    if names:
+        warnings.warn(f"consolidation rule {', '.join(map(repr, names))} keeps state across steps (in the optimizer "
+                      "state), which starts anew with each task's optimizer under optimizer='per-task' "
+                      "(--optimizer per-task); optimizer='shared' (--optimizer shared) keeps it across tasks",
+                      RuntimeWarning, stacklevel=3)
 
 
 def _check_finite_weights(model: nn.Module, task: int) -> None:
@@ -634,15 +675,20 @@ class ContinualTrainer:
         start = time.perf_counter() - result.seconds
         optimizer = scheduler = None
         count = len(scenario.tasks)
+        per_task = applied_optimizer_mode(cfg.optimizer, scenario) == "per-task"
+        restarts = per_task and count > 1  # (a new optimizer for each task)
         not_evaluated = (math.nan,) * len(result.task_names)  # one row for every task without an evaluation
         for i in range(first_task, count):
             task = scenario.tasks[i]
             epoch = first_epoch if i == first_task else 0
             if i > 0 and made_when_reached(scenario.tasks):  # (the others were checked before training)
                 self._check(task)
-            new_task = epoch == 0 and cfg.optimizer == "per-task" and scenario.task_boundaries
+            new_task = epoch == 0 and per_task
             if optimizer is None or new_task:
+                first = optimizer is None
                 optimizer = self._new_optimizer()
+                if first and restarts:
+                    _warn_if_rule_state_restarts(optimizer)
                 scheduler = self._new_scheduler(optimizer)
                 if optimizer_state is not None:  # (at a task boundary a new optimizer starts, but the saved one must
                     # have been built with this run's settings: it is loaded into a copy that is then dropped)

@@ -40,6 +40,11 @@ class CascadeRule:
 
     With ``leak = 0`` the total ``Σ_k C_k u_k`` changes by exactly ``-update`` per step.
 
+    The deep variables live in the optimizer state: under :class:`~metaspike.continual.TrainerConfig`'s
+    ``optimizer="per-task"`` (the default, and the CLI's ``--optimizer per-task``) they start anew, at rest at ``W_h``,
+    with each task's optimizer (the trainer warns); ``optimizer="shared"`` (``--optimizer shared``) keeps them across
+    tasks.
+
     Args:
         n: number of variables, ``>= 2``.
         leak: conductance from the last variable to zero, ``>= 0`` (``0``: a closed chain).
