@@ -45,7 +45,7 @@ from metaspike.rules import (
 )
 from metaspike.synapse import is_hidden_weight, weight_matrices
 
-__all__ = ["MetaplasticAdam", "metaplastic", "param_groups", "consolidates", "check_before_step"]
+__all__ = ["MetaplasticAdam", "metaplastic", "param_groups", "consolidates", "applies_rule", "check_before_step"]
 
 FUSED_MIN_NUMEL = 1 << 18
 """With ``fused=None``, weight matrices with at least this many entries get the compiled step."""
@@ -67,7 +67,7 @@ def consolidates(param: Tensor, group: dict[str, Any]) -> bool:
 
 
 def warn_at_first_step_if_nothing_consolidated(optimizer: Optimizer) -> None:
-    """At the end of the optimizer's first step, warn when some group asks for consolidation (:func:`_applies_rule`)
+    """At the end of the optimizer's first step, warn when some group asks for consolidation (:func:`applies_rule`)
     but no parameter is consolidated (a model that was not binarized: ``meta`` would then change nothing, silently).
     Checked then, not when the optimizer is made nor before the step's closure: a binary layer whose parameters were
     replaced by hand marks its hidden weight again on its forward pass.
@@ -95,7 +95,7 @@ def warn_at_first_step_if_nothing_consolidated(optimizer: Optimizer) -> None:
 
 
 def _warn_if_nothing_consolidated(optimizer: Optimizer) -> None:
-    asks = any(_applies_rule(group) for group in optimizer.param_groups)
+    asks = any(applies_rule(group) for group in optimizer.param_groups)
     if asks and not any(consolidates(p, group) for group in optimizer.param_groups for p in group["params"]):
         warnings.warn(
             "meta != 0 (or a rule that acts at meta = 0) but the optimizer consolidates nothing: none of its "
@@ -107,9 +107,14 @@ def _warn_if_nothing_consolidated(optimizer: Optimizer) -> None:
         )
 
 
-def _applies_rule(group: dict[str, Any]) -> bool:
+def applies_rule(group: dict[str, Any]) -> bool:
     """Whether ``group``'s rule acts on its consolidated parameters: not where its ``meta`` is 0 and its rule is then
-    the plain optimizer (:func:`metaspike.rules.is_plain`), which the optimizers step as it is."""
+    the plain optimizer (:func:`metaspike.rules.is_plain`), which the optimizers step as it is.
+
+    Example:
+        >>> applies_rule({"rule": "tanh", "meta": 0.0}), applies_rule({"rule": "tanh", "meta": 1.35})
+        (False, True)
+    """
     return not is_plain(get_rule(group["rule"]), group["meta"])
 
 
@@ -435,7 +440,7 @@ class MetaplasticAdam(Optimizer):
             if any(p.grad.is_sparse for p in params):
                 raise RuntimeError("MetaplasticAdam does not support sparse gradients")
             _check_state_follows(self.state, params)
-            if _applies_rule(group) and any(p.is_complex() and consolidates(p, group) for p in params):
+            if applies_rule(group) and any(p.is_complex() and consolidates(p, group) for p in params):
                 raise ValueError("MetaplasticAdam consolidates real hidden weights; a complex parameter has no sign to "
                                  "keep: put it in a group with consolidate=False")
 
@@ -454,7 +459,7 @@ class MetaplasticAdam(Optimizer):
         self.check_step()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            applies = _applies_rule(group)
+            applies = applies_rule(group)
             consolidated = [applies and consolidates(p, group) for p in params]
             for param in _pick(params, consolidated, True):
                 _metaplastic_step_(param, self._init_state(param), group)
@@ -654,7 +659,7 @@ def metaplastic(
         before.clear()
         for group in optimizer.param_groups:
             _check_edited_consolidation(group)
-            if _applies_rule(group):
+            if applies_rule(group):
                 for p in group["params"]:
                     if consolidates(p, group):
                         before[p] = p.detach().clone()

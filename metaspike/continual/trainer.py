@@ -56,8 +56,9 @@ from metaspike.continual.schedulers import (
 )
 from metaspike.diagnostics import consolidated_fractions, flip_rates, hidden_weight_histograms, sign_snapshot
 from metaspike.distributed import start_alike, world
+from metaspike.optim import applies_rule
 from metaspike.population_statistics import evaluates_with_batch_statistics
-from metaspike.rules import get_rule, is_plain
+from metaspike.rules import get_rule
 from metaspike.training import (
     Plugin,
     TrainingDiverged,
@@ -370,9 +371,10 @@ def _rules_keeping_state(optimizer: Optimizer) -> list[str]:
     for group in optimizer.param_groups:
         if "rule" not in group or "meta" not in group:  # (not a metaplastic optimizer's group)
             continue
-        rule = get_rule(group["rule"])
-        if not is_plain(rule, group["meta"]) and getattr(rule.state_type(), "_fields", ()):
-            names.add(rule.name)
+        if applies_rule(group):
+            rule = get_rule(group["rule"])
+            if getattr(rule.state_type(), "_fields", ()):
+                names.add(rule.name)
     return sorted(names)
 
 
