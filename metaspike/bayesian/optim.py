@@ -257,9 +257,14 @@ class _DataGatedOptimizer(Optimizer):
             # the earlier groups were taken as hand-made tensors; beside synapses they are a model's other parameters
             _check_roles(type(self).__name__, self.roles, earlier, self.helper, True)
         _check_roles(type(self).__name__, self.roles, params, self.helper, marked)
+        self._check_tensors(params)
+        super().add_param_group({**param_group, "params": params})
+
+    def _check_tensors(self, params: list[Tensor]) -> None:
+        """A group's tensors: dense floating-point ones (:func:`_check_floating`), and what this rule asks of them
+        (:meth:`_check_params`)."""
         _check_floating(type(self).__name__, params)
         self._check_params(params)
-        super().add_param_group({**param_group, "params": params})
 
     def _check_params(self, params: list[Tensor]) -> None:
         """Checks of a group's tensors that only one rule has (none by default)."""
@@ -313,8 +318,7 @@ class _DataGatedOptimizer(Optimizer):
         """
         for group in self.param_groups:
             check_hyperparameters(self.rule, group)
-            _check_floating(type(self).__name__, group["params"])  # (a tensor appended to a group by hand since)
-            self._check_params(group["params"])
+            self._check_tensors(group["params"])  # (a tensor appended to a group by hand since)
         _refuse_non_finite_gradients(type(self).__name__, self.param_groups)
 
     def _update_group(self, group: dict[str, Any]) -> list[Tensor]:
