@@ -26,9 +26,10 @@ Biases (off by default) are not Bayesian; train them with any torch optimizer
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from bnn.layers import check_conv_geometry, check_widths
+from bnn.layers import check_conv_geometry, check_widths, factory_kwargs
 from metaspike.bayesian.synapses import SampledForward, make_bayesian
 
 __all__ = ["BayesianLinear", "BayesianConv2d", "BinaryBayesianLinear", "BinaryBayesianConv2d"]
@@ -45,6 +46,7 @@ class BayesianLinear(SampledForward, nn.Linear):
             ensemble predicts better (BiMU on the 100-task stream: 5 → 100 samples added about 4 points).
         sigma_init: initial width ``σ`` (``μ`` keeps ``nn.Linear``'s initialisation).
         evaluation: ``"mode"`` (evaluation shows ``μ``) or ``"sample"``.
+        device, dtype: where the parameters live and their floating-point type, as in ``nn.Linear``.
 
     Example:
         >>> import torch
@@ -63,9 +65,11 @@ class BayesianLinear(SampledForward, nn.Linear):
         evaluation_samples: int | None = None,
         sigma_init: float = 0.1,
         evaluation: str = "mode",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         in_features, out_features = check_widths(in_features=in_features, out_features=out_features)
-        super().__init__(in_features, out_features, bias=bias)
+        super().__init__(in_features, out_features, bias=bias, **factory_kwargs(device, dtype))
         self._set_samples(samples, evaluation_samples)
         make_bayesian(self, "mesu", sigma_init=sigma_init, evaluation=evaluation)
 
@@ -97,10 +101,13 @@ class BayesianConv2d(SampledForward, nn.Conv2d):
         evaluation_samples: int | None = None,
         sigma_init: float = 0.1,
         evaluation: str = "mode",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         in_channels, out_channels = check_widths(in_channels=in_channels, out_channels=out_channels)
         check_conv_geometry(kernel_size, stride, padding, dilation)
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
+                         **factory_kwargs(device, dtype))
         self._set_samples(samples, evaluation_samples)
         make_bayesian(self, "mesu", sigma_init=sigma_init, evaluation=evaluation)
 
@@ -119,6 +126,7 @@ class BinaryBayesianLinear(SampledForward, nn.Linear):
         evaluation: ``"mode"`` (evaluation shows ``sign(λ)``) or ``"sample"`` (a Bernoulli sample).
         scale: learned output gain (``"channel"``, ``"layer"``; default ``None``, as for
             :class:`bnn.BinaryLinear`: a following normalisation sets the scale).
+        device, dtype: where the parameters live and their floating-point type, as in ``nn.Linear``.
 
     Example:
         >>> layer = BinaryBayesianLinear(8, 3).eval()
@@ -138,9 +146,11 @@ class BinaryBayesianLinear(SampledForward, nn.Linear):
         temperature: float = 1.0,
         evaluation: str = "mode",
         scale: str | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         in_features, out_features = check_widths(in_features=in_features, out_features=out_features)
-        super().__init__(in_features, out_features, bias=bias)
+        super().__init__(in_features, out_features, bias=bias, **factory_kwargs(device, dtype))
         self._set_samples(samples, evaluation_samples)
         make_bayesian(self, "bimu", lambda_init=lambda_init, temperature=temperature, evaluation=evaluation, scale=scale)
 
@@ -174,9 +184,12 @@ class BinaryBayesianConv2d(SampledForward, nn.Conv2d):
         temperature: float = 1.0,
         evaluation: str = "mode",
         scale: str | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         in_channels, out_channels = check_widths(in_channels=in_channels, out_channels=out_channels)
         check_conv_geometry(kernel_size, stride, padding, dilation)
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
+                         **factory_kwargs(device, dtype))
         self._set_samples(samples, evaluation_samples)
         make_bayesian(self, "bimu", lambda_init=lambda_init, temperature=temperature, evaluation=evaluation, scale=scale)

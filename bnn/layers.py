@@ -206,6 +206,27 @@ def check_widths(**widths: object) -> tuple[int, ...]:
     return tuple(int(v) for v in widths.values())  # type: ignore[call-overload]
 
 
+def factory_kwargs(device: object, dtype: object) -> dict[str, object]:
+    """A layer's ``device`` and ``dtype`` arguments as ``nn.Linear``/``nn.Conv2d`` take them: a device (or its name)
+    or ``None``, a floating-point dtype or ``None``, else one line naming the argument (torch's errors came from
+    inside its parameter initialisation).
+
+    Example:
+        >>> factory_kwargs("cpu", torch.float64)
+        {'device': device(type='cpu'), 'dtype': torch.float64}
+    """
+    if device is not None:
+        try:
+            device = torch.device(device)  # type: ignore[arg-type]
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device must be a torch.device, a device name such as 'cpu' or 'cuda:0', or None, got "
+                             f"{device!r}") from None
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch.dtype (torch.float32, torch.float64, torch.bfloat16, "
+                         f"torch.float16) or None, got {dtype!r}")
+    return {"device": device, "dtype": dtype}
+
+
 def check_conv_geometry(kernel_size: object, stride: object, padding: object, dilation: object) -> None:
     """A 2-D convolution's ``kernel_size``, ``stride`` and ``dilation`` (an int >= 1 or two), and ``padding`` (an int
     >= 0, two, ``"same"`` or ``"valid"``), else one line naming the argument (torch found out in the forward pass,
@@ -239,6 +260,7 @@ class BinaryLinear(_BinaryWeights, nn.Linear):
             torch's init): ``"channel"``, ``"layer"`` or ``None`` (none: for a layer followed by BatchNorm).
         precision: ``"float32"`` (default) or ``"bfloat16"``: the precision of the backward products
             (input and weight gradients) of large layers; see :mod:`bnn.binary_linear`.
+        device, dtype: where the parameters live and their floating-point type, as in ``nn.Linear`` (keyword only).
 
     Example:
         >>> layer = BinaryLinear(784, 256)
@@ -256,9 +278,12 @@ class BinaryLinear(_BinaryWeights, nn.Linear):
         init_width: float | None = 0.1,
         precision: str = "float32",
         scale: str | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         in_features, out_features = check_widths(in_features=in_features, out_features=out_features)
-        super().__init__(in_features, out_features, bias=_check_bias(bias))
+        super().__init__(in_features, out_features, bias=_check_bias(bias), **factory_kwargs(device, dtype))
         self._setup(weight_quantizer, input_quantizer, init_width, scale)
         self.precision = precision
 
@@ -283,7 +308,7 @@ class BinaryLinear(_BinaryWeights, nn.Linear):
 class BinaryConv2d(_BinaryWeights, nn.Conv2d):
     """``nn.Conv2d`` whose forward pass uses ``sign(W_h)``: ``nn.Conv2d``'s arguments in its order (``stride``,
     ``padding``, ``dilation``, ``groups``, ``bias`` (off by default), ``padding_mode``), then those of
-    :class:`BinaryLinear`, by keyword only. For Conv1d, Conv3d or transposed convolutions, :func:`metaspike.binarize`
+    :class:`BinaryLinear` (``device`` and ``dtype`` among them), by keyword only. For Conv1d, Conv3d or transposed convolutions, :func:`metaspike.binarize`
     an ``nn`` layer.
 
     Example:
@@ -310,11 +335,14 @@ class BinaryConv2d(_BinaryWeights, nn.Conv2d):
         input_quantizer: str | Quantizer | None = None,
         init_width: float | None = 0.1,
         scale: str | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         in_channels, out_channels = check_widths(in_channels=in_channels, out_channels=out_channels)
         check_conv_geometry(kernel_size, stride, padding, dilation)
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
-                         groups=groups, bias=_check_bias(bias), padding_mode=padding_mode)
+                         groups=groups, bias=_check_bias(bias), padding_mode=padding_mode,
+                         **factory_kwargs(device, dtype))
         self._setup(weight_quantizer, input_quantizer, init_width, scale)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -95,6 +95,12 @@ def _compile_failed(err: Exception) -> bool:
     return isinstance(err, (torch._dynamo.exc.TorchDynamoException, AssertionError, IndexError))
 
 
+def _fn_raised_while_traced(err: Exception) -> bool:
+    """Whether ``err`` is torch's compiler reporting that tracing reached a ``raise`` in the function itself (an
+    error of a user's rule, a refused argument) before any of it ran: the function would raise that in eager too."""
+    return isinstance(err.__cause__, torch._dynamo.exc.ObservedException)
+
+
 def _first_line(err: BaseException) -> str:
     """``err`` in one line: its class and its message's first line, of the error inside where torch's compiler
     wrapped one (``backend='inductor' raised:`` tells nothing)."""
@@ -125,7 +131,9 @@ class LazyCompiled:
 
     No call runs ``fn`` twice (``fn`` may change its arguments in place): it runs eagerly only where the compiler
     failed before any of it ran, its own warning comes before that run (so a warnings-as-errors setting stops the
-    call before anything changed), and torch's own warnings while it compiles are shown, never raised.
+    call before anything changed), and torch's own warnings while it compiles are shown, never raised. Where the
+    trace met a ``raise`` of ``fn`` itself (a user's rule refusing its input), the call runs ``fn`` eagerly, which
+    raises that error as eager code would, and later calls are compiled as before.
 
     Example:
         >>> double = LazyCompiled(lambda x: 2 * x, "doubling")  # nothing is compiled yet
@@ -177,6 +185,8 @@ class LazyCompiled:
                                    "calls run it eagerly)") from None
             if not _compile_failed(err):  # (an error of the compiled code while it ran: fn's own)
                 raise
+            if _fn_raised_while_traced(err):
+                return self._run_where_fn_raised(err, args, kwargs)
             return self._fall_back(err, args, kwargs)
         self.last_call_eager = False
         return result
@@ -202,6 +212,16 @@ class LazyCompiled:
                           "variants run eagerly (slower)", RuntimeWarning, stacklevel=3)
         self._eager_signatures.add(_signature((args, kwargs)))
         return self.fn(*args, **kwargs)
+
+    def _run_where_fn_raised(self, err: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``fn`` run eagerly where its trace met a ``raise`` of its own, so that the caller gets ``fn``'s own error,
+        and later calls are compiled again (the error was the function's, not the compiler's). Should ``fn`` return
+        instead (the raise was the trace's alone), it runs eagerly from now on, warned after this call."""
+        result = self.fn(*args, **kwargs)
+        self.broken = True
+        warnings.warn(f"torch.compile of the {self.what} failed ({_first_line(err)}) where the eager run does "
+                      "not; running it eagerly (slower) from now on", RuntimeWarning, stacklevel=3)
+        return result
 
     def _fall_back(self, err: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``fn`` run eagerly, now and from now on, after its compile failed with ``err`` before any of it ran. The

@@ -124,7 +124,8 @@ class OutputGain(nn.Module):
         self.scale = scale
         self.layer_name = layer_name
         self.alpha = nn.Parameter(alpha.clone())
-        self._start_size = float(alpha.abs().max()) if alpha.numel() else 0.0
+        self._start_size = (float(alpha.abs().max()) if alpha.numel() and alpha.device.type != "meta"
+                            else 0.0)  # (0: the growth check is off; a meta tensor holds no values)
         self._growth_seen_version = self.alpha._version
         self._updates_unchecked = 0
         self._growth_warned = False

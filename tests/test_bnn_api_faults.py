@@ -214,3 +214,40 @@ def test_population_statistics_skip_a_batchnorm_the_forward_pass_never_reaches_a
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a model whose forward pass reaches every BatchNorm: no warning
         bnn.use_population_statistics(bnn.MLP([16, 8, 2]), x)
+
+
+# --- device and dtype -----------------------------------------------------------------------------------------------
+
+_LAYERS_WITH_FACTORY_ARGUMENTS = {
+    "BinaryLinear": lambda **kw: bnn.BinaryLinear(6, 3, scale="channel", **kw),
+    "BinaryConv2d": lambda **kw: bnn.BinaryConv2d(2, 3, 3, scale="layer", **kw),
+    "BayesianLinear": lambda **kw: bnn.BayesianLinear(6, 3, **kw),
+    "BayesianConv2d": lambda **kw: bnn.BayesianConv2d(2, 3, 3, **kw),
+    "BinaryBayesianLinear": lambda **kw: bnn.BinaryBayesianLinear(6, 3, scale="channel", **kw),
+    "BinaryBayesianConv2d": lambda **kw: bnn.BinaryBayesianConv2d(2, 3, 3, **kw),
+}
+
+
+@pytest.mark.parametrize("name", _LAYERS_WITH_FACTORY_ARGUMENTS)
+def test_every_layer_takes_nn_linears_device_and_dtype(name):
+    """The layers took no device or dtype: a float64 or meta-device model had to be built in float32 on the CPU and
+    moved, unlike an nn.Linear."""
+    layer = _LAYERS_WITH_FACTORY_ARGUMENTS[name](dtype=torch.float64)
+    assert {p.dtype for p in layer.parameters()} == {torch.float64}
+    x = torch.randn(4, 6, dtype=torch.float64) if "Linear" in name else torch.randn(4, 2, 5, 5, dtype=torch.float64)
+    out = layer(x)
+    out.sum().backward()
+    assert out.dtype == torch.float64 and all(p.grad.dtype == torch.float64 for p in layer.parameters())
+    if "Bayesian" not in name:  # (Bayesian synapses are made from a weight's values: they refuse the meta device)
+        assert {p.device.type for p in _LAYERS_WITH_FACTORY_ARGUMENTS[name](device="meta").parameters()} == {"meta"}
+
+
+@pytest.mark.parametrize("argument, value, named", [
+    ("dtype", torch.int8, "dtype must be a floating-point torch.dtype"),
+    ("dtype", "float64", "dtype must be a floating-point torch.dtype"),
+    ("device", "gpu0", "device must be a torch.device"),
+    ("device", 2.5, "device must be a torch.device")])
+@pytest.mark.parametrize("name", _LAYERS_WITH_FACTORY_ARGUMENTS)
+def test_a_wrong_device_or_dtype_is_one_line_naming_it(name, argument, value, named):
+    with pytest.raises(ValueError, match=named):
+        _LAYERS_WITH_FACTORY_ARGUMENTS[name](**{argument: value})

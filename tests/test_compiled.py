@@ -179,3 +179,26 @@ def test_a_first_compile_under_python_w_error_compiles():
             "assert torch.equal(x, torch.ones(3)) and not lazy.last_call_eager, (x, lazy.last_call_eager)\n")
     done = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.usefixtures("working_compiler")
+def test_an_error_raised_by_the_function_itself_reaches_the_caller_and_later_calls_stay_compiled():
+    """A user's rule refusing its input raised its own error once, but marked the update broken: every later step of
+    the process ran eagerly (slower) without a word."""
+    refuse = {"now": True}
+
+    def add_one_unless_refused(x: torch.Tensor) -> torch.Tensor:
+        if refuse["now"]:
+            raise ValueError("this rule refuses the step")
+        return _add_one_(x)
+
+    lazy = LazyCompiled(add_one_unless_refused, "test function")
+    x = torch.zeros(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no warning: the error is the function's own)
+        with pytest.raises(ValueError, match="this rule refuses the step"):
+            lazy(x)
+    assert torch.equal(x, torch.zeros(3)) and not lazy.broken
+    refuse["now"] = False
+    assert torch.equal(lazy(x), torch.full((3,), 2.0)) and torch.equal(x, torch.ones(3))
+    assert not lazy.broken and not lazy.last_call_eager

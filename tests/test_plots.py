@@ -154,3 +154,12 @@ def test_a_comparison_keeps_its_legend_off_the_bars_and_says_when_one_seed_measu
     assert bottom.get_ylabel().endswith("mean ± std over seeds" if spread else "one seed")
     bars = [container for container in bottom.containers if isinstance(container, BarContainer)]
     assert len(bars) == 5 and all((container.errorbar is not None) == spread for container in bars)
+
+
+def test_a_reproductions_float_dnn_and_joint_runs_are_titled_as_what_they_trained():
+    """A reproduction's DNN run was titled "bnn, meta = 0.0": its config.json describes the BNN its method replaces."""
+    dnn = {"scenario": "permuted", "model": "bnn", "meta": 0.0, "method": {"label": "DNN", "dnn": True}}
+    joint = {"scenario": "permuted", "model": "bnn", "meta": 0.0, "method": {"label": "joint", "joint": True}}
+    assert plots._run_title(dnn, "run") == "permuted, float DNN"
+    assert plots._run_title(joint, "run") == "permuted, bnn, meta = 0.0, all tasks at once"
+    assert plots._run_title({"scenario": "permuted", "model": "bnn", "meta": 1.35}, "run") == "permuted, bnn, meta = 1.35"

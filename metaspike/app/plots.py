@@ -125,17 +125,22 @@ def _shown(value: Any) -> str:
 
 def _run_title(config: dict[str, Any], run_dir: str | os.PathLike) -> str:
     """``scenario`` (with a split's class mode), ``model``, and the metaplasticity ``meta`` and the consolidation rule
-    (where it is not the default) where the model's optimizer uses them."""
+    (where it is not the default) where the model's optimizer uses them; a reproduction's float DNN or joint run
+    (its ``"method"``, :data:`~metaspike.app.runs.BUILT_BY_REPRODUCE`) says so, not what its settings describe."""
     model = config.get("model", "?")
     if not isinstance(model, str):
         raise ValueError(f"{Path(run_dir) / 'config.json'}: 'model' must be a string, got {_shown(repr(model))}")
+    method = config.get("method") if isinstance(config.get("method"), dict) else {}
     try:
-        uses_meta = optimizer_kind(model) == "metaplastic-adam"
+        uses_meta = optimizer_kind(model) == "metaplastic-adam" and not method.get("dnn")
     except ValueError:  # a model kind this version does not know: show what the config says
         uses_meta = True
+    if method.get("dnn"):
+        model = "float DNN"
     rule = config.get("rule")
     rule_part = f", rule {_shown(rule)}" if uses_meta and rule not in (None, DEFAULT_RULE) else ""
     meta = f", meta = {_shown(config.get('meta', '?'))}{rule_part}" if uses_meta else ""
+    meta += ", all tasks at once" if method.get("joint") else ""
     mode = config.get("split_mode", "task")
     scenario = _shown(config.get("scenario", "run")) + (f" ({_shown(mode)})" if config.get("scenario") == "split"
                                                         and mode != "task" else "")
