@@ -45,7 +45,8 @@ from metaspike.rules import (
 )
 from metaspike.synapse import is_hidden_weight, weight_matrices
 
-__all__ = ["MetaplasticAdam", "metaplastic", "param_groups", "consolidates", "applies_rule", "check_before_step"]
+__all__ = ["MetaplasticAdam", "metaplastic", "param_groups", "consolidates", "applies_rule", "check_before_step",
+           "inherit_rule_states"]
 
 FUSED_MIN_NUMEL = 1 << 18
 """With ``fused=None``, weight matrices with at least this many entries get the compiled step."""
@@ -411,6 +412,7 @@ class MetaplasticAdam(Optimizer):
             state["step"] = torch.tensor(0.0, dtype=torch.float32)
             state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            _take_inherited_rule_state(self, param, state)
         return state
 
     def check_step(self) -> None:
@@ -676,6 +678,7 @@ def metaplastic(
                 if old is None or p.grad is None:  # (the inner step skipped a weight without a gradient)
                     continue
                 state = opt.state[p]
+                _take_inherited_rule_state(opt, p, state)
                 with user_rule_errors(rule):
                     result = rule.step(old, old - p, group["meta"], state_from_dict(rule, old, state.get("rule_state")))
                 update, new_state = checked_step(rule, result, old)
@@ -693,6 +696,66 @@ def metaplastic(
     optimizer.__class__ = _copied_with_hooks(type(optimizer))
     warn_at_first_step_if_nothing_consolidated(optimizer)
     return optimizer
+
+
+_INHERITED = "_metaspike_inherited_rule_states"
+"""The attribute of an optimizer that holds the rule states :func:`inherit_rule_states` handed it, by parameter, until
+its first step of each parameter takes them."""
+
+
+def _parts(optimizer: Optimizer) -> list[Optimizer]:
+    """The optimizers ``optimizer`` steps: those of a :class:`~metaspike.ChainedOptimizer` (its ``optimizers``), or
+    itself."""
+    parts = getattr(optimizer, "optimizers", None)
+    return list(parts) if isinstance(parts, list) else [optimizer]
+
+
+def _rules_by_param(optimizer: Optimizer) -> dict[Tensor, Any]:
+    """Each parameter of a metaplastic group of ``optimizer`` (or of its parts), with its group's rule as a record
+    (:func:`metaspike.rules.rule_record`: equal for the same rule with the same settings)."""
+    return {p: rule_record(get_rule(group["rule"])) for part in _parts(optimizer) for group in part.param_groups
+            if "rule" in group and "meta" in group for p in group["params"]}
+
+
+def inherit_rule_states(optimizer: Optimizer, previous: Optimizer) -> int:
+    """Hand ``optimizer`` the consolidation rules' states (``"rule_state"``) that ``previous`` keeps, for each parameter
+    both train under the same rule with the same settings; returns how many it handed on.
+
+    A rule's state is the synapse's own (switch's counters, cascade's chain), while Adam's moments are the optimizer's:
+    a new optimizer made for a new task (as the continual trainer's ``optimizer="per-task"`` does) continues each
+    synapse's state instead of starting it anew. ``optimizer`` takes a state at its first step of the parameter (a
+    torch optimizer makes a parameter's state there); a state ``previous`` was handed and never took passes on as
+    well. Either may be a :class:`~metaspike.ChainedOptimizer`.
+
+    Example:
+        >>> w = torch.nn.Parameter(torch.randn(4, 3))
+        >>> old = MetaplasticAdam([{"params": [w], "consolidate": True}], meta=1.0, rule="switch")
+        >>> w.grad = torch.ones_like(w); old.step()
+        >>> new = MetaplasticAdam([{"params": [w], "consolidate": True}], meta=1.0, rule="switch")
+        >>> inherit_rule_states(new, old)
+        1
+    """
+    wanted, before = _rules_by_param(optimizer), _rules_by_param(previous)
+    handed: dict[Tensor, dict[str, Tensor]] = {}
+    for part in _parts(previous):
+        pending = getattr(part, _INHERITED, {})
+        for p, rule in wanted.items():
+            stored = part.state[p].get("rule_state") if p in part.state else pending.get(p)
+            if stored and p in before and before[p] == rule:
+                handed[p] = {name: value.clone() for name, value in stored.items()}  # (never shared by the two)
+    for part in _parts(optimizer):
+        own = {p for group in part.param_groups for p in group["params"]}
+        setattr(part, _INHERITED, {p: state for p, state in handed.items() if p in own})
+    return len(handed)
+
+
+def _take_inherited_rule_state(optimizer: Optimizer, param: Tensor, state: dict[str, Any]) -> None:
+    """Put the rule state :func:`inherit_rule_states` handed ``optimizer`` for ``param`` into its ``state`` (once, where
+    the state holds none of its own)."""
+    inherited = getattr(optimizer, _INHERITED, None)
+    if inherited and param in inherited:
+        stored = inherited.pop(param)
+        state.setdefault("rule_state", stored)
 
 
 def _after_the_closure(then: Callable[[], None], args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:

@@ -558,3 +558,52 @@ def test_a_fused_step_with_compiling_switched_off_is_one_eager_step(switch_off):
     for key in ("exp_avg", "exp_avg_sq"):
         assert torch.equal(steps[0].state[fused][key], steps[1].state[plain][key]), key
     assert torch.equal(steps[0].state[fused]["exp_avg"], torch.full_like(fused, 0.1))  # (1 - beta1) * 1, once
+
+
+def _stepped_switch(params, rule="switch", steps=3):
+    """A MetaplasticAdam over ``params`` (consolidated) under ``rule``, stepped ``steps`` times on fixed gradients."""
+    opt = MetaplasticAdam([{"params": params, "consolidate": True}], lr=0.01, meta=1.0, rule=rule)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()
+    return opt
+
+
+def test_inherit_rule_states_hands_on_only_the_same_rule_with_the_same_settings_and_never_shares_tensors():
+    from metaspike.optim import inherit_rule_states
+    from metaspike.rules import CascadeRule
+
+    w = torch.nn.Parameter(torch.randn(5, 4))
+    old = _stepped_switch([w])
+    new = MetaplasticAdam([{"params": [w], "consolidate": True}], lr=0.01, meta=1.0, rule="switch")
+    assert inherit_rule_states(new, old) == 1
+    w.grad = torch.ones_like(w)
+    new.step()
+    assert int(new.state[w]["step"]) == 1  # (Adam's moments start anew)
+    handed = old.state[w]["rule_state"]["run"]
+    assert new.state[w]["rule_state"]["run"].data_ptr() != handed.data_ptr()
+    assert torch.equal(new.state[w]["rule_state"]["run"], handed + 1)  # (the run of same-sign updates goes on)
+
+    other = MetaplasticAdam([{"params": [w], "consolidate": True}], lr=0.01, meta=1.0, rule=CascadeRule(n=3))
+    assert inherit_rule_states(other, _stepped_switch([w], rule=CascadeRule(n=2))) == 0  # (other settings)
+    assert inherit_rule_states(other, old) == 0  # (another rule)
+
+
+def test_inherit_rule_states_passes_on_through_an_optimizer_that_never_stepped_and_into_a_chain_and_a_wrapper():
+    from metaspike import ChainedOptimizer
+    from metaspike.optim import inherit_rule_states, metaplastic
+
+    a, b = torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(2, 2))
+    old = _stepped_switch([a, b])
+    idle = MetaplasticAdam([{"params": [a, b], "consolidate": True}], lr=0.01, meta=1.0, rule="switch")
+    assert inherit_rule_states(idle, old) == 2  # (a task in which it never stepped: still handed on below)
+    sgd = metaplastic(torch.optim.SGD([{"params": [a], "consolidate": True}], lr=0.01), meta=1.0, rule="switch")
+    adam = MetaplasticAdam([{"params": [b], "consolidate": True}], lr=0.01, meta=1.0, rule="switch")
+    chain = ChainedOptimizer(sgd, adam)
+    assert inherit_rule_states(chain, idle) == 2
+    for p in (a, b):
+        p.grad = torch.ones_like(p)
+    chain.step()
+    for p, opt in ((a, sgd), (b, adam)):
+        assert torch.equal(opt.state[p]["rule_state"]["run"], old.state[p]["rule_state"]["run"] + 1)

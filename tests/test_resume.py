@@ -778,3 +778,12 @@ def test_a_checkpoint_of_the_format_summed_before_repeats_were_marked_is_refused
                 CONFIG_KEY: "c"}, path)
     with pytest.raises(ValueError, match="format 'metaspike-checkpoint-2'.*'metaspike-checkpoint-3'.*start the run again"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("rule", ["switch", "cascade"])
+def test_a_rule_keeping_state_under_per_task_optimizers_resumes_at_a_task_boundary_to_the_same_numbers(rule):
+    """The rule's state goes on to each task's new optimizer; resumed at a task's start the new optimizer takes it from
+    the checkpoint's, so every resume gives the run's own numbers."""
+    config = RunConfig(datasets=("digits",), tasks=3, epochs=2, hidden=(16,), meta=(1.0,), rule=rule)
+    assert config.optimizer == "per-task"
+    assert _resumes_to_the_same_numbers(config) == 6  # (after each epoch of each task)

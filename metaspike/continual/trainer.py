@@ -56,9 +56,8 @@ from metaspike.continual.schedulers import (
 )
 from metaspike.diagnostics import consolidated_fractions, flip_rates, hidden_weight_histograms, sign_snapshot
 from metaspike.distributed import start_alike, world
-from metaspike.optim import applies_rule
+from metaspike.optim import inherit_rule_states
 from metaspike.population_statistics import evaluates_with_batch_statistics
-from metaspike.rules import get_rule
 from metaspike.training import (
     Plugin,
     TrainingDiverged,
@@ -119,9 +118,9 @@ class TrainerConfig:
         batchnorm: ``"per-task"`` (BatchNorm state saved after each task and restored to evaluate
             it, the paper's setting, where the scenario allows it: :attr:`Scenario.per_task_batchnorm`; a
             class-incremental split or a stream evaluates with the shared state) or ``"shared"``.
-        optimizer: ``"per-task"`` (a new optimizer for each task, so a consolidation rule's state, switch's or
-            cascade's, starts anew with each: :meth:`ContinualTrainer.fit` warns) or ``"shared"`` (one for all); a
-            scenario without task boundaries trains one (:func:`applied_optimizer_mode`).
+        optimizer: ``"per-task"`` (a new optimizer for each task: Adam's moments start anew, while a consolidation
+            rule's state, switch's or cascade's, goes on: :func:`metaspike.optim.inherit_rule_states`) or
+            ``"shared"`` (one for all); a scenario without task boundaries trains one (:func:`applied_optimizer_mode`).
         seed: seeds the batch order.
         eval_batch_size: evaluation batch size (BatchNorm without running statistics normalises
             with the statistics of each evaluated batch, drawn in a fixed random order:
@@ -362,32 +361,6 @@ def _load_saved_optimizer(optimizer: Optimizer, optimizer_state: tuple[Any, Any]
                     for inner in settings]
     load_part("optimizer", optimizer, saved)
     check_optimizer_state(optimizer, settings)
-
-
-def _rules_keeping_state(optimizer: Optimizer) -> list[str]:
-    """The names of the consolidation rules that ``optimizer``'s param groups apply (a group with a ``rule``, where its
-    ``meta`` does not make it the plain optimizer) and that keep state across steps (a state record with fields)."""
-    names = set()
-    for group in optimizer.param_groups:
-        if "rule" not in group or "meta" not in group:  # (not a metaplastic optimizer's group)
-            continue
-        if applies_rule(group):
-            rule = get_rule(group["rule"])
-            if getattr(rule.state_type(), "_fields", ()):
-                names.add(rule.name)
-    return sorted(names)
-
-
-def _warn_if_rule_state_restarts(optimizer: Optimizer) -> None:
-    """One ``RuntimeWarning`` where ``optimizer``, the first of a run that makes a new one for each task, applies a
-    consolidation rule that keeps state across steps: that state lives in the optimizer state, so it starts anew with
-    each task's optimizer."""
-    names = _rules_keeping_state(optimizer)
-    if names:
-        warnings.warn(f"consolidation rule {', '.join(map(repr, names))} keeps state across steps (in the optimizer "
-                      "state), which starts anew with each task's optimizer under optimizer='per-task' "
-                      "(--optimizer per-task); optimizer='shared' (--optimizer shared) keeps it across tasks",
-                      RuntimeWarning, stacklevel=3)
 
 
 def _check_finite_weights(model: nn.Module, task: int) -> None:
@@ -678,7 +651,6 @@ class ContinualTrainer:
         optimizer = scheduler = None
         count = len(scenario.tasks)
         per_task = applied_optimizer_mode(cfg.optimizer, scenario) == "per-task"
-        restarts = per_task and count > 1  # (a new optimizer for each task)
         not_evaluated = (math.nan,) * len(result.task_names)  # one row for every task without an evaluation
         for i in range(first_task, count):
             task = scenario.tasks[i]
@@ -687,17 +659,16 @@ class ContinualTrainer:
                 self._check(task)
             new_task = epoch == 0 and per_task
             if optimizer is None or new_task:
-                first = optimizer is None
-                optimizer = self._new_optimizer()
-                if first and restarts:
-                    _warn_if_rule_state_restarts(optimizer)
+                previous, optimizer = optimizer, self._new_optimizer()
                 scheduler = self._new_scheduler(optimizer)
                 if optimizer_state is not None:  # (at a task boundary a new optimizer starts, but the saved one must
-                    # have been built with this run's settings: it is loaded into a copy that is then dropped)
-                    saved_into = self._new_optimizer() if new_task else optimizer
-                    load_scheduler_record(scheduler if not new_task else self._new_scheduler(saved_into),
+                    # have been built with this run's settings: it is loaded into a copy whose rule states it takes)
+                    previous = self._new_optimizer() if new_task else None
+                    load_scheduler_record(scheduler if previous is None else self._new_scheduler(previous),
                                           scheduler_state)
-                    _load_saved_optimizer(saved_into, optimizer_state, scheduled=scheduler is not None)
+                    _load_saved_optimizer(optimizer if previous is None else previous, optimizer_state, scheduled=scheduler is not None)
+                if previous is not None:  # (the synapses' own state goes on; Adam's moments start anew)
+                    inherit_rule_states(optimizer, previous)
                 optimizer_state = scheduler_state = None
             due = (i + 1) % cfg.eval_every == 0 or i + 1 == count
             accuracies = self._train_task(scenario, i, epoch, optimizer, scheduler, generator, states, result, start,

@@ -40,10 +40,10 @@ class CascadeRule:
 
     With ``leak = 0`` the total ``Σ_k C_k u_k`` changes by exactly ``-update`` per step.
 
-    The deep variables live in the optimizer state: under :class:`~metaspike.continual.TrainerConfig`'s
-    ``optimizer="per-task"`` (the default, and the CLI's ``--optimizer per-task``) they start anew, at rest at ``W_h``,
-    with each task's optimizer (the trainer warns); ``optimizer="shared"`` (``--optimizer shared``) keeps them across
-    tasks.
+    The deep variables live in the optimizer state (``"rule_state"``): the continual trainer hands them on to each
+    task's new optimizer under ``optimizer="per-task"`` (:func:`metaspike.optim.inherit_rule_states`), so they span
+    the tasks in either of its modes; a new optimizer made by hand starts them anew, at rest at ``W_h``, unless given
+    them the same way.
 
     Args:
         n: number of variables, ``>= 2``.

@@ -38,10 +38,10 @@ class SwitchRule:
     updates pass. An update is damped according to the state *before* it. The draws come from one
     ``torch.Generator`` per parameter, seeded from ``seed`` and the parameter's shape and weights when its
     state is made (so two layers draw different numbers unless their weights are equal), whose state is
-    part of the rule's state, so runs (and resumed runs) repeat exactly. That state lives in the optimizer state:
-    under :class:`~metaspike.continual.TrainerConfig`'s ``optimizer="per-task"`` (the default, and the CLI's
-    ``--optimizer per-task``) it starts anew with each task's optimizer, so every synapse is plastic again at each task
-    (the trainer warns); ``optimizer="shared"`` (``--optimizer shared``) keeps it across tasks.
+    part of the rule's state, so runs (and resumed runs) repeat exactly. That state lives in the optimizer state
+    (``"rule_state"``): the continual trainer hands it on to each task's new optimizer under ``optimizer="per-task"``
+    (:func:`metaspike.optim.inherit_rule_states`), so a synapse consolidated in one task stays so in the next; a new
+    optimizer made by hand starts every synapse plastic again unless given the states the same way.
 
     Args:
         damping: factor in ``[0, 1]`` for a consolidated synapse's updates toward zero.
