@@ -225,7 +225,7 @@ def products_used(model: nn.Module, x: Tensor) -> list[str]:
 
     def record(layer: nn.Module, args: tuple[Tensor, ...]) -> None:
         used = product_used(args[0], layer)
-        seen.append(f"{layer.in_features}x{layer.out_features}: {used}{float32_libraries(layer, args[0], used)}"
+        seen.append(f"{layer.in_features}x{layer.out_features}: {used}{float32_libraries(args[0], used)}"
                     f"{exact_products(layer, args[0])}")
 
     hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, bnn.BinaryLinear)]
@@ -237,17 +237,11 @@ def products_used(model: nn.Module, x: Tensor) -> list[str]:
     return seen
 
 
-def float32_libraries(layer: nn.Module, x: Tensor, used: str) -> str:
-    """``" [float32 by oneDNN; backward: grad_input oneDNN, grad_weight torch.mm]"``: which library computes each
-    float32 product of ``layer`` in a training step on ``x`` (see :mod:`bnn.float32_products`); ``""`` for a layer
-    on ``F.linear``."""
-    if used == "F.linear":
-        return ""
-    m, k, n = x.shape[0], layer.in_features, layer.out_features
-    forward = f"float32 by {float32_library(x.device, 'forward', m, k, n)}; " if used == "float32" else ""
-    backward = [f"{product} {float32_library(x.device, product, m, k, n)}"
-                for product, needed in (("grad_input", x.requires_grad), ("grad_weight", True)) if needed]
-    return f" [{forward}backward: {', '.join(backward)}]"
+def float32_libraries(x: Tensor, used: str) -> str:
+    """``" [float32 by oneDNN]"``: which library computes the float32 products of a layer on ``x`` in a training step
+    (its forward product where ``used`` is ``"float32"``, and its backward ones; see :mod:`bnn.float32_products`);
+    ``""`` for a layer on ``F.linear``."""
+    return "" if used == "F.linear" else f" [float32 by {float32_library(x.device)}]"
 
 
 def exact_products(layer: nn.Module, x: Tensor) -> str:

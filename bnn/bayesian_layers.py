@@ -35,6 +35,15 @@ from metaspike.bayesian.synapses import SampledForward, make_bayesian
 __all__ = ["BayesianLinear", "BayesianConv2d", "BinaryBayesianLinear", "BinaryBayesianConv2d"]
 
 
+def _check_not_meta(layer: nn.Module) -> None:
+    """One line where ``layer`` was built on the ``meta`` device (``device="meta"``, or inside ``torch.device("meta")``):
+    its σ or λ are drawn from its weight's values as it is built, and a meta tensor holds none."""
+    if layer.weight.device.type == "meta":
+        raise ValueError(f"{type(layer).__name__} draws its synapses' state from its weight's values when it is built, "
+                         "so it cannot be built on the 'meta' device (device='meta' or a torch.device('meta') context), "
+                         "which holds shapes only; build it on 'cpu' or 'cuda'")
+
+
 class BayesianLinear(SampledForward, nn.Linear):
     """``nn.Linear`` with Gaussian (MESU) synapses: ``weight`` is ``μ + σ·ε`` in training mode.
 
@@ -46,7 +55,8 @@ class BayesianLinear(SampledForward, nn.Linear):
             ensemble predicts better (BiMU on the 100-task stream: 5 → 100 samples added about 4 points).
         sigma_init: initial width ``σ`` (``μ`` keeps ``nn.Linear``'s initialisation).
         evaluation: ``"mode"`` (evaluation shows ``μ``) or ``"sample"``.
-        device, dtype: where the parameters live and their floating-point type, as in ``nn.Linear``.
+        device, dtype: where the parameters live and their floating-point type, as in ``nn.Linear``; not the
+            ``meta`` device, which holds no values to draw the synapses' state from.
 
     Example:
         >>> import torch
@@ -70,6 +80,7 @@ class BayesianLinear(SampledForward, nn.Linear):
     ) -> None:
         in_features, out_features = check_widths(in_features=in_features, out_features=out_features)
         super().__init__(in_features, out_features, bias=bias, **factory_kwargs(device, dtype))
+        _check_not_meta(self)
         self._set_samples(samples, evaluation_samples)
         make_bayesian(self, "mesu", sigma_init=sigma_init, evaluation=evaluation)
 
@@ -108,6 +119,7 @@ class BayesianConv2d(SampledForward, nn.Conv2d):
         check_conv_geometry(kernel_size, stride, padding, dilation)
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
                          **factory_kwargs(device, dtype))
+        _check_not_meta(self)
         self._set_samples(samples, evaluation_samples)
         make_bayesian(self, "mesu", sigma_init=sigma_init, evaluation=evaluation)
 
@@ -126,7 +138,8 @@ class BinaryBayesianLinear(SampledForward, nn.Linear):
         evaluation: ``"mode"`` (evaluation shows ``sign(λ)``) or ``"sample"`` (a Bernoulli sample).
         scale: learned output gain (``"channel"``, ``"layer"``; default ``None``, as for
             :class:`bnn.BinaryLinear`: a following normalisation sets the scale).
-        device, dtype: where the parameters live and their floating-point type, as in ``nn.Linear``.
+        device, dtype: where the parameters live and their floating-point type, as in ``nn.Linear``; not the
+            ``meta`` device, which holds no values to draw the synapses' state from.
 
     Example:
         >>> layer = BinaryBayesianLinear(8, 3).eval()
@@ -151,6 +164,7 @@ class BinaryBayesianLinear(SampledForward, nn.Linear):
     ) -> None:
         in_features, out_features = check_widths(in_features=in_features, out_features=out_features)
         super().__init__(in_features, out_features, bias=bias, **factory_kwargs(device, dtype))
+        _check_not_meta(self)
         self._set_samples(samples, evaluation_samples)
         make_bayesian(self, "bimu", lambda_init=lambda_init, temperature=temperature, evaluation=evaluation, scale=scale)
 
@@ -191,5 +205,6 @@ class BinaryBayesianConv2d(SampledForward, nn.Conv2d):
         check_conv_geometry(kernel_size, stride, padding, dilation)
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
                          **factory_kwargs(device, dtype))
+        _check_not_meta(self)
         self._set_samples(samples, evaluation_samples)
         make_bayesian(self, "bimu", lambda_init=lambda_init, temperature=temperature, evaluation=evaluation, scale=scale)

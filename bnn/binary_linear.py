@@ -24,8 +24,8 @@ weights, with the same results (the product bit for bit; gradients up to float32
   are not ±1 (the first layer's pixels) use float32.
 * **Backward products in float32 by default.** ``grad_input = grad @ signs`` and
   ``grad_weight = grad.T @ x`` multiply the real-valued gradient, so they stay float32. Every float32
-  product goes to the faster of torch's two float32 libraries on the machine (``torch.mm`` or oneDNN,
-  timed once per process and shape class; :mod:`bnn.float32_products`). A layer
+  product goes to the one of torch's two float32 libraries that uses the CPU's widest kernels (``torch.mm`` or
+  oneDNN, chosen by the CPU, the same in every process; :mod:`bnn.float32_products`). A layer
   built with ``precision="bfloat16"`` rounds the gradient (and a real-valued input) to bfloat16 for
   these two products, and on CPUs their results too (opt-in: faster where bfloat16 products are,
   with input and weight gradients to about 8 significant bits; where they are slower than float32,
@@ -155,8 +155,7 @@ def signs_product(x: Tensor, signs: Tensor, kind: str) -> Tensor:
         return torch._int_mm(x.to(torch.int8), signs.t()).float()
     if kind == "bfloat16":
         return _bf16_mm(x.to(torch.bfloat16), signs.t())
-    (m, k), n = x.shape, signs.shape[0]
-    return mm(x, signs.t(), float32_library(x.device, "forward", m, k, n))
+    return mm(x, signs.t(), float32_library(x.device))
 
 
 def product_kind(device: torch.device | str, m: int, k: int, n: int) -> str:
@@ -215,14 +214,12 @@ def _warn_if_bfloat16_is_slow(device: torch.device) -> None:
                       "is faster and more precise here", RuntimeWarning, stacklevel=4)
 
 
-def _backward_mm(a: Tensor, b: Tensor, low: bool, product: str, out: Tensor | None = None) -> Tensor:
-    """``a @ b``, the backward ``product`` (``"grad_input"``: ``grad @ signs``, ``"grad_weight"``: ``grad.T @ x``), in
-    float32 by the faster library (into ``out`` when given), or of both rounded to bfloat16 with float32 sums when
-    ``low``."""
+def _backward_mm(a: Tensor, b: Tensor, low: bool, out: Tensor | None = None) -> Tensor:
+    """``a @ b``, a backward product (``grad @ signs`` or ``grad.T @ x``), in float32 by the machine's float32 library
+    (into ``out`` when given), or of both rounded to bfloat16 with float32 sums when ``low``."""
     if low:
         return _bf16_mm(a.to(torch.bfloat16), b.to(torch.bfloat16), out)
-    m, n = a.shape if product == "grad_input" else reversed(a.shape)
-    return mm(a, b, float32_library(a.device, product, m, b.shape[1], n), out)
+    return mm(a, b, float32_library(a.device), out)
 
 
 class _FastBinaryLinear(torch.autograd.Function):
@@ -233,8 +230,10 @@ class _FastBinaryLinear(torch.autograd.Function):
         ctx: Any, x: Tensor, hidden: Tensor, bias: Tensor | None, signs: Tensor, kind: str,
         backward_signs: Tensor | None, low: bool, grad_buffer: Tensor | None,
     ) -> Tensor:
-        ctx.save_for_backward(x, backward_signs)
-        ctx.hidden, ctx.signs = hidden, signs  # (for a backward that builds a graph itself: create_graph=True)
+        # views of the sign buffers, not the buffers: a view holds their memory, so a second forward pass before this
+        # backward (a layer used twice in one graph) sees them held and writes fresh ones instead of changing these
+        ctx.save_for_backward(x, None if backward_signs is None else backward_signs.view_as(backward_signs))
+        ctx.hidden, ctx.signs = hidden, signs.view_as(signs)  # (for a backward that builds a graph: create_graph=True)
         ctx.low = low
         ctx.grad_buffer = grad_buffer
         ctx.has_bias = bias is not None
@@ -246,7 +245,7 @@ class _FastBinaryLinear(torch.autograd.Function):
             return _differentiable_backward(ctx, grad)
         x, signs = ctx.saved_tensors
         low = ctx.low
-        grad_x = _backward_mm(grad, signs, low, "grad_input") if ctx.needs_input_grad[0] else None
+        grad_x = _backward_mm(grad, signs, low) if ctx.needs_input_grad[0] else None
         grad_w = None
         if ctx.needs_input_grad[1]:
             buffer = ctx.grad_buffer
@@ -255,9 +254,9 @@ class _FastBinaryLinear(torch.autograd.Function):
                 grad_w = torch.empty(0, dtype=buffer.dtype, device=buffer.device).set_(
                     buffer.untyped_storage(), 0, buffer.shape, buffer.stride()
                 )
-                _backward_mm(grad.t(), x, low, "grad_weight", out=grad_w)
+                _backward_mm(grad.t(), x, low, out=grad_w)
             else:
-                grad_w = _backward_mm(grad.t(), x, low, "grad_weight")
+                grad_w = _backward_mm(grad.t(), x, low)
         grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b, None, None, None, None, None
 
@@ -291,7 +290,7 @@ def _large_enough(x: Tensor, weight: Tensor) -> bool:
     numel = weight.numel()
     if numel >= FAST_MIN_NUMEL or numel < ONEDNN_FAST_MIN_NUMEL:
         return numel >= FAST_MIN_NUMEL
-    return float32_library(x.device, "forward", x.shape[0], weight.shape[1], weight.shape[0]) == "oneDNN"
+    return float32_library(x.device) == "oneDNN"
 
 
 def product_used(x: Tensor, layer: Any) -> str:

@@ -9,11 +9,13 @@ for its convolutions, which picks its kernels by instruction set. Measured on a 
 (440 GFLOP/s).
 
 Both are float32 products with float32 sums; they may add the terms in another order, so their results can
-differ in the last bits, as products with another number of threads do. :func:`float32_library` times the
-two once per process and *shape class* (device, product, rows rounded up to a power of two as in
-:mod:`bnn.product_timing`, the two other sizes), and takes oneDNN only when it is at least
-:data:`ONEDNN_MARGIN` times faster: a machine where the two run alike keeps ``torch.mm``, and no shape's
-choice sits at the margin of noise on the machines measured (2.0-2.4x on the AMD EPYC Zen 5).
+differ in the last bits, as products with another number of threads do. So that a run repeats its numbers in
+every process on a machine (a resumed run, a second seed's comparison), :func:`float32_library` chooses by the
+CPU, never by timing: oneDNN where torch's BLAS is MKL and runs narrower kernels than the CPU has (an AVX-512 CPU
+not Intel's), ``torch.mm`` everywhere else. An earlier choice by timing (oneDNN where at least 1.25 times faster)
+picked oneDNN on the Zen 5 with a margin of 2.0-2.4x, but on an AVX2-only AMD EPYC Zen 3, where the two run
+within 1.1-1.5x of each other, the choice for one shape flipped between processes under load, and with it the
+last bits of a first layer's output.
 
 oneDNN cannot write into a given tensor, and a weight gradient written to fresh memory every step pays for
 its page faults (64 MB at 4096 x 4096); :func:`mm` therefore computes such a product in blocks of rows of
@@ -23,27 +25,18 @@ at most :data:`BLOCK_ELEMENTS` entries and copies each into the tensor it is giv
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache, partial
-from typing import Any
+from functools import cache
 
 import torch
 from torch import Tensor
 
-from bnn.product_timing import best_times, probe_rows, size_class
-
-__all__ = ["LIBRARIES", "PRODUCTS", "ONEDNN_MARGIN", "BLOCK_ELEMENTS", "float32_libraries", "float32_library",
-           "mm"]
+__all__ = ["LIBRARIES", "BLOCK_ELEMENTS", "float32_libraries", "float32_library", "blas_runs_narrower_kernels",
+           "cpu_vendor", "mm"]
 
 LIBRARIES = ("torch.mm", "oneDNN")
 """The float32 products: torch's BLAS (``torch.mm``) and oneDNN's inner product."""
-PRODUCTS = ("forward", "grad_input", "grad_weight")
-"""A binary layer's float32 products: ``x @ signs.T``, ``grad @ signs`` and ``grad.T @ x`` (into a buffer)."""
-ONEDNN_MARGIN = 1.25
-"""How many times faster than ``torch.mm`` oneDNN must be timed before a shape class takes it."""
 BLOCK_ELEMENTS = 1 << 21
 """The most entries (8 MiB of float32) of one block of rows that oneDNN computes for a product into a given tensor."""
-
-_choices: dict[tuple[Any, ...], str] = {}
 
 
 @cache
@@ -95,36 +88,49 @@ def mm(a: Tensor, b: Tensor, library: str, out: Tensor | None = None) -> Tensor:
     return out
 
 
-def float32_library(device: torch.device | str, product: str, m: int, k: int, n: int) -> str:
-    """The faster float32 library for ``product`` of a binary layer with fan-in ``k`` and fan-out ``n`` on a batch of
-    ``m`` rows: timed once per shape class, then cached.
+def float32_library(device: torch.device | str) -> str:
+    """The float32 library of a binary layer's real-valued products on ``device``: ``"oneDNN"`` on a CPU where torch's
+    BLAS takes narrower kernels than the CPU has (:func:`blas_runs_narrower_kernels`) and this build has oneDNN's
+    product, else ``"torch.mm"``. The same in every process on a machine, so a run's numbers repeat.
 
     Example:
-        >>> float32_library("cpu", "forward", 32, 64, 64) in LIBRARIES
+        >>> float32_library("cpu") in LIBRARIES, float32_library("meta")
+        (True, 'torch.mm')
+    """
+    on_cpu = torch.device(device).type == "cpu"
+    return "oneDNN" if on_cpu and "oneDNN" in float32_libraries(device) and blas_runs_narrower_kernels() else "torch.mm"
+
+
+@cache
+def blas_runs_narrower_kernels() -> bool:
+    """Whether torch's BLAS runs narrower vector kernels than this CPU has: MKL (torch's BLAS in the x86 wheels) picks
+    its AVX-512 kernels for Intel's CPUs only, so on another vendor's AVX-512 CPU it runs its AVX2 ones (100 x 4096
+    @ 4096 x 4096 on a 2-core AMD EPYC Zen 5: MKL 18 ms, oneDNN 7.6 ms). The vendor is read from ``/proc/cpuinfo``;
+    where there is none (not Linux), ``False``.
+
+    Example:
+        >>> blas_runs_narrower_kernels() in (True, False)
         True
     """
-    if product not in PRODUCTS:
-        raise ValueError(f"product must be one of {', '.join(map(repr, PRODUCTS))}, got {product!r}")
-    device = torch.device(device)
-    key = (device, product, size_class(m), k, n)
-    if key not in _choices:
-        _choices[key] = _faster(device, product, m, k, n)
-    return _choices[key]
+    if not torch.backends.mkl.is_available() or torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return False
+    return cpu_vendor() not in (None, "GenuineIntel")
 
 
-def _faster(device: torch.device, product: str, m: int, k: int, n: int) -> str:
-    """``"oneDNN"`` where it is :data:`ONEDNN_MARGIN` times faster than ``torch.mm`` for this product, else
-    ``"torch.mm"``."""
-    libraries = float32_libraries(device)
-    if len(libraries) == 1 or 0 in (m, k, n):  # (nothing to time: an empty product is torch.mm's, as mm runs it)
-        return "torch.mm"
-    rows = probe_rows(m)
-    # the values do not change the time; the layouts are those binary_linear passes
-    if product == "forward":
-        operands: tuple[Tensor, ...] = (torch.ones(rows, k), torch.ones(n, k).t())
-    elif product == "grad_input":
-        operands = (torch.ones(rows, n), torch.ones(n, k))
-    else:
-        operands = (torch.ones(rows, n).t(), torch.ones(rows, k), torch.empty(n, k))
-    best = best_times({library: partial(mm, *operands[:2], library, *operands[2:]) for library in libraries}, device)
-    return "oneDNN" if best["oneDNN"] * ONEDNN_MARGIN < best["torch.mm"] else "torch.mm"
+@cache
+def cpu_vendor() -> str | None:
+    """The CPU's vendor as ``/proc/cpuinfo`` names it (``"GenuineIntel"``, ``"AuthenticAMD"``, ...), ``None`` where
+    it says none or cannot be read.
+
+    Example:
+        >>> cpu_vendor() is None or isinstance(cpu_vendor(), str)
+        True
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            for line in info:
+                if line.startswith("vendor_id"):
+                    return line.partition(":")[2].strip() or None
+    except OSError:
+        return None
+    return None

@@ -20,7 +20,7 @@ from torch.nn.utils import parametrize
 from bnn.binary_linear import binary_linear, check_precision
 from bnn.sign_buffers import SignBuffers
 from metaspike.bayesian.fused_step import Activation, register_fused_activation
-from metaspike.checks import finite_number, is_whole, number_in
+from metaspike.checks import check_device, finite_number, is_whole, number_in
 from metaspike.function_transforms import in_function_transform
 from metaspike.gain import attach_output_gain, check_scale
 from metaspike.quantizers import (
@@ -126,7 +126,9 @@ class _BinaryWeights(BinarySynapse):
                 and not in_function_transform() and not parametrize.is_parametrized(self, "weight"))
 
     def signs(self, dtype: torch.dtype | None = None) -> Tensor:
-        """``sign(W_h)`` as ``dtype`` (default: the weight's), from the layer's persistent buffers.
+        """``sign(W_h)`` as ``dtype`` (default: the weight's), from the layer's persistent buffers: the tensor returned
+        is such a buffer, which a later forward pass may rewrite in place, so ``.clone()`` what you keep (to count
+        sign flips between steps, say).
 
         Example:
             >>> BinaryLinear(3, 2).signs().abs().unique()
@@ -135,7 +137,8 @@ class _BinaryWeights(BinarySynapse):
         return self._sign_buffers.signs(self.weight, dtype)
 
     def signs_as(self, *dtypes: torch.dtype) -> tuple[Tensor, ...]:
-        """``sign(W_h)`` in each of ``dtypes``, written in one pass over the hidden weights.
+        """``sign(W_h)`` in each of ``dtypes``, written in one pass over the hidden weights (buffers, as
+        :meth:`signs` returns).
 
         Example:
             >>> [s.dtype for s in BinaryLinear(3, 2).signs_as(torch.int8, torch.float32)]
@@ -207,20 +210,16 @@ def check_widths(**widths: object) -> tuple[int, ...]:
 
 
 def factory_kwargs(device: object, dtype: object) -> dict[str, object]:
-    """A layer's ``device`` and ``dtype`` arguments as ``nn.Linear``/``nn.Conv2d`` take them: a device (or its name)
-    or ``None``, a floating-point dtype or ``None``, else one line naming the argument (torch's errors came from
-    inside its parameter initialisation).
+    """A layer's ``device`` and ``dtype`` arguments as ``nn.Linear``/``nn.Conv2d`` take them: a device this machine has
+    (or its name; ``meta`` too) or ``None``, a floating-point dtype or ``None``, else one line naming the argument
+    (torch's errors came from inside its parameter initialisation).
 
     Example:
         >>> factory_kwargs("cpu", torch.float64)
         {'device': device(type='cpu'), 'dtype': torch.float64}
     """
     if device is not None:
-        try:
-            device = torch.device(device)  # type: ignore[arg-type]
-        except (RuntimeError, TypeError):
-            raise ValueError(f"device must be a torch.device, a device name such as 'cpu' or 'cuda:0', or None, got "
-                             f"{device!r}") from None
+        device = check_device(device, meta_allowed=True)
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating-point torch.dtype (torch.float32, torch.float64, torch.bfloat16, "
                          f"torch.float16) or None, got {dtype!r}")

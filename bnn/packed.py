@@ -59,9 +59,9 @@ from torch import Tensor, nn
 from bnn import native
 from bnn.layers import BinaryLinear, SignActivation
 from bnn.models import MLP
-from metaspike.checks import is_whole
+from metaspike.checks import is_whole, shown
 from metaspike.compiled import LazyCompiled
-from metaspike.files import atomic_open, check_torch_archive, read_regular_file
+from metaspike.files import atomic_open, check_torch_archive, read_regular_file, tensor_problem
 from metaspike.gain import foreign_forward_hooks, output_gain
 from metaspike.layer_selection import synapse_parametrization
 from metaspike.quantizers import NoQuantizer, SteSign
@@ -480,14 +480,20 @@ def _valid_layers(sizes: list[int], layers: list[dict]) -> list[dict]:
         keys = set(_layer_tensors(sizes, i)) | ({"eps"} if i == len(layers) - 1 else set())
         if set(layer) != keys:
             raise ValueError(f"layer {i} has entries {sorted(map(str, layer))}, expected {sorted(keys)}")
-    eps = layers[-1]["eps"]
-    if not (type(eps) is float and math.isfinite(eps) and eps > 0):
-        raise ValueError(f"layer {len(layers) - 1} 'eps' is {eps!r}, expected a finite float > 0")
+    _check_eps(layers)
     checked = _checked_layers(sizes, layers)
     problem = _values_problem(sizes, checked)
     if problem is not None:
         raise ValueError(problem)
     return checked
+
+
+def _check_eps(layers: list[dict]) -> None:
+    """A ``ValueError`` naming the last layer unless its ``eps`` is what :func:`pack` writes: a finite float > 0 (a
+    tensor there, even of one element, is refused before anything hashes or formats it)."""
+    eps = layers[-1]["eps"]
+    if not (type(eps) is float and math.isfinite(eps) and eps > 0):
+        raise ValueError(f"layer {len(layers) - 1} 'eps' is {shown(eps)}, expected a finite float > 0")
 
 
 def _checked_layers(sizes: list[int], layers: list[dict]) -> list[dict]:
@@ -558,12 +564,12 @@ def _check_file(data: object, path: str | os.PathLike) -> tuple[list[int], list[
         raise bad(f"it does not start with the {FORMAT!r} header")
     version = data.get("version")
     if type(version) is not int or version not in _READ_VERSIONS:
-        raise bad(f"format version {version!r}, this code reads versions {', '.join(map(str, _READ_VERSIONS))}")
+        raise bad(f"format version {shown(version)}, this code reads versions {', '.join(map(str, _READ_VERSIONS))}")
     if set(data) != _FILE_KEYS:
         raise bad(f"it has entries {sorted(map(str, data))}, expected {sorted(_FILE_KEYS)}")
     sizes, layers = data["sizes"], data["layers"]
     if not (isinstance(sizes, list) and len(sizes) >= 2 and all(type(s) is int and s > 0 for s in sizes)):
-        raise bad(f"sizes {sizes!r} are not a list of at least 2 positive ints")
+        raise bad(f"sizes {shown(sizes)} are not a list of at least 2 positive ints")
     if not (isinstance(layers, list) and len(layers) == len(sizes) - 1 and all(type(l) is dict for l in layers)):
         raise bad(f"expected {len(sizes) - 1} layers")
     for i, layer in enumerate(layers):
@@ -576,17 +582,19 @@ def _check_file(data: object, path: str | os.PathLike) -> tuple[list[int], list[
         keys = set(expected) | ({"eps"} if last else set())
         if set(layer) != keys:
             raise bad(f"layer {i} has entries {sorted(map(str, layer))}, expected {sorted(keys)}")
+        for key, value in layer.items():  # (sparse, nested, or a view repeating its elements: before any copy or hash)
+            problem = tensor_problem(value) if isinstance(value, Tensor) else None
+            if problem is not None:
+                raise bad(f"layer {i} {key!r} is {problem}; a packed file stores every element")
         for key, (shape, dtype) in expected.items():
-            value = layer[key]
-            if (isinstance(value, Tensor) and value.layout == torch.strided
-                    and value.untyped_storage().nbytes() < value.numel() * value.element_size()):
-                # a view that repeats its elements (stride 0): its copy would cost what the shape says, not the file
-                raise bad(f"layer {i} {key!r} is a {tuple(value.shape)} tensor over {value.untyped_storage().nbytes()} "
-                          "bytes of storage; a packed file stores every element")
             try:
-                layer[key] = native.check_tensor(f"layer {i}", repr(key), value, shape, dtype)
+                layer[key] = native.check_tensor(f"layer {i}", repr(key), layer[key], shape, dtype)
             except ValueError as err:
                 raise bad(str(err)) from None
+    try:
+        _check_eps(layers)  # (before the checksum, which would hash a tensor there)
+    except ValueError as err:
+        raise bad(str(err)) from None
     if data["sha256"] != _checksum(sizes, layers):
         raise bad("its contents do not match their SHA-256 checksum (the file is corrupted)")
     if version == 2:

@@ -80,7 +80,7 @@ class SignBuffers:
     def __init__(self) -> None:
         self._weight: weakref.ref | None = None
         self._tensors: dict[torch.dtype, Tensor] = {}
-        self._written_under: tuple[int, int] | None = None
+        self._written_under: tuple[int, int, int] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         """Buffers are a cache: a pickled or saved layer (``torch.save(model)``) keeps none (a weak reference cannot
@@ -93,8 +93,9 @@ class SignBuffers:
 
     def signs_as(self, weight: Tensor, dtypes: Sequence[torch.dtype]) -> tuple[Tensor, ...]:
         """``sign(weight)`` in each of ``dtypes``, all from one pass (outside a block, one pass per call)."""
-        if self._weight is None or self._weight() is not weight:
-            self._weight = weakref.ref(weight)
+        if self._weight is None or self._weight() is not weight or any(
+                buffer.shape != weight.shape or buffer.device != weight.device for buffer in self._tensors.values()):
+            self._weight = weakref.ref(weight)  # (another weight, or this one given new data: weight.data = ...)
             self._tensors = {}
         missing = [dtype for dtype in dtypes if dtype not in self._tensors]
         if missing:
@@ -103,7 +104,8 @@ class SignBuffers:
             self._tensors = dict(sorted(self._tensors.items(), key=lambda item: str(item[0])))
             self._written_under = None
         block = signs_cache_key()
-        key = None if block is None else (block, weight._version)
+        # (new data given to the weight, ``weight.data = ...``, keeps its version: its memory tells)
+        key = None if block is None else (block, weight._version, weight.data_ptr())
         inference_left = not torch.is_inference_mode_enabled() and any(b.is_inference() for b in self._tensors.values())
         if key is None or key != self._written_under or inference_left:
             # (under inference_mode or autocast the pass would compile again for that state, and meta tensors hold

@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 import numbers
 import re
+import reprlib
 import traceback
 from pathlib import Path
 from typing import Any
 
 __all__ = ["registered_name", "is_number", "is_finite_number", "is_whole", "number_in", "finite_number", "FLOAT32_MAX", "FLOAT32_TINY",
            "MAX_SEED", "check_seed", "check_device", "state_dict_groups", "check_eps_holds", "ModelError",
-           "raised_at", "in_metaspike"]
+           "raised_at", "in_metaspike", "is_nan", "shown", "check_generator_state"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -59,13 +60,50 @@ def is_number(value: Any) -> bool:
 
 
 def is_finite_number(value: Any) -> bool:
-    """Whether ``value`` is a finite real number (not a ``bool``, NaN or ±inf).
+    """Whether ``value`` is a finite real number (not a ``bool``, NaN or ±inf, nor an integer beyond float's range:
+    JSON holds integers of any length, ``"lr": 10**400`` among them, which every float computation would overflow).
 
     Example:
-        >>> is_finite_number(0), is_finite_number(float("nan")), is_finite_number(False)
-        (True, False, False)
+        >>> is_finite_number(0), is_finite_number(float("nan")), is_finite_number(False), is_finite_number(10**400)
+        (True, False, False, False)
     """
-    return is_number(value) and math.isfinite(value)
+    if not is_number(value):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # (math converts to float first: an integer beyond its range)
+        return False
+
+
+def is_nan(value: Any) -> bool:
+    """Whether ``value`` is a NaN number (a result file's "not measured"); an integer never is, however large (which
+    ``math.isnan`` would overflow on).
+
+    Example:
+        >>> is_nan(float("nan")), is_nan(None), is_nan(10**400), is_nan("nan")
+        (True, False, False, False)
+    """
+    return is_number(value) and value != value  # (NaN is the one number unequal to itself: no conversion needed)
+
+
+#: How :func:`shown` writes a value: a few items of each container, a few levels deep, each text cut short.
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = 3, 60, 60, 60
+
+
+def shown(value: Any) -> str:
+    """``value``'s ``repr`` bounded in depth and length, for an error message about a value read from a file (whose
+    plain ``repr`` may take as long as the file is, raise ``RecursionError`` when nested 100,000 deep, or raise
+    ``ValueError`` for an integer of more than 4300 digits).
+
+    Example:
+        >>> shown([[[[[1]]]]]), len(shown("x" * 10**6)), shown(10**5000)
+        ('[[[[...]]]]', 60, '<an integer of 16610 bits>')
+    """
+    try:
+        return _SHOWN.repr(value)
+    except ValueError:  # (an integer beyond Python's digit limit: reprlib converts it whole before it cuts)
+        return f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else f"<a {type(value).__name__}>"
 
 
 def is_whole(value: Any, low: int) -> bool:
@@ -122,7 +160,7 @@ def number_in(name: str, value: Any, low: float, high: float | None = None, *, o
             accepted = f"{'>' if open_low else '>='} {low:g}"
         else:
             accepted = f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
-        raise ValueError(f"{name} must be a finite number {accepted}{' ' + note if note else ''}, got {value!r}")
+        raise ValueError(f"{name} must be a finite number {accepted}{' ' + note if note else ''}, got {shown(value)}")
     return float(value)
 
 
@@ -153,7 +191,7 @@ def check_seed(name: str, value: Any) -> int:
         ValueError: seed must be an integer in 0..18446744073709551615 (seeds are 64-bit), got 1.5
     """
     if not (is_whole(value, 0) and value <= MAX_SEED):
-        raise ValueError(f"{name} must be an integer in 0..{MAX_SEED} (seeds are 64-bit), got {value!r}")
+        raise ValueError(f"{name} must be an integer in 0..{MAX_SEED} (seeds are 64-bit), got {shown(value)}")
     return int(value)
 
 
@@ -168,6 +206,28 @@ def state_dict_groups(state_dict: Any) -> list[dict[str, Any]]:
     if not isinstance(groups, list) or not all(isinstance(group, dict) for group in groups):
         raise ValueError("state_dict must be an optimizer's state dict, with a list of param groups")
     return groups
+
+
+def check_generator_state(state: Any, what: str) -> None:
+    """A ``ValueError`` naming ``what`` unless ``state`` is a state torch's CPU generator takes (``torch.Generator``'s
+    ``set_state``, ``torch.set_rng_state``): tried on a scratch generator, since a tensor of the right size and dtype
+    read from a file may still hold no valid state, which torch refuses with a ``RuntimeError`` only when it is set
+    (after the rest of a checkpoint was put in place).
+
+    Example:
+        >>> import torch
+        >>> check_generator_state(torch.Generator().get_state(), "generator")
+        >>> check_generator_state(torch.full_like(torch.Generator().get_state(), 255), "the checkpoint's generator")
+        Traceback (most recent call last):
+        ...
+        ValueError: the checkpoint's generator is not a state of torch's generator
+    """
+    import torch
+
+    try:
+        torch.Generator().set_state(state)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{what} is not a state of torch's generator") from None
 
 
 def check_eps_holds(group: dict[str, Any]) -> None:
@@ -194,9 +254,10 @@ def check_eps_holds(group: dict[str, Any]) -> None:
                          "torch.autocast over a float32 model), or give an eps that dtype holds")
 
 
-def check_device(device: Any, name: str = "device") -> Any:
-    """``device`` as a ``torch.device`` if it names one this machine has, else a ``ValueError`` naming ``name``
-    (torch itself fails later, deep inside ``.to()``, on a CUDA device a CPU-only build lacks).
+def check_device(device: Any, name: str = "device", meta_allowed: bool = False) -> Any:
+    """``device`` as a ``torch.device`` if it names one this machine has (or ``meta``, for shapes only, where
+    ``meta_allowed``), else a ``ValueError`` naming ``name`` (torch itself fails later, deep inside ``.to()``, on a
+    CUDA device a CPU-only build lacks).
 
     Example:
         >>> check_device("cpu")
@@ -208,7 +269,7 @@ def check_device(device: Any, name: str = "device") -> Any:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"{name} must name a torch device ('cpu', 'cuda', 'cuda:1', ...), got {device!r}") from None
-    if parsed.type == "meta":
+    if parsed.type == "meta" and not meta_allowed:
         raise ValueError(f"{name} 'meta' holds shapes without values, nothing can be trained or measured on it; use "
                          "'cpu' or 'cuda'")
     if parsed.type == "cuda" and not torch.cuda.is_available():

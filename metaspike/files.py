@@ -21,8 +21,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from metaspike.checks import shown
+
 __all__ = ["atomic_open", "atomic_write_text", "atomic_write_bytes", "remove_stale_temporaries", "csv_text", "read_json",
-           "read_regular_file"]
+           "read_regular_file", "tensor_problem", "check_plain_tensors", "MAX_NESTING"]
 
 #: The largest JSON file :func:`read_json` reads: every JSON file metaspike writes (configs, plans, metrics,
 #: histograms) is far smaller.
@@ -188,8 +190,8 @@ def read_regular_file(path: str | os.PathLike, what: str, max_bytes: int | None 
 
 def read_json(path: str | os.PathLike) -> Any:
     """The JSON value in ``path``; one ``ValueError`` naming the file when it is unreadable, not a regular file,
-    larger than any file metaspike writes (:data:`JSON_MAX_BYTES`), nested too deeply for Python's parser, or not
-    JSON.
+    larger than any file metaspike writes (:data:`JSON_MAX_BYTES`), nested too deeply for Python's parser, holding
+    an integer longer than Python converts (4300 digits), or not JSON.
 
     Example:
         >>> import tempfile
@@ -210,6 +212,9 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"{path} is not valid JSON (not UTF-8 text); was it edited or cut short?") from None
     except RecursionError:
         raise ValueError(f"{path} is not valid JSON for metaspike (nested deeper than Python's parser goes); "
+                         "was it edited?") from None
+    except ValueError as err:  # (an integer of more digits than Python converts: JSON itself sets no limit)
+        raise ValueError(f"{path} is not valid JSON for metaspike ({_first_line(err).split(';')[0]}); "
                          "was it edited?") from None
 
 
@@ -258,6 +263,80 @@ def check_torch_archive(data: bytes, what: str) -> None:
     if any(m.compress_type != zipfile.ZIP_STORED for m in members) or sum(m.file_size for m in members) > len(data):
         raise ValueError(f"{what} has compressed or oversized members, which torch.save never writes; refused "
                          "before loading")
+
+
+#: How deep the lists, tuples and dicts of a file ``torch.load`` reads may nest: a checkpoint nests a few levels (a
+#: plugin's list of per-task lists of tensors), and a hand-made pickle of 100,000 nested lists loads in a moment but
+#: overflows the stack of every recursive walk after it (a checksum, a ``repr``).
+MAX_NESTING = 100
+
+
+def tensor_problem(tensor: Any) -> str | None:
+    """What keeps ``tensor``, read from a file, from being a plain dense one that stores each of its elements (as
+    ``"a ... tensor ..."``; ``None``: nothing): sparse, nested or quantized tensors, which metaspike never writes and
+    whose bytes its checksums and kernels cannot read, and views whose storage holds fewer bytes than their shape
+    claims (stride 0, ``expand``), whose copy, hash or ``.contiguous()`` would cost what the shape claims (gigabytes)
+    instead of what the file holds.
+
+    Example:
+        >>> import torch
+        >>> tensor_problem(torch.zeros(3)) is None
+        True
+        >>> tensor_problem(torch.zeros(1).expand(1 << 20, 1 << 20))
+        'a (1048576, 1048576) tensor over 4 bytes of storage'
+        >>> tensor_problem(torch.zeros(3).to_sparse())
+        'a torch.sparse_coo tensor'
+    """
+    import torch
+
+    if tensor.is_nested:  # (before the layout: a nested tensor says torch.strided, and has no shape)
+        return "a nested tensor"
+    if tensor.layout != torch.strided:
+        return f"a {tensor.layout} tensor"
+    if tensor.is_quantized:
+        return "a quantized tensor"
+    stored = tensor.untyped_storage().nbytes()
+    if stored < tensor.numel() * tensor.element_size():
+        return f"a {tuple(tensor.shape)} tensor over {stored} bytes of storage"
+    return None
+
+
+def check_plain_tensors(value: Any, what: str) -> None:
+    """One ``ValueError`` naming ``what`` (the file) and the entry where ``value``, what ``torch.load`` read from it,
+    holds a tensor that :func:`tensor_problem` refuses or nests deeper than :data:`MAX_NESTING`: checked in one walk
+    without recursion, before anything hashes, copies or formats it. A list, tuple or dict met again is walked once.
+
+    Example:
+        >>> import torch
+        >>> check_plain_tensors({"model": {"w": torch.zeros(2)}, "rows": [[1.0]] * 3}, "checkpoint c.pt")
+        >>> check_plain_tensors({"model": {"extra": torch.zeros(1).expand(1 << 18, 1 << 11)}}, "checkpoint c.pt")
+        Traceback (most recent call last):
+        ...
+        ValueError: checkpoint c.pt holds ['model']['extra'] as a (262144, 2048) tensor over 4 bytes of storage, which metaspike never writes (it stores plain dense tensors, every element once); refused before any copy
+    """
+    import torch
+
+    containers = (dict, list, tuple, set, frozenset)
+    seen: set[int] = set()
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if isinstance(item, torch.Tensor):
+            problem = tensor_problem(item)
+            if problem is not None:
+                raise ValueError(f"{what} holds {where or 'its content'} as {problem}, which metaspike never writes "
+                                 "(it stores plain dense tensors, every element once); refused before any copy")
+            continue
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if depth >= MAX_NESTING:
+            raise ValueError(f"{what} nests lists or dicts deeper than {MAX_NESTING} levels (at {where[:80]}...), "
+                             "which no metaspike file does; refused")
+        pairs = item.items() if isinstance(item, dict) else enumerate(item)
+        for key, child in pairs:
+            if isinstance(child, (torch.Tensor, *containers)):  # (plain values: nothing to check, no name to make)
+                stack.append((child, f"{where}[{shown(key)}]", depth + 1))
 
 
 def _first_line(err: BaseException) -> str:

@@ -39,6 +39,7 @@ from metaspike.rules import (
     is_plain,
     rule_from_record,
     rule_record,
+    same_rule,
     state_from_dict,
     state_to_dict,
     user_rule_errors,
@@ -710,10 +711,9 @@ def _parts(optimizer: Optimizer) -> list[Optimizer]:
     return list(parts) if isinstance(parts, list) else [optimizer]
 
 
-def _rules_by_param(optimizer: Optimizer) -> dict[Tensor, Any]:
-    """Each parameter of a metaplastic group of ``optimizer`` (or of its parts), with its group's rule as a record
-    (:func:`metaspike.rules.rule_record`: equal for the same rule with the same settings)."""
-    return {p: rule_record(get_rule(group["rule"])) for part in _parts(optimizer) for group in part.param_groups
+def _rules_by_param(optimizer: Optimizer) -> dict[Tensor, Rule]:
+    """Each parameter of a metaplastic group of ``optimizer`` (or of its parts), with its group's rule."""
+    return {p: get_rule(group["rule"]) for part in _parts(optimizer) for group in part.param_groups
             if "rule" in group and "meta" in group for p in group["params"]}
 
 
@@ -740,8 +740,10 @@ def inherit_rule_states(optimizer: Optimizer, previous: Optimizer) -> int:
     for part in _parts(previous):
         pending = getattr(part, _INHERITED, {})
         for p, rule in wanted.items():
-            stored = part.state[p].get("rule_state") if p in part.state else pending.get(p)
-            if stored and p in before and before[p] == rule:
+            # (its own state where it stepped the parameter under the rule, else what it was handed and never took:
+            # a step at meta = 0, or a wrapped optimizer's own state for the parameter, holds no rule state)
+            stored = (part.state[p].get("rule_state") if p in part.state else None) or pending.get(p)
+            if stored and p in before and same_rule(before[p], rule):
                 handed[p] = {name: value.clone() for name, value in stored.items()}  # (never shared by the two)
     for part in _parts(optimizer):
         own = {p for group in part.param_groups for p in group["params"]}

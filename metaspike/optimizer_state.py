@@ -15,7 +15,8 @@ from torch import Tensor
 
 from metaspike.checks import is_number
 
-__all__ = ["PARAMETER_SHAPED", "NEVER_NEGATIVE", "check_parameter_state", "check_state_tensor", "check_step_count"]
+__all__ = ["PARAMETER_SHAPED", "NEVER_NEGATIVE", "check_parameter_state", "check_state_tensor", "check_tensor_values",
+           "check_step_count"]
 
 #: The per-parameter state tensors of torch.optim's algorithms (and MetaplasticAdam's) that have the parameter's shape.
 PARAMETER_SHAPED = frozenset({"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_inf", "momentum_buffer", "square_avg",
@@ -61,10 +62,25 @@ def check_state_tensor(where: str, value: Any, shape: torch.Size, *, never_negat
     if value.shape != shape:
         raise ValueError(f"{where} has shape {tuple(value.shape)}, but the parameter it belongs to has {tuple(shape)}: "
                          "was it saved from another model?")
+    check_tensor_values(where, value, never_negative=never_negative)
+
+
+def check_tensor_values(where: str, value: Tensor, *, never_negative: bool = False,
+                        why: str = "a sum of squares or a step size is >= 0") -> None:
+    """One ``ValueError`` beginning with ``where`` where the tensor ``value``, state read from a file, holds NaN or
+    infinite floating-point values (or, ``never_negative``, a negative one, which ``why`` says cannot be): they install
+    without a word and turn up steps later as a NaN loss or wrong numbers, blamed on the learning rate.
+
+    Example:
+        >>> check_tensor_values("EWC's importances[0][0]", -torch.ones(2), never_negative=True, why="a Fisher is >= 0")
+        Traceback (most recent call last):
+        ...
+        ValueError: EWC's importances[0][0] holds negative values (a Fisher is >= 0)
+    """
     if value.is_floating_point() and not bool(value.isfinite().all()):
         raise ValueError(f"{where} holds NaN or infinite values")
     if never_negative and bool((value < 0).any()):
-        raise ValueError(f"{where} holds negative values (a sum of squares or a step size is >= 0)")
+        raise ValueError(f"{where} holds negative values ({why})")
 
 
 def check_step_count(where: str, step: Any) -> None:

@@ -187,9 +187,10 @@ def binarize(
             continue
         if synapse is not None:
             raise ValueError(f"layer {name!r} is already a {synapse.kind!r} synapse; binarize needs real-valued weights")
-        if parametrize.is_parametrized(layer, "weight") and not hasattr(layer.parametrizations.weight, "original"):
-            raise ValueError(f"layer {name!r}: a parametrization builds its weight from several tensors (e.g. "
-                             "weight_norm); binarize needs one weight tensor to take the sign of")
+        if parametrize.is_parametrized(layer, "weight"):  # (torch's own, weight_norm, orthogonal, or a user's)
+            raise ValueError(f"layer {name!r} already has a weight parametrization; binarize needs plain weights (the "
+                             "sign would be taken of the parametrization's output, a tensor other than the hidden "
+                             f"weight it consolidates): remove it, or leave the layer float (exclude=[{name!r}])")
         if scale is not None:
             check_gain_layer(name, layer)
         todo.append((name, layer))

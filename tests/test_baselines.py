@@ -215,6 +215,67 @@ def test_a_baseline_state_is_checked_on_load_and_against_the_model(make):
         restored.penalty(large)
 
 
+def _state_after_one_task(make):
+    """A plugin's state after one task (one SI step before it) on a tiny model."""
+    model, x, y = torch.nn.Linear(3, 2, bias=False), torch.randn(6, 3), torch.randint(0, 2, (6,))
+    plugin = make()
+    model(x).sum().backward()
+    plugin.before_step(model)
+    with torch.no_grad():
+        model.weight -= 0.1 * model.weight.grad
+    plugin.after_step(model)
+    plugin.task_done(model, x, y, None)
+    return plugin.state_dict()
+
+
+def _filled(state, key, value):
+    """``state`` with every tensor under ``key`` (a list, or a list of lists) filled with ``value``."""
+    fill = lambda t: torch.full_like(t, value)  # noqa: E731
+    return {**state, key: [[fill(t) for t in ts] if isinstance(ts, list) else fill(ts) for ts in state[key]]}
+
+
+@pytest.mark.parametrize("make, key, value, message", [
+    (EWC, "importances", float("nan"), r"baseline state importances\[0\]\[0\] holds NaN or infinite values"),
+    (EWC, "importances", -1e3, r"importances\[0\]\[0\] holds negative values \(a Fisher value is a mean of squared"),
+    (EWC, "anchors", float("inf"), r"baseline state anchors\[0\]\[0\] holds NaN or infinite values"),
+    (RandomConsolidation, "importances", -1.0, r"importances\[0\]\[0\] holds negative values"),
+    (EWCOnline, "fisher", -1.0, r"baseline state fisher\[0\] holds negative values"),
+    (EWCOnline, "anchor", float("nan"), r"baseline state anchor\[0\] holds NaN or infinite values"),
+    (SynapticIntelligence, "big_omega", float("nan"), r"baseline state big_omega\[0\] holds NaN or infinite values"),
+    (SynapticIntelligence, "omega", float("-inf"), r"baseline state omega\[0\] holds NaN or infinite values"),
+], ids=["ewc-nan", "ewc-negative", "ewc-anchor-inf", "random-negative", "online-negative", "online-anchor-nan",
+        "si-nan", "si-inf"])
+def test_a_baseline_state_with_non_finite_or_negative_fisher_values_is_refused_on_load(make, key, value, message):
+    """load_state_dict checked types only: a re-signed checkpoint with EWC importances of -1e3 resumed to wrong
+    numbers silently (a negative Fisher pushes the weights away from the past tasks'), and NaN importances stopped the
+    run later with "loss became nan ... lower the learning rate", blaming the wrong thing. Now one line on load, and
+    the plugin keeps its own state."""
+    state = _state_after_one_task(make)
+    plugin = make()
+    with pytest.raises(ValueError, match=message):
+        plugin.load_state_dict(_filled(state, key, value))
+    assert getattr(plugin, key) == []  # (nothing of the refused state put in place)
+
+
+def test_si_importances_are_signed_and_load_back():
+    """SI's path integral ω = −Σ g·Δθ is negative where a step went uphill, and Ω = Σ ω / (Δ² + ξ) with it: negative
+    values are its own, not damage, and load as they were saved."""
+    state = _filled(_filled(_state_after_one_task(SynapticIntelligence), "omega", -0.5), "big_omega", -2.0)
+    restored = SynapticIntelligence()
+    restored.load_state_dict(state)
+    assert float(restored.big_omega[0].max()) == -2.0 and float(restored.omega[0].max()) == -0.5
+
+
+def test_random_consolidation_refuses_a_generator_state_torch_would_not_set():
+    """A shuffling generator's state of the right size but invalid raised "RuntimeError: Invalid mt19937 state" from
+    set_state, after EWC's part of the state was already put in place."""
+    state = _state_after_one_task(RandomConsolidation)
+    plugin = RandomConsolidation()
+    with pytest.raises(ValueError, match="^baseline state 'generator' is not a state of torch's generator$"):
+        plugin.load_state_dict({**state, "generator": torch.full_like(state["generator"], 255)})
+    assert plugin.importances == []
+
+
 def test_si_rejects_zero_xi():
     with pytest.raises(ValueError, match="xi"):
         SynapticIntelligence(xi=0.0)

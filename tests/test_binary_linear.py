@@ -353,3 +353,39 @@ def test_an_empty_batch_trains_a_large_layer_to_a_zero_gradient(layer, library, 
     assert fast.product_used(x.detach(), layer) in fast.PRODUCT_KINDS  # (the fast path, not F.linear)
     layer(x).sum().backward()
     assert torch.equal(layer.weight.grad, torch.zeros(OUT, IN)) and x.grad.shape == (0, IN)
+
+
+def test_a_large_layer_used_twice_in_one_graph_gets_the_sum_of_both_uses_gradients():
+    """The saved sign buffer was the buffer itself, which holds no extra reference to its memory: the second forward
+    pass saw it free and rewrote it in place, and backward failed ("modified by an inplace operation")."""
+    torch.manual_seed(0)
+    layer = bnn.BinaryLinear(1024, 1024)
+    assert layer.weight.numel() >= fast.FAST_MIN_NUMEL  # (the fast product, with its sign buffers)
+    x1, x2 = torch.rand(8, 1024, requires_grad=True), torch.rand(8, 1024, requires_grad=True)
+    (layer(x1) * layer(x2)).sum().backward()  # one graph, the layer twice
+    together = layer.weight.grad.clone(), x1.grad.clone(), x2.grad.clone()
+    layer.weight.grad = x1.grad = x2.grad = None
+    y1, y2 = layer(x1), layer(x2)
+    (y1 * y2.detach()).sum().backward()  # each use on its own: the same products, summed in the other order
+    (y1.detach() * y2).sum().backward()
+    assert all(torch.equal(a, b) for a, b in zip(together, (layer.weight.grad, x1.grad, x2.grad)))
+
+
+@pytest.mark.parametrize("features", [16, 1024])  # (F.linear and the fast product: both read the sign buffers)
+def test_a_weight_given_new_data_inside_binarized_once_shows_its_new_signs(features):
+    """The buffers were keyed on the weight's version, which ``weight.data = ...`` (vector_to_parameters does so)
+    keeps: the layer went on showing the old signs inside the block, and a weight of another shape broke it."""
+    import metaspike
+
+    def expected(x):  # sign(W_h) with sign(0) = +1, by F.linear (exact: ±1 weights, sums of at most 1024 terms)
+        return F.linear(x, torch.where(layer.weight.detach() >= 0, 1.0, -1.0))
+
+    torch.manual_seed(0)
+    layer = bnn.BinaryLinear(features, 8)
+    x = torch.randint(-1, 2, (3, features)).float()  # (integer entries: every product and sum exact in float32)
+    with metaspike.binarized_once():
+        assert torch.equal(layer(x), expected(x))
+        layer.weight.data = -layer.weight.detach().clone()
+        assert torch.equal(layer(x), expected(x))
+        layer.weight.data = torch.randn(5, features)
+        assert torch.equal(layer(x), expected(x))

@@ -425,12 +425,18 @@ def test_pack_refuses_a_model_with_non_finite_values():
         bnn.pack(model, compile=False)
 
 
-def test_binarize_refuses_a_weight_built_from_several_tensors_and_changes_nothing():
-    layer = nn.utils.parametrizations.weight_norm(nn.Linear(4, 3))
+@pytest.mark.parametrize("wrap", [nn.utils.parametrizations.weight_norm, nn.utils.parametrizations.orthogonal,
+                                  nn.utils.parametrizations.spectral_norm])
+def test_binarize_refuses_a_weight_under_a_parametrization_and_changes_nothing(wrap):
+    """Under an orthogonal parametrization the layer showed sign(Q(W)) while the optimizers consolidated W: the
+    shown sign was not the hidden weight's, without a word (weight_norm's several tensors were refused already)."""
+    layer = wrap(nn.Linear(4, 4))
     net = nn.Sequential(nn.Linear(4, 4), layer)
-    with pytest.raises(ValueError, match="layer '1': a parametrization builds its weight from several tensors"):
+    with pytest.raises(ValueError, match=r"layer '1' already has a weight parametrization; binarize needs plain "
+                                         r"weights .*exclude=\['1'\]"):
         metaspike.binarize(net)
     assert not metaspike.hidden_weights(net) and not hasattr(net[0], "output_gain")
+    metaspike.binarize(net, exclude=["1"])  # (the remedy it names)
 
 
 def test_sign_activation_checks_its_clip_value_when_built():

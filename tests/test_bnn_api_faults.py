@@ -1,6 +1,7 @@
 """Regression tests for faults a new user met in the bnn API: pack's checks, BinaryConv2d's arguments and input sizes,
 summary's bits per weight, population statistics of a multi-head model."""
 
+import contextlib
 import itertools
 import warnings
 from dataclasses import dataclass
@@ -238,15 +239,21 @@ def test_every_layer_takes_nn_linears_device_and_dtype(name):
     out = layer(x)
     out.sum().backward()
     assert out.dtype == torch.float64 and all(p.grad.dtype == torch.float64 for p in layer.parameters())
-    if "Bayesian" not in name:  # (Bayesian synapses are made from a weight's values: they refuse the meta device)
+    if "Bayesian" not in name:
         assert {p.device.type for p in _LAYERS_WITH_FACTORY_ARGUMENTS[name](device="meta").parameters()} == {"meta"}
+    else:  # (their synapses' state is drawn from the weight's values as they are built: one line, not "materialize")
+        for meta in ({"device": "meta"}, None):
+            with pytest.raises(ValueError, match=f"{name} draws its synapses' state .* cannot be built on the 'meta'"):
+                with torch.device("meta") if meta is None else contextlib.nullcontext():
+                    _LAYERS_WITH_FACTORY_ARGUMENTS[name](**(meta or {}))
 
 
 @pytest.mark.parametrize("argument, value, named", [
     ("dtype", torch.int8, "dtype must be a floating-point torch.dtype"),
     ("dtype", "float64", "dtype must be a floating-point torch.dtype"),
-    ("device", "gpu0", "device must be a torch.device"),
-    ("device", 2.5, "device must be a torch.device")])
+    ("device", "gpu0", "device must name a torch device"),
+    ("device", 2.5, "device must name a torch device"),
+    *([] if torch.cuda.is_available() else [("device", "cuda:0", "device 'cuda:0': CUDA is not available")])])
 @pytest.mark.parametrize("name", _LAYERS_WITH_FACTORY_ARGUMENTS)
 def test_a_wrong_device_or_dtype_is_one_line_naming_it(name, argument, value, named):
     with pytest.raises(ValueError, match=named):

@@ -335,7 +335,7 @@ def test_a_neuron_comparison_checks_the_models_it_compares(tmp_path, capsys):
 @pytest.mark.parametrize("field, value, message", [
     ("seeds", "31", "'seeds' must be a list of integers, got '31'"),
     ("kind", "zzz", "'kind' must be one of ['meta', 'neurons']"),
-    ("settings", [["x"]], "'settings' must be a list of lists of numbers"),
+    ("settings", [["x"]], "'settings' must be a list of lists of finite numbers"),
     ("seeds", [1, 1], "--seeds must list one or more distinct integers"),
     ("base", None, "it has the fields"),  # a missing field (set to None here, then removed)
 ])
@@ -351,6 +351,27 @@ def test_an_edited_comparison_plan_is_refused_in_one_line(tmp_path, capsys, fiel
     assert main(["compare", "--resume", str(root)]) == 2
     err = capsys.readouterr().err.strip()
     assert f"{root / 'plan.json'} is not a valid comparison plan" in err and message in err and "\n" not in err, err
+
+
+@pytest.mark.parametrize("command, name, record, message", [
+    ("compare", "plan.json", {"kind": ["meta"], "base": {}, "settings": [[0.0]], "seeds": [1]},
+     "is not a valid comparison plan: 'kind' must be one of ['meta', 'neurons']"),
+    ("compare", "plan.json", {"kind": "meta", "base": {}, "settings": [[10**400]], "seeds": [1]},
+     "'settings' must be a list of lists of finite numbers, got [[1000000000"),
+    ("reproduce", "reproduction.json", {"name": ["table1"], "scale": "cpu", "seeds": [1], "data_dir": None},
+     "reproduction.json: unknown experiment ['table1']; available: fig2, table1"),
+], ids=["plan-kind-list", "plan-setting-beyond-float", "reproduction-name-list"])
+def test_a_record_with_a_list_or_a_huge_integer_where_a_name_or_number_goes_is_one_line(tmp_path, capsys, command,
+                                                                                         name, record, message):
+    """A list is valid JSON but unhashable: `"kind": ["meta"]` in plan.json and `"name": ["table1"]` in
+    reproduction.json raised "TypeError: unhashable type: 'list'" from a dict look-up, and a setting of 10**400
+    "OverflowError: int too large to convert to float"."""
+    root = tmp_path / "folder"
+    root.mkdir()
+    (root / name).write_text(json.dumps(record))
+    assert main([command, "--resume", str(root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(root / name) in err and message in err and "\n" not in err, err
 
 
 @pytest.mark.parametrize("argv, message", [

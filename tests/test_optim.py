@@ -4,6 +4,7 @@ import io
 import math
 import re
 import warnings
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -607,3 +608,66 @@ def test_inherit_rule_states_passes_on_through_an_optimizer_that_never_stepped_a
     chain.step()
     for p, opt in ((a, sgd), (b, adam)):
         assert torch.equal(opt.state[p]["rule_state"]["run"], old.state[p]["rule_state"]["run"] + 1)
+
+
+class _Counts(NamedTuple):
+    count: torch.Tensor
+
+
+class _CountingRule:
+    """A user's stateful rule that is no dataclass: counts each synapse's updates (the update passes unchanged)."""
+
+    name = "counting"
+    elementwise = False
+    plain_at_zero = False
+
+    def __init__(self, step: float = 1.0) -> None:
+        self.step_size = step
+
+    def state_type(self):
+        return _Counts
+
+    def init_state(self, hidden):
+        return _Counts(torch.zeros_like(hidden))
+
+    def step(self, hidden, update, meta, state):
+        return update, _Counts(state.count + self.step_size)
+
+
+def test_inherit_rule_states_hands_on_a_users_rule_given_as_a_new_instance_with_the_same_settings():
+    """A rule object that is no dataclass was compared by identity: the same class with the same settings, made anew
+    for each task's optimizer, never handed its state on."""
+    from metaspike.optim import inherit_rule_states
+
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    old = _stepped_switch([w], rule=_CountingRule())
+    new = MetaplasticAdam([{"params": [w], "consolidate": True}], lr=0.01, meta=1.0, rule=_CountingRule())
+    assert inherit_rule_states(new, old) == 1
+    other = MetaplasticAdam([{"params": [w], "consolidate": True}], lr=0.01, meta=1.0, rule=_CountingRule(2.0))
+    assert inherit_rule_states(other, old) == 0  # (other settings)
+    w.grad = torch.ones_like(w)
+    new.step()
+    assert torch.equal(new.state[w]["rule_state"]["count"], torch.full_like(w, 4.0))
+
+
+@pytest.mark.parametrize("make", [lambda g: torch.optim.AdamW(g, lr=0.01),
+                                  lambda g: torch.optim.SGD(g, lr=0.01, momentum=0.9)], ids=["AdamW", "SGD-momentum"])
+def test_a_handed_state_passes_on_through_a_task_at_meta_zero_of_a_wrapped_optimizer_with_state_of_its_own(make):
+    """A wrapped optimizer keeping its own state for the parameter (AdamW's moments, SGD's momentum) but no rule
+    state, after a task at meta = 0 (rule skipped), dropped the state it had been handed: the next task started every
+    switch synapse plastic again."""
+    from metaspike.optim import inherit_rule_states, metaplastic
+
+    w = torch.nn.Parameter(torch.randn(50, 50))
+    previous, consolidated = None, []
+    for meta in (5.0, 0.0, 1e-9):
+        opt = metaplastic(make([{"params": [w], "consolidate": True}]), meta=meta, rule="switch")
+        if previous is not None:
+            inherit_rule_states(opt, previous)
+        for _ in range(5):
+            w.grad = torch.ones_like(w)
+            opt.step()
+        state = opt.state[w].get("rule_state")
+        consolidated.append(None if state is None else int(state["consolidated"].sum()))
+        previous = opt
+    assert consolidated[0] > 0 and consolidated[1] is None and consolidated[2] >= consolidated[0]

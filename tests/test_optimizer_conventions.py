@@ -168,6 +168,19 @@ def test_settings_whose_updates_leave_float32_are_refused_in_one_line(make, mess
         make(params)
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda p: metaspike.MetaplasticAdam(p, lr=10**400), r"lr must be a finite number in \[0, 3.40282e\+38\], got 1000"),
+    (lambda p: MESU(p, N=10**400), r"N must be a finite number in \[1, 3.40282e\+38\], got 1000"),
+], ids=["metaplastic-adam-lr", "mesu-N"])
+def test_an_integer_beyond_float_range_as_a_setting_is_refused_in_one_line(make, message):
+    """`MetaplasticAdam(params, lr=10**400)` raised "OverflowError: int too large to convert to float" from the shared
+    finite-number check (math.isfinite converts an int to float first)."""
+    params = [torch.zeros(2, requires_grad=True), torch.ones(2, requires_grad=True)]
+    with pytest.raises(ValueError, match=message) as caught:
+        make(params)
+    assert len(str(caught.value)) < 200  # (the integer's 401 digits cut short)
+
+
 def test_numpy_numbers_as_settings_keep_the_update_compiled(working_compiler):
     """A numpy clamp_grad made the compiled MESU loop branch on data: it fell back to eager for the whole process."""
     import numpy as np

@@ -2,6 +2,7 @@
 
 import copy
 import hashlib
+import io
 import os
 import pickle
 import subprocess
@@ -600,6 +601,57 @@ def test_a_file_tensor_repeating_its_elements_is_refused_before_any_copy(trained
                                          rf"\({view.shape[0]}, ?.*\) tensor over \d+ bytes of storage; a packed file "
                                          "stores every element$"):
         PackedMLP.load(path)
+
+
+def _nested(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as the one entry of a nested tensor (torch warns that their API is a prototype)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.nested.nested_tensor([tensor])
+
+
+def _deep_version_file(path: Path, depth: int) -> None:
+    """A packed file whose pickle (written by hand: no Python list nests this deep) gives ``version`` ``depth``
+    nested lists."""
+    def text(s: str) -> bytes:
+        return b"X" + len(s.encode()).to_bytes(4, "little") + s.encode()
+
+    data = (b"\x80\x02}" + text("format") + text(bnn.packed.FORMAT) + b"s" + text("version") + b"]" * depth
+            + b"a" * (depth - 1) + b"s.")
+    buffer = io.BytesIO()
+    torch.save({"a": 1}, buffer)
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as source, zipfile.ZipFile(path, "w") as archive:
+        for info in source.infolist():
+            archive.writestr(info.filename, data if info.filename.endswith("data.pkl") else source.read(info))
+
+
+@pytest.mark.parametrize("change, error", [
+    (_set(1, "eps", torch.tensor(1e-5)), r"layer 1 'eps' is tensor\(1.0000e-05\), expected a finite float > 0"),
+    (_set(1, "eps", torch.zeros(1).expand(1 << 20)),
+     r"layer 1 'eps' is a \(1048576,\) tensor over 4 bytes of storage; a packed file stores every element"),
+    (_set(1, "beta", lambda beta: _nested(beta)), r"layer 1 'beta' is a nested tensor"),
+], ids=["0-d-eps", "stride-0-eps", "nested-beta"])
+def test_a_packed_files_entries_are_checked_before_they_are_hashed(tmp_path, change, error):
+    """The last layer's eps was hashed before its type was checked: a 0-d tensor raised "self.dim() cannot be 0 to
+    view Float as Byte", and a stride-0 one (4.5 KB of file) grew memory by what its shape claims (2 GB for 1 << 28);
+    a nested tensor raised "NestedTensorImpl doesn't support sizes" inside the kernels' check. Each is one ValueError
+    naming the file."""
+    torch.manual_seed(0)
+    model = bnn.use_population_statistics(bnn.MLP([64, 32, 10]), torch.rand(200, 64)).eval()
+    path = _hostile_file(model, tmp_path, change, checksum=False)  # (the checksum would hash the tensor)
+    with pytest.raises(ValueError, match=f"^{path} is not a valid packed BNN file: {error}") as caught:
+        PackedMLP.load(path, compile=False)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_packed_file_value_nested_100000_deep_is_shown_cut_short(tmp_path):
+    """A version of 100,000 nested lists (a hand-written pickle) raised RecursionError from the error message's
+    repr; values from a file are shown bounded (metaspike.checks.shown)."""
+    path = tmp_path / "model.pt"
+    _deep_version_file(path, 100_000)
+    with pytest.raises(ValueError, match=rf"^{path} is not a valid packed BNN file: format version \[\[\[\[\.\.\.\]\]\]\], "
+                                         "this code reads versions 2, 4, 5$"):
+        PackedMLP.load(path, compile=False)
 
 
 @pytest.mark.skipif(bnn.native.kernels() is None, reason="no C compiler to build the native kernels")

@@ -139,6 +139,35 @@ def test_plot_without_hidden_weights_draws_the_curves_and_names_the_figure_it_sk
                    "(moved or deleted?)\n")
 
 
+@pytest.mark.parametrize("name, content, message", [
+    ("config.json", '{"epochs": ' + "9" * 5000 + "}",
+     "config.json is not valid JSON for metaspike (Exceeds the limit (4300 digits) for integer string conversion"),
+    ("hidden_weights.json", json.dumps([{"after_task": 1, "layers": {"0": {"edges": [0, 1], "counts": [10**400]}}}]),
+     "hidden_weights.json is malformed: snapshot 1, layer '0': 'edges' and 'counts' must be lists of finite numbers"),
+], ids=["integer-of-5000-digits", "count-beyond-float"])
+def test_plot_names_the_file_of_a_huge_integer(tmp_path, capsys, name, content, message):
+    """read_json caught JSONDecodeError only: a 5000-digit integer gave Python's "Exceeds the limit (4300 digits)"
+    without the file's name; a count of 10**400 raised OverflowError from the finite-number check."""
+    run = _run_folder(tmp_path)
+    (run / name).write_text(content)
+    assert main(["plot", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(run / name) in err and message in err and "\n" not in err, err
+
+
+def test_plot_of_histograms_without_layers_draws_the_curves_and_names_the_file(tmp_path, capsys):
+    """Snapshots without layers reached matplotlib ("Number of columns must be a positive integer, not 0"). They are
+    what a run of a model without weight matrices (a user's model of bare parameters) writes, so they are no damage:
+    the curves are drawn and one warning names the file, as for a missing one."""
+    run = _run_folder(tmp_path)
+    (run / "hidden_weights.json").write_text(json.dumps([{"after_task": 1, "layers": {}}]))
+    assert main(["plot", str(run)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{run / 'accuracy_curves.png'}\n"
+    assert err == (f"metaspike: warning: hidden_weights.png not drawn: {run / 'hidden_weights.json'} holds no layers "
+                   "(the model has no weight matrices)\n")
+
+
 @pytest.mark.parametrize("std", [NAN, 1.5])
 def test_a_comparison_keeps_its_legend_off_the_bars_and_says_when_one_seed_measured_no_spread(tmp_path, drawn, std):
     """Five settings at 95-99 %: the legend inside the axes sat on task 1's bars; and one seed was labelled

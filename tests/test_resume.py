@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -787,3 +788,145 @@ def test_a_rule_keeping_state_under_per_task_optimizers_resumes_at_a_task_bounda
     config = RunConfig(datasets=("digits",), tasks=3, epochs=2, hidden=(16,), meta=(1.0,), rule=rule)
     assert config.optimizer == "per-task"
     assert _resumes_to_the_same_numbers(config) == 6  # (after each epoch of each task)
+
+
+def _deeply_nested_checkpoint(path: Path, depth: int) -> None:
+    """Write at ``path`` a checkpoint archive whose pickle (written by hand: no Python list nests this deep) holds
+    ``depth`` nested lists beside the keys load_checkpoint reads first."""
+    import zipfile
+
+    def text(s: str) -> bytes:
+        return b"X" + len(s.encode()).to_bytes(4, "little") + s.encode()
+
+    pickle = (b"\x80\x02}" + text("format") + text("metaspike-checkpoint-3") + b"s" + text("position") + b"K\x00s"
+              + text("state_sha256") + text("x") + b"s" + text("config_sha256") + text("y") + b"s" + text("junk")
+              + b"]" * depth + b"a" * (depth - 1) + b"s.")
+    buffer = io.BytesIO()
+    torch.save({"a": 1}, buffer)
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as source, zipfile.ZipFile(path, "w") as archive:
+        for info in source.infolist():
+            archive.writestr(info.filename, pickle if info.filename.endswith("data.pkl") else source.read(info))
+
+
+def _edited(change):
+    """A damage that applies ``change`` to the checkpoint's content and saves it back (its checksum left as it was)."""
+    def damage(path: Path) -> None:
+        raw = torch.load(path, weights_only=True)
+        change(raw)
+        torch.save(raw, path)
+    return damage
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_edited(lambda raw: raw["model"].update(extra=torch.zeros(1).expand(1 << 12, 1 << 10))),
+     r"holds \['model'\]\['extra'\] as a \(4096, 1024\) tensor over 4 bytes of storage, which metaspike never writes"),
+    (_edited(lambda raw: raw["model"].update(extra=torch.zeros(3).to_sparse())),
+     r"holds \['model'\]\['extra'\] as a torch.sparse_coo tensor"),
+    (lambda path: _deeply_nested_checkpoint(path, 100_000),
+     r"nests lists or dicts deeper than 100 levels \(at \['junk'\]\[0\]\[0\]"),
+    (_edited(lambda raw: raw.update(unsummable=True)), r"is damaged: its content cannot be summed to check it \(Runtime"),
+], ids=["stride-0", "sparse", "nested-100000-deep", "checksum-fails"])
+def test_a_checkpoint_whose_content_cannot_be_summed_falls_back_to_the_previous_one(tmp_path, monkeypatch, damage,
+                                                                                     message):
+    """The checksum ran outside load_checkpoint's `try`, over every tensor made contiguous before anything was
+    checked: a 329 KB checkpoint with a stride-0 tensor took 2.4 GB before it was found damaged (a 17 TB one read as
+    "out of memory ... smaller --hidden"), a sparse tensor raised "unsupported memory format option", 100,000 nested
+    lists a RecursionError, and the good checkpoint.prev.pt was never tried. Now one walk refuses them before any
+    copy, an error of the checksum itself is damage too, and the previous checkpoint is used."""
+    from metaspike.continual import results
+
+    summed = results.state_checksum
+
+    def checksum(state):
+        if "unsummable" in state:  # (content the walk passes but the checksum cannot read)
+            raise RuntimeError("unsupported memory format option Contiguous")
+        return summed(state)
+
+    monkeypatch.setattr(results, "state_checksum", checksum)
+    run = _interrupted_run(tmp_path, stop_at=2)
+    newest = run / "checkpoint.pt"
+    damage(newest)
+    with pytest.raises(ValueError, match=message):
+        load_checkpoint(newest)
+    state, warnings = results.latest_good_checkpoint(run)
+    assert state["position"] == load_checkpoint(run / "checkpoint.prev.pt")["position"]
+    assert len(warnings) == 1 and str(newest) in warnings[0] and "\n" not in warnings[0]
+
+
+def _first_floating(entries: dict) -> str:
+    return next(key for key, value in entries.items() if value.is_floating_point())
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s["batchnorm_states"][0][_first_floating(s["batchnorm_states"][0])].fill_(float("nan")),
+     "the checkpoint's BatchNorm state of task 1 holds NaN or infinite values (in "),
+    (lambda s: s["result"].update(task_names=5), "the checkpoint's task names must be a list of strings, got a int"),
+    (lambda s: s["generator"].fill_(255), "the checkpoint's generator is not a state of torch's generator"),
+    (lambda s: s["torch_rng"].fill_(255), "the checkpoint's torch_rng is not a state of torch's generator"),
+    (lambda s: s["result"]["histograms"].append(torch.zeros(3)),
+     "the checkpoint's list of histograms is malformed: snapshot 2 is not an object with 'after_task' and 'layers'"),
+    (lambda s: s["result"]["histograms"].__setitem__(0, {"junk": 1}),
+     "the checkpoint's list of histograms is malformed: snapshot 1 is not an object"),
+], ids=["nan-batchnorm", "task-names-int", "generator", "torch-rng", "histogram-tensor", "histogram-junk"])
+def test_a_resigned_checkpoint_with_broken_states_or_records_is_one_line(tmp_path, capsys, change, message):
+    """A checkpoint re-signed with state_checksum (anyone can) was checked in its model alone: a NaN BatchNorm scale
+    resumed to a run that ended complete with task 1 at 8 % (77 % before), task names 5 and a generator state of the
+    right size but not valid gave tracebacks (TypeError, "Invalid mt19937 state"), and a tensor or a junk entry among
+    the histograms stopped the run at its task's end (or left a malformed hidden_weights.json). Each is one line
+    before anything of the checkpoint is used."""
+    from metaspike.continual.results import CHECKSUM_KEY, CONFIG_KEY, state_checksum
+
+    run = _interrupted_run(tmp_path, stop_at=2)  # (after task 1: one BatchNorm state and one histogram)
+    raw = torch.load(run / "checkpoint.pt", weights_only=True)
+    digest = raw.pop(CONFIG_KEY)
+    raw.pop(CHECKSUM_KEY)
+    assert raw["position"] == {"task": 1, "epochs_done": 0}
+    change(raw)
+    torch.save({**raw, CHECKSUM_KEY: state_checksum(raw), CONFIG_KEY: digest}, run / "checkpoint.pt")
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
+    assert not json.loads((run / "metrics.json").read_text()).get("complete")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("lr", 10**400, "--lr must be a finite number > 0, got 1000000000"),
+    ("meta", [10**400], "--meta must be a finite number in [0, 3.40282e+38]"),
+    ("weight_decay", 10**400, "--weight-decay must be a finite number"),
+    ("memory_window", 10**400, "--memory-window must be a number in [100, 3.40282e+38]"),
+    ("readout_lambda", 10**400, "--readout-lambda"),
+], ids=["lr", "meta", "weight_decay", "memory_window", "readout_lambda"])
+def test_resume_refuses_a_stored_integer_beyond_float_range_in_one_line(tmp_path, capsys, field, value, message):
+    """JSON holds integers of any length: "lr": 10**400 in a killed run's config.json raised "OverflowError: int too
+    large to convert to float" from the shared finite-number check (math.isfinite converts to float)."""
+    run = tmp_path / "r"
+    run.mkdir()
+    record = RunConfig(datasets=("digits",), hidden=(8,)).to_dict()
+    record[field] = value
+    (run / "config.json").write_text(json.dumps(record))
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("metaspike: error: ") and str(run / "config.json") in err and message in err, err
+    assert "\n" not in err
+
+
+def test_a_finished_run_recording_an_integer_beyond_float_range_is_one_line(tmp_path):
+    """metrics.json's ACC, seconds, untrained_accuracy and final_accuracy of 10**400 raised OverflowError
+    (math.isnan of an int) when a comparison read its finished run back."""
+    from metaspike.app.runs import finished_result, run
+
+    path, _ = run(RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(8,)), tmp_path, progress=False, plot=False)
+    good = json.loads((path / "metrics.json").read_text())
+    for key, index, message in [("ACC", None, "'ACC' must be a number in [0, 100]"),
+                                ("seconds", None, "'seconds' must be a finite number >= 0"),
+                                ("untrained_accuracy", 0, "'untrained_accuracy' must list 2 accuracies"),
+                                ("final_accuracy", 0, "last row differs from the final_accuracy")]:
+        metrics = json.loads(json.dumps(good))
+        if index is None:
+            metrics[key] = 10**400
+        else:
+            metrics[key][index] = 10**400
+        (path / "metrics.json").write_text(json.dumps(metrics))
+        with pytest.raises(ValueError, match=re.escape(message)) as info:
+            finished_result(path)
+        assert "\n" not in str(info.value)

@@ -42,7 +42,7 @@ from metaspike.app.tables import (
     one_decimal,
     summarize_results,
 )
-from metaspike.checks import is_number
+from metaspike.checks import is_finite_number, shown
 from metaspike.continual.results import RunDirectory, unique_directory
 from metaspike.continual.trainer import ContinualResult
 from metaspike.files import atomic_write_text, read_json
@@ -124,7 +124,8 @@ def _check_plan(plan: Any, path: Path) -> None:
     def bad(why: str) -> ValueError:
         return ValueError(f"{path} is not a valid comparison plan: {why}")
 
-    if not isinstance(plan, dict) or plan.get("kind") not in _PLAN_KEYS:
+    kind = plan.get("kind") if isinstance(plan, dict) else None
+    if not isinstance(kind, str) or kind not in _PLAN_KEYS:  # (a str first: a JSON list cannot even be looked up)
         raise bad(f"'kind' must be one of {sorted(_PLAN_KEYS)}")
     keys = _PLAN_KEYS[plan["kind"]]
     if set(plan) != keys:
@@ -132,17 +133,17 @@ def _check_plan(plan: Any, path: Path) -> None:
     if not isinstance(plan["base"], dict):
         raise bad("'base' must be a run config (an object)")
     if not isinstance(plan["seeds"], list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in plan["seeds"]):
-        raise bad(f"'seeds' must be a list of integers, got {plan['seeds']!r}")
+        raise bad(f"'seeds' must be a list of integers, got {shown(plan['seeds'])}")
     if plan["kind"] == "meta":
         settings = plan["settings"]
-        if not isinstance(settings, list) or not all(isinstance(x, list) and x and all(map(is_number, x))
+        if not isinstance(settings, list) or not all(isinstance(x, list) and x and all(map(is_finite_number, x))
                                                      for x in settings):
-            raise bad(f"'settings' must be a list of lists of numbers, got {settings!r}")
+            raise bad(f"'settings' must be a list of lists of finite numbers, got {shown(settings)}")
     else:
         if not isinstance(plan["neurons"], list) or not all(isinstance(x, str) for x in plan["neurons"]):
-            raise bad(f"'neurons' must be a list of model names, got {plan['neurons']!r}")
-        if not isinstance(plan["metas"], list) or not all(map(is_number, plan["metas"])):
-            raise bad(f"'metas' must be a list of numbers, got {plan['metas']!r}")
+            raise bad(f"'neurons' must be a list of model names, got {shown(plan['neurons'])}")
+        if not isinstance(plan["metas"], list) or not all(map(is_finite_number, plan["metas"])):
+            raise bad(f"'metas' must be a list of finite numbers, got {shown(plan['metas'])}")
     try:
         check_settings(plan["settings"] if plan["kind"] == "meta" else plan["metas"], plan["seeds"])
     except ValueError as err:

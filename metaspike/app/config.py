@@ -6,7 +6,6 @@ This is the application layer: its errors name the command-line flags that set e
 from __future__ import annotations
 
 import itertools
-import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -30,7 +29,15 @@ from metaspike.app.models import (
 )
 from metaspike.bayesian.synapses import check_magnitude
 from metaspike.chained import ChainedOptimizer
-from metaspike.checks import FLOAT32_MAX, FLOAT32_TINY, check_device, check_seed, finite_number, number_in
+from metaspike.checks import (
+    FLOAT32_MAX,
+    FLOAT32_TINY,
+    check_device,
+    check_seed,
+    finite_number,
+    is_finite_number,
+    number_in,
+)
 from metaspike.continual.baselines import BASELINE_STRENGTHS, EWC_ONLINE_GAMMA, make_baseline
 from metaspike.continual.scenarios import SPLIT_MODES, available_scenarios
 from metaspike.continual.trainer import LAST_EVALUATED, TrainerConfig
@@ -243,8 +250,7 @@ class RunConfig:
                              "bimu, mesu, mlp)")
         if self.memory_window is not None:
             value = self.memory_window
-            if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-                    or not self.batch_size <= value <= FLOAT32_MAX):
+            if not (is_finite_number(value) and self.batch_size <= value <= FLOAT32_MAX):
                 raise ValueError(f"--memory-window must be a number in [{self.batch_size}, {FLOAT32_MAX:g}], from the "
                                  "batch size (N counts training samples; a window under one step overshoots) to "
                                  f"float32's largest, got {value!r}")

@@ -74,6 +74,15 @@ def _nothing_to_draw(run: dict[str, Any], key: str, name: str) -> str | None:
     return f"{file} {'holds nothing to draw' if file.exists() else 'is missing (moved or deleted?)'}"
 
 
+def _no_layers(run: dict[str, Any]) -> str | None:
+    """Why the histograms of the run folder ``run`` (:func:`load_run`, which checks that every snapshot has the same
+    layers) give no figure where they hold no layer: what a run writes for a model without weight matrices (a
+    user's model of bare parameters), whose figure of zero columns matplotlib refuses; ``None`` where they hold one."""
+    if run["histograms"][-1]["layers"]:
+        return None
+    return f"{Path(run['path']) / 'hidden_weights.json'} holds no layers (the model has no weight matrices)"
+
+
 def _check_curves(run: dict[str, Any]) -> None:
     """One ``ValueError`` naming ``curves.csv`` where the run folder ``run`` has no curves to draw: a blank figure
     would pass for a drawn one."""
@@ -191,7 +200,7 @@ def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
     fig.tight_layout()
     save_figure(fig, path / "accuracy_curves.png")
     written.append(path / "accuracy_curves.png")
-    why = _nothing_to_draw(run, "histograms", "hidden_weights.json")
+    why = _nothing_to_draw(run, "histograms", "hidden_weights.json") or _no_layers(run)
     if why is not None:
         print(f"metaspike: warning: hidden_weights.png not drawn: {why}", file=sys.stderr)
         return written

@@ -38,7 +38,7 @@ from metaspike.app.models import (
 )
 from metaspike.app.tables import versions
 from metaspike.bayesian.synapses import SampledForward, bayesian_modules, start_confident
-from metaspike.checks import is_finite_number, is_number, is_whole
+from metaspike.checks import is_finite_number, is_nan, is_whole
 from metaspike.continual.metrics import largest_rise
 from metaspike.continual.results import CHECKPOINT, PREVIOUS_CHECKPOINT, RunDirectory, latest_good_checkpoint
 from metaspike.continual.scenarios import Scenario, made_when_reached, make_scenario
@@ -840,8 +840,8 @@ def _check_final_row(run_dir: Path, matrix: list[list[float]], final: Any) -> No
     """The matrix's last row is what ``metrics.json`` says the run ended with (both are written from one result, to
     two decimals): a matrix copied from another run or edited by hand would otherwise stand for this run."""
     def same(a: Any, b: float) -> bool:
-        missing = a is None or (is_number(a) and math.isnan(a))
-        return missing == math.isnan(b) and (missing or (is_number(a) and abs(a - b) <= 0.005))
+        missing = a is None or is_nan(a)
+        return missing == math.isnan(b) and (missing or (is_finite_number(a) and abs(a - b) <= 0.005))
 
     last = matrix[-1] if matrix else []
     if not (isinstance(final, list) and len(final) == len(last) and all(map(same, final, last))):
@@ -881,9 +881,9 @@ LONG_STREAM_METRICS = ("evaluated_accuracy", "evaluated_tasks", "last5_accuracy"
 def _recorded_metric(file: Path, key: str, value: Any, low: float, high: float) -> float:
     """``value``, the metric ``key`` recorded in ``file``, as a float (NaN for ``null``); one ``ValueError`` naming
     both where it is absent, not a number, or outside ``[low, high]``."""
-    if value is None or (is_number(value) and math.isnan(value)):
+    if value is None or is_nan(value):
         return math.nan
-    if not (is_number(value) and low <= value <= high):
+    if not (is_finite_number(value) and low <= value <= high):
         raise ValueError(f"{file} is malformed: {key!r} must be a number in [{low:g}, {high:g}], or null where "
                          "undefined")
     return float(value)
@@ -925,7 +925,7 @@ def finished_result(run_dir: str | Path) -> RecordedResult | None:
     metrics_file = Path(run_dir) / "metrics.json"
     baseline, seconds = metrics.get("untrained_accuracy"), metrics.get("seconds")
     if not (isinstance(baseline, list) and len(baseline) == tasks
-            and all(a is None or (is_number(a) and (math.isnan(a) or 0 <= a <= 100)) for a in baseline)):
+            and all(a is None or is_nan(a) or (is_finite_number(a) and 0 <= a <= 100) for a in baseline)):
         raise ValueError(f"{metrics_file} is malformed: 'untrained_accuracy' must list {tasks} "
                          "accuracies in [0, 100] (null for a task not evaluated)")
     if not (is_finite_number(seconds) and seconds >= 0):

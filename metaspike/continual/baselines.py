@@ -35,8 +35,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from metaspike.checks import finite_number, is_whole, number_in
+from metaspike.checks import check_generator_state, finite_number, is_whole, number_in
 from metaspike.layer_selection import synapse_role
+from metaspike.optimizer_state import check_tensor_values
 from metaspike.population_statistics import use_population_statistics
 from metaspike.synapse import float_layer_weights, weight_matrices
 from metaspike.training import Plugin, check_inputs, classification_loss
@@ -102,8 +103,16 @@ def _gamma(value: Any) -> float:
     return number_in("gamma", value, 0.0, 1.0)
 
 
-def _tensors(state: dict[str, Any], key: str, depth: int = 1) -> list:
-    """``state[key]``: a list of tensors (``depth`` 1) or of lists of tensors (``depth`` 2), else one line."""
+#: Why a Fisher value (EWC's importances, EWC-Online's running Fisher) is never negative.
+_FISHER_SIGN = "a Fisher value is a mean of squared gradients, >= 0"
+
+
+def _tensors(state: dict[str, Any], key: str, depth: int = 1, *, never_negative: bool = False) -> list:
+    """``state[key]``: a list of tensors (``depth`` 1) or of lists of tensors (``depth`` 2) with finite values (and,
+    ``never_negative``, none below 0: a Fisher), else one line naming the entry. A state comes from a checkpoint, whose
+    checksum anyone can recompute: a NaN there surfaced as a NaN loss blamed on the learning rate, a negative Fisher as
+    a penalty that pushes the weights away from the past tasks', silently. (SI's path integrals and importances are
+    signed: ``ω = −Σ g·Δθ`` goes below 0 where a step went uphill.)"""
     value = state.get(key) if isinstance(state, dict) else None
     ok = isinstance(value, (list, tuple)) and all(
         isinstance(t, Tensor) if depth == 1 else isinstance(t, (list, tuple)) and all(isinstance(u, Tensor) for u in t)
@@ -112,7 +121,12 @@ def _tensors(state: dict[str, Any], key: str, depth: int = 1) -> list:
     if not ok:
         what = "a list of tensors" if depth == 1 else "a list of lists of tensors"
         raise ValueError(f"baseline state {key!r} must be {what}, got {type(value).__name__}")
-    return [list(t) for t in value] if depth == 2 else list(value)
+    found = [list(t) for t in value] if depth == 2 else list(value)
+    for i, item in enumerate(found):
+        for j, tensor in enumerate(item if depth == 2 else [item]):
+            check_tensor_values(f"baseline state {key}[{i}]" + (f"[{j}]" if depth == 2 else ""), tensor,
+                                never_negative=never_negative, why=_FISHER_SIGN)
+    return found
 
 
 def _fit(name: str, tensors: Sequence[Tensor], params: Sequence[Tensor]) -> None:
@@ -266,7 +280,7 @@ class EWC(Plugin):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (checked as the constructor checks its arguments)."""
-        importances, anchors = _tensors(state, "importances", 2), _tensors(state, "anchors", 2)
+        importances, anchors = _tensors(state, "importances", 2, never_negative=True), _tensors(state, "anchors", 2)
         if len(importances) != len(anchors):
             raise ValueError(f"baseline state has {len(importances)} importances but {len(anchors)} anchors")
         self.lam = finite_number("EWC lam", state.get("lam"), positive=False)
@@ -321,7 +335,7 @@ class EWCOnline(Plugin):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (checked as the constructor checks its arguments)."""
-        fisher, anchor = _tensors(state, "fisher"), _tensors(state, "anchor")
+        fisher, anchor = _tensors(state, "fisher", never_negative=True), _tensors(state, "anchor")
         self.lam = finite_number("lam", state.get("lam"), positive=False)
         self.gamma = _gamma(state.get("gamma"))
         self.samples = _samples(state.get("samples"), "samples")
@@ -361,6 +375,10 @@ class RandomConsolidation(EWC):
         return {**super().state_dict(), "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned; a shuffling generator's state that torch would refuse is one line
+        before anything is restored."""
+        check_generator_state(state.get("generator") if isinstance(state, dict) else None,
+                              "baseline state 'generator'")
         super().load_state_dict(state)
         self.generator.set_state(state["generator"])
 

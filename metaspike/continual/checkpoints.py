@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from metaspike.checks import is_whole
+from metaspike.checks import check_generator_state, is_finite_number, is_number, is_whole
 from metaspike.continual.batchnorm import batchnorm_state
 from metaspike.continual.metrics import is_accuracy
 from metaspike.continual.scenarios import Scenario
@@ -25,7 +26,7 @@ from metaspike.optimizer_state import check_parameter_state
 
 __all__ = ["CHECKPOINT_FORMAT", "CURVE_COLUMNS", "check_checkpoint", "check_batchnorm_states", "check_same_run",
            "kinds_of", "check_kinds", "settings_of", "check_plugin_settings", "group_settings", "check_optimizer_state",
-           "load_part"]
+           "load_part", "check_histograms"]
 
 CHECKPOINT_FORMAT = "metaspike-checkpoint-3"
 #: The columns of a curves row before its evaluated tasks' accuracies (one row per evaluation).
@@ -81,7 +82,10 @@ def check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: tor
     if result.setdefault("training_tasks", len(scenario.tasks)) != len(scenario.tasks):
         raise ValueError(f"the checkpoint's result says {result['training_tasks']!r} training tasks; this run's "
                          f"scenario has {len(scenario.tasks)}")
-    if list(result["task_names"]) != list(scenario.eval_task_names):
+    names_found = result["task_names"]
+    if not (isinstance(names_found, (list, tuple)) and all(isinstance(name, str) for name in names_found)):
+        raise ValueError(f"the checkpoint's task names must be a list of strings, got a {type(names_found).__name__}")
+    if list(names_found) != list(scenario.eval_task_names):
         raise ValueError("checkpoint was written for other tasks than this run's scenario has")
     width = len(scenario.eval_task_names)
     matrix = result["matrix"]
@@ -97,6 +101,7 @@ def check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: tor
         raise ValueError(f"the checkpoint's untrained accuracies must be {width} accuracies in [0, 100] (or NaN)")
     if not all(isinstance(result[k], list) for k in ("curves", "histograms", "diagnostics")):
         raise ValueError("the checkpoint's curves, histograms and diagnostics must be lists")
+    check_histograms(result["histograms"], "the checkpoint's list of histograms")  # (hidden_weights.json, at task end)
     curve_columns = set(CURVE_COLUMNS)
     if not all(isinstance(r, dict) and curve_columns <= set(r) <= curve_columns | set(scenario.eval_task_names)
                and all(isinstance(v, (int, float)) for v in r.values()) for r in result["curves"]):
@@ -113,6 +118,7 @@ def check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: tor
         value = state.get(key, expected)  # (checkpoints written before torch_rng was kept lack it)
         if not isinstance(value, Tensor) or value.dtype != expected.dtype or value.shape != expected.shape:
             raise ValueError(f"the checkpoint's {key} is not a state of torch's generator")
+        check_generator_state(value, f"the checkpoint's {key}")  # (its size is right: are its values?)
     if not isinstance(state["model"], dict) or not isinstance(state["optimizer"], dict):
         raise ValueError("the checkpoint's model and optimizer must be state dicts")
     own = model.state_dict()
@@ -121,19 +127,26 @@ def check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: tor
     if mistyped:
         raise ValueError(f"the checkpoint's model has entries of another type than this run's model: {mistyped[:5]}")
     # (a run stops before it writes a NaN weight: one here was put there, and would read as divergence of this run)
-    broken = [key for key, value in state["model"].items()
-              if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    broken = _non_finite(state["model"])
     if broken:
         raise ValueError(f"the checkpoint's model holds NaN or infinite values (in {', '.join(broken[:5])}), which a "
                          "run never writes")
 
 
+def _non_finite(entries: dict[Any, Any]) -> list[str]:
+    """The keys of ``entries`` (a state dict) whose value is a floating-point tensor holding NaN or ±inf: a run stops
+    before it writes one (a loss or weight turned NaN), so one in a checkpoint was put there, and would read as this
+    run's divergence, or as wrong numbers that nothing flags."""
+    return [str(key) for key, value in entries.items()
+            if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+
+
 def check_batchnorm_states(states: Any, trained: int, model: nn.Module, per_task: bool) -> None:
     """A ``ValueError`` unless ``states`` holds one BatchNorm state per trained task that fits ``model`` (each of its
-    BatchNorm layers' parameters, in their shapes and dtypes; a state may hold more, as earlier versions kept). Where
-    the run's BatchNorm is not per task (``per_task`` false: ``batchnorm="shared"``, or a scenario that evaluates with
-    the shared state), a task's state is never read, and the trainer keeps an empty one: that is accepted there, and
-    only there.
+    BatchNorm layers' parameters, in their shapes and dtypes; a state may hold more, as earlier versions kept), with
+    finite floating-point values (the checksum is no guard: anyone can recompute it). Where the run's BatchNorm is
+    not per task (``per_task`` false: ``batchnorm="shared"``, or a scenario that evaluates with the shared state), a
+    task's state is never read, and the trainer keeps an empty one: that is accepted there, and only there.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
@@ -142,16 +155,74 @@ def check_batchnorm_states(states: Any, trained: int, model: nn.Module, per_task
         Traceback (most recent call last):
         ...
         ValueError: the checkpoint's BatchNorm states do not fit this run's model
+        >>> state = {k: v.clone() for k, v in batchnorm_state(net).items()}
+        >>> state["1.weight"][0] = float("nan")
+        >>> check_batchnorm_states([state], 1, net, per_task=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: the checkpoint's BatchNorm state of task 1 holds NaN or infinite values (in 1.weight), which a run never writes
     """
     if not isinstance(states, list) or len(states) != trained or not all(isinstance(s, dict) for s in states):
         raise ValueError(f"the checkpoint must hold a BatchNorm state for each of its {trained} trained tasks")
     reference = batchnorm_state(model)
-    for s in states:
+    for task, s in enumerate(states, start=1):
         if not s and not per_task:
             continue
         if not set(reference) <= set(s) or any(not isinstance(s[k], Tensor) or s[k].shape != v.shape
                                                or s[k].dtype != v.dtype for k, v in reference.items()):
             raise ValueError("the checkpoint's BatchNorm states do not fit this run's model")
+        broken = _non_finite(s)  # (a NaN scale evaluates its task at chance, and the run ends complete)
+        if broken:
+            raise ValueError(f"the checkpoint's BatchNorm state of task {task} holds NaN or infinite values (in "
+                             f"{', '.join(broken[:5])}), which a run never writes")
+
+
+def check_histograms(data: Any, what: str | Path) -> list[dict[str, Any]]:
+    """``data`` if it is a list of ``{"after_task", "layers": {name: {"edges", "counts"[, "shape"], ...}}}`` snapshots
+    (what a run writes to ``hidden_weights.json``), else one ``ValueError`` beginning with ``what`` (the file, or the
+    checkpoint's list a run goes on writing there): every snapshot has the same layers (none where the model has no
+    weight matrices: a user's model of bare parameters), ``after_task`` is a task number and a layer's other entries
+    are numbers, texts or ``null`` (a checkpoint's entry that JSON cannot hold would stop the run at its next task's
+    end).
+
+    Example:
+        >>> layer = {"edges": [-1.0, 0.0, 1.0], "counts": [5, 7], "shape": [4, 3], "median_abs": 0.3}
+        >>> len(check_histograms([{"after_task": 1, "layers": {"0": layer}}], "hidden_weights.json"))
+        1
+        >>> check_histograms([{"after_task": [1], "layers": {}}], "hidden_weights.json")
+        Traceback (most recent call last):
+        ...
+        ValueError: hidden_weights.json is malformed: snapshot 1: 'after_task' must be a task number >= 1
+    """
+    if not isinstance(data, list):
+        raise ValueError(f"{what} is malformed: expected a list of snapshots, found {type(data).__name__}")
+    names = None
+    for k, snapshot in enumerate(data, start=1):
+        where = f"{what} is malformed: snapshot {k}"
+        if not isinstance(snapshot, dict) or not isinstance(snapshot.get("layers"), dict) or "after_task" not in snapshot:
+            raise ValueError(f"{where} is not an object with 'after_task' and 'layers'")
+        if not is_whole(snapshot["after_task"], 1):
+            raise ValueError(f"{where}: 'after_task' must be a task number >= 1")
+        if names is not None and list(snapshot["layers"]) != names:
+            raise ValueError(f"{where} has layers {list(snapshot['layers'])}, snapshot 1 has {names}")
+        names = list(snapshot["layers"])
+        for name, layer in snapshot["layers"].items():
+            edges = layer.get("edges") if isinstance(layer, dict) else None
+            counts = layer.get("counts") if isinstance(layer, dict) else None
+            if not (isinstance(edges, list) and isinstance(counts, list) and all(map(is_finite_number, edges + counts))):
+                raise ValueError(f"{where}, layer {name!r}: 'edges' and 'counts' must be lists of finite numbers")
+            if any(c < 0 for c in counts):
+                raise ValueError(f"{where}, layer {name!r}: 'counts' must be >= 0")
+            if len(edges) != len(counts) + 1:
+                raise ValueError(f"{where}, layer {name!r}: {len(counts)} counts need {len(counts) + 1} edges, found {len(edges)}")
+            shape = layer.get("shape", [])
+            if not (isinstance(shape, list) and all(is_whole(d, 0) for d in shape)):
+                raise ValueError(f"{where}, layer {name!r}: 'shape' must be a list of integers")
+            other = [key for key, value in layer.items() if key not in ("edges", "counts", "shape")
+                     and not (value is None or isinstance(value, str) or is_number(value))]
+            if other:
+                raise ValueError(f"{where}, layer {name!r}: {other[0]!r} must be a number, a text or null")
+    return data
 
 
 def kinds_of(optimizer: Any = None, plugins: Sequence[Any] = ()) -> dict[str, list[str]]:

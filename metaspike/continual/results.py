@@ -31,12 +31,19 @@ from typing import Any
 
 import torch
 
-from metaspike.checks import is_finite_number, is_whole
-from metaspike.continual.checkpoints import CHECKPOINT_FORMAT, CURVE_COLUMNS
+from metaspike.continual.checkpoints import CHECKPOINT_FORMAT, CURVE_COLUMNS, check_histograms
 from metaspike.continual.metrics import evaluated_rows, is_accuracy
 from metaspike.continual.trainer import ContinualResult
 from metaspike.diagnostics import plasticity_ranking
-from metaspike.files import atomic_open, atomic_write_text, check_torch_archive, csv_text, read_json, read_regular_file
+from metaspike.files import (
+    atomic_open,
+    atomic_write_text,
+    check_plain_tensors,
+    check_torch_archive,
+    csv_text,
+    read_json,
+    read_regular_file,
+)
 
 __all__ = [
     "RunDirectory", "load_run", "load_checkpoint", "latest_good_checkpoint", "unique_directory", "state_checksum",
@@ -365,9 +372,10 @@ def load_checkpoint(path: str | os.PathLike, config_digest: str | None = None) -
     """Load a checkpoint file with ``torch.load(..., weights_only=True)`` and verify its checksum.
 
     Raises one line of ``ValueError`` naming the file when it is missing, truncated, corrupt, of another version's
-    format, or its content (tensors and plain values alike) does not match the checksum stored with it; with
-    ``config_digest`` (the SHA-256 of the run's ``config.json`` now), :class:`ConfigChanged` when the checkpoint was
-    written under another one.
+    format, holds tensors that are not plain dense ones or nests too deep (:func:`~metaspike.files.check_plain_tensors`,
+    before anything is hashed or copied), or its content (tensors and plain values alike) does not match the checksum
+    stored with it (or cannot be summed); with ``config_digest`` (the SHA-256 of the run's ``config.json`` now),
+    :class:`ConfigChanged` when the checkpoint was written under another one.
 
     Example:
         >>> state = load_checkpoint("runs/permuted-mnist5k-meta10-seed1/checkpoint.pt")  # doctest: +SKIP
@@ -384,6 +392,7 @@ def load_checkpoint(path: str | os.PathLike, config_digest: str | None = None) -
             raise ValueError(f"checkpoint {path} holds an object that torch.load(weights_only=True) does not read "
                              "(a checkpoint holds tensors and plain Python values only)") from None
         raise ValueError(f"checkpoint {path} is truncated or corrupt (torch cannot read it: {type(err).__name__})") from None
+    check_plain_tensors(state, f"checkpoint {path}")  # (before the checksum copies each tensor, or recurses)
     if not isinstance(state, dict) or "position" not in state:
         raise ValueError(f"checkpoint {path} is not a metaspike checkpoint")
     if state.get("format") != CHECKPOINT_FORMAT:
@@ -393,7 +402,12 @@ def load_checkpoint(path: str | os.PathLike, config_digest: str | None = None) -
     written_under = state.pop(CONFIG_KEY, None)
     if stored is None or written_under is None:
         raise ValueError(f"checkpoint {path} lacks its checksum or the digest of its run's config.json (edited?)")
-    if stored != state_checksum(state):
+    try:
+        computed = state_checksum(state)
+    except Exception as err:  # (what torch reads but cannot hash is damage too: the previous checkpoint is tried)
+        raise ValueError(f"checkpoint {path} is damaged: its content cannot be summed to check it "
+                         f"({type(err).__name__})") from None
+    if stored != computed:
         raise ValueError(f"checkpoint {path} is damaged: its content does not match its checksum")
     if config_digest is not None and written_under != config_digest:
         raise ConfigChanged(f"checkpoint {path} was written under another config.json than {path.parent} holds now "
@@ -500,33 +514,6 @@ def _matrix_rows(rows: list[list[float]], file: Path) -> list[Sequence[float]]:
     return matrix
 
 
-def _check_histograms(data: Any, file: Path) -> list[dict[str, Any]]:
-    """``data`` if it is a list of ``{"after_task", "layers": {name: {"edges", "counts"[, "shape"]}}}`` snapshots."""
-    if not isinstance(data, list):
-        raise ValueError(f"{file} is malformed: expected a list of snapshots, found {type(data).__name__}")
-    names = None
-    for k, snapshot in enumerate(data, start=1):
-        where = f"{file} is malformed: snapshot {k}"
-        if not isinstance(snapshot, dict) or not isinstance(snapshot.get("layers"), dict) or "after_task" not in snapshot:
-            raise ValueError(f"{where} is not an object with 'after_task' and 'layers'")
-        if names is not None and list(snapshot["layers"]) != names:
-            raise ValueError(f"{where} has layers {list(snapshot['layers'])}, snapshot 1 has {names}")
-        names = list(snapshot["layers"])
-        for name, layer in snapshot["layers"].items():
-            edges = layer.get("edges") if isinstance(layer, dict) else None
-            counts = layer.get("counts") if isinstance(layer, dict) else None
-            if not (isinstance(edges, list) and isinstance(counts, list) and all(map(is_finite_number, edges + counts))):
-                raise ValueError(f"{where}, layer {name!r}: 'edges' and 'counts' must be lists of finite numbers")
-            if any(c < 0 for c in counts):
-                raise ValueError(f"{where}, layer {name!r}: 'counts' must be >= 0")
-            if len(edges) != len(counts) + 1:
-                raise ValueError(f"{where}, layer {name!r}: {len(counts)} counts need {len(counts) + 1} edges, found {len(edges)}")
-            shape = layer.get("shape", [])
-            if not (isinstance(shape, list) and all(is_whole(d, 0) for d in shape)):
-                raise ValueError(f"{where}, layer {name!r}: 'shape' must be a list of integers")
-    return data
-
-
 def load_run(path: str | os.PathLike) -> dict[str, Any]:
     """Read a run directory back: config, task names, matrix, curves, metrics, histograms.
 
@@ -574,5 +561,5 @@ def load_run(path: str | os.PathLike) -> dict[str, Any]:
         "matrix": matrix,
         "curves": curves,
         "metrics": read_object("metrics.json", dict),
-        "histograms": _check_histograms(read_object("hidden_weights.json", list), path / "hidden_weights.json"),
+        "histograms": check_histograms(read_object("hidden_weights.json", list), path / "hidden_weights.json"),
     }

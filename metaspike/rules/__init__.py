@@ -37,7 +37,7 @@ __all__ = [
     "Rule", "NoState", "Stateless", "TanhRule", "NoConsolidation", "CascadeRule", "CascadeState", "SwitchRule",
     "SwitchState", "check_meta", "check_update", "checked_step", "toward_zero", "state_to_dict", "state_from_dict",
     "register_rule", "get_rule", "available_rules", "rule_record", "rule_from_record", "user_rule_errors",
-    "is_plain",
+    "is_plain", "same_rule",
 ]
 
 _RULES: dict[str, Rule] = {}
@@ -126,6 +126,22 @@ def rule_record(rule: str | Rule) -> str | dict[str, Any] | Rule:
     if not dataclasses.is_dataclass(rule):
         return rule.name if rule is registered or _same_attributes(rule, registered) else rule
     return {"rule": rule.name, **{f.name: getattr(rule, f.name) for f in dataclasses.fields(rule) if f.init}}
+
+
+def same_rule(first: str | Rule, second: str | Rule) -> bool:
+    """Whether two rules (names or objects) are the same rule with the same settings: of one class and name, equal as
+    dataclasses, or holding equal plain attributes (separate instances of a user's rule class included).
+
+    Example:
+        >>> same_rule("cascade", CascadeRule()), same_rule(CascadeRule(n=2), CascadeRule(n=3))
+        (True, False)
+    """
+    first, second = get_rule(first), get_rule(second)
+    if first is second:
+        return True
+    if type(first) is not type(second) or first.name != second.name:
+        return False
+    return first == second if dataclasses.is_dataclass(first) else _same_attributes(first, second)
 
 
 def _same_attributes(first: object, second: object) -> bool:
