@@ -7,7 +7,7 @@ with a hard-tanh straight-through gradient) with metaplastic Adam (``meta > 0``)
   parameter; its signs are written once per step into persistent buffers (one compiled pass); each
   product of ±1 inputs by ±1 weights uses the fastest exact product of the machine (int8, bfloat16
   or float32, timed once per process and shape; see :mod:`bnn.binary_linear`); each float32 product
-  (the first layer's, the backward ones) goes to the faster of ``torch.mm`` and oneDNN on the machine
+  (the first layer's, the backward ones) goes to ``torch.mm`` or oneDNN, whichever runs the CPU's widest kernels
   (:mod:`bnn.float32_products`); the weight gradient is written into a reused buffer; the optimizer updates the hidden weight in place (one fused,
   compiled loop per weight matrix). Run twice: with the default float32 backward products, and
   with the opt-in ``precision="bfloat16"`` ones (``metaspike bf16``).
