@@ -771,19 +771,45 @@ def test_a_run_read_back_reports_the_metrics_it_recorded(finished_run, tmp_path)
     import math
 
     from metaspike.app.runs import finished_result
+    from metaspike.continual import ContinualResult
 
     recorded = json.loads((finished_run / "metrics.json").read_text())
     result = finished_result(finished_run)
     for key in ("ACC", "BWT", "FWT", "forgetting"):
         assert result.metrics[key] == recorded[key] or (recorded[key] is None and math.isnan(result.metrics[key]))
-    edited = finished_result(_copy_with_metrics(finished_run, tmp_path / "run", ACC=12.345, FWT=None,
-                                                evaluated_accuracy=50.5, evaluated_tasks=2, last5_accuracy=60.25,
-                                                task1_accuracy=40.0))
-    assert edited.metrics["ACC"] == 12.345 and edited.metrics["BWT"] == recorded["BWT"]
-    assert "FWT" in edited.metrics and math.isnan(edited.metrics["FWT"])
-    assert edited.metrics["evaluated_tasks"] == 2.0 and edited.metrics["last5_accuracy"] == 60.25
+    # (a value the matrix's two decimals allow, 0.005 off each cell, is the run's: it comes back as recorded)
+    from_matrix = ContinualResult(result.task_names, matrix=result.matrix, baseline=result.baseline).metrics
+    acc, bwt = round(from_matrix["ACC"] + 0.004, 3), round(from_matrix["BWT"] - 0.009, 3)
+    edited = finished_result(_copy_with_metrics(finished_run, tmp_path / "run", ACC=acc, BWT=bwt))
+    assert edited.metrics["ACC"] == acc and edited.metrics["BWT"] == bwt and edited.metrics["FWT"] == recorded["FWT"]
     assert edited.matrix == result.matrix and edited.task_names == result.task_names
-    assert repr(edited).startswith("ContinualResult(2 tasks") and "ACC 12.35" in repr(edited)
+    assert repr(edited).startswith("ContinualResult(2 tasks") and f"ACC {acc:.2f}" in repr(edited)
+
+
+@pytest.mark.parametrize("changed, message", [
+    (lambda m, r: {"ACC": 99.0}, "records 'ACC' 99.0, where the run's accuracy_matrix.csv and untrained_accuracy "),
+    (lambda m, r: {"BWT": round(m["BWT"] + 0.02, 3)}, "records 'BWT' "),
+    (lambda m, r: {"FWT": None}, "records 'FWT' null, where"),
+    (lambda m, r: {"forgetting": round(m["forgetting"] - 0.02, 3)}, "records 'forgetting' "),
+    (lambda m, r: {"evaluated_accuracy": m["ACC"], "evaluated_tasks": 2, "last5_accuracy": m["ACC"],
+                   "task1_accuracy": r["final_accuracy"][0]}, "records 'evaluated_accuracy', a long stream's metric"),
+    (lambda m, r: {"untrained_accuracy": [r["untrained_accuracy"][0], r["untrained_accuracy"][1] + 1.0]},
+     "records 'FWT' "),
+], ids=["ACC", "BWT", "FWT-null", "forgetting", "long-stream-metrics", "untrained"])
+def test_a_run_read_back_whose_metrics_contradict_its_matrix_is_one_line(finished_run, tmp_path, changed, message):
+    """A comparison or reproduction reads a finished run's metrics from metrics.json: an edited "ACC": 99.0 stood in
+    the table and comparison.json beside the matrix that gives 72.6 (only an edited last matrix row was caught).
+    Each metric is now recomputed from the matrix and untrained accuracies the files hold, and one that differs by
+    more than their rounding allows is refused, naming metrics.json and the metric."""
+    from metaspike.app.runs import finished_result
+    from metaspike.continual import ContinualResult
+
+    result, recorded = finished_result(finished_run), json.loads((finished_run / "metrics.json").read_text())
+    from_matrix = ContinualResult(result.task_names, matrix=result.matrix, baseline=result.baseline).metrics
+    run = _copy_with_metrics(finished_run, tmp_path / "run", **changed(from_matrix, recorded))
+    with pytest.raises(ValueError) as info:
+        finished_result(run)
+    assert str(info.value).startswith(f"{run / 'metrics.json'} {message}") and "\n" not in str(info.value), info.value
 
 
 @pytest.mark.parametrize("changed, message", [
@@ -833,14 +859,31 @@ def test_a_comparison_reports_what_its_runs_recorded(tmp_path, capsys):
     recorded = json.loads((run / "metrics.json").read_text())
     for key in ("ACC", "BWT", "FWT", "forgetting"):  # (one seed: the mean is the run's value, to 3 decimals)
         assert table()[f"{key}_mean"] == ("" if recorded[key] is None else decimal_text(recorded[key], 3)), key
-    metrics = {**recorded, "ACC": 12.345, "BWT": -1.25, "FWT": None}
-    (run / "metrics.json").write_text(json.dumps(metrics))
+    # (what metrics.json records, within the rounding of the matrix's cells: 0.005 each; a metric beyond it is refused)
+    final = [float(cell) for cell in list(csv.reader(open(run / "accuracy_matrix.csv")))[-1][1:]]
+    acc = round(sum(final) / len(final) + 0.004, 3)
+    (run / "metrics.json").write_text(json.dumps({**recorded, "ACC": acc}))
     capsys.readouterr()
     assert main(["compare", "--resume", str(root), "--quiet"]) == 0
-    row = table()
-    assert (row["ACC_mean"], row["BWT_mean"], row["FWT_mean"]) == ("12.345", "-1.250", "")
+    assert table()["ACC_mean"] == decimal_text(acc, 3)
     line = next(line for line in (root / "comparison.txt").read_text().splitlines() if line.startswith("meta=0"))
-    assert line.split()[3:6] == ["12.3", "-1.3", "n/a"]  # (after the setting and two tasks: ACC, BWT, FWT)
+    assert line.split()[3] == f"{acc:.1f}"  # (after the setting and two tasks: ACC)
+
+
+def test_a_comparison_resumed_refuses_a_run_whose_metrics_its_matrix_contradicts(tmp_path, capsys):
+    """An edited "ACC": 99.0 in a finished run's metrics.json stood in compare --resume's table and comparison.json,
+    where the run's matrix gives 72.6; now it is one line naming the file and the metric, and nothing is rewritten."""
+    assert main(["compare", *SMALL, "--meta", "0", "--out", str(tmp_path)]) == 0
+    root = next(tmp_path.glob("compare-*"))
+    run = root / "permuted-digits-meta0-seed1"
+    table = (root / "comparison.json").read_bytes()
+    (run / "metrics.json").write_text(json.dumps({**json.loads((run / "metrics.json").read_text()), "ACC": 99.0}))
+    capsys.readouterr()
+    assert main(["compare", "--resume", str(root), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"metaspike: error: {run / 'metrics.json'} records 'ACC' 99.0, where the run's ") and \
+        err.count("\n") == 1, err
+    assert (root / "comparison.json").read_bytes() == table
 
 
 def test_a_run_under_a_path_an_ascii_terminal_cannot_print_ends_well(tmp_path):

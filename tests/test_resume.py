@@ -930,3 +930,69 @@ def test_a_finished_run_recording_an_integer_beyond_float_range_is_one_line(tmp_
         with pytest.raises(ValueError, match=re.escape(message)) as info:
             finished_result(path)
         assert "\n" not in str(info.value)
+
+
+def _nan_cell(state):
+    """A task's matrix row after a task the run evaluated made NaN: an evaluation that never happened."""
+    row = list(state["result"]["matrix"][0])
+    row[0] = float("nan")
+    state["result"]["matrix"][0] = row
+
+
+@pytest.mark.parametrize("stop_at, change, message", [
+    (2, lambda s: s["position"].update(epochs_done=1),
+     "the checkpoint's curves hold 2 rows where its position (0 tasks trained, 1 epochs into the next; 3 epochs a "
+     "task, eval_every 1) gives 1: it was edited"),
+    (2, lambda s: s["result"]["curves"][0].update({"digits-perm1": True}),
+     "the checkpoint's curves row 1: 'digits-perm1' is True, not an accuracy in [0, 100]"),
+    (2, lambda s: s["result"]["curves"][1].update({"digits-perm2": 1e300}),
+     "the checkpoint's curves row 2: 'digits-perm2' is 1e+300, not an accuracy in [0, 100]"),
+    (2, lambda s: s["result"]["curves"][0].update(loss=float("inf")),
+     "the checkpoint's curves row 1: loss inf is not a finite number"),
+    (2, lambda s: s["result"]["curves"][1].update(global_epoch=5),
+     "the checkpoint's curves row 2 has task 1, epoch 2, global_epoch 5 where its position"),
+    (2, lambda s: s["result"]["diagnostics"].pop(),
+     "the checkpoint's diagnostics hold 1 rows where its position"),
+    (3, lambda s: s["result"]["curves"][-1].update({"digits-perm1": 12.5}),
+     "the checkpoint's curves row of task 1's last epoch differs from row 1 of its accuracy matrix"),
+    (3, _nan_cell, "the checkpoint's curves row of task 1's last epoch differs from row 1 of its accuracy matrix"),
+], ids=["position-behind-curves", "bool-cell", "huge-cell", "infinite-loss", "global-epoch", "diagnostics-short",
+        "curves-not-matrix", "matrix-not-curves"])
+def test_a_resigned_checkpoint_whose_curves_disagree_with_it_is_one_line_before_training(tmp_path, capsys, stop_at,
+                                                                                         change, message):
+    """A re-signed checkpoint's curves were checked as rows of numbers only: epochs_done set back from 6 to 1 resumed
+    into the wrong epochs of task 1 (45 of 40), wrote global_epoch 1..6 then 2..6 to curves.csv, marked the run
+    complete and then refused its own curves.csv (exit 2); a True or 1e300 accuracy in a curves row trained the whole
+    run and then refused its own curves.csv. Now the curves must be the rows the run wrote up to the checkpoint's
+    position (whole numbers, finite loss, accuracies in [0, 100]), the last one of a task its matrix row: refused in
+    one line before anything is trained or written."""
+    from metaspike.continual.results import CHECKSUM_KEY, CONFIG_KEY, state_checksum
+
+    run = _interrupted_run(tmp_path, stop_at=stop_at, epochs=3)  # (stop_at 2: inside task 1; 3: after it)
+    raw = torch.load(run / "checkpoint.pt", weights_only=True)
+    digest = raw.pop(CONFIG_KEY)
+    raw.pop(CHECKSUM_KEY)
+    assert raw["position"] == ({"task": 0, "epochs_done": 2} if stop_at == 2 else {"task": 1, "epochs_done": 0})
+    change(raw)
+    torch.save({**raw, CHECKSUM_KEY: state_checksum(raw), CONFIG_KEY: digest}, run / "checkpoint.pt")
+    (run / "checkpoint.prev.pt").unlink(missing_ok=True)
+    files = {name: (run / name).read_bytes() for name in ("curves.csv", "diagnostics.csv")}
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
+    assert {name: (run / name).read_bytes() for name in files} == files  # (nothing trained, nothing written)
+
+
+@pytest.mark.parametrize("config", [
+    pytest.param(RunConfig(datasets=("digits",), tasks=5, epochs=2, hidden=(16,), eval_every=2, eval_tasks=6,
+                           samples_per_task=60, batch_size=20), id="eval-every-2-and-a-budget"),
+    pytest.param(RunConfig(datasets=("digits",), scenario="stream", tasks=3, epochs=2, hidden=(16,), eval_every=2,
+                           batch_size=50), id="stream"),
+    pytest.param(RunConfig(datasets=("digits",), scenario="split", split_mode="class-growing", tasks=3, epochs=2,
+                           hidden=(16,)), id="growing-head"),
+])
+def test_every_checkpoint_of_a_run_evaluated_on_a_budget_or_a_stream_resumes_to_the_same_numbers(config):
+    """The curves a checkpoint must hold follow from its position and its run's eval_every (rows only for evaluated
+    tasks, of the tasks evaluated then): every checkpoint such runs write passes that check and resumes to the run's
+    own matrix."""
+    assert _resumes_to_the_same_numbers(config) >= 4

@@ -836,12 +836,30 @@ def learned_nothing(result: ContinualResult) -> bool:
     return math.isfinite(rise) and not _learned(rise)
 
 
+#: The decimals a run writes (:class:`~metaspike.continual.results.RunDirectory`): the accuracies of its matrix, its
+#: final and untrained accuracies (``write_matrix``, ``write_metrics``) to two, its metrics (``write_metrics``) to
+#: three.
+ACCURACY_DECIMALS, METRIC_DECIMALS = 2, 3
+
+
+def _rounding(decimals: int) -> float:
+    """How far a value rounded to ``decimals`` decimals may lie from the one it was rounded from: half a unit of its
+    last place.
+
+    Example:
+        >>> _rounding(ACCURACY_DECIMALS)
+        0.005
+    """
+    return 0.5 * 10.0 ** -decimals
+
+
 def _check_final_row(run_dir: Path, matrix: list[list[float]], final: Any) -> None:
     """The matrix's last row is what ``metrics.json`` says the run ended with (both are written from one result, to
     two decimals): a matrix copied from another run or edited by hand would otherwise stand for this run."""
     def same(a: Any, b: float) -> bool:
         missing = a is None or is_nan(a)
-        return missing == math.isnan(b) and (missing or (is_finite_number(a) and abs(a - b) <= 0.005))
+        return missing == math.isnan(b) and (missing or (is_finite_number(a)
+                                                         and abs(a - b) <= _rounding(ACCURACY_DECIMALS)))
 
     last = matrix[-1] if matrix else []
     if not (isinstance(final, list) and len(final) == len(last) and all(map(same, final, last))):
@@ -909,9 +927,43 @@ def _recorded_metrics(file: Path, metrics: dict[str, Any], tasks: int) -> dict[s
     return recorded
 
 
+#: How many of a run's rounded accuracies (matrix cells, untrained accuracies) each term of a metric adds or subtracts:
+#: ACC and a long stream's accuracies average cells, BWT, FWT and forgetting average differences of two (forgetting's
+#: best cell is within a rounding of the best one unrounded); ``evaluated_tasks`` is a count, recorded exactly.
+_ROUNDED_TERMS = {"ACC": 1, "BWT": 2, "FWT": 2, "forgetting": 2, "evaluated_accuracy": 1, "last5_accuracy": 1,
+                  "task1_accuracy": 1, "evaluated_tasks": 0}
+#: float64's own error in a metric of at most ``MAX_AFTER_TASK`` (10^6) accuracies <= 100 (about 10^6 * 100 * 2^-53,
+#: 1e-8) is well below this, and this well below the rounding the files keep.
+_ARITHMETIC = 1e-6
+
+
+def _check_recorded_metrics(file: Path, result: RecordedResult) -> None:
+    """One ``ValueError`` naming ``file`` (the run's ``metrics.json``) and the metric where a metric it recorded is not
+    the one the run's matrix and untrained accuracies, as its files hold them, give (the library's own
+    :attr:`ContinualResult.metrics <metaspike.continual.ContinualResult.metrics>` on them), within what the
+    rounding of those files allows (:data:`_ROUNDED_TERMS` accuracies to :data:`ACCURACY_DECIMALS` decimals, the
+    metric to :data:`METRIC_DECIMALS`); a metric one side leaves undefined (``null``) and the other not differs too. A
+    table of runs read back shows the recorded metrics: an edited ACC stood there beside the matrix that contradicts
+    it."""
+    computed = ContinualResult(result.task_names, matrix=result.matrix, baseline=result.baseline).metrics
+    for key, recorded in result.recorded.items():
+        if key not in computed:  # (a run of an earlier version may lack a long stream's metrics, never the reverse)
+            raise ValueError(f"{file} records {key!r}, a long stream's metric, where the run's accuracy_matrix.csv is "
+                             "not a long stream's: one of them was edited or copied from another run")
+        value = computed[key]
+        terms = _ROUNDED_TERMS[key]
+        allowed = terms * _rounding(ACCURACY_DECIMALS) + _rounding(METRIC_DECIMALS) + _ARITHMETIC if terms else 0.0
+        if math.isnan(recorded) != math.isnan(value) or abs(recorded - value) > allowed:
+            shown = "null (undefined)" if math.isnan(value) else f"{value:.{METRIC_DECIMALS}f}"
+            raise ValueError(f"{file} records {key!r} {'null' if math.isnan(recorded) else recorded}, where the run's "
+                             f"accuracy_matrix.csv and untrained_accuracy give {shown}: one of them was edited or "
+                             "copied from another run")
+
+
 def finished_result(run_dir: str | Path) -> RecordedResult | None:
     """The result of a complete run read back from its files, or ``None`` when it is not complete: its matrix from
-    ``accuracy_matrix.csv`` (two decimals), its metrics as ``metrics.json`` recorded them (:class:`RecordedResult`).
+    ``accuracy_matrix.csv`` (two decimals), its metrics as ``metrics.json`` recorded them (:class:`RecordedResult`),
+    refused in one line where they contradict that matrix (:func:`_check_recorded_metrics`).
 
     Example:
         >>> finished_result("runs/permuted-mnist5k-meta10-seed1")  # doctest: +SKIP
@@ -931,6 +983,8 @@ def finished_result(run_dir: str | Path) -> RecordedResult | None:
     if not (is_finite_number(seconds) and seconds >= 0):
         raise ValueError(f"{metrics_file} is malformed: 'seconds' must be a finite number >= 0")
     _check_final_row(Path(run_dir), run_data["matrix"], metrics.get("final_accuracy"))
-    return RecordedResult(run_data["task_names"], matrix=run_data["matrix"],
-                          baseline=[math.nan if a is None else float(a) for a in baseline], seconds=float(seconds),
-                          recorded=_recorded_metrics(metrics_file, metrics, tasks))
+    result = RecordedResult(run_data["task_names"], matrix=run_data["matrix"],
+                            baseline=[math.nan if a is None else float(a) for a in baseline], seconds=float(seconds),
+                            recorded=_recorded_metrics(metrics_file, metrics, tasks))
+    _check_recorded_metrics(metrics_file, result)
+    return result

@@ -18,15 +18,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metaspike.checks import check_generator_state, is_finite_number, is_number, is_whole
+from metaspike.checks import check_generator_state, is_finite_number, is_number, is_whole, shown
 from metaspike.continual.batchnorm import batchnorm_state
 from metaspike.continual.metrics import is_accuracy
 from metaspike.continual.scenarios import Scenario
 from metaspike.optimizer_state import check_parameter_state
 
-__all__ = ["CHECKPOINT_FORMAT", "CURVE_COLUMNS", "check_checkpoint", "check_batchnorm_states", "check_same_run",
-           "kinds_of", "check_kinds", "settings_of", "check_plugin_settings", "group_settings", "check_optimizer_state",
-           "load_part", "check_histograms"]
+__all__ = ["CHECKPOINT_FORMAT", "CURVE_COLUMNS", "check_checkpoint", "check_curves", "check_batchnorm_states",
+           "check_same_run", "kinds_of", "check_kinds", "settings_of", "check_plugin_settings", "group_settings",
+           "check_optimizer_state", "load_part", "check_histograms"]
 
 CHECKPOINT_FORMAT = "metaspike-checkpoint-3"
 #: The columns of a curves row before its evaluated tasks' accuracies (one row per evaluation).
@@ -131,6 +131,83 @@ def check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: tor
     if broken:
         raise ValueError(f"the checkpoint's model holds NaN or infinite values (in {', '.join(broken[:5])}), which a "
                          "run never writes")
+    # (the rows its run wrote up to its position, under the settings it records: check_same_run holds them to ours)
+    check_curves(result, position, _recorded_schedule(state["identity"]), len(scenario.tasks))
+
+
+def _recorded_schedule(identity: Any) -> tuple[int, int]:
+    """The ``epochs`` and ``eval_every`` a checkpoint's run identity records (the settings its curves were written
+    under; :func:`check_same_run` then holds them to this run's), or one ``ValueError`` where they are not whole
+    numbers >= 1."""
+    settings = identity.get("settings") if isinstance(identity, dict) else None
+    found = [settings.get(key) if isinstance(settings, dict) else None for key in ("epochs", "eval_every")]
+    if not all(is_whole(value, 1) for value in found):
+        raise ValueError("the checkpoint's run identity is malformed: its settings must record epochs and eval_every "
+                         "as whole numbers >= 1")
+    return found[0], found[1]
+
+
+def check_curves(result: dict[str, Any], position: dict[str, int], schedule: tuple[int, int], tasks: int) -> None:
+    """A ``ValueError`` unless a checkpoint's curves (and the diagnostics written beside them) are the rows its run
+    wrote up to its ``position`` (``{"task", "epochs_done"}``, checked), with ``schedule`` the ``(epochs, eval_every)``
+    its run recorded over ``tasks`` training tasks. The trainer evaluates after every epoch of a task it evaluates
+    (every ``eval_every``-th and the last) and after none of the others, appends a row ``(task, epoch, global_epoch =
+    (task - 1) * epochs + epoch)`` to each list at each evaluation, and appends the last epoch's accuracies to the
+    accuracy matrix too (a task trained without one gets a NaN row); it writes a checkpoint inside an evaluated task or
+    after one, never elsewhere. So the rows must be exactly those, each with a finite loss and accuracies in [0, 100]
+    (not ``bool``: what ``curves.csv`` is read back with, :func:`~metaspike.continual.results.load_run`), a task's
+    last row must hold its matrix row, and an unevaluated task's matrix row be NaN. (Curves of another count resumed
+    into a run that trained the wrong epochs and then refused its own ``curves.csv``.)
+
+    Example:
+        >>> row = {"task": 1, "epoch": 1, "global_epoch": 1, "loss": 0.5, "a": 90.0}
+        >>> result = {"curves": [row], "diagnostics": [{"task": 1, "epoch": 1}], "matrix": [], "task_names": ["a"]}
+        >>> check_curves(result, {"task": 0, "epochs_done": 1}, (3, 1), tasks=2)
+        >>> check_curves(result, {"task": 0, "epochs_done": 2}, (3, 1), tasks=2)
+        Traceback (most recent call last):
+        ...
+        ValueError: the checkpoint's curves hold 1 rows where its position (0 tasks trained, 2 epochs into the next; 3 epochs a task, eval_every 1) gives 2: it was edited
+    """
+    epochs, eval_every = schedule
+    trained, epochs_done = position["task"], position["epochs_done"]
+    where = (f"its position ({trained} tasks trained, {epochs_done} epochs into the next; {epochs} epochs a task, "
+             f"eval_every {eval_every})")
+    due = [(i + 1) % eval_every == 0 or i + 1 == tasks for i in range(min(trained + 1, tasks))]
+    if (epochs_done and not due[trained]) or (trained and not epochs_done and not due[trained - 1]):
+        raise ValueError(f"the checkpoint's position does not fit: {where} is inside or after a task the run does not "
+                         "evaluate, where it writes no checkpoint")
+    expected = [(i + 1, e, i * epochs + e) for i in range(trained) if due[i] for e in range(1, epochs + 1)]
+    expected += [(trained + 1, e, trained * epochs + e) for e in range(1, epochs_done + 1)]
+    curves, names, matrix = result["curves"], result["task_names"], result["matrix"]
+    for what, rows, columns in (("curves", curves, CURVE_COLUMNS[:3]),
+                                ("diagnostics", result["diagnostics"], CURVE_COLUMNS[:2])):
+        if len(rows) != len(expected):
+            raise ValueError(f"the checkpoint's {what} hold {len(rows)} rows where {where} gives {len(expected)}: "
+                             "it was edited")
+        for number, (row, place) in enumerate(zip(rows, expected), start=1):
+            found = tuple(row[key] for key in columns)
+            if not all(is_whole(value, 1) for value in found) or found != place[:len(columns)]:
+                raise ValueError(f"the checkpoint's {what} row {number} has "
+                                 f"{', '.join(f'{k} {shown(v)}' for k, v in zip(columns, found))} where {where} gives "
+                                 f"{', '.join(f'{k} {v}' for k, v in zip(columns, place))}: it was edited")
+    for number, row in enumerate(curves, start=1):
+        if not is_finite_number(row["loss"]):
+            raise ValueError(f"the checkpoint's curves row {number}: loss {shown(row['loss'])} is not a finite number")
+        wrong = next((k for k, v in row.items() if k not in CURVE_COLUMNS and not is_accuracy(v)), None)
+        if wrong is not None:
+            raise ValueError(f"the checkpoint's curves row {number}: {wrong!r} is {shown(row[wrong])}, not an "
+                             "accuracy in [0, 100]")
+    last_rows = iter(row for row in curves if row["epoch"] == epochs)  # (none of the current task: not yet trained)
+    unevaluated = {id(matrix[i]): matrix[i] for i in range(trained) if not due[i]}  # (a long stream's one shared row)
+    if any(a == a for row in unevaluated.values() for a in row):
+        raise ValueError(f"the checkpoint's accuracy matrix has accuracies after a task that {where} does not "
+                         "evaluate: it was edited")
+    for i in (i for i in range(trained) if due[i]):
+        last = next(last_rows)
+        cells = [last.get(name, math.nan) for name in names]  # (absent, or NaN as earlier versions wrote: not scored)
+        if not all(a == b or (a != a and b != b) for a, b in zip(cells, matrix[i])):
+            raise ValueError(f"the checkpoint's curves row of task {i + 1}'s last epoch differs from row {i + 1} of "
+                             "its accuracy matrix (both hold the accuracies of that evaluation): it was edited")
 
 
 def _non_finite(entries: dict[Any, Any]) -> list[str]:
