@@ -942,9 +942,10 @@ def _check_recorded_metrics(file: Path, result: RecordedResult) -> None:
     the one the run's matrix and untrained accuracies, as its files hold them, give (the library's own
     :attr:`ContinualResult.metrics <metaspike.continual.ContinualResult.metrics>` on them), within what the
     rounding of those files allows (:data:`_ROUNDED_TERMS` accuracies to :data:`ACCURACY_DECIMALS` decimals, the
-    metric to :data:`METRIC_DECIMALS`); a metric one side leaves undefined (``null``) and the other not differs too. A
+    metric to :data:`METRIC_DECIMALS`), or where it records a number the matrix leaves undefined. A
     table of runs read back shows the recorded metrics: an edited ACC stood there beside the matrix that contradicts
-    it."""
+    it. A metric recorded as undefined is taken as the run's word: the files do not say whether a scenario's evaluated
+    tasks were its trained ones (a Python scenario's own evaluation tasks leave BWT, FWT and forgetting undefined)."""
     computed = ContinualResult(result.task_names, matrix=result.matrix, baseline=result.baseline).metrics
     for key, recorded in result.recorded.items():
         if key not in computed:  # (a run of an earlier version may lack a long stream's metrics, never the reverse)
@@ -953,7 +954,7 @@ def _check_recorded_metrics(file: Path, result: RecordedResult) -> None:
         value = computed[key]
         terms = _ROUNDED_TERMS[key]
         allowed = terms * _rounding(ACCURACY_DECIMALS) + _rounding(METRIC_DECIMALS) + _ARITHMETIC if terms else 0.0
-        if math.isnan(recorded) != math.isnan(value) or abs(recorded - value) > allowed:
+        if not math.isnan(recorded) and (math.isnan(value) or abs(recorded - value) > allowed):
             shown = "null (undefined)" if math.isnan(value) else f"{value:.{METRIC_DECIMALS}f}"
             raise ValueError(f"{file} records {key!r} {'null' if math.isnan(recorded) else recorded}, where the run's "
                              f"accuracy_matrix.csv and untrained_accuracy give {shown}: one of them was edited or "
