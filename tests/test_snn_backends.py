@@ -608,3 +608,48 @@ def test_a_comparison_needing_a_missing_backend_stops_before_its_first_run(tmp_p
     with pytest.raises(ImportError, match="this feature needs norse: pip install --no-deps norse"):
         compare_neurons(base, ["leaky", "norse-lif"], [0.0], out=tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []  # no folder, no run
+
+
+def test_alpha_needs_two_more_steps_than_hidden_layers_for_its_output_to_depend_on_its_input():
+    """snnTorch's Alpha starts with equal and opposite currents: each layer's membrane is 0 on its first step of
+    input, so with num_steps < hidden layers + 2 the logits were all 0 and nothing was learned, without a word."""
+    pytest.importorskip("snntorch")
+    for hidden, steps in (((8,), 2), ((8, 8), 3)):
+        with pytest.raises(ValueError, match=rf"^num_steps \(--num-steps\) must be at least {steps + 1} for alpha "):
+            build_neuron_model("alpha", NetSpec(hidden=hidden, num_steps=steps))
+    torch.manual_seed(0)
+    model = build_neuron_model("alpha", NetSpec(hidden=(32,), num_steps=3))
+    x = (torch.rand(4, 1, 28, 28) * 50).requires_grad_()
+    model(x).sum().backward()
+    assert x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_lapicque_refuses_a_beta_at_which_it_cannot_learn_in_one_line(beta):
+    """At beta 0 snnTorch failed inside (it reads 0 as not given); at beta 1 the input enters scaled by 1 - beta = 0."""
+    pytest.importorskip("snntorch")
+    with pytest.raises(ValueError, match=r"^beta must be in \(0, 1\) for the lapicque neuron"):
+        build_neuron_model("lapicque", NetSpec(hidden=(8,), beta=beta))
+
+
+def test_a_snntorch_neuron_with_output_true_inside_the_network_is_named_in_one_line():
+    """Built with output=True it returns (spikes, membrane) even with init_hidden=True: the next layer failed inside
+    torch ("linear(): argument 'input' must be Tensor, not tuple")."""
+    snn = pytest.importorskip("snntorch")
+    network = nn.Sequential(nn.Linear(8, 6), snn.Leaky(beta=0.9, init_hidden=True, output=True), nn.Linear(6, 3),
+                            snn.Leaky(beta=0.9, init_hidden=True, output=True))
+    with pytest.raises(ValueError, match=r"^network: module '1' is a snnTorch Leaky built with output=True"):
+        SpikingClassifier(network, num_steps=3, encoder="direct", input_shape=(8,))(torch.rand(2, 8))
+
+
+@pytest.mark.parametrize("dt", [0.0, -1.0, float("nan"), "1"])
+def test_export_nir_refuses_a_dt_that_is_no_positive_number(dt, tmp_path):
+    """A dt of 0, < 0 or NaN was written into the file as time constants of 0, < 0 or NaN (import_nir refuses such a
+    dt, so the file could not be read back); a string failed inside numpy."""
+    pytest.importorskip("nir")
+    from metaspike.snn.nir import export_nir
+
+    model = metaspike.binarize(build_neuron_model("leaky", NetSpec(hidden=(8,), num_steps=2)))
+    with pytest.raises(ValueError, match=r"^dt must be a finite number > 0"):
+        export_nir(model, tmp_path / "net.nir", dt=dt)
+    assert not (tmp_path / "net.nir").exists()

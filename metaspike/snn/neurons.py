@@ -121,17 +121,34 @@ def synaptic(spec: NetSpec) -> nn.Module:
     return _snntorch(spec, lambda **kw: snn.Synaptic(alpha=0.5, beta=spec.beta, **kw))
 
 
+def _require_steps(spec: NetSpec, model: str, least: int, why: str) -> None:
+    """One line where ``spec`` has fewer than ``least`` time steps, with which the model's output would not depend on
+    its input (``why``: its delay) and nothing would be learned, without a word."""
+    if spec.num_steps < least:
+        raise ValueError(f"num_steps (--num-steps) must be at least {least} for {model} with {len(spec.hidden)} hidden "
+                         f"layers ({why}: with fewer the output does not depend on the input and nothing is learned), "
+                         f"got {spec.num_steps}")
+
+
 def alpha(spec: NetSpec) -> nn.Module:
-    """snnTorch ``Alpha`` (alpha-shaped synaptic current)."""
+    """snnTorch ``Alpha`` (alpha-shaped synaptic current). Its excitatory and inhibitory currents start equal and
+    opposite, so its membrane is 0 on a layer's first step of input: each layer passes its input on one step later,
+    and the output layer one more, so ``num_steps >= len(hidden) + 2`` (fewer is refused)."""
     snn = require_snntorch()
     if spec.beta < 0.1:  # its synaptic decay is beta - 0.1
         raise ValueError(f"beta must be in [0.1, 1] for the alpha neuron (its second decay is beta - 0.1), got {spec.beta!r}")
+    _require_steps(spec, "alpha", len(spec.hidden) + 2, "each Alpha layer passes its input on one time step later, "
+                   "and the output layer one more")
     return _snntorch(spec, lambda **kw: snn.Alpha(alpha=min(0.95, spec.beta + 0.05), beta=spec.beta - 0.1, **kw))
 
 
 def lapicque(spec: NetSpec) -> nn.Module:
-    """snnTorch ``Lapicque`` (RC membrane)."""
+    """snnTorch ``Lapicque`` (RC membrane); its input enters scaled by ``1 - beta``, so ``beta`` must lie in (0, 1)
+    (snnTorch also reads 0 as "not given")."""
     snn = require_snntorch()
+    if not 0.0 < spec.beta < 1.0:
+        raise ValueError(f"beta must be in (0, 1) for the lapicque neuron (its input enters scaled by 1 - beta, and "
+                         f"snnTorch reads 0 as not given), got {spec.beta!r}")
     return _snntorch(spec, lambda **kw: snn.Lapicque(beta=spec.beta, **kw))
 
 
@@ -196,11 +213,7 @@ def norse_lsnn(spec: NetSpec) -> nn.Module:
     before the step's input current enters it, so each layer passes its input on one step later: the network needs
     ``num_steps >= len(hidden) + 1`` for its output to depend on its input (fewer is refused)."""
     norse = require_norse()
-    if spec.num_steps < len(spec.hidden) + 1:
-        raise ValueError(f"num_steps (--num-steps) must be at least {len(spec.hidden) + 1} for norse-lsnn with "
-                         f"{len(spec.hidden)} hidden layers (each LSNN layer passes its input on one time step later: "
-                         f"with fewer the output does not depend on the input and nothing is learned), got "
-                         f"{spec.num_steps}")
+    _require_steps(spec, "norse-lsnn", len(spec.hidden) + 1, "each LSNN layer passes its input on one time step later")
     return _norse(spec, "norse-lsnn", lambda taus, method, a: norse.LSNNCell(
         norse.LSNNParameters(**taus, tau_adapt_inv=torch.as_tensor(1 / 0.05), beta=torch.as_tensor(0.5),
                              method=method, alpha=a)))

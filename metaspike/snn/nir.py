@@ -197,6 +197,7 @@ def export_nir(
     Example:
         >>> graph = export_nir(trained_classifier, "net.nir")  # doctest: +SKIP
     """
+    dt = finite_number("dt", dt, positive=True)  # (a time constant of dt 0, < 0 or NaN was written as is)
     nir = _nir()
     snn = require_snntorch()
     what = "a SpikingClassifier made without input_shape" if isinstance(model, SpikingClassifier) else "a bare network"

@@ -71,9 +71,9 @@ _SNNTORCH_TIME_FIRST = ("LeakyParallel", "StateLeaky")
 
 
 def _check_snntorch_neurons(network: nn.Module) -> None:
-    """Refuse snnTorch's time-first modules, and a snnTorch neuron built without ``init_hidden=True`` inside an
-    ``nn.Sequential`` where a layer follows it (it returns ``(spikes, membrane)``, which that layer would take as
-    its input; as the network's last module its pair is the output the readout takes)."""
+    """Refuse snnTorch's time-first modules, and a snnTorch neuron built without ``init_hidden=True``, or with
+    ``output=True``, inside an ``nn.Sequential`` where a layer follows it (it returns ``(spikes, membrane)``, which
+    that layer would take as its input; as the network's last module its pair is the output the readout takes)."""
     snntorch = sys.modules.get("snntorch")
     neuron = getattr(snntorch, "SpikingNeuron", None)  # (a snnTorch neuron has loaded it)
     if neuron is None:
@@ -90,12 +90,18 @@ def _check_snntorch_neurons(network: nn.Module) -> None:
         if type(module) is not nn.Sequential:
             continue
         for child_name, child in module.named_children():
-            if isinstance(child, neuron) and not getattr(child, "init_hidden", True) and child is not last:
-                where = ".".join(part for part in (name, child_name) if part)
+            if not isinstance(child, neuron) or child is last:
+                continue
+            where = ".".join(part for part in (name, child_name) if part)
+            if not getattr(child, "init_hidden", True):
                 raise ValueError(f"network: module {where!r} is a snnTorch {type(child).__name__} built without "
                                  "init_hidden=True: in an nn.Sequential it returns (spikes, membrane), which the next "
                                  "layer would take as its input; build it with init_hidden=True (SpikingClassifier "
                                  "resets the hidden state at every call)")
+            if getattr(child, "output", False):
+                raise ValueError(f"network: module {where!r} is a snnTorch {type(child).__name__} built with "
+                                 "output=True: in an nn.Sequential it returns (spikes, membrane), which the next layer "
+                                 "would take as its input; only the network's last neuron may be built with output=True")
 
 
 def _last_module(network: nn.Module) -> tuple[str, nn.Module]:
