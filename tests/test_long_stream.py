@@ -474,3 +474,12 @@ def test_a_table_of_long_streams_shows_the_last_five_but_not_a_repeat_of_acc():
     assert row["last 5"][0] == pytest.approx(59.0) and row["evaluated"][0] == row["ACC"][0] == pytest.approx(55.5)
     header = format_table([{"setting": "m=0", **row}], 12).splitlines()[0].split()
     assert header == ["setting", "task", "1", "task", "12", "ACC", "BWT", "FWT", "forgetting", "last", "5", "seconds"]
+
+
+@pytest.mark.parametrize("total, budget", [(12, 12), (20, 16), (30, 16), (40, 16), (100, 16), (1000, 16), (7, 7)])
+def test_after_the_last_task_a_budget_evaluates_one_task_fewer_than_it_names_however_short_the_stream(total, budget):
+    """The even sample spanned the whole stream, and on short streams several of its points fell among the last five
+    tasks, evaluated anyway: a budget of 12 on 12 tasks evaluated 9 (tasks 2, 4 and 6 never), 16 on 20 tasks 13."""
+    final = evaluated_tasks(total, total, budget)
+    assert len(final) == budget - 1 and final[0] == 0 and final[-5:] == list(range(total - 5, total))
+    assert evaluated_tasks(12, 12, 13) == list(range(12))  # (a budget beyond the tasks: every one)

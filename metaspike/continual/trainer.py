@@ -83,7 +83,10 @@ def evaluated_tasks(trained: int, total: int, budget: int | None = None) -> list
     trained ones and, among the trained ones, a fixed even sample of ``budget - LAST_EVALUATED``
     tasks over the whole stream that starts with the first task and ends with the last. After the last task a
     sample of two or more points has its last point among the last trained, so ``budget - 1`` tasks are evaluated
-    then (a sample of one point, ``budget = 6``, is the first task alone: six are).
+    then (a sample of one point, ``budget = 6``, is the first task alone: six are); a budget of more tasks than the
+    stream holds evaluates every task. Where the sample's points lie closer than the last tasks are many (a short
+    stream), the points other than the last are spread over the tasks before those, so that none of them falls
+    among the last trained, where it would name a task evaluated anyway.
     ``trained=0`` (the untrained network) gives the whole even sample.
 
     Example:
@@ -91,6 +94,8 @@ def evaluated_tasks(trained: int, total: int, budget: int | None = None) -> list
         [0, 25, 35, 36, 37, 38, 39]
         >>> evaluated_tasks(100, 100, budget=10)
         [0, 25, 50, 74, 95, 96, 97, 98, 99]
+        >>> evaluated_tasks(12, 12, budget=12)  # (over the whole stream, 7 points gave 0, 2, 4, 6, 7, 9, 11: 9 tasks)
+        [0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11]
     """
     for value, name, low in ((trained, "trained", 0), (total, "total", 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
@@ -101,8 +106,13 @@ def evaluated_tasks(trained: int, total: int, budget: int | None = None) -> list
         return list(range(total))
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget <= LAST_EVALUATED:
         raise ValueError(f"budget must be None or an integer > {LAST_EVALUATED}, got {budget!r}")
-    spread = min(int(budget) - LAST_EVALUATED, total)  # (more points than tasks name no other task)
-    sample = {int(j) for j in np.linspace(0, total - 1, spread).round()}
+    if budget - 1 >= total:
+        sample = set(range(total))
+    else:
+        spread, before_last = int(budget) - LAST_EVALUATED, total - LAST_EVALUATED
+        sample = {int(j) for j in np.linspace(0, total - 1, spread).round()}
+        if sum(j >= before_last for j in sample) > 1:  # (points among the last tasks: spread the others before them)
+            sample = {int(j) for j in np.linspace(0, before_last - 1, spread - 1).round()} | {total - 1}
     if trained == 0:
         return sorted(sample)
     return sorted({j for j in sample if j < trained} | set(range(max(0, trained - LAST_EVALUATED), trained)))
