@@ -676,7 +676,8 @@ class ContinualTrainer:
                     previous = self._new_optimizer() if new_task else None
                     load_scheduler_record(scheduler if previous is None else self._new_scheduler(previous),
                                           scheduler_state)
-                    _load_saved_optimizer(optimizer if previous is None else previous, optimizer_state, scheduled=scheduler is not None)
+                    _load_saved_optimizer(optimizer if previous is None else previous, optimizer_state,
+                                          scheduled=scheduler is not None)
                 if previous is not None:  # (the synapses' own state goes on; Adam's moments start anew)
                     inherit_rule_states(optimizer, previous)
                 optimizer_state = scheduler_state = None
