@@ -1,4 +1,5 @@
-"""The float32 products of large binary layers, by the faster of the two float32 libraries torch carries.
+"""The float32 products of large binary layers, by whichever of the two float32 libraries torch carries runs the
+CPU's widest kernels.
 
 A binary layer's real-valued products (a first layer's pixels times ±1, and in the backward pass
 ``grad_input = grad @ signs`` and ``grad_weight = grad.T @ x``) are float32 matrix products. torch sends
@@ -97,8 +98,7 @@ def float32_library(device: torch.device | str) -> str:
         >>> float32_library("cpu") in LIBRARIES, float32_library("meta")
         (True, 'torch.mm')
     """
-    on_cpu = torch.device(device).type == "cpu"
-    return "oneDNN" if on_cpu and "oneDNN" in float32_libraries(device) and blas_runs_narrower_kernels() else "torch.mm"
+    return "oneDNN" if "oneDNN" in float32_libraries(device) and blas_runs_narrower_kernels() else "torch.mm"
 
 
 @cache

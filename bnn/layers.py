@@ -307,8 +307,8 @@ class BinaryLinear(_BinaryWeights, nn.Linear):
 class BinaryConv2d(_BinaryWeights, nn.Conv2d):
     """``nn.Conv2d`` whose forward pass uses ``sign(W_h)``: ``nn.Conv2d``'s arguments in its order (``stride``,
     ``padding``, ``dilation``, ``groups``, ``bias`` (off by default), ``padding_mode``), then those of
-    :class:`BinaryLinear` (``device`` and ``dtype`` among them), by keyword only. For Conv1d, Conv3d or transposed convolutions, :func:`metaspike.binarize`
-    an ``nn`` layer.
+    :class:`BinaryLinear` (``device`` and ``dtype`` among them), by keyword only. For Conv1d, Conv3d or transposed
+    convolutions, :func:`metaspike.binarize` an ``nn`` layer.
 
     Example:
         >>> conv = BinaryConv2d(1, 8, kernel_size=3, padding=1)

@@ -956,7 +956,7 @@ def _check_recorded_metrics(file: Path, result: RecordedResult) -> None:
         allowed = terms * _rounding(ACCURACY_DECIMALS) + _rounding(METRIC_DECIMALS) + _ARITHMETIC if terms else 0.0
         if not math.isnan(recorded) and (math.isnan(value) or abs(recorded - value) > allowed):
             shown = "null (undefined)" if math.isnan(value) else f"{value:.{METRIC_DECIMALS}f}"
-            raise ValueError(f"{file} records {key!r} {'null' if math.isnan(recorded) else recorded}, where the run's "
+            raise ValueError(f"{file} records {key!r} {recorded}, where the run's "
                              f"accuracy_matrix.csv and untrained_accuracy give {shown}: one of them was edited or "
                              "copied from another run")
 
