@@ -5,8 +5,13 @@ weights, with the same results (the product bit for bit; gradients up to float32
 
 * **The fastest exact product of ±1 by ±1.** When both the weights and the input are ±1 (every
   hidden layer of a binarized network), each product is ±1 and each sum an integer of magnitude at
-  most the fan-in ``k``. Three products give it exactly (:data:`PRODUCT_KINDS`):
+  most the fan-in ``k``. Four products give it exactly (:data:`PRODUCT_KINDS`):
 
+  - ``"popcount"`` (CPUs where :mod:`bnn.native` builds its kernels): input and signs packed into bits, 1 for +1,
+    and each sum counted as ``k - 2·popcount(x XOR w)`` by the packed-inference kernel (VPOPCNTDQ where the CPU
+    has it, else scalar popcounts), exact for ``k < 2**24``; the signs are packed from the float32 sign buffer
+    once per rewrite, the input at every call. It needs neither int8 nor bfloat16 instructions, which CPUs with
+    AVX2 only lack (there torch emulates both, and float32 was the only fast product);
   - ``"int8"``: ``torch._int_mm`` with int32 sums (exact for ``k < 2**31``); on CUDA it needs more
     than 16 rows and both other sizes multiples of 8 (:func:`product_kinds` leaves it out otherwise);
   - ``"bfloat16"``: ±1 is exact in bfloat16 and the sums are exact in float32 below ``2**24``. Where
@@ -54,9 +59,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import forward_ad
 
+from bnn import native
 from bnn.float32_products import float32_library, mm
 from bnn.product_timing import best_times, probe_rows, size_class
-from bnn.sign_buffers import storage_is_free
+from bnn.sign_buffers import PACKED, storage_is_free
 
 __all__ = [
     "FAST_MIN_NUMEL", "ONEDNN_FAST_MIN_NUMEL", "PRODUCT_KINDS", "PRECISIONS", "check_precision", "is_binary_input", "product_kinds",
@@ -67,11 +73,12 @@ FAST_MIN_NUMEL = 1 << 20
 """Binary layers of at least this many weights take the fast product (smaller ones ``F.linear``)."""
 ONEDNN_FAST_MIN_NUMEL = 1 << 18
 """The same from this many weights where oneDNN computes the layer's float32 products (:mod:`bnn.float32_products`)."""
-PRODUCT_KINDS = ("int8", "bfloat16", "float32")
-"""The exact products of ±1 inputs by ±1 weights, named by the dtype of their operands."""
+PRODUCT_KINDS = ("popcount", "int8", "bfloat16", "float32")
+"""The exact products of ±1 inputs by ±1 weights, named by their operands (bits, or a dtype)."""
 PRECISIONS = ("float32", "bfloat16")
 """The precisions a layer's backward products may use (``BinaryLinear(precision=...)``)."""
-_DTYPES = {"int8": torch.int8, "bfloat16": torch.bfloat16, "float32": torch.float32}
+_DTYPES: dict[str, Any] = {"popcount": PACKED, "int8": torch.int8, "bfloat16": torch.bfloat16,
+                           "float32": torch.float32}  # what the layer's sign buffers give each product
 _BF16_EXACT_ROUNDED = 256  # bfloat16 holds every integer up to 2**8
 
 _choices: dict[tuple[Any, ...], str] = {}
@@ -132,6 +139,8 @@ def product_kinds(device: torch.device | str, m: int, k: int, n: int) -> list[st
     """
     device = torch.device(device)
     kinds = []
+    if device.type == "cpu" and k < 2**24 and native.kernels() is not None:
+        kinds.append("popcount")
     int8_fits = device.type != "cuda" or (m > 16 and k % 8 == 0 and n % 8 == 0)
     if int8_fits and k < 2**31 and hasattr(torch, "_int_mm"):
         kinds.append("int8")
@@ -141,7 +150,8 @@ def product_kinds(device: torch.device | str, m: int, k: int, n: int) -> list[st
 
 
 def signs_product(x: Tensor, signs: Tensor, kind: str) -> Tensor:
-    """``x @ signs.T`` in float32 for ±1 ``x``, computed as ``kind`` (``signs`` already in that kind's dtype).
+    """``x @ signs.T`` in float32 for ±1 ``x``, computed as ``kind`` (``signs`` already in that kind's dtype, or for
+    ``"popcount"`` packed by :func:`bnn.native.prepared_signs`).
 
     Exact when ``kind`` is one of :func:`product_kinds` for these sizes.
 
@@ -151,6 +161,11 @@ def signs_product(x: Tensor, signs: Tensor, kind: str) -> Tensor:
         tensor([[-4., -4., -4.],
                 [-4., -4., -4.]])
     """
+    if kind == "popcount":
+        product = native.popcount_product(native.kernels(), x, signs)
+        if product is None:
+            raise ValueError("signs_product: the popcount product takes an input of +1 and -1 only")
+        return product
     if kind == "int8":
         return torch._int_mm(x.to(torch.int8), signs.t()).float()
     if kind == "bfloat16":
@@ -179,8 +194,10 @@ def _fastest(device: torch.device, m: int, k: int, n: int, rounds: int = 3, budg
         return kinds[0]
     # the values do not change the time
     x, w = torch.ones(probe_rows(m), k, device=device), torch.ones(n, k, device=device)
-    signs = {kind: w.to(_DTYPES[kind]) for kind in kinds}
-    best = best_times({kind: partial(signs_product, x, signs[kind], kind) for kind in kinds}, device, rounds, budget_s)
+    products = {kind: partial(signs_product, x, w.to(_DTYPES[kind]), kind) for kind in kinds if kind != "popcount"}
+    if "popcount" in kinds:  # timed with the packing of its signs, which the others' buffers need not
+        products["popcount"] = lambda: signs_product(x, native.prepared_signs(native.kernels(), w), "popcount")
+    best = best_times(products, device, rounds, budget_s)
     return min(kinds, key=best.__getitem__)
 
 
@@ -227,13 +244,13 @@ class _FastBinaryLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, hidden: Tensor, bias: Tensor | None, signs: Tensor, kind: str,
+        ctx: Any, x: Tensor, hidden: Tensor, bias: Tensor | None, signs: Tensor, visible: Tensor, kind: str,
         backward_signs: Tensor | None, low: bool, grad_buffer: Tensor | None,
     ) -> Tensor:
         # views of the sign buffers, not the buffers: a view holds their memory, so a second forward pass before this
         # backward (a layer used twice in one graph) sees them held and writes fresh ones instead of changing these
         ctx.save_for_backward(x, None if backward_signs is None else backward_signs.view_as(backward_signs))
-        ctx.hidden, ctx.signs = hidden, signs.view_as(signs)  # (for a backward that builds a graph: create_graph=True)
+        ctx.hidden, ctx.signs = hidden, visible.view_as(visible)  # (for a backward that builds a graph)
         ctx.low = low
         ctx.grad_buffer = grad_buffer
         ctx.has_bias = bias is not None
@@ -258,7 +275,7 @@ class _FastBinaryLinear(torch.autograd.Function):
             else:
                 grad_w = _backward_mm(grad.t(), x, low)
         grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None
 
 
 def _differentiable_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -271,12 +288,22 @@ def _differentiable_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...
     grad_x = grad @ visible if ctx.needs_input_grad[0] else None
     grad_w = grad.t() @ x if ctx.needs_input_grad[1] else None
     grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-    return grad_x, grad_w, grad_b, None, None, None, None, None
+    return grad_x, grad_w, grad_b, None, None, None, None, None, None
 
 
 def _is_dual(*tensors: Tensor | None) -> bool:
     """Whether forward-mode AD (``torch.autograd.forward_ad``) carries a tangent on one of ``tensors``."""
     return any(t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def _signs_for(layer: Any, kind: str, *backward_dtypes: torch.dtype) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """From one pass over the hidden weight: the signs ``kind``'s product takes, the ±1 weight itself (in some dtype)
+    and its buffers in ``backward_dtypes``."""
+    if kind != "popcount":
+        signs, *backward = layer.signs_as(_DTYPES[kind], *backward_dtypes)
+        return signs, signs, backward
+    packed, visible, *backward = layer.signs_as(PACKED, torch.float32, *backward_dtypes)
+    return packed, visible, backward
 
 
 def _product(x: Tensor, signs: Tensor, kind: str, bias: Tensor | None) -> Tensor:
@@ -335,13 +362,13 @@ def binary_linear(x: Tensor, layer: Any) -> Tensor:
     weight, bias = layer.weight, layer.bias
     needs_grad = weight.requires_grad or x.requires_grad or (bias is not None and bias.requires_grad)
     if not (torch.is_grad_enabled() and needs_grad):
-        return _product(x, layer.signs(_DTYPES[kind]), kind, bias)
+        return _product(x, _signs_for(layer, kind)[0], kind, bias)
     low = layer.precision == "bfloat16"
     if low:
         _warn_if_bfloat16_is_slow(x.device)
-    # grad_input = grad @ signs needs them in the backward precision too: both from one pass
+    # grad_input = grad @ signs needs them in the backward precision too: all from one pass
     backward_dtype = (torch.bfloat16 if low else torch.float32,) if x.requires_grad else ()
-    signs, *backward = layer.signs_as(_DTYPES[kind], *backward_dtype)
+    signs, visible, backward = _signs_for(layer, kind, *backward_dtype)
     backward_signs = backward[0] if backward else None
     grad_buffer = layer.gradient_buffer() if weight.requires_grad else None
-    return _FastBinaryLinear.apply(x, weight, bias, signs, kind, backward_signs, low, grad_buffer)
+    return _FastBinaryLinear.apply(x, weight, bias, signs, visible, kind, backward_signs, low, grad_buffer)

@@ -10,6 +10,7 @@ what comes in.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -136,9 +137,9 @@ class _BinaryWeights(BinarySynapse):
         """
         return self._sign_buffers.signs(self.weight, dtype)
 
-    def signs_as(self, *dtypes: torch.dtype) -> tuple[Tensor, ...]:
+    def signs_as(self, *dtypes: torch.dtype | str) -> tuple[Any, ...]:
         """``sign(W_h)`` in each of ``dtypes``, written in one pass over the hidden weights (buffers, as
-        :meth:`signs` returns).
+        :meth:`signs` returns); :data:`bnn.sign_buffers.PACKED` asks for them as bits for the popcount product.
 
         Example:
             >>> [s.dtype for s in BinaryLinear(3, 2).signs_as(torch.int8, torch.float32)]

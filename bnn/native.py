@@ -1,4 +1,5 @@
-"""Native XNOR-popcount kernels for :class:`bnn.PackedMLP`, built on first use with the system C compiler.
+"""Native XNOR-popcount kernels for :class:`bnn.PackedMLP` and for the popcount product of a large binary layer in
+training (:mod:`bnn.binary_linear`), built on first use with the system C compiler.
 
 ``bnn/packed_kernels.c`` is compiled once per machine (``cc -O3 -march=native``, so the popcount
 uses the CPU's own instructions) into a cache folder (``$METASPIKE_CACHE``, else
@@ -9,8 +10,8 @@ descriptor, so neither can be swapped in between), and whose bytes have the SHA-
 it was built (a library cut short would stop the process with a bus error when loaded: it is built again
 instead); a cache folder that fails this check is left
 alone with a warning and the kernels are built in a private temporary folder instead. Without a C
-compiler, or if the build fails, :func:`kernels` returns ``None`` (with one warning) and the packed
-model runs on torch ops.
+compiler, or if the build fails, :func:`kernels` returns ``None`` (with one warning), the packed
+model runs on torch ops and binary layers train without the popcount product.
 
 Every call goes through one check (:func:`check_tensor`, also used when a packed file is loaded)
 of each buffer's dtype, shape, device and memory against the sizes the kernel will use, immediately
@@ -35,9 +36,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["kernels", "kinds", "check_tensor", "real_layer", "binary_layer", "kernel_weight"]
+__all__ = ["kernels", "kinds", "check_tensor", "real_layer", "binary_layer", "kernel_weight", "pack_signs",
+           "prepared_signs", "popcount_product"]
 
 SOURCE = Path(__file__).with_name("packed_kernels.c")
+FALLBACK = "bnn.PackedMLP runs on torch ops (slower) and binary layers train without the popcount product"
+"""What a warning says happens without the kernels."""
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-pthread")
 MIN_WORK_PER_THREAD = 1 << 16
 """Words (or bytes) of weight times samples per extra thread: below this, a thread costs more than it saves.
@@ -206,12 +210,12 @@ def _compiler() -> list[str] | None:
         try:
             return shlex.split(cc)
         except ValueError as err:  # e.g. an unclosed quote
-            warnings.warn(f"CC={cc!r} is not a command ({err}): bnn.PackedMLP runs on torch ops (slower)",
+            warnings.warn(f"CC={cc!r} is not a command ({err}): {FALLBACK}",
                           RuntimeWarning, stacklevel=4)
             return None
     found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if found is None:
-        warnings.warn("no C compiler found: bnn.PackedMLP runs on torch ops (slower)", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"no C compiler found: {FALLBACK}", RuntimeWarning, stacklevel=4)
         return None
     return [found]
 
@@ -235,13 +239,16 @@ def _kernels(flags: tuple[str, ...]) -> ctypes.CDLL | None:
                 lib = _load(compiler, flags, Path(private), name)
     except (OSError, RuntimeError, subprocess.CalledProcessError) as err:  # RuntimeError: no home folder
         detail = getattr(err, "stderr", "") or str(err)
-        warnings.warn(f"could not build the packed-inference kernels ({detail.strip()[:300]}); "
-                      "bnn.PackedMLP runs on torch ops (slower)", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"could not build the native kernels ({detail.strip()[:300]}); {FALLBACK}", RuntimeWarning,
+                      stacklevel=3)
         return None
     for layer in ("real_layer", "binary_layer"):
         getattr(lib, layer).argtypes, getattr(lib, layer).restype = _ARGS, ctypes.c_int
         getattr(lib, f"{layer}_kind").restype = ctypes.c_char_p
     lib.binary_layer_output_major.restype = ctypes.c_int
+    lib.pack_signs.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                               ctypes.c_int]
+    lib.pack_signs.restype = ctypes.c_int
     return lib
 
 
@@ -307,7 +314,7 @@ def _call(fn, label: str, inputs: Tensor, n: int, weight: Tensor, out: int, cols
         result = torch.zeros(batch, -(-out // 64), dtype=torch.int64)
     else:
         result = torch.empty(batch, out, dtype=result_dtype)
-    threads = max(1, min(threads or torch.get_num_threads(), batch * out * cols // MIN_WORK_PER_THREAD))
+    threads = _threads(threads, batch * out * cols)
     status = fn(inputs.data_ptr(), batch, n, weight.data_ptr(), out, cols, None if flip is None else flip.data_ptr(),
                 None if threshold is None else threshold.data_ptr(), result.data_ptr(), threads)
     if status == 2:
@@ -394,3 +401,67 @@ def binary_layer(lib: ctypes.CDLL, words: Tensor, n: int, weight_t: Tensor, flip
     prepared = check_tensor(label, "prepared weight", prepared, layout, torch.int64)
     return _call(lib.binary_layer, label, words, n, prepared, out, cols, flip, threshold, torch.int64, torch.int64,
                  threads)
+
+
+def _threads(threads: int | None, work: int) -> int:
+    """At most ``threads`` (``None``: torch's number), one per :data:`MIN_WORK_PER_THREAD` of ``work``, at least 1."""
+    return max(1, min(threads or torch.get_num_threads(), work // MIN_WORK_PER_THREAD))
+
+
+def pack_signs(lib: ctypes.CDLL, values: Tensor, label: str = "signs", threads: int | None = None) -> Tensor | None:
+    """Rows of ±1 float32 ``values`` (``(rows, n)``) as int64 words of bits, 1 for +1, in the layout of
+    :func:`bnn.packed.pack_bits` (``(rows, ceil(n/64))``); ``None`` when a value is not exactly +1 or -1 (NaN
+    included), for the caller to take another product.
+
+    Example:
+        >>> lib = kernels()
+        >>> lib is None or pack_signs(lib, torch.tensor([[1.0, -1.0, 1.0]])).tolist() == [[5]]
+        True
+        >>> lib is None or pack_signs(lib, torch.tensor([[1.0, 0.5]])) is None
+        True
+    """
+    values = check_tensor(label, "values", values, (None, None), torch.float32)
+    rows, n = values.shape
+    words = -(-n // 64)
+    bits = torch.empty(rows, words, dtype=torch.int64)
+    status = lib.pack_signs(values.data_ptr(), rows, n, bits.data_ptr(), words, _threads(threads, rows * n // 8))
+    return bits if status == 0 else None
+
+
+def prepared_signs(lib: ctypes.CDLL, signs: Tensor, label: str = "signs") -> Tensor | None:
+    """A ±1 float32 weight ``signs`` (``(out, n)``, as ``F.linear`` takes it) as bits in the layout ``lib``'s
+    hidden-layer kernel reads (:func:`kernel_weight`), for :func:`popcount_product`; ``None`` when a value is not
+    exactly ±1.
+
+    Example:
+        >>> lib = kernels()
+        >>> lib is None or prepared_signs(lib, -torch.ones(3, 70)).numel() == 6
+        True
+    """
+    bits = pack_signs(lib, signs, label)
+    if bits is None or _output_major(lib):
+        return bits
+    return bits.T.contiguous()
+
+
+def popcount_product(lib: ctypes.CDLL, x: Tensor, prepared: Tensor, label: str = "binary layer",
+                     threads: int | None = None) -> Tensor | None:
+    """``x @ signs.T`` in float32 for ±1 float32 ``x`` (``(B, n)``) and ``prepared`` = :func:`prepared_signs` of
+    ``signs`` (``(out, n)``): ``n - 2·popcount(x XOR w)`` counted in integers, so exact for ``n < 2**24`` (every
+    count is then a float32 integer), equal to the float32 product bit for bit; ``None`` when ``x`` is not all ±1.
+
+    Example:
+        >>> lib = kernels()
+        >>> x, w = torch.tensor([[1.0, -1.0, 1.0]]), torch.tensor([[1.0, 1.0, 1.0], [-1.0, 1.0, -1.0]])
+        >>> lib is None or torch.equal(popcount_product(lib, x, prepared_signs(lib, w)), x @ w.T)
+        True
+    """
+    words = pack_signs(lib, x, label, threads)
+    if words is None:
+        return None
+    n, cols = x.shape[1], words.shape[1]
+    out = prepared.shape[0] if _output_major(lib) else prepared.shape[1]
+    prepared = check_tensor(label, "prepared weight", prepared, (out, cols) if _output_major(lib) else (cols, out),
+                            torch.int64)
+    return _call(lib.binary_layer, label, words, n, prepared, out, cols, None, None, torch.int64, torch.int64,
+                 threads).to(torch.float32)

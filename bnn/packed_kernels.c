@@ -1,4 +1,6 @@
-/* Inner products of bnn.PackedMLP, for bnn/native.py (built on first use with the system C compiler).
+/* Inner products of bnn.PackedMLP, for bnn/native.py (built on first use with the system C compiler), and the
+ * packing of +-1 floats into bits that lets a binary layer's training forward pass use the hidden-layer kernel
+ * (bnn.binary_linear's "popcount" product).
  *
  * Bit i of a packed row is column i (1 for +1, 0 for -1), as written by bnn.packed.pack_bits.
  * bnn/native.py checks every buffer (dtype, shape, contiguity, device) before calling; the sizes
@@ -71,6 +73,7 @@ typedef struct {
     int64_t stride;
     const double *total, *bound; /* first layer, per sample: sum(x) and the float32 error bound */
     float *tables;          /* first layer: this worker's nibble tables of TILE_SAMPLES samples */
+    int *bad;               /* pack_signs: set when a value is neither +1 nor -1 */
 } job_t;
 
 const char *real_layer_kind(void) {
@@ -513,6 +516,42 @@ static void *binary_worker(void *arg) {
     return NULL;
 }
 
+/* ---- +-1 floats to bits (bnn.binary_linear's popcount product in training) ---------------------- */
+
+/* Rows [begin, end) of the float rows job->input ([out][n]) into job->result ([out][cols] words), bit j of word w
+ * for column 64 w + j: 1 for +1, 0 for -1 (bnn.packed.pack_bits' layout). Sets *job->bad when a value is neither
+ * +1 nor -1 (NaN included), so the caller can take another product. */
+static void *pack_worker(void *arg) {
+    const job_t *job = arg;
+    int bad = 0;
+    for (int64_t r = job->begin; r < job->end; r++) {
+        const float *row = (const float *)job->input + r * job->n;
+        uint64_t *words = (uint64_t *)job->result + r * job->cols;
+        for (int64_t w = 0; w < job->cols; w++) {
+            const float *v = row + 64 * w;
+            int64_t count = job->n - 64 * w < 64 ? job->n - 64 * w : 64, j = 0;
+            uint64_t word = 0;
+#if (defined(REAL_AVX512) || defined(REAL_AVX2)) && defined(__AVX2__)
+            const __m256 one = _mm256_set1_ps(1.0f), magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+            for (; j + 8 <= count; j += 8) {
+                __m256 x = _mm256_loadu_ps(v + j);
+                uint64_t positive = (uint64_t)_mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GT_OQ));
+                int unit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_and_ps(x, magnitude), one, _CMP_EQ_OQ));
+                word |= positive << j;
+                bad |= unit != 0xFF;
+            }
+#endif
+            for (; j < count; j++) {
+                word |= (uint64_t)(v[j] > 0.0f) << j;
+                bad |= v[j] != 1.0f && v[j] != -1.0f;
+            }
+            words[w] = word;
+        }
+    }
+    if (bad) __atomic_store_n(job->bad, 1, __ATOMIC_RELAXED);
+    return NULL;
+}
+
 /* ---- threads and entry points ----------------------------------------------------------------- */
 
 static int worker_count(int threads, int64_t out) {
@@ -735,4 +774,14 @@ int binary_layer(const uint64_t *h, int64_t batch, int64_t n, const uint64_t *w,
     job_t job = {h, w, batch, n, out, words, flip, threshold, result, 0, out, NULL, 0, NULL, NULL, NULL};
     run(binary_worker, job, worker_count(threads, out), NULL, 0);
     return 0;
+}
+
+/* Packs `rows` rows of `n` floats, each +1 or -1, into `words` = ceil(n/64) int64 words a row. Returns 0, or 2 when
+ * a value is neither +1 nor -1 (NaN included): the bits are then not to be used. */
+int pack_signs(const float *v, int64_t rows, int64_t n, uint64_t *bits, int64_t words, int threads) {
+    if (rows == 0 || n == 0) return 0;
+    int bad = 0;
+    job_t job = {v, NULL, rows, n, rows, words, NULL, NULL, bits, 0, rows, NULL, 0, NULL, NULL, NULL, &bad};
+    run(pack_worker, job, worker_count(threads, rows), NULL, 0);
+    return bad ? 2 : 0;
 }

@@ -8,6 +8,9 @@ and rewrites all of them in one pass over the hidden weights:
 * outside :func:`metaspike.binarized_once`, on every forward pass (so any edit of the hidden
   weights, through ``.data`` included, is seen);
 * inside such a block, once, and again only when an optimizer step changes the weights' version.
+
+Besides dtypes, :data:`PACKED` asks for the signs as bits in the layout of the native popcount kernel
+(:func:`bnn.native.prepared_signs`), packed from the float32 buffer whenever the buffers are rewritten.
 """
 
 from __future__ import annotations
@@ -19,14 +22,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bnn import native
 from metaspike.compiled import LARGE_TENSOR_LOOPS, LazyCompiled
 from metaspike.quantizers import binary_sign
 from metaspike.synapse import signs_cache_key
 
-__all__ = ["SignBuffers", "COMPILED_SIGNS_MIN_NUMEL", "storage_is_free"]
+__all__ = ["SignBuffers", "COMPILED_SIGNS_MIN_NUMEL", "PACKED", "storage_is_free"]
 
 COMPILED_SIGNS_MIN_NUMEL = 1 << 20
 """Hidden weights with at least this many entries get their signs from one compiled pass."""
+PACKED = "packed"
+"""Asks :meth:`SignBuffers.signs_as` for the signs of a 2-D weight as bits for :func:`bnn.native.popcount_product`
+(``None`` where the native kernels are not built)."""
 
 
 def _signs_into(weight: Tensor, outs: list[Tensor]) -> None:
@@ -81,18 +88,33 @@ class SignBuffers:
         self._weight: weakref.ref | None = None
         self._tensors: dict[torch.dtype, Tensor] = {}
         self._written_under: tuple[int, int, int] | None = None
+        self._packed: tuple[Tensor | None] | None = None  # packed from the float32 buffer since it was last written
 
     def __getstate__(self) -> dict[str, Any]:
         """Buffers are a cache: a pickled or saved layer (``torch.save(model)``) keeps none (a weak reference cannot
         be pickled); the copy writes its own on its first forward pass."""
-        return {"_weight": None, "_tensors": {}, "_written_under": None}
+        return {"_weight": None, "_tensors": {}, "_written_under": None, "_packed": None}
 
     def signs(self, weight: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """``sign(weight)`` as ``dtype`` (default: the weight's), from a buffer rewritten when needed."""
         return self.signs_as(weight, (dtype or weight.dtype,))[0]
 
-    def signs_as(self, weight: Tensor, dtypes: Sequence[torch.dtype]) -> tuple[Tensor, ...]:
-        """``sign(weight)`` in each of ``dtypes``, all from one pass (outside a block, one pass per call)."""
+    def signs_as(self, weight: Tensor, dtypes: Sequence[torch.dtype | str]) -> tuple[Any, ...]:
+        """``sign(weight)`` in each of ``dtypes`` (or :data:`PACKED`), all from one pass (outside a block, one pass
+        per call)."""
+        if PACKED in dtypes:
+            buffers = self._buffers_as(weight, list(dict.fromkeys([d for d in dtypes if d != PACKED] + [torch.float32])))
+            if self._packed is None:
+                lib = native.kernels()
+                signs = buffers[torch.float32]
+                self._packed = (None if lib is None else native.prepared_signs(lib, signs.view(len(signs), -1)),)
+            buffers[PACKED] = self._packed[0]
+        else:
+            buffers = self._buffers_as(weight, dtypes)
+        return tuple(buffers[dtype] for dtype in dtypes)
+
+    def _buffers_as(self, weight: Tensor, dtypes: Sequence[Any]) -> dict[Any, Tensor]:
+        """The buffers of ``dtypes``, rewritten when needed."""
         if self._weight is None or self._weight() is not weight or any(
                 buffer.shape != weight.shape or buffer.device != weight.device for buffer in self._tensors.values()):
             self._weight = weakref.ref(weight)  # (another weight, or this one given new data: weight.data = ...)
@@ -120,4 +142,5 @@ class SignBuffers:
                 outs = [out.view(-1) for out in self._tensors.values()]
                 (_compiled_signs_into if large else _signs_into)(weight.reshape(-1), outs)
             self._written_under = key
-        return tuple(self._tensors[dtype] for dtype in dtypes)
+            self._packed = None
+        return {dtype: self._tensors[dtype] for dtype in dtypes}

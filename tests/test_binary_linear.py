@@ -8,9 +8,10 @@ import torch.nn.functional as F
 
 import bnn
 from bnn import binary_linear as fast
-from bnn import float32_products
+from bnn import float32_products, native
 from bnn.product_timing import size_class
 from bnn.sign_buffers import COMPILED_SIGNS_MIN_NUMEL
+from metaspike.quantizers import binary_sign
 
 IN, OUT = 2048, 512  # exactly FAST_MIN_NUMEL weights: the fast path applies
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
@@ -255,7 +256,8 @@ def test_a_training_step_writes_only_the_sign_buffers_it_uses_in_one_pass(precis
     x = torch.randn(8, IN).sign().requires_grad_()
     layer(x).sum().backward()
     kind = fast.product_used(x, layer)
-    assert passes == [len({fast._DTYPES[kind], getattr(torch, precision)})]
+    forward = torch.float32 if kind == "popcount" else fast._DTYPES[kind]  # bits are packed from the float32 signs
+    assert passes == [len({forward, getattr(torch, precision)})]
 
 
 @pytest.mark.parametrize("sizes", [[20, 16, 3], [1100, 1024, 3]])  # the plain and the fast (>= 2**20 weights) path
@@ -302,13 +304,17 @@ def test_inference_mode_then_training_inside_one_binarized_once_block():
         F.cross_entropy(model(torch.rand(4, 1100)), torch.tensor([0, 1, 2, 0])).backward()
 
 
-def test_second_derivatives_and_forward_mode_tangents_equal_the_straight_through_f_linear(layer):
+@pytest.mark.parametrize("kind", fast.PRODUCT_KINDS)
+def test_second_derivatives_and_forward_mode_tangents_equal_the_straight_through_f_linear(layer, kind, monkeypatch):
     """A gradient penalty (create_graph=True) crashed in torch's out= product, or, with weight.grad held, gave a
     gradient cut off from the hidden weight; forward-mode AD had no tangent rule. Both now equal what F.linear with
     a straight-through ±1 weight gives, to float32 rounding: each side's sum of n terms is within n·u·Σ|terms| of
     the exact one (u = 2^-24), the bound the test computes from its data."""
     import torch.autograd.forward_ad as fwAD
 
+    if kind not in fast.product_kinds("cpu", 4, IN, OUT):
+        pytest.skip(f"no exact {kind} product here")
+    monkeypatch.setattr(fast, "product_kind", lambda *shape: kind)
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 2, (4, IN), generator=g).float().mul(2).sub(1).requires_grad_()
     weight = torch.randn(4, OUT, generator=g)
@@ -389,3 +395,74 @@ def test_a_weight_given_new_data_inside_binarized_once_shows_its_new_signs(featu
         assert torch.equal(layer(x), expected(x))
         layer.weight.data = torch.randn(5, features)
         assert torch.equal(layer(x), expected(x))
+
+
+def _native_build(flags: tuple[str, ...]):
+    lib = native._kernels(native.FLAGS + flags)
+    if lib is None:
+        pytest.skip("no C compiler to build the native kernels")
+    return lib
+
+
+@pytest.mark.parametrize("flags", [(), ("-DPACKED_PORTABLE",)], ids=["default", "portable-c"])
+def test_packed_signs_are_pack_bits_and_a_value_not_plus_or_minus_one_is_refused(flags, monkeypatch):
+    """The packer reads 8 floats a vector and the rest one by one; each value must be exactly ±1 (a NaN, 0 or -0.0
+    would be counted as -1 or +1 where the float32 product gives NaN or 0)."""
+    from bnn.packed import pack_bits
+
+    lib = _native_build(flags)
+    monkeypatch.setattr(native, "MIN_WORK_PER_THREAD", 1)  # several threads even for these sizes
+    g = torch.Generator().manual_seed(0)
+    for rows, n in [(1, 1), (3, 7), (130, 8), (5, 63), (67, 64), (2, 65), (129, 1000)]:
+        x = torch.randint(0, 2, (rows, n), generator=g).float() * 2 - 1
+        assert torch.equal(native.pack_signs(lib, x, threads=2), pack_bits(x > 0)), (rows, n)
+        for bad in (0.0, -0.0, 0.5, 2.0, float("nan"), float("inf"), -float("inf")):
+            for row, column in [(0, 0), (rows - 1, n - 1), (rows // 2, n // 2)]:
+                y = x.clone()
+                y[row, column] = bad
+                assert native.pack_signs(lib, y, threads=2) is None, (rows, n, bad, row, column)
+
+
+@pytest.mark.parametrize("flags", [(), ("-DPACKED_PORTABLE",)], ids=["default", "portable-c"])
+def test_the_popcount_product_equals_the_float32_product_at_every_size(flags):
+    lib = _native_build(flags)
+    g = torch.Generator().manual_seed(1)
+    for batch, n, out in [(1, 1, 1), (5, 65, 3), (7, 1000, 130), (64, 2048, 64)]:
+        x = torch.randint(0, 2, (batch, n), generator=g).float() * 2 - 1
+        w = torch.randint(0, 2, (out, n), generator=g).float() * 2 - 1
+        x[0] = w[0]  # a sum of +n, the largest
+        assert torch.equal(native.popcount_product(lib, x, native.prepared_signs(lib, w)), x @ w.T), (batch, n, out)
+
+
+def test_a_nan_hidden_weight_counts_as_binary_sign_says_under_the_popcount_product(layer, monkeypatch):
+    if "popcount" not in fast.product_kinds("cpu", 8, IN, OUT):
+        pytest.skip("no popcount product here")
+    monkeypatch.setattr(fast, "product_kind", lambda *shape: "popcount")
+    with torch.no_grad():
+        layer.weight[3, 5] = float("nan")
+    x = torch.randint(0, 2, (8, IN), generator=torch.Generator().manual_seed(2)).float() * 2 - 1
+    reference = F.linear(x, binary_sign(layer.weight.detach()))  # (torch.sign(NaN) is 0 on CPUs: the sign +1)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            assert torch.equal(layer(x), reference)
+
+
+def test_the_popcount_signs_are_packed_once_per_binarized_once_block(layer, monkeypatch):
+    import metaspike
+
+    if "popcount" not in fast.product_kinds("cpu", 8, IN, OUT):
+        pytest.skip("no popcount product here")
+    monkeypatch.setattr(fast, "product_kind", lambda *shape: "popcount")
+    packs = []
+    prepared_signs = native.prepared_signs
+    monkeypatch.setattr(native, "prepared_signs", lambda *a, **k: packs.append(1) or prepared_signs(*a, **k))
+    x = torch.ones(8, IN)
+    expected = x @ layer.signs().T
+    packs.clear()
+    for _ in range(3):
+        assert torch.equal(layer(x), expected)
+    assert len(packs) == 3  # outside a block, every forward pass sees the weight as it is now
+    packs.clear()
+    with metaspike.binarized_once():
+        outputs = [layer(x) for _ in range(3)]
+    assert len(packs) == 1 and all(torch.equal(out, expected) for out in outputs)

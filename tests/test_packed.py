@@ -418,7 +418,7 @@ def test_a_library_another_user_could_have_planted_is_never_loaded(monkeypatch, 
 def test_without_a_c_compiler_the_native_kernels_are_skipped_with_a_warning(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("METASPIKE_CACHE", str(tmp_path))
-    with pytest.warns(RuntimeWarning, match="could not build the packed-inference kernels"):
+    with pytest.warns(RuntimeWarning, match="could not build the native kernels"):
         assert _fresh_kernels() is None
 
 
