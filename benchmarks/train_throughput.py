@@ -5,8 +5,8 @@ with a hard-tanh straight-through gradient) with metaplastic Adam (``meta > 0``)
 
 * **metaspike**: ``bnn.MLP`` + :class:`metaspike.MetaplasticAdam`. The hidden weight is the
   parameter; its signs are written once per step into persistent buffers (one compiled pass); each
-  product of ±1 inputs by ±1 weights uses the fastest exact product of the machine (int8, bfloat16
-  or float32, timed once per process and shape; see :mod:`bnn.binary_linear`); each float32 product
+  product of ±1 inputs by ±1 weights uses the fastest exact product of the machine (popcount of packed bits, int8,
+  bfloat16 or float32, timed once per process and shape; see :mod:`bnn.binary_linear`); each float32 product
   (the first layer's, the backward ones) goes to ``torch.mm`` or oneDNN, whichever runs the CPU's widest kernels
   (:mod:`bnn.float32_products`); the weight gradient is written into a reused buffer; the optimizer updates the hidden weight in place (one fused,
   compiled loop per weight matrix). Run twice: with the default float32 backward products, and
@@ -63,7 +63,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 import bnn
-from bnn.binary_linear import _DTYPES, product_kinds, product_used, signs_product
+from bnn.binary_linear import _DTYPES, POPCOUNT_EVENT, product_kinds, product_used, signs_product
 from bnn.float32_products import float32_library
 from metaspike import training
 from metaspike.allocator import keep_freed_memory
@@ -73,7 +73,7 @@ from metaspike.optim import MetaplasticAdam
 
 BATCH = 100
 LR = 0.005
-MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_int_mm", "mkldnn::_linear_pointwise")
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_int_mm", "mkldnn::_linear_pointwise", POPCOUNT_EVENT)
 BATCH_NORM_OPS = ("aten::native_batch_norm", "aten::native_batch_norm_backward")
 
 

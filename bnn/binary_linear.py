@@ -63,10 +63,11 @@ from bnn import native
 from bnn.float32_products import float32_library, mm
 from bnn.product_timing import best_times, probe_rows, size_class
 from bnn.sign_buffers import PACKED, storage_is_free
+from metaspike.caller import user_stacklevel
 
 __all__ = [
-    "FAST_MIN_NUMEL", "ONEDNN_FAST_MIN_NUMEL", "PRODUCT_KINDS", "PRECISIONS", "check_precision", "is_binary_input", "product_kinds",
-    "product_kind", "signs_product", "product_used", "binary_linear", "bfloat16_slowdown",
+    "FAST_MIN_NUMEL", "ONEDNN_FAST_MIN_NUMEL", "PRODUCT_KINDS", "POPCOUNT_EVENT", "PRECISIONS", "check_precision", "is_binary_input", "product_kinds",
+    "product_kind", "signs_product", "product_used", "binary_linear", "bfloat16_slowdown", "has_tangent",
 ]
 
 FAST_MIN_NUMEL = 1 << 20
@@ -75,6 +76,8 @@ ONEDNN_FAST_MIN_NUMEL = 1 << 18
 """The same from this many weights where oneDNN computes the layer's float32 products (:mod:`bnn.float32_products`)."""
 PRODUCT_KINDS = ("popcount", "int8", "bfloat16", "float32")
 """The exact products of ±1 inputs by ±1 weights, named by their operands (bits, or a dtype)."""
+POPCOUNT_EVENT = "bnn::popcount_product"
+"""The name under which ``torch.profiler`` shows a popcount product (a native call, not a torch operator)."""
 PRECISIONS = ("float32", "bfloat16")
 """The precisions a layer's backward products may use (``BinaryLinear(precision=...)``)."""
 _DTYPES: dict[str, Any] = {"popcount": PACKED, "int8": torch.int8, "bfloat16": torch.bfloat16,
@@ -162,7 +165,8 @@ def signs_product(x: Tensor, signs: Tensor, kind: str) -> Tensor:
                 [-4., -4., -4.]])
     """
     if kind == "popcount":
-        product = native.popcount_product(native.kernels(), x, signs)
+        with torch.profiler.record_function(POPCOUNT_EVENT):
+            product = native.popcount_product(native.kernels(), x, signs)
         if product is None:
             raise ValueError("signs_product: the popcount product takes an input of +1 and -1 only")
         return product
@@ -228,7 +232,7 @@ def _warn_if_bfloat16_is_slow(device: torch.device) -> None:
     if slowdown > SLOW_BFLOAT16:
         warnings.warn(f"BinaryLinear(precision='bfloat16'): bfloat16 products take {slowdown:.0f}x as long as "
                       f"float32 ones on this {device.type} (it has no bfloat16 instructions); precision='float32' "
-                      "is faster and more precise here", RuntimeWarning, stacklevel=4)
+                      "is faster and more precise here", RuntimeWarning, stacklevel=user_stacklevel())
 
 
 def _backward_mm(a: Tensor, b: Tensor, low: bool, out: Tensor | None = None) -> Tensor:
@@ -291,8 +295,15 @@ def _differentiable_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...
     return grad_x, grad_w, grad_b, None, None, None, None, None, None
 
 
-def _is_dual(*tensors: Tensor | None) -> bool:
-    """Whether forward-mode AD (``torch.autograd.forward_ad``) carries a tangent on one of ``tensors``."""
+def has_tangent(*tensors: Tensor | None) -> bool:
+    """Whether forward-mode AD (``torch.autograd.forward_ad``) carries a tangent on one of ``tensors``.
+
+    Example:
+        >>> import torch.autograd.forward_ad as fwAD
+        >>> with fwAD.dual_level():
+        ...     has_tangent(torch.ones(2)), has_tangent(None, fwAD.make_dual(torch.ones(2), torch.ones(2)))
+        (False, True)
+    """
     return any(t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
 
 
@@ -333,7 +344,7 @@ def product_used(x: Tensor, layer: Any) -> str:
     # a compiled model fuses the plain product itself; under autocast torch picks the product's precision; meta
     # tensors (shape inference) hold no values to pick a product by; forward-mode AD needs F.linear's tangents
     if (plain or x.device.type == "meta" or torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type)
-            or _is_dual(x, weight, layer.bias) or not _large_enough(x, weight)):
+            or has_tangent(x, weight, layer.bias) or not _large_enough(x, weight)):
         return "F.linear"
     if not is_binary_input(x):
         return "float32"

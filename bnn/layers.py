@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from bnn.binary_linear import binary_linear, check_precision
+from bnn.binary_linear import binary_linear, check_precision, has_tangent
 from bnn.sign_buffers import SignBuffers
 from metaspike.bayesian.fused_step import Activation, register_fused_activation
 from metaspike.checks import check_device, finite_number, is_whole, number_in
@@ -73,7 +73,8 @@ def _init_uniform(weight: Tensor, init_width: float | None) -> None:
 
 
 class _StraightThrough(torch.autograd.Function):
-    """Shows precomputed ``signs`` in the forward pass; the gradient reaches ``hidden`` unchanged."""
+    """Shows precomputed ``signs`` in the forward pass; the gradient (and a forward-mode tangent) of ``hidden`` passes
+    unchanged."""
 
     @staticmethod
     def forward(ctx, hidden: Tensor, signs: Tensor) -> Tensor:  # type: ignore[override]
@@ -82,6 +83,10 @@ class _StraightThrough(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         return grad, None
+
+    @staticmethod
+    def jvp(ctx, hidden_tangent: Tensor, signs_tangent: Tensor | None) -> Tensor:  # type: ignore[override]
+        return hidden_tangent
 
 
 class _BinaryWeights(BinarySynapse):
@@ -101,6 +106,11 @@ class _BinaryWeights(BinarySynapse):
         self._grad_buffer: Tensor | None = None
         if self.is_binary:
             mark_hidden_weight(self.weight)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The gradient buffer is scratch memory: a pickled, saved (``torch.save(model)``) or copied layer keeps none
+        (it would double the file of a large layer); the copy makes its own at its first training pass."""
+        return {**super().__getstate__(), "_grad_buffer": None}
 
     @property
     def is_binary(self) -> bool:
@@ -158,7 +168,7 @@ class _BinaryWeights(BinarySynapse):
         if not self._buffered:
             return self.weight_quantizer(weight)
         signs = self.signs()
-        if torch.is_grad_enabled() and weight.requires_grad:
+        if (torch.is_grad_enabled() and weight.requires_grad) or has_tangent(weight):
             return _StraightThrough.apply(weight, signs)
         return signs
 

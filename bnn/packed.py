@@ -16,9 +16,12 @@ model in eval mode, from about 1/32 of its memory:
   The last layer keeps ``α`` (one float32 per class) and multiplies the scores by it before its BatchNorm.
 * The first layer takes real-valued input, rounded to float32 once (as the float32 model reads it; every kernel
   computes from those values, whatever the input's dtype). Its pre-activation ``Σ ±x_i`` is compared in float64
-  with the threshold ``(μ - β·sqrt(σ² + ε)/γ) / α``, so the packed model decides each neuron on its exact sum.
-  The float model rounds that sum in float32, and where the rounding carries it across the threshold (an input
-  within a rounding error of it), the two differ: this is the only possible difference between them. Measured on
+  with the threshold ``(μ - β·sqrt(σ² + ε)/γ) / α``, so the packed model decides each neuron on its float64 sum.
+  That sum is exact where the nonzero inputs lie within a factor ``2**(29 - ceil(log2 n))`` of each other in
+  magnitude (all are then whole multiples of the smallest one's float32 unit, and every partial sum an integer of
+  them below ``2**53``); otherwise it is off by at most ``n·2**-53·Σ|x_i|``, 2**29 times less than the float32 sum's
+  bound. The float model rounds that sum in float32, and where the rounding carries it across the threshold (an
+  input within a rounding error of it), the two differ: this is the only possible difference between them. Measured on
   an untrained 784-4096-10 (population statistics of uniform noise): 14 of 20,000 uniform random inputs got other
   scores, none another prediction; trained models predict alike on the whole MNIST test split. A one-layer
   model's scores come straight from that sum, summed in another order: they agree to float32 rounding, not bit
@@ -282,9 +285,10 @@ class PackedMLP:
         self._native = native.kernels() if compile else None
         self._prepared: dict[int, tuple[Tensor, int | None, Tensor]] = {}  # see _kernel_weights
         self._dots = _COMPILED_DOTS if compile else (_real_dot, _binary_dot)
-        # rows per call: bounds the (rows, outputs, words) intermediates of the eager path to ~128 MB
-        widest = max(layer["weight"].numel() for layer in layers)
-        self._rows = max(1, 2**24 // widest)
+        # rows per call: bounds the eager path's 8-byte intermediates to ~2**24 a row-chunk (~128 MB): the
+        # (rows, outputs, groups or words) products and the first layer's (rows, groups, 256) table of byte sums
+        per_row = max(max(layer["weight"].numel() for layer in self.layers), 256 * self.layers[0]["weight"].shape[0])
+        self._rows = max(1, 2**24 // per_row)
 
     def __reduce__(self) -> tuple[Any, ...]:
         """``copy.deepcopy``, ``pickle`` and ``torch.save`` of the object keep its sizes, tensors and kernel choice and
@@ -788,7 +792,7 @@ def pack(model: nn.Module, compile: bool = True) -> PackedMLP:
     """Pack a trained :class:`bnn.MLP` with population statistics into a :class:`PackedMLP`.
 
     Its predictions equal ``model.eval()``'s, except where the float model's float32 rounding of a first-layer sum
-    crosses a neuron's threshold, which the packed model decides on the exact sum (see the module docstring).
+    crosses a neuron's threshold, which the packed model decides on the float64 sum (see the module docstring).
     ``model`` is a ``bnn.MLP`` or an ``nn.Sequential`` of its layers (``Dropout`` and ``Identity`` between them are
     skipped, as in eval mode). ``compile`` uses the fast kernels (native, else compiled; see the module docstring);
     ``False`` runs plain torch ops. It warns when the model's weights changed after its statistics were fixed.
@@ -797,7 +801,8 @@ def pack(model: nn.Module, compile: bool = True) -> PackedMLP:
         ValueError: ``model`` is not an MLP of binary layers with sign activations between them (convolutional
             layers are named first; an MLP that ends with a SignActivation is refused), it or one of its layers has
             a forward of its own (a subclass that overrides it), its BatchNorm layers have no population statistics
-            (:func:`bnn.use_population_statistics`), or it is in training mode (where BatchNorm uses batch
+            (:func:`bnn.use_population_statistics`), it holds tensors of a precision below float32 (bfloat16,
+            float16: call ``model.float()``), or it is in training mode (where BatchNorm uses batch
             statistics, not the ones packed).
 
     Example:
@@ -814,6 +819,12 @@ def pack(model: nn.Module, compile: bool = True) -> PackedMLP:
         raise ValueError(f"compile must be True (the fast kernels) or False (plain torch ops), got {compile!r}")
     model = getattr(model, "_orig_mod", model)  # a torch.compile'd model: the model it wraps
     pairs = _layers_of(model)
+    low = sorted({str(t.dtype) for t in [*model.parameters(), *model.buffers()]
+                  if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64)})
+    if low:
+        raise ValueError(f"pack takes a float32 or float64 model, got one with {', '.join(low)} tensors: its "
+                         "BatchNorm rounds in that precision, which the packed thresholds (float32) would not "
+                         "reproduce; call model.float() first")
     warn_if_statistics_outdated(model, "packing")
     if any(module.training for module in model.modules()):
         raise ValueError(

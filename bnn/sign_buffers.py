@@ -140,7 +140,8 @@ class SignBuffers:
                     self._tensors[dtype] = torch.empty_like(buffer)
             with torch.no_grad():
                 outs = [out.view(-1) for out in self._tensors.values()]
-                (_compiled_signs_into if large else _signs_into)(weight.reshape(-1), outs)
+                # (detached: a forward-mode tangent has no place in a buffer, and sign's out= form refuses one)
+                (_compiled_signs_into if large else _signs_into)(weight.detach().reshape(-1), outs)
             self._written_under = key
             self._packed = None
         return {dtype: self._tensors[dtype] for dtype in dtypes}

@@ -184,9 +184,9 @@ def _excluded_names(model: nn.Module, exclude: str | Sequence[str]) -> tuple[str
     names = (exclude,) if isinstance(exclude, str) else tuple(exclude) if isinstance(exclude, Sequence) else None
     if names is None or not all(isinstance(name, str) for name in names):
         raise ValueError(f"exclude must be a layer name or a sequence of names, got {exclude!r}")
-    matrices = {name for name, p in model.named_parameters()
+    matrices = {name for name, p in model.named_parameters(remove_duplicate=False)
                 if not isinstance(p, nn.parameter.UninitializedParameter) and p.dim() >= 2}
-    unknown = sorted(set(names) - {name for name, _ in model.named_modules()} - matrices)
+    unknown = sorted(set(names) - {name for name, _ in model.named_modules(remove_duplicate=False)} - matrices)
     if unknown:
         raise ValueError(f"exclude names layers (or weight matrices) that do not exist: {unknown}")
     weights = sorted(name for name in set(names) & matrices if name.rsplit(".", 1)[-1] == "weight")
@@ -199,6 +199,15 @@ def _excluded_names(model: nn.Module, exclude: str | Sequence[str]) -> tuple[str
 def _is_excluded(name: str, excluded: tuple[str, ...]) -> bool:
     """Whether ``name`` is an excluded module or lies inside one (``""``, the model itself, excludes all)."""
     return any(name == other or other == "" or name.startswith(other + ".") for other in excluded)
+
+
+def _excluded_ids(model: nn.Module, excluded: tuple[str, ...]) -> tuple[set[int], set[int]]:
+    """Ids of the modules and of the parameters that ``excluded`` names or holds, under any of their names: a layer
+    registered twice (``self.head = self.layers[-1]``) is excluded by either name or by a block holding either
+    (``named_modules`` gives each module once, under its first name)."""
+    modules = {id(m) for name, m in model.named_modules(remove_duplicate=False) if _is_excluded(name, excluded)}
+    parameters = {id(p) for name, p in model.named_parameters(remove_duplicate=False) if name in excluded}
+    return modules, parameters
 
 
 def _forward_bypassed(model: nn.Module) -> set[int]:
@@ -237,11 +246,11 @@ def select_layers(
     if not isinstance(model, nn.Module):
         raise ValueError(f"expected a torch nn.Module to put synapses on, got {type(model).__name__}")
     types = _layer_types(layer_types)
-    excluded = _excluded_names(model, exclude)
+    excluded, _ = _excluded_ids(model, _excluded_names(model, exclude))
     bypassed = _forward_bypassed(model)
     selected, candidates = [], []
     for name, layer in model.named_modules():
-        if not isinstance(layer, types) or _is_excluded(name, excluded) or id(layer) in bypassed:
+        if not isinstance(layer, types) or id(layer) in excluded or id(layer) in bypassed:
             continue
         candidates.append((name, layer))
         if parametrize.is_parametrized(layer, "weight"):
@@ -315,7 +324,8 @@ def each_once(tensors: Iterable[Tensor]) -> list[Tensor]:
 
 def warn_float_matrices_left(model: nn.Module, selected: Sequence[nn.Module], exclude: str | Sequence[str], what: str,
                              layer_types: type[nn.Module] | Sequence[type[nn.Module]] = DEFAULT_LAYER_TYPES) -> None:
-    """Warn about weight matrices (parameters of two or more dimensions) that stay float because their layer is of a
+    """Warn about weight matrices (parameters with two or more dimensions longer than 1, outside normalization
+    layers) that stay float because their layer is of a
     kind no synapse call handles (an ``nn.LSTM``, a Norse ``LIFRecurrentCell``, the ``out_proj`` of an
     ``nn.MultiheadAttention``, ...): they would train as float weights and never be consolidated, silently. Layers in
     ``selected``, excluded layers and the default layer types (left out on purpose by a narrower ``layer_types``) are
@@ -332,19 +342,21 @@ def warn_float_matrices_left(model: nn.Module, selected: Sequence[nn.Module], ex
         >>> "0.weight_ih_l0" in str(caught[0].message)
         True
     """
-    excluded = _excluded_names(model, exclude)
+    excluded, excluded_parameters = _excluded_ids(model, _excluded_names(model, exclude))
     covered = {id(p) for layer in selected for p in layer.parameters()}
     inside = {id(m) for layer in selected for m in layer.modules()}  # a selected layer, its gain, its parametrization
     bypassed = _forward_bypassed(model)
     types = _layer_types(layer_types)
     left, named, tied = [], [], []
     for name, module in model.named_modules():
-        if id(module) in inside or _is_excluded(name, excluded):
+        if id(module) in inside or id(module) in excluded:
             continue
         if isinstance(module, DEFAULT_LAYER_TYPES) and id(module) not in bypassed:
             continue
+        if isinstance(module, _ELEMENTWISE_TYPES):
+            continue
         for key, p in module.named_parameters(recurse=False):
-            if p.dim() >= 2 and (f"{name}.{key}" if name else key) not in excluded:
+            if _is_matrix(p) and id(p) not in excluded_parameters:
                 asked = isinstance(module, types) and id(module) not in bypassed
                 (tied if id(p) in covered else named if asked else left).append(f"{name}.{key}" if name else key)
     if tied:
@@ -361,6 +373,18 @@ def warn_float_matrices_left(model: nn.Module, selected: Sequence[nn.Module], ex
                       f"({_shown(left)}): they train as float weights and are not consolidated; name them (or a "
                       f"layer that holds them, such as an LSTM) in {what}(..., exclude=[...]) to silence this",
                       UserWarning, stacklevel=3)
+
+
+_ELEMENTWISE_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, *([nn.RMSNorm] if hasattr(nn, "RMSNorm") else []))
+"""Layers whose parameters scale or shift their input element by element (a LayerNorm over ``[C, H, W]`` has a
+3-D weight), never weight matrices."""
+
+
+def _is_matrix(p: Tensor) -> bool:
+    """Whether ``p`` has two or more dimensions longer than 1: a per-channel neuron parameter (snnTorch's ``beta`` of
+    shape ``(C, 1, 1)``, a threshold) is a vector, not a weight matrix."""
+    return sum(size > 1 for size in p.shape) >= 2
 
 
 def _shown(names: list[str]) -> str:

@@ -51,6 +51,13 @@ def binary_sign(x: Tensor, out: Tensor | None = None) -> Tensor:
     return torch.sign(x, out=out).add_(0.5).sign_()
 
 
+def _signs_keeping_nan(x: Tensor) -> Tensor:
+    """:func:`binary_sign` of ``x``, NaN where ``x`` is NaN: a sign activation that read NaN as +1 (CPUs' ``sign(NaN)``
+    is 0) turned one NaN pixel, spread over a batch by its BatchNorm statistics, into plausible scores for every
+    sample of the batch; kept NaN, it shows in the loss."""
+    return torch.where(torch.isnan(x), x, binary_sign(x))
+
+
 class _SteSign(torch.autograd.Function):
     @staticmethod
     def remember(ctx: Any, x: Tensor, clip_value: float | None) -> None:
@@ -61,7 +68,7 @@ class _SteSign(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, clip_value: float | None) -> Tensor:  # type: ignore[override]
         _SteSign.remember(ctx, x, clip_value)
-        return binary_sign(x)
+        return _signs_keeping_nan(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
@@ -78,7 +85,7 @@ class _TransformableSteSign(_SteSign):
 
     @staticmethod
     def forward(x: Tensor, clip_value: float | None) -> Tensor:  # type: ignore[override]
-        return binary_sign(x)
+        return _signs_keeping_nan(x)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
@@ -86,8 +93,8 @@ class _TransformableSteSign(_SteSign):
 
 
 def ste_sign(x: Tensor, clip_value: float | None = 1.0) -> Tensor:
-    """``sign(x)`` (``sign(0) = +1``) whose gradient passes straight through where ``|x| <= clip_value``
-    (everywhere for ``clip_value=None``), as Larq's ``ste_sign``.
+    """``sign(x)`` (``sign(0) = +1``; NaN stays NaN) whose gradient passes straight through where
+    ``|x| <= clip_value`` (everywhere for ``clip_value=None``), as Larq's ``ste_sign``.
 
     Example:
         >>> x = torch.tensor([-2.0, 0.0, 0.5], requires_grad=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sys
 import sysconfig
 import warnings
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from torch.optim import Optimizer
 from metaspike.allocator import allocation_failure
 from metaspike.bayesian.fused_step import FusedTrainingStep
 from metaspike.bayesian.synapses import bayesian_modules
+from metaspike.caller import LIBRARY_PATHS, user_stacklevel
 from metaspike.checks import ModelError, TrainingDiverged, check_eps_holds, is_number, is_whole, raised_at
 from metaspike.distributed import average_gradients
 from metaspike.population_statistics import evaluates_with_batch_statistics, statistics_outdated
@@ -514,12 +514,12 @@ def _correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, classes: S
             warnings.warn(f"evaluating in batches of {len(x) // chunks} samples: the model's BatchNorm normalises each "
                           f"batch by its own statistics, which under {MIN_STATISTICS_BATCH} samples distort its "
                           "predictions; evaluate in larger batches or fix the statistics first "
-                          "(metaspike.use_population_statistics)", stacklevel=_user_stacklevel())
+                          "(metaspike.use_population_statistics)", stacklevel=user_stacklevel())
     warn_if_statistics_outdated(model, "evaluating")
     if batch_statistics and len(x) > 1 and bool((y == y[0]).all()):
         warnings.warn("evaluating samples of one class only: the model's BatchNorm normalises the batch by its own "
                       "statistics, which removes what the class has in common; fix the statistics first "
-                      "(metaspike.use_population_statistics)", stacklevel=_user_stacklevel())
+                      "(metaspike.use_population_statistics)", stacklevel=user_stacklevel())
     was_training = model.training
     model.eval()
     correct = torch.zeros(len(x), dtype=torch.bool)
@@ -531,13 +531,6 @@ def _correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, classes: S
     finally:
         model.train(was_training)
     return correct
-
-
-#: Where the library's own code lives (metaspike, bnn beside it, torch): a warning points past them to its caller.
-_PACKAGES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_LIBRARY_PATHS = tuple(os.path.join(path, "") for path in (os.path.join(_PACKAGES, "metaspike"),
-                                                           os.path.join(_PACKAGES, "bnn"),
-                                                           os.path.dirname(os.path.abspath(torch.__file__))))
 
 
 #: Where installed libraries and Python's own modules live: an error raised there is not a user's own code's.
@@ -563,20 +556,11 @@ def _raised_in_user_code(err: BaseException) -> str:
         innermost = innermost.tb_next
     frame = innermost.tb_frame
     filename = frame.f_code.co_filename
-    if filename.startswith("<frozen ") or os.path.abspath(filename).startswith(_LIBRARY_PATHS + _INSTALLED_PATHS):
+    if filename.startswith("<frozen ") or os.path.abspath(filename).startswith(LIBRARY_PATHS + _INSTALLED_PATHS):
         return ""  # ("<frozen importlib._bootstrap>": Python's own modules, frozen into it)
     owner = frame.f_locals.get("self")
     function = f"{type(owner).__qualname__}.{frame.f_code.co_name}" if owner is not None else frame.f_code.co_name
     return f"{function} ({raised_at(err, frame.f_code.co_filename)})"
-
-
-def _user_stacklevel() -> int:
-    """The ``stacklevel`` (for a warning issued by this function's caller) of the first frame outside the library:
-    the user's line, however deep in metaspike, bnn or torch (a decorator's wrapper) the warning is issued."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_PATHS):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def warn_if_statistics_outdated(model: nn.Module, doing: str) -> None:
@@ -586,7 +570,7 @@ def warn_if_statistics_outdated(model: nn.Module, doing: str) -> None:
         warnings.warn(f"{doing} {type(model).__name__} with BatchNorm statistics that use_population_statistics fixed "
                       "before its weights last changed (training does not update them, so they describe other "
                       "weights); call use_population_statistics(model, training_inputs) again first",
-                      stacklevel=_user_stacklevel())
+                      stacklevel=user_stacklevel())
 
 
 #: Below this many samples per evaluated batch, per-batch BatchNorm statistics are noisy enough to change predictions

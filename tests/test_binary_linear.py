@@ -160,7 +160,9 @@ def test_bfloat16_precision_warns_once_where_bfloat16_products_are_slower_than_f
                 layer(x).sum().backward()
     finally:
         fast._warn_if_bfloat16_is_slow.cache_clear()
-    messages = [str(w.message) for w in caught if "precision='bfloat16'" in str(w.message)]
+    ours = [w for w in caught if "precision='bfloat16'" in str(w.message)]
+    assert all(w.filename == __file__ for w in ours)  # the caller's line, not one inside torch's Module.__call__
+    messages = [str(w.message) for w in ours]
     assert messages == (["BinaryLinear(precision='bfloat16'): bfloat16 products take 20x as long as float32 ones "
                          "on this cpu (it has no bfloat16 instructions); precision='float32' is faster and more "
                          "precise here"]
@@ -466,3 +468,23 @@ def test_the_popcount_signs_are_packed_once_per_binarized_once_block(layer, monk
     with metaspike.binarized_once():
         outputs = [layer(x) for _ in range(3)]
     assert len(packs) == 1 and all(torch.equal(out, expected) for out in outputs)
+
+
+@pytest.mark.parametrize("sizes", [(16, 8), (IN, OUT)], ids=["small", "fast-path"])
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_a_forward_mode_tangent_of_the_hidden_weight_passes_straight_through(sizes, requires_grad):
+    """A dual hidden weight (functional_call, torch.func.jvp over parameters) lost its tangent on the fast path or
+    failed inside torch (sign's out= form has no forward derivative); its tangent is now the straight-through one."""
+    import torch.autograd.forward_ad as fwAD
+    from torch.func import functional_call
+
+    torch.manual_seed(0)
+    layer = bnn.BinaryLinear(*sizes)
+    x, tangent = torch.randn(4, sizes[0]), torch.randn(sizes[1], sizes[0])
+    with fwAD.dual_level():
+        weight = fwAD.make_dual(layer.weight.detach().clone().requires_grad_(requires_grad), tangent)
+        out = fwAD.unpack_dual(functional_call(layer, {"weight": weight}, (x,)))
+    assert torch.equal(out.primal, F.linear(x, layer.signs()))
+    u = 2.0**-24  # each side's sum of n terms is within n·u·Σ|terms| of the exact one
+    bound = sizes[0] * u * (x.abs() @ tangent.abs().T)
+    assert ((out.tangent - x @ tangent.T).abs() <= 2 * bound).all()

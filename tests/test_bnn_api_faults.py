@@ -258,3 +258,58 @@ def test_every_layer_takes_nn_linears_device_and_dtype(name):
 def test_a_wrong_device_or_dtype_is_one_line_naming_it(name, argument, value, named):
     with pytest.raises(ValueError, match=named):
         _LAYERS_WITH_FACTORY_ARGUMENTS[name](**{argument: value})
+
+
+def test_a_saved_or_copied_layer_leaves_its_gradient_buffer_behind():
+    """The weight-sized gradient buffer of a large layer went into torch.save(model), pickle and deepcopy: a
+    1024x1024 layer saved to 8.4 MB after one training pass, twice its weight."""
+    import copy
+    import io
+
+    layer = bnn.BinaryLinear(1024, 1024)
+    layer(torch.randn(4, 1024).sign()).sum().backward()
+    assert layer._grad_buffer is not None
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    assert len(buffer.getvalue()) < 1.01 * 4 * layer.weight.numel()
+    copied = copy.deepcopy(layer)
+    assert copied._grad_buffer is None and layer._grad_buffer is not None
+    copied.zero_grad(set_to_none=True)
+    x = torch.randn(4, 1024).sign()
+    copied(x).sum().backward()  # the copy trains, with a buffer of its own
+    assert copied._grad_buffer is not None and copied._grad_buffer.data_ptr() != layer._grad_buffer.data_ptr()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_pack_refuses_a_model_below_float32_instead_of_predicting_otherwise(dtype):
+    """A bfloat16 model packed without a word and then predicted 16 of 5,000 digits otherwise than itself: its
+    BatchNorm rounds in bfloat16, the packed thresholds in float32."""
+    model = _fixed(bnn.MLP([64, 48, 32, 10]), 64).to(dtype)
+    with pytest.raises(ValueError, match=f"float32 or float64 model.*{str(dtype)}.*model.float"):
+        bnn.pack(model)
+    bnn.pack(model.float())  # as the message says
+
+
+def test_a_nan_input_shows_as_nan_scores_instead_of_plausible_ones():
+    """SignActivation read NaN as +1 (CPUs' sign(NaN) is 0): one NaN pixel, spread over the batch by BatchNorm's batch
+    statistics, gave every sample of the batch finite scores (96 % accuracy fell to 11 % without a word)."""
+    assert torch.isnan(bnn.SignActivation()(torch.tensor([float("nan"), 2.0, -0.0]))).tolist() == [True, False, False]
+    torch.manual_seed(0)
+    model = bnn.MLP([20, 16, 16, 3])
+    x = torch.randn(8, 20)
+    x[0, 4] = float("nan")
+    scores = model(x)
+    assert torch.isnan(scores).all()  # every sample: the batch statistics carry the NaN to all of them
+    x[0, 4] = 0.0
+    assert torch.isfinite(model(x)).all()
+
+
+def test_the_eager_packed_model_bounds_its_first_layer_table_for_a_narrow_first_layer():
+    """The eager path cut a batch into rows by its widest weight only, ignoring the first layer's (rows, groups, 256)
+    float64 table: a 784-8-10 model took 21,399 rows a chunk, 4 GB of table (766 MB at batch 4,000)."""
+    model = _fixed(bnn.MLP([784, 8, 10]), 784)
+    packed = bnn.pack(model, compile=False)
+    groups = packed.layers[0]["weight"].shape[0]
+    assert packed._rows * 256 * groups <= 2**24  # 8-byte entries: at most 128 MB of table per chunk
+    x = torch.rand(2 * packed._rows + 3, 784)
+    assert torch.equal(packed(x), torch.cat([packed(x[i : i + 50]) for i in range(0, len(x), 50)]))

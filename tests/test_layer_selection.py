@@ -19,7 +19,7 @@ from metaspike.bayesian import (
     sampled_product,
 )
 from metaspike.layer_selection import select_layers, synapse_parametrization
-from metaspike.synapse import binary_modules
+from metaspike.synapse import binary_modules, weight_matrices
 
 
 def _blocks() -> nn.Sequential:
@@ -244,8 +244,6 @@ def test_bayesian_synapses_are_refused_on_layers_with_sparse_gradients(kind):
 
 @pytest.mark.parametrize("kind", ["sign", "bimu", "mesu"])
 def test_tied_weights_are_one_weight_matrix_for_the_baselines(kind):
-    from metaspike.synapse import weight_matrices
-
     net = _Tied()
     net = binarize(net) if kind == "sign" else bayesianize(net, kind)
     assert [name for name, _ in weight_matrices(net)] == ["a"]
@@ -264,6 +262,19 @@ def test_weight_matrices_left_float_by_a_layer_kind_without_synapses_are_named(k
         call(nn.Sequential(nn.LSTM(3, 4), nn.Linear(4, 2)), exclude="0")  # left out on purpose
         call(nn.Sequential(nn.Conv1d(2, 2, 1), nn.Flatten(), nn.Linear(4, 2)), layer_types=nn.Linear)
         call(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 2)))
+        # elementwise parameters of several dimensions are no weight matrices: a LayerNorm over [C, H, W], a
+        # per-channel neuron parameter of shape (C, 1, 1) (both were named, and their exclusion advised)
+        call(nn.Sequential(nn.Conv2d(1, 8, 3), nn.LayerNorm([8, 6, 6])))
+        call(nn.Sequential(nn.Conv2d(1, 8, 3), _PerChannelScale(8)))
+
+
+class _PerChannelScale(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.beta = nn.Parameter(torch.full((channels, 1, 1), 0.9))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.beta
 
 
 @pytest.mark.parametrize("kind", ["sign", "bimu", "mesu"])
@@ -465,3 +476,32 @@ def test_a_matrix_held_directly_is_silenced_by_its_own_name_and_a_layers_weight_
     with pytest.raises(ValueError, match=r"^exclude names the weight '0.fc.weight': name its layer '0.fc' to leave "
                                          r"it float$"):
         metaspike.binarize(nn.Sequential(Block()), scale=None, exclude=["0.fc.weight"])
+
+
+class _Aliased(nn.Module):
+    """A layer registered under two names: ``head`` and ``blocks.1``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(3, 4)
+        self.head = nn.Linear(8, 2)
+        self.blocks = nn.ModuleList([nn.Linear(4, 8), self.head])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+@pytest.mark.parametrize("kind", ["sign", "bimu"])
+@pytest.mark.parametrize("exclude", ["blocks", "blocks.1", "head"])
+def test_a_layer_registered_twice_is_excluded_by_either_name(kind, exclude):
+    """named_modules gives a module once, under its first name: exclude='blocks' left the aliased head a synapse, and
+    exclude='blocks.1' (its other name) was refused as a layer that does not exist."""
+    net = _Aliased()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (and no "left float" warning for what was excluded on purpose)
+        net = binarize(net, exclude=exclude) if kind == "sign" else bayesianize(net, kind, exclude=exclude)
+    expected = ["stem"] if exclude == "blocks" else ["stem", "blocks.0"]
+    assert [name for name, _ in weight_matrices(net)] == expected
