@@ -127,9 +127,9 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> Model
     (biases, BatchNorm, MESU's Gaussian weights) is counted as float32; a weight shared by two layers (tied) is counted
     once, with the first. With ``input_shape`` (one sample's shape,
     without the batch dimension), a forward pass on two random samples also counts the
-    multiply-accumulates per sample of every linear and (transposed) convolution layer, every time the
-    layer runs (a spiking network's time steps, a layer used twice): 1-bit where both the weights and the
-    input are ±1, 32-bit otherwise.
+    multiply-accumulates per sample of every linear, (transposed) convolution and multi-head attention layer, every
+    time the layer runs (a spiking network's time steps, a layer used twice): 1-bit where both the weights and the
+    input are ±1, 32-bit otherwise (an attention's, its output projection included, are all 32-bit).
 
     Example:
         >>> from bnn import MLP
@@ -209,8 +209,17 @@ def _count_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tuple
 
         return record
 
+    def attention_hook(name: str):
+        def record(module: nn.MultiheadAttention, inputs: tuple[Tensor, ...], output: object) -> None:
+            ones, floats = counts.get(name, (0, 0))
+            counts[name] = (ones, floats + _attention_macs(module, *inputs[:3]) // _PROBE_SAMPLES)
+
+        return record
+
     handles = [layer.register_forward_hook(hook(name)) for name, layer in model.named_modules()
                if isinstance(layer, _PRODUCT_LAYERS)]
+    handles += [layer.register_forward_hook(attention_hook(name)) for name, layer in model.named_modules()
+                if isinstance(layer, nn.MultiheadAttention)]
     was_training = model.training
     try:
         model.eval()  # no running statistics are updated (the paper's BatchNorm still uses the batch's)
@@ -225,3 +234,13 @@ def _count_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tuple
         for handle in handles:
             handle.remove()
     return counts
+
+
+def _attention_macs(attention: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor) -> int:
+    """Multiply-accumulates of one call of ``attention`` on the whole batch, all real-valued: the projections of the
+    queries, keys and values and of the output (``out_proj``, whose weight the attention reads without calling it),
+    and the two products of the attention itself (queries by keys, weights by values)."""
+    embed = attention.embed_dim
+    keys = key.shape[1 if attention.batch_first and key.dim() == 3 else 0]  # (an unbatched key is (S, kdim))
+    projections = (2 * query.numel() + key.numel() + value.numel()) * embed
+    return projections + 2 * query.numel() * keys

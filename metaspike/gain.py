@@ -158,7 +158,8 @@ class OutputGain(nn.Module):
         its neurons need, silently. Passes between two steps (the time steps of a spiking model, micro-batches
         accumulating gradients) change neither, so they count nothing."""
         alpha = self.alpha
-        if alpha.grad is None or not alpha.requires_grad:  # (the usual case after zero_grad: nothing to read)
+        # (the usual case after zero_grad: nothing to read; a non-leaf α, under torch.func.functional_call, has none)
+        if not alpha.is_leaf or alpha.grad is None or not alpha.requires_grad:
             self._idle_steps = 0
             self._seen_alpha = None
             return
@@ -210,7 +211,10 @@ class OutputGain(nn.Module):
         return self.alpha.detach().reshape(-1).expand(channels).clone()
 
     def forward(self, output: Tensor, bias: Tensor | None = None) -> Tensor:
-        """Scale a layer's ``output`` (which includes ``bias``, if any) so that only ``W x`` is scaled."""
+        """Scale a layer's ``output`` (which includes ``bias``, if any) so that only ``W x`` is scaled; a nested
+        ``output`` (``nn.TransformerEncoder``'s inference with a padding mask) part by part."""
+        if output.is_nested:
+            return torch.nested.as_nested_tensor([self(part, bias) for part in output.unbind()], layout=output.layout)
         alpha = self.alpha
         if bias is None:
             return output * alpha

@@ -141,6 +141,18 @@ def test_summary_counts_one_bit_and_32_bit_macs_per_sample():
         bnn.summary(bnn.MLP([20, 8, 4]), input_shape=(3,))
 
 
+def test_summary_counts_the_products_of_a_multi_head_attention():
+    """A MultiheadAttention does its projections itself and never calls its out_proj: summary counted 0 MACs."""
+    tokens, width, hidden = 5, 32, 64
+    s = bnn.summary(nn.TransformerEncoderLayer(width, 4, hidden, batch_first=True), input_shape=(tokens, width))
+    rows = {row.name: row for row in s.layers}
+    projections = tokens * width * 3 * width + tokens * width * width  # in_proj (q, k, v) and out_proj
+    scores_and_mix = 2 * tokens * tokens * width  # queries by keys, weights by values
+    assert (rows["self_attn"].binary_macs, rows["self_attn"].float_macs) == (0, projections + scores_and_mix)
+    assert rows["self_attn.out_proj"].float_macs == 0  # (counted with its attention, which never calls it)
+    assert s.float_macs == projections + scores_and_mix + 2 * tokens * width * hidden
+
+
 def test_population_statistics_make_single_sample_prediction_consistent():
     torch.manual_seed(0)
     model = bnn.MLP([20, 32, 4])

@@ -1,5 +1,7 @@
 """Binary synapses: sign forward, straight-through backward, one-call binarize of any model."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -467,3 +469,35 @@ def test_a_gain_left_out_of_the_optimizer_is_named_after_an_assign_load():
     net.load_state_dict(binarize(nn.Sequential(nn.Linear(8, 4), nn.Tanh(), nn.Linear(4, 2))).state_dict(), assign=True)
     opt = MetaplasticAdam([p for name, p in net.named_parameters() if "output_gain" not in name], lr=0.01, meta=5.0)
     assert len(_idle_gain_warnings(net, opt, x)) == 2  # once per gain
+
+
+@pytest.mark.parametrize("kind", ["sign", "bimu"])
+def test_a_synapse_encoder_with_a_padding_mask_runs_its_nested_inference(kind):
+    """nn.TransformerEncoder turns its input into a nested tensor at inference with a padding mask, and the layers'
+    learned gains multiplied it by a dense α: a RuntimeError from inside torch. The gain now scales each part."""
+    torch.manual_seed(0)
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0), 2)
+    with pytest.warns(UserWarning, match="left 4 weight matrices float"):  # (the attention's, as documented)
+        encoder = binarize(encoder) if kind == "sign" else metaspike.bayesianize(encoder, kind)
+    encoder.eval()
+    x = torch.randn(3, 5, 16)
+    pad = torch.tensor([[0, 0, 0, 1, 1], [0, 0, 0, 0, 0], [0, 0, 1, 1, 1]]).bool()
+    dense = encoder(x, src_key_padding_mask=pad)  # (gradients on: the dense path)
+    with torch.no_grad():
+        nested = encoder(x, src_key_padding_mask=pad)
+    kept = ~pad
+    torch.testing.assert_close(nested[kept], dense.detach()[kept])
+
+
+def test_a_functional_call_with_non_leaf_parameters_reads_no_gradient_of_a_gain():
+    """Under torch.func.functional_call with parameters computed in the graph (a MAML inner step), every training
+    pass made torch warn that a non-leaf tensor's .grad was read, from the gain's check for a missing optimizer."""
+    from torch.func import functional_call
+
+    net = binarize(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)))
+    adapted = {name: p * 1.0 for name, p in net.named_parameters()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = functional_call(net, adapted, (torch.randn(4, 8),))
+    out.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
