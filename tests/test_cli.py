@@ -140,7 +140,7 @@ def test_plot_of_a_run_it_cannot_write_in_names_the_figure_and_draws_elsewhere(t
         (["train", "--meta", "1e39"], "--meta must be a finite number in [0, 3.40282e+38], got 1e+39"),
         (["compare", "--meta", "0", "5,x"], "--meta '5,x' is not a number or a list of numbers like 5,30,30"),
         (["train", "--meta", "1", "2"], "--meta takes one value or one per layer (3 for --hidden 512 512), got 2"),
-        (["train", "--tasks", "0"], "--tasks must be an integer >= 1, got 0"),
+        (["train", "--tasks", "0"], "--tasks must be an integer in 1..10000 (the metrics read the accuracy matrix, tasks x tasks numbers), got 0"),
         (["train", "--epochs", "-2"], "--epochs must be an integer >= 1, got -2"),
         (["train", "--scenario", "rotated"], "unknown scenario 'rotated'; available: joint, permuted, sequence, split, stream"),
         (["train", "--dataset", "mnits"], "unknown dataset 'mnits'"),
@@ -169,6 +169,8 @@ def test_plot_of_a_run_it_cannot_write_in_names_the_figure_and_draws_elsewhere(t
         (["train", "--model", "bimu", "--eval-samples", "100000"], "--eval-samples must be an integer in 1..1000"),
         (["compare", "--neurons", "bimu", "mesu", "--meta", "5"],
          "--meta: none of the models compared (bimu, mesu) trains with MetaplasticAdam, whose m --meta sets"),
+        (["compare", "--neurons", "leaky+bimu", "--meta", "0"],  # (an m of 0 was ignored without a word)
+         "--meta: none of the models compared (leaky+bimu) trains with MetaplasticAdam, whose m --meta sets"),
         (["train", "--dataset", "digits", "--model", "leaky", "--num-steps", "1000000000"],
          "--num-steps 1000000000 needs about"),
         (["train", "--scenario", "joint", "--baseline", "ewc"],
@@ -242,7 +244,8 @@ def test_out_with_a_tilde_the_shell_left_alone_is_the_home_folder(tmp_path, monk
 def test_python_dash_m_entry_point():
     done = subprocess.run([sys.executable, "-m", "metaspike", "train", "--tasks", "0"], capture_output=True, text=True)
     assert done.returncode == 2
-    assert done.stderr.strip() == "metaspike: error: --tasks must be an integer >= 1, got 0"
+    assert done.stderr.strip() == ("metaspike: error: --tasks must be an integer in 1..10000 (the metrics read the "
+                                   "accuracy matrix, tasks x tasks numbers), got 0")
 
 
 def test_a_full_disk_gives_one_line(tmp_path, capsys, monkeypatch):
@@ -326,7 +329,7 @@ def test_a_comparison_resumed_refuses_a_run_whose_matrix_is_not_its_own(tmp_path
 def test_a_neuron_comparison_checks_the_models_it_compares(tmp_path, capsys):
     """--batch-size 1 is right for the listed models (no BatchNorm); the default model of train is not compared."""
     args = ["compare", "--neurons", "mlp", "--dataset", "digits", "--tasks", "2", "--epochs", "1", "--hidden", "8",
-            "--batch-size", "1", "--samples-per-task", "20", "--meta", "0", "--quiet", "--out", str(tmp_path)]
+            "--batch-size", "1", "--samples-per-task", "20", "--quiet", "--out", str(tmp_path)]
     assert main(args) == 0, capsys.readouterr().err
     assert main([*args[:2], "bnn", *args[3:]]) == 2
     assert "--batch-size 1: model 'bnn' has BatchNorm" in capsys.readouterr().err
@@ -550,7 +553,8 @@ def test_eval_samples_sets_the_evaluation_ensemble_of_a_sampling_model(tmp_path,
     assert main(["train", "--model", "mesu", "--eval-samples", "7", *SMALL]) == 2
     assert "--eval-samples applies to models that evaluate on weight samples (bimu)" in capsys.readouterr().err
     assert main([*args, "--eval-samples", "0"]) == 2
-    assert "--eval-samples must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert "--eval-samples must be an integer in 1..1000 (an evaluation holds that many weight samples of every layer " \
+           "at once), got 0" in capsys.readouterr().err
 
 
 def test_a_finished_run_keeps_what_evaluated_each_task_so_its_numbers_can_be_checked(tmp_path):
@@ -925,3 +929,22 @@ def test_several_datasets_for_a_scenario_of_one_are_refused_naming_the_flag(tmp_
     assert err == ("metaspike: error: --dataset: --scenario permuted takes one dataset, got 2 (digits, mnist5k); give "
                    "one, or --scenario sequence to train several in turn\n")
     assert not any(tmp_path.iterdir())
+
+
+def test_a_verdict_never_says_a_model_forgets_a_negative_number_of_points():
+    """A BiMU kind that failed on plasticity was said to forget "-11.7 points"; the other verdicts say what a negative
+    forgetting means: nothing forgotten, the earlier tasks gained."""
+    from metaspike.app.compare import tradeoff_rows
+
+    def row(neuron, meta, forgetting, first, last):
+        return {"neuron": neuron, "meta": meta, "runs": 1, "ACC": (50.0, 0.0), "forgetting": (forgetting, 0.0),
+                "task 1": (first, 0.0), "task 2": (last, 0.0)}
+
+    failing = [row("leaky", 0.0, 26.7, 8.9, 65.0), row("leaky+bimu", float("nan"), -11.7, 42.2, 44.7)]
+    assert tradeoff_rows(failing)[1]["verdict"] == (
+        "FAILS: BiMU forgets nothing (its earlier tasks gained 11.7 points) (m=0: 26.7) but its last task is -20.3 "
+        "points, beyond 5")
+    unprotected = [row("leaky", 0.0, -2.0, 60.0, 65.0), row("leaky", 10.0, -1.0, 61.0, 64.0)]
+    assert tradeoff_rows(unprotected)[0]["verdict"] == (
+        "nothing to protect: m = 0 forgets nothing (its earlier tasks gained 2.0 points); m=10 forgets nothing (its "
+        "earlier tasks gained 1.0 points), last task -1.0 points")

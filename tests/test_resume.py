@@ -289,8 +289,10 @@ def test_resume_refuses_flags_that_would_change_the_stored_settings(tmp_path, ca
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("tasks", "3", "--tasks must be an integer >= 1, got '3'"),
-    ("tasks", 0, "--tasks must be an integer >= 1, got 0"),
+    ("tasks", "3", "--tasks must be an integer in 1..10000 (the metrics read the accuracy matrix, tasks x tasks "
+                   "numbers), got '3'"),
+    ("tasks", 0, "--tasks must be an integer in 1..10000 (the metrics read the accuracy matrix, tasks x tasks "
+                 "numbers), got 0"),
     ("hidden", [8, "x"], "'hidden' must be a list of int"),
     ("lr", "fast", "--lr must be a finite number > 0, got 'fast'"),
     ("scenario", 5, "'scenario' must be a string"),

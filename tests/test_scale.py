@@ -228,8 +228,8 @@ def test_nir_export_refuses_a_padding_it_cannot_express(tmp_path, mode):
         nn.Conv2d(1, 4, 3, padding=1, padding_mode=mode), snn.Leaky(beta=0.8, init_hidden=True),
         nn.Flatten(), nn.Linear(4 * 64, 10), snn.Leaky(beta=0.9, init_hidden=True, output=True)))
     model = SpikingClassifier(network, 4, "direct", "membrane", (1, 8, 8))
-    with pytest.raises(ValueError, match=rf"NIR pads convolutions with zeros; a Conv2d with padding_mode='{mode}' "
-                                         "cannot be exported"):
+    with pytest.raises(ValueError, match=rf"NIR pads convolutions with zeros; layer '0' \(Conv2d, padding_mode="
+                                         rf"'{mode}'\) cannot be exported"):
         export_nir(model, tmp_path / "conv.nir")
     assert not (tmp_path / "conv.nir").exists()
 
@@ -283,3 +283,22 @@ def test_a_layer_frozen_before_the_conversion_keeps_its_gain_frozen(convert):
         F.cross_entropy(net(x), y).backward()
         optimizer.step()
     assert torch.equal(net[0](x), before)
+
+
+def test_export_nir_names_the_layer_whose_zero_gain_it_cannot_fold(tmp_path):
+    """NIR writes a layer's bias as b / α; a zero α was refused without naming the layer, as every other refusal
+    of export_nir names it."""
+    pytest.importorskip("nir")
+    snn = pytest.importorskip("snntorch")
+    from metaspike.snn import SpikingClassifier
+    from metaspike.snn.nir import export_nir
+
+    network = metaspike.binarize(nn.Sequential(
+        nn.Linear(12, 6), snn.Leaky(beta=0.9, init_hidden=True, reset_mechanism="zero"),
+        nn.Linear(6, 3), snn.Leaky(beta=0.9, init_hidden=True, output=True, reset_mechanism="none")))
+    with torch.no_grad():
+        network[2].output_gain.alpha[[0, 2]] = 0.0
+    model = SpikingClassifier(network, 3, "direct", "membrane", (12,))
+    with pytest.raises(ValueError, match=r"zero gain into layer '2', which has a bias: output channels "
+                                         r"\[0, 2\] have α = 0"):
+        export_nir(model, tmp_path / "net.nir")

@@ -438,7 +438,7 @@ def _compare(args: argparse.Namespace) -> None:
             if any(len(setting) != 1 for setting in settings):
                 raise ValueError("--neurons compares one meta value per setting, not one per layer")
             metas = [setting[0] for setting in settings]
-            if args.meta is not None and any(metas) and not any(map(compare.takes_meta, args.neurons)):
+            if args.meta is not None and not any(map(compare.takes_meta, args.neurons)):
                 raise ValueError(f"--meta: none of the models compared ({', '.join(args.neurons)}) trains with "
                                  "MetaplasticAdam, whose m --meta sets (each runs once, without an m); leave out --meta")
             # the base run is one of the compared models (compare has no --model), one that takes every kind-only setting

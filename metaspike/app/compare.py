@@ -242,6 +242,15 @@ def _reference(neuron: str, rows: Sequence[dict[str, Any]]) -> str:
     return neuron
 
 
+def _forgetting_words(forgetting: float) -> str:
+    """A forgetting figure in a verdict: ``"12.3 points"``, or for none (the earlier tasks ended at their best or above
+    it) ``"nothing"`` and what they gained."""
+    if forgetting > 0:
+        return f"{one_decimal(forgetting)} points"
+    gained = one_decimal(abs(forgetting))
+    return "nothing" + (f" (its earlier tasks gained {gained} points)" if gained != "0.0" else "")
+
+
 def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per neuron model: the m that maximises ACC, its stability-plasticity figures against m = 0, and a verdict.
 
@@ -287,7 +296,7 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             plastic = [r for r in mine if r is not plain and r[last][0] >= plain[last][0] - PLASTICITY_SLACK]
             if not plastic and reference != neuron:
                 drop = mine[0][last][0] - plain[last][0]
-                verdict = (f"FAILS: {synapse} forgets {one_decimal(mine[0]['forgetting'][0])} points (m=0: "
+                verdict = (f"FAILS: {synapse} forgets {_forgetting_words(mine[0]['forgetting'][0])} (m=0: "
                            f"{one_decimal(plain['forgetting'][0])}) but its last task is "
                            f"{one_decimal(drop, plus=True)} points, beyond {PLASTICITY_SLACK:g}")
             elif len(mine) == 1 and reference == neuron:
@@ -300,8 +309,8 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 drop = chosen[last][0] - plain[last][0]
                 what = f"m={chosen['meta']:g}" if reference == neuron else f"{synapse} (against {reference} m=0)"
                 if kept <= 0:
-                    verdict = (f"nothing to protect: m = 0 forgets {one_decimal(kept)} points; {what} forgets "
-                               f"{one_decimal(chosen['forgetting'][0])}, last task "
+                    verdict = (f"nothing to protect: m = 0 forgets {_forgetting_words(kept)}; {what} forgets "
+                               f"{_forgetting_words(chosen['forgetting'][0])}, last task "
                                f"{one_decimal(drop, plus=True)} points")
                 else:
                     forgot = chosen["forgetting"][0]
@@ -309,8 +318,7 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                     if forgot > 0:
                         change = f"{100 * less:.0f}% less" if less >= 0 else f"{-100 * less:.0f}% more"
                     else:  # (its earlier tasks end at their best, or above it: no percentage of m = 0's figure)
-                        gained = one_decimal(abs(forgot))
-                        change = "nothing" + (f" (its earlier tasks gained {gained} points)" if gained != "0.0" else "")
+                        change = _forgetting_words(forgot)
                     verdict = f"{what} forgets {change}, last task {one_decimal(drop, plus=True)} points"
                     if less < FORGETTING_CUT:
                         verdict = (f"FAILS (needs {100 * FORGETTING_CUT:.0f}% less): " + verdict

@@ -129,6 +129,20 @@ KIND_SETTINGS: dict[str, Callable[[str], bool]] = {
 }
 
 
+
+_COUNT_LIMITS = {"tasks": (MAX_TASKS, "the metrics read the accuracy matrix, tasks x tasks numbers"),
+                 "eval_samples": (MAX_EVAL_SAMPLES, "an evaluation holds that many weight samples of every layer at once")}
+"""Counts with an upper limit too, and why."""
+
+
+def _check_count(key: str, value: object, low: int) -> None:
+    """One ``ValueError`` naming the flag of setting ``key`` and its whole accepted range unless ``value`` is an integer
+    in it (from ``low``; up to the limit :data:`_COUNT_LIMITS` gives, if any)."""
+    high, why = _COUNT_LIMITS.get(key, (None, ""))
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        accepted = f">= {low}" if high is None else f"in {low}..{high} ({why})"
+        raise ValueError(f"{flag_name(key)} must be an integer {accepted}, got {value!r}")
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything a run needs; saved as ``config.json``.
@@ -230,20 +244,14 @@ class RunConfig:
             raise ValueError(f"--dataset: --scenario {self.scenario} takes one dataset, got {len(self.datasets)} "
                              f"({', '.join(self.datasets)}); give one, or --scenario sequence to train several in turn")
         for key in ("tasks", "epochs", "batch_size", "num_steps", "eval_every"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{flag_name(key)} must be an integer >= 1, got {value!r}")
-        if self.tasks > MAX_TASKS:
-            raise ValueError(f"--tasks must be an integer in 1..{MAX_TASKS} (the metrics read the accuracy matrix, "
-                             f"tasks x tasks numbers), got {self.tasks}")
+            _check_count(key, getattr(self, key), 1)
         check_seed("--seed", self.seed)
         if self.batch_size < minimum_batch_size(uses_batchnorm(self.model)):
             raise ValueError(f"--batch-size 1: model {self.model!r} has BatchNorm, which cannot train on one sample; "
                              "use a model without it (bnn-layernorm, bimu, mesu, mlp), or --batch-size >= 2")
         for key, low in (("samples_per_task", 1), ("eval_tasks", LAST_EVALUATED + 1), ("eval_samples", 1)):
-            value = getattr(self, key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-                raise ValueError(f"{flag_name(key)} must be an integer >= {low}, got {value!r}")
+            if getattr(self, key) is not None:
+                _check_count(key, getattr(self, key), low)
         if self.samples_per_task is not None and self.samples_per_task < minimum_batch_size(uses_batchnorm(self.model)):
             raise ValueError(f"--samples-per-task {self.samples_per_task}: model {self.model!r} has BatchNorm, which "
                              "cannot train on one sample; give 2 or more, or use a model without it (bnn-layernorm, "
@@ -262,9 +270,6 @@ class RunConfig:
             if not KIND_SETTINGS["readout_lambda"](self.model):
                 raise ValueError(f"--readout-lambda applies to models with BiMU synapses (bimu, <neuron>+bimu), "
                                  f"not {self.model!r}")
-        if self.eval_samples is not None and self.eval_samples > MAX_EVAL_SAMPLES:
-            raise ValueError(f"--eval-samples must be an integer in 1..{MAX_EVAL_SAMPLES} (an evaluation holds that "
-                             f"many weight samples of every layer at once), got {self.eval_samples}")
         if self.eval_samples is not None and not KIND_SETTINGS["eval_samples"](self.model):
             raise ValueError(f"--eval-samples applies to models that evaluate on weight samples "
                              f"({', '.join(SAMPLED_EVALUATION)}); {self.model!r} predicts with one weight per synapse")

@@ -159,14 +159,16 @@ def _weight_node(nir: ModuleType, name: str, layer: nn.Module,
     bias = None if layer.bias is None else _numpy(layer.bias)
     if bias is not None and alpha is not None:
         if np.any(alpha == 0):
-            raise ValueError("export_nir cannot fold a zero gain into a layer with a bias")
+            channels = np.flatnonzero(alpha == 0)
+            raise ValueError(f"export_nir cannot fold a zero gain into layer {name!r}, which has a bias: output "
+                             f"channels {channels[:6].tolist()} have α = 0 (NIR writes the bias as b / α)")
         bias = bias / alpha
     if isinstance(layer, nn.Conv2d):
         if not isinstance(layer.padding, tuple):
-            raise ValueError(f"export_nir needs a numeric conv padding, got {layer.padding!r}")
+            raise ValueError(f"export_nir needs a numeric conv padding, layer {name!r} has {layer.padding!r}")
         if layer.padding_mode != "zeros" and any(layer.padding):  # (NIR's Conv2d pads with zeros)
-            raise ValueError(f"export_nir: NIR pads convolutions with zeros; a Conv2d with padding_mode="
-                             f"{layer.padding_mode!r} cannot be exported")
+            raise ValueError(f"export_nir: NIR pads convolutions with zeros; layer {name!r} (Conv2d, padding_mode="
+                             f"{layer.padding_mode!r}) cannot be exported")
         if layer.groups != 1:  # (NIR 1.0 types a conv's input as weight.shape[1] channels: in_channels / groups)
             raise ValueError(f"export_nir: NIR's type check reads a grouped convolution's input as its channels per "
                              f"group, so a file with layer {name!r} (groups={layer.groups}) would not read back")
