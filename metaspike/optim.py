@@ -30,7 +30,7 @@ from metaspike.checks import FLOAT32_MAX, check_eps_holds, is_number, number_in,
 from metaspike.compiled import LARGE_TENSOR_LOOPS, LazyCompiled
 from metaspike.gain import OutputGain
 from metaspike.layer_selection import each_once, synapse_role
-from metaspike.optimizer_state import check_parameter_state, check_state_tensor
+from metaspike.optimizer_state import HookedAgainWhenCopied, check_parameter_state, check_state_tensor
 from metaspike.rules import (
     Rule,
     check_meta,
@@ -153,6 +153,16 @@ _OTHER_ALGORITHMS = {
     "decoupled_weight_decay": "decoupled weight decay (the state dict of AdamW or Adam(decoupled_weight_decay=True))",
     "momentum_decay": "momentum decay (the state dict of NAdam)",
 }
+#: torch.optim.Adam's group flags that MetaplasticAdam does not do: another algorithm's (:data:`_OTHER_ALGORITHMS`), and
+#: capturable and differentiable steps. A group that sets one (to anything but ``False``) is refused where it is given,
+#: as a state dict whose groups set one is at load.
+_NOT_DONE_BY_ADAM = (*_OTHER_ALGORITHMS, "capturable", "differentiable")
+
+
+def _flags_set(group: dict[str, Any], keys: Iterable[str]) -> list[str]:
+    """Those of ``keys`` that ``group`` sets to anything but ``False`` (torch's default for each: ``amsgrad=False``
+    asks for nothing)."""
+    return [key for key in keys if group.get(key, False) is not False]
 
 
 def _missing_settings(optimizer: Optimizer, group: dict[str, Any]) -> list[str]:
@@ -174,17 +184,18 @@ def _missing_settings(optimizer: Optimizer, group: dict[str, Any]) -> list[str]:
 _RuleStates = dict[Tensor, dict[str, Tensor]]
 
 
-def _loaded_groups(optimizer: Optimizer, state_dict: dict[str, Any]) -> tuple[dict[str, Any], _RuleStates]:
+def _loaded_groups(optimizer: Optimizer,
+                   state_dict: dict[str, Any]) -> tuple[dict[str, Any], _RuleStates, _RuleStates]:
     """The state dict to load, checked before anything of it is installed (a state dict is a file from outside):
     another algorithm's refused (:func:`_missing_settings`, :data:`_OTHER_ALGORITHMS`), its rules rebuilt from their
     records, a setting a group lacks (the state dict of a plain torch optimizer, or of an older metaspike) at the
-    optimizer's default, every group validated; and the rules' states as they are to be installed
-    (:func:`_check_saved_state`)."""
+    optimizer's default, every group validated; the rules' states as they are to be installed
+    (:func:`_check_saved_state`), and those handed on and not yet taken (:data:`_HANDED_ON`)."""
     name = type(optimizer).__name__
     loaded = []
     for group in state_dict_groups(state_dict):
-        asked = [what for key, what in _OTHER_ALGORITHMS.items()
-                 if group.get(key, False) is not False and key not in optimizer.defaults]
+        asked = [_OTHER_ALGORITHMS[key] for key in _flags_set(group, _OTHER_ALGORITHMS)
+                 if key not in optimizer.defaults]
         if asked:
             raise ValueError(f"state_dict: its groups ask for {' and '.join(asked)}, which {name} does not do: it "
                              "would run another algorithm on the saved state")
@@ -196,15 +207,31 @@ def _loaded_groups(optimizer: Optimizer, state_dict: dict[str, Any]) -> tuple[di
         group["rule"] = rule_from_record(group["rule"])
         _group_check(optimizer)(group)
         loaded.append(group)
-    rule_states = _check_saved_state(optimizer, loaded, state_dict.get("state"))
-    return {**state_dict, "param_groups": loaded}, rule_states
+    places = _saved_places(optimizer, loaded)
+    rule_states = _check_saved_state(optimizer, places, state_dict.get("state"))
+    handed = _check_handed_on(places, state_dict.get(_HANDED_ON, {}))
+    return {**state_dict, "param_groups": loaded}, rule_states, handed
 
 
 #: What MetaplasticAdam keeps of each parameter it stepped (the rule's own state besides, under ``"rule_state"``).
 _ADAM_STATE = ("step", "exp_avg", "exp_avg_sq")
 
 
-def _check_saved_state(optimizer: Optimizer, groups: list[dict[str, Any]], state: Any) -> _RuleStates:
+#: Where each parameter index of a loaded state dict goes: the optimizer's parameter, and the loaded group it is in.
+_Places = dict[Any, tuple[Tensor, dict[str, Any]]]
+
+
+def _saved_places(optimizer: Optimizer, groups: list[dict[str, Any]]) -> _Places:
+    """Each parameter index that the state dict's ``groups`` list, with the parameter of ``optimizer`` it loads into and
+    its group; nothing where the groups' sizes differ (torch refuses them in its own words)."""
+    saved = [(index, group) for group in groups for index in group.get("params", ())]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if len(saved) != len(params):
+        return {}
+    return {index: (param, group) for (index, group), param in zip(saved, params)}
+
+
+def _check_saved_state(optimizer: Optimizer, into: _Places, state: Any) -> _RuleStates:
     """Check the per-parameter states of a state dict loaded into a metaplastic optimizer before they are installed:
     MetaplasticAdam's hold Adam's step and moments; the moments of torch.optim's algorithms and the consolidation
     rule's state (``"rule_state"``) have the shape of the parameter they load into, finite values, and no negative
@@ -214,11 +241,8 @@ def _check_saved_state(optimizer: Optimizer, groups: list[dict[str, Any]], state
     :func:`_check_rule_state` gives them back."""
     if not isinstance(state, dict):
         raise ValueError(f"state_dict's 'state' must map parameter indices to their states, got {type(state).__name__}")
-    saved = [(index, group) for group in groups for index in group.get("params", ())]
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    if len(saved) != len(params):
+    if not into:
         return {}
-    into = {index: (param, group) for (index, group), param in zip(saved, params)}
     rule_states: _RuleStates = {}
     for index, entry in state.items():
         if index not in into:
@@ -234,6 +258,39 @@ def _check_saved_state(optimizer: Optimizer, groups: list[dict[str, Any]], state
         if "rule_state" in entry:
             rule_states[param] = _check_rule_state(index, entry["rule_state"], get_rule(group["rule"]), param)
     return rule_states
+
+
+def _check_handed_on(into: _Places, handed: Any) -> _RuleStates:
+    """The rule states of a loaded state dict that :func:`inherit_rule_states` handed on and no step took yet
+    (:data:`_HANDED_ON`), checked as a parameter's own (:func:`_check_rule_state`), by the parameter each goes to."""
+    if not isinstance(handed, dict):
+        raise ValueError(f"state_dict's {_HANDED_ON!r} must map parameter indices to rule states, got "
+                         f"{type(handed).__name__}")
+    if not into:
+        return {}
+    checked: _RuleStates = {}
+    for index, stored in handed.items():
+        if index not in into:
+            raise ValueError(f"state_dict: it holds a handed-on rule state for parameter {index!r}, which none of its "
+                             "groups lists")
+        param, group = into[index]
+        checked[param] = _check_rule_state(index, stored, get_rule(group["rule"]), param)
+    return checked
+
+
+def _keeps(rule: Rule, stored: dict[str, Tensor]) -> bool:
+    """Whether ``stored``, a parameter's saved rule state, holds the fields of ``rule``'s state: not where the group's
+    rule was changed since (:func:`metaspike.rules.state_from_dict` then starts the new rule afresh)."""
+    return set(stored) == set(rule.state_type()._fields)
+
+
+def _store_rule_state(state: dict[str, Any], new_state: tuple) -> None:
+    """Keep a rule's ``new_state`` in a parameter's optimizer ``state`` under ``"rule_state"``, in place of what is
+    there; a rule that keeps none removes what another rule kept (the group's rule was changed between steps)."""
+    if len(new_state) > 0:
+        state["rule_state"] = state_to_dict(new_state)
+    else:
+        state.pop("rule_state", None)
 
 
 def _check_rule_state(index: Any, stored: Any, rule: Rule, param: Tensor) -> dict[str, Tensor]:
@@ -258,24 +315,49 @@ def _check_rule_state(index: Any, stored: Any, rule: Rule, param: Tensor) -> dic
 
 
 def _hook_checkpoints(optimizer: Optimizer) -> None:
-    """Rules saved as plain records; every group completed and validated before a state dict is loaded, and the
-    rules' states installed after torch's load as :func:`_check_rule_state` gave them back."""
-    rule_states: _RuleStates = {}
+    """Rules saved as plain records, and the rules' states as :func:`_saved_rule_states` gives them; every group
+    completed and validated before a state dict is loaded, and the rules' states installed after torch's load as
+    :func:`_check_rule_state` gave them back (those handed on and not yet taken where they wait for the first step)."""
+    checked: dict[str, _RuleStates] = {}
 
     def check(opt: Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
-        rule_states.clear()  # (a load that failed after its check leaves nothing behind for the next)
-        loaded, checked = _loaded_groups(opt, state_dict)
-        rule_states.update(checked)
+        checked.clear()  # (a load that failed after its check leaves nothing behind for the next)
+        loaded, checked["own"], checked["handed"] = _loaded_groups(opt, state_dict)
         return loaded
 
     def install_rule_states(opt: Optimizer) -> None:
-        for param, fields in rule_states.items():
+        for param, fields in checked.pop("own", {}).items():
             opt.state[param]["rule_state"] = fields
-        rule_states.clear()
+        setattr(opt, _INHERITED, checked.pop("handed", {}))
 
+    optimizer.register_state_dict_post_hook(_saved_rule_states)
     optimizer.register_state_dict_post_hook(_rules_as_records)
     optimizer.register_load_state_dict_pre_hook(check)
     optimizer.register_load_state_dict_post_hook(install_rule_states)
+
+
+def _saved_rule_states(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A state dict whose parameters' rule states are their groups' rules' (:func:`_keeps`: a state left by the rule
+    a group had before is left out, as its next step would drop it, so that the optimizer loads its own state dict),
+    with the rule states :func:`inherit_rule_states` handed on and no step took yet under :data:`_HANDED_ON`, by
+    parameter index. The optimizer's own state entries are not changed (torch's state dict holds them, not copies)."""
+    pending = getattr(optimizer, _INHERITED, {})
+    state, handed = dict(state_dict["state"]), {}
+    for group, saved in zip(optimizer.param_groups, state_dict["param_groups"]):
+        try:
+            rule = get_rule(group["rule"])
+        except ValueError:  # (a rule edited to an unknown name: saved as it is, and refused at load in its own words)
+            rule = None
+        for param, index in zip(group["params"], saved["params"]):
+            entry = state.get(index)
+            if rule and isinstance(entry, dict) and "rule_state" in entry and not _keeps(rule, entry["rule_state"]):
+                state[index] = {key: value for key, value in entry.items() if key != "rule_state"}
+            if param in pending and (not rule or _keeps(rule, pending[param])):
+                handed[index] = pending[param]
+    state_dict["state"] = state
+    if handed:
+        state_dict[_HANDED_ON] = handed
+    return state_dict
 
 
 def _check_consolidation(group: dict[str, Any], owner: str = "a metaplastic optimizer") -> None:
@@ -309,6 +391,10 @@ def _check_group(group: dict[str, Any]) -> None:
     """Validate a MetaplasticAdam param group's hyperparameters (those given to ``__init__`` and those a group
     sets) and what it says about consolidation (:func:`_check_consolidation`)."""
     _check_consolidation(group, "MetaplasticAdam")
+    flags = _flags_set(group, _NOT_DONE_BY_ADAM)
+    if flags:
+        raise ValueError(f"MetaplasticAdam does not do {flags[0]}: a param group's {flags[0]} must be False or left "
+                         f"out, got {group[flags[0]]!r}")
     lr = group.get("lr")
     if isinstance(lr, Tensor):  # as torch.optim.Adam takes it: one real number
         if lr.numel() != 1 or not lr.is_floating_point():
@@ -336,7 +422,7 @@ def _check_adam_settings(group: dict[str, Any], whose: str = "") -> None:
             number_in(f"each of {whose}betas", beta, 0.0, 1.0, open_high=True)
 
 
-class MetaplasticAdam(Optimizer):
+class MetaplasticAdam(HookedAgainWhenCopied, Optimizer):
     """Adam with metaplastic consolidation of hidden weights (Laborieux et al. 2021).
 
     For every consolidated parameter (see :func:`consolidates`: the hidden weights of binary
@@ -348,7 +434,9 @@ class MetaplasticAdam(Optimizer):
     Args:
         params: parameters or param groups; a group may set its own ``meta``, ``rule`` and
             ``consolidate`` (``True``/``False``; ``None``: the binary synapses' hidden weights).
-        lr, betas, eps, weight_decay: as in ``torch.optim.Adam``; validated for every group.
+        lr, betas, eps, weight_decay: as in ``torch.optim.Adam``; validated for every group. Adam's other flags
+            (``amsgrad``, ``maximize``, ``capturable``, ``differentiable``) are not done here: a group that sets one
+            is refused (``metaplastic(torch.optim.Adam(..., amsgrad=True))`` consolidates torch's own Adam).
         meta: metaplasticity strength ``m >= 0``; ``0`` gives plain Adam under a rule that says so (every
             built-in rule; ``plain_at_zero``, see :class:`metaspike.rules.Rule`), while another rule is still called.
         rule: consolidation rule name (see :func:`metaspike.rules.available_rules`) or object; a
@@ -395,17 +483,19 @@ class MetaplasticAdam(Optimizer):
             fused=fused,
         )
         super().__init__(params, defaults)
-        _hook_checkpoints(self)
+        self._add_hooks()
         warn_at_first_step_if_nothing_consolidated(self)
+
+    def _add_hooks(self) -> None:
+        """Its checkpoint hooks (:func:`_hook_checkpoints`); a copy or an unpickled optimizer gets them again."""
+        _hook_checkpoints(self)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group; its hyperparameters are validated (a refused group is not added)."""
         _add_checked(self, super().add_param_group, param_group)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # a copy or an unpickled optimizer: torch keeps no hooks, and its checkpoints need them
-        super().__setstate__(state)
-        _hook_checkpoints(self)
+    def __getstate__(self) -> dict[str, Any]:
+        return _with_handed_on(self, super().__getstate__())
 
     def _init_state(self, param: Tensor) -> dict[str, Tensor]:
         state = self.state[param]
@@ -443,9 +533,7 @@ class MetaplasticAdam(Optimizer):
             if any(p.grad.is_sparse for p in params):
                 raise RuntimeError("MetaplasticAdam does not support sparse gradients")
             _check_state_follows(self.state, params)
-            if applies_rule(group) and any(p.is_complex() and consolidates(p, group) for p in params):
-                raise ValueError("MetaplasticAdam consolidates real hidden weights; a complex parameter has no sign to "
-                                 "keep: put it in a group with consolidate=False")
+            _check_consolidated_real(group, "MetaplasticAdam")
 
     @torch.no_grad()
     @torch.compiler.disable
@@ -501,6 +589,7 @@ def check_before_step(optimizer: Optimizer) -> None:
     for group in optimizer.param_groups:
         if "meta" in group:
             _check_edited_consolidation(group)
+            _check_consolidated_real(group, f"metaplastic({type(optimizer).__name__})")
 
 
 def _check_edited_consolidation(group: dict[str, Any]) -> None:
@@ -508,6 +597,16 @@ def _check_edited_consolidation(group: dict[str, Any]) -> None:
     ``meta`` would invert the rule)."""
     check_meta(group["meta"], "a param group's meta")
     get_rule(group["rule"])
+
+
+def _check_consolidated_real(group: dict[str, Any], owner: str) -> None:
+    """One ``ValueError`` where ``group``'s rule acts (:func:`applies_rule`) on a complex parameter with a gradient that
+    it consolidates: a complex number has no sign to keep (the rule fails inside torch otherwise, after a wrapped
+    optimizer's step moved the weight)."""
+    if applies_rule(group) and any(p.grad is not None and p.is_complex() and consolidates(p, group)
+                                   for p in group["params"]):
+        raise ValueError(f"{owner} consolidates real hidden weights; a complex parameter has no sign to keep: put it "
+                         "in a group with consolidate=False")
 
 
 def _pick(items: list, flags: list[bool], wanted: bool) -> list:
@@ -537,8 +636,8 @@ def _adam_step_(param: Tensor, state: dict[str, Any], group: dict[str, Any], rul
             beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
             meta=group["meta"], rule=rule, rule_state=rule_state,
         )
-    if new_state is not None and len(new_state) > 0:
-        state["rule_state"] = state_to_dict(new_state)
+    if rule is not None:
+        _store_rule_state(state, new_state)
     return new_state
 
 
@@ -660,8 +759,8 @@ def metaplastic(
     def remember() -> None:
         # every consolidated weight, with a gradient yet or not (the inner step skips those without one)
         before.clear()
+        check_before_step(optimizer)
         for group in optimizer.param_groups:
-            _check_edited_consolidation(group)
             if applies_rule(group):
                 for p in group["params"]:
                     if consolidates(p, group):
@@ -684,8 +783,7 @@ def metaplastic(
                     result = rule.step(old, old - p, group["meta"], state_from_dict(rule, old, state.get("rule_state")))
                 update, new_state = checked_step(rule, result, old)
                 p.copy_(old - update)
-                if len(new_state) > 0:
-                    state["rule_state"] = state_to_dict(new_state)
+                _store_rule_state(state, new_state)
         before.clear()
 
     optimizer.register_step_pre_hook(remember_before_step)
@@ -701,7 +799,19 @@ def metaplastic(
 
 _INHERITED = "_metaspike_inherited_rule_states"
 """The attribute of an optimizer that holds the rule states :func:`inherit_rule_states` handed it, by parameter, until
-its first step of each parameter takes them."""
+its first step of each parameter takes them (its state dict holds them under :data:`_HANDED_ON`; a copy or a pickle
+keeps them: :func:`_with_handed_on`)."""
+_HANDED_ON = "inherited_rule_states"
+"""The key of a metaplastic optimizer's state dict under which the rule states handed on and not yet taken are saved,
+by parameter index (not in its ``"state"``: torch's optimizers take a parameter's state that is not empty as one
+they made)."""
+
+
+def _with_handed_on(optimizer: Optimizer, state: dict[str, Any]) -> dict[str, Any]:
+    """``state``, what torch's ``__getstate__`` gives for ``optimizer``, with the rule states handed on to it and not
+    yet taken: torch's ``__setstate__`` puts them back in place in a copy or an unpickled optimizer."""
+    handed = optimizer.__dict__.get(_INHERITED)
+    return {**state, _INHERITED: handed} if handed else state
 
 
 def _parts(optimizer: Optimizer) -> list[Optimizer]:
@@ -724,8 +834,9 @@ def inherit_rule_states(optimizer: Optimizer, previous: Optimizer) -> int:
     A rule's state is the synapse's own (switch's counters, cascade's chain), while Adam's moments are the optimizer's:
     a new optimizer made for a new task (as the continual trainer's ``optimizer="per-task"`` does) continues each
     synapse's state instead of starting it anew. ``optimizer`` takes a state at its first step of the parameter (a
-    torch optimizer makes a parameter's state there); a state ``previous`` was handed and never took passes on as
-    well. Either may be a :class:`~metaspike.ChainedOptimizer`.
+    torch optimizer makes a parameter's state there; until then its ``state_dict()``, a copy or a pickle keeps the
+    state); a state ``previous`` was handed and never took passes on as well. Either may be a
+    :class:`~metaspike.ChainedOptimizer`.
 
     Example:
         >>> w = torch.nn.Parameter(torch.randn(4, 3))
@@ -743,7 +854,7 @@ def inherit_rule_states(optimizer: Optimizer, previous: Optimizer) -> int:
             # (its own state where it stepped the parameter under the rule, else what it was handed and never took:
             # a step at meta = 0, or a wrapped optimizer's own state for the parameter, holds no rule state)
             stored = (part.state[p].get("rule_state") if p in part.state else None) or pending.get(p)
-            if stored and p in before and same_rule(before[p], rule):
+            if stored and p in before and same_rule(before[p], rule) and _keeps(rule, stored):
                 handed[p] = {name: value.clone() for name, value in stored.items()}  # (never shared by the two)
     for part in _parts(optimizer):
         own = {p for group in part.param_groups for p in group["params"]}
@@ -789,9 +900,12 @@ class _KeepsHooksWhenCopied:
     """Mixin of an optimizer that :func:`metaplastic` hooked: torch copies and pickles an optimizer without its
     hooks, so a copy would step without consolidation, silently; this one is rebuilt and hooked again."""
 
+    def __getstate__(self) -> dict[str, Any]:
+        return _with_handed_on(self, super().__getstate__())  # type: ignore[misc]
+
     def __reduce__(self) -> tuple[Any, ...]:
         # the optimizer's own class is the hooked class's second base (see _copied_with_hooks)
-        return _hooked_again, (type(self).__bases__[1], self.__getstate__())  # type: ignore[attr-defined]
+        return _hooked_again, (type(self).__bases__[1], self.__getstate__())
 
 
 _HOOKED_CLASSES: dict[type, type] = {}

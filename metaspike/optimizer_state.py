@@ -2,7 +2,9 @@
 what torch.optim's algorithms and metaspike's keep per parameter, and what their values may be.
 
 A moment of another model's shape, a NaN or a negative sum of squares installs without a word and turns every weight
-NaN at the next step, or fails deep inside the update; these checks name the parameter and the entry instead.
+NaN at the next step, or fails deep inside the update; these checks name the parameter and the entry instead. Those
+checks run as hooks of torch's ``load_state_dict``, which torch drops from a copy or a pickle: an optimizer keeps them
+with :class:`HookedAgainWhenCopied`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torch import Tensor
 from metaspike.checks import is_number
 
 __all__ = ["PARAMETER_SHAPED", "NEVER_NEGATIVE", "check_parameter_state", "check_state_tensor", "check_tensor_values",
-           "check_step_count"]
+           "check_step_count", "HookedAgainWhenCopied"]
 
 #: The per-parameter state tensors of torch.optim's algorithms (and MetaplasticAdam's) that have the parameter's shape.
 PARAMETER_SHAPED = frozenset({"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_inf", "momentum_buffer", "square_avg",
@@ -98,3 +100,35 @@ def check_step_count(where: str, step: Any) -> None:
     value = step.item() if isinstance(step, Tensor) else step
     if not is_number(value) or not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{where} must be one finite number >= 0, got {value!r}")
+
+
+class HookedAgainWhenCopied:
+    """Mixin (before ``torch.optim.Optimizer`` among the bases) of an optimizer whose state-dict checks are hooks:
+    :meth:`_add_hooks` registers them, called by the subclass's ``__init__`` and again where a copy or an unpickled
+    optimizer is rebuilt. torch copies and pickles an optimizer without its hooks, so a copy would load another
+    optimizer's state dict without a word and fail at its next step. Not again where torch's ``load_state_dict``
+    sets the state of a live optimizer (it calls ``__setstate__`` too): its hooks would pile up with every load.
+
+    Example:
+        >>> import copy
+        >>> class Checked(HookedAgainWhenCopied, torch.optim.SGD):
+        ...     def __init__(self, params, lr):
+        ...         super().__init__(params, lr=lr)
+        ...         self._add_hooks()
+        ...     def _add_hooks(self):
+        ...         self.register_load_state_dict_pre_hook(lambda opt, state_dict: None)
+        >>> opt = Checked([torch.zeros(2, requires_grad=True)], lr=0.1)
+        >>> opt.load_state_dict(opt.state_dict())
+        >>> len(opt._optimizer_load_state_dict_pre_hooks), len(copy.deepcopy(opt)._optimizer_load_state_dict_pre_hooks)
+        (1, 1)
+    """
+
+    def _add_hooks(self) -> None:
+        """Register the optimizer's hooks."""
+        raise NotImplementedError
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        rebuilt = "_optimizer_load_state_dict_pre_hooks" not in self.__dict__  # (a copy: torch made no hooks yet)
+        super().__setstate__(state)  # type: ignore[misc]
+        if rebuilt:
+            self._add_hooks()

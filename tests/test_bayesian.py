@@ -2,6 +2,7 @@
 
 import copy
 import math
+import pickle
 import re
 import warnings
 
@@ -1135,3 +1136,28 @@ def test_a_0d_tensor_setting_is_taken_as_its_number_and_a_larger_one_is_refused_
     with pytest.raises(ValueError, match=r"^lr must be a number or a 0-d real tensor holding one, got a torch.float32 "
                                          r"tensor of shape \(2,\)$"):
         optimizer(params, lr=torch.tensor([0.5, 1.0]))
+
+
+def _copies(optimizer):
+    return {"deepcopy": copy.deepcopy(optimizer), "pickle": pickle.loads(pickle.dumps(optimizer))}
+
+
+def test_copies_and_pickles_of_bimu_and_mesu_check_a_state_dict_as_the_original_does():
+    """A copy had no load hook: it installed Adam's state dict without a word and failed at its next step with
+    KeyError 'lr_max', and a copied MESU took sigma_prior = -1."""
+    adam = torch.optim.Adam([torch.zeros(4, requires_grad=True)]).state_dict()
+    mesu = MESU([torch.zeros(3, requires_grad=True), torch.ones(3, requires_grad=True)])
+    negative = copy.deepcopy(mesu.state_dict())
+    negative["param_groups"][0]["sigma_prior"] = -1.0
+    for name, copied in _copies(BiMU([torch.zeros(4, requires_grad=True)])).items():
+        with pytest.raises(ValueError, match="^state_dict: its param groups lack N, kl_multiplier, "
+                                             "likelihood_multiplier, lr_max: it is not the state dict of a BiMU"):
+            copied.load_state_dict(adam)
+        assert "lr_max" in copied.param_groups[0], name
+    for name, copied in _copies(mesu).items():
+        with pytest.raises(ValueError, match=r"^sigma_prior must be a finite number in \(0, "):
+            copied.load_state_dict(negative)
+        assert copied.param_groups[0]["sigma_prior"] == 0.1, name
+        for _ in range(2):  # (its own state dict loads, and no load adds its hook again)
+            copied.load_state_dict(copied.state_dict())
+        assert len(copied._optimizer_load_state_dict_pre_hooks) == 1, name

@@ -1,5 +1,6 @@
 """Consolidation rules in their one interface: cascade and switch by hand, and a new rule in one file."""
 
+import copy
 import dataclasses
 import io
 import json
@@ -602,3 +603,33 @@ def test_a_rule_state_field_that_its_dtype_cannot_hold_is_refused(lock):
     with pytest.raises(ValueError, match=rf"state_dict: parameter {index}'s rule_state hits is torch.float64 and holds "
                                          r"values that torch.int64, its dtype in _Lock.init_state, cannot hold"):
         MetaplasticAdam(_model().parameters(), lr=0.01, meta=1.0, rule=lock).load_state_dict(saved)
+
+
+_RULE_CHANGE_OPTIMIZERS = {
+    "MetaplasticAdam": lambda w: MetaplasticAdam([{"params": [w], "consolidate": True}], lr=0.01, meta=1.0,
+                                                 rule="switch"),
+    "metaplastic(SGD)": lambda w: metaplastic(torch.optim.SGD([{"params": [w], "consolidate": True}], lr=0.01),
+                                              meta=1.0, rule="switch"),
+}
+
+
+@pytest.mark.parametrize("make", _RULE_CHANGE_OPTIMIZERS.values(), ids=_RULE_CHANGE_OPTIMIZERS)
+@pytest.mark.parametrize("new_rule, fields", [("tanh", []), ("cascade", ["levels"])])
+def test_a_rule_changed_between_steps_leaves_a_state_the_optimizer_loads(make, new_rule, fields):
+    """The switch rule's state stayed in optimizer.state under the new rule, and the optimizer refused its own state
+    dict: "parameter 0's rule_state has the fields ['consolidated', ...], but its group's TanhRule keeps []"."""
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    opt = make(w)
+    w.grad = torch.ones_like(w)
+    opt.step()
+    opt.param_groups[0]["rule"] = new_rule
+    before_its_step = copy.deepcopy(opt.state_dict())  # (the switch state is left out: the new rule starts afresh)
+    w.grad = torch.ones_like(w)
+    opt.step()
+    assert sorted(opt.state[w].get("rule_state", {})) == fields  # (the new rule's state in place of switch's)
+    after_its_step = copy.deepcopy(opt.state_dict())
+    for state_dict in (before_its_step, after_its_step):
+        opt.load_state_dict(state_dict)
+        w.grad = torch.ones_like(w)
+        opt.step()
+        assert sorted(opt.state[w].get("rule_state", {})) == fields

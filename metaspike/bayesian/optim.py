@@ -35,6 +35,7 @@ from metaspike.bayesian.functional import (
 )
 from metaspike.bayesian.synapses import synapse_role
 from metaspike.checks import TrainingDiverged, is_whole, state_dict_groups
+from metaspike.optimizer_state import HookedAgainWhenCopied
 from metaspike.synapse import is_hidden_weight
 
 __all__ = ["MESU", "BiMU", "settings_for_batch", "check_synapse_optimizers", "BAYESIAN_ADVICE"]
@@ -226,10 +227,10 @@ def check_synapse_optimizers(optimizer: Any) -> None:
                              f"of Bayesian synapses, which it would train as plain weights; {BAYESIAN_ADVICE}")
 
 
-class _DataGatedOptimizer(Optimizer):
-    """What MESU and BiMU share: hyperparameters validated for every group, and a step that changes
-    nothing when no parameter has a nonzero gradient. A subclass names its ``rule`` and implements
-    :meth:`_update_group`."""
+class _DataGatedOptimizer(HookedAgainWhenCopied, Optimizer):
+    """What MESU and BiMU share: hyperparameters validated for every group (also those of a loaded state dict, in a
+    copy too: :class:`~metaspike.optimizer_state.HookedAgainWhenCopied`), and a step that changes nothing when no
+    parameter has a nonzero gradient. A subclass names its ``rule`` and implements :meth:`_update_group`."""
 
     rule: str
     roles: tuple[str, ...]
@@ -240,6 +241,10 @@ class _DataGatedOptimizer(Optimizer):
         defaults = _settings_as_numbers(self.rule, defaults)
         check_hyperparameters(self.rule, defaults)
         super().__init__(params, defaults)
+        self._add_hooks()
+
+    def _add_hooks(self) -> None:
+        """A state dict's groups are checked before they are installed (:func:`_check_loaded_groups`)."""
         self.register_load_state_dict_pre_hook(_check_loaded_groups)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
