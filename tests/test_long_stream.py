@@ -23,6 +23,7 @@ from metaspike.continual.trainer import evaluated_tasks
 from metaspike.data import load_dataset
 from metaspike.optim import MetaplasticAdam
 from metaspike.training import evaluate, train_epoch
+from tests.test_resume import _python_calls
 
 
 @pytest.fixture(scope="module")
@@ -483,3 +484,94 @@ def test_after_the_last_task_a_budget_evaluates_one_task_fewer_than_it_names_how
     final = evaluated_tasks(total, total, budget)
     assert len(final) == budget - 1 and final[0] == 0 and final[-5:] == list(range(total - 5, total))
     assert evaluated_tasks(12, 12, 13) == list(range(12))  # (a budget beyond the tasks: every one)
+
+
+class _CountingRun(RunDirectory):
+    """A run directory that counts the Python calls of each task's writing (task_done) and of each checkpoint's
+    loadability check and checksum (torch.save's own per-object calls left out: the checkpoint's format holds every
+    result), and checks every checksum against one summed without a memo."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.written, self.checked = [], []
+
+    def task_done(self, result):
+        self.written.append(_python_calls(lambda: super(_CountingRun, self).task_done(result)))
+
+    def checkpoint(self, state):
+        from metaspike.continual.results import check_loadable, state_checksum
+
+        memo, summed = self._memo("checkpoint.pt"), []
+        self.checked.append(_python_calls(lambda: (check_loadable(state, memo=memo),
+                                                   summed.append(state_checksum(state, memo)))))
+        assert summed == [state_checksum(state)]
+        super().checkpoint(state)
+
+
+def _long_stream_run(digits, tmp_path, tasks=40):
+    train, test = digits
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 8), torch.nn.ReLU(), torch.nn.Linear(8, 10))
+    trainer = ContinualTrainer(model, lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
+                               TrainerConfig(epochs=1, batch_size=10, eval_tasks=8), progress=False)
+    run = _CountingRun.create(tmp_path, "run", {})
+    scenario = permuted(train, test.subset(torch.arange(50), "test"), tasks, samples_per_task=10)
+    return run, trainer.fit(scenario, log=run)
+
+
+def test_a_long_streams_logging_works_on_each_tasks_results_once(digits, tmp_path):
+    """200 tasks logged to a RunDirectory took 43 s where training took 3 s: every task encoded hidden_weights.json
+    again with every earlier snapshot and rewrote the matrix cell by cell, and every checkpoint checked and summed all
+    earlier results value by value, so each task's writing grew with the tasks before it. Now a part of the results
+    unchanged since the last write (a histogram snapshot, a matrix or curves row) keeps its text and its checksum
+    bytes: a task's writing and checkpoint take a few Python calls more per part than the task before (a look-up),
+    not one or more per value the earlier tasks hold. Counted in calls, not timed; the files and checksums are the
+    ones the full formatting gives."""
+    from metaspike.continual.results import _json_ready, load_checkpoint
+    from metaspike.files import csv_text
+
+    run, result = _long_stream_run(digits, tmp_path)
+    snapshot = result.histograms[-1]["layers"]
+    values_a_task_adds = sum(len(layer["edges"]) + len(layer["counts"]) for layer in snapshot.values())
+    values_a_task_adds += len(result.task_names)  # (its matrix row)
+    for counts in (run.written, run.checked):
+        growth = (counts[-1] - counts[19]) / (len(counts) - 20)
+        # (~280 values a task: the value-by-value walk grew by ~1,000 calls a task, this by under 50: 5 parts)
+        assert growth < values_a_task_adds / 3, (growth, values_a_task_adds)
+    text = (run.path / "hidden_weights.json").read_text()
+    assert text == json.dumps(_json_ready(result.histograms), indent=2) + "\n"
+    rows = [["after_task", *result.task_names]] + [[i + 1] + [round(a, 2) if a == a else "" for a in row]
+                                                   for i, row in enumerate(result.matrix)]
+    assert (run.path / "accuracy_matrix.csv").read_text() == csv_text(rows)
+    header = ["task", "epoch", "global_epoch", "loss", *result.task_names]
+    curves = [header] + [[round(r[k], 6) if isinstance(r.get(k), float) else r.get(k, "") for k in header]
+                         for r in result.curves]
+    assert (run.path / "curves.csv").read_text() == csv_text(curves)
+    assert load_checkpoint(run.path / "checkpoint.pt")["position"] == {"task": 40, "epochs_done": 0}
+
+
+def test_a_result_changed_in_place_after_it_was_written_is_written_and_summed_anew(tmp_path):
+    """What a run directory keeps of the parts it wrote is used only while a part is the same object and equal to a
+    copy made then: a row changed in place (or replaced) is formatted and summed again, never written stale."""
+    from metaspike.continual import ContinualResult
+    from metaspike.continual.memo import PartMemo
+    from metaspike.continual.results import state_checksum
+
+    run = RunDirectory.create(tmp_path, "run", {})
+    layer = {"edges": [-1.0, 0.0, 1.0], "counts": [3, 4], "shape": [2, 2]}
+    result = ContinualResult(["a", "b"], matrix=[[90.0, 10.0], [80.0, 70.0]], baseline=[10.0, 10.0],
+                             histograms=[{"after_task": 1, "layers": {"0": layer}}], training_tasks=2)
+    run.task_done(result)
+    result.matrix[0][1] = 55.5
+    layer["counts"][0] = 9
+    result.histograms.append({"after_task": 2, "layers": {"0": dict(layer)}})
+    run.task_done(result)
+    assert (run.path / "accuracy_matrix.csv").read_text().splitlines()[1] == "1,90.0,55.5"
+    assert json.loads((run.path / "hidden_weights.json").read_text())[0]["layers"]["0"]["counts"] == [9, 4]
+    memo, state = PartMemo(), {"rows": [[1.0, 2.0], [3.0]], "other": [{"x": (1, 2)}]}
+    assert state_checksum(state, memo) == state_checksum(state)
+    state["rows"][0][1] = 2.5
+    state["other"][0] = {"x": (1, 2)}  # (an equal part, another object)
+    state["rows"].append(state["rows"][1])  # (a part met again: marked as the same as the first)
+    assert state_checksum(state, memo) == state_checksum(state)
+    assert state_checksum(state, memo) == state_checksum(state)  # (all kept now)

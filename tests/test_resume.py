@@ -847,10 +847,10 @@ def test_a_checkpoint_whose_content_cannot_be_summed_falls_back_to_the_previous_
 
     summed = results.state_checksum
 
-    def checksum(state):
+    def checksum(state, memo=None):
         if "unsummable" in state:  # (content the walk passes but the checksum cannot read)
             raise RuntimeError("unsupported memory format option Contiguous")
-        return summed(state)
+        return summed(state, memo)
 
     monkeypatch.setattr(results, "state_checksum", checksum)
     run = _interrupted_run(tmp_path, stop_at=2)

@@ -198,3 +198,20 @@ def test_class_groups_of_something_other_than_class_indices_are_one_line(groups)
     train, test = ArrayDataset.from_tensors(x, y, "d"), ArrayDataset.from_tensors(x[:6], y[:6], "d")
     with pytest.raises(ValueError, match=r"^class groups must be non-empty, disjoint and within 0\.\.2, got "):
         split(train, test, groups)  # (a list inside a group was hashed first: "unhashable type: 'list'")
+
+
+@pytest.mark.parametrize("datasets, found", [("own", "ArrayDataset"), (["digits", 3], "int"), (None, "NoneType")])
+def test_make_scenario_given_your_own_dataset_names_the_argument_and_the_functions_that_take_it(datasets, found):
+    """An ArrayDataset passed where dataset names belong failed with "TypeError: 'ArrayDataset' object is not
+    iterable" from inside make_scenario."""
+    from metaspike.data import ArrayDataset
+
+    own = ArrayDataset.from_tensors(torch.rand(40, 8), torch.arange(40) % 4, "mine")
+    with pytest.raises(ValueError, match=rf"^make_scenario's datasets must be dataset names \(one of .*digits.*\), got "
+                                         rf"{found}; for your own data \(an ArrayDataset\) call permuted, split or "
+                                         r"stream with its training and test sets, or sequence with \(train, test\) "
+                                         r"pairs") as refused:
+        make_scenario("permuted", own if datasets == "own" else datasets, tasks=2)
+    assert "\n" not in str(refused.value)
+    with pytest.raises(ValueError, match="^make_scenario's datasets must name at least one dataset$"):
+        make_scenario("permuted", [], tasks=2)

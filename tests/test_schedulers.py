@@ -110,3 +110,112 @@ def test_a_scheduler_of_one_optimizer_of_a_chain_is_taken():
                                progress=False, make_scheduler=lambda chain: _step_lr(chain.optimizers[0]))
     trainer.fit(_scenario())
     assert [[o.param_groups[0]["lr"] for o in chain.optimizers] for chain in chains] == [[0.1, 0.1], [0.1, 0.1]]
+
+
+def _lambda_lr(gamma):
+    return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: gamma ** epoch)
+
+
+def _mid_task_checkpoint(make_scheduler):
+    log = KeepCheckpoints()
+    whole = _trainer(make_scheduler, mode="shared").fit(_scenario(), log=log)
+    return torch.load(io.BytesIO(log.saved[1]), weights_only=True), whole
+
+
+@pytest.mark.parametrize("slow, fast", [
+    (lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda e: 0.9 ** e),  # (the factor a constant of the code)
+     lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda e: 0.01 ** e)),
+    (_lambda_lr(0.9), _lambda_lr(0.01)),  # (the factor captured by the closure)
+    (lambda o: torch.optim.lr_scheduler.MultiplicativeLR(o, lambda e: 0.9),
+     lambda o: torch.optim.lr_scheduler.MultiplicativeLR(o, lambda e: 0.5)),
+], ids=["constant", "closure", "multiplicative"])
+def test_a_run_resumed_with_another_lr_lambda_is_refused_and_with_the_same_one_resumes_exactly(slow, fast):
+    """torch's state dict keeps None for a plain function, so a run resumed with LambdaLR(o, lambda e: 0.01 ** e)
+    instead of 0.9 ** e was accepted silently and gave other numbers (the README promises a refusal)."""
+    mid, whole = _mid_task_checkpoint(slow)
+    kind = mid["scheduler"]["kind"]
+    with pytest.raises(ValueError, match=rf"^the checkpoint's {kind} has another lr_lambdas\[0\] than this run's "
+                                         r"\(its code, constants, defaults or captured values differ"):
+        _trainer(fast, mode="shared").fit(_scenario(), resume=mid)
+    assert _trainer(slow, mode="shared").fit(_scenario(), resume=mid).matrix == whole.matrix
+
+
+def test_a_chained_schedulers_functions_and_a_cyclic_scale_fn_are_fingerprinted_too():
+    from metaspike.continual.schedulers import function_fingerprints
+
+    sgd = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+    chained = torch.optim.lr_scheduler.SequentialLR(
+        sgd, [torch.optim.lr_scheduler.ConstantLR(sgd, 0.5, 2), torch.optim.lr_scheduler.LambdaLR(sgd, lambda e: 1.0)],
+        [2])
+    cyclic = torch.optim.lr_scheduler.CyclicLR(sgd, 0.01, 0.1, scale_fn=lambda x: 0.5, scale_mode="iterations")
+    assert list(function_fingerprints(chained)) == ["_schedulers[1].lr_lambdas[0]"]
+    assert list(function_fingerprints(cyclic)) == ["scale_fn"]
+    other = torch.optim.lr_scheduler.CyclicLR(sgd, 0.01, 0.1, scale_fn=lambda x: 0.25, scale_mode="iterations")
+    with pytest.raises(ValueError, match=r"the checkpoint's CyclicLR has another scale_fn than this run's"):
+        load_scheduler_record(other, scheduler_record(cyclic))
+
+
+def test_the_fingerprint_tells_apart_what_changes_a_function_and_nothing_else():
+    import functools
+    import math
+
+    from metaspike.continual.schedulers import function_fingerprint
+
+    def make(gamma, floor=0.1):
+        return lambda e: max(floor, gamma ** e)
+
+    class Decay:
+        def __init__(self, gamma):
+            self.gamma = gamma
+
+        def __call__(self, epoch):
+            return self.gamma ** epoch
+
+    same = [(make(0.9), make(0.9)), (lambda e: 0.9 ** e, lambda e: 0.9 ** e), (Decay(0.9), Decay(0.9)),
+            (functools.partial(pow, 0.9), functools.partial(pow, 0.9)), (math.exp, math.exp)]
+    differ = [(make(0.9), make(0.01)), (make(0.9), make(0.9, floor=0.2)), (lambda e: 0.9 ** e, lambda e: 0.9 * e),
+              (lambda e, k=1: k, lambda e, k=2: k), (Decay(0.9), Decay(0.5)),
+              (functools.partial(pow, 0.9), functools.partial(pow, 0.5)), (math.exp, math.log),
+              (make(torch.tensor(0.9)), make(torch.tensor(0.9001)))]
+    assert all(function_fingerprint(a) == function_fingerprint(b) for a, b in same)
+    assert all(function_fingerprint(a) != function_fingerprint(b) for a, b in differ)
+
+
+def test_the_same_source_gives_the_same_fingerprint_in_another_process():
+    """A resumed run is another process: its hash seed orders a set of strings otherwise, its objects lie at other
+    addresses; none of that may change the fingerprint (or every resume would be refused)."""
+    import os
+    import subprocess
+    import sys
+
+    source = ("import math\nGAMMA = 0.9\ndef make(floor):\n    return lambda e: max(floor, GAMMA ** e) if e not in "
+              "{'a', 'b', 'c'} else math.exp(-e)\n")
+    script = (f"{source}from metaspike.continual.schedulers import function_fingerprint\n"
+              "print(function_fingerprint(make(0.125)))")
+    printed = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip()
+               for seed in ("1", "2")]
+    assert printed[0] == printed[1] and len(printed[0]) == 64
+
+
+def test_a_checkpoint_written_before_functions_were_fingerprinted_resumes_as_before():
+    mid, whole = _mid_task_checkpoint(_lambda_lr(0.9))
+    del mid["scheduler"]["functions"]  # (what checkpoints held before)
+    assert _trainer(_lambda_lr(0.9), mode="shared").fit(_scenario(), resume=mid).matrix == whole.matrix
+
+
+def test_a_function_without_code_to_fingerprint_is_warned_of_on_resume():
+    """A partial of a numpy ufunc has no Python code: the resume cannot compare it, and says so."""
+    import functools
+
+    import numpy as np
+
+    from metaspike.continual.schedulers import function_fingerprint
+
+    power = functools.partial(np.power, 0.9)
+    assert function_fingerprint(power) is None
+    sgd = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    record = scheduler_record(torch.optim.lr_scheduler.LambdaLR(sgd, power))
+    with pytest.warns(UserWarning, match=r"the LambdaLR's lr_lambdas\[0\] has no Python code to fingerprint, so this "
+                                         "resume cannot tell whether it is the checkpoint's"):
+        load_scheduler_record(torch.optim.lr_scheduler.LambdaLR(sgd, power), record)

@@ -236,3 +236,29 @@ def test_equal_plugin_settings_of_tensors_lists_and_nan_resume():
 
     with pytest.raises(ValueError, match=r"NotADict.settings\(\) must return a dict"):
         settings_of(NotADict())
+
+
+def test_a_resume_given_the_checkpoints_path_names_the_argument_and_how_to_load_one(tmp_path):
+    """fit(resume=run / "checkpoint.pt"), what a user has after a crash, said "not a metaspike checkpoint (format
+    'PosixPath', ...)": neither the argument nor how to load the file."""
+    from metaspike.continual import RunDirectory
+    from metaspike.continual.results import latest_good_checkpoint
+
+    data = _data()
+    tasks = [Task("a", data, data), Task("b", data, data)]
+    run = RunDirectory.create(tmp_path, "run", {})
+    _trainer(_model(), epochs=2).fit(Scenario("s", tasks, tasks), log=run)
+    for given in (run.path / "checkpoint.pt", str(run.path)):
+        with pytest.raises(ValueError, match=rf"^resume takes a loaded checkpoint \(the dict a RunLog's checkpoint "
+                                             rf"receives\), not a {type(given).__name__}: load the file with "
+                                             r"metaspike.continual.results.load_checkpoint\(path\), or a run folder's "
+                                             r"newest good one with latest_good_checkpoint\(run_dir\)\[0\]$"):
+            _trainer(_model(), epochs=2).fit(Scenario("s", tasks, tasks), resume=given)
+    state, _ = latest_good_checkpoint(run.path)  # (what the message points to resumes)
+    assert len(_trainer(_model(), epochs=2).fit(Scenario("s", tasks, tasks), resume=state).matrix) == 2
+
+
+def test_a_model_without_parameters_is_named_not_left_to_torchs_empty_parameter_list():
+    with pytest.raises(ValueError, match=r"^model \(Sequential\) has no parameters to train: give the trainer a model "
+                                         r"with weights"):
+        _trainer(nn.Sequential(nn.Flatten(), nn.ReLU()))

@@ -17,21 +17,24 @@ file it reads and names the file in its one-line ``ValueError`` when one is malf
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
 import shutil
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from metaspike.continual.checkpoints import CHECKPOINT_FORMAT, CURVE_COLUMNS, check_histograms
+from metaspike.continual.memo import PLAIN_VALUES, PartMemo
 from metaspike.continual.metrics import evaluated_rows, is_accuracy
 from metaspike.continual.trainer import ContinualResult
 from metaspike.diagnostics import plasticity_ranking
@@ -53,6 +56,10 @@ CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 CHECKSUM_KEY = "state_sha256"  # beside the trainer's state in a checkpoint file
 CONFIG_KEY = "config_sha256"  # the run's config.json when the run started, beside the trainer's state
+#: The most checksum text a run directory keeps of the parts its last checkpoint held (about 40 bytes a value: a
+#: 10-million-cell matrix would keep 400 MB), so that the next checkpoint sums the new parts only; parts past it are
+#: summed again at every checkpoint.
+CHECKSUM_MEMO_BYTES = 64 << 20
 
 
 class ConfigChanged(ValueError):
@@ -89,7 +96,18 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def state_checksum(state: Any) -> str:
+def _matrix_cells(index: int, row: Sequence[float]) -> list[Any]:
+    """The cells of ``accuracy_matrix.csv``'s line of matrix row ``index`` (0-based): the task number, then its
+    accuracies to 2 decimals."""
+    return [index + 1] + [_cell(round(a, 2)) for a in row]
+
+
+def _csv_cells(row: dict[str, Any], header: Sequence[str]) -> list[Any]:
+    """The cells of a curves or diagnostics ``row`` under ``header``: empty where it has no value."""
+    return [_cell(row[k]) if k in row else "" for k in header]
+
+
+def state_checksum(state: Any, memo: PartMemo | None = None) -> str:
     """SHA-256 (hex) over everything in a nested dict/list structure: each tensor's key path, dtype, shape and bytes,
     and each plain value's key path, type and exact text (a float's ``repr`` holds all its bits).
 
@@ -99,6 +117,11 @@ def state_checksum(state: Any) -> str:
     for (tasks trained) x (tasks) (``torch.save`` keeps such an object one, and ``torch.load`` gives it back shared).
     (Checkpoints of format ``metaspike-checkpoint-2`` summed a repeated object in full each time: they are refused by
     their format.)
+
+    With a ``memo`` (:class:`~metaspike.continual.memo.PartMemo`, one per run directory, given every checkpoint) an
+    item of a list or tuple that is a plain part (no tensor) and was summed by the last call, at the same key path and
+    unchanged since, adds the bytes it added then instead of being walked again: the same digest, with the Python work
+    of the new parts only (a long run's histogram snapshots and matrix rows are appended, never changed).
 
     Example:
         >>> a = state_checksum({"w": torch.ones(2), "step": [torch.tensor(3)], "acc": [94.72]})
@@ -112,28 +135,65 @@ def state_checksum(state: Any) -> str:
     """
     digest = hashlib.sha256()
     first_met: dict[int, str] = {}
+    met: list[tuple[Any, str]] = []  # (each container in the order first met, with where: what a memo's part holds)
+    captures: list[list[bytes] | None] = []  # (the bytes of the memo's parts being summed, outermost first; None:
+    # a part that holds a tensor, which may change in place unseen: summed every time, its bytes not kept)
+    repeats = [0]  # (how many "same as" marks so far: a part holding one depends on what was met before it)
+
+    def add(data: bytes | memoryview) -> None:
+        digest.update(data)
+        for capture in captures:
+            if capture is not None:
+                capture.append(data)
 
     def walk(value: Any, where: str) -> None:
         if isinstance(value, (dict, list, tuple)):
             if id(value) in first_met:
-                digest.update(f"{where}|same as {first_met[id(value)]}|".encode())
+                repeats[0] += 1
+                add(f"{where}|same as {first_met[id(value)]}|".encode())
                 return
             first_met[id(value)] = where
+            met.append((value, where))
         if isinstance(value, torch.Tensor):
+            captures[:] = [None] * len(captures)
             flat = value.detach().cpu().contiguous().reshape(-1)
-            digest.update(f"{where}|{flat.dtype}|{tuple(value.shape)}|".encode())
-            digest.update(flat.view(torch.uint8).numpy())
+            add(f"{where}|{flat.dtype}|{tuple(value.shape)}|".encode())
+            add(memoryview(flat.view(torch.uint8).numpy()))
         elif isinstance(value, dict):
             for key in sorted(value, key=repr):
                 walk(value[key], f"{where}/{key!r}")
         elif isinstance(value, (list, tuple)):
-            digest.update(f"{where}|{type(value).__name__}|{len(value)}|".encode())
+            add(f"{where}|{type(value).__name__}|{len(value)}|".encode())
             for index, item in enumerate(value):
-                walk(item, f"{where}[{index}]")
+                item_where = f"{where}[{index}]"
+                if memo is None or not isinstance(item, (dict, list, tuple)) or id(item) in first_met:
+                    walk(item, item_where)
+                else:
+                    walk_part(item, item_where)
         else:
-            digest.update(f"{where}|{type(value).__name__}|{value!r}|".encode())
+            add(f"{where}|{type(value).__name__}|{value!r}|".encode())
+
+    def walk_part(part: Any, where: str) -> None:  # (an item of a list or tuple, met first: summed once, kept in memo)
+        known = memo.get(part, where)
+        if known is not None and first_met.keys().isdisjoint(known[2]):
+            data, inner, registered = known
+            first_met.update(registered)
+            met.extend(inner)
+            add(data)
+            return
+        start, repeats_before = len(met), repeats[0]
+        captures.append([])
+        try:
+            walk(part, where)
+        finally:
+            chunks = captures.pop()
+        if chunks is not None and repeats[0] == repeats_before:
+            data, inner = b"".join(chunks), met[start:]
+            memo.put(part, where, (data, inner, {id(value): at for value, at in inner}), len(data))
 
     walk(state, "")
+    if memo is not None:
+        memo.forget_unused()
     return digest.hexdigest()
 
 
@@ -168,13 +228,11 @@ def unique_directory(root: str | os.PathLike, name: str) -> Path:
     raise ValueError(f"too many runs named {name!r} in {root}")
 
 
-_PLAIN_VALUES = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device, torch.Size)
-
-
-def check_loadable(state: Any, where: str = "state") -> None:
+def check_loadable(state: Any, where: str = "state", memo: PartMemo | None = None) -> None:
     """Refuse what ``torch.load(weights_only=True)`` would not read back: everything but tensors, plain Python
     values and lists, tuples and dicts of them (a plugin's or a rule's state holding a numpy array, say). A list, tuple
-    or dict met again (a long stream's one row for its tasks trained without an evaluation) is checked once.
+    or dict met again (a long stream's one row for its tasks trained without an evaluation) is checked once, and so is
+    a part that ``memo`` (the one :func:`state_checksum` keeps) knows unchanged since the last checkpoint.
 
     Example:
         >>> check_loadable({"fisher": [torch.zeros(2)], "step": 3})
@@ -187,7 +245,10 @@ def check_loadable(state: Any, where: str = "state") -> None:
     checked: set[int] = set()
 
     def check(value: Any, where: str) -> None:
-        if isinstance(value, (torch.Tensor, *_PLAIN_VALUES)) or id(value) in checked:
+        if isinstance(value, (torch.Tensor, *PLAIN_VALUES)) or id(value) in checked:
+            return
+        if memo is not None and memo.known(value):
+            checked.add(id(value))
             return
         if type(value) in (dict, OrderedDict):
             checked.add(id(value))
@@ -220,6 +281,14 @@ class RunDirectory:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.config_digest = _file_digest(path / "config.json")  # what this process runs under, for checkpoints
+        self._memos: dict[str, PartMemo] = {}  # per file: what was made of each result part it holds (see memo.py)
+
+    def _memo(self, name: str) -> PartMemo:
+        """The :class:`~metaspike.continual.memo.PartMemo` of the file ``name`` (made at its first write; a
+        checkpoint's keeps at most :data:`CHECKSUM_MEMO_BYTES` of checksum text)."""
+        if name not in self._memos:
+            self._memos[name] = PartMemo(CHECKSUM_MEMO_BYTES if name == CHECKPOINT else None)
+        return self._memos[name]
 
     @classmethod
     def create(cls, root: str | os.PathLike, name: str, config: dict[str, Any], scenario: dict[str, Any] | None = None) -> "RunDirectory":
@@ -284,9 +353,41 @@ class RunDirectory:
                              "run); delete it, and --resume writes it again from config.json")
 
     def write_json(self, name: str, data: Any) -> Path:
+        """Write ``data`` as indented JSON to the file ``name`` of the run directory, atomically."""
         path = self.path / name
         atomic_write_text(path, json.dumps(_json_ready(data), indent=2) + "\n")
         return path
+
+    def _write_json_list(self, name: str, items: Sequence[Any]) -> None:
+        """Write ``items`` as :meth:`write_json` does (the same text), atomically; an item unchanged since the last
+        write of ``name`` keeps its text (a long run's histogram snapshots are encoded once, not at every task)."""
+        memo = self._memo(name)
+        texts = []
+        for item in items:
+            text = memo.get(item, None)
+            if text is None:  # (the list's indentation: each of the item's lines 2 spaces further in)
+                text = json.dumps(_json_ready(item), indent=2).replace("\n", "\n  ")
+                memo.put(item, None, text)
+            texts.append(text)
+        memo.forget_unused()
+        atomic_write_text(self.path / name, ("[\n  " + ",\n  ".join(texts) + "\n]" if texts else "[]") + "\n")
+
+    def _write_csv(self, name: str, header: Sequence[str],
+                   rows: Sequence[tuple[Any, Any, Callable[[], list[Any]]]]) -> None:
+        """Write ``header`` and ``rows`` as the CSV file ``name``, atomically. Each row is ``(part, key, cells)``: the
+        result part it shows (a matrix row, a curves row), what else its line depends on (its task number) and a
+        function that gives its cells; a part unchanged since the last write of ``name``, under the same header and
+        key, keeps its line (a long run's rows are formatted once, not at every write)."""
+        memo, columns = self._memo(name), tuple(header)
+        lines = [csv_text([header])]
+        for part, key, cells in rows:
+            line = memo.get(part, (columns, key))
+            if line is None:
+                line = csv_text([cells()])
+                memo.put(part, (columns, key), line)
+            lines.append(line)
+        memo.forget_unused()
+        atomic_write_text(self.path / name, "".join(lines))
 
     def epoch_done(self, result: ContinualResult) -> None:
         """Rewrite ``curves.csv`` and ``diagnostics.csv`` (one row per epoch so far), atomically. The columns are every
@@ -296,9 +397,8 @@ class RunDirectory:
         for name, rows in (("curves.csv", result.curves), ("diagnostics.csv", result.diagnostics)):
             if rows:
                 first = [*CURVE_COLUMNS, *result.task_names] if name == "curves.csv" else []
-                header = list(dict.fromkeys([*first, *(k for r in rows for k in r)]))
-                body = [[_cell(r[k]) if k in r else "" for k in header] for r in rows]
-                atomic_write_text(self.path / name, csv_text([header] + body))
+                header = list(dict.fromkeys(itertools.chain(first, itertools.chain.from_iterable(rows))))
+                self._write_csv(name, header, [(r, None, functools.partial(_csv_cells, r, header)) for r in rows])
 
     def checkpoint(self, state: dict[str, Any]) -> None:
         """Save a trainer checkpoint as ``checkpoint.pt``; the previous one is kept as ``checkpoint.prev.pt``.
@@ -308,7 +408,8 @@ class RunDirectory:
         which :func:`load_checkpoint` verifies, and the SHA-256 of the run's ``config.json``, which
         :func:`latest_good_checkpoint` compares with the file then in the folder.
         """
-        check_loadable(state)  # before anything is replaced: a file torch will not read back is no checkpoint
+        check_loadable(state, memo=self._memo(CHECKPOINT))  # before anything is replaced: a file torch will not
+        # read back is no checkpoint (the parts the last checkpoint held, unchanged, were checked then)
         path = self.path / CHECKPOINT
         if path.exists():  # keep the newest good one: a hard link, so CHECKPOINT stays in place meanwhile
             previous = self.path / PREVIOUS_CHECKPOINT
@@ -318,7 +419,8 @@ class RunDirectory:
             except OSError:  # a file system without hard links
                 shutil.copyfile(path, previous)
         with atomic_open(path, "wb") as handle:
-            torch.save({**state, CHECKSUM_KEY: state_checksum(state), CONFIG_KEY: self.config_digest}, handle)
+            checksum = state_checksum(state, self._memo(CHECKPOINT))
+            torch.save({**state, CHECKSUM_KEY: checksum, CONFIG_KEY: self.config_digest}, handle)
 
     def remove_checkpoints(self) -> None:
         """Delete the checkpoints of a finished run (its final weights are in ``model.pt``)."""
@@ -339,15 +441,15 @@ class RunDirectory:
     def task_done(self, result: ContinualResult) -> None:
         """Write the accuracy matrix so far, histograms and metrics (marked incomplete)."""
         self.write_matrix(result)
-        self.write_json("hidden_weights.json", result.histograms)
+        self._write_json_list("hidden_weights.json", result.histograms)
         self.write_metrics(result, complete=False)
 
     def write_matrix(self, result: ContinualResult) -> None:
         """One row per evaluation (``after_task`` says after which task); tasks trained without one have no row (their
         shared row is read once)."""
-        rows = [["after_task"] + result.task_names]
-        rows += [[i + 1] + [_cell(round(a, 2)) for a in result.matrix[i]] for i in evaluated_rows(result.matrix)]
-        atomic_write_text(self.path / "accuracy_matrix.csv", csv_text(rows))
+        rows = [(result.matrix[i], i, functools.partial(_matrix_cells, i, result.matrix[i]))
+                for i in evaluated_rows(result.matrix)]
+        self._write_csv("accuracy_matrix.csv", ["after_task", *result.task_names], rows)
 
     def write_metrics(self, result: ContinualResult, complete: bool = True) -> None:
         metrics = {k: round(v, 3) if math.isfinite(v) else v for k, v in result.metrics.items()}

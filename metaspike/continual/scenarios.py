@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from metaspike.checks import check_seed, is_whole
-from metaspike.data import ArrayDataset, load_dataset
+from metaspike.data import ArrayDataset, available_datasets, load_dataset
 
 __all__ = [
     "Task",
@@ -614,6 +614,28 @@ def available_scenarios() -> list[str]:
     return ["joint", "permuted", "sequence", "split", "stream"]
 
 
+def _dataset_names(datasets: Any) -> list[str]:
+    """``datasets`` (one name, or a list or tuple of names) as a list of names; one ``ValueError`` naming the argument
+    for anything else (your own ``ArrayDataset`` goes to the scenario functions, not to :func:`make_scenario`).
+
+    Example:
+        >>> _dataset_names("digits"), _dataset_names(("mnist", "fashion-mnist"))
+        (['digits'], ['mnist', 'fashion-mnist'])
+    """
+    if isinstance(datasets, str):  # one name, not a sequence of one-letter names
+        return [datasets]
+    names = list(datasets) if isinstance(datasets, (list, tuple)) else None
+    stray = type(datasets) if names is None else next((type(d) for d in names if not isinstance(d, str)), None)
+    if stray is not None:
+        raise ValueError(f"make_scenario's datasets must be dataset names (one of {', '.join(available_datasets())}; "
+                         f"e.g. 'mnist5k' or ['mnist', 'fashion-mnist']), got {stray.__name__}; for your own data (an "
+                         "ArrayDataset) call permuted, split or stream with its training and test sets, or sequence "
+                         "with (train, test) pairs (joint takes one of those scenarios)")
+    if not names:
+        raise ValueError("make_scenario's datasets must name at least one dataset")
+    return names
+
+
 def make_scenario(
     name: str,
     datasets: str | Sequence[str] = ("mnist5k",),
@@ -642,10 +664,7 @@ def make_scenario(
         raise ValueError(f"samples_per_task applies to the 'permuted' scenario only, not {name!r}")
     if split_mode != "task" and name != "split":
         raise ValueError(f"split_mode applies to the 'split' scenario only, not {name!r}")
-    if isinstance(datasets, str):  # one name, not a sequence of one-letter names
-        datasets = [datasets]
-    if not datasets:
-        raise ValueError("give at least one dataset")
+    datasets = _dataset_names(datasets)
     pairs = [(load_dataset(d, "train", data_dir), load_dataset(d, "test", data_dir)) for d in datasets]
     if name == "sequence":
         return sequence(pairs)

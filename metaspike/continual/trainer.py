@@ -392,6 +392,22 @@ def _checked_before_training(scenario: Scenario) -> list[Task]:
     return list({id(task): task for task in trained + evaluated}.values())
 
 
+def _check_resume(resume: Any) -> None:
+    """One ``ValueError`` naming ``fit``'s ``resume`` unless it is ``None`` or a loaded checkpoint (a dict): a file's or
+    a run folder's path is loaded first, where its checksum and config are verified.
+
+    Example:
+        >>> _check_resume("runs/demo/checkpoint.pt")
+        Traceback (most recent call last):
+        ...
+        ValueError: resume takes a loaded checkpoint (the dict a RunLog's checkpoint receives), not a str: load the file with metaspike.continual.results.load_checkpoint(path), or a run folder's newest good one with latest_good_checkpoint(run_dir)[0]
+    """
+    if resume is not None and not isinstance(resume, dict):
+        raise ValueError(f"resume takes a loaded checkpoint (the dict a RunLog's checkpoint receives), not a "
+                         f"{type(resume).__name__}: load the file with metaspike.continual.results.load_checkpoint("
+                         "path), or a run folder's newest good one with latest_good_checkpoint(run_dir)[0]")
+
+
 def _lacking(owner: Any, hooks: Sequence[str]) -> list[str]:
     """The names of ``hooks`` that ``owner`` has no callable for."""
     return [hook for hook in hooks if not callable(getattr(owner, hook, None))]
@@ -489,6 +505,9 @@ class ContinualTrainer:
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(config, TrainerConfig):
             raise ValueError(f"config must be a TrainerConfig, got {type(config).__name__}")
+        if next(model.parameters(), None) is None:  # (torch's optimizers refuse an empty parameter list in their words)
+            raise ValueError(f"model ({type(model).__name__}) has no parameters to train: give the trainer a model "
+                             "with weights (its make_optimizer builds an optimizer over them)")
         if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
             raise ValueError("the model's tensors are on the meta device (shapes without values): build it on a real "
                              "device, or give it values first (model.to_empty(device='cpu'), then load_state_dict)")
@@ -600,12 +619,15 @@ class ContinualTrainer:
         """Train every task of ``scenario`` in order; return (and log) the results.
 
         After every evaluated epoch the log receives a checkpoint (:meth:`checkpoint`); passing one back as
-        ``resume`` continues from there and gives the same numbers as an uninterrupted run. The log's run stays
+        ``resume`` continues from there and gives the same numbers as an uninterrupted run (a checkpoint file is loaded
+        first: :func:`~metaspike.continual.results.load_checkpoint`, or a run folder's newest good one,
+        :func:`~metaspike.continual.results.latest_good_checkpoint`). The log's run stays
         open (``complete: false``, checkpoints kept) until its writer finishes it: with a
         :class:`~metaspike.continual.RunDirectory`, ``log.finish(result)`` (what ``metaspike train`` does, after
         writing ``model.pt``, and then the figures: :func:`metaspike.app.runs.train_and_finish`).
         """
         cfg = self.config
+        _check_resume(resume)
         missing = _lacking(log, ("epoch_done", "task_done", "checkpoint"))
         if log is not None and missing:
             raise ValueError(f"log must be a RunLog (e.g. metaspike.continual.RunDirectory) with epoch_done, task_done "
