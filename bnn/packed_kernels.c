@@ -759,7 +759,7 @@ int real_layer(const float *x, int64_t batch, int64_t n, const uint8_t *w, int64
     if (status == 0) status = sample_stats(x, n, batch, stride, xs, stats, stats + batch);
     if (status == 0) {
         job_t job = {x, w, batch, n, out, groups, flip, threshold, result, 0, out,
-                     xs, stride, stats, stats + batch, NULL};
+                     xs, stride, stats, stats + batch, NULL, NULL};
         run(real_worker, job, threads, tables, table_floats);
     }
     free(xs);
@@ -771,7 +771,7 @@ int real_layer(const float *x, int64_t batch, int64_t n, const uint8_t *w, int64
 int binary_layer(const uint64_t *h, int64_t batch, int64_t n, const uint64_t *w, int64_t out, int64_t words,
                  const uint8_t *flip, const int64_t *threshold, void *result, int threads) {
     if (batch == 0 || out == 0) return 0;
-    job_t job = {h, w, batch, n, out, words, flip, threshold, result, 0, out, NULL, 0, NULL, NULL, NULL};
+    job_t job = {h, w, batch, n, out, words, flip, threshold, result, 0, out, NULL, 0, NULL, NULL, NULL, NULL};
     run(binary_worker, job, worker_count(threads, out), NULL, 0);
     return 0;
 }
