@@ -36,6 +36,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from metaspike.caller import user_stacklevel
+
 __all__ = ["kernels", "kinds", "check_tensor", "real_layer", "binary_layer", "kernel_weight", "pack_signs",
            "prepared_signs", "popcount_product"]
 
@@ -211,11 +213,11 @@ def _compiler() -> list[str] | None:
             return shlex.split(cc)
         except ValueError as err:  # e.g. an unclosed quote
             warnings.warn(f"CC={cc!r} is not a command ({err}): {FALLBACK}",
-                          RuntimeWarning, stacklevel=4)
+                          RuntimeWarning, stacklevel=user_stacklevel())
             return None
     found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if found is None:
-        warnings.warn(f"no C compiler found: {FALLBACK}", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"no C compiler found: {FALLBACK}", RuntimeWarning, stacklevel=user_stacklevel())
         return None
     return [found]
 
@@ -234,13 +236,13 @@ def _kernels(flags: tuple[str, ...]) -> ctypes.CDLL | None:
             lib = _load(compiler, flags, _cache_dir(), name)
         except UnsafeCacheError as err:
             warnings.warn(f"not loading kernels from the cache: {err}; building them in a private temporary folder",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning, stacklevel=user_stacklevel())
             with tempfile.TemporaryDirectory() as private:
                 lib = _load(compiler, flags, Path(private), name)
     except (OSError, RuntimeError, subprocess.CalledProcessError) as err:  # RuntimeError: no home folder
         detail = getattr(err, "stderr", "") or str(err)
         warnings.warn(f"could not build the native kernels ({detail.strip()[:300]}); {FALLBACK}", RuntimeWarning,
-                      stacklevel=3)
+                      stacklevel=user_stacklevel())
         return None
     for layer in ("real_layer", "binary_layer"):
         getattr(lib, layer).argtypes, getattr(lib, layer).restype = _ARGS, ctypes.c_int

@@ -15,6 +15,8 @@ Besides dtypes, :data:`PACKED` asks for the signs as bits in the layout of the n
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -85,15 +87,18 @@ class SignBuffers:
     """
 
     def __init__(self) -> None:
-        self._weight: weakref.ref | None = None
-        self._tensors: dict[torch.dtype, Tensor] = {}
-        self._written_under: tuple[int, int, int] | None = None
-        self._packed: tuple[Tensor | None] | None = None  # packed from the float32 buffer since it was last written
+        self.__setstate__(self.__getstate__())
 
     def __getstate__(self) -> dict[str, Any]:
         """Buffers are a cache: a pickled or saved layer (``torch.save(model)``) keeps none (a weak reference cannot
         be pickled); the copy writes its own on its first forward pass."""
-        return {"_weight": None, "_tensors": {}, "_written_under": None, "_packed": None}
+        return {"_weight": None, "_tensors": {}, "_written_under": None, "_written_from": None, "_packed": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        # one thread at a time checks, rewrites and hands out the buffers: a buffer another thread holds is never
+        # rewritten (it gets a fresh one), where two threads running one layer read each other's half-written signs
+        self._lock = threading.Lock()
 
     def signs(self, weight: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """``sign(weight)`` as ``dtype`` (default: the weight's), from a buffer rewritten when needed."""
@@ -102,6 +107,10 @@ class SignBuffers:
     def signs_as(self, weight: Tensor, dtypes: Sequence[torch.dtype | str]) -> tuple[Any, ...]:
         """``sign(weight)`` in each of ``dtypes`` (or :data:`PACKED`), all from one pass (outside a block, one pass
         per call)."""
+        with contextlib.nullcontext() if torch.compiler.is_compiling() else self._lock:
+            return self._signs_as(weight, dtypes)
+
+    def _signs_as(self, weight: Tensor, dtypes: Sequence[torch.dtype | str]) -> tuple[Any, ...]:
         if PACKED in dtypes:
             buffers = self._buffers_as(weight, list(dict.fromkeys([d for d in dtypes if d != PACKED] + [torch.float32])))
             if self._packed is None:
@@ -143,5 +152,8 @@ class SignBuffers:
                 # (detached: a forward-mode tangent has no place in a buffer, and sign's out= form refuses one)
                 (_compiled_signs_into if large else _signs_into)(weight.detach().reshape(-1), outs)
             self._written_under = key
+            # (the weight's memory, held while the key names its address: ``weight.data = ...`` could otherwise put
+            # new values at the address just freed, under the same version, and the old signs would be used)
+            self._written_from = None if key is None else weight.detach()
             self._packed = None
         return {dtype: self._tensors[dtype] for dtype in dtypes}

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from metaspike.caller import user_stacklevel
+
 __all__ = ["LazyCompiled", "LARGE_TENSOR_LOOPS", "compiling_disabled"]
 
 LARGE_TENSOR_LOOPS = {"cpp.dynamic_threads": True}
@@ -209,7 +211,7 @@ class LazyCompiled:
         if not self.limit_reached:
             self.limit_reached = True
             warnings.warn(f"the {self.what} has compiled torch's limit of variants in this process; new "
-                          "variants run eagerly (slower)", RuntimeWarning, stacklevel=3)
+                          "variants run eagerly (slower)", RuntimeWarning, stacklevel=user_stacklevel())
         self._eager_signatures.add(_signature((args, kwargs)))
         return self.fn(*args, **kwargs)
 
@@ -220,7 +222,7 @@ class LazyCompiled:
         result = self.fn(*args, **kwargs)
         self.broken = True
         warnings.warn(f"torch.compile of the {self.what} failed ({_first_line(err)}) where the eager run does "
-                      "not; running it eagerly (slower) from now on", RuntimeWarning, stacklevel=3)
+                      "not; running it eagerly (slower) from now on", RuntimeWarning, stacklevel=user_stacklevel())
         return result
 
     def _fall_back(self, err: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -229,5 +231,5 @@ class LazyCompiled:
         call runs eagerly without a word)."""
         self.broken = True
         warnings.warn(f"torch.compile of the {self.what} failed ({_first_line(err)}); running it eagerly (slower) "
-                      "from now on", RuntimeWarning, stacklevel=3)
+                      "from now on", RuntimeWarning, stacklevel=user_stacklevel())
         return self.fn(*args, **kwargs)  # (an error of fn itself is raised here, without the compiler's words)

@@ -488,3 +488,48 @@ def test_a_forward_mode_tangent_of_the_hidden_weight_passes_straight_through(siz
     u = 2.0**-24  # each side's sum of n terms is within n·u·Σ|terms| of the exact one
     bound = sizes[0] * u * (x.abs() @ tangent.abs().T)
     assert ((out.tangent - x @ tangent.T).abs() <= 2 * bound).all()
+
+
+@pytest.mark.parametrize("kind", ["popcount", "float32"])
+def test_two_threads_running_one_layer_get_its_product(layer, kind, monkeypatch):
+    """Two threads running one large layer read each other's half-written sign buffer (sign, +0.5, sign in place):
+    the float32 product was wrong for a few calls in a thousand, the popcount product's packer refused the buffer and
+    the next call failed on its missing bits. One thread at a time now checks, rewrites and hands out the buffers."""
+    import threading
+
+    if kind not in fast.product_kinds("cpu", 64, IN, OUT):
+        pytest.skip(f"no {kind} product here")
+    monkeypatch.setattr(fast, "product_kind", lambda *shape: kind)
+    x = torch.randint(0, 2, (64, IN), generator=torch.Generator().manual_seed(3)).float() * 2 - 1
+    expected = x @ binary_sign(layer.weight.detach()).T
+    failures: list[object] = []
+
+    def run() -> None:
+        try:
+            for _ in range(300):
+                with torch.no_grad():
+                    if not torch.equal(layer(x), expected):
+                        failures.append("wrong")
+        except Exception as err:  # (the test's own report: any error of a thread)
+            failures.append(err)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+
+
+def test_new_data_given_inside_a_block_is_seen_even_at_the_address_just_freed(layer):
+    """Inside binarized_once the buffers are keyed by the weight's version and address; `weight.data = ...` keeps the
+    version, and the new values could land at the address of the data just freed: the old signs were used (178 of
+    200 outputs in a tester's run). The buffers now hold the memory they were written from while the key names it."""
+    import metaspike
+
+    x = torch.randint(0, 2, (8, IN), generator=torch.Generator().manual_seed(4)).float() * 2 - 1
+    with metaspike.binarized_once():
+        layer(x)
+        for _ in range(20):
+            layer.weight.data = torch.randn_like(layer.weight)  # (the old data freed: its address free for the new)
+            assert torch.equal(layer(x), x @ binary_sign(layer.weight.detach()).T)
