@@ -1,7 +1,7 @@
 """Timing candidate products against each other, robustly on a shared machine, and the row classes they are cached by.
 
-:mod:`bnn.binary_linear` (which exact ±1 product) and :mod:`bnn.float32_products` (which float32 library) both pick
-the fastest of several equivalent products once per process and *shape class*, timed here.
+:mod:`bnn.binary_linear` picks the fastest of its exact ±1 products once per process and *shape class*, timed here
+(:mod:`bnn.float32_products` chooses its float32 library by the CPU instead: two libraries may round differently).
 """
 
 from __future__ import annotations

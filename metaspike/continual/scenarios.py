@@ -604,6 +604,16 @@ def joint(scenario: Scenario) -> Scenario:
     return Scenario("joint", (task,), scenario.eval_tasks, definition, task_known_at_test=scenario.task_known_at_test)
 
 
+#: The scenarios of one dataset by name (``sequence`` takes several), each built from the train and test sets and
+#: ``make_scenario``'s tasks, seed, split mode and samples per task: a new scenario is one function and one entry here.
+_ONE_DATASET: dict[str, Callable[..., Scenario]] = {
+    "joint": lambda train, test, tasks, seed, mode, samples: joint(permuted(train, test, tasks, seed)),
+    "permuted": lambda train, test, tasks, seed, mode, samples: permuted(train, test, tasks, seed, samples),
+    "split": lambda train, test, tasks, seed, mode, samples: split(train, test, tasks, mode),
+    "stream": lambda train, test, tasks, seed, mode, samples: stream(train, test, tasks, seed),
+}
+
+
 def available_scenarios() -> list[str]:
     """Scenario names accepted by :func:`make_scenario`.
 
@@ -611,7 +621,7 @@ def available_scenarios() -> list[str]:
         >>> available_scenarios()
         ['joint', 'permuted', 'sequence', 'split', 'stream']
     """
-    return ["joint", "permuted", "sequence", "split", "stream"]
+    return sorted(["sequence", *_ONE_DATASET])
 
 
 def _dataset_names(datasets: Any) -> list[str]:
@@ -670,11 +680,4 @@ def make_scenario(
         return sequence(pairs)
     if len(pairs) != 1:
         raise ValueError(f"scenario {name!r} takes one dataset, got {len(pairs)}: {list(datasets)}")
-    train, test = pairs[0]
-    if name == "permuted":
-        return permuted(train, test, tasks, seed, samples_per_task)
-    if name == "split":
-        return split(train, test, tasks, split_mode)
-    if name == "stream":
-        return stream(train, test, tasks, seed)
-    return joint(permuted(train, test, tasks, seed))
+    return _ONE_DATASET[name](*pairs[0], tasks, seed, split_mode, samples_per_task)
