@@ -16,13 +16,47 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["world", "world_size_from_env", "init_from_env", "sync_batchnorm", "average_gradients", "start_alike"]
+__all__ = ["world", "world_size_from_env", "init_from_env", "sync_batchnorm", "average_gradients", "start_alike",
+           "batch_slice", "current_batch_slice"]
+
+_BATCH_SLICE: ContextVar[tuple[int, int] | None] = ContextVar("batch_slice", default=None)
+
+
+@contextmanager
+def batch_slice(size: int, start: int) -> Iterator[None]:
+    """Inside the block, the samples a model is given are rows ``start, start + 1, ...`` of a batch of ``size`` that
+    the processes of a launch share. What draws one random number per sample (the rate encoder's spikes) draws them
+    for the whole batch and keeps its rows, so that each process draws what one process would for them (with the
+    same seed everywhere, each process drew the first rows' numbers for its own rows: every slice saw the same
+    spikes).
+
+    Example:
+        >>> with batch_slice(100, 50):
+        ...     current_batch_slice()
+        (100, 50)
+    """
+    token = _BATCH_SLICE.set((size, start))
+    try:
+        yield
+    finally:
+        _BATCH_SLICE.reset(token)
+
+
+def current_batch_slice() -> tuple[int, int] | None:
+    """``(batch size, first row)`` of the shared batch inside :func:`batch_slice`, ``None`` outside.
+
+    Example:
+        >>> current_batch_slice() is None
+        True
+    """
+    return _BATCH_SLICE.get()
 
 
 def world() -> tuple[int, int]:

@@ -24,7 +24,7 @@ from metaspike.bayesian.fused_step import FusedTrainingStep
 from metaspike.bayesian.synapses import bayesian_modules
 from metaspike.caller import LIBRARY_PATHS, user_stacklevel
 from metaspike.checks import ModelError, TrainingDiverged, check_eps_holds, is_number, is_whole, raised_at
-from metaspike.distributed import average_gradients
+from metaspike.distributed import average_gradients, batch_slice
 from metaspike.population_statistics import evaluates_with_batch_statistics, statistics_outdated
 
 __all__ = ["check_inputs", "check_labels", "minimum_batch_size", "train_epoch", "evaluate", "evaluate_together", "MIN_STATISTICS_BATCH",
@@ -302,12 +302,16 @@ def train_epoch(
         return _train_fused(fused, x, y, order, device, progress)
     for start in range(0, len(x), batch_size):
         batch = order[start : start + batch_size]
-        index = batch.tensor_split(shard[1])[shard[0]]
+        parts = batch.tensor_split(shard[1])
+        index = parts[shard[0]]
         if len(batch) < minimum:
             continue  # (the last batch of an epoch)
         inputs, targets = x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        loss = classification_loss(model(inputs), targets, classes)
+        shared = (batch_slice(len(batch), sum(len(part) for part in parts[: shard[0]])) if shard[1] > 1
+                  else contextlib.nullcontext())
+        with shared:
+            loss = classification_loss(model(inputs), targets, classes)
         if shard[1] > 1:  # weigh this slice by its share, so averaged gradients equal the whole batch's
             loss = loss * (len(index) * shard[1] / len(batch))
         _require_gradient(loss)

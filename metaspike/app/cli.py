@@ -24,7 +24,7 @@ from metaspike.app.models import DEFAULT_LR, takes_setting
 from metaspike.app.reproduce import cli as reproduce_cli
 from metaspike.continual.metrics import LONG_STREAM_TASKS
 from metaspike.continual.scenarios import SPLIT_MODES
-from metaspike.distributed import world
+from metaspike.distributed import world, world_size_from_env
 from metaspike.rules import available_rules
 
 __all__ = ["main"]
@@ -50,6 +50,24 @@ def _caused_by_sigterm(err: BaseException | None) -> bool:
             return True
         err = err.__context__
     return False
+
+
+#: What a torch.distributed backend says when a process of the group is gone (gloo's TCP pairs, NCCL's watchdog).
+_LOST_PEER = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL communicator was aborted")
+
+
+def _lost_process(err: BaseException) -> str | None:
+    """One line for an error that says another process of this torchrun launch is gone (killed, out of memory),
+    ``None`` for any other: the survivor's own traceback from inside torch's backend says nothing of what to do."""
+    processes = world_size_from_env()
+    message = str(err)
+    if processes < 2 or not (isinstance(err, torch.distributed.DistError) or any(m in message for m in _LOST_PEER)):
+        return None
+    first = message.strip().splitlines()[0] if message.strip() else type(err).__name__
+    first = first if len(first) <= 160 else first[:157] + "..."
+    return (f"another process of this torchrun launch stopped ({first}); its run folder keeps its "
+            f"last checkpoint: continue it as it ran, torchrun --nproc-per-node {processes} -m metaspike train "
+            "--resume RUN_DIR")
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> NoReturn:
@@ -584,7 +602,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         keep_freed_memory()  # SIGTERM stops it as Ctrl-C does, and a path its terminal cannot encode is escaped
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
         _escape_unencodable_output()
-    argv = list(sys.argv[1:] if argv is None else argv)
+        try:
+            return _main(list(sys.argv[1:]))
+        finally:  # (a SIGTERM while the interpreter shuts down, as torchrun sends when a peer died, ends it quietly)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return _main(list(argv))
+
+
+def _main(argv: list[str]) -> int:
+    """:func:`main` on ``argv``: the exit status, every failure a caller can mend as one line."""
     from metaspike.training import TrainingDiverged
 
     try:
@@ -609,6 +635,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"metaspike: error: {err}", file=sys.stderr)
         return 2
     except (RuntimeError, MemoryError) as err:
+        lost = _lost_process(err)
+        if lost is not None:
+            print(f"metaspike: error: {lost}", file=sys.stderr)
+            return 2
         failure = allocation_failure(err)
         if failure is None:
             raise

@@ -314,7 +314,7 @@ def train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: R
         >>> train_and_finish(trainer, scenario, RunDirectory.create("runs", "demo", {}), None, plot=True)  # doctest: +SKIP
     """
     guard = nullcontext() if directory is None else continued_by(directory.path,
-                                                                  f"metaspike train --resume {directory.path}")
+                                                                  train_resume_command(directory.path, world()[1]))
     try:
         with guard:
             result = _train_and_write(trainer, scenario, directory, resume)
@@ -438,14 +438,27 @@ def refuse_several_processes(command: str) -> None:
         raise ValueError(f"{command} runs in one process; under torchrun use 'metaspike train' (one setting per launch)")
 
 
+def train_resume_command(path: Path, processes: int) -> str:
+    """The command that continues the run in ``path``, trained by ``processes`` processes (under torchrun where more
+    than one: a run continues with the number it was trained by).
+
+    Example:
+        >>> train_resume_command(Path("runs/a"), 1), train_resume_command(Path("runs/a"), 2)
+        ('metaspike train --resume runs/a', 'torchrun --nproc-per-node 2 -m metaspike train --resume runs/a')
+    """
+    if processes > 1:
+        return f"torchrun --nproc-per-node {processes} -m metaspike train --resume {path}"
+    return f"metaspike train --resume {path}"
+
+
 def _check_same_processes(path: Path) -> None:
     """A run continues with the number of processes it was trained by: another number splits each batch otherwise
     (a short last batch that one process trains, two skip), and the resumed numbers would differ, silently."""
     recorded = read_json(path / "config.json").get("processes", 1)
     now = world_size_from_env()
     if recorded != now:
-        how = (f"torchrun --nproc-per-node {recorded} -m metaspike train --resume {path}" if isinstance(recorded, int)
-               and recorded > 1 else f"metaspike train --resume {path}, without torchrun")
+        how = (train_resume_command(path, recorded) if isinstance(recorded, int) and recorded > 1
+               else f"{train_resume_command(path, 1)}, without torchrun")
         raise ValueError(f"{path} was trained by {recorded!r} processes and would continue with {now}, which splits "
                          f"its batches otherwise and changes its numbers; continue it as it ran: {how}")
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from metaspike.checks import is_whole
+from metaspike.distributed import current_batch_slice
 from metaspike.function_transforms import in_function_transform
 
 __all__ = ["RateEncoder", "LatencyEncoder", "DirectEncoder", "available_encoders", "get_encoder", "check_num_steps"]
@@ -48,6 +49,9 @@ def _check_unit_interval(x: Tensor, encoder: str) -> None:
 class RateEncoder(nn.Module):
     """Bernoulli spikes with the input as firing probability per step.
 
+    Under torchrun each process draws the spikes of the whole batch and keeps its slice's
+    (:func:`metaspike.distributed.batch_slice`): the same spikes one process draws for those samples.
+
     Example:
         >>> RateEncoder()(torch.ones(2, 3), num_steps=4).shape
         torch.Size([4, 2, 3])
@@ -56,7 +60,13 @@ class RateEncoder(nn.Module):
     def forward(self, x: Tensor, num_steps: int) -> Tensor:
         check_num_steps(num_steps)
         _check_unit_interval(x, "rate")
-        return torch.bernoulli(x.unsqueeze(0).expand(num_steps, *x.shape))
+        shared = current_batch_slice()
+        if shared is None or x.dim() == 0 or shared[1] + len(x) > shared[0]:
+            return torch.bernoulli(x.unsqueeze(0).expand(num_steps, *x.shape))
+        size, start = shared  # (bernoulli draws one number per entry, in order, whatever its probability)
+        whole = x.new_zeros(num_steps, size, *x.shape[1:])
+        whole[:, start : start + len(x)] = x
+        return torch.bernoulli(whole)[:, start : start + len(x)]
 
 
 class LatencyEncoder(nn.Module):
