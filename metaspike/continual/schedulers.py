@@ -26,6 +26,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from metaspike.caller import user_stacklevel
+
 __all__ = ["check_scheduler", "step_scheduler", "scheduler_record", "load_scheduler_record", "SCHEDULED_SETTINGS",
            "check_functions", "function_fingerprint", "function_fingerprints"]
 
@@ -160,7 +162,7 @@ def check_functions(scheduler: Any, saved: Any) -> None:
                          "same make_scheduler")
     if unreadable:
         warnings.warn(f"the {kind}'s {unreadable[0]} has no Python code to fingerprint, so this resume cannot tell "
-                      "whether it is the checkpoint's: make sure make_scheduler gives the same one", stacklevel=4)
+                      "whether it is the checkpoint's: make sure make_scheduler gives the same one", stacklevel=user_stacklevel())
 
 
 def function_fingerprints(scheduler: Any) -> dict[str, str | None]:
