@@ -262,3 +262,12 @@ def test_a_model_without_parameters_is_named_not_left_to_torchs_empty_parameter_
     with pytest.raises(ValueError, match=r"^model \(Sequential\) has no parameters to train: give the trainer a model "
                                          r"with weights"):
         _trainer(nn.Sequential(nn.Flatten(), nn.ReLU()))
+
+
+def test_a_model_whose_parameters_are_all_frozen_is_named_instead_of_training_nothing():
+    """Every parameter with requires_grad=False: the run trained nothing on every task and reported the untrained
+    network's accuracies, without a word."""
+    with pytest.raises(ValueError, match=r"^model \(Sequential\) has no trainable parameters \(requires_grad is False "
+                                         r"for every one\): unfreeze what should learn"):
+        _trainer(_model().requires_grad_(False))
+    _trainer(_model())  # (one trainable parameter is enough: a partly frozen model trains)

@@ -508,6 +508,9 @@ class ContinualTrainer:
         if next(model.parameters(), None) is None:  # (torch's optimizers refuse an empty parameter list in their words)
             raise ValueError(f"model ({type(model).__name__}) has no parameters to train: give the trainer a model "
                              "with weights (its make_optimizer builds an optimizer over them)")
+        if not any(p.requires_grad for p in model.parameters()):  # (it would train nothing, every task, silently)
+            raise ValueError(f"model ({type(model).__name__}) has no trainable parameters (requires_grad is False for "
+                             "every one): unfreeze what should learn, e.g. model.requires_grad_(True)")
         if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
             raise ValueError("the model's tensors are on the meta device (shapes without values): build it on a real "
                              "device, or give it values first (model.to_empty(device='cpu'), then load_state_dict)")
