@@ -370,6 +370,12 @@ def kernel_weight(lib: ctypes.CDLL, weight_t: Tensor, label: str = "hidden layer
     return weight_t.T.contiguous() if _output_major(lib) else weight_t
 
 
+def _prepared_layout(lib: ctypes.CDLL, out: int | None, cols: int) -> tuple[int | None, ...]:
+    """The shape of a hidden layer's weights of ``out`` outputs (``None``: any) and ``cols`` words in the layout
+    ``lib``'s kernel reads (:func:`kernel_weight`)."""
+    return (out, cols) if _output_major(lib) else (cols, out)
+
+
 @cache
 def _output_major(lib: ctypes.CDLL) -> bool:
     """Whether ``lib``'s hidden-layer kernel reads its weights output-major (asked once per library, not per call)."""
@@ -399,8 +405,7 @@ def binary_layer(lib: ctypes.CDLL, words: Tensor, n: int, weight_t: Tensor, flip
     out = weight_t.shape[1]
     if prepared is None:
         prepared = kernel_weight(lib, weight_t, label)
-    layout = (out, cols) if _output_major(lib) else (cols, out)
-    prepared = check_tensor(label, "prepared weight", prepared, layout, torch.int64)
+    prepared = check_tensor(label, "prepared weight", prepared, _prepared_layout(lib, out, cols), torch.int64)
     return _call(lib.binary_layer, label, words, n, prepared, out, cols, flip, threshold, torch.int64, torch.int64,
                  threads)
 
@@ -462,8 +467,7 @@ def popcount_product(lib: ctypes.CDLL, x: Tensor, prepared: Tensor, label: str =
     if words is None:
         return None
     n, cols = x.shape[1], words.shape[1]
+    prepared = check_tensor(label, "prepared weight", prepared, _prepared_layout(lib, None, cols), torch.int64)
     out = prepared.shape[0] if _output_major(lib) else prepared.shape[1]
-    prepared = check_tensor(label, "prepared weight", prepared, (out, cols) if _output_major(lib) else (cols, out),
-                            torch.int64)
     return _call(lib.binary_layer, label, words, n, prepared, out, cols, None, None, torch.int64, torch.int64,
                  threads).to(torch.float32)

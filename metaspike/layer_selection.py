@@ -201,10 +201,11 @@ def _is_excluded(name: str, excluded: tuple[str, ...]) -> bool:
     return any(name == other or other == "" or name.startswith(other + ".") for other in excluded)
 
 
-def _excluded_ids(model: nn.Module, excluded: tuple[str, ...]) -> tuple[set[int], set[int]]:
-    """Ids of the modules and of the parameters that ``excluded`` names or holds, under any of their names: a layer
-    registered twice (``self.head = self.layers[-1]``) is excluded by either name or by a block holding either
-    (``named_modules`` gives each module once, under its first name)."""
+def _excluded_ids(model: nn.Module, exclude: str | Sequence[str]) -> tuple[set[int], set[int]]:
+    """Ids of the modules and of the parameters that ``exclude`` (checked: :func:`_excluded_names`) names or holds,
+    under any of their names: a layer registered twice (``self.head = self.layers[-1]``) is excluded by either name or
+    by a block holding either (``named_modules`` gives each module once, under its first name)."""
+    excluded = _excluded_names(model, exclude)
     modules = {id(m) for name, m in model.named_modules(remove_duplicate=False) if _is_excluded(name, excluded)}
     parameters = {id(p) for name, p in model.named_parameters(remove_duplicate=False) if name in excluded}
     return modules, parameters
@@ -246,7 +247,7 @@ def select_layers(
     if not isinstance(model, nn.Module):
         raise ValueError(f"expected a torch nn.Module to put synapses on, got {type(model).__name__}")
     types = _layer_types(layer_types)
-    excluded, _ = _excluded_ids(model, _excluded_names(model, exclude))
+    excluded, _ = _excluded_ids(model, exclude)
     bypassed = _forward_bypassed(model)
     selected, candidates = [], []
     for name, layer in model.named_modules():
@@ -342,7 +343,7 @@ def warn_float_matrices_left(model: nn.Module, selected: Sequence[nn.Module], ex
         >>> "0.weight_ih_l0" in str(caught[0].message)
         True
     """
-    excluded, excluded_parameters = _excluded_ids(model, _excluded_names(model, exclude))
+    excluded, excluded_parameters = _excluded_ids(model, exclude)
     covered = {id(p) for layer in selected for p in layer.parameters()}
     inside = {id(m) for layer in selected for m in layer.modules()}  # a selected layer, its gain, its parametrization
     bypassed = _forward_bypassed(model)
