@@ -40,7 +40,14 @@ from metaspike.app.tables import versions
 from metaspike.bayesian.synapses import SampledForward, bayesian_modules, start_confident
 from metaspike.checks import is_finite_number, is_nan, is_whole
 from metaspike.continual.metrics import largest_rise
-from metaspike.continual.results import CHECKPOINT, PREVIOUS_CHECKPOINT, RunDirectory, latest_good_checkpoint
+from metaspike.continual.results import (
+    ACCURACY_DECIMALS,
+    CHECKPOINT,
+    METRIC_DECIMALS,
+    PREVIOUS_CHECKPOINT,
+    RunDirectory,
+    latest_good_checkpoint,
+)
 from metaspike.continual.scenarios import Scenario, made_when_reached, make_scenario
 from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig, applied_optimizer_mode
 from metaspike.data import ArrayDataset, default_data_dir, load_dataset
@@ -847,12 +854,6 @@ def learned_nothing(result: ContinualResult) -> bool:
         return False
     rise = largest_rise(result.matrix, result.baseline)
     return math.isfinite(rise) and not _learned(rise)
-
-
-#: The decimals a run writes (:class:`~metaspike.continual.results.RunDirectory`): the accuracies of its matrix, its
-#: final and untrained accuracies (``write_matrix``, ``write_metrics``) to two, its metrics (``write_metrics``) to
-#: three.
-ACCURACY_DECIMALS, METRIC_DECIMALS = 2, 3
 
 
 def _rounding(decimals: int) -> float:

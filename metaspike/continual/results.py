@@ -49,11 +49,15 @@ from metaspike.files import (
 )
 
 __all__ = [
-    "RunDirectory", "load_run", "load_checkpoint", "latest_good_checkpoint", "unique_directory", "state_checksum",
+    "ACCURACY_DECIMALS", "METRIC_DECIMALS", "RunDirectory", "load_run", "load_checkpoint", "latest_good_checkpoint",
+    "unique_directory", "state_checksum",
 ]
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
+#: The decimals a run directory writes: the accuracies of its matrix and its final and untrained accuracies
+#: (:meth:`RunDirectory.write_matrix`, :meth:`RunDirectory.write_metrics`) to two, its metrics to three.
+ACCURACY_DECIMALS, METRIC_DECIMALS = 2, 3
 CHECKSUM_KEY = "state_sha256"  # beside the trainer's state in a checkpoint file
 CONFIG_KEY = "config_sha256"  # the run's config.json when the run started, beside the trainer's state
 #: The most checksum text a run directory keeps of the parts its last checkpoint held (about 40 bytes a value: a
@@ -99,7 +103,7 @@ def _cell(value: Any) -> Any:
 def _matrix_cells(index: int, row: Sequence[float]) -> list[Any]:
     """The cells of ``accuracy_matrix.csv``'s line of matrix row ``index`` (0-based): the task number, then its
     accuracies to 2 decimals."""
-    return [index + 1] + [_cell(round(a, 2)) for a in row]
+    return [index + 1] + [_cell(round(a, ACCURACY_DECIMALS)) for a in row]
 
 
 def _csv_cells(row: dict[str, Any], header: Sequence[str]) -> list[Any]:
@@ -452,17 +456,18 @@ class RunDirectory:
         self._write_csv("accuracy_matrix.csv", ["after_task", *result.task_names], rows)
 
     def write_metrics(self, result: ContinualResult, complete: bool = True) -> None:
-        metrics = {k: round(v, 3) if math.isfinite(v) else v for k, v in result.metrics.items()}
+        metrics = {k: round(v, METRIC_DECIMALS) if math.isfinite(v) else v for k, v in result.metrics.items()}
         if "evaluated_tasks" in metrics:
             metrics["evaluated_tasks"] = int(metrics["evaluated_tasks"])  # a count
         last_task = [{k.split(":", 1)[1]: v for k, v in row.items() if k.startswith("flip_rate:")}
                      for row in result.diagnostics if row["task"] == len(result.matrix)]
         self.write_json(
             "metrics.json",
-            {**metrics, "final_accuracy": [round(a, 2) for a in result.matrix[-1]] if result.matrix else [],
+            {**metrics,
+             "final_accuracy": [round(a, ACCURACY_DECIMALS) for a in result.matrix[-1]] if result.matrix else [],
              "evaluated_task_numbers": [j + 1 for j, a in enumerate(result.matrix[-1]) if math.isfinite(a)]
              if result.matrix else [],
-             "untrained_accuracy": [round(a, 2) for a in result.baseline],
+             "untrained_accuracy": [round(a, ACCURACY_DECIMALS) for a in result.baseline],
              "tasks_trained": len(result.matrix), "seconds": round(result.seconds, 1),
              "layer_plasticity_last_task": [{"layer": layer, "mean_flip_rate": rate}
                                             for layer, rate in plasticity_ranking(last_task)],
