@@ -11,6 +11,7 @@ from bnn.packed import PackedMLP
 from metaspike import training
 from metaspike.checks import check_device, check_seed, is_whole
 from metaspike.data import ArrayDataset
+from metaspike.distributed import start_alike, world
 from metaspike.optim import MetaplasticAdam, param_groups
 
 __all__ = ["fit", "evaluate"]
@@ -46,6 +47,11 @@ def fit(
 
     Each record has ``epoch``, ``loss`` and, when ``test`` is given, ``test_accuracy`` (percent).
 
+    Under ``torchrun`` (an initialised process group) every process trains on its slice of each mini-batch and the
+    gradients are averaged, so the processes take the steps one process would with the whole batch; every process
+    starts from the first one's weights, and a model with BatchNorm must first pass through
+    :func:`metaspike.distributed.sync_batchnorm` (it is refused otherwise). Only the first process shows progress.
+
     Example:
         >>> import bnn
         >>> from metaspike.data import load_dataset
@@ -70,17 +76,20 @@ def fit(
     test_xy = _tensors(test, "test") if test is not None else None
     if test_xy is not None:  # checked before an epoch is spent, not found wrong after it
         training.check_inputs(model, test_xy[0].to(device), test_xy[1].to(device), what="test data")
+    rank, processes = world()
+    start_alike(model)
     optimizer = MetaplasticAdam(param_groups(model, meta), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     bar = None
-    if progress:
+    if progress and rank == 0:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=epochs * -(-len(x) // batch_size), desc="fit", unit="batch")
     history = []
     try:
         for epoch in range(1, epochs + 1):
-            loss = training.train_epoch(model, optimizer, x, y, batch_size, generator, device=device, progress=bar)
+            loss = training.train_epoch(model, optimizer, x, y, batch_size, generator, device=device, progress=bar,
+                                        shard=(rank, processes))
             record = {"epoch": epoch, "loss": loss}
             if test_xy is not None:
                 record["test_accuracy"] = training.evaluate(model, *test_xy, device=device)

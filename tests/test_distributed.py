@@ -230,3 +230,49 @@ def test_a_lost_peer_under_torchrun_is_one_line_naming_how_to_continue(monkeypat
     assert _lost_process(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None  # (raised as it is)
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert _lost_process(RuntimeError("Connection reset by peer")) is None
+
+
+def _fit(processes: int):
+    """bnn.fit for one epoch in float64 (three steps: the tolerance argument of the test above holds)."""
+    import bnn
+
+    torch.manual_seed(0)
+    model = MLP([784, 64, 10]).double()
+    if processes > 1:
+        sync_batchnorm(model)
+    seen = []
+    model.register_forward_pre_hook(lambda _, inputs: seen.append(len(inputs[0])) if model.training else None)
+    history = bnn.fit(model, _data(), epochs=1, batch_size=100, meta=5.0, seed=1, progress=False)
+    return history[0]["loss"], [t.detach().clone() for t in (*model.parameters(), *model.buffers())], seen
+
+
+def _fit_worker(rank: int, size: int, port: int, out: str) -> None:
+    import bnn
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(rank)  # (each process builds another model: fit starts them all from the first one's)
+        _ = torch.rand(rank + 1)
+        loss, params, seen = _fit(size)
+        torch.save({"loss": loss, "params": params, "seen": seen}, f"{out}.{rank}")
+        try:
+            bnn.fit(MLP([784, 8, 10]).double(), _data(), epochs=1, progress=False)
+        except ValueError as err:
+            torch.save(str(err), f"{out}.{rank}.err")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_bnn_fit_under_a_process_group_trains_the_slices_of_one_batch(tmp_path, one_thread):
+    """bnn.fit inside a user's process group trained every process on the whole data alone, without a word."""
+    out = str(tmp_path / "fit")
+    mp.start_processes(_fit_worker, args=(2, _free_port(), out), nprocs=2, join=True, start_method="spawn")
+    first, second = (torch.load(f"{out}.{rank}", weights_only=True) for rank in (0, 1))
+    loss, params, seen = _fit(1)
+    assert seen == [100, 100, 30] and first["seen"] == second["seen"] == [50, 50, 15]
+    assert first["loss"] == pytest.approx(loss, rel=1e-10) and second["loss"] == first["loss"]
+    for p, q, r in zip(params, first["params"], second["params"]):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-6)  # (the bound of the test above)
+        assert torch.equal(q, r)  # (both processes hold the same model)
+    assert "pass the model through metaspike.distributed.sync_batchnorm first" in torch.load(f"{out}.0.err")
