@@ -499,7 +499,8 @@ class _CountingRun(RunDirectory):
         self.written.append(_python_calls(lambda: super(_CountingRun, self).task_done(result)))
 
     def checkpoint(self, state):
-        from metaspike.continual.results import check_loadable, state_checksum
+        from metaspike.continual.checkpoints import check_loadable
+        from metaspike.continual.results import state_checksum
 
         memo, summed = self._memo("checkpoint.pt"), []
         self.checked.append(_python_calls(lambda: (check_loadable(state, memo=memo),

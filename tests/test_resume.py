@@ -747,8 +747,8 @@ def test_a_checkpoint_of_a_long_stream_costs_its_evaluated_cells_not_tasks_squar
     content is 2 x 400 cells and 400 row references, so a few steps each (4 x (800 + 400)) bound the calls, where the
     cell-by-cell walk made at least 400 x 400 = 160,000."""
     from metaspike.continual import RunDirectory
-    from metaspike.continual.checkpoints import CHECKPOINT_FORMAT
-    from metaspike.continual.results import check_loadable, state_checksum
+    from metaspike.continual.checkpoints import CHECKPOINT_FORMAT, check_loadable
+    from metaspike.continual.results import state_checksum
 
     t, nan = 400, float("nan")
     skipped = (nan,) * t
@@ -985,3 +985,30 @@ def test_every_checkpoint_of_a_run_evaluated_on_a_budget_or_a_stream_resumes_to_
     tasks, of the tasks evaluated then): every checkpoint such runs write passes that check and resumes to the run's
     own matrix."""
     assert _resumes_to_the_same_numbers(config) >= 4
+
+
+def test_a_logged_run_refuses_a_rule_its_checkpoints_cannot_hold_before_training(tmp_path):
+    """A rule object of the user's own that is not a dataclass was found by the first checkpoint: after the first
+    evaluated task (with --eval-every 10, ten tasks in). Now the run refuses it before the first step."""
+    from metaspike.continual import ContinualTrainer, RunDirectory, TrainerConfig, make_scenario
+    from metaspike.optim import MetaplasticAdam
+    from metaspike.rules.base import Stateless
+
+    class Halving(Stateless):
+        name = "halving"
+
+        def step(self, hidden, update, meta, state):
+            return update * 0.5, state
+
+    from bnn import MLP
+
+    model = MLP([784, 16, 10])
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = ContinualTrainer(model, lambda m: MetaplasticAdam(m.parameters(), lr=0.01, meta=1.0, rule=Halving()),
+                               TrainerConfig(epochs=1), progress=False)
+    scenario = make_scenario("permuted", ["digits"], tasks=2, seed=1)
+    with pytest.raises(ValueError, match=r"^make_optimizer: .*param_groups\[0\]\['rule'\] is a .*Halving.*"
+                                         r"needs @dataclass fields and register_rule$"):
+        trainer.fit(scenario, log=RunDirectory.create(tmp_path, "run", {}))
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))  # (refused before any step)
+    assert trainer.fit(scenario).matrix  # (without a log nothing has to be saved: it runs)

@@ -11,6 +11,7 @@ torch's mismatch report folded into one line.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 
 from metaspike.checks import check_generator_state, is_finite_number, is_number, is_whole, shown
 from metaspike.continual.batchnorm import batchnorm_state
+from metaspike.continual.memo import PLAIN_VALUES, PartMemo
 from metaspike.continual.metrics import is_accuracy
 from metaspike.continual.scenarios import Scenario
 from metaspike.optimizer_state import check_parameter_state
@@ -419,3 +421,43 @@ def load_part(what: str, owner: Any, state: Any) -> None:
         report = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
         report = report if len(report) <= 300 else report[:297] + "..."
         raise ValueError(f"the checkpoint's {what} does not fit this run's {what}: {report}") from None
+
+
+def check_loadable(state: Any, where: str = "state", memo: PartMemo | None = None) -> None:
+    """Refuse what ``torch.load(weights_only=True)`` would not read back: everything but tensors, plain Python
+    values and lists, tuples and dicts of them (a plugin's or a rule's state holding a numpy array, say). A list, tuple
+    or dict met again (a long stream's one row for its tasks trained without an evaluation) is checked once, and so is
+    a part that ``memo`` (the one :func:`state_checksum` keeps) knows unchanged since the last checkpoint.
+
+    Example:
+        >>> check_loadable({"fisher": [torch.zeros(2)], "step": 3})
+        >>> import numpy as np
+        >>> check_loadable({"plugins": [{"fisher": np.zeros(2)}]})
+        Traceback (most recent call last):
+        ...
+        ValueError: a checkpoint holds tensors and plain Python values only; state['plugins'][0]['fisher'] is a numpy.ndarray (torch.load(weights_only=True) would not read it back)
+    """
+    checked: set[int] = set()
+
+    def check(value: Any, where: str) -> None:
+        if isinstance(value, (torch.Tensor, *PLAIN_VALUES)) or id(value) in checked:
+            return
+        if memo is not None and memo.known(value):
+            checked.add(id(value))
+            return
+        if type(value) in (dict, OrderedDict):
+            checked.add(id(value))
+            for key, item in value.items():
+                check(key, f"{where} key")
+                check(item, f"{where}[{key!r}]")
+            return
+        if type(value) in (list, tuple):  # (a named tuple is a class torch does not read back)
+            checked.add(id(value))
+            for i, item in enumerate(value):
+                check(item, f"{where}[{i}]")
+            return
+        kind = f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
+        raise ValueError(f"a checkpoint holds tensors and plain Python values only; {where} is a {kind} "
+                         "(torch.load(weights_only=True) would not read it back)")
+
+    check(state, where)

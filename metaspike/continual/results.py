@@ -26,15 +26,14 @@ import math
 import os
 import shutil
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from metaspike.continual.checkpoints import CHECKPOINT_FORMAT, CURVE_COLUMNS, check_histograms
-from metaspike.continual.memo import PLAIN_VALUES, PartMemo
+from metaspike.continual.checkpoints import CHECKPOINT_FORMAT, CURVE_COLUMNS, check_histograms, check_loadable
+from metaspike.continual.memo import PartMemo
 from metaspike.continual.metrics import evaluated_rows, is_accuracy
 from metaspike.continual.trainer import ContinualResult
 from metaspike.diagnostics import plasticity_ranking
@@ -230,46 +229,6 @@ def unique_directory(root: str | os.PathLike, name: str) -> Path:
     except OSError as err:
         raise ValueError(f"cannot write results to {root}: {err.strerror or err}") from None
     raise ValueError(f"too many runs named {name!r} in {root}")
-
-
-def check_loadable(state: Any, where: str = "state", memo: PartMemo | None = None) -> None:
-    """Refuse what ``torch.load(weights_only=True)`` would not read back: everything but tensors, plain Python
-    values and lists, tuples and dicts of them (a plugin's or a rule's state holding a numpy array, say). A list, tuple
-    or dict met again (a long stream's one row for its tasks trained without an evaluation) is checked once, and so is
-    a part that ``memo`` (the one :func:`state_checksum` keeps) knows unchanged since the last checkpoint.
-
-    Example:
-        >>> check_loadable({"fisher": [torch.zeros(2)], "step": 3})
-        >>> import numpy as np
-        >>> check_loadable({"plugins": [{"fisher": np.zeros(2)}]})
-        Traceback (most recent call last):
-        ...
-        ValueError: a checkpoint holds tensors and plain Python values only; state['plugins'][0]['fisher'] is a numpy.ndarray (torch.load(weights_only=True) would not read it back)
-    """
-    checked: set[int] = set()
-
-    def check(value: Any, where: str) -> None:
-        if isinstance(value, (torch.Tensor, *PLAIN_VALUES)) or id(value) in checked:
-            return
-        if memo is not None and memo.known(value):
-            checked.add(id(value))
-            return
-        if type(value) in (dict, OrderedDict):
-            checked.add(id(value))
-            for key, item in value.items():
-                check(key, f"{where} key")
-                check(item, f"{where}[{key!r}]")
-            return
-        if type(value) in (list, tuple):  # (a named tuple is a class torch does not read back)
-            checked.add(id(value))
-            for i, item in enumerate(value):
-                check(item, f"{where}[{i}]")
-            return
-        kind = f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
-        raise ValueError(f"a checkpoint holds tensors and plain Python values only; {where} is a {kind} "
-                         "(torch.load(weights_only=True) would not read it back)")
-
-    check(state, where)
 
 
 class RunDirectory:

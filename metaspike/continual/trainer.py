@@ -37,6 +37,7 @@ from metaspike.continual.checkpoints import (
     CURVE_COLUMNS,
     check_checkpoint,
     check_kinds,
+    check_loadable,
     check_optimizer_state,
     check_plugin_settings,
     check_same_run,
@@ -259,6 +260,16 @@ class RunLog(Protocol):
     def task_done(self, result: ContinualResult) -> None: ...
 
     def checkpoint(self, state: dict[str, Any]) -> None: ...
+
+
+def _refuse_settings_no_checkpoint_holds(optimizer: Optimizer) -> None:
+    """Before a logged run trains, refuse optimizer settings its checkpoints cannot hold (found at the first
+    checkpoint, they stopped the run after its first evaluated task, which a long stream reaches after many)."""
+    try:
+        check_loadable(optimizer.state_dict()["param_groups"], "the optimizer's param_groups")
+    except ValueError as err:
+        rules = "; a rule object of your own needs @dataclass fields and register_rule" if "['rule']" in str(err) else ""
+        raise ValueError(f"make_optimizer: {err}{rules}") from None
 
 
 class _Progress:
@@ -695,6 +706,8 @@ class ContinualTrainer:
             new_task = epoch == 0 and per_task
             if optimizer is None or new_task:
                 previous, optimizer = optimizer, self._new_optimizer()
+                if log is not None and previous is None:
+                    _refuse_settings_no_checkpoint_holds(optimizer)
                 scheduler = self._new_scheduler(optimizer)
                 if optimizer_state is not None:  # (at a task boundary a new optimizer starts, but the saved one must
                     # have been built with this run's settings: it is loaded into a copy whose rule states it takes)
