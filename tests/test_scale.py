@@ -273,7 +273,8 @@ def test_a_layer_frozen_before_the_conversion_keeps_its_gain_frozen(convert):
     if convert == "binarize":
         metaspike.binarize(net)
     else:
-        metaspike.bayesianize(net, "bimu").eval()  # (evaluation mode: sign(λ), the same weights at each pass)
+        with pytest.warns(UserWarning, match="'0' is frozen"):  # (its λ keeps the weights, and never trains)
+            metaspike.bayesianize(net, "bimu").eval()  # (evaluation mode: sign(λ), the same weights at each pass)
     assert [net[i].output_gain.alpha.requires_grad for i in (0, 2)] == [False, True]
     x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
     before = net[0](x).detach().clone()

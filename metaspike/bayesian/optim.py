@@ -301,8 +301,12 @@ class _DataGatedOptimizer(HookedAgainWhenCopied, Optimizer):
                 updated += updated_here
             _refuse_non_finite_results(type(self).__name__, self.param_groups, {id(t) for t in updated})
         elif all(p.grad is None for group in self.param_groups for p in group["params"]):
+            held = [p for group in self.param_groups for p in group["params"]]
+            why = ("every one is frozen (requires_grad=False); unfreeze what should learn, e.g. "
+                   "model.requires_grad_(True)" if not any(p.requires_grad for p in held)
+                   else f"no backward pass since zero_grad?; {_EVAL_MODE_HINT}")
             _warn_once(self, "no gradient", f"{type(self).__name__}.step: none of its tensors has a gradient, so "
-                       f"nothing changed (no backward pass since zero_grad?); {_EVAL_MODE_HINT}")
+                       f"nothing changed ({why})")
         return loss
 
     def check_step(self) -> None:

@@ -43,6 +43,7 @@ from torch.nn.utils import parametrize
 from metaspike.bayesian.counter_noise import arithmetic_dtype, counter_normal, counter_uniform, draw_key
 from metaspike.bayesian.functional import _exp_pair
 from metaspike.block_cache import reuse_in_block
+from metaspike.caller import user_stacklevel
 from metaspike.checks import FLOAT32_MAX, FLOAT32_TINY, is_whole, number_in
 from metaspike.compiled import LazyCompiled
 from metaspike.function_transforms import refuse_function_transform
@@ -514,12 +515,12 @@ def _check_settings(kind: str, scale: str | None, sigma_init: float, lambda_init
 def _new_synapse(kind: str, weight: nn.Parameter, sigma_init: float, lambda_init: float | None, temperature: float,
                  evaluation: str) -> _Parametrization:
     """The parametrization that makes ``weight`` a synapse of ``kind`` (BiMU: ``λ`` drawn anew unless
-    ``lambda_init`` is ``None``)."""
+    ``lambda_init`` is ``None`` or the weight is frozen, which keeps what it learned)."""
     if kind == "mesu":  # (σ trains where μ does: a frozen layer stays frozen)
         synapse = GaussianWeight(weight, sigma_init, evaluation)
         synapse.sigma.requires_grad_(weight.requires_grad)
         return synapse
-    if lambda_init is not None:
+    if lambda_init is not None and weight.requires_grad:
         with torch.no_grad():
             weight.normal_(0.0, lambda_init)
     return BinaryWeight(temperature, evaluation)
@@ -532,6 +533,13 @@ def _make_synapses(layers: list[tuple[str, nn.Module]], kind: str, scale: str | 
     for name, layer in layers:
         if scale is not None and output_gain(layer) is None:
             attach_output_gain(layer, scale, name)
+    frozen = [name or type(layer).__name__ for name, layer in layers if not layer.weight.requires_grad]
+    if kind == "bimu" and lambda_init is not None and frozen:
+        warnings.warn(f"bayesianize: {', '.join(map(repr, frozen))} {'is' if len(frozen) == 1 else 'are'} frozen "
+                      "(requires_grad=False): its λ keeps the weights (sign λ, what evaluation shows, is their signs) "
+                      "instead of a new N(0, lambda_init²) draw, and never trains; each training pass draws ±1 with "
+                      "P(+1) = sigmoid(2λ), near a coin flip for small weights: to keep a frozen layer exactly as it "
+                      "was, leave it float with exclude=", UserWarning, stacklevel=user_stacklevel())
     shared: dict[int, _Parametrization] = {}
     for _, layer in layers:
         weight = layer.weight
@@ -622,7 +630,8 @@ def bayesianize(
             inside it), or of weight matrices a module holds directly, to silence the warning about them.
         sigma_init: MESU: initial width ``σ`` (``μ`` is the layer's current weight).
         lambda_init: BiMU: ``λ`` starts small and random, ``N(0, lambda_init²)`` (the authors start
-            ``λ`` small and random); ``None`` keeps the layer's current weights as ``λ``.
+            ``λ`` small and random); ``None`` keeps the layer's current weights as ``λ``, as a frozen layer
+            (``requires_grad=False``) always does (with a warning: its λ never trains).
         temperature: BiMU: temperature ``τ`` of the relaxed training sample.
         evaluation: what evaluation mode shows: ``"mode"`` (deterministic: ``μ`` or ``sign(λ)``) or
             ``"sample"`` (a fresh sample).
