@@ -24,8 +24,10 @@ weights, with the same results (the product bit for bit; gradients up to float32
   AVX-512: int8 13 ms, bfloat16 17 ms, float32 40 ms; 128 x 4096 x 4096 on one with AVX2 only, which
   emulates both: int8 2101 ms, float32 138 ms), so :func:`product_kind` times each candidate
   once per process and *shape class* (device, rows rounded up to a power of two with all batches of
-  more than 256 rows in one class, fan-in, fan-out), conversions included, and caches the winner.
-  On a busy machine the timing may pick a slower product; every candidate is exact. Inputs that
+  more than 256 rows in one class, fan-in, fan-out), conversions included, and caches the winner. An int8 or
+  bfloat16 product that takes more than :data:`EMULATED_SLOWDOWN` times float32's on one screening size
+  (:func:`kind_slowdown`, timed once per process) is emulated and not timed at all (where it was, the first step of
+  a 784-4096-4096-10 network took 36 s on an AVX2-only CPU, most of it in int8 probes). On a busy machine the timing may pick a slower product; every candidate is exact. Inputs that
   are not ±1 (the first layer's pixels) use float32.
 * **Backward products in float32 by default.** ``grad_input = grad @ signs`` and
   ``grad_weight = grad.T @ x`` multiply the real-valued gradient, so they stay float32. Every float32
@@ -67,7 +69,8 @@ from metaspike.caller import user_stacklevel
 
 __all__ = [
     "FAST_MIN_NUMEL", "ONEDNN_FAST_MIN_NUMEL", "PRODUCT_KINDS", "POPCOUNT_EVENT", "PRECISIONS", "check_precision", "is_binary_input", "product_kinds",
-    "product_kind", "signs_product", "product_used", "binary_linear", "bfloat16_slowdown", "has_tangent",
+    "product_kind", "signs_product", "product_used", "binary_linear", "bfloat16_slowdown", "kind_slowdown",
+    "EMULATED_SLOWDOWN", "has_tangent",
 ]
 
 FAST_MIN_NUMEL = 1 << 20
@@ -193,7 +196,8 @@ def product_kind(device: torch.device | str, m: int, k: int, n: int) -> str:
 
 def _fastest(device: torch.device, m: int, k: int, n: int, rounds: int = 3, budget_s: float = 0.2) -> str:
     """The candidate of :func:`product_kinds` with the shortest best time (:func:`_best_times`)."""
-    kinds = product_kinds(device, m, k, n)
+    kinds = [kind for kind in product_kinds(device, m, k, n)
+             if kind in ("popcount", "float32") or kind_slowdown(device, kind) <= EMULATED_SLOWDOWN]
     if len(kinds) == 1:
         return kinds[0]
     # the values do not change the time
@@ -208,22 +212,39 @@ def _fastest(device: torch.device, m: int, k: int, n: int, rounds: int = 3, budg
 SLOW_BFLOAT16 = 1.5
 """How many times slower than float32 a device's bfloat16 products may be before ``precision="bfloat16"`` warns."""
 
+EMULATED_SLOWDOWN = 4.0
+"""How many times slower than float32 an int8 or bfloat16 ±1 product may be (:func:`kind_slowdown`) and still be timed
+for a layer: torch emulates them on CPUs without their instructions, at every size (an AVX2-only AMD EPYC, one
+thread: int8 23-26x and bfloat16 7-8x from 64 x 256 @ 256 x 256 to 128 x 1024 @ 1024 x 1024), and the probes of one
+4096 x 4096 layer's shape class took 16-28 s there, spent on a candidate that never won."""
+
 
 @cache
-def bfloat16_slowdown(device: torch.device) -> float:
-    """How many times longer a bfloat16 product (float32 sums) takes than a float32 one on ``device``; timed once.
+def kind_slowdown(device: torch.device, kind: str) -> float:
+    """How many times longer the ``kind`` ±1 product takes than the float32 one on ``device`` at 128 x 512 @ 512 x 512;
+    timed once per process (about 0.2 s where torch emulates the kind).
 
-    CPUs without bfloat16 instructions (AVX-512 BF16 or AMX) emulate them: measured on a 2-core AMD
-    EPYC with AVX2, one thread, 128 x 256 @ 256 x 256: float32 0.53 ms, bfloat16 8.9 ms.
+    Example:
+        >>> kind_slowdown(torch.device("cpu"), "bfloat16") > 0
+        True
+    """
+    x, w = torch.ones(128, 512, device=device), torch.ones(512, 512, device=device)
+    best = best_times({name: partial(signs_product, x, w.to(_DTYPES[name]), name) for name in (kind, "float32")}, device)
+    return best[kind] / max(best["float32"], 1e-9)
+
+
+def bfloat16_slowdown(device: torch.device) -> float:
+    """How many times longer a bfloat16 product (float32 sums) takes than a float32 one on ``device``
+    (:func:`kind_slowdown`).
+
+    CPUs without bfloat16 instructions (AVX-512 BF16 or AMX) emulate them: 7.4x on a 2-core AMD EPYC with AVX2, one
+    thread.
 
     Example:
         >>> bfloat16_slowdown(torch.device("cpu")) > 0
         True
     """
-    a, b = torch.ones(64, 256, device=device), torch.ones(256, 256, device=device)
-    a16, b16 = a.to(torch.bfloat16), b.to(torch.bfloat16)
-    best = best_times({"float32": partial(torch.mm, a, b), "bfloat16": partial(_bf16_mm, a16, b16)}, device)
-    return best["bfloat16"] / max(best["float32"], 1e-9)
+    return kind_slowdown(device, "bfloat16")
 
 
 @cache

@@ -93,6 +93,26 @@ def test_the_timing_probe_picks_a_product_this_machine_can_run():
     assert fast._fastest(torch.device("cpu"), 32, 512, 256, rounds=1) in fast.product_kinds("cpu", 32, 512, 256)
 
 
+@pytest.mark.parametrize("slowdown, timed", [(fast.EMULATED_SLOWDOWN * 2, False), (fast.EMULATED_SLOWDOWN / 2, True)])
+def test_an_emulated_product_is_not_timed(slowdown, timed, monkeypatch):
+    """Where torch emulates int8 and bfloat16 (AVX2 CPUs: 23x and 8x float32's time), each probe of a large layer's
+    shape class ran them for seconds (the first step of 784-4096-4096-10 took 36 s), a candidate that never won."""
+    monkeypatch.setattr(fast, "kind_slowdown", lambda device, kind: slowdown)
+    monkeypatch.setattr(fast, "product_kinds", lambda device, m, k, n: ["int8", "bfloat16", "float32"])
+    offered = []
+    monkeypatch.setattr(fast, "best_times", lambda products, *args: offered.append(sorted(products))
+                        or dict.fromkeys(products, 1.0))
+    assert fast._fastest(torch.device("cpu"), 32, 512, 256) == ("int8" if timed else "float32")
+    assert offered == ([["bfloat16", "float32", "int8"]] if timed else [])
+
+
+def test_the_screen_times_each_exact_kind_this_machine_offers():
+    cpu = torch.device("cpu")
+    for kind in fast.product_kinds(cpu, 128, 512, 512):
+        if kind not in ("popcount", "float32"):  # (popcount is never screened: it is our own kernel, not emulated)
+            assert 0 < fast.kind_slowdown(cpu, kind) < float("inf")
+
+
 @pytest.mark.parametrize("row, expected", [(None, True), (0, False), (5, False)])
 def test_is_binary_input_reads_every_row_not_only_the_first(row, expected):
     x = torch.where(torch.rand(8, 6, generator=torch.Generator().manual_seed(0)) < 0.5, -1.0, 1.0)
