@@ -352,6 +352,12 @@ def _large_enough(x: Tensor, weight: Tensor) -> bool:
     return float32_library(x.device) == "oneDNN"
 
 
+def _rows(x: Tensor, weight: Tensor) -> Tensor:
+    """An input of more than two dimensions (``(B, T, F)``, say) as the 2-D rows its product takes; others as given
+    (``F.linear`` then says what does not fit)."""
+    return x.reshape(-1, x.shape[-1]) if x.dim() > 2 and x.shape[-1] == weight.shape[1] else x
+
+
 def product_used(x: Tensor, layer: Any) -> str:
     """Which product ``binary_linear(x, layer)`` uses: ``"F.linear"`` (small layer) or one of :data:`PRODUCT_KINDS`.
 
@@ -361,6 +367,7 @@ def product_used(x: Tensor, layer: Any) -> str:
         'F.linear'
     """
     weight = layer.weight
+    x = _rows(x, weight)
     plain = x.dim() != 2 or x.dtype != torch.float32 or weight.dtype != torch.float32
     # a compiled model fuses the plain product itself; under autocast torch picks the product's precision; meta
     # tensors (shape inference) hold no values to pick a product by; forward-mode AD needs F.linear's tangents
@@ -388,6 +395,9 @@ def binary_linear(x: Tensor, layer: Any) -> Tensor:
         >>> torch.equal(binary_linear(x, layer), x @ torch.sign(layer.weight).T)
         True
     """
+    rows = _rows(x, layer.weight)
+    if rows is not x:  # (a sequence's or an image's positions: each row one product, as F.linear takes them)
+        return binary_linear(rows, layer).reshape(*x.shape[:-1], layer.weight.shape[0])
     kind = product_used(x, layer)
     if kind == "F.linear":
         return F.linear(x, layer.visible_weight(), layer.bias)

@@ -1007,8 +1007,25 @@ def test_a_logged_run_refuses_a_rule_its_checkpoints_cannot_hold_before_training
     trainer = ContinualTrainer(model, lambda m: MetaplasticAdam(m.parameters(), lr=0.01, meta=1.0, rule=Halving()),
                                TrainerConfig(epochs=1), progress=False)
     scenario = make_scenario("permuted", ["digits"], tasks=2, seed=1)
-    with pytest.raises(ValueError, match=r"^make_optimizer: .*param_groups\[0\]\['rule'\] is a .*Halving.*"
+    with pytest.raises(ValueError, match=r"^make_optimizer: .*state_dict\(\)\['param_groups'\]\[0\]\['rule'\] is a .*Halving.*"
                                          r"needs @dataclass fields and register_rule$"):
         trainer.fit(scenario, log=RunDirectory.create(tmp_path, "run", {}))
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))  # (refused before any step)
     assert trainer.fit(scenario).matrix  # (without a log nothing has to be saved: it runs)
+
+
+def test_a_logged_run_with_a_chained_optimizer_starts(tmp_path):
+    """The check above read state_dict()["param_groups"], which a ChainedOptimizer's state dict (BiMU with Adam for
+    the plain parameters, what every spiking BiMU model trains with) does not have: every such logged run failed
+    with a KeyError before its first step."""
+    import metaspike
+    from metaspike.bayesian import BiMU, bayesianize, bimu_parameters, plain_parameters
+    from metaspike.continual import ContinualTrainer, RunDirectory, TrainerConfig, make_scenario
+
+    model = bayesianize(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)), "bimu")
+    chained = lambda m: metaspike.ChainedOptimizer(BiMU(bimu_parameters(m)),  # noqa: E731
+                                                   torch.optim.Adam(plain_parameters(m), lr=1e-3))
+    trainer = ContinualTrainer(model, chained, TrainerConfig(epochs=1), progress=False)
+    result = trainer.fit(make_scenario("permuted", ["digits"], tasks=2, seed=1),
+                         log=RunDirectory.create(tmp_path, "run", {}))
+    assert len(result.matrix) == 2

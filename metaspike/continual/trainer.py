@@ -266,7 +266,7 @@ def _refuse_settings_no_checkpoint_holds(optimizer: Optimizer) -> None:
     """Before a logged run trains, refuse optimizer settings its checkpoints cannot hold (found at the first
     checkpoint, they stopped the run after its first evaluated task, which a long stream reaches after many)."""
     try:
-        check_loadable(optimizer.state_dict()["param_groups"], "the optimizer's param_groups")
+        check_loadable(optimizer.state_dict(), "the optimizer's state_dict()")  # (before a step: its settings)
     except ValueError as err:
         rules = "; a rule object of your own needs @dataclass fields and register_rule" if "['rule']" in str(err) else ""
         raise ValueError(f"make_optimizer: {err}{rules}") from None
