@@ -38,6 +38,7 @@ import os
 import pickle
 import tarfile
 import urllib.request
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -253,11 +254,15 @@ def _check_holds_values(tensor: torch.Tensor, where: str, label: str) -> None:
 
 
 def _as_tensor(value: object, where: str, label: str) -> torch.Tensor:
-    """``value`` (a tensor or a numpy array of numbers) as a tensor detached from any autograd graph."""
+    """``value`` (a tensor or a numpy array of numbers) as a tensor detached from any autograd graph (a numpy array's
+    memory shared: the caller copies it)."""
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in "biuf":
             raise DataError(f"{where}: {label} must hold numbers, got a numpy array of {value.dtype}")
-        return torch.from_numpy(np.ascontiguousarray(value))  # (negative strides, e.g. np.flip, need a copy)
+        with warnings.catch_warnings():  # (a read-only array, np.load(mmap_mode="r") say: from_tensors copies it next,
+            # so nothing ever writes through the tensor torch warns about)
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+            return torch.from_numpy(np.ascontiguousarray(value))  # (negative strides, e.g. np.flip, need a copy)
     if not isinstance(value, torch.Tensor):
         raise DataError(f"{where}: x and y must be torch tensors or numpy arrays, got {type(value).__name__} as {label}")
     _check_holds_values(value, where, label)

@@ -10,6 +10,7 @@ import pickle
 import re
 import shutil
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -659,3 +660,16 @@ def test_the_standardize_the_range_error_points_at_takes_scalars_and_names_a_vec
     ]:
         with pytest.raises(ValueError, match=message):
             Standardize(mean, std)
+
+
+def test_a_read_only_numpy_array_loads_without_torchs_undefined_behaviour_warning(tmp_path):
+    """np.load(mmap_mode="r") gives read-only arrays: torch warned that writing to them is undefined, pointing into
+    metaspike, though from_tensors copies them and nothing writes to them."""
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((6, 4), dtype=np.float32))
+    np.save(tmp_path / "y.npy", np.array([0, 1, 2, 0, 1, 2]))
+    x, y = (np.load(tmp_path / f"{name}.npy", mmap_mode="r") for name in ("x", "y"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data = ArrayDataset.from_tensors(x, y, "mapped")
+    data.x.add_(1.0)  # (its own copy: the file's array is untouched)
+    assert np.array_equal(np.load(tmp_path / "x.npy"), x) and data.classes == ("0", "1", "2")

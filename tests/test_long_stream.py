@@ -77,6 +77,21 @@ def test_evaluation_budget_picks_first_last_five_and_an_even_sample():
         TrainerConfig(eval_tasks=3)
 
 
+def test_a_budget_of_trained_tasks_is_refused_for_tasks_evaluated_apart(digits):
+    """eval_tasks on a scenario whose evaluated tasks are its own (a held-out Task per trained one) was ignored: every
+    row evaluated every task, at the cost the budget was given to avoid (the CLI refuses it for --scenario stream)."""
+    from metaspike.continual import Scenario, Task
+
+    train, test = digits
+    trained = permuted(train, test, n_tasks=7, seed=1, samples_per_task=40).tasks
+    apart = Scenario("mine", trained, [Task(f"held-out-{i}", t.test, t.test) for i, t in enumerate(trained)])
+    trainer = ContinualTrainer(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)),
+                               lambda m: torch.optim.SGD(m.parameters(), lr=0.01), TrainerConfig(eval_tasks=6),
+                               progress=False)
+    with pytest.raises(ValueError, match=r"^TrainerConfig.eval_tasks: scenario 'mine' evaluates tasks of its own"):
+        trainer.fit(apart)
+
+
 def test_matrix_keeps_only_evaluated_cells(digits, tmp_path):
     train, test = digits
     scenario = permuted(train, test, n_tasks=7, seed=1, samples_per_task=40)

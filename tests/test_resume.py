@@ -428,6 +428,26 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path, capsys
     assert json.loads((run / "metrics.json").read_text())["complete"] is True
 
 
+def test_a_run_whose_checkpoints_are_gone_is_not_started_again_over_its_results(tmp_path, capsys):
+    """With checkpoint.pt and checkpoint.prev.pt deleted, --resume started the run again, overwrote the tasks it had
+    recorded and said it had stopped before its first epoch. A run killed between its first results and its first
+    checkpoint (one row of curves.csv) still starts again."""
+    config = RunConfig(datasets=("digits",), tasks=3, epochs=1, hidden=(8,))
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(config.to_dict()))
+    header = "task,epoch,global_epoch,loss,a\n"
+    (run / "curves.csv").write_text(header + "1,1,1,0.5,50.0\n2,1,2,0.4,60.0\n")
+    before = (run / "curves.csv").read_text()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    assert ("recorded 2 evaluated epochs (curves.csv) but holds no checkpoint (checkpoint.pt and checkpoint.prev.pt "
+            "are gone)") in capsys.readouterr().err
+    assert (run / "curves.csv").read_text() == before and not (run / "metrics.json").exists()
+    (run / "curves.csv").write_text(header + "1,1,1,0.5,50.0\n")  # (killed before its first checkpoint was written)
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["complete"] is True
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("samples_per_task", 99999, "--samples-per-task must be an integer in 1..1437"),
     ("datasets", ["nope"], "unknown dataset 'nope'"),

@@ -620,6 +620,22 @@ def train_in_folder(root: Path, name: str, config: RunConfig, trainer: Continual
         return train_and_finish(trainer, scenario, directory, state, plot=False)
 
 
+def _refuse_results_without_checkpoint(path: Path) -> None:
+    """Refuse to start ``path`` again where its checkpoints are gone but it recorded more than a run killed before its
+    first checkpoint can have: each evaluated epoch's row of ``curves.csv`` is followed by a checkpoint before the
+    next row, so two rows mean one was written (starting again overwrote the recorded tasks without a word)."""
+    curves = path / "curves.csv"
+    if not curves.is_file():
+        return
+    with curves.open("rb") as handle:
+        rows = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b"")) - 1
+    if rows >= 2:
+        raise ValueError(f"{path} recorded {rows} evaluated epochs (curves.csv) but holds no checkpoint ({CHECKPOINT} "
+                         f"and {PREVIOUS_CHECKPOINT} are gone), so it cannot continue, and starting again would "
+                         "overwrite what it recorded: put the checkpoint files back, or start a new run (without "
+                         "--resume)")
+
+
 def _checkpoint_to_continue(path: Path) -> tuple[dict[str, Any] | None, list[str]]:
     """The newest good checkpoint of the stopped run ``path`` (``None`` where it wrote none), and a warning for each
     damaged one passed over."""
@@ -777,9 +793,10 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
         if is_complete(path):  # (finished by another process meanwhile)
             raise ValueError(_complete(path))
         state, warnings = _checkpoint_to_continue(path)
-        if state is None:  # killed before its first epoch ended: nothing was kept, so it starts again, in its own folder
-            warnings = [f"{path} has no checkpoint yet (stopped before its first epoch ended); it starts again from "
-                        "the beginning"]
+        if state is None:  # killed before its first checkpoint: nothing was kept, so it starts again, in its own folder
+            _refuse_results_without_checkpoint(path)
+            warnings = [f"{path} has no checkpoint yet (stopped before its first checkpoint was written); it starts "
+                        "again from the beginning"]
         try:
             scenario = make_run_scenario(config)
         except ValueError as err:

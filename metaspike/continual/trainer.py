@@ -659,6 +659,11 @@ class ContinualTrainer:
         if len(scenario.eval_tasks) == 0:  # (its accuracy matrix would hold no column, and every metric be empty)
             raise ValueError(f"scenario {scenario.name!r} has no task to evaluate (eval_tasks is empty; to evaluate "
                              "the trained tasks, give them again)")
+        if cfg.eval_tasks is not None and not scenario.evaluates_training_tasks:  # (it was ignored: every cell of
+            # every evaluated row was evaluated, at the cost the budget was given to avoid)
+            raise ValueError(f"TrainerConfig.eval_tasks: scenario {scenario.name!r} evaluates tasks of its own "
+                             "(eval_tasks other than the trained ones), each at every evaluation, not a budget of "
+                             "trained tasks; leave eval_tasks=None (eval_every still spaces the evaluations)")
         names = scenario.eval_task_names
         taken = sorted(set(names) & set(RESERVED_TASK_NAMES))
         if taken:  # (the curves and the accuracy matrix hold one column per task, beside these)
