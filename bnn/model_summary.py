@@ -127,9 +127,10 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> Model
     (biases, BatchNorm, MESU's Gaussian weights) is counted as float32; a weight shared by two layers (tied) is counted
     once, with the first. With ``input_shape`` (one sample's shape,
     without the batch dimension), a forward pass on two random samples also counts the
-    multiply-accumulates per sample of every linear, (transposed) convolution and multi-head attention layer, every
-    time the layer runs (a spiking network's time steps, a layer used twice): 1-bit where both the weights and the
-    input are ±1, 32-bit otherwise (an attention's, its output projection included, are all 32-bit).
+    multiply-accumulates per sample of every linear, (transposed) convolution, multi-head attention and recurrent layer
+    (``nn.RNN``/``LSTM``/``GRU`` and their cells, Norse's recurrent cells), every time the layer runs (a spiking
+    network's time steps, a layer used twice): 1-bit where both the weights and the input are ±1, 32-bit otherwise (an
+    attention's, its output projection included, and a recurrent layer's, whose matrices stay float, are all 32-bit).
 
     Example:
         >>> from bnn import MLP
@@ -216,8 +217,17 @@ def _count_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tuple
 
         return record
 
+    def recurrent_hook(name: str):
+        def record(module: nn.Module, inputs: tuple[Tensor, ...], output: object) -> None:
+            ones, floats = counts.get(name, (0, 0))
+            counts[name] = (ones, floats + _recurrent_macs(module, inputs[0]) // _PROBE_SAMPLES)
+
+        return record
+
     handles = [layer.register_forward_hook(hook(name)) for name, layer in model.named_modules()
                if isinstance(layer, _PRODUCT_LAYERS)]
+    handles += [layer.register_forward_hook(recurrent_hook(name)) for name, layer in model.named_modules()
+                if _recurrent_matrices(layer)]
     handles += [layer.register_forward_hook(attention_hook(name)) for name, layer in model.named_modules()
                 if isinstance(layer, nn.MultiheadAttention)]
     was_training = model.training
@@ -234,6 +244,33 @@ def _count_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tuple
         for handle in handles:
             handle.remove()
     return counts
+
+
+#: The weight matrices of a Norse recurrent cell (``LIFRecurrentCell``, ``LSNNRecurrentCell``, ...): each multiplies
+#: one vector per sample at each call (a time step).
+_CELL_MATRICES = ("input_weights", "recurrent_weights")
+
+
+def _recurrent_matrices(module: nn.Module) -> list[Tensor]:
+    """The weight matrices a recurrent layer multiplies by its own code: torch's ``nn.RNN``/``LSTM``/``GRU`` and their
+    cells (``weight_ih_l0``, ``weight_hh_l0``, ..., an LSTM's ``weight_hr``), a Norse recurrent cell's
+    :data:`_CELL_MATRICES`; empty for any other module."""
+    if isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
+        return [p for name, p in module.named_parameters(recurse=False) if name.startswith("weight")]
+    own = dict(module.named_parameters(recurse=False))
+    return [own[name] for name in _CELL_MATRICES if name in own] if _CELL_MATRICES[0] in own else []
+
+
+def _recurrent_macs(module: nn.Module, x: object) -> int:
+    """Multiply-accumulates of one call of a recurrent layer on the whole batch: each of its weight matrices times one
+    vector per sample and time step (a stacked or bidirectional RNN's included: each layer's and direction's
+    matrices run once per step)."""
+    matrices = _recurrent_matrices(module)
+    data = x.data if isinstance(x, nn.utils.rnn.PackedSequence) else x  # (a packed sequence: every step's rows)
+    if not isinstance(data, Tensor):
+        return 0
+    vectors = data.numel() // max(matrices[0].shape[-1], 1)  # (samples x time steps: the input's rows)
+    return vectors * sum(m.numel() for m in matrices)
 
 
 def _attention_macs(attention: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor) -> int:

@@ -153,6 +153,30 @@ def test_summary_counts_the_products_of_a_multi_head_attention():
     assert s.float_macs == projections + scores_and_mix + 2 * tokens * width * hidden
 
 
+def test_summary_counts_the_products_of_recurrent_layers():
+    """nn.RNN/LSTM/GRU and Norse's recurrent cells multiply their weight matrices themselves: summary counted 0 MACs
+    (a tenth of a recurrent spiking model's compute). Each matrix multiplies one vector per sample and time step."""
+    steps, features, hidden = 5, 12, 8
+    lstm = nn.LSTM(features, hidden, num_layers=2, bidirectional=True, batch_first=True)
+
+    class Last(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm, self.cell = lstm, nn.GRUCell(2 * hidden, hidden)
+
+        def forward(self, x):
+            return self.cell(self.lstm(x)[0][:, -1])
+
+    rows = {row.name: row for row in bnn.summary(Last(), input_shape=(steps, features)).layers}
+    gates = 4 * hidden  # (an LSTM: four gates; layer 1 of a bidirectional stack reads both directions, 2 * hidden)
+    per_step = 2 * (gates * features + gates * hidden) + 2 * (gates * 2 * hidden + gates * hidden)
+    assert (rows["lstm"].binary_macs, rows["lstm"].float_macs) == (0, steps * per_step)
+    assert rows["cell"].float_macs == 3 * hidden * 2 * hidden + 3 * hidden * hidden  # (a GRU cell: three gates, once)
+    norse = pytest.importorskip("norse.torch")
+    cell = norse.SequentialState(norse.LIFRecurrentCell(features, hidden))
+    assert bnn.summary(cell, input_shape=(features,)).float_macs == hidden * features + hidden * hidden
+
+
 def test_population_statistics_make_single_sample_prediction_consistent():
     torch.manual_seed(0)
     model = bnn.MLP([20, 32, 4])

@@ -89,8 +89,12 @@ def test_time_loop_accepts_encoded_input_and_checks_shapes():
     model = _tiny(num_steps=3)
     x = torch.rand(2, 1, 2, 2)
     torch.testing.assert_close(model(x.expand(3, 2, 1, 2, 2)), model(x))
-    with pytest.raises(ValueError, match="input has 5 time steps but num_steps is 3"):
+    with pytest.raises(ValueError, match=r"encoded input is time-first, \[num_steps=3, batch, 1, 2, 2\], but has 5 in "
+                                         r"its first dimension$"):
         model(torch.rand(5, 2, 1, 2, 2))
+    with pytest.raises(ValueError, match=r"but has 5 in its first dimension; it looks batch-first \(\[batch, "
+                                         r"num_steps, ...\]\): x.transpose\(0, 1\) makes it time-first$"):
+        model(torch.rand(5, 3, 1, 2, 2))  # (5 samples of 3 steps, batch-first)
     with pytest.raises(ValueError, match=r"input of shape \(2, 1, 3, 3\) does not fit"):
         model(torch.rand(2, 1, 3, 3))
     encoded = (torch.rand(3, 2, 1, 2, 2) < 0.5).float()
@@ -323,3 +327,26 @@ def test_a_state_kept_in_a_tuple_or_a_buffer_is_named_too():
 def test_a_classifier_of_something_that_is_not_a_module_is_one_line():
     with pytest.raises(ValueError, match="network must be a torch nn.Module .*, got str"):
         SpikingClassifier("net")
+
+
+def test_spikes_encoded_beforehand_and_encoded_again_without_input_shape_warn_once():
+    """Without input_shape, [num_steps, B, F] spikes were rate-encoded again: num_steps times the compute and logits
+    [T, B, C] that looked like a result, without a word."""
+    import warnings
+
+    import snntorch as snn
+
+    from metaspike.snn import SpikingClassifier
+
+    torch.manual_seed(0)
+    net = SpikingClassifier(nn.Sequential(nn.Linear(4, 3), snn.Leaky(beta=0.9, init_hidden=True, output=True)),
+                            num_steps=3, encoder="rate", readout="membrane")
+    spikes = (torch.rand(3, 5, 4) < 0.5).float()
+    with pytest.warns(UserWarning, match=r"^SpikingClassifier: input \(3, 5, 4\) gave logits \(3, 5, 3\), not "
+                                         r"\[batch, classes\].*give input_shape") as caught:
+        net(spikes)
+        net(spikes)
+    assert len([w for w in caught if "SpikingClassifier" in str(w.message)]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert net(torch.rand(5, 4)).shape == (5, 3)

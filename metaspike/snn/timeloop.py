@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from metaspike.caller import user_stacklevel
 from metaspike.checks import ModelError, is_whole
 from metaspike.snn.backends import reset_states, state_reset
 from metaspike.snn.encoders import check_num_steps, get_encoder
@@ -187,6 +188,19 @@ def _refuse_kept_state(network: nn.Module, before: dict[tuple[str, str], Any]) -
                              "starts from the last one's state)")
 
 
+def _warn_encoded_again(classifier: nn.Module, given: tuple[int, ...], logits: tuple[int, ...]) -> None:
+    """Once per classifier: logits of more than ``[batch, classes]`` from a classifier without ``input_shape``, what
+    spikes encoded beforehand ``[num_steps, batch, ...]`` give when they are encoded again (``num_steps`` times the
+    compute, each time step read as a batch)."""
+    if getattr(classifier, "_warned_encoded_again", False):
+        return
+    classifier._warned_encoded_again = True
+    warnings.warn(f"SpikingClassifier: input {given} gave logits {logits}, not [batch, classes]: an input with a "
+                  "dimension more than its samples, as spikes encoded beforehand ([num_steps, batch, ...]), is encoded "
+                  "again without input_shape; give input_shape=<one sample's shape> so that encoded input is taken "
+                  "as it is", UserWarning, stacklevel=user_stacklevel())
+
+
 class SpikingClassifier(nn.Module):
     """Run ``network`` for ``num_steps`` steps on encoded input and read logits out.
 
@@ -208,7 +222,8 @@ class SpikingClassifier(nn.Module):
             ``"count"`` sums whatever the last module returns first: on a network ending in a leaky integrator (a
             Norse ``LICell``) that is its voltage, unchecked here (the registry's models refuse it).
         input_shape: shape of one sample; when given, inputs are checked against it and
-            pre-encoded inputs ``[num_steps, B, *input_shape]`` are accepted.
+            pre-encoded inputs ``[num_steps, B, *input_shape]`` (time-first) are accepted. Without it every input is
+            encoded (logits of more than two dimensions warn once: spikes encoded beforehand were encoded again).
 
     Example:
         >>> import torch
@@ -257,7 +272,10 @@ class SpikingClassifier(nn.Module):
             return self.encoder(x, self.num_steps)
         if tuple(x.shape[2:]) == shape and x.dim() == len(shape) + 2:
             if x.shape[0] != self.num_steps:
-                raise ValueError(f"input has {x.shape[0]} time steps but num_steps is {self.num_steps}")
+                flipped = ("; it looks batch-first ([batch, num_steps, ...]): x.transpose(0, 1) makes it time-first"
+                           if x.shape[1] == self.num_steps else "")
+                raise ValueError(f"encoded input is time-first, [num_steps={self.num_steps}, batch, "
+                                 f"{', '.join(map(str, shape))}], but has {x.shape[0]} in its first dimension{flipped}")
             if not x.is_floating_point():
                 raise ValueError(f"encoded input must be floating point (spikes as 0.0 and 1.0), got {x.dtype}: "
                                  "convert it with x.float()")
@@ -293,4 +311,7 @@ class SpikingClassifier(nn.Module):
         if unreset is not None:  # (the first call: a state kept past the reset would start the next call)
             _refuse_kept_state(self.network, unreset)
             self._state_checked = True
-        return self.readout(outputs)
+        logits = self.readout(outputs)
+        if self.input_shape is None and isinstance(logits, Tensor) and logits.dim() > 2:
+            _warn_encoded_again(self, tuple(x.shape), tuple(logits.shape))
+        return logits
