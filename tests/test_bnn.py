@@ -408,6 +408,22 @@ def test_one_sample_asks_for_population_statistics_first():
         model.train()(torch.rand(1, 784))  # training normalises with the batch's statistics again
 
 
+def test_a_test_set_of_one_sample_is_named_as_such_not_as_samples_of_a_shape_that_does_not_fit():
+    """The trainer's trial pass turned the model's one-sample refusal into "samples of shape (64,) do not fit the
+    model", a shape that fits, and advised batches of 2, which a test set of one sample cannot give."""
+    from metaspike.continual import ContinualTrainer, Scenario, Task, TrainerConfig
+    from metaspike.data import ArrayDataset
+
+    x, y = torch.rand(41, 64), torch.arange(41) % 2
+    task = Task("one", *(ArrayDataset.from_tensors(x[part], y[part], "d", classes=("a", "b"))
+                         for part in (slice(0, 40), slice(40, None))))
+    trainer = ContinualTrainer(bnn.MLP([64, 16, 2]), lambda m: torch.optim.Adam(m.parameters(), 1e-2),
+                               TrainerConfig(epochs=1, batch_size=20), progress=False)
+    with pytest.raises(ValueError, match=r"^test data of task 'one' holds one sample, and the model's BatchNorm "
+                                         r"normalises by the statistics of the batch .*use_population_statistics"):
+        trainer.fit(Scenario("s", [task], [task]))
+
+
 def test_convnet_trains_a_step():
     net = bnn.ConvNet(in_shape=(1, 28, 28), channels=(8, 16), hidden=32)
     opt = torch.optim.Adam(net.parameters(), lr=0.01)
