@@ -583,8 +583,11 @@ def _matrix_rows(rows: list[list[float]], file: Path) -> list[Sequence[float]]:
 def load_run(path: str | os.PathLike) -> dict[str, Any]:
     """Read a run directory back: config, task names, matrix, curves, metrics, histograms.
 
-    Every file is checked; a malformed one raises one line of ``ValueError`` naming it. Empty
-    cells of ``accuracy_matrix.csv`` and ``curves.csv`` (tasks not evaluated) are read as NaN.
+    The matrix, the curves and the histograms are checked (a malformed file raises one line of ``ValueError`` naming
+    it); ``config.json`` and ``metrics.json`` must be JSON objects and are returned as read (the numbers of a finished
+    run's ``metrics.json`` are checked against its matrix where a result is read back to be compared:
+    :func:`metaspike.app.runs.finished_result`). Empty cells of ``accuracy_matrix.csv`` and ``curves.csv`` (tasks not
+    evaluated) are read as NaN.
 
     Example:
         >>> run = load_run("runs/latest")  # doctest: +SKIP
