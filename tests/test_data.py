@@ -576,7 +576,7 @@ def test_own_tensors_or_arrays_become_a_dataset_the_scenarios_take():
     (torch.rand(4), torch.tensor([0, 1, 0, 1]), r"x must have shape \[N, F\], \[N, H, W\] or \[N, C, H, W\], got \[4\]"),
     (torch.randint(0, 3, (4, 3)), torch.tensor([0, 1, 0, 1]), "x must be floating point, bool or uint8 pixels"),
     (torch.rand(4, 3), torch.tensor([0.0, 1, 0, 1]), "y must hold integer class indices, got torch.float32"),
-    (torch.rand(4, 3), torch.tensor([0, -1, 0, 1]), r"labels must lie in \[0, 1\]"),
+    (torch.rand(4, 3), torch.tensor([0, -1, 0, 1]), r"labels are class indices 0..C-1, found -1; number the classes from 0"),
     ([[0.5]], torch.tensor([0]), "x and y must be torch tensors or numpy arrays, got list as x"),
     (torch.rand(2, 3), np.array(["a", "b"], dtype=object), "y must hold numbers, got a numpy array of object"),
     (torch.rand(2, 3), torch.zeros(2, 1, dtype=torch.int32), r"y must have shape \[N\], got \[2, 1\]"),
@@ -673,3 +673,18 @@ def test_a_read_only_numpy_array_loads_without_torchs_undefined_behaviour_warnin
         data = ArrayDataset.from_tensors(x, y, "mapped")
     data.x.add_(1.0)  # (its own copy: the file's array is untouched)
     assert np.array_equal(np.load(tmp_path / "x.npy"), x) and data.classes == ("0", "1", "2")
+
+
+def test_a_gzipped_idx_file_beside_a_different_plain_twin_is_refused(tmp_path):
+    """With both t10k-labels-idx1-ubyte.gz and t10k-labels-idx1-ubyte in the folder, the gzip was read without a
+    word, though the plain one held other labels (a tester trained on all-zero labels). Equal twins load as before."""
+    arrays = fake_mnist(tmp_path / "equal", gz=True)
+    fake_mnist(tmp_path / "equal", gz=False)  # (the same arrays, uncompressed)
+    loaded = load_dataset("mnist", "test", tmp_path / "equal").y
+    assert torch.equal(loaded, torch.from_numpy(arrays["test"][1].astype(np.int64)))
+    fake_mnist(tmp_path, gz=True)
+    fake_mnist(tmp_path, gz=False)
+    write_idx(tmp_path / "mnist" / "t10k-labels-idx1-ubyte", np.zeros(8, dtype=np.uint8))
+    with pytest.raises(DataError, match=r"holds both t10k-labels-idx1-ubyte.gz and t10k-labels-idx1-ubyte, and they "
+                                        r"differ: remove the one that is wrong$"):
+        load_dataset("mnist", "test", tmp_path)
