@@ -255,10 +255,14 @@ def _recurrent_matrices(module: nn.Module) -> list[Tensor]:
     """The weight matrices a recurrent layer multiplies by its own code: torch's ``nn.RNN``/``LSTM``/``GRU`` and their
     cells (``weight_ih_l0``, ``weight_hh_l0``, ..., an LSTM's ``weight_hr``), a Norse recurrent cell's
     :data:`_CELL_MATRICES`; empty for any other module."""
-    if isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
-        return [p for name, p in module.named_parameters(recurse=False) if name.startswith("weight")]
-    own = dict(module.named_parameters(recurse=False))
-    return [own[name] for name in _CELL_MATRICES if name in own] if _CELL_MATRICES[0] in own else []
+    if isinstance(module, nn.RNNBase):  # (read as attributes: a parametrized weight, weight_norm say, is one too)
+        names = [name for name in module._flat_weights_names if name.startswith("weight")]
+    elif isinstance(module, nn.RNNCellBase):
+        names = ["weight_ih", "weight_hh"]
+    else:
+        names = [name for name in _CELL_MATRICES if isinstance(getattr(module, name, None), Tensor)]
+        names = names if _CELL_MATRICES[0] in names else []
+    return [getattr(module, name) for name in names]
 
 
 def _recurrent_macs(module: nn.Module, x: object) -> int:

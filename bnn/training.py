@@ -50,7 +50,9 @@ def fit(
     Under ``torchrun`` (an initialised process group) every process trains on its slice of each mini-batch and the
     gradients are averaged, so the processes take the steps one process would with the whole batch; every process
     starts from the first one's weights, and a model with BatchNorm must first pass through
-    :func:`metaspike.distributed.sync_batchnorm` (it is refused otherwise). Only the first process shows progress.
+    :func:`metaspike.distributed.sync_batchnorm` (it is refused otherwise). A last batch of an epoch too short to give
+    every process a sample (with BatchNorm two) is skipped, where one process trains on it: the runs then differ.
+    Only the first process shows progress.
 
     Example:
         >>> import bnn

@@ -140,8 +140,7 @@ class ArrayDataset:
         if self.y.numel() > 0:
             lo, hi = int(self.y.min()), int(self.y.max())
             if lo < 0:  # (the classes were counted from the largest label: the range named would be no help)
-                raise DataError(f"{where}: labels are class indices 0..C-1, found {lo}; number the classes from 0 "
-                                "(np.unique(y, return_inverse=True)[1])")
+                raise _negative_labels(where, lo)
             if hi >= len(self.classes):
                 raise DataError(f"{where}: labels must lie in [0, {len(self.classes) - 1}] "
                                 f"({len(self.classes)} classes), found [{lo}, {hi}]")
@@ -186,6 +185,8 @@ class ArrayDataset:
         y = y.to(torch.int64, copy=True)
         if unsigned64 and bool((y < 0).any()):  # (wrapped around: 2**63 or more)
             raise DataError(f"{where}: y holds labels of 2**63 or more; labels are class indices 0..C-1")
+        if y.numel() and int(y.min()) < 0:  # (before the classes are counted from the largest label)
+            raise _negative_labels(where, int(y.min()))
         if classes is None:
             largest = int(y.max()) if y.numel() else 0
             if largest >= MAX_CLASSES:
@@ -254,6 +255,12 @@ def _check_holds_values(tensor: torch.Tensor, where: str, label: str) -> None:
         check_device(tensor.device, f"{label}'s device")
     except ValueError as err:
         raise DataError(f"{where}: {err}") from None
+
+
+def _negative_labels(where: str, lowest: int) -> DataError:
+    """The error for labels below 0 (``lowest`` the smallest)."""
+    return DataError(f"{where}: labels are class indices 0..C-1, found {lowest}; number the classes from 0 "
+                     "(np.unique(y, return_inverse=True)[1])")
 
 
 def _as_tensor(value: object, where: str, label: str) -> torch.Tensor:

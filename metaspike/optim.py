@@ -16,7 +16,9 @@ weight update in a single pass over memory) compiled by ``torch.compile`` on fir
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -625,9 +627,10 @@ def _adam_step_(param: Tensor, state: dict[str, Any], group: dict[str, Any], rul
     step = state["step"].item()
     beta1, beta2 = group["betas"]
     rule_state = state_from_dict(rule, param, state.get("rule_state")) if rule is not None else None
+    # (the compiled loop sees the tensors in their own shapes, as the eager one does: a rule of the user's own that
+    # reduces over a dimension saw one flat vector there, and damped otherwise from 2**18 weights on; dynamic shapes
+    # keep one compiled variant for every size of a number of dimensions)
     tensors = _real_views(param, param.grad, state["exp_avg"], state["exp_avg_sq"])
-    if update is not None:  # the compiled loop sees flat views: one symbolic size for every layer
-        tensors = tuple(t.view(-1) for t in tensors)
     with user_rule_errors(rule) if rule is not None else contextlib.nullcontext():
         new_state = (update or _adam_update_)(
             *tensors,
@@ -778,11 +781,11 @@ def metaplastic(
     # paged in its memory anew (4.7 ms of a 2048 x 2048 layer's step, four times SGD's whole step)
     buffers: dict[Tensor, Tensor] = {}
 
-    def remember() -> None:
+    def remember(opt: Optimizer) -> None:
         # every consolidated weight, with a gradient yet or not (the inner step skips those without one)
         before.clear()
-        check_before_step(optimizer)
-        for group in optimizer.param_groups:
+        check_before_step(opt)
+        for group in opt.param_groups:
             if applies_rule(group):
                 for p in group["params"]:
                     if consolidates(p, group):
@@ -792,7 +795,7 @@ def metaplastic(
                         before[p] = buffer.copy_(p.detach())
 
     def remember_before_step(opt: Optimizer, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
-        return _after_the_closure(remember, args, kwargs)
+        return _after_the_closure(functools.partial(remember, opt), args, kwargs)
 
     @torch.no_grad()
     def damp(opt: Optimizer, args: Any, kwargs: Any) -> None:
@@ -805,21 +808,22 @@ def metaplastic(
                 state = opt.state[p]
                 _take_inherited_rule_state(opt, p, state)
                 rule_state = state_from_dict(rule, old, state.get("rule_state"))
-                # (a large weight under an elementwise rule: one compiled loop over flat views, not about nine
-                # passes over it: 20-30x plain SGD's step on a 2048 x 2048 layer)
-                fused = _fuses(_compiled_damp, rule, (p, old))
-                tensors = (p.view(-1), old.view(-1)) if fused else (p, old)
+                # (a large weight under an elementwise rule: one compiled loop, not about nine passes over it: 20-30x
+                # plain SGD's step on a 2048 x 2048 layer)
+                damp_ = _compiled_damp if _fuses(_compiled_damp, rule, (p, old)) else _damp_
                 with user_rule_errors(rule):
-                    new_state = (_compiled_damp if fused else _damp_)(*tensors, meta=group["meta"], rule=rule,
-                                                                      rule_state=rule_state)
+                    new_state = damp_(p, old, meta=group["meta"], rule=rule, rule_state=rule_state)
                 _store_rule_state(state, new_state)
         before.clear()
 
     optimizer.register_step_pre_hook(remember_before_step)
     optimizer.register_step_post_hook(damp)
     _hook_checkpoints(optimizer)
-    add = optimizer.add_param_group
-    optimizer.add_param_group = lambda param_group: _add_checked(optimizer, add, param_group)  # type: ignore[method-assign]
+    # (no hook or attribute refers to the optimizer itself, which would hold it, and the buffers of its old values,
+    # in a reference cycle past its last use, until the garbage collector ran: a weight's copy per optimizer dropped)
+    add, owner = type(optimizer).add_param_group, weakref.ref(optimizer)
+    optimizer.add_param_group = lambda param_group: _add_checked(  # type: ignore[method-assign]
+        owner(), functools.partial(add, owner()), param_group)
     optimizer._metaspike_hooked = True  # type: ignore[attr-defined]
     optimizer.__class__ = _copied_with_hooks(type(optimizer))
     warn_at_first_step_if_nothing_consolidated(optimizer)

@@ -100,9 +100,10 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
     if y is not None:
         check_labels(y, len(x), None, what)
     if len(x) == 1 and evaluates_with_batch_statistics(model):  # (its trial pass blamed the samples' shape)
+        fixed = "" if what.startswith("training") else (  # (training normalises by each batch whatever is fixed)
+            ", or fix the statistics first (bnn.use_population_statistics(model, x_train))")
         raise ValueError(f"{what} holds one sample, and the model's BatchNorm normalises by the statistics of the "
-                         "batch (the paper's setting), which one sample does not have: give 2 samples or more, or fix "
-                         "the statistics first (bnn.use_population_statistics(model, x_train))")
+                         f"batch (the paper's setting), which one sample does not have: give 2 samples or more{fixed}")
     expected = getattr(model, "in_features", None)
     if expected is not None and x[0].numel() != expected:
         raise ValueError(

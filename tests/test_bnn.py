@@ -172,6 +172,10 @@ def test_summary_counts_the_products_of_recurrent_layers():
     per_step = 2 * (gates * features + gates * hidden) + 2 * (gates * 2 * hidden + gates * hidden)
     assert (rows["lstm"].binary_macs, rows["lstm"].float_macs) == (0, steps * per_step)
     assert rows["cell"].float_macs == 3 * hidden * 2 * hidden + 3 * hidden * hidden  # (a GRU cell: three gates, once)
+    gru = nn.GRU(features, hidden, batch_first=True)
+    nn.utils.parametrizations.weight_norm(gru, "weight_hh_l0")  # (a parametrized weight is an attribute, no parameter)
+    assert bnn.summary(gru, input_shape=(steps, features)).float_macs == steps * (3 * hidden * features
+                                                                                 + 3 * hidden * hidden)
     norse = pytest.importorskip("norse.torch")
     cell = norse.SequentialState(norse.LIFRecurrentCell(features, hidden))
     assert bnn.summary(cell, input_shape=(features,)).float_macs == hidden * features + hidden * hidden

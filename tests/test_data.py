@@ -577,6 +577,7 @@ def test_own_tensors_or_arrays_become_a_dataset_the_scenarios_take():
     (torch.randint(0, 3, (4, 3)), torch.tensor([0, 1, 0, 1]), "x must be floating point, bool or uint8 pixels"),
     (torch.rand(4, 3), torch.tensor([0.0, 1, 0, 1]), "y must hold integer class indices, got torch.float32"),
     (torch.rand(4, 3), torch.tensor([0, -1, 0, 1]), r"labels are class indices 0..C-1, found -1; number the classes from 0"),
+    (torch.rand(4, 3), torch.tensor([-2, -1, -2, -1]), r"labels are class indices 0..C-1, found -2"),  # (not classes)
     ([[0.5]], torch.tensor([0]), "x and y must be torch tensors or numpy arrays, got list as x"),
     (torch.rand(2, 3), np.array(["a", "b"], dtype=object), "y must hold numbers, got a numpy array of object"),
     (torch.rand(2, 3), torch.zeros(2, 1, dtype=torch.int32), r"y must have shape \[N\], got \[2, 1\]"),

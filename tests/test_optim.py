@@ -793,3 +793,57 @@ def test_the_wrapper_damps_a_large_weight_in_one_compiled_loop_as_the_rule_writt
         bound = 8 * 2**-24 * max(old.abs().max().item(), update.abs().max().item())
         torch.testing.assert_close(hidden.detach().double(), old - update * factor, rtol=0, atol=bound)
     assert len(calls) == 2
+
+
+def test_the_fused_damping_gives_a_rule_its_weights_in_their_own_shape(monkeypatch):
+    """The compiled loop saw one flat vector: a stateless rule of the user's own that damps each row by the row's own
+    largest weight damped by the layer's largest from 2**18 weights on (26 % other updates at 512 x 512 than the
+    eager path), silently."""
+    import metaspike
+    from metaspike import optim
+    from metaspike.rules.base import Stateless
+
+    class ByRow(Stateless):
+        name = "by_row"
+
+        def step(self, hidden, update, meta, state):
+            return update / (1 + meta * hidden.abs().amax(dim=-1, keepdim=True)), state
+
+    def damped(fused_from):
+        monkeypatch.setattr(optim, "FUSED_MIN_NUMEL", fused_from)
+        torch.manual_seed(0)
+        layer = metaspike.binarize(torch.nn.Sequential(torch.nn.Linear(64, 32, bias=False)))[0]
+        hidden = metaspike.hidden_weights(layer)[0]
+        with torch.no_grad():
+            hidden.mul_(torch.linspace(0.1, 3.0, 32)[:, None])  # (rows of other magnitudes)
+        optimizer = metaplastic(torch.optim.SGD([hidden], lr=0.1), meta=5.0, rule=ByRow())
+        hidden.grad = torch.ones_like(hidden)
+        before = hidden.detach().clone()
+        optimizer.step()
+        return before - hidden.detach()
+
+    torch.testing.assert_close(damped(1), damped(2**40), rtol=1e-6, atol=0)
+
+
+def test_a_dropped_wrapped_optimizer_frees_its_buffers_without_the_garbage_collector():
+    """Its hooks referred to the optimizer, a reference cycle: each optimizer dropped (a per-task one) kept a copy of
+    every consolidated weight until the collector ran (417 to 753 MB over 12 tasks of a 2048 x 2048 layer)."""
+    import gc
+    import weakref
+
+    import metaspike
+
+    layer = metaspike.binarize(torch.nn.Sequential(torch.nn.Linear(16, 8)))[0]
+    optimizer = metaplastic(torch.optim.SGD(layer.parameters(), lr=0.1), meta=2.0)
+    layer(torch.ones(2, 16)).sum().backward()
+    optimizer.step()
+    optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "consolidate": False})
+    alive = weakref.ref(optimizer)
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del optimizer
+        assert alive() is None
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -1049,3 +1049,18 @@ def test_a_logged_run_with_a_chained_optimizer_starts(tmp_path):
     result = trainer.fit(make_scenario("permuted", ["digits"], tasks=2, seed=1),
                          log=RunDirectory.create(tmp_path, "run", {}))
     assert len(result.matrix) == 2
+
+
+def test_a_logged_run_refuses_a_numpy_learning_rate_its_checkpoints_could_not_hold(tmp_path):
+    """np.float64 is a float, so the check let an lr from np.logspace through; every checkpoint then failed to load
+    (torch.load(weights_only=True) refuses numpy scalars) and the run could never be resumed."""
+    import numpy as np
+
+    from metaspike.continual import ContinualTrainer, RunDirectory, TrainerConfig, make_scenario
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    trainer = ContinualTrainer(model, lambda m: torch.optim.SGD(m.parameters(), lr=np.logspace(-2, -1, 3)[1]),
+                               TrainerConfig(epochs=1), progress=False)
+    with pytest.raises(ValueError, match=r"\['lr'\] is a numpy.float64 \(torch.load\(weights_only=True\) would not "
+                                         r"read it back\); float\(...\) makes it a plain float$"):
+        trainer.fit(make_scenario("permuted", ["digits"], tasks=2, seed=1), log=RunDirectory.create(tmp_path, "r", {}))

@@ -350,3 +350,7 @@ def test_spikes_encoded_beforehand_and_encoded_again_without_input_shape_warn_on
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert net(torch.rand(5, 4)).shape == (5, 3)
+        per_position = SpikingClassifier(nn.Sequential(nn.Conv1d(2, 3, 1), snn.Leaky(beta=0.9, init_hidden=True,
+                                                                                    output=True)),
+                                         num_steps=3, encoder="direct", readout="membrane")
+        assert per_position(torch.rand(4, 2, 16) * 0.9 + 0.05).shape == (4, 3, 16)  # (real-valued input: no spikes)

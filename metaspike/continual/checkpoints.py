@@ -440,7 +440,7 @@ def check_loadable(state: Any, where: str = "state", memo: PartMemo | None = Non
     checked: set[int] = set()
 
     def check(value: Any, where: str) -> None:
-        if isinstance(value, (torch.Tensor, *PLAIN_VALUES)) or id(value) in checked:
+        if isinstance(value, torch.Tensor) or type(value) in PLAIN_VALUES or id(value) in checked:
             return
         if memo is not None and memo.known(value):
             checked.add(id(value))
@@ -457,7 +457,9 @@ def check_loadable(state: Any, where: str = "state", memo: PartMemo | None = Non
                 check(item, f"{where}[{i}]")
             return
         kind = f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
+        plain = next((t.__name__ for t in PLAIN_VALUES if isinstance(value, t)), None)
+        hint = f"; {plain}(...) makes it a plain {plain}" if plain in ("bool", "int", "float", "str") else ""
         raise ValueError(f"a checkpoint holds tensors and plain Python values only; {where} is a {kind} "
-                         "(torch.load(weights_only=True) would not read it back)")
+                         f"(torch.load(weights_only=True) would not read it back){hint}")
 
     check(state, where)

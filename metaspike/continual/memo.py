@@ -18,7 +18,8 @@ import torch
 
 __all__ = ["PLAIN_VALUES", "PartMemo", "is_plain"]
 
-#: What ``torch.load(weights_only=True)`` reads back besides tensors and the lists, tuples and dicts of them.
+#: What ``torch.load(weights_only=True)`` reads back besides tensors and the lists, tuples and dicts of them: these
+#: types exactly, not their subclasses (numpy's float64, a str enum).
 PLAIN_VALUES = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device, torch.Size)
 
 
@@ -30,7 +31,7 @@ def is_plain(value: Any) -> bool:
         >>> is_plain({"edges": [0.5, 1.0], "shape": (4, 3)}), is_plain([torch.zeros(1)])
         (True, False)
     """
-    if isinstance(value, PLAIN_VALUES):
+    if type(value) in PLAIN_VALUES:  # (exactly: numpy's float64 is a float that torch.load(weights_only=True) refuses)
         return True
     if type(value) in (dict, OrderedDict):
         return all(is_plain(key) and is_plain(item) for key, item in value.items())

@@ -661,9 +661,10 @@ class ContinualTrainer:
                              "the trained tasks, give them again)")
         if cfg.eval_tasks is not None and not scenario.evaluates_training_tasks:  # (it was ignored: every cell of
             # every evaluated row was evaluated, at the cost the budget was given to avoid)
-            raise ValueError(f"TrainerConfig.eval_tasks: scenario {scenario.name!r} evaluates tasks of its own "
-                             "(eval_tasks other than the trained ones), each at every evaluation, not a budget of "
-                             "trained tasks; leave eval_tasks=None (eval_every still spaces the evaluations)")
+            raise ValueError(f"TrainerConfig.eval_tasks: scenario {scenario.name!r} evaluates its eval_tasks apart "
+                             "from the trained tasks (other Task objects, or a list beside tasks made when reached: "
+                             "give the stream itself as eval_tasks), each at every evaluation, not a budget of trained "
+                             "tasks; leave eval_tasks=None (eval_every still spaces the evaluations)")
         names = scenario.eval_task_names
         taken = sorted(set(names) & set(RESERVED_TASK_NAMES))
         if taken:  # (the curves and the accuracy matrix hold one column per task, beside these)

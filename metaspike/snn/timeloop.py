@@ -188,6 +188,12 @@ def _refuse_kept_state(network: nn.Module, before: dict[tuple[str, str], Any]) -
                              "starts from the last one's state)")
 
 
+def _spikes_only(x: Tensor) -> bool:
+    """Whether ``x`` holds 0 and 1 only, as encoded spikes do (a network's per-position outputs on real-valued input
+    are more than ``[batch, classes]`` without anything encoded twice)."""
+    return bool(((x == 0) | (x == 1)).all())
+
+
 def _warn_encoded_again(classifier: nn.Module, given: tuple[int, ...], logits: tuple[int, ...]) -> None:
     """Once per classifier: logits of more than ``[batch, classes]`` from a classifier without ``input_shape``, what
     spikes encoded beforehand ``[num_steps, batch, ...]`` give when they are encoded again (``num_steps`` times the
@@ -312,6 +318,6 @@ class SpikingClassifier(nn.Module):
             _refuse_kept_state(self.network, unreset)
             self._state_checked = True
         logits = self.readout(outputs)
-        if self.input_shape is None and isinstance(logits, Tensor) and logits.dim() > 2:
+        if self.input_shape is None and isinstance(logits, Tensor) and logits.dim() > 2 and _spikes_only(x):
             _warn_encoded_again(self, tuple(x.shape), tuple(logits.shape))
         return logits
