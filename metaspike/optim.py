@@ -620,7 +620,7 @@ def _adam_step_(param: Tensor, state: dict[str, Any], group: dict[str, Any], rul
     """One Adam step of one parameter, in place, its update passed through ``rule`` (the group's, at the group's
     ``meta``; ``None``: plain Adam); returns the rule's new state. ``update`` is :func:`_adam_update_` (default) or its
     compiled version."""
-    if update is not None:  # (its flat views need contiguous moments: a state loaded from a channels_last model has not)
+    if update is not None:  # (one compiled variant for contiguous tensors: a state loaded from a channels_last model is not)
         for key in ("exp_avg", "exp_avg_sq"):
             state[key] = state[key].contiguous()
     state["step"] += 1
