@@ -10,7 +10,7 @@ with a hard-tanh straight-through gradient) with metaplastic Adam (``meta > 0``)
   (the first layer's, the backward ones) goes to ``torch.mm`` or oneDNN, whichever runs the CPU's widest kernels
   (:mod:`bnn.float32_products`); the weight gradient is written into a reused buffer; the optimizer updates the hidden weight in place (one fused,
   compiled loop per weight matrix). Run twice: with the default float32 backward products, and
-  with the opt-in ``precision="bfloat16"`` ones (``metaspike bf16``).
+  with the opt-in ``precision="bfloat16"`` ones (``metaspike bf16``; left out where torch emulates bfloat16).
 * **authors' style** (written here from the description of the code published with Laborieux et
   al. 2021): the layer keeps the hidden weight in ``weight.org`` and, before each forward pass,
   sets ``weight.data = sign(weight.org)``; after the backward pass the hidden weight is copied back
@@ -63,7 +63,15 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 import bnn
-from bnn.binary_linear import _DTYPES, POPCOUNT_EVENT, product_kinds, product_used, signs_product
+from bnn.binary_linear import (
+    _DTYPES,
+    POPCOUNT_EVENT,
+    SLOW_BFLOAT16,
+    bfloat16_slowdown,
+    product_kinds,
+    product_used,
+    signs_product,
+)
 from bnn.float32_products import float32_library
 from metaspike import training
 from metaspike.allocator import keep_freed_memory
@@ -194,9 +202,15 @@ Step = Callable[[nn.Module, Optimizer, Tensor, Tensor], float]
 Contestants = dict[str, tuple[nn.Module, Optimizer, Step]]
 
 
+def with_bfloat16(device: torch.device) -> bool:
+    """Whether the opt-in bfloat16 backward products are worth timing on ``device``: not where torch emulates them
+    (``BinaryLinear(precision="bfloat16")`` warns there; an AVX2-only AMD EPYC took 13 s a step at 4096)."""
+    return bfloat16_slowdown(device) <= SLOW_BFLOAT16
+
+
 def make_contestants(hidden: int, meta: float, seed: int, device: torch.device) -> Contestants:
-    """metaspike (float32 and bfloat16 backward products) and the authors' style, same initial hidden weights, on
-    ``device``."""
+    """metaspike (float32 and, where the device has bfloat16 products, bfloat16 backward products) and the authors'
+    style, same initial hidden weights, on ``device``."""
     sizes = [784, hidden, hidden, 10]
     torch.manual_seed(seed)
     ours = bnn.MLP(sizes)
@@ -210,9 +224,10 @@ def make_contestants(hidden: int, meta: float, seed: int, device: torch.device) 
         for mine, other in zip([m for m in ours if isinstance(m, bnn.BinaryLinear)], theirs.linears):
             other.weight.copy_(mine.weight)
     ours, ours_bf16, theirs = ours.to(device), ours_bf16.to(device), theirs.to(device)
+    bf16 = {"metaspike bf16": (ours_bf16, MetaplasticAdam(ours_bf16.parameters(), lr=LR, meta=meta), metaspike_step)}
     return {
         "metaspike": (ours, MetaplasticAdam(ours.parameters(), lr=LR, meta=meta), metaspike_step),
-        "metaspike bf16": (ours_bf16, MetaplasticAdam(ours_bf16.parameters(), lr=LR, meta=meta), metaspike_step),
+        **(bf16 if with_bfloat16(device) else {}),
         "authors": (theirs, AuthorsAdamMeta(theirs.parameters(), lr=LR, meta=meta), authors_step),
     }
 
@@ -361,6 +376,9 @@ def main() -> None:
         gpu_name, kind = gpu(device)
         say(f"GPU: {gpu_name} ({device}); both contestants run on it")
     say(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    if not with_bfloat16(device):
+        say(f"metaspike bf16 left out: bfloat16 products take {bfloat16_slowdown(device):.1f}x float32's time on this "
+            f"{device.type} (emulated; BinaryLinear(precision='bfloat16') warns there)")
     say(f"batch {BATCH}, meta {args.meta}, "
         f"{args.rounds} rounds of {args.steps_per_round} steps each; freed memory "
         f"{'kept' if kept else 'returned to the system'} (metaspike.allocator)")
