@@ -633,3 +633,22 @@ def test_a_rule_changed_between_steps_leaves_a_state_the_optimizer_loads(make, n
         w.grad = torch.ones_like(w)
         opt.step()
         assert sorted(opt.state[w].get("rule_state", {})) == fields
+
+
+def test_a_rule_whose_step_cannot_take_the_optimizers_arguments_is_refused_naming_its_file_and_line():
+    """step(self, hidden, update) failed at the call inside the optimizer's step: a 30-line traceback, exit 1."""
+    from metaspike.rules import register_rule
+    from metaspike.rules.base import Stateless
+
+    class TwoArguments(Stateless):
+        name = "two-arguments"
+
+        def step(self, hidden, update):
+            return update, ()
+
+    with pytest.raises(ValueError, match=r"^consolidation rule 'two-arguments' \(TwoArguments\): its "
+                                         r"step\(hidden, update\) \(test_rules.py line \d+\) cannot be called as "
+                                         r"step\(hidden, update, meta, state\) -> \(update, state\)$"):
+        register_rule(TwoArguments())
+    with pytest.raises(ValueError, match="cannot be called as step"):
+        MetaplasticAdam([torch.nn.Parameter(torch.zeros(2))], rule=TwoArguments())

@@ -12,6 +12,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import os
 from typing import Any
 
 from metaspike.checks import registered_name
@@ -56,6 +58,24 @@ def _check_is_rule(rule: Any) -> None:
     if not isinstance(plain, bool):
         raise ValueError(f"consolidation rule {rule.name!r} ({type(rule).__name__}): plain_at_zero must be True or "
                          f"False, got {plain!r}")
+    _check_step_signature(rule)
+
+
+def _check_step_signature(rule: Any) -> None:
+    """One ``ValueError`` naming the file and line of ``rule.step`` where it cannot be called as the optimizers call
+    it, ``step(hidden, update, meta, state)`` (the call failed inside torch's optimizer step, a traceback)."""
+    step = rule.step
+    try:
+        signature = inspect.signature(step)
+    except (TypeError, ValueError):  # (a builtin or C callable: nothing to read, the call will tell)
+        return
+    try:
+        signature.bind(None, None, None, None)
+    except TypeError:
+        code = getattr(getattr(step, "__func__", step), "__code__", None)
+        place = f" ({os.path.basename(code.co_filename)} line {code.co_firstlineno})" if code is not None else ""
+        raise ValueError(f"consolidation rule {rule.name!r} ({type(rule).__name__}): its step{signature}{place} "
+                         "cannot be called as step(hidden, update, meta, state) -> (update, state)") from None
 
 
 def register_rule(rule: Rule, *, replace: bool = False) -> Rule:
