@@ -1,7 +1,9 @@
 """``--import``: a user's own rule and neuron model named on the command line, recorded by the run, never imported
 from a run folder by itself; registration checks; a module that fails is one line naming its file and line."""
 
+import hashlib
 import json
+import shlex
 import sys
 
 import pytest
@@ -86,7 +88,22 @@ def test_a_run_folder_never_imports_by_itself_and_resume_asks_for_the_same_impor
     module.write_text(USER_MODULE)
     assert main(["train", "--import", str(module), "--model", "slow-lif", *SMALL, "--out", str(tmp_path)]) == 0
     run = tmp_path / "permuted-digits-slow-lif-meta30-seed1"  # (a registered model: one m by default)
-    (run / "metrics.json").unlink()  # as if killed before the end
+    from metaspike.app.runs import IMPORT_DIGESTS, check_same_imports, load_config, train_resume_command
+
+    # the run records its --import file's SHA-256: edited meanwhile, the file is refused where the run would go on
+    # (a resumed run mixed two versions of a user's rule, silently)
+    recorded = json.loads((run / "config.json").read_text())[IMPORT_DIGESTS]
+    assert recorded == {str(module.resolve()): hashlib.sha256(module.read_bytes()).hexdigest()}
+    module.write_text(USER_MODULE + "\n# edited\n")
+    with pytest.raises(ValueError, match=r"was made with .*mylab.py as it was then, and the file has changed since"):
+        check_same_imports(run, load_config(run))
+    module.write_text(USER_MODULE)
+    check_same_imports(run, load_config(run))
+
+    # (what a Ctrl-C prints to continue: without the --import, that command was refused as below)
+    assert train_resume_command(run, 1) == f"metaspike train --resume {run} --import {shlex.quote(str(module.resolve()))}"
+    for name in ("metrics.json", "curves.csv"):  # as if killed before its first checkpoint (a finished run keeps none)
+        (run / name).unlink()
     _as_in_a_new_process()
     assert main(["train", "--resume", str(run)]) == 2
     assert capsys.readouterr().err == (f"metaspike: error: {run} was made with --import {module.resolve()}; resume it "
@@ -111,8 +128,9 @@ def test_a_comparison_resumes_only_with_the_imports_it_was_made_with(tmp_path, c
     assert main(["compare", "--import", str(module), "--rule", "half-tanh", "--meta", "0", "5", *SMALL,
                  "--out", str(out)]) == 0
     root = out / "compare-permuted-digits-half-tanh"  # (a comparison under another rule names it)
-    (root / "permuted-digits-meta5-half-tanh-seed1" / "metrics.json").unlink()  # as if killed
-    capsys.readouterr()
+    assert f"--resume {root} --import {shlex.quote(str(module.resolve()))})" in capsys.readouterr().out
+    for name in ("metrics.json", "curves.csv"):  # as if killed before its first checkpoint
+        (root / "permuted-digits-meta5-half-tanh-seed1" / name).unlink()
     assert main(["compare", "--resume", str(root), "--quiet"]) == 2
     assert f"was made with --import {module.resolve()}; resume it with the same --import" in capsys.readouterr().err
     _as_in_a_new_process()  # which imports the other module

@@ -19,7 +19,7 @@ import torch
 import metaspike
 from metaspike.allocator import allocation_failure, keep_freed_memory
 from metaspike.app.config import DEFAULT_INPUT_META, DEFAULT_META, KIND_SETTINGS, RunConfig, meta_label, parse_meta
-from metaspike.app.imports import FLAG, check_resumed_imports, import_modules
+from metaspike.app.imports import FLAG, check_resumed_imports, import_flags, import_modules
 from metaspike.app.models import DEFAULT_LR, takes_setting
 from metaspike.app.reproduce import cli as reproduce_cli
 from metaspike.continual.metrics import LONG_STREAM_TASKS
@@ -487,7 +487,7 @@ def _compare(args: argparse.Namespace) -> None:
         print("\neach neuron model at its own best meta (memory: task 1 after the last task; plasticity: the last task):")
         print((path / "tradeoff.txt").read_text().rstrip())
     print(f"\nresults: {path}  (comparison.csv, comparison.txt, a figure, one run folder per run; "
-          f"continue a killed comparison with --resume {path})")
+          f"continue a killed comparison with --resume {path}{import_flags(list(args.imports))})")
     unlearned = [name for row in rows for name in row["learned_nothing"]]
     if unlearned:
         print(f"metaspike: warning: in {len(unlearned)} run(s) no task's accuracy rose more than {LEARNED_MARGIN:g} points "

@@ -21,9 +21,11 @@ from typing import Any
 import torch
 
 from metaspike.app.config import KIND_SETTINGS, RunConfig, meta_label
+from metaspike.app.imports import import_flags
 from metaspike.app.models import BIMU_SUFFIX, build_model, is_builtin, optimizer_kind
 from metaspike.app.runs import (
     check_same_data,
+    check_same_imports,
     config_from_record,
     continued_by,
     finished_result,
@@ -184,6 +186,7 @@ def _run_or_continue(config: RunConfig, root: Path, progress: bool) -> Continual
                 print(f"metaspike: warning: {warning}", file=sys.stderr)
         else:  # the runs still to come must train on the data this one was trained on
             check_same_data(path, config)
+            check_same_imports(path, config)
     result = finished_result(path)
     assert result is not None
     return result
@@ -191,7 +194,7 @@ def _run_or_continue(config: RunConfig, root: Path, progress: bool) -> Continual
 
 def _execute(root: Path, plan: dict[str, Any], planned: list[Row], progress: bool) -> tuple[Path, list[dict[str, Any]]]:
     # a Ctrl-C at any moment, in a run or while the table and figures are written, names the comparison's --resume
-    with continued_by(root, f"metaspike compare --resume {root}"):
+    with continued_by(root, f"metaspike compare --resume {root}{import_flags(plan['base'].get('imports'))}"):
         rows = []
         first_runs: list[Path] = []
         for row in planned:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +20,8 @@ from types import ModuleType
 
 from metaspike.checks import raised_at
 
-__all__ = ["import_modules", "normalized_import", "check_resumed_imports", "FLAG"]
+__all__ = ["import_modules", "normalized_import", "check_resumed_imports", "import_flags", "import_digests",
+           "changed_imports", "FLAG"]
 
 FLAG = "--import"
 
@@ -102,6 +104,51 @@ def import_modules(specs: Sequence[str]) -> tuple[str, ...]:
             raise ValueError(f"{FLAG} {spec}: {_where(err, origin)}{type(err).__name__}: {err}") from None
         done.append(recorded)
     return tuple(done)
+
+
+def import_flags(stored: object) -> str:
+    """`` --import X`` for each import a run or comparison recorded (``stored``, as read from its files): what its
+    ``--resume`` command needs (:func:`check_resumed_imports` refuses it without them).
+
+    Example:
+        >>> import_flags(["/lab/my lab.py", "mylab.rules"])
+        " --import '/lab/my lab.py' --import mylab.rules"
+        >>> import_flags([])
+        ''
+    """
+    recorded = stored if isinstance(stored, (list, tuple)) else ()
+    return "".join(f" {FLAG} {shlex.quote(spec)}" for spec in recorded if isinstance(spec, str))
+
+
+def import_digests(recorded: Sequence[str]) -> dict[str, str]:
+    """SHA-256 of the source file of each import a run records (:func:`normalized_import`; a module name by the file it
+    imports from; none for one without a source file): what a resumed run compares, since the file may have been
+    edited meanwhile and the run would then go on under other code than it started with.
+
+    Example:
+        >>> list(import_digests(["json"]))
+        ['json']
+    """
+    digests = {}
+    for spec in recorded:
+        origin = spec if _is_file(spec) else _origin(spec)
+        if origin is not None and Path(origin).is_file():
+            digests[spec] = hashlib.sha256(Path(origin).read_bytes()).hexdigest()
+    return digests
+
+
+def changed_imports(stored: object, recorded: Sequence[str]) -> list[str]:
+    """The imports of ``recorded`` whose source differs from the SHA-256 ``stored`` (as read from a run's files; runs
+    made before the digests were kept store none: nothing is compared).
+
+    Example:
+        >>> changed_imports({"json": "0" * 64}, ["json"])
+        ['json']
+    """
+    if not isinstance(stored, dict):
+        return []
+    now = import_digests(recorded)
+    return [spec for spec in recorded if spec in stored and stored[spec] != now.get(spec)]
 
 
 def check_resumed_imports(stored: object, given: Sequence[str], where: str) -> None:

@@ -25,6 +25,7 @@ from torch import nn
 
 from metaspike.allocator import usable_memory
 from metaspike.app.config import RunConfig, flag_name
+from metaspike.app.imports import changed_imports, import_digests, import_flags
 from metaspike.app.models import (
     BAYESIAN_OPTIMIZERS,
     OPTIMIZER_SETTINGS,
@@ -405,6 +406,22 @@ def check_same_data(path: Path, config: RunConfig) -> None:
                          "it started on (--data-dir or $METASPIKE_DATA, from the folder it ran in)")
 
 
+IMPORT_DIGESTS = "import_sha256"
+"""The key of ``config.json`` under which a run records :func:`~metaspike.app.imports.import_digests` of its
+``--import`` files."""
+
+
+def check_same_imports(path: Path, config: RunConfig) -> None:
+    """Refuse to go on from run ``path`` (resume it, or add runs beside it in a comparison) where an ``--import`` file
+    it was made with has changed since (a resumed run mixed two versions of a user's rule, silently: task 2 81.4 %
+    uninterrupted, 80.6 % resumed); runs made before the digests were kept pass."""
+    changed = changed_imports(read_json(path / "config.json").get(IMPORT_DIGESTS), config.imports)
+    if changed:
+        raise ValueError(f"{path} was made with {', '.join(changed)} as it was then, and the file has changed since "
+                         f"(its SHA-256 differs from the one in config.json): resume it with the code it started "
+                         "with, or start a new run")
+
+
 def _arithmetic() -> dict[str, Any]:
     """What a run records of the arithmetic it runs with (library versions and thread count): a resume under other
     ones warns (:func:`_arithmetic_changes`), and a stopped reproduction's run continues under them all the same."""
@@ -420,6 +437,7 @@ def _record(config: RunConfig, scenario: Scenario) -> dict[str, Any]:
     return {
         **config.to_dict(),
         DATA_DIGESTS: data_digests(config),
+        IMPORT_DIGESTS: import_digests(config.imports),
         "model_description": describe_model(config.model, config.hidden, scenario.input_shape, scenario.num_classes,
                                             config.num_steps),
         "task_boundaries_given": scenario.task_boundaries,
@@ -447,15 +465,19 @@ def refuse_several_processes(command: str) -> None:
 
 def train_resume_command(path: Path, processes: int) -> str:
     """The command that continues the run in ``path``, trained by ``processes`` processes (under torchrun where more
-    than one: a run continues with the number it was trained by).
+    than one: a run continues with the number it was trained by), with the ``--import`` its ``config.json`` records.
 
     Example:
         >>> train_resume_command(Path("runs/a"), 1), train_resume_command(Path("runs/a"), 2)
         ('metaspike train --resume runs/a', 'torchrun --nproc-per-node 2 -m metaspike train --resume runs/a')
     """
+    try:
+        imports = import_flags(read_json(path / "config.json").get("imports"))
+    except (OSError, ValueError, AttributeError):  # (no readable record: the command without them)
+        imports = ""
     if processes > 1:
-        return f"torchrun --nproc-per-node {processes} -m metaspike train --resume {path}"
-    return f"metaspike train --resume {path}"
+        return f"torchrun --nproc-per-node {processes} -m metaspike train --resume {path}{imports}"
+    return f"metaspike train --resume {path}{imports}"
 
 
 def _check_same_processes(path: Path) -> None:
@@ -804,6 +826,7 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
         directory = RunDirectory(path) if world()[0] == 0 else None
         if state is not None:  # (a run that starts over records the data and tasks it starts on)
             check_same_data(path, config)
+            check_same_imports(path, config)
             if directory is not None:
                 directory.check_scenario(_scenario_record(scenario))
             warnings += _arithmetic_changes(path)
