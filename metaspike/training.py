@@ -389,9 +389,14 @@ def _refuse_non_finite_parameters(model: nn.Module) -> None:
     in one gradient entry): a binary synapse shows a NaN hidden weight as +1 and would never learn again, silently."""
     bad = non_finite_parameters(model)
     if bad:
+        params = dict(model.named_parameters())
+        finite_gradients = all(params[name].grad is None or bool(torch.isfinite(params[name].grad).all())
+                               for name in bad if name in params)
+        cause = ("their last gradients were finite, so the optimizer's step made them: a consolidation rule that "
+                 "returned NaN or infinite updates, or an optimizer setting out of range" if finite_gradients else
+                 "a gradient held NaN or infinite entries; check the model's operations or lower the learning rate")
         raise TrainingDiverged(f"parameters became NaN or infinite in this epoch while the loss stayed finite "
-                               f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}): a gradient held NaN or "
-                               "infinite entries; check the model's operations or lower the learning rate")
+                               f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}): {cause}")
 
 
 #: The start of torch's message when a backward pass reaches a graph an earlier one freed.

@@ -67,7 +67,7 @@ def test_a_run_that_fails_keeps_what_it_measured_and_says_what_that_is(tmp_path,
     err = capsys.readouterr().err
     if dies_at_call == 1:  # (in the first task: no checkpoint, nothing measured)
         assert err.endswith(f"it diverged before its first checkpoint, so nothing was measured: {folder} keeps its "
-                            "settings and training curves only\n")
+                            "settings only\n")  # (no curves.csv yet: the message named one)
         assert not (folder / "accuracy_matrix.csv").exists()
         return
     assert err.endswith(f"what was measured so far is in {folder} (the last good checkpoint is kept)\n")
@@ -716,7 +716,7 @@ def test_a_run_refused_before_it_measured_anything_leaves_no_folder_to_resume(tm
     args = ["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--tasks", "2", "--epochs", "1",
             "--hidden", "8", "--quiet", "--out", str(tmp_path / "runs")]
     assert main(args) == 2
-    assert "got one sample" in capsys.readouterr().err
+    assert "holds one sample, and the model's BatchNorm normalises by the statistics of the batch" in capsys.readouterr().err
     assert list((tmp_path / "runs").iterdir()) == []
 
 
@@ -908,7 +908,8 @@ def test_a_run_under_a_path_an_ascii_terminal_cannot_print_ends_well(tmp_path):
 
 @pytest.mark.parametrize("scenario, effective", [("stream", "shared"), ("permuted", "per-task")])
 def test_config_json_records_the_optimizer_mode_the_run_trained_with(tmp_path, scenario, effective):
-    assert main(["train", *SMALL, "--hidden", "8", "--scenario", scenario, "--out", str(tmp_path)]) == 0
+    small = [*SMALL[:SMALL.index("--hidden")], "--hidden", "8", "--quiet"]  # (a flag given twice is refused)
+    assert main(["train", *small, "--scenario", scenario, "--out", str(tmp_path)]) == 0
     (config,) = tmp_path.glob("*/config.json")
     record = json.loads(config.read_text())
     assert (record["optimizer"], record["optimizer_effective"]) == ("per-task", effective)  # (a stream: one optimizer)
@@ -948,3 +949,16 @@ def test_a_verdict_never_says_a_model_forgets_a_negative_number_of_points():
     assert tradeoff_rows(unprotected)[0]["verdict"] == (
         "nothing to protect: m = 0 forgets nothing (its earlier tasks gained 2.0 points); m=10 forgets nothing (its "
         "earlier tasks gained 1.0 points), last task -1.0 points")
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["train", "--meta", "1", "--meta", "2"], "--meta"),
+    (["train", "--hidden", "8", "16", "--hidden=4"], "--hidden"),
+    (["compare", "--dataset", "digits", "--dataset", "mnist5k"], "--dataset"),
+])
+def test_a_flag_that_takes_its_value_once_is_refused_when_given_twice(argv, flag, capsys):
+    """argparse kept the last value silently: --meta 1 --meta 2 trained at m = 2 (named meta2)."""
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert capsys.readouterr().err.endswith(f"error: {flag} is given 2 times; give it once (one value, or its values "
+                                            f"after one {flag})\n")

@@ -185,7 +185,8 @@ def test_a_neuron_builder_that_returns_no_model_is_named(tmp_path, capsys):
                  "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
-    assert "the builder of neuron model 'nothing-built' (" in err and "returned NoneType, not a torch nn.Module" in err
+    assert "the builder of neuron model 'nothing-built' (<lambda>, nothing.py line 2) returned NoneType, not a torch " \
+           "nn.Module" in err  # (its file and line: an imported file's module name is made up)
 
 
 @pytest.mark.parametrize("line, error, message", [

@@ -88,7 +88,8 @@ def test_a_budget_of_trained_tasks_is_refused_for_tasks_evaluated_apart(digits):
     trainer = ContinualTrainer(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)),
                                lambda m: torch.optim.SGD(m.parameters(), lr=0.01), TrainerConfig(eval_tasks=6),
                                progress=False)
-    with pytest.raises(ValueError, match=r"^TrainerConfig.eval_tasks: scenario 'mine' evaluates tasks of its own"):
+    with pytest.raises(ValueError, match=r"^TrainerConfig.eval_tasks: scenario 'mine' evaluates its eval_tasks apart "
+                                         r"from the trained tasks"):
         trainer.fit(apart)
 
 

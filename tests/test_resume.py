@@ -274,7 +274,7 @@ def test_a_killed_neuron_comparison_resumes_to_the_same_table(tmp_path):
 
 
 def test_resume_refuses_flags_that_would_change_the_stored_settings(tmp_path, capsys):
-    _metaspike("train", *ARGS[:6], "--epochs", "1", "--hidden", "8", "--quiet", "--out", str(tmp_path))
+    _metaspike("train", *ARGS[:4], "--epochs", "1", "--hidden", "8", "--quiet", "--out", str(tmp_path))
     run = tmp_path / "permuted-digits-meta5-30-seed1"
     (run / "metrics.json").unlink()  # as if killed before the end
     assert main(["train", "--resume", str(run), "--epochs", "9", "--lr", "0.1"]) == 2

@@ -543,7 +543,28 @@ def test_a_nan_gradient_entry_that_leaves_the_loss_finite_ends_the_epoch_as_dive
     model[1].weight.register_hook(lambda grad: grad.index_fill(0, torch.tensor([0]), float("nan")))
     optimizer = MetaplasticAdam(model.parameters(), lr=0.01, meta=1.0)
     with pytest.raises(TrainingDiverged, match=r"^parameters became NaN or infinite in this epoch while the loss "
-                                               r"stayed finite \(1.parametrizations.weight.original|1.weight"):
+                                               r"stayed finite \(1.weight\): a gradient held NaN or infinite entries"):
+        train_epoch(model, optimizer, torch.rand(40, 20), torch.randint(0, 4, (40,)), batch_size=10)
+
+
+def test_parameters_a_rule_made_non_finite_are_not_blamed_on_the_gradient():
+    """A user's rule that returned NaN updates was reported as "a gradient held NaN or infinite entries"."""
+    import bnn
+    from metaspike.optim import MetaplasticAdam
+    from metaspike.rules.base import Stateless
+    from metaspike.training import TrainingDiverged, train_epoch
+
+    class NotANumber(Stateless):
+        name = "not-a-number"
+
+        def step(self, hidden, update, meta, state):
+            return update * float("nan"), state
+
+    torch.manual_seed(0)
+    model = bnn.MLP([20, 32, 4])
+    optimizer = MetaplasticAdam(model.parameters(), lr=0.01, meta=1.0, rule=NotANumber())
+    with pytest.raises(TrainingDiverged, match=r"\(1.weight, 4.weight\): their last gradients were finite, so the "
+                                               r"optimizer's step made them: a consolidation rule that returned NaN"):
         train_epoch(model, optimizer, torch.rand(40, 20), torch.randint(0, 4, (40,)), batch_size=10)
 
 

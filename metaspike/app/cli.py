@@ -202,7 +202,21 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
                 value = word.split("=", 1)[1] if "=" in word else unknown[at + 1] if at + 1 < len(unknown) else "NAME"
                 hints.append(hint.format(value=value))
         parser.error("; ".join([f"unrecognized arguments: {' '.join(unknown)}", *hints]))
+    _refuse_repeated_flags(parser, args.command, argv)
     return args
+
+
+def _refuse_repeated_flags(parser: argparse.ArgumentParser, command: str, argv: Sequence[str]) -> None:
+    """One line where a flag that takes its value once (``--meta 1 --meta 2``, ``--hidden 8 16 --hidden 4``) is given
+    twice: argparse keeps the last silently, and a run of other settings than meant follows."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for action in commands[command]._actions:
+        if type(action) is not argparse._StoreAction or not action.option_strings:
+            continue  # (--import appends; a switch given twice means the same)
+        given = [word.split("=", 1)[0] for word in argv if word.split("=", 1)[0] in action.option_strings]
+        if len(given) > 1:
+            parser.error(f"{given[0]} is given {len(given)} times; give it once (one value, or its values after one "
+                         f"{given[0]})")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -341,8 +341,9 @@ def _what_is_kept(directory: RunDirectory | None) -> str:
         return ""
     if any((directory.path / name).exists() for name in (CHECKPOINT, PREVIOUS_CHECKPOINT)):
         return f"; what was measured so far is in {directory.path} (the last good checkpoint is kept)"
-    return (f"; it diverged before its first checkpoint, so nothing was measured: {directory.path} keeps its settings "
-            "and training curves only")
+    curves = " and training curves" if (directory.path / "curves.csv").exists() else ""
+    return (f"; it diverged before its first checkpoint, so nothing was measured: {directory.path} keeps its settings"
+            f"{curves} only")
 
 
 def _train_and_write(trainer: ContinualTrainer, scenario: Scenario, directory: RunDirectory | None,

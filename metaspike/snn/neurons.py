@@ -14,6 +14,7 @@ neuron's own module) and one line in ``_NEURONS``; a user's own model is added b
 from __future__ import annotations
 
 import math
+import os
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -318,7 +319,9 @@ def build_neuron_model(name: str, spec: NetSpec = NetSpec()) -> nn.Module:
         raise ValueError(f"the builder of neuron model {name!r} ({getattr(builder, '__qualname__', '?')}) raised "
                          f"{type(err).__name__} at {_builder_line(builder, err)}: {err}") from err
     if not isinstance(model, nn.Module):
-        where = f"{getattr(builder, '__module__', '?')}.{getattr(builder, '__qualname__', '?')}"
+        code = getattr(builder, "__code__", None)  # (its file and line: an imported file's module name is made up)
+        where = (f"{getattr(builder, '__qualname__', '?')}, {os.path.basename(code.co_filename)} line "
+                 f"{code.co_firstlineno}" if code is not None else f"{getattr(builder, '__qualname__', '?')}")
         raise ValueError(f"the builder of neuron model {name!r} ({where}) returned {type(model).__name__}, not a "
                          "torch nn.Module")
     return model
