@@ -81,7 +81,7 @@ class BayesianLinear(SampledForward, nn.Linear):
         in_features, out_features = check_widths(in_features=in_features, out_features=out_features)
         super().__init__(in_features, out_features, bias=bias, **factory_kwargs(device, dtype))
         _check_not_meta(self)
-        self._set_samples(samples, evaluation_samples)
+        self._set_samples(samples, evaluation_samples, evaluation)
         make_bayesian(self, "mesu", sigma_init=sigma_init, evaluation=evaluation)
 
 
@@ -120,7 +120,7 @@ class BayesianConv2d(SampledForward, nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
                          **factory_kwargs(device, dtype))
         _check_not_meta(self)
-        self._set_samples(samples, evaluation_samples)
+        self._set_samples(samples, evaluation_samples, evaluation)
         make_bayesian(self, "mesu", sigma_init=sigma_init, evaluation=evaluation)
 
 
@@ -165,7 +165,7 @@ class BinaryBayesianLinear(SampledForward, nn.Linear):
         in_features, out_features = check_widths(in_features=in_features, out_features=out_features)
         super().__init__(in_features, out_features, bias=bias, **factory_kwargs(device, dtype))
         _check_not_meta(self)
-        self._set_samples(samples, evaluation_samples)
+        self._set_samples(samples, evaluation_samples, evaluation)
         make_bayesian(self, "bimu", lambda_init=lambda_init, temperature=temperature, evaluation=evaluation, scale=scale)
 
 
@@ -206,5 +206,5 @@ class BinaryBayesianConv2d(SampledForward, nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
                          **factory_kwargs(device, dtype))
         _check_not_meta(self)
-        self._set_samples(samples, evaluation_samples)
+        self._set_samples(samples, evaluation_samples, evaluation)
         make_bayesian(self, "bimu", lambda_init=lambda_init, temperature=temperature, evaluation=evaluation, scale=scale)

@@ -25,6 +25,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from metaspike.caller import user_stacklevel
+
 __all__ = ["GAIN_SCALES", "OutputGain", "check_scale", "check_gain_layer", "attach_output_gain", "apply_output_gain", "output_gain",
            "gain_scale", "foreign_forward_hooks"]
 
@@ -172,7 +174,7 @@ class OutputGain(nn.Module):
                 warnings.warn(f"the learned output gain of {self._describe(layer)} has held a gradient through "
                               f"{IDLE_STEPS_WARNED} updates of its layer's synapses without changing: no optimizer "
                               "trains it. metaspike.binarize and bayesianize add these gains as new parameters: build "
-                              "the optimizer after them (or add the gains' parameters to it)", stacklevel=3)
+                              "the optimizer after them (or add the gains' parameters to it)", stacklevel=user_stacklevel())
         self._seen_alpha, self._seen_synapses = alpha._version, synapse_version
 
     def _watch(self, layer: nn.Module) -> None:
@@ -199,7 +201,8 @@ class OutputGain(nn.Module):
                           f"{self._start_size:.3g} to {size:.3g}, over {GROWTH_WARNED:g} times its "
                           "start: it is diverging. A gain takes larger steps than a float weight under SGD; give the "
                           "gains a smaller learning rate (metaspike.param_groups(model, meta, gain_lr=...), about "
-                          "lr / sqrt(fan_in)), clip the gradients, or use Adam", RuntimeWarning, stacklevel=4)
+                          "lr / sqrt(fan_in)), clip the gradients, or use Adam", RuntimeWarning,
+                          stacklevel=user_stacklevel())
 
     def per_channel(self, channels: int) -> Tensor:
         """``α`` as one value per output channel (``[channels]``), detached.

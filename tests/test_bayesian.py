@@ -299,6 +299,7 @@ def test_a_step_over_tensors_frozen_after_the_optimizer_was_built_names_the_free
                                          r"frozen \(requires_grad=False\); unfreeze what should learn") as caught:
         opt.step()
     assert not any("evaluation mode" in str(w.message) for w in caught)
+    assert caught[0].filename == __file__  # (it pointed into torch's optimizer: a fixed stacklevel)
 
 
 @pytest.mark.parametrize("kind", ["bimu", "mesu"])
@@ -890,6 +891,9 @@ def test_a_layer_predicts_from_its_evaluation_samples_and_trains_on_its_samples(
         BinaryBayesianLinear(6, 4, evaluation_samples=3)
     with pytest.raises(ValueError, match="samples must be an int >= 1"):
         BayesianLinear(6, 4, samples=2, evaluation_samples=0)
+    with pytest.raises(ValueError, match=r"^evaluation_samples=9 needs evaluation='sample': evaluation='mode' shows "
+                                         r"every sample the same weight"):  # (9 equal outputs at 9 times the cost)
+        BinaryBayesianLinear(6, 4, samples=2, evaluation_samples=9)
 
 
 def test_start_confident_gives_every_latent_the_magnitude_and_keeps_its_sign():

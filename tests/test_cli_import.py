@@ -255,11 +255,27 @@ def test_a_missing_module_name_is_one_line(capsys):
     ("", lambda spec: None, "a neuron model's name"),
     (3, lambda spec: None, "a neuron model's name"),
     ("mine", "not callable", "builder must be a callable"),
-    ("leaky", lambda spec: None, "a different neuron model is registered as 'leaky'"),
+    ("leaky", lambda spec: None, "'leaky' is a built-in neuron model's name"),
 ])
 def test_register_neuron_checks_its_arguments(name, builder, message):
     with pytest.raises(ValueError, match=message.replace("+", r"\+")):
         register_neuron(name, builder)
+
+
+def test_a_neuron_model_registered_again_is_refused_unless_replaced(monkeypatch):
+    """A notebook cell that registers a neuron model could not run twice, even unchanged: no replace= as rules have."""
+    from metaspike.snn import neurons
+
+    monkeypatch.setattr(neurons, "_NEURONS", dict(neurons._NEURONS))  # (the test's models go with it)
+    first, edited = (lambda spec: None), (lambda spec: None)
+    assert register_neuron("notebook-cell", first) is first
+    assert register_neuron("notebook-cell", first) is first  # (the same builder: nothing changes)
+    with pytest.raises(ValueError, match=r"another builder is registered as neuron model 'notebook-cell' already .* "
+                                         r"register_neuron\(name, builder, replace=True\)"):
+        register_neuron("notebook-cell", edited)
+    assert register_neuron("notebook-cell", edited, replace=True) is edited
+    with pytest.raises(ValueError, match="'leaky' is a built-in neuron model's name"):
+        register_neuron("leaky", edited, replace=True)
 
 
 def test_a_neuron_model_named_like_a_model_kind_is_refused_where_kinds_are_listed():

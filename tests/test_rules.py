@@ -342,7 +342,7 @@ def test_a_rule_name_means_one_rule(monkeypatch):
         register_rule(impostor, replace=True)
     first, edited = _Averaging(name="averaging-test"), dataclasses.replace(TanhRule(), name="averaging-test")
     assert register_rule(first) is first
-    with pytest.raises(ValueError, match="a different rule is registered as 'averaging-test' already .* replace=True"):
+    with pytest.raises(ValueError, match="another rule is registered as 'averaging-test' already .* replace=True"):
         register_rule(edited)
     assert register_rule(edited, replace=True) is edited and get_rule("averaging-test") is edited
     nameless = dataclasses.replace(TanhRule(), name="")

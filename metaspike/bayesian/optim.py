@@ -34,6 +34,7 @@ from metaspike.bayesian.functional import (
     mesu_step_,
 )
 from metaspike.bayesian.synapses import synapse_role
+from metaspike.caller import user_stacklevel
 from metaspike.checks import TrainingDiverged, is_whole, state_dict_groups
 from metaspike.optimizer_state import HookedAgainWhenCopied
 from metaspike.synapse import is_hidden_weight
@@ -64,7 +65,7 @@ def _warn_once(optimizer: Optimizer, what: str, message: str) -> None:
     warned = optimizer.__dict__.setdefault("_warned", set())
     if what not in warned:
         warned.add(what)
-        warnings.warn(message, UserWarning, stacklevel=4)
+        warnings.warn(message, UserWarning, stacklevel=user_stacklevel())
 
 
 def _first_non_finite(tensors: list[Tensor]) -> int | None:

@@ -911,13 +911,17 @@ class SampledForward:
             return super().forward(x)  # type: ignore[misc]
         return sampled_product(self, x, samples)  # type: ignore[arg-type]  # the gain: by the forward hook
 
-    def _set_samples(self, samples: int | None, evaluation_samples: int | None) -> None:
+    def _set_samples(self, samples: int | None, evaluation_samples: int | None, evaluation: str = "sample") -> None:
         """The constructors' checks: ``samples`` an int ``>= 1`` or ``None``; ``evaluation_samples`` too, and only
-        with ``samples`` (a layer's output keeps its sample dimension in both modes)."""
+        with ``samples`` (a layer's output keeps its sample dimension in both modes), and more than one only where
+        evaluation draws samples (``evaluation="mode"`` shows one weight: K equal copies of one output, silently)."""
         self.samples = check_samples(samples)
         if check_samples(evaluation_samples, "evaluation_samples") is not None and samples is None:
             raise ValueError("evaluation_samples needs samples: a layer of one sample (samples=None) has no sample "
                              "dimension to fill")
+        if evaluation_samples is not None and evaluation_samples > 1 and evaluation == "mode":
+            raise ValueError(f"evaluation_samples={evaluation_samples} needs evaluation='sample': evaluation='mode' "
+                             "shows every sample the same weight, so the ensemble would be that many equal outputs")
         self.evaluation_samples = evaluation_samples
 
 

@@ -534,6 +534,7 @@ class ContinualTrainer:
         _claim_plugins(self.plugins, model)
         self.batchnorm_states: list[dict[str, Tensor]] = []
         self._identity: dict[str, Any] | None = None  # the run's, once fit starts (see run_identity)
+        self._trained = False  # (once fit has trained the model: a second fit without resume is refused)
 
     def _new_optimizer(self) -> Optimizer:
         """``make_optimizer(model)``, checked: an optimizer that trains some of the model's parameters and nothing else
@@ -687,6 +688,11 @@ class ContinualTrainer:
             raise ValueError(f"{', '.join(bounded)} acts at task boundaries (task_done), which scenario "
                              f"{scenario.name!r} does not tell the learner (task_boundaries=False); compare it on a "
                              "scenario with tasks")
+        if resume is None and self._trained:  # (re-running a notebook cell, or retrying after Ctrl-C: the baseline
+            # it called untrained was 86.7 %, its forgetting none, and an EWC plugin went on with its old memory)
+            raise ValueError("fit has trained this trainer's model already (and its plugins hold what they learned): a "
+                             "second fit would go on from there and report it as untrained; build a new model and "
+                             "ContinualTrainer for a new run, or pass resume=<a checkpoint> to continue one")
         self._identity = run_identity(scenario, cfg)
         start_alike(self.model)  # (under several processes: the first one's weights everywhere)
         generator = torch.Generator().manual_seed(cfg.seed)
@@ -726,6 +732,7 @@ class ContinualTrainer:
                     inherit_rule_states(optimizer, previous)
                 optimizer_state = scheduler_state = None
             due = (i + 1) % cfg.eval_every == 0 or i + 1 == count
+            self._trained = True
             accuracies = self._train_task(scenario, i, epoch, optimizer, scheduler, generator, states, result, start,
                                           log, due)
             # (a task's own BatchNorm state is kept only where evaluation reads it: shared statistics would grow the

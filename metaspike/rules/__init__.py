@@ -95,8 +95,9 @@ def register_rule(rule: Rule, *, replace: bool = False) -> Rule:
         if rule.name in _BUILT_IN:
             raise ValueError(f"{rule.name!r} is a built-in rule's name ({known!r}); give yours its own name")
         if not replace:
-            raise ValueError(f"a different rule is registered as {rule.name!r} already ({known!r}); give yours its own "
-                             "name, or register_rule(rule, replace=True) to replace it")
+            raise ValueError(f"another rule is registered as {rule.name!r} already ({known!r}; a cell that registers "
+                             "it run again defines a new one); give yours its own name, or register_rule(rule, "
+                             "replace=True) to replace it")
     _RULES[rule.name] = rule
     return rule
 

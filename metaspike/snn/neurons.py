@@ -234,7 +234,8 @@ _NEURONS: dict[str, Callable[[NetSpec], nn.Module]] = {
 BUILTIN_NEURONS = frozenset(_NEURONS)
 
 
-def register_neuron(name: str, builder: Callable[[NetSpec], nn.Module]) -> Callable[[NetSpec], nn.Module]:
+def register_neuron(name: str, builder: Callable[[NetSpec], nn.Module], *,
+                    replace: bool = False) -> Callable[[NetSpec], nn.Module]:
     """Make a neuron model available by ``name``: to :func:`build_neuron_model`, as the run model kinds ``name``
     (binary synapses, MetaplasticAdam) and ``name+bimu`` (BiMU synapses), and to ``metaspike compare --neurons``.
     ``builder(spec)`` returns a classifier ``[B, *spec.input_shape] → [B, spec.classes]`` with float synapses,
@@ -243,6 +244,8 @@ def register_neuron(name: str, builder: Callable[[NetSpec], nn.Module]) -> Calla
     :func:`metaspike.snn.reset_states` calls before and after each batch; without it, the classifier's first call
     names the module and the attribute where the module puts a new tensor in an attribute or buffer (``self.v = ...``),
     but not a state updated in place (``self.v.mul_(...)``), which carries over from one batch to the next.
+    A name already taken by another builder is refused unless ``replace=True`` (a builder edited and registered
+    again in a notebook); the built-in models' names cannot be replaced.
 
     Example:
         >>> from metaspike.snn import SelfRecurrentLIF
@@ -258,7 +261,12 @@ def register_neuron(name: str, builder: Callable[[NetSpec], nn.Module]) -> Calla
         raise ValueError(f"builder must be a callable (spec: NetSpec) -> nn.Module, got {type(builder).__name__}")
     known = _NEURONS.get(name)
     if known is not None and known is not builder:  # (every run asking for the name would change model, silently)
-        raise ValueError(f"a different neuron model is registered as {name!r} already; give yours its own name")
+        if name in BUILTIN_NEURONS:
+            raise ValueError(f"{name!r} is a built-in neuron model's name; give yours its own name")
+        if not replace:
+            raise ValueError(f"another builder is registered as neuron model {name!r} already (a cell that registers "
+                             "it run again defines a new one); give yours its own name, or register_neuron(name, "
+                             "builder, replace=True) to replace it")
     _NEURONS[name] = builder
     return builder
 
