@@ -27,7 +27,7 @@ weights, with the same results (the product bit for bit; gradients up to float32
   more than 256 rows in one class, fan-in, fan-out), conversions included, and caches the winner. An int8 or
   bfloat16 product that takes more than :data:`EMULATED_SLOWDOWN` times float32's on one screening size
   (:func:`kind_slowdown`, timed once per process) is emulated and not timed at all (where it was, the first step of
-  a 784-4096-4096-10 network took 36 s on an AVX2-only CPU, most of it in int8 probes). On a busy machine the
+  a 784-4096-4096-10 network took 14 s on an AVX2-only CPU, one thread, most of it in int8 probes; now 3.7 s). On a busy machine the
   timing may pick a slower product; every candidate is exact. Inputs that are not ±1 (the first layer's pixels) use
   float32.
 * **Backward products in float32 by default.** ``grad_input = grad @ signs`` and
