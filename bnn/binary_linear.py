@@ -27,9 +27,9 @@ weights, with the same results (the product bit for bit; gradients up to float32
   more than 256 rows in one class, fan-in, fan-out), conversions included, and caches the winner. An int8 or
   bfloat16 product that takes more than :data:`EMULATED_SLOWDOWN` times float32's on one screening size
   (:func:`kind_slowdown`, timed once per process) is emulated and not timed at all (where it was, the first step of
-  a 784-4096-4096-10 network took 14 s on an AVX2-only CPU, one thread, most of it in int8 probes; now 3.7 s). On a busy machine the
-  timing may pick a slower product; every candidate is exact. Inputs that are not ±1 (the first layer's pixels) use
-  float32.
+  a 784-4096-4096-10 network took 14 s on an AVX2-only CPU, one thread, most of it in int8 probes; now 3.7 s). On a
+  busy machine the timing may pick a slower product; every candidate is exact. Inputs that are not ±1 (the first
+  layer's pixels) use float32.
 * **Backward products in float32 by default.** ``grad_input = grad @ signs`` and
   ``grad_weight = grad.T @ x`` multiply the real-valued gradient, so they stay float32. Every float32
   product goes to the one of torch's two float32 libraries that uses the CPU's widest kernels (``torch.mm`` or
@@ -230,7 +230,8 @@ def kind_slowdown(device: torch.device, kind: str) -> float:
         True
     """
     x, w = torch.ones(128, 512, device=device), torch.ones(512, 512, device=device)
-    best = best_times({name: partial(signs_product, x, w.to(_DTYPES[name]), name) for name in (kind, "float32")}, device)
+    products = {name: partial(signs_product, x, w.to(_DTYPES[name]), name) for name in (kind, "float32")}
+    best = best_times(products, device)
     return best[kind] / max(best["float32"], 1e-9)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 __all__ = ["registered_name", "is_number", "is_finite_number", "is_whole", "number_in", "finite_number", "FLOAT32_MAX", "FLOAT32_TINY",
            "MAX_SEED", "check_seed", "check_device", "state_dict_groups", "check_eps_holds", "ModelError",
-           "raised_at", "in_metaspike", "is_nan", "shown", "check_generator_state"]
+           "raised_at", "defined_at", "in_metaspike", "is_nan", "shown", "check_generator_state"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -295,6 +295,18 @@ def raised_at(err: BaseException, file: str | None = None) -> str:
         return f"{Path(err.filename).name} line {err.lineno}"
     frames = [f for f in traceback.extract_tb(err.__traceback__) if file is None or Path(f.filename) == Path(file)]
     return f"{Path(frames[-1].filename).name} line {frames[-1].lineno}" if frames else ""
+
+
+def defined_at(function: Any) -> str:
+    """Where ``function`` (a method too) is defined, as ``"name.py line N"`` (:func:`raised_at`'s form); ``""`` for one
+    without Python code. Used to name a user's builder or rule that is wrong before it ran.
+
+    Example:
+        >>> defined_at(defined_at).startswith("checks.py line ")
+        True
+    """
+    code = getattr(getattr(function, "__func__", function), "__code__", None)
+    return f"{Path(code.co_filename).name} line {code.co_firstlineno}" if code is not None else ""
 
 
 _PACKAGE = Path(__file__).resolve().parent

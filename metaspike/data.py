@@ -607,11 +607,11 @@ def _load_idx_dataset(name: str, split: str, root: Path, classes: tuple[str, ...
     memory = usable_memory()
     budget = IDX_MAX_BYTES if memory is None else min(IDX_MAX_BYTES, memory // IDX_LOAD_BYTES_PER_BYTE)
     images, labels = read_idx(img_path, budget), read_idx(lbl_path, budget)
-    for path, array in ((img_path, images), (lbl_path, labels)):  # (a gzipped file beside its plain twin: the gzip is
-        plain = path.with_name(path.name[: -len(".gz")])            # read, which silently trained on the other one)
-        if path.name.endswith(".gz") and _exists(plain, directory) and not np.array_equal(read_idx(plain, budget), array):
-            raise DataError(f"{directory} holds both {path.name} and {plain.name}, and they differ: remove the one that "
-                            "is wrong")
+    for path, array in ((img_path, images), (lbl_path, labels)):  # (a gzipped file beside a plain twin of other
+        plain = path.with_name(path.name.removesuffix(".gz"))        # data: the gzip was read, silently)
+        if plain != path and _exists(plain, directory) and not np.array_equal(read_idx(plain, budget), array):
+            raise DataError(f"{directory} holds both {path.name} and {plain.name}, and they differ: remove the one "
+                            "that is wrong")
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
         raise DataError(f"{img_path}: expected uint8 images of shape [N, 28, 28], "
                         f"got {images.dtype} {list(images.shape)}")

@@ -174,7 +174,8 @@ class OutputGain(nn.Module):
                 warnings.warn(f"the learned output gain of {self._describe(layer)} has held a gradient through "
                               f"{IDLE_STEPS_WARNED} updates of its layer's synapses without changing: no optimizer "
                               "trains it. metaspike.binarize and bayesianize add these gains as new parameters: build "
-                              "the optimizer after them (or add the gains' parameters to it)", stacklevel=user_stacklevel())
+                              "the optimizer after them (or add the gains' parameters to it)",
+                              stacklevel=user_stacklevel())
         self._seen_alpha, self._seen_synapses = alpha._version, synapse_version
 
     def _watch(self, layer: nn.Module) -> None:

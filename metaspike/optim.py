@@ -620,7 +620,7 @@ def _adam_step_(param: Tensor, state: dict[str, Any], group: dict[str, Any], rul
     """One Adam step of one parameter, in place, its update passed through ``rule`` (the group's, at the group's
     ``meta``; ``None``: plain Adam); returns the rule's new state. ``update`` is :func:`_adam_update_` (default) or its
     compiled version."""
-    if update is not None:  # (one compiled variant for contiguous tensors: a state loaded from a channels_last model is not)
+    if update is not None:  # (one compiled variant for contiguous tensors: a channels_last model's loaded state is not)
         for key in ("exp_avg", "exp_avg_sq"):
             state[key] = state[key].contiguous()
     state["step"] += 1
@@ -790,7 +790,8 @@ def metaplastic(
                 for p in group["params"]:
                     if consolidates(p, group):
                         buffer = buffers.get(p)
-                        if buffer is None or (buffer.shape, buffer.dtype, buffer.device) != (p.shape, p.dtype, p.device):
+                        layout = (p.shape, p.dtype, p.device)
+                        if buffer is None or (buffer.shape, buffer.dtype, buffer.device) != layout:
                             buffer = buffers[p] = torch.empty_like(p)
                         before[p] = buffer.copy_(p.detach())
 

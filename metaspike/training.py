@@ -391,7 +391,7 @@ def _refuse_non_finite_parameters(model: nn.Module) -> None:
     if bad:
         params = dict(model.named_parameters())
         finite_gradients = all(params[name].grad is None or bool(torch.isfinite(params[name].grad).all())
-                               for name in bad if name in params)
+                               for name in bad)
         cause = ("their last gradients were finite, so the optimizer's step made them: a consolidation rule that "
                  "returned NaN or infinite updates, or an optimizer setting out of range" if finite_gradients else
                  "a gradient held NaN or infinite entries; check the model's operations or lower the learning rate")

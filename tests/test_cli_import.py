@@ -88,7 +88,7 @@ def test_a_run_folder_never_imports_by_itself_and_resume_asks_for_the_same_impor
     module.write_text(USER_MODULE)
     assert main(["train", "--import", str(module), "--model", "slow-lif", *SMALL, "--out", str(tmp_path)]) == 0
     run = tmp_path / "permuted-digits-slow-lif-meta30-seed1"  # (a registered model: one m by default)
-    from metaspike.app.runs import IMPORT_DIGESTS, check_same_imports, load_config, train_resume_command
+    from metaspike.app.runs import IMPORT_DIGESTS, check_same_sources, load_config, train_resume_command
 
     # the run records its --import file's SHA-256: edited meanwhile, the file is refused where the run would go on
     # (a resumed run mixed two versions of a user's rule, silently)
@@ -96,9 +96,9 @@ def test_a_run_folder_never_imports_by_itself_and_resume_asks_for_the_same_impor
     assert recorded == {str(module.resolve()): hashlib.sha256(module.read_bytes()).hexdigest()}
     module.write_text(USER_MODULE + "\n# edited\n")
     with pytest.raises(ValueError, match=r"was made with .*mylab.py as it was then, and the file has changed since"):
-        check_same_imports(run, load_config(run))
+        check_same_sources(run, load_config(run))
     module.write_text(USER_MODULE)
-    check_same_imports(run, load_config(run))
+    check_same_sources(run, load_config(run))
 
     # (what a Ctrl-C prints to continue: without the --import, that command was refused as below)
     assert train_resume_command(run, 1) == f"metaspike train --resume {run} --import {shlex.quote(str(module.resolve()))}"

@@ -24,8 +24,7 @@ from metaspike.app.config import KIND_SETTINGS, RunConfig, meta_label
 from metaspike.app.imports import import_flags
 from metaspike.app.models import BIMU_SUFFIX, build_model, is_builtin, optimizer_kind
 from metaspike.app.runs import (
-    check_same_data,
-    check_same_imports,
+    check_same_sources,
     config_from_record,
     continued_by,
     finished_result,
@@ -185,8 +184,7 @@ def _run_or_continue(config: RunConfig, root: Path, progress: bool) -> Continual
             for warning in resume(path, progress=progress, plot=False)[2]:  # (checks the data itself)
                 print(f"metaspike: warning: {warning}", file=sys.stderr)
         else:  # the runs still to come must train on the data this one was trained on
-            check_same_data(path, config)
-            check_same_imports(path, config)
+            check_same_sources(path, config)
     result = finished_result(path)
     assert result is not None
     return result

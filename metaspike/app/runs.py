@@ -362,6 +362,10 @@ def _train_and_write(trainer: ContinualTrainer, scenario: Scenario, directory: R
 
 DATA_DIGESTS = "data_sha256"
 """The key of ``config.json`` under which a run records :func:`data_digests` of the data it trains on."""
+IMPORT_DIGESTS = "import_sha256"
+"""The key of ``config.json`` under which a run records :func:`~metaspike.app.imports.import_digests` of its
+``--import`` files."""
+
 
 
 def data_digests(config: RunConfig) -> dict[str, str]:
@@ -391,10 +395,17 @@ def _sha256(data: ArrayDataset) -> str:
     return _DIGESTS[data]
 
 
-def check_same_data(path: Path, config: RunConfig) -> None:
-    """Refuse to go on from run ``path`` (resume it, or add runs beside it in a comparison) on other data than it
-    was trained on; runs made before the digests were kept pass."""
-    stored = read_json(path / "config.json").get(DATA_DIGESTS)
+def check_same_sources(path: Path, config: RunConfig) -> None:
+    """Refuse to go on from run ``path`` (resume it, or add runs beside it in a comparison) on other data or other
+    ``--import`` code than it started with (:func:`_check_same_data`, :func:`_check_same_imports`), both read from its
+    ``config.json``; runs made before the digests were kept pass."""
+    record = read_json(path / "config.json")
+    _check_same_data(path, config, record.get(DATA_DIGESTS))
+    _check_same_imports(path, config, record.get(IMPORT_DIGESTS))
+
+
+def _check_same_data(path: Path, config: RunConfig, stored: Any) -> None:
+    """Refuse data other than the :data:`DATA_DIGESTS` ``stored`` in run ``path``'s ``config.json`` name."""
     if stored is None:
         return
     current = data_digests(config)
@@ -407,16 +418,11 @@ def check_same_data(path: Path, config: RunConfig) -> None:
                          "it started on (--data-dir or $METASPIKE_DATA, from the folder it ran in)")
 
 
-IMPORT_DIGESTS = "import_sha256"
-"""The key of ``config.json`` under which a run records :func:`~metaspike.app.imports.import_digests` of its
-``--import`` files."""
-
-
-def check_same_imports(path: Path, config: RunConfig) -> None:
-    """Refuse to go on from run ``path`` (resume it, or add runs beside it in a comparison) where an ``--import`` file
-    it was made with has changed since (a resumed run mixed two versions of a user's rule, silently: task 2 81.4 %
-    uninterrupted, 80.6 % resumed); runs made before the digests were kept pass."""
-    changed = changed_imports(read_json(path / "config.json").get(IMPORT_DIGESTS), config.imports)
+def _check_same_imports(path: Path, config: RunConfig, stored: Any) -> None:
+    """Refuse where an ``--import`` file run ``path`` was made with has changed since its :data:`IMPORT_DIGESTS`
+    ``stored`` (a resumed run mixed two versions of a user's rule, silently: task 2 81.4 % uninterrupted, 80.6 %
+    resumed)."""
+    changed = changed_imports(stored, config.imports)
     if changed:
         raise ValueError(f"{path} was made with {', '.join(changed)} as it was then, and the file has changed since "
                          f"(its SHA-256 differs from the one in config.json): resume it with the code it started "
@@ -826,8 +832,7 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
             raise ValueError(f"{path / 'config.json'}: {err}") from None
         directory = RunDirectory(path) if world()[0] == 0 else None
         if state is not None:  # (a run that starts over records the data and tasks it starts on)
-            check_same_data(path, config)
-            check_same_imports(path, config)
+            check_same_sources(path, config)
             if directory is not None:
                 directory.check_scenario(_scenario_record(scenario))
             warnings += _arithmetic_changes(path)

@@ -162,7 +162,8 @@ def check_functions(scheduler: Any, saved: Any) -> None:
                          "same make_scheduler")
     if unreadable:
         warnings.warn(f"the {kind}'s {unreadable[0]} has no Python code to fingerprint, so this resume cannot tell "
-                      "whether it is the checkpoint's: make sure make_scheduler gives the same one", stacklevel=user_stacklevel())
+                      "whether it is the checkpoint's: make sure make_scheduler gives the same one",
+                      stacklevel=user_stacklevel())
 
 
 def function_fingerprints(scheduler: Any) -> dict[str, str | None]:

@@ -268,7 +268,8 @@ def _refuse_settings_no_checkpoint_holds(optimizer: Optimizer) -> None:
     try:
         check_loadable(optimizer.state_dict(), "the optimizer's state_dict()")  # (before a step: its settings)
     except ValueError as err:
-        rules = "; a rule object of your own needs @dataclass fields and register_rule" if "['rule']" in str(err) else ""
+        rules = ("; a rule object of your own needs @dataclass fields and register_rule" if "['rule']" in str(err)
+                 else "")
         raise ValueError(f"make_optimizer: {err}{rules}") from None
 
 

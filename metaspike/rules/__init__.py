@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
 from typing import Any
 
-from metaspike.checks import registered_name
+from metaspike.checks import defined_at, registered_name
 from metaspike.rules.base import (
     NoState,
     Rule,
@@ -72,8 +71,8 @@ def _check_step_signature(rule: Any) -> None:
     try:
         signature.bind(None, None, None, None)
     except TypeError:
-        code = getattr(getattr(step, "__func__", step), "__code__", None)
-        place = f" ({os.path.basename(code.co_filename)} line {code.co_firstlineno})" if code is not None else ""
+        where = defined_at(step)
+        place = f" ({where})" if where else ""
         raise ValueError(f"consolidation rule {rule.name!r} ({type(rule).__name__}): its step{signature}{place} "
                          "cannot be called as step(hidden, update, meta, state) -> (update, state)") from None
 

@@ -14,7 +14,6 @@ neuron's own module) and one line in ``_NEURONS``; a user's own model is added b
 from __future__ import annotations
 
 import math
-import os
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from metaspike.checks import in_metaspike, is_whole, raised_at, registered_name
+from metaspike.checks import defined_at, in_metaspike, is_whole, raised_at, registered_name
 from metaspike.snn.backends import norse_method, require_norse, require_snntorch, surrogate
 from metaspike.snn.recurrent import SelfRecurrentLIF, check_decay
 from metaspike.snn.timeloop import SpikingClassifier, holds_norse_cells
@@ -327,9 +326,8 @@ def build_neuron_model(name: str, spec: NetSpec = NetSpec()) -> nn.Module:
         raise ValueError(f"the builder of neuron model {name!r} ({getattr(builder, '__qualname__', '?')}) raised "
                          f"{type(err).__name__} at {_builder_line(builder, err)}: {err}") from err
     if not isinstance(model, nn.Module):
-        code = getattr(builder, "__code__", None)  # (its file and line: an imported file's module name is made up)
-        where = (f"{getattr(builder, '__qualname__', '?')}, {os.path.basename(code.co_filename)} line "
-                 f"{code.co_firstlineno}" if code is not None else f"{getattr(builder, '__qualname__', '?')}")
+        where = ", ".join(filter(None, (getattr(builder, "__qualname__", "?"), defined_at(builder))))  # (its file and
+        # line: an imported file's module name is made up)
         raise ValueError(f"the builder of neuron model {name!r} ({where}) returned {type(model).__name__}, not a "
                          "torch nn.Module")
     return model
