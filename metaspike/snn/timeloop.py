@@ -195,11 +195,9 @@ def _spikes_only(x: Tensor) -> bool:
 
 
 def _warn_encoded_again(classifier: nn.Module, given: tuple[int, ...], logits: tuple[int, ...]) -> None:
-    """Once per classifier: logits of more than ``[batch, classes]`` from a classifier without ``input_shape``, what
-    spikes encoded beforehand ``[num_steps, batch, ...]`` give when they are encoded again (``num_steps`` times the
-    compute, each time step read as a batch)."""
-    if getattr(classifier, "_warned_encoded_again", False):
-        return
+    """The warning, given once per classifier (its caller asks whether it was): logits of more than ``[batch,
+    classes]`` from a classifier without ``input_shape``, what spikes encoded beforehand ``[num_steps, batch, ...]``
+    give when they are encoded again (``num_steps`` times the compute, each time step read as a batch)."""
     classifier._warned_encoded_again = True
     warnings.warn(f"SpikingClassifier: input {given} gave logits {logits}, not [batch, classes]: an input with a "
                   "dimension more than its samples, as spikes encoded beforehand ([num_steps, batch, ...]), is encoded "
@@ -318,6 +316,7 @@ class SpikingClassifier(nn.Module):
             _refuse_kept_state(self.network, unreset)
             self._state_checked = True
         logits = self.readout(outputs)
-        if self.input_shape is None and isinstance(logits, Tensor) and logits.dim() > 2 and _spikes_only(x):
+        if (self.input_shape is None and isinstance(logits, Tensor) and logits.dim() > 2
+                and not getattr(self, "_warned_encoded_again", False) and _spikes_only(x)):  # (the pass over x last)
             _warn_encoded_again(self, tuple(x.shape), tuple(logits.shape))
         return logits
