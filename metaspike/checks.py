@@ -11,10 +11,11 @@ import numbers
 import re
 import reprlib
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["registered_name", "is_number", "is_finite_number", "is_whole", "number_in", "finite_number", "FLOAT32_MAX", "FLOAT32_TINY",
+__all__ = ["registered_name", "check_keys_kept", "is_number", "is_finite_number", "is_whole", "number_in", "finite_number", "FLOAT32_MAX", "FLOAT32_TINY",
            "MAX_SEED", "check_seed", "check_device", "state_dict_groups", "check_eps_holds", "ModelError",
            "raised_at", "defined_at", "in_metaspike", "is_nan", "shown", "check_generator_state"]
 
@@ -228,6 +229,23 @@ def check_generator_state(state: Any, what: str) -> None:
         torch.Generator().set_state(state)
     except (RuntimeError, TypeError):
         raise ValueError(f"{what} is not a state of torch's generator") from None
+
+
+def check_keys_kept(group: dict[str, Any], keys: Iterable[str]) -> None:
+    """One ``ValueError`` naming the first of ``keys`` that an optimizer's param ``group`` lost (deleted by a hand
+    since the group was added, where the step would stop at a bare ``KeyError``).
+
+    Example:
+        >>> check_keys_kept({"params": [], "lr": 0.1}, ("lr",))
+        >>> check_keys_kept({"params": []}, ("lr",))
+        Traceback (most recent call last):
+        ...
+        ValueError: a param group has no 'lr' setting (deleted by a hand?); set it again, e.g. group['lr'] = optimizer.defaults['lr']
+    """
+    lost = [key for key in keys if key not in group]
+    if lost:
+        raise ValueError(f"a param group has no {lost[0]!r} setting (deleted by a hand?); set it again, "
+                         f"e.g. group[{lost[0]!r}] = optimizer.defaults[{lost[0]!r}]")
 
 
 def check_eps_holds(group: dict[str, Any]) -> None:

@@ -28,7 +28,7 @@ from torch.optim import Optimizer
 
 from metaspike.bayesian.optim import BAYESIAN_ADVICE
 from metaspike.bayesian.synapses import bayesian_modules
-from metaspike.checks import FLOAT32_MAX, check_eps_holds, is_number, number_in, state_dict_groups
+from metaspike.checks import FLOAT32_MAX, check_eps_holds, check_keys_kept, is_number, number_in, state_dict_groups
 from metaspike.compiled import LARGE_TENSOR_LOOPS, LazyCompiled
 from metaspike.gain import OutputGain
 from metaspike.layer_selection import each_once, synapse_role
@@ -143,6 +143,8 @@ def _rules_as_records(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[
 
 #: The keys :func:`metaplastic` adds to another optimizer's groups (a state dict saved before it lacks them).
 _CONSOLIDATION_KEYS = ("meta", "rule", "consolidate")
+_ADAM_STEP_KEYS = ("lr", "betas", "eps", "weight_decay", "meta", "rule", "foreach")
+"""The settings a :class:`MetaplasticAdam` step reads from every group (others it reads with a default)."""
 #: The settings that every state dict of ``torch.optim.Adam`` and of MetaplasticAdam holds (MetaplasticAdam's others,
 #: ``consolidate`` and ``fused`` among them, were added over time: a group that lacks one takes its default).
 _ADAM_SETTINGS = ("lr", "betas", "eps", "weight_decay")
@@ -525,6 +527,7 @@ class MetaplasticAdam(HookedAgainWhenCopied, Optimizer):
             ValueError: a param group's meta must be a finite number in [0, 3.40282e+38], got -1.0
         """
         for group in self.param_groups:
+            check_keys_kept(group, _ADAM_STEP_KEYS)
             _check_edited_consolidation(group)
             _check_adam_settings(group, "a param group's ")
             lr = group["lr"]
@@ -588,15 +591,17 @@ def check_before_step(optimizer: Optimizer) -> None:
     if isinstance(optimizer, MetaplasticAdam):
         optimizer.check_step()
         return
+    if not getattr(optimizer, "_metaspike_hooked", False):
+        return
     for group in optimizer.param_groups:
-        if "meta" in group:
-            _check_edited_consolidation(group)
-            _check_consolidated_real(group, f"metaplastic({type(optimizer).__name__})")
+        _check_edited_consolidation(group)
+        _check_consolidated_real(group, f"metaplastic({type(optimizer).__name__})")
 
 
 def _check_edited_consolidation(group: dict[str, Any]) -> None:
     """A group's ``meta`` and ``rule`` as a step reads them, edited since the group was checked or not (a negative
-    ``meta`` would invert the rule)."""
+    ``meta`` would invert the rule; a deleted key is named, not a bare ``KeyError``)."""
+    check_keys_kept(group, ("meta", "rule"))
     check_meta(group["meta"], "a param group's meta")
     get_rule(group["rule"])
 

@@ -389,6 +389,28 @@ def test_a_meta_edited_out_of_range_after_construction_is_refused_before_the_ste
     assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
 
 
+@pytest.mark.parametrize("kind, key", [("hooked", "meta"), ("hooked", "rule"), ("adam", "meta"), ("adam", "lr"),
+                                       ("bimu", "lr"), ("mesu", "N")])
+def test_a_setting_deleted_from_a_param_group_is_named_before_the_step(kind, key):
+    """A group's key deleted by a hand stopped the step at a bare KeyError (or, for a hooked optimizer's meta, left
+    the check to skip the group); the step names the key and changes nothing."""
+    net = nn.Sequential(nn.Linear(4, 3))
+    if kind in ("bimu", "mesu"):
+        metaspike.bayesianize(net, kind)
+        opt = (metaspike.BiMU(metaspike.bayesian.bimu_parameters(net)) if kind == "bimu"
+               else metaspike.MESU(metaspike.bayesian.mesu_param_groups(net)))
+    else:
+        metaspike.binarize(net)
+        opt = (metaspike.metaplastic(torch.optim.SGD(net.parameters(), lr=0.1), meta=2.0) if kind == "hooked"
+               else metaspike.MetaplasticAdam(net.parameters(), lr=0.1, meta=2.0))
+    net(torch.randn(5, 4)).sum().backward()
+    del opt.param_groups[0][key]
+    before = [p.detach().clone() for p in net.parameters()]
+    with pytest.raises(ValueError, match=f"^a param group has no '{key}' setting"):
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
+
+
 def test_a_compiled_model_inside_binarized_once_is_not_recompiled_at_every_step(working_compiler):
     """The block's weight cache keys on objects and tensor versions; traced, it made torch.compile recompile after
     every optimizer step until its limit (a reviewer's compiled SNN: 52 s for 15 steps, 0.3 s eager)."""

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from metaspike.checks import FLOAT32_MAX, number_in
+from metaspike.checks import FLOAT32_MAX, check_keys_kept, number_in
 from metaspike.compiled import LazyCompiled
 
 __all__ = ["mesu_step", "mesu_step_", "bimu_step", "bimu_step_", "check_hyperparameters", "hyperparameter_names",
@@ -107,6 +107,7 @@ def check_hyperparameters(rule: str, hyperparameters: Mapping[str, object]) -> N
     if rule not in _LIMITS:
         raise ValueError(f"rule must be one of {sorted(_LIMITS)}, got {rule!r}")
     hyperparameters = {**_OPTIONAL[rule], **hyperparameters}
+    check_keys_kept(hyperparameters, _LIMITS[rule])
     for name, (low, inclusive) in _LIMITS[rule].items():
         number_in(name, hyperparameters[name], low, _HIGHEST.get(name, FLOAT32_MAX), open_low=not inclusive)
     if rule == "mesu":  # the step multiplies by 1/(N·σ_p²) and μ_p/(N·σ_p²) in the weights' dtype (float32 at least)
