@@ -1,0 +1,53 @@
+"""Deployment through ``torch.export``: a trained binary or Bayesian model exports to a program that gives its
+evaluation-mode outputs bit for bit (the program holds the same ±1 weights and runs the same ops)."""
+
+import pytest
+import torch
+from torch import nn
+
+import bnn
+import metaspike
+
+
+def _trained(model: nn.Module, x: torch.Tensor, steps: int = 3) -> nn.Module:
+    """``model`` after a few SGD steps on random labels, in evaluation mode (so hidden weights have moved off their
+    initial values and BatchNorm layers hold running statistics)."""
+    y = torch.randint(0, 4, (x.shape[0],))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return model.eval()
+
+
+def _mlp() -> nn.Module:
+    return bnn.MLP([20, 32, 32, 4])
+
+
+def _convnet() -> nn.Module:
+    return bnn.ConvNet(in_shape=(1, 8, 8), channels=(4, 8), hidden=16, num_classes=4)
+
+
+def _binarized_torch() -> nn.Module:
+    return metaspike.binarize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 4)))
+
+
+def _bayesian(kind: str) -> nn.Module:
+    return metaspike.bayesianize(nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 4)), kind)
+
+
+@pytest.mark.parametrize("build, shape", [
+    (_mlp, (8, 20)),
+    (_convnet, (8, 1, 8, 8)),
+    (_binarized_torch, (8, 1, 8, 8)),
+    (lambda: _bayesian("bimu"), (8, 20)),
+    (lambda: _bayesian("mesu"), (8, 20)),
+], ids=["bnn.MLP", "bnn.ConvNet", "binarize", "bimu", "mesu"])
+def test_an_exported_model_gives_its_evaluation_outputs_bit_for_bit(build, shape):
+    torch.manual_seed(0)
+    model = _trained(build(), torch.randn(shape))
+    program = torch.export.export(model, (torch.randn(shape),))
+    fresh = torch.randn(shape)
+    with torch.no_grad():
+        assert torch.equal(program.module()(fresh), model(fresh))
