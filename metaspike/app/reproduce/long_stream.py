@@ -19,8 +19,10 @@ point is one of the last five, so 15 tasks are evaluated). Methods (:data:`METHO
 
 The table (``table.csv``) gives, per method, the mean final accuracy over the evaluated tasks, over
 the last 5 tasks, and on task 1, with seconds per run and the run's wall time per training step (``run_ms_per_step``:
-its evaluations included, so a method evaluated on more weight samples costs more per step there; the step alone is
-what ``benchmarks/long_stream.py --steps-only`` times); the figure
+its evaluations included, so a method evaluated on more weight samples costs more per step there, and so is the
+compilation of its fused steps in the first run of a process: a few seconds, nothing beside a 100-task run's minutes but
+most of a tiny run's time, whose first seed then looks many times slower than the next; the step alone is what
+``benchmarks/long_stream.py --steps-only`` times); the figure
 (``accuracy_vs_task.png``) the final accuracy of each evaluated task against its index.
 """
 
