@@ -13,6 +13,7 @@ from torch.nn.utils import parametrize
 
 from bnn.binary_linear import is_binary_input
 from metaspike.bayesian.synapses import bayesian_modules
+from metaspike.compiled import uncompiled
 from metaspike.synapse import BinarySynapse, binary_modules
 from metaspike.training import random_numbers_apart
 
@@ -142,6 +143,7 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> Model
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"summary takes a torch model (bnn or binarized), got {type(model).__name__}")
+    model = uncompiled(model)  # (a compiled model's counting pass compiled it, logging graph breaks at its hooks)
     if isinstance(input_shape, int) and not isinstance(input_shape, bool):
         input_shape = (input_shape,)
     if input_shape is not None and not (isinstance(input_shape, Sequence) and all(

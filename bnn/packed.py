@@ -63,7 +63,7 @@ from bnn import native
 from bnn.layers import BinaryLinear, SignActivation
 from bnn.models import MLP
 from metaspike.checks import is_whole, shown
-from metaspike.compiled import LazyCompiled
+from metaspike.compiled import LazyCompiled, uncompiled
 from metaspike.files import atomic_open, check_torch_archive, read_regular_file, tensor_problem
 from metaspike.gain import foreign_forward_hooks, output_gain
 from metaspike.layer_selection import synapse_parametrization
@@ -817,7 +817,7 @@ def pack(model: nn.Module, compile: bool = True) -> PackedMLP:
                          "bnn.PackedMLP.load(path))")
     if not isinstance(compile, (bool, np.bool_)):
         raise ValueError(f"compile must be True (the fast kernels) or False (plain torch ops), got {compile!r}")
-    model = getattr(model, "_orig_mod", model)  # a torch.compile'd model: the model it wraps
+    model = uncompiled(model)
     pairs = _layers_of(model)
     low = sorted({str(t.dtype) for t in [*model.parameters(), *model.buffers()]
                   if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64)})

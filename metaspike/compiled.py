@@ -11,7 +11,7 @@ import torch
 
 from metaspike.caller import user_stacklevel
 
-__all__ = ["LazyCompiled", "LARGE_TENSOR_LOOPS", "compiling_disabled"]
+__all__ = ["LazyCompiled", "LARGE_TENSOR_LOOPS", "compiling_disabled", "uncompiled"]
 
 LARGE_TENSOR_LOOPS = {"cpp.dynamic_threads": True}
 """Compiler options for a function over large tensors: its CPU loops always run in a parallel region of as many
@@ -59,6 +59,19 @@ the function had returned (``torch/_dynamo/eval_frame.py``, torch 2.13)."""
 
 _TORCH_MODULES = r"torch(\.|$)"
 """The modules whose warnings are torch's own (a ``module`` pattern of :func:`warnings.filterwarnings`)."""
+
+
+def uncompiled(model: torch.nn.Module) -> torch.nn.Module:
+    """The model that ``model`` wraps where it is ``torch.compile(...)``'s module, else ``model``: what a function that
+    reads or records a model's layers (rather than running it fast) works on, so that it compiles nothing and names
+    the layers as the user's model does.
+
+    Example:
+        >>> net = torch.nn.Linear(2, 2)
+        >>> uncompiled(torch.compile(net)) is net, uncompiled(net) is net
+        (True, True)
+    """
+    return getattr(model, "_orig_mod", model) if isinstance(model, torch._dynamo.eval_frame.OptimizedModule) else model
 
 
 def compiling_disabled() -> bool:

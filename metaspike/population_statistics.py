@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from metaspike.checks import is_whole
+from metaspike.compiled import uncompiled
 
 __all__ = ["use_population_statistics", "accept_saved_population_statistics", "statistics_outdated",
            "evaluates_with_batch_statistics"]
@@ -67,7 +68,7 @@ def use_population_statistics(model: nn.Module, x: Tensor, batch_size: int = 100
                       f"{', '.join(map(repr, unreached))} (a head not in use?); their statistics are left as they "
                       "were: fix them with a call that runs through them (e.g. with that head selected)",
                       stacklevel=3)  # (the caller of use_population_statistics, past no_grad)
-    owner = getattr(model, "_orig_mod", model)  # (a torch.compile'd model: the record stays with the model it wraps)
+    owner = uncompiled(model)  # (the record stays with the model a torch.compile'd one wraps)
     owner.__dict__[_FIXED_WITH] = _fingerprints(owner)
     return model
 

@@ -141,6 +141,17 @@ def test_summary_counts_one_bit_and_32_bit_macs_per_sample():
         bnn.summary(bnn.MLP([20, 8, 4]), input_shape=(3,))
 
 
+def test_summary_of_a_compiled_model_is_that_of_the_model_it_wraps_and_compiles_nothing():
+    """A torch.compile'd model's counting pass compiled it, logging graph breaks at the counting hooks, and named its
+    layers "_orig_mod.1", ...: the summary reads the model it wraps."""
+    model = bnn.MLP([20, 8, 4])
+    torch._dynamo.reset()
+    compiled = torch.compile(model)
+    s = bnn.summary(compiled, input_shape=(20,))
+    assert s == bnn.summary(model, input_shape=(20,)) and s.layers[0].name == "1"
+    assert torch._dynamo.utils.counters["stats"]["calls_captured"] == 0
+
+
 def test_summary_counts_the_products_of_a_multi_head_attention():
     """A MultiheadAttention does its projections itself and never calls its out_proj: summary counted 0 MACs."""
     tokens, width, hidden = 5, 32, 64
