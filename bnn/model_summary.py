@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -117,7 +118,8 @@ class ModelSummary:
         return "\n".join(lines)
 
 
-def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> ModelSummary:
+def summary(model: nn.Module, input_shape: Sequence[int] | None = None, *,
+            example_input: Tensor | None = None) -> ModelSummary:
     """Count binary and float parameters of ``model`` layer by layer.
 
     Binary parameters are the hidden weights of binary synapses (:class:`bnn.BinaryLinear`,
@@ -127,11 +129,14 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> Model
     ``quantized_params`` at that many bits for another precision, float for a callable without one. Everything else
     (biases, BatchNorm, MESU's Gaussian weights) is counted as float32; a weight shared by two layers (tied) is counted
     once, with the first. With ``input_shape`` (one sample's shape,
-    without the batch dimension), a forward pass on two random samples also counts the
-    multiply-accumulates per sample of every linear, (transposed) convolution, multi-head attention and recurrent layer
-    (``nn.RNN``/``LSTM``/``GRU`` and their cells, Norse's recurrent cells), every time the layer runs (a spiking
-    network's time steps, a layer used twice): 1-bit where both the weights and the input are ±1, 32-bit otherwise (an
-    attention's, its output projection included, and a recurrent layer's, whose matrices stay float, are all 32-bit).
+    without the batch dimension), a forward pass on two random samples (uniform in [0, 1), in the dtype of the model's
+    first floating-point parameter) also counts the
+    multiply-accumulates per sample of every linear, bilinear, (transposed) convolution, multi-head attention and
+    recurrent layer (``nn.RNN``/``LSTM``/``GRU`` and their cells, Norse's recurrent cells), every time the layer runs (a
+    spiking network's time steps, a layer used twice): 1-bit where both the weights and the input are ±1, 32-bit
+    otherwise (an attention's, its output projection included, and a recurrent layer's, whose matrices stay float, are
+    all 32-bit). A model whose input is not real numbers (token ids for an ``nn.Embedding``) is given
+    ``example_input`` instead: a batch, the batch dimension first, whose pass is counted and divided by its size.
 
     Example:
         >>> from bnn import MLP
@@ -149,7 +154,15 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> Model
     if input_shape is not None and not (isinstance(input_shape, Sequence) and all(
             isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in input_shape)):
         raise ValueError(f"input_shape must be one sample's shape, a sequence of positive integers, got {input_shape!r}")
-    macs = _count_macs(model, input_shape) if input_shape is not None else {}
+    if example_input is not None and input_shape is not None:
+        raise ValueError("summary takes input_shape (random real samples) or example_input (a batch of yours), not both")
+    if example_input is not None and not (isinstance(example_input, Tensor) and example_input.dim() >= 1
+                                          and len(example_input) >= 1):
+        raise ValueError(f"example_input must be a tensor holding a batch of one sample or more (batch dimension "
+                         f"first), got {_described(example_input)}")
+    probe = example_input if input_shape is None else _random_probe(model, input_shape)
+    what = f"input_shape {tuple(input_shape)}" if input_shape is not None else "example_input"
+    macs = _count_macs(model, probe, what) if probe is not None else {}
     bits = {id(weight): n for _, weight, n in _quantized_layers(model)}  # (the other tensors: 32 bits)
     # a parametrization's modules (a MESU synapse holds sigma) are counted with the layer they belong to
     in_parametrizations = {id(inner) for module in model.modules() if parametrize.is_parametrized(module)
@@ -173,7 +186,7 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None) -> Model
         rows.append(LayerSummary(name or type(model).__name__, type(module).__name__, n_binary, n_float,
                                  *macs.get(name, (0, 0)), sum(numel for numel, _ in quantized),
                                  sum(numel * n for numel, n in quantized)))
-    return ModelSummary(tuple(rows), counted_macs=input_shape is not None)
+    return ModelSummary(tuple(rows), counted_macs=probe is not None)
 
 
 def _quantized_layers(model: nn.Module) -> list[tuple[nn.Module, Tensor, int]]:
@@ -186,61 +199,86 @@ def _quantized_layers(model: nn.Module) -> list[tuple[nn.Module, Tensor, int]]:
 
 
 _TRANSPOSED_LAYERS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_PRODUCT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *_TRANSPOSED_LAYERS)
-_PROBE_SAMPLES = 2  # (two: BatchNorm with batch statistics needs more than one)
+_PRODUCT_LAYERS = (nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *_TRANSPOSED_LAYERS)
+
+
+def _described(value: object) -> str:
+    """A value as an error shows it: a tensor by its shape and dtype, anything else by its type."""
+    return f"a tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else f"a {type(value).__name__}"
+
+
+def _random_probe(model: nn.Module, input_shape: Sequence[int]) -> Tensor:
+    """Two random samples of ``input_shape``, in the dtype and on the device of the model's first floating-point
+    parameter (two: BatchNorm with batch statistics needs more than one)."""
+    like = next((p for p in model.parameters() if p.is_floating_point()), torch.empty(0))
+    with random_numbers_apart(like.device):  # (the probe leaves training's random numbers as they were)
+        return torch.rand(2, *input_shape, dtype=like.dtype, device=like.device)
+
+
+def _argument(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str) -> Any:
+    """A layer's forward argument, given by position or by name (``fc(input=x)``, ``attention(query=q, ...)``)."""
+    return args[index] if len(args) > index else kwargs.get(name)
 
 
 @torch.no_grad()
-def _count_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tuple[int, int]]:
-    """``{layer name: (1-bit MACs, 32-bit MACs)}`` per sample, from one forward pass on two random samples."""
+def _count_macs(model: nn.Module, probe: Tensor, what: str) -> dict[str, tuple[int, int]]:
+    """``{layer name: (1-bit MACs, 32-bit MACs)}`` per sample, from one forward pass on ``probe`` (a batch; ``what``
+    names it in an error)."""
     binary_layers = {id(layer) for layer, _, bits in _quantized_layers(model) if bits == 1}
     counts: dict[str, tuple[int, int]] = {}
+    samples = len(probe)
 
     def hook(name: str):
-        def record(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            x = inputs[0]
+        def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Tensor) -> None:
+            inputs = [_argument(args, kwargs, 0, "input1" if isinstance(module, nn.Bilinear) else "input")]
+            if isinstance(module, nn.Bilinear):
+                inputs.append(_argument(args, kwargs, 1, "input2"))
             quantizer = getattr(module, "input_quantizer", None)
             if quantizer is not None:
-                x = quantizer(x)
+                inputs = [quantizer(x) for x in inputs]
             weight = module.weight
             # outputs of one sample x inputs per output (a layer of S weight samples gives S outputs per sample); a
-            # transposed convolution: inputs of one sample x outputs per input
-            total = (x if isinstance(module, _TRANSPOSED_LAYERS) else output).numel() // _PROBE_SAMPLES * weight[0].numel()
-            one_bit = id(module) in binary_layers and is_binary_input(x)
+            # transposed convolution: inputs of one sample x outputs per input; a bilinear layer: in1 x in2 per output
+            shaped = inputs[0] if isinstance(module, _TRANSPOSED_LAYERS) else output
+            total = shaped.numel() // samples * weight[0].numel()
+            one_bit = id(module) in binary_layers and all(is_binary_input(x) for x in inputs)
             ones, floats = counts.get(name, (0, 0))  # (a layer that runs again: each time step, a shared layer)
             counts[name] = (ones + total, floats) if one_bit else (ones, floats + total)
 
         return record
 
     def attention_hook(name: str):
-        def record(module: nn.MultiheadAttention, inputs: tuple[Tensor, ...], output: object) -> None:
+        def record(module: nn.MultiheadAttention, args: tuple[Any, ...], kwargs: dict[str, Any],
+                   output: object) -> None:
             ones, floats = counts.get(name, (0, 0))
-            counts[name] = (ones, floats + _attention_macs(module, *inputs[:3]) // _PROBE_SAMPLES)
+            query, key, value = (_argument(args, kwargs, i, n) for i, n in enumerate(("query", "key", "value")))
+            counts[name] = (ones, floats + _attention_macs(module, query, key, value) // samples)
 
         return record
 
     def recurrent_hook(name: str):
-        def record(module: nn.Module, inputs: tuple[Tensor, ...], output: object) -> None:
+        def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: object) -> None:
             ones, floats = counts.get(name, (0, 0))
-            counts[name] = (ones, floats + _recurrent_macs(module, inputs[0]) // _PROBE_SAMPLES)
+            counts[name] = (ones, floats + _recurrent_macs(module, _argument(args, kwargs, 0, "input")) // samples)
 
         return record
 
-    handles = [layer.register_forward_hook(hook(name)) for name, layer in model.named_modules()
+    layers = list(model.named_modules())
+    handles = [layer.register_forward_hook(hook(name), with_kwargs=True) for name, layer in layers
                if isinstance(layer, _PRODUCT_LAYERS)]
-    handles += [layer.register_forward_hook(recurrent_hook(name)) for name, layer in model.named_modules()
+    handles += [layer.register_forward_hook(recurrent_hook(name), with_kwargs=True) for name, layer in layers
                 if _recurrent_matrices(layer)]
-    handles += [layer.register_forward_hook(attention_hook(name)) for name, layer in model.named_modules()
+    handles += [layer.register_forward_hook(attention_hook(name), with_kwargs=True) for name, layer in layers
                 if isinstance(layer, nn.MultiheadAttention)]
     was_training = model.training
     try:
         model.eval()  # no running statistics are updated (the paper's BatchNorm still uses the batch's)
-        # (the probe in the dtype and on the device of the model's first floating-point parameter)
-        like = next((p for p in model.parameters() if p.is_floating_point()), torch.empty(0))
-        with random_numbers_apart(like.device):  # (the probe and a Bayesian model's samples leave training's numbers)
-            model(torch.rand(_PROBE_SAMPLES, *input_shape, dtype=like.dtype, device=like.device))
+        with random_numbers_apart(probe.device):  # (a Bayesian model's samples leave training's random numbers)
+            model(probe)
     except Exception as err:
-        raise ValueError(f"summary: a forward pass on input_shape {tuple(input_shape)} failed: {err}") from None
+        hint = " (input_shape probes with random real numbers: give a model of token ids example_input=)"
+        raise ValueError(f"summary: a forward pass on {what} failed: {err}"
+                         f"{hint if what.startswith('input_shape') else ''}") from None
     finally:
         model.train(was_training)
         for handle in handles:

@@ -263,12 +263,41 @@ def select_layers(
             selected.append((name, layer))
         elif refuse_computed_weights and isinstance(weight, Tensor):
             raise ValueError(f"layer {name!r} ({type(layer).__name__}) has a weight that is no parameter (a buffer, or "
-                             "computed by a hook as the old torch.nn.utils.weight_norm and spectral_norm do), so it "
-                             f"cannot become a synapse: exclude it (exclude=[{name!r}]) or use "
-                             "torch.nn.utils.parametrizations.weight_norm / spectral_norm")
+                             "computed by a hook: the old torch.nn.utils.weight_norm and spectral_norm, "
+                             "torch.nn.utils.prune), so it cannot become a synapse: remove the hook first "
+                             "(torch.nn.utils.remove_weight_norm, remove_spectral_norm, prune.remove) or leave the "
+                             f"layer float (exclude=[{name!r}])")
     if refuse_computed_weights:
         _refuse_types_without_weight(types, candidates, selected)
+        for name, layer in selected:
+            _refuse_padding_row(name, layer)
+        _refuse_excluded_ties(model, excluded, selected)
     return selected
+
+
+def _refuse_padding_row(name: str, layer: nn.Module) -> None:
+    """An embedding with a ``padding_idx`` keeps that row at zero (torch never trains it); a synapse has no zero
+    weight (``sign(0)`` is +1, a BiMU row is ±1, a MESU row noisy), so every padding position would add a vector."""
+    padding = getattr(layer, "padding_idx", None)
+    if padding is not None:
+        raise ValueError(f"layer {name!r} ({type(layer).__name__}) has padding_idx={padding}, whose row torch keeps at "
+                         "zero; a synapse's weights are never zero, so every padding position would add a vector: "
+                         f"leave the layer float (exclude=[{name!r}]) or build it without padding_idx")
+
+
+def _refuse_excluded_ties(model: nn.Module, excluded: set[int], selected: list[tuple[str, nn.Module]]) -> None:
+    """An excluded module that holds the weight of a selected layer (tied weights) would read the synapse's float state
+    as its weight and train it: what ``exclude`` asked, a float layer, cannot be had while the tie holds."""
+    synapse_of = {id(layer.weight): name for name, layer in selected
+                  if not parametrize.is_parametrized(layer, "weight")}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if id(module) not in excluded:
+            continue
+        for key, p in module.named_parameters(recurse=False):
+            if id(p) in synapse_of:
+                raise ValueError(f"exclude names {name!r}, whose {key} is also the weight of layer "
+                                 f"{synapse_of[id(p)]!r}, which becomes a synapse: the excluded layer would read the "
+                                 "synapse's float state and train it; exclude both layers, or untie the weights")
 
 
 def _refuse_types_without_weight(types: tuple[type[nn.Module], ...], candidates: list[tuple[str, nn.Module]],

@@ -152,6 +152,43 @@ def test_summary_of_a_compiled_model_is_that_of_the_model_it_wraps_and_compiles_
     assert torch._dynamo.utils.counters["stats"]["calls_captured"] == 0
 
 
+def test_summary_counts_layers_called_with_keywords_bilinear_layers_and_token_inputs():
+    """The counting hooks read positional inputs only (a layer called as fc(input=x) failed the summary, blaming the
+    forward pass); nn.Bilinear counted 0 MACs; a model of token ids could not be probed with random real numbers."""
+    class Keywords(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x):
+            x, _ = self.attention(query=x, key=x, value=x, need_weights=False)
+            return self.fc(input=x)
+
+    s = bnn.summary(Keywords(), input_shape=(5, 8))
+    assert s.float_macs == 4 * 5 * 8 * 8 + 2 * 5 * 5 * 8 + 5 * 8 * 3  # projections, attention, fc
+    bilinear = nn.Bilinear(3, 4, 5)
+    tokens = nn.Sequential(nn.Embedding(20, 8), nn.Flatten(), nn.Linear(40, 3))
+    with pytest.raises(ValueError, match="give a model of token ids example_input="):
+        bnn.summary(tokens, input_shape=(5,))
+    counted = bnn.summary(tokens, example_input=torch.randint(0, 20, (4, 5)))
+    assert counted.float_macs == 40 * 3 and counted.binary_macs == 0
+    with pytest.raises(ValueError, match="not both"):
+        bnn.summary(tokens, input_shape=(5,), example_input=torch.zeros(1, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"^example_input must be a tensor holding a batch"):
+        bnn.summary(tokens, example_input=torch.tensor(3))
+
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bilinear = bilinear
+
+        def forward(self, x):
+            return self.bilinear(x[:, :3], input2=x[:, 3:])
+
+    assert bnn.summary(Pair(), input_shape=(7,)).float_macs == 5 * 3 * 4
+
+
 def test_summary_counts_the_products_of_a_multi_head_attention():
     """A MultiheadAttention does its projections itself and never calls its out_proj: summary counted 0 MACs."""
     tokens, width, hidden = 5, 32, 64

@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 import metaspike
 from metaspike import bayesianize, binarize
@@ -342,6 +343,53 @@ def test_attention_layers_stay_float_because_attention_bypasses_their_forward_pa
         assert torch.isfinite(net(torch.randn(2, 5, 8))).all()
 
 
+def _convert(kind: str, model: nn.Module, **kwargs) -> nn.Module:
+    return binarize(model, **kwargs) if kind == "sign" else bayesianize(model, kind, **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["sign", "bimu", "mesu"])
+def test_excluding_one_of_two_tied_layers_is_refused_before_anything_changes(kind):
+    """The excluded layer kept reading the other layer's hidden weight (or MESU's mu) and the optimizers consolidated
+    it, without a word; naming a tied embedding in exclude also silenced the tie warning."""
+    net = nn.Sequential(nn.Linear(4, 4, bias=False), nn.ReLU(), nn.Linear(4, 4, bias=False), nn.Linear(4, 2))
+    net[2].weight = net[0].weight
+    before = _snapshot(net)
+    with pytest.raises(ValueError, match="^exclude names '0', whose weight is also the weight of layer '2', which "
+                                         "becomes a synapse"):
+        _convert(kind, net, exclude=["0"])
+    assert _unchanged(net, before)
+    _convert(kind, net, exclude=["0", "2"])  # both excluded: nothing tied to a synapse
+    assert synapse_parametrization(net[0]) is None and synapse_parametrization(net[2]) is None
+
+
+@pytest.mark.parametrize("kind", ["sign", "bimu", "mesu"])
+@pytest.mark.parametrize("layer", [lambda: nn.Embedding(5, 4, padding_idx=0),
+                                   lambda: nn.EmbeddingBag(5, 4, padding_idx=1)], ids=["Embedding", "EmbeddingBag"])
+def test_an_embedding_with_a_padding_row_is_refused(kind, layer):
+    """torch keeps the padding row at zero; as a synapse it was +1 forever (sign), a random ±1 row (BiMU) or noise
+    (MESU), so sums over padded sequences depended on the padding."""
+    net = nn.Sequential(layer())
+    before = _snapshot(net)
+    with pytest.raises(ValueError, match=r"^layer '0' \(Embedding(Bag)?\) has padding_idx=\d, whose row torch keeps"):
+        _convert(kind, net, layer_types=(nn.Embedding, nn.EmbeddingBag), scale=None)
+    assert _unchanged(net, before)
+
+
+@pytest.mark.parametrize("kind", ["bimu", "mesu"])
+def test_a_bayesian_embedding_with_max_norm_is_refused(kind):
+    """F.embedding renormalises the weight's rows in place: on a sample the first training pass failed in autograd."""
+    net = nn.Sequential(nn.Embedding(6, 4, max_norm=1.0))
+    with pytest.raises(ValueError, match=r"^layer '0' \(Embedding\) has max_norm=1.0"):
+        bayesianize(net, kind, layer_types=nn.Embedding, scale=None)
+
+
+def test_a_pruned_layer_is_told_to_remove_the_pruning():
+    net = nn.Sequential(nn.Linear(4, 4))
+    prune.l1_unstructured(net[0], "weight", amount=0.5)
+    with pytest.raises(ValueError, match=r"remove the hook first \(.*prune.remove\) or leave the layer float"):
+        binarize(net)
+
+
 @pytest.mark.parametrize("kind", ["sign", "bimu", "mesu"])
 def test_a_module_tied_to_a_synapse_layer_is_named(kind):
     """An embedding tied to the output layer (language models) reads the synapse's float state, not its weight."""
@@ -421,8 +469,9 @@ def test_a_layer_whose_weight_a_hook_computes_is_named_not_skipped(wrap, convert
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch deprecates the hook-based wrappers
         model = nn.Sequential(wrap(nn.Linear(4, 4)), nn.ReLU(), nn.Linear(4, 2))
-    with pytest.raises(ValueError, match=r"layer '0' \(Linear\) has a weight that is no parameter .* exclude it "
-                                         r"\(exclude=\['0'\]\) or use torch.nn.utils.parametrizations.weight_norm"):
+    with pytest.raises(ValueError, match=r"layer '0' \(Linear\) has a weight that is no parameter .* remove the hook "
+                                         r"first \(torch.nn.utils.remove_weight_norm, remove_spectral_norm, "
+                                         r"prune.remove\) or leave the layer float \(exclude=\['0'\]\)"):
         convert(model)
     assert synapse_parametrization(model[2]) is None  # nothing changed
     with warnings.catch_warnings():

@@ -662,6 +662,10 @@ def bayesianize(
         if getattr(layer, "sparse", False) is True:  # (the synapses' backward passes and MESU/BiMU need dense ones)
             raise ValueError(f"layer {name!r} ({type(layer).__name__}) makes sparse gradients; Bayesian synapses need "
                              "dense ones: make it with sparse=False")
+        if getattr(layer, "max_norm", None) is not None:  # (renormalising a sample in place: an autograd error)
+            raise ValueError(f"layer {name!r} ({type(layer).__name__}) has max_norm={layer.max_norm}: it rescales the "
+                             "rows of its weight in place, and a Bayesian synapse's weight is a fresh sample each "
+                             "pass; make it with max_norm=None, or leave it float (exclude=[...])")
         if scale is not None and output_gain(layer) is None:
             check_gain_layer(name, layer)
         todo.append((name, layer))
