@@ -636,7 +636,7 @@ def _adam_step_(param: Tensor, state: dict[str, Any], group: dict[str, Any], rul
     # reduces over a dimension saw one flat vector there, and damped otherwise from 2**18 weights on; dynamic shapes
     # keep one compiled variant for every size of a number of dimensions)
     tensors = _real_views(param, param.grad, state["exp_avg"], state["exp_avg_sq"])
-    with user_rule_errors(rule) if rule is not None else contextlib.nullcontext():
+    with user_rule_errors(rule, param) if rule is not None else contextlib.nullcontext():
         new_state = (update or _adam_update_)(
             *tensors,
             step_size=group["lr"] / (1 - beta1**step),
@@ -817,7 +817,7 @@ def metaplastic(
                 # (a large weight under an elementwise rule: one compiled loop, not about nine passes over it: 20-30x
                 # plain SGD's step on a 2048 x 2048 layer)
                 damp_ = _compiled_damp if _fuses(_compiled_damp, rule, (p, old)) else _damp_
-                with user_rule_errors(rule):
+                with user_rule_errors(rule, p):
                     new_state = damp_(p, old, meta=group["meta"], rule=rule, rule_state=rule_state)
                 _store_rule_state(state, new_state)
         before.clear()

@@ -320,12 +320,12 @@ def train_epoch(
         if shard[1] > 1:  # weigh this slice by its share, so averaged gradients equal the whole batch's
             loss = loss * (len(index) * shard[1] / len(batch))
         _require_gradient(loss)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss.item()} at batch {batches + 1}; lower the learning rate")
         for plugin in plugins:
             extra = _checked_penalty(plugin, model)
             if extra is not None:
                 loss = loss + extra
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss became {loss.item()} at batch {batches + 1}; lower the learning rate")
         backward_within_batch(loss)
         if shard[1] > 1:
             average_gradients(model)
@@ -362,9 +362,13 @@ def _require_gradient(loss: Tensor) -> None:
 
 def _checked_penalty(plugin: Plugin, model: nn.Module) -> Tensor | float | None:
     """``plugin.penalty(model)`` once it is what a loss can take: a scalar tensor, a number or ``None`` (a tensor of
-    several values would turn the loss into one, and the next check fail inside torch)."""
+    several values would turn the loss into one, and the next check fail inside torch), and finite (a NaN penalty was
+    blamed on the learning rate)."""
     extra = plugin.penalty(model)
     if extra is None or is_number(extra) or (isinstance(extra, Tensor) and extra.dim() == 0):
+        if extra is not None and not math.isfinite(float(extra)):  # (not the learning rate's fault: name the plugin)
+            raise TrainingDiverged(f"plugin {type(plugin).__name__}: its penalty returned {float(extra)} (the data "
+                                   "loss is finite); check its state and settings, e.g. its strength")
         return extra
     got = f"a tensor of shape {list(extra.shape)}" if isinstance(extra, Tensor) else f"a {type(extra).__name__}"
     raise ValueError(f"plugin {type(plugin).__name__}: its penalty returned {got}; penalty must return a scalar tensor "

@@ -151,6 +151,27 @@ def test_a_penalty_that_is_not_one_number_names_the_plugin(plugin, got):
         train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y, batch_size=10, plugins=[plugin])
 
 
+class _Diverging(Plugin):
+    def __init__(self, value):
+        self.value = value
+
+    def penalty(self, model):
+        return self.value
+
+
+@pytest.mark.parametrize("value", [float("nan"), torch.tensor(float("inf"))])
+def test_a_non_finite_penalty_names_the_plugin_not_the_learning_rate(value):
+    """"loss became nan ...; lower the learning rate" where the data loss was finite and a plugin's penalty was not."""
+    from metaspike.checks import TrainingDiverged
+
+    x, y = _data()
+    model = nn.Linear(6, 3)
+    with pytest.raises(TrainingDiverged, match=r"^plugin _Diverging: its penalty returned (nan|inf) \(the data loss is "
+                                               "finite\)"):
+        train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y, batch_size=10,
+                    plugins=[_Diverging(value)])
+
+
 @pytest.mark.parametrize("penalty", [0.25, torch.tensor(0.25)])
 def test_a_penalty_of_one_number_is_added_to_the_loss(penalty):
     class Constant(Plugin):

@@ -445,6 +445,40 @@ def test_a_user_rule_returning_the_wrong_kind_of_value_is_one_line(returns, mess
         optimizer.step()
 
 
+@pytest.mark.parametrize("bad", ["nan", "inf", "meta"])
+@pytest.mark.parametrize("wrapped", [False, True])
+@pytest.mark.parametrize("size", [6, 1024], ids=["eager", "fused"])
+def test_a_user_rule_returning_a_non_finite_or_misplaced_update_is_named_at_the_step(bad, wrapped, size):
+    """A NaN hidden weight reads as a plausible ±1 weight, so a user's rule returning NaN or inf corrupted every hidden
+    weight while the loss stayed finite, without a word in a user's own loop; an update on the meta device was ignored
+    by torch (the weight did not change)."""
+    import metaspike
+    from metaspike.checks import TrainingDiverged
+    from metaspike.rules import TanhRule
+
+    class Broken(TanhRule):
+        def step(self, hidden, update, meta, state):
+            if bad == "meta":
+                return update.to("meta"), state
+            return update * float(bad), state
+
+    rule = Broken(name="broken")
+    weight = torch.ones(size, 512, requires_grad=True)
+    groups = [{"params": [weight], "consolidate": True}]
+    optimizer = (metaspike.metaplastic(torch.optim.SGD(groups, lr=0.1), meta=1.0, rule=rule) if wrapped
+                 else metaspike.MetaplasticAdam(groups, meta=1.0, rule=rule))
+    weight.sum().backward()
+    if bad == "meta":
+        with pytest.raises(ValueError, match="^consolidation rule 'broken' returned an update on meta for a weight on "
+                                             "cpu"):
+            optimizer.step()
+    else:
+        with pytest.raises(TrainingDiverged, match=r"^consolidation rule 'broken' \(Broken, test_rules.py line \d+\) "
+                                                   r"made a weight of shape \(\d+, 512\) NaN or infinite from a finite "
+                                                   "gradient"):
+            optimizer.step()
+
+
 def test_consolidate_refuses_another_rules_state_and_a_state_of_another_shape():
     """Another rule's record raised AttributeError inside the rule, and a state of the wrong shape was broadcast."""
     from metaspike.functional import bimu_step, consolidate, mesu_step

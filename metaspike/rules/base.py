@@ -26,7 +26,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 import torch
 from torch import Tensor
 
-from metaspike.checks import FLOAT32_MAX, in_metaspike, number_in, raised_at
+from metaspike.checks import FLOAT32_MAX, TrainingDiverged, defined_at, in_metaspike, number_in, raised_at
 
 __all__ = ["Rule", "NoState", "Stateless", "check_meta", "check_update", "checked_step", "toward_zero",
            "state_to_dict", "state_from_dict", "user_rule_errors", "is_plain"]
@@ -133,6 +133,9 @@ def check_update(rule: Rule, update: Tensor, hidden: Tensor) -> Tensor:
         got = tuple(update.shape) if isinstance(update, Tensor) else type(update).__name__
         raise ValueError(f"consolidation rule {rule.name!r} returned an update of shape {got} for a weight of shape "
                          f"{tuple(hidden.shape)}; a rule's step returns (update of the weight's shape, state)")
+    if update.device != hidden.device:  # (torch ignores a meta update silently: the weight would not change)
+        raise ValueError(f"consolidation rule {rule.name!r} returned an update on {update.device} for a weight on "
+                         f"{hidden.device}; a rule's update lies where the weight does")
     return update
 
 
@@ -162,28 +165,41 @@ def checked_step(rule: Rule, result: Any, hidden: Tensor) -> tuple[Tensor, tuple
     return update, state
 
 
+def _users_step(rule: Rule) -> Any:
+    """The code of ``rule``'s ``step`` where a user wrote it (outside metaspike), else ``None``."""
+    code = getattr(getattr(type(rule), "step", None), "__code__", None)
+    return None if code is None or in_metaspike(code.co_filename) else code
+
+
 @contextmanager
-def user_rule_errors(rule: Rule) -> Iterator[None]:
+def user_rule_errors(rule: Rule, weight: Tensor | None = None) -> Iterator[None]:
     """Around a step of ``rule``: an error raised in a user's rule (its ``step`` written outside metaspike) becomes one
     line naming the rule and the line of its own ``step`` the error passed last; metaspike's own errors, and memory
-    running out, pass as they are.
+    running out, pass as they are. With ``weight`` (the tensor the step updated), a user's rule that left it NaN or
+    infinite from a finite gradient raises :class:`~metaspike.checks.TrainingDiverged` naming the rule: a binary
+    synapse reads a NaN hidden weight as a plausible ±1 weight, so the loss stays finite and nothing else would tell.
 
     Example:
         >>> from metaspike.rules import get_rule
         >>> with user_rule_errors(get_rule("tanh")):
         ...     pass
     """
+    code = _users_step(rule)
     try:
         yield
     except Exception as err:
-        code = getattr(getattr(type(rule), "step", None), "__code__", None)
-        ours = code is None or in_metaspike(code.co_filename)
         out_of_memory = isinstance(err, (MemoryError, torch.OutOfMemoryError))
-        place = "" if ours or out_of_memory else raised_at(err, code.co_filename)
+        place = "" if code is None or out_of_memory else raised_at(err, code.co_filename)
         if not place:
             raise
         raise ValueError(f"consolidation rule {rule.name!r} ({type(rule).__name__}) raised {type(err).__name__} at "
                          f"{place}: {err}") from err
+    if code is not None and weight is not None and not bool(torch.isfinite(weight).all()):
+        grad = weight.grad
+        if grad is None or bool(torch.isfinite(grad).all()):
+            raise TrainingDiverged(f"consolidation rule {rule.name!r} ({type(rule).__name__}, {defined_at(type(rule).step)}) "
+                                   f"made a weight of shape {tuple(weight.shape)} NaN or infinite from a finite "
+                                   "gradient: its step returned a non-finite update")
 
 
 def toward_zero(hidden: Tensor, update: Tensor) -> Tensor:
