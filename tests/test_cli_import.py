@@ -72,6 +72,42 @@ def test_a_rule_and_a_neuron_model_of_ones_own_run_from_the_command_line(tmp_pat
     assert "slow-lif" in capsys.readouterr().out
 
 
+def test_a_users_module_that_the_import_file_imports_is_checked_on_resume_too(tmp_path, monkeypatch):
+    """Only the named file was hashed: a rule kept in a package module that the --import file imports was edited
+    between a kill and --resume, and the resumed run trained its later tasks with the edited rule, silently."""
+    package = tmp_path / "userlab"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "impl.py").write_text(USER_MODULE.replace("register_rule(HalfTanh())", "").split("register_neuron(")[0])
+    entry = tmp_path / "entry.py"
+    entry.write_text("from metaspike.rules import register_rule\nfrom userlab.impl import HalfTanh\n"
+                     "register_rule(HalfTanh())\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["train", "--import", str(entry), "--rule", "half-tanh", *SMALL, "--out", str(tmp_path)]) == 0
+    run = tmp_path / "permuted-digits-meta5-30-half-tanh-seed1"
+    from metaspike.app.runs import IMPORT_DIGESTS, check_same_sources, load_config
+
+    recorded = json.loads((run / "config.json").read_text())[IMPORT_DIGESTS]
+    helper = package / "impl.py"
+    assert recorded[str(helper.resolve())] == hashlib.sha256(helper.read_bytes()).hexdigest()
+    assert str((package / "__init__.py").resolve()) in recorded and len(recorded) == 3
+    helper.write_text(helper.read_text().replace("meta / 2", "meta / 3"))
+    with pytest.raises(ValueError, match=r"was made with .*userlab/impl.py as it was then, and the file has changed"):
+        check_same_sources(run, load_config(run))
+
+
+def test_a_module_name_of_a_file_in_the_current_folder_says_how_to_import_it(tmp_path, monkeypatch):
+    """The installed script does not look in the current folder: "No module named 'mylab'" beside mylab.py."""
+    from metaspike.app.imports import import_modules
+
+    (tmp_path / "mylab_here.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    with pytest.raises(ValueError, match=r"No module named 'mylab_here'; the installed metaspike command does not look "
+                                         r"in the current folder: give the file's path \(mylab_here.py\)"):
+        import_modules(["mylab_here"])
+
+
 def test_a_module_on_the_path_is_imported_by_its_name(tmp_path, monkeypatch):
     package = tmp_path / "userlab"
     package.mkdir()

@@ -4,7 +4,9 @@ line (a consolidation rule by :func:`metaspike.rules.register_rule`, a spiking n
 
 A module is named as Python imports it (``mylab.rules``, found on ``sys.path``) or by the path of its ``.py`` file.
 The run records what it imported (:attr:`metaspike.app.config.RunConfig.imports`), but a run folder never imports
-anything by itself: ``--resume`` asks for the same ``--import`` again, so a folder from elsewhere cannot run code.
+anything by itself: ``--resume`` asks for the same ``--import`` again, so a folder from elsewhere cannot run code. It
+also records the SHA-256 of each imported file and of the user's own modules that importing it brought in (a rule kept
+in a package module that the ``--import`` file imports), so that a resume under edited code is refused.
 """
 
 from __future__ import annotations
@@ -12,18 +14,24 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import os
 import shlex
 import sys
-from collections.abc import Sequence
+import sysconfig
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
 
-from metaspike.checks import raised_at
+from metaspike.checks import in_metaspike, raised_at
 
 __all__ = ["import_modules", "normalized_import", "check_resumed_imports", "import_flags", "import_digests",
            "changed_imports", "FLAG"]
 
 FLAG = "--import"
+
+_BROUGHT_IN: dict[str, tuple[str, ...]] = {}
+"""For each import of this process (as recorded: :func:`normalized_import`), the source files of the user's own
+modules that importing it loaded (:func:`_users_files`)."""
 
 
 def _is_file(spec: str) -> bool:
@@ -94,6 +102,7 @@ def import_modules(specs: Sequence[str]) -> tuple[str, ...]:
         recorded = normalized_import(spec)
         if recorded in done:
             continue
+        before = set(sys.modules)
         try:
             if _is_file(spec):
                 _load_file(Path(recorded))
@@ -101,9 +110,36 @@ def import_modules(specs: Sequence[str]) -> tuple[str, ...]:
                 importlib.import_module(spec)
         except (Exception, SystemExit) as err:  # (a user's module may raise anything while it runs, or call sys.exit)
             origin = recorded if _is_file(spec) else _origin(spec)
-            raise ValueError(f"{FLAG} {spec}: {_where(err, origin)}{type(err).__name__}: {err}") from None
+            hint = ("; the installed metaspike command does not look in the current folder: give the file's path "
+                    f"({spec}.py) or run python -m metaspike" if isinstance(err, ModuleNotFoundError)
+                    and not _is_file(spec) and Path(f"{spec.replace('.', '/')}.py").is_file() else "")
+            raise ValueError(f"{FLAG} {spec}: {_where(err, origin)}{type(err).__name__}: {err}{hint}") from None
+        own = _source_file(recorded)
+        _BROUGHT_IN.setdefault(recorded, tuple(sorted(
+            path for path in _users_files(sys.modules.get(name) for name in set(sys.modules) - before) if path != own)))
         done.append(recorded)
     return tuple(done)
+
+
+def _users_files(modules: Iterable[ModuleType]) -> list[str]:
+    """The source files of those of ``modules`` that are the user's own: ``.py`` files outside Python's own library,
+    the installed packages and metaspike."""
+    paths = sysconfig.get_paths()
+    installed = tuple({str(Path(paths[key]).resolve()) + os.sep
+                       for key in ("stdlib", "platstdlib", "purelib", "platlib")})
+    files = []
+    for module in modules:
+        file = getattr(module, "__file__", None)
+        if isinstance(file, str) and file.endswith(".py") and Path(file).is_file():
+            path = str(Path(file).resolve())
+            if not path.startswith(installed) and not in_metaspike(path):
+                files.append(path)
+    return files
+
+
+def _source_file(recorded: str) -> str | None:
+    """The source file of an import as a run records it: a file's path, or the file a module name imports from."""
+    return recorded if _is_file(recorded) else _origin(recorded)
 
 
 def import_flags(stored: object) -> str:
@@ -122,8 +158,9 @@ def import_flags(stored: object) -> str:
 
 def import_digests(recorded: Sequence[str]) -> dict[str, str]:
     """SHA-256 of the source file of each import a run records (:func:`normalized_import`; a module name by the file it
-    imports from; none for one without a source file): what a resumed run compares, since the file may have been
-    edited meanwhile and the run would then go on under other code than it started with.
+    imports from; none for one without a source file), and of each of the user's own modules that importing it
+    brought in, keyed by its path: what a resumed run compares, since a file may have been edited meanwhile and the
+    run would then go on under other code than it started with.
 
     Example:
         >>> list(import_digests(["json"]))
@@ -131,15 +168,16 @@ def import_digests(recorded: Sequence[str]) -> dict[str, str]:
     """
     digests = {}
     for spec in recorded:
-        origin = spec if _is_file(spec) else _origin(spec)
-        if origin is not None and Path(origin).is_file():
-            digests[spec] = hashlib.sha256(Path(origin).read_bytes()).hexdigest()
+        for key, origin in [(spec, _source_file(spec)), *((path, path) for path in _BROUGHT_IN.get(spec, ()))]:
+            if origin is not None and Path(origin).is_file():
+                digests[key] = hashlib.sha256(Path(origin).read_bytes()).hexdigest()
     return digests
 
 
 def changed_imports(stored: object, recorded: Sequence[str]) -> list[str]:
-    """The imports of ``recorded`` whose source differs from the SHA-256 ``stored`` (as read from a run's files; runs
-    made before the digests were kept store none: nothing is compared).
+    """The imported files of ``recorded`` (and the user's modules they brought in) whose source differs from the
+    SHA-256 ``stored`` (as read from a run's files; runs made before the digests were kept store none: nothing is
+    compared). Only files this process imported are read, never a path the stored record names by itself.
 
     Example:
         >>> changed_imports({"json": "0" * 64}, ["json"])
@@ -148,7 +186,7 @@ def changed_imports(stored: object, recorded: Sequence[str]) -> list[str]:
     if not isinstance(stored, dict):
         return []
     now = import_digests(recorded)
-    return [spec for spec in recorded if spec in stored and stored[spec] != now.get(spec)]
+    return [key for key in now if key in stored and stored[key] != now[key]]
 
 
 def check_resumed_imports(stored: object, given: Sequence[str], where: str) -> None:
