@@ -48,16 +48,23 @@ class Plugin:
         ...         return 1e-4 * sum(p.square().sum() for p in model.parameters())
     """
 
-    def penalty(self, model: nn.Module) -> Tensor | None:
+    def penalty(self, model: nn.Module) -> Tensor | float | None:
+        """A term added to each batch's loss (before the backward pass): a scalar tensor with a gradient to ``model``'s
+        parameters, a number, or ``None`` for none. One that is not a finite number stops training with a line that
+        names the plugin."""
         return None
 
     def before_step(self, model: nn.Module) -> None:
+        """Called after the backward pass, before the optimizer step (the batch's gradients are in ``p.grad``)."""
         return None
 
     def after_step(self, model: nn.Module) -> None:
+        """Called right after the optimizer step (``p.grad`` still holds the step's gradients)."""
         return None
 
     def task_done(self, model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int] | None) -> None:
+        """Called once at the end of each task with its training inputs ``x``, labels ``y`` and, for a task that
+        trains on some classes only, those ``classes`` (``None``: all outputs)."""
         return None
 
     def settings(self) -> dict[str, Any]:

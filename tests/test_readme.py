@@ -1,5 +1,6 @@
 """The README's Python tour runs as written."""
 
+import copy
 import re
 from pathlib import Path
 
@@ -30,3 +31,29 @@ def test_readme_own_data_block_runs():
     exec(compile(block, "README.md", "exec"), namespace)
     result = namespace["result"]
     assert len(result.matrix) == 2 and result.matrix[0][0] > 80  # classes 0 and 1 after the first task
+
+
+def test_readme_plugin_block_runs_and_its_penalty_acts():
+    import torch
+    from sklearn.datasets import load_digits
+
+    from metaspike.continual import split
+    from metaspike.data import ArrayDataset
+
+    block = next(b for b in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S) if "Plugin" in b)
+    x, y = load_digits(return_X_y=True)
+    train = ArrayDataset.from_tensors(x[:1400] / 16.0, y[:1400], "mine")
+    test = ArrayDataset.from_tensors(x[1400:] / 16.0, y[1400:], "mine")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    namespace = {"model": model, "make_optimizer": lambda m: torch.optim.SGD(m.parameters(), lr=0.1)}
+    exec(compile(block, "README.md", "exec"), namespace)
+    trainer, anchor = namespace["trainer"], namespace["trainer"].plugins[0]
+    plain = copy.deepcopy(model)
+    scenario = split(train, test, groups=[[0, 1], [2, 3]], mode="class")
+    result = trainer.fit(scenario)
+    assert len(result.matrix) == 2 and all(torch.equal(p, a) for p, a in zip(model.parameters(), anchor.anchor))
+    from metaspike.continual import ContinualTrainer, TrainerConfig
+
+    ContinualTrainer(plain, namespace["make_optimizer"], TrainerConfig(epochs=3)).fit(scenario)
+    assert not torch.equal(plain[1].weight, model[1].weight)  # (the penalty pulled task 2's training back)

@@ -27,11 +27,12 @@ from metaspike.continual.scenarios import (
     task_subset,
 )
 from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig, evaluated_tasks
+from metaspike.training import Plugin
 
 __all__ = [
     "Scenario", "Task", "permuted", "sequence", "split", "stream", "joint", "make_scenario",
     "available_scenarios", "ContinualTrainer", "TrainerConfig", "ContinualResult", "RunDirectory",
     "load_run", "average_accuracy", "backward_transfer", "forward_transfer", "forgetting", "summarize",
     "batchnorm_state", "load_batchnorm_state", "TaskStream", "task_permutation", "task_subset", "evaluated_tasks",
-    "last_tasks_accuracy", "evaluated_accuracy", "task_accuracy_over_time",
+    "last_tasks_accuracy", "evaluated_accuracy", "task_accuracy_over_time", "Plugin",
 ]
