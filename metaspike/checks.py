@@ -117,9 +117,14 @@ def is_whole(value: Any, low: int) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
 
 
+NAME_CHARACTERS = 64
+"""The longest name a rule or model may be registered under (:func:`registered_name`)."""
+
+
 def registered_name(what: str, name: Any, note: str = "") -> str:
     """``name`` for a registered rule or model (named in run folders, so never a path): letters, digits, ``_``,
-    ``.`` or ``-``, from a letter or digit; else a ``ValueError`` naming ``what`` and ``note``.
+    ``.`` or ``-``, from a letter or digit, at most :data:`NAME_CHARACTERS` of them (a run folder's name holds it
+    beside the dataset and ``m`` values); else a ``ValueError`` naming ``what`` and ``note``.
 
     Example:
         >>> registered_name("a rule's name", "my-rule.v2")
@@ -127,11 +132,11 @@ def registered_name(what: str, name: Any, note: str = "") -> str:
         >>> registered_name("a rule's name", "x/../escaped")
         Traceback (most recent call last):
         ...
-        ValueError: a rule's name must be letters, digits, '_', '.' or '-' (it names run folders), got 'x/../escaped'
+        ValueError: a rule's name must be 1 to 64 letters, digits, '_', '.' or '-' (it names run folders), got 'x/../escaped'
     """
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise ValueError(f"{what} must be letters, digits, '_', '.' or '-' ({note or 'it names run folders'}), "
-                         f"got {name!r}")
+    if not isinstance(name, str) or not re.fullmatch(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{NAME_CHARACTERS - 1}}}", name):
+        raise ValueError(f"{what} must be 1 to {NAME_CHARACTERS} letters, digits, '_', '.' or '-' "
+                         f"({note or 'it names run folders'}), got {shown(name)}")
     return name
 
 

@@ -346,10 +346,12 @@ def test_a_rule_name_means_one_rule(monkeypatch):
         register_rule(edited)
     assert register_rule(edited, replace=True) is edited and get_rule("averaging-test") is edited
     nameless = dataclasses.replace(TanhRule(), name="")
-    with pytest.raises(ValueError, match="a rule's name must be letters, digits, '_', '.' or '-'"):
+    with pytest.raises(ValueError, match="a rule's name must be 1 to 64 letters, digits, '_', '.' or '-'"):
         register_rule(nameless)
     with pytest.raises(ValueError, match=r"a rule's name must be .* \(it names run folders"):  # (never a path outside)
         register_rule(dataclasses.replace(TanhRule(), name="x/../../escaped"))
+    with pytest.raises(ValueError, match="a rule's name must be 1 to 64 letters"):  # (the run folder's name overflowed,
+        register_rule(dataclasses.replace(TanhRule(), name="r" * 65))  # blamed on --dataset and --meta)
     assert "tanh" in available_rules() and get_rule("tanh") == TanhRule()
 
 
