@@ -364,13 +364,17 @@ class PackedMLP:
             raise ValueError(f"input is on the {x.device.type} device; PackedMLP runs on the CPU (pass x.cpu())")
         if not torch.is_floating_point(x):
             raise ValueError(f"input must be floating point, got dtype {x.dtype}")
+        if not isinstance(self.layers, list) or len(self.layers) != len(self.sizes) - 1:
+            raise ValueError(f"the packed model's layers do not fit its sizes {self.sizes} ({len(self.sizes) - 1} "
+                             "layers): they were changed after loading")
+        _check_eps(self.layers)  # (the last layer's entries are checked before torch's BatchNorm reads them, below)
         with torch.inference_mode():
             x = _float32_input(x)
             if self._native is not None:  # the kernel refuses NaN and infinity itself, at no cost
                 with _torch_on_calling_thread() as threads:
                     a = _native_last_preactivation(self._native, x, self.layers, self.sizes, threads,
                                                    self._kernel_weights())
-                    return _scores(a, self.layers[-1])
+                    return _scores(a, _checked_layer(self.sizes, self.layers, len(self.layers) - 1))
             if not bool(torch.isfinite(x).all()):
                 raise ValueError("input holds NaN or infinite values; only finite inputs are accepted")
             layers = _checked_layers(self.sizes, self.layers)
@@ -495,7 +499,7 @@ def _valid_layers(sizes: list[int], layers: list[dict]) -> list[dict]:
 def _check_eps(layers: list[dict]) -> None:
     """A ``ValueError`` naming the last layer unless its ``eps`` is what :func:`pack` writes: a finite float > 0 (a
     tensor there, even of one element, is refused before anything hashes or formats it)."""
-    eps = layers[-1]["eps"]
+    eps = layers[-1].get("eps")
     if not (type(eps) is float and math.isfinite(eps) and eps > 0):
         raise ValueError(f"layer {len(layers) - 1} 'eps' is {shown(eps)}, expected a finite float > 0")
 
@@ -506,11 +510,14 @@ def _checked_layers(sizes: list[int], layers: list[dict]) -> list[dict]:
     The torch paths run this before each call: their compiled table lookups skip index checks,
     so a layer changed after loading must not reach them with other dtypes or shapes.
     """
-    return [
-        {**layer, **{key: native.check_tensor(f"layer {i}", repr(key), layer.get(key), shape, dtype)
-                     for key, (shape, dtype) in _layer_tensors(sizes, i).items()}}
-        for i, layer in enumerate(layers)
-    ]
+    return [_checked_layer(sizes, layers, i) for i in range(len(layers))]
+
+
+def _checked_layer(sizes: list[int], layers: list[dict], i: int) -> dict:
+    """Layer ``i`` of ``layers`` with each of its tensors checked against ``sizes`` (:func:`bnn.native.check_tensor`)."""
+    layer = layers[i]
+    return {**layer, **{key: native.check_tensor(f"layer {i}", repr(key), layer.get(key), shape, dtype)
+                        for key, (shape, dtype) in _layer_tensors(sizes, i).items()}}
 
 
 def _value_problem(layer: dict, n_in: int, last: bool, first: bool) -> str | None:

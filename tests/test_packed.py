@@ -686,6 +686,25 @@ def test_layers_changed_after_loading_are_checked_before_every_native_call(train
 
 @pytest.mark.parametrize("compile", [False, True], ids=["torch-ops", "fast-kernels"])
 @pytest.mark.parametrize("edit, error", [
+    (lambda layers: layers[-1].__setitem__("mean", torch.zeros(3)), r"^layer 2 'mean' is \(3,\) torch.float32, "
+                                                                    r"expected \(10,\) torch.float32$"),
+    (lambda layers: layers[-1].__setitem__("var", torch.ones(10, dtype=torch.int64)), r"^layer 2 'var' is \(10,\) "
+                                                                                      "torch.int64"),
+    (lambda layers: layers[-1].__setitem__("gamma", [1.0] * 10), r"^layer 2 'gamma' is a list"),
+    (lambda layers: layers[-1].__setitem__("eps", -1.0), r"^layer 2 'eps' is -1.0, expected a finite float > 0$"),
+    (lambda layers: layers.pop(), r"^the packed model's layers do not fit its sizes \[784, 128, 64, 10\]"),
+])
+def test_a_last_layer_changed_after_loading_is_one_line_on_every_path(trained, compile, edit, error):
+    """The native path passed the last layer to torch's BatchNorm unchecked: "running_mean should contain 10 elements
+    not 3", "batch_norm eps must be non-negative", ... (the torch-ops path named the layer)."""
+    packed = bnn.pack(trained, compile=compile)
+    edit(packed.layers)
+    with pytest.raises(ValueError, match=error):
+        packed(torch.rand(2, 784))
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["torch-ops", "fast-kernels"])
+@pytest.mark.parametrize("edit, error", [
     (lambda layers: layers[0].pop("weight"), r"layer 0 has entries \['flip', 'threshold'\], expected \['flip', "
                                              r"'threshold', 'weight'\]"),
     (lambda layers: layers[-1].pop("eps"), r"layer 2 has entries .*, expected .*'eps'"),
