@@ -21,6 +21,7 @@ before its address is passed.
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import os
 import platform
@@ -112,6 +113,10 @@ def _recorded_digest(folder_fd: int, folder: Path, name: str) -> str | None:
         fd = os.open(_digest_name(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=folder_fd)
     except FileNotFoundError:
         return None
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        raise UnsafeCacheError(f"{folder / _digest_name(name)} is a symbolic link") from None
     try:
         _check_private(fd, folder / _digest_name(name), "file")
         return os.read(fd, 256).decode("ascii", "replace").strip()
@@ -123,10 +128,18 @@ def _open_private(folder: Path, name: str) -> ctypes.CDLL:
     """Load ``folder/name`` after checking both on open descriptors, and the library's bytes against the digest
     recorded when it was built (:class:`DamagedLibraryError` otherwise); the library is loaded through its
     descriptor."""
-    folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except NotADirectoryError:
+        raise UnsafeCacheError(f"{folder} is not a folder") from None
     try:
         _check_private(folder_fd, folder, "folder")
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=folder_fd)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=folder_fd)
+        except OSError as err:  # (O_NOFOLLOW: a symbolic link in the library's place, which another user may aim)
+            if err.errno != errno.ELOOP:
+                raise
+            raise UnsafeCacheError(f"{folder / name} is a symbolic link") from None
         kept = False
         try:
             _check_private(fd, folder / name, "file")
@@ -170,7 +183,10 @@ def _build(compiler: list[str], flags: tuple[str, ...], folder: Path, name: str)
 
 def _load(compiler: list[str], flags: tuple[str, ...], folder: Path, name: str) -> ctypes.CDLL:
     """The library ``name`` in ``folder``, built there first if missing or damaged."""
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # (a file where the folder or one above it belongs)
+        raise UnsafeCacheError(f"{folder} is not a folder") from None
     try:
         return _open_private(folder, name)
     except (FileNotFoundError, DamagedLibraryError):

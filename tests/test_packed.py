@@ -380,6 +380,28 @@ def test_a_fifo_in_place_of_a_cached_file_is_passed_over_not_waited_on(tmp_path,
     assert "is not a file" in run.stderr
 
 
+@pytest.mark.skipif(bnn.native.kernels() is None, reason="no C compiler to build the native kernels")
+@pytest.mark.parametrize("which", ["library", "digest", "cache is a file"])
+def test_a_symbolic_link_or_a_file_in_the_caches_place_builds_the_kernels_privately(tmp_path, which):
+    """O_NOFOLLOW refused the link, but as a plain OSError: the process fell back to torch ops (6x slower at batch 1),
+    with a warning that the build had failed; a file named as the cache folder did the same."""
+    cache = tmp_path / "cache"
+    env = {**os.environ, "METASPIKE_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    load = [sys.executable, "-c", "import bnn.native as n; assert n.kernels().binary_layer_kind()"]
+    if which == "cache is a file":
+        cache.write_text("x")
+    else:
+        subprocess.run(load, env=env, check=True, capture_output=True)
+        (built,) = cache.glob("packed_kernels-*.so")
+        replaced = built if which == "library" else Path(f"{built}.sha256")
+        replaced.unlink()
+        replaced.symlink_to("/bin/true")
+    run = subprocess.run(load, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-500:]
+    assert ("is not a folder" if which == "cache is a file" else "is a symbolic link") in run.stderr
+    assert "building them in a private temporary folder" in run.stderr
+
+
 def _planted_library(path: Path, marker: Path) -> None:
     """A shared library that, once loaded, writes ``marker`` (what an attacker's code could do)."""
     source = path.with_suffix(".c")
