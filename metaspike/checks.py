@@ -11,11 +11,11 @@ import numbers
 import re
 import reprlib
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["registered_name", "check_keys_kept", "is_number", "is_finite_number", "is_whole", "number_in", "finite_number", "FLOAT32_MAX", "FLOAT32_TINY",
+__all__ = ["registered_name", "check_keys_kept", "listed", "is_number", "is_finite_number", "is_whole", "number_in", "finite_number", "FLOAT32_MAX", "FLOAT32_TINY",
            "MAX_SEED", "check_seed", "check_device", "state_dict_groups", "check_eps_holds", "ModelError",
            "raised_at", "defined_at", "in_metaspike", "is_nan", "shown", "check_generator_state"]
 
@@ -105,6 +105,19 @@ def shown(value: Any) -> str:
         return _SHOWN.repr(value)
     except ValueError:  # (an integer beyond Python's digit limit: reprlib converts it whole before it cuts)
         return f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else f"<a {type(value).__name__}>"
+
+
+def listed(names: Sequence[Any], first: int = 6) -> str:
+    """The first ``first`` of ``names`` (each as :func:`shown` gives it), and how many more: a list in an error
+    message stays one short line however long the list read from a file is.
+
+    Example:
+        >>> listed(["a", "b"]), listed([f"t{i}" for i in range(20)], 3)
+        ('a, b', 't0, t1, t2 and 17 more')
+    """
+    names = list(names)
+    shown_names = ", ".join(name if isinstance(name, str) and len(name) <= 60 else shown(name) for name in names[:first])
+    return shown_names + (f" and {len(names) - first} more" if len(names) > first else "")
 
 
 def is_whole(value: Any, low: int) -> bool:

@@ -19,6 +19,8 @@ from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 
+from metaspike.checks import listed
+
 __all__ = ["DEFAULT_LAYER_TYPES", "SynapseParametrization", "attach_synapse", "synapse_parametrization",
            "select_layers", "layer_type_names", "each_once", "check_weight_ready", "warn_float_matrices_left",
            "FORWARD_BYPASSING_OWNERS", "ROLE_ATTRIBUTE", "synapse_role"]
@@ -395,12 +397,12 @@ def warn_float_matrices_left(model: nn.Module, selected: Sequence[nn.Module], ex
                       "weights or exclude the synapse layer", UserWarning, stacklevel=3)
     if named:
         warnings.warn(f"{what} left {len(named)} weight matrices float in layers of a type named in layer_types "
-                      f"({_shown(named)}): their layers have no 'weight' parameter, and synapses are made of a "
+                      f"({listed(named)}): their layers have no 'weight' parameter, and synapses are made of a "
                       "layer's 'weight' parameter only; they train as float weights and are not consolidated",
                       UserWarning, stacklevel=3)
     if left:
         warnings.warn(f"{what} left {len(left)} weight matrices float, in layers it does not make synapses of "
-                      f"({_shown(left)}): they train as float weights and are not consolidated; name them (or a "
+                      f"({listed(left)}): they train as float weights and are not consolidated; name them (or a "
                       f"layer that holds them, such as an LSTM) in {what}(..., exclude=[...]) to silence this",
                       UserWarning, stacklevel=3)
 
@@ -415,8 +417,3 @@ def _is_matrix(p: Tensor) -> bool:
     """Whether ``p`` has two or more dimensions longer than 1: a per-channel neuron parameter (snnTorch's ``beta`` of
     shape ``(C, 1, 1)``, a threshold) is a vector, not a weight matrix."""
     return sum(size > 1 for size in p.shape) >= 2
-
-
-def _shown(names: list[str]) -> str:
-    """The first six of ``names``, and how many more."""
-    return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")

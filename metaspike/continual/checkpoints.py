@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metaspike.checks import check_generator_state, is_finite_number, is_number, is_whole, shown
+from metaspike.checks import FLOAT32_MAX, check_generator_state, is_finite_number, is_number, is_whole, listed, shown
 from metaspike.continual.batchnorm import batchnorm_state
 from metaspike.continual.memo import PLAIN_VALUES, PartMemo
 from metaspike.continual.metrics import is_accuracy
@@ -283,7 +283,7 @@ def check_histograms(data: Any, what: str | Path) -> list[dict[str, Any]]:
         if not is_whole(snapshot["after_task"], 1):
             raise ValueError(f"{where}: 'after_task' must be a task number >= 1")
         if names is not None and list(snapshot["layers"]) != names:
-            raise ValueError(f"{where} has layers {list(snapshot['layers'])}, snapshot 1 has {names}")
+            raise ValueError(f"{where} has layers {listed(list(snapshot['layers']))}, snapshot 1 has {listed(names)}")
         names = list(snapshot["layers"])
         for name, layer in snapshot["layers"].items():
             edges = layer.get("edges") if isinstance(layer, dict) else None
@@ -294,6 +294,9 @@ def check_histograms(data: Any, what: str | Path) -> list[dict[str, Any]]:
                 raise ValueError(f"{where}, layer {name!r}: 'counts' must be >= 0")
             if len(edges) != len(counts) + 1:
                 raise ValueError(f"{where}, layer {name!r}: {len(counts)} counts need {len(counts) + 1} edges, found {len(edges)}")
+            if any(b <= a for a, b in zip(edges, edges[1:])) or max(map(abs, edges)) > FLOAT32_MAX:
+                raise ValueError(f"{where}, layer {name!r}: 'edges' must increase from bin to bin and lie within "
+                                 "float32's range (the weights' own)")
             shape = layer.get("shape", [])
             if not (isinstance(shape, list) and all(is_whole(d, 0) for d in shape)):
                 raise ValueError(f"{where}, layer {name!r}: 'shape' must be a list of integers")

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from metaspike.checks import listed
 from metaspike.continual.checkpoints import CHECKPOINT_FORMAT, CURVE_COLUMNS, check_histograms, check_loadable
 from metaspike.continual.memo import PartMemo
 from metaspike.continual.metrics import evaluated_rows, is_accuracy
@@ -504,10 +505,12 @@ def latest_good_checkpoint(run_dir: str | os.PathLike) -> tuple[dict[str, Any], 
     raise ValueError(f"{run_dir} has no checkpoint to resume from")
 
 
-def _read_number_csv(file: Path, columns: Sequence[str], index: str) -> tuple[list[str], list[list[float]]]:
+def _read_number_csv(file: Path, columns: Sequence[str], index: str,
+                     named_by: Path | None = None) -> tuple[list[str], list[list[float]]]:
     """Header and rows of a CSV of numbers: every row as long as the header, each cell finite or empty (NaN).
 
-    The header must hold ``columns``; the ``index`` column must be filled in every row.
+    The header must hold ``columns`` (those after ``index`` named by the header of ``named_by``, where given); the
+    ``index`` column must be filled in every row.
     """
     try:
         lines = list(csv.reader(io.StringIO(read_regular_file(file, "CSV file").decode("utf-8"), newline="")))
@@ -518,7 +521,8 @@ def _read_number_csv(file: Path, columns: Sequence[str], index: str) -> tuple[li
     header, rows = lines[0], []
     missing = [c for c in columns if c not in header]
     if missing:
-        raise ValueError(f"{file} lacks the columns {', '.join(missing)} in its header")
+        names = f", which {named_by}'s header names (the two files disagree)" if named_by and missing != [index] else ""
+        raise ValueError(f"{file} lacks the columns {listed(missing)} in its header{names}")
     if len(set(header)) != len(header):  # (a task's column twice: which one is the task?)
         seen: set[str] = set()
         twice = next(c for c in header if c in seen or seen.add(c))
@@ -599,7 +603,7 @@ def load_run(path: str | os.PathLike) -> dict[str, Any]:
     header, rows = _read_number_csv(matrix_file, ["after_task"], "after_task")
     _check_accuracies(matrix_file, header, rows, header[1:])
     if header[0] != "after_task" or len(header) < 2:
-        raise ValueError(f"{matrix_file} must start with a header 'after_task,<task names>', found {','.join(header)!r}")
+        raise ValueError(f"{matrix_file} must start with a header 'after_task,<task names>', found {listed(header)}")
     if not rows:
         raise ValueError(f"{matrix_file} holds no results (only its header)")
     task_names = header[1:]
@@ -607,7 +611,7 @@ def load_run(path: str | os.PathLike) -> dict[str, Any]:
     curves: list[dict[str, float]] = []
     curves_file = path / "curves.csv"
     if curves_file.exists():
-        columns, values = _read_number_csv(curves_file, ["global_epoch", *task_names], "global_epoch")
+        columns, values = _read_number_csv(curves_file, ["global_epoch", *task_names], "global_epoch", matrix_file)
         _check_accuracies(curves_file, columns, values, task_names)
         curves = [dict(zip(columns, row)) for row in values]
         if not _increasing_whole([row["global_epoch"] for row in curves], 10**9):
