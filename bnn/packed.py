@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import io
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -64,7 +63,7 @@ from bnn.layers import BinaryLinear, SignActivation
 from bnn.models import MLP
 from metaspike.checks import is_whole, shown
 from metaspike.compiled import LazyCompiled, uncompiled
-from metaspike.files import atomic_open, check_torch_archive, read_regular_file, tensor_problem
+from metaspike.files import atomic_open, check_torch_archive, load_plain_torch, read_regular_file, tensor_problem
 from metaspike.gain import foreign_forward_hooks, output_gain
 from metaspike.layer_selection import synapse_parametrization
 from metaspike.quantizers import NoQuantizer, SteSign
@@ -435,13 +434,7 @@ class PackedMLP:
         """
         raw = read_regular_file(path, "packed BNN file")
         check_torch_archive(raw, f"packed BNN file {path}")
-        try:
-            data = torch.load(io.BytesIO(raw), weights_only=True)
-        except Exception as err:
-            raise ValueError(
-                f"{path} is not a readable packed BNN file (truncated or corrupted?): "
-                f"torch.load failed with {type(err).__name__}"
-            ) from None
+        data = load_plain_torch(raw, f"packed BNN file {path}")
         try:
             return cls(*_check_file(data, path), compile=compile)
         except ValueError as err:

@@ -15,6 +15,7 @@ import json
 import os
 import stat
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -263,6 +264,32 @@ def check_torch_archive(data: bytes, what: str) -> None:
     if any(m.compress_type != zipfile.ZIP_STORED for m in members) or sum(m.file_size for m in members) > len(data):
         raise ValueError(f"{what} has compressed or oversized members, which torch.save never writes; refused "
                          "before loading")
+
+
+def load_plain_torch(data: bytes, what: str) -> Any:
+    """``torch.load(weights_only=True)`` of ``data``, the bytes of a file :func:`check_torch_archive` passed, to the
+    CPU; one ``ValueError`` naming ``what`` where torch cannot read them: an object other than tensors and plain
+    Python values (what a file that would run code holds: nothing of it runs) or damaged bytes.
+
+    Example:
+        >>> import pickle
+        >>> load_plain_torch(pickle.dumps(print), "model.pt")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: model.pt is truncated or corrupt (torch cannot read it: UnpicklingError)
+    """
+    import torch  # (files.py is imported where torch is not needed)
+
+    try:
+        with warnings.catch_warnings():  # torch warns about some foreign files before it refuses them
+            warnings.simplefilter("ignore")
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for damaged files; its messages span lines
+        if "unsupported global" in str(err).lower():  # (torch's words: "Unsupported global", "unsupported GLOBAL")
+            raise ValueError(f"{what} holds an object that torch.load(weights_only=True) does not read (it holds "
+                             "tensors and plain Python values only; such an object could run code when loaded, and "
+                             "nothing of it ran)") from None
+        raise ValueError(f"{what} is truncated or corrupt (torch cannot read it: {type(err).__name__})") from None
 
 
 #: How deep the lists, tuples and dicts of a file ``torch.load`` reads may nest: a checkpoint nests a few levels (a

@@ -483,13 +483,38 @@ def test_save_and_load_round_trip(trained, tmp_path):
     assert torch.equal(loaded(x), packed(x))
 
 
+class _Payload:
+    """An object whose unpickling would run code: creates a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_file_carrying_an_object_that_could_run_code_is_named_so_and_nothing_runs(tmp_path):
+    """PackedMLP.load called such a file "truncated or corrupted?" where load_checkpoint said what it holds."""
+    from metaspike.continual.results import latest_good_checkpoint, load_checkpoint
+
+    path, marker = tmp_path / "model.pt", tmp_path / "code-ran"
+    torch.save({"format": "packed-bnn", "x": _Payload(marker)}, path)
+    for load, what in [(PackedMLP.load, "packed BNN file"), (load_checkpoint, "checkpoint")]:
+        with pytest.raises(ValueError, match=f"^{what} {path} holds an object that torch.load\\(weights_only=True\\) "
+                                             "does not read"):
+            load(path)
+    assert not marker.exists()
+    with pytest.raises(ValueError, match=f"^{path} is a file; latest_good_checkpoint takes the run's folder"):
+        latest_good_checkpoint(path)
+
+
 def test_truncated_or_corrupted_files_raise_value_error(trained, tmp_path):
     path = tmp_path / "model.pt"
     bnn.pack(trained, compile=False).save(path)
     data = path.read_bytes()
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="not a readable packed BNN file"):
+    with pytest.raises(ValueError, match="^packed BNN file .* is truncated or corrupt"):
         PackedMLP.load(truncated)
     flipped = bytearray(data)
     flipped[len(data) // 3 : len(data) // 3 + 64] = bytes(64)
@@ -593,7 +618,7 @@ def test_a_tensor_claiming_more_elements_than_its_file_holds_is_refused(trained,
     with zipfile.ZipFile(path, "w") as archive:
         for name, content in files.items():
             archive.writestr(name, content)
-    with pytest.raises(ValueError, match="is not a readable packed BNN file"):
+    with pytest.raises(ValueError, match="^packed BNN file .* is truncated or corrupt"):
         PackedMLP.load(path)
 
 

@@ -730,6 +730,15 @@ def test_a_checkpoint_without_its_run_identity_is_refused_from_python():
         trainer().fit(scenario, resume=saved)
 
 
+@pytest.mark.parametrize("processes", [-1, 0, "2", 1.5, True])
+def test_a_processes_entry_that_is_no_count_is_named_as_the_other_fields_are(tmp_path, capsys, processes):
+    """-1 was read as one process and got an error telling to run the command that had just failed."""
+    run = _interrupted_run(tmp_path, record={"processes": processes})
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    assert capsys.readouterr().err == (f"metaspike: error: {run / 'config.json'}: 'processes' must be an integer >= 1, "
+                                       f"got {processes!r}\n")
+
+
 def test_a_run_continues_with_the_number_of_processes_it_was_trained_by(tmp_path, monkeypatch, capsys):
     """A 2-process run resumed in one process trained the short last batches two processes skip: other numbers,
     silently. (And under torchrun both processes took the run's lock, so `torchrun ... --resume` always failed: the

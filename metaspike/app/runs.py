@@ -39,7 +39,7 @@ from metaspike.app.models import (
 )
 from metaspike.app.tables import versions
 from metaspike.bayesian.synapses import SampledForward, bayesian_modules, start_confident
-from metaspike.checks import is_finite_number, is_nan, is_whole
+from metaspike.checks import is_finite_number, is_nan, is_whole, shown
 from metaspike.continual.metrics import largest_rise
 from metaspike.continual.results import (
     ACCURACY_DECIMALS,
@@ -491,10 +491,11 @@ def _check_same_processes(path: Path) -> None:
     """A run continues with the number of processes it was trained by: another number splits each batch otherwise
     (a short last batch that one process trains, two skip), and the resumed numbers would differ, silently."""
     recorded = read_json(path / "config.json").get("processes", 1)
+    if not is_whole(recorded, 1):
+        raise ValueError(f"{path / 'config.json'}: 'processes' must be an integer >= 1, got {shown(recorded)}")
     now = world_size_from_env()
     if recorded != now:
-        how = (train_resume_command(path, recorded) if isinstance(recorded, int) and recorded > 1
-               else f"{train_resume_command(path, 1)}, without torchrun")
+        how = train_resume_command(path, recorded) if recorded > 1 else f"{train_resume_command(path, 1)}, without torchrun"
         raise ValueError(f"{path} was trained by {recorded!r} processes and would continue with {now}, which splits "
                          f"its batches otherwise and changes its numbers; continue it as it ran: {how}")
 

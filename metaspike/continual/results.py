@@ -25,7 +25,6 @@ import json
 import math
 import os
 import shutil
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from metaspike.files import (
     check_plain_tensors,
     check_torch_archive,
     csv_text,
+    load_plain_torch,
     read_json,
     read_regular_file,
 )
@@ -450,15 +450,7 @@ def load_checkpoint(path: str | os.PathLike, config_digest: str | None = None) -
     path = Path(path)
     data = read_regular_file(path, "checkpoint")
     check_torch_archive(data, f"checkpoint {path}")
-    try:
-        with warnings.catch_warnings():  # torch warns about some foreign files before it refuses them
-            warnings.simplefilter("ignore")
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for damaged files; its messages span lines
-        if "unsupported global" in str(err).lower():  # (torch's words: "Unsupported global", "unsupported GLOBAL")
-            raise ValueError(f"checkpoint {path} holds an object that torch.load(weights_only=True) does not read "
-                             "(a checkpoint holds tensors and plain Python values only)") from None
-        raise ValueError(f"checkpoint {path} is truncated or corrupt (torch cannot read it: {type(err).__name__})") from None
+    state = load_plain_torch(data, f"checkpoint {path}")
     check_plain_tensors(state, f"checkpoint {path}")  # (before the checksum copies each tensor, or recurses)
     if not isinstance(state, dict) or "position" not in state:
         raise ValueError(f"checkpoint {path} is not a metaspike checkpoint")
@@ -490,6 +482,8 @@ def latest_good_checkpoint(run_dir: str | os.PathLike) -> tuple[dict[str, Any], 
         >>> state, warnings = latest_good_checkpoint("runs/permuted-mnist5k-meta10-seed1")  # doctest: +SKIP
     """
     run_dir = Path(run_dir)
+    if run_dir.is_file():  # (the checkpoint's own path: "has no checkpoint to resume from" misled)
+        raise ValueError(f"{run_dir} is a file; latest_good_checkpoint takes the run's folder ({run_dir.parent})")
     warnings: list[str] = []
     config_digest = _file_digest(run_dir / "config.json")
     for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
