@@ -9,46 +9,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from pathlib import Path
 
 import torch
 
+from metaspike.machine import FLAGS, cpu  # noqa: F401 (FLAGS: the benchmarks' import of it)
+
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The default folder of every benchmark's output (git-ignored): published figures are written with ``--out``.
 RUNS = RESULTS / "runs"
-FLAGS = ("avx2", "avx512f", "avx512_vpopcntdq", "avx512_bf16", "avx512_vnni", "amx_tile")
-
-
-def cpu() -> tuple[str, str, list[str]]:
-    """``(model name with its family and model numbers, kind, flags)`` from ``/proc/cpuinfo``.
-
-    The kind is the model's first two words, its widest vector unit and its family number, e.g.
-    ``amd-epyc-avx2-family23``, ``amd-epyc-avx512-family26`` or ``intel-xeon-amx-family6``: virtual
-    machines often show only "AMD EPYC", an AVX2-only EPYC runs these benchmarks very differently from an
-    AVX-512 one, and two AVX-512 generations differ as much (Zen 4, family 25, splits a 512-bit operation
-    into two 256-bit halves; Zen 5, family 26, does not).
-    """
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown CPU", "unknown-cpu", []
-
-    def field(key: str) -> str | None:
-        found = re.search(rf"^{key}\s*:\s*(.*)$", info, re.M)
-        return found.group(1).strip() if found else None
-
-    name = field("model name") or "unknown CPU"
-    flags = (field("flags") or "").split()
-    family, model = field("cpu family"), field("model")
-    present = [f for f in FLAGS if f in flags]
-    words = re.sub(r"\((R|TM)\)|\bCPU\b|@.*", " ", name).split()
-    units = (("amx_tile", "amx"), ("avx512f", "avx512"), ("avx2", "avx2"))
-    widest = next((unit for flag, unit in units if flag in present), None)
-    kind = "-".join([w.lower() for w in words[:2]] + ([widest] if widest else [])
-                    + ([f"family{family}"] if family else []))
-    described = f"{name} (family {family}, model {model})" if family else name
-    return described, kind, present
 
 
 def machine_fields() -> dict[str, object]:

@@ -962,3 +962,21 @@ def test_a_flag_that_takes_its_value_once_is_refused_when_given_twice(argv, flag
         main(argv)
     assert capsys.readouterr().err.endswith(f"error: {flag} is given 2 times; give it once (one value, or its values "
                                             f"after one {flag})\n")
+
+
+def test_a_comparison_of_runs_made_with_other_arithmetic_says_so_and_records_it(tmp_path, capsys):
+    """A comparison resumed under another thread count (or with runs from another machine or version) put their numbers
+    in one table without a word; the table's record did not say what the runs ran with."""
+    assert main(["compare", *SMALL, "--meta", "0", "5", "--out", str(tmp_path)]) == 0
+    folder = tmp_path / "compare-permuted-digits"
+    recorded = json.loads((folder / "comparison.json").read_text())["ran_with"]
+    assert recorded["threads"] == [torch.get_num_threads()] and len(recorded["cpu"]) == 1
+    assert "warning" not in capsys.readouterr().err
+    config = next(folder.glob("*meta5*")) / "config.json"
+    edited = {**json.loads(config.read_text()), "threads": torch.get_num_threads() + 1}
+    config.write_text(json.dumps(edited))
+    assert main(["compare", "--resume", str(folder), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("metaspike: warning: the runs of this table ran with different arithmetic: threads ") == 1, err
+    assert json.loads((folder / "comparison.json").read_text())["ran_with"]["threads"] == sorted(
+        [torch.get_num_threads(), torch.get_num_threads() + 1])

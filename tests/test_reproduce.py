@@ -99,6 +99,8 @@ def test_reproduce_fig5ab_writes_table_and_figure(tmp_path):
     assert [r["setting"] for r in rows] == ["m=0", "m=0.5", "m=1", "m=1.35"]
     assert (root / "table.csv").exists() and (root / "fig5ab.png").exists()
     assert rows[-1]["signs_kept"][0] > rows[0]["signs_kept"][0]
+    ran_with = json.loads((root / "reproduction.json").read_text())["ran_with"]  # (no run folders: this process's)
+    assert ran_with["threads"] == [torch.get_num_threads()] and ran_with["torch"] == [torch.__version__]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -155,6 +157,9 @@ def test_a_stopped_reproduction_resumes_to_the_table_of_one_never_stopped(tmp_pa
     out, err = capsys.readouterr()
     assert f"results: {root}  (digits-to-mnist5k/figure.png" in out
     assert f"{stopped} continues with threads {threads} -> {threads + 1}: sums may add in another order" in err
+    # (the runs started in this pass ran with the other thread count: the table says its runs' arithmetic differs)
+    assert f"the runs of this table ran with different arithmetic: threads {threads} (" in err
+    assert json.loads((root / "reproduction.json").read_text())["ran_with"]["threads"] == [threads, threads + 1]
     monkeypatch.undo()
 
     def table(folder):

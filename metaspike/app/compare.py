@@ -30,6 +30,7 @@ from metaspike.app.runs import (
     finished_result,
     learned_nothing,
     load_config,
+    ran_with,
     removed_when_refused,
     resume,
     run,
@@ -200,17 +201,22 @@ def _execute(root: Path, plan: dict[str, Any], planned: list[Row], progress: boo
             first_runs.append(root / row.configs[0].name)
             unlearned = [config.name for config, result in zip(row.configs, results) if learned_nothing(result)]
             rows.append({**row.labels, "runs": len(results), **summarize_results(results), "learned_nothing": unlearned})
-        _write_comparison(root, plan, rows, first_runs)
+        arithmetic, mixed = ran_with([root / config.name for row in planned for config in row.configs])
+        if mixed:
+            print(f"metaspike: warning: {mixed}", file=sys.stderr)
+        _write_comparison(root, plan, rows, first_runs, arithmetic)
     return root, rows
 
 
-def _write_comparison(root: Path, plan: dict[str, Any], rows: list[dict[str, Any]], first_runs: list[Path]) -> None:
-    """The comparison's table (CSV, text, JSON) and figures; a neuron comparison's trade-off table too."""
+def _write_comparison(root: Path, plan: dict[str, Any], rows: list[dict[str, Any]], first_runs: list[Path],
+                      arithmetic: dict[str, list[Any]]) -> None:
+    """The comparison's table (CSV, text, JSON, which records the arithmetic its runs ran with: :func:`ran_with`) and
+    figures; a neuron comparison's trade-off table too."""
     labels = ("neuron", "meta", "runs") if plan["kind"] == "neurons" else ("setting", "meta", "runs")
     n_tasks = sum(1 for key in rows[0] if key.startswith("task "))
     atomic_write_text(root / TABLE, comparison_csv(rows, labels))
     atomic_write_text(root / "comparison.txt", format_table(rows, n_tasks) + "\n")
-    RunDirectory(root).write_json("comparison.json", {**plan, "rows": rows})
+    RunDirectory(root).write_json("comparison.json", {**plan, "rows": rows, "ran_with": arithmetic})
     from metaspike.app import plots
 
     if plan["kind"] == "neurons":

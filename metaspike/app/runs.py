@@ -39,7 +39,7 @@ from metaspike.app.models import (
 )
 from metaspike.app.tables import versions
 from metaspike.bayesian.synapses import SampledForward, bayesian_modules, start_confident
-from metaspike.checks import is_finite_number, is_nan, is_whole, shown
+from metaspike.checks import is_finite_number, is_nan, is_whole, listed, shown
 from metaspike.continual.metrics import largest_rise
 from metaspike.continual.results import (
     ACCURACY_DECIMALS,
@@ -54,12 +54,13 @@ from metaspike.continual.trainer import ContinualResult, ContinualTrainer, Train
 from metaspike.data import ArrayDataset, default_data_dir, load_dataset
 from metaspike.distributed import init_from_env, sync_batchnorm, world, world_size_from_env
 from metaspike.files import atomic_open, read_json, remove_stale_temporaries
+from metaspike.machine import cpu_kind
 from metaspike.training import Plugin, TrainingDiverged, minimum_batch_size
 
 __all__ = ["build_run_model", "build_trainer", "make_run_scenario", "train_and_finish", "run", "resume",
            "load_config", "config_from_record", "run_lock", "is_complete", "finished_result", "RecordedResult",
            "train_in_folder", "stopped_by_file_error", "continued_by", "check_rebuilt_by_settings",
-           "REPRODUCTION_RECORD", "BUILT_BY_REPRODUCE"]
+           "REPRODUCTION_RECORD", "BUILT_BY_REPRODUCE", "ran_with"]
 
 LOCK = ".lock"
 #: float32 copies of each weight while training: hidden weight, gradient, two Adam moments, ±1 buffer (a Bayesian
@@ -430,9 +431,44 @@ def _check_same_imports(path: Path, config: RunConfig, stored: Any) -> None:
 
 
 def _arithmetic() -> dict[str, Any]:
-    """What a run records of the arithmetic it runs with (library versions and thread count): a resume under other
-    ones warns (:func:`_arithmetic_changes`), and a stopped reproduction's run continues under them all the same."""
-    return {"versions": versions(), "threads": torch.get_num_threads()}
+    """What a run records of the arithmetic it runs with (library versions, thread count and the CPU's kind): a resume
+    under other ones warns (:func:`_arithmetic_changes`), and a stopped reproduction's run continues under them all
+    the same."""
+    return {"versions": versions(), "threads": torch.get_num_threads(), "cpu": cpu_kind()}
+
+
+def _ran_with(record: Any) -> dict[str, Any]:
+    """The arithmetic a run's ``config.json`` (``record``) says it started with, as :func:`ran_with` lists it (a value
+    that is not one is left out: an old run recorded no CPU)."""
+    record = record if isinstance(record, dict) else {}
+    recorded = record.get("versions") if isinstance(record.get("versions"), dict) else {}
+    found = {"threads": record.get("threads"), "torch": recorded.get("torch"),
+             "metaspike": recorded.get("metaspike"), "cpu": record.get("cpu")}
+    return {key: value for key, value in found.items() if isinstance(value, (int, str)) and not isinstance(value, bool)}
+
+
+def ran_with(runs: Sequence[Path]) -> tuple[dict[str, list[Any]], str | None]:
+    """What arithmetic a table's ``runs`` (run folders; none: this process, which computed the table's numbers itself)
+    ran with: each of thread count, torch and metaspike versions and CPU kind with its distinct values, and a warning
+    where one has several (a comparison resumed under another thread count, runs made on another machine: their sums
+    add in another order, so the table mixes numbers that differ in their last digits from one made in one pass, and
+    a thread count moved one of EWC's cells by 20 points).
+
+    Example:
+        >>> ran_with([])[0]["threads"] == [torch.get_num_threads()]
+        True
+    """
+    records = [(path.name, read_json(path / "config.json")) for path in runs] or [("this process", _arithmetic())]
+    seen: dict[str, dict[Any, list[str]]] = {}
+    for name, record in records:
+        for key, value in _ran_with(record).items():
+            seen.setdefault(key, {}).setdefault(value, []).append(name)
+    mixed = [f"{key} " + "; ".join(f"{value} ({listed(names, 3)})" for value, names in values.items())
+             for key, values in seen.items() if len(values) > 1]
+    warning = (f"the runs of this table ran with different arithmetic: {' | '.join(mixed)}; sums add in another "
+               "order, so their numbers may differ in the last digits from a table made in one pass (OMP_NUM_THREADS "
+               "sets the thread count)") if mixed else None
+    return {key: sorted(values, key=str) for key, values in seen.items()}, warning
 
 
 def _scenario_record(scenario: Scenario) -> dict[str, Any]:
@@ -504,11 +540,8 @@ def _arithmetic_changes(path: Path) -> list[str]:
     """Warnings where a run continues with other arithmetic than it started with (another thread count or torch
     version adds floating-point sums in another order): its numbers may then differ slightly from an uninterrupted
     run's, which a resume otherwise matches exactly."""
-    stored = read_json(path / "config.json")
-    recorded = stored.get("versions")
-    then = {"threads": stored.get("threads"), "torch": recorded.get("torch") if isinstance(recorded, dict) else None}
-    now = {"threads": torch.get_num_threads(), "torch": torch.__version__}
-    changed = [key for key in now if isinstance(then[key], (int, str)) and then[key] != now[key]]
+    then, now = _ran_with(read_json(path / "config.json")), _ran_with(_arithmetic())
+    changed = [key for key in now if key in then and then[key] != now[key]]
     if not changed:
         return []
     hint = f" (OMP_NUM_THREADS={then['threads']} restores the thread count)" if "threads" in changed else ""

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from metaspike.app.reproduce.experiments import EXPERIMENTS, get_experiment
 from metaspike.app.reproduce.scales import SCALES
-from metaspike.app.runs import LOCK, REPRODUCTION_RECORD, Interrupted, continued_by, run_lock
+from metaspike.app.runs import LOCK, REPRODUCTION_RECORD, Interrupted, continued_by, ran_with, run_lock
 from metaspike.checks import MAX_SEED
 from metaspike.continual.results import unique_directory
 from metaspike.files import atomic_write_text, read_json
@@ -79,7 +80,7 @@ def resume_reproduction(root: str | Path, progress: bool = False) -> tuple[Path,
     if not (root / RECORD).is_file():
         raise ValueError(f"--resume {root}: not a reproduction folder (no {RECORD})")
     record = read_json(root / RECORD)
-    if not isinstance(record, dict) or set(record) != {"name", "scale", "seeds", "data_dir"}:
+    if not isinstance(record, dict) or set(record) - {RAN_WITH} != {"name", "scale", "seeds", "data_dir"}:
         raise ValueError(f"{root / RECORD} must hold name, scale, seeds and data_dir")
     try:
         get_experiment(record["name"])
@@ -97,7 +98,23 @@ def _run(root: Path, name: str, scale: str, seeds: list[int], progress: bool,
          data_dir: str | None) -> tuple[Path, list[dict[str, Any]]]:
     with continued_by(root, f"metaspike reproduce --resume {root}"):  # (the reproduction continues, not its run)
         with run_lock(root):  # a second pass over the same folder meanwhile is one line, not a second writer
-            return root, get_experiment(name).run(scale, seeds, root, progress, data_dir)
+            rows = get_experiment(name).run(scale, seeds, root, progress, data_dir)
+            _record_arithmetic(root)
+            return root, rows
+
+
+RAN_WITH = "ran_with"
+"""The key of :data:`RECORD` under which a finished pass records the arithmetic of its runs and of itself."""
+
+
+def _record_arithmetic(root: Path) -> None:
+    """Record in :data:`RECORD` what arithmetic the reproduction's runs (every run folder under ``root``) and this pass
+    ran with (:func:`metaspike.app.runs.ran_with`), and warn where they differ: its tables hold their numbers."""
+    arithmetic, mixed = ran_with(sorted(path.parent for path in root.rglob("config.json")))
+    if mixed:
+        print(f"metaspike: warning: {mixed}", file=sys.stderr)
+    record = read_json(root / RECORD)
+    atomic_write_text(root / RECORD, json.dumps({**record, RAN_WITH: arithmetic}, indent=2) + "\n")
 
 
 def _remove_empty(root: Path) -> bool:
