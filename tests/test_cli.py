@@ -980,3 +980,10 @@ def test_a_comparison_of_runs_made_with_other_arithmetic_says_so_and_records_it(
     assert err.count("metaspike: warning: the runs of this table ran with different arithmetic: threads ") == 1, err
     assert json.loads((folder / "comparison.json").read_text())["ran_with"]["threads"] == sorted(
         [torch.get_num_threads(), torch.get_num_threads() + 1])
+
+
+def test_a_comparison_with_progress_names_each_run_before_it_starts(tmp_path, capsys):
+    """Every run's bars read "task 1/2 ... task 2/2" alike: nothing said which run, or how many were left."""
+    assert main(["compare", *[a for a in SMALL if a != "--quiet"], "--meta", "0", "5", "--out", str(tmp_path)]) == 0
+    lines = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.startswith("run ")]
+    assert lines == ["run 1/2: permuted-digits-meta0-seed1", "run 2/2: permuted-digits-meta5-seed1"]

@@ -10,6 +10,7 @@ never stopped: finished runs are kept, a killed run resumes from its checkpoint,
 
 from __future__ import annotations
 
+import itertools
 import math
 import shutil
 import sys
@@ -24,6 +25,7 @@ from metaspike.app.config import KIND_SETTINGS, RunConfig, meta_label
 from metaspike.app.imports import import_flags
 from metaspike.app.models import BIMU_SUFFIX, build_model, is_builtin, optimizer_kind
 from metaspike.app.runs import (
+    announce_run,
     check_same_sources,
     config_from_record,
     continued_by,
@@ -196,8 +198,12 @@ def _execute(root: Path, plan: dict[str, Any], planned: list[Row], progress: boo
     with continued_by(root, f"metaspike compare --resume {root}{import_flags(plan['base'].get('imports'))}"):
         rows = []
         first_runs: list[Path] = []
+        total, started = sum(len(row.configs) for row in planned), itertools.count(1)
         for row in planned:
-            results = [_run_or_continue(config, root, progress) for config in row.configs]
+            results = []
+            for config in row.configs:
+                announce_run(next(started), total, config.name, progress)
+                results.append(_run_or_continue(config, root, progress))
             first_runs.append(root / row.configs[0].name)
             unlearned = [config.name for config, result in zip(row.configs, results) if learned_nothing(result)]
             rows.append({**row.labels, "runs": len(results), **summarize_results(results), "learned_nothing": unlearned})

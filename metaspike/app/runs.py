@@ -60,7 +60,7 @@ from metaspike.training import Plugin, TrainingDiverged, minimum_batch_size
 __all__ = ["build_run_model", "build_trainer", "make_run_scenario", "train_and_finish", "run", "resume",
            "load_config", "config_from_record", "run_lock", "is_complete", "finished_result", "RecordedResult",
            "train_in_folder", "stopped_by_file_error", "continued_by", "check_rebuilt_by_settings",
-           "REPRODUCTION_RECORD", "BUILT_BY_REPRODUCE", "ran_with"]
+           "REPRODUCTION_RECORD", "BUILT_BY_REPRODUCE", "ran_with", "announce_run"]
 
 LOCK = ".lock"
 #: float32 copies of each weight while training: hidden weight, gradient, two Adam moments, ±1 buffer (a Bayesian
@@ -642,6 +642,17 @@ def run(config: RunConfig, out: str | Path = "runs", progress: bool = True, plot
     path = _shared_path(directory.path if directory else None)
     with removed_when_refused(directory.path if directory else None), run_lock(path):
         return path, train_and_finish(trainer, scenario, directory, None, plot)
+
+
+def announce_run(number: int, total: int, name: str, progress: bool) -> None:
+    """Where progress is shown, one line before run ``number`` of ``total`` of a table (a comparison, a reproduction)
+    starts, naming it: every run's bars read "task 1/3 ... task 3/3" alike, so nothing said which was training.
+
+    Example:
+        >>> announce_run(2, 6, "bnn-m3.7-seed1", progress=False)  # (nothing without progress)
+    """
+    if progress:
+        print(f"run {number}/{total}: {name}", file=sys.stderr, flush=True)
 
 
 def train_in_folder(root: Path, name: str, config: RunConfig, trainer: ContinualTrainer, scenario: Scenario,

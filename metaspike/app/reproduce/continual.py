@@ -7,6 +7,7 @@ directory per run, a CSV with the paper's number beside ours (mean and std over 
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ import torch
 
 from bnn import MLP
 from metaspike.app.config import RunConfig
-from metaspike.app.runs import build_run_model, build_trainer, train_in_folder
+from metaspike.app.runs import announce_run, build_run_model, build_trainer, train_in_folder
 from metaspike.app.tables import comparison_csv, mean_std
 from metaspike.continual.baselines import BASELINE_STRENGTHS
 from metaspike.continual.scenarios import Scenario, joint, make_scenario
@@ -166,8 +167,12 @@ def compare_methods(config: RunConfig, methods: Sequence[Method], seeds: Sequenc
         ...                        [Method("BNN")], [1], Path(tempfile.mkdtemp()), {}, "demo")  # doctest: +SKIP
     """
     rows = []
+    total, started = len(methods) * len(seeds), itertools.count(1)
     for method in methods:
-        results = [run_method(replace(config, seed=int(s)), method, root, progress) for s in seeds]
+        results = []
+        for seed in seeds:
+            announce_run(next(started), total, f"{method.label}, seed {seed}", progress)
+            results.append(run_method(replace(config, seed=int(seed)), method, root, progress))
         rows.append(summarize(method.label, results, paper.get(method.label, "n/a")))
         atomic_write_text(root / "table.csv", comparison_csv(rows, TABLE_LABELS))  # what is measured so far is kept
     plot_rows(rows, title, root / "figure.png")
