@@ -126,9 +126,9 @@ def test_paper_scale_without_data_names_the_files(name, capsys, tmp_path):
 
 def test_a_stopped_reproduction_resumes_to_the_table_of_one_never_stopped(tmp_path, monkeypatch, capsys):
     """Ctrl-C in fig3's third run: the hint names `reproduce --resume`; the resume reads back the two finished runs
-    (not retrained), continues the rest, and writes the table an uninterrupted reproduction writes (runs read back
-    report the metrics their metrics.json recorded, to three decimals, and their matrix's accuracies to two: the
-    means agree to 0.01)."""
+    (not retrained), continues the rest, and writes the table an uninterrupted reproduction writes: every run's
+    numbers come from what its folder recorded, trained in this pass or read back (they differed in the third
+    decimal, 86.667 against 86.670)."""
     from metaspike.continual import trainer as trainer_module
 
     assert main(["reproduce", "fig3", "--quiet", "--out", str(tmp_path / "whole")]) == 0
@@ -170,7 +170,7 @@ def test_a_stopped_reproduction_resumes_to_the_table_of_one_never_stopped(tmp_pa
     assert whole.keys() == resumed.keys() and len(whole) == 4
     for setting, row in whole.items():
         for column in ("ACC_mean", "task1_mean", "last_task_mean", "BWT_mean", "forgetting_mean"):
-            assert float(resumed[setting][column]) == pytest.approx(float(row[column]), abs=0.01), (setting, column)
+            assert resumed[setting][column] == row[column], (setting, column)
     assert main(["reproduce", "--resume", str(root), "--seeds", "2"]) == 2
     assert "remove --seeds" in capsys.readouterr().err
 

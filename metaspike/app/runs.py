@@ -663,7 +663,8 @@ def train_in_folder(root: Path, name: str, config: RunConfig, trainer: Continual
     record (``config.json``) is ``config`` with the SHA-256 of its data (:func:`data_digests`) and ``extra``, and the
     versions and thread count it ran with; a folder holding another record (other settings, or other data) is
     refused, and one continued under other versions or another thread count warns that sums may add in another
-    order. The trainer must be built as the
+    order. The result returned is the one the folder recorded, whether trained now or read back. The trainer must be
+    built as the
     record says (its plugins, model and optimizer): what a reproduction builds for each method.
 
     Example:
@@ -677,7 +678,7 @@ def train_in_folder(root: Path, name: str, config: RunConfig, trainer: Continual
         directory = RunDirectory.create(root, name, {**record, **_arithmetic()},
                                         _scenario_record(scenario))
         with run_lock(directory.path):
-            return train_and_finish(trainer, scenario, directory, None, plot=False)
+            return _as_recorded(train_and_finish(trainer, scenario, directory, None, plot=False), directory.path)
     directory = RunDirectory(path)
     if not directory.holds(record, ignoring=list(_arithmetic()),
                            absent=NEWER_DEFAULTS):
@@ -691,7 +692,15 @@ def train_in_folder(root: Path, name: str, config: RunConfig, trainer: Continual
         state, warnings = _checkpoint_to_continue(path)
         for warning in warnings + (_arithmetic_changes(path) if state is not None else []):
             print(f"metaspike: warning: {warning}", file=sys.stderr)
-        return train_and_finish(trainer, scenario, directory, state, plot=False)
+        return _as_recorded(train_and_finish(trainer, scenario, directory, state, plot=False), path)
+
+
+def _as_recorded(result: ContinualResult, path: Path) -> ContinualResult:
+    """A run's result as its folder recorded it (:func:`finished_result`), where it finished: a table then shows the
+    same numbers whether its runs trained in this pass or were read back in a resumed one (86.667 against 86.670: the
+    matrix's files keep two decimals, metrics.json three); a run that stopped early keeps its result as it is."""
+    recorded = finished_result(path)
+    return result if recorded is None else recorded
 
 
 def _refuse_results_without_checkpoint(path: Path) -> None:

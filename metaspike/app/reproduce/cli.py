@@ -45,13 +45,19 @@ def _mean_std(mean: float, std: float) -> str:
     """``mean±std``, the mean alone where one seed gave no spread (NaN), ``n/a`` where the metric is undefined (a
     task's forgetting before any later task), as ``metaspike train`` writes it.
 
+    Two decimals, more where a mean below 0.1 needs them to show two significant digits (fig5cde's smallest loss
+    increase, about 0.001, read 0.00).
+
     Example:
         >>> _mean_std(51.0, float("nan")), _mean_std(51.0, 1.25), _mean_std(float("nan"), float("nan"))
         ('51.00', '51.00±1.25', 'n/a')
+        >>> _mean_std(0.00123, 0.0004)
+        '0.0012±0.0004'
     """
     if not math.isfinite(mean):
         return "n/a"
-    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f}±{std:.2f}"
+    places = 2 if mean == 0 or abs(mean) >= 0.1 else 1 - math.floor(math.log10(abs(mean)))
+    return f"{mean:.{places}f}" if math.isnan(std) else f"{mean:.{places}f}±{std:.{places}f}"
 
 
 def run(args: argparse.Namespace) -> None:
