@@ -55,7 +55,8 @@ def hidden_weight_histograms(model: nn.Module, bins: int = 60) -> dict[str, dict
         edges = torch.linspace(-bound, bound, bins + 1)
         result[name] = {
             "shape": list(weight.shape),
-            "edges": [round(e, 6) for e in edges.tolist()],
+            # (7 significant digits, not 6 decimals, which made the edges of weights below about 3e-5 repeat)
+            "edges": [float(f"{e:.7g}") for e in edges.tolist()],
             "counts": [int(c) for c in counts.tolist()],
             "median_abs": float(w.abs().median()),
             "quantity": _quantity(weight),

@@ -294,9 +294,10 @@ def check_histograms(data: Any, what: str | Path) -> list[dict[str, Any]]:
                 raise ValueError(f"{where}, layer {name!r}: 'counts' must be >= 0")
             if len(edges) != len(counts) + 1:
                 raise ValueError(f"{where}, layer {name!r}: {len(counts)} counts need {len(counts) + 1} edges, found {len(edges)}")
-            if any(b <= a for a, b in zip(edges, edges[1:])) or max(map(abs, edges)) > FLOAT32_MAX:
-                raise ValueError(f"{where}, layer {name!r}: 'edges' must increase from bin to bin and lie within "
-                                 "float32's range (the weights' own)")
+            # (equal neighbours pass: files written before 2026-12-05 rounded the edges of tiny weights to 6 decimals)
+            if any(b < a for a, b in zip(edges, edges[1:])) or max(map(abs, edges)) > FLOAT32_MAX:
+                raise ValueError(f"{where}, layer {name!r}: 'edges' must not decrease from bin to bin and must lie "
+                                 "within float32's range (the weights' own)")
             shape = layer.get("shape", [])
             if not (isinstance(shape, list) and all(is_whole(d, 0) for d in shape)):
                 raise ValueError(f"{where}, layer {name!r}: 'shape' must be a list of integers")
