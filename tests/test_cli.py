@@ -987,3 +987,18 @@ def test_a_comparison_with_progress_names_each_run_before_it_starts(tmp_path, ca
     assert main(["compare", *[a for a in SMALL if a != "--quiet"], "--meta", "0", "5", "--out", str(tmp_path)]) == 0
     lines = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.startswith("run ")]
     assert lines == ["run 1/2: permuted-digits-meta0-seed1", "run 2/2: permuted-digits-meta5-seed1"]
+
+
+def test_a_run_continued_under_other_arithmetic_is_counted_by_its_table(tmp_path, monkeypatch):
+    """config.json keeps the arithmetic a run started with: a comparison whose last run was resumed under another
+    thread count recorded the start's alone (threads [1]) and did not warn."""
+    from metaspike.app.runs import CONTINUED_WITH, _arithmetic_changes, ran_with
+
+    assert main(["train", *SMALL, "--out", str(tmp_path)]) == 0
+    run = next(tmp_path.glob("permuted-digits-*"))
+    threads = torch.get_num_threads()
+    assert _arithmetic_changes(run) == [] and not (run / CONTINUED_WITH).exists()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads + 1)
+    assert "continues with threads" in _arithmetic_changes(run)[0]
+    recorded, warning = ran_with([run])
+    assert recorded["threads"] == [threads, threads + 1] and "ran with different arithmetic" in warning

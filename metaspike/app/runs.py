@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import math
 import os
 import shutil
@@ -53,7 +54,7 @@ from metaspike.continual.scenarios import Scenario, made_when_reached, make_scen
 from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig, applied_optimizer_mode
 from metaspike.data import ArrayDataset, default_data_dir, load_dataset
 from metaspike.distributed import init_from_env, sync_batchnorm, world, world_size_from_env
-from metaspike.files import atomic_open, read_json, remove_stale_temporaries
+from metaspike.files import atomic_open, atomic_write_text, read_json, remove_stale_temporaries
 from metaspike.machine import cpu_kind
 from metaspike.training import Plugin, TrainingDiverged, minimum_batch_size
 
@@ -447,6 +448,13 @@ def _ran_with(record: Any) -> dict[str, Any]:
     return {key: value for key, value in found.items() if isinstance(value, (int, str)) and not isinstance(value, bool)}
 
 
+def _continuations(path: Path) -> list[Any]:
+    """The records of :data:`CONTINUED_WITH` in run ``path`` (none where it has no such file, or one not a list)."""
+    file = path / CONTINUED_WITH
+    recorded = read_json(file) if file.is_file() else []
+    return recorded if isinstance(recorded, list) else []
+
+
 def ran_with(runs: Sequence[Path]) -> tuple[dict[str, list[Any]], str | None]:
     """What arithmetic a table's ``runs`` (run folders; none: this process, which computed the table's numbers itself)
     ran with: each of thread count, torch and metaspike versions and CPU kind with its distinct values, and a warning
@@ -458,7 +466,8 @@ def ran_with(runs: Sequence[Path]) -> tuple[dict[str, list[Any]], str | None]:
         >>> ran_with([])[0]["threads"] == [torch.get_num_threads()]
         True
     """
-    records = [(path.name, read_json(path / "config.json")) for path in runs] or [("this process", _arithmetic())]
+    records = [(path.name, record) for path in runs
+               for record in [read_json(path / "config.json"), *_continuations(path)]] or [("this process", _arithmetic())]
     seen: dict[str, dict[Any, list[str]]] = {}
     for name, record in records:
         for key, value in _ran_with(record).items():
@@ -536,14 +545,22 @@ def _check_same_processes(path: Path) -> None:
                          f"its batches otherwise and changes its numbers; continue it as it ran: {how}")
 
 
-def _arithmetic_changes(path: Path) -> list[str]:
+CONTINUED_WITH = "continued_with.json"
+"""The file of a run folder that lists the arithmetic of each continuation that ran with other arithmetic than the
+run started with (``config.json`` keeps the start's, and its digest guards the checkpoints)."""
+
+
+def _arithmetic_changes(path: Path, record: bool = True) -> list[str]:
     """Warnings where a run continues with other arithmetic than it started with (another thread count or torch
     version adds floating-point sums in another order): its numbers may then differ slightly from an uninterrupted
-    run's, which a resume otherwise matches exactly."""
+    run's, which a resume otherwise matches exactly. With ``record`` (the process that writes the folder), the
+    continuation's arithmetic is added to :data:`CONTINUED_WITH`, which :func:`ran_with` reads."""
     then, now = _ran_with(read_json(path / "config.json")), _ran_with(_arithmetic())
     changed = [key for key in now if key in then and then[key] != now[key]]
     if not changed:
         return []
+    if record:
+        atomic_write_text(path / CONTINUED_WITH, json.dumps([*_continuations(path), _arithmetic()], indent=2) + "\n")
     hint = f" (OMP_NUM_THREADS={then['threads']} restores the thread count)" if "threads" in changed else ""
     return [f"{path} continues with {', '.join(f'{key} {then[key]} -> {now[key]}' for key in changed)}: sums may "
             f"add in another order, so its numbers can differ slightly from an uninterrupted run's{hint}"]
@@ -889,7 +906,7 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
             check_same_sources(path, config)
             if directory is not None:
                 directory.check_scenario(_scenario_record(scenario))
-            warnings += _arithmetic_changes(path)
+            warnings += _arithmetic_changes(path, record=directory is not None)
         trainer = _trainer(config, scenario, progress)
         if directory is not None and state is None:  # starting over: the folder describes the config it runs now
             directory.describe(_record(config, scenario), _scenario_record(scenario))
