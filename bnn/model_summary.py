@@ -14,7 +14,7 @@ from torch.nn.utils import parametrize
 
 from bnn.binary_linear import is_binary_input
 from metaspike.bayesian.synapses import bayesian_modules
-from metaspike.compiled import uncompiled
+from metaspike.compiled import is_compiled_wrapper, uncompiled
 from metaspike.synapse import BinarySynapse, binary_modules
 from metaspike.training import random_numbers_apart
 
@@ -170,8 +170,9 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None, *,
     rows = []
     counted: set[int] = set()  # (a weight shared by two layers, tied, is counted with the first)
     for name, module in model.named_modules():
-        if id(module) in in_parametrizations:
+        if id(module) in in_parametrizations or is_compiled_wrapper(module):  # (the model it wraps: the next row)
             continue
+        name = _without_wrappers(name)
         params = list(module.parameters(recurse=False))
         if parametrize.is_parametrized(module):
             params += list(module.parametrizations.parameters())  # type: ignore[union-attr]
@@ -200,6 +201,12 @@ def _quantized_layers(model: nn.Module) -> list[tuple[nn.Module, Tensor, int]]:
 
 _TRANSPOSED_LAYERS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _PRODUCT_LAYERS = (nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *_TRANSPOSED_LAYERS)
+
+
+def _without_wrappers(name: str) -> str:
+    """A layer's name as the user's model names it: a submodule compiled by ``torch.compile`` sits one level down, as
+    ``<name>._orig_mod``."""
+    return name.replace("._orig_mod", "")
 
 
 def _described(value: object) -> str:
@@ -264,6 +271,7 @@ def _count_macs(model: nn.Module, probe: Tensor, what: str) -> dict[str, tuple[i
         return record
 
     layers = list(model.named_modules())
+    layers = [(_without_wrappers(name), layer) for name, layer in layers]
     handles = [layer.register_forward_hook(hook(name), with_kwargs=True) for name, layer in layers
                if isinstance(layer, _PRODUCT_LAYERS)]
     handles += [layer.register_forward_hook(recurrent_hook(name), with_kwargs=True) for name, layer in layers
@@ -273,7 +281,9 @@ def _count_macs(model: nn.Module, probe: Tensor, what: str) -> dict[str, tuple[i
     was_training = model.training
     try:
         model.eval()  # no running statistics are updated (the paper's BatchNorm still uses the batch's)
-        with random_numbers_apart(probe.device):  # (a Bayesian model's samples leave training's random numbers)
+        # (eager: a model or submodule compiled in place, model.compile(), compiled the counting pass, logging graph
+        # breaks at its hooks; a Bayesian model's samples leave training's random numbers)
+        with random_numbers_apart(probe.device), torch.compiler.set_stance("force_eager"):
             model(probe)
     except Exception as err:
         hint = " (input_shape probes with random real numbers: give a model of token ids example_input=)"

@@ -11,7 +11,7 @@ import torch
 
 from metaspike.caller import user_stacklevel
 
-__all__ = ["LazyCompiled", "LARGE_TENSOR_LOOPS", "compiling_disabled", "uncompiled"]
+__all__ = ["LazyCompiled", "LARGE_TENSOR_LOOPS", "compiling_disabled", "uncompiled", "is_compiled_wrapper"]
 
 LARGE_TENSOR_LOOPS = {"cpp.dynamic_threads": True}
 """Compiler options for a function over large tensors: its CPU loops always run in a parallel region of as many
@@ -61,6 +61,17 @@ _TORCH_MODULES = r"torch(\.|$)"
 """The modules whose warnings are torch's own (a ``module`` pattern of :func:`warnings.filterwarnings`)."""
 
 
+def is_compiled_wrapper(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is the module ``torch.compile(model)`` returns, which wraps ``model`` (as ``_orig_mod``).
+
+    Example:
+        >>> net = torch.nn.Linear(2, 2)
+        >>> is_compiled_wrapper(torch.compile(net)), is_compiled_wrapper(net)
+        (True, False)
+    """
+    return isinstance(module, torch._dynamo.eval_frame.OptimizedModule)
+
+
 def uncompiled(model: torch.nn.Module) -> torch.nn.Module:
     """The model that ``model`` wraps where it is ``torch.compile(...)``'s module, else ``model``: what a function that
     reads or records a model's layers (rather than running it fast) works on, so that it compiles nothing and names
@@ -71,7 +82,7 @@ def uncompiled(model: torch.nn.Module) -> torch.nn.Module:
         >>> uncompiled(torch.compile(net)) is net, uncompiled(net) is net
         (True, True)
     """
-    return getattr(model, "_orig_mod", model) if isinstance(model, torch._dynamo.eval_frame.OptimizedModule) else model
+    return getattr(model, "_orig_mod", model) if is_compiled_wrapper(model) else model
 
 
 def compiling_disabled() -> bool:

@@ -1,5 +1,6 @@
 """The bnn API: the paper's MLP, summary, population statistics, fit/evaluate."""
 
+import copy
 import math
 import os
 import re
@@ -145,10 +146,15 @@ def test_summary_of_a_compiled_model_is_that_of_the_model_it_wraps_and_compiles_
     """A torch.compile'd model's counting pass compiled it, logging graph breaks at the counting hooks, and named its
     layers "_orig_mod.1", ...: the summary reads the model it wraps."""
     model = bnn.MLP([20, 8, 4])
+    expected = bnn.summary(model, input_shape=(20,))
     torch._dynamo.reset()
-    compiled = torch.compile(model)
-    s = bnn.summary(compiled, input_shape=(20,))
-    assert s == bnn.summary(model, input_shape=(20,)) and s.layers[0].name == "1"
+    s = bnn.summary(torch.compile(model), input_shape=(20,))
+    assert s == expected and s.layers[0].name == "1"
+    in_place, in_part = copy.deepcopy(model), copy.deepcopy(model)
+    in_place.compile()  # (compiled in place: the same module, whose calls run compiled)
+    in_part[4] = torch.compile(in_part[4])  # (a compiled layer: its rows named as the model names it, once)
+    assert bnn.summary(in_place, input_shape=(20,)) == expected
+    assert bnn.summary(in_part, input_shape=(20,)) == expected
     assert torch._dynamo.utils.counters["stats"]["calls_captured"] == 0
 
 
