@@ -390,7 +390,7 @@ def test_a_meta_edited_out_of_range_after_construction_is_refused_before_the_ste
 
 
 @pytest.mark.parametrize("kind, key", [("hooked", "meta"), ("hooked", "rule"), ("adam", "meta"), ("adam", "lr"),
-                                       ("bimu", "lr"), ("mesu", "N")])
+                                       ("bimu", "lr"), ("mesu", "N"), ("mesu", "lr")])
 def test_a_setting_deleted_from_a_param_group_is_named_before_the_step(kind, key):
     """A group's key deleted by a hand stopped the step at a bare KeyError (or, for a hooked optimizer's meta, left
     the check to skip the group); the step names the key and changes nothing."""

@@ -35,7 +35,7 @@ from metaspike.bayesian.functional import (
 )
 from metaspike.bayesian.synapses import synapse_role
 from metaspike.caller import user_stacklevel
-from metaspike.checks import TrainingDiverged, is_whole, state_dict_groups
+from metaspike.checks import TrainingDiverged, check_keys_kept, is_whole, state_dict_groups
 from metaspike.optimizer_state import HookedAgainWhenCopied
 from metaspike.synapse import is_hidden_weight
 
@@ -327,6 +327,7 @@ class _DataGatedOptimizer(HookedAgainWhenCopied, Optimizer):
             metaspike.checks.TrainingDiverged: BiMU.step: the gradient of parameter 0 of param group 0 holds NaN or infinite values; BiMU changed nothing
         """
         for group in self.param_groups:
+            check_keys_kept(group, hyperparameter_names(self.rule))  # (a deleted lr read as its default, 1, silently)
             check_hyperparameters(self.rule, group)
             self._check_tensors(group["params"])  # (a tensor appended to a group by hand since)
         _refuse_non_finite_gradients(type(self).__name__, self.param_groups)

@@ -171,7 +171,7 @@ def compare_methods(config: RunConfig, methods: Sequence[Method], seeds: Sequenc
     for method in methods:
         results = []
         for seed in seeds:
-            announce_run(next(started), total, f"{method.label}, seed {seed}", progress)
+            announce_run(next(started), total, f"{title}: {method.label}, seed {seed}", progress)
             results.append(run_method(replace(config, seed=int(seed)), method, root, progress))
         rows.append(summarize(method.label, results, paper.get(method.label, "n/a")))
         atomic_write_text(root / "table.csv", comparison_csv(rows, TABLE_LABELS))  # what is measured so far is kept
