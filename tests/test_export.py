@@ -45,9 +45,15 @@ def _bayesian(kind: str) -> nn.Module:
     (lambda: _bayesian("mesu"), (8, 20)),
 ], ids=["bnn.MLP", "bnn.ConvNet", "binarize", "bimu", "mesu"])
 def test_an_exported_model_gives_its_evaluation_outputs_bit_for_bit(build, shape):
+    """At the exported batch size, and at any other where the batch dimension is exported as dynamic."""
     torch.manual_seed(0)
     model = _trained(build(), torch.randn(shape))
     program = torch.export.export(model, (torch.randn(shape),))
     fresh = torch.randn(shape)
     with torch.no_grad():
         assert torch.equal(program.module()(fresh), model(fresh))
+    batch = torch.export.Dim("batch", min=2)
+    dynamic = torch.export.export(model, (torch.randn(shape),), dynamic_shapes=({0: batch},))
+    other = torch.randn(3, *shape[1:])
+    with torch.no_grad():
+        assert torch.equal(dynamic.module()(other), model(other))
