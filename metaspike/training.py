@@ -373,8 +373,9 @@ def _checked_penalty(plugin: Plugin, model: nn.Module) -> Tensor | float | None:
     blamed on the learning rate)."""
     extra = plugin.penalty(model)
     if extra is None or is_number(extra) or (isinstance(extra, Tensor) and extra.dim() == 0):
-        if extra is not None and not math.isfinite(float(extra)):  # (not the learning rate's fault: name the plugin)
-            raise TrainingDiverged(f"plugin {type(plugin).__name__}: its penalty returned {float(extra)} (the data "
+        value = None if extra is None else float(extra.detach() if isinstance(extra, Tensor) else extra)
+        if value is not None and not math.isfinite(value):  # (not the learning rate's fault: name the plugin)
+            raise TrainingDiverged(f"plugin {type(plugin).__name__}: its penalty returned {value} (the data "
                                    "loss is finite); check its state and settings, e.g. its strength")
         return extra
     got = f"a tensor of shape {list(extra.shape)}" if isinstance(extra, Tensor) else f"a {type(extra).__name__}"

@@ -167,9 +167,25 @@ def test_a_non_finite_penalty_names_the_plugin_not_the_learning_rate(value):
     x, y = _data()
     model = nn.Linear(6, 3)
     with pytest.raises(TrainingDiverged, match=r"^plugin _Diverging: its penalty returned (nan|inf) \(the data loss is "
-                                               "finite\)"):
+                                               r"finite\)"):
         train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y, batch_size=10,
                     plugins=[_Diverging(value)])
+
+
+def test_a_penalty_with_a_gradient_is_checked_without_a_warning():
+    """Reading the penalty as a number for the finiteness check warned from torch ("Converting a tensor with
+    requires_grad=True to a scalar") in every run with a baseline, pointing into metaspike."""
+    import warnings
+
+    class L2(Plugin):
+        def penalty(self, model):
+            return 1e-4 * sum(p.square().sum() for p in model.parameters())
+
+    x, y = _data()
+    model = nn.Linear(6, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y, batch_size=10, plugins=[L2()])
 
 
 @pytest.mark.parametrize("penalty", [0.25, torch.tensor(0.25)])
