@@ -155,7 +155,8 @@ def summary(model: nn.Module, input_shape: Sequence[int] | None = None, *,
             isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in input_shape)):
         raise ValueError(f"input_shape must be one sample's shape, a sequence of positive integers, got {input_shape!r}")
     if example_input is not None and input_shape is not None:
-        raise ValueError("summary takes input_shape (random real samples) or example_input (a batch of yours), not both")
+        raise ValueError("summary takes input_shape (random real samples) or example_input (a batch of yours), "
+                         "not both")
     if example_input is not None and not (isinstance(example_input, Tensor) and example_input.dim() >= 1
                                           and len(example_input) >= 1):
         raise ValueError(f"example_input must be a tensor holding a batch of one sample or more (batch dimension "

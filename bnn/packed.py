@@ -418,7 +418,8 @@ class PackedMLP:
         entries = [(value, _version(value)) for value in self.layers[i].values()]
         kept = self._checked_last
         if kept is None or len(kept[0]) != len(entries) or any(
-                value is not was or version != was_version for (value, version), (was, was_version) in zip(entries, kept[0])):
+                value is not was or version != was_version
+                for (value, version), (was, was_version) in zip(entries, kept[0])):
             kept = self._checked_last = (entries, _checked_layer(self.sizes, self.layers, i))
         return kept[1]
 
@@ -526,7 +527,8 @@ def _checked_layers(sizes: list[int], layers: list[dict]) -> list[dict]:
 
 
 def _checked_layer(sizes: list[int], layers: list[dict], i: int) -> dict:
-    """Layer ``i`` of ``layers`` with each of its tensors checked against ``sizes`` (:func:`bnn.native.check_tensor`)."""
+    """Layer ``i`` of ``layers`` with each of its tensors checked against ``sizes``
+    (:func:`bnn.native.check_tensor`)."""
     layer = layers[i]
     return {**layer, **{key: native.check_tensor(f"layer {i}", repr(key), layer.get(key), shape, dtype)
                         for key, (shape, dtype) in _layer_tensors(sizes, i).items()}}

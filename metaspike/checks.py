@@ -15,7 +15,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["registered_name", "check_keys_kept", "listed", "is_number", "is_finite_number", "is_whole", "number_in", "finite_number", "FLOAT32_MAX", "FLOAT32_TINY",
+__all__ = ["registered_name", "check_keys_kept", "listed", "is_number", "is_finite_number", "is_whole", "number_in",
+           "finite_number", "FLOAT32_MAX", "FLOAT32_TINY",
            "MAX_SEED", "check_seed", "check_device", "state_dict_groups", "check_eps_holds", "ModelError",
            "raised_at", "defined_at", "in_metaspike", "is_nan", "shown", "check_generator_state"]
 
@@ -116,7 +117,8 @@ def listed(names: Sequence[Any], first: int = 6) -> str:
         ('a, b', 't0, t1, t2 and 17 more')
     """
     names = list(names)
-    shown_names = ", ".join(name if isinstance(name, str) and len(name) <= 60 else shown(name) for name in names[:first])
+    shown_names = ", ".join(name if isinstance(name, str) and len(name) <= 60 else shown(name)
+                            for name in names[:first])
     return shown_names + (f" and {len(names) - first} more" if len(names) > first else "")
 
 

@@ -576,9 +576,9 @@ def test_parameters_a_rule_made_non_finite_are_not_blamed_on_the_gradient():
     optimizer = MetaplasticAdam(model.parameters(), lr=0.01, meta=1.0, rule=NotANumber())
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(metaspike.rules.base, "_users_step", lambda rule: None)
-        with pytest.raises(TrainingDiverged, match=r"\(1.weight, 4.weight\): their last gradients were finite, so "
-                                                   r"the optimizer's step made them: a consolidation rule that returned "
-                                                   "NaN"):
+        with pytest.raises(TrainingDiverged, match=r"\(1.weight, 4.weight\): their last gradients were finite, "
+                                                   r"so the optimizer's step made them: a consolidation rule that "
+                                                   "returned NaN"):
             train_epoch(model, optimizer, torch.rand(40, 20), torch.randint(0, 4, (40,)), batch_size=10)
 
 

@@ -467,7 +467,8 @@ def ran_with(runs: Sequence[Path]) -> tuple[dict[str, list[Any]], str | None]:
         True
     """
     records = [(path.name, record) for path in runs
-               for record in [read_json(path / "config.json"), *_continuations(path)]] or [("this process", _arithmetic())]
+               for record in [read_json(path / "config.json"), *_continuations(path)]]
+    records = records or [("this process", _arithmetic())]
     seen: dict[str, dict[Any, list[str]]] = {}
     for name, record in records:
         for key, value in _ran_with(record).items():
@@ -540,7 +541,8 @@ def _check_same_processes(path: Path) -> None:
         raise ValueError(f"{path / 'config.json'}: 'processes' must be an integer >= 1, got {shown(recorded)}")
     now = world_size_from_env()
     if recorded != now:
-        how = train_resume_command(path, recorded) if recorded > 1 else f"{train_resume_command(path, 1)}, without torchrun"
+        how = (train_resume_command(path, recorded) if recorded > 1
+               else f"{train_resume_command(path, 1)}, without torchrun")
         raise ValueError(f"{path} was trained by {recorded!r} processes and would continue with {now}, which splits "
                          f"its batches otherwise and changes its numbers; continue it as it ran: {how}")
 

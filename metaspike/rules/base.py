@@ -200,9 +200,9 @@ def user_rule_errors(rule: Rule, weight: Tensor | None = None) -> Iterator[None]
             and not bool(torch.isfinite(weight).all())):
         grad = weight.grad
         if grad is None or bool(torch.isfinite(grad).all()):
-            raise TrainingDiverged(f"consolidation rule {rule.name!r} ({type(rule).__name__}, {defined_at(type(rule).step)}) "
-                                   f"made a weight of shape {tuple(weight.shape)} NaN or infinite from a finite "
-                                   "gradient: its step returned a non-finite update")
+            raise TrainingDiverged(f"consolidation rule {rule.name!r} ({type(rule).__name__}, "
+                                   f"{defined_at(type(rule).step)}) made a weight of shape {tuple(weight.shape)} NaN "
+                                   "or infinite from a finite gradient: its step returned a non-finite update")
 
 
 def toward_zero(hidden: Tensor, update: Tensor) -> Tensor:
