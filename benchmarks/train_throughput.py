@@ -6,9 +6,10 @@ with a hard-tanh straight-through gradient) with metaplastic Adam (``meta > 0``)
 * **metaspike**: ``bnn.MLP`` + :class:`metaspike.MetaplasticAdam`. The hidden weight is the
   parameter; its signs are written once per step into persistent buffers (one compiled pass); each
   product of ±1 inputs by ±1 weights uses the fastest exact product of the machine (popcount of packed bits, int8,
-  bfloat16 or float32, timed once per process and shape; see :mod:`bnn.binary_linear`); each float32 product
-  (the first layer's, the backward ones) goes to ``torch.mm`` or oneDNN, whichever runs the CPU's widest kernels
-  (:mod:`bnn.float32_products`); the weight gradient is written into a reused buffer; the optimizer updates the hidden weight in place (one fused,
+  bfloat16 or float32, timed once per process and shape; see :mod:`bnn.binary_linear`); each backward product of
+  a real gradient by a ±1 operand uses the faster of ``torch.mm`` and, with AVX-512, native table lookups (both
+  float32); the other float32 products (the first layer's) go to ``torch.mm`` or oneDNN, whichever runs the CPU's
+  widest kernels (:mod:`bnn.float32_products`); the weight gradient is written into a reused buffer; the optimizer updates the hidden weight in place (one fused,
   compiled loop per weight matrix). Run twice: with the default float32 backward products, and
   with the opt-in ``precision="bfloat16"`` ones (``metaspike bf16``; left out where torch emulates bfloat16).
 * **authors' style** (written here from the description of the code published with Laborieux et
@@ -65,8 +66,10 @@ from torch.optim import Optimizer
 import bnn
 from bnn.binary_linear import (
     _DTYPES,
+    LOOKUP_EVENT,
     POPCOUNT_EVENT,
     SLOW_BFLOAT16,
+    backward_products_used,
     bfloat16_slowdown,
     product_kinds,
     product_used,
@@ -81,7 +84,8 @@ from metaspike.optim import MetaplasticAdam
 
 BATCH = 100
 LR = 0.005
-MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_int_mm", "mkldnn::_linear_pointwise", POPCOUNT_EVENT)
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_int_mm", "mkldnn::_linear_pointwise", POPCOUNT_EVENT,
+              LOOKUP_EVENT)
 BATCH_NORM_OPS = ("aten::native_batch_norm", "aten::native_batch_norm_backward")
 
 
@@ -234,14 +238,15 @@ def make_contestants(hidden: int, meta: float, seed: int, device: torch.device) 
 
 def products_used(model: nn.Module, x: Tensor) -> list[str]:
     """``"<in>x<out>: <product>"`` for each binary layer of ``model``, as a training step on ``x`` computes it, the
-    library of each of its float32 products, and for a layer of ±1 inputs which exact products equal the float32 one
-    bit for bit (all of them, or the run stops)."""
+    library of each of its float32 products, for a layer of ±1 inputs which exact products equal the float32 one
+    bit for bit (all of them, or the run stops), and its backward products."""
     seen: list[str] = []
 
     def record(layer: nn.Module, args: tuple[Tensor, ...]) -> None:
         used = product_used(args[0], layer)
+        backward = ", ".join(f"{name} {kind}" for name, kind in backward_products_used(args[0], layer).items())
         seen.append(f"{layer.in_features}x{layer.out_features}: {used}{float32_libraries(args[0], used)}"
-                    f"{exact_products(layer, args[0])}")
+                    f"{exact_products(layer, args[0])}{f' (backward: {backward})' if backward else ''}")
 
     hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, bnn.BinaryLinear)]
     try:

@@ -33,7 +33,13 @@ weights, with the same results (the product bit for bit; gradients up to float32
 * **Backward products in float32 by default.** ``grad_input = grad @ signs`` and
   ``grad_weight = grad.T @ x`` multiply the real-valued gradient, so they stay float32. Every float32
   product goes to the one of torch's two float32 libraries that uses the CPU's widest kernels (``torch.mm`` or
-  oneDNN, chosen by the CPU, the same in every process; :mod:`bnn.float32_products`). A layer
+  oneDNN, chosen by the CPU, the same in every process; :mod:`bnn.float32_products`). Where one operand is ±1
+  (``signs``, and a ±1 input ``x``) and the CPU has AVX-512, a second float32 product competes
+  (:data:`BACKWARD_KINDS`): ``"lookup"`` (:func:`bnn.native.signed_sums`) adds, per row of the gradient and group of
+  4 of its entries, one of their 16 signed sums picked by the ±1 operand's 4 signs, 16 columns per permute; every
+  term is exact, so it differs from the matrix product only in the order of the float32 additions. It is timed
+  against ``torch.mm`` once per process and shape class, like the forward product (a 2-core AMD EPYC Zen 4, one
+  thread: 100 x 4096 @ 4096 x 4096 in 14 ms against 40 ms, 4096 x 100 @ 100 x 4096 in 17 ms against 37 ms). A layer
   built with ``precision="bfloat16"`` rounds the gradient (and a real-valued input) to bfloat16 for
   these two products, and on CPUs their results too (opt-in: faster where bfloat16 products are,
   with input and weight gradients to about 8 significant bits; where they are slower than float32,
@@ -65,13 +71,15 @@ from torch.autograd import forward_ad
 from bnn import native
 from bnn.float32_products import float32_library, mm
 from bnn.product_timing import best_times, probe_rows, size_class
-from bnn.sign_buffers import PACKED, storage_is_free
+from bnn.sign_buffers import NIBBLES, PACKED, storage_is_free
 from metaspike.caller import user_stacklevel
 
 __all__ = [
-    "FAST_MIN_NUMEL", "ONEDNN_FAST_MIN_NUMEL", "PRODUCT_KINDS", "POPCOUNT_EVENT", "PRECISIONS", "check_precision", "is_binary_input", "product_kinds",
-    "product_kind", "signs_product", "product_used", "binary_linear", "bfloat16_slowdown", "kind_slowdown",
-    "EMULATED_SLOWDOWN", "has_tangent",
+    "FAST_MIN_NUMEL", "ONEDNN_FAST_MIN_NUMEL", "PRODUCT_KINDS", "POPCOUNT_EVENT", "PRECISIONS", "check_precision",
+    "is_binary_input", "product_kinds", "product_kind", "signs_product", "product_used", "binary_linear",
+    "bfloat16_slowdown", "kind_slowdown",
+    "EMULATED_SLOWDOWN", "has_tangent", "BACKWARD_KINDS", "LOOKUP_EVENT", "backward_kinds", "backward_kind",
+    "backward_products_used",
 ]
 
 FAST_MIN_NUMEL = 1 << 20
@@ -82,6 +90,11 @@ PRODUCT_KINDS = ("popcount", "int8", "bfloat16", "float32")
 """The exact products of ±1 inputs by ±1 weights, named by their operands (bits, or a dtype)."""
 POPCOUNT_EVENT = "bnn::popcount_product"
 """The name under which ``torch.profiler`` shows a popcount product (a native call, not a torch operator)."""
+BACKWARD_KINDS = ("lookup", "float32")
+"""The float32 products of a real-valued gradient by a ±1 operand in the backward pass (``grad @ signs``, and
+``grad.T @ x`` for a ±1 input)."""
+LOOKUP_EVENT = "bnn::lookup_product"
+"""The name under which ``torch.profiler`` shows a lookup product (:func:`bnn.native.signed_sums`)."""
 PRECISIONS = ("float32", "bfloat16")
 """The precisions a layer's backward products may use (``BinaryLinear(precision=...)``)."""
 _DTYPES: dict[str, Any] = {"popcount": PACKED, "int8": torch.int8, "bfloat16": torch.bfloat16,
@@ -89,6 +102,7 @@ _DTYPES: dict[str, Any] = {"popcount": PACKED, "int8": torch.int8, "bfloat16": t
 _BF16_EXACT_ROUNDED = 256  # bfloat16 holds every integer up to 2**8
 
 _choices: dict[tuple[Any, ...], str] = {}
+_backward_choices: dict[tuple[Any, ...], str] = {}
 
 
 def check_precision(precision: str) -> str:
@@ -258,6 +272,62 @@ def _warn_if_bfloat16_is_slow(device: torch.device) -> None:
                       "is faster and more precise here", RuntimeWarning, stacklevel=user_stacklevel())
 
 
+def backward_kinds(device: torch.device | str) -> list[str]:
+    """The products of :data:`BACKWARD_KINDS` this machine runs well: ``"lookup"`` needs the native kernels with
+    AVX-512 (their portable C looks up one column at a time, many times slower than ``torch.mm``).
+
+    Example:
+        >>> backward_kinds("cpu")[-1]
+        'float32'
+    """
+    lib = native.kernels() if torch.device(device).type == "cpu" else None
+    return ["lookup", "float32"] if lib is not None and native.signed_sums_vectorized(lib) else ["float32"]
+
+
+def backward_kind(device: torch.device | str, product: str, batch: int, fan_out: int, fan_in: int) -> str:
+    """The faster of :func:`backward_kinds` for a layer of ``fan_out x fan_in`` ±1 weights at ``batch`` rows, for
+    ``product`` ``"input"`` (``grad @ signs``, with the signs' codes made from the int8 buffer) or ``"weight"``
+    (``grad.T @ x`` for a ±1 ``x``, its codes made at each step): timed once per process and shape class, then cached.
+
+    Example:
+        >>> backward_kind("cpu", "weight", 8, 64, 64) in BACKWARD_KINDS
+        True
+    """
+    if product not in ("input", "weight"):
+        raise ValueError(f"product must be 'input' or 'weight', got {product!r}")
+    device = torch.device(device)
+    kinds = backward_kinds(device)
+    if len(kinds) == 1:
+        return kinds[0]
+    key = (device, product, size_class(batch), fan_out, fan_in)
+    if key not in _backward_choices:
+        _backward_choices[key] = _fastest_backward(device, product, probe_rows(batch), fan_out, fan_in)
+    return _backward_choices[key]
+
+
+def _fastest_backward(device: torch.device, product: str, batch: int, fan_out: int, fan_in: int) -> str:
+    """:func:`backward_kind`'s timing of ``"lookup"`` (codes included) against ``torch.mm``, into a kept output."""
+    lib, library = native.kernels(), float32_library(device)
+    grad = torch.ones(batch, fan_out)
+    if product == "input":
+        signs = torch.ones(fan_out, fan_in)
+        int8_signs, out = signs.to(torch.int8), torch.empty(batch, fan_in)
+        products = {"lookup": lambda: native.signed_sums(lib, grad, native.nibble_codes(lib, int8_signs), fan_in, out),
+                    "float32": lambda: mm(grad, signs, library, out)}
+    else:
+        x, out = torch.ones(batch, fan_in), torch.empty(fan_out, fan_in)
+        products = {"lookup": lambda: native.signed_sums(lib, grad.t(), native.nibble_codes(lib, x), fan_in, out),
+                    "float32": lambda: mm(grad.t(), x, library, out)}
+    best = best_times(products, device)
+    return min(products, key=best.__getitem__)
+
+
+def _lookup_product(a: Tensor, codes: Tensor, n: int, out: Tensor | None = None) -> Tensor:
+    """``a @ signs`` by :func:`bnn.native.signed_sums` from the signs' codes, into ``out`` when given."""
+    with torch.profiler.record_function(LOOKUP_EVENT):
+        return native.signed_sums(native.kernels(), a, codes, n, out)
+
+
 def _backward_mm(a: Tensor, b: Tensor, low: bool, out: Tensor | None = None) -> Tensor:
     """``a @ b``, a backward product (``grad @ signs`` or ``grad.T @ x``), in float32 by the machine's float32 library
     (into ``out`` when given), or of both rounded to bfloat16 with float32 sums when ``low``."""
@@ -272,13 +342,14 @@ class _FastBinaryLinear(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, x: Tensor, hidden: Tensor, bias: Tensor | None, signs: Tensor, visible: Tensor, kind: str,
-        backward_signs: Tensor | None, low: bool, grad_buffer: Tensor | None,
+        backward_signs: Tensor | None, low: bool, grad_buffer: Tensor | None, lookup_weight: bool,
     ) -> Tensor:
         # views of the sign buffers, not the buffers: a view holds their memory, so a second forward pass before this
         # backward (a layer used twice in one graph) sees them held and writes fresh ones instead of changing these
         ctx.save_for_backward(x, None if backward_signs is None else backward_signs.view_as(backward_signs))
         ctx.hidden, ctx.signs = hidden, visible.view_as(visible)  # (for a backward that builds a graph)
         ctx.low = low
+        ctx.lookup_weight = lookup_weight  # grad.T @ x by lookups (x is ±1)
         ctx.grad_buffer = grad_buffer
         ctx.has_bias = bias is not None
         return _product(x, signs, kind, bias)
@@ -289,7 +360,10 @@ class _FastBinaryLinear(torch.autograd.Function):
             return _differentiable_backward(ctx, grad)
         x, signs = ctx.saved_tensors
         low = ctx.low
-        grad_x = _backward_mm(grad, signs, low) if ctx.needs_input_grad[0] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:  # signs: the float32 (bfloat16) buffer, or its codes for lookups
+            lookup = signs.dtype == torch.uint8
+            grad_x = _lookup_product(grad, signs, x.shape[1]) if lookup else _backward_mm(grad, signs, low)
         grad_w = None
         if ctx.needs_input_grad[1]:
             buffer = ctx.grad_buffer
@@ -298,11 +372,15 @@ class _FastBinaryLinear(torch.autograd.Function):
                 grad_w = torch.empty(0, dtype=buffer.dtype, device=buffer.device).set_(
                     buffer.untyped_storage(), 0, buffer.shape, buffer.stride()
                 )
+            codes = native.nibble_codes(native.kernels(), x, "binary layer input") if ctx.lookup_weight else None
+            if codes is not None:
+                grad_w = _lookup_product(grad.t(), codes, x.shape[1], grad_w)
+            elif grad_w is not None:
                 _backward_mm(grad.t(), x, low, out=grad_w)
             else:
                 grad_w = _backward_mm(grad.t(), x, low)
         grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b, None, None, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None, None
 
 
 def _differentiable_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -315,7 +393,7 @@ def _differentiable_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...
     grad_x = grad @ visible if ctx.needs_input_grad[0] else None
     grad_w = grad.t() @ x if ctx.needs_input_grad[1] else None
     grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-    return grad_x, grad_w, grad_b, None, None, None, None, None, None
+    return grad_x, grad_w, grad_b, None, None, None, None, None, None, None
 
 
 def has_tangent(*tensors: Tensor | None) -> bool:
@@ -330,7 +408,7 @@ def has_tangent(*tensors: Tensor | None) -> bool:
     return any(t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
 
 
-def _signs_for(layer: Any, kind: str, *backward_dtypes: torch.dtype) -> tuple[Tensor, Tensor, list[Tensor]]:
+def _signs_for(layer: Any, kind: str, *backward_dtypes: torch.dtype | str) -> tuple[Tensor, Tensor, list[Tensor]]:
     """From one pass over the hidden weight: the signs ``kind``'s product takes, the ±1 weight itself (in some dtype)
     and its buffers in ``backward_dtypes``."""
     if kind != "popcount":
@@ -381,6 +459,39 @@ def product_used(x: Tensor, layer: Any) -> str:
     return product_kind(x.device, x.shape[0], weight.shape[1], weight.shape[0])
 
 
+def _backward_products(x: Tensor, layer: Any, kind: str) -> tuple[str | None, str | None]:
+    """The products of ``grad @ signs`` and ``grad.T @ x`` (``None`` for a gradient not needed) of a layer whose forward
+    product is ``kind``: ``"bfloat16"`` for a layer of that precision, else :func:`backward_kind`'s choice where the
+    other operand is ±1 (the input is when ``kind`` is an exact ±1 product other than float32, or its values are)."""
+    low = layer.precision == "bfloat16"
+    batch, (fan_out, fan_in) = x.shape[0], layer.weight.shape
+    grad_input = grad_weight = None
+    if x.requires_grad:
+        grad_input = "bfloat16" if low else backward_kind(x.device, "input", batch, fan_out, fan_in)
+    if layer.weight.requires_grad:
+        binary = kind != "float32" or is_binary_input(x)
+        grad_weight = ("bfloat16" if low else backward_kind(x.device, "weight", batch, fan_out, fan_in) if binary
+                       else "float32")
+    return grad_input, grad_weight
+
+
+def backward_products_used(x: Tensor, layer: Any) -> dict[str, str]:
+    """The backward products a training step of ``binary_linear(x, layer)`` uses: ``{"grad_input": ...,
+    "grad_weight": ...}`` for the gradients it computes, each one of :data:`BACKWARD_KINDS` or ``"bfloat16"``; empty
+    for a layer on ``F.linear`` (torch's own backward).
+
+    Example:
+        >>> import bnn
+        >>> backward_products_used(torch.rand(8, 784), bnn.BinaryLinear(784, 64))
+        {}
+    """
+    kind = product_used(x, layer)
+    if kind == "F.linear":
+        return {}
+    grad_input, grad_weight = _backward_products(_rows(x, layer.weight), layer, kind)
+    return {name: used for name, used in (("grad_input", grad_input), ("grad_weight", grad_weight)) if used}
+
+
 def binary_linear(x: Tensor, layer: Any) -> Tensor:
     """``F.linear(x, sign(W_h), bias)`` for a binary layer of :mod:`bnn.layers`, fast.
 
@@ -410,9 +521,11 @@ def binary_linear(x: Tensor, layer: Any) -> Tensor:
     low = layer.precision == "bfloat16"
     if low:
         _warn_if_bfloat16_is_slow(x.device)
-    # grad_input = grad @ signs needs them in the backward precision too: all from one pass
-    backward_dtype = (torch.bfloat16 if low else torch.float32,) if x.requires_grad else ()
-    signs, visible, backward = _signs_for(layer, kind, *backward_dtype)
+    grad_input, grad_weight = _backward_products(x, layer, kind)
+    # grad_input = grad @ signs needs them in the backward precision, or as codes for lookups: all from one pass
+    backward_dtype = {None: (), "lookup": (NIBBLES,), "bfloat16": (torch.bfloat16,), "float32": (torch.float32,)}
+    signs, visible, backward = _signs_for(layer, kind, *backward_dtype[grad_input])
     backward_signs = backward[0] if backward else None
     grad_buffer = layer.gradient_buffer() if weight.requires_grad else None
-    return _FastBinaryLinear.apply(x, weight, bias, signs, visible, kind, backward_signs, low, grad_buffer)
+    return _FastBinaryLinear.apply(x, weight, bias, signs, visible, kind, backward_signs, low, grad_buffer,
+                                   grad_weight == "lookup")

@@ -1,5 +1,5 @@
-"""Native XNOR-popcount kernels for :class:`bnn.PackedMLP` and for the popcount product of a large binary layer in
-training (:mod:`bnn.binary_linear`), built on first use with the system C compiler.
+"""Native XNOR-popcount kernels for :class:`bnn.PackedMLP`, and for the popcount product and the lookup backward
+products of a large binary layer in training (:mod:`bnn.binary_linear`), built on first use with the system C compiler.
 
 ``bnn/packed_kernels.c`` is compiled once per machine (``cc -O3 -march=native``, so the popcount
 uses the CPU's own instructions) into a cache folder (``$METASPIKE_CACHE``, else
@@ -40,7 +40,7 @@ from torch import Tensor
 from metaspike.caller import user_stacklevel
 
 __all__ = ["kernels", "kinds", "check_tensor", "real_layer", "binary_layer", "kernel_weight", "pack_signs",
-           "prepared_signs", "popcount_product"]
+           "prepared_signs", "popcount_product", "nibble_codes", "signed_sums", "signed_sums_vectorized"]
 
 SOURCE = Path(__file__).with_name("packed_kernels.c")
 FALLBACK = "bnn.PackedMLP runs on torch ops (slower) and binary layers train without the popcount product"
@@ -267,6 +267,13 @@ def _kernels(flags: tuple[str, ...]) -> ctypes.CDLL | None:
     lib.pack_signs.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
                                ctypes.c_int]
     lib.pack_signs.restype = ctypes.c_int
+    lib.nibble_codes.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p,
+                                 ctypes.c_int]
+    lib.nibble_codes.restype = ctypes.c_int
+    lib.signed_sums.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+    lib.signed_sums.restype = ctypes.c_int
+    lib.signed_sums_kind.restype = ctypes.c_char_p
     return lib
 
 
@@ -487,3 +494,74 @@ def popcount_product(lib: ctypes.CDLL, x: Tensor, prepared: Tensor, label: str =
     out = prepared.shape[0] if _output_major(lib) else prepared.shape[1]
     return _call(lib.binary_layer, label, words, n, prepared, out, cols, None, None, torch.int64, torch.int64,
                  threads).to(torch.float32)
+
+
+def signed_sums_vectorized(lib: ctypes.CDLL) -> bool:
+    """Whether ``lib``'s :func:`signed_sums` looks up many columns per instruction (AVX-512); the portable C one looks
+    up one at a time, far slower than a float32 matrix product.
+
+    Example:
+        >>> lib = kernels()
+        >>> lib is None or signed_sums_vectorized(lib) in (True, False)
+        True
+    """
+    return not lib.signed_sums_kind().decode().startswith("portable")
+
+
+def nibble_codes(lib: ctypes.CDLL, signs: Tensor, label: str = "signs", threads: int | None = None) -> Tensor | None:
+    """The ±1 matrix ``signs`` (``(k, n)``, float32 or int8) as the codes :func:`signed_sums` reads: entry ``(q, j)``
+    (``(ceil(k/4), n)`` uint8) has bit ``i`` set where ``signs[4q + i, j]`` is +1; ``None`` when a value is not
+    exactly +1 or -1 (NaN included), for the caller to take another product.
+
+    Example:
+        >>> lib = kernels()
+        >>> lib is None or nibble_codes(lib, torch.tensor([[1.0], [-1.0], [1.0], [1.0], [1.0]])).tolist() == [[13], [1]]
+        True
+    """
+    if signs.dtype not in (torch.float32, torch.int8):
+        raise ValueError(f"{label} is {signs.dtype}, expected torch.float32 or torch.int8")
+    signs = check_tensor(label, "signs", signs, (None, None), signs.dtype)
+    k, n = signs.shape
+    codes = torch.empty(-(-k // 4), n, dtype=torch.uint8)
+    status = lib.nibble_codes(signs.data_ptr(), k, n, int(signs.dtype == torch.int8), codes.data_ptr(),
+                              _threads(threads, k * n // 8))
+    return codes if status == 0 else None
+
+
+def signed_sums(lib: ctypes.CDLL, a: Tensor, codes: Tensor, n: int, out: Tensor | None = None,
+                label: str = "binary layer", threads: int | None = None) -> Tensor:
+    """``a @ signs`` in float32 for a real ``a`` (``(m, k)``, any strides) and the ±1 ``signs`` (``(k, n)``) given by
+    their :func:`nibble_codes`, into ``out`` when given (a contiguous ``(m, n)`` float32 tensor).
+
+    Each term is exact, so the result is a float32 matrix product's up to the order of its additions: per row and
+    group of 4 entries of ``a``, a table of their 16 signed sums, looked up by each column's code.
+
+    Example:
+        >>> lib = kernels()
+        >>> a, s = torch.tensor([[0.5, 2.0, -1.0]]), torch.tensor([[1.0, -1.0], [1.0, 1.0], [-1.0, -1.0]])
+        >>> lib is None or signed_sums(lib, a, nibble_codes(lib, s), 2).tolist() == [[3.5, 2.5]]
+        True
+    """
+    if not isinstance(a, Tensor) or a.dim() != 2 or a.dtype != torch.float32 or not a.is_cpu or a.is_neg():
+        a = check_tensor(label, "left operand", a, (None, None), torch.float32)  # (a one-line error, or a copy)
+    m, k = a.shape
+    codes = check_tensor(label, "codes", codes, (-(-k // 4), n), torch.uint8)
+    if a.untyped_storage().nbytes() < (a.storage_offset() + (m - 1) * a.stride(0) + (k - 1) * a.stride(1) + 1) * 4:
+        a = check_tensor(label, "left operand", a.contiguous(), (m, k), torch.float32)
+    if out is None:
+        out = torch.empty(m, n)
+    out = _writable_output(label, out, (m, n))
+    status = lib.signed_sums(a.data_ptr(), m, k, a.stride(0), a.stride(1), codes.data_ptr(), n, out.data_ptr(),
+                             _threads(threads, m * k * n // 256))
+    if status:
+        raise MemoryError(f"{label}: no memory for the lookup tables of a {m} x {k} operand")
+    return out
+
+
+def _writable_output(label: str, out: Tensor, shape: tuple[int, int]) -> Tensor:
+    """``out`` when the kernel may write a contiguous ``shape`` float32 result into it, else a one-line ValueError."""
+    if (out.dtype != torch.float32 or tuple(out.shape) != shape or not out.is_cpu or not out.is_contiguous()
+            or out.untyped_storage().nbytes() < (out.storage_offset() + out.numel()) * 4):
+        raise ValueError(f"{label}: the output is {tuple(out.shape)} {out.dtype} on {out.device.type}, expected a "
+                         f"contiguous {shape} torch.float32 CPU tensor")
+    return out

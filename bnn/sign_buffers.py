@@ -10,7 +10,8 @@ and rewrites all of them in one pass over the hidden weights:
 * inside such a block, once, and again only when an optimizer step changes the weights' version.
 
 Besides dtypes, :data:`PACKED` asks for the signs as bits in the layout of the native popcount kernel
-(:func:`bnn.native.prepared_signs`), packed from the float32 buffer whenever the buffers are rewritten.
+(:func:`bnn.native.prepared_signs`), packed from the float32 buffer whenever the buffers are rewritten, and
+:data:`NIBBLES` for the codes of the lookup product (:func:`bnn.native.nibble_codes`), from the int8 buffer.
 """
 
 from __future__ import annotations
@@ -29,13 +30,18 @@ from metaspike.compiled import LARGE_TENSOR_LOOPS, LazyCompiled
 from metaspike.quantizers import binary_sign
 from metaspike.synapse import signs_cache_key
 
-__all__ = ["SignBuffers", "COMPILED_SIGNS_MIN_NUMEL", "PACKED", "storage_is_free"]
+__all__ = ["SignBuffers", "COMPILED_SIGNS_MIN_NUMEL", "PACKED", "NIBBLES", "storage_is_free"]
 
 COMPILED_SIGNS_MIN_NUMEL = 1 << 20
 """Hidden weights with at least this many entries get their signs from one compiled pass."""
 PACKED = "packed"
 """Asks :meth:`SignBuffers.signs_as` for the signs of a 2-D weight as bits for :func:`bnn.native.popcount_product`
 (``None`` where the native kernels are not built)."""
+NIBBLES = "nibbles"
+"""Asks :meth:`SignBuffers.signs_as` for the signs of a 2-D weight ``(out, in)`` as the nibble codes of
+:func:`bnn.native.nibble_codes` (``(ceil(out/4), in)`` uint8), for ``grad @ signs`` by :func:`bnn.native.signed_sums`
+(``None`` where the native kernels are not built)."""
+_DERIVED = {PACKED: torch.float32, NIBBLES: torch.int8}  # the buffer each derived format is made from
 
 
 def _signs_into(weight: Tensor, outs: list[Tensor]) -> None:
@@ -92,10 +98,10 @@ class SignBuffers:
     def __getstate__(self) -> dict[str, Any]:
         """Buffers are a cache: a pickled or saved layer (``torch.save(model)``) keeps none (a weak reference cannot
         be pickled); the copy writes its own on its first forward pass."""
-        return {"_weight": None, "_tensors": {}, "_written_under": None, "_written_from": None, "_packed": None}
+        return {"_weight": None, "_tensors": {}, "_written_under": None, "_written_from": None, "_derived": {}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update(self.__getstate__())  # empty whatever was saved (a layer pickled by an older version)
         # one thread at a time checks, rewrites and hands out the buffers: a buffer another thread holds is never
         # rewritten (it gets a fresh one), where two threads running one layer read each other's half-written signs
         self._lock = threading.Lock()
@@ -111,15 +117,18 @@ class SignBuffers:
             return self._signs_as(weight, dtypes)
 
     def _signs_as(self, weight: Tensor, dtypes: Sequence[torch.dtype | str]) -> tuple[Any, ...]:
-        if PACKED in dtypes:
-            buffers = self._buffers_as(weight, list(dict.fromkeys([d for d in dtypes if d != PACKED] + [torch.float32])))
-            if self._packed is None:
+        derived = [name for name in _DERIVED if name in dtypes]
+        sources = [_DERIVED[name] for name in derived]
+        buffers: dict[Any, Any] = self._buffers_as(weight, list(dict.fromkeys([d for d in dtypes if d not in _DERIVED]
+                                                                               + sources)))
+        for name in derived:
+            if name not in self._derived:
                 lib = native.kernels()
-                signs = buffers[torch.float32]
-                self._packed = (None if lib is None else native.prepared_signs(lib, signs.view(len(signs), -1)),)
-            buffers[PACKED] = self._packed[0]
-        else:
-            buffers = self._buffers_as(weight, dtypes)
+                signs = buffers[_DERIVED[name]]
+                signs = signs.view(len(signs), -1)
+                make = native.prepared_signs if name == PACKED else native.nibble_codes
+                self._derived[name] = None if lib is None else make(lib, signs)
+            buffers[name] = self._derived[name]
         return tuple(buffers[dtype] for dtype in dtypes)
 
     def _buffers_as(self, weight: Tensor, dtypes: Sequence[Any]) -> dict[Any, Tensor]:
@@ -155,5 +164,5 @@ class SignBuffers:
             # (the weight's memory, held while the key names its address: ``weight.data = ...`` could otherwise put
             # new values at the address just freed, under the same version, and the old signs would be used)
             self._written_from = None if key is None else weight.detach()
-            self._packed = None
+            self._derived = {}
         return {dtype: self._tensors[dtype] for dtype in dtypes}
