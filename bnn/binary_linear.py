@@ -36,7 +36,7 @@ weights, with the same results (the product bit for bit; gradients up to float32
   oneDNN, chosen by the CPU, the same in every process; :mod:`bnn.float32_products`). Where one operand is ±1
   (``signs``, and a ±1 input ``x``) and the CPU has AVX-512, a second float32 product competes
   (:data:`BACKWARD_KINDS`): ``"lookup"`` (:func:`bnn.native.signed_sums`) adds, per row of the gradient and group of
-  4 of its entries, one of their 16 signed sums picked by the ±1 operand's 4 signs, 16 columns per permute; every
+  5 of its entries, one of their 32 signed sums picked by the ±1 operand's 5 signs, 16 columns per permute; every
   term is exact, so it differs from the matrix product only in the order of the float32 additions. It is timed
   against ``torch.mm`` once per process and shape class, like the forward product (a 2-core AMD EPYC Zen 4, one
   thread: 100 x 4096 @ 4096 x 4096 in 14 ms against 40 ms, 4096 x 100 @ 100 x 4096 in 17 ms against 37 ms). A layer
@@ -71,7 +71,7 @@ from torch.autograd import forward_ad
 from bnn import native
 from bnn.float32_products import float32_library, mm
 from bnn.product_timing import best_times, probe_rows, size_class
-from bnn.sign_buffers import NIBBLES, PACKED, storage_is_free
+from bnn.sign_buffers import PACKED, SIGN_CODES, storage_is_free
 from metaspike.caller import user_stacklevel
 
 __all__ = [
@@ -312,11 +312,11 @@ def _fastest_backward(device: torch.device, product: str, batch: int, fan_out: i
     if product == "input":
         signs = torch.ones(fan_out, fan_in)
         int8_signs, out = signs.to(torch.int8), torch.empty(batch, fan_in)
-        products = {"lookup": lambda: native.signed_sums(lib, grad, native.nibble_codes(lib, int8_signs), fan_in, out),
+        products = {"lookup": lambda: native.signed_sums(lib, grad, native.sign_codes(lib, int8_signs), fan_in, out),
                     "float32": lambda: mm(grad, signs, library, out)}
     else:
         x, out = torch.ones(batch, fan_in), torch.empty(fan_out, fan_in)
-        products = {"lookup": lambda: native.signed_sums(lib, grad.t(), native.nibble_codes(lib, x), fan_in, out),
+        products = {"lookup": lambda: native.signed_sums(lib, grad.t(), native.sign_codes(lib, x), fan_in, out),
                     "float32": lambda: mm(grad.t(), x, library, out)}
     best = best_times(products, device)
     return min(products, key=best.__getitem__)
@@ -372,7 +372,7 @@ class _FastBinaryLinear(torch.autograd.Function):
                 grad_w = torch.empty(0, dtype=buffer.dtype, device=buffer.device).set_(
                     buffer.untyped_storage(), 0, buffer.shape, buffer.stride()
                 )
-            codes = native.nibble_codes(native.kernels(), x, "binary layer input") if ctx.lookup_weight else None
+            codes = native.sign_codes(native.kernels(), x, "binary layer input") if ctx.lookup_weight else None
             if codes is not None:
                 grad_w = _lookup_product(grad.t(), codes, x.shape[1], grad_w)
             elif grad_w is not None:
@@ -523,7 +523,7 @@ def binary_linear(x: Tensor, layer: Any) -> Tensor:
         _warn_if_bfloat16_is_slow(x.device)
     grad_input, grad_weight = _backward_products(x, layer, kind)
     # grad_input = grad @ signs needs them in the backward precision, or as codes for lookups: all from one pass
-    backward_dtype = {None: (), "lookup": (NIBBLES,), "bfloat16": (torch.bfloat16,), "float32": (torch.float32,)}
+    backward_dtype = {None: (), "lookup": (SIGN_CODES,), "bfloat16": (torch.bfloat16,), "float32": (torch.float32,)}
     signs, visible, backward = _signs_for(layer, kind, *backward_dtype[grad_input])
     backward_signs = backward[0] if backward else None
     grad_buffer = layer.gradient_buffer() if weight.requires_grad else None

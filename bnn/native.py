@@ -40,9 +40,11 @@ from torch import Tensor
 from metaspike.caller import user_stacklevel
 
 __all__ = ["kernels", "kinds", "check_tensor", "real_layer", "binary_layer", "kernel_weight", "pack_signs",
-           "prepared_signs", "popcount_product", "nibble_codes", "signed_sums", "signed_sums_vectorized"]
+           "prepared_signs", "popcount_product", "sign_codes", "signed_sums", "signed_sums_vectorized"]
 
 SOURCE = Path(__file__).with_name("packed_kernels.c")
+SIGN_GROUP = 5
+"""Signs per code of :func:`sign_codes` (``SIGN_GROUP`` in ``packed_kernels.c``)."""
 FALLBACK = "bnn.PackedMLP runs on torch ops (slower) and binary layers train without the popcount product"
 """What a warning says happens without the kernels."""
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-pthread")
@@ -267,9 +269,9 @@ def _kernels(flags: tuple[str, ...]) -> ctypes.CDLL | None:
     lib.pack_signs.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
                                ctypes.c_int]
     lib.pack_signs.restype = ctypes.c_int
-    lib.nibble_codes.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p,
+    lib.sign_codes.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p,
                                  ctypes.c_int]
-    lib.nibble_codes.restype = ctypes.c_int
+    lib.sign_codes.restype = ctypes.c_int
     lib.signed_sums.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                                 ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
     lib.signed_sums.restype = ctypes.c_int
@@ -508,22 +510,23 @@ def signed_sums_vectorized(lib: ctypes.CDLL) -> bool:
     return not lib.signed_sums_kind().decode().startswith("portable")
 
 
-def nibble_codes(lib: ctypes.CDLL, signs: Tensor, label: str = "signs", threads: int | None = None) -> Tensor | None:
+def sign_codes(lib: ctypes.CDLL, signs: Tensor, label: str = "signs", threads: int | None = None) -> Tensor | None:
     """The ±1 matrix ``signs`` (``(k, n)``, float32 or int8) as the codes :func:`signed_sums` reads: entry ``(q, j)``
-    (``(ceil(k/4), n)`` uint8) has bit ``i`` set where ``signs[4q + i, j]`` is +1; ``None`` when a value is not
-    exactly +1 or -1 (NaN included), for the caller to take another product.
+    (``(ceil(k/5), n)`` uint8; :data:`SIGN_GROUP` = 5) has bit ``i`` set where ``signs[5q + i, j]`` is +1; ``None``
+    when a value is not exactly +1 or -1 (NaN included), for the caller to take another product.
 
     Example:
         >>> lib = kernels()
-        >>> lib is None or nibble_codes(lib, torch.tensor([[1.0], [-1.0], [1.0], [1.0], [1.0]])).tolist() == [[13], [1]]
+        >>> s = torch.tensor([[1.0], [-1.0], [1.0], [1.0], [1.0], [1.0]])
+        >>> lib is None or sign_codes(lib, s).tolist() == [[29], [1]]
         True
     """
     if signs.dtype not in (torch.float32, torch.int8):
         raise ValueError(f"{label} is {signs.dtype}, expected torch.float32 or torch.int8")
     signs = check_tensor(label, "signs", signs, (None, None), signs.dtype)
     k, n = signs.shape
-    codes = torch.empty(-(-k // 4), n, dtype=torch.uint8)
-    status = lib.nibble_codes(signs.data_ptr(), k, n, int(signs.dtype == torch.int8), codes.data_ptr(),
+    codes = torch.empty(-(-k // SIGN_GROUP), n, dtype=torch.uint8)
+    status = lib.sign_codes(signs.data_ptr(), k, n, int(signs.dtype == torch.int8), codes.data_ptr(),
                               _threads(threads, k * n // 8))
     return codes if status == 0 else None
 
@@ -531,21 +534,21 @@ def nibble_codes(lib: ctypes.CDLL, signs: Tensor, label: str = "signs", threads:
 def signed_sums(lib: ctypes.CDLL, a: Tensor, codes: Tensor, n: int, out: Tensor | None = None,
                 label: str = "binary layer", threads: int | None = None) -> Tensor:
     """``a @ signs`` in float32 for a real ``a`` (``(m, k)``, any strides) and the ±1 ``signs`` (``(k, n)``) given by
-    their :func:`nibble_codes`, into ``out`` when given (a contiguous ``(m, n)`` float32 tensor).
+    their :func:`sign_codes`, into ``out`` when given (a contiguous ``(m, n)`` float32 tensor).
 
     Each term is exact, so the result is a float32 matrix product's up to the order of its additions: per row and
-    group of 4 entries of ``a``, a table of their 16 signed sums, looked up by each column's code.
+    group of 5 entries of ``a``, a table of their 32 signed sums, looked up by each column's code.
 
     Example:
         >>> lib = kernels()
         >>> a, s = torch.tensor([[0.5, 2.0, -1.0]]), torch.tensor([[1.0, -1.0], [1.0, 1.0], [-1.0, -1.0]])
-        >>> lib is None or signed_sums(lib, a, nibble_codes(lib, s), 2).tolist() == [[3.5, 2.5]]
+        >>> lib is None or signed_sums(lib, a, sign_codes(lib, s), 2).tolist() == [[3.5, 2.5]]
         True
     """
     if not isinstance(a, Tensor) or a.dim() != 2 or a.dtype != torch.float32 or not a.is_cpu or a.is_neg():
         a = check_tensor(label, "left operand", a, (None, None), torch.float32)  # (a one-line error, or a copy)
     m, k = a.shape
-    codes = check_tensor(label, "codes", codes, (-(-k // 4), n), torch.uint8)
+    codes = check_tensor(label, "codes", codes, (-(-k // SIGN_GROUP), n), torch.uint8)
     if a.untyped_storage().nbytes() < (a.storage_offset() + (m - 1) * a.stride(0) + (k - 1) * a.stride(1) + 1) * 4:
         a = check_tensor(label, "left operand", a.contiguous(), (m, k), torch.float32)
     if out is None:

@@ -11,7 +11,8 @@ and rewrites all of them in one pass over the hidden weights:
 
 Besides dtypes, :data:`PACKED` asks for the signs as bits in the layout of the native popcount kernel
 (:func:`bnn.native.prepared_signs`), packed from the float32 buffer whenever the buffers are rewritten, and
-:data:`NIBBLES` for the codes of the lookup product (:func:`bnn.native.nibble_codes`), from the int8 buffer.
+:data:`SIGN_CODES` for the codes of the lookup product (:func:`bnn.native.sign_codes`), made from the int8
+buffer.
 """
 
 from __future__ import annotations
@@ -30,18 +31,18 @@ from metaspike.compiled import LARGE_TENSOR_LOOPS, LazyCompiled
 from metaspike.quantizers import binary_sign
 from metaspike.synapse import signs_cache_key
 
-__all__ = ["SignBuffers", "COMPILED_SIGNS_MIN_NUMEL", "PACKED", "NIBBLES", "storage_is_free"]
+__all__ = ["SignBuffers", "COMPILED_SIGNS_MIN_NUMEL", "PACKED", "SIGN_CODES", "storage_is_free"]
 
 COMPILED_SIGNS_MIN_NUMEL = 1 << 20
 """Hidden weights with at least this many entries get their signs from one compiled pass."""
 PACKED = "packed"
 """Asks :meth:`SignBuffers.signs_as` for the signs of a 2-D weight as bits for :func:`bnn.native.popcount_product`
 (``None`` where the native kernels are not built)."""
-NIBBLES = "nibbles"
-"""Asks :meth:`SignBuffers.signs_as` for the signs of a 2-D weight ``(out, in)`` as the nibble codes of
-:func:`bnn.native.nibble_codes` (``(ceil(out/4), in)`` uint8), for ``grad @ signs`` by :func:`bnn.native.signed_sums`
+SIGN_CODES = "sign codes"
+"""Asks :meth:`SignBuffers.signs_as` for the signs of a 2-D weight ``(out, in)`` as the codes of
+:func:`bnn.native.sign_codes` (``(ceil(out/5), in)`` uint8), for ``grad @ signs`` by :func:`bnn.native.signed_sums`
 (``None`` where the native kernels are not built)."""
-_DERIVED = {PACKED: torch.float32, NIBBLES: torch.int8}  # the buffer each derived format is made from
+_DERIVED = {PACKED: torch.float32, SIGN_CODES: torch.int8}  # the buffer each derived format is made from
 
 
 def _signs_into(weight: Tensor, outs: list[Tensor]) -> None:
@@ -126,7 +127,7 @@ class SignBuffers:
                 lib = native.kernels()
                 signs = buffers[_DERIVED[name]]
                 signs = signs.view(len(signs), -1)
-                make = native.prepared_signs if name == PACKED else native.nibble_codes
+                make = native.prepared_signs if name == PACKED else native.sign_codes
                 self._derived[name] = None if lib is None else make(lib, signs)
             buffers[name] = self._derived[name]
         return tuple(buffers[dtype] for dtype in dtypes)

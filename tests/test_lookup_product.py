@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import bnn
 from bnn import binary_linear as fast
 from bnn import native
-from bnn.sign_buffers import NIBBLES
+from bnn.sign_buffers import SIGN_CODES
 
 BUILDS = [(), ("-DPACKED_PORTABLE",)]  # this CPU's best path (AVX-512 where it has it), plain C
 BUILD_NAMES = ["default", "portable-c"]
@@ -24,30 +24,30 @@ def _build(flags: tuple[str, ...]):
 
 
 def numpy_codes(signs: np.ndarray) -> np.ndarray:
-    """Bit i of entry (q, j): row 4q + i of column j is +1 (rows past the end: 0)."""
+    """Bit i of entry (q, j): row 5q + i of column j is +1 (rows past the end: 0)."""
     k, n = signs.shape
-    padded = np.zeros((-(-k // 4) * 4, n), dtype=np.uint8)
+    padded = np.zeros((-(-k // 5) * 5, n), dtype=np.uint8)
     padded[:k] = signs > 0
-    return (padded.reshape(-1, 4, n) << np.arange(4, dtype=np.uint8)[None, :, None]).sum(1).astype(np.uint8)
+    return (padded.reshape(-1, 5, n) << np.arange(5, dtype=np.uint8)[None, :, None]).sum(1).astype(np.uint8)
 
 
 def numpy_signed_sums(a: np.ndarray, signs: np.ndarray) -> np.ndarray:
-    """The float32 sums in the kernels' order: per group of 4, ((±a0 ± a1) ± a2) ± a3, then the groups in turn."""
+    """The float32 sums in the kernels' order: per group of 5, (((±a0 ± a1) ± a2) ± a3) ± a4, then the groups in turn."""
     m, k = a.shape
     out = np.zeros((m, signs.shape[1]), dtype=np.float32)
-    for q in range(0, k, 4):
+    for q in range(0, k, 5):
         group = np.zeros((m, signs.shape[1]), dtype=np.float32)
-        for i in range(q, min(q + 4, k)):
+        for i in range(q, min(q + 5, k)):
             group = (group + a[:, i:i + 1] * signs[i][None, :]).astype(np.float32)
         out = (out + group).astype(np.float32)
     return out
 
 
 def error_bound(a: torch.Tensor, k: int) -> torch.Tensor:
-    """Per row: each term passes at most 3 table additions and ceil(k/4) - 1 accumulating ones, so the float32 result
-    is within gamma(ceil(k/4) + 3) * sum|a| of the exact sum (gamma(n) = n u / (1 - n u)); float64 adds less than
+    """Per row: each term passes at most 4 table additions and ceil(k/5) - 1 accumulating ones, so the float32 result
+    is within gamma(ceil(k/5) + 4) * sum|a| of the exact sum (gamma(n) = n u / (1 - n u)); float64 adds less than
     its own k u64 * sum|a|, covered by doubling."""
-    n = -(-k // 4) + 3
+    n = -(-k // 5) + 4
     return 2 * (n * U / (1 - n * U)) * a.double().abs().sum(1, keepdim=True)
 
 
@@ -56,12 +56,12 @@ def test_codes_and_sums_equal_a_few_lines_of_numpy_in_the_same_order(flags, monk
     lib = _build(flags)
     monkeypatch.setattr(native, "MIN_WORK_PER_THREAD", 1)  # several threads even at these sizes
     rng = np.random.default_rng(0)
-    for m, k, n in [(1, 1, 1), (3, 5, 17), (5, 8, 64), (9, 37, 130), (4, 130, 16), (17, 301, 999)]:
+    for m, k, n in [(1, 1, 1), (3, 5, 17), (5, 8, 64), (9, 37, 130), (4, 130, 16), (17, 301, 999), (6, 10, 80)]:
         signs = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=(k, n))
         a = rng.standard_normal((m, k)).astype(np.float32)
-        codes = native.nibble_codes(lib, torch.from_numpy(signs), threads=2)
+        codes = native.sign_codes(lib, torch.from_numpy(signs), threads=2)
         assert np.array_equal(codes.numpy(), numpy_codes(signs)), (m, k, n)
-        assert torch.equal(native.nibble_codes(lib, torch.from_numpy(signs).to(torch.int8), threads=2), codes)
+        assert torch.equal(native.sign_codes(lib, torch.from_numpy(signs).to(torch.int8), threads=2), codes)
         result = native.signed_sums(lib, torch.from_numpy(a), codes, n, threads=2)
         assert np.array_equal(result.numpy(), numpy_signed_sums(a, signs)), (m, k, n)
 
@@ -72,7 +72,7 @@ def test_every_build_gives_the_same_bits_and_the_error_stays_within_the_float32_
     for m, k, n in [(100, 1024, 256), (7, 4093, 33), (256, 100, 130)]:
         a = torch.randn(m, k, generator=g) * torch.logspace(-3, 3, k)  # magnitudes over six decades
         signs = torch.randint(0, 2, (k, n), generator=g).float() * 2 - 1
-        results = [native.signed_sums(lib, a, native.nibble_codes(lib, signs), n) for lib in libs]
+        results = [native.signed_sums(lib, a, native.sign_codes(lib, signs), n) for lib in libs]
         assert torch.equal(results[0], results[1]), (m, k, n)
         exact = a.double() @ signs.double()
         assert bool(((results[0].double() - exact).abs() <= error_bound(a, k)).all()), (m, k, n)
@@ -82,7 +82,7 @@ def test_a_transposed_or_broadcast_left_operand_is_read_in_place():
     lib = _build(())
     g = torch.Generator().manual_seed(2)
     signs = torch.randint(0, 2, (40, 70), generator=g).float() * 2 - 1
-    codes = native.nibble_codes(lib, signs)
+    codes = native.sign_codes(lib, signs)
     base = torch.randn(40, 9, generator=g)
     for a in (base.t(), base.t()[::2], torch.randn(1, 40, generator=g).expand(5, 40), -base.t()):
         assert torch.equal(native.signed_sums(lib, a, codes, 70), native.signed_sums(lib, a.contiguous(), codes, 70))
@@ -96,23 +96,23 @@ def test_a_value_not_plus_or_minus_one_gives_no_codes(flags):
         for row, column in [(0, 0), (8, 69), (4, 33)]:
             y = signs.clone()
             y[row, column] = bad
-            assert native.nibble_codes(lib, y) is None, (bad, row, column)
+            assert native.sign_codes(lib, y) is None, (bad, row, column)
     int8 = torch.ones(9, 130, dtype=torch.int8)
     int8[8, 129] = 0
-    assert native.nibble_codes(lib, int8) is None
+    assert native.sign_codes(lib, int8) is None
 
 
 def test_wrong_operands_get_one_line_naming_them():
     lib = _build(())
-    codes = native.nibble_codes(lib, torch.ones(8, 5))
+    codes = native.sign_codes(lib, torch.ones(8, 5))
     with pytest.raises(ValueError, match="binary layer codes is \\(2, 5\\) torch.uint8, expected \\(3, 5\\)"):
-        native.signed_sums(lib, torch.ones(2, 9), codes, 5)
+        native.signed_sums(lib, torch.ones(2, 11), codes, 5)
     with pytest.raises(ValueError, match="left operand is \\(2, 8\\) torch.float64"):
         native.signed_sums(lib, torch.ones(2, 8, dtype=torch.float64), codes, 5)
     with pytest.raises(ValueError, match="the output is \\(2, 4\\) torch.float32 on cpu, expected a contiguous"):
         native.signed_sums(lib, torch.ones(2, 8), codes, 5, out=torch.empty(2, 4))
     with pytest.raises(ValueError, match="signs is torch.float64, expected torch.float32 or torch.int8"):
-        native.nibble_codes(lib, torch.ones(8, 5, dtype=torch.float64))
+        native.sign_codes(lib, torch.ones(8, 5, dtype=torch.float64))
 
 
 @pytest.fixture
@@ -151,8 +151,8 @@ def test_the_lookup_codes_follow_the_signs_after_every_step(lookups):
         opt.zero_grad()
         layer(x).square().sum().backward()
         opt.step()
-        codes, signs = layer.signs_as(NIBBLES, torch.float32)
-        assert torch.equal(codes, native.nibble_codes(native.kernels(), signs))
+        codes, signs = layer.signs_as(SIGN_CODES, torch.float32)
+        assert torch.equal(codes, native.sign_codes(native.kernels(), signs))
     x.grad = None
     out = layer(x)
     out.backward(torch.ones_like(out))
