@@ -638,7 +638,8 @@ static void *signed_sums_worker(void *arg) {
                 UNROLL for (int b = 0; b < SIGNED_VECS; b++)
                     index[b] = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(code + 16 * b)));
                 UNROLL for (int i = 0; i < SIGNED_ROWS; i++) {
-                    __m512 low = _mm512_load_ps(t[i] + q * SIGN_TABLE), high = _mm512_load_ps(t[i] + q * SIGN_TABLE + 16);
+                    const float *table = t[i] + q * SIGN_TABLE;
+                    __m512 low = _mm512_load_ps(table), high = _mm512_load_ps(table + 16);
                     UNROLL for (int b = 0; b < SIGNED_VECS; b++)
                         acc[i][b] = _mm512_add_ps(acc[i][b], _mm512_permutex2var_ps(low, index[b], high));
                 }
@@ -654,7 +655,8 @@ static void *signed_sums_worker(void *arg) {
             for (int64_t q = 0; q < groups; q++, code += n) {
                 __m512i index = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(valid, code));
                 UNROLL for (int i = 0; i < SIGNED_ROWS; i++) {
-                    __m512 low = _mm512_load_ps(t[i] + q * SIGN_TABLE), high = _mm512_load_ps(t[i] + q * SIGN_TABLE + 16);
+                    const float *table = t[i] + q * SIGN_TABLE;
+                    __m512 low = _mm512_load_ps(table), high = _mm512_load_ps(table + 16);
                     acc[i] = _mm512_add_ps(acc[i], _mm512_permutex2var_ps(low, index, high));
                 }
             }

@@ -32,7 +32,8 @@ def numpy_codes(signs: np.ndarray) -> np.ndarray:
 
 
 def numpy_signed_sums(a: np.ndarray, signs: np.ndarray) -> np.ndarray:
-    """The float32 sums in the kernels' order: per group of 5, (((±a0 ± a1) ± a2) ± a3) ± a4, then the groups in turn."""
+    """The float32 sums in the kernels' order: per group of 5, (((±a0 ± a1) ± a2) ± a3) ± a4, then the groups in
+    turn."""
     m, k = a.shape
     out = np.zeros((m, signs.shape[1]), dtype=np.float32)
     for q in range(0, k, 5):
