@@ -9,7 +9,7 @@ weights, with the same results (the product bit for bit; gradients up to float32
 
   - ``"popcount"`` (CPUs where :mod:`bnn.native` builds its kernels): input and signs packed into bits, 1 for +1,
     and each sum counted as ``k - 2·popcount(x XOR w)`` by the packed-inference kernel (VPOPCNTDQ where the CPU
-    has it, else scalar popcounts), exact for ``k < 2**24``; the signs are packed from the float32 sign buffer
+    has it, else scalar popcounts), exact for ``k < 2**24``; the signs are packed from the int8 sign buffer
     once per rewrite, the input at every call. It needs neither int8 nor bfloat16 instructions, which CPUs with
     AVX2 only lack (there torch emulates both, and float32 was the only fast product);
   - ``"int8"``: ``torch._int_mm`` with int32 sums (exact for ``k < 2**31``); on CUDA it needs more
@@ -219,7 +219,8 @@ def _fastest(device: torch.device, m: int, k: int, n: int, rounds: int = 3, budg
     x, w = torch.ones(probe_rows(m), k, device=device), torch.ones(n, k, device=device)
     products = {kind: partial(signs_product, x, w.to(_DTYPES[kind]), kind) for kind in kinds if kind != "popcount"}
     if "popcount" in kinds:  # timed with the packing of its signs, which the others' buffers need not
-        products["popcount"] = lambda: signs_product(x, native.prepared_signs(native.kernels(), w), "popcount")
+        int8_w = w.to(torch.int8)  # (the layer packs its int8 signs)
+        products["popcount"] = lambda: signs_product(x, native.prepared_signs(native.kernels(), int8_w), "popcount")
     best = best_times(products, device, rounds, budget_s)
     return min(kinds, key=best.__getitem__)
 
@@ -414,7 +415,7 @@ def _signs_for(layer: Any, kind: str, *backward_dtypes: torch.dtype | str) -> tu
     if kind != "popcount":
         signs, *backward = layer.signs_as(_DTYPES[kind], *backward_dtypes)
         return signs, signs, backward
-    packed, visible, *backward = layer.signs_as(PACKED, torch.float32, *backward_dtypes)
+    packed, visible, *backward = layer.signs_as(PACKED, torch.int8, *backward_dtypes)  # (packed from the int8 ones)
     return packed, visible, backward
 
 

@@ -266,8 +266,8 @@ def _kernels(flags: tuple[str, ...]) -> ctypes.CDLL | None:
         getattr(lib, layer).argtypes, getattr(lib, layer).restype = _ARGS, ctypes.c_int
         getattr(lib, f"{layer}_kind").restype = ctypes.c_char_p
     lib.binary_layer_output_major.restype = ctypes.c_int
-    lib.pack_signs.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-                               ctypes.c_int]
+    lib.pack_signs.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p,
+                               ctypes.c_int64, ctypes.c_int]
     lib.pack_signs.restype = ctypes.c_int
     lib.sign_codes.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p,
                                  ctypes.c_int]
@@ -441,7 +441,7 @@ def _threads(threads: int | None, work: int) -> int:
 
 
 def pack_signs(lib: ctypes.CDLL, values: Tensor, label: str = "signs", threads: int | None = None) -> Tensor | None:
-    """Rows of ±1 float32 ``values`` (``(rows, n)``) as int64 words of bits, 1 for +1, in the layout of
+    """Rows of ±1 ``values`` (``(rows, n)``, float32 or int8) as int64 words of bits, 1 for +1, in the layout of
     :func:`bnn.packed.pack_bits` (``(rows, ceil(n/64))``); ``None`` when a value is not exactly +1 or -1 (NaN
     included), for the caller to take another product.
 
@@ -452,16 +452,26 @@ def pack_signs(lib: ctypes.CDLL, values: Tensor, label: str = "signs", threads: 
         >>> lib is None or pack_signs(lib, torch.tensor([[1.0, 0.5]])) is None
         True
     """
-    values = check_tensor(label, "values", values, (None, None), torch.float32)
+    values = check_tensor(label, "values", values, (None, None), _sign_dtype(label, values))
     rows, n = values.shape
     words = -(-n // 64)
     bits = torch.empty(rows, words, dtype=torch.int64)
-    status = lib.pack_signs(values.data_ptr(), rows, n, bits.data_ptr(), words, _threads(threads, rows * n // 8))
+    status = lib.pack_signs(values.data_ptr(), rows, n, int(values.dtype == torch.int8), bits.data_ptr(), words,
+                            _threads(threads, rows * n // 8))
     return bits if status == 0 else None
 
 
+def _sign_dtype(label: str, values: object) -> torch.dtype:
+    """The dtype of ±1 ``values`` the kernels read (float32 or int8), else a one-line ValueError."""
+    dtype = getattr(values, "dtype", None)
+    if dtype not in (torch.float32, torch.int8):
+        raise ValueError(f"{label} is {dtype if dtype is not None else type(values).__name__}, expected torch.float32 "
+                         "or torch.int8 values of +1 and -1")
+    return dtype
+
+
 def prepared_signs(lib: ctypes.CDLL, signs: Tensor, label: str = "signs") -> Tensor | None:
-    """A ±1 float32 weight ``signs`` (``(out, n)``, as ``F.linear`` takes it) as bits in the layout ``lib``'s
+    """A ±1 weight ``signs`` (``(out, n)``, float32 or int8, as ``F.linear`` takes it) as bits in the layout ``lib``'s
     hidden-layer kernel reads (:func:`kernel_weight`), for :func:`popcount_product`; ``None`` when a value is not
     exactly ±1.
 
@@ -521,9 +531,7 @@ def sign_codes(lib: ctypes.CDLL, signs: Tensor, label: str = "signs", threads: i
         >>> lib is None or sign_codes(lib, s).tolist() == [[29], [1]]
         True
     """
-    if signs.dtype not in (torch.float32, torch.int8):
-        raise ValueError(f"{label} is {signs.dtype}, expected torch.float32 or torch.int8")
-    signs = check_tensor(label, "signs", signs, (None, None), signs.dtype)
+    signs = check_tensor(label, "signs", signs, (None, None), _sign_dtype(label, signs))
     k, n = signs.shape
     codes = torch.empty(-(-k // SIGN_GROUP), n, dtype=torch.uint8)
     status = lib.sign_codes(signs.data_ptr(), k, n, int(signs.dtype == torch.int8), codes.data_ptr(),

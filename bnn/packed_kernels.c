@@ -518,32 +518,46 @@ static void *binary_worker(void *arg) {
 
 /* ---- +-1 floats to bits (bnn.binary_linear's popcount product in training) ---------------------- */
 
-/* Rows [begin, end) of the float rows job->input ([out][n]) into job->result ([out][cols] words), bit j of word w
- * for column 64 w + j: 1 for +1, 0 for -1 (bnn.packed.pack_bits' layout). Sets *job->bad when a value is neither
- * +1 nor -1 (NaN included), so the caller can take another product. */
+/* Rows [begin, end) of the float rows job->input ([out][n]; int8 where job->stride is 1) into job->result ([out][cols]
+ * words), bit j of word w for column 64 w + j: 1 for +1, 0 for -1 (bnn.packed.pack_bits' layout). Sets *job->bad when
+ * a value is neither +1 nor -1 (NaN included), so the caller can take another product. */
 static void *pack_worker(void *arg) {
     const job_t *job = arg;
-    int bad = 0;
+    int bad = 0, int8 = job->stride == 1;
     for (int64_t r = job->begin; r < job->end; r++) {
         const float *row = (const float *)job->input + r * job->n;
+        const int8_t *row8 = (const int8_t *)job->input + r * job->n;
         uint64_t *words = (uint64_t *)job->result + r * job->cols;
         for (int64_t w = 0; w < job->cols; w++) {
             const float *v = row + 64 * w;
+            const int8_t *v8 = row8 + 64 * w;
             int64_t count = job->n - 64 * w < 64 ? job->n - 64 * w : 64, j = 0;
             uint64_t word = 0;
 #if (defined(REAL_AVX512) || defined(REAL_AVX2)) && defined(__AVX2__)
-            const __m256 one = _mm256_set1_ps(1.0f), magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-            for (; j + 8 <= count; j += 8) {
-                __m256 x = _mm256_loadu_ps(v + j);
-                uint64_t positive = (uint64_t)_mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GT_OQ));
-                int unit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_and_ps(x, magnitude), one, _CMP_EQ_OQ));
-                word |= positive << j;
-                bad |= unit != 0xFF;
+            if (int8) {
+                const __m256i one = _mm256_set1_epi8(1), minus = _mm256_set1_epi8(-1);
+                for (; j + 32 <= count; j += 32) {
+                    __m256i x = _mm256_loadu_si256((const __m256i *)(v8 + j));
+                    uint64_t positive = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(x, one));
+                    uint32_t unit = (uint32_t)_mm256_movemask_epi8(
+                        _mm256_or_si256(_mm256_cmpeq_epi8(x, one), _mm256_cmpeq_epi8(x, minus)));
+                    word |= positive << j;
+                    bad |= unit != 0xFFFFFFFFu;
+                }
+            } else {
+                const __m256 one = _mm256_set1_ps(1.0f), magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+                for (; j + 8 <= count; j += 8) {
+                    __m256 x = _mm256_loadu_ps(v + j);
+                    uint64_t positive = (uint64_t)_mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GT_OQ));
+                    int unit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_and_ps(x, magnitude), one, _CMP_EQ_OQ));
+                    word |= positive << j;
+                    bad |= unit != 0xFF;
+                }
             }
 #endif
             for (; j < count; j++) {
-                word |= (uint64_t)(v[j] > 0.0f) << j;
-                bad |= v[j] != 1.0f && v[j] != -1.0f;
+                word |= (uint64_t)(int8 ? v8[j] == 1 : v[j] > 0.0f) << j;
+                bad |= int8 ? v8[j] != 1 && v8[j] != -1 : v[j] != 1.0f && v[j] != -1.0f;
             }
             words[w] = word;
         }
@@ -955,12 +969,12 @@ int binary_layer(const uint64_t *h, int64_t batch, int64_t n, const uint64_t *w,
     return 0;
 }
 
-/* Packs `rows` rows of `n` floats, each +1 or -1, into `words` = ceil(n/64) int64 words a row. Returns 0, or 2 when
- * a value is neither +1 nor -1 (NaN included): the bits are then not to be used. */
-int pack_signs(const float *v, int64_t rows, int64_t n, uint64_t *bits, int64_t words, int threads) {
+/* Packs `rows` rows of `n` floats (int8 when `int8`), each +1 or -1, into `words` = ceil(n/64) int64 words a row.
+ * Returns 0, or 2 when a value is neither +1 nor -1 (NaN included): the bits are then not to be used. */
+int pack_signs(const void *v, int64_t rows, int64_t n, int int8, uint64_t *bits, int64_t words, int threads) {
     if (rows == 0 || n == 0) return 0;
     int bad = 0;
-    job_t job = {v, NULL, rows, n, rows, words, NULL, NULL, bits, 0, rows, NULL, 0, NULL, NULL, NULL, &bad};
+    job_t job = {v, NULL, rows, n, rows, words, NULL, NULL, bits, 0, rows, NULL, int8 ? 1 : 0, NULL, NULL, NULL, &bad};
     run(pack_worker, job, worker_count(threads, rows), NULL, 0);
     return bad ? 2 : 0;
 }

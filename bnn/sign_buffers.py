@@ -10,7 +10,7 @@ and rewrites all of them in one pass over the hidden weights:
 * inside such a block, once, and again only when an optimizer step changes the weights' version.
 
 Besides dtypes, :data:`PACKED` asks for the signs as bits in the layout of the native popcount kernel
-(:func:`bnn.native.prepared_signs`), packed from the float32 buffer whenever the buffers are rewritten, and
+(:func:`bnn.native.prepared_signs`), packed from the int8 buffer whenever the buffers are rewritten, and
 :data:`SIGN_CODES` for the codes of the lookup product (:func:`bnn.native.sign_codes`), made from the int8
 buffer.
 """
@@ -42,7 +42,7 @@ SIGN_CODES = "sign codes"
 """Asks :meth:`SignBuffers.signs_as` for the signs of a 2-D weight ``(out, in)`` as the codes of
 :func:`bnn.native.sign_codes` (``(ceil(out/5), in)`` uint8), for ``grad @ signs`` by :func:`bnn.native.signed_sums`
 (``None`` where the native kernels are not built)."""
-_DERIVED = {PACKED: torch.float32, SIGN_CODES: torch.int8}  # the buffer each derived format is made from
+_DERIVED = {PACKED: torch.int8, SIGN_CODES: torch.int8}  # the buffer each derived format is made from (the smallest)
 
 
 def _signs_into(weight: Tensor, outs: list[Tensor]) -> None:

@@ -278,7 +278,7 @@ def test_a_training_step_writes_only_the_sign_buffers_it_uses_in_one_pass(precis
     x = torch.randn(8, IN).sign().requires_grad_()
     layer(x).sum().backward()
     kind = fast.product_used(x, layer)
-    forward = torch.float32 if kind == "popcount" else fast._DTYPES[kind]  # bits are packed from the float32 signs
+    forward = torch.int8 if kind == "popcount" else fast._DTYPES[kind]  # bits are packed from the int8 signs
     lookup = fast.backward_products_used(x, layer)["grad_input"] == "lookup"
     backward = torch.int8 if lookup else getattr(torch, precision)  # (the lookup codes are made from the int8 signs)
     assert passes == [len({forward, backward})]
@@ -430,8 +430,8 @@ def _native_build(flags: tuple[str, ...]):
 
 @pytest.mark.parametrize("flags", [(), ("-DPACKED_PORTABLE",)], ids=["default", "portable-c"])
 def test_packed_signs_are_pack_bits_and_a_value_not_plus_or_minus_one_is_refused(flags, monkeypatch):
-    """The packer reads 8 floats a vector and the rest one by one; each value must be exactly ±1 (a NaN, 0 or -0.0
-    would be counted as -1 or +1 where the float32 product gives NaN or 0)."""
+    """The packer reads 8 floats (32 int8 values) a vector and the rest one by one; each value must be exactly ±1 (a
+    NaN, 0 or -0.0 would be counted as -1 or +1 where the float32 product gives NaN or 0)."""
     from bnn.packed import pack_bits
 
     lib = _native_build(flags)
@@ -440,11 +440,17 @@ def test_packed_signs_are_pack_bits_and_a_value_not_plus_or_minus_one_is_refused
     for rows, n in [(1, 1), (3, 7), (130, 8), (5, 63), (67, 64), (2, 65), (129, 1000)]:
         x = torch.randint(0, 2, (rows, n), generator=g).float() * 2 - 1
         assert torch.equal(native.pack_signs(lib, x, threads=2), pack_bits(x > 0)), (rows, n)
+        assert torch.equal(native.pack_signs(lib, x.to(torch.int8), threads=2), pack_bits(x > 0)), (rows, n)
         for bad in (0.0, -0.0, 0.5, 2.0, float("nan"), float("inf"), -float("inf")):
             for row, column in [(0, 0), (rows - 1, n - 1), (rows // 2, n // 2)]:
                 y = x.clone()
                 y[row, column] = bad
                 assert native.pack_signs(lib, y, threads=2) is None, (rows, n, bad, row, column)
+                if bad in (0.0, 2.0):  # (int8 holds no other of them; -128 too is neither +1 nor -1)
+                    for value in (int(bad), -128):
+                        y8 = x.to(torch.int8)
+                        y8[row, column] = value
+                        assert native.pack_signs(lib, y8, threads=2) is None, (rows, n, value, row, column)
 
 
 @pytest.mark.parametrize("flags", [(), ("-DPACKED_PORTABLE",)], ids=["default", "portable-c"])

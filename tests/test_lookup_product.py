@@ -112,7 +112,7 @@ def test_wrong_operands_get_one_line_naming_them():
         native.signed_sums(lib, torch.ones(2, 8, dtype=torch.float64), codes, 5)
     with pytest.raises(ValueError, match="the output is \\(2, 4\\) torch.float32 on cpu, expected a contiguous"):
         native.signed_sums(lib, torch.ones(2, 8), codes, 5, out=torch.empty(2, 4))
-    with pytest.raises(ValueError, match="signs is torch.float64, expected torch.float32 or torch.int8"):
+    with pytest.raises(ValueError, match="signs is torch.float64, expected torch.float32 or torch.int8 values of"):
         native.sign_codes(lib, torch.ones(8, 5, dtype=torch.float64))
 
 
