@@ -34,12 +34,12 @@ weights, with the same results (the product bit for bit; gradients up to float32
   ``grad_weight = grad.T @ x`` multiply the real-valued gradient, so they stay float32. Every float32
   product goes to the one of torch's two float32 libraries that uses the CPU's widest kernels (``torch.mm`` or
   oneDNN, chosen by the CPU, the same in every process; :mod:`bnn.float32_products`). Where one operand is ±1
-  (``signs``, and a ±1 input ``x``) and the CPU has AVX-512, a second float32 product competes
-  (:data:`BACKWARD_KINDS`): ``"lookup"`` (:func:`bnn.native.signed_sums`) adds, per row of the gradient and group of
-  5 of its entries, one of their 32 signed sums picked by the ±1 operand's 5 signs, 16 columns per permute; every
-  term is exact, so it differs from the matrix product only in the order of the float32 additions. It is timed
-  against ``torch.mm`` once per process and shape class, like the forward product (a 2-core AMD EPYC Zen 4, one
-  thread: 100 x 4096 @ 4096 x 4096 in 14 ms against 40 ms, 4096 x 100 @ 100 x 4096 in 17 ms against 37 ms). A layer
+  (``signs``, and a ±1 input ``x``) and the native kernels are built with AVX-512, both take another float32
+  product instead (:func:`backward_kind`): ``"lookup"`` (:func:`bnn.native.signed_sums`) adds, per row of the
+  gradient and group of 5 of its entries, one of their 32 signed sums picked by the ±1 operand's 5 signs, 16
+  columns per permute; every term is exact, so it differs from the matrix product only in the order of the float32
+  additions. Like the float32 library it is chosen by the CPU, never by timing (a 2-core AMD EPYC Zen 4, one
+  thread: 100 x 4096 @ 4096 x 4096 in 12 ms against 40 ms, 4096 x 100 @ 100 x 4096 in 15 ms against 37 ms). A layer
   built with ``precision="bfloat16"`` rounds the gradient (and a real-valued input) to bfloat16 for
   these two products, and on CPUs their results too (opt-in: faster where bfloat16 products are,
   with input and weight gradients to about 8 significant bits; where they are slower than float32,
@@ -78,7 +78,7 @@ __all__ = [
     "FAST_MIN_NUMEL", "ONEDNN_FAST_MIN_NUMEL", "PRODUCT_KINDS", "POPCOUNT_EVENT", "PRECISIONS", "check_precision",
     "is_binary_input", "product_kinds", "product_kind", "signs_product", "product_used", "binary_linear",
     "bfloat16_slowdown", "kind_slowdown",
-    "EMULATED_SLOWDOWN", "has_tangent", "BACKWARD_KINDS", "LOOKUP_EVENT", "backward_kinds", "backward_kind",
+    "EMULATED_SLOWDOWN", "has_tangent", "BACKWARD_KINDS", "LOOKUP_EVENT", "backward_kind",
     "backward_products_used",
 ]
 
@@ -102,7 +102,6 @@ _DTYPES: dict[str, Any] = {"popcount": PACKED, "int8": torch.int8, "bfloat16": t
 _BF16_EXACT_ROUNDED = 256  # bfloat16 holds every integer up to 2**8
 
 _choices: dict[tuple[Any, ...], str] = {}
-_backward_choices: dict[tuple[Any, ...], str] = {}
 
 
 def check_precision(precision: str) -> str:
@@ -273,54 +272,21 @@ def _warn_if_bfloat16_is_slow(device: torch.device) -> None:
                       "is faster and more precise here", RuntimeWarning, stacklevel=user_stacklevel())
 
 
-def backward_kinds(device: torch.device | str) -> list[str]:
-    """The products of :data:`BACKWARD_KINDS` this machine runs well: ``"lookup"`` needs the native kernels with
-    AVX-512 (their portable C looks up one column at a time, many times slower than ``torch.mm``).
+def backward_kind(device: torch.device | str) -> str:
+    """The product of :data:`BACKWARD_KINDS` for a real gradient by a ±1 operand on ``device``: ``"lookup"`` where the
+    native kernels are built with AVX-512 (their portable C looks up one column at a time, many times slower than a
+    float32 library), else ``"float32"``.
+
+    Chosen by the CPU, like the float32 library (:func:`bnn.float32_products.float32_library`), never by timing: the
+    two add in other orders, and a choice that flipped between processes would change a resumed run's last bits. The
+    lookup product's sums do not depend on the number of threads either.
 
     Example:
-        >>> backward_kinds("cpu")[-1]
+        >>> backward_kind("meta")
         'float32'
     """
     lib = native.kernels() if torch.device(device).type == "cpu" else None
-    return ["lookup", "float32"] if lib is not None and native.signed_sums_vectorized(lib) else ["float32"]
-
-
-def backward_kind(device: torch.device | str, product: str, batch: int, fan_out: int, fan_in: int) -> str:
-    """The faster of :func:`backward_kinds` for a layer of ``fan_out x fan_in`` ±1 weights at ``batch`` rows, for
-    ``product`` ``"input"`` (``grad @ signs``, with the signs' codes made from the int8 buffer) or ``"weight"``
-    (``grad.T @ x`` for a ±1 ``x``, its codes made at each step): timed once per process and shape class, then cached.
-
-    Example:
-        >>> backward_kind("cpu", "weight", 8, 64, 64) in BACKWARD_KINDS
-        True
-    """
-    if product not in ("input", "weight"):
-        raise ValueError(f"product must be 'input' or 'weight', got {product!r}")
-    device = torch.device(device)
-    kinds = backward_kinds(device)
-    if len(kinds) == 1:
-        return kinds[0]
-    key = (device, product, size_class(batch), fan_out, fan_in)
-    if key not in _backward_choices:
-        _backward_choices[key] = _fastest_backward(device, product, probe_rows(batch), fan_out, fan_in)
-    return _backward_choices[key]
-
-
-def _fastest_backward(device: torch.device, product: str, batch: int, fan_out: int, fan_in: int) -> str:
-    """:func:`backward_kind`'s timing of ``"lookup"`` (codes included) against ``torch.mm``, into a kept output."""
-    lib, library = native.kernels(), float32_library(device)
-    grad = torch.ones(batch, fan_out)
-    if product == "input":
-        signs = torch.ones(fan_out, fan_in)
-        int8_signs, out = signs.to(torch.int8), torch.empty(batch, fan_in)
-        products = {"lookup": lambda: native.signed_sums(lib, grad, native.sign_codes(lib, int8_signs), fan_in, out),
-                    "float32": lambda: mm(grad, signs, library, out)}
-    else:
-        x, out = torch.ones(batch, fan_in), torch.empty(fan_out, fan_in)
-        products = {"lookup": lambda: native.signed_sums(lib, grad.t(), native.sign_codes(lib, x), fan_in, out),
-                    "float32": lambda: mm(grad.t(), x, library, out)}
-    best = best_times(products, device)
-    return min(products, key=best.__getitem__)
+    return "lookup" if lib is not None and native.signed_sums_vectorized(lib) else "float32"
 
 
 def _lookup_product(a: Tensor, codes: Tensor, n: int, out: Tensor | None = None) -> Tensor:
@@ -462,17 +428,15 @@ def product_used(x: Tensor, layer: Any) -> str:
 
 def _backward_products(x: Tensor, layer: Any, kind: str) -> tuple[str | None, str | None]:
     """The products of ``grad @ signs`` and ``grad.T @ x`` (``None`` for a gradient not needed) of a layer whose forward
-    product is ``kind``: ``"bfloat16"`` for a layer of that precision, else :func:`backward_kind`'s choice where the
-    other operand is ±1 (the input is when ``kind`` is an exact ±1 product other than float32, or its values are)."""
+    product is ``kind``: ``"bfloat16"`` for a layer of that precision, else :func:`backward_kind` where the other
+    operand is ±1 (the input is when ``kind`` is an exact ±1 product other than float32, or its values are)."""
     low = layer.precision == "bfloat16"
-    batch, (fan_out, fan_in) = x.shape[0], layer.weight.shape
     grad_input = grad_weight = None
     if x.requires_grad:
-        grad_input = "bfloat16" if low else backward_kind(x.device, "input", batch, fan_out, fan_in)
+        grad_input = "bfloat16" if low else backward_kind(x.device)
     if layer.weight.requires_grad:
         binary = kind != "float32" or is_binary_input(x)
-        grad_weight = ("bfloat16" if low else backward_kind(x.device, "weight", batch, fan_out, fan_in) if binary
-                       else "float32")
+        grad_weight = "bfloat16" if low else backward_kind(x.device) if binary else "float32"
     return grad_input, grad_weight
 
 

@@ -74,6 +74,7 @@ typedef struct {
     const double *total, *bound; /* first layer, per sample: sum(x) and the float32 error bound */
     float *tables;          /* first layer: this worker's nibble tables of TILE_SAMPLES samples */
     int *bad;               /* pack_signs: set when a value is neither +1 nor -1 */
+    int64_t row_stride, col_stride; /* signed_sums' tables: a[r][i] is a[r * row_stride + i * col_stride] */
 } job_t;
 
 const char *real_layer_kind(void) {
@@ -590,10 +591,13 @@ const char *signed_sums_kind(void) {
 #endif
 }
 
-/* tables[r][q][p] = sum_i (bit i of p ? +1 : -1) a[r][5q+i], added in the order i = 0..4 (entries past k: 0). A
- * fused multiply-add by +-1 rounds as the addition does, so both paths give the same tables. */
-static void signed_tables(const float *a, int64_t m, int64_t k, int64_t row_stride, int64_t col_stride, float *tables) {
-    int64_t groups = (k + SIGN_GROUP - 1) / SIGN_GROUP;
+/* Rows [begin, end) of the tables of job->input = a ([m][k], k = job->n, strides job->row_stride and job->col_stride)
+ * into job->result: tables[r][q][p] = sum_i (bit i of p ? +1 : -1) a[r][5q+i], added in the order i = 0..4 (entries
+ * past k: 0). A fused multiply-add by +-1 rounds as the addition does, so both paths give the same tables. */
+static void *signed_tables_worker(void *arg) {
+    const job_t *job = arg;
+    const float *a = job->input;
+    int64_t k = job->n, groups = job->cols;
 #if defined(REAL_AVX512)
     __m512 sign[SIGN_GROUP][2];
     for (int i = 0; i < SIGN_GROUP; i++)
@@ -603,13 +607,13 @@ static void signed_tables(const float *a, int64_t m, int64_t k, int64_t row_stri
             sign[i][half] = _mm512_loadu_ps(p);
         }
 #endif
-    for (int64_t r = 0; r < m; r++) {
-        float *t = tables + r * groups * SIGN_TABLE;
+    for (int64_t r = job->begin; r < job->end; r++) {
+        float *t = (float *)job->result + r * groups * SIGN_TABLE;
         for (int64_t q = 0; q < groups; q++, t += SIGN_TABLE) {
             float x[SIGN_GROUP];
             for (int i = 0; i < SIGN_GROUP; i++) {
                 int64_t at = SIGN_GROUP * q + i;
-                x[i] = at < k ? a[r * row_stride + at * col_stride] : 0.0f;
+                x[i] = at < k ? a[r * job->row_stride + at * job->col_stride] : 0.0f;
             }
 #if defined(REAL_AVX512)
             for (int half = 0; half < 2; half++) {
@@ -626,6 +630,7 @@ static void signed_tables(const float *a, int64_t m, int64_t k, int64_t row_stri
 #endif
         }
     }
+    return NULL;
 }
 
 /* job->input: the tables (float [m][groups][32]); job->weight: the codes (uint8 [groups][n]); job->batch = m,
@@ -637,6 +642,7 @@ static void *signed_sums_worker(void *arg) {
     float *c = job->result;
     int64_t m = job->batch, groups = job->cols, n = job->out;
 #if defined(REAL_AVX512)
+    int stream = m * n >= (1 << 22); /* a result larger than the caches: written around them (no read of its lines) */
     for (int64_t r = 0; r < m; r += SIGNED_ROWS) {
         int rows = m - r < SIGNED_ROWS ? (int)(m - r) : SIGNED_ROWS;
         const float *t[SIGNED_ROWS];
@@ -659,7 +665,11 @@ static void *signed_sums_worker(void *arg) {
                 }
             }
             for (int i = 0; i < rows; i++)
-                UNROLL for (int b = 0; b < SIGNED_VECS; b++) _mm512_storeu_ps(c + (r + i) * n + j + 16 * b, acc[i][b]);
+                UNROLL for (int b = 0; b < SIGNED_VECS; b++) {
+                    float *at = c + (r + i) * n + j + 16 * b;
+                    if (stream && ((uintptr_t)at & 63) == 0) _mm512_stream_ps(at, acc[i][b]);
+                    else _mm512_storeu_ps(at, acc[i][b]);
+                }
         }
         for (; j < job->end; j += 16) {
             __mmask16 valid = job->end - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (job->end - j)) - 1);
@@ -677,6 +687,7 @@ static void *signed_sums_worker(void *arg) {
             for (int i = 0; i < rows; i++) _mm512_mask_storeu_ps(c + (r + i) * n + j, valid, acc[i]);
         }
     }
+    if (stream) _mm_sfence(); /* the streamed stores are seen before the call returns */
 #else
     for (int64_t r = 0; r < m; r++)
         for (int64_t j = job->begin; j < job->end; j++) {
@@ -952,7 +963,7 @@ int real_layer(const float *x, int64_t batch, int64_t n, const uint8_t *w, int64
     if (status == 0) status = sample_stats(x, n, batch, stride, xs, stats, stats + batch);
     if (status == 0) {
         job_t job = {x, w, batch, n, out, groups, flip, threshold, result, 0, out,
-                     xs, stride, stats, stats + batch, NULL, NULL};
+                     xs, stride, stats, stats + batch, NULL, NULL, 0, 0};
         run(real_worker, job, threads, tables, table_floats);
     }
     free(xs);
@@ -964,7 +975,7 @@ int real_layer(const float *x, int64_t batch, int64_t n, const uint8_t *w, int64
 int binary_layer(const uint64_t *h, int64_t batch, int64_t n, const uint64_t *w, int64_t out, int64_t words,
                  const uint8_t *flip, const int64_t *threshold, void *result, int threads) {
     if (batch == 0 || out == 0) return 0;
-    job_t job = {h, w, batch, n, out, words, flip, threshold, result, 0, out, NULL, 0, NULL, NULL, NULL, NULL};
+    job_t job = {h, w, batch, n, out, words, flip, threshold, result, 0, out, NULL, 0, NULL, NULL, NULL, NULL, 0, 0};
     run(binary_worker, job, worker_count(threads, out), NULL, 0);
     return 0;
 }
@@ -974,7 +985,8 @@ int binary_layer(const uint64_t *h, int64_t batch, int64_t n, const uint64_t *w,
 int pack_signs(const void *v, int64_t rows, int64_t n, int int8, uint64_t *bits, int64_t words, int threads) {
     if (rows == 0 || n == 0) return 0;
     int bad = 0;
-    job_t job = {v, NULL, rows, n, rows, words, NULL, NULL, bits, 0, rows, NULL, int8 ? 1 : 0, NULL, NULL, NULL, &bad};
+    job_t job = {v, NULL, rows, n, rows, words, NULL, NULL, bits, 0, rows, NULL, int8 ? 1 : 0, NULL, NULL, NULL, &bad,
+                 0, 0};
     run(pack_worker, job, worker_count(threads, rows), NULL, 0);
     return bad ? 2 : 0;
 }
@@ -985,7 +997,7 @@ int sign_codes(const void *v, int64_t k, int64_t n, int int8, uint8_t *codes, in
     if (k == 0 || n == 0) return 0;
     int bad = 0;
     job_t job = {v, NULL, k, 0, n, (k + SIGN_GROUP - 1) / SIGN_GROUP, NULL, NULL, codes, 0, n, NULL, int8 ? 1 : 0,
-                 NULL, NULL, NULL, &bad};
+                 NULL, NULL, NULL, &bad, 0, 0};
     run(sign_codes_worker, job, worker_count(threads, n), NULL, 0);
     return bad ? 2 : 0;
 }
@@ -998,8 +1010,10 @@ int signed_sums(const float *a, int64_t m, int64_t k, int64_t row_stride, int64_
     int64_t groups = (k + SIGN_GROUP - 1) / SIGN_GROUP;
     float *tables = aligned_alloc(64, sizeof(float) * (size_t)((m * groups + 1) * SIGN_TABLE)); /* 128-byte tables */
     if (tables == NULL) return 1;
-    signed_tables(a, m, k, row_stride, col_stride, tables);
-    job_t job = {tables, codes, m, k, n, groups, NULL, NULL, c, 0, n, NULL, 0, NULL, NULL, NULL, NULL};
+    job_t rows = {a, NULL, m, k, m, groups, NULL, NULL, tables, 0, m, NULL, 0, NULL, NULL, NULL, NULL,
+                  row_stride, col_stride};
+    run(signed_tables_worker, rows, worker_count(threads, m), NULL, 0);
+    job_t job = {tables, codes, m, k, n, groups, NULL, NULL, c, 0, n, NULL, 0, NULL, NULL, NULL, NULL, 0, 0};
     run(signed_sums_worker, job, worker_count(threads, n), NULL, 0);
     free(tables);
     return 0;
