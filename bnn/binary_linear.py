@@ -35,7 +35,7 @@ weights, with the same results (the product bit for bit; gradients up to float32
   product goes to the one of torch's two float32 libraries that uses the CPU's widest kernels (``torch.mm`` or
   oneDNN, chosen by the CPU, the same in every process; :mod:`bnn.float32_products`). Where one operand is ±1
   (``signs``, and a ±1 input ``x``) and the native kernels are built with AVX-512, both take another float32
-  product instead (:func:`backward_kind`): ``"lookup"`` (:func:`bnn.native.signed_sums`) adds, per row of the
+  product instead (:func:`real_product_kind`): ``"lookup"`` (:func:`bnn.native.signed_sums`) adds, per row of the
   gradient and group of 5 of its entries, one of their 32 signed sums picked by the ±1 operand's 5 signs, 16
   columns per permute; every term is exact, so it differs from the matrix product only in the order of the float32
   additions. Like the float32 library it is chosen by the CPU, never by timing (a 2-core AMD EPYC Zen 4, one
@@ -71,14 +71,14 @@ from torch.autograd import forward_ad
 from bnn import native
 from bnn.float32_products import float32_library, mm
 from bnn.product_timing import best_times, probe_rows, size_class
-from bnn.sign_buffers import PACKED, SIGN_CODES, storage_is_free
+from bnn.sign_buffers import PACKED, SIGN_CODES, TRANSPOSED_SIGN_CODES, storage_is_free
 from metaspike.caller import user_stacklevel
 
 __all__ = [
     "FAST_MIN_NUMEL", "ONEDNN_FAST_MIN_NUMEL", "PRODUCT_KINDS", "POPCOUNT_EVENT", "PRECISIONS", "check_precision",
     "is_binary_input", "product_kinds", "product_kind", "signs_product", "product_used", "binary_linear",
     "bfloat16_slowdown", "kind_slowdown",
-    "EMULATED_SLOWDOWN", "has_tangent", "BACKWARD_KINDS", "LOOKUP_EVENT", "backward_kind",
+    "EMULATED_SLOWDOWN", "has_tangent", "REAL_PRODUCT_KINDS", "LOOKUP_EVENT", "real_product_kind",
     "backward_products_used",
 ]
 
@@ -90,15 +90,15 @@ PRODUCT_KINDS = ("popcount", "int8", "bfloat16", "float32")
 """The exact products of ±1 inputs by ±1 weights, named by their operands (bits, or a dtype)."""
 POPCOUNT_EVENT = "bnn::popcount_product"
 """The name under which ``torch.profiler`` shows a popcount product (a native call, not a torch operator)."""
-BACKWARD_KINDS = ("lookup", "float32")
-"""The float32 products of a real-valued gradient by a ±1 operand in the backward pass (``grad @ signs``, and
-``grad.T @ x`` for a ±1 input)."""
+REAL_PRODUCT_KINDS = ("lookup", "float32")
+"""The float32 products of a real-valued matrix by a ±1 one: a first layer's ``x @ signs.T`` and the backward
+``grad @ signs`` (and ``grad.T @ x`` for a ±1 input)."""
 LOOKUP_EVENT = "bnn::lookup_product"
 """The name under which ``torch.profiler`` shows a lookup product (:func:`bnn.native.signed_sums`)."""
 PRECISIONS = ("float32", "bfloat16")
 """The precisions a layer's backward products may use (``BinaryLinear(precision=...)``)."""
-_DTYPES: dict[str, Any] = {"popcount": PACKED, "int8": torch.int8, "bfloat16": torch.bfloat16,
-                           "float32": torch.float32}  # what the layer's sign buffers give each product
+_DTYPES: dict[str, Any] = {"popcount": PACKED, "lookup": TRANSPOSED_SIGN_CODES, "int8": torch.int8,
+                           "bfloat16": torch.bfloat16, "float32": torch.float32}  # what the sign buffers give each
 _BF16_EXACT_ROUNDED = 256  # bfloat16 holds every integer up to 2**8
 
 _choices: dict[tuple[Any, ...], str] = {}
@@ -171,7 +171,8 @@ def product_kinds(device: torch.device | str, m: int, k: int, n: int) -> list[st
 
 def signs_product(x: Tensor, signs: Tensor, kind: str) -> Tensor:
     """``x @ signs.T`` in float32 for ±1 ``x``, computed as ``kind`` (``signs`` already in that kind's dtype, or for
-    ``"popcount"`` packed by :func:`bnn.native.prepared_signs`).
+    ``"popcount"`` packed by :func:`bnn.native.prepared_signs`); for a real-valued ``x`` also ``"lookup"``, with
+    ``signs`` given as :func:`bnn.native.transposed_sign_codes`.
 
     Exact when ``kind`` is one of :func:`product_kinds` for these sizes.
 
@@ -187,6 +188,8 @@ def signs_product(x: Tensor, signs: Tensor, kind: str) -> Tensor:
         if product is None:
             raise ValueError("signs_product: the popcount product takes an input of +1 and -1 only")
         return product
+    if kind == "lookup":
+        return _lookup_product(x, signs, signs.shape[1])
     if kind == "int8":
         return torch._int_mm(x.to(torch.int8), signs.t()).float()
     if kind == "bfloat16":
@@ -272,17 +275,17 @@ def _warn_if_bfloat16_is_slow(device: torch.device) -> None:
                       "is faster and more precise here", RuntimeWarning, stacklevel=user_stacklevel())
 
 
-def backward_kind(device: torch.device | str) -> str:
-    """The product of :data:`BACKWARD_KINDS` for a real gradient by a ±1 operand on ``device``: ``"lookup"`` where the
-    native kernels are built with AVX-512 (their portable C looks up one column at a time, many times slower than a
-    float32 library), else ``"float32"``.
+def real_product_kind(device: torch.device | str) -> str:
+    """The product of :data:`REAL_PRODUCT_KINDS` for a real-valued matrix by a ±1 one on ``device``: ``"lookup"``
+    where the native kernels are built with AVX-512 (their portable C looks up one column at a time, many times
+    slower than a float32 library), else ``"float32"``.
 
     Chosen by the CPU, like the float32 library (:func:`bnn.float32_products.float32_library`), never by timing: the
     two add in other orders, and a choice that flipped between processes would change a resumed run's last bits. The
     lookup product's sums do not depend on the number of threads either.
 
     Example:
-        >>> backward_kind("meta")
+        >>> real_product_kind("meta")
         'float32'
     """
     lib = native.kernels() if torch.device(device).type == "cpu" else None
@@ -378,11 +381,11 @@ def has_tangent(*tensors: Tensor | None) -> bool:
 def _signs_for(layer: Any, kind: str, *backward_dtypes: torch.dtype | str) -> tuple[Tensor, Tensor, list[Tensor]]:
     """From one pass over the hidden weight: the signs ``kind``'s product takes, the ±1 weight itself (in some dtype)
     and its buffers in ``backward_dtypes``."""
-    if kind != "popcount":
+    if kind not in ("popcount", "lookup"):
         signs, *backward = layer.signs_as(_DTYPES[kind], *backward_dtypes)
         return signs, signs, backward
-    packed, visible, *backward = layer.signs_as(PACKED, torch.int8, *backward_dtypes)  # (packed from the int8 ones)
-    return packed, visible, backward
+    derived, visible, *backward = layer.signs_as(_DTYPES[kind], torch.int8, *backward_dtypes)  # (made from int8)
+    return derived, visible, backward
 
 
 def _product(x: Tensor, signs: Tensor, kind: str, bias: Tensor | None) -> Tensor:
@@ -406,7 +409,8 @@ def _rows(x: Tensor, weight: Tensor) -> Tensor:
 
 
 def product_used(x: Tensor, layer: Any) -> str:
-    """Which product ``binary_linear(x, layer)`` uses: ``"F.linear"`` (small layer) or one of :data:`PRODUCT_KINDS`.
+    """Which product ``binary_linear(x, layer)`` uses: ``"F.linear"`` (small layer), one of :data:`PRODUCT_KINDS`
+    (±1 input) or of :data:`REAL_PRODUCT_KINDS` (real-valued input).
 
     Example:
         >>> import bnn
@@ -422,27 +426,28 @@ def product_used(x: Tensor, layer: Any) -> str:
             or has_tangent(x, weight, layer.bias) or not _large_enough(x, weight)):
         return "F.linear"
     if not is_binary_input(x):
-        return "float32"
+        return real_product_kind(x.device)
     return product_kind(x.device, x.shape[0], weight.shape[1], weight.shape[0])
 
 
 def _backward_products(x: Tensor, layer: Any, kind: str) -> tuple[str | None, str | None]:
     """The products of ``grad @ signs`` and ``grad.T @ x`` (``None`` for a gradient not needed) of a layer whose forward
-    product is ``kind``: ``"bfloat16"`` for a layer of that precision, else :func:`backward_kind` where the other
-    operand is ±1 (the input is when ``kind`` is an exact ±1 product other than float32, or its values are)."""
+    product is ``kind``: ``"bfloat16"`` for a layer of that precision, else :func:`real_product_kind` where the other
+    operand is ±1 (the input is when ``kind`` is an exact ±1 product other than float32, or its values are), and
+    ``"float32"`` for a real-valued input's weight gradient."""
     low = layer.precision == "bfloat16"
     grad_input = grad_weight = None
     if x.requires_grad:
-        grad_input = "bfloat16" if low else backward_kind(x.device)
+        grad_input = "bfloat16" if low else real_product_kind(x.device)
     if layer.weight.requires_grad:
-        binary = kind != "float32" or is_binary_input(x)
-        grad_weight = "bfloat16" if low else backward_kind(x.device) if binary else "float32"
+        binary = kind in PRODUCT_KINDS and (kind != "float32" or is_binary_input(x))
+        grad_weight = "bfloat16" if low else real_product_kind(x.device) if binary else "float32"
     return grad_input, grad_weight
 
 
 def backward_products_used(x: Tensor, layer: Any) -> dict[str, str]:
     """The backward products a training step of ``binary_linear(x, layer)`` uses: ``{"grad_input": ...,
-    "grad_weight": ...}`` for the gradients it computes, each one of :data:`BACKWARD_KINDS` or ``"bfloat16"``; empty
+    "grad_weight": ...}`` for the gradients it computes, each one of :data:`REAL_PRODUCT_KINDS` or ``"bfloat16"``; empty
     for a layer on ``F.linear`` (torch's own backward).
 
     Example:

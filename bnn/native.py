@@ -40,7 +40,8 @@ from torch import Tensor
 from metaspike.caller import user_stacklevel
 
 __all__ = ["kernels", "kinds", "check_tensor", "real_layer", "binary_layer", "kernel_weight", "pack_signs",
-           "prepared_signs", "popcount_product", "sign_codes", "signed_sums", "signed_sums_vectorized"]
+           "prepared_signs", "popcount_product", "sign_codes", "transposed_sign_codes", "signed_sums",
+           "signed_sums_vectorized"]
 
 SOURCE = Path(__file__).with_name("packed_kernels.c")
 SIGN_GROUP = 5
@@ -272,6 +273,9 @@ def _kernels(flags: tuple[str, ...]) -> ctypes.CDLL | None:
     lib.sign_codes.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p,
                                  ctypes.c_int]
     lib.sign_codes.restype = ctypes.c_int
+    lib.transposed_sign_codes.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                                          ctypes.c_int]
+    lib.transposed_sign_codes.restype = ctypes.c_int
     lib.signed_sums.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                                 ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
     lib.signed_sums.restype = ctypes.c_int
@@ -536,6 +540,25 @@ def sign_codes(lib: ctypes.CDLL, signs: Tensor, label: str = "signs", threads: i
     codes = torch.empty(-(-k // SIGN_GROUP), n, dtype=torch.uint8)
     status = lib.sign_codes(signs.data_ptr(), k, n, int(signs.dtype == torch.int8), codes.data_ptr(),
                               _threads(threads, k * n // 8))
+    return codes if status == 0 else None
+
+
+def transposed_sign_codes(lib: ctypes.CDLL, signs: Tensor, label: str = "signs",
+                          threads: int | None = None) -> Tensor | None:
+    """:func:`sign_codes` of ``signs.T`` for an int8 ±1 ``signs`` (``(rows, n)``, a weight as ``F.linear`` takes it),
+    read row by row without a transposed copy: ``(ceil(n/5), rows)`` uint8, for ``x @ signs.T`` by :func:`signed_sums`;
+    ``None`` when a value is not exactly +1 or -1.
+
+    Example:
+        >>> lib = kernels()
+        >>> s = torch.tensor([[1, -1, 1, 1, 1, 1], [-1, -1, -1, -1, -1, -1]], dtype=torch.int8)
+        >>> lib is None or torch.equal(transposed_sign_codes(lib, s), sign_codes(lib, s.T))
+        True
+    """
+    signs = check_tensor(label, "signs", signs, (None, None), torch.int8)
+    rows, n = signs.shape
+    codes = torch.empty(-(-n // SIGN_GROUP), rows, dtype=torch.uint8)
+    status = lib.transposed_sign_codes(signs.data_ptr(), rows, n, codes.data_ptr(), _threads(threads, rows * n // 8))
     return codes if status == 0 else None
 
 

@@ -756,6 +756,58 @@ static void *sign_codes_worker(void *arg) {
     return NULL;
 }
 
+/* Rows [begin, end) of the +-1 int8 matrix job->input ([rows][n], n = job->n, rows = job->out) as the sign codes of
+ * its transpose in job->result (uint8 [groups][rows]): code (q, r) has bit i set where v[r][5q+i] is +1. Each row's
+ * signs become bits first (64 a vector compare), then each group's 5 bits are read out of them, into a tile of 64
+ * rows that is copied out a group at a time (writing each code straight to its place touched a line per group and
+ * row, `rows` bytes apart: at 4096 rows all in one cache set, 17x slower). Sets *job->bad when a value is neither
+ * +1 nor -1 (or there is no memory for the tile). */
+static void *transposed_codes_worker(void *arg) {
+    const job_t *job = arg;
+    const int8_t *v = job->input;
+    uint8_t *codes = job->result;
+    int64_t n = job->n, rows = job->out, words = (n + 63) / 64, groups = job->cols;
+    uint64_t *bits = malloc(sizeof(uint64_t) * (size_t)(words + 1));
+    uint8_t *tile = malloc((size_t)(groups * 64));
+    int bad = bits == NULL || tile == NULL;
+    for (int64_t r0 = job->begin; r0 < job->end && !bad; r0 += 64) {
+        int64_t count_rows = job->end - r0 < 64 ? job->end - r0 : 64;
+        for (int64_t t = 0; t < count_rows; t++) {
+            const int8_t *row = v + (r0 + t) * n;
+            for (int64_t w = 0; w < words; w++) {
+                int64_t count = n - 64 * w < 64 ? n - 64 * w : 64, j = 0;
+                uint64_t word = 0;
+#if defined(REAL_AVX512)
+                if (count == 64) {
+                    __m512i x = _mm512_loadu_si512(row + 64 * w);
+                    word = _mm512_cmpeq_epi8_mask(x, _mm512_set1_epi8(1));
+                    bad |= (word | _mm512_cmpeq_epi8_mask(x, _mm512_set1_epi8(-1))) != ~(uint64_t)0;
+                    j = 64;
+                }
+#endif
+                for (; j < count; j++) {
+                    int8_t x = row[64 * w + j];
+                    word |= (uint64_t)(x == 1) << j;
+                    bad |= x != 1 && x != -1;
+                }
+                bits[w] = word;
+            }
+            bits[words] = 0;
+            for (int64_t q = 0; q < groups; q++) {
+                int64_t at = SIGN_GROUP * q, w = at >> 6, shift = at & 63;
+                uint64_t value = bits[w] >> shift;
+                if (shift > 64 - SIGN_GROUP) value |= bits[w + 1] << (64 - shift);
+                tile[q * 64 + t] = (uint8_t)(value & (SIGN_TABLE - 1));
+            }
+        }
+        for (int64_t q = 0; q < groups; q++) memcpy(codes + q * rows + r0, tile + q * 64, (size_t)count_rows);
+    }
+    free(bits);
+    free(tile);
+    if (bad) __atomic_store_n(job->bad, 1, __ATOMIC_RELAXED);
+    return NULL;
+}
+
 /* ---- threads and entry points ----------------------------------------------------------------- */
 
 static int worker_count(int threads, int64_t out) {
@@ -1017,4 +1069,16 @@ int signed_sums(const float *a, int64_t m, int64_t k, int64_t row_stride, int64_
     run(signed_sums_worker, job, worker_count(threads, n), NULL, 0);
     free(tables);
     return 0;
+}
+
+/* The sign codes of the transpose of the +-1 int8 matrix v ([rows][n]) into codes (uint8 [ceil(n/5)][rows]), for
+ * signed_sums of a real matrix by v's transpose. Returns 0, or 2 when a value is neither +1 nor -1 (or out of memory):
+ * the codes are then not to be used. */
+int transposed_sign_codes(const int8_t *v, int64_t rows, int64_t n, uint8_t *codes, int threads) {
+    if (rows == 0 || n == 0) return 0;
+    int bad = 0;
+    job_t job = {v, NULL, 0, n, rows, (n + SIGN_GROUP - 1) / SIGN_GROUP, NULL, NULL, codes, 0, rows, NULL, 0, NULL,
+                 NULL, NULL, &bad, 0, 0};
+    run(transposed_codes_worker, job, worker_count(threads, rows), NULL, 0);
+    return bad ? 2 : 0;
 }

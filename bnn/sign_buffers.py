@@ -11,8 +11,8 @@ and rewrites all of them in one pass over the hidden weights:
 
 Besides dtypes, :data:`PACKED` asks for the signs as bits in the layout of the native popcount kernel
 (:func:`bnn.native.prepared_signs`), packed from the int8 buffer whenever the buffers are rewritten, and
-:data:`SIGN_CODES` for the codes of the lookup product (:func:`bnn.native.sign_codes`), made from the int8
-buffer.
+:data:`SIGN_CODES` and :data:`TRANSPOSED_SIGN_CODES` for the codes of the lookup product
+(:func:`bnn.native.sign_codes`), made from the int8 buffer.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from metaspike.compiled import LARGE_TENSOR_LOOPS, LazyCompiled
 from metaspike.quantizers import binary_sign
 from metaspike.synapse import signs_cache_key
 
-__all__ = ["SignBuffers", "COMPILED_SIGNS_MIN_NUMEL", "PACKED", "SIGN_CODES", "storage_is_free"]
+__all__ = ["SignBuffers", "COMPILED_SIGNS_MIN_NUMEL", "PACKED", "SIGN_CODES", "TRANSPOSED_SIGN_CODES",
+           "storage_is_free"]
 
 COMPILED_SIGNS_MIN_NUMEL = 1 << 20
 """Hidden weights with at least this many entries get their signs from one compiled pass."""
@@ -42,7 +43,11 @@ SIGN_CODES = "sign codes"
 """Asks :meth:`SignBuffers.signs_as` for the signs of a 2-D weight ``(out, in)`` as the codes of
 :func:`bnn.native.sign_codes` (``(ceil(out/5), in)`` uint8), for ``grad @ signs`` by :func:`bnn.native.signed_sums`
 (``None`` where the native kernels are not built)."""
-_DERIVED = {PACKED: torch.int8, SIGN_CODES: torch.int8}  # the buffer each derived format is made from (the smallest)
+TRANSPOSED_SIGN_CODES = "transposed sign codes"
+"""Asks for the codes of the transposed signs (:func:`bnn.native.transposed_sign_codes`, ``(ceil(in/5), out)``
+uint8), for a real-valued input's ``x @ signs.T`` by :func:`bnn.native.signed_sums`."""
+_DERIVED = {PACKED: "prepared_signs", SIGN_CODES: "sign_codes", TRANSPOSED_SIGN_CODES: "transposed_sign_codes"}
+"""The function of :mod:`bnn.native` that makes each derived format from the int8 buffer (the smallest to read)."""
 
 
 def _signs_into(weight: Tensor, outs: list[Tensor]) -> None:
@@ -112,23 +117,20 @@ class SignBuffers:
         return self.signs_as(weight, (dtype or weight.dtype,))[0]
 
     def signs_as(self, weight: Tensor, dtypes: Sequence[torch.dtype | str]) -> tuple[Any, ...]:
-        """``sign(weight)`` in each of ``dtypes`` (or :data:`PACKED`), all from one pass (outside a block, one pass
-        per call)."""
+        """``sign(weight)`` in each of ``dtypes`` (or the formats made from them: :data:`PACKED`, :data:`SIGN_CODES`,
+        :data:`TRANSPOSED_SIGN_CODES`), all from one pass (outside a block, one pass per call)."""
         with contextlib.nullcontext() if torch.compiler.is_compiling() else self._lock:
             return self._signs_as(weight, dtypes)
 
     def _signs_as(self, weight: Tensor, dtypes: Sequence[torch.dtype | str]) -> tuple[Any, ...]:
         derived = [name for name in _DERIVED if name in dtypes]
-        sources = [_DERIVED[name] for name in derived]
-        buffers: dict[Any, Any] = self._buffers_as(weight, list(dict.fromkeys([d for d in dtypes if d not in _DERIVED]
-                                                                               + sources)))
+        plain = [dtype for dtype in dtypes if dtype not in _DERIVED] + ([torch.int8] if derived else [])
+        buffers: dict[Any, Any] = self._buffers_as(weight, list(dict.fromkeys(plain)))
         for name in derived:
             if name not in self._derived:
-                lib = native.kernels()
-                signs = buffers[_DERIVED[name]]
-                signs = signs.view(len(signs), -1)
-                make = native.prepared_signs if name == PACKED else native.sign_codes
-                self._derived[name] = None if lib is None else make(lib, signs)
+                lib, signs = native.kernels(), buffers[torch.int8]
+                make = getattr(native, _DERIVED[name])
+                self._derived[name] = None if lib is None else make(lib, signs.view(len(signs), -1))
             buffers[name] = self._derived[name]
         return tuple(buffers[dtype] for dtype in dtypes)
 

@@ -126,7 +126,7 @@ def lookups(monkeypatch):
         pytest.skip("no C compiler to build the native kernels")
     if not native.signed_sums_vectorized(lib):
         monkeypatch.setattr(native, "kernels", lambda: native._kernels(native.FLAGS + ("-DPACKED_PORTABLE",)))
-    monkeypatch.setattr(fast, "backward_kind", lambda device: "lookup")
+    monkeypatch.setattr(fast, "real_product_kind", lambda device: "lookup")
 
 
 def test_a_binary_layer_trains_with_lookup_gradients_within_the_float32_bound(lookups):
@@ -176,8 +176,8 @@ def test_the_lookup_product_is_the_cpus_choice_not_a_timed_one(monkeypatch):
     lib = native.kernels()
     expected = "lookup" if lib is not None and native.signed_sums_vectorized(lib) else "float32"
     monkeypatch.setattr(fast, "best_times", lambda *args, **kwargs: pytest.fail("timed"))
-    assert [fast.backward_kind("cpu") for _ in range(3)] == [expected] * 3
-    assert fast.backward_kind("meta") == "float32"
+    assert [fast.real_product_kind("cpu") for _ in range(3)] == [expected] * 3
+    assert fast.real_product_kind("meta") == "float32"
 
 
 def test_the_sums_do_not_depend_on_the_number_of_threads(monkeypatch):
@@ -188,3 +188,32 @@ def test_the_sums_do_not_depend_on_the_number_of_threads(monkeypatch):
     codes = native.sign_codes(lib, signs)
     results = [native.signed_sums(lib, a, codes, 1000, threads=threads) for threads in (1, 2, 3)]
     assert all(torch.equal(results[0], other) for other in results[1:])
+
+
+@pytest.mark.parametrize("flags", BUILDS, ids=BUILD_NAMES)
+def test_the_transposed_codes_are_the_codes_of_the_transpose(flags, monkeypatch):
+    lib = _build(flags)
+    monkeypatch.setattr(native, "MIN_WORK_PER_THREAD", 1)
+    g = torch.Generator().manual_seed(4)
+    for rows, n in [(1, 1), (3, 5), (64, 64), (65, 129), (130, 784), (7, 1000)]:
+        signs = (torch.randint(0, 2, (rows, n), generator=g) * 2 - 1).to(torch.int8)
+        codes = native.transposed_sign_codes(lib, signs, threads=2)
+        assert np.array_equal(codes.numpy(), numpy_codes(signs.T.float().numpy())), (rows, n)
+        for bad in (0, 2, -128):
+            y = signs.clone()
+            y[rows // 2, n - 1] = bad
+            assert native.transposed_sign_codes(lib, y, threads=2) is None, (rows, n, bad)
+
+
+def test_a_real_valued_input_takes_the_lookup_product_within_the_float32_bound(lookups):
+    torch.manual_seed(5)
+    layer = bnn.BinaryLinear(784, 2048, bias=True)
+    x = torch.rand(33, 784)
+    assert fast.product_used(x, layer) == "lookup"
+    out = layer(x)
+    exact = x.double() @ layer.signs().double().T + layer.bias.double()
+    # the sum's error, and one rounding when the bias is added: at most u (sum|x| + |bias|) more
+    bound = 2 * error_bound(x, 784) + U * layer.bias.double().abs()
+    assert bool(((out.double() - exact).abs() <= bound).all())
+    out.sum().backward()  # the weight gradient of a real-valued input stays float32
+    torch.testing.assert_close(layer.weight.grad, torch.ones(33, 2048).T @ x)
