@@ -77,9 +77,8 @@ from metaspike.caller import user_stacklevel
 __all__ = [
     "FAST_MIN_NUMEL", "ONEDNN_FAST_MIN_NUMEL", "PRODUCT_KINDS", "POPCOUNT_EVENT", "PRECISIONS", "check_precision",
     "is_binary_input", "product_kinds", "product_kind", "signs_product", "product_used", "binary_linear",
-    "bfloat16_slowdown", "kind_slowdown",
-    "EMULATED_SLOWDOWN", "has_tangent", "REAL_PRODUCT_KINDS", "LOOKUP_EVENT", "real_product_kind",
-    "backward_products_used",
+    "bfloat16_slowdown", "kind_slowdown", "EMULATED_SLOWDOWN", "has_tangent", "REAL_PRODUCT_KINDS", "LOOKUP_EVENT",
+    "real_product_kind", "backward_products_used",
 ]
 
 FAST_MIN_NUMEL = 1 << 20
