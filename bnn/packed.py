@@ -323,7 +323,9 @@ class PackedMLP:
             >>> packed(torch.rand(1, 64)).shape, packed.kernel_copy_bytes
             (torch.Size([1, 10]), 0)
         """
-        return sum(_bytes(copy) for weight, _, copy in self._prepared.values() if copy is not weight)
+        # (a tensor over the weight's own memory, as the AVX-512 kernel's checked view of it, is no copy)
+        return sum(_bytes(copy) for weight, _, copy in self._prepared.values()
+                   if copy.untyped_storage().data_ptr() != weight.untyped_storage().data_ptr())
 
     def layer_bytes(self) -> list[PackedLayer]:
         """Per-layer bytes: packed weights and the rest (thresholds, signs, BatchNorm)."""

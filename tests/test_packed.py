@@ -1144,3 +1144,18 @@ def test_a_file_in_torchs_format_from_before_1_6_is_refused_before_loading(train
     assert torch.load(path, weights_only=True)  # (torch itself still reads it)
     with pytest.raises(ValueError, match=r"^packed BNN file .*old\.pt is not a zip archive, which torch\.save writes"):
         PackedMLP.load(path)
+
+
+@pytest.mark.parametrize("flags", KERNEL_BUILDS, ids=KERNEL_BUILD_NAMES)
+def test_the_kernels_own_copy_of_the_weights_is_counted_only_where_one_is_made(flags, monkeypatch):
+    """The AVX-512 kernel reads the model's word-major weights in place; the count took the checked view of them
+    (a new tensor object over the same memory) for a copy and reported 2 MiB for a 784-4096-4096-10 model."""
+    lib = _kernels_with(flags)
+    monkeypatch.setattr(bnn.native, "kernels", lambda: lib)
+    torch.manual_seed(0)
+    model = bnn.use_population_statistics(bnn.MLP([64, 200, 130, 10]), torch.rand(300, 64)).eval()
+    packed = bnn.pack(model)
+    packed(torch.rand(3, 64))
+    hidden = [layer["weight"] for layer in packed.layers[1:]]
+    expected = sum(w.numel() * w.element_size() for w in hidden) if lib.binary_layer_output_major() else 0
+    assert packed.kernel_copy_bytes == expected
