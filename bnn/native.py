@@ -48,7 +48,20 @@ SIGN_GROUP = 5
 """Signs per code of :func:`sign_codes` (``SIGN_GROUP`` in ``packed_kernels.c``)."""
 FALLBACK = "bnn.PackedMLP runs on torch ops (slower) and binary layers train without the popcount product"
 """What a warning says happens without the kernels."""
-FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-pthread")
+def _torch_runs_gnu_openmp() -> bool:
+    """Whether torch's OpenMP runtime in this process is GNU's libgomp (among the loaded libraries on Linux, as in
+    the x86 wheels): the kernels built with ``-fopenmp`` then share its threads."""
+    try:
+        return "/libgomp" in Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+
+
+FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-pthread", *(("-fopenmp",) if _torch_runs_gnu_openmp() else ()))
+"""The build's flags. With ``-fopenmp`` (where torch runs GNU OpenMP) a call's threads are torch's own: they spin
+for a while after each parallel torch op, so the kernels' own pool found the second core taken inside a training
+step (the lookup product's ``grad @ signs`` of a 4096 x 4096 layer took 8.5 ms a call there, median, 5.8 alone,
+two threads on an AMD EPYC Zen 4; on torch's threads 5.8 in the step, which fell from 53 to 48 ms)."""
 MIN_WORK_PER_THREAD = 1 << 16
 """Words (or bytes) of weight times samples per extra thread: below this, a thread costs more than it saves.
 
@@ -166,10 +179,14 @@ def _build(compiler: list[str], flags: tuple[str, ...], folder: Path, name: str)
     with tempfile.TemporaryDirectory(dir=folder) as scratch:  # mode 0o700
         built = Path(scratch) / name
         command = [*compiler, *flags, str(SOURCE), "-o", str(built)]
-        try:
-            subprocess.run(command, check=True, capture_output=True, text=True)
-        except subprocess.CalledProcessError:  # e.g. a compiler without -march=native: build for the generic CPU
-            subprocess.run([c for c in command if c != "-march=native"], check=True, capture_output=True, text=True)
+        # without OpenMP where the compiler has none, then also for the generic CPU (a compiler without -march=native)
+        for left_out in ((), ("-fopenmp",), ("-fopenmp", "-march=native")):
+            try:
+                subprocess.run([c for c in command if c not in left_out], check=True, capture_output=True, text=True)
+                break
+            except subprocess.CalledProcessError:
+                if left_out == ("-fopenmp", "-march=native"):
+                    raise
         os.chmod(built, 0o700)
         digest = Path(scratch) / _digest_name(name)
         fd = os.open(built, os.O_RDONLY)
@@ -280,6 +297,7 @@ def _kernels(flags: tuple[str, ...]) -> ctypes.CDLL | None:
                                 ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
     lib.signed_sums.restype = ctypes.c_int
     lib.signed_sums_kind.restype = ctypes.c_char_p
+    lib.threads_kind.restype = ctypes.c_char_p
     return lib
 
 

@@ -8,8 +8,9 @@
  *
  * Both layers work on tiles of TILE_SAMPLES samples x TILE_BLOCKS vectors of outputs (one output
  * per lane), so every weight vector loaded is used for several samples, and the results of a
- * vector are thresholded and packed into bits at once. Outputs are split between `threads` POSIX
- * threads in whole 64-bit words of the result bits. With AVX-512 (F, BW, VL; VPOPCNTDQ too for the
+ * vector are thresholded and packed into bits at once. Outputs are split between `threads` threads in
+ * whole 64-bit words of the result bits: torch's own OpenMP threads where bnn/native.py builds with -fopenmp
+ * (torch runs GNU OpenMP), else a pool of POSIX threads kept between calls. With AVX-512 (F, BW, VL; VPOPCNTDQ too for the
  * hidden layers) the tiles use intrinsics, otherwise portable C (also forced with -DPACKED_PORTABLE,
  * so it can be tested), in tiles of a few samples x outputs so that each weight loaded serves several
  * samples, the first layer's by AVX2 permutes 8 outputs at a time where the CPU has AVX2: the results
@@ -29,6 +30,9 @@
  * recomputed in float64 (real_exact), which also gives the pre-activations of a last layer.
  */
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
@@ -84,6 +88,14 @@ const char *real_layer_kind(void) {
     return "AVX2 permutes of float32 nibble sums, float64 near the threshold";
 #else
     return "portable C float32 nibble sums, float64 near the threshold";
+#endif
+}
+
+const char *threads_kind(void) {
+#ifdef _OPENMP
+    return "OpenMP (torch's threads)";
+#else
+    return "a pool of POSIX threads";
 #endif
 }
 
@@ -819,6 +831,8 @@ static int worker_count(int threads, int64_t out) {
 
 /* ---- a pool of worker threads kept between calls ------------------------------------------------
  *
+ * (Used where the library is built without OpenMP, and in a child forked after it was loaded.)
+ *
  * Starting and joining a POSIX thread costs tens of microseconds, as much as a whole hidden layer at
  * batch 1. The pool's workers stay alive: after a call each spins for SPIN_NS, so the next layer of
  * the same inference wakes them within a microsecond, then sleeps on a condition variable.
@@ -975,6 +989,14 @@ static int pool_run(void *(*worker)(void *), job_t base, int threads, float *scr
     return 1;
 }
 
+#ifdef _OPENMP
+/* 0 in a child forked after this library was loaded: GNU OpenMP's threads do not survive fork() (a parallel region
+ * in such a child hangs, torch's own included), so there the calls take the pool, which starts afresh. */
+static int openmp_usable = 1;
+static void openmp_after_fork(void) { openmp_usable = 0; }
+__attribute__((constructor)) static void openmp_watch_forks(void) { pthread_atfork(NULL, NULL, openmp_after_fork); }
+#endif
+
 /* Runs the call on `threads` (from worker_count) threads; thread t gets the scratch floats
  * [t * scratch_floats, (t + 1) * scratch_floats). Without the pool, each thread takes a fixed range
  * of whole 64-bit result words. */
@@ -984,6 +1006,20 @@ static void run(void *(*worker)(void *), job_t base, int threads, float *scratch
         worker(&base);
         return;
     }
+#ifdef _OPENMP
+    if (openmp_usable) { /* torch's OpenMP threads: awake after its last op, where the pool's would wait for a core */
+        int64_t words_out = (base.out + 63) / 64;
+        int64_t chunks = words_out < CHUNKS_PER_THREAD * threads ? words_out : CHUNKS_PER_THREAD * threads;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+        for (int64_t c = 0; c < chunks; c++) {
+            job_t job = base;
+            chunk_bounds(&job, c, chunks);
+            job.tables = scratch == NULL ? NULL : scratch + omp_get_thread_num() * scratch_floats;
+            worker(&job);
+        }
+        return;
+    }
+#endif
     if (pool_run(worker, base, threads, scratch, scratch_floats)) return;
     job_t jobs[MAX_THREADS];
     pthread_t ids[MAX_THREADS];

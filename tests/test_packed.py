@@ -197,11 +197,12 @@ def test_native_kernels_equal_torch_ops_at_ties_extremes_and_odd_sizes(flags, mo
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("flags", KERNEL_BUILDS, ids=KERNEL_BUILD_NAMES)
+@pytest.mark.parametrize("flags", [*KERNEL_BUILDS, ("-fno-openmp",)], ids=[*KERNEL_BUILD_NAMES, "pool"])
 def test_native_kernel_threads_kept_between_calls_give_the_same_bits_from_many_callers(flags, monkeypatch):
-    """The kernels' worker threads stay alive between calls: calls with changing thread counts, calls
-    from several Python threads at once (one uses the workers, the others start threads of their own)
-    and a forked child (which has none of the parent's workers) all give the one-thread bits."""
+    """The kernels' worker threads (torch's OpenMP threads where torch runs GNU OpenMP, else a pool of their own) stay
+    alive between calls: calls with changing thread counts, calls from several Python threads at once (one uses the
+    workers, the others start threads of their own) and a forked child (which has none of the parent's workers, and
+    where GNU OpenMP's hang) all give the one-thread bits."""
     import concurrent.futures
     import time
 
@@ -246,7 +247,7 @@ _STALLED_CALLS = """
 import random, sys, time, torch
 import bnn.native as native
 from bnn.packed import pack_bits
-lib = native._kernels(native.FLAGS + ("-DPACKED_TEST_STALL_US=20",))
+lib = native._kernels(native.FLAGS + ("-fno-openmp", "-DPACKED_TEST_STALL_US=20"))  # (the pool's threads)
 native.MIN_WORK_PER_THREAD = 1
 rng, calls, deadline = random.Random(0), 0, time.monotonic() + 60
 while calls < 200 and time.monotonic() < deadline:  # (a count of calls, not of seconds: a busy machine is slower)
@@ -1159,3 +1160,27 @@ def test_the_kernels_own_copy_of_the_weights_is_counted_only_where_one_is_made(f
     hidden = [layer["weight"] for layer in packed.layers[1:]]
     expected = sum(w.numel() * w.element_size() for w in hidden) if lib.binary_layer_output_major() else 0
     assert packed.kernel_copy_bytes == expected
+
+
+def test_the_kernels_share_torchs_openmp_threads_where_torch_runs_gnu_openmp():
+    """The kernels' own pool found the second core taken by torch's spinning OpenMP threads inside a training step."""
+    lib = _kernels_with(())
+    shared = bnn.native._torch_runs_gnu_openmp()
+    assert lib.threads_kind().decode().startswith("OpenMP") == shared
+    assert ("-fopenmp" in bnn.native.FLAGS) == shared
+    pool = _kernels_with(("-fno-openmp",))
+    assert pool.threads_kind().decode() == "a pool of POSIX threads"
+
+
+def test_a_compiler_without_openmp_builds_the_kernels_on_their_own_threads(tmp_path, monkeypatch):
+    real = bnn.native._compiler()
+    if real is None or "-fopenmp" not in bnn.native.FLAGS:
+        pytest.skip("no C compiler, or torch does not run GNU OpenMP here")
+    fake = tmp_path / "cc-without-openmp"
+    fake.write_text("#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = -fopenmp ] && { echo 'no OpenMP' >&2; exit 1; }; done\n"
+                    f"exec {' '.join(real)} \"$@\"\n")
+    fake.chmod(0o700)
+    monkeypatch.setenv("CC", str(fake))
+    monkeypatch.setenv("METASPIKE_CACHE", str(tmp_path / "cache"))
+    lib = bnn.native._kernels(bnn.native.FLAGS + ("-DTEST_WITHOUT_OPENMP",))  # (flags of its own: a fresh build)
+    assert lib is not None and lib.threads_kind().decode() == "a pool of POSIX threads"
