@@ -276,6 +276,9 @@ def _kernels(flags: tuple[str, ...]) -> ctypes.CDLL | None:
             with tempfile.TemporaryDirectory() as private:
                 lib = _load(compiler, flags, Path(private), name)
     except (OSError, RuntimeError, subprocess.CalledProcessError) as err:  # RuntimeError: no home folder
+        if "-fopenmp" in flags and isinstance(err, OSError) and "GOMP" in str(err):
+            # (the compiler's OpenMP asks for a newer runtime than the one torch loaded: the kernels' own threads)
+            return _kernels(tuple(flag for flag in flags if flag != "-fopenmp"))
         detail = getattr(err, "stderr", "") or str(err)
         warnings.warn(f"could not build the native kernels ({detail.strip()[:300]}); {FALLBACK}", RuntimeWarning,
                       stacklevel=user_stacklevel())
@@ -288,7 +291,7 @@ def _kernels(flags: tuple[str, ...]) -> ctypes.CDLL | None:
                                ctypes.c_int64, ctypes.c_int]
     lib.pack_signs.restype = ctypes.c_int
     lib.sign_codes.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p,
-                                 ctypes.c_int]
+                               ctypes.c_int]
     lib.sign_codes.restype = ctypes.c_int
     lib.transposed_sign_codes.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                                           ctypes.c_int]

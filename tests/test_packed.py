@@ -1184,3 +1184,23 @@ def test_a_compiler_without_openmp_builds_the_kernels_on_their_own_threads(tmp_p
     monkeypatch.setenv("METASPIKE_CACHE", str(tmp_path / "cache"))
     lib = bnn.native._kernels(bnn.native.FLAGS + ("-DTEST_WITHOUT_OPENMP",))  # (flags of its own: a fresh build)
     assert lib is not None and lib.threads_kind().decode() == "a pool of POSIX threads"
+
+
+def test_kernels_whose_openmp_needs_a_newer_runtime_than_torchs_load_without_it(monkeypatch):
+    """A system compiler newer than torch's bundled libgomp asks for symbol versions it lacks: the OpenMP build does
+    not load, and the kernels are built on their own threads instead of not at all."""
+    if bnn.native._compiler() is None:
+        pytest.skip("no C compiler to build the native kernels")
+    load = bnn.native._load
+
+    def newer_runtime(compiler, flags, folder, name):
+        if "-fopenmp" in flags:
+            raise OSError(f"{folder / name}: version `GOMP_9.9' not found (required by {name})")
+        return load(compiler, flags, folder, name)
+
+    monkeypatch.setattr(bnn.native, "_load", newer_runtime)
+    flags = ("-O3", "-shared", "-fPIC", "-pthread", "-fopenmp", "-DTEST_NEWER_OPENMP")  # (a fresh entry of the cache)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (quietly: the kernels are there, on threads of their own)
+        lib = bnn.native._kernels(flags)
+    assert lib is not None and lib.threads_kind().decode() == "a pool of POSIX threads"
