@@ -10,8 +10,8 @@
  * per lane), so every weight vector loaded is used for several samples, and the results of a
  * vector are thresholded and packed into bits at once. Outputs are split between `threads` threads in
  * whole 64-bit words of the result bits: torch's own OpenMP threads where bnn/native.py builds with -fopenmp
- * (torch runs GNU OpenMP), else a pool of POSIX threads kept between calls. With AVX-512 (F, BW, VL; VPOPCNTDQ too for the
- * hidden layers) the tiles use intrinsics, otherwise portable C (also forced with -DPACKED_PORTABLE,
+ * (torch runs GNU OpenMP), else a pool of POSIX threads kept between calls. With AVX-512 (F, BW, VL;
+ * VPOPCNTDQ too for the hidden layers) the tiles use intrinsics, otherwise portable C (also forced with -DPACKED_PORTABLE,
  * so it can be tested), in tiles of a few samples x outputs so that each weight loaded serves several
  * samples, the first layer's by AVX2 permutes 8 outputs at a time where the CPU has AVX2: the results
  * are the same bits.
@@ -79,6 +79,7 @@ typedef struct {
     float *tables;          /* first layer: this worker's nibble tables of TILE_SAMPLES samples */
     int *bad;               /* pack_signs: set when a value is neither +1 nor -1 */
     int64_t row_stride, col_stride; /* signed_sums' tables: a[r][i] is a[r * row_stride + i * col_stride] */
+    int accumulate, stream; /* signed_sums: add to the sums already in the result; write it around the caches */
 } job_t;
 
 const char *real_layer_kind(void) {
@@ -646,7 +647,8 @@ static void *signed_tables_worker(void *arg) {
 }
 
 /* job->input: the tables (float [m][groups][32]); job->weight: the codes (uint8 [groups][n]); job->batch = m,
- * job->cols = groups, job->out = n; columns [begin, end) of job->result (float [m][n]). */
+ * job->cols = groups, job->out = n; columns [begin, end) of job->result (float [m][n]), the sums started from the
+ * result's own values where job->accumulate (a later block of groups: the same additions, in the same order). */
 static void *signed_sums_worker(void *arg) {
     const job_t *job = arg;
     const float *tables = job->input;
@@ -654,7 +656,6 @@ static void *signed_sums_worker(void *arg) {
     float *c = job->result;
     int64_t m = job->batch, groups = job->cols, n = job->out;
 #if defined(REAL_AVX512)
-    int stream = m * n >= (1 << 22); /* a result larger than the caches: written around them (no read of its lines) */
     for (int64_t r = 0; r < m; r += SIGNED_ROWS) {
         int rows = m - r < SIGNED_ROWS ? (int)(m - r) : SIGNED_ROWS;
         const float *t[SIGNED_ROWS];
@@ -663,7 +664,9 @@ static void *signed_sums_worker(void *arg) {
         for (; j + 16 * SIGNED_VECS <= job->end; j += 16 * SIGNED_VECS) {
             __m512 acc[SIGNED_ROWS][SIGNED_VECS];
             UNROLL for (int i = 0; i < SIGNED_ROWS; i++)
-                UNROLL for (int b = 0; b < SIGNED_VECS; b++) acc[i][b] = _mm512_setzero_ps();
+                UNROLL for (int b = 0; b < SIGNED_VECS; b++)
+                    acc[i][b] = job->accumulate && i < rows ? _mm512_loadu_ps(c + (r + i) * n + j + 16 * b)
+                                                             : _mm512_setzero_ps();
             const uint8_t *code = codes + j;
             for (int64_t q = 0; q < groups; q++, code += n) {
                 __m512i index[SIGNED_VECS];
@@ -679,14 +682,16 @@ static void *signed_sums_worker(void *arg) {
             for (int i = 0; i < rows; i++)
                 UNROLL for (int b = 0; b < SIGNED_VECS; b++) {
                     float *at = c + (r + i) * n + j + 16 * b;
-                    if (stream && ((uintptr_t)at & 63) == 0) _mm512_stream_ps(at, acc[i][b]);
+                    if (job->stream && ((uintptr_t)at & 63) == 0) _mm512_stream_ps(at, acc[i][b]);
                     else _mm512_storeu_ps(at, acc[i][b]);
                 }
         }
         for (; j < job->end; j += 16) {
             __mmask16 valid = job->end - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (job->end - j)) - 1);
             __m512 acc[SIGNED_ROWS];
-            UNROLL for (int i = 0; i < SIGNED_ROWS; i++) acc[i] = _mm512_setzero_ps();
+            UNROLL for (int i = 0; i < SIGNED_ROWS; i++)
+                acc[i] = job->accumulate && i < rows ? _mm512_maskz_loadu_ps(valid, c + (r + i) * n + j)
+                                                     : _mm512_setzero_ps();
             const uint8_t *code = codes + j;
             for (int64_t q = 0; q < groups; q++, code += n) {
                 __m512i index = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(valid, code));
@@ -699,12 +704,12 @@ static void *signed_sums_worker(void *arg) {
             for (int i = 0; i < rows; i++) _mm512_mask_storeu_ps(c + (r + i) * n + j, valid, acc[i]);
         }
     }
-    if (stream) _mm_sfence(); /* the streamed stores are seen before the call returns */
+    if (job->stream) _mm_sfence(); /* the streamed stores are seen before the call returns */
 #else
     for (int64_t r = 0; r < m; r++)
         for (int64_t j = job->begin; j < job->end; j++) {
             const float *t = tables + r * groups * SIGN_TABLE;
-            float acc = 0.0f;
+            float acc = job->accumulate ? c[r * n + j] : 0.0f;
             for (int64_t q = 0; q < groups; q++, t += SIGN_TABLE) acc += t[codes[q * n + j]];
             c[r * n + j] = acc;
         }
@@ -1051,7 +1056,7 @@ int real_layer(const float *x, int64_t batch, int64_t n, const uint8_t *w, int64
     if (status == 0) status = sample_stats(x, n, batch, stride, xs, stats, stats + batch);
     if (status == 0) {
         job_t job = {x, w, batch, n, out, groups, flip, threshold, result, 0, out,
-                     xs, stride, stats, stats + batch, NULL, NULL, 0, 0};
+                     xs, stride, stats, stats + batch, NULL, NULL, 0, 0, 0, 0};
         run(real_worker, job, threads, tables, table_floats);
     }
     free(xs);
@@ -1063,7 +1068,8 @@ int real_layer(const float *x, int64_t batch, int64_t n, const uint8_t *w, int64
 int binary_layer(const uint64_t *h, int64_t batch, int64_t n, const uint64_t *w, int64_t out, int64_t words,
                  const uint8_t *flip, const int64_t *threshold, void *result, int threads) {
     if (batch == 0 || out == 0) return 0;
-    job_t job = {h, w, batch, n, out, words, flip, threshold, result, 0, out, NULL, 0, NULL, NULL, NULL, NULL, 0, 0};
+    job_t job = {h, w, batch, n, out, words, flip, threshold, result, 0, out, NULL, 0, NULL, NULL, NULL, NULL,
+                 0, 0, 0, 0};
     run(binary_worker, job, worker_count(threads, out), NULL, 0);
     return 0;
 }
@@ -1074,7 +1080,7 @@ int pack_signs(const void *v, int64_t rows, int64_t n, int int8, uint64_t *bits,
     if (rows == 0 || n == 0) return 0;
     int bad = 0;
     job_t job = {v, NULL, rows, n, rows, words, NULL, NULL, bits, 0, rows, NULL, int8 ? 1 : 0, NULL, NULL, NULL, &bad,
-                 0, 0};
+                 0, 0, 0, 0};
     run(pack_worker, job, worker_count(threads, rows), NULL, 0);
     return bad ? 2 : 0;
 }
@@ -1085,24 +1091,49 @@ int sign_codes(const void *v, int64_t k, int64_t n, int int8, uint8_t *codes, in
     if (k == 0 || n == 0) return 0;
     int bad = 0;
     job_t job = {v, NULL, k, 0, n, (k + SIGN_GROUP - 1) / SIGN_GROUP, NULL, NULL, codes, 0, n, NULL, int8 ? 1 : 0,
-                 NULL, NULL, NULL, &bad, 0, 0};
+                 NULL, NULL, NULL, &bad, 0, 0, 0, 0};
     run(sign_codes_worker, job, worker_count(threads, n), NULL, 0);
     return bad ? 2 : 0;
 }
 
 /* c (float [m][n]) = a @ s for a[r][i] at a[r * row_stride + i * col_stride] (i < k) and s given by its sign codes
- * (uint8 [ceil(k/5)][n], from sign_codes). Returns 0, or 1 when out of memory. */
+ * (uint8 [ceil(k/5)][n], from sign_codes). The tables (128 bytes per row and group) are made for blocks of rows and of
+ * groups of at most SIGNED_TABLE_BYTES in all, the sums of a later block of groups continued from the earlier one's:
+ * the same additions in the same order, in bounded memory (at batch 4096 one 4096 x 4096 product's tables were 430 MB).
+ * Returns 0, or 1 when out of memory. */
+#ifndef SIGNED_TABLE_BYTES
+#define SIGNED_TABLE_BYTES (1 << 24)
+#endif
 int signed_sums(const float *a, int64_t m, int64_t k, int64_t row_stride, int64_t col_stride, const uint8_t *codes,
                 int64_t n, float *c, int threads) {
     if (m == 0 || n == 0) return 0;
-    int64_t groups = (k + SIGN_GROUP - 1) / SIGN_GROUP;
-    float *tables = aligned_alloc(64, sizeof(float) * (size_t)((m * groups + 1) * SIGN_TABLE)); /* 128-byte tables */
+    int64_t groups = (k + SIGN_GROUP - 1) / SIGN_GROUP, table_bytes = SIGN_TABLE * (int64_t)sizeof(float);
+    int64_t budget = SIGNED_TABLE_BYTES / table_bytes; /* tables in a block */
+    if (budget < 1) budget = 1;
+    int64_t block_rows = m < 256 ? m : 256;
+    int64_t block_groups = budget / block_rows < 1 ? 1 : budget / block_rows;
+    if (block_groups >= groups) { /* every group at once: as many rows as the budget holds */
+        block_groups = groups;
+        block_rows = groups > 0 && budget / groups > block_rows ? budget / groups : block_rows;
+        if (block_rows > m) block_rows = m;
+    }
+    float *tables = aligned_alloc(64, (size_t)((block_rows * (block_groups > 0 ? block_groups : 1) + 1) * table_bytes));
     if (tables == NULL) return 1;
-    job_t rows = {a, NULL, m, k, m, groups, NULL, NULL, tables, 0, m, NULL, 0, NULL, NULL, NULL, NULL,
-                  row_stride, col_stride};
-    run(signed_tables_worker, rows, worker_count(threads, m), NULL, 0);
-    job_t job = {tables, codes, m, k, n, groups, NULL, NULL, c, 0, n, NULL, 0, NULL, NULL, NULL, NULL, 0, 0};
-    run(signed_sums_worker, job, worker_count(threads, n), NULL, 0);
+    for (int64_t r0 = 0; r0 < m; r0 += block_rows) {
+        int64_t rows = m - r0 < block_rows ? m - r0 : block_rows;
+        for (int64_t g0 = 0; g0 < groups || g0 == 0; g0 += block_groups) {
+            int64_t count = groups - g0 < block_groups ? groups - g0 : block_groups;
+            int64_t entries = k - SIGN_GROUP * g0 < SIGN_GROUP * count ? k - SIGN_GROUP * g0 : SIGN_GROUP * count;
+            job_t build = {a + r0 * row_stride + SIGN_GROUP * g0 * col_stride, NULL, rows, entries, rows, count, NULL,
+                           NULL, tables, 0, rows, NULL, 0, NULL, NULL, NULL, NULL, row_stride, col_stride, 0, 0};
+            run(signed_tables_worker, build, worker_count(threads, rows), NULL, 0);
+            int last = g0 + count >= groups;
+            job_t sums = {tables, codes + g0 * n, rows, entries, n, count, NULL, NULL, c + r0 * n, 0, n, NULL, 0, NULL,
+                          NULL, NULL, NULL, 0, 0, g0 > 0, last && rows * n >= ((int64_t)1 << 22)};
+            run(signed_sums_worker, sums, worker_count(threads, n), NULL, 0);
+            if (groups == 0) break;
+        }
+    }
     free(tables);
     return 0;
 }
@@ -1114,7 +1145,7 @@ int transposed_sign_codes(const int8_t *v, int64_t rows, int64_t n, uint8_t *cod
     if (rows == 0 || n == 0) return 0;
     int bad = 0;
     job_t job = {v, NULL, 0, n, rows, (n + SIGN_GROUP - 1) / SIGN_GROUP, NULL, NULL, codes, 0, rows, NULL, 0, NULL,
-                 NULL, NULL, &bad, 0, 0};
+                 NULL, NULL, &bad, 0, 0, 0, 0};
     run(transposed_codes_worker, job, worker_count(threads, rows), NULL, 0);
     return bad ? 2 : 0;
 }

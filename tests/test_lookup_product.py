@@ -52,12 +52,16 @@ def error_bound(a: torch.Tensor, k: int) -> torch.Tensor:
     return 2 * (n * U / (1 - n * U)) * a.double().abs().sum(1, keepdim=True)
 
 
-@pytest.mark.parametrize("flags", BUILDS, ids=BUILD_NAMES)
+BLOCKED = ("-DSIGNED_TABLE_BYTES=4096",)  # tables for 32 (row, group) pairs at a time: blocks of rows and of groups
+
+
+@pytest.mark.parametrize("flags", [*BUILDS, BLOCKED, BUILDS[1] + BLOCKED], ids=[*BUILD_NAMES, "blocked", "blocked-c"])
 def test_codes_and_sums_equal_a_few_lines_of_numpy_in_the_same_order(flags, monkeypatch):
     lib = _build(flags)
     monkeypatch.setattr(native, "MIN_WORK_PER_THREAD", 1)  # several threads even at these sizes
     rng = np.random.default_rng(0)
-    for m, k, n in [(1, 1, 1), (3, 5, 17), (5, 8, 64), (9, 37, 130), (4, 130, 16), (17, 301, 999), (6, 10, 80)]:
+    for m, k, n in [(1, 1, 1), (3, 5, 17), (5, 8, 64), (9, 37, 130), (4, 130, 16), (17, 301, 999), (6, 10, 80),
+                    (300, 7, 33), (2, 0, 20)]:
         signs = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=(k, n))
         a = rng.standard_normal((m, k)).astype(np.float32)
         codes = native.sign_codes(lib, torch.from_numpy(signs), threads=2)
