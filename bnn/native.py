@@ -2,7 +2,7 @@
 products of a large binary layer in training (:mod:`bnn.binary_linear`), built on first use with the system C compiler.
 
 ``bnn/packed_kernels.c`` is compiled once per machine (``cc -O3 -march=native``, so the popcount
-uses the CPU's own instructions) into a cache folder (``$METASPIKE_CACHE``, else
+uses the CPU's own instructions, and ``-fopenmp`` where torch runs GNU OpenMP: see :data:`FLAGS`) into a cache folder (``$METASPIKE_CACHE``, else
 ``$XDG_CACHE_HOME/metaspike``, else ``~/.cache/metaspike``; created with mode ``0o700``) and called
 through ``ctypes``. A library is only loaded from a folder and a file that belong to the current
 user and that nobody else may write (checked on open file descriptors, and loaded through the
@@ -48,6 +48,8 @@ SIGN_GROUP = 5
 """Signs per code of :func:`sign_codes` (``SIGN_GROUP`` in ``packed_kernels.c``)."""
 FALLBACK = "bnn.PackedMLP runs on torch ops (slower) and binary layers train without the popcount product"
 """What a warning says happens without the kernels."""
+
+
 def _torch_runs_gnu_openmp() -> bool:
     """Whether torch's OpenMP runtime in this process is GNU's libgomp (among the loaded libraries on Linux, as in
     the x86 wheels): the kernels built with ``-fopenmp`` then share its threads."""
