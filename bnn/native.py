@@ -2,8 +2,9 @@
 products of a large binary layer in training (:mod:`bnn.binary_linear`), built on first use with the system C compiler.
 
 ``bnn/packed_kernels.c`` is compiled once per machine (``cc -O3 -march=native``, so the popcount
-uses the CPU's own instructions, and ``-fopenmp`` where torch runs GNU OpenMP: see :data:`FLAGS`) into a cache folder (``$METASPIKE_CACHE``, else
-``$XDG_CACHE_HOME/metaspike``, else ``~/.cache/metaspike``; created with mode ``0o700``) and called
+uses the CPU's own instructions, and ``-fopenmp`` where torch runs GNU OpenMP: see :data:`FLAGS`) into a cache
+folder (``$METASPIKE_CACHE``, else ``$XDG_CACHE_HOME/metaspike``, else ``~/.cache/metaspike``; created with mode
+``0o700``) and called
 through ``ctypes``. A library is only loaded from a folder and a file that belong to the current
 user and that nobody else may write (checked on open file descriptors, and loaded through the
 descriptor, so neither can be swapped in between), and whose bytes have the SHA-256 recorded beside it when
