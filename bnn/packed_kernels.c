@@ -11,8 +11,8 @@
  * vector are thresholded and packed into bits at once. Outputs are split between `threads` threads in
  * whole 64-bit words of the result bits: torch's own OpenMP threads where bnn/native.py builds with -fopenmp
  * (torch runs GNU OpenMP), else a pool of POSIX threads kept between calls. With AVX-512 (F, BW, VL;
- * VPOPCNTDQ too for the hidden layers) the tiles use intrinsics, otherwise portable C (also forced with -DPACKED_PORTABLE,
- * so it can be tested), in tiles of a few samples x outputs so that each weight loaded serves several
+ * VPOPCNTDQ too for the hidden layers) the tiles use intrinsics, otherwise portable C (also forced with
+ * -DPACKED_PORTABLE, so it can be tested), in tiles of a few samples x outputs so that each weight loaded serves several
  * samples, the first layer's by AVX2 permutes 8 outputs at a time where the CPU has AVX2: the results
  * are the same bits.
  *
@@ -532,6 +532,58 @@ static void *binary_worker(void *arg) {
 
 /* ---- +-1 floats to bits (bnn.binary_linear's popcount product in training) ---------------------- */
 
+/* The bits of `count` (at most 64) int8 values, bit j for value j: 1 for +1, 0 for -1; sets *bad when a value is
+ * neither. */
+static uint64_t int8_sign_word(const int8_t *v, int64_t count, int *bad) {
+    uint64_t word = 0;
+    int64_t j = 0;
+#if defined(REAL_AVX512)
+    if (count == 64) {
+        __m512i x = _mm512_loadu_si512(v);
+        word = _mm512_cmpeq_epi8_mask(x, _mm512_set1_epi8(1));
+        *bad |= (word | _mm512_cmpeq_epi8_mask(x, _mm512_set1_epi8(-1))) != ~(uint64_t)0;
+        return word;
+    }
+#endif
+#if (defined(REAL_AVX512) || defined(REAL_AVX2)) && defined(__AVX2__)
+    const __m256i one = _mm256_set1_epi8(1), minus = _mm256_set1_epi8(-1);
+    for (; j + 32 <= count; j += 32) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)(v + j));
+        uint64_t positive = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(x, one));
+        uint32_t unit = (uint32_t)_mm256_movemask_epi8(_mm256_or_si256(_mm256_cmpeq_epi8(x, one),
+                                                                       _mm256_cmpeq_epi8(x, minus)));
+        word |= positive << j;
+        *bad |= unit != 0xFFFFFFFFu;
+    }
+#endif
+    for (; j < count; j++) {
+        word |= (uint64_t)(v[j] == 1) << j;
+        *bad |= v[j] != 1 && v[j] != -1;
+    }
+    return word;
+}
+
+/* As int8_sign_word for floats: 1 for +1.0, 0 for -1.0; sets *bad for anything else (NaN included). */
+static uint64_t float_sign_word(const float *v, int64_t count, int *bad) {
+    uint64_t word = 0;
+    int64_t j = 0;
+#if (defined(REAL_AVX512) || defined(REAL_AVX2)) && defined(__AVX2__)
+    const __m256 one = _mm256_set1_ps(1.0f), magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (; j + 8 <= count; j += 8) {
+        __m256 x = _mm256_loadu_ps(v + j);
+        uint64_t positive = (uint64_t)_mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GT_OQ));
+        int unit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_and_ps(x, magnitude), one, _CMP_EQ_OQ));
+        word |= positive << j;
+        *bad |= unit != 0xFF;
+    }
+#endif
+    for (; j < count; j++) {
+        word |= (uint64_t)(v[j] > 0.0f) << j;
+        *bad |= v[j] != 1.0f && v[j] != -1.0f;
+    }
+    return word;
+}
+
 /* Rows [begin, end) of the float rows job->input ([out][n]; int8 where job->stride is 1) into job->result ([out][cols]
  * words), bit j of word w for column 64 w + j: 1 for +1, 0 for -1 (bnn.packed.pack_bits' layout). Sets *job->bad when
  * a value is neither +1 nor -1 (NaN included), so the caller can take another product. */
@@ -543,37 +595,8 @@ static void *pack_worker(void *arg) {
         const int8_t *row8 = (const int8_t *)job->input + r * job->n;
         uint64_t *words = (uint64_t *)job->result + r * job->cols;
         for (int64_t w = 0; w < job->cols; w++) {
-            const float *v = row + 64 * w;
-            const int8_t *v8 = row8 + 64 * w;
-            int64_t count = job->n - 64 * w < 64 ? job->n - 64 * w : 64, j = 0;
-            uint64_t word = 0;
-#if (defined(REAL_AVX512) || defined(REAL_AVX2)) && defined(__AVX2__)
-            if (int8) {
-                const __m256i one = _mm256_set1_epi8(1), minus = _mm256_set1_epi8(-1);
-                for (; j + 32 <= count; j += 32) {
-                    __m256i x = _mm256_loadu_si256((const __m256i *)(v8 + j));
-                    uint64_t positive = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(x, one));
-                    uint32_t unit = (uint32_t)_mm256_movemask_epi8(
-                        _mm256_or_si256(_mm256_cmpeq_epi8(x, one), _mm256_cmpeq_epi8(x, minus)));
-                    word |= positive << j;
-                    bad |= unit != 0xFFFFFFFFu;
-                }
-            } else {
-                const __m256 one = _mm256_set1_ps(1.0f), magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-                for (; j + 8 <= count; j += 8) {
-                    __m256 x = _mm256_loadu_ps(v + j);
-                    uint64_t positive = (uint64_t)_mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GT_OQ));
-                    int unit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_and_ps(x, magnitude), one, _CMP_EQ_OQ));
-                    word |= positive << j;
-                    bad |= unit != 0xFF;
-                }
-            }
-#endif
-            for (; j < count; j++) {
-                word |= (uint64_t)(int8 ? v8[j] == 1 : v[j] > 0.0f) << j;
-                bad |= int8 ? v8[j] != 1 && v8[j] != -1 : v[j] != 1.0f && v[j] != -1.0f;
-            }
-            words[w] = word;
+            int64_t count = job->n - 64 * w < 64 ? job->n - 64 * w : 64;
+            words[w] = int8 ? int8_sign_word(row8 + 64 * w, count, &bad) : float_sign_word(row + 64 * w, count, &bad);
         }
     }
     if (bad) __atomic_store_n(job->bad, 1, __ATOMIC_RELAXED);
@@ -791,24 +814,8 @@ static void *transposed_codes_worker(void *arg) {
         int64_t count_rows = job->end - r0 < 64 ? job->end - r0 : 64;
         for (int64_t t = 0; t < count_rows; t++) {
             const int8_t *row = v + (r0 + t) * n;
-            for (int64_t w = 0; w < words; w++) {
-                int64_t count = n - 64 * w < 64 ? n - 64 * w : 64, j = 0;
-                uint64_t word = 0;
-#if defined(REAL_AVX512)
-                if (count == 64) {
-                    __m512i x = _mm512_loadu_si512(row + 64 * w);
-                    word = _mm512_cmpeq_epi8_mask(x, _mm512_set1_epi8(1));
-                    bad |= (word | _mm512_cmpeq_epi8_mask(x, _mm512_set1_epi8(-1))) != ~(uint64_t)0;
-                    j = 64;
-                }
-#endif
-                for (; j < count; j++) {
-                    int8_t x = row[64 * w + j];
-                    word |= (uint64_t)(x == 1) << j;
-                    bad |= x != 1 && x != -1;
-                }
-                bits[w] = word;
-            }
+            for (int64_t w = 0; w < words; w++)
+                bits[w] = int8_sign_word(row + 64 * w, n - 64 * w < 64 ? n - 64 * w : 64, &bad);
             bits[words] = 0;
             for (int64_t q = 0; q < groups; q++) {
                 int64_t at = SIGN_GROUP * q, w = at >> 6, shift = at & 63;
