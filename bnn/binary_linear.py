@@ -69,7 +69,7 @@ from torch import Tensor
 from torch.autograd import forward_ad
 
 from bnn import native
-from bnn.float32_products import float32_library, mm
+from bnn.float32_products import float32_library, mm, writes_into_out
 from bnn.product_timing import best_times, probe_rows, size_class
 from bnn.sign_buffers import PACKED, SIGN_CODES, TRANSPOSED_SIGN_CODES, storage_is_free
 from metaspike.caller import user_stacklevel
@@ -392,6 +392,12 @@ def _product(x: Tensor, signs: Tensor, kind: str, bias: Tensor | None) -> Tensor
     return out if bias is None else out.add_(bias)
 
 
+def _buffer_gains(grad_weight: str | None, weight: Tensor) -> bool:
+    """Whether the weight gradient of product ``grad_weight`` gains from being written into the layer's reused buffer
+    (:func:`bnn.float32_products.writes_into_out`: not a float32 one by oneDNN of one block)."""
+    return grad_weight != "float32" or writes_into_out(float32_library(weight.device), tuple(weight.shape))
+
+
 def _large_enough(x: Tensor, weight: Tensor) -> bool:
     """Whether a layer of ``weight`` gains from the fast product (:data:`FAST_MIN_NUMEL`,
     :data:`ONEDNN_FAST_MIN_NUMEL`)."""
@@ -495,6 +501,6 @@ def binary_linear(x: Tensor, layer: Any) -> Tensor:
     backward_dtype = {None: (), "lookup": (SIGN_CODES,), "bfloat16": (torch.bfloat16,), "float32": (torch.float32,)}
     signs, visible, backward = _signs_for(layer, kind, *backward_dtype[grad_input])
     backward_signs = backward[0] if backward else None
-    grad_buffer = layer.gradient_buffer() if weight.requires_grad else None
+    grad_buffer = layer.gradient_buffer() if weight.requires_grad and _buffer_gains(grad_weight, weight) else None
     return _FastBinaryLinear.apply(x, weight, bias, signs, visible, kind, backward_signs, low, grad_buffer,
                                    grad_weight == "lookup")

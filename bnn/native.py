@@ -42,7 +42,7 @@ from metaspike.caller import user_stacklevel
 
 __all__ = ["kernels", "kinds", "check_tensor", "real_layer", "binary_layer", "kernel_weight", "pack_signs",
            "prepared_signs", "popcount_product", "sign_codes", "transposed_sign_codes", "signed_sums",
-           "signed_sums_vectorized"]
+           "signed_sums_vectorized", "int8_signs"]
 
 SOURCE = Path(__file__).with_name("packed_kernels.c")
 SIGN_GROUP = 5
@@ -299,6 +299,8 @@ def _kernels(flags: tuple[str, ...]) -> ctypes.CDLL | None:
     lib.transposed_sign_codes.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                                           ctypes.c_int]
     lib.transposed_sign_codes.restype = ctypes.c_int
+    lib.int8_signs.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+    lib.int8_signs.restype = ctypes.c_int
     lib.signed_sums.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                                 ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
     lib.signed_sums.restype = ctypes.c_int
@@ -616,10 +618,33 @@ def signed_sums(lib: ctypes.CDLL, a: Tensor, codes: Tensor, n: int, out: Tensor 
     return out
 
 
-def _writable_output(label: str, out: Tensor, shape: tuple[int, int]) -> Tensor:
-    """``out`` when the kernel may write a contiguous ``shape`` float32 result into it, else a one-line ValueError."""
-    if (out.dtype != torch.float32 or tuple(out.shape) != shape or not out.is_cpu or not out.is_contiguous()
-            or out.untyped_storage().nbytes() < (out.storage_offset() + out.numel()) * 4):
-        raise ValueError(f"{label}: the output is {tuple(out.shape)} {out.dtype} on {out.device.type}, expected a "
-                         f"contiguous {shape} torch.float32 CPU tensor")
+def int8_signs(lib: ctypes.CDLL, weight: Tensor, out: Tensor, label: str = "hidden weight",
+               threads: int | None = None) -> Tensor:
+    """The signs of the float32 ``weight`` written into the int8 tensor ``out`` (contiguous, as many entries): -1 below
+    0, else +1 (0, -0.0 and NaN give +1, as :func:`metaspike.quantizers.binary_sign` on CPUs); returns ``out``. One
+    pass that reads 4 bytes and writes 1 per entry, on torch's threads.
+
+    Example:
+        >>> lib = kernels()
+        >>> out = torch.empty(4, dtype=torch.int8)
+        >>> lib is None or int8_signs(lib, torch.tensor([-0.5, 0.0, -0.0, float("nan")]), out).tolist() == [-1, 1, 1, 1]
+        True
+    """
+    weight = check_tensor(label, "weight", weight, (None,) * weight.dim() if isinstance(weight, Tensor) else (None,),
+                          torch.float32)
+    out = _writable_output(label, out, tuple(out.shape), torch.int8)
+    if out.numel() != weight.numel():
+        raise ValueError(f"{label}: the output holds {out.numel()} entries, the weight {weight.numel()}")
+    lib.int8_signs(weight.data_ptr(), weight.numel(), out.data_ptr(), _threads(threads, weight.numel() // 4))
+    return out
+
+
+def _writable_output(label: str, out: Tensor, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
+    """``out`` when the kernel may write a contiguous ``shape`` result of ``dtype`` into it, else a one-line
+    ValueError."""
+    if (not isinstance(out, Tensor) or out.dtype != dtype or tuple(out.shape) != shape or not out.is_cpu
+            or not out.is_contiguous()
+            or out.untyped_storage().nbytes() < (out.storage_offset() + out.numel()) * out.element_size()):
+        got = f"{tuple(out.shape)} {out.dtype} on {out.device.type}" if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"{label}: the output is {got}, expected a contiguous {shape} {dtype} CPU tensor")
     return out

@@ -603,6 +603,26 @@ static void *pack_worker(void *arg) {
     return NULL;
 }
 
+/* ---- the signs of hidden weights as int8 (the sign buffers of bnn.sign_buffers) ----------------- */
+
+/* Values [begin, end) of the floats job->input as int8 signs in job->result: -1 below 0, else +1 (0, -0.0 and NaN give
+ * +1, as metaspike.quantizers.binary_sign does on CPUs). */
+static void *int8_signs_worker(void *arg) {
+    const job_t *job = arg;
+    const float *w = job->input;
+    int8_t *signs = job->result;
+    int64_t i = job->begin;
+#if defined(REAL_AVX512)
+    const __m128i plus = _mm_set1_epi8(1), minus = _mm_set1_epi8(-1);
+    for (; i + 16 <= job->end; i += 16) {
+        __mmask16 negative = _mm512_cmp_ps_mask(_mm512_loadu_ps(w + i), _mm512_setzero_ps(), _CMP_LT_OQ);
+        _mm_storeu_si128((__m128i *)(signs + i), _mm_mask_blend_epi8(negative, plus, minus));
+    }
+#endif
+    for (; i < job->end; i++) signs[i] = w[i] < 0.0f ? -1 : 1;
+    return NULL;
+}
+
 /* ---- signed sums: a real matrix times a +-1 matrix (the backward products of training) --------------
  *
  * c = a @ s for real a ([m][k], any strides) and s ([k][n], each +1 or -1), as the float32 sums of subset-sum
@@ -1090,6 +1110,14 @@ int pack_signs(const void *v, int64_t rows, int64_t n, int int8, uint64_t *bits,
                  0, 0, 0, 0};
     run(pack_worker, job, worker_count(threads, rows), NULL, 0);
     return bad ? 2 : 0;
+}
+
+/* The signs of the `count` floats w as int8 into signs: -1 below 0, else +1 (0, -0.0 and NaN: +1). Returns 0. */
+int int8_signs(const float *w, int64_t count, int8_t *signs, int threads) {
+    if (count == 0) return 0;
+    job_t job = {w, NULL, 0, count, count, 0, NULL, NULL, signs, 0, count, NULL, 0, NULL, NULL, NULL, NULL, 0, 0, 0, 0};
+    run(int8_signs_worker, job, worker_count(threads, count), NULL, 0);
+    return 0;
 }
 
 /* The sign codes of the +-1 rows v ([k][n], float, or int8 when `int8`) into codes (uint8 [ceil(k/5)][n]), for

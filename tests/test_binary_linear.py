@@ -271,8 +271,10 @@ def test_a_training_step_writes_only_the_sign_buffers_it_uses_in_one_pass(precis
     from bnn import sign_buffers
 
     passes = []
-    write = sign_buffers._compiled_signs_into
+    write, native_write = sign_buffers._compiled_signs_into, sign_buffers._native_int8_signs_into
     monkeypatch.setattr(sign_buffers, "_compiled_signs_into", lambda w, outs: passes.append(len(outs)) or write(w, outs))
+    monkeypatch.setattr(sign_buffers, "_native_int8_signs_into",
+                        lambda w, outs: native_write(w, outs) and not passes.append(len(outs)))
     torch.manual_seed(4)
     layer = bnn.BinaryLinear(IN, OUT, precision=precision)
     x = torch.randn(8, IN).sign().requires_grad_()
@@ -451,6 +453,32 @@ def test_packed_signs_are_pack_bits_and_a_value_not_plus_or_minus_one_is_refused
                         y8 = x.to(torch.int8)
                         y8[row, column] = value
                         assert native.pack_signs(lib, y8, threads=2) is None, (rows, n, value, row, column)
+
+
+@pytest.mark.parametrize("flags", [(), ("-DPACKED_PORTABLE",)], ids=["default", "portable-c"])
+def test_native_int8_signs_are_binary_sign_at_every_size_and_thread_count(flags, monkeypatch):
+    """The int8 sign pass of the sign buffers: 16 floats a vector compare with AVX-512, the rest one by one; 0, -0.0
+    and NaN are +1 as binary_sign gives them on CPUs."""
+    lib = _native_build(flags)
+    monkeypatch.setattr(native, "MIN_WORK_PER_THREAD", 1)  # several threads even for these sizes
+    special = torch.tensor([0.0, -0.0, float("nan"), float("inf"), -float("inf"), -1e-45, 1e-45, -1e-30])
+    g = torch.Generator().manual_seed(5)
+    for n in [1, 8, 15, 16, 17, 64, 65, 1000, 4099]:
+        w = torch.randn(n, generator=g)
+        w[torch.randint(0, n, (min(n, 8),), generator=g)] = special[: min(n, 8)]
+        expected = binary_sign(w).to(torch.int8)
+        for threads in (1, 2, 3):
+            out = torch.zeros(n, dtype=torch.int8)
+            assert native.int8_signs(lib, w, out, threads=threads) is out and torch.equal(out, expected), (n, threads)
+    weight = torch.randn(7, 9, generator=g)
+    assert torch.equal(native.int8_signs(lib, weight.T, torch.empty(9, 7, dtype=torch.int8)),
+                       binary_sign(weight.T).to(torch.int8))  # a transposed view is read in its own order
+    with pytest.raises(ValueError, match="hidden weight: the output is .* expected a contiguous"):
+        native.int8_signs(lib, weight, torch.empty(9, 7, dtype=torch.int8).T)
+    with pytest.raises(ValueError, match="the output holds 62 entries, the weight 63"):
+        native.int8_signs(lib, weight, torch.empty(62, dtype=torch.int8))
+    with pytest.raises(ValueError, match="hidden weight weight is .* torch.float64"):
+        native.int8_signs(lib, weight.double(), torch.empty(63, dtype=torch.int8))
 
 
 @pytest.mark.parametrize("flags", [(), ("-DPACKED_PORTABLE",)], ids=["default", "portable-c"])
