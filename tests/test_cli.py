@@ -275,8 +275,11 @@ def test_a_file_size_limit_mid_run_names_the_file_and_the_resume_command(tmp_pat
     def limit_file_size():  # 40 KiB: the small files fit, the first checkpoint does not
         resource.setrlimit(resource.RLIMIT_FSIZE, (40 * 1024, resource.RLIM_INFINITY))
 
+    from metaspike.optim import FUSED_MIN_NUMEL
+
+    assert 784 * 32 < FUSED_MIN_NUMEL  # nothing is compiled, which the file-size limit would also stop
     done = subprocess.run([sys.executable, "-m", "metaspike", "train", "--dataset", "digits", "--tasks", "2",
-                           "--epochs", "1", "--hidden", "64", "--quiet", "--out", str(tmp_path)],
+                           "--epochs", "1", "--hidden", "32", "--quiet", "--out", str(tmp_path)],
                           capture_output=True, text=True, preexec_fn=limit_file_size)
     run = next(tmp_path.iterdir())
     assert done.returncode == 2, done.stderr
