@@ -582,8 +582,9 @@ class MetaplasticAdam(HookedAgainWhenCopied, Optimizer):
 def check_before_step(optimizer: Optimizer) -> None:
     """Raise what the next step of a metaplastic optimizer would raise about its settings, before anything changes:
     :meth:`MetaplasticAdam.check_step`, or for an optimizer :func:`metaplastic` hooked, its groups' ``meta`` and
-    ``rule`` (its own settings are its own to check); nothing for other optimizers. What a
-    :class:`~metaspike.ChainedOptimizer` checks before it steps any of its optimizers.
+    ``rule`` and that each group still has every setting of the optimizer's ``defaults`` (whose values are the
+    optimizer's own to check; a deleted one stopped its step at a bare ``KeyError``); nothing for other optimizers.
+    What a :class:`~metaspike.ChainedOptimizer` checks before it steps any of its optimizers.
 
     Example:
         >>> sgd = metaplastic(torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1), meta=1.0)
@@ -599,6 +600,7 @@ def check_before_step(optimizer: Optimizer) -> None:
     if not getattr(optimizer, "_metaspike_hooked", False):
         return
     for group in optimizer.param_groups:
+        check_keys_kept(group, optimizer.defaults)
         _check_edited_consolidation(group)
         _check_consolidated_real(group, f"metaplastic({type(optimizer).__name__})")
 
@@ -638,8 +640,8 @@ def _adam_step_(param: Tensor, state: dict[str, Any], group: dict[str, Any], rul
     beta1, beta2 = group["betas"]
     rule_state = state_from_dict(rule, param, state.get("rule_state")) if rule is not None else None
     # (the compiled loop sees the tensors in their own shapes, as the eager one does: a rule of the user's own that
-    # reduces over a dimension saw one flat vector there, and damped otherwise from FUSED_MIN_NUMEL weights on; dynamic shapes
-    # keep one compiled variant for every size of a number of dimensions)
+    # reduces over a dimension saw one flat vector there, and damped otherwise from FUSED_MIN_NUMEL weights on;
+    # dynamic shapes keep one compiled variant for every size of a number of dimensions)
     tensors = _real_views(param, param.grad, state["exp_avg"], state["exp_avg_sq"])
     with user_rule_errors(rule, param) if rule is not None else contextlib.nullcontext():
         new_state = (update or _adam_update_)(

@@ -389,11 +389,13 @@ def test_a_meta_edited_out_of_range_after_construction_is_refused_before_the_ste
     assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
 
 
-@pytest.mark.parametrize("kind, key", [("hooked", "meta"), ("hooked", "rule"), ("adam", "meta"), ("adam", "lr"),
+@pytest.mark.parametrize("kind, key", [("hooked", "meta"), ("hooked", "rule"), ("hooked", "lr"), ("hooked", "momentum"),
+                                       ("hooked", "foreach"), ("adam", "meta"), ("adam", "lr"),
                                        ("bimu", "lr"), ("mesu", "N"), ("mesu", "lr")])
 def test_a_setting_deleted_from_a_param_group_is_named_before_the_step(kind, key):
     """A group's key deleted by a hand stopped the step at a bare KeyError (or, for a hooked optimizer's meta, left
-    the check to skip the group); the step names the key and changes nothing."""
+    the check to skip the group; for its own settings, torch's KeyError from inside its step); the step names the key
+    and changes nothing."""
     net = nn.Sequential(nn.Linear(4, 3))
     if kind in ("bimu", "mesu"):
         metaspike.bayesianize(net, kind)
