@@ -237,15 +237,21 @@ def make_contestants(hidden: int, meta: float, seed: int, device: torch.device) 
 
 
 def products_used(model: nn.Module, x: Tensor) -> list[str]:
-    """``"<in>x<out>: <product>"`` for each binary layer of ``model``, as a training step on ``x`` computes it, the
-    library of each of its float32 products, for a layer of ±1 inputs which exact products equal the float32 one
-    bit for bit (all of them, or the run stops), and its backward products."""
+    """``"<in>x<out>: <product>"`` for each binary layer of ``model``, as a training step on ``x`` computes it, for a
+    layer of ±1 inputs which exact products equal the float32 one bit for bit (all of them, or the run stops), and its
+    backward products; each float32 product names its library (``"float32 by oneDNN"``, see
+    :mod:`bnn.float32_products`)."""
     seen: list[str] = []
 
     def record(layer: nn.Module, args: tuple[Tensor, ...]) -> None:
+        library = float32_library(args[0].device)
+
+        def named(kind: str) -> str:
+            return f"{kind} by {library}" if kind == "float32" else kind
+
         used = product_used(args[0], layer)
-        backward = ", ".join(f"{name} {kind}" for name, kind in backward_products_used(args[0], layer).items())
-        seen.append(f"{layer.in_features}x{layer.out_features}: {used}{float32_libraries(args[0], used)}"
+        backward = ", ".join(f"{name} {named(kind)}" for name, kind in backward_products_used(args[0], layer).items())
+        seen.append(f"{layer.in_features}x{layer.out_features}: {named(used)}"
                     f"{exact_products(layer, args[0])}{f' (backward: {backward})' if backward else ''}")
 
     hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, bnn.BinaryLinear)]
@@ -255,13 +261,6 @@ def products_used(model: nn.Module, x: Tensor) -> list[str]:
         for hook in hooks:
             hook.remove()
     return seen
-
-
-def float32_libraries(x: Tensor, used: str) -> str:
-    """``" [float32 by oneDNN]"``: which library computes the float32 products of a layer on ``x`` in a training step
-    (its forward product where ``used`` is ``"float32"``, and its backward ones; see :mod:`bnn.float32_products`);
-    ``""`` for a layer on ``F.linear``."""
-    return "" if used == "F.linear" else f" [float32 by {float32_library(x.device)}]"
 
 
 def exact_products(layer: nn.Module, x: Tensor) -> str:
