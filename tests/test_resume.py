@@ -1043,6 +1043,27 @@ def test_a_logged_run_refuses_a_rule_its_checkpoints_cannot_hold_before_training
     assert trainer.fit(scenario).matrix  # (without a log nothing has to be saved: it runs)
 
 
+def test_a_logged_run_refusing_another_setting_gives_no_rule_hint(tmp_path):
+    """The hint about rule objects is given where a group's rule is one a checkpoint cannot hold, told from the rules
+    themselves: read from the error's text, it was given for any unloadable value under a key named 'rule'."""
+    import numpy as np
+
+    from bnn import MLP
+    from metaspike.continual import ContinualTrainer, RunDirectory, TrainerConfig, make_scenario
+    from metaspike.optim import MetaplasticAdam
+
+    def make_optimizer(model):
+        optimizer = MetaplasticAdam(model.parameters(), lr=0.01, meta=1.0)
+        optimizer.param_groups[0]["note"] = {"rule": np.zeros(1)}  # a setting of the user's own no checkpoint holds
+        return optimizer
+
+    trainer = ContinualTrainer(MLP([784, 16, 10]), make_optimizer, TrainerConfig(epochs=1), progress=False)
+    scenario = make_scenario("permuted", ["digits"], tasks=1, seed=1)
+    with pytest.raises(ValueError, match=r"^make_optimizer: .*\['note'\]\['rule'\] is a numpy.ndarray") as refused:
+        trainer.fit(scenario, log=RunDirectory.create(tmp_path, "run", {}))
+    assert "register_rule" not in str(refused.value)
+
+
 def test_a_logged_run_with_a_chained_optimizer_starts(tmp_path):
     """The check above read state_dict()["param_groups"], which a ChainedOptimizer's state dict (BiMU with Adam for
     the plain parameters, what every spiking BiMU model trains with) does not have: every such logged run failed

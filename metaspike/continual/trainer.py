@@ -268,9 +268,23 @@ def _refuse_settings_no_checkpoint_holds(optimizer: Optimizer) -> None:
     try:
         check_loadable(optimizer.state_dict(), "the optimizer's state_dict()")  # (before a step: its settings)
     except ValueError as err:
-        rules = ("; a rule object of your own needs @dataclass fields and register_rule" if "['rule']" in str(err)
-                 else "")
+        rules = "; a rule object of your own needs @dataclass fields and register_rule" if _holds_unloadable_rule(
+            optimizer) else ""
         raise ValueError(f"make_optimizer: {err}{rules}") from None
+
+
+def _holds_unloadable_rule(optimizer: Optimizer) -> bool:
+    """Whether a param group of ``optimizer`` holds a rule object that a checkpoint cannot hold (told by checking the
+    rules themselves, not by reading the error's text)."""
+    for group in getattr(optimizer, "param_groups", ()):
+        rule = group.get("rule")
+        if rule is None or isinstance(rule, str):
+            continue
+        try:
+            check_loadable(rule, "rule")
+        except ValueError:
+            return True
+    return False
 
 
 class _Progress:
