@@ -632,7 +632,7 @@ def int8_signs(lib: ctypes.CDLL, weight: Tensor, out: Tensor, label: str = "hidd
     """
     weight = check_tensor(label, "weight", weight, (None,) * weight.dim() if isinstance(weight, Tensor) else (None,),
                           torch.float32)
-    out = _writable_output(label, out, tuple(out.shape), torch.int8)
+    out = _writable_output(label, out, tuple(getattr(out, "shape", ())), torch.int8)
     if out.numel() != weight.numel():
         raise ValueError(f"{label}: the output holds {out.numel()} entries, the weight {weight.numel()}")
     lib.int8_signs(weight.data_ptr(), weight.numel(), out.data_ptr(), _threads(threads, weight.numel() // 4))

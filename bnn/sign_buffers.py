@@ -79,7 +79,7 @@ def _int8_signs_into(weight: Tensor, out: Tensor) -> Tensor:
 def _native_int8_signs_into(weight: Tensor, outs: list[Tensor]) -> bool:
     """Writes the signs of a float32 CPU ``weight`` by :func:`bnn.native.int8_signs` where ``outs`` is one int8 buffer
     (what the popcount and lookup products ask for) and the native kernels are built; returns whether it did. One pass
-    that reads the weight once, where the eager pass made three (784 x 1024: 0.38 ms for its first against 0.07 ms, one
+    that reads the weight once, where the eager pass made three (784 x 1024: 0.38 ms for its first against 0.05 ms, one
     thread, AMD EPYC Zen 4) and the compiled one costs a compiled call besides."""
     if (len(outs) != 1 or outs[0].dtype != torch.int8 or weight.dtype != torch.float32 or weight.device.type != "cpu"
             or torch.compiler.is_compiling()):

@@ -477,6 +477,8 @@ def test_native_int8_signs_are_binary_sign_at_every_size_and_thread_count(flags,
                        binary_sign(weight.T).to(torch.int8))  # a transposed view is read in its own order
     with pytest.raises(ValueError, match="hidden weight: the output is .* expected a contiguous"):
         native.int8_signs(lib, weight, torch.empty(9, 7, dtype=torch.int8).T)
+    with pytest.raises(ValueError, match="hidden weight: the output is list, expected a contiguous"):
+        native.int8_signs(lib, weight, [0] * 63)
     with pytest.raises(ValueError, match="the output holds 62 entries, the weight 63"):
         native.int8_signs(lib, weight, torch.empty(62, dtype=torch.int8))
     with pytest.raises(ValueError, match="hidden weight weight is .* torch.float64"):
