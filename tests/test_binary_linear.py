@@ -123,6 +123,16 @@ def test_is_binary_input_reads_every_row_not_only_the_first(row, expected):
     assert fast.is_binary_input(x[:0]) is True and fast.is_binary_input(torch.tensor(-1.0)) is True
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 0.0, 1.0000001, -0.9999999])
+def test_is_binary_input_refuses_any_value_whose_magnitude_is_not_one(value):
+    x = torch.ones(4, 300)
+    x[2, 7] = value
+    assert fast.is_binary_input(x) is False
+    assert fast.is_binary_input(-torch.ones(4, 300, dtype=torch.bfloat16)) is True
+    assert fast.is_binary_input(torch.tensor([-1, 1], dtype=torch.int8)) is True
+    assert fast.is_binary_input(torch.tensor([-128, 1], dtype=torch.int8)) is False  # (abs(-128) overflows to -128)
+
+
 def test_real_valued_input_keeps_the_float32_product(layer):
     x = torch.rand(16, IN)
     assert not fast.is_binary_input(x)

@@ -32,6 +32,36 @@ def test_ste_sign_passes_the_gradient_only_where_abs_x_le_clip_value_as_larq_doe
         ste_sign(y, clip_value=-1)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("clip_value", [1.0, 0.3, 1e-45])
+def test_ste_sign_equals_its_formulas_bit_for_bit_on_nan_inf_signed_zeros_and_the_clip_boundary(dtype, clip_value):
+    """The sign is computed by a clamp and the mask as 0/1 floats (faster than bool masks): the values of
+    ``where(isnan(x), x, binary_sign(x))`` (a NaN stays NaN; its payload is the clamp's), and the bits of
+    ``grad * (|x| <= clip).to(dtype)``, ±0 and NaN payloads included."""
+    nan, inf = float("nan"), float("inf")
+    special = torch.tensor([nan, -0.0, 0.0, 1.0, -1.0, 1.0000001, -1.0000001, inf, -inf, 1e-45, -1e-45, -3.0, 0.3])
+    x = torch.cat([special, 2 * torch.randn(500, generator=torch.Generator().manual_seed(0))]).to(dtype)
+    grad = torch.cat([torch.tensor([1.0, -2.0, inf, nan, 3.0, -4.0, 5.0, nan, -inf, -1.0, 2.0, -0.0, 0.0]),
+                      torch.randn(500, generator=torch.Generator().manual_seed(1))]).to(dtype)
+    leaf = x.clone().requires_grad_()
+    out = ste_sign(leaf, clip_value)
+    out.backward(grad)
+    expected_out = torch.where(torch.isnan(x), x, metaspike.quantizers.binary_sign(x))
+    expected_grad = grad * (x.abs() <= clip_value).to(dtype)
+    bits = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16}[dtype]
+    assert torch.equal(out.isnan(), x.isnan())
+    assert torch.equal(out.detach()[~x.isnan()].view(bits), expected_out[~x.isnan()].view(bits))
+    assert torch.equal(leaf.grad.view(bits), expected_grad.view(bits))
+
+
+def test_ste_sign_builds_a_graph_for_a_second_derivative_and_runs_under_vmap():
+    x = torch.tensor([-0.5, 2.0, 0.25], requires_grad=True)
+    (grad,) = torch.autograd.grad((ste_sign(x) * x).sum(), x, create_graph=True)
+    assert grad.requires_grad and grad.tolist() == [-1.5, 1.0, 1.25]  # sign(x) + x·1[|x| <= 1]
+    per_row = torch.func.vmap(torch.func.grad(lambda row: ste_sign(row).sum()))(torch.tensor([[-0.5, 2.0], [3.0, 0.1]]))
+    assert per_row.tolist() == [[1.0, 0.0], [0.0, 1.0]]
+
+
 @pytest.mark.parametrize("clip_value", [None, 1.0])
 def test_a_compiled_ste_sign_gives_the_eager_value_and_gradient(clip_value, working_compiler):
     """torch 2.11 compiled the sign's in-place steps to a zero gradient: a compiled bnn model learned nothing."""
