@@ -94,6 +94,22 @@ def test_a_transposed_or_broadcast_left_operand_is_read_in_place():
         assert torch.equal(native.signed_sums(lib, a, codes, 70), native.signed_sums(lib, a.contiguous(), codes, 70))
 
 
+def test_a_large_column_strided_left_operand_is_copied_into_rows_with_the_same_sums(monkeypatch):
+    lib = _build(())
+    g = torch.Generator().manual_seed(3)
+    grad = torch.randn(120, 600, generator=g)  # grad.T, as a weight gradient reads it: 72,000 entries
+    signs = torch.randint(0, 2, (120, 33), generator=g).float() * 2 - 1
+    codes = native.sign_codes(lib, signs)
+    copied = []
+    original_contiguous = torch.Tensor.contiguous
+    monkeypatch.setattr(torch.Tensor, "contiguous", lambda t, *args: copied.append(t.shape) or original_contiguous(t))
+    result = native.signed_sums(lib, grad.t(), codes, 33)
+    assert (600, 120) in copied and grad.t().numel() >= native.ROWS_COPY_MIN_NUMEL
+    monkeypatch.undo()
+    expected = torch.from_numpy(numpy_signed_sums(grad.t().numpy(), signs.numpy()))
+    assert torch.equal(result, expected)
+
+
 @pytest.mark.parametrize("flags", BUILDS, ids=BUILD_NAMES)
 def test_a_value_not_plus_or_minus_one_gives_no_codes(flags):
     lib = _build(flags)
