@@ -167,14 +167,24 @@ def layer_type_names(layer_types: type[nn.Module] | Sequence[type[nn.Module]]) -
     return ", ".join(t.__name__ for t in _layer_types(layer_types))
 
 
-def nothing_to_convert(model: nn.Module, action: str, layer_types: type[nn.Module] | Sequence[type[nn.Module]]) -> str:
-    """The message for a call that found no layer to ``action`` in ``model``, saying where the layers of an owner that
-    bypasses their forward pass (:data:`FORWARD_BYPASSING_OWNERS`) were left out.
+def nothing_to_convert(model: nn.Module, action: str, layer_types: type[nn.Module] | Sequence[type[nn.Module]],
+                       exclude: str | Sequence[str] = ()) -> str:
+    """The message for a call that found no layer to ``action`` in ``model``: that ``exclude`` left out every one it
+    has (``""`` names the model itself), or where the layers of an owner that bypasses their forward pass
+    (:data:`FORWARD_BYPASSING_OWNERS`) were left out.
 
     Example:
         >>> nothing_to_convert(nn.MultiheadAttention(4, 1), "binarize", nn.Linear)[:70]
         'MultiheadAttention has no layer to binarize (looked for Linear layers '
+        >>> nothing_to_convert(nn.Sequential(nn.Linear(2, 2)), "binarize", nn.Linear, exclude="0")
+        "exclude='0' leaves Sequential no layer to binarize: it names or holds every one of its 1 Linear layers"
     """
+    names = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+    available = len(select_layers(model, layer_types)) if names else 0
+    if available:
+        whole = " ('' names the model itself)" if "" in names else ""
+        return (f"exclude={exclude!r} leaves {type(model).__name__} no layer to {action}: it names or holds every one "
+                f"of its {available} {layer_type_names(layer_types)} layers{whole}")
     owners = sorted({type(m).__name__ for m in model.modules() if isinstance(m, FORWARD_BYPASSING_OWNERS)})
     note = (f"; the layers inside a {' or '.join(owners)} are left out: it reads their weights without calling them, "
             "so a synapse on them would never be used" if owners else "")

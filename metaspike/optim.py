@@ -232,11 +232,12 @@ _Places = dict[Any, tuple[Tensor, dict[str, Any]]]
 
 def _saved_places(optimizer: Optimizer, groups: list[dict[str, Any]]) -> _Places:
     """Each parameter index that the state dict's ``groups`` list, with the parameter of ``optimizer`` it loads into and
-    its group; nothing where the groups' sizes differ (torch refuses them in its own words)."""
+    its group; nothing where the groups' number or sizes differ (torch refuses them in its own words: the same
+    parameters split into other groups were blamed on a moment's shape, as though from another model)."""
+    if [len(group.get("params", ())) for group in groups] != [len(group["params"]) for group in optimizer.param_groups]:
+        return {}
     saved = [(index, group) for group in groups for index in group.get("params", ())]
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    if len(saved) != len(params):
-        return {}
     return {index: (param, group) for (index, group), param in zip(saved, params)}
 
 

@@ -199,7 +199,7 @@ def binarize(
             attach_output_gain(layer, scale, name)
         attach_synapse(layer, SignWeight())
     if not todo and not any(True for _ in binary_modules(module)):
-        raise ValueError(nothing_to_convert(module, "binarize", layer_types))
+        raise ValueError(nothing_to_convert(module, "binarize", layer_types, exclude))
     warn_float_matrices_left(module, [layer for _, layer in selected], exclude, "binarize", layer_types)
     return module
 

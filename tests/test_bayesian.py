@@ -23,6 +23,7 @@ from metaspike.bayesian import (
     bayesianize,
     bimu_parameters,
     bimu_step,
+    make_bayesian,
     mesu_param_groups,
     mesu_step,
     plain_parameters,
@@ -579,6 +580,27 @@ def test_sampled_conv2d_equals_separate_passes(layer_type):
     for s in range(3):
         expected = F.conv2d(per_sample[s], weights[s], layer.bias, stride=2, padding=1, groups=2)
         torch.testing.assert_close(out[s], expected)
+
+
+@pytest.mark.parametrize("kind", ["mesu", "bimu"])
+@pytest.mark.parametrize("conv, conv_fn, spatial", [(nn.Conv1d, F.conv1d, (11,)), (nn.Conv3d, F.conv3d, (5, 6, 4))])
+def test_sampled_conv1d_and_conv3d_equal_separate_passes(kind, conv, conv_fn, spatial):
+    """bayesianize converts Conv1d and Conv3d layers: sampled_forward runs them on S samples as it runs Conv2d."""
+    torch.manual_seed(0)
+    layer = make_bayesian(conv(4, 6, kernel_size=3, padding=1, groups=2, padding_mode="reflect"), kind, scale=None)
+    x = torch.randn(2, 4, *spatial)
+    torch.manual_seed(1)
+    out = sampled_forward(layer, x, 3)
+    torch.manual_seed(1)
+    weights = sample_weights(layer, 3)
+    padded = F.pad(x, layer._reversed_padding_repeated_twice, mode="reflect")
+    assert out.shape == (3, 2, 6, *spatial)
+    for s in range(3):
+        torch.testing.assert_close(out[s], conv_fn(padded, weights[s], layer.bias, groups=2))
+    per_sample = torch.randn(3, 2, 4, *spatial)
+    assert sampled_forward(layer, per_sample, 3).shape == (3, 2, 6, *spatial)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, C=4, .*\) or \(samples=3, B, C=4, "):
+        sampled_forward(layer, torch.randn(2, 5, *spatial), 3)
 
 
 @pytest.mark.parametrize("layer_type", [BayesianLinear, BinaryBayesianLinear, BayesianConv2d, BinaryBayesianConv2d])

@@ -120,6 +120,16 @@ def test_meta_is_a_param_group_hyperparameter():
     assert changed == ["4.weight"]  # only the second binary layer (index 4 after Flatten, Linear, BN, sign)
 
 
+def test_a_state_dict_of_the_same_parameters_in_other_groups_is_refused_for_its_groups():
+    """Not blamed on a moment's shape "from another model": torch's own words about the groups."""
+    model = metaspike.binarize(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)))
+    saved = MetaplasticAdam(param_groups(model, [1.0, 3.0]), lr=0.01)
+    model(torch.randn(5, 4)).sum().backward()
+    saved.step()
+    with pytest.raises(ValueError, match="different number of parameter groups"):
+        MetaplasticAdam(model.parameters(), meta=3.0).load_state_dict(saved.state_dict())
+
+
 def test_state_dict_round_trip_resumes_exactly():
     a, b = _model(), _model()
     opt_a = MetaplasticAdam(a.parameters(), lr=0.01, meta=2.0)

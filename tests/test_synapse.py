@@ -128,6 +128,17 @@ def test_binarize_excludes_named_layers_and_rejects_models_without_layers():
         binarize(nn.Sequential(nn.Linear(2, 2)), exclude=["7"])
 
 
+@pytest.mark.parametrize("convert", [binarize,
+                                     lambda net, exclude: metaspike.bayesianize(net, "mesu", exclude=exclude)])
+def test_an_exclude_that_leaves_out_every_layer_is_named_as_the_cause(convert):
+    net = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+    with pytest.raises(ValueError, match=r"^exclude=\['0', '2'\] leaves Sequential no layer to .*: it names or holds "
+                                         r"every one of its 2 Linear, Conv1d, Conv2d, Conv3d layers$"):
+        convert(net, exclude=["0", "2"])
+    with pytest.raises(ValueError, match=r"^exclude='' leaves .* layers \('' names the model itself\)$"):
+        convert(net, exclude="")
+
+
 def test_binarize_is_idempotent():
     net = binarize(binarize(nn.Sequential(nn.Linear(3, 3))))
     assert len(hidden_weights(net)) == 1

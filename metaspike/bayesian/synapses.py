@@ -24,7 +24,7 @@ the default, deterministic: ``μ``, resp. ``sign(λ)`` with ``sign(0) = +1``) or
 for a whole spiking time loop, run it inside :func:`metaspike.binarized_once` (as ``SpikingClassifier`` does).
 
 :func:`sample_weights` draws ``S`` weight samples of a layer in one pass and :func:`sampled_forward`
-runs a Linear/Conv2d layer on all of them batched. :func:`mesu_param_groups`,
+runs a Linear or Conv1d/2d/3d layer on all of them batched. :func:`mesu_param_groups`,
 :func:`bimu_parameters` and :func:`plain_parameters` sort a model's parameters for the optimizers
 of :mod:`metaspike.bayesian.optim`.
 """
@@ -670,7 +670,7 @@ def bayesianize(
             check_gain_layer(name, layer)
         todo.append((name, layer))
     if not todo and not any(found == kind for _, _, found, _ in bayesian_modules(model)):
-        raise ValueError(nothing_to_convert(model, "make Bayesian", layer_types))
+        raise ValueError(nothing_to_convert(model, "make Bayesian", layer_types, exclude))
     start, given, default = (("sigma_init", sigma_init, SIGMA_INIT) if kind == "mesu" else
                              ("lambda_init", lambda_init, LAMBDA_INIT))
     if kept and given != default:
@@ -810,13 +810,14 @@ def sample_weights(layer: nn.Module, samples: int) -> Tensor:
 
 
 def sampled_forward(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
-    """Run a Bayesian ``nn.Linear`` or ``nn.Conv2d`` on ``samples`` weight samples, batched.
+    """Run a Bayesian ``nn.Linear`` or ``nn.Conv1d`` / ``Conv2d`` / ``Conv3d`` on ``samples`` weight samples, batched.
 
     The input is either shared by all samples (``(B, in)`` for Linear, ``(B, C, H, W)`` for Conv2d)
     or one per sample, with a leading dimension ``S`` (``(S, B, in)``, ``(S, B, C, H, W)``: the
     output of a previous sampled layer). The output always has the leading ``S``: ``(S, B, out)``
     for Linear (one ``torch.bmm``; at batch size 1 in training, one whose backward sums the samples' weight
-    gradients without writing them), ``(S, B, out, H', W')`` for Conv2d (one grouped convolution). Averaging the
+    gradients without writing them), ``(S, B, out, H', W')`` for Conv2d (one grouped convolution; Conv1d and
+    Conv3d alike, with one or three spatial dimensions). Averaging the
     loss over the flattened ``S·B`` outputs averages the gradients over the samples.
 
     Example:
@@ -873,14 +874,14 @@ def sampled_product(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
             else:
                 out = _samples_times_inputs(weights, x)
         return out if layer.bias is None else out + layer.bias
-    if isinstance(layer, nn.Conv2d):
+    if isinstance(layer, _SAMPLED_CONVS):
         grouped = _grouped_conv_input(layer, x, samples)  # checked before any sample is drawn
         weights = _block_samples(layer, samples)
-        if x.dim() == 4 and _one_weight(weights):
-            one = _sampled_conv2d(layer, x, weights[:1], 1)  # (one sample's grouped input is x itself)
+        if x.dim() == 2 + len(layer.kernel_size) and _one_weight(weights):
+            one = _sampled_conv(layer, x, weights[:1], 1)  # (one sample's grouped input is x itself)
             return one.expand(samples, *one.shape[1:]).contiguous()
-        return _sampled_conv2d(layer, grouped, weights, samples)
-    raise ValueError(f"layer must be an nn.Linear or nn.Conv2d, got {type(layer).__name__}")
+        return _sampled_conv(layer, grouped, weights, samples)
+    raise ValueError(f"layer must be an nn.Linear, nn.Conv1d, nn.Conv2d or nn.Conv3d, got {type(layer).__name__}")
 
 
 def _one_weight(weights: Tensor) -> bool:
@@ -937,17 +938,25 @@ def _samples_times_inputs(weights: Tensor, x: Tensor) -> Tensor:
     return torch.bmm(weights, x.transpose(1, 2)).transpose(1, 2)
 
 
-def _grouped_conv_input(layer: nn.Conv2d, x: Tensor, samples: int) -> Tensor:
-    """The input of :func:`_sampled_conv2d`, ``(B, S·C, H, W)``, from a shared ``(B, C, H, W)`` or a per-sample
-    ``(S, B, C, H, W)`` input."""
-    channels = layer.in_channels
-    if x.dim() not in (4, 5) or x.shape[-3] != channels or (x.dim() == 5 and x.shape[0] != samples):
-        raise ValueError(f"x must have shape (B, C={channels}, H, W) or (samples={samples}, B, C={channels}, H, W), "
-                         f"got {tuple(x.shape)}")
-    return x.repeat(1, samples, 1, 1) if x.dim() == 4 else x.transpose(0, 1).flatten(1, 2)
+_SAMPLED_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}  # by the number of spatial dimensions
 
 
-def _sampled_conv2d(layer: nn.Conv2d, x: Tensor, weights: Tensor, samples: int) -> Tensor:
+def _grouped_conv_input(layer: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: Tensor, samples: int) -> Tensor:
+    """The input of :func:`_sampled_conv`, ``(B, S·C, *spatial)``, from a shared ``(B, C, *spatial)`` or a per-sample
+    ``(S, B, C, *spatial)`` input (``spatial``: the layer's one, two or three dimensions)."""
+    channels, spatial = layer.in_channels, len(layer.kernel_size)  # (layer.weight would draw a sample)
+    names = ", ".join(("L",) if spatial == 1 else ("H", "W") if spatial == 2 else ("D", "H", "W"))
+    if x.dim() not in (2 + spatial, 3 + spatial) or x.shape[-1 - spatial] != channels or (
+            x.dim() == 3 + spatial and x.shape[0] != samples):
+        raise ValueError(f"x must have shape (B, C={channels}, {names}) or (samples={samples}, B, C={channels}, "
+                         f"{names}), got {tuple(x.shape)}")
+    if x.dim() == 2 + spatial:
+        return x.repeat(1, samples, *(1,) * spatial)
+    return x.transpose(0, 1).flatten(1, 2)
+
+
+def _sampled_conv(layer: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: Tensor, weights: Tensor, samples: int) -> Tensor:
     """The ``S`` weight samples of a conv layer as ``S·groups`` groups of one convolution of the grouped input
     ``x`` (:func:`_grouped_conv_input`)."""
     padding: Any = layer.padding
@@ -955,7 +964,7 @@ def _sampled_conv2d(layer: nn.Conv2d, x: Tensor, weights: Tensor, samples: int) 
         x = F.pad(x, layer._reversed_padding_repeated_twice, mode=layer.padding_mode)
         padding = 0
     bias = None if layer.bias is None else layer.bias.repeat(samples)
-    out = F.conv2d(
+    out = _CONV[len(layer.kernel_size)](
         x, weights.flatten(0, 1), bias, layer.stride, padding, layer.dilation, samples * layer.groups
     )
     return out.unflatten(1, (samples, -1)).transpose(0, 1)
