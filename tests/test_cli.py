@@ -359,6 +359,19 @@ def test_an_edited_comparison_plan_is_refused_in_one_line(tmp_path, capsys, fiel
     assert f"{root / 'plan.json'} is not a valid comparison plan" in err and message in err and "\n" not in err, err
 
 
+def test_an_unknown_setting_in_a_comparison_plans_base_is_refused_in_one_line(tmp_path, capsys):
+    from metaspike.app.config import RunConfig
+
+    root = tmp_path / "cmp"
+    root.mkdir()
+    base = {**RunConfig(datasets=("digits",), hidden=(8,)).to_dict(), "hiden": [16]}
+    (root / "plan.json").write_text(json.dumps({"kind": "meta", "base": base, "settings": [[0.0]], "seeds": [1]}))
+    assert main(["compare", "--resume", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"metaspike: error: {root / 'plan.json'} is not a valid comparison plan")
+    assert err.endswith("has unknown settings: 'hiden' (did you mean 'hidden'?))\n") and err.count("\n") == 1
+
+
 @pytest.mark.parametrize("command, name, record, message", [
     ("compare", "plan.json", {"kind": ["meta"], "base": {}, "settings": [[0.0]], "seeds": [1]},
      "is not a valid comparison plan: 'kind' must be one of ['meta', 'neurons']"),

@@ -214,6 +214,9 @@ def test_a_results_folder_from_outside_draws_in_bounded_time_or_is_one_line(tmp_
     ("curves.csv", "global_epoch,t1,t2\n2,80,90\n1,80,90\n", "global_epoch must hold increasing whole numbers in 1..10^9"),
     ("hidden_weights.json", '[{"after_task": 1, "layers": {"0": {"edges": [0, 1], "counts": [-5]}}}]',
      "hidden_weights.json is malformed: snapshot 1, layer '0': 'counts' must be >= 0"),
+    ("hidden_weights.json", '[{"after_task": 1, "layers": {}}, {"after_task": 1, "layers": {}}]',
+     "hidden_weights.json is malformed: snapshot 2: 'after_task' must be greater than the snapshot before's (1), "
+     "found 1"),
     ("config.json", '{"meta": 5.0, "epo', "config.json is not valid JSON"),
     ("config.json", "[1, 2]", "config.json is malformed: expected a JSON object, found list"),
     ("metrics.json", "", "metrics.json is not valid JSON"),

@@ -306,6 +306,8 @@ def test_resume_refuses_flags_that_would_change_the_stored_settings(tmp_path, ca
     ("weight_decay", 10**400, "--weight-decay must be a finite number"),
     ("memory_window", 10**400, "--memory-window must be a number in [100, 3.40282e+38]"),
     ("readout_lambda", 10**400, "--readout-lambda"),
+    # a mistyped setting in a folder stopped before its first checkpoint was dropped without a word
+    ("epoch", 7, "has unknown settings: 'epoch' (did you mean 'epochs'?)"),
 ])
 def test_resume_validates_the_stored_config(tmp_path, capsys, field, value, message):
     run = tmp_path / "r"

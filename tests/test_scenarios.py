@@ -89,7 +89,8 @@ def test_a_class_group_without_samples_in_a_split_is_named_when_the_scenario_is_
     classes = tuple(str(c) for c in range(4))
     train = ArrayDataset("toy", torch.rand(8, 1, 1, 3), torch.tensor([0, 1, 2, 3] * 2), classes)
     test = ArrayDataset("toy", torch.rand(4, 1, 1, 3), torch.tensor([0, 1, 0, 1]), classes)  # no 2 or 3 in the test split
-    with pytest.raises(ValueError, match=r"class group \[2, 3\] has no test samples in toy"):
+    with pytest.raises(ValueError, match=r"class group \[2, 3\] has no test samples in toy: its test split holds only "
+                                         r"the classes \[0, 1\] of 0..3; choose groups"):
         split(train, test, groups=2)
 
 

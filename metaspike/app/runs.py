@@ -7,6 +7,7 @@ cannot interleave, and it is marked complete only after every final file is in p
 
 from __future__ import annotations
 
+import difflib
 import fcntl
 import hashlib
 import json
@@ -15,7 +16,7 @@ import os
 import shutil
 import sys
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -486,6 +487,16 @@ def _scenario_record(scenario: Scenario) -> dict[str, Any]:
     return {"name": scenario.name, **scenario.definition}
 
 
+#: What a run's ``config.json`` records beside its settings: :func:`_record`'s keys (:func:`_arithmetic`'s among them)
+#: and what a reproduction adds through :func:`train_in_folder` (its method). :func:`load_config` refuses any other
+#: key, as the command line refuses an unknown flag: a mistyped setting (``"epoch"``) was dropped without a word.
+RECORDED_BESIDE_SETTINGS = frozenset({
+    DATA_DIGESTS, IMPORT_DIGESTS, "model_description", "task_boundaries_given", "batchnorm_effective",
+    "optimizer_effective", "processes", "versions", "threads", "cpu", "bayesian_optimizer_settings", "method",
+    "scenario_effective",
+})
+
+
 def _record(config: RunConfig, scenario: Scenario) -> dict[str, Any]:
     return {
         **config.to_dict(),
@@ -806,13 +817,14 @@ def load_config(run_dir: str | Path) -> RunConfig:
     path = Path(run_dir) / "config.json"
     record = read_json(path)
     check_rebuilt_by_settings(Path(run_dir), record)
-    return config_from_record(record, path)
+    return config_from_record(record, path, beside=RECORDED_BESIDE_SETTINGS)
 
 
-def config_from_record(stored: Any, path: Path) -> RunConfig:
-    """The :class:`RunConfig` of a JSON record (``RunConfig.to_dict()`` as written to ``path``), validated.
+def config_from_record(stored: Any, path: Path, beside: Collection[str] = ()) -> RunConfig:
+    """The :class:`RunConfig` of a JSON record (``RunConfig.to_dict()`` as written to ``path``, and the keys
+    ``beside`` it), validated.
 
-    Every field is checked as strictly as the command line checks its flag; a missing field, a value
+    Every field is checked as strictly as the command line checks its flag; a missing field, an unknown key, a value
     of the wrong type or out of range gives one ``ValueError`` naming ``path`` and the field.
 
     Example:
@@ -821,6 +833,11 @@ def config_from_record(stored: Any, path: Path) -> RunConfig:
     """
     if not isinstance(stored, dict):
         raise ValueError(f"{path} must hold a JSON object of run settings")
+    unknown = sorted(set(stored) - set(RunConfig.field_names()) - set(beside), key=str)
+    if unknown:
+        near = difflib.get_close_matches(str(unknown[0]), RunConfig.field_names(), n=1)
+        raise ValueError(f"{path} has unknown settings: {', '.join(map(repr, unknown))}"
+                         f"{f' (did you mean {near[0]!r}?)' if near else ''}")
     values: dict[str, Any] = {}
     defaults = RunConfig()
     for key in RunConfig.field_names():

@@ -260,7 +260,8 @@ def check_histograms(data: Any, what: str | Path) -> list[dict[str, Any]]:
     """``data`` if it is a list of ``{"after_task", "layers": {name: {"edges", "counts"[, "shape"], ...}}}`` snapshots
     (what a run writes to ``hidden_weights.json``), else one ``ValueError`` beginning with ``what`` (the file, or the
     checkpoint's list a run goes on writing there): every snapshot has the same layers (none where the model has no
-    weight matrices: a user's model of bare parameters), ``after_task`` is a task number and a layer's other entries
+    weight matrices: a user's model of bare parameters), ``after_task`` is a task number, greater than the snapshot
+    before's (as ``accuracy_matrix.csv``'s rows), and a layer's other entries
     are numbers, texts or ``null`` (a checkpoint's entry that JSON cannot hold would stop the run at its next task's
     end).
 
@@ -282,6 +283,9 @@ def check_histograms(data: Any, what: str | Path) -> list[dict[str, Any]]:
             raise ValueError(f"{where} is not an object with 'after_task' and 'layers'")
         if not is_whole(snapshot["after_task"], 1):
             raise ValueError(f"{where}: 'after_task' must be a task number >= 1")
+        if k > 1 and snapshot["after_task"] <= data[k - 2]["after_task"]:  # (a run takes one snapshot per task)
+            raise ValueError(f"{where}: 'after_task' must be greater than the snapshot before's "
+                             f"({data[k - 2]['after_task']}), found {snapshot['after_task']}")
         if names is not None and list(snapshot["layers"]) != names:
             raise ValueError(f"{where} has layers {listed(list(snapshot['layers']))}, snapshot 1 has {listed(names)}")
         names = list(snapshot["layers"])
