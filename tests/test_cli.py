@@ -192,7 +192,7 @@ def test_bad_input_gets_one_clear_line(args, message, capsys):
 def test_a_run_records_only_the_optimizer_settings_its_model_takes(tmp_path):
     from metaspike.app.config import RunConfig
     from metaspike.app.models import DEFAULT_LR
-    from metaspike.app.runs import config_from_record
+    from metaspike.app.runs import RECORDED_BESIDE_SETTINGS, config_from_record
 
     assert main(["train", *SMALL, "--model", "mlp", "--out", str(tmp_path)]) == 0
     sgd = json.loads((tmp_path / "permuted-digits-mlp-seed1" / "config.json").read_text())
@@ -202,7 +202,7 @@ def test_a_run_records_only_the_optimizer_settings_its_model_takes(tmp_path):
     assert [bayesian[key] for key in ("lr", "weight_decay", "meta", "rule")] == [None] * 4
     # a record written when every run held all four still loads, and says what its model trains with
     old = {**sgd, "meta": [5.0, 30.0], "rule": "tanh", "lr": 0.005}
-    loaded = config_from_record(old, tmp_path / "config.json")
+    loaded = config_from_record(old, tmp_path / "config.json", beside=RECORDED_BESIDE_SETTINGS)
     assert (loaded.lr, loaded.weight_decay, loaded.meta, loaded.rule) == (0.005, 0.0, None, None)
 
 
