@@ -180,7 +180,10 @@ def nothing_to_convert(model: nn.Module, action: str, layer_types: type[nn.Modul
         "exclude='0' leaves Sequential no layer to binarize: it names or holds every one of its 1 Linear layers"
     """
     names = (exclude,) if isinstance(exclude, str) else tuple(exclude)
-    available = len(select_layers(model, layer_types)) if names else 0
+    try:
+        available = len(select_layers(model, layer_types)) if names else 0
+    except ValueError:  # (an excluded layer that selection refuses: a lazy one, say; the plain message then)
+        available = 0
     if available:
         whole = " ('' names the model itself)" if "" in names else ""
         return (f"exclude={exclude!r} leaves {type(model).__name__} no layer to {action}: it names or holds every one "

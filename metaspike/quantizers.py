@@ -69,7 +69,7 @@ def _straight_through(grad: Tensor, x: Tensor, clip_value: float) -> Tensor:
     ``out=`` tensor cannot take batched values, the mask is made as a bool tensor and converted."""
     if function_transforms.in_function_transform():
         return grad * (x.abs() <= clip_value).to(grad.dtype)
-    mask = torch.empty(x.shape, dtype=grad.dtype, device=x.device)
+    mask = torch.empty_like(x, dtype=grad.dtype)  # (x's layout, as grad * mask takes it)
     return torch.le(x.detach().abs(), clip_value, out=mask).mul_(grad)
 
 

@@ -54,6 +54,13 @@ def test_ste_sign_equals_its_formulas_bit_for_bit_on_nan_inf_signed_zeros_and_th
     assert torch.equal(leaf.grad.view(bits), expected_grad.view(bits))
 
 
+def test_ste_sign_gives_a_channels_last_activation_a_channels_last_gradient():
+    x = torch.randn(2, 3, 4, 4).to(memory_format=torch.channels_last).requires_grad_()
+    ste_sign(x).sum().backward()
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(x.grad, (x.detach().abs() <= 1).float())
+
+
 def test_ste_sign_builds_a_graph_for_a_second_derivative_and_runs_under_vmap():
     x = torch.tensor([-0.5, 2.0, 0.25], requires_grad=True)
     (grad,) = torch.autograd.grad((ste_sign(x) * x).sum(), x, create_graph=True)
