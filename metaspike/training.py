@@ -83,13 +83,16 @@ class Plugin:
 
 _OUTPUT_SHAPES = "[B, classes] (or [S, B, classes]: S weight samples of a Bayesian network)"
 _REDUCED_OVER_TIME = "a spiking model returns its output reduced over time (metaspike.snn.SpikingClassifier does that)"
+#: Samples of the trial forward pass of :func:`check_inputs`: three, so that an output ``[B, 2, C]`` is not read as
+#: two weight samples of a batch of two (it failed inside torch at the first evaluation).
+_PROBED = 3
 
 
 def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str = "input",
                  classes: Sequence[int] | None = None) -> None:
     """Reject data that cannot train ``model``, with one clear message.
 
-    Checks dtype, NaN/inf, matching lengths and that a forward pass on two samples works (the
+    Checks dtype, NaN/inf, matching lengths and that a forward pass on three samples works (the
     message names the input shape and what the model expected, or, for an error raised in a user's own code, its
     module, file and line (:func:`_trial_failure`); its random draws, a Bayesian model's weight samples,
     come from copies of torch's generators: :func:`random_numbers_apart`), and that the labels are among the
@@ -121,7 +124,7 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
     try:
         with torch.no_grad(), random_numbers_apart(x.device):  # (a model that samples its weights: training's numbers
             model.eval()                                          # do not depend on the check)
-            out = model(x[:2])
+            out = model(x[:_PROBED])
     except Exception as err:
         if allocation_failure(err) or isinstance(err, ModelError):  # memory, or the model itself: not the samples'
             raise
@@ -134,7 +137,9 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
     if not isinstance(out, Tensor) or out.dim() not in (2, 3):
         got = f"a {type(out).__name__}" if not isinstance(out, Tensor) else f"shape {list(out.shape)}"
         raise ValueError(f"the model must return logits {_OUTPUT_SHAPES}, got {got}; {_REDUCED_OVER_TIME}")
-    probed = min(len(x), 2)
+    if not out.is_floating_point():  # (integer scores failed inside torch's log_softmax)
+        raise ValueError(f"the model must return floating-point logits {_OUTPUT_SHAPES}, got dtype {out.dtype}")
+    probed = min(len(x), _PROBED)
     if out.shape[-2] != probed:
         raise ValueError(f"the model returns {list(out.shape)} for {probed} samples of {what}: its outputs must be "
                          f"{_OUTPUT_SHAPES}, the batch second to last; {_REDUCED_OVER_TIME}")

@@ -174,6 +174,31 @@ def test_resume_from_python_refuses_other_data_under_the_same_names():
     assert trainer().fit(split(*data(0), groups=2), resume=first_task).matrix  # (its own data: resumed)
 
 
+def test_resume_from_python_refuses_data_changed_in_a_column_that_evenly_spaced_values_step_over():
+    """1408 x 64 values: a fingerprint of 4096 evenly spaced ones reads every 22nd, never feature 1 of any sample."""
+    from metaspike.continual import ContinualTrainer, TrainerConfig, sequence
+    from metaspike.data import ArrayDataset
+
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.rand(1408, 64, generator=generator), torch.arange(1408) % 4
+    test = ArrayDataset.from_tensors(torch.rand(200, 64, generator=generator), torch.arange(200) % 4, "d")
+
+    def fit(samples, **kwargs):
+        torch.manual_seed(0)
+        trainer = ContinualTrainer(torch.nn.Linear(64, 4), lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
+                                   TrainerConfig(epochs=2, batch_size=128), progress=False)
+        return trainer.fit(sequence([(ArrayDataset.from_tensors(samples, y, "d"), test)] * 2), **kwargs)
+
+    log = KeepCheckpoints()
+    fit(x, log=log)
+    second_epoch = torch.load(io.BytesIO(log.saved[1]), weights_only=True)
+    changed = x.clone()
+    changed[:, 1] = 0.0
+    with pytest.raises(ValueError, match="the checkpoint was written by a run on other data"):
+        fit(changed, resume=second_epoch)
+    assert fit(x, resume=second_epoch).matrix  # (its own data: resumed)
+
+
 def test_resume_from_python_refuses_another_middle_task_or_other_task_classes():
     """Only the first and last task's data were fingerprinted, and a task's classes only under a growing head: a
     resume with another middle task (same name), or with every task's outputs restricted, mixed two experiments."""

@@ -352,7 +352,7 @@ def test_a_model_returning_a_tuple_is_one_line_and_time_steps_read_as_samples_ar
         check_inputs(OverTime(), torch.rand(6, 4), torch.zeros(6, dtype=torch.long))
     first = torch.nn.Sequential()
     first.forward = lambda x: OverTime()(x)[0]
-    with pytest.warns(UserWarning, match=r"returns \[5, 2, 3\] outputs, read as 5 weight samples .* no Bayesian synapses"):
+    with pytest.warns(UserWarning, match=r"returns \[5, 3, 3\] outputs, read as 5 weight samples .* no Bayesian synapses"):
         check_inputs(first, torch.rand(6, 4), torch.zeros(6, dtype=torch.long))
 
 
@@ -516,8 +516,33 @@ def test_a_model_whose_outputs_put_the_batch_elsewhere_is_one_line(scenario):
 
     trainer = ContinualTrainer(TimeSecond(), lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
                                TrainerConfig(epochs=1, batch_size=20), progress=False)
-    with pytest.raises(ValueError, match=r"^the model returns \[2, 5, 10\] for 2 samples of .* the batch second to last"):
+    with pytest.raises(ValueError, match=r"^the model returns \[3, 5, 10\] for 3 samples of .* the batch second to last"):
         trainer.fit(scenario)
+
+
+@pytest.mark.parametrize("output, message", [
+    (lambda logits: logits.unflatten(1, (2, 5)), r"^the model returns \[3, 2, 5\] for 3 samples of .* the batch second to "
+                                                 "last"),  # (not 2 weight samples of a batch of 2)
+    (lambda logits: logits.round().long(), r"^the model must return floating-point logits .*, got dtype torch.int64$"),
+])
+def test_an_output_that_is_no_batch_of_logits_is_named_before_training(output, message):
+    from metaspike.continual import ContinualTrainer, TrainerConfig, permuted
+    from metaspike.data import ArrayDataset
+
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(64, 10)
+
+        def forward(self, x):
+            return output(self.linear(x))
+
+    train = ArrayDataset.from_tensors(torch.rand(100, 64), torch.arange(100) % 5, "d")
+    test = ArrayDataset.from_tensors(torch.rand(40, 64), torch.arange(40) % 5, "d")
+    trainer = ContinualTrainer(Odd(), lambda m: torch.optim.SGD(m.parameters(), lr=0.1), TrainerConfig(epochs=1),
+                               progress=False)
+    with pytest.raises(ValueError, match=message):
+        trainer.fit(permuted(train, test, 2))
 
 
 @pytest.mark.parametrize("name", ["loss", "epoch", "after_task"])

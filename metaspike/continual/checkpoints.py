@@ -43,7 +43,8 @@ def check_same_run(stored: Any, current: dict[str, Any]) -> None:
     if stored.get("scenario") != current["scenario"]:
         raise ValueError("the checkpoint was written by a run on another scenario (its name, definition or tasks "
                          "differ: another seed, dataset or number of tasks?); resume it on the scenario it was made on")
-    if "data" in stored and stored["data"] != current["data"]:  # (checkpoints written before it was kept pass)
+    # (checkpoints written before a fingerprint was kept pass its check)
+    if any(key in stored and stored[key] != current[key] for key in ("data", "data_sums")):
         raise ValueError("the checkpoint was written by a run on other data (its tasks' samples or labels differ, "
                          "under the same names and definition); resume it on the data it was made on")
     differ = [f"{key} {stored['settings'].get(key)!r} there, {value!r} here"

@@ -357,30 +357,54 @@ def run_identity(scenario: Scenario, config: TrainerConfig) -> dict[str, Any]:
         described.append([None if t.classes is None else list(t.classes) for t in scenario.tasks])
     described_text = json.dumps(described, sort_keys=True, default=repr)
     return {"scenario": hashlib.sha256(described_text.encode()).hexdigest(), "data": _data_fingerprint(scenario),
-            "settings": {key: getattr(config, key) for key in RESULT_SETTINGS}}
+            "data_sums": _data_sums(scenario), "settings": {key: getattr(config, key) for key in RESULT_SETTINGS}}
 
 
 #: Values of each tensor a data fingerprint reads, evenly spaced (the whole tensor where it holds fewer).
 _FINGERPRINT_VALUES = 4096
+#: The integer dtype whose view of a tensor's bits :func:`_data_sums` adds up, by the size of an element.
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def _data_fingerprint(scenario: Scenario) -> str:
-    """A SHA-256 of the data of every task of the scenario and of its evaluated tasks (training and test samples and
-    labels: shapes, dtypes and :data:`_FINGERPRINT_VALUES` evenly spaced values of each), so that a run resumed on
-    other data under the same names and definition (a user's own tensors, any task of them) is refused; a stream made
-    as it is reached reads its first task only (its definition fixes the others, and reading them would make them)."""
+def _fingerprinted_parts(scenario: Scenario) -> list[Any]:
+    """The datasets a data fingerprint reads: the training and test sets of every task and the test sets of the
+    evaluated tasks, each once; of a stream made as it is reached, its first task only (its definition fixes the
+    others, and reading them would make them)."""
     if made_when_reached(scenario.tasks):
         parts = [scenario.tasks[0].train, scenario.tasks[0].test]
     else:
         parts = [part for task in scenario.tasks for part in (task.train, task.test)]
         parts += [] if made_when_reached(scenario.eval_tasks) else [task.test for task in scenario.eval_tasks]
+    return list({id(part): part for part in parts}.values())  # (a task evaluated as trained is read once)
+
+
+def _data_fingerprint(scenario: Scenario) -> str:
+    """A SHA-256 of the data of the scenario (:func:`_fingerprinted_parts`: samples and labels, their shapes, dtypes
+    and :data:`_FINGERPRINT_VALUES` evenly spaced values of each), so that a run resumed on other data under the same
+    names and definition (a user's own tensors, any task of them) is refused. :func:`_data_sums` reads every value."""
     digest = hashlib.sha256()
-    for data in {id(part): part for part in parts}.values():  # (a task evaluated as trained is read once)
+    for data in _fingerprinted_parts(scenario):
         for tensor in (data.x, data.y):
             flat = tensor.detach().reshape(-1)
             digest.update(repr((tuple(tensor.shape), str(tensor.dtype))).encode())
             spaced = flat[:: max(1, flat.numel() // _FINGERPRINT_VALUES)].contiguous().cpu()
             digest.update(spaced.view(torch.uint8).numpy().tobytes())  # (as bytes: numpy has no bfloat16)
+    return digest.hexdigest()
+
+
+def _data_sums(scenario: Scenario) -> str:
+    """A SHA-256 of every value of the scenario's data (:func:`_fingerprinted_parts`): the labels as they are, and of
+    the samples the sums of their bits (read as integers) over each sample and over each feature. The evenly spaced
+    values of :func:`_data_fingerprint` missed a feature changed in every sample where the spacing stepped over its
+    column. Integer sums are exact in any order, so the same data gives the same sums on any number of threads (0.5 s
+    for 10 permuted tasks of 70,000 images of 784 pixels, one thread of an AMD EPYC Zen 4)."""
+    digest = hashlib.sha256()
+    for data in _fingerprinted_parts(scenario):
+        digest.update(data.y.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+        x = data.x.detach()
+        bits = x.contiguous().view(_BITS[x.element_size()]).reshape(x.shape[0], math.prod(x.shape[1:]))
+        for sums in (bits.sum(0, dtype=torch.int64), bits.sum(1, dtype=torch.int64)):
+            digest.update(sums.cpu().numpy().tobytes())
     return digest.hexdigest()
 
 
