@@ -13,7 +13,8 @@ weights, with the same results (the product bit for bit; gradients up to float32
     once per rewrite, the input at every call. It needs neither int8 nor bfloat16 instructions, which CPUs with
     AVX2 only lack (there torch emulates both, and float32 was the only fast product);
   - ``"int8"``: ``torch._int_mm`` with int32 sums (exact for ``k < 2**31``); on CUDA it needs more
-    than 16 rows and both other sizes multiples of 8 (:func:`product_kinds` leaves it out otherwise);
+    than 16 rows and both other sizes multiples of 8, on CPUs a fan-in above 1 (torch 2.13 returned unset memory
+    for ``k = 1``; :func:`product_kinds` leaves it out otherwise);
   - ``"bfloat16"``: ±1 is exact in bfloat16 and the sums are exact in float32 below ``2**24``. Where
     the device can return a bfloat16 product in float32 (CUDA) it is exact for ``k < 2**24``;
     where it rounds the product to bfloat16 (CPUs in torch 2.13) only for ``k <= 256``, the largest
@@ -170,7 +171,8 @@ def product_kinds(device: torch.device | str, m: int, k: int, n: int) -> list[st
     kinds = []
     if device.type == "cpu" and k < 2**24 and native.kernels() is not None:
         kinds.append("popcount")
-    int8_fits = device.type != "cuda" or (m > 16 and k % 8 == 0 and n % 8 == 0)
+    # (torch 2.13's CPU _int_mm returns unset memory for a fan-in of 1: values near 1e9, changing from call to call)
+    int8_fits = (m > 16 and k % 8 == 0 and n % 8 == 0) if device.type == "cuda" else k > 1
     if int8_fits and k < 2**31 and hasattr(torch, "_int_mm"):
         kinds.append("int8")
     if k <= (2**24 - 1 if _float32_out_of_bf16(device.type) else _BF16_EXACT_ROUNDED):

@@ -61,6 +61,16 @@ def test_bfloat16_is_offered_only_where_it_is_exact():
     assert ("bfloat16" in fast.product_kinds("cpu", 64, 257, 64)) == fast._float32_out_of_bf16("cpu")
 
 
+def test_a_fan_in_of_one_is_never_given_to_the_cpus_int8_product_and_stays_exact():
+    """torch 2.13's CPU _int_mm returned unset memory for k = 1; every other exact product is right there."""
+    assert "int8" not in fast.product_kinds("cpu", 3, 1, 1 << 18) and "int8" in fast.product_kinds("cpu", 3, 2, 64)
+    layer = bnn.BinaryLinear(1, 1 << 18)
+    x = torch.tensor([[1.0], [-1.0], [1.0]])
+    with torch.no_grad():
+        for _ in range(3):
+            assert torch.equal(layer(x), x @ layer.signs().T)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
 def test_int8_on_cuda_only_for_the_shapes_torch_int_mm_accepts():
     assert "int8" in fast.product_kinds("cuda", 17, 64, 64)
