@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -71,7 +72,17 @@ def _check_input(model: nn.Module, x: Tensor, shape: tuple[int, ...], flat: bool
                          "and predict in model.eval() mode, or give batches of 2 or more")
 
 
-class MLP(nn.Sequential):
+class _SlicesAsSequential(nn.Sequential):
+    """An ``nn.Sequential`` whose slice (``model[:3]``) is a plain ``nn.Sequential`` of those layers: torch rebuilds a
+    slice with the model's own class from the layers, which a model built from its sizes cannot take."""
+
+    def __getitem__(self, index: int | slice) -> nn.Module:
+        if isinstance(index, slice):
+            return nn.Sequential(OrderedDict(list(self._modules.items())[index]))
+        return super().__getitem__(index)
+
+
+class MLP(_SlicesAsSequential):
     """Fully connected BNN of Laborieux et al. 2021 (e.g. ``MLP([784, 1024, 1024, 10])``).
 
     Each layer is a bias-free :class:`BinaryLinear` followed by
@@ -134,7 +145,7 @@ def _check_weights_fit(what: str, weights: int) -> None:
                          f"the {memory / 2**30:.0f} GiB this process may use")
 
 
-class ConvNet(nn.Sequential):
+class ConvNet(_SlicesAsSequential):
     """Small convolutional BNN: ``[BinaryConv2d 3x3 → BatchNorm2d → MaxPool 2 → sign]`` per entry of
     ``channels``, then a binary classifier ``[hidden → classes]`` with BatchNorm1d.
 

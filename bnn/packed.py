@@ -824,8 +824,8 @@ def pack(model: nn.Module, compile: bool = True) -> PackedMLP:
         ValueError: ``model`` is not an MLP of binary layers with sign activations between them (convolutional
             layers are named first; an MLP that ends with a SignActivation is refused), it or one of its layers has
             a forward of its own (a subclass that overrides it), its BatchNorm layers have no population statistics
-            (:func:`bnn.use_population_statistics`), it holds tensors of a precision below float32 (bfloat16,
-            float16: call ``model.float()``), or it is in training mode (where BatchNorm uses batch
+            (:func:`bnn.use_population_statistics`), it holds tensors of another precision than float32 (bfloat16,
+            float16, float64: call ``model.float()``), or it is in training mode (where BatchNorm uses batch
             statistics, not the ones packed).
 
     Example:
@@ -842,12 +842,12 @@ def pack(model: nn.Module, compile: bool = True) -> PackedMLP:
         raise ValueError(f"compile must be True (the fast kernels) or False (plain torch ops), got {compile!r}")
     model = uncompiled(model)
     pairs = _layers_of(model)
-    low = sorted({str(t.dtype) for t in [*model.parameters(), *model.buffers()]
-                  if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64)})
-    if low:
-        raise ValueError(f"pack takes a float32 or float64 model, got one with {', '.join(low)} tensors: its "
-                         "BatchNorm rounds in that precision, which the packed thresholds (float32) would not "
-                         "reproduce; call model.float() first")
+    other = sorted({str(t.dtype) for t in [*model.parameters(), *model.buffers()]
+                    if t.is_floating_point() and t.dtype != torch.float32})
+    if other:  # (a float64 model's thresholds, found in float32, missed where its BatchNorm rounds across one)
+        raise ValueError(f"pack takes a float32 model, got one with {', '.join(other)} tensors: its BatchNorm rounds "
+                         "in that precision, which the packed thresholds and scores (float32) would not reproduce; "
+                         "call model.float() first")
     warn_if_statistics_outdated(model, "packing")
     if any(module.training for module in model.modules()):
         raise ValueError(

@@ -699,3 +699,15 @@ def test_a_convolutions_geometry_and_a_scales_shape_are_one_line_and_fit_takes_b
     model = torch.nn.Sequential(bnn.BinaryLinear(4, 3), torch.nn.LayerNorm(3, elementwise_affine=False))
     data = (torch.rand(6, 4), torch.randint(0, 3, (6,)))
     assert len(bnn.fit(model, data, epochs=1, batch_size=1, progress=False)) == 1
+
+
+def test_a_slice_of_an_mlp_or_convnet_is_a_sequential_of_its_layers():
+    """torch rebuilds a slice with the model's own class, which an MLP built from its sizes refused in a misleading
+    line ("sizes must list at least 2 positive integer widths ..., got ['0', '1', '2']")."""
+    mlp, conv = bnn.MLP([784, 256, 10]), bnn.ConvNet(channels=(8,), hidden=16)
+    features = mlp[:3]
+    assert type(features) is torch.nn.Sequential and list(features) == list(mlp)[:3]
+    x = torch.rand(4, 784)
+    assert torch.equal(features(x), mlp[2](mlp[1](mlp[0](x))))
+    assert type(conv[:4]) is torch.nn.Sequential and conv[:4](torch.rand(2, 1, 28, 28)).shape == (2, 8, 14, 14)
+    assert isinstance(mlp[1], bnn.BinaryLinear)
