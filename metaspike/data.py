@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from metaspike.allocator import usable_memory
-from metaspike.checks import check_device
+from metaspike.checks import FLOAT32_MAX, check_device
 from metaspike.files import atomic_open, atomic_write_bytes, read_regular_file
 
 __all__ = [
@@ -133,9 +133,9 @@ class ArrayDataset:
                 raise DataError(f"{where}: x contains {bad} non-finite values (NaN or inf)")
             lo, hi = float(self.x.min()), float(self.x.max())
             if lo < 0.0 or hi > 1.0:
-                raise DataError(f"{where}: x values must lie in [0, 1], found [{lo:g}, {hi:g}] (the rate encoder reads "
-                                "them as firing probabilities): scale the data by the training set's range first; "
-                                "to standardize for a model that is not spiking, keep the [0, 1] data here and put "
+                raise DataError(f"{where}: x values must lie in [0, 1], found [{lo:.9g}, {hi:.9g}] (the rate encoder "
+                                "reads them as firing probabilities): scale the data by the training set's range "
+                                "first; to standardize for a model that is not spiking, keep the [0, 1] data here and put "
                                 "metaspike.app.models.Standardize(mean, std) in front of the model")
         if self.y.numel() > 0:
             lo, hi = int(self.y.min()), int(self.y.max())
@@ -171,12 +171,15 @@ class ArrayDataset:
         if x.dtype == torch.uint8:
             x = x.to(torch.float32) / 255
         elif x.dtype == torch.bool or x.is_floating_point():
+            _check_fits_float32(x, where)
             x = x.to(torch.float32, copy=True)
         else:
             raise DataError(f"{where}: x must be floating point, bool or uint8 pixels (0-255), got {x.dtype}; "
                             "scale other integers into [0, 1] first")
         if x.dim() not in (2, 3, 4):
             raise DataError(f"{where}: x must have shape [N, F], [N, H, W] or [N, C, H, W], got {list(x.shape)}")
+        if 0 in x.shape[1:]:
+            raise DataError(f"{where}: x's samples hold no values (shape {list(x.shape)})")
         if y.dim() != 1:
             raise DataError(f"{where}: y must have shape [N], got {list(y.shape)}")
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
@@ -257,6 +260,16 @@ def _check_holds_values(tensor: torch.Tensor, where: str, label: str) -> None:
         raise DataError(f"{where}: {err}") from None
 
 
+def _check_fits_float32(x: torch.Tensor, where: str) -> None:
+    """A DataError where float64 samples ``x``, finite, hold values beyond float32's range, which the dataset stores
+    them in (they were counted as "non-finite values (NaN or inf)", which the user's were not)."""
+    if x.dtype == torch.float64 and x.numel() and bool(torch.isfinite(x).all()):
+        largest = float(x.abs().max())
+        if largest > FLOAT32_MAX:
+            raise DataError(f"{where}: x holds values beyond float32's range (largest magnitude {largest:.6g}), which "
+                            "the dataset stores; x values must lie in [0, 1]")
+
+
 def _negative_labels(where: str, lowest: int) -> DataError:
     """The error for labels below 0 (``lowest`` the smallest)."""
     return DataError(f"{where}: labels are class indices 0..C-1, found {lowest}; number the classes from 0 "
@@ -272,9 +285,18 @@ def _as_tensor(value: object, where: str, label: str) -> torch.Tensor:
         with warnings.catch_warnings():  # (a read-only array, np.load(mmap_mode="r") say: from_tensors copies it next,
             # so nothing ever writes through the tensor torch warns about)
             warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
-            return torch.from_numpy(np.ascontiguousarray(value))  # (negative strides, e.g. np.flip, need a copy)
+            try:
+                return torch.from_numpy(np.ascontiguousarray(value))  # (negative strides, e.g. np.flip, need a copy)
+            except TypeError:  # (numpy's longdouble: torch has no such dtype)
+                raise DataError(f"{where}: {label} is a numpy array of {value.dtype}, which torch cannot hold; convert "
+                                f"it first ({label}.astype(np.float64))") from None
     if not isinstance(value, torch.Tensor):
         raise DataError(f"{where}: x and y must be torch tensors or numpy arrays, got {type(value).__name__} as {label}")
+    if value.is_nested or value.layout != torch.strided:  # (their copies failed inside torch)
+        kind, dense = (("a nested tensor", f"{label}.to_padded_tensor(0.0) pads its samples to one shape")
+                       if value.is_nested else
+                       (f"a {str(value.layout).removeprefix('torch.')} tensor", f"{label}.to_dense()"))
+        raise DataError(f"{where}: {label} must be a dense tensor, got {kind}; make it dense first ({dense})")
     _check_holds_values(value, where, label)
     return value.detach()
 

@@ -585,6 +585,17 @@ def test_own_tensors_or_arrays_become_a_dataset_the_scenarios_take():
     (torch.rand(2, 3), torch.tensor([0, 10**8]), r"y's largest label is 100,000,000, which would make 100,000,001 "
                                                   r"classes \(at most 1,000,000\).*np.unique\(y, return_inverse=True\)"),
     (torch.rand(2, 3), np.array([0, 2**63 + 5], dtype=np.uint64), r"y holds labels of 2\*\*63 or more"),
+    # each of these failed inside torch, or was named for what it is not
+    (np.full((2, 3), 1 + 1e-7), torch.tensor([0, 1]), r"x values must lie in \[0, 1\], found \[1.00000012, "
+                                                      r"1.00000012\]"),
+    (np.full((2, 3), 1e300), torch.tensor([0, 1]), r"x holds values beyond float32's range \(largest magnitude "
+                                                   r"1e\+300\)"),
+    (np.full((2, 3), 0.5, dtype=np.longdouble), torch.tensor([0, 1]), r"x is a numpy array of float(96|128), which "
+                                                                      r"torch cannot hold"),
+    (torch.rand(2, 3).to_sparse(), torch.tensor([0, 1]), r"x must be a dense tensor, got a sparse_coo tensor; make it "
+                                                         r"dense first \(x.to_dense\(\)\)"),
+    (torch.rand(2, 3), torch.tensor([0, 1]).to_sparse(), "y must be a dense tensor, got a sparse_coo tensor"),
+    (torch.rand(2, 0), torch.tensor([0, 1]), r"x's samples hold no values \(shape \[2, 0\]\)"),
 ])
 def test_own_data_that_does_not_fit_is_one_line(x, y, message):
     with pytest.raises(DataError, match=message):
