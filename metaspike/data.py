@@ -135,8 +135,8 @@ class ArrayDataset:
             if lo < 0.0 or hi > 1.0:
                 raise DataError(f"{where}: x values must lie in [0, 1], found [{lo:.9g}, {hi:.9g}] (the rate encoder "
                                 "reads them as firing probabilities): scale the data by the training set's range "
-                                "first; to standardize for a model that is not spiking, keep the [0, 1] data here and put "
-                                "metaspike.app.models.Standardize(mean, std) in front of the model")
+                                "first; to standardize for a model that is not spiking, keep the [0, 1] data here and "
+                                "put metaspike.app.models.Standardize(mean, std) in front of the model")
         if self.y.numel() > 0:
             lo, hi = int(self.y.min()), int(self.y.max())
             if lo < 0:  # (the classes were counted from the largest label: the range named would be no help)
