@@ -315,6 +315,8 @@ def test_an_older_torch_is_refused_at_import_with_one_line(tmp_path, package):
     ("", {}, "a run's name must be one folder name"),
     ("a/b", {}, "a run's name must be one folder name"),
     ("run", {"optimizer": object()}, "the run's config cannot be written as JSON: Object of type object"),
+    ("r\0n", {}, "a run's name must be one folder name \\(no '/', no NUL character\\)"),
+    ("run", ["lr", 0.1], "the run's config must be a dict of settings, got list"),  # (written, then never loaded)
 ])
 def test_a_run_directory_that_cannot_be_made_is_refused_before_its_folder_is(tmp_path, name, config, message):
     with pytest.raises(ValueError, match=message):

@@ -258,9 +258,12 @@ class RunDirectory:
     def create(cls, root: str | os.PathLike, name: str, config: dict[str, Any], scenario: dict[str, Any] | None = None) -> "RunDirectory":
         """Make a new run directory under ``root`` and write its config (and scenario definition); a name that is not
         one folder name, or a config that JSON cannot hold, is refused before anything is made."""
-        if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or os.sep in name:
-            raise ValueError(f"a run's name must be one folder name (no '/'), got {name!r}")
+        if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or os.sep in name
+                or "\0" in name):
+            raise ValueError(f"a run's name must be one folder name (no '/', no NUL character), got {name!r}")
         for what, data in (("config", config), ("scenario", scenario)):
+            if not (isinstance(data, dict) or (what == "scenario" and data is None)):  # (load_run reads an object)
+                raise ValueError(f"the run's {what} must be a dict of settings, got {type(data).__name__}")
             try:
                 json.dumps(_json_ready(data))
             except (TypeError, ValueError) as err:
