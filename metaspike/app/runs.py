@@ -836,7 +836,7 @@ def config_from_record(stored: Any, path: Path, beside: Collection[str] = ()) ->
     unknown = sorted(set(stored) - set(RunConfig.field_names()) - set(beside), key=str)
     if unknown:
         near = difflib.get_close_matches(str(unknown[0]), RunConfig.field_names(), n=1)
-        raise ValueError(f"{path} has unknown settings: {', '.join(map(repr, unknown))}"
+        raise ValueError(f"{path} has unknown settings: {listed([repr(key) for key in unknown])}"
                          f"{f' (did you mean {near[0]!r}?)' if near else ''}")
     values: dict[str, Any] = {}
     defaults = RunConfig()

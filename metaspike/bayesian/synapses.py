@@ -946,9 +946,9 @@ def _grouped_conv_input(layer: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: Tensor, sam
     """The input of :func:`_sampled_conv`, ``(B, S·C, *spatial)``, from a shared ``(B, C, *spatial)`` or a per-sample
     ``(S, B, C, *spatial)`` input (``spatial``: the layer's one, two or three dimensions)."""
     channels, spatial = layer.in_channels, len(layer.kernel_size)  # (layer.weight would draw a sample)
-    names = ", ".join(("L",) if spatial == 1 else ("H", "W") if spatial == 2 else ("D", "H", "W"))
     if x.dim() not in (2 + spatial, 3 + spatial) or x.shape[-1 - spatial] != channels or (
             x.dim() == 3 + spatial and x.shape[0] != samples):
+        names = ", ".join(("L",) if spatial == 1 else ("H", "W") if spatial == 2 else ("D", "H", "W"))
         raise ValueError(f"x must have shape (B, C={channels}, {names}) or (samples={samples}, B, C={channels}, "
                          f"{names}), got {tuple(x.shape)}")
     if x.dim() == 2 + spatial:

@@ -20,7 +20,7 @@ from typing import Any, overload
 import numpy as np
 import torch
 
-from metaspike.checks import check_seed, is_whole
+from metaspike.checks import check_seed, is_whole, listed
 from metaspike.data import ArrayDataset, available_datasets, load_dataset
 
 __all__ = [
@@ -549,19 +549,13 @@ def split(
             if len(data) == 0:
                 held = sorted(set((train if part == "training" else test).y.tolist()))
                 raise ValueError(f"class group {list(g)} has no {part} samples in {_base(train)}: its {part} split "
-                                 f"holds only the classes {_classes_shown(held)} of 0..{n_classes - 1}; choose groups "
+                                 f"holds only the classes [{listed(held, 12)}] of 0..{n_classes - 1}; choose groups "
                                  "of classes that both splits hold, or data with samples of every class")
         tasks.append(Task(name, tr, te, None if mode == "class" else tuple(g)))
     definition = {"dataset": _base(train), "groups": [list(g) for g in groups], "mode": mode}
     frozen = tuple(tasks)
     return Scenario("split", frozen, frozen, definition, task_known_at_test=mode == "task",
                     growing_head=mode == "class-growing")
-
-
-def _classes_shown(classes: list[int], most: int = 12) -> str:
-    """``classes`` for a message: all of them, or the first ``most`` and how many more."""
-    shown = ", ".join(map(str, classes[:most]))
-    return f"[{shown}]" if len(classes) <= most else f"[{shown}, ... {len(classes) - most} more]"
 
 
 def stream(train: ArrayDataset, test: ArrayDataset, n_subsets: int = 10, seed: int = 0) -> Scenario:
