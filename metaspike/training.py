@@ -170,6 +170,7 @@ def _trial_failure(model: nn.Module, x: Tensor, what: str, err: Exception) -> Va
     dtypes = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()})
     if known and dtypes and str(x.dtype) not in dtypes:
         convert = (f"convert the data (x.to({dtypes[0]}))" if x.dtype == torch.float16 else  # (trains NaN: eps)
+                   f"convert the model (model.to({x.dtype}))" if x.dtype == torch.float32 else  # (datasets hold it)
                    f"convert the model (model.to({x.dtype})) or the data to one dtype")
         return ValueError(f"{what} is {x.dtype} but the model's parameters are {', '.join(dtypes)}; {convert}")
     lines = str(err).strip().splitlines()
@@ -333,7 +334,7 @@ def train_epoch(
             loss = loss * (len(index) * shard[1] / len(batch))
         _require_gradient(loss)
         if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss became {loss.item()} at batch {batches + 1}; lower the learning rate")
+            raise TrainingDiverged(_diverged_loss_message(loss.item(), batches + 1, model))
         for plugin in plugins:
             extra = _checked_penalty(plugin, model)
             if extra is not None:
@@ -401,6 +402,25 @@ def non_finite_parameters(model: nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
 
 
+def _diverged_loss_message(value: float, batch: int, model: nn.Module) -> str:
+    """What :class:`TrainingDiverged` says when the loss of batch ``batch`` is ``value`` (NaN or infinite): where
+    parameters are NaN or infinite, the steps before made them (a learning rate too high); where all are finite, the
+    forward pass made the value itself, which lowering the learning rate cures only if the weights grew large.
+
+    Example:
+        >>> _diverged_loss_message(float("nan"), 1, torch.nn.Linear(2, 1))[:60]
+        'loss became nan at batch 1 while every parameter was finite:'
+    """
+    bad = non_finite_parameters(model)
+    if bad:
+        named = f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
+        return (f"loss became {value} at batch {batch}: the parameters {named} hold NaN or infinite values from the "
+                "steps before; lower the learning rate")
+    return (f"loss became {value} at batch {batch} while every parameter was finite: the model's forward pass made it "
+            "(an operation that overflows or is undefined for these inputs, e.g. a log, a division or an exp; or "
+            "weights grown large, then lower the learning rate)")
+
+
 def _refuse_non_finite_parameters(model: nn.Module) -> None:
     """:class:`TrainingDiverged` naming the parameters that became NaN or infinite while the loss stayed finite (a NaN
     in one gradient entry): a binary synapse shows a NaN hidden weight as +1 and would never learn again, silently."""
@@ -462,7 +482,7 @@ def _train_fused(step: FusedTrainingStep, x: Tensor, y: Tensor, order: Tensor, d
     def after_step(loss: Tensor) -> None:
         value = loss.item()
         if not math.isfinite(value):  # (the fused step left the weights as they were)
-            raise TrainingDiverged(f"loss became {value} at batch {len(losses) + 1}; lower the learning rate")
+            raise TrainingDiverged(_diverged_loss_message(value, len(losses) + 1, step.model))
         losses.append(value)
         if progress is not None:
             progress.update(1)
@@ -539,6 +559,12 @@ def _correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, classes: S
     chunks = max(1, round(len(x) / batch_size))
     order = torch.arange(len(x))
     batch_statistics = evaluates_with_batch_statistics(model)
+    if batch_statistics and chunks > 1 and len(x) // chunks < 2:
+        raise ValueError(f"an evaluation batch size of {batch_size} splits these {len(x)} samples into batches with "
+                         "one sample, which the model's BatchNorm cannot normalise by its own statistics; evaluate in "
+                         f"batches of 3 or more ({MIN_STATISTICS_BATCH} or more for undistorted statistics: evaluate's "
+                         "batch_size, TrainerConfig.eval_batch_size) or fix the statistics first "
+                         "(metaspike.use_population_statistics)")
     if batch_statistics and chunks > 1:
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))  # a class-sorted set mixes too
         if len(x) // chunks < MIN_STATISTICS_BATCH:

@@ -124,7 +124,8 @@ def test_samples_that_do_not_fit_the_first_layer_are_still_the_datas_fault():
     with pytest.raises(ValueError, match=r"^input samples of shape \(7,\) do not fit the model: mat1 and mat2 shapes "
                                          r"cannot be multiplied"):
         check_inputs(nn.Sequential(nn.Linear(6, 4), _Buggy(3)), x)
-    with pytest.raises(ValueError, match=r"^input is torch.float64 but the model's parameters are torch.float32"):
+    with pytest.raises(ValueError, match=r"^input is torch.float64 but the model's parameters are torch.float32; "
+                                         r"convert the model \(model.to\(torch.float64\)\) or the data to one dtype$"):
         check_inputs(nn.Sequential(nn.Linear(6, 4), _Buggy(4)), x[:, :6].double())
 
 

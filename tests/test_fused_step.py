@@ -118,7 +118,7 @@ def test_a_non_finite_loss_leaves_the_weights_and_train_epoch_raises():
     assert not torch.isfinite(loss)
     for p, q in zip(before, net.parameters()):
         assert torch.equal(p, q)
-    with pytest.raises(TrainingDiverged, match="loss became nan at batch 1"):
+    with pytest.raises(TrainingDiverged, match="loss became nan at batch 1 while every parameter was finite"):
         train_epoch(net, opt, x, torch.tensor([0]), batch_size=1)
 
 

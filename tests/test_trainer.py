@@ -174,8 +174,9 @@ def test_trainer_config_names_a_bad_seed_or_device(bad, message):
 def test_a_model_of_another_dtype_than_the_data_is_named_as_such():
     from metaspike.training import check_inputs
 
-    with pytest.raises(ValueError, match=r"input is torch.float32 but the model's parameters are torch.float64"):
-        check_inputs(torch.nn.Linear(4, 2).double(), torch.rand(3, 4))
+    with pytest.raises(ValueError, match=r"input is torch.float32 but the model's parameters are torch.float64; "
+                                         r"convert the model \(model.to\(torch.float32\)\)$"):
+        check_inputs(torch.nn.Linear(4, 2).double(), torch.rand(3, 4))  # (datasets hold float32: no "or the data")
 
 
 def test_weights_that_become_infinite_while_the_loss_stays_finite_stop_the_run_in_one_line():
@@ -271,6 +272,18 @@ def test_batch_statistics_evaluation_scores_a_class_sorted_test_set_like_a_shuff
         warnings.simplefilter("error")
         evaluate(model, x, y, batch_size=1000)  # one batch: nothing to warn about
         evaluate(torch.nn.Sequential(torch.nn.BatchNorm1d(1).eval(), torch.nn.Linear(1, 2)), x, y, batch_size=10)
+
+
+@pytest.mark.parametrize("samples, batch_size", [(1000, 1), (7, 2)])
+def test_batch_statistics_evaluation_in_batches_of_one_sample_is_refused_naming_the_batch_size(samples, batch_size):
+    """A trainer with eval_batch_size=1 failed inside the model ("MLP got one sample"), naming no setting; 7 samples in
+    batches of about 2 make one batch of a single sample."""
+    x, y = torch.rand(samples, 1), torch.arange(samples) % 2
+    with pytest.raises(ValueError, match=rf"^an evaluation batch size of {batch_size} splits these {samples} samples "
+                                         r"into batches with one sample.*TrainerConfig.eval_batch_size"):
+        evaluate(_SignAfterBatchNorm(), x, y, batch_size=batch_size)
+    with pytest.warns(UserWarning, match="evaluating in batches of 3 samples"):  # (3 or more: never a batch of one)
+        evaluate(_SignAfterBatchNorm(), x, y, batch_size=3)
 
 
 def test_batch_statistics_evaluation_of_one_class_warns_at_the_callers_line():
@@ -570,6 +583,31 @@ def test_a_nan_gradient_entry_that_leaves_the_loss_finite_ends_the_epoch_as_dive
     with pytest.raises(TrainingDiverged, match=r"^parameters became NaN or infinite in this epoch while the loss "
                                                r"stayed finite \(1.weight\): a gradient held NaN or infinite entries"):
         train_epoch(model, optimizer, torch.rand(40, 20), torch.randint(0, 4, (40,)), batch_size=10)
+
+
+def test_a_non_finite_loss_says_whether_the_steps_or_the_forward_pass_made_it():
+    """An untrained model whose output is NaN was told to "lower the learning rate" before any step."""
+    from metaspike.training import TrainingDiverged, train_epoch
+
+    class LogOfInput(nn.Module):  # log of a negative input: NaN with finite parameters
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.linear(torch.log(x))
+
+    model = LogOfInput()
+    x, y = -torch.ones(4, 3), torch.zeros(4, dtype=torch.int64)
+    with pytest.raises(TrainingDiverged, match=r"^loss became nan at batch 1 while every parameter was finite: the "
+                                               r"model's forward pass made it"):
+        train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y, batch_size=2)
+    net = nn.Linear(3, 2)
+    with torch.no_grad():
+        net.weight[0, 1] = float("inf")
+    with pytest.raises(TrainingDiverged, match=r"^loss became nan at batch 1: the parameters weight hold NaN or "
+                                               r"infinite values from the steps before; lower the learning rate"):
+        train_epoch(net, torch.optim.SGD(net.parameters(), lr=0.1), torch.randn(4, 3), y, batch_size=2)
 
 
 def test_parameters_a_rule_made_non_finite_are_not_blamed_on_the_gradient():
