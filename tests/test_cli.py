@@ -231,6 +231,11 @@ def test_unwritable_output_directory(tmp_path, capsys):
     assert "cannot write results to" in capsys.readouterr().err
     assert main(["train", *SMALL, "--out", str(blocker)]) == 2
     assert capsys.readouterr().err.strip() == f"metaspike: error: cannot write results to {blocker}: it is a file, not a folder"
+    dangling = tmp_path / "link"
+    dangling.symlink_to(tmp_path / "gone")  # (mkdir said "File exists")
+    assert main(["train", *SMALL, "--out", str(dangling)]) == 2
+    assert capsys.readouterr().err.strip() == (f"metaspike: error: cannot write results to {dangling}: it is a symbolic "
+                                               f"link to {tmp_path / 'gone'}, which does not exist")
 
 
 def test_out_with_a_tilde_the_shell_left_alone_is_the_home_folder(tmp_path, monkeypatch, capsys):

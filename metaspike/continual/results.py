@@ -215,6 +215,9 @@ def unique_directory(root: str | os.PathLike, name: str) -> Path:
     root = Path(root).expanduser()
     if root.exists() and not root.is_dir():
         raise ValueError(f"cannot write results to {root}: it is a file, not a folder")
+    if root.is_symlink() and not root.exists():
+        raise ValueError(f"cannot write results to {root}: it is a symbolic link to {os.readlink(root)}, which does "
+                         "not exist")
     try:
         root.mkdir(parents=True, exist_ok=True)
         for attempt in range(1, 10_000):
@@ -227,8 +230,9 @@ def unique_directory(root: str | os.PathLike, name: str) -> Path:
             probe.write_text("ok")
             probe.unlink()
             return path
-    except OSError as err:
-        raise ValueError(f"cannot write results to {root}: {err.strerror or err}") from None
+    except OSError as err:  # (naming the path that failed where it is another: a folder inside root, or a parent)
+        where = f" ({err.filename})" if err.filename and Path(err.filename) != root else ""
+        raise ValueError(f"cannot write results to {root}: {err.strerror or err}{where}") from None
     raise ValueError(f"too many runs named {name!r} in {root}")
 
 
