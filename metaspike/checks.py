@@ -183,7 +183,10 @@ def number_in(name: str, value: Any, low: float, high: float | None = None, *, o
             accepted = f"{'>' if open_low else '>='} {low:g}"
         else:
             accepted = f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
-        raise ValueError(f"{name} must be a finite number {accepted}{' ' + note if note else ''}, got {shown(value)}")
+        given = (f" (a {type(value).__name__}: give a Python number, its .item())"  # (a tensor, an array)
+                 if not is_number(value) and hasattr(value, "item") else "")
+        raise ValueError(f"{name} must be a finite number {accepted}{' ' + note if note else ''}, got "
+                         f"{shown(value)}{given}")
     return float(value)
 
 

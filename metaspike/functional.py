@@ -41,11 +41,22 @@ def consolidate(
         raise ValueError(f"hidden and update must be tensors, got {type(hidden).__name__} and {type(update).__name__}")
     if update.shape != hidden.shape:
         raise ValueError(f"update must have the shape of hidden {tuple(hidden.shape)}, got {tuple(update.shape)}")
+    if hidden.is_complex() or update.is_complex():
+        raise ValueError("hidden and update must be real tensors; a complex hidden weight has no sign to keep")
     fresh = rule.init_state(hidden)
     if state is not None:
         _check_state(rule, state, fresh)
     step, new_state = rule.step(hidden, update, meta, fresh if state is None else state)
-    return check_update(rule, step, hidden), new_state
+    step = check_update(rule, step, hidden)
+    # (a rule may hand the update back as it is, at meta 0 or rule "none": a new tensor, so that changing the result
+    # in place leaves the caller's update alone)
+    return step.clone() if _shares_memory(step, update, hidden) else step, new_state
+
+
+def _shares_memory(result: Tensor, *arguments: Tensor) -> bool:
+    """Whether ``result`` lies in the memory of one of ``arguments`` (is one of them, or a view of one)."""
+    where = result.untyped_storage().data_ptr()
+    return any(where == argument.untyped_storage().data_ptr() for argument in arguments)
 
 
 def _check_state(rule: Rule, state: object, fresh: tuple) -> None:

@@ -32,7 +32,13 @@ from metaspike.checks import FLOAT32_MAX, check_eps_holds, check_keys_kept, is_n
 from metaspike.compiled import LARGE_TENSOR_LOOPS, LazyCompiled
 from metaspike.gain import OutputGain
 from metaspike.layer_selection import each_once, synapse_role
-from metaspike.optimizer_state import HookedAgainWhenCopied, check_parameter_state, check_state_tensor
+from metaspike.optimizer_state import (
+    HookedAgainWhenCopied,
+    check_parameter_state,
+    check_state_tensor,
+    check_states_listed,
+    with_tensor_steps,
+)
 from metaspike.rules import (
     Rule,
     check_meta,
@@ -197,12 +203,14 @@ def _loaded_groups(optimizer: Optimizer,
                    state_dict: dict[str, Any]) -> tuple[dict[str, Any], _RuleStates, _RuleStates]:
     """The state dict to load, checked before anything of it is installed (a state dict is a file from outside):
     another algorithm's refused (:func:`_missing_settings`, :data:`_OTHER_ALGORITHMS`), its rules rebuilt from their
-    records, a setting a group lacks (the state dict of a plain torch optimizer, or of an older metaspike) at the
-    optimizer's default, every group validated; the rules' states as they are to be installed
+    records, a setting a group lacks (the state dict of a plain torch optimizer, or of an older metaspike) at its live
+    group's value (the optimizer's default past the live groups), every group validated, step counts saved as numbers
+    made tensors (:func:`~metaspike.optimizer_state.with_tensor_steps`); the rules' states as they are to be installed
     (:func:`_check_saved_state`), and those handed on and not yet taken (:data:`_HANDED_ON`)."""
     name = type(optimizer).__name__
     loaded = []
-    for group in state_dict_groups(state_dict):
+    live = optimizer.param_groups
+    for index, group in enumerate(state_dict_groups(state_dict)):
         asked = [_OTHER_ALGORITHMS[key] for key in _flags_set(group, _OTHER_ALGORITHMS)
                  if key not in optimizer.defaults]
         if asked:
@@ -212,14 +220,19 @@ def _loaded_groups(optimizer: Optimizer,
         if missing:
             raise ValueError(f"state_dict: its param groups lack {', '.join(missing)}: it is not a state dict of "
                              f"{name}")
-        group = {**optimizer.defaults, **group}
+        # (a setting the saved group lacks keeps its live group's value: a torch Adam's state dict, loaded to warm a
+        # consolidating optimizer's moments, reset each group's meta to the default 0, silently)
+        own = {key: value for key, value in live[index].items() if key != "params"} if index < len(live) else {}
+        group = {**optimizer.defaults, **own, **group}
         group["rule"] = rule_from_record(group["rule"])
         _group_check(optimizer)(group)
         loaded.append(group)
     places = _saved_places(optimizer, loaded)
-    rule_states = _check_saved_state(optimizer, places, state_dict.get("state"))
+    state = with_tensor_steps(state_dict.get("state"))
+    rule_states = _check_saved_state(optimizer, places, state)
     handed = _check_handed_on(places, state_dict.get(_HANDED_ON, {}))
-    return {**state_dict, "param_groups": loaded}, rule_states, handed
+    loading = {**state_dict, "param_groups": loaded, **({"state": state} if "state" in state_dict else {})}
+    return loading, rule_states, handed
 
 
 #: What MetaplasticAdam keeps of each parameter it stepped (the rule's own state besides, under ``"rule_state"``).
@@ -249,18 +262,15 @@ def _check_saved_state(optimizer: Optimizer, into: _Places, state: Any) -> _Rule
     file's would otherwise be installed, and the next step fail inside the update or turn every weight NaN. Groups
     whose sizes differ are left to torch, which refuses them in its own words. Returns the rules' states as
     :func:`_check_rule_state` gives them back."""
-    if not isinstance(state, dict):
-        raise ValueError(f"state_dict's 'state' must map parameter indices to their states, got {type(state).__name__}")
+    check_states_listed(state, into or None)  # (None: groups of other sizes, which torch refuses in its own words)
     if not into:
         return {}
     rule_states: _RuleStates = {}
     for index, entry in state.items():
-        if index not in into:
-            raise ValueError(f"state_dict: it holds a state for parameter {index!r}, which none of its groups lists")
         param, group = into[index]
-        if isinstance(optimizer, MetaplasticAdam):
-            lacking = [key for key in _ADAM_STATE
-                       if not isinstance(entry, dict) or not isinstance(entry.get(key), Tensor)]
+        if isinstance(optimizer, MetaplasticAdam):  # (a step count that is no finite number is named below)
+            lacking = [key for key in _ADAM_STATE if not isinstance(entry, dict) or not (
+                isinstance(entry.get(key), Tensor) or key == "step" and is_number(entry.get(key)))]
             if lacking:
                 raise ValueError(f"state_dict: the state of parameter {index!r} lacks {', '.join(lacking)}: it is not "
                                  "the state dict of a MetaplasticAdam optimizer")
@@ -693,7 +703,10 @@ def _adam_update_(
     if rule is None:
         param.addcdiv_(exp_avg, denom, value=-step_size)
         return rule_state
-    update, rule_state = checked_step(rule, rule.step(param, exp_avg / denom.div_(step_size), meta, rule_state), param)
+    if denom.dtype == torch.float16:  # (its scaled denominator overflows past 65504·step_size, to an update of 0;
+        denom = denom.float()  # in float32, as torch's float16 kernels compute, and as the compiled loop does)
+    adam_step = (exp_avg / denom.div_(step_size)).to(param.dtype)
+    update, rule_state = checked_step(rule, rule.step(param, adam_step, meta, rule_state), param)
     param.sub_(update)
     return rule_state
 

@@ -9,16 +9,16 @@ with :class:`HookedAgainWhenCopied`.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Collection
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from metaspike.checks import is_number
+from metaspike.checks import is_finite_number, shown
 
 __all__ = ["PARAMETER_SHAPED", "NEVER_NEGATIVE", "check_parameter_state", "check_state_tensor", "check_tensor_values",
-           "check_step_count", "HookedAgainWhenCopied"]
+           "check_step_count", "check_states_listed", "with_tensor_steps", "HookedAgainWhenCopied"]
 
 #: The per-parameter state tensors of torch.optim's algorithms (and MetaplasticAdam's) that have the parameter's shape.
 PARAMETER_SHAPED = frozenset({"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_inf", "momentum_buffer", "square_avg",
@@ -98,8 +98,42 @@ def check_step_count(where: str, step: Any) -> None:
     if isinstance(step, Tensor) and step.numel() != 1:
         raise ValueError(f"{where} must be one finite number >= 0, got a tensor of shape {tuple(step.shape)}")
     value = step.item() if isinstance(step, Tensor) else step
-    if not is_number(value) or not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{where} must be one finite number >= 0, got {value!r}")
+    if not is_finite_number(value) or value < 0:
+        raise ValueError(f"{where} must be one finite number >= 0, got {shown(value)}")
+
+
+def check_states_listed(state: Any, listed: Collection[Any] | None) -> None:
+    """One ``ValueError`` where ``state``, a state dict's ``"state"``, is not a mapping of parameter indices to states,
+    or holds a state for an index none of its groups lists (``listed``; ``None``: not checked): torch would install it
+    under that index, to be read by no parameter.
+
+    Example:
+        >>> check_states_listed({0: {}, 3: {}}, [0, 1])
+        Traceback (most recent call last):
+        ...
+        ValueError: state_dict: it holds a state for parameter 3, which none of its groups lists
+    """
+    if not isinstance(state, dict):
+        raise ValueError(f"state_dict's 'state' must map parameter indices to their states, got {type(state).__name__}")
+    unlisted = next((index for index in state if index not in listed), None) if listed is not None else None
+    if unlisted is not None:
+        raise ValueError(f"state_dict: it holds a state for parameter {unlisted!r}, which none of its groups lists")
+
+
+def with_tensor_steps(state: Any) -> Any:
+    """``state``, a state dict's ``"state"``, with each step count kept as a plain number made a float32 0-d tensor, as
+    torch.optim's algorithms take the state dicts written before torch 1.12 (a new mapping: the caller's is left as it
+    was); anything else as it is, for the checks to name.
+
+    Example:
+        >>> with_tensor_steps({0: {"step": 3}})
+        {0: {'step': tensor(3.)}}
+    """
+    if not isinstance(state, dict):
+        return state
+    return {index: {**entry, "step": torch.tensor(float(entry["step"]), dtype=torch.float32)}
+            if isinstance(entry, dict) and is_finite_number(entry.get("step")) else entry
+            for index, entry in state.items()}
 
 
 class HookedAgainWhenCopied:

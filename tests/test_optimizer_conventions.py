@@ -492,6 +492,27 @@ def test_metaplastic_adam_refuses_float16_weights_its_eps_vanishes_in():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_metaplastic_adam_moves_float16_weights_as_adam_does_under_large_gradients(fused):
+    """The eager step divided the float16 denominator by the step size, which overflowed to inf where √v̂ + eps passed
+    65504·step size: a gradient of 100 at lr 1e-4 left its weight unchanged. Under rule "none" the consolidated step is
+    Adam's; torch's Adam rounds lr·m̂/(√v̂ + eps) into the weight once, this step rounds the update and then the
+    weight: at most one float16 unit of the weight apart."""
+    grad = torch.tensor([1.0, 100.0, 1000.0, -2000.0], dtype=torch.float16)  # (v̂ stays finite)
+    ours = torch.nn.Parameter(torch.full((4,), 0.01, dtype=torch.float16))
+    theirs = torch.nn.Parameter(ours.detach().clone())
+    mine = metaspike.MetaplasticAdam([{"params": [ours], "consolidate": True, "fused": fused}], lr=1e-4, eps=1e-4,
+                                     meta=1.0, rule="none")
+    adam = torch.optim.Adam([theirs], lr=1e-4, eps=1e-4)
+    for _ in range(3):
+        ours.grad, theirs.grad = grad.clone(), grad.clone()
+        mine.step()
+        adam.step()
+    assert not torch.equal(theirs.detach(), torch.full((4,), 0.01, dtype=torch.float16))
+    unit = torch.finfo(torch.float16).eps * theirs.detach().abs().float()  # (its unit in the last place, or less)
+    assert ((ours.detach().float() - theirs.detach().float()).abs() <= unit).all(), (ours, theirs)
+
+
 def test_a_state_saved_from_a_channels_last_model_resumes_in_the_fused_step():
     """The compiled step flattens the moments with view(-1): moments loaded from a channels_last model raised torch's
     view error (and had counted the step already)."""
@@ -583,3 +604,85 @@ def test_a_wrapped_optimizer_refuses_a_complex_consolidated_parameter_before_its
     with pytest.warns(UserWarning, match="consolidates nothing"):
         wrapped.step()
     assert not torch.equal(weight.detach(), before)
+
+
+def test_a_plain_adam_state_dict_keeps_each_groups_own_consolidation_settings():
+    """Loading torch Adam's state dict (to warm a consolidating optimizer's moments) reset meta to the default 0 and
+    consolidate to None, silently: plain Adam from then on."""
+    w = torch.nn.Parameter(torch.randn(4, 4))
+    adam = torch.optim.Adam([w], lr=0.01)
+    w.grad = torch.ones(4, 4)
+    adam.step()
+    ours = metaspike.MetaplasticAdam([{"params": [w], "meta": 30.0, "consolidate": True}], lr=0.01)
+    ours.load_state_dict(adam.state_dict())
+    assert ours.param_groups[0]["meta"] == 30.0 and ours.param_groups[0]["consolidate"] is True
+    assert torch.equal(ours.state[w]["exp_avg"], adam.state[w]["exp_avg"])
+
+
+def test_step_counts_saved_as_numbers_load_as_torch_loads_them_and_bad_ones_are_named():
+    """torch before 1.12 saved Adam's step as a number; torch's Adam takes it, MetaplasticAdam said the state "lacks
+    step". BiMU and MESU keep a step count only, and took any value (a number failed inside torch at the next step, a
+    vector counted on as a vector) and any entry."""
+    w = torch.nn.Parameter(torch.randn(3))
+    adam = torch.optim.Adam([w])
+    w.grad = torch.ones(3)
+    adam.step()
+    old = adam.state_dict()
+    old["state"][0]["step"] = 1
+    ours = metaspike.MetaplasticAdam([w])
+    ours.load_state_dict(old)
+    assert old["state"][0]["step"] == 1  # (the caller's dict as it was)
+    w.grad = torch.ones(3)
+    ours.step()
+    assert torch.equal(ours.state[w]["step"], torch.tensor(2.0))
+    old["state"][0]["step"] = float("nan")
+    with pytest.raises(ValueError, match=r"^state_dict: parameter 0's step must be one finite number >= 0, got nan$"):
+        metaspike.MetaplasticAdam([w]).load_state_dict(old)
+    lam = torch.nn.Parameter(torch.zeros(3))
+    bimu = BiMU([lam])
+    lam.grad = torch.ones(3)
+    bimu.step()
+    saved = bimu.state_dict()
+    for entry, message in [({"step": torch.zeros(2)}, r"parameter 0's step must be one finite number >= 0, got a "
+                                                      r"tensor of shape \(2,\)"),
+                           ({"step": -4}, r"parameter 0's step must be one finite number >= 0, got -4.0"),
+                           ({"exp_avg": torch.zeros(3)}, r"parameter 0's state holds \['exp_avg'\], but BiMU keeps a "
+                                                         r"step count only")]:
+        with pytest.raises(ValueError, match=f"^state_dict: {message}"):
+            BiMU([torch.nn.Parameter(torch.zeros(3))]).load_state_dict({**saved, "state": {0: entry}})
+    with pytest.raises(ValueError, match=r"^state_dict: it holds a state for parameter 5, which none of its groups"):
+        BiMU([torch.nn.Parameter(torch.zeros(3))]).load_state_dict({**saved, "state": {5: {"step": torch.ones(())}}})
+    other = torch.nn.Parameter(torch.zeros(3))
+    fresh = BiMU([other])
+    fresh.load_state_dict({**saved, "state": {0: {"step": 3}}})  # (a number: made a tensor, as torch's Adam does)
+    other.grad = torch.ones(3)
+    fresh.step()
+    assert torch.equal(fresh.state[other]["step"], torch.tensor(4.0))
+
+
+@pytest.mark.parametrize("kind", ["bimu", "mesu"])
+def test_bayesian_optimizers_take_named_parameters_as_torch_optimizers_do(kind):
+    net = metaspike.bayesianize(torch.nn.Sequential(torch.nn.Linear(4, 3, bias=False)), kind, scale=None)
+    optimizer = (BiMU if kind == "bimu" else MESU)(net.named_parameters())
+    names = [name for name, _ in net.named_parameters()]
+    assert optimizer.param_groups[0]["param_names"] == names
+    assert optimizer.param_groups[0]["params"] == list(net.parameters())
+    assert optimizer.state_dict()["param_groups"][0]["param_names"] == names
+
+
+def test_consolidate_returns_a_new_tensor_and_refuses_complex_weights():
+    """At meta 0 and under rule "none" the rule handed the caller's update back: changing the result in place
+    changed it. A complex weight failed inside torch's clamp."""
+    hidden, update = torch.tensor([1.0, -1.0]), torch.tensor([0.5, 0.5])
+    for meta, rule in [(0.0, "tanh"), (2.0, "none")]:
+        result, _ = consolidate(hidden, update, meta, rule=rule)
+        result.mul_(10)
+        assert torch.equal(update, torch.tensor([0.5, 0.5])) and torch.equal(hidden, torch.tensor([1.0, -1.0]))
+    with pytest.raises(ValueError, match="must be real tensors; a complex hidden weight has no sign to keep"):
+        consolidate(torch.ones(3, dtype=torch.complex64), torch.ones(3, dtype=torch.complex64), 1.0)
+
+
+def test_a_setting_given_as_a_tensor_is_named_as_such():
+    """betas=(tensor(0.9), ...) was refused as "must be a finite number in [0, 1), got tensor(0.9000)"."""
+    with pytest.raises(ValueError, match=r"got tensor\(0.9000\) \(a Tensor: give a Python number, its .item\(\)\)$"):
+        metaspike.MetaplasticAdam([torch.nn.Parameter(torch.zeros(3))], betas=(torch.tensor(0.9), torch.tensor(0.999)))

@@ -21,6 +21,14 @@ def test_norse_time_first_modules_are_refused_by_the_time_loop():
     with pytest.raises(ValueError, match="module '1' is Norse's LIF, which runs a whole time sequence per call; .* "
                                          "use LIFCell"):
         SpikingClassifier(time_first, num_steps=4, encoder="direct", input_shape=(64,))
+    # the recurrent ones derive from Norse's SNNRecurrent, not SNN: accepted, they ran the batch as time (a sample's
+    # logits depended on the others in its batch)
+    for recurrent in (norse.LIFRecurrent(32, 32), norse.LSNNRecurrent(32, 32)):
+        name = type(recurrent).__name__
+        with pytest.raises(ValueError, match=f"module '1' is Norse's {name}, which runs a whole time sequence per "
+                                             f"call; .* use {name}Cell"):
+            SpikingClassifier(norse.SequentialState(nn.Linear(64, 32), recurrent, nn.Linear(32, 10), norse.LICell()),
+                              num_steps=4, encoder="direct", input_shape=(64,))
 
 
 @pytest.mark.parametrize("kind", ["sign", "bimu"])
@@ -108,3 +116,6 @@ def test_norse_cells_in_a_plain_sequential_are_refused_with_the_container_that_t
     cells = nn.Sequential(nn.Linear(64, 32), norse.LIFCell(), nn.Linear(32, 10), norse.LICell())
     with pytest.raises(ValueError, match="the network is an nn.Sequential holding Norse cells.*SequentialState"):
         SpikingClassifier(cells, num_steps=4, encoder="direct", input_shape=(64,))
+    recurrent = nn.Sequential(norse.LIFRecurrentCell(64, 32), nn.Linear(32, 10))  # (an SNNRecurrentCell: torch failed)
+    with pytest.raises(ValueError, match="the network is an nn.Sequential holding Norse cells.*SequentialState"):
+        SpikingClassifier(recurrent, num_steps=4, encoder="direct", input_shape=(64,))

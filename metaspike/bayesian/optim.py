@@ -36,7 +36,7 @@ from metaspike.bayesian.functional import (
 from metaspike.bayesian.synapses import synapse_role
 from metaspike.caller import user_stacklevel
 from metaspike.checks import TrainingDiverged, check_keys_kept, is_whole, state_dict_groups
-from metaspike.optimizer_state import HookedAgainWhenCopied
+from metaspike.optimizer_state import HookedAgainWhenCopied, check_states_listed, check_step_count, with_tensor_steps
 from metaspike.synapse import is_hidden_weight
 
 __all__ = ["MESU", "BiMU", "settings_for_batch", "check_synapse_optimizers", "BAYESIAN_ADVICE"]
@@ -146,9 +146,13 @@ def _check_floating(optimizer: str, params: list[Tensor]) -> None:
         raise ValueError(f"{optimizer} {err}") from None
 
 
-def _group_params(param_group: dict[str, Any]) -> list[Tensor]:
+def _group_items(param_group: dict[str, Any]) -> tuple[list[Any], list[Tensor]]:
+    """A group's ``params`` as a list (a generator read once) and their tensors: ``model.named_parameters()`` lists
+    ``(name, tensor)`` pairs, whose names torch keeps as the group's ``param_names``."""
     params = param_group["params"]
-    return [params] if isinstance(params, Tensor) else list(params)
+    items = [params] if isinstance(params, Tensor) else list(params)
+    return items, [item[1] if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) else item
+                   for item in items]
 
 
 _ROLE_NAMES = {"latent": "BiMU latent weight", "mean": "MESU mean", "width": "MESU width"}
@@ -197,7 +201,23 @@ def _check_loaded_groups(optimizer: Optimizer, state_dict: dict[str, Any]) -> di
             raise ValueError(f"state_dict: its param groups lack {', '.join(missing)}: it is not the state dict of a "
                              f"{type(optimizer).__name__} optimizer")
         check_hyperparameters(optimizer.rule, group)
-    return {**state_dict, "param_groups": groups}
+    state = with_tensor_steps(state_dict.get("state", {}))
+    listed = {index for group in groups for index in group.get("params", ())}
+    _check_step_counts(type(optimizer).__name__, state, listed)
+    return {**state_dict, "param_groups": groups, **({"state": state} if "state" in state_dict else {})}
+
+
+def _check_step_counts(name: str, state: Any, listed: set[Any]) -> None:
+    """A loaded state of MESU or BiMU keeps a step count per listed parameter and nothing else (its first step would
+    fail inside torch on a count that is no tensor, and count on in a vector from one of two entries)."""
+    check_states_listed(state, listed)
+    for index, entry in state.items():
+        if not isinstance(entry, dict) or set(entry) - {"step"}:
+            found = sorted(map(str, entry)) if isinstance(entry, dict) else type(entry).__name__
+            raise ValueError(f"state_dict: parameter {index!r}'s state holds {found}, but {name} keeps a step count "
+                             "only: is it another optimizer's state dict?")
+        if "step" in entry:
+            check_step_count(f"state_dict: parameter {index!r}'s step", entry["step"])
 
 
 #: What to do with the tensors of Bayesian synapses that another optimizer was given.
@@ -253,7 +273,7 @@ class _DataGatedOptimizer(HookedAgainWhenCopied, Optimizer):
         tied weight would be updated twice a step)."""
         param_group = _settings_as_numbers(self.rule, param_group)
         check_hyperparameters(self.rule, {**self.defaults, **param_group})
-        params = _group_params(param_group)
+        items, params = _group_items(param_group)
         if len({id(p) for p in params}) < len(params):
             raise ValueError("params lists a tensor more than once (tied weights?); list each tensor once, as "
                              "bimu_parameters and mesu_param_groups do")
@@ -264,7 +284,7 @@ class _DataGatedOptimizer(HookedAgainWhenCopied, Optimizer):
             _check_roles(type(self).__name__, self.roles, earlier, self.helper, True)
         _check_roles(type(self).__name__, self.roles, params, self.helper, marked)
         self._check_tensors(params)
-        super().add_param_group({**param_group, "params": params})
+        super().add_param_group({**param_group, "params": items})
 
     def _check_tensors(self, params: list[Tensor]) -> None:
         """A group's tensors: dense floating-point ones (:func:`_check_floating`), and what this rule asks of them

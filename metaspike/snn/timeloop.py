@@ -32,28 +32,38 @@ def _takes_state(network: nn.Module) -> bool:
     return "state" in inspect.signature(network.forward).parameters
 
 
+def _norse_bases(*names: str) -> tuple[type, ...]:
+    """Norse's base classes of those ``names`` in ``norse.torch.module.snn``, where a Norse module has loaded it
+    (none otherwise): ``"SNNCell", "SNNRecurrentCell"`` are the one-step cells, ``"SNN", "SNNRecurrent"`` the modules
+    that run a time sequence per call (the recurrent ones derive from neither of the others)."""
+    snn = sys.modules.get("norse.torch.module.snn")
+    return tuple(getattr(snn, name) for name in names if hasattr(snn, name))
+
+
+_NORSE_CELLS, _NORSE_SEQUENCES = ("SNNCell", "SNNRecurrentCell"), ("SNN", "SNNRecurrent")
+
+
 def holds_norse_cells(modules: Sequence[nn.Module]) -> bool:
-    """Whether any of ``modules`` is a Norse cell (``LIFCell``, ``LICell``, ...), which returns ``(output, state)``
-    and so needs Norse's ``SequentialState`` to thread its state, not an ``nn.Sequential``.
+    """Whether any of ``modules`` is a Norse cell (``LIFCell``, ``LICell``, ``LIFRecurrentCell``, ...), which returns
+    ``(output, state)`` and so needs Norse's ``SequentialState`` to thread its state, not an ``nn.Sequential``.
 
     Example:
         >>> holds_norse_cells([nn.Linear(2, 2), nn.ReLU()])
         False
     """
-    cell = getattr(sys.modules.get("norse.torch.module.snn"), "SNNCell", None)  # (a Norse module has loaded it)
-    return cell is not None and any(isinstance(module, cell) for module in modules)
+    cells = _norse_bases(*_NORSE_CELLS)
+    return bool(cells) and any(isinstance(module, cells) for module in modules)
 
 
 def _check_one_step_modules(network: nn.Module) -> None:
-    """Refuse Norse's time-first modules (``LIF``, ``LI``, ``LSNN``, ...): they read their input's first dimension
-    as time, so called once per step with ``[B, ...]`` they would run the batch as a sequence (one sample's state
-    flowing into the next); and Norse cells in a plain ``nn.Sequential``, which cannot thread their states; and
-    snnTorch neurons built without ``init_hidden=True`` there (each call would start from a fresh membrane and pass
-    ``(spikes, membrane)`` on as the next layer's input)."""
+    """Refuse Norse's time-first modules (``LIF``, ``LI``, ``LSNN``, ``LIFRecurrent``, ...): they read their input's
+    first dimension as time, so called once per step with ``[B, ...]`` they would run the batch as a sequence (one
+    sample's state flowing into the next); and Norse cells in a plain ``nn.Sequential``, which cannot thread their
+    states; and snnTorch neurons built without ``init_hidden=True`` there (each call would start from a fresh membrane
+    and pass ``(spikes, membrane)`` on as the next layer's input)."""
     _check_snntorch_neurons(network)
-    snn = sys.modules.get("norse.torch.module.snn")  # (a Norse module in the network has loaded it)
-    time_first, cell = getattr(snn, "SNN", None), getattr(snn, "SNNCell", None)
-    if time_first is None or cell is None:
+    time_first = _norse_bases(*_NORSE_SEQUENCES)
+    if not time_first:
         return
     for name, module in network.named_modules():
         where = f"module {name!r}" if name else "the network"
@@ -124,8 +134,8 @@ def _warn_membrane_of_spikes(network: nn.Module) -> None:
     name, module = _last_module(network)
     kind = type(module).__name__
     neurons = (SelfRecurrentLIF, getattr(sys.modules.get("snntorch"), "SpikingNeuron", SelfRecurrentLIF))
-    snn, norse = sys.modules.get("norse.torch.module.snn"), sys.modules.get("norse.torch")  # (loaded by Norse modules)
-    cells = tuple(getattr(snn, cell) for cell in ("SNNCell", "SNNRecurrentCell") if hasattr(snn, cell))
+    norse = sys.modules.get("norse.torch")  # (loaded by Norse modules)
+    cells = _norse_bases(*_NORSE_CELLS)
     integrators = tuple(getattr(norse, cell) for cell in ("LICell", "LIBoxCell") if hasattr(norse, cell))
     if isinstance(module, neurons) and not getattr(module, "output", True) and getattr(module, "init_hidden", True):
         fix = f"build it with output=True ({kind} then returns (spikes, membrane))"
