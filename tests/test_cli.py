@@ -234,8 +234,8 @@ def test_unwritable_output_directory(tmp_path, capsys):
     dangling = tmp_path / "link"
     dangling.symlink_to(tmp_path / "gone")  # (mkdir said "File exists")
     assert main(["train", *SMALL, "--out", str(dangling)]) == 2
-    assert capsys.readouterr().err.strip() == (f"metaspike: error: cannot write results to {dangling}: it is a symbolic "
-                                               f"link to {tmp_path / 'gone'}, which does not exist")
+    assert capsys.readouterr().err.strip() == (f"metaspike: error: cannot write results to {dangling}: it is a "
+                                               f"symbolic link to {tmp_path / 'gone'}, which does not exist")
 
 
 def test_out_with_a_tilde_the_shell_left_alone_is_the_home_folder(tmp_path, monkeypatch, capsys):

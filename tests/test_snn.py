@@ -354,3 +354,23 @@ def test_spikes_encoded_beforehand_and_encoded_again_without_input_shape_warn_on
                                                                                     output=True)),
                                          num_steps=3, encoder="direct", readout="membrane")
         assert per_position(torch.rand(4, 2, 16) * 0.9 + 0.05).shape == (4, 3, 16)  # (real-valued input: no spikes)
+
+
+def test_spikes_encoded_beforehand_that_a_convolution_cannot_take_name_input_shape():
+    """A conv network given [num_steps, B, C, H, W] spikes without input_shape failed inside torch's conv2d ("Expected
+    3D or 4D input"), which does not point at the fix."""
+    import snntorch as snn
+
+    from metaspike.snn import SpikingClassifier
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.MaxPool2d(2), snn.Leaky(beta=0.9, init_hidden=True), nn.Flatten(),
+                        nn.Linear(36, 3), snn.Leaky(beta=0.9, init_hidden=True, output=True))
+    model = SpikingClassifier(net, num_steps=4, encoder="rate")
+    spikes = (torch.rand(4, 5, 1, 8, 8) < 0.3).float()
+    with pytest.raises(ValueError, match=r"^SpikingClassifier: the network failed on a step of input \(4, 5, 1, 8, 8\) "
+                                         r"of 0s and 1s \(Expected 3D .*\); if these are spikes: .*give input_shape"):
+        model(spikes)
+    assert model(torch.rand(5, 1, 8, 8)).shape == (5, 3)
+    with pytest.raises(RuntimeError, match="Expected 3D"):  # (real values: not taken for spikes, torch's own error)
+        model(torch.rand(4, 5, 1, 8, 8) * 0.8 + 0.1)

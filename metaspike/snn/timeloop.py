@@ -209,10 +209,14 @@ def _warn_encoded_again(classifier: nn.Module, given: tuple[int, ...], logits: t
     classes]`` from a classifier without ``input_shape``, what spikes encoded beforehand ``[num_steps, batch, ...]``
     give when they are encoded again (``num_steps`` times the compute, each time step read as a batch)."""
     classifier._warned_encoded_again = True
-    warnings.warn(f"SpikingClassifier: input {given} gave logits {logits}, not [batch, classes]: an input with a "
-                  "dimension more than its samples, as spikes encoded beforehand ([num_steps, batch, ...]), is encoded "
-                  "again without input_shape; give input_shape=<one sample's shape> so that encoded input is taken "
-                  "as it is", UserWarning, stacklevel=user_stacklevel())
+    warnings.warn(f"SpikingClassifier: input {given} gave logits {logits}, not [batch, classes]: {_ENCODED_AGAIN}",
+                  UserWarning, stacklevel=user_stacklevel())
+
+
+#: Why spikes encoded beforehand fail or give logits of too many dimensions without ``input_shape``, and the fix.
+_ENCODED_AGAIN = ("an input with a dimension more than its samples, as spikes encoded beforehand ([num_steps, batch, "
+                  "...]), is encoded again without input_shape; give input_shape=<one sample's shape> so that encoded "
+                  "input is taken as it is")
 
 
 class SpikingClassifier(nn.Module):
@@ -317,9 +321,13 @@ class SpikingClassifier(nn.Module):
                     outputs.append(out)
         except RuntimeError as err:
             hint = _float32_spikes(self.network, x) if "dtype" in str(err) else None
-            if hint is None:
-                raise
-            raise ModelError(hint) from err
+            if hint is not None:
+                raise ModelError(hint) from err
+            if self.input_shape is None and x.dim() > 2 and _spikes_only(x):  # (a convolution given 5-D input)
+                first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise ValueError(f"SpikingClassifier: the network failed on a step of input {tuple(x.shape)} of 0s "
+                                 f"and 1s ({first_line}); if these are spikes: {_ENCODED_AGAIN}") from err
+            raise
         finally:  # no autograd graph stays behind in the neurons: the model stays copyable and frees that memory
             reset_states(self.network)
         if unreset is not None:  # (the first call: a state kept past the reset would start the next call)
