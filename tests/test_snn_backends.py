@@ -233,6 +233,41 @@ def test_nir_export_refuses_an_input_shape_that_does_not_fit_before_it_writes(tm
     assert (tmp_path / "net.nir").is_file()
 
 
+@pytest.mark.parametrize("layer", ["linear", "conv"])
+def test_nir_export_of_bnn_layers_writes_their_signs_and_reads_back_to_the_same_outputs(layer):
+    """A bnn layer's weight is its hidden weight: the file held values near ±0.05, which compute something else,
+    with a warning that guessed the model was never binarized; an input quantizer was dropped without a word."""
+    pytest.importorskip("nir")
+    import warnings
+
+    import bnn
+    from metaspike.quantizers import binary_sign
+    from metaspike.snn.nir import export_nir, import_nir
+
+    torch.manual_seed(0)
+    binary = (bnn.BinaryLinear(64, 16, scale="channel") if layer == "linear" else
+              bnn.BinaryConv2d(1, 4, 3, scale="channel"))
+    net = nn.Sequential(binary, snn.Leaky(beta=0.8, init_hidden=True, reset_mechanism="zero"), nn.Flatten(),
+                        bnn.BinaryLinear(16 if layer == "linear" else 4 * 6 * 6, 4))
+    with torch.no_grad():
+        binary.output_gain.alpha.uniform_(0.5, 2.0)  # (a gain of each channel's own, folded into the neuron)
+    shape = (64,) if layer == "linear" else (1, 8, 8)
+    model = SpikingClassifier(net, num_steps=4, encoder="direct", readout="membrane", input_shape=shape).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no "real-valued weights" warning: they are ±1)
+        graph = export_nir(model)
+    written = graph.nodes["linear" if layer == "linear" else "conv2d"].weight
+    assert (written == binary_sign(binary.weight.detach()).numpy()).all()
+    rebuilt = SpikingClassifier(import_nir(graph), num_steps=4, encoder="direct", readout="membrane",
+                                input_shape=shape).eval()
+    x = torch.rand(3, *shape)
+    torch.testing.assert_close(rebuilt(x), model(x))
+    quantized = nn.Sequential(bnn.BinaryLinear(64, 16, input_quantizer="ste_sign"),
+                              snn.Leaky(beta=0.8, init_hidden=True, reset_mechanism="zero", output=True))
+    with pytest.raises(ValueError, match="layer '0' quantizes its input .* build it with input_quantizer=None"):
+        export_nir(quantized, input_shape=(64,))
+
+
 def test_nir_export_writes_bimu_synapses_as_sign_of_lambda_in_any_mode_and_refuses_what_would_not_read_back():
     """A BiMU layer's forward pass draws samples (relaxed ones in training mode): the file holds sign(λ), the same
     at every export; MESU synapses have no binary weight; NIR 1.0 types a grouped conv's input wrongly."""

@@ -42,7 +42,7 @@ from torch import nn
 from metaspike.checks import finite_number, is_whole
 from metaspike.gain import output_gain
 from metaspike.layer_selection import synapse_parametrization
-from metaspike.quantizers import binary_sign
+from metaspike.quantizers import binary_sign, get_quantizer
 from metaspike.snn.backends import require_snntorch
 from metaspike.snn.layers import Scale
 from metaspike.snn.readouts import spike_count
@@ -137,9 +137,10 @@ def _neuron_nodes(nir: ModuleType, snn: ModuleType, name: str, layer: nn.Module,
 
 
 def _exported_weight(name: str, layer: nn.Module) -> torch.Tensor:
-    """The weights written for ``layer``: what its forward pass sees, except for Bayesian synapses, whose forward pass
-    draws samples: a BiMU synapse is written as its most probable binary weight ``sign(λ)`` (``+1`` at 0, as its
-    evaluation mode shows it), in any mode; MESU synapses (real-valued Gaussians) are refused."""
+    """The weights written for ``layer``: what its forward pass sees (a ``bnn`` layer's ±1 ``visible_weight``, not its
+    hidden weight; one that quantizes its input is refused), except for Bayesian synapses, whose forward pass draws
+    samples: a BiMU synapse is written as its most probable binary weight ``sign(λ)`` (``+1`` at 0, as its evaluation
+    mode shows it), in any mode; MESU synapses (real-valued Gaussians) are refused."""
     synapse = synapse_parametrization(layer)
     kind = getattr(synapse, "kind", None)
     if kind == "mesu":
@@ -147,6 +148,15 @@ def _exported_weight(name: str, layer: nn.Module) -> torch.Tensor:
                          "weights), which have none")
     if kind == "bimu":
         return binary_sign(layer.parametrizations.weight.original.detach())
+    quantizer = getattr(layer, "input_quantizer", None)  # (a bnn layer: its weight is the hidden one)
+    if quantizer is not None and quantizer is not get_quantizer(None):
+        raise ValueError(f"export_nir: layer {name!r} quantizes its input ({type(layer).__name__} with an "
+                         "input_quantizer), which NIR's Linear and Conv2d cannot express; build it with "
+                         "input_quantizer=None")
+    visible = getattr(layer, "visible_weight", None)
+    if callable(visible):
+        with torch.no_grad():
+            return visible()
     return layer.weight
 
 
