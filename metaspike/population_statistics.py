@@ -59,8 +59,9 @@ def use_population_statistics(model: nn.Module, x: Tensor, batch_size: int = 100
     chunks = torch.arange(len(x)).tensor_split(max(1, len(x) // batch_size))
     was_training = model.training
     model.eval()
-    try:
-        unreached = _fix_each(model, norms, x, chunks)
+    try:  # (no inference tensors, even under torch.inference_mode: the model's next forward pass with gradients
+        with torch.inference_mode(False), torch.no_grad():  # could not save them for its backward pass)
+            unreached = _fix_each(model, norms, x, chunks)
     finally:
         model.train(was_training)
     if unreached:

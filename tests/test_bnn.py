@@ -236,6 +236,19 @@ def test_summary_counts_the_products_of_recurrent_layers():
     assert bnn.summary(cell, input_shape=(features,)).float_macs == hidden * features + hidden * hidden
 
 
+def test_population_statistics_fixed_under_inference_mode_leave_a_model_that_trains_and_evaluates():
+    """Under torch.inference_mode the new statistics were inference tensors: the model's next forward pass failed in
+    torch ("Inference tensors cannot be saved for backward")."""
+    torch.manual_seed(0)
+    model = bnn.MLP([4, 3, 2])
+    with torch.inference_mode():
+        bnn.use_population_statistics(model, torch.randn(10, 4))
+    assert not any(buffer.is_inference() for buffer in model.buffers())
+    assert model.eval()(torch.randn(2, 4)).shape == (2, 2)
+    model.train()(torch.randn(4, 4)).sum().backward()
+    assert model[1].weight.grad is not None
+
+
 def test_population_statistics_make_single_sample_prediction_consistent():
     torch.manual_seed(0)
     model = bnn.MLP([20, 32, 4])
