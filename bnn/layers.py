@@ -66,8 +66,9 @@ def _quantized_input(layer: nn.Module, x: Tensor) -> Tensor:
 
 
 def _init_uniform(weight: Tensor, init_width: float | None) -> None:
-    if init_width is not None:
-        number_in("init_width", init_width, 0.0, open_low=True, note="or None")
+    if init_width is not None:  # (half of it a value of the weights' dtype: uniform_ fails inside torch beyond)
+        number_in("init_width", init_width, 0.0, 2 * float(torch.finfo(weight.dtype).max), open_low=True,
+                  note="or None")
         with torch.no_grad():
             weight.uniform_(-init_width / 2, init_width / 2)
 
@@ -350,14 +351,20 @@ class BinaryConv2d(_BinaryWeights, nn.Conv2d):
     ) -> None:
         in_channels, out_channels = check_widths(in_channels=in_channels, out_channels=out_channels)
         check_conv_geometry(kernel_size, stride, padding, dilation)
+        if not is_whole(groups, 1):  # (torch: a TypeError from inside torch.empty for groups=2.0)
+            raise ValueError(f"groups must be a positive integer that divides in_channels and out_channels, got "
+                             f"{groups!r}")
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
                          groups=groups, bias=_check_bias(bias), padding_mode=padding_mode,
                          **factory_kwargs(device, dtype))
         self._setup(weight_quantizer, input_quantizer, init_width, scale)
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_features(self, x, self.in_channels, -3, "channels ((batch, channels, height, width) or (channels, "
-                        "height, width))")
+        what = "channels ((batch, channels, height, width) or (channels, height, width))"
+        _check_features(self, x, self.in_channels, -3, what)
+        if x.dim() > 4:
+            raise ValueError(f"{type(self).__name__} takes inputs with {self.in_channels} {what}, got shape "
+                             f"{tuple(x.shape)}")
         _check_spatial_size(self, x)
         return self._conv_forward(_quantized_input(self, x), self.visible_weight(), self.bias)
 

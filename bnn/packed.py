@@ -266,6 +266,12 @@ class PackedLayer:
     other_bytes: int
 
 
+def _check_compile(compile: Any) -> None:
+    """``compile`` of :func:`pack`, :class:`PackedMLP` and its ``load`` must be a bool."""
+    if not isinstance(compile, (bool, np.bool_)):
+        raise ValueError(f"compile must be True (the fast kernels) or False (plain torch ops), got {compile!r}")
+
+
 class PackedMLP:
     """A :class:`bnn.MLP` with packed 1-bit weights and activations (made by :func:`pack`).
 
@@ -282,6 +288,7 @@ class PackedMLP:
     """
 
     def __init__(self, sizes: Sequence[int], layers: list[dict], compile: bool = True) -> None:
+        _check_compile(compile)  # (a string "False" is true: it chose the fast kernels)
         if not (isinstance(sizes, Sequence) and len(sizes) >= 2 and all(is_whole(s, 1) for s in sizes)):
             raise ValueError(f"sizes must list at least 2 positive integer widths (input ... classes), got {sizes!r}")
         if not (isinstance(layers, list) and len(layers) == len(sizes) - 1 and all(isinstance(l, dict) for l in layers)):
@@ -454,6 +461,7 @@ class PackedMLP:
             ...
             ValueError: packed BNN file ... is not a zip archive, which torch.save writes (it starts with b'not '): ...
         """
+        _check_compile(compile)
         raw = read_regular_file(path, "packed BNN file")
         check_torch_archive(raw, f"packed BNN file {path}")
         data = load_plain_torch(raw, f"packed BNN file {path}")
@@ -838,8 +846,7 @@ def pack(model: nn.Module, compile: bool = True) -> PackedMLP:
     if not isinstance(model, nn.Module):
         raise ValueError(f"pack takes a trained bnn.MLP, got a {type(model).__name__} (a saved packed model loads with "
                          "bnn.PackedMLP.load(path))")
-    if not isinstance(compile, (bool, np.bool_)):
-        raise ValueError(f"compile must be True (the fast kernels) or False (plain torch ops), got {compile!r}")
+    _check_compile(compile)
     model = uncompiled(model)
     pairs = _layers_of(model)
     other = sorted({str(t.dtype) for t in [*model.parameters(), *model.buffers()]

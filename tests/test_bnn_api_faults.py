@@ -106,6 +106,24 @@ def test_binary_conv2d_refuses_an_input_smaller_than_its_kernel_in_one_line():
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")  # (torch's: both)
+def test_layer_arguments_and_inputs_torch_fails_on_inside_are_one_line(tmp_path):
+    """groups=2.0 (a TypeError in torch.empty), an init_width beyond float32 (uniform_'s "from is out of bounds"), a
+    5-D input to a conv layer (conv2d's error); PackedMLP.load took compile="False" as true."""
+    with pytest.raises(ValueError, match=r"^groups must be a positive integer that divides in_channels and "
+                                         r"out_channels, got 2.0$"):
+        bnn.BinaryConv2d(4, 4, 3, groups=2.0)
+    with pytest.raises(ValueError, match=r"^init_width must be a finite number in \(0, 6.80565e\+38\] or None"):
+        bnn.BinaryLinear(4, 4, init_width=1e39)
+    with pytest.raises(ValueError, match=r"^BinaryConv2d takes inputs with 4 channels .*, got shape \(1, 1, 4, 5, 5\)"):
+        bnn.BinaryConv2d(4, 4, 3)(torch.randn(1, 1, 4, 5, 5))
+    path = tmp_path / "packed.pt"
+    bnn.pack(bnn.use_population_statistics(bnn.MLP([6, 5, 3]), torch.randn(20, 6)).eval()).save(path)
+    for compile in ("False", None, 2):
+        with pytest.raises(ValueError, match=r"^compile must be True \(the fast kernels\) or False"):
+            bnn.PackedMLP.load(path, compile=compile)
+    assert bnn.PackedMLP.load(path, compile=False).sizes == [6, 5, 3]
+
+
 def test_binary_conv2d_refuses_exactly_the_input_sizes_nn_conv2d_cannot_convolve():
     """Each geometry (kernel, dilation, padding, padding mode) on heights 0 to 6: BinaryConv2d raises its one line
     where torch's convolution fails and gives torch's output shape elsewhere."""
