@@ -70,6 +70,30 @@ def test_a_run_resumed_mid_task_continues_its_schedule_exactly():
         faster.fit(_scenario(), resume=mid)
 
 
+def test_a_resume_under_a_scheduler_refuses_the_settings_the_scheduler_does_not_move():
+    """Under any scheduler a resume exempted lr, momentum and betas from the comparison: ReduceLROnPlateau keeps no
+    base rate, so lr 0.8 went on from a run of lr 0.4; StepLR moves no momentum, so momentum 0 went on from 0.9."""
+    plateau = lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, patience=0, threshold=10.0)  # noqa: E731
+    log = KeepCheckpoints()
+    whole = _trainer(plateau, mode="shared").fit(_scenario(), log=log)
+    later = torch.load(io.BytesIO(log.saved[1]), weights_only=True)  # (after two reductions of 0.4)
+    assert later["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.004)
+    assert _trainer(plateau, mode="shared").fit(_scenario(), resume=later).matrix == whole.matrix
+    faster = _trainer(plateau, mode="shared")
+    faster.make_optimizer = lambda model: torch.optim.SGD(model.parameters(), lr=0.8)
+    with pytest.raises(ValueError, match=r"lr = 0.004.* which ReduceLROnPlateau's reductions \(factor 0.1\) do not "
+                                         r"reach from this run's lr 0.8"):
+        faster.fit(_scenario(), resume=later)
+    log = KeepCheckpoints()
+    with_momentum = _trainer(_step_lr, mode="shared")
+    with_momentum.make_optimizer = lambda model: torch.optim.SGD(model.parameters(), lr=0.4, momentum=0.9)
+    with_momentum.fit(_scenario(), log=log)
+    mid = torch.load(io.BytesIO(log.saved[1]), weights_only=True)
+    with pytest.raises(ValueError, match=r"the checkpoint's optimizer has momentum = 0.9 in param group 0, where the "
+                                         r"run's settings give 0"):
+        _trainer(_step_lr, mode="shared").fit(_scenario(), resume=mid)
+
+
 def test_a_scheduler_of_another_optimizer_or_none_at_all_is_refused():
     stray = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     with pytest.raises(ValueError, match="make_scheduler must build its scheduler over the optimizer it is given"):

@@ -18,7 +18,7 @@ import math
 import numbers
 import types
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,12 +28,60 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from metaspike.caller import user_stacklevel
 
-__all__ = ["check_scheduler", "step_scheduler", "scheduler_record", "load_scheduler_record", "SCHEDULED_SETTINGS",
-           "check_functions", "function_fingerprint", "function_fingerprints"]
+__all__ = ["check_scheduler", "step_scheduler", "scheduler_record", "load_scheduler_record", "scheduled_settings",
+           "check_plateau_rates", "check_functions", "function_fingerprint", "function_fingerprints"]
 
-#: The param-group settings torch's schedulers move as they step (OneCycleLR and CyclicLR the momentum as well): a
-#: resumed run's optimizer takes them from the checkpoint, and its scheduler's base rates are what must agree.
-SCHEDULED_SETTINGS = frozenset({"lr", "momentum", "betas"})
+
+def scheduled_settings(scheduler: Any | None) -> frozenset[str]:
+    """The param-group settings ``scheduler`` moves as it steps: the learning rate, and the momentum (SGD's
+    ``momentum``, Adam's ``betas``) where it cycles it (OneCycleLR, CyclicLR with ``cycle_momentum``). A resumed run's
+    optimizer takes them from the checkpoint; what must agree is where the schedule started (its base rates and
+    momenta, settings of the scheduler's own state; ReduceLROnPlateau's: :func:`check_plateau_rates`). Every other
+    setting, a StepLR run's momentum among them, must equal the checkpoint's.
+
+    Example:
+        >>> import torch
+        >>> sgd = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1, momentum=0.9)
+        >>> sorted(scheduled_settings(torch.optim.lr_scheduler.StepLR(sgd, 2)))
+        ['lr']
+        >>> sorted(scheduled_settings(torch.optim.lr_scheduler.OneCycleLR(sgd, 1.0, total_steps=10)))
+        ['betas', 'lr', 'momentum']
+    """
+    if scheduler is None:
+        return frozenset()
+    return frozenset({"lr", "momentum", "betas"} if getattr(scheduler, "cycle_momentum", False) else {"lr"})
+
+
+def check_plateau_rates(scheduler: ReduceLROnPlateau, started: Sequence[float]) -> None:
+    """One ``ValueError`` where a param group's learning rate, loaded from a checkpoint into the optimizer that
+    ``scheduler`` drives, is none that the scheduler's reductions reach from the rate the run's optimizer was built
+    with (``started``, one per group): ``lr ← max(lr·factor, min_lr)`` while that lowers it by more than ``eps``, as
+    torch computes them, so an exact comparison. ReduceLROnPlateau keeps no base rate, so a run resumed with another
+    learning rate would go on from the checkpoint's silently.
+
+    Example:
+        >>> import torch
+        >>> sgd = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.5)
+        >>> plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(sgd, factor=0.1)
+        >>> check_plateau_rates(plateau, [0.5])
+        >>> check_plateau_rates(plateau, [0.1])
+        Traceback (most recent call last):
+        ...
+        ValueError: the checkpoint's optimizer has lr = 0.5 in param group 0, which ReduceLROnPlateau's reductions (factor 0.1) do not reach from this run's lr 0.1: it was written with other settings
+    """
+    for index, (group, start) in enumerate(zip(scheduler.optimizer.param_groups, started)):
+        lr, loaded = float(start), float(group["lr"])
+        for _ in range(100_000):  # (each reduction lowers it by more than eps: a factor near 1 takes many)
+            if lr == loaded:
+                break
+            lower = max(lr * scheduler.factor, scheduler.min_lrs[index])
+            if lr - lower <= scheduler.eps:
+                break
+            lr = lower
+        if lr != loaded:
+            raise ValueError(f"the checkpoint's optimizer has lr = {group['lr']!r} in param group {index}, which "
+                             f"ReduceLROnPlateau's reductions (factor {scheduler.factor:g}) do not reach from this "
+                             f"run's lr {start!r}: it was written with other settings")
 
 #: Entries of torch's schedulers' state dicts that count progress, not settings: a resumed run's scheduler takes them
 #: from the checkpoint, and every other entry must equal the checkpoint's.

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from metaspike.bayesian.optim import check_synapse_optimizers
 from metaspike.bayesian.synapses import bayesian_modules
@@ -49,9 +50,10 @@ from metaspike.continual.checkpoints import (
 from metaspike.continual.metrics import matrix_rows, summarize
 from metaspike.continual.scenarios import Scenario, Task, made_when_reached
 from metaspike.continual.schedulers import (
-    SCHEDULED_SETTINGS,
+    check_plateau_rates,
     check_scheduler,
     load_scheduler_record,
+    scheduled_settings,
     scheduler_record,
     step_scheduler,
 )
@@ -408,19 +410,26 @@ def _data_sums(scenario: Scenario) -> str:
     return digest.hexdigest()
 
 
-def _load_saved_optimizer(optimizer: Optimizer, optimizer_state: tuple[Any, Any], scheduled: bool) -> None:
+def _load_saved_optimizer(optimizer: Optimizer, optimizer_state: tuple[Any, Any], scheduler: Any | None) -> None:
     """Load a checkpoint's optimizer state into ``optimizer``: refused in one line where it was another kind of
-    optimizer, has other settings or holds state that does not fit (:func:`check_optimizer_state`). Where a
-    learning-rate scheduler drives it (``scheduled``), the settings a scheduler moves are its to check
-    (:func:`~metaspike.continual.schedulers.load_scheduler_record`: its base rates)."""
+    optimizer, has other settings or holds state that does not fit (:func:`check_optimizer_state`). The settings
+    that ``scheduler`` moves in the optimizer it drives (:func:`~metaspike.continual.schedulers.scheduled_settings`)
+    are checked as where the schedule can take them: a scheduler's base rates (compared by
+    :func:`~metaspike.continual.schedulers.load_scheduler_record`), ReduceLROnPlateau's reductions from the run's
+    rates (:func:`~metaspike.continual.schedulers.check_plateau_rates`)."""
     saved, kinds = optimizer_state
     check_kinds(kinds, kinds_of(optimizer), "optimizer")
-    settings = group_settings(optimizer)
-    if scheduled:
-        settings = [[{k: v for k, v in group.items() if k not in SCHEDULED_SETTINGS} for group in inner]
-                    for inner in settings]
+    built = group_settings(optimizer)
+    parts = getattr(optimizer, "optimizers", None) or [optimizer]
+    driven = getattr(scheduler, "optimizer", None)
+    moved = scheduled_settings(scheduler)
+    settings = [[{k: v for k, v in group.items() if k not in moved} for group in inner] if part is driven else inner
+                for part, inner in zip(parts, built)]
     load_part("optimizer", optimizer, saved)
     check_optimizer_state(optimizer, settings)
+    if isinstance(scheduler, ReduceLROnPlateau):
+        check_plateau_rates(scheduler, [group["lr"] for part, inner in zip(parts, built) if part is driven
+                                        for group in inner])
 
 
 def _check_finite_weights(model: nn.Module, task: int) -> None:
@@ -763,10 +772,10 @@ class ContinualTrainer:
                 if optimizer_state is not None:  # (at a task boundary a new optimizer starts, but the saved one must
                     # have been built with this run's settings: it is loaded into a copy whose rule states it takes)
                     previous = self._new_optimizer() if new_task else None
-                    load_scheduler_record(scheduler if previous is None else self._new_scheduler(previous),
-                                          scheduler_state)
+                    saved_scheduler = scheduler if previous is None else self._new_scheduler(previous)
+                    load_scheduler_record(saved_scheduler, scheduler_state)
                     _load_saved_optimizer(optimizer if previous is None else previous, optimizer_state,
-                                          scheduled=scheduler is not None)
+                                          saved_scheduler)
                 if previous is not None:  # (the synapses' own state goes on; Adam's moments start anew)
                     inherit_rule_states(optimizer, previous)
                 optimizer_state = scheduler_state = None
