@@ -11,7 +11,7 @@ import math
 import os
 import sysconfig
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -150,10 +150,8 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
                       "(metaspike.snn.SpikingClassifier does)", stacklevel=2)
     if y is not None:
         check_labels(y, len(x), out.shape[-1], what)
-    if classes is not None and y is not None:  # (a task checks its labels when made; this is what trains now)
-        outside = sorted(set(y.unique().tolist()) - set(classes))
-        if outside:
-            raise ValueError(f"labels of {what} include {outside[:5]}, outside its classes {list(classes)}")
+    if y is not None:  # (a task checks its labels when made; this is what trains now)
+        _check_within_classes(y, classes, what)
     beyond = [c for c in classes or () if not 0 <= c < out.shape[-1]]
     if beyond:
         raise ValueError(f"the classes {list(classes)} of {what} go beyond the model's {out.shape[-1]} outputs "  # type: ignore[arg-type]
@@ -252,6 +250,50 @@ def predictions(logits: Tensor, classes: Sequence[int] | None = None) -> Tensor:
     return logits.argmax(-1)
 
 
+#: The hooks of :class:`Plugin` that a training loop calls.
+_PLUGIN_HOOKS = ("penalty", "before_step", "after_step", "task_done")
+
+
+def checked_plugins(plugins: Any) -> tuple[Plugin, ...]:
+    """``plugins`` as a tuple, each an object with the hooks of :class:`Plugin` (a class where an instance belongs,
+    or a function, would fail only once training reaches the hook).
+
+    Example:
+        >>> checked_plugins([Plugin()])[0].penalty(torch.nn.Linear(1, 1)) is None
+        True
+    """
+    if isinstance(plugins, (str, bytes, Plugin, dict)) or not isinstance(plugins, Iterable):
+        raise ValueError(f"plugins must be a list of Plugin instances (e.g. [EWC()]), got {type(plugins).__name__}")
+    plugins = tuple(plugins)
+    for index, plugin in enumerate(plugins):
+        if isinstance(plugin, type):
+            raise ValueError(f"plugins[{index}] is the class {plugin.__name__}; pass an instance: "
+                             f"{plugin.__name__}(...)")
+        missing = [hook for hook in _PLUGIN_HOOKS if not callable(getattr(plugin, hook, None))]
+        if missing:
+            raise ValueError(f"plugins[{index}] ({type(plugin).__name__}) lacks {', '.join(missing)}: a plugin "
+                             "subclasses metaspike.training.Plugin and overrides the hooks it needs")
+    return plugins
+
+
+def _check_within_classes(y: Tensor, classes: Sequence[int] | None, what: str) -> None:
+    """One ``ValueError`` where labels ``y`` of ``what`` fall outside ``classes`` (the outputs the loss or the
+    prediction reads): they could never be predicted, and their loss is infinite."""
+    if classes is None or not len(y):
+        return
+    outside = sorted(set(y.unique().tolist()) - set(classes))
+    if outside:
+        raise ValueError(f"labels of {what} include {outside[:5]}, outside its classes {list(classes)}")
+
+
+def _check_samples(x: Any, y: Any, classes: Sequence[int] | None, what: str) -> None:
+    """``x`` a tensor of samples, ``y`` one int64 class index per sample (:func:`check_labels`) within ``classes``."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{what} x must be a tensor of samples, got {type(x).__name__}")
+    check_labels(y, len(x), None, what)
+    _check_within_classes(y, classes, what)
+
+
 def minimum_batch_size(has_batchnorm: bool, processes: int = 1) -> int:
     """The smallest batch that trains: every process needs a sample of it, and BatchNorm two (one sample has no
     batch statistics).
@@ -298,9 +340,13 @@ def train_epoch(
         >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
         >>> loss = train_epoch(model, opt, torch.rand(20, 4), torch.randint(0, 3, (20,)), batch_size=5)
     """
-    model.train()
     if not is_whole(batch_size, 1):
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    _check_samples(x, y, classes, "the training data")
+    plugins = checked_plugins(plugins)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    model.train()
     _refuse_vanishing_eps(optimizer)
     order = torch.randperm(len(x), generator=generator)
     total, batches = 0.0, 0
@@ -551,6 +597,7 @@ def _correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, classes: S
              device: torch.device | str) -> Tensor:
     """Whether ``model`` predicts each sample of ``(x, y)`` right (a bool per sample, in ``x``'s order); see
     :func:`evaluate` for the batches and the warnings."""
+    _check_samples(x, y, classes, "the evaluated data")
     if len(x) == 0:
         raise ValueError("x holds no samples to evaluate")
     if not is_whole(batch_size, 1):

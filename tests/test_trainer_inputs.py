@@ -271,3 +271,27 @@ def test_a_model_whose_parameters_are_all_frozen_is_named_instead_of_training_no
                                          r"for every one\): unfreeze what should learn"):
         _trainer(_model().requires_grad_(False))
     _trainer(_model())  # (one trainable parameter is enough: a partly frozen model trains)
+
+
+def test_train_epoch_and_evaluate_check_their_arguments_as_the_trainer_does():
+    """Used in a loop of one's own, labels outside classes gave TrainingDiverged blaming the learning rate (their loss
+    is infinite), evaluate scored them as silent misses, and labels of another length or shape, a single plugin, a
+    plugin class or an integer generator failed inside torch."""
+    from metaspike.training import evaluate, train_epoch
+
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.rand(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    for arguments, message in [
+        ({"classes": (0, 1)}, r"labels of the training data include \[2\], outside its classes \[0, 1\]"),
+        ({"y": y[:4]}, r"the training data has 6 samples but 4 labels"),
+        ({"y": y.float()}, r"labels of the training data must be int64 class indices, got dtype torch.float32"),
+        ({"y": y[:, None]}, r"labels of the training data must have shape \[N\]"),
+        ({"plugins": EWC()}, r"plugins must be a list of Plugin instances \(e.g. \[EWC\(\)\]\), got EWC"),
+        ({"plugins": [EWC]}, r"plugins\[0\] is the class EWC; pass an instance"),
+        ({"generator": 3}, r"generator must be a torch.Generator or None, got int"),
+    ]:
+        with pytest.raises(ValueError, match=f"^{message}"):
+            train_epoch(model, optimizer, x, arguments.pop("y", y), batch_size=2, **arguments)
+    with pytest.raises(ValueError, match=r"^labels of the evaluated data include \[2\], outside its classes \[0, 1\]"):
+        evaluate(model, x, y, classes=(0, 1))

@@ -19,7 +19,7 @@ import math
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
@@ -65,6 +65,7 @@ from metaspike.training import (
     Plugin,
     TrainingDiverged,
     check_inputs,
+    checked_plugins,
     evaluate,
     evaluate_together,
     non_finite_parameters,
@@ -472,24 +473,7 @@ def _lacking(owner: Any, hooks: Sequence[str]) -> list[str]:
     return [hook for hook in hooks if not callable(getattr(owner, hook, None))]
 
 
-_PLUGIN_HOOKS = ("penalty", "before_step", "after_step", "task_done")
 _PLUGIN_STATE_HOOKS = ("state_dict", "load_state_dict")  # needed where a run keeps checkpoints or resumes
-
-
-def _checked_plugins(plugins: Any) -> tuple[Plugin, ...]:
-    """``plugins`` as a tuple, each an object with the hooks of :class:`~metaspike.training.Plugin` (a class where an
-    instance belongs, or a function, would fail only once training reaches the hook)."""
-    if isinstance(plugins, (str, bytes, Plugin, dict)) or not isinstance(plugins, Iterable):
-        raise ValueError(f"plugins must be a list of Plugin instances (e.g. [EWC()]), got {type(plugins).__name__}")
-    plugins = tuple(plugins)
-    for index, plugin in enumerate(plugins):
-        if isinstance(plugin, type):
-            raise ValueError(f"plugins[{index}] is the class {plugin.__name__}; pass an instance: {plugin.__name__}(...)")
-        missing = _lacking(plugin, _PLUGIN_HOOKS)
-        if missing:
-            raise ValueError(f"plugins[{index}] ({type(plugin).__name__}) lacks {', '.join(missing)}: a plugin "
-                             "subclasses metaspike.training.Plugin and overrides the hooks it needs")
-    return plugins
 
 
 def _claim_plugins(plugins: Sequence[Plugin], model: nn.Module) -> None:
@@ -578,7 +562,7 @@ class ContinualTrainer:
         self.make_scheduler = make_scheduler
         self.config = config
         self.progress = progress
-        self.plugins = _checked_plugins(plugins)
+        self.plugins = checked_plugins(plugins)
         _claim_plugins(self.plugins, model)
         self.batchnorm_states: list[dict[str, Tensor]] = []
         self._identity: dict[str, Any] | None = None  # the run's, once fit starts (see run_identity)
