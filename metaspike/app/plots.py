@@ -278,8 +278,8 @@ class SeriesStyle(NamedTuple):
     linestyle: str
 
 
-#: What tells apart series beyond the 10 colours of matplotlib's ``tab10``: a marker for a curve, a hatch for a bar
-#: (one per further 10 series), then a line style for a curve (one per further 10 × 8).
+#: What tells apart series beyond the 10 colours of matplotlib's ``tab10``: a marker and a line style for a curve, a
+#: hatch for a bar (one per further 10 series; the line styles turn one further after every 10 × 8 curves).
 _SERIES_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 _SERIES_HATCHES = (None, "//", "..", "xx", "\\\\", "oo", "--", "++")
 _SERIES_LINESTYLES = ("-", "--", ":", "-.")
@@ -288,12 +288,13 @@ _SERIES_COLOURS = 10
 
 def series_style(k: int) -> SeriesStyle:
     """The style of series ``k`` (from 0) of a figure with several: the ``tab10`` colours in turn, then the next marker
-    or hatch for every further 10 series, then the next line style for every further 80, so that no two series look
-    the same: up to 80 bars (a bar has no line style) and 320 curves per figure.
+    and line style, or hatch, for every further 10 series (a curve of the eleventh colour is dashed, not only marked
+    with squares a few pixels wide), so that no two series look the same: up to 80 bars (a bar has no line style) and
+    320 curves per figure.
 
     Example:
         >>> [(s.marker, s.hatch, s.linestyle) for s in (series_style(0), series_style(9), series_style(10))]
-        [('o', None, '-'), ('o', None, '-'), ('s', '//', '-')]
+        [('o', None, '-'), ('o', None, '-'), ('s', '//', '--')]
         >>> series_style(0).color == series_style(10).color != series_style(1).color
         True
     """
@@ -301,7 +302,7 @@ def series_style(k: int) -> SeriesStyle:
     return SeriesStyle(color=pyplot().get_cmap("tab10")(k % _SERIES_COLOURS),
                        marker=_SERIES_MARKERS[shape % len(_SERIES_MARKERS)],
                        hatch=_SERIES_HATCHES[shape % len(_SERIES_HATCHES)],
-                       linestyle=_SERIES_LINESTYLES[shape // len(_SERIES_MARKERS) % len(_SERIES_LINESTYLES)])
+                       linestyle=_SERIES_LINESTYLES[(shape + shape // len(_SERIES_MARKERS)) % len(_SERIES_LINESTYLES)])
 
 
 def _has_spread(pairs: Sequence[tuple[float, float]]) -> bool:

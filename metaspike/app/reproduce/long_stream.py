@@ -203,17 +203,19 @@ def _plot(curves: dict[str, list[list[float]]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from metaspike.app.plots import save_figure
+    from metaspike.app.plots import save_figure, series_style
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, rows in curves.items():
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
+    for k, (label, rows) in enumerate(curves.items()):
         final = np.array(rows, dtype=float).mean(axis=0)  # every seed evaluates the same tasks
         tasks = np.flatnonzero(np.isfinite(final))
-        ax.plot(tasks + 1, final[tasks], marker="o", markersize=3, label=label)
+        style = series_style(k)  # (more methods than tab10's colours: the eleventh is dashed)
+        ax.plot(tasks + 1, final[tasks], color=style.color, marker=style.marker, linestyle=style.linestyle,
+                markersize=3, label=label)
     ax.set_xlabel("task index")
     ax.set_ylabel("final test accuracy (%)")
     ax.set_title("permuted mnist5k, one pass at batch size 1")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # (beside the curves, not over them)
     fig.tight_layout()
     save_figure(fig, path)
     return path
