@@ -174,6 +174,34 @@ def test_resume_from_python_refuses_other_data_under_the_same_names():
     assert trainer().fit(split(*data(0), groups=2), resume=first_task).matrix  # (its own data: resumed)
 
 
+def test_resume_from_python_refuses_another_model_with_parameters_of_the_same_shapes():
+    """bnn.MLP(..., activation="relu") loads a sign-activation MLP's state dict without a word: the rest of the run
+    trained another network under the same run. Checkpoints written before the model was recorded resume as before."""
+    import bnn
+    from metaspike.continual import ContinualTrainer, TrainerConfig, split
+    from metaspike.data import ArrayDataset
+
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.rand(400, 16, generator=generator), torch.randint(0, 4, (400,), generator=generator)
+    scenario = split(ArrayDataset.from_tensors(x[:300], y[:300], "mine"),
+                     ArrayDataset.from_tensors(x[300:], y[300:], "mine"), groups=2)
+
+    def trainer(activation="sign"):
+        torch.manual_seed(0)
+        return ContinualTrainer(bnn.MLP([16, 8, 4], activation=activation),
+                                lambda m: torch.optim.Adam(m.parameters(), lr=0.01),
+                                TrainerConfig(epochs=1, batch_size=30), progress=False)
+
+    log = KeepCheckpoints()
+    trainer().fit(scenario, log=log)
+    first_task = torch.load(io.BytesIO(log.saved[0]), weights_only=True)
+    with pytest.raises(ValueError, match="the checkpoint was written by a run of another model"):
+        trainer("relu").fit(scenario, resume=first_task)
+    assert trainer().fit(scenario, resume=first_task).matrix  # (its own model: resumed)
+    del first_task["identity"]["model"]  # (as written before the model was recorded)
+    assert trainer("relu").fit(scenario, resume=first_task).matrix
+
+
 def test_resume_from_python_refuses_data_changed_in_a_column_that_evenly_spaced_values_step_over():
     """1408 x 64 values: a fingerprint of 4096 evenly spaced ones reads every 22nd, never feature 1 of any sample."""
     from metaspike.continual import ContinualTrainer, TrainerConfig, sequence

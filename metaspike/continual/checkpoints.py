@@ -47,6 +47,9 @@ def check_same_run(stored: Any, current: dict[str, Any]) -> None:
     if any(key in stored and stored[key] != current[key] for key in ("data", "data_sums")):
         raise ValueError("the checkpoint was written by a run on other data (its tasks' samples or labels differ, "
                          "under the same names and definition); resume it on the data it was made on")
+    if "model" in stored and stored["model"] != current.get("model"):
+        raise ValueError("the checkpoint was written by a run of another model (its modules' names or kinds differ: "
+                         "another activation, layer or neuron?); resume it with the model it was made with")
     differ = [f"{key} {stored['settings'].get(key)!r} there, {value!r} here"
               for key, value in current["settings"].items() if stored["settings"].get(key) != value]
     if differ:

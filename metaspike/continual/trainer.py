@@ -32,6 +32,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from metaspike.bayesian.optim import check_synapse_optimizers
 from metaspike.bayesian.synapses import bayesian_modules
 from metaspike.checks import check_device, check_seed, is_whole
+from metaspike.compiled import uncompiled
 from metaspike.continual.batchnorm import BATCHNORM_MODES, batchnorm_state, load_batchnorm_state
 from metaspike.continual.checkpoints import (
     CHECKPOINT_FORMAT,
@@ -339,10 +340,11 @@ def applied_optimizer_mode(mode: str, scenario: Scenario) -> str:
     return mode if scenario.task_boundaries else "shared"
 
 
-def run_identity(scenario: Scenario, config: TrainerConfig) -> dict[str, Any]:
+def run_identity(scenario: Scenario, config: TrainerConfig, model: nn.Module | None = None) -> dict[str, Any]:
     """What a checkpoint records of the run it belongs to: a SHA-256 of the scenario (name, definition, tasks) and
     the trainer settings that change its numbers (:data:`RESULT_SETTINGS`), so that a resume on another stream (the
-    same task names, another seed) or with other settings is refused rather than mixed into one result.
+    same task names, another seed) or with other settings is refused rather than mixed into one result; with
+    ``model``, a SHA-256 of its modules' names and kinds (:func:`_model_structure`).
 
     Example:
         >>> from metaspike.continual.scenarios import make_scenario
@@ -359,8 +361,19 @@ def run_identity(scenario: Scenario, config: TrainerConfig) -> dict[str, Any]:
     if not made_when_reached(scenario.tasks):  # (a stream made as it is reached: its definition fixes its classes)
         described.append([None if t.classes is None else list(t.classes) for t in scenario.tasks])
     described_text = json.dumps(described, sort_keys=True, default=repr)
-    return {"scenario": hashlib.sha256(described_text.encode()).hexdigest(), "data": _data_fingerprint(scenario),
-            "data_sums": _data_sums(scenario), "settings": {key: getattr(config, key) for key in RESULT_SETTINGS}}
+    identity = {"scenario": hashlib.sha256(described_text.encode()).hexdigest(), "data": _data_fingerprint(scenario),
+                "data_sums": _data_sums(scenario), "settings": {key: getattr(config, key) for key in RESULT_SETTINGS}}
+    return identity if model is None else {**identity, "model": _model_structure(model)}
+
+
+def _model_structure(model: nn.Module) -> str:
+    """A SHA-256 of the names and classes of ``model``'s modules (of the model a ``torch.compile`` wraps): a model
+    built otherwise with parameters of the same names and shapes (another activation, a neuron of another kind) loads
+    a checkpoint's state dict without a word, and the rest of the run would train another network under the same
+    name. Classes by their qualified names, not their modules' paths (a script's own classes are ``__main__``'s in
+    one process and an imported module's in another)."""
+    modules = [[name, type(module).__qualname__] for name, module in uncompiled(model).named_modules()]
+    return hashlib.sha256(json.dumps(modules).encode()).hexdigest()
 
 
 #: Values of each tensor a data fingerprint reads, evenly spaced (the whole tensor where it holds fewer).
@@ -725,7 +738,7 @@ class ContinualTrainer:
             raise ValueError("fit has trained this trainer's model already (and its plugins hold what they learned): a "
                              "second fit would go on from there and report it as untrained; build a new model and "
                              "ContinualTrainer for a new run, or pass resume=<a checkpoint> to continue one")
-        self._identity = run_identity(scenario, cfg)
+        self._identity = run_identity(scenario, cfg, self.model)
         start_alike(self.model)  # (under several processes: the first one's weights everywhere)
         generator = torch.Generator().manual_seed(cfg.seed)
         if resume is None:
