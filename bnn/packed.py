@@ -297,6 +297,8 @@ class PackedMLP:
                              f"{len(layers) if isinstance(layers, list) else 'no'} entries")
         self.sizes = [int(s) for s in sizes]
         self.layers = _valid_layers(self.sizes, layers)
+        self._made_for = list(self.sizes)  # (what the layers were checked for: see _check_unchanged)
+        self._entries_checked = self._entries()
         self._native = native.kernels() if compile else None
         self._prepared: dict[int, tuple[Tensor, int | None, Tensor]] = {}  # see _kernel_weights
         self._checked_last: tuple[list[tuple[Any, int | None]], dict] | None = None  # see _last_layer
@@ -386,6 +388,7 @@ class PackedMLP:
             raise ValueError(f"the packed model's layers do not fit its sizes {self.sizes} ({len(self.sizes) - 1} "
                              "layers): they were changed after loading")
         _check_eps(self.layers)  # (the last layer's entries are checked before torch's BatchNorm reads them, below)
+        self._check_unchanged()
         with torch.inference_mode():
             x = _float32_input(x)
             if self._native is not None:  # the kernel refuses NaN and infinity itself, at no cost
@@ -403,6 +406,27 @@ class PackedMLP:
                 for i in range(0, len(x), self._rows)
             ]
             return _scores(parts[0] if len(parts) == 1 else torch.cat(parts), layers[-1])
+
+    def _entries(self) -> list[tuple[int, int | None]]:
+        """Each layer entry's identity and version counter (:func:`_version`), to tell when one was replaced or
+        changed in place."""
+        return [(id(value), _version(value)) for layer in self.layers if isinstance(layer, dict)
+                for value in layer.values()]
+
+    def _check_unchanged(self) -> None:
+        """One ``ValueError`` where ``sizes`` were changed after the model was made (a kernel would count padding bits
+        as inputs), or where an entry replaced or changed in place since the last check holds values the format
+        refuses (:func:`_values_problem`: padding bits set, a negative variance, a NaN threshold): in place they gave
+        wrong or NaN scores without a word, where a file holding them is refused."""
+        if self.sizes != self._made_for:
+            raise ValueError(f"the packed model's sizes were changed to {self.sizes} after it was made for "
+                             f"{self._made_for}")
+        entries = self._entries()
+        if entries != self._entries_checked:
+            problem = _values_problem(self.sizes, _checked_layers(self.sizes, self.layers))
+            if problem is not None:
+                raise ValueError(f"the packed model's {problem}: changed after it was made")
+            self._entries_checked = entries
 
     def _kernel_weights(self) -> list[Tensor]:
         """The weights of layers 1, 2, ... in the native kernel's layout (:func:`native.kernel_weight`: an

@@ -715,10 +715,12 @@ def test_layers_changed_after_loading_are_checked_before_every_native_call(train
     shrunk = layers[1]["threshold"].clone()
     shrunk.untyped_storage().resize_(8)  # a tensor whose memory is shorter than its shape
     for key, value, error in [
-        ("weight", layers[1]["weight"][:1], r"layer 1 weight is \(1, 64\) torch.int64, expected \(2, any\)"),
-        ("threshold", layers[1]["threshold"].double(), r"layer 1 threshold is \(64,\) torch.float64, expected \(64,\) torch.int64"),
-        ("flip", torch.zeros(64, dtype=torch.bool, device="meta"), "layer 1 flip is a torch.strided tensor on the meta device"),
-        ("threshold", shrunk, r"layer 1 threshold has 8 bytes of storage, fewer than its shape \(64,\) needs"),
+        ("weight", layers[1]["weight"][:1], r"layer 1 'weight' is \(1, 64\) torch.int64, expected \(2, 64\)"),
+        ("threshold", layers[1]["threshold"].double(), r"layer 1 'threshold' is \(64,\) torch.float64, expected "
+                                                       r"\(64,\) torch.int64"),
+        ("flip", torch.zeros(64, dtype=torch.bool, device="meta"), "layer 1 'flip' is a torch.strided tensor on the "
+                                                                   "meta device"),
+        ("threshold", shrunk, r"layer 1 'threshold' has 8 bytes of storage, fewer than its shape \(64,\) needs"),
     ]:
         original, layers[1][key] = layers[1][key], value
         with pytest.raises(ValueError, match=error):
@@ -730,6 +732,38 @@ def test_layers_changed_after_loading_are_checked_before_every_native_call(train
         bnn.native.real_layer(lib, torch.zeros(2, 784, device="meta"), layers[0]["weight"])
     with pytest.raises(ValueError, match="n must be a positive int"):
         bnn.native.binary_layer(lib, torch.zeros(2, 2, dtype=torch.int64), 0, layers[1]["weight"])
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["torch-ops", "fast-kernels"])
+def test_values_or_sizes_changed_in_place_after_loading_are_refused_as_a_file_holding_them_is(trained, compile):
+    """The checks of a packed model's values ran when it was made: padding bits set in place gave scores off by
+    several units (a helper's 20-70-65-5 model), a negative variance NaN scores, and sizes[0] edited let the kernel
+    count a padding bit as an input, without a word. A valid change in place is used."""
+    x = load_dataset("mnist5k", "test").x[:4]
+    for edit, error in [
+        (lambda q: q.layers[-1]["var"].fill_(-1.0), r"layer 2 'var' holds negative variances"),
+        (lambda q: q.layers[-1]["gamma"].fill_(float("inf")), r"layer 2 'gamma' holds NaN or infinite values"),
+        (lambda q: q.layers[0]["threshold"].fill_(float("nan")), r"layer 0 'threshold' holds NaN"),
+    ]:
+        packed = bnn.pack(trained, compile=compile)
+        packed(x)
+        edit(packed)
+        with pytest.raises(ValueError, match=f"^the packed model's {error}.*: changed after it was made$"):
+            packed(x)
+    torch.manual_seed(0)
+    padded = bnn.pack(bnn.use_population_statistics(bnn.MLP([20, 70, 5]), torch.randn(50, 20)).eval(), compile=compile)
+    padded.layers[1]["weight"][-1] = -1  # (70 inputs in two 64-bit words: 58 padding bits)
+    with pytest.raises(ValueError, match=r"^the packed model's layer 1 'weight' sets padding bits beyond its 70 "):
+        padded(torch.randn(2, 20))
+    packed = bnn.pack(trained, compile=compile)
+    packed.sizes[0] = 783
+    with pytest.raises(ValueError, match=r"^the packed model's sizes were changed to \[783, 128, 64, 10\] after it "
+                                         r"was made for \[784, 128, 64, 10\]$"):
+        packed(torch.rand(2, 783))
+    packed = bnn.pack(trained, compile=compile)
+    before = packed(x)
+    packed.layers[-1]["gamma"].mul_(-1)  # (a valid change: the scores change sign around the BatchNorm's beta)
+    assert not torch.equal(packed(x), before)
 
 
 @pytest.mark.parametrize("compile", [False, True], ids=["torch-ops", "fast-kernels"])
