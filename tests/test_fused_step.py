@@ -384,6 +384,7 @@ def test_rows_of_a_dataset_at_any_offset_share_one_compiled_variant():
     # a few networks in one process reached torch's limit of variants)
     from torch._dynamo.utils import counters
 
+    torch._dynamo.reset()  # (the variants earlier tests of the process compiled: past torch's limit, a call runs eager)
     net = nn.Sequential(nn.Linear(5, 11, bias=False), nn.ReLU(), nn.Linear(11, 2, bias=False))  # (a plan of its own)
     bayesianize(net, "bimu", scale=None)
     step = FusedTrainingStep(net, BiMU(bimu_parameters(net)))
