@@ -435,14 +435,14 @@ def _load_saved_optimizer(optimizer: Optimizer, optimizer_state: tuple[Any, Any]
     check_kinds(kinds, kinds_of(optimizer), "optimizer")
     built = group_settings(optimizer)
     parts = getattr(optimizer, "optimizers", None) or [optimizer]
-    driven = getattr(scheduler, "optimizer", None)
+    driven = [getattr(scheduler, "optimizer", None) in (part, optimizer) for part in parts]  # (one part, or the chain)
     moved = scheduled_settings(scheduler)
-    settings = [[{k: v for k, v in group.items() if k not in moved} for group in inner] if part is driven else inner
-                for part, inner in zip(parts, built)]
+    settings = [[{k: v for k, v in group.items() if k not in moved} for group in inner] if drives else inner
+                for drives, inner in zip(driven, built)]
     load_part("optimizer", optimizer, saved)
     check_optimizer_state(optimizer, settings)
     if isinstance(scheduler, ReduceLROnPlateau):
-        check_plateau_rates(scheduler, [group["lr"] for part, inner in zip(parts, built) if part is driven
+        check_plateau_rates(scheduler, [group["lr"] for drives, inner in zip(driven, built) if drives
                                         for group in inner])
 
 
