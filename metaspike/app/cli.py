@@ -7,6 +7,7 @@ printed as one line ``metaspike: error: ...`` with exit status 2.
 from __future__ import annotations
 
 import argparse
+import difflib
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -201,16 +202,25 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
                 word = unknown[at]
                 value = word.split("=", 1)[1] if "=" in word else unknown[at + 1] if at + 1 < len(unknown) else "NAME"
                 hints.append(hint.format(value=value))
+        if not hints:  # (a mistyped flag: --epoch for --epochs, which is not abbreviated)
+            actions = _command_parser(parser, args.command)._actions
+            flags = [flag for action in actions for flag in action.option_strings]
+            hints = [f"did you mean {near[0]}?" for word in unknown if word.startswith("--")
+                     for near in [difflib.get_close_matches(word.split("=")[0], flags, n=1)] if near]
         parser.error("; ".join([f"unrecognized arguments: {' '.join(unknown)}", *hints]))
     _refuse_repeated_flags(parser, args.command, argv)
     return args
 
 
+def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of ``command``, one of ``parser``'s subcommands."""
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+
+
 def _refuse_repeated_flags(parser: argparse.ArgumentParser, command: str, argv: Sequence[str]) -> None:
     """One line where a flag that takes its value once (``--meta 1 --meta 2``, ``--hidden 8 16 --hidden 4``) is given
     twice: argparse keeps the last silently, and a run of other settings than meant follows."""
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    for action in commands[command]._actions:
+    for action in _command_parser(parser, command)._actions:
         if type(action) is not argparse._StoreAction or not action.option_strings:
             continue  # (--import appends; a switch given twice means the same)
         given = [word.split("=", 1)[0] for word in argv if word.split("=", 1)[0] in action.option_strings]
