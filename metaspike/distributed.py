@@ -211,6 +211,19 @@ def sync_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
+def unsynced_class(module: nn.Module) -> type:
+    """The class ``module`` had before :func:`sync_batchnorm` (its own where it was not synced): what a model's
+    structure is compared by, in one process or several.
+
+    Example:
+        >>> unsynced_class(sync_batchnorm(nn.Sequential(nn.BatchNorm1d(4)))[0]).__name__
+        'BatchNorm1d'
+    """
+    if not isinstance(module, _GlobalStatistics):
+        return type(module)
+    return next(cls for cls in type(module).__mro__ if not issubclass(cls, _GlobalStatistics))
+
+
 def start_alike(model: nn.Module) -> None:
     """Give every process the first process's weights and buffers (what DDP does when it wraps a model); under
     several processes, refuse a model whose BatchNorm layers were not passed through :func:`sync_batchnorm` (they

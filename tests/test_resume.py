@@ -200,6 +200,11 @@ def test_resume_from_python_refuses_another_model_with_parameters_of_the_same_sh
     assert trainer().fit(scenario, resume=first_task).matrix  # (its own model: resumed)
     del first_task["identity"]["model"]  # (as written before the model was recorded)
     assert trainer("relu").fit(scenario, resume=first_task).matrix
+    # a checkpoint of 2 processes (torchrun) resumed in one: accepted through the Python API, other batches trained
+    first_task["identity"]["processes"] = 2
+    with pytest.raises(ValueError, match="written by a run of 2 processes and would continue with 1: they split each "
+                                         "batch otherwise"):
+        trainer().fit(scenario, resume=first_task)
 
 
 def test_resume_from_python_refuses_data_changed_in_a_column_that_evenly_spaced_values_step_over():

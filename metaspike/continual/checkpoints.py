@@ -47,6 +47,11 @@ def check_same_run(stored: Any, current: dict[str, Any]) -> None:
     if any(key in stored and stored[key] != current[key] for key in ("data", "data_sums")):
         raise ValueError("the checkpoint was written by a run on other data (its tasks' samples or labels differ, "
                          "under the same names and definition); resume it on the data it was made on")
+    if "processes" in stored and stored["processes"] != current.get("processes"):  # (the CLI says so from its record)
+        raise ValueError(f"the checkpoint was written by a run of {shown(stored['processes'])} processes and would "
+                         f"continue with {current.get('processes')}: they split each batch otherwise (a last batch too "
+                         "small for every process is skipped by several and trained by one); resume it with as many "
+                         "processes as it ran with")
     if "model" in stored and stored["model"] != current.get("model"):
         raise ValueError("the checkpoint was written by a run of another model (its modules' names or kinds differ: "
                          "another activation, layer or neuron?); resume it with the model it was made with")

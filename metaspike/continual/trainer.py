@@ -59,7 +59,7 @@ from metaspike.continual.schedulers import (
     step_scheduler,
 )
 from metaspike.diagnostics import consolidated_fractions, flip_rates, hidden_weight_histograms, sign_snapshot
-from metaspike.distributed import start_alike, world
+from metaspike.distributed import start_alike, unsynced_class, world
 from metaspike.optim import inherit_rule_states
 from metaspike.population_statistics import evaluates_with_batch_statistics
 from metaspike.training import (
@@ -343,8 +343,9 @@ def applied_optimizer_mode(mode: str, scenario: Scenario) -> str:
 def run_identity(scenario: Scenario, config: TrainerConfig, model: nn.Module | None = None) -> dict[str, Any]:
     """What a checkpoint records of the run it belongs to: a SHA-256 of the scenario (name, definition, tasks) and
     the trainer settings that change its numbers (:data:`RESULT_SETTINGS`), so that a resume on another stream (the
-    same task names, another seed) or with other settings is refused rather than mixed into one result; with
-    ``model``, a SHA-256 of its modules' names and kinds (:func:`_model_structure`).
+    same task names, another seed), with other settings or by another number of processes (they split each batch
+    otherwise) is refused rather than mixed into one result; with ``model``, a SHA-256 of its modules' names and kinds
+    (:func:`_model_structure`).
 
     Example:
         >>> from metaspike.continual.scenarios import make_scenario
@@ -362,7 +363,8 @@ def run_identity(scenario: Scenario, config: TrainerConfig, model: nn.Module | N
         described.append([None if t.classes is None else list(t.classes) for t in scenario.tasks])
     described_text = json.dumps(described, sort_keys=True, default=repr)
     identity = {"scenario": hashlib.sha256(described_text.encode()).hexdigest(), "data": _data_fingerprint(scenario),
-                "data_sums": _data_sums(scenario), "settings": {key: getattr(config, key) for key in RESULT_SETTINGS}}
+                "data_sums": _data_sums(scenario), "settings": {key: getattr(config, key) for key in RESULT_SETTINGS},
+                "processes": world()[1]}
     return identity if model is None else {**identity, "model": _model_structure(model)}
 
 
@@ -371,8 +373,9 @@ def _model_structure(model: nn.Module) -> str:
     built otherwise with parameters of the same names and shapes (another activation, a neuron of another kind) loads
     a checkpoint's state dict without a word, and the rest of the run would train another network under the same
     name. Classes by their qualified names, not their modules' paths (a script's own classes are ``__main__``'s in
-    one process and an imported module's in another)."""
-    modules = [[name, type(module).__qualname__] for name, module in uncompiled(model).named_modules()]
+    one process and an imported module's in another), and as before :func:`~metaspike.distributed.sync_batchnorm`
+    (the number of processes is compared apart)."""
+    modules = [[name, unsynced_class(module).__qualname__] for name, module in uncompiled(model).named_modules()]
     return hashlib.sha256(json.dumps(modules).encode()).hexdigest()
 
 
