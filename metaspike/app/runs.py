@@ -902,9 +902,9 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
                for key, value in (settings or {}).items() if getattr(config, key) != value]
     if changed:
         raise ValueError(f"{path} continues with its stored settings; these would change them: {', '.join(changed)}")
+    if is_complete(path):  # (before the lock, which a finished run on a read-only disk could not take; before the
+        raise ValueError(_complete(path))  # number of processes, whose advice would lead here)
     _check_same_processes(path)
-    if is_complete(path):  # (before the lock, which a finished run on a read-only disk could not take)
-        raise ValueError(_complete(path))
     rank, _ = init_from_env(config.device)  # (under torchrun the first process alone holds the lock and writes)
     with run_lock(path) if rank == 0 else nullcontext():
         if rank == 0:
