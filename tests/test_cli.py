@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -687,6 +688,19 @@ def test_a_setting_the_run_would_ignore_or_cannot_train_with_is_refused(tmp_path
     err = capsys.readouterr().err
     assert err.startswith(f"metaspike: error: {message}") and err.count("\n") == 1
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("processes, advice", [(2, "give --batch-size 2 to 20 (2 processes need a sample each)"),
+                                               (32, "32 processes need a sample each: run it in fewer processes")])
+def test_the_batch_size_advice_under_torchrun_counts_its_processes(monkeypatch, processes, advice):
+    """Under 2 processes "give --batch-size 1 or less" advised what the process count then refused."""
+    from metaspike.app.config import RunConfig
+    from metaspike.app.runs import make_run_scenario
+
+    monkeypatch.setenv("WORLD_SIZE", str(processes))
+    config = RunConfig(model="bimu", datasets=("digits",), samples_per_task=20, batch_size=100, tasks=2)
+    with pytest.raises(ValueError, match=f"gives steps of 20; {re.escape(advice)}$"):
+        make_run_scenario(config)
 
 
 def test_a_deep_network_gets_a_folder_name_that_fits_or_one_line_saying_why_not(tmp_path, capsys):

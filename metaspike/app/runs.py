@@ -109,10 +109,13 @@ def _check_bayesian_batch(config: RunConfig, scenario: Scenario) -> None:
     tasks = scenario.tasks[:1] if made_when_reached(scenario.tasks) else scenario.tasks  # (a lazy stream: alike)
     smallest = min(len(task.train) for task in tasks)
     if smallest < config.batch_size:
+        processes = world_size_from_env()  # (under torchrun every process needs a sample of each step)
+        advice = (f"give --batch-size {smallest} or less" if processes == 1 else
+                  f"give --batch-size {processes} to {smallest} ({processes} processes need a sample each)"
+                  if smallest >= processes else f"{processes} processes need a sample each: run it in fewer processes")
         raise ValueError(f"--batch-size {config.batch_size}: model {config.model!r} scales its optimizer's settings "
                          f"to {config.batch_size} samples a step (summed evidence, a memory window counted in samples), "
-                         f"but a task of {smallest} training samples gives steps of {smallest}; give --batch-size "
-                         f"{smallest} or less")
+                         f"but a task of {smallest} training samples gives steps of {smallest}; {advice}")
 
 
 def _check_stream_parts(config: RunConfig, scenario: Scenario) -> None:
