@@ -20,7 +20,7 @@ from typing import Any
 __all__ = ["registered_name", "check_keys_kept", "listed", "is_number", "is_finite_number", "is_whole", "number_in",
            "finite_number", "FLOAT32_MAX", "FLOAT32_TINY",
            "MAX_SEED", "check_seed", "check_device", "state_dict_groups", "check_eps_holds", "ModelError",
-           "raised_at", "defined_at", "in_metaspike", "is_nan", "shown", "check_generator_state"]
+           "raised_at", "defined_at", "in_metaspike", "is_nan", "shown", "check_generator_state", "lacking_methods"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -51,6 +51,16 @@ FLOAT32_TINY = 1.1754943508222875e-38
 
 MAX_SEED = 2**64 - 1
 """The largest seed: torch's and numpy's seeds are 64-bit."""
+
+
+def lacking_methods(owner: Any, names: Sequence[str]) -> list[str]:
+    """The names of ``names`` that ``owner`` has no callable for (a plugin's hooks, a scheduler's methods).
+
+    Example:
+        >>> lacking_methods([], ("append", "step"))
+        ['step']
+    """
+    return [name for name in names if not callable(getattr(owner, name, None))]
 
 
 def is_number(value: Any) -> bool:

@@ -23,7 +23,15 @@ from metaspike.allocator import allocation_failure
 from metaspike.bayesian.fused_step import FusedTrainingStep
 from metaspike.bayesian.synapses import bayesian_modules
 from metaspike.caller import LIBRARY_PATHS, user_stacklevel
-from metaspike.checks import ModelError, TrainingDiverged, check_eps_holds, is_number, is_whole, raised_at
+from metaspike.checks import (
+    ModelError,
+    TrainingDiverged,
+    check_eps_holds,
+    is_number,
+    is_whole,
+    lacking_methods,
+    raised_at,
+)
 from metaspike.distributed import average_gradients, batch_slice
 from metaspike.population_statistics import evaluates_with_batch_statistics, statistics_outdated
 
@@ -269,7 +277,7 @@ def checked_plugins(plugins: Any) -> tuple[Plugin, ...]:
         if isinstance(plugin, type):
             raise ValueError(f"plugins[{index}] is the class {plugin.__name__}; pass an instance: "
                              f"{plugin.__name__}(...)")
-        missing = [hook for hook in _PLUGIN_HOOKS if not callable(getattr(plugin, hook, None))]
+        missing = lacking_methods(plugin, _PLUGIN_HOOKS)
         if missing:
             raise ValueError(f"plugins[{index}] ({type(plugin).__name__}) lacks {', '.join(missing)}: a plugin "
                              "subclasses metaspike.training.Plugin and overrides the hooks it needs")

@@ -27,6 +27,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from metaspike.caller import user_stacklevel
+from metaspike.checks import lacking_methods
 
 __all__ = ["check_scheduler", "step_scheduler", "scheduler_record", "load_scheduler_record", "scheduled_settings",
            "check_plateau_rates", "check_functions", "function_fingerprint", "function_fingerprints"]
@@ -98,7 +99,7 @@ def check_scheduler(scheduler: Any, optimizer: Optimizer) -> Any:
         >>> type(check_scheduler(torch.optim.lr_scheduler.StepLR(sgd, 2), sgd)).__name__
         'StepLR'
     """
-    lacking = [name for name in ("step", "state_dict", "load_state_dict") if not callable(getattr(scheduler, name, None))]
+    lacking = lacking_methods(scheduler, ("step", "state_dict", "load_state_dict"))
     if lacking:
         raise ValueError(f"make_scheduler must return a learning-rate scheduler (e.g. torch.optim.lr_scheduler.StepLR("
                          f"optimizer, 5)); {type(scheduler).__name__} lacks {', '.join(lacking)}")

@@ -31,7 +31,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from metaspike.bayesian.optim import check_synapse_optimizers
 from metaspike.bayesian.synapses import bayesian_modules
-from metaspike.checks import check_device, check_seed, is_whole
+from metaspike.checks import check_device, check_seed, is_whole, lacking_methods
 from metaspike.compiled import uncompiled
 from metaspike.continual.batchnorm import BATCHNORM_MODES, batchnorm_state, load_batchnorm_state
 from metaspike.continual.checkpoints import (
@@ -484,11 +484,6 @@ def _check_resume(resume: Any) -> None:
                          "path), or a run folder's newest good one with latest_good_checkpoint(run_dir)[0]")
 
 
-def _lacking(owner: Any, hooks: Sequence[str]) -> list[str]:
-    """The names of ``hooks`` that ``owner`` has no callable for."""
-    return [hook for hook in hooks if not callable(getattr(owner, hook, None))]
-
-
 _PLUGIN_STATE_HOOKS = ("state_dict", "load_state_dict")  # needed where a run keeps checkpoints or resumes
 
 
@@ -691,12 +686,12 @@ class ContinualTrainer:
         """
         cfg = self.config
         _check_resume(resume)
-        missing = _lacking(log, ("epoch_done", "task_done", "checkpoint"))
+        missing = lacking_methods(log, ("epoch_done", "task_done", "checkpoint"))
         if log is not None and missing:
             raise ValueError(f"log must be a RunLog (e.g. metaspike.continual.RunDirectory) with epoch_done, task_done "
                              f"and checkpoint; {type(log).__name__} lacks {', '.join(missing)}")
         for index, plugin in enumerate(self.plugins if log is not None or resume is not None else ()):
-            lacking = _lacking(plugin, _PLUGIN_STATE_HOOKS)
+            lacking = lacking_methods(plugin, _PLUGIN_STATE_HOOKS)
             if lacking:
                 raise ValueError(f"plugins[{index}] ({type(plugin).__name__}) lacks {', '.join(lacking)}, which a run "
                                  "that keeps checkpoints or resumes needs: subclass metaspike.training.Plugin")
