@@ -299,9 +299,9 @@ class PackedMLP:
         self.layers = _valid_layers(self.sizes, layers)
         self._made_for = list(self.sizes)  # (what the layers were checked for: see _check_unchanged)
         self._entries_checked = self._entries()
+        self._checked_last = self.layers[-1]  # (checked by _valid_layers; again by _check_unchanged when it changes)
         self._native = native.kernels() if compile else None
         self._prepared: dict[int, tuple[Tensor, int | None, Tensor]] = {}  # see _kernel_weights
-        self._checked_last: tuple[list[tuple[Any, int | None]], dict] | None = None  # see _last_layer
         self._dots = _COMPILED_DOTS if compile else (_real_dot, _binary_dot)
         # rows per call: bounds the eager path's 8-byte intermediates to ~2**24 a row-chunk (~128 MB): the
         # (rows, outputs, groups or words) products and the first layer's (rows, groups, 256) table of byte sums
@@ -395,7 +395,7 @@ class PackedMLP:
                 with _torch_on_calling_thread() as threads:
                     a = _native_last_preactivation(self._native, x, self.layers, self.sizes, threads,
                                                    self._kernel_weights())
-                    return _scores(a, self._last_layer())
+                    return _scores(a, self._checked_last)
             if not bool(torch.isfinite(x).all()):
                 raise ValueError("input holds NaN or infinite values; only finite inputs are accepted")
             layers = _checked_layers(self.sizes, self.layers)
@@ -407,26 +407,30 @@ class PackedMLP:
             ]
             return _scores(parts[0] if len(parts) == 1 else torch.cat(parts), layers[-1])
 
-    def _entries(self) -> list[tuple[int, int | None]]:
-        """Each layer entry's identity and version counter (:func:`_version`), to tell when one was replaced or
-        changed in place."""
-        return [(id(value), _version(value)) for layer in self.layers if isinstance(layer, dict)
+    def _entries(self) -> list[tuple[Any, int | None]]:
+        """Each layer entry with its version counter (:func:`_version`), to tell when one was replaced or changed in
+        place (the entries themselves are kept, not their ids, which a new tensor may take over)."""
+        return [(value, _version(value)) for layer in self.layers if isinstance(layer, dict)
                 for value in layer.values()]
 
     def _check_unchanged(self) -> None:
         """One ``ValueError`` where ``sizes`` were changed after the model was made (a kernel would count padding bits
-        as inputs), or where an entry replaced or changed in place since the last check holds values the format
-        refuses (:func:`_values_problem`: padding bits set, a negative variance, a NaN threshold): in place they gave
-        wrong or NaN scores without a word, where a file holding them is refused."""
+        as inputs), or where an entry replaced or changed in place since the last check does not fit (its dtype or
+        shape: :func:`_checked_layers`) or holds values the format refuses (:func:`_values_problem`: padding bits set,
+        a negative variance, a NaN threshold): in place they gave wrong or NaN scores without a word, where a file
+        holding them is refused. Keeps the checked last layer for torch's BatchNorm, checked only when something
+        changed (at every call it cost 14-24 % of a 784-1024-1024-10 call at batch 1)."""
         if self.sizes != self._made_for:
             raise ValueError(f"the packed model's sizes were changed to {self.sizes} after it was made for "
                              f"{self._made_for}")
-        entries = self._entries()
-        if entries != self._entries_checked:
-            problem = _values_problem(self.sizes, _checked_layers(self.sizes, self.layers))
+        entries, kept = self._entries(), self._entries_checked
+        if len(entries) != len(kept) or any(value is not was or version != was_version
+                                            for (value, version), (was, was_version) in zip(entries, kept)):
+            checked = _checked_layers(self.sizes, self.layers)
+            problem = _values_problem(self.sizes, checked)
             if problem is not None:
                 raise ValueError(f"the packed model's {problem}: changed after it was made")
-            self._entries_checked = entries
+            self._entries_checked, self._checked_last = entries, checked[-1]
 
     def _kernel_weights(self) -> list[Tensor]:
         """The weights of layers 1, 2, ... in the native kernel's layout (:func:`native.kernel_weight`: an
@@ -442,19 +446,6 @@ class PackedMLP:
                 kept = self._prepared[i] = (weight, version, native.kernel_weight(self._native, weight, f"layer {i}"))
             prepared.append(kept[2])
         return prepared
-
-    def _last_layer(self) -> dict:
-        """The last layer with its tensors checked (:func:`_checked_layer`) before torch's BatchNorm reads them, kept
-        between calls and checked again when one of its entries is replaced or changed in place (as
-        :meth:`_kernel_weights`: checking it at every call cost 14-24 % of a 784-1024-1024-10 call at batch 1)."""
-        i = len(self.layers) - 1
-        entries = [(value, _version(value)) for value in self.layers[i].values()]
-        kept = self._checked_last
-        if kept is None or len(kept[0]) != len(entries) or any(
-                value is not was or version != was_version
-                for (value, version), (was, was_version) in zip(entries, kept[0])):
-            kept = self._checked_last = (entries, _checked_layer(self.sizes, self.layers, i))
-        return kept[1]
 
     def predict(self, x: Tensor) -> Tensor:
         """Predicted class of each input (argmax of the scores)."""
