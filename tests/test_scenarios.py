@@ -60,6 +60,10 @@ def test_sequence_of_two_digit_domains():
     s = make_scenario("sequence", ["mnist5k", "digits"])
     assert [t.name for t in s.tasks] == ["mnist5k", "digits"]
     assert s.input_shape == (1, 28, 28)
+    assert len(make_scenario("sequence", ["mnist5k", "digits"], tasks=2).tasks) == 2
+    with pytest.raises(ValueError, match=r"^tasks: the 'sequence' scenario has one task per dataset, 2 here .*tasks=5"):
+        make_scenario("sequence", ["mnist5k", "digits"], tasks=5)  # (it was ignored: two tasks, not five)
+    assert len(make_scenario("permuted", ["digits"]).tasks) == 3  # (no tasks given: the default)
 
 
 def test_bad_scenarios_say_what_is_wrong():

@@ -39,7 +39,7 @@ from metaspike.checks import (
     number_in,
 )
 from metaspike.continual.baselines import BASELINE_STRENGTHS, EWC_ONLINE_GAMMA, make_baseline
-from metaspike.continual.scenarios import SPLIT_MODES, available_scenarios
+from metaspike.continual.scenarios import DEFAULT_TASKS, SPLIT_MODES, available_scenarios
 from metaspike.continual.trainer import LAST_EVALUATED, TrainerConfig
 from metaspike.data import dataset_key
 from metaspike.rules import check_meta, get_rule
@@ -196,7 +196,7 @@ class RunConfig:
 
     scenario: str = "permuted"
     datasets: tuple[str, ...] = ("mnist5k",)
-    tasks: int = 3
+    tasks: int = DEFAULT_TASKS
     epochs: int = 20
     hidden: tuple[int, ...] = (512, 512)
     meta: tuple[float, ...] | None = None

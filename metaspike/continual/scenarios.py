@@ -352,6 +352,9 @@ def _permute(data: ArrayDataset, perm: torch.Tensor, name: str, rows: torch.Tens
     return ArrayDataset(name=name, x=x, y=y, classes=data.classes)
 
 
+DEFAULT_TASKS = 3
+""":func:`make_scenario`'s number of tasks where none is given (``sequence``: one per dataset)."""
+
 #: Streams up to this many tasks list every permutation in ``definition["permutations"]``; longer
 #: ones record only how the permutations are derived (``definition["permutations_from"]``).
 LISTED_PERMUTATIONS = 100
@@ -651,7 +654,7 @@ def _dataset_names(datasets: Any) -> list[str]:
 def make_scenario(
     name: str,
     datasets: str | Sequence[str] = ("mnist5k",),
-    tasks: int = 3,
+    tasks: int | None = None,
     seed: int = 0,
     data_dir: str | None = None,
     split_mode: str = "task",
@@ -660,7 +663,7 @@ def make_scenario(
     """Build a scenario by name from dataset names (what the CLI calls); ``datasets`` may be one name.
 
     ``tasks`` is the number of permutations (``permuted``, ``joint``), class groups (``split``) or
-    subsets (``stream``); ``sequence`` uses one task per dataset. ``joint`` trains on the
+    subsets (``stream``), 3 when not given; ``sequence`` has one task per dataset and refuses another number. ``joint`` trains on the
     permuted tasks together. ``samples_per_task`` (``permuted`` only) trains each task on a seeded
     subset of that many training samples.
 
@@ -670,13 +673,18 @@ def make_scenario(
     """
     if name not in available_scenarios():
         raise ValueError(f"unknown scenario {name!r}; available: {', '.join(available_scenarios())}")
+    datasets = _dataset_names(datasets)
+    if tasks is None:
+        tasks = len(datasets) if name == "sequence" else DEFAULT_TASKS
     _check_count(tasks, "tasks")
+    if name == "sequence" and tasks != len(datasets):
+        raise ValueError(f"tasks: the 'sequence' scenario has one task per dataset, {len(datasets)} here "
+                         f"({', '.join(datasets)}), got tasks={tasks}")
     check_seed("seed", seed)
     if samples_per_task is not None and name != "permuted":
         raise ValueError(f"samples_per_task applies to the 'permuted' scenario only, not {name!r}")
     if split_mode != "task" and name != "split":
         raise ValueError(f"split_mode applies to the 'split' scenario only, not {name!r}")
-    datasets = _dataset_names(datasets)
     pairs = [(load_dataset(d, "train", data_dir), load_dataset(d, "test", data_dir)) for d in datasets]
     if name == "sequence":
         return sequence(pairs)
