@@ -5,6 +5,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -234,15 +235,24 @@ def test_a_rate_encoder_in_a_shared_batch_draws_its_rows_of_the_whole_batchs_spi
 
 def test_a_lost_peer_under_torchrun_is_one_line_naming_how_to_continue(monkeypatch):
     """kill -9 of one worker left the other to die with 40 lines from inside gloo ("Connection reset by peer")."""
+    from metaspike.app import runs
     from metaspike.app.cli import _lost_process
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     lost = _lost_process(RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:16774: Connection "
                                       "reset by peer. This is typically caused by a remote worker hanging\nmore"))
-    assert lost == ("another process of this torchrun launch stopped ([gloo/transport/tcp/pair.cc:537] Read error "
+    lost_process = ("another process of this torchrun launch stopped ([gloo/transport/tcp/pair.cc:537] Read error "
                     "[127.0.0.1]:16774: Connection reset by peer. This is typically caused by a remote worker "
-                    "hanging); its run folder keeps its last checkpoint: continue it as it ran, torchrun "
-                    "--nproc-per-node 2 -m metaspike train --resume RUN_DIR")
+                    "hanging); that process's own message says why; ")
+    assert lost == lost_process + "it stopped before the run's folder was made and shared, so no checkpoint was kept"
+    err = RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:16774: Connection reset by peer. This "
+                       "is typically caused by a remote worker hanging")
+    monkeypatch.setattr(runs, "world", lambda: (1, 2))  # (the survivor is the second of two processes)
+    with pytest.raises(RuntimeError) as caught, runs.named_for_lost_processes(Path("runs/a")):
+        raise err
+    assert _lost_process(caught.value) == lost_process + (  # (the folder each process knows, not a placeholder)
+        "the run's folder keeps its last checkpoint: continue it as it ran, torchrun --nproc-per-node 2 -m metaspike "
+        "train --resume runs/a")
     assert _lost_process(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None  # (raised as it is)
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert _lost_process(RuntimeError("Connection reset by peer")) is None

@@ -66,9 +66,10 @@ def _lost_process(err: BaseException) -> str | None:
         return None
     first = message.strip().splitlines()[0] if message.strip() else type(err).__name__
     first = first if len(first) <= 160 else first[:157] + "..."
-    return (f"another process of this torchrun launch stopped ({first}); its run folder keeps its "
-            f"last checkpoint: continue it as it ran, torchrun --nproc-per-node {processes} -m metaspike train "
-            "--resume RUN_DIR")
+    command = getattr(err, "continue_with", None)  # (set once the run's folder is known: runs.named_for_lost_processes)
+    kept = (f"the run's folder keeps its last checkpoint: continue it as it ran, {command}" if command else
+            "it stopped before the run's folder was made and shared, so no checkpoint was kept")
+    return f"another process of this torchrun launch stopped ({first}); that process's own message says why; {kept}"
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> NoReturn:

@@ -313,6 +313,29 @@ def continued_by(folder: Path, command: str) -> Iterator[None]:
         raise stopped_by_file_error(err, command) from err
 
 
+@contextmanager
+def named_for_lost_processes(path: Path) -> Iterator[None]:
+    """Inside it, a ``RuntimeError`` (where a torchrun launch lost a process, the survivor's error from
+    ``torch.distributed``) carries ``continue_with``, the command that continues the run in ``path``, which
+    every process knows: the command line's message for a lost process names it (only the first process holds the
+    run's :class:`RunDirectory`).
+
+    Example:
+        >>> try:
+        ...     with named_for_lost_processes(Path("runs/a")):
+        ...         raise RuntimeError("Connection reset by peer")
+        ... except RuntimeError as err:
+        ...     err.continue_with
+        'metaspike train --resume runs/a'
+    """
+    command = train_resume_command(path, world()[1])
+    try:
+        yield
+    except RuntimeError as err:
+        err.continue_with = command  # type: ignore[attr-defined]
+        raise
+
+
 def train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: RunDirectory | None,
                      resume: dict[str, Any] | None, plot: bool) -> ContinualResult:
     """Train, then (on rank 0, which holds the directory) write ``model.pt`` (and :data:`BATCHNORM_STATES`), the final
@@ -673,7 +696,7 @@ def run(config: RunConfig, out: str | Path = "runs", progress: bool = True, plot
         directory = RunDirectory.create(out, name or config.name, _record(config, scenario),
                                         _scenario_record(scenario))
     path = _shared_path(directory.path if directory else None)
-    with removed_when_refused(directory.path if directory else None), run_lock(path):
+    with removed_when_refused(directory.path if directory else None), run_lock(path), named_for_lost_processes(path):
         return path, train_and_finish(trainer, scenario, directory, None, plot)
 
 
@@ -932,7 +955,8 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
         trainer = _trainer(config, scenario, progress)
         if directory is not None and state is None:  # starting over: the folder describes the config it runs now
             directory.describe(_record(config, scenario), _scenario_record(scenario))
-        return path, train_and_finish(trainer, scenario, directory, state, plot), warnings
+        with named_for_lost_processes(path):
+            return path, train_and_finish(trainer, scenario, directory, state, plot), warnings
 
 
 def is_complete(run_dir: str | Path) -> bool:
