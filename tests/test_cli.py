@@ -3,6 +3,7 @@
 import csv
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -333,6 +334,31 @@ def test_a_comparison_resumed_refuses_a_run_whose_matrix_is_not_its_own(tmp_path
     assert capsys.readouterr().err == (f"metaspike: error: {plain / 'accuracy_matrix.csv'}'s last row differs from the "
                                        f"final_accuracy of {plain / 'metrics.json'}: one of them was edited or copied "
                                        "from another run\n")
+
+
+def test_a_comparison_resumed_keeps_a_finished_run_that_lost_its_config(tmp_path, capsys):
+    """A run folder without config.json was taken for one killed while it was made, and removed with everything it
+    recorded (its matrix, metrics and model), then trained again without a word."""
+    args = ["compare", *SMALL, "--meta", "0", "5", "--out", str(tmp_path)]
+    assert main(args) == 0
+    root = next(tmp_path.glob("compare-*"))
+    plain = root / "permuted-digits-meta0-seed1"
+    recorded = {p.name: p.read_bytes() for p in plain.iterdir() if p.is_file()}
+    (plain / "config.json").unlink()
+    capsys.readouterr()
+    assert main(["compare", "--resume", str(root), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"metaspike: error: {plain} has no config.json but holds ") and "put it back" in err, err
+    assert {p.name: p.read_bytes() for p in plain.iterdir() if p.is_file()} == {
+        name: data for name, data in recorded.items() if name != "config.json"}  # (left as it was)
+    (plain / "config.json").write_bytes(recorded["config.json"])
+    killed = root / "permuted-digits-meta5-seed1"  # killed while its folder was made: only the config's temporary
+    shutil.rmtree(killed)
+    killed.mkdir()
+    (killed / ".config.json.a1b2.tmp").write_text("{")
+    assert main(["compare", "--resume", str(root), "--quiet"]) == 0  # (that one starts again)
+    assert (killed / "config.json").is_file() and not (killed / ".config.json.a1b2.tmp").exists()
+    assert (plain / "model.pt").read_bytes() == recorded["model.pt"]
 
 
 def test_a_neuron_comparison_checks_the_models_it_compares(tmp_path, capsys):

@@ -175,6 +175,34 @@ def test_a_stopped_reproduction_resumes_to_the_table_of_one_never_stopped(tmp_pa
     assert "remove --seeds" in capsys.readouterr().err
 
 
+def test_a_reproduction_resumed_keeps_a_stopped_run_that_lost_its_checkpoints(tmp_path, monkeypatch, capsys):
+    """A run of a reproduction stopped after several evaluated epochs, its checkpoint files gone: `reproduce --resume`
+    started it again and overwrote what it had recorded (`train --resume` refuses this)."""
+    from metaspike.app.runs import CHECKPOINT, PREVIOUS_CHECKPOINT
+    from metaspike.continual import trainer as trainer_module
+
+    real, calls = trainer_module.train_epoch, {"n": 0}
+
+    def stopped_in_first_run(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_epoch", stopped_in_first_run)
+    assert main(["reproduce", "fig3", "--quiet", "--out", str(tmp_path)]) == 130
+    monkeypatch.undo()
+    stopped = next(path.parent for path in tmp_path.glob("*/*/*/checkpoint.pt"))
+    for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+        (stopped / name).unlink(missing_ok=True)
+    curves = (stopped / "curves.csv").read_bytes()
+    capsys.readouterr()
+    assert main(["reproduce", "--resume", str(next(tmp_path.glob("reproduce-*"))), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"metaspike: error: {stopped} recorded ") and "holds no checkpoint" in err, err
+    assert (stopped / "curves.csv").read_bytes() == curves
+
+
 def test_a_file_that_cannot_be_written_mid_reproduction_names_the_reproductions_resume(tmp_path):
     """The file-size limit stops fig3's first checkpoint: the hint continues the reproduction, not its run."""
     import subprocess

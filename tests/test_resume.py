@@ -540,6 +540,7 @@ def _tamper(state, change):
                 s.update(batchnorm_states=[{"x": torch.zeros(1)}])), "BatchNorm states do not fit"),
     (lambda s: s.update(generator=torch.zeros(3, dtype=torch.uint8)), "generator is not a state"),
     (lambda s: s["model"].update({k: v.long() for k, v in list(s["model"].items())[:1]}), "entries of another type"),
+    (lambda s: s["model"].update({5: torch.zeros(1)}), "the checkpoint's model has entries that are not named by text: [5]"),
     (lambda s: [st.update(exp_avg=torch.zeros(1)) for st in s["optimizer"]["state"].values()],
      "optimizer does not fit this run's optimizer: state_dict: parameter 0's exp_avg has shape (1,)"),
     (lambda s: [st.update(step=torch.tensor(-5.0)) for st in s["optimizer"]["state"].values()],

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -33,6 +32,7 @@ from metaspike.app.runs import (
     learned_nothing,
     load_config,
     ran_with,
+    remove_unstarted,
     removed_when_refused,
     resume,
     run,
@@ -176,8 +176,7 @@ def _rows(plan: dict[str, Any], root: Path) -> list[Row]:
 
 def _run_or_continue(config: RunConfig, root: Path, progress: bool) -> ContinualResult:
     path = root / config.name
-    if path.is_dir() and not (path / "config.json").exists():
-        shutil.rmtree(path)  # killed before its config was written: nothing measured yet
+    remove_unstarted(path)
     if not path.is_dir():
         run(config, root, progress=progress, plot=False, name=config.name)
     else:  # a run of an earlier (killed) pass: only if it is the one the plan asks for

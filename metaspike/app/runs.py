@@ -711,6 +711,30 @@ def announce_run(number: int, total: int, name: str, progress: bool) -> None:
         print(f"run {number}/{total}: {name}", file=sys.stderr, flush=True)
 
 
+def remove_unstarted(path: Path) -> None:
+    """Remove the run folder ``path`` where its process was killed while making it: without ``config.json``, holding
+    at most the temporary file of that config (an atomic write's ``.*.tmp``), it measured nothing. A folder without
+    ``config.json`` that holds anything else lost its config (or is not a run at all) and is refused, not removed:
+    whatever it recorded stays. Nothing happens where ``path`` is no folder or has its config.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp()) / "run"
+        >>> folder.mkdir(); _ = (folder / ".config.json.x1.tmp").write_text("{")
+        >>> remove_unstarted(folder); folder.exists()
+        False
+    """
+    if not path.is_dir() or (path / "config.json").exists():
+        return
+    held = sorted(p.name for p in path.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp")))
+    if held:
+        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        raise ValueError(f"{path} has no config.json but holds {shown}: a run stopped while its folder was made holds "
+                         "nothing else, so this one lost its config.json (put it back) or is not a run of this pass "
+                         "(move it away); it is left as it is")
+    shutil.rmtree(path)
+
+
 def train_in_folder(root: Path, name: str, config: RunConfig, trainer: ContinualTrainer, scenario: Scenario,
                     extra: dict[str, Any] | None = None) -> ContinualResult:
     """Train ``trainer`` on ``scenario`` into the run folder ``root/name``, or take up what an earlier, stopped pass
@@ -728,8 +752,7 @@ def train_in_folder(root: Path, name: str, config: RunConfig, trainer: Continual
     """
     record = {**config.to_dict(), DATA_DIGESTS: data_digests(config), **(extra or {})}
     path = root / name
-    if path.is_dir() and not (path / "config.json").exists():
-        shutil.rmtree(path)  # stopped before its config was written: nothing measured yet
+    remove_unstarted(path)
     if not path.is_dir():
         directory = RunDirectory.create(root, name, {**record, **_arithmetic()},
                                         _scenario_record(scenario))
@@ -746,6 +769,8 @@ def train_in_folder(root: Path, name: str, config: RunConfig, trainer: Continual
         if result is not None:
             return result
         state, warnings = _checkpoint_to_continue(path)
+        if state is None:  # (as train --resume refuses it: starting again would overwrite what it recorded)
+            _refuse_results_without_checkpoint(path)
         for warning in warnings + (_arithmetic_changes(path) if state is not None else []):
             print(f"metaspike: warning: {warning}", file=sys.stderr)
         return _as_recorded(train_and_finish(trainer, scenario, directory, state, plot=False), path)

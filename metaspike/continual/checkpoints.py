@@ -132,6 +132,9 @@ def check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: tor
         check_generator_state(value, f"the checkpoint's {key}")  # (its size is right: are its values?)
     if not isinstance(state["model"], dict) or not isinstance(state["optimizer"], dict):
         raise ValueError("the checkpoint's model and optimizer must be state dicts")
+    unnamed = [key for key in state["model"] if not isinstance(key, str)]  # (torch's load fails at key.startswith)
+    if unnamed:
+        raise ValueError(f"the checkpoint's model has entries that are not named by text: {unnamed[:5]}")
     own = model.state_dict()
     mistyped = [key for key, value in state["model"].items()
                 if key in own and (not isinstance(value, Tensor) or value.dtype != own[key].dtype)]
