@@ -48,10 +48,17 @@ def check_scale(scale: str | None) -> str | None:
     return scale
 
 
+_GAIN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+"""The layers whose own forward pass is the weight product plus the bias, ``W x + b``, that a gain scales."""
+
+
 def check_gain_layer(name: str, layer: nn.Module) -> None:
     """A gain needs the output channels first in the weight and last (linear) or second (conv) in the output: a
     ``Linear`` or a (non-transposed) ``Conv1d/2d/3d``, or a subclass. Any other layer (``ConvTranspose2d``,
-    ``Bilinear``, ``Embedding``, ...) is one ``ValueError`` naming it, since its gain would scale the wrong axis.
+    ``Bilinear``, ``Embedding``, ...) is one ``ValueError`` naming it, since its gain would scale the wrong axis. So is
+    a subclass with a forward pass of its own (a fused ReLU, a LoRA branch, a bias left out), whose output the gain
+    would take for ``W x + b`` (it scales ``output - b``), unless the class says its forward pass is still the
+    weight product plus the bias by a true ``forward_is_weight_product`` (metaspike's sampled Bayesian layers do).
 
     Example:
         >>> check_gain_layer("up", torch.nn.ConvTranspose2d(3, 6, 2))
@@ -59,10 +66,16 @@ def check_gain_layer(name: str, layer: nn.Module) -> None:
         ...
         ValueError: layer 'up' (ConvTranspose2d): a learned output gain fits Linear and Conv1d/2d/3d layers only; pass scale=None for it, or leave it out with exclude
     """
-    is_conv = isinstance(layer, nn.modules.conv._ConvNd) and not layer.transposed
-    if not (isinstance(layer, nn.Linear) or is_conv):
+    base = next((kind for kind in _GAIN_LAYERS if isinstance(layer, kind)), None)
+    if base is None or getattr(layer, "transposed", False):
         raise ValueError(f"layer {name!r} ({type(layer).__name__}): a learned output gain fits Linear and "
                          "Conv1d/2d/3d layers only; pass scale=None for it, or leave it out with exclude")
+    own = [method for method in ("forward", "_conv_forward") if getattr(type(layer), method, None) is not
+           getattr(base, method, None)]
+    if own and getattr(type(layer), "forward_is_weight_product", False) is not True:
+        raise ValueError(f"layer {name!r} ({type(layer).__name__}) has a {own[0]} of its own: a learned output gain "
+                         f"scales a {base.__name__}'s output less its bias, which its own pass need not be (a fused "
+                         "activation, an extra branch); pass scale=None for it, or leave it out with exclude")
 
 
 #: Updates of a layer's synapses (an optimizer's steps) through which its gain holds a gradient and stays unchanged
@@ -101,6 +114,8 @@ class OutputGain(nn.Module):
         scale: ``"channel"`` or ``"layer"``.
         layer_name: the layer's module path (in the model :func:`metaspike.binarize` or
             :func:`metaspike.bayesianize` was given), which the warnings name; ``""`` (unknown) names its class only.
+        real_weights: the synapses keep real weights of the float weight's size (MESU's ``μ``), not ``±1``: ``α``
+            starts at 1, so that the converted layer computes what the float one did.
 
     Example:
         >>> gain = OutputGain(torch.tensor([[0.5, -0.5], [0.1, 0.3]]), "channel")
@@ -112,13 +127,14 @@ class OutputGain(nn.Module):
 
     layer_name: str = ""
 
-    def __init__(self, weight: Tensor, scale: str, layer_name: str = "") -> None:
+    def __init__(self, weight: Tensor, scale: str, layer_name: str = "", real_weights: bool = False) -> None:
         super().__init__()
         if check_scale(scale) is None:
             raise ValueError("scale must be 'channel' or 'layer' for an OutputGain, got None")
         magnitude = weight.detach().abs()
         self.channel_shape = (weight.shape[0], *([1] * (weight.dim() - 2)))  # broadcasts over an output
-        if magnitude.numel() == 0:  # a layer without inputs (or outputs): its W x is 0 whatever α is
+        # α = 1 where the synapses keep W's size, or where there are no inputs (W x is 0 whatever α is)
+        if magnitude.numel() == 0 or real_weights:
             magnitude = torch.ones((weight.shape[0], 1), dtype=weight.dtype, device=weight.device)
         alpha = magnitude.flatten(1).mean(1).reshape(self.channel_shape) if scale == "channel" else magnitude.mean()
         default = 0.5 / math.sqrt(max(math.prod(weight.shape[1:]), 1))  # mean |W| of U(±1/√fan_in): torch's init
@@ -279,11 +295,11 @@ def foreign_forward_hooks(module: nn.Module) -> int:
     return len(module._forward_hooks) + len(module._forward_pre_hooks) - own
 
 
-def attach_output_gain(layer: nn.Module, scale: str, name: str = "") -> OutputGain:
+def attach_output_gain(layer: nn.Module, scale: str, name: str = "", real_weights: bool = False) -> OutputGain:
     """Give a linear/conv ``layer`` a learned :class:`OutputGain` (child ``output_gain``, applied to its output by
     a forward hook), started from the layer's current weight; ``name``, the layer's module path, is what the gain's
     warnings call it. :func:`metaspike.binarize` and :func:`metaspike.bayesianize` call it before the weight becomes
-    a synapse.
+    a synapse; ``real_weights`` (MESU's Gaussian weights) starts the gain at 1 (:class:`OutputGain`).
 
     The gain trains where the weight does (a frozen layer, ``requires_grad_(False)``, stays frozen), and its hook
     runs before the forward hooks the layer had already: those see, and may replace, the output the next layer gets.
@@ -296,7 +312,7 @@ def attach_output_gain(layer: nn.Module, scale: str, name: str = "") -> OutputGa
         True
     """
     weight = layer.weight
-    layer.output_gain = OutputGain(weight, scale, name)
+    layer.output_gain = OutputGain(weight, scale, name, real_weights)
     layer.output_gain.alpha.requires_grad_(weight.requires_grad)
     layer.register_forward_hook(_apply_output_gain, prepend=True)
     layer.register_load_state_dict_post_hook(_list_tensors_anew)

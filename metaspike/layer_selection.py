@@ -189,8 +189,9 @@ def nothing_to_convert(model: nn.Module, action: str, layer_types: type[nn.Modul
         return (f"exclude={exclude!r} leaves {type(model).__name__} no layer to {action}: it names or holds every one "
                 f"of its {available} {layer_type_names(layer_types)} layers{whole}")
     owners = sorted({type(m).__name__ for m in model.modules() if isinstance(m, FORWARD_BYPASSING_OWNERS)})
-    note = (f"; the layers inside a {' or '.join(owners)} are left out: it reads their weights without calling them, "
-            "so a synapse on them would never be used" if owners else "")
+    note = (f"; the layers inside a {' or '.join(owners)} are left out: it multiplies by their weights without "
+            "calling their forward pass, where a synapse's learned output gain acts, so they stay float, as its own "
+            "in_proj_weight does" if owners else "")
     return (f"{type(model).__name__} has no layer to {action} (looked for {layer_type_names(layer_types)} layers with a "
             f"weight parameter){note}")
 
@@ -377,7 +378,8 @@ def warn_float_matrices_left(model: nn.Module, selected: Sequence[nn.Module], ex
     not named. Layers of a class in ``layer_types`` that have no ``weight`` parameter (others of their class have
     one) are named apart: excluding them is not what the caller asked. A second warning names the modules that share
     a weight tensor with a synapse layer without being one (an ``nn.Embedding`` tied to an output ``nn.Linear``):
-    they read the synapse's float state, not its weight.
+    they read the synapse's float state, not its weight. Layers that already are synapses (of an earlier call) count
+    as selected.
 
     Example:
         >>> net = nn.Sequential(nn.LSTM(3, 4), nn.Linear(4, 2))
@@ -388,8 +390,10 @@ def warn_float_matrices_left(model: nn.Module, selected: Sequence[nn.Module], ex
         True
     """
     excluded, excluded_parameters = _excluded_ids(model, exclude)
-    covered = {id(p) for layer in selected for p in layer.parameters()}
-    inside = {id(m) for layer in selected for m in layer.modules()}  # a selected layer, its gain, its parametrization
+    # (the synapses of an earlier call too: their hidden weights, held by their parametrizations, are no float matrices)
+    synapses = [*selected, *(m for m in model.modules() if synapse_parametrization(m) is not None)]
+    covered = {id(p) for layer in synapses for p in layer.parameters()}
+    inside = {id(m) for layer in synapses for m in layer.modules()}  # a synapse layer, its gain, its parametrization
     bypassed = _forward_bypassed(model)
     types = _layer_types(layer_types)
     left, named, tied = [], [], []

@@ -593,8 +593,9 @@ class MetaplasticAdam(HookedAgainWhenCopied, Optimizer):
 def check_before_step(optimizer: Optimizer) -> None:
     """Raise what the next step of a metaplastic optimizer would raise about its settings, before anything changes:
     :meth:`MetaplasticAdam.check_step`, or for an optimizer :func:`metaplastic` hooked, its groups' ``meta`` and
-    ``rule`` and that each group still has every setting of the optimizer's ``defaults`` (whose values are the
-    optimizer's own to check; a deleted one stopped its step at a bare ``KeyError``); nothing for other optimizers.
+    ``rule`` and that each group still has every setting of the optimizer's ``defaults`` that all its groups held when
+    it was hooked (whose values are the optimizer's own to check; a deleted one stopped its step at a bare
+    ``KeyError``); nothing for other optimizers.
     What a :class:`~metaspike.ChainedOptimizer` checks before it steps any of its optimizers.
 
     Example:
@@ -611,7 +612,7 @@ def check_before_step(optimizer: Optimizer) -> None:
     if not getattr(optimizer, "_metaspike_hooked", False):
         return
     for group in optimizer.param_groups:
-        check_keys_kept(group, optimizer.defaults)
+        check_keys_kept(group, getattr(optimizer, "_metaspike_group_keys", optimizer.defaults))
         _check_edited_consolidation(group)
         _check_consolidated_real(group, f"metaplastic({type(optimizer).__name__})")
 
@@ -852,6 +853,10 @@ def metaplastic(
     optimizer.add_param_group = lambda param_group: _add_checked(  # type: ignore[method-assign]
         owner(), functools.partial(add, owner()), param_group)
     optimizer._metaspike_hooked = True  # type: ignore[attr-defined]
+    # (what each group must keep: the settings every group holds now; torch's __setstate__, which load_state_dict and
+    # a copy run, adds "differentiable" to the defaults of LBFGS and Adafactor, whose groups never hold it)
+    optimizer._metaspike_group_keys = tuple(  # type: ignore[attr-defined]
+        key for key in optimizer.defaults if all(key in group for group in optimizer.param_groups))
     optimizer.__class__ = _copied_with_hooks(type(optimizer))
     warn_at_first_step_if_nothing_consolidated(optimizer)
     return optimizer

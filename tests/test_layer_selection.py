@@ -15,6 +15,7 @@ from metaspike.bayesian import (
     BiMU,
     bayesian_modules,
     bimu_parameters,
+    make_bayesian,
     mesu_param_groups,
     plain_parameters,
     sampled_product,
@@ -81,6 +82,15 @@ def test_a_bayesianize_that_meets_a_binarized_layer_late_changes_nothing():
     net = binarize(_blocks(), exclude=["0"])  # only the last layer is binary
     before = _snapshot(net)
     with pytest.raises(ValueError, match="layer '1' already has a weight parametrization"):
+        bayesianize(net, "mesu")
+    assert _unchanged(net, before)
+
+
+def test_a_bayesianize_that_meets_the_other_kind_names_it():
+    net = bayesianize(_blocks(), "bimu", exclude=["1"])
+    before = _snapshot(net)
+    with pytest.raises(ValueError, match=r"layer '0.0' is already a 'bimu' synapse; bayesianize\(\.\.\., 'mesu'\) "
+                                         r"needs plain weights: leave it out with exclude=\['0.0'\]"):
         bayesianize(net, "mesu")
     assert _unchanged(net, before)
 
@@ -210,6 +220,22 @@ def test_a_gain_goes_only_where_the_output_channels_are_known(make, kind):
     assert synapse_parametrization(layer).kind == kind
 
 
+@pytest.mark.parametrize("scale", ["channel", "layer"])
+def test_a_gain_on_gaussian_synapses_starts_at_one(scale):
+    """MESU's μ keeps the float weight, so a gain started at mean |W| (as for ±1 weights) shrank a pretrained layer's
+    output 5-8 times, without a word."""
+    torch.manual_seed(0)
+    float_layer = nn.Linear(8, 6)
+    x = torch.randn(5, 8)
+    layer = make_bayesian(copy.deepcopy(float_layer), "mesu", scale=scale).eval()  # (evaluation: μ)
+    assert torch.equal(layer.output_gain.alpha, torch.ones_like(layer.output_gain.alpha))
+    torch.testing.assert_close(layer(x), float_layer(x))
+    binary = make_bayesian(copy.deepcopy(float_layer), "bimu", scale=scale)  # (±1 weights: the float weight's size)
+    size = float_layer.weight.detach().abs()
+    expected = size.mean(1) if scale == "channel" else size.mean()
+    torch.testing.assert_close(binary.output_gain.alpha.detach().flatten(), expected.flatten())
+
+
 def test_synapses_are_refused_on_unmaterialized_weights_and_non_models():
     with pytest.raises(ValueError, match="layer '0' has its weight on the 'meta' device: materialize"):
         binarize(nn.Sequential(nn.Linear(3, 2, device="meta")))
@@ -267,6 +293,10 @@ def test_weight_matrices_left_float_by_a_layer_kind_without_synapses_are_named(k
         # per-channel neuron parameter of shape (C, 1, 1) (both were named, and their exclusion advised)
         call(nn.Sequential(nn.Conv2d(1, 8, 3), nn.LayerNorm([8, 6, 6])))
         call(nn.Sequential(nn.Conv2d(1, 8, 3), _PerChannelScale(8)))
+        # a second call for other layer types: the first call's synapses hold their hidden weights in their
+        # parametrizations (named "left float": 0.parametrizations.weight.original)
+        net = call(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(36, 3)), layer_types=nn.Conv2d)
+        call(net, layer_types=nn.Linear)
 
 
 class _PerChannelScale(nn.Module):

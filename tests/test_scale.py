@@ -1,6 +1,7 @@
 """The learned output gain of binary layers: user models (snnTorch, Norse, plain torch) binarized in one line
 with the defaults learn about as well as their float versions; gains are never consolidated; NIR folds them."""
 
+import copy
 import importlib.util
 import re
 from pathlib import Path
@@ -81,6 +82,40 @@ def test_bad_scale_values_raise_one_value_error(bad):
         metaspike.binarize(nn.Sequential(nn.Linear(3, 2)), scale=bad)
     with pytest.raises(ValueError, match=message):
         bnn.BinaryLinear(3, 2, scale=bad)
+
+
+class _LinearReLU(nn.Linear):  # (a user's fused layer: its output is not W x + b)
+    def forward(self, x):
+        return torch.relu(super().forward(x))
+
+
+class _Conv1dThroughOwnConv(nn.Conv1d):  # (its forward is torch's, its convolution is its own)
+    def _conv_forward(self, x, weight, bias):
+        return super()._conv_forward(x, weight, bias) * 2
+
+
+class _RenamedLinear(nn.Linear):  # (a subclass that keeps nn.Linear's forward: gained as nn.Linear is)
+    pass
+
+
+@pytest.mark.parametrize("layer", [_LinearReLU(4, 3), _Conv1dThroughOwnConv(2, 3, 3)])
+def test_a_gain_is_refused_for_a_layer_with_a_forward_pass_of_its_own(layer):
+    """The gain scaled whatever such a layer returned as if it were W x + b: a ReLU layer returned negative values
+    (-0.35 from a binarized _LinearReLU(4, 3) on N(0, 1) inputs), without a word."""
+    with pytest.raises(ValueError, match=rf"^layer 'net' \({type(layer).__name__}\) has a _?\w*forward of its own: "
+                                         r"a learned output gain .* pass scale=None for it"):
+        metaspike.binarize(nn.ModuleDict({"net": layer}))
+    with pytest.raises(ValueError, match="of its own"):
+        metaspike.bayesianize(nn.ModuleDict({"net": layer}), "bimu")
+    float_layer = copy.deepcopy(layer)
+    binary = metaspike.binarize(nn.ModuleDict({"net": layer}), scale=None)["net"]
+    x = torch.randn(5, 4) if isinstance(layer, nn.Linear) else torch.randn(5, 2, 6)
+    signs = torch.where(float_layer.weight >= 0, 1.0, -1.0)
+    own_pass_on_signs = torch.func.functional_call(float_layer, {"weight": signs}, (x,), strict=False)
+    assert torch.equal(binary(x), own_pass_on_signs)
+    gained = metaspike.binarize(_RenamedLinear(4, 3))
+    assert output_gain(gained) is not None
+    assert bnn.BinaryBayesianLinear(4, 3, samples=2)(torch.randn(5, 4)).shape == (2, 5, 3)  # (sampled: W x + b)
 
 
 def _plain_accuracy(net: nn.Module, binary: bool, data, epochs: int = 10, lr: float = 5e-3) -> float:

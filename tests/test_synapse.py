@@ -1,5 +1,6 @@
 """Binary synapses: sign forward, straight-through backward, one-call binarize of any model."""
 
+import copy
 import warnings
 
 import pytest
@@ -459,6 +460,33 @@ def test_a_setting_deleted_from_a_param_group_is_named_before_the_step(kind, key
     with pytest.raises(ValueError, match=f"^a param group has no '{key}' setting"):
         opt.step()
     assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
+
+
+@pytest.mark.parametrize("make", [lambda ps: torch.optim.LBFGS(ps, max_iter=2), lambda ps: torch.optim.Adafactor(ps)])
+def test_a_hooked_lbfgs_or_adafactor_steps_after_a_load_or_a_copy(make):
+    """torch's __setstate__ (in load_state_dict and a copy) adds "differentiable" to the defaults of these two, which
+    their groups never hold: the check for deleted settings refused every step after it ("deleted by a hand?")."""
+    torch.manual_seed(0)
+    net = metaspike.binarize(nn.Sequential(nn.Linear(4, 2)))
+    x = torch.randn(8, 4)
+
+    def closure():
+        opt.zero_grad()
+        loss = net(x).pow(2).mean()
+        loss.backward()
+        return loss
+
+    opt = metaspike.metaplastic(make(net.parameters()), meta=2.0)
+    opt.step(closure)
+    saved = opt.state_dict()
+    opt = metaspike.metaplastic(make(net.parameters()), meta=2.0)
+    opt.load_state_dict(saved)
+    before = [p.detach().clone() for p in net.parameters()]
+    opt.step(closure)
+    assert any(not torch.equal(p, b) for p, b in zip(net.parameters(), before))
+    if not isinstance(opt, torch.optim.LBFGS):  # (torch's own LBFGS cannot be deep-copied)
+        opt = copy.deepcopy(opt)
+        opt.step(closure)
 
 
 def test_a_compiled_model_inside_binarized_once_is_not_recompiled_at_every_step(working_compiler):

@@ -531,8 +531,8 @@ def _make_synapses(layers: list[tuple[str, nn.Module]], kind: str, scale: str | 
     """Turn the checked ``(name, layer)`` pairs into synapses of ``kind``: first every gain, from the float weights
     (before a λ replaces them), then the synapses, one for each weight parameter (tied layers share it)."""
     for name, layer in layers:
-        if scale is not None and output_gain(layer) is None:
-            attach_output_gain(layer, scale, name)
+        if scale is not None and output_gain(layer) is None:  # (MESU's μ keeps the float weight's size: α from 1)
+            attach_output_gain(layer, scale, name, real_weights=kind == "mesu")
     frozen = [name or type(layer).__name__ for name, layer in layers if not layer.weight.requires_grad]
     if kind == "bimu" and lambda_init is not None and frozen:
         warnings.warn(f"bayesianize: {', '.join(map(repr, frozen))} {'is' if len(frozen) == 1 else 'are'} frozen "
@@ -657,6 +657,9 @@ def bayesianize(
                                  "such layers as they are (change the setting on the layer itself)")
             kept.append(name)
             continue
+        if synapse is not None:  # (of the other kind, or binary)
+            raise ValueError(f"layer {name!r} is already a {synapse.kind!r} synapse; bayesianize(..., {kind!r}) needs "
+                             f"plain weights: leave it out with exclude=[{name!r}]")
         if parametrize.is_parametrized(layer, "weight"):
             raise ValueError(f"layer {name!r} already has a weight parametrization; bayesianize needs plain weights")
         if getattr(layer, "sparse", False) is True:  # (the synapses' backward passes and MESU/BiMU need dense ones)
@@ -909,6 +912,7 @@ class SampledForward:
 
     samples: int | None
     evaluation_samples: int | None = None
+    forward_is_weight_product = True  # (each sample's output is W x + b: a learned output gain may scale it)
 
     def forward(self, x: Tensor) -> Tensor:
         samples = self.samples if self.training or self.evaluation_samples is None else self.evaluation_samples
