@@ -127,6 +127,13 @@ class ArrayDataset:
             raise DataError(f"{where}: x has {self.x.shape[0]} samples but y has {self.y.shape[0]}")
         if not isinstance(self.classes, tuple) or not self.classes:
             raise DataError(f"{where}: classes must be a non-empty tuple of names")
+        stray = next((c for c in self.classes if not isinstance(c, str)), None)
+        if stray is not None:  # (ints were kept: a test set named "0", "1", ... then differed from its training set)
+            raise DataError(f"{where}: classes must be names (strings), got {stray!r} ({type(stray).__name__}); "
+                            "e.g. classes=[str(c) for c in range(C)]")
+        if len(set(self.classes)) != len(self.classes):
+            twice = next(c for c in self.classes if self.classes.count(c) > 1)
+            raise DataError(f"{where}: classes must name each class once, got {twice!r} twice or more")
         if self.x.numel() > 0:
             if not bool(torch.isfinite(self.x).all()):
                 bad = int((~torch.isfinite(self.x)).sum())
@@ -281,7 +288,8 @@ def _as_tensor(value: object, where: str, label: str) -> torch.Tensor:
     memory shared: the caller copies it)."""
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in "biuf":
-            raise DataError(f"{where}: {label} must hold numbers, got a numpy array of {value.dtype}")
+            what = "real numbers" if value.dtype.kind == "c" else "numbers"  # (complex values are numbers)
+            raise DataError(f"{where}: {label} must hold {what}, got a numpy array of {value.dtype}")
         with warnings.catch_warnings():  # (a read-only array, np.load(mmap_mode="r") say: from_tensors copies it next,
             # so nothing ever writes through the tensor torch warns about)
             warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)

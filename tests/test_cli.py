@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -253,6 +254,18 @@ def test_python_dash_m_entry_point():
     assert done.returncode == 2
     assert done.stderr.strip() == ("metaspike: error: --tasks must be an integer in 1..10000 (the metrics read the "
                                    "accuracy matrix, tasks x tasks numbers), got 0")
+
+
+def test_a_library_warning_in_the_command_reads_as_the_commands_own(tmp_path):
+    """A class-growing head's first task holds one class: the library's warning printed as Python's, located at
+    "<frozen runpy>:88: UserWarning", beside the command's "metaspike: warning:" lines."""
+    done = subprocess.run([sys.executable, "-m", "metaspike", "train", "--dataset", "digits", "--scenario", "split",
+                           "--split-mode", "class-growing", "--tasks", "10", "--epochs", "1", "--hidden", "16",
+                           "--quiet", "--out", str(tmp_path)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "metaspike: warning: evaluating samples of one class only" in done.stderr
+    assert "UserWarning" not in done.stderr and "runpy" not in done.stderr, done.stderr
 
 
 def test_a_full_disk_gives_one_line(tmp_path, capsys, monkeypatch):
@@ -658,6 +671,9 @@ def test_the_hint_after_learning_nothing_names_the_flags_of_the_models_optimizer
     err = capsys.readouterr().err
     assert "learned nothing; check the learning settings (--memory-window, --epochs, --samples-per-task)" in err
     assert "--lr" not in err and "--meta" not in err
+    assert main(["train", "--model", "bimu", "--dataset", "digits", "--scenario", "split", "--tasks", "2", "--epochs",
+                 "1", "--hidden", "8", "--quiet", "--out", str(tmp_path)]) == 0  # (split refuses --samples-per-task)
+    assert "learned nothing; check the learning settings (--memory-window, --epochs) and" in capsys.readouterr().err
 
 
 def test_a_comparison_names_its_runs_that_learned_nothing(tmp_path, capsys):

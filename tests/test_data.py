@@ -559,6 +559,11 @@ def test_own_tensors_or_arrays_become_a_dataset_the_scenarios_take():
     assert torch.equal(train.x, features[:45].float())
     pixels = ArrayDataset.from_tensors(np.full((2, 5, 5), 255, np.uint8), np.array([1, 0]), classes=("a", "b", "c"))
     assert pixels.x.shape == (2, 1, 5, 5) and float(pixels.x.max()) == 1.0 and pixels.classes == ("a", "b", "c")
+    # class names are names, once each (ints were kept, and then differed from a test set's default "0", "1", ...)
+    with pytest.raises(DataError, match=r"^dataset 'mine': classes must be names \(strings\), got 0 \(int\)"):
+        ArrayDataset.from_tensors(features[:45], labels[:45], "mine", classes=[0, 1, 2])
+    with pytest.raises(DataError, match=r"^dataset 'mine': classes must name each class once, got 'a' twice"):
+        ArrayDataset.from_tensors(features[:45], labels[:45], "mine", classes=["a", "a", "b"])
     scenario = split(train, test, groups=[[0, 1], [2]], mode="class")
     model = torch.nn.Sequential(torch.nn.Linear(12, 3))  # feature vectors reach the model as [B, F]
     result = ContinualTrainer(model, lambda m: torch.optim.SGD(m.parameters(), lr=0.1), TrainerConfig(epochs=1),
@@ -580,6 +585,7 @@ def test_own_tensors_or_arrays_become_a_dataset_the_scenarios_take():
     (torch.rand(4, 3), torch.tensor([-2, -1, -2, -1]), r"labels are class indices 0..C-1, found -2"),  # (not classes)
     ([[0.5]], torch.tensor([0]), "x and y must be torch tensors or numpy arrays, got list as x"),
     (torch.rand(2, 3), np.array(["a", "b"], dtype=object), "y must hold numbers, got a numpy array of object"),
+    (np.ones((2, 3), np.complex64), np.array([0, 1]), "x must hold real numbers, got a numpy array of complex64"),
     (torch.rand(2, 3), torch.zeros(2, 1, dtype=torch.int32), r"y must have shape \[N\], got \[2, 1\]"),
     # a sparse class id made 10**8 class names (7 GB) before anything else
     (torch.rand(2, 3), torch.tensor([0, 10**8]), r"y's largest label is 100,000,000, which would make 100,000,001 "

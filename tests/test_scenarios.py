@@ -1,5 +1,7 @@
 """Scenarios build the task streams they promise, reproducibly."""
 
+import re
+
 import pytest
 import torch
 
@@ -64,6 +66,22 @@ def test_sequence_of_two_digit_domains():
     with pytest.raises(ValueError, match=r"^tasks: the 'sequence' scenario has one task per dataset, 2 here .*tasks=5"):
         make_scenario("sequence", ["mnist5k", "digits"], tasks=5)  # (it was ignored: two tasks, not five)
     assert len(make_scenario("permuted", ["digits"]).tasks) == 3  # (no tasks given: the default)
+
+
+def test_a_joint_training_set_that_cannot_fit_names_the_tasks(monkeypatch, capsys):
+    """2,000 joint digits tasks under ulimit -v 3 GB: an allocation failure deep in the concatenation, whose advice
+    named --hidden, --batch-size, --samples-per-task and --eval-samples, but not --tasks."""
+    from metaspike.app.cli import main
+    from metaspike.continual import scenarios
+
+    one_task = make_scenario("permuted", ["digits"], tasks=1).tasks[0].train.x.nbytes
+    monkeypatch.setattr(scenarios, "usable_memory", lambda: 5 * one_task)  # (3 tasks, twice: 6 tasks' sets)
+    with pytest.raises(ValueError, match=r"^joint training of 3 tasks holds all their training sets at once .* give "
+                                         "fewer tasks"):
+        make_scenario("joint", ["digits"], tasks=3)
+    assert len(make_scenario("joint", ["digits"], tasks=2).tasks[0].train) == 2 * len(load_dataset("digits"))
+    assert main(["train", "--scenario", "joint", "--tasks", "3", "--dataset", "digits", "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith("metaspike: error: --tasks 3: --scenario joint training of 3 tasks ")
 
 
 def test_bad_scenarios_say_what_is_wrong():
@@ -195,14 +213,21 @@ def test_sequence_reads_an_iterable_of_pairs_once_and_refuses_what_holds_no_pair
         sequence(iter(()))
 
 
-@pytest.mark.parametrize("groups", [[[[0], [1]], [2]], [[0, [1]], [2]], [[0], [(1, 2)]]])
-def test_class_groups_of_something_other_than_class_indices_are_one_line(groups):
+@pytest.mark.parametrize("groups, found", [([[[0], [1]], [2]], "[0] (list)"), ([[0, [1]], [2]], "[1] (list)"),
+                                           ([[0], [(1, 2)]], "(1, 2) (tuple)"), ([[0.0, 1.0], [2.0]], "0.0 (float)"),
+                                           ([[True], [2]], "True (bool)")])
+def test_class_groups_of_something_other_than_class_indices_are_one_line(groups, found):
+    """A list inside a group was hashed first ("unhashable type: 'list'"); floats (np.arange(3.)) were told to be
+    "non-empty, disjoint and within 0..2", which they were."""
     from metaspike.data import ArrayDataset
 
     x, y = torch.rand(12, 6), torch.arange(12) % 3
     train, test = ArrayDataset.from_tensors(x, y, "d"), ArrayDataset.from_tensors(x[:6], y[:6], "d")
+    with pytest.raises(ValueError, match=rf"^class groups must hold class indices \(whole numbers\), got "
+                                         rf"{re.escape(found)} in "):
+        split(train, test, groups)
     with pytest.raises(ValueError, match=r"^class groups must be non-empty, disjoint and within 0\.\.2, got "):
-        split(train, test, groups)  # (a list inside a group was hashed first: "unhashable type: 'list'")
+        split(train, test, [[0, 3], [1]])
 
 
 @pytest.mark.parametrize("datasets, found", [("own", "ArrayDataset"), (["digits", 3], "int"), (None, "NoneType")])

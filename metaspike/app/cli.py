@@ -10,10 +10,11 @@ import argparse
 import difflib
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
 
@@ -401,10 +402,10 @@ def _train(args: argparse.Namespace) -> None:
     if learned_nothing(result):
         print(f"metaspike: warning: no task's accuracy rose more than {LEARNED_MARGIN:g} points above the untrained "
               f"network's (best {largest_rise(result.matrix, result.baseline):+.1f}): the run learned nothing; "
-              f"{_learning_settings([config.model])}", file=sys.stderr)
+              f"{_learning_settings([config.model], config.scenario)}", file=sys.stderr)
     elif unlearned := tasks_learned_nothing(result):
-        print(f"metaspike: warning: task(s) {', '.join(map(str, unlearned))} ended their own training within "
-              f"{LEARNED_MARGIN:g} points of the untrained network's accuracy: they learned nothing while they trained "
+        print(f"metaspike: warning: task(s) {', '.join(map(str, unlearned))} ended their own training less than "
+              f"{LEARNED_MARGIN:g} points above the untrained network's accuracy: they learned nothing while they trained "
               f"(a slow start; check {_learning_flags([config.model])})", file=sys.stderr)
 
 
@@ -445,9 +446,12 @@ def _learning_flags(models: Sequence[str]) -> str:
     return ", ".join(flags + ["--epochs"])
 
 
-def _learning_settings(models: Sequence[str]) -> str:
-    return (f"check the learning settings ({_learning_flags(models)}, --samples-per-task) and the data (a task of one "
-            "class has nothing to tell apart)")
+def _learning_settings(models: Sequence[str], scenario: str) -> str:
+    """The hint after a run (or the runs of a comparison) of ``models`` on ``scenario`` learned nothing: the flags
+    that set how they learn (``--samples-per-task`` where the scenario takes it), and the data."""
+    samples = ", --samples-per-task" if scenario == "permuted" else ""
+    return (f"check the learning settings ({_learning_flags(models)}{samples}) and the data (a task of one class has "
+            "nothing to tell apart)")
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -468,6 +472,7 @@ def _compare(args: argparse.Namespace) -> None:
         path, rows = compare.resume_comparison(args.resume, progress=not args.quiet)
         plan = read_json(path / compare.PLAN)  # (checked by the resume)
         models = plan["neurons"] if plan["kind"] == "neurons" else [plan["base"]["model"]]
+        scenario = plan["base"]["scenario"]
     else:
         for seed in args.seeds:
             check_seed("--seeds", seed)
@@ -496,14 +501,14 @@ def _compare(args: argparse.Namespace) -> None:
             _refuse_flags_no_model_uses(given_flags, [base.for_model(n) for n in args.neurons])
             _mention_unfinished(Path(args.out).expanduser() / compare.comparison_name(base, neurons=True), "compare")
             path, rows = compare.compare_neurons(base, args.neurons, metas, args.seeds, out=args.out, progress=not args.quiet)
-            models = args.neurons
+            models, scenario = args.neurons, base.scenario
         else:
             base = _config(args, None, args.seeds[0])
             _refuse_unused_flags(_given_settings(args), base)
             metas = [parse_meta(text) for text in args.meta] if args.meta is not None else [(0.0,), base.meta]
             _mention_unfinished(Path(args.out).expanduser() / compare.comparison_name(base, neurons=False), "compare")
             path, rows = compare.compare(base, metas, args.seeds, args.out, progress=not args.quiet)
-            models = [base.model]
+            models, scenario = [base.model], base.scenario
     n_tasks = sum(1 for key in rows[0] if key.startswith("task "))
     print()
     print(f"final test accuracy (%) after the last task, mean ± std over seeds {_seeds(path)}:")
@@ -516,7 +521,7 @@ def _compare(args: argparse.Namespace) -> None:
     unlearned = [name for row in rows for name in row["learned_nothing"]]
     if unlearned:
         print(f"metaspike: warning: in {len(unlearned)} run(s) no task's accuracy rose more than {LEARNED_MARGIN:g} points "
-              f"above the untrained network's: {', '.join(unlearned)} learned nothing; {_learning_settings(models)}",
+              f"above the untrained network's: {', '.join(unlearned)} learned nothing; {_learning_settings(models, scenario)}",
               file=sys.stderr)
 
 
@@ -615,6 +620,19 @@ def _escape_unencodable_output() -> None:
             reconfigure(errors="backslashreplace")
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    """A warning in the command's own process as one ``metaspike: warning:`` line, as the command's own warnings read:
+    Python's form names the line of the library's first caller, which there is Python's own ``<frozen runpy>``.
+
+    Example:
+        >>> _show_warning(UserWarning("the gain diverges"), UserWarning, "<frozen runpy>", 88, sys.stdout)
+        metaspike: warning: the gain diverges
+    """
+    kind = "" if category is UserWarning else f"{category.__name__}: "
+    print(f"metaspike: warning: {kind}{message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metaspike`` console script; returns the exit status.
 
@@ -624,9 +642,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         2
     """
     if argv is None:  # the command's own process (not a caller's): steps reuse freed memory instead of faulting,
-        keep_freed_memory()  # SIGTERM stops it as Ctrl-C does, and a path its terminal cannot encode is escaped
-        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+        keep_freed_memory()  # SIGTERM stops it as Ctrl-C does, a path its terminal cannot encode is escaped, and
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)  # a warning reads as the command's own
         _escape_unencodable_output()
+        warnings.showwarning = _show_warning
         try:
             return _main(list(sys.argv[1:]))
         finally:  # (a SIGTERM while the interpreter shuts down, as torchrun sends when a peer died, ends it quietly)

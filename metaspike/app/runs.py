@@ -87,6 +87,8 @@ def make_run_scenario(config: RunConfig) -> Scenario:
         message = str(err)
         if message.startswith("samples_per_task "):
             message = "--samples-per-task " + message[len("samples_per_task "):]
+        elif config.scenario == "joint" and message.startswith("joint training of "):
+            message = f"--tasks {config.tasks}: --scenario {message}"
         elif config.scenario == "stream" and message.startswith("cannot cut "):
             message = f"--tasks {config.tasks}: --scenario stream {message} (one subset per task)"
         elif config.scenario == "split" and message.startswith("cannot split "):

@@ -11,6 +11,7 @@ nothing until it is trained, and only a few tasks are held at a time.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -20,6 +21,7 @@ from typing import Any, overload
 import numpy as np
 import torch
 
+from metaspike.allocator import usable_memory
 from metaspike.checks import check_seed, is_whole, listed
 from metaspike.data import ArrayDataset, available_datasets, load_dataset
 
@@ -539,6 +541,10 @@ def split(
             raise ValueError(f"cannot split {n_classes} classes into {n} groups")
         groups = [list(map(int, g)) for g in np.array_split(np.arange(n_classes), n)]
     flat = [c for g in groups for c in g]
+    unwhole = next((c for c in flat if not is_whole(c, -math.inf)), None)
+    if unwhole is not None:  # (0.0 and True are no class indices: named, not a "non-empty, disjoint" puzzle)
+        raise ValueError(f"class groups must hold class indices (whole numbers), got {unwhole!r} "
+                         f"({type(unwhole).__name__}) in {groups}")
     if (not groups or any(len(g) == 0 for g in groups) or not all(is_whole(c, 0) and c < n_classes for c in flat)
             or len(set(flat)) != len(flat)):  # (class indices checked before they are hashed: a list is not)
         raise ValueError(f"class groups must be non-empty, disjoint and within 0..{n_classes - 1}, got {groups}")
@@ -600,6 +606,7 @@ def joint(scenario: Scenario) -> Scenario:
     if scenario.task_known_at_test and any(t.classes is not None for t in scenario.tasks):
         raise ValueError("joint training of task-incremental splits is not supported; use mode='class'")
     first = scenario.tasks[0].train
+    _check_joint_fits(len(scenario.tasks), first)
     x = torch.cat([t.train.x for t in scenario.tasks])
     y = torch.cat([t.train.y for t in scenario.tasks])
     classes = max((t.train.classes for t in scenario.tasks), key=len)
@@ -607,6 +614,19 @@ def joint(scenario: Scenario) -> Scenario:
     task = Task(data.name, data, data)
     definition = {"of": scenario.name, **scenario.definition}
     return Scenario("joint", (task,), scenario.eval_tasks, definition, task_known_at_test=scenario.task_known_at_test)
+
+
+def _check_joint_fits(count: int, first: ArrayDataset) -> None:
+    """One ``ValueError`` naming the number of tasks where the joint training set of ``count`` tasks the size of
+    ``first`` would not fit in the memory this process may use (every task's set is held, then concatenated: twice
+    its size), rather than an allocation failure deep in the concatenation."""
+    needed = 2 * count * first.x.nbytes
+    available = usable_memory()
+    if available is not None and needed > available:
+        raise ValueError(f"joint training of {count} tasks holds all their training sets at once ({len(first):,} "
+                         f"samples each, twice while they are put together): about {needed / 2**30:.1f} GiB, and this "
+                         f"process may use {available / 2**30:.1f} GiB (the machine's memory, its container's limit or "
+                         "ulimit -v); give fewer tasks")
 
 
 #: The scenarios of one dataset by name (``sequence`` takes several), each built from the train and test sets and
