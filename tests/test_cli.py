@@ -696,6 +696,9 @@ def test_a_comparison_names_its_runs_that_learned_nothing(tmp_path, capsys):
     (["compare", "--scenario", "split", "--split-mode", "class", "--batchnorm", "per-task"],
      "--batchnorm per-task: --scenario split (class-incremental) does not say which task a test sample is from"),
     (["train", "--model", "mlp", "--batchnorm", "shared"], "--batchnorm: model 'mlp' has no BatchNorm"),
+    (["train", "--data-dir", "/nonexistent"],  # (it was ignored: run and record both)
+     "--data-dir: digits comes with the installed packages and reads no data folder; leave out --data-dir"),
+    (["compare", "--data-dir", "/nonexistent"], "--data-dir: digits comes with the installed packages"),
     (["train", "--scenario", "stream", "--optimizer", "per-task"],
      "--optimizer per-task: --scenario stream has no task boundaries, so one optimizer trains the whole stream"),
     (["train", "--scenario", "joint", "--eval-tasks", "6"],

@@ -241,6 +241,23 @@ def test_every_method_of_the_reproduction_is_a_valid_run_with_its_own_folder():
     assert (confident.model, confident.memory_window, confident.eval_samples) == ("bimu", 875, 100)
 
 
+def test_the_reproduction_names_each_method_and_seed_before_it_trains(tmp_path, monkeypatch, capsys):
+    """Every method's bars read "task 1/100 ..." alike, and the 2021 rule's sweep showed nothing for a minute: which
+    method was training was said only after its 100 tasks."""
+    from metaspike.app.reproduce import long_stream
+    from metaspike.continual.trainer import ContinualResult
+
+    result = ContinualResult(["a", "b"], matrix=[[90.0, 10.0], [80.0, 90.0]], baseline=[10.0, 10.0])
+    monkeypatch.setattr(long_stream, "run_method", lambda config, out=None, progress=False: (result, 1e-3))
+    monkeypatch.setattr(long_stream, "sweep_metaplastic", lambda config, grid: grid[0])
+    methods = [m for m in long_stream.METHODS if m.label in ("SGD", "2021 rule, LayerNorm")]
+    long_stream.run("cpu", [1, 2], tmp_path, True, None, methods=methods)
+    announced = [line for line in capsys.readouterr().err.splitlines() if line.startswith("run ")]
+    sweep = f"after choosing lr and m on {long_stream.SWEEP_TASKS} tasks ({len(long_stream.SWEEP)} short runs)"
+    assert announced == [f"run 1/4: 2021 rule, LayerNorm, seed 1, {sweep}", f"run 2/4: 2021 rule, LayerNorm, seed 2, "
+                         f"{sweep}", "run 3/4: SGD, seed 1", "run 4/4: SGD, seed 2"]
+
+
 class _Killed(Exception):
     pass
 
@@ -404,7 +421,21 @@ def test_one_task_gives_no_forgetting_to_judge():
 
     rows = [{"neuron": "leaky", "meta": meta, "runs": 1, "ACC": (90.0, 0.0), "forgetting": (float("nan"), 0.0),
              "task 1": (90.0, 0.0)} for meta in (0.0, 10.0)]
-    assert {r["verdict"] for r in tradeoff_rows(rows)} == {"cannot judge: forgetting needs at least 2 tasks (there is 1)"}
+    assert {r["verdict"] for r in tradeoff_rows(rows)} == {
+        "cannot judge: forgetting needs at least 2 tasks evaluated apart (this scenario evaluates one)"}
+
+
+def test_a_forgetting_left_undefined_is_not_blamed_on_eval_tasks():
+    """--eval-every 2 (or joint training) leaves forgetting undefined with ACC measured: the verdict blamed an
+    --eval-tasks no one gave, and the best m read "-"."""
+    from metaspike.app.compare import tradeoff_rows
+
+    rows = [{"neuron": "bnn", "meta": meta, "runs": 1, "ACC": (acc, 0.0), "forgetting": (float("nan"), 0.0),
+             "task 1": (acc, 0.0), "task 2": (acc, 0.0)} for meta, acc in ((0.0, 60.0), (10.0, 68.6))]
+    (out,) = tradeoff_rows(rows)
+    assert out["verdict"].startswith("cannot judge: forgetting undefined (forgetting needs each task evaluated right "
+                                     "after its own training: --eval-every 1")
+    assert "ACC needs" not in out["verdict"] and out["best_meta"] == "10"
 
 
 def test_a_stream_whose_matrix_outgrows_its_rewrites_is_warned_of():

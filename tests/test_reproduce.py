@@ -103,11 +103,34 @@ def test_reproduce_fig5ab_writes_table_and_figure(tmp_path):
     assert ran_with["threads"] == [torch.get_num_threads()] and ran_with["torch"] == [torch.__version__]
 
 
+def test_a_reproduction_records_its_device_and_resumes_on_it(tmp_path, capsys):
+    """reproduce had no --device: --scale paper, which README said needs a GPU, could only run on the CPU."""
+    if not torch.cuda.is_available():
+        assert main(["reproduce", "fig5ab", "--device", "cuda", "--out", str(tmp_path)]) == 2
+        assert capsys.readouterr().err == ("metaspike: error: --device 'cuda': CUDA is not available on this machine "
+                                           f"(torch {torch.__version__})\n")
+        assert list(tmp_path.iterdir()) == []  # (refused before its folder is made)
+    assert main(["reproduce", "fig5ab", "--device", "cpu", "--quiet", "--out", str(tmp_path)]) == 0
+    root = tmp_path / "reproduce-fig5ab-cpu"
+    record = json.loads((root / "reproduction.json").read_text())
+    assert record["device"] == "cpu"
+    assert main(["reproduce", "--resume", str(root), "--device", "cpu"]) == 2
+    assert "remove --device" in capsys.readouterr().err
+    del record["device"]  # (a reproduction made before --device: the CPU)
+    (root / "reproduction.json").write_text(json.dumps(record))
+    assert main(["reproduce", "--resume", str(root), "--quiet"]) == 0
+    (root / "reproduction.json").write_text(json.dumps({**record, "device": "tpu:9"}))
+    assert main(["reproduce", "--resume", str(root), "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith(f"metaspike: error: {root / 'reproduction.json'}: device must name")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["reproduce", "fig9"], "unknown experiment 'fig9'; available: fig2, table1"),
     (["reproduce", "fig2", "--scale", "huge"], "unknown scale 'huge'; available: cpu, paper"),
     (["reproduce", "fig5ab", "--seeds", "1", "1"], "--seeds must list one or more distinct integers"),
     (["reproduce", "fig5ab", "--scale", ""], "unknown scale ''; available: cpu, paper"),  # (not run as cpu)
+    (["reproduce", "fig5ab", "--data-dir", "/nonexistent"], "--data-dir: --scale cpu runs on the datasets that come "
+                                                            "with the installed packages (mnist5k, digits)"),
 ])
 def test_cli_errors_are_one_line(argv, message, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path)]) == 2

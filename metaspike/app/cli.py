@@ -26,6 +26,7 @@ from metaspike.app.models import DEFAULT_LR, takes_setting
 from metaspike.app.reproduce import cli as reproduce_cli
 from metaspike.continual.metrics import LONG_STREAM_TASKS
 from metaspike.continual.scenarios import SPLIT_MODES
+from metaspike.data import OFFLINE_DATASETS
 from metaspike.distributed import world, world_size_from_env
 from metaspike.rules import available_rules
 
@@ -307,6 +308,10 @@ def _refuse_unused_flags(given: dict[str, object], config: RunConfig) -> None:
                          "not a budget of trained tasks")
     if "batchnorm" in given and is_builtin(config.model) and not uses_batchnorm(config.model):
         raise ValueError(f"--batchnorm: model {config.model!r} has no BatchNorm")
+    if "data_dir" in given and set(config.datasets) <= set(OFFLINE_DATASETS):
+        one = len(config.datasets) == 1
+        raise ValueError(f"--data-dir: {' and '.join(config.datasets)} {'comes' if one else 'come'} with the installed "
+                         f"packages and {'reads' if one else 'read'} no data folder; leave out --data-dir")
     if config.scenario == "sequence" and "tasks" in given and given["tasks"] != len(config.datasets):
         raise ValueError(f"--tasks: --scenario sequence has one task per --dataset ({len(config.datasets)} here), "
                          f"got --tasks {given['tasks']}")

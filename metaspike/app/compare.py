@@ -263,6 +263,22 @@ def _forgetting_words(forgetting: float) -> str:
     return "nothing" + (f" (its earlier tasks gained {gained} points)" if gained != "0.0" else "")
 
 
+def _why_undefined(undefined: Sequence[str]) -> str:
+    """Why the trade-off's figures ``undefined`` (among ``ACC``, the last task's column, ``forgetting``) are NaN.
+
+    Example:
+        >>> _why_undefined(["forgetting"])
+        'forgetting needs each task evaluated right after its own training: --eval-every 1 and every task in --eval-tasks, tasks trained one after another (joint training forgets nothing)'
+    """
+    reasons = []
+    if any(key != "forgetting" for key in undefined):
+        reasons.append("ACC needs every task evaluated after the last one (--eval-tasks left some out)")
+    if "forgetting" in undefined:
+        reasons.append("forgetting needs each task evaluated right after its own training: --eval-every 1 and every "
+                       "task in --eval-tasks, tasks trained one after another (joint training forgets nothing)")
+    return "; ".join(reasons)
+
+
 def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per neuron model: the m that maximises ACC, its stability-plasticity figures against m = 0, and a verdict.
 
@@ -290,8 +306,8 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         synapse = "MESU" if kind == "mesu" else "BiMU"
         plain = next((r for r in rows if r["neuron"] == reference and r["meta"] == 0), None)
         judged = mine + ([plain] if plain is not None else [])
-        measured = all(math.isfinite(r[key][0]) for r in judged for key in ("ACC", "forgetting", last))
-        best = max(mine, key=lambda r: r["ACC"][0]) if measured else mine[0]
+        undefined = [key for key in ("ACC", last, "forgetting") if not all(math.isfinite(r[key][0]) for r in judged)]
+        best = max(mine, key=lambda r: r["ACC"][0]) if "ACC" not in undefined else mine[0]
         if takes_meta(neuron):
             verdict = "no m = 0 row"
         elif reference != neuron:
@@ -300,10 +316,9 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             missing = ", and no bnn ran at m = 0 beside it" if kind in ("bimu", "mesu") else ""
             verdict = f"not judged: {neuron} has no m{missing}"
         if last == "task 1":
-            verdict = "cannot judge: forgetting needs at least 2 tasks (there is 1)"
-        elif not measured:
-            verdict = ("cannot judge: ACC and forgetting need every task evaluated after the last one (--eval-tasks "
-                       "left some out)")
+            verdict = "cannot judge: forgetting needs at least 2 tasks evaluated apart (this scenario evaluates one)"
+        elif undefined:
+            verdict = f"cannot judge: {' and '.join(undefined)} undefined ({_why_undefined(undefined)})"
         elif plain is not None:
             plastic = [r for r in mine if r is not plain and r[last][0] >= plain[last][0] - PLASTICITY_SLACK]
             if not plastic and reference != neuron:
@@ -336,7 +351,7 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                         verdict = (f"FAILS (needs {100 * FORGETTING_CUT:.0f}% less): " + verdict
                                    + (f" (forgets only {one_decimal(kept)} points at m = 0)" if kept < 10 else ""))
         swept = reference == neuron and takes_meta(neuron)
-        out.append({"neuron": neuron, "best_meta": f"{best['meta']:g}" if swept and measured else "-",
+        out.append({"neuron": neuron, "best_meta": f"{best['meta']:g}" if swept and "ACC" not in undefined else "-",
                     "runs": best["runs"], "verdict": verdict,
                     "ACC": best["ACC"], "memory": best["task 1"], "plasticity": best[last],
                     "forgetting": best["forgetting"],

@@ -17,7 +17,7 @@ from typing import Any
 from metaspike.app.reproduce.experiments import EXPERIMENTS, get_experiment
 from metaspike.app.reproduce.scales import SCALES
 from metaspike.app.runs import LOCK, REPRODUCTION_RECORD, Interrupted, continued_by, ran_with, run_lock
-from metaspike.checks import MAX_SEED
+from metaspike.checks import MAX_SEED, check_device
 from metaspike.continual.results import unique_directory
 from metaspike.files import atomic_write_text, read_json
 
@@ -38,14 +38,16 @@ def _check_seeds(seeds: Sequence[int]) -> list[int]:
 
 
 def reproduce(name: str, scale: str = "cpu", seeds: Sequence[int] = (1,), out: str | Path = "runs",
-              progress: bool = False, data_dir: str | None = None) -> tuple[Path, list[dict[str, Any]]]:
+              progress: bool = False, data_dir: str | None = None,
+              device: str = "cpu") -> tuple[Path, list[dict[str, Any]]]:
     """Run experiment ``name`` at ``scale`` with each seed; return ``(results folder, table rows)``.
 
     The folder ``out/reproduce-NAME-SCALE`` (``-2``... if taken) gets ``table.csv`` (the paper's
     number beside ours), a figure and, for training experiments, one run directory per run.
     ``data_dir`` is where the full datasets of ``scale="paper"`` are read from (see
-    :func:`metaspike.data.default_data_dir`). A stopped reproduction is finished by
-    :func:`resume_reproduction`.
+    :func:`metaspike.data.default_data_dir`). ``device`` trains the runs there (``"cpu"``, ``"cuda"``, ...; ``fig5ab``'s
+    quadratic task runs on the CPU). A stopped reproduction is finished by :func:`resume_reproduction`, on the device
+    it started on.
 
     Example:
         >>> root, rows = reproduce("fig5ab", seeds=[1, 2, 3], out="runs")  # doctest: +SKIP
@@ -56,12 +58,13 @@ def reproduce(name: str, scale: str = "cpu", seeds: Sequence[int] = (1,), out: s
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; available: {', '.join(SCALES)}")
     seeds = _check_seeds([int(s) for s in seeds])
+    device = str(check_device(device, "--device"))
     root = unique_directory(out, f"reproduce-{name}-{scale}")
     folder = None if data_dir is None else str(Path(data_dir).expanduser().resolve())  # (a resume may run elsewhere)
     atomic_write_text(root / RECORD, json.dumps({"name": name, "scale": scale, "seeds": seeds,
-                                                 "data_dir": folder}, indent=2) + "\n")
+                                                 "data_dir": folder, "device": device}, indent=2) + "\n")
     try:
-        return _run(root, name, scale, seeds, progress, folder)
+        return _run(root, name, scale, seeds, progress, folder, device)
     except BaseException as err:
         if _remove_empty(root) and isinstance(err, Interrupted):  # (nothing left to continue)
             raise KeyboardInterrupt from None
@@ -80,8 +83,9 @@ def resume_reproduction(root: str | Path, progress: bool = False) -> tuple[Path,
     if not (root / RECORD).is_file():
         raise ValueError(f"--resume {root}: not a reproduction folder (no {RECORD})")
     record = read_json(root / RECORD)
-    if not isinstance(record, dict) or set(record) - {RAN_WITH} != {"name", "scale", "seeds", "data_dir"}:
-        raise ValueError(f"{root / RECORD} must hold name, scale, seeds and data_dir")
+    if not isinstance(record, dict) or set(record) - {RAN_WITH, "device"} != {"name", "scale", "seeds", "data_dir"}:
+        raise ValueError(f"{root / RECORD} must hold name, scale, seeds, data_dir and device")
+    device = record.get("device", "cpu")  # (written since reproductions take --device; the CPU before)
     try:
         get_experiment(record["name"])
         if record["scale"] not in SCALES:
@@ -89,16 +93,19 @@ def resume_reproduction(root: str | Path, progress: bool = False) -> tuple[Path,
         seeds = _check_seeds(record["seeds"])
         if record["data_dir"] is not None and not isinstance(record["data_dir"], str):
             raise ValueError(f"data_dir must be a folder name or null, got {record['data_dir']!r}")
+        if not isinstance(device, str):
+            raise ValueError(f"device must name a torch device, got {device!r}")
+        check_device(device)
     except ValueError as err:
         raise ValueError(f"{root / RECORD}: {err}") from None
-    return _run(root, record["name"], record["scale"], seeds, progress, record["data_dir"])
+    return _run(root, record["name"], record["scale"], seeds, progress, record["data_dir"], device)
 
 
 def _run(root: Path, name: str, scale: str, seeds: list[int], progress: bool,
-         data_dir: str | None) -> tuple[Path, list[dict[str, Any]]]:
+         data_dir: str | None, device: str) -> tuple[Path, list[dict[str, Any]]]:
     with continued_by(root, f"metaspike reproduce --resume {root}"):  # (the reproduction continues, not its run)
         with run_lock(root):  # a second pass over the same folder meanwhile is one line, not a second writer
-            rows = get_experiment(name).run(scale, seeds, root, progress, data_dir)
+            rows = get_experiment(name).run(scale, seeds, root, progress, data_dir, device)
             _record_arithmetic(root)
             return root, rows
 

@@ -8,12 +8,13 @@ from pathlib import Path
 
 from metaspike.app.reproduce.experiments import EXPERIMENTS
 from metaspike.app.reproduce.scales import SCALES
+from metaspike.data import OFFLINE_DATASETS
 
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``reproduce NAME [--scale cpu|paper] [--seeds ...] [--data-dir DIR] [--out DIR] [--quiet]`` and
+    """Register ``reproduce NAME [--scale cpu|paper] [--seeds ...] [--data-dir DIR] [--device D] [--out DIR] [--quiet]`` and
     ``reproduce --resume DIR``.
 
     Names and scales are checked by :func:`run`, so a wrong one ends with one ``metaspike: error:`` line.
@@ -34,6 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--data-dir", default=None,
                         help="folder of the full datasets (default: $METASPIKE_DATA or ~/.cache/metaspike/data)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds; tables give mean ± std (default: 1)")
+    parser.add_argument("--device", default=None, help="cpu or cuda[:N] for the training runs (default: cpu; fig5ab's "
+                        "quadratic task runs on the CPU)")
     parser.add_argument("--out", default=None, help="results folder (default: runs)")
     parser.add_argument("--resume", metavar="DIR", default=None,
                         help="finish a stopped reproduction in its folder DIR, with the settings it started with")
@@ -67,7 +70,8 @@ def run(args: argparse.Namespace) -> None:
 
     refuse_several_processes("reproduce")
     settings = [flag for flag, value in (("NAME", args.name), ("--scale", args.scale), ("--seeds", args.seeds),
-                                         ("--data-dir", args.data_dir), ("--out", args.out)) if value is not None]
+                                         ("--data-dir", args.data_dir), ("--device", args.device),
+                                         ("--out", args.out)) if value is not None]
     if args.resume is not None:
         if settings:
             raise ValueError(f"--resume finishes a reproduction with the settings it started with (in its "
@@ -77,8 +81,12 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"reproduce needs an experiment NAME (one of {', '.join(EXPERIMENTS)}) or --resume DIR")
     else:
         scale = "cpu" if args.scale is None else args.scale  # (an empty --scale is refused, as any unknown one)
+        if scale == "cpu" and args.data_dir is not None:
+            raise ValueError(f"--data-dir: --scale cpu runs on the datasets that come with the installed packages "
+                             f"({', '.join(OFFLINE_DATASETS)}) and reads no data folder; leave out --data-dir, or give "
+                             "--scale paper")
         root, rows = reproduce(args.name, scale, args.seeds or [1], args.out or "runs", progress=not args.quiet,
-                               data_dir=args.data_dir)
+                               data_dir=args.data_dir, device=args.device or "cpu")
     for row in rows:
         cells = [f"{k}={_mean_std(*v)}" if isinstance(v, tuple) else f"{k}={v}" for k, v in row.items() if k != "setting"]
         print(f"{row['setting']}: {'  '.join(cells)}")

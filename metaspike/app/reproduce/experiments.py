@@ -49,18 +49,20 @@ PAPER: dict[str, dict[str, str]] = {"fig2": {}, "table1": {}, "fig3": {}, "strea
 
 @dataclass(frozen=True)
 class Experiment:
-    """A paper experiment: ``run(scale, seeds, root, progress, data_dir)`` writes its table and figure into ``root``."""
+    """A paper experiment: ``run(scale, seeds, root, progress, data_dir, device)`` writes its table and figure into
+    ``root``."""
 
     name: str
     what: str
-    run: Callable[[str, Sequence[int], Path, bool, str | None], list[dict[str, Any]]]
+    run: Callable[[str, Sequence[int], Path, bool, str | None, str], list[dict[str, Any]]]
 
 
 def _continual(name: str, title: str, configs: Callable[[str], list[tuple[str, RunConfig, list[Method]]]]) -> Callable:
-    def run(scale: str, seeds: Sequence[int], root: Path, progress: bool, data_dir: str | None) -> list[dict[str, Any]]:
+    def run(scale: str, seeds: Sequence[int], root: Path, progress: bool, data_dir: str | None,
+            device: str) -> list[dict[str, Any]]:
         rows = []
         for part, config, methods in configs(scale):
-            config = replace(config, data_dir=data_dir)
+            config = replace(config, data_dir=data_dir, device=device)
             where = root / part if part else root
             where.mkdir(exist_ok=True)
             for row in compare_methods(config, methods, seeds, where, PAPER[name], f"{title} {part}".strip(), progress):
@@ -123,16 +125,19 @@ def _stream(scale: str) -> list[tuple[str, RunConfig, list[Method]]]:
     return [("", config, [Method("BNN m=0"), Method(f"BNN m={m:g}", meta=m), Method("BNN joint training", joint=True)])]
 
 
-def _fig5ab(scale: str, seeds: Sequence[int], root: Path, progress: bool, data_dir: str | None) -> list[dict[str, Any]]:
+def _fig5ab(scale: str, seeds: Sequence[int], root: Path, progress: bool, data_dir: str | None,
+            device: str) -> list[dict[str, Any]]:
     from metaspike.app.reproduce.quadratic import reproduce_fig5ab
 
+    # (a quadratic task of 100 binary weights: the CPU whatever the device)
     return reproduce_fig5ab(scale, seeds, root, PAPER["fig5ab"])
 
 
-def _fig5cde(scale: str, seeds: Sequence[int], root: Path, progress: bool, data_dir: str | None) -> list[dict[str, Any]]:
+def _fig5cde(scale: str, seeds: Sequence[int], root: Path, progress: bool, data_dir: str | None,
+             device: str) -> list[dict[str, Any]]:
     from metaspike.app.reproduce.flips import reproduce_fig5cde
 
-    return reproduce_fig5cde(scale, seeds, root, PAPER["fig5cde"], data_dir)
+    return reproduce_fig5cde(scale, seeds, root, PAPER["fig5cde"], data_dir, device)
 
 
 EXPERIMENTS: dict[str, Experiment] = {

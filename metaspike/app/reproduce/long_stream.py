@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from metaspike.app.config import RunConfig
-from metaspike.app.runs import build_run_model, build_trainer, make_run_scenario, train_in_folder
+from metaspike.app.runs import announce_run, build_run_model, build_trainer, make_run_scenario, train_in_folder
 from metaspike.app.tables import comparison_csv, mean_std
 from metaspike.continual.metrics import evaluated_accuracy, last_tasks_accuracy
 from metaspike.continual.trainer import ContinualResult
@@ -221,9 +221,9 @@ def _plot(curves: dict[str, list[list[float]]], path: Path) -> Path:
     return path
 
 
-def run(scale: str, seeds: Sequence[int], root: Path, progress: bool, data_dir: str | None,
+def run(scale: str, seeds: Sequence[int], root: Path, progress: bool, data_dir: str | None, device: str = "cpu",
         methods: Sequence[LongMethod] = METHODS) -> list[dict[str, Any]]:
-    """Run every method on every seed; write ``table.csv`` and ``accuracy_vs_task.png`` into ``root``.
+    """Run every method on every seed on ``device``; write ``table.csv`` and ``accuracy_vs_task.png`` into ``root``.
 
     Example:
         >>> rows = run("cpu", [1], Path("runs/long-stream"), False, None)  # doctest: +SKIP
@@ -231,10 +231,14 @@ def run(scale: str, seeds: Sequence[int], root: Path, progress: bool, data_dir: 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rows, curves = [], {}
-    for method in methods:
+    for index, method in enumerate(methods):
         results, steps, notes = [], [], []
-        for seed in seeds:
-            config = replace(stream_config(scale, seed, data_dir), **method.settings)
+        for number, seed in enumerate(seeds, start=index * len(seeds) + 1):
+            # (every method's bars read "task 1/100 ..." alike, and a sweep's short runs show none)
+            sweep = f", after choosing lr and m on {SWEEP_TASKS} tasks ({len(method.sweep)} short runs)"
+            announce_run(number, len(methods) * len(seeds), f"{method.label}, seed {seed}{sweep if method.sweep else ''}",
+                         progress)
+            config = replace(stream_config(scale, seed, data_dir), device=device, **method.settings)
             if method.sweep:
                 lr, meta = sweep_metaplastic(config, method.sweep)
                 config = replace(config, lr=lr, meta=(meta,))
