@@ -435,6 +435,8 @@ def product_used(x: Tensor, layer: Any) -> str:
         'F.linear'
     """
     weight = layer.weight
+    if x.layout != torch.strided:  # (a sparse input: torch's own product takes it, the fast ones read strides)
+        return "F.linear"
     x = _rows(x, weight)
     plain = x.dim() != 2 or x.dtype != torch.float32 or weight.dtype != torch.float32
     # a compiled model fuses the plain product itself; under autocast torch picks the product's precision; meta

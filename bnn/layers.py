@@ -9,6 +9,7 @@ what comes in.
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +95,7 @@ class _BinaryWeights(BinarySynapse):
     """What :class:`BinaryLinear` and :class:`BinaryConv2d` share: the quantizer, sign buffers, gradient buffer."""
 
     weight_quantizer: Quantizer
+    forward_is_weight_product = True  # (the quantized weights times the quantized input, plus the bias: a gain fits)
 
     def _setup(self, weight_quantizer: str | Quantizer | None, input_quantizer: str | Quantizer | None,
                init_width: float | None, scale: str | None) -> None:
@@ -107,6 +109,19 @@ class _BinaryWeights(BinarySynapse):
         self._grad_buffer: Tensor | None = None
         if self.is_binary:
             mark_hidden_weight(self.weight)
+
+    def extra_repr(self) -> str:
+        """The torch layer's settings and the quantizers (a float layer, ``weight_quantizer="none"``, printed as the
+        binary one did).
+
+        Example:
+            >>> BinaryLinear(3, 2, weight_quantizer="none")
+            BinaryLinear(in_features=3, out_features=2, bias=False, weight_quantizer=NoQuantizer(precision=32))
+        """
+        quantizers = [f"weight_quantizer={quantizer_name(self.weight_quantizer)}"]
+        if not isinstance(self.input_quantizer, NoQuantizer):
+            quantizers.append(f"input_quantizer={quantizer_name(self.input_quantizer)}")
+        return ", ".join([super().extra_repr(), *quantizers])  # type: ignore[misc]
 
     def __getstate__(self) -> dict[str, Any]:
         """The gradient buffer is scratch memory: a pickled, saved (``torch.save(model)``) or copied layer keeps none
@@ -180,6 +195,21 @@ class _BinaryWeights(BinarySynapse):
             buffer = torch.empty_like(weight, memory_format=torch.contiguous_format)
             self._grad_buffer = buffer
         return buffer
+
+
+def quantizer_name(quantizer: Quantizer) -> str:
+    """How a layer prints ``quantizer``, the same in every process: a built-in one as its settings, a callable of one's
+    own by its qualified name (its ``repr`` may hold its address).
+
+    Example:
+        >>> quantizer_name(get_quantizer("ste_sign")), quantizer_name(torch.tanh)
+        ('SteSign(clip_value=1.0, precision=1)', 'torch.tanh')
+    """
+    if type(quantizer).__module__ == "metaspike.quantizers":
+        return repr(quantizer)
+    named = quantizer if hasattr(quantizer, "__qualname__") else type(quantizer)
+    name = named.__name__ if isinstance(named, types.BuiltinFunctionType) else named.__qualname__  # (torch's own)
+    return f"{getattr(named, '__module__', None) or '?'}.{name}"
 
 
 def quantizer_bits(quantizer: Quantizer, name: str) -> int:
@@ -351,9 +381,10 @@ class BinaryConv2d(_BinaryWeights, nn.Conv2d):
     ) -> None:
         in_channels, out_channels = check_widths(in_channels=in_channels, out_channels=out_channels)
         check_conv_geometry(kernel_size, stride, padding, dilation)
-        if not is_whole(groups, 1):  # (torch: a TypeError from inside torch.empty for groups=2.0)
-            raise ValueError(f"groups must be a positive integer that divides in_channels and out_channels, got "
-                             f"{groups!r}")
+        # (torch: a TypeError from inside torch.empty for groups=2.0; a divisor is checked here too, with the rest)
+        if not is_whole(groups, 1) or in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups must be a positive integer that divides in_channels ({in_channels}) and "
+                             f"out_channels ({out_channels}), got {groups!r}")
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
                          groups=groups, bias=_check_bias(bias), padding_mode=padding_mode,
                          **factory_kwargs(device, dtype))

@@ -16,7 +16,9 @@ model in eval mode, from about 1/32 of its memory:
   The last layer keeps ``α`` (one float32 per class) and multiplies the scores by it before its BatchNorm.
 * The first layer takes real-valued input, rounded to float32 once (as the float32 model reads it; every kernel
   computes from those values, whatever the input's dtype). Its pre-activation ``Σ ±x_i`` is compared in float64
-  with the threshold ``(μ - β·sqrt(σ² + ε)/γ) / α``, so the packed model decides each neuron on its float64 sum.
+  with the threshold found, as a hidden layer's, by evaluating the model's own float32 gain and BatchNorm: the first
+  float32 sum at which the neuron fires (a binary search over the float32 values), so the packed model decides each
+  neuron on its float64 sum exactly as the float model would decide that sum.
   That sum is exact where the nonzero inputs lie within a factor ``2**(29 - ceil(log2 n))`` of each other in
   magnitude (all are then whole multiples of the smallest one's float32 unit, and every partial sum an integer of
   them below ``2**53``); otherwise it is off by at most ``n·2**-53·Σ|x_i|``, 2**29 times less than the float32 sum's
@@ -820,17 +822,47 @@ def _integer_threshold(norm: nn.BatchNorm1d, gain: Tensor, n: int) -> tuple[Tens
     return flip, hi
 
 
+#: The bits of float32's +inf read as an integer: the largest key of :func:`_float32_of_keys` (-inf's is its negative).
+_INF_KEY = 0x7F800000
+
+
+def _float32_of_keys(keys: Tensor) -> Tensor:
+    """The float32 values whose order the int64 ``keys`` number, from ``-_INF_KEY`` (-inf) through 0 to ``_INF_KEY``
+    (+inf): a key is a float's bits where it is >= 0, and minus its magnitude's bits where it is < 0.
+
+    Example:
+        >>> _float32_of_keys(torch.tensor([-_INF_KEY, -1, 0, 1, 0x3F800000, _INF_KEY])).tolist()
+        [-inf, -1.401298464324817e-45, 0.0, 1.401298464324817e-45, 1.0, inf]
+    """
+    bits = torch.where(keys < 0, keys.abs() - (1 << 31), keys)  # (a negative float's bits as a signed int32)
+    return bits.to(torch.int32).view(torch.float32)
+
+
 def _real_threshold(norm: nn.BatchNorm1d, gain: Tensor) -> tuple[Tensor, Tensor]:
-    """``(flip, K)`` for a real pre-activation: ``BN(α·a) >= 0`` iff ``(-a if flip else a) >= K`` (float64)."""
-    gamma, beta = (t.double() for t in _affine(norm))
-    alpha = gain.double()
-    std = (norm.running_var.double() + norm.eps).sqrt()
-    flip = (gamma < 0) != (alpha < 0)
-    crossing = (norm.running_mean.double() - beta * std / gamma) / alpha  # where BN(α·a) = 0
+    """``(flip, K)`` for a real pre-activation: ``sign(BN(α·a)) = +1`` iff ``(-a if flip else a) >= K`` for every
+    float32 ``a``, ``K`` a float32 value (or ±inf) held in float64.
+
+    Binary search over the float32 values in their order, evaluating the gain's product and the BatchNorm in float32 as
+    the float model does (as :func:`_integer_threshold` does over the integers): both are monotone in ``a`` under
+    rounding, so a float32 sum decides as in the float model, and the packed model differs only where its float64
+    sum and the float model's float32 sum lie on two sides of ``K``. (The crossing ``(μ - β·sqrt(σ² + ε)/γ) / α``
+    worked out in float64 missed the BatchNorm's own rounding: one input of 0.14176674 fired in the float model, whose
+    BatchNorm gave +1.4e-9 there, and not in the packed one.) Where ``γ`` or ``α`` is 0 the unit is constant.
+    """
+    gamma, _ = _affine(norm)
+    flip = (gamma < 0) != (gain < 0)
+    sign = 1 - 2 * flip.to(torch.float32)
+    lo = torch.full(gain.shape, -_INF_KEY - 1, dtype=torch.int64)  # fires(lo) is False (virtually)
+    hi = torch.full(gain.shape, _INF_KEY + 1, dtype=torch.int64)  # fires(hi) is True (virtually)
+    for _ in range(math.ceil(math.log2(2 * _INF_KEY + 2)) + 1):
+        mid = (lo + hi) // 2
+        fires = _bn_eval(norm, (sign * _float32_of_keys(mid) * gain).unsqueeze(0))[0] >= 0
+        hi = torch.where(fires, mid, hi)
+        lo = torch.where(fires, lo, mid)
+    found = torch.where(hi > _INF_KEY, math.inf, _float32_of_keys(hi.clamp(max=_INF_KEY)).double())
     fires_everywhere = _bn_eval(norm, torch.zeros_like(gain).unsqueeze(0))[0] >= 0  # γ = 0 or α = 0: constant
     constant = torch.where(fires_everywhere, -math.inf, math.inf).double()
-    threshold = torch.where((gamma == 0) | (alpha == 0), constant, torch.where(flip, -crossing, crossing))
-    return flip, threshold
+    return flip, torch.where((gamma == 0) | (gain == 0), constant, found)
 
 
 @torch.no_grad()

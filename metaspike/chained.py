@@ -21,7 +21,7 @@ from torch.optim import Optimizer
 from metaspike.bayesian.optim import _DataGatedOptimizer
 from metaspike.optim import check_before_step
 
-__all__ = ["ChainedOptimizer"]
+__all__ = ["ChainedOptimizer", "needs_closure"]
 
 
 class ChainedOptimizer:
@@ -54,7 +54,7 @@ class ChainedOptimizer:
         for i, optimizer in enumerate(optimizers):
             if not isinstance(optimizer, Optimizer):
                 raise ValueError(f"optimizer {i} is a {type(optimizer).__name__}, not a torch.optim.Optimizer")
-            if _needs_closure(optimizer):
+            if needs_closure(optimizer):
                 raise ValueError(f"optimizer {i} ({type(optimizer).__name__}) needs a closure at every step, which "
                                  "a chain does not give it (it evaluates a closure once for all): step it on its own")
             ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
@@ -120,9 +120,15 @@ class ChainedOptimizer:
         return f"ChainedOptimizer({', '.join(type(o).__name__ for o in self.optimizers)})"
 
 
-def _needs_closure(optimizer: Optimizer) -> bool:
+def needs_closure(optimizer: Optimizer) -> bool:
     """Whether the class's ``step`` takes an argument without a default after ``self`` (``LBFGS.step(closure)``; the
-    class's, as a learning-rate scheduler replaces an instance's ``step`` with a wrapper of its own signature)."""
+    class's, as a learning-rate scheduler replaces an instance's ``step`` with a wrapper of its own signature).
+
+    Example:
+        >>> params = [torch.zeros(1, requires_grad=True)]
+        >>> needs_closure(torch.optim.LBFGS(params)), needs_closure(torch.optim.SGD(params, lr=0.1))
+        (True, False)
+    """
     parameters = list(inspect.signature(type(optimizer).step).parameters.values())[1:]
     return any(parameter.default is inspect.Parameter.empty
                and parameter.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)

@@ -26,6 +26,7 @@ from metaspike.caller import LIBRARY_PATHS, user_stacklevel
 from metaspike.checks import (
     ModelError,
     TrainingDiverged,
+    check_device,
     check_eps_holds,
     is_number,
     is_whole,
@@ -351,6 +352,15 @@ def train_epoch(
     if not is_whole(batch_size, 1):
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     _check_samples(x, y, classes, "the training data")
+    device = check_device(device)
+    _check_shard(shard)
+    lacking = lacking_methods(optimizer, ("zero_grad", "step"))
+    if lacking:
+        raise ValueError(f"optimizer must be an optimizer (a torch.optim.Optimizer, or one with zero_grad and step), "
+                         f"got {type(optimizer).__name__}")
+    if progress is not None and lacking_methods(progress, ("update",)):
+        raise ValueError(f"progress must be None or a tqdm-like bar with an update method, got "
+                         f"{type(progress).__name__}")
     plugins = checked_plugins(plugins)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
@@ -383,7 +393,8 @@ def train_epoch(
         shared = (batch_slice(len(batch), sum(len(part) for part in parts[: shard[0]])) if shard[1] > 1
                   else contextlib.nullcontext())
         with shared:
-            loss = classification_loss(model(inputs), targets, classes)
+            logits = model(inputs) if batches else _first_outputs(model, inputs, y, "the training data")
+            loss = classification_loss(logits, targets, classes)
         if shard[1] > 1:  # weigh this slice by its share, so averaged gradients equal the whole batch's
             loss = loss * (len(index) * shard[1] / len(batch))
         _require_gradient(loss)
@@ -597,6 +608,32 @@ def evaluate_together(model: nn.Module, parts: Sequence[tuple[Tensor, Tensor]], 
     return [_percent(part) for part in correct.split([len(x) for x, _ in parts])]
 
 
+def _first_outputs(model: nn.Module, inputs: Tensor, y: Tensor, what: str) -> Tensor:
+    """``model(inputs)`` on the first batch of a loop over ``what`` (labels ``y``): one ``ValueError`` where the
+    samples do not fit the model (another dtype or shape: :func:`_trial_failure`) and where the labels go beyond its
+    outputs (a loss failed inside torch with "Target 3 is out of bounds"; an evaluation scored them as misses,
+    silently): in a loop of one's own, as :func:`check_inputs` checks a task's data before the trainer trains it."""
+    try:
+        logits = model(inputs)
+    except (RuntimeError, ValueError) as err:
+        if allocation_failure(err) or isinstance(err, ModelError):
+            raise
+        failure = _trial_failure(model, inputs, what, err)
+        if failure is None:
+            raise
+        raise failure from None
+    if isinstance(logits, Tensor) and logits.dim() in (2, 3):
+        check_labels(y, len(y), logits.shape[-1], what)
+    return logits
+
+
+def _check_shard(shard: Any) -> None:
+    """``shard`` a pair ``(rank, processes)`` of integers with ``0 <= rank < processes``."""
+    if not (isinstance(shard, (tuple, list)) and len(shard) == 2 and is_whole(shard[1], 1) and is_whole(shard[0], 0)
+            and shard[0] < shard[1]):
+        raise ValueError(f"shard must be (rank, processes), integers with 0 <= rank < processes, got {shard!r}")
+
+
 def _percent(correct: Tensor) -> float:
     return 100.0 * int(correct.sum()) / len(correct)
 
@@ -608,6 +645,9 @@ def _correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, classes: S
     _check_samples(x, y, classes, "the evaluated data")
     if len(x) == 0:
         raise ValueError("x holds no samples to evaluate")
+    device = check_device(device)
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):  # (NaN scored 22 %, without a word)
+        raise ValueError("the evaluated data contains NaN or infinite values")
     if not is_whole(batch_size, 1):
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     # near-equal chunks: no trailing batch of one sample, which batch-statistics BatchNorm cannot take
@@ -637,9 +677,10 @@ def _correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, classes: S
     correct = torch.zeros(len(x), dtype=torch.bool)
     try:
         with random_numbers_apart(device):
-            for index in order.tensor_split(chunks):
+            for number, index in enumerate(order.tensor_split(chunks)):
                 inputs, targets = x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
-                correct[index] = (predictions(model(inputs), classes) == targets).cpu()
+                logits = model(inputs) if number else _first_outputs(model, inputs, y, "the evaluated data")
+                correct[index] = (predictions(logits, classes) == targets).cpu()
     finally:
         model.train(was_training)
     return correct

@@ -646,3 +646,12 @@ def test_int8_signs_are_written_without_a_float_pass_and_equal_binary_sign():
     for mode in (torch.no_grad, torch.inference_mode):
         with mode():
             assert torch.equal(SignBuffers().signs(big, torch.int8), binary_sign(big).to(torch.int8))
+
+
+def test_a_sparse_input_takes_torchs_own_product_at_every_size():
+    """A sparse input reached the ±1 check of a large layer, whose slicing failed inside torch (as_strided on
+    SparseCPU), while a small layer and nn.Linear took it."""
+    layer = bnn.BinaryLinear(1025, 1024)  # (2**20 weights and more: the fast products on every CPU)
+    x = torch.rand(3, 1025).round() * 2 - 1
+    assert fast.product_used(x.to_sparse(), layer) == "F.linear"
+    assert torch.equal(layer(x.to_sparse()), layer(x))  # (±1 sums are exact on every path)

@@ -109,9 +109,11 @@ def test_binary_conv2d_refuses_an_input_smaller_than_its_kernel_in_one_line():
 def test_layer_arguments_and_inputs_torch_fails_on_inside_are_one_line(tmp_path):
     """groups=2.0 (a TypeError in torch.empty), an init_width beyond float32 (uniform_'s "from is out of bounds"), a
     5-D input to a conv layer (conv2d's error); PackedMLP.load took compile="False" as true."""
-    with pytest.raises(ValueError, match=r"^groups must be a positive integer that divides in_channels and "
-                                         r"out_channels, got 2.0$"):
+    with pytest.raises(ValueError, match=r"^groups must be a positive integer that divides in_channels \(4\) and "
+                                         r"out_channels \(4\), got 2.0$"):
         bnn.BinaryConv2d(4, 4, 3, groups=2.0)
+    with pytest.raises(ValueError, match=r"^groups must be .* in_channels \(3\) and out_channels \(4\), got 2$"):
+        bnn.BinaryConv2d(3, 4, 3, groups=2)  # (torch's own message, raised inside its constructor)
     with pytest.raises(ValueError, match=r"^init_width must be a finite number in \(0, 6.80565e\+38\] or None"):
         bnn.BinaryLinear(4, 4, init_width=1e39)
     with pytest.raises(ValueError, match=r"^BinaryConv2d takes inputs with 4 channels .*, got shape \(1, 1, 4, 5, 5\)"):

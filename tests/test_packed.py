@@ -3,6 +3,7 @@
 import copy
 import hashlib
 import io
+import math
 import os
 import pickle
 import subprocess
@@ -1094,9 +1095,10 @@ def test_a_layer_subclass_that_keeps_its_forward_packs_as_its_base():
         assert torch.equal(bnn.pack(model, compile=False)(x), model(x))
 
 
-def _model_with_a_threshold_at(m: float) -> torch.nn.Module:
-    """A 2-3-2 MLP whose first hidden neuron fires iff x[0] + x[1] >= m (weights +1, BatchNorm centred on the
-    float32 value m, no shift): the packed threshold is m exactly."""
+def _model_with_a_threshold_near(m: float) -> torch.nn.Module:
+    """A 2-3-2 MLP whose first hidden neuron fires iff x[0] + x[1] reaches about m (weights +1, BatchNorm centred on
+    the float32 value m, no shift): the packed threshold is the first float32 sum at which the float model's own
+    float32 BatchNorm gives >= 0 (here the one after m: it computes m·s - m·s as -1.2e-8)."""
     torch.manual_seed(0)
     model = bnn.MLP([2, 3, 2])
     with torch.no_grad():
@@ -1113,15 +1115,53 @@ def test_a_float64_input_is_rounded_to_float32_once_on_every_path(compile):
     """A float64 input is the float32 model's input after one rounding: the reference torch ops summed the float64
     values while the native kernel summed their float32 rounding, so the same input got other scores (and
     predictions) depending on whether a C compiler was found."""
-    m = torch.tensor(0.3).item()  # a float32 value: the threshold of the first hidden neuron
-    model = _model_with_a_threshold_at(m)
-    x = torch.tensor([[np.nextafter(m, -np.inf), 0.0]], dtype=torch.float64)  # below m; rounds to m in float32
-    assert x[0, 0].item() < m and x.float()[0, 0].item() == m
+    model = _model_with_a_threshold_near(torch.tensor(0.3).item())
     packed = bnn.pack(model, compile=compile)
-    expected = packed(x.float())  # the neuron fires: its sum is m
-    below = packed(torch.tensor([[np.nextafter(np.float32(m), np.float32(-1)), 0.0]]))  # float32, below m: it does not
+    t = packed.layers[0]["threshold"][0].item()  # a float32 value: where the first hidden neuron starts to fire
+    x = torch.tensor([[np.nextafter(t, -np.inf), 0.0]], dtype=torch.float64)  # below t; rounds to t in float32
+    assert x[0, 0].item() < t and x.float()[0, 0].item() == t
+    expected = packed(x.float())  # the neuron fires: its sum is t
+    below = packed(torch.tensor([[np.nextafter(np.float32(t), np.float32(-1)), 0.0]]))  # float32, below t: it does not
     assert not torch.equal(below, expected)  # (so the neuron's decision shows in the scores)
     assert torch.equal(packed(x), expected)
+    with torch.no_grad():  # (and the float model decides there as the packed one does)
+        assert torch.equal(model(x.float()), expected) and torch.equal(model(x.float().nextafter(torch.tensor(-1.0))),
+                                                                       below)
+
+
+def test_the_first_layers_threshold_is_the_float_models_own_float32_batchnorm_decision():
+    """The first layer's threshold was the crossing (μ - β·sqrt(σ² + ε)/γ) / α worked out in float64, which missed the
+    float32 BatchNorm's own rounding: a one-input layer, whose sum is exact, fired in the float model (its BatchNorm
+    gave +1.4e-9) and not in the packed one. Random BatchNorm channels and gains, and every float32 sum within 8
+    steps of each threshold: the packed decisions are the float model's."""
+    generator = torch.Generator().manual_seed(5)
+    channels = 300
+    model = torch.nn.Sequential(bnn.BinaryLinear(1, channels, scale="channel"), torch.nn.BatchNorm1d(channels),
+                                bnn.SignActivation(), bnn.BinaryLinear(channels, 2), torch.nn.BatchNorm1d(2))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)  # (the pre-activation is the input itself)
+        model[0].output_gain.alpha.copy_(torch.randn(channels, generator=generator))
+        for norm, size in ((model[1], channels), (model[4], 2)):
+            norm.weight.copy_(torch.randn(size, generator=generator))
+            norm.bias.copy_(torch.randn(size, generator=generator))
+            norm.track_running_stats = True
+            norm.running_mean = torch.randn(size, generator=generator)
+            norm.running_var = torch.rand(size, generator=generator) * 3
+    model.eval()
+    flip, threshold = (bnn.pack(model, compile=False).layers[0][key] for key in ("flip", "threshold"))
+    assert bool(threshold.isfinite().all())
+    sums = [threshold.float()]
+    for direction in (math.inf, -math.inf):
+        step = threshold.float()
+        for _ in range(8):
+            step = step.nextafter(torch.tensor(direction))
+            sums.append(step)
+    sums = torch.stack(sums, dim=1)  # (channels, 17): each threshold and its float32 neighbours
+    with torch.no_grad():
+        batchnorm = model[:2](sums.reshape(-1, 1)).reshape(channels, sums.shape[1], channels)
+    fired = batchnorm[torch.arange(channels), :, torch.arange(channels)] >= 0
+    packed_fires = torch.where(flip[:, None], -sums, sums).double() >= threshold[:, None]
+    assert torch.equal(fired, packed_fires)
 
 
 @pytest.mark.parametrize("compile", [False, True], ids=["torch-ops", "fast-kernels"])

@@ -9,12 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import KeepCheckpoints, fake_mnist
 
+import metaspike
 from metaspike.app.cli import main
 from metaspike.app.config import RunConfig
 from metaspike.continual.results import load_checkpoint
@@ -150,6 +152,64 @@ def test_resume_keeps_the_state_of_a_baseline_plugin():
     assert resumed.matrix == whole.matrix
 
 
+def test_resume_from_python_refuses_the_plain_optimizer_of_a_metaplastic_run():
+    """A metaplastic(SGD) checkpoint loaded into a plain SGD: torch kept meta and rule in its groups, nothing applied
+    them, and the run went on unconsolidated (final row 57.3 / 90.1 / 51.3 against 59.2 / 87.6 / 59.7)."""
+    from metaspike.continual import ContinualTrainer, TrainerConfig, split
+    from metaspike.data import load_dataset
+
+    scenario = split(load_dataset("digits"), load_dataset("digits", "test"), groups=2)
+
+    def trainer(wrapped: bool):
+        torch.manual_seed(0)
+        model = metaspike.binarize(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 16),
+                                                       torch.nn.ReLU(), torch.nn.Linear(16, 10)))
+
+        def make(m):
+            sgd = torch.optim.SGD(m.parameters(), lr=0.05)
+            return metaspike.metaplastic(sgd, meta=20.0) if wrapped else sgd
+        return ContinualTrainer(model, make, TrainerConfig(epochs=1, batch_size=64), progress=False)
+
+    log = KeepCheckpoints()
+    whole = trainer(True).fit(scenario, log=log)
+    after_first = torch.load(io.BytesIO(log.saved[0]), weights_only=True)
+    assert trainer(True).fit(scenario, resume=after_first).matrix == whole.matrix
+    with pytest.raises(ValueError, match=r"^the checkpoint's optimizer has 'meta', 'rule', 'consolidate' in param "
+                                         r"group 0, settings this run's SGD does not take \(a metaplastic\(\) "
+                                         r"optimizer's\?\): it was written with another optimizer"):
+        trainer(False).fit(scenario, resume=after_first)
+
+
+def test_a_users_stream_made_when_reached_without_a_definition_is_warned_of_before_it_keeps_checkpoints():
+    """A resume reads only a lazy stream's first task: one drawn with another seed went on from the checkpoint, its
+    first row from one draw and the rest from the other, without a word. Its definition is what a resume compares."""
+    from metaspike.continual import ContinualTrainer, Scenario, Task, TaskStream, TrainerConfig
+    from metaspike.data import ArrayDataset
+
+    def stream(seed, definition):
+        def make(index):
+            generator = torch.Generator().manual_seed(seed * 100 + index)
+            x, y = torch.rand(40, 6, generator=generator), torch.randint(0, 3, (40,), generator=generator)
+            data = ArrayDataset.from_tensors(x, y, f"t{index}")
+            return Task(f"t{index}", data, data)
+        tasks = TaskStream(3, make, lambda index: f"t{index}", classes=(0, 1, 2))
+        return Scenario("mine", tasks, tasks, definition)
+
+    def trainer():
+        return ContinualTrainer(torch.nn.Linear(6, 3), lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
+                                TrainerConfig(epochs=1, batch_size=10), progress=False)
+
+    with pytest.warns(UserWarning, match=r"scenario 'mine' makes its tasks when they are reached and has no "
+                                         r"definition: a resume can check only its first task's data"):
+        trainer().fit(stream(1, {}), log=KeepCheckpoints())
+    log = KeepCheckpoints()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer().fit(stream(1, {"seed": 1}), log=log)  # (a definition: nothing to warn of)
+    with pytest.raises(ValueError, match="the checkpoint was written by a run on another scenario"):
+        trainer().fit(stream(2, {"seed": 2}), resume=torch.load(io.BytesIO(log.saved[1]), weights_only=True))
+
+
 def test_resume_from_python_refuses_other_data_under_the_same_names():
     """A user's own tensors under the same names and definition: the scenario's description matches, its data do
     not, and one result would mix two datasets."""
@@ -186,9 +246,9 @@ def test_resume_from_python_refuses_another_model_with_parameters_of_the_same_sh
     scenario = split(ArrayDataset.from_tensors(x[:300], y[:300], "mine"),
                      ArrayDataset.from_tensors(x[300:], y[300:], "mine"), groups=2)
 
-    def trainer(activation="sign"):
+    def trainer(activation="sign", **settings):
         torch.manual_seed(0)
-        return ContinualTrainer(bnn.MLP([16, 8, 4], activation=activation),
+        return ContinualTrainer(bnn.MLP([16, 8, 4], activation=activation, **settings),
                                 lambda m: torch.optim.Adam(m.parameters(), lr=0.01),
                                 TrainerConfig(epochs=1, batch_size=30), progress=False)
 
@@ -197,8 +257,11 @@ def test_resume_from_python_refuses_another_model_with_parameters_of_the_same_sh
     first_task = torch.load(io.BytesIO(log.saved[0]), weights_only=True)
     with pytest.raises(ValueError, match="the checkpoint was written by a run of another model"):
         trainer("relu").fit(scenario, resume=first_task)
+    # the same modules built with other settings: a binary network went on with real weights, without a word
+    with pytest.raises(ValueError, match=r"a model built with other settings \(its layers print other settings"):
+        trainer(weight_quantizer="none").fit(scenario, resume=first_task)
     assert trainer().fit(scenario, resume=first_task).matrix  # (its own model: resumed)
-    del first_task["identity"]["model"]  # (as written before the model was recorded)
+    del first_task["identity"]["model"], first_task["identity"]["model_settings"]  # (as written before either)
     assert trainer("relu").fit(scenario, resume=first_task).matrix
     # a checkpoint of 2 processes (torchrun) resumed in one: accepted through the Python API, other batches trained
     first_task["identity"]["processes"] = 2

@@ -290,8 +290,24 @@ def test_train_epoch_and_evaluate_check_their_arguments_as_the_trainer_does():
         ({"plugins": EWC()}, r"plugins must be a list of Plugin instances \(e.g. \[EWC\(\)\]\), got EWC"),
         ({"plugins": [EWC]}, r"plugins\[0\] is the class EWC; pass an instance"),
         ({"generator": 3}, r"generator must be a torch.Generator or None, got int"),
+        # (each of these failed inside torch: an IndexError, two RuntimeErrors, an IndexError, AttributeErrors)
+        ({"y": y + 3}, r"labels of the training data go up to 5 but the model has 3 outputs"),
+        ({"x": x.double()}, r"the training data is torch.float64 but the model's parameters are torch.float32"),
+        ({"x": torch.rand(6, 5)}, r"the training data samples of shape \(5,\) do not fit the model: mat1 and mat2"),
+        ({"device": "nope"}, r"device must name a torch device"),
+        ({"shard": (1, 1)}, r"shard must be \(rank, processes\), integers with 0 <= rank < processes, got \(1, 1\)"),
+        ({"shard": (-1, 1)}, r"shard must be \(rank, processes\)"),  # (it was accepted)
+        ({"optimizer": None}, r"optimizer must be an optimizer \(a torch.optim.Optimizer, or one with zero_grad and "
+                              r"step\), got NoneType"),
+        ({"progress": object()}, r"progress must be None or a tqdm-like bar with an update method, got object"),
     ]:
         with pytest.raises(ValueError, match=f"^{message}"):
-            train_epoch(model, optimizer, x, arguments.pop("y", y), batch_size=2, **arguments)
+            train_epoch(model, arguments.pop("optimizer", optimizer), arguments.pop("x", x), arguments.pop("y", y),
+                        batch_size=2, **arguments)
     with pytest.raises(ValueError, match=r"^labels of the evaluated data include \[2\], outside its classes \[0, 1\]"):
         evaluate(model, x, y, classes=(0, 1))
+    # labels beyond the outputs scored as misses (0.0), NaN samples as whatever argmax of NaN gives (22 %)
+    with pytest.raises(ValueError, match=r"^labels of the evaluated data go up to 5 but the model has 3 outputs"):
+        evaluate(model, x, y + 3)
+    with pytest.raises(ValueError, match=r"^the evaluated data contains NaN or infinite values"):
+        evaluate(model, x * float("nan"), y)

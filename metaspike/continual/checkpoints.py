@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,10 @@ def check_same_run(stored: Any, current: dict[str, Any]) -> None:
     if "model" in stored and stored["model"] != current.get("model"):
         raise ValueError("the checkpoint was written by a run of another model (its modules' names or kinds differ: "
                          "another activation, layer or neuron?); resume it with the model it was made with")
+    if "model_settings" in stored and stored["model_settings"] != current.get("model_settings"):
+        raise ValueError("the checkpoint was written by a run of a model built with other settings (its layers print "
+                         "other settings: a dropout rate, a slope, a bnn layer's quantizer?); resume it with the model "
+                         "it was made with")
     differ = [f"{key} {stored['settings'].get(key)!r} there, {value!r} here"
               for key, value in current["settings"].items() if stored["settings"].get(key) != value]
     if differ:
@@ -393,6 +397,11 @@ def check_plugin_settings(plugins: Sequence[Any], saved: Any) -> None:
                                  "with the settings it was made with")
 
 
+_GROUP_LISTS = ("params", "param_names")
+"""What a param group lists rather than sets: its tensors and, where torch keeps them, their names (which a loaded
+group may take from the checkpoint where the run's optimizer was given ``parameters()``)."""
+
+
 def group_settings(optimizer: Any) -> list[list[dict[str, Any]]]:
     """The settings of every param group (all but ``params``) of an optimizer or of each optimizer of a chain."""
     return [[{k: v for k, v in group.items() if k != "params"} for group in inner.param_groups]
@@ -417,17 +426,25 @@ def _same_setting(a: Any, b: Any) -> bool:
         return False
 
 
-def check_optimizer_state(optimizer: Any, settings: list[list[dict[str, Any]]]) -> None:
+def check_optimizer_state(optimizer: Any, settings: list[list[dict[str, Any]]], exempt: Collection[str] = ()) -> None:
     """A loaded optimizer state is one line where its param groups' settings differ from ``settings`` (those the run's
-    own optimizer was built with: the checkpoint belongs to other settings, or was edited) and where a parameter's
-    state is not what :func:`~metaspike.optimizer_state.check_parameter_state` accepts (torch finds out only at the
-    next step, deep inside its update, or never; metaspike's own optimizers refuse it already at load)."""
+    own optimizer was built with, less the keys ``exempt``: the checkpoint belongs to other settings, or was edited),
+    where they hold a setting the run's groups lack (``meta`` and ``rule`` from a :func:`metaspike.metaplastic`
+    optimizer, loaded into the plain one it wraps: torch keeps them in the groups, and nothing applies them) and where
+    a parameter's state is not what :func:`~metaspike.optimizer_state.check_parameter_state` accepts (torch finds out
+    only at the next step, deep inside its update, or never; metaspike's own optimizers refuse it already at load)."""
     for inner, groups in zip(getattr(optimizer, "optimizers", [optimizer]), settings):
         for index, (group, built) in enumerate(zip(inner.param_groups, groups)):
             for key, value in built.items():
                 if not _same_setting(group.get(key), value):
                     raise ValueError(f"the checkpoint's optimizer has {key} = {group.get(key)!r} in param group {index}, "
                                      f"where the run's settings give {value!r}: it was written with other settings")
+            extra = [key for key in group if key not in built and key not in exempt and key not in _GROUP_LISTS]
+            if extra:
+                consolidating = " (a metaplastic() optimizer's?)" if {"meta", "rule"} & set(extra) else ""
+                raise ValueError(f"the checkpoint's optimizer has {', '.join(map(repr, extra))} in param group {index}, "
+                                 f"settings this run's {type(inner).__name__} does not take{consolidating}: it was "
+                                 "written with another optimizer")
             for p in group["params"]:
                 check_parameter_state(inner.state.get(p, {}), p.shape, "the checkpoint's optimizer state of a "
                                       f"{tuple(p.shape)} parameter in param group {index}")

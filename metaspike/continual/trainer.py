@@ -31,6 +31,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from metaspike.bayesian.optim import check_synapse_optimizers
 from metaspike.bayesian.synapses import bayesian_modules
+from metaspike.chained import needs_closure
 from metaspike.checks import check_device, check_seed, is_whole, lacking_methods
 from metaspike.compiled import uncompiled
 from metaspike.continual.batchnorm import BATCHNORM_MODES, batchnorm_state, load_batchnorm_state
@@ -89,7 +90,7 @@ def evaluated_tasks(trained: int, total: int, budget: int | None = None) -> list
     tasks over the whole stream that starts with the first task and ends with the last. After the last task a
     sample of two or more points has its last point among the last trained, so ``budget - 1`` tasks are evaluated
     then (a sample of one point, ``budget = 6``, is the first task alone: six are); a budget of more tasks than the
-    stream holds evaluates every task. Where the sample's points lie closer than the last tasks are many (a short
+    stream holds evaluates every trained task. Where the sample's points lie closer than the last tasks are many (a short
     stream), the points other than the last are spread over the tasks before those, so that none of them falls
     among the last trained, where it would name a task evaluated anyway.
     ``trained=0`` (the untrained network) gives the whole even sample.
@@ -345,7 +346,7 @@ def run_identity(scenario: Scenario, config: TrainerConfig, model: nn.Module | N
     the trainer settings that change its numbers (:data:`RESULT_SETTINGS`), so that a resume on another stream (the
     same task names, another seed), with other settings or by another number of processes (they split each batch
     otherwise) is refused rather than mixed into one result; with ``model``, a SHA-256 of its modules' names and kinds
-    (:func:`_model_structure`).
+    (:func:`_model_structure`) and of its layers' settings (:func:`_model_settings`).
 
     Example:
         >>> from metaspike.continual.scenarios import make_scenario
@@ -365,7 +366,8 @@ def run_identity(scenario: Scenario, config: TrainerConfig, model: nn.Module | N
     identity = {"scenario": hashlib.sha256(described_text.encode()).hexdigest(), "data": _data_fingerprint(scenario),
                 "data_sums": _data_sums(scenario), "settings": {key: getattr(config, key) for key in RESULT_SETTINGS},
                 "processes": world()[1]}
-    return identity if model is None else {**identity, "model": _model_structure(model)}
+    return identity if model is None else {**identity, "model": _model_structure(model),
+                                           "model_settings": _model_settings(model)}
 
 
 def _model_structure(model: nn.Module) -> str:
@@ -377,6 +379,22 @@ def _model_structure(model: nn.Module) -> str:
     (the number of processes is compared apart)."""
     modules = [[name, unsynced_class(module).__qualname__] for name, module in uncompiled(model).named_modules()]
     return hashlib.sha256(json.dumps(modules).encode()).hexdigest()
+
+
+#: The packages whose layers' printed settings (``extra_repr``) :func:`_model_settings` reads: fixed when a layer is
+#: made, never learned (another package's layer may print a learned value, which would refuse every resume).
+_SETTINGS_READ_FROM = ("torch.nn.", "bnn.")
+
+
+def _model_settings(model: nn.Module) -> str:
+    """A SHA-256 of the settings that ``model``'s torch and ``bnn`` layers print (``Dropout(p=0.5)``,
+    ``LeakyReLU(negative_slope=0.3)``, a ``bnn`` layer's quantizers): a model of the same modules built with other
+    settings loads a checkpoint's state dict as well, and the run would go on as another network (a binary network
+    continued with real weights). The layers of other packages (snnTorch's, Norse's, a user's) count by their class
+    only (:func:`_model_structure`)."""
+    settings = [[name, module.extra_repr()] for name, module in uncompiled(model).named_modules()
+                if type(module).__module__.startswith(_SETTINGS_READ_FROM)]
+    return hashlib.sha256(json.dumps(settings).encode()).hexdigest()
 
 
 #: Values of each tensor a data fingerprint reads, evenly spaced (the whole tensor where it holds fewer).
@@ -443,7 +461,7 @@ def _load_saved_optimizer(optimizer: Optimizer, optimizer_state: tuple[Any, Any]
     settings = [[{k: v for k, v in group.items() if k not in moved} for group in inner] if drives else inner
                 for drives, inner in zip(driven, built)]
     load_part("optimizer", optimizer, saved)
-    check_optimizer_state(optimizer, settings)
+    check_optimizer_state(optimizer, settings, exempt=moved)
     if isinstance(scheduler, ReduceLROnPlateau):
         check_plateau_rates(scheduler, [group["lr"] for drives, inner in zip(driven, built) if drives
                                         for group in inner])
@@ -587,6 +605,10 @@ class ContinualTrainer:
                 not isinstance(getattr(optimizer, "param_groups", None), list):
             raise ValueError("make_optimizer must return an optimizer (a torch.optim.Optimizer or one with its "
                              f"step, zero_grad, state_dict and param_groups), got {type(optimizer).__name__}")
+        if isinstance(optimizer, Optimizer) and needs_closure(optimizer):  # (its step failed with a TypeError)
+            raise ValueError(f"make_optimizer built {type(optimizer).__name__}, which needs a closure at every step "
+                             "(it evaluates the loss several times a step); the trainer steps with one loss per batch: "
+                             "use another optimizer, or train it in a loop of your own")
         own = {id(p) for p in self.model.parameters()}
         given = [p for group in optimizer.param_groups for p in group["params"]]
         foreign = sum(id(p) not in own for p in given)
@@ -718,6 +740,12 @@ class ContinualTrainer:
             twice = sorted({n for n in names if names.count(n) > 1})
             raise ValueError(f"scenario {scenario.name!r} names two tasks alike ({', '.join(twice[:3])}); give each "
                              "task its own name")
+        if (log is not None or resume is not None) and made_when_reached(scenario.tasks) and not scenario.definition:
+            warnings.warn(f"scenario {scenario.name!r} makes its tasks when they are reached and has no definition: a "
+                          "resume can check only its first task's data against the checkpoint (a stream drawn with "
+                          "another seed would go on from it, mixed into one result); put what fixes its tasks in "
+                          "Scenario(..., definition={'seed': ...}), which a resume compares",
+                          UserWarning, stacklevel=2)
         if (not scenario.evaluates_training_tasks and not made_when_reached(scenario.tasks)
                 and [t.name for t in scenario.tasks] == names):
             warnings.warn(f"scenario {scenario.name!r}: its eval_tasks have the training tasks' names but are other "
