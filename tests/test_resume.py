@@ -516,6 +516,16 @@ def test_resume_refuses_a_checkpoint_that_does_not_fit_the_model_in_one_line(tmp
                run / "checkpoint.pt")
     assert main(["train", "--resume", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "written by a run of a model built with other settings (its layers print other " \
+        "settings: their sizes" in err, err
+    run = _interrupted_run(tmp_path / "c")  # (sizes that do not show in what the layers print: the state dict's)
+    state = load_checkpoint(run / "checkpoint.pt")
+    state["model"]["1.weight"] = state["model"]["1.weight"][:, :-1]
+    del state["identity"]["model_settings"]
+    torch.save({**state, CHECKSUM_KEY: state_checksum(state), CONFIG_KEY: _file_digest(run / "config.json")},
+               run / "checkpoint.pt")
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the checkpoint's model does not fit this run's model" in err, err
 
 

@@ -57,8 +57,8 @@ def check_same_run(stored: Any, current: dict[str, Any]) -> None:
                          "another activation, layer or neuron?); resume it with the model it was made with")
     if "model_settings" in stored and stored["model_settings"] != current.get("model_settings"):
         raise ValueError("the checkpoint was written by a run of a model built with other settings (its layers print "
-                         "other settings: a dropout rate, a slope, a bnn layer's quantizer?); resume it with the model "
-                         "it was made with")
+                         "other settings: their sizes, a dropout rate, a slope, a bnn layer's quantizer?); resume it "
+                         "with the model it was made with")
     differ = [f"{key} {stored['settings'].get(key)!r} there, {value!r} here"
               for key, value in current["settings"].items() if stored["settings"].get(key) != value]
     if differ:
