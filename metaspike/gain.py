@@ -75,7 +75,9 @@ def check_gain_layer(name: str, layer: nn.Module) -> None:
     if own and getattr(type(layer), "forward_is_weight_product", False) is not True:
         raise ValueError(f"layer {name!r} ({type(layer).__name__}) has a {own[0]} of its own: a learned output gain "
                          f"scales a {base.__name__}'s output less its bias, which its own pass need not be (a fused "
-                         "activation, an extra branch); pass scale=None for it, or leave it out with exclude")
+                         "activation, an extra branch); where it still returns W x + b (a padding of its own, say), "
+                         f"set {type(layer).__name__}.forward_is_weight_product = True; else leave it out with "
+                         "exclude, or pass scale=None")
 
 
 #: Updates of a layer's synapses (an optimizer's steps) through which its gain holds a gradient and stays unchanged

@@ -174,12 +174,9 @@ def _trial_failure(model: nn.Module, x: Tensor, what: str, err: Exception) -> Va
     samples that code cannot take), named by its module, file and line; else samples of a shape that does not fit
     (torch's BatchNorm raises ValueError for one sample)."""
     known = isinstance(err, (RuntimeError, ValueError))
-    dtypes = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()})
-    if known and dtypes and str(x.dtype) not in dtypes:
-        convert = (f"convert the data (x.to({dtypes[0]}))" if x.dtype == torch.float16 else  # (trains NaN: eps)
-                   f"convert the model (model.to({x.dtype}))" if x.dtype == torch.float32 else  # (datasets hold it)
-                   f"convert the model (model.to({x.dtype})) or the data to one dtype")
-        return ValueError(f"{what} is {x.dtype} but the model's parameters are {', '.join(dtypes)}; {convert}")
+    mismatch = _dtype_mismatch(model, x, what)
+    if known and mismatch is not None:
+        return mismatch
     lines = str(err).strip().splitlines()
     first_line = lines[0] if lines else type(err).__name__
     place = _raised_in_user_code(err)
@@ -189,6 +186,18 @@ def _trial_failure(model: nn.Module, x: Tensor, what: str, err: Exception) -> Va
     if known:
         return ValueError(f"{what} samples of shape {tuple(x.shape[1:])} do not fit the model: {first_line}")
     return None
+
+
+def _dtype_mismatch(model: nn.Module, x: Tensor, what: str) -> ValueError | None:
+    """The one-line error for data ``x`` of a floating dtype that none of ``model``'s floating parameters has (torch
+    fails inside the first product, "mat1 and mat2 must have the same dtype"); ``None`` where they agree."""
+    dtypes = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()})
+    if not dtypes or str(x.dtype) in dtypes:
+        return None
+    convert = (f"convert the data (x.to({dtypes[0]}))" if x.dtype == torch.float16 else  # (trains NaN: eps)
+               f"convert the model (model.to({x.dtype}))" if x.dtype == torch.float32 else  # (datasets hold it)
+               f"convert the model (model.to({x.dtype})) or the data to one dtype")
+    return ValueError(f"{what} is {x.dtype} but the model's parameters are {', '.join(dtypes)}; {convert}")
 
 
 def check_labels(y: Tensor, samples: int, outputs: int | None, what: str = "input") -> None:
@@ -610,18 +619,15 @@ def evaluate_together(model: nn.Module, parts: Sequence[tuple[Tensor, Tensor]], 
 
 def _first_outputs(model: nn.Module, inputs: Tensor, y: Tensor, what: str) -> Tensor:
     """``model(inputs)`` on the first batch of a loop over ``what`` (labels ``y``): one ``ValueError`` where the
-    samples do not fit the model (another dtype or shape: :func:`_trial_failure`) and where the labels go beyond its
+    samples are of a dtype the model's parameters are not (:func:`_dtype_mismatch`) and where the labels go beyond its
     outputs (a loss failed inside torch with "Target 3 is out of bounds"; an evaluation scored them as misses,
-    silently): in a loop of one's own, as :func:`check_inputs` checks a task's data before the trainer trains it."""
-    try:
-        logits = model(inputs)
-    except (RuntimeError, ValueError) as err:
-        if allocation_failure(err) or isinstance(err, ModelError):
-            raise
-        failure = _trial_failure(model, inputs, what, err)
-        if failure is None:
-            raise
-        raise failure from None
+    silently): in a loop of one's own, as :func:`check_inputs` checks a task's data before the trainer trains it. An
+    error of the model's own forward pass is raised as it is, with its traceback (its layers may not fit each other)."""
+    if inputs.is_floating_point():
+        mismatch = _dtype_mismatch(model, inputs, what)
+        if mismatch is not None:
+            raise mismatch
+    logits = model(inputs)
     if isinstance(logits, Tensor) and logits.dim() in (2, 3):
         check_labels(y, len(y), logits.shape[-1], what)
     return logits
@@ -646,8 +652,6 @@ def _correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, classes: S
     if len(x) == 0:
         raise ValueError("x holds no samples to evaluate")
     device = check_device(device)
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):  # (NaN scored 22 %, without a word)
-        raise ValueError("the evaluated data contains NaN or infinite values")
     if not is_whole(batch_size, 1):
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     # near-equal chunks: no trailing batch of one sample, which batch-statistics BatchNorm cannot take
@@ -680,6 +684,9 @@ def _correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, classes: S
             for number, index in enumerate(order.tensor_split(chunks)):
                 inputs, targets = x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
                 logits = model(inputs) if number else _first_outputs(model, inputs, y, "the evaluated data")
+                if logits.isnan().any():  # (argmax of NaN: NaN samples scored 22 %, without a word)
+                    raise ValueError("the model's outputs hold NaN on the evaluated data (NaN in its samples, or "
+                                     "weights gone NaN): there is no prediction to score")
                 correct[index] = (predictions(logits, classes) == targets).cpu()
     finally:
         model.train(was_training)

@@ -270,6 +270,20 @@ def test_resume_from_python_refuses_another_model_with_parameters_of_the_same_sh
         trainer().fit(scenario, resume=first_task)
 
 
+def test_the_model_settings_of_a_run_leave_out_what_parameter_containers_print(monkeypatch):
+    """ParameterList and ParameterDict print their parameters' device (cuda:N), so the same model on another device,
+    or each process of a multi-GPU torchrun launch, would have read as a model built with other settings."""
+    from metaspike.continual.trainer import _model_settings
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.2))
+    model.extra = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(2))])
+    before = _model_settings(model)
+    monkeypatch.setattr(torch.nn.ParameterList, "extra_repr", lambda self: "(0): Parameter containing: (cuda:1)")
+    assert _model_settings(model) == before
+    model[1].p = 0.5  # (what a Dropout prints is read)
+    assert _model_settings(model) != before
+
+
 def test_resume_from_python_refuses_data_changed_in_a_column_that_evenly_spaced_values_step_over():
     """1408 x 64 values: a fingerprint of 4096 evenly spaced ones reads every 22nd, never feature 1 of any sample."""
     from metaspike.continual import ContinualTrainer, TrainerConfig, sequence

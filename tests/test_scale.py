@@ -98,12 +98,20 @@ class _RenamedLinear(nn.Linear):  # (a subclass that keeps nn.Linear's forward: 
     pass
 
 
+class _PaddedConv1d(nn.Conv1d):  # (a padding of its own, then the convolution: it says its output is W x + b)
+    forward_is_weight_product = True
+
+    def forward(self, x):
+        return super().forward(F.pad(x, (1, 1)))
+
+
 @pytest.mark.parametrize("layer", [_LinearReLU(4, 3), _Conv1dThroughOwnConv(2, 3, 3)])
 def test_a_gain_is_refused_for_a_layer_with_a_forward_pass_of_its_own(layer):
     """The gain scaled whatever such a layer returned as if it were W x + b: a ReLU layer returned negative values
     (-0.35 from a binarized _LinearReLU(4, 3) on N(0, 1) inputs), without a word."""
     with pytest.raises(ValueError, match=rf"^layer 'net' \({type(layer).__name__}\) has a _?\w*forward of its own: "
-                                         r"a learned output gain .* pass scale=None for it"):
+                                         r"a learned output gain .* set \w+.forward_is_weight_product = True; else "
+                                         r"leave it out with exclude, or pass scale=None"):
         metaspike.binarize(nn.ModuleDict({"net": layer}))
     with pytest.raises(ValueError, match="of its own"):
         metaspike.bayesianize(nn.ModuleDict({"net": layer}), "bimu")
@@ -115,6 +123,7 @@ def test_a_gain_is_refused_for_a_layer_with_a_forward_pass_of_its_own(layer):
     assert torch.equal(binary(x), own_pass_on_signs)
     gained = metaspike.binarize(_RenamedLinear(4, 3))
     assert output_gain(gained) is not None
+    assert output_gain(metaspike.binarize(_PaddedConv1d(2, 3, 3))) is not None  # (its own pass, still W x + b)
     assert bnn.BinaryBayesianLinear(4, 3, samples=2)(torch.randn(5, 4)).shape == (2, 5, 3)  # (sampled: W x + b)
 
 

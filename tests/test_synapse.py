@@ -129,8 +129,9 @@ def test_binarize_excludes_named_layers_and_rejects_models_without_layers():
     with pytest.raises(ValueError, match="ReLU has no layer to binarize"):
         binarize(nn.ReLU())
     with pytest.raises(ValueError, match=r"MultiheadAttention has no layer to binarize \(looked for Linear, .*\); the "
-                                         "layers inside a MultiheadAttention are left out: it reads their weights "
-                                         "without calling them"):
+                                         "layers inside a MultiheadAttention are left out: it multiplies by their "
+                                         "weights without calling their forward pass, where a synapse's learned "
+                                         "output gain acts"):
         binarize(nn.MultiheadAttention(8, 2))
     with pytest.raises(ValueError, match="exclude names layers \\(or weight matrices\\) that do not exist"):
         binarize(nn.Sequential(nn.Linear(2, 2)), exclude=["7"])

@@ -293,7 +293,6 @@ def test_train_epoch_and_evaluate_check_their_arguments_as_the_trainer_does():
         # (each of these failed inside torch: an IndexError, two RuntimeErrors, an IndexError, AttributeErrors)
         ({"y": y + 3}, r"labels of the training data go up to 5 but the model has 3 outputs"),
         ({"x": x.double()}, r"the training data is torch.float64 but the model's parameters are torch.float32"),
-        ({"x": torch.rand(6, 5)}, r"the training data samples of shape \(5,\) do not fit the model: mat1 and mat2"),
         ({"device": "nope"}, r"device must name a torch device"),
         ({"shard": (1, 1)}, r"shard must be \(rank, processes\), integers with 0 <= rank < processes, got \(1, 1\)"),
         ({"shard": (-1, 1)}, r"shard must be \(rank, processes\)"),  # (it was accepted)
@@ -309,5 +308,8 @@ def test_train_epoch_and_evaluate_check_their_arguments_as_the_trainer_does():
     # labels beyond the outputs scored as misses (0.0), NaN samples as whatever argmax of NaN gives (22 %)
     with pytest.raises(ValueError, match=r"^labels of the evaluated data go up to 5 but the model has 3 outputs"):
         evaluate(model, x, y + 3)
-    with pytest.raises(ValueError, match=r"^the evaluated data contains NaN or infinite values"):
+    with pytest.raises(ValueError, match=r"^the model's outputs hold NaN on the evaluated data \(NaN in its samples"):
         evaluate(model, x * float("nan"), y)
+    mismatched = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Linear(6, 3))  # (its layers do not fit: its own)
+    with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):
+        train_epoch(mismatched, torch.optim.SGD(mismatched.parameters(), lr=0.1), x, y, batch_size=2)

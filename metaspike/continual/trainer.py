@@ -393,7 +393,8 @@ def _model_settings(model: nn.Module) -> str:
     continued with real weights). The layers of other packages (snnTorch's, Norse's, a user's) count by their class
     only (:func:`_model_structure`)."""
     settings = [[name, module.extra_repr()] for name, module in uncompiled(model).named_modules()
-                if type(module).__module__.startswith(_SETTINGS_READ_FROM)]
+                if type(module).__module__.startswith(_SETTINGS_READ_FROM)
+                and not isinstance(module, (nn.ParameterList, nn.ParameterDict))]  # (they print their device)
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()
 
 
