@@ -410,7 +410,8 @@ def _train(args: argparse.Namespace) -> None:
               f"{_learning_settings([config.model], config.scenario)}", file=sys.stderr)
     elif unlearned := tasks_learned_nothing(result):
         print(f"metaspike: warning: task(s) {', '.join(map(str, unlearned))} ended their own training less than "
-              f"{LEARNED_MARGIN:g} points above the untrained network's accuracy: they learned nothing while they trained "
+              f"{LEARNED_MARGIN:g} points above the untrained network's accuracy: they learned nothing while they "
+              "trained "
               f"(a slow start; check {_learning_flags([config.model])})", file=sys.stderr)
 
 
@@ -526,7 +527,8 @@ def _compare(args: argparse.Namespace) -> None:
     unlearned = [name for row in rows for name in row["learned_nothing"]]
     if unlearned:
         print(f"metaspike: warning: in {len(unlearned)} run(s) no task's accuracy rose more than {LEARNED_MARGIN:g} points "
-              f"above the untrained network's: {', '.join(unlearned)} learned nothing; {_learning_settings(models, scenario)}",
+              f"above the untrained network's: {', '.join(unlearned)} learned nothing; "
+              f"{_learning_settings(models, scenario)}",
               file=sys.stderr)
 
 

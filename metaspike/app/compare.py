@@ -267,8 +267,8 @@ def _why_undefined(undefined: Sequence[str]) -> str:
     """Why the trade-off's figures ``undefined`` (among ``ACC``, the last task's column, ``forgetting``) are NaN.
 
     Example:
-        >>> _why_undefined(["forgetting"])
-        'forgetting needs each task evaluated right after its own training: --eval-every 1 and every task in --eval-tasks, tasks trained one after another (joint training forgets nothing)'
+        >>> _why_undefined(["forgetting"])[:60]
+        'forgetting needs each task evaluated right after its own tra'
     """
     reasons = []
     if any(key != "forgetting" for key in undefined):

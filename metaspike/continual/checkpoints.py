@@ -442,9 +442,9 @@ def check_optimizer_state(optimizer: Any, settings: list[list[dict[str, Any]]], 
             extra = [key for key in group if key not in built and key not in exempt and key not in _GROUP_LISTS]
             if extra:
                 consolidating = " (a metaplastic() optimizer's?)" if {"meta", "rule"} & set(extra) else ""
-                raise ValueError(f"the checkpoint's optimizer has {', '.join(map(repr, extra))} in param group {index}, "
-                                 f"settings this run's {type(inner).__name__} does not take{consolidating}: it was "
-                                 "written with another optimizer")
+                raise ValueError(f"the checkpoint's optimizer has {', '.join(map(repr, extra))} in param group "
+                                 f"{index}, settings this run's {type(inner).__name__} does not take{consolidating}: "
+                                 "it was written with another optimizer")
             for p in group["params"]:
                 check_parameter_state(inner.state.get(p, {}), p.shape, "the checkpoint's optimizer state of a "
                                       f"{tuple(p.shape)} parameter in param group {index}")

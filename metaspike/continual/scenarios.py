@@ -683,9 +683,9 @@ def make_scenario(
     """Build a scenario by name from dataset names (what the CLI calls); ``datasets`` may be one name.
 
     ``tasks`` is the number of permutations (``permuted``, ``joint``), class groups (``split``) or
-    subsets (``stream``), 3 when not given; ``sequence`` has one task per dataset and refuses another number. ``joint`` trains on the
-    permuted tasks together. ``samples_per_task`` (``permuted`` only) trains each task on a seeded
-    subset of that many training samples.
+    subsets (``stream``), 3 when not given; ``sequence`` has one task per dataset and refuses another number.
+    ``joint`` trains on the permuted tasks together. ``samples_per_task`` (``permuted`` only) trains each task on a
+    seeded subset of that many training samples.
 
     Example:
         >>> make_scenario("permuted", ["digits"], tasks=2).definition["seed"]

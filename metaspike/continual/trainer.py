@@ -90,8 +90,8 @@ def evaluated_tasks(trained: int, total: int, budget: int | None = None) -> list
     tasks over the whole stream that starts with the first task and ends with the last. After the last task a
     sample of two or more points has its last point among the last trained, so ``budget - 1`` tasks are evaluated
     then (a sample of one point, ``budget = 6``, is the first task alone: six are); a budget of more tasks than the
-    stream holds evaluates every trained task. Where the sample's points lie closer than the last tasks are many (a short
-    stream), the points other than the last are spread over the tasks before those, so that none of them falls
+    stream holds evaluates every trained task. Where the sample's points lie closer than the last tasks are many (a
+    short stream), the points other than the last are spread over the tasks before those, so that none of them falls
     among the last trained, where it would name a task evaluated anyway.
     ``trained=0`` (the untrained network) gives the whole even sample.
 

@@ -14,7 +14,8 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``reproduce NAME [--scale cpu|paper] [--seeds ...] [--data-dir DIR] [--device D] [--out DIR] [--quiet]`` and
+    """Register ``reproduce NAME [--scale cpu|paper] [--seeds ...] [--data-dir DIR] [--device D] [--out DIR]
+    [--quiet]`` and
     ``reproduce --resume DIR``.
 
     Names and scales are checked by :func:`run`, so a wrong one ends with one ``metaspike: error:`` line.

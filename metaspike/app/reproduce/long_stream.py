@@ -236,8 +236,8 @@ def run(scale: str, seeds: Sequence[int], root: Path, progress: bool, data_dir: 
         for number, seed in enumerate(seeds, start=index * len(seeds) + 1):
             # (every method's bars read "task 1/100 ..." alike, and a sweep's short runs show none)
             sweep = f", after choosing lr and m on {SWEEP_TASKS} tasks ({len(method.sweep)} short runs)"
-            announce_run(number, len(methods) * len(seeds), f"{method.label}, seed {seed}{sweep if method.sweep else ''}",
-                         progress)
+            announce_run(number, len(methods) * len(seeds),
+                         f"{method.label}, seed {seed}{sweep if method.sweep else ''}", progress)
             config = replace(stream_config(scale, seed, data_dir), device=device, **method.settings)
             if method.sweep:
                 lr, meta = sweep_metaplastic(config, method.sweep)
