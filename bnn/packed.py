@@ -48,7 +48,7 @@ import ctypes
 import hashlib
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -812,14 +812,22 @@ def _integer_threshold(norm: nn.BatchNorm1d, gain: Tensor, n: int) -> tuple[Tens
     gamma, _ = _affine(norm)
     flip = (gamma < 0) != (gain < 0)
     sign = 1 - 2 * flip.to(torch.int64)
-    lo = torch.full_like(sign, -n - 1)  # fires(lo) is False (virtually)
-    hi = torch.full_like(sign, n + 1)  # fires(hi) is True (virtually)
-    for _ in range(math.ceil(math.log2(2 * n + 2)) + 1):
+    return flip, _first_firing(norm, n, lambda a: (sign * a).to(torch.float32) * gain)
+
+
+def _first_firing(norm: nn.BatchNorm1d, bound: int, gained: Callable[[Tensor], Tensor]) -> Tensor:
+    """Per neuron, the least integer ``k`` in ``[-bound, bound + 1]`` at which ``BN(gained(k)) >= 0``, by a binary
+    search: ``gained(k)`` is the float32 input of the float model's BatchNorm at the ``k``-th value searched (the
+    gain's product), and firing is monotone in ``k``; ``bound + 1`` where it fires nowhere, ``-bound`` where it fires
+    everywhere (``-bound - 1`` never fires and ``bound + 1`` always does, virtually)."""
+    lo = torch.full(norm.running_mean.shape, -bound - 1, dtype=torch.int64)
+    hi = torch.full(norm.running_mean.shape, bound + 1, dtype=torch.int64)
+    for _ in range(math.ceil(math.log2(2 * bound + 2)) + 1):
         mid = (lo + hi) // 2
-        fires = _bn_eval(norm, ((sign * mid).to(torch.float32) * gain).unsqueeze(0))[0] >= 0
+        fires = _bn_eval(norm, gained(mid).unsqueeze(0))[0] >= 0
         hi = torch.where(fires, mid, hi)
         lo = torch.where(fires, lo, mid)
-    return flip, hi
+    return hi
 
 
 #: The bits of float32's +inf read as an integer: the largest key of :func:`_float32_of_keys` (-inf's is its negative).
@@ -852,14 +860,8 @@ def _real_threshold(norm: nn.BatchNorm1d, gain: Tensor) -> tuple[Tensor, Tensor]
     gamma, _ = _affine(norm)
     flip = (gamma < 0) != (gain < 0)
     sign = 1 - 2 * flip.to(torch.float32)
-    lo = torch.full(gain.shape, -_INF_KEY - 1, dtype=torch.int64)  # fires(lo) is False (virtually)
-    hi = torch.full(gain.shape, _INF_KEY + 1, dtype=torch.int64)  # fires(hi) is True (virtually)
-    for _ in range(math.ceil(math.log2(2 * _INF_KEY + 2)) + 1):
-        mid = (lo + hi) // 2
-        fires = _bn_eval(norm, (sign * _float32_of_keys(mid) * gain).unsqueeze(0))[0] >= 0
-        hi = torch.where(fires, mid, hi)
-        lo = torch.where(fires, lo, mid)
-    found = torch.where(hi > _INF_KEY, math.inf, _float32_of_keys(hi.clamp(max=_INF_KEY)).double())
+    key = _first_firing(norm, _INF_KEY, lambda keys: sign * _float32_of_keys(keys) * gain)
+    found = torch.where(key > _INF_KEY, math.inf, _float32_of_keys(key.clamp(max=_INF_KEY)).double())
     fires_everywhere = _bn_eval(norm, torch.zeros_like(gain).unsqueeze(0))[0] >= 0  # γ = 0 or α = 0: constant
     constant = torch.where(fires_everywhere, -math.inf, math.inf).double()
     return flip, torch.where((gamma == 0) | (gain == 0), constant, found)
