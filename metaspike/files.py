@@ -25,7 +25,10 @@ from typing import IO, Any
 from metaspike.checks import shown
 
 __all__ = ["atomic_open", "atomic_write_text", "atomic_write_bytes", "remove_stale_temporaries", "csv_text", "read_json",
-           "read_regular_file", "tensor_problem", "check_plain_tensors", "MAX_NESTING"]
+           "read_regular_file", "tensor_problem", "check_plain_tensors", "MAX_NESTING", "TEMPORARY_FILES"]
+
+#: The names :func:`atomic_open` gives its temporary files (``.<name>.<random>.tmp`` beside the target), as a glob.
+TEMPORARY_FILES = ".*.tmp"
 
 #: The largest JSON file :func:`read_json` reads: every JSON file metaspike writes (configs, plans, metrics,
 #: histograms) is far smaller.
@@ -58,7 +61,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     if _is_folder(path):  # (refused before anything is written; os.replace would name the temporary file)
         raise IsADirectoryError(f"cannot write {path}: it is a folder; name a file inside it or beside it")
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # (TEMPORARY_FILES)
     except OSError as err:  # (a read-only folder: name the file asked for, not a random temporary name)
         raise OSError(err.errno, err.strerror, str(path)) from None
     try:
@@ -109,7 +112,7 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
         >>> [p.name for p in remove_stale_temporaries(folder)]
         ['.metrics.json.x1y2.tmp']
     """
-    stale = sorted(Path(folder).glob(".*.tmp"))
+    stale = sorted(Path(folder).glob(TEMPORARY_FILES))
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

@@ -55,7 +55,7 @@ from metaspike.continual.scenarios import Scenario, made_when_reached, make_scen
 from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig, applied_optimizer_mode
 from metaspike.data import ArrayDataset, default_data_dir, load_dataset
 from metaspike.distributed import init_from_env, sync_batchnorm, world, world_size_from_env
-from metaspike.files import atomic_open, atomic_write_text, read_json, remove_stale_temporaries
+from metaspike.files import TEMPORARY_FILES, atomic_open, atomic_write_text, read_json, remove_stale_temporaries
 from metaspike.machine import cpu_kind
 from metaspike.training import Plugin, TrainingDiverged, minimum_batch_size
 
@@ -728,7 +728,7 @@ def remove_unstarted(path: Path) -> None:
     """
     if not path.is_dir() or (path / "config.json").exists():
         return
-    held = sorted(p.name for p in path.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp")))
+    held = sorted({p.name for p in path.iterdir()} - {p.name for p in path.glob(TEMPORARY_FILES)})
     if held:
         shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
         raise ValueError(f"{path} has no config.json but holds {shown}: a run stopped while its folder was made holds "

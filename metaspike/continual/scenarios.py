@@ -545,8 +545,8 @@ def split(
     if unwhole is not None:  # (0.0 and True are no class indices: named, not a "non-empty, disjoint" puzzle)
         raise ValueError(f"class groups must hold class indices (whole numbers), got {unwhole!r} "
                          f"({type(unwhole).__name__}) in {groups}")
-    if (not groups or any(len(g) == 0 for g in groups) or not all(is_whole(c, 0) and c < n_classes for c in flat)
-            or len(set(flat)) != len(flat)):  # (class indices checked before they are hashed: a list is not)
+    if (not groups or any(len(g) == 0 for g in groups) or not all(0 <= c < n_classes for c in flat)
+            or len(set(flat)) != len(flat)):  # (every one an integer by now, so hashable)
         raise ValueError(f"class groups must be non-empty, disjoint and within 0..{n_classes - 1}, got {groups}")
     tasks = []
     for g in groups:
