@@ -84,6 +84,18 @@ def test_a_run_stopped_early_reports_the_tasks_trained_so_far():
     assert result.metrics["ACC"] == pytest.approx(235.0 / 3)
 
 
+def test_a_run_stopped_early_that_evaluates_its_tasks_in_another_order_averages_every_column():
+    """Trained A, B, C and evaluated C, B, A: after task 1 the first column is the untrained C (a helper's
+    metrics.json said ACC 52.4, C's score, where A, the task trained, scored 100). Column j is not the j-th task
+    trained, so the tasks so far cannot be cut out: ACC averages every column, as when the run ends."""
+    from metaspike.continual.trainer import ContinualResult
+
+    result = ContinualResult(task_names=["C", "B", "A"], matrix=[[52.4, 39.2, 100.0]], baseline=[10.0, 10.0, 10.0],
+                             training_tasks=3, evaluates_trained_tasks=False)
+    assert result.metrics["ACC"] == pytest.approx((52.4 + 39.2 + 100.0) / 3)
+    assert all(math.isnan(result.metrics[key]) for key in ("BWT", "FWT", "forgetting"))
+
+
 def test_text_tables_round_halves_as_by_hand_and_keep_wide_cells_apart():
     from metaspike.app.tables import comparison_csv, format_table
 

@@ -230,17 +230,21 @@ class ContinualResult:
         turn, they cover the tasks trained so far: a task not yet trained has an accuracy (near chance) but nothing to
         remember. (Joint training evaluates every task after its one training task; a stream evaluates one test set.)
         Where the evaluated tasks are not the trained ones in their order (:attr:`evaluates_trained_tasks` false), BWT,
-        FWT and forgetting, which pair row ``j`` with column ``j``, are ``nan``.
+        FWT and forgetting, which pair row ``j`` with column ``j``, are ``nan``, and ACC averages every evaluated task,
+        as it does when the run ends (column ``j`` is not the ``j``-th task trained).
 
         Example:
             >>> ContinualResult(["a", "b"], matrix=[[90.0, 11.0]], training_tasks=2).metrics["ACC"]  # task 1 so far
             90.0
             >>> ContinualResult(["a", "b"], matrix=[[90.0, 80.0]], training_tasks=1).metrics["ACC"]  # joint: all
             85.0
+            >>> ContinualResult(["b", "a"], matrix=[[11.0, 90.0]], training_tasks=2,  # evaluated in reverse
+            ...                 evaluates_trained_tasks=False).metrics["ACC"]
+            50.5
         """
         trained = len(self.matrix)
         baseline = self.baseline or None
-        so_far = 0 < trained < self.training_tasks == len(self.task_names)
+        so_far = self.evaluates_trained_tasks and 0 < trained < self.training_tasks == len(self.task_names)
         matrix = matrix_rows(self.matrix, trained if so_far else None)  # (a shared skipped row stays one array)
         if so_far:
             baseline = baseline and baseline[:trained]
