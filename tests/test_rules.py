@@ -48,6 +48,25 @@ def test_cascade_one_step_by_hand_three_variables():
     torch.testing.assert_close(new.levels[:, 0], torch.tensor([5 / 26, 1 / 26], dtype=torch.float64))
 
 
+@pytest.mark.parametrize("meta", [1e16, 1e17, 1e18, 1e30, 3.4e38])
+def test_cascade_holds_its_solution_at_any_meta(meta):
+    """C = (1, 2), g = meta/4; u' = (a', b'):  (1 + g) a - g b = a', -g a + (2 + g) b = 2 b'  =>
+    a = ((2 + g) a' + 2 g b') / (2 + 3 g), b = (g a' + (1 + g) 2 b') / (2 + 3 g), in exact fractions. The textbook
+    pivots cancelled: a helper's 0.45 at meta 1e17 where this is 0.471, a ZeroDivisionError at 1e18."""
+    from fractions import Fraction
+
+    g, a_, b_ = Fraction(meta) / 4, Fraction(0.2), Fraction(-0.1)
+    expected_a = ((2 + g) * a_ + 2 * g * b_) / (2 + 3 * g)
+    expected_b = (g * a_ + (1 + g) * 2 * b_) / (2 + 3 * g)
+    rule = CascadeRule(n=2)
+    for dtype, tolerance in ((torch.float64, 2**-52), (torch.float32, 2**-23)):  # a few roundings of values below 1
+        hidden = torch.tensor([0.5], dtype=dtype)
+        kept, state = consolidate(hidden, torch.tensor([0.3], dtype=dtype), meta, rule, CascadeState(
+            torch.tensor([[-0.1]], dtype=dtype)))
+        assert abs((hidden - kept).item() - float(expected_a)) <= 4 * tolerance
+        assert abs(state.levels.item() - float(expected_b)) <= 4 * tolerance
+
+
 def test_cascade_conserves_the_total_and_flows_down_without_overshoot():
     g = torch.Generator().manual_seed(0)
     rule = CascadeRule(n=4)

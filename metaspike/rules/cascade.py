@@ -77,17 +77,24 @@ class CascadeRule:
         deep = state.levels.to(hidden.dtype)
         levels = [hidden - update, *deep.unbind(0)]
         capacity = [2.0**k for k in range(self.n)]
-        tube = [meta * 2.0 ** -(k + 2) for k in range(self.n - 1)]
-        below, above = [0.0, *tube], [*tube, 0.0]
-        # Thomas algorithm for  -below_k·u_(k-1) + diag_k·u_k - above_k·u_(k+1) = C_k·u_k'
+        tube = [*(meta * 2.0 ** -(k + 2) for k in range(self.n - 1)), 0.0]  # tube[k] joins beakers k and k + 1
+        # Thomas algorithm for  -g_(k-1)·u_(k-1) + (C_k + g_(k-1) + g_k)·u_k - g_k·u_(k+1) = C_k·u_k', written so
+        # that no step subtracts: pivot_k = rest_k + g_k, where rest_k = C_k + g_(k-1)·rest_(k-1)/pivot_(k-1) (+ the
+        # leak) sums positive terms. (The textbook pivot diag_k - g_(k-1)·ratio_(k-1) cancels to nothing as meta
+        # grows: 0.45 at meta = 1e17 where the answer is 0.471, a division by zero at 1e18.) The forward sweep
+        # carries flow_k = g_k·sweep_k, of the levels' magnitude, where sweep_k itself falls as 1/meta (and
+        # float32 loses it below 1e-38).
         ratios: list[float] = []
         sweeps: list[Tensor] = []
+        rest, flow = 0.0, None
         for k in range(self.n):
-            diag = capacity[k] + below[k] + above[k] + (self.leak if k == self.n - 1 else 0.0)
-            pivot = diag - (below[k] * ratios[-1] if k else 0.0)
-            ratios.append(above[k] / pivot)
-            rhs = levels[k] * capacity[k]
-            sweeps.append((rhs + below[k] * sweeps[-1] if k else rhs) / pivot)
+            rest = capacity[k] + (tube[k - 1] * rest / (rest + tube[k - 1]) if k else 0.0)
+            rest += self.leak if k == self.n - 1 else 0.0
+            pivot = rest + tube[k]
+            ratios.append(tube[k] / pivot)
+            pushed = levels[k] * capacity[k] if flow is None else levels[k] * capacity[k] + flow
+            sweeps.append(pushed / pivot)
+            flow = pushed * ratios[-1]
         new = [sweeps[-1]]
         for k in range(self.n - 2, -1, -1):
             new.insert(0, sweeps[k] + ratios[k] * new[0])
