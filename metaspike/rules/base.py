@@ -235,5 +235,13 @@ def state_from_dict(rule: Rule, hidden: Tensor, stored: dict[str, Tensor] | None
         NoState()
     """
     if not stored or set(stored) != set(rule.state_type()._fields):
-        return rule.init_state(hidden)
+        return _initial_state(rule, hidden)
     return rule.state_type()(**stored)
+
+
+@torch.compiler.disable
+def _initial_state(rule: Rule, hidden: Tensor) -> tuple:
+    """``rule.init_state(hidden)``, never traced: made once per weight, it may read the weight's bytes or seed a
+    generator (the switch rule does both), which a ``torch.compile``'d training step failed to trace ("setStorage:
+    ... out of bounds", from its byte view)."""
+    return rule.init_state(hidden)
