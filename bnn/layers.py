@@ -269,15 +269,16 @@ def factory_kwargs(device: object, dtype: object) -> dict[str, object]:
 
 
 def check_conv_geometry(kernel_size: object, stride: object, padding: object, dilation: object) -> None:
-    """A 2-D convolution's ``kernel_size``, ``stride`` and ``dilation`` (an int >= 1 or two), and ``padding`` (an int
-    >= 0, two, ``"same"`` or ``"valid"``), else one line naming the argument (torch found out in the forward pass,
-    inside oneDNN).
+    """A 2-D convolution's ``kernel_size``, ``stride`` and ``dilation`` (an int >= 1 or two, in a tuple or a list, as
+    ``nn.Conv2d`` takes them), and ``padding`` (an int >= 0, two, ``"same"`` or ``"valid"``), else one line naming the
+    argument (torch found out in the forward pass, inside oneDNN).
 
     Example:
         >>> check_conv_geometry(3, 1, "same", (1, 2))
+        >>> check_conv_geometry([3, 3], [2, 2], [1, 1], 1)
     """
     def pair(value: object, least: int) -> bool:
-        values = value if isinstance(value, tuple) else (value,)
+        values = value if isinstance(value, (tuple, list)) else (value,)
         return len(values) in (1, 2) and all(is_whole(v, least) for v in values)
 
     for name, value in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):

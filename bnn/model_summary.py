@@ -15,6 +15,7 @@ from torch.nn.utils import parametrize
 from bnn.binary_linear import is_binary_input
 from metaspike.bayesian.synapses import bayesian_modules
 from metaspike.compiled import is_compiled_wrapper, uncompiled
+from metaspike.modes import evaluation_mode
 from metaspike.synapse import BinarySynapse, binary_modules
 from metaspike.training import random_numbers_apart
 
@@ -279,19 +280,17 @@ def _count_macs(model: nn.Module, probe: Tensor, what: str) -> dict[str, tuple[i
                 if _recurrent_matrices(layer)]
     handles += [layer.register_forward_hook(attention_hook(name), with_kwargs=True) for name, layer in layers
                 if isinstance(layer, nn.MultiheadAttention)]
-    was_training = model.training
     try:
-        model.eval()  # no running statistics are updated (the paper's BatchNorm still uses the batch's)
-        # (eager: a model or submodule compiled in place, model.compile(), compiled the counting pass, logging graph
-        # breaks at its hooks; a Bayesian model's samples leave training's random numbers)
-        with random_numbers_apart(probe.device), torch.compiler.set_stance("force_eager"):
+        # in evaluation mode no running statistics are updated (the paper's BatchNorm still uses the batch's); eager:
+        # a model or submodule compiled in place, model.compile(), compiled the counting pass, logging graph breaks at
+        # its hooks; a Bayesian model's samples leave training's random numbers
+        with evaluation_mode(model), random_numbers_apart(probe.device), torch.compiler.set_stance("force_eager"):
             model(probe)
     except Exception as err:
         hint = " (input_shape probes with random real numbers: give a model of token ids example_input=)"
         raise ValueError(f"summary: a forward pass on {what} failed: {err}"
                          f"{hint if what.startswith('input_shape') else ''}") from None
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     return counts

@@ -377,11 +377,12 @@ class PackedMLP:
             ValueError: ``x`` has the wrong number of features, is not a floating-point CPU tensor,
                 holds NaN or infinite values, or finite values beyond float32's range.
         """
-        if not isinstance(x, Tensor) or x.dim() < 2 or math.prod(x.shape[1:]) != self.sizes[0]:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(
-                f"input of shape {shape} does not fit: expected (batch, ...) with {self.sizes[0]} features per sample"
-            )
+        if not isinstance(x, Tensor):
+            raise ValueError(f"input must be a torch tensor (batch, ...) with {self.sizes[0]} features per sample, got "
+                             f"a {type(x).__name__} (torch.as_tensor(x, dtype=torch.float32))")
+        if x.dim() < 2 or math.prod(x.shape[1:]) != self.sizes[0]:
+            raise ValueError(f"input of shape {tuple(x.shape)} does not fit: expected (batch, ...) with "
+                             f"{self.sizes[0]} features per sample")
         if x.device.type != "cpu":
             raise ValueError(f"input is on the {x.device.type} device; PackedMLP runs on the CPU (pass x.cpu())")
         if not torch.is_floating_point(x):

@@ -49,7 +49,7 @@ import torch
 
 from metaspike.allocator import usable_memory
 from metaspike.checks import FLOAT32_MAX, check_device
-from metaspike.files import atomic_open, atomic_write_bytes, read_regular_file
+from metaspike.files import as_path, atomic_open, atomic_write_bytes, read_regular_file
 
 __all__ = [
     "DataError",
@@ -460,7 +460,7 @@ def read_idx(path: str | os.PathLike, max_bytes: int = IDX_MAX_BYTES) -> np.ndar
             message names the file. Also ``max_bytes`` other than a whole number from 1.
     """
     max_bytes = _check_max_bytes(max_bytes)
-    p = Path(path)
+    p = as_path(path, "IDX file")
     try:  # a file larger than its data may be (plus gzip's few bytes per block) is refused before it is read
         size = p.stat().st_size
     except OSError:
@@ -497,7 +497,7 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
         >>> read_idx(path).tolist()
         [3, 1, 4]
     """
-    p = Path(path)
+    p = as_path(path, "IDX file")
     arr = np.asarray(array)
     code = next((c for c, dt in _IDX_DTYPES.items() if dt == arr.dtype.newbyteorder(">")), None)
     if code is None:

@@ -24,7 +24,7 @@ from typing import IO, Any
 
 from metaspike.checks import shown
 
-__all__ = ["atomic_open", "atomic_write_text", "atomic_write_bytes", "remove_stale_temporaries", "csv_text", "read_json",
+__all__ = ["as_path", "atomic_open", "atomic_write_text", "atomic_write_bytes", "remove_stale_temporaries", "csv_text", "read_json",
            "read_regular_file", "tensor_problem", "check_plain_tensors", "MAX_NESTING", "TEMPORARY_FILES"]
 
 #: The names :func:`atomic_open` gives its temporary files (``.<name>.<random>.tmp`` beside the target), as a glob.
@@ -41,6 +41,21 @@ def _umask() -> int:
     return mask
 
 
+def as_path(path: object, what: str) -> Path:
+    """``path`` as a :class:`~pathlib.Path`; anything but a string or an ``os.PathLike`` is one ``ValueError`` naming
+    ``what`` (``Path(None)`` says only "expected str, bytes or os.PathLike object").
+
+    Example:
+        >>> as_path(None, "packed BNN file")
+        Traceback (most recent call last):
+        ...
+        ValueError: packed BNN file must be a path (a str or os.PathLike), got NoneType
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"{what} must be a path (a str or os.PathLike), got {type(path).__name__}")
+    return Path(path)
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path`` (``mode`` ``"w"`` or ``"wb"``); on success it replaces ``path``.
@@ -55,7 +70,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
-    path = Path(path)
+    path = as_path(path, "the file to write")
     if not path.parent.is_dir():  # (mkstemp would name its temporary file instead)
         raise FileNotFoundError(f"cannot write {path}: its folder {path.parent} does not exist")
     if _is_folder(path):  # (refused before anything is written; os.replace would name the temporary file)
@@ -168,7 +183,7 @@ def read_regular_file(path: str | os.PathLike, what: str, max_bytes: int | None 
         ...
         ValueError: checkpoint /dev/zero is not a regular file (it is a device, pipe, socket or folder)
     """
-    path = Path(path)
+    path = as_path(path, what)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
@@ -206,7 +221,7 @@ def read_json(path: str | os.PathLike) -> Any:
         ...
         ValueError: ... is not valid JSON (Expecting ',' delimiter, line 1); was it edited or cut short?
     """
-    path = Path(path)
+    path = as_path(path, "JSON file")
     data = read_regular_file(path, "JSON file", JSON_MAX_BYTES)
     try:
         return json.loads(data.decode("utf-8"))

@@ -19,6 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from metaspike.checks import is_whole
 from metaspike.compiled import uncompiled
+from metaspike.modes import evaluation_mode
 
 __all__ = ["use_population_statistics", "accept_saved_population_statistics", "statistics_outdated",
            "evaluates_with_batch_statistics"]
@@ -57,13 +58,10 @@ def use_population_statistics(model: nn.Module, x: Tensor, batch_size: int = 100
         raise ValueError(f"batch_size must be an integer >= 2, got {batch_size!r}")
     # near-equal chunks of at least batch_size samples (>= 2): the layers not fixed yet normalise with batch statistics
     chunks = torch.arange(len(x)).tensor_split(max(1, len(x) // batch_size))
-    was_training = model.training
-    model.eval()
-    try:  # (no inference tensors, even under torch.inference_mode: the model's next forward pass with gradients
-        with torch.inference_mode(False), torch.no_grad():  # could not save them for its backward pass)
-            unreached = _fix_each(model, norms, x, chunks)
-    finally:
-        model.train(was_training)
+    # (no inference tensors, even under torch.inference_mode: the model's next forward pass with gradients could not
+    # save them for its backward pass)
+    with evaluation_mode(model), torch.inference_mode(False), torch.no_grad():
+        unreached = _fix_each(model, norms, x, chunks)
     if unreached:
         warnings.warn(f"use_population_statistics: the forward pass on x never reached BatchNorm layer(s) "
                       f"{', '.join(map(repr, unreached))} (a head not in use?); their statistics are left as they "

@@ -34,6 +34,7 @@ from metaspike.checks import (
     raised_at,
 )
 from metaspike.distributed import average_gradients, batch_slice
+from metaspike.modes import evaluation_mode
 from metaspike.population_statistics import evaluates_with_batch_statistics, statistics_outdated
 
 __all__ = ["check_inputs", "check_labels", "minimum_batch_size", "train_epoch", "evaluate", "evaluate_together", "MIN_STATISTICS_BATCH",
@@ -129,10 +130,9 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
             f"{what} samples have shape {tuple(x.shape[1:])} ({x[0].numel()} values) "
             f"but the model expects {expected} input features"
         )
-    was_training = model.training
     try:
-        with torch.no_grad(), random_numbers_apart(x.device):  # (a model that samples its weights: training's numbers
-            model.eval()                                          # do not depend on the check)
+        # (a model that samples its weights: training's numbers do not depend on the check)
+        with torch.no_grad(), random_numbers_apart(x.device), evaluation_mode(model):
             out = model(x[:_PROBED])
     except Exception as err:
         if allocation_failure(err) or isinstance(err, ModelError):  # memory, or the model itself: not the samples'
@@ -141,8 +141,6 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
         if failure is None:
             raise
         raise failure from None
-    finally:
-        model.train(was_training)
     if not isinstance(out, Tensor) or out.dim() not in (2, 3):
         got = f"a {type(out).__name__}" if not isinstance(out, Tensor) else f"shape {list(out.shape)}"
         raise ValueError(f"the model must return logits {_OUTPUT_SHAPES}, got {got}; {_REDUCED_OVER_TIME}")
@@ -676,20 +674,15 @@ def _correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, classes: S
         warnings.warn("evaluating samples of one class only: the model's BatchNorm normalises the batch by its own "
                       "statistics, which removes what the class has in common; fix the statistics first "
                       "(metaspike.use_population_statistics)", stacklevel=user_stacklevel())
-    was_training = model.training
-    model.eval()
     correct = torch.zeros(len(x), dtype=torch.bool)
-    try:
-        with random_numbers_apart(device):
-            for number, index in enumerate(order.tensor_split(chunks)):
-                inputs, targets = x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
-                logits = model(inputs) if number else _first_outputs(model, inputs, y, "the evaluated data")
-                if logits.isnan().any():  # (argmax of NaN: NaN samples scored 22 %, without a word)
-                    raise ValueError("the model's outputs hold NaN on the evaluated data (NaN in its samples, or "
-                                     "weights gone NaN): there is no prediction to score")
-                correct[index] = (predictions(logits, classes) == targets).cpu()
-    finally:
-        model.train(was_training)
+    with random_numbers_apart(device), evaluation_mode(model):
+        for number, index in enumerate(order.tensor_split(chunks)):
+            inputs, targets = x[index].to(device, non_blocking=True), y[index].to(device, non_blocking=True)
+            logits = model(inputs) if number else _first_outputs(model, inputs, y, "the evaluated data")
+            if logits.isnan().any():  # (argmax of NaN: NaN samples scored 22 %, without a word)
+                raise ValueError("the model's outputs hold NaN on the evaluated data (NaN in its samples, or "
+                                 "weights gone NaN): there is no prediction to score")
+            correct[index] = (predictions(logits, classes) == targets).cpu()
     return correct
 
 

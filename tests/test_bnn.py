@@ -712,6 +712,14 @@ def test_a_convolutions_geometry_and_a_scales_shape_are_one_line_and_fit_takes_b
     model = torch.nn.Sequential(bnn.BinaryLinear(4, 3), torch.nn.LayerNorm(3, elementwise_affine=False))
     data = (torch.rand(6, 4), torch.randint(0, 3, (6,)))
     assert len(bnn.fit(model, data, epochs=1, batch_size=1, progress=False)) == 1
+    # lists, as nn.Conv2d takes them (they were refused as not "a pair"): the same layer as with tuples
+    listed, paired = bnn.BinaryConv2d(3, 4, [3, 2], stride=[2, 1], padding=[1, 0]), bnn.BinaryConv2d(3, 4, (3, 2))
+    assert (listed.kernel_size, listed.stride, listed.padding) == ((3, 2), (2, 1), (1, 0))
+    paired.load_state_dict(listed.state_dict())
+    x = torch.randn(2, 3, 9, 9)
+    assert torch.equal(listed(x), torch.nn.functional.conv2d(x, paired.weight.sign(), stride=(2, 1), padding=(1, 0)))
+    with pytest.raises(ValueError, match=r"^kernel_size must be an integer >= 1 or a pair of them, got \[3, 3, 3\]"):
+        bnn.BinaryConv2d(3, 4, [3, 3, 3])
 
 
 def test_a_slice_of_an_mlp_or_convnet_is_a_sequential_of_its_layers():
@@ -724,3 +732,39 @@ def test_a_slice_of_an_mlp_or_convnet_is_a_sequential_of_its_layers():
     assert torch.equal(features(x), mlp[2](mlp[1](mlp[0](x))))
     assert type(conv[:4]) is torch.nn.Sequential and conv[:4](torch.rand(2, 1, 28, 28)).shape == (2, 8, 14, 14)
     assert isinstance(mlp[1], bnn.BinaryLinear)
+
+
+def _modes(model: nn.Module) -> list[bool]:
+    return [module.training for module in model.modules()]
+
+
+@pytest.mark.parametrize("call", ["evaluate", "summary", "use_population_statistics", "fisher_diagonal"])
+def test_calls_that_evaluate_leave_every_module_in_its_own_mode(call):
+    """BatchNorm frozen by .eval() inside a training model (fine-tuning), and dropout kept on inside an evaluating
+    one (Monte Carlo dropout): the calls restored the model's own mode to every module (a helper: the frozen
+    BatchNorm went back to batch statistics and the outputs changed without a word)."""
+    from metaspike.continual.baselines import fisher_diagonal
+
+    torch.manual_seed(0)
+    x, y = torch.rand(200, 64), torch.randint(0, 10, (200,))
+    run = {"evaluate": lambda m: bnn.evaluate(m, (x, y)), "summary": lambda m: bnn.summary(m, input_shape=(64,)),
+           "use_population_statistics": lambda m: bnn.use_population_statistics(m, x),
+           "fisher_diagonal": lambda m: fisher_diagonal(m, x[:20], y[:20])}[call]
+    model = bnn.use_population_statistics(nn.Sequential(*bnn.MLP([64, 32, 10]), nn.Dropout(0.5)), x)
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm1d):
+            module.eval()
+    frozen = _modes(model)
+    before = model[:-1](x[:8]).detach()
+    run(model)
+    assert _modes(model) == frozen
+    assert torch.equal(model[:-1](x[:8]).detach(), before)  # (the population statistics, not the batch's)
+    model.eval()
+    model[-1].train()  # Monte Carlo dropout
+    sampling = _modes(model)
+    run(model)
+    assert _modes(model) == sampling
+    with pytest.raises(ValueError):  # (a call that fails part-way restores them too)
+        bnn.evaluate(model, (x[:, :10], y))
+    assert _modes(model) == sampling

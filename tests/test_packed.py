@@ -923,6 +923,21 @@ def test_input_of_the_wrong_size_is_rejected(trained):
         bnn.pack(trained, compile=False)(torch.rand(3, 100))
 
 
+def test_an_input_or_a_path_of_the_wrong_kind_is_one_line_naming_it(trained):
+    """A list or an array as input was "input of shape list does not fit"; None or a number as a path a bare TypeError
+    from os.open."""
+    packed = bnn.pack(trained, compile=False)
+    for given, kind in (([[0.0] * 784], "list"), (np.zeros((1, 784), dtype=np.float32), "ndarray")):
+        with pytest.raises(ValueError, match=f"^input must be a torch tensor .* 784 features per sample, got a {kind} "
+                                             r"\(torch.as_tensor"):
+            packed.predict(given)
+    for path in (None, 3):
+        with pytest.raises(ValueError, match=f"^packed BNN file must be a path .*, got {type(path).__name__}$"):
+            PackedMLP.load(path)
+        with pytest.raises(ValueError, match=f"^the file to write must be a path .*, got {type(path).__name__}$"):
+            packed.save(path)
+
+
 def test_popcount_and_bit_packing():
     words = torch.tensor([0, 1, -1, 2**63 - 1, -(2**63), 0x0F0F])
     assert _popcount(words).tolist() == [0, 1, 64, 63, 1, 8]

@@ -37,6 +37,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from metaspike.checks import check_generator_state, finite_number, is_whole, number_in
 from metaspike.layer_selection import synapse_role
+from metaspike.modes import evaluation_mode
 from metaspike.optimizer_state import check_tensor_values
 from metaspike.population_statistics import use_population_statistics
 from metaspike.synapse import float_layer_weights, weight_matrices
@@ -201,9 +202,7 @@ def _fisher(model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int] | Non
     probe = copy.deepcopy(model) if has_batchnorm else model
     if has_batchnorm:
         use_population_statistics(probe, x)
-    was_training = probe.training
-    probe.eval()
-    try:
+    with evaluation_mode(probe):
         named = _named_matrices(probe)
         params = [weight for _, weight in named]
         total = [torch.zeros_like(p) for p in params]
@@ -219,8 +218,6 @@ def _fisher(model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int] | Non
                 if g is not None:
                     t.add_(g.square())
                     reached[k] = True
-    finally:
-        probe.train(was_training)
     unreached = [pair for pair, hit in zip(named, reached) if not hit]
     if unreached:
         raise _unmeasured(who, unreached)

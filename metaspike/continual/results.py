@@ -38,6 +38,7 @@ from metaspike.continual.metrics import evaluated_rows, is_accuracy
 from metaspike.continual.trainer import ContinualResult
 from metaspike.diagnostics import plasticity_ranking
 from metaspike.files import (
+    as_path,
     atomic_open,
     atomic_write_text,
     check_plain_tensors,
@@ -454,7 +455,7 @@ def load_checkpoint(path: str | os.PathLike, config_digest: str | None = None) -
     Example:
         >>> state = load_checkpoint("runs/permuted-mnist5k-meta10-seed1/checkpoint.pt")  # doctest: +SKIP
     """
-    path = Path(path)
+    path = as_path(path, "checkpoint")
     data = read_regular_file(path, "checkpoint")
     check_torch_archive(data, f"checkpoint {path}")
     state = load_plain_torch(data, f"checkpoint {path}")
@@ -597,7 +598,7 @@ def load_run(path: str | os.PathLike) -> dict[str, Any]:
     Example:
         >>> run = load_run("runs/latest")  # doctest: +SKIP
     """
-    path = Path(path)
+    path = as_path(path, "run folder")
     matrix_file = path / "accuracy_matrix.csv"
     if not matrix_file.exists():
         raise ValueError(f"{path} is not a run directory (no accuracy_matrix.csv)")

@@ -20,6 +20,7 @@ from metaspike.app.tables import comparison_csv
 from metaspike.continual.baselines import fisher_sample_indices
 from metaspike.data import ArrayDataset, load_dataset
 from metaspike.files import atomic_write_text
+from metaspike.modes import evaluation_mode
 from metaspike.synapse import weight_matrices
 
 __all__ = ["flip_loss_increase", "loss_sample", "reproduce_fig5cde", "LOSS_SAMPLES"]
@@ -48,24 +49,22 @@ def flip_loss_increase(
     weight = weight_matrices(model)[layer][1]
     if flips > weight.numel() // bins:
         raise ValueError(f"cannot flip {flips} synapses per bin: layer {layer} has {weight.numel()} in {bins} bins")
-    was_training = model.training
-    model.eval()
     generator = torch.Generator().manual_seed(seed)
-    base = F.cross_entropy(model(x), y).item()
     order = weight.abs().flatten().argsort()
     records = []
-    for members in order.tensor_split(bins):
-        increases = []
-        for _ in range(repeats):
-            chosen = members[torch.randperm(len(members), generator=generator)[:flips]]
-            flat = weight.view(-1)
-            flat[chosen] = -flat[chosen]
-            increases.append(F.cross_entropy(model(x), y).item() - base)
-            flat[chosen] = -flat[chosen]
-        magnitudes = weight.abs().flatten()[members]
-        records.append({"low": magnitudes.min().item(), "high": magnitudes.max().item(),
-                        "loss_increase": sum(increases) / repeats})
-    model.train(was_training)
+    with evaluation_mode(model):
+        base = F.cross_entropy(model(x), y).item()
+        for members in order.tensor_split(bins):
+            increases = []
+            for _ in range(repeats):
+                chosen = members[torch.randperm(len(members), generator=generator)[:flips]]
+                flat = weight.view(-1)
+                flat[chosen] = -flat[chosen]
+                increases.append(F.cross_entropy(model(x), y).item() - base)
+                flat[chosen] = -flat[chosen]
+            magnitudes = weight.abs().flatten()[members]
+            records.append({"low": magnitudes.min().item(), "high": magnitudes.max().item(),
+                            "loss_increase": sum(increases) / repeats})
     return records
 
 
