@@ -590,6 +590,11 @@ def test_a_run_whose_checkpoints_are_gone_is_not_started_again_over_its_results(
     assert ("recorded 2 evaluated epochs (curves.csv) but holds no checkpoint (checkpoint.pt and checkpoint.prev.pt "
             "are gone)") in capsys.readouterr().err
     assert (run / "curves.csv").read_text() == before and not (run / "metrics.json").exists()
+    (run / "model.pt").write_bytes(b"")  # a finished run (checkpoints removed) whose metrics.json was deleted
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    assert "holds model.pt, which a run writes as it ends, and 2 evaluated epochs, but its metrics.json is gone" in (
+        capsys.readouterr().err)
+    (run / "model.pt").unlink()
     (run / "curves.csv").write_text(header + "1,1,1,0.5,50.0\n")  # (killed before its first checkpoint was written)
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert json.loads((run / "metrics.json").read_text())["complete"] is True

@@ -795,6 +795,10 @@ def _refuse_results_without_checkpoint(path: Path) -> None:
         return
     with curves.open("rb") as handle:
         rows = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b"")) - 1
+    if rows >= 2 and (path / "model.pt").exists():  # (checkpoints are removed only once metrics.json is complete)
+        raise ValueError(f"{path} holds model.pt, which a run writes as it ends, and {rows} evaluated epochs, but its "
+                         "metrics.json is gone or does not say \"complete\": true, so the run cannot be read back as "
+                         "finished: put metrics.json back, or start a new run (without --resume)")
     if rows >= 2:
         raise ValueError(f"{path} recorded {rows} evaluated epochs (curves.csv) but holds no checkpoint ({CHECKPOINT} "
                          f"and {PREVIOUS_CHECKPOINT} are gone), so it cannot continue, and starting again would "
