@@ -845,7 +845,10 @@ def metaplastic(
         before.clear()
 
     optimizer.register_step_pre_hook(remember_before_step)
-    optimizer.register_step_post_hook(damp)
+    damping = optimizer.register_step_post_hook(damp)
+    # the damping is part of the step: it runs before the post-hooks registered earlier (an average of the weights
+    # kept by such a hook recorded the undamped weights, which never existed)
+    optimizer._optimizer_step_post_hooks.move_to_end(damping.id, last=False)
     _hook_checkpoints(optimizer)
     # (no hook or attribute refers to the optimizer itself, which would hold it, and the buffers of its old values,
     # in a reference cycle past its last use, until the garbage collector ran: a weight's copy per optimizer dropped)

@@ -455,6 +455,19 @@ def test_a_wrapped_optimizer_with_a_stateful_rule_steps_inside_a_compiled_traini
         torch.testing.assert_close(b, a, rtol=0, atol=3 * 0.05 * 16 * 16 * 2**-20)
 
 
+def test_a_post_hook_registered_before_metaplastic_sees_the_damped_weights():
+    """The damping is part of the step: a hook registered on the optimizer before metaplastic() saw [0.5, -0.5] where
+    the step left [0.9647, -0.9647]."""
+    p = torch.nn.Parameter(torch.tensor([1.0, -1.0]))
+    sgd = torch.optim.SGD([{"params": [p], "consolidate": True}], lr=0.5)
+    seen = []
+    sgd.register_step_post_hook(lambda o, a, k: seen.append(p.detach().clone()))
+    opt = metaplastic(sgd, meta=2.0)
+    p.grad = torch.tensor([1.0, -1.0])
+    opt.step()
+    assert torch.equal(seen[0], p.detach()) and p[0].item() == pytest.approx(1 - 0.5 * (1 - math.tanh(2.0) ** 2))
+
+
 def test_the_first_step_check_leaves_other_step_hooks_alone():
     """Removing the check's own hook while torch iterated over the hooks failed the first step of an optimizer with
     another step pre-hook."""
