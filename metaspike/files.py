@@ -24,8 +24,8 @@ from typing import IO, Any
 
 from metaspike.checks import shown
 
-__all__ = ["as_path", "atomic_open", "atomic_write_text", "atomic_write_bytes", "remove_stale_temporaries", "csv_text", "read_json",
-           "read_regular_file", "tensor_problem", "check_plain_tensors", "MAX_NESTING", "TEMPORARY_FILES"]
+__all__ = ["as_path", "atomic_open", "atomic_write_text", "atomic_write_bytes", "remove_stale_temporaries", "csv_text",
+           "read_json", "read_regular_file", "tensor_problem", "check_plain_tensors", "MAX_NESTING", "TEMPORARY_FILES"]
 
 #: The names :func:`atomic_open` gives its temporary files (``.<name>.<random>.tmp`` beside the target), as a glob.
 TEMPORARY_FILES = ".*.tmp"
