@@ -277,9 +277,9 @@ def check_conv_geometry(kernel_size: object, stride: object, padding: object, di
         >>> check_conv_geometry(3, 1, "same", (1, 2))
         >>> check_conv_geometry([3, 3], [2, 2], [1, 1], 1)
     """
-    def pair(value: object, least: int) -> bool:
-        values = value if isinstance(value, (tuple, list)) else (value,)
-        return len(values) in (1, 2) and all(is_whole(v, least) for v in values)
+    def pair(value: object, least: int) -> bool:  # (a one-element sequence fails in the forward pass, inside torch)
+        values = value if isinstance(value, (tuple, list)) else (value, value)
+        return len(values) == 2 and all(is_whole(v, least) for v in values)
 
     for name, value in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
         if not pair(value, 1):

@@ -16,8 +16,8 @@ def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
 
     ``model.train(was_training)`` would put every module in the model's own mode: a BatchNorm frozen by ``.eval()``
     inside a training model went back to batch statistics, and a dropout kept on inside an evaluating one (Monte Carlo
-    dropout) was switched off. Each module's own ``train`` runs, parents before children, so a module that overrides
-    it is asked as ``model.train()`` asks it.
+    dropout) was switched off. The model's own ``train`` runs on the way in and out (an override of it is asked as
+    before); then each module gets its recorded flag, once, also one shared by two parents in different modes.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
@@ -28,10 +28,11 @@ def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
         >>> net.training, net[1].training
         (True, False)
     """
-    modes = [(module, module.training) for module in model.modules()]  # (parents first)
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         yield model
     finally:
-        for module, training in modes:
-            module.train(training)
+        model.train(modes[0][1])
+        for module, training in modes:  # (flags, not train(): once per module, where train() recurses into each)
+            module.training = training

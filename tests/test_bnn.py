@@ -718,8 +718,9 @@ def test_a_convolutions_geometry_and_a_scales_shape_are_one_line_and_fit_takes_b
     paired.load_state_dict(listed.state_dict())
     x = torch.randn(2, 3, 9, 9)
     assert torch.equal(listed(x), torch.nn.functional.conv2d(x, paired.weight.sign(), stride=(2, 1), padding=(1, 0)))
-    with pytest.raises(ValueError, match=r"^kernel_size must be an integer >= 1 or a pair of them, got \[3, 3, 3\]"):
-        bnn.BinaryConv2d(3, 4, [3, 3, 3])
+    for kernel in ([3, 3, 3], [3], (3,)):  # (one value in a sequence failed in the forward pass, inside torch)
+        with pytest.raises(ValueError, match=r"^kernel_size must be an integer >= 1 or a pair of them, got "):
+            bnn.BinaryConv2d(3, 4, kernel)
 
 
 def test_a_slice_of_an_mlp_or_convnet_is_a_sequential_of_its_layers():
@@ -768,3 +769,17 @@ def test_calls_that_evaluate_leave_every_module_in_its_own_mode(call):
     with pytest.raises(ValueError):  # (a call that fails part-way restores them too)
         bnn.evaluate(model, (x[:, :10], y))
     assert _modes(model) == sampling
+
+
+def test_a_module_shared_by_parents_in_other_modes_gets_its_own_mode_back():
+    """Restored by train() parent after parent, the shared layer took the mode of the last parent that held it."""
+    from metaspike.modes import evaluation_mode
+
+    shared = nn.Linear(8, 3)
+    model = nn.ModuleDict({"a": nn.Sequential(shared), "b": nn.Sequential(shared)})
+    model.train()
+    model["b"].eval()
+    shared.train()
+    with evaluation_mode(model):
+        assert not any(_modes(model))
+    assert (model.training, model["a"].training, model["b"].training, shared.training) == (True, True, False, True)

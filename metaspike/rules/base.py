@@ -234,9 +234,10 @@ def state_from_dict(rule: Rule, hidden: Tensor, stored: dict[str, Tensor] | None
         >>> state_from_dict(get_rule("tanh"), torch.zeros(2), None)
         NoState()
     """
-    if not stored or set(stored) != set(rule.state_type()._fields):
-        return _initial_state(rule, hidden)
-    return rule.state_type()(**stored)
+    fields = rule.state_type()._fields
+    if stored and set(stored) == set(fields):
+        return rule.state_type()(**stored)
+    return _initial_state(rule, hidden) if fields else rule.init_state(hidden)  # (a stateless rule's: every step)
 
 
 @torch.compiler.disable
