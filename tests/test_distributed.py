@@ -97,6 +97,24 @@ def test_a_world_size_that_is_no_whole_number_is_one_line(monkeypatch, tmp_path,
                                        ">= 1 (torchrun sets it), got 'abc'\n")
 
 
+@pytest.mark.parametrize("model, message", [
+    ("mlp", "parts of as few as 1, and each of the 2 processes needs a sample of every step; give --tasks 718 or "
+            "fewer$"),
+    ("bnn", "parts of as few as 1, and model 'bnn' has BatchNorm, which cannot train on one sample, and each of the 2 "
+            r"processes needs 2 samples of every step; give --tasks 359 or fewer, or use a model without it \("),
+])
+def test_a_stream_cut_too_fine_for_the_processes_names_tasks(monkeypatch, model, message):
+    """Under torchrun each process needs a sample of every step: a stream of parts smaller than that stopped inside
+    training, naming train_epoch's argument x ("x has 3 samples, fewer than the smallest batch that trains")."""
+    from metaspike.app.config import RunConfig
+    from metaspike.app.runs import make_run_scenario
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=f"^--tasks 1000: --scenario stream cuts the 1,437 training samples into "
+                                         f"{message}"):
+        make_run_scenario(RunConfig(datasets=("digits",), scenario="stream", tasks=1000, model=model))
+
+
 def test_sigterm_stops_a_process_whose_peer_never_comes(tmp_path):
     """The rendezvous waits inside torch's C++ code, where the command's SIGTERM handler never ran: the process kept
     waiting for a peer that never came. It now ends on SIGTERM while it waits."""

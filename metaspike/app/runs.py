@@ -121,15 +121,20 @@ def _check_bayesian_batch(config: RunConfig, scenario: Scenario) -> None:
 
 
 def _check_stream_parts(config: RunConfig, scenario: Scenario) -> None:
-    """One line naming ``--tasks`` where a stream's parts are too small for the model: BatchNorm cannot train on a
-    part of one sample."""
+    """One line naming ``--tasks`` where a stream's parts are too small for the model and the processes: BatchNorm
+    cannot train on a part of one sample, and under torchrun each process needs a sample of every step (the check
+    that stops it otherwise, inside training, names its argument ``x``)."""
     smallest, total = min(len(task.train) for task in scenario.tasks), sum(len(task.train) for task in scenario.tasks)
-    least = minimum_batch_size(uses_batchnorm(config.model))
+    batchnorm, processes = uses_batchnorm(config.model), world_size_from_env()
+    least = minimum_batch_size(batchnorm, processes)
     if smallest < least:
+        why = (f"model {config.model!r} has BatchNorm, which cannot train on one sample" if batchnorm else "")
+        if processes > 1:
+            each = "a sample" if least == processes else f"{least // processes} samples"
+            why = f"{why}{', and ' if why else ''}each of the {processes} processes needs {each} of every step"
+        other = ", or use a model without it (bnn-layernorm, bimu, mesu, mlp)" if batchnorm else ""
         raise ValueError(f"--tasks {config.tasks}: --scenario stream cuts the {total:,} training samples into parts of "
-                         f"as few as {smallest}, and model {config.model!r} has BatchNorm, which cannot train on one "
-                         f"sample; give --tasks {total // least} or fewer, or use a model without it (bnn-layernorm, "
-                         "bimu, mesu, mlp)")
+                         f"as few as {smallest}, and {why}; give --tasks {total // least} or fewer{other}")
 
 
 def _check_time_steps_fit(config: RunConfig, sizes: list[int], available: int | None) -> None:
