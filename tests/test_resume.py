@@ -898,6 +898,7 @@ def test_a_run_continues_with_the_number_of_processes_it_was_trained_by(tmp_path
     silently. (And under torchrun both processes took the run's lock, so `torchrun ... --resume` always failed: the
     first process alone takes it now.)"""
     run = _interrupted_run(tmp_path, record={"processes": 2})
+    alone = _interrupted_run(tmp_path / "alone", record={"processes": 1})
     assert main(["train", "--resume", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "was trained by 2 processes and would continue with 1" in err, err
@@ -905,6 +906,8 @@ def test_a_run_continues_with_the_number_of_processes_it_was_trained_by(tmp_path
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["reproduce", "fig5ab", "--quiet"]) == 2
     assert "reproduce runs in one process; under torchrun use 'metaspike train'" in capsys.readouterr().err
+    assert main(["train", "--resume", str(alone), "--quiet"]) == 2
+    assert "was trained by one process and would continue with 2" in capsys.readouterr().err  # (not "1 processes")
 
 
 def _python_calls(work) -> int:

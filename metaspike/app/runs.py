@@ -587,7 +587,8 @@ def _check_same_processes(path: Path) -> None:
     if recorded != now:
         how = (train_resume_command(path, recorded) if recorded > 1
                else f"{train_resume_command(path, 1)}, without torchrun")
-        raise ValueError(f"{path} was trained by {recorded!r} processes and would continue with {now}, which splits "
+        trained_by = "one process" if recorded == 1 else f"{recorded!r} processes"
+        raise ValueError(f"{path} was trained by {trained_by} and would continue with {now}, which splits "
                          f"its batches otherwise and changes its numbers; continue it as it ran: {how}")
 
 
