@@ -1,5 +1,6 @@
 """Distributed training: two processes (gloo, CPU) take the same steps as one process with the whole batch."""
 
+import contextlib
 import os
 import shutil
 import socket
@@ -169,8 +170,9 @@ def _unseeded_worker(rank: int, size: int, port: int, out: str) -> None:
                          ArrayDataset.from_tensors(x[80:], y[80:], "mine"), groups=2)
         torch.manual_seed(rank)
         model = torch.nn.Linear(8, 4)
-        ContinualTrainer(model, lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
-                         TrainerConfig(epochs=1, batch_size=20), progress=False).fit(scenario)
+        with open(f"{out}.{rank}.bars", "w") as bars, contextlib.redirect_stderr(bars):
+            ContinualTrainer(model, lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
+                             TrainerConfig(epochs=1, batch_size=20)).fit(scenario)
         torch.save([t.detach().clone() for t in model.parameters()], f"{out}.{rank}")
         torch.manual_seed(rank)
         try:
@@ -185,12 +187,15 @@ def _unseeded_worker(rank: int, size: int, port: int, out: str) -> None:
 
 def test_the_trainer_starts_every_process_from_the_first_ones_weights(tmp_path, one_thread):
     """Processes that built their models from other seeds ended up to 0.1 apart, with other matrices, silently; and a
-    model with BatchNorm not passed through sync_batchnorm trained on each process's slice."""
+    model with BatchNorm not passed through sync_batchnorm trained on each process's slice. Only the first process
+    draws progress bars (every process's were drawn, interleaved on one line)."""
     out = str(tmp_path / "params")
     mp.start_processes(_unseeded_worker, args=(2, _free_port(), out), nprocs=2, join=True, start_method="spawn")
     first, second = (torch.load(f"{out}.{rank}", weights_only=True) for rank in (0, 1))
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     assert "pass the model through metaspike.distributed.sync_batchnorm first" in torch.load(f"{out}.0.err")
+    bars = [Path(f"{out}.{rank}.bars").read_text() for rank in (0, 1)]
+    assert "task 2/2" in bars[0] and "task" not in bars[1]
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")

@@ -532,7 +532,7 @@ class ContinualTrainer:
         model: any classifier mapping a batch of inputs to logits.
         make_optimizer: called with the model to create its optimizer (once, or once per task).
         config: :class:`TrainerConfig`.
-        progress: show a progress bar per task.
+        progress: show a progress bar per task (under torchrun, the first process only, as ``bnn.fit`` does).
         plugins: :class:`metaspike.training.Plugin` hooks of a continual-learning method (EWC, SI, ...). A plugin's
             memory (importances, anchors) belongs to the model it was trained with: a plugin that served another
             model's trainer is refused (give each model new plugins).
@@ -892,7 +892,8 @@ class ContinualTrainer:
         task = scenario.tasks[index]
         classes = scenario.seen_classes(index + 1) if scenario.growing_head else task.classes
         batches = math.ceil(len(task.train) / cfg.batch_size)
-        bar = _Progress(self.progress, cfg.epochs * batches, f"task {index + 1}/{len(scenario.tasks)} {task.name}", due)
+        shown = self.progress and world()[0] == 0  # (under torchrun the first process's bars stand for all)
+        bar = _Progress(shown, cfg.epochs * batches, f"task {index + 1}/{len(scenario.tasks)} {task.name}", due)
         bar.update(first_epoch * batches)
         accuracies: list[float] = [math.nan] * len(result.task_names)
         try:
