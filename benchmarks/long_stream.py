@@ -17,7 +17,10 @@ Two parts, in one process:
    milliseconds per training step (through the trainer, evaluation included) and the peak RSS.
 
 The table and figure go to ``--out`` (default: the git-ignored ``benchmarks/results/runs/long_stream``); only an
-explicit ``--out`` writes into the committed results.
+explicit ``--out`` writes into the committed results. The step costs, headed by the CPU, its flags, torch's threads
+and the load average, go there too, to ``steps_<cpu-kind>_<N>thread(s).txt``. ``--merge`` records in
+``ran_with.json`` the thread counts, versions and CPU kinds its runs ran with, and warns where they differ (the
+tables' seconds are then not one machine's).
 
 Usage::
 
@@ -32,15 +35,18 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
+import os
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import RUNS, machine, positive_int
+from common import FLAGS, RUNS, cpu, machine, positive_int
 from torch import nn
 
 from metaspike.allocator import keep_freed_memory
@@ -115,10 +121,39 @@ def step_costs(steps: int, rounds: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def _write_step_costs(steps: int, rounds: int, out: Path, kept: bool) -> None:
+    """The step-cost part, printed and written to ``out/steps_<cpu-kind>_<N>thread(s).txt`` under its machine."""
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    _, kind, flags = cpu()
+    say(machine())
+    say("flags: " + ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in FLAGS))
+    say(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    say(f"{rounds} interleaved rounds of {steps} steps at batch size 1, medians; freed memory "
+        f"{'kept' if kept else 'returned to the system'} (metaspike.allocator)")
+    costs = step_costs(steps, rounds)
+    plain = costs["plain Linear + SGD"]
+    for name, ms in costs.items():
+        samples = int(name.split("S=")[1].split()[0]) if "S=" in name else 1
+        target = "" if name.startswith("plain") else f"  = {ms / plain:.2f} plain steps (target <= {2 * samples})"
+        say(f"{name:32s} {ms:.4f} ms/step{target}")
+    say(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    threads = torch.get_num_threads()
+    path = out / f"steps_{kind}_{threads}thread{'' if threads == 1 else 's'}.txt"
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    print(f"written to {path}")
+
+
 def merge(parts: list[Path], out: Path) -> None:
     """One ``table.csv`` (methods in :data:`METHODS` order) and ``accuracy_vs_task.png`` from folders that
     ran some methods each (``--methods``); a method found in two folders is refused."""
     from metaspike.app.reproduce import long_stream
+    from metaspike.app.runs import ran_with
     from metaspike.continual.results import load_run
     from metaspike.files import atomic_write_text, csv_text
 
@@ -143,7 +178,11 @@ def merge(parts: list[Path], out: Path) -> None:
         finished = [load_run(d)["matrix"] for d in runs]
         curves[label] = [m[-1] for m in finished if len(m) == long_stream.LONG_STREAM.tasks]
     long_stream._plot({k: v for k, v in curves.items() if v}, out / "accuracy_vs_task.png")
+    arithmetic, warning = ran_with(sorted(d for part in parts for d in (part / "runs").glob("*/*") if d.is_dir()))
+    atomic_write_text(out / "ran_with.json", json.dumps(arithmetic, indent=1) + "\n")
     print(open(out / "table.csv").read())
+    if warning:
+        print(f"warning: {warning}; the seconds of the table are not one machine's", file=sys.stderr)
 
 
 def _methods(parser: argparse.ArgumentParser, labels: list[str] | None) -> list:
@@ -181,12 +220,7 @@ def main() -> None:
     print(machine(), flush=True)
     print(f"freed memory {'kept' if kept else 'returned to the system'} (metaspike.allocator)")
     if not args.no_steps:
-        costs = step_costs(args.steps, args.rounds)
-        plain = costs["plain Linear + SGD"]
-        for name, ms in costs.items():
-            samples = int(name.split("S=")[1].split()[0]) if "S=" in name else 1
-            target = "" if name.startswith("plain") else f"  = {ms / plain:.2f} plain steps (target <= {2 * samples})"
-            print(f"{name:32s} {ms:.4f} ms/step{target}")
+        _write_step_costs(args.steps, args.rounds, args.out, kept)
     if args.steps_only:
         return
     from metaspike.app.reproduce import long_stream

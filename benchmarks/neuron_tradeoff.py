@@ -7,11 +7,16 @@ figure to ``--out``:
 
     python benchmarks/neuron_tradeoff.py --out benchmarks/results/neuron_tradeoff            # runs both halves
     python benchmarks/neuron_tradeoff.py --merge runs/nbA/compare-... runs/nbB/compare-... --out ...
+
+Merged folders must have run the same stream, settings, m values and seeds (else the columns of one model would be
+read as another's tasks); ``ran_with.json`` records the thread counts, versions and CPU kinds they ran with, and a
+warning says where those differ.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import subprocess
@@ -19,17 +24,25 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common import RUNS
+
 from metaspike.app import plots
 from metaspike.app.compare import DEFAULT_NEURONS, TRADEOFF_LABELS, format_tradeoff, tradeoff_rows
 from metaspike.app.tables import comparison_csv, format_table
 from metaspike.files import atomic_write_text, read_json
 
 METAS = ("0", "5", "10", "20", "30", "50")
+#: Where the two halves' comparison folders go (git-ignored), in a new folder per run of this script.
+HALVES = RUNS / "neuron_tradeoff"
 
 
 def _run_halves(seeds: list[str]) -> list[Path]:
+    """Both halves of the comparison, side by side, in a new folder of the git-ignored :data:`HALVES`."""
     half = len(DEFAULT_NEURONS) // 2
-    outs = [Path(tempfile.mkdtemp()) for _ in range(2)]
+    HALVES.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="run-", dir=HALVES))
+    print(f"the comparisons' folders: {root}", flush=True)
+    outs = [root / f"half-{part}" for part in (1, 2)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-m", "metaspike", "compare", "--neurons", *group, "--meta", *METAS,
                                "--seeds", *seeds, "--quiet", "--out", str(out)], env=env)
@@ -51,11 +64,37 @@ def _pair(value: object) -> tuple[float, float] | None:
     return tuple(math.nan if v is None else float(v) for v in value)
 
 
-def _rows(folder: Path) -> list[dict]:
-    """The rows of ``folder``'s ``comparison.json`` as :func:`metaspike.app.compare.compare_neurons` returned them:
-    measured values as ``(mean, std)`` tuples (NaN where undefined), labels and other lists as stored."""
-    rows = read_json(folder / "comparison.json")["rows"]
-    return [{k: _value(k, v) for k, v in row.items()} for row in rows]
+def _rows(comparison: dict) -> list[dict]:
+    """The rows of a ``comparison.json`` as :func:`metaspike.app.compare.compare_neurons` returned them: measured
+    values as ``(mean, std)`` tuples (NaN where undefined), labels and other lists as stored."""
+    return [{k: _value(k, v) for k, v in row.items()} for row in comparison["rows"]]
+
+
+def _merged(folders: list[Path]) -> tuple[list[dict], dict[str, list]]:
+    """The rows of neuron comparisons that ran the same plan but for their models, and the union of what they ran
+    with; one ``SystemExit`` naming the setting where two differ."""
+    comparisons = [read_json(folder / "comparison.json") for folder in folders]
+    first = comparisons[0]
+    for folder, comparison in zip(folders[1:], comparisons[1:]):
+        for key in sorted(set(first) | set(comparison)):
+            if key in ("rows", "ran_with", "neurons"):
+                continue
+            # (a comparison's base names its first model: each folder's models are its own)
+            ours, theirs = ({k: v for k, v in c.get(key, {}).items() if k != "model"} if key == "base" else c.get(key)
+                            for c in (first, comparison))
+            if ours != theirs:
+                different = key if key != "base" else "settings " + ", ".join(
+                    name for name in sorted(set(ours) | set(theirs)) if ours.get(name) != theirs.get(name))
+                raise SystemExit(f"{folder} ran other {different} than {folders[0]}: merge comparisons of one plan")
+    ran_with: dict[str, list] = {}
+    for comparison in comparisons:
+        for key, values in comparison.get("ran_with", {}).items():
+            ran_with[key] = sorted({*ran_with.get(key, []), *values}, key=str)
+    mixed = [f"{key} {', '.join(map(str, values))}" for key, values in ran_with.items() if len(values) > 1]
+    if mixed:
+        print(f"warning: the merged comparisons ran with different arithmetic ({'; '.join(mixed)}): their numbers may "
+              "differ in the last digits from one made in one pass", file=sys.stderr)
+    return [row for comparison in comparisons for row in _rows(comparison)], ran_with
 
 
 def _value(key: str, value: object) -> object:
@@ -70,8 +109,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     folders = args.merge or _run_halves(args.seeds)
-    rows = [row for folder in folders for row in _rows(folder)]
+    rows, ran_with = _merged(folders)
     args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "ran_with.json", json.dumps(ran_with, indent=1) + "\n")
     tradeoff = tradeoff_rows(rows)
     n_tasks = sum(1 for key in rows[0] if key.startswith("task "))
     atomic_write_text(args.out / "comparison.csv", comparison_csv(rows, LABELS))

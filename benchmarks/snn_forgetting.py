@@ -2,7 +2,8 @@
 
 Runs the CPU default of ``metaspike compare --neurons`` (permuted mnist5k, 3 tasks, hidden 256,
 binary synapses) and prints one line per run and the mean over seeds. Target: the metaplastic
-network keeps >= 20 points more of the first task.
+network keeps >= 20 points more of the first task. The run folders go to ``--out`` (default: the git-ignored
+``benchmarks/results/runs/snn_forgetting``).
 
     python benchmarks/snn_forgetting.py [--meta 0 20] [--seeds 1 2 3] [--neuron leaky] [--epochs 2]
 """
@@ -11,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
+from pathlib import Path
 
-from common import machine, positive_int
+from common import RUNS, machine, positive_int
 
 from metaspike.app.compare import DEFAULT_SNN_META, SNN_DEFAULTS
 from metaspike.app.config import RunConfig
@@ -29,9 +30,12 @@ def main() -> None:
     parser.add_argument("--hidden", type=positive_int, nargs="+", default=list(SNN_DEFAULTS["hidden"]))
     parser.add_argument("--num-steps", type=positive_int, default=RunConfig().num_steps)
     parser.add_argument("--lr", type=float, default=0.005)
+    parser.add_argument("--out", type=Path, default=RUNS / "snn_forgetting", help="folder of the run folders")
     args = parser.parse_args()
-    out = tempfile.mkdtemp()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
     print(machine(), flush=True)
+    print(f"run folders in {out}", flush=True)
     first: dict[float, list[float]] = {m: [] for m in args.meta}
     print(f"{'meta':>6} {'seed':>5} {'task 1':>8} {'last task':>10} {'ACC':>7} {'seconds':>8}", flush=True)
     for seed in args.seeds:

@@ -187,7 +187,7 @@ class ContinualResult:
         baseline: accuracy of the untrained network on each task (for FWT).
         curves: one dict per evaluated epoch: trained task, epoch, loss and the accuracy on each task evaluated then
             (a task left out, by an evaluation budget or as not yet trained, has no entry).
-        histograms: hidden-weight histograms per layer after each task.
+        histograms: hidden-weight histograms per layer after each evaluated task (``eval_every``).
         diagnostics: one dict per epoch: sign-flip rate and consolidated fraction of each layer.
         seconds: wall time of training and evaluation.
         training_tasks: how many tasks the run trains (0: not said, as for a result read back from files).
