@@ -21,6 +21,18 @@ kernel, and its cache keeps that kernel for every later size: a ``MetaplasticAda
 784-1024-1024-10 compiled afresh, 1.42-1.52 ms from that cached kernel; 2-core AMD EPYC Zen 5, two threads)."""
 
 
+def _vector_bits() -> int:
+    """The vector width in bits that inductor's CPU code takes in this process (0: none), to be given to it as
+    ``cpp.simdlen``. It does by itself, but its cache of compiled code did not tell kernels of one width from another:
+    a kernel compiled in a process with AVX-512 and found again in one that takes AVX2 (``ATEN_CPU_CAPABILITY=avx2``,
+    or a cache carried to another machine) wrote half of a large layer's sign buffer wrong (524,288 of 1,048,576
+    entries; torch 2.13, reproduced with a bare ``torch.compile``). Given, the width is part of the cache's key."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    isa = pick_vec_isa()
+    return isa.bit_width() if isa else 0
+
+
 def _is_recompile_limit(err: Exception) -> bool:
     """Whether ``err`` is torch's refusal of one more compiled variant of a function than it allows
     (``torch._dynamo.config.recompile_limit``, with ``fullgraph=True``); told by name: importing torch's compiler
@@ -196,7 +208,8 @@ class LazyCompiled:
             return self.fn(*args, **kwargs)
         if self._compiled is None:
             try:
-                self._compiled = torch.compile(self.fn, dynamic=True, fullgraph=True, options=self.options)
+                options = {"cpp.simdlen": _vector_bits(), **(self.options or {})}
+                self._compiled = torch.compile(self.fn, dynamic=True, fullgraph=True, options=options)
             except Exception as err:  # (torch.compile refuses this platform or these options: nothing ran)
                 return self._fall_back(err, args, kwargs)
         try:

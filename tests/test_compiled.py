@@ -7,6 +7,7 @@ Adding 1 to 0 and doubling are exact in float32, so the results are compared exa
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import warnings
@@ -202,3 +203,28 @@ def test_an_error_raised_by_the_function_itself_reaches_the_caller_and_later_cal
     refuse["now"] = False
     assert torch.equal(lazy(x), torch.full((3,), 2.0)) and torch.equal(x, torch.ones(3))
     assert not lazy.broken and not lazy.last_call_eager
+
+
+_SIGNS_OF_A_LARGE_LAYER = """
+import torch
+from bnn.sign_buffers import _compiled_signs_into
+w = torch.randn(512 * 2048, generator=torch.Generator().manual_seed(0))
+out = torch.empty_like(w)
+_compiled_signs_into(w, [out])
+assert not _compiled_signs_into.last_call_eager
+print(torch.backends.cpu.get_cpu_capability(), int((out != torch.where(w < 0, -1.0, 1.0)).sum()))
+"""
+
+
+def test_compiled_code_of_one_vector_width_is_not_taken_for_another(tmp_path, working_compiler):
+    """torch's cache of compiled code gave a kernel compiled where AVX-512 was taken to a process that takes AVX2
+    (ATEN_CPU_CAPABILITY=avx2, as a cache carried to another machine would), which wrote half of the signs wrong
+    (524,288 of 1,048,576). The width is now part of the key: each process's signs are right. (On a CPU without
+    AVX-512 both processes take AVX2, and the test checks the signs only.)"""
+    env = {key: value for key, value in os.environ.items() if key != "ATEN_CPU_CAPABILITY"}
+    env.update(TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    for capability in (None, "avx2"):
+        run = subprocess.run([sys.executable, "-c", _SIGNS_OF_A_LARGE_LAYER], capture_output=True, text=True,
+                             timeout=300, env=env if capability is None else {**env, "ATEN_CPU_CAPABILITY": capability})
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert run.stdout.split()[-1] == "0", run.stdout
