@@ -659,13 +659,14 @@ def test_a_run_that_learned_nothing_says_so(tmp_path, capsys):
     assert main(["train", *common, "--lr", "1e-9", "--out", str(tmp_path / "still")]) == 0  # nothing moves
     err = capsys.readouterr().err
     assert "metaspike: warning: no task's accuracy rose more than 5 points above the untrained network's" in err
+    assert "the model learned nothing" not in err  # (the trainer's own warning: the command says it once, its way)
     assert main(["train", *common, "--out", str(tmp_path / "default")]) == 0
     assert "learned nothing" not in capsys.readouterr().err
 
 
 def test_the_hint_after_learning_nothing_names_the_flags_of_the_models_optimizer(tmp_path, capsys, monkeypatch):
     """BiMU takes no --lr or --meta (they are refused for it): its hint names the memory window instead."""
-    monkeypatch.setattr("metaspike.app.runs.learned_nothing", lambda result: True)
+    monkeypatch.setattr("metaspike.continual.metrics.learned_nothing", lambda result: True)
     assert main(["train", "--model", "bimu", "--dataset", "digits", "--tasks", "1", "--epochs", "1", "--hidden", "8",
                  "--quiet", "--out", str(tmp_path)]) == 0
     err = capsys.readouterr().err

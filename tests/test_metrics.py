@@ -227,7 +227,7 @@ def test_metrics_take_memory_for_the_evaluated_rows_not_tasks_squared():
     temporaries of one row."""
     import tracemalloc
 
-    from metaspike.app.runs import learned_nothing, tasks_learned_nothing
+    from metaspike.continual.metrics import learned_nothing, tasks_learned_nothing
     from metaspike.continual.trainer import ContinualResult
 
     t = 3000

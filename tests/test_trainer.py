@@ -732,3 +732,23 @@ def test_a_second_fit_of_one_trainer_is_refused_unless_it_resumes():
     with pytest.raises(ValueError, match=r"^fit has trained this trainer's model already .* pass resume="):
         trainer.fit(scenario)
     assert all(torch.equal(p, q) for p, q in zip(trainer.model.parameters(), trained))
+
+
+def test_fit_warns_where_the_model_learned_nothing(scenario):
+    """A model at chance said nothing through the Python API (a helper's Norse conv network with BiMU synapses sat at
+    10.0 % on every task); the command said it, and still says it once, in its own words."""
+    from metaspike.continual import LearnedNothingWarning
+
+    torch.manual_seed(0)
+    still = ContinualTrainer(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)),
+                             lambda m: torch.optim.SGD(m.parameters(), lr=0.0), TrainerConfig(epochs=1),
+                             progress=False)
+    with pytest.warns(LearnedNothingWarning, match=r"no task's accuracy rose 5 points or more above the untrained "
+                                                   r"model's \(best [+-]\d+\.\d\): the model learned nothing"):
+        still.fit(scenario)
+    learner = ContinualTrainer(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)),
+                               lambda m: torch.optim.SGD(m.parameters(), lr=0.1), TrainerConfig(epochs=1),
+                               progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LearnedNothingWarning)
+        learner.fit(scenario)

@@ -24,7 +24,7 @@ from metaspike.app.config import DEFAULT_INPUT_META, DEFAULT_META, KIND_SETTINGS
 from metaspike.app.imports import FLAG, check_resumed_imports, import_flags, import_modules
 from metaspike.app.models import DEFAULT_LR, takes_setting
 from metaspike.app.reproduce import cli as reproduce_cli
-from metaspike.continual.metrics import LONG_STREAM_TASKS
+from metaspike.continual.metrics import LONG_STREAM_TASKS, LearnedNothingWarning
 from metaspike.continual.scenarios import SPLIT_MODES
 from metaspike.data import OFFLINE_DATASETS
 from metaspike.distributed import world, world_size_from_env
@@ -358,18 +358,9 @@ _SETTING_FLAGS = {"scenario": "scenario", "dataset": "datasets", "tasks": "tasks
 
 
 def _train(args: argparse.Namespace) -> None:
-    from metaspike.app.runs import (
-        LEARNED_MARGIN,
-        ewc_memory_warning,
-        learned_nothing,
-        load_config,
-        matrix_cost_warning,
-        resume,
-        run,
-        tasks_learned_nothing,
-    )
+    from metaspike.app.runs import ewc_memory_warning, load_config, matrix_cost_warning, resume, run
     from metaspike.app.tables import format_table, summarize_results
-    from metaspike.continual.metrics import largest_rise
+    from metaspike.continual.metrics import LEARNED_MARGIN, largest_rise, learned_nothing, tasks_learned_nothing
 
     if args.resume is not None:
         if "--out" in [token.split("=", 1)[0] for token in args.argv]:
@@ -462,9 +453,10 @@ def _learning_settings(models: Sequence[str], scenario: str) -> str:
 
 def _compare(args: argparse.Namespace) -> None:
     from metaspike.app import compare
-    from metaspike.app.runs import LEARNED_MARGIN, refuse_several_processes
+    from metaspike.app.runs import refuse_several_processes
     from metaspike.app.tables import format_table
     from metaspike.checks import check_seed
+    from metaspike.continual.metrics import LEARNED_MARGIN
     from metaspike.files import read_json
 
     refuse_several_processes("compare")
@@ -678,7 +670,9 @@ def _main(argv: list[str]) -> int:
         if hasattr(args, "imports"):
             args.imports = imported
         try:
-            {"train": _train, "compare": _compare, "plot": _plot, "reproduce": reproduce_cli.run}[args.command](args)
+            with warnings.catch_warnings():  # (the commands say it themselves, with the flags that set the learning)
+                warnings.filterwarnings("ignore", category=LearnedNothingWarning)
+                {"train": _train, "compare": _compare, "plot": _plot, "reproduce": reproduce_cli.run}[args.command](args)
         finally:  # (inside the handlers below: a Ctrl-C landing here is one line too)
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()

@@ -29,7 +29,6 @@ from metaspike.app.runs import (
     config_from_record,
     continued_by,
     finished_result,
-    learned_nothing,
     load_config,
     ran_with,
     remove_unstarted,
@@ -47,6 +46,7 @@ from metaspike.app.tables import (
     summarize_results,
 )
 from metaspike.checks import is_finite_number, shown
+from metaspike.continual.metrics import learned_nothing
 from metaspike.continual.results import RunDirectory, unique_directory
 from metaspike.continual.trainer import ContinualResult
 from metaspike.files import atomic_write_text, read_json

@@ -42,7 +42,6 @@ from metaspike.app.models import (
 from metaspike.app.tables import versions
 from metaspike.bayesian.synapses import SampledForward, bayesian_modules, start_confident
 from metaspike.checks import is_finite_number, is_nan, is_whole, listed, shown
-from metaspike.continual.metrics import largest_rise
 from metaspike.continual.results import (
     ACCURACY_DECIMALS,
     CHECKPOINT,
@@ -1012,48 +1011,6 @@ def is_complete(run_dir: str | Path) -> bool:
     if not isinstance(metrics, dict) or not isinstance(metrics.get("complete", False), bool):
         raise ValueError(f"{metrics_file} must be a JSON object whose 'complete' is true or false")
     return metrics.get("complete", False)
-
-
-#: A run none of whose accuracies rose more than this many points above the untrained network's learned nothing.
-LEARNED_MARGIN = 5.0
-
-
-def _learned(rise: float) -> bool:
-    """Whether an accuracy that rose ``rise`` points above the untrained network's shows learning."""
-    return rise >= LEARNED_MARGIN
-
-
-def tasks_learned_nothing(result: ContinualResult) -> list[int]:
-    """The tasks (numbered from 1) whose accuracy right after their own training, where it was evaluated, rose less
-    than :data:`LEARNED_MARGIN` points above the untrained network's (a run may learn its later tasks and not its
-    first: a slow start). A task the untrained network already scored within the margin of 100 % (a growing head's
-    first task of one class) has no room to show it learned, and is not named.
-
-    Example:
-        >>> tasks_learned_nothing(ContinualResult(["a", "b"], matrix=[[11.0, 9.0], [12.0, 90.0]], baseline=[10.0, 10.0]))
-        [1]
-        >>> tasks_learned_nothing(ContinualResult(["a", "b"], matrix=[[100.0, 9.0], [12.0, 90.0]], baseline=[100.0, 10.0]))
-        []
-    """
-    if len(result.baseline) != len(result.task_names) or len(result.task_names) != len(result.matrix):
-        return []  # (a stream's one test set, or untrained accuracies not measured)
-    return [j + 1 for j, (row, untrained) in enumerate(zip(result.matrix, result.baseline))
-            if math.isfinite(row[j]) and math.isfinite(untrained) and not _learned(row[j] - untrained)
-            and _learned(100.0 - untrained)]
-
-
-def learned_nothing(result: ContinualResult) -> bool:
-    """Whether no evaluated accuracy of ``result`` rose :data:`LEARNED_MARGIN` points or more above the untrained
-    network's on that task (``False`` where the untrained accuracies were not measured).
-
-    Example:
-        >>> learned_nothing(ContinualResult(["a"], matrix=[[12.0]], baseline=[10.0]))
-        True
-    """
-    if len(result.baseline) != len(result.task_names):
-        return False
-    rise = largest_rise(result.matrix, result.baseline)
-    return math.isfinite(rise) and not _learned(rise)
 
 
 def _rounding(decimals: int) -> float:

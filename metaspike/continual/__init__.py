@@ -2,6 +2,7 @@
 
 from metaspike.continual.batchnorm import batchnorm_state, load_batchnorm_state
 from metaspike.continual.metrics import (
+    LearnedNothingWarning,
     average_accuracy,
     backward_transfer,
     evaluated_accuracy,
@@ -34,5 +35,5 @@ __all__ = [
     "available_scenarios", "ContinualTrainer", "TrainerConfig", "ContinualResult", "RunDirectory",
     "load_run", "average_accuracy", "backward_transfer", "forward_transfer", "forgetting", "summarize",
     "batchnorm_state", "load_batchnorm_state", "TaskStream", "task_permutation", "task_subset", "evaluated_tasks",
-    "last_tasks_accuracy", "evaluated_accuracy", "task_accuracy_over_time", "Plugin",
+    "last_tasks_accuracy", "evaluated_accuracy", "task_accuracy_over_time", "Plugin", "LearnedNothingWarning",
 ]

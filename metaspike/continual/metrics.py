@@ -31,14 +31,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from metaspike.checks import is_whole
 
+if TYPE_CHECKING:
+    from metaspike.continual.trainer import ContinualResult
+
 __all__ = ["average_accuracy", "backward_transfer", "forward_transfer", "forgetting", "summarize",
            "last_tasks_accuracy", "evaluated_accuracy", "task_accuracy_over_time", "largest_rise", "is_accuracy",
-           "matrix_rows", "evaluated_rows", "LONG_STREAM_TASKS"]
+           "matrix_rows", "evaluated_rows", "LONG_STREAM_TASKS", "LEARNED_MARGIN", "learned_nothing",
+           "tasks_learned_nothing", "LearnedNothingWarning"]
 
 Matrix = Sequence[Sequence[float]] | np.ndarray
 
@@ -326,3 +331,52 @@ def summarize(matrix: Matrix, baseline: Sequence[float] | None = None, aligned: 
         "forgetting": _forgetting(paired),
         **evaluated,
     }
+
+
+#: A run none of whose accuracies rose more than this many points above the untrained network's learned nothing.
+LEARNED_MARGIN = 5.0
+
+
+class LearnedNothingWarning(UserWarning):
+    """What :meth:`~metaspike.continual.ContinualTrainer.fit` warns where a run learned nothing
+    (:func:`learned_nothing`): a model at chance says nothing by itself."""
+
+
+def _learned(rise: float) -> bool:
+    """Whether an accuracy that rose ``rise`` points above the untrained network's shows learning."""
+    return rise >= LEARNED_MARGIN
+
+
+def tasks_learned_nothing(result: ContinualResult) -> list[int]:
+    """The tasks (numbered from 1) whose accuracy right after their own training, where it was evaluated, rose less
+    than :data:`LEARNED_MARGIN` points above the untrained network's (a run may learn its later tasks and not its
+    first: a slow start). A task the untrained network already scored within the margin of 100 % (a growing head's
+    first task of one class) has no room to show it learned, and is not named.
+
+    Example:
+        >>> from metaspike.continual import ContinualResult
+        >>> tasks_learned_nothing(ContinualResult(["a", "b"], matrix=[[11.0, 9.0], [12.0, 90.0]], baseline=[10.0, 10.0]))
+        [1]
+        >>> tasks_learned_nothing(ContinualResult(["a", "b"], matrix=[[100.0, 9.0], [12.0, 90.0]], baseline=[100.0, 10.0]))
+        []
+    """
+    if len(result.baseline) != len(result.task_names) or len(result.task_names) != len(result.matrix):
+        return []  # (a stream's one test set, or untrained accuracies not measured)
+    return [j + 1 for j, (row, untrained) in enumerate(zip(result.matrix, result.baseline))
+            if math.isfinite(row[j]) and math.isfinite(untrained) and not _learned(row[j] - untrained)
+            and _learned(100.0 - untrained)]
+
+
+def learned_nothing(result: ContinualResult) -> bool:
+    """Whether no evaluated accuracy of ``result`` rose :data:`LEARNED_MARGIN` points or more above the untrained
+    network's on that task (``False`` where the untrained accuracies were not measured).
+
+    Example:
+        >>> from metaspike.continual import ContinualResult
+        >>> learned_nothing(ContinualResult(["a"], matrix=[[12.0]], baseline=[10.0]))
+        True
+    """
+    if len(result.baseline) != len(result.task_names):
+        return False
+    rise = largest_rise(result.matrix, result.baseline)
+    return math.isfinite(rise) and not _learned(rise)

@@ -31,6 +31,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from metaspike.bayesian.optim import check_synapse_optimizers
 from metaspike.bayesian.synapses import bayesian_modules
+from metaspike.caller import user_stacklevel
 from metaspike.chained import needs_closure
 from metaspike.checks import check_device, check_seed, is_whole, lacking_methods
 from metaspike.compiled import uncompiled
@@ -49,7 +50,14 @@ from metaspike.continual.checkpoints import (
     load_part,
     settings_of,
 )
-from metaspike.continual.metrics import matrix_rows, summarize
+from metaspike.continual.metrics import (
+    LEARNED_MARGIN,
+    LearnedNothingWarning,
+    largest_rise,
+    learned_nothing,
+    matrix_rows,
+    summarize,
+)
 from metaspike.continual.scenarios import Scenario, Task, made_when_reached
 from metaspike.continual.schedulers import (
     check_plateau_rates,
@@ -825,6 +833,12 @@ class ContinualTrainer:
                 log.checkpoint(self.checkpoint(i + 1, 0, optimizer, generator, states, result, scheduler))
         result.seconds = time.perf_counter() - start
         self.batchnorm_states = list(states) if self._per_task_batchnorm(scenario) and any(states) else []
+        if learned_nothing(result):  # (a spiking network whose hidden neurons never fire trained at chance, silently)
+            warnings.warn(LearnedNothingWarning(
+                f"no task's accuracy rose {LEARNED_MARGIN:g} points or more above the untrained model's (best "
+                f"{largest_rise(result.matrix, result.baseline):+.1f}): the model learned nothing; check the "
+                "optimizer's learning rates and settings, and in a spiking model whether its hidden neurons fire"),
+                stacklevel=user_stacklevel())
         return result
 
     def checkpoint(
