@@ -666,7 +666,7 @@ def test_a_run_that_learned_nothing_says_so(tmp_path, capsys):
 
 def test_the_hint_after_learning_nothing_names_the_flags_of_the_models_optimizer(tmp_path, capsys, monkeypatch):
     """BiMU takes no --lr or --meta (they are refused for it): its hint names the memory window instead."""
-    monkeypatch.setattr("metaspike.continual.metrics.learned_nothing", lambda result: True)
+    monkeypatch.setattr("metaspike.continual.metrics.learned_nothing", lambda matrix, baseline: True)
     assert main(["train", "--model", "bimu", "--dataset", "digits", "--tasks", "1", "--epochs", "1", "--hidden", "8",
                  "--quiet", "--out", str(tmp_path)]) == 0
     err = capsys.readouterr().err

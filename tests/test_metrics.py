@@ -242,7 +242,8 @@ def test_metrics_take_memory_for_the_evaluated_rows_not_tasks_squared():
     try:
         metrics = result.metrics
         rise = largest_rise(result.matrix, result.baseline)
-        verdicts = learned_nothing(result), tasks_learned_nothing(result)
+        verdicts = (learned_nothing(result.matrix, result.baseline),
+                    tasks_learned_nothing(result.matrix, result.baseline))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -395,11 +395,11 @@ def _train(args: argparse.Namespace) -> None:
         label = " ".join(filter(None, [kind, config.rule_setting, config.baseline_setting]))
         print(format_table([{"setting": label, **summarize_results([result])}], len(result.task_names)))
     print(f"\nresults: {path}  (accuracy_matrix.csv, curves.csv, metrics.json, accuracy_curves.png)")
-    if learned_nothing(result):
+    if learned_nothing(result.matrix, result.baseline):
         print(f"metaspike: warning: no task's accuracy rose more than {LEARNED_MARGIN:g} points above the untrained "
               f"network's (best {largest_rise(result.matrix, result.baseline):+.1f}): the run learned nothing; "
               f"{_learning_settings([config.model], config.scenario)}", file=sys.stderr)
-    elif unlearned := tasks_learned_nothing(result):
+    elif unlearned := tasks_learned_nothing(result.matrix, result.baseline):
         print(f"metaspike: warning: task(s) {', '.join(map(str, unlearned))} ended their own training less than "
               f"{LEARNED_MARGIN:g} points above the untrained network's accuracy: they learned nothing while they "
               "trained "

@@ -204,7 +204,8 @@ def _execute(root: Path, plan: dict[str, Any], planned: list[Row], progress: boo
                 announce_run(next(started), total, config.name, progress)
                 results.append(_run_or_continue(config, root, progress))
             first_runs.append(root / row.configs[0].name)
-            unlearned = [config.name for config, result in zip(row.configs, results) if learned_nothing(result)]
+            unlearned = [config.name for config, result in zip(row.configs, results)
+                         if learned_nothing(result.matrix, result.baseline)]
             rows.append({**row.labels, "runs": len(results), **summarize_results(results), "learned_nothing": unlearned})
         arithmetic, mixed = ran_with([root / config.name for row in planned for config in row.configs])
         if mixed:

@@ -31,14 +31,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from metaspike.checks import is_whole
-
-if TYPE_CHECKING:
-    from metaspike.continual.trainer import ContinualResult
 
 __all__ = ["average_accuracy", "backward_transfer", "forward_transfer", "forgetting", "summarize",
            "last_tasks_accuracy", "evaluated_accuracy", "task_accuracy_over_time", "largest_rise", "is_accuracy",
@@ -347,36 +343,40 @@ def _learned(rise: float) -> bool:
     return rise >= LEARNED_MARGIN
 
 
-def tasks_learned_nothing(result: ContinualResult) -> list[int]:
+def tasks_learned_nothing(matrix: Matrix, baseline: Sequence[float]) -> list[int]:
     """The tasks (numbered from 1) whose accuracy right after their own training, where it was evaluated, rose less
-    than :data:`LEARNED_MARGIN` points above the untrained network's (a run may learn its later tasks and not its
-    first: a slow start). A task the untrained network already scored within the margin of 100 % (a growing head's
-    first task of one class) has no room to show it learned, and is not named.
+    than :data:`LEARNED_MARGIN` points above the untrained network's ``baseline`` (a run may learn its later tasks and
+    not its first: a slow start); none where ``matrix`` is not square (a stream's one test set, a run going on) or the
+    untrained accuracies were not measured. A task the untrained network already scored within the margin of 100 % (a
+    growing head's first task of one class) has no room to show it learned, and is not named.
 
     Example:
-        >>> from metaspike.continual import ContinualResult
-        >>> tasks_learned_nothing(ContinualResult(["a", "b"], matrix=[[11.0, 9.0], [12.0, 90.0]], baseline=[10.0, 10.0]))
+        >>> tasks_learned_nothing([[11.0, 9.0], [12.0, 90.0]], [10.0, 10.0])
         [1]
-        >>> tasks_learned_nothing(ContinualResult(["a", "b"], matrix=[[100.0, 9.0], [12.0, 90.0]], baseline=[100.0, 10.0]))
+        >>> tasks_learned_nothing([[100.0, 9.0], [12.0, 90.0]], [100.0, 10.0])
         []
     """
-    if len(result.baseline) != len(result.task_names) or len(result.task_names) != len(result.matrix):
-        return []  # (a stream's one test set, or untrained accuracies not measured)
-    return [j + 1 for j, (row, untrained) in enumerate(zip(result.matrix, result.baseline))
+    if len(baseline) != _columns(matrix) or _columns(matrix) != len(matrix):
+        return []
+    return [j + 1 for j, (row, untrained) in enumerate(zip(matrix, baseline))
             if math.isfinite(row[j]) and math.isfinite(untrained) and not _learned(row[j] - untrained)
             and _learned(100.0 - untrained)]
 
 
-def learned_nothing(result: ContinualResult) -> bool:
-    """Whether no evaluated accuracy of ``result`` rose :data:`LEARNED_MARGIN` points or more above the untrained
-    network's on that task (``False`` where the untrained accuracies were not measured).
+def learned_nothing(matrix: Matrix, baseline: Sequence[float]) -> bool:
+    """Whether no evaluated accuracy of ``matrix`` rose :data:`LEARNED_MARGIN` points or more above the untrained
+    network's ``baseline`` on that task (``False`` where the untrained accuracies were not measured).
 
     Example:
-        >>> from metaspike.continual import ContinualResult
-        >>> learned_nothing(ContinualResult(["a"], matrix=[[12.0]], baseline=[10.0]))
+        >>> learned_nothing([[12.0]], [10.0])
         True
     """
-    if len(result.baseline) != len(result.task_names):
+    if len(baseline) != _columns(matrix):
         return False
-    rise = largest_rise(result.matrix, result.baseline)
+    rise = largest_rise(matrix, baseline)
     return math.isfinite(rise) and not _learned(rise)
+
+
+def _columns(matrix: Matrix) -> int:
+    """The tasks ``matrix`` has columns for (0 for no rows)."""
+    return len(matrix[-1]) if len(matrix) else 0

@@ -833,7 +833,8 @@ class ContinualTrainer:
                 log.checkpoint(self.checkpoint(i + 1, 0, optimizer, generator, states, result, scheduler))
         result.seconds = time.perf_counter() - start
         self.batchnorm_states = list(states) if self._per_task_batchnorm(scenario) and any(states) else []
-        if learned_nothing(result):  # (a spiking network whose hidden neurons never fire trained at chance, silently)
+        # (a spiking network whose hidden neurons never fire trained at chance, silently)
+        if learned_nothing(result.matrix, result.baseline):
             warnings.warn(LearnedNothingWarning(
                 f"no task's accuracy rose {LEARNED_MARGIN:g} points or more above the untrained model's (best "
                 f"{largest_rise(result.matrix, result.baseline):+.1f}): the model learned nothing; check the "
