@@ -198,7 +198,7 @@ def test_the_trainer_starts_every_process_from_the_first_ones_weights(tmp_path, 
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     assert "pass the model through metaspike.distributed.sync_batchnorm first" in torch.load(f"{out}.0.err")
     bars = [Path(f"{out}.{rank}.bars").read_text() for rank in (0, 1)]
-    assert "task 2/2" in bars[0] and "task" not in bars[1]
+    assert "task 2/2 mine" in bars[0] and "task 1/2 mine" not in bars[1] and "batch/s" not in bars[1]
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")

@@ -833,8 +833,9 @@ class ContinualTrainer:
                 log.checkpoint(self.checkpoint(i + 1, 0, optimizer, generator, states, result, scheduler))
         result.seconds = time.perf_counter() - start
         self.batchnorm_states = list(states) if self._per_task_batchnorm(scenario) and any(states) else []
-        # (a spiking network whose hidden neurons never fire trained at chance, silently)
-        if learned_nothing(result.matrix, result.baseline):
+        # (a spiking network whose hidden neurons never fire trained at chance, silently; under torchrun the first
+        # process speaks for all, as its progress bars do)
+        if learned_nothing(result.matrix, result.baseline) and world()[0] == 0:
             warnings.warn(LearnedNothingWarning(
                 f"no task's accuracy rose {LEARNED_MARGIN:g} points or more above the untrained model's (best "
                 f"{largest_rise(result.matrix, result.baseline):+.1f}): the model learned nothing; check the "
