@@ -672,7 +672,8 @@ def _main(argv: list[str]) -> int:
         try:
             with warnings.catch_warnings():  # (the commands say it themselves, with the flags that set the learning)
                 warnings.filterwarnings("ignore", category=LearnedNothingWarning)
-                {"train": _train, "compare": _compare, "plot": _plot, "reproduce": reproduce_cli.run}[args.command](args)
+                command = {"train": _train, "compare": _compare, "plot": _plot, "reproduce": reproduce_cli.run}
+                command[args.command](args)
         finally:  # (inside the handlers below: a Ctrl-C landing here is one line too)
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
