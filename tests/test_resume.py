@@ -907,6 +907,8 @@ def test_a_run_continues_with_the_number_of_processes_it_was_trained_by(tmp_path
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["reproduce", "fig5ab", "--quiet"]) == 2
     assert "reproduce runs in one process; under torchrun use 'metaspike train'" in capsys.readouterr().err
+    assert main(["plot", str(run)]) == 2  # (both processes drew the same figures into the same files)
+    assert "plot runs in one process; run it without torchrun" in capsys.readouterr().err
     assert main(["train", "--resume", str(alone), "--quiet"]) == 2
     assert "was trained by one process and would continue with 2" in capsys.readouterr().err  # (not "1 processes")
 

@@ -568,7 +568,9 @@ def _plot(args: argparse.Namespace) -> None:
     from metaspike.app.compare import PLAN
     from metaspike.app.plots import plot_run
     from metaspike.app.reproduce import RECORD
+    from metaspike.app.runs import refuse_several_processes
 
+    refuse_several_processes("plot", "run it without torchrun")
     folder = Path(args.run_dir)
     if not (folder / "accuracy_matrix.csv").exists():
         for record, command in ((PLAN, "compare"), (RECORD, "reproduce")):

@@ -548,15 +548,17 @@ def _record(config: RunConfig, scenario: Scenario) -> dict[str, Any]:
     }
 
 
-def refuse_several_processes(command: str) -> None:
+def refuse_several_processes(command: str, instead: str = "under torchrun use 'metaspike train' (one setting per "
+                             "launch)") -> None:
     """One ``ValueError`` where ``torchrun`` started several processes for ``command``, which runs in one (each process
-    would run all of it, into its own folder).
+    would run all of it, into its own folder, or draw the same figures into the same files), saying what to do
+    ``instead``.
 
     Example:
         >>> refuse_several_processes("compare")  # outside torchrun: nothing to refuse
     """
     if world_size_from_env() > 1:
-        raise ValueError(f"{command} runs in one process; under torchrun use 'metaspike train' (one setting per launch)")
+        raise ValueError(f"{command} runs in one process; {instead}")
 
 
 def train_resume_command(path: Path, processes: int) -> str:
