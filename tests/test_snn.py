@@ -374,3 +374,16 @@ def test_spikes_encoded_beforehand_that_a_convolution_cannot_take_name_input_sha
     assert model(torch.rand(5, 1, 8, 8)).shape == (5, 3)
     with pytest.raises(RuntimeError, match="Expected 3D"):  # (real values: not taken for spikes, torch's own error)
         model(torch.rand(4, 5, 1, 8, 8) * 0.8 + 0.1)
+
+
+@pytest.mark.skipif(not hasattr(Exception, "add_note"), reason="exception notes need Python 3.11")
+def test_a_network_failing_on_an_input_without_input_shape_keeps_its_error_and_gets_a_hint():
+    """Without input_shape the wrong width failed inside torch ("mat1 and mat2 shapes cannot be multiplied") with no
+    word of input_shape, which turns it into one line; the network's own error stays as it is, with a note."""
+    snn = pytest.importorskip("snntorch")
+    net = nn.Sequential(nn.Linear(64, 8), snn.Leaky(beta=0.9, init_hidden=True, output=True))
+    model = SpikingClassifier(net, num_steps=3, encoder="direct", readout="membrane")
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied") as caught:
+        model(torch.rand(4, 60))
+    assert any("no input_shape; if that shape is what failed, give input_shape=" in note
+               for note in caught.value.__notes__)

@@ -327,6 +327,10 @@ class SpikingClassifier(nn.Module):
                 first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
                 raise ValueError(f"SpikingClassifier: the network failed on a step of input {tuple(x.shape)} of 0s "
                                  f"and 1s ({first_line}); if these are spikes: {_ENCODED_AGAIN}") from err
+            if self.input_shape is None and hasattr(err, "add_note"):  # (the network's own error, as it is, and a hint)
+                err.add_note(f"SpikingClassifier was given input of shape {tuple(x.shape)} and no input_shape; if that "
+                             "shape is what failed, give input_shape=(one sample's shape) to have inputs checked "
+                             "against it")
             raise
         finally:  # no autograd graph stays behind in the neurons: the model stays copyable and frees that memory
             reset_states(self.network)
