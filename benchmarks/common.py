@@ -35,6 +35,18 @@ def machine() -> str:
             f"{on['threads']} thread{'' if on['threads'] == 1 else 's'}")
 
 
+def flags_line(flags: list[str]) -> str:
+    """The line that lists which of the relevant CPU flags (:data:`FLAGS`) the machine has, e.g.
+    ``flags: avx2 yes, avx512f yes, ..., amx_tile no``."""
+    return "flags: " + ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in FLAGS)
+
+
+def load_average_line(when: str) -> str:
+    """The system's load averages over 1, 5 and 15 minutes, ``when`` taken (``"before"``, ``"after"``): a busy machine
+    shows in them."""
+    return f"load average {when}: {' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+
+
 def run_file(name: str, kind: str) -> Path:
     """The default results file of benchmark ``name`` on a machine of ``kind`` at torch's thread count, in the
     git-ignored :data:`RUNS`, e.g. ``runs/inference_amd-epyc-avx2-family23_1thread.txt``."""

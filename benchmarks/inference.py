@@ -33,13 +33,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from common import FLAGS, cpu, machine, nonnegative_float, positive_int, run_file
+from common import cpu, flags_line, load_average_line, machine, nonnegative_float, positive_int, run_file
 
 import bnn
 from metaspike.quantizers import get_quantizer
@@ -89,8 +88,8 @@ def main() -> None:
         lines.append(line)
 
     say(machine())
-    say("flags: " + ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in FLAGS))
-    say(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    say(flags_line(flags))
+    say(load_average_line("before"))
     torch.manual_seed(0)
     sizes = [784, args.hidden, args.hidden, 10]
     model = bnn.use_population_statistics(bnn.MLP(sizes), torch.rand(2000, 784)).eval()
@@ -135,7 +134,7 @@ def main() -> None:
     if packed.kernel_copy_bytes:  # (made by the first call, which the timing above reports)
         say(f"the native kernels' own copy of the hidden weights (output-major, portable kernel): "
             f"{packed.kernel_copy_bytes / 2**20:.2f} MiB more in memory")
-    say(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    say(load_average_line("after"))
     out = args.out or run_file("inference", kind)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import resource
 import statistics
 import sys
@@ -46,7 +45,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import FLAGS, RUNS, cpu, machine, positive_int
+from common import RUNS, cpu, flags_line, load_average_line, machine, positive_int
 from torch import nn
 
 from metaspike.allocator import keep_freed_memory
@@ -131,8 +130,8 @@ def _write_step_costs(steps: int, rounds: int, out: Path, kept: bool) -> None:
 
     _, kind, flags = cpu()
     say(machine())
-    say("flags: " + ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in FLAGS))
-    say(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    say(flags_line(flags))
+    say(load_average_line("before"))
     say(f"{rounds} interleaved rounds of {steps} steps at batch size 1, medians; freed memory "
         f"{'kept' if kept else 'returned to the system'} (metaspike.allocator)")
     costs = step_costs(steps, rounds)
@@ -141,7 +140,7 @@ def _write_step_costs(steps: int, rounds: int, out: Path, kept: bool) -> None:
         samples = int(name.split("S=")[1].split()[0]) if "S=" in name else 1
         target = "" if name.startswith("plain") else f"  = {ms / plain:.2f} plain steps (target <= {2 * samples})"
         say(f"{name:32s} {ms:.4f} ms/step{target}")
-    say(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    say(load_average_line("after"))
     threads = torch.get_num_threads()
     path = out / f"steps_{kind}_{threads}thread{'' if threads == 1 else 's'}.txt"
     out.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ from common import RUNS
 
 from metaspike.app import plots
 from metaspike.app.compare import DEFAULT_NEURONS, TRADEOFF_LABELS, format_tradeoff, tradeoff_rows
+from metaspike.app.runs import ran_with
 from metaspike.app.tables import comparison_csv, format_table
 from metaspike.files import atomic_write_text, read_json
 
@@ -71,8 +72,9 @@ def _rows(comparison: dict) -> list[dict]:
 
 
 def _merged(folders: list[Path]) -> tuple[list[dict], dict[str, list]]:
-    """The rows of neuron comparisons that ran the same plan but for their models, and the union of what they ran
-    with; one ``SystemExit`` naming the setting where two differ."""
+    """The rows of neuron comparisons that ran the same plan but for their models, and what their runs ran with
+    (:func:`metaspike.app.runs.ran_with`, which warns where it differs); one ``SystemExit`` naming the setting where two
+    plans differ."""
     comparisons = [read_json(folder / "comparison.json") for folder in folders]
     first = comparisons[0]
     for folder, comparison in zip(folders[1:], comparisons[1:]):
@@ -86,15 +88,11 @@ def _merged(folders: list[Path]) -> tuple[list[dict], dict[str, list]]:
                 different = key if key != "base" else "settings " + ", ".join(
                     name for name in sorted(set(ours) | set(theirs)) if ours.get(name) != theirs.get(name))
                 raise SystemExit(f"{folder} ran other {different} than {folders[0]}: merge comparisons of one plan")
-    ran_with: dict[str, list] = {}
-    for comparison in comparisons:
-        for key, values in comparison.get("ran_with", {}).items():
-            ran_with[key] = sorted({*ran_with.get(key, []), *values}, key=str)
-    mixed = [f"{key} {', '.join(map(str, values))}" for key, values in ran_with.items() if len(values) > 1]
-    if mixed:
-        print(f"warning: the merged comparisons ran with different arithmetic ({'; '.join(mixed)}): their numbers may "
-              "differ in the last digits from one made in one pass", file=sys.stderr)
-    return [row for comparison in comparisons for row in _rows(comparison)], ran_with
+    arithmetic, warning = ran_with(sorted(run for folder in folders for run in folder.iterdir()
+                                          if (run / "config.json").is_file()))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    return [row for comparison in comparisons for row in _rows(comparison)], arithmetic
 
 
 def _value(key: str, value: object) -> object:

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 import statistics
 import time
@@ -59,7 +58,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import FLAGS, cpu, machine, positive_int, run_file
+from common import FLAGS, cpu, load_average_line, machine, positive_int, run_file
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
@@ -379,7 +378,7 @@ def main() -> None:
     if device.type == "cuda":
         gpu_name, kind = gpu(device)
         say(f"GPU: {gpu_name} ({device}); both contestants run on it")
-    say(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    say(load_average_line("before"))
     if not with_bfloat16(device):
         say(f"metaspike bf16 left out: bfloat16 products take {bfloat16_slowdown(device):.1f}x float32's time on this "
             f"{device.type} (emulated; BinaryLinear(precision='bfloat16') warns there)")
@@ -404,7 +403,7 @@ def main() -> None:
                 acc = one_epoch_accuracy(hidden, args.meta, seed, device)
                 say(f"  one epoch on mnist5k, seed {seed}: test accuracy "
                     + ", ".join(f"{name} {value:.1f}%" for name, value in acc.items()))
-    say(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    say(load_average_line("after"))
     out = args.out or run_file("train_throughput", kind)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
