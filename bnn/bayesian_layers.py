@@ -27,9 +27,17 @@ Biases (off by default) are not Bayesian; train them with any torch optimizer
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from bnn.layers import check_conv_geometry, check_widths, factory_kwargs
+from bnn.layers import (
+    check_conv_geometry,
+    check_features,
+    check_input_dtype,
+    check_spatial_size,
+    check_widths,
+    factory_kwargs,
+    layer_name,
+)
 from metaspike.bayesian.synapses import SampledForward, make_bayesian
 
 __all__ = ["BayesianLinear", "BayesianConv2d", "BinaryBayesianLinear", "BinaryBayesianConv2d"]
@@ -44,7 +52,37 @@ def _check_not_meta(layer: nn.Module) -> None:
                          "which holds shapes only; build it on 'cpu' or 'cuda'")
 
 
-class BayesianLinear(SampledForward, nn.Linear):
+class _LinearInput:
+    """Checks a linear layer's input in one line (a tensor of its parameters' dtype with ``in_features`` in the last
+    dimension) before the layer's pass, instead of torch's error from inside the product."""
+
+    in_features: int
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_features(self, x, self.in_features, -1, "features in the last dimension")  # type: ignore[arg-type]
+        check_input_dtype(layer_name(self), x, next(self.parameters()).dtype)  # type: ignore[attr-defined]
+        return super().forward(x)  # type: ignore[misc]
+
+
+class _Conv2dInput:
+    """The same for a 2-D convolution: ``in_channels`` third from the end, at most one leading dimension beside the
+    batch where the layer draws several samples (an ``(S, B, C, H, W)`` input), images the kernel fits."""
+
+    in_channels: int
+    samples: int | None
+
+    def forward(self, x: Tensor) -> Tensor:
+        what = "channels ((batch, channels, height, width) or (channels, height, width))"
+        check_features(self, x, self.in_channels, -3, what)  # type: ignore[arg-type]
+        if x.dim() > (4 if self.samples is None else 5):  # (a sampled layer says what it takes itself)
+            raise ValueError(f"{layer_name(self)} takes inputs with {self.in_channels} {what}, got shape "
+                             f"{tuple(x.shape)}")
+        check_spatial_size(self, x)  # type: ignore[arg-type]
+        check_input_dtype(layer_name(self), x, next(self.parameters()).dtype)  # type: ignore[attr-defined]
+        return super().forward(x)  # type: ignore[misc]
+
+
+class BayesianLinear(_LinearInput, SampledForward, nn.Linear):
     """``nn.Linear`` with Gaussian (MESU) synapses: ``weight`` is ``μ + σ·ε`` in training mode.
 
     Args:
@@ -85,7 +123,7 @@ class BayesianLinear(SampledForward, nn.Linear):
         make_bayesian(self, "mesu", sigma_init=sigma_init, evaluation=evaluation)
 
 
-class BayesianConv2d(SampledForward, nn.Conv2d):
+class BayesianConv2d(_Conv2dInput, SampledForward, nn.Conv2d):
     """``nn.Conv2d`` with Gaussian (MESU) synapses; ``nn.Conv2d``'s arguments, and the others as in
     :class:`BayesianLinear`.
 
@@ -124,7 +162,7 @@ class BayesianConv2d(SampledForward, nn.Conv2d):
         make_bayesian(self, "mesu", sigma_init=sigma_init, evaluation=evaluation)
 
 
-class BinaryBayesianLinear(SampledForward, nn.Linear):
+class BinaryBayesianLinear(_LinearInput, SampledForward, nn.Linear):
     """``nn.Linear`` with binary (BiMU) synapses: ``weight`` is a relaxed ±1 sample in training mode.
 
     Args:
@@ -169,7 +207,7 @@ class BinaryBayesianLinear(SampledForward, nn.Linear):
         make_bayesian(self, "bimu", lambda_init=lambda_init, temperature=temperature, evaluation=evaluation, scale=scale)
 
 
-class BinaryBayesianConv2d(SampledForward, nn.Conv2d):
+class BinaryBayesianConv2d(_Conv2dInput, SampledForward, nn.Conv2d):
     """``nn.Conv2d`` with binary (BiMU) synapses; ``nn.Conv2d``'s arguments, and the others as in
     :class:`BinaryBayesianLinear`.
 

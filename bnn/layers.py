@@ -48,10 +48,16 @@ def check_input_dtype(name: str, x: Tensor, dtype: torch.dtype | None) -> None:
                          f"x.to({dtype}) (or the model with model.to(x.dtype), or run it under torch.autocast)")
 
 
-def _check_features(layer: nn.Module, x: Tensor, features: int, dim: int, what: str) -> None:
+def layer_name(layer: nn.Module) -> str:
+    """The name of ``layer``'s class in messages: its own, not the ``Parametrized...`` class torch makes for a layer
+    with parametrizations (a Bayesian layer's synapses)."""
+    return parametrize.type_before_parametrizations(layer).__name__
+
+
+def check_features(layer: nn.Module, x: Tensor, features: int, dim: int, what: str) -> None:
     """One line when ``x`` is not a tensor whose size at ``dim`` is the layer's ``features`` (``what`` names that
     size)."""
-    name = type(layer).__name__
+    name = layer_name(layer)
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} takes a tensor, got {type(x).__name__}")
     if x.dim() < abs(dim) or x.shape[dim] != features:
@@ -339,7 +345,7 @@ class BinaryLinear(_BinaryWeights, nn.Linear):
         self._precision = check_precision(value)
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_features(self, x, self.in_features, -1, "features in the last dimension")
+        check_features(self, x, self.in_features, -1, "features in the last dimension")
         x = _quantized_input(self, x)
         if self._buffered:
             mark_hidden_weight(self.weight)
@@ -393,15 +399,15 @@ class BinaryConv2d(_BinaryWeights, nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         what = "channels ((batch, channels, height, width) or (channels, height, width))"
-        _check_features(self, x, self.in_channels, -3, what)
+        check_features(self, x, self.in_channels, -3, what)
         if x.dim() > 4:
             raise ValueError(f"{type(self).__name__} takes inputs with {self.in_channels} {what}, got shape "
                              f"{tuple(x.shape)}")
-        _check_spatial_size(self, x)
+        check_spatial_size(self, x)
         return self._conv_forward(_quantized_input(self, x), self.visible_weight(), self.bias)
 
 
-def _check_spatial_size(conv: nn.Conv2d, x: Tensor) -> None:
+def check_spatial_size(conv: nn.Conv2d, x: Tensor) -> None:
     """One line, instead of torch's error from inside the convolution, when the input's height or width is too small
     for the layer: empty, with the padding on both sides smaller than the kernel's span
     ``dilation·(kernel_size - 1) + 1`` (``nn.Conv2d``'s condition: the stride only thins out the positions that fit),
@@ -414,7 +420,7 @@ def _check_spatial_size(conv: nn.Conv2d, x: Tensor) -> None:
         sides = ((0, 0), (0, 0))
     else:
         sides = tuple((p, p) for p in conv.padding)
-    name, shown = type(conv).__name__, "x".join(map(str, size))
+    name, shown = layer_name(conv), "x".join(map(str, size))
     if any(n < 1 or n + low + high < s for n, (low, high), s in zip(size, sides, span)):  # (torch: no empty image)
         least = "x".join(str(max(s - low - high, 1)) for s, (low, high) in zip(span, sides))
         raise ValueError(f"{name} takes inputs of at least {least} pixels (height x width: its kernel spans "

@@ -461,14 +461,15 @@ def read_idx(path: str | os.PathLike, max_bytes: int = IDX_MAX_BYTES) -> np.ndar
     """
     max_bytes = _check_max_bytes(max_bytes)
     p = as_path(path, "IDX file")
-    try:  # a file larger than its data may be (plus gzip's few bytes per block) is refused before it is read
+    largest = max_bytes + max_bytes // 64 + 4096  # (its data, plus gzip's few bytes per block)
+    try:  # a larger file is refused before it is read
         size = p.stat().st_size
     except OSError:
         size = 0  # (missing or unreadable: the reader names it)
-    if size > max_bytes + max_bytes // 64 + 4096:
+    if size > largest:
         raise DataError(f"IDX file {p} is {size:,} bytes, more than the {max_bytes:,} bytes of data "
                         "this reader accepts: not a dataset file, or more data than this machine's memory holds")
-    raw = read_regular_file(p, "IDX file", error=DataError)
+    raw = read_regular_file(p, "IDX file", largest, DataError)  # (bounded again: a file swapped in since)
     if raw[:2] == _GZIP_MAGIC:
         raw = _gunzip_idx(raw, p, max_bytes)
     dtype, dims, header_len = _idx_header(raw, p, max_bytes)

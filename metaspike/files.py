@@ -25,13 +25,14 @@ from typing import IO, Any
 from metaspike.checks import shown
 
 __all__ = ["as_path", "atomic_open", "atomic_write_text", "atomic_write_bytes", "remove_stale_temporaries", "csv_text",
-           "read_json", "read_regular_file", "tensor_problem", "check_plain_tensors", "MAX_NESTING", "TEMPORARY_FILES"]
+           "read_json", "read_regular_file", "tensor_problem", "check_plain_tensors", "MAX_NESTING", "TEMPORARY_FILES",
+           "JSON_MAX_BYTES"]
 
 #: The names :func:`atomic_open` gives its temporary files (``.<name>.<random>.tmp`` beside the target), as a glob.
 TEMPORARY_FILES = ".*.tmp"
 
-#: The largest JSON file :func:`read_json` reads: every JSON file metaspike writes (configs, plans, metrics,
-#: histograms) is far smaller.
+#: The largest JSON or CSV file metaspike reads: every one it writes (configs, plans, metrics, histograms, accuracy
+#: matrices, learning curves) is far smaller.
 JSON_MAX_BYTES = 256 << 20
 
 
@@ -168,14 +169,31 @@ def csv_text(rows: Sequence[Sequence[Any]]) -> str:
     return buffer.getvalue()
 
 
+def _memory_available() -> int | None:
+    """Bytes of memory this machine can give a process now (Linux's ``MemAvailable``; else the free pages), ``None``
+    where neither is known."""
+    try:
+        with open("/proc/meminfo", "rb") as meminfo:
+            for line in meminfo:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def read_regular_file(path: str | os.PathLike, what: str, max_bytes: int | None = None,
                       error: type[Exception] = ValueError) -> bytes:
     """The bytes of ``path``, which must be a regular file (a link to one is followed) of at most ``max_bytes``.
 
     A file from outside may be anything: a folder, a pipe that blocks the reader until someone writes to it, a
-    device such as ``/dev/zero`` that never ends. Each of these, a missing or unreadable file and one larger than
-    ``max_bytes`` (``None``: any size) raise one ``error`` naming ``what`` and the path, before anything is read;
-    the file is opened without blocking and checked on the open descriptor, so it cannot be swapped in between.
+    device such as ``/dev/zero`` that never ends, a sparse file that claims more bytes than the machine's memory
+    holds. Each of these, a missing or unreadable file and one larger than ``max_bytes`` (``None``: any size the
+    memory available holds) raise one ``error`` naming ``what`` and the path, before anything is read; the file is
+    opened without blocking and checked on the open descriptor, so it cannot be swapped in between.
 
     Example:
         >>> read_regular_file("/dev/zero", "checkpoint")
@@ -196,10 +214,16 @@ def read_regular_file(path: str | os.PathLike, what: str, max_bytes: int | None 
             raise error(f"{what} {path} is not a regular file (it is a device, pipe, socket or folder)")
         if max_bytes is not None and info.st_size > max_bytes:
             raise error(f"{what} {path} is {info.st_size:,} bytes, more than the {max_bytes:,} this reader accepts")
+        available = _memory_available()
+        if available is not None and info.st_size > available:
+            raise error(f"{what} {path} is {info.st_size:,} bytes, more than the {available:,} bytes of memory "
+                        "available to read it into")
         with os.fdopen(fd, "rb", closefd=False) as handle:
             data = handle.read(info.st_size + 1)
     except OSError as err:
         raise error(f"cannot read {what} {path}: {err.strerror or err}") from None
+    except MemoryError:  # (a limit on this process's memory, as ulimit -v sets, that the machine's figure omits)
+        raise error(f"{what} {path} is {info.st_size:,} bytes, more than this process's memory holds") from None
     finally:
         os.close(fd)
     if len(data) > info.st_size:

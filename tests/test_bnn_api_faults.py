@@ -2,6 +2,7 @@
 summary's bits per weight, population statistics of a multi-head model."""
 
 import contextlib
+import functools
 import itertools
 import warnings
 from dataclasses import dataclass
@@ -126,16 +127,25 @@ def test_layer_arguments_and_inputs_torch_fails_on_inside_are_one_line(tmp_path)
     assert bnn.PackedMLP.load(path, compile=False).sizes == [6, 5, 3]
 
 
-def test_binary_conv2d_refuses_exactly_the_input_sizes_nn_conv2d_cannot_convolve():
-    """Each geometry (kernel, dilation, padding, padding mode) on heights 0 to 6: BinaryConv2d raises its one line
-    where torch's convolution fails and gives torch's output shape elsewhere."""
+CONVS = {"BinaryConv2d": bnn.BinaryConv2d, "BayesianConv2d": bnn.BayesianConv2d,
+         "BinaryBayesianConv2d": bnn.BinaryBayesianConv2d,
+         "BayesianConv2d with samples": functools.partial(bnn.BayesianConv2d, samples=2),
+         "BinaryBayesianConv2d with samples": functools.partial(bnn.BinaryBayesianConv2d, samples=2)}
+
+
+@pytest.mark.parametrize("name", CONVS)
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths:UserWarning")  # (torch's: both)
+def test_conv_layers_refuse_exactly_the_input_sizes_nn_conv2d_cannot_convolve(name):
+    """Each geometry (kernel, dilation, padding, padding mode) on heights 0 to 6: each conv layer of bnn raises its
+    one line, naming it, where torch's convolution fails and gives torch's output shape elsewhere (behind a sampled
+    layer's sample dimension)."""
     for k, d, padding, mode in itertools.product((1, 2, 3, 4), (1, 2), (0, 1, 2, "same", "valid"),
                                                  ("zeros", "reflect", "replicate", "circular")):
         geometry = dict(kernel_size=(k, 1), dilation=(d, 1), padding_mode=mode,
                         padding=padding if isinstance(padding, str) else (padding, 0))
         if padding == "valid" and mode != "zeros":
             continue  # (torch refuses the pair when the layer is made)
-        binary, reference = bnn.BinaryConv2d(2, 2, **geometry), nn.Conv2d(2, 2, **geometry)
+        layer, reference = CONVS[name](2, 2, **geometry), nn.Conv2d(2, 2, **geometry)
         for height in range(7):
             x = torch.rand(1, 2, height, 3)
             try:
@@ -143,10 +153,26 @@ def test_binary_conv2d_refuses_exactly_the_input_sizes_nn_conv2d_cannot_convolve
             except RuntimeError:
                 expected = None
             if expected is None:
-                with pytest.raises(ValueError, match="BinaryConv2d"):
-                    binary(x)
+                with pytest.raises(ValueError, match=f"^{name.split()[0]} (with padding_mode .* )?takes inputs"):
+                    layer(x)
             else:
-                assert binary(x).shape == expected, (geometry, height)
+                assert layer(x).shape[-4:] == expected, (geometry, height)
+
+
+@pytest.mark.parametrize("make", [lambda: bnn.BayesianLinear(4, 3), lambda: bnn.BinaryBayesianLinear(4, 3, samples=2),
+                                  lambda: bnn.BayesianConv2d(4, 3, 3), lambda: bnn.BinaryBayesianConv2d(4, 3, 3)])
+def test_bayesian_layers_refuse_inputs_of_other_features_or_dtype_in_one_line(make):
+    """Inputs torch's product failed on inside (its "mat1 and mat2 shapes", conv2d's channel count, "expected scalar
+    type Float but found Long"): one line naming the layer, as bnn's binary layers give."""
+    layer = make()
+    name = type(layer).__mro__[1].__name__  # (the class before torch's parametrized subclass)
+    shape = (2, 4) if isinstance(layer, nn.Linear) else (2, 4, 5, 5)
+    wrong = (2, 5) if isinstance(layer, nn.Linear) else (2, 5, 5, 5)
+    with pytest.raises(ValueError, match=f"^{name} takes inputs with 4 (features|channels)"):
+        layer(torch.rand(wrong))
+    with pytest.raises(ValueError, match=f"^{name} takes torch.float32 inputs, the dtype of its weights, got torch.int"):
+        layer(torch.ones(shape, dtype=torch.long))
+    assert layer(torch.rand(shape)).shape[-1 if isinstance(layer, nn.Linear) else -3] == 3
 
 
 # --- bnn.summary ----------------------------------------------------------------------------------------------------

@@ -279,6 +279,32 @@ def test_devices_pipes_and_folders_are_refused_by_every_reader_before_reading(tm
         read_idx(tmp_path / "pipe")
 
 
+def test_a_file_larger_than_the_memory_available_is_refused_by_every_reader_before_reading(tmp_path):
+    """A sparse file takes no disk and claims any size: each reader of an outside file (checkpoints and packed models
+    have no size of their own to expect) refuses one larger than the memory available, naming it, instead of asking
+    for that much memory (a bare MemoryError, or a machine driven into swap); results CSVs are held to JSON's bound."""
+    import bnn
+    from metaspike.files import JSON_MAX_BYTES, _memory_available
+
+    available = _memory_available()
+    if available is None:
+        pytest.skip("this system says nothing of its memory available")
+    huge = tmp_path / "huge.pt"
+    with open(huge, "wb") as handle:
+        handle.truncate(available + (1 << 30))
+    for what, read in {"checkpoint": load_checkpoint, "packed BNN file": bnn.PackedMLP.load}.items():
+        with pytest.raises(ValueError, match=f"^{what} {huge} is [0-9,]+ bytes, more than the [0-9,]+ bytes of memory "
+                                             "available to read it into$"):
+            read(huge)
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / "accuracy_matrix.csv", "wb") as handle:
+        handle.truncate(JSON_MAX_BYTES + 1)
+    with pytest.raises(ValueError, match=f"CSV file {run / 'accuracy_matrix.csv'} is [0-9,]+ bytes, more than the "
+                                         f"{JSON_MAX_BYTES:,} this reader accepts"):
+        load_run(run)
+
+
 def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path):
     """Ctrl-C during the command's first second lands in its imports (torch's among them): one line, status 130."""
     command = [sys.executable, "-m", "metaspike", "train", "--dataset", "digits", "--tasks", "2", "--epochs", "1",

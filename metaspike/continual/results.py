@@ -38,6 +38,7 @@ from metaspike.continual.metrics import evaluated_rows, is_accuracy
 from metaspike.continual.trainer import ContinualResult
 from metaspike.diagnostics import plasticity_ranking
 from metaspike.files import (
+    JSON_MAX_BYTES,
     as_path,
     atomic_open,
     atomic_write_text,
@@ -515,7 +516,8 @@ def _read_number_csv(file: Path, columns: Sequence[str], index: str,
     ``index`` column must be filled in every row.
     """
     try:
-        lines = list(csv.reader(io.StringIO(read_regular_file(file, "CSV file").decode("utf-8"), newline="")))
+        text = read_regular_file(file, "CSV file", JSON_MAX_BYTES).decode("utf-8")
+        lines = list(csv.reader(io.StringIO(text, newline="")))
     except (UnicodeDecodeError, csv.Error) as err:
         raise ValueError(f"cannot read {file}: {err}") from None
     if not lines or not lines[0]:
