@@ -326,11 +326,17 @@ def _refuse_types_without_weight(types: tuple[type[nn.Module], ...], candidates:
         if layers and not any(id(layer) in chosen for _, layer in layers):
             name, layer = layers[0]
             matrices = [key for key, p in layer.named_parameters(recurse=False) if p.dim() >= 2]
-            has = f"its weight matrices are {', '.join(matrices)}" if matrices else "it has no weight matrix"
+            # (snnTorch's RLeaky keeps its recurrent weights in a child nn.Linear, which the default types convert)
+            inner = [f"{key!r} ({type(child).__name__})" for key, child in layer.named_modules()
+                     if key and isinstance(getattr(child, "weight", None), Tensor) and child.weight.dim() >= 2]
+            has = (f"its weight matrices are {', '.join(matrices)}" if matrices
+                   else f"it has no weight matrix of its own; its layers {', '.join(inner)} hold its weights and "
+                        "become synapses where layer_types names their types, as the default does for Linear and Conv "
+                        "layers" if inner else "it has no weight matrix")
             raise ValueError(f"layer_types names {layer_type.__name__}, but no {layer_type.__name__} layer has a "
                              f"'weight' parameter (layer {name!r}: {has}); synapses are made of a layer's 'weight' "
-                             f"parameter only, so leave {layer_type.__name__} out of layer_types (its weights stay "
-                             "float)")
+                             f"parameter only, so leave {layer_type.__name__} out of layer_types"
+                             + ("" if inner else " (its weights stay float)"))
 
 
 def check_weight_ready(name: str, layer: nn.Module) -> None:

@@ -967,6 +967,23 @@ def test_sampled_layers_draw_their_samples_once_per_binarized_once_block(layer_t
     assert not torch.equal(first, layer(x))  # outside a block: new samples
 
 
+@pytest.mark.parametrize("make", [lambda: bayesianize(nn.Linear(6, 4), "bimu"), lambda: bayesianize(nn.Linear(6, 4), "mesu"),
+                                  lambda: BinaryBayesianLinear(6, 4, samples=3), lambda: BayesianLinear(6, 4, samples=3)])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_each_backward_pass_of_a_binarized_once_block_goes_through_its_one_sample(make, batch):
+    """A time loop cut into chunks, each with its backward pass (truncated BPTT), or micro-batches whose gradients
+    add up, in one block: the second backward failed inside torch ("Trying to backward through the graph a second
+    time": the first had freed the block's sample). Both now add the gradient of the one sample."""
+    import metaspike
+
+    layer, x = make(), torch.randn(batch, 6)
+    with metaspike.binarized_once():
+        layer(x).pow(2).sum().backward()
+        once = [p.grad.clone() for p in layer.parameters()]
+        layer(x).pow(2).sum().backward()
+    assert all(torch.allclose(p.grad, 2 * g) for p, g in zip(layer.parameters(), once))
+
+
 @pytest.mark.parametrize("kind", ["bimu", "mesu"])
 def test_a_non_finite_gradient_is_refused_and_changes_nothing(kind):
     """A NaN latent weight would read as a plausible +1 weight in evaluation (the sign of NaN): the step refuses. (A

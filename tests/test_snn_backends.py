@@ -127,6 +127,18 @@ def test_naming_a_norse_recurrent_cell_in_layer_types_is_refused(convert):
     assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in net.modules())  # nothing changed
 
 
+def test_naming_an_snntorch_recurrent_neuron_in_layer_types_names_the_layer_that_holds_its_weights():
+    """RLeaky keeps its recurrent weights in a child nn.Linear, which the default layer types make a synapse: the
+    refusal said it had no weight matrix and that its weights stay float."""
+    net = nn.Sequential(nn.Linear(6, 4), snn.RLeaky(0.9, linear_features=4, init_hidden=True))
+    with pytest.raises(ValueError, match=r"^layer_types names RLeaky, .*\(layer '1': it has no weight matrix of its "
+                                         r"own; its layers 'recurrent' \(Linear\) hold its weights .*out of "
+                                         r"layer_types$"):
+        metaspike.binarize(net, layer_types=[snn.RLeaky])
+    metaspike.binarize(net)
+    assert torch.nn.utils.parametrize.is_parametrized(net[1].recurrent, "weight")
+
+
 def test_norse_neurons_reject_an_snntorch_surrogate_name_and_take_superspike():
     pytest.importorskip("norse.torch")
     with pytest.raises(ValueError, match="Norse neurons take surrogate"):
@@ -585,6 +597,11 @@ def test_a_float64_network_of_snntorch_spike_functions_names_the_neuron_and_the_
         SpikingClassifier(net(), num_steps=2, encoder="direct").double()(x)
     fixed = SpikingClassifier(net(spike_grad=surrogate("atan")), num_steps=2, encoder="direct").double()
     assert fixed(x).dtype == torch.float64
+    # a float32 network given float64 input: the input is what to convert (the advice above did not help there)
+    for encoder in ("direct", "rate"):
+        with pytest.raises(ValueError, match=r"^SpikingClassifier: input of torch.float64 for a network of torch.float32 "
+                                             r"weights; convert it with x.to\(torch.float32\)"):
+            SpikingClassifier(net(spike_grad=surrogate("atan")), num_steps=2, encoder=encoder)(x)
 
 
 def test_snntorch_neurons_without_init_hidden_in_a_sequential_are_refused_in_one_line():

@@ -42,7 +42,7 @@ from torch.nn.utils import parametrize
 
 from metaspike.bayesian.counter_noise import arithmetic_dtype, counter_normal, counter_uniform, draw_key
 from metaspike.bayesian.functional import _exp_pair
-from metaspike.block_cache import reuse_in_block
+from metaspike.block_cache import reuse_in_block, signs_cache_key
 from metaspike.caller import user_stacklevel
 from metaspike.checks import FLOAT32_MAX, FLOAT32_TINY, is_whole, number_in
 from metaspike.compiled import LazyCompiled
@@ -163,6 +163,22 @@ def _draw_gaussian(mu: Tensor, sigma: Tensor, key: Tensor, rows: int) -> tuple[T
     return _compiled_gaussian_sample(_rows(mu, 1), _rows(sigma, 1), key, rows)
 
 
+def _keep_for_backward(ctx: Any, tensor: Tensor) -> None:
+    """Keep what a weight sample's backward needs: saved as torch saves it (freed by the backward pass), except inside
+    a :func:`~metaspike.block_cache.binarized_once` block, whose passes reuse the one sample; there each backward pass
+    of the block (a truncated time loop's chunks, accumulated micro-batches) goes through it, and the kept tensor
+    lives as long as the sample does."""
+    if signs_cache_key() is None:
+        ctx.save_for_backward(tensor)
+    else:
+        ctx.kept = tensor
+
+
+def _kept(ctx: Any) -> Tensor:
+    """What :func:`_keep_for_backward` kept."""
+    return ctx.kept if hasattr(ctx, "kept") else ctx.saved_tensors[0]
+
+
 class _GaussianSample(torch.autograd.Function):
     """``rows`` samples ``w = μ + σ·ε`` stacked on a new first dimension, the noise drawn inside the sampling
     loop (:mod:`~metaspike.bayesian.counter_noise`); the backward of several samples is one fused loop
@@ -174,7 +190,7 @@ class _GaussianSample(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, mu: Tensor, sigma: Tensor, key: Tensor, rows: int) -> tuple[Tensor, Tensor]:
         weight, noise = _draw_gaussian(mu, sigma, key, rows)
-        ctx.save_for_backward(noise)
+        _keep_for_backward(ctx, noise)
         ctx.mark_non_differentiable(noise)
         ctx.set_materialize_grads(False)  # no zero-filled gradient for the noise output
         ctx.mu_shape = mu.shape
@@ -182,7 +198,7 @@ class _GaussianSample(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor | None, _: Tensor | None) -> tuple[Tensor | None, Tensor | None, None, None]:
-        (noise,) = ctx.saved_tensors
+        noise = _kept(ctx)
         if grad is None:
             return None, None, None, None
         if noise.shape[0] == 1:  # one sample: nothing to sum
@@ -336,14 +352,14 @@ class _RelaxedBinarySample(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, lam: Tensor, key: Tensor, rows: int, inv_tau: float) -> Tensor:
         weight = _draw_relaxed(lam, key, rows, inv_tau)
-        ctx.save_for_backward(weight)
+        _keep_for_backward(ctx, weight)
         ctx.inv_tau = inv_tau
         ctx.lam_shape = lam.shape
         return weight.view(rows, *lam.shape)  # (ctx-style forward: see _GaussianSample)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
-        (weight,) = ctx.saved_tensors
+        weight = _kept(ctx)
         rows = weight.shape[0]
         scale = torch.tensor(ctx.inv_tau, dtype=weight.dtype, device=weight.device)
         flat = _compiled_relaxed_gradient(_rows(grad, rows), weight, scale)

@@ -320,6 +320,10 @@ class SpikingClassifier(nn.Module):
                         out = self.network(x_t)
                     outputs.append(out)
         except RuntimeError as err:
+            weights = next((p.dtype for p in self.network.parameters() if p.is_floating_point()), None)
+            if "dtype" in str(err) and x.is_floating_point() and weights not in (None, x.dtype):
+                raise ValueError(f"SpikingClassifier: input of {x.dtype} for a network of {weights} weights; convert "
+                                 f"it with x.to({weights}) (or the network with network.to({x.dtype}))") from err
             hint = _float32_spikes(self.network, x) if "dtype" in str(err) else None
             if hint is not None:
                 raise ModelError(hint) from err
