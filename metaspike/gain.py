@@ -299,8 +299,8 @@ def foreign_forward_hooks(module: nn.Module) -> int:
 
 def attach_output_gain(layer: nn.Module, scale: str, name: str = "", real_weights: bool = False) -> OutputGain:
     """Give a linear/conv ``layer`` a learned :class:`OutputGain` (child ``output_gain``, applied to its output by
-    a forward hook), started from the layer's current weight; ``name``, the layer's module path, is what the gain's
-    warnings call it. :func:`metaspike.binarize` and :func:`metaspike.bayesianize` call it before the weight becomes
+    a forward hook), started from the layer's current weight, and return it (a layer that has one keeps it);
+    ``name``, the layer's module path, is what the gain's warnings call it. :func:`metaspike.binarize` and :func:`metaspike.bayesianize` call it before the weight becomes
     a synapse; ``real_weights`` (MESU's Gaussian weights) starts the gain at 1 (:class:`OutputGain`).
 
     The gain trains where the weight does (a frozen layer, ``requires_grad_(False)``, stays frozen), and its hook
@@ -313,6 +313,8 @@ def attach_output_gain(layer: nn.Module, scale: str, name: str = "", real_weight
         >>> bool(torch.allclose(layer(x), gain.alpha * (x @ layer.weight.T) + layer.bias))
         True
     """
+    if output_gain(layer) is not None:  # (a synapse made anew where torch's remove_parametrizations took one off:
+        return layer.output_gain        # the gain trained so far, applied once, not a second hook's α²)
     weight = layer.weight
     layer.output_gain = OutputGain(weight, scale, name, real_weights)
     layer.output_gain.alpha.requires_grad_(weight.requires_grad)

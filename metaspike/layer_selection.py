@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
@@ -58,9 +59,12 @@ class SynapseParametrization(nn.Module):
         return {}
 
     def mark(self, role: str, tensor: Tensor) -> None:
-        """Mark ``tensor`` as the synapse's ``role`` (read by :func:`synapse_role`); a subclass whose tensors are told
-        apart otherwise overrides it."""
+        """Mark ``tensor`` as the synapse's ``role`` (read by :func:`synapse_role`) for as long as this synapse lives
+        (torch's ``remove_parametrizations`` takes it off the layer); a subclass whose tensors are told apart otherwise
+        overrides it."""
         setattr(tensor, ROLE_ATTRIBUTE, role)
+        key = id(tensor)
+        _ROLE_SYNAPSES[key] = weakref.ref(self, lambda ref, key=key: _forget_role(key, ref))
 
     def marked_tensors(self, layer: nn.Module) -> tuple[Tensor, ...]:
         """:meth:`tensors_of` ``layer``, kept (the tensors a copy marks again) and marked now.
@@ -128,6 +132,16 @@ def synapse_parametrization(layer: nn.Module) -> SynapseParametrization | None:
     return next((p for p in layer.parametrizations.weight if isinstance(p, SynapseParametrization)), None)
 
 
+#: id of a marked tensor -> weak reference to the synapse that marked it (a tensor keeps its mark only while the
+#: synapse lives; a new tensor at the id of one freed has no mark to read)
+_ROLE_SYNAPSES: dict[int, weakref.ref] = {}
+
+
+def _forget_role(key: int, reference: weakref.ref) -> None:
+    if _ROLE_SYNAPSES.get(key) is reference:
+        del _ROLE_SYNAPSES[key]
+
+
 ROLE_ATTRIBUTE = "_metaspike_synapse_role"
 """Set on the tensors :func:`metaspike.bayesianize` makes synapses: ``"latent"`` (BiMU's ``λ``), ``"mean"`` and
 ``"width"`` (MESU's ``μ`` and ``σ``), so that each optimizer can refuse the tensors that are not its own
@@ -146,7 +160,9 @@ def synapse_role(tensor: Tensor) -> str | None:
         >>> [synapse_role(p) for p in net.parameters()]
         [None, 'mean', 'width']
     """
-    return getattr(tensor, ROLE_ATTRIBUTE, None)
+    role = getattr(tensor, ROLE_ATTRIBUTE, None)
+    synapse = _ROLE_SYNAPSES.get(id(tensor)) if role is not None else None
+    return role if synapse is not None and synapse() is not None else None
 
 
 def _layer_types(layer_types: type[nn.Module] | Sequence[type[nn.Module]]) -> tuple[type[nn.Module], ...]:

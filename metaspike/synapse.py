@@ -40,19 +40,22 @@ __all__ = [
     "mark_hidden_weight", "weight_matrices", "float_layer_weights", "binarized_once", "signs_cache_key",
 ]
 
-_HIDDEN_WEIGHTS: dict[int, weakref.ref] = {}  # id -> weak reference (tensors compare elementwise: no WeakSet)
+# id -> weak references to the weight and to the synapse that marked it (tensors compare elementwise: no WeakSet)
+_HIDDEN_WEIGHTS: dict[int, tuple[weakref.ref, weakref.ref | None]] = {}
 
 
 def _forget(key: int, reference: weakref.ref) -> None:
-    if _HIDDEN_WEIGHTS.get(key) is reference:
+    if _HIDDEN_WEIGHTS.get(key, (None,))[0] is reference:
         del _HIDDEN_WEIGHTS[key]
 
 
-def mark_hidden_weight(weight: Tensor) -> Tensor:
+def mark_hidden_weight(weight: Tensor, synapse: nn.Module | None = None) -> Tensor:
     """Record ``weight`` as the hidden weight of a binary synapse (see :func:`is_hidden_weight`); returns it.
 
     Binary synapse layers call it when created, copied, unpickled or loaded (``load_state_dict(..., assign=True)``
-    puts in a new parameter) and on every forward pass.
+    puts in a new parameter) and on every forward pass. ``synapse``, the parametrization that shows the weight's sign
+    where there is one, bounds the mark: once torch's ``remove_parametrizations`` has taken it off the layer (and it
+    is gone), the weight is a float layer's again.
 
     Example:
         >>> w = nn.Parameter(torch.zeros(2, 2))
@@ -60,9 +63,10 @@ def mark_hidden_weight(weight: Tensor) -> Tensor:
         True
     """
     key = id(weight)
-    reference = _HIDDEN_WEIGHTS.get(key)
-    if reference is None or reference() is not weight:
-        _HIDDEN_WEIGHTS[key] = weakref.ref(weight, lambda ref, key=key: _forget(key, ref))
+    entry = _HIDDEN_WEIGHTS.get(key)
+    if entry is None or entry[0]() is not weight or (entry[1]() if entry[1] is not None else None) is not synapse:
+        _HIDDEN_WEIGHTS[key] = (weakref.ref(weight, lambda ref, key=key: _forget(key, ref)),
+                                None if synapse is None else weakref.ref(synapse))
     return weight
 
 
@@ -74,8 +78,8 @@ def is_hidden_weight(weight: Tensor) -> bool:
         >>> [(name, is_hidden_weight(p)) for name, p in net.named_parameters()]  # bias, learned gain, W_h
         [('0.bias', False), ('0.output_gain.alpha', False), ('0.parametrizations.weight.original', True)]
     """
-    reference = _HIDDEN_WEIGHTS.get(id(weight))
-    return reference is not None and reference() is weight
+    entry = _HIDDEN_WEIGHTS.get(id(weight))
+    return entry is not None and entry[0]() is weight and (entry[1] is None or entry[1]() is not None)
 
 
 class BinarySynapse:
@@ -121,7 +125,7 @@ class SignWeight(SynapseParametrization):
     kind = "sign"
 
     def forward(self, hidden: Tensor) -> Tensor:
-        return reuse_in_block(self, (hidden,), lambda: ste_sign(mark_hidden_weight(hidden), clip_value=None))
+        return reuse_in_block(self, (hidden,), lambda: ste_sign(mark_hidden_weight(hidden, self), clip_value=None))
 
     def tensors_of(self, layer: nn.Module) -> dict[str, Tensor]:
         """The hidden weight ``W_h`` (the layer's weight parameter)."""
@@ -129,7 +133,7 @@ class SignWeight(SynapseParametrization):
 
     def mark(self, role: str, tensor: Tensor) -> None:
         """Mark the hidden weight (:func:`mark_hidden_weight`)."""
-        mark_hidden_weight(tensor)
+        mark_hidden_weight(tensor, self)
 
 
 def binarize(
@@ -193,6 +197,11 @@ def binarize(
                              f"weight it consolidates): remove it, or leave the layer float (exclude=[{name!r}])")
         if scale is not None:
             check_gain_layer(name, layer)
+        kept = gain_scale(layer)
+        if kept not in (None, scale):
+            raise ValueError(f"layer {name!r} keeps the output gain of an earlier synapse, with scale={kept!r} (torch's "
+                             f"remove_parametrizations leaves it); binarize keeps it, so scale={scale!r} would not "
+                             f"apply: give scale={kept!r}")
         todo.append((name, layer))
     for name, layer in todo:  # everything checked: now change the model
         if scale is not None:

@@ -199,8 +199,9 @@ def test_the_bayesian_optimizers_refuse_a_models_other_parameters():
     copied = copy.deepcopy(net)  # torch copies a parameter's data only: the copy marks its tensors again
     with pytest.raises(ValueError, match="is not a synapse tensor"):
         BiMU(copied.parameters())
+    gaussian_copy = copy.deepcopy(bayesianize(nn.Sequential(nn.Linear(4, 3)), "mesu"))  # (marks last as it lives)
     with pytest.raises(ValueError, match="tensor 0 is not a synapse tensor"):
-        MESU(copy.deepcopy(bayesianize(nn.Sequential(nn.Linear(4, 3)), "mesu")).parameters())  # its bias first
+        MESU(gaussian_copy.parameters())  # its bias first
 
 
 @pytest.mark.parametrize("make", [lambda: nn.ConvTranspose2d(3, 6, 2), lambda: nn.Bilinear(5, 6, 3),

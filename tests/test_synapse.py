@@ -153,6 +153,45 @@ def test_binarize_is_idempotent():
     assert len(hidden_weights(net)) == 1
 
 
+def test_a_synapse_taken_off_by_torchs_remove_parametrizations_leaves_a_float_layer_and_one_gain():
+    """After torch's remove_parametrizations the weight kept its mark: MetaplasticAdam went on consolidating a float
+    layer, and MESU's roles made MetaplasticAdam refuse a plain model; binarizing the layer again added a second gain
+    hook (the output scaled by α²)."""
+    from torch.nn.utils import parametrize
+
+    def float_again(model):
+        for layer in (model[0], model[2]):
+            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
+        return model
+
+    def weight_change(meta):
+        torch.manual_seed(0)
+        model = float_again(binarize(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), scale=None))
+        assert not any(metaspike.is_hidden_weight(p) for p in model.parameters())
+        optimizer = metaspike.MetaplasticAdam([{"params": list(model.parameters())}], lr=0.1, meta=meta)
+        before = model[0].weight.detach().clone()
+        model(torch.randn(16, 4)).pow(2).sum().backward()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (meta, and nothing to consolidate: its warning)
+            optimizer.step()
+        return model[0].weight.detach() - before
+
+    assert torch.equal(weight_change(0.0), weight_change(30.0))
+    gaussian = metaspike.bayesianize(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), "mesu").eval()
+    metaspike.MetaplasticAdam(float_again(gaussian).parameters())  # (refused as holding MESU means before)
+
+    layer = nn.Linear(4, 3)
+    binarize(nn.Sequential(layer))
+    parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
+    with pytest.raises(ValueError, match=r"^layer '0' keeps the output gain of an earlier synapse, with "
+                                         r"scale='channel' .* give scale='channel'$"):
+        binarize(nn.Sequential(layer), scale="layer")
+    binarize(nn.Sequential(layer))
+    x, signs = torch.randn(2, 4), torch.where(layer.parametrizations.weight.original >= 0, 1.0, -1.0)
+    assert torch.allclose(layer(x), layer.output_gain.alpha * (x @ signs.T) + layer.bias)
+    assert metaspike.is_hidden_weight(layer.parametrizations.weight.original)
+
+
 def test_binarized_once_computes_the_sign_once_per_forward_block(monkeypatch):
     import metaspike.synapse
 
