@@ -30,8 +30,10 @@ class ChainedOptimizer:
     torch's learning-rate schedulers refuse a chain (they take one ``torch.optim.Optimizer``): give each chained
     optimizer its own, e.g. ``StepLR(chain.optimizers[0], step_size=100)``.
 
-    A step is all or nothing where a MESU, BiMU or metaplastic optimizer refuses it (a gradient holding NaN or infinite
-    values, a setting out of range, an unknown rule): each of them is checked before any optimizer steps.
+    A step is all or nothing where a MESU, BiMU or metaplastic optimizer refuses it (for MESU and BiMU a gradient
+    holding NaN or infinite values; for any of them a setting out of range or an unknown rule): each of them is
+    checked before any optimizer steps. A metaplastic optimizer steps on a NaN gradient, as torch's optimizers do (its
+    weights turn NaN).
 
     Args:
         *optimizers: ``torch.optim.Optimizer`` instances; no parameter may belong to two of them, and none may need a

@@ -300,8 +300,9 @@ def foreign_forward_hooks(module: nn.Module) -> int:
 def attach_output_gain(layer: nn.Module, scale: str, name: str = "", real_weights: bool = False) -> OutputGain:
     """Give a linear/conv ``layer`` a learned :class:`OutputGain` (child ``output_gain``, applied to its output by
     a forward hook), started from the layer's current weight, and return it (a layer that has one keeps it);
-    ``name``, the layer's module path, is what the gain's warnings call it. :func:`metaspike.binarize` and :func:`metaspike.bayesianize` call it before the weight becomes
-    a synapse; ``real_weights`` (MESU's Gaussian weights) starts the gain at 1 (:class:`OutputGain`).
+    ``name``, the layer's module path, is what the gain's warnings call it. :func:`metaspike.binarize` and
+    :func:`metaspike.bayesianize` call it before the weight becomes a synapse; ``real_weights`` (MESU's Gaussian
+    weights) starts the gain at 1 (:class:`OutputGain`).
 
     The gain trains where the weight does (a frozen layer, ``requires_grad_(False)``, stays frozen), and its hook
     runs before the forward hooks the layer had already: those see, and may replace, the output the next layer gets.

@@ -304,6 +304,29 @@ def _keeps(rule: Rule, stored: dict[str, Tensor]) -> bool:
     return set(stored) == set(rule.state_type()._fields)
 
 
+#: The optimizer's record of the rule each param group stepped under last, by the group's id (with the group, which
+#: tells a group from a later one at a freed one's id): a rule changed since, even to one whose state has the same
+#: fields (``CascadeRule(3)`` to ``CascadeRule(4)``), starts afresh.
+_RULES_STEPPED = "_metaspike_rules_stepped"
+
+
+def _rule_changed(optimizer: Optimizer, group: dict[str, Any]) -> bool:
+    """Whether ``group``'s rule is another than the one it last stepped under (``False`` before its first step, and
+    after a load: the states loaded were checked against the group's rule)."""
+    entry = optimizer.__dict__.get(_RULES_STEPPED, {}).get(id(group))
+    return entry is not None and entry[0] is group and not same_rule(entry[1], group["rule"])
+
+
+def _start_changed_rule_afresh(optimizer: Optimizer, group: dict[str, Any]) -> None:
+    """Before ``group``'s step: drop its parameters' rule states where its rule was changed since its last step
+    (:func:`_rule_changed`), and record the rule it steps under now."""
+    if _rule_changed(optimizer, group):
+        for p in group["params"]:
+            if p in optimizer.state:
+                optimizer.state[p].pop("rule_state", None)
+    optimizer.__dict__.setdefault(_RULES_STEPPED, {})[id(group)] = (group, group["rule"])
+
+
 def _store_rule_state(state: dict[str, Any], new_state: tuple) -> None:
     """Keep a rule's ``new_state`` in a parameter's optimizer ``state`` under ``"rule_state"``, in place of what is
     there; a rule that keeps none removes what another rule kept (the group's rule was changed between steps)."""
@@ -370,7 +393,8 @@ def _saved_rule_states(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict
             rule = None
         for param, index in zip(group["params"], saved["params"]):
             entry = state.get(index)
-            if rule and isinstance(entry, dict) and "rule_state" in entry and not _keeps(rule, entry["rule_state"]):
+            if rule and isinstance(entry, dict) and "rule_state" in entry and (
+                    _rule_changed(optimizer, group) or not _keeps(rule, entry["rule_state"])):
                 state[index] = {key: value for key, value in entry.items() if key != "rule_state"}
             if param in pending and (not rule or _keeps(rule, pending[param])):
                 handed[index] = pending[param]
@@ -573,6 +597,8 @@ class MetaplasticAdam(HookedAgainWhenCopied, Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             applies = applies_rule(group)
             consolidated = [applies and consolidates(p, group) for p in params]
+            if any(consolidated):
+                _start_changed_rule_afresh(self, group)
             for param in _pick(params, consolidated, True):
                 _metaplastic_step_(param, self._init_state(param), group)
             plain = _pick(params, consolidated, False)
@@ -829,6 +855,8 @@ def metaplastic(
     def damp(opt: Optimizer, args: Any, kwargs: Any) -> None:
         for group in opt.param_groups:
             rule = get_rule(group["rule"])
+            if any(p in before for p in group["params"]):
+                _start_changed_rule_afresh(opt, group)
             for p in group["params"]:
                 old = before.get(p)
                 if old is None or p.grad is None:  # (the inner step skipped a weight without a gradient)
@@ -918,10 +946,13 @@ def inherit_rule_states(optimizer: Optimizer, previous: Optimizer) -> int:
     handed: dict[Tensor, dict[str, Tensor]] = {}
     for part in _parts(previous):
         pending = getattr(part, _INHERITED, {})
+        # (a group whose rule was changed since its last step holds the former rule's states)
+        stale = {p for group in part.param_groups if _rule_changed(part, group) for p in group["params"]}
         for p, rule in wanted.items():
             # (its own state where it stepped the parameter under the rule, else what it was handed and never took:
             # a step at meta = 0, or a wrapped optimizer's own state for the parameter, holds no rule state)
-            stored = (part.state[p].get("rule_state") if p in part.state else None) or pending.get(p)
+            own = part.state[p].get("rule_state") if p in part.state and p not in stale else None
+            stored = own or pending.get(p)
             if stored and p in before and same_rule(before[p], rule) and _keeps(rule, stored):
                 handed[p] = {name: value.clone() for name, value in stored.items()}  # (never shared by the two)
     for part in _parts(optimizer):

@@ -199,9 +199,9 @@ def binarize(
             check_gain_layer(name, layer)
         kept = gain_scale(layer)
         if kept not in (None, scale):
-            raise ValueError(f"layer {name!r} keeps the output gain of an earlier synapse, with scale={kept!r} (torch's "
-                             f"remove_parametrizations leaves it); binarize keeps it, so scale={scale!r} would not "
-                             f"apply: give scale={kept!r}")
+            raise ValueError(f"layer {name!r} keeps the output gain of an earlier synapse, with scale={kept!r} "
+                             f"(torch's remove_parametrizations leaves it); binarize keeps it, so scale={scale!r} "
+                             f"would not apply: give scale={kept!r}")
         todo.append((name, layer))
     for name, layer in todo:  # everything checked: now change the model
         if scale is not None:

@@ -967,8 +967,10 @@ def test_sampled_layers_draw_their_samples_once_per_binarized_once_block(layer_t
     assert not torch.equal(first, layer(x))  # outside a block: new samples
 
 
-@pytest.mark.parametrize("make", [lambda: bayesianize(nn.Linear(6, 4), "bimu"), lambda: bayesianize(nn.Linear(6, 4), "mesu"),
-                                  lambda: BinaryBayesianLinear(6, 4, samples=3), lambda: BayesianLinear(6, 4, samples=3)])
+@pytest.mark.parametrize("make", [lambda: bayesianize(nn.Linear(6, 4), "bimu"),
+                                  lambda: bayesianize(nn.Linear(6, 4), "mesu"),
+                                  lambda: BinaryBayesianLinear(6, 4, samples=3),
+                                  lambda: BayesianLinear(6, 4, samples=3)])
 @pytest.mark.parametrize("batch", [1, 5])
 def test_each_backward_pass_of_a_binarized_once_block_goes_through_its_one_sample(make, batch):
     """A time loop cut into chunks, each with its backward pass (truncated BPTT), or micro-batches whose gradients

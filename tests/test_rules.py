@@ -690,6 +690,35 @@ def test_a_rule_changed_between_steps_leaves_a_state_the_optimizer_loads(make, n
         assert sorted(opt.state[w].get("rule_state", {})) == fields
 
 
+@pytest.mark.parametrize("make", _RULE_CHANGE_OPTIMIZERS.values(), ids=_RULE_CHANGE_OPTIMIZERS)
+def test_a_rule_changed_to_one_whose_state_has_the_same_fields_starts_afresh(make):
+    """CascadeRule(3) to CascadeRule(4): the state's fields kept their names, so the three-level chain went to the
+    four-level rule, which failed inside its step (IndexError), and the optimizer refused its own state dict (its
+    levels "saved from another model?"); the new rule's states go on to the next optimizer too."""
+    from metaspike.optim import inherit_rule_states
+    from metaspike.rules import CascadeRule
+
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    opt = make(w)
+    opt.param_groups[0]["rule"] = CascadeRule(n=3)
+    w.grad = torch.ones_like(w)
+    opt.step()
+    assert opt.state[w]["rule_state"]["levels"].shape == (2, 4, 3)
+    opt.param_groups[0]["rule"] = CascadeRule(n=4)
+    opt.load_state_dict(opt.state_dict())  # (the three-level chain is left out: the new rule starts afresh)
+    w.grad = torch.ones_like(w)
+    opt.step()
+    assert opt.state[w]["rule_state"]["levels"].shape == (3, 4, 3)
+    opt.param_groups[0]["rule"] = CascadeRule(n=2)
+    successor = make(w)
+    successor.param_groups[0]["rule"] = CascadeRule(n=2)
+    assert inherit_rule_states(successor, opt) == 0  # (opt holds CascadeRule(4)'s chain, not CascadeRule(2)'s)
+    w.grad = torch.ones_like(w)
+    opt.step()
+    assert opt.state[w]["rule_state"]["levels"].shape == (1, 4, 3)
+    assert inherit_rule_states(successor, opt) == 1
+
+
 def test_a_rule_whose_step_cannot_take_the_optimizers_arguments_is_refused_naming_its_file_and_line():
     """step(self, hidden, update) failed at the call inside the optimizer's step: a 30-line traceback, exit 1."""
     from metaspike.rules import register_rule

@@ -599,8 +599,8 @@ def test_a_float64_network_of_snntorch_spike_functions_names_the_neuron_and_the_
     assert fixed(x).dtype == torch.float64
     # a float32 network given float64 input: the input is what to convert (the advice above did not help there)
     for encoder in ("direct", "rate"):
-        with pytest.raises(ValueError, match=r"^SpikingClassifier: input of torch.float64 for a network of torch.float32 "
-                                             r"weights; convert it with x.to\(torch.float32\)"):
+        with pytest.raises(ValueError, match=r"^SpikingClassifier: input of torch.float64 for a network of "
+                                             r"torch.float32 weights; convert it with x.to\(torch.float32\)"):
             SpikingClassifier(net(spike_grad=surrogate("atan")), num_steps=2, encoder=encoder)(x)
 
 
