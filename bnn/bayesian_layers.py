@@ -58,10 +58,9 @@ class _LinearInput:
 
     in_features: int
 
-    def forward(self, x: Tensor) -> Tensor:
+    def check_input(self, x: Tensor) -> None:
         check_features(self, x, self.in_features, -1, "features in the last dimension")  # type: ignore[arg-type]
         check_input_dtype(layer_name(self), x, next(self.parameters()).dtype)  # type: ignore[attr-defined]
-        return super().forward(x)  # type: ignore[misc]
 
 
 class _Conv2dInput:
@@ -71,7 +70,7 @@ class _Conv2dInput:
     in_channels: int
     samples: int | None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def check_input(self, x: Tensor) -> None:
         what = "channels ((batch, channels, height, width) or (channels, height, width))"
         check_features(self, x, self.in_channels, -3, what)  # type: ignore[arg-type]
         if x.dim() > (4 if self.samples is None else 5):  # (a sampled layer says what it takes itself)
@@ -79,7 +78,6 @@ class _Conv2dInput:
                              f"{tuple(x.shape)}")
         check_spatial_size(self, x)  # type: ignore[arg-type]
         check_input_dtype(layer_name(self), x, next(self.parameters()).dtype)  # type: ignore[attr-defined]
-        return super().forward(x)  # type: ignore[misc]
 
 
 class BayesianLinear(_LinearInput, SampledForward, nn.Linear):

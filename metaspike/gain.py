@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from metaspike.caller import user_stacklevel
+from metaspike.layer_selection import synapse_parametrization
 
 __all__ = ["GAIN_SCALES", "OutputGain", "check_scale", "check_gain_layer", "attach_output_gain", "apply_output_gain", "output_gain",
            "gain_scale", "foreign_forward_hooks"]
@@ -162,9 +163,15 @@ class OutputGain(nn.Module):
         """
         return f"scale={self.scale!r}, shape={tuple(self.alpha.shape)}"
 
-    def _describe(self, layer: nn.Module) -> str:
+    def describe(self, layer: nn.Module) -> str:
         """The gain's layer, for a warning: ``layer '1.0' (Linear, α of shape (64,))``, or without a known name
-        ``a Linear layer (α of shape (64,))``."""
+        ``a Linear layer (α of shape (64,))``.
+
+        Example:
+            >>> layer = torch.nn.Linear(4, 3)
+            >>> attach_output_gain(layer, "channel", "fc").describe(layer)
+            "layer 'fc' (Linear, α of shape (3,))"
+        """
         kind = type(layer).__bases__[0] if parametrize.is_parametrized(layer) else type(layer)  # (torch's subclass)
         shape = f"α of shape {tuple(self.alpha.shape)}"
         if self.layer_name:
@@ -189,7 +196,7 @@ class OutputGain(nn.Module):
         elif self._seen_synapses is not None and synapse_version != self._seen_synapses:
             self._idle_steps += 1
             if self._idle_steps == IDLE_STEPS_WARNED:
-                warnings.warn(f"the learned output gain of {self._describe(layer)} has held a gradient through "
+                warnings.warn(f"the learned output gain of {self.describe(layer)} has held a gradient through "
                               f"{IDLE_STEPS_WARNED} updates of its layer's synapses without changing: no optimizer "
                               "trains it. metaspike.binarize and bayesianize add these gains as new parameters: build "
                               "the optimizer after them (or add the gains' parameters to it)",
@@ -216,7 +223,7 @@ class OutputGain(nn.Module):
         size = float(self.alpha.detach().abs().max())
         if not size <= GROWTH_WARNED * self._start_size:
             self._growth_warned = True
-            warnings.warn(f"the learned output gain of {self._describe(layer)} has grown from "
+            warnings.warn(f"the learned output gain of {self.describe(layer)} has grown from "
                           f"{self._start_size:.3g} to {size:.3g}, over {GROWTH_WARNED:g} times its "
                           "start: it is diverging. A gain takes larger steps than a float weight under SGD; give the "
                           "gains a smaller learning rate (metaspike.param_groups(model, meta, gain_lr=...), about "
@@ -276,6 +283,9 @@ def apply_output_gain(layer: nn.Module, output: Tensor) -> Tensor:
     gain = layer.output_gain
     if gain.training and torch.is_grad_enabled() and not torch.compiler.is_compiling():
         gain._watch(layer)
+        synapse = synapse_parametrization(layer)
+        if synapse is not None:
+            synapse.layer_called()
     return gain(output, getattr(layer, "bias", None))
 
 

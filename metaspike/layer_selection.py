@@ -16,15 +16,22 @@ import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
+from torch.compiler import is_compiling
 from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 
+from metaspike.caller import user_stacklevel
 from metaspike.checks import listed
 
 __all__ = ["DEFAULT_LAYER_TYPES", "SynapseParametrization", "attach_synapse", "synapse_parametrization",
            "select_layers", "layer_type_names", "each_once", "check_weight_ready", "warn_float_matrices_left",
            "FORWARD_BYPASSING_OWNERS", "ROLE_ATTRIBUTE", "synapse_role"]
+
+#: Training passes that read a synapse's weight without calling its layer before the synapse warns that the layer's
+#: learned output gain does not apply (:meth:`SynapseParametrization.count_weight_read`).
+READS_WITHOUT_CALL_WARNED = 10
 
 #: The layer classes that get synapses unless a call names others.
 DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -53,10 +60,41 @@ class SynapseParametrization(nn.Module):
     """
 
     kind: ClassVar[str]
+    #: Where the layer has a learned output gain, the layer as a warning names it (:func:`attach_synapse` sets it).
+    gained_layer: str | None = None
+    _reads_without_call = 0
 
     def tensors_of(self, layer: nn.Module) -> dict[str, Tensor]:
         """The synapse's tensors on ``layer`` (its weight's parametrization), by role; none unless a subclass says."""
         return {}
+
+    def count_weight_read(self) -> None:
+        """What a subclass's ``forward`` calls, once a weight read: in a training pass with gradients, count the reads
+        since its layer was last called (:meth:`layer_called`) and warn once at :data:`READS_WITHOUT_CALL_WARNED`.
+        A parent that multiplies by ``layer.weight`` itself (``F.linear(x, layer.weight)``) never calls the layer,
+        whose learned output gain, applied in the layer's own forward pass, then never applies nor trains, silently.
+
+        Example:
+            >>> import torch
+            >>> from metaspike import binarize
+            >>> layer = binarize(nn.Linear(3, 2))
+            >>> y = layer(torch.ones(1, 3))  # a layer call: the count starts again
+            >>> layer.parametrizations.weight[0]._reads_without_call
+            0
+        """
+        if self.gained_layer is None or not self.training or not torch.is_grad_enabled() or is_compiling():
+            return
+        self._reads_without_call += 1
+        if self._reads_without_call == READS_WITHOUT_CALL_WARNED:
+            warnings.warn(f"the weight of {self.gained_layer} was read in {READS_WITHOUT_CALL_WARNED} training passes "
+                          "without the layer being called (a parent module multiplies by layer.weight itself, e.g. "
+                          "F.linear(x, layer.weight)): its learned output gain acts in the layer's own forward pass, "
+                          "so it is neither applied nor trained there; call the layer instead, or make its synapse "
+                          "with scale=None", stacklevel=user_stacklevel())
+
+    def layer_called(self) -> None:
+        """Start the count of :meth:`count_weight_read` again (the layer's gain applies at every call)."""
+        self._reads_without_call = 0
 
     def mark(self, role: str, tensor: Tensor) -> None:
         """Mark ``tensor`` as the synapse's ``role`` (read by :func:`synapse_role`) for as long as this synapse lives
@@ -106,6 +144,8 @@ def attach_synapse(layer: nn.Module, synapse: SynapseParametrization, unsafe: bo
         >>> [synapse_role(p) for p in layer.parameters()]
         [None, 'mean', 'width']
     """
+    if "output_gain" in layer._modules and synapse.gained_layer is None:
+        synapse.gained_layer = layer.output_gain.describe(layer)
     parametrize.register_parametrization(layer, "weight", synapse, unsafe=unsafe)
     if not any(hook is _mark_after_load for hook in layer._load_state_dict_post_hooks.values()):
         layer.register_load_state_dict_post_hook(_mark_after_load)

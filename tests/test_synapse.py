@@ -1,5 +1,6 @@
 """Binary synapses: sign forward, straight-through backward, one-call binarize of any model."""
 
+import contextlib
 import copy
 import warnings
 
@@ -192,6 +193,43 @@ def test_a_synapse_taken_off_by_torchs_remove_parametrizations_leaves_a_float_la
     assert metaspike.is_hidden_weight(layer.parametrizations.weight.original)
 
 
+class _ReadsItsLayersWeight(nn.Module):
+    """A model whose forward multiplies by its second layer's weight itself, never calling the layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return F.linear(torch.relu(self.fc1(x)), self.fc2.weight, self.fc2.bias)
+
+
+@pytest.mark.parametrize("convert", [binarize, lambda model: metaspike.bayesianize(model, "bimu")])
+def test_a_gain_whose_layer_is_never_called_is_named_once(convert):
+    """The learned output gain acts in the layer's forward pass: a parent reading layer.weight itself left it
+    unapplied and untrained (alpha.grad stayed None), silently. A model that calls its layers warns nothing, in a
+    binarized_once block too."""
+    model = convert(_ReadsItsLayersWeight())
+    optimizer = torch.optim.Adam(model.parameters())
+    with pytest.warns(UserWarning, match=r"^the weight of layer 'fc2' \(Linear, α of shape \(3,\)\) was read in 10 "
+                                         r"training passes without the layer being called .* scale=None$") as caught:
+        for _ in range(25):
+            optimizer.zero_grad()
+            model(torch.randn(16, 4)).square().mean().backward()
+            optimizer.step()
+    assert sum("was read in" in str(w.message) for w in caught) == 1
+    calling = convert(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)))
+    optimizer = torch.optim.Adam(calling.parameters())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for block in (binarized_once, contextlib.nullcontext):
+            with block():
+                for _ in range(15):
+                    optimizer.zero_grad()
+                    calling(torch.randn(16, 4)).square().mean().backward()
+                    optimizer.step()
+
+
 def test_binarized_once_computes_the_sign_once_per_forward_block(monkeypatch):
     import metaspike.synapse
 
@@ -331,7 +369,7 @@ def test_a_gain_no_optimizer_trains_is_named_by_its_layer(kind):
     assert named == [f"the learned output gain of layer {name!r} (Linear, α of shape (4,))" for name in ("0", "2.0", "3")]
     unnamed = nn.Linear(8, 4)
     attach_output_gain(unnamed, "layer")
-    assert unnamed.output_gain._describe(unnamed) == "a Linear layer (α of shape ())"
+    assert unnamed.output_gain.describe(unnamed) == "a Linear layer (α of shape ())"
 
 
 @pytest.mark.parametrize("set_to_none", [True, False])

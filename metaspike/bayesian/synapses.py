@@ -256,6 +256,7 @@ class GaussianWeight(SynapseParametrization):
         return weight if samples else weight.squeeze(0)
 
     def forward(self, mu: Tensor) -> Tensor:
+        self.count_weight_read()
         return reuse_in_block(self, (mu, self.sigma), lambda: self.sample(mu))
 
     def tensors_of(self, layer: nn.Module) -> dict[str, Tensor]:
@@ -419,6 +420,7 @@ class BinaryWeight(SynapseParametrization):
         return (uniform < torch.sigmoid(2 * lam.to(exact))).to(lam.dtype).mul_(2).sub_(1)
 
     def forward(self, lam: Tensor) -> Tensor:
+        self.count_weight_read()
         return reuse_in_block(self, (lam,), lambda: self.sample(lam))
 
     def tensors_of(self, layer: nn.Module) -> dict[str, Tensor]:
@@ -930,7 +932,13 @@ class SampledForward:
     evaluation_samples: int | None = None
     forward_is_weight_product = True  # (each sample's output is W x + b: a learned output gain may scale it)
 
+    def check_input(self, x: Tensor) -> None:
+        """Refuse, in one line, an input the layer cannot take, before a sample is drawn; a layer class adds its own
+        checks here (``bnn``'s Bayesian layers: features or channels, dtype, image size), not in ``forward``, which
+        :class:`~metaspike.bayesian.FusedTrainingStep` recognizes as this one."""
+
     def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
         samples = self.samples if self.training or self.evaluation_samples is None else self.evaluation_samples
         if samples is None:
             return super().forward(x)  # type: ignore[misc]
