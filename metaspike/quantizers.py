@@ -126,7 +126,8 @@ def check_clip_value(clip_value: float | None) -> float | None:
         >>> check_clip_value(1.0)
         1.0
     """
-    if clip_value is not None and not (isinstance(clip_value, (int, float)) and clip_value > 0):
+    if clip_value is not None and not (isinstance(clip_value, (int, float)) and not isinstance(clip_value, bool)
+                                       and clip_value > 0):
         raise ValueError(f"clip_value must be a number > 0 or None, got {clip_value!r}")
     return clip_value
 

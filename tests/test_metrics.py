@@ -131,6 +131,16 @@ def test_a_ragged_matrix_is_one_line_naming_the_row():
     assert summarize([[90, float("nan")], [60, 70]])["ACC"] == 65.0
 
 
+@pytest.mark.parametrize("metric", [average_accuracy, backward_transfer, forgetting, summarize])
+def test_a_matrix_of_impossible_accuracies_or_text_is_one_line(metric):
+    """backward_transfer([[500, 0], [0, 1]]) was -500, and a cell '50' was read as the number 50."""
+    for matrix, message in (([[500.0, 0.0], [0.0, 1.0]], r"percentages in \[0, 100\] .*, got 500$"),
+                            ([[90.0, -1.0], [0.0, 1.0]], r"percentages in \[0, 100\] .*, got -1$"),
+                            ([["50", 0.0], [1.0, 2.0]], r"numbers")):
+        with pytest.raises(ValueError, match=f"^accuracy matrix must hold {message}"):
+            metric(matrix)
+
+
 def test_forgetting_takes_the_evaluated_cells_of_a_budgeted_matrix():
     """Under --eval-tasks the cells of tasks not yet trained are nan: forgetting is then the mean drop from each
     task's best evaluated accuracy (as BWT's cells are evaluated), the same as for the full matrix where those cells
@@ -260,7 +270,7 @@ def test_every_long_stream_gets_the_metrics_of_its_evaluated_tasks():
 
     nan = math.nan
     t = LONG_STREAM_TASKS + 2
-    full = [[float(10 * i + j % 7) for j in range(t)] for i in range(t)]
+    full = [[float(5 * i + j % 7) for j in range(t)] for i in range(t)]
     values = summarize(full)
     assert values["last5_accuracy"] == pytest.approx(sum(full[-1][-5:]) / 5, abs=1e-12)
     assert values["evaluated_tasks"] == t and values["evaluated_accuracy"] == values["ACC"]

@@ -30,8 +30,9 @@ def test_ste_sign_passes_the_gradient_only_where_abs_x_le_clip_value_as_larq_doe
     y = torch.tensor([-2.0, -1.0, 0.3, 1.5], requires_grad=True)
     ste_sign(y, clip_value=1.5).sum().backward()
     assert y.grad.tolist() == [0.0, 1.0, 1.0, 1.0]
-    with pytest.raises(ValueError, match="clip_value must be a number > 0 or None, got -1"):
-        ste_sign(y, clip_value=-1)
+    for wrong in (-1, True):  # (True was taken as clip_value 1, where every other number refuses a bool)
+        with pytest.raises(ValueError, match=f"clip_value must be a number > 0 or None, got {wrong}"):
+            ste_sign(y, clip_value=wrong)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])

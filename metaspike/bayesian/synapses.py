@@ -678,8 +678,12 @@ def bayesianize(
         if synapse is not None:  # (of the other kind, or binary)
             raise ValueError(f"layer {name!r} is already a {synapse.kind!r} synapse; bayesianize(..., {kind!r}) needs "
                              f"plain weights: leave it out with exclude=[{name!r}]")
-        if parametrize.is_parametrized(layer, "weight"):
-            raise ValueError(f"layer {name!r} already has a weight parametrization; bayesianize needs plain weights")
+        if synapse_parametrization(layer) is not None:  # (binarize's sign synapse)
+            raise ValueError(f"layer {name!r} is already a binary synapse (metaspike.binarize); bayesianize(..., "
+                             f"{kind!r}) needs plain weights: leave it out with exclude=[{name!r}]")
+        if parametrize.is_parametrized(layer, "weight"):  # (torch's own, weight_norm, orthogonal, or a user's)
+            raise ValueError(f"layer {name!r} already has a weight parametrization; bayesianize needs plain weights: "
+                             f"remove it, or leave the layer float (exclude=[{name!r}])")
         if getattr(layer, "sparse", False) is True:  # (the synapses' backward passes and MESU/BiMU need dense ones)
             raise ValueError(f"layer {name!r} ({type(layer).__name__}) makes sparse gradients; Bayesian synapses need "
                              "dense ones: make it with sparse=False")

@@ -59,11 +59,20 @@ def is_accuracy(value: object) -> bool:
 
 
 def _as_row(row: object) -> np.ndarray:
-    """One row of an accuracy matrix as a float array (the array itself where it is one already)."""
+    """One row of an accuracy matrix as a float array (the array itself where it is one already): numbers (not text
+    or booleans), each a percentage in ``[0, 100]`` or NaN (a cell not evaluated)."""
     try:
-        return np.asarray(row, dtype=float)
+        values = np.asarray(row)
+        if values.dtype.kind not in "iuf":
+            raise TypeError
+        values = values.astype(float, copy=False)
     except (ValueError, TypeError):
         raise ValueError("accuracy matrix must hold numbers (one row of accuracies per evaluation)") from None
+    outside = ~((values >= 0.0) & (values <= 100.0) | np.isnan(values))
+    if outside.any():
+        raise ValueError("accuracy matrix must hold percentages in [0, 100] (or NaN where not evaluated), got "
+                         f"{float(values[outside][0]):g}")
+    return values
 
 
 def matrix_rows(matrix: Matrix, columns: int | None = None) -> list[np.ndarray]:
