@@ -6,6 +6,7 @@ mistake); numpy scalars count as numbers (they are ``numbers.Real`` / ``numbers.
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 import os
@@ -20,7 +21,8 @@ from typing import Any
 __all__ = ["registered_name", "check_keys_kept", "listed", "is_number", "is_finite_number", "is_whole", "number_in",
            "finite_number", "FLOAT32_MAX", "FLOAT32_TINY",
            "MAX_SEED", "check_seed", "check_device", "state_dict_groups", "check_eps_holds", "ModelError",
-           "raised_at", "defined_at", "in_metaspike", "is_nan", "shown", "check_generator_state", "lacking_methods"]
+           "raised_at", "defined_at", "in_metaspike", "is_nan", "shown", "check_generator_state", "lacking_methods",
+           "unknown_name"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -132,6 +134,20 @@ def listed(names: Sequence[Any], first: int = 6) -> str:
     shown_names = ", ".join(name if isinstance(name, str) and len(name) <= 60 else shown(name)
                             for name in names[:first])
     return shown_names + (f" and {len(names) - first} more" if len(names) > first else "")
+
+
+def unknown_name(what: str, name: Any, available: Iterable[str]) -> str:
+    """The message for a ``name`` that is none of ``available``: what it was taken for, the names there are, and the
+    closest of them where one is close (a typo).
+
+    Example:
+        >>> unknown_name("dataset", "mnist5kk", ["digits", "mnist", "mnist5k"])
+        "unknown dataset 'mnist5kk'; available: digits, mnist, mnist5k; did you mean 'mnist5k'?"
+    """
+    available = list(available)
+    near = difflib.get_close_matches(name, available, n=1) if isinstance(name, str) else []
+    return (f"unknown {what} {shown(name)}; available: {', '.join(available)}"
+            + (f"; did you mean {near[0]!r}?" if near else ""))
 
 
 def is_whole(value: Any, low: int) -> bool:

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from metaspike.allocator import usable_memory
-from metaspike.checks import FLOAT32_MAX, check_device
+from metaspike.checks import FLOAT32_MAX, check_device, unknown_name
 from metaspike.files import as_path, atomic_open, atomic_write_bytes, read_regular_file
 
 __all__ = [
@@ -1013,7 +1013,7 @@ def dataset_key(name: str) -> str:
     """
     key = str(name).strip().lower().replace("_", "-")
     if key not in _REGISTRY:
-        raise DataError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}")
+        raise DataError(unknown_name("dataset", name, available_datasets()))
     return key
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from metaspike import function_transforms
-from metaspike.checks import finite_number
+from metaspike.checks import finite_number, unknown_name
 
 __all__ = ["binary_sign", "ste_sign", "check_clip_value", "magnitude_gate", "magnitude_gate_slope", "SteSign", "NoQuantizer", "Quantizer",
            "get_quantizer", "available_quantizers"]
@@ -258,7 +258,7 @@ def get_quantizer(quantizer: str | Quantizer | None) -> Quantizer:
         try:
             return _QUANTIZERS[quantizer]
         except KeyError:
-            raise ValueError(f"unknown quantizer {quantizer!r}; available: {', '.join(available_quantizers())}") from None
+            raise ValueError(unknown_name("quantizer", quantizer, available_quantizers())) from None
     if not callable(quantizer):
         raise ValueError(f"quantizer must be a name, a callable or None, got {quantizer!r}")
     return quantizer

@@ -148,6 +148,11 @@ def test_plot_of_a_run_it_cannot_write_in_names_the_figure_and_draws_elsewhere(t
         (["train", "--scenario", "rotated"], "unknown scenario 'rotated'; available: joint, permuted, sequence, split, stream"),
         (["train", "--dataset", "mnits"], "unknown dataset 'mnits'"),
         (["train", "--rule", "beaker"], "unknown consolidation rule 'beaker'"),
+        (["train", "--dataset", "mnist5kk"], "unknown dataset 'mnist5kk'; available: "),  # (a typo: the closest name)
+        (["train", "--dataset", "mnist5kk"], "; did you mean 'mnist5k'?"),
+        (["train", "--rule", "tahn"], "; did you mean 'tanh'?"),
+        (["train", "--model", "lekay"], "; did you mean 'leaky'?"),
+        (["compare", "--neurons", "bnn", "lekay"], "; did you mean 'leaky'?"),
         (["train", "--lr", "0"], "--lr must be a finite number > 0"),
         (["plot", "/nonexistent/run"], "is not a run directory"),
         (["train", "--out", ""], "--out must name a folder, got ''"),
@@ -190,6 +195,19 @@ def test_bad_input_gets_one_clear_line(args, message, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("metaspike: error: ") and message in err
     assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", ""])
+def test_a_thread_setting_openmp_ignores_is_said_in_one_line(value, capsys, monkeypatch):
+    """OMP_NUM_THREADS=0 got libgomp's own line only, and the run went on with the machine's thread count."""
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    assert main(["train", "--tasks", "0"]) == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first == (f"metaspike: OMP_NUM_THREADS={value!r} is not a positive integer, so it is ignored: this run uses "
+                     f"{torch.get_num_threads()} threads")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert main(["train", "--tasks", "0"]) == 2
+    assert "OMP_NUM_THREADS" not in capsys.readouterr().err
 
 
 def test_a_run_records_only_the_optimizer_settings_its_model_takes(tmp_path):

@@ -213,7 +213,15 @@ def test_a_results_folder_from_outside_draws_in_bounded_time_or_is_one_line(tmp_
     ("curves.csv", "global_epoch,t1,t2\n1e300,80,90\n", "global_epoch must hold increasing whole numbers in 1..10^9"),
     ("curves.csv", "global_epoch,t1,t2\n2,80,90\n1,80,90\n", "global_epoch must hold increasing whole numbers in 1..10^9"),
     ("hidden_weights.json", '[{"after_task": 1, "layers": {"0": {"edges": [0, 1], "counts": [-5]}}}]',
-     "hidden_weights.json is malformed: snapshot 1, layer '0': 'counts' must be >= 0"),
+     "hidden_weights.json is malformed: snapshot 1, layer '0': 'counts' must be in [0, 2**53]"),
+    # (numbers the figure cannot show: a log scale overflowing, a legend and a title of 4000 digits)
+    ("hidden_weights.json", '[{"after_task": 1, "layers": {"0": {"edges": [0, 1], "counts": [1e308]}}}]',
+     "hidden_weights.json is malformed: snapshot 1, layer '0': 'counts' must be in [0, 2**53]"),
+    ("hidden_weights.json", '[{"after_task": 1' + "0" * 4000 + ', "layers": {}}]',
+     "hidden_weights.json is malformed: snapshot 1: 'after_task' must be a task number in 1..1000000"),
+    ("hidden_weights.json", '[{"after_task": 1, "layers": {"0": {"edges": [0, 1], "counts": [1], "shape": [1'
+                            + "0" * 4000 + ', 2]}}}]',
+     "hidden_weights.json is malformed: snapshot 1, layer '0': 'shape' must be a list of integers in [0, 2**53]"),
     ("hidden_weights.json", '[{"after_task": 1, "layers": {}}, {"after_task": 1, "layers": {}}]',
      "hidden_weights.json is malformed: snapshot 2: 'after_task' must be greater than the snapshot before's (1), "
      "found 1"),

@@ -47,6 +47,17 @@ def test_import_metaspike_works_without_snntorch_norse_nir_and_features_name_the
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.parametrize("readout", ["count", "membrane"])
+def test_a_readout_of_no_steps_or_of_other_objects_is_one_line(readout):
+    """spike_count([]) was torch's "stack expects a non-empty TensorList"."""
+    name = get_readout(readout).__name__
+    with pytest.raises(ValueError, match=f"^{name} reads the output of each time step, got no steps$"):
+        get_readout(readout)([])
+    with pytest.raises(ValueError, match=f"^{name} reads a tensor \\(or a tuple of tensors\\) per time step, got int$"):
+        get_readout(readout)([1, 2])
+    assert get_readout(readout)([torch.ones(2, 3), (torch.zeros(2, 3), torch.ones(2, 3))]).shape == (2, 3)
+
+
 def test_rate_encoder_fires_with_the_input_probability():
     torch.manual_seed(0)
     spikes = RateEncoder()(torch.tensor([[0.0, 1.0, 0.3]]), num_steps=4000)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
+import re
 import signal
 import sys
 import warnings
@@ -654,6 +656,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _main(list(argv))
 
 
+def _say_if_thread_setting_ignored() -> None:
+    """One line where ``OMP_NUM_THREADS`` holds what OpenMP ignores (0, a negative number, text): the run then takes
+    the machine's thread count, which its results record, not the one asked for."""
+    value = os.environ.get("OMP_NUM_THREADS")
+    if value is not None and not re.fullmatch(r"\s*[1-9][0-9]*(\s*,\s*[1-9][0-9]*)*\s*", value):
+        print(f"metaspike: OMP_NUM_THREADS={value!r} is not a positive integer, so it is ignored: this run uses "
+              f"{torch.get_num_threads()} threads", file=sys.stderr)
+
+
 def _main(argv: list[str]) -> int:
     """:func:`main` on ``argv``: the exit status, every failure a caller can mend as one line."""
     from metaspike.training import TrainingDiverged
@@ -671,6 +682,7 @@ def _main(argv: list[str]) -> int:
                                  "folder (mnist/, fashion-mnist/, ...)")
         if hasattr(args, "imports"):
             args.imports = imported
+        _say_if_thread_setting_ignored()
         try:
             with warnings.catch_warnings():  # (the commands say it themselves, with the flags that set the learning)
                 warnings.filterwarnings("ignore", category=LearnedNothingWarning)

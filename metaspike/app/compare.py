@@ -181,7 +181,8 @@ def _run_or_continue(config: RunConfig, root: Path, progress: bool) -> Continual
         run(config, root, progress=progress, plot=False, name=config.name)
     else:  # a run of an earlier (killed) pass: only if it is the one the plan asks for
         if load_config(path) != config:
-            raise ValueError(f"{path} holds a run of other settings than {root / PLAN} plans (was the plan edited?)")
+            raise ValueError(f"{path} holds a run of other settings than {root / PLAN} plans for it (was the plan "
+                             "edited, or the run folder replaced?)")
         if finished_result(path) is None:
             for warning in resume(path, progress=progress, plot=False)[2]:  # (checks the data itself)
                 print(f"metaspike: warning: {warning}", file=sys.stderr)

@@ -37,6 +37,7 @@ from metaspike.checks import (
     finite_number,
     is_finite_number,
     number_in,
+    unknown_name,
 )
 from metaspike.continual.baselines import BASELINE_STRENGTHS, EWC_ONLINE_GAMMA, make_baseline
 from metaspike.continual.scenarios import DEFAULT_TASKS, SPLIT_MODES, available_scenarios
@@ -228,10 +229,10 @@ class RunConfig:
         if not isinstance(self.imports, tuple) or not all(isinstance(i, str) and i for i in self.imports):
             raise ValueError(f"--import takes module names or .py files, got {self.imports!r}")
         if self.scenario not in available_scenarios():
-            raise ValueError(f"unknown scenario {self.scenario!r}; available: {', '.join(available_scenarios())}")
+            raise ValueError(unknown_name("scenario", self.scenario, available_scenarios()))
         if self.model not in available_models():
-            raise ValueError(f"unknown model {self.model!r}; available: {', '.join(available_models())}"
-                             f"{self._import_hint()}")
+            raise ValueError(unknown_name("model", self.model, available_models())
+                             + self._import_hint())
         if self.split_mode not in SPLIT_MODES:
             raise ValueError(f"--split-mode must be one of {', '.join(SPLIT_MODES)}, got {self.split_mode!r}")
         if (not isinstance(self.datasets, (tuple, list)) or not self.datasets

@@ -38,7 +38,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from metaspike.chained import ChainedOptimizer
-from metaspike.checks import is_finite_number
+from metaspike.checks import is_finite_number, unknown_name
 
 __all__ = ["available_models", "is_spiking", "build_model", "describe_model", "optimizer_kind", "uses_batchnorm",
            "is_builtin", "weight_layer_count", "build_optimizer", "published_settings", "OPTIMIZER_KINDS", "BIMU_SETTINGS", "MESU_SETTINGS", "SPIKING_BIMU_SETTINGS",
@@ -230,7 +230,7 @@ def available_models() -> list[str]:
 
 def _check_kind(kind: str) -> None:
     if kind not in _KINDS and not is_spiking(kind):
-        raise ValueError(f"unknown model {kind!r}; available: {', '.join(available_models())}")
+        raise ValueError(unknown_name("model", kind, available_models()))
 
 
 def is_spiking(kind: str) -> bool:

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from metaspike.checks import check_generator_state, finite_number, is_whole, number_in
+from metaspike.checks import check_generator_state, finite_number, is_whole, number_in, unknown_name
 from metaspike.layer_selection import synapse_role
 from metaspike.modes import evaluation_mode
 from metaspike.optimizer_state import check_tensor_values
@@ -481,7 +481,7 @@ def make_baseline(name: str, strength: float | None = None, gamma: float | None 
         (0.1, 0.9)
     """
     if name not in BASELINE_STRENGTHS:
-        raise ValueError(f"unknown baseline {name!r}; available: {', '.join(BASELINE_STRENGTHS)}")
+        raise ValueError(unknown_name("baseline", name, BASELINE_STRENGTHS))
     if gamma is not None and name != "ewc-online":
         raise ValueError(f"gamma is EWC-Online's decay; baseline {name!r} takes none")
     value = BASELINE_STRENGTHS[name][1] if strength is None else strength

@@ -272,6 +272,16 @@ def check_batchnorm_states(states: Any, trained: int, model: nn.Module, per_task
                              f"{', '.join(broken[:5])}), which a run never writes")
 
 
+MAX_AFTER_TASK = 10**6
+"""The largest task number ``accuracy_matrix.csv`` and ``hidden_weights.json`` may name: the matrix read back holds a
+row for every task (one edited cell of 1e12 asked for a trillion rows), and a run trains at most
+``metaspike.app.config.MAX_TASKS``."""
+
+#: The largest count or size a histogram may hold: float64 holds every integer up to it (a count of 1e308 overflowed
+#: the figure's log scale; a size of 4000 digits filled its title).
+_LARGEST_COUNT = 2**53
+
+
 def check_histograms(data: Any, what: str | Path) -> list[dict[str, Any]]:
     """``data`` if it is a list of ``{"after_task", "layers": {name: {"edges", "counts"[, "shape"], ...}}}`` snapshots
     (what a run writes to ``hidden_weights.json``), else one ``ValueError`` beginning with ``what`` (the file, or the
@@ -288,7 +298,7 @@ def check_histograms(data: Any, what: str | Path) -> list[dict[str, Any]]:
         >>> check_histograms([{"after_task": [1], "layers": {}}], "hidden_weights.json")
         Traceback (most recent call last):
         ...
-        ValueError: hidden_weights.json is malformed: snapshot 1: 'after_task' must be a task number >= 1
+        ValueError: hidden_weights.json is malformed: snapshot 1: 'after_task' must be a task number in 1..1000000
     """
     if not isinstance(data, list):
         raise ValueError(f"{what} is malformed: expected a list of snapshots, found {type(data).__name__}")
@@ -297,8 +307,8 @@ def check_histograms(data: Any, what: str | Path) -> list[dict[str, Any]]:
         where = f"{what} is malformed: snapshot {k}"
         if not isinstance(snapshot, dict) or not isinstance(snapshot.get("layers"), dict) or "after_task" not in snapshot:
             raise ValueError(f"{where} is not an object with 'after_task' and 'layers'")
-        if not is_whole(snapshot["after_task"], 1):
-            raise ValueError(f"{where}: 'after_task' must be a task number >= 1")
+        if not is_whole(snapshot["after_task"], 1) or snapshot["after_task"] > MAX_AFTER_TASK:
+            raise ValueError(f"{where}: 'after_task' must be a task number in 1..{MAX_AFTER_TASK}")
         if k > 1 and snapshot["after_task"] <= data[k - 2]["after_task"]:  # (a run takes one snapshot per task)
             raise ValueError(f"{where}: 'after_task' must be greater than the snapshot before's "
                              f"({data[k - 2]['after_task']}), found {snapshot['after_task']}")
@@ -310,8 +320,8 @@ def check_histograms(data: Any, what: str | Path) -> list[dict[str, Any]]:
             counts = layer.get("counts") if isinstance(layer, dict) else None
             if not (isinstance(edges, list) and isinstance(counts, list) and all(map(is_finite_number, edges + counts))):
                 raise ValueError(f"{where}, layer {name!r}: 'edges' and 'counts' must be lists of finite numbers")
-            if any(c < 0 for c in counts):
-                raise ValueError(f"{where}, layer {name!r}: 'counts' must be >= 0")
+            if any(c < 0 or c > _LARGEST_COUNT for c in counts):
+                raise ValueError(f"{where}, layer {name!r}: 'counts' must be in [0, 2**53]")
             if len(edges) != len(counts) + 1:
                 raise ValueError(f"{where}, layer {name!r}: {len(counts)} counts need {len(counts) + 1} edges, found {len(edges)}")
             # (equal neighbours pass: files written before 2026-12-05 rounded the edges of tiny weights to 6 decimals)
@@ -319,8 +329,8 @@ def check_histograms(data: Any, what: str | Path) -> list[dict[str, Any]]:
                 raise ValueError(f"{where}, layer {name!r}: 'edges' must not decrease from bin to bin and must lie "
                                  "within float32's range (the weights' own)")
             shape = layer.get("shape", [])
-            if not (isinstance(shape, list) and all(is_whole(d, 0) for d in shape)):
-                raise ValueError(f"{where}, layer {name!r}: 'shape' must be a list of integers")
+            if not (isinstance(shape, list) and all(is_whole(d, 0) and d <= _LARGEST_COUNT for d in shape)):
+                raise ValueError(f"{where}, layer {name!r}: 'shape' must be a list of integers in [0, 2**53]")
             other = [key for key, value in layer.items() if key not in ("edges", "counts", "shape")
                      and not (value is None or isinstance(value, str) or is_number(value))]
             if other:

@@ -32,7 +32,13 @@ from typing import Any
 import torch
 
 from metaspike.checks import listed
-from metaspike.continual.checkpoints import CHECKPOINT_FORMAT, CURVE_COLUMNS, check_histograms, check_loadable
+from metaspike.continual.checkpoints import (
+    CHECKPOINT_FORMAT,
+    CURVE_COLUMNS,
+    MAX_AFTER_TASK,
+    check_histograms,
+    check_loadable,
+)
 from metaspike.continual.memo import PartMemo
 from metaspike.continual.metrics import evaluated_rows, is_accuracy
 from metaspike.continual.trainer import ContinualResult
@@ -559,10 +565,6 @@ def _check_accuracies(file: Path, header: Sequence[str], rows: Sequence[Sequence
                 raise ValueError(f"{file} line {number}, column {header[column]!r}: {row[column]!r} is not an "
                                  "accuracy in [0, 100]")
 
-
-MAX_AFTER_TASK = 10**6
-"""The largest task number ``accuracy_matrix.csv`` may name: the matrix read back holds a row for every task (one
-edited cell of 1e12 asked for a trillion rows), and a run trains at most ``metaspike.app.config.MAX_TASKS``."""
 
 
 def _increasing_whole(values: Sequence[float], high: float) -> bool:

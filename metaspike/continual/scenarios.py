@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from metaspike.allocator import usable_memory
-from metaspike.checks import check_seed, is_whole, listed
+from metaspike.checks import check_seed, is_whole, listed, unknown_name
 from metaspike.data import ArrayDataset, available_datasets, load_dataset
 
 __all__ = [
@@ -692,7 +692,7 @@ def make_scenario(
         0
     """
     if name not in available_scenarios():
-        raise ValueError(f"unknown scenario {name!r}; available: {', '.join(available_scenarios())}")
+        raise ValueError(unknown_name("scenario", name, available_scenarios()))
     datasets = _dataset_names(datasets)
     if tasks is None:
         tasks = len(datasets) if name == "sequence" else DEFAULT_TASKS

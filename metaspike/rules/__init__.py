@@ -15,7 +15,7 @@ import dataclasses
 import inspect
 from typing import Any
 
-from metaspike.checks import defined_at, registered_name
+from metaspike.checks import defined_at, registered_name, unknown_name
 from metaspike.rules.base import (
     NoState,
     Rule,
@@ -125,7 +125,7 @@ def get_rule(rule: str | Rule) -> Rule:
         try:
             return _RULES[rule]
         except KeyError:
-            raise ValueError(f"unknown consolidation rule {rule!r}; available: {', '.join(available_rules())}") from None
+            raise ValueError(unknown_name("consolidation rule", rule, available_rules())) from None
     _check_is_rule(rule)
     return rule
 

@@ -16,6 +16,7 @@ from types import ModuleType
 import torch
 from torch import Tensor, nn
 
+from metaspike.checks import unknown_name
 from metaspike.snn.spikes import surrogate_spike
 
 __all__ = [
@@ -95,7 +96,7 @@ def available_surrogates() -> list[str]:
 
 def _check_surrogate(name: str) -> None:
     if name not in available_surrogates():
-        raise ValueError(f"unknown surrogate {name!r}; available: {', '.join(available_surrogates())}")
+        raise ValueError(unknown_name("surrogate", name, available_surrogates()))
 
 
 def surrogate(name: str) -> SpikeFunction:

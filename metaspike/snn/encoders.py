@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from metaspike.checks import is_whole
+from metaspike.checks import is_whole, unknown_name
 from metaspike.distributed import current_batch_slice
 from metaspike.function_transforms import in_function_transform
 
@@ -132,4 +132,4 @@ def get_encoder(encoder: str | nn.Module) -> nn.Module:
     try:
         return _ENCODERS[encoder]()
     except (KeyError, TypeError):
-        raise ValueError(f"unknown encoder {encoder!r}; available: {', '.join(available_encoders())}") from None
+        raise ValueError(unknown_name("encoder", encoder, available_encoders())) from None

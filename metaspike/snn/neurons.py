@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from metaspike.checks import defined_at, in_metaspike, is_whole, raised_at, registered_name
+from metaspike.checks import defined_at, in_metaspike, is_whole, raised_at, registered_name, unknown_name
 from metaspike.snn.backends import norse_method, require_norse, require_snntorch, surrogate
 from metaspike.snn.recurrent import SelfRecurrentLIF, check_decay
 from metaspike.snn.timeloop import SpikingClassifier, holds_norse_cells
@@ -291,7 +291,7 @@ def check_neurons(names: list[str] | tuple[str, ...]) -> None:
     """
     for name in names:
         if name not in _NEURONS:
-            raise ValueError(f"unknown neuron model {name!r}; available: {', '.join(available_neurons())}")
+            raise ValueError(unknown_name("neuron model", name, available_neurons()))
 
 
 def _raised_by_metaspike(err: BaseException) -> bool:

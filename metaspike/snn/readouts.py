@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from metaspike.checks import unknown_name
+
 __all__ = ["spike_count", "membrane", "available_readouts", "get_readout"]
 
 StepOutput = Tensor | tuple[Tensor, ...]
@@ -32,7 +34,7 @@ def spike_count(outputs: Sequence[StepOutput]) -> Tensor:
         >>> spike_count([torch.tensor([[1.0, 0.0]]), (torch.tensor([[1.0, 1.0]]), torch.zeros(1, 2))])
         tensor([[2., 1.]])
     """
-    return torch.stack([o[0] if isinstance(o, tuple) else o for o in outputs]).sum(0)
+    return _stacked(outputs, 0, "spike_count").sum(0)
 
 
 def membrane(outputs: Sequence[StepOutput]) -> Tensor:
@@ -42,7 +44,19 @@ def membrane(outputs: Sequence[StepOutput]) -> Tensor:
         >>> membrane([(torch.zeros(1, 2), torch.tensor([[1.0, 3.0]])), (torch.zeros(1, 2), torch.tensor([[3.0, 1.0]]))])
         tensor([[2., 2.]])
     """
-    return torch.stack([o[-1] if isinstance(o, tuple) else o for o in outputs]).mean(0)
+    return _stacked(outputs, -1, "membrane").mean(0)
+
+
+def _stacked(outputs: Sequence[StepOutput], item: int, readout: str) -> Tensor:
+    """The time steps' outputs (item ``item`` of a step's tuple) stacked on a first time dimension; one line where
+    there are none, or where a step's output is not a tensor."""
+    steps = [o[item] if isinstance(o, tuple) and o else o for o in outputs]
+    if not steps:
+        raise ValueError(f"{readout} reads the output of each time step, got no steps")
+    if not all(isinstance(step, Tensor) for step in steps):
+        kinds = sorted({type(step).__name__ for step in steps if not isinstance(step, Tensor)})
+        raise ValueError(f"{readout} reads a tensor (or a tuple of tensors) per time step, got {', '.join(kinds)}")
+    return torch.stack(steps)
 
 
 _READOUTS: dict[str, Readout] = {"count": spike_count, "membrane": membrane}
@@ -70,4 +84,4 @@ def get_readout(readout: str | Readout) -> Readout:
     try:
         return _READOUTS[readout]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown readout {readout!r}; available: {', '.join(available_readouts())}") from None
+        raise ValueError(unknown_name("readout", readout, available_readouts())) from None

@@ -17,7 +17,7 @@ from typing import Any
 from metaspike.app.reproduce.experiments import EXPERIMENTS, get_experiment
 from metaspike.app.reproduce.scales import SCALES
 from metaspike.app.runs import LOCK, REPRODUCTION_RECORD, Interrupted, continued_by, ran_with, run_lock
-from metaspike.checks import MAX_SEED, check_device
+from metaspike.checks import MAX_SEED, check_device, unknown_name
 from metaspike.continual.results import unique_directory
 from metaspike.files import atomic_write_text, read_json
 
@@ -56,7 +56,7 @@ def reproduce(name: str, scale: str = "cpu", seeds: Sequence[int] = (1,), out: s
     """
     get_experiment(name)
     if scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r}; available: {', '.join(SCALES)}")
+        raise ValueError(unknown_name("scale", scale, SCALES))
     seeds = _check_seeds([int(s) for s in seeds])
     device = str(check_device(device, "--device"))
     root = unique_directory(out, f"reproduce-{name}-{scale}")

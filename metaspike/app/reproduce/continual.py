@@ -21,6 +21,7 @@ from bnn import MLP
 from metaspike.app.config import RunConfig
 from metaspike.app.runs import announce_run, build_run_model, build_trainer, train_in_folder
 from metaspike.app.tables import comparison_csv, mean_std
+from metaspike.checks import unknown_name
 from metaspike.continual.baselines import BASELINE_STRENGTHS
 from metaspike.continual.scenarios import Scenario, joint, make_scenario
 from metaspike.continual.trainer import ContinualResult
@@ -61,7 +62,7 @@ class Method:
 
     def __post_init__(self) -> None:
         if self.baseline is not None and self.baseline not in BASELINE_STRENGTHS:
-            raise ValueError(f"unknown baseline {self.baseline!r}; available: {', '.join(BASELINE_STRENGTHS)}")
+            raise ValueError(unknown_name("baseline", self.baseline, BASELINE_STRENGTHS))
 
 
 def _slug(text: str) -> str:

@@ -21,7 +21,7 @@ from metaspike.app.reproduce import long_stream
 from metaspike.app.reproduce.continual import TABLE_LABELS, Method, compare_methods
 from metaspike.app.reproduce.scales import CPU_META_FACTOR, SCALES, meta_at
 from metaspike.app.tables import comparison_csv
-from metaspike.checks import shown
+from metaspike.checks import unknown_name
 from metaspike.continual.baselines import EWC_LAMBDA
 from metaspike.files import atomic_write_text
 
@@ -166,5 +166,5 @@ def get_experiment(name: str) -> Experiment:
         'table1'
     """
     if not isinstance(name, str) or name not in EXPERIMENTS:  # (a str first: a list read from a file is unhashable)
-        raise ValueError(f"unknown experiment {shown(name)}; available: {', '.join(EXPERIMENTS)}")
+        raise ValueError(unknown_name("experiment", name, EXPERIMENTS))
     return EXPERIMENTS[name]
