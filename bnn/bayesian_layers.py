@@ -37,6 +37,7 @@ from bnn.layers import (
     check_widths,
     factory_kwargs,
     layer_name,
+    weight_dtype,
 )
 from metaspike.bayesian.synapses import SampledForward, make_bayesian
 
@@ -60,7 +61,9 @@ class _LinearInput:
 
     def check_input(self, x: Tensor) -> None:
         check_features(self, x, self.in_features, -1, "features in the last dimension")  # type: ignore[arg-type]
-        check_input_dtype(layer_name(self), x, next(self.parameters()).dtype)  # type: ignore[attr-defined]
+        dtype = weight_dtype(self)  # type: ignore[arg-type]
+        if x.dtype != dtype:  # (the layer's name only where a message needs it)
+            check_input_dtype(layer_name(self), x, dtype)  # type: ignore[arg-type]
 
 
 class _Conv2dInput:
@@ -77,7 +80,9 @@ class _Conv2dInput:
             raise ValueError(f"{layer_name(self)} takes inputs with {self.in_channels} {what}, got shape "
                              f"{tuple(x.shape)}")
         check_spatial_size(self, x)  # type: ignore[arg-type]
-        check_input_dtype(layer_name(self), x, next(self.parameters()).dtype)  # type: ignore[attr-defined]
+        dtype = weight_dtype(self)  # type: ignore[arg-type]
+        if x.dtype != dtype:  # (the layer's name only where a message needs it)
+            check_input_dtype(layer_name(self), x, dtype)  # type: ignore[arg-type]
 
 
 class BayesianLinear(_LinearInput, SampledForward, nn.Linear):

@@ -170,19 +170,19 @@ def csv_text(rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _memory_available() -> int | None:
-    """Bytes of memory this machine can give a process now (Linux's ``MemAvailable``; else the free pages), ``None``
-    where neither is known."""
+    """Bytes of memory this machine can give a process now without swapping (Linux's ``MemAvailable``, which counts
+    the page cache it can drop); ``None`` where it is not known or reads as no memory at all (a system that says
+    nothing, or nonsense, bounds no file: a read beyond the memory then fails as ``MemoryError``, which
+    :func:`read_regular_file` words)."""
     try:
         with open("/proc/meminfo", "rb") as meminfo:
             for line in meminfo:
                 if line.startswith(b"MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    available = int(line.split()[1]) * 1024
+                    return available if available > 0 else None
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
+    return None
 
 
 def read_regular_file(path: str | os.PathLike, what: str, max_bytes: int | None = None,

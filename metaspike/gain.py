@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from metaspike.caller import user_stacklevel
-from metaspike.layer_selection import synapse_parametrization
+from metaspike.layer_selection import SynapseParametrization
 
 __all__ = ["GAIN_SCALES", "OutputGain", "check_scale", "check_gain_layer", "attach_output_gain", "apply_output_gain", "output_gain",
            "gain_scale", "foreign_forward_hooks"]
@@ -283,10 +283,18 @@ def apply_output_gain(layer: nn.Module, output: Tensor) -> Tensor:
     gain = layer.output_gain
     if gain.training and torch.is_grad_enabled() and not torch.compiler.is_compiling():
         gain._watch(layer)
-        synapse = synapse_parametrization(layer)
-        if synapse is not None:
-            synapse.layer_called()
+        _tell_synapse_called(layer)
     return gain(output, getattr(layer, "bias", None))
+
+
+def _tell_synapse_called(layer: nn.Module) -> None:
+    """:meth:`~metaspike.layer_selection.SynapseParametrization.layer_called` of the synapse on ``layer``'s weight,
+    found through the modules' own dictionaries (a gained layer's every training call runs it)."""
+    parametrizations = layer._modules.get("parametrizations")
+    weight = None if parametrizations is None else parametrizations._modules.get("weight")
+    for synapse in () if weight is None else weight._modules.values():
+        if isinstance(synapse, SynapseParametrization):
+            synapse.layer_called()
 
 
 def _apply_output_gain(layer: nn.Module, inputs: tuple, output: Tensor) -> Tensor:

@@ -304,36 +304,32 @@ def _keeps(rule: Rule, stored: dict[str, Tensor]) -> bool:
     return set(stored) == set(rule.state_type()._fields)
 
 
-#: The optimizer's record of the rule each param group stepped under last, by the group's id (with the group, which
-#: tells a group from a later one at a freed one's id): a rule changed since, even to one whose state has the same
-#: fields (``CascadeRule(3)`` to ``CascadeRule(4)``), starts afresh.
-_RULES_STEPPED = "_metaspike_rules_stepped"
+#: Beside a parameter's ``"rule_state"`` in the optimizer's state, the rule that made it (in the process only: a state
+#: dict leaves it out, and the states it loads are checked against their groups' rules). A group whose rule was
+#: changed since starts the new rule afresh, also where the two rules' states have the same fields (``CascadeRule(3)``
+#: to ``CascadeRule(4)``: the three-level chain went to the four-level rule, which failed inside its step).
+_MADE_BY = "rule_made_by"
 
 
-def _rule_changed(optimizer: Optimizer, group: dict[str, Any]) -> bool:
-    """Whether ``group``'s rule is another than the one it last stepped under (``False`` before its first step, and
-    after a load: the states loaded were checked against the group's rule)."""
-    entry = optimizer.__dict__.get(_RULES_STEPPED, {}).get(id(group))
-    return entry is not None and entry[0] is group and not same_rule(entry[1], group["rule"])
+def _own_rule_state(state: dict[str, Any], rule: Rule) -> dict[str, Tensor] | None:
+    """A parameter's stored rule state where ``rule`` made it (or where nothing says which rule did: a state handed on,
+    whose fields :func:`metaspike.rules.state_from_dict` compares); ``None`` where another rule made it."""
+    made_by = state.get(_MADE_BY)
+    if made_by is not None and made_by is not rule and not same_rule(made_by, rule):
+        return None
+    return state.get("rule_state")
 
 
-def _start_changed_rule_afresh(optimizer: Optimizer, group: dict[str, Any]) -> None:
-    """Before ``group``'s step: drop its parameters' rule states where its rule was changed since its last step
-    (:func:`_rule_changed`), and record the rule it steps under now."""
-    if _rule_changed(optimizer, group):
-        for p in group["params"]:
-            if p in optimizer.state:
-                optimizer.state[p].pop("rule_state", None)
-    optimizer.__dict__.setdefault(_RULES_STEPPED, {})[id(group)] = (group, group["rule"])
-
-
-def _store_rule_state(state: dict[str, Any], new_state: tuple) -> None:
-    """Keep a rule's ``new_state`` in a parameter's optimizer ``state`` under ``"rule_state"``, in place of what is
-    there; a rule that keeps none removes what another rule kept (the group's rule was changed between steps)."""
+def _store_rule_state(state: dict[str, Any], new_state: tuple, rule: Rule) -> None:
+    """Keep ``rule``'s ``new_state`` in a parameter's optimizer ``state`` under ``"rule_state"``, in place of what is
+    there, with the rule that made it; a rule that keeps none removes what another rule kept (the group's rule was
+    changed between steps)."""
     if len(new_state) > 0:
         state["rule_state"] = state_to_dict(new_state)
+        state[_MADE_BY] = rule
     else:
         state.pop("rule_state", None)
+        state.pop(_MADE_BY, None)
 
 
 def _check_rule_state(index: Any, stored: Any, rule: Rule, param: Tensor) -> dict[str, Tensor]:
@@ -369,8 +365,13 @@ def _hook_checkpoints(optimizer: Optimizer) -> None:
         return loaded
 
     def install_rule_states(opt: Optimizer) -> None:
-        for param, fields in checked.pop("own", {}).items():
+        rules = _rules_by_param(opt)
+        for state in opt.state.values():
+            state.pop(_MADE_BY, None)  # (never saved: a file's would be anything)
+        for param, fields in checked.pop("own", {}).items():  # (checked against the group's rule: made by it)
             opt.state[param]["rule_state"] = fields
+            if param in rules:
+                opt.state[param][_MADE_BY] = rules[param]
         setattr(opt, _INHERITED, checked.pop("handed", {}))
 
     optimizer.register_state_dict_post_hook(_saved_rule_states)
@@ -393,9 +394,12 @@ def _saved_rule_states(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict
             rule = None
         for param, index in zip(group["params"], saved["params"]):
             entry = state.get(index)
-            if rule and isinstance(entry, dict) and "rule_state" in entry and (
-                    _rule_changed(optimizer, group) or not _keeps(rule, entry["rule_state"])):
-                state[index] = {key: value for key, value in entry.items() if key != "rule_state"}
+            if isinstance(entry, dict):
+                stale = rule and "rule_state" in entry and (_own_rule_state(entry, rule) is None
+                                                            or not _keeps(rule, entry["rule_state"]))
+                if stale or _MADE_BY in entry:  # (a new dict: torch's state dict holds the optimizer's own entries)
+                    state[index] = {key: value for key, value in entry.items()
+                                    if key != _MADE_BY and not (stale and key == "rule_state")}
             if param in pending and (not rule or _keeps(rule, pending[param])):
                 handed[index] = pending[param]
     state_dict["state"] = state
@@ -597,8 +601,6 @@ class MetaplasticAdam(HookedAgainWhenCopied, Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             applies = applies_rule(group)
             consolidated = [applies and consolidates(p, group) for p in params]
-            if any(consolidated):
-                _start_changed_rule_afresh(self, group)
             for param in _pick(params, consolidated, True):
                 _metaplastic_step_(param, self._init_state(param), group)
             plain = _pick(params, consolidated, False)
@@ -676,7 +678,7 @@ def _adam_step_(param: Tensor, state: dict[str, Any], group: dict[str, Any], rul
     state["step"] += 1
     step = state["step"].item()
     beta1, beta2 = group["betas"]
-    rule_state = state_from_dict(rule, param, state.get("rule_state")) if rule is not None else None
+    rule_state = state_from_dict(rule, param, _own_rule_state(state, rule)) if rule is not None else None
     # (the compiled loop sees the tensors in their own shapes, as the eager one does: a rule of the user's own that
     # reduces over a dimension saw one flat vector there, and damped otherwise from FUSED_MIN_NUMEL weights on;
     # dynamic shapes keep one compiled variant for every size of a number of dimensions)
@@ -690,7 +692,7 @@ def _adam_step_(param: Tensor, state: dict[str, Any], group: dict[str, Any], rul
             meta=group["meta"], rule=rule, rule_state=rule_state,
         )
     if rule is not None:
-        _store_rule_state(state, new_state)
+        _store_rule_state(state, new_state, rule)
     return new_state
 
 
@@ -855,21 +857,19 @@ def metaplastic(
     def damp(opt: Optimizer, args: Any, kwargs: Any) -> None:
         for group in opt.param_groups:
             rule = get_rule(group["rule"])
-            if any(p in before for p in group["params"]):
-                _start_changed_rule_afresh(opt, group)
             for p in group["params"]:
                 old = before.get(p)
                 if old is None or p.grad is None:  # (the inner step skipped a weight without a gradient)
                     continue
                 state = opt.state[p]
                 _take_inherited_rule_state(opt, p, state)
-                rule_state = state_from_dict(rule, old, state.get("rule_state"))
+                rule_state = state_from_dict(rule, old, _own_rule_state(state, rule))
                 # (a large weight under an elementwise rule: one compiled loop, not about nine passes over it: 20-30x
                 # plain SGD's step on a 2048 x 2048 layer)
                 damp_ = _compiled_damp if _fuses(_compiled_damp, rule, (p, old)) else _damp_
                 with user_rule_errors(rule, p):
                     new_state = damp_(p, old, meta=group["meta"], rule=rule, rule_state=rule_state)
-                _store_rule_state(state, new_state)
+                _store_rule_state(state, new_state, rule)
         before.clear()
 
     optimizer.register_step_pre_hook(remember_before_step)
@@ -946,12 +946,11 @@ def inherit_rule_states(optimizer: Optimizer, previous: Optimizer) -> int:
     handed: dict[Tensor, dict[str, Tensor]] = {}
     for part in _parts(previous):
         pending = getattr(part, _INHERITED, {})
-        # (a group whose rule was changed since its last step holds the former rule's states)
-        stale = {p for group in part.param_groups if _rule_changed(part, group) for p in group["params"]}
         for p, rule in wanted.items():
             # (its own state where it stepped the parameter under the rule, else what it was handed and never took:
-            # a step at meta = 0, or a wrapped optimizer's own state for the parameter, holds no rule state)
-            own = part.state[p].get("rule_state") if p in part.state and p not in stale else None
+            # a step at meta = 0, or a wrapped optimizer's own state for the parameter, holds no rule state; a state
+            # made under a rule the group had before is the former rule's)
+            own = _own_rule_state(part.state[p], before[p]) if p in part.state and p in before else None
             stored = own or pending.get(p)
             if stored and p in before and same_rule(before[p], rule) and _keeps(rule, stored):
                 handed[p] = {name: value.clone() for name, value in stored.items()}  # (never shared by the two)

@@ -139,6 +139,7 @@ def test_a_matrix_of_impossible_accuracies_or_text_is_one_line(metric):
                             ([["50", 0.0], [1.0, 2.0]], r"numbers")):
         with pytest.raises(ValueError, match=f"^accuracy matrix must hold {message}"):
             metric(matrix)
+    assert metric([[90, None], [80, 95]]) == metric([[90, float("nan")], [80, 95]])  # (JSON's null, read back)
 
 
 def test_forgetting_takes_the_evaluated_cells_of_a_budgeted_matrix():

@@ -717,6 +717,17 @@ def test_a_rule_changed_to_one_whose_state_has_the_same_fields_starts_afresh(mak
     opt.step()
     assert opt.state[w]["rule_state"]["levels"].shape == (1, 4, 3)
     assert inherit_rule_states(successor, opt) == 1
+    # a copy, or an optimizer that loaded the state dict, knows which rule made each state too (it failed there)
+    copied_w, copied = copy.deepcopy((w, opt))
+    loaded = make(w)
+    loaded.param_groups[0]["rule"] = CascadeRule(n=2)
+    loaded.load_state_dict(opt.state_dict())
+    for weight, optimizer in ((copied_w, copied), (w, loaded)):
+        optimizer.param_groups[0]["rule"] = CascadeRule(n=5)
+        weight.grad = torch.ones_like(weight)
+        optimizer.step()
+        assert optimizer.state[weight]["rule_state"]["levels"].shape == (4, 4, 3)
+        assert "rule_made_by" not in str(optimizer.state_dict())  # (kept in the process only)
 
 
 def test_a_rule_whose_step_cannot_take_the_optimizers_arguments_is_refused_naming_its_file_and_line():

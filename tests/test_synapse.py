@@ -205,30 +205,46 @@ class _ReadsItsLayersWeight(nn.Module):
         return F.linear(torch.relu(self.fc1(x)), self.fc2.weight, self.fc2.bias)
 
 
+class _TiedDecoder(nn.Module):
+    """A model that calls its encoder once a pass and reads the encoder's weight many times more (a tied decoder)."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.out = nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.enc(x)
+        for _ in range(12):
+            h = torch.tanh(F.linear(h, self.enc.weight.t()))
+        return self.out(h)
+
+
 @pytest.mark.parametrize("convert", [binarize, lambda model: metaspike.bayesianize(model, "bimu")])
 def test_a_gain_whose_layer_is_never_called_is_named_once(convert):
     """The learned output gain acts in the layer's forward pass: a parent reading layer.weight itself left it
     unapplied and untrained (alpha.grad stayed None), silently. A model that calls its layers warns nothing, in a
-    binarized_once block too."""
+    binarized_once block too, nor one that calls a layer and reads its weight many times more in the same pass."""
     model = convert(_ReadsItsLayersWeight())
     optimizer = torch.optim.Adam(model.parameters())
     with pytest.warns(UserWarning, match=r"^the weight of layer 'fc2' \(Linear, α of shape \(3,\)\) was read in 10 "
-                                         r"training passes without the layer being called .* scale=None$") as caught:
+                                         r"training steps without the layer being called .* scale=None$") as caught:
         for _ in range(25):
             optimizer.zero_grad()
             model(torch.randn(16, 4)).square().mean().backward()
             optimizer.step()
     assert sum("was read in" in str(w.message) for w in caught) == 1
-    calling = convert(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)))
-    optimizer = torch.optim.Adam(calling.parameters())
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        for block in (binarized_once, contextlib.nullcontext):
-            with block():
-                for _ in range(15):
-                    optimizer.zero_grad()
-                    calling(torch.randn(16, 4)).square().mean().backward()
-                    optimizer.step()
+    for calling in (convert(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))), convert(_TiedDecoder())):
+        optimizer = torch.optim.Adam(calling.parameters())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for block in (binarized_once, contextlib.nullcontext):
+                with block():
+                    for _ in range(15):
+                        optimizer.zero_grad()
+                        calling(torch.randn(16, 4)).square().mean().backward()
+                        optimizer.step()
+            for _ in range(15):  # (reads without a step between them: one step's)
+                calling[0].weight if isinstance(calling, nn.Sequential) else calling.enc.weight
 
 
 def test_binarized_once_computes_the_sign_once_per_forward_block(monkeypatch):

@@ -660,7 +660,7 @@ def _say_if_thread_setting_ignored() -> None:
     """One line where ``OMP_NUM_THREADS`` holds what OpenMP ignores (0, a negative number, text): the run then takes
     the machine's thread count, which its results record, not the one asked for."""
     value = os.environ.get("OMP_NUM_THREADS")
-    if value is not None and not re.fullmatch(r"\s*[1-9][0-9]*(\s*,\s*[1-9][0-9]*)*\s*", value):
+    if value is not None and not re.fullmatch(r"\s*0*[1-9][0-9]*(\s*,\s*0*[1-9][0-9]*)*\s*", value):
         print(f"metaspike: OMP_NUM_THREADS={value!r} is not a positive integer, so it is ignored: this run uses "
               f"{torch.get_num_threads()} threads", file=sys.stderr)
 

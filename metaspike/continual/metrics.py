@@ -60,10 +60,16 @@ def is_accuracy(value: object) -> bool:
 
 def _as_row(row: object) -> np.ndarray:
     """One row of an accuracy matrix as a float array (the array itself where it is one already): numbers (not text
-    or booleans), each a percentage in ``[0, 100]`` or NaN (a cell not evaluated)."""
+    or booleans), each a percentage in ``[0, 100]`` or NaN (a cell not evaluated; ``None``, as JSON's ``null`` reads
+    back, is one too)."""
     try:
         values = np.asarray(row)
-        if values.dtype.kind not in "iuf":
+        if values.dtype.kind == "O":  # (None cells, or numbers of Python's other kinds: Decimal, Fraction)
+            cells = values.ravel().tolist()
+            if any(isinstance(c, (bool, str, bytes)) for c in cells):
+                raise TypeError
+            values = np.array([math.nan if c is None else float(c) for c in cells]).reshape(values.shape)
+        elif values.dtype.kind not in "iuf":
             raise TypeError
         values = values.astype(float, copy=False)
     except (ValueError, TypeError):
