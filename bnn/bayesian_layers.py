@@ -62,7 +62,7 @@ class _LinearInput:
     def check_input(self, x: Tensor) -> None:
         check_features(self, x, self.in_features, -1, "features in the last dimension")  # type: ignore[arg-type]
         dtype = weight_dtype(self)  # type: ignore[arg-type]
-        if x.dtype != dtype:  # (the layer's name only where a message needs it)
+        if dtype is not None and x.dtype != dtype:  # (the layer's name only where a message needs it)
             check_input_dtype(layer_name(self), x, dtype)  # type: ignore[arg-type]
 
 
@@ -81,7 +81,7 @@ class _Conv2dInput:
                              f"{tuple(x.shape)}")
         check_spatial_size(self, x)  # type: ignore[arg-type]
         dtype = weight_dtype(self)  # type: ignore[arg-type]
-        if x.dtype != dtype:  # (the layer's name only where a message needs it)
+        if dtype is not None and x.dtype != dtype:  # (the layer's name only where a message needs it)
             check_input_dtype(layer_name(self), x, dtype)  # type: ignore[arg-type]
 
 

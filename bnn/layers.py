@@ -63,13 +63,18 @@ def check_features(layer: nn.Module, x: Tensor, features: int, dim: int, what: s
         raise ValueError(f"{layer_name(layer)} takes inputs with {features} {what}, got shape {tuple(x.shape)}")
 
 
-def weight_dtype(layer: nn.Module) -> torch.dtype:
+def weight_dtype(layer: nn.Module) -> torch.dtype | None:
     """The dtype of ``layer``'s weight parameter (under a parametrization, its synapse's tensor), read through the
-    modules' own dictionaries: ``next(layer.parameters())`` took 6 µs a call, and reading ``layer.weight`` would run
-    the parametrization (a Bayesian layer's weight sample)."""
+    modules' own dictionaries where it lies there (``next(layer.parameters())`` took 6 µs a call, and reading
+    ``layer.weight`` would run the parametrization, a Bayesian layer's weight sample), else its first parameter's
+    (``weight_norm``'s two tensors); ``None`` for a layer without parameters."""
     weight = layer._parameters.get("weight")
     if weight is None:
-        weight = layer._modules["parametrizations"]._modules["weight"]._parameters["original"]
+        parametrizations = layer._modules.get("parametrizations")
+        listed = None if parametrizations is None else parametrizations._modules.get("weight")
+        weight = None if listed is None else listed._parameters.get("original")
+    if weight is None:
+        return next((p.dtype for p in layer.parameters()), None)
     return weight.dtype
 
 
@@ -77,7 +82,7 @@ def _quantized_input(layer: nn.Module, x: Tensor) -> Tensor:
     """``x`` through the layer's input quantizer, which must give the dtype of the layer's weight."""
     x = layer.input_quantizer(x)
     dtype = weight_dtype(layer)
-    if x.dtype != dtype:  # (the layer's name only where a message needs it)
+    if dtype is not None and x.dtype != dtype:  # (the layer's name only where a message needs it)
         check_input_dtype(layer_name(layer), x, dtype)
     return x
 

@@ -29,7 +29,7 @@ __all__ = ["DEFAULT_LAYER_TYPES", "SynapseParametrization", "attach_synapse", "s
            "select_layers", "layer_type_names", "each_once", "check_weight_ready", "warn_float_matrices_left",
            "FORWARD_BYPASSING_OWNERS", "ROLE_ATTRIBUTE", "synapse_role"]
 
-#: Training steps that read a synapse's weight without calling its layer before the synapse warns that the layer's
+#: Reads of a synapse's weight in training passes, its layer never called, before the synapse warns that the layer's
 #: learned output gain does not apply (:meth:`SynapseParametrization.count_weight_read`).
 READS_WITHOUT_CALL_WARNED = 10
 
@@ -67,47 +67,43 @@ class SynapseParametrization(nn.Module):
         """The synapse's tensors on ``layer`` (its weight's parametrization), by role; none unless a subclass says."""
         return {}
 
-    def count_weight_read(self, weight: Tensor) -> None:
-        """What a subclass's ``forward`` calls with the tensor whose weight it shows: in a training pass with
-        gradients, count the optimizer steps (new versions of ``weight``) in which the weight was read while its
-        layer was not called (:meth:`layer_called` starts the count again), and warn once at
+    def count_weight_read(self) -> None:
+        """What a subclass's ``forward`` calls, once a read of the weight: in a training pass with gradients, count the
+        reads while the layer has never been called (:meth:`layer_called`), and warn once at
         :data:`READS_WITHOUT_CALL_WARNED`. A parent that multiplies by ``layer.weight`` itself (``F.linear(x,
         layer.weight)``) never calls the layer, whose learned output gain, applied in the layer's own forward pass,
-        then never applies nor trains, silently; reads in a pass that calls the layer too (a tied decoder) count
-        nothing.
+        then never applies nor trains, silently. A layer that is called counts nothing (a tied decoder reads a called
+        encoder's weight many times a pass); reads are counted, not steps, since an optimizer may update a weight
+        in place without a trace (fused kernels, ``p.data``).
 
         Example:
             >>> import torch
             >>> from metaspike import binarize
             >>> layer = binarize(nn.Linear(3, 2))
-            >>> y = layer(torch.ones(1, 3))  # a layer call: the count starts again
-            >>> layer.parametrizations.weight[0]._uncalled["steps"]
-            0
+            >>> y = layer(torch.ones(1, 3))  # a layer call: nothing is counted after it
+            >>> layer.parametrizations.weight[0]._reads["called"]
+            True
         """
         if self.gained_layer is None or not self.training or not torch.is_grad_enabled() or is_compiling():
             return
-        uncalled = self.__dict__.setdefault("_uncalled", {"version": None, "steps": 0, "warned": False})
-        try:
-            version = weight._version
-        except RuntimeError:  # (a tensor torch.func wraps: a transform's pass, not a training step)
+        reads = self.__dict__.setdefault("_reads", {"uncalled": 0, "called": False})
+        if reads["called"]:
             return
-        if version == uncalled["version"]:
-            return
-        uncalled["version"] = version
-        uncalled["steps"] += 1
-        if uncalled["steps"] >= READS_WITHOUT_CALL_WARNED and not uncalled["warned"]:
-            uncalled["warned"] = True
-            warnings.warn(f"the weight of {self.gained_layer} was read in {READS_WITHOUT_CALL_WARNED} training steps "
-                          "without the layer being called (a parent module multiplies by layer.weight itself, e.g. "
+        reads["uncalled"] += 1
+        if reads["uncalled"] == READS_WITHOUT_CALL_WARNED:
+            warnings.warn(f"the weight of {self.gained_layer} was read in {READS_WITHOUT_CALL_WARNED} training passes "
+                          "and the layer was never called (a parent module multiplies by layer.weight itself, e.g. "
                           "F.linear(x, layer.weight)): its learned output gain acts in the layer's own forward pass, "
                           "so it is neither applied nor trained there; call the layer instead, or make its synapse "
                           "with scale=None", stacklevel=user_stacklevel())
 
     def layer_called(self) -> None:
-        """Start the count of :meth:`count_weight_read` again (the layer's gain applies at every call)."""
-        uncalled = self.__dict__.get("_uncalled")
-        if uncalled is not None:
-            uncalled["steps"] = 0
+        """Record that the layer was called: its gain applies, and :meth:`count_weight_read` counts no more."""
+        reads = self.__dict__.get("_reads")
+        if reads is None:
+            self.__dict__["_reads"] = {"uncalled": 0, "called": True}
+        else:
+            reads["called"] = True
 
     def mark(self, role: str, tensor: Tensor) -> None:
         """Mark ``tensor`` as the synapse's ``role`` (read by :func:`synapse_role`) for as long as this synapse lives

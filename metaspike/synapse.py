@@ -125,7 +125,7 @@ class SignWeight(SynapseParametrization):
     kind = "sign"
 
     def forward(self, hidden: Tensor) -> Tensor:
-        self.count_weight_read(hidden)
+        self.count_weight_read()
         return reuse_in_block(self, (hidden,), lambda: ste_sign(mark_hidden_weight(hidden, self), clip_value=None))
 
     def tensors_of(self, layer: nn.Module) -> dict[str, Tensor]:

@@ -127,6 +127,19 @@ def test_layer_arguments_and_inputs_torch_fails_on_inside_are_one_line(tmp_path)
     assert bnn.PackedMLP.load(path, compile=False).sizes == [6, 5, 3]
 
 
+@pytest.mark.filterwarnings("ignore:torch.nn.utils.weight_norm is deprecated:FutureWarning")
+def test_binary_layers_under_torchs_weight_parametrizations_check_their_input_dtype():
+    """The dtype of a layer's weight was read where a synapse keeps it (a bare KeyError under weight_norm, whose two
+    tensors are original0 and original1, or under spectral_norm's hook)."""
+    from torch.nn.utils import parametrizations, spectral_norm, weight_norm
+
+    for wrap in (parametrizations.weight_norm, weight_norm, spectral_norm):
+        layer = wrap(bnn.BinaryLinear(4, 3))
+        assert layer(torch.randn(2, 4)).shape == (2, 3)
+        with pytest.raises(ValueError, match=r"^BinaryLinear takes torch.float32 inputs"):
+            layer(torch.randn(2, 4, dtype=torch.float64))
+
+
 CONVS = {"BinaryConv2d": bnn.BinaryConv2d, "BayesianConv2d": bnn.BayesianConv2d,
          "BinaryBayesianConv2d": bnn.BinaryBayesianConv2d,
          "BayesianConv2d with samples": functools.partial(bnn.BayesianConv2d, samples=2),

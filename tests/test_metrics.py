@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from metaspike.continual.metrics import (
@@ -136,7 +137,9 @@ def test_a_matrix_of_impossible_accuracies_or_text_is_one_line(metric):
     """backward_transfer([[500, 0], [0, 1]]) was -500, and a cell '50' was read as the number 50."""
     for matrix, message in (([[500.0, 0.0], [0.0, 1.0]], r"percentages in \[0, 100\] .*, got 500$"),
                             ([[90.0, -1.0], [0.0, 1.0]], r"percentages in \[0, 100\] .*, got -1$"),
-                            ([["50", 0.0], [1.0, 2.0]], r"numbers")):
+                            ([["50", 0.0], [1.0, 2.0]], r"numbers"),
+                            ([[10**400, 0.0], [1.0, 2.0]], r"numbers"),  # (beyond float: was an OverflowError)
+                            ([[np.True_, None], [1.0, 2.0]], r"numbers")):
         with pytest.raises(ValueError, match=f"^accuracy matrix must hold {message}"):
             metric(matrix)
     assert metric([[90, None], [80, 95]]) == metric([[90, float("nan")], [80, 95]])  # (JSON's null, read back)

@@ -688,6 +688,47 @@ class _CountingRule:
         return update, _Counts(state.count + self.step_size)
 
 
+class _TensorSettingRule(_CountingRule):
+    """The counting rule with a setting that has no plain equality (a tensor of several numbers)."""
+
+    name = "counting-by-tensor"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights = torch.full((3,), 0.5)
+
+
+@pytest.mark.parametrize("given", ["name", "object"])
+def test_a_copy_of_an_optimizer_keeps_its_users_rule_states(given):
+    """A copy compared the rule that made each state with the group's own by their settings: a rule holding a tensor
+    setting read as another rule (its counts restarted), and a rule named by a registered name was pickled as an
+    object beside the name."""
+    from metaspike import rules
+
+    rule = rules.register_rule(_TensorSettingRule())
+    try:
+        _steps_of_a_copy(rule.name if given == "name" else rule)
+    finally:
+        rules._RULES.pop(rule.name)
+
+
+def _steps_of_a_copy(rule) -> None:
+    import copy
+    import pickle
+
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    optimizer = MetaplasticAdam([{"params": [w], "consolidate": True}], lr=0.01, meta=1.0, rule=rule)
+    for _ in range(3):
+        w.grad = torch.ones_like(w)
+        optimizer.step()
+    for copied in (copy.deepcopy(optimizer), pickle.loads(pickle.dumps(optimizer))):
+        weight = copied.param_groups[0]["params"][0]
+        weight.grad = torch.ones_like(weight)
+        copied.step()
+        assert copied.state[weight]["rule_state"]["count"].unique().tolist() == [4.0]
+        assert "rule_made_by" not in copied.state_dict()["state"][0]
+
+
 def test_inherit_rule_states_hands_on_a_users_rule_given_as_a_new_instance_with_the_same_settings():
     """A rule object that is no dataclass was compared by identity: the same class with the same settings, made anew
     for each task's optimizer, never handed its state on."""

@@ -225,9 +225,9 @@ def test_a_gain_whose_layer_is_never_called_is_named_once(convert):
     unapplied and untrained (alpha.grad stayed None), silently. A model that calls its layers warns nothing, in a
     binarized_once block too, nor one that calls a layer and reads its weight many times more in the same pass."""
     model = convert(_ReadsItsLayersWeight())
-    optimizer = torch.optim.Adam(model.parameters())
+    optimizer = torch.optim.Adam(model.parameters(), fused=True)  # (updates in place without moving versions)
     with pytest.warns(UserWarning, match=r"^the weight of layer 'fc2' \(Linear, α of shape \(3,\)\) was read in 10 "
-                                         r"training steps without the layer being called .* scale=None$") as caught:
+                                         r"training passes and the layer was never called .* scale=None$") as caught:
         for _ in range(25):
             optimizer.zero_grad()
             model(torch.randn(16, 4)).square().mean().backward()
@@ -243,7 +243,7 @@ def test_a_gain_whose_layer_is_never_called_is_named_once(convert):
                         optimizer.zero_grad()
                         calling(torch.randn(16, 4)).square().mean().backward()
                         optimizer.step()
-            for _ in range(15):  # (reads without a step between them: one step's)
+            for _ in range(15):  # (reads of a layer that was called)
                 calling[0].weight if isinstance(calling, nn.Sequential) else calling.enc.weight
 
 

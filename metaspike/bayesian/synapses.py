@@ -256,7 +256,7 @@ class GaussianWeight(SynapseParametrization):
         return weight if samples else weight.squeeze(0)
 
     def forward(self, mu: Tensor) -> Tensor:
-        self.count_weight_read(mu)
+        self.count_weight_read()
         return reuse_in_block(self, (mu, self.sigma), lambda: self.sample(mu))
 
     def tensors_of(self, layer: nn.Module) -> dict[str, Tensor]:
@@ -420,7 +420,7 @@ class BinaryWeight(SynapseParametrization):
         return (uniform < torch.sigmoid(2 * lam.to(exact))).to(lam.dtype).mul_(2).sub_(1)
 
     def forward(self, lam: Tensor) -> Tensor:
-        self.count_weight_read(lam)
+        self.count_weight_read()
         return reuse_in_block(self, (lam,), lambda: self.sample(lam))
 
     def tensors_of(self, layer: nn.Module) -> dict[str, Tensor]:

@@ -66,13 +66,13 @@ def _as_row(row: object) -> np.ndarray:
         values = np.asarray(row)
         if values.dtype.kind == "O":  # (None cells, or numbers of Python's other kinds: Decimal, Fraction)
             cells = values.ravel().tolist()
-            if any(isinstance(c, (bool, str, bytes)) for c in cells):
+            if any(isinstance(c, (bool, np.bool_, str, bytes, complex, np.complexfloating)) for c in cells):
                 raise TypeError
             values = np.array([math.nan if c is None else float(c) for c in cells]).reshape(values.shape)
         elif values.dtype.kind not in "iuf":
             raise TypeError
         values = values.astype(float, copy=False)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):  # (an integer beyond float's range: no accuracy)
         raise ValueError("accuracy matrix must hold numbers (one row of accuracies per evaluation)") from None
     outside = ~((values >= 0.0) & (values <= 100.0) | np.isnan(values))
     if outside.any():

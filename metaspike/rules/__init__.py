@@ -161,7 +161,12 @@ def same_rule(first: str | Rule, second: str | Rule) -> bool:
         return True
     if type(first) is not type(second) or first.name != second.name:
         return False
-    return first == second if dataclasses.is_dataclass(first) else _same_attributes(first, second)
+    if not dataclasses.is_dataclass(first):
+        return _same_attributes(first, second)
+    try:
+        return bool(first == second)
+    except (TypeError, RuntimeError, ValueError):  # (a field without a plain truth value: a tensor of several numbers)
+        return False
 
 
 def _same_attributes(first: object, second: object) -> bool:
