@@ -429,8 +429,22 @@ def test_a_registered_activation_must_describe_itself_as_a_frozen_activation():
     net = bayesianize(nn.Sequential(nn.Linear(3, 3, bias=False), Doubling(), nn.Linear(3, 2, bias=False)), "mesu")
     opt = MESU(mesu_param_groups(net))
     assert why_not_fused(net, opt) == "doubling"
-    register_fused_activation(Doubling, lambda module: object())
+    register_fused_activation(Doubling, lambda module: object(), replace=True)
     assert "not a frozen dataclass subclassing Activation" in why_not_fused(net, opt)
+
+
+def test_a_fused_description_is_replaced_only_when_asked():
+    """register_fused_activation(nn.ReLU, ...) replaced metaspike's own for every fused step of the process, without a
+    word: a plain ReLU network then trained another function than autograd's."""
+    from metaspike.bayesian import fused_step
+
+    ours = fused_step._ACTIVATIONS[nn.ReLU]
+    with pytest.raises(ValueError, match=r"^ReLU already has a fused description \(.*\), which every fused step of the "
+                                         r"process follows: pass replace=True to change it$"):
+        register_fused_activation(nn.ReLU, lambda module: Activation())
+    assert fused_step._ACTIVATIONS[nn.ReLU] is ours
+    register_fused_activation(nn.ReLU, ours)  # (the same description again: nothing changes)
+    assert fused_step._ACTIVATIONS[nn.ReLU] is ours
 
 
 @pytest.mark.usefixtures("working_compiler")  # (asserts compiled behaviour)

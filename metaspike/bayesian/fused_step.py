@@ -138,9 +138,14 @@ _ACTIVATIONS: dict[type[nn.Module], Callable[[nn.Module], Activation | str]] = {
 }
 
 
-def register_fused_activation(module_type: type[nn.Module], describe: Callable[[nn.Module], Activation | str]) -> None:
+def register_fused_activation(module_type: type[nn.Module], describe: Callable[[nn.Module], Activation | str],
+                              replace: bool = False) -> None:
     """Let :class:`FusedTrainingStep` take modules of ``module_type`` (exactly that class) between Bayesian layers:
     ``describe(module)`` returns the module's :class:`Activation`, or a string saying why this one cannot be fused.
+    The Activation's forward and backward stand for the module's own in every fused step of the process, so they must
+    compute what the module does. A class that has a description (metaspike's for ``nn.ReLU``, ``nn.Identity`` and
+    ``nn.LayerNorm``, ``bnn``'s for ``MagnitudeGate``, or one registered before) keeps it unless ``replace=True``;
+    registering the same ``describe`` again changes nothing.
 
     Example:
         >>> @dataclass(frozen=True)
@@ -155,6 +160,11 @@ def register_fused_activation(module_type: type[nn.Module], describe: Callable[[
         raise ValueError(f"module_type must be an nn.Module class, got {module_type!r}")
     if not callable(describe):
         raise ValueError(f"describe must be callable (module -> Activation), got {type(describe).__name__}")
+    known = _ACTIVATIONS.get(module_type)
+    if known is not None and known is not describe and not replace:
+        where = f"{getattr(known, '__qualname__', known)} of {getattr(known, '__module__', '?')}"
+        raise ValueError(f"{module_type.__name__} already has a fused description ({where}), which every fused step "
+                         "of the process follows: pass replace=True to change it")
     _ACTIVATIONS[module_type] = describe
 
 
