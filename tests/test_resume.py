@@ -180,6 +180,52 @@ def test_resume_from_python_refuses_the_plain_optimizer_of_a_metaplastic_run():
         trainer(False).fit(scenario, resume=after_first)
 
 
+def test_resume_from_python_refuses_a_users_rule_whose_code_changed_under_its_name():
+    """A rule edited and registered again (replace=True, as in a notebook) under its name and settings: the resume
+    went on under the new code, a run of two rules (a helper's row 2: 82.2 / 87.8 uninterrupted, 88.9 / 1.9 resumed)."""
+    import dataclasses
+
+    from metaspike import rules
+    from metaspike.continual import ContinualTrainer, TrainerConfig, split
+    from metaspike.data import load_dataset
+
+    @dataclasses.dataclass(frozen=True)
+    class Halving(rules.Stateless):
+        name: str = "halving-for-resume"
+
+        def step(self, hidden, update, meta, state):
+            return update / 2, state
+
+    @dataclasses.dataclass(frozen=True)
+    class Quartering(rules.Stateless):  # (the edited class, of the same name, registered again)
+        name: str = "halving-for-resume"
+
+        def step(self, hidden, update, meta, state):
+            return update / 4, state
+
+    scenario = split(load_dataset("digits"), load_dataset("digits", "test"), groups=2)
+
+    def trainer():
+        torch.manual_seed(0)
+        make = lambda m: metaspike.MetaplasticAdam(m.parameters(), lr=0.005, meta=1.0, rule="halving-for-resume")
+        model = metaspike.binarize(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 16), torch.nn.ReLU(),
+                                                       torch.nn.Linear(16, 10)))
+        return ContinualTrainer(model, make, TrainerConfig(epochs=1, batch_size=64), progress=False)
+
+    rules.register_rule(Halving())
+    try:
+        log = KeepCheckpoints()
+        whole = trainer().fit(scenario, log=log)
+        after_first = torch.load(io.BytesIO(log.saved[0]), weights_only=True)
+        assert trainer().fit(scenario, resume=after_first).matrix == whole.matrix
+        rules.register_rule(Quartering(), replace=True)
+        with pytest.raises(ValueError, match=r"^param group 0's consolidation rule 'halving-for-resume' is not the "
+                                             r"code the checkpoint's run trained with"):
+            trainer().fit(scenario, resume=after_first)
+    finally:
+        rules._RULES.pop("halving-for-resume")
+
+
 def test_a_users_stream_made_when_reached_without_a_definition_is_warned_of_before_it_keeps_checkpoints():
     """A resume reads only a lazy stream's first task: one drawn with another seed went on from the checkpoint, its
     first row from one draw and the rest from the other, without a word. Its definition is what a resume compares."""

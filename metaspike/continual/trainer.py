@@ -62,6 +62,7 @@ from metaspike.continual.scenarios import Scenario, Task, made_when_reached
 from metaspike.continual.schedulers import (
     check_plateau_rates,
     check_scheduler,
+    function_fingerprint,
     load_scheduler_record,
     scheduled_settings,
     scheduler_record,
@@ -71,6 +72,7 @@ from metaspike.diagnostics import consolidated_fractions, flip_rates, hidden_wei
 from metaspike.distributed import start_alike, unsynced_class, world
 from metaspike.optim import inherit_rule_states
 from metaspike.population_statistics import evaluates_with_batch_statistics
+from metaspike.rules import get_rule
 from metaspike.training import (
     Plugin,
     TrainingDiverged,
@@ -458,15 +460,52 @@ def _data_sums(scenario: Scenario) -> str:
     return digest.hexdigest()
 
 
-def _load_saved_optimizer(optimizer: Optimizer, optimizer_state: tuple[Any, Any], scheduler: Any | None) -> None:
+def _rule_code(optimizer: Any) -> list[str | None]:
+    """For each param group of ``optimizer`` (of each optimizer of a chain), a fingerprint of its consolidation rule's
+    code where the rule is a user's own: its class's ``step`` and ``init_state``
+    (:func:`~metaspike.continual.schedulers.function_fingerprint`); ``None`` for a group without a rule or with one of
+    metaspike's (whose code comes with the installed version). A checkpoint records it beside the rules' names and
+    settings, which a rule edited and registered again (``replace=True``) keeps."""
+    codes: list[str | None] = []
+    for part in getattr(optimizer, "optimizers", None) or [optimizer]:
+        for group in part.param_groups:
+            kind = type(get_rule(group["rule"])) if "rule" in group and "meta" in group else None
+            if kind is None or kind.__module__.split(".")[0] == "metaspike":
+                codes.append(None)
+                continue
+            parts = [function_fingerprint(getattr(kind, name, None)) for name in ("step", "init_state")]
+            codes.append(None if None in parts else "|".join(parts))
+    return codes
+
+
+def _check_rule_code(stored: Any, optimizer: Any) -> None:
+    """One ``ValueError`` where a group's rule is not the code the checkpoint's run trained with
+    (:func:`_rule_code`); checkpoints written before it was recorded pass."""
+    if stored is None:
+        return
+    current = _rule_code(optimizer)
+    if not (isinstance(stored, list) and len(stored) == len(current)
+            and all(code is None or isinstance(code, str) for code in stored)):
+        raise ValueError("the checkpoint's record of its consolidation rules' code is malformed")
+    groups = [group for part in getattr(optimizer, "optimizers", None) or [optimizer] for group in part.param_groups]
+    for index, (theirs, ours) in enumerate(zip(stored, current)):
+        if theirs is not None and ours is not None and theirs != ours:
+            name = get_rule(groups[index]["rule"]).name
+            raise ValueError(f"param group {index}'s consolidation rule {name!r} is not the code the checkpoint's run "
+                             "trained with (its class's step or init_state changed, as after register_rule(..., "
+                             "replace=True) with an edited rule): resume with the rule it was made with")
+
+
+def _load_saved_optimizer(optimizer: Optimizer, optimizer_state: tuple[Any, Any, Any], scheduler: Any | None) -> None:
     """Load a checkpoint's optimizer state into ``optimizer``: refused in one line where it was another kind of
     optimizer, has other settings or holds state that does not fit (:func:`check_optimizer_state`). The settings
     that ``scheduler`` moves in the optimizer it drives (:func:`~metaspike.continual.schedulers.scheduled_settings`)
     are checked as where the schedule can take them: a scheduler's base rates (compared by
     :func:`~metaspike.continual.schedulers.load_scheduler_record`), ReduceLROnPlateau's reductions from the run's
     rates (:func:`~metaspike.continual.schedulers.check_plateau_rates`)."""
-    saved, kinds = optimizer_state
+    saved, kinds, rule_code = optimizer_state
     check_kinds(kinds, kinds_of(optimizer), "optimizer")
+    _check_rule_code(rule_code, optimizer)
     built = group_settings(optimizer)
     parts = getattr(optimizer, "optimizers", None) or [optimizer]
     driven = [getattr(scheduler, "optimizer", None) in (part, optimizer) for part in parts]  # (one part, or the chain)
@@ -861,6 +900,7 @@ class ContinualTrainer:
             "batchnorm_states": list(states),  # (copied: the run appends to its list)
             "plugins": [plugin.state_dict() for plugin in self.plugins],
             "kinds": kinds_of(optimizer, self.plugins),
+            "rule_code": _rule_code(optimizer),
             "plugin_settings": [settings_of(plugin) for plugin in self.plugins],
             "result": _outer_lists_copied({f.name: getattr(result, f.name) for f in fields(result)}),
         }
@@ -884,7 +924,7 @@ class ContinualTrainer:
             plugin.load_state_dict(plugin_state)
         result = ContinualResult(**_outer_lists_copied(state["result"]))  # (the run appends: the checkpoint stays)
         return (result, list(state["batchnorm_states"]), position["task"], position["epochs_done"],
-                (state["optimizer"], state.get("kinds")), state.get("scheduler"))
+                (state["optimizer"], state.get("kinds"), state.get("rule_code")), state.get("scheduler"))
 
     def _train_task(
         self,
