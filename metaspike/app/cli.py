@@ -570,15 +570,16 @@ def _plot(args: argparse.Namespace) -> None:
     from metaspike.app.compare import PLAN
     from metaspike.app.plots import plot_run
     from metaspike.app.reproduce import RECORD
-    from metaspike.app.runs import refuse_several_processes
+    from metaspike.app.runs import refuse_several_processes, train_resume_command
 
     refuse_several_processes("plot", "run it without torchrun")
     folder = Path(args.run_dir)
     if not (folder / "accuracy_matrix.csv").exists():
         for record, command in ((PLAN, "compare"), (RECORD, "reproduce")):
             if (folder / record).is_file():
-                raise ValueError(f"{folder} is a {command} folder: `metaspike {command} --resume {folder}` redraws its "
-                                 f"table and figures (finished runs are reused); `metaspike plot` redraws one run of it")
+                raise ValueError(f"{folder} is a {command} folder: `metaspike {command} --resume {folder}"
+                                 f"{_recorded_imports(folder / record)}` redraws its table and figures (finished runs "
+                                 "are reused); `metaspike plot` redraws one run of it")
         if (folder / "config.json").is_file():
             from metaspike.app.runs import is_complete
 
@@ -586,7 +587,7 @@ def _plot(args: argparse.Namespace) -> None:
                 raise ValueError(f"{folder} is a finished run without its accuracy_matrix.csv (moved or deleted), "
                                  "which its figures are drawn from; its metrics.json and curves.csv hold the numbers")
             raise ValueError(f"{folder} has measured nothing yet (stopped before its first evaluation): continue it "
-                             f"with: metaspike train --resume {folder}")
+                             f"with: {train_resume_command(folder, 1)}")
     out = None if args.out is None else Path(args.out).expanduser()
     if out is not None:
         if out.exists() and not out.is_dir():
@@ -654,6 +655,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:  # (a SIGTERM while the interpreter shuts down, as torchrun sends when a peer died, ends it quietly)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return _main(list(argv))
+
+
+def _recorded_imports(record: Path) -> str:
+    """The ``--import`` flags a comparison's ``plan.json`` records (its base run's), for a command that continues it;
+    none where the file says none or cannot be read (its own command then names what it lacks)."""
+    from metaspike.files import read_json
+
+    try:
+        return import_flags(read_json(record).get("base", {}).get("imports"))
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def _say_if_thread_setting_ignored() -> None:
