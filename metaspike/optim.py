@@ -304,29 +304,28 @@ def _keeps(rule: Rule, stored: dict[str, Tensor]) -> bool:
     return set(stored) == set(rule.state_type()._fields)
 
 
-#: Beside a parameter's ``"rule_state"`` in the optimizer's state, the group's ``rule`` as the group held it when the
-#: state was made (its name or its object: a copy or a pickle of the optimizer copies the two alike, so they stay one
-#: object); in the process only: a state dict leaves it out, and the states it loads are checked against their groups'
-#: rules. A group whose rule was changed since starts the new rule afresh, also where the two rules' states have the
-#: same fields (``CascadeRule(3)`` to ``CascadeRule(4)``: the three-level chain went to the four-level rule, which
-#: failed inside its step).
+#: Beside a parameter's ``"rule_state"`` in the optimizer's state, the rule object that made it (in the process only:
+#: a state dict leaves it out, and the states it loads are checked against their groups' rules). A group whose rule was
+#: changed since starts the new rule afresh, also where the two rules' states have the same fields (``CascadeRule(3)``
+#: to ``CascadeRule(4)``: the three-level chain went to the four-level rule, which failed inside its step), and so does
+#: a group naming a rule registered again under its name (``replace=True``). A copy of the optimizer holds a copy of
+#: the rule, compared by its class and settings (:func:`metaspike.rules.same_rule`).
 _MADE_BY = "rule_made_by"
 
 
-def _own_rule_state(state: dict[str, Any], rule: str | Rule) -> dict[str, Tensor] | None:
-    """A parameter's stored rule state where ``rule`` (its group's ``rule``, as the group holds it) made it, or where
-    nothing says which rule did (a state handed on, whose fields :func:`metaspike.rules.state_from_dict` compares);
-    ``None`` where another rule made it."""
+def _own_rule_state(state: dict[str, Any], rule: Rule) -> dict[str, Tensor] | None:
+    """A parameter's stored rule state where ``rule`` made it, or where nothing says which rule did (a state handed
+    on, whose fields :func:`metaspike.rules.state_from_dict` compares); ``None`` where another rule made it."""
     made_by = state.get(_MADE_BY)
     if made_by is not None and made_by is not rule and not same_rule(made_by, rule):
         return None
     return state.get("rule_state")
 
 
-def _store_rule_state(state: dict[str, Any], new_state: tuple, rule: str | Rule) -> None:
-    """Keep a rule's ``new_state`` in a parameter's optimizer ``state`` under ``"rule_state"``, in place of what is
-    there, with ``rule`` (the group's, as the group holds it); a rule that keeps none removes what another rule kept
-    (the group's rule was changed between steps)."""
+def _store_rule_state(state: dict[str, Any], new_state: tuple, rule: Rule) -> None:
+    """Keep ``rule``'s ``new_state`` in a parameter's optimizer ``state`` under ``"rule_state"``, in place of what is
+    there, with the rule that made it; a rule that keeps none removes what another rule kept (the group's rule was
+    changed between steps)."""
     if len(new_state) > 0:
         state["rule_state"] = state_to_dict(new_state)
         state[_MADE_BY] = rule
@@ -368,7 +367,7 @@ def _hook_checkpoints(optimizer: Optimizer) -> None:
         return loaded
 
     def install_rule_states(opt: Optimizer) -> None:
-        rules = _rules_by_param(opt, as_given=True)
+        rules = _rules_by_param(opt)
         for state in opt.state.values():
             state.pop(_MADE_BY, None)  # (never saved: a file's would be anything)
         for param, fields in checked.pop("own", {}).items():  # (checked against the group's rule: made by it)
@@ -398,7 +397,7 @@ def _saved_rule_states(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict
         for param, index in zip(group["params"], saved["params"]):
             entry = state.get(index)
             if isinstance(entry, dict):
-                stale = rule and "rule_state" in entry and (_own_rule_state(entry, group["rule"]) is None
+                stale = rule and "rule_state" in entry and (_own_rule_state(entry, rule) is None
                                                             or not _keeps(rule, entry["rule_state"]))
                 if stale or _MADE_BY in entry:  # (a new dict: torch's state dict holds the optimizer's own entries)
                     state[index] = {key: value for key, value in entry.items()
@@ -681,7 +680,7 @@ def _adam_step_(param: Tensor, state: dict[str, Any], group: dict[str, Any], rul
     state["step"] += 1
     step = state["step"].item()
     beta1, beta2 = group["betas"]
-    rule_state = state_from_dict(rule, param, _own_rule_state(state, group["rule"])) if rule is not None else None
+    rule_state = state_from_dict(rule, param, _own_rule_state(state, rule)) if rule is not None else None
     # (the compiled loop sees the tensors in their own shapes, as the eager one does: a rule of the user's own that
     # reduces over a dimension saw one flat vector there, and damped otherwise from FUSED_MIN_NUMEL weights on;
     # dynamic shapes keep one compiled variant for every size of a number of dimensions)
@@ -695,7 +694,7 @@ def _adam_step_(param: Tensor, state: dict[str, Any], group: dict[str, Any], rul
             meta=group["meta"], rule=rule, rule_state=rule_state,
         )
     if rule is not None:
-        _store_rule_state(state, new_state, group["rule"])
+        _store_rule_state(state, new_state, rule)
     return new_state
 
 
@@ -866,13 +865,13 @@ def metaplastic(
                     continue
                 state = opt.state[p]
                 _take_inherited_rule_state(opt, p, state)
-                rule_state = state_from_dict(rule, old, _own_rule_state(state, group["rule"]))
+                rule_state = state_from_dict(rule, old, _own_rule_state(state, rule))
                 # (a large weight under an elementwise rule: one compiled loop, not about nine passes over it: 20-30x
                 # plain SGD's step on a 2048 x 2048 layer)
                 damp_ = _compiled_damp if _fuses(_compiled_damp, rule, (p, old)) else _damp_
                 with user_rule_errors(rule, p):
                     new_state = damp_(p, old, meta=group["meta"], rule=rule, rule_state=rule_state)
-                _store_rule_state(state, new_state, group["rule"])
+                _store_rule_state(state, new_state, rule)
         before.clear()
 
     optimizer.register_step_pre_hook(remember_before_step)
@@ -920,11 +919,10 @@ def _parts(optimizer: Optimizer) -> list[Optimizer]:
     return list(parts) if isinstance(parts, list) else [optimizer]
 
 
-def _rules_by_param(optimizer: Optimizer, as_given: bool = False) -> dict[Tensor, Any]:
-    """Each parameter of a metaplastic group of ``optimizer`` (or of its parts), with its group's rule (``as_given``:
-    as the group holds it, a name or an object)."""
-    return {p: group["rule"] if as_given else get_rule(group["rule"]) for part in _parts(optimizer)
-            for group in part.param_groups if "rule" in group and "meta" in group for p in group["params"]}
+def _rules_by_param(optimizer: Optimizer) -> dict[Tensor, Rule]:
+    """Each parameter of a metaplastic group of ``optimizer`` (or of its parts), with its group's rule."""
+    return {p: get_rule(group["rule"]) for part in _parts(optimizer) for group in part.param_groups
+            if "rule" in group and "meta" in group for p in group["params"]}
 
 
 def inherit_rule_states(optimizer: Optimizer, previous: Optimizer) -> int:
@@ -946,7 +944,7 @@ def inherit_rule_states(optimizer: Optimizer, previous: Optimizer) -> int:
         >>> inherit_rule_states(new, old)
         1
     """
-    wanted, before, given = _rules_by_param(optimizer), _rules_by_param(previous), _rules_by_param(previous, True)
+    wanted, before = _rules_by_param(optimizer), _rules_by_param(previous)
     handed: dict[Tensor, dict[str, Tensor]] = {}
     for part in _parts(previous):
         pending = getattr(part, _INHERITED, {})
@@ -954,7 +952,7 @@ def inherit_rule_states(optimizer: Optimizer, previous: Optimizer) -> int:
             # (its own state where it stepped the parameter under the rule, else what it was handed and never took:
             # a step at meta = 0, or a wrapped optimizer's own state for the parameter, holds no rule state; a state
             # made under a rule the group had before is the former rule's)
-            own = _own_rule_state(part.state[p], given[p]) if p in part.state and p in given else None
+            own = _own_rule_state(part.state[p], before[p]) if p in part.state and p in before else None
             stored = own or pending.get(p)
             if stored and p in before and same_rule(before[p], rule) and _keeps(rule, stored):
                 handed[p] = {name: value.clone() for name, value in stored.items()}  # (never shared by the two)

@@ -790,9 +790,10 @@ def test_plot_of_a_folder_that_holds_no_figures_yet_says_what_to_run(tmp_path, c
     assert main(["plot", str(run)]) == 2
     assert capsys.readouterr().err.strip() == (f"metaspike: error: {run} has measured nothing yet (stopped before its "
                                                f"first evaluation): continue it with: metaspike train --resume {run}")
-    (run / "config.json").write_text('{"imports": ["/lab/my lab.py"]}')  # (the command its resume needs, whole)
+    (run / "config.json").write_text('{"imports": ["/lab/my lab.py"], "processes": 2}')  # (the command it needs)
     assert main(["plot", str(run)]) == 2
-    assert capsys.readouterr().err.strip().endswith(f"metaspike train --resume {run} --import '/lab/my lab.py'")
+    assert capsys.readouterr().err.strip().endswith(
+        f"torchrun --nproc-per-node 2 -m metaspike train --resume {run} --import '/lab/my lab.py'")
     (run / "config.json").write_text("{}")
     (run / "metrics.json").write_text('{"complete": true}')  # a finished run whose matrix file went missing
     (run / "model.pt").write_bytes(b"")

@@ -180,9 +180,14 @@ def test_resume_from_python_refuses_the_plain_optimizer_of_a_metaplastic_run():
         trainer(False).fit(scenario, resume=after_first)
 
 
+_HALVING_CALLS = {"steps": 0}  # (a rule may keep a count or a log in a global: its code stays the same)
+
+
 def test_resume_from_python_refuses_a_users_rule_whose_code_changed_under_its_name():
     """A rule edited and registered again (replace=True, as in a notebook) under its name and settings: the resume
-    went on under the new code, a run of two rules (a helper's row 2: 82.2 / 87.8 uninterrupted, 88.9 / 1.9 resumed)."""
+    went on under the new code, a run of two rules (a helper's row 2: 82.2 / 87.8 uninterrupted, 88.9 / 1.9 resumed).
+    The same code resumes, whatever the values it reads (a first fingerprint read them, and refused a rule that
+    counted its calls in a global)."""
     import dataclasses
 
     from metaspike import rules
@@ -194,6 +199,7 @@ def test_resume_from_python_refuses_a_users_rule_whose_code_changed_under_its_na
         name: str = "halving-for-resume"
 
         def step(self, hidden, update, meta, state):
+            _HALVING_CALLS["steps"] += 1
             return update / 2, state
 
     @dataclasses.dataclass(frozen=True)

@@ -730,6 +730,28 @@ def test_a_rule_changed_to_one_whose_state_has_the_same_fields_starts_afresh(mak
         assert "rule_made_by" not in str(optimizer.state_dict())  # (kept in the process only)
 
 
+@pytest.mark.parametrize("make", _RULE_CHANGE_OPTIMIZERS.values(), ids=_RULE_CHANGE_OPTIMIZERS)
+def test_a_rule_registered_again_under_the_name_a_group_gives_starts_afresh(make):
+    """register_rule(..., replace=True), as after editing a rule in a notebook: a group naming the rule handed the
+    former rule's three-level chain to the four-level one (an IndexError inside its step)."""
+    from metaspike import rules
+    from metaspike.rules import CascadeRule
+
+    rules.register_rule(CascadeRule(n=3, name="cascade-registered-again"))
+    try:
+        w = torch.nn.Parameter(torch.randn(4, 3))
+        opt = make(w)
+        opt.param_groups[0]["rule"] = "cascade-registered-again"
+        w.grad = torch.ones_like(w)
+        opt.step()
+        rules.register_rule(CascadeRule(n=4, name="cascade-registered-again"), replace=True)
+        w.grad = torch.ones_like(w)
+        opt.step()
+        assert opt.state[w]["rule_state"]["levels"].shape == (3, 4, 3)
+    finally:
+        rules._RULES.pop("cascade-registered-again")
+
+
 def test_a_rule_whose_step_cannot_take_the_optimizers_arguments_is_refused_naming_its_file_and_line():
     """step(self, hidden, update) failed at the call inside the optimizer's step: a 30-line traceback, exit 1."""
     from metaspike.rules import register_rule

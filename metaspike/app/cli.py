@@ -570,7 +570,7 @@ def _plot(args: argparse.Namespace) -> None:
     from metaspike.app.compare import PLAN
     from metaspike.app.plots import plot_run
     from metaspike.app.reproduce import RECORD
-    from metaspike.app.runs import refuse_several_processes, train_resume_command
+    from metaspike.app.runs import recorded_processes, refuse_several_processes, train_resume_command
 
     refuse_several_processes("plot", "run it without torchrun")
     folder = Path(args.run_dir)
@@ -587,7 +587,7 @@ def _plot(args: argparse.Namespace) -> None:
                 raise ValueError(f"{folder} is a finished run without its accuracy_matrix.csv (moved or deleted), "
                                  "which its figures are drawn from; its metrics.json and curves.csv hold the numbers")
             raise ValueError(f"{folder} has measured nothing yet (stopped before its first evaluation): continue it "
-                             f"with: {train_resume_command(folder, 1)}")
+                             f"with: {train_resume_command(folder, recorded_processes(folder))}")
     out = None if args.out is None else Path(args.out).expanduser()
     if out is not None:
         if out.exists() and not out.is_dir():

@@ -578,6 +578,21 @@ def train_resume_command(path: Path, processes: int) -> str:
     return f"metaspike train --resume {path}{imports}"
 
 
+def recorded_processes(path: Path) -> int:
+    """The number of processes the run in ``path`` was trained by, as its ``config.json`` records it (1 where it says
+    nothing readable: the command then says what it lacks).
+
+    Example:
+        >>> recorded_processes(Path("/nonexistent"))
+        1
+    """
+    try:
+        recorded = read_json(path / "config.json").get("processes", 1)
+    except (OSError, ValueError, AttributeError):
+        return 1
+    return recorded if is_whole(recorded, 1) else 1
+
+
 def _check_same_processes(path: Path) -> None:
     """A run continues with the number of processes it was trained by: another number splits each batch otherwise
     (a short last batch that one process trains, two skip), and the resumed numbers would differ, silently."""

@@ -30,7 +30,7 @@ from metaspike.caller import user_stacklevel
 from metaspike.checks import lacking_methods
 
 __all__ = ["check_scheduler", "step_scheduler", "scheduler_record", "load_scheduler_record", "scheduled_settings",
-           "check_plateau_rates", "check_functions", "function_fingerprint", "function_fingerprints"]
+           "check_plateau_rates", "check_functions", "function_fingerprint", "function_fingerprints", "code_fingerprint"]
 
 
 def scheduled_settings(scheduler: Any | None) -> frozenset[str]:
@@ -264,6 +264,22 @@ def function_fingerprint(function: Any) -> str | None:
     except RecursionError:  # (a captured list that holds itself)
         return None
     return None if described is None else hashlib.sha256(described.encode()).hexdigest()
+
+
+def code_fingerprint(function: Any) -> str | None:
+    """A SHA-256 (hex) of ``function``'s code alone: its bytecode, constants (nested code in turn) and the names it
+    reads, not the values of its globals or closure (:func:`function_fingerprint` reads those too, and a counter or a
+    log the function keeps in a global changes them at every call); ``None`` for a callable without Python code.
+
+    Example:
+        >>> code_fingerprint(lambda e: 0.9 ** e) == code_fingerprint(lambda e: 0.9 ** e)
+        True
+        >>> code_fingerprint(lambda e: 0.9 ** e) == code_fingerprint(lambda e: 0.01 ** e)
+        False
+    """
+    if not isinstance(function, types.FunctionType):
+        return None
+    return hashlib.sha256(_code_text(function.__code__, set()).encode()).hexdigest()
 
 
 def _described(function: Any, seen: set[int]) -> str | None:

@@ -62,7 +62,7 @@ from metaspike.continual.scenarios import Scenario, Task, made_when_reached
 from metaspike.continual.schedulers import (
     check_plateau_rates,
     check_scheduler,
-    function_fingerprint,
+    code_fingerprint,
     load_scheduler_record,
     scheduled_settings,
     scheduler_record,
@@ -463,9 +463,11 @@ def _data_sums(scenario: Scenario) -> str:
 def _rule_code(optimizer: Any) -> list[str | None]:
     """For each param group of ``optimizer`` (of each optimizer of a chain), a fingerprint of its consolidation rule's
     code where the rule is a user's own: its class's ``step`` and ``init_state``
-    (:func:`~metaspike.continual.schedulers.function_fingerprint`); ``None`` for a group without a rule or with one of
-    metaspike's (whose code comes with the installed version). A checkpoint records it beside the rules' names and
-    settings, which a rule edited and registered again (``replace=True``) keeps."""
+    (:func:`~metaspike.continual.schedulers.code_fingerprint`: their code, not the values they read, which a rule may
+    change as it runs); ``None`` for a group without a rule or with one of metaspike's (whose code comes with the
+    installed version). A checkpoint records it beside the rules' names and settings, which a rule edited and
+    registered again (``replace=True``) keeps. The functions they call are not read (the command's ``--import`` digest
+    covers its files)."""
     codes: list[str | None] = []
     for part in getattr(optimizer, "optimizers", None) or [optimizer]:
         for group in part.param_groups:
@@ -473,20 +475,20 @@ def _rule_code(optimizer: Any) -> list[str | None]:
             if kind is None or kind.__module__.split(".")[0] == "metaspike":
                 codes.append(None)
                 continue
-            parts = [function_fingerprint(getattr(kind, name, None)) for name in ("step", "init_state")]
+            parts = [code_fingerprint(getattr(kind, name, None)) for name in ("step", "init_state")]
             codes.append(None if None in parts else "|".join(parts))
     return codes
 
 
 def _check_rule_code(stored: Any, optimizer: Any) -> None:
     """One ``ValueError`` where a group's rule is not the code the checkpoint's run trained with
-    (:func:`_rule_code`); checkpoints written before it was recorded pass."""
+    (:func:`_rule_code`), checked after the groups' settings (another number of groups, or another rule's name, is
+    named there); checkpoints written before it was recorded pass."""
     if stored is None:
         return
-    current = _rule_code(optimizer)
-    if not (isinstance(stored, list) and len(stored) == len(current)
-            and all(code is None or isinstance(code, str) for code in stored)):
+    if not (isinstance(stored, list) and all(code is None or isinstance(code, str) for code in stored)):
         raise ValueError("the checkpoint's record of its consolidation rules' code is malformed")
+    current = _rule_code(optimizer)
     groups = [group for part in getattr(optimizer, "optimizers", None) or [optimizer] for group in part.param_groups]
     for index, (theirs, ours) in enumerate(zip(stored, current)):
         if theirs is not None and ours is not None and theirs != ours:
@@ -505,7 +507,6 @@ def _load_saved_optimizer(optimizer: Optimizer, optimizer_state: tuple[Any, Any,
     rates (:func:`~metaspike.continual.schedulers.check_plateau_rates`)."""
     saved, kinds, rule_code = optimizer_state
     check_kinds(kinds, kinds_of(optimizer), "optimizer")
-    _check_rule_code(rule_code, optimizer)
     built = group_settings(optimizer)
     parts = getattr(optimizer, "optimizers", None) or [optimizer]
     driven = [getattr(scheduler, "optimizer", None) in (part, optimizer) for part in parts]  # (one part, or the chain)
@@ -514,6 +515,7 @@ def _load_saved_optimizer(optimizer: Optimizer, optimizer_state: tuple[Any, Any,
                 for drives, inner in zip(driven, built)]
     load_part("optimizer", optimizer, saved)
     check_optimizer_state(optimizer, settings, exempt=moved)
+    _check_rule_code(rule_code, optimizer)
     if isinstance(scheduler, ReduceLROnPlateau):
         check_plateau_rates(scheduler, [group["lr"] for drives, inner in zip(driven, built) if drives
                                         for group in inner])

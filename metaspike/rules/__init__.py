@@ -15,6 +15,8 @@ import dataclasses
 import inspect
 from typing import Any
 
+import torch
+
 from metaspike.checks import defined_at, registered_name, unknown_name
 from metaspike.rules.base import (
     NoState,
@@ -163,19 +165,27 @@ def same_rule(first: str | Rule, second: str | Rule) -> bool:
         return False
     if not dataclasses.is_dataclass(first):
         return _same_attributes(first, second)
+    return all(_same_value(getattr(first, f.name), getattr(second, f.name)) for f in dataclasses.fields(first))
+
+
+def _same_value(first: object, second: object) -> bool:
+    """Whether two settings are equal: tensors and arrays element by element (with their shapes and dtypes), other
+    values by ``==``; a value without a plain truth value counts as different."""
+    if isinstance(first, torch.Tensor) or isinstance(second, torch.Tensor):
+        return (isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor) and first.shape == second.shape
+                and first.dtype == second.dtype and first.device == second.device and torch.equal(first, second))
     try:
         return bool(first == second)
-    except (TypeError, RuntimeError, ValueError):  # (a field without a plain truth value: a tensor of several numbers)
+    except (TypeError, RuntimeError, ValueError):  # (a numpy array of several numbers, and the like)
         return False
 
 
 def _same_attributes(first: object, second: object) -> bool:
-    """Whether two objects hold the same plain attributes (``==`` each; tensors or other values without a plain
-    truth value count as different)."""
+    """Whether two objects hold the same plain attributes (:func:`_same_value` each)."""
     try:
         return vars(first).keys() == vars(second).keys() and all(
-            bool(value == vars(second)[key]) for key, value in vars(first).items())
-    except (TypeError, RuntimeError, ValueError):
+            _same_value(value, vars(second)[key]) for key, value in vars(first).items())
+    except TypeError:  # (an object without attributes of its own: vars refuses it)
         return False
 
 
