@@ -30,7 +30,8 @@ from metaspike.caller import user_stacklevel
 from metaspike.checks import lacking_methods
 
 __all__ = ["check_scheduler", "step_scheduler", "scheduler_record", "load_scheduler_record", "scheduled_settings",
-           "check_plateau_rates", "check_functions", "function_fingerprint", "function_fingerprints", "code_fingerprint"]
+           "check_plateau_rates", "check_functions", "function_fingerprint", "function_fingerprints",
+           "code_fingerprint"]
 
 
 def scheduled_settings(scheduler: Any | None) -> frozenset[str]:
