@@ -91,11 +91,11 @@ class SynapseParametrization(nn.Module):
             return
         reads["uncalled"] += 1
         if reads["uncalled"] == READS_WITHOUT_CALL_WARNED:
-            warnings.warn(f"the weight of {self.gained_layer} was read in {READS_WITHOUT_CALL_WARNED} training passes "
-                          "and the layer was never called (a parent module multiplies by layer.weight itself, e.g. "
-                          "F.linear(x, layer.weight)): its learned output gain acts in the layer's own forward pass, "
-                          "so it is neither applied nor trained there; call the layer instead, or make its synapse "
-                          "with scale=None", stacklevel=user_stacklevel())
+            warnings.warn(f"the weight of {self.gained_layer} was read {READS_WITHOUT_CALL_WARNED} times in training "
+                          "passes and the layer was never called (a parent module multiplies by layer.weight itself, "
+                          "e.g. F.linear(x, layer.weight)): its learned output gain acts in the layer's own forward "
+                          "pass, so it is neither applied nor trained there; call the layer instead, or make its "
+                          "synapse with scale=None", stacklevel=user_stacklevel())
 
     def layer_called(self) -> None:
         """Record that the layer was called: its gain applies, and :meth:`count_weight_read` counts no more."""

@@ -226,13 +226,13 @@ def test_a_gain_whose_layer_is_never_called_is_named_once(convert):
     binarized_once block too, nor one that calls a layer and reads its weight many times more in the same pass."""
     model = convert(_ReadsItsLayersWeight())
     optimizer = torch.optim.Adam(model.parameters(), fused=True)  # (updates in place without moving versions)
-    with pytest.warns(UserWarning, match=r"^the weight of layer 'fc2' \(Linear, α of shape \(3,\)\) was read in 10 "
-                                         r"training passes and the layer was never called .* scale=None$") as caught:
+    with pytest.warns(UserWarning, match=r"^the weight of layer 'fc2' \(Linear, α of shape \(3,\)\) was read 10 times "
+                                         r"in training passes and the layer was never called .* scale=None$") as caught:
         for _ in range(25):
             optimizer.zero_grad()
             model(torch.randn(16, 4)).square().mean().backward()
             optimizer.step()
-    assert sum("was read in" in str(w.message) for w in caught) == 1
+    assert sum("was read 10 times" in str(w.message) for w in caught) == 1
     for calling in (convert(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))), convert(_TiedDecoder())):
         optimizer = torch.optim.Adam(calling.parameters())
         with warnings.catch_warnings():
