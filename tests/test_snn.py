@@ -199,6 +199,24 @@ def test_readout_and_encoder_objects_pass_through():
     assert get_encoder(encoder) is encoder and get_readout(readout) is readout
 
 
+def test_an_encoder_of_ones_own_must_give_time_steps_first():
+    """An encoder module returning [batch, ...] had the batch read as time steps: a batch of 3 gave one row of
+    scores, without a word. What follows the batch is the encoder's to shape (a population code adds a dimension)."""
+    class Unrolled(torch.nn.Module):
+        def forward(self, x, num_steps):
+            return x
+
+    class Population(torch.nn.Module):
+        def forward(self, x, num_steps):
+            return x.expand(num_steps, *x.shape).unsqueeze(-1).expand(-1, -1, -1, 2).flatten(2)
+
+    net = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    with pytest.raises(ValueError, match=r"^encoder Unrolled must return \[num_steps=4, batch=3, \.\.\.\] for input "
+                                         r"of shape \(3, 4\), got \(3, 4\)$"):
+        SpikingClassifier(net, num_steps=4, encoder=Unrolled())(torch.rand(3, 4))
+    assert SpikingClassifier(net, num_steps=4, encoder=Population())(torch.rand(3, 4)).shape == (3, 4)
+
+
 def test_compare_neurons_writes_one_table_and_figure_for_every_model_and_meta(tmp_path):
     from metaspike.app.compare import compare_neurons
     from metaspike.app.config import RunConfig

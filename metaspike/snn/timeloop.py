@@ -287,7 +287,7 @@ class SpikingClassifier(nn.Module):
             raise ValueError(f"input must be a torch tensor, got {type(x).__name__} (torch.as_tensor(x) makes one)")
         shape = self.input_shape
         if shape is None or tuple(x.shape[1:]) == shape:
-            return self.encoder(x, self.num_steps)
+            return self._encoded(x)
         if tuple(x.shape[2:]) == shape and x.dim() == len(shape) + 2:
             if x.shape[0] != self.num_steps:
                 flipped = ("; it looks batch-first ([batch, num_steps, ...]): x.transpose(0, 1) makes it time-first"
@@ -304,6 +304,18 @@ class SpikingClassifier(nn.Module):
             f"input of shape {tuple(x.shape)} does not fit: expected [batch, {', '.join(map(str, shape))}] "
             f"or [num_steps={self.num_steps}, batch, {', '.join(map(str, shape))}]"
         )
+
+    def _encoded(self, x: Tensor) -> Tensor:
+        """``x`` through the encoder, whose output must be ``[num_steps, B, ...]`` (an encoder of one's own that
+        returned ``[B, ...]`` had its batch read as time steps, silently; what follows the batch is the encoder's to
+        shape)."""
+        steps = self.encoder(x, self.num_steps)
+        if not isinstance(steps, Tensor) or steps.dim() < 2 or steps.shape[:2] != (self.num_steps, len(x)):
+            got = tuple(steps.shape) if isinstance(steps, Tensor) else type(steps).__name__
+            raise ValueError(f"encoder {type(self.encoder).__name__} must return "
+                             f"[num_steps={self.num_steps}, batch={len(x)}, ...] for input of shape {tuple(x.shape)}, "
+                             f"got {got}")
+        return steps
 
     def forward(self, x: Tensor) -> Tensor:
         steps = self.encode(x)
