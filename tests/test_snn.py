@@ -210,11 +210,12 @@ def test_an_encoder_of_ones_own_must_give_time_steps_first():
         def forward(self, x, num_steps):
             return x.expand(num_steps, *x.shape).unsqueeze(-1).expand(-1, -1, -1, 2).flatten(2)
 
-    net = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    takes_a_row = torch.nn.Sequential(torch.nn.Linear(4, 2))  # (a network that runs on the batch read as time)
     with pytest.raises(ValueError, match=r"^encoder Unrolled must return \[num_steps=4, batch=3, \.\.\.\] for input "
                                          r"of shape \(3, 4\), got \(3, 4\)$"):
-        SpikingClassifier(net, num_steps=4, encoder=Unrolled())(torch.rand(3, 4))
-    assert SpikingClassifier(net, num_steps=4, encoder=Population())(torch.rand(3, 4)).shape == (3, 4)
+        SpikingClassifier(takes_a_row, num_steps=4, encoder=Unrolled())(torch.rand(3, 4))
+    population = torch.nn.Sequential(torch.nn.Linear(8, 2))
+    assert SpikingClassifier(population, num_steps=4, encoder=Population())(torch.rand(3, 4)).shape == (3, 2)
 
 
 def test_compare_neurons_writes_one_table_and_figure_for_every_model_and_meta(tmp_path):
