@@ -31,13 +31,11 @@ from torch import Tensor, nn
 
 from bnn.layers import (
     check_conv_geometry,
+    check_conv_input,
     check_features,
-    check_input_dtype,
-    check_spatial_size,
+    check_layer_input_dtype,
     check_widths,
     factory_kwargs,
-    layer_name,
-    weight_dtype,
 )
 from metaspike.bayesian.synapses import SampledForward, make_bayesian
 
@@ -61,9 +59,7 @@ class _LinearInput:
 
     def check_input(self, x: Tensor) -> None:
         check_features(self, x, self.in_features, -1, "features in the last dimension")  # type: ignore[arg-type]
-        dtype = weight_dtype(self)  # type: ignore[arg-type]
-        if dtype is not None and x.dtype != dtype:  # (the layer's name only where a message needs it)
-            check_input_dtype(layer_name(self), x, dtype)  # type: ignore[arg-type]
+        check_layer_input_dtype(self, x)  # type: ignore[arg-type]
 
 
 class _Conv2dInput:
@@ -74,15 +70,9 @@ class _Conv2dInput:
     samples: int | None
 
     def check_input(self, x: Tensor) -> None:
-        what = "channels ((batch, channels, height, width) or (channels, height, width))"
-        check_features(self, x, self.in_channels, -3, what)  # type: ignore[arg-type]
-        if x.dim() > (4 if self.samples is None else 5):  # (a sampled layer says what it takes itself)
-            raise ValueError(f"{layer_name(self)} takes inputs with {self.in_channels} {what}, got shape "
-                             f"{tuple(x.shape)}")
-        check_spatial_size(self, x)  # type: ignore[arg-type]
-        dtype = weight_dtype(self)  # type: ignore[arg-type]
-        if dtype is not None and x.dtype != dtype:  # (the layer's name only where a message needs it)
-            check_input_dtype(layer_name(self), x, dtype)  # type: ignore[arg-type]
+        # (a sampled layer takes an (S, B, C, H, W) input too, and says itself what else it takes)
+        check_conv_input(self, x, 4 if self.samples is None else 5)  # type: ignore[arg-type]
+        check_layer_input_dtype(self, x)  # type: ignore[arg-type]
 
 
 class BayesianLinear(_LinearInput, SampledForward, nn.Linear):

@@ -25,6 +25,7 @@ from metaspike.bayesian.fused_step import Activation, register_fused_activation
 from metaspike.checks import check_device, finite_number, is_whole, number_in
 from metaspike.function_transforms import in_function_transform
 from metaspike.gain import attach_output_gain, check_scale
+from metaspike.layer_selection import weight_parametrizations
 from metaspike.quantizers import (
     NoQuantizer,
     Quantizer,
@@ -70,20 +71,36 @@ def weight_dtype(layer: nn.Module) -> torch.dtype | None:
     (``weight_norm``'s two tensors); ``None`` for a layer without parameters."""
     weight = layer._parameters.get("weight")
     if weight is None:
-        parametrizations = layer._modules.get("parametrizations")
-        listed = None if parametrizations is None else parametrizations._modules.get("weight")
+        listed = weight_parametrizations(layer)
         weight = None if listed is None else listed._parameters.get("original")
     if weight is None:
         return next((p.dtype for p in layer.parameters()), None)
     return weight.dtype
 
 
+def check_layer_input_dtype(layer: nn.Module, x: Tensor) -> None:
+    """:func:`check_input_dtype` of ``x`` against the dtype of ``layer``'s weight (:func:`weight_dtype`), the layer's
+    name worked out only where a message needs it (every forward pass checks)."""
+    dtype = weight_dtype(layer)
+    if dtype is not None and x.dtype != dtype:
+        check_input_dtype(layer_name(layer), x, dtype)
+
+
+def check_conv_input(conv: nn.Conv2d, x: Tensor, most_dims: int) -> None:
+    """One line, instead of torch's error from inside the convolution, when ``x`` is not a tensor of at most
+    ``most_dims`` dimensions with the layer's ``in_channels`` third from the end and images the kernel fits
+    (:func:`check_spatial_size`); its dtype is the caller's to check (a binary layer's, after its input quantizer)."""
+    what = "channels ((batch, channels, height, width) or (channels, height, width))"
+    check_features(conv, x, conv.in_channels, -3, what)
+    if x.dim() > most_dims:
+        raise ValueError(f"{layer_name(conv)} takes inputs with {conv.in_channels} {what}, got shape {tuple(x.shape)}")
+    check_spatial_size(conv, x)
+
+
 def _quantized_input(layer: nn.Module, x: Tensor) -> Tensor:
     """``x`` through the layer's input quantizer, which must give the dtype of the layer's weight."""
     x = layer.input_quantizer(x)
-    dtype = weight_dtype(layer)
-    if dtype is not None and x.dtype != dtype:  # (the layer's name only where a message needs it)
-        check_input_dtype(layer_name(layer), x, dtype)
+    check_layer_input_dtype(layer, x)
     return x
 
 
@@ -413,12 +430,7 @@ class BinaryConv2d(_BinaryWeights, nn.Conv2d):
         self._setup(weight_quantizer, input_quantizer, init_width, scale)
 
     def forward(self, x: Tensor) -> Tensor:
-        what = "channels ((batch, channels, height, width) or (channels, height, width))"
-        check_features(self, x, self.in_channels, -3, what)
-        if x.dim() > 4:
-            raise ValueError(f"{type(self).__name__} takes inputs with {self.in_channels} {what}, got shape "
-                             f"{tuple(x.shape)}")
-        check_spatial_size(self, x)
+        check_conv_input(self, x, 4)
         return self._conv_forward(_quantized_input(self, x), self.visible_weight(), self.bias)
 
 

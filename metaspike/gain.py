@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from metaspike.caller import user_stacklevel
-from metaspike.layer_selection import SynapseParametrization
+from metaspike.layer_selection import synapse_parametrization
 
 __all__ = ["GAIN_SCALES", "OutputGain", "check_scale", "check_gain_layer", "attach_output_gain", "apply_output_gain", "output_gain",
            "gain_scale", "foreign_forward_hooks"]
@@ -172,7 +172,7 @@ class OutputGain(nn.Module):
             >>> attach_output_gain(layer, "channel", "fc").describe(layer)
             "layer 'fc' (Linear, α of shape (3,))"
         """
-        kind = type(layer).__bases__[0] if parametrize.is_parametrized(layer) else type(layer)  # (torch's subclass)
+        kind = parametrize.type_before_parametrizations(layer)  # (not torch's Parametrized... subclass)
         shape = f"α of shape {tuple(self.alpha.shape)}"
         if self.layer_name:
             return f"layer {self.layer_name!r} ({kind.__name__}, {shape})"
@@ -283,18 +283,10 @@ def apply_output_gain(layer: nn.Module, output: Tensor) -> Tensor:
     gain = layer.output_gain
     if gain.training and torch.is_grad_enabled() and not torch.compiler.is_compiling():
         gain._watch(layer)
-        _tell_synapse_called(layer)
-    return gain(output, getattr(layer, "bias", None))
-
-
-def _tell_synapse_called(layer: nn.Module) -> None:
-    """:meth:`~metaspike.layer_selection.SynapseParametrization.layer_called` of the synapse on ``layer``'s weight,
-    found through the modules' own dictionaries (a gained layer's every training call runs it)."""
-    parametrizations = layer._modules.get("parametrizations")
-    weight = None if parametrizations is None else parametrizations._modules.get("weight")
-    for synapse in () if weight is None else weight._modules.values():
-        if isinstance(synapse, SynapseParametrization):
+        synapse = synapse_parametrization(layer)
+        if synapse is not None:
             synapse.layer_called()
+    return gain(output, getattr(layer, "bias", None))
 
 
 def _apply_output_gain(layer: nn.Module, inputs: tuple, output: Tensor) -> Tensor:

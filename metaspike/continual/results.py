@@ -566,7 +566,6 @@ def _check_accuracies(file: Path, header: Sequence[str], rows: Sequence[Sequence
                                  "accuracy in [0, 100]")
 
 
-
 def _increasing_whole(values: Sequence[float], high: float) -> bool:
     """Whether ``values`` are strictly increasing whole numbers in ``1..high`` (a file's row numbers).
 

@@ -169,8 +169,9 @@ def same_rule(first: str | Rule, second: str | Rule) -> bool:
 
 
 def _same_value(first: object, second: object) -> bool:
-    """Whether two settings are equal: tensors and arrays element by element (with their shapes and dtypes), other
-    values by ``==``; a value without a plain truth value counts as different."""
+    """Whether two settings are equal: tensors element by element (with their shapes, dtypes and devices), other
+    values by ``==``; a value whose ``==`` has no plain truth value (a numpy array of several numbers) counts as
+    different."""
     if isinstance(first, torch.Tensor) or isinstance(second, torch.Tensor):
         return (isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor) and first.shape == second.shape
                 and first.dtype == second.dtype and first.device == second.device and torch.equal(first, second))

@@ -148,18 +148,24 @@ def _warn_membrane_of_spikes(network: nn.Module) -> None:
                   "readout='count'", stacklevel=3)
 
 
-def _float32_spikes(network: nn.Module, x: Tensor) -> str | None:
-    """Where a pass of a network of another dtype than float32 failed on mixed dtypes: the snnTorch neuron whose own
-    spike function made float32 spikes (snnTorch's functions do, whatever their input), and the fix; else ``None``."""
+def _mixed_dtypes(network: nn.Module, x: Tensor) -> Exception | None:
+    """What to raise where a pass failed on mixed dtypes: input of another dtype than the network's weights (convert
+    it); in a network of another dtype than float32, the snnTorch neuron whose own spike function made float32 spikes
+    (snnTorch's functions do, whatever their input), and the fix; else ``None``."""
+    weights = next((p.dtype for p in network.parameters() if p.is_floating_point()), None)
+    if x.is_floating_point() and weights not in (None, x.dtype):
+        return ValueError(f"SpikingClassifier: input of {x.dtype} for a network of {weights} weights; convert it "
+                          f"with x.to({weights}) (or the network with network.to({x.dtype}))")
     if x.dtype == torch.float32:
         return None
     for name, module in network.named_modules():
         spike = getattr(module, "spike_grad", None)
         if spike is not None and str(getattr(spike, "__module__", "")).startswith("snntorch"):
-            return (f"network: module {name!r} ({type(module).__name__}) spikes through snnTorch's own spike "
-                    f"function, which returns float32 spikes whatever its input, so a {x.dtype} network fails "
-                    "on mixed dtypes; build its neurons with spike_grad=metaspike.snn.surrogate('atan') (or another "
-                    "name), which keeps the input's dtype")
+            return ModelError(f"network: module {name!r} ({type(module).__name__}) spikes through snnTorch's own "
+                              f"spike function, which returns float32 spikes whatever its input, so a {x.dtype} "
+                              "network fails on mixed dtypes; build its neurons with "
+                              "spike_grad=metaspike.snn.surrogate('atan') (or another name), which keeps the input's "
+                              "dtype")
     return None
 
 
@@ -332,13 +338,9 @@ class SpikingClassifier(nn.Module):
                         out = self.network(x_t)
                     outputs.append(out)
         except RuntimeError as err:
-            weights = next((p.dtype for p in self.network.parameters() if p.is_floating_point()), None)
-            if "dtype" in str(err) and x.is_floating_point() and weights not in (None, x.dtype):
-                raise ValueError(f"SpikingClassifier: input of {x.dtype} for a network of {weights} weights; convert "
-                                 f"it with x.to({weights}) (or the network with network.to({x.dtype}))") from err
-            hint = _float32_spikes(self.network, x) if "dtype" in str(err) else None
-            if hint is not None:
-                raise ModelError(hint) from err
+            mixed = _mixed_dtypes(self.network, x) if "dtype" in str(err) else None
+            if mixed is not None:
+                raise mixed from err
             if self.input_shape is None and x.dim() > 2 and _spikes_only(x):  # (a convolution given 5-D input)
                 first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
                 raise ValueError(f"SpikingClassifier: the network failed on a step of input {tuple(x.shape)} of 0s "
