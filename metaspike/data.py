@@ -325,6 +325,8 @@ def default_data_dir(path: str | os.PathLike | None = None) -> Path:
         >>> default_data_dir("/data/sets")
         PosixPath('/data/sets')
     """
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"the data folder must be a path (str or os.PathLike), got {type(path).__name__}")
     if path is not None and str(path) != "":
         return Path(path).expanduser()
     env = os.environ.get(ENV_VAR, "").strip()

@@ -944,6 +944,10 @@ def inherit_rule_states(optimizer: Optimizer, previous: Optimizer) -> int:
         >>> inherit_rule_states(new, old)
         1
     """
+    for name, value in (("optimizer", optimizer), ("previous", previous)):
+        if not all(isinstance(getattr(part, "param_groups", None), list) for part in _parts(value)):
+            raise ValueError(f"inherit_rule_states: {name} must be a torch optimizer or a ChainedOptimizer, "
+                            f"got {type(value).__name__}")
     wanted, before = _rules_by_param(optimizer), _rules_by_param(previous)
     handed: dict[Tensor, dict[str, Tensor]] = {}
     for part in _parts(previous):

@@ -418,3 +418,21 @@ def test_a_rule_that_raises_under_a_wrapped_optimizer_is_named_too(tmp_path):
     with pytest.raises(ValueError, match="consolidation rule 'raising-wrapped' \\(Raising\\) raised KeyError at "
                                          "wrapped.py line 10: 'x'"):
         opt.step()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("import os\nos.chdir('/')\n", "changed the working folder"),
+    ("import torch\ntorch.set_default_dtype(torch.float64)\n", "changed torch's default dtype"),
+])
+def test_a_module_that_changes_the_folder_or_default_dtype_is_refused(tmp_path, capsys, monkeypatch, content, message):
+    import torch
+
+    monkeypatch.chdir(tmp_path)  # (back where it was after the test)
+    (tmp_path / "moves.py").write_text(content)
+    try:
+        code = main(["train", "--import", "moves.py", *SMALL, "--out", "runs"])
+    finally:
+        torch.set_default_dtype(torch.float32)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"--import moves.py {message}" in err, err
+    assert not (tmp_path / "runs").exists()  # (no run started)

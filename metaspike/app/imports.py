@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
 
+import torch
+
 from metaspike.checks import in_metaspike, raised_at
 
 __all__ = ["import_modules", "normalized_import", "check_resumed_imports", "import_flags", "import_digests",
@@ -102,7 +104,7 @@ def import_modules(specs: Sequence[str]) -> tuple[str, ...]:
         recorded = normalized_import(spec)
         if recorded in done:
             continue
-        before = set(sys.modules)
+        before, folder, dtype = set(sys.modules), os.getcwd(), torch.get_default_dtype()
         try:
             if _is_file(spec):
                 _load_file(Path(recorded))
@@ -114,11 +116,24 @@ def import_modules(specs: Sequence[str]) -> tuple[str, ...]:
                     f"({spec}.py) or run python -m metaspike" if isinstance(err, ModuleNotFoundError)
                     and not _is_file(spec) and Path(f"{spec.replace('.', '/')}.py").is_file() else "")
             raise ValueError(f"{FLAG} {spec}: {_where(err, origin)}{type(err).__name__}: {err}{hint}") from None
+        _check_left_alone(spec, folder, dtype)
         own = _source_file(recorded)
         _BROUGHT_IN.setdefault(recorded, tuple(sorted(
             path for path in _users_files(sys.modules.get(name) for name in set(sys.modules) - before) if path != own)))
         done.append(recorded)
     return tuple(done)
+
+
+def _check_left_alone(spec: str, folder: str, dtype: torch.dtype) -> None:
+    """One ``ValueError`` where importing ``spec`` changed the working folder or torch's default dtype, which the run
+    does not record: its relative paths would lead elsewhere, or its models would be built in another dtype, and a
+    resume without the import would mix the two."""
+    if os.getcwd() != folder:
+        raise ValueError(f"{FLAG} {spec} changed the working folder ({folder} -> {os.getcwd()}); a module given to "
+                         f"{FLAG} must leave it alone (run the command from the folder you want instead)")
+    if torch.get_default_dtype() != dtype:
+        raise ValueError(f"{FLAG} {spec} changed torch's default dtype ({dtype} -> {torch.get_default_dtype()}), "
+                         f"which a run does not record; a module given to {FLAG} must leave it alone")
 
 
 def _users_files(modules: Iterable[ModuleType]) -> list[str]:

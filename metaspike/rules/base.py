@@ -222,6 +222,8 @@ def state_to_dict(state: tuple) -> dict[str, Tensor]:
         >>> state_to_dict(NoState())
         {}
     """
+    if not (isinstance(state, tuple) and callable(getattr(state, "_asdict", None))):
+        raise ValueError(f"state_to_dict takes a rule's state record (a NamedTuple), got {type(state).__name__}")
     return dict(state._asdict())
 
 

@@ -152,6 +152,8 @@ def reset_states(model: nn.Module) -> None:
         >>> reset_states(nn.Sequential(layer)); layer.v is None
         True
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"reset_states takes a torch.nn.Module, got {type(model).__name__}")
     for module in model.modules():
         reset = state_reset(module)
         if reset is not None:

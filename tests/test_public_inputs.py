@@ -1,0 +1,40 @@
+"""Public helpers given an argument of the wrong kind: one ``ValueError`` naming the argument, never an
+``AttributeError`` from inside the helper."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metaspike.data import default_data_dir
+from metaspike.optim import MetaplasticAdam, inherit_rule_states
+from metaspike.quantizers import magnitude_gate
+from metaspike.rules.base import state_to_dict
+from metaspike.snn import reset_states
+
+
+def _optimizer() -> MetaplasticAdam:
+    return MetaplasticAdam([{"params": [torch.nn.Parameter(torch.ones(2))], "consolidate": True}], meta=1.0)
+
+
+@pytest.mark.parametrize(("call", "named"), [
+    (lambda: reset_states([torch.nn.Linear(2, 2)]), "reset_states takes a torch.nn.Module, got list"),
+    (lambda: inherit_rule_states(_optimizer(), 3), "previous must be a torch optimizer"),
+    (lambda: inherit_rule_states({"lr": 1}, _optimizer()), "optimizer must be a torch optimizer"),
+    (lambda: state_to_dict("counts"), "state_to_dict takes a rule's state record"),
+    (lambda: default_data_dir(3), "the data folder must be a path"),
+    (lambda: magnitude_gate([0.5, 2.0]), "magnitude_gate's input must be a real floating-point tensor, got list"),
+    (lambda: magnitude_gate(torch.ones(2, dtype=torch.complex64)), "got torch.complex64"),
+    (lambda: magnitude_gate(torch.ones(2, dtype=torch.int64)), "got torch.int64"),
+])
+def test_an_argument_of_the_wrong_kind_is_one_line_naming_it(call, named):
+    with pytest.raises(ValueError, match=named.replace(".", r"\.").replace("(", r"\(")):
+        call()
+
+
+def test_the_checks_leave_right_arguments_working():
+    x = torch.tensor([-2.0, 0.5], requires_grad=True)
+    magnitude_gate(x).sum().backward()
+    assert x.grad.tolist() == [0.0, 0.0]  # (|x| = 2 lies beyond 3·width/2, |x| = 0.5 on the box's edge)
+    assert inherit_rule_states(_optimizer(), _optimizer()) == 0
+    assert str(default_data_dir("~/sets")).endswith("sets")
