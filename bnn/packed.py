@@ -498,7 +498,10 @@ def _checksum(sizes: list[int], layers: list[dict]) -> str:
         for key in sorted(layer):
             value = layer[key]
             digest.update(key.encode())
-            digest.update(value.contiguous().view(torch.uint8).numpy().tobytes() if isinstance(value, Tensor) else repr(value).encode())
+            # (flat first: torch calls a (words, 1) tensor of strides (1, words) contiguous, and a byte view of its
+            # 64-bit words needs a last stride of 1; the bytes are those of the tensor in row order either way)
+            digest.update(value.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                          if isinstance(value, Tensor) else repr(value).encode())
     return digest.hexdigest()
 
 
