@@ -98,10 +98,10 @@ def binarized_once() -> Iterator[None]:
     than once per time step or batch. A weight is taken again after its tensors change in place (an
     optimizer step), and when the grad mode changes (an evaluation under ``no_grad`` between training
     steps), so a training loop may run inside the block. In-place edits through ``.data`` are not seen (a tensor
-    given new data, by ``model.double()`` for one, is). A sampled (BiMU, MESU) weight is one node of the graph for
-    the whole block: gradient accumulation over several micro-batches before one optimizer step backpropagates
-    through it more than once, so every ``backward`` but the last needs
-    ``retain_graph=True`` (or open the block per micro-batch, which samples each anew).
+    given new data, by ``model.double()`` for one, is). A sampled (BiMU, MESU) weight is one sample for the whole
+    block: gradient accumulation over several micro-batches (or truncated backpropagation through time in chunks)
+    adds each ``backward``'s gradient through that one sample, which keeps what its backward needs for as long as
+    it is used, so no ``retain_graph=True`` is needed (open the block per micro-batch to sample each anew).
 
     Example:
         >>> from metaspike import binarize

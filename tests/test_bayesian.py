@@ -1240,3 +1240,17 @@ def test_bimu_keeps_a_frozen_layers_weights_as_its_lambda_and_says_so():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # (nothing frozen: nothing said)
         bayesianize(nn.Sequential(nn.Linear(4, 3)), "bimu")
+
+
+@pytest.mark.parametrize("kind", ["mesu", "bimu"])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int64, torch.bfloat16])
+def test_sampled_forward_names_an_input_of_another_dtype(kind, training, dtype):
+    """torch's "expected scalar type Float but found Double" from inside the product named neither x nor the dtype;
+    bnn's Bayesian layers said it in one line, the function under them did not."""
+    for layer, shape in ((nn.Linear(4, 3), (1, 4)), (nn.Linear(4, 3), (2, 4)), (nn.Conv2d(1, 2, 3), (2, 1, 5, 5))):
+        layer = bayesianize(layer, kind).train(training)
+        with pytest.raises(ValueError, match=f"^x must be torch.float32, the dtype of the layer's weights, got {dtype}"):
+            sampled_forward(layer, torch.ones(shape, dtype=dtype), 2)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # (under autocast anything goes, as for torch's layers)
+            assert sampled_forward(layer, torch.ones(shape, dtype=dtype).float(), 2).shape[0] == 2

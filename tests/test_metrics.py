@@ -145,6 +145,20 @@ def test_a_matrix_of_impossible_accuracies_or_text_is_one_line(metric):
     assert metric([[90, None], [80, 95]]) == metric([[90, float("nan")], [80, 95]])  # (JSON's null, read back)
 
 
+@pytest.mark.parametrize("metric", [forward_transfer, summarize, largest_rise])
+def test_untrained_accuracies_are_checked_as_the_matrix_is(metric):
+    """forward_transfer(R, [1000, 2000]) was -1990, and a baseline of text or a dict numpy's or float's own error."""
+    matrix = [[90, 10], [60, 95]]
+    for baseline, message in (([1000, 2000], r"percentages in \[0, 100\] .*, got 1000$"),
+                              (["10", "x"], r"numbers \(one accuracy per task\)$"),
+                              ({0: 10, 1: 12}, r"numbers"),
+                              ([10], r"one accuracy per task \(2\), got shape \(1,\)")):
+        with pytest.raises(ValueError, match=f"^baseline must hold {message}"):
+            metric(matrix, baseline)
+    assert str(metric(matrix, [10, None])) == str(metric(matrix, [10, float("nan")]))  # (JSON's null, read back)
+    assert str(metric(matrix, [10, 12])) != str(metric(matrix, [10, float("nan")]))
+
+
 def test_forgetting_takes_the_evaluated_cells_of_a_budgeted_matrix():
     """Under --eval-tasks the cells of tasks not yet trained are nan: forgetting is then the mean drop from each
     task's best evaluated accuracy (as BWT's cells are evaluated), the same as for the full matrix where those cells

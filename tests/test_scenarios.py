@@ -245,3 +245,55 @@ def test_make_scenario_given_your_own_dataset_names_the_argument_and_the_functio
     assert "\n" not in str(refused.value)
     with pytest.raises(ValueError, match="^make_scenario's datasets must name at least one dataset$"):
         make_scenario("permuted", [], tasks=2)
+
+
+def _stream(definition):
+    from metaspike.continual import Scenario, Task, TaskStream
+    from metaspike.data import ArrayDataset
+
+    data = ArrayDataset.from_tensors(torch.rand(20, 4), torch.arange(20) % 2, "mine")
+    tasks = TaskStream(3, lambda i: Task(f"t{i}", data, data), lambda i: f"t{i}", data.classes)
+    return Scenario("mine", tasks, tasks, definition=definition)
+
+
+def test_a_definition_of_arrays_is_kept_whole_and_tells_two_streams_apart():
+    """numpy shortens an array's repr past 1000 numbers, which the run's identity hashed: two streams whose
+    permutations differed in the middle were one stream to a resume."""
+    import numpy as np
+
+    from metaspike.continual.trainer import TrainerConfig, run_identity
+
+    perms = np.stack([np.random.default_rng(i).permutation(784) for i in range(3)])
+    other = perms.copy()
+    other[2, 100:700] = other[2, 100:700][::-1]
+    first, second = _stream({"perms": perms, "seed": np.int64(3)}), _stream({"perms": torch.from_numpy(other)})
+    assert first.definition == {"perms": perms.tolist(), "seed": 3}
+    assert type(first.definition["seed"]) is int and type(first.definition["perms"][0][0]) is int
+    config = TrainerConfig(epochs=1)
+    assert run_identity(first, config)["scenario"] != run_identity(_stream({"perms": other}), config)["scenario"]
+    assert run_identity(second, config)["scenario"] == run_identity(_stream({"perms": other.tolist()}), config)[
+        "scenario"]
+    perms[0, 0] = -1  # (the scenario keeps its own copy)
+    assert first.definition["perms"][0][0] != -1
+
+
+@pytest.mark.parametrize("definition, message", [
+    (None, "Scenario definition must be a dict"),
+    ([1, 2], "Scenario definition must be a dict"),
+    ({1: "a"}, "must have str keys"),
+    ({"perms": [{1, 2}]}, r"Scenario definition\['perms'\]\[0\] is a set"),
+    ({"z": torch.ones(2, dtype=torch.complex64)}, r"definition\['z'\] is complex"),
+])
+def test_a_definition_that_is_not_json_is_one_line_naming_where(definition, message):
+    with pytest.raises(ValueError, match=message):
+        _stream(definition)
+
+
+def test_joint_names_what_it_takes():
+    from metaspike.continual import Scenario
+
+    with pytest.raises(ValueError, match="joint takes a Scenario, got list"):
+        joint([])
+    with pytest.raises(ValueError, match="at least one task; 'none' has none"):
+        joint(Scenario("none", [], []))
+    assert len(joint(_stream({"seed": 1})).tasks) == 1  # (a stream made as it is reached joins too)

@@ -878,6 +878,18 @@ def sampled_product(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
         raise ValueError(f"samples must be an int >= 1, got {samples!r}")
     if not isinstance(x, Tensor):
         raise ValueError(f"x must be a tensor, got {type(x).__name__}")
+    try:
+        return _product_of_samples(layer, x, samples)
+    except RuntimeError:  # (diagnosed only where the product failed: the passing path pays nothing)
+        dtype = next((p.dtype for p in layer.parameters() if p.is_floating_point()), None)
+        if dtype is None or x.dtype == dtype or torch.is_autocast_enabled(x.device.type):
+            raise
+        raise ValueError(f"x must be {dtype}, the dtype of the layer's weights, got {x.dtype}: convert it with "
+                         f"x.to({dtype}) (or the model with model.to(x.dtype), or run it under torch.autocast)") from None
+
+
+def _product_of_samples(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
+    """:func:`sampled_product` of a checked ``samples`` and tensor ``x``."""
     if isinstance(layer, nn.Linear):
         if x.dim() not in (2, 3) or x.shape[-1] != layer.in_features or (x.dim() == 3 and x.shape[0] != samples):
             raise ValueError(f"x must have shape (B, in={layer.in_features}) or (samples={samples}, B, "

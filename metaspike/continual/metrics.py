@@ -58,10 +58,10 @@ def is_accuracy(value: object) -> bool:
     return isinstance(value, float) and (math.isnan(value) or 0.0 <= value <= 100.0)
 
 
-def _as_row(row: object) -> np.ndarray:
-    """One row of an accuracy matrix as a float array (the array itself where it is one already): numbers (not text
-    or booleans), each a percentage in ``[0, 100]`` or NaN (a cell not evaluated; ``None``, as JSON's ``null`` reads
-    back, is one too)."""
+def _as_accuracies(row: object, what: str = "accuracy matrix") -> np.ndarray:
+    """One row of an accuracy matrix (or the untrained accuracies, ``what`` naming them in an error) as a float array
+    (the array itself where it is one already): numbers (not text or booleans), each a percentage in ``[0, 100]`` or
+    NaN (a cell not evaluated; ``None``, as JSON's ``null`` reads back, is one too)."""
     try:
         values = np.asarray(row)
         if values.dtype.kind == "O":  # (None cells, or numbers of Python's other kinds: Decimal, Fraction)
@@ -73,10 +73,11 @@ def _as_row(row: object) -> np.ndarray:
             raise TypeError
         values = values.astype(float, copy=False)
     except (ValueError, TypeError, OverflowError):  # (an integer beyond float's range: no accuracy)
-        raise ValueError("accuracy matrix must hold numbers (one row of accuracies per evaluation)") from None
+        raise ValueError(f"{what} must hold numbers (" + ("one row of accuracies per evaluation)" if what ==
+                         "accuracy matrix" else "one accuracy per task)")) from None
     outside = ~((values >= 0.0) & (values <= 100.0) | np.isnan(values))
     if outside.any():
-        raise ValueError("accuracy matrix must hold percentages in [0, 100] (or NaN where not evaluated), got "
+        raise ValueError(f"{what} must hold percentages in [0, 100] (or NaN where not evaluated), got "
                          f"{float(values[outside][0]):g}")
     return values
 
@@ -99,7 +100,7 @@ def matrix_rows(matrix: Matrix, columns: int | None = None) -> list[np.ndarray]:
     try:
         for row in matrix:
             if id(row) not in converted:
-                converted[id(row)] = _as_row(row)
+                converted[id(row)] = _as_accuracies(row)
             rows.append(converted[id(row)])
     except TypeError:  # (not a sequence of rows: a number)
         raise ValueError("accuracy matrix must hold numbers (one row of accuracies per evaluation)") from None
@@ -164,7 +165,7 @@ def _paired(rows: list[np.ndarray]) -> np.ndarray | None:
 
 def _baseline(baseline: Sequence[float], tasks: int) -> np.ndarray:
     """``baseline`` as an array of one untrained accuracy per task; ``ValueError`` for another shape."""
-    b = np.asarray(baseline, dtype=float)
+    b = _as_accuracies(baseline, "baseline")
     if b.shape != (tasks,):
         raise ValueError(f"baseline must hold one accuracy per task ({tasks}), got shape {b.shape}")
     return b
