@@ -1250,7 +1250,8 @@ def test_sampled_forward_names_an_input_of_another_dtype(kind, training, dtype):
     bnn's Bayesian layers said it in one line, the function under them did not."""
     for layer, shape in ((nn.Linear(4, 3), (1, 4)), (nn.Linear(4, 3), (2, 4)), (nn.Conv2d(1, 2, 3), (2, 1, 5, 5))):
         layer = bayesianize(layer, kind).train(training)
-        with pytest.raises(ValueError, match=f"^x must be torch.float32, the dtype of the layer's weights, got {dtype}"):
+        message = f"^x must be torch.float32, the dtype of the layer's weights, got {dtype}"
+        with pytest.raises(ValueError, match=message):
             sampled_forward(layer, torch.ones(shape, dtype=dtype), 2)
         with torch.autocast("cpu", dtype=torch.bfloat16):  # (under autocast anything goes, as for torch's layers)
             assert sampled_forward(layer, torch.ones(shape, dtype=dtype).float(), 2).shape[0] == 2

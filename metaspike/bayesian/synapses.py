@@ -885,7 +885,8 @@ def sampled_product(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
         if dtype is None or x.dtype == dtype or torch.is_autocast_enabled(x.device.type):
             raise
         raise ValueError(f"x must be {dtype}, the dtype of the layer's weights, got {x.dtype}: convert it with "
-                         f"x.to({dtype}) (or the model with model.to(x.dtype), or run it under torch.autocast)") from None
+                         f"x.to({dtype}) (or the model with model.to(x.dtype), or run it under torch.autocast)"
+                         ) from None
 
 
 def _product_of_samples(layer: nn.Module, x: Tensor, samples: int) -> Tensor:
