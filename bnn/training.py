@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -45,7 +46,9 @@ def fit(
 ) -> list[dict[str, float]]:
     """Train ``model`` with :class:`metaspike.MetaplasticAdam`; return one record per epoch.
 
-    Each record has ``epoch``, ``loss`` and, when ``test`` is given, ``test_accuracy`` (percent).
+    Each record has ``epoch``, ``loss`` and, when ``test`` is given, ``test_accuracy`` (percent); a run whose test
+    accuracy never rose :data:`~metaspike.training.LEARNED_MARGIN` points above the untrained model's (measured before
+    the first step) ends with a :class:`~metaspike.training.LearnedNothingWarning`.
 
     Under ``torchrun`` (an initialised process group) every process trains on its slice of each mini-batch and the
     gradients are averaged, so the processes take the steps one process would with the whole batch; every process
@@ -80,6 +83,7 @@ def fit(
         training.check_inputs(model, test_xy[0].to(device), test_xy[1].to(device), what="test data")
     rank, processes = world()
     start_alike(model)
+    untrained = training.evaluate(model, *test_xy, device=device) if test_xy is not None else None
     optimizer = MetaplasticAdam(param_groups(model, meta), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     bar = None
@@ -99,7 +103,21 @@ def fit(
     finally:
         if bar is not None:
             bar.close()
+    if untrained is not None and rank == 0:
+        _warn_if_learned_nothing(untrained, max(record["test_accuracy"] for record in history))
     return history
+
+
+def _warn_if_learned_nothing(untrained: float, best: float) -> None:
+    """A :class:`~metaspike.training.LearnedNothingWarning` where the ``best`` test accuracy of a run rose less than
+    :data:`~metaspike.training.LEARNED_MARGIN` points above the ``untrained`` model's, which left room for it (a test
+    set of one class the untrained model already scores has none)."""
+    margin = training.LEARNED_MARGIN
+    if best - untrained < margin <= 100.0 - untrained:
+        warnings.warn(training.LearnedNothingWarning(
+            f"bnn.fit: the test accuracy never rose {margin:g} points or more above the untrained model's "
+            f"({untrained:.1f} %, best {best:.1f} %): the model learned nothing; check lr, meta and the data's labels, "
+            "and in a spiking model whether its hidden neurons fire"), stacklevel=3)
 
 
 def evaluate(model: nn.Module | PackedMLP, data: Data, batch_size: int = 1000, device: str = "cpu") -> float:

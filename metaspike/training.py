@@ -39,7 +39,22 @@ from metaspike.population_statistics import evaluates_with_batch_statistics, sta
 
 __all__ = ["check_inputs", "check_labels", "minimum_batch_size", "train_epoch", "evaluate", "evaluate_together", "MIN_STATISTICS_BATCH",
            "random_numbers_apart", "masked_logits", "backward_within_batch",
-           "classification_loss", "predictions", "TrainingDiverged", "Plugin", "non_finite_parameters"]
+           "classification_loss", "predictions", "TrainingDiverged", "Plugin", "non_finite_parameters",
+           "LEARNED_MARGIN", "LearnedNothingWarning"]
+
+#: A run none of whose accuracies rose more than this many points above the untrained network's learned nothing.
+LEARNED_MARGIN = 5.0
+
+
+class LearnedNothingWarning(UserWarning):
+    """What :meth:`~metaspike.continual.ContinualTrainer.fit` and :func:`bnn.fit` warn where a run learned nothing
+    (no accuracy rose :data:`LEARNED_MARGIN` points above the untrained model's): a model at chance says nothing by
+    itself.
+
+    Example:
+        >>> issubclass(LearnedNothingWarning, UserWarning)
+        True
+    """
 
 
 class Plugin:

@@ -275,6 +275,23 @@ def test_fit_learns_real_digits_and_evaluate_agrees():
     assert bnn.evaluate(model, test) == pytest.approx(history[-1]["test_accuracy"])
 
 
+def test_fit_warns_where_the_model_learned_nothing():
+    """bnn.fit said nothing of a run that stayed at the untrained model's accuracy, as the continual trainer does."""
+    import warnings
+
+    from metaspike.training import LearnedNothingWarning
+
+    train, test = load_dataset("digits"), load_dataset("digits", "test")
+    torch.manual_seed(0)
+    with pytest.warns(LearnedNothingWarning, match=r"never rose 5 points or more above the untrained model's") as seen:
+        bnn.fit(bnn.MLP([784, 32, 10]), train, epochs=1, lr=1e-12, test=test, progress=False)
+    assert seen[0].filename == __file__  # (the warning points at the caller's line)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LearnedNothingWarning)
+        bnn.fit(bnn.MLP([784, 32, 10]), train, epochs=1, test=test, progress=False)
+        bnn.fit(bnn.MLP([784, 32, 10]), train, epochs=1, lr=1e-12, progress=False)  # (no test set: nothing to say)
+
+
 def test_fit_rejects_input_of_the_wrong_size():
     x, y = torch.rand(10, 100), torch.randint(0, 10, (10,))
     with pytest.raises(ValueError, match=r"shape \(100,\) \(100 values\) but the model expects 784 input features"):

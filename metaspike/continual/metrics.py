@@ -35,6 +35,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from metaspike.checks import is_whole
+from metaspike.training import LEARNED_MARGIN, LearnedNothingWarning
 
 __all__ = ["average_accuracy", "backward_transfer", "forward_transfer", "forgetting", "summarize",
            "last_tasks_accuracy", "evaluated_accuracy", "task_accuracy_over_time", "largest_rise", "is_accuracy",
@@ -343,15 +344,6 @@ def summarize(matrix: Matrix, baseline: Sequence[float] | None = None, aligned: 
         "forgetting": _forgetting(paired),
         **evaluated,
     }
-
-
-#: A run none of whose accuracies rose more than this many points above the untrained network's learned nothing.
-LEARNED_MARGIN = 5.0
-
-
-class LearnedNothingWarning(UserWarning):
-    """What :meth:`~metaspike.continual.ContinualTrainer.fit` warns where a run learned nothing
-    (:func:`learned_nothing`): a model at chance says nothing by itself."""
 
 
 def _learned(rise: float) -> bool:
