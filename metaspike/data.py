@@ -40,6 +40,7 @@ import tarfile
 import urllib.request
 import warnings
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, NoReturn, Sequence
@@ -1019,18 +1020,45 @@ def dataset_key(name: str) -> str:
     return key
 
 
-@functools.lru_cache(maxsize=32)
+#: Datasets loaded in this process: ``(name, split, root)`` -> (what their folder held, the dataset), at most
+#: :data:`_CACHED_DATASETS` of them, the least recently loaded dropped first.
+_LOADED: OrderedDict[tuple[str, str, Path], tuple[tuple, ArrayDataset]] = OrderedDict()
+_CACHED_DATASETS = 32
+
+
+def _folder_state(folder: Path) -> tuple:
+    """The name, size and modification time of every file in ``folder`` and the folders in it (a dataset's folder:
+    a few files), links followed; ``()`` where there is none (an offline dataset)."""
+    try:
+        return tuple(sorted((str(path.relative_to(folder)), status.st_size, status.st_mtime_ns)
+                            for path in folder.rglob("*") for status in (path.stat(),) if not path.is_dir()))
+    except OSError:  # (unreadable, or a file removed while listed: the loader itself says what is wrong)
+        return ("unreadable",)
+
+
 def _load_cached(name: str, split: str, root: Path) -> ArrayDataset:
-    # Exceptions (including _MissingFiles) are not cached by lru_cache.
-    return _REGISTRY[name](split, root)
+    """The dataset as loaded before where its folder holds the same files, of the same sizes and times (files
+    replaced, edited or removed since are read again); errors, such as :class:`_MissingFiles`, are not kept."""
+    key, state = (name, split, root), _folder_state(root / name)
+    kept = _LOADED.get(key)
+    if kept is not None and kept[0] == state:
+        _LOADED.move_to_end(key)
+        return kept[1]
+    _LOADED.pop(key, None)  # (the data of files since changed is dropped before the new are read)
+    dataset = _REGISTRY[name](split, root)
+    _LOADED[key] = (state, dataset)
+    while len(_LOADED) > _CACHED_DATASETS:
+        _LOADED.popitem(last=False)
+    return dataset
 
 
-def _missing_message(name: str, split: str, err: _MissingFiles, reason: str) -> str:
+def _missing_message(name: str, split: str, err: _MissingFiles, reason: str, folder_given: bool) -> str:
     hint = f" ({err.hint})" if err.hint else ""
     offline = " or ".join(repr(n) for n in OFFLINE_DATASETS)
+    elsewhere = ("" if folder_given else  # (a folder given explicitly wins over the variable)
+                 f"or set {ENV_VAR} to a folder containing {name}/, ")
     return (f"{name} {split} split not found: put {', '.join(err.missing)}{hint} in "
-            f"{err.directory} [{reason}]; or set {ENV_VAR} to a folder containing {name}/, "
-            f"or use an offline dataset: {offline}")
+            f"{err.directory} [{reason}]; {elsewhere}or use an offline dataset: {offline}")
 
 
 def load_dataset(name: str, split: str = "train",
@@ -1041,7 +1069,9 @@ def load_dataset(name: str, split: str = "train",
     Files are looked up in ``default_data_dir(data_dir) / name``.  Missing
     files of network datasets are downloaded (MD5-checked) when ``download``
     is true.  Results are cached in memory per ``(name, split, directory)``,
-    so repeated calls return the same object; do not modify its tensors.
+    so repeated calls return the same object while the dataset's folder holds
+    the same files (files replaced, edited or removed are read again); do not
+    modify its tensors.
 
     Example:
         >>> test = load_dataset("mnist", "test", data_dir="~/data", download=False)  # doctest: +SKIP
@@ -1057,19 +1087,20 @@ def load_dataset(name: str, split: str = "train",
         raise DataError(f"unknown split {split!r} for dataset {key!r}; "
                         f"accepted: {', '.join(SPLITS)}")
     root = default_data_dir(data_dir).resolve()
+    folder_given = data_dir is not None and str(data_dir) != ""
     try:
         return _load_cached(key, split, root)
     except _MissingFiles as err:
         if not download:
-            raise DataError(_missing_message(key, split, err, "download=False")) from None
+            raise DataError(_missing_message(key, split, err, "download=False", folder_given)) from None
         missing = err
     for remote in missing.remotes:
         try:
             _download(remote, missing.directory)
         except Exception as exc:  # noqa: BLE001 - network errors come in many types
             reason = f"download of {remote.url} failed: {exc}"
-            raise DataError(_missing_message(key, split, missing, reason)) from None
+            raise DataError(_missing_message(key, split, missing, reason, folder_given)) from None
     try:
         return _load_cached(key, split, root)
     except _MissingFiles as err:  # downloaded, yet still not there: say so clearly
-        raise DataError(_missing_message(key, split, err, "files still missing after download")) from None
+        raise DataError(_missing_message(key, split, err, "files still missing after download", folder_given)) from None

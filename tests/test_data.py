@@ -10,6 +10,7 @@ import pickle
 import re
 import shutil
 import tarfile
+import urllib.error
 import warnings
 from pathlib import Path
 
@@ -279,7 +280,8 @@ def test_missing_files_message(tmp_path):
     assert "t10k-images-idx3-ubyte.gz" in msg
     assert "t10k-labels-idx1-ubyte.gz" not in msg  # present, so not listed
     assert str((tmp_path / "mnist").resolve()) in msg
-    assert "METASPIKE_DATA" in msg and "mnist5k" in msg and "digits" in msg
+    assert "mnist5k" in msg and "digits" in msg
+    assert "METASPIKE_DATA" not in msg  # (a folder given explicitly wins over the variable: setting it changes nothing)
     assert "\n" not in msg
     # a fully empty dir lists both files of the split
     with pytest.raises(DataError) as info:
@@ -289,18 +291,27 @@ def test_missing_files_message(tmp_path):
     assert str((tmp_path / "kmnist").resolve()) in msg
 
 
-def test_failed_download_gives_one_clear_error(tmp_path, monkeypatch):
+def test_the_missing_files_message_names_the_variable_only_where_no_folder_was_given(tmp_path, monkeypatch):
+    monkeypatch.setenv("METASPIKE_DATA", str(tmp_path))
+    with pytest.raises(DataError, match="or set METASPIKE_DATA to a folder containing mnist/, or use"):
+        load_dataset("mnist", "test", download=False)
+
+
+@pytest.mark.parametrize("failure", [OSError("network unreachable"),
+                                     urllib.error.URLError(OSError(-2, "Name or service not known"))])
+def test_failed_download_gives_one_clear_error(tmp_path, monkeypatch, failure):
     import metaspike.data as data
 
     def refuse(*args, **kwargs):
-        raise OSError("network unreachable")
+        raise failure
 
     monkeypatch.setattr(data.urllib.request, "urlopen", refuse)
     with pytest.raises(DataError) as info:
         load_dataset("fashion-mnist", "test", data_dir=tmp_path, download=True)
     msg = str(info.value)
-    assert "network unreachable" in msg and "t10k-images-idx3-ubyte.gz" in msg
-    assert "METASPIKE_DATA" in msg
+    assert str(failure) in msg and "t10k-images-idx3-ubyte.gz" in msg
+    # (a network error was read as the target file's: "[Errno None] <urlopen error ...>: '.../t10k-images...gz'")
+    assert "Errno None" not in msg and f"{failure}: '" not in msg
     assert "\n" not in msg
     assert not (tmp_path / "fashion-mnist").exists()  # the folder made for the download is gone again
 
@@ -706,3 +717,21 @@ def test_a_gzipped_idx_file_beside_a_different_plain_twin_is_refused(tmp_path):
     with pytest.raises(DataError, match=r"holds both t10k-labels-idx1-ubyte.gz and t10k-labels-idx1-ubyte, and they "
                                         r"differ: remove the one that is wrong$"):
         load_dataset("mnist", "test", tmp_path)
+
+
+def test_a_dataset_is_read_again_after_its_files_change(tmp_path):
+    """The cache was keyed on (name, split, folder) alone: files replaced, edited or removed since the first load
+    gave the first load's data for the rest of the process."""
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    images = np.arange(3 * 28 * 28, dtype=np.int64).reshape(3, 28, 28).astype(np.uint8)
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.array([1, 2, 3], dtype=np.uint8))
+    first = load_dataset("mnist", "test", data_dir=tmp_path, download=False)
+    assert load_dataset("mnist", "test", data_dir=tmp_path, download=False) is first  # (unchanged: the same object)
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.array([7, 8, 9], dtype=np.uint8))
+    os.utime(folder / "t10k-labels-idx1-ubyte.gz", ns=(1, 1))  # (another time, even within the clock's resolution)
+    assert load_dataset("mnist", "test", data_dir=tmp_path, download=False).y.tolist() == [7, 8, 9]
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz"):
+        load_dataset("mnist", "test", data_dir=tmp_path, download=False)
