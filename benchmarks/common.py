@@ -8,12 +8,21 @@ writes into the committed ``benchmarks/results/``.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
+from metaspike.app.config import parse_meta
+from metaspike.checks import MAX_SEED
+from metaspike.data import DataError
 from metaspike.machine import FLAGS, cpu  # noqa: F401 (FLAGS: the benchmarks' import of it)
+
+T = TypeVar("T")
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The default folder of every benchmark's output (git-ignored): published figures are written with ``--out``.
@@ -74,3 +83,81 @@ def nonnegative_float(text: str) -> float:
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (a learning rate)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """An argparse type: a seed, an integer in ``0..MAX_SEED``."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..{MAX_SEED}, got {text!r}")
+    return value
+
+
+def meta_setting(text: str) -> tuple[float, ...]:
+    """An argparse type: one m setting, a number >= 0 or one per layer joined by ``,`` (``5,30,30``)."""
+    try:
+        return parse_meta(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0 or one per layer like 5,30,30, got {text!r}") from None
+
+
+def check_distinct(parser: argparse.ArgumentParser, flag: str, values: Sequence[object]) -> None:
+    """One argparse error where ``values`` (of ``flag``) name one value twice: a seed run twice is one run counted
+    twice (its spread then reads 0)."""
+    twice = next((value for i, value in enumerate(values) if value in values[:i]), None)
+    if twice is not None:
+        parser.error(f"argument {flag}: {twice} is given twice; give each once")
+
+
+def _writable_folder(folder: Path, what: str) -> None:
+    """Raise ``ArgumentTypeError`` naming ``what`` where nothing can be written in ``folder``, tried in it or, where it
+    does not exist yet, in its nearest folder that does, without leaving anything there: a benchmark checks where it
+    writes before it measures, not after."""
+    existing = next(path for path in (folder.absolute(), *folder.absolute().parents) if path.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(20, f"{existing} is a file")
+        os.rmdir(tempfile.mkdtemp(dir=existing))
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"cannot write {what} {folder}: {err.strerror or err}") from None
+
+
+def output_file(text: str) -> Path:
+    """An argparse type: a file a benchmark writes at its end, checked now (not a folder, its folder writable)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; name a file (e.g. {path / 'results.txt'})")
+    _writable_folder(path.parent, "in the folder")
+    return path
+
+
+def output_folder(text: str) -> Path:
+    """An argparse type: a folder a benchmark writes into, made and checked now (not a file)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; name a folder")
+    _writable_folder(path, "in the folder")
+    return path
+
+
+def made_or_exit(parser: argparse.ArgumentParser, make: Callable[[], T]) -> T:
+    """``make()`` (a benchmark's run settings, built before anything runs), its ``ValueError`` or ``DataError`` one
+    argparse error (the settings' checks name the flag)."""
+    try:
+        return make()
+    except (ValueError, DataError) as err:
+        parser.error(str(err))

@@ -9,9 +9,8 @@ the last task no more than 3 points below m = 0. Prints the table, each check, a
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from common import RUNS, machine
+from common import RUNS, check_distinct, machine, output_folder, seed_int
 
 from metaspike.app.compare import compare
 from metaspike.app.config import RunConfig
@@ -20,9 +19,10 @@ from metaspike.app.tables import format_table
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--out", type=Path, default=RUNS, help="folder of the comparison (default: %(default)s)")
+    parser.add_argument("--seeds", type=seed_int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--out", type=output_folder, default=RUNS, help="folder of the comparison (default: %(default)s)")
     args = parser.parse_args()
+    check_distinct(parser, "--seeds", args.seeds)
     print(machine(), flush=True)
     base = RunConfig()
     path, rows = compare(base, [(0.0,), base.meta], args.seeds, args.out, progress=False)

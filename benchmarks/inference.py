@@ -35,10 +35,18 @@ import argparse
 import copy
 import statistics
 import time
-from pathlib import Path
 
 import torch
-from common import cpu, flags_line, load_average_line, machine, nonnegative_float, positive_int, run_file
+from common import (
+    cpu,
+    flags_line,
+    load_average_line,
+    machine,
+    nonnegative_float,
+    output_file,
+    positive_int,
+    run_file,
+)
 
 import bnn
 from metaspike.quantizers import get_quantizer
@@ -74,7 +82,7 @@ def main() -> None:
                         help="pause before each model's calls, so torch's threads stop spinning (default: 50)")
     parser.add_argument("--batches", type=positive_int, nargs="+", default=[1, 64])
     parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=output_file, default=None,
                         help="results file (default: the git-ignored results/runs/inference_<cpu-kind>_<N>thread(s)"
                              ".txt; publish with --out benchmarks/results/inference_<cpu-kind>.txt)")
     args = parser.parse_args()

@@ -16,8 +16,10 @@ Two parts, in one process:
 2. **The stream**: every method of :mod:`metaspike.app.reproduce.long_stream`, printing seconds,
    milliseconds per training step (through the trainer, evaluation included) and the peak RSS.
 
-The table and figure go to ``--out`` (default: the git-ignored ``benchmarks/results/runs/long_stream``); only an
-explicit ``--out`` writes into the committed results. The step costs, headed by the CPU, its flags, torch's threads
+The table and figure go to ``--out`` (default: a new folder ``long_stream``, ``long_stream-2``, ... in the git-ignored
+``benchmarks/results/runs``); only an explicit ``--out`` writes into the committed results. An ``--out`` that holds
+runs of an earlier benchmark is refused unless ``--resume`` is given, which reads finished runs back and continues
+stopped ones (their seconds are then those of the processes that ran them, and a note says which). The step costs, headed by the CPU, its flags, torch's threads
 and the load average, go there too, to ``steps_<cpu-kind>_<N>thread(s).txt``. ``--merge`` records in
 ``ran_with.json`` the thread counts, versions and CPU kinds its runs ran with, and warns where they differ (the
 tables' seconds are then not one machine's).
@@ -45,12 +47,23 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import RUNS, cpu, flags_line, load_average_line, machine, positive_int
+from common import (
+    RUNS,
+    check_distinct,
+    cpu,
+    flags_line,
+    load_average_line,
+    machine,
+    output_folder,
+    positive_int,
+    seed_int,
+)
 from torch import nn
 
 from metaspike.allocator import keep_freed_memory
 from metaspike.app.models import build_model, build_optimizer
 from metaspike.bayesian.fused_step import FusedTrainingStep
+from metaspike.continual.results import unique_directory
 
 #: A variant of the step-cost part: trains on the rows ``rows`` of ``(x, y)``, one step each.
 Rows = Callable[[torch.Tensor, torch.Tensor, range], object]
@@ -199,9 +212,12 @@ def _methods(parser: argparse.ArgumentParser, labels: list[str] | None) -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1])
-    parser.add_argument("--out", type=Path, default=RUNS / "long_stream",
-                        help="folder of the table and figure (default: the git-ignored results/runs/long_stream)")
+    parser.add_argument("--seeds", type=seed_int, nargs="+", default=[1])
+    parser.add_argument("--out", type=output_folder, default=None,
+                        help="folder of the table and figure (default: a new folder long_stream, long_stream-2, ... "
+                             "in the git-ignored results/runs)")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on with the runs --out holds (finished ones are read back, with their timings)")
     parser.add_argument("--steps", type=positive_int, default=500, help="steps per round of the step-cost part")
     parser.add_argument("--rounds", type=positive_int, default=5)
     parser.add_argument("--steps-only", action="store_true", help="only the step-cost part")
@@ -211,11 +227,23 @@ def main() -> None:
     parser.add_argument("--release-freed-memory", action="store_true",
                         help="keep glibc's default of returning freed memory (the metaspike command keeps it)")
     args = parser.parse_args()
+    check_distinct(parser, "--seeds", args.seeds)
     kept = not args.release_freed_memory and keep_freed_memory()
     if args.merge:
-        merge(args.merge, args.out)
+        check_distinct(parser, "--merge", [folder.resolve() for folder in args.merge])
+        missing = next((folder for folder in args.merge if not (folder / "table.csv").is_file()), None)
+        if missing is not None:
+            parser.error(f"argument --merge: {missing} holds no table.csv (a folder this benchmark wrote with --out)")
+        merge(args.merge, args.out or unique_directory(RUNS, "long_stream"))
         return
     methods = _methods(parser, args.methods)
+    earlier = [] if args.out is None else sorted(args.out.glob("runs/*/*"))
+    if earlier and not args.resume:
+        parser.error(f"argument --out: {args.out} holds {len(earlier)} run(s) of an earlier benchmark; give another "
+                     "folder, or --resume to go on with them (finished runs are read back with their timings)")
+    if args.resume and args.out is None:
+        parser.error("argument --resume: name the folder to go on with in --out")
+    args.out = args.out or unique_directory(RUNS, "long_stream")
     print(machine(), flush=True)
     print(f"freed memory {'kept' if kept else 'returned to the system'} (metaspike.allocator)")
     if not args.no_steps:
@@ -224,6 +252,9 @@ def main() -> None:
         return
     from metaspike.app.reproduce import long_stream
 
+    if earlier:
+        print(f"resuming {len(earlier)} run(s) in {args.out / 'runs'}: the seconds and step times of those read back "
+              "or continued are those of the processes that ran them", flush=True)
     start = time.perf_counter()
     rows = long_stream.run("cpu", args.seeds, args.out, False, None, methods=methods)
     for row in rows:

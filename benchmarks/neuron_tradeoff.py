@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import RUNS
+from common import RUNS, check_distinct, output_folder, seed_int
 
 from metaspike.app import plots
 from metaspike.app.compare import DEFAULT_NEURONS, TRADEOFF_LABELS, format_tradeoff, tradeoff_rows
@@ -37,7 +37,7 @@ METAS = ("0", "5", "10", "20", "30", "50")
 HALVES = RUNS / "neuron_tradeoff"
 
 
-def _run_halves(seeds: list[str]) -> list[Path]:
+def _run_halves(seeds: list[int]) -> list[Path]:
     """Both halves of the comparison, side by side, in a new folder of the git-ignored :data:`HALVES`."""
     half = len(DEFAULT_NEURONS) // 2
     HALVES.mkdir(parents=True, exist_ok=True)
@@ -46,7 +46,7 @@ def _run_halves(seeds: list[str]) -> list[Path]:
     outs = [root / f"half-{part}" for part in (1, 2)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-m", "metaspike", "compare", "--neurons", *group, "--meta", *METAS,
-                               "--seeds", *seeds, "--quiet", "--out", str(out)], env=env)
+                               "--seeds", *map(str, seeds), "--quiet", "--out", str(out)], env=env)
              for group, out in zip((DEFAULT_NEURONS[:half], DEFAULT_NEURONS[half:]), outs)]
     if any(proc.wait() != 0 for proc in procs):
         raise SystemExit("a comparison failed; finish it with metaspike compare --resume")
@@ -76,6 +76,12 @@ def _merged(folders: list[Path]) -> tuple[list[dict], dict[str, list]]:
     (:func:`metaspike.app.runs.ran_with`, which warns where it differs); one ``SystemExit`` naming the setting where two
     plans differ."""
     comparisons = [read_json(folder / "comparison.json") for folder in folders]
+    seen: dict[str, Path] = {}
+    for folder, comparison in zip(folders, comparisons):  # (a model merged twice: its rows twice, wrong verdicts)
+        for neuron in comparison.get("neurons", []):
+            if neuron in seen:
+                raise SystemExit(f"neuron model {neuron!r} is in {seen[neuron]} and {folder}: merge each model once")
+            seen[neuron] = folder
     first = comparisons[0]
     for folder, comparison in zip(folders[1:], comparisons[1:]):
         for key in sorted(set(first) | set(comparison)):
@@ -103,9 +109,14 @@ def _value(key: str, value: object) -> object:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--merge", nargs="+", type=Path, help="comparison folders to combine instead of running")
-    parser.add_argument("--seeds", nargs="+", default=["1", "2", "3"])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seeds", type=seed_int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--out", type=output_folder, required=True)
     args = parser.parse_args()
+    check_distinct(parser, "--seeds", args.seeds)
+    missing = next((folder for folder in args.merge or [] if not (folder / "comparison.json").is_file()), None)
+    if missing is not None:
+        parser.error(f"argument --merge: {missing} holds no comparison.json (a folder metaspike compare --neurons "
+                     "wrote)")
     folders = args.merge or _run_halves(args.seeds)
     rows, ran_with = _merged(folders)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from common import machine, positive_int
+from common import machine, nonnegative_float, positive_int
 
 import bnn
 from metaspike.optim import MetaplasticAdam
@@ -68,7 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=positive_int, nargs="+", default=[1024, 4096])
     parser.add_argument("--repeats", type=positive_int, default=20)
-    parser.add_argument("--meta", type=float, default=1.35)
+    parser.add_argument("--meta", type=nonnegative_float, default=1.35)
     parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:

@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import replace
-from pathlib import Path
 
-from common import RUNS, machine, machine_fields
+from common import RUNS, check_distinct, machine, machine_fields, meta_setting, output_folder, seed_int
 
 from metaspike.app.compare import compare
-from metaspike.app.config import RunConfig, parse_meta
+from metaspike.app.config import RunConfig
 from metaspike.app.tables import comparison_csv, one_decimal
 from metaspike.continual.results import atomic_write_text
 
@@ -46,18 +45,22 @@ def _table(rows: list[dict], tasks: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tanh", nargs="+", default=["5,30,30"], help="m values for the tanh rule")
-    parser.add_argument("--cascade", nargs="+", default=["5,30,30"], help="m values for the cascade rule")
-    parser.add_argument("--switch", nargs="+", default=["0.02", "0.1"], help="m values for the switch rule")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--out", type=Path, default=RUNS,
+    parser.add_argument("--tanh", type=meta_setting, nargs="+", default=[(5.0, 30.0, 30.0)],
+                        help="m values for the tanh rule (a number, or one per layer: 5,30,30)")
+    parser.add_argument("--cascade", type=meta_setting, nargs="+", default=[(5.0, 30.0, 30.0)],
+                        help="m values for the cascade rule")
+    parser.add_argument("--switch", type=meta_setting, nargs="+", default=[(0.02,), (0.1,)],
+                        help="m values for the switch rule")
+    parser.add_argument("--seeds", type=seed_int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--out", type=output_folder, default=RUNS,
                         help="folder of the comparisons and rules.csv (default: %(default)s)")
     args = parser.parse_args()
+    check_distinct(parser, "--seeds", args.seeds)
     print(machine(), flush=True)
     on = machine_fields()
     rows = []
     for rule in ("tanh", "cascade", "switch"):
-        metas = [parse_meta(m) for m in getattr(args, rule)]
+        metas = list(getattr(args, rule))
         if rule == "tanh":
             metas = [(0.0,), *metas]  # the plain BNN, once
         path, found = compare(replace(RunConfig(), rule=rule), metas, args.seeds, args.out, progress=False)

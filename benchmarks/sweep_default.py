@@ -20,9 +20,20 @@ import tempfile
 from pathlib import Path
 from typing import TextIO
 
-from common import RUNS, machine, machine_fields, positive_int
+from common import (
+    RUNS,
+    check_distinct,
+    machine,
+    machine_fields,
+    made_or_exit,
+    meta_setting,
+    output_file,
+    positive_float,
+    positive_int,
+    seed_int,
+)
 
-from metaspike.app.config import RunConfig, meta_label, parse_meta
+from metaspike.app.config import RunConfig, meta_label
 from metaspike.app.runs import run
 
 SETTINGS = ["dataset", "tasks", "layers", "hidden", "epochs", "lr", "meta", "seed", "optimizer"]
@@ -52,26 +63,32 @@ def main() -> None:
     parser.add_argument("--hidden", type=positive_int, nargs="+", default=[1024])
     parser.add_argument("--layers", type=positive_int, default=2, help="number of hidden layers")
     parser.add_argument("--epochs", type=positive_int, nargs="+", default=[20])
-    parser.add_argument("--lr", type=float, nargs="+", default=[0.005])
-    parser.add_argument("--meta", nargs="+", default=["0", "10"], help="settings: a number or one per layer (5,30,30)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1])
+    parser.add_argument("--lr", type=positive_float, nargs="+", default=[0.005])
+    parser.add_argument("--meta", type=meta_setting, nargs="+", default=[(0.0,), (10.0,)],
+                        help="settings: a number or one per layer (5,30,30)")
+    parser.add_argument("--seeds", type=seed_int, nargs="+", default=[1])
     parser.add_argument("--optimizer", default="shared", choices=["shared", "per-task"])
     parser.add_argument("--dataset", default="mnist5k")
     parser.add_argument("--tasks", type=positive_int, default=3)
-    parser.add_argument("--csv", type=Path, default=RUNS / "sweep_default.csv",
+    parser.add_argument("--csv", type=output_file, default=RUNS / "sweep_default.csv",
                         help="CSV to append to (default: the git-ignored benchmarks/results/runs/sweep_default.csv)")
     args = parser.parse_args()
+    for flag in ("hidden", "epochs", "lr", "meta", "seeds"):  # (a setting given twice: one run counted twice)
+        check_distinct(parser, f"--{flag}", getattr(args, flag))
+    configs = made_or_exit(parser, lambda: [  # (checked before the CSV is opened and anything runs)
+        RunConfig(datasets=(args.dataset,), tasks=args.tasks, hidden=(hidden,) * args.layers, epochs=epochs, lr=lr,
+                  meta=meta, seed=seed, optimizer=args.optimizer)
+        for hidden, epochs, lr, meta, seed in itertools.product(args.hidden, args.epochs, args.lr, args.meta, args.seeds)])
     machine_cells = list(machine_fields().values())
     with _open_csv(args.csv) as handle, tempfile.TemporaryDirectory() as tmp:
         writer = csv.writer(handle)
         print(machine(), flush=True)
         print(" ".join(f"{h:>10}" for h in [*SETTINGS, *MEASURED]), flush=True)
-        for hidden, epochs, lr, meta, seed in itertools.product(args.hidden, args.epochs, args.lr, args.meta, args.seeds):
-            config = RunConfig(datasets=(args.dataset,), tasks=args.tasks, hidden=(hidden,) * args.layers, epochs=epochs,
-                               lr=lr, meta=parse_meta(meta), seed=seed, optimizer=args.optimizer)
+        for config in configs:
             _, result = run(config, tmp, progress=False, plot=False)
             final = result.matrix[-1]
-            row = [args.dataset, args.tasks, args.layers, hidden, epochs, lr, meta_label(config.meta), seed,
+            row = [args.dataset, args.tasks, args.layers, config.hidden[0], config.epochs, config.lr,
+                   meta_label(config.meta), config.seed,
                    args.optimizer, round(final[0], 2), round(final[-1], 2), round(result.metrics["ACC"], 2),
                    round(result.metrics["forgetting"], 2), round(result.seconds, 1)]
             writer.writerow([*row, *machine_cells])

@@ -54,11 +54,10 @@ import re
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import FLAGS, cpu, load_average_line, machine, positive_int, run_file
+from common import FLAGS, cpu, load_average_line, machine, nonnegative_float, output_file, positive_int, run_file
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
@@ -346,13 +345,13 @@ def gpu(device: torch.device) -> tuple[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=positive_int, nargs="+", default=[1024, 4096])
-    parser.add_argument("--meta", type=float, default=1.35)
+    parser.add_argument("--meta", type=nonnegative_float, default=1.35)
     parser.add_argument("--rounds", type=positive_int, default=10)
     parser.add_argument("--steps-per-round", type=positive_int, default=3)
     parser.add_argument("--seeds", type=positive_int, default=1, help="seeds for the one-epoch accuracy check")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-accuracy", action="store_true", help="skip the one-epoch accuracy check")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=output_file, default=None,
                         help="results file (default: the git-ignored results/runs/train_throughput_<kind>_<N>thread(s)"
                              ".txt; publish with --out benchmarks/results/train_throughput_<kind>.txt)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")

@@ -107,6 +107,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bimu_forgetting.png")
     args = parser.parse_args()
+    if args.epochs < 1:
+        parser.error(f"argument --epochs: must be >= 1, got {args.epochs}")
     results = {"BiMU synapses": two_tasks(bimu_model_and_optimizer, args.epochs, args.seed),
                "binary synapses": two_tasks(binary_model_and_optimizer, args.epochs, args.seed)}
     print("\n".join(format_matrix(name, matrix) for name, matrix in results.items()))

@@ -23,6 +23,7 @@ Run: ``python examples/snntorch_tutorial_metaplastic.py [--meta 30] [--epochs 10
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 from torch import Tensor, nn
@@ -112,6 +113,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="forgetting.png")
     args = parser.parse_args()
+    if not 0 <= args.meta < math.inf:  # (checked before the first run, not after it)
+        parser.error(f"argument --meta: must be a finite number >= 0, got {args.meta:g}")
+    if args.epochs < 1:
+        parser.error(f"argument --epochs: must be >= 1, got {args.epochs}")
+    if not 0 < args.lr < math.inf:
+        parser.error(f"argument --lr: must be a finite number > 0, got {args.lr:g}")
     results = {f"meta = {meta:g}": two_tasks(meta, args.epochs, args.lr, args.seed) for meta in (0.0, args.meta)}
     print("\n".join(format_matrix(name, matrix) for name, matrix in results.items()))
     print(f"saved {plot_first_task(results, args.out)}")
