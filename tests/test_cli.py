@@ -609,6 +609,25 @@ def test_ctrl_c_while_a_comparison_draws_its_figures_names_the_comparison_that_c
     assert (folder / "comparison.png").exists()
 
 
+@pytest.mark.parametrize("signal_error", ["KeyboardInterrupt", "Terminated"])
+def test_a_stop_while_a_finished_run_draws_its_figures_names_the_command_that_draws_them(tmp_path, monkeypatch, capsys,
+                                                                                        signal_error):
+    """It said only "metaspike: interrupted", where every other moment names the folder and what continues it."""
+    from metaspike.app.cli import Terminated
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt if signal_error == "KeyboardInterrupt" else Terminated
+
+    monkeypatch.setattr("metaspike.app.plots.plot_run", stopped)
+    code = main(["train", *SMALL, "--out", str(tmp_path)])
+    folder = tmp_path / "permuted-digits-meta5-30-seed1"
+    err = capsys.readouterr().err.strip()
+    assert code == (130 if signal_error == "KeyboardInterrupt" else 143) and err.count("\n") == 0, err
+    assert err.endswith(f"results written so far are kept in {folder}; continue with: metaspike plot {folder}"), err
+    monkeypatch.undo()
+    assert main(["plot", str(folder)]) == 0 and (folder / "accuracy_curves.png").is_file()
+
+
 def test_ctrl_c_before_any_folder_exists_is_one_plain_line(tmp_path, monkeypatch, capsys):
     def interrupted_while_loading(*args, **kwargs):
         raise KeyboardInterrupt

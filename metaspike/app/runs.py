@@ -366,7 +366,10 @@ def train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: R
     if plot and directory is not None:  # (a complete run: a figure that cannot be written is only that)
         from metaspike.app.plots import plot_run
 
-        plot_run(directory.path)
+        # (a Ctrl-C while the figures are drawn names the folder and the command that draws them, as one during
+        # training names the command that continues it; a comparison's guard around it names its own)
+        with continued_by(directory.path, f"metaspike plot {directory.path}"):
+            plot_run(directory.path)
     return result
 
 
