@@ -20,7 +20,8 @@ from metaspike.app.tables import format_table
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=seed_int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--out", type=output_folder, default=RUNS, help="folder of the comparison (default: %(default)s)")
+    parser.add_argument("--out", type=output_folder, default=RUNS,
+                        help="folder of the comparison (default: %(default)s)")
     args = parser.parse_args()
     check_distinct(parser, "--seeds", args.seeds)
     print(machine(), flush=True)

@@ -19,10 +19,10 @@ Two parts, in one process:
 The table and figure go to ``--out`` (default: a new folder ``long_stream``, ``long_stream-2``, ... in the git-ignored
 ``benchmarks/results/runs``); only an explicit ``--out`` writes into the committed results. An ``--out`` that holds
 runs of an earlier benchmark is refused unless ``--resume`` is given, which reads finished runs back and continues
-stopped ones (their seconds are then those of the processes that ran them, and a note says which). The step costs, headed by the CPU, its flags, torch's threads
-and the load average, go there too, to ``steps_<cpu-kind>_<N>thread(s).txt``. ``--merge`` records in
-``ran_with.json`` the thread counts, versions and CPU kinds its runs ran with, and warns where they differ (the
-tables' seconds are then not one machine's).
+stopped ones (their seconds are then those of the processes that ran them, and a note says which). The step costs,
+headed by the CPU, its flags, torch's threads and the load average, go there too, to
+``steps_<cpu-kind>_<N>thread(s).txt``. ``--merge`` records in ``ran_with.json`` the thread counts, versions and CPU
+kinds its runs ran with, and warns where they differ (the tables' seconds are then not one machine's).
 
 Usage::
 
@@ -237,7 +237,7 @@ def main() -> None:
         merge(args.merge, args.out or unique_directory(RUNS, "long_stream"))
         return
     methods = _methods(parser, args.methods)
-    earlier = [] if args.out is None else sorted(args.out.glob("runs/*/*"))
+    earlier = [] if args.out is None or args.steps_only else sorted(args.out.glob("runs/*/*"))
     if earlier and not args.resume:
         parser.error(f"argument --out: {args.out} holds {len(earlier)} run(s) of an earlier benchmark; give another "
                      "folder, or --resume to go on with them (finished runs are read back with their timings)")

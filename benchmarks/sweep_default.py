@@ -78,7 +78,8 @@ def main() -> None:
     configs = made_or_exit(parser, lambda: [  # (checked before the CSV is opened and anything runs)
         RunConfig(datasets=(args.dataset,), tasks=args.tasks, hidden=(hidden,) * args.layers, epochs=epochs, lr=lr,
                   meta=meta, seed=seed, optimizer=args.optimizer)
-        for hidden, epochs, lr, meta, seed in itertools.product(args.hidden, args.epochs, args.lr, args.meta, args.seeds)])
+        for hidden, epochs, lr, meta, seed in itertools.product(args.hidden, args.epochs, args.lr, args.meta,
+                                                                args.seeds)])
     machine_cells = list(machine_fields().values())
     with _open_csv(args.csv) as handle, tempfile.TemporaryDirectory() as tmp:
         writer = csv.writer(handle)

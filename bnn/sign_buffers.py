@@ -187,7 +187,9 @@ class SignBuffers:
             for dtype, buffer in self._tensors.items():
                 if not _writable(buffer):  # a fresh buffer: the old one lives on where it is held
                     self._tensors[dtype] = torch.empty_like(buffer)
-            with torch.no_grad():
+            # (no grad-mode switch under torch.export: the program kept it as a node its own loader refuses,
+            # "wrap_with_set_grad_enabled is missing val field"; the weight is read detached there anyway)
+            with contextlib.nullcontext() if torch.compiler.is_exporting() else torch.no_grad():
                 outs = [out.view(-1) for out in self._tensors.values()]
                 # (detached: a forward-mode tangent has no place in a buffer, and sign's out= form refuses one)
                 flat = weight.detach().reshape(-1)

@@ -47,8 +47,9 @@ def fit(
     """Train ``model`` with :class:`metaspike.MetaplasticAdam`; return one record per epoch.
 
     Each record has ``epoch``, ``loss`` and, when ``test`` is given, ``test_accuracy`` (percent); a run whose test
-    accuracy never rose :data:`~metaspike.training.LEARNED_MARGIN` points above the untrained model's (measured before
-    the first step) ends with a :class:`~metaspike.training.LearnedNothingWarning`.
+    accuracy never rose :data:`~metaspike.training.LEARNED_MARGIN` points above what predicting the test set's most
+    common class scores ends with a :class:`~metaspike.training.LearnedNothingWarning` (a model given already trained,
+    for more epochs, is measured against that too, not against where it starts).
 
     Under ``torchrun`` (an initialised process group) every process trains on its slice of each mini-batch and the
     gradients are averaged, so the processes take the steps one process would with the whole batch; every process
@@ -83,7 +84,6 @@ def fit(
         training.check_inputs(model, test_xy[0].to(device), test_xy[1].to(device), what="test data")
     rank, processes = world()
     start_alike(model)
-    untrained = training.evaluate(model, *test_xy, device=device) if test_xy is not None else None
     optimizer = MetaplasticAdam(param_groups(model, meta), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     bar = None
@@ -103,21 +103,22 @@ def fit(
     finally:
         if bar is not None:
             bar.close()
-    if untrained is not None and rank == 0:
-        _warn_if_learned_nothing(untrained, max(record["test_accuracy"] for record in history))
+    if test_xy is not None and rank == 0:
+        _warn_if_learned_nothing(test_xy[1], max(record["test_accuracy"] for record in history))
     return history
 
 
-def _warn_if_learned_nothing(untrained: float, best: float) -> None:
+def _warn_if_learned_nothing(labels: Tensor, best: float) -> None:
     """A :class:`~metaspike.training.LearnedNothingWarning` where the ``best`` test accuracy of a run rose less than
-    :data:`~metaspike.training.LEARNED_MARGIN` points above the ``untrained`` model's, which left room for it (a test
-    set of one class the untrained model already scores has none)."""
+    :data:`~metaspike.training.LEARNED_MARGIN` points above the share of the most common of the test ``labels``
+    (what a model that always predicts it scores), which left room for it (a test set of one class has none)."""
     margin = training.LEARNED_MARGIN
-    if best - untrained < margin <= 100.0 - untrained:
+    chance = 100.0 * int(torch.bincount(labels.cpu()).max()) / len(labels)
+    if best - chance < margin <= 100.0 - chance:
         warnings.warn(training.LearnedNothingWarning(
-            f"bnn.fit: the test accuracy never rose {margin:g} points or more above the untrained model's "
-            f"({untrained:.1f} %, best {best:.1f} %): the model learned nothing; check lr, meta and the data's labels, "
-            "and in a spiking model whether its hidden neurons fire"), stacklevel=3)
+            f"bnn.fit: the test accuracy never rose {margin:g} points or more above what predicting the most common "
+            f"test class scores ({chance:.1f} %, best {best:.1f} %): the model learned nothing; check lr, meta and "
+            "the data's labels, and in a spiking model whether its hidden neurons fire"), stacklevel=3)
 
 
 def evaluate(model: nn.Module | PackedMLP, data: Data, batch_size: int = 1000, device: str = "cpu") -> float:

@@ -43,7 +43,7 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, NoReturn, Sequence
+from typing import Callable, Iterator, NoReturn, Sequence
 
 import numpy as np
 import torch
@@ -544,21 +544,35 @@ class _MissingFiles(DataError):
         super().__init__(f"missing {', '.join(self.missing)} in {directory}")
 
 
+class _DownloadFailed(Exception):
+    """The network's error while fetching a file (neither an ``OSError`` nor a ``RuntimeError``, which
+    :func:`~metaspike.files.atomic_open` reads as the file's own error and names the file being written)."""
+
+
+def _fetched_blocks(url: str, timeout: float) -> Iterator[bytes]:
+    """The bytes at ``url`` in blocks of 1 MiB; the network's errors as :class:`_DownloadFailed`."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            while block := response.read(1 << 20):
+                yield block
+    except OSError as err:
+        raise _DownloadFailed(str(err)) from err
+
+
 def _download(remote: _Remote, directory: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
     """Fetch ``remote`` into ``directory`` through :func:`metaspike.files.atomic_open`, md5 checked
     while streaming: a file that fails the check never replaces anything.
 
     The temporary file never stays behind, and folders this call created are removed again when
-    the download fails and they are empty. Raises OSError/ValueError (not DataError) on any
-    failure; the caller turns that into one readable DataError.
+    the download fails and they are empty. Raises OSError/ValueError/_DownloadFailed (not DataError)
+    on any failure; the caller turns that into one readable DataError.
     """
     created = [d for d in (directory, *directory.parents) if not d.exists()]
     directory.mkdir(parents=True, exist_ok=True)
     try:
         digest = hashlib.md5(usedforsecurity=False)
-        with atomic_open(directory / remote.filename, "wb") as out, \
-                urllib.request.urlopen(remote.url, timeout=timeout) as resp:
-            for block in iter(lambda: resp.read(1 << 20), b""):
+        with atomic_open(directory / remote.filename, "wb") as out:
+            for block in _fetched_blocks(remote.url, timeout):
                 digest.update(block)
                 out.write(block)
             if remote.md5 is not None and digest.hexdigest() != remote.md5:
@@ -1026,27 +1040,36 @@ _LOADED: OrderedDict[tuple[str, str, Path], tuple[tuple, ArrayDataset]] = Ordere
 _CACHED_DATASETS = 32
 
 
-def _folder_state(folder: Path) -> tuple:
+def _folder_state(folder: Path) -> tuple | None:
     """The name, size and modification time of every file in ``folder`` and the folders in it (a dataset's folder:
-    a few files), links followed; ``()`` where there is none (an offline dataset)."""
+    a few files), links followed (a link to nothing by its own); ``()`` where there is none (an offline dataset),
+    ``None`` where it cannot be listed."""
+    def state(path: Path) -> tuple:
+        try:
+            status = path.stat()
+        except FileNotFoundError:  # (a link to nothing: the link itself, which a loader may yet be told about)
+            status = path.lstat()
+        return str(path.relative_to(folder)), status.st_size, status.st_mtime_ns
+
     try:
-        return tuple(sorted((str(path.relative_to(folder)), status.st_size, status.st_mtime_ns)
-                            for path in folder.rglob("*") for status in (path.stat(),) if not path.is_dir()))
-    except OSError:  # (unreadable, or a file removed while listed: the loader itself says what is wrong)
-        return ("unreadable",)
+        return tuple(sorted(state(path) for path in folder.rglob("*") if not path.is_dir()))
+    except OSError:  # (unreadable, or a file removed while listed)
+        return None
 
 
 def _load_cached(name: str, split: str, root: Path) -> ArrayDataset:
     """The dataset as loaded before where its folder holds the same files, of the same sizes and times (files
-    replaced, edited or removed since are read again); errors, such as :class:`_MissingFiles`, are not kept."""
+    replaced, edited or removed since are read again, as is a folder that cannot be listed); errors, such as
+    :class:`_MissingFiles`, are not kept."""
     key, state = (name, split, root), _folder_state(root / name)
     kept = _LOADED.get(key)
-    if kept is not None and kept[0] == state:
+    if state is not None and kept is not None and kept[0] == state:
         _LOADED.move_to_end(key)
         return kept[1]
     _LOADED.pop(key, None)  # (the data of files since changed is dropped before the new are read)
     dataset = _REGISTRY[name](split, root)
-    _LOADED[key] = (state, dataset)
+    if state is not None:
+        _LOADED[key] = (state, dataset)
     while len(_LOADED) > _CACHED_DATASETS:
         _LOADED.popitem(last=False)
     return dataset

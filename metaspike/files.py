@@ -90,9 +90,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         failure = _file_failure(err)
-        # (a full disk names no file: name the target; an error of the caller's own work inside the block, such as a
-        # failed download's URLError, has no errno and is passed on as it is)
-        if failure is not None and failure.filename is None and failure.errno is not None:
+        if failure is not None and failure.filename is None:  # (a full disk names no file): name the target
             raise OSError(failure.errno, failure.strerror or str(failure), str(path)) from err
         raise
 

@@ -191,7 +191,8 @@ def magnitude_gate(x: Tensor, width: float = 1.0) -> Tensor:
         >>> y = magnitude_gate(x); y.sum().backward(); y, x.grad
         (tensor([1., 0., 0., 1.], grad_fn=<_MagnitudeGateBackward>), tensor([-1.,  0.,  1.,  0.]))
     """
-    if not (isinstance(x, Tensor) and x.is_floating_point()):  # (a complex |x| has no signed slope to pass back)
+    # (a complex |x| has no signed slope to pass back; what is not a tensor passes on as it is: torch.fx's proxies)
+    if isinstance(x, (list, tuple, int, float)) or isinstance(x, Tensor) and not x.is_floating_point():
         raise ValueError("magnitude_gate's input must be a real floating-point tensor, got "
                          f"{x.dtype if isinstance(x, Tensor) else type(x).__name__}")
     return function_transforms.apply(_MagnitudeGate, _TransformableMagnitudeGate, x,

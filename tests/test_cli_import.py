@@ -436,3 +436,17 @@ def test_a_module_that_changes_the_folder_or_default_dtype_is_refused(tmp_path, 
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and f"--import moves.py {message}" in err, err
     assert not (tmp_path / "runs").exists()  # (no run started)
+
+
+def test_a_refused_module_leaves_the_folder_and_dtype_as_they_were_and_is_imported_anew(tmp_path, capsys,
+                                                                                      monkeypatch):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    module = tmp_path / "moves.py"
+    module.write_text("import torch\ntorch.set_default_dtype(torch.float64)\n")
+    assert main(["train", "--import", "moves.py", *SMALL, "--out", "runs"]) == 2
+    assert torch.get_default_dtype() == torch.float32
+    assert main(["train", "--import", "moves.py", *SMALL, "--out", "runs"]) == 2  # (run again, refused again)
+    module.write_text("x = 1\n")  # (fixed: imported anew, accepted)
+    assert main(["train", "--import", "moves.py", *SMALL, "--out", "runs"]) == 0, capsys.readouterr().err

@@ -735,3 +735,29 @@ def test_a_dataset_is_read_again_after_its_files_change(tmp_path):
     (folder / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz"):
         load_dataset("mnist", "test", data_dir=tmp_path, download=False)
+
+
+def test_a_link_to_nothing_in_a_dataset_folder_leaves_the_change_check_working(tmp_path):
+    """A dangling link made the folder unreadable to the check, which then kept the first load's data for good."""
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    (folder / "notes.txt").symlink_to(tmp_path / "nowhere")
+    images = np.zeros((2, 28, 28), dtype=np.uint8)
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.array([5, 5], dtype=np.uint8))
+    first = load_dataset("mnist", "test", data_dir=tmp_path, download=False)
+    assert load_dataset("mnist", "test", data_dir=tmp_path, download=False) is first
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.array([7, 7], dtype=np.uint8))
+    os.utime(folder / "t10k-labels-idx1-ubyte.gz", ns=(1, 1))
+    assert load_dataset("mnist", "test", data_dir=tmp_path, download=False).y.tolist() == [7, 7]
+
+
+def test_a_write_error_without_a_file_name_names_the_target(tmp_path):
+    """numpy's short write raises an OSError with neither errno nor file name: the target is named."""
+    from metaspike.files import atomic_open
+
+    target = tmp_path / "target.npy"
+    with pytest.raises(OSError, match=f"100 requested and 8 written: '{target}'"):
+        with atomic_open(target, "wb"):
+            raise OSError("100 requested and 8 written")
+    assert list(tmp_path.iterdir()) == []

@@ -57,3 +57,20 @@ def test_an_exported_model_gives_its_evaluation_outputs_bit_for_bit(build, shape
     other = torch.randn(3, *shape[1:])
     with torch.no_grad():
         assert torch.equal(dynamic.module()(other), model(other))
+
+
+@pytest.mark.parametrize("build, shape", [
+    (_mlp, (8, 20)),
+    (_convnet, (8, 1, 8, 8)),
+    (_binarized_torch, (8, 1, 8, 8)),
+    (lambda: _bayesian("bimu"), (8, 20)),
+], ids=["bnn.MLP", "bnn.ConvNet", "binarize", "bimu"])
+def test_an_exported_program_is_saved_and_loaded(build, shape, tmp_path):
+    """bnn's layers wrote their signs under torch.no_grad(), which the program kept as a node torch.export.load
+    refused ("wrap_with_set_grad_enabled is missing val field"): the program ran, but could not leave the process."""
+    torch.manual_seed(0)
+    model = _trained(build(), torch.randn(shape))
+    torch.export.save(torch.export.export(model, (torch.randn(shape),)), tmp_path / "model.pt2")
+    fresh = torch.randn(shape)
+    with torch.no_grad():
+        assert torch.equal(torch.export.load(tmp_path / "model.pt2").module()(fresh), model(fresh))

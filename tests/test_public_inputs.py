@@ -38,3 +38,12 @@ def test_the_checks_leave_right_arguments_working():
     assert x.grad.tolist() == [0.0, 0.0]  # (|x| = 2 lies beyond 3·width/2, |x| = 0.5 on the box's edge)
     assert inherit_rule_states(_optimizer(), _optimizer()) == 0
     assert str(default_data_dir("~/sets")).endswith("sets")
+
+
+def test_magnitude_gate_traces_with_torch_fx():
+    """The input check took torch.fx's proxy for a wrong input."""
+    import bnn
+
+    traced = torch.fx.symbolic_trace(torch.nn.Sequential(torch.nn.Linear(4, 3), bnn.MagnitudeGate()))
+    x = torch.randn(5, 4)
+    assert torch.equal(traced(x), magnitude_gate(traced.get_submodule("0")(x)))

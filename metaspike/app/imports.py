@@ -116,7 +116,14 @@ def import_modules(specs: Sequence[str]) -> tuple[str, ...]:
                     f"({spec}.py) or run python -m metaspike" if isinstance(err, ModuleNotFoundError)
                     and not _is_file(spec) and Path(f"{spec.replace('.', '/')}.py").is_file() else "")
             raise ValueError(f"{FLAG} {spec}: {_where(err, origin)}{type(err).__name__}: {err}{hint}") from None
-        _check_left_alone(spec, folder, dtype)
+        try:
+            _check_left_alone(spec, folder, dtype)
+        except ValueError:  # (put back as they were, the module forgotten: fixed, it is imported anew)
+            os.chdir(folder)
+            torch.set_default_dtype(dtype)
+            for name in set(sys.modules) - before:
+                del sys.modules[name]
+            raise
         own = _source_file(recorded)
         _BROUGHT_IN.setdefault(recorded, tuple(sorted(
             path for path in _users_files(sys.modules.get(name) for name in set(sys.modules) - before) if path != own)))

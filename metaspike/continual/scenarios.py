@@ -179,9 +179,7 @@ class Scenario:
         tasks: tasks trained one after the other (a list is kept as a tuple, so changing the list later does not
             change the scenario that was checked).
         eval_tasks: tasks every evaluation covers (columns of the accuracy matrix; a list is kept as a tuple too).
-        definition: everything needed to rebuild the stream (saved as ``scenario.json``, and what a resume compares
-            for a stream made as it is reached): a dict of JSON values, numpy arrays, tensors and numpy numbers, kept
-            as a copy made of JSON values (an array as its nested lists).
+        definition: everything needed to rebuild the stream (saved as ``scenario.json``).
         task_boundaries: whether the learner may be told where tasks change (``False`` for streams).
         task_known_at_test: whether an evaluation may be told which task it tests (``False`` for class-incremental
             splits, whose single head must tell all classes apart without it).
@@ -216,12 +214,11 @@ class Scenario:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"a scenario's name must be a non-empty str, got {self.name!r}")
-        if not isinstance(self.definition, dict):
-            raise ValueError(f"Scenario definition must be a dict of what rebuilds the stream (seeds, permutations), "
-                             f"got {type(self.definition).__name__}")
-        # (a copy of JSON values: a numpy array's repr, which numpy shortens past 1000 numbers, was what the run's
-        # identity hashed, so a resume on a stream of other permutations went on without a word)
-        object.__setattr__(self, "definition", _json_value(self.definition, "definition"))
+        if self.definition is None:
+            object.__setattr__(self, "definition", {})
+        elif not isinstance(self.definition, dict):  # (its keys are what scenario.json holds beside the name)
+            raise ValueError(f"Scenario definition must be a dict of what rebuilds the stream (seeds, permutations) "
+                             f"or None, got {type(self.definition).__name__}")
         kept: dict[int, tuple] = {}  # a list is kept as a tuple (one list given twice as one tuple): what is checked
         for key in ("tasks", "eval_tasks"):  # here is what trains, whatever happens to the caller's list later
             value = getattr(self, key)
@@ -600,26 +597,6 @@ def stream(train: ArrayDataset, test: ArrayDataset, n_subsets: int = 10, seed: i
     evaluation = (Task(f"{_base(test)}-test", test, test),)
     definition = {"dataset": _base(train), "seed": seed, "subsets": [p.tolist() for p in parts]}
     return Scenario("stream", tasks, evaluation, definition, task_boundaries=False)
-
-
-def _json_value(value: Any, where: str) -> Any:
-    """``value`` made of JSON values (a numpy array or tensor as its nested lists, a numpy number as a Python one, a
-    tuple as a list); one ``ValueError`` naming ``where`` in it for anything else."""
-    if isinstance(value, dict):
-        wrong = next((key for key in value if not isinstance(key, str)), None)
-        if wrong is not None:
-            raise ValueError(f"Scenario {where} must have str keys (it is saved as JSON), got {wrong!r}")
-        return {key: _json_value(item, f"{where}[{key!r}]") for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_value(item, f"{where}[{i}]") for i, item in enumerate(value)]
-    if isinstance(value, (np.ndarray, np.generic, torch.Tensor)):
-        if value.is_complex() if isinstance(value, torch.Tensor) else np.iscomplexobj(value):
-            raise ValueError(f"Scenario {where} is complex ({value.dtype}); a definition holds real numbers")
-        return _json_value(value.tolist(), where)  # (Python numbers and lists: no numpy type comes back)
-    if value is None or isinstance(value, (str, bool, int, float)):
-        return value
-    raise ValueError(f"Scenario {where} is a {type(value).__name__}; a definition holds JSON values (str, numbers, "
-                     "bools, None, lists, dicts), numpy arrays, tensors or numpy numbers (it is saved as JSON)")
 
 
 def joint(scenario: Scenario) -> Scenario:

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch._tensor_str import PRINT_OPTS
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
@@ -376,12 +377,34 @@ def run_identity(scenario: Scenario, config: TrainerConfig, model: nn.Module | N
                  scenario.task_boundaries, scenario.task_known_at_test, scenario.growing_head]
     if not made_when_reached(scenario.tasks):  # (a stream made as it is reached: its definition fixes its classes)
         described.append([None if t.classes is None else list(t.classes) for t in scenario.tasks])
-    described_text = json.dumps(described, sort_keys=True, default=repr)
+    described_text = json.dumps(described, sort_keys=True, default=_described_value)
     identity = {"scenario": hashlib.sha256(described_text.encode()).hexdigest(), "data": _data_fingerprint(scenario),
                 "data_sums": _data_sums(scenario), "settings": {key: getattr(config, key) for key in RESULT_SETTINGS},
                 "processes": world()[1]}
     return identity if model is None else {**identity, "model": _model_structure(model),
                                            "model_settings": _model_settings(model)}
+
+
+def _described_value(value: Any) -> str:
+    """How :func:`run_identity` reads a value of a scenario's definition that JSON has no form for: its ``repr`` where
+    that shows the value whole (a numpy number; an integer or boolean array or tensor that numpy or torch prints
+    without shortening it; an array of objects), else its kind, dtype, shape and a SHA-256 of its bytes. An array's
+    ``repr`` shows only its ends past 1000 values, and its floats to 8 digits (a tensor's to 4): two streams of other
+    permutations were one stream to a resume."""
+    if isinstance(value, Tensor):
+        data = value.detach().cpu()
+        data = data if data.layout == torch.strided else data.to_dense()
+        if not (data.is_floating_point() or data.is_complex()) and data.numel() <= PRINT_OPTS.threshold:
+            return repr(value)
+        raw = data.contiguous().reshape(-1).view(torch.uint8).numpy()
+    elif isinstance(value, np.ndarray):
+        if value.dtype.kind == "O" or value.dtype.kind in "biu" and value.size <= np.get_printoptions()["threshold"]:
+            return repr(value)
+        data, raw = value, np.ascontiguousarray(value).reshape(-1).view(np.uint8)
+    else:
+        return repr(value)
+    digest = hashlib.sha256(raw.tobytes()).hexdigest()
+    return f"{type(value).__name__}({data.dtype}, {tuple(data.shape)}, sha256 {digest})"
 
 
 def _model_structure(model: nn.Module) -> str:
