@@ -63,48 +63,28 @@ def run_file(name: str, kind: str) -> Path:
     return RUNS / f"{name}_{kind}_{threads}thread{'' if threads == 1 else 's'}.txt"
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (argparse names the flag in its one-line error)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
+def _argument_type(convert: Callable[[str], T], accepted: Callable[[T], bool], wording: str) -> Callable[[str], T]:
+    """An argparse type: ``convert(text)`` where ``accepted`` takes it, else one error saying it ``must be`` of the
+    ``wording`` (argparse names the flag in front of it)."""
+    def parse(text: str) -> T:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {wording}, got {text!r}") from None
+        if not accepted(value):
+            raise argparse.ArgumentTypeError(f"must be {wording}, got {text!r}")
+        return value
+    return parse
 
 
-def nonnegative_float(text: str) -> float:
-    """An argparse type: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0 (a learning rate)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
-
-
-def seed_int(text: str) -> int:
-    """An argparse type: a seed, an integer in ``0..MAX_SEED``."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be an integer in 0..{MAX_SEED}, got {text!r}")
-    return value
+#: An integer >= 1.
+positive_int = _argument_type(int, lambda value: value >= 1, "an integer >= 1")
+#: A finite number >= 0.
+nonnegative_float = _argument_type(float, lambda value: 0 <= value < math.inf, "a finite number >= 0")
+#: A finite number > 0 (a learning rate).
+positive_float = _argument_type(float, lambda value: 0 < value < math.inf, "a finite number > 0")
+#: A seed: an integer in ``0..MAX_SEED``.
+seed_int = _argument_type(int, lambda value: 0 <= value <= MAX_SEED, f"an integer in 0..{MAX_SEED}")
 
 
 def meta_setting(text: str) -> tuple[float, ...]:
