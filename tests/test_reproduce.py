@@ -122,6 +122,13 @@ def test_a_reproduction_records_its_device_and_resumes_on_it(tmp_path, capsys):
     (root / "reproduction.json").write_text(json.dumps({**record, "device": "tpu:9"}))
     assert main(["reproduce", "--resume", str(root), "--quiet"]) == 2
     assert capsys.readouterr().err.startswith(f"metaspike: error: {root / 'reproduction.json'}: device must name")
+    # (a data folder in a cpu-scale record was taken, and its runs then refused as runs of other settings)
+    (root / "reproduction.json").write_text(json.dumps({**record, "data_dir": str(tmp_path)}))
+    assert main(["reproduce", "--resume", str(root), "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith(f"metaspike: error: {root / 'reproduction.json'}: data_dir: --scale cpu "
+                                              "runs on the datasets that come with the installed packages")
+    assert main(["reproduce", "fig5ab", "--device", "", "--out", str(tmp_path)]) == 2  # (was the CPU, silently)
+    assert "--device" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -88,18 +88,27 @@ def check_settings(metas: Sequence[float | Sequence[float]], seeds: Sequence[int
 
 def comparison_csv(rows: Sequence[dict[str, Any]], labels: Sequence[str] = ("setting", "meta", "runs")) -> str:
     """CSV of comparison rows: the ``labels`` columns, then mean and std of every ``(mean, std)`` value
-    (an empty cell where a value is undefined).
+    (an empty cell where a value is undefined), to three decimals, or three significant digits for a value below 0.01
+    (fig5cde's loss increases: 0.0075 ± 0.00045 read 0.008 ± 0.000).
 
     Example:
-        >>> print(comparison_csv([{"setting": "meta=0", "meta": "0", "runs": 2, "ACC": (50.0, 1.0)}]), end="")
-        setting,meta,runs,ACC_mean,ACC_std
-        meta=0,0,2,50.000,1.000
+        >>> print(comparison_csv([{"setting": "meta=0", "meta": "0", "runs": 2, "ACC": (50.0, 1.0),
+        ...                        "loss": (0.0075, 0.00045)}]), end="")
+        setting,meta,runs,ACC_mean,ACC_std,loss_mean,loss_std
+        meta=0,0,2,50.000,1.000,0.0075,0.00045
     """
     keys = [k for k in rows[0] if isinstance(rows[0][k], tuple)]
     header = [*labels, *(f"{k.replace(' ', '')}_{part}" for k in keys for part in ("mean", "std"))]
-    body = [[*(row[label] for label in labels), *(decimal_text(v, 3) if math.isfinite(v) else "" for k in keys for v in row[k])]
-            for row in rows]
+    body = [[*(row[label] for label in labels), *(_csv_number(v) for k in keys for v in row[k])] for row in rows]
     return csv_text([header, *body])
+
+
+def _csv_number(value: float) -> str:
+    """A comparison CSV's cell: :func:`decimal_text` to three decimals, or three significant digits below 0.01 (where
+    the decimals would hide it); empty where undefined."""
+    if not math.isfinite(value):
+        return ""
+    return decimal_text(value, 3) if value == 0 or abs(value) >= 0.01 else f"{value:.3g}"
 
 
 def last_task_column(rows: Sequence[dict[str, Any]]) -> str:

@@ -19,6 +19,7 @@ from metaspike.app.reproduce.scales import SCALES
 from metaspike.app.runs import LOCK, REPRODUCTION_RECORD, Interrupted, continued_by, ran_with, run_lock
 from metaspike.checks import MAX_SEED, check_device, unknown_name
 from metaspike.continual.results import unique_directory
+from metaspike.data import OFFLINE_DATASETS
 from metaspike.files import atomic_write_text, read_json
 
 __all__ = ["reproduce", "resume_reproduction", "EXPERIMENTS", "SCALES"]
@@ -35,6 +36,15 @@ def _check_seeds(seeds: Sequence[int]) -> list[int]:
             or len(set(seeds)) != len(seeds)):
         raise ValueError(f"--seeds must list one or more distinct integers in 0..{MAX_SEED}, got {seeds}")
     return list(seeds)
+
+
+def _check_data_dir(scale: str, data_dir: object, name: str) -> None:
+    """One ``ValueError`` naming ``name`` (``--data-dir``, a record's ``data_dir``) where a folder is given to a scale
+    that reads none: ``cpu`` trains on the datasets that come with the installed packages."""
+    if scale == "cpu" and data_dir is not None:
+        raise ValueError(f"{name}: --scale cpu runs on the datasets that come with the installed packages "
+                         f"({', '.join(OFFLINE_DATASETS)}) and reads no data folder; leave out {name}, or give "
+                         "--scale paper")
 
 
 def reproduce(name: str, scale: str = "cpu", seeds: Sequence[int] = (1,), out: str | Path = "runs",
@@ -57,6 +67,7 @@ def reproduce(name: str, scale: str = "cpu", seeds: Sequence[int] = (1,), out: s
     get_experiment(name)
     if scale not in SCALES:
         raise ValueError(unknown_name("scale", scale, SCALES))
+    _check_data_dir(scale, data_dir, "--data-dir")
     seeds = _check_seeds([int(s) for s in seeds])
     device = str(check_device(device, "--device"))
     root = unique_directory(out, f"reproduce-{name}-{scale}")
@@ -93,6 +104,7 @@ def resume_reproduction(root: str | Path, progress: bool = False) -> tuple[Path,
         seeds = _check_seeds(record["seeds"])
         if record["data_dir"] is not None and not isinstance(record["data_dir"], str):
             raise ValueError(f"data_dir must be a folder name or null, got {record['data_dir']!r}")
+        _check_data_dir(record["scale"], record["data_dir"], "data_dir")
         if not isinstance(device, str):
             raise ValueError(f"device must name a torch device, got {device!r}")
         check_device(device)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from metaspike.app.reproduce.experiments import EXPERIMENTS
 from metaspike.app.reproduce.scales import SCALES
-from metaspike.data import OFFLINE_DATASETS
 
 __all__ = ["add_parser", "run"]
 
@@ -82,12 +81,8 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"reproduce needs an experiment NAME (one of {', '.join(EXPERIMENTS)}) or --resume DIR")
     else:
         scale = "cpu" if args.scale is None else args.scale  # (an empty --scale is refused, as any unknown one)
-        if scale == "cpu" and args.data_dir is not None:
-            raise ValueError(f"--data-dir: --scale cpu runs on the datasets that come with the installed packages "
-                             f"({', '.join(OFFLINE_DATASETS)}) and reads no data folder; leave out --data-dir, or give "
-                             "--scale paper")
         root, rows = reproduce(args.name, scale, args.seeds or [1], args.out or "runs", progress=not args.quiet,
-                               data_dir=args.data_dir, device=args.device or "cpu")
+                               data_dir=args.data_dir, device="cpu" if args.device is None else args.device)
     for row in rows:
         cells = [f"{k}={_mean_std(*v)}" if isinstance(v, tuple) else f"{k}={v}" for k, v in row.items() if k != "setting"]
         print(f"{row['setting']}: {'  '.join(cells)}")
