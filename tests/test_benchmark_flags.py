@@ -20,14 +20,10 @@ def _run(script: str, *flags: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("script, flags, message", [
-    ("benchmarks/train_throughput.py", ["--meta", "nan"], "argument --meta: must be a finite number >= 0"),
     ("benchmarks/train_throughput.py", ["--out", "."], "argument --out: . is a folder; name a file"),
-    ("benchmarks/inference.py", ["--out", "afile/x.txt"], "argument --out: cannot write in the folder afile"),
     ("benchmarks/sweep_default.py", ["--seeds", "1", "1"], "argument --seeds: 1 is given twice"),
     ("benchmarks/sweep_default.py", ["--dataset", "bogus", "--csv", "s.csv"], "unknown dataset 'bogus'"),
     ("benchmarks/rules_forgetting.py", ["--switch", "abc"], "argument --switch: must be a number >= 0 or one per"),
-    ("benchmarks/snn_forgetting.py", ["--out", "afile"], "argument --out: afile is a file; name a folder"),
-    ("benchmarks/long_stream.py", ["--seeds", "1", "1"], "argument --seeds: 1 is given twice"),
     ("benchmarks/long_stream.py", ["--no-steps", "--out", "earlier"], "argument --out: earlier holds 1 run(s) of an "
                                                                       "earlier benchmark; give another folder, or "
                                                                       "--resume"),
