@@ -1041,18 +1041,24 @@ _CACHED_DATASETS = 32
 
 
 def _folder_state(folder: Path) -> tuple | None:
-    """The name, size and modification time of every file in ``folder`` and the folders in it (a dataset's folder:
-    a few files), links followed (a link to nothing by its own); ``()`` where there is none (an offline dataset),
-    ``None`` where it cannot be listed."""
+    """The name, size, inode and modification and change times of every file in ``folder`` and in the folders in it
+    (a dataset's folder: a few files, an extracted archive's folder one level down), links followed (a link to nothing
+    by its own; the change time tells a file copied with its modification time kept); ``()`` where there is none (an
+    offline dataset), ``None`` where it cannot be listed."""
     def state(path: Path) -> tuple:
         try:
             status = path.stat()
         except FileNotFoundError:  # (a link to nothing: the link itself, which a loader may yet be told about)
             status = path.lstat()
-        return str(path.relative_to(folder)), status.st_size, status.st_mtime_ns
+        return str(path.relative_to(folder)), status.st_size, status.st_ino, status.st_mtime_ns, status.st_ctime_ns
 
+    if not folder.is_dir():
+        return ()
     try:
-        return tuple(sorted(state(path) for path in folder.rglob("*") if not path.is_dir()))
+        entries = sorted(folder.iterdir())
+        files = [path for path in entries if not path.is_dir()]
+        files += [inner for path in entries if path.is_dir() for inner in sorted(path.iterdir()) if not inner.is_dir()]
+        return tuple(state(path) for path in files)
     except OSError:  # (unreadable, or a file removed while listed)
         return None
 

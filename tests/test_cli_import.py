@@ -450,3 +450,21 @@ def test_a_refused_module_leaves_the_folder_and_dtype_as_they_were_and_is_import
     assert main(["train", "--import", "moves.py", *SMALL, "--out", "runs"]) == 2  # (run again, refused again)
     module.write_text("x = 1\n")  # (fixed: imported anew, accepted)
     assert main(["train", "--import", "moves.py", *SMALL, "--out", "runs"]) == 0, capsys.readouterr().err
+
+
+def test_a_module_that_changes_the_dtype_and_then_fails_leaves_it_as_it_was(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "half.py").write_text("import torch\ntorch.set_default_dtype(torch.float64)\nraise RuntimeError('x')\n")
+    assert main(["train", "--import", "half.py", *SMALL, "--out", "runs"]) == 2
+    assert torch.get_default_dtype() == torch.float32 and "half.py line 3: RuntimeError: x" in capsys.readouterr().err
+
+
+def test_compare_neurons_alone_takes_the_neuron_models_of_ones_own_too():
+    """--neurons alone compared the built-in models only: one registered through --import was left out silently."""
+    from metaspike.app.compare import DEFAULT_NEURONS, every_neuron_model
+    from metaspike.snn import SelfRecurrentLIF, spiking_mlp
+
+    register_neuron("slow-lif", lambda spec: spiking_mlp(spec, lambda n, out: SelfRecurrentLIF(n, output=out)))
+    assert every_neuron_model() == [*DEFAULT_NEURONS, "slow-lif"]

@@ -761,3 +761,23 @@ def test_a_write_error_without_a_file_name_names_the_target(tmp_path):
         with atomic_open(target, "wb"):
             raise OSError("100 requested and 8 written")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_linked_archive_folder_and_a_copy_keeping_its_time_are_read_again(tmp_path):
+    """The change check did not follow a linked folder (CIFAR's extracted cifar-10-batches-py/ kept elsewhere) and
+    missed a file copied over another of its size with the modification time kept (cp -p, rsync -t, tar x)."""
+    from metaspike.data import _folder_state
+
+    folder, elsewhere = tmp_path / "cifar10", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "data_batch_1").write_bytes(b"aaaa")
+    (folder / "cifar-10-batches-py").symlink_to(elsewhere)
+    first = _folder_state(folder)
+    assert [entry[0] for entry in first] == ["cifar-10-batches-py/data_batch_1"]
+    (tmp_path / "copy").write_bytes(b"bbbb")
+    stamp = (elsewhere / "data_batch_1").stat()
+    os.replace(tmp_path / "copy", elsewhere / "data_batch_1")
+    os.utime(elsewhere / "data_batch_1", ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert _folder_state(folder) != first
+    assert _folder_state(tmp_path / "nothing") == ()

@@ -265,7 +265,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--neurons", nargs="*", default=None, metavar="NAME",
                      help="compare models (bnn, or spiking neuron models such as leaky norse-lif, or one with "
                           "BiMU synapses such as leaky+bimu; see metaspike.app.models.available_models(); none "
-                          "named: bnn and every spiking model with binary synapses), each swept over every --meta "
+                          "named: bnn and every spiking model with binary synapses, those of --import too), each "
+                          "swept over every --meta "
                           f"(default {' '.join(f'{m:g}' for m in DEFAULT_SNN_SWEEP)}) so each is judged at "
                           "its own best m (a +bimu model runs once and is judged against its neuron model at m=0); "
                           "--hidden/--epochs then default to 256/2")
@@ -477,7 +478,7 @@ def _compare(args: argparse.Namespace) -> None:
         for seed in args.seeds:
             check_seed("--seeds", seed)
         if args.neurons is not None:
-            args.neurons = args.neurons or list(compare.DEFAULT_NEURONS)
+            args.neurons = args.neurons or compare.every_neuron_model()
             if args.hidden is None:
                 args.hidden = list(compare.SNN_DEFAULTS["hidden"])
             if args.epochs is None:

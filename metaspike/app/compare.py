@@ -51,8 +51,8 @@ from metaspike.continual.results import RunDirectory, unique_directory
 from metaspike.continual.trainer import ContinualResult
 from metaspike.files import atomic_write_text, read_json
 
-__all__ = ["DEFAULT_NEURONS", "DEFAULT_SNN_META", "DEFAULT_SNN_SWEEP", "SNN_DEFAULTS", "Row", "compare",
-           "compare_neurons", "resume_comparison", "tradeoff_rows", "format_tradeoff"]
+__all__ = ["DEFAULT_NEURONS", "every_neuron_model", "DEFAULT_SNN_META", "DEFAULT_SNN_SWEEP", "SNN_DEFAULTS", "Row",
+           "compare", "compare_neurons", "resume_comparison", "tradeoff_rows", "format_tradeoff"]
 
 #: CPU defaults of the spiking comparison (all neuron models, 3 permuted mnist5k tasks, on 2 cores).
 SNN_DEFAULTS: dict[str, Any] = {"hidden": (256,), "epochs": 2}
@@ -66,6 +66,19 @@ FORGETTING_CUT = 0.5
 PLASTICITY_SLACK = 5.0
 DEFAULT_NEURONS = ("bnn", "leaky", "synaptic", "alpha", "lapicque", "self-recurrent", "norse-lif", "norse-lsnn")
 PLAN = "plan.json"
+
+
+def every_neuron_model() -> list[str]:
+    """What ``compare --neurons`` compares where it names none: :data:`DEFAULT_NEURONS`, then the neuron models
+    registered in this process (``--import``), by name.
+
+    Example:
+        >>> every_neuron_model() == list(DEFAULT_NEURONS)  # (none of one's own registered)
+        True
+    """
+    from metaspike.snn.neurons import BUILTIN_NEURONS, available_neurons
+
+    return [*DEFAULT_NEURONS, *(name for name in available_neurons() if name not in BUILTIN_NEURONS)]
 #: The table a comparison writes once every run is done (so also the mark of a finished comparison).
 TABLE = "comparison.csv"
 

@@ -111,6 +111,7 @@ def import_modules(specs: Sequence[str]) -> tuple[str, ...]:
             else:
                 importlib.import_module(spec)
         except (Exception, SystemExit) as err:  # (a user's module may raise anything while it runs, or call sys.exit)
+            _put_back(folder, dtype)  # (what it changed before it failed: a process that goes on runs as before)
             origin = recorded if _is_file(spec) else _origin(spec)
             hint = ("; the installed metaspike command does not look in the current folder: give the file's path "
                     f"({spec}.py) or run python -m metaspike" if isinstance(err, ModuleNotFoundError)
@@ -119,8 +120,7 @@ def import_modules(specs: Sequence[str]) -> tuple[str, ...]:
         try:
             _check_left_alone(spec, folder, dtype)
         except ValueError:  # (put back as they were, the module forgotten: fixed, it is imported anew)
-            os.chdir(folder)
-            torch.set_default_dtype(dtype)
+            _put_back(folder, dtype)
             for name in set(sys.modules) - before:
                 del sys.modules[name]
             raise
@@ -129,6 +129,12 @@ def import_modules(specs: Sequence[str]) -> tuple[str, ...]:
             path for path in _users_files(sys.modules.get(name) for name in set(sys.modules) - before) if path != own)))
         done.append(recorded)
     return tuple(done)
+
+
+def _put_back(folder: str, dtype: torch.dtype) -> None:
+    """The working folder and torch's default dtype as they were before a module given to ``--import`` failed."""
+    os.chdir(folder)
+    torch.set_default_dtype(dtype)
 
 
 def _check_left_alone(spec: str, folder: str, dtype: torch.dtype) -> None:

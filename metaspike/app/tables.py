@@ -95,7 +95,7 @@ def comparison_csv(rows: Sequence[dict[str, Any]], labels: Sequence[str] = ("set
         >>> print(comparison_csv([{"setting": "meta=0", "meta": "0", "runs": 2, "ACC": (50.0, 1.0),
         ...                        "loss": (0.0075, 0.00045)}]), end="")
         setting,meta,runs,ACC_mean,ACC_std,loss_mean,loss_std
-        meta=0,0,2,50.000,1.000,0.0075,0.00045
+        meta=0,0,2,50.000,1.000,0.00750,0.000450
     """
     keys = [k for k in rows[0] if isinstance(rows[0][k], tuple)]
     header = [*labels, *(f"{k.replace(' ', '')}_{part}" for k in keys for part in ("mean", "std"))]
@@ -104,11 +104,20 @@ def comparison_csv(rows: Sequence[dict[str, Any]], labels: Sequence[str] = ("set
 
 
 def _csv_number(value: float) -> str:
-    """A comparison CSV's cell: :func:`decimal_text` to three decimals, or three significant digits below 0.01 (where
-    the decimals would hide it); empty where undefined."""
+    """A comparison CSV's cell: :func:`decimal_text` to three decimals, or to three significant digits below 0.01 (where
+    the decimals would hide it), binary noise below 1e-9 dropped and halves rounded away from zero as there; empty
+    where undefined.
+
+    Example:
+        >>> _csv_number(0.1 + 0.2 - 0.3), _csv_number(0.003385), _csv_number(6.7e-8), _csv_number(float("nan"))
+        ('0.000', '0.00339', '0.0000000670', '')
+    """
     if not math.isfinite(value):
         return ""
-    return decimal_text(value, 3) if value == 0 or abs(value) >= 0.01 else f"{value:.3g}"
+    kept = round(value, 9)
+    if kept == 0 or abs(kept) >= 0.01:
+        return decimal_text(value, 3)
+    return format(Decimal(decimal_text(value, 2 - math.floor(math.log10(abs(kept))))), "f")
 
 
 def last_task_column(rows: Sequence[dict[str, Any]]) -> str:

@@ -214,9 +214,7 @@ class Scenario:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"a scenario's name must be a non-empty str, got {self.name!r}")
-        if self.definition is None:
-            object.__setattr__(self, "definition", {})
-        elif not isinstance(self.definition, dict):  # (its keys are what scenario.json holds beside the name)
+        if self.definition is not None and not isinstance(self.definition, dict):  # (scenario.json holds its keys)
             raise ValueError(f"Scenario definition must be a dict of what rebuilds the stream (seeds, permutations) "
                              f"or None, got {type(self.definition).__name__}")
         kept: dict[int, tuple] = {}  # a list is kept as a tuple (one list given twice as one tuple): what is checked
@@ -621,7 +619,7 @@ def joint(scenario: Scenario) -> Scenario:
     classes = max((t.train.classes for t in scenario.tasks), key=len)
     data = ArrayDataset(name=f"joint-{_base(first)}", x=x, y=y, classes=classes)
     task = Task(data.name, data, data)
-    definition = {"of": scenario.name, **scenario.definition}
+    definition = {"of": scenario.name, **(scenario.definition or {})}
     return Scenario("joint", (task,), scenario.eval_tasks, definition, task_known_at_test=scenario.task_known_at_test)
 
 

@@ -386,25 +386,28 @@ def run_identity(scenario: Scenario, config: TrainerConfig, model: nn.Module | N
 
 
 def _described_value(value: Any) -> str:
-    """How :func:`run_identity` reads a value of a scenario's definition that JSON has no form for: its ``repr`` where
-    that shows the value whole (a numpy number; an integer or boolean array or tensor that numpy or torch prints
-    without shortening it; an array of objects), else its kind, dtype, shape and a SHA-256 of its bytes. An array's
-    ``repr`` shows only its ends past 1000 values, and its floats to 8 digits (a tensor's to 4): two streams of other
-    permutations were one stream to a resume."""
-    if isinstance(value, Tensor):
-        data = value.detach().cpu()
+    """How :func:`run_identity` reads a value of a scenario's definition that JSON has no form for: an array or tensor
+    whose ``repr`` does not show it whole (floats, which numpy prints to 8 digits and torch to 4; more than 1000
+    values, of which both print the ends) by its dtype, shape and a SHA-256 of its values in native byte order; anything
+    else by its ``repr``, as before (two streams of other permutations were one stream to a resume)."""
+    if type(value) is np.ndarray and (value.dtype.kind in "fc" or value.size > np.get_printoptions()["threshold"]):
+        native = value.dtype.newbyteorder("=")
+        try:
+            raw = np.ascontiguousarray(value, dtype=native).reshape(-1).view(np.uint8)
+        except (TypeError, ValueError):  # (fields that hold objects: their reprs)
+            return repr(value)
+        return _digest_text("ndarray", native, value.shape, raw)
+    if (isinstance(value, Tensor) and not (value.is_quantized or value.is_nested or value.is_meta)
+            and (value.is_floating_point() or value.is_complex() or value.numel() > PRINT_OPTS.threshold)):
+        data = value.detach().resolve_conj().resolve_neg().cpu()
         data = data if data.layout == torch.strided else data.to_dense()
-        if not (data.is_floating_point() or data.is_complex()) and data.numel() <= PRINT_OPTS.threshold:
-            return repr(value)
-        raw = data.contiguous().reshape(-1).view(torch.uint8).numpy()
-    elif isinstance(value, np.ndarray):
-        if value.dtype.kind == "O" or value.dtype.kind in "biu" and value.size <= np.get_printoptions()["threshold"]:
-            return repr(value)
-        data, raw = value, np.ascontiguousarray(value).reshape(-1).view(np.uint8)
-    else:
-        return repr(value)
-    digest = hashlib.sha256(raw.tobytes()).hexdigest()
-    return f"{type(value).__name__}({data.dtype}, {tuple(data.shape)}, sha256 {digest})"
+        return _digest_text("Tensor", data.dtype, data.shape, data.contiguous().reshape(-1).view(torch.uint8).numpy())
+    return repr(value)
+
+
+def _digest_text(kind: str, dtype: Any, shape: Sequence[int], raw: np.ndarray) -> str:
+    """``kind(dtype, shape, sha256 ...)`` of an array's bytes ``raw``."""
+    return f"{kind}({dtype}, {tuple(shape)}, sha256 {hashlib.sha256(raw.tobytes()).hexdigest()})"
 
 
 def _model_structure(model: nn.Module) -> str:
