@@ -467,6 +467,9 @@ def test_a_record_with_a_list_or_a_huge_integer_where_a_name_or_number_goes_is_o
                                      "by --seed; several: compare --seeds"),
     (["train", "--split-mode", "class"], "metaspike: error: --split-mode applies to --scenario split only"),
     (["train", "--epoch", "2"], "metaspike: error: unrecognized arguments: --epoch 2; did you mean --epochs?"),
+    # (was "did you mean --readout-lambda?", BiMU's readout start)
+    (["compare", "--readout", "count"], "metaspike: error: unrecognized arguments: --readout count; the command's "
+                                        "spiking models take one readout; other readouts are set in Python"),
 ])
 def test_command_line_mistakes_are_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -191,7 +191,13 @@ _OTHER_FLAGS = {("compare", "--model"): "compare names its models with --neurons
                 ("compare", "--seed"): "compare takes --seeds (one or more)",
                 ("reproduce", "--seed"): "reproduce takes --seeds (one or more)",
                 ("train", "--neurons"): "train runs one model, named by --model; compare several with compare --neurons",
-                ("train", "--seeds"): "train runs one seed, given by --seed; several: compare --seeds"}
+                ("train", "--seeds"): "train runs one seed, given by --seed; several: compare --seeds",
+                # (the registry's spiking models take the direct encoder, the membrane readout and their backend's
+                # surrogate; --readout was answered "did you mean --readout-lambda?", BiMU's readout start)
+                **{(command, f"--{setting}"): f"the command's spiking models take one {setting}; other {setting}s are "
+                                              f"set in Python (metaspike.snn.NetSpec({setting}=...) and a neuron "
+                                              "model of your own, named with --import)"
+                   for command in ("train", "compare") for setting in ("encoder", "readout", "surrogate")}}
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
