@@ -337,6 +337,23 @@ def test_the_model_settings_of_a_run_leave_out_what_parameter_containers_print(m
     assert _model_settings(model) != before
 
 
+def test_the_model_settings_of_a_run_read_its_bayesian_synapses_and_samples():
+    """A checkpoint resumed into a model of another BiMU temperature, evaluation or number of samples went on without
+    a word, as another network: the synapses (metaspike.bayesian) and a bnn layer's samples were not read."""
+    import bnn
+    from metaspike.bayesian import bayesianize
+    from metaspike.continual.trainer import _model_settings
+
+    def bimu(**settings):
+        return bayesianize(torch.nn.Sequential(torch.nn.Linear(4, 3)), "bimu", scale=None, **settings)
+
+    assert _model_settings(bimu(temperature=1.0)) == _model_settings(bimu(temperature=1.0))
+    assert _model_settings(bimu(temperature=1.0)) != _model_settings(bimu(temperature=0.25))
+    assert _model_settings(bimu(evaluation="mode")) != _model_settings(bimu(evaluation="sample"))
+    assert (_model_settings(bnn.BinaryBayesianLinear(4, 3, samples=3))
+            != _model_settings(bnn.BinaryBayesianLinear(4, 3, samples=7)))
+
+
 def test_resume_from_python_refuses_data_changed_in_a_column_that_evenly_spaced_values_step_over():
     """1408 x 64 values: a fingerprint of 4096 evenly spaced ones reads every 22nd, never feature 1 of any sample."""
     from metaspike.continual import ContinualTrainer, TrainerConfig, sequence

@@ -961,6 +961,18 @@ class SampledForward:
             return super().forward(x)  # type: ignore[misc]
         return sampled_product(self, x, samples)  # type: ignore[arg-type]  # the gain: by the forward hook
 
+    def extra_repr(self) -> str:
+        """The layer's own settings, then its samples (what a resume compares: a run continued with other samples
+        would be another network).
+
+        Example:
+            >>> class Sampled(SampledForward, torch.nn.Linear):
+            ...     samples = 3
+            >>> Sampled(4, 2).extra_repr()
+            'in_features=4, out_features=2, bias=True, samples=3, evaluation_samples=None'
+        """
+        return f"{super().extra_repr()}, samples={self.samples}, evaluation_samples={self.evaluation_samples}"
+
     def _set_samples(self, samples: int | None, evaluation_samples: int | None, evaluation: str = "sample") -> None:
         """The constructors' checks: ``samples`` an int ``>= 1`` or ``None``; ``evaluation_samples`` too, and only
         with ``samples`` (a layer's output keeps its sample dimension in both modes), and more than one only where

@@ -422,16 +422,17 @@ def _model_structure(model: nn.Module) -> str:
 
 
 #: The packages whose layers' printed settings (``extra_repr``) :func:`_model_settings` reads: fixed when a layer is
-#: made, never learned (another package's layer may print a learned value, which would refuse every resume).
-_SETTINGS_READ_FROM = ("torch.nn.", "bnn.")
+#: made, never learned (another package's layer may print a learned value, which would refuse every resume); the
+#: Bayesian synapses' (temperature, evaluation) too: a run resumed with another temperature went on as another network.
+_SETTINGS_READ_FROM = ("torch.nn.", "bnn.", "metaspike.bayesian.")
 
 
 def _model_settings(model: nn.Module) -> str:
-    """A SHA-256 of the settings that ``model``'s torch and ``bnn`` layers print (``Dropout(p=0.5)``,
-    ``LeakyReLU(negative_slope=0.3)``, a ``bnn`` layer's quantizers): a model of the same modules built with other
-    settings loads a checkpoint's state dict as well, and the run would go on as another network (a binary network
-    continued with real weights). The layers of other packages (snnTorch's, Norse's, a user's) count by their class
-    only (:func:`_model_structure`)."""
+    """A SHA-256 of the settings that ``model``'s torch and ``bnn`` layers and Bayesian synapses print
+    (``Dropout(p=0.5)``, ``LeakyReLU(negative_slope=0.3)``, a ``bnn`` layer's quantizers and samples, a BiMU synapse's
+    temperature): a model of the same modules built with other settings loads a checkpoint's state dict as well, and
+    the run would go on as another network (a binary network continued with real weights). The layers of other
+    packages (snnTorch's, Norse's, a user's) count by their class only (:func:`_model_structure`)."""
     settings = [[name, module.extra_repr()] for name, module in uncompiled(model).named_modules()
                 if type(module).__module__.startswith(_SETTINGS_READ_FROM)
                 and not isinstance(module, (nn.ParameterList, nn.ParameterDict))]  # (they print their device)
