@@ -1052,9 +1052,9 @@ def _folder_state(folder: Path) -> tuple | None:
             status = path.lstat()
         return str(path.relative_to(folder)), status.st_size, status.st_ino, status.st_mtime_ns, status.st_ctime_ns
 
-    if not folder.is_dir():
-        return ()
     try:
+        if not folder.is_dir():
+            return ()
         entries = sorted(folder.iterdir())
         files = [path for path in entries if not path.is_dir()]
         files += [inner for path in entries if path.is_dir() for inner in sorted(path.iterdir()) if not inner.is_dir()]
