@@ -487,11 +487,6 @@ def _data_sums(scenario: Scenario) -> str:
     return digest.hexdigest()
 
 
-def _param_groups(optimizer: Any) -> list[dict[str, Any]]:
-    """The param groups of ``optimizer``, of each optimizer of a chain in turn."""
-    return [group for part in getattr(optimizer, "optimizers", None) or [optimizer] for group in part.param_groups]
-
-
 def _rule_code(optimizer: Any) -> list[str | None]:
     """For each param group of ``optimizer`` (of each optimizer of a chain), a fingerprint of its consolidation rule's
     code where the rule is a user's own: its class's ``step`` and ``init_state``
@@ -501,7 +496,7 @@ def _rule_code(optimizer: Any) -> list[str | None]:
     registered again (``replace=True``) keeps. The functions they call are not read (the command's ``--import`` digest
     covers its files)."""
     codes: list[str | None] = []
-    for group in _param_groups(optimizer):
+    for group in optimizer.param_groups:  # (a ChainedOptimizer's: its parts', in turn)
         kind = type(get_rule(group["rule"])) if "rule" in group and "meta" in group else None
         if kind is None or kind.__module__.split(".")[0] == "metaspike":
             codes.append(None)
@@ -519,7 +514,7 @@ def _check_rule_code(stored: Any, optimizer: Any) -> None:
         return
     if not (isinstance(stored, list) and all(code is None or isinstance(code, str) for code in stored)):
         raise ValueError("the checkpoint's record of its consolidation rules' code is malformed")
-    current, groups = _rule_code(optimizer), _param_groups(optimizer)
+    current, groups = _rule_code(optimizer), optimizer.param_groups
     for index, (theirs, ours) in enumerate(zip(stored, current)):
         if theirs is not None and ours is not None and theirs != ours:
             name = get_rule(groups[index]["rule"]).name
