@@ -89,6 +89,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        stop = _stop_behind(err)
+        if stop is not None:  # (torch's archive writer, unwound by a Ctrl-C or SIGTERM mid-write, then fails on its
+            raise stop.with_traceback(stop.__traceback__) from None  # own: the stop is what happened)
         failure = _file_failure(err)
         if failure is not None and failure.filename is None:  # (a full disk names no file): name the target
             raise OSError(failure.errno, failure.strerror or str(failure), str(path)) from err
@@ -101,6 +104,15 @@ def _is_folder(path: Path) -> bool:
         return stat.S_ISDIR(os.lstat(path).st_mode)
     except OSError:  # missing (the usual case) or unreadable: the write itself says what is wrong
         return False
+
+
+def _stop_behind(err: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C (or the command's SIGTERM, a subclass) that ``err``, another exception, was raised while handling;
+    ``None`` where there is none or ``err`` is that stop itself."""
+    seen = None if isinstance(err, KeyboardInterrupt) else err.__context__
+    while seen is not None and not isinstance(seen, KeyboardInterrupt):
+        seen = seen.__context__
+    return seen
 
 
 def _file_failure(err: BaseException) -> OSError | None:

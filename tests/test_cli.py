@@ -346,6 +346,37 @@ def test_atomic_open_names_its_file_when_torch_save_wraps_the_failure(tmp_path):
             raise RuntimeError("not a file failure")
 
 
+def test_a_stop_landing_inside_torch_save_is_the_stop_not_the_archive_writers_error(tmp_path):
+    """A SIGTERM landing while ``torch.save`` wrote a checkpoint ended the command with a traceback: the signal's
+    exception unwound torch's archive writer, whose own exit then failed ("unexpected pos ...") over it."""
+    import io
+
+    from metaspike.app.cli import Terminated
+    from metaspike.files import atomic_open
+
+    class StoppedAtThirdWrite(io.RawIOBase):  # (the signal's handler runs inside one of torch.save's writes)
+        def __init__(self, handle):
+            self.handle, self.writes = handle, 0
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data) -> int:
+            self.writes += 1
+            if self.writes == 3:
+                raise Terminated
+            return self.handle.write(data)
+
+    target = tmp_path / "checkpoint.pt"
+    target.write_bytes(b"the last good checkpoint")
+    with pytest.raises(Terminated) as caught:
+        with atomic_open(target, "wb") as handle:
+            torch.save({"w": torch.ones(1000), "v": torch.zeros(1000)}, StoppedAtThirdWrite(handle))
+    assert isinstance(caught.value.__context__, RuntimeError)  # (what torch's writer raised over it)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    assert target.read_bytes() == b"the last good checkpoint"
+
+
 def test_a_comparison_that_fails_its_checks_leaves_no_folder(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["compare", "--dataset", "digits", "--tasks", "2", "--epochs", "1", "--hidden", "8", "--meta", "0",

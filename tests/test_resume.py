@@ -29,19 +29,51 @@ RUN = "permuted-digits-meta5-seed1"
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _killed_run(out: Path, sig: int = signal.SIGKILL) -> tuple[Path, subprocess.CompletedProcess]:
-    """Start a training subprocess, send it ``sig`` as soon as its first checkpoint exists; the run folder and how
-    the process ended."""
-    proc = subprocess.Popen([sys.executable, "-m", "metaspike", "train", *ARGS, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ONE_THREAD)
-    checkpoint = out / RUN / "checkpoint.pt"
-    deadline = time.time() + 120
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+#: ``python -c`` code that runs the ``metaspike`` command on the arguments after it, but holds still for good right
+#: after a checkpoint written once ``HOLD_AFTER_FINISHED`` runs beside its own have finished (their ``model.pt``),
+#: touching the file ``HOLD_MARKER`` first: a test's signal then lands mid-run at a known moment, however fast or loaded
+#: the machine (polling for the checkpoint instead missed, on a loaded CI machine, the second in which the run held one).
+_HELD_COMMAND = """
+import os, sys, time
+from pathlib import Path
+from metaspike.continual.results import RunDirectory
+write = RunDirectory.checkpoint
+def checkpoint_then_hold(self, state):
+    write(self, state)
+    if len(list(self.path.parent.glob("*/model.pt"))) >= int(os.environ["HOLD_AFTER_FINISHED"]):
+        Path(os.environ["HOLD_MARKER"]).touch()
+        time.sleep(3600)
+RunDirectory.checkpoint = checkpoint_then_hold
+sys.argv[0] = "metaspike"
+from metaspike.app.command import main
+sys.exit(main())
+"""
+
+
+def _stopped_when_held(args: list[str], marker: Path, sig: int, finished_beside: int = 0,
+                       ) -> subprocess.CompletedProcess:
+    """Run ``metaspike *args`` until it holds after a checkpoint (:data:`_HELD_COMMAND`), send it ``sig``; how it
+    ended (its stderr)."""
+    env = {**ONE_THREAD, "HOLD_AFTER_FINISHED": str(finished_beside), "HOLD_MARKER": str(marker)}
+    proc = subprocess.Popen([sys.executable, "-c", _HELD_COMMAND, *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    os.kill(proc.pid, sig)
+    held = marker.exists()
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
     _, stderr = proc.communicate()
-    assert checkpoint.exists(), "the run ended before it could be killed"
-    return out / RUN, subprocess.CompletedProcess(proc.args, proc.returncode, None, stderr)
+    assert held, f"the command ended or ran past the deadline before it held: {stderr[-2000:]}"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, None, stderr)
+
+
+def _killed_run(out: Path, sig: int = signal.SIGKILL) -> tuple[Path, subprocess.CompletedProcess]:
+    """A training subprocess sent ``sig`` right after its first checkpoint; the run folder and how the process
+    ended."""
+    ended = _stopped_when_held(["train", *ARGS, "--out", str(out)], out.parent / f"{out.name}.held", sig)
+    assert (out / RUN / "checkpoint.pt").exists()
+    return out / RUN, ended
 
 
 def _metaspike(*args: str) -> None:
@@ -57,7 +89,7 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
     run, _ = _killed_run(tmp_path / "killed")
     assert not json.loads((run / "metrics.json").read_text() if (run / "metrics.json").exists() else "{}").get("complete")
     position = load_checkpoint(run / "checkpoint.pt")["position"]
-    assert position["epochs_done"] >= 1  # killed in the middle of a task (the first, unless the machine is busy)
+    assert (position["task"], position["epochs_done"]) == (0, 1)  # killed in the middle of the first task
 
     _metaspike("train", "--resume", str(run), "--quiet")
     assert (run / "accuracy_matrix.csv").read_text() == reference
@@ -456,18 +488,10 @@ def test_a_killed_neuron_comparison_resumes_to_the_same_table(tmp_path):
     reference = _table_without_time(tmp_path / "whole" / COMPARISON)
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "metaspike", *NEURON_ARGS, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ONE_THREAD)
     root = out / COMPARISON
-    deadline = time.time() + 300
-    # kill it once a later run is under way: one run finished, another holding a checkpoint
-    while proc.poll() is None and time.time() < deadline:
-        finished = [p for p in root.glob("*/model.pt")]
-        if finished and any(root.glob("*/checkpoint.pt")):
-            break
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # killed once a later run is under way: one run finished, another holding a checkpoint
+    _stopped_when_held([*NEURON_ARGS, "--out", str(out)], tmp_path / "held", signal.SIGKILL, finished_beside=1)
+    assert len(list(root.glob("*/model.pt"))) == 1 and len(list(root.glob("*/checkpoint.pt"))) == 1
     assert not (root / "comparison.csv").exists(), "the comparison ended before it could be killed"
 
     refused = subprocess.run([sys.executable, "-m", "metaspike", "compare", "--resume", str(root), "--epochs", "9"],
