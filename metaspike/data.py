@@ -861,6 +861,8 @@ def _read_cifar_batches(directory: Path, batches: Sequence[str]) -> list[tuple[n
             bounded = _Bounded(unpacked, _CIFAR_ARCHIVE_MAX_BYTES, f"archive {archive}")
             with tarfile.open(fileobj=bounded, mode="r|") as tar:
                 members = _cifar_members(tar, archive, batches)
+            while bounded.read(1 << 20):  # (to its end: the stream stopped at the tar's end marker, before the gzip
+                pass  # trailer whose CRC and length check the data; a damaged archive loaded with pixels changed)
         return [_parse_cifar_batch(data, f"{archive}:{name}") for name, data in (members[b] for b in batches)]
     except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as err:
         raise DataError(f"archive {archive} is corrupt or truncated ({err}); "

@@ -50,9 +50,9 @@ def hidden_weight_histograms(model: nn.Module, bins: int = 60) -> dict[str, dict
     result = {}
     for name, weight in weight_matrices(model):
         w = weight.detach().float().flatten().cpu()
-        bound = max(float(w.abs().max()), 1e-6)
-        counts = torch.histc(w, bins=bins, min=-bound, max=bound)
-        edges = torch.linspace(-bound, bound, bins + 1)
+        bound = max(float(w.abs().max()), 1e-6)  # (counted and spaced relative to it: the width of a float32 range
+        counts = torch.histc(w / bound, bins=bins, min=-1.0, max=1.0)  # near its largest values overflowed to inf)
+        edges = torch.linspace(-bound, bound, bins + 1, dtype=torch.float64)
         result[name] = {
             "shape": list(weight.shape),
             # (7 significant digits, not 6 decimals, which made the edges of weights below about 3e-5 repeat)

@@ -25,8 +25,8 @@ from typing import IO, Any
 from metaspike.checks import shown
 
 __all__ = ["as_path", "atomic_open", "atomic_write_text", "atomic_write_bytes", "remove_stale_temporaries", "csv_text",
-           "read_json", "read_regular_file", "tensor_problem", "check_plain_tensors", "MAX_NESTING", "TEMPORARY_FILES",
-           "JSON_MAX_BYTES"]
+           "read_json", "read_regular_file", "tensor_problem", "check_plain_tensors", "MAX_NESTING", "MAX_KEY_PATH",
+           "TEMPORARY_FILES", "JSON_MAX_BYTES"]
 
 #: The names :func:`atomic_open` gives its temporary files (``.<name>.<random>.tmp`` beside the target), as a glob.
 TEMPORARY_FILES = ".*.tmp"
@@ -351,6 +351,11 @@ def load_plain_torch(data: bytes, what: str) -> Any:
 #: overflows the stack of every recursive walk after it (a checksum, a ``repr``).
 MAX_NESTING = 100
 
+#: How many characters the dict keys on the way to a list, tuple, dict or tensor of a file ``torch.load`` reads may
+#: add up to: a checkpoint's are a few hundred at most (a parameter's module path, a state's name), and a checksum
+#: spells out each such path, so a small hand-made file of long keys above many small lists asked gigabytes of it.
+MAX_KEY_PATH = 4096
+
 
 def tensor_problem(tensor: Any) -> str | None:
     """What keeps ``tensor``, read from a file, from being a plain dense one that stores each of its elements (as
@@ -399,9 +404,12 @@ def check_plain_tensors(value: Any, what: str) -> None:
 
     containers = (dict, list, tuple, set, frozenset)
     seen: set[int] = set()
-    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    stack: list[tuple[Any, str, int, int]] = [(value, "", 0, 0)]  # (item, where, depth, the keys' characters)
     while stack:
-        item, where, depth = stack.pop()
+        item, where, depth, key_chars = stack.pop()
+        if key_chars > MAX_KEY_PATH:
+            raise ValueError(f"{what} holds {where[:80]}... under dict keys of more than {MAX_KEY_PATH:,} characters "
+                             "in all, which no metaspike file does; refused")
         if isinstance(item, torch.Tensor):
             problem = tensor_problem(item)
             if problem is not None:
@@ -417,7 +425,8 @@ def check_plain_tensors(value: Any, what: str) -> None:
         pairs = item.items() if isinstance(item, dict) else enumerate(item)
         for key, child in pairs:
             if isinstance(child, (torch.Tensor, *containers)):  # (plain values: nothing to check, no name to make)
-                stack.append((child, f"{where}[{shown(key)}]", depth + 1))
+                chars = len(key) if isinstance(key, str) else len(shown(key)) if isinstance(item, dict) else 0
+                stack.append((child, f"{where}[{shown(key)}]", depth + 1, key_chars + chars))
 
 
 def _first_line(err: BaseException) -> str:

@@ -422,6 +422,14 @@ def test_a_comparison_resumed_keeps_a_finished_run_that_lost_its_config(tmp_path
     assert main(["compare", "--resume", str(root), "--quiet"]) == 0  # (that one starts again)
     assert (killed / "config.json").is_file() and not (killed / ".config.json.a1b2.tmp").exists()
     assert (plain / "model.pt").read_bytes() == recorded["model.pt"]
+    shutil.rmtree(killed)  # a file where a run's folder belongs: its run went to "...-2", then failed an assert
+    killed.write_text("not a run")
+    before = sorted(p.name for p in root.iterdir())
+    capsys.readouterr()
+    assert main(["compare", "--resume", str(root), "--quiet"]) == 2
+    assert capsys.readouterr().err == (f"metaspike: error: {killed} is not a folder, where this pass keeps the run of "
+                                       "that name: move it away\n")
+    assert sorted(p.name for p in root.iterdir()) == before
 
 
 def test_a_neuron_comparison_checks_the_models_it_compares(tmp_path, capsys):

@@ -464,6 +464,33 @@ def test_cifar_extracted_and_tar(tmp_path):
             assert ds.classes[0] == "airplane" and ds.classes[9] == "truck"
 
 
+@pytest.mark.parametrize("damage", ["pixel", "trailer"])
+def test_a_cifar_archive_whose_gzip_check_fails_is_refused(tmp_path, damage):
+    """The tar was read as a stream that stops at its end marker, so gzip's trailer (the CRC and length of the data)
+    was never reached: an archive with a pixel changed, or cut before its trailer, loaded without a word."""
+    import zlib
+
+    _fake_cifar(tmp_path / "a" / "cifar10")
+    tar_bytes = io.BytesIO()
+    with tarfile.open(fileobj=tar_bytes, mode="w") as tar:
+        tar.add(tmp_path / "a" / "cifar10" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    raw = tar_bytes.getvalue()
+    if damage == "pixel":  # a pixel changed under the original CRC (the middle of the test batch's pickled pixels)
+        with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+            member = tar.getmember("cifar-10-batches-py/test_batch")
+        pixel = member.offset_data + member.size // 2
+        changed = raw[:pixel] + bytes([raw[pixel] ^ 1]) + raw[pixel + 1:]
+        packed = gzip.compress(changed, mtime=0, compresslevel=0)
+        packed = packed[:-8] + zlib.crc32(raw).to_bytes(4, "little") + packed[-4:]
+    else:
+        packed = gzip.compress(raw, mtime=0)[:-8]
+    archive = tmp_path / "b" / "cifar10" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(packed)
+    with pytest.raises(DataError, match=f"archive {archive} is corrupt or truncated"):
+        load_dataset("cifar10", "test", data_dir=tmp_path / "b", download=False)
+
+
 def test_cifar_missing_and_corrupt(tmp_path):
     with pytest.raises(DataError) as info:
         load_dataset("cifar10", "test", data_dir=tmp_path, download=False)

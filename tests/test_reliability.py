@@ -137,9 +137,12 @@ def test_a_good_run_folder_loads_and_plots(tmp_path):
     assert [p.name for p in plot_run(run)] == ["accuracy_curves.png", "hidden_weights.png"]
 
 
-def test_a_long_stream_plots_without_a_legend_per_task_and_names_its_model(tmp_path):
+def test_a_long_stream_plots_without_a_legend_per_task_and_names_its_model(tmp_path, monkeypatch):
     import warnings
 
+    import matplotlib.axes
+
+    from metaspike.app import plots
     from metaspike.app.plots import _run_title
 
     run = tmp_path / "long"
@@ -160,10 +163,17 @@ def test_a_long_stream_plots_without_a_legend_per_task_and_names_its_model(tmp_p
     assert _run_title({**config, "model": "bnn"}, run) == "permuted, bnn, meta = [5.0, 30.0]"
     assert _run_title({**config, "model": "bnn", "rule": "cascade"}, run) == "permuted, bnn, meta = [5.0, 30.0], rule cascade"
     assert _run_title({**config, "model": "bnn", "rule": "tanh"}, run) == "permuted, bnn, meta = [5.0, 30.0]"
+    # at most MAX_DRAWN_TASKS curves, the first and last among them (60,000 tasks took a figure 131 s and 1.1 GB)
+    monkeypatch.setattr(plots, "MAX_DRAWN_TASKS", 7)
+    drawn, draw = [], matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda ax, *a, **k: drawn.append(k.get("label")) or draw(ax, *a, **k))
+    plot_run(run)
+    assert [label for label in drawn if label.startswith("task")] == [f"task {j}" for j in (1, 6, 11, 15, 20, 25, 30)]
 
 
 def test_a_results_folder_from_outside_draws_in_bounded_time_or_is_one_line(tmp_path):
-    from metaspike.app.plots import MAX_HISTOGRAM_SNAPSHOTS, MAX_TITLE_PART, _drawn_snapshots, _run_title
+    from metaspike.app.plots import MAX_HISTOGRAM_SNAPSHOTS, MAX_TITLE_PART, _evenly_chosen, _run_title
 
     run = _run_folder(tmp_path)
     with pytest.raises(ValueError, match=r"config.json: 'model' must be a string, got \['bnn'\]"):
@@ -172,9 +182,13 @@ def test_a_results_folder_from_outside_draws_in_bounded_time_or_is_one_line(tmp_
     assert len(title) < 3 * MAX_TITLE_PART and title.endswith("...")
     layer = {"edges": [-1.0, 0.0, 1.0], "counts": [5, 7]}
     snapshots = [{"after_task": k, "layers": {"0": layer}} for k in range(1, 5001)]
-    drawn = _drawn_snapshots(snapshots)
+    drawn = _evenly_chosen(snapshots, MAX_HISTOGRAM_SNAPSHOTS)
     assert len(drawn) == MAX_HISTOGRAM_SNAPSHOTS and drawn[0] is snapshots[0] and drawn[-1] is snapshots[-1]
     (run / "hidden_weights.json").write_text(json.dumps(snapshots))
+    assert [p.name for p in plot_run(run)] == ["accuracy_curves.png", "hidden_weights.png"]
+    # a lone surrogate (no encoding holds it) and $...$ (matplotlib's mathematics) failed inside matplotlib
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "model": "bnn\ud800", "scenario": "$x^$"}))
     assert [p.name for p in plot_run(run)] == ["accuracy_curves.png", "hidden_weights.png"]
 
 
@@ -183,6 +197,8 @@ def test_a_results_folder_from_outside_draws_in_bounded_time_or_is_one_line(tmp_
     ("accuracy_matrix.csv", "after_task,t1,t1\n1,90.0,\n2,85.5,91.0\n",
      "accuracy_matrix.csv names the column 't1' more than once in its header"),
     ("accuracy_matrix.csv", "after_task,t1,t2\n", "accuracy_matrix.csv holds no results (only its header)"),
+    ("accuracy_matrix.csv", "after_task,t1,t2\n1,90.0,\n2,85.5,9", "accuracy_matrix.csv does not end with a line "
+     "break, as every CSV file metaspike writes does: it was cut short"),
     ("accuracy_matrix.csv", "after_task,t1,t2\n1,90.0\n", "accuracy_matrix.csv line 2 has 2 cells, the header has 3"),
     ("accuracy_matrix.csv", "after_task,t1,t2\n1,90.0,abc\n",
      "accuracy_matrix.csv line 2, column 't2': 'abc' is not a finite number"),
@@ -208,7 +224,7 @@ def test_a_results_folder_from_outside_draws_in_bounded_time_or_is_one_line(tmp_
      "hidden_weights.json is malformed: snapshot 1, layer '0': 'edges' must not decrease from bin to bin and must lie "
      "within float32's range"),
     ("accuracy_matrix.csv",
-     "after_task," + ",".join(f"t{i}" for i in range(20_000)) + "\n1," + ",".join(["5"] * 20_000),
+     "after_task," + ",".join(f"t{i}" for i in range(20_000)) + "\n1," + ",".join(["5"] * 20_000) + "\n",
      "curves.csv lacks the columns t0, t3, t4, t5, t6, t7 and 19992 more in its header, which "),
     ("curves.csv", "global_epoch,t1,t2\n1e300,80,90\n", "global_epoch must hold increasing whole numbers in 1..10^9"),
     ("curves.csv", "global_epoch,t1,t2\n2,80,90\n1,80,90\n", "global_epoch must hold increasing whole numbers in 1..10^9"),
@@ -476,3 +492,11 @@ def test_the_histograms_of_tiny_hidden_weights_are_read_back():
     check_histograms([{"after_task": 1, "layers": snapshot}], "hidden_weights.json")
     old = {"0": {**snapshot["0"], "edges": [round(e, 6) for e in edges]}}  # (as files before 2026-12-05 hold them)
     check_histograms([{"after_task": 1, "layers": old}], "hidden_weights.json")
+
+    with torch.no_grad():  # (float32's largest: its range overflowed, the edges were written as null and refused)
+        model[0].weight.copy_(torch.linspace(-3.4e38, 3.4e38, 32, dtype=torch.float64).view(4, 8))
+    snapshot = hidden_weight_histograms(model)
+    edges = snapshot["0"]["edges"]
+    assert all(b > a for a, b in zip(edges, edges[1:])) and edges[0] == -edges[-1] == -3.4e38
+    assert sum(snapshot["0"]["counts"]) == 32
+    check_histograms([{"after_task": 1, "layers": snapshot}], "hidden_weights.json")

@@ -1116,8 +1116,12 @@ def _edited(change):
      r"holds \['model'\]\['extra'\] as a torch.sparse_coo tensor"),
     (lambda path: _deeply_nested_checkpoint(path, 100_000),
      r"nests lists or dicts deeper than 100 levels \(at \['junk'\]\[0\]\[0\]"),
+    (_edited(lambda raw: raw.update({"k" * 100_000: [[] for _ in range(10_000)]})),  # (a checksum spelt the 100 KB
+     r"holds \['kkk.*\.\.\. under dict keys of more than 4,096 characters in all"),  # key 10,000 times: 1 GB)
+    (_edited(lambda raw: raw["model"].update(extra={"k" * 3000: {"k" * 3000: torch.zeros(1)}})),
+     r"holds \['model'\]\['extra'\]\['kkk.*\.\.\. under dict keys of more than 4,096"),
     (_edited(lambda raw: raw.update(unsummable=True)), r"is damaged: its content cannot be summed to check it \(Runtime"),
-], ids=["stride-0", "sparse", "nested-100000-deep", "checksum-fails"])
+], ids=["stride-0", "sparse", "nested-100000-deep", "long-keys", "long-key-path", "checksum-fails"])
 def test_a_checkpoint_whose_content_cannot_be_summed_falls_back_to_the_previous_one(tmp_path, monkeypatch, damage,
                                                                                      message):
     """The checksum ran outside load_checkpoint's `try`, over every tensor made contiguous before anything was

@@ -159,6 +159,33 @@ def test_a_resume_with_other_plugin_settings_or_kinds_or_optimizer_is_refused():
     assert resumed.matrix == whole.matrix
 
 
+def test_a_checkpoints_plugin_state_must_agree_with_the_plugin_and_fit_the_model():
+    """A plugin's state carries its hyperparameters, and loading it puts them in place: a checkpoint whose EWC state
+    said lam 1 (its record beside it 5000) resumed with lam 1 under a table saying 5000; plugin states that were not a
+    list, or SI path integrals of another model's shapes, failed inside Python or torch."""
+    data = _data()
+    tasks = [Task("a", data, data), Task("b", data, data)]
+    scenario = Scenario("s", tasks, tasks)
+    log = KeepCheckpoints()
+    _trainer(_model(), [EWC(lam=5.0)], epochs=2).fit(scenario, log=log)
+    after_a = torch.load(io.BytesIO(log.saved[1]), weights_only=True)  # (task a done: an importance kept)
+    after_a["plugins"][0]["lam"] = 1.0
+    with pytest.raises(ValueError, match=r"plugins\[0\] \(EWC\) has lam = 5.0 here, 1.0 in the checkpoint"):
+        _trainer(_model(), [EWC(lam=5.0)], epochs=2).fit(scenario, resume=after_a)
+    after_a["plugins"] = None
+    with pytest.raises(ValueError, match=r"the checkpoint's plugin states must be a list of 1, one per plugin, got "
+                                         "None"):
+        _trainer(_model(), [EWC(lam=5.0)], epochs=2).fit(scenario, resume=after_a)
+
+    log = KeepCheckpoints()
+    _trainer(_model(), [SynapticIntelligence(c=0.5)], epochs=2).fit(scenario, log=log)
+    middle = torch.load(io.BytesIO(log.saved[0]), weights_only=True)
+    middle["plugins"][0]["omega"][0] = middle["plugins"][0]["omega"][0][:3]
+    with pytest.raises(ValueError, match=r"the baseline's path integrals \(\[\(3, 16\), \(2, 8\)\]\) do not fit the "
+                                         r"model's weight matrices \(\[\(8, 16\), \(2, 8\)\]\)"):
+        _trainer(_model(), [SynapticIntelligence(c=0.5)], epochs=2).fit(scenario, resume=middle)
+
+
 def test_a_run_directory_written_by_fit_is_closed_by_finish(tmp_path):
     import json
 

@@ -62,6 +62,8 @@ MAX_TITLE_PART = 80
 
 #: Beyond this many tasks the accuracy curves are coloured by task index with a colour bar instead of a legend.
 LEGEND_TASKS = 10
+#: At most this many tasks' accuracy curves are drawn (the first, the last and evenly between, of those measured).
+MAX_DRAWN_TASKS = 200
 _TASK_COLORMAP = "viridis"
 
 
@@ -96,9 +98,11 @@ def _draw_curves(ax, run: dict[str, Any], title: str) -> None:
     x = [row["global_epoch"] for row in curves]
     many = len(names) > LEGEND_TASKS
     colors = _task_colors(len(names)) if many else [None] * len(names)
-    for j, name in enumerate(names):
+    measured = [j for j, name in enumerate(names) if any(math.isfinite(row[name]) for row in curves)]
+    for j in _evenly_chosen(measured, MAX_DRAWN_TASKS):  # (a long stream's thousands: a wall, drawn for minutes)
         # the evaluations that measured this task (an evaluation budget skips some): drawn joined, with markers
         # where some were skipped, so that a task measured once is still seen
+        name = names[j]
         points = [(epoch, row[name]) for epoch, row in zip(x, curves) if math.isfinite(row[name])]
         sparse = len(points) < len(curves)
         ax.plot([p[0] for p in points], [p[1] for p in points], color=colors[j], lw=0.8 if many else None,
@@ -126,9 +130,16 @@ def _task_colors(tasks: int) -> list[Any]:
 
 
 def _shown(value: Any) -> str:
-    """A value of a results file as a title shows it: at most :data:`MAX_TITLE_PART` characters (a file from outside
-    may hold a string of any length, which the figure would lay out for minutes)."""
-    text = str(value)
+    r"""A value of a results file as a title shows it: at most :data:`MAX_TITLE_PART` characters (a file from outside
+    may hold a string of any length, which the figure would lay out for minutes), a character no text encoding holds
+    (a lone surrogate, which JSON spells ``\ud800``) as its escape, and ``$`` as itself, not as the start of the
+    mathematics matplotlib would parse (both failed inside matplotlib).
+
+    Example:
+        >>> print(_shown("bnn\ud800 $x^$"))
+        bnn\ud800 \$x^\$
+    """
+    text = str(value).encode("utf-8", "backslashreplace").decode("utf-8").replace("$", r"\$")
     return text if len(text) <= MAX_TITLE_PART else text[:MAX_TITLE_PART - 3] + "..."
 
 
@@ -170,13 +181,18 @@ def _histogram_label(histogram: dict[str, Any]) -> str:
     return _HISTOGRAM_LABELS.get(quantity, hidden) if isinstance(quantity, str) else hidden
 
 
-def _drawn_snapshots(snapshots: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """At most :data:`MAX_HISTOGRAM_SNAPSHOTS` histogram snapshots, evenly spaced, the first and the last among them
-    (a long stream keeps one per evaluation: thousands of lines would be a wall, and take minutes to draw)."""
-    if len(snapshots) <= MAX_HISTOGRAM_SNAPSHOTS:
-        return snapshots
-    last, count = len(snapshots) - 1, MAX_HISTOGRAM_SNAPSHOTS
-    return [snapshots[round(k * last / (count - 1))] for k in range(count)]
+def _evenly_chosen(items: list[Any], count: int) -> list[Any]:
+    """At most ``count`` of ``items``, evenly spaced, the first and the last among them (a long stream's histogram
+    snapshots or task curves: thousands of lines would be a wall, and take minutes to draw).
+
+    Example:
+        >>> _evenly_chosen(list(range(10)), 4), _evenly_chosen([1, 2], 4)
+        ([0, 3, 6, 9], [1, 2])
+    """
+    if len(items) <= count:
+        return items
+    last = len(items) - 1
+    return [items[round(k * last / (count - 1))] for k in range(count)]
 
 
 def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> list[Path]:
@@ -207,7 +223,7 @@ def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
     layers = list(run["histograms"][-1]["layers"])[:MAX_HISTOGRAM_LAYERS]  # (a figure, not a wall)
     fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3), squeeze=False)
     for k, (ax, layer) in enumerate(zip(axes[0], layers)):
-        for snapshot in _drawn_snapshots(run["histograms"]):
+        for snapshot in _evenly_chosen(run["histograms"], MAX_HISTOGRAM_SNAPSHOTS):
             h = snapshot["layers"][layer]
             centres = [(a + b) / 2 for a, b in zip(h["edges"][:-1], h["edges"][1:])]
             ax.plot(centres, h["counts"], label=f"after task {snapshot['after_task']}")

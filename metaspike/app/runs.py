@@ -742,7 +742,8 @@ def remove_unstarted(path: Path) -> None:
     """Remove the run folder ``path`` where its process was killed while making it: without ``config.json``, holding
     at most the temporary file of that config (an atomic write's ``.*.tmp``), it measured nothing. A folder without
     ``config.json`` that holds anything else lost its config (or is not a run at all) and is refused, not removed:
-    whatever it recorded stays. Nothing happens where ``path`` is no folder or has its config.
+    whatever it recorded stays, and so is a file (or a link to nothing) at ``path``: the run would go to another
+    name, every pass again. Nothing happens where ``path`` does not exist or is a folder with its config.
 
     Example:
         >>> import tempfile
@@ -751,6 +752,8 @@ def remove_unstarted(path: Path) -> None:
         >>> remove_unstarted(folder); folder.exists()
         False
     """
+    if (path.exists() or path.is_symlink()) and not path.is_dir():  # (the run would go to another name, every pass)
+        raise ValueError(f"{path} is not a folder, where this pass keeps the run of that name: move it away")
     if not path.is_dir() or (path / "config.json").exists():
         return
     held = sorted({p.name for p in path.iterdir()} - {p.name for p in path.glob(TEMPORARY_FILES)})

@@ -416,12 +416,19 @@ class SynapticIntelligence(Plugin):
         if not self.task_start:
             self.task_start = [p.detach().clone() for p in params]
             self.omega = [torch.zeros_like(p) for p in params]
+        self._check_fit(params)
         self._before = [p.detach().clone() for p in params]
         self._grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
         if self._penalized:  # the task's own gradient: take off the penalty's, 2c·Ω·(θ − θ*)
             for g, p, o, a in zip(self._grads, params, self.big_omega, self.anchors):
                 g.sub_(2 * self.c * o * (p.detach() - a))
             self._penalized = False
+
+    def _check_fit(self, params: Sequence[Tensor]) -> None:
+        """The current task's path integrals and start fit the model's weight matrices (a loaded state of another
+        model failed inside torch, at its first step)."""
+        _fit("path integrals", self.omega, params)
+        _fit("task start", self.task_start, params)
 
     def after_step(self, model: nn.Module) -> None:
         for w, p, old, g in zip(self.omega, _matrices(model), self._before, self._grads):
@@ -431,6 +438,7 @@ class SynapticIntelligence(Plugin):
         params = [p.detach().clone() for p in _matrices(model)]
         if not self.task_start:  # no step was taken in this task
             return
+        self._check_fit(params)
         contribution = [w / ((p - s).square() + self.xi) for w, p, s in zip(self.omega, params, self.task_start)]
         self.big_omega = contribution if not self.big_omega else [b + c for b, c in zip(self.big_omega, contribution)]
         self.anchors = params

@@ -2,10 +2,10 @@
 
 :func:`check_checkpoint` checks its structure before anything of it is used, :func:`check_same_run` that it belongs
 to this run (scenario and trainer settings), :func:`check_kinds` that this run's optimizer and plugins are of the
-kinds it was written by, :func:`check_plugin_settings` that the plugins have its settings (a plugin's state carries
-its hyperparameters, which loading would otherwise put in place of the ones asked for, silently), and
-:func:`check_optimizer_state` what loading the optimizer's state brought in. :func:`load_part` loads one part with
-torch's mismatch report folded into one line.
+kinds it was written by, :func:`check_plugin_settings` and :func:`check_plugin_states` that the plugins have its
+settings, in its record and in its plugins' states (a state carries its plugin's hyperparameters, which loading would
+otherwise put in place of the ones asked for, silently), and :func:`check_optimizer_state` what loading the
+optimizer's state brought in. :func:`load_part` loads one part with torch's mismatch report folded into one line.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from metaspike.continual.scenarios import Scenario
 from metaspike.optimizer_state import check_parameter_state
 
 __all__ = ["CHECKPOINT_FORMAT", "CURVE_COLUMNS", "check_checkpoint", "check_curves", "check_batchnorm_states",
-           "check_same_run", "kinds_of", "check_kinds", "settings_of", "check_plugin_settings", "group_settings",
-           "check_optimizer_state", "load_part", "check_histograms"]
+           "check_same_run", "kinds_of", "check_kinds", "settings_of", "check_plugin_settings", "check_plugin_states",
+           "group_settings", "check_optimizer_state", "load_part", "check_histograms"]
 
 CHECKPOINT_FORMAT = "metaspike-checkpoint-3"
 #: The columns of a curves row before its evaluated tasks' accuracies (one row per evaluation).
@@ -386,7 +386,7 @@ def check_plugin_settings(plugins: Sequence[Any], saved: Any) -> None:
     """A ``ValueError`` where a plugin's hyperparameters (:meth:`~metaspike.training.Plugin.settings`, e.g. EWC's
     ``lam``, SI's ``c``) differ from those the checkpoint recorded for it (``saved``: one dict per plugin, or
     ``None`` for a checkpoint written before they were recorded). A plugin's state carries its hyperparameters, and
-    loading it would put the checkpoint's in place of the ones asked for, silently.
+    loading it would put the checkpoint's in place of the ones asked for, silently (:func:`check_plugin_states`).
 
     Example:
         >>> from metaspike.continual.baselines import SynapticIntelligence
@@ -400,11 +400,37 @@ def check_plugin_settings(plugins: Sequence[Any], saved: Any) -> None:
     if not isinstance(saved, list) or len(saved) != len(plugins) or not all(isinstance(s, dict) for s in saved):
         raise ValueError(f"the checkpoint's plugin settings must be {len(plugins)} dicts, one per plugin")
     for index, (plugin, theirs) in enumerate(zip(plugins, saved)):
-        for key, value in settings_of(plugin).items():
-            if not _same_setting(theirs.get(key), value):
-                raise ValueError(f"plugins[{index}] ({type(plugin).__name__}) has {key} = {value!r} here, "
-                                 f"{theirs.get(key)!r} in the checkpoint: it was written with other settings; resume it "
-                                 "with the settings it was made with")
+        _refuse_other_settings(index, plugin, theirs, only_kept=False)
+
+
+def check_plugin_states(plugins: Sequence[Any], states: Any) -> None:
+    """A ``ValueError`` unless ``states`` (a checkpoint's plugin states) is a list of one state per plugin whose copies
+    of the plugin's hyperparameters, where a state holds them, equal the plugin's: loading the state puts them in place,
+    and the record :func:`check_plugin_settings` reads may agree while the state does not.
+
+    Example:
+        >>> from metaspike.continual.baselines import EWC
+        >>> check_plugin_states([EWC(lam=5.0)], [{**EWC(lam=5.0).state_dict(), "lam": 1.0}])
+        Traceback (most recent call last):
+        ...
+        ValueError: plugins[0] (EWC) has lam = 5.0 here, 1.0 in the checkpoint: it was written with other settings; resume it with the settings it was made with
+    """
+    if not isinstance(states, list) or len(states) != len(plugins):
+        raise ValueError(f"the checkpoint's plugin states must be a list of {len(plugins)}, one per plugin, got "
+                         f"{shown(states)}")
+    for index, (plugin, state) in enumerate(zip(plugins, states)):
+        if isinstance(state, dict):  # (a plugin of one's own may keep its state otherwise: nothing to compare)
+            _refuse_other_settings(index, plugin, state, only_kept=True)
+
+
+def _refuse_other_settings(index: int, plugin: Any, theirs: dict, only_kept: bool) -> None:
+    """:func:`check_plugin_settings` for plugin ``index`` against ``theirs`` (where ``only_kept``, the settings it
+    holds; else all, a missing one differing)."""
+    for key, value in settings_of(plugin).items():
+        if (key in theirs or not only_kept) and not _same_setting(theirs.get(key), value):
+            raise ValueError(f"plugins[{index}] ({type(plugin).__name__}) has {key} = {value!r} here, "
+                             f"{shown(theirs.get(key))} in the checkpoint: it was written with other settings; resume "
+                             "it with the settings it was made with")
 
 
 _GROUP_LISTS = ("params", "param_names")

@@ -528,6 +528,9 @@ def _read_number_csv(file: Path, columns: Sequence[str], index: str,
         raise ValueError(f"cannot read {file}: {err}") from None
     if not lines or not lines[0]:
         raise ValueError(f"{file} is empty; was it cut short?")
+    if not text.endswith("\n"):  # (its last number cut, "90.0" to "9", read as a number as good as any)
+        raise ValueError(f"{file} does not end with a line break, as every CSV file metaspike writes does: it was cut "
+                         "short")
     header, rows = lines[0], []
     missing = [c for c in columns if c not in header]
     if missing:

@@ -45,6 +45,7 @@ from metaspike.continual.checkpoints import (
     check_loadable,
     check_optimizer_state,
     check_plugin_settings,
+    check_plugin_states,
     check_same_run,
     group_settings,
     kinds_of,
@@ -939,15 +940,13 @@ class ContinualTrainer:
         check_same_run(state["identity"], self._identity)
         check_kinds(state.get("kinds"), kinds_of(plugins=self.plugins), "plugins")  # (older checkpoints: not kept)
         check_plugin_settings(self.plugins, state.get("plugin_settings"))
+        check_plugin_states(self.plugins, state.get("plugins", []))
         position = state["position"]
         load_part("model", self.model, state["model"])
         generator.set_state(state["generator"])
         if "torch_rng" in state:  # checkpoints written before it was kept lack it
             torch.set_rng_state(state["torch_rng"])
-        saved_plugins = state.get("plugins", [])
-        if len(saved_plugins) != len(self.plugins):
-            raise ValueError(f"checkpoint holds the state of {len(saved_plugins)} plugins, this trainer has {len(self.plugins)}")
-        for plugin, plugin_state in zip(self.plugins, saved_plugins):
+        for plugin, plugin_state in zip(self.plugins, state.get("plugins", [])):
             plugin.load_state_dict(plugin_state)
         result = ContinualResult(**_outer_lists_copied(state["result"]))  # (the run appends: the checkpoint stays)
         return (result, list(state["batchnorm_states"]), position["task"], position["epochs_done"],
