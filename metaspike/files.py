@@ -14,6 +14,7 @@ import io
 import json
 import os
 import stat
+import sys
 import tempfile
 import warnings
 import zipfile
@@ -26,7 +27,7 @@ from metaspike.checks import shown
 
 __all__ = ["as_path", "atomic_open", "atomic_write_text", "atomic_write_bytes", "remove_stale_temporaries", "csv_text",
            "read_json", "read_regular_file", "tensor_problem", "check_plain_tensors", "MAX_NESTING", "MAX_KEY_PATH",
-           "TEMPORARY_FILES", "JSON_MAX_BYTES"]
+           "MAX_KEY_PATHS_TOTAL", "TEMPORARY_FILES", "JSON_MAX_BYTES"]
 
 #: The names :func:`atomic_open` gives its temporary files (``.<name>.<random>.tmp`` beside the target), as a glob.
 TEMPORARY_FILES = ".*.tmp"
@@ -76,6 +77,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
         raise FileNotFoundError(f"cannot write {path}: its folder {path.parent} does not exist")
     if _is_folder(path):  # (refused before anything is written; os.replace would name the temporary file)
         raise IsADirectoryError(f"cannot write {path}: it is a folder; name a file inside it or beside it")
+    handled = sys.exc_info()[1]  # (an exception being handled as the write starts: not one of the write's own)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # (TEMPORARY_FILES)
     except OSError as err:  # (a read-only folder: name the file asked for, not a random temporary name)
@@ -89,7 +91,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        stop = _stop_behind(err)
+        stop = _stop_behind(err, handled)
         if stop is not None:  # (torch's archive writer, unwound by a Ctrl-C or SIGTERM mid-write, then fails on its
             raise stop.with_traceback(stop.__traceback__) from None  # own: the stop is what happened)
         failure = _file_failure(err)
@@ -106,13 +108,14 @@ def _is_folder(path: Path) -> bool:
         return False
 
 
-def _stop_behind(err: BaseException) -> KeyboardInterrupt | None:
-    """The Ctrl-C (or the command's SIGTERM, a subclass) that ``err``, another exception, was raised while handling;
-    ``None`` where there is none or ``err`` is that stop itself."""
+def _stop_behind(err: BaseException, handled: BaseException | None) -> KeyboardInterrupt | None:
+    """The Ctrl-C (or the command's SIGTERM, a subclass) that ``err``, another exception, was raised while handling,
+    raised after ``handled`` (what was being handled before: a stop there is a caller's, already dealt with); ``None``
+    where there is none or ``err`` is that stop itself."""
     seen = None if isinstance(err, KeyboardInterrupt) else err.__context__
-    while seen is not None and not isinstance(seen, KeyboardInterrupt):
+    while seen is not None and seen is not handled and not isinstance(seen, KeyboardInterrupt):
         seen = seen.__context__
-    return seen
+    return None if seen is handled else seen
 
 
 def _file_failure(err: BaseException) -> OSError | None:
@@ -351,10 +354,16 @@ def load_plain_torch(data: bytes, what: str) -> Any:
 #: overflows the stack of every recursive walk after it (a checksum, a ``repr``).
 MAX_NESTING = 100
 
-#: How many characters the dict keys on the way to a list, tuple, dict or tensor of a file ``torch.load`` reads may
-#: add up to: a checkpoint's are a few hundred at most (a parameter's module path, a state's name), and a checksum
-#: spells out each such path, so a small hand-made file of long keys above many small lists asked gigabytes of it.
+#: How many characters the keys and indices on the way to a list, tuple, dict or tensor of a file ``torch.load`` reads
+#: may spell, as a checksum spells the path (``repr`` of each key): a checkpoint's take a few hundred at most (a
+#: parameter's module path, a state's name), and a small hand-made file of long keys above many small lists asked
+#: gigabytes of a checksum.
 MAX_KEY_PATH = 4096
+
+#: How many characters the paths of all the lists, tuples, dicts and tensors of such a file may spell together (each
+#: is kept while a checksum reads the file): a stream's checkpoint spells about 530 a task evaluated, 5 million for
+#: 10,000 tasks, and its histograms reach :data:`JSON_MAX_BYTES` long before this.
+MAX_KEY_PATHS_TOTAL = 1 << 28
 
 
 def tensor_problem(tensor: Any) -> str | None:
@@ -404,12 +413,18 @@ def check_plain_tensors(value: Any, what: str) -> None:
 
     containers = (dict, list, tuple, set, frozenset)
     seen: set[int] = set()
-    stack: list[tuple[Any, str, int, int]] = [(value, "", 0, 0)]  # (item, where, depth, the keys' characters)
+    spelt: dict[int, int] = {}  # (the length of each key's repr, by id: one key object may key many dicts)
+    stack: list[tuple[Any, str, int, int]] = [(value, "", 0, 0)]  # (item, where, depth, its path's characters)
+    total = 0
     while stack:
-        item, where, depth, key_chars = stack.pop()
-        if key_chars > MAX_KEY_PATH:
-            raise ValueError(f"{what} holds {where[:80]}... under dict keys of more than {MAX_KEY_PATH:,} characters "
-                             "in all, which no metaspike file does; refused")
+        item, where, depth, path_chars = stack.pop()
+        total += path_chars
+        if path_chars > MAX_KEY_PATH:
+            raise ValueError(f"{what} holds {where[:80]}... under keys of more than {MAX_KEY_PATH:,} characters in "
+                             "all, which no metaspike file does; refused")
+        if total > MAX_KEY_PATHS_TOTAL:
+            raise ValueError(f"{what} holds so many lists, dicts or tensors under long keys that their paths spell "
+                             f"more than {MAX_KEY_PATHS_TOTAL:,} characters, which no metaspike file does; refused")
         if isinstance(item, torch.Tensor):
             problem = tensor_problem(item)
             if problem is not None:
@@ -425,8 +440,21 @@ def check_plain_tensors(value: Any, what: str) -> None:
         pairs = item.items() if isinstance(item, dict) else enumerate(item)
         for key, child in pairs:
             if isinstance(child, (torch.Tensor, *containers)):  # (plain values: nothing to check, no name to make)
-                chars = len(key) if isinstance(key, str) else len(shown(key)) if isinstance(item, dict) else 0
-                stack.append((child, f"{where}[{shown(key)}]", depth + 1, key_chars + chars))
+                chars = _spelt(key, spelt) if isinstance(item, dict) else len(str(key)) + 2
+                stack.append((child, f"{where}[{shown(key)}]", depth + 1, path_chars + chars))
+
+
+def _spelt(key: Any, spelt: dict[int, int]) -> int:
+    """How many characters a checksum spells ``key`` with (its ``repr`` and a separator), from ``spelt`` where
+    known; past :data:`MAX_KEY_PATH` where it has none (an integer beyond Python's digit limit)."""
+    known = spelt.get(id(key))
+    if known is None:
+        try:
+            known = len(repr(key)) + 1
+        except ValueError:
+            known = MAX_KEY_PATH + 1
+        spelt[id(key)] = known
+    return known
 
 
 def _first_line(err: BaseException) -> str:

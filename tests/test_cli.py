@@ -375,6 +375,12 @@ def test_a_stop_landing_inside_torch_save_is_the_stop_not_the_archive_writers_er
     assert isinstance(caught.value.__context__, RuntimeError)  # (what torch's writer raised over it)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
     assert target.read_bytes() == b"the last good checkpoint"
+    try:  # a stop being handled as the write starts is the caller's: the write's own error is what happened
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        with pytest.raises(ValueError, match="the write's own"):
+            with atomic_open(target, "wb"):
+                raise ValueError("the write's own")
 
 
 def test_a_comparison_that_fails_its_checks_leaves_no_folder(tmp_path, capsys):

@@ -30,20 +30,24 @@ ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 #: ``python -c`` code that runs the ``metaspike`` command on the arguments after it, but holds still for good right
-#: after a checkpoint written once ``HOLD_AFTER_FINISHED`` runs beside its own have finished (their ``model.pt``),
+#: after the ``HOLD_AT_CALL``-th call of its run folder's ``HOLD_AT`` (``checkpoint``, ``epoch_done``: what it wrote
+#: then is on disk) counted once ``HOLD_AFTER_FINISHED`` runs beside its own have finished (their ``model.pt``),
 #: touching the file ``HOLD_MARKER`` first: a test's signal then lands mid-run at a known moment, however fast or loaded
 #: the machine (polling for the checkpoint instead missed, on a loaded CI machine, the second in which the run held one).
 _HELD_COMMAND = """
 import os, sys, time
 from pathlib import Path
 from metaspike.continual.results import RunDirectory
-write = RunDirectory.checkpoint
-def checkpoint_then_hold(self, state):
-    write(self, state)
+method, calls = os.environ["HOLD_AT"], []
+write = getattr(RunDirectory, method)
+def then_hold(self, *args):
+    write(self, *args)
     if len(list(self.path.parent.glob("*/model.pt"))) >= int(os.environ["HOLD_AFTER_FINISHED"]):
-        Path(os.environ["HOLD_MARKER"]).touch()
-        time.sleep(3600)
-RunDirectory.checkpoint = checkpoint_then_hold
+        calls.append(method)
+        if len(calls) == int(os.environ["HOLD_AT_CALL"]):
+            Path(os.environ["HOLD_MARKER"]).touch()
+            time.sleep(3600)
+setattr(RunDirectory, method, then_hold)
 sys.argv[0] = "metaspike"
 from metaspike.app.command import main
 sys.exit(main())
@@ -51,10 +55,11 @@ sys.exit(main())
 
 
 def _stopped_when_held(args: list[str], marker: Path, sig: int, finished_beside: int = 0,
-                       ) -> subprocess.CompletedProcess:
-    """Run ``metaspike *args`` until it holds after a checkpoint (:data:`_HELD_COMMAND`), send it ``sig``; how it
-    ended (its stderr)."""
-    env = {**ONE_THREAD, "HOLD_AFTER_FINISHED": str(finished_beside), "HOLD_MARKER": str(marker)}
+                       at: tuple[str, int] = ("checkpoint", 1)) -> subprocess.CompletedProcess:
+    """Run ``metaspike *args`` until it holds after the ``at[1]``-th call of ``at[0]`` (:data:`_HELD_COMMAND`), send
+    it ``sig``; how it ended (its stderr)."""
+    env = {**ONE_THREAD, "HOLD_AFTER_FINISHED": str(finished_beside), "HOLD_MARKER": str(marker),
+           "HOLD_AT": at[0], "HOLD_AT_CALL": str(at[1])}
     proc = subprocess.Popen([sys.executable, "-c", _HELD_COMMAND, *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 300
@@ -68,10 +73,11 @@ def _stopped_when_held(args: list[str], marker: Path, sig: int, finished_beside:
     return subprocess.CompletedProcess(proc.args, proc.returncode, None, stderr)
 
 
-def _killed_run(out: Path, sig: int = signal.SIGKILL) -> tuple[Path, subprocess.CompletedProcess]:
-    """A training subprocess sent ``sig`` right after its first checkpoint; the run folder and how the process
-    ended."""
-    ended = _stopped_when_held(["train", *ARGS, "--out", str(out)], out.parent / f"{out.name}.held", sig)
+def _killed_run(out: Path, sig: int = signal.SIGKILL, at: tuple[str, int] = ("checkpoint", 1),
+                ) -> tuple[Path, subprocess.CompletedProcess]:
+    """A training subprocess sent ``sig`` where it holds (:func:`_stopped_when_held`), by default right after its first
+    checkpoint; the run folder and how the process ended."""
+    ended = _stopped_when_held(["train", *ARGS, "--out", str(out)], out.parent / f"{out.name}.held", sig, at=at)
     assert (out / RUN / "checkpoint.pt").exists()
     return out / RUN, ended
 
@@ -86,10 +92,12 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
     _metaspike("train", *ARGS, "--out", str(tmp_path / "whole"))
     reference = (tmp_path / "whole" / RUN / "accuracy_matrix.csv").read_text()
 
-    run, _ = _killed_run(tmp_path / "killed")
+    # killed between its second epoch's curves, written, and that epoch's checkpoint, not yet written
+    run, _ = _killed_run(tmp_path / "killed", at=("epoch_done", 2))
     assert not json.loads((run / "metrics.json").read_text() if (run / "metrics.json").exists() else "{}").get("complete")
     position = load_checkpoint(run / "checkpoint.pt")["position"]
     assert (position["task"], position["epochs_done"]) == (0, 1)  # killed in the middle of the first task
+    assert len((run / "curves.csv").read_text().splitlines()) == 3  # (its header and two epochs: one the resume redoes)
 
     _metaspike("train", "--resume", str(run), "--quiet")
     assert (run / "accuracy_matrix.csv").read_text() == reference
@@ -1117,9 +1125,9 @@ def _edited(change):
     (lambda path: _deeply_nested_checkpoint(path, 100_000),
      r"nests lists or dicts deeper than 100 levels \(at \['junk'\]\[0\]\[0\]"),
     (_edited(lambda raw: raw.update({"k" * 100_000: [[] for _ in range(10_000)]})),  # (a checksum spelt the 100 KB
-     r"holds \['kkk.*\.\.\. under dict keys of more than 4,096 characters in all"),  # key 10,000 times: 1 GB)
+     r"holds \['kkk.*\.\.\. under keys of more than 4,096 characters in all"),  # key 10,000 times: 1 GB)
     (_edited(lambda raw: raw["model"].update(extra={"k" * 3000: {"k" * 3000: torch.zeros(1)}})),
-     r"holds \['model'\]\['extra'\]\['kkk.*\.\.\. under dict keys of more than 4,096"),
+     r"holds \['model'\]\['extra'\]\['kkk.*\.\.\. under keys of more than 4,096"),
     (_edited(lambda raw: raw.update(unsummable=True)), r"is damaged: its content cannot be summed to check it \(Runtime"),
 ], ids=["stride-0", "sparse", "nested-100000-deep", "long-keys", "long-key-path", "checksum-fails"])
 def test_a_checkpoint_whose_content_cannot_be_summed_falls_back_to_the_previous_one(tmp_path, monkeypatch, damage,
@@ -1147,6 +1155,21 @@ def test_a_checkpoint_whose_content_cannot_be_summed_falls_back_to_the_previous_
     state, warnings = results.latest_good_checkpoint(run)
     assert state["position"] == load_checkpoint(run / "checkpoint.prev.pt")["position"]
     assert len(warnings) == 1 and str(newest) in warnings[0] and "\n" not in warnings[0]
+
+
+def test_the_paths_a_checksum_spells_are_bounded_one_by_one_and_in_all(monkeypatch):
+    """A key counted by its length, or by its shortened repr, let a tuple key of 100,000 characters (or characters
+    whose repr is ten long) pass above 20,000 lists, whose checksum then spelt 2 GB."""
+    from metaspike import files
+
+    for key in [("k" * 5000,), "\U000e0001" * 500, b"k" * 5000]:
+        with pytest.raises(ValueError, match=r"checkpoint c.pt holds \[.*\.\.\. under keys of more than 4,096 "):
+            files.check_plain_tensors({key: [[]]}, "checkpoint c.pt")
+    monkeypatch.setattr(files, "MAX_KEY_PATHS_TOTAL", 10_000)
+    files.check_plain_tensors({"k" * 100: [[] for _ in range(50)]}, "checkpoint c.pt")
+    with pytest.raises(ValueError, match="checkpoint c.pt holds so many lists, dicts or tensors under long keys that "
+                                         "their paths spell more than 10,000 characters"):
+        files.check_plain_tensors({"k" * 100: [[] for _ in range(200)]}, "checkpoint c.pt")
 
 
 def _first_floating(entries: dict) -> str:

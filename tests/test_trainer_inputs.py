@@ -177,6 +177,28 @@ def test_a_checkpoints_plugin_state_must_agree_with_the_plugin_and_fit_the_model
                                          "None"):
         _trainer(_model(), [EWC(lam=5.0)], epochs=2).fit(scenario, resume=after_a)
 
+    class Halving(Plugin):  # (one's own plugin may keep anything under a setting's name: its value as it trains)
+        def __init__(self, lam: float = 5.0):
+            self.lam = self.now = lam
+
+        def settings(self):
+            return {"lam": self.lam}
+
+        def task_done(self, model, x, y, classes):
+            self.now /= 2
+
+        def state_dict(self):
+            return {"lam": torch.tensor(self.now)}
+
+        def load_state_dict(self, state):
+            self.now = float(state["lam"])
+
+    log = KeepCheckpoints()
+    whole = _trainer(_model(), [Halving()], epochs=2).fit(scenario, log=log)
+    resumed = _trainer(_model(), [Halving()], epochs=2).fit(scenario, resume=torch.load(io.BytesIO(log.saved[1]),
+                                                                                       weights_only=True))
+    assert resumed.matrix == whole.matrix
+
     log = KeepCheckpoints()
     _trainer(_model(), [SynapticIntelligence(c=0.5)], epochs=2).fit(scenario, log=log)
     middle = torch.load(io.BytesIO(log.saved[0]), weights_only=True)
@@ -184,6 +206,12 @@ def test_a_checkpoints_plugin_state_must_agree_with_the_plugin_and_fit_the_model
     with pytest.raises(ValueError, match=r"the baseline's path integrals \(\[\(3, 16\), \(2, 8\)\]\) do not fit the "
                                          r"model's weight matrices \(\[\(8, 16\), \(2, 8\)\]\)"):
         _trainer(_model(), [SynapticIntelligence(c=0.5)], epochs=2).fit(scenario, resume=middle)
+    log = KeepCheckpoints()  # (at c = 0 no penalty reads the importances: a (1,) one was broadcast at the task's end)
+    _trainer(_model(), [SynapticIntelligence(c=0.0)], epochs=2).fit(scenario, log=log)
+    after_a = torch.load(io.BytesIO(log.saved[1]), weights_only=True)
+    after_a["plugins"][0]["big_omega"][0] = torch.ones(1)
+    with pytest.raises(ValueError, match=r"the baseline's importances \(\[\(1,\), \(2, 8\)\]\) do not fit"):
+        _trainer(_model(), [SynapticIntelligence(c=0.0)], epochs=2).fit(scenario, resume=after_a)
 
 
 def test_a_run_directory_written_by_fit_is_closed_by_finish(tmp_path):

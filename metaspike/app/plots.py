@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 from metaspike.app.config import DEFAULT_RULE
 from metaspike.app.models import optimizer_kind
 from metaspike.app.tables import last_task_column
+from metaspike.checks import shown
 from metaspike.continual.results import load_run
 from metaspike.diagnostics import HISTOGRAM_QUANTITIES
 from metaspike.files import atomic_open
@@ -149,7 +150,7 @@ def _run_title(config: dict[str, Any], run_dir: str | os.PathLike) -> str:
     (its ``"method"``, :data:`~metaspike.app.runs.BUILT_BY_REPRODUCE`) says so, not what its settings describe."""
     model = config.get("model", "?")
     if not isinstance(model, str):
-        raise ValueError(f"{Path(run_dir) / 'config.json'}: 'model' must be a string, got {_shown(repr(model))}")
+        raise ValueError(f"{Path(run_dir) / 'config.json'}: 'model' must be a string, got {shown(model)}")
     method = config.get("method") if isinstance(config.get("method"), dict) else {}
     try:
         uses_meta = optimizer_kind(model) == "metaplastic-adam" and not method.get("dnn")

@@ -425,10 +425,13 @@ class SynapticIntelligence(Plugin):
             self._penalized = False
 
     def _check_fit(self, params: Sequence[Tensor]) -> None:
-        """The current task's path integrals and start fit the model's weight matrices (a loaded state of another
-        model failed inside torch, at its first step)."""
+        """The current task's path integrals and start, and the importances and anchors where there are any, fit the
+        model's weight matrices (a loaded state of another model failed inside torch, or was broadcast silently)."""
         _fit("path integrals", self.omega, params)
         _fit("task start", self.task_start, params)
+        if self.big_omega:
+            _fit("importances", self.big_omega, params)
+            _fit("anchors", self.anchors, params)
 
     def after_step(self, model: nn.Module) -> None:
         for w, p, old, g in zip(self.omega, _matrices(model), self._before, self._grads):

@@ -25,6 +25,7 @@ from metaspike.continual.memo import PLAIN_VALUES, PartMemo
 from metaspike.continual.metrics import is_accuracy
 from metaspike.continual.scenarios import Scenario
 from metaspike.optimizer_state import check_parameter_state
+from metaspike.training import Plugin
 
 __all__ = ["CHECKPOINT_FORMAT", "CURVE_COLUMNS", "check_checkpoint", "check_curves", "check_batchnorm_states",
            "check_same_run", "kinds_of", "check_kinds", "settings_of", "check_plugin_settings", "check_plugin_states",
@@ -404,9 +405,10 @@ def check_plugin_settings(plugins: Sequence[Any], saved: Any) -> None:
 
 
 def check_plugin_states(plugins: Sequence[Any], states: Any) -> None:
-    """A ``ValueError`` unless ``states`` (a checkpoint's plugin states) is a list of one state per plugin whose copies
-    of the plugin's hyperparameters, where a state holds them, equal the plugin's: loading the state puts them in place,
-    and the record :func:`check_plugin_settings` reads may agree while the state does not.
+    """A ``ValueError`` unless ``states`` (a checkpoint's plugin states) is a list of one state per plugin, and each
+    state that metaspike's own ``load_state_dict`` loads (EWC's, SI's, ...) holds the plugin's hyperparameters: it puts
+    them in place, and the record :func:`check_plugin_settings` reads may agree while the state does not. (A plugin of
+    one's own may keep anything under a setting's name, a value that changes as it trains among them: not compared.)
 
     Example:
         >>> from metaspike.continual.baselines import EWC
@@ -419,8 +421,15 @@ def check_plugin_states(plugins: Sequence[Any], states: Any) -> None:
         raise ValueError(f"the checkpoint's plugin states must be a list of {len(plugins)}, one per plugin, got "
                          f"{shown(states)}")
     for index, (plugin, state) in enumerate(zip(plugins, states)):
-        if isinstance(state, dict):  # (a plugin of one's own may keep its state otherwise: nothing to compare)
+        if isinstance(state, dict) and _loads_settings(plugin):
             _refuse_other_settings(index, plugin, state, only_kept=True)
+
+
+def _loads_settings(plugin: Any) -> bool:
+    """Whether ``plugin``'s ``load_state_dict`` is one of metaspike's plugins' (which restore their hyperparameters
+    from the state), not the base class's, which loads nothing, nor a user's."""
+    load = getattr(type(plugin), "load_state_dict", None)
+    return load is not Plugin.load_state_dict and getattr(load, "__module__", "").startswith("metaspike.")
 
 
 def _refuse_other_settings(index: int, plugin: Any, theirs: dict, only_kept: bool) -> None:
