@@ -116,6 +116,54 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_names_the_command_that_continues
     assert json.loads((run / "metrics.json").read_text())["complete"] is True
 
 
+#: ``python -c`` code that runs the ``metaspike`` command on the arguments after it, whose first checkpoint is followed
+#: by a SIGTERM that lands inside a weak reference's callback (as one landed in matplotlib's while figures were drawn).
+_STOPPED_IN_A_FINALIZER = """
+import os, signal, sys, weakref
+from metaspike.continual.results import RunDirectory
+write = RunDirectory.checkpoint
+class Target:
+    pass
+def stopped_inside(ref):
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(10**8):  # (the handler runs here, between two of its steps)
+        pass
+def checkpoint_then_stop(self, state):
+    write(self, state)
+    RunDirectory.checkpoint = write
+    target = Target()
+    ref = weakref.ref(target, stopped_inside)
+    del target
+RunDirectory.checkpoint = checkpoint_then_stop
+sys.argv[0] = "metaspike"
+from metaspike.app.command import main
+sys.exit(main())
+"""
+
+
+def test_a_stop_landing_in_a_finalizer_still_stops_the_run(tmp_path):
+    """Python only prints what a weak reference's callback or a __del__ raises ("Exception ignored in ..."): a SIGTERM
+    or Ctrl-C landing in one while figures were drawn was lost, and the command went on and ended with status 0."""
+    ended = subprocess.run([sys.executable, "-c", _STOPPED_IN_A_FINALIZER, "train", *ARGS, "--out", str(tmp_path)],
+                           capture_output=True, text=True, env=ONE_THREAD, timeout=600)
+    run = tmp_path / RUN
+    assert ended.returncode == 128 + signal.SIGTERM, ended.stderr[-2000:]
+    assert ended.stderr.strip().splitlines()[-1] == (f"metaspike: terminated (SIGTERM); results written so far are "
+                                                     f"kept in {run}; continue with: metaspike train --resume {run}")
+    assert (run / "checkpoint.pt").exists() and not (run / "model.pt").exists()  # (stopped in its first task)
+
+
+def test_a_stop_after_a_run_completed_names_the_command_that_draws_its_figures(tmp_path):
+    """A stop after metrics.json said complete named train --resume, which then refused the complete run."""
+    from metaspike.app.runs import _what_continues
+
+    assert main(["train", *ARGS[:4], "--epochs", "1", "--hidden", "8", "--quiet", "--out", str(tmp_path)]) == 0
+    run = next(tmp_path.iterdir())
+    assert _what_continues(run, 1) == f"metaspike plot {run}"
+    (run / "metrics.json").write_text(json.dumps({"complete": False}))
+    assert _what_continues(run, 1) == f"metaspike train --resume {run}"
+
+
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
     from metaspike.app.config import RunConfig
     from metaspike.app.runs import _trainer

@@ -6,6 +6,7 @@ printed as one line ``metaspike: error: ...`` with exit status 2.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import difflib
 import os
@@ -79,6 +80,23 @@ def _lost_process(err: BaseException) -> str | None:
 def _stop_on_sigterm(signum: int, frame: object) -> NoReturn:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (a second SIGTERM while this one unwinds ends the process)
     raise Terminated
+
+
+def _stops_sent_again(previous: Callable[[Any], object]) -> Callable[[Any], None]:
+    """A ``sys.unraisablehook`` that sends a Ctrl-C or SIGTERM again where Python's handler raised it inside a
+    finalizer (a weak reference's callback, a ``__del__``: matplotlib's, while figures were drawn), where Python only
+    prints it and the command went on to the end; everything else goes to ``previous``."""
+    def hook(unraisable: Any) -> None:
+        stop = unraisable.exc_value
+        if not isinstance(stop, KeyboardInterrupt):
+            previous(unraisable)
+            return
+        if isinstance(stop, Terminated):
+            signal.signal(signal.SIGTERM, _stop_on_sigterm)
+        # (from a thread not waited for: sent from this one, the handler ran at once, inside this hook)
+        _thread.start_new_thread(_thread.interrupt_main, (signal.SIGTERM if isinstance(stop, Terminated) else
+                                                          signal.SIGINT,))
+    return hook
 
 
 def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
@@ -653,14 +671,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         2
     """
     if argv is None:  # the command's own process (not a caller's): steps reuse freed memory instead of faulting,
-        keep_freed_memory()  # SIGTERM stops it as Ctrl-C does, a path its terminal cannot encode is escaped, and
-        signal.signal(signal.SIGTERM, _stop_on_sigterm)  # a warning reads as the command's own
+        keep_freed_memory()  # SIGTERM stops it as Ctrl-C does (both even where they land in a finalizer), a path
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)  # its terminal cannot encode is escaped, and a warning reads
+        unraisable = sys.unraisablehook  # as the command's own
+        sys.unraisablehook = _stops_sent_again(unraisable)
         _escape_unencodable_output()
         warnings.showwarning = _show_warning
         try:
             return _main(list(sys.argv[1:]))
-        finally:  # (a SIGTERM while the interpreter shuts down, as torchrun sends when a peer died, ends it quietly)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        finally:  # (a SIGTERM or Ctrl-C while the interpreter shuts down, as torchrun sends when a peer died, ends it
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # quietly)
+            sys.unraisablehook = unraisable
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (not where it was ignored)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
     return _main(list(argv))
 
 

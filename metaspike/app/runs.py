@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 import weakref
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -301,9 +301,10 @@ def stopped_by_file_error(err: OSError, command: str) -> OSError:
 
 
 @contextmanager
-def continued_by(folder: Path, command: str) -> Iterator[None]:
+def continued_by(folder: Path, command: str | Callable[[], str]) -> Iterator[None]:
     """Inside it, a Ctrl-C or a file that cannot be written names ``folder`` (what is kept) and ``command`` (what
-    continues): a comparison or reproduction replaces the ``train --resume`` its run would name with its own.
+    continues; a callable gives it at that moment): a comparison or reproduction replaces the ``train --resume`` its
+    run would name with its own.
 
     Example:
         >>> with continued_by(Path("runs/c"), "metaspike compare --resume runs/c"):  # doctest: +SKIP
@@ -312,11 +313,11 @@ def continued_by(folder: Path, command: str) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        raise Interrupted(folder, command) from None
+        raise Interrupted(folder, command() if callable(command) else command) from None
     except OSError as err:
         if err.filename is None:
             raise
-        raise stopped_by_file_error(err, command) from err
+        raise stopped_by_file_error(err, command() if callable(command) else command) from err
 
 
 @contextmanager
@@ -356,21 +357,32 @@ def train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: R
     Example:
         >>> train_and_finish(trainer, scenario, RunDirectory.create("runs", "demo", {}), None, plot=True)  # doctest: +SKIP
     """
-    guard = nullcontext() if directory is None else continued_by(directory.path,
-                                                                  train_resume_command(directory.path, world()[1]))
+    if directory is None:
+        return _train_and_write(trainer, scenario, directory, resume)
+    path, processes = directory.path, world()[1]
+    # (a Ctrl-C names the command that continues the run, and once its metrics.json says it is complete, the one that
+    # draws its figures, as they are drawn then; a comparison's guard around it names its own)
+    guard = continued_by(path, lambda: _what_continues(path, processes))
     try:
         with guard:
             result = _train_and_write(trainer, scenario, directory, resume)
+            if plot:  # (a complete run: a figure that cannot be written is only that)
+                from metaspike.app.plots import plot_run
+
+                plot_run(path)
     except TrainingDiverged as err:
         raise TrainingDiverged(f"{err}{_what_is_kept(directory)}") from None
-    if plot and directory is not None:  # (a complete run: a figure that cannot be written is only that)
-        from metaspike.app.plots import plot_run
-
-        # (a Ctrl-C while the figures are drawn names the folder and the command that draws them, as one during
-        # training names the command that continues it; a comparison's guard around it names its own)
-        with continued_by(directory.path, f"metaspike plot {directory.path}"):
-            plot_run(directory.path)
     return result
+
+
+def _what_continues(path: Path, processes: int) -> str:
+    """The command that continues the run in ``path`` now: ``metaspike plot`` where it is complete (its figures may be
+    missing), else ``metaspike train --resume``."""
+    try:
+        complete = is_complete(path)
+    except (OSError, ValueError):  # (a metrics.json it cannot read: the resume says what is wrong with it)
+        complete = False
+    return f"metaspike plot {path}" if complete else train_resume_command(path, processes)
 
 
 def _what_is_kept(directory: RunDirectory | None) -> str:
