@@ -116,41 +116,57 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_names_the_command_that_continues
     assert json.loads((run / "metrics.json").read_text())["complete"] is True
 
 
-#: ``python -c`` code that runs the ``metaspike`` command on the arguments after it, whose first checkpoint is followed
-#: by a SIGTERM that lands inside a weak reference's callback (as one landed in matplotlib's while figures were drawn).
+#: ``python -c`` code that runs the ``metaspike`` command on the arguments after it, where the first call of
+#: ``STOP_AFTER`` (``module:attribute``: a run's first checkpoint, the figures' drawing) is followed by a SIGTERM that
+#: lands inside a weak reference's callback (as one landed in matplotlib's while figures were drawn).
 _STOPPED_IN_A_FINALIZER = """
-import os, signal, sys, weakref
-from metaspike.continual.results import RunDirectory
-write = RunDirectory.checkpoint
+import importlib, os, signal, sys, weakref
+where, name = os.environ["STOP_AFTER"].split(":")
+owner = importlib.import_module(where)
+for part in name.split(".")[:-1]:
+    owner = getattr(owner, part)
+name = name.split(".")[-1]
+called = getattr(owner, name)
 class Target:
     pass
 def stopped_inside(ref):
     os.kill(os.getpid(), signal.SIGTERM)
     for _ in range(10**8):  # (the handler runs here, between two of its steps)
         pass
-def checkpoint_then_stop(self, state):
-    write(self, state)
-    RunDirectory.checkpoint = write
+def then_stop(*args, **kwargs):
+    setattr(owner, name, called)
+    done = called(*args, **kwargs)
     target = Target()
     ref = weakref.ref(target, stopped_inside)
     del target
-RunDirectory.checkpoint = checkpoint_then_stop
+    return done
+setattr(owner, name, then_stop)
 sys.argv[0] = "metaspike"
 from metaspike.app.command import main
 sys.exit(main())
 """
 
 
+def _stopped_in_a_finalizer(after: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _STOPPED_IN_A_FINALIZER, *args], capture_output=True, text=True,
+                          env={**ONE_THREAD, "STOP_AFTER": after}, timeout=600)
+
+
 def test_a_stop_landing_in_a_finalizer_still_stops_the_run(tmp_path):
     """Python only prints what a weak reference's callback or a __del__ raises ("Exception ignored in ..."): a SIGTERM
     or Ctrl-C landing in one while figures were drawn was lost, and the command went on and ended with status 0."""
-    ended = subprocess.run([sys.executable, "-c", _STOPPED_IN_A_FINALIZER, "train", *ARGS, "--out", str(tmp_path)],
-                           capture_output=True, text=True, env=ONE_THREAD, timeout=600)
+    ended = _stopped_in_a_finalizer("metaspike.continual.results:RunDirectory.checkpoint", "train", *ARGS, "--out",
+                                    str(tmp_path))
     run = tmp_path / RUN
     assert ended.returncode == 128 + signal.SIGTERM, ended.stderr[-2000:]
     assert ended.stderr.strip().splitlines()[-1] == (f"metaspike: terminated (SIGTERM); results written so far are "
                                                      f"kept in {run}; continue with: metaspike train --resume {run}")
     assert (run / "checkpoint.pt").exists() and not (run / "model.pt").exists()  # (stopped in its first task)
+    # at the command's very end (the last figure drawn): the stop, not status 0 and nothing said
+    assert main(["train", *ARGS[:4], "--epochs", "1", "--hidden", "8", "--quiet", "--out", str(tmp_path / "done")]) == 0
+    ended = _stopped_in_a_finalizer("metaspike.app.plots:plot_run", "plot", str(next((tmp_path / "done").iterdir())))
+    assert ended.returncode == 128 + signal.SIGTERM, ended.stderr[-2000:]
+    assert ended.stderr.strip().splitlines()[-1].startswith("metaspike: terminated (SIGTERM)"), ended.stderr[-2000:]
 
 
 def test_a_stop_after_a_run_completed_names_the_command_that_draws_its_figures(tmp_path):

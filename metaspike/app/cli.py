@@ -6,7 +6,6 @@ printed as one line ``metaspike: error: ...`` with exit status 2.
 
 from __future__ import annotations
 
-import _thread
 import argparse
 import difflib
 import os
@@ -27,6 +26,7 @@ from metaspike.app.config import DEFAULT_INPUT_META, DEFAULT_META, KIND_SETTINGS
 from metaspike.app.imports import FLAG, check_resumed_imports, import_flags, import_modules
 from metaspike.app.models import DEFAULT_LR, takes_setting
 from metaspike.app.reproduce import cli as reproduce_cli
+from metaspike.app.stops import Terminated, forget_kept_stop, keeping_stops, raise_kept_stop, stop_on_sigterm
 from metaspike.continual.metrics import LONG_STREAM_TASKS, LearnedNothingWarning
 from metaspike.continual.scenarios import SPLIT_MODES
 from metaspike.data import OFFLINE_DATASETS
@@ -36,16 +36,6 @@ from metaspike.rules import available_rules
 __all__ = ["main"]
 
 _DEFAULTS = {f.name: f.default for f in fields(RunConfig)}
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a batch scheduler's time limit, ``kill``, ``docker stop``) in the command's own process: it stops the
-    work as Ctrl-C does, so a run keeps what it wrote and the message names the command that continues it.
-
-    Example:
-        >>> issubclass(Terminated, KeyboardInterrupt)
-        True
-    """
 
 
 def _caused_by_sigterm(err: BaseException | None) -> bool:
@@ -75,28 +65,6 @@ def _lost_process(err: BaseException) -> str | None:
     kept = (f"the run's folder keeps its last checkpoint: continue it as it ran, {command}" if command else
             "it stopped before the run's folder was made and shared, so no checkpoint was kept")
     return f"another process of this torchrun launch stopped ({first}); that process's own message says why; {kept}"
-
-
-def _stop_on_sigterm(signum: int, frame: object) -> NoReturn:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (a second SIGTERM while this one unwinds ends the process)
-    raise Terminated
-
-
-def _stops_sent_again(previous: Callable[[Any], object]) -> Callable[[Any], None]:
-    """A ``sys.unraisablehook`` that sends a Ctrl-C or SIGTERM again where Python's handler raised it inside a
-    finalizer (a weak reference's callback, a ``__del__``: matplotlib's, while figures were drawn), where Python only
-    prints it and the command went on to the end; everything else goes to ``previous``."""
-    def hook(unraisable: Any) -> None:
-        stop = unraisable.exc_value
-        if not isinstance(stop, KeyboardInterrupt):
-            previous(unraisable)
-            return
-        if isinstance(stop, Terminated):
-            signal.signal(signal.SIGTERM, _stop_on_sigterm)
-        # (from a thread not waited for: sent from this one, the handler ran at once, inside this hook)
-        _thread.start_new_thread(_thread.interrupt_main, (signal.SIGTERM if isinstance(stop, Terminated) else
-                                                          signal.SIGINT,))
-    return hook
 
 
 def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
@@ -672,18 +640,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     if argv is None:  # the command's own process (not a caller's): steps reuse freed memory instead of faulting,
         keep_freed_memory()  # SIGTERM stops it as Ctrl-C does (both even where they land in a finalizer), a path
-        signal.signal(signal.SIGTERM, _stop_on_sigterm)  # its terminal cannot encode is escaped, and a warning reads
+        signal.signal(signal.SIGTERM, stop_on_sigterm)  # its terminal cannot encode is escaped, and a warning reads
         unraisable = sys.unraisablehook  # as the command's own
-        sys.unraisablehook = _stops_sent_again(unraisable)
+        sys.unraisablehook = keeping_stops(unraisable)
         _escape_unencodable_output()
         warnings.showwarning = _show_warning
         try:
             return _main(list(sys.argv[1:]))
-        finally:  # (a SIGTERM or Ctrl-C while the interpreter shuts down, as torchrun sends when a peer died, ends it
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # quietly)
+        finally:  # (a SIGTERM while the interpreter shuts down, as torchrun sends when a peer died, ends it quietly)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             sys.unraisablehook = unraisable
-            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (not where it was ignored)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
     return _main(list(argv))
 
 
@@ -730,6 +696,7 @@ def _main(argv: list[str]) -> int:
                 warnings.filterwarnings("ignore", category=LearnedNothingWarning)
                 command = {"train": _train, "compare": _compare, "plot": _plot, "reproduce": reproduce_cli.run}
                 command[args.command](args)
+            raise_kept_stop()  # (one that landed in a finalizer where no run's guard named it)
         finally:  # (inside the handlers below: a Ctrl-C landing here is one line too)
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
@@ -752,6 +719,7 @@ def _main(argv: list[str]) -> int:
         print(f"metaspike: error: cannot read or write{where}: {err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # (a run's Interrupted says where and how to continue)
+        forget_kept_stop()
         terminated = _caused_by_sigterm(err)
         stopped = "terminated (SIGTERM)" if terminated else "interrupted"
         print(f"metaspike: {stopped}; {err}" if str(err) else f"metaspike: {stopped}", file=sys.stderr)

@@ -29,4 +29,8 @@ def main() -> int:
 
     if quiet:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    return run_command()
+    try:
+        return run_command()
+    finally:  # (a Ctrl-C while the interpreter shuts down ends it quietly: it printed torch's finalizers' tracebacks)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)

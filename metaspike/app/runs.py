@@ -39,6 +39,7 @@ from metaspike.app.models import (
     optimizer_kind,
     uses_batchnorm,
 )
+from metaspike.app.stops import forget_kept_stop, raise_kept_stop
 from metaspike.app.tables import versions
 from metaspike.bayesian.synapses import SampledForward, bayesian_modules, start_confident
 from metaspike.checks import is_finite_number, is_nan, is_whole, listed, shown
@@ -312,7 +313,9 @@ def continued_by(folder: Path, command: str | Callable[[], str]) -> Iterator[Non
     """
     try:
         yield
+        raise_kept_stop()  # (one that landed in a finalizer inside: named here, as any other)
     except KeyboardInterrupt:
+        forget_kept_stop()
         raise Interrupted(folder, command() if callable(command) else command) from None
     except OSError as err:
         if err.filename is None:

@@ -1,0 +1,96 @@
+"""Stops of the ``metaspike`` command (Ctrl-C, SIGTERM) that must not be lost.
+
+Python runs a signal's handler wherever the main thread is, and where that is a finalizer (a weak reference's
+callback, a ``__del__``: matplotlib's, while figures are drawn) the exception it raises is only printed ("Exception
+ignored in ...") and the command went on. :func:`keeping_stops` installs a ``sys.unraisablehook`` that keeps such a
+stop and sends it again from a thread (at once, mostly); :func:`raise_kept_stop`, called where a stop would be named
+(the end of a run's guard, the end of the command), raises one not yet delivered, so none ends unseen.
+"""
+
+from __future__ import annotations
+
+import _thread
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+__all__ = ["Terminated", "stop_on_sigterm", "keeping_stops", "raise_kept_stop", "forget_kept_stop"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler's time limit, ``kill``, ``docker stop``) in the command's own process: it stops the
+    work as Ctrl-C does, so a run keeps what it wrote and the message names the command that continues it.
+
+    Example:
+        >>> issubclass(Terminated, KeyboardInterrupt)
+        True
+    """
+
+
+def stop_on_sigterm(signum: int, frame: object) -> NoReturn:
+    """The command's SIGTERM handler: raises :class:`Terminated` (a second one while it unwinds ends the process)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated
+
+
+_lock = threading.Lock()
+_kept: list[Any] = []  # ([the stop, whether it was sent again]: at most one)
+
+
+def keeping_stops(previous: Callable[[Any], object]) -> Callable[[Any], None]:
+    """A ``sys.unraisablehook`` that keeps a Ctrl-C or SIGTERM raised inside a finalizer and sends it again from a
+    thread; every other exception goes to ``previous``.
+
+    Example:
+        >>> import sys
+        >>> callable(keeping_stops(sys.unraisablehook))
+        True
+    """
+    def hook(unraisable: Any) -> None:
+        stop = unraisable.exc_value
+        if not isinstance(stop, KeyboardInterrupt):
+            previous(unraisable)
+            return
+        if isinstance(stop, Terminated):
+            signal.signal(signal.SIGTERM, stop_on_sigterm)
+        with _lock:
+            _kept[:] = [stop, False]
+        _thread.start_new_thread(_send_again, ())  # (sent from here, the handler ran at once, inside this hook)
+    return hook
+
+
+def _send_again() -> None:
+    """Send the kept stop to the main thread, where its handler is still Python's (not at the command's end)."""
+    with _lock:
+        if not _kept or _kept[1]:
+            return
+        number = signal.SIGTERM if isinstance(_kept[0], Terminated) else signal.SIGINT
+        if not callable(signal.getsignal(number)):  # (the command has ended: its end raises it)
+            return
+        _kept[1] = True
+        _thread.interrupt_main(number)
+
+
+def raise_kept_stop() -> None:
+    """Raise here a stop kept from a finalizer: the one kept, or, where it was sent again and is on its way, the one
+    its handler raises now. Nothing where none is kept.
+
+    Example:
+        >>> raise_kept_stop()  # (none kept)
+    """
+    with _lock:
+        if not _kept:
+            return
+        stop, sent = _kept
+        _kept.clear()
+    if not sent:
+        raise stop
+    for _ in range(100):  # (Python runs a pending handler at a loop's turn: it raises here, if it has not yet)
+        pass
+
+
+def forget_kept_stop() -> None:
+    """Forget a kept stop: called where a stop is handled, which it would repeat."""
+    with _lock:
+        _kept.clear()
