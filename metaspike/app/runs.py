@@ -311,16 +311,19 @@ def continued_by(folder: Path, command: str | Callable[[], str]) -> Iterator[Non
         >>> with continued_by(Path("runs/c"), "metaspike compare --resume runs/c"):  # doctest: +SKIP
         ...     train_the_runs()
     """
+    def named() -> str:
+        return command() if callable(command) else command
+
     try:
         yield
         raise_kept_stop()  # (one that landed in a finalizer inside: named here, as any other)
     except KeyboardInterrupt:
         forget_kept_stop()
-        raise Interrupted(folder, command() if callable(command) else command) from None
+        raise Interrupted(folder, named()) from None
     except OSError as err:
         if err.filename is None:
             raise
-        raise stopped_by_file_error(err, command() if callable(command) else command) from err
+        raise stopped_by_file_error(err, named()) from err
 
 
 @contextmanager

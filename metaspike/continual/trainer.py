@@ -939,14 +939,15 @@ class ContinualTrainer:
                          per_task_batchnorm=self._per_task_batchnorm(scenario))
         check_same_run(state["identity"], self._identity)
         check_kinds(state.get("kinds"), kinds_of(plugins=self.plugins), "plugins")  # (older checkpoints: not kept)
+        saved_plugins = state.get("plugins", [])
         check_plugin_settings(self.plugins, state.get("plugin_settings"))
-        check_plugin_states(self.plugins, state.get("plugins", []))
+        check_plugin_states(self.plugins, saved_plugins)
         position = state["position"]
         load_part("model", self.model, state["model"])
         generator.set_state(state["generator"])
         if "torch_rng" in state:  # checkpoints written before it was kept lack it
             torch.set_rng_state(state["torch_rng"])
-        for plugin, plugin_state in zip(self.plugins, state.get("plugins", [])):
+        for plugin, plugin_state in zip(self.plugins, saved_plugins):
             plugin.load_state_dict(plugin_state)
         result = ContinualResult(**_outer_lists_copied(state["result"]))  # (the run appends: the checkpoint stays)
         return (result, list(state["batchnorm_states"]), position["task"], position["epochs_done"],
