@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import TypeVar
 import torch
 
 from metaspike.app.config import parse_meta
+from metaspike.app.stops import caused_by_sigterm, stop_on_sigterm
 from metaspike.checks import MAX_SEED
 from metaspike.data import DataError
 from metaspike.machine import FLAGS, cpu  # noqa: F401 (FLAGS: the benchmarks' import of it)
@@ -141,3 +144,21 @@ def made_or_exit(parser: argparse.ArgumentParser, make: Callable[[], T]) -> T:
         return make()
     except (ValueError, DataError) as err:
         parser.error(str(err))
+
+
+def run_benchmark(main: Callable[[], None]) -> None:
+    """Run a benchmark's ``main``: a Ctrl-C or SIGTERM ends it with one line (what the stop carries as its message
+    added: how to go on) and status 130 or 143, not Python's traceback; what it wrote before stays where it was.
+
+    Example:
+        >>> run_benchmark(lambda: print("measured"))
+        measured
+    """
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        main()
+    except KeyboardInterrupt as stop:
+        terminated = caused_by_sigterm(stop)
+        how = f"; {stop.args[0]}" if stop.args else ""
+        print(f"{Path(sys.argv[0]).name}: {'terminated' if terminated else 'interrupted'}{how}", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM if terminated else 130)

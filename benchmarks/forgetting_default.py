@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import RUNS, check_distinct, machine, output_folder, seed_int
+from common import RUNS, check_distinct, machine, output_folder, run_benchmark, seed_int
 
 from metaspike.app.compare import compare
 from metaspike.app.config import RunConfig
@@ -45,4 +45,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

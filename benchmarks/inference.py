@@ -45,6 +45,7 @@ from common import (
     nonnegative_float,
     output_file,
     positive_int,
+    run_benchmark,
     run_file,
 )
 
@@ -150,4 +151,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

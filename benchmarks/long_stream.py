@@ -39,6 +39,7 @@ import argparse
 import csv
 import json
 import resource
+import shlex
 import statistics
 import sys
 import time
@@ -56,6 +57,7 @@ from common import (
     machine,
     output_folder,
     positive_int,
+    run_benchmark,
     seed_int,
 )
 from torch import nn
@@ -210,6 +212,13 @@ def _methods(parser: argparse.ArgumentParser, labels: list[str] | None) -> list:
     return [m for m in long_stream.METHODS if labels is None or m.label in labels]
 
 
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command that goes on with the runs of this benchmark's ``args`` (its seeds and methods) in ``args.out``."""
+    methods = f" --methods {shlex.join(args.methods)}" if args.methods else ""
+    return (f"python benchmarks/long_stream.py --out {shlex.quote(str(args.out))} --resume --no-steps --seeds "
+            f"{' '.join(map(str, args.seeds))}{methods}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=seed_int, nargs="+", default=[1])
@@ -256,7 +265,10 @@ def main() -> None:
         print(f"resuming {len(earlier)} run(s) in {args.out / 'runs'}: the seconds and step times of those read back "
               "or continued are those of the processes that ran them", flush=True)
     start = time.perf_counter()
-    rows = long_stream.run("cpu", args.seeds, args.out, False, None, methods=methods)
+    try:
+        rows = long_stream.run("cpu", args.seeds, args.out, False, None, methods=methods)
+    except KeyboardInterrupt as stop:  # (run_benchmark prints it; a run's own message names metaspike's command)
+        raise KeyboardInterrupt(f"the runs so far are kept in {args.out}: go on with {_resume_command(args)}") from stop
     for row in rows:
         cells = "  ".join(f"{k}={v[0]:.2f}" for k, v in row.items() if isinstance(v, tuple))
         print(f"{row['setting']}: {cells}  {row['settings']}")
@@ -264,4 +276,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import RUNS, check_distinct, output_folder, seed_int
+from common import RUNS, check_distinct, output_folder, run_benchmark, seed_int
 
 from metaspike.app import plots
 from metaspike.app.compare import DEFAULT_NEURONS, TRADEOFF_LABELS, format_tradeoff, tradeoff_rows
@@ -133,4 +133,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

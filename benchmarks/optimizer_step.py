@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from common import machine, nonnegative_float, positive_int
+from common import machine, nonnegative_float, positive_int, run_benchmark
 
 import bnn
 from metaspike.optim import MetaplasticAdam
@@ -79,4 +79,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

@@ -22,6 +22,7 @@ from common import (
     output_folder,
     positive_float,
     positive_int,
+    run_benchmark,
     seed_int,
 )
 
@@ -68,4 +69,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

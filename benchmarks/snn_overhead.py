@@ -16,7 +16,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import machine, positive_int
+from common import machine, positive_int, run_benchmark
 
 import metaspike
 from metaspike.snn import NetSpec, build_neuron_model
@@ -57,4 +57,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

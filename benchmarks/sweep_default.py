@@ -30,6 +30,7 @@ from common import (
     output_file,
     positive_float,
     positive_int,
+    run_benchmark,
     seed_int,
 )
 
@@ -98,4 +99,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

@@ -57,7 +57,17 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from common import FLAGS, cpu, load_average_line, machine, nonnegative_float, output_file, positive_int, run_file
+from common import (
+    FLAGS,
+    cpu,
+    load_average_line,
+    machine,
+    nonnegative_float,
+    output_file,
+    positive_int,
+    run_benchmark,
+    run_file,
+)
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
@@ -410,4 +420,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

@@ -37,3 +37,28 @@ def test_a_bad_flag_is_one_line_before_anything_runs(tmp_path, script, flags, me
     assert done.returncode == 2 and f"error: {message}" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "earlier"]  # (nothing written or made)
+
+
+_STOPPED_LONG_STREAM = """
+import os, runpy, signal, sys, time
+sys.argv = ["long_stream.py", "--no-steps", "--methods", "SGD", "EWC-Online", "--seeds", "3", "--out", "out"]
+sys.path.insert(0, sys.argv_benchmarks)
+import metaspike.app.reproduce.long_stream as streams
+def run(*args, **kwargs):  # a SIGTERM while the runs train
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+streams.run = run
+runpy.run_path(os.path.join(sys.argv_benchmarks, "long_stream.py"), run_name="__main__")
+"""
+
+
+def test_a_stopped_benchmark_ends_in_one_line_that_says_how_to_go_on(tmp_path):
+    code = _STOPPED_LONG_STREAM.replace("sys.argv_benchmarks", repr(str(ROOT / "benchmarks")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=120)
+    assert done.returncode == 143, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "long_stream.py: terminated; the runs so far are kept in out: go on with python benchmarks/long_stream.py "
+        "--out out --resume --no-steps --seeds 3 --methods SGD EWC-Online"), done.stderr
+    assert "Traceback" not in done.stderr

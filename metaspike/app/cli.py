@@ -26,7 +26,7 @@ from metaspike.app.config import DEFAULT_INPUT_META, DEFAULT_META, KIND_SETTINGS
 from metaspike.app.imports import FLAG, check_resumed_imports, import_flags, import_modules
 from metaspike.app.models import DEFAULT_LR, takes_setting
 from metaspike.app.reproduce import cli as reproduce_cli
-from metaspike.app.stops import Terminated, forget_kept_stop, keeping_stops, raise_kept_stop, stop_on_sigterm
+from metaspike.app.stops import caused_by_sigterm, forget_kept_stop, keeping_stops, raise_kept_stop, stop_on_sigterm
 from metaspike.continual.metrics import LONG_STREAM_TASKS, LearnedNothingWarning
 from metaspike.continual.scenarios import SPLIT_MODES
 from metaspike.data import OFFLINE_DATASETS
@@ -36,16 +36,6 @@ from metaspike.rules import available_rules
 __all__ = ["main"]
 
 _DEFAULTS = {f.name: f.default for f in fields(RunConfig)}
-
-
-def _caused_by_sigterm(err: BaseException | None) -> bool:
-    """Whether ``err`` or an exception it was raised while handling is :class:`Terminated` (a run's
-    :class:`~metaspike.app.runs.Interrupted` replaces the signal's exception with where and how to continue)."""
-    while err is not None:
-        if isinstance(err, Terminated):
-            return True
-        err = err.__context__
-    return False
 
 
 #: What a torch.distributed backend says when a process of the group is gone (gloo's TCP pairs, NCCL's watchdog).
@@ -720,7 +710,7 @@ def _main(argv: list[str]) -> int:
         return 2
     except KeyboardInterrupt as err:  # (a run's Interrupted says where and how to continue)
         forget_kept_stop()
-        terminated = _caused_by_sigterm(err)
+        terminated = caused_by_sigterm(err)
         stopped = "terminated (SIGTERM)" if terminated else "interrupted"
         print(f"metaspike: {stopped}; {err}" if str(err) else f"metaspike: {stopped}", file=sys.stderr)
         return 128 + signal.SIGTERM if terminated else 130

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-__all__ = ["Terminated", "stop_on_sigterm", "keeping_stops", "raise_kept_stop", "forget_kept_stop"]
+__all__ = ["Terminated", "stop_on_sigterm", "caused_by_sigterm", "keeping_stops", "raise_kept_stop", "forget_kept_stop"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -32,6 +32,27 @@ def stop_on_sigterm(signum: int, frame: object) -> NoReturn:
     """The command's SIGTERM handler: raises :class:`Terminated` (a second one while it unwinds ends the process)."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     raise Terminated
+
+
+def caused_by_sigterm(err: BaseException | None) -> bool:
+    """Whether ``err`` or an exception it was raised while handling is :class:`Terminated` (a run's
+    :class:`~metaspike.app.runs.Interrupted` replaces the signal's exception with where and how to continue).
+
+    Example:
+        >>> try:
+        ...     try:
+        ...         raise Terminated
+        ...     except Terminated:
+        ...         raise KeyboardInterrupt("kept in runs/a")
+        ... except KeyboardInterrupt as stop:
+        ...     caused_by_sigterm(stop)
+        True
+    """
+    while err is not None:
+        if isinstance(err, Terminated):
+            return True
+        err = err.__context__
+    return False
 
 
 _lock = threading.Lock()
