@@ -686,6 +686,20 @@ def test_ctrl_c_before_any_folder_exists_is_one_plain_line(tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command, moment", [("train", "metaspike.app.runs.named_for_lost_processes"),
+                                             ("compare", "metaspike.app.compare.continued_by")])
+def test_a_stop_after_the_folder_is_made_but_before_the_guard_leaves_no_folder(tmp_path, monkeypatch, capsys, command,
+                                                                               moment):
+    """The folder stayed, empty but for its settings, so the next run took the name ``-2``; the line named nothing."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(moment, interrupted)
+    assert main([command, *SMALL, "--out", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.strip() == "metaspike: interrupted"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_eval_samples_sets_the_evaluation_ensemble_of_a_sampling_model(tmp_path, capsys):
     from metaspike.app.runs import build_run_model, load_config, make_run_scenario
 

@@ -32,7 +32,7 @@ from metaspike.app.runs import (
     load_config,
     ran_with,
     remove_unstarted,
-    removed_when_refused,
+    removed_unless_measured,
     resume,
     run,
     run_lock,
@@ -423,7 +423,7 @@ def _start(out: str | Path, name: str, plan: dict[str, Any], progress: bool) -> 
     planned = _rows(plan, Path(out) / name)  # checked before the folder is made
     root = unique_directory(out, name)
     # (the lock: a `compare --resume` of this folder meanwhile is one line, not a second writer)
-    with removed_when_refused(root), run_lock(root):
+    with removed_unless_measured(root), run_lock(root):
         RunDirectory(root).write_json(PLAN, plan)
         return _execute(root, plan, planned, progress)
 

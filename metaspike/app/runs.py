@@ -699,16 +699,18 @@ _MEASURED = (CHECKPOINT, PREVIOUS_CHECKPOINT, "model.pt")  # a file that holds s
 
 
 @contextmanager
-def removed_when_refused(folder: Path | None) -> Iterator[None]:
+def removed_unless_measured(folder: Path | None) -> Iterator[None]:
     """Remove ``folder``, just made for a run or comparison, when what runs in it is refused (a ``ValueError``, such
-    as data a model cannot train on) before anything was measured in it (no checkpoint or model anywhere inside):
-    left behind, it would be offered for ``--resume``, which would be refused the same way.
+    as data a model cannot train on) or stopped before a run's guard took over (a Ctrl-C or SIGTERM that is no
+    :class:`Interrupted`, which names the folder and the command that continues it), where nothing was measured in
+    it (no checkpoint or model anywhere inside): left behind, a refused one would be offered for ``--resume``, which
+    would be refused the same way, and a stopped one would push the next run's name to ``-2``.
 
     Example:
         >>> import tempfile
         >>> folder = Path(tempfile.mkdtemp())
         >>> try:
-        ...     with removed_when_refused(folder):
+        ...     with removed_unless_measured(folder):
         ...         raise ValueError("one sample")
         ... except ValueError:
         ...     pass
@@ -717,8 +719,9 @@ def removed_when_refused(folder: Path | None) -> Iterator[None]:
     """
     try:
         yield
-    except ValueError:
-        if folder is not None and not any(p.name in _MEASURED for p in folder.rglob("*")):
+    except (ValueError, KeyboardInterrupt) as err:
+        if folder is not None and not isinstance(err, Interrupted) and not any(p.name in _MEASURED
+                                                                               for p in folder.rglob("*")):
             shutil.rmtree(folder, ignore_errors=True)
         raise
 
@@ -741,7 +744,7 @@ def run(config: RunConfig, out: str | Path = "runs", progress: bool = True, plot
         directory = RunDirectory.create(out, name or config.name, _record(config, scenario),
                                         _scenario_record(scenario))
     path = _shared_path(directory.path if directory else None)
-    with removed_when_refused(directory.path if directory else None), run_lock(path), named_for_lost_processes(path):
+    with removed_unless_measured(directory.path if directory else None), run_lock(path), named_for_lost_processes(path):
         return path, train_and_finish(trainer, scenario, directory, None, plot)
 
 
