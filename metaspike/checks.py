@@ -22,7 +22,7 @@ __all__ = ["registered_name", "check_keys_kept", "listed", "is_number", "is_fini
            "finite_number", "FLOAT32_MAX", "FLOAT32_TINY",
            "MAX_SEED", "check_seed", "check_device", "state_dict_groups", "check_eps_holds", "ModelError",
            "raised_at", "defined_at", "in_metaspike", "is_nan", "shown", "check_generator_state", "lacking_methods",
-           "unknown_name"]
+           "unknown_name", "check_no_misspelled_setting"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -148,6 +148,29 @@ def unknown_name(what: str, name: Any, available: Iterable[str]) -> str:
     near = difflib.get_close_matches(name, available, n=1) if isinstance(name, str) else []
     return (f"unknown {what} {shown(name)}; available: {', '.join(available)}"
             + (f"; did you mean {near[0]!r}?" if near else ""))
+
+
+def check_no_misspelled_setting(owner: str, group: dict[str, Any], settings: Iterable[str]) -> None:
+    """One ``ValueError`` where a param ``group`` holds a key that is none of ``owner``'s ``settings`` but close to one
+    of them (``lrmax`` beside ``lr_max``): the setting meant keeps its default without a word. Other keys pass, as
+    torch.optim lets a group carry them (a ``name`` of one's own, a scheduler's ``initial_lr``).
+
+    Example:
+        >>> check_no_misspelled_setting("BiMU", {"params": [], "name": "readout"}, ["lr", "lr_max"])
+        >>> check_no_misspelled_setting("BiMU", {"params": [], "lrmax": 0.01}, ["lr", "lr_max"])
+        Traceback (most recent call last):
+        ...
+        ValueError: a param group of BiMU sets 'lrmax', which is not one of its settings: did you mean 'lr_max'? (BiMU's settings: lr, lr_max)
+    """
+    settings = [name for name in settings if name != "params"]
+    lowered = {name.lower(): name for name in settings}
+    for key in group:
+        if not isinstance(key, str) or key == "params" or key in settings:
+            continue
+        near = difflib.get_close_matches(key.lower(), list(lowered), n=1, cutoff=0.8)
+        if near:
+            raise ValueError(f"a param group of {owner} sets {key!r}, which is not one of its settings: did you mean "
+                             f"{lowered[near[0]]!r}? ({owner}'s settings: {', '.join(sorted(settings))})")
 
 
 def is_whole(value: Any, low: int) -> bool:

@@ -28,7 +28,15 @@ from torch.optim import Optimizer
 
 from metaspike.bayesian.optim import BAYESIAN_ADVICE
 from metaspike.bayesian.synapses import bayesian_modules
-from metaspike.checks import FLOAT32_MAX, check_eps_holds, check_keys_kept, is_number, number_in, state_dict_groups
+from metaspike.checks import (
+    FLOAT32_MAX,
+    check_eps_holds,
+    check_keys_kept,
+    check_no_misspelled_setting,
+    is_number,
+    number_in,
+    state_dict_groups,
+)
 from metaspike.compiled import LARGE_TENSOR_LOOPS, LazyCompiled
 from metaspike.gain import OutputGain
 from metaspike.layer_selection import each_once, synapse_role
@@ -135,7 +143,9 @@ def applies_rule(group: dict[str, Any]) -> bool:
 
 def _add_checked(optimizer: Optimizer, add: Callable[[dict[str, Any]], None], param_group: dict[str, Any]) -> None:
     """``add(param_group)`` (torch's, which fills in the defaults), then validate the group; a refused group is
-    removed again."""
+    removed again (a misspelled setting is refused before)."""
+    if isinstance(param_group, dict):  # (torch's own check names anything else)
+        check_no_misspelled_setting(_owner(optimizer), param_group, optimizer.defaults)
     add(param_group)
     try:
         _group_check(optimizer)(optimizer.param_groups[-1])
@@ -424,6 +434,13 @@ def _check_consolidation(group: dict[str, Any], owner: str = "a metaplastic opti
         raise ValueError(f"consolidate must be True, False or None, got {group['consolidate']!r}")
 
 
+def _owner(optimizer: Optimizer) -> str:
+    """How messages name ``optimizer``: ``MetaplasticAdam``, or ``metaplastic(SGD)`` for one :func:`metaplastic`
+    hooked."""
+    name = type(optimizer).__name__
+    return name if isinstance(optimizer, MetaplasticAdam) else f"metaplastic({name})"
+
+
 def _group_check(optimizer: Optimizer) -> Callable[[dict[str, Any]], None]:
     """What a group of ``optimizer`` is checked for: everything for MetaplasticAdam, the consolidation settings for
     another optimizer that :func:`metaplastic` hooked."""
@@ -644,7 +661,7 @@ def check_before_step(optimizer: Optimizer) -> None:
     for group in optimizer.param_groups:
         check_keys_kept(group, getattr(optimizer, "_metaspike_group_keys", optimizer.defaults))
         _check_edited_consolidation(group)
-        _check_consolidated_real(group, f"metaplastic({type(optimizer).__name__})")
+        _check_consolidated_real(group, _owner(optimizer))
 
 
 def _check_edited_consolidation(group: dict[str, Any]) -> None:
@@ -832,7 +849,8 @@ def metaplastic(
     for group in optimizer.param_groups:
         for key in _CONSOLIDATION_KEYS:
             group.setdefault(key, optimizer.defaults[key])
-        _check_wrapped_group(group, f"metaplastic({type(optimizer).__name__})")
+        check_no_misspelled_setting(_owner(optimizer), group, optimizer.defaults)
+        _check_wrapped_group(group, _owner(optimizer))
     before: dict[Tensor, Tensor] = {}
     # one buffer per consolidated weight for the step's old values, kept from step to step: a fresh copy each step
     # paged in its memory anew (4.7 ms of a 2048 x 2048 layer's step, four times SGD's whole step)

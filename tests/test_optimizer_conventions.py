@@ -686,3 +686,26 @@ def test_a_setting_given_as_a_tensor_is_named_as_such():
     """betas=(tensor(0.9), ...) was refused as "must be a finite number in [0, 1), got tensor(0.9000)"."""
     with pytest.raises(ValueError, match=r"got tensor\(0.9000\) \(a Tensor: give a Python number, its .item\(\)\)$"):
         metaspike.MetaplasticAdam([torch.nn.Parameter(torch.zeros(3))], betas=(torch.tensor(0.9), torch.tensor(0.999)))
+
+
+@pytest.mark.parametrize("make, key, meant", [
+    (lambda p, group: BiMU([{"params": [p], **group}]), "lrmax", "lr_max"),
+    (lambda p, group: MESU([{"params": [p, torch.ones_like(p).requires_grad_()], **group}]), "sigma_prio",
+     "sigma_prior"),
+    (lambda p, group: metaspike.MetaplasticAdam([{"params": [p], **group}]), "metta", "meta"),
+    (lambda p, group: metaspike.metaplastic(torch.optim.SGD([{"params": [p], **group}], lr=0.1)), "Lr", "lr"),
+])
+def test_a_misspelled_setting_in_a_param_group_is_refused_not_left_at_its_default(make, key, meant):
+    """A group's ``lrmax`` was kept beside ``lr_max``, which trained at its default without a word."""
+    p = torch.zeros(3, requires_grad=True)
+    with pytest.raises(ValueError, match=f"sets '{key}', which is not one of its settings: did you mean '{meant}'"):
+        make(p, {key: 0.01})
+    make(p, {"name": "readout"})  # (a key of one's own that is no setting's near miss passes, as torch.optim lets it)
+
+
+def test_a_group_added_later_with_a_misspelled_setting_is_refused_and_not_added():
+    p = torch.zeros(3, requires_grad=True)
+    for optimizer in (metaspike.metaplastic(torch.optim.SGD([p], lr=0.1)), BiMU([p])):
+        with pytest.raises(ValueError, match="did you mean 'lr'"):
+            optimizer.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "LR": 1.0})
+        assert len(optimizer.param_groups) == 1

@@ -35,7 +35,7 @@ from metaspike.bayesian.functional import (
 )
 from metaspike.bayesian.synapses import synapse_role
 from metaspike.caller import user_stacklevel
-from metaspike.checks import TrainingDiverged, check_keys_kept, is_whole, state_dict_groups
+from metaspike.checks import TrainingDiverged, check_keys_kept, check_no_misspelled_setting, is_whole, state_dict_groups
 from metaspike.optimizer_state import HookedAgainWhenCopied, check_states_listed, check_step_count, with_tensor_steps
 from metaspike.synapse import is_hidden_weight
 
@@ -271,6 +271,7 @@ class _DataGatedOptimizer(HookedAgainWhenCopied, Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group; its hyperparameters are validated first, and no tensor may be listed twice (a
         tied weight would be updated twice a step)."""
+        check_no_misspelled_setting(type(self).__name__, param_group, self.defaults)
         param_group = _settings_as_numbers(self.rule, param_group)
         check_hyperparameters(self.rule, {**self.defaults, **param_group})
         items, params = _group_items(param_group)
