@@ -20,7 +20,7 @@ from typing import TypeVar
 import torch
 
 from metaspike.app.config import parse_meta
-from metaspike.app.stops import caused_by_sigterm, stop_on_sigterm
+from metaspike.app.stops import caused_by_sigterm, forget_kept_stop, handling_stops, raise_kept_stop
 from metaspike.checks import MAX_SEED
 from metaspike.data import DataError
 from metaspike.machine import FLAGS, cpu  # noqa: F401 (FLAGS: the benchmarks' import of it)
@@ -147,18 +147,28 @@ def made_or_exit(parser: argparse.ArgumentParser, make: Callable[[], T]) -> T:
 
 
 def run_benchmark(main: Callable[[], None]) -> None:
-    """Run a benchmark's ``main``: a Ctrl-C or SIGTERM ends it with one line (what the stop carries as its message
-    added: how to go on) and status 130 or 143, not Python's traceback; what it wrote before stays where it was.
+    """Run a benchmark's ``main``: a Ctrl-C or SIGTERM, even one landing in a finalizer (matplotlib's, while figures
+    are drawn), ends it with one line (what the stop carries as its message added: how to go on) and status 130 or 143,
+    not Python's traceback; what it wrote before stays where it was.
+
+    It changes the process's signal handlers for good (SIGINT and SIGTERM end it quietly after ``main``): a script's
+    own process only.
 
     Example:
-        >>> run_benchmark(lambda: print("measured"))
-        measured
+        >>> if __name__ == "__main__":  # doctest: +SKIP
+        ...     run_benchmark(main)
     """
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
-        main()
-    except KeyboardInterrupt as stop:
-        terminated = caused_by_sigterm(stop)
-        how = f"; {stop.args[0]}" if stop.args else ""
-        print(f"{Path(sys.argv[0]).name}: {'terminated' if terminated else 'interrupted'}{how}", file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM if terminated else 130)
+        with handling_stops():
+            try:
+                main()
+                raise_kept_stop()
+            except KeyboardInterrupt as stop:
+                forget_kept_stop()
+                terminated = caused_by_sigterm(stop)
+                how = f"; {stop.args[0]}" if stop.args else ""
+                print(f"{Path(sys.argv[0]).name}: {'terminated' if terminated else 'interrupted'}{how}", file=sys.stderr)
+                sys.exit(128 + signal.SIGTERM if terminated else 130)
+    finally:  # (a Ctrl-C while the interpreter shuts down ends it quietly, as a SIGTERM then does)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -215,8 +215,9 @@ def _methods(parser: argparse.ArgumentParser, labels: list[str] | None) -> list:
 def _resume_command(args: argparse.Namespace) -> str:
     """The command that goes on with the runs of this benchmark's ``args`` (its seeds and methods) in ``args.out``."""
     methods = f" --methods {shlex.join(args.methods)}" if args.methods else ""
+    released = " --release-freed-memory" if args.release_freed_memory else ""  # (one allocator for a table's timings)
     return (f"python benchmarks/long_stream.py --out {shlex.quote(str(args.out))} --resume --no-steps --seeds "
-            f"{' '.join(map(str, args.seeds))}{methods}")
+            f"{' '.join(map(str, args.seeds))}{methods}{released}")
 
 
 def main() -> None:

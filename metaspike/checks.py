@@ -151,9 +151,11 @@ def unknown_name(what: str, name: Any, available: Iterable[str]) -> str:
 
 
 def check_no_misspelled_setting(owner: str, group: dict[str, Any], settings: Iterable[str]) -> None:
-    """One ``ValueError`` where a param ``group`` holds a key that is none of ``owner``'s ``settings`` but close to one
-    of them (``lrmax`` beside ``lr_max``): the setting meant keeps its default without a word. Other keys pass, as
-    torch.optim lets a group carry them (a ``name`` of one's own, a scheduler's ``initial_lr``).
+    """One ``ValueError`` where a param ``group`` holds a key that is none of ``owner``'s ``settings`` but a misspelling
+    of one (``lrmax`` beside ``lr_max``), which then keeps its default without a word: the same but for case, or one
+    letter added, dropped, changed or two swapped in a key of at least 4 letters (closer matching took the keys
+    torch's schedulers add, ``max_momentum`` beside ``momentum``, and short keys of one's own such as ``lr0``). Other
+    keys pass, as torch.optim lets a group carry them (a ``name`` of one's own, a scheduler's ``initial_lr``).
 
     Example:
         >>> check_no_misspelled_setting("BiMU", {"params": [], "name": "readout"}, ["lr", "lr_max"])
@@ -163,14 +165,28 @@ def check_no_misspelled_setting(owner: str, group: dict[str, Any], settings: Ite
         ValueError: a param group of BiMU sets 'lrmax', which is not one of its settings: did you mean 'lr_max'? (BiMU's settings: lr, lr_max)
     """
     settings = [name for name in settings if name != "params"]
-    lowered = {name.lower(): name for name in settings}
     for key in group:
         if not isinstance(key, str) or key == "params" or key in settings:
             continue
-        near = difflib.get_close_matches(key.lower(), list(lowered), n=1, cutoff=0.8)
-        if near:
+        meant = next((name for name in settings if _misspelled(key.lower(), name.lower())), None)
+        if meant is not None:
             raise ValueError(f"a param group of {owner} sets {key!r}, which is not one of its settings: did you mean "
-                             f"{lowered[near[0]]!r}? ({owner}'s settings: {', '.join(sorted(settings))})")
+                             f"{meant!r}? ({owner}'s settings: {', '.join(sorted(settings))})")
+
+
+def _misspelled(key: str, name: str) -> bool:
+    """Whether ``key`` is ``name`` or, for a key of at least 4 letters, one edit from it: a letter added, dropped or
+    changed, or two neighbours swapped."""
+    if key == name:
+        return True
+    if len(key) < 4 or abs(len(key) - len(name)) > 1:
+        return False
+    if len(key) == len(name):
+        differ = [i for i, (a, b) in enumerate(zip(key, name)) if a != b]
+        return len(differ) == 1 or (len(differ) == 2 and differ[1] == differ[0] + 1
+                                    and key[differ[0]] == name[differ[1]] and key[differ[1]] == name[differ[0]])
+    shorter, longer = sorted((key, name), key=len)
+    return any(longer[:i] + longer[i + 1:] == shorter for i in range(len(longer)))
 
 
 def is_whole(value: Any, low: int) -> bool:

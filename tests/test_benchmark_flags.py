@@ -62,3 +62,30 @@ def test_a_stopped_benchmark_ends_in_one_line_that_says_how_to_go_on(tmp_path):
         "long_stream.py: terminated; the runs so far are kept in out: go on with python benchmarks/long_stream.py "
         "--out out --resume --no-steps --seeds 3 --methods SGD EWC-Online"), done.stderr
     assert "Traceback" not in done.stderr
+
+
+_STOPPED_IN_A_FINALIZER = """
+import gc, os, signal, sys, time
+sys.path.insert(0, sys.argv_benchmarks)
+from common import run_benchmark
+class DrawnFigure:  # (matplotlib's figures run such finalizers while they are drawn)
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)  # (the handler runs here, inside the finalizer, where Python only prints what it raises)
+def main():
+    DrawnFigure()
+    gc.collect()
+    time.sleep(1)
+    print("finished")
+run_benchmark(main)
+"""
+
+
+def test_a_sigterm_landing_in_a_finalizer_still_stops_a_benchmark():
+    """Python only prints what a signal's handler raises inside a finalizer: the benchmark went on and ended with
+    status 0."""
+    code = _STOPPED_IN_A_FINALIZER.replace("sys.argv_benchmarks", repr(str(ROOT / "benchmarks")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 143 and "finished" not in done.stdout, (done.stdout, done.stderr)
+    assert done.stderr.strip().splitlines()[-1] == "-c: terminated", done.stderr

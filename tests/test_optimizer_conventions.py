@@ -700,7 +700,28 @@ def test_a_misspelled_setting_in_a_param_group_is_refused_not_left_at_its_defaul
     p = torch.zeros(3, requires_grad=True)
     with pytest.raises(ValueError, match=f"sets '{key}', which is not one of its settings: did you mean '{meant}'"):
         make(p, {key: 0.01})
-    make(p, {"name": "readout"})  # (a key of one's own that is no setting's near miss passes, as torch.optim lets it)
+    for own in ("name", "lr0", "lr_mult", "eta"):  # (keys of one's own that misspell none pass, as torch.optim lets them)
+        make(p, {own: 1})
+
+
+@pytest.mark.parametrize("scheduler", [
+    lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=10),
+    lambda opt: torch.optim.lr_scheduler.CyclicLR(opt, 0.01, 0.1),
+    lambda opt: torch.optim.swa_utils.SWALR(opt, swa_lr=0.05),
+])
+def test_the_keys_torchs_schedulers_add_to_groups_pass_copies_pickles_and_new_groups(scheduler):
+    """``max_momentum`` (OneCycleLR, CyclicLR) was taken for a misspelled ``momentum``: the wrapped optimizer could not
+    be copied, pickled or given a group like its first."""
+    p = torch.zeros(3, requires_grad=True)
+    optimizer = metaspike.metaplastic(torch.optim.SGD([p], lr=0.1, momentum=0.9))
+    scheduler(optimizer)
+    copied = copy.deepcopy(optimizer)
+    pickle.loads(pickle.dumps(optimizer))
+    settings = {key: value for key, value in optimizer.param_groups[0].items() if key != "params"}
+    copied.add_param_group({**settings, "params": [torch.zeros(2, requires_grad=True)]})
+    rewrapped = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    rewrapped.load_state_dict(optimizer.state_dict())
+    metaspike.metaplastic(rewrapped)
 
 
 def test_a_group_added_later_with_a_misspelled_setting_is_refused_and_not_added():

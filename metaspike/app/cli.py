@@ -26,7 +26,7 @@ from metaspike.app.config import DEFAULT_INPUT_META, DEFAULT_META, KIND_SETTINGS
 from metaspike.app.imports import FLAG, check_resumed_imports, import_flags, import_modules
 from metaspike.app.models import DEFAULT_LR, takes_setting
 from metaspike.app.reproduce import cli as reproduce_cli
-from metaspike.app.stops import caused_by_sigterm, forget_kept_stop, keeping_stops, raise_kept_stop, stop_on_sigterm
+from metaspike.app.stops import caused_by_sigterm, forget_kept_stop, handling_stops, raise_kept_stop
 from metaspike.continual.metrics import LONG_STREAM_TASKS, LearnedNothingWarning
 from metaspike.continual.scenarios import SPLIT_MODES
 from metaspike.data import OFFLINE_DATASETS
@@ -630,16 +630,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     if argv is None:  # the command's own process (not a caller's): steps reuse freed memory instead of faulting,
         keep_freed_memory()  # SIGTERM stops it as Ctrl-C does (both even where they land in a finalizer), a path
-        signal.signal(signal.SIGTERM, stop_on_sigterm)  # its terminal cannot encode is escaped, and a warning reads
-        unraisable = sys.unraisablehook  # as the command's own
-        sys.unraisablehook = keeping_stops(unraisable)
-        _escape_unencodable_output()
+        _escape_unencodable_output()  # its terminal cannot encode is escaped, and a warning reads as the command's own
         warnings.showwarning = _show_warning
-        try:
-            return _main(list(sys.argv[1:]))
-        finally:  # (a SIGTERM while the interpreter shuts down, as torchrun sends when a peer died, ends it quietly)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            sys.unraisablehook = unraisable
+        with handling_stops():  # (after it, a SIGTERM while the interpreter shuts down, as torchrun sends when a peer
+            return _main(list(sys.argv[1:]))  # died, ends it quietly)
     return _main(list(argv))
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import _thread
 import signal
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
-__all__ = ["Terminated", "stop_on_sigterm", "caused_by_sigterm", "keeping_stops", "raise_kept_stop", "forget_kept_stop"]
+__all__ = ["Terminated", "stop_on_sigterm", "caused_by_sigterm", "handling_stops", "keeping_stops", "raise_kept_stop", "forget_kept_stop"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -91,6 +93,29 @@ def _send_again() -> None:
             return
         _kept[1] = True
         _thread.interrupt_main(number)
+
+
+@contextmanager
+def handling_stops() -> Iterator[None]:
+    """Inside the block, in a process of one's own (a command, a benchmark script): SIGTERM raises
+    :class:`Terminated` as Ctrl-C raises ``KeyboardInterrupt``, and a stop raised inside a finalizer is kept
+    (:func:`keeping_stops`); the caller ends its work with :func:`raise_kept_stop`, inside its handlers, and calls
+    :func:`forget_kept_stop` in them. After the block SIGTERM ends the process as the system's default does (one sent
+    while the interpreter shuts down ends it quietly).
+
+    Example:
+        >>> with handling_stops():
+        ...     signal.getsignal(signal.SIGTERM) is stop_on_sigterm
+        True
+    """
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    unraisable = sys.unraisablehook
+    sys.unraisablehook = keeping_stops(unraisable)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        sys.unraisablehook = unraisable
 
 
 def raise_kept_stop() -> None:
