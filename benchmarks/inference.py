@@ -141,7 +141,7 @@ def main() -> None:
                 line += f"  -> packed is {statistics.median(ratios):6.2f}x faster [{min(ratios):.2f}, {max(ratios):.2f}]"
             say(line)
     if packed.kernel_copy_bytes:  # (made by the first call, which the timing above reports)
-        say(f"the native kernels' own copy of the hidden weights (output-major, portable kernel): "
+        say(f"the native kernels' own copy of the hidden weights (output-major, for the portable and AVX2 kernels): "
             f"{packed.kernel_copy_bytes / 2**20:.2f} MiB more in memory")
     say(load_average_line("after"))
     out = args.out or run_file("inference", kind)

@@ -418,7 +418,7 @@ def real_layer(lib: ctypes.CDLL, x: Tensor, weight_t: Tensor, flip: Tensor | Non
 def kernel_weight(lib: ctypes.CDLL, weight_t: Tensor, label: str = "hidden layer") -> Tensor:
     """A hidden layer's weights ``weight_t`` (word-major, ``(ceil(n/64), out)``, as :func:`bnn.pack` stores them)
     in the layout ``lib``'s kernel reads: ``weight_t`` itself for the AVX-512 kernel, whose vectors hold one word
-    of 8 outputs; a copy made output-major, ``(out, ceil(n/64))``, for the portable one, which reads each
+    of 8 outputs; a copy made output-major, ``(out, ceil(n/64))``, for the portable and AVX2 ones, which read each
     output's words as one stream. Made once per layer, it spares :func:`binary_layer` the copy at every call.
 
     Example:

@@ -323,8 +323,8 @@ class PackedMLP:
 
     @property
     def kernel_copy_bytes(self) -> int:
-        """Bytes the native kernels keep beside :attr:`nbytes` once called: the portable kernel's output-major copy
-        of the hidden layers' weights (:func:`native.kernel_weight`); 0 where the kernels read the model's own
+        """Bytes the native kernels keep beside :attr:`nbytes` once called: the output-major copy (portable and AVX2
+        kernels) of the hidden layers' weights (:func:`native.kernel_weight`); 0 where the kernels read the model's own
         tensors (AVX-512, torch ops).
 
         Example:
@@ -437,8 +437,8 @@ class PackedMLP:
 
     def _kernel_weights(self) -> list[Tensor]:
         """The weights of layers 1, 2, ... in the native kernel's layout (:func:`native.kernel_weight`: an
-        output-major copy for the portable kernel), kept between calls and made again when a layer's weight tensor
-        is replaced or changed in place (its version counter; an inference-mode tensor has none, so only its
+        output-major copy for the portable and AVX2 kernels), kept between calls and made again when a layer's weight
+        tensor is replaced or changed in place (its version counter; an inference-mode tensor has none, so only its
         replacement is seen)."""
         prepared = []
         for i, layer in enumerate(self.layers[1:], start=1):

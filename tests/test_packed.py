@@ -146,6 +146,20 @@ def test_a_hidden_layer_takes_its_weights_prepared_once_in_the_kernels_layout(fl
         bnn.native.binary_layer(lib, h, n, w, prepared=wrong)
 
 
+@pytest.mark.parametrize("flags", KERNEL_BUILDS, ids=KERNEL_BUILD_NAMES)
+def test_hidden_layer_counts_hold_over_long_rows_with_every_bit_differing(flags):
+    """Rows of 131 words (the AVX2 kernel adds byte counts for 31 steps of 4 words, then sums them: a row of every bit
+    differing puts 8 in each byte at each step, 248 at most), tails of words, outputs and samples."""
+    lib = _kernels_with(flags)
+    torch.manual_seed(4)
+    batch, n, out = 5, 64 * 130 + 5, 13
+    h = pack_bits(torch.rand(batch, n) > 0.5)
+    w = pack_bits(torch.rand(out, n) > 0.5).T
+    h[0], w[:, 0] = pack_bits(torch.ones(1, n, dtype=torch.bool))[0], 0  # sample 0 and output 0 differ in every bit
+    dot = bnn.native.binary_layer(lib, h, n, w)
+    assert torch.equal(dot, bnn.packed._binary_dot(h, w, n)) and dot[0, 0] == -n
+
+
 @pytest.mark.skipif(bnn.native.kernels() is None, reason="no C compiler to build the native kernels")
 def test_a_hidden_weight_changed_in_place_or_replaced_after_a_call_is_used_by_the_next(trained):
     """The native kernel's copy of a hidden layer's weights (output-major for the portable kernel) follows the
