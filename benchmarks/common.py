@@ -167,7 +167,8 @@ def run_benchmark(main: Callable[[], None]) -> None:
                 forget_kept_stop()
                 terminated = caused_by_sigterm(stop)
                 how = f"; {stop.args[0]}" if stop.args else ""
-                print(f"{Path(sys.argv[0]).name}: {'terminated' if terminated else 'interrupted'}{how}", file=sys.stderr)
+                stopped = "terminated" if terminated else "interrupted"
+                print(f"{Path(sys.argv[0]).name}: {stopped}{how}", file=sys.stderr)
                 sys.exit(128 + signal.SIGTERM if terminated else 130)
     finally:  # (a Ctrl-C while the interpreter shuts down ends it quietly, as a SIGTERM then does)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:

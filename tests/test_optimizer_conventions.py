@@ -700,7 +700,7 @@ def test_a_misspelled_setting_in_a_param_group_is_refused_not_left_at_its_defaul
     p = torch.zeros(3, requires_grad=True)
     with pytest.raises(ValueError, match=f"sets '{key}', which is not one of its settings: did you mean '{meant}'"):
         make(p, {key: 0.01})
-    for own in ("name", "lr0", "lr_mult", "eta"):  # (keys of one's own that misspell none pass, as torch.optim lets them)
+    for own in ("name", "lr0", "lr_mult", "eta"):  # (keys of one's own that misspell none pass, as torch.optim lets)
         make(p, {own: 1})
 
 

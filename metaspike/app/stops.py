@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
-__all__ = ["Terminated", "stop_on_sigterm", "caused_by_sigterm", "handling_stops", "keeping_stops", "raise_kept_stop", "forget_kept_stop"]
+__all__ = ["Terminated", "stop_on_sigterm", "caused_by_sigterm", "handling_stops", "keeping_stops", "raise_kept_stop",
+           "forget_kept_stop"]
 
 
 class Terminated(KeyboardInterrupt):

@@ -271,7 +271,8 @@ class _DataGatedOptimizer(HookedAgainWhenCopied, Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group; its hyperparameters are validated first, and no tensor may be listed twice (a
         tied weight would be updated twice a step)."""
-        check_no_misspelled_setting(type(self).__name__, param_group, self.defaults)
+        if isinstance(param_group, dict):  # (what else it is, the checks below name)
+            check_no_misspelled_setting(type(self).__name__, param_group, self.defaults)
         param_group = _settings_as_numbers(self.rule, param_group)
         check_hyperparameters(self.rule, {**self.defaults, **param_group})
         items, params = _group_items(param_group)
