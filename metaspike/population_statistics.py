@@ -83,7 +83,8 @@ def _fingerprint(t: Tensor) -> Tensor:
     change when the tensor is trained and not when it is moved, converted to a wider dtype or summed by other
     threads."""
     flat = t.detach().reshape(-1)
-    places = torch.linspace(0, max(flat.numel() - 1, 0), min(_PROBES, flat.numel()), device=flat.device).long()
+    count = min(_PROBES, flat.numel())  # (integer places: float32's linspace rounded the last past the end above 2^24)
+    places = torch.arange(count, device=flat.device) * max(flat.numel() - 1, 0) // max(count - 1, 1)
     return flat[places].to("cpu", torch.float64)
 
 

@@ -74,6 +74,16 @@ def test_a_packed_model_is_evaluated_by_bnn_evaluate_and_refused_by_what_trains(
         bnn.evaluate("model.pt", test)
 
 
+def test_population_statistics_of_a_layer_past_2_to_the_24_weights():
+    """Its fingerprint's probe places came from a float32 ``linspace``, whose last one rounded past the end above 2^24
+    entries: an ``IndexError`` from inside torch."""
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(4096, 4097, bias=False), nn.BatchNorm1d(4097)), torch.randn(4, 4096)
+    bnn.use_population_statistics(model, x)
+    with torch.no_grad():
+        assert torch.allclose(model[1].running_mean, model[0](x).mean(0), atol=1e-5)
+
+
 @pytest.mark.parametrize("x, got", [(lambda t: t.numpy(), "a ndarray"), (lambda t: [(t, t)], "a list")])
 def test_population_statistics_name_inputs_that_are_not_one_tensor(x, got):
     with pytest.raises(ValueError, match=f"x must be one tensor of training inputs, got {got}: gather"):
