@@ -52,11 +52,15 @@ runpy.run_path(os.path.join(sys.argv_benchmarks, "long_stream.py"), run_name="__
 """
 
 
-def test_a_stopped_benchmark_ends_in_one_line_that_says_how_to_go_on(tmp_path):
-    code = _STOPPED_LONG_STREAM.replace("sys.argv_benchmarks", repr(str(ROOT / "benchmarks")))
+def _run_code(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -c code`` in ``cwd``, where ``sys.argv_benchmarks`` in ``code`` names the benchmarks' folder."""
+    code = code.replace("sys.argv_benchmarks", repr(str(ROOT / "benchmarks")))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+
+
+def test_a_stopped_benchmark_ends_in_one_line_that_says_how_to_go_on(tmp_path):
+    done = _run_code(_STOPPED_LONG_STREAM, tmp_path)
     assert done.returncode == 143, done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         "long_stream.py: terminated; the runs so far are kept in out: go on with python benchmarks/long_stream.py "
@@ -81,11 +85,9 @@ run_benchmark(main)
 """
 
 
-def test_a_sigterm_landing_in_a_finalizer_still_stops_a_benchmark():
+def test_a_sigterm_landing_in_a_finalizer_still_stops_a_benchmark(tmp_path):
     """Python only prints what a signal's handler raises inside a finalizer: the benchmark went on and ended with
     status 0."""
-    code = _STOPPED_IN_A_FINALIZER.replace("sys.argv_benchmarks", repr(str(ROOT / "benchmarks")))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    done = _run_code(_STOPPED_IN_A_FINALIZER, tmp_path)
     assert done.returncode == 143 and "finished" not in done.stdout, (done.stdout, done.stderr)
     assert done.stderr.strip().splitlines()[-1] == "-c: terminated", done.stderr
