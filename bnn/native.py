@@ -267,15 +267,20 @@ def _compiler() -> list[str] | None:
     return [found]
 
 
+def _library_name(compiler: list[str], flags: tuple[str, ...]) -> str:
+    """The cached library's file name: it follows the source, the compiler and its flags, and the CPU's kind."""
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(flags).encode(), "\0".join(compiler).encode(),
+                                     platform.machine().encode(), _instruction_sets().encode()])).hexdigest()[:16]
+    return f"packed_kernels-{key}.so"
+
+
 @cache
 def _kernels(flags: tuple[str, ...]) -> ctypes.CDLL | None:
     """:func:`kernels` compiled with ``flags`` (tests add ``-DPACKED_PORTABLE``)."""
     compiler = _compiler()
     if compiler is None:
         return None
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(flags).encode(), "\0".join(compiler).encode(),
-                                     platform.machine().encode(), _instruction_sets().encode()])).hexdigest()[:16]
-    name = f"packed_kernels-{key}.so"
+    name = _library_name(compiler, flags)
     try:
         try:
             lib = _load(compiler, flags, _cache_dir(), name)
