@@ -525,7 +525,7 @@ def _layer_tensors(sizes: list[int], i: int) -> dict[str, tuple[tuple[int, ...],
 
 def _valid_layers(sizes: list[int], layers: list[dict]) -> list[dict]:
     """Copies of ``layers`` whose entries are what :func:`pack` makes for ``sizes``: exactly its keys, its tensors'
-    dtypes and shapes (:func:`_checked_layers`), a finite last-layer ``eps > 0`` and values it can write
+    dtypes and shapes (:func:`_checked_layers`), a finite last-layer ``eps >= 0`` and values it can write
     (:func:`_values_problem`); else one ``ValueError`` naming the layer and entry. What :class:`PackedMLP` is made of,
     by :func:`pack`, :meth:`PackedMLP.load` or a hand."""
     for i, layer in enumerate(layers):
@@ -541,11 +541,12 @@ def _valid_layers(sizes: list[int], layers: list[dict]) -> list[dict]:
 
 
 def _check_eps(layers: list[dict]) -> None:
-    """A ``ValueError`` naming the last layer unless its ``eps`` is what :func:`pack` writes: a finite float > 0 (a
-    tensor there, even of one element, is refused before anything hashes or formats it)."""
+    """A ``ValueError`` naming the last layer unless its ``eps`` is what :func:`pack` writes: a finite float >= 0 (a
+    tensor there, even of one element, is refused before anything hashes or formats it). A zero ``eps`` is a valid
+    BatchNorm; with a zero variance it divides by zero, which :func:`_value_problem` refuses as non-finite scores."""
     eps = layers[-1].get("eps")
-    if not (type(eps) is float and math.isfinite(eps) and eps > 0):
-        raise ValueError(f"layer {len(layers) - 1} 'eps' is {shown(eps)}, expected a finite float > 0")
+    if not (type(eps) is float and math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"layer {len(layers) - 1} 'eps' is {shown(eps)}, expected a finite float >= 0")
 
 
 def _checked_layers(sizes: list[int], layers: list[dict]) -> list[dict]:

@@ -610,8 +610,8 @@ def _set(layer: int, key: str, value):
     (lambda data: data.update(extra=1), r"it has entries \['extra', 'format'"),
     (lambda data: data["sizes"].__setitem__(1, 2**40), r"layer 0 'weight' is \(98, 128\) torch.uint8, expected \(98, 1099511627776\)"),
     (lambda data: data["sizes"].__setitem__(1, True), r"sizes \[784, True, 64, 10\] are not a list"),
-    (_set(2, "eps", float("nan")), r"layer 2 'eps' is nan, expected a finite float > 0"),
-    (_set(2, "eps", float("inf")), r"layer 2 'eps' is inf, expected a finite float > 0"),
+    (_set(2, "eps", float("nan")), r"layer 2 'eps' is nan, expected a finite float >= 0"),
+    (_set(2, "eps", float("inf")), r"layer 2 'eps' is inf, expected a finite float >= 0"),
     (_set(0, "threshold", lambda t: t.index_fill(0, torch.tensor([3]), float("nan"))), r"layer 0 'threshold' holds NaN"),
     (_set(1, "threshold", lambda t: t.index_fill(0, torch.tensor([3]), 2**62)),
      r"layer 1 'threshold' holds values outside \[-129, 129\] \(the layer has 128 inputs\)"),
@@ -622,9 +622,12 @@ def _set(layer: int, key: str, value):
      r"layer 2 gain, mean, var, gamma, beta and eps 1e-05 give scores beyond float32 .* within ±64"),
     (lambda data: (_set(2, "var", lambda v: v.index_fill(0, torch.tensor([3]), 0.0))(data), _set(2, "eps", 1e-300)(data)),
      r"layer 2 gain, mean, var, gamma, beta and eps 1e-300 give scores beyond float32"),
+    (lambda data: (_set(2, "var", lambda v: v.index_fill(0, torch.tensor([3]), 0.0))(data), _set(2, "eps", 0.0)(data)),
+     r"layer 2 gain, mean, var, gamma, beta and eps 0.0 give scores beyond float32"),
 ], ids=["short-weight", "short-threshold", "float32-threshold", "uint8-flip", "sparse-threshold", "not-a-tensor",
         "extra-layer-key", "extra-file-key", "huge-size", "bool-size", "nan-eps", "inf-eps", "nan-threshold",
-        "huge-threshold", "negative-var", "inf-gain", "overflowing-gain", "zero-var-and-eps"])
+        "huge-threshold", "negative-var", "inf-gain", "overflowing-gain", "tiny-eps-and-zero-var",
+        "zero-eps-and-zero-var"])
 def test_hostile_files_are_refused_with_one_line_naming_the_file(trained, tmp_path, change, error):
     path = _hostile_file(trained, tmp_path, change)
     with pytest.raises(ValueError, match=f"^{path} is not a valid packed BNN file: {error}") as caught:
@@ -717,7 +720,7 @@ def _deep_version_file(path: Path, depth: int) -> None:
 
 
 @pytest.mark.parametrize("change, error", [
-    (_set(1, "eps", torch.tensor(1e-5)), r"layer 1 'eps' is tensor\(1.0000e-05\), expected a finite float > 0"),
+    (_set(1, "eps", torch.tensor(1e-5)), r"layer 1 'eps' is tensor\(1.0000e-05\), expected a finite float >= 0"),
     (_set(1, "eps", torch.zeros(1).expand(1 << 20)),
      r"layer 1 'eps' is a \(1048576,\) tensor over 4 bytes of storage; a packed file stores every element"),
     (_set(1, "beta", lambda beta: _nested(beta)), r"layer 1 'beta' is a nested tensor"),
@@ -816,7 +819,7 @@ def test_values_or_sizes_changed_in_place_after_loading_are_refused_as_a_file_ho
     (lambda layers: layers[-1].__setitem__("var", torch.ones(10, dtype=torch.int64)), r"^layer 2 'var' is \(10,\) "
                                                                                       "torch.int64"),
     (lambda layers: layers[-1].__setitem__("gamma", [1.0] * 10), r"^layer 2 'gamma' is a list"),
-    (lambda layers: layers[-1].__setitem__("eps", -1.0), r"^layer 2 'eps' is -1.0, expected a finite float > 0$"),
+    (lambda layers: layers[-1].__setitem__("eps", -1.0), r"^layer 2 'eps' is -1.0, expected a finite float >= 0$"),
     (lambda layers: layers.pop(), r"^the packed model's layers do not fit its sizes \[784, 128, 64, 10\]"),
 ])
 def test_a_last_layer_changed_after_loading_is_one_line_on_every_path(trained, compile, edit, error):
@@ -1093,6 +1096,21 @@ def test_pack_refuses_what_load_would_refuse(trained):
         last.weight[0] *= 1e35
     with pytest.raises(ValueError, match="pack: layer 2 .* give scores beyond float32"):
         bnn.pack(model, compile=False)
+
+
+@pytest.mark.parametrize("compile", [False, True], ids=["torch-ops", "fast-kernels"])
+def test_batchnorms_without_eps_pack_save_and_load_to_the_float_models_scores(tmp_path, compile):
+    """``BatchNorm1d(eps=0)`` is a valid layer: the last one was refused ("'eps' is 0.0, expected a finite float > 0"),
+    though its variances are positive and every score finite."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(bnn.BinaryLinear(20, 33), torch.nn.BatchNorm1d(33, eps=0.0), bnn.SignActivation(),
+                                bnn.BinaryLinear(33, 4), torch.nn.BatchNorm1d(4, eps=0.0))
+    bnn.use_population_statistics(model, torch.randn(500, 20))
+    model.eval()
+    bnn.pack(model, compile=compile).save(tmp_path / "m.pt")
+    x = torch.randn(65, 20)
+    with torch.inference_mode():
+        assert torch.equal(PackedMLP.load(tmp_path / "m.pt", compile=compile)(x), model(x))
 
 
 class _ShiftedSign(bnn.SignActivation):
