@@ -604,6 +604,18 @@ def test_a_float64_network_of_snntorch_spike_functions_names_the_neuron_and_the_
             SpikingClassifier(net(spike_grad=surrogate("atan")), num_steps=2, encoder=encoder)(x)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_input_of_another_dtype_than_a_conv_networks_weights_is_one_line_too(dtype):
+    """torch words a convolution's mixed dtypes without the word "dtype" ("Input type (double) and bias type (float)
+    should be the same"): its traceback came out, where a linear first layer got the one line."""
+    net = metaspike.binarize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 10),
+                                           snn.Leaky(beta=0.7, init_hidden=True, output=True)))
+    model = SpikingClassifier(net, num_steps=2, encoder="rate", input_shape=(1, 8, 8))
+    with pytest.raises(ValueError, match=rf"^SpikingClassifier: input of {dtype} for a network of torch.float32 "
+                                         r"weights; convert it with x.to\(torch.float32\)"):
+        model(torch.rand(3, 1, 8, 8, dtype=dtype))
+
+
 def test_snntorch_neurons_without_init_hidden_in_a_sequential_are_refused_in_one_line():
     """Called with the input alone, such a neuron returns (spikes, membrane), which nn.Sequential would hand to the
     next layer as its input; as the network's last module its pair is the output (its membrane is reset per call)."""

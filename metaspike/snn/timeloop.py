@@ -148,15 +148,17 @@ def _warn_membrane_of_spikes(network: nn.Module) -> None:
                   "readout='count'", stacklevel=3)
 
 
-def _mixed_dtypes(network: nn.Module, x: Tensor) -> Exception | None:
-    """What to raise where a pass failed on mixed dtypes: input of another dtype than the network's weights (convert
-    it); in a network of another dtype than float32, the snnTorch neuron whose own spike function made float32 spikes
-    (snnTorch's functions do, whatever their input), and the fix; else ``None``."""
+def _mixed_dtypes(network: nn.Module, x: Tensor, err: RuntimeError) -> Exception | None:
+    """What to raise where a pass failed with ``err``: for input of another dtype than the network's weights, whatever
+    ``err`` says (torch words it per layer: "mat1 and mat2 must have the same dtype", "Input type (double) and bias
+    type (float) should be the same"), convert it; where ``err`` is about dtypes in a network of another dtype than
+    float32, the snnTorch neuron whose own spike function made float32 spikes (snnTorch's functions do, whatever their
+    input), and the fix; else ``None``."""
     weights = next((p.dtype for p in network.parameters() if p.is_floating_point()), None)
     if x.is_floating_point() and weights not in (None, x.dtype):
         return ValueError(f"SpikingClassifier: input of {x.dtype} for a network of {weights} weights; convert it "
                           f"with x.to({weights}) (or the network with network.to({x.dtype}))")
-    if x.dtype == torch.float32:
+    if x.dtype == torch.float32 or "dtype" not in str(err):
         return None
     for name, module in network.named_modules():
         spike = getattr(module, "spike_grad", None)
@@ -338,7 +340,7 @@ class SpikingClassifier(nn.Module):
                         out = self.network(x_t)
                     outputs.append(out)
         except RuntimeError as err:
-            mixed = _mixed_dtypes(self.network, x) if "dtype" in str(err) else None
+            mixed = _mixed_dtypes(self.network, x, err)
             if mixed is not None:
                 raise mixed from err
             if self.input_shape is None and x.dim() > 2 and _spikes_only(x):  # (a convolution given 5-D input)
