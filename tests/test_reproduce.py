@@ -177,6 +177,8 @@ def test_a_stopped_reproduction_resumes_to_the_table_of_one_never_stopped(tmp_pa
     assert capsys.readouterr().err.strip().endswith(f"continue with: metaspike reproduce --resume {root}")
     finished = sorted(root.glob("*/*/model.pt"))
     assert len(finished) == 2
+    # (its table holds the rows measured so far, which its record says are not all)
+    assert json.loads((root / "reproduction.json").read_text())["complete"] is False
     written = [path.stat().st_mtime_ns for path in finished]
     stopped = next(path.parent for path in root.glob("*/*/checkpoint.pt"))
     threads = torch.get_num_threads()
@@ -190,6 +192,7 @@ def test_a_stopped_reproduction_resumes_to_the_table_of_one_never_stopped(tmp_pa
     # (the runs started in this pass ran with the other thread count: the table says its runs' arithmetic differs)
     assert f"the runs of this table ran with different arithmetic: threads {threads} (" in err
     assert json.loads((root / "reproduction.json").read_text())["ran_with"]["threads"] == [threads, threads + 1]
+    assert json.loads((root / "reproduction.json").read_text())["complete"] is True
     monkeypatch.undo()
 
     def table(folder):

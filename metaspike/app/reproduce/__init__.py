@@ -72,8 +72,8 @@ def reproduce(name: str, scale: str = "cpu", seeds: Sequence[int] = (1,), out: s
     device = str(check_device(device, "--device"))
     root = unique_directory(out, f"reproduce-{name}-{scale}")
     folder = None if data_dir is None else str(Path(data_dir).expanduser().resolve())  # (a resume may run elsewhere)
-    atomic_write_text(root / RECORD, json.dumps({"name": name, "scale": scale, "seeds": seeds,
-                                                 "data_dir": folder, "device": device}, indent=2) + "\n")
+    atomic_write_text(root / RECORD, json.dumps({"name": name, "scale": scale, "seeds": seeds, "data_dir": folder,
+                                                 "device": device, COMPLETE: False}, indent=2) + "\n")
     try:
         return _run(root, name, scale, seeds, progress, folder, device)
     except BaseException as err:
@@ -94,7 +94,8 @@ def resume_reproduction(root: str | Path, progress: bool = False) -> tuple[Path,
     if not (root / RECORD).is_file():
         raise ValueError(f"--resume {root}: not a reproduction folder (no {RECORD})")
     record = read_json(root / RECORD)
-    if not isinstance(record, dict) or set(record) - {RAN_WITH, "device"} != {"name", "scale", "seeds", "data_dir"}:
+    if (not isinstance(record, dict)
+            or set(record) - {RAN_WITH, "device", COMPLETE} != {"name", "scale", "seeds", "data_dir"}):
         raise ValueError(f"{root / RECORD} must hold name, scale, seeds, data_dir and device")
     device = record.get("device", "cpu")  # (written since reproductions take --device; the CPU before)
     try:
@@ -118,22 +119,27 @@ def _run(root: Path, name: str, scale: str, seeds: list[int], progress: bool,
     with continued_by(root, f"metaspike reproduce --resume {root}"):  # (the reproduction continues, not its run)
         with run_lock(root):  # a second pass over the same folder meanwhile is one line, not a second writer
             rows = get_experiment(name).run(scale, seeds, root, progress, data_dir, device)
-            _record_arithmetic(root)
+            _record_finish(root)
             return root, rows
 
 
 RAN_WITH = "ran_with"
 """The key of :data:`RECORD` under which a finished pass records the arithmetic of its runs and of itself."""
 
+COMPLETE = "complete"
+"""The key of :data:`RECORD` that says whether every run is in its tables: ``false`` from the start (a stopped
+reproduction's ``table.csv`` holds the rows measured so far), ``true`` once a pass has finished them."""
 
-def _record_arithmetic(root: Path) -> None:
-    """Record in :data:`RECORD` what arithmetic the reproduction's runs (every run folder under ``root``) and this pass
-    ran with (:func:`metaspike.app.runs.ran_with`), and warn where they differ: its tables hold their numbers."""
+
+def _record_finish(root: Path) -> None:
+    """Record in :data:`RECORD` that the reproduction is complete, and what arithmetic its runs (every run folder
+    under ``root``) and this pass ran with (:func:`metaspike.app.runs.ran_with`); warn where they differ: its tables
+    hold their numbers."""
     arithmetic, mixed = ran_with(sorted(path.parent for path in root.rglob("config.json")))
     if mixed:
         print(f"metaspike: warning: {mixed}", file=sys.stderr)
     record = read_json(root / RECORD)
-    atomic_write_text(root / RECORD, json.dumps({**record, RAN_WITH: arithmetic}, indent=2) + "\n")
+    atomic_write_text(root / RECORD, json.dumps({**record, RAN_WITH: arithmetic, COMPLETE: True}, indent=2) + "\n")
 
 
 def _remove_empty(root: Path) -> bool:
