@@ -43,6 +43,9 @@ def consolidate(
         raise ValueError(f"update must have the shape of hidden {tuple(hidden.shape)}, got {tuple(update.shape)}")
     if hidden.is_complex() or update.is_complex():
         raise ValueError("hidden and update must be real tensors; a complex hidden weight has no sign to keep")
+    if not hidden.is_floating_point() or update.dtype != hidden.dtype:
+        raise ValueError(f"hidden and update must be floating-point tensors of one dtype, got {hidden.dtype} and "
+                         f"{update.dtype}")
     fresh = rule.init_state(hidden)
     if state is not None:
         _check_state(rule, state, fresh)

@@ -466,7 +466,7 @@ def test_a_user_rule_returning_the_wrong_kind_of_value_is_one_line(returns, mess
         optimizer.step()
 
 
-@pytest.mark.parametrize("bad", ["nan", "inf", "meta"])
+@pytest.mark.parametrize("bad", ["nan", "inf", "meta", "float64"])
 @pytest.mark.parametrize("wrapped", [False, True])
 @pytest.mark.parametrize("size", [6, 1024], ids=["eager", "fused"])
 def test_a_user_rule_returning_a_non_finite_or_misplaced_update_is_named_at_the_step(bad, wrapped, size):
@@ -479,8 +479,8 @@ def test_a_user_rule_returning_a_non_finite_or_misplaced_update_is_named_at_the_
 
     class Broken(TanhRule):
         def step(self, hidden, update, meta, state):
-            if bad == "meta":
-                return update.to("meta"), state
+            if bad in ("meta", "float64"):
+                return update.to(bad if bad == "meta" else torch.float64), state
             return update * float(bad), state
 
     rule = Broken(name="broken")
@@ -492,6 +492,10 @@ def test_a_user_rule_returning_a_non_finite_or_misplaced_update_is_named_at_the_
     if bad == "meta":
         with pytest.raises(ValueError, match="^consolidation rule 'broken' returned an update on meta for a weight on "
                                              "cpu"):
+            optimizer.step()
+    elif bad == "float64":  # (it was rounded into the float32 weight, silently)
+        with pytest.raises(ValueError, match="^consolidation rule 'broken' returned a torch.float64 update for a "
+                                             "torch.float32 weight; a rule's update has the weight's dtype$"):
             optimizer.step()
     else:
         with pytest.raises(TrainingDiverged, match=r"^consolidation rule 'broken' \(Broken, test_rules.py line \d+\) "

@@ -122,7 +122,7 @@ def is_plain(rule: Rule, meta: float) -> bool:
 
 def check_update(rule: Rule, update: Tensor, hidden: Tensor) -> Tensor:
     """``update``, the step a rule returned for ``hidden``, if it has ``hidden``'s shape (a smaller one would be
-    broadcast over the weight, silently).
+    broadcast over the weight, silently), device and dtype (another one would be rounded into the weight, silently).
 
     Example:
         >>> from metaspike.rules import get_rule
@@ -136,6 +136,9 @@ def check_update(rule: Rule, update: Tensor, hidden: Tensor) -> Tensor:
     if update.device != hidden.device:  # (torch ignores a meta update silently: the weight would not change)
         raise ValueError(f"consolidation rule {rule.name!r} returned an update on {update.device} for a weight on "
                          f"{hidden.device}; a rule's update lies where the weight does")
+    if update.dtype != hidden.dtype:
+        raise ValueError(f"consolidation rule {rule.name!r} returned a {update.dtype} update for a {hidden.dtype} "
+                         "weight; a rule's update has the weight's dtype")
     return update
 
 
