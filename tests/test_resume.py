@@ -586,7 +586,33 @@ def test_resume_refuses_flags_that_would_change_the_stored_settings(tmp_path, ca
     assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
     assert f"--resume '{tmp_path / 'nowhere'}': no such folder" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path)]) == 2
-    assert "the runs inside it: permuted-digits-meta5-30-seed1" in capsys.readouterr().err
+    assert "the run directories inside it: permuted-digits-meta5-30-seed1" in capsys.readouterr().err
+
+
+#: Per command that resumes: the file that marks its folder, that folder's name, and the plural of that name.
+_RESUMED = {"train": ("config.json", "run directory", "run directories"),
+            "compare": ("plan.json", "comparison folder", "comparison folders"),
+            "reproduce": ("reproduction.json", "reproduction folder", "reproduction folders")}
+
+
+@pytest.mark.parametrize("command", list(_RESUMED))
+def test_each_resume_names_what_its_path_is_instead(tmp_path, capsys, command):
+    """`compare --resume` said "is not a comparison folder (no plan.json)" of a path that did not exist, of its own
+    plan.json and of a run directory (`train --resume` said "no such folder"); each command now says what it is."""
+    for each, (marker, _, _) in _RESUMED.items():
+        (tmp_path / each).mkdir()
+        (tmp_path / each / marker).write_text("{}")
+    marker, kind, kinds = _RESUMED[command]
+    own = tmp_path / command
+    expected = {tmp_path / "nowhere": f"--resume '{tmp_path / 'nowhere'}': no such folder",
+                own / marker: f"--resume {own / marker} is the {kind}'s {marker}: give its folder, --resume {own}",
+                tmp_path: f"{tmp_path} is not a {kind} (no {marker}); the {kinds} inside it: {command}"}
+    expected.update({tmp_path / other: f"{tmp_path / other} is a {other_kind}, not a {kind}: continue it with "
+                                       f"metaspike {other} --resume {tmp_path / other}"
+                     for other, (_, other_kind, _) in _RESUMED.items() if other != command})
+    for path, message in expected.items():
+        assert main([command, "--resume", str(path)]) == 2
+        assert capsys.readouterr().err.strip() == f"metaspike: error: {message}"
 
 
 @pytest.mark.parametrize("field, value, message", [

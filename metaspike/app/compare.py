@@ -24,6 +24,7 @@ from metaspike.app.config import KIND_SETTINGS, RunConfig, meta_label
 from metaspike.app.imports import import_flags
 from metaspike.app.models import BIMU_SUFFIX, build_model, is_builtin, optimizer_kind
 from metaspike.app.runs import (
+    COMPARISON_PLAN,
     announce_run,
     check_same_sources,
     config_from_record,
@@ -34,6 +35,7 @@ from metaspike.app.runs import (
     remove_unstarted,
     removed_unless_measured,
     resume,
+    resume_folder,
     run,
     run_lock,
 )
@@ -65,7 +67,7 @@ FORGETTING_CUT = 0.5
 #: ... while its last task stays within this many points of m = 0's.
 PLASTICITY_SLACK = 5.0
 DEFAULT_NEURONS = ("bnn", "leaky", "synaptic", "alpha", "lapicque", "self-recurrent", "norse-lif", "norse-lsnn")
-PLAN = "plan.json"
+PLAN = COMPARISON_PLAN
 
 
 def every_neuron_model() -> list[str]:
@@ -493,9 +495,7 @@ def resume_comparison(root: str | Path, progress: bool = True) -> tuple[Path, li
     Example:
         >>> resume_comparison("runs/compare-permuted-mnist5k")  # doctest: +SKIP
     """
-    root = Path(root)
-    if not (root / PLAN).exists():
-        raise ValueError(f"{root} is not a comparison folder (no {PLAN})")
+    root = resume_folder(root, PLAN)
     plan = read_json(root / PLAN)
     _check_plan(plan, root / PLAN)
     try:

@@ -62,7 +62,7 @@ from metaspike.training import Plugin, TrainingDiverged, minimum_batch_size
 __all__ = ["build_run_model", "build_trainer", "make_run_scenario", "train_and_finish", "run", "resume",
            "load_config", "config_from_record", "run_lock", "is_complete", "finished_result", "RecordedResult",
            "train_in_folder", "stopped_by_file_error", "continued_by", "check_rebuilt_by_settings",
-           "REPRODUCTION_RECORD", "BUILT_BY_REPRODUCE", "ran_with", "announce_run"]
+           "REPRODUCTION_RECORD", "COMPARISON_PLAN", "resume_folder", "BUILT_BY_REPRODUCE", "ran_with", "announce_run"]
 
 LOCK = ".lock"
 #: float32 copies of each weight while training: hidden weight, gradient, two Adam moments, ±1 buffer (a Bayesian
@@ -875,6 +875,44 @@ NEWER_DEFAULTS = {key: getattr(RunConfig, key) for key in NEWER_FIELDS}
 
 #: The file that marks the folder of a reproduction (``metaspike reproduce``), which holds its runs' folders.
 REPRODUCTION_RECORD = "reproduction.json"
+#: The file that marks the folder of a comparison (``metaspike compare``), written before its first run.
+COMPARISON_PLAN = "plan.json"
+#: Each kind of folder ``--resume`` continues: the file that marks it, its name (singular, plural) and its command.
+RESUMABLE_FOLDERS = (
+    ("config.json", "run directory", "run directories", "metaspike train --resume"),
+    (COMPARISON_PLAN, "comparison folder", "comparison folders", "metaspike compare --resume"),
+    (REPRODUCTION_RECORD, "reproduction folder", "reproduction folders", "metaspike reproduce --resume"),
+)
+
+
+def resume_folder(given: str | Path, marker: str) -> Path:
+    """``given``, the folder a ``--resume`` names, once it holds ``marker``, the file that marks its kind of folder
+    (:data:`RESUMABLE_FOLDERS`); else one ``ValueError`` that names it and says what it is: no folder at all; the
+    marking file itself (its folder is meant); a file; another kind's folder (with the command that continues that);
+    a folder of none, with the folders of the kind inside it.
+
+    Example:
+        >>> resume_folder("/nowhere", COMPARISON_PLAN)
+        Traceback (most recent call last):
+        ...
+        ValueError: --resume '/nowhere': no such folder
+    """
+    path = Path(given).expanduser()
+    _, kind, kinds, _ = next(entry for entry in RESUMABLE_FOLDERS if entry[0] == marker)
+    if str(given) == "" or not path.exists():
+        raise ValueError(f"--resume {str(given)!r}: no such folder")
+    if not path.is_dir():
+        if path.name == marker:
+            raise ValueError(f"--resume {path} is the {kind}'s {marker}: give its folder, --resume {path.parent}")
+        raise ValueError(f"--resume {str(given)!r} is a file, not a {kind}")
+    if (path / marker).is_file():
+        return path
+    for other_marker, other, _, command in RESUMABLE_FOLDERS:
+        if (path / other_marker).is_file():
+            raise ValueError(f"{path} is a {other}, not a {kind}: continue it with {command} {path}")
+    inside = sorted(p.name for p in path.iterdir() if (p / marker).is_file())
+    listed_inside = f"; the {kinds} inside it: {', '.join(inside[:10])}" if inside else ""
+    raise ValueError(f"{path} is not a {kind} (no {marker}){listed_inside}")
 #: The flags of a reproduction's method (:class:`metaspike.app.reproduce.continual.Method`, recorded under
 #: ``"method"`` in its runs' ``config.json``) that build another model or other tasks than the run's settings
 #: describe, with what each builds: such a run is continued by ``metaspike reproduce --resume`` alone.
@@ -994,15 +1032,7 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
     Example:
         >>> path, result, warnings = resume("runs/permuted-mnist5k-meta10-seed1")  # doctest: +SKIP
     """
-    path = Path(run_dir)
-    if str(run_dir) == "" or not path.exists():
-        raise ValueError(f"--resume {str(run_dir)!r}: no such folder")
-    if not path.is_dir():
-        raise ValueError(f"--resume {str(run_dir)!r} is a file, not a run directory")
-    if not (path / "config.json").exists():
-        runs = sorted(p.name for p in path.iterdir() if (p / "config.json").exists())
-        inside = f"; the runs inside it: {', '.join(runs[:10])}" if runs else ""
-        raise ValueError(f"{path} is not a run directory (no config.json){inside}")
+    path = resume_folder(run_dir, "config.json")
     config = load_config(path)
     changed = [f"{flag_name(key)} (stored {getattr(config, key)!r}, given {value!r})"
                for key, value in (settings or {}).items() if getattr(config, key) != value]

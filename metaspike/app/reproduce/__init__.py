@@ -16,7 +16,7 @@ from typing import Any
 
 from metaspike.app.reproduce.experiments import EXPERIMENTS, get_experiment
 from metaspike.app.reproduce.scales import SCALES
-from metaspike.app.runs import LOCK, REPRODUCTION_RECORD, Interrupted, continued_by, ran_with, run_lock
+from metaspike.app.runs import LOCK, REPRODUCTION_RECORD, Interrupted, continued_by, ran_with, resume_folder, run_lock
 from metaspike.checks import MAX_SEED, check_device, unknown_name
 from metaspike.continual.results import unique_directory
 from metaspike.data import OFFLINE_DATASETS
@@ -90,9 +90,7 @@ def resume_reproduction(root: str | Path, progress: bool = False) -> tuple[Path,
     Example:
         >>> resume_reproduction("runs/reproduce-table1-cpu")  # doctest: +SKIP
     """
-    root = Path(root).expanduser()
-    if not (root / RECORD).is_file():
-        raise ValueError(f"--resume {root}: not a reproduction folder (no {RECORD})")
+    root = resume_folder(root, RECORD)
     record = read_json(root / RECORD)
     if (not isinstance(record, dict)
             or set(record) - {RAN_WITH, "device", COMPLETE} != {"name", "scale", "seeds", "data_dir"}):
