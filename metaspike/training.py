@@ -304,6 +304,10 @@ def checked_plugins(plugins: Any) -> tuple[Plugin, ...]:
         if missing:
             raise ValueError(f"plugins[{index}] ({type(plugin).__name__}) lacks {', '.join(missing)}: a plugin "
                              "subclasses metaspike.training.Plugin and overrides the hooks it needs")
+        first = next(i for i, other in enumerate(plugins) if other is plugin)
+        if first != index:  # (its hooks would run twice a step: a penalty counted twice, importances added twice)
+            raise ValueError(f"plugins[{index}] is plugins[{first}] again ({type(plugin).__name__}): give each plugin "
+                             "once (two of one kind are two instances)")
     return plugins
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 import bnn
 import metaspike
-from metaspike.data import load_dataset
+from metaspike.data import ArrayDataset, load_dataset
 
 
 def test_mlp_matches_the_paper_architecture():
@@ -84,9 +84,11 @@ def test_population_statistics_of_a_layer_past_2_to_the_24_weights():
         assert torch.allclose(model[1].running_mean, model[0](x).mean(0), atol=1e-5)
 
 
-@pytest.mark.parametrize("x, got", [(lambda t: t.numpy(), "a ndarray"), (lambda t: [(t, t)], "a list")])
+@pytest.mark.parametrize("x, got", [(lambda t: t.numpy(), "a ndarray: gather"), (lambda t: [(t, t)], "a list: gather"),
+                                    (lambda t: ArrayDataset.from_tensors(t, torch.zeros(8, dtype=torch.long), "d"),
+                                     r"a ArrayDataset: pass its inputs tensor, its \.x$")])
 def test_population_statistics_name_inputs_that_are_not_one_tensor(x, got):
-    with pytest.raises(ValueError, match=f"x must be one tensor of training inputs, got {got}: gather"):
+    with pytest.raises(ValueError, match=f"x must be one tensor of training inputs, got {got}"):
         bnn.use_population_statistics(bnn.MLP([4, 3, 2]), x(torch.rand(8, 4)))
 
 
@@ -515,7 +517,6 @@ def test_a_test_set_of_one_sample_is_named_as_such_not_as_samples_of_a_shape_tha
     """The trainer's trial pass turned the model's one-sample refusal into "samples of shape (64,) do not fit the
     model", a shape that fits, and advised batches of 2, which a test set of one sample cannot give."""
     from metaspike.continual import ContinualTrainer, Scenario, Task, TrainerConfig
-    from metaspike.data import ArrayDataset
 
     x, y = torch.rand(41, 64), torch.arange(41) % 2
     task = Task("one", *(ArrayDataset.from_tensors(x[part], y[part], "d", classes=("a", "b"))

@@ -113,6 +113,9 @@ def test_plugins_and_logs_without_their_hooks_are_refused_before_training():
         _trainer(_model(), [EWC])
     with pytest.raises(ValueError, match=r"plugins\[0\] \(function\) lacks penalty"):
         _trainer(_model(), [lambda model: None])
+    ewc = EWC()  # (one instance twice: its penalty was added twice a step)
+    with pytest.raises(ValueError, match=r"^plugins\[2\] is plugins\[0\] again \(EWC\): give each plugin once"):
+        _trainer(_model(), [ewc, EWC(), ewc])
     data = _data()
     tasks = [Task("a", data, data)]
     with pytest.raises(ValueError, match="log must be a RunLog .* object lacks epoch_done, task_done, checkpoint"):
