@@ -608,12 +608,29 @@ def test_a_float64_network_of_snntorch_spike_functions_names_the_neuron_and_the_
 def test_input_of_another_dtype_than_a_conv_networks_weights_is_one_line_too(dtype):
     """torch words a convolution's mixed dtypes without the word "dtype" ("Input type (double) and bias type (float)
     should be the same"): its traceback came out, where a linear first layer got the one line."""
+    from metaspike.checks import ModelError
+
     net = metaspike.binarize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 10),
                                            snn.Leaky(beta=0.7, init_hidden=True, output=True)))
     model = SpikingClassifier(net, num_steps=2, encoder="rate", input_shape=(1, 8, 8))
     with pytest.raises(ValueError, match=rf"^SpikingClassifier: input of {dtype} for a network of torch.float32 "
                                          r"weights; convert it with x.to\(torch.float32\)"):
         model(torch.rand(3, 1, 8, 8, dtype=dtype))
+    # a float64 conv network of snnTorch's own spike functions: its float32 spikes meet the next convolution
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), snn.Leaky(beta=0.7, init_hidden=True), nn.Conv2d(4, 4, 3), nn.Flatten(),
+                        nn.Linear(64, 10), snn.Leaky(beta=0.7, init_hidden=True, output=True)).double()
+    with pytest.raises(ModelError, match=r"^network: module '1' \(Leaky\) spikes through snnTorch's own spike "
+                                         r"function, which returns float32 spikes whatever its input, so a "
+                                         "torch.float64 network fails"):
+        SpikingClassifier(net, num_steps=2, encoder="rate", input_shape=(1, 8, 8))(torch.rand(3, 1, 8, 8).double())
+
+
+def test_an_error_of_another_kind_than_dtypes_is_not_read_as_one_where_the_dtypes_differ():
+    """Input of bfloat16 under autocast runs a float32 network; its genuine shape error was answered with "convert
+    the input" (the dtypes differed, though the error was not about them)."""
+    net = nn.Sequential(nn.Linear(784, 50), nn.Linear(60, 10), snn.Leaky(beta=0.7, init_hidden=True, output=True))
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        SpikingClassifier(net, num_steps=2, encoder="direct")(torch.rand(3, 784, dtype=torch.bfloat16))
 
 
 def test_snntorch_neurons_without_init_hidden_in_a_sequential_are_refused_in_one_line():

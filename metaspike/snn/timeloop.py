@@ -148,23 +148,30 @@ def _warn_membrane_of_spikes(network: nn.Module) -> None:
                   "readout='count'", stacklevel=3)
 
 
+#: How torch's errors about operands of two dtypes begin or read, op by op ("mat1 and mat2 must have the same dtype",
+#: a convolution's "Input type (double) and bias type (float) should be the same", "expected scalar type Float but
+#: found Double"): an error of another kind is passed on as it is, whatever the dtypes.
+_MIXED_DTYPE_WORDS = ("dtype", "Input type (", "expected scalar type", "expected m1 and m2 to have the same")
+
+
 def _mixed_dtypes(network: nn.Module, x: Tensor, err: RuntimeError) -> Exception | None:
-    """What to raise where a pass failed with ``err``: for input of another dtype than the network's weights, whatever
-    ``err`` says (torch words it per layer: "mat1 and mat2 must have the same dtype", "Input type (double) and bias
-    type (float) should be the same"), convert it; where ``err`` is about dtypes in a network of another dtype than
-    float32, the snnTorch neuron whose own spike function made float32 spikes (snnTorch's functions do, whatever their
-    input), and the fix; else ``None``."""
+    """What to raise where a pass failed with ``err`` on mixed dtypes (:data:`_MIXED_DTYPE_WORDS`): input of another
+    dtype than the network's weights (convert it); in a network of another dtype than float32, the snnTorch neuron
+    whose own spike function made float32 spikes (snnTorch's functions do, whatever their input), and the fix; else
+    ``None``."""
+    if not any(words in str(err) for words in _MIXED_DTYPE_WORDS):
+        return None
     weights = next((p.dtype for p in network.parameters() if p.is_floating_point()), None)
     if x.is_floating_point() and weights not in (None, x.dtype):
         return ValueError(f"SpikingClassifier: input of {x.dtype} for a network of {weights} weights; convert it "
                           f"with x.to({weights}) (or the network with network.to({x.dtype}))")
-    if x.dtype == torch.float32 or "dtype" not in str(err):
+    if weights in (None, torch.float32):
         return None
     for name, module in network.named_modules():
         spike = getattr(module, "spike_grad", None)
         if spike is not None and str(getattr(spike, "__module__", "")).startswith("snntorch"):
             return ModelError(f"network: module {name!r} ({type(module).__name__}) spikes through snnTorch's own "
-                              f"spike function, which returns float32 spikes whatever its input, so a {x.dtype} "
+                              f"spike function, which returns float32 spikes whatever its input, so a {weights} "
                               "network fails on mixed dtypes; build its neurons with "
                               "spike_grad=metaspike.snn.surrogate('atan') (or another name), which keeps the input's "
                               "dtype")
