@@ -326,19 +326,43 @@ def _fresh_kernels():
     return bnn.native._kernels.__wrapped__(bnn.native.FLAGS)
 
 
+def _private_copy_source(folder: Path, name: str) -> bool:
+    """Whether library ``name`` and its digest in ``folder`` pass the checks :mod:`bnn.native` makes before loading
+    them (owned by this user, writable by no one else, no links): only such a copy is made (a planted library in an
+    unsafe default cache is never copied into a test's cache, where the test would load it)."""
+    try:
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        bnn.native._check_private(folder_fd, folder, "folder")
+        for file in (name, f"{name}.sha256"):
+            fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder_fd)
+            try:
+                bnn.native._check_private(fd, folder / file, "file")
+            finally:
+                os.close(fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(folder_fd)
+
+
 def _seeded_cache(folder: Path) -> Path:
     """``folder`` made a private kernel cache holding this process's library and its digest, as a build there would
-    leave them: copied from the cache this process loaded them from, which saves the tests whose subject is a later
-    load a build each; built there where that cache has none (it was unsafe, and they were built privately)."""
-    compiler = bnn.native._compiler()
-    name = bnn.native._library_name(compiler, bnn.native.FLAGS)
+    leave them: copied from the default cache where it passes the loading checks (which saves the tests whose subject
+    is a later load a build each), else built there by a child process, as a first load builds them."""
+    name = bnn.native._library_name(bnn.native._compiler(), bnn.native.FLAGS)
     source = bnn.native._cache_dir()
-    if (source / name).is_file() and (source / f"{name}.sha256").is_file():
+    if _private_copy_source(source, name):
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         for file in (name, f"{name}.sha256"):
             shutil.copy2(source / file, folder / file)
     else:
-        bnn.native._load(compiler, bnn.native.FLAGS, folder, name)
+        subprocess.run([sys.executable, "-c", "import bnn.native as n; assert n.kernels().binary_layer_kind()"],
+                       env={**os.environ, "METASPIKE_CACHE": str(folder), "OMP_NUM_THREADS": "1"}, check=True,
+                       capture_output=True)
     return folder
 
 
@@ -367,9 +391,8 @@ def test_a_cache_folder_shared_with_another_kind_of_cpu_keeps_one_library_per_ki
     _fresh_kernels()
     (other,) = tmp_path.glob("packed_kernels-*.so")
     monkeypatch.setattr(bnn.native, "_instruction_sets", lambda: real)
-    _seeded_cache(tmp_path)  # (this CPU's library, which a build would leave)
     assert _fresh_kernels() is not None
-    assert {p.name for p in tmp_path.glob("packed_kernels-*.so")} - {other.name}  # one of its own
+    assert {p.name for p in tmp_path.glob("packed_kernels-*.so")} - {other.name}  # built its own
 
 
 @pytest.mark.skipif(bnn.native.kernels() is None, reason="no C compiler to build the native kernels")
