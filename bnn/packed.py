@@ -764,6 +764,12 @@ def _layers_of(model: nn.Module) -> list[tuple[BinaryLinear, nn.BatchNorm1d]]:
         if not all(bool(torch.isfinite(t).all()) for t in (norm.running_mean, norm.running_var, linear.weight, *others)):
             raise ValueError(f"layer {len(pairs)} holds NaN or infinite values (weights, gain, BatchNorm statistics or "
                              "affine parameters); pack needs a finite model")
+        divides_by_zero = (norm.running_var.float() + norm.eps == 0).nonzero().flatten().tolist()  # (float32, as torch)
+        if divides_by_zero:
+            raise ValueError(f"BatchNorm of layer {len(pairs)} has running_var + eps = 0 at {len(divides_by_zero)} "
+                             f"unit(s) (first: {divides_by_zero[0]}): the float model divides by zero there, so its "
+                             "outputs are NaN or infinite; give that BatchNorm an eps > 0 (BatchNorm1d's default is "
+                             "1e-5)")
         pairs.append((linear, norm))
         i += 2
         is_last = i >= len(modules)

@@ -1134,6 +1134,13 @@ def test_batchnorms_without_eps_pack_save_and_load_to_the_float_models_scores(tm
     x = torch.randn(65, 20)
     with torch.inference_mode():
         assert torch.equal(PackedMLP.load(tmp_path / "m.pt", compile=compile)(x), model(x))
+    for norm in (model[1], model[4]):  # a unit of zero variance divides by zero there: NaN scores in the float model
+        with torch.no_grad():
+            norm.running_var[3] = 0.0
+        with pytest.raises(ValueError, match=rf"^BatchNorm of layer {0 if norm is model[1] else 1} has running_var \+ "
+                                             r"eps = 0 at 1 unit\(s\) \(first: 3\): the float model divides by zero"):
+            bnn.pack(model, compile=compile)
+        norm.eps = 1e-5
 
 
 class _ShiftedSign(bnn.SignActivation):
