@@ -384,3 +384,22 @@ def test_fig5cde_measures_the_loss_on_samples_of_every_class_in_proportion(tmp_p
     # samples s = (N - 1) / (n - 1) apart: a class's n_c consecutive samples hold n_c / s of them, give or take one,
     # and n_c / s differs from its share n_c n / N by n_c (N - n) / (N (N - 1)) <= 0.5 (N = 4,000, n = 2,000)
     assert (torch.bincount(y.long(), minlength=10) - share).abs().max() <= 1.5
+
+
+def test_a_pass_over_a_complete_reproduction_marks_it_unfinished_until_it_ends(tmp_path, monkeypatch):
+    """A resume of a complete reproduction, stopped midway, left it marked complete over the partial table it had
+    begun to rewrite."""
+    from metaspike.app.reproduce.experiments import Experiment
+
+    root = tmp_path / "reproduce-fig5ab-cpu"
+    root.mkdir()
+    record = {"name": "fig5ab", "scale": "cpu", "seeds": [1], "data_dir": None, "device": "cpu", "complete": True}
+    (root / "reproduction.json").write_text(json.dumps(record))
+
+    def stopped(*args):
+        assert json.loads((root / "reproduction.json").read_text())["complete"] is False  # (while the pass runs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(EXPERIMENTS, "fig5ab", Experiment("fig5ab", "stopped", stopped))
+    assert main(["reproduce", "--resume", str(root), "--quiet"]) == 130
+    assert json.loads((root / "reproduction.json").read_text())["complete"] is False

@@ -73,7 +73,7 @@ def reproduce(name: str, scale: str = "cpu", seeds: Sequence[int] = (1,), out: s
     root = unique_directory(out, f"reproduce-{name}-{scale}")
     folder = None if data_dir is None else str(Path(data_dir).expanduser().resolve())  # (a resume may run elsewhere)
     atomic_write_text(root / RECORD, json.dumps({"name": name, "scale": scale, "seeds": seeds, "data_dir": folder,
-                                                 "device": device, COMPLETE: False}, indent=2) + "\n")
+                                                 "device": device}, indent=2) + "\n")
     try:
         return _run(root, name, scale, seeds, progress, folder, device)
     except BaseException as err:
@@ -116,6 +116,7 @@ def _run(root: Path, name: str, scale: str, seeds: list[int], progress: bool,
          data_dir: str | None, device: str) -> tuple[Path, list[dict[str, Any]]]:
     with continued_by(root, f"metaspike reproduce --resume {root}"):  # (the reproduction continues, not its run)
         with run_lock(root):  # a second pass over the same folder meanwhile is one line, not a second writer
+            _record_unfinished(root)
             rows = get_experiment(name).run(scale, seeds, root, progress, data_dir, device)
             _record_finish(root)
             return root, rows
@@ -125,8 +126,15 @@ RAN_WITH = "ran_with"
 """The key of :data:`RECORD` under which a finished pass records the arithmetic of its runs and of itself."""
 
 COMPLETE = "complete"
-"""The key of :data:`RECORD` that says whether every run is in its tables: ``false`` from the start (a stopped
-reproduction's ``table.csv`` holds the rows measured so far), ``true`` once a pass has finished them."""
+"""The key of :data:`RECORD` that says whether every run is in its tables: ``false`` from the start of each pass (a
+stopped reproduction's ``table.csv`` holds the rows measured so far), ``true`` once a pass has finished them."""
+
+
+def _record_unfinished(root: Path) -> None:
+    """Record in :data:`RECORD` that the reproduction is not complete, as each pass starts: a pass rewrites its tables
+    row by row (a pass over a complete reproduction stopped midway left it marked complete over a partial table)."""
+    record = read_json(root / RECORD)
+    atomic_write_text(root / RECORD, json.dumps({**record, COMPLETE: False}, indent=2) + "\n")
 
 
 def _record_finish(root: Path) -> None:
