@@ -343,7 +343,7 @@ _SETTING_FLAGS = {"scenario": "scenario", "dataset": "datasets", "tasks": "tasks
 
 
 def _train(args: argparse.Namespace) -> None:
-    from metaspike.app.runs import ewc_memory_warning, load_config, matrix_cost_warning, resume, run
+    from metaspike.app.runs import ewc_memory_warning, load_config, matrix_cost_warning, resume, resume_folder, run
     from metaspike.app.tables import format_table, summarize_results
     from metaspike.continual.metrics import LEARNED_MARGIN, largest_rise, learned_nothing, tasks_learned_nothing
 
@@ -351,7 +351,8 @@ def _train(args: argparse.Namespace) -> None:
         if "--out" in [token.split("=", 1)[0] for token in args.argv]:
             raise ValueError("--resume continues in RUN_DIR itself; remove --out")
         settings = _given_settings(args)
-        _check_stored_imports(Path(args.resume) / "config.json", lambda record: record.get("imports"), args)
+        _check_stored_imports(resume_folder(args.resume, "config.json") / "config.json",
+                              lambda record: record.get("imports"), args)
         path, result, warnings = resume(args.resume, progress=not args.quiet, settings=settings)
         for warning in warnings:
             print(f"metaspike: warning: {warning}", file=sys.stderr)
@@ -438,7 +439,7 @@ def _learning_settings(models: Sequence[str], scenario: str) -> str:
 
 def _compare(args: argparse.Namespace) -> None:
     from metaspike.app import compare
-    from metaspike.app.runs import refuse_several_processes
+    from metaspike.app.runs import refuse_several_processes, resume_folder
     from metaspike.app.tables import format_table
     from metaspike.checks import check_seed
     from metaspike.continual.metrics import LEARNED_MARGIN
@@ -449,7 +450,7 @@ def _compare(args: argparse.Namespace) -> None:
         given = [flag for flag in args.argv if flag.startswith("--") and flag.split("=")[0] not in ("--resume", "--quiet", FLAG)]
         if given:
             raise ValueError(f"--resume continues a comparison with its stored plan; remove {' '.join(given)}")
-        _check_stored_imports(Path(args.resume) / compare.PLAN,
+        _check_stored_imports(resume_folder(args.resume, compare.PLAN) / compare.PLAN,
                               lambda plan: plan.get("base", {}).get("imports") if isinstance(plan.get("base"), dict) else None,
                               args)
         path, rows = compare.resume_comparison(args.resume, progress=not args.quiet)

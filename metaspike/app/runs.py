@@ -887,9 +887,10 @@ RESUMABLE_FOLDERS = (
 
 def resume_folder(given: str | Path, marker: str) -> Path:
     """``given``, the folder a ``--resume`` names, once it holds ``marker``, the file that marks its kind of folder
-    (:data:`RESUMABLE_FOLDERS`); else one ``ValueError`` that names it and says what it is: no folder at all; the
-    marking file itself (its folder is meant); a file; another kind's folder (with the command that continues that);
-    a folder of none, with the folders of the kind inside it.
+    (:data:`RESUMABLE_FOLDERS`); else one ``ValueError`` that names it and says what it is: no folder at all; a
+    folder's marking file (its folder is meant); a file; a folder inside a comparison or reproduction (which that
+    one's command continues); a folder of another kind (with the command that continues it); a folder of none, with
+    the folders of the kind inside it.
 
     Example:
         >>> resume_folder("/nowhere", COMPARISON_PLAN)
@@ -904,15 +905,23 @@ def resume_folder(given: str | Path, marker: str) -> Path:
     if not path.is_dir():
         if path.name == marker:
             raise ValueError(f"--resume {path} is the {kind}'s {marker}: give its folder, --resume {path.parent}")
+        if any(path.name == other_marker for other_marker, *_ in RESUMABLE_FOLDERS):
+            resume_folder(path.parent, marker)  # (another kind's marking file: what its folder is)
         raise ValueError(f"--resume {str(given)!r} is a file, not a {kind}")
     if (path / marker).is_file():
         return path
+    for folder in path.absolute().parents:  # (a run of a comparison, a part of a reproduction: the whole continues)
+        for container_marker, container, _, command in RESUMABLE_FOLDERS[1:]:
+            if (folder / container_marker).is_file():
+                raise ValueError(f"{path} lies inside the {container} {folder}: continue it with {command} {folder}")
     for other_marker, other, _, command in RESUMABLE_FOLDERS:
         if (path / other_marker).is_file():
             raise ValueError(f"{path} is a {other}, not a {kind}: continue it with {command} {path}")
     inside = sorted(p.name for p in path.iterdir() if (p / marker).is_file())
     listed_inside = f"; the {kinds} inside it: {', '.join(inside[:10])}" if inside else ""
     raise ValueError(f"{path} is not a {kind} (no {marker}){listed_inside}")
+
+
 #: The flags of a reproduction's method (:class:`metaspike.app.reproduce.continual.Method`, recorded under
 #: ``"method"`` in its runs' ``config.json``) that build another model or other tasks than the run's settings
 #: describe, with what each builds: such a run is continued by ``metaspike reproduce --resume`` alone.
