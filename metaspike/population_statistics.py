@@ -45,7 +45,7 @@ def use_population_statistics(model: nn.Module, x: Tensor, batch_size: int = 100
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch nn.Module with BatchNorm layers, got {type(model).__name__}")
     if not isinstance(x, Tensor):
-        gather = ("pass its inputs tensor, its .x" if hasattr(x, "x") and isinstance(getattr(x, "x"), Tensor) else
+        gather = ("pass its inputs tensor, its .x" if isinstance(getattr(x, "x", None), Tensor) else
                   "gather them first (e.g. torch.cat([x for x, _ in loader]), or torch.as_tensor(array, "
                   "dtype=torch.float32))")
         raise ValueError(f"x must be one tensor of training inputs, got a {type(x).__name__}: {gather}")

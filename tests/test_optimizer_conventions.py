@@ -681,10 +681,10 @@ def test_consolidate_returns_a_new_tensor_and_refuses_complex_weights():
     with pytest.raises(ValueError, match="must be real tensors; a complex hidden weight has no sign to keep"):
         consolidate(torch.ones(3, dtype=torch.complex64), torch.ones(3, dtype=torch.complex64), 1.0)
     # integer tensors gave a float result of odd values, and mixed dtypes one of the wider dtype, without a word
-    for hidden, update in [(hidden.int(), update.int()), (hidden.double(), update)]:
+    for wrong_hidden, wrong_update in [(hidden.int(), update.int()), (hidden.double(), update)]:
         with pytest.raises(ValueError, match=f"^hidden and update must be floating-point tensors of one dtype, got "
-                                             f"{hidden.dtype} and {update.dtype}$"):
-            consolidate(hidden, update, 1.0)
+                                             f"{wrong_hidden.dtype} and {wrong_update.dtype}$"):
+            consolidate(wrong_hidden, wrong_update, 1.0)
 
 
 def test_a_setting_given_as_a_tensor_is_named_as_such():
