@@ -453,11 +453,13 @@ def test_a_neuron_comparison_checks_the_models_it_compares(tmp_path, capsys):
     ("settings", [["x"]], "'settings' must be a list of lists of finite numbers"),
     ("seeds", [1, 1], "--seeds must list one or more distinct integers"),
     ("base", None, "it has the fields"),  # a missing field (set to None here, then removed)
+    ("neurons", [], "'neurons' must be a list of at least one model name, got []"),  # (an IndexError at the table)
 ])
 def test_an_edited_comparison_plan_is_refused_in_one_line(tmp_path, capsys, field, value, message):
     root = tmp_path / "cmp"
     root.mkdir()
-    plan = {"kind": "meta", "base": {}, "settings": [[0.0]], "seeds": [1]}
+    plan = ({"kind": "neurons", "base": {}, "neurons": ["leaky"], "metas": [0.0], "seeds": [1]} if field == "neurons"
+            else {"kind": "meta", "base": {}, "settings": [[0.0]], "seeds": [1]})
     if value is None:
         del plan[field]
     else:

@@ -159,8 +159,9 @@ def _check_plan(plan: Any, path: Path) -> None:
                                                      for x in settings):
             raise bad(f"'settings' must be a list of lists of finite numbers, got {shown(settings)}")
     else:
-        if not isinstance(plan["neurons"], list) or not all(isinstance(x, str) for x in plan["neurons"]):
-            raise bad(f"'neurons' must be a list of model names, got {shown(plan['neurons'])}")
+        if (not isinstance(plan["neurons"], list) or not plan["neurons"]
+                or not all(isinstance(x, str) for x in plan["neurons"])):
+            raise bad(f"'neurons' must be a list of at least one model name, got {shown(plan['neurons'])}")
         if not isinstance(plan["metas"], list) or not all(map(is_finite_number, plan["metas"])):
             raise bad(f"'metas' must be a list of finite numbers, got {shown(plan['metas'])}")
     try:
