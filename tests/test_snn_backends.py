@@ -734,3 +734,21 @@ def test_export_nir_refuses_a_dt_that_is_no_positive_number(dt, tmp_path):
     with pytest.raises(ValueError, match=r"^dt must be a finite number > 0"):
         export_nir(model, tmp_path / "net.nir", dt=dt)
     assert not (tmp_path / "net.nir").exists()
+
+
+def test_a_compiled_spiking_classifier_or_network_runs_as_the_eager_one():
+    """torch.compile(model) failed inside torch's tracer ("exception table entry start instruction has no offset"),
+    and a compiled network was refused at construction (its snnTorch output neuron, seen through the compiled wrapper,
+    was not taken for the last one)."""
+    torch.manual_seed(0)
+    net = metaspike.binarize(nn.Sequential(nn.Linear(16, 12), snn.Leaky(beta=0.9, init_hidden=True),
+                                           nn.Linear(12, 4), snn.Leaky(beta=0.9, init_hidden=True, output=True)))
+    model = SpikingClassifier(net, num_steps=3, encoder="direct", input_shape=(16,))
+    x = torch.rand(5, 16)
+    expected = model(x)
+    with pytest.warns(RuntimeWarning, match="torch.compile of a SpikingClassifier runs its time loop eagerly; "
+                                            r"compile its network instead"):
+        assert torch.equal(torch.compile(model)(x), expected)
+    with torch.compiler.set_stance("force_eager"):  # (the wrapper's modules are checked; its compiling is torch's)
+        assert torch.equal(SpikingClassifier(torch.compile(net), num_steps=3, encoder="direct",
+                                             input_shape=(16,))(x), expected)

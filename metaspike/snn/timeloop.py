@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from metaspike.caller import user_stacklevel
 from metaspike.checks import ModelError, is_whole
+from metaspike.compiled import uncompiled
 from metaspike.snn.backends import reset_states, state_reset
 from metaspike.snn.encoders import check_num_steps, get_encoder
 from metaspike.snn.readouts import Readout, get_readout, membrane
@@ -278,13 +279,14 @@ class SpikingClassifier(nn.Module):
         if not isinstance(network, nn.Module):
             raise ValueError(f"network must be a torch nn.Module (one time step's network), got "
                              f"{type(network).__name__}")
-        _check_one_step_modules(network)
+        structure = uncompiled(network)  # (torch.compile(network)'s wrapper: its modules are the network's)
+        _check_one_step_modules(structure)
         self.network = network
         self.num_steps = check_num_steps(num_steps)
         self.encoder = get_encoder(encoder)
         self.readout = get_readout(readout)
         if self.readout is membrane:
-            _warn_membrane_of_spikes(network)
+            _warn_membrane_of_spikes(structure)
         if is_whole(input_shape, 1):  # (one number: a sample of that many features)
             input_shape = (input_shape,)
         if input_shape is not None and (not isinstance(input_shape, Sequence) or isinstance(input_shape, str)
@@ -293,8 +295,9 @@ class SpikingClassifier(nn.Module):
         self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
         if self.input_shape is not None:
             self.in_features = math.prod(self.input_shape)
-        self._stateful = _takes_state(network)
+        self._stateful = _takes_state(structure)
         self._state_checked = False  # (the first call checks that no module keeps a state past reset_states)
+        self._warned_compiled = False
 
     def encode(self, x: Tensor) -> Tensor:
         """``[B, *input_shape]`` → ``[num_steps, B, *input_shape]``; encoded input is checked and kept."""
@@ -333,6 +336,17 @@ class SpikingClassifier(nn.Module):
         return steps
 
     def forward(self, x: Tensor) -> Tensor:
+        # torch.compile(model): its tracer broke inside the time loop's try block; the network itself compiles
+        if torch.compiler.is_compiling() and not getattr(self, "_warned_compiled", False):
+            self._warned_compiled = True
+            warnings.warn("torch.compile of a SpikingClassifier runs its time loop eagerly; compile its network "
+                          "instead, SpikingClassifier(torch.compile(network), ...), to compile each time step",
+                          RuntimeWarning, stacklevel=2)
+        return self._time_loop(x)
+
+    @torch.compiler.disable
+    def _time_loop(self, x: Tensor) -> Tensor:
+        """The forward pass: ``x`` encoded, the network run once per time step, its outputs read out."""
         steps = self.encode(x)
         reset_states(self.network)
         unreset = None if self._state_checked else _unreset_tensors(self.network)
