@@ -752,3 +752,16 @@ def test_a_compiled_spiking_classifier_or_network_runs_as_the_eager_one():
     with torch.compiler.set_stance("force_eager"):  # (the wrapper's modules are checked; its compiling is torch's)
         assert torch.equal(SpikingClassifier(torch.compile(net), num_steps=3, encoder="direct",
                                              input_shape=(16,))(x), expected)
+
+
+@pytest.mark.parametrize("output", [lambda y: y.sum(1), lambda y: y.sum(0, keepdim=True), lambda y: y.T,
+                                    lambda y: y.sum()], ids=["(B,)", "(1, C)", "(C, B)", "()"])
+def test_a_network_that_loses_or_moves_the_batch_is_one_line(output):
+    """Logits of shape (3,), (1, 10), (10, 3) or () for a batch of 3 came back without a word."""
+    class Reduce(nn.Module):
+        def forward(self, x):
+            return output(x[:, :10])
+
+    with pytest.raises(ValueError, match=r"^SpikingClassifier: the network's outputs read out to shape .* for a batch "
+                                         r"of 3: expected \[3, classes\]"):
+        SpikingClassifier(Reduce(), num_steps=2, encoder="direct", input_shape=(16,))(torch.rand(3, 16))

@@ -379,6 +379,11 @@ class SpikingClassifier(nn.Module):
             _refuse_kept_state(self.network, unreset)
             self._state_checked = True
         logits = self.readout(outputs)
+        batch = steps.shape[1]
+        if isinstance(logits, Tensor) and (logits.dim() < 2 or logits.shape[0] != batch):  # (else silently wrong)
+            raise ValueError(f"SpikingClassifier: the network's outputs read out to shape {tuple(logits.shape)} for a "
+                             f"batch of {batch}: expected [{batch}, classes]; the network must keep the batch first "
+                             "in its output")
         if (self.input_shape is None and isinstance(logits, Tensor) and logits.dim() > 2
                 and not getattr(self, "_warned_encoded_again", False) and _spikes_only(x)):  # (the pass over x last)
             _warn_encoded_again(self, tuple(x.shape), tuple(logits.shape))
