@@ -610,13 +610,12 @@ def test_each_resume_names_what_its_path_is_instead(tmp_path, capsys, command):
     expected.update({tmp_path / other: f"{tmp_path / other} is a {other_kind}, not a {kind}: continue it with "
                                        f"metaspike {other} --resume {tmp_path / other}"
                      for other, (_, other_kind, _) in _RESUMED.items() if other != command})
-    # a folder inside a comparison or reproduction (one of its runs, a part): the whole continues
+    # a folder inside a comparison or reproduction (a part, or a run of it for another command): the whole continues
     for container, (_, container_kind, _) in list(_RESUMED.items())[1:]:
         inner = tmp_path / container / "part" / "run-1"
         inner.mkdir(parents=True)
-        if command == "train":
+        if command != "train":
             (inner / "config.json").write_text("{}")
-            inner = inner.parent
         expected[inner] = (f"{inner} lies inside the {container_kind} {tmp_path / container}: continue it with "
                            f"metaspike {container} --resume {tmp_path / container}")
     for path, message in expected.items():

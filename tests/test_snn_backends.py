@@ -616,6 +616,9 @@ def test_input_of_another_dtype_than_a_conv_networks_weights_is_one_line_too(dty
     with pytest.raises(ValueError, match=rf"^SpikingClassifier: input of {dtype} for a network of torch.float32 "
                                          r"weights; convert it with x.to\(torch.float32\)"):
         model(torch.rand(3, 1, 8, 8, dtype=dtype))
+    with pytest.raises(ValueError, match=rf"^SpikingClassifier: input of {dtype} for a network of torch.float32 "):
+        SpikingClassifier(nn.Sequential(nn.PReLU(8), nn.Linear(8, 4)), num_steps=2, encoder="direct",
+                          input_shape=(8,))(torch.rand(2, 8, dtype=dtype))  # ("Type promoting not supported")
     # a float64 conv network of snnTorch's own spike functions: its float32 spikes meet the next convolution
     net = nn.Sequential(nn.Conv2d(1, 4, 3), snn.Leaky(beta=0.7, init_hidden=True), nn.Conv2d(4, 4, 3), nn.Flatten(),
                         nn.Linear(64, 10), snn.Leaky(beta=0.7, init_hidden=True, output=True)).double()
@@ -754,14 +757,19 @@ def test_a_compiled_spiking_classifier_or_network_runs_as_the_eager_one():
                                              input_shape=(16,))(x), expected)
 
 
-@pytest.mark.parametrize("output", [lambda y: y.sum(1), lambda y: y.sum(0, keepdim=True), lambda y: y.T,
-                                    lambda y: y.sum()], ids=["(B,)", "(1, C)", "(C, B)", "()"])
+@pytest.mark.parametrize("output", [lambda y: y.sum(0, keepdim=True), lambda y: y.T, lambda y: y.sum(),
+                                    lambda y: y[:, 0]], ids=["(1, C)", "(C, B)", "()", "(B,)"])
 def test_a_network_that_loses_or_moves_the_batch_is_one_line(output):
-    """Logits of shape (3,), (1, 10), (10, 3) or () for a batch of 3 came back without a word."""
+    """Logits of shape (1, 10), (10, 3) or () for a batch of 3 came back without a word; (3,), one logit a sample (a
+    binary classifier's), is a batch."""
     class Reduce(nn.Module):
         def forward(self, x):
             return output(x[:, :10])
 
+    model, x = SpikingClassifier(Reduce(), num_steps=2, encoder="direct", input_shape=(16,)), torch.rand(3, 16)
+    if output(x).shape == (3,):
+        assert model(x).shape == (3,)
+        return
     with pytest.raises(ValueError, match=r"^SpikingClassifier: the network's outputs read out to shape .* for a batch "
-                                         r"of 3: expected \[3, classes\]"):
-        SpikingClassifier(Reduce(), num_steps=2, encoder="direct", input_shape=(16,))(torch.rand(3, 16))
+                                         r"of 3: the batch must come first, \[3, ...\]"):
+        model(x)

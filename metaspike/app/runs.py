@@ -910,16 +910,30 @@ def resume_folder(given: str | Path, marker: str) -> Path:
         raise ValueError(f"--resume {str(given)!r} is a file, not a {kind}")
     if (path / marker).is_file():
         return path
-    for folder in path.absolute().parents:  # (a run of a comparison, a part of a reproduction: the whole continues)
+    others = [(other, command) for other_marker, other, _, command in RESUMABLE_FOLDERS
+              if (path / other_marker).is_file()]
+    if others and others[0][0] != RESUMABLE_FOLDERS[0][1]:  # (a comparison or reproduction itself)
+        raise ValueError(f"{path} is a {others[0][0]}, not a {kind}: continue it with {others[0][1]} {path}")
+    inside = sorted(p.name for p in path.iterdir() if (p / marker).is_file())
+    if inside:
+        raise ValueError(f"{path} is not a {kind} (no {marker}); the {kinds} inside it: {', '.join(inside[:10])}")
+    container = _container_of(path)  # (one of its runs, a part of a reproduction: the whole continues)
+    if container is not None:
+        raise ValueError(f"{path} lies inside the {container[1]} {container[0]}: continue it with {container[2]} "
+                         f"{container[0]}")
+    if others:
+        raise ValueError(f"{path} is a {others[0][0]}, not a {kind}: continue it with {others[0][1]} {path}")
+    raise ValueError(f"{path} is not a {kind} (no {marker})")
+
+
+def _container_of(path: Path) -> tuple[Path, str, str] | None:
+    """The comparison or reproduction folder that holds ``path`` as one of its runs or parts (its parent or the
+    parent's parent, as they lay them out), with its kind and command; ``None`` where neither does."""
+    for folder in path.resolve().parents[:2]:
         for container_marker, container, _, command in RESUMABLE_FOLDERS[1:]:
             if (folder / container_marker).is_file():
-                raise ValueError(f"{path} lies inside the {container} {folder}: continue it with {command} {folder}")
-    for other_marker, other, _, command in RESUMABLE_FOLDERS:
-        if (path / other_marker).is_file():
-            raise ValueError(f"{path} is a {other}, not a {kind}: continue it with {command} {path}")
-    inside = sorted(p.name for p in path.iterdir() if (p / marker).is_file())
-    listed_inside = f"; the {kinds} inside it: {', '.join(inside[:10])}" if inside else ""
-    raise ValueError(f"{path} is not a {kind} (no {marker}){listed_inside}")
+                return folder, container, command
+    return None
 
 
 #: The flags of a reproduction's method (:class:`metaspike.app.reproduce.continual.Method`, recorded under

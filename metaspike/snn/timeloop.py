@@ -151,8 +151,10 @@ def _warn_membrane_of_spikes(network: nn.Module) -> None:
 
 #: How torch's errors about operands of two dtypes begin or read, op by op ("mat1 and mat2 must have the same dtype",
 #: a convolution's "Input type (double) and bias type (float) should be the same", "expected scalar type Float but
-#: found Double"): an error of another kind is passed on as it is, whatever the dtypes.
-_MIXED_DTYPE_WORDS = ("dtype", "Input type (", "expected scalar type", "expected m1 and m2 to have the same")
+#: found Double", PReLU's "Type promoting not supported"): an error of another kind is passed on as it is, whatever
+#: the dtypes.
+_MIXED_DTYPE_WORDS = ("dtype", "Input type (", "expected scalar type", "expected m1 and m2 to have the same",
+                      "Type promoting not supported")
 
 
 def _mixed_dtypes(network: nn.Module, x: Tensor, err: RuntimeError) -> Exception | None:
@@ -338,11 +340,17 @@ class SpikingClassifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # torch.compile(model): its tracer broke inside the time loop's try block; the network itself compiles
         if torch.compiler.is_compiling() and not getattr(self, "_warned_compiled", False):
-            self._warned_compiled = True
-            warnings.warn("torch.compile of a SpikingClassifier runs its time loop eagerly; compile its network "
-                          "instead, SpikingClassifier(torch.compile(network), ...), to compile each time step",
-                          RuntimeWarning, stacklevel=2)
+            self._warn_compiled()
         return self._time_loop(x)
+
+    @torch.compiler.disable
+    def _warn_compiled(self) -> None:
+        """Warn, once, that ``torch.compile(model)`` runs the time loop eagerly (outside the tracer, which cannot read
+        the frames that name the user's line)."""
+        self._warned_compiled = True
+        warnings.warn("torch.compile of a SpikingClassifier runs its time loop eagerly; compile its network instead, "
+                      "SpikingClassifier(torch.compile(network), ...), to compile each time step", RuntimeWarning,
+                      stacklevel=user_stacklevel())
 
     @torch.compiler.disable
     def _time_loop(self, x: Tensor) -> Tensor:
@@ -380,10 +388,10 @@ class SpikingClassifier(nn.Module):
             self._state_checked = True
         logits = self.readout(outputs)
         batch = steps.shape[1]
-        if isinstance(logits, Tensor) and (logits.dim() < 2 or logits.shape[0] != batch):  # (else silently wrong)
+        if isinstance(logits, Tensor) and (logits.dim() == 0 or logits.shape[0] != batch):  # (else silently wrong;
             raise ValueError(f"SpikingClassifier: the network's outputs read out to shape {tuple(logits.shape)} for a "
-                             f"batch of {batch}: expected [{batch}, classes]; the network must keep the batch first "
-                             "in its output")
+                             f"batch of {batch}: the batch must come first, [{batch}, ...] ([{batch}, classes], or "
+                             f"[{batch}] for one logit a sample)")  # (B,) is one logit a sample: binary, regression)
         if (self.input_shape is None and isinstance(logits, Tensor) and logits.dim() > 2
                 and not getattr(self, "_warned_encoded_again", False) and _spikes_only(x)):  # (the pass over x last)
             _warn_encoded_again(self, tuple(x.shape), tuple(logits.shape))
