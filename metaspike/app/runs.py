@@ -887,10 +887,11 @@ RESUMABLE_FOLDERS = (
 
 def resume_folder(given: str | Path, marker: str) -> Path:
     """``given``, the folder a ``--resume`` names, once it holds ``marker``, the file that marks its kind of folder
-    (:data:`RESUMABLE_FOLDERS`); else one ``ValueError`` that names it and says what it is: no folder at all; a
-    folder's marking file (its folder is meant); a file; a folder inside a comparison or reproduction (which that
-    one's command continues); a folder of another kind (with the command that continues it); a folder of none, with
-    the folders of the kind inside it.
+    (:data:`RESUMABLE_FOLDERS`); else one ``ValueError`` that names it and says what it is, first found first: no
+    folder at all; a folder's marking file (its folder is meant); a file; a comparison or reproduction (with the
+    command that continues it); a folder with folders of the kind inside it (listed); a folder inside a comparison or
+    reproduction (:func:`_container_of`, whose command continues the whole); a run directory (``train --resume``); a
+    folder of none.
 
     Example:
         >>> resume_folder("/nowhere", COMPARISON_PLAN)
