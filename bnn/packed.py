@@ -892,9 +892,9 @@ def pack(model: nn.Module, compile: bool = True) -> PackedMLP:
         ValueError: ``model`` is not an MLP of binary layers with sign activations between them (convolutional
             layers are named first; an MLP that ends with a SignActivation is refused), it or one of its layers has
             a forward of its own (a subclass that overrides it), its BatchNorm layers have no population statistics
-            (:func:`bnn.use_population_statistics`) or divide by zero (``running_var + eps = 0``), it holds tensors of another precision than float32 (bfloat16,
-            float16, float64: call ``model.float()``), or it is in training mode (where BatchNorm uses batch
-            statistics, not the ones packed).
+            (:func:`bnn.use_population_statistics`) or divide by zero (``running_var + eps = 0``), it holds tensors
+            of another precision than float32 (bfloat16, float16, float64: call ``model.float()``), or it is in
+            training mode (where BatchNorm uses batch statistics, not the ones packed).
 
     Example:
         >>> import bnn

@@ -911,10 +911,10 @@ def resume_folder(given: str | Path, marker: str) -> Path:
         raise ValueError(f"--resume {str(given)!r} is a file, not a {kind}")
     if (path / marker).is_file():
         return path
-    others = [(other, command) for other_marker, other, _, command in RESUMABLE_FOLDERS
-              if (path / other_marker).is_file()]
-    if others and others[0][0] != RESUMABLE_FOLDERS[0][1]:  # (a comparison or reproduction itself)
-        raise ValueError(f"{path} is a {others[0][0]}, not a {kind}: continue it with {others[0][1]} {path}")
+    run_marker, run_kind, _, run_command = RESUMABLE_FOLDERS[0]
+    for other_marker, other, _, command in RESUMABLE_FOLDERS[1:]:  # (a comparison or reproduction itself)
+        if (path / other_marker).is_file():
+            raise ValueError(f"{path} is a {other}, not a {kind}: continue it with {command} {path}")
     inside = sorted(p.name for p in path.iterdir() if (p / marker).is_file())
     if inside:
         raise ValueError(f"{path} is not a {kind} (no {marker}); the {kinds} inside it: {', '.join(inside[:10])}")
@@ -922,8 +922,8 @@ def resume_folder(given: str | Path, marker: str) -> Path:
     if container is not None:
         raise ValueError(f"{path} lies inside the {container[1]} {container[0]}: continue it with {container[2]} "
                          f"{container[0]}")
-    if others:
-        raise ValueError(f"{path} is a {others[0][0]}, not a {kind}: continue it with {others[0][1]} {path}")
+    if (path / run_marker).is_file():
+        raise ValueError(f"{path} is a {run_kind}, not a {kind}: continue it with {run_command} {path}")
     raise ValueError(f"{path} is not a {kind} (no {marker})")
 
 

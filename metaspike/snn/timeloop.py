@@ -299,7 +299,6 @@ class SpikingClassifier(nn.Module):
             self.in_features = math.prod(self.input_shape)
         self._stateful = _takes_state(structure)
         self._state_checked = False  # (the first call checks that no module keeps a state past reset_states)
-        self._warned_compiled = False
 
     def encode(self, x: Tensor) -> Tensor:
         """``[B, *input_shape]`` → ``[num_steps, B, *input_shape]``; encoded input is checked and kept."""
@@ -387,11 +386,11 @@ class SpikingClassifier(nn.Module):
             _refuse_kept_state(self.network, unreset)
             self._state_checked = True
         logits = self.readout(outputs)
-        batch = steps.shape[1]
-        if isinstance(logits, Tensor) and (logits.dim() == 0 or logits.shape[0] != batch):  # (else silently wrong;
+        batch = steps.shape[1]  # (logits that lost or moved it were silently wrong; (B,) is one logit a sample)
+        if isinstance(logits, Tensor) and (logits.dim() == 0 or logits.shape[0] != batch):
             raise ValueError(f"SpikingClassifier: the network's outputs read out to shape {tuple(logits.shape)} for a "
                              f"batch of {batch}: the batch must come first, [{batch}, ...] ([{batch}, classes], or "
-                             f"[{batch}] for one logit a sample)")  # (B,) is one logit a sample: binary, regression)
+                             f"[{batch}] for one logit a sample)")
         if (self.input_shape is None and isinstance(logits, Tensor) and logits.dim() > 2
                 and not getattr(self, "_warned_encoded_again", False) and _spikes_only(x)):  # (the pass over x last)
             _warn_encoded_again(self, tuple(x.shape), tuple(logits.shape))

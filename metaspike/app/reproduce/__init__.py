@@ -130,11 +130,15 @@ COMPLETE = "complete"
 stopped reproduction's ``table.csv`` holds the rows measured so far), ``true`` once a pass has finished them."""
 
 
+def _update_record(root: Path, **fields: Any) -> None:
+    """Set ``fields`` in the reproduction's :data:`RECORD`, keeping the others."""
+    atomic_write_text(root / RECORD, json.dumps({**read_json(root / RECORD), **fields}, indent=2) + "\n")
+
+
 def _record_unfinished(root: Path) -> None:
     """Record in :data:`RECORD` that the reproduction is not complete, as each pass starts: a pass rewrites its tables
     row by row (a pass over a complete reproduction stopped midway left it marked complete over a partial table)."""
-    record = read_json(root / RECORD)
-    atomic_write_text(root / RECORD, json.dumps({**record, COMPLETE: False}, indent=2) + "\n")
+    _update_record(root, **{COMPLETE: False})
 
 
 def _record_finish(root: Path) -> None:
@@ -144,8 +148,7 @@ def _record_finish(root: Path) -> None:
     arithmetic, mixed = ran_with(sorted(path.parent for path in root.rglob("config.json")))
     if mixed:
         print(f"metaspike: warning: {mixed}", file=sys.stderr)
-    record = read_json(root / RECORD)
-    atomic_write_text(root / RECORD, json.dumps({**record, RAN_WITH: arithmetic, COMPLETE: True}, indent=2) + "\n")
+    _update_record(root, **{RAN_WITH: arithmetic, COMPLETE: True})
 
 
 def _remove_empty(root: Path) -> bool:
