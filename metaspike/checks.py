@@ -145,9 +145,16 @@ def unknown_name(what: str, name: Any, available: Iterable[str]) -> str:
         "unknown dataset 'mnist5kk'; available: digits, mnist, mnist5k; did you mean 'mnist5k'?"
     """
     available = list(available)
-    near = difflib.get_close_matches(name, available, n=1) if isinstance(name, str) else []
+    near = _closest(name, available) if isinstance(name, str) else []
     return (f"unknown {what} {shown(name)}; available: {', '.join(available)}"
             + (f"; did you mean {near[0]!r}?" if near else ""))
+
+
+def _closest(name: str, available: list[str]) -> list[str]:
+    """The one name of ``available`` that ``name`` differs from only in case, else the closest by difflib (which
+    compares case-sensitively: ``'Atan'`` came nearer ``'tanh'`` than ``'atan'``); empty where none is close."""
+    same_but_case = [known for known in available if known.lower() == name.lower()]
+    return same_but_case[:1] or difflib.get_close_matches(name, available, n=1)
 
 
 def check_no_misspelled_setting(owner: str, group: dict[str, Any], settings: Iterable[str]) -> None:

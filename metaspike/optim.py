@@ -430,8 +430,7 @@ def _check_consolidation(group: dict[str, Any], owner: str = "a metaplastic opti
         raise ValueError(f"{owner} got the {' and '.join(roles)} tensors of Bayesian synapses; " + BAYESIAN_ADVICE)
     check_meta(group["meta"], "meta")
     get_rule(group["rule"])
-    if group.get("consolidate") not in (None, True, False):
-        raise ValueError(f"consolidate must be True, False or None, got {group['consolidate']!r}")
+    _check_optional_flag(group, "consolidate")
 
 
 def _owner(optimizer: Optimizer) -> str:
@@ -470,8 +469,14 @@ def _check_group(group: dict[str, Any]) -> None:
     _check_adam_settings(group)
     check_eps_holds(group)
     for name in ("fused", "foreach"):
-        if group.get(name) not in (None, True, False):
-            raise ValueError(f"{name} must be True, False or None, got {group[name]!r}")
+        _check_optional_flag(group, name)
+
+
+def _check_optional_flag(group: dict[str, Any], name: str) -> None:
+    """``ValueError`` unless a group's ``name`` is ``True``, ``False``, ``None`` or left out (``1`` equals ``True``
+    but is not one: the flag's default is ``None``, so a number there is a mistake, not a choice)."""
+    if not any(group.get(name) is flag for flag in (None, True, False)):
+        raise ValueError(f"{name} must be True, False or None, got {group[name]!r}")
 
 
 def _check_adam_settings(group: dict[str, Any], whose: str = "") -> None:

@@ -63,6 +63,9 @@ def test_a_run_with_baseline_equals_the_trainer_given_the_plugin_by_hand(tmp_pat
     assert by_flag.matrix == by_hand.matrix
     without = run(plain, tmp_path, progress=False, plot=False)[1]
     assert without.matrix != by_flag.matrix  # the penalty acted on the second task
+    with pytest.raises(ValueError, match="the config's baseline 'ewc-online' adds a plugin of type EWCOnline, and "
+                                         "plugins holds one already"):  # (the penalty was counted twice)
+        build_trainer(config, build_run_model(config, scenario), plugins=[EWCOnline(lam=100.0, gamma=0.5)])
 
 
 def test_a_run_with_baseline_resumes_mid_task_to_the_numbers_of_one_never_stopped(one_thread):

@@ -13,7 +13,7 @@ from metaspike.app.cli import main
 from metaspike.app.config import RunConfig
 from metaspike.app.models import available_models
 from metaspike.snn import neurons
-from metaspike.snn.neurons import register_neuron
+from metaspike.snn.neurons import register_neuron, spiking_mlp
 
 SMALL = ["--dataset", "digits", "--tasks", "2", "--epochs", "1", "--hidden", "16", "--quiet"]
 
@@ -225,6 +225,19 @@ def test_a_neuron_builder_that_returns_no_model_is_named(tmp_path, capsys):
            "nn.Module" in err  # (its file and line: an imported file's module name is made up)
 
 
+def test_a_neuron_builder_that_fixes_its_own_number_of_time_steps_is_named(monkeypatch):
+    """Its runs recorded the num_steps asked for, and ran another."""
+    from metaspike.snn import NetSpec, SelfRecurrentLIF, build_neuron_model
+
+    monkeypatch.setattr(neurons, "_NEURONS", dict(neurons._NEURONS))
+    fixed = NetSpec(hidden=(4,), num_steps=3)
+    register_neuron("three-steps", lambda spec: spiking_mlp(fixed, lambda n, out: SelfRecurrentLIF(n, output=out)))
+    assert build_neuron_model("three-steps", NetSpec(hidden=(4,), num_steps=3)).num_steps == 3
+    with pytest.raises(ValueError, match=r"neuron model 'three-steps' made a SpikingClassifier of num_steps=3 where "
+                                         r"the spec asks for 5: build it with spec.num_steps"):
+        build_neuron_model("three-steps", NetSpec(hidden=(4,), num_steps=5))
+
+
 @pytest.mark.parametrize("line, error, message", [
     ("raise RuntimeError('my builder is broken')", "RuntimeError", "my builder is broken"),
     ("return int('abc')", "ValueError", "invalid literal for int() with base 10: 'abc'"),  # (its own, not ours)
@@ -314,14 +327,22 @@ def test_a_neuron_model_registered_again_is_refused_unless_replaced(monkeypatch)
         register_neuron("leaky", edited, replace=True)
 
 
-def test_a_neuron_model_named_like_a_model_kind_is_refused_where_kinds_are_listed():
+def test_a_neuron_model_named_like_a_model_kind_is_refused_when_registered(monkeypatch):
+    """Once accepted, it broke every later listing of the model kinds (no way to unregister it in a notebook)."""
+    from metaspike.app.models import _KINDS
+    from metaspike.snn import neurons
+
+    monkeypatch.setattr(neurons, "_NEURONS", dict(neurons._NEURONS))
+
     def build(spec):
         return None
 
+    assert neurons.NON_SPIKING_MODEL_KINDS == set(_KINDS)  # (the library's list of the app's kinds is complete)
     assert register_neuron("mine", build) is build and register_neuron("mine", build) is build  # (idempotent)
-    register_neuron("bnn", build)
-    with pytest.raises(ValueError, match="registered as 'bnn', the name of a model kind"):
-        available_models()
+    for kind in _KINDS:
+        with pytest.raises(ValueError, match=f"'{kind}' is the name of a run model kind"):
+            register_neuron(kind, build)
+    assert "mine" in available_models() and "bnn" in available_models()
 
 
 def test_the_recorded_imports_are_checked_like_every_other_setting():

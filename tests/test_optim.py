@@ -198,6 +198,7 @@ def test_invalid_meta_in_a_param_group():
     ({"lr": float("nan")}, "lr must be a finite number in [0, 3.40282e+38], got nan"),
     ({"betas": (1, 1)}, "each of betas must be a finite number in [0, 1), got 1"),
     ({"consolidate": "yes"}, "consolidate must be True, False or None, got 'yes'"),
+    ({"consolidate": 1}, "consolidate must be True, False or None, got 1"),  # (1 == True passed)
 ])
 def test_invalid_hyperparameters_of_a_param_group_name_the_problem(group, message):
     model = _model()
@@ -368,7 +369,8 @@ def test_wrapped_optimizers_check_added_groups_and_meta_must_be_a_number():
 
 
 @pytest.mark.parametrize("bad, message", [(dict(betas=0.9), "betas must be two numbers in [0, 1), got 0.9"),
-                                          (dict(foreach="yes"), "foreach must be True, False or None, got 'yes'")])
+                                          (dict(foreach="yes"), "foreach must be True, False or None, got 'yes'"),
+                                          (dict(foreach=1), "foreach must be True, False or None, got 1")])
 def test_more_bad_adam_arguments_get_one_line(bad, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         MetaplasticAdam(MLP([4, 3, 2]).parameters(), **bad)

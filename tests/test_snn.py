@@ -58,6 +58,24 @@ def test_a_readout_of_no_steps_or_of_other_objects_is_one_line(readout):
     assert get_readout(readout)([torch.ones(2, 3), (torch.zeros(2, 3), torch.ones(2, 3))]).shape == (2, 3)
 
 
+@pytest.mark.parametrize("readout", ["count", "membrane"])
+@pytest.mark.parametrize("dtype", [torch.bool, torch.int64])
+def test_a_network_that_returns_bool_or_integer_spikes_is_told_to_return_floats(readout, dtype):
+    """membrane's mean was torch's "could not infer output dtype"; counts were integer logits, with no gradient."""
+
+    class ThresholdedLinear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return (self.linear(x) > 0).to(dtype)
+
+    model = SpikingClassifier(nn.Sequential(ThresholdedLinear()), 2, readout=readout)
+    with pytest.raises(ValueError, match=f"reads floating-point outputs, got {dtype} at a time step: the last module"):
+        model(torch.rand(5, 4))
+
+
 def test_rate_encoder_fires_with_the_input_probability():
     torch.manual_seed(0)
     spikes = RateEncoder()(torch.tensor([[0.0, 1.0, 0.3]]), num_steps=4000)
@@ -136,6 +154,8 @@ def test_unknown_neuron_surrogate_and_a_model_without_synapses_raise_value_error
         build_neuron_model("hodgkin")
     with pytest.raises(ValueError, match="unknown surrogate 'smooth'"):
         surrogate("smooth")
+    with pytest.raises(ValueError, match="did you mean 'atan'"):  # (difflib alone, case-sensitive, offered 'tanh')
+        surrogate("Atan")
     with pytest.raises(ValueError, match="has no layer to binarize"):
         metaspike.binarize(SpikingClassifier(nn.Sequential(nn.Flatten(), SelfRecurrentLIF(4)), 2, readout="count"))
 
@@ -417,3 +437,19 @@ def test_a_network_failing_on_an_input_without_input_shape_keeps_its_error_and_g
         model(torch.rand(4, 60))
     assert any("no input_shape; if that shape is what failed, give input_shape=" in note
                for note in caught.value.__notes__)
+
+
+def test_time_steps_whose_encoded_batch_exceeds_memory_are_one_line_naming_num_steps(monkeypatch):
+    """torch's allocator error named no argument; a size the system overcommits was killed later."""
+    from metaspike.snn import timeloop
+
+    model = SpikingClassifier(nn.Sequential(nn.Linear(784, 3)), num_steps=10**9, readout="count")
+    with pytest.raises(ValueError, match=r"^SpikingClassifier: num_steps=1,000,000,000 encodes this batch of shape "
+                                         r"\(32, 784\) as about 93,[0-9]{3}\.[0-9] GiB of spikes, and this process may "
+                                         r"use [0-9.,]+ GiB; give fewer time steps or a smaller batch$"):
+        model(torch.rand(32, 784))
+    monkeypatch.setattr(timeloop, "usable_memory", lambda: 2**30)  # (a container's limit, say: 1 GiB)
+    model = SpikingClassifier(nn.Sequential(nn.Linear(784, 3), SelfRecurrentLIF(3, output=True)), num_steps=1000)
+    with pytest.raises(ValueError, match="about 1.5 GiB of spikes, and this process may use 1.0 GiB"):
+        model(torch.rand(512, 784))
+    assert model(torch.rand(64, 784)).shape == (64, 3)  # (under 256 MiB: not checked)

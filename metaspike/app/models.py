@@ -210,12 +210,7 @@ _KINDS: dict[str, _Kind] = {
 def _spiking_kinds() -> list[str]:
     from metaspike.snn.neurons import available_neurons
 
-    neurons = available_neurons()
-    taken = next((name for name in neurons if name in _KINDS), None)
-    if taken is not None:  # (a registered neuron model would silently lose to the kind, or the kind to it)
-        raise ValueError(f"a neuron model is registered as {taken!r}, the name of a model kind "
-                         f"({', '.join(sorted(_KINDS))}); register it under another name")
-    return [kind for neuron in neurons for kind in (neuron, neuron + BIMU_SUFFIX)]
+    return [kind for neuron in available_neurons() for kind in (neuron, neuron + BIMU_SUFFIX)]
 
 
 def available_models() -> list[str]:

@@ -231,6 +231,9 @@ _NEURONS: dict[str, Callable[[NetSpec], nn.Module]] = {
 #: The neuron models metaspike builds itself: ``spiking_mlp`` networks of one weight matrix per layer of ``spec.hidden``
 #: and one readout, so ``len(spec.hidden) + 1`` weight layers (a registered model may have any number).
 BUILTIN_NEURONS = frozenset(_NEURONS)
+#: The names of the run model kinds that are not neuron models (:func:`metaspike.app.models.available_models`):
+#: refused by :func:`register_neuron`, whose names become run model kinds too.
+NON_SPIKING_MODEL_KINDS = frozenset({"bnn", "bnn-layernorm", "mlp", "bimu", "mesu"})
 
 
 def register_neuron(name: str, builder: Callable[[NetSpec], nn.Module], *,
@@ -258,6 +261,9 @@ def register_neuron(name: str, builder: Callable[[NetSpec], nn.Module], *,
     registered_name("a neuron model's name", name, "no '+', which joins a synapse kind: 'leaky+bimu'")
     if not callable(builder):
         raise ValueError(f"builder must be a callable (spec: NetSpec) -> nn.Module, got {type(builder).__name__}")
+    if name in NON_SPIKING_MODEL_KINDS:  # (the run model kind of that name would hide it, or it the kind)
+        raise ValueError(f"{name!r} is the name of a run model kind ({', '.join(sorted(NON_SPIKING_MODEL_KINDS))}); "
+                         "give your neuron model its own name")
     known = _NEURONS.get(name)
     if known is not None and known is not builder:  # (every run asking for the name would change model, silently)
         if name in BUILTIN_NEURONS:
@@ -330,4 +336,15 @@ def build_neuron_model(name: str, spec: NetSpec = NetSpec()) -> nn.Module:
         # line: an imported file's module name is made up)
         raise ValueError(f"the builder of neuron model {name!r} ({where}) returned {type(model).__name__}, not a "
                          "torch nn.Module")
+    _check_steps_taken(name, model, spec)
     return model
+
+
+def _check_steps_taken(name: str, model: nn.Module, spec: NetSpec) -> None:
+    """``ValueError`` where a :class:`~metaspike.snn.SpikingClassifier` in the built ``model`` runs another number of
+    time steps than ``spec`` asks for (a builder that fixed its own: runs recorded ``num_steps`` they never ran)."""
+    steps = {module.num_steps for module in model.modules() if isinstance(module, SpikingClassifier)}
+    if steps - {spec.num_steps}:
+        raise ValueError(f"the builder of neuron model {name!r} made a SpikingClassifier of num_steps="
+                         f"{min(steps - {spec.num_steps})} where the spec asks for {spec.num_steps}: build it with "
+                         "spec.num_steps (spiking_mlp(spec, neuron) does)")
