@@ -22,6 +22,7 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -473,10 +474,11 @@ def _check_group(group: dict[str, Any]) -> None:
 
 
 def _check_optional_flag(group: dict[str, Any], name: str) -> None:
-    """``ValueError`` unless a group's ``name`` is ``True``, ``False``, ``None`` or left out (``1`` equals ``True``
-    but is not one: the flag's default is ``None``, so a number there is a mistake, not a choice)."""
-    if not any(group.get(name) is flag for flag in (None, True, False)):
-        raise ValueError(f"{name} must be True, False or None, got {group[name]!r}")
+    """``ValueError`` unless a group's ``name`` is a bool (numpy's taken), ``None`` or left out (``1`` equals
+    ``True`` but is not a bool: the flag's default is ``None``, so a number there is a mistake, not a choice)."""
+    value = group.get(name)
+    if value is not None and not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True, False or None, got {value!r}")
 
 
 def _check_adam_settings(group: dict[str, Any], whose: str = "") -> None:

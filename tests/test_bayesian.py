@@ -936,6 +936,9 @@ def test_start_confident_gives_every_latent_the_magnitude_and_keeps_its_sign():
     mesu = bayesianize(nn.Sequential(nn.Linear(3, 2)), "mesu")
     with pytest.raises(ValueError, match="has a 'mesu' synapse"):
         start_confident(mesu[0], 1.0)
+    with pytest.raises(ValueError, match="Sequential has no Bayesian synapse of its own; it takes one layer, such as "
+                                         "its submodule '0'"):
+        start_confident(net, 1.0)
 
 
 @pytest.mark.parametrize("frozen", ["sigma", "mu"])

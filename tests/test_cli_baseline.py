@@ -63,9 +63,16 @@ def test_a_run_with_baseline_equals_the_trainer_given_the_plugin_by_hand(tmp_pat
     assert by_flag.matrix == by_hand.matrix
     without = run(plain, tmp_path, progress=False, plot=False)[1]
     assert without.matrix != by_flag.matrix  # the penalty acted on the second task
-    with pytest.raises(ValueError, match="the config's baseline 'ewc-online' adds a plugin of type EWCOnline, and "
-                                         "plugins holds one already"):  # (the penalty was counted twice)
-        build_trainer(config, build_run_model(config, scenario), plugins=[EWCOnline(lam=100.0, gamma=0.5)])
+
+    class MyEWCOnline(EWCOnline):
+        pass
+
+    for mine in (EWCOnline(lam=100.0, gamma=0.5), MyEWCOnline(lam=100.0)):  # (the penalty was counted twice)
+        with pytest.raises(ValueError, match=f"the config's baseline 'ewc-online' adds a plugin of type EWCOnline, "
+                                             f"and plugins holds one already \\({type(mine).__name__}\\)"):
+            build_trainer(config, build_run_model(config, scenario), plugins=iter([mine]))
+    given = build_trainer(plain, build_run_model(plain, scenario), plugins=(p for p in [EWCOnline(lam=1.0)]))
+    assert [type(p) for p in given.plugins] == [EWCOnline]  # (a generator is read once, and kept)
 
 
 def test_a_run_with_baseline_resumes_mid_task_to_the_numbers_of_one_never_stopped(one_thread):

@@ -1,12 +1,14 @@
 """``--import``: a user's own rule and neuron model named on the command line, recorded by the run, never imported
 from a run folder by itself; registration checks; a module that fails is one line naming its file and line."""
 
+import dataclasses
 import hashlib
 import json
 import shlex
 import sys
 
 import pytest
+from torch import nn
 
 from metaspike import rules
 from metaspike.app.cli import main
@@ -236,6 +238,14 @@ def test_a_neuron_builder_that_fixes_its_own_number_of_time_steps_is_named(monke
     with pytest.raises(ValueError, match=r"neuron model 'three-steps' made a SpikingClassifier of num_steps=3 where "
                                          r"the spec asks for 5: build it with spec.num_steps"):
         build_neuron_model("three-steps", NetSpec(hidden=(4,), num_steps=5))
+
+    def two_time_scales(spec):  # (an ensemble whose members run the spec's steps and twice as many: taken)
+        member = lambda steps: spiking_mlp(dataclasses.replace(spec, num_steps=steps),  # noqa: E731
+                                           lambda n, out: SelfRecurrentLIF(n, output=out))
+        return nn.ModuleList([member(spec.num_steps), member(2 * spec.num_steps)])
+
+    register_neuron("two-time-scales", two_time_scales)
+    assert [m.num_steps for m in build_neuron_model("two-time-scales", NetSpec(hidden=(4,), num_steps=5))] == [5, 10]
 
 
 @pytest.mark.parametrize("line, error, message", [

@@ -69,6 +69,8 @@ def test_largest_rise_covers_evaluated_cells_only():
     assert largest_rise([[5, 5]], [10, 10]) == -5  # a run that got worse than chance
     with pytest.raises(ValueError, match=r"baseline must hold one accuracy per task \(2\), got shape \(1,\)"):
         largest_rise([[50, 20]], [10])
+    with pytest.raises(ValueError, match="^baseline must hold one untrained accuracy per task, got None$"):
+        forward_transfer([[50, 20], [40, 70]], None)  # (summarize takes None; here it was "got shape ()")
 
 
 def test_a_run_stopped_early_reports_the_tasks_trained_so_far():

@@ -6,6 +6,7 @@ import re
 import warnings
 from typing import NamedTuple
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -204,6 +205,19 @@ def test_invalid_hyperparameters_of_a_param_group_name_the_problem(group, messag
     model = _model()
     with pytest.raises(ValueError, match=re.escape(message)):
         MetaplasticAdam([{"params": model.parameters(), **group}])
+
+
+def test_numpy_bools_are_taken_as_flags_as_bools_are():
+    """(A flag checked by identity with True/False refused them.)"""
+    steps = []
+    for consolidated, foreach in ((np.bool_(False), np.bool_(False)), (False, False)):
+        model = _model()
+        opt = MetaplasticAdam([{"params": model.parameters(), "consolidate": consolidated}], meta=5.0, foreach=foreach)
+        x, y = _data()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        steps.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*steps))
 
 
 def test_model_parameters_consolidate_only_the_binary_synapses_never_a_float_layer():

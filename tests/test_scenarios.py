@@ -152,6 +152,8 @@ def test_scenario_arguments_that_do_not_fit_together_are_one_line():
         split(train, missing_class, groups=2)
     test = ArrayDataset.from_tensors(torch.rand(8, 8, 8), torch.arange(8) % 4, "mine")
     assert [t.classes for t in split(train, test, groups=np.array([[0, 1], [2, 3]])).tasks] == [(0, 1), (2, 3)]
+    for groups in (torch.tensor([[0, 1], [2, 3]]), [torch.tensor([0, 1]), torch.tensor([2, 3])]):  # (as numpy's)
+        assert [t.classes for t in split(train, test, groups=groups).tasks] == [(0, 1), (2, 3)]
     for bad in (2.0, "01", [0, 1], True):
         with pytest.raises(ValueError, match="class groups must be a number of groups or a list of lists of classes"):
             split(train, test, groups=bad)

@@ -56,6 +56,7 @@ def test_a_readout_of_no_steps_or_of_other_objects_is_one_line(readout):
     with pytest.raises(ValueError, match=f"^{name} reads a tensor \\(or a tuple of tensors\\) per time step, got int$"):
         get_readout(readout)([1, 2])
     assert get_readout(readout)([torch.ones(2, 3), (torch.zeros(2, 3), torch.ones(2, 3))]).shape == (2, 3)
+    assert get_readout(readout)([torch.ones(2, 3, dtype=torch.complex64)]).dtype == torch.complex64
 
 
 @pytest.mark.parametrize("readout", ["count", "membrane"])
@@ -440,16 +441,22 @@ def test_a_network_failing_on_an_input_without_input_shape_keeps_its_error_and_g
 
 
 def test_time_steps_whose_encoded_batch_exceeds_memory_are_one_line_naming_num_steps(monkeypatch):
-    """torch's allocator error named no argument; a size the system overcommits was killed later."""
-    from metaspike.snn import timeloop
+    """torch's allocator error named no argument; a size the system overcommits was killed later. The direct
+    encoder's steps are views of the input: not refused."""
+    from metaspike.snn import encoders
 
     model = SpikingClassifier(nn.Sequential(nn.Linear(784, 3)), num_steps=10**9, readout="count")
-    with pytest.raises(ValueError, match=r"^SpikingClassifier: num_steps=1,000,000,000 encodes this batch of shape "
+    with pytest.raises(ValueError, match=r"^the rate encoder: num_steps=1,000,000,000 encodes this batch of shape "
                                          r"\(32, 784\) as about 93,[0-9]{3}\.[0-9] GiB of spikes, and this process may "
                                          r"use [0-9.,]+ GiB; give fewer time steps or a smaller batch$"):
         model(torch.rand(32, 784))
-    monkeypatch.setattr(timeloop, "usable_memory", lambda: 2**30)  # (a container's limit, say: 1 GiB)
-    model = SpikingClassifier(nn.Sequential(nn.Linear(784, 3), SelfRecurrentLIF(3, output=True)), num_steps=1000)
-    with pytest.raises(ValueError, match="about 1.5 GiB of spikes, and this process may use 1.0 GiB"):
-        model(torch.rand(512, 784))
-    assert model(torch.rand(64, 784)).shape == (64, 3)  # (under 256 MiB: not checked)
+    monkeypatch.setattr(encoders, "usable_memory", lambda: 2**30)  # (a container's limit, say: 1 GiB)
+    for encoder in ("rate", "latency"):
+        model = SpikingClassifier(nn.Sequential(nn.Linear(784, 3), SelfRecurrentLIF(3, output=True)), 1000, encoder)
+        with pytest.raises(ValueError, match=f"the {encoder} encoder: .* about 1.5 GiB of spikes, and this process "
+                                             "may use 1.0 GiB"):
+            model(torch.rand(512, 784))
+        assert model(torch.rand(64, 784)).shape == (64, 3)  # (under 256 MiB: not checked)
+    model = SpikingClassifier(nn.Sequential(nn.Linear(784, 3), SelfRecurrentLIF(3, output=True)), 1000, "direct")
+    with torch.no_grad():
+        assert model(torch.rand(512, 784)).shape == (512, 3)

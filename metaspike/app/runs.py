@@ -202,11 +202,12 @@ def build_trainer(
         >>> trainer.config.epochs
         20
     """
-    baseline = config.baseline_plugins()
-    twice = next((p for p in plugins for b in baseline if type(p) is type(b)), None)
+    plugins, baseline = list(plugins), config.baseline_plugins()
+    twice = next((p for p in plugins for b in baseline if isinstance(p, type(b))), None)
     if twice is not None:  # (its penalty was added twice, silently)
-        raise ValueError(f"the config's baseline {config.baseline!r} adds a plugin of type {type(twice).__name__}, "
-                         "and plugins holds one already; leave the config's baseline out, or leave yours out")
+        raise ValueError(f"the config's baseline {config.baseline!r} adds a plugin of type {type(baseline[0]).__name__}"
+                         f", and plugins holds one already ({type(twice).__name__}); leave the config's baseline out, "
+                         "or leave yours out")
     return ContinualTrainer(model, config.make_optimizer, config.trainer_config(), progress=progress,
                             plugins=[*plugins, *baseline])
 

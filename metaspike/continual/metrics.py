@@ -166,6 +166,8 @@ def _paired(rows: list[np.ndarray]) -> np.ndarray | None:
 
 def _baseline(baseline: Sequence[float], tasks: int) -> np.ndarray:
     """``baseline`` as an array of one untrained accuracy per task; ``ValueError`` for another shape."""
+    if baseline is None:  # (summarize takes None, for no FWT; here the baseline is the point)
+        raise ValueError("baseline must hold one untrained accuracy per task, got None")
     b = _as_accuracies(baseline, "baseline")
     if b.shape != (tasks,):
         raise ValueError(f"baseline must hold one accuracy per task ({tasks}), got shape {b.shape}")

@@ -533,11 +533,14 @@ def split(
         raise ValueError(f"split mode must be one of {', '.join(map(repr, SPLIT_MODES))}, got {mode!r}")
     _check_samples(train, test)
     n_classes = len(train.classes)
-    if isinstance(groups, np.ndarray):
+    if isinstance(groups, (np.ndarray, torch.Tensor)):
         groups = groups.tolist()
     if not (isinstance(groups, (int, np.integer)) and not isinstance(groups, bool)) and not (
-            isinstance(groups, (list, tuple)) and all(isinstance(g, (list, tuple, range, np.ndarray)) for g in groups)):
+            isinstance(groups, (list, tuple))
+            and all(isinstance(g, (list, tuple, range, np.ndarray, torch.Tensor)) for g in groups)):
         raise ValueError(f"class groups must be a number of groups or a list of lists of classes, got {groups!r}")
+    if isinstance(groups, (list, tuple)):
+        groups = [g.tolist() if isinstance(g, (np.ndarray, torch.Tensor)) else g for g in groups]
     if isinstance(groups, (int, np.integer)):
         n = _check_count(groups, "number of class groups")
         if n > n_classes:

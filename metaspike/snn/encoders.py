@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from metaspike.allocator import usable_memory
 from metaspike.checks import is_whole, unknown_name
 from metaspike.distributed import current_batch_slice
 from metaspike.function_transforms import in_function_transform
@@ -46,6 +47,24 @@ def _check_unit_interval(x: Tensor, encoder: str) -> None:
                          f"inputs use encoder='direct')")
 
 
+CHECKED_ENCODING_BYTES = 2**28
+"""Encoded batches from this size up (256 MiB) are checked against the memory this process may use first."""
+
+
+def _check_encoding_fits(x: Tensor, num_steps: int, encoder: str) -> None:
+    """``ValueError`` where an encoder that writes ``num_steps`` copies of ``x`` (rate, latency: the direct encoder's
+    are views) would exceed the memory this process may use (torch's allocator error named no argument, and a size
+    the system overcommits was killed later, unsaved). Checked in main memory only."""
+    needed = num_steps * x.numel() * x.element_size()
+    if needed < CHECKED_ENCODING_BYTES or x.device.type != "cpu":
+        return
+    available = usable_memory()
+    if available is not None and needed > available:
+        raise ValueError(f"the {encoder} encoder: num_steps={num_steps:,} encodes this batch of shape "
+                         f"{tuple(x.shape)} as about {needed / 2**30:,.1f} GiB of spikes, and this process may use "
+                         f"{available / 2**30:,.1f} GiB; give fewer time steps or a smaller batch")
+
+
 class RateEncoder(nn.Module):
     """Bernoulli spikes with the input as firing probability per step.
 
@@ -60,6 +79,7 @@ class RateEncoder(nn.Module):
     def forward(self, x: Tensor, num_steps: int) -> Tensor:
         check_num_steps(num_steps)
         _check_unit_interval(x, "rate")
+        _check_encoding_fits(x, num_steps, "rate")
         shared = current_batch_slice()
         if shared is None or x.dim() == 0 or shared[1] + len(x) > shared[0]:
             return torch.bernoulli(x.unsqueeze(0).expand(num_steps, *x.shape))
@@ -84,6 +104,7 @@ class LatencyEncoder(nn.Module):
     def forward(self, x: Tensor, num_steps: int) -> Tensor:
         check_num_steps(num_steps)
         _check_unit_interval(x, "latency")
+        _check_encoding_fits(x, num_steps, "latency")
         exact = x.to(torch.promote_types(x.dtype, torch.float32))  # (float32 holds every whole step up to 2**24)
         when = torch.round((1 - exact) * (num_steps - 1)).long()
         steps = torch.arange(num_steps, device=x.device).view(-1, *([1] * x.dim()))

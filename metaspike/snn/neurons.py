@@ -341,10 +341,11 @@ def build_neuron_model(name: str, spec: NetSpec = NetSpec()) -> nn.Module:
 
 
 def _check_steps_taken(name: str, model: nn.Module, spec: NetSpec) -> None:
-    """``ValueError`` where a :class:`~metaspike.snn.SpikingClassifier` in the built ``model`` runs another number of
-    time steps than ``spec`` asks for (a builder that fixed its own: runs recorded ``num_steps`` they never ran)."""
+    """``ValueError`` where the built ``model`` holds :class:`~metaspike.snn.SpikingClassifier` s and none runs the
+    number of time steps ``spec`` asks for (a builder that fixed its own: runs recorded ``num_steps`` they never ran;
+    an ensemble over several time scales, one of them the spec's, passes)."""
     steps = {module.num_steps for module in model.modules() if isinstance(module, SpikingClassifier)}
-    if steps - {spec.num_steps}:
-        raise ValueError(f"the builder of neuron model {name!r} made a SpikingClassifier of num_steps="
-                         f"{min(steps - {spec.num_steps})} where the spec asks for {spec.num_steps}: build it with "
-                         "spec.num_steps (spiking_mlp(spec, neuron) does)")
+    if steps and spec.num_steps not in steps:
+        raise ValueError(f"the builder of neuron model {name!r} made a SpikingClassifier of num_steps={min(steps)} "
+                         f"where the spec asks for {spec.num_steps}: build it with spec.num_steps "
+                         "(spiking_mlp(spec, neuron) does)")

@@ -56,7 +56,7 @@ def _stacked(outputs: Sequence[StepOutput], item: int, readout: str) -> Tensor:
     if not all(isinstance(step, Tensor) for step in steps):
         kinds = sorted({type(step).__name__ for step in steps if not isinstance(step, Tensor)})
         raise ValueError(f"{readout} reads a tensor (or a tuple of tensors) per time step, got {', '.join(kinds)}")
-    exact = next((step.dtype for step in steps if not step.is_floating_point()), None)
+    exact = next((step.dtype for step in steps if not (step.is_floating_point() or step.is_complex())), None)
     if exact is not None:  # (membrane's mean failed inside torch; counts gave integer logits, which cannot learn)
         raise ValueError(f"{readout} reads floating-point outputs, got {exact} at a time step: the last module must "
                          "return its spikes (or membrane) as floats, as a surrogate spike function does, for the "

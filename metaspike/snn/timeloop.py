@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metaspike.allocator import usable_memory
 from metaspike.caller import user_stacklevel
 from metaspike.checks import ModelError, is_whole
 from metaspike.compiled import uncompiled
@@ -233,23 +232,6 @@ def _warn_encoded_again(classifier: nn.Module, given: tuple[int, ...], logits: t
 
 
 #: Why spikes encoded beforehand fail or give logits of too many dimensions without ``input_shape``, and the fix.
-CHECKED_ENCODING_BYTES = 2**28
-"""Encoded batches from this size up (256 MiB) are checked against the memory this process may use first."""
-
-
-def _check_encoding_fits(x: Tensor, num_steps: int) -> None:
-    """``ValueError`` where ``num_steps`` copies of ``x``, what an encoder returns, exceed the memory this process may
-    use (torch's allocator error named no argument, and a size the system overcommits was killed later, unsaved)."""
-    needed = num_steps * x.numel() * x.element_size()
-    if needed < CHECKED_ENCODING_BYTES:
-        return
-    available = usable_memory()
-    if available is not None and needed > available:
-        raise ValueError(f"SpikingClassifier: num_steps={num_steps:,} encodes this batch of shape {tuple(x.shape)} "
-                         f"as about {needed / 2**30:,.1f} GiB of spikes, and this process may use "
-                         f"{available / 2**30:,.1f} GiB; give fewer time steps or a smaller batch")
-
-
 _ENCODED_AGAIN = ("an input with a dimension more than its samples, as spikes encoded beforehand ([num_steps, batch, "
                   "...]), is encoded again without input_shape; give input_shape=<one sample's shape> so that encoded "
                   "input is taken as it is")
@@ -346,7 +328,6 @@ class SpikingClassifier(nn.Module):
         """``x`` through the encoder, whose output must be ``[num_steps, B, ...]`` (an encoder of one's own that
         returned ``[B, ...]`` had its batch read as time steps, silently; what follows the batch is the encoder's to
         shape)."""
-        _check_encoding_fits(x, self.num_steps)
         steps = self.encoder(x, self.num_steps)
         if not isinstance(steps, Tensor) or steps.dim() < 2 or steps.shape[:2] != (self.num_steps, len(x)):
             got = tuple(steps.shape) if isinstance(steps, Tensor) else type(steps).__name__
