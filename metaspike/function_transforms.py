@@ -37,6 +37,17 @@ def in_function_transform() -> bool:
     return peek is not None and peek() is not None
 
 
+def values_unread() -> bool:
+    """Whether the tensors being computed on now have no values Python may branch on: inside a torch.func transform,
+    or while ``torch.export`` traces (fake tensors; a check that read a value failed the export deep inside torch).
+
+    Example:
+        >>> values_unread()
+        False
+    """
+    return in_function_transform() or torch.compiler.is_exporting()
+
+
 def apply(fast: type[torch.autograd.Function], transformable: type[torch.autograd.Function], *args: Any) -> Any:
     """``fast.apply(*args)``, or ``transformable.apply(*args)`` inside a torch.func transform.
 

@@ -197,7 +197,9 @@ def _trial_failure(model: nn.Module, x: Tensor, what: str, err: Exception) -> Va
         return ValueError(f"{what}: the model raised {type(err).__name__} in {place} on samples of shape "
                           f"{tuple(x.shape[1:])}: {first_line}")
     if known:
-        return ValueError(f"{what} samples of shape {tuple(x.shape[1:])} do not fit the model: {first_line}")
+        flatten = ("; nn.Linear takes flat inputs: put an nn.Flatten() before it"
+                   if x.dim() > 2 and first_line.startswith("mat1 and mat2 shapes cannot be multiplied") else "")
+        return ValueError(f"{what} samples of shape {tuple(x.shape[1:])} do not fit the model: {first_line}{flatten}")
     return None
 
 

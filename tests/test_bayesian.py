@@ -1258,3 +1258,22 @@ def test_sampled_forward_names_an_input_of_another_dtype(kind, training, dtype):
             sampled_forward(layer, torch.ones(shape, dtype=dtype), 2)
         with torch.autocast("cpu", dtype=torch.bfloat16):  # (under autocast anything goes, as for torch's layers)
             assert sampled_forward(layer, torch.ones(shape, dtype=dtype).float(), 2).shape[0] == 2
+
+
+@pytest.mark.parametrize("optimizer", [BiMU, MESU])
+def test_a_trainer_refuses_a_bayesian_optimizer_over_a_model_never_made_bayesian(optimizer):
+    """BiMU took a plain model's weights and biases as latent weights and trained them, silently (it takes tensors
+    made by hand, and a plain model's are unmarked); within a trainer the tensors are the model's, so it is refused."""
+    from metaspike.continual import ContinualTrainer, TrainerConfig, permuted
+    from metaspike.data import ArrayDataset
+
+    data = ArrayDataset.from_tensors(torch.rand(8, 4), torch.arange(8) % 2, "tiny")
+    model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.ReLU(), nn.Linear(4, 4, bias=False))  # (MESU: a pair)
+    trainer = ContinualTrainer(model, lambda m: optimizer(m.parameters()), TrainerConfig(epochs=1), progress=False)
+    name = optimizer.__name__
+    with pytest.raises(ValueError, match=f"^make_optimizer: {name} holds none of the model's Bayesian synapse tensors: "
+                                         f"make the synapses Bayesian with metaspike.bayesianize\\(model, "
+                                         f"'{name.lower()}'\\) and pass"):
+        trainer.fit(permuted(data, data, n_tasks=1))
+    hand_made = [torch.zeros(3, requires_grad=True), torch.ones(3, requires_grad=True)]
+    assert optimizer(hand_made).param_groups[0]["params"] == hand_made  # (by itself it takes tensors made by hand)

@@ -37,13 +37,22 @@ def _bayesian(kind: str) -> nn.Module:
     return metaspike.bayesianize(nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 4)), kind)
 
 
+def _spiking() -> nn.Module:
+    """A binarized spiking classifier (its encoder's value checks read no values while torch.export traces)."""
+    from metaspike.snn import SelfRecurrentLIF, SpikingClassifier
+
+    network = nn.Sequential(nn.Linear(20, 32), SelfRecurrentLIF(32), nn.Linear(32, 4), SelfRecurrentLIF(4, output=True))
+    return SpikingClassifier(metaspike.binarize(network), num_steps=3, encoder="direct", readout="membrane")
+
+
 @pytest.mark.parametrize("build, shape", [
     (_mlp, (8, 20)),
     (_convnet, (8, 1, 8, 8)),
     (_binarized_torch, (8, 1, 8, 8)),
     (lambda: _bayesian("bimu"), (8, 20)),
     (lambda: _bayesian("mesu"), (8, 20)),
-], ids=["bnn.MLP", "bnn.ConvNet", "binarize", "bimu", "mesu"])
+    (_spiking, (8, 20)),
+], ids=["bnn.MLP", "bnn.ConvNet", "binarize", "bimu", "mesu", "spiking"])
 def test_an_exported_model_gives_its_evaluation_outputs_bit_for_bit(build, shape):
     """At the exported batch size, and at any other where the batch dimension is exported as dynamic."""
     torch.manual_seed(0)

@@ -124,6 +124,12 @@ def test_samples_that_do_not_fit_the_first_layer_are_still_the_datas_fault():
     with pytest.raises(ValueError, match=r"^input samples of shape \(7,\) do not fit the model: mat1 and mat2 shapes "
                                          r"cannot be multiplied"):
         check_inputs(nn.Sequential(nn.Linear(6, 4), _Buggy(3)), x)
+    images = torch.rand(5, 1, 2, 3)  # (metaspike's datasets give [N, 1, 28, 28]: a README example lacked the Flatten)
+    with pytest.raises(ValueError, match=r"^input samples of shape \(1, 2, 3\) do not fit the model: mat1 and mat2 "
+                                         r"shapes cannot be multiplied \(6x3 and 6x4\); nn.Linear takes flat inputs: "
+                                         r"put an nn.Flatten\(\) before it$"):
+        check_inputs(nn.Sequential(nn.Linear(6, 4), _Buggy(3)), images)
+    assert check_inputs(nn.Sequential(nn.Flatten(), nn.Linear(6, 4)), images) is None
     with pytest.raises(ValueError, match=r"^input is torch.float64 but the model's parameters are torch.float32; "
                                          r"convert the model \(model.to\(torch.float64\)\) or the data to one dtype$"):
         check_inputs(nn.Sequential(nn.Linear(6, 4), _Buggy(4)), x[:, :6].double())

@@ -23,6 +23,16 @@ from metaspike.app.runs import BUILT_BY_REPRODUCE, load_config
 from metaspike.data import load_dataset
 
 TINY = RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(32,), batch_size=50)
+#: fig3's pair of datasets at CPU scale, made small: what its tests check does not depend on the size.
+TINY_SEQUENCE = RunConfig(scenario="sequence", datasets=("mnist5k", "digits"), epochs=2, hidden=(32,))
+
+
+@pytest.fixture
+def tiny_fig3(monkeypatch):
+    """fig3 at CPU scale with 2 epochs a dataset and one hidden layer of 32 (10 epochs of 256-256 otherwise)."""
+    from metaspike.app.reproduce import experiments
+
+    monkeypatch.setattr(experiments, "CPU_SEQUENCE", TINY_SEQUENCE)
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -154,7 +164,7 @@ def test_paper_scale_without_data_names_the_files(name, capsys, tmp_path):
     assert list((tmp_path / "out").iterdir()) == []  # no empty results folder is left behind
 
 
-def test_a_stopped_reproduction_resumes_to_the_table_of_one_never_stopped(tmp_path, monkeypatch, capsys):
+def test_a_stopped_reproduction_resumes_to_the_table_of_one_never_stopped(tmp_path, monkeypatch, capsys, tiny_fig3):
     """Ctrl-C in fig3's third run: the hint names `reproduce --resume`; the resume reads back the two finished runs
     (not retrained), continues the rest, and writes the table an uninterrupted reproduction writes: every run's
     numbers come from what its folder recorded, trained in this pass or read back (they differed in the third
@@ -166,7 +176,7 @@ def test_a_stopped_reproduction_resumes_to_the_table_of_one_never_stopped(tmp_pa
 
     def stopped_in_third_run(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 41:  # (two datasets, 10 epochs each, per run: the third stops after its first epoch)
+        if calls["n"] > 9:  # (two datasets, 2 epochs each, per run: the third stops after its first epoch)
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
@@ -182,7 +192,7 @@ def test_a_stopped_reproduction_resumes_to_the_table_of_one_never_stopped(tmp_pa
     written = [path.stat().st_mtime_ns for path in finished]
     stopped = next(path.parent for path in root.glob("*/*/checkpoint.pt"))
     threads = torch.get_num_threads()
-    monkeypatch.undo()
+    monkeypatch.setattr(trainer_module, "train_epoch", real)
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads + 1)  # (as read back: the arithmetic stays the same)
     assert main(["reproduce", "--resume", str(root), "--quiet"]) == 0
     assert [path.stat().st_mtime_ns for path in finished] == written  # read back, not trained again
@@ -193,7 +203,7 @@ def test_a_stopped_reproduction_resumes_to_the_table_of_one_never_stopped(tmp_pa
     assert f"the runs of this table ran with different arithmetic: threads {threads} (" in err
     assert json.loads((root / "reproduction.json").read_text())["ran_with"]["threads"] == [threads, threads + 1]
     assert json.loads((root / "reproduction.json").read_text())["complete"] is True
-    monkeypatch.undo()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
 
     def table(folder):
         with open(folder / "table.csv") as f:
@@ -208,7 +218,8 @@ def test_a_stopped_reproduction_resumes_to_the_table_of_one_never_stopped(tmp_pa
     assert "remove --seeds" in capsys.readouterr().err
 
 
-def test_a_reproduction_resumed_keeps_a_stopped_run_that_lost_its_checkpoints(tmp_path, monkeypatch, capsys):
+def test_a_reproduction_resumed_keeps_a_stopped_run_that_lost_its_checkpoints(tmp_path, monkeypatch, capsys,
+                                                                              tiny_fig3):
     """A run of a reproduction stopped after several evaluated epochs, its checkpoint files gone: `reproduce --resume`
     started it again and overwrote what it had recorded (`train --resume` refuses this)."""
     from metaspike.app.runs import CHECKPOINT, PREVIOUS_CHECKPOINT
@@ -218,13 +229,13 @@ def test_a_reproduction_resumed_keeps_a_stopped_run_that_lost_its_checkpoints(tm
 
     def stopped_in_first_run(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 5:
+        if calls["n"] > 3:  # (the first run stops in its second dataset's second epoch)
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
     monkeypatch.setattr(trainer_module, "train_epoch", stopped_in_first_run)
     assert main(["reproduce", "fig3", "--quiet", "--out", str(tmp_path)]) == 130
-    monkeypatch.undo()
+    monkeypatch.setattr(trainer_module, "train_epoch", real)
     stopped = next(path.parent for path in tmp_path.glob("*/*/*/checkpoint.pt"))
     for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
         (stopped / name).unlink(missing_ok=True)
@@ -236,7 +247,7 @@ def test_a_reproduction_resumed_keeps_a_stopped_run_that_lost_its_checkpoints(tm
     assert (stopped / "curves.csv").read_bytes() == curves
 
 
-def test_a_file_that_cannot_be_written_mid_reproduction_names_the_reproductions_resume(tmp_path):
+def test_a_file_that_cannot_be_written_mid_reproduction_names_the_reproductions_resume(tmp_path, tiny_fig3):
     """The file-size limit stops fig3's first checkpoint: the hint continues the reproduction, not its run."""
     import subprocess
     import sys
@@ -246,8 +257,10 @@ def test_a_file_that_cannot_be_written_mid_reproduction_names_the_reproductions_
     def limit_file_size():  # 40 KiB: the record and small files fit, a checkpoint does not
         resource.setrlimit(resource.RLIMIT_FSIZE, (40 * 1024, resource.RLIM_INFINITY))
 
-    done = subprocess.run([sys.executable, "-m", "metaspike", "reproduce", "fig3", "--quiet", "--out", str(tmp_path)],
-                          capture_output=True, text=True, preexec_fn=limit_file_size)
+    tiny = (f"from metaspike.app.config import RunConfig\nfrom metaspike.app.reproduce import experiments\n"
+            f"experiments.CPU_SEQUENCE = {TINY_SEQUENCE!r}\nfrom metaspike.app.cli import main\n"
+            f"raise SystemExit(main(['reproduce', 'fig3', '--quiet', '--out', {str(tmp_path)!r}]))")
+    done = subprocess.run([sys.executable, "-c", tiny], capture_output=True, text=True, preexec_fn=limit_file_size)
     root = tmp_path / "reproduce-fig3-cpu"
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().endswith(f"File too large; what was written so far is kept: once the file can be "

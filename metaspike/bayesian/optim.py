@@ -228,7 +228,9 @@ BAYESIAN_ADVICE = ("train them with their own optimizers, metaspike.BiMU(bimu_pa
 def check_synapse_optimizers(optimizer: Any) -> None:
     """Refuse an optimizer, or an optimizer of a :class:`metaspike.ChainedOptimizer`, other than MESU and BiMU that
     holds tensors of Bayesian synapses: it would train BiMU's ``λ`` or MESU's ``μ, σ`` as plain weights (they do not
-    learn so, and ``σ`` may turn negative), silently; what a trainer checks its optimizer with.
+    learn so, and ``σ`` may turn negative), silently; and a MESU or BiMU that holds none (a model never made Bayesian,
+    whose plain weights it would train): what a trainer checks its optimizer over a model's parameters with (MESU and
+    BiMU themselves take tensors made by hand).
 
     Example:
         >>> from metaspike.bayesian import bayesianize
@@ -239,10 +241,15 @@ def check_synapse_optimizers(optimizer: Any) -> None:
         ValueError: Adam holds the BiMU latent weight tensors of Bayesian synapses, which it would train as plain weights; train them with their own optimizers, metaspike.BiMU(bimu_parameters(model)) or metaspike.MESU(mesu_param_groups(model)), and the rest with metaspike.ChainedOptimizer
     """
     for part in getattr(optimizer, "optimizers", None) or [optimizer]:
-        if isinstance(part, _DataGatedOptimizer):
-            continue
         roles = sorted({role for group in part.param_groups for p in group["params"]
                         if (role := synapse_role(p)) is not None})
+        if isinstance(part, _DataGatedOptimizer):
+            if not roles:  # (on a model never made Bayesian it trained the plain weights and biases, silently)
+                name = type(part).__name__
+                raise ValueError(f"{name} holds none of the model's Bayesian synapse tensors: make the synapses "
+                                 f"Bayesian with metaspike.bayesianize(model, {name.lower()!r}) and pass "
+                                 f"{part.helper}(model)")
+            continue
         if roles:
             raise ValueError(f"{type(part).__name__} holds the {' and '.join(_ROLE_NAMES[r] for r in roles)} tensors "
                              f"of Bayesian synapses, which it would train as plain weights; {BAYESIAN_ADVICE}")

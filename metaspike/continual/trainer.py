@@ -33,7 +33,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from metaspike.bayesian.optim import check_synapse_optimizers
 from metaspike.bayesian.synapses import bayesian_modules
 from metaspike.caller import user_stacklevel
-from metaspike.chained import needs_closure
+from metaspike.chained import ChainedOptimizer, needs_closure
 from metaspike.checks import check_device, check_seed, is_whole, lacking_methods
 from metaspike.compiled import uncompiled
 from metaspike.continual.batchnorm import BATCHNORM_MODES, batchnorm_state, load_batchnorm_state
@@ -649,10 +649,12 @@ class ContinualTrainer:
             raise ValueError("make_scheduler must be a function that builds the scheduler from the optimizer (e.g. "
                              "lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, 5)), or None; got "
                              f"{type(make_scheduler).__name__}")
-        if not callable(make_optimizer):  # (an optimizer instance is not: torch's optimizers have no __call__)
+        if not callable(make_optimizer) or (isinstance(make_optimizer, type) and issubclass(make_optimizer, Optimizer)):
+            got = (f"the class {make_optimizer.__name__}, which would take the model for its parameters"
+                   if isinstance(make_optimizer, type) else type(make_optimizer).__name__)  # (an instance: no __call__)
             raise ValueError("make_optimizer must be a function that builds the optimizer from the model (e.g. "
-                             "lambda m: torch.optim.SGD(m.parameters(), lr=0.01)), called once or once per task; got "
-                             f"{type(make_optimizer).__name__}")
+                             f"lambda m: torch.optim.SGD(m.parameters(), lr=0.01)), called once or once per task; got "
+                             f"{got}")
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(config, TrainerConfig):
@@ -706,7 +708,15 @@ class ContinualTrainer:
         """``make_scheduler(optimizer)``, checked; ``None`` without ``make_scheduler``."""
         if self.make_scheduler is None:
             return None
-        return check_scheduler(self.make_scheduler(optimizer), optimizer)
+        try:
+            scheduler = self.make_scheduler(optimizer)
+        except TypeError as err:
+            if isinstance(optimizer, ChainedOptimizer) and "is not an Optimizer" in str(err):  # (torch's words)
+                raise ValueError("make_scheduler got a ChainedOptimizer, which torch's schedulers do not take: "
+                                 "schedule one of its optimizers, e.g. lambda chained: torch.optim.lr_scheduler."
+                                 "StepLR(chained.optimizers[0], 5)") from None
+            raise
+        return check_scheduler(scheduler, optimizer)
 
     def _per_task_batchnorm(self, scenario: Scenario) -> bool:
         """Whether each task is evaluated with its own BatchNorm state: asked for, and allowed by the scenario."""

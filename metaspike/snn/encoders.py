@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from metaspike.allocator import usable_memory
 from metaspike.checks import is_whole, unknown_name
 from metaspike.distributed import current_batch_slice
-from metaspike.function_transforms import in_function_transform
+from metaspike.function_transforms import values_unread
 
 __all__ = ["RateEncoder", "LatencyEncoder", "DirectEncoder", "available_encoders", "get_encoder", "check_num_steps"]
 
@@ -37,7 +37,7 @@ def _check_unit_interval(x: Tensor, encoder: str) -> None:
     if not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor of intensities in [0, 1] for the {encoder} encoder, got "
                          f"{x.dtype} (scale pixels: x.float() / 255)")
-    if not x.numel() or in_function_transform():  # (a transform cannot branch on values)
+    if not x.numel() or values_unread():  # (a transform, an export cannot branch on values)
         return
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"x holds NaN or infinite values; the {encoder} encoder takes intensities in [0, 1]")
@@ -123,7 +123,7 @@ class DirectEncoder(nn.Module):
         check_num_steps(num_steps)
         if not x.is_floating_point():
             raise ValueError(f"x must be a floating-point tensor for the direct encoder, got {x.dtype}")
-        if x.numel() and not in_function_transform() and not bool(torch.isfinite(x).all()):
+        if x.numel() and not values_unread() and not bool(torch.isfinite(x).all()):
             raise ValueError("x holds NaN or infinite values; the direct encoder feeds them as currents")
         return x.unsqueeze(0).expand(num_steps, *x.shape)
 

@@ -329,7 +329,7 @@ class SpikingClassifier(nn.Module):
         returned ``[B, ...]`` had its batch read as time steps, silently; what follows the batch is the encoder's to
         shape)."""
         steps = self.encoder(x, self.num_steps)
-        if not isinstance(steps, Tensor) or steps.dim() < 2 or steps.shape[:2] != (self.num_steps, len(x)):
+        if not isinstance(steps, Tensor) or steps.dim() < 2 or steps.shape[:2] != (self.num_steps, x.shape[0]):
             got = tuple(steps.shape) if isinstance(steps, Tensor) else type(steps).__name__
             raise ValueError(f"encoder {type(self.encoder).__name__} must return "
                              f"[num_steps={self.num_steps}, batch={len(x)}, ...] for input of shape {tuple(x.shape)}, "
@@ -338,7 +338,8 @@ class SpikingClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # torch.compile(model): its tracer broke inside the time loop's try block; the network itself compiles
-        if torch.compiler.is_compiling() and not getattr(self, "_warned_compiled", False):
+        if (torch.compiler.is_compiling() and not torch.compiler.is_exporting()  # (export traces the whole loop)
+                and not getattr(self, "_warned_compiled", False)):
             self._warn_compiled()
         return self._time_loop(x)
 
