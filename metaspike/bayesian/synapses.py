@@ -795,8 +795,8 @@ def start_confident(layer: nn.Module, magnitude: float = 1.0) -> nn.Module:
     synapse = _parametrization(layer)
     if not isinstance(synapse, BinaryWeight):
         found = "no Bayesian synapse" if synapse is None else f"a {synapse.kind!r} synapse"
-        inside = next((name for name, m in layer.named_modules() if name and isinstance(_parametrization(m),
-                                                                                       BinaryWeight)), None)
+        inside = next((name for name, module in layer.named_modules()
+                       if name and isinstance(_parametrization(module), BinaryWeight)), None)
         hint = f" of its own; it takes one layer, such as its submodule {inside!r}" if inside is not None else ""
         raise ValueError(f"start_confident needs a layer with a BiMU synapse (bayesianize(model, 'bimu')); "
                          f"{type(layer).__name__} has {found}{hint}")
