@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import sysconfig
 import warnings
 from collections.abc import Iterable, Sequence
@@ -197,10 +198,17 @@ def _trial_failure(model: nn.Module, x: Tensor, what: str, err: Exception) -> Va
         return ValueError(f"{what}: the model raised {type(err).__name__} in {place} on samples of shape "
                           f"{tuple(x.shape[1:])}: {first_line}")
     if known:
-        flatten = ("; nn.Linear takes flat inputs: put an nn.Flatten() before it"
-                   if x.dim() > 2 and first_line.startswith("mat1 and mat2 shapes cannot be multiplied") else "")
+        flatten = "; nn.Linear takes flat inputs: put an nn.Flatten() before it" if _unflattened(x, first_line) else ""
         return ValueError(f"{what} samples of shape {tuple(x.shape[1:])} do not fit the model: {first_line}{flatten}")
     return None
+
+
+def _unflattened(x: Tensor, error: str) -> bool:
+    """Whether torch's ``error`` is a product that got samples ``x`` of several dimensions as they are: its first
+    operand has as many columns as a sample's last dimension (flattened samples have them all, and a model that
+    flattens, then has a layer of the wrong width, needs no Flatten)."""
+    product = re.match(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and", error)
+    return x.dim() > 2 and product is not None and int(product.group(2)) == x.shape[-1] != x[0].numel()
 
 
 def _dtype_mismatch(model: nn.Module, x: Tensor, what: str) -> ValueError | None:

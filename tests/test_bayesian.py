@@ -1271,9 +1271,20 @@ def test_a_trainer_refuses_a_bayesian_optimizer_over_a_model_never_made_bayesian
     model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.ReLU(), nn.Linear(4, 4, bias=False))  # (MESU: a pair)
     trainer = ContinualTrainer(model, lambda m: optimizer(m.parameters()), TrainerConfig(epochs=1), progress=False)
     name = optimizer.__name__
-    with pytest.raises(ValueError, match=f"^make_optimizer: {name} holds none of the model's Bayesian synapse tensors: "
-                                         f"make the synapses Bayesian with metaspike.bayesianize\\(model, "
-                                         f"'{name.lower()}'\\) and pass"):
+    with pytest.raises(ValueError, match=f"^make_optimizer: {name} holds no Bayesian synapse tensors but the plain "
+                                         f"parameters of the model's layer '0' \\(Linear\\): make the synapses "
+                                         f"Bayesian with metaspike.bayesianize\\(model, '{name.lower()}'\\) and pass"):
         trainer.fit(permuted(data, data, n_tasks=1))
-    hand_made = [torch.zeros(3, requires_grad=True), torch.ones(3, requires_grad=True)]
-    assert optimizer(hand_made).param_groups[0]["params"] == hand_made  # (by itself it takes tensors made by hand)
+
+    class HandMade(nn.Module):  # (tensors of one's own module, made by hand: taken, as MESU and BiMU take them)
+        def __init__(self):
+            super().__init__()
+            self.first, self.second = nn.Parameter(torch.full((2, 4), 0.1)), nn.Parameter(torch.full((2, 4), 0.1))
+
+        def forward(self, x):
+            return x @ (self.first + self.second).T
+
+    own = HandMade()
+    ContinualTrainer(own, lambda m: optimizer([m.first, m.second]), TrainerConfig(epochs=1),
+                     progress=False).fit(permuted(data, data, n_tasks=1))
+    assert not torch.equal(own.first.detach(), torch.full((2, 4), 0.1))  # (trained)

@@ -10,7 +10,7 @@ from conftest import KeepCheckpoints
 from metaspike.app.cli import main
 from metaspike.app.config import RunConfig
 from metaspike.app.runs import build_run_model, build_trainer, config_from_record, make_run_scenario, run
-from metaspike.continual.baselines import EWCOnline, SynapticIntelligence
+from metaspike.continual.baselines import EWC, EWCOnline, RandomConsolidation, SynapticIntelligence
 
 TINY = dict(datasets=("digits",), tasks=2, epochs=2, hidden=(32,), meta=(0.0,))
 
@@ -73,6 +73,9 @@ def test_a_run_with_baseline_equals_the_trainer_given_the_plugin_by_hand(tmp_pat
             build_trainer(config, build_run_model(config, scenario), plugins=iter([mine]))
     given = build_trainer(plain, build_run_model(plain, scenario), plugins=(p for p in [EWCOnline(lam=1.0)]))
     assert [type(p) for p in given.plugins] == [EWCOnline]  # (a generator is read once, and kept)
+    for baseline, mine in (("ewc", RandomConsolidation(lam=1.0)), ("random", EWC(lam=1.0))):  # (other methods)
+        other = RunConfig(**TINY, baseline=baseline)
+        assert len(build_trainer(other, build_run_model(other, scenario), plugins=[mine]).plugins) == 2
 
 
 def test_a_run_with_baseline_resumes_mid_task_to_the_numbers_of_one_never_stopped(one_thread):

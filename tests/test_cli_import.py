@@ -235,8 +235,8 @@ def test_a_neuron_builder_that_fixes_its_own_number_of_time_steps_is_named(monke
     fixed = NetSpec(hidden=(4,), num_steps=3)
     register_neuron("three-steps", lambda spec: spiking_mlp(fixed, lambda n, out: SelfRecurrentLIF(n, output=out)))
     assert build_neuron_model("three-steps", NetSpec(hidden=(4,), num_steps=3)).num_steps == 3
-    with pytest.raises(ValueError, match=r"neuron model 'three-steps' made a SpikingClassifier of num_steps=3 where "
-                                         r"the spec asks for 5: build it with spec.num_steps"):
+    with pytest.raises(ValueError, match=r"neuron model 'three-steps' made SpikingClassifiers of num_steps 3 where "
+                                         r"the spec asks for 5: build one with spec.num_steps"):
         build_neuron_model("three-steps", NetSpec(hidden=(4,), num_steps=5))
 
     def two_time_scales(spec):  # (an ensemble whose members run the spec's steps and twice as many: taken)

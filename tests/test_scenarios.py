@@ -154,7 +154,7 @@ def test_scenario_arguments_that_do_not_fit_together_are_one_line():
     assert [t.classes for t in split(train, test, groups=np.array([[0, 1], [2, 3]])).tasks] == [(0, 1), (2, 3)]
     for groups in (torch.tensor([[0, 1], [2, 3]]), [torch.tensor([0, 1]), torch.tensor([2, 3])]):  # (as numpy's)
         assert [t.classes for t in split(train, test, groups=groups).tasks] == [(0, 1), (2, 3)]
-    for bad in (2.0, "01", [0, 1], True):
+    for bad in (2.0, "01", [0, 1], True, [torch.tensor(0), torch.tensor(1)]):
         with pytest.raises(ValueError, match="class groups must be a number of groups or a list of lists of classes"):
             split(train, test, groups=bad)
 

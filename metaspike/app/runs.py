@@ -203,13 +203,21 @@ def build_trainer(
         20
     """
     plugins, baseline = list(plugins), config.baseline_plugins()
-    twice = next((p for p in plugins for b in baseline if isinstance(p, type(b))), None)
+    twice = next(((p, b) for p in plugins for b in baseline if _same_baseline(p, b)), None)
     if twice is not None:  # (its penalty was added twice, silently)
-        raise ValueError(f"the config's baseline {config.baseline!r} adds a plugin of type {type(baseline[0]).__name__}"
-                         f", and plugins holds one already ({type(twice).__name__}); leave the config's baseline out, "
+        mine, added = twice
+        raise ValueError(f"the config's baseline {config.baseline!r} adds a plugin of type {type(added).__name__}, "
+                         f"and plugins holds one already ({type(mine).__name__}); leave the config's baseline out, "
                          "or leave yours out")
     return ContinualTrainer(model, config.make_optimizer, config.trainer_config(), progress=progress,
                             plugins=[*plugins, *baseline])
+
+
+def _same_baseline(plugin: Plugin, added: Plugin) -> bool:
+    """Whether ``plugin`` is the baseline method of the plugin ``added``: of its type, or of a subclass of one's own
+    (the library's own subclasses are other methods: its random control subclasses EWC)."""
+    kind = type(added)
+    return type(plugin) is kind or (isinstance(plugin, kind) and type(plugin).__module__ != kind.__module__)
 
 
 def _trainer(config: RunConfig, scenario: Scenario, progress: bool) -> ContinualTrainer:

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from metaspike.bayesian.functional import (
@@ -225,12 +225,12 @@ BAYESIAN_ADVICE = ("train them with their own optimizers, metaspike.BiMU(bimu_pa
                    "metaspike.MESU(mesu_param_groups(model)), and the rest with metaspike.ChainedOptimizer")
 
 
-def check_synapse_optimizers(optimizer: Any) -> None:
+def check_synapse_optimizers(optimizer: Any, model: nn.Module | None = None) -> None:
     """Refuse an optimizer, or an optimizer of a :class:`metaspike.ChainedOptimizer`, other than MESU and BiMU that
     holds tensors of Bayesian synapses: it would train BiMU's ``λ`` or MESU's ``μ, σ`` as plain weights (they do not
-    learn so, and ``σ`` may turn negative), silently; and a MESU or BiMU that holds none (a model never made Bayesian,
-    whose plain weights it would train): what a trainer checks its optimizer over a model's parameters with (MESU and
-    BiMU themselves take tensors made by hand).
+    learn so, and ``σ`` may turn negative), silently; and, given the ``model`` it trains, a MESU or BiMU that holds
+    none but a torch layer's own weight or bias (a model never made Bayesian, whose plain weights it would train;
+    tensors of one's own module, made by hand, are taken as given). What a trainer checks its optimizer with.
 
     Example:
         >>> from metaspike.bayesian import bayesianize
@@ -244,15 +244,27 @@ def check_synapse_optimizers(optimizer: Any) -> None:
         roles = sorted({role for group in part.param_groups for p in group["params"]
                         if (role := synapse_role(p)) is not None})
         if isinstance(part, _DataGatedOptimizer):
-            if not roles:  # (on a model never made Bayesian it trained the plain weights and biases, silently)
+            layer = None if roles or model is None else _plain_layer_trained(part, model)
+            if layer is not None:  # (on a model never made Bayesian it trained the plain weights and biases, silently)
                 name = type(part).__name__
-                raise ValueError(f"{name} holds none of the model's Bayesian synapse tensors: make the synapses "
-                                 f"Bayesian with metaspike.bayesianize(model, {name.lower()!r}) and pass "
-                                 f"{part.helper}(model)")
+                raise ValueError(f"{name} holds no Bayesian synapse tensors but the plain parameters of the model's "
+                                 f"layer {layer}: make the synapses Bayesian with metaspike.bayesianize(model, "
+                                 f"{name.lower()!r}) and pass {part.helper}(model)")
             continue
         if roles:
             raise ValueError(f"{type(part).__name__} holds the {' and '.join(_ROLE_NAMES[r] for r in roles)} tensors "
                              f"of Bayesian synapses, which it would train as plain weights; {BAYESIAN_ADVICE}")
+
+
+def _plain_layer_trained(optimizer: Optimizer, model: nn.Module) -> str | None:
+    """The name and class of the first of ``model``'s torch layers (``torch.nn``'s own classes: Linear, Conv2d, ...)
+    whose weight or bias ``optimizer`` holds, e.g. ``'1' (Linear)``; ``None`` where it holds none."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for name, module in model.named_modules():
+        if type(module).__module__.startswith("torch.nn.") and any(
+                id(p) in held for p in module.parameters(recurse=False)):
+            return f"{name!r} ({type(module).__name__})"
+    return None
 
 
 class _DataGatedOptimizer(HookedAgainWhenCopied, Optimizer):

@@ -536,8 +536,8 @@ def split(
     if isinstance(groups, (np.ndarray, torch.Tensor)):
         groups = groups.tolist()
     if not (isinstance(groups, (int, np.integer)) and not isinstance(groups, bool)) and not (
-            isinstance(groups, (list, tuple))
-            and all(isinstance(g, (list, tuple, range, np.ndarray, torch.Tensor)) for g in groups)):
+            isinstance(groups, (list, tuple)) and all(isinstance(g, (list, tuple, range)) or (
+                isinstance(g, (np.ndarray, torch.Tensor)) and g.ndim == 1) for g in groups)):
         raise ValueError(f"class groups must be a number of groups or a list of lists of classes, got {groups!r}")
     if isinstance(groups, (list, tuple)):
         groups = [g.tolist() if isinstance(g, (np.ndarray, torch.Tensor)) else g for g in groups]

@@ -600,6 +600,10 @@ def _claim_plugins(plugins: Sequence[Plugin], model: nn.Module) -> None:
             pass
 
 
+_MAKE_OPTIMIZER = ("make_optimizer must be a function that builds the optimizer from the model (e.g. lambda m: "
+                   "torch.optim.SGD(m.parameters(), lr=0.01)), called once or once per task")
+
+
 class ContinualTrainer:
     """Train ``model`` on each task of a scenario in turn and measure every task after every epoch.
 
@@ -649,12 +653,8 @@ class ContinualTrainer:
             raise ValueError("make_scheduler must be a function that builds the scheduler from the optimizer (e.g. "
                              "lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, 5)), or None; got "
                              f"{type(make_scheduler).__name__}")
-        if not callable(make_optimizer) or (isinstance(make_optimizer, type) and issubclass(make_optimizer, Optimizer)):
-            got = (f"the class {make_optimizer.__name__}, which would take the model for its parameters"
-                   if isinstance(make_optimizer, type) else type(make_optimizer).__name__)  # (an instance: no __call__)
-            raise ValueError("make_optimizer must be a function that builds the optimizer from the model (e.g. "
-                             f"lambda m: torch.optim.SGD(m.parameters(), lr=0.01)), called once or once per task; got "
-                             f"{got}")
+        if not callable(make_optimizer):  # (an optimizer instance is not: torch's optimizers have no __call__)
+            raise ValueError(f"{_MAKE_OPTIMIZER}; got {type(make_optimizer).__name__}")
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(config, TrainerConfig):
@@ -682,7 +682,13 @@ class ContinualTrainer:
     def _new_optimizer(self) -> Optimizer:
         """``make_optimizer(model)``, checked: an optimizer that trains some of the model's parameters and nothing else
         (an optimizer over another module's parameters would leave the model untrained, silently)."""
-        optimizer = self.make_optimizer(self.model)
+        try:
+            optimizer = self.make_optimizer(self.model)
+        except TypeError as err:  # (torch.optim.SGD given as make_optimizer took the model for its parameters)
+            if isinstance(self.make_optimizer, type) and "optimizer can only optimize Tensors" in str(err):
+                raise ValueError(f"{_MAKE_OPTIMIZER}; got the class {self.make_optimizer.__name__}, which took the "
+                                 "model for its parameters") from None
+            raise
         if not all(callable(getattr(optimizer, name, None)) for name in ("step", "zero_grad", "state_dict")) or \
                 not isinstance(getattr(optimizer, "param_groups", None), list):
             raise ValueError("make_optimizer must return an optimizer (a torch.optim.Optimizer or one with its "
@@ -699,7 +705,7 @@ class ContinualTrainer:
                              + (f"{foreign} of its {len(given)} parameters are not the model's" if given
                                 else "it has no parameters"))
         try:
-            check_synapse_optimizers(optimizer)
+            check_synapse_optimizers(optimizer, self.model)
         except ValueError as err:
             raise ValueError(f"make_optimizer: {err}") from None
         return optimizer
@@ -711,7 +717,7 @@ class ContinualTrainer:
         try:
             scheduler = self.make_scheduler(optimizer)
         except TypeError as err:
-            if isinstance(optimizer, ChainedOptimizer) and "is not an Optimizer" in str(err):  # (torch's words)
+            if isinstance(optimizer, ChainedOptimizer) and "ChainedOptimizer is not an Optimizer" in str(err):
                 raise ValueError("make_scheduler got a ChainedOptimizer, which torch's schedulers do not take: "
                                  "schedule one of its optimizers, e.g. lambda chained: torch.optim.lr_scheduler."
                                  "StepLR(chained.optimizers[0], 5)") from None

@@ -346,6 +346,7 @@ def _check_steps_taken(name: str, model: nn.Module, spec: NetSpec) -> None:
     an ensemble over several time scales, one of them the spec's, passes)."""
     steps = {module.num_steps for module in model.modules() if isinstance(module, SpikingClassifier)}
     if steps and spec.num_steps not in steps:
-        raise ValueError(f"the builder of neuron model {name!r} made a SpikingClassifier of num_steps={min(steps)} "
-                         f"where the spec asks for {spec.num_steps}: build it with spec.num_steps "
+        made = ", ".join(map(str, sorted(steps)))
+        raise ValueError(f"the builder of neuron model {name!r} made SpikingClassifiers of num_steps {made} where "
+                         f"the spec asks for {spec.num_steps}: build one with spec.num_steps "
                          "(spiking_mlp(spec, neuron) does)")
