@@ -132,6 +132,8 @@ def test_samples_that_do_not_fit_the_first_layer_are_still_the_datas_fault():
     assert check_inputs(nn.Sequential(nn.Flatten(), nn.Linear(6, 4)), images) is None
     with pytest.raises(ValueError, match=r"cannot be multiplied \(3x6 and 5x4\)$"):  # (flattened, of the wrong width)
         check_inputs(nn.Sequential(nn.Flatten(), nn.Linear(5, 4), _Buggy(3)), images)
+    with pytest.raises(ValueError, match=r"cannot be multiplied \(6x3 and 6x4\)$"):  # (a sequence: step by step)
+        check_inputs(nn.Sequential(nn.Linear(6, 4), _Buggy(3)), torch.rand(5, 2, 3))
     with pytest.raises(ValueError, match=r"^input is torch.float64 but the model's parameters are torch.float32; "
                                          r"convert the model \(model.to\(torch.float64\)\) or the data to one dtype$"):
         check_inputs(nn.Sequential(nn.Linear(6, 4), _Buggy(4)), x[:, :6].double())
