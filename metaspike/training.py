@@ -204,12 +204,12 @@ def _trial_failure(model: nn.Module, x: Tensor, what: str, err: Exception) -> Va
 
 
 def _unflattened(x: Tensor, error: str) -> bool:
-    """Whether torch's ``error`` is a product that got image samples ``x`` (``[N, C, H, W]``, as datasets hold them)
-    as they are: its first operand has as many columns as an image's width (flattened images have them all, and a
-    model that flattens, then has a layer of the wrong width, needs no Flatten; a sequence ``[N, T, F]`` goes through
+    """Whether torch's ``error`` is a product that got image samples ``x`` (``[N, C, H, W]``, as datasets hold them),
+    or a convolution's maps of them, unflattened: its first operand has more rows than the samples probed (a model
+    that flattens, then has a layer of the wrong width, needs no Flatten; a sequence ``[N, T, F]`` goes through
     nn.Linear step by step, so its wrong width is no missing Flatten)."""
     product = re.match(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and", error)
-    return x.dim() == 4 and product is not None and int(product.group(2)) == x.shape[-1] != x[0].numel()
+    return x.dim() == 4 and product is not None and int(product.group(1)) > min(len(x), _PROBED)
 
 
 def _dtype_mismatch(model: nn.Module, x: Tensor, what: str) -> ValueError | None:

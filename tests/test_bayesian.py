@@ -1267,12 +1267,15 @@ def test_a_trainer_refuses_a_bayesian_optimizer_over_a_model_never_made_bayesian
     from metaspike.continual import ContinualTrainer, TrainerConfig, permuted
     from metaspike.data import ArrayDataset
 
+    class OwnLinear(nn.Linear):  # (a subclass of one's own of a torch layer is a torch layer)
+        pass
+
     data = ArrayDataset.from_tensors(torch.rand(8, 4), torch.arange(8) % 2, "tiny")
-    model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.ReLU(), nn.Linear(4, 4, bias=False))  # (MESU: a pair)
+    model = nn.Sequential(OwnLinear(4, 4, bias=False), nn.ReLU(), nn.Linear(4, 4, bias=False))  # (MESU: a pair)
     trainer = ContinualTrainer(model, lambda m: optimizer(m.parameters()), TrainerConfig(epochs=1), progress=False)
     name = optimizer.__name__
     with pytest.raises(ValueError, match=f"^make_optimizer: {name} holds no Bayesian synapse tensors but the plain "
-                                         f"parameters of the model's layer '0' \\(Linear\\): make the synapses "
+                                         f"parameters of the model's layer '0' \\(OwnLinear\\): make the synapses "
                                          f"Bayesian with metaspike.bayesianize\\(model, '{name.lower()}'\\) and pass"):
         trainer.fit(permuted(data, data, n_tasks=1))
 

@@ -134,6 +134,8 @@ def test_samples_that_do_not_fit_the_first_layer_are_still_the_datas_fault():
         check_inputs(nn.Sequential(nn.Flatten(), nn.Linear(5, 4), _Buggy(3)), images)
     with pytest.raises(ValueError, match=r"cannot be multiplied \(6x3 and 6x4\)$"):  # (a sequence: step by step)
         check_inputs(nn.Sequential(nn.Linear(6, 4), _Buggy(3)), torch.rand(5, 2, 3))
+    with pytest.raises(ValueError, match=r"\(12x3 and 4x4\); nn.Linear takes flat inputs"):  # (a convolution's maps)
+        check_inputs(nn.Sequential(nn.Conv2d(1, 2, 1), nn.Linear(4, 4), _Buggy(3)), images)
     with pytest.raises(ValueError, match=r"^input is torch.float64 but the model's parameters are torch.float32; "
                                          r"convert the model \(model.to\(torch.float64\)\) or the data to one dtype$"):
         check_inputs(nn.Sequential(nn.Linear(6, 4), _Buggy(4)), x[:, :6].double())

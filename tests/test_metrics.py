@@ -54,16 +54,6 @@ def test_rectangular_matrix_gives_acc_only():
     assert values["ACC"] == pytest.approx(60.0) and math.isnan(values["BWT"])
 
 
-def test_more_rows_than_tasks_are_refused_where_columns_are_the_tasks_trained():
-    """The untrained accuracies put in as a first row gave a plausible ACC and NaN for the rest, without a word."""
-    untrained, trained = [10, 11, 9], [[80, 12, 9], [60, 85, 14], [40, 65, 95]]
-    with pytest.raises(ValueError, match=r"^accuracy matrix has 4 rows \(tasks trained\) but 3 columns .* a row of "
-                                         r"untrained accuracies goes in baseline"):
-        summarize([untrained, *trained], untrained)
-    assert summarize([untrained, *trained], aligned=False)["ACC"] == pytest.approx(200 / 3)  # (other tasks: taken)
-    assert summarize(trained, untrained)["FWT"] == pytest.approx((12 - 11 + 14 - 9) / 2)  # (R[j-1][j] - b[j])
-
-
 def test_bad_shapes_are_rejected():
     with pytest.raises(ValueError, match="square"):
         backward_transfer([[1.0, 2.0]])

@@ -134,11 +134,16 @@ def test_a_scheduler_of_one_optimizer_of_a_chain_is_taken():
                                progress=False, make_scheduler=lambda chain: _step_lr(chain.optimizers[0]))
     trainer.fit(_scenario())
     assert [[o.param_groups[0]["lr"] for o in chain.optimizers] for chain in chains] == [[0.1, 0.1], [0.1, 0.1]]
-    whole_chain = ContinualTrainer(torch.nn.Linear(16, 4), make_optimizer, TrainerConfig(epochs=2, batch_size=50),
-                                   progress=False, make_scheduler=_step_lr)  # (torch's TypeError, from inside it)
-    with pytest.raises(ValueError, match=r"^make_scheduler got a ChainedOptimizer, which torch's schedulers do not "
-                                         r"take: schedule one of its optimizers, e.g. lambda chained: "):
-        whole_chain.fit(_scenario())
+    class OwnChain(ChainedOptimizer):  # (torch names the subclass)
+        pass
+
+    for chain in (ChainedOptimizer, OwnChain):
+        whole_chain = ContinualTrainer(torch.nn.Linear(16, 4), lambda m: chain(*make_optimizer(m).optimizers),
+                                       TrainerConfig(epochs=2, batch_size=50), progress=False,
+                                       make_scheduler=_step_lr)  # (torch's TypeError, from inside it)
+        with pytest.raises(ValueError, match=r"^make_scheduler got a ChainedOptimizer, which torch's schedulers do "
+                                             r"not take: schedule one of its optimizers, e.g. lambda chained: "):
+            whole_chain.fit(_scenario())
 
 
 def _lambda_lr(gamma):

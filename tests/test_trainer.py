@@ -238,9 +238,10 @@ def test_the_optimizer_argument_is_a_function_that_trains_the_models_own_paramet
     other = torch.nn.Linear(3, 3)
     with pytest.raises(ValueError, match=r"make_optimizer must be a function .* got SGD"):
         ContinualTrainer(MLP([784, 8, 10]), torch.optim.SGD(other.parameters(), lr=0.1))
-    with pytest.raises(ValueError, match=r"make_optimizer must be a function .* got the class SGD, which took the "
-                                         r"model for its parameters$"):  # (torch's "can only optimize Tensors")
-        ContinualTrainer(MLP([784, 8, 10]), torch.optim.SGD, progress=False).fit(scenario)
+    for model in (MLP([784, 8, 10]), nn.Sequential(MLP([784, 8, 10]))):  # (torch's TypeError, of two kinds)
+        with pytest.raises(ValueError, match=r"make_optimizer must be a function .* got the class SGD, which failed "
+                                             r"on the model \("):
+            ContinualTrainer(model, torch.optim.SGD, progress=False).fit(scenario)
 
     class FromModel(torch.optim.SGD):  # (a class that does take the model: a function that builds the optimizer)
         def __init__(self, model):

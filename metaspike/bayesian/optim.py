@@ -257,12 +257,14 @@ def check_synapse_optimizers(optimizer: Any, model: nn.Module | None = None) -> 
 
 
 def _plain_layer_trained(optimizer: Optimizer, model: nn.Module) -> str | None:
-    """The name and class of the first of ``model``'s torch layers (``torch.nn``'s own classes: Linear, Conv2d, ...)
-    whose weight or bias ``optimizer`` holds, e.g. ``'1' (Linear)``; ``None`` where it holds none."""
+    """The name and class of the first of ``model``'s torch layers (of ``torch.nn``'s layer classes, Linear, Conv2d,
+    ..., or a subclass of one) whose weight or bias ``optimizer`` holds, e.g. ``'1' (Linear)``; ``None`` where it holds
+    none."""
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     for name, module in model.named_modules():
-        if type(module).__module__.startswith("torch.nn.") and any(
-                id(p) in held for p in module.parameters(recurse=False)):
+        torch_layer = any(kind is not nn.Module and kind.__module__.startswith("torch.nn.modules.")
+                          for kind in type(module).__mro__)  # (a subclass of one's own of nn.Linear too)
+        if torch_layer and any(id(p) in held for p in module.parameters(recurse=False)):
             return f"{name!r} ({type(module).__name__})"
     return None
 

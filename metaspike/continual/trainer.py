@@ -684,10 +684,11 @@ class ContinualTrainer:
         (an optimizer over another module's parameters would leave the model untrained, silently)."""
         try:
             optimizer = self.make_optimizer(self.model)
-        except TypeError as err:  # (torch.optim.SGD given as make_optimizer took the model for its parameters)
-            if isinstance(self.make_optimizer, type) and "optimizer can only optimize Tensors" in str(err):
-                raise ValueError(f"{_MAKE_OPTIMIZER}; got the class {self.make_optimizer.__name__}, which took the "
-                                 "model for its parameters") from None
+        except (TypeError, ValueError) as err:  # (torch.optim.SGD given as make_optimizer took the model for params)
+            if isinstance(self.make_optimizer, type) and issubclass(self.make_optimizer, Optimizer):
+                said = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise ValueError(f"{_MAKE_OPTIMIZER}; got the class {self.make_optimizer.__name__}, which failed on "
+                                 f"the model ({said})") from None
             raise
         if not all(callable(getattr(optimizer, name, None)) for name in ("step", "zero_grad", "state_dict")) or \
                 not isinstance(getattr(optimizer, "param_groups", None), list):
@@ -717,7 +718,8 @@ class ContinualTrainer:
         try:
             scheduler = self.make_scheduler(optimizer)
         except TypeError as err:
-            if isinstance(optimizer, ChainedOptimizer) and "ChainedOptimizer is not an Optimizer" in str(err):
+            chained = isinstance(optimizer, ChainedOptimizer)
+            if chained and f"{type(optimizer).__name__} is not an Optimizer" in str(err):  # (torch's words)
                 raise ValueError("make_scheduler got a ChainedOptimizer, which torch's schedulers do not take: "
                                  "schedule one of its optimizers, e.g. lambda chained: torch.optim.lr_scheduler."
                                  "StepLR(chained.optimizers[0], 5)") from None

@@ -55,7 +55,7 @@ def _check_encoding_fits(x: Tensor, num_steps: int, encoder: str) -> None:
     """``ValueError`` where an encoder that writes ``num_steps`` copies of ``x`` (rate, latency: the direct encoder's
     are views) would exceed the memory this process may use (torch's allocator error named no argument, and a size
     the system overcommits was killed later, unsaved). Checked in main memory only."""
-    if values_unread():  # (export's batch is a symbol: a comparison on it narrowed the batch it exported for)
+    if torch.compiler.is_exporting():  # (the batch is a symbol: a comparison on it narrowed the batch exported for)
         return
     needed = num_steps * x.numel() * x.element_size()
     if needed < CHECKED_ENCODING_BYTES or x.device.type != "cpu":
