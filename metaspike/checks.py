@@ -21,8 +21,8 @@ from typing import Any
 __all__ = ["registered_name", "check_keys_kept", "listed", "is_number", "is_finite_number", "is_whole", "number_in",
            "finite_number", "FLOAT32_MAX", "FLOAT32_TINY",
            "MAX_SEED", "check_seed", "check_device", "state_dict_groups", "check_eps_holds", "ModelError",
-           "raised_at", "defined_at", "in_metaspike", "is_nan", "shown", "check_generator_state", "lacking_methods",
-           "unknown_name", "check_no_misspelled_setting"]
+           "raised_at", "defined_at", "in_metaspike", "is_nan", "first_line", "shown", "check_generator_state",
+           "lacking_methods", "unknown_name", "check_no_misspelled_setting"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -105,6 +105,16 @@ def is_nan(value: Any) -> bool:
 #: How :func:`shown` writes a value: a few items of each container, a few levels deep, each text cut short.
 _SHOWN = reprlib.Repr()
 _SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = 3, 60, 60, 60
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message, or its class's name where it has none: an error quoted in one line.
+
+    Example:
+        >>> first_line(RuntimeError("mat1 and mat2 shapes cannot be multiplied\\nmore")), first_line(KeyError())
+        ('mat1 and mat2 shapes cannot be multiplied', 'KeyError')
+    """
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def shown(value: Any) -> str:

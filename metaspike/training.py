@@ -29,6 +29,7 @@ from metaspike.checks import (
     TrainingDiverged,
     check_device,
     check_eps_holds,
+    first_line,
     is_number,
     is_whole,
     lacking_methods,
@@ -191,15 +192,14 @@ def _trial_failure(model: nn.Module, x: Tensor, what: str, err: Exception) -> Va
     mismatch = _dtype_mismatch(model, x, what)
     if known and mismatch is not None:
         return mismatch
-    lines = str(err).strip().splitlines()
-    first_line = lines[0] if lines else type(err).__name__
+    said = first_line(err)
     place = _raised_in_user_code(err)
     if place:
         return ValueError(f"{what}: the model raised {type(err).__name__} in {place} on samples of shape "
-                          f"{tuple(x.shape[1:])}: {first_line}")
+                          f"{tuple(x.shape[1:])}: {said}")
     if known:
-        flatten = "; nn.Linear takes flat inputs: put an nn.Flatten() before it" if _unflattened(x, first_line) else ""
-        return ValueError(f"{what} samples of shape {tuple(x.shape[1:])} do not fit the model: {first_line}{flatten}")
+        flatten = "; nn.Linear takes flat inputs: put an nn.Flatten() before it" if _unflattened(x, said) else ""
+        return ValueError(f"{what} samples of shape {tuple(x.shape[1:])} do not fit the model: {said}{flatten}")
     return None
 
 
@@ -208,7 +208,7 @@ def _unflattened(x: Tensor, error: str) -> bool:
     or a convolution's maps of them, unflattened: its first operand has more rows than the samples probed (a model
     that flattens, then has a layer of the wrong width, needs no Flatten; a sequence ``[N, T, F]`` goes through
     nn.Linear step by step, so its wrong width is no missing Flatten)."""
-    product = re.match(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and", error)
+    product = re.match(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x\d+ and", error)
     return x.dim() == 4 and product is not None and int(product.group(1)) > min(len(x), _PROBED)
 
 

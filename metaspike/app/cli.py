@@ -27,6 +27,7 @@ from metaspike.app.imports import FLAG, check_resumed_imports, import_flags, imp
 from metaspike.app.models import DEFAULT_LR, takes_setting
 from metaspike.app.reproduce import cli as reproduce_cli
 from metaspike.app.stops import caused_by_sigterm, forget_kept_stop, handling_stops, raise_kept_stop
+from metaspike.checks import first_line
 from metaspike.continual.metrics import LONG_STREAM_TASKS, LearnedNothingWarning
 from metaspike.continual.scenarios import SPLIT_MODES
 from metaspike.data import OFFLINE_DATASETS
@@ -49,7 +50,7 @@ def _lost_process(err: BaseException) -> str | None:
     message = str(err)
     if processes < 2 or not (isinstance(err, torch.distributed.DistError) or any(m in message for m in _LOST_PEER)):
         return None
-    first = message.strip().splitlines()[0] if message.strip() else type(err).__name__
+    first = first_line(err)
     first = first if len(first) <= 160 else first[:157] + "..."
     command = getattr(err, "continue_with", None)  # (set once the run's folder is known: runs.named_for_lost_processes)
     kept = (f"the run's folder keeps its last checkpoint: continue it as it ran, {command}" if command else

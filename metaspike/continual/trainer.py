@@ -34,7 +34,7 @@ from metaspike.bayesian.optim import check_synapse_optimizers
 from metaspike.bayesian.synapses import bayesian_modules
 from metaspike.caller import user_stacklevel
 from metaspike.chained import ChainedOptimizer, needs_closure
-from metaspike.checks import check_device, check_seed, is_whole, lacking_methods
+from metaspike.checks import check_device, check_seed, first_line, is_whole, lacking_methods
 from metaspike.compiled import uncompiled
 from metaspike.continual.batchnorm import BATCHNORM_MODES, batchnorm_state, load_batchnorm_state
 from metaspike.continual.checkpoints import (
@@ -686,9 +686,8 @@ class ContinualTrainer:
             optimizer = self.make_optimizer(self.model)
         except (TypeError, ValueError) as err:  # (torch.optim.SGD given as make_optimizer took the model for params)
             if isinstance(self.make_optimizer, type) and issubclass(self.make_optimizer, Optimizer):
-                said = (str(err).strip().splitlines() or [type(err).__name__])[0]
                 raise ValueError(f"{_MAKE_OPTIMIZER}; got the class {self.make_optimizer.__name__}, which failed on "
-                                 f"the model ({said})") from None
+                                 f"the model ({first_line(err)})") from None
             raise
         if not all(callable(getattr(optimizer, name, None)) for name in ("step", "zero_grad", "state_dict")) or \
                 not isinstance(getattr(optimizer, "param_groups", None), list):

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from metaspike.caller import user_stacklevel
-from metaspike.checks import ModelError, is_whole
+from metaspike.checks import ModelError, first_line, is_whole
 from metaspike.compiled import uncompiled
 from metaspike.function_transforms import values_unread
 from metaspike.snn.backends import reset_states, state_reset
@@ -374,9 +374,8 @@ class SpikingClassifier(nn.Module):
             if mixed is not None:
                 raise mixed from err
             if self.input_shape is None and x.dim() > 2 and _spikes_only(x):  # (a convolution given 5-D input)
-                first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
                 raise ValueError(f"SpikingClassifier: the network failed on a step of input {tuple(x.shape)} of 0s "
-                                 f"and 1s ({first_line}); if these are spikes: {_ENCODED_AGAIN}") from err
+                                 f"and 1s ({first_line(err)}); if these are spikes: {_ENCODED_AGAIN}") from err
             if self.input_shape is None and hasattr(err, "add_note"):  # (the network's own error, as it is, and a hint)
                 err.add_note(f"SpikingClassifier was given input of shape {tuple(x.shape)} and no input_shape; if that "
                              "shape is what failed, give input_shape=(one sample's shape) to have inputs checked "
