@@ -172,6 +172,37 @@ def test_bimu_step_matches_float64_formula(settings):
     _assert_within(new_lam, expected, scale)
 
 
+@pytest.mark.parametrize("eager", [False, True], ids=["as-called", "eager"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16_bit_synapses_step_in_float32_and_round_once_eagerly_as_compiled(dtype, eager, monkeypatch):
+    """With L = 16,000 a gradient of 5 makes L·g = 80,000, past float16's largest number (65,504): formed in float16,
+    as the eager loop once did, BiMU's step was inf/inf = NaN where the compiled loop (float32 inside) was finite.
+    Both compute in float32 now, each within RTOL of float64 (the bound of the float32 tests), and round once to the
+    16-bit type, which adds at most half its unit in the last place: eps/2 of the result."""
+    from metaspike.bayesian import functional
+
+    for update in (functional._compiled_bimu, functional._compiled_mesu):
+        monkeypatch.setattr(update, "broken", eager or update.broken)
+    half_ulp = torch.finfo(dtype).eps / 2
+    lam, grad = torch.tensor([0.1, -0.5, 2.0, -3.0, 0.0]), torch.tensor([5.0, 5.0, -5.0, 0.001, -2.0])
+    lam, grad = lam.to(dtype), grad.to(dtype)
+    settings = dict(lr=4.9, lr_max=1.0, likelihood_multiplier=16_000.0, kl_multiplier=3.76, N=2_500.0)
+    new_lam = bimu_step(lam, grad, **settings)
+    expected, scale = _bimu_reference(lam, grad, **settings)
+    assert new_lam.dtype == dtype
+    error = np.abs(new_lam.double().numpy() - expected)
+    assert (error <= RTOL * scale + half_ulp * (np.abs(expected) + RTOL * scale)).all(), (new_lam, expected)
+
+    mu, sigma = torch.tensor([0.3, -0.2, 0.0]).to(dtype), torch.tensor([0.5, 0.05, 1.0]).to(dtype)
+    g_mu, g_sigma = torch.tensor([3e4, -2e4, 1.0]).to(dtype), torch.tensor([2e4, 1.0, -3e4]).to(dtype)
+    mesu = dict(lr_mu=1.0, lr_sigma=1e-4, sigma_prior=0.5, mu_prior=0.1, N=10.0, clamp_grad=0.0)
+    new_mu, new_sigma = mesu_step(mu, sigma, g_mu, g_sigma, **mesu)
+    ref_mu, ref_sigma, scale_mu, scale_sigma = _mesu_reference(mu, sigma, g_mu, g_sigma, **mesu)
+    for actual, ref, scale in ((new_mu, ref_mu, scale_mu), (new_sigma, ref_sigma, scale_sigma)):
+        error = np.abs(actual.double().numpy() - ref)
+        assert (error <= RTOL * scale + half_ulp * (np.abs(ref) + RTOL * scale)).all(), (actual, ref)
+
+
 def test_bimu_step_keeps_its_digits_where_a_gradient_opposes_a_confident_weight():
     """Where g and λ have opposite signs, |g| + g tanh λ = |g| (1 − tanh|λ|): formed from tanh λ in float32 it loses
     every digit past |λ| ≈ 9 (a step 4x too large here); formed from e = exp(−2|λ|) it keeps them. Each factor of

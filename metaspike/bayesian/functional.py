@@ -150,6 +150,8 @@ def _mesu_update_(mu: Tensor, sigma: Tensor, grad_mu: Tensor, grad_sigma: Tensor
     ``half_lr_sigma = η_σ/2`` come precomputed, so that the compiled loop takes them as inputs;
     ``clamp`` says whether ``clamp_grad > 0`` (a bool: one compiled loop for each case).
     """
+    mu_in, sigma_in = mu, sigma
+    mu, sigma, grad_mu, grad_sigma = (_in_float32_at_least(t) for t in (mu, sigma, grad_mu, grad_sigma))
     if clamp:  # (|σ|: the width's sign is immaterial)
         bound = sigma.abs().reciprocal() * clamp_grad
         low = -bound
@@ -160,8 +162,14 @@ def _mesu_update_(mu: Tensor, sigma: Tensor, grad_mu: Tensor, grad_sigma: Tensor
     step_mu = (mu * -inv + mu_prior_inv - grad_mu) * variance
     # Δσ / (½ η_σ) = σ ((σ_p² − σ²) / (N σ_p²) − σ ∂L/∂σ)
     step_sigma = (variance * -inv + prior_var_inv - sigma * grad_sigma) * sigma
-    mu.add_(step_mu * lr_mu)
-    sigma.add_(step_sigma * half_lr_sigma)
+    mu_in.add_(step_mu * lr_mu)  # (a 16-bit tensor's sum is formed in float32, then rounded once)
+    sigma_in.add_(step_sigma * half_lr_sigma)
+
+
+def _in_float32_at_least(tensor: Tensor) -> Tensor:
+    """``tensor`` in float32 where it is a 16-bit float, else itself: the rules compute in float32 at least, rounding
+    only what they store, eagerly as the compiled loop does (a product such as ``L·∂L/∂λ`` overflows float16)."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
 def _exp_pair(lam: Tensor, inv_tau: Tensor | float = 1.0) -> tuple[Tensor, Tensor]:
@@ -176,7 +184,8 @@ def _bimu_update_(lam: Tensor, grad: Tensor, *, lr: float, inv_lr_max: float, li
                   kl_multiplier: float, inv_N: float, pair: tuple[Tensor, Tensor] | None = None) -> None:
     """The BiMU rule on one tensor ``λ``, in place: the one implementation, one compiled loop; ``pair`` is
     :func:`_exp_pair` of ``λ`` where the caller has it (a fused step, from its relaxed sample at ``τ = 1``)."""
-    g = grad * likelihood_multiplier
+    lam_in, lam = lam, _in_float32_at_least(lam)
+    g = _in_float32_at_least(grad) * likelihood_multiplier
     # tanh λ and 1 − tanh² λ from one exp (a vectorised exp costs a third of a tanh): with e = exp(−2|λ|),
     # tanh|λ| = (1 − e)/(1 + e) and 1 − tanh² λ = 4e/(1 + e)², which keeps its digits where |λ| ≫ 1
     e, r = _exp_pair(lam) if pair is None else pair
@@ -187,7 +196,7 @@ def _bimu_update_(lam: Tensor, grad: Tensor, *, lr: float, inv_lr_max: float, li
     agreeing = (g >= 0) == (lam >= 0)
     factor = torch.where(agreeing, 1.0 + (1.0 - e) * r, (2.0 * e) * r)
     denominator = g.abs() * factor * 2.0 + kl + inv_lr_max  # 2 (|g| + g tanh λ) + K + 1/η_max
-    lam.sub_(numerator / denominator)
+    lam_in.sub_(numerator / denominator)
 
 
 def update_scalars(rule: str, hyper: Mapping[str, float]) -> dict[str, float]:
