@@ -866,6 +866,19 @@ def test_a_deep_network_gets_a_folder_name_that_fits_or_one_line_saying_why_not(
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("hidden", 64, r"--hidden must list positive integer layer widths \(a tuple, one per layer\), got 64"),
+    ("meta", 5.0, r"--meta takes one value or one per layer, as a tuple \(meta=\(5.0,\) for one\), got 5.0")])
+def test_a_run_config_given_one_number_for_a_list_is_one_line(field, value, message):
+    """``RunConfig(meta=5.0)`` (as one writes it for build_trainer) ended in Python's 'float' object is not iterable."""
+    from metaspike.app.config import RunConfig
+
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        RunConfig(**{field: value})
+    as_lists = RunConfig(hidden=[8, 4], meta=[3.0])  # (lists are taken, and kept as tuples: the config is hashable)
+    assert as_lists.hidden == (8, 4) and as_lists.meta == (3.0,) and hash(as_lists)
+
+
 def test_plot_of_a_folder_that_holds_no_figures_yet_says_what_to_run(tmp_path, capsys):
     run = tmp_path / "stopped-early"
     run.mkdir()

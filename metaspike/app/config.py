@@ -283,8 +283,11 @@ class RunConfig:
             raise ValueError(f"--standardize is a switch (true or false), got {self.standardize!r}")
         if self.samples_per_task is not None and self.scenario != "permuted":
             raise ValueError(f"--samples-per-task applies to --scenario permuted only, not {self.scenario!r}")
-        if not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
-            raise ValueError(f"--hidden must list positive integer layer widths, got {list(self.hidden)}")
+        if (not isinstance(self.hidden, (tuple, list)) or not self.hidden
+                or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden)):
+            shown = list(self.hidden) if isinstance(self.hidden, (tuple, list)) else repr(self.hidden)
+            raise ValueError(f"--hidden must list positive integer layer widths (a tuple, one per layer), got {shown}")
+        object.__setattr__(self, "hidden", tuple(self.hidden))
         self._check_optimizer_settings()
         TrainerConfig(batchnorm=self.batchnorm, optimizer=self.optimizer)  # validates the modes
         if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
@@ -310,8 +313,12 @@ class RunConfig:
             layers = weight_layer_count(self.model, self.hidden)  # (None: a registered neuron model, counted once built)
             if self.meta is None:
                 object.__setattr__(self, "meta", default_meta(layers) if layers else (DEFAULT_META,))
+            if not isinstance(self.meta, (tuple, list)):
+                raise ValueError(f"--meta takes one value or one per layer, as a tuple (meta=({self.meta!r},) for "
+                                 f"one), got {self.meta!r}")
             if not self.meta:
                 raise ValueError("--meta needs one value, or one per layer")
+            object.__setattr__(self, "meta", tuple(self.meta))
             for m in self.meta:
                 check_meta(m, "--meta")
             if layers is not None and len(self.meta) not in (1, layers):
