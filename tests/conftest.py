@@ -2,6 +2,7 @@
 
 import functools
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,20 @@ import torch
 
 from metaspike.compiled import compiling_disabled
 from metaspike.data import write_idx
+
+
+def _share_the_cores_between_workers() -> None:
+    """Under pytest-xdist (``-n``), give each worker process its share of torch's threads.
+
+    Each worker would otherwise start as many threads as there are cores: two workers on two cores would run four
+    threads, whose waits on one another cost more than the small products of most tests gain from them.
+    """
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        torch.set_num_threads(max(1, torch.get_num_threads() // int(workers)))
+
+
+_share_the_cores_between_workers()
 
 
 def fake_mnist(root: Path, name: str = "mnist", n_train: int = 20, n_test: int = 8, gz: bool = True, seed: int = 1,
