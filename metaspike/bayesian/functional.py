@@ -19,7 +19,9 @@ Each rule has one implementation, a single-tensor function that ``torch.compile`
 loop per parameter (:class:`~metaspike.compiled.LazyCompiled`: compiled on first use, eager if
 compiling fails); the in-place multi-tensor steps ``mesu_step_``, ``bimu_step_`` run it on every
 tensor in one compiled call and the pure functions run them on copies. The functions apply the rule
-unconditionally: skipping steps without data (all gradients zero) is the optimizers' job.
+unconditionally: skipping steps without data (all gradients zero) is the optimizers' job, and so is refusing NaN or
+infinite gradients (``|g| = ∞`` makes BiMU's step ∞/∞, NaN). 16-bit tensors are computed in float32 and rounded once,
+where they are stored.
 """
 
 from __future__ import annotations
