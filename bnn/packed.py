@@ -289,16 +289,17 @@ class PackedMLP:
         True
     """
 
-    def __init__(self, sizes: Sequence[int], layers: list[dict], compile: bool = True) -> None:
+    def __init__(self, sizes: Sequence[int], layers: Sequence[dict], compile: bool = True) -> None:
         _check_compile(compile)  # (a string "False" is true: it chose the fast kernels)
         if not (isinstance(sizes, Sequence) and len(sizes) >= 2 and all(is_whole(s, 1) for s in sizes)):
             raise ValueError(f"sizes must list at least 2 positive integer widths (input ... classes), got {sizes!r}")
-        if not (isinstance(layers, list) and len(layers) == len(sizes) - 1 and all(isinstance(l, dict) for l in layers)):
+        listed = isinstance(layers, (list, tuple))
+        if not (listed and len(layers) == len(sizes) - 1 and all(isinstance(l, dict) for l in layers)):
             raise ValueError(f"layers must be a list of {len(sizes) - 1} dicts, one per layer of sizes {list(sizes)} "
                              f"(as bnn.pack makes them), got {type(layers).__name__} of "
-                             f"{len(layers) if isinstance(layers, list) else 'no'} entries")
+                             f"{len(layers) if listed else 'no'} entries")
         self.sizes = [int(s) for s in sizes]
-        self.layers = _valid_layers(self.sizes, layers)
+        self.layers = _valid_layers(self.sizes, list(layers))
         self._made_for = list(self.sizes)  # (what the layers were checked for: see _check_unchanged)
         self._entries_checked = self._entries()
         self._checked_last = self.layers[-1]  # (checked by _valid_layers; again by _check_unchanged when it changes)

@@ -52,9 +52,16 @@ def as_path(path: object, what: str) -> Path:
         Traceback (most recent call last):
         ...
         ValueError: packed BNN file must be a path (a str or os.PathLike), got NoneType
+        >>> as_path("model\\0.pt", "packed BNN file")
+        Traceback (most recent call last):
+        ...
+        ValueError: packed BNN file 'model\\x00.pt' holds a NUL character, which no file name may hold
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"{what} must be a path (a str or os.PathLike), got {type(path).__name__}")
+    name = os.fspath(path)
+    if ("\0" if isinstance(name, str) else b"\0") in name:  # (the system calls say only "embedded null byte")
+        raise ValueError(f"{what} {str(name)!r} holds a NUL character, which no file name may hold")
     return Path(path)
 
 
@@ -74,6 +81,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
     path = as_path(path, "the file to write")
     if not path.parent.is_dir():  # (mkstemp would name its temporary file instead)
+        if path.parent.exists():
+            raise NotADirectoryError(f"cannot write {path}: {path.parent} is a file, not a folder")
         raise FileNotFoundError(f"cannot write {path}: its folder {path.parent} does not exist")
     if _is_folder(path):  # (refused before anything is written; os.replace would name the temporary file)
         raise IsADirectoryError(f"cannot write {path}: it is a folder; name a file inside it or beside it")

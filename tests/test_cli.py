@@ -868,7 +868,9 @@ def test_a_deep_network_gets_a_folder_name_that_fits_or_one_line_saying_why_not(
 
 @pytest.mark.parametrize("field, value, message", [
     ("hidden", 64, r"--hidden must list positive integer layer widths \(a tuple, one per layer\), got 64"),
-    ("meta", 5.0, r"--meta takes one value or one per layer, as a tuple \(meta=\(5.0,\) for one\), got 5.0")])
+    ("meta", 5.0, r"--meta takes one value or one per layer, as a tuple of numbers \(meta=\(5.0,\) for one\), "
+                  r"got 5.0"),
+    ("meta", range(2), r"--meta takes one value or one per layer, as a tuple of numbers, got range\(0, 2\)")])
 def test_a_run_config_given_one_number_for_a_list_is_one_line(field, value, message):
     """``RunConfig(meta=5.0)`` (as one writes it for build_trainer) ended in Python's 'float' object is not iterable."""
     from metaspike.app.config import RunConfig

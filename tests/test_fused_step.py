@@ -17,6 +17,7 @@ from torch import nn
 from bnn import BayesianLinear, BinaryBayesianLinear, MagnitudeGate
 from metaspike import ChainedOptimizer
 from metaspike.bayesian import MESU, BiMU, bayesianize, bimu_parameters, mesu_param_groups, plain_parameters
+from metaspike.bayesian.functional import update_scalars
 from metaspike.bayesian.fused_step import Activation, FusedTrainingStep, register_fused_activation, why_not_fused
 from metaspike.training import TrainingDiverged, _fused_step, classification_loss, train_epoch
 
@@ -96,6 +97,27 @@ def test_mesu_network_with_clipped_gradients_steps_as_the_ordinary_step():
 def test_bayesianized_user_model_steps_as_the_ordinary_step(kind):
     # one weight sample per forward pass (no `samples`), BiMU at a temperature with the tanh form
     _assert_same_steps(lambda: _user_net(kind, temperature=0.7) if kind == "bimu" else _user_net(kind))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_16_bit_network_trains_at_batch_size_1_as_at_2_with_settings_past_its_range(dtype):
+    """The fused step (batch size 1) made its update settings tensors of the weights' dtype: a likelihood multiplier
+    of 70,000 was infinite in float16, and every λ NaN after the first step, where the ordinary step (batch size 2,
+    float32 inside) trained. The settings are float32 at least now, exactly what the optimizer's update takes."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), BinaryBayesianLinear(12, 9), nn.ReLU(), BinaryBayesianLinear(9, 4)).to(dtype)
+    settings = dict(lr=1.0, lr_max=1.0, likelihood_multiplier=70_000.0, kl_multiplier=1.0, N=60_000)
+    x, y = torch.rand(8, 1, 3, 4, dtype=dtype), torch.randint(0, 4, (8,))
+    for batch_size in (2, 1):
+        model = copy.deepcopy(net)
+        optimizer = BiMU(bimu_parameters(model), **settings)
+        train_epoch(model, optimizer, x, y, batch_size=batch_size)
+        assert all(bool(torch.isfinite(p).all()) and not torch.equal(p, q)
+                   for p, q in zip(model.parameters(), net.parameters()))
+    step = FusedTrainingStep(model, optimizer)
+    scalars = update_scalars("bimu", optimizer.param_groups[0])
+    assert all(torch.equal(values, torch.tensor(list(scalars.values()), dtype=torch.float32))
+               for values in step._scalar_tensors())
 
 
 def test_a_step_without_data_changes_nothing():

@@ -1097,6 +1097,8 @@ def test_pack_refuses_synapses_that_sample_their_weights_in_evaluation(kind):
 
 
 def test_misused_packing_calls_are_one_line(tmp_path, trained):
+    from metaspike.continual.results import load_checkpoint
+
     with pytest.raises(ValueError, match=r"pack takes a trained bnn.MLP, got a str \(a saved packed model loads with "
                                          r"bnn.PackedMLP.load\(path\)\)"):
         bnn.pack("model.pt")
@@ -1107,6 +1109,17 @@ def test_misused_packing_calls_are_one_line(tmp_path, trained):
     with pytest.raises(FileNotFoundError, match=f"cannot write {tmp_path}/missing/m.pt: its folder "
                                                 f"{tmp_path}/missing does not exist"):
         bnn.pack(trained, compile=False).save(tmp_path / "missing" / "m.pt")
+    packed = bnn.pack(trained, compile=False)
+    packed.save(tmp_path / "m.pt")  # (a file where the folder should be was said not to exist)
+    with pytest.raises(NotADirectoryError, match=f"^cannot write {tmp_path}/m.pt/n.pt: {tmp_path}/m.pt is a file, not "
+                                                 "a folder$"):
+        packed.save(tmp_path / "m.pt" / "n.pt")
+    for call in (PackedMLP.load, packed.save, load_checkpoint):  # (the system calls said only "embedded null byte")
+        with pytest.raises(ValueError, match=r" 'm\\x00.pt' holds a NUL character, which no file name may hold$"):
+            call("m\0.pt")
+    as_tuple = PackedMLP(packed.sizes, tuple(packed.layers), compile=False)  # (a tuple was said to hold no entries)
+    x = torch.rand(3, packed.sizes[0])
+    assert torch.equal(as_tuple(x), packed(x))
 
 
 def test_pack_refuses_what_load_would_refuse(trained):

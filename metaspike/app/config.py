@@ -314,8 +314,9 @@ class RunConfig:
             if self.meta is None:
                 object.__setattr__(self, "meta", default_meta(layers) if layers else (DEFAULT_META,))
             if not isinstance(self.meta, (tuple, list)):
-                raise ValueError(f"--meta takes one value or one per layer, as a tuple (meta=({self.meta!r},) for "
-                                 f"one), got {self.meta!r}")
+                one = f" (meta=({self.meta!r},) for one)" if is_finite_number(self.meta) else ""
+                raise ValueError(f"--meta takes one value or one per layer, as a tuple of numbers{one}, got "
+                                 f"{self.meta!r}")
             if not self.meta:
                 raise ValueError("--meta needs one value, or one per layer")
             object.__setattr__(self, "meta", tuple(self.meta))

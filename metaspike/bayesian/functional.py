@@ -190,7 +190,7 @@ def _bimu_update_(lam: Tensor, grad: Tensor, *, lr: float, inv_lr_max: float, li
     g = _in_float32_at_least(grad) * likelihood_multiplier
     # tanh λ and 1 − tanh² λ from one exp (a vectorised exp costs a third of a tanh): with e = exp(−2|λ|),
     # tanh|λ| = (1 − e)/(1 + e) and 1 − tanh² λ = 4e/(1 + e)², which keeps its digits where |λ| ≫ 1
-    e, r = _exp_pair(lam) if pair is None else pair
+    e, r = _exp_pair(lam) if pair is None else (_in_float32_at_least(pair[0]), _in_float32_at_least(pair[1]))
     kl = (e * r * r) * (4.0 * kl_multiplier)  # K = κ (1 − tanh² λ)
     numerator = g * lr + (lam * kl) * inv_N  # η g + λ K / N
     # |g| + g tanh λ = |g| (1 + tanh|λ|) where g and λ share a sign, else |g| (1 − tanh|λ|) = |g|·2e/(1 + e): the

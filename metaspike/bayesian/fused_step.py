@@ -438,7 +438,8 @@ def _fused_step(plan: _Plan, x: Tensor, target: Tensor, keys: Tensor, tensors: l
                 scalars: list[Tensor], steps: list[list[Tensor]], inv_tau: Tensor) -> Tensor:
     """One training step (see the module docstring); returns the loss. ``x`` is ``(1, in)``, ``target`` ``(1,)``;
     ``scalars[i]`` holds layer ``i``'s update scalars (:func:`~metaspike.bayesian.functional.update_scalars`, in
-    ``plan.scalar_names`` order) as a tensor of the weights' dtype."""
+    ``plan.scalar_names`` order) as a tensor of the weights' dtype, float32 at least (as the updates compute: a
+    likelihood multiplier past 65,504 is infinite in float16)."""
     a = x  # the current activation: (1, in) for the first layer, then (S, n)
     saved: list[tuple[Any, ...]] = []  # per stage, what its backward needs
     # (on a CPU inductor stores a tensor that two loops read and that takes an exp: the update reads e and 1/(1 + e)
@@ -702,14 +703,15 @@ class FusedTrainingStep:
         return self._inverse_temperature_cache[1]
 
     def _scalar_tensors(self) -> list[Tensor]:
-        """Each layer's update scalars as a tensor, made again only when the settings of its group change (and the
-        plan with them where MESU's clipping is switched on or off)."""
+        """Each layer's update scalars as a tensor (float32 at least), made again only when the settings of its group
+        change (and the plan with them where MESU's clipping is switched on or off)."""
         found = self._analysis
         settings = [tuple(group[name] for name in self._setting_names) for group in found.groups]
         if [kept for kept, _ in self._scalars] != settings:
             if _clamps(found.plan.rule, found.groups) != found.plan.clamps:
                 self._analysis = found = self._analyse()
             self._scalars = [(setting, torch.tensor(list(update_scalars(found.plan.rule, group).values()),
-                                                    dtype=layer[0].dtype, device=layer[0].device))
+                                                    dtype=torch.promote_types(layer[0].dtype, torch.float32),
+                                                    device=layer[0].device))
                              for setting, group, layer in zip(settings, found.groups, found.tensors)]
         return [values for _, values in self._scalars]
