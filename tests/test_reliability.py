@@ -329,18 +329,21 @@ def test_a_file_larger_than_the_memory_available_is_refused_by_every_reader_befo
         load_run(run)
 
 
-def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path):
-    """Ctrl-C during the command's first second lands in its imports (torch's among them): one line, status 130."""
+@pytest.mark.parametrize("signum, status, line", [(signal.SIGINT, 130, "metaspike: interrupted"),
+                                                  (signal.SIGTERM, 143, "metaspike: terminated (SIGTERM)")])
+def test_a_stop_while_the_command_starts_is_one_line(tmp_path, signum, status, line):
+    """Ctrl-C or a SIGTERM during the command's first second lands in its imports (torch's among them): one line,
+    status 128 + the signal (a SIGTERM ended it without a word)."""
     command = [sys.executable, "-m", "metaspike", "train", "--dataset", "digits", "--tasks", "2", "--epochs", "1",
                "--hidden", "16", "--out", str(tmp_path)]
     # (a process started in the background inherits Ctrl-C ignored, and the command then keeps ignoring it)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(0.5)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err
-    assert err.strip().startswith("metaspike: interrupted") and len(err.strip().splitlines()) == 1, err
+    assert process.returncode == status, err
+    assert err.strip() == line, err
 
 
 @pytest.mark.parametrize("package", ["metaspike", "bnn"])
