@@ -35,6 +35,7 @@ from metaspike.checks import (
     check_keys_kept,
     check_no_misspelled_setting,
     is_number,
+    listed,
     number_in,
     state_dict_groups,
 )
@@ -1086,7 +1087,8 @@ def param_groups(
     if next(bayesian_modules(model), None) is not None:
         raise ValueError("the model has Bayesian synapses (bayesianize, bnn's Bayesian layers), and param_groups, "
                          "MetaplasticAdam and bnn.fit train binary synapses only: " + BAYESIAN_ADVICE)
-    matrices = each_once(w for _, w in weight_matrices(model))
+    named = weight_matrices(model)  # (each tensor once)
+    matrices = [w for _, w in named]
     if not is_number(meta) and (isinstance(meta, (str, bytes, Tensor)) or not isinstance(meta, Iterable)):
         raise ValueError(f"meta must be a number or a list of numbers, one per weight layer, got {meta!r}")
     if is_number(meta):
@@ -1094,10 +1096,9 @@ def param_groups(
     else:
         metas = [check_meta(m, "meta") for m in meta]  # type: ignore[union-attr]
         if len(metas) != len(matrices):
-            raise ValueError(
-                f"got {len(metas)} meta values but the model has {len(matrices)} weight layers; "
-                "give one value or one per layer"
-            )
+            raise ValueError(f"got {len(metas)} meta values but the model has {len(matrices)} weight layers "
+                             f"({listed([name for name, _ in named], 12)}, in this order); give one value or one per "
+                             "layer")
     groups: list[dict[str, Any]] = [{"params": [w], "meta": m, "consolidate": True} for w, m in zip(matrices, metas)]
     chosen = {id(w) for w in matrices}
     if gain_lr is not None:

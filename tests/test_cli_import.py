@@ -384,8 +384,9 @@ def test_a_registered_model_with_its_own_count_of_weight_layers_takes_the_defaul
     assert json.loads((run / "config.json").read_text())["meta"] == 30
     assert main([*common, "--meta", "5", "30", "30", "30", "--out", str(tmp_path / "per-layer")]) == 0
     assert main([*common, "--meta", "5", "30", "--out", str(tmp_path / "short")]) == 2
-    assert "got 2 meta values but the model has 4 weight layers; give one value or one per layer" in \
-        capsys.readouterr().err
+    # (the layers named in order: the recurrent matrices sit between the feed-forward ones)
+    assert ("got 2 meta values but the model has 4 weight layers (network.1, network.2.recurrent, network.3, "
+            "network.4.recurrent, in this order); give one value or one per layer") in capsys.readouterr().err
 
 
 NORSE_MODULE = """

@@ -31,6 +31,51 @@ def test_norse_time_first_modules_are_refused_by_the_time_loop():
                               num_steps=4, encoder="direct", input_shape=(64,))
 
 
+def test_a_norse_lift_of_a_cell_is_refused_and_a_lift_of_a_layer_taken():
+    """Lift runs its module over the input's first dimension as time: lifting a cell ran the batch as a sequence and
+    passed its (output, state) on to the next layer, which failed inside torch ("must be Tensor, not tuple")."""
+    norse = pytest.importorskip("norse.torch")
+    lifted_cell = norse.SequentialState(nn.Linear(64, 30), norse.Lift(norse.LIFCell()), nn.Linear(30, 10),
+                                        norse.LICell())
+    with pytest.raises(ValueError, match=r"^network: module '1' is Norse's Lift of a LIFCell, which runs the cell over "
+                                         r"its input's first dimension as time, .* use the LIFCell itself$"):
+        SpikingClassifier(metaspike.binarize(lifted_cell), num_steps=4)
+    lifted_layer = norse.SequentialState(norse.Lift(nn.Linear(64, 30)), norse.LIFCell(), nn.Linear(30, 10),
+                                         norse.LICell())
+    assert SpikingClassifier(metaspike.binarize(lifted_layer), num_steps=4)(torch.rand(4, 64)).shape == (4, 10)
+
+
+class _OwnTimeLoop(nn.Module):
+    """snnTorch's tutorials' network: its own loop over 10 steps, returning spikes and membranes stacked over time."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.lif1 = nn.Linear(64, 30), snn.Leaky(beta=0.9)
+        self.fc2, self.lif2 = nn.Linear(30, 10), snn.Leaky(beta=0.9)
+
+    def forward(self, x):
+        mem1, mem2, spikes, membranes = self.lif1.init_leaky(), self.lif2.init_leaky(), [], []
+        for _ in range(10):
+            spk1, mem1 = self.lif1(self.fc1(x), mem1)
+            spk2, mem2 = self.lif2(self.fc2(spk1), mem2)
+            spikes.append(spk2)
+            membranes.append(mem2)
+        return torch.stack(spikes), torch.stack(membranes)
+
+
+def test_a_network_with_its_own_time_loop_is_named_in_the_classifiers_shape_error_or_warning():
+    """Its records [10, B, 10] read out as logits: a batch of 4 was "the batch must come first" without the cause, and
+    a batch of 10 gave [10, 10, 10] logits without a word (the loss failed later inside torch)."""
+    model = SpikingClassifier(metaspike.binarize(_OwnTimeLoop()), num_steps=4)
+    cause = r"if the network runs its own time loop and stacks its records over time \(\[steps, batch, \.\.\.\]\)"
+    with pytest.raises(ValueError, match=r"read out to shape \(10, 4, 10\) for a batch of 4: the batch must come "
+                                         rf"first, .*; {cause}"):
+        model(torch.rand(4, 64))
+    with pytest.warns(UserWarning, match=rf"read out to shape \(10, 10, 10\) for a batch of 10, not \[batch, "
+                                         rf"classes\]; {cause}"):
+        model(torch.rand(10, 64))
+
+
 @pytest.mark.parametrize("kind", ["sign", "bimu"])
 def test_an_optimizer_step_inside_binarized_once_is_seen_by_the_next_forward_pass(kind):
     torch.manual_seed(0)

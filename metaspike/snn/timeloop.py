@@ -58,15 +58,16 @@ def holds_norse_cells(modules: Sequence[nn.Module]) -> bool:
 
 
 def _check_one_step_modules(network: nn.Module) -> None:
-    """Refuse Norse's time-first modules (``LIF``, ``LI``, ``LSNN``, ``LIFRecurrent``, ...): they read their input's
-    first dimension as time, so called once per step with ``[B, ...]`` they would run the batch as a sequence (one
-    sample's state flowing into the next); and Norse cells in a plain ``nn.Sequential``, which cannot thread their
-    states; and snnTorch neurons built without ``init_hidden=True`` there (each call would start from a fresh membrane
+    """Refuse Norse's time-first modules (``LIF``, ``LI``, ``LSNN``, ``LIFRecurrent``, ..., and a ``Lift`` of a cell):
+    they read their input's first dimension as time, so called once per step with ``[B, ...]`` they would run the
+    batch as a sequence (one sample's state flowing into the next); and Norse cells in a plain ``nn.Sequential``,
+    which cannot thread their states; and snnTorch neurons built without ``init_hidden=True`` there (each call would start from a fresh membrane
     and pass ``(spikes, membrane)`` on as the next layer's input)."""
     _check_snntorch_neurons(network)
     time_first = _norse_bases(*_NORSE_SEQUENCES)
     if not time_first:
         return
+    lift = getattr(sys.modules.get("norse.torch"), "Lift", ())
     for name, module in network.named_modules():
         where = f"module {name!r}" if name else "the network"
         if type(module) is nn.Sequential and holds_norse_cells(module):
@@ -76,6 +77,11 @@ def _check_one_step_modules(network: nn.Module) -> None:
             raise ValueError(f"network: {where} is Norse's {type(module).__name__}, which runs a whole time sequence "
                              f"per call; SpikingClassifier calls the network once per time step: use "
                              f"{type(module).__name__}Cell (or another Norse *Cell)")
+        lifted = getattr(module, "lifted_module", None) if isinstance(module, lift) else None
+        if lifted is not None and holds_norse_cells([lifted]):  # (a lifted stateless layer maps each row alike)
+            raise ValueError(f"network: {where} is Norse's Lift of a {type(lifted).__name__}, which runs the cell "
+                             "over its input's first dimension as time, and returns (output, state); SpikingClassifier "
+                             f"calls the network once per time step: use the {type(lifted).__name__} itself")
 
 
 #: snnTorch modules that run a whole time sequence per call (time first); ``snntorch.Leaky(init_hidden=True)`` runs
@@ -238,6 +244,12 @@ _ENCODED_AGAIN = ("an input with a dimension more than its samples, as spikes en
                   "input is taken as it is")
 
 
+#: What a network that runs its own time loop (as snnTorch's tutorials write them) gives, and the fix.
+_OWN_TIME_LOOP = ("if the network runs its own time loop and stacks its records over time ([steps, batch, ...]): "
+                  "SpikingClassifier runs the time steps itself and calls the network once per step, so give it a "
+                  "network of one step (and train a network with its own loop in a loop of your own)")
+
+
 class SpikingClassifier(nn.Module):
     """Run ``network`` for ``num_steps`` steps on encoded input and read logits out.
 
@@ -388,11 +400,17 @@ class SpikingClassifier(nn.Module):
             self._state_checked = True
         logits = self.readout(outputs)
         batch = steps.shape[1]  # (logits that lost or moved it were silently wrong; (B,) is one logit a sample)
+        stacked = isinstance(logits, Tensor) and logits.dim() > 2 and logits.shape[1] == batch
         if isinstance(logits, Tensor) and (logits.dim() == 0 or logits.shape[0] != batch):
             raise ValueError(f"SpikingClassifier: the network's outputs read out to shape {tuple(logits.shape)} for a "
                              f"batch of {batch}: the batch must come first, [{batch}, ...] ([{batch}, classes], or "
-                             f"[{batch}] for one logit a sample)")
+                             f"[{batch}] for one logit a sample)" + (f"; {_OWN_TIME_LOOP}" if stacked else ""))
         if (self.input_shape is None and isinstance(logits, Tensor) and logits.dim() > 2
                 and not getattr(self, "_warned_encoded_again", False) and _spikes_only(x)):  # (the pass over x last)
             _warn_encoded_again(self, tuple(x.shape), tuple(logits.shape))
+        elif stacked and not getattr(self, "_warned_own_loop", False):  # ([B, B, ...]: as many steps as samples)
+            self._warned_own_loop = True
+            warnings.warn(f"SpikingClassifier: the network's outputs read out to shape {tuple(logits.shape)} for a "
+                          f"batch of {batch}, not [batch, classes]; {_OWN_TIME_LOOP}", UserWarning,
+                          stacklevel=user_stacklevel())
         return logits
