@@ -295,8 +295,8 @@ class PackedMLP:
             raise ValueError(f"sizes must list at least 2 positive integer widths (input ... classes), got {sizes!r}")
         listed = isinstance(layers, (list, tuple))
         if not (listed and len(layers) == len(sizes) - 1 and all(isinstance(l, dict) for l in layers)):
-            raise ValueError(f"layers must be a list of {len(sizes) - 1} dicts, one per layer of sizes {list(sizes)} "
-                             f"(as bnn.pack makes them), got {type(layers).__name__} of "
+            raise ValueError(f"layers must be a list (or tuple) of {len(sizes) - 1} dicts, one per layer of sizes "
+                             f"{list(sizes)} (as bnn.pack makes them), got {type(layers).__name__} of "
                              f"{len(layers) if listed else 'no'} entries")
         self.sizes = [int(s) for s in sizes]
         self.layers = _valid_layers(self.sizes, list(layers))

@@ -326,10 +326,10 @@ def default_data_dir(path: str | os.PathLike | None = None) -> Path:
         >>> default_data_dir("/data/sets")
         PosixPath('/data/sets')
     """
-    if path is not None and not isinstance(path, (str, os.PathLike)):
-        raise ValueError(f"the data folder must be a path (str or os.PathLike), got {type(path).__name__}")
-    if path is not None and str(path) != "":
-        return Path(path).expanduser()
+    if path is not None:
+        folder = as_path(path, "the data folder")
+        if os.fspath(path) != "":  # ("" is no folder given: Path("") would be the working folder)
+            return folder.expanduser()
     env = os.environ.get(ENV_VAR, "").strip()
     if env:
         return Path(env).expanduser()

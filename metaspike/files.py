@@ -60,9 +60,12 @@ def as_path(path: object, what: str) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"{what} must be a path (a str or os.PathLike), got {type(path).__name__}")
     name = os.fspath(path)
-    if ("\0" if isinstance(name, str) else b"\0") in name:  # (the system calls say only "embedded null byte")
-        raise ValueError(f"{what} {str(name)!r} holds a NUL character, which no file name may hold")
-    return Path(path)
+    if not isinstance(name, str):  # (pathlib takes text only: its TypeError names no argument)
+        raise ValueError(f"{what} must be a path of text (a str, or an os.PathLike whose __fspath__ returns one), got "
+                         f"{type(path).__name__} returning {type(name).__name__}")
+    if "\0" in name:  # (the system calls say only "embedded null byte"; h5py cuts the name there)
+        raise ValueError(f"{what} {name!r} holds a NUL character, which no file name may hold")
+    return Path(name)
 
 
 @contextmanager

@@ -1102,7 +1102,8 @@ def test_misused_packing_calls_are_one_line(tmp_path, trained):
     with pytest.raises(ValueError, match=r"pack takes a trained bnn.MLP, got a str \(a saved packed model loads with "
                                          r"bnn.PackedMLP.load\(path\)\)"):
         bnn.pack("model.pt")
-    with pytest.raises(ValueError, match=r"layers must be a list of 1 dicts, one per layer of sizes \[64, 10\]"):
+    with pytest.raises(ValueError, match=r"layers must be a list \(or tuple\) of 1 dicts, one per layer of sizes "
+                                         r"\[64, 10\]"):
         PackedMLP([64, 10], [])
     with pytest.raises(ValueError, match=r"sizes must list at least 2 positive integer widths"):
         PackedMLP([64], [])

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -29,6 +31,37 @@ def _optimizer() -> MetaplasticAdam:
 ])
 def test_an_argument_of_the_wrong_kind_is_one_line_naming_it(call, named):
     with pytest.raises(ValueError, match=named.replace(".", r"\.").replace("(", r"\(")):
+        call()
+
+
+class _BytesPath:
+    """An ``os.PathLike`` of bytes, which pathlib does not take."""
+
+    def __fspath__(self) -> bytes:
+        return b"m.pt"
+
+
+def _nul_paths():
+    from metaspike.app.imports import import_modules
+    from metaspike.continual.results import latest_good_checkpoint, unique_directory
+    from metaspike.files import as_path
+
+    nul = r" 'x\x00y' holds a NUL character, which no file name may hold"
+    return [(lambda: unique_directory("x\0y", "run"), "the results folder" + nul),
+            (lambda: latest_good_checkpoint("x\0y"), "run folder" + nul),
+            (lambda: default_data_dir("x\0y"), "the data folder" + nul),
+            (lambda: import_modules(["x\0y"]), r"--import 'x\x00y': holds a NUL character"),
+            (lambda: as_path(_BytesPath(), "packed BNN file"), "packed BNN file must be a path of text (a str, or an "
+                                                               "os.PathLike whose __fspath__ returns one), got "
+                                                               "_BytesPath returning bytes")]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_a_path_holding_a_nul_character_or_of_bytes_is_one_line_naming_it(case):
+    """Python's system calls say only "embedded null byte", and h5py cut a NIR file's name at the NUL (it wrote another
+    file); pathlib's TypeError for a bytes path named no argument."""
+    call, message = _nul_paths()[case]
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
         call()
 
 

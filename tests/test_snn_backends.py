@@ -239,6 +239,9 @@ def test_nir_export_refuses_an_input_shape_that_does_not_fit_before_it_writes(tm
             export_nir(net, input_shape=shape)
     with pytest.raises(ValueError, match="export_nir: no folder"):
         export_nir(net, tmp_path / "none" / "net.nir", input_shape=(1, 8, 8))
+    # (h5py cut the name at the NUL: it wrote over the file "net" beside it)
+    with pytest.raises(ValueError, match=r"^export_nir: path '.*net\\x00\.nir' holds a NUL character"):
+        export_nir(net, f"{tmp_path}/net\0.nir", input_shape=(1, 8, 8))
     assert not list(tmp_path.iterdir())
     with pytest.warns(UserWarning, match="layer\\(s\\) '1' have real-valued weights, not ±1"):  # (never binarized)
         export_nir(net, tmp_path / "net.nir", input_shape=(1, 8, 8))

@@ -101,6 +101,8 @@ def import_modules(specs: Sequence[str]) -> tuple[str, ...]:
     """
     done: list[str] = []
     for spec in specs:
+        if isinstance(spec, str) and "\0" in spec:  # (importlib and the file system say only "embedded null byte")
+            raise ValueError(f"{FLAG} {spec!r}: holds a NUL character, which no module or file name may hold")
         recorded = normalized_import(spec)
         if recorded in done:
             continue

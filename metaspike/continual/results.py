@@ -220,7 +220,7 @@ def unique_directory(root: str | os.PathLike, name: str) -> Path:
         >>> unique_directory(tempfile.mkdtemp(), "run").name
         'run'
     """
-    root = Path(root).expanduser()
+    root = as_path(root, "the results folder").expanduser()
     if root.exists() and not root.is_dir():
         raise ValueError(f"cannot write results to {root}: it is a file, not a folder")
     if root.is_symlink() and not root.exists():
@@ -496,7 +496,7 @@ def latest_good_checkpoint(run_dir: str | os.PathLike) -> tuple[dict[str, Any], 
     Example:
         >>> state, warnings = latest_good_checkpoint("runs/permuted-mnist5k-meta10-seed1")  # doctest: +SKIP
     """
-    run_dir = Path(run_dir)
+    run_dir = as_path(run_dir, "run folder")
     if run_dir.is_file():  # (the checkpoint's own path: "has no checkpoint to resume from" misled)
         raise ValueError(f"{run_dir} is a file; latest_good_checkpoint takes the run's folder ({run_dir.parent})")
     warnings: list[str] = []

@@ -32,7 +32,6 @@ import importlib
 import os
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -40,6 +39,7 @@ import torch
 from torch import nn
 
 from metaspike.checks import finite_number, is_whole
+from metaspike.files import as_path
 from metaspike.gain import output_gain
 from metaspike.layer_selection import synapse_parametrization
 from metaspike.quantizers import binary_sign, get_quantizer
@@ -225,8 +225,10 @@ def export_nir(
             or not input_shape or not all(is_whole(s, 1) for s in input_shape)):
         raise ValueError(f"export_nir: input_shape must be one sample's shape, positive integers such as (1, 28, 28), "
                          f"got {input_shape!r}")
-    if path is not None and not Path(path).parent.is_dir():
-        raise ValueError(f"export_nir: no folder {str(Path(path).parent)!r} to write {str(path)!r} in")
+    if path is not None:
+        path = as_path(path, "export_nir: path")
+        if not path.parent.is_dir():
+            raise ValueError(f"export_nir: no folder {str(path.parent)!r} to write {str(path)!r} in")
     shape = tuple(int(s) for s in input_shape)
     nodes: list = []
     pending: np.ndarray | None = None  # the last weight layer's gain, not yet folded
@@ -363,7 +365,7 @@ def import_nir(source, dt: float = 1.0) -> nn.Sequential:
     nir = _nir()
     snn = require_snntorch()
     finite_number("dt", dt, positive=True)
-    graph = source if isinstance(source, nir.NIRGraph) else nir.read(source)
+    graph = source if isinstance(source, nir.NIRGraph) else nir.read(as_path(source, "import_nir: source"))
     nodes = _thresholds_joined(nir, _chain(graph))
     layers: list[nn.Module] = []
     for i, (node, threshold) in enumerate(nodes):
