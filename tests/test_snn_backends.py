@@ -178,6 +178,11 @@ def test_nir_round_trip_gives_the_same_spikes(tmp_path):
     assert lif.v_threshold.tolist() == [1.0] * 32
 
     rebuilt = SpikingClassifier(import_nir(path), model.num_steps, model.encoder, model.readout, model.input_shape)
+    with open(path, "rb") as handle:  # (a file object goes to NIR's reader as it is)
+        from_file = import_nir(handle)
+    expected = rebuilt.network.state_dict()
+    assert from_file.state_dict().keys() == expected.keys()
+    assert all(torch.equal(value, expected[key]) for key, value in from_file.state_dict().items())
     recorded = {}
     for key, net in (("original", model.network), ("rebuilt", rebuilt.network)):
         hidden_lif = [m for m in net if isinstance(m, snn.Leaky)][0]

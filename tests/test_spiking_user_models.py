@@ -1,5 +1,7 @@
 """Spiking models written as snnTorch's and Norse's tutorials write them, with metaspike's one-line calls."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -37,9 +39,14 @@ def test_a_norse_lift_of_a_cell_is_refused_and_a_lift_of_a_layer_taken():
     norse = pytest.importorskip("norse.torch")
     lifted_cell = norse.SequentialState(nn.Linear(64, 30), norse.Lift(norse.LIFCell()), nn.Linear(30, 10),
                                         norse.LICell())
-    with pytest.raises(ValueError, match=r"^network: module '1' is Norse's Lift of a LIFCell, which runs the cell over "
-                                         r"its input's first dimension as time, .* use the LIFCell itself$"):
+    with pytest.raises(ValueError, match=r"^network: module '1' is Norse's Lift of a LIFCell, which runs it over its "
+                                         r"input's first dimension as time .* use the LIFCell without Lift$"):
         SpikingClassifier(metaspike.binarize(lifted_cell), num_steps=4)
+    # (any state carried from row to row: a snnTorch neuron's made each sample's output depend on the batch)
+    for lifted, named in [(snn.Leaky(beta=0.9, init_hidden=True), "Leaky"),
+                          (norse.SequentialState(norse.LIFCell()), "SequentialState holding a LIFCell")]:
+        with pytest.raises(ValueError, match=f"^network: module '1' is Norse's Lift of a {named}, which runs it"):
+            SpikingClassifier(nn.Sequential(nn.Linear(64, 30), norse.Lift(lifted), nn.Linear(30, 10)), num_steps=4)
     lifted_layer = norse.SequentialState(norse.Lift(nn.Linear(64, 30)), norse.LIFCell(), nn.Linear(30, 10),
                                          norse.LICell())
     assert SpikingClassifier(metaspike.binarize(lifted_layer), num_steps=4)(torch.rand(4, 64)).shape == (4, 10)
@@ -74,6 +81,23 @@ def test_a_network_with_its_own_time_loop_is_named_in_the_classifiers_shape_erro
     with pytest.warns(UserWarning, match=rf"read out to shape \(10, 10, 10\) for a batch of 10, not \[batch, "
                                          rf"classes\]; {cause}"):
         model(torch.rand(10, 64))
+    per_position = SpikingClassifier(nn.Conv2d(1, 1, 3, padding=1), num_steps=2, encoder="direct",
+                                     input_shape=(1, 8, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (one sample's [1, 1, 8, 8] output is no stack of steps)
+        assert per_position(torch.randn(1, 1, 8, 8)).shape == (1, 1, 8, 8)
+
+
+def test_spikes_encoded_again_get_that_warning_once_and_no_other():
+    """The own-loop warning came on the second call, after the encoded-again one, for the same [T, B, F] input."""
+    model = SpikingClassifier(nn.Sequential(nn.Linear(16, 5)), num_steps=3)
+    spikes = (torch.rand(8, 8, 16) > 0.5).float()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            model(spikes)
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    assert "input (8, 8, 16) gave logits (8, 8, 5), not [batch, classes]" in str(caught[0].message)
 
 
 @pytest.mark.parametrize("kind", ["sign", "bimu"])

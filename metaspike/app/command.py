@@ -4,7 +4,8 @@ The command spends its first seconds importing torch and the library. Ctrl-C the
 whatever import it lands in (or, inside torch's native start-up, abort the process), so until :mod:`metaspike.app.cli`
 is imported Ctrl-C ends the command at once with the one line it prints later, ``metaspike: interrupted``, and a
 SIGTERM with ``metaspike: terminated (SIGTERM)`` (it ended the process without a word): nothing has been written by
-then. A process that ignores either signal (Ctrl-C in one started in the background) keeps ignoring it.
+then. A process that ignores either signal (Ctrl-C in one started in the background) keeps ignoring it while the
+command starts; once it runs, Ctrl-C is still ignored there, and a SIGTERM stops the run as Ctrl-C does.
 """
 
 from __future__ import annotations

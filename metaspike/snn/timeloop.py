@@ -78,10 +78,19 @@ def _check_one_step_modules(network: nn.Module) -> None:
                              f"per call; SpikingClassifier calls the network once per time step: use "
                              f"{type(module).__name__}Cell (or another Norse *Cell)")
         lifted = getattr(module, "lifted_module", None) if isinstance(module, lift) else None
-        if lifted is not None and holds_norse_cells([lifted]):  # (a lifted stateless layer maps each row alike)
-            raise ValueError(f"network: {where} is Norse's Lift of a {type(lifted).__name__}, which runs the cell "
-                             "over its input's first dimension as time, and returns (output, state); SpikingClassifier "
-                             f"calls the network once per time step: use the {type(lifted).__name__} itself")
+        neuron = _first_neuron(lifted) if isinstance(lifted, nn.Module) else None
+        if neuron is not None:  # (a lifted stateless layer maps each row alike: taken)
+            holding = "" if neuron is lifted else f" holding a {type(neuron).__name__}"
+            raise ValueError(f"network: {where} is Norse's Lift of a {type(lifted).__name__}{holding}, which runs it "
+                             "over its input's first dimension as time (one sample's state flowing into the next); "
+                             f"SpikingClassifier calls the network once per time step: use the "
+                             f"{type(lifted).__name__} without Lift")
+
+
+def _first_neuron(module: nn.Module) -> nn.Module | None:
+    """The first module in ``module`` (itself included) that keeps a state from one call to the next: a Norse cell,
+    a snnTorch neuron, a module with a ``reset_state()`` (:func:`~metaspike.snn.backends.state_reset`)."""
+    return next((m for m in module.modules() if holds_norse_cells([m]) or state_reset(m) is not None), None)
 
 
 #: snnTorch modules that run a whole time sequence per call (time first); ``snntorch.Leaky(init_hidden=True)`` runs
@@ -405,12 +414,13 @@ class SpikingClassifier(nn.Module):
             raise ValueError(f"SpikingClassifier: the network's outputs read out to shape {tuple(logits.shape)} for a "
                              f"batch of {batch}: the batch must come first, [{batch}, ...] ([{batch}, classes], or "
                              f"[{batch}] for one logit a sample)" + (f"; {_OWN_TIME_LOOP}" if stacked else ""))
-        if (self.input_shape is None and isinstance(logits, Tensor) and logits.dim() > 2
-                and not getattr(self, "_warned_encoded_again", False) and _spikes_only(x)):  # (the pass over x last)
-            _warn_encoded_again(self, tuple(x.shape), tuple(logits.shape))
-        elif stacked and not getattr(self, "_warned_own_loop", False):  # ([B, B, ...]: as many steps as samples)
-            self._warned_own_loop = True
-            warnings.warn(f"SpikingClassifier: the network's outputs read out to shape {tuple(logits.shape)} for a "
-                          f"batch of {batch}, not [batch, classes]; {_OWN_TIME_LOOP}", UserWarning,
-                          stacklevel=user_stacklevel())
+        warned = getattr(self, "_warned_encoded_again", False) or getattr(self, "_warned_own_loop", False)
+        if isinstance(logits, Tensor) and logits.dim() > 2 and not warned:  # (one warning a classifier, the likelier)
+            if self.input_shape is None and x.dim() > 2 and _spikes_only(x):  # (the pass over x last)
+                _warn_encoded_again(self, tuple(x.shape), tuple(logits.shape))
+            elif stacked and batch > 1:  # ([B, B, ...]: as many steps of the network's own as samples)
+                self._warned_own_loop = True
+                warnings.warn(f"SpikingClassifier: the network's outputs read out to shape {tuple(logits.shape)} for "
+                              f"a batch of {batch}, not [batch, classes]; {_OWN_TIME_LOOP}", UserWarning,
+                              stacklevel=user_stacklevel())
         return logits
