@@ -21,8 +21,9 @@ The table and figure go to ``--out`` (default: a new folder ``long_stream``, ``l
 runs of an earlier benchmark is refused unless ``--resume`` is given, which reads finished runs back and continues
 stopped ones (their seconds are then those of the processes that ran them, and a note says which). The step costs,
 headed by the CPU, its flags, torch's threads and the load average, go there too, to
-``steps_<cpu-kind>_<N>thread(s).txt``. ``--merge`` records in ``ran_with.json`` the thread counts, versions and CPU
-kinds its runs ran with, and warns where they differ (the tables' seconds are then not one machine's).
+``steps_<cpu-kind>_<N>thread(s).txt``. The stream and ``--merge`` record in ``ran_with.json`` the thread counts,
+versions and CPU kinds their runs ran with, and warn where they differ (the tables' seconds are then not one
+machine's); ``freed_memory.json`` records the allocator setting, and a ``--resume`` with the other one is refused.
 
 Usage::
 
@@ -167,7 +168,6 @@ def merge(parts: list[Path], out: Path) -> None:
     """One ``table.csv`` (methods in :data:`METHODS` order) and ``accuracy_vs_task.png`` from folders that
     ran some methods each (``--methods``); a method found in two folders is refused."""
     from metaspike.app.reproduce import long_stream
-    from metaspike.app.runs import ran_with
     from metaspike.continual.results import load_run
     from metaspike.files import atomic_write_text, csv_text
 
@@ -192,11 +192,42 @@ def merge(parts: list[Path], out: Path) -> None:
         finished = [load_run(d)["matrix"] for d in runs]
         curves[label] = [m[-1] for m in finished if len(m) == long_stream.LONG_STREAM.tasks]
     long_stream._plot({k: v for k, v in curves.items() if v}, out / "accuracy_vs_task.png")
-    arithmetic, warning = ran_with(sorted(d for part in parts for d in (part / "runs").glob("*/*") if d.is_dir()))
-    atomic_write_text(out / "ran_with.json", json.dumps(arithmetic, indent=1) + "\n")
     print(open(out / "table.csv").read())
+    _record_ran_with(sorted(d for part in parts for d in (part / "runs").glob("*/*") if d.is_dir()), out)
+
+
+def _record_ran_with(runs: list[Path], out: Path) -> None:
+    """``out/ran_with.json``: the thread counts, versions and CPU kinds ``runs`` ran with; a warning where they
+    differ (the table's seconds are then not one machine's)."""
+    from metaspike.app.runs import ran_with
+    from metaspike.files import atomic_write_text
+
+    arithmetic, warning = ran_with(runs)
+    atomic_write_text(out / "ran_with.json", json.dumps(arithmetic, indent=1) + "\n")
     if warning:
         print(f"warning: {warning}; the seconds of the table are not one machine's", file=sys.stderr)
+
+
+#: The file of an ``--out`` folder that records whether its runs kept freed memory (``--release-freed-memory``).
+ALLOCATOR_FILE = "freed_memory.json"
+
+
+def _check_same_allocator(parser: argparse.ArgumentParser, out: Path, kept: bool) -> None:
+    """Record in ``out`` whether its runs keep freed memory; a ``--resume`` that would run them the other way is one
+    line naming ``--release-freed-memory`` (the table's timings would mix two allocators)."""
+    from metaspike.files import atomic_write_text
+
+    path = out / ALLOCATOR_FILE
+    setting = "kept" if kept else "returned"
+    if path.is_file():
+        recorded = json.loads(path.read_text()).get("freed_memory")
+        if recorded != setting:
+            flag = "without --release-freed-memory" if recorded == "kept" else "with --release-freed-memory"
+            parser.error(f"argument --release-freed-memory: the runs in {out} ran with freed memory {recorded}; go on "
+                         f"{flag}, so that one table does not mix two allocators' timings")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"freed_memory": setting}) + "\n")
 
 
 def _methods(parser: argparse.ArgumentParser, labels: list[str] | None) -> list:
@@ -254,6 +285,8 @@ def main() -> None:
     if args.resume and args.out is None:
         parser.error("argument --resume: name the folder to go on with in --out")
     args.out = args.out or unique_directory(RUNS, "long_stream")
+    if not args.steps_only:
+        _check_same_allocator(parser, args.out, kept)
     print(machine(), flush=True)
     print(f"freed memory {'kept' if kept else 'returned to the system'} (metaspike.allocator)")
     if not args.no_steps:
@@ -273,6 +306,7 @@ def main() -> None:
     for row in rows:
         cells = "  ".join(f"{k}={v[0]:.2f}" for k, v in row.items() if isinstance(v, tuple))
         print(f"{row['setting']}: {cells}  {row['settings']}")
+    _record_ran_with(sorted(d for d in (args.out / "runs").glob("*/*") if d.is_dir()), args.out)
     print(f"total {time.perf_counter() - start:.0f} s, peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

@@ -39,6 +39,19 @@ def test_a_bad_flag_is_one_line_before_anything_runs(tmp_path, script, flags, me
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "earlier"]  # (nothing written or made)
 
 
+def test_a_long_stream_resumed_with_the_other_allocator_is_one_line(tmp_path):
+    """A table's runs were resumed without --release-freed-memory after a start with it: their timings mixed two
+    allocators, and nothing recorded either."""
+    (tmp_path / "earlier" / "runs" / "SGD" / "seed1").mkdir(parents=True)
+    (tmp_path / "earlier" / "freed_memory.json").write_text('{"freed_memory": "returned"}\n')
+    done = _run("benchmarks/long_stream.py", "--no-steps", "--resume", "--methods", "SGD", "--out", "earlier",
+                cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        "error: argument --release-freed-memory: the runs in earlier ran with freed memory returned; go on with "
+        "--release-freed-memory, so that one table does not mix two allocators' timings"), done.stderr
+
+
 _STOPPED_LONG_STREAM = """
 import os, runpy, signal, sys, time
 sys.argv = ["long_stream.py", "--no-steps", "--methods", "SGD", "EWC-Online", "--seeds", "3", "--out", "out"]

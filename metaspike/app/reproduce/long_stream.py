@@ -254,7 +254,8 @@ def run(scale: str, seeds: Sequence[int], root: Path, progress: bool, data_dir: 
                 continue
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             print(f"long-stream {method.label} seed {seed}: {result.seconds:.0f} s training and evaluating (the "
-                  f"table's seconds_per_run; {time.perf_counter() - start:.0f} s with the model's making and files), "
+                  f"table's seconds_per_run, over every process that ran it; this process: "
+                  f"{time.perf_counter() - start:.0f} s with the model's making and files), "
                   f"{1000 * step:.3f} ms a step with its evaluations, last-5 {last_tasks_accuracy(result.matrix, 5):.1f}, "
                   f"peak RSS of the process so far {peak:.0f} MiB", flush=True)
             results.append(result)
