@@ -164,7 +164,7 @@ def _write_step_costs(steps: int, rounds: int, out: Path, kept: bool) -> None:
     print(f"written to {path}")
 
 
-def merge(parts: list[Path], out: Path) -> None:
+def merge(parser: argparse.ArgumentParser, parts: list[Path], out: Path) -> None:
     """One ``table.csv`` (methods in :data:`METHODS` order) and ``accuracy_vs_task.png`` from folders that
     ran some methods each (``--methods``); a method found in two folders is refused."""
     from metaspike.app.reproduce import long_stream
@@ -194,6 +194,12 @@ def merge(parts: list[Path], out: Path) -> None:
     long_stream._plot({k: v for k, v in curves.items() if v}, out / "accuracy_vs_task.png")
     print(open(out / "table.csv").read())
     _record_ran_with(sorted(d for part in parts for d in (part / "runs").glob("*/*") if d.is_dir()), out)
+    settings = {_recorded_allocator(parser, part) for part in parts}
+    if len(settings) == 1 and None not in settings:
+        atomic_write_text(out / ALLOCATOR_FILE, json.dumps({"freed_memory": settings.pop()}) + "\n")
+    else:
+        print("warning: the folders' runs kept freed memory in some and returned it in others (or do not say): the "
+              "seconds of the table are not one allocator's", file=sys.stderr)
 
 
 def _record_ran_with(runs: list[Path], out: Path) -> None:
@@ -212,22 +218,39 @@ def _record_ran_with(runs: list[Path], out: Path) -> None:
 ALLOCATOR_FILE = "freed_memory.json"
 
 
-def _check_same_allocator(parser: argparse.ArgumentParser, out: Path, kept: bool) -> None:
-    """Record in ``out`` whether its runs keep freed memory; a ``--resume`` that would run them the other way is one
-    line naming ``--release-freed-memory`` (the table's timings would mix two allocators)."""
+def _recorded_allocator(parser: argparse.ArgumentParser, folder: Path) -> str | None:
+    """The freed-memory setting ``folder``'s runs ran with (``"kept"`` or ``"returned"``), ``None`` where it has no
+    :data:`ALLOCATOR_FILE`; a damaged one is one line naming it."""
+    path = folder / ALLOCATOR_FILE
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text()).get("freed_memory")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        recorded = None
+    if recorded not in ("kept", "returned"):
+        parser.error(f"{path} is damaged: it must hold {{\"freed_memory\": \"kept\"}} or \"returned\"")
+    return recorded
+
+
+def _check_same_allocator(parser: argparse.ArgumentParser, out: Path, kept: bool, earlier: list[Path]) -> None:
+    """Record in ``out`` whether its runs keep freed memory; a ``--resume`` of ``earlier`` runs that ran the other way
+    is one line naming ``--release-freed-memory`` (the table's timings would mix two allocators). Earlier runs of a
+    folder without the record (made before it was kept) leave it unrecorded, with a note."""
     from metaspike.files import atomic_write_text
 
-    path = out / ALLOCATOR_FILE
     setting = "kept" if kept else "returned"
-    if path.is_file():
-        recorded = json.loads(path.read_text()).get("freed_memory")
-        if recorded != setting:
-            flag = "without --release-freed-memory" if recorded == "kept" else "with --release-freed-memory"
-            parser.error(f"argument --release-freed-memory: the runs in {out} ran with freed memory {recorded}; go on "
-                         f"{flag}, so that one table does not mix two allocators' timings")
+    recorded = _recorded_allocator(parser, out)
+    if earlier and recorded is None:
+        print(f"note: {out} does not record whether its earlier runs kept freed memory; this table's timings may mix "
+              "two allocators", file=sys.stderr)
         return
+    if earlier and recorded != setting:
+        flag = "without --release-freed-memory" if recorded == "kept" else "with --release-freed-memory"
+        parser.error(f"argument --release-freed-memory: the runs in {out} ran with freed memory {recorded}; go on "
+                     f"{flag}, so that one table does not mix two allocators' timings")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"freed_memory": setting}) + "\n")
+    atomic_write_text(out / ALLOCATOR_FILE, json.dumps({"freed_memory": setting}) + "\n")
 
 
 def _methods(parser: argparse.ArgumentParser, labels: list[str] | None) -> list:
@@ -275,7 +298,7 @@ def main() -> None:
         missing = next((folder for folder in args.merge if not (folder / "table.csv").is_file()), None)
         if missing is not None:
             parser.error(f"argument --merge: {missing} holds no table.csv (a folder this benchmark wrote with --out)")
-        merge(args.merge, args.out or unique_directory(RUNS, "long_stream"))
+        merge(parser, args.merge, args.out or unique_directory(RUNS, "long_stream"))
         return
     methods = _methods(parser, args.methods)
     earlier = [] if args.out is None or args.steps_only else sorted(args.out.glob("runs/*/*"))
@@ -286,7 +309,7 @@ def main() -> None:
         parser.error("argument --resume: name the folder to go on with in --out")
     args.out = args.out or unique_directory(RUNS, "long_stream")
     if not args.steps_only:
-        _check_same_allocator(parser, args.out, kept)
+        _check_same_allocator(parser, args.out, kept, earlier)
     print(machine(), flush=True)
     print(f"freed memory {'kept' if kept else 'returned to the system'} (metaspike.allocator)")
     if not args.no_steps:

@@ -50,6 +50,12 @@ def test_a_long_stream_resumed_with_the_other_allocator_is_one_line(tmp_path):
     assert done.stderr.strip().splitlines()[-1].endswith(
         "error: argument --release-freed-memory: the runs in earlier ran with freed memory returned; go on with "
         "--release-freed-memory, so that one table does not mix two allocators' timings"), done.stderr
+    (tmp_path / "earlier" / "freed_memory.json").write_text("")  # (a damaged record: one line, no JSON traceback)
+    done = _run("benchmarks/long_stream.py", "--no-steps", "--resume", "--methods", "SGD", "--out", "earlier",
+                cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith("freed_memory.json is damaged: it must hold "
+                                                         '{"freed_memory": "kept"} or "returned"'), done.stderr
 
 
 _STOPPED_LONG_STREAM = """

@@ -180,6 +180,8 @@ def test_nir_round_trip_gives_the_same_spikes(tmp_path):
     rebuilt = SpikingClassifier(import_nir(path), model.num_steps, model.encoder, model.readout, model.input_shape)
     with open(path, "rb") as handle:  # (a file object goes to NIR's reader as it is)
         from_file = import_nir(handle)
+    with pytest.raises(ValueError, match=r"^import_nir: source must be a path \(a str or os.PathLike\), got bytes$"):
+        import_nir(bytes(path) + b"\0")  # (h5py cut bytes at the NUL too)
     expected = rebuilt.network.state_dict()
     assert from_file.state_dict().keys() == expected.keys()
     assert all(torch.equal(value, expected[key]) for key, value in from_file.state_dict().items())

@@ -44,7 +44,8 @@ def test_a_norse_lift_of_a_cell_is_refused_and_a_lift_of_a_layer_taken():
         SpikingClassifier(metaspike.binarize(lifted_cell), num_steps=4)
     # (any state carried from row to row: a snnTorch neuron's made each sample's output depend on the batch)
     for lifted, named in [(snn.Leaky(beta=0.9, init_hidden=True), "Leaky"),
-                          (norse.SequentialState(norse.LIFCell()), "SequentialState holding a LIFCell")]:
+                          (norse.SequentialState(norse.LIFCell()), "SequentialState holding a LIFCell"),
+                          (norse.CobaLIFCell(30, 30), "CobaLIFCell")]:  # (a cell built on no SNNCell: Norse's own test)
         with pytest.raises(ValueError, match=f"^network: module '1' is Norse's Lift of a {named}, which runs it"):
             SpikingClassifier(nn.Sequential(nn.Linear(64, 30), norse.Lift(lifted), nn.Linear(30, 10)), num_steps=4)
     lifted_layer = norse.SequentialState(norse.Lift(nn.Linear(64, 30)), norse.LIFCell(), nn.Linear(30, 10),

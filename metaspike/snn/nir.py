@@ -365,8 +365,8 @@ def import_nir(source, dt: float = 1.0) -> nn.Sequential:
     nir = _nir()
     snn = require_snntorch()
     finite_number("dt", dt, positive=True)
-    if isinstance(source, (str, os.PathLike)):  # (a file object goes to NIR's reader as it is)
-        source = as_path(source, "import_nir: source")
+    if not (isinstance(source, nir.NIRGraph) or callable(getattr(source, "read", None))):  # (a file object goes to
+        source = as_path(source, "import_nir: source")  # NIR's reader as it is)
     graph = source if isinstance(source, nir.NIRGraph) else nir.read(source)
     nodes = _thresholds_joined(nir, _chain(graph))
     layers: list[nn.Module] = []

@@ -79,6 +79,8 @@ def _check_one_step_modules(network: nn.Module) -> None:
                              f"{type(module).__name__}Cell (or another Norse *Cell)")
         lifted = getattr(module, "lifted_module", None) if isinstance(module, lift) else None
         neuron = _first_neuron(lifted) if isinstance(lifted, nn.Module) else None
+        if neuron is None and getattr(module, "is_stateful", False):  # (Norse's own test: a forward taking a state)
+            neuron = lifted
         if neuron is not None:  # (a lifted stateless layer maps each row alike: taken)
             holding = "" if neuron is lifted else f" holding a {type(neuron).__name__}"
             raise ValueError(f"network: {where} is Norse's Lift of a {type(lifted).__name__}{holding}, which runs it "
