@@ -58,11 +58,12 @@ def holds_norse_cells(modules: Sequence[nn.Module]) -> bool:
 
 
 def _check_one_step_modules(network: nn.Module) -> None:
-    """Refuse Norse's time-first modules (``LIF``, ``LI``, ``LSNN``, ``LIFRecurrent``, ..., and a ``Lift`` of a
-    cell): they read their input's first dimension as time, so called once per step with ``[B, ...]`` they would run
-    the batch as a sequence (one sample's state flowing into the next); and Norse cells in a plain ``nn.Sequential``,
-    which cannot thread their states; and snnTorch neurons built without ``init_hidden=True`` there (each call would
-    start from a fresh membrane and pass ``(spikes, membrane)`` on as the next layer's input)."""
+    """Refuse Norse's time-first modules (``LIF``, ``LI``, ``LSNN``, ``LIFRecurrent``, ..., and a ``Lift`` of
+    anything that keeps a state): they read their input's first dimension as time, so called once per step with
+    ``[B, ...]`` they would run the batch as a sequence (one sample's state flowing into the next); and Norse cells in
+    a plain ``nn.Sequential``, which cannot thread their states; and snnTorch neurons built without
+    ``init_hidden=True`` there (each call would start from a fresh membrane and pass ``(spikes, membrane)`` on as the
+    next layer's input)."""
     _check_snntorch_neurons(network)
     time_first = _norse_bases(*_NORSE_SEQUENCES)
     if not time_first:
