@@ -279,6 +279,23 @@ def test_ctrl_c_before_a_reproduction_measured_anything_leaves_no_folder(tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_run_that_starts_over_records_the_arithmetic_it_runs_with(tmp_path, monkeypatch):
+    """A reproduction's run killed before its first checkpoint starts over in its folder: its config.json kept the
+    killed process's thread count, and the table's ran_with.json recorded that one."""
+    from metaspike.app.reproduce.continual import Method, run_method
+
+    config = RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(16,))
+    run_method(config, Method("plain"), tmp_path)
+    (run,) = tmp_path.iterdir()
+    for path in run.iterdir():  # (what a kill before the first checkpoint leaves: the run's description)
+        if path.name not in ("config.json", "scenario.json"):
+            path.unlink()
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads + 1)
+    run_method(config, Method("plain"), tmp_path)
+    assert json.loads((run / "config.json").read_text())["threads"] == threads + 1
+
+
 def test_a_reproduction_folder_written_before_a_setting_existed_is_read_back(tmp_path):
     """A run folder of an earlier version lacks the config fields added since (here the baseline's): it holds the run
     their defaults give, and a reproduction continued after the upgrade reads it back instead of refusing it."""

@@ -836,6 +836,8 @@ def train_in_folder(root: Path, name: str, config: RunConfig, trainer: Continual
         state, warnings = _checkpoint_to_continue(path)
         if state is None:  # (as train --resume refuses it: starting again would overwrite what it recorded)
             _refuse_results_without_checkpoint(path)
+            # starting over: the folder records the arithmetic this process runs with, not the killed one's
+            directory.describe({**record, **_arithmetic()}, _scenario_record(scenario))
         for warning in warnings + (_arithmetic_changes(path) if state is not None else []):
             print(f"metaspike: warning: {warning}", file=sys.stderr)
         return _as_recorded(train_and_finish(trainer, scenario, directory, state, plot=False), path)
