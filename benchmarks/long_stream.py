@@ -171,6 +171,7 @@ def merge(parser: argparse.ArgumentParser, parts: list[Path], out: Path) -> None
     from metaspike.continual.results import load_run
     from metaspike.files import atomic_write_text, csv_text
 
+    settings = {_recorded_allocator(parser, part) for part in parts}  # (a damaged record: refused before any write)
     header, rows = None, {}
     for part in parts:
         with open(part / "table.csv", newline="") as handle:
@@ -193,10 +194,9 @@ def merge(parser: argparse.ArgumentParser, parts: list[Path], out: Path) -> None
         curves[label] = [m[-1] for m in finished if len(m) == long_stream.LONG_STREAM.tasks]
     long_stream._plot({k: v for k, v in curves.items() if v}, out / "accuracy_vs_task.png")
     print(open(out / "table.csv").read())
-    _record_ran_with(sorted(d for part in parts for d in (part / "runs").glob("*/*") if d.is_dir()), out)
-    settings = {_recorded_allocator(parser, part) for part in parts}
+    _record_ran_with(_run_folders(*parts), out)
     if len(settings) == 1 and None not in settings:
-        atomic_write_text(out / ALLOCATOR_FILE, json.dumps({"freed_memory": settings.pop()}) + "\n")
+        _record_allocator(out, settings.pop())
     else:
         print("warning: the folders' runs kept freed memory in some and returned it in others (or do not say): the "
               "seconds of the table are not one allocator's", file=sys.stderr)
@@ -214,8 +214,21 @@ def _record_ran_with(runs: list[Path], out: Path) -> None:
         print(f"warning: {warning}; the seconds of the table are not one machine's", file=sys.stderr)
 
 
+def _run_folders(*folders: Path) -> list[Path]:
+    """The run folders (``runs/<method>/<run>``) that the benchmark's output ``folders`` hold, sorted."""
+    return sorted(d for folder in folders for d in (folder / "runs").glob("*/*") if d.is_dir())
+
+
 #: The file of an ``--out`` folder that records whether its runs kept freed memory (``--release-freed-memory``).
 ALLOCATOR_FILE = "freed_memory.json"
+
+
+def _record_allocator(out: Path, setting: str) -> None:
+    """Write :data:`ALLOCATOR_FILE` in ``out``: its runs' freed memory ``"kept"`` or ``"returned"``."""
+    from metaspike.files import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / ALLOCATOR_FILE, json.dumps({"freed_memory": setting}) + "\n")
 
 
 def _recorded_allocator(parser: argparse.ArgumentParser, folder: Path) -> str | None:
@@ -237,8 +250,6 @@ def _check_same_allocator(parser: argparse.ArgumentParser, out: Path, kept: bool
     """Record in ``out`` whether its runs keep freed memory; a ``--resume`` of ``earlier`` runs that ran the other way
     is one line naming ``--release-freed-memory`` (the table's timings would mix two allocators). Earlier runs of a
     folder without the record (made before it was kept) leave it unrecorded, with a note."""
-    from metaspike.files import atomic_write_text
-
     setting = "kept" if kept else "returned"
     recorded = _recorded_allocator(parser, out)
     if earlier and recorded is None:
@@ -249,8 +260,7 @@ def _check_same_allocator(parser: argparse.ArgumentParser, out: Path, kept: bool
         flag = "without --release-freed-memory" if recorded == "kept" else "with --release-freed-memory"
         parser.error(f"argument --release-freed-memory: the runs in {out} ran with freed memory {recorded}; go on "
                      f"{flag}, so that one table does not mix two allocators' timings")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / ALLOCATOR_FILE, json.dumps({"freed_memory": setting}) + "\n")
+    _record_allocator(out, setting)
 
 
 def _methods(parser: argparse.ArgumentParser, labels: list[str] | None) -> list:
@@ -329,7 +339,7 @@ def main() -> None:
     for row in rows:
         cells = "  ".join(f"{k}={v[0]:.2f}" for k, v in row.items() if isinstance(v, tuple))
         print(f"{row['setting']}: {cells}  {row['settings']}")
-    _record_ran_with(sorted(d for d in (args.out / "runs").glob("*/*") if d.is_dir()), args.out)
+    _record_ran_with(_run_folders(args.out), args.out)
     print(f"total {time.perf_counter() - start:.0f} s, peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

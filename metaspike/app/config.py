@@ -283,9 +283,10 @@ class RunConfig:
             raise ValueError(f"--standardize is a switch (true or false), got {self.standardize!r}")
         if self.samples_per_task is not None and self.scenario != "permuted":
             raise ValueError(f"--samples-per-task applies to --scenario permuted only, not {self.scenario!r}")
-        if (not isinstance(self.hidden, (tuple, list)) or not self.hidden
-                or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden)):
-            shown = list(self.hidden) if isinstance(self.hidden, (tuple, list)) else repr(self.hidden)
+        listed = isinstance(self.hidden, (tuple, list))
+        if not listed or not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1
+                                                for h in self.hidden):
+            shown = list(self.hidden) if listed else repr(self.hidden)
             raise ValueError(f"--hidden must list positive integer layer widths (a tuple, one per layer), got {shown}")
         object.__setattr__(self, "hidden", tuple(self.hidden))
         self._check_optimizer_settings()
