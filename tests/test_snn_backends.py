@@ -1,5 +1,7 @@
 """snnTorch, Norse and NIR: one-line binary synapses, training, per-model reset, NIR round trip."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -145,6 +147,38 @@ def test_norse_neurons_reject_an_snntorch_surrogate_name_and_take_superspike():
         build_neuron_model("norse-lif", NetSpec(surrogate="atan"))
     spikes = surrogate("superspike")(torch.tensor([-0.2, 0.3], requires_grad=True))
     assert spikes.tolist() == [0.0, 1.0]
+
+
+# name, parameters, the surrogate gradient at x from its closed form
+_SHARPENED = [
+    ("fast_sigmoid", {"slope": 5.0}, lambda x: 1 / (1 + 5.0 * x.abs()) ** 2),
+    ("atan", {"alpha": 3.0}, lambda x: 1.5 / (1 + (torch.pi / 2 * 3.0 * x) ** 2)),
+    ("sigmoid", {"slope": 4.0}, lambda x: 4.0 * torch.sigmoid(4.0 * x) * (1 - torch.sigmoid(4.0 * x))),
+    ("tanh", {"alpha": 2.0}, lambda x: 1 - torch.tanh(2.0 * x) ** 2),
+]
+
+
+@pytest.mark.parametrize("name, parameters, expected", _SHARPENED, ids=[row[0] for row in _SHARPENED])
+def test_a_surrogates_parameter_sets_its_gradient(name, parameters, expected):
+    pytest.importorskip("norse.torch" if name == "tanh" else "snntorch")
+    x = torch.tensor([-0.7, -0.2, 0.1, 0.45], dtype=torch.float64, requires_grad=True)
+    surrogate(name, **parameters)(x).sum().backward()
+    torch.testing.assert_close(x.grad, expected(x.detach()))
+    x.grad = None
+    surrogate(name)(x).sum().backward()  # the default differs, so the parameter is what moved the gradient
+    assert not torch.allclose(x.grad, expected(x.detach()))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: surrogate("atan", slope=3.0), "surrogate 'atan' takes alpha, got slope"),
+    (lambda: surrogate("triangular", width=1.0), "surrogate 'triangular' takes no parameters, got width"),
+    (lambda: surrogate("superspike", alpha=10.0), "surrogate 'superspike' takes no parameters, got alpha"),
+    (lambda: surrogate("fast_sigmoid", slope=-1.0), "surrogate 'fast_sigmoid''s slope must be a finite number > 0"),
+    (lambda: surrogate("sigmoid", slope=float("inf")), "surrogate 'sigmoid''s slope must be a finite number > 0"),
+])
+def test_a_surrogate_refuses_a_parameter_it_does_not_take_or_a_bad_value_in_one_line(call, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call()
 
 
 @pytest.mark.parametrize("name", ["atan", "fast_sigmoid", "sigmoid", "straight_through"])

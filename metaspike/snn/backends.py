@@ -16,11 +16,12 @@ from types import ModuleType
 import torch
 from torch import Tensor, nn
 
-from metaspike.checks import unknown_name
+from metaspike.checks import finite_number, unknown_name
 from metaspike.snn.spikes import surrogate_spike
 
 __all__ = [
-    "require_snntorch", "require_norse", "available_surrogates", "surrogate", "norse_method", "reset_states",
+    "require_snntorch", "require_norse", "available_surrogates", "surrogate", "surrogate_parameters", "norse_method",
+    "reset_states",
     "state_reset",
 ]
 
@@ -62,26 +63,34 @@ def _triangular_gradient(x: Tensor, grad: Tensor) -> Tensor:
 
 
 SIGMOID_SLOPE = 25.0
-"""``k`` of the sigmoid surrogate ``d/dx sigmoid(k·x)`` (snnTorch's default)."""
+"""Default ``k`` of the sigmoid surrogate ``d/dx sigmoid(k·x)`` (snnTorch's default)."""
 
 
-def _sigmoid_gradient(x: Tensor, grad: Tensor) -> Tensor:
+def _sigmoid_gradient(x: Tensor, grad: Tensor, slope: float) -> Tensor:
     """``grad·k·σ(kx)·(1 − σ(kx))``, finite for every ``x``. (snnTorch 1.0's ``surrogate.sigmoid`` forms
     ``k·e^{−kx} / (e^{−kx} + 1)²``, whose square overflows float32 below ``x ≈ −3.5`` at ``k = 25``: NaN gradients,
     which a binarized Leaky network on digits met at its first step and never left chance.)"""
-    s = torch.sigmoid(SIGMOID_SLOPE * x)
-    return grad * (SIGMOID_SLOPE * s * (1 - s))
+    s = torch.sigmoid(slope * x)
+    return grad * (slope * s * (1 - s))
 
 
-# name -> the spike function, from snntorch.surrogate; metaspike's own: name -> its surrogate gradient; Norse's:
-# name -> its threshold (method, alpha)
-_SNNTORCH_SURROGATES = {
-    "fast_sigmoid": lambda s: s.fast_sigmoid(slope=25),
-    "atan": lambda s: s.atan(alpha=2.0),
+# name -> the spike function, from snntorch.surrogate and the surrogate's parameters; metaspike's own: name -> its
+# surrogate gradient; Norse's: name -> its threshold method
+_SNNTORCH_SURROGATES: dict[str, Callable[..., SpikeFunction]] = {
+    "fast_sigmoid": lambda s, slope: s.fast_sigmoid(slope=slope),
+    "atan": lambda s, alpha: s.atan(alpha=alpha),
     "straight_through": lambda s: s.straight_through_estimator(),
 }
 _OWN_SURROGATES = {"sigmoid": _sigmoid_gradient, "triangular": _triangular_gradient}  # (snnTorch's ones fail)
-_NORSE_SURROGATES = {"superspike": ("super", 100.0), "tanh": ("tanh", 100.0), "triangle": ("triangle", 0.3)}
+_NORSE_SURROGATES = {"superspike": "super", "tanh": "tanh", "triangle": "triangle"}
+#: name -> {parameter: default}: what each surrogate takes, under the name its own library gives it
+_SURROGATE_PARAMETERS: dict[str, dict[str, float]] = {
+    "fast_sigmoid": {"slope": 25.0}, "atan": {"alpha": 2.0}, "straight_through": {},
+    "sigmoid": {"slope": SIGMOID_SLOPE}, "triangular": {},
+    "superspike": {}, "tanh": {"alpha": 100.0}, "triangle": {"alpha": 0.3},
+}
+#: The alpha Norse's threshold is given for SuperSpike, whose gradient ``1/(|x| + 1)²`` ignores it (Norse 1.1)
+_SUPERSPIKE_ALPHA = 100.0
 
 
 def available_surrogates() -> list[str]:
@@ -91,7 +100,7 @@ def available_surrogates() -> list[str]:
         >>> available_surrogates()
         ['atan', 'fast_sigmoid', 'sigmoid', 'straight_through', 'superspike', 'tanh', 'triangle', 'triangular']
     """
-    return sorted([*_SNNTORCH_SURROGATES, *_OWN_SURROGATES, *_NORSE_SURROGATES])
+    return sorted(_SURROGATE_PARAMETERS)
 
 
 def _check_surrogate(name: str) -> None:
@@ -99,29 +108,55 @@ def _check_surrogate(name: str) -> None:
         raise ValueError(unknown_name("surrogate", name, available_surrogates()))
 
 
-def surrogate(name: str) -> SpikeFunction:
-    """Spike function ``x -> heaviside(x)`` whose gradient is the named surrogate.
+def surrogate_parameters(name: str, **overrides: float) -> dict[str, float]:
+    """The parameters of surrogate ``name``: its defaults with ``overrides`` in place, each checked to be a finite
+    number ``> 0``; one ``ValueError`` for a name the surrogate does not take.
 
-    ``"atan"``, ``"fast_sigmoid"`` and ``"straight_through"`` come from ``snntorch.surrogate``; ``"sigmoid"``
-    (``d/dx sigmoid(25x)``) and ``"triangular"`` (``max(0, 1 − |x|)``) are metaspike's own, since snnTorch's give
-    NaN or wrong-signed gradients; Norse names come from ``norse.torch.functional`` (SuperSpike: ``"superspike"``).
+    Example:
+        >>> surrogate_parameters("fast_sigmoid", slope=10)
+        {'slope': 10.0}
+        >>> surrogate_parameters("atan")
+        {'alpha': 2.0}
+    """
+    _check_surrogate(name)
+    accepted = _SURROGATE_PARAMETERS[name]
+    unknown = sorted(set(overrides) - set(accepted))
+    if unknown:
+        takes = f"takes {', '.join(accepted)}" if accepted else "takes no parameters"
+        raise ValueError(f"surrogate {name!r} {takes}, got {', '.join(unknown)}")
+    return {key: finite_number(f"surrogate {name!r}'s {key}", overrides.get(key, default), positive=True)
+            for key, default in accepted.items()}
+
+
+def surrogate(name: str, **parameters: float) -> SpikeFunction:
+    """Spike function ``x -> heaviside(x)`` whose gradient is the named surrogate, sharpened by ``parameters``.
+
+    ``"atan"`` (``alpha``, default 2), ``"fast_sigmoid"`` (``slope``, 25) and ``"straight_through"`` come from
+    ``snntorch.surrogate``; ``"sigmoid"`` (``d/dx sigmoid(slope·x)``, ``slope`` 25) and ``"triangular"``
+    (``max(0, 1 − |x|)``) are metaspike's own, since snnTorch's give NaN or wrong-signed gradients; Norse names come
+    from ``norse.torch.functional`` (``alpha``: ``"tanh"`` 100, ``"triangle"`` 0.3; ``"superspike"`` takes none, since
+    Norse's SuperSpike gradient ``1/(|x| + 1)²`` ignores its alpha).
     Usable as snnTorch's ``spike_grad`` or in plain torch. The spikes have the
     input's dtype (snnTorch's own functions return float32 spikes whatever the input, which a model moved to float64
     then fails on; so does an snnTorch neuron built without ``spike_grad``, whose default is snnTorch's arctangent).
 
     Example:
-        >>> surrogate("atan")(Tensor([-0.5, 0.5]))  # doctest: +SKIP
-        tensor([0., 1.])
+        >>> x = torch.tensor([-0.5, 0.5], requires_grad=True)
+        >>> spikes = surrogate("sigmoid", slope=4.0)(x); spikes
+        tensor([0., 1.], grad_fn=<...>)
+        >>> spikes.sum().backward(); x.grad  # 4·σ(±2)·(1 − σ(±2))
+        tensor([0.4200, 0.4200])
     """
-    _check_surrogate(name)
+    values = surrogate_parameters(name, **parameters)
     if name in _OWN_SURROGATES:
         gradient = _OWN_SURROGATES[name]
-        return lambda x: surrogate_spike(x, gradient)
+        return lambda x: surrogate_spike(x, gradient, *values.values())
     if name in _SNNTORCH_SURROGATES:
-        spike = _SNNTORCH_SURROGATES[name](importlib.import_module(require_snntorch().__name__ + ".surrogate"))
+        module = importlib.import_module(require_snntorch().__name__ + ".surrogate")
+        spike = _SNNTORCH_SURROGATES[name](module, *values.values())
         return lambda x: spike(x).to(x.dtype)
-    method, alpha = _NORSE_SURROGATES[name]
     threshold = importlib.import_module(require_norse().__name__ + ".functional.threshold").threshold
+    method, alpha = _NORSE_SURROGATES[name], values.get("alpha", _SUPERSPIKE_ALPHA)
     return lambda x: threshold(x, method, alpha)
 
 
@@ -135,7 +170,7 @@ def norse_method(name: str) -> tuple[str, float]:
     _check_surrogate(name)
     if name not in _NORSE_SURROGATES:
         raise ValueError(f"Norse neurons take surrogate {', '.join(sorted(_NORSE_SURROGATES))}, got {name!r}")
-    return _NORSE_SURROGATES[name]
+    return _NORSE_SURROGATES[name], _SURROGATE_PARAMETERS[name].get("alpha", _SUPERSPIKE_ALPHA)
 
 
 def reset_states(model: nn.Module) -> None:
