@@ -42,7 +42,10 @@ class _BytesPath:
 
 
 def _nul_paths():
+    from metaspike.app.compare import resume_comparison
     from metaspike.app.imports import import_modules
+    from metaspike.app.reproduce import resume_reproduction
+    from metaspike.app.runs import resume
     from metaspike.continual.results import latest_good_checkpoint, unique_directory
     from metaspike.files import as_path
 
@@ -51,12 +54,15 @@ def _nul_paths():
             (lambda: latest_good_checkpoint("x\0y"), "run folder" + nul),
             (lambda: default_data_dir("x\0y"), "the data folder" + nul),
             (lambda: import_modules(["x\0y"]), r"--import 'x\x00y': holds a NUL character"),
+            (lambda: resume("x\0y"), "--resume" + nul),
+            (lambda: resume_comparison("x\0y"), "--resume" + nul),
+            (lambda: resume_reproduction("x\0y"), "--resume" + nul),
             (lambda: as_path(_BytesPath(), "packed BNN file"), "packed BNN file must be a path of text (a str, or an "
                                                                "os.PathLike whose __fspath__ returns one), got "
                                                                "_BytesPath returning bytes")]
 
 
-@pytest.mark.parametrize("case", range(5))
+@pytest.mark.parametrize("case", range(8))
 def test_a_path_holding_a_nul_character_or_of_bytes_is_one_line_naming_it(case):
     """Python's system calls say only "embedded null byte", and h5py cut a NIR file's name at the NUL (it wrote another
     file); pathlib's TypeError for a bytes path named no argument."""

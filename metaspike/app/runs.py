@@ -55,7 +55,7 @@ from metaspike.continual.scenarios import Scenario, made_when_reached, make_scen
 from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig, applied_optimizer_mode
 from metaspike.data import ArrayDataset, default_data_dir, load_dataset
 from metaspike.distributed import init_from_env, sync_batchnorm, world, world_size_from_env
-from metaspike.files import TEMPORARY_FILES, atomic_open, atomic_write_text, read_json, remove_stale_temporaries
+from metaspike.files import TEMPORARY_FILES, as_path, atomic_open, atomic_write_text, read_json, remove_stale_temporaries
 from metaspike.machine import cpu_kind
 from metaspike.training import Plugin, TrainingDiverged, minimum_batch_size
 
@@ -915,7 +915,7 @@ def resume_folder(given: str | Path, marker: str) -> Path:
         ...
         ValueError: --resume '/nowhere': no such folder
     """
-    path = Path(given).expanduser()
+    path = as_path(given, "--resume").expanduser()
     _, kind, kinds, _ = next(entry for entry in RESUMABLE_FOLDERS if entry[0] == marker)
     if str(given) == "" or not path.exists():
         raise ValueError(f"--resume {str(given)!r}: no such folder")
