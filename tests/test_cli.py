@@ -881,6 +881,25 @@ def test_a_run_config_given_one_number_for_a_list_is_one_line(field, value, mess
     assert as_lists.hidden == (8, 4) and as_lists.meta == (3.0,) and hash(as_lists)
 
 
+def test_a_run_config_holds_numbers_of_other_kinds_as_python_floats_which_its_name_and_config_file_format():
+    """``RunConfig(meta=(Fraction(5),))`` ended in a TypeError from the name's format string, and ``lr=Fraction(1,
+    1000)`` was kept as a Fraction, which ``config.json`` cannot hold."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    from metaspike.app.config import RunConfig
+
+    config = RunConfig(hidden=(64,), meta=(Fraction(5), np.float32(30.0)), lr=Fraction(1, 1000),
+                       weight_decay=np.float64(0.5))
+    assert config.meta == (5.0, 30.0) and config.lr == 0.001 and config.weight_decay == 0.5
+    assert all(type(v) is float for v in (*config.meta, config.lr, config.weight_decay))
+    assert config.name == RunConfig(hidden=(64,), meta=(5.0, 30.0)).name and json.loads(json.dumps(config.__dict__))["lr"] == 0.001
+    bimu = RunConfig(model="bimu", memory_window=np.int64(875), readout_lambda=Fraction(1, 2))
+    assert (bimu.memory_window, bimu.readout_lambda) == (875.0, 0.5) and bimu.name.endswith("-N875-readout0.5-seed1")
+    assert type(RunConfig(model="bimu", memory_window=875).memory_window) is int  # (ints are kept as they are)
+
+
 def test_plot_of_a_folder_that_holds_no_figures_yet_says_what_to_run(tmp_path, capsys):
     run = tmp_path / "stopped-early"
     run.mkdir()

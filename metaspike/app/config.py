@@ -36,6 +36,7 @@ from metaspike.checks import (
     check_seed,
     finite_number,
     is_finite_number,
+    is_number,
     number_in,
     unknown_name,
 )
@@ -144,6 +145,21 @@ def _check_count(key: str, value: object, low: int) -> None:
         accepted = f">= {low}" if high is None else f"in {low}..{high} ({why})"
         raise ValueError(f"{flag_name(key)} must be an integer {accepted}, got {value!r}")
 
+#: RunConfig's settings that hold one real number (or None)
+_FLOAT_SETTINGS = ("lr", "weight_decay", "memory_window", "readout_lambda", "baseline_strength", "baseline_gamma")
+
+
+def _python_number(value: Any) -> Any:
+    """A real number of another kind than ``int`` and ``float`` as a ``float``; anything else as it is.
+
+    Example:
+        >>> from fractions import Fraction
+        >>> _python_number(Fraction(1, 4)), _python_number(3), _python_number("3")
+        (0.25, 3, '3')
+    """
+    return float(value) if is_number(value) and type(value) not in (int, float) else value
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything a run needs; saved as ``config.json``.
@@ -226,6 +242,7 @@ class RunConfig:
     baseline_gamma: float | None = None
 
     def __post_init__(self) -> None:
+        self._numbers_as_floats()
         if not isinstance(self.imports, tuple) or not all(isinstance(i, str) and i for i in self.imports):
             raise ValueError(f"--import takes module names or .py files, got {self.imports!r}")
         if self.scenario not in available_scenarios():
@@ -299,6 +316,15 @@ class RunConfig:
             raise ValueError(f"the run's folder name would be {len(self.name.encode())} bytes ({self.name[:60]}...), "
                              f"more than a file name may hold ({MAX_NAME_BYTES}): it lists each --dataset and each "
                              "--meta value; give fewer")
+
+    def _numbers_as_floats(self) -> None:
+        """Hold the real-valued settings given as another kind of real number (a ``Fraction``, a numpy number) as a
+        Python float (an int as it is), which the run's name and ``config.json`` can format; anything else is left
+        for the checks to refuse."""
+        for key in _FLOAT_SETTINGS:
+            object.__setattr__(self, key, _python_number(getattr(self, key)))
+        if isinstance(self.meta, (tuple, list)):
+            object.__setattr__(self, "meta", type(self.meta)(_python_number(m) for m in self.meta))
 
     def _check_optimizer_settings(self) -> None:
         """The gradient optimizer's settings (:data:`OPTIMIZER_SETTINGS`): ``None`` for a kind whose optimizer does not
