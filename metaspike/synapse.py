@@ -266,13 +266,11 @@ def weight_matrices(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
 
     found = [(name, weight) for name, _, weight in binary_modules(model)]
     found = found or [(name, tensors[0]) for name, _, _, tensors in bayesian_modules(model)]
-    if found:  # tied layers share one tensor, listed once (under the first layer's name)
-        first: dict[int, tuple[str, torch.Tensor]] = {}
-        for name, weight in found:
-            first.setdefault(id(weight), (name, weight))
-        return list(first.values())
-    found = float_layer_weights(model)
-    return list({id(weight): (name, weight) for name, weight in reversed(found)}.values())[::-1]
+    found = found or float_layer_weights(model)
+    first: dict[int, tuple[str, torch.Tensor]] = {}  # tied layers share one tensor, listed once, where first used
+    for name, weight in found:
+        first.setdefault(id(weight), (name, weight))
+    return list(first.values())
 
 
 def float_layer_weights(model: nn.Module, parametrized: bool = False) -> list[tuple[str, torch.Tensor]]:

@@ -281,6 +281,17 @@ def test_tied_weights_are_one_weight_matrix_for_the_baselines(kind):
 
 
 @pytest.mark.parametrize("kind", ["sign", "bimu", "mesu"])
+def test_a_float_model_lists_a_tied_weight_where_first_used_as_its_synapses_do(kind):
+    """The float model listed a tied weight where it was last used (layers 2, 0, 5 here), its synapses where first
+    used (0, 2, 5): per-layer settings given in that order then went to other layers once the model was converted."""
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Linear(4, 2))
+    net[4].weight = net[0].weight  # tied: two layers, one weight
+    before = [name for name, _ in weight_matrices(net)]
+    converted = binarize(net) if kind == "sign" else bayesianize(net, kind)
+    assert before == [name for name, _ in weight_matrices(converted)] == ["0", "2", "5"]
+
+
+@pytest.mark.parametrize("kind", ["sign", "bimu", "mesu"])
 def test_weight_matrices_left_float_by_a_layer_kind_without_synapses_are_named(kind):
     """An LSTM's matrices (or a Norse recurrent cell's) would train as float weights and never be consolidated."""
     def call(net, **kw):
