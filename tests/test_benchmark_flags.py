@@ -4,6 +4,7 @@ flag, never a traceback after minutes of training, a run counted twice or earlie
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,34 @@ def test_a_stopped_benchmark_ends_in_one_line_that_says_how_to_go_on(tmp_path):
         "long_stream.py: terminated; the runs so far are kept in out: go on with python benchmarks/long_stream.py "
         "--out out --resume --no-steps --seeds 3 --methods SGD EWC-Online"), done.stderr
     assert "Traceback" not in done.stderr
+
+
+_TERMINATED_TWICE = """
+import os, signal, sys, time
+sys.path.insert(0, sys.argv_benchmarks)
+from common import run_benchmark
+def main():
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+    finally:  # the second SIGTERM arrives while the first one unwinds, DELAY seconds after it
+        time.sleep(DELAY)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(2)
+run_benchmark(main)
+"""
+
+
+@pytest.mark.parametrize("delay, status, last_line", [(0.0, 143, "-c: terminated"), (1.5, -signal.SIGTERM, None)])
+def test_a_sigterm_sent_twice_at_once_stops_with_its_line_and_a_later_one_ends_the_process(tmp_path, delay, status,
+                                                                                          last_line):
+    """GNU ``timeout`` sends its SIGTERM to the process and then to the process's group: the second one, while the
+    first unwound, ended the process as the system's default does, without the line that says it was stopped. A
+    second one a second or more later still ends it at once."""
+    done = _run_code(_TERMINATED_TWICE.replace("DELAY", str(delay)), tmp_path)
+    assert done.returncode == status, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert (lines[-1] if lines else None) == last_line, done.stderr
 
 
 _STOPPED_IN_A_FINALIZER = """

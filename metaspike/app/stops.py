@@ -10,9 +10,11 @@ stop and sends it again from a thread (at once, mostly); :func:`raise_kept_stop`
 from __future__ import annotations
 
 import _thread
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
@@ -31,9 +33,33 @@ class Terminated(KeyboardInterrupt):
     """
 
 
+#: Seconds after a SIGTERM in which another one is the same stop sent twice, not a demand to end at once: GNU
+#: ``timeout`` sends its signal to the process and then to the process's group, so the process gets two at once
+REPEAT_WINDOW_S = 1.0
+
+
 def stop_on_sigterm(signum: int, frame: object) -> NoReturn:
-    """The command's SIGTERM handler: raises :class:`Terminated` (a second one while it unwinds ends the process)."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    """The command's SIGTERM handler: raises :class:`Terminated`. A second one while it unwinds ends the process, as
+    the system's default does, unless it came within :data:`REPEAT_WINDOW_S` of the first (the same stop, sent twice).
+
+    Example:
+        >>> signal.signal(signal.SIGTERM, stop_on_sigterm) is not None
+        True
+        >>> try:
+        ...     stop_on_sigterm(signal.SIGTERM, None)
+        ... except Terminated:
+        ...     signal.getsignal(signal.SIGTERM).__name__  # (a repeat at once is let pass)
+        'ending_on_a_later_sigterm'
+        >>> _ = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    """
+    first = time.monotonic()
+
+    def ending_on_a_later_sigterm(signum: int, frame: object) -> None:
+        if time.monotonic() - first >= REPEAT_WINDOW_S:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, ending_on_a_later_sigterm)
     raise Terminated
 
 
