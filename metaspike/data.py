@@ -50,7 +50,7 @@ import torch
 
 from metaspike.allocator import usable_memory
 from metaspike.checks import FLOAT32_MAX, check_device, unknown_name
-from metaspike.files import as_path, atomic_open, atomic_write_bytes, read_regular_file
+from metaspike.files import as_path, atomic_open, atomic_write_bytes, expanded_path, read_regular_file
 
 __all__ = [
     "DataError",
@@ -327,12 +327,12 @@ def default_data_dir(path: str | os.PathLike | None = None) -> Path:
         PosixPath('/data/sets')
     """
     if path is not None:
-        folder = as_path(path, "the data folder")
+        folder = expanded_path(path, "the data folder")
         if os.fspath(path) != "":  # ("" is no folder given: Path("") would be the working folder)
-            return folder.expanduser()
+            return folder
     env = os.environ.get(ENV_VAR, "").strip()
     if env:
-        return Path(env).expanduser()
+        return expanded_path(env, ENV_VAR)
     return Path.home() / ".cache" / "metaspike" / "data"
 
 

@@ -68,6 +68,23 @@ def as_path(path: object, what: str) -> Path:
     return Path(name)
 
 
+def expanded_path(path: object, what: str) -> Path:
+    """:func:`as_path` with a leading ``~`` or ``~user`` expanded to that home folder; one ``ValueError`` naming
+    ``what`` where the system knows no home folder for it (pathlib says only "Could not determine home directory").
+
+    Example:
+        >>> expanded_path("~nosuchuser/runs", "--out")
+        Traceback (most recent call last):
+        ...
+        ValueError: --out '~nosuchuser/runs': the system knows no home folder for '~nosuchuser'
+    """
+    given = as_path(path, what)
+    try:
+        return given.expanduser()
+    except RuntimeError:
+        raise ValueError(f"{what} {str(given)!r}: the system knows no home folder for {given.parts[0]!r}") from None
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path`` (``mode`` ``"w"`` or ``"wb"``); on success it replaces ``path``.

@@ -898,6 +898,9 @@ def test_a_run_config_holds_numbers_of_other_kinds_as_python_floats_which_its_na
     bimu = RunConfig(model="bimu", memory_window=np.int64(875), readout_lambda=Fraction(1, 2))
     assert (bimu.memory_window, bimu.readout_lambda) == (875.0, 0.5) and bimu.name.endswith("-N875-readout0.5-seed1")
     assert type(RunConfig(model="bimu", memory_window=875).memory_window) is int  # (ints are kept as they are)
+    assert RunConfig(meta=(np.float32(1.35),)).meta == (1.35,)  # (as its name shows it, not 1.350000023841858)
+    with pytest.raises(ValueError, match=r"^--lr must be a finite number > 0, got Fraction\(1000"):
+        RunConfig(lr=Fraction(10**400))  # (beyond float's range: float() raised OverflowError)
 
 
 def test_plot_of_a_folder_that_holds_no_figures_yet_says_what_to_run(tmp_path, capsys):

@@ -71,6 +71,39 @@ def test_a_path_holding_a_nul_character_or_of_bytes_is_one_line_naming_it(case):
         call()
 
 
+_NO_USER = "~no-such-user-of-metaspike/runs"
+
+
+def _unknown_home_folders():
+    from metaspike.app.runs import resume
+    from metaspike.continual.results import unique_directory
+
+    unknown = f" '{_NO_USER}': the system knows no home folder for '~no-such-user-of-metaspike'"
+    return [(lambda: resume(_NO_USER), "--resume" + unknown),
+            (lambda: unique_directory(_NO_USER, "run"), "the results folder" + unknown),
+            (lambda: default_data_dir(_NO_USER), "the data folder" + unknown)]
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_a_path_under_an_unknown_users_home_folder_is_one_line_naming_it(case):
+    """pathlib's expanduser raised "RuntimeError: Could not determine home directory." with a traceback."""
+    call, message = _unknown_home_folders()[case]
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        call()
+
+
+@pytest.mark.parametrize("argv", [["train", "--resume", _NO_USER], ["compare", "--resume", _NO_USER],
+                                  ["train", "--dataset", "digits", "--out", _NO_USER],
+                                  ["train", "--dataset", "digits", "--data-dir", _NO_USER]])
+def test_the_command_names_a_flag_under_an_unknown_users_home_folder(argv, capsys):
+    from metaspike.app.cli import main
+
+    assert main(argv) == 2
+    flag = argv[-2]
+    assert capsys.readouterr().err.strip() == (f"metaspike: error: {flag} '{_NO_USER}': the system knows no home "
+                                               "folder for '~no-such-user-of-metaspike'")
+
+
 def test_the_checks_leave_right_arguments_working():
     x = torch.tensor([-2.0, 0.5], requires_grad=True)
     magnitude_gate(x).sum().backward()

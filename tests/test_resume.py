@@ -587,6 +587,13 @@ def test_resume_refuses_flags_that_would_change_the_stored_settings(tmp_path, ca
     assert f"--resume '{tmp_path / 'nowhere'}': no such folder" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "the run directories inside it: permuted-digits-meta5-30-seed1" in capsys.readouterr().err
+    # the stored settings given again as other kinds of numbers are the same settings (a Fraction was refused)
+    from fractions import Fraction
+
+    from metaspike.app.runs import resume
+
+    with pytest.raises(ValueError, match="holds model.pt, which a run writes as it ends"):  # (past the settings)
+        resume(run, progress=False, plot=False, settings={"lr": Fraction(1, 200), "meta": [5, 30.0]})
 
 
 #: Per command that resumes: the file that marks its folder, that folder's name, and the plural of that name.

@@ -173,8 +173,10 @@ def test_a_surrogates_parameter_sets_its_gradient(name, parameters, expected):
     (lambda: surrogate("atan", slope=3.0), "surrogate 'atan' takes alpha, got slope"),
     (lambda: surrogate("triangular", width=1.0), "surrogate 'triangular' takes no parameters, got width"),
     (lambda: surrogate("superspike", alpha=10.0), "surrogate 'superspike' takes no parameters, got alpha"),
-    (lambda: surrogate("fast_sigmoid", slope=-1.0), "surrogate 'fast_sigmoid''s slope must be a finite number > 0"),
-    (lambda: surrogate("sigmoid", slope=float("inf")), "surrogate 'sigmoid''s slope must be a finite number > 0"),
+    (lambda: surrogate("fast_sigmoid", slope=-1.0), "the slope of surrogate 'fast_sigmoid' must be a finite number in "
+                                                    "(0, 3.40282e+38], got -1.0"),
+    (lambda: surrogate("sigmoid", slope=1e39), "the slope of surrogate 'sigmoid' must be a finite number in (0, "
+                                               "3.40282e+38], got 1e+39"),  # (infinite in float32: NaN gradients)
 ])
 def test_a_surrogate_refuses_a_parameter_it_does_not_take_or_a_bad_value_in_one_line(call, message):
     with pytest.raises(ValueError, match=re.escape(message)):

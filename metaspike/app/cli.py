@@ -32,6 +32,7 @@ from metaspike.continual.metrics import LONG_STREAM_TASKS, LearnedNothingWarning
 from metaspike.continual.scenarios import SPLIT_MODES
 from metaspike.data import OFFLINE_DATASETS
 from metaspike.distributed import world, world_size_from_env
+from metaspike.files import expanded_path
 from metaspike.rules import available_rules
 
 __all__ = ["main"]
@@ -365,7 +366,7 @@ def _train(args: argparse.Namespace) -> None:
         for cost in (matrix_cost_warning(config), ewc_memory_warning(config)):
             if cost is not None:
                 print(f"metaspike: warning: {cost}", file=sys.stderr)
-        _mention_unfinished(Path(args.out).expanduser() / config.name)
+        _mention_unfinished(expanded_path(args.out, "--out") / config.name)
         path, result = run(config, args.out, progress=not args.quiet)
     if world()[0] != 0:
         return  # under torchrun, only the first process reports
@@ -484,14 +485,16 @@ def _compare(args: argparse.Namespace) -> None:
             base = _config(args, [metas[0]] if compare.takes_meta(args.model) else None, args.seeds[0])
             given_flags = {k: v for k, v in _given_settings(args).items() if k != "meta"}  # (--meta: checked above)
             _refuse_flags_no_model_uses(given_flags, [base.for_model(n) for n in args.neurons])
-            _mention_unfinished(Path(args.out).expanduser() / compare.comparison_name(base, neurons=True), "compare")
+            out = expanded_path(args.out, "--out")
+            _mention_unfinished(out / compare.comparison_name(base, neurons=True), "compare")
             path, rows = compare.compare_neurons(base, args.neurons, metas, args.seeds, out=args.out, progress=not args.quiet)
             models, scenario = args.neurons, base.scenario
         else:
             base = _config(args, None, args.seeds[0])
             _refuse_unused_flags(_given_settings(args), base)
             metas = [parse_meta(text) for text in args.meta] if args.meta is not None else [(0.0,), base.meta]
-            _mention_unfinished(Path(args.out).expanduser() / compare.comparison_name(base, neurons=False), "compare")
+            out = expanded_path(args.out, "--out")
+            _mention_unfinished(out / compare.comparison_name(base, neurons=False), "compare")
             path, rows = compare.compare(base, metas, args.seeds, args.out, progress=not args.quiet)
             models, scenario = [base.model], base.scenario
     n_tasks = sum(1 for key in rows[0] if key.startswith("task "))
@@ -573,7 +576,7 @@ def _plot(args: argparse.Namespace) -> None:
                                  "which its figures are drawn from; its metrics.json and curves.csv hold the numbers")
             raise ValueError(f"{folder} has measured nothing yet (stopped before its first evaluation): continue it "
                              f"with: {train_resume_command(folder, recorded_processes(folder))}")
-    out = None if args.out is None else Path(args.out).expanduser()
+    out = None if args.out is None else expanded_path(args.out, "--out")
     if out is not None:
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out}: it is a file, not a folder")
@@ -671,7 +674,7 @@ def _main(argv: list[str]) -> int:
             folder = getattr(args, flag, None)
             if folder == "":  # (Path("") is the current folder: never what was meant)
                 raise ValueError(f"--{flag.replace('_', '-')} must name a folder, got ''")
-            if flag == "data_dir" and folder is not None and Path(folder).expanduser().is_file():
+            if flag == "data_dir" and folder is not None and expanded_path(folder, "--data-dir").is_file():
                 raise ValueError(f"--data-dir {folder} is a file; it names the folder that holds each dataset's "
                                  "folder (mnist/, fashion-mnist/, ...)")
         if hasattr(args, "imports"):

@@ -6,11 +6,13 @@ This is the application layer: its errors name the command-line flags that set e
 from __future__ import annotations
 
 import itertools
+import numbers
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+import numpy as np
 from torch import nn
 from torch.optim import Optimizer
 
@@ -38,6 +40,7 @@ from metaspike.checks import (
     is_finite_number,
     is_number,
     number_in,
+    shown,
     unknown_name,
 )
 from metaspike.continual.baselines import BASELINE_STRENGTHS, EWC_ONLINE_GAMMA, make_baseline
@@ -150,14 +153,37 @@ _FLOAT_SETTINGS = ("lr", "weight_decay", "memory_window", "readout_lambda", "bas
 
 
 def _python_number(value: Any) -> Any:
-    """A real number of another kind than ``int`` and ``float`` as a ``float``; anything else as it is.
+    """A real number of another kind than ``int`` and ``float`` as a Python one: a numpy integer as an ``int``, a
+    numpy float as the shortest decimal that names it (``np.float32(1.35)`` is ``1.35``, as the run's name shows it,
+    not ``1.350000023841858``), any other (a ``Fraction``) as a ``float``; anything else, or a number beyond float's
+    range, as it is (for the checks to refuse).
 
     Example:
         >>> from fractions import Fraction
-        >>> _python_number(Fraction(1, 4)), _python_number(3), _python_number("3")
-        (0.25, 3, '3')
+        >>> _python_number(Fraction(1, 4)), _python_number(np.float32(1.35)), _python_number(3), _python_number("3")
+        (0.25, 1.35, 3, '3')
     """
-    return float(value) if is_number(value) and type(value) not in (int, float) else value
+    if not is_number(value) or type(value) in (int, float):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    try:
+        return float(str(value)) if isinstance(value, np.floating) else float(value)
+    except OverflowError:  # (a Fraction beyond float's range)
+        return value
+
+
+def stored_setting(key: str, value: Any) -> Any:
+    """``value`` of the RunConfig field ``key`` as a config holds it (:func:`_python_number` for a real-valued
+    setting and each ``meta`` value), so a value given again compares equal to the one stored.
+
+    Example:
+        >>> stored_setting("meta", [np.float64(5.0)]), stored_setting("seed", 3)
+        ((5.0,), 3)
+    """
+    if key == "meta" and isinstance(value, (tuple, list)):
+        return tuple(_python_number(m) for m in value)
+    return _python_number(value) if key in _FLOAT_SETTINGS else value
 
 
 @dataclass(frozen=True)
@@ -279,7 +305,7 @@ class RunConfig:
             if not (is_finite_number(value) and self.batch_size <= value <= FLOAT32_MAX):
                 raise ValueError(f"--memory-window must be a number in [{self.batch_size}, {FLOAT32_MAX:g}], from the "
                                  "batch size (N counts training samples; a window under one step overshoots) to "
-                                 f"float32's largest, got {value!r}")
+                                 f"float32's largest, got {shown(value)}")
             if not KIND_SETTINGS["memory_window"](self.model):
                 raise ValueError(f"--memory-window applies to models with Bayesian synapses (bimu, mesu, "
                                  f"<neuron>+bimu), not {self.model!r}")
@@ -303,8 +329,8 @@ class RunConfig:
         listed = isinstance(self.hidden, (tuple, list))
         if not listed or not self.hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1
                                                 for h in self.hidden):
-            shown = list(self.hidden) if listed else repr(self.hidden)
-            raise ValueError(f"--hidden must list positive integer layer widths (a tuple, one per layer), got {shown}")
+            given = list(self.hidden) if listed else repr(self.hidden)
+            raise ValueError(f"--hidden must list positive integer layer widths (a tuple, one per layer), got {given}")
         object.__setattr__(self, "hidden", tuple(self.hidden))
         self._check_optimizer_settings()
         TrainerConfig(batchnorm=self.batchnorm, optimizer=self.optimizer)  # validates the modes
@@ -318,13 +344,10 @@ class RunConfig:
                              "--meta value; give fewer")
 
     def _numbers_as_floats(self) -> None:
-        """Hold the real-valued settings given as another kind of real number (a ``Fraction``, a numpy number) as a
-        Python float (an int as it is), which the run's name and ``config.json`` can format; anything else is left
-        for the checks to refuse."""
-        for key in _FLOAT_SETTINGS:
-            object.__setattr__(self, key, _python_number(getattr(self, key)))
-        if isinstance(self.meta, (tuple, list)):
-            object.__setattr__(self, "meta", type(self.meta)(_python_number(m) for m in self.meta))
+        """Hold the real-valued settings given as another kind of real number (a ``Fraction``, a numpy number) as
+        Python numbers (:func:`stored_setting`), which the run's name and ``config.json`` can format."""
+        for key in (*_FLOAT_SETTINGS, "meta"):
+            object.__setattr__(self, key, stored_setting(key, getattr(self, key)))
 
     def _check_optimizer_settings(self) -> None:
         """The gradient optimizer's settings (:data:`OPTIMIZER_SETTINGS`): ``None`` for a kind whose optimizer does not

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from metaspike.allocator import usable_memory
-from metaspike.app.config import RunConfig, flag_name
+from metaspike.app.config import RunConfig, flag_name, stored_setting
 from metaspike.app.imports import changed_imports, import_digests, import_flags
 from metaspike.app.models import (
     BAYESIAN_OPTIMIZERS,
@@ -55,7 +55,14 @@ from metaspike.continual.scenarios import Scenario, made_when_reached, make_scen
 from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig, applied_optimizer_mode
 from metaspike.data import ArrayDataset, default_data_dir, load_dataset
 from metaspike.distributed import init_from_env, sync_batchnorm, world, world_size_from_env
-from metaspike.files import TEMPORARY_FILES, as_path, atomic_open, atomic_write_text, read_json, remove_stale_temporaries
+from metaspike.files import (
+    TEMPORARY_FILES,
+    atomic_open,
+    atomic_write_text,
+    expanded_path,
+    read_json,
+    remove_stale_temporaries,
+)
 from metaspike.machine import cpu_kind
 from metaspike.training import Plugin, TrainingDiverged, minimum_batch_size
 
@@ -915,7 +922,7 @@ def resume_folder(given: str | Path, marker: str) -> Path:
         ...
         ValueError: --resume '/nowhere': no such folder
     """
-    path = as_path(given, "--resume").expanduser()
+    path = expanded_path(given, "--resume")
     _, kind, kinds, _ = next(entry for entry in RESUMABLE_FOLDERS if entry[0] == marker)
     if str(given) == "" or not path.exists():
         raise ValueError(f"--resume {str(given)!r}: no such folder")
@@ -1075,7 +1082,7 @@ def resume(run_dir: str | Path, progress: bool = True, plot: bool = True,
     path = resume_folder(run_dir, "config.json")
     config = load_config(path)
     changed = [f"{flag_name(key)} (stored {getattr(config, key)!r}, given {value!r})"
-               for key, value in (settings or {}).items() if getattr(config, key) != value]
+               for key, value in (settings or {}).items() if getattr(config, key) != stored_setting(key, value)]
     if changed:
         raise ValueError(f"{path} continues with its stored settings; these would change them: {', '.join(changed)}")
     if is_complete(path):  # (before the lock, which a finished run on a read-only disk could not take; before the

@@ -51,6 +51,7 @@ from metaspike.files import (
     check_plain_tensors,
     check_torch_archive,
     csv_text,
+    expanded_path,
     load_plain_torch,
     read_json,
     read_regular_file,
@@ -220,7 +221,7 @@ def unique_directory(root: str | os.PathLike, name: str) -> Path:
         >>> unique_directory(tempfile.mkdtemp(), "run").name
         'run'
     """
-    root = as_path(root, "the results folder").expanduser()
+    root = expanded_path(root, "the results folder")
     if root.exists() and not root.is_dir():
         raise ValueError(f"cannot write results to {root}: it is a file, not a folder")
     if root.is_symlink() and not root.exists():

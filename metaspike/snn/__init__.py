@@ -14,7 +14,7 @@ Example:
     torch.Size([2, 10])
 """
 
-from metaspike.snn.backends import available_surrogates, reset_states, surrogate
+from metaspike.snn.backends import available_surrogates, reset_states, surrogate, surrogate_parameters
 from metaspike.snn.encoders import DirectEncoder, LatencyEncoder, RateEncoder, available_encoders, get_encoder
 from metaspike.snn.layers import Scale
 from metaspike.snn.neurons import NetSpec, available_neurons, build_neuron_model, register_neuron, spiking_mlp
@@ -24,7 +24,7 @@ from metaspike.snn.timeloop import SpikingClassifier
 
 __all__ = [
     "SpikingClassifier", "RateEncoder", "LatencyEncoder", "DirectEncoder", "get_encoder", "available_encoders",
-    "spike_count", "membrane", "get_readout", "available_readouts", "surrogate", "available_surrogates",
-    "reset_states", "SelfRecurrentLIF", "Scale", "NetSpec", "available_neurons", "build_neuron_model",
-    "register_neuron", "spiking_mlp",
+    "spike_count", "membrane", "get_readout", "available_readouts", "surrogate", "surrogate_parameters",
+    "available_surrogates", "reset_states", "SelfRecurrentLIF", "Scale", "NetSpec", "available_neurons",
+    "build_neuron_model", "register_neuron", "spiking_mlp",
 ]

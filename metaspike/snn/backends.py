@@ -16,7 +16,7 @@ from types import ModuleType
 import torch
 from torch import Tensor, nn
 
-from metaspike.checks import finite_number, unknown_name
+from metaspike.checks import FLOAT32_MAX, number_in, unknown_name
 from metaspike.snn.spikes import surrogate_spike
 
 __all__ = [
@@ -109,8 +109,9 @@ def _check_surrogate(name: str) -> None:
 
 
 def surrogate_parameters(name: str, **overrides: float) -> dict[str, float]:
-    """The parameters of surrogate ``name``: its defaults with ``overrides`` in place, each checked to be a finite
-    number ``> 0``; one ``ValueError`` for a name the surrogate does not take.
+    """The parameters of surrogate ``name``: its defaults with ``overrides`` in place, each checked to be a number
+    ``> 0`` up to float32's largest (a larger one is infinite in a float32 model: NaN gradients); one ``ValueError``
+    for a name the surrogate does not take.
 
     Example:
         >>> surrogate_parameters("fast_sigmoid", slope=10)
@@ -124,18 +125,19 @@ def surrogate_parameters(name: str, **overrides: float) -> dict[str, float]:
     if unknown:
         takes = f"takes {', '.join(accepted)}" if accepted else "takes no parameters"
         raise ValueError(f"surrogate {name!r} {takes}, got {', '.join(unknown)}")
-    return {key: finite_number(f"surrogate {name!r}'s {key}", overrides.get(key, default), positive=True)
-            for key, default in accepted.items()}
+    return {key: number_in(f"the {key} of surrogate {name!r}", overrides.get(key, default), 0.0, FLOAT32_MAX,
+                           open_low=True) for key, default in accepted.items()}
 
 
 def surrogate(name: str, **parameters: float) -> SpikeFunction:
-    """Spike function ``x -> heaviside(x)`` whose gradient is the named surrogate, sharpened by ``parameters``.
+    """Spike function ``x -> heaviside(x)`` whose gradient is the named surrogate, shaped by ``parameters``.
 
     ``"atan"`` (``alpha``, default 2), ``"fast_sigmoid"`` (``slope``, 25) and ``"straight_through"`` come from
     ``snntorch.surrogate``; ``"sigmoid"`` (``d/dx sigmoid(slope·x)``, ``slope`` 25) and ``"triangular"``
     (``max(0, 1 − |x|)``) are metaspike's own, since snnTorch's give NaN or wrong-signed gradients; Norse names come
-    from ``norse.torch.functional`` (``alpha``: ``"tanh"`` 100, ``"triangle"`` 0.3; ``"superspike"`` takes none, since
-    Norse's SuperSpike gradient ``1/(|x| + 1)²`` ignores its alpha).
+    from ``norse.torch.functional`` (``alpha``: ``"tanh"`` 100, the slope of ``tanh(alpha·x)``; ``"triangle"`` 0.3, the
+    height of ``alpha·max(0, 1 − |x|)``; ``"superspike"`` takes none, since Norse's SuperSpike gradient
+    ``1/(|x| + 1)²`` ignores its alpha).
     Usable as snnTorch's ``spike_grad`` or in plain torch. The spikes have the
     input's dtype (snnTorch's own functions return float32 spikes whatever the input, which a model moved to float64
     then fails on; so does an snnTorch neuron built without ``spike_grad``, whose default is snnTorch's arctangent).

@@ -20,7 +20,7 @@ from metaspike.app.runs import LOCK, REPRODUCTION_RECORD, Interrupted, continued
 from metaspike.checks import MAX_SEED, check_device, unknown_name
 from metaspike.continual.results import unique_directory
 from metaspike.data import OFFLINE_DATASETS
-from metaspike.files import atomic_write_text, read_json
+from metaspike.files import atomic_write_text, expanded_path, read_json
 
 __all__ = ["reproduce", "resume_reproduction", "EXPERIMENTS", "SCALES"]
 
@@ -71,7 +71,8 @@ def reproduce(name: str, scale: str = "cpu", seeds: Sequence[int] = (1,), out: s
     seeds = _check_seeds([int(s) for s in seeds])
     device = str(check_device(device, "--device"))
     root = unique_directory(out, f"reproduce-{name}-{scale}")
-    folder = None if data_dir is None else str(Path(data_dir).expanduser().resolve())  # (a resume may run elsewhere)
+    # (the folder resolved: a resume may run elsewhere)
+    folder = None if data_dir is None else str(expanded_path(data_dir, "--data-dir").resolve())
     atomic_write_text(root / RECORD, json.dumps({"name": name, "scale": scale, "seeds": seeds, "data_dir": folder,
                                                  "device": device}, indent=2) + "\n")
     try:
