@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import resource
 import shlex
@@ -46,6 +47,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -171,27 +173,31 @@ def merge(parser: argparse.ArgumentParser, parts: list[Path], out: Path) -> None
     from metaspike.continual.results import load_run
     from metaspike.files import atomic_write_text, csv_text
 
+    if out.resolve() in {part.resolve() for part in parts}:  # (its table.csv would be written over)
+        parser.error(f"argument --out: {out} is one of the --merge folders; give a new folder for the merged table")
     settings = {_recorded_allocator(parser, part) for part in parts}  # (a damaged record: refused before any write)
     header, rows = None, {}
     for part in parts:
-        with open(part / "table.csv", newline="") as handle:
-            table = list(csv.reader(handle))
+        table = _read_table(parser, part / "table.csv")
         header = header or table[0]
         if table[0] != header:
-            raise SystemExit(f"{part / 'table.csv'} has other columns than the first folder's")
+            parser.error(f"argument --merge: {part / 'table.csv'} has other columns than the first folder's")
         for row in table[1:]:
             if row[0] in rows:
-                raise SystemExit(f"method {row[0]!r} is in two of the folders; merge each method once")
+                parser.error(f"argument --merge: method {row[0]!r} is in two of the folders; merge each method once")
             rows[row[0]] = row
     order = [m.label for m in long_stream.METHODS if m.label in rows]
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "table.csv", csv_text([header, *(rows[label] for label in order)]))
     curves = {}
-    for label in order:
+    for label in order:  # (every run read before anything is written: a damaged one is refused first)
         folder = label.replace(" ", "_").replace(",", "")
         runs = sorted(d for part in parts for d in (part / "runs" / folder).glob("*") if d.is_dir())
-        finished = [load_run(d)["matrix"] for d in runs]
+        try:
+            finished = [load_run(d)["matrix"] for d in runs]
+        except ValueError as err:
+            parser.error(f"argument --merge: {err}")
         curves[label] = [m[-1] for m in finished if len(m) == long_stream.LONG_STREAM.tasks]
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "table.csv", csv_text([header, *(rows[label] for label in order)]))
     long_stream._plot({k: v for k, v in curves.items() if v}, out / "accuracy_vs_task.png")
     print(open(out / "table.csv").read())
     _record_ran_with(_run_folders(*parts), out)
@@ -200,6 +206,51 @@ def merge(parser: argparse.ArgumentParser, parts: list[Path], out: Path) -> None
     else:
         print("warning: the folders' runs kept freed memory in some and returned it in others (or do not say): the "
               "seconds of the table are not one allocator's", file=sys.stderr)
+
+
+#: The first columns of the table, before the metrics' ``<name>_mean`` and ``<name>_std``
+_TABLE_LABELS = ["setting", "runs", "settings"]
+
+
+def _read_table(parser: argparse.ArgumentParser, path: Path) -> list[list[str]]:
+    """The rows of a ``table.csv`` this benchmark wrote, header first, each checked: a method of :data:`METHODS`, a
+    count of runs, finite numbers (or empty cells) in the metrics' columns; else one line naming the file and line."""
+    from metaspike.app.reproduce import long_stream
+    from metaspike.checks import is_finite_number
+    from metaspike.files import JSON_MAX_BYTES, read_regular_file
+
+    def refuse(problem: str) -> NoReturn:
+        parser.error(f"argument --merge: {path} {problem}")
+
+    try:
+        table = list(csv.reader(io.StringIO(read_regular_file(path, "table", JSON_MAX_BYTES).decode("utf-8"),
+                                            newline="")))
+    except (UnicodeDecodeError, csv.Error, ValueError) as err:
+        refuse(f"cannot be read as a CSV table ({err})")
+    if not table or table[0][:3] != _TABLE_LABELS or not all(c.endswith(("_mean", "_std")) for c in table[0][3:]):
+        refuse(f"is not a table of this benchmark (its header must start with {','.join(_TABLE_LABELS)}, then each "
+               "metric's _mean and _std)")
+    labels = [method.label for method in long_stream.METHODS]
+    for number, row in enumerate(table[1:], start=2):
+        if len(row) != len(table[0]):
+            refuse(f"line {number} has {len(row)} cells, its header {len(table[0])}")
+        if row[0] not in labels:
+            refuse(f"line {number} names the method {row[0]!r}, which this benchmark does not run (it runs "
+                   f"{'; '.join(labels)})")
+        if not row[1].isdigit() or int(row[1]) < 1:
+            refuse(f"line {number}: the count of runs must be a whole number >= 1, got {row[1]!r}")
+        bad = next((c for c in row[3:] if c and not is_finite_number(_number_or_none(c))), None)
+        if bad is not None:
+            refuse(f"line {number} holds {bad!r} where a finite number (or an empty cell) belongs")
+    return table
+
+
+def _number_or_none(cell: str) -> float | None:
+    """``cell`` as a float, ``None`` where it is not a number."""
+    try:
+        return float(cell)
+    except ValueError:
+        return None
 
 
 def _record_ran_with(runs: list[Path], out: Path) -> None:

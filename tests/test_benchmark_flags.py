@@ -59,6 +59,35 @@ def test_a_long_stream_resumed_with_the_other_allocator_is_one_line(tmp_path):
                                                          '{"freed_memory": "kept"} or "returned"'), done.stderr
 
 
+_HEADER = "setting,runs,settings,evaluated_mean_mean,evaluated_mean_std\n"
+
+
+@pytest.mark.parametrize("second, out, message", [
+    (_HEADER + "SGD,3,,54.5,0.4\n", "first", "argument --out: first is one of the --merge folders; give a new folder"),
+    (_HEADER + "EVIL,3,,1,1\n", "merged", "second/table.csv line 2 names the method 'EVIL', which this benchmark does "
+                                          "not run"),
+    (_HEADER + "SGD,3\n", "merged", "second/table.csv line 2 has 2 cells, its header 5"),
+    (_HEADER + "SGD,3,,nan,1\n", "merged", "second/table.csv line 2 holds 'nan' where a finite number"),
+    (_HEADER + "SGD,x,,1,1\n", "merged", "second/table.csv line 2: the count of runs must be a whole number >= 1"),
+    ("a,b\n", "merged", "second/table.csv is not a table of this benchmark"),
+    ("", "merged", "second/table.csv is not a table of this benchmark"),
+    ("\udcff", "merged", "second/table.csv cannot be read as a CSV table ('utf-8' codec can't decode"),
+])
+def test_a_merge_checks_every_table_and_never_writes_over_one(tmp_path, second, out, message):
+    """``--merge C A --out C`` wrote over C's table.csv, dropping its rows of methods the benchmark does not name
+    without a word; short rows, NaN and text were copied into the merged table, and an empty or undecodable table
+    ended in a traceback."""
+    for folder, table in (("first", _HEADER + "BiMU,3,,59.5,0.5\n"), ("second", second)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "table.csv").write_bytes(table.encode("utf-8", "surrogateescape"))
+    done = _run("benchmarks/long_stream.py", "--merge", "second", "first", "--out", out, cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("long_stream.py: error: ")
+    assert message in done.stderr.strip().splitlines()[-1], done.stderr
+    assert (tmp_path / "second" / "table.csv").read_bytes() == second.encode("utf-8", "surrogateescape")
+    assert not (tmp_path / "merged").exists()
+
+
 _STOPPED_LONG_STREAM = """
 import os, runpy, signal, sys, time
 sys.argv = ["long_stream.py", "--no-steps", "--methods", "SGD", "EWC-Online", "--seeds", "3", "--out", "out"]
