@@ -213,7 +213,7 @@ def csv_text(rows: Sequence[Sequence[Any]]) -> str:
     return buffer.getvalue()
 
 
-def _memory_available() -> int | None:
+def memory_available() -> int | None:
     """Bytes of memory this machine can give a process now without swapping (Linux's ``MemAvailable``, which counts
     the page cache it can drop); ``None`` where it is not known or reads as no memory at all (a system that says
     nothing, or nonsense, bounds no file: a read beyond the memory then fails as ``MemoryError``, which
@@ -258,7 +258,7 @@ def read_regular_file(path: str | os.PathLike, what: str, max_bytes: int | None 
             raise error(f"{what} {path} is not a regular file (it is a device, pipe, socket or folder)")
         if max_bytes is not None and info.st_size > max_bytes:
             raise error(f"{what} {path} is {info.st_size:,} bytes, more than the {max_bytes:,} this reader accepts")
-        available = _memory_available()
+        available = memory_available()
         if available is not None and info.st_size > available:
             raise error(f"{what} {path} is {info.st_size:,} bytes, more than the {available:,} bytes of memory "
                         "available to read it into")

@@ -504,6 +504,29 @@ def test_a_record_with_a_list_or_a_huge_integer_where_a_name_or_number_goes_is_o
     assert str(root / name) in err and message in err and "\n" not in err, err
 
 
+_FIG5AB = {"name": "fig5ab", "scale": "cpu", "seeds": [1], "data_dir": None}
+
+
+@pytest.mark.parametrize("folder, record, message", [
+    ("reproduce-fig5ab-cpu-2", {**_FIG5AB, "name": "fig2"},
+     "it names experiment 'fig2' at scale 'cpu', but the folder was made for 'fig5ab' at 'cpu' (its name)"),
+    ("reproduce-fig5ab-cpu", {**_FIG5AB, "scale": "paper"}, "it names experiment 'fig5ab' at scale 'paper', but"),
+    ("reproduce-fig5ab-cpu", {**_FIG5AB, "complete": "yes"}, "complete must be true or false and ran_with a record"),
+])
+def test_a_reproduction_record_of_another_experiment_than_its_folder_is_refused_before_a_pass(tmp_path, capsys, folder,
+                                                                                           record, message):
+    """A record's name edited from fig5ab to fig2 (or a record copied from another folder) ran fig2 in the fig5ab
+    folder and wrote its table over fig5ab's."""
+    root = tmp_path / folder
+    root.mkdir()
+    (root / "reproduction.json").write_text(json.dumps(record))
+    (root / "table.csv").write_text("kept\n")
+    assert main(["reproduce", "--resume", str(root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"metaspike: error: {root / 'reproduction.json'}: ") and message in err, err
+    assert (root / "table.csv").read_text() == "kept\n" and "\n" not in err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "--seed", "1.5"], "metaspike train: error: argument --seed: invalid int value: '1.5'"),
     (["compare", "--rule", "tanh", "cascade"], "metaspike: error: unrecognized arguments: cascade"),

@@ -232,6 +232,75 @@ def test_nir_round_trip_gives_the_same_spikes(tmp_path):
     torch.testing.assert_close(*logits)
 
 
+def _nir_conv(nir, **settings):
+    import numpy as np
+
+    conv = dict(input_shape=np.array([8, 8]), weight=np.ones((2, 1, 3, 3)), bias=np.zeros(2), stride=np.array([1, 1]),
+                padding=np.array([0, 0]), dilation=np.array([1, 1]), groups=1)
+    return nir.NIRGraph.from_list(nir.Conv2d(**{**conv, **settings}))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("padding same", "conv padding must be two whole numbers >= 0 (import_nir builds nn.Conv2d from numbers), got "
+                     "'same'"),
+    ("padding -1", "conv padding must be two whole numbers >= 0"),
+    ("dilation 0", "conv dilation must be two whole numbers >= 1"),
+    ("groups 3", "conv groups must be a whole number >= 1 that divides its 2 output channels"),
+    ("bias of 9", "linear bias must hold one value per output (2), got shape (9,)"),
+    ("empty file", "is not an HDF5 file, which NIR files are"),
+    ("cut short", "is not an HDF5 file, which NIR files are (Unable to synchronously open file (truncated file"),
+    ("no node type", "is not a NIR graph this reader can read (KeyError: 'type')"),
+    ("huge arrays", "declares arrays of 64,000,000,000,000,000 bytes, more than the"),
+])
+def test_nir_import_refuses_a_damaged_or_inexpressible_file_in_one_line(tmp_path, case, message):
+    """Each was taken and failed at the network's first call inside torch (padding 'same', dilation 0), failed inside
+    metaspike's own copy (a bias of the wrong length), or ended in h5py's or NIR's traceback; a small compressed file
+    declaring petabytes of weights was read into memory."""
+    nir = pytest.importorskip("nir")
+    import h5py
+    import numpy as np
+
+    from metaspike.snn.nir import import_nir
+
+    path = tmp_path / "net.nir"
+    graphs = {"padding same": lambda: _nir_conv(nir, padding="same"),
+              "padding -1": lambda: _nir_conv(nir, padding=np.array([-1, -1])),
+              "dilation 0": lambda: _nir_conv(nir, dilation=np.array([0, 0])),
+              "groups 3": lambda: _nir_conv(nir, groups=3),
+              "bias of 9": lambda: nir.NIRGraph.from_list(nir.Affine(weight=np.ones((2, 3)), bias=np.ones(9)))}
+    if case in graphs:
+        nir.write(path, graphs[case]())
+    elif case in ("empty file", "cut short"):
+        nir.write(path, _nir_conv(nir))
+        path.write_bytes(b"" if case == "empty file" else path.read_bytes()[:500])
+    elif case == "no node type":
+        nir.write(path, _nir_conv(nir))
+        with h5py.File(path, "r+") as file:
+            del file["node"]["type"]
+    else:
+        from metaspike.files import memory_available
+
+        if memory_available() is None:
+            pytest.skip("the system does not say how much memory is available")
+        with h5py.File(path, "w") as file:  # (a few KB on disk)
+            file.create_group("node").create_dataset("x", shape=(2, 4 * 10**15), dtype="f8", chunks=(1, 1000),
+                                                     compression="gzip")
+    with pytest.raises(ValueError) as refused:
+        import_nir(path)
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_nir_import_reads_a_file_object_opened_in_binary_mode_and_names_one_in_text_mode(tmp_path):
+    nir = pytest.importorskip("nir")
+    from metaspike.snn.nir import import_nir
+
+    nir.write(tmp_path / "net.nir", _nir_conv(nir))
+    with open(tmp_path / "net.nir", "rb") as file:
+        assert isinstance(import_nir(file)[0], nn.Conv2d)
+    with open(tmp_path / "net.nir", encoding="latin-1") as file, pytest.raises(ValueError, match="binary mode"):
+        import_nir(file)
+
+
 def test_nir_round_trip_of_a_network_whose_last_neuron_feeds_a_linear_readout():
     # the imported network made its last neuron the output, and its (spikes, membrane) went into the Linear after it
     pytest.importorskip("nir")

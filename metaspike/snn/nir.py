@@ -29,6 +29,7 @@ written as ``b / α``), so the weights stay ±1; a gain that no neuron follows i
 from __future__ import annotations
 
 import importlib
+import io
 import os
 import warnings
 from collections.abc import Sequence
@@ -38,8 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from metaspike.checks import finite_number, is_whole
-from metaspike.files import as_path
+from metaspike.checks import finite_number, first_line, is_whole
+from metaspike.files import as_path, memory_available, read_regular_file
 from metaspike.gain import output_gain
 from metaspike.layer_selection import synapse_parametrization
 from metaspike.quantizers import binary_sign, get_quantizer
@@ -305,6 +306,88 @@ def _check_fits(name: str, layer: nn.Module, shape: tuple[int, ...], input_shape
                          f"({type(layer).__name__}) takes {takes}, and gets samples of shape {shape}")
 
 
+def _read_graph(nir: ModuleType, source: object):
+    """The NIR graph of a file (a path, or a file object, which is read from its start): its bytes read as
+    :func:`~metaspike.files.read_regular_file` reads a file from outside, the arrays it declares bounded by the memory
+    available before NIR reads them, and anything NIR's reader or h5py raise on a damaged file as one line."""
+    import h5py
+
+    if callable(getattr(source, "read", None)):
+        what, data = "import_nir: source", source.read()
+    else:
+        path = as_path(source, "import_nir: source")
+        what, data = f"import_nir: {path}", read_regular_file(path, "import_nir: NIR file")
+    if not isinstance(data, bytes):
+        raise ValueError(f"{what} must be read in binary mode (open(path, 'rb')), got {type(data).__name__}")
+    try:
+        with h5py.File(io.BytesIO(data), "r") as file:
+            declared = _declared_bytes(file, h5py)
+    except (OSError, RuntimeError) as err:
+        raise ValueError(f"{what} is not an HDF5 file, which NIR files are ({first_line(err)})") from None
+    available = memory_available()
+    if available is not None and declared > available:
+        raise ValueError(f"{what} declares arrays of {declared:,} bytes, more than the {available:,} bytes of memory "
+                         "available to read them into")
+    try:
+        return nir.read(io.BytesIO(data))
+    except (ValueError, OSError, KeyError, TypeError, AttributeError, AssertionError, RuntimeError, IndexError) as err:
+        raise ValueError(f"{what} is not a NIR graph this reader can read ({type(err).__name__}: "
+                         f"{first_line(err) or 'a check of NIR failed'})") from None
+
+
+def _declared_bytes(file, h5py: ModuleType) -> int:
+    """The bytes the arrays of an open HDF5 ``file`` declare (a small compressed file may declare gigabytes)."""
+    total = 0
+
+    def add(name: str, item: object) -> None:
+        nonlocal total
+        if isinstance(item, h5py.Dataset):
+            total += int(item.size or 0) * item.dtype.itemsize
+
+    file.visititems(add)
+    return total
+
+
+def _check_weight(weight: torch.Tensor, bias: torch.Tensor | None, dims: int, what: str) -> None:
+    """A ``ValueError`` unless ``weight`` has ``dims`` dimensions of at least one element and ``bias`` (where given)
+    one value per output."""
+    if weight.dim() != dims or weight.numel() == 0:
+        raise ValueError(f"the NIR graph's {what} weight must have {dims} dimensions and some elements, got shape "
+                         f"{tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"the NIR graph's {what} bias must hold one value per output ({weight.shape[0]}), got shape "
+                         f"{tuple(bias.shape)}")
+
+
+def _pair(value: object, name: str, low: int) -> tuple[int, int]:
+    """A conv setting as two whole numbers ``>= low`` (one number stands for both), else one ``ValueError``."""
+    values = np.asarray(value).reshape(-1).tolist() if not isinstance(value, str) else [value]
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or not all(is_whole(v, low) for v in values):
+        raise ValueError(f"the NIR graph's conv {name} must be two whole numbers >= {low} (import_nir builds "
+                         f"nn.Conv2d from numbers), got {value!r}")
+    return int(values[0]), int(values[1])
+
+
+def _conv(node: object) -> nn.Conv2d:
+    """``nn.Conv2d`` of a NIR ``Conv2d`` node, each setting checked first."""
+    weight = _tensor(node.weight, "conv weight")
+    bias = _tensor(node.bias, "conv bias")
+    _check_weight(weight, bias, 4, "conv")
+    groups = node.groups
+    if not is_whole(groups, 1) or weight.shape[0] % int(groups):
+        raise ValueError(f"the NIR graph's conv groups must be a whole number >= 1 that divides its "
+                         f"{weight.shape[0]} output channels, got {groups!r}")
+    conv = nn.Conv2d(weight.shape[1] * int(groups), weight.shape[0], tuple(weight.shape[2:]),
+                     stride=_pair(node.stride, "stride", 1), padding=_pair(node.padding, "padding", 0),
+                     dilation=_pair(node.dilation, "dilation", 1), groups=int(groups))
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        conv.bias.copy_(bias)
+    return conv
+
+
 def _chain(graph) -> list:
     following = dict(graph.edges)
     if len(following) != len(graph.edges):
@@ -365,32 +448,27 @@ def import_nir(source, dt: float = 1.0) -> nn.Sequential:
     nir = _nir()
     snn = require_snntorch()
     finite_number("dt", dt, positive=True)
-    if not (isinstance(source, nir.NIRGraph) or callable(getattr(source, "read", None))):  # (a file object goes to
-        source = as_path(source, "import_nir: source")  # NIR's reader as it is)
-    graph = source if isinstance(source, nir.NIRGraph) else nir.read(source)
+    graph = source if isinstance(source, nir.NIRGraph) else _read_graph(nir, source)
     nodes = _thresholds_joined(nir, _chain(graph))
     layers: list[nn.Module] = []
     for i, (node, threshold) in enumerate(nodes):
         if isinstance(node, nir.Flatten):  # (NIR numbers a sample's dimensions without the batch)
-            layers.append(nn.Flatten(*(int(d) + 1 if d >= 0 else int(d) for d in (node.start_dim, node.end_dim))))
+            dims = (node.start_dim, node.end_dim)
+            if not all(is_whole(d, -(2**31)) for d in dims):
+                raise ValueError(f"the NIR graph's Flatten start_dim and end_dim must be whole numbers, got {dims}")
+            layers.append(nn.Flatten(*(int(d) + 1 if d >= 0 else int(d) for d in dims)))
         elif isinstance(node, (nir.Affine, nir.Linear)):
             weight = _tensor(node.weight, "linear weight")
-            bias = getattr(node, "bias", None)
+            bias = None if getattr(node, "bias", None) is None else _tensor(node.bias, "linear bias")
+            _check_weight(weight, bias, 2, "linear")
             linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
             with torch.no_grad():
                 linear.weight.copy_(weight)
                 if bias is not None:
-                    linear.bias.copy_(_tensor(bias, "linear bias"))
+                    linear.bias.copy_(bias)
             layers.append(linear)
         elif isinstance(node, nir.Conv2d):
-            weight = _tensor(node.weight, "conv weight")
-            conv = nn.Conv2d(weight.shape[1] * node.groups, weight.shape[0], tuple(weight.shape[2:]),
-                             stride=tuple(node.stride), padding=tuple(node.padding), dilation=tuple(node.dilation),
-                             groups=node.groups)
-            with torch.no_grad():
-                conv.weight.copy_(weight)
-                conv.bias.copy_(_tensor(node.bias, "conv bias"))
-            layers.append(conv)
+            layers.append(_conv(node))
         elif isinstance(node, nir.Scale):
             layers.append(_scale(_tensor(node.scale, "scale")))
         elif isinstance(node, (nir.LIF, nir.LI, nir.CubaLIF, nir.CubaLI)):

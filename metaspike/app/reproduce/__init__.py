@@ -8,6 +8,7 @@ see :mod:`metaspike.app.reproduce.experiments` for the settings and REPRODUCTION
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -70,7 +71,7 @@ def reproduce(name: str, scale: str = "cpu", seeds: Sequence[int] = (1,), out: s
     _check_data_dir(scale, data_dir, "--data-dir")
     seeds = _check_seeds([int(s) for s in seeds])
     device = str(check_device(device, "--device"))
-    root = unique_directory(out, f"reproduce-{name}-{scale}")
+    root = unique_directory(out, folder_name(name, scale))
     # (the folder resolved: a resume may run elsewhere)
     folder = None if data_dir is None else str(expanded_path(data_dir, "--data-dir").resolve())
     atomic_write_text(root / RECORD, json.dumps({"name": name, "scale": scale, "seeds": seeds, "data_dir": folder,
@@ -108,9 +109,35 @@ def resume_reproduction(root: str | Path, progress: bool = False) -> tuple[Path,
         if not isinstance(device, str):
             raise ValueError(f"device must name a torch device, got {device!r}")
         check_device(device)
+        if not isinstance(record.get(COMPLETE, False), bool) or not isinstance(record.get(RAN_WITH, {}), dict):
+            raise ValueError(f"{COMPLETE} must be true or false and {RAN_WITH} a record of the runs' arithmetic")
+        _check_folder_is_of(root, record["name"], record["scale"])
     except ValueError as err:
         raise ValueError(f"{root / RECORD}: {err}") from None
     return _run(root, record["name"], record["scale"], seeds, progress, record["data_dir"], device)
+
+
+def folder_name(name: str, scale: str) -> str:
+    """The name of the folder a reproduction of experiment ``name`` at ``scale`` makes (``-2``, ... after it where the
+    name is taken).
+
+    Example:
+        >>> folder_name("fig5ab", "cpu")
+        'reproduce-fig5ab-cpu'
+    """
+    return f"reproduce-{name}-{scale}"
+
+
+def _check_folder_is_of(root: Path, name: str, scale: str) -> None:
+    """A ``ValueError`` where ``root``'s name is that of a reproduction of another experiment or scale than its
+    record says (a record edited or copied from another folder would write that experiment's table over this one's);
+    a folder renamed to anything else is taken as it is."""
+    made_as = next(((other, other_scale) for other in EXPERIMENTS for other_scale in SCALES
+                    if re.fullmatch(re.escape(folder_name(other, other_scale)) + r"(-\d+)?", root.name)), None)
+    if made_as is not None and made_as != (name, scale):
+        raise ValueError(f"it names experiment {name!r} at scale {scale!r}, but the folder was made for "
+                         f"{made_as[0]!r} at {made_as[1]!r} (its name), whose results a pass of {name!r} would write "
+                         "over; put the record's name and scale back")
 
 
 def _run(root: Path, name: str, scale: str, seeds: list[int], progress: bool,
