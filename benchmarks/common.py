@@ -23,6 +23,7 @@ from metaspike.app.config import parse_meta
 from metaspike.app.stops import caused_by_sigterm, forget_kept_stop, handling_stops, raise_kept_stop
 from metaspike.checks import MAX_SEED
 from metaspike.data import DataError
+from metaspike.files import expanded_path
 from metaspike.machine import FLAGS, cpu  # noqa: F401 (FLAGS: the benchmarks' import of it)
 
 T = TypeVar("T")
@@ -129,8 +130,11 @@ def output_file(text: str) -> Path:
 
 
 def output_folder(text: str) -> Path:
-    """An argparse type: a folder a benchmark writes into, made and checked now (not a file)."""
-    path = Path(text)
+    """An argparse type: a folder a benchmark writes into (``~`` expanded), made and checked now (not a file)."""
+    try:
+        path = expanded_path(text, "the folder")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file; name a folder")
     _writable_folder(path, "in the folder")

@@ -203,6 +203,9 @@ def merge(parser: argparse.ArgumentParser, parts: list[Path], out: Path) -> None
     _record_ran_with(_run_folders(*parts), out)
     if len(settings) == 1 and None not in settings:
         _record_allocator(out, settings.pop())
+    elif settings == {None}:
+        print(f"warning: no folder records whether its runs kept freed memory ({ALLOCATOR_FILE}): the table does not "
+              "say which allocator its seconds are of", file=sys.stderr)
     else:
         print("warning: the folders' runs kept freed memory in some and returned it in others (or do not say): the "
               "seconds of the table are not one allocator's", file=sys.stderr)
@@ -237,8 +240,10 @@ def _read_table(parser: argparse.ArgumentParser, path: Path) -> list[list[str]]:
         if row[0] not in labels:
             refuse(f"line {number} names the method {row[0]!r}, which this benchmark does not run (it runs "
                    f"{'; '.join(labels)})")
-        if not row[1].isdigit() or int(row[1]) < 1:
+        if not (row[1].isascii() and row[1].isdigit()) or int(row[1]) < 1:
             refuse(f"line {number}: the count of runs must be a whole number >= 1, got {row[1]!r}")
+        if row[0] in (earlier[0] for earlier in table[1:number - 1]):
+            refuse(f"line {number} names the method {row[0]!r} a second time")
         bad = next((c for c in row[3:] if c and not is_finite_number(_number_or_none(c))), None)
         if bad is not None:
             refuse(f"line {number} holds {bad!r} where a finite number (or an empty cell) belongs")
@@ -246,7 +251,10 @@ def _read_table(parser: argparse.ArgumentParser, path: Path) -> list[list[str]]:
 
 
 def _number_or_none(cell: str) -> float | None:
-    """``cell`` as a float, ``None`` where it is not a number."""
+    """``cell`` as a float where it is a number written as the benchmark writes them (ASCII, no ``_``), else ``None``
+    (``float`` also takes ``"1_000"`` and other scripts' digits)."""
+    if not cell.isascii() or "_" in cell:
+        return None
     try:
         return float(cell)
     except ValueError:

@@ -512,18 +512,23 @@ _FIG5AB = {"name": "fig5ab", "scale": "cpu", "seeds": [1], "data_dir": None}
      "it names experiment 'fig2' at scale 'cpu', but the folder was made for 'fig5ab' at 'cpu' (its name)"),
     ("reproduce-fig5ab-cpu", {**_FIG5AB, "scale": "paper"}, "it names experiment 'fig5ab' at scale 'paper', but"),
     ("reproduce-fig5ab-cpu", {**_FIG5AB, "complete": "yes"}, "complete must be true or false and ran_with a record"),
+    ("reproduce-fig5ab-cpu/.", {**_FIG5AB, "name": "fig2"}, "but the folder was made for 'fig5ab' at 'cpu'"),
+    ("latest -> reproduce-fig5ab-cpu", {**_FIG5AB, "name": "fig2"}, "but the folder was made for 'fig5ab' at 'cpu'"),
 ])
 def test_a_reproduction_record_of_another_experiment_than_its_folder_is_refused_before_a_pass(tmp_path, capsys, folder,
                                                                                            record, message):
     """A record's name edited from fig5ab to fig2 (or a record copied from another folder) ran fig2 in the fig5ab
     folder and wrote its table over fig5ab's."""
-    root = tmp_path / folder
+    given = str(tmp_path / folder.split(" -> ")[0].removesuffix("/.")) + ("/." if folder.endswith("/.") else "")
+    root = tmp_path / folder.split(" -> ")[-1].removesuffix("/.")  # ("." or a link named otherwise: the folder)
     root.mkdir()
+    if " -> " in folder:
+        Path(given).symlink_to(root)
     (root / "reproduction.json").write_text(json.dumps(record))
     (root / "table.csv").write_text("kept\n")
-    assert main(["reproduce", "--resume", str(root)]) == 2
+    assert main(["reproduce", "--resume", given]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"metaspike: error: {root / 'reproduction.json'}: ") and message in err, err
+    assert err.startswith(f"metaspike: error: {Path(given) / 'reproduction.json'}: ") and message in err, err
     assert (root / "table.csv").read_text() == "kept\n" and "\n" not in err
 
 

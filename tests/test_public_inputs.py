@@ -94,7 +94,8 @@ def test_a_path_under_an_unknown_users_home_folder_is_one_line_naming_it(case):
 
 @pytest.mark.parametrize("argv", [["train", "--resume", _NO_USER], ["compare", "--resume", _NO_USER],
                                   ["train", "--dataset", "digits", "--out", _NO_USER],
-                                  ["train", "--dataset", "digits", "--data-dir", _NO_USER]])
+                                  ["train", "--dataset", "digits", "--data-dir", _NO_USER],
+                                  ["reproduce", "fig5ab", "--out", _NO_USER]])
 def test_the_command_names_a_flag_under_an_unknown_users_home_folder(argv, capsys):
     from metaspike.app.cli import main
 

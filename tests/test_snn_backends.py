@@ -290,6 +290,25 @@ def test_nir_import_refuses_a_damaged_or_inexpressible_file_in_one_line(tmp_path
     assert message in str(refused.value) and "\n" not in str(refused.value)
 
 
+def test_nir_export_refuses_a_kernel_nir_would_type_wrongly_instead_of_writing_a_file_that_does_not_read_back(tmp_path):
+    """NIR 1.0.8 takes both sides of a conv kernel from ``weight.shape[2]``: a (2, 3) kernel's file typed its output
+    (4, 7, 7) where the convolution gives (4, 7, 6), and the imported network failed at its first call."""
+    nir = pytest.importorskip("nir")
+    import numpy as np
+
+    from metaspike.snn.nir import _conv_output_shape, export_nir
+
+    net = metaspike.binarize(nn.Sequential(nn.Conv2d(1, 4, (2, 3)), snn.Leaky(beta=0.9, init_hidden=True)))
+    typed = nir.Conv2d(input_shape=(8, 8), weight=np.ones((4, 1, 2, 3)), stride=(1, 1), padding=(0, 0),
+                       dilation=(1, 1), groups=1, bias=np.zeros(4)).output_type["output"]
+    if tuple(typed) == _conv_output_shape(net[0], (1, 8, 8)):
+        pytest.skip("this NIR types non-square kernels right")
+    with pytest.raises(ValueError, match=r"^export_nir: NIR types layer '0''s output as \(4, 7, 7\), where the "
+                                         r"convolution gives \(4, 7, 6\) \(kernel \(2, 3\)"):
+        export_nir(net, tmp_path / "net.nir", input_shape=(1, 8, 8))
+    assert not (tmp_path / "net.nir").exists()
+
+
 def test_nir_import_reads_a_file_object_opened_in_binary_mode_and_names_one_in_text_mode(tmp_path):
     nir = pytest.importorskip("nir")
     from metaspike.snn.nir import import_nir
@@ -297,6 +316,8 @@ def test_nir_import_reads_a_file_object_opened_in_binary_mode_and_names_one_in_t
     nir.write(tmp_path / "net.nir", _nir_conv(nir))
     with open(tmp_path / "net.nir", "rb") as file:
         assert isinstance(import_nir(file)[0], nn.Conv2d)
+        file.seek(10)  # (read, then moved: each import reads it from its start)
+        assert isinstance(import_nir(file)[0], nn.Conv2d) and isinstance(import_nir(file)[0], nn.Conv2d)
     with open(tmp_path / "net.nir", encoding="latin-1") as file, pytest.raises(ValueError, match="binary mode"):
         import_nir(file)
 

@@ -186,11 +186,28 @@ def _weight_node(nir: ModuleType, name: str, layer: nn.Module,
         node = nir.Conv2d(input_shape=tuple(shape[1:]), weight=weight, stride=layer.stride, padding=layer.padding,
                           dilation=layer.dilation, groups=layer.groups,
                           bias=np.zeros(weight.shape[0], dtype=np.float32) if bias is None else bias)
+        typed, computed = tuple(int(s) for s in node.output_type["output"]), _conv_output_shape(layer, shape)
+        if typed != computed:  # (NIR 1.0.8 reads both kernel sides from weight.shape[2])
+            raise ValueError(f"export_nir: NIR types layer {name!r}'s output as {typed}, where the convolution gives "
+                             f"{computed} (kernel {tuple(layer.kernel_size)}: this NIR takes kernels as square), so "
+                             "the file would not read back")
     elif bias is None:
         node = nir.Linear(weight=weight)
     else:
         node = nir.Affine(weight=weight, bias=bias)
     return node, alpha
+
+
+def _conv_output_shape(layer: nn.Conv2d, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``(channels, height, width)`` that ``layer`` makes of one sample of ``shape`` (torch's formula).
+
+    Example:
+        >>> _conv_output_shape(nn.Conv2d(1, 4, (2, 3)), (1, 8, 8))
+        (4, 7, 6)
+    """
+    sides = [(size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1 for size, pad, dilation, kernel, stride
+             in zip(shape[1:], layer.padding, layer.dilation, layer.kernel_size, layer.stride)]
+    return (layer.out_channels, *sides)
 
 
 def _per_element(alpha: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -313,6 +330,8 @@ def _read_graph(nir: ModuleType, source: object):
     import h5py
 
     if callable(getattr(source, "read", None)):
+        if callable(getattr(source, "seek", None)):
+            source.seek(0)  # (a file object already read, or moved, is read from its start)
         what, data = "import_nir: source", source.read()
     else:
         path = as_path(source, "import_nir: source")

@@ -132,8 +132,9 @@ def _check_folder_is_of(root: Path, name: str, scale: str) -> None:
     """A ``ValueError`` where ``root``'s name is that of a reproduction of another experiment or scale than its
     record says (a record edited or copied from another folder would write that experiment's table over this one's);
     a folder renamed to anything else is taken as it is."""
+    folder = root.resolve().name  # (resolved: "." or a link named otherwise stands for the folder itself)
     made_as = next(((other, other_scale) for other in EXPERIMENTS for other_scale in SCALES
-                    if re.fullmatch(re.escape(folder_name(other, other_scale)) + r"(-\d+)?", root.name)), None)
+                    if re.fullmatch(re.escape(folder_name(other, other_scale)) + r"(-\d+)?", folder)), None)
     if made_as is not None and made_as != (name, scale):
         raise ValueError(f"it names experiment {name!r} at scale {scale!r}, but the folder was made for "
                          f"{made_as[0]!r} at {made_as[1]!r} (its name), whose results a pass of {name!r} would write "

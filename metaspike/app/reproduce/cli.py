@@ -8,6 +8,7 @@ from pathlib import Path
 
 from metaspike.app.reproduce.experiments import EXPERIMENTS
 from metaspike.app.reproduce.scales import SCALES
+from metaspike.files import expanded_path
 
 __all__ = ["add_parser", "run"]
 
@@ -81,7 +82,8 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"reproduce needs an experiment NAME (one of {', '.join(EXPERIMENTS)}) or --resume DIR")
     else:
         scale = "cpu" if args.scale is None else args.scale  # (an empty --scale is refused, as any unknown one)
-        root, rows = reproduce(args.name, scale, args.seeds or [1], args.out or "runs", progress=not args.quiet,
+        out = "runs" if args.out is None else expanded_path(args.out, "--out")
+        root, rows = reproduce(args.name, scale, args.seeds or [1], out, progress=not args.quiet,
                                data_dir=args.data_dir, device="cpu" if args.device is None else args.device)
     for row in rows:
         cells = [f"{k}={_mean_std(*v)}" if isinstance(v, tuple) else f"{k}={v}" for k, v in row.items() if k != "setting"]
