@@ -1,6 +1,8 @@
 """snnTorch, Norse and NIR: one-line binary synapses, training, per-model reset, NIR round trip."""
 
+import os
 import re
+import threading
 
 import pytest
 import torch
@@ -320,6 +322,12 @@ def test_nir_import_reads_a_file_object_opened_in_binary_mode_and_names_one_in_t
         assert isinstance(import_nir(file)[0], nn.Conv2d) and isinstance(import_nir(file)[0], nn.Conv2d)
     with open(tmp_path / "net.nir", encoding="latin-1") as file, pytest.raises(ValueError, match="binary mode"):
         import_nir(file)
+    read, write = os.pipe()  # (a pipe cannot seek: it is read from where it is, as before)
+    with os.fdopen(write, "wb") as writer, os.fdopen(read, "rb", buffering=0) as pipe:
+        feeding = threading.Thread(target=lambda: (writer.write((tmp_path / "net.nir").read_bytes()), writer.close()))
+        feeding.start()
+        assert isinstance(import_nir(pipe)[0], nn.Conv2d)
+        feeding.join()
 
 
 def test_nir_round_trip_of_a_network_whose_last_neuron_feeds_a_linear_readout():

@@ -324,15 +324,19 @@ def _check_fits(name: str, layer: nn.Module, shape: tuple[int, ...], input_shape
 
 
 def _read_graph(nir: ModuleType, source: object):
-    """The NIR graph of a file (a path, or a file object, which is read from its start): its bytes read as
+    """The NIR graph of a file (a path, or a file object, read from its start where it can seek): its bytes read as
     :func:`~metaspike.files.read_regular_file` reads a file from outside, the arrays it declares bounded by the memory
     available before NIR reads them, and anything NIR's reader or h5py raise on a damaged file as one line."""
     import h5py
 
     if callable(getattr(source, "read", None)):
-        if callable(getattr(source, "seek", None)):
-            source.seek(0)  # (a file object already read, or moved, is read from its start)
-        what, data = "import_nir: source", source.read()
+        what, seekable = "import_nir: source", getattr(source, "seekable", None)
+        try:
+            if callable(seekable) and seekable():
+                source.seek(0)  # (a file already read, or moved, is read from its start; a pipe from where it is)
+            data = source.read()
+        except (OSError, ValueError) as err:  # (a closed file, a read that fails)
+            raise ValueError(f"{what} cannot be read ({first_line(err)})") from None
     else:
         path = as_path(source, "import_nir: source")
         what, data = f"import_nir: {path}", read_regular_file(path, "import_nir: NIR file")
