@@ -308,9 +308,9 @@ def test_a_file_larger_than_the_memory_available_is_refused_by_every_reader_befo
     have no size of their own to expect) refuses one larger than the memory available, naming it, instead of asking
     for that much memory (a bare MemoryError, or a machine driven into swap); results CSVs are held to JSON's bound."""
     import bnn
-    from metaspike.files import JSON_MAX_BYTES, _memory_available
+    from metaspike.files import JSON_MAX_BYTES, memory_available
 
-    available = _memory_available()
+    available = memory_available()
     if available is None:
         pytest.skip("this system says nothing of its memory available")
     huge = tmp_path / "huge.pt"
