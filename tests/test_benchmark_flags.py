@@ -3,6 +3,7 @@ flag, never a traceback after minutes of training, a run counted twice or earlie
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -62,7 +63,7 @@ def test_a_long_stream_resumed_with_the_other_allocator_is_one_line(tmp_path):
 _HEADER = "setting,runs,settings,evaluated_mean_mean,evaluated_mean_std\n"
 
 
-@pytest.mark.parametrize("second, out, message", [
+_MERGE_CASES = [  # (the second folder's table.csv, --out, what the error line says)
     (_HEADER + "SGD,3,,54.5,0.4\n", "first", "argument --out: first is one of the --merge folders; give a new folder"),
     (_HEADER + "EVIL,3,,1,1\n", "merged", "second/table.csv line 2 names the method 'EVIL', which this benchmark does "
                                           "not run"),
@@ -75,20 +76,55 @@ _HEADER = "setting,runs,settings,evaluated_mean_mean,evaluated_mean_std\n"
     ("a,b\n", "merged", "second/table.csv is not a table of this benchmark"),
     ("", "merged", "second/table.csv is not a table of this benchmark"),
     ("\udcff", "merged", "second/table.csv cannot be read as a CSV table ('utf-8' codec can't decode"),
-])
-def test_a_merge_checks_every_table_and_never_writes_over_one(tmp_path, second, out, message):
+]
+
+#: Runs ``long_stream.py --merge second first --out OUT`` in each case's folder, in one process (one import of torch)
+_MERGES = """
+import contextlib, io, json, os, runpy, sys
+sys.path.insert(0, sys.argv_benchmarks)
+outcomes = []
+for case in sorted(os.listdir("."), key=int):
+    os.chdir(case)
+    sys.argv = ["long_stream.py", "--merge", "second", "first", "--out", open("out.txt").read()]
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        try:
+            runpy.run_path(os.path.join(sys.argv_benchmarks, "long_stream.py"), run_name="__main__")
+            status = 0
+        except SystemExit as stop:
+            status = stop.code
+    outcomes.append([status, err.getvalue()])
+    os.chdir("..")
+print(json.dumps(outcomes))
+"""
+
+
+@pytest.fixture(scope="module")
+def merged(tmp_path_factory) -> tuple[Path, list]:
+    """Each of :data:`_MERGE_CASES` merged in a folder of its own: ``(the folders' parent, [status, stderr] each)``."""
+    root = tmp_path_factory.mktemp("merges")
+    for case, (second, out, _) in enumerate(_MERGE_CASES):
+        for folder, table in (("first", _HEADER + "BiMU,3,,59.5,0.5\n"), ("second", second)):
+            (root / str(case) / folder).mkdir(parents=True)
+            (root / str(case) / folder / "table.csv").write_bytes(table.encode("utf-8", "surrogateescape"))
+        (root / str(case) / "out.txt").write_text(out)
+    done = _run_code(_MERGES, root)
+    assert done.returncode == 0, done.stderr
+    return root, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", range(len(_MERGE_CASES)))
+def test_a_merge_checks_every_table_and_never_writes_over_one(merged, case):
     """``--merge C A --out C`` wrote over C's table.csv, dropping its rows of methods the benchmark does not name
     without a word; short rows, NaN and text were copied into the merged table, and an empty or undecodable table
     ended in a traceback."""
-    for folder, table in (("first", _HEADER + "BiMU,3,,59.5,0.5\n"), ("second", second)):
-        (tmp_path / folder).mkdir()
-        (tmp_path / folder / "table.csv").write_bytes(table.encode("utf-8", "surrogateescape"))
-    done = _run("benchmarks/long_stream.py", "--merge", "second", "first", "--out", out, cwd=tmp_path)
-    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith("long_stream.py: error: ")
-    assert message in done.stderr.strip().splitlines()[-1], done.stderr
-    assert (tmp_path / "second" / "table.csv").read_bytes() == second.encode("utf-8", "surrogateescape")
-    assert not (tmp_path / "merged").exists()
+    root, outcomes = merged
+    second, _, message = _MERGE_CASES[case]
+    status, stderr = outcomes[case]
+    assert status == 2 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith("long_stream.py: error: ")
+    assert message in stderr.strip().splitlines()[-1], stderr
+    assert (root / str(case) / "second" / "table.csv").read_bytes() == second.encode("utf-8", "surrogateescape")
+    assert not (root / str(case) / "merged").exists()
 
 
 _STOPPED_LONG_STREAM = """
