@@ -268,7 +268,7 @@ class RunConfig:
     baseline_gamma: float | None = None
 
     def __post_init__(self) -> None:
-        self._numbers_as_floats()
+        self._hold_python_numbers()
         if not isinstance(self.imports, tuple) or not all(isinstance(i, str) and i for i in self.imports):
             raise ValueError(f"--import takes module names or .py files, got {self.imports!r}")
         if self.scenario not in available_scenarios():
@@ -343,7 +343,7 @@ class RunConfig:
                              f"more than a file name may hold ({MAX_NAME_BYTES}): it lists each --dataset and each "
                              "--meta value; give fewer")
 
-    def _numbers_as_floats(self) -> None:
+    def _hold_python_numbers(self) -> None:
         """Hold the real-valued settings given as another kind of real number (a ``Fraction``, a numpy number) as
         Python numbers (:func:`stored_setting`), which the run's name and ``config.json`` can format."""
         for key in (*_FLOAT_SETTINGS, "meta"):
