@@ -40,7 +40,8 @@ REPEAT_WINDOW_S = 1.0
 
 def stop_on_sigterm(signum: int, frame: object) -> NoReturn:
     """The command's SIGTERM handler: raises :class:`Terminated`. A second one while it unwinds ends the process, as
-    the system's default does, unless it came within :data:`REPEAT_WINDOW_S` of the first (the same stop, sent twice).
+    the system's default does, unless it came within :data:`REPEAT_WINDOW_S` of the first (the same stop, sent twice)
+    or is a stop kept from a finalizer and sent again (:func:`keeping_stops`), which raises as the first did.
 
     Example:
         >>> signal.signal(signal.SIGTERM, stop_on_sigterm) is not None
@@ -55,6 +56,8 @@ def stop_on_sigterm(signum: int, frame: object) -> NoReturn:
     first = time.monotonic()
 
     def ending_on_a_later_sigterm(signum: int, frame: object) -> None:
+        if _kept and _kept[1]:  # (a stop kept from a finalizer and sent again: raised, never taken for a repeat)
+            stop_on_sigterm(signum, frame)
         if time.monotonic() - first >= REPEAT_WINDOW_S:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
