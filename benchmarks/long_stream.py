@@ -211,10 +211,6 @@ def merge(parser: argparse.ArgumentParser, parts: list[Path], out: Path) -> None
               "seconds of the table are not one allocator's", file=sys.stderr)
 
 
-#: The first columns of the table, before the metrics' ``<name>_mean`` and ``<name>_std``
-_TABLE_LABELS = ["setting", "runs", "settings"]
-
-
 def _read_table(parser: argparse.ArgumentParser, path: Path) -> list[list[str]]:
     """The rows of a ``table.csv`` this benchmark wrote, header first, each checked: a method of :data:`METHODS`, a
     count of runs, finite numbers (or empty cells) in the metrics' columns; else one line naming the file and line."""
@@ -230,16 +226,18 @@ def _read_table(parser: argparse.ArgumentParser, path: Path) -> list[list[str]]:
                                             newline="")))
     except (UnicodeDecodeError, csv.Error, ValueError) as err:
         refuse(f"cannot be read as a CSV table ({err})")
-    if not table or table[0][:3] != _TABLE_LABELS or not all(c.endswith(("_mean", "_std")) for c in table[0][3:]):
-        refuse(f"is not a table of this benchmark (its header must start with {','.join(_TABLE_LABELS)}, then each "
+    labels = list(long_stream.TABLE_COLUMNS)
+    if (not table or table[0][:len(labels)] != labels
+            or not all(c.endswith(("_mean", "_std")) for c in table[0][len(labels):])):
+        refuse(f"is not a table of this benchmark (its header must start with {','.join(labels)}, then each "
                "metric's _mean and _std)")
-    labels = [method.label for method in long_stream.METHODS]
+    methods = [method.label for method in long_stream.METHODS]
     for number, row in enumerate(table[1:], start=2):
         if len(row) != len(table[0]):
             refuse(f"line {number} has {len(row)} cells, its header {len(table[0])}")
-        if row[0] not in labels:
+        if row[0] not in methods:
             refuse(f"line {number} names the method {row[0]!r}, which this benchmark does not run (it runs "
-                   f"{'; '.join(labels)})")
+                   f"{'; '.join(methods)})")
         if not (row[1].isascii() and row[1].isdigit()) or int(row[1]) < 1:
             refuse(f"line {number}: the count of runs must be a whole number >= 1, got {row[1]!r}")
         if row[0] in (earlier[0] for earlier in table[1:number - 1]):
