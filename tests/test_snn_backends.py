@@ -185,6 +185,42 @@ def test_a_surrogate_refuses_a_parameter_it_does_not_take_or_a_bad_value_in_one_
         call()
 
 
+@pytest.mark.parametrize("neuron, name", [("leaky", "fast_sigmoid"), ("self-recurrent", "atan"), ("norse-lif", "tanh")])
+def test_registry_models_take_a_surrogates_parameters_from_the_net_spec(neuron, name):
+    pytest.importorskip("norse.torch" if neuron.startswith("norse") else "snntorch")
+    parameters = next(p for n, p, _ in _SHARPENED if n == name)
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    gradients = []
+    for spec in (NetSpec(hidden=(8,), num_steps=3, surrogate=name, surrogate_parameters=parameters),
+                 NetSpec(hidden=(8,), num_steps=3, surrogate=name)):
+        torch.manual_seed(0)
+        model = build_neuron_model(neuron, spec)
+        first = next(p for p in model.parameters() if p.dim() == 2)
+        gradients.append(torch.autograd.grad(model(x).square().sum(), first)[0])
+    assert bool(gradients[0].abs().sum() > 0) and not torch.equal(*gradients)  # (same weights: the parameter moved it)
+
+
+@pytest.mark.parametrize("spec, message", [
+    (lambda: NetSpec(surrogate_parameters={"slope": 5.0}), "surrogate_parameters shape a named surrogate: give "
+                                                           "surrogate as well"),
+    (lambda: NetSpec(surrogate="atan", surrogate_parameters=[("alpha", 2.0)]), "surrogate_parameters must be a mapping"),
+    (lambda: build_neuron_model("leaky", NetSpec(surrogate="atan", surrogate_parameters={"slope": 5.0})),
+     "surrogate 'atan' takes alpha, got slope"),
+    (lambda: build_neuron_model("norse-lif", NetSpec(surrogate="tanh", surrogate_parameters={"alpha": -1})),
+     "the alpha of surrogate 'tanh' must be a finite number in (0, 3.40282e+38], got -1"),
+])
+def test_a_net_specs_surrogate_parameters_are_checked_in_one_line(spec, message):
+    pytest.importorskip("norse.torch")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        spec()
+
+
+def test_a_net_spec_with_surrogate_parameters_stays_hashable_and_compares_by_value():
+    a = NetSpec(surrogate="atan", surrogate_parameters={"alpha": 4.0})
+    assert a == NetSpec(surrogate="atan", surrogate_parameters={"alpha": 4.0}) and hash(a) == hash(NetSpec(
+        surrogate="atan", surrogate_parameters={"alpha": 4.0})) and a != NetSpec(surrogate="atan")
+
+
 @pytest.mark.parametrize("name", ["atan", "fast_sigmoid", "sigmoid", "straight_through"])
 def test_snntorch_surrogates_give_spikes_of_the_inputs_dtype_so_a_float64_model_runs(name):
     x = torch.tensor([-0.2, 0.3], dtype=torch.float64, requires_grad=True)

@@ -162,17 +162,20 @@ def surrogate(name: str, **parameters: float) -> SpikeFunction:
     return lambda x: threshold(x, method, alpha)
 
 
-def norse_method(name: str) -> tuple[str, float]:
-    """Norse's ``(method, alpha)`` for a Norse surrogate name (``ValueError`` for any other name).
+def norse_method(name: str, **parameters: float) -> tuple[str, float]:
+    """Norse's ``(method, alpha)`` for a Norse surrogate name and its ``parameters``
+    (:func:`surrogate_parameters`; ``ValueError`` for any other name or a parameter it does not take).
 
     Example:
         >>> norse_method("superspike")
         ('super', 100.0)
+        >>> norse_method("tanh", alpha=20)
+        ('tanh', 20.0)
     """
     _check_surrogate(name)
     if name not in _NORSE_SURROGATES:
         raise ValueError(f"Norse neurons take surrogate {', '.join(sorted(_NORSE_SURROGATES))}, got {name!r}")
-    return _NORSE_SURROGATES[name], _SURROGATE_PARAMETERS[name].get("alpha", _SUPERSPIKE_ALPHA)
+    return _NORSE_SURROGATES[name], surrogate_parameters(name, **parameters).get("alpha", _SUPERSPIKE_ALPHA)
 
 
 def reset_states(model: nn.Module) -> None:

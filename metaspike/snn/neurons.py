@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,9 @@ class NetSpec:
     """Size and time settings shared by every neuron model of a comparison.
 
     ``surrogate=None`` takes each backend's default (snnTorch: ``fast_sigmoid``, Norse:
-    ``superspike``, self-recurrent layer: its own fast sigmoid). ``beta`` is the membrane's decay per step of the
+    ``superspike``, self-recurrent layer: its own fast sigmoid); ``surrogate_parameters`` shape the named one
+    (:func:`~metaspike.snn.surrogate_parameters` says which it takes, e.g. ``{"slope": 10}`` for ``fast_sigmoid``,
+    ``{"alpha": 4}`` for ``atan``), checked when a model is built. ``beta`` is the membrane's decay per step of the
     snnTorch models (``alpha`` derives its two decays from it) and of the self-recurrent one; ``norse-lif`` and
     ``norse-lsnn`` keep Norse's time constants (``tau_mem_inv`` 200/s and ``tau_syn_inv`` 500/s at Norse's step of
     1 ms: decays of 0.8 and 0.5 per step, whatever ``beta``) and refuse a ``beta`` other than the default 0.9.
@@ -45,6 +47,8 @@ class NetSpec:
     Example:
         >>> NetSpec(hidden=(100,), beta=0.8).beta
         0.8
+        >>> NetSpec(surrogate="atan", surrogate_parameters={"alpha": 4}).surrogate_parameters
+        (('alpha', 4),)
     """
 
     input_shape: tuple[int, ...] = (1, 28, 28)
@@ -55,8 +59,20 @@ class NetSpec:
     readout: str = "membrane"
     surrogate: str | None = None
     beta: float = 0.9
+    surrogate_parameters: Mapping[str, float] | tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
+        parameters = self.surrogate_parameters
+        if isinstance(parameters, Mapping):  # (held as sorted pairs: the spec stays hashable, as a frozen one is)
+            parameters = tuple(sorted(parameters.items(), key=lambda item: str(item[0])))
+        if not (isinstance(parameters, tuple) and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
+                                                      for p in parameters)):
+            raise ValueError("surrogate_parameters must be a mapping of parameter names to numbers, e.g. "
+                             f"{{'slope': 10}}, got {self.surrogate_parameters!r}")
+        if parameters and self.surrogate is None:  # (the backends' defaults differ, and so do their parameters)
+            raise ValueError("surrogate_parameters shape a named surrogate: give surrogate as well (e.g. "
+                             f"surrogate='fast_sigmoid'), got {dict(parameters)!r} with surrogate=None")
+        object.__setattr__(self, "surrogate_parameters", parameters)
         for name, value, empty in (("input_shape", self.input_shape, False), ("hidden", self.hidden, True)):
             if not isinstance(value, (tuple, list)) or not (value or empty) or not all(is_whole(v, 1) for v in value):
                 raise ValueError(f"{name} must be a {'' if empty else 'non-empty '}sequence of integers >= 1, "
@@ -101,7 +117,7 @@ def spiking_mlp(spec: NetSpec, neuron: Neuron) -> SpikingClassifier:
 
 
 def _snntorch(spec: NetSpec, make: Callable[..., nn.Module]) -> SpikingClassifier:
-    spike_grad = surrogate(spec.surrogate or "fast_sigmoid")
+    spike_grad = surrogate(spec.surrogate or "fast_sigmoid", **dict(spec.surrogate_parameters))
 
     def neuron(features: int, last: bool) -> nn.Module:
         return make(spike_grad=spike_grad, init_hidden=True, output=last, reset_mechanism="none" if last else "zero")
@@ -164,7 +180,7 @@ def self_recurrent(spec: NetSpec) -> nn.Module:
     """Self-recurrent LIF with learnable decay and threshold (Zhang & Li 2020), plain torch; its output layer never
     fires (threshold 1e4: the readout is its membrane)."""
     _refuse_count_readout(spec, "self-recurrent", "has the threshold 1e4 and never fires (every count would be 0)")
-    spike_fn = surrogate(spec.surrogate) if spec.surrogate else None
+    spike_fn = surrogate(spec.surrogate, **dict(spec.surrogate_parameters)) if spec.surrogate else None
 
     def neuron(features: int, last: bool) -> nn.Module:
         if last:
@@ -190,7 +206,7 @@ def _norse(spec: NetSpec, model: str, cell: Callable[[Callable[..., tuple], str,
     _refuse_count_readout(spec, model, "is Norse's LICell, a leaky integrator whose output is its voltage (the count "
                                        "would sum voltages)")
     norse = require_norse()
-    method, alpha_ = norse_method(spec.surrogate or "superspike")
+    method, alpha_ = norse_method(spec.surrogate or "superspike", **dict(spec.surrogate_parameters))
     taus = {key: torch.as_tensor(value) for key, value in _NORSE_INVERSE_TIME_CONSTANTS.items()}
 
     def neuron(features: int, last: bool) -> nn.Module:
