@@ -972,6 +972,26 @@ def test_start_confident_gives_every_latent_the_magnitude_and_keeps_its_sign():
         start_confident(net, 1.0)
 
 
+@pytest.mark.parametrize("start, kind, value", [
+    ("sigma_init", "mesu", 1e-9),  # (rounds to 0 in float16: MESU's steps, which scale with σ², would never move μ)
+    ("sigma_init", "mesu", 1e6),  # (beyond float16's 65504)
+    ("lambda_init", "bimu", 1e6),  # (λ of ±inf, which BiMU's step then keeps)
+])
+def test_a_start_a_float16_synapse_cannot_hold_is_refused_in_one_line_naming_the_type(start, kind, value):
+    message = rf"{start} must be a finite number in \[.*\] \(what a torch.float16 synapse holds"
+    with pytest.raises(ValueError, match=message):
+        bayesianize(nn.Sequential(nn.Linear(4, 3, bias=False)).half(), kind, **{start: value})
+    with pytest.raises(ValueError, match=message):
+        make_bayesian(nn.Linear(4, 3, bias=False).half(), kind, **{start: value})
+    layer = make_bayesian(nn.Linear(4, 3, bias=False).bfloat16(), kind, **{start: value})  # (float32's range)
+    assert bool(torch.isfinite(next(iter(layer.parametrizations.weight.parameters()))).all())
+    half = bayesianize(nn.Sequential(nn.Linear(4, 3, bias=False)).half())
+    for magnitude in (1e-30, 1e6):  # (±0, which loses the signs, and ±inf)
+        with pytest.raises(ValueError, match=r"magnitude must be a finite number in \[6.10352e-05, 65504\] "
+                                             r"\(torch.float16 latent weights hold it"):
+            start_confident(half[0], magnitude)
+
+
 @pytest.mark.parametrize("frozen", ["sigma", "mu"])
 def test_mesu_leaves_a_frozen_mean_or_width_as_it_is(frozen):
     """The docstring's 'parameters whose gradient is None are skipped': σ drifted under the prior term before."""

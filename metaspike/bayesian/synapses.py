@@ -239,7 +239,7 @@ class GaussianWeight(SynapseParametrization):
     def __init__(self, mu: Tensor, sigma_init: float = SIGMA_INIT, evaluation: str = "mode") -> None:
         super().__init__()
         self.evaluation = _choice("evaluation", evaluation, EVALUATIONS)
-        self.sigma = nn.Parameter(torch.full_like(mu.detach(), check_setting("sigma_init", sigma_init)))
+        self.sigma = nn.Parameter(torch.full_like(mu.detach(), check_setting("sigma_init", sigma_init, mu.dtype)))
 
     @_outside_compiled_models
     def sample(self, mu: Tensor, samples: int | None = None) -> Tensor:
@@ -494,9 +494,12 @@ SETTING_RANGES: dict[str, tuple[float, float, str]] = {
 }
 
 
-def check_setting(name: str, value: Any) -> float:
+def check_setting(name: str, value: Any, dtype: torch.dtype | None = None) -> float:
     """``value`` of the synapse setting ``name`` (``"sigma_init"``, ``"temperature"``, ``"lambda_init"``) as a float
-    if it lies in its range (:data:`SETTING_RANGES`), else a ``ValueError`` naming it and the range.
+    if it lies in its range (:data:`SETTING_RANGES`), else a ``ValueError`` naming it and the range. Given the
+    ``dtype`` of the synapse it starts (``sigma_init``, ``lambda_init``), also within what that type holds: a float16
+    synapse's normal numbers end at 6.1e-5 and 65504 (a σ of 1e-9 would round to 0, and MESU, whose steps scale with
+    σ², would never move it; a λ of 1e6 to infinity).
 
     Example:
         >>> check_setting("temperature", 0.5)
@@ -505,9 +508,30 @@ def check_setting(name: str, value: Any) -> float:
         Traceback (most recent call last):
         ...
         ValueError: sigma_init must be a finite number in [1.0842e-19, 1.84467e+19] (MESU's steps scale with sigma^2, which float32 must hold without rounding to 0 or infinity), got 1e-50
+        >>> check_setting("sigma_init", 1e-9, torch.float16)
+        Traceback (most recent call last):
+        ...
+        ValueError: sigma_init must be a finite number in [6.10352e-05, 65504] (what a torch.float16 synapse holds without rounding to 0 or infinity), got 1e-09
     """
     low, high, note = SETTING_RANGES[name]
+    if dtype is not None:
+        held = held_range(dtype, spread=16.0 if name == "lambda_init" else 1.0)
+        if held[0] > low or held[1] < high:
+            low, high = max(low, held[0]) if low > 0 else low, min(high, held[1])
+            note = f"(what a {dtype} synapse holds without rounding to 0 or infinity)"
     return number_in(name, value, low, high, note=note)
+
+
+def held_range(dtype: torch.dtype, spread: float = 1.0) -> tuple[float, float]:
+    """The positive values a ``dtype`` synapse holds as normal numbers, with room for draws up to ``spread`` times the
+    value (λ's normal draws), capped at float32's (the rules compute in float32 at least).
+
+    Example:
+        >>> held_range(torch.float16)
+        (6.103515625e-05, 65504.0)
+    """
+    info = torch.finfo(dtype)
+    return max(float(info.tiny), FLOAT32_TINY), min(float(info.max), FLOAT32_MAX) / spread
 
 
 def _check_settings(kind: str, scale: str | None, sigma_init: float, lambda_init: float | None, temperature: float,
@@ -547,7 +571,13 @@ def _new_synapse(kind: str, weight: nn.Parameter, sigma_init: float, lambda_init
 def _make_synapses(layers: list[tuple[str, nn.Module]], kind: str, scale: str | None, sigma_init: float,
                    lambda_init: float | None, temperature: float, evaluation: str) -> None:
     """Turn the checked ``(name, layer)`` pairs into synapses of ``kind``: first every gain, from the float weights
-    (before a λ replaces them), then the synapses, one for each weight parameter (tied layers share it)."""
+    (before a λ replaces them), then the synapses, one for each weight parameter (tied layers share it). The start
+    value is checked first against every weight's type (a float16 layer holds less than float32)."""
+    for dtype in {layer.weight.dtype for _, layer in layers}:
+        if kind == "mesu":
+            check_setting("sigma_init", sigma_init, dtype)
+        elif lambda_init is not None:
+            check_setting("lambda_init", lambda_init, dtype)
     for name, layer in layers:
         if scale is not None and output_gain(layer) is None:  # (MESU's μ keeps the float weight's size: α from 1)
             attach_output_gain(layer, scale, name, real_weights=kind == "mesu")
@@ -759,20 +789,17 @@ def bimu_parameters(model: nn.Module) -> list[nn.Parameter]:
     return params
 
 
-#: The magnitudes :func:`start_confident` takes: what float32 ``λ`` hold without rounding to 0 (losing the signs) or
-#: to infinity.
-MAGNITUDE_RANGE = (FLOAT32_TINY, FLOAT32_MAX)
-
-
-def check_magnitude(magnitude: Any, name: str = "magnitude") -> float:
-    """``magnitude`` as a float if it lies in :data:`MAGNITUDE_RANGE`, else a ``ValueError`` naming ``name``.
+def check_magnitude(magnitude: Any, name: str = "magnitude", dtype: torch.dtype = torch.float32) -> float:
+    """``magnitude`` as a float if ``dtype`` latent weights hold it without rounding to 0 (losing the signs) or to
+    infinity (:func:`held_range`), else a ``ValueError`` naming ``name``.
 
     Example:
         >>> check_magnitude(1)
         1.0
     """
-    return number_in(name, magnitude, *MAGNITUDE_RANGE,
-                     note="(float32 latent weights hold it without rounding to 0 or to infinity)")
+    low, high = held_range(dtype)
+    return number_in(name, magnitude, low, high,
+                     note=f"({dtype} latent weights hold it without rounding to 0 or to infinity)")
 
 
 def start_confident(layer: nn.Module, magnitude: float = 1.0) -> nn.Module:
@@ -791,7 +818,7 @@ def start_confident(layer: nn.Module, magnitude: float = 1.0) -> nn.Module:
         >>> start_confident(net[0], 1.5).parametrizations.weight.original.abs().unique().tolist()
         [1.5]
     """
-    magnitude = check_magnitude(magnitude)
+    check_magnitude(magnitude)  # (before the layer: a bad magnitude is named whatever the layer)
     synapse = _parametrization(layer)
     if not isinstance(synapse, BinaryWeight):
         found = "no Bayesian synapse" if synapse is None else f"a {synapse.kind!r} synapse"
@@ -801,6 +828,7 @@ def start_confident(layer: nn.Module, magnitude: float = 1.0) -> nn.Module:
         raise ValueError(f"start_confident needs a layer with a BiMU synapse (bayesianize(model, 'bimu')); "
                          f"{type(layer).__name__} has {found}{hint}")
     (lam,) = _synapse_tensors(layer, synapse)
+    magnitude = check_magnitude(magnitude, dtype=lam.dtype)
     with torch.no_grad():
         lam.copy_(torch.where(lam >= 0, magnitude, -magnitude))
     return layer
