@@ -188,6 +188,11 @@ class ArrayDataset:
             raise DataError(f"{where}: x must have shape [N, F], [N, H, W] or [N, C, H, W], got {list(x.shape)}")
         if 0 in x.shape[1:]:
             raise DataError(f"{where}: x's samples hold no values (shape {list(x.shape)})")
+        if x.dim() == 4 and x.shape[3] in (1, 3, 4) and x.shape[1] > 4:  # (read as [N, C, H, W]: a conv model's
+            # channels would be image rows, silently; an MLP flattens either alike)
+            warnings.warn(f"{where}: x of shape {list(x.shape)} looks channels-last [N, H, W, C]; it is read as "
+                          f"[N, C, H, W] ({x.shape[1]} channels of {x.shape[2]}x{x.shape[3]}): pass "
+                          "x.permute(0, 3, 1, 2) for images stored channels-last", UserWarning, stacklevel=2)
         if y.dim() != 1:
             raise DataError(f"{where}: y must have shape [N], got {list(y.shape)}")
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:

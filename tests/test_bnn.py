@@ -325,6 +325,16 @@ def test_fit_rejects_nan_and_bad_labels():
         bnn.fit(bnn.MLP([784, 16, 10]), (torch.rand(10, 784), torch.zeros(10)), progress=False)
 
 
+def test_a_model_of_one_output_is_refused_where_cross_entropy_would_train_nothing():
+    x, y = torch.rand(10, 64), torch.zeros(10, dtype=torch.long)
+    message = "the model returns one output per sample; .* cross-entropy over one class is always 0"
+    with pytest.raises(ValueError, match=message):
+        bnn.fit(bnn.MLP([64, 8, 1]), (x, y), progress=False)
+    with pytest.raises(ValueError, match=message):
+        bnn.evaluate(bnn.MLP([64, 8, 1]), (x, y))
+    assert len(bnn.fit(bnn.MLP([64, 8, 2]), (x, y), epochs=1, progress=False)) == 1  # (two outputs train)
+
+
 def test_labels_of_another_shape_are_refused_where_they_would_broadcast():
     """[N, 1] labels compared with [N] predictions broadcast to [N, N]: an accuracy of 3093 %."""
     model, x, y = bnn.MLP([784, 16, 10]), torch.rand(30, 784), torch.randint(0, 10, (30,))

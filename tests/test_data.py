@@ -646,6 +646,18 @@ def test_own_data_that_does_not_fit_is_one_line(x, y, message):
         ArrayDataset.from_tensors(x, y)
 
 
+def test_own_images_that_look_channels_last_are_named_in_a_warning_and_read_as_given():
+    y = torch.tensor([0, 1])
+    with pytest.warns(UserWarning, match=r"x of shape \[2, 32, 32, 3\] looks channels-last \[N, H, W, C\]; it is "
+                                         r"read as \[N, C, H, W\] \(32 channels of 32x3\): pass x.permute\(0, 3, 1, 2\)"):
+        data = ArrayDataset.from_tensors(torch.rand(2, 32, 32, 3), y)
+    assert data.x.shape == (2, 32, 32, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for shape in ((2, 3, 32, 32), (2, 1, 28, 28), (2, 4, 8, 3)):  # (channels first; a small image of 4 rows)
+            assert ArrayDataset.from_tensors(torch.rand(*shape), y).x.shape == shape
+
+
 def test_own_class_names_must_be_a_sequence_and_an_empty_subset_is_empty():
     with pytest.raises(DataError, match="classes must be a sequence of class names, got 'ab'"):
         ArrayDataset.from_tensors(torch.rand(2, 3), torch.tensor([0, 1]), classes="ab")
