@@ -173,8 +173,8 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
                       "but it has no Bayesian synapses; if these are time steps, reduce them over time in the model "
                       "(metaspike.snn.SpikingClassifier does)", stacklevel=2)
     if y is not None and out.shape[-1] == 1:  # (log_softmax of one logit is 0: no loss, no gradient, silently)
-        raise ValueError(f"the model returns one output per sample; it is trained and scored as a classifier, one "
-                         f"output per class, and cross-entropy over one class is always 0 (nothing would train): give "
+        raise ValueError("the model returns one output per sample; it is trained and scored as a classifier, one "
+                         "output per class, and cross-entropy over one class is always 0 (nothing would train): give "
                          "it an output for each class (2 for a yes/no task)")
     if y is not None:
         check_labels(y, len(x), out.shape[-1], what)

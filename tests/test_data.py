@@ -648,8 +648,9 @@ def test_own_data_that_does_not_fit_is_one_line(x, y, message):
 
 def test_own_images_that_look_channels_last_are_named_in_a_warning_and_read_as_given():
     y = torch.tensor([0, 1])
-    with pytest.warns(UserWarning, match=r"x of shape \[2, 32, 32, 3\] looks channels-last \[N, H, W, C\]; it is "
-                                         r"read as \[N, C, H, W\] \(32 channels of 32x3\): pass x.permute\(0, 3, 1, 2\)"):
+    message = (r"x of shape \[2, 32, 32, 3\] looks channels-last \[N, H, W, C\]; it is read as \[N, C, H, W\] "
+               r"\(32 channels of 32x3\): pass x.permute\(0, 3, 1, 2\)")
+    with pytest.warns(UserWarning, match=message):
         data = ArrayDataset.from_tensors(torch.rand(2, 32, 32, 3), y)
     assert data.x.shape == (2, 32, 32, 3)
     with warnings.catch_warnings():
