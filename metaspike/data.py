@@ -50,7 +50,13 @@ import torch
 
 from metaspike.allocator import usable_memory
 from metaspike.checks import FLOAT32_MAX, check_device, unknown_name
-from metaspike.files import as_path, atomic_open, atomic_write_bytes, expanded_path, read_regular_file
+from metaspike.files import (
+    as_path,
+    atomic_open,
+    atomic_write_bytes,
+    expanded_path,
+    read_regular_file,
+)
 
 __all__ = [
     "DataError",
@@ -159,7 +165,8 @@ class ArrayDataset:
         """A dataset from your own arrays (torch tensors or numpy arrays), for :mod:`metaspike.continual`.
 
         ``x``: ``[N, F]`` feature vectors, ``[N, H, W]`` (stored as ``[N, 1, H, W]``: sequences ``[N, T, F]`` too, so a
-        recurrent model takes ``x.squeeze(1)``) or ``[N, C, H, W]`` images, of any
+        recurrent model takes ``x.squeeze(1)``) or ``[N, C, H, W]`` images (a shape such as ``[N, 32, 32, 3]``, which
+        looks channels-last, is read as given, with a warning), of any
         real dtype (made float32) or ``uint8`` pixels (divided by 255), copied (later changes to your arrays do not
         reach the dataset) and detached from any autograd graph; its values must lie in ``[0, 1]``, which
         the rate encoder reads as firing probabilities (scale other data with the training set's range first, and
@@ -188,8 +195,9 @@ class ArrayDataset:
             raise DataError(f"{where}: x must have shape [N, F], [N, H, W] or [N, C, H, W], got {list(x.shape)}")
         if 0 in x.shape[1:]:
             raise DataError(f"{where}: x's samples hold no values (shape {list(x.shape)})")
-        if x.dim() == 4 and x.shape[3] in (1, 3, 4) and x.shape[1] > 4:  # (read as [N, C, H, W]: a conv model's
-            # channels would be image rows, silently; an MLP flattens either alike)
+        if x.dim() == 4 and x.shape[3] in (1, 3, 4) and min(x.shape[1:3]) > 4:  # (read as [N, C, H, W]: a conv
+            # model's channels would be image rows, silently; an MLP flattens either alike. Feature maps of 1x1 or
+            # a few pixels are left alone: channels-first data of that shape is common, such images are not)
             warnings.warn(f"{where}: x of shape {list(x.shape)} looks channels-last [N, H, W, C]; it is read as "
                           f"[N, C, H, W] ({x.shape[1]} channels of {x.shape[2]}x{x.shape[3]}): pass "
                           "x.permute(0, 3, 1, 2) for images stored channels-last", UserWarning, stacklevel=2)

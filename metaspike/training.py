@@ -37,7 +37,10 @@ from metaspike.checks import (
 )
 from metaspike.distributed import average_gradients, batch_slice
 from metaspike.modes import evaluation_mode
-from metaspike.population_statistics import evaluates_with_batch_statistics, statistics_outdated
+from metaspike.population_statistics import (
+    evaluates_with_batch_statistics,
+    statistics_outdated,
+)
 
 __all__ = ["check_inputs", "check_labels", "minimum_batch_size", "train_epoch", "evaluate", "evaluate_together", "MIN_STATISTICS_BATCH",
            "random_numbers_apart", "masked_logits", "backward_within_batch",
@@ -174,8 +177,8 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
                       "(metaspike.snn.SpikingClassifier does)", stacklevel=2)
     if y is not None and out.shape[-1] == 1:  # (log_softmax of one logit is 0: no loss, no gradient, silently)
         raise ValueError("the model returns one output per sample; it is trained and scored as a classifier, one "
-                         "output per class, and cross-entropy over one class is always 0 (nothing would train): give "
-                         "it an output for each class (2 for a yes/no task)")
+                         "output per class, and over one class cross-entropy is always 0 (nothing trains) and every "
+                         "prediction class 0: give it an output for each class (2 for a yes/no task)")
     if y is not None:
         check_labels(y, len(x), out.shape[-1], what)
     if y is not None:  # (a task checks its labels when made; this is what trains now)

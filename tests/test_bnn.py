@@ -327,7 +327,7 @@ def test_fit_rejects_nan_and_bad_labels():
 
 def test_a_model_of_one_output_is_refused_where_cross_entropy_would_train_nothing():
     x, y = torch.rand(10, 64), torch.zeros(10, dtype=torch.long)
-    message = "the model returns one output per sample; .* cross-entropy over one class is always 0"
+    message = "the model returns one output per sample; .* over one class cross-entropy is always 0"
     with pytest.raises(ValueError, match=message):
         bnn.fit(bnn.MLP([64, 8, 1]), (x, y), progress=False)
     with pytest.raises(ValueError, match=message):

@@ -750,7 +750,12 @@ def test_eval_samples_sets_the_evaluation_ensemble_of_a_sampling_model(tmp_path,
 
 
 def test_a_finished_run_keeps_what_evaluated_each_task_so_its_numbers_can_be_checked(tmp_path):
-    from metaspike.app.runs import BATCHNORM_STATES, build_run_model, load_config, make_run_scenario
+    from metaspike.app.runs import (
+        BATCHNORM_STATES,
+        build_run_model,
+        load_config,
+        make_run_scenario,
+    )
     from metaspike.continual import load_batchnorm_state
     from metaspike.training import evaluate
 
@@ -848,6 +853,10 @@ def test_a_comparison_names_its_runs_that_learned_nothing(tmp_path, capsys):
      "--tasks 2000: --scenario stream cannot cut 1437 samples into 2000 subsets (one subset per task)"),
     (["train", "--scenario", "split", "--tasks", "11"], "--tasks 11: --scenario split cannot split 10 classes into 11 "
      "groups (one group of classes per task); give --tasks in 1..10 for digits"),
+    (["train", "--scenario", "split", "--tasks", "6"], "--tasks 6: --split-mode task restricts each task's outputs to "
+     "its own classes, and 10 classes in 6 groups leave a group of one class, which would train nothing (cross-entropy "
+     "over one class is 0) and always be predicted right; give --tasks in 1..5 for digits, or use --split-mode class "
+     "or class-growing"),
     # a comparison refuses them as train does (it ran without them, and recorded some in its runs' config.json)
     (["compare", "--split-mode", "class"], "--split-mode applies to --scenario split only, not permuted"),
     (["compare", "--num-steps", "4"], "--num-steps applies to spiking models; 'bnn' sees each sample once"),

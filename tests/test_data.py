@@ -655,7 +655,8 @@ def test_own_images_that_look_channels_last_are_named_in_a_warning_and_read_as_g
     assert data.x.shape == (2, 32, 32, 3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for shape in ((2, 3, 32, 32), (2, 1, 28, 28), (2, 4, 8, 3)):  # (channels first; a small image of 4 rows)
+        for shape in ((2, 3, 32, 32), (2, 1, 28, 28), (2, 4, 8, 3), (2, 64, 1, 1), (2, 16, 3, 3)):  # (channels
+            # first; feature maps of 1x1 and 3x3)
             assert ArrayDataset.from_tensors(torch.rand(*shape), y).x.shape == shape
 
 

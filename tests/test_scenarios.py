@@ -5,7 +5,14 @@ import re
 import pytest
 import torch
 
-from metaspike.continual import joint, make_scenario, permuted, split, stream, task_subset
+from metaspike.continual import (
+    joint,
+    make_scenario,
+    permuted,
+    split,
+    stream,
+    task_subset,
+)
 from metaspike.data import load_dataset
 
 
@@ -39,6 +46,11 @@ def test_split_task_and_class_incremental(digits):
     assert [t.classes for t in c.tasks] == [None, None]
     with pytest.raises(ValueError, match="disjoint"):
         split(train, test, groups=[[0, 1], [1, 2]])
+    with pytest.raises(ValueError, match=r"mode 'task' restricts each task's outputs to its own classes, so the group "
+                                         r"\[2\] of one class would train nothing"):
+        split(train, test, groups=[[0, 1], [2]], mode="task")
+    for mode in ("class", "class-growing"):  # (one head over more classes than the group's: a class alone trains)
+        assert len(split(train, test, groups=[[0, 1], [2]], mode=mode).tasks) == 2
 
 
 def test_stream_subsets_are_disjoint_and_cover_the_data(digits):

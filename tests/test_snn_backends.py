@@ -1,5 +1,6 @@
 """snnTorch, Norse and NIR: one-line binary synapses, training, per-model reset, NIR round trip."""
 
+import dataclasses
 import os
 import re
 import threading
@@ -204,6 +205,10 @@ def test_registry_models_take_a_surrogates_parameters_from_the_net_spec(neuron, 
     (lambda: NetSpec(surrogate_parameters={"slope": 5.0}), "surrogate_parameters shape a named surrogate: give "
                                                            "surrogate as well"),
     (lambda: NetSpec(surrogate="atan", surrogate_parameters=[("alpha", 2.0)]), "surrogate_parameters must be a mapping"),
+    (lambda: NetSpec(surrogate="atan", surrogate_parameters={"alpha": [4]}), "surrogate_parameters must be a mapping "
+                                                                             "of parameter names to numbers"),
+    (lambda: NetSpec(surrogate="atan", surrogate_parameters=(("alpha", 1.0), ("alpha", 2.0))),
+     "surrogate_parameters must be a mapping"),
     (lambda: build_neuron_model("leaky", NetSpec(surrogate="atan", surrogate_parameters={"slope": 5.0})),
      "surrogate 'atan' takes alpha, got slope"),
     (lambda: build_neuron_model("norse-lif", NetSpec(surrogate="tanh", surrogate_parameters={"alpha": -1})),
@@ -219,6 +224,10 @@ def test_a_net_spec_with_surrogate_parameters_stays_hashable_and_compares_by_val
     a = NetSpec(surrogate="atan", surrogate_parameters={"alpha": 4.0})
     assert a == NetSpec(surrogate="atan", surrogate_parameters={"alpha": 4.0}) and hash(a) == hash(NetSpec(
         surrogate="atan", surrogate_parameters={"alpha": 4.0})) and a != NetSpec(surrogate="atan")
+    both = {"b": 1.0, "a": 2.0}  # (any order given: one spec)
+    assert NetSpec(surrogate="x", surrogate_parameters=both) == NetSpec(surrogate="x", surrogate_parameters=dict(
+        reversed(both.items())))
+    assert dataclasses.replace(a, beta=0.8).surrogate_parameters == a.surrogate_parameters  # (its held pairs again)
 
 
 @pytest.mark.parametrize("name", ["atan", "fast_sigmoid", "sigmoid", "straight_through"])

@@ -41,7 +41,11 @@ from metaspike.app.models import (
 )
 from metaspike.app.stops import forget_kept_stop, raise_kept_stop
 from metaspike.app.tables import versions
-from metaspike.bayesian.synapses import SampledForward, bayesian_modules, start_confident
+from metaspike.bayesian.synapses import (
+    SampledForward,
+    bayesian_modules,
+    start_confident,
+)
 from metaspike.checks import is_finite_number, is_nan, is_whole, listed, shown
 from metaspike.continual.results import (
     ACCURACY_DECIMALS,
@@ -52,9 +56,19 @@ from metaspike.continual.results import (
     latest_good_checkpoint,
 )
 from metaspike.continual.scenarios import Scenario, made_when_reached, make_scenario
-from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig, applied_optimizer_mode
+from metaspike.continual.trainer import (
+    ContinualResult,
+    ContinualTrainer,
+    TrainerConfig,
+    applied_optimizer_mode,
+)
 from metaspike.data import ArrayDataset, default_data_dir, load_dataset
-from metaspike.distributed import init_from_env, sync_batchnorm, world, world_size_from_env
+from metaspike.distributed import (
+    init_from_env,
+    sync_batchnorm,
+    world,
+    world_size_from_env,
+)
 from metaspike.files import (
     TEMPORARY_FILES,
     atomic_open,
@@ -102,6 +116,12 @@ def make_run_scenario(config: RunConfig) -> Scenario:
             classes = len(load_dataset(config.datasets[0], "train", config.data_dir).classes)
             message = (f"--tasks {config.tasks}: --scenario split {message} (one group of classes per task); give "
                        f"--tasks in 1..{classes} for {config.datasets[0]}")
+        elif config.scenario == "split" and message.startswith("mode 'task' "):
+            classes = len(load_dataset(config.datasets[0], "train", config.data_dir).classes)
+            message = (f"--tasks {config.tasks}: --split-mode task restricts each task's outputs to its own classes, "
+                       f"and {classes} classes in {config.tasks} groups leave a group of one class, which would train "
+                       "nothing (cross-entropy over one class is 0) and always be predicted right; give --tasks in "
+                       f"1..{classes // 2} for {config.datasets[0]}, or use --split-mode class or class-growing")
         raise ValueError(message) from None
     if config.scenario == "stream":
         _check_stream_parts(config, scenario)

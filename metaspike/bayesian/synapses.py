@@ -40,7 +40,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from metaspike.bayesian.counter_noise import arithmetic_dtype, counter_normal, counter_uniform, draw_key
+from metaspike.bayesian.counter_noise import (
+    arithmetic_dtype,
+    counter_normal,
+    counter_uniform,
+    draw_key,
+)
 from metaspike.bayesian.functional import _exp_pair
 from metaspike.block_cache import reuse_in_block, signs_cache_key
 from metaspike.caller import user_stacklevel
@@ -497,9 +502,9 @@ SETTING_RANGES: dict[str, tuple[float, float, str]] = {
 def check_setting(name: str, value: Any, dtype: torch.dtype | None = None) -> float:
     """``value`` of the synapse setting ``name`` (``"sigma_init"``, ``"temperature"``, ``"lambda_init"``) as a float
     if it lies in its range (:data:`SETTING_RANGES`), else a ``ValueError`` naming it and the range. Given the
-    ``dtype`` of the synapse it starts (``sigma_init``, ``lambda_init``), also within what that type holds: a float16
-    synapse's normal numbers end at 6.1e-5 and 65504 (a σ of 1e-9 would round to 0, and MESU, whose steps scale with
-    σ², would never move it; a λ of 1e6 to infinity).
+    ``dtype`` of the synapse it starts (``sigma_init``, ``lambda_init``), also within what that type holds as a normal
+    number: a float16 synapse's end at 6.1e-5 and 65504 (a σ of 1e-9 would round to 0, and MESU, whose steps scale
+    with σ², would never move it; λ's draws, several times ``lambda_init``, would reach infinity).
 
     Example:
         >>> check_setting("temperature", 0.5)
@@ -511,15 +516,27 @@ def check_setting(name: str, value: Any, dtype: torch.dtype | None = None) -> fl
         >>> check_setting("sigma_init", 1e-9, torch.float16)
         Traceback (most recent call last):
         ...
-        ValueError: sigma_init must be a finite number in [6.10352e-05, 65504] (what a torch.float16 synapse holds without rounding to 0 or infinity), got 1e-09
+        ValueError: sigma_init must be a finite number in [6.10352e-05, 65504] (a float16 synapse holds it as a normal number, without rounding to 0 or infinity), got 1e-09
     """
     low, high, note = SETTING_RANGES[name]
     if dtype is not None:
         held = held_range(dtype, spread=16.0 if name == "lambda_init" else 1.0)
         if held[0] > low or held[1] < high:
             low, high = max(low, held[0]) if low > 0 else low, min(high, held[1])
-            note = f"(what a {dtype} synapse holds without rounding to 0 or infinity)"
+            note = (f"(the normal draws of lambda reach several times it, which a {dtype_name(dtype)} synapse must "
+                    "hold)" if name == "lambda_init" else f"(a {dtype_name(dtype)} synapse holds it as a normal "
+                    "number, without rounding to 0 or infinity)")
     return number_in(name, value, low, high, note=note)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``dtype`` as its name alone, as messages say it.
+
+    Example:
+        >>> dtype_name(torch.float16)
+        'float16'
+    """
+    return str(dtype).removeprefix("torch.")
 
 
 def held_range(dtype: torch.dtype, spread: float = 1.0) -> tuple[float, float]:
@@ -573,7 +590,7 @@ def _make_synapses(layers: list[tuple[str, nn.Module]], kind: str, scale: str | 
     """Turn the checked ``(name, layer)`` pairs into synapses of ``kind``: first every gain, from the float weights
     (before a λ replaces them), then the synapses, one for each weight parameter (tied layers share it). The start
     value is checked first against every weight's type (a float16 layer holds less than float32)."""
-    for dtype in {layer.weight.dtype for _, layer in layers}:
+    for dtype in sorted({layer.weight.dtype for _, layer in layers}, key=str):  # (named in one order, run to run)
         if kind == "mesu":
             check_setting("sigma_init", sigma_init, dtype)
         elif lambda_init is not None:
@@ -799,7 +816,8 @@ def check_magnitude(magnitude: Any, name: str = "magnitude", dtype: torch.dtype 
     """
     low, high = held_range(dtype)
     return number_in(name, magnitude, low, high,
-                     note=f"({dtype} latent weights hold it without rounding to 0 or to infinity)")
+                     note=f"({dtype_name(dtype)} latent weights hold it as a normal number, without rounding to 0 "
+                          "or to infinity)")
 
 
 def start_confident(layer: nn.Module, magnitude: float = 1.0) -> nn.Module:

@@ -519,7 +519,8 @@ def split(
     """Tasks made of class groups (``groups=5`` splits 10 classes into pairs 0-1, 2-3, ...).
 
     ``mode="task"`` (task-incremental): each task's outputs are restricted to its own classes at
-    training and test time. ``mode="class"`` (class-incremental): one head over all classes.
+    training and test time (so every group needs 2 classes or more). ``mode="class"`` (class-incremental): one head
+    over all classes.
     ``mode="class-growing"`` (class-incremental with a growing head, :attr:`Scenario.growing_head`): one head over the
     classes of the tasks trained so far, in training and at test time; the classes to come are masked out.
 
@@ -554,6 +555,11 @@ def split(
     if (not groups or any(len(g) == 0 for g in groups) or not all(0 <= c < n_classes for c in flat)
             or len(set(flat)) != len(flat)):  # (every one an integer by now, so hashable)
         raise ValueError(f"class groups must be non-empty, disjoint and within 0..{n_classes - 1}, got {groups}")
+    alone = next((list(g) for g in groups if len(g) == 1), None)
+    if mode == "task" and alone is not None:  # (its loss is 0 and its accuracy 100 %, trained or not)
+        raise ValueError(f"mode 'task' restricts each task's outputs to its own classes, so the group {alone} of one "
+                         "class would train nothing (cross-entropy over one class is 0) and always be predicted right: "
+                         "give every group 2 classes or more, or use mode 'class' or 'class-growing'")
     tasks = []
     for g in groups:
         name = f"{_base(train)}-classes{'-'.join(map(str, g))}"

@@ -22,8 +22,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from metaspike.checks import defined_at, in_metaspike, is_whole, raised_at, registered_name, unknown_name
-from metaspike.snn.backends import norse_method, require_norse, require_snntorch, surrogate
+from metaspike.checks import (
+    defined_at,
+    in_metaspike,
+    is_number,
+    is_whole,
+    raised_at,
+    registered_name,
+    unknown_name,
+)
+from metaspike.snn.backends import (
+    norse_method,
+    require_norse,
+    require_snntorch,
+    surrogate,
+)
 from metaspike.snn.recurrent import SelfRecurrentLIF, check_decay
 from metaspike.snn.timeloop import SpikingClassifier, holds_norse_cells
 
@@ -62,17 +75,18 @@ class NetSpec:
     surrogate_parameters: Mapping[str, float] | tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
-        parameters = self.surrogate_parameters
-        if isinstance(parameters, Mapping):  # (held as sorted pairs: the spec stays hashable, as a frozen one is)
-            parameters = tuple(sorted(parameters.items(), key=lambda item: str(item[0])))
-        if not (isinstance(parameters, tuple) and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
-                                                      for p in parameters)):
+        given = self.surrogate_parameters  # (a mapping, or the sorted pairs it is held as: dataclasses.replace)
+        pairs = tuple(given.items()) if isinstance(given, Mapping) else given
+        if not (isinstance(pairs, tuple) and all(
+                isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) and is_number(p[1]) for p in pairs)
+                and len({name for name, _ in pairs}) == len(pairs)):
             raise ValueError("surrogate_parameters must be a mapping of parameter names to numbers, e.g. "
-                             f"{{'slope': 10}}, got {self.surrogate_parameters!r}")
-        if parameters and self.surrogate is None:  # (the backends' defaults differ, and so do their parameters)
+                             f"{{'slope': 10}}, got {given!r}")
+        if pairs and self.surrogate is None:  # (the backends' defaults differ, and so do their parameters)
             raise ValueError("surrogate_parameters shape a named surrogate: give surrogate as well (e.g. "
-                             f"surrogate='fast_sigmoid'), got {dict(parameters)!r} with surrogate=None")
-        object.__setattr__(self, "surrogate_parameters", parameters)
+                             f"surrogate='fast_sigmoid'), got {dict(pairs)!r} with surrogate=None")
+        # (held as sorted pairs: the spec stays hashable, as a frozen one is, and equal for equal parameters)
+        object.__setattr__(self, "surrogate_parameters", tuple(sorted(pairs)))
         for name, value, empty in (("input_shape", self.input_shape, False), ("hidden", self.hidden, True)):
             if not isinstance(value, (tuple, list)) or not (value or empty) or not all(is_whole(v, 1) for v in value):
                 raise ValueError(f"{name} must be a {'' if empty else 'non-empty '}sequence of integers >= 1, "
