@@ -84,6 +84,7 @@ def test_compare_writes_a_table_and_a_figure(tmp_path, capsys):
     root = next(tmp_path.glob("compare-*"))
     rows = list(csv.DictReader(open(root / "comparison.csv")))
     assert [r["setting"] for r in rows] == ["meta=0", "meta=5:20"] and rows[0]["runs"] == "2"
+    assert [r["rule"] for r in rows] == ["tanh", "tanh"]
     config = json.loads((root / "permuted-digits-meta5-20-seed2" / "config.json").read_text())
     assert config["meta"] == [5.0, 20.0] and config["seed"] == 2
     assert (root / "comparison.png").stat().st_size > 1000
@@ -534,7 +535,10 @@ def test_a_reproduction_record_of_another_experiment_than_its_folder_is_refused_
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "--seed", "1.5"], "metaspike train: error: argument --seed: invalid int value: '1.5'"),
-    (["compare", "--rule", "tanh", "cascade"], "metaspike: error: unrecognized arguments: cascade"),
+    (["compare", "--rule", "tanh", "cascade"], "metaspike: error: unrecognized arguments: cascade; --rule takes one "
+                                               "value, got tanh cascade; a comparison runs one rule: compare rules with "
+                                               "one `metaspike compare --rule NAME` each"),
+    (["train", "--epochs=2", "3"], "metaspike: error: unrecognized arguments: 3; --epochs takes one value, got 2 3"),
     (["compare", "--model", "leaky"], "metaspike: error: unrecognized arguments: --model leaky; compare names its "
                                       "models with --neurons (one model: --neurons leaky)"),
     (["compare", "--seed", "3"], "metaspike: error: unrecognized arguments: --seed 3; compare takes --seeds"),

@@ -247,7 +247,8 @@ def test_compare_neurons_writes_one_table_and_figure_for_every_model_and_meta(tm
     path, rows = compare_neurons(base, ["bnn", "self-recurrent"], [0, 50], out=tmp_path, progress=False)
     assert [r["setting"] for r in rows] == ["bnn meta=0", "bnn meta=50", "self-recurrent meta=0", "self-recurrent meta=50"]
     lines = (path / "comparison.csv").read_text().splitlines()
-    assert lines[0].startswith("neuron,meta,runs,task1_mean,task1_std,task2_mean") and len(lines) == 5
+    assert lines[0].startswith("neuron,meta,rule,runs,task1_mean,task1_std,task2_mean") and len(lines) == 5
+    assert [line.split(",")[2] for line in lines[1:]] == ["tanh"] * 4  # (which rule each row ran, kept in the table)
     assert "forgetting" in (path / "comparison.txt").read_text()
     assert (path / "forgetting.png").stat().st_size > 0
     assert len([d for d in path.iterdir() if d.is_dir()]) == 4

@@ -208,6 +208,8 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
                 word = unknown[at]
                 value = word.split("=", 1)[1] if "=" in word else unknown[at + 1] if at + 1 < len(unknown) else "NAME"
                 hints.append(hint.format(value=value))
+        if not hints:
+            hints = _one_value_hints(_command_parser(parser, args.command), args.command, argv, unknown)
         if not hints:  # (a mistyped flag: --epoch for --epochs, which is not abbreviated)
             actions = _command_parser(parser, args.command)._actions
             flags = [flag for action in actions for flag in action.option_strings]
@@ -216,6 +218,31 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("; ".join([f"unrecognized arguments: {' '.join(unknown)}", *hints]))
     _refuse_repeated_flags(parser, args.command, argv)
     return args
+
+
+#: (command, flag) -> what to do instead of giving the flag several values
+_SEVERAL_VALUES = {("compare", "--rule"): "a comparison runs one rule: compare rules with one `metaspike compare "
+                                          "--rule NAME` each (each folder is named by its rule), or "
+                                          "benchmarks/rules_forgetting.py for tanh, cascade and switch side by side"}
+
+
+def _one_value_hints(parser: argparse.ArgumentParser, command: str, argv: Sequence[str],
+                     unknown: Sequence[str]) -> list[str]:
+    """What to say where a word argparse did not take follows the value of a flag that takes one value
+    (``compare --rule tanh cascade``: argparse names only ``cascade`` as unrecognized)."""
+    single = {flag for action in parser._actions if type(action) is argparse._StoreAction and action.nargs is None
+              for flag in action.option_strings}
+    hints = []
+    for k, word in enumerate(argv):
+        if word.startswith("-") or word not in unknown:
+            continue
+        flag, value = ((argv[k - 1].split("=", 1) + [""])[:2] if k >= 1 and "=" in argv[k - 1] else
+                       (argv[k - 2], argv[k - 1]) if k >= 2 else ("", ""))
+        if flag in single and not value.startswith("-"):
+            advice = _SEVERAL_VALUES.get((command, flag))
+            hints.append(f"{flag} takes one value, got {value} {word}" + (f"; {advice}" if advice else ""))
+            break
+    return hints
 
 
 def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:

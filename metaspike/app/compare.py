@@ -95,7 +95,7 @@ class Row:
 
 def _meta_rows(base: RunConfig, settings: Sequence[tuple[float, ...]], seeds: Sequence[int]) -> list[Row]:
     return [Row({"setting": " ".join(filter(None, [f"meta={meta_label(s)}", base.rule_setting, base.baseline_setting])),
-                 "meta": meta_label(s)},
+                 "meta": meta_label(s), "rule": base.rule},
                 tuple(replace(base, meta=s, seed=int(seed)) for seed in seeds)) for s in settings]
 
 
@@ -121,7 +121,7 @@ def _neuron_rows(base: RunConfig, neurons: Sequence[str], metas: Sequence[float]
     # (such a kind's "meta" is None: written as an empty cell, so that it is never taken for a baseline at m = 0)
     return [Row({"setting": " ".join(filter(None, [f"{n} meta={m:g} {base.rule_setting}".rstrip() if takes_meta(n)
                                                    else _kind_label(base, n), base.baseline_setting])),
-                 "neuron": n, "meta": m if takes_meta(n) else None},
+                 "neuron": n, "meta": m if takes_meta(n) else None, "rule": base.for_model(n).rule},
                 tuple(replace(base.for_model(n), seed=int(seed), **({"meta": (float(m),)} if takes_meta(n) else {}))
                       for seed in seeds))
             for n in neurons for m in _swept_metas(n, metas)]
@@ -235,7 +235,8 @@ def _write_comparison(root: Path, plan: dict[str, Any], rows: list[dict[str, Any
                       arithmetic: dict[str, list[Any]]) -> None:
     """The comparison's table (CSV, text, JSON, which records the arithmetic its runs ran with: :func:`ran_with`) and
     figures; a neuron comparison's trade-off table too."""
-    labels = ("neuron", "meta", "runs") if plan["kind"] == "neurons" else ("setting", "meta", "runs")
+    # (the rule too: a table of one comparison per rule, merged, still says which rule each row ran)
+    labels = ("neuron", "meta", "rule", "runs") if plan["kind"] == "neurons" else ("setting", "meta", "rule", "runs")
     n_tasks = sum(1 for key in rows[0] if key.startswith("task "))
     atomic_write_text(root / TABLE, comparison_csv(rows, labels))
     atomic_write_text(root / "comparison.txt", format_table(rows, n_tasks) + "\n")
