@@ -104,6 +104,11 @@ def test_plot_redraws_a_run(tmp_path, capsys):
     (run / "accuracy_curves.png").symlink_to(outside)  # a link planted in the folder is replaced, not written through
     assert main(["plot", str(run)]) == 0
     assert outside.read_text() == "keep me" and not (run / "accuracy_curves.png").is_symlink()
+    matrix = (run / "accuracy_matrix.csv").read_text().splitlines()
+    (run / "accuracy_matrix.csv").write_text("\n".join(matrix[:-1]) + "\n")  # (the last task's row dropped)
+    capsys.readouterr()
+    assert main(["plot", str(run)]) == 2
+    assert "accuracy_matrix.csv's last row differs from the final_accuracy of" in capsys.readouterr().err
 
 
 def test_plot_of_a_run_it_cannot_write_in_names_the_figure_and_draws_elsewhere(tmp_path, capsys, monkeypatch):

@@ -624,6 +624,7 @@ def _plot(args: argparse.Namespace) -> None:
     from metaspike.app.plots import plot_run
     from metaspike.app.reproduce import RECORD
     from metaspike.app.runs import (
+        finished_result,
         recorded_processes,
         refuse_several_processes,
         train_resume_command,
@@ -650,6 +651,8 @@ def _plot(args: argparse.Namespace) -> None:
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out}: it is a file, not a folder")
         out.mkdir(parents=True, exist_ok=True)
+    finished_result(folder)  # (a finished run's files must agree, as where a comparison reads it back: a matrix edited
+    # or copied from another run is refused, not drawn)
     try:
         written = plot_run(folder, out)
     except PermissionError as err:
