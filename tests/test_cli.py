@@ -158,7 +158,8 @@ def test_plot_of_a_run_it_cannot_write_in_names_the_figure_and_draws_elsewhere(t
         (["train", "--dataset", "mnist5kk"], "; did you mean 'mnist5k'?"),
         (["train", "--rule", "tahn"], "; did you mean 'tanh'?"),
         (["train", "--model", "lekay"], "; did you mean 'leaky'?"),
-        (["compare", "--neurons", "bnn", "lekay"], "; did you mean 'leaky'?"),
+        (["compare", "--neurons", "bnn", "lekay"], "; did you mean 'leaky'? (one of your own: name the module that "
+                                                   "registers it with --import)"),
         (["train", "--lr", "0"], "--lr must be a finite number > 0"),
         (["plot", "/nonexistent/run"], "is not a run directory"),
         (["train", "--out", ""], "--out must name a folder, got ''"),

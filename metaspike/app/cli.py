@@ -27,6 +27,7 @@ from metaspike.app.config import (
     DEFAULT_META,
     KIND_SETTINGS,
     RunConfig,
+    import_hint,
     meta_label,
     parse_meta,
 )
@@ -36,7 +37,7 @@ from metaspike.app.imports import (
     import_flags,
     import_modules,
 )
-from metaspike.app.models import DEFAULT_LR, takes_setting
+from metaspike.app.models import DEFAULT_LR, available_models, takes_setting
 from metaspike.app.reproduce import cli as reproduce_cli
 from metaspike.app.stops import (
     caused_by_sigterm,
@@ -44,7 +45,7 @@ from metaspike.app.stops import (
     handling_stops,
     raise_kept_stop,
 )
-from metaspike.checks import first_line
+from metaspike.checks import first_line, unknown_name
 from metaspike.continual.metrics import LONG_STREAM_TASKS, LearnedNothingWarning
 from metaspike.continual.scenarios import SPLIT_MODES
 from metaspike.data import OFFLINE_DATASETS
@@ -529,6 +530,9 @@ def _compare(args: argparse.Namespace) -> None:
             check_seed("--seeds", seed)
         if args.neurons is not None:
             args.neurons = args.neurons or compare.every_neuron_model()
+            unknown = next((name for name in args.neurons if name not in available_models()), None)
+            if unknown is not None:  # (named as train --model names it, before a setting is checked against it)
+                raise ValueError(unknown_name("model", unknown, available_models()) + import_hint(args.imports))
             if args.hidden is None:
                 args.hidden = list(compare.SNN_DEFAULTS["hidden"])
             if args.epochs is None:

@@ -194,6 +194,18 @@ def stored_setting(key: str, value: Any) -> Any:
     return _python_number(value) if key in _FLOAT_SETTINGS else value
 
 
+def import_hint(imports: Sequence[str]) -> str:
+    """What to say after an unknown model or rule name: the modules imported (``--import``), or how to name one's own.
+
+    Example:
+        >>> import_hint([])
+        ' (one of your own: name the module that registers it with --import)'
+    """
+    if imports:
+        return f" (with those that {' '.join(imports)} registers: check the name, or that the module registers it)"
+    return " (one of your own: name the module that registers it with --import)"
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything a run needs; saved as ``config.json``.
@@ -440,11 +452,8 @@ class RunConfig:
         object.__setattr__(self, "baseline_gamma", number_in("--baseline-gamma", gamma, 0.0, 1.0))
 
     def _import_hint(self) -> str:
-        """What to say after an unknown model or rule name: the run's own modules, or how to name one's own."""
-        if self.imports:
-            return (f" (with those that {' '.join(self.imports)} registers: check the name, or that the module "
-                    "registers it)")
-        return " (one of your own: name the module that registers it with --import)"
+        """What to say after an unknown model or rule name: :func:`import_hint` of the run's own modules."""
+        return import_hint(self.imports)
 
     def for_model(self, model: str) -> "RunConfig":
         """These settings for model kind ``model``, without those it does not take (:data:`KIND_SETTINGS`): what
