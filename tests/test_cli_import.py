@@ -110,6 +110,18 @@ def test_a_module_name_of_a_file_in_the_current_folder_says_how_to_import_it(tmp
         import_modules(["mylab_here"])
 
 
+def test_a_folder_without_init_is_refused_since_it_registers_nothing(tmp_path, monkeypatch):
+    from metaspike.app.imports import import_modules
+
+    (tmp_path / "emptylab").mkdir()
+    (tmp_path / "emptylab" / "mine.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match=r"--import emptylab: is a folder without __init__.py \(a namespace package\), "
+                                         r"which runs no code and so registers nothing: give the .py file"):
+        import_modules(["emptylab"])
+    assert import_modules(["emptylab.mine"]) == ("emptylab.mine",)  # (its module, by name)
+
+
 def test_a_module_on_the_path_is_imported_by_its_name(tmp_path, monkeypatch):
     package = tmp_path / "userlab"
     package.mkdir()

@@ -119,6 +119,11 @@ def import_modules(specs: Sequence[str]) -> tuple[str, ...]:
                     f"({spec}.py) or run python -m metaspike" if isinstance(err, ModuleNotFoundError)
                     and not _is_file(spec) and Path(f"{spec.replace('.', '/')}.py").is_file() else "")
             raise ValueError(f"{FLAG} {spec}: {_where(err, origin)}{type(err).__name__}: {err}{hint}") from None
+        module = None if _is_file(spec) else sys.modules.get(spec)
+        if module is not None and getattr(module, "__file__", None) is None and hasattr(module, "__path__"):
+            raise ValueError(f"{FLAG} {spec}: is a folder without __init__.py (a namespace package), which runs no "
+                             f"code and so registers nothing: give the .py file that registers your models or rules "
+                             f"({spec.replace('.', '/')}/NAME.py) or its module name ({spec}.NAME)")
         try:
             _check_left_alone(spec, folder, dtype)
         except ValueError:  # (put back as they were, the module forgotten: fixed, it is imported anew)
