@@ -79,6 +79,33 @@ def test_a_run_that_fails_keeps_what_it_measured_and_says_what_that_is(tmp_path,
     assert run["metrics"]["complete"] is False
 
 
+def test_compare_runs_several_rules_side_by_side_and_resumes_them(tmp_path, capsys):
+    argv = ["compare", *SMALL, "--rule", "tanh", "cascade", "--meta", "0", "5", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    root = tmp_path / "compare-permuted-digits-tanh-cascade"
+    rows = list(csv.DictReader(open(root / "comparison.csv")))
+    assert [(r["setting"], r["rule"]) for r in rows] == [("meta=0 rule=tanh", "tanh"), ("meta=5 rule=tanh", "tanh"),
+                                                         ("meta=0 rule=cascade", "cascade"),
+                                                         ("meta=5 rule=cascade", "cascade")]
+    for row in rows[2:]:  # (each row's runs ran its rule)
+        config = json.loads((root / f"permuted-digits-meta{row['meta']}-cascade-seed1" / "config.json").read_text())
+        assert config["rule"] == "cascade"
+    # (at m = 0 no rule changes a step: the two rules' m = 0 runs are one run, twice)
+    assert rows[0]["ACC_mean"] == rows[2]["ACC_mean"] and rows[1]["ACC_mean"] != rows[3]["ACC_mean"]
+    assert json.loads((root / "plan.json").read_text())["rules"] == ["tanh", "cascade"]
+    def without_time():
+        read = list(csv.DictReader(open(root / "comparison.csv")))
+        return [{k: v for k, v in row.items() if not k.startswith("seconds")} for row in read]
+
+    table = without_time()
+    (root / "comparison.csv").unlink()
+    assert main(["compare", "--resume", str(root), "--quiet"]) == 0  # (the runs read back, the table written again)
+    assert without_time() == table and len(table) == 4
+    capsys.readouterr()
+    assert main(["compare", *SMALL, "--rule", "tanh", "cascade", "tanh", "--out", str(tmp_path)]) == 2
+    assert "--rule names 'tanh' twice; name each rule once" in capsys.readouterr().err
+
+
 def test_compare_writes_a_table_and_a_figure(tmp_path, capsys):
     assert main(["compare", *SMALL, "--meta", "0", "5,20", "--seeds", "1", "2", "--out", str(tmp_path)]) == 0
     root = next(tmp_path.glob("compare-*"))
@@ -461,6 +488,9 @@ def test_a_neuron_comparison_checks_the_models_it_compares(tmp_path, capsys):
     ("seeds", [1, 1], "--seeds must list one or more distinct integers"),
     ("base", None, "it has the fields"),  # a missing field (set to None here, then removed)
     ("neurons", [], "'neurons' must be a list of at least one model name, got []"),  # (an IndexError at the table)
+    ("rules", ["tanh"], "'rules' must be a list of two or more distinct rule names, got ['tanh']"),
+    ("rules", ["tanh", "tanh"], "'rules' must be a list of two or more distinct rule names"),
+    ("rules", "tanh cascade", "'rules' must be a list of two or more distinct rule names"),
 ])
 def test_an_edited_comparison_plan_is_refused_in_one_line(tmp_path, capsys, field, value, message):
     root = tmp_path / "cmp"
@@ -541,9 +571,8 @@ def test_a_reproduction_record_of_another_experiment_than_its_folder_is_refused_
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "--seed", "1.5"], "metaspike train: error: argument --seed: invalid int value: '1.5'"),
-    (["compare", "--rule", "tanh", "cascade"], "metaspike: error: unrecognized arguments: cascade; --rule takes one "
-                                               "value, got tanh cascade; a comparison runs one rule: compare rules with "
-                                               "one `metaspike compare --rule NAME` each"),
+    (["train", "--rule", "tanh", "cascade"], "metaspike: error: unrecognized arguments: cascade; --rule takes one "
+                                             "value, got tanh cascade"),
     (["train", "--epochs=2", "3"], "metaspike: error: unrecognized arguments: 3; --epochs takes one value, got 2 3"),
     (["compare", "--model", "leaky"], "metaspike: error: unrecognized arguments: --model leaky; compare names its "
                                       "models with --neurons (one model: --neurons leaky)"),

@@ -1,5 +1,6 @@
 """metaspike.snn without optional packages: encoders, readouts, time loop, self-recurrent layer, errors."""
 
+import csv
 import subprocess
 import sys
 
@@ -239,6 +240,25 @@ def test_an_encoder_of_ones_own_must_give_time_steps_first():
     assert SpikingClassifier(population, num_steps=4, encoder=Population())(torch.rand(3, 4)).shape == (3, 2)
 
 
+def test_compare_neurons_under_several_rules_judges_each_model_under_each_rule(tmp_path):
+    from metaspike.app.compare import compare_neurons
+    from metaspike.app.config import RunConfig
+
+    base = RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(16,))
+    path, rows = compare_neurons(base, ["bnn", "bimu"], [0, 5], out=tmp_path, progress=False,
+                                 rules=["tanh", "cascade"])
+    assert path.name == "compare-neurons-permuted-digits-tanh-cascade"
+    assert [(r["setting"], r["rule"]) for r in rows] == [
+        ("bnn meta=0 rule=tanh", "tanh"), ("bnn meta=5 rule=tanh", "tanh"), ("bnn meta=0 rule=cascade", "cascade"),
+        ("bnn meta=5 rule=cascade", "cascade"), ("bimu", None)]  # (BiMU takes no rule: it runs once)
+    tradeoff = list(csv.DictReader(open(path / "tradeoff.csv")))
+    assert [(r["neuron"], r["rule"]) for r in tradeoff] == [("bnn", "tanh"), ("bnn", "cascade"), ("bimu", "")]
+    text = (path / "tradeoff.txt").read_text()
+    assert "bnn tanh" in text and "bnn cascade" in text  # (each model under each rule, judged against its own m = 0)
+    with pytest.raises(ValueError, match=r"rules must name each rule once, got \['tanh', 'tanh'\]"):
+        compare_neurons(base, ["bnn"], [0], out=tmp_path, progress=False, rules=["tanh", "tanh"])
+
+
 def test_compare_neurons_writes_one_table_and_figure_for_every_model_and_meta(tmp_path):
     from metaspike.app.compare import compare_neurons
     from metaspike.app.config import RunConfig
@@ -253,7 +273,7 @@ def test_compare_neurons_writes_one_table_and_figure_for_every_model_and_meta(tm
     assert (path / "forgetting.png").stat().st_size > 0
     assert len([d for d in path.iterdir() if d.is_dir()]) == 4
     tradeoff = (path / "tradeoff.csv").read_text().splitlines()
-    assert tradeoff[0].startswith("neuron,best_meta,runs,verdict,ACC_mean") and len(tradeoff) == 3
+    assert tradeoff[0].startswith("neuron,rule,best_meta,runs,verdict,ACC_mean") and len(tradeoff) == 3
     by_model = {r["neuron"]: r for r in __import__("metaspike.app.compare", fromlist=["x"]).tradeoff_rows(rows)}
     for neuron in ("bnn", "self-recurrent"):
         chosen = max((r for r in rows if r["neuron"] == neuron), key=lambda r: r["ACC"][0])

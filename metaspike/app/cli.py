@@ -77,7 +77,7 @@ def _lost_process(err: BaseException) -> str | None:
     return f"another process of this torchrun launch stopped ({first}); that process's own message says why; {kept}"
 
 
-def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
+def _add_run_options(parser: argparse.ArgumentParser, meta_help: str, several_rules: bool = False) -> None:
     from metaspike.continual.scenarios import available_scenarios
 
     d = _DEFAULTS
@@ -136,8 +136,9 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str) -> None:
     parser.add_argument("--baseline-gamma", type=float, default=None, metavar="G",
                         help="--baseline ewc-online: decay in [0, 1] of its running Fisher, F <- G*F + F_task "
                              f"(default: {EWC_ONLINE_GAMMA:g}; 1: the Fishers of all tasks add up)")
-    parser.add_argument("--rule", default=None,
-                        help=f"consolidation rule of MetaplasticAdam: {', '.join(available_rules())} (default: tanh)")
+    parser.add_argument("--rule", default=None, nargs="+" if several_rules else None,
+                        help=f"consolidation rule of MetaplasticAdam: {', '.join(available_rules())} (default: tanh)"
+                             + ("; several are compared side by side, each at every --meta" if several_rules else ""))
     parser.add_argument("--batchnorm", default=d["batchnorm"], choices=["per-task", "shared"],
                         help="BatchNorm state per task (paper) or shared (default: %(default)s)")
     parser.add_argument("--optimizer", default=d["optimizer"], choices=["per-task", "shared"],
@@ -210,7 +211,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
                 value = word.split("=", 1)[1] if "=" in word else unknown[at + 1] if at + 1 < len(unknown) else "NAME"
                 hints.append(hint.format(value=value))
         if not hints:
-            hints = _one_value_hints(_command_parser(parser, args.command), args.command, argv, unknown)
+            hints = _one_value_hints(_command_parser(parser, args.command), argv, unknown)
         if not hints:  # (a mistyped flag: --epoch for --epochs, which is not abbreviated)
             actions = _command_parser(parser, args.command)._actions
             flags = [flag for action in actions for flag in action.option_strings]
@@ -221,16 +222,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-#: (command, flag) -> what to do instead of giving the flag several values
-_SEVERAL_VALUES = {("compare", "--rule"): "a comparison runs one rule: compare rules with one `metaspike compare "
-                                          "--rule NAME` each (each folder is named by its rule), or "
-                                          "benchmarks/rules_forgetting.py for tanh, cascade and switch side by side"}
-
-
-def _one_value_hints(parser: argparse.ArgumentParser, command: str, argv: Sequence[str],
-                     unknown: Sequence[str]) -> list[str]:
+def _one_value_hints(parser: argparse.ArgumentParser, argv: Sequence[str], unknown: Sequence[str]) -> list[str]:
     """What to say where a word argparse did not take follows the value of a flag that takes one value
-    (``compare --rule tanh cascade``: argparse names only ``cascade`` as unrecognized)."""
+    (``train --rule tanh cascade``: argparse names only ``cascade`` as unrecognized)."""
     single = {flag for action in parser._actions if type(action) is argparse._StoreAction and action.nargs is None
               for flag in action.option_strings}
     hints = []
@@ -240,8 +234,7 @@ def _one_value_hints(parser: argparse.ArgumentParser, command: str, argv: Sequen
         flag, value = ((argv[k - 1].split("=", 1) + [""])[:2] if k >= 1 and "=" in argv[k - 1] else
                        (argv[k - 2], argv[k - 1]) if k >= 2 else ("", ""))
         if flag in single and not value.startswith("-"):
-            advice = _SEVERAL_VALUES.get((command, flag))
-            hints.append(f"{flag} takes one value, got {value} {word}" + (f"; {advice}" if advice else ""))
+            hints.append(f"{flag} takes one value, got {value} {word}")
             break
     return hints
 
@@ -284,7 +277,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="several meta values, or models (--neurons), on one task stream: one table "
                                          "and figure")
     _add_run_options(cmp, "meta settings to compare, each a number or one number per layer like 5,30,30 "
-                          f"(default: 0 and {default})")
+                          f"(default: 0 and {default})", several_rules=True)
     cmp.add_argument("--seeds", type=int, nargs="+", default=[_DEFAULTS["seed"]],
                      help=f"seeds; the table gives mean ± std (default: {_DEFAULTS['seed']})")
     cmp.add_argument("--resume", metavar="DIR", help="finish a killed comparison with the settings it started with "
@@ -528,6 +521,7 @@ def _compare(args: argparse.Namespace) -> None:
     else:
         for seed in args.seeds:
             check_seed("--seeds", seed)
+        rules = _compared_rules(args)
         if args.neurons is not None:
             args.neurons = args.neurons or compare.every_neuron_model()
             unknown = next((name for name in args.neurons if name not in available_models()), None)
@@ -555,16 +549,17 @@ def _compare(args: argparse.Namespace) -> None:
             given_flags = {k: v for k, v in _given_settings(args).items() if k != "meta"}  # (--meta: checked above)
             _refuse_flags_no_model_uses(given_flags, [base.for_model(n) for n in args.neurons])
             out = expanded_path(args.out, "--out")
-            _mention_unfinished(out / compare.comparison_name(base, neurons=True), "compare")
-            path, rows = compare.compare_neurons(base, args.neurons, metas, args.seeds, out=args.out, progress=not args.quiet)
+            _mention_unfinished(out / compare.comparison_name(base, neurons=True, rules=rules), "compare")
+            path, rows = compare.compare_neurons(base, args.neurons, metas, args.seeds, out=args.out,
+                                                 progress=not args.quiet, rules=rules)
             models, scenario = args.neurons, base.scenario
         else:
             base = _config(args, None, args.seeds[0])
             _refuse_unused_flags(_given_settings(args), base)
             metas = [parse_meta(text) for text in args.meta] if args.meta is not None else [(0.0,), base.meta]
             out = expanded_path(args.out, "--out")
-            _mention_unfinished(out / compare.comparison_name(base, neurons=False), "compare")
-            path, rows = compare.compare(base, metas, args.seeds, args.out, progress=not args.quiet)
+            _mention_unfinished(out / compare.comparison_name(base, neurons=False, rules=rules), "compare")
+            path, rows = compare.compare(base, metas, args.seeds, args.out, progress=not args.quiet, rules=rules)
             models, scenario = [base.model], base.scenario
     n_tasks = sum(1 for key in rows[0] if key.startswith("task "))
     print()
@@ -581,6 +576,23 @@ def _compare(args: argparse.Namespace) -> None:
               f"above the untrained network's: {', '.join(unlearned)} learned nothing; "
               f"{_learning_settings(models, scenario)}",
               file=sys.stderr)
+
+
+def _compared_rules(args: argparse.Namespace) -> list[str] | None:
+    """The rules ``compare --rule`` names where it names several (``None`` for one or none), each once; the first
+    becomes ``args.rule``, the rule the comparison's base run is checked with.
+
+    Example:
+        >>> _compared_rules(argparse.Namespace(rule=["tanh", "cascade"]))
+        ['tanh', 'cascade']
+    """
+    if args.rule is None:
+        return None
+    repeated = next((rule for k, rule in enumerate(args.rule) if rule in args.rule[:k]), None)
+    if repeated is not None:
+        raise ValueError(f"--rule names {repeated!r} twice; name each rule once")
+    rules, args.rule = list(args.rule), args.rule[0]
+    return rules if len(rules) > 1 else None
 
 
 def _refuse_shared_learning_rate(args: argparse.Namespace) -> None:

@@ -54,7 +54,7 @@ from metaspike.continual.trainer import ContinualResult
 from metaspike.files import atomic_write_text, read_json
 
 __all__ = ["DEFAULT_NEURONS", "every_neuron_model", "DEFAULT_SNN_META", "DEFAULT_SNN_SWEEP", "SNN_DEFAULTS", "Row",
-           "compare", "compare_neurons", "resume_comparison", "tradeoff_rows", "format_tradeoff"]
+           "compare", "compare_neurons", "resume_comparison", "tradeoff_rows", "format_tradeoff", "model_and_rule"]
 
 #: CPU defaults of the spiking comparison (all neuron models, 3 permuted mnist5k tasks, on 2 cores).
 SNN_DEFAULTS: dict[str, Any] = {"hidden": (256,), "epochs": 2}
@@ -93,10 +93,19 @@ class Row:
     configs: tuple[RunConfig, ...]
 
 
-def _meta_rows(base: RunConfig, settings: Sequence[tuple[float, ...]], seeds: Sequence[int]) -> list[Row]:
-    return [Row({"setting": " ".join(filter(None, [f"meta={meta_label(s)}", base.rule_setting, base.baseline_setting])),
-                 "meta": meta_label(s), "rule": base.rule},
-                tuple(replace(base, meta=s, seed=int(seed)) for seed in seeds)) for s in settings]
+def _rule_setting(config: RunConfig, rules: Sequence[str] | None) -> str:
+    """How a row's label names its rule: always in a comparison of ``rules`` (``"rule=tanh"``), else only where it is
+    not the default (:attr:`RunConfig.rule_setting`)."""
+    return f"rule={config.rule}" if rules and config.rule is not None else config.rule_setting
+
+
+def _meta_rows(base: RunConfig, settings: Sequence[tuple[float, ...]], seeds: Sequence[int],
+               rules: Sequence[str] | None = None) -> list[Row]:
+    ruled = [replace(base, rule=rule) for rule in rules] if rules else [base]
+    return [Row({"setting": " ".join(filter(None, [f"meta={meta_label(s)}", _rule_setting(own, rules),
+                                                   own.baseline_setting])),
+                 "meta": meta_label(s), "rule": own.rule},
+                tuple(replace(own, meta=s, seed=int(seed)) for seed in seeds)) for own in ruled for s in settings]
 
 
 def takes_meta(kind: str) -> bool:
@@ -115,16 +124,23 @@ def _swept_metas(neuron: str, metas: Sequence[float]) -> Sequence[float]:
     return metas if takes_meta(neuron) else (0.0,)
 
 
-def _neuron_rows(base: RunConfig, neurons: Sequence[str], metas: Sequence[float], seeds: Sequence[int]) -> list[Row]:
+def _neuron_rows(base: RunConfig, neurons: Sequence[str], metas: Sequence[float], seeds: Sequence[int],
+                 rules: Sequence[str] | None = None) -> list[Row]:
     # a kind whose optimizer has no meta (BiMU, MESU, SGD) is named alone, with the settings only it takes; each kind
-    # runs without the settings it does not take (RunConfig.for_model)
+    # runs without the settings it does not take (RunConfig.for_model), a rule among them
     # (such a kind's "meta" is None: written as an empty cell, so that it is never taken for a baseline at m = 0)
-    return [Row({"setting": " ".join(filter(None, [f"{n} meta={m:g} {base.rule_setting}".rstrip() if takes_meta(n)
-                                                   else _kind_label(base, n), base.baseline_setting])),
-                 "neuron": n, "meta": m if takes_meta(n) else None, "rule": base.for_model(n).rule},
-                tuple(replace(base.for_model(n), seed=int(seed), **({"meta": (float(m),)} if takes_meta(n) else {}))
-                      for seed in seeds))
-            for n in neurons for m in _swept_metas(n, metas)]
+    rows = []
+    for n in neurons:
+        for own in ([replace(base, rule=rule).for_model(n) for rule in rules] if rules and takes_meta(n)
+                    else [base.for_model(n)]):
+            rows += [Row({"setting": " ".join(filter(None, [f"{n} meta={m:g} {_rule_setting(own, rules)}".rstrip()
+                                                            if takes_meta(n) else _kind_label(base, n),
+                                                            base.baseline_setting])),
+                          "neuron": n, "meta": m if takes_meta(n) else None, "rule": own.rule},
+                         tuple(replace(own, seed=int(seed), **({"meta": (float(m),)} if takes_meta(n) else {}))
+                               for seed in seeds))
+                     for m in _swept_metas(n, metas)]
+    return rows
 
 
 def _kind_label(base: RunConfig, kind: str) -> str:
@@ -135,6 +151,8 @@ def _kind_label(base: RunConfig, kind: str) -> str:
 
 
 _PLAN_KEYS = {"meta": {"kind", "base", "settings", "seeds"}, "neurons": {"kind", "base", "neurons", "metas", "seeds"}}
+#: What a plan of several rules adds (a plan of one keeps its rule in its base, as before there were several)
+_RULES_KEY = "rules"
 
 
 def _check_plan(plan: Any, path: Path) -> None:
@@ -147,8 +165,12 @@ def _check_plan(plan: Any, path: Path) -> None:
     if not isinstance(kind, str) or kind not in _PLAN_KEYS:  # (a str first: a JSON list cannot even be looked up)
         raise bad(f"'kind' must be one of {sorted(_PLAN_KEYS)}")
     keys = _PLAN_KEYS[plan["kind"]]
-    if set(plan) != keys:
-        raise bad(f"it has the fields {sorted(map(str, plan))}, expected {sorted(keys)}")
+    if set(plan) - {_RULES_KEY} != keys:
+        raise bad(f"it has the fields {sorted(map(str, plan))}, expected {sorted(keys)} (and '{_RULES_KEY}')")
+    rules = plan.get(_RULES_KEY)
+    if _RULES_KEY in plan and not (isinstance(rules, list) and len(rules) >= 2
+                                   and all(isinstance(r, str) for r in rules) and len(set(rules)) == len(rules)):
+        raise bad(f"'{_RULES_KEY}' must be a list of two or more distinct rule names, got {shown(rules)}")
     if not isinstance(plan["base"], dict):
         raise bad("'base' must be a run config (an object)")
     if not isinstance(plan["seeds"], list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in plan["seeds"]):
@@ -173,11 +195,11 @@ def _check_plan(plan: Any, path: Path) -> None:
 def _rows(plan: dict[str, Any], root: Path) -> list[Row]:
     """The comparison's rows; two runs that would share one folder (``--meta 5 5.0000001``, a model listed twice)
     are refused, since the second would silently reuse the first one's results."""
-    base = config_from_record(plan["base"], root / PLAN)
+    base, rules = config_from_record(plan["base"], root / PLAN), plan.get(_RULES_KEY)
     if plan["kind"] == "neurons":
-        rows = _neuron_rows(base, plan["neurons"], plan["metas"], plan["seeds"])
+        rows = _neuron_rows(base, plan["neurons"], plan["metas"], plan["seeds"], rules)
     else:
-        rows = _meta_rows(base, [tuple(s) for s in plan["settings"]], plan["seeds"])
+        rows = _meta_rows(base, [tuple(s) for s in plan["settings"]], plan["seeds"], rules)
     seen: dict[str, str] = {}
     for row in rows:
         for config in row.configs:
@@ -244,18 +266,19 @@ def _write_comparison(root: Path, plan: dict[str, Any], rows: list[dict[str, Any
     from metaspike.app import plots
 
     if plan["kind"] == "neurons":
-        plots.plot_forgetting_by_model(rows, root / "forgetting.png")
+        named = [{**row, "neuron": model_and_rule(row, rows)} for row in rows]  # (a curve or bar per model and rule)
+        plots.plot_forgetting_by_model(named, root / "forgetting.png")
         tradeoff = tradeoff_rows(rows)
         atomic_write_text(root / "tradeoff.csv", comparison_csv(tradeoff, TRADEOFF_LABELS))
         atomic_write_text(root / "tradeoff.txt", format_tradeoff(tradeoff) + "\n")
-        plots.plot_tradeoff(rows, root / "tradeoff.png")
+        plots.plot_tradeoff(named, root / "tradeoff.png")
     else:
         final = [[row[f"task {j + 1}"] for j in range(n_tasks)] for row in rows]
         plots.plot_comparison(first_runs, [r["setting"] for r in rows], root / "comparison.png",
                               [tuple(zip(*f)) for f in final])
 
 
-TRADEOFF_LABELS = ("neuron", "best_meta", "runs", "verdict")
+TRADEOFF_LABELS = ("neuron", "rule", "best_meta", "runs", "verdict")
 
 
 def _reference(neuron: str, rows: Sequence[dict[str, Any]]) -> str:
@@ -318,12 +341,14 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     out = []
     last = last_task_column(rows)
-    for neuron in dict.fromkeys(r["neuron"] for r in rows):
-        mine = [r for r in rows if r["neuron"] == neuron]
+    for neuron, rule in dict.fromkeys((r["neuron"], r.get("rule")) for r in rows):  # (a model under each rule)
+        mine = [r for r in rows if r["neuron"] == neuron and r.get("rule") == rule]
         reference = _reference(neuron, rows)
         kind = optimizer_kind(neuron)
         synapse = "MESU" if kind == "mesu" else "BiMU"
-        plain = next((r for r in rows if r["neuron"] == reference and r["meta"] == 0), None)
+        # (its own rule's m = 0, or for a kind without a rule the reference's first)
+        plain = next((r for r in rows if r["neuron"] == reference and r["meta"] == 0
+                      and (rule is None or r.get("rule") == rule)), None)
         judged = mine + ([plain] if plain is not None else [])
         undefined = [key for key in ("ACC", last, "forgetting") if not all(math.isfinite(r[key][0]) for r in judged)]
         best = max(mine, key=lambda r: r["ACC"][0]) if "ACC" not in undefined else mine[0]
@@ -370,7 +395,8 @@ def tradeoff_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                         verdict = (f"FAILS (needs {100 * FORGETTING_CUT:.0f}% less): " + verdict
                                    + (f" (forgets only {one_decimal(kept)} points at m = 0)" if kept < 10 else ""))
         swept = reference == neuron and takes_meta(neuron)
-        out.append({"neuron": neuron, "best_meta": f"{best['meta']:g}" if swept and "ACC" not in undefined else "-",
+        out.append({"neuron": neuron, "rule": rule,
+                    "best_meta": f"{best['meta']:g}" if swept and "ACC" not in undefined else "-",
                     "runs": best["runs"], "verdict": verdict,
                     "ACC": best["ACC"], "memory": best["task 1"], "plasticity": best[last],
                     "forgetting": best["forgetting"],
@@ -388,29 +414,45 @@ def format_tradeoff(rows: Sequence[dict[str, Any]]) -> str:
         ...     "plasticity_m0": (88.0, 1.0), "verdict": "ok"}]).splitlines()[2])
         leaky                 50      80.0      70.0      85.0           9.0            40.0  ok
     """
-    width = max(16, *(len(r["neuron"]) + 2 for r in rows))
+    names = [model_and_rule(r, rows) for r in rows]
+    width = max(16, *(len(name) + 2 for name in names))
     header = (f"{'neuron':<{width}}{'best m':>8}{'ACC':>10}{'memory':>10}{'plastic.':>10}{'forgetting':>14}"
               f"{'forgetting m=0':>16}  verdict")
     lines = [header, "-" * len(header)]
-    for r in rows:
+    for name, r in zip(names, rows):
         cells = [one_decimal(r[key][0]) for key in ("ACC", "memory", "plasticity", "forgetting", "forgetting_m0")]
-        lines.append(f"{r['neuron']:<{width}}{r['best_meta']:>8}{cells[0]:>10}{cells[1]:>10}{cells[2]:>10}"
+        lines.append(f"{name:<{width}}{r['best_meta']:>8}{cells[0]:>10}{cells[1]:>10}{cells[2]:>10}"
                      f"{cells[3]:>14}{cells[4]:>16}  {r['verdict']}")
     return "\n".join(lines)
 
 
-def comparison_name(base: RunConfig, neurons: bool) -> str:
+def model_and_rule(row: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
+    """A row's model as a table or figure names it: its kind, and its rule where ``rows`` ran several.
+
+    Example:
+        >>> rows = [{"neuron": "leaky", "rule": "tanh"}, {"neuron": "leaky", "rule": "cascade"}, {"neuron": "bimu"}]
+        >>> [model_and_rule(r, rows) for r in rows]
+        ['leaky tanh', 'leaky cascade', 'bimu']
+    """
+    several = len({r.get("rule") for r in rows} - {None}) > 1
+    return f"{row['neuron']} {row['rule']}" if several and row.get("rule") is not None else row["neuron"]
+
+
+def comparison_name(base: RunConfig, neurons: bool, rules: Sequence[str] | None = None) -> str:
     """The folder name of a comparison of ``meta`` settings (``neurons=False``) or of neuron models on ``base``'s
-    stream, with the consolidation rule where it is not the default and the baseline every run takes (``-2``,
-    ``-3`` ... are added where it is taken).
+    stream, with the consolidation rule where it is not the default (every rule of a comparison of ``rules``) and the
+    baseline every run takes (``-2``, ``-3`` ... are added where it is taken).
 
     Example:
         >>> comparison_name(RunConfig(datasets=("digits",)), neurons=True)
         'compare-neurons-permuted-digits'
         >>> comparison_name(RunConfig(rule="cascade", baseline="si"), neurons=False)
         'compare-permuted-mnist5k-cascade-si0.1'
+        >>> comparison_name(RunConfig(), neurons=False, rules=["tanh", "cascade"])
+        'compare-permuted-mnist5k-tanh-cascade'
     """
-    return f"compare-{'neurons-' if neurons else ''}{base.stream_part()}{base.rule_part()}{base.baseline_part()}"
+    rule_part = "".join(f"-{rule}" for rule in rules) if rules else base.rule_part()
+    return f"compare-{'neurons-' if neurons else ''}{base.stream_part()}{rule_part}{base.baseline_part()}"
 
 
 def is_finished_comparison(root: Path) -> bool:
@@ -433,8 +475,10 @@ def _start(out: str | Path, name: str, plan: dict[str, Any], progress: bool) -> 
 
 
 def compare(base: RunConfig, metas: Sequence[float | Sequence[float]], seeds: Sequence[int] = (1,),
-            out: str | Path = "runs", progress: bool = True) -> tuple[Path, list[dict[str, Any]]]:
-    """Run the same task stream with each ``meta`` setting (a number, or one per layer) and each seed.
+            out: str | Path = "runs", progress: bool = True,
+            rules: Sequence[str] | None = None) -> tuple[Path, list[dict[str, Any]]]:
+    """Run the same task stream with each ``meta`` setting (a number, or one per layer) and each seed, and with
+    each of ``rules`` where it names two or more consolidation rules (else with ``base``'s rule).
 
     Returns ``(comparison folder, rows)``; the folder gets ``comparison.png`` (accuracy curves of the
     first seed, final accuracy per task with mean ± std over seeds).
@@ -444,16 +488,35 @@ def compare(base: RunConfig, metas: Sequence[float | Sequence[float]], seeds: Se
         ...                      out=__import__("tempfile").mkdtemp(), progress=False)  # doctest: +SKIP
     """
     settings = check_settings(metas, seeds)
-    for setting in settings:  # every run's settings checked before the comparison's folder is made
-        for seed in seeds:
-            replace(base, meta=setting, seed=seed)
-    plan = {"kind": "meta", "base": base.to_dict(), "settings": [list(s) for s in settings], "seeds": [int(s) for s in seeds]}
-    return _start(out, comparison_name(base, neurons=False), plan, progress)
+    rules = _check_rules(rules)
+    for rule in rules or [base.rule]:  # every run's settings checked before the comparison's folder is made
+        for setting in settings:
+            for seed in seeds:
+                replace(base, meta=setting, seed=seed, rule=rule)
+    plan = {"kind": "meta", "base": base.to_dict(), "settings": [list(s) for s in settings],
+            "seeds": [int(s) for s in seeds], **({_RULES_KEY: rules} if rules else {})}
+    return _start(out, comparison_name(base, neurons=False, rules=rules), plan, progress)
+
+
+def _check_rules(rules: Sequence[str] | None) -> list[str] | None:
+    """``rules`` as a plan holds them: a list of two or more distinct names, or ``None`` for one rule or none (the
+    base's); the names are checked as each run's config is made."""
+    if rules is None or isinstance(rules, str) or not isinstance(rules, Sequence):
+        if rules is not None:
+            raise ValueError(f"rules must be a list of rule names, got {rules!r}")
+        return None
+    rules = list(rules)
+    if len(set(map(str, rules))) != len(rules):
+        raise ValueError(f"rules must name each rule once, got {rules}")
+    return rules if len(rules) > 1 else None
 
 
 def compare_neurons(base: RunConfig, neurons: Sequence[str] = DEFAULT_NEURONS, metas: Sequence[float] = DEFAULT_SNN_SWEEP,
-                    seeds: Sequence[int] = (1,), out: str | Path = "runs", progress: bool = True) -> tuple[Path, list[dict[str, Any]]]:
-    """Train every neuron model (binary synapses) with every ``meta`` and seed on the same stream.
+                    seeds: Sequence[int] = (1,), out: str | Path = "runs", progress: bool = True,
+                    rules: Sequence[str] | None = None) -> tuple[Path, list[dict[str, Any]]]:
+    """Train every neuron model (binary synapses) with every ``meta`` and seed on the same stream, and with each of
+    ``rules`` where it names two or more consolidation rules (the models whose synapses take an m; the others run
+    once, as without it).
 
     Every model is swept over the same ``metas``, so each is judged at its own best m: a single m
     would compare the models' sensitivity to m, not their memory. Rows have ``setting``, ``neuron``,
@@ -470,14 +533,16 @@ def compare_neurons(base: RunConfig, neurons: Sequence[str] = DEFAULT_NEURONS, m
     if not neurons:
         raise ValueError("neurons needs at least one neuron model")
     settings = check_settings(list(metas), seeds)
-    for neuron in neurons:  # every run's settings checked before the comparison's folder is made
-        for setting in settings:
-            for seed in seeds:
-                replace(base, meta=setting, seed=seed).for_model(neuron)
+    rules = _check_rules(rules)
+    for rule in rules or [base.rule]:  # every run's settings checked before the comparison's folder is made
+        for neuron in neurons:
+            for setting in settings:
+                for seed in seeds:
+                    replace(base, meta=setting, seed=seed, rule=rule).for_model(neuron)
     _check_backends(base, neurons)
     plan = {"kind": "neurons", "base": base.to_dict(), "neurons": list(neurons), "metas": [float(m) for m in metas],
-            "seeds": [int(s) for s in seeds]}
-    return _start(out, comparison_name(base, neurons=True), plan, progress)
+            "seeds": [int(s) for s in seeds], **({_RULES_KEY: rules} if rules else {})}
+    return _start(out, comparison_name(base, neurons=True, rules=rules), plan, progress)
 
 
 def _check_backends(base: RunConfig, neurons: Sequence[str]) -> None:

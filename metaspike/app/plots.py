@@ -365,7 +365,9 @@ def plot_forgetting_by_model(rows: Sequence[dict[str, Any]], out: str | os.PathL
     missing = (math.nan, math.nan)  # a model run at fewer m (the kinds without one run once): no bar
     values = [[cells.get((n, m), missing) for n in neurons] for m in metas]
     labels = {None: "its own synapses (BiMU, MESU, SGD: no m)", 0: "no metaplasticity"}
-    grouped_bars(ax, neurons, [labels[m] if m in labels else f"meta = {m:g}" for m in metas], values)
+    # (a model's rule, where a comparison ran several, under its name: "leaky\ncascade")
+    grouped_bars(ax, [n.replace(" ", "\n") for n in neurons], [labels[m] if m in labels else f"meta = {m:g}"
+                                                                for m in metas], values)
     ax.set_ylabel("forgetting (accuracy points)")
     ax.set_title("forgetting by neuron model")
     fig.tight_layout()
