@@ -31,6 +31,7 @@ from metaspike.app.compare import (
     DEFAULT_NEURONS,
     TRADEOFF_LABELS,
     format_tradeoff,
+    model_and_rule,
     tradeoff_rows,
 )
 from metaspike.app.runs import ran_with
@@ -58,7 +59,7 @@ def _run_halves(seeds: list[int]) -> list[Path]:
     return [next(out.glob("compare-neurons-*")) for out in outs]
 
 
-LABELS = ("neuron", "meta", "runs")
+LABELS = ("neuron", "meta", "rule", "runs")  # (compare's own; a folder written before rows named their rule: empty)
 
 
 def _pair(value: object) -> tuple[float, float] | None:
@@ -73,7 +74,7 @@ def _pair(value: object) -> tuple[float, float] | None:
 def _rows(comparison: dict) -> list[dict]:
     """The rows of a ``comparison.json`` as :func:`metaspike.app.compare.compare_neurons` returned them: measured
     values as ``(mean, std)`` tuples (NaN where undefined), labels and other lists as stored."""
-    return [{k: _value(k, v) for k, v in row.items()} for row in comparison["rows"]]
+    return [{"rule": None, **{k: _value(k, v) for k, v in row.items()}} for row in comparison["rows"]]
 
 
 def _merged(folders: list[Path]) -> tuple[list[dict], dict[str, list]]:
@@ -132,8 +133,9 @@ def main() -> None:
     atomic_write_text(args.out / "comparison.txt", format_table(rows, n_tasks) + "\n")
     atomic_write_text(args.out / "tradeoff.csv", comparison_csv(tradeoff, TRADEOFF_LABELS))
     atomic_write_text(args.out / "tradeoff.txt", format_tradeoff(tradeoff) + "\n")
-    plots.plot_tradeoff(rows, args.out / "tradeoff.png")
-    plots.plot_forgetting_by_model(rows, args.out / "forgetting.png")
+    named = [{**row, "neuron": model_and_rule(row, rows)} for row in rows]  # (a curve per model and rule, as compare)
+    plots.plot_tradeoff(named, args.out / "tradeoff.png")
+    plots.plot_forgetting_by_model(named, args.out / "forgetting.png")
     print(format_tradeoff(tradeoff))
 
 

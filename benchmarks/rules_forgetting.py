@@ -73,7 +73,7 @@ def main() -> None:
         if rule == "tanh":
             metas = [(0.0,), *metas]  # the plain BNN, once
         path, found = compare(replace(RunConfig(), rule=rule), metas, args.seeds, args.out, progress=False)
-        rows += [{**row, "setting": _label(rule, row["setting"]), "rule": rule, **on} for row in found]
+        rows += [{**row, "setting": _label(rule, row["setting"]), **on} for row in found]  # (compare's rows name it)
         print(f"{rule}: {path}")
     tasks = sum(1 for key in rows[0] if key.startswith("task "))
     print(_table(rows, tasks))

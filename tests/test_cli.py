@@ -891,7 +891,10 @@ def test_a_comparison_names_its_runs_that_learned_nothing(tmp_path, capsys):
     (["train", "--scenario", "stream", "--tasks", "2000", "--model", "mlp"],
      "--tasks 2000: --scenario stream cannot cut 1437 samples into 2000 subsets (one subset per task)"),
     (["train", "--scenario", "split", "--tasks", "11"], "--tasks 11: --scenario split cannot split 10 classes into 11 "
-     "groups (one group of classes per task); give --tasks in 1..10 for digits"),
+     "groups (one group of classes per task); give --tasks in 1..5 for digits (--split-mode task needs 2 classes a "
+     "group)"),
+    (["train", "--scenario", "split", "--split-mode", "class", "--tasks", "11"], "--tasks 11: --scenario split cannot "
+     "split 10 classes into 11 groups (one group of classes per task); give --tasks in 1..10 for digits"),
     (["train", "--scenario", "split", "--tasks", "6"], "--tasks 6: --split-mode task restricts each task's outputs to "
      "its own classes, and 10 classes in 6 groups leave a group of one class, which would train nothing (cross-entropy "
      "over one class is 0) and always be predicted right; give --tasks in 1..5 for digits, or use --split-mode class "

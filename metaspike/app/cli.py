@@ -36,6 +36,7 @@ from metaspike.app.imports import (
     check_resumed_imports,
     import_flags,
     import_modules,
+    normalized_import,
 )
 from metaspike.app.models import DEFAULT_LR, available_models, takes_setting
 from metaspike.app.reproduce import cli as reproduce_cli
@@ -225,18 +226,17 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 def _one_value_hints(parser: argparse.ArgumentParser, argv: Sequence[str], unknown: Sequence[str]) -> list[str]:
     """What to say where a word argparse did not take follows the value of a flag that takes one value
     (``train --rule tanh cascade``: argparse names only ``cascade`` as unrecognized)."""
-    single = {flag for action in parser._actions if type(action) is argparse._StoreAction and action.nargs is None
-              for flag in action.option_strings}
-    hints = []
+    single = {flag for action in parser._actions if action.option_strings and action.nargs is None
+              and isinstance(action, argparse._StoreAction) for flag in action.option_strings}
     for k, word in enumerate(argv):
-        if word.startswith("-") or word not in unknown:
+        if word.startswith("-") or word not in unknown or k == 0:
             continue
-        flag, value = ((argv[k - 1].split("=", 1) + [""])[:2] if k >= 1 and "=" in argv[k - 1] else
-                       (argv[k - 2], argv[k - 1]) if k >= 2 else ("", ""))
-        if flag in single and not value.startswith("-"):
-            hints.append(f"{flag} takes one value, got {value} {word}")
-            break
-    return hints
+        before = argv[k - 1]
+        flag, value = (before.split("=", 1) if before.startswith("--") and "=" in before else
+                       (argv[k - 2], before) if k >= 2 else ("", ""))
+        if flag in single:
+            return [f"{flag} takes one value, got {value} {word}"]
+    return []
 
 
 def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
@@ -526,7 +526,8 @@ def _compare(args: argparse.Namespace) -> None:
             args.neurons = args.neurons or compare.every_neuron_model()
             unknown = next((name for name in args.neurons if name not in available_models()), None)
             if unknown is not None:  # (named as train --model names it, before a setting is checked against it)
-                raise ValueError(unknown_name("model", unknown, available_models()) + import_hint(args.imports))
+                raise ValueError(unknown_name("model", unknown, available_models())
+                                 + import_hint([normalized_import(spec) for spec in args.imports]))
             if args.hidden is None:
                 args.hidden = list(compare.SNN_DEFAULTS["hidden"])
             if args.epochs is None:
@@ -662,13 +663,13 @@ def _plot(args: argparse.Namespace) -> None:
                                  "which its figures are drawn from; its metrics.json and curves.csv hold the numbers")
             raise ValueError(f"{folder} has measured nothing yet (stopped before its first evaluation): continue it "
                              f"with: {train_resume_command(folder, recorded_processes(folder))}")
+    finished_result(folder)  # (a finished run's files must agree, as where a comparison reads it back: a matrix edited
+    # or copied from another run is refused, not drawn, and before --out is made)
     out = None if args.out is None else expanded_path(args.out, "--out")
     if out is not None:
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out}: it is a file, not a folder")
         out.mkdir(parents=True, exist_ok=True)
-    finished_result(folder)  # (a finished run's files must agree, as where a comparison reads it back: a matrix edited
-    # or copied from another run is refused, not drawn)
     try:
         written = plot_run(folder, out)
     except PermissionError as err:

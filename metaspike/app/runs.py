@@ -114,8 +114,10 @@ def make_run_scenario(config: RunConfig) -> Scenario:
             message = f"--tasks {config.tasks}: --scenario stream {message} (one subset per task)"
         elif config.scenario == "split" and message.startswith("cannot split "):
             classes = len(load_dataset(config.datasets[0], "train", config.data_dir).classes)
+            largest = classes // 2 if config.applied_split_mode == "task" else classes  # (task mode: 2 classes each)
             message = (f"--tasks {config.tasks}: --scenario split {message} (one group of classes per task); give "
-                       f"--tasks in 1..{classes} for {config.datasets[0]}")
+                       f"--tasks in 1..{largest} for {config.datasets[0]}"
+                       + (" (--split-mode task needs 2 classes a group)" if largest < classes else ""))
         elif config.scenario == "split" and message.startswith("mode 'task' "):
             classes = len(load_dataset(config.datasets[0], "train", config.data_dir).classes)
             message = (f"--tasks {config.tasks}: --split-mode task restricts each task's outputs to its own classes, "
