@@ -106,6 +106,24 @@ def test_compare_runs_several_rules_side_by_side_and_resumes_them(tmp_path, caps
     assert "--rule names 'tanh' twice; name each rule once" in capsys.readouterr().err
 
 
+def test_compare_takes_one_rule_in_a_list_and_refuses_rules_that_are_no_names_or_that_no_model_takes(tmp_path):
+    from metaspike.app.compare import compare, compare_neurons
+    from metaspike.app.config import RunConfig
+
+    base = RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(8,))
+    path, rows = compare(base, [5], out=tmp_path, progress=False, rules=["cascade"])
+    assert path.name == "compare-permuted-digits-cascade" and [r["rule"] for r in rows] == ["cascade"]
+    for rules, message in ((["cascade", None], "rules must be a list of consolidation rules' names"),
+                           ("tanh", "rules must be a list of consolidation rules' names"),
+                           (["tanh", "tanh"], r"rules must name each rule once, got \['tanh', 'tanh'\]")):
+        with pytest.raises(ValueError, match=message):
+            compare(base, [5], out=tmp_path, progress=False, rules=rules)
+    with pytest.raises(ValueError, match=r"rules: none of the models compared \(mlp, bimu\) trains with "
+                                         "MetaplasticAdam"):
+        compare_neurons(base, ["mlp", "bimu"], [0], out=tmp_path, progress=False, rules=["tanh", "cascade"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["compare-permuted-digits-cascade"]  # (nothing else made)
+
+
 def test_compare_writes_a_table_and_a_figure(tmp_path, capsys):
     assert main(["compare", *SMALL, "--meta", "0", "5,20", "--seeds", "1", "2", "--out", str(tmp_path)]) == 0
     root = next(tmp_path.glob("compare-*"))

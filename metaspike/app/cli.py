@@ -569,7 +569,7 @@ def _compare(args: argparse.Namespace) -> None:
     if (path / "tradeoff.txt").exists():
         print("\neach neuron model at its own best meta (memory: task 1 after the last task; plasticity: the last task):")
         print((path / "tradeoff.txt").read_text().rstrip())
-    print(f"\nresults: {path}  (comparison.csv, comparison.txt, a figure, one run folder per run; "
+    print(f"\nresults: {path}  (comparison.csv, comparison.txt, figures, one run folder per run; "
           f"continue a killed comparison with --resume {path}{import_flags(list(args.imports))})")
     unlearned = [name for row in rows for name in row["learned_nothing"]]
     if unlearned:

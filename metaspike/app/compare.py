@@ -478,7 +478,8 @@ def compare(base: RunConfig, metas: Sequence[float | Sequence[float]], seeds: Se
             out: str | Path = "runs", progress: bool = True,
             rules: Sequence[str] | None = None) -> tuple[Path, list[dict[str, Any]]]:
     """Run the same task stream with each ``meta`` setting (a number, or one per layer) and each seed, and with
-    each of ``rules`` where it names two or more consolidation rules (else with ``base``'s rule).
+    each of ``rules`` (consolidation rules' names; ``None``: ``base``'s rule). At m = 0 every built-in rule is plain
+    Adam, so the rules' m = 0 rows agree (each runs its own).
 
     Returns ``(comparison folder, rows)``; the folder gets ``comparison.png`` (accuracy curves of the
     first seed, final accuracy per task with mean ± std over seeds).
@@ -488,7 +489,7 @@ def compare(base: RunConfig, metas: Sequence[float | Sequence[float]], seeds: Se
         ...                      out=__import__("tempfile").mkdtemp(), progress=False)  # doctest: +SKIP
     """
     settings = check_settings(metas, seeds)
-    rules = _check_rules(rules)
+    base, rules = _check_rules(base, rules, [base.model])
     for rule in rules or [base.rule]:  # every run's settings checked before the comparison's folder is made
         for setting in settings:
             for seed in seeds:
@@ -498,17 +499,23 @@ def compare(base: RunConfig, metas: Sequence[float | Sequence[float]], seeds: Se
     return _start(out, comparison_name(base, neurons=False, rules=rules), plan, progress)
 
 
-def _check_rules(rules: Sequence[str] | None) -> list[str] | None:
-    """``rules`` as a plan holds them: a list of two or more distinct names, or ``None`` for one rule or none (the
-    base's); the names are checked as each run's config is made."""
-    if rules is None or isinstance(rules, str) or not isinstance(rules, Sequence):
-        if rules is not None:
-            raise ValueError(f"rules must be a list of rule names, got {rules!r}")
-        return None
-    rules = list(rules)
-    if len(set(map(str, rules))) != len(rules):
-        raise ValueError(f"rules must name each rule once, got {rules}")
-    return rules if len(rules) > 1 else None
+def _check_rules(base: RunConfig, rules: Sequence[str] | None,
+                 models: Sequence[str]) -> tuple[RunConfig, list[str] | None]:
+    """``base`` and ``rules`` as a comparison of ``models`` runs them: ``rules`` a list of two or more distinct
+    names, as the plan holds them, else ``None`` with ``base`` taking the one rule named. One ``ValueError`` for
+    rules that are not names (each is then checked as a run's config is made), a name given twice, or rules given
+    where none of ``models`` takes one (their runs would ignore them)."""
+    if rules is None:
+        return base, None
+    if isinstance(rules, str) or not isinstance(rules, Sequence) or not rules or not all(
+            isinstance(rule, str) and rule for rule in rules):
+        raise ValueError(f"rules must be a list of consolidation rules' names, got {rules!r}")
+    if len(set(rules)) != len(rules):
+        raise ValueError(f"rules must name each rule once, got {list(rules)}")
+    if not any(map(takes_meta, models)):
+        raise ValueError(f"rules: none of the models compared ({', '.join(models)}) trains with MetaplasticAdam, "
+                         "whose consolidation rule they set")
+    return (replace(base, rule=rules[0]), None) if len(rules) == 1 else (base, list(rules))
 
 
 def compare_neurons(base: RunConfig, neurons: Sequence[str] = DEFAULT_NEURONS, metas: Sequence[float] = DEFAULT_SNN_SWEEP,
@@ -520,7 +527,7 @@ def compare_neurons(base: RunConfig, neurons: Sequence[str] = DEFAULT_NEURONS, m
 
     Every model is swept over the same ``metas``, so each is judged at its own best m: a single m
     would compare the models' sensitivity to m, not their memory. Rows have ``setting``, ``neuron``,
-    ``meta``, ``runs`` and ``(mean, std)`` of each task's final accuracy, ACC, BWT, FWT, forgetting and
+    ``meta``, ``rule``, ``runs`` and ``(mean, std)`` of each task's final accuracy, ACC, BWT, FWT, forgetting and
     seconds; the folder also gets ``tradeoff.csv``/``.txt`` (per model: the m that maximises ACC,
     memory = first task after the last, plasticity = last task, forgetting against m = 0, see
     :func:`tradeoff_rows`), ``tradeoff.png`` (the stability-plasticity frontier, one curve per model
@@ -533,7 +540,7 @@ def compare_neurons(base: RunConfig, neurons: Sequence[str] = DEFAULT_NEURONS, m
     if not neurons:
         raise ValueError("neurons needs at least one neuron model")
     settings = check_settings(list(metas), seeds)
-    rules = _check_rules(rules)
+    base, rules = _check_rules(base, rules, neurons)
     for rule in rules or [base.rule]:  # every run's settings checked before the comparison's folder is made
         for neuron in neurons:
             for setting in settings:
