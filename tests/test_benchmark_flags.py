@@ -30,6 +30,7 @@ def _run(script: str, *flags: str, cwd: Path) -> subprocess.CompletedProcess:
                                                                       "earlier benchmark; give another folder, or "
                                                                       "--resume"),
     ("benchmarks/neuron_tradeoff.py", ["--seeds", "x", "--out", "nt"], "argument --seeds: must be an integer in 0.."),
+    ("benchmarks/own_conv_snn.py", ["--meta", "0", "0"], "argument --meta: 0.0 is given twice"),
     ("examples/snntorch_tutorial_metaplastic.py", ["--meta", "-1"], "argument --meta: must be a finite number >= 0"),
 ])
 def test_a_bad_flag_is_one_line_before_anything_runs(tmp_path, script, flags, message):
