@@ -27,13 +27,7 @@ from pathlib import Path
 from common import RUNS, check_distinct, output_folder, run_benchmark, seed_int
 
 from metaspike.app import plots
-from metaspike.app.compare import (
-    DEFAULT_NEURONS,
-    TRADEOFF_LABELS,
-    format_tradeoff,
-    model_and_rule,
-    tradeoff_rows,
-)
+from metaspike.app.compare import DEFAULT_NEURONS, TRADEOFF_LABELS, format_tradeoff, model_and_rule, tradeoff_rows
 from metaspike.app.runs import ran_with
 from metaspike.app.tables import comparison_csv, format_table
 from metaspike.files import atomic_write_text, read_json

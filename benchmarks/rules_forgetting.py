@@ -15,16 +15,7 @@ import argparse
 import math
 from dataclasses import replace
 
-from common import (
-    RUNS,
-    check_distinct,
-    machine,
-    machine_fields,
-    meta_setting,
-    output_folder,
-    run_benchmark,
-    seed_int,
-)
+from common import RUNS, check_distinct, machine, machine_fields, meta_setting, output_folder, run_benchmark, seed_int
 
 from metaspike.app.compare import compare
 from metaspike.app.config import RunConfig

@@ -8,12 +8,7 @@ Example:
 """
 
 import metaspike  # noqa: F401  (first: it refuses a torch older than it runs on before anything imports torch)
-from bnn.bayesian_layers import (
-    BayesianConv2d,
-    BayesianLinear,
-    BinaryBayesianConv2d,
-    BinaryBayesianLinear,
-)
+from bnn.bayesian_layers import BayesianConv2d, BayesianLinear, BinaryBayesianConv2d, BinaryBayesianLinear
 from bnn.layers import BinaryConv2d, BinaryLinear, MagnitudeGate, SignActivation
 from bnn.model_summary import summary
 from bnn.models import MLP, ConvNet

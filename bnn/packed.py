@@ -65,13 +65,7 @@ from bnn.layers import BinaryLinear, SignActivation
 from bnn.models import MLP
 from metaspike.checks import is_whole, shown
 from metaspike.compiled import LazyCompiled, uncompiled
-from metaspike.files import (
-    atomic_open,
-    check_torch_archive,
-    load_plain_torch,
-    read_regular_file,
-    tensor_problem,
-)
+from metaspike.files import atomic_open, check_torch_archive, load_plain_torch, read_regular_file, tensor_problem
 from metaspike.gain import foreign_forward_hooks, output_gain
 from metaspike.layer_selection import synapse_parametrization
 from metaspike.quantizers import NoQuantizer, SteSign

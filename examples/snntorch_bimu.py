@@ -26,11 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import metaspike
-from metaspike.app.models import (
-    SPIKING_BIMU_SETTINGS,
-    SPIKING_BIMU_TEMPERATURE,
-    SPIKING_GAIN_LR,
-)
+from metaspike.app.models import SPIKING_BIMU_SETTINGS, SPIKING_BIMU_TEMPERATURE, SPIKING_GAIN_LR
 from metaspike.app.plots import plot_first_task
 from metaspike.app.tables import format_matrix
 from metaspike.bayesian import bimu_parameters, plain_parameters, settings_for_batch

@@ -61,12 +61,7 @@ if _typing.TYPE_CHECKING:  # what the names are, for type checkers and editors
     from metaspike.population_statistics import use_population_statistics
     from metaspike.quantizers import magnitude_gate, ste_sign
     from metaspike.rules import available_rules, get_rule, register_rule
-    from metaspike.synapse import (
-        binarize,
-        binarized_once,
-        hidden_weights,
-        is_hidden_weight,
-    )
+    from metaspike.synapse import binarize, binarized_once, hidden_weights, is_hidden_weight
 
 __version__ = "0.2.0"
 

@@ -50,13 +50,7 @@ import torch
 
 from metaspike.allocator import usable_memory
 from metaspike.checks import FLOAT32_MAX, check_device, unknown_name
-from metaspike.files import (
-    as_path,
-    atomic_open,
-    atomic_write_bytes,
-    expanded_path,
-    read_regular_file,
-)
+from metaspike.files import as_path, atomic_open, atomic_write_bytes, expanded_path, read_regular_file
 
 __all__ = [
     "DataError",

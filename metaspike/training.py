@@ -37,10 +37,7 @@ from metaspike.checks import (
 )
 from metaspike.distributed import average_gradients, batch_slice
 from metaspike.modes import evaluation_mode
-from metaspike.population_statistics import (
-    evaluates_with_batch_statistics,
-    statistics_outdated,
-)
+from metaspike.population_statistics import evaluates_with_batch_statistics, statistics_outdated
 
 __all__ = ["check_inputs", "check_labels", "minimum_batch_size", "train_epoch", "evaluate", "evaluate_together", "MIN_STATISTICS_BATCH",
            "random_numbers_apart", "masked_logits", "backward_within_batch",

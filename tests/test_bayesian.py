@@ -13,12 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import metaspike
-from bnn import (
-    BayesianConv2d,
-    BayesianLinear,
-    BinaryBayesianConv2d,
-    BinaryBayesianLinear,
-)
+from bnn import BayesianConv2d, BayesianLinear, BinaryBayesianConv2d, BinaryBayesianLinear
 from metaspike.bayesian import (
     MESU,
     BiMU,
@@ -724,11 +719,7 @@ def test_counter_uniforms_cover_the_whole_range_evenly_and_differ_between_keys()
 def test_the_top_uniform_stays_below_one_so_a_very_negative_lambda_samples_minus_one(inv_tau):
     """(k + ½)/2²⁴ rounds to 1.0 in float32 at the top k: log(u/(1 − u)) was infinite there, and a λ of −60 drew
     +1 (tanh form) or 0/0 (rational forms); the top uniform is now the largest float32 below 1."""
-    from metaspike.bayesian.counter_noise import (
-        counter_uniform,
-        random_words,
-        uniform_pairs,
-    )
+    from metaspike.bayesian.counter_noise import counter_uniform, random_words, uniform_pairs
     from metaspike.bayesian.synapses import _draw_relaxed
 
     key = torch.tensor(1_869_154)  # its first word has the top 24 bits all set (found by search)

@@ -6,12 +6,7 @@ import pytest
 import torch
 
 from metaspike import MESU, BiMU, ChainedOptimizer
-from metaspike.bayesian import (
-    bayesianize,
-    bimu_parameters,
-    mesu_param_groups,
-    plain_parameters,
-)
+from metaspike.bayesian import bayesianize, bimu_parameters, mesu_param_groups, plain_parameters
 from metaspike.checks import TrainingDiverged
 
 

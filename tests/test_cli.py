@@ -807,12 +807,7 @@ def test_eval_samples_sets_the_evaluation_ensemble_of_a_sampling_model(tmp_path,
 
 
 def test_a_finished_run_keeps_what_evaluated_each_task_so_its_numbers_can_be_checked(tmp_path):
-    from metaspike.app.runs import (
-        BATCHNORM_STATES,
-        build_run_model,
-        load_config,
-        make_run_scenario,
-    )
+    from metaspike.app.runs import BATCHNORM_STATES, build_run_model, load_config, make_run_scenario
     from metaspike.continual import load_batchnorm_state
     from metaspike.training import evaluate
 

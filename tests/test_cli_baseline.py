@@ -9,19 +9,8 @@ from conftest import KeepCheckpoints
 
 from metaspike.app.cli import main
 from metaspike.app.config import RunConfig
-from metaspike.app.runs import (
-    build_run_model,
-    build_trainer,
-    config_from_record,
-    make_run_scenario,
-    run,
-)
-from metaspike.continual.baselines import (
-    EWC,
-    EWCOnline,
-    RandomConsolidation,
-    SynapticIntelligence,
-)
+from metaspike.app.runs import build_run_model, build_trainer, config_from_record, make_run_scenario, run
+from metaspike.continual.baselines import EWC, EWCOnline, RandomConsolidation, SynapticIntelligence
 
 TINY = dict(datasets=("digits",), tasks=2, epochs=2, hidden=(32,), meta=(0.0,))
 

@@ -138,12 +138,7 @@ def test_a_run_folder_never_imports_by_itself_and_resume_asks_for_the_same_impor
     module.write_text(USER_MODULE)
     assert main(["train", "--import", str(module), "--model", "slow-lif", *SMALL, "--out", str(tmp_path)]) == 0
     run = tmp_path / "permuted-digits-slow-lif-meta30-seed1"  # (a registered model: one m by default)
-    from metaspike.app.runs import (
-        IMPORT_DIGESTS,
-        check_same_sources,
-        load_config,
-        train_resume_command,
-    )
+    from metaspike.app.runs import IMPORT_DIGESTS, check_same_sources, load_config, train_resume_command
 
     # the run records its --import file's SHA-256: edited meanwhile, the file is refused where the run would go on
     # (a resumed run mixed two versions of a user's rule, silently)

@@ -16,27 +16,10 @@ from torch import nn
 
 from bnn import BayesianLinear, BinaryBayesianLinear, MagnitudeGate
 from metaspike import ChainedOptimizer
-from metaspike.bayesian import (
-    MESU,
-    BiMU,
-    bayesianize,
-    bimu_parameters,
-    mesu_param_groups,
-    plain_parameters,
-)
+from metaspike.bayesian import MESU, BiMU, bayesianize, bimu_parameters, mesu_param_groups, plain_parameters
 from metaspike.bayesian.functional import update_scalars
-from metaspike.bayesian.fused_step import (
-    Activation,
-    FusedTrainingStep,
-    register_fused_activation,
-    why_not_fused,
-)
-from metaspike.training import (
-    TrainingDiverged,
-    _fused_step,
-    classification_loss,
-    train_epoch,
-)
+from metaspike.bayesian.fused_step import Activation, FusedTrainingStep, register_fused_activation, why_not_fused
+from metaspike.training import TrainingDiverged, _fused_step, classification_loss, train_epoch
 
 TOLERANCE = 1e-9
 

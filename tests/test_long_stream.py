@@ -14,26 +14,11 @@ from metaspike.app.config import RunConfig
 from metaspike.app.models import build_model, build_optimizer
 from metaspike.app.reproduce.long_stream import run_method, stream_config
 from metaspike.bayesian import MESU, BiMU
-from metaspike.continual import (
-    ContinualTrainer,
-    RunDirectory,
-    TrainerConfig,
-    load_run,
-    permuted,
-    summarize,
-)
+from metaspike.continual import ContinualTrainer, RunDirectory, TrainerConfig, load_run, permuted, summarize
 from metaspike.continual.baselines import EWCOnline
-from metaspike.continual.metrics import (
-    evaluated_accuracy,
-    last_tasks_accuracy,
-    task_accuracy_over_time,
-)
+from metaspike.continual.metrics import evaluated_accuracy, last_tasks_accuracy, task_accuracy_over_time
 from metaspike.continual.results import latest_good_checkpoint
-from metaspike.continual.scenarios import (
-    LISTED_PERMUTATIONS,
-    task_permutation,
-    task_subset,
-)
+from metaspike.continual.scenarios import LISTED_PERMUTATIONS, task_permutation, task_subset
 from metaspike.continual.trainer import evaluated_tasks
 from metaspike.data import load_dataset
 from metaspike.optim import MetaplasticAdam
@@ -209,11 +194,7 @@ def test_the_memory_window_sets_the_bayesian_optimizers_n_and_is_checked(tmp_pat
 
 
 def test_readout_lambda_starts_the_output_layer_confident_and_is_checked(tmp_path, monkeypatch):
-    from metaspike.app.runs import (
-        build_run_model,
-        config_from_record,
-        make_run_scenario,
-    )
+    from metaspike.app.runs import build_run_model, config_from_record, make_run_scenario
     from metaspike.bayesian import bimu_parameters
 
     def latents(config):
@@ -328,11 +309,7 @@ def test_bimu_at_batch_one_end_to_end_and_resumed(tmp_path, monkeypatch):
 
 def test_standardize_puts_the_training_pixels_statistics_in_front_of_the_model(tmp_path):
     from metaspike.app.models import Standardize
-    from metaspike.app.runs import (
-        build_run_model,
-        config_from_record,
-        make_run_scenario,
-    )
+    from metaspike.app.runs import build_run_model, config_from_record, make_run_scenario
 
     config = RunConfig(model="bimu", datasets=("digits",), tasks=2, epochs=1, hidden=(8,), batch_size=1,
                        samples_per_task=40, standardize=True)

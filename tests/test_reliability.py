@@ -15,12 +15,7 @@ import pytest
 import torch
 
 from metaspike.app.plots import plot_run
-from metaspike.continual.results import (
-    RunDirectory,
-    latest_good_checkpoint,
-    load_checkpoint,
-    load_run,
-)
+from metaspike.continual.results import RunDirectory, latest_good_checkpoint, load_checkpoint, load_run
 
 
 def _state(epochs_done: int) -> dict:
@@ -178,12 +173,7 @@ def test_a_long_stream_plots_without_a_legend_per_task_and_names_its_model(tmp_p
 
 
 def test_a_results_folder_from_outside_draws_in_bounded_time_or_is_one_line(tmp_path):
-    from metaspike.app.plots import (
-        MAX_HISTOGRAM_SNAPSHOTS,
-        MAX_TITLE_PART,
-        _evenly_chosen,
-        _run_title,
-    )
+    from metaspike.app.plots import MAX_HISTOGRAM_SNAPSHOTS, MAX_TITLE_PART, _evenly_chosen, _run_title
 
     run = _run_folder(tmp_path)
     with pytest.raises(ValueError, match=r"config.json: 'model' must be a string, got \['bnn'\]"):

@@ -339,14 +339,7 @@ def test_resume_from_python_refuses_a_users_rule_whose_code_changed_under_its_na
 def test_a_users_stream_made_when_reached_without_a_definition_is_warned_of_before_it_keeps_checkpoints():
     """A resume reads only a lazy stream's first task: one drawn with another seed went on from the checkpoint, its
     first row from one draw and the rest from the other, without a word. Its definition is what a resume compares."""
-    from metaspike.continual import (
-        ContinualTrainer,
-        LearnedNothingWarning,
-        Scenario,
-        Task,
-        TaskStream,
-        TrainerConfig,
-    )
+    from metaspike.continual import ContinualTrainer, LearnedNothingWarning, Scenario, Task, TaskStream, TrainerConfig
     from metaspike.data import ArrayDataset
 
     def stream(seed, definition):
@@ -735,12 +728,7 @@ def test_resume_refuses_a_scenario_json_of_other_tasks_and_writes_a_missing_one(
 
 
 def test_resume_refuses_a_checkpoint_that_does_not_fit_the_model_in_one_line(tmp_path, capsys):
-    from metaspike.continual.results import (
-        CHECKSUM_KEY,
-        CONFIG_KEY,
-        _file_digest,
-        state_checksum,
-    )
+    from metaspike.continual.results import CHECKSUM_KEY, CONFIG_KEY, _file_digest, state_checksum
 
     run = _interrupted_run(tmp_path / "a")
     other = _interrupted_run(tmp_path / "b", hidden=(24,))
@@ -1416,12 +1404,7 @@ def test_every_checkpoint_of_a_run_evaluated_on_a_budget_or_a_stream_resumes_to_
 def test_a_logged_run_refuses_a_rule_its_checkpoints_cannot_hold_before_training(tmp_path):
     """A rule object of the user's own that is not a dataclass was found by the first checkpoint: after the first
     evaluated task (with --eval-every 10, ten tasks in). Now the run refuses it before the first step."""
-    from metaspike.continual import (
-        ContinualTrainer,
-        RunDirectory,
-        TrainerConfig,
-        make_scenario,
-    )
+    from metaspike.continual import ContinualTrainer, RunDirectory, TrainerConfig, make_scenario
     from metaspike.optim import MetaplasticAdam
     from metaspike.rules.base import Stateless
 
@@ -1451,12 +1434,7 @@ def test_a_logged_run_refusing_another_setting_gives_no_rule_hint(tmp_path):
     import numpy as np
 
     from bnn import MLP
-    from metaspike.continual import (
-        ContinualTrainer,
-        RunDirectory,
-        TrainerConfig,
-        make_scenario,
-    )
+    from metaspike.continual import ContinualTrainer, RunDirectory, TrainerConfig, make_scenario
     from metaspike.optim import MetaplasticAdam
 
     def make_optimizer(model):
@@ -1477,12 +1455,7 @@ def test_a_logged_run_with_a_chained_optimizer_starts(tmp_path):
     with a KeyError before its first step."""
     import metaspike
     from metaspike.bayesian import BiMU, bayesianize, bimu_parameters, plain_parameters
-    from metaspike.continual import (
-        ContinualTrainer,
-        RunDirectory,
-        TrainerConfig,
-        make_scenario,
-    )
+    from metaspike.continual import ContinualTrainer, RunDirectory, TrainerConfig, make_scenario
 
     model = bayesianize(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)), "bimu")
     chained = lambda m: metaspike.ChainedOptimizer(BiMU(bimu_parameters(m)),  # noqa: E731
@@ -1498,12 +1471,7 @@ def test_a_logged_run_refuses_a_numpy_learning_rate_its_checkpoints_could_not_ho
     (torch.load(weights_only=True) refuses numpy scalars) and the run could never be resumed."""
     import numpy as np
 
-    from metaspike.continual import (
-        ContinualTrainer,
-        RunDirectory,
-        TrainerConfig,
-        make_scenario,
-    )
+    from metaspike.continual import ContinualTrainer, RunDirectory, TrainerConfig, make_scenario
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
     trainer = ContinualTrainer(model, lambda m: torch.optim.SGD(m.parameters(), lr=np.logspace(-2, -1, 3)[1]),

@@ -5,14 +5,7 @@ import re
 import pytest
 import torch
 
-from metaspike.continual import (
-    joint,
-    make_scenario,
-    permuted,
-    split,
-    stream,
-    task_subset,
-)
+from metaspike.continual import joint, make_scenario, permuted, split, stream, task_subset
 from metaspike.data import load_dataset
 
 

@@ -10,13 +10,7 @@ import torch
 from torch import nn
 
 from bnn import MLP
-from metaspike.continual import (
-    ContinualTrainer,
-    TrainerConfig,
-    batchnorm_state,
-    permuted,
-    stream,
-)
+from metaspike.continual import ContinualTrainer, TrainerConfig, batchnorm_state, permuted, stream
 from metaspike.data import load_dataset
 from metaspike.optim import MetaplasticAdam
 from metaspike.training import classification_loss, evaluate, train_epoch

@@ -31,21 +31,10 @@ from metaspike.app.config import (
     meta_label,
     parse_meta,
 )
-from metaspike.app.imports import (
-    FLAG,
-    check_resumed_imports,
-    import_flags,
-    import_modules,
-    normalized_import,
-)
+from metaspike.app.imports import FLAG, check_resumed_imports, import_flags, import_modules, normalized_import
 from metaspike.app.models import DEFAULT_LR, available_models, takes_setting
 from metaspike.app.reproduce import cli as reproduce_cli
-from metaspike.app.stops import (
-    caused_by_sigterm,
-    forget_kept_stop,
-    handling_stops,
-    raise_kept_stop,
-)
+from metaspike.app.stops import caused_by_sigterm, forget_kept_stop, handling_stops, raise_kept_stop
 from metaspike.checks import first_line, unknown_name
 from metaspike.continual.metrics import LONG_STREAM_TASKS, LearnedNothingWarning
 from metaspike.continual.scenarios import SPLIT_MODES
@@ -316,12 +305,7 @@ def _given_settings(args: argparse.Namespace) -> dict[str, object]:
 def _refuse_unused_flags(given: dict[str, object], config: RunConfig) -> None:
     """One line for a flag typed on the command line that the run would ignore (its model's optimizer does not
     use it, or its scenario sets it otherwise): a run never silently differs from what was asked."""
-    from metaspike.app.models import (
-        OPTIMIZER_SETTINGS,
-        is_builtin,
-        optimizer_kind,
-        uses_batchnorm,
-    )
+    from metaspike.app.models import OPTIMIZER_SETTINGS, is_builtin, optimizer_kind, uses_batchnorm
 
     kind = optimizer_kind(config.model)
     for field, users in OPTIMIZER_SETTINGS.items():
@@ -388,21 +372,9 @@ _SETTING_FLAGS = {"scenario": "scenario", "dataset": "datasets", "tasks": "tasks
 
 
 def _train(args: argparse.Namespace) -> None:
-    from metaspike.app.runs import (
-        ewc_memory_warning,
-        load_config,
-        matrix_cost_warning,
-        resume,
-        resume_folder,
-        run,
-    )
+    from metaspike.app.runs import ewc_memory_warning, load_config, matrix_cost_warning, resume, resume_folder, run
     from metaspike.app.tables import format_table, summarize_results
-    from metaspike.continual.metrics import (
-        LEARNED_MARGIN,
-        largest_rise,
-        learned_nothing,
-        tasks_learned_nothing,
-    )
+    from metaspike.continual.metrics import LEARNED_MARGIN, largest_rise, learned_nothing, tasks_learned_nothing
 
     if args.resume is not None:
         if "--out" in [token.split("=", 1)[0] for token in args.argv]:
@@ -477,11 +449,7 @@ def _learning_flags(models: Sequence[str]) -> str:
         >>> _learning_flags(["bnn"]), _learning_flags(["bimu"])
         ('--lr, --meta (a large m freezes every weight), --epochs', '--memory-window, --epochs')
     """
-    from metaspike.app.models import (
-        BAYESIAN_OPTIMIZERS,
-        OPTIMIZER_SETTINGS,
-        optimizer_kind,
-    )
+    from metaspike.app.models import BAYESIAN_OPTIMIZERS, OPTIMIZER_SETTINGS, optimizer_kind
 
     kinds = {optimizer_kind(model) for model in models}
     flags = [flag for field, flag in (("lr", "--lr"), ("meta", "--meta (a large m freezes every weight)"))
@@ -640,12 +608,7 @@ def _plot(args: argparse.Namespace) -> None:
     from metaspike.app.compare import PLAN
     from metaspike.app.plots import plot_run
     from metaspike.app.reproduce import RECORD
-    from metaspike.app.runs import (
-        finished_result,
-        recorded_processes,
-        refuse_several_processes,
-        train_resume_command,
-    )
+    from metaspike.app.runs import finished_result, recorded_processes, refuse_several_processes, train_resume_command
 
     refuse_several_processes("plot", "run it without torchrun")
     folder = Path(args.run_dir)

@@ -43,16 +43,8 @@ from metaspike.checks import (
     shown,
     unknown_name,
 )
-from metaspike.continual.baselines import (
-    BASELINE_STRENGTHS,
-    EWC_ONLINE_GAMMA,
-    make_baseline,
-)
-from metaspike.continual.scenarios import (
-    DEFAULT_TASKS,
-    SPLIT_MODES,
-    available_scenarios,
-)
+from metaspike.continual.baselines import BASELINE_STRENGTHS, EWC_ONLINE_GAMMA, make_baseline
+from metaspike.continual.scenarios import DEFAULT_TASKS, SPLIT_MODES, available_scenarios
 from metaspike.continual.trainer import LAST_EVALUATED, TrainerConfig
 from metaspike.data import dataset_key
 from metaspike.rules import check_meta, get_rule

@@ -355,13 +355,7 @@ def build_optimizer(kind: str, model: nn.Module, lr: float | None = None, meta: 
         return MetaplasticAdam(param_groups(model, meta), lr=lr, weight_decay=weight_decay, rule=rule)
     if which == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
-    from metaspike.bayesian import (
-        MESU,
-        BiMU,
-        bimu_parameters,
-        mesu_param_groups,
-        plain_parameters,
-    )
+    from metaspike.bayesian import MESU, BiMU, bimu_parameters, mesu_param_groups, plain_parameters
 
     settings = bayesian_settings(kind, batch_size, memory_window)
     assert settings is not None  # (a Bayesian kind)

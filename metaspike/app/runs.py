@@ -41,11 +41,7 @@ from metaspike.app.models import (
 )
 from metaspike.app.stops import forget_kept_stop, raise_kept_stop
 from metaspike.app.tables import versions
-from metaspike.bayesian.synapses import (
-    SampledForward,
-    bayesian_modules,
-    start_confident,
-)
+from metaspike.bayesian.synapses import SampledForward, bayesian_modules, start_confident
 from metaspike.checks import is_finite_number, is_nan, is_whole, listed, shown
 from metaspike.continual.results import (
     ACCURACY_DECIMALS,
@@ -56,19 +52,9 @@ from metaspike.continual.results import (
     latest_good_checkpoint,
 )
 from metaspike.continual.scenarios import Scenario, made_when_reached, make_scenario
-from metaspike.continual.trainer import (
-    ContinualResult,
-    ContinualTrainer,
-    TrainerConfig,
-    applied_optimizer_mode,
-)
+from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig, applied_optimizer_mode
 from metaspike.data import ArrayDataset, default_data_dir, load_dataset
-from metaspike.distributed import (
-    init_from_env,
-    sync_batchnorm,
-    world,
-    world_size_from_env,
-)
+from metaspike.distributed import init_from_env, sync_batchnorm, world, world_size_from_env
 from metaspike.files import (
     TEMPORARY_FILES,
     atomic_open,

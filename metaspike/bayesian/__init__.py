@@ -9,19 +9,8 @@ Example:
     >>> opt = BiMU(bimu_parameters(net))
 """
 
-from metaspike.bayesian.functional import (
-    bimu_step,
-    bimu_step_,
-    check_hyperparameters,
-    mesu_step,
-    mesu_step_,
-)
-from metaspike.bayesian.fused_step import (
-    Activation,
-    FusedTrainingStep,
-    register_fused_activation,
-    why_not_fused,
-)
+from metaspike.bayesian.functional import bimu_step, bimu_step_, check_hyperparameters, mesu_step, mesu_step_
+from metaspike.bayesian.fused_step import Activation, FusedTrainingStep, register_fused_activation, why_not_fused
 from metaspike.bayesian.optim import MESU, BiMU, settings_for_batch
 from metaspike.bayesian.synapses import (
     BinaryWeight,

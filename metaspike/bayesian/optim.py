@@ -35,19 +35,8 @@ from metaspike.bayesian.functional import (
 )
 from metaspike.bayesian.synapses import synapse_role
 from metaspike.caller import user_stacklevel
-from metaspike.checks import (
-    TrainingDiverged,
-    check_keys_kept,
-    check_no_misspelled_setting,
-    is_whole,
-    state_dict_groups,
-)
-from metaspike.optimizer_state import (
-    HookedAgainWhenCopied,
-    check_states_listed,
-    check_step_count,
-    with_tensor_steps,
-)
+from metaspike.checks import TrainingDiverged, check_keys_kept, check_no_misspelled_setting, is_whole, state_dict_groups
+from metaspike.optimizer_state import HookedAgainWhenCopied, check_states_listed, check_step_count, with_tensor_steps
 from metaspike.synapse import is_hidden_weight
 
 __all__ = ["MESU", "BiMU", "settings_for_batch", "check_synapse_optimizers", "BAYESIAN_ADVICE"]

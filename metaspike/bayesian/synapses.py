@@ -40,12 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from metaspike.bayesian.counter_noise import (
-    arithmetic_dtype,
-    counter_normal,
-    counter_uniform,
-    draw_key,
-)
+from metaspike.bayesian.counter_noise import arithmetic_dtype, counter_normal, counter_uniform, draw_key
 from metaspike.bayesian.functional import _exp_pair
 from metaspike.block_cache import reuse_in_block, signs_cache_key
 from metaspike.caller import user_stacklevel

@@ -27,12 +27,7 @@ from metaspike.continual.scenarios import (
     task_permutation,
     task_subset,
 )
-from metaspike.continual.trainer import (
-    ContinualResult,
-    ContinualTrainer,
-    TrainerConfig,
-    evaluated_tasks,
-)
+from metaspike.continual.trainer import ContinualResult, ContinualTrainer, TrainerConfig, evaluated_tasks
 from metaspike.training import Plugin
 
 __all__ = [

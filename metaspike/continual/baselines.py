@@ -35,13 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from metaspike.checks import (
-    check_generator_state,
-    finite_number,
-    is_whole,
-    number_in,
-    unknown_name,
-)
+from metaspike.checks import check_generator_state, finite_number, is_whole, number_in, unknown_name
 from metaspike.layer_selection import synapse_role
 from metaspike.modes import evaluation_mode
 from metaspike.optimizer_state import check_tensor_values

@@ -19,15 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metaspike.checks import (
-    FLOAT32_MAX,
-    check_generator_state,
-    is_finite_number,
-    is_number,
-    is_whole,
-    listed,
-    shown,
-)
+from metaspike.checks import FLOAT32_MAX, check_generator_state, is_finite_number, is_number, is_whole, listed, shown
 from metaspike.continual.batchnorm import batchnorm_state
 from metaspike.continual.memo import PLAIN_VALUES, PartMemo
 from metaspike.continual.metrics import is_accuracy

@@ -34,19 +34,9 @@ from metaspike.bayesian.optim import check_synapse_optimizers
 from metaspike.bayesian.synapses import bayesian_modules
 from metaspike.caller import user_stacklevel
 from metaspike.chained import ChainedOptimizer, needs_closure
-from metaspike.checks import (
-    check_device,
-    check_seed,
-    first_line,
-    is_whole,
-    lacking_methods,
-)
+from metaspike.checks import check_device, check_seed, first_line, is_whole, lacking_methods
 from metaspike.compiled import uncompiled
-from metaspike.continual.batchnorm import (
-    BATCHNORM_MODES,
-    batchnorm_state,
-    load_batchnorm_state,
-)
+from metaspike.continual.batchnorm import BATCHNORM_MODES, batchnorm_state, load_batchnorm_state
 from metaspike.continual.checkpoints import (
     CHECKPOINT_FORMAT,
     CURVE_COLUMNS,
@@ -80,12 +70,7 @@ from metaspike.continual.schedulers import (
     scheduler_record,
     step_scheduler,
 )
-from metaspike.diagnostics import (
-    consolidated_fractions,
-    flip_rates,
-    hidden_weight_histograms,
-    sign_snapshot,
-)
+from metaspike.diagnostics import consolidated_fractions, flip_rates, hidden_weight_histograms, sign_snapshot
 from metaspike.distributed import start_alike, unsynced_class, world
 from metaspike.optim import inherit_rule_states
 from metaspike.population_statistics import evaluates_with_batch_statistics

@@ -26,14 +26,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 import torch
 from torch import Tensor
 
-from metaspike.checks import (
-    FLOAT32_MAX,
-    TrainingDiverged,
-    defined_at,
-    in_metaspike,
-    number_in,
-    raised_at,
-)
+from metaspike.checks import FLOAT32_MAX, TrainingDiverged, defined_at, in_metaspike, number_in, raised_at
 
 __all__ = ["Rule", "NoState", "Stateless", "check_meta", "check_update", "checked_step", "toward_zero",
            "state_to_dict", "state_from_dict", "user_rule_errors", "is_plain"]

@@ -14,33 +14,11 @@ Example:
     torch.Size([2, 10])
 """
 
-from metaspike.snn.backends import (
-    available_surrogates,
-    reset_states,
-    surrogate,
-    surrogate_parameters,
-)
-from metaspike.snn.encoders import (
-    DirectEncoder,
-    LatencyEncoder,
-    RateEncoder,
-    available_encoders,
-    get_encoder,
-)
+from metaspike.snn.backends import available_surrogates, reset_states, surrogate, surrogate_parameters
+from metaspike.snn.encoders import DirectEncoder, LatencyEncoder, RateEncoder, available_encoders, get_encoder
 from metaspike.snn.layers import Scale
-from metaspike.snn.neurons import (
-    NetSpec,
-    available_neurons,
-    build_neuron_model,
-    register_neuron,
-    spiking_mlp,
-)
-from metaspike.snn.readouts import (
-    available_readouts,
-    get_readout,
-    membrane,
-    spike_count,
-)
+from metaspike.snn.neurons import NetSpec, available_neurons, build_neuron_model, register_neuron, spiking_mlp
+from metaspike.snn.readouts import available_readouts, get_readout, membrane, spike_count
 from metaspike.snn.recurrent import SelfRecurrentLIF
 from metaspike.snn.timeloop import SpikingClassifier
 

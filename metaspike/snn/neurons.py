@@ -22,21 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from metaspike.checks import (
-    defined_at,
-    in_metaspike,
-    is_number,
-    is_whole,
-    raised_at,
-    registered_name,
-    unknown_name,
-)
-from metaspike.snn.backends import (
-    norse_method,
-    require_norse,
-    require_snntorch,
-    surrogate,
-)
+from metaspike.checks import defined_at, in_metaspike, is_number, is_whole, raised_at, registered_name, unknown_name
+from metaspike.snn.backends import norse_method, require_norse, require_snntorch, surrogate
 from metaspike.snn.recurrent import SelfRecurrentLIF, check_decay
 from metaspike.snn.timeloop import SpikingClassifier, holds_norse_cells
 

@@ -17,15 +17,7 @@ from typing import Any
 
 from metaspike.app.reproduce.experiments import EXPERIMENTS, get_experiment
 from metaspike.app.reproduce.scales import SCALES
-from metaspike.app.runs import (
-    LOCK,
-    REPRODUCTION_RECORD,
-    Interrupted,
-    continued_by,
-    ran_with,
-    resume_folder,
-    run_lock,
-)
+from metaspike.app.runs import LOCK, REPRODUCTION_RECORD, Interrupted, continued_by, ran_with, resume_folder, run_lock
 from metaspike.checks import MAX_SEED, check_device, unknown_name
 from metaspike.continual.results import unique_directory
 from metaspike.data import OFFLINE_DATASETS

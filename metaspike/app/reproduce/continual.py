@@ -19,12 +19,7 @@ import torch
 
 from bnn import MLP
 from metaspike.app.config import RunConfig
-from metaspike.app.runs import (
-    announce_run,
-    build_run_model,
-    build_trainer,
-    train_in_folder,
-)
+from metaspike.app.runs import announce_run, build_run_model, build_trainer, train_in_folder
 from metaspike.app.tables import comparison_csv, mean_std
 from metaspike.checks import unknown_name
 from metaspike.continual.baselines import BASELINE_STRENGTHS

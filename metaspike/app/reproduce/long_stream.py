@@ -40,13 +40,7 @@ import numpy as np
 import torch
 
 from metaspike.app.config import RunConfig
-from metaspike.app.runs import (
-    announce_run,
-    build_run_model,
-    build_trainer,
-    make_run_scenario,
-    train_in_folder,
-)
+from metaspike.app.runs import announce_run, build_run_model, build_trainer, make_run_scenario, train_in_folder
 from metaspike.app.tables import comparison_csv, mean_std
 from metaspike.continual.metrics import evaluated_accuracy, last_tasks_accuracy
 from metaspike.continual.trainer import ContinualResult
