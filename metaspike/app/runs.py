@@ -98,18 +98,19 @@ def make_run_scenario(config: RunConfig) -> Scenario:
             message = f"--tasks {config.tasks}: --scenario {message}"
         elif config.scenario == "stream" and message.startswith("cannot cut "):
             message = f"--tasks {config.tasks}: --scenario stream {message} (one subset per task)"
-        elif config.scenario == "split" and message.startswith("cannot split "):
+        elif config.scenario == "split" and message.startswith(("cannot split ", "mode 'task' ")):
             classes = len(load_dataset(config.datasets[0], "train", config.data_dir).classes)
             largest = classes // 2 if config.applied_split_mode == "task" else classes  # (task mode: 2 classes each)
-            message = (f"--tasks {config.tasks}: --scenario split {message} (one group of classes per task); give "
-                       f"--tasks in 1..{largest} for {config.datasets[0]}"
-                       + (" (--split-mode task needs 2 classes a group)" if largest < classes else ""))
-        elif config.scenario == "split" and message.startswith("mode 'task' "):
-            classes = len(load_dataset(config.datasets[0], "train", config.data_dir).classes)
-            message = (f"--tasks {config.tasks}: --split-mode task restricts each task's outputs to its own classes, "
-                       f"and {classes} classes in {config.tasks} groups leave a group of one class, which would train "
-                       "nothing (cross-entropy over one class is 0) and always be predicted right; give --tasks in "
-                       f"1..{classes // 2} for {config.datasets[0]}, or use --split-mode class or class-growing")
+            if message.startswith("cannot split "):
+                message = (f"--tasks {config.tasks}: --scenario split {message} (one group of classes per task); give "
+                           f"--tasks in 1..{largest} for {config.datasets[0]}"
+                           + (" (--split-mode task needs 2 classes a group)" if largest < classes else ""))
+            else:
+                message = (f"--tasks {config.tasks}: --split-mode task restricts each task's outputs to its own "
+                           f"classes, and {classes} classes in {config.tasks} groups leave a group of one class, which "
+                           "would train nothing (cross-entropy over one class is 0) and always be predicted right; "
+                           f"give --tasks in 1..{largest} for {config.datasets[0]}, or use --split-mode class or "
+                           "class-growing")
         raise ValueError(message) from None
     if config.scenario == "stream":
         _check_stream_parts(config, scenario)
