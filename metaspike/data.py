@@ -261,9 +261,15 @@ class ArrayDataset:
 
 
 def _check_name(name: object) -> None:
-    """A DataError unless ``name`` (a dataset's name: scenarios name their tasks after it) is a non-empty str."""
+    """A DataError unless ``name`` (a dataset's name: scenarios name their tasks after it) is a non-empty str with no
+    ``/`` but before a split's name (``"mnist5k/train"``): the scenarios name tasks after what comes before it, so
+    ``"lab/a"`` and ``"lab/b"`` gave tasks of one name."""
     if not isinstance(name, str) or not name:
         raise DataError(f"name must be a non-empty string, got {name!r}")
+    base, slash, split = name.rpartition("/")
+    if slash and (not base or "/" in base or split not in SPLITS):
+        raise DataError(f"name must not contain '/' but before a split's name ('<name>/train' or '<name>/test'), "
+                        f"got {name!r}")
 
 
 def _check_holds_values(tensor: torch.Tensor, where: str, label: str) -> None:

@@ -822,3 +822,13 @@ def test_a_linked_archive_folder_and_a_copy_keeping_its_time_are_read_again(tmp_
     os.utime(elsewhere / "data_batch_1", ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     assert _folder_state(folder) != first
     assert _folder_state(tmp_path / "nothing") == ()
+
+
+@pytest.mark.parametrize("name", ["lab/a", "my/data/train", "/train", "mine/"])
+def test_a_slash_in_a_dataset_name_is_refused_but_before_a_split(name):
+    # the scenarios name their tasks after what comes before the '/': "lab/a" and "lab/b" made tasks of one name
+    x, y = torch.rand(4, 3), torch.tensor([0, 1, 1, 0])
+    with pytest.raises(DataError, match=r"^name must not contain '/' but before a split's name \('<name>/train' or "
+                                        rf"'<name>/test'\), got {re.escape(repr(name))}$"):
+        ArrayDataset.from_tensors(x, y, name)
+    assert ArrayDataset.from_tensors(x, y, "lab/test").name == "lab/test"

@@ -46,6 +46,16 @@ def test_split_task_and_class_incremental(digits):
         assert len(split(train, test, groups=[[0, 1], [2]], mode=mode).tasks) == 2
 
 
+def test_class_groups_of_numpy_integers_are_recorded_as_python_ints(digits):
+    import json
+
+    import numpy as np
+
+    s = split(*digits, groups=[[np.int64(0), np.int64(1)], np.array([2, 3])])
+    assert json.loads(json.dumps(s.definition))["groups"] == [[0, 1], [2, 3]]  # (json.dumps refused numpy's int64)
+    assert all(type(c) is int for group in s.definition["groups"] for c in group)
+
+
 def test_stream_subsets_are_disjoint_and_cover_the_data(digits):
     train, test = digits
     s = stream(train, test, n_subsets=4, seed=0)

@@ -573,7 +573,7 @@ def split(
                                  f"holds only the classes [{listed(held, 12)}] of 0..{n_classes - 1}; choose groups "
                                  "of classes that both splits hold, or data with samples of every class")
         tasks.append(Task(name, tr, te, None if mode == "class" else tuple(g)))
-    definition = {"dataset": _base(train), "groups": [list(g) for g in groups], "mode": mode}
+    definition = {"dataset": _base(train), "groups": [[int(c) for c in g] for g in groups], "mode": mode}  # (JSON)
     frozen = tuple(tasks)
     return Scenario("split", frozen, frozen, definition, task_known_at_test=mode == "task",
                     growing_head=mode == "class-growing")
