@@ -5,11 +5,16 @@ The network is written as an snnTorch tutorial writes one, not taken from metasp
 the readout the output membrane averaged over the steps; ``metaspike.binarize`` makes its synapses binary in one line.
 Two tasks: scikit-learn's 8x8 digits (scaled to [0, 1], 1,437 training and 360 test images) and the same images under
 one fixed pixel permutation; Adam at ``--lr`` through ``MetaplasticAdam(param_groups(net, m))``, ``--epochs`` a task,
-batch 64. ``--freeze-gains`` leaves the learned output gains (never consolidated) at their start (``gain_lr=0``).
+batch 64. ``--freeze-gains`` leaves the learned output gains (never consolidated) at their start (``gain_lr=0``);
+``--freeze-unconsolidated`` lets every parameter no consolidation acts on (gains, biases) learn during task 1 only
+(:class:`metaspike.continual.FreezeUnconsolidated`, called as the trainer calls it). ``--network norse`` trains a Norse
+conv SNN instead (conv 8, LIF, max-pool, linear, leaky-integrator readout, its largest membrane over the steps), and
+``--network cnn`` a CNN of torch layers with BatchNorm (two conv-BatchNorm-ReLU blocks, a linear readout).
 Prints, per m, task 1's accuracy after task 1, then task 1's and task 2's after task 2 (means over ``--seeds``), and
 writes them to ``--out``/own_conv_snn.csv with the CPU and torch's threads.
 
     OMP_NUM_THREADS=1 python benchmarks/own_conv_snn.py [--meta 0 5 10 30] [--seeds 0 1 2] [--freeze-gains]
+        [--freeze-unconsolidated]
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +41,7 @@ from common import (
 from torch import nn
 
 import metaspike
+from metaspike.continual import FreezeUnconsolidated
 
 STEPS = 25
 BATCH = 64
@@ -83,13 +90,47 @@ def scores(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(membranes).mean(0)
 
 
-def two_tasks(meta: float, seed: int, epochs: int, lr: float, freeze_gains: bool) -> tuple[float, float, float]:
+def norse_conv_snn() -> nn.Module:
+    """A Norse user's conv SNN, binarized in one line: conv 8 (3x3), LIF, max-pool, linear, leaky-integrator readout."""
+    import norse.torch as norse
+
+    return metaspike.binarize(norse.SequentialState(
+        nn.Conv2d(1, 8, 3), norse.LIFCell(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 3 * 3, 10), norse.LICell()))
+
+
+def norse_scores(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The readout's largest membrane over the time steps of rate-coded ``x`` (Norse's tutorials' readout)."""
+    state, outputs = None, []
+    with metaspike.binarized_once():
+        for _ in range(STEPS):
+            output, state = net((torch.rand_like(x) < x).float(), state)
+            outputs.append(output)
+    return torch.stack(outputs).max(0).values
+
+
+def batchnorm_cnn() -> nn.Sequential:
+    """A plain CNN of torch layers with BatchNorm (running statistics), binarized in one line."""
+    return metaspike.binarize(nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 4 * 4, 10)))
+
+
+#: Each ``--network``: how it is built and how it scores a batch.
+NETWORKS: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module, torch.Tensor], torch.Tensor]]] = {
+    "snntorch": (conv_snn, scores), "norse": (norse_conv_snn, norse_scores),
+    "cnn": (batchnorm_cnn, lambda net, x: net(x))}
+
+
+def two_tasks(meta: float, seed: int, epochs: int, lr: float, freeze_gains: bool,
+              freeze_unconsolidated: bool = False, network: str = "snntorch") -> tuple[float, float, float]:
     """Task 1's accuracy after task 1, task 1's and task 2's after task 2 (percent)."""
     torch.manual_seed(seed)
     tasks = digits_tasks()
-    net = conv_snn()
+    build, scores = NETWORKS[network]
+    net = build()
     optimizer = metaspike.MetaplasticAdam(
         metaspike.param_groups(net, meta, gain_lr=0.0 if freeze_gains else None), lr=lr)
+    freezing = [FreezeUnconsolidated(after_tasks=1)] if freeze_unconsolidated else []
     after = []
     for x_train, y_train, _, _ in tasks:
         net.train()
@@ -100,7 +141,11 @@ def two_tasks(meta: float, seed: int, epochs: int, lr: float, freeze_gains: bool
                 loss = F.cross_entropy(scores(net, x_train[batch]), y_train[batch])
                 optimizer.zero_grad()
                 loss.backward()
+                for plugin in freezing:
+                    plugin.before_step(net)
                 optimizer.step()
+        for plugin in freezing:
+            plugin.task_done(net, x_train, y_train, None)
         net.eval()
         with torch.no_grad():
             after.append([100 * (scores(net, x).argmax(-1) == y).float().mean().item() for _, _, x, y in tasks])
@@ -113,7 +158,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=seed_int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=positive_int, default=4)
     parser.add_argument("--lr", type=positive_float, default=5e-3)
+    parser.add_argument("--network", choices=list(NETWORKS), default="snntorch",
+                        help="the user's network: the snnTorch conv SNN (default), a Norse conv SNN, or a CNN of torch "
+                             "layers with BatchNorm")
     parser.add_argument("--freeze-gains", action="store_true", help="leave the learned output gains at their start")
+    parser.add_argument("--freeze-unconsolidated", action="store_true",
+                        help="let the parameters no consolidation acts on (gains, biases) learn during task 1 only")
     parser.add_argument("--out", type=output_folder, default=RUNS / "own_conv_snn", help="folder of own_conv_snn.csv")
     args = parser.parse_args()
     check_distinct(parser, "--seeds", args.seeds)
@@ -122,10 +172,13 @@ def main() -> None:
     rows = []
     print(f"{'meta':>6} {'task 1 after task 1':>20} {'task 1 after task 2':>20} {'task 2 after task 2':>20}")
     for meta in args.meta:
-        runs = [two_tasks(meta, seed, args.epochs, args.lr, args.freeze_gains) for seed in args.seeds]
+        runs = [two_tasks(meta, seed, args.epochs, args.lr, args.freeze_gains, args.freeze_unconsolidated, args.network)
+                for seed in args.seeds]
         means = [statistics.fmean(column) for column in zip(*runs)]
         print(f"{meta:>6g} {means[0]:>20.1f} {means[1]:>20.1f} {means[2]:>20.1f}", flush=True)
-        rows.append({"meta": meta, "gains": "frozen" if args.freeze_gains else "trained", "seeds": len(args.seeds),
+        rows.append({"network": args.network, "meta": meta, "gains": "frozen" if args.freeze_gains else "trained",
+                     "unconsolidated": "task 1 only" if args.freeze_unconsolidated else "every task",
+                     "seeds": len(args.seeds),
                      "task1_after_task1": round(means[0], 2), "task1_after_task2": round(means[1], 2),
                      "task2_after_task2": round(means[2], 2), **machine_fields()})
     args.out.mkdir(parents=True, exist_ok=True)

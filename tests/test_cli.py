@@ -156,6 +156,29 @@ def test_plot_redraws_a_run(tmp_path, capsys):
     assert "accuracy_matrix.csv's last row differs from the final_accuracy of" in capsys.readouterr().err
 
 
+def test_plot_refuses_curves_that_contradict_the_matrix_or_lack_an_epoch(tmp_path, capsys):
+    main(["train", "--dataset", "digits", "--tasks", "2", "--epochs", "3", "--hidden", "32", "--quiet", "--out",
+          str(tmp_path)])
+    run = tmp_path / "permuted-digits-meta5-30-seed1"
+    curves = (run / "curves.csv").read_text().splitlines(keepends=True)
+    header, rows = curves[0].split(","), [line.split(",") for line in curves[1:]]
+    last_of_task_1 = max(n for n, row in enumerate(rows) if row[0] == "1")
+    column = header.index("digits-perm1")
+    edited = [list(row) for row in rows]
+    edited[last_of_task_1][column] = "12.5"  # (drawn as it was before: the matrix says otherwise)
+    (run / "curves.csv").write_text("".join([curves[0], *(",".join(row) for row in edited)]))
+    capsys.readouterr()
+    assert main(["plot", str(run)]) == 2
+    assert re.search(r"curves\.csv: task 1's last epoch \(\d+\) gives 12\.5 % on digits-perm1, .*accuracy_matrix\.csv "
+                     r"[\d.]+ %: one of them was edited or copied from another run", capsys.readouterr().err)
+    (run / "curves.csv").write_text("".join([curves[0], *curves[1:2], *curves[3:]]))  # (task 1's epoch 2 deleted)
+    assert main(["plot", str(run)]) == 2
+    assert ("curves.csv: task 1, which accuracy_matrix.csv holds, has epoch 3 where epoch 2 belongs"
+            in capsys.readouterr().err)
+    (run / "curves.csv").write_text("".join(curves))
+    assert main(["plot", str(run)]) == 0  # (the run's own curves agree with its matrix)
+
+
 def test_plot_of_a_run_it_cannot_write_in_names_the_figure_and_draws_elsewhere(tmp_path, capsys, monkeypatch):
     import errno
 

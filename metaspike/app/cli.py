@@ -126,6 +126,10 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str, several_ru
     parser.add_argument("--baseline-gamma", type=float, default=None, metavar="G",
                         help="--baseline ewc-online: decay in [0, 1] of its running Fisher, F <- G*F + F_task "
                              f"(default: {EWC_ONLINE_GAMMA:g}; 1: the Fishers of all tasks add up)")
+    parser.add_argument("--freeze-unconsolidated", type=int, default=None, metavar="K",
+                        help="the parameters no consolidation acts on (learned gains, biases, normalisation, neuron "
+                             "parameters) learn during the first K tasks only; the synapses go on (default: every "
+                             "task)")
     parser.add_argument("--rule", default=None, nargs="+" if several_rules else None,
                         help=f"consolidation rule of MetaplasticAdam: {', '.join(available_rules())} (default: tanh)"
                              + ("; several are compared side by side, each at every --meta" if several_rules else ""))
@@ -158,6 +162,7 @@ def _config(args: argparse.Namespace, meta: Sequence[float] | None, seed: int) -
         device=args.device, data_dir=args.data_dir, imports=tuple(args.imports), eval_samples=args.eval_samples,
         readout_lambda=args.readout_lambda, num_steps=args.num_steps, baseline=args.baseline,
         baseline_strength=args.baseline_strength, baseline_gamma=args.baseline_gamma,
+        freeze_unconsolidated=args.freeze_unconsolidated,
     )
 
 
@@ -368,7 +373,8 @@ _SETTING_FLAGS = {"scenario": "scenario", "dataset": "datasets", "tasks": "tasks
                   "eval_every": "eval_every", "eval_tasks": "eval_tasks", "model": "model",
                   "memory_window": "memory_window", "standardize": "standardize", "eval_samples": "eval_samples",
                   "readout_lambda": "readout_lambda", "num_steps": "num_steps", "baseline": "baseline",
-                  "baseline_strength": "baseline_strength", "baseline_gamma": "baseline_gamma"}
+                  "baseline_strength": "baseline_strength", "baseline_gamma": "baseline_gamma",
+                  "freeze_unconsolidated": "freeze_unconsolidated"}
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -407,7 +413,7 @@ def _train(args: argparse.Namespace) -> None:
               f"over the last 5 {metrics['last5_accuracy']:.1f} %, task 1 at the end {metrics['task1_accuracy']:.1f} %")
     else:
         kind = f"meta={meta_label(config.meta)}" if config.name.count("-meta") else config.model
-        label = " ".join(filter(None, [kind, config.rule_setting, config.baseline_setting]))
+        label = " ".join(filter(None, [kind, config.rule_setting, config.baseline_setting, config.freezing_setting]))
         print(format_table([{"setting": label, **summarize_results([result])}], len(result.task_names)))
     print(f"\nresults: {path}  (accuracy_matrix.csv, curves.csv, metrics.json, accuracy_curves.png)")
     if learned_nothing(result.matrix, result.baseline):

@@ -103,7 +103,7 @@ def _meta_rows(base: RunConfig, settings: Sequence[tuple[float, ...]], seeds: Se
                rules: Sequence[str] | None = None) -> list[Row]:
     ruled = [replace(base, rule=rule) for rule in rules] if rules else [base]
     return [Row({"setting": " ".join(filter(None, [f"meta={meta_label(s)}", _rule_setting(own, rules),
-                                                   own.baseline_setting])),
+                                                   own.baseline_setting, own.freezing_setting])),
                  "meta": meta_label(s), "rule": own.rule},
                 tuple(replace(own, meta=s, seed=int(seed)) for seed in seeds)) for own in ruled for s in settings]
 
@@ -135,7 +135,7 @@ def _neuron_rows(base: RunConfig, neurons: Sequence[str], metas: Sequence[float]
                     else [base.for_model(n)]):
             rows += [Row({"setting": " ".join(filter(None, [f"{n} meta={m:g} {_rule_setting(own, rules)}".rstrip()
                                                             if takes_meta(n) else _kind_label(base, n),
-                                                            base.baseline_setting])),
+                                                            base.baseline_setting, base.freezing_setting])),
                           "neuron": n, "meta": m if takes_meta(n) else None, "rule": own.rule},
                          tuple(replace(own, seed=int(seed), **({"meta": (float(m),)} if takes_meta(n) else {}))
                                for seed in seeds))
@@ -440,8 +440,8 @@ def model_and_rule(row: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
 
 def comparison_name(base: RunConfig, neurons: bool, rules: Sequence[str] | None = None) -> str:
     """The folder name of a comparison of ``meta`` settings (``neurons=False``) or of neuron models on ``base``'s
-    stream, with the consolidation rule where it is not the default (every rule of a comparison of ``rules``) and the
-    baseline every run takes (``-2``, ``-3`` ... are added where it is taken).
+    stream, with the consolidation rule where it is not the default (every rule of a comparison of ``rules``), the
+    baseline and the freezing every run takes (``-2``, ``-3`` ... are added where it is taken).
 
     Example:
         >>> comparison_name(RunConfig(datasets=("digits",)), neurons=True)
@@ -452,7 +452,8 @@ def comparison_name(base: RunConfig, neurons: bool, rules: Sequence[str] | None 
         'compare-permuted-mnist5k-tanh-cascade'
     """
     rule_part = "".join(f"-{rule}" for rule in rules) if rules else base.rule_part()
-    return f"compare-{'neurons-' if neurons else ''}{base.stream_part()}{rule_part}{base.baseline_part()}"
+    return (f"compare-{'neurons-' if neurons else ''}{base.stream_part()}{rule_part}{base.baseline_part()}"
+            f"{base.freezing_part()}")
 
 
 def is_finished_comparison(root: Path) -> bool:

@@ -44,6 +44,7 @@ from metaspike.checks import (
     unknown_name,
 )
 from metaspike.continual.baselines import BASELINE_STRENGTHS, EWC_ONLINE_GAMMA, make_baseline
+from metaspike.continual.freezing import FreezeUnconsolidated
 from metaspike.continual.scenarios import DEFAULT_TASKS, SPLIT_MODES, available_scenarios
 from metaspike.continual.trainer import LAST_EVALUATED, TrainerConfig
 from metaspike.data import dataset_key
@@ -244,6 +245,10 @@ class RunConfig:
     consolidate by themselves); ``baseline_strength`` is its λ (SI: c) and ``baseline_gamma`` EWC-Online's decay,
     both recorded as run (the defaults filled in).
 
+    ``freeze_unconsolidated`` (``K``) lets the parameters that no consolidation acts on (gains, biases, normalisation,
+    neuron parameters) learn during the first ``K`` tasks only
+    (:class:`metaspike.continual.freezing.FreezeUnconsolidated`); ``None``: during every task.
+
     Example:
         >>> RunConfig(meta=(1.35,), tasks=2).name
         'permuted-mnist5k-meta1.35-seed1'
@@ -278,6 +283,7 @@ class RunConfig:
     baseline: str | None = None
     baseline_strength: float | None = None
     baseline_gamma: float | None = None
+    freeze_unconsolidated: int | None = None
 
     def __post_init__(self) -> None:
         self._hold_python_numbers()
@@ -350,6 +356,7 @@ class RunConfig:
             raise ValueError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
         check_device(self.device, "--device")  # (CUDA present, and the device index within its count)
         self._check_baseline()
+        self._check_freezing()
         if len(self.name.encode()) > MAX_NAME_BYTES:
             raise ValueError(f"the run's folder name would be {len(self.name.encode())} bytes ({self.name[:60]}...), "
                              f"more than a file name may hold ({MAX_NAME_BYTES}): it lists each --dataset and each "
@@ -407,6 +414,24 @@ class RunConfig:
                     if kind == "metaplastic-adam" else "")
             raise ValueError(f"--lr must be in [{FLOAT32_TINY:g}, {MAX_LR:g}], got {self.lr!r}: a smaller rate is 0 or "
                              f"loses its digits in float32, and a larger one overshoots at every step{adam}")
+
+    def _check_freezing(self) -> None:
+        """``freeze_unconsolidated``: ``None``, or a number of tasks after which a task is left to train, on a scenario
+        with task boundaries (any model kind: in a float network trained by SGD, ``mlp``, the biases freeze, which makes
+        it the reference of a comparison whose other models freeze theirs)."""
+        after = self.freeze_unconsolidated
+        if after is None:
+            return
+        if self.scenario == "stream":
+            raise ValueError("--freeze-unconsolidated: --scenario stream has no task boundaries to freeze after; use "
+                             "another scenario, or leave the flag out")
+        if self.tasks < 2:
+            raise ValueError("--freeze-unconsolidated needs --tasks 2 or more: it freezes after a task, and one must "
+                             "follow")
+        if isinstance(after, bool) or not isinstance(after, int) or not 1 <= after < self.tasks:
+            raise ValueError(f"--freeze-unconsolidated must be an integer in 1..{self.tasks - 1} (the tasks the "
+                             f"unconsolidated parameters learn during; at least one of the {self.tasks} --tasks must "
+                             f"follow), got {after!r}")
 
     def _check_baseline(self) -> None:
         """The baseline settings: a known baseline, for a model trained by gradient steps, on a scenario with tasks;
@@ -482,10 +507,10 @@ class RunConfig:
             ensemble = "" if self.eval_samples is None else f"-eval{self.eval_samples}"
             readout = "" if self.readout_lambda is None else f"-readout{self.readout_lambda:g}"
             return (f"{self.scenario}-{'-'.join(self.datasets)}{model}{window}{readout}{ensemble}"
-                    f"{self.baseline_part()}-seed{self.seed}")
+                    f"{self.baseline_part()}{self.freezing_part()}-seed{self.seed}")
         def named(meta: str) -> str:
             return (f"{self.scenario}-{'-'.join(self.datasets)}{model}-meta{meta}{self.rule_part()}"
-                    f"{self.baseline_part()}-seed{self.seed}")
+                    f"{self.baseline_part()}{self.freezing_part()}-seed{self.seed}")
 
         name = named("-".join(f"{m:g}" for m in self.meta))  # type: ignore[union-attr]
         if len(name.encode()) <= MAX_NAME_BYTES:
@@ -527,6 +552,15 @@ class RunConfig:
         """
         return "" if self.rule in (None, DEFAULT_RULE) else f"-{self.rule}"
 
+    def freezing_part(self) -> str:
+        """The run name's part for ``freeze_unconsolidated``: ``"-freeze1"``, or nothing.
+
+        Example:
+            >>> RunConfig(tasks=3, freeze_unconsolidated=1).name
+            'permuted-mnist5k-meta5-30-30-freeze1-seed1'
+        """
+        return "" if self.freeze_unconsolidated is None else f"-freeze{self.freeze_unconsolidated}"
+
     def baseline_part(self) -> str:
         """The run name's part for the baseline: ``"-ewc5000"``, ``"-ewc-online100-gamma0.9"``, or nothing.
 
@@ -561,6 +595,25 @@ class RunConfig:
             return ""
         gamma = "" if self.baseline_gamma is None else f" gamma={self.baseline_gamma:g}"
         return f"{self.baseline} {BASELINE_STRENGTHS[self.baseline][0]}={self.baseline_strength:g}{gamma}"
+
+    @property
+    def freezing_setting(self) -> str:
+        """``freeze_unconsolidated`` as a table names it (``"freeze after 1"``), or ``""``.
+
+        Example:
+            >>> RunConfig(tasks=3, freeze_unconsolidated=2).freezing_setting
+            'freeze after 2'
+        """
+        return "" if self.freeze_unconsolidated is None else f"freeze after {self.freeze_unconsolidated}"
+
+    def freezing_plugins(self) -> list[Plugin]:
+        """A new :class:`~metaspike.continual.freezing.FreezeUnconsolidated` for ``freeze_unconsolidated``, or none.
+
+        Example:
+            >>> [type(p).__name__ for p in RunConfig(tasks=2, freeze_unconsolidated=1).freezing_plugins()]
+            ['FreezeUnconsolidated']
+        """
+        return [] if self.freeze_unconsolidated is None else [FreezeUnconsolidated(self.freeze_unconsolidated)]
 
     def baseline_plugins(self) -> list[Plugin]:
         """A new plugin of this run's baseline (:func:`metaspike.continual.baselines.make_baseline`), or none.

@@ -210,8 +210,8 @@ def build_trainer(
     config: RunConfig, model: torch.nn.Module, progress: bool = True, plugins: Sequence[Plugin] = ()
 ) -> ContinualTrainer:
     """The continual trainer ``config`` describes, for ``model`` (with the optimizer its model kind names:
-    MetaplasticAdam with the config's meta for binary networks, BiMU, MESU or SGD for the others), with ``plugins``
-    and the config's baseline (:meth:`RunConfig.baseline_plugins`).
+    MetaplasticAdam with the config's meta for binary networks, BiMU, MESU or SGD for the others), with ``plugins``,
+    the config's baseline (:meth:`RunConfig.baseline_plugins`) and its freezing (:meth:`RunConfig.freezing_plugins`).
 
     Example:
         >>> trainer = build_trainer(RunConfig(hidden=(32,)), torch.nn.Linear(784, 10), progress=False)
@@ -226,7 +226,7 @@ def build_trainer(
                          f"and plugins holds one already ({type(mine).__name__}); leave the config's baseline out, "
                          "or leave yours out")
     return ContinualTrainer(model, config.make_optimizer, config.trainer_config(), progress=progress,
-                            plugins=[*plugins, *baseline])
+                            plugins=[*plugins, *baseline, *config.freezing_plugins()])
 
 
 def _same_baseline(plugin: Plugin, added: Plugin) -> bool:
@@ -900,7 +900,8 @@ _SEQUENCES = {"datasets": str, "hidden": int, "meta": (int, float), "imports": s
 #: The RunConfig fields added after the first version: a record without one was written before it existed, and
 #: holds the run that the field's default gives.
 NEWER_FIELDS = ("model", "num_steps", "samples_per_task", "eval_every", "eval_tasks", "memory_window", "standardize",
-                "imports", "eval_samples", "readout_lambda", "baseline", "baseline_strength", "baseline_gamma")
+                "imports", "eval_samples", "readout_lambda", "baseline", "baseline_strength", "baseline_gamma",
+                "freeze_unconsolidated")
 #: What a record that lacks one of :data:`NEWER_FIELDS` ran with: the field's default.
 NEWER_DEFAULTS = {key: getattr(RunConfig, key) for key in NEWER_FIELDS}
 
@@ -1168,6 +1169,44 @@ def _check_final_row(run_dir: Path, matrix: list[list[float]], final: Any) -> No
                          f"{run_dir / 'metrics.json'}: one of them was edited or copied from another run")
 
 
+#: How far a matrix cell (two decimals) may lie from the same accuracy in ``curves.csv`` (six decimals).
+_CURVE_AGREEMENT = _rounding(ACCURACY_DECIMALS) + _rounding(6)
+
+
+def _check_curves(run_dir: Path, matrix: list[Sequence[float]], curves: list[dict[str, float]],
+                  task_names: list[str]) -> None:
+    """Each task with a row in the matrix has its epochs in ``curves.csv`` as ``1, 2, ...``, the last one with that
+    row's accuracies (both are written from one evaluation; the curves to more decimals): curves edited by hand, cut by
+    a row or copied from another run would otherwise be drawn as this run's. A run without curves passes."""
+    if not curves:
+        return
+    file = run_dir / "curves.csv"
+    epochs_of: dict[int, list[dict[str, float]]] = {}
+    for row in curves:
+        task, epoch = row.get("task", math.nan), row.get("epoch", math.nan)
+        if not all(math.isfinite(v) and v >= 1 and v == int(v) for v in (task, epoch)):  # (read as floats)
+            raise ValueError(f"{file}: every row needs its task and epoch, whole numbers >= 1; found {shown(task)} and "
+                             f"{shown(epoch)}")
+        epochs_of.setdefault(int(task), []).append(row)
+    for task, row in enumerate(matrix, start=1):
+        if all(math.isnan(a) for a in row):  # (not evaluated after this task: no epochs of it were logged)
+            continue
+        rows = epochs_of.get(task, [])
+        epochs = [int(r["epoch"]) for r in rows]
+        wrong = next((n for n, epoch in enumerate(epochs, start=1) if epoch != n), None)
+        if not rows or wrong is not None:
+            found = "no row" if not rows else f"epoch {epochs[wrong - 1]} where epoch {wrong} belongs"
+            raise ValueError(f"{file}: task {task}, which accuracy_matrix.csv holds, has {found} (training logs epochs "
+                             "1, 2, ... of each task): a row was deleted, edited or copied from another run")
+        last = rows[-1]
+        for name, accuracy in zip(task_names, row):
+            logged = last.get(name, math.nan)
+            if math.isnan(accuracy) != math.isnan(logged) or abs(accuracy - logged) > _CURVE_AGREEMENT:
+                raise ValueError(f"{file}: task {task}'s last epoch ({epochs[-1]}) gives {shown(logged)} % on {name}, "
+                                 f"{run_dir / 'accuracy_matrix.csv'} {shown(accuracy)} %: one of them was edited or "
+                                 "copied from another run")
+
+
 @dataclass(repr=False)  # (ContinualResult's one-line repr, not the generated one)
 class RecordedResult(ContinualResult):
     """A finished run read back from its folder: :attr:`metrics` are the ones its ``metrics.json`` recorded (to three
@@ -1285,6 +1324,7 @@ def finished_result(run_dir: str | Path) -> RecordedResult | None:
     if not (is_finite_number(seconds) and seconds >= 0):
         raise ValueError(f"{metrics_file} is malformed: 'seconds' must be a finite number >= 0")
     _check_final_row(Path(run_dir), run_data["matrix"], metrics.get("final_accuracy"))
+    _check_curves(Path(run_dir), run_data["matrix"], run_data["curves"], run_data["task_names"])
     result = RecordedResult(run_data["task_names"], matrix=run_data["matrix"],
                             baseline=[math.nan if a is None else float(a) for a in baseline], seconds=float(seconds),
                             recorded=_recorded_metrics(metrics_file, metrics, tasks))

@@ -1,0 +1,115 @@
+"""Parameters no consolidation acts on, frozen after the first tasks: ``FreezeUnconsolidated``,
+``--freeze-unconsolidated``."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import metaspike
+from metaspike.app.cli import main
+from metaspike.app.config import RunConfig
+from metaspike.app.runs import config_from_record
+from metaspike.continual import ContinualTrainer, TrainerConfig, make_scenario
+from metaspike.continual.freezing import FreezeUnconsolidated, unconsolidated_parameters
+from metaspike.training import Plugin
+
+
+def _binarized_mlp() -> nn.Module:
+    return metaspike.binarize(nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                                            nn.Linear(32, 10)))
+
+
+def test_the_unconsolidated_parameters_are_every_parameter_but_the_synapses():
+    net = _binarized_mlp()
+    hidden = {id(w) for _, w in metaspike.synapse.weight_matrices(net)}
+    found = unconsolidated_parameters(net)
+    assert len(hidden) == 2 and not hidden & {id(p) for p in found}
+    assert len(found) == len(list(net.parameters())) - 2  # (biases, gains, the BatchNorm's scale and shift)
+    mesu = metaspike.bayesianize(nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3)), "mesu")
+    synapse = next(metaspike.bayesian.synapses.bayesian_modules(mesu))[3]
+    assert len(synapse) == 2 and not {id(t) for t in synapse} & {id(p) for p in unconsolidated_parameters(mesu)}
+    assert unconsolidated_parameters(mesu)  # (the LayerNorm's, the layer's bias or gain)
+
+
+class _Snapshots(Plugin):
+    """Copies of the unconsolidated parameters and the synapses at each task's end."""
+
+    def __init__(self) -> None:
+        self.rest: list[list[torch.Tensor]] = []
+        self.synapses: list[list[torch.Tensor]] = []
+
+    def task_done(self, model, x, y, classes):
+        self.rest.append([p.detach().clone() for p in unconsolidated_parameters(model)])
+        self.synapses.append([w.detach().clone() for _, w in metaspike.synapse.weight_matrices(model)])
+
+
+def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("after", [1, 2])
+def test_after_its_tasks_only_the_synapses_learn(after, one_thread):
+    torch.manual_seed(0)
+    net = _binarized_mlp()
+    snapshots = _Snapshots()
+    trainer = ContinualTrainer(net, lambda m: metaspike.MetaplasticAdam(metaspike.param_groups(m, 1.0), lr=0.005),
+                               TrainerConfig(epochs=1, batch_size=64, batchnorm="shared"), progress=False,
+                               plugins=[FreezeUnconsolidated(after), snapshots])
+    trainer.fit(make_scenario("permuted", ["digits"], tasks=3, seed=1))
+    rest, synapses = snapshots.rest, snapshots.synapses
+    assert not _same(rest[after - 2], rest[after - 1]) if after > 1 else True  # (learning until then)
+    assert _same(rest[after - 1], rest[2])  # (frozen from then on)
+    assert not _same(synapses[1], synapses[2])  # (the synapses go on)
+    assert all(p.requires_grad for p in net.parameters())  # (the model's flags are left as they were)
+
+
+def test_the_plugin_refuses_a_count_below_one_and_a_malformed_state():
+    for bad in (0, 1.0, True, None):
+        with pytest.raises(ValueError, match=r"^after_tasks must be an integer >= 1"):
+            FreezeUnconsolidated(bad)
+    plugin = FreezeUnconsolidated(2)
+    plugin.load_state_dict({"tasks_done": 3})
+    assert plugin.freezing and plugin.state_dict() == {"tasks_done": 3}
+    with pytest.raises(ValueError, match="a FreezeUnconsolidated state holds 'tasks_done', an integer >= 0; got -1"):
+        plugin.load_state_dict({"tasks_done": -1})
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"tasks": 2, "freeze_unconsolidated": 2}, "--freeze-unconsolidated must be an integer in 1..1 (the tasks the "
+                                               "unconsolidated parameters learn during; at least one of the 2 --tasks "
+                                               "must follow), got 2"),
+    ({"tasks": 3, "freeze_unconsolidated": 0}, "--freeze-unconsolidated must be an integer in 1..2"),
+    ({"tasks": 3, "freeze_unconsolidated": True}, "--freeze-unconsolidated must be an integer in 1..2"),
+    ({"tasks": 3, "freeze_unconsolidated": 1, "scenario": "stream"}, "--freeze-unconsolidated: --scenario stream has "
+                                                                     "no task boundaries"),
+])
+def test_freezing_settings_out_of_range_are_one_line_naming_the_flag(settings, message):
+    with pytest.raises(ValueError) as caught:
+        RunConfig(**settings)
+    assert str(caught.value).startswith(message), caught.value
+
+
+def test_the_setting_names_the_run_and_a_record_without_it_reads_as_none():
+    config = RunConfig(tasks=3, freeze_unconsolidated=1)
+    assert config.name == "permuted-mnist5k-meta5-30-30-freeze1-seed1" and config.freezing_setting == "freeze after 1"
+    assert config_from_record(config.to_dict(), "config.json") == config
+    record = RunConfig(tasks=3).to_dict()
+    del record["freeze_unconsolidated"]  # (a run written before the setting existed)
+    assert config_from_record(record, "config.json").freeze_unconsolidated is None
+    with pytest.raises(ValueError, match=r"config\.json: --freeze-unconsolidated must be an integer in 1\.\.2"):
+        config_from_record({**config.to_dict(), "freeze_unconsolidated": "1"}, "config.json")
+
+
+def test_the_command_line_freezes_names_the_run_and_keeps_the_setting_on_resume(tmp_path, capsys, one_thread):
+    args = ["--dataset", "digits", "--epochs", "1", "--hidden", "16", "--quiet", "--out", str(tmp_path)]
+    assert main(["train", *args, "--tasks", "2", "--freeze-unconsolidated", "1"]) == 0
+    run = tmp_path / "permuted-digits-meta5-30-freeze1-seed1"
+    assert json.loads((run / "config.json").read_text())["freeze_unconsolidated"] == 1
+    assert "freeze after 1" in capsys.readouterr().out
+    (run / "metrics.json").unlink()  # as if stopped before the end
+    assert main(["train", "--resume", str(run), "--freeze-unconsolidated", "2"]) == 2
+    assert "--freeze-unconsolidated (stored 1, given 2)" in capsys.readouterr().err
+    assert main(["train", *args, "--tasks", "1", "--freeze-unconsolidated", "1"]) == 2
+    assert "--freeze-unconsolidated needs --tasks 2 or more: it freezes after a task" in capsys.readouterr().err
