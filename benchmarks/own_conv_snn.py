@@ -11,7 +11,9 @@ batch 64. ``--freeze-gains`` leaves the learned output gains (never consolidated
 conv SNN instead (conv 8, LIF, max-pool, linear, leaky-integrator readout, its largest membrane over the steps), and
 ``--network cnn`` a CNN of torch layers with BatchNorm (two conv-BatchNorm-ReLU blocks, a linear readout).
 Prints, per m, task 1's accuracy after task 1, then task 1's and task 2's after task 2 (means over ``--seeds``), and
-writes them to ``--out``/own_conv_snn.csv with the CPU and torch's threads.
+writes them to ``--out``/own_conv_snn.csv with the network, the settings, the CPU and torch's threads: each call writes
+the file anew, so give each network and setting its own ``--out`` (``benchmarks/results/own_conv_snn_zen5`` holds the
+rows of six such calls, put together).
 
     OMP_NUM_THREADS=1 python benchmarks/own_conv_snn.py [--meta 0 5 10 30] [--seeds 0 1 2] [--freeze-gains]
         [--freeze-unconsolidated]

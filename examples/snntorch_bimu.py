@@ -30,6 +30,7 @@ from metaspike.app.models import SPIKING_BIMU_SETTINGS, SPIKING_BIMU_TEMPERATURE
 from metaspike.app.plots import plot_first_task
 from metaspike.app.tables import format_matrix
 from metaspike.bayesian import bimu_parameters, plain_parameters, settings_for_batch
+from metaspike.files import writable_path
 from metaspike.snn import SpikingClassifier
 
 BATCH = 50
@@ -109,6 +110,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.epochs < 1:
         parser.error(f"argument --epochs: must be >= 1, got {args.epochs}")
+    try:  # (the figure's file, checked before the runs it shows: not a traceback after them)
+        writable_path(args.out, "--out")
+    except (OSError, ValueError) as err:
+        parser.error(f"argument --out: {err}")
     results = {"BiMU synapses": two_tasks(bimu_model_and_optimizer, args.epochs, args.seed),
                "binary synapses": two_tasks(binary_model_and_optimizer, args.epochs, args.seed)}
     print("\n".join(format_matrix(name, matrix) for name, matrix in results.items()))

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 import metaspike
 from metaspike.app.plots import plot_first_task
 from metaspike.app.tables import format_matrix
+from metaspike.files import writable_path
 
 STEPS = 10  # the input is repeated over 10 time steps, as in the tutorial
 
@@ -119,6 +120,10 @@ def main() -> None:
         parser.error(f"argument --epochs: must be >= 1, got {args.epochs}")
     if not 0 < args.lr < math.inf:
         parser.error(f"argument --lr: must be a finite number > 0, got {args.lr:g}")
+    try:  # (the figure's file, checked before the runs it shows: not a traceback after them)
+        writable_path(args.out, "--out")
+    except (OSError, ValueError) as err:
+        parser.error(f"argument --out: {err}")
     results = {f"meta = {meta:g}": two_tasks(meta, args.epochs, args.lr, args.seed) for meta in (0.0, args.meta)}
     print("\n".join(format_matrix(name, matrix) for name, matrix in results.items()))
     print(f"saved {plot_first_task(results, args.out)}")

@@ -25,7 +25,7 @@ from typing import IO, Any
 
 from metaspike.checks import shown
 
-__all__ = ["as_path", "atomic_open", "atomic_write_text", "atomic_write_bytes", "remove_stale_temporaries", "csv_text",
+__all__ = ["as_path", "writable_path", "atomic_open", "atomic_write_text", "atomic_write_bytes", "remove_stale_temporaries", "csv_text",
            "read_json", "read_regular_file", "tensor_problem", "check_plain_tensors", "MAX_NESTING", "MAX_KEY_PATH",
            "MAX_KEY_PATHS_TOTAL", "TEMPORARY_FILES", "JSON_MAX_BYTES"]
 
@@ -85,6 +85,26 @@ def expanded_path(path: object, what: str) -> Path:
         raise ValueError(f"{what} {str(given)!r}: the system knows no home folder for {given.parts[0]!r}") from None
 
 
+def writable_path(path: str | os.PathLike, what: str = "the file to write") -> Path:
+    """``path`` as a ``Path`` where :func:`atomic_open` can write a file (its folder exists, and it is no folder),
+    else the ``OSError`` it would raise: a script checks its output file so before it computes what goes in it.
+
+    Example:
+        >>> writable_path("/no/such/folder/figure.png")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: cannot write /no/such/folder/figure.png: its folder /no/such/folder does not exist
+    """
+    path = as_path(path, what)
+    if not path.parent.is_dir():  # (mkstemp would name its temporary file instead)
+        if path.parent.exists():
+            raise NotADirectoryError(f"cannot write {path}: {path.parent} is a file, not a folder")
+        raise FileNotFoundError(f"cannot write {path}: its folder {path.parent} does not exist")
+    if _is_folder(path):  # (refused before anything is written; os.replace would name the temporary file)
+        raise IsADirectoryError(f"cannot write {path}: it is a folder; name a file inside it or beside it")
+    return path
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path`` (``mode`` ``"w"`` or ``"wb"``); on success it replaces ``path``.
@@ -99,13 +119,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
-    path = as_path(path, "the file to write")
-    if not path.parent.is_dir():  # (mkstemp would name its temporary file instead)
-        if path.parent.exists():
-            raise NotADirectoryError(f"cannot write {path}: {path.parent} is a file, not a folder")
-        raise FileNotFoundError(f"cannot write {path}: its folder {path.parent} does not exist")
-    if _is_folder(path):  # (refused before anything is written; os.replace would name the temporary file)
-        raise IsADirectoryError(f"cannot write {path}: it is a folder; name a file inside it or beside it")
+    path = writable_path(path)
     handled = sys.exc_info()[1]  # (an exception being handled as the write starts: not one of the write's own)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # (TEMPORARY_FILES)

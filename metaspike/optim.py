@@ -427,12 +427,21 @@ def _check_consolidation(group: dict[str, Any], owner: str = "a metaplastic opti
     :func:`metaplastic` adds to another optimizer's groups, whose own settings are that optimizer's to check), and
     that it holds no Bayesian synapse's tensors: ``owner`` would train BiMU's ``λ`` or MESU's ``μ, σ`` as plain
     weights (``σ`` could turn negative, and BiMU's latent weights do not learn so)."""
-    roles = sorted({role for p in group["params"] if (role := synapse_role(p)) is not None})
-    if roles:
-        raise ValueError(f"{owner} got the {' and '.join(roles)} tensors of Bayesian synapses; " + BAYESIAN_ADVICE)
+    _refuse_bayesian_tensors(group, owner, "got")
     check_meta(group["meta"], "meta")
     get_rule(group["rule"])
     _check_optional_flag(group, "consolidate")
+
+
+def _refuse_bayesian_tensors(group: dict[str, Any], owner: str, verb: str) -> None:
+    """One ``ValueError`` where ``group`` holds a tensor of a Bayesian synapse: given to ``owner`` (``verb`` "got"), or
+    made one since (``"holds"``: ``bayesianize`` after the optimizer was built turns the weights it holds into BiMU's
+    ``λ`` or MESU's ``μ``, which it would then train as plain weights, MESU's ``σ`` by no optimizer)."""
+    roles = sorted({role for p in group["params"] if (role := synapse_role(p)) is not None})
+    if roles:
+        since = " (bayesianize made them after the optimizer was built)" if verb == "holds" else ""
+        raise ValueError(f"{owner} {verb} the {' and '.join(roles)} tensors of Bayesian synapses{since}; "
+                         + BAYESIAN_ADVICE)
 
 
 def _owner(optimizer: Optimizer) -> str:
@@ -557,6 +566,9 @@ class MetaplasticAdam(HookedAgainWhenCopied, Optimizer):
             foreach=foreach,
             fused=fused,
         )
+        if isinstance(params, nn.Module):  # (torch: "optimizer can only optimize Tensors, but one of the params is ...")
+            raise TypeError("MetaplasticAdam takes the model's parameters or param groups, not the model: "
+                            "MetaplasticAdam(metaspike.param_groups(model, meta)) or MetaplasticAdam(model.parameters())")
         super().__init__(params, defaults)
         self._add_hooks()
         warn_at_first_step_if_nothing_consolidated(self)
@@ -610,6 +622,7 @@ class MetaplasticAdam(HookedAgainWhenCopied, Optimizer):
                 raise RuntimeError("MetaplasticAdam does not support sparse gradients")
             _check_state_follows(self.state, params)
             _check_consolidated_real(group, "MetaplasticAdam")
+            _refuse_bayesian_tensors(group, "MetaplasticAdam", "holds")
 
     @torch.no_grad()
     @torch.compiler.disable
@@ -670,6 +683,7 @@ def check_before_step(optimizer: Optimizer) -> None:
         check_keys_kept(group, getattr(optimizer, "_metaspike_group_keys", optimizer.defaults))
         _check_edited_consolidation(group)
         _check_consolidated_real(group, _owner(optimizer))
+        _refuse_bayesian_tensors(group, _owner(optimizer), "holds")
 
 
 def _check_edited_consolidation(group: dict[str, Any]) -> None:

@@ -32,6 +32,9 @@ def _run(script: str, *flags: str, cwd: Path) -> subprocess.CompletedProcess:
     ("benchmarks/neuron_tradeoff.py", ["--seeds", "x", "--out", "nt"], "argument --seeds: must be an integer in 0.."),
     ("benchmarks/own_conv_snn.py", ["--meta", "0", "0"], "argument --meta: 0.0 is given twice"),
     ("examples/snntorch_tutorial_metaplastic.py", ["--meta", "-1"], "argument --meta: must be a finite number >= 0"),
+    ("examples/snntorch_tutorial_metaplastic.py", ["--out", "none/x.png"], "argument --out: cannot write none/x.png: "
+                                                                          "its folder none does not exist"),
+    ("examples/snntorch_bimu.py", ["--out", "earlier"], "argument --out: cannot write earlier: it is a folder"),
 ])
 def test_a_bad_flag_is_one_line_before_anything_runs(tmp_path, script, flags, message):
     (tmp_path / "afile").write_text("")

@@ -175,6 +175,10 @@ def test_plot_refuses_curves_that_contradict_the_matrix_or_lack_an_epoch(tmp_pat
     assert main(["plot", str(run)]) == 2
     assert ("curves.csv: task 1, which accuracy_matrix.csv holds, has epoch 3 where epoch 2 belongs"
             in capsys.readouterr().err)
+    stray = ",".join(["3", "1", "7", *["0.5"] * (len(header) - 3)]) + "\n"  # (a task the run does not have)
+    (run / "curves.csv").write_text("".join([*curves, stray]))
+    assert main(["plot", str(run)]) == 2
+    assert "curves.csv holds epochs of task 3, which" in capsys.readouterr().err
     (run / "curves.csv").write_text("".join(curves))
     assert main(["plot", str(run)]) == 0  # (the run's own curves agree with its matrix)
 

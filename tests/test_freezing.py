@@ -84,6 +84,12 @@ def test_the_plugin_refuses_a_count_below_one_and_a_malformed_state():
     ({"tasks": 3, "freeze_unconsolidated": True}, "--freeze-unconsolidated must be an integer in 1..2"),
     ({"tasks": 3, "freeze_unconsolidated": 1, "scenario": "stream"}, "--freeze-unconsolidated: --scenario stream has "
                                                                      "no task boundaries"),
+    ({"tasks": 3, "freeze_unconsolidated": 1, "scenario": "joint"}, "--freeze-unconsolidated: --scenario joint trains "
+                                                                    "its tasks as one, so no task ends before the last"),
+    ({"tasks": 3, "freeze_unconsolidated": 1, "model": "mlp"}, "--freeze-unconsolidated: model 'mlp' has no parameter "
+                                                               "besides its synapses"),
+    ({"tasks": 3, "freeze_unconsolidated": 1, "model": "bimu", "batch_size": 1}, "--freeze-unconsolidated: model "
+                                                                                 "'bimu' has no parameter besides"),
 ])
 def test_freezing_settings_out_of_range_are_one_line_naming_the_flag(settings, message):
     with pytest.raises(ValueError) as caught:
@@ -113,3 +119,27 @@ def test_the_command_line_freezes_names_the_run_and_keeps_the_setting_on_resume(
     assert "--freeze-unconsolidated (stored 1, given 2)" in capsys.readouterr().err
     assert main(["train", *args, "--tasks", "1", "--freeze-unconsolidated", "1"]) == 2
     assert "--freeze-unconsolidated needs --tasks 2 or more: it freezes after a task" in capsys.readouterr().err
+
+
+def test_float_weight_matrices_that_freeze_too_are_named_once_and_a_wrong_argument_is_one_line():
+    net = metaspike.binarize(nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)),
+                             exclude=["1"])
+    plugin = FreezeUnconsolidated(1)
+    plugin.task_done(net, None, None, None)
+    with pytest.warns(UserWarning, match=r"^FreezeUnconsolidated freezes float weight matrices too after the first "
+                                         r"task, since they are no synapse: 1\.weight \(32x64\)$"):
+        plugin.before_step(net)
+    plugin.before_step(net)  # (named once)
+    for wrong in (metaspike.MetaplasticAdam(net.parameters()), list(net.parameters()), None):
+        with pytest.raises(TypeError, match=r"^FreezeUnconsolidated's hooks take the model \(an nn\.Module\), got "):
+            plugin.before_step(wrong)
+
+
+def test_a_comparison_of_kinds_freezes_those_with_something_to_freeze_and_says_so_per_row(tmp_path, one_thread):
+    from metaspike.app import compare
+
+    base = RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(8,), freeze_unconsolidated=1)
+    _, rows = compare.compare_neurons(base, ["bnn", "mlp"], [0.0], [1], out=tmp_path, progress=False)
+    assert [row["setting"] for row in rows] == ["bnn meta=0 freeze after 1", "mlp"]
+    made = sorted(p.name for p in next(tmp_path.iterdir()).iterdir() if p.is_dir())
+    assert made == ["permuted-digits-meta0-freeze1-seed1", "permuted-digits-mlp-seed1"]

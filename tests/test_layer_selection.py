@@ -496,6 +496,29 @@ def test_metaplastic_adam_and_param_groups_refuse_bayesian_synapses(kind):
         hooked.add_param_group({"params": bimu_parameters(net) if kind == "bimu" else mesu_param_groups(net)[0]["params"]})
 
 
+@pytest.mark.parametrize("kind", ["bimu", "mesu"])
+def test_an_optimizer_built_before_bayesianize_refuses_to_step_the_synapses_it_made(kind):
+    """bayesianize turns the weights an optimizer already holds into λ or μ: MetaplasticAdam stepped them as plain
+    consolidated weights (MESU's σ in no optimizer), without a word."""
+    from metaspike import MetaplasticAdam, param_groups
+
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    adam = MetaplasticAdam(param_groups(net, 5.0), lr=0.01)
+    hooked = metaspike.metaplastic(torch.optim.SGD(net.parameters(), lr=0.01), meta=1.0)
+    bayesianize(net, kind)
+    out = net(torch.randn(2, 4))
+    (out if out.dim() == 2 else out.mean(0)).sum().backward()
+    before = [p.detach().clone() for p in net.parameters()]
+    role = "latent" if kind == "bimu" else "mean"
+    for optimizer, owner in ((adam, "MetaplasticAdam"), (hooked, r"metaplastic\(SGD\)")):
+        with pytest.raises(ValueError, match=rf"^{owner} holds the {role} tensors of Bayesian synapses \(bayesianize "
+                                             r"made them after the optimizer was built\); train them with"):
+            optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))  # (refused before anything moved)
+    with pytest.raises(TypeError, match=r"^MetaplasticAdam takes the model's parameters or param groups, not the model"):
+        MetaplasticAdam(net)
+
+
 @pytest.mark.parametrize("kind", ["sign", "bimu"])
 def test_a_zero_initialised_layer_gets_a_gain_that_passes_gradients(kind):
     """A gain started at mean |W| = 0 would pass no gradient to the synapses."""

@@ -5,6 +5,7 @@ import os
 import re
 import threading
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -425,6 +426,8 @@ def test_nir_export_refuses_an_input_shape_that_does_not_fit_before_it_writes(tm
             export_nir(net, input_shape=shape)
     with pytest.raises(ValueError, match="export_nir: no folder"):
         export_nir(net, tmp_path / "none" / "net.nir", input_shape=(1, 8, 8))
+    with pytest.raises(ValueError, match=r"^export_nir: path '.*' is a folder; give a file in it, e\.g\. "):
+        export_nir(net, tmp_path, input_shape=(1, 8, 8))  # (h5py's IsADirectoryError)
     # (h5py cut the name at the NUL: it wrote over the file "net" beside it)
     with pytest.raises(ValueError, match=r"^export_nir: path '.*net\\x00\.nir' holds a NUL character"):
         export_nir(net, f"{tmp_path}/net\0.nir", input_shape=(1, 8, 8))
@@ -817,6 +820,17 @@ def test_input_of_another_dtype_than_a_conv_networks_weights_is_one_line_too(dty
         SpikingClassifier(net, num_steps=2, encoder="rate", input_shape=(1, 8, 8))(torch.rand(3, 1, 8, 8).double())
 
 
+def test_a_norse_network_in_another_dtype_than_float32_is_one_line_naming_its_neuron():
+    """Norse keeps a cell's parameters as float32 tensors that .to() leaves alone: torch's "mat1 and mat2 must have
+    the same dtype" came from inside the next linear layer."""
+    norse = pytest.importorskip("norse.torch")
+    net = metaspike.binarize(norse.SequentialState(nn.Linear(16, 8), norse.LIFCell(), nn.Linear(8, 3), norse.LICell()))
+    with pytest.raises(ModelError, match=r"^network: module '1' \(LIFCell\) is a Norse neuron, whose parameters "
+                                         r".* so a torch\.bfloat16 network fails on mixed dtypes; run a Norse network "
+                                         "in float32$"):
+        SpikingClassifier(net.to(torch.bfloat16), 3, encoder="direct")(torch.rand(2, 16, dtype=torch.bfloat16))
+
+
 def test_an_error_of_another_kind_than_dtypes_is_not_read_as_one_where_the_dtypes_differ():
     """Input of bfloat16 under autocast runs a float32 network; its genuine shape error was answered with "convert
     the input" (the dtypes differed, though the error was not about them)."""
@@ -962,3 +976,20 @@ def test_a_network_that_loses_or_moves_the_batch_is_one_line(output):
     with pytest.raises(ValueError, match=r"^SpikingClassifier: the network's outputs read out to shape .* for a batch "
                                          r"of 3: the batch must come first, \[3, ...\]"):
         model(x)
+
+
+def test_nir_export_of_a_classifier_of_a_compiled_network_exports_the_network_it_compiles():
+    pytest.importorskip("nir")
+    snn = pytest.importorskip("snntorch")
+    from metaspike.snn import SpikingClassifier
+    from metaspike.snn.nir import export_nir
+
+    leaky = dict(beta=0.9, init_hidden=True, reset_mechanism="zero")
+    net = metaspike.binarize(nn.Sequential(nn.Flatten(), nn.Linear(16, 8), snn.Leaky(**leaky), nn.Linear(8, 3),
+                                           snn.Leaky(**leaky, output=True)))
+    plain = export_nir(SpikingClassifier(net, 3, input_shape=(1, 4, 4)))
+    compiled = export_nir(SpikingClassifier(torch.compile(net), 3, input_shape=(1, 4, 4)))  # (README's way)
+    assert list(compiled.nodes) == list(plain.nodes)
+    for key, node in plain.nodes.items():
+        if hasattr(node, "weight"):
+            assert np.array_equal(compiled.nodes[key].weight, node.weight)

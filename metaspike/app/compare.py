@@ -135,7 +135,7 @@ def _neuron_rows(base: RunConfig, neurons: Sequence[str], metas: Sequence[float]
                     else [base.for_model(n)]):
             rows += [Row({"setting": " ".join(filter(None, [f"{n} meta={m:g} {_rule_setting(own, rules)}".rstrip()
                                                             if takes_meta(n) else _kind_label(base, n),
-                                                            base.baseline_setting, base.freezing_setting])),
+                                                            base.baseline_setting, own.freezing_setting])),
                           "neuron": n, "meta": m if takes_meta(n) else None, "rule": own.rule},
                          tuple(replace(own, seed=int(seed), **({"meta": (float(m),)} if takes_meta(n) else {}))
                                for seed in seeds))
@@ -146,7 +146,8 @@ def _neuron_rows(base: RunConfig, neurons: Sequence[str], metas: Sequence[float]
 def _kind_label(base: RunConfig, kind: str) -> str:
     """``kind`` and the kind-only settings it runs with (``"leaky+bimu readout_lambda=1"``)."""
     own = base.for_model(kind)
-    extras = [f"{key}={getattr(own, key):g}" for key in KIND_SETTINGS if getattr(own, key) is not None]
+    extras = [f"{key}={getattr(own, key):g}" for key in KIND_SETTINGS
+              if getattr(own, key) is not None and key != "freeze_unconsolidated"]  # (that one: freezing_setting)
     return " ".join([kind, *extras])
 
 

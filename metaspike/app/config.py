@@ -23,6 +23,7 @@ from metaspike.app.models import (
     SAMPLED_EVALUATION,
     available_models,
     build_optimizer,
+    has_unconsolidated_parameters,
     is_spiking,
     optimizer_kind,
     published_settings,
@@ -132,6 +133,7 @@ KIND_SETTINGS: dict[str, Callable[[str], bool]] = {
     "memory_window": lambda model: optimizer_kind(model) in BAYESIAN_OPTIMIZERS,
     "readout_lambda": lambda model: optimizer_kind(model) in ("bimu", "bimu+adam"),
     "eval_samples": lambda model: model in SAMPLED_EVALUATION,
+    "freeze_unconsolidated": has_unconsolidated_parameters,
 }
 
 
@@ -417,14 +419,18 @@ class RunConfig:
 
     def _check_freezing(self) -> None:
         """``freeze_unconsolidated``: ``None``, or a number of tasks after which a task is left to train, on a scenario
-        with task boundaries (any model kind: in a float network trained by SGD, ``mlp``, the biases freeze, which makes
-        it the reference of a comparison whose other models freeze theirs)."""
+        whose tasks train one after another, for a model kind with parameters besides its synapses."""
         after = self.freeze_unconsolidated
         if after is None:
             return
-        if self.scenario == "stream":
-            raise ValueError("--freeze-unconsolidated: --scenario stream has no task boundaries to freeze after; use "
-                             "another scenario, or leave the flag out")
+        if self.scenario in ("stream", "joint"):
+            why = "has no task boundaries" if self.scenario == "stream" else "trains its tasks as one"
+            raise ValueError(f"--freeze-unconsolidated: --scenario {self.scenario} {why}, so no task ends before the "
+                             "last to freeze after; use a scenario of tasks in turn, or leave the flag out")
+        if not KIND_SETTINGS["freeze_unconsolidated"](self.model):
+            raise ValueError(f"--freeze-unconsolidated: model {self.model!r} has no parameter besides its synapses (no "
+                             "bias, learned gain, normalisation scale or neuron parameter), so nothing would freeze; "
+                             "leave the flag out")
         if self.tasks < 2:
             raise ValueError("--freeze-unconsolidated needs --tasks 2 or more: it freezes after a task, and one must "
                              "follow")
@@ -483,7 +489,8 @@ class RunConfig:
             >>> RunConfig(model="bnn", lr=0.01).for_model("mlp").lr, RunConfig(model="bnn", lr=0.01).for_model("leaky").lr
             (0.05, 0.01)
         """
-        unset = {key: None for key, takes in KIND_SETTINGS.items() if not takes(model)}
+        unset = {key: None for key, takes in KIND_SETTINGS.items()
+                 if getattr(self, key) is not None and not takes(model)}
         if optimizer_kind(model) != optimizer_kind(self.model):
             unset.update(dict.fromkeys(OPTIMIZER_SETTINGS))
         return replace(self, model=model, **unset)

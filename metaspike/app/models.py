@@ -28,6 +28,7 @@ Adding a kind = one builder ``(hidden, input_shape, classes, num_steps) -> nn.Mo
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -43,7 +44,8 @@ from metaspike.checks import is_finite_number, unknown_name
 __all__ = ["available_models", "is_spiking", "build_model", "describe_model", "optimizer_kind", "uses_batchnorm",
            "is_builtin", "weight_layer_count", "build_optimizer", "published_settings", "OPTIMIZER_KINDS", "BIMU_SETTINGS", "MESU_SETTINGS", "SPIKING_BIMU_SETTINGS",
            "BIMU_SUFFIX", "BAYESIAN_OPTIMIZERS", "SAMPLED_EVALUATION", "Standardize", "DEFAULT_LR",
-           "OPTIMIZER_SETTINGS", "takes_setting"]
+           "OPTIMIZER_SETTINGS", "takes_setting",
+           "has_unconsolidated_parameters"]
 
 #: BiMU's settings for a 784-100-10 network with the 0/1 "reverse gate" activation on 100 permuted-MNIST tasks at
 #: batch size 1 (the activation appendix of Cottart et al. 2026; its code's bimu-gate configuration). They are tuned
@@ -283,6 +285,28 @@ def published_settings(kind: str) -> dict[str, float] | None:
     """
     which = optimizer_kind(kind)
     return {"bimu": BIMU_SETTINGS, "mesu": MESU_SETTINGS, "bimu+adam": SPIKING_BIMU_SETTINGS}.get(which)
+
+
+@functools.cache
+def has_unconsolidated_parameters(kind: str) -> bool:
+    """Whether model ``kind`` has parameters besides its synapses (biases, learned gains, a normalisation's scale and
+    shift, neuron parameters: :func:`metaspike.continual.unconsolidated_parameters`), which ``--freeze-unconsolidated``
+    freezes; found on a small model of the kind, once per kind (a kind whose small model cannot be built is taken to
+    have some, and its run finds out).
+
+    Example:
+        >>> has_unconsolidated_parameters("bnn"), has_unconsolidated_parameters("bimu")
+        (True, False)
+    """
+    from metaspike.continual.freezing import unconsolidated_parameters
+
+    _check_kind(kind)
+    with torch.random.fork_rng(devices=[]):  # (the model's initialisation draws nothing from the run's generator)
+        try:
+            model = build_model(kind, [8], (1, 4, 4), 2)
+        except Exception:  # (a user's registered model may need other sizes: the run checks its own model)
+            return True
+    return bool(unconsolidated_parameters(model))
 
 
 def uses_batchnorm(kind: str) -> bool:

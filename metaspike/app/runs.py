@@ -1175,9 +1175,10 @@ _CURVE_AGREEMENT = _rounding(ACCURACY_DECIMALS) + _rounding(6)
 
 def _check_curves(run_dir: Path, matrix: list[Sequence[float]], curves: list[dict[str, float]],
                   task_names: list[str]) -> None:
-    """Each task with a row in the matrix has its epochs in ``curves.csv`` as ``1, 2, ...``, the last one with that
-    row's accuracies (both are written from one evaluation; the curves to more decimals): curves edited by hand, cut by
-    a row or copied from another run would otherwise be drawn as this run's. A run without curves passes."""
+    """``curves.csv`` holds the epochs of the tasks the matrix has a row of and of no other, each task's as ``1, 2,
+    ...``, the last one with that row's accuracies (both are written from one evaluation; the curves to more
+    decimals): curves edited by hand, cut by a row, added to or copied from another run would otherwise be drawn as
+    this run's. A run without curves passes."""
     if not curves:
         return
     file = run_dir / "curves.csv"
@@ -1188,21 +1189,24 @@ def _check_curves(run_dir: Path, matrix: list[Sequence[float]], curves: list[dic
             raise ValueError(f"{file}: every row needs its task and epoch, whole numbers >= 1; found {shown(task)} and "
                              f"{shown(epoch)}")
         epochs_of.setdefault(int(task), []).append(row)
-    for task, row in enumerate(matrix, start=1):
-        if all(math.isnan(a) for a in row):  # (not evaluated after this task: no epochs of it were logged)
-            continue
-        rows = epochs_of.get(task, [])
-        epochs = [int(r["epoch"]) for r in rows]
-        wrong = next((n for n, epoch in enumerate(epochs, start=1) if epoch != n), None)
+    evaluated = {task for task, row in enumerate(matrix, start=1) if not all(math.isnan(a) for a in row)}
+    stray = sorted(set(epochs_of) - evaluated)
+    if stray:  # (a task not evaluated logged no epochs, and a task beyond the run none at all)
+        raise ValueError(f"{file} holds epochs of task {stray[0]}, which {run_dir / 'accuracy_matrix.csv'} has no "
+                         "row of: a row was added, edited or copied from another run")
+    for task in sorted(evaluated):
+        row, rows = matrix[task - 1], epochs_of.get(task, [])
+        numbers = [int(r["epoch"]) for r in rows]
+        wrong = next((n for n, epoch in enumerate(numbers, start=1) if epoch != n), None)
         if not rows or wrong is not None:
-            found = "no row" if not rows else f"epoch {epochs[wrong - 1]} where epoch {wrong} belongs"
+            found = "no row" if not rows else f"epoch {numbers[wrong - 1]} where epoch {wrong} belongs"
             raise ValueError(f"{file}: task {task}, which accuracy_matrix.csv holds, has {found} (training logs epochs "
-                             "1, 2, ... of each task): a row was deleted, edited or copied from another run")
+                             "1, 2, ... of each task): a row was deleted, added, edited or copied from another run")
         last = rows[-1]
         for name, accuracy in zip(task_names, row):
-            logged = last.get(name, math.nan)
-            if math.isnan(accuracy) != math.isnan(logged) or abs(accuracy - logged) > _CURVE_AGREEMENT:
-                raise ValueError(f"{file}: task {task}'s last epoch ({epochs[-1]}) gives {shown(logged)} % on {name}, "
+            value = last.get(name, math.nan)
+            if math.isnan(accuracy) != math.isnan(value) or abs(accuracy - value) > _CURVE_AGREEMENT:
+                raise ValueError(f"{file}: task {task}'s last epoch ({numbers[-1]}) gives {shown(value)} % on {name}, "
                                  f"{run_dir / 'accuracy_matrix.csv'} {shown(accuracy)} %: one of them was edited or "
                                  "copied from another run")
 

@@ -9,6 +9,7 @@ tasks only, as a plugin of :class:`~metaspike.continual.ContinualTrainer` (``met
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -16,7 +17,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from metaspike.bayesian.synapses import bayesian_modules
-from metaspike.checks import is_whole, shown
+from metaspike.caller import user_stacklevel
+from metaspike.checks import is_whole, listed, shown
 from metaspike.synapse import weight_matrices
 from metaspike.training import Plugin
 
@@ -39,11 +41,24 @@ def unconsolidated_parameters(model: nn.Module) -> list[Tensor]:
     return [p for p in model.parameters() if id(p) not in synapses]
 
 
+def _warn_of_weight_matrices(model: nn.Module, frozen: list[Tensor], after_tasks: int) -> None:
+    """One warning naming the weight matrices (tensors of more than one entry per output; not a per-channel ``(C, 1,
+    1)`` vector) among ``frozen``: a user who left a layer out of ``binarize`` may expect it to go on learning."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    matrices = [f"{names[id(p)]} ({'x'.join(map(str, p.shape))})" for p in frozen
+                if p.dim() >= 2 and p.numel() > p.shape[0] and id(p) in names]
+    if matrices:
+        task = "task" if after_tasks == 1 else f"{after_tasks} tasks"
+        warnings.warn(f"FreezeUnconsolidated freezes float weight matrices too after the first {task}, since they are no "
+                      f"synapse: {listed(matrices, 6)}", stacklevel=user_stacklevel())
+
+
 class FreezeUnconsolidated(Plugin):
     """After ``after_tasks`` tasks, the parameters no consolidation acts on (:func:`unconsolidated_parameters`) stop
     learning, while the synapses go on: before each optimizer step their gradients are dropped (``grad = None``, which
     every torch optimizer skips), so they keep the values the first tasks gave them. The model's ``requires_grad``
-    flags are left as they are.
+    flags are left as they are. Whatever is no synapse freezes, float weight matrices too (a layer left out of
+    ``binarize``, a recurrent cell's weights): where there are any, the first frozen step names them in a warning.
 
     On two permuted 8x8-digit tasks (5 seeds, AMD EPYC Zen 5, ``benchmarks/own_conv_snn.py``) it moved the trade-off of
     small spiking networks outward: an snnTorch conv SNN kept 43.8 % of task 1 with task 2 at 67.7 % at m = 10, against
@@ -70,9 +85,14 @@ class FreezeUnconsolidated(Plugin):
         return self.tasks_done >= self.after_tasks
 
     def _parameters_of(self, model: nn.Module) -> list[Tensor]:
-        """:func:`unconsolidated_parameters` of ``model``, found once per model (a model keeps its layers)."""
+        """:func:`unconsolidated_parameters` of ``model``, found once per model (a model keeps its layers), with a
+        warning that names the float weight matrices among them."""
+        if not isinstance(model, nn.Module):  # (an optimizer or a parameter list failed deep inside the search)
+            raise TypeError(f"FreezeUnconsolidated's hooks take the model (an nn.Module), got {type(model).__name__}")
         if self._frozen is None or self._frozen[0]() is not model:
-            self._frozen = (weakref.ref(model), unconsolidated_parameters(model))
+            frozen = unconsolidated_parameters(model)
+            self._frozen = (weakref.ref(model), frozen)
+            _warn_of_weight_matrices(model, frozen, self.after_tasks)
         return self._frozen[1]
 
     def before_step(self, model: nn.Module) -> None:

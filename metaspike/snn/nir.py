@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from metaspike.checks import finite_number, first_line, is_whole
+from metaspike.compiled import uncompiled
 from metaspike.files import as_path, memory_available, read_regular_file
 from metaspike.gain import output_gain
 from metaspike.layer_selection import synapse_parametrization
@@ -235,6 +236,7 @@ def export_nir(
     if isinstance(model, SpikingClassifier):
         input_shape = input_shape or model.input_shape
         model = model.network
+    model = uncompiled(model)  # (SpikingClassifier(torch.compile(network)): the network it compiles is exported)
     if input_shape is None:
         raise ValueError(f"export_nir needs input_shape (one sample's shape, e.g. (1, 28, 28)) for {what}")
     if not isinstance(model, nn.Sequential):
@@ -247,6 +249,9 @@ def export_nir(
         path = as_path(path, "export_nir: path")
         if not path.parent.is_dir():
             raise ValueError(f"export_nir: no folder {str(path.parent)!r} to write {str(path)!r} in")
+        if path.is_dir():  # (h5py's IsADirectoryError from inside its file creation)
+            raise ValueError(f"export_nir: path {str(path)!r} is a folder; give a file in it, e.g. "
+                             f"{str(path / 'network.nir')!r}")
     shape = tuple(int(s) for s in input_shape)
     nodes: list = []
     pending: np.ndarray | None = None  # the last weight layer's gain, not yet folded

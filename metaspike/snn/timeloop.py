@@ -197,6 +197,10 @@ def _mixed_dtypes(network: nn.Module, x: Tensor, err: RuntimeError) -> Exception
                               "network fails on mixed dtypes; build its neurons with "
                               "spike_grad=metaspike.snn.surrogate('atan') (or another name), which keeps the input's "
                               "dtype")
+        if type(getattr(module, "p", None)).__module__.startswith("norse"):  # (a cell's parameters: LIFParameters...)
+            return ModelError(f"network: module {name!r} ({type(module).__name__}) is a Norse neuron, whose parameters "
+                              "(time constants, threshold) Norse keeps as float32 tensors that network.to() does not "
+                              f"convert, so a {weights} network fails on mixed dtypes; run a Norse network in float32")
     return None
 
 
