@@ -25,7 +25,8 @@ from typing import IO, Any
 
 from metaspike.checks import shown
 
-__all__ = ["as_path", "writable_path", "atomic_open", "atomic_write_text", "atomic_write_bytes", "remove_stale_temporaries", "csv_text",
+__all__ = ["as_path", "writable_path", "atomic_open", "atomic_write_text", "atomic_write_bytes",
+           "remove_stale_temporaries", "csv_text",
            "read_json", "read_regular_file", "tensor_problem", "check_plain_tensors", "MAX_NESTING", "MAX_KEY_PATH",
            "MAX_KEY_PATHS_TOTAL", "TEMPORARY_FILES", "JSON_MAX_BYTES"]
 

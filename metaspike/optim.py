@@ -566,9 +566,10 @@ class MetaplasticAdam(HookedAgainWhenCopied, Optimizer):
             foreach=foreach,
             fused=fused,
         )
-        if isinstance(params, nn.Module):  # (torch: "optimizer can only optimize Tensors, but one of the params is ...")
+        if isinstance(params, nn.Module):  # (torch: "optimizer can only optimize Tensors, but one of the params...")
             raise TypeError("MetaplasticAdam takes the model's parameters or param groups, not the model: "
-                            "MetaplasticAdam(metaspike.param_groups(model, meta)) or MetaplasticAdam(model.parameters())")
+                            "MetaplasticAdam(metaspike.param_groups(model, meta)) or "
+                            "MetaplasticAdam(model.parameters())")
         super().__init__(params, defaults)
         self._add_hooks()
         warn_at_first_step_if_nothing_consolidated(self)

@@ -84,8 +84,8 @@ def test_the_plugin_refuses_a_count_below_one_and_a_malformed_state():
     ({"tasks": 3, "freeze_unconsolidated": True}, "--freeze-unconsolidated must be an integer in 1..2"),
     ({"tasks": 3, "freeze_unconsolidated": 1, "scenario": "stream"}, "--freeze-unconsolidated: --scenario stream has "
                                                                      "no task boundaries"),
-    ({"tasks": 3, "freeze_unconsolidated": 1, "scenario": "joint"}, "--freeze-unconsolidated: --scenario joint trains "
-                                                                    "its tasks as one, so no task ends before the last"),
+    ({"tasks": 3, "freeze_unconsolidated": 1, "scenario": "joint"},
+     "--freeze-unconsolidated: --scenario joint trains its tasks as one, so no task ends before the last"),
     ({"tasks": 3, "freeze_unconsolidated": 1, "model": "mlp"}, "--freeze-unconsolidated: model 'mlp' has no parameter "
                                                                "besides its synapses"),
     ({"tasks": 3, "freeze_unconsolidated": 1, "model": "bimu", "batch_size": 1}, "--freeze-unconsolidated: model "

@@ -823,6 +823,8 @@ def test_input_of_another_dtype_than_a_conv_networks_weights_is_one_line_too(dty
 def test_a_norse_network_in_another_dtype_than_float32_is_one_line_naming_its_neuron():
     """Norse keeps a cell's parameters as float32 tensors that .to() leaves alone: torch's "mat1 and mat2 must have
     the same dtype" came from inside the next linear layer."""
+    from metaspike.checks import ModelError
+
     norse = pytest.importorskip("norse.torch")
     net = metaspike.binarize(norse.SequentialState(nn.Linear(16, 8), norse.LIFCell(), nn.Linear(8, 3), norse.LICell()))
     with pytest.raises(ModelError, match=r"^network: module '1' \(LIFCell\) is a Norse neuron, whose parameters "

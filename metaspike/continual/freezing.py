@@ -49,8 +49,8 @@ def _warn_of_weight_matrices(model: nn.Module, frozen: list[Tensor], after_tasks
                 if p.dim() >= 2 and p.numel() > p.shape[0] and id(p) in names]
     if matrices:
         task = "task" if after_tasks == 1 else f"{after_tasks} tasks"
-        warnings.warn(f"FreezeUnconsolidated freezes float weight matrices too after the first {task}, since they are no "
-                      f"synapse: {listed(matrices, 6)}", stacklevel=user_stacklevel())
+        warnings.warn(f"FreezeUnconsolidated freezes float weight matrices too after the first {task}, since they "
+                      f"are no synapse: {listed(matrices, 6)}", stacklevel=user_stacklevel())
 
 
 class FreezeUnconsolidated(Plugin):
