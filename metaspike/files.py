@@ -87,8 +87,9 @@ def expanded_path(path: object, what: str) -> Path:
 
 
 def writable_path(path: str | os.PathLike, what: str = "the file to write") -> Path:
-    """``path`` as a ``Path`` where :func:`atomic_open` can write a file (its folder exists, and it is no folder),
-    else the ``OSError`` it would raise: a script checks its output file so before it computes what goes in it.
+    """``path`` as a ``Path`` where :func:`atomic_open` can write a file (its folder exists and takes new files, and it
+    is no folder), else an ``OSError`` that says why: a script checks its output file so before it computes what goes
+    in it.
 
     Example:
         >>> writable_path("/no/such/folder/figure.png")
@@ -96,6 +97,15 @@ def writable_path(path: str | os.PathLike, what: str = "the file to write") -> P
         ...
         FileNotFoundError: cannot write /no/such/folder/figure.png: its folder /no/such/folder does not exist
     """
+    path = _target(path, what)
+    if not os.access(path.parent, os.W_OK | os.X_OK):  # (a read-only folder or file system)
+        raise PermissionError(f"cannot write {path}: its folder {path.parent} takes no new files (read-only)")
+    return path
+
+
+def _target(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a ``Path`` whose folder exists and which is no folder, else the ``OSError`` that says so: what
+    :func:`atomic_open` checks before it writes (a folder it cannot write in, it names as the OS does)."""
     path = as_path(path, what)
     if not path.parent.is_dir():  # (mkstemp would name its temporary file instead)
         if path.parent.exists():
@@ -120,7 +130,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
-    path = writable_path(path)
+    path = _target(path, "the file to write")
     handled = sys.exc_info()[1]  # (an exception being handled as the write starts: not one of the write's own)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # (TEMPORARY_FILES)

@@ -2,6 +2,7 @@
 ``--freeze-unconsolidated``."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -86,10 +87,6 @@ def test_the_plugin_refuses_a_count_below_one_and_a_malformed_state():
                                                                      "no task boundaries"),
     ({"tasks": 3, "freeze_unconsolidated": 1, "scenario": "joint"},
      "--freeze-unconsolidated: --scenario joint trains its tasks as one, so no task ends before the last"),
-    ({"tasks": 3, "freeze_unconsolidated": 1, "model": "mlp"}, "--freeze-unconsolidated: model 'mlp' has no parameter "
-                                                               "besides its synapses"),
-    ({"tasks": 3, "freeze_unconsolidated": 1, "model": "bimu", "batch_size": 1}, "--freeze-unconsolidated: model "
-                                                                                 "'bimu' has no parameter besides"),
 ])
 def test_freezing_settings_out_of_range_are_one_line_naming_the_flag(settings, message):
     with pytest.raises(ValueError) as caught:
@@ -119,6 +116,10 @@ def test_the_command_line_freezes_names_the_run_and_keeps_the_setting_on_resume(
     assert "--freeze-unconsolidated (stored 1, given 2)" in capsys.readouterr().err
     assert main(["train", *args, "--tasks", "1", "--freeze-unconsolidated", "1"]) == 2
     assert "--freeze-unconsolidated needs --tasks 2 or more: it freezes after a task" in capsys.readouterr().err
+    for kind in ("mlp", "bnn-layernorm"):  # (nothing besides their synapses)
+        assert main(["train", *args, "--tasks", "2", "--model", kind, "--freeze-unconsolidated", "1"]) == 2
+        assert (f"--freeze-unconsolidated: model {kind!r} has no parameter besides its synapses (no bias, learned "
+                "gain, normalisation scale or neuron parameter), so nothing would freeze") in capsys.readouterr().err
 
 
 def test_float_weight_matrices_that_freeze_too_are_named_once_and_a_wrong_argument_is_one_line():
@@ -131,8 +132,21 @@ def test_float_weight_matrices_that_freeze_too_are_named_once_and_a_wrong_argume
         plugin.before_step(net)
     plugin.before_step(net)  # (named once)
     for wrong in (metaspike.MetaplasticAdam(net.parameters()), list(net.parameters()), None):
-        with pytest.raises(TypeError, match=r"^FreezeUnconsolidated's hooks take the model \(an nn\.Module\), got "):
-            plugin.before_step(wrong)
+        for hook in (FreezeUnconsolidated(1).before_step, lambda m: FreezeUnconsolidated(1).task_done(m, 0, 0, None)):
+            with pytest.raises(TypeError, match=r"^FreezeUnconsolidated's hooks take the model \(an nn\.Module\), "):
+                hook(wrong)  # (at the first call, not once the first task is done)
+    per_channel = metaspike.binarize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU()))
+    per_channel.register_parameter("tau", nn.Parameter(torch.ones(1, 4, 1, 1)))  # (a neuron's per-channel constant)
+    plugin = FreezeUnconsolidated(1)
+    plugin.task_done(per_channel, None, None, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plugin.before_step(per_channel)  # (no weight matrix among what freezes: no warning)
+    bare = metaspike.bayesianize(nn.Sequential(nn.Linear(4, 3, bias=False)), "bimu", scale=None)
+    plugin = FreezeUnconsolidated(1)
+    plugin.task_done(bare, None, None, None)
+    with pytest.warns(UserWarning, match="^FreezeUnconsolidated: the model has no parameter besides its synapses"):
+        plugin.before_step(bare)
 
 
 def test_a_comparison_of_kinds_freezes_those_with_something_to_freeze_and_says_so_per_row(tmp_path, one_thread):
@@ -143,3 +157,18 @@ def test_a_comparison_of_kinds_freezes_those_with_something_to_freeze_and_says_s
     assert [row["setting"] for row in rows] == ["bnn meta=0 freeze after 1", "mlp"]
     made = sorted(p.name for p in next(tmp_path.iterdir()).iterdir() if p.is_dir())
     assert made == ["permuted-digits-meta0-freeze1-seed1", "permuted-digits-mlp-seed1"]
+
+
+def test_a_comparison_freezes_the_kinds_it_can_beside_a_setting_only_another_kind_takes(tmp_path, capsys):
+    """--readout-lambda (BiMU kinds) beside --freeze-unconsolidated (kinds with something to freeze): no kind takes
+    both, and the comparison was refused on the first kind."""
+    assert main(["compare", "--neurons", "bimu", "bnn-layernorm", "--readout-lambda", "1", "--freeze-unconsolidated",
+                 "1", "--meta", "0", "--seeds", "1", "--dataset", "digits", "--tasks", "2", "--samples-per-task", "20",
+                 "--epochs", "1", "--hidden", "8", "--batch-size", "1", "--quiet", "--out", str(tmp_path)]) == 2
+    assert ("--freeze-unconsolidated: model 'bimu' has no parameter besides its synapses" in capsys.readouterr().err)
+    assert main(["compare", "--neurons", "bimu", "leaky", "--readout-lambda", "1", "--freeze-unconsolidated", "1",
+                 "--meta", "0", "--seeds", "1", "--dataset", "digits", "--tasks", "2", "--samples-per-task", "20",
+                 "--epochs", "1", "--hidden", "8", "--num-steps", "2", "--batch-size", "1", "--quiet", "--out",
+                 str(tmp_path)]) == 0
+    rows = json.loads((next(tmp_path.glob("compare-neurons-*")) / "comparison.json").read_text())["rows"]
+    assert [row["setting"] for row in rows] == ["bimu readout_lambda=1", "leaky meta=0 freeze after 1"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -452,6 +453,20 @@ def test_a_zip_header_of_an_unknown_version_is_one_value_error(tmp_path):
             load(path)
         assert str(info.value).startswith(f"{what} {path} starts as a zip archive but is not one Python's zipfile "
                                           "can read (NotImplementedError: zip file version ")
+
+
+def test_a_read_only_folder_is_named_before_anything_is_computed(tmp_path, monkeypatch):
+    """writable_path, which a script calls before its work (the examples' --out), passed a folder of a read-only file
+    system: the example trained its runs and then failed on the figure."""
+    import os
+
+    from metaspike.files import writable_path
+
+    assert writable_path(tmp_path / "figure.png") == tmp_path / "figure.png"
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # (as a read-only mount answers, even to root)
+    with pytest.raises(PermissionError, match=rf"^cannot write {re.escape(str(tmp_path))}/figure\.png: its folder .* "
+                                              r"takes no new files \(read-only\)$"):
+        writable_path(tmp_path / "figure.png")
 
 
 def test_atomic_open_refuses_a_folder_before_writing_anything(tmp_path):

@@ -827,9 +827,9 @@ def test_a_norse_network_in_another_dtype_than_float32_is_one_line_naming_its_ne
 
     norse = pytest.importorskip("norse.torch")
     net = metaspike.binarize(norse.SequentialState(nn.Linear(16, 8), norse.LIFCell(), nn.Linear(8, 3), norse.LICell()))
-    with pytest.raises(ModelError, match=r"^network: module '1' \(LIFCell\) is a Norse neuron, whose parameters "
-                                         r".* so a torch\.bfloat16 network fails on mixed dtypes; run a Norse network "
-                                         "in float32$"):
+    with pytest.raises(ModelError, match=r"^network: a torch\.bfloat16 network failed on mixed dtypes, and its Norse "
+                                         r"neurons \('1' \(LIFCell\), '3' \(LICell\)\) keep their parameters .*; run "
+                                         r"the network in float32 \(or find the module that makes float32 tensors\)$"):
         SpikingClassifier(net.to(torch.bfloat16), 3, encoder="direct")(torch.rand(2, 16, dtype=torch.bfloat16))
 
 

@@ -146,8 +146,7 @@ def _neuron_rows(base: RunConfig, neurons: Sequence[str], metas: Sequence[float]
 def _kind_label(base: RunConfig, kind: str) -> str:
     """``kind`` and the kind-only settings it runs with (``"leaky+bimu readout_lambda=1"``)."""
     own = base.for_model(kind)
-    extras = [f"{key}={getattr(own, key):g}" for key in KIND_SETTINGS
-              if getattr(own, key) is not None and key != "freeze_unconsolidated"]  # (that one: freezing_setting)
+    extras = [f"{key}={getattr(own, key):g}" for key in KIND_SETTINGS if getattr(own, key) is not None]
     return " ".join([kind, *extras])
 
 
@@ -442,7 +441,8 @@ def model_and_rule(row: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
 def comparison_name(base: RunConfig, neurons: bool, rules: Sequence[str] | None = None) -> str:
     """The folder name of a comparison of ``meta`` settings (``neurons=False``) or of neuron models on ``base``'s
     stream, with the consolidation rule where it is not the default (every rule of a comparison of ``rules``), the
-    baseline and the freezing every run takes (``-2``, ``-3`` ... are added where it is taken).
+    baseline every run takes and the freezing asked for (``-2``, ``-3`` ... are added where it is taken; a kind with
+    nothing besides its synapses runs without freezing, and its rows say none).
 
     Example:
         >>> comparison_name(RunConfig(datasets=("digits",)), neurons=True)

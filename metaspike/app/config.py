@@ -133,7 +133,6 @@ KIND_SETTINGS: dict[str, Callable[[str], bool]] = {
     "memory_window": lambda model: optimizer_kind(model) in BAYESIAN_OPTIMIZERS,
     "readout_lambda": lambda model: optimizer_kind(model) in ("bimu", "bimu+adam"),
     "eval_samples": lambda model: model in SAMPLED_EVALUATION,
-    "freeze_unconsolidated": has_unconsolidated_parameters,
 }
 
 
@@ -419,7 +418,8 @@ class RunConfig:
 
     def _check_freezing(self) -> None:
         """``freeze_unconsolidated``: ``None``, or a number of tasks after which a task is left to train, on a scenario
-        whose tasks train one after another, for a model kind with parameters besides its synapses."""
+        whose tasks train one after another (a model kind with nothing besides its synapses is refused by the command
+        line, and run without it in a comparison: :meth:`for_model`)."""
         after = self.freeze_unconsolidated
         if after is None:
             return
@@ -427,10 +427,6 @@ class RunConfig:
             why = "has no task boundaries" if self.scenario == "stream" else "trains its tasks as one"
             raise ValueError(f"--freeze-unconsolidated: --scenario {self.scenario} {why}, so no task ends before the "
                              "last to freeze after; use a scenario of tasks in turn, or leave the flag out")
-        if not KIND_SETTINGS["freeze_unconsolidated"](self.model):
-            raise ValueError(f"--freeze-unconsolidated: model {self.model!r} has no parameter besides its synapses (no "
-                             "bias, learned gain, normalisation scale or neuron parameter), so nothing would freeze; "
-                             "leave the flag out")
         if self.tasks < 2:
             raise ValueError("--freeze-unconsolidated needs --tasks 2 or more: it freezes after a task, and one must "
                              "follow")
@@ -479,8 +475,9 @@ class RunConfig:
         return import_hint(self.imports)
 
     def for_model(self, model: str) -> "RunConfig":
-        """These settings for model kind ``model``, without those it does not take (:data:`KIND_SETTINGS`): what
-        a comparison of several kinds runs each kind with. A kind trained by another optimizer starts from its own
+        """These settings for model kind ``model``, without those it does not take (:data:`KIND_SETTINGS`, and
+        ``freeze_unconsolidated`` for a kind with nothing besides its synapses): what a comparison of several kinds runs
+        each kind with. A kind trained by another optimizer starts from its own
         optimizer's defaults (a learning rate means a different step to Adam and to SGD).
 
         Example:
@@ -491,6 +488,8 @@ class RunConfig:
         """
         unset = {key: None for key, takes in KIND_SETTINGS.items()
                  if getattr(self, key) is not None and not takes(model)}
+        if self.freeze_unconsolidated is not None and not has_unconsolidated_parameters(model):
+            unset["freeze_unconsolidated"] = None  # (nothing to freeze)
         if optimizer_kind(model) != optimizer_kind(self.model):
             unset.update(dict.fromkeys(OPTIMIZER_SETTINGS))
         return replace(self, model=model, **unset)

@@ -41,12 +41,25 @@ def unconsolidated_parameters(model: nn.Module) -> list[Tensor]:
     return [p for p in model.parameters() if id(p) not in synapses]
 
 
-def _warn_of_weight_matrices(model: nn.Module, frozen: list[Tensor], after_tasks: int) -> None:
-    """One warning naming the weight matrices (tensors of more than one entry per output; not a per-channel ``(C, 1,
-    1)`` vector) among ``frozen``: a user who left a layer out of ``binarize`` may expect it to go on learning."""
+def _check_model(model: Any) -> None:
+    """One ``TypeError`` unless the hooks got the model: an optimizer or a parameter list failed deep inside the search
+    for its layers, and only once a task was done."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"FreezeUnconsolidated's hooks take the model (an nn.Module), got {type(model).__name__}")
+
+
+def _warn_of_what_freezes(model: nn.Module, frozen: list[Tensor], after_tasks: int) -> None:
+    """One warning naming the weight matrices (tensors of two or more dimensions longer than 1; not a per-channel
+    ``(1, C, 1, 1)`` vector) among ``frozen``, and one where nothing freezes: a user who left a layer out of
+    ``binarize`` may expect it to go on learning, and one whose model has nothing besides its synapses to freeze
+    something."""
+    if not frozen:
+        warnings.warn("FreezeUnconsolidated: the model has no parameter besides its synapses (no bias, learned gain, "
+                      "normalisation scale or neuron parameter), so nothing freezes", stacklevel=user_stacklevel())
+        return
     names = {id(p): name for name, p in model.named_parameters()}
     matrices = [f"{names[id(p)]} ({'x'.join(map(str, p.shape))})" for p in frozen
-                if p.dim() >= 2 and p.numel() > p.shape[0] and id(p) in names]
+                if sum(size > 1 for size in p.shape) >= 2 and id(p) in names]
     if matrices:
         task = "task" if after_tasks == 1 else f"{after_tasks} tasks"
         warnings.warn(f"FreezeUnconsolidated freezes float weight matrices too after the first {task}, since they "
@@ -87,20 +100,20 @@ class FreezeUnconsolidated(Plugin):
     def _parameters_of(self, model: nn.Module) -> list[Tensor]:
         """:func:`unconsolidated_parameters` of ``model``, found once per model (a model keeps its layers), with a
         warning that names the float weight matrices among them."""
-        if not isinstance(model, nn.Module):  # (an optimizer or a parameter list failed deep inside the search)
-            raise TypeError(f"FreezeUnconsolidated's hooks take the model (an nn.Module), got {type(model).__name__}")
         if self._frozen is None or self._frozen[0]() is not model:
             frozen = unconsolidated_parameters(model)
             self._frozen = (weakref.ref(model), frozen)
-            _warn_of_weight_matrices(model, frozen, self.after_tasks)
+            _warn_of_what_freezes(model, frozen, self.after_tasks)
         return self._frozen[1]
 
     def before_step(self, model: nn.Module) -> None:
+        _check_model(model)
         if self.freezing:
             for param in self._parameters_of(model):
                 param.grad = None
 
     def task_done(self, model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int] | None) -> None:
+        _check_model(model)
         self.tasks_done += 1
 
     def settings(self) -> dict[str, Any]:

@@ -231,12 +231,12 @@ def export_nir(
     dt = finite_number("dt", dt, positive=True)  # (a time constant of dt 0, < 0 or NaN was written as is)
     nir = _nir()
     snn = require_snntorch()
+    model = uncompiled(model)  # (torch.compile(classifier), or of its network: the model it compiles is exported)
     what = "a SpikingClassifier made without input_shape" if isinstance(model, SpikingClassifier) else "a bare network"
     counts_spikes = isinstance(model, SpikingClassifier) and model.readout is spike_count
     if isinstance(model, SpikingClassifier):
         input_shape = input_shape or model.input_shape
-        model = model.network
-    model = uncompiled(model)  # (SpikingClassifier(torch.compile(network)): the network it compiles is exported)
+        model = uncompiled(model.network)
     if input_shape is None:
         raise ValueError(f"export_nir needs input_shape (one sample's shape, e.g. (1, 28, 28)) for {what}")
     if not isinstance(model, nn.Sequential):

@@ -197,10 +197,14 @@ def _mixed_dtypes(network: nn.Module, x: Tensor, err: RuntimeError) -> Exception
                               "network fails on mixed dtypes; build its neurons with "
                               "spike_grad=metaspike.snn.surrogate('atan') (or another name), which keeps the input's "
                               "dtype")
-        if type(getattr(module, "p", None)).__module__.startswith("norse"):  # (a cell's parameters: LIFParameters...)
-            return ModelError(f"network: module {name!r} ({type(module).__name__}) is a Norse neuron, whose parameters "
-                              "(time constants, threshold) Norse keeps as float32 tensors that network.to() does not "
-                              f"convert, so a {weights} network fails on mixed dtypes; run a Norse network in float32")
+    cells = [f"{name!r} ({type(module).__name__})" for name, module in network.named_modules()
+             if type(getattr(module, "p", None)).__module__.startswith("norse")]  # (a cell's LIFParameters...)
+    if cells:
+        shown_cells = ", ".join(cells[:6]) + (f" and {len(cells) - 6} more" if len(cells) > 6 else "")
+        return ModelError(f"network: a {weights} network failed on mixed dtypes, and its Norse neurons ({shown_cells}) "
+                          "keep their parameters (time constants, thresholds) as float32 tensors that network.to() "
+                          "does not convert, which some of them mix into their states; run the network in float32 (or "
+                          "find the module that makes float32 tensors)")
     return None
 
 
