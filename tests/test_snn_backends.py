@@ -992,6 +992,8 @@ def test_nir_export_of_a_classifier_of_a_compiled_network_exports_the_network_it
     plain = export_nir(SpikingClassifier(net, 3, input_shape=(1, 4, 4)))
     compiled = export_nir(SpikingClassifier(torch.compile(net), 3, input_shape=(1, 4, 4)))  # (README's way)
     assert list(compiled.nodes) == list(plain.nodes)
+    whole = export_nir(torch.compile(SpikingClassifier(net, 3, input_shape=(1, 4, 4))))  # (the classifier compiled)
+    assert list(whole.nodes) == list(plain.nodes)
     for key, node in plain.nodes.items():
         if hasattr(node, "weight"):
             assert np.array_equal(compiled.nodes[key].weight, node.weight)
