@@ -116,8 +116,9 @@ def test_the_command_line_freezes_names_the_run_and_keeps_the_setting_on_resume(
     assert "--freeze-unconsolidated (stored 1, given 2)" in capsys.readouterr().err
     assert main(["train", *args, "--tasks", "1", "--freeze-unconsolidated", "1"]) == 2
     assert "--freeze-unconsolidated needs --tasks 2 or more: it freezes after a task" in capsys.readouterr().err
-    for kind in ("mlp", "bnn-layernorm"):  # (nothing besides their synapses)
-        assert main(["train", *args, "--tasks", "2", "--model", kind, "--freeze-unconsolidated", "1"]) == 2
+    for kind, more in (("mlp", []), ("bnn-layernorm", []), ("bimu", ["--batch-size", "1"]),
+                       ("mesu", ["--batch-size", "1"])):  # (nothing besides their synapses)
+        assert main(["train", *args, *more, "--tasks", "2", "--model", kind, "--freeze-unconsolidated", "1"]) == 2
         assert (f"--freeze-unconsolidated: model {kind!r} has no parameter besides its synapses (no bias, learned "
                 "gain, normalisation scale or neuron parameter), so nothing would freeze") in capsys.readouterr().err
 
@@ -135,18 +136,17 @@ def test_float_weight_matrices_that_freeze_too_are_named_once_and_a_wrong_argume
         for hook in (FreezeUnconsolidated(1).before_step, lambda m: FreezeUnconsolidated(1).task_done(m, 0, 0, None)):
             with pytest.raises(TypeError, match=r"^FreezeUnconsolidated's hooks take the model \(an nn\.Module\), "):
                 hook(wrong)  # (at the first call, not once the first task is done)
-    per_channel = metaspike.binarize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU()))
+    per_channel = metaspike.binarize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.LayerNorm([4, 6, 6]), nn.ReLU()))
     per_channel.register_parameter("tau", nn.Parameter(torch.ones(1, 4, 1, 1)))  # (a neuron's per-channel constant)
-    plugin = FreezeUnconsolidated(1)
-    plugin.task_done(per_channel, None, None, None)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        plugin.before_step(per_channel)  # (no weight matrix among what freezes: no warning)
+        FreezeUnconsolidated(1).before_step(per_channel)  # (no weight matrix among what freezes: no warning)
+    readout = metaspike.binarize(nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1)), exclude=["2"])
+    with pytest.warns(UserWarning, match=r"since they are no synapse: 2\.weight \(1x32\)$"):
+        FreezeUnconsolidated(1).before_step(readout)  # (at the first step, before any task is done)
     bare = metaspike.bayesianize(nn.Sequential(nn.Linear(4, 3, bias=False)), "bimu", scale=None)
-    plugin = FreezeUnconsolidated(1)
-    plugin.task_done(bare, None, None, None)
     with pytest.warns(UserWarning, match="^FreezeUnconsolidated: the model has no parameter besides its synapses"):
-        plugin.before_step(bare)
+        FreezeUnconsolidated(1).before_step(bare)
 
 
 def test_a_comparison_of_kinds_freezes_those_with_something_to_freeze_and_says_so_per_row(tmp_path, one_thread):
@@ -172,3 +172,18 @@ def test_a_comparison_freezes_the_kinds_it_can_beside_a_setting_only_another_kin
                  str(tmp_path)]) == 0
     rows = json.loads((next(tmp_path.glob("compare-neurons-*")) / "comparison.json").read_text())["rows"]
     assert [row["setting"] for row in rows] == ["bimu readout_lambda=1", "leaky meta=0 freeze after 1"]
+
+
+def test_a_new_run_or_comparison_from_python_that_would_freeze_nothing_is_refused_before_its_folder(tmp_path):
+    from metaspike.app import compare
+    from metaspike.app.runs import run
+
+    small = dict(datasets=("digits",), tasks=2, epochs=1, hidden=(8,), freeze_unconsolidated=1)
+    with pytest.raises(ValueError, match=r"^--freeze-unconsolidated: model 'mlp' has no parameter besides"):
+        run(RunConfig(model="mlp", **small), tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"^--freeze-unconsolidated: model 'bnn-layernorm' has no"):
+        compare.compare(RunConfig(model="bnn-layernorm", **small), [0.0], out=tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"^--freeze-unconsolidated: none of the models \(bimu, mesu\) has a "):
+        compare.compare_neurons(RunConfig(model="bimu", batch_size=1, **small), ["bimu", "mesu"], [0.0],
+                                out=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []

@@ -458,8 +458,6 @@ def test_a_zip_header_of_an_unknown_version_is_one_value_error(tmp_path):
 def test_a_read_only_folder_is_named_before_anything_is_computed(tmp_path, monkeypatch):
     """writable_path, which a script calls before its work (the examples' --out), passed a folder of a read-only file
     system: the example trained its runs and then failed on the figure."""
-    import os
-
     from metaspike.files import writable_path
 
     assert writable_path(tmp_path / "figure.png") == tmp_path / "figure.png"

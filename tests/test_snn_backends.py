@@ -997,3 +997,4 @@ def test_nir_export_of_a_classifier_of_a_compiled_network_exports_the_network_it
     for key, node in plain.nodes.items():
         if hasattr(node, "weight"):
             assert np.array_equal(compiled.nodes[key].weight, node.weight)
+            assert np.array_equal(whole.nodes[key].weight, node.weight)

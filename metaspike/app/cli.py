@@ -30,6 +30,7 @@ from metaspike.app.config import (
     import_hint,
     meta_label,
     parse_meta,
+    refuse_freezing_nothing,
 )
 from metaspike.app.imports import FLAG, check_resumed_imports, import_flags, import_modules, normalized_import
 from metaspike.app.models import DEFAULT_LR, available_models, takes_setting
@@ -310,13 +311,7 @@ def _given_settings(args: argparse.Namespace) -> dict[str, object]:
 def _refuse_unused_flags(given: dict[str, object], config: RunConfig) -> None:
     """One line for a flag typed on the command line that the run would ignore (its model's optimizer does not
     use it, or its scenario sets it otherwise): a run never silently differs from what was asked."""
-    from metaspike.app.models import (
-        OPTIMIZER_SETTINGS,
-        has_unconsolidated_parameters,
-        is_builtin,
-        optimizer_kind,
-        uses_batchnorm,
-    )
+    from metaspike.app.models import OPTIMIZER_SETTINGS, is_builtin, optimizer_kind, uses_batchnorm
 
     kind = optimizer_kind(config.model)
     for field, users in OPTIMIZER_SETTINGS.items():
@@ -333,10 +328,7 @@ def _refuse_unused_flags(given: dict[str, object], config: RunConfig) -> None:
                          "not a budget of trained tasks")
     if "batchnorm" in given and is_builtin(config.model) and not uses_batchnorm(config.model):
         raise ValueError(f"--batchnorm: model {config.model!r} has no BatchNorm")
-    if given.get("freeze_unconsolidated") is not None and not has_unconsolidated_parameters(config.model):
-        raise ValueError(f"--freeze-unconsolidated: model {config.model!r} has no parameter besides its synapses (no "
-                         "bias, learned gain, normalisation scale or neuron parameter), so nothing would freeze; leave "
-                         "the flag out")
+    refuse_freezing_nothing(given.get("freeze_unconsolidated"), [config.model])
     if "data_dir" in given and set(config.datasets) <= set(OFFLINE_DATASETS):
         one = len(config.datasets) == 1
         raise ValueError(f"--data-dir: {' and '.join(config.datasets)} {'comes' if one else 'come'} with the installed "

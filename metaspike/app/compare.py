@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from metaspike.app.config import KIND_SETTINGS, RunConfig, meta_label
+from metaspike.app.config import KIND_SETTINGS, RunConfig, meta_label, refuse_freezing_nothing
 from metaspike.app.imports import import_flags
 from metaspike.app.models import BIMU_SUFFIX, build_model, is_builtin, optimizer_kind
 from metaspike.app.runs import (
@@ -442,7 +442,7 @@ def comparison_name(base: RunConfig, neurons: bool, rules: Sequence[str] | None 
     """The folder name of a comparison of ``meta`` settings (``neurons=False``) or of neuron models on ``base``'s
     stream, with the consolidation rule where it is not the default (every rule of a comparison of ``rules``), the
     baseline every run takes and the freezing asked for (``-2``, ``-3`` ... are added where it is taken; a kind with
-    nothing besides its synapses runs without freezing, and its rows say none).
+    nothing besides its synapses runs without it, and its rows do not say "freeze after").
 
     Example:
         >>> comparison_name(RunConfig(datasets=("digits",)), neurons=True)
@@ -492,6 +492,7 @@ def compare(base: RunConfig, metas: Sequence[float | Sequence[float]], seeds: Se
     """
     settings = check_settings(metas, seeds)
     base, rules = _check_rules(base, rules, [base.model])
+    refuse_freezing_nothing(base.freeze_unconsolidated, [base.model])
     for rule in rules or [base.rule]:  # every run's settings checked before the comparison's folder is made
         for setting in settings:
             for seed in seeds:
@@ -543,6 +544,7 @@ def compare_neurons(base: RunConfig, neurons: Sequence[str] = DEFAULT_NEURONS, m
         raise ValueError("neurons needs at least one neuron model")
     settings = check_settings(list(metas), seeds)
     base, rules = _check_rules(base, rules, neurons)
+    refuse_freezing_nothing(base.freeze_unconsolidated, neurons)
     for rule in rules or [base.rule]:  # every run's settings checked before the comparison's folder is made
         for neuron in neurons:
             for setting in settings:

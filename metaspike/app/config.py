@@ -52,7 +52,8 @@ from metaspike.data import dataset_key
 from metaspike.rules import check_meta, get_rule
 from metaspike.training import Plugin, minimum_batch_size
 
-__all__ = ["RunConfig", "DEFAULT_RULE", "DEFAULT_META", "DEFAULT_INPUT_META", "default_meta", "parse_meta", "meta_label", "flag_name"]
+__all__ = ["RunConfig", "DEFAULT_RULE", "DEFAULT_META", "DEFAULT_INPUT_META", "default_meta", "parse_meta",
+           "meta_label", "flag_name", "refuse_freezing_nothing"]
 
 #: The consolidation rule of MetaplasticAdam where none is given (the 2021 paper's).
 DEFAULT_RULE = "tanh"
@@ -149,6 +150,22 @@ def _check_count(key: str, value: object, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
         accepted = f">= {low}" if high is None else f"in {low}..{high} ({why})"
         raise ValueError(f"{flag_name(key)} must be an integer {accepted}, got {value!r}")
+
+def refuse_freezing_nothing(after: int | None, models: Sequence[str]) -> None:
+    """One ``ValueError`` where ``--freeze-unconsolidated`` is set (``after``) and none of ``models`` has a parameter
+    besides its synapses (:func:`~metaspike.app.models.has_unconsolidated_parameters`): a new run or comparison would
+    freeze nothing under a name that says it froze. A stored config keeps any value (it loads and resumes).
+
+    Example:
+        >>> refuse_freezing_nothing(1, ["bnn", "mlp"])  # (bnn has biases, gains and BatchNorm to freeze)
+    """
+    if after is None or any(map(has_unconsolidated_parameters, models)):
+        return
+    which = (f"model {models[0]!r} has no parameter besides its synapses (no" if len(models) == 1 else
+             f"none of the models ({', '.join(models)}) has a parameter besides its synapses (a")
+    raise ValueError(f"--freeze-unconsolidated: {which} bias, learned gain, normalisation scale or neuron parameter), "
+                     "so nothing would freeze; leave the flag out")
+
 
 #: RunConfig's settings that hold one real number (or None)
 _FLOAT_SETTINGS = ("lr", "weight_decay", "memory_window", "readout_lambda", "baseline_strength", "baseline_gamma")

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from metaspike.allocator import usable_memory
-from metaspike.app.config import RunConfig, flag_name, stored_setting
+from metaspike.app.config import RunConfig, flag_name, refuse_freezing_nothing, stored_setting
 from metaspike.app.imports import changed_imports, import_digests, import_flags
 from metaspike.app.models import (
     BAYESIAN_OPTIMIZERS,
@@ -767,6 +767,7 @@ def run(config: RunConfig, out: str | Path = "runs", progress: bool = True, plot
         >>> len(result.matrix)
         2
     """
+    refuse_freezing_nothing(config.freeze_unconsolidated, [config.model])  # (a new run: a stored one resumes as is)
     scenario = make_run_scenario(config)
     trainer = _trainer(config, scenario, progress)
     directory = None

@@ -48,18 +48,34 @@ def _check_model(model: Any) -> None:
         raise TypeError(f"FreezeUnconsolidated's hooks take the model (an nn.Module), got {type(model).__name__}")
 
 
+#: The layers whose ``weight...`` parameters are weight matrices (with Norse's recurrent cells' ``input_weights`` and
+#: ``recurrent_weights``, named so whatever the module).
+_WEIGHT_LAYERS = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd, nn.RNNBase, nn.RNNCellBase, nn.Embedding)
+
+
+def _weight_matrices(model: nn.Module, frozen: list[Tensor]) -> list[str]:
+    """The names and shapes of the weight matrices among ``frozen``: a layer's own weight (told by the layer that owns
+    it, not by its shape: a ``(1, C, 1, 1)`` neuron constant or a LayerNorm's scale is none, a ``1 x 32`` readout is
+    one)."""
+    kept = {id(p) for p in frozen}
+    found = []
+    for layer_name, layer in model.named_modules():
+        for key, param in layer.named_parameters(recurse=False):
+            weight = (isinstance(layer, _WEIGHT_LAYERS) and key.startswith("weight")) or key.endswith("_weights")
+            if weight and id(param) in kept:
+                found.append(f"{layer_name}.{key} ({'x'.join(map(str, param.shape))})".lstrip("."))
+    return found
+
+
 def _warn_of_what_freezes(model: nn.Module, frozen: list[Tensor], after_tasks: int) -> None:
-    """One warning naming the weight matrices (tensors of two or more dimensions longer than 1; not a per-channel
-    ``(1, C, 1, 1)`` vector) among ``frozen``, and one where nothing freezes: a user who left a layer out of
-    ``binarize`` may expect it to go on learning, and one whose model has nothing besides its synapses to freeze
-    something."""
+    """One warning where nothing freezes, or one naming the float weight matrices that freeze: a user whose model has
+    nothing besides its synapses expects something to freeze, and one who left a layer out of ``binarize`` may expect
+    it to go on learning."""
     if not frozen:
         warnings.warn("FreezeUnconsolidated: the model has no parameter besides its synapses (no bias, learned gain, "
                       "normalisation scale or neuron parameter), so nothing freezes", stacklevel=user_stacklevel())
         return
-    names = {id(p): name for name, p in model.named_parameters()}
-    matrices = [f"{names[id(p)]} ({'x'.join(map(str, p.shape))})" for p in frozen
-                if sum(size > 1 for size in p.shape) >= 2 and id(p) in names]
+    matrices = _weight_matrices(model, frozen)
     if matrices:
         task = "task" if after_tasks == 1 else f"{after_tasks} tasks"
         warnings.warn(f"FreezeUnconsolidated freezes float weight matrices too after the first {task}, since they "
@@ -71,7 +87,8 @@ class FreezeUnconsolidated(Plugin):
     learning, while the synapses go on: before each optimizer step their gradients are dropped (``grad = None``, which
     every torch optimizer skips), so they keep the values the first tasks gave them. The model's ``requires_grad``
     flags are left as they are. Whatever is no synapse freezes, float weight matrices too (a layer left out of
-    ``binarize``, a recurrent cell's weights): where there are any, the first frozen step names them in a warning.
+    ``binarize``, a recurrent cell's weights): where there are any, the first step names them in a warning, as it
+    warns where the model has nothing besides its synapses to freeze.
 
     On two permuted 8x8-digit tasks (5 seeds, AMD EPYC Zen 5, ``benchmarks/own_conv_snn.py``) it moved the trade-off of
     small spiking networks outward: an snnTorch conv SNN kept 43.8 % of task 1 with task 2 at 67.7 % at m = 10, against
@@ -99,7 +116,7 @@ class FreezeUnconsolidated(Plugin):
 
     def _parameters_of(self, model: nn.Module) -> list[Tensor]:
         """:func:`unconsolidated_parameters` of ``model``, found once per model (a model keeps its layers), with a
-        warning that names the float weight matrices among them."""
+        warning where there are none or where float weight matrices are among them."""
         if self._frozen is None or self._frozen[0]() is not model:
             frozen = unconsolidated_parameters(model)
             self._frozen = (weakref.ref(model), frozen)
@@ -108,8 +125,9 @@ class FreezeUnconsolidated(Plugin):
 
     def before_step(self, model: nn.Module) -> None:
         _check_model(model)
+        frozen = self._parameters_of(model)  # (from the first step: its warnings come before any training)
         if self.freezing:
-            for param in self._parameters_of(model):
+            for param in frozen:
                 param.grad = None
 
     def task_done(self, model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int] | None) -> None:

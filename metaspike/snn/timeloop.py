@@ -179,8 +179,8 @@ _MIXED_DTYPE_WORDS = ("dtype", "Input type (", "expected scalar type", "expected
 def _mixed_dtypes(network: nn.Module, x: Tensor, err: RuntimeError) -> Exception | None:
     """What to raise where a pass failed with ``err`` on mixed dtypes (:data:`_MIXED_DTYPE_WORDS`): input of another
     dtype than the network's weights (convert it); in a network of another dtype than float32, the snnTorch neuron
-    whose own spike function made float32 spikes (snnTorch's functions do, whatever their input), and the fix; else
-    ``None``."""
+    whose own spike function made float32 spikes (snnTorch's functions do, whatever their input), and the fix, or the
+    Norse neurons, whose float32 parameters ``.to()`` leaves; else ``None``."""
     if not any(words in str(err) for words in _MIXED_DTYPE_WORDS):
         return None
     weights = next((p.dtype for p in network.parameters() if p.is_floating_point()), None)
