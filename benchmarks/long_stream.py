@@ -359,6 +359,9 @@ def main() -> None:
                         help="keep glibc's default of returning freed memory (the metaspike command keeps it)")
     args = parser.parse_args()
     check_distinct(parser, "--seeds", args.seeds)
+    if args.steps_only and args.no_steps:  # (together they ran nothing and exited 0)
+        parser.error("argument --no-steps: --steps-only runs the step-cost part alone, --no-steps the stream alone; "
+                     "give one of them, or neither for both")
     kept = not args.release_freed_memory and keep_freed_memory()
     if args.merge:
         check_distinct(parser, "--merge", [folder.resolve() for folder in args.merge])

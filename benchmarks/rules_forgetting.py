@@ -43,6 +43,24 @@ def _table(rows: list[dict], tasks: int) -> str:
     return "\n".join(lines)
 
 
+def _checked_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, list[tuple[float, ...]]]:
+    """Each rule's m settings, the plain BNN (m = 0) first among tanh's, every one checked as its runs' configs are
+    before the first run starts: a per-layer m of the wrong length was a traceback after the runs before it."""
+    settings = {}
+    for rule in ("tanh", "cascade", "switch"):
+        metas = list(getattr(args, rule))
+        check_distinct(parser, f"--{rule}", metas)
+        if any(all(m == 0 for m in meta) for meta in metas):
+            parser.error(f"argument --{rule}: m = 0 is the plain BNN, which runs once for every rule; leave it out")
+        for meta in metas:
+            try:
+                replace(RunConfig(), rule=rule, meta=meta)
+            except ValueError as err:
+                parser.error(f"argument --{rule}: {err}")
+        settings[rule] = [(0.0,), *metas] if rule == "tanh" else metas  # the plain BNN, once
+    return settings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tanh", type=meta_setting, nargs="+", default=[(5.0, 30.0, 30.0)],
@@ -56,13 +74,11 @@ def main() -> None:
                         help="folder of the comparisons and rules.csv (default: %(default)s)")
     args = parser.parse_args()
     check_distinct(parser, "--seeds", args.seeds)
+    settings = _checked_settings(parser, args)
     print(machine(), flush=True)
     on = machine_fields()
     rows = []
-    for rule in ("tanh", "cascade", "switch"):
-        metas = list(getattr(args, rule))
-        if rule == "tanh":
-            metas = [(0.0,), *metas]  # the plain BNN, once
+    for rule, metas in settings.items():
         path, found = compare(replace(RunConfig(), rule=rule), metas, args.seeds, args.out, progress=False)
         rows += [{**row, "setting": _label(rule, row["setting"]), **on} for row in found]  # (compare's rows name it)
         print(f"{rule}: {path}")

@@ -27,6 +27,7 @@ from metaspike.checks import listed
 
 __all__ = ["DEFAULT_LAYER_TYPES", "SynapseParametrization", "attach_synapse", "synapse_parametrization",
            "select_layers", "layer_type_names", "each_once", "check_weight_ready", "warn_float_matrices_left",
+           "is_weight_matrix",
            "FORWARD_BYPASSING_OWNERS", "ROLE_ATTRIBUTE", "synapse_role", "weight_parametrizations"]
 
 #: Reads of a synapse's weight in training passes, its layer never called, before the synapse warns that the layer's
@@ -512,6 +513,22 @@ _ELEMENTWISE_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, *([nn.RMSNorm] if hasattr(nn, "RMSNorm") else []))
 """Layers whose parameters scale or shift their input element by element (a LayerNorm over ``[C, H, W]`` has a
 3-D weight), never weight matrices."""
+
+
+def is_weight_matrix(module: nn.Module, key: str, param: Tensor) -> bool:
+    """Whether ``param``, ``module``'s own parameter ``key``, is a weight matrix: the ``weight`` of a Linear or Conv
+    layer whatever its shape (a ``1 x 32`` readout), or a parameter with two or more dimensions longer than 1 outside
+    a normalisation layer (an LSTM's, an attention's ``in_proj_weight``, a recurrent cell's); never a per-channel
+    constant ``(1, C, 1, 1)``, a LayerNorm's scale or a weight-norm's magnitudes.
+
+    Example:
+        >>> readout, norm = nn.Linear(32, 1), nn.LayerNorm([4, 6])
+        >>> is_weight_matrix(readout, "weight", readout.weight), is_weight_matrix(norm, "weight", norm.weight)
+        (True, False)
+    """
+    if isinstance(module, DEFAULT_LAYER_TYPES) and key == "weight":
+        return True
+    return not isinstance(module, _ELEMENTWISE_TYPES) and _is_matrix(param)
 
 
 def _is_matrix(p: Tensor) -> bool:

@@ -31,6 +31,11 @@ def _run(script: str, *flags: str, cwd: Path) -> subprocess.CompletedProcess:
                                                                       "--resume"),
     ("benchmarks/neuron_tradeoff.py", ["--seeds", "x", "--out", "nt"], "argument --seeds: must be an integer in 0.."),
     ("benchmarks/own_conv_snn.py", ["--meta", "0", "0"], "argument --meta: 0.0 is given twice"),
+    ("benchmarks/long_stream.py", ["--steps-only", "--no-steps"], "argument --no-steps: --steps-only runs the "
+                                                                  "step-cost part alone"),
+    ("benchmarks/rules_forgetting.py", ["--cascade", "5,30"], "argument --cascade: --meta takes one value or one per "
+                                                              "layer (3 for --hidden 512 512), got 2"),
+    ("benchmarks/rules_forgetting.py", ["--tanh", "0"], "argument --tanh: m = 0 is the plain BNN, which runs once"),
     ("examples/snntorch_tutorial_metaplastic.py", ["--meta", "-1"], "argument --meta: must be a finite number >= 0"),
     ("examples/snntorch_tutorial_metaplastic.py", ["--out", "none/x.png"], "argument --out: cannot write none/x.png: "
                                                                           "its folder none does not exist"),

@@ -131,7 +131,9 @@ def test_float_weight_matrices_that_freeze_too_are_named_once_and_a_wrong_argume
     with pytest.warns(UserWarning, match=r"^FreezeUnconsolidated freezes float weight matrices too after the first "
                                          r"task, since they are no synapse: 1\.weight \(32x64\)$"):
         plugin.before_step(net)
-    plugin.before_step(net)  # (named once)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plugin.before_step(net)  # (named once)
     for wrong in (metaspike.MetaplasticAdam(net.parameters()), list(net.parameters()), None):
         for hook in (FreezeUnconsolidated(1).before_step, lambda m: FreezeUnconsolidated(1).task_done(m, 0, 0, None)):
             with pytest.raises(TypeError, match=r"^FreezeUnconsolidated's hooks take the model \(an nn\.Module\), "):
@@ -187,3 +189,24 @@ def test_a_new_run_or_comparison_from_python_that_would_freeze_nothing_is_refuse
         compare.compare_neurons(RunConfig(model="bimu", batch_size=1, **small), ["bimu", "mesu"], [0.0],
                                 out=tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_frozen_parameters_are_found_when_freezing_starts_and_each_weight_matrix_is_named_once():
+    net = metaspike.binarize(nn.Sequential(nn.Linear(8, 4), nn.ReLU()))
+    plugin = FreezeUnconsolidated(1)
+    plugin.before_step(net)
+    net.add_module("head", nn.Linear(4, 2))  # (added while the first task trains)
+    plugin.task_done(net, None, None, None)
+    net(torch.rand(3, 8)).sum().backward()  # (the Sequential runs its new head too)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plugin.before_step(net)
+    assert net.head.bias.grad is None and net.head.weight.grad is None  # (it freezes too)
+    embedding, readout = nn.Embedding(4, 4), nn.Linear(4, 4, bias=False)
+    readout.weight = embedding.weight  # (tied: one tensor)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tied = metaspike.binarize(nn.Sequential(nn.Linear(4, 4), embedding, readout,
+                                                nn.TransformerEncoderLayer(4, 2, 8)), exclude=["1", "2", "3"])
+    with pytest.warns(UserWarning, match=r"no synapse: 1\.weight \(4x4\), 3\.self_attn\.in_proj_weight \(12x4\), "):
+        FreezeUnconsolidated(1).before_step(tied)

@@ -36,8 +36,8 @@ from metaspike.app.runs import (
     removed_unless_measured,
     resume,
     resume_folder,
-    run,
     run_lock,
+    run_planned,
 )
 from metaspike.app.tables import (
     check_settings,
@@ -216,7 +216,7 @@ def _run_or_continue(config: RunConfig, root: Path, progress: bool) -> Continual
     path = root / config.name
     remove_unstarted(path)
     if not path.is_dir():
-        run(config, root, progress=progress, plot=False, name=config.name)
+        run_planned(config, root, progress=progress, plot=False, name=config.name)
     else:  # a run of an earlier (killed) pass: only if it is the one the plan asks for
         if load_config(path) != config:
             raise ValueError(f"{path} holds a run of other settings than {root / PLAN} plans for it (was the plan "

@@ -767,7 +767,18 @@ def run(config: RunConfig, out: str | Path = "runs", progress: bool = True, plot
         >>> len(result.matrix)
         2
     """
-    refuse_freezing_nothing(config.freeze_unconsolidated, [config.model])  # (a new run: a stored one resumes as is)
+    refuse_freezing_nothing(config.freeze_unconsolidated, [config.model])  # (a new request: a stored one runs as is)
+    return run_planned(config, out, progress, plot, name)
+
+
+def run_planned(config: RunConfig, out: str | Path = "runs", progress: bool = True, plot: bool = True,
+                name: str | None = None) -> tuple[Path, ContinualResult]:
+    """:func:`run` for a run that a stored plan asks for (a comparison's ``plan.json``, checked when it was made):
+    without the checks of a new request, so that a plan an earlier version wrote is finished as it was planned.
+
+    Example:
+        >>> run_planned(RunConfig(datasets=("digits",), tasks=2, epochs=1), "runs")  # doctest: +SKIP
+    """
     scenario = make_run_scenario(config)
     trainer = _trainer(config, scenario, progress)
     directory = None

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from metaspike.bayesian.synapses import bayesian_modules
 from metaspike.caller import user_stacklevel
 from metaspike.checks import is_whole, listed, shown
+from metaspike.layer_selection import is_weight_matrix
 from metaspike.synapse import weight_matrices
 from metaspike.training import Plugin
 
@@ -48,21 +49,14 @@ def _check_model(model: Any) -> None:
         raise TypeError(f"FreezeUnconsolidated's hooks take the model (an nn.Module), got {type(model).__name__}")
 
 
-#: The layers whose ``weight...`` parameters are weight matrices (with Norse's recurrent cells' ``input_weights`` and
-#: ``recurrent_weights``, named so whatever the module).
-_WEIGHT_LAYERS = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd, nn.RNNBase, nn.RNNCellBase, nn.Embedding)
-
-
 def _weight_matrices(model: nn.Module, frozen: list[Tensor]) -> list[str]:
-    """The names and shapes of the weight matrices among ``frozen``: a layer's own weight (told by the layer that owns
-    it, not by its shape: a ``(1, C, 1, 1)`` neuron constant or a LayerNorm's scale is none, a ``1 x 32`` readout is
-    one)."""
-    kept = {id(p) for p in frozen}
-    found = []
+    """The names and shapes of the weight matrices among ``frozen``
+    (:func:`metaspike.layer_selection.is_weight_matrix`), each tensor once, where its first module holds it."""
+    kept, seen, found = {id(p) for p in frozen}, set(), []
     for layer_name, layer in model.named_modules():
         for key, param in layer.named_parameters(recurse=False):
-            weight = (isinstance(layer, _WEIGHT_LAYERS) and key.startswith("weight")) or key.endswith("_weights")
-            if weight and id(param) in kept:
+            if id(param) in kept and id(param) not in seen and is_weight_matrix(layer, key, param):
+                seen.add(id(param))
                 found.append(f"{layer_name}.{key} ({'x'.join(map(str, param.shape))})".lstrip("."))
     return found
 
@@ -108,6 +102,7 @@ class FreezeUnconsolidated(Plugin):
         self.after_tasks = int(after_tasks)
         self.tasks_done = 0
         self._frozen: tuple[weakref.ref[nn.Module], list[Tensor]] | None = None
+        self._warned: weakref.ref[nn.Module] | None = None
 
     @property
     def freezing(self) -> bool:
@@ -115,19 +110,19 @@ class FreezeUnconsolidated(Plugin):
         return self.tasks_done >= self.after_tasks
 
     def _parameters_of(self, model: nn.Module) -> list[Tensor]:
-        """:func:`unconsolidated_parameters` of ``model``, found once per model (a model keeps its layers), with a
-        warning where there are none or where float weight matrices are among them."""
+        """:func:`unconsolidated_parameters` of ``model``, found once per model at its first frozen step (a layer
+        added while the first tasks trained freezes too)."""
         if self._frozen is None or self._frozen[0]() is not model:
-            frozen = unconsolidated_parameters(model)
-            self._frozen = (weakref.ref(model), frozen)
-            _warn_of_what_freezes(model, frozen, self.after_tasks)
+            self._frozen = (weakref.ref(model), unconsolidated_parameters(model))
         return self._frozen[1]
 
     def before_step(self, model: nn.Module) -> None:
         _check_model(model)
-        frozen = self._parameters_of(model)  # (from the first step: its warnings come before any training)
+        if self._warned is None or self._warned() is not model:  # (at the first step, before any training)
+            self._warned = weakref.ref(model)
+            _warn_of_what_freezes(model, unconsolidated_parameters(model), self.after_tasks)
         if self.freezing:
-            for param in frozen:
+            for param in self._parameters_of(model):
                 param.grad = None
 
     def task_done(self, model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int] | None) -> None:
