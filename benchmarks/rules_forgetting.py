@@ -52,11 +52,18 @@ def _checked_settings(parser: argparse.ArgumentParser, args: argparse.Namespace)
         check_distinct(parser, f"--{rule}", metas)
         if any(all(m == 0 for m in meta) for meta in metas):
             parser.error(f"argument --{rule}: m = 0 is the plain BNN, which runs once for every rule; leave it out")
+        named: dict[str, tuple[float, ...]] = {}
         for meta in metas:
             try:
-                replace(RunConfig(), rule=rule, meta=meta)
+                config = replace(RunConfig(), rule=rule, meta=meta)
             except ValueError as err:
                 parser.error(f"argument --{rule}: {err}")
+            # (one m for every layer is one run however written, 5 or 5,5,5: as the comparison names it)
+            name = replace(config, meta=meta[:1]).name if len(set(meta)) == 1 else config.name
+            if name in named:  # (5 and 5,5,5: one run, which the comparison refuses when its turn comes)
+                parser.error(f"argument --{rule}: {','.join(map(str, named[name]))} and {','.join(map(str, meta))} "
+                             f"would be one run ({name}); give each setting once")
+            named[name] = meta
         settings[rule] = [(0.0,), *metas] if rule == "tanh" else metas  # the plain BNN, once
     return settings
 

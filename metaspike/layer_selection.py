@@ -515,20 +515,34 @@ _ELEMENTWISE_TYPES: tuple[type[nn.Module], ...] = (
 3-D weight), never weight matrices."""
 
 
+#: The layers whose every parameter but a bias is a weight matrix, whatever its shape (an ``LSTM(1, 8)``'s
+#: ``weight_ih_l0`` of 32 x 1, a ``1 x 32`` readout, an attention's ``in_proj_weight``).
+_WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd, nn.RNNBase,
+                                               nn.RNNCellBase, nn.Embedding, nn.EmbeddingBag, nn.MultiheadAttention)
+
+
 def is_weight_matrix(module: nn.Module, key: str, param: Tensor) -> bool:
-    """Whether ``param``, ``module``'s own parameter ``key``, is a weight matrix: the ``weight`` of a Linear or Conv
-    layer whatever its shape (a ``1 x 32`` readout), or a parameter with two or more dimensions longer than 1 outside
-    a normalisation layer (an LSTM's, an attention's ``in_proj_weight``, a recurrent cell's); never a per-channel
-    constant ``(1, C, 1, 1)``, a LayerNorm's scale or a weight-norm's magnitudes.
+    """Whether ``param``, ``module``'s own parameter ``key``, is a weight matrix: any but a bias of a weight layer
+    (Linear, Conv, recurrent, embedding, attention) whatever its shape, a recurrent cell's ``..._weights`` of two or
+    more dimensions (Norse's),
+    the largest of a parametrization's original tensors (``weight_norm``'s direction, not its magnitudes), or
+    elsewhere a ``weight`` parameter with two or more dimensions longer than 1 (a module of one's own); never a
+    normalisation layer's scale, a neuron's per-channel or per-unit constant (``beta``, ``tau``) or a legacy
+    ``weight_norm``'s magnitudes ``weight_g``.
 
     Example:
         >>> readout, norm = nn.Linear(32, 1), nn.LayerNorm([4, 6])
         >>> is_weight_matrix(readout, "weight", readout.weight), is_weight_matrix(norm, "weight", norm.weight)
         (True, False)
     """
-    if isinstance(module, DEFAULT_LAYER_TYPES) and key == "weight":
+    if isinstance(module, _ELEMENTWISE_TYPES) or "bias" in key or key == "weight_g":
+        return False
+    if isinstance(module, _WEIGHT_LAYERS) or (key.endswith("_weights") and param.dim() >= 2):
         return True
-    return not isinstance(module, _ELEMENTWISE_TYPES) and _is_matrix(param)
+    if isinstance(module, parametrize.ParametrizationList):
+        originals = [p for name, p in module.named_parameters(recurse=False) if name.startswith("original")]
+        return key.startswith("original") and param.numel() == max(p.numel() for p in originals)
+    return "weight" in key and _is_matrix(param)
 
 
 def _is_matrix(p: Tensor) -> bool:

@@ -36,6 +36,8 @@ def _run(script: str, *flags: str, cwd: Path) -> subprocess.CompletedProcess:
     ("benchmarks/rules_forgetting.py", ["--cascade", "5,30"], "argument --cascade: --meta takes one value or one per "
                                                               "layer (3 for --hidden 512 512), got 2"),
     ("benchmarks/rules_forgetting.py", ["--tanh", "0"], "argument --tanh: m = 0 is the plain BNN, which runs once"),
+    ("benchmarks/rules_forgetting.py", ["--cascade", "5", "5,5,5"], "argument --cascade: 5.0 and 5.0,5.0,5.0 would be "
+                                                                    "one run (permuted-mnist5k-meta5-cascade-seed1)"),
     ("examples/snntorch_tutorial_metaplastic.py", ["--meta", "-1"], "argument --meta: must be a finite number >= 0"),
     ("examples/snntorch_tutorial_metaplastic.py", ["--out", "none/x.png"], "argument --out: cannot write none/x.png: "
                                                                           "its folder none does not exist"),

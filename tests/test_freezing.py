@@ -210,3 +210,20 @@ def test_the_frozen_parameters_are_found_when_freezing_starts_and_each_weight_ma
                                                 nn.TransformerEncoderLayer(4, 2, 8)), exclude=["1", "2", "3"])
     with pytest.warns(UserWarning, match=r"no synapse: 1\.weight \(4x4\), 3\.self_attn\.in_proj_weight \(12x4\), "):
         FreezeUnconsolidated(1).before_step(tied)
+
+
+def test_a_layers_own_weight_is_a_weight_matrix_whatever_its_shape_and_a_neuron_constant_is_none():
+    from metaspike.layer_selection import is_weight_matrix
+
+    lstm, embedding, deconv = nn.LSTM(1, 8), nn.Embedding(10, 1), nn.ConvTranspose1d(1, 1, 3)
+    assert is_weight_matrix(lstm, "weight_ih_l0", lstm.weight_ih_l0)  # (32 x 1)
+    assert is_weight_matrix(embedding, "weight", embedding.weight) and is_weight_matrix(deconv, "weight", deconv.weight)
+    assert not is_weight_matrix(lstm, "bias_ih_l0", lstm.bias_ih_l0)
+    normed = nn.utils.parametrizations.weight_norm(nn.Linear(32, 1)).parametrizations.weight
+    assert is_weight_matrix(normed, "original1", normed.original1)  # (the direction, 1 x 32)
+    assert not is_weight_matrix(normed, "original0", normed.original0)  # (the magnitude)
+    neuron = nn.Module()
+    neuron.beta = nn.Parameter(torch.full((4, 6, 6), 0.9))  # (a learnable decay per unit)
+    neuron.mix_weights = nn.Parameter(torch.ones(3))
+    assert not is_weight_matrix(neuron, "beta", neuron.beta)
+    assert not is_weight_matrix(neuron, "mix_weights", neuron.mix_weights)

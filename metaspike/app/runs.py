@@ -66,7 +66,7 @@ from metaspike.files import (
 from metaspike.machine import cpu_kind
 from metaspike.training import Plugin, TrainingDiverged, minimum_batch_size
 
-__all__ = ["build_run_model", "build_trainer", "make_run_scenario", "train_and_finish", "run", "resume",
+__all__ = ["build_run_model", "build_trainer", "make_run_scenario", "train_and_finish", "run", "run_planned", "resume",
            "load_config", "config_from_record", "run_lock", "is_complete", "finished_result", "RecordedResult",
            "train_in_folder", "stopped_by_file_error", "continued_by", "check_rebuilt_by_settings",
            "REPRODUCTION_RECORD", "COMPARISON_PLAN", "resume_folder", "BUILT_BY_REPRODUCE", "ran_with", "announce_run"]
