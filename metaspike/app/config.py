@@ -435,8 +435,9 @@ class RunConfig:
 
     def _check_freezing(self) -> None:
         """``freeze_unconsolidated``: ``None``, or a number of tasks after which a task is left to train, on a scenario
-        whose tasks train one after another (a model kind with nothing besides its synapses is refused by the command
-        line, and run without it in a comparison: :meth:`for_model`)."""
+        whose tasks train one after another (a new run or comparison of model kinds with nothing besides their synapses
+        is refused by :func:`refuse_freezing_nothing`, and such a kind runs without it in a comparison of several:
+        :meth:`for_model`)."""
         after = self.freeze_unconsolidated
         if after is None:
             return

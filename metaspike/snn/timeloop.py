@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from metaspike.caller import user_stacklevel
-from metaspike.checks import ModelError, first_line, is_whole
+from metaspike.checks import ModelError, first_line, is_whole, listed
 from metaspike.compiled import uncompiled
 from metaspike.function_transforms import values_unread
 from metaspike.snn.backends import reset_states, state_reset
@@ -200,11 +200,10 @@ def _mixed_dtypes(network: nn.Module, x: Tensor, err: RuntimeError) -> Exception
     cells = [f"{name!r} ({type(module).__name__})" for name, module in network.named_modules()
              if type(getattr(module, "p", None)).__module__.startswith("norse")]  # (a cell's LIFParameters...)
     if cells:
-        shown_cells = ", ".join(cells[:6]) + (f" and {len(cells) - 6} more" if len(cells) > 6 else "")
-        return ModelError(f"network: a {weights} network failed on mixed dtypes, and its Norse neurons ({shown_cells}) "
-                          "keep their parameters (time constants, thresholds) as float32 tensors that network.to() "
-                          "does not convert, which some of them mix into their states; run the network in float32 (or "
-                          "find the module that makes float32 tensors)")
+        return ModelError(f"network: a {weights} network failed on mixed dtypes, and its Norse neurons "
+                          f"({listed(cells)}) keep their parameters (time constants, thresholds) as float32 tensors "
+                          "that network.to() does not convert, which some of them mix into their states; run the "
+                          "network in float32 (or find the module that makes float32 tensors)")
     return None
 
 
