@@ -248,7 +248,9 @@ def _version(value: Any) -> int | None:
 
 def _scores(a: Tensor, last: dict) -> Tensor:
     """The last layer's gain and BatchNorm, run eagerly with the float model's own kernels so scores match
-    bit for bit (a gain of 1 multiplies exactly)."""
+    bit for bit (a gain of 1 multiplies exactly) where the last layer's inputs are ±1; a model without a hidden layer
+    scores its float64 first-layer sums, rounded once, where the float model's float32 sums may differ in their last
+    bits."""
     return F.batch_norm(
         a.to(torch.float32) * last["gain"], last["mean"], last["var"], last["gamma"], last["beta"], training=False, eps=last["eps"]
     )

@@ -45,6 +45,7 @@ from metaspike.layer_selection import each_once, synapse_role
 from metaspike.optimizer_state import (
     HookedAgainWhenCopied,
     check_parameter_state,
+    check_state_dict_groups,
     check_state_tensor,
     check_states_listed,
     with_tensor_steps,
@@ -1051,6 +1052,11 @@ class _KeepsHooksWhenCopied:
     def __reduce__(self) -> tuple[Any, ...]:
         # the optimizer's own class is the hooked class's second base (see _copied_with_hooks)
         return _hooked_again, (type(self).__bases__[1], self.__getstate__())
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """The optimizer's own ``load_state_dict``, after :func:`~metaspike.optimizer_state.check_state_dict_groups`."""
+        check_state_dict_groups(self, state_dict)  # type: ignore[arg-type]
+        super().load_state_dict(state_dict)  # type: ignore[misc]
 
 
 _HOOKED_CLASSES: dict[type, type] = {}

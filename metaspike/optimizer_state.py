@@ -15,10 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaspike.checks import is_finite_number, shown
+from metaspike.checks import is_finite_number, shown, state_dict_groups
 
 __all__ = ["PARAMETER_SHAPED", "NEVER_NEGATIVE", "check_parameter_state", "check_state_tensor", "check_tensor_values",
-           "check_step_count", "check_states_listed", "with_tensor_steps", "HookedAgainWhenCopied"]
+           "check_step_count", "check_states_listed", "with_tensor_steps", "HookedAgainWhenCopied",
+           "check_state_dict_groups"]
 
 #: The per-parameter state tensors of torch.optim's algorithms (and MetaplasticAdam's) that have the parameter's shape.
 PARAMETER_SHAPED = frozenset({"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_inf", "momentum_buffer", "square_avg",
@@ -136,6 +137,24 @@ def with_tensor_steps(state: Any) -> Any:
             for index, entry in state.items()}
 
 
+def check_state_dict_groups(optimizer: torch.optim.Optimizer, state_dict: Any) -> None:
+    """One ``ValueError`` unless ``state_dict`` is an optimizer's state dict (a dict with a list of param groups) with
+    as many groups as ``optimizer``: what torch's ``load_state_dict`` would otherwise fail at with an ``AttributeError``
+    from inside (a file that holds no dict) or its own words on the groups, before any check of ours ran.
+
+    Example:
+        >>> opt = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1)
+        >>> check_state_dict_groups(opt, "hello")
+        Traceback (most recent call last):
+        ...
+        ValueError: state_dict must be an optimizer's state dict, with a list of param groups
+    """
+    saved = len(state_dict_groups(state_dict))
+    if saved != len(optimizer.param_groups):
+        raise ValueError(f"state_dict holds {saved} param group{'s' * (saved != 1)}; this {type(optimizer).__name__} "
+                         f"has {len(optimizer.param_groups)}: it is the state of an optimizer built otherwise")
+
+
 class HookedAgainWhenCopied:
     """Mixin (before ``torch.optim.Optimizer`` among the bases) of an optimizer whose state-dict checks are hooks:
     :meth:`_add_hooks` registers them, called by the subclass's ``__init__`` and again where a copy or an unpickled
@@ -160,6 +179,11 @@ class HookedAgainWhenCopied:
     def _add_hooks(self) -> None:
         """Register the optimizer's hooks."""
         raise NotImplementedError
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's ``load_state_dict``, after :func:`check_state_dict_groups`."""
+        check_state_dict_groups(self, state_dict)  # type: ignore[arg-type]
+        super().load_state_dict(state_dict)  # type: ignore[misc]
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         rebuilt = "_optimizer_load_state_dict_pre_hooks" not in self.__dict__  # (a copy: torch made no hooks yet)

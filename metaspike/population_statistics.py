@@ -62,8 +62,14 @@ def use_population_statistics(model: nn.Module, x: Tensor, batch_size: int = 100
     chunks = torch.arange(len(x)).tensor_split(max(1, len(x) // batch_size))
     # (no inference tensors, even under torch.inference_mode: the model's next forward pass with gradients could not
     # save them for its backward pass)
+    before = [(norm, norm.running_mean, norm.running_var, norm.num_batches_tracked) for _, norm in norms]
     with evaluation_mode(model), torch.inference_mode(False), torch.no_grad():
-        unreached = _fix_each(model, norms, x, chunks)
+        try:
+            unreached = _fix_each(model, norms, x, chunks)
+        except BaseException:  # (the layers fixed before the failure get their statistics back: all or nothing)
+            for norm, *statistics in before:
+                norm.running_mean, norm.running_var, norm.num_batches_tracked = statistics
+            raise
     if unreached:
         warnings.warn(f"use_population_statistics: the forward pass on x never reached BatchNorm layer(s) "
                       f"{', '.join(map(repr, unreached))} (a head not in use?); their statistics are left as they "
@@ -147,8 +153,13 @@ def _fix_each(model: nn.Module, norms: list[tuple[str, _BatchNorm]], x: Tensor,
             unreached.append(name)
             continue
         mean, var, count = measured
-        norm.running_mean = mean.to(norm.weight.dtype if norm.weight is not None else torch.float32)
-        norm.running_var = var.to(norm.running_mean.dtype)
+        dtype = norm.weight.dtype if norm.weight is not None else torch.float32
+        mean, var = mean.to(dtype), var.to(dtype)
+        if not bool(torch.isfinite(mean).all() and torch.isfinite(var).all()):  # (float64 sums, then the layer's dtype)
+            raise ValueError(f"the statistics of BatchNorm layer {name!r} over x overflow {dtype} (largest |mean| "
+                             f"{measured[0].abs().max().item():.3g}, largest variance {measured[1].max().item():.3g}; "
+                             f"{dtype} holds up to {torch.finfo(dtype).max:.3g}): scale x down, e.g. standardize it")
+        norm.running_mean, norm.running_var = mean, var
         norm.num_batches_tracked = torch.tensor(count, dtype=torch.long)
     return unreached
 

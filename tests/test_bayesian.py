@@ -949,6 +949,22 @@ def test_a_layer_predicts_from_its_evaluation_samples_and_trains_on_its_samples(
         BinaryBayesianLinear(6, 4, samples=2, evaluation_samples=9)
 
 
+@pytest.mark.parametrize("edit", ["evaluation_samples", "evaluation"])
+def test_an_ensemble_of_equal_samples_set_after_construction_is_refused_when_evaluated(edit):
+    """The constructor's refusal held only there: ``layer.evaluation_samples = 5`` on a layer evaluating its mode gave
+    five equal outputs, silently."""
+    layer = BinaryBayesianLinear(6, 4, samples=2, evaluation="sample", evaluation_samples=5)
+    if edit == "evaluation_samples":
+        layer = BinaryBayesianLinear(6, 4, samples=2)
+        layer.evaluation_samples = 5
+    else:
+        layer.parametrizations.weight[0].evaluation = "mode"
+    x = torch.randn(3, 6)
+    assert layer(x).shape == (2, 3, 4)  # (training draws its samples)
+    with pytest.raises(ValueError, match=r"^evaluation_samples=5 needs evaluation='sample'"):
+        layer.eval()(x)
+
+
 def test_start_confident_gives_every_latent_the_magnitude_and_keeps_its_sign():
     torch.manual_seed(0)
     net = bayesianize(nn.Sequential(nn.Linear(6, 5, bias=False), nn.Linear(5, 4, bias=False)))

@@ -378,3 +378,15 @@ def test_the_eager_packed_model_bounds_its_first_layer_table_for_a_narrow_first_
     assert packed._rows * 256 * groups <= 2**24  # 8-byte entries: at most 128 MB of table per chunk
     x = torch.rand(2 * packed._rows + 3, 784)
     assert torch.equal(packed(x), torch.cat([packed(x[i : i + 50]) for i in range(0, len(x), 50)]))
+
+
+def test_population_statistics_that_overflow_the_layers_dtype_are_refused_and_change_nothing():
+    """Finite inputs of about 1e30 gave a BatchNorm an infinite variance, silently (only ``pack`` refused it later);
+    the layers fixed before the overflowing one keep the statistics they had."""
+    torch.manual_seed(0)
+    model = bnn.use_population_statistics(bnn.MLP([13, 8, 3]), torch.randn(64, 13))
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"^the statistics of BatchNorm layer '\d+' over x overflow torch.float32 "
+                                         r"\(largest \|mean\| .*; torch.float32 holds up to 3.4e\+38\): scale x down"):
+        bnn.use_population_statistics(model, torch.randn(64, 13) * 1e30)
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())

@@ -735,3 +735,41 @@ def test_a_group_added_later_with_a_misspelled_setting_is_refused_and_not_added(
         with pytest.raises(ValueError, match="did you mean 'lr'"):
             optimizer.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "LR": 1.0})
         assert len(optimizer.param_groups) == 1
+
+
+@pytest.mark.parametrize("make", ["metaplastic_adam", "bimu", "metaplastic_sgd"])
+def test_a_load_of_no_state_dict_or_of_other_groups_is_one_line_before_torch_reads_it(make):
+    """``load_state_dict("hello")`` was an AttributeError from inside torch, and a state of two groups loaded into an
+    optimizer of one was torch's own words."""
+    net = torch.nn.Linear(4, 3, bias=False)
+    if make == "bimu":
+        net = metaspike.bayesianize(net, kind="bimu")
+        optimizer = BiMU(metaspike.bayesian.bimu_parameters(net))
+    elif make == "metaplastic_adam":
+        optimizer = metaspike.MetaplasticAdam(net.parameters(), meta=1.0)
+    else:
+        optimizer = metaspike.metaplastic(torch.optim.SGD(net.parameters(), lr=0.1), meta=1.0)
+    saved = optimizer.state_dict()
+    for bad in ("hello", None, {"state": {}}):
+        with pytest.raises(ValueError, match=r"^state_dict must be an optimizer's state dict, with a list of param "
+                                             r"groups$"):
+            optimizer.load_state_dict(bad)
+    two = {**saved, "param_groups": saved["param_groups"] * 2}
+    with pytest.raises(ValueError, match=rf"^state_dict holds 2 param groups; this {type(optimizer).__name__} has 1: "):
+        optimizer.load_state_dict(two)
+    optimizer.load_state_dict(saved)  # (its own still loads)
+
+
+@pytest.mark.parametrize("step", ["mesu", "bimu"])
+def test_tensors_of_one_place_on_other_devices_are_refused_before_the_compiled_step_sees_them(step):
+    """A mixed-device call failed inside torch.compile, which then ran every later MESU and BiMU step of the process
+    eagerly (slower)."""
+    meta = torch.ones(2, device="meta")
+    with pytest.raises(ValueError, match=r"\[0\] is on meta where \w+\[0\] is on cpu; the tensors at one place belong "
+                                         r"together"):
+        if step == "mesu":
+            mesu_step(torch.zeros(2), torch.ones(2), torch.ones(2), meta, lr_mu=1, lr_sigma=1, sigma_prior=0.1,
+                      mu_prior=0, N=100)
+        else:
+            bimu_step(torch.zeros(2), meta, lr=1, lr_max=1, likelihood_multiplier=1, kl_multiplier=1, N=10)
+    assert not bayesian_functional._compiled_mesu.broken and not bayesian_functional._compiled_bimu.broken

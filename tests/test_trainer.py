@@ -13,7 +13,7 @@ from bnn import MLP
 from metaspike.continual import ContinualTrainer, TrainerConfig, batchnorm_state, permuted, stream
 from metaspike.data import load_dataset
 from metaspike.optim import MetaplasticAdam
-from metaspike.training import classification_loss, evaluate, train_epoch
+from metaspike.training import Plugin, classification_loss, evaluate, train_epoch
 
 
 @pytest.fixture(scope="module")
@@ -615,11 +615,42 @@ def test_a_non_finite_loss_says_whether_the_steps_or_the_forward_pass_made_it():
                                                r"model's forward pass made it"):
         train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y, batch_size=2)
     net = nn.Linear(3, 2)
-    with torch.no_grad():
-        net.weight[0, 1] = float("inf")
-    with pytest.raises(TrainingDiverged, match=r"^loss became nan at batch 1: the parameters weight hold NaN or "
+
+    class InfAfterFirstStep(Plugin):  # the steps before the NaN loss made the infinite weight
+        def after_step(self, model):
+            with torch.no_grad():
+                model.weight[0, 1] = float("inf")
+
+    with pytest.raises(TrainingDiverged, match=r"^loss became (nan|inf) at batch 2: the parameters weight hold NaN or "
                                                r"infinite values from the steps before; lower the learning rate"):
-        train_epoch(net, torch.optim.SGD(net.parameters(), lr=0.1), torch.randn(4, 3), y, batch_size=2)
+        train_epoch(net, torch.optim.SGD(net.parameters(), lr=0.1), torch.randn(4, 3), y, batch_size=2,
+                    plugins=[InfAfterFirstStep()])
+
+
+@pytest.mark.parametrize("doing", ["training", "evaluating"])
+def test_parameters_non_finite_before_training_or_evaluating_are_refused_as_loaded_not_made(doing):
+    """A state dict with NaN hidden weights evaluated at a plausible 55 % (a NaN hidden weight shows as +1), and
+    training it blamed the optimizer's step."""
+    import bnn
+
+    torch.manual_seed(0)
+    x = torch.randn(200, 13)
+    y = (x[:, 0] > 0).long()
+    model = bnn.MLP([13, 9, 2])
+    state = model.state_dict()
+    state["1.weight"][0, 0] = float("nan")
+    model.load_state_dict(state)
+    with pytest.raises(ValueError, match=rf"^the model holds NaN or infinite values before {doing}, in 1.weight: "
+                                         r"they came from where it was loaded or edited, not from a training step"):
+        if doing == "training":
+            bnn.fit(model, (x, y), epochs=1, batch_size=50, progress=False)
+        else:
+            bnn.evaluate(model, (x, y))
+    with pytest.raises(ValueError, match=rf"before {doing}"):
+        if doing == "training":
+            train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y, batch_size=50)
+        else:
+            evaluate(model, x, y)
 
 
 def test_parameters_a_rule_made_non_finite_are_not_blamed_on_the_gradient():

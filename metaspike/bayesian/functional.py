@@ -141,6 +141,9 @@ def _check_step_tensors(**lists: list[Tensor]) -> None:
             if tensor.shape != tensors[0].shape:
                 raise ValueError(f"{name}[{i}] has shape {tuple(tensor.shape)} where {names[0]}[{i}] has "
                                  f"{tuple(tensors[0].shape)}; the tensors at one place belong together")
+            if tensor.device != tensors[0].device:
+                raise ValueError(f"{name}[{i}] is on {tensor.device} where {names[0]}[{i}] is on "
+                                 f"{tensors[0].device}; the tensors at one place belong together")
 
 
 def _mesu_update_(mu: Tensor, sigma: Tensor, grad_mu: Tensor, grad_sigma: Tensor, *, lr_mu: float,

@@ -981,7 +981,7 @@ class SampledForward:
     Example:
         >>> class Sampled(SampledForward, torch.nn.Linear):
         ...     samples = 3
-        >>> layer = make_bayesian(Sampled(4, 2), "mesu")
+        >>> layer = make_bayesian(Sampled(4, 2), "mesu", evaluation="sample")
         >>> layer(torch.randn(5, 4)).shape
         torch.Size([3, 5, 2])
         >>> layer.evaluation_samples = 7
@@ -1003,7 +1003,16 @@ class SampledForward:
         samples = self.samples if self.training or self.evaluation_samples is None else self.evaluation_samples
         if samples is None:
             return super().forward(x)  # type: ignore[misc]
+        if not self.training:
+            self._refuse_equal_samples(samples)
         return sampled_product(self, x, samples)  # type: ignore[arg-type]  # the gain: by the forward hook
+
+    def _refuse_equal_samples(self, samples: int) -> None:
+        """The constructors' refusal of an ensemble under ``evaluation="mode"``, again where ``evaluation_samples`` or
+        the synapse's ``evaluation`` was set since (as attributes): the ensemble would be that many equal outputs."""
+        synapse = _parametrization(self)  # type: ignore[arg-type]
+        if synapse is not None:
+            _check_ensemble(self.evaluation_samples, synapse.evaluation)
 
     def extra_repr(self) -> str:
         """The layer's own settings, then its samples (what a resume compares: a run continued with other samples
@@ -1025,10 +1034,16 @@ class SampledForward:
         if check_samples(evaluation_samples, "evaluation_samples") is not None and samples is None:
             raise ValueError("evaluation_samples needs samples: a layer of one sample (samples=None) has no sample "
                              "dimension to fill")
-        if evaluation_samples is not None and evaluation_samples > 1 and evaluation == "mode":
-            raise ValueError(f"evaluation_samples={evaluation_samples} needs evaluation='sample': evaluation='mode' "
-                             "shows every sample the same weight, so the ensemble would be that many equal outputs")
+        _check_ensemble(evaluation_samples, evaluation)
         self.evaluation_samples = evaluation_samples
+
+
+def _check_ensemble(evaluation_samples: int | None, evaluation: str) -> None:
+    """One ``ValueError`` where ``evaluation_samples`` asks for an ensemble of more than one sample of synapses whose
+    ``evaluation`` is ``"mode"``: every sample would be the same weight, the ensemble that many equal outputs."""
+    if evaluation_samples is not None and evaluation_samples > 1 and evaluation == "mode":
+        raise ValueError(f"evaluation_samples={evaluation_samples} needs evaluation='sample': evaluation='mode' shows "
+                         "every sample the same weight, so the ensemble would be that many equal outputs")
 
 
 def _samples_times_inputs(weights: Tensor, x: Tensor) -> Tensor:

@@ -731,6 +731,8 @@ class ContinualTrainer:
 
     def _evaluate_all(self, scenario: Scenario, trained: int, states: list[dict]) -> list[float]:
         """Accuracy on the evaluated tasks (NaN on the others); with per-task BatchNorm, task j < trained uses its own state."""
+        if trained:  # (what training made is the trainer's to say; an untrained model's evaluation: it was loaded so)
+            _check_finite_weights(self.model, trained)
         cfg = self.config
         per_task = self._per_task_batchnorm(scenario)
         current = batchnorm_state(self.model) if per_task and states else None
