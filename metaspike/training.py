@@ -64,8 +64,8 @@ class LearnedNothingWarning(UserWarning):
 class Plugin:
     """Hooks a continual-learning method into the training loop (baselines such as EWC or SI).
 
-    Every method does nothing by default; override what the method needs. The loop calls
-    ``penalty`` for each batch (its value is added to the loss), ``before_step``/``after_step``
+    Every method does nothing by default; override what the method needs. A trainer calls ``fit_started`` once as it
+    starts; the loop calls ``penalty`` for each batch (its value is added to the loss), ``before_step``/``after_step``
     around each optimizer step (gradients are available in both), and ``task_done`` at the end of
     each task with that task's training data (in a trainer, before the task's last evaluation: a method that
     changes the model at a task's end shows in that task's row of the accuracy matrix). ``state_dict``/``load_state_dict`` carry a stateful
@@ -76,6 +76,12 @@ class Plugin:
         ...     def penalty(self, model):
         ...         return 1e-4 * sum(p.square().sum() for p in model.parameters())
     """
+
+    def fit_started(self, model: nn.Module, task_specific: Sequence[Tensor]) -> None:
+        """Called once when a :class:`~metaspike.continual.ContinualTrainer` starts (or resumes) fitting, before the
+        first step, with the parameters it keeps per task (``task_specific``: the BatchNorm scale and shift of a run
+        with per-task BatchNorm, each task's own restored to evaluate it; empty otherwise)."""
+        return None
 
     def penalty(self, model: nn.Module) -> Tensor | float | None:
         """A term added to each batch's loss (before the backward pass): a scalar tensor with a gradient to ``model``'s

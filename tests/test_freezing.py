@@ -66,6 +66,28 @@ def test_after_its_tasks_only_the_synapses_learn(after, one_thread):
     assert all(p.requires_grad for p in net.parameters())  # (the model's flags are left as they were)
 
 
+def test_what_the_trainer_keeps_per_task_goes_on_learning_while_the_rest_freezes(one_thread):
+    """Per-task BatchNorm's scale and shift, each task's own restored to evaluate it, make no task forget: frozen with
+    the rest, every later task's were task 1's."""
+    torch.manual_seed(0)
+    net = _binarized_mlp()
+    snapshots, plugin = _Snapshots(), FreezeUnconsolidated(1)
+    trainer = ContinualTrainer(net, lambda m: metaspike.MetaplasticAdam(metaspike.param_groups(m, 1.0), lr=0.005),
+                               TrainerConfig(epochs=1, batch_size=64, batchnorm="per-task"), progress=False,
+                               plugins=[plugin, snapshots])
+    trainer.fit(make_scenario("permuted", ["digits"], tasks=3, seed=1))
+    norm = {id(p) for p in net[2].parameters()}
+    kinds = [id(p) in norm for p in unconsolidated_parameters(net)]
+    rest = [[t for t, kept in zip(task, kinds) if not kept] for task in snapshots.rest]
+    per_task = [[t for t, kept in zip(task, kinds) if kept] for task in snapshots.rest]
+    assert len(per_task[0]) == 2 and _same(rest[0], rest[2])  # (the gains and biases froze after task 1)
+    assert not _same(per_task[1], per_task[2])  # (task 3's BatchNorm learned its own)
+    assert not _same(list(trainer.batchnorm_states[0].values()), list(trainer.batchnorm_states[2].values()))
+    assert plugin.settings() == {"after_tasks": 1, "per_task_batchnorm_learns": True}
+    plugin.fit_started(net, [])
+    assert plugin.settings() == {"after_tasks": 1}  # (as before, where nothing is kept per task)
+
+
 def test_the_plugin_refuses_a_count_below_one_and_a_malformed_state():
     for bad in (0, 1.0, True, None):
         with pytest.raises(ValueError, match=r"^after_tasks must be an integer >= 1"):
@@ -107,14 +129,18 @@ def test_the_setting_names_the_run_and_a_record_without_it_reads_as_none():
 
 def test_the_command_line_freezes_names_the_run_and_keeps_the_setting_on_resume(tmp_path, capsys, one_thread):
     args = ["--dataset", "digits", "--epochs", "1", "--hidden", "16", "--quiet", "--out", str(tmp_path)]
-    assert main(["train", *args, "--tasks", "2", "--freeze-unconsolidated", "1"]) == 0
+    assert main(["train", *args, "--tasks", "2", "--freeze-unconsolidated", "1"]) == 2  # (bnn's BatchNorm: per task)
+    assert ("--freeze-unconsolidated: model 'bnn' has no parameter besides its synapses (no bias, learned gain, "
+            "normalisation scale or neuron parameter besides the BatchNorm scale and shift --batchnorm per-task keeps "
+            "per task (which go on learning)), so nothing would freeze") in capsys.readouterr().err
+    assert main(["train", *args, "--batchnorm", "shared", "--tasks", "2", "--freeze-unconsolidated", "1"]) == 0
     run = tmp_path / "permuted-digits-meta5-30-freeze1-seed1"
     assert json.loads((run / "config.json").read_text())["freeze_unconsolidated"] == 1
     assert "freeze after 1" in capsys.readouterr().out
     (run / "metrics.json").unlink()  # as if stopped before the end
     assert main(["train", "--resume", str(run), "--freeze-unconsolidated", "2"]) == 2
     assert "--freeze-unconsolidated (stored 1, given 2)" in capsys.readouterr().err
-    assert main(["train", *args, "--tasks", "1", "--freeze-unconsolidated", "1"]) == 2
+    assert main(["train", *args, "--batchnorm", "shared", "--tasks", "1", "--freeze-unconsolidated", "1"]) == 2
     assert "--freeze-unconsolidated needs --tasks 2 or more: it freezes after a task" in capsys.readouterr().err
     for kind, more in (("mlp", []), ("bnn-layernorm", []), ("bimu", ["--batch-size", "1"]),
                        ("mesu", ["--batch-size", "1"])):  # (nothing besides their synapses)
@@ -154,7 +180,7 @@ def test_float_weight_matrices_that_freeze_too_are_named_once_and_a_wrong_argume
 def test_a_comparison_of_kinds_freezes_those_with_something_to_freeze_and_says_so_per_row(tmp_path, one_thread):
     from metaspike.app import compare
 
-    base = RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(8,), freeze_unconsolidated=1)
+    base = RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(8,), freeze_unconsolidated=1, batchnorm="shared")
     _, rows = compare.compare_neurons(base, ["bnn", "mlp"], [0.0], [1], out=tmp_path, progress=False)
     assert [row["setting"] for row in rows] == ["bnn meta=0 freeze after 1", "mlp"]
     made = sorted(p.name for p in next(tmp_path.iterdir()).iterdir() if p.is_dir())

@@ -328,7 +328,7 @@ def _refuse_unused_flags(given: dict[str, object], config: RunConfig) -> None:
                          "not a budget of trained tasks")
     if "batchnorm" in given and is_builtin(config.model) and not uses_batchnorm(config.model):
         raise ValueError(f"--batchnorm: model {config.model!r} has no BatchNorm")
-    refuse_freezing_nothing(given.get("freeze_unconsolidated"), [config.model])
+    refuse_freezing_nothing(given.get("freeze_unconsolidated"), [config.model], config.batchnorm_kept_per_task)
     if "data_dir" in given and set(config.datasets) <= set(OFFLINE_DATASETS):
         one = len(config.datasets) == 1
         raise ValueError(f"--data-dir: {' and '.join(config.datasets)} {'comes' if one else 'come'} with the installed "

@@ -492,7 +492,7 @@ def compare(base: RunConfig, metas: Sequence[float | Sequence[float]], seeds: Se
     """
     settings = check_settings(metas, seeds)
     base, rules = _check_rules(base, rules, [base.model])
-    refuse_freezing_nothing(base.freeze_unconsolidated, [base.model])
+    refuse_freezing_nothing(base.freeze_unconsolidated, [base.model], base.batchnorm_kept_per_task)
     for rule in rules or [base.rule]:  # every run's settings checked before the comparison's folder is made
         for setting in settings:
             for seed in seeds:
@@ -544,7 +544,7 @@ def compare_neurons(base: RunConfig, neurons: Sequence[str] = DEFAULT_NEURONS, m
         raise ValueError("neurons needs at least one neuron model")
     settings = check_settings(list(metas), seeds)
     base, rules = _check_rules(base, rules, neurons)
-    refuse_freezing_nothing(base.freeze_unconsolidated, neurons)
+    refuse_freezing_nothing(base.freeze_unconsolidated, neurons, base.batchnorm_kept_per_task)
     for rule in rules or [base.rule]:  # every run's settings checked before the comparison's folder is made
         for neuron in neurons:
             for setting in settings:

@@ -151,20 +151,23 @@ def _check_count(key: str, value: object, low: int) -> None:
         accepted = f">= {low}" if high is None else f"in {low}..{high} ({why})"
         raise ValueError(f"{flag_name(key)} must be an integer {accepted}, got {value!r}")
 
-def refuse_freezing_nothing(after: int | None, models: Sequence[str]) -> None:
+def refuse_freezing_nothing(after: int | None, models: Sequence[str], batchnorm_per_task: bool = False) -> None:
     """One ``ValueError`` where ``--freeze-unconsolidated`` is set (``after``) and none of ``models`` has a parameter
-    besides its synapses (:func:`~metaspike.app.models.has_unconsolidated_parameters`): a new run or comparison would
+    besides its synapses (:func:`~metaspike.app.models.has_unconsolidated_parameters`; besides its BatchNorm too where
+    the run keeps that per task, ``batchnorm_per_task``, which freezing leaves learning): a new run or comparison would
     freeze nothing under a name that says it froze. A stored config keeps any value (it loads and resumes).
 
     Example:
-        >>> refuse_freezing_nothing(1, ["bnn", "mlp"])  # (bnn has biases, gains and BatchNorm to freeze)
+        >>> refuse_freezing_nothing(1, ["leaky", "mlp"])  # (leaky has biases, gains and neuron parameters to freeze)
     """
-    if after is None or any(map(has_unconsolidated_parameters, models)):
+    if after is None or any(has_unconsolidated_parameters(kind, batchnorm_per_task) for kind in models):
         return
     which = (f"model {models[0]!r} has no parameter besides its synapses (no" if len(models) == 1 else
              f"none of the models ({', '.join(models)}) has a parameter besides its synapses (a")
-    raise ValueError(f"--freeze-unconsolidated: {which} bias, learned gain, normalisation scale or neuron parameter), "
-                     "so nothing would freeze; leave the flag out")
+    kept = (" besides the BatchNorm scale and shift --batchnorm per-task keeps per task (which go on learning)"
+            if any(map(has_unconsolidated_parameters, models)) else "")
+    raise ValueError(f"--freeze-unconsolidated: {which} bias, learned gain, normalisation scale or neuron parameter"
+                     f"{kept}), so nothing would freeze; leave the flag out")
 
 
 #: RunConfig's settings that hold one real number (or None)
@@ -506,7 +509,8 @@ class RunConfig:
         """
         unset = {key: None for key, takes in KIND_SETTINGS.items()
                  if getattr(self, key) is not None and not takes(model)}
-        if self.freeze_unconsolidated is not None and not has_unconsolidated_parameters(model):
+        if self.freeze_unconsolidated is not None and not has_unconsolidated_parameters(model,
+                                                                                       self.batchnorm_kept_per_task):
             unset["freeze_unconsolidated"] = None  # (nothing to freeze)
         if optimizer_kind(model) != optimizer_kind(self.model):
             unset.update(dict.fromkeys(OPTIMIZER_SETTINGS))
@@ -554,6 +558,20 @@ class RunConfig:
             ('class', 'task')
         """
         return self.split_mode if self.scenario == "split" else "task"
+
+    @property
+    def batchnorm_kept_per_task(self) -> bool:
+        """Whether the run keeps a BatchNorm state per task: ``--batchnorm per-task`` on a scenario whose tasks have
+        boundaries and are known at test (:attr:`~metaspike.continual.Scenario.per_task_batchnorm`: permuted,
+        sequence, a task-incremental split).
+
+        Example:
+            >>> split = RunConfig(scenario="split", split_mode="class")
+            >>> RunConfig().batchnorm_kept_per_task, split.batchnorm_kept_per_task
+            (True, False)
+        """
+        return self.batchnorm == "per-task" and self.scenario in ("permuted", "sequence", "split") and (
+            self.applied_split_mode == "task")
 
     def stream_part(self) -> str:
         """The stream a comparison's folder is named after: the scenario, a split's mode where it is not

@@ -288,16 +288,18 @@ def published_settings(kind: str) -> dict[str, float] | None:
 
 
 @functools.cache
-def has_unconsolidated_parameters(kind: str) -> bool:
+def has_unconsolidated_parameters(kind: str, besides_batchnorm: bool = False) -> bool:
     """Whether model ``kind`` has parameters besides its synapses (biases, learned gains, a normalisation's scale and
-    shift, neuron parameters: :func:`metaspike.continual.unconsolidated_parameters`), which ``--freeze-unconsolidated``
+    shift, neuron parameters: :func:`metaspike.continual.unconsolidated_parameters`), and ``besides_batchnorm`` its
+    BatchNorm's scale and shift (which a run with per-task BatchNorm keeps per task), which ``--freeze-unconsolidated``
     freezes; found on a small model of the kind, once per kind (a kind whose small model cannot be built is taken to
     have some, and its run finds out).
 
     Example:
-        >>> has_unconsolidated_parameters("bnn"), has_unconsolidated_parameters("bimu")
+        >>> has_unconsolidated_parameters("bnn"), has_unconsolidated_parameters("bnn", True)
         (True, False)
     """
+    from metaspike.continual.batchnorm import batchnorm_parameters
     from metaspike.continual.freezing import unconsolidated_parameters
 
     _check_kind(kind)
@@ -306,7 +308,8 @@ def has_unconsolidated_parameters(kind: str) -> bool:
             model = build_model(kind, [8], (1, 4, 4), 2)
         except Exception:  # (a user's registered model may need other sizes: the run checks its own model)
             return True
-    return bool(unconsolidated_parameters(model))
+    kept = {id(p) for p in batchnorm_parameters(model).values()} if besides_batchnorm else set()
+    return any(id(p) not in kept for p in unconsolidated_parameters(model))
 
 
 def uses_batchnorm(kind: str) -> bool:

@@ -767,7 +767,8 @@ def run(config: RunConfig, out: str | Path = "runs", progress: bool = True, plot
         >>> len(result.matrix)
         2
     """
-    refuse_freezing_nothing(config.freeze_unconsolidated, [config.model])  # (a new request: a stored one runs as is)
+    # (a new request: a stored one runs as is)
+    refuse_freezing_nothing(config.freeze_unconsolidated, [config.model], config.batchnorm_kept_per_task)
     return run_planned(config, out, progress, plot, name)
 
 

@@ -15,9 +15,22 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["BATCHNORM_MODES", "batchnorm_state", "load_batchnorm_state"]
+__all__ = ["BATCHNORM_MODES", "batchnorm_parameters", "batchnorm_state", "load_batchnorm_state"]
 
 BATCHNORM_MODES = ("per-task", "shared")
+
+
+def batchnorm_parameters(model: nn.Module) -> dict[str, Tensor]:
+    """Every BatchNorm layer's scale and shift (its parameters) in ``model``, keyed by qualified name: what per-task
+    BatchNorm keeps per task.
+
+    Example:
+        >>> list(batchnorm_parameters(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))))
+        ['1.weight', '1.bias']
+    """
+    return {f"{name}.{key}" if name else key: value
+            for name, module in model.named_modules() if isinstance(module, _BatchNorm)
+            for key, value in module.named_parameters(recurse=False)}
 
 
 def batchnorm_state(model: nn.Module) -> dict[str, Tensor]:
@@ -28,12 +41,7 @@ def batchnorm_state(model: nn.Module) -> dict[str, Tensor]:
         >>> sorted(batchnorm_state(net))  # (not its running statistics)
         ['1.bias', '1.weight']
     """
-    state = {}
-    for name, module in model.named_modules():
-        if isinstance(module, _BatchNorm):
-            for key, value in module.named_parameters(recurse=False):
-                state[f"{name}.{key}" if name else key] = value.detach().clone()
-    return state
+    return {name: value.detach().clone() for name, value in batchnorm_parameters(model).items()}
 
 
 def load_batchnorm_state(model: nn.Module, state: dict[str, Tensor]) -> None:
@@ -44,11 +52,8 @@ def load_batchnorm_state(model: nn.Module, state: dict[str, Tensor]) -> None:
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
         >>> load_batchnorm_state(net, batchnorm_state(net))
     """
-    for name, module in model.named_modules():
-        if isinstance(module, _BatchNorm):
-            for key, value in module.named_parameters(recurse=False):
-                qualified = f"{name}.{key}" if name else key
-                if qualified not in state:
-                    raise ValueError(f"the BatchNorm state lacks {qualified}")
-                with torch.no_grad():
-                    value.copy_(state[qualified])
+    for qualified, value in batchnorm_parameters(model).items():
+        if qualified not in state:
+            raise ValueError(f"the BatchNorm state lacks {qualified}")
+        with torch.no_grad():
+            value.copy_(state[qualified])

@@ -61,13 +61,15 @@ def _weight_matrices(model: nn.Module, frozen: list[Tensor]) -> list[str]:
     return found
 
 
-def _warn_of_what_freezes(model: nn.Module, frozen: list[Tensor], after_tasks: int) -> None:
+def _warn_of_what_freezes(model: nn.Module, frozen: list[Tensor], after_tasks: int, per_task: bool) -> None:
     """One warning where nothing freezes, or one naming the float weight matrices that freeze: a user whose model has
-    nothing besides its synapses expects something to freeze, and one who left a layer out of ``binarize`` may expect
-    it to go on learning."""
+    nothing besides its synapses (and parameters kept ``per_task`` by the trainer) expects something to freeze, and
+    one who left a layer out of ``binarize`` may expect it to go on learning."""
     if not frozen:
-        warnings.warn("FreezeUnconsolidated: the model has no parameter besides its synapses (no bias, learned gain, "
-                      "normalisation scale or neuron parameter), so nothing freezes", stacklevel=user_stacklevel())
+        besides = " and the BatchNorm scale and shift the trainer keeps per task" if per_task else ""
+        warnings.warn(f"FreezeUnconsolidated: the model has no parameter besides its synapses{besides} (no bias, "
+                      "learned gain, normalisation scale or neuron parameter), so nothing freezes",
+                      stacklevel=user_stacklevel())
         return
     matrices = _weight_matrices(model, frozen)
     if matrices:
@@ -82,7 +84,9 @@ class FreezeUnconsolidated(Plugin):
     every torch optimizer skips), so they keep the values the first tasks gave them. The model's ``requires_grad``
     flags are left as they are. Whatever is no synapse freezes, float weight matrices too (a layer left out of
     ``binarize``, a recurrent cell's weights): where there are any, the first step names them in a warning, as it
-    warns where the model has nothing besides its synapses to freeze.
+    warns where the model has nothing besides its synapses to freeze. What a trainer keeps per task
+    (the BatchNorm scale and shift of per-task BatchNorm, :meth:`fit_started`) goes on learning: each task's own is
+    restored to evaluate it, so it makes no other task forget.
 
     On two permuted 8x8-digit tasks (5 seeds, AMD EPYC Zen 5, ``benchmarks/own_conv_snn.py``) it moved the trade-off of
     small spiking networks outward: an snnTorch conv SNN kept 43.8 % of task 1 with task 2 at 67.7 % at m = 10, against
@@ -103,24 +107,35 @@ class FreezeUnconsolidated(Plugin):
         self.tasks_done = 0
         self._frozen: tuple[weakref.ref[nn.Module], list[Tensor]] | None = None
         self._warned: weakref.ref[nn.Module] | None = None
+        self._task_specific: set[int] = set()
 
     @property
     def freezing(self) -> bool:
         """Whether the unconsolidated parameters are frozen now (``after_tasks`` tasks are done)."""
         return self.tasks_done >= self.after_tasks
 
+    def _shared_unconsolidated(self, model: nn.Module) -> list[Tensor]:
+        """:func:`unconsolidated_parameters` of ``model`` but those the trainer keeps per task."""
+        return [p for p in unconsolidated_parameters(model) if id(p) not in self._task_specific]
+
     def _parameters_of(self, model: nn.Module) -> list[Tensor]:
-        """:func:`unconsolidated_parameters` of ``model``, found once per model at its first frozen step (a layer
-        added while the first tasks trained freezes too)."""
+        """:meth:`_shared_unconsolidated` of ``model``, found once per model at its first frozen step (a layer added
+        while the first tasks trained freezes too)."""
         if self._frozen is None or self._frozen[0]() is not model:
-            self._frozen = (weakref.ref(model), unconsolidated_parameters(model))
+            self._frozen = (weakref.ref(model), self._shared_unconsolidated(model))
         return self._frozen[1]
+
+    def fit_started(self, model: nn.Module, task_specific: Sequence[Tensor]) -> None:
+        """Leave ``task_specific`` (what the trainer keeps per task) learning."""
+        self._task_specific = {id(p) for p in task_specific}
+        self._frozen = self._warned = None  # (found and said again for this fit)
 
     def before_step(self, model: nn.Module) -> None:
         _check_model(model)
         if self._warned is None or self._warned() is not model:  # (at the first step, before any training)
             self._warned = weakref.ref(model)
-            _warn_of_what_freezes(model, unconsolidated_parameters(model), self.after_tasks)
+            _warn_of_what_freezes(model, self._shared_unconsolidated(model), self.after_tasks,
+                                  bool(self._task_specific))
         if self.freezing:
             for param in self._parameters_of(model):
                 param.grad = None
@@ -130,7 +145,9 @@ class FreezeUnconsolidated(Plugin):
         self.tasks_done += 1
 
     def settings(self) -> dict[str, Any]:
-        return {"after_tasks": self.after_tasks}
+        # (parameters kept per task learned on with this version and froze before it: a run of one does not resume as
+        # the other; a model without any keeps the settings it always had)
+        return {"after_tasks": self.after_tasks, **({"per_task_batchnorm_learns": True} if self._task_specific else {})}
 
     def state_dict(self) -> dict[str, Any]:
         return {"tasks_done": self.tasks_done}

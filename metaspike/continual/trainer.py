@@ -36,7 +36,7 @@ from metaspike.caller import user_stacklevel
 from metaspike.chained import ChainedOptimizer, needs_closure
 from metaspike.checks import check_device, check_seed, first_line, is_whole, lacking_methods
 from metaspike.compiled import uncompiled
-from metaspike.continual.batchnorm import BATCHNORM_MODES, batchnorm_state, load_batchnorm_state
+from metaspike.continual.batchnorm import BATCHNORM_MODES, batchnorm_parameters, batchnorm_state, load_batchnorm_state
 from metaspike.continual.checkpoints import (
     CHECKPOINT_FORMAT,
     CURVE_COLUMNS,
@@ -866,6 +866,12 @@ class ContinualTrainer:
         self._identity = run_identity(scenario, cfg, self.model)
         start_alike(self.model)  # (under several processes: the first one's weights everywhere)
         generator = torch.Generator().manual_seed(cfg.seed)
+        # (before a resume compares the plugins' settings: what they do with the task-specific parameters is one)
+        task_specific = list(batchnorm_parameters(self.model).values()) if self._per_task_batchnorm(scenario) else []
+        for plugin in self.plugins:
+            started = getattr(plugin, "fit_started", None)  # (a plugin that is no Plugin subclass may lack it)
+            if started is not None:
+                started(self.model, task_specific)
         if resume is None:
             result = ContinualResult(task_names=scenario.eval_task_names, training_tasks=len(scenario.tasks),
                                      evaluates_trained_tasks=scenario.evaluates_training_tasks)
