@@ -253,3 +253,16 @@ def test_a_layers_own_weight_is_a_weight_matrix_whatever_its_shape_and_a_neuron_
     neuron.mix_weights = nn.Parameter(torch.ones(3))
     assert not is_weight_matrix(neuron, "beta", neuron.beta)
     assert not is_weight_matrix(neuron, "mix_weights", neuron.mix_weights)
+
+
+@pytest.mark.parametrize("settings", [{"scenario": "permuted"}, {"scenario": "sequence", "datasets": ("digits",) * 2},
+                                      {"scenario": "split"}, {"scenario": "split", "split_mode": "class"},
+                                      {"scenario": "split", "split_mode": "class-growing"}, {"scenario": "stream"},
+                                      {"scenario": "joint"}, {"batchnorm": "shared"}])
+def test_the_configs_word_on_per_task_batchnorm_is_the_scenarios(settings):
+    """What the command line refuses as freezing nothing follows what the trainer does: the two must agree."""
+    from metaspike.app.runs import make_run_scenario
+
+    config = RunConfig(**{"datasets": ("digits",), "tasks": 2, **settings})
+    applies = make_run_scenario(config).per_task_batchnorm and config.batchnorm == "per-task"
+    assert config.batchnorm_kept_per_task == applies
