@@ -37,7 +37,6 @@ from metaspike.checks import (
     is_number,
     listed,
     number_in,
-    state_dict_groups,
 )
 from metaspike.compiled import LARGE_TENSOR_LOOPS, LazyCompiled
 from metaspike.gain import OutputGain
@@ -48,6 +47,7 @@ from metaspike.optimizer_state import (
     check_state_dict_groups,
     check_state_tensor,
     check_states_listed,
+    refuse_non_mapping,
     with_tensor_steps,
 )
 from metaspike.rules import (
@@ -223,7 +223,7 @@ def _loaded_groups(optimizer: Optimizer,
     name = type(optimizer).__name__
     loaded = []
     live = optimizer.param_groups
-    for index, group in enumerate(state_dict_groups(state_dict)):
+    for index, group in enumerate(check_state_dict_groups(optimizer, state_dict)):
         asked = [_OTHER_ALGORITHMS[key] for key in _flags_set(group, _OTHER_ALGORITHMS)
                  if key not in optimizer.defaults]
         if asked:
@@ -1054,8 +1054,8 @@ class _KeepsHooksWhenCopied:
         return _hooked_again, (type(self).__bases__[1], self.__getstate__())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """The optimizer's own ``load_state_dict``, after :func:`~metaspike.optimizer_state.check_state_dict_groups`."""
-        check_state_dict_groups(self, state_dict)  # type: ignore[arg-type]
+        """The optimizer's own ``load_state_dict``, after :func:`~metaspike.optimizer_state.refuse_non_mapping`."""
+        refuse_non_mapping(state_dict)
         super().load_state_dict(state_dict)  # type: ignore[misc]
 
 

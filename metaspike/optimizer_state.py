@@ -9,7 +9,7 @@ with :class:`HookedAgainWhenCopied`.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import torch
@@ -19,7 +19,7 @@ from metaspike.checks import is_finite_number, shown, state_dict_groups
 
 __all__ = ["PARAMETER_SHAPED", "NEVER_NEGATIVE", "check_parameter_state", "check_state_tensor", "check_tensor_values",
            "check_step_count", "check_states_listed", "with_tensor_steps", "HookedAgainWhenCopied",
-           "check_state_dict_groups"]
+           "check_state_dict_groups", "refuse_non_mapping"]
 
 #: The per-parameter state tensors of torch.optim's algorithms (and MetaplasticAdam's) that have the parameter's shape.
 PARAMETER_SHAPED = frozenset({"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_inf", "momentum_buffer", "square_avg",
@@ -137,22 +137,38 @@ def with_tensor_steps(state: Any) -> Any:
             for index, entry in state.items()}
 
 
-def check_state_dict_groups(optimizer: torch.optim.Optimizer, state_dict: Any) -> None:
-    """One ``ValueError`` unless ``state_dict`` is an optimizer's state dict (a dict with a list of param groups) with
-    as many groups as ``optimizer``: what torch's ``load_state_dict`` would otherwise fail at with an ``AttributeError``
-    from inside (a file that holds no dict) or its own words on the groups, before any check of ours ran.
+def check_state_dict_groups(optimizer: torch.optim.Optimizer, state_dict: Any) -> list[dict[str, Any]]:
+    """The param groups of ``state_dict``, in one ``ValueError`` unless it is an optimizer's state dict (a dict with a
+    list of param groups) with as many groups as ``optimizer`` (torch's own words on the groups came otherwise). What
+    the optimizers' load pre-hooks read, after any pre-hook of the user's that reshapes the file.
 
     Example:
         >>> opt = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1)
-        >>> check_state_dict_groups(opt, "hello")
+        >>> check_state_dict_groups(opt, {"state": {}, "param_groups": []})
+        Traceback (most recent call last):
+        ...
+        ValueError: state_dict holds 0 param groups; this SGD has 1: it is the state of an optimizer built otherwise
+    """
+    groups = state_dict_groups(state_dict)
+    if len(groups) != len(optimizer.param_groups):
+        raise ValueError(f"state_dict holds {len(groups)} param group{'s' * (len(groups) != 1)}; this "
+                         f"{type(optimizer).__name__} has {len(optimizer.param_groups)}: it is the state of an "
+                         "optimizer built otherwise")
+    return groups
+
+
+def refuse_non_mapping(state_dict: Any) -> None:
+    """One ``ValueError`` where what ``load_state_dict`` got is no mapping: torch copies it before any check (an
+    ``AttributeError`` from inside torch for a string read from a file).
+
+    Example:
+        >>> refuse_non_mapping("hello")
         Traceback (most recent call last):
         ...
         ValueError: state_dict must be an optimizer's state dict, with a list of param groups
     """
-    saved = len(state_dict_groups(state_dict))
-    if saved != len(optimizer.param_groups):
-        raise ValueError(f"state_dict holds {saved} param group{'s' * (saved != 1)}; this {type(optimizer).__name__} "
-                         f"has {len(optimizer.param_groups)}: it is the state of an optimizer built otherwise")
+    if not isinstance(state_dict, Mapping):
+        state_dict_groups(state_dict)  # (its words)
 
 
 class HookedAgainWhenCopied:
@@ -181,8 +197,8 @@ class HookedAgainWhenCopied:
         raise NotImplementedError
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's ``load_state_dict``, after :func:`check_state_dict_groups`."""
-        check_state_dict_groups(self, state_dict)  # type: ignore[arg-type]
+        """torch's ``load_state_dict``, after :func:`refuse_non_mapping`."""
+        refuse_non_mapping(state_dict)
         super().load_state_dict(state_dict)  # type: ignore[misc]
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -43,7 +43,7 @@ from metaspike.population_statistics import evaluates_with_batch_statistics, sta
 __all__ = ["check_inputs", "check_labels", "minimum_batch_size", "train_epoch", "evaluate", "evaluate_together", "MIN_STATISTICS_BATCH",
            "random_numbers_apart", "masked_logits", "backward_within_batch",
            "classification_loss", "predictions", "TrainingDiverged", "Plugin", "non_finite_parameters",
-           "refuse_non_finite_model",
+           "refuse_nan_parameters",
            "LEARNED_MARGIN", "LearnedNothingWarning"]
 
 #: A run none of whose accuracies rose more than this many points above the untrained network's learned nothing.
@@ -413,7 +413,7 @@ def train_epoch(
     plugins = checked_plugins(plugins)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    refuse_non_finite_model(model, "training")
+    refuse_nan_parameters(model, "training")
     model.train()
     _refuse_vanishing_eps(optimizer)
     order = torch.randperm(len(x), generator=generator)
@@ -517,25 +517,29 @@ def non_finite_parameters(model: nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
 
 
-def refuse_non_finite_model(model: nn.Module, doing: str) -> None:
-    """One ``ValueError`` naming the parameters of ``model`` that hold NaN or infinite values before ``doing``
-    (``"training"``, ``"evaluating"``): they came from outside a step (a loaded state dict or checkpoint, an edit),
-    and a binary synapse would show a NaN hidden weight as a plausible +1 weight, silently.
+def refuse_nan_parameters(model: nn.Module, doing: str) -> None:
+    """One ``ValueError`` naming the parameters of ``model`` that hold NaN before ``doing`` (``"training"``,
+    ``"evaluating"``): they came from outside a step (a loaded state dict or checkpoint, an edit), and a binary synapse
+    would show a NaN hidden weight as a plausible +1 weight, silently. (An infinite value is left alone: a frozen
+    ``-inf`` mask is one by design, and an infinite hidden weight has a sign.) One pass over the parameters: 70 ms for
+    784-4096-4096-10 on one thread, so it runs once per call of :func:`train_epoch` and of ``bnn.evaluate``, not per
+    task of a trainer's evaluation (the trainer checks its weights at each task's end).
 
     Example:
         >>> net = torch.nn.Linear(2, 1)
         >>> with torch.no_grad():
-        ...     _ = net.weight.fill_(float("inf"))
-        >>> refuse_non_finite_model(net, "evaluating")
+        ...     _ = net.weight.fill_(float("nan"))
+        >>> refuse_nan_parameters(net, "evaluating")
         Traceback (most recent call last):
         ...
-        ValueError: the model holds NaN or infinite values before evaluating, in weight: they came from where it was loaded or edited, not from a training step (a binary synapse would show a NaN hidden weight as a +1 weight); load or set finite values
+        ValueError: the model holds NaN before evaluating, in weight: it came from where the model was loaded or edited, not from a training step (a binary synapse would show a NaN hidden weight as a +1 weight); load or set finite values
     """
-    bad = non_finite_parameters(model)
+    bad = [name for name, p in model.named_parameters()
+           if bool(torch.isnan(p.coalesce().values() if p.is_sparse else p).any())]
     if bad:
-        raise ValueError(f"the model holds NaN or infinite values before {doing}, in {listed(bad, 3)}: they came from "
-                         "where it was loaded or edited, not from a training step (a binary synapse would show a NaN "
-                         "hidden weight as a +1 weight); load or set finite values")
+        raise ValueError(f"the model holds NaN before {doing}, in {listed(bad, 3)}: it came from where the model was "
+                         "loaded or edited, not from a training step (a binary synapse would show a NaN hidden weight "
+                         "as a +1 weight); load or set finite values")
 
 
 def _diverged_loss_message(value: float, batch: int, model: nn.Module) -> str:
@@ -713,7 +717,6 @@ def _correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, classes: S
     _check_samples(x, y, classes, "the evaluated data")
     if len(x) == 0:
         raise ValueError("x holds no samples to evaluate")
-    refuse_non_finite_model(model, "evaluating")
     device = check_device(device)
     if not is_whole(batch_size, 1):
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")

@@ -773,3 +773,22 @@ def test_tensors_of_one_place_on_other_devices_are_refused_before_the_compiled_s
         else:
             bimu_step(torch.zeros(2), meta, lr=1, lr_max=1, likelihood_multiplier=1, kl_multiplier=1, N=10)
     assert not bayesian_functional._compiled_mesu.broken and not bayesian_functional._compiled_bimu.broken
+
+
+@pytest.mark.parametrize("make", ["metaplastic_adam", "bimu", "metaplastic_sgd"])
+def test_a_users_load_pre_hook_that_unwraps_the_file_runs_before_the_groups_are_checked(make):
+    """torch lets a load pre-hook return the state dict to load; the groups' check ran before it and refused a file
+    such a hook unwraps."""
+    net = torch.nn.Linear(4, 3, bias=False)
+    if make == "bimu":
+        net = metaspike.bayesianize(net, kind="bimu")
+        optimizer = BiMU(metaspike.bayesian.bimu_parameters(net))
+    elif make == "metaplastic_adam":
+        optimizer = metaspike.MetaplasticAdam(net.parameters(), meta=1.0)
+    else:
+        optimizer = metaspike.metaplastic(torch.optim.SGD(net.parameters(), lr=0.1), meta=1.0)
+    saved = optimizer.state_dict()
+    optimizer.register_load_state_dict_pre_hook(lambda opt, state_dict: state_dict["wrapped"], prepend=True)
+    optimizer.load_state_dict({"wrapped": saved})
+    with pytest.raises(ValueError, match=r"^state_dict holds 2 param groups; "):
+        optimizer.load_state_dict({"wrapped": {**saved, "param_groups": saved["param_groups"] * 2}})

@@ -35,8 +35,14 @@ from metaspike.bayesian.functional import (
 )
 from metaspike.bayesian.synapses import synapse_role
 from metaspike.caller import user_stacklevel
-from metaspike.checks import TrainingDiverged, check_keys_kept, check_no_misspelled_setting, is_whole, state_dict_groups
-from metaspike.optimizer_state import HookedAgainWhenCopied, check_states_listed, check_step_count, with_tensor_steps
+from metaspike.checks import TrainingDiverged, check_keys_kept, check_no_misspelled_setting, is_whole
+from metaspike.optimizer_state import (
+    HookedAgainWhenCopied,
+    check_state_dict_groups,
+    check_states_listed,
+    check_step_count,
+    with_tensor_steps,
+)
 from metaspike.synapse import is_hidden_weight
 
 __all__ = ["MESU", "BiMU", "settings_for_batch", "check_synapse_optimizers", "BAYESIAN_ADVICE"]
@@ -194,7 +200,7 @@ def _check_loaded_groups(optimizer: Optimizer, state_dict: dict[str, Any]) -> di
     rule lets a group leave out takes its default (MESU's ``lr``, in state dicts written before it existed), in
     copies of the groups: the caller's state dict is left as it was."""
     defaults = hyperparameter_defaults(optimizer.rule)
-    groups = [{**defaults, **group} for group in state_dict_groups(state_dict)]
+    groups = [{**defaults, **group} for group in check_state_dict_groups(optimizer, state_dict)]
     for group in groups:
         missing = [key for key in hyperparameter_names(optimizer.rule) if key not in group]
         if missing:

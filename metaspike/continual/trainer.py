@@ -731,8 +731,6 @@ class ContinualTrainer:
 
     def _evaluate_all(self, scenario: Scenario, trained: int, states: list[dict]) -> list[float]:
         """Accuracy on the evaluated tasks (NaN on the others); with per-task BatchNorm, task j < trained uses its own state."""
-        if trained:  # (what training made is the trainer's to say; an untrained model's evaluation: it was loaded so)
-            _check_finite_weights(self.model, trained)
         cfg = self.config
         per_task = self._per_task_batchnorm(scenario)
         current = batchnorm_state(self.model) if per_task and states else None
@@ -915,9 +913,9 @@ class ContinualTrainer:
             # memory and every checkpoint by one state per task)
             states.append(batchnorm_state(self.model) if self._per_task_batchnorm(scenario) else {})
             result.matrix.append(accuracies if due else not_evaluated)
+            _check_finite_weights(self.model, i + 1)  # (every task: a plugin's task_done may have made them)
             if not due:
                 continue
-            _check_finite_weights(self.model, i + 1)
             result.histograms.append({"after_task": i + 1, "layers": hidden_weight_histograms(self.model)})
             result.seconds = time.perf_counter() - start
             if log is not None:
