@@ -149,11 +149,19 @@ def check_state_dict_groups(optimizer: torch.optim.Optimizer, state_dict: Any) -
         ...
         ValueError: state_dict holds 0 param groups; this SGD has 1: it is the state of an optimizer built otherwise
     """
+    name = type(optimizer).__name__
     groups = state_dict_groups(state_dict)
     if len(groups) != len(optimizer.param_groups):
-        raise ValueError(f"state_dict holds {len(groups)} param group{'s' * (len(groups) != 1)}; this "
-                         f"{type(optimizer).__name__} has {len(optimizer.param_groups)}: it is the state of an "
-                         "optimizer built otherwise")
+        raise ValueError(f"state_dict holds {len(groups)} param group{'s' * (len(groups) != 1)}; this {name} has "
+                         f"{len(optimizer.param_groups)}: it is the state of an optimizer built otherwise")
+    check_states_listed(state_dict.get("state"), None)
+    for index, (group, live) in enumerate(zip(groups, optimizer.param_groups)):
+        params = group.get("params")
+        if not isinstance(params, list) or len(params) != len(live["params"]):
+            held = (f"{len(params)} parameters" if isinstance(params, list)
+                    else f"no list of parameters ({shown(params)})")
+            raise ValueError(f"state_dict's param group {index} holds {held}; this {name}'s holds "
+                             f"{len(live['params'])}: it is the state of an optimizer built otherwise")
     return groups
 
 

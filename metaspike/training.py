@@ -12,7 +12,7 @@ import os
 import re
 import sysconfig
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -413,7 +413,7 @@ def train_epoch(
     plugins = checked_plugins(plugins)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    refuse_nan_parameters(model, "training")
+    infinite_by_design = refuse_nan_parameters(model, "training")
     model.train()
     _refuse_vanishing_eps(optimizer)
     order = torch.randperm(len(x), generator=generator)
@@ -466,7 +466,7 @@ def train_epoch(
         batches += 1
         if progress is not None:
             progress.update(1)
-    _refuse_non_finite_parameters(model)
+    _refuse_non_finite_parameters(model, infinite_by_design)
     mean = total / max(batches, 1)
     if shard[1] > 1:  # report the loss of the whole batch, as one process would
         summed = torch.tensor([mean], dtype=torch.float64)  # a Python float: keep its precision
@@ -504,8 +504,14 @@ def _checked_penalty(plugin: Plugin, model: nn.Module) -> Tensor | float | None:
                      "or a number (None: no penalty)")
 
 
-def non_finite_parameters(model: nn.Module) -> list[str]:
-    """The names of ``model``'s parameters that hold NaN or infinite values.
+def _values(p: Tensor) -> Tensor:
+    """The stored values of a parameter (a sparse one's nonzeros: torch's ``isfinite`` takes no sparse tensor)."""
+    return p.coalesce().values() if p.is_sparse else p
+
+
+def non_finite_parameters(model: nn.Module, infinite_by_design: Collection[str] = ()) -> list[str]:
+    """The names of ``model``'s parameters that hold NaN, or infinite values unless named in ``infinite_by_design``
+    (those that held them before training: a frozen ``-inf`` mask; :func:`refuse_nan_parameters` names them).
 
     Example:
         >>> net = torch.nn.Linear(2, 1)
@@ -514,16 +520,22 @@ def non_finite_parameters(model: nn.Module) -> list[str]:
         >>> non_finite_parameters(net)
         ['bias']
     """
-    return [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    bad = []
+    for name, p in model.named_parameters():
+        values = _values(p)
+        if not bool(torch.isfinite(values).all()) and (name not in infinite_by_design or bool(values.isnan().any())):
+            bad.append(name)
+    return bad
 
 
-def refuse_nan_parameters(model: nn.Module, doing: str) -> None:
+def refuse_nan_parameters(model: nn.Module, doing: str) -> set[str]:
     """One ``ValueError`` naming the parameters of ``model`` that hold NaN before ``doing`` (``"training"``,
     ``"evaluating"``): they came from outside a step (a loaded state dict or checkpoint, an edit), and a binary synapse
-    would show a NaN hidden weight as a plausible +1 weight, silently. (An infinite value is left alone: a frozen
-    ``-inf`` mask is one by design, and an infinite hidden weight has a sign.) One pass over the parameters: 70 ms for
-    784-4096-4096-10 on one thread, so it runs once per call of :func:`train_epoch` and of ``bnn.evaluate``, not per
-    task of a trainer's evaluation (the trainer checks its weights at each task's end).
+    would show a NaN hidden weight as a plausible +1 weight, silently. An infinite value is left alone (a frozen
+    ``-inf`` mask is one by design, and an infinite hidden weight has a sign): returns the names of the parameters that
+    hold one, which the checks after training steps then pass over (:func:`non_finite_parameters`). One pass over the
+    parameters (70 ms for 784-4096-4096-10 on one thread): once per :func:`train_epoch`, per :func:`evaluate` call and
+    per fit of a trainer, which checks its weights itself at each task's end.
 
     Example:
         >>> net = torch.nn.Linear(2, 1)
@@ -534,12 +546,14 @@ def refuse_nan_parameters(model: nn.Module, doing: str) -> None:
         ...
         ValueError: the model holds NaN before evaluating, in weight: it came from where the model was loaded or edited, not from a training step (a binary synapse would show a NaN hidden weight as a +1 weight); load or set finite values
     """
-    bad = [name for name, p in model.named_parameters()
-           if bool(torch.isnan(p.coalesce().values() if p.is_sparse else p).any())]
+    unfinite = non_finite_parameters(model)
+    params = dict(model.named_parameters())
+    bad = [name for name in unfinite if bool(_values(params[name]).isnan().any())]
     if bad:
         raise ValueError(f"the model holds NaN before {doing}, in {listed(bad, 3)}: it came from where the model was "
                          "loaded or edited, not from a training step (a binary synapse would show a NaN hidden weight "
                          "as a +1 weight); load or set finite values")
+    return set(unfinite)
 
 
 def _diverged_loss_message(value: float, batch: int, model: nn.Module) -> str:
@@ -561,13 +575,14 @@ def _diverged_loss_message(value: float, batch: int, model: nn.Module) -> str:
             "weights grown large, then lower the learning rate)")
 
 
-def _refuse_non_finite_parameters(model: nn.Module) -> None:
+def _refuse_non_finite_parameters(model: nn.Module, infinite_by_design: Collection[str]) -> None:
     """:class:`TrainingDiverged` naming the parameters that became NaN or infinite while the loss stayed finite (a NaN
-    in one gradient entry): a binary synapse shows a NaN hidden weight as +1 and would never learn again, silently."""
-    bad = non_finite_parameters(model)
+    in one gradient entry): a binary synapse shows a NaN hidden weight as +1 and would never learn again, silently.
+    (Those in ``infinite_by_design`` were infinite before: only a NaN counts there.)"""
+    bad = non_finite_parameters(model, infinite_by_design)
     if bad:
         params = dict(model.named_parameters())
-        finite_gradients = all(params[name].grad is None or bool(torch.isfinite(params[name].grad).all())
+        finite_gradients = all(params[name].grad is None or bool(torch.isfinite(_values(params[name].grad)).all())
                                for name in bad)
         cause = ("their last gradients were finite, so the optimizer's step made them: a consolidation rule that "
                  "returned NaN or infinite updates, or an optimizer setting out of range" if finite_gradients else
@@ -640,8 +655,12 @@ def evaluate(
     batch_size: int = 1000,
     classes: Sequence[int] | None = None,
     device: torch.device | str = "cpu",
+    check_parameters: bool = True,
 ) -> float:
     """Accuracy of ``model`` on ``(x, y)`` in percent (eval mode, batches of ``batch_size``).
+
+    A model holding NaN parameters is refused first (:func:`refuse_nan_parameters`; ``check_parameters=False``: a
+    caller that checked them already, as a trainer does at each task's end, saves that pass).
 
     A model whose BatchNorm layers normalise with the statistics of each batch in eval mode (``bnn.MLP`` and
     ``bnn.ConvNet``, as in the paper, until :func:`metaspike.use_population_statistics`) predicts a sample from the
@@ -659,13 +678,17 @@ def evaluate(
         >>> 0.0 <= evaluate(model, torch.rand(20, 4), torch.randint(0, 3, (20,))) <= 100.0
         True
     """
+    if check_parameters:
+        refuse_nan_parameters(model, "evaluating")
     return _percent(_correct(model, x, y, batch_size, classes, device))
 
 
 def evaluate_together(model: nn.Module, parts: Sequence[tuple[Tensor, Tensor]], batch_size: int = 1000,
-                      device: torch.device | str = "cpu", classes: Sequence[int] | None = None) -> list[float]:
+                      device: torch.device | str = "cpu", classes: Sequence[int] | None = None,
+                      check_parameters: bool = True) -> list[float]:
     """Accuracy (%) on each ``(x, y)`` of ``parts``, evaluated as one mixed set (as :func:`evaluate` evaluates one),
-    among the outputs of ``classes`` (all for ``None``; a growing head's classes seen so far).
+    among the outputs of ``classes`` (all for ``None``; a growing head's classes seen so far); ``check_parameters`` as
+    for :func:`evaluate`.
 
     Where a test sample may come from any task (a class-incremental stream), a model that normalises each batch by
     its own statistics must not see batches of one task's classes only: they would tell it the task. Evaluated one
@@ -678,6 +701,8 @@ def evaluate_together(model: nn.Module, parts: Sequence[tuple[Tensor, Tensor]], 
     """
     if not parts or any(len(x) == 0 for x, _ in parts):
         raise ValueError("parts must hold test sets of at least one sample each")
+    if check_parameters:
+        refuse_nan_parameters(model, "evaluating")
     correct = _correct(model, torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]), batch_size, classes,
                        device)
     return [_percent(part) for part in correct.split([len(x) for x, _ in parts])]

@@ -130,9 +130,9 @@ def test_the_setting_names_the_run_and_a_record_without_it_reads_as_none():
 def test_the_command_line_freezes_names_the_run_and_keeps_the_setting_on_resume(tmp_path, capsys, one_thread):
     args = ["--dataset", "digits", "--epochs", "1", "--hidden", "16", "--quiet", "--out", str(tmp_path)]
     assert main(["train", *args, "--tasks", "2", "--freeze-unconsolidated", "1"]) == 2  # (bnn's BatchNorm: per task)
-    assert ("--freeze-unconsolidated: model 'bnn' has no parameter besides its synapses (no bias, learned gain, "
-            "normalisation scale or neuron parameter besides the BatchNorm scale and shift --batchnorm per-task keeps "
-            "per task (which go on learning)), so nothing would freeze") in capsys.readouterr().err
+    assert ("--freeze-unconsolidated: model 'bnn' has nothing besides its synapses but BatchNorm scales and shifts, "
+            "which per-task BatchNorm (--batchnorm per-task, the default) keeps per task and leaves learning, so "
+            "nothing would freeze; give --batchnorm shared to freeze them") in capsys.readouterr().err
     assert main(["train", *args, "--batchnorm", "shared", "--tasks", "2", "--freeze-unconsolidated", "1"]) == 0
     run = tmp_path / "permuted-digits-meta5-30-freeze1-seed1"
     assert json.loads((run / "config.json").read_text())["freeze_unconsolidated"] == 1
@@ -266,3 +266,27 @@ def test_the_configs_word_on_per_task_batchnorm_is_the_scenarios(settings):
     config = RunConfig(**{"datasets": ("digits",), "tasks": 2, **settings})
     applies = make_run_scenario(config).per_task_batchnorm and config.batchnorm == "per-task"
     assert config.batchnorm_kept_per_task == applies
+
+
+def test_a_run_or_comparison_an_earlier_version_froze_is_refused_on_resume_with_advice_that_can_be_followed(tmp_path):
+    """An earlier version froze per-task BatchNorm too: resuming its bnn run said "resume it with the settings it was
+    made with" (no flag gives them), and resuming its comparison ran bnn again unfrozen beside the finished run."""
+    from metaspike.app import compare
+    from metaspike.continual.batchnorm import batchnorm_parameters
+    from metaspike.continual.checkpoints import check_plugin_settings
+
+    net = _binarized_mlp()
+    plugin = FreezeUnconsolidated(1)
+    plugin.fit_started(net, list(batchnorm_parameters(net).values()))
+    with pytest.raises(ValueError, match=r"^plugins\[0\] \(FreezeUnconsolidated\) has per_task_batchnorm_learns = True "
+                                         r"here, a setting the checkpoint lacks: an earlier version of the plugin "
+                                         r"wrote it, which did otherwise; start the run again"):
+        check_plugin_settings([plugin], [{"after_tasks": 1}])
+    base = RunConfig(datasets=("digits",), tasks=2, epochs=1, hidden=(8,), samples_per_task=20, num_steps=2,
+                     freeze_unconsolidated=1)
+    root, _ = compare.compare_neurons(base, ["bnn", "leaky"], [0.0], [1], out=tmp_path, progress=False)
+    unfrozen = root / "permuted-digits-meta0-seed1"  # (bnn: per-task BatchNorm, nothing frozen)
+    unfrozen.rename(root / "permuted-digits-meta0-freeze1-seed1")  # (as the earlier version named it)
+    with pytest.raises(ValueError, match=r"an earlier version ran bnn frozen \(permuted-digits-meta0-freeze1-seed1\), "
+                                         r"freezing its per-task BatchNorm too; .* start a new comparison$"):
+        compare.resume_comparison(root, progress=False)

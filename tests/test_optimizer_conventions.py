@@ -757,6 +757,15 @@ def test_a_load_of_no_state_dict_or_of_other_groups_is_one_line_before_torch_rea
     two = {**saved, "param_groups": saved["param_groups"] * 2}
     with pytest.raises(ValueError, match=rf"^state_dict holds 2 param groups; this {type(optimizer).__name__} has 1: "):
         optimizer.load_state_dict(two)
+    with pytest.raises(ValueError, match=r"^state_dict's 'state' must map parameter indices to their states, got "
+                                         r"NoneType$"):  # (MESU and BiMU: a KeyError inside torch)
+        optimizer.load_state_dict({"param_groups": saved["param_groups"]})
+    group = saved["param_groups"][0]
+    for params, held in (([], "0 parameters"), (None, "no list of parameters")):
+        edited = {**saved, "param_groups": [{**group, "params": params}]}
+        with pytest.raises(ValueError, match=rf"^state_dict's param group 0 holds {held}.*; this "
+                                             rf"{type(optimizer).__name__}'s holds {len(group['params'])}: "):
+            optimizer.load_state_dict(edited)
     optimizer.load_state_dict(saved)  # (its own still loads)
 
 

@@ -841,3 +841,35 @@ def test_fit_warns_where_the_model_learned_nothing(scenario):
     with warnings.catch_warnings():
         warnings.simplefilter("error", LearnedNothingWarning)
         learner.fit(scenario)
+
+
+class _SparseLinear(nn.Module):
+    """A sparse weight (torch.sparse.mm) and a frozen -inf mask on some outputs: parameters the checks must read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.w = nn.Parameter((torch.randn(32, 784) * (torch.rand(32, 784) < 0.1)).to_sparse())
+        mask = torch.zeros(32)
+        mask[20:] = -math.inf  # (hidden units switched off)
+        self.mask = nn.Parameter(mask, requires_grad=False)
+        self.out = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.out(torch.relu(torch.sparse.mm(self.w, x.flatten(1).T).T + self.mask))
+
+
+def test_a_sparse_parameter_and_an_infinite_mask_train_and_are_checked_as_what_they_are():
+    """The checks after an epoch and after a task ran torch's isfinite on a sparse parameter (a NotImplementedError
+    from inside torch) and called a frozen -inf mask a divergence the optimizer made."""
+    model = _SparseLinear()
+    scenario = permuted(load_dataset("digits"), load_dataset("digits", "test"), n_tasks=2, seed=1, samples_per_task=60)
+    trainer = ContinualTrainer(model, lambda m: torch.optim.SGD([m.w, *m.out.parameters()], lr=0.05),
+                               TrainerConfig(epochs=1, batch_size=20), progress=False)
+    assert len(trainer.fit(scenario).matrix) == 2
+    with torch.no_grad():
+        model.mask[0] = math.nan  # (a NaN is never by design)
+    with pytest.raises(ValueError, match=r"^the model holds NaN before evaluating, in mask"):
+        evaluate(model, scenario.tasks[0].test.x, scenario.tasks[0].test.y)
+    with pytest.raises(ValueError, match=r"^the model's outputs hold NaN"):  # (unchecked: what the outputs show)
+        evaluate(model, scenario.tasks[0].test.x, scenario.tasks[0].test.y, check_parameters=False)

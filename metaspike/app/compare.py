@@ -580,5 +580,22 @@ def resume_comparison(root: str | Path, progress: bool = True) -> tuple[Path, li
         planned = _rows(plan, root)
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{root / PLAN} is not a valid comparison plan ({err})") from None
+    _refuse_runs_frozen_before(root, plan["base"].get("freeze_unconsolidated"), planned)
     with run_lock(root):
         return _execute(root, plan, planned, progress)
+
+
+def _refuse_runs_frozen_before(root: Path, asked: int | None, planned: list[Row]) -> None:
+    """One ``ValueError`` where a run the plan now makes unfrozen (its kind has nothing this version freezes after
+    ``asked`` tasks) was made frozen by an earlier version (which froze per-task BatchNorm too): resumed, the
+    comparison would run that kind again beside the finished run, under another name, and its row would change
+    without a word."""
+    for row in planned:
+        for config in row.configs:
+            if asked is None or config.freeze_unconsolidated is not None:
+                continue
+            frozen = replace(config, freeze_unconsolidated=asked).name
+            if (root / frozen).is_dir() and not (root / config.name).is_dir():
+                raise ValueError(f"{root}: an earlier version ran {config.model} frozen ({frozen}), freezing its "
+                                 "per-task BatchNorm too; this version leaves that learning, so it would run "
+                                 f"{config.model} again, unfrozen, beside that run: start a new comparison")

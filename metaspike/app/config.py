@@ -162,12 +162,16 @@ def refuse_freezing_nothing(after: int | None, models: Sequence[str], batchnorm_
     """
     if after is None or any(has_unconsolidated_parameters(kind, batchnorm_per_task) for kind in models):
         return
+    if any(map(has_unconsolidated_parameters, models)):  # (only BatchNorm, which per-task BatchNorm leaves learning)
+        which = (f"model {models[0]!r} has nothing besides its" if len(models) == 1 else
+                 f"the models ({', '.join(models)}) have nothing besides their")
+        raise ValueError(f"--freeze-unconsolidated: {which} synapses but BatchNorm scales and shifts, which "
+                         "per-task BatchNorm (--batchnorm per-task, the default) keeps per task and leaves learning, "
+                         "so nothing would freeze; give --batchnorm shared to freeze them, or leave the flag out")
     which = (f"model {models[0]!r} has no parameter besides its synapses (no" if len(models) == 1 else
              f"none of the models ({', '.join(models)}) has a parameter besides its synapses (a")
-    kept = (" besides the BatchNorm scale and shift --batchnorm per-task keeps per task (which go on learning)"
-            if any(map(has_unconsolidated_parameters, models)) else "")
-    raise ValueError(f"--freeze-unconsolidated: {which} bias, learned gain, normalisation scale or neuron parameter"
-                     f"{kept}), so nothing would freeze; leave the flag out")
+    raise ValueError(f"--freeze-unconsolidated: {which} bias, learned gain, normalisation scale or neuron parameter), "
+                     "so nothing would freeze; leave the flag out")
 
 
 #: RunConfig's settings that hold one real number (or None)

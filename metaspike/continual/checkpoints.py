@@ -436,6 +436,10 @@ def _refuse_other_settings(index: int, plugin: Any, theirs: dict, only_kept: boo
     """:func:`check_plugin_settings` for plugin ``index`` against ``theirs`` (where ``only_kept``, the settings it
     holds; else all, a missing one differing)."""
     for key, value in settings_of(plugin).items():
+        if not only_kept and key not in theirs:  # (a setting an earlier version had not: it did otherwise)
+            raise ValueError(f"plugins[{index}] ({type(plugin).__name__}) has {key} = {value!r} here, a setting the "
+                             "checkpoint lacks: an earlier version of the plugin wrote it, which did otherwise; start "
+                             "the run again (or finish it with that version)")
         if (key in theirs or not only_kept) and not _same_setting(theirs.get(key), value):
             raise ValueError(f"plugins[{index}] ({type(plugin).__name__}) has {key} = {value!r} here, "
                              f"{shown(theirs.get(key))} in the checkpoint: it was written with other settings; resume "

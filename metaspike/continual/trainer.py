@@ -19,7 +19,7 @@ import math
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
@@ -83,6 +83,7 @@ from metaspike.training import (
     evaluate,
     evaluate_together,
     non_finite_parameters,
+    refuse_nan_parameters,
     train_epoch,
 )
 
@@ -547,10 +548,10 @@ def _load_saved_optimizer(optimizer: Optimizer, optimizer_state: tuple[Any, Any,
                                         for group in inner])
 
 
-def _check_finite_weights(model: nn.Module, task: int) -> None:
+def _check_finite_weights(model: nn.Module, task: int, infinite_by_design: Collection[str]) -> None:
     """Raise :class:`TrainingDiverged` when a parameter became NaN or infinite while the loss stayed finite (e.g. a
-    Bayesian rule whose memory window is far too short)."""
-    bad = non_finite_parameters(model)
+    Bayesian rule whose memory window is far too short); those in ``infinite_by_design`` were so before training."""
+    bad = non_finite_parameters(model, infinite_by_design)
     if bad:
         window = " or lengthen the memory window" if next(bayesian_modules(model), None) is not None else ""
         raise TrainingDiverged(f"weights became NaN or infinite by the end of task {task} ({', '.join(bad[:3])}); "
@@ -744,7 +745,7 @@ class ContinualTrainer:
                 if evaluates_with_batch_statistics(self.model):  # in the mix of tasks it is first scored among
                     return [self._evaluate_all(scenario, j + 1, states)[j] for j in range(total)]
                 return [evaluate(self.model, task.test.x, task.test.y, cfg.eval_batch_size, scenario.seen_classes(j + 1),
-                                 cfg.device) for j, task in enumerate(scenario.eval_tasks)]
+                                 cfg.device, check_parameters=False) for j, task in enumerate(scenario.eval_tasks)]
             indices = [j for j in indices if j < trained]  # (the classes of the tasks to come are not in the head)
         accuracies = [math.nan] * total
         # a class-incremental evaluation is not told the task: the head's outputs (all, or those seen so far) serve all
@@ -754,7 +755,7 @@ class ContinualTrainer:
             for mix, scored in self._mixes(scenario, trained, indices):
                 tested = [scenario.eval_tasks[j].test for j in mix]
                 scores = evaluate_together(self.model, [(t.x, t.y) for t in tested], cfg.eval_batch_size, cfg.device,
-                                           seen)
+                                           seen, check_parameters=False)
                 for j, accuracy in zip(mix, scores):
                     if j in scored:
                         accuracies[j] = accuracy
@@ -764,7 +765,8 @@ class ContinualTrainer:
             if current is not None:
                 load_batchnorm_state(self.model, states[j] if j < len(states) and j < trained else current)
             classes = task.classes if scenario.task_known_at_test else seen
-            accuracies[j] = evaluate(self.model, task.test.x, task.test.y, cfg.eval_batch_size, classes, cfg.device)
+            accuracies[j] = evaluate(self.model, task.test.x, task.test.y, cfg.eval_batch_size, classes, cfg.device,
+                                     check_parameters=False)
         if current is not None:
             load_batchnorm_state(self.model, current)
         return accuracies
@@ -864,6 +866,7 @@ class ContinualTrainer:
         self._identity = run_identity(scenario, cfg, self.model)
         start_alike(self.model)  # (under several processes: the first one's weights everywhere)
         generator = torch.Generator().manual_seed(cfg.seed)
+        infinite = refuse_nan_parameters(self.model, "training")  # (before the untrained model is scored)
         # (before a resume compares the plugins' settings: what they do with the task-specific parameters is one)
         task_specific = list(batchnorm_parameters(self.model).values()) if self._per_task_batchnorm(scenario) else []
         for plugin in self.plugins:
@@ -913,7 +916,7 @@ class ContinualTrainer:
             # memory and every checkpoint by one state per task)
             states.append(batchnorm_state(self.model) if self._per_task_batchnorm(scenario) else {})
             result.matrix.append(accuracies if due else not_evaluated)
-            _check_finite_weights(self.model, i + 1)  # (every task: a plugin's task_done may have made them)
+            _check_finite_weights(self.model, i + 1, infinite)  # (every task: a plugin's task_done may have made them)
             if not due:
                 continue
             result.histograms.append({"after_task": i + 1, "layers": hidden_weight_histograms(self.model)})
