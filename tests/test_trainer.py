@@ -864,9 +864,27 @@ def test_a_sparse_parameter_and_an_infinite_mask_train_and_are_checked_as_what_t
     from inside torch) and called a frozen -inf mask a divergence the optimizer made."""
     model = _SparseLinear()
     scenario = permuted(load_dataset("digits"), load_dataset("digits", "test"), n_tasks=2, seed=1, samples_per_task=60)
+
+    class Kept:
+        def __init__(self):
+            self.saved = []
+
+        def epoch_done(self, result):
+            pass
+
+        def task_done(self, result):
+            pass
+
+        def checkpoint(self, state):
+            self.saved.append(copy.deepcopy(state))
+
+    log = Kept()
     trainer = ContinualTrainer(model, lambda m: torch.optim.SGD([m.w, *m.out.parameters()], lr=0.05),
                                TrainerConfig(epochs=1, batch_size=20), progress=False)
-    assert len(trainer.fit(scenario).matrix) == 2
+    whole = trainer.fit(scenario, log=log)
+    resumed = ContinualTrainer(_SparseLinear(), lambda m: torch.optim.SGD([m.w, *m.out.parameters()], lr=0.05),
+                               TrainerConfig(epochs=1, batch_size=20), progress=False)
+    assert resumed.fit(scenario, resume=log.saved[0]).matrix == whole.matrix  # (its checkpoint's check read it too)
     with torch.no_grad():
         model.mask[0] = math.nan  # (a NaN is never by design)
     with pytest.raises(ValueError, match=r"^the model holds NaN before evaluating, in mask"):
@@ -917,9 +935,12 @@ def test_a_run_with_a_parameter_infinite_by_design_resumes_from_its_own_checkpoi
     log = Kept()
     whole = trainer().fit(scenario, log=log)
     assert trainer().fit(scenario, resume=log.saved[0]).matrix == whole.matrix
-    log.saved[0]["model"]["mask"][0] = math.nan
-    with pytest.raises(ValueError, match=r"^the checkpoint's model holds NaN or infinite values \(in mask\)"):
-        trainer().fit(scenario, resume=log.saved[0])
+    for forge in (lambda mask: mask.__setitem__(0, math.nan), lambda mask: mask.__setitem__(0, math.inf),
+                  lambda mask: mask.__setitem__(25, math.inf), lambda mask: mask.fill_(-math.inf)):
+        forged = copy.deepcopy(log.saved[0])
+        forge(forged["model"]["mask"])  # (a NaN; an infinity where the built model has none, or of the other sign)
+        with pytest.raises(ValueError, match=r"^the checkpoint's model holds NaN or infinite values \(in mask\)"):
+            trainer().fit(scenario, resume=forged)
 
 
 def test_a_diverged_loss_is_not_blamed_on_a_parameter_infinite_by_design():
@@ -952,3 +973,16 @@ def test_the_nan_check_takes_a_lazy_a_compressed_sparse_and_a_meta_parameter():
 
     assert 0 <= evaluate(CSR(), x, y) <= 100
     assert refuse_nan_parameters(nn.Linear(4, 3, device="meta"), "evaluating") == set()
+
+
+def test_nan_or_infinite_reads_float8_and_conjugate_views():
+    """aminmax takes no float8, and view_as_real no unresolved conjugate: both failed inside torch."""
+    from metaspike.training import nan_or_infinite
+
+    assert nan_or_infinite(torch.tensor([1.0, math.nan]).to(torch.float8_e5m2)) == (True, False)
+    assert nan_or_infinite(torch.tensor([1.0, -math.inf]).to(torch.float8_e5m2)) == (False, True)
+    assert nan_or_infinite(torch.tensor([complex(1, math.nan)]).conj()) == (True, False)
+    assert nan_or_infinite(torch.tensor([complex(1, 2)]).conj()) == (False, False)
+    from metaspike.continual.checkpoints import _non_finite
+
+    assert _non_finite({"w": torch.tensor([complex(1, math.nan)]), "ok": torch.ones(2)}) == ["w"]  # (was skipped)
