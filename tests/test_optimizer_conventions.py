@@ -737,18 +737,21 @@ def test_a_group_added_later_with_a_misspelled_setting_is_refused_and_not_added(
         assert len(optimizer.param_groups) == 1
 
 
+def _one_group_optimizer(make: str) -> torch.optim.Optimizer:
+    """A metaspike optimizer of one param group: ``"metaplastic_adam"``, ``"bimu"`` or ``"metaplastic_sgd"``."""
+    net = torch.nn.Linear(4, 3, bias=False)
+    if make == "bimu":
+        return BiMU(metaspike.bayesian.bimu_parameters(metaspike.bayesianize(net, kind="bimu")))
+    if make == "metaplastic_adam":
+        return metaspike.MetaplasticAdam(net.parameters(), meta=1.0)
+    return metaspike.metaplastic(torch.optim.SGD(net.parameters(), lr=0.1), meta=1.0)
+
+
 @pytest.mark.parametrize("make", ["metaplastic_adam", "bimu", "metaplastic_sgd"])
 def test_a_load_of_no_state_dict_or_of_other_groups_is_one_line_before_torch_reads_it(make):
     """``load_state_dict("hello")`` was an AttributeError from inside torch, and a state of two groups loaded into an
     optimizer of one was torch's own words."""
-    net = torch.nn.Linear(4, 3, bias=False)
-    if make == "bimu":
-        net = metaspike.bayesianize(net, kind="bimu")
-        optimizer = BiMU(metaspike.bayesian.bimu_parameters(net))
-    elif make == "metaplastic_adam":
-        optimizer = metaspike.MetaplasticAdam(net.parameters(), meta=1.0)
-    else:
-        optimizer = metaspike.metaplastic(torch.optim.SGD(net.parameters(), lr=0.1), meta=1.0)
+    optimizer = _one_group_optimizer(make)
     saved = optimizer.state_dict()
     for bad in ("hello", None, {"state": {}}):
         with pytest.raises(ValueError, match=r"^state_dict must be an optimizer's state dict, with a list of param "
@@ -788,14 +791,7 @@ def test_tensors_of_one_place_on_other_devices_are_refused_before_the_compiled_s
 def test_a_users_load_pre_hook_that_unwraps_the_file_runs_before_the_groups_are_checked(make):
     """torch lets a load pre-hook return the state dict to load; the groups' check ran before it and refused a file
     such a hook unwraps."""
-    net = torch.nn.Linear(4, 3, bias=False)
-    if make == "bimu":
-        net = metaspike.bayesianize(net, kind="bimu")
-        optimizer = BiMU(metaspike.bayesian.bimu_parameters(net))
-    elif make == "metaplastic_adam":
-        optimizer = metaspike.MetaplasticAdam(net.parameters(), meta=1.0)
-    else:
-        optimizer = metaspike.metaplastic(torch.optim.SGD(net.parameters(), lr=0.1), meta=1.0)
+    optimizer = _one_group_optimizer(make)
     saved = optimizer.state_dict()
     optimizer.register_load_state_dict_pre_hook(lambda opt, state_dict: state_dict["wrapped"], prepend=True)
     optimizer.load_state_dict({"wrapped": saved})

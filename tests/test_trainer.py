@@ -2,11 +2,13 @@
 
 
 import copy
+import io
 import math
 import warnings
 
 import pytest
 import torch
+from conftest import KeepCheckpoints
 from torch import nn
 
 from bnn import MLP
@@ -843,6 +845,11 @@ def test_fit_warns_where_the_model_learned_nothing(scenario):
         learner.fit(scenario)
 
 
+def _loaded(saved: bytes) -> dict:
+    """A checkpoint :class:`KeepCheckpoints` kept, loaded as a run loads one."""
+    return torch.load(io.BytesIO(saved), weights_only=True)
+
+
 class _SparseLinear(nn.Module):
     """A sparse weight (torch.sparse.mm) and a frozen -inf mask on some outputs: parameters the checks must read."""
 
@@ -864,27 +871,13 @@ def test_a_sparse_parameter_and_an_infinite_mask_train_and_are_checked_as_what_t
     from inside torch) and called a frozen -inf mask a divergence the optimizer made."""
     model = _SparseLinear()
     scenario = permuted(load_dataset("digits"), load_dataset("digits", "test"), n_tasks=2, seed=1, samples_per_task=60)
-
-    class Kept:
-        def __init__(self):
-            self.saved = []
-
-        def epoch_done(self, result):
-            pass
-
-        def task_done(self, result):
-            pass
-
-        def checkpoint(self, state):
-            self.saved.append(copy.deepcopy(state))
-
-    log = Kept()
+    log = KeepCheckpoints()
     trainer = ContinualTrainer(model, lambda m: torch.optim.SGD([m.w, *m.out.parameters()], lr=0.05),
                                TrainerConfig(epochs=1, batch_size=20), progress=False)
     whole = trainer.fit(scenario, log=log)
     resumed = ContinualTrainer(_SparseLinear(), lambda m: torch.optim.SGD([m.w, *m.out.parameters()], lr=0.05),
                                TrainerConfig(epochs=1, batch_size=20), progress=False)
-    assert resumed.fit(scenario, resume=log.saved[0]).matrix == whole.matrix  # (its checkpoint's check read it too)
+    assert resumed.fit(scenario, resume=_loaded(log.saved[0])).matrix == whole.matrix  # (its checkpoint's check too)
     with torch.no_grad():
         model.mask[0] = math.nan  # (a NaN is never by design)
     with pytest.raises(ValueError, match=r"^the model holds NaN before evaluating, in mask"):
@@ -911,20 +904,6 @@ class _MaskedMLP(nn.Module):
 def test_a_run_with_a_parameter_infinite_by_design_resumes_from_its_own_checkpoint():
     """It trained and wrote checkpoints, whose load then refused the mask as "NaN or infinite values, which a run never
     writes"; a NaN there is still refused."""
-
-    class Kept:
-        def __init__(self):
-            self.saved = []
-
-        def epoch_done(self, result):
-            pass
-
-        def task_done(self, result):
-            pass
-
-        def checkpoint(self, state):
-            self.saved.append(copy.deepcopy(state))
-
     scenario = permuted(load_dataset("digits"), load_dataset("digits", "test"), n_tasks=2, seed=1, samples_per_task=60)
 
     def trainer():
@@ -932,12 +911,12 @@ def test_a_run_with_a_parameter_infinite_by_design_resumes_from_its_own_checkpoi
                                                                         lr=0.05),
                                 TrainerConfig(epochs=1, batch_size=20), progress=False)
 
-    log = Kept()
+    log = KeepCheckpoints()
     whole = trainer().fit(scenario, log=log)
-    assert trainer().fit(scenario, resume=log.saved[0]).matrix == whole.matrix
+    assert trainer().fit(scenario, resume=_loaded(log.saved[0])).matrix == whole.matrix
     for forge in (lambda mask: mask.__setitem__(0, math.nan), lambda mask: mask.__setitem__(0, math.inf),
                   lambda mask: mask.__setitem__(25, math.inf), lambda mask: mask.fill_(-math.inf)):
-        forged = copy.deepcopy(log.saved[0])
+        forged = _loaded(log.saved[0])
         forge(forged["model"]["mask"])  # (a NaN; an infinity where the built model has none, or of the other sign)
         with pytest.raises(ValueError, match=r"^the checkpoint's model holds NaN or infinite values \(in mask\)"):
             trainer().fit(scenario, resume=forged)
