@@ -956,7 +956,7 @@ def test_the_nan_check_takes_a_lazy_a_compressed_sparse_and_a_meta_parameter():
 
 def test_nan_or_infinite_reads_float8_and_conjugate_views():
     """aminmax takes no float8, and view_as_real no unresolved conjugate: both failed inside torch."""
-    from metaspike.training import nan_or_infinite
+    from metaspike.checks import nan_or_infinite
 
     assert nan_or_infinite(torch.tensor([1.0, math.nan]).to(torch.float8_e5m2)) == (True, False)
     assert nan_or_infinite(torch.tensor([1.0, -math.inf]).to(torch.float8_e5m2)) == (False, True)
@@ -965,3 +965,11 @@ def test_nan_or_infinite_reads_float8_and_conjugate_views():
     from metaspike.continual.checkpoints import _non_finite
 
     assert _non_finite({"w": torch.tensor([complex(1, math.nan)]), "ok": torch.ones(2)}) == ["w"]  # (was skipped)
+    from metaspike.continual.checkpoints import _infinite_alike
+    from metaspike.optimizer_state import check_tensor_values
+
+    mask = torch.tensor([0.0, -math.inf, 0.0])
+    assert _infinite_alike(mask.to_sparse(), mask.to_sparse())  # (a sparse mask of its own: refused before)
+    assert not _infinite_alike(-mask.to_sparse(), mask.to_sparse()) and not _infinite_alike(mask, torch.zeros(3))
+    with pytest.raises(ValueError, match=r"^exp_avg holds NaN or infinite values$"):  # (a complex NaN passed)
+        check_tensor_values("exp_avg", torch.tensor([complex(1, math.nan)]))

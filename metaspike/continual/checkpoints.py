@@ -18,14 +18,24 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 
-from metaspike.checks import FLOAT32_MAX, check_generator_state, is_finite_number, is_number, is_whole, listed, shown
+from metaspike.checks import (
+    FLOAT32_MAX,
+    check_generator_state,
+    is_finite_number,
+    is_number,
+    is_whole,
+    listed,
+    nan_or_infinite,
+    shown,
+)
 from metaspike.continual.batchnorm import batchnorm_state
 from metaspike.continual.memo import PLAIN_VALUES, PartMemo
 from metaspike.continual.metrics import is_accuracy
 from metaspike.continual.scenarios import Scenario
 from metaspike.optimizer_state import check_parameter_state
-from metaspike.training import Plugin, nan_or_infinite
+from metaspike.training import Plugin
 
 __all__ = ["CHECKPOINT_FORMAT", "CURVE_COLUMNS", "check_checkpoint", "check_curves", "check_batchnorm_states",
            "check_same_run", "kinds_of", "check_kinds", "settings_of", "check_plugin_settings", "check_plugin_states",
@@ -147,7 +157,10 @@ def check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: tor
         raise ValueError(f"the checkpoint's model has entries of another type than this run's model: {mistyped[:5]}")
     # (a run stops before it writes a NaN weight: one here was put there, and would read as divergence of this run)
     # (an entry infinite exactly where this run's own freshly built model's is, a frozen -inf mask, is so by design)
-    broken = [key for key in _non_finite(state["model"]) if not _infinite_alike(state["model"][key], own.get(key))]
+    # (an entry the model lacks, or of another shape or layout, is refused for that when it is loaded)
+    broken = [key for key in _non_finite(state["model"]) if key in own and not is_lazy(own[key])
+              and state["model"][key].shape == own[key].shape and state["model"][key].layout == own[key].layout
+              and not _infinite_alike(state["model"][key], own[key])]
     if broken:
         raise ValueError(f"the checkpoint's model holds NaN or infinite values (in {', '.join(broken[:5])}), which a "
                          "run never writes")
@@ -232,20 +245,21 @@ def check_curves(result: dict[str, Any], position: dict[str, int], schedule: tup
 
 def _non_finite(entries: dict[Any, Any]) -> list[str]:
     """The keys of ``entries`` (a state dict) whose value is a tensor holding NaN or ±inf
-    (:func:`~metaspike.training.nan_or_infinite`: sparse and complex ones too): a run stops before it writes one (a
+    (:func:`~metaspike.checks.nan_or_infinite`: sparse and complex ones too): a run stops before it writes one (a
     loss or weight turned NaN), so one in a checkpoint was put there, and would read as this run's divergence, or as
     wrong numbers that nothing flags."""
     return [str(key) for key, value in entries.items() if isinstance(value, Tensor) and any(nan_or_infinite(value))]
 
 
-def _infinite_alike(saved: Tensor, own: Tensor | None) -> bool:
+def _infinite_alike(saved: Tensor, own: Tensor) -> bool:
     """Whether a checkpoint's entry ``saved`` holds no NaN and its infinities exactly where, and of the sign, this
-    run's freshly built model holds them (``own``): an infinite mask the model is built with. A forged infinity
-    elsewhere, or of the other sign, is not."""
-    if own is None or nan_or_infinite(saved)[0] or saved.shape != own.shape or saved.layout != torch.strided:
+    run's freshly built model's entry ``own`` (of the same shape and layout) holds them: an infinite mask the model is
+    built with. A forged infinity elsewhere, or of the other sign, is not."""
+    if nan_or_infinite(saved)[0] or not nan_or_infinite(own)[1]:
         return False
-    return bool(own.isinf().any()) and torch.equal(saved.isinf(), own.isinf()) and torch.equal(saved[saved.isinf()],
-                                                                                              own[own.isinf()])
+    if saved.layout != torch.strided:  # (a sparse mask: its dense form, which a mask of by-design infinities is)
+        saved, own = saved.to_dense(), own.to_dense()
+    return torch.equal(torch.where(saved.isinf(), saved, 0), torch.where(own.isinf(), own, 0))
 
 
 def check_batchnorm_states(states: Any, trained: int, model: nn.Module, per_task: bool) -> None:
