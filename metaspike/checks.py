@@ -22,7 +22,8 @@ __all__ = ["registered_name", "check_keys_kept", "listed", "is_number", "is_fini
            "finite_number", "FLOAT32_MAX", "FLOAT32_TINY",
            "MAX_SEED", "check_seed", "check_device", "state_dict_groups", "check_eps_holds", "ModelError",
            "raised_at", "defined_at", "in_metaspike", "is_nan", "first_line", "shown", "check_generator_state",
-           "lacking_methods", "unknown_name", "check_no_misspelled_setting", "nan_or_infinite"]
+           "lacking_methods", "unknown_name", "check_no_misspelled_setting", "nan_or_infinite",
+           "stored_values"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -338,6 +339,23 @@ def check_generator_state(state: Any, what: str) -> None:
         raise ValueError(f"{what} is not a state of torch's generator") from None
 
 
+def stored_values(tensor: Any) -> Any:
+    """The values ``tensor`` stores, detached, as a strided tensor the elementwise kernels take: a sparse tensor's
+    nonzeros, a float8 one widened to float32 (which keeps NaN, infinities and signs).
+
+    Example:
+        >>> import torch
+        >>> stored_values(torch.tensor([0.0, -2.0]).to_sparse()).tolist()
+        [-2.0]
+    """
+    import torch
+
+    values = tensor.detach()
+    if values.layout != torch.strided:
+        values = values.coalesce().values() if values.is_sparse else values.values()
+    return values.float() if values.is_floating_point() and values.element_size() == 1 else values
+
+
 def nan_or_infinite(tensor: Any) -> tuple[bool, bool]:
     """Whether ``tensor`` holds NaN, and else whether it holds an infinite value, from one ``aminmax`` pass over its
     stored values (NaN propagates; 3 ms for 4096 x 4096 on one thread, where ``isfinite(t).all()`` took 52 and
@@ -354,14 +372,10 @@ def nan_or_infinite(tensor: Any) -> tuple[bool, bool]:
 
     if is_lazy(tensor) or tensor.device.type == "meta":
         return False, False
-    values = tensor.detach()
-    if values.layout != torch.strided:
-        values = values.coalesce().values() if values.is_sparse else values.values()
+    values = stored_values(tensor)
     values = torch.view_as_real(values.resolve_conj()) if values.is_complex() else values
     if not values.is_floating_point() or values.numel() == 0:
         return False, False
-    if values.element_size() == 1:  # (float8: aminmax takes none; widening keeps NaN and infinities)
-        values = values.float()
     low, high = (float(v) for v in torch.aminmax(values))
     nan = math.isnan(low) or math.isnan(high)
     return nan, not nan and (math.isinf(low) or math.isinf(high))

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metaspike.checks import is_finite_number, nan_or_infinite, shown, state_dict_groups
+from metaspike.checks import is_finite_number, nan_or_infinite, shown, state_dict_groups, stored_values
 
 __all__ = ["PARAMETER_SHAPED", "NEVER_NEGATIVE", "check_parameter_state", "check_state_tensor", "check_tensor_values",
            "check_step_count", "check_states_listed", "with_tensor_steps", "HookedAgainWhenCopied",
@@ -80,9 +80,13 @@ def check_tensor_values(where: str, value: Tensor, *, never_negative: bool = Fal
         ...
         ValueError: EWC's importances[0][0] holds negative values (a Fisher is >= 0)
     """
+    if value.layout != torch.strided:  # (an optimizer's or plugin's state is dense: a sparse one fails its next step)
+        raise ValueError(f"{where} is a {value.layout} tensor; a saved state holds dense ones")
     if any(nan_or_infinite(value)):
         raise ValueError(f"{where} holds NaN or infinite values")
-    if never_negative and bool((value < 0).any()):
+    if never_negative and value.is_complex():
+        raise ValueError(f"{where} holds complex values ({why})")
+    if never_negative and bool((stored_values(value) < 0).any()):
         raise ValueError(f"{where} holds negative values ({why})")
 
 

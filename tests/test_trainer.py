@@ -914,12 +914,21 @@ def test_a_run_with_a_parameter_infinite_by_design_resumes_from_its_own_checkpoi
     log = KeepCheckpoints()
     whole = trainer().fit(scenario, log=log)
     assert trainer().fit(scenario, resume=_loaded(log.saved[0])).matrix == whole.matrix
-    for forge in (lambda mask: mask.__setitem__(0, math.nan), lambda mask: mask.__setitem__(0, math.inf),
-                  lambda mask: mask.__setitem__(25, math.inf), lambda mask: mask.fill_(-math.inf)):
+    # a NaN; an infinity where the built model has none, or of the other sign; and entries the model lacks (a
+    # BatchNorm's statistics are made room for as they load) or of another shape (a load takes (1,) for a 0-d one)
+    for key, forge in (("mask", lambda model: model["mask"].__setitem__(0, math.nan)),
+                       ("mask", lambda model: model["mask"].__setitem__(0, math.inf)),
+                       ("mask", lambda model: model["mask"].__setitem__(25, math.inf)),
+                       ("mask", lambda model: model["mask"].fill_(-math.inf)),
+                       ("running_mean", lambda model: model.__setitem__("running_mean", torch.full((32,), math.nan))),
+                       ("mask", lambda model: model.__setitem__("mask", model["mask"][None]))):
         forged = _loaded(log.saved[0])
-        forge(forged["model"]["mask"])  # (a NaN; an infinity where the built model has none, or of the other sign)
-        with pytest.raises(ValueError, match=r"^the checkpoint's model holds NaN or infinite values \(in mask\)"):
-            trainer().fit(scenario, resume=forged)
+        forge(forged["model"])
+        fresh = trainer()
+        before = {name: value.clone() for name, value in fresh.model.state_dict().items()}
+        with pytest.raises(ValueError, match=rf"^the checkpoint's model holds NaN or infinite values \(in {key}\)"):
+            fresh.fit(scenario, resume=forged)
+        assert all(torch.equal(before[name], value) for name, value in fresh.model.state_dict().items())
 
 
 def test_a_diverged_loss_is_not_blamed_on_a_parameter_infinite_by_design():
@@ -973,3 +982,8 @@ def test_nan_or_infinite_reads_float8_and_conjugate_views():
     assert not _infinite_alike(-mask.to_sparse(), mask.to_sparse()) and not _infinite_alike(mask, torch.zeros(3))
     with pytest.raises(ValueError, match=r"^exp_avg holds NaN or infinite values$"):  # (a complex NaN passed)
         check_tensor_values("exp_avg", torch.tensor([complex(1, math.nan)]))
+    for value, says in ((torch.tensor([complex(1, 1)]), "holds complex values"),
+                        (torch.tensor([1.0, -1.0]).to(torch.float8_e4m3fn), "holds negative values"),
+                        (torch.ones(2).to_sparse(), "is a torch.sparse_coo tensor")):  # (each failed inside torch)
+        with pytest.raises(ValueError, match=rf"^exp_avg_sq {says}"):
+            check_tensor_values("exp_avg_sq", value, never_negative=True)

@@ -157,10 +157,9 @@ def check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: tor
         raise ValueError(f"the checkpoint's model has entries of another type than this run's model: {mistyped[:5]}")
     # (a run stops before it writes a NaN weight: one here was put there, and would read as divergence of this run)
     # (an entry infinite exactly where this run's own freshly built model's is, a frozen -inf mask, is so by design)
-    # (an entry the model lacks, or of another shape or layout, is refused for that when it is loaded)
-    broken = [key for key in _non_finite(state["model"]) if key in own and not is_lazy(own[key])
-              and state["model"][key].shape == own[key].shape and state["model"][key].layout == own[key].layout
-              and not _infinite_alike(state["model"][key], own[key])]
+    # (refused before anything loads: a load copies the entries that fit before it refuses the others, and a BatchNorm's
+    # statistics are made room for as they load)
+    broken = [key for key in _non_finite(state["model"]) if not _infinite_alike(state["model"][key], own.get(key))]
     if broken:
         raise ValueError(f"the checkpoint's model holds NaN or infinite values (in {', '.join(broken[:5])}), which a "
                          "run never writes")
@@ -251,12 +250,15 @@ def _non_finite(entries: dict[Any, Any]) -> list[str]:
     return [str(key) for key, value in entries.items() if isinstance(value, Tensor) and any(nan_or_infinite(value))]
 
 
-def _infinite_alike(saved: Tensor, own: Tensor) -> bool:
+def _infinite_alike(saved: Tensor, own: Tensor | None) -> bool:
     """Whether a checkpoint's entry ``saved`` holds no NaN and its infinities exactly where, and of the sign, this
-    run's freshly built model's entry ``own`` (of the same shape and layout) holds them: an infinite mask the model is
-    built with. A forged infinity elsewhere, or of the other sign, is not."""
-    if nan_or_infinite(saved)[0] or not nan_or_infinite(own)[1]:
+    run's freshly built model's entry ``own`` (``None``: the model has none) holds them, in the same shape and layout:
+    an infinite mask the model is built with. A forged infinity elsewhere, of the other sign, or in an entry of another
+    shape (which a load may still take: a ``(1,)`` one for a 0-d parameter) is not."""
+    if (own is None or is_lazy(own) or saved.shape != own.shape or saved.layout != own.layout
+            or nan_or_infinite(saved)[0] or not nan_or_infinite(own)[1]):
         return False
+    own = own.to(saved.device)
     if saved.layout != torch.strided:  # (a sparse mask: its dense form, which a mask of by-design infinities is)
         saved, own = saved.to_dense(), own.to_dense()
     return torch.equal(torch.where(saved.isinf(), saved, 0), torch.where(own.isinf(), own, 0))
