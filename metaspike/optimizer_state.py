@@ -80,13 +80,11 @@ def check_tensor_values(where: str, value: Tensor, *, never_negative: bool = Fal
         ...
         ValueError: EWC's importances[0][0] holds negative values (a Fisher is >= 0)
     """
-    if value.layout != torch.strided:  # (an optimizer's or plugin's state is dense: a sparse one fails its next step)
-        raise ValueError(f"{where} is a {value.layout} tensor; a saved state holds dense ones")
     if any(nan_or_infinite(value)):
         raise ValueError(f"{where} holds NaN or infinite values")
-    if never_negative and value.is_complex():
-        raise ValueError(f"{where} holds complex values ({why})")
-    if never_negative and bool((stored_values(value) < 0).any()):
+    values = stored_values(value)  # (a sparse momentum buffer's nonzeros; a complex parameter's sums of squares are
+    values = torch.view_as_real(values.resolve_conj()) if values.is_complex() else values  # >= 0 part by part)
+    if never_negative and bool((values < 0).any()):
         raise ValueError(f"{where} holds negative values ({why})")
 
 

@@ -797,3 +797,15 @@ def test_a_users_load_pre_hook_that_unwraps_the_file_runs_before_the_groups_are_
     optimizer.load_state_dict({"wrapped": saved})
     with pytest.raises(ValueError, match=r"^state_dict holds 2 param groups; "):
         optimizer.load_state_dict({"wrapped": {**saved, "param_groups": saved["param_groups"] * 2}})
+
+
+def test_a_sparse_momentum_buffer_of_a_sparse_gradient_loads_back():
+    """torch's SGD keeps a sparse momentum buffer for a sparse gradient: a state its run writes (refused once as not
+    dense)."""
+    embedding = torch.nn.Embedding(10, 4, sparse=True)
+    optimizer = metaspike.metaplastic(torch.optim.SGD(embedding.parameters(), lr=0.1, momentum=0.9), meta=1.0)
+    embedding(torch.tensor([1, 2])).sum().backward()
+    optimizer.step()
+    copied = metaspike.metaplastic(torch.optim.SGD(embedding.parameters(), lr=0.1, momentum=0.9), meta=1.0)
+    copied.load_state_dict(optimizer.state_dict())
+    assert copied.state[embedding.weight]["momentum_buffer"].is_sparse

@@ -39,7 +39,7 @@ from metaspike.training import Plugin
 
 __all__ = ["CHECKPOINT_FORMAT", "CURVE_COLUMNS", "check_checkpoint", "check_curves", "check_batchnorm_states",
            "check_same_run", "kinds_of", "check_kinds", "settings_of", "check_plugin_settings", "check_plugin_states",
-           "group_settings", "check_optimizer_state", "load_part", "check_histograms"]
+           "group_settings", "check_optimizer_state", "load_part", "check_histograms", "check_model_values"]
 
 CHECKPOINT_FORMAT = "metaspike-checkpoint-3"
 #: The columns of a curves row before its evaluated tasks' accuracies (one row per evaluation).
@@ -155,16 +155,30 @@ def check_checkpoint(state: Any, scenario: Scenario, epochs: int, generator: tor
                 if key in own and (not isinstance(value, Tensor) or value.dtype != own[key].dtype)]
     if mistyped:
         raise ValueError(f"the checkpoint's model has entries of another type than this run's model: {mistyped[:5]}")
-    # (a run stops before it writes a NaN weight: one here was put there, and would read as divergence of this run)
-    # (an entry infinite exactly where this run's own freshly built model's is, a frozen -inf mask, is so by design)
-    # (refused before anything loads: a load copies the entries that fit before it refuses the others, and a BatchNorm's
-    # statistics are made room for as they load)
-    broken = [key for key in _non_finite(state["model"]) if not _infinite_alike(state["model"][key], own.get(key))]
+    # (the rows its run wrote up to its position, under the settings it records: check_same_run holds them to ours)
+    check_curves(result, position, _recorded_schedule(state["identity"]), len(scenario.tasks))
+
+
+def check_model_values(saved: dict[str, Any], model: nn.Module) -> None:
+    """One ``ValueError`` where a checkpoint's model entries (``saved``, checked by :func:`check_checkpoint`) hold NaN
+    or infinite values, but for an entry infinite exactly as ``model``'s own, freshly built (a frozen ``-inf`` mask): a
+    run stops before it writes a NaN weight, so one here was put there, and would read as this run's divergence. Run
+    after the checkpoint is known to be of this run (:func:`check_same_run`, whose words fit a model of other sizes
+    better) and before anything loads (a load copies the entries that fit before it refuses the others, and makes
+    room for a BatchNorm's statistics as they load).
+
+    Example:
+        >>> net = nn.Linear(2, 1)
+        >>> check_model_values({"weight": torch.full((1, 2), math.nan), "bias": torch.zeros(1)}, net)
+        Traceback (most recent call last):
+        ...
+        ValueError: the checkpoint's model holds NaN or infinite values (in weight), which a run never writes
+    """
+    own = model.state_dict()
+    broken = [key for key in _non_finite(saved) if not _infinite_alike(saved[key], own.get(key))]
     if broken:
         raise ValueError(f"the checkpoint's model holds NaN or infinite values (in {', '.join(broken[:5])}), which a "
                          "run never writes")
-    # (the rows its run wrote up to its position, under the settings it records: check_same_run holds them to ours)
-    check_curves(result, position, _recorded_schedule(state["identity"]), len(scenario.tasks))
 
 
 def _recorded_schedule(identity: Any) -> tuple[int, int]:

@@ -43,6 +43,7 @@ from metaspike.continual.checkpoints import (
     check_checkpoint,
     check_kinds,
     check_loadable,
+    check_model_values,
     check_optimizer_state,
     check_plugin_settings,
     check_plugin_states,
@@ -964,6 +965,7 @@ class ContinualTrainer:
                          {f.name for f in fields(ContinualResult)},
                          per_task_batchnorm=self._per_task_batchnorm(scenario))
         check_same_run(state["identity"], self._identity)
+        check_model_values(state["model"], self.model)
         check_kinds(state.get("kinds"), kinds_of(plugins=self.plugins), "plugins")  # (older checkpoints: not kept)
         saved_plugins = state.get("plugins", [])
         check_plugin_settings(self.plugins, state.get("plugin_settings"))
