@@ -45,14 +45,17 @@ def check_parameter_state(state: Any, shape: torch.Size, where: str) -> None:
         raise ValueError(f"{where}'s state must be a dict, got {type(state).__name__}")
     for key, value in state.items():
         if key in PARAMETER_SHAPED and value is not None:
-            check_state_tensor(f"{where}'s {key}", value, shape, never_negative=key in NEVER_NEGATIVE)
+            # (SGD keeps a sparse momentum buffer for a sparse gradient; every other state is dense)
+            check_state_tensor(f"{where}'s {key}", value, shape, never_negative=key in NEVER_NEGATIVE,
+                               sparse=key == "momentum_buffer")
     if "step" in state:
         check_step_count(f"{where}'s step", state["step"])
 
 
-def check_state_tensor(where: str, value: Any, shape: torch.Size, *, never_negative: bool = False) -> None:
+def check_state_tensor(where: str, value: Any, shape: torch.Size, *, never_negative: bool = False,
+                       sparse: bool = False) -> None:
     """One ``ValueError`` beginning with ``where`` unless ``value`` is a tensor of ``shape`` whose floating-point values
-    are finite (and, ``never_negative``, >= 0).
+    are finite (and, ``never_negative``, >= 0), dense but where ``sparse`` allows a sparse one.
 
     Example:
         >>> check_state_tensor("momentum", torch.zeros(3), torch.Size([2]))
@@ -65,14 +68,15 @@ def check_state_tensor(where: str, value: Any, shape: torch.Size, *, never_negat
     if value.shape != shape:
         raise ValueError(f"{where} has shape {tuple(value.shape)}, but the parameter it belongs to has {tuple(shape)}: "
                          "was it saved from another model?")
-    check_tensor_values(where, value, never_negative=never_negative)
+    check_tensor_values(where, value, never_negative=never_negative, sparse=sparse)
 
 
 def check_tensor_values(where: str, value: Tensor, *, never_negative: bool = False,
-                        why: str = "a sum of squares or a step size is >= 0") -> None:
+                        why: str = "a sum of squares or a step size is >= 0", sparse: bool = False) -> None:
     """One ``ValueError`` beginning with ``where`` where the tensor ``value``, state read from a file, holds NaN or
     infinite floating-point values (or, ``never_negative``, a negative one, which ``why`` says cannot be): they install
-    without a word and turn up steps later as a NaN loss or wrong numbers, blamed on the learning rate.
+    without a word and turn up steps later as a NaN loss or wrong numbers, blamed on the learning rate. A sparse
+    ``value`` is refused unless ``sparse`` (a state that may be sparse): the next step would fail inside torch.
 
     Example:
         >>> check_tensor_values("EWC's importances[0][0]", -torch.ones(2), never_negative=True, why="a Fisher is >= 0")
@@ -80,6 +84,8 @@ def check_tensor_values(where: str, value: Tensor, *, never_negative: bool = Fal
         ...
         ValueError: EWC's importances[0][0] holds negative values (a Fisher is >= 0)
     """
+    if value.layout != torch.strided and not sparse:
+        raise ValueError(f"{where} is a {value.layout} tensor; this state is dense")
     if any(nan_or_infinite(value)):
         raise ValueError(f"{where} holds NaN or infinite values")
     values = stored_values(value)  # (a sparse momentum buffer's nonzeros; a complex parameter's sums of squares are

@@ -1003,8 +1003,10 @@ def test_nan_or_infinite_reads_float8_and_conjugate_views():
     # a complex parameter's sums of squares (torch's Adam keeps them complex), a sparse momentum buffer: states a run
     # writes, checked part by part and by their nonzeros (each failed inside torch, then was refused)
     check_tensor_values("exp_avg_sq", torch.tensor([complex(1, 2)]), never_negative=True)
-    check_tensor_values("momentum_buffer", torch.tensor([0.0, -2.0]).to_sparse())
+    check_tensor_values("momentum_buffer", torch.tensor([0.0, -2.0]).to_sparse(), sparse=True)
     for value in (torch.tensor([complex(1, -1)]), torch.tensor([1.0, -1.0]).to(torch.float8_e4m3fn),
                   torch.tensor([0.0, -1.0]).to_sparse()):
         with pytest.raises(ValueError, match=r"^exp_avg_sq holds negative values"):
-            check_tensor_values("exp_avg_sq", value, never_negative=True)
+            check_tensor_values("exp_avg_sq", value, never_negative=True, sparse=True)
+    with pytest.raises(ValueError, match=r"^exp_avg_sq is a torch.sparse_coo tensor; this state is dense$"):
+        check_tensor_values("exp_avg_sq", torch.ones(2).to_sparse())  # (accepted, its first step failed in torch)
