@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from metaspike.checks import is_whole
+from metaspike.checks import is_whole, nan_or_infinite
 from metaspike.compiled import uncompiled
 from metaspike.modes import evaluation_mode
 
@@ -155,7 +155,7 @@ def _fix_each(model: nn.Module, norms: list[tuple[str, _BatchNorm]], x: Tensor,
         mean, var, count = measured
         dtype = norm.weight.dtype if norm.weight is not None else torch.float32
         mean, var = mean.to(dtype), var.to(dtype)
-        if not bool(torch.isfinite(mean).all() and torch.isfinite(var).all()):  # (float64 sums, then the layer's dtype)
+        if any(nan_or_infinite(mean)) or any(nan_or_infinite(var)):  # (float64 sums, then the layer's dtype)
             raise ValueError(f"the statistics of BatchNorm layer {name!r} over x overflow {dtype} (largest |mean| "
                              f"{measured[0].abs().max().item():.3g}, largest variance {measured[1].max().item():.3g}; "
                              f"{dtype} holds up to {torch.finfo(dtype).max:.3g}): scale x down, e.g. standardize it")

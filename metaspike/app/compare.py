@@ -590,9 +590,11 @@ def _refuse_runs_frozen_before(root: Path, asked: int | None, planned: list[Row]
     ``asked`` tasks) was made frozen by an earlier version (which froze per-task BatchNorm too): resumed, the
     comparison would run that kind again beside the finished run, under another name, and its row would change
     without a word."""
+    if asked is None:
+        return
     for row in planned:
         for config in row.configs:
-            if asked is None or config.freeze_unconsolidated is not None:
+            if config.freeze_unconsolidated is not None:
                 continue
             frozen = replace(config, freeze_unconsolidated=asked).name
             if (root / frozen).is_dir() and not (root / config.name).is_dir():

@@ -175,7 +175,11 @@ def check_model_values(saved: dict[str, Any], model: nn.Module) -> None:
         ValueError: the checkpoint's model holds NaN or infinite values (in weight), which a run never writes
     """
     own = model.state_dict()
-    broken = [key for key in _non_finite(saved) if not _infinite_alike(saved[key], own.get(key))]
+    broken = []
+    for key, value in saved.items():  # (one scan of each entry: NaN, or infinities not the model's own)
+        nan, infinite = nan_or_infinite(value) if isinstance(value, Tensor) else (False, False)
+        if nan or (infinite and not _infinite_alike(value, own.get(key))):
+            broken.append(str(key))
     if broken:
         raise ValueError(f"the checkpoint's model holds NaN or infinite values (in {', '.join(broken[:5])}), which a "
                          "run never writes")
@@ -265,12 +269,12 @@ def _non_finite(entries: dict[Any, Any]) -> list[str]:
 
 
 def _infinite_alike(saved: Tensor, own: Tensor | None) -> bool:
-    """Whether a checkpoint's entry ``saved`` holds no NaN and its infinities exactly where, and of the sign, this
-    run's freshly built model's entry ``own`` (``None``: the model has none) holds them, in the same shape and layout:
-    an infinite mask the model is built with. A forged infinity elsewhere, of the other sign, or in an entry of another
-    shape (which a load may still take: a ``(1,)`` one for a 0-d parameter) is not."""
+    """Whether a checkpoint's entry ``saved``, which holds infinities and no NaN, holds them exactly where, and of the
+    sign, this run's freshly built model's entry ``own`` (``None``: the model has none) holds them, in the same shape
+    and layout: an infinite mask the model is built with. A forged infinity elsewhere, of the other sign, or in an
+    entry of another shape (which a load may still take: a ``(1,)`` one for a 0-d parameter) is not."""
     if (own is None or is_lazy(own) or saved.shape != own.shape or saved.layout != own.layout
-            or nan_or_infinite(saved)[0] or not nan_or_infinite(own)[1]):
+            or not nan_or_infinite(own)[1]):
         return False
     own = own.to(saved.device)
     if saved.layout != torch.strided:  # (a sparse mask: its dense form, which a mask of by-design infinities is)
