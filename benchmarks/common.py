@@ -20,11 +20,11 @@ from typing import TypeVar
 import torch
 
 from metaspike.app.config import parse_meta
-from metaspike.app.stops import caused_by_sigterm, forget_kept_stop, handling_stops, raise_kept_stop
 from metaspike.checks import MAX_SEED
 from metaspike.data import DataError
 from metaspike.files import expanded_path
 from metaspike.machine import FLAGS, cpu  # noqa: F401 (FLAGS: the benchmarks' import of it)
+from metaspike.stops import caused_by_sigterm, forget_kept_stop, handling_stops, raise_kept_stop
 
 T = TypeVar("T")
 

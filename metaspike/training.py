@@ -40,6 +40,7 @@ from metaspike.checks import (
 from metaspike.distributed import average_gradients, batch_slice
 from metaspike.modes import evaluation_mode
 from metaspike.population_statistics import evaluates_with_batch_statistics, statistics_outdated
+from metaspike.stops import raise_kept_stop
 
 __all__ = ["check_inputs", "check_labels", "minimum_batch_size", "train_epoch", "evaluate", "evaluate_together", "MIN_STATISTICS_BATCH",
            "random_numbers_apart", "masked_logits", "backward_within_batch",
@@ -463,6 +464,7 @@ def train_epoch(
         optimizer.step()
         for plugin in plugins:
             plugin.after_step(model)
+        raise_kept_stop()  # (a Ctrl-C or SIGTERM that native code dropped inside the step: raised here)
         total += loss.item()
         batches += 1
         if progress is not None:
@@ -638,6 +640,7 @@ def _train_fused(step: FusedTrainingStep, x: Tensor, y: Tensor, order: Tensor, d
         losses.append(value)
         if progress is not None:
             progress.update(1)
+        raise_kept_stop()  # (a Ctrl-C or SIGTERM that a compiled step's guard dropped: raised here)
 
     step.train_rows(x, y, order.tolist(), device, after_step)
     step.check_weights()  # (a NaN weight makes the next step's loss NaN; after the last step nothing would tell)

@@ -198,7 +198,7 @@ def test_a_sigterm_sent_twice_at_once_stops_with_its_line_and_a_later_one_ends_t
 def test_a_stop_kept_from_a_finalizer_and_sent_again_is_raised_even_within_a_second_of_the_first():
     """The handler that lets a SIGTERM repeated within a second pass also took the one a finalizer's stop is sent again
     as (``keeping_stops``): the stop was lost and a run stopped in a finalizer ended with status 0 (one CI in four)."""
-    from metaspike.app import stops
+    from metaspike import stops
 
     previous = signal.getsignal(signal.SIGTERM)
     try:
@@ -206,7 +206,7 @@ def test_a_stop_kept_from_a_finalizer_and_sent_again_is_raised_even_within_a_sec
             stops.stop_on_sigterm(signal.SIGTERM, None)
         repeated = signal.getsignal(signal.SIGTERM)
         assert repeated(signal.SIGTERM, None) is None  # (a repeat at once: the same stop, let pass)
-        stops._kept[:] = [stops.Terminated(), True]  # (kept from a finalizer, and sent again)
+        stops._kept[:] = [stops.Terminated(), stops.SENT]  # (kept from a finalizer, and sent again)
         with pytest.raises(stops.Terminated):
             repeated(signal.SIGTERM, None)
     finally:

@@ -430,8 +430,8 @@ def test_a_stop_landing_inside_torch_save_is_the_stop_not_the_archive_writers_er
     exception unwound torch's archive writer, whose own exit then failed ("unexpected pos ...") over it."""
     import io
 
-    from metaspike.app.stops import Terminated
     from metaspike.files import atomic_open
+    from metaspike.stops import Terminated
 
     class StoppedAtThirdWrite(io.RawIOBase):  # (the signal's handler runs inside one of torch.save's writes)
         def __init__(self, handle):
@@ -745,7 +745,7 @@ def test_ctrl_c_names_the_folder_and_the_command_that_continues_it(command, tmp_
 
 
 def test_sigterm_inside_a_comparison_names_the_signal_and_the_comparison_that_continues(tmp_path, monkeypatch, capsys):
-    from metaspike.app.stops import Terminated
+    from metaspike.stops import Terminated
 
     def terminated(*args, **kwargs):
         raise Terminated
@@ -775,7 +775,7 @@ def test_ctrl_c_while_a_comparison_draws_its_figures_names_the_comparison_that_c
 def test_a_stop_while_a_finished_run_draws_its_figures_names_the_command_that_draws_them(tmp_path, monkeypatch, capsys,
                                                                                         signal_error):
     """It said only "metaspike: interrupted", where every other moment names the folder and what continues it."""
-    from metaspike.app.stops import Terminated
+    from metaspike.stops import Terminated
 
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt if signal_error == "KeyboardInterrupt" else Terminated

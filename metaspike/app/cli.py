@@ -35,7 +35,6 @@ from metaspike.app.config import (
 from metaspike.app.imports import FLAG, check_resumed_imports, import_flags, import_modules, normalized_import
 from metaspike.app.models import DEFAULT_LR, available_models, takes_setting
 from metaspike.app.reproduce import cli as reproduce_cli
-from metaspike.app.stops import caused_by_sigterm, forget_kept_stop, handling_stops, raise_kept_stop
 from metaspike.checks import first_line, unknown_name
 from metaspike.continual.metrics import LONG_STREAM_TASKS, LearnedNothingWarning
 from metaspike.continual.scenarios import SPLIT_MODES
@@ -43,6 +42,7 @@ from metaspike.data import OFFLINE_DATASETS
 from metaspike.distributed import world, world_size_from_env
 from metaspike.files import expanded_path
 from metaspike.rules import available_rules
+from metaspike.stops import caused_by_sigterm, forget_kept_stop, handling_stops, raise_kept_stop
 
 __all__ = ["main"]
 

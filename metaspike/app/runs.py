@@ -39,7 +39,6 @@ from metaspike.app.models import (
     optimizer_kind,
     uses_batchnorm,
 )
-from metaspike.app.stops import forget_kept_stop, raise_kept_stop
 from metaspike.app.tables import versions
 from metaspike.bayesian.synapses import SampledForward, bayesian_modules, start_confident
 from metaspike.checks import is_finite_number, is_nan, is_whole, listed, shown
@@ -64,6 +63,7 @@ from metaspike.files import (
     remove_stale_temporaries,
 )
 from metaspike.machine import cpu_kind
+from metaspike.stops import forget_kept_stop, raise_kept_stop
 from metaspike.training import Plugin, TrainingDiverged, minimum_batch_size
 
 __all__ = ["build_run_model", "build_trainer", "make_run_scenario", "train_and_finish", "run", "run_planned", "resume",
