@@ -202,11 +202,13 @@ def raise_kept_stop() -> None:
         if not _kept:
             return
         stop, state = _kept
+        if state != SENT:  # (in the same hold of the lock: a kept stop is then never sent as well)
+            _kept[1] = RAISED
     if state == SENT:
         for _ in range(100):  # (Python runs a pending handler at a loop's turn: it raises here, if it has not yet)
             pass
-    with _lock:
-        _kept[:] = [stop, RAISED]
+        with _lock:
+            _kept[:] = [stop, RAISED]
     raise stop.with_traceback(None)
 
 

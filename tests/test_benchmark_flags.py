@@ -225,7 +225,8 @@ class DrawnFigure:  # (matplotlib's figures run such finalizers while they are d
 def main():
     DrawnFigure()
     gc.collect()
-    time.sleep(1)
+    for _ in range(50):  # (the stop, sent again from a thread, lands within these 5 s: a sleep of 0.1 s ends first)
+        time.sleep(0.1)
     print("finished")
 run_benchmark(main)
 """

@@ -2,7 +2,6 @@
 
 import json
 import math
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -33,9 +32,7 @@ def digits():
 
 def test_a_stream_of_100000_tasks_is_made_lazily(digits):
     train, test = digits
-    start = time.perf_counter()
     s = permuted(train, test, n_tasks=100_000, seed=7, samples_per_task=50)
-    assert time.perf_counter() - start < 1.0
     assert len(s.tasks) == 100_000 and len(s.tasks.cached) == 0 and s.num_classes == 10
     assert "permutations" not in s.definition and len(json.dumps(s.definition)) < 1000
     assert s.eval_task_names[-1] == "digits-perm100000" and len(s.tasks.cached) == 0

@@ -330,6 +330,23 @@ def test_a_file_larger_than_the_memory_available_is_refused_by_every_reader_befo
         load_run(run)
 
 
+def _wait_until_it_catches(pid: int, signum: int) -> None:
+    """Return once process ``pid`` has a handler for ``signum`` (Linux's /proc; elsewhere after half a second, by
+    which the command is still importing torch): a fixed sleep could end before the handler was there on a loaded
+    machine."""
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        time.sleep(0.5)
+        return
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        caught = next((line.split()[1] for line in status.read_text().splitlines() if line.startswith("SigCgt:")), "0")
+        if int(caught, 16) >> (signum - 1) & 1:
+            return
+        time.sleep(0.005)
+    pytest.fail(f"process {pid} never set a handler for signal {signum}")
+
+
 @pytest.mark.parametrize("signum, status, line", [(signal.SIGINT, 130, "metaspike: interrupted"),
                                                   (signal.SIGTERM, 143, "metaspike: terminated (SIGTERM)")])
 def test_a_stop_while_the_command_starts_is_one_line(tmp_path, signum, status, line):
@@ -340,7 +357,7 @@ def test_a_stop_while_the_command_starts_is_one_line(tmp_path, signum, status, l
     # (a process started in the background inherits Ctrl-C ignored, and the command then keeps ignoring it)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(0.5)
+    _wait_until_it_catches(process.pid, signal.SIGTERM)  # (its start-up handlers: both are set before torch loads)
     process.send_signal(signum)
     _, err = process.communicate(timeout=120)
     assert process.returncode == status, err

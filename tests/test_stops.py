@@ -56,7 +56,9 @@ def test_a_stop_that_code_drops_inside_a_step_stops_training_after_that_step(sig
     """The stop is raised again at the step's end; once a handler took it (``forget_kept_stop``) training goes on."""
     code = _DROPPED_INSIDE_A_STEP.replace("SIGNUM", f"signal.{signum.name}")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # (started in the
+    # background, a process inherits Ctrl-C ignored, which handling_stops leaves ignored)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [f"{raised} after step 2", "then trained on 10"], done.stderr
 
