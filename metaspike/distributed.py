@@ -108,7 +108,8 @@ def init_from_env(device: str = "cpu") -> tuple[int, int]:
 
 @contextmanager
 def _signals_end_the_process() -> Iterator[None]:
-    """Ctrl-C and SIGTERM end the process at once inside the block (on the main thread; elsewhere nothing changes).
+    """Ctrl-C and SIGTERM end the process at once inside the block (on the main thread; elsewhere nothing changes;
+    a signal the process ignores stays ignored).
 
     The rendezvous waits for the other processes inside torch's C++ code, where a handler written in Python never
     runs: with one (the ``metaspike`` command's turns SIGTERM into a clean stop) a process whose peers never come
@@ -117,7 +118,8 @@ def _signals_end_the_process() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    saved = {number: handler for number in (signal.SIGINT, signal.SIGTERM)
+             if (handler := signal.getsignal(number)) is not signal.SIG_IGN}  # (one ignored stays ignored)
     for number in saved:
         signal.signal(number, signal.SIG_DFL)
     try:

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from typing import Any, NoReturn
 
 __all__ = ["Terminated", "stop_on_sigterm", "stop_on_sigint", "caused_by_sigterm", "handling_stops", "keeping_stops",
-           "raise_kept_stop", "forget_kept_stop"]
+           "stops_so_far", "raise_kept_stop", "forget_kept_stop"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -44,17 +44,32 @@ REPEAT_WINDOW_S = 1.0
 # may have swallowed it), kept from a finalizer and not yet sent again, or sent again and not yet raised
 RAISED, KEPT, SENT = "raised", "kept", "sent"
 
-_lock = threading.Lock()
-_kept: list[Any] = []  # ([the stop, RAISED, KEPT or SENT]: at most one)
+# (re-entrant: a signal's handler takes it, and may run on the thread that holds it, inside forget_kept_stop)
+_lock = threading.RLock()
+_kept: list[Any] = []  # ([the stop, RAISED, KEPT or SENT, its number in stops_so_far]: at most one)
 _handling = False  # (inside handling_stops: only there is a raised stop remembered)
+_remembered = 0  # (the stops remembered so far in this process)
 
 
-def _remember_raised(stop: KeyboardInterrupt) -> KeyboardInterrupt:
-    """``stop``, remembered as raised until a handler takes it (only inside :func:`handling_stops`)."""
+def _remember(stop: KeyboardInterrupt, state: str) -> KeyboardInterrupt:
+    """``stop``, remembered in ``state`` until a handler takes it (only inside :func:`handling_stops`)."""
+    global _remembered
     if _handling:
         with _lock:
-            _kept[:] = [stop, RAISED]
+            _remembered += 1
+            _kept[:] = [stop, state, _remembered]
     return stop
+
+
+def stops_so_far() -> int:
+    """How many stops this process has remembered: a loop that passes it to :func:`raise_kept_stop` at its start is
+    stopped by those that came later only (one that a handler of the caller's own took before is not raised again).
+
+    Example:
+        >>> isinstance(stops_so_far(), int)
+        True
+    """
+    return _remembered
 
 
 def stop_on_sigterm(signum: int, frame: object) -> NoReturn:
@@ -83,7 +98,7 @@ def stop_on_sigterm(signum: int, frame: object) -> NoReturn:
             os.kill(os.getpid(), signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, ending_on_a_later_sigterm)
-    raise _remember_raised(Terminated())
+    raise _remember(Terminated(), RAISED)
 
 
 def stop_on_sigint(signum: int, frame: object) -> NoReturn:
@@ -97,7 +112,7 @@ def stop_on_sigint(signum: int, frame: object) -> NoReturn:
         ...     type(stop).__name__
         'KeyboardInterrupt'
     """
-    raise _remember_raised(KeyboardInterrupt())
+    raise _remember(KeyboardInterrupt(), RAISED)
 
 
 def caused_by_sigterm(err: BaseException | None) -> bool:
@@ -137,8 +152,7 @@ def keeping_stops(previous: Callable[[Any], object]) -> Callable[[Any], None]:
             return
         if isinstance(stop, Terminated):
             signal.signal(signal.SIGTERM, stop_on_sigterm)
-        with _lock:
-            _kept[:] = [stop, KEPT]
+        _remember(stop, KEPT)
         _thread.start_new_thread(_send_again, ())  # (sent from here, the handler ran at once, inside this hook)
     return hook
 
@@ -161,10 +175,10 @@ def handling_stops() -> Iterator[None]:
     """Inside the block, in a process of one's own (a command, a benchmark script): SIGTERM raises
     :class:`Terminated` as Ctrl-C raises ``KeyboardInterrupt``, and every stop raised is remembered until a handler
     takes it (Ctrl-C where Python's own handler had it: one ignored stays ignored); the caller ends its work with
-    :func:`raise_kept_stop`, inside its handlers, and calls :func:`forget_kept_stop` in them (a handler of its own
-    inside the block, too, or the stop is raised again at the next training step). After the block SIGTERM ends the
-    process as the system's default does (one sent while the interpreter shuts down ends it quietly) and Ctrl-C has the
-    handler it had before.
+    :func:`raise_kept_stop`, inside its handlers, and calls :func:`forget_kept_stop` in them (a training step raises
+    only the stops that came during its epoch, so one a handler of the caller's own took earlier stops nothing later;
+    none outlives the block). After the block SIGTERM ends the process as the system's default does (one sent while
+    the interpreter shuts down ends it quietly) and Ctrl-C has the handler it had before.
 
     Example:
         >>> with handling_stops():
@@ -181,17 +195,18 @@ def handling_stops() -> Iterator[None]:
     _handling = True
     try:
         yield
-    finally:
+    finally:  # (a stop that left the block is its caller's: none is raised again outside it)
         _handling = False
+        forget_kept_stop()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, previous_sigint)
         sys.unraisablehook = unraisable
 
 
-def raise_kept_stop() -> None:
+def raise_kept_stop(since: int = 0) -> None:
     """Raise here a stop that no handler took: one kept from a finalizer, one sent again and on its way (its handler
-    raises it now), or one raised where native code dropped it. Nothing where none is remembered, or outside the main
-    thread (where no signal lands).
+    raises it now), or one raised where native code dropped it; only one remembered after the first ``since``
+    (:func:`stops_so_far`). Nothing where none is remembered, or outside the main thread (where no signal lands).
 
     Example:
         >>> raise_kept_stop()  # (none remembered)
@@ -199,16 +214,16 @@ def raise_kept_stop() -> None:
     if not _kept or threading.current_thread() is not threading.main_thread():
         return
     with _lock:
-        if not _kept:
+        if not _kept or _kept[2] <= since:
             return
-        stop, state = _kept
+        stop, state, number = _kept
         if state != SENT:  # (in the same hold of the lock: a kept stop is then never sent as well)
             _kept[1] = RAISED
     if state == SENT:
         for _ in range(100):  # (Python runs a pending handler at a loop's turn: it raises here, if it has not yet)
             pass
         with _lock:
-            _kept[:] = [stop, RAISED]
+            _kept[:] = [stop, RAISED, number]
     raise stop.with_traceback(None)
 
 

@@ -40,7 +40,7 @@ from metaspike.checks import (
 from metaspike.distributed import average_gradients, batch_slice
 from metaspike.modes import evaluation_mode
 from metaspike.population_statistics import evaluates_with_batch_statistics, statistics_outdated
-from metaspike.stops import raise_kept_stop
+from metaspike.stops import raise_kept_stop, stops_so_far
 
 __all__ = ["check_inputs", "check_labels", "minimum_batch_size", "train_epoch", "evaluate", "evaluate_together", "MIN_STATISTICS_BATCH",
            "random_numbers_apart", "masked_logits", "backward_within_batch",
@@ -431,9 +431,10 @@ def train_epoch(
         if batch_size >= minimum:  # every batch would be skipped: nothing would train
             raise ValueError(f"x has {len(x)} samples, fewer than the smallest batch that trains ({minimum}: {why})")
         raise ValueError(f"batch_size {batch_size}: {why}; use batch_size >= {minimum}")
+    stops_before = stops_so_far()  # (a Ctrl-C or SIGTERM that native code drops inside a step is raised after it)
     fused = _fused_step(model, optimizer, batch_size, classes, plugins, shard)
     if fused is not None:
-        return _train_fused(fused, x, y, order, device, progress)
+        return _train_fused(fused, x, y, order, device, progress, stops_before)
     for start in range(0, len(x), batch_size):
         batch = order[start : start + batch_size]
         parts = batch.tensor_split(shard[1])
@@ -464,7 +465,7 @@ def train_epoch(
         optimizer.step()
         for plugin in plugins:
             plugin.after_step(model)
-        raise_kept_stop()  # (a Ctrl-C or SIGTERM that native code dropped inside the step: raised here)
+        raise_kept_stop(stops_before)
         total += loss.item()
         batches += 1
         if progress is not None:
@@ -629,8 +630,9 @@ def _fused_step(model: nn.Module, optimizer: Optimizer, batch_size: int, classes
 
 
 def _train_fused(step: FusedTrainingStep, x: Tensor, y: Tensor, order: Tensor, device: torch.device | str,
-                 progress: Any) -> float:
-    """:func:`train_epoch` by fused steps, one sample each in ``order``; the mean loss."""
+                 progress: Any, stops_before: int) -> float:
+    """:func:`train_epoch` by fused steps, one sample each in ``order``; the mean loss. A stop that came after the
+    first ``stops_before`` and that a compiled step's guard dropped is raised after its step."""
     losses: list[float] = []
 
     def after_step(loss: Tensor) -> None:
@@ -640,7 +642,7 @@ def _train_fused(step: FusedTrainingStep, x: Tensor, y: Tensor, order: Tensor, d
         losses.append(value)
         if progress is not None:
             progress.update(1)
-        raise_kept_stop()  # (a Ctrl-C or SIGTERM that a compiled step's guard dropped: raised here)
+        raise_kept_stop(stops_before)
 
     step.train_rows(x, y, order.tolist(), device, after_step)
     step.check_weights()  # (a NaN weight makes the next step's loss NaN; after the last step nothing would tell)

@@ -206,7 +206,7 @@ def test_a_stop_kept_from_a_finalizer_and_sent_again_is_raised_even_within_a_sec
             stops.stop_on_sigterm(signal.SIGTERM, None)
         repeated = signal.getsignal(signal.SIGTERM)
         assert repeated(signal.SIGTERM, None) is None  # (a repeat at once: the same stop, let pass)
-        stops._kept[:] = [stops.Terminated(), stops.SENT]  # (kept from a finalizer, and sent again)
+        stops._kept[:] = [stops.Terminated(), stops.SENT, 1]  # (kept from a finalizer, and sent again)
         with pytest.raises(stops.Terminated):
             repeated(signal.SIGTERM, None)
     finally:

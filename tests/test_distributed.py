@@ -328,3 +328,20 @@ def test_bnn_fit_under_a_process_group_trains_the_slices_of_one_batch(tmp_path, 
         torch.testing.assert_close(q, p, rtol=0, atol=1e-6)  # (the bound of the test above)
         assert torch.equal(q, r)  # (both processes hold the same model)
     assert "pass the model through metaspike.distributed.sync_batchnorm first" in torch.load(f"{out}.0.err")
+
+
+def test_a_signal_the_process_ignores_stays_ignored_through_the_rendezvous():
+    """A torchrun job started with Ctrl-C ignored (in the background) could be killed by Ctrl-C while its processes
+    met: the rendezvous set every stop signal to end the process."""
+    import signal
+
+    from metaspike.distributed import _signals_end_the_process
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _signals_end_the_process():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 _DROPPED_INSIDE_A_STEP = """
 import os, signal, torch
 from torch import nn
-from metaspike.stops import forget_kept_stop, handling_stops
+from metaspike.stops import handling_stops
 from metaspike.training import train_epoch
 steps = []
 class Dropping(nn.Module):
@@ -43,24 +43,34 @@ with handling_stops():
     try:
         train_epoch(model, optimizer, torch.rand(40, 4), torch.randint(0, 3, (40,)), batch_size=5)
         print("trained on", len(steps))
-    except KeyboardInterrupt as stop:
-        forget_kept_stop()
+    except KeyboardInterrupt as stop:  # (a handler of one's own, which does not call forget_kept_stop)
         print(type(stop).__name__, "after step", len(steps))
     train_epoch(model, optimizer, torch.rand(40, 4), torch.randint(0, 3, (40,)), batch_size=5)
     print("then trained on", len(steps))
+try:
+    with handling_stops():  # (a stop that leaves the block)
+        os.kill(os.getpid(), SIGNUM)
+        for _ in range(10**8):
+            pass
+except KeyboardInterrupt:
+    print("stopped again")
+train_epoch(model, optimizer, torch.rand(40, 4), torch.randint(0, 3, (40,)), batch_size=5)
+print("after the block trained on", len(steps))
 """
 
 
 @pytest.mark.parametrize("signum, raised", [(signal.SIGTERM, "Terminated"), (signal.SIGINT, "KeyboardInterrupt")])
 def test_a_stop_that_code_drops_inside_a_step_stops_training_after_that_step(signum, raised):
-    """The stop is raised again at the step's end; once a handler took it (``forget_kept_stop``) training goes on."""
+    """The stop is raised again at the step's end; once a handler took it, training goes on, in the block and after
+    it (a stop that left the block, or one a handler of one's own took, stopped every later step of the process)."""
     code = _DROPPED_INSIDE_A_STEP.replace("SIGNUM", f"signal.{signum.name}")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # (started in the
     # background, a process inherits Ctrl-C ignored, which handling_stops leaves ignored)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [f"{raised} after step 2", "then trained on 10"], done.stderr
+    assert done.stdout.splitlines() == [f"{raised} after step 2", "then trained on 10", "stopped again",
+                                        "after the block trained on 18"], done.stderr
 
 
 def test_outside_the_block_a_stop_is_not_remembered():
@@ -75,7 +85,7 @@ def test_outside_the_block_a_stop_is_not_remembered():
 def test_a_remembered_stop_is_raised_in_the_main_thread_only():
     """No signal lands in another thread: a training loop of one (a user's worker) is never stopped by a stop
     remembered for the main thread, which raises it."""
-    stops._kept[:] = [stops.Terminated(), stops.RAISED]
+    stops._kept[:] = [stops.Terminated(), stops.RAISED, 1]
     try:
         elsewhere: list[BaseException] = []
 
@@ -110,3 +120,14 @@ def test_ctrl_c_is_remembered_where_python_handled_it_and_left_ignored_where_it_
         assert signal.getsignal(signal.SIGINT) is before
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_signal_whose_handler_runs_while_a_handler_forgets_the_last_stop_raises_and_does_not_hang():
+    """A signal's handler runs on the thread that holds the stops' lock (inside ``forget_kept_stop``, which the
+    command's handler calls): it waited for that lock for ever, and the command could be ended by SIGKILL only."""
+    code = ("import signal\nfrom metaspike import stops\nwith stops.handling_stops():\n    with stops._lock:\n"
+            "        try:\n            stops.stop_on_sigint(signal.SIGINT, None)\n        except KeyboardInterrupt:\n"
+            "            print('raised')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (done.returncode, done.stdout) == (0, "raised\n"), done.stderr
