@@ -28,7 +28,8 @@ __all__ = ["registered_name", "check_keys_kept", "listed", "is_number", "is_fini
 
 class TrainingDiverged(RuntimeError):
     """The loss, or a gradient, became NaN or infinite; training stopped before a step on it (the weights may already
-    hold the NaN or infinite values that made it so: the last step before it produced them). Raised by
+    hold the NaN or infinite values that made it so: the last step before it produced them); or an epoch was refused
+    before it began, a plugin's penalty too stiff for SGD to follow (:mod:`metaspike.penalty_stability`). Raised by
     :func:`metaspike.training.train_epoch` and by the MESU and BiMU steps.
 
     Example:

@@ -39,6 +39,7 @@ from metaspike.checks import (
 )
 from metaspike.distributed import average_gradients, batch_slice
 from metaspike.modes import evaluation_mode
+from metaspike.penalty_stability import refuse_overshooting_penalties
 from metaspike.population_statistics import evaluates_with_batch_statistics, statistics_outdated
 from metaspike.stops import raise_kept_stop, stops_so_far
 
@@ -103,6 +104,12 @@ class Plugin:
         """Called once at the end of each task with its training inputs ``x``, labels ``y`` and, for a task that
         trains on some classes only, those ``classes`` (``None``: all outputs)."""
         return None
+
+    def curvatures(self, model: nn.Module) -> list[tuple[Tensor, float]]:
+        """Each parameter its penalty pulls on, with the largest curvature (second derivative) the penalty has along
+        it: :func:`train_epoch` refuses a penalty stiffer than plain SGD can follow
+        (:mod:`metaspike.penalty_stability`). None known by default."""
+        return []
 
     def settings(self) -> dict[str, Any]:
         """The method's hyperparameters (nothing by default): a checkpoint records them, and a run resumed with
@@ -431,6 +438,7 @@ def train_epoch(
         if batch_size >= minimum:  # every batch would be skipped: nothing would train
             raise ValueError(f"x has {len(x)} samples, fewer than the smallest batch that trains ({minimum}: {why})")
         raise ValueError(f"batch_size {batch_size}: {why}; use batch_size >= {minimum}")
+    refuse_overshooting_penalties(optimizer, plugins, model)
     stops_before = stops_so_far()  # (a Ctrl-C or SIGTERM that native code drops inside a step is raised after it)
     fused = _fused_step(model, optimizer, batch_size, classes, plugins, shard)
     if fused is not None:

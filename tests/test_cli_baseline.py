@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 
 import pytest
 import torch
@@ -120,3 +121,36 @@ def test_ewc_on_many_tasks_is_warned_of_before_the_run_starts(tmp_path, capsys):
                              "per task: by task 21, 20 copies of each") and err[1].startswith("metaspike: error: "), err
     assert main([*args, "--baseline", "ewc-online"]) == 2
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_model_trained_by_sgd_takes_a_penalty_strength_its_step_is_stable_at(tmp_path, capsys, one_thread):
+    """EWC's λ 5000 (the paper's, under Adam) makes plain SGD's step on the penalty lr·λ·F, past 2 where F is large:
+    ``metaspike train --model mlp --baseline ewc`` stopped at its second task, its penalty infinite. Now SGD's default
+    is 2 / (lr · the tasks the penalty sums), and a strength SGD cannot follow is refused as the task starts, with
+    the factor it must come down by."""
+    args = ["train", "--model", "mlp", "--baseline", "ewc", "--tasks", "2", "--epochs", "3", "--hidden", "64",
+            "--quiet", "--out", str(tmp_path)]
+    assert main([*args, "--baseline-strength", "5000"]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"metaspike: error: plugin EWC: its penalty's curvature along [0-9]\.weight reaches [0-9.]+, "
+                        r"where SGD at lr 0\.05 overshoots and diverges \(it follows a curvature below 40\); divide "
+                        r"the plugin's strength by more than [0-9.]+, or lower the learning rate; what was measured so "
+                        r"far is in .*permuted-mnist5k-mlp-ewc5000-seed1 \(the last good checkpoint is kept\)\n",
+                        err), err
+    assert main(args) == 0  # (λ 2 / (lr 0.05 · 1 task before))
+    metrics = json.loads((tmp_path / "permuted-mnist5k-mlp-ewc40-seed1" / "metrics.json").read_text())
+    assert metrics["complete"] and min(metrics["final_accuracy"]) > 70, metrics
+
+
+def test_a_comparison_gives_each_optimizer_its_own_default_strength_and_refuses_one_for_all(tmp_path, capsys):
+    from metaspike.app.compare import _neuron_rows
+
+    rows = _neuron_rows(RunConfig(baseline="ewc", **TINY), ["bnn", "mlp"], [0.0], [1, 2])
+    assert [row.labels["setting"] for row in rows] == ["bnn meta=0 ewc lambda=5000", "mlp ewc lambda=40"]
+    assert [[c.baseline_strength for c in row.configs] for row in rows] == [[5000.0, 5000.0], [40.0, 40.0]]
+    args = ["compare", "--neurons", "bnn", "mlp", "--baseline", "ewc", "--dataset", "digits", "--out", str(tmp_path)]
+    assert main([*args, "--baseline-strength", "100"]) == 2
+    assert capsys.readouterr().err == ("metaspike: error: --baseline-strength: the models compared train with "
+                                       "different optimizers (bnn: metaplastic-adam, mlp: sgd), to which one setting "
+                                       "means different steps; leave it out (each takes its own default) or compare "
+                                       "them separately\n")

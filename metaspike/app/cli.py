@@ -114,9 +114,12 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str, several_ru
                              "Bayesian models bimu, mesu and <neuron>+bimu take their published settings instead)")
     parser.add_argument("--weight-decay", type=float, default=None,
                         help="weight decay of that optimizer, added to the gradient (default: 0)")
+    from metaspike.app.models import SGD_PENALTY_BUDGET
     from metaspike.continual.baselines import BASELINE_STRENGTHS, EWC_ONLINE_GAMMA
 
     strengths = ", ".join(f"{name} {meaning} {default:g}" for name, (meaning, default) in BASELINE_STRENGTHS.items())
+    strengths += (f"; under SGD (mlp) EWC's kinds take lambda {SGD_PENALTY_BUDGET:g} / (lr x the tasks their penalty "
+                  "sums), 20 on the default stream, so that SGD's step on it stays stable")
     parser.add_argument("--baseline", default=None, choices=list(BASELINE_STRENGTHS),
                         help="add a continual-learning baseline's penalty to the loss: EWC (Kirkpatrick et al. 2017), "
                              "EWC-Online (one running Fisher, Schwarz et al. 2018), SI (Zenke et al. 2017) or random "
@@ -517,7 +520,7 @@ def _compare(args: argparse.Namespace) -> None:
                                  "MetaplasticAdam, whose m --meta sets (each runs once, without an m); leave out --meta")
             # the base run is one of the compared models (compare has no --model), one that takes every kind-only setting
             # given (--readout-lambda: a BiMU kind); each model then runs without those it does not take
-            _refuse_shared_learning_rate(args)
+            _refuse_shared_optimizer_setting(args)
             given = [key for key in KIND_SETTINGS if getattr(args, key) is not None]
             given_optimizer = [key for key in ("lr", "weight_decay", "rule") if getattr(args, key) is not None]
             args.model = next((n for n in args.neurons if all(KIND_SETTINGS[key](n) for key in given)
@@ -572,12 +575,14 @@ def _compared_rules(args: argparse.Namespace) -> list[str] | None:
     return rules if len(rules) > 1 else None
 
 
-def _refuse_shared_learning_rate(args: argparse.Namespace) -> None:
-    """One line for ``--lr`` or ``--weight-decay`` given to a comparison of models trained by different gradient
-    optimizers: one learning rate is a different step to Adam and to SGD, and each takes its own default.
+def _refuse_shared_optimizer_setting(args: argparse.Namespace) -> None:
+    """One line for ``--lr``, ``--weight-decay`` or ``--baseline-strength`` given to a comparison of models trained by
+    different gradient optimizers: one learning rate, or one penalty's strength, is a different step to Adam and to
+    SGD, and each takes its own default.
 
     Example:
-        >>> _refuse_shared_learning_rate(argparse.Namespace(neurons=["bnn", "mlp"], lr=0.01, weight_decay=None))
+        >>> _refuse_shared_optimizer_setting(argparse.Namespace(neurons=["bnn", "mlp"], lr=0.01, weight_decay=None,
+        ...                                                 baseline_strength=None))
         Traceback (most recent call last):
         ...
         ValueError: --lr: the models compared train with different optimizers (bnn: metaplastic-adam, mlp: sgd), to which one setting means different steps; leave it out (each takes its own default) or compare them separately
@@ -585,7 +590,7 @@ def _refuse_shared_learning_rate(args: argparse.Namespace) -> None:
     from metaspike.app.models import optimizer_kind
 
     kinds = {n: kind for n in args.neurons if (kind := optimizer_kind(n)) in DEFAULT_LR}
-    for key in ("lr", "weight_decay"):
+    for key in ("lr", "weight_decay", "baseline_strength"):
         if getattr(args, key) is not None and len(set(kinds.values())) > 1:
             trained = ", ".join(f"{n}: {kind}" for n, kind in kinds.items())
             raise ValueError(f"--{key.replace('_', '-')}: the models compared train with different optimizers "

@@ -135,7 +135,7 @@ def _neuron_rows(base: RunConfig, neurons: Sequence[str], metas: Sequence[float]
                     else [base.for_model(n)]):
             rows += [Row({"setting": " ".join(filter(None, [f"{n} meta={m:g} {_rule_setting(own, rules)}".rstrip()
                                                             if takes_meta(n) else _kind_label(base, n),
-                                                            base.baseline_setting, own.freezing_setting])),
+                                                            own.baseline_setting, own.freezing_setting])),
                           "neuron": n, "meta": m if takes_meta(n) else None, "rule": own.rule},
                          tuple(replace(own, seed=int(seed), **({"meta": (float(m),)} if takes_meta(n) else {}))
                                for seed in seeds))

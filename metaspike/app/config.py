@@ -23,6 +23,7 @@ from metaspike.app.models import (
     SAMPLED_EVALUATION,
     available_models,
     build_optimizer,
+    default_baseline_strength,
     has_unconsolidated_parameters,
     is_spiking,
     optimizer_kind,
@@ -483,17 +484,18 @@ class RunConfig:
             one = "--scenario joint trains its tasks as one" if self.scenario == "joint" else "the run has one task"
             raise ValueError(f"--baseline {self.baseline}: {one}, so no earlier task is left for its penalty to protect; "
                              "use two or more tasks")
-        meaning, default = BASELINE_STRENGTHS[self.baseline]
-        strength = default if self.baseline_strength is None else self.baseline_strength
-        object.__setattr__(self, "baseline_strength", number_in(f"--baseline-strength ({self.baseline}'s {meaning})",
-                                                                strength, 0.0, FLOAT32_MAX))
         if self.baseline != "ewc-online":
             if self.baseline_gamma is not None:
                 raise ValueError(f"--baseline-gamma is EWC-Online's decay of its running Fisher; --baseline "
                                  f"{self.baseline} takes none")
-            return
-        gamma = EWC_ONLINE_GAMMA if self.baseline_gamma is None else self.baseline_gamma
-        object.__setattr__(self, "baseline_gamma", number_in("--baseline-gamma", gamma, 0.0, 1.0))
+        else:
+            gamma = EWC_ONLINE_GAMMA if self.baseline_gamma is None else self.baseline_gamma
+            object.__setattr__(self, "baseline_gamma", number_in("--baseline-gamma", gamma, 0.0, 1.0))
+        meaning, _ = BASELINE_STRENGTHS[self.baseline]
+        strength = (default_baseline_strength(self.baseline, kind, self.lr, self.tasks, self.baseline_gamma)
+                    if self.baseline_strength is None else self.baseline_strength)
+        object.__setattr__(self, "baseline_strength", number_in(f"--baseline-strength ({self.baseline}'s {meaning})",
+                                                                strength, 0.0, FLOAT32_MAX))
 
     def _import_hint(self) -> str:
         """What to say after an unknown model or rule name: :func:`import_hint` of the run's own modules."""
@@ -503,13 +505,16 @@ class RunConfig:
         """These settings for model kind ``model``, without those it does not take (:data:`KIND_SETTINGS`, and
         ``freeze_unconsolidated`` for a kind with nothing besides its synapses): what a comparison of several kinds runs
         each kind with. A kind trained by another optimizer starts from its own
-        optimizer's defaults (a learning rate means a different step to Adam and to SGD).
+        optimizer's defaults (a learning rate, or a baseline's strength, means a different step to Adam and to SGD).
 
         Example:
             >>> RunConfig(model="bimu", batch_size=1, readout_lambda=1.0).for_model("mlp").readout_lambda is None
             True
             >>> RunConfig(model="bnn", lr=0.01).for_model("mlp").lr, RunConfig(model="bnn", lr=0.01).for_model("leaky").lr
             (0.05, 0.01)
+            >>> ewc = RunConfig(model="bnn", baseline="ewc")
+            >>> ewc.baseline_strength, ewc.for_model("mlp").baseline_strength  # (each optimizer's own default)
+            (5000.0, 20.0)
         """
         unset = {key: None for key, takes in KIND_SETTINGS.items()
                  if getattr(self, key) is not None and not takes(model)}
@@ -517,7 +522,7 @@ class RunConfig:
                                                                                        self.batchnorm_kept_per_task):
             unset["freeze_unconsolidated"] = None  # (nothing to freeze)
         if optimizer_kind(model) != optimizer_kind(self.model):
-            unset.update(dict.fromkeys(OPTIMIZER_SETTINGS))
+            unset.update(dict.fromkeys((*OPTIMIZER_SETTINGS, "baseline_strength")))
         return replace(self, model=model, **unset)
 
     @property

@@ -40,6 +40,7 @@ from torch.optim import Optimizer
 
 from metaspike.chained import ChainedOptimizer
 from metaspike.checks import is_finite_number, unknown_name
+from metaspike.continual.baselines import BASELINE_STRENGTHS
 
 __all__ = ["available_models", "is_spiking", "build_model", "describe_model", "optimizer_kind", "uses_batchnorm",
            "is_builtin", "weight_layer_count", "build_optimizer", "published_settings", "OPTIMIZER_KINDS", "BIMU_SETTINGS", "MESU_SETTINGS", "SPIKING_BIMU_SETTINGS",
@@ -67,6 +68,40 @@ OPTIMIZER_KINDS = ("metaplastic-adam", "sgd", "bimu", "mesu", "bimu+adam")
 #: lr x gradient, where Adam takes about lr per weight: at 0.005 the 784-512-512-10 MLP reached 70 % on its first
 #: permuted-mnist5k task after 20 epochs, at 0.05 90 % (batch size 100, seed 1, AMD EPYC).
 DEFAULT_LR = {"metaplastic-adam": 0.005, "sgd": 0.05}
+#: Under plain SGD a quadratic penalty of curvature ``k`` takes steps of ``lr·k``, which diverge past 2 where Adam's
+#: are bounded by ``lr`` (:mod:`metaspike.penalty_stability`); EWC's penalty sums one term per earlier task, so its
+#: curvature is ``λ·Σ F`` over the tasks before. Measured on ``mlp`` at lr 0.05 (AMD EPYC Zen 5): a task's largest
+#: Fisher value is about 0.04 at 784-512-512-10 on permuted mnist5k (EWC λ 1000 and 5000 stopped at task 2, λ 200
+#: over 10 tasks at task 9) and 0.8 at 784-16-16-10, so ``λ·lr·(tasks before)`` = 2 follows Fisher values up to 1:
+#: λ 20 on the default stream (3 tasks: ACC 87.1 against 86.0 without, seed 1; λ 200 gave 88.5 there but fails on
+#: narrow networks).
+SGD_PENALTY_BUDGET = 2.0
+
+
+def default_baseline_strength(baseline: str, kind: str, lr: float | None, tasks: int,
+                              gamma: float | None = None) -> float:
+    """A baseline's strength where none is given, for a model trained by optimizer ``kind``: the paper's
+    (:data:`metaspike.continual.baselines.BASELINE_STRENGTHS`) under Adam and for SI; under plain SGD EWC's kinds take
+    ``SGD_PENALTY_BUDGET / (lr · the tasks their penalty sums)`` (two significant digits), which keeps SGD's step on
+    the penalty stable over the whole stream (EWC-Online with decay γ < 1 sums at most ``1 / (1 − γ)``).
+
+    Example:
+        >>> default_baseline_strength("ewc", "metaplastic-adam", 0.005, 10)
+        5000.0
+        >>> [default_baseline_strength("ewc", "sgd", 0.05, tasks) for tasks in (2, 3, 10)]
+        [40.0, 20.0, 4.4]
+        >>> default_baseline_strength("ewc-online", "sgd", 0.05, 10, gamma=0.5)
+        20.0
+    """
+    default = BASELINE_STRENGTHS[baseline][1]
+    if kind != "sgd" or baseline == "si" or lr is None or lr <= 0:
+        return default
+    summed = max(tasks - 1, 1)
+    if baseline == "ewc-online" and gamma is not None and gamma < 1:
+        summed = min(summed, 1 / (1 - gamma))
+    return float(f"{SGD_PENALTY_BUDGET / (lr * summed):.2g}")
+
+
 #: The settings of the gradient optimizers, each with the optimizer kinds that take it; a run of any other kind
 #: records ``None`` for it (the Bayesian optimizers run with their published settings).
 OPTIMIZER_SETTINGS: dict[str, tuple[str, ...]] = {"meta": ("metaplastic-adam",), "rule": ("metaplastic-adam",),

@@ -267,6 +267,16 @@ class EWC(Plugin):
         )
         return 0.5 * self.lam * total
 
+    def curvatures(self, model: nn.Module) -> list[tuple[Tensor, float]]:
+        """``λ · Σ_i F_i`` at its largest, along each weight matrix."""
+        if not self.importances:
+            return []
+        params = _matrices(model)
+        for fs in self.importances:
+            _fit("importances", fs, params)
+        summed = [sum(fs) for fs in zip(*self.importances)]
+        return [(p, self.lam * float(f.max())) for p, f in zip(params, summed) if f.numel()]
+
     def settings(self) -> dict[str, Any]:
         return {"lam": self.lam, "samples": self.samples}
 
@@ -321,6 +331,13 @@ class EWCOnline(Plugin):
         _fit("anchor", self.anchor, params)
         total = sum((f * (p - a).square()).sum() for f, a, p in zip(self.fisher, self.anchor, params))
         return 0.5 * self.lam * total
+
+    def curvatures(self, model: nn.Module) -> list[tuple[Tensor, float]]:
+        """``λ · F`` at its largest, along each weight matrix."""
+        params = _matrices(model)
+        if self.fisher:
+            _fit("Fisher", self.fisher, params)
+        return [(p, self.lam * float(f.max())) for p, f in zip(params, self.fisher) if f.numel()]
 
     def settings(self) -> dict[str, Any]:
         return {"lam": self.lam, "gamma": self.gamma, "samples": self.samples}
@@ -456,6 +473,13 @@ class SynapticIntelligence(Plugin):
         _fit("anchors", self.anchors, params)
         self._penalized = True
         return self.c * sum((o * (p - a).square()).sum() for o, a, p in zip(self.big_omega, self.anchors, params))
+
+    def curvatures(self, model: nn.Module) -> list[tuple[Tensor, float]]:
+        """``2c · Ω`` at its largest, along each weight matrix."""
+        params = _matrices(model)
+        if self.big_omega:
+            _fit("importances", self.big_omega, params)
+        return [(p, 2 * self.c * float(o.max())) for p, o in zip(params, self.big_omega) if o.numel()]
 
     def settings(self) -> dict[str, Any]:
         return {"c": self.c, "xi": self.xi}

@@ -1,0 +1,79 @@
+"""A penalty stiffer than plain SGD can follow is refused before an epoch trains, naming the plugin and how far its
+strength must come down (EWC's λ 5000 under SGD at lr 0.05 diverged within a task, blamed on an infinite penalty)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metaspike.checks import TrainingDiverged
+from metaspike.continual.baselines import EWC, EWCOnline, SynapticIntelligence
+from metaspike.penalty_stability import largest_stable_curvature
+from metaspike.training import train_epoch
+
+SETTINGS = [dict(momentum=0.0), dict(momentum=0.9), dict(momentum=0.5, dampening=0.5),
+            dict(momentum=0.9, nesterov=True)]
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_the_bound_is_where_sgd_on_a_quadratic_turns_from_converging_to_diverging(settings):
+    """SGD on k/2·θ², just inside and just outside the bound: 1 % either side decides after 3000 steps (the
+    iteration's largest root is 1 ± O(1 %) in modulus: a factor of e^±15 or more, far from rounding)."""
+    group = {"lr": 0.05, "dampening": 0.0, "nesterov": False, **settings}
+    limit = largest_stable_curvature(group)
+    ends = []
+    for k in (0.99 * limit, 1.01 * limit):
+        theta = torch.ones(1, dtype=torch.float64, requires_grad=True)
+        optimizer = torch.optim.SGD([theta], **group)
+        for _ in range(3000):
+            optimizer.zero_grad()
+            (0.5 * k * theta.square()).sum().backward()
+            optimizer.step()
+        ends.append(abs(theta.item()))
+    assert ends[0] < 1e-3 and ends[1] > 1e3, (limit, ends)
+
+
+def _trained_plugin(make, model):
+    x, y = torch.randn(64, 6, generator=torch.Generator().manual_seed(0)), torch.arange(64) % 3
+    plugin = make()
+    if isinstance(plugin, SynapticIntelligence):  # (its importances come from the steps of a task)
+        train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y, batch_size=8, plugins=[plugin])
+    plugin.task_done(model, x, y, None)
+    return plugin, x, y
+
+
+@pytest.mark.parametrize("make", [lambda: EWC(lam=1.0), lambda: EWCOnline(lam=1.0), lambda: SynapticIntelligence(c=1.0)])
+def test_each_baseline_is_refused_just_past_its_bound_and_trains_just_inside_it(make):
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8, bias=False), torch.nn.ReLU(), torch.nn.Linear(8, 3, bias=False))
+    torch.manual_seed(1)
+    plugin, x, y = _trained_plugin(make, model)
+    stiffest = max(curvature for _, curvature in plugin.curvatures(model))
+    strength = "lam" if hasattr(plugin, "lam") else "c"
+    lr = 0.05
+    setattr(plugin, strength, getattr(plugin, strength) * 1.01 * (2 / lr) / stiffest)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(TrainingDiverged, match=rf"^plugin {type(plugin).__name__}: its penalty's curvature along "
+                                               r"[0-9]\.weight reaches [0-9.]+, where SGD at lr 0\.05 overshoots and "
+                                               r"diverges \(it follows a curvature below 40\); divide the plugin's "
+                                               r"strength by more than 1\.01, or lower the learning rate$"):
+        train_epoch(model, torch.optim.SGD(model.parameters(), lr=lr), x, y, batch_size=8, plugins=[plugin])
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))  # (refused before any step)
+    setattr(plugin, strength, getattr(plugin, strength) * 0.98)
+    train_epoch(model, torch.optim.SGD(model.parameters(), lr=lr), x, y, batch_size=8, plugins=[plugin])
+    train_epoch(model, torch.optim.Adam(model.parameters(), lr=lr), x, y, batch_size=8,  # (Adam: no such bound)
+                plugins=[plugin])
+
+
+def test_a_parameter_in_a_group_of_a_smaller_learning_rate_is_judged_by_its_own():
+    """The stiffer layer at lr 0.01 (bound 200) holds a curvature that lr 0.05 (bound 40) would refuse."""
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8, bias=False), torch.nn.ReLU(), torch.nn.Linear(8, 3, bias=False))
+    torch.manual_seed(1)
+    ewc, x, y = _trained_plugin(lambda: EWC(lam=1.0), model)
+    (soft, low), (stiff, high) = sorted(ewc.curvatures(model), key=lambda pair: pair[1])
+    ewc.lam = 30 / low
+    if not 40 < ewc.lam * high < 200:
+        pytest.skip(f"the two layers' Fisher values are {high / low:.2f} apart here, outside 1.33-6.67")
+    train_epoch(model, torch.optim.SGD([{"params": [soft], "lr": 0.05}, {"params": [stiff], "lr": 0.01}]), x, y,
+                batch_size=8, plugins=[ewc])
+    with pytest.raises(TrainingDiverged, match="SGD at lr 0.05 overshoots"):
+        train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.05), x, y, batch_size=8, plugins=[ewc])
