@@ -18,7 +18,7 @@ from torch.optim import SGD, Optimizer
 
 from metaspike.checks import TrainingDiverged
 
-__all__ = ["largest_stable_curvature", "refuse_overshooting_penalties"]
+__all__ = ["largest_stable_curvature", "PenaltyTooStiff", "follows_plain_sgd_steps", "refuse_overshooting_penalties"]
 
 
 def largest_stable_curvature(group: dict[str, Any]) -> float:
@@ -39,11 +39,38 @@ def largest_stable_curvature(group: dict[str, Any]) -> float:
     return 2 * (1 + momentum) / scale
 
 
+class PenaltyTooStiff(TrainingDiverged):
+    """An epoch refused before it began: the plugins' penalties are stiffer along a parameter than SGD can follow;
+    ``factor`` is what their strengths must be divided by, at least (``inf``: weight decay alone is past the bound).
+
+    Example:
+        >>> PenaltyTooStiff("plugin EWC: ...", 2.5).factor
+        2.5
+    """
+
+    def __init__(self, message: str, factor: float) -> None:
+        super().__init__(message)
+        self.factor = factor
+
+
+def follows_plain_sgd_steps(optimizer: Optimizer) -> bool:
+    """Whether ``optimizer`` steps as ``torch.optim.SGD`` does (it or a subclass keeping its ``step``): the steps the
+    bound of :func:`largest_stable_curvature` is for.
+
+    Example:
+        >>> import torch
+        >>> follows_plain_sgd_steps(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1))
+        True
+    """
+    return isinstance(optimizer, SGD) and type(optimizer).step is SGD.step
+
+
 def refuse_overshooting_penalties(optimizer: Optimizer, plugins: Sequence[Any], model: nn.Module) -> None:
-    """:class:`~metaspike.checks.TrainingDiverged` where a plugin's penalty is stiffer along a parameter than plain
-    SGD (``torch.optim.SGD`` itself: another optimizer takes other steps) can follow at that parameter's learning rate,
-    naming the plugin, the parameter and how far its strength must come down. Nothing for other optimizers. A plugin
-    (:class:`metaspike.training.Plugin`) tells its curvatures by ``curvatures(model)``; one without it is not judged.
+    """:class:`PenaltyTooStiff` where the plugins' penalties, summed, are stiffer along a parameter SGD moves than
+    SGD can follow at that parameter's learning rate (:func:`follows_plain_sgd_steps`: another optimizer takes other
+    steps; ``maximize``, which climbs the penalty, is not judged), naming the plugins, the parameter and how far their
+    strengths must come down. A plugin (:class:`metaspike.training.Plugin`) tells its curvatures by
+    ``curvatures(model)``; one without it is not judged.
 
     Example:
         >>> import torch
@@ -54,25 +81,35 @@ def refuse_overshooting_penalties(optimizer: Optimizer, plugins: Sequence[Any], 
         >>> refuse_overshooting_penalties(torch.optim.SGD(model.parameters(), lr=0.1), [ewc], model)
         Traceback (most recent call last):
         ...
-        metaspike.checks.TrainingDiverged: plugin EWC: its penalty's curvature along weight reaches ...
+        metaspike.penalty_stability.PenaltyTooStiff: plugin EWC: its penalty's curvature along weight reaches ...
     """
-    if type(optimizer) is not SGD:
+    if not follows_plain_sgd_steps(optimizer):
         return
-    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
-    names = {id(p): name for name, p in model.named_parameters()}
+    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]
+                if p.requires_grad and not group.get("maximize", False)}
+    summed: dict[int, tuple[Any, float, list[str]]] = {}  # (the parameter, its curvature, the plugins adding to it)
     for plugin in plugins:
         curvatures = getattr(plugin, "curvatures", None)  # (a plugin of one's own need not derive from Plugin)
         for parameter, curvature in ([] if curvatures is None else curvatures(model)):
-            group = group_of.get(id(parameter))
-            if group is None:
-                continue
-            limit = largest_stable_curvature(group)
-            decay = float(group.get("weight_decay", 0.0))  # (its own curvature, added to the penalty's)
-            if curvature + decay >= limit:
-                momentum = f", momentum {group['momentum']:g}" if group.get("momentum") else ""
-                factor = f"by more than {curvature / (limit - decay):.3g}" if limit > decay else "to 0"
-                where = names.get(id(parameter), "a parameter")
-                raise TrainingDiverged(f"plugin {type(plugin).__name__}: its penalty's curvature along {where} reaches "
-                                 f"{curvature + decay:.3g}, where SGD at lr {group['lr']:g}{momentum} overshoots and "
-                                 f"diverges (it follows a curvature below {limit:.3g}); divide the plugin's strength "
-                                 f"{factor}, or lower the learning rate")
+            if id(parameter) in group_of:
+                _, total, names = summed.get(id(parameter), (parameter, 0.0, []))
+                summed[id(parameter)] = (parameter, total + curvature, [*names, type(plugin).__name__])
+    parameter_names = {id(p): name for name, p in model.named_parameters()}
+    for key, (parameter, curvature, names) in summed.items():
+        group = group_of[key]
+        limit = largest_stable_curvature(group)
+        decay = float(group.get("weight_decay", 0.0))  # (its own curvature, added to the penalties')
+        if curvature + decay < limit:
+            continue
+        factor = curvature / (limit - decay) if limit > decay else float("inf")
+        whose = (f"plugin {names[0]}: its penalty's" if len(names) == 1
+                 else f"plugins {', '.join(names)}: their penalties' summed")
+        decayed = f" (with weight decay {decay:g})" if decay else ""
+        steps = (f", momentum {group['momentum']:g}{' (Nesterov)' if group.get('nesterov') else ''}"
+                 if group.get("momentum") else "")
+        fix = f"divide {'its strength' if len(names) == 1 else 'their strengths'} by more than {factor:.3g}"
+        raise PenaltyTooStiff(f"{whose} curvature along {parameter_names.get(key, 'a parameter')} reaches "
+                              f"{curvature + decay:.3g}{decayed}, where SGD at lr {group['lr']:g}{steps} overshoots "
+                              f"and diverges (it follows a curvature below {limit:.3g}); "
+                              f"{fix if limit > decay else 'lower the weight decay'}, or lower the learning rate",
+                              factor)

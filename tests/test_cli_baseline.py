@@ -3,6 +3,7 @@
 import io
 import json
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -134,9 +135,12 @@ def test_a_model_trained_by_sgd_takes_a_penalty_strength_its_step_is_stable_at(t
     err = capsys.readouterr().err
     assert re.fullmatch(r"metaspike: error: plugin EWC: its penalty's curvature along [0-9]\.weight reaches [0-9.]+, "
                         r"where SGD at lr 0\.05 overshoots and diverges \(it follows a curvature below 40\); divide "
-                        r"the plugin's strength by more than [0-9.]+, or lower the learning rate; what was measured so "
-                        r"far is in .*permuted-mnist5k-mlp-ewc5000-seed1 \(the last good checkpoint is kept\)\n",
-                        err), err
+                        r"its strength by more than ([0-9.]+), or lower the learning rate \(start a new run with "
+                        r"--baseline-strength ([0-9.]+) or less: a resume keeps the strength it began with\); what "
+                        r"was measured so far is in .*permuted-mnist5k-mlp-ewc5000-seed1 \(the last good checkpoint "
+                        r"is kept\)\n", err), err
+    factor, follows = map(float, re.search(r"more than ([0-9.]+),.*strength ([0-9.]+) or less", err).groups())
+    assert 0.9 * 5000 / factor < follows <= 5000 / factor * 1.001  # (two digits, rounded down; factor shown to 3)
     assert main(args) == 0  # (λ 2 / (lr 0.05 · 1 task before))
     metrics = json.loads((tmp_path / "permuted-mnist5k-mlp-ewc40-seed1" / "metrics.json").read_text())
     assert metrics["complete"] and min(metrics["final_accuracy"]) > 70, metrics
@@ -154,3 +158,27 @@ def test_a_comparison_gives_each_optimizer_its_own_default_strength_and_refuses_
                                        "different optimizers (bnn: metaplastic-adam, mlp: sgd), to which one setting "
                                        "means different steps; leave it out (each takes its own default) or compare "
                                        "them separately\n")
+
+
+def test_a_comparison_of_kinds_at_different_strengths_names_none_and_refuses_to_rerun_an_earlier_versions(tmp_path):
+    """Its folder named the first model's strength (``-ewc5000`` for bnn then mlp, ``-ewc40`` the other way round);
+    an earlier version gave every kind the first model's strength, and resuming its comparison would have run mlp
+    again at its own beside the finished run."""
+    import argparse
+
+    from metaspike.app.cli import _refuse_shared_optimizer_setting
+    from metaspike.app.compare import _neuron_rows, _refuse_runs_at_another_strength_before, comparison_name
+
+    base = RunConfig(baseline="ewc", **TINY)
+    assert comparison_name(base, neurons=True, kinds=["bnn", "mlp"]) == "compare-neurons-permuted-digits-ewc"
+    assert comparison_name(base, neurons=True, kinds=["bnn", "leaky"]) == "compare-neurons-permuted-digits-ewc5000"
+    _refuse_shared_optimizer_setting(argparse.Namespace(neurons=["bnn", "mlp"], lr=None, weight_decay=None,
+                                                        baseline="si", baseline_strength=1.0))  # (one default: c 0.1)
+    earlier = replace(base, baseline_strength=100.0)
+    planned = _neuron_rows(earlier, ["bnn", "mlp"], [0.0], [1])
+    _refuse_runs_at_another_strength_before(tmp_path, 100.0, planned)  # (nothing ran yet)
+    (tmp_path / replace(planned[1].configs[0], baseline_strength=100.0).name).mkdir()
+    with pytest.raises(ValueError, match=r"an earlier version ran mlp at --baseline-strength 100 \(permuted-digits-mlp-"
+                                         r"ewc100-seed1\), the strength of the comparison's first model; this version "
+                                         r"gives each optimizer its own \(40 for mlp\)"):
+        _refuse_runs_at_another_strength_before(tmp_path, 100.0, planned)

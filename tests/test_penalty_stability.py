@@ -8,7 +8,7 @@ import torch
 
 from metaspike.checks import TrainingDiverged
 from metaspike.continual.baselines import EWC, EWCOnline, SynapticIntelligence
-from metaspike.penalty_stability import largest_stable_curvature
+from metaspike.penalty_stability import PenaltyTooStiff, largest_stable_curvature, refuse_overshooting_penalties
 from metaspike.training import train_epoch
 
 SETTINGS = [dict(momentum=0.0), dict(momentum=0.9), dict(momentum=0.5, dampening=0.5),
@@ -54,8 +54,8 @@ def test_each_baseline_is_refused_just_past_its_bound_and_trains_just_inside_it(
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(TrainingDiverged, match=rf"^plugin {type(plugin).__name__}: its penalty's curvature along "
                                                r"[0-9]\.weight reaches [0-9.]+, where SGD at lr 0\.05 overshoots and "
-                                               r"diverges \(it follows a curvature below 40\); divide the plugin's "
-                                               r"strength by more than 1\.01, or lower the learning rate$"):
+                                               r"diverges \(it follows a curvature below 40\); divide its strength by "
+                                               r"more than 1\.01, or lower the learning rate$"):
         train_epoch(model, torch.optim.SGD(model.parameters(), lr=lr), x, y, batch_size=8, plugins=[plugin])
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))  # (refused before any step)
     setattr(plugin, strength, getattr(plugin, strength) * 0.98)
@@ -77,3 +77,35 @@ def test_a_parameter_in_a_group_of_a_smaller_learning_rate_is_judged_by_its_own(
                 batch_size=8, plugins=[ewc])
     with pytest.raises(TrainingDiverged, match="SGD at lr 0.05 overshoots"):
         train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.05), x, y, batch_size=8, plugins=[ewc])
+
+
+def _ewc_at(curvature: float, model: torch.nn.Module) -> EWC:
+    """An EWC whose penalty has ``curvature`` along ``model.weight`` (its Fisher set by hand)."""
+    ewc = EWC(lam=1.0)
+    ewc.importances, ewc.anchors = [[torch.full_like(model.weight, curvature)]], [[model.weight.detach().clone()]]
+    return ewc
+
+
+def test_penalties_on_one_parameter_are_summed_and_what_sgd_does_not_move_is_not_judged():
+    """Two penalties each inside the bound but past it together ran to 1e13 without a word; a frozen parameter, or
+    one SGD climbs (maximize), was refused though SGD never descends it; a subclass of SGD keeping its step was not
+    judged."""
+    model = torch.nn.Linear(3, 2, bias=False)
+    two = [_ewc_at(12.0, model), _ewc_at(12.0, model)]  # (limit at lr 0.1: 20)
+    with pytest.raises(PenaltyTooStiff, match=r"^plugins EWC, EWC: their penalties' summed curvature along weight "
+                                              r"reaches 24, .* divide their strengths by more than 1\.2, ") as caught:
+        refuse_overshooting_penalties(torch.optim.SGD(model.parameters(), lr=0.1), two, model)
+    assert caught.value.factor == pytest.approx(1.2)
+    refuse_overshooting_penalties(torch.optim.SGD(model.parameters(), lr=0.1), two[:1], model)
+
+    class LoggingSGD(torch.optim.SGD):
+        pass
+
+    with pytest.raises(PenaltyTooStiff):
+        refuse_overshooting_penalties(LoggingSGD(model.parameters(), lr=0.1), two, model)
+    with pytest.raises(PenaltyTooStiff, match=r"reaches 34 \(with weight decay 10\), .* divide their strengths by "
+                                              r"more than 2\.4, "):
+        refuse_overshooting_penalties(torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=10.0), two, model)
+    refuse_overshooting_penalties(torch.optim.SGD(model.parameters(), lr=0.1, maximize=True), two, model)
+    model.weight.requires_grad_(False)
+    refuse_overshooting_penalties(torch.optim.SGD(model.parameters(), lr=0.1), two, model)

@@ -119,7 +119,8 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str, several_ru
 
     strengths = ", ".join(f"{name} {meaning} {default:g}" for name, (meaning, default) in BASELINE_STRENGTHS.items())
     strengths += (f"; under SGD (mlp) EWC's kinds take lambda {SGD_PENALTY_BUDGET:g} / (lr x the tasks their penalty "
-                  "sums), 20 on the default stream, so that SGD's step on it stays stable")
+                  "sums), 20 on the default stream, which SGD follows where no Fisher value passes 1; a run it cannot "
+                  "follow is refused with the strength it can")
     parser.add_argument("--baseline", default=None, choices=list(BASELINE_STRENGTHS),
                         help="add a continual-learning baseline's penalty to the loss: EWC (Kirkpatrick et al. 2017), "
                              "EWC-Online (one running Fisher, Schwarz et al. 2018), SI (Zenke et al. 2017) or random "
@@ -529,7 +530,8 @@ def _compare(args: argparse.Namespace) -> None:
             given_flags = {k: v for k, v in _given_settings(args).items() if k != "meta"}  # (--meta: checked above)
             _refuse_flags_no_model_uses(given_flags, [base.for_model(n) for n in args.neurons])
             out = expanded_path(args.out, "--out")
-            _mention_unfinished(out / compare.comparison_name(base, neurons=True, rules=rules), "compare")
+            _mention_unfinished(out / compare.comparison_name(base, neurons=True, rules=rules, kinds=args.neurons),
+                                "compare")
             path, rows = compare.compare_neurons(base, args.neurons, metas, args.seeds, out=args.out,
                                                  progress=not args.quiet, rules=rules)
             models, scenario = args.neurons, base.scenario
@@ -590,7 +592,8 @@ def _refuse_shared_optimizer_setting(args: argparse.Namespace) -> None:
     from metaspike.app.models import optimizer_kind
 
     kinds = {n: kind for n in args.neurons if (kind := optimizer_kind(n)) in DEFAULT_LR}
-    for key in ("lr", "weight_decay", "baseline_strength"):
+    shared = ("lr", "weight_decay") + (("baseline_strength",) if getattr(args, "baseline", None) != "si" else ())
+    for key in shared:  # (SI's default c is the same under both: its strength is not refused)
         if getattr(args, key) is not None and len(set(kinds.values())) > 1:
             trained = ", ".join(f"{n}: {kind}" for n, kind in kinds.items())
             raise ValueError(f"--{key.replace('_', '-')}: the models compared train with different optimizers "

@@ -438,11 +438,13 @@ def model_and_rule(row: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
     return f"{row['neuron']} {row['rule']}" if several and row.get("rule") is not None else row["neuron"]
 
 
-def comparison_name(base: RunConfig, neurons: bool, rules: Sequence[str] | None = None) -> str:
-    """The folder name of a comparison of ``meta`` settings (``neurons=False``) or of neuron models on ``base``'s
-    stream, with the consolidation rule where it is not the default (every rule of a comparison of ``rules``), the
-    baseline every run takes and the freezing asked for (``-2``, ``-3`` ... are added where it is taken; a kind with
-    nothing besides its synapses runs without it, and its rows do not say "freeze after").
+def comparison_name(base: RunConfig, neurons: bool, rules: Sequence[str] | None = None,
+                    kinds: Sequence[str] = ()) -> str:
+    """The folder name of a comparison of ``meta`` settings (``neurons=False``) or of neuron models (``kinds``) on
+    ``base``'s stream, with the consolidation rule where it is not the default (every rule of a comparison of
+    ``rules``), the baseline every run takes (its strength where every kind takes the same one: each optimizer has its
+    own default) and the freezing asked for (``-2``, ``-3`` ... are added where it is taken; a kind with nothing
+    besides its synapses runs without it, and its rows do not say "freeze after").
 
     Example:
         >>> comparison_name(RunConfig(datasets=("digits",)), neurons=True)
@@ -451,10 +453,13 @@ def comparison_name(base: RunConfig, neurons: bool, rules: Sequence[str] | None 
         'compare-permuted-mnist5k-cascade-si0.1'
         >>> comparison_name(RunConfig(), neurons=False, rules=["tanh", "cascade"])
         'compare-permuted-mnist5k-tanh-cascade'
+        >>> comparison_name(RunConfig(baseline="ewc"), neurons=True, kinds=["mlp", "bnn"])
+        'compare-neurons-permuted-mnist5k-ewc'
     """
     rule_part = "".join(f"-{rule}" for rule in rules) if rules else base.rule_part()
-    return (f"compare-{'neurons-' if neurons else ''}{base.stream_part()}{rule_part}{base.baseline_part()}"
-            f"{base.freezing_part()}")
+    one_strength = len({base.for_model(kind).baseline_strength for kind in kinds}) <= 1
+    return (f"compare-{'neurons-' if neurons else ''}{base.stream_part()}{rule_part}"
+            f"{base.baseline_part(strength=one_strength)}{base.freezing_part()}")
 
 
 def is_finished_comparison(root: Path) -> bool:
@@ -553,7 +558,7 @@ def compare_neurons(base: RunConfig, neurons: Sequence[str] = DEFAULT_NEURONS, m
     _check_backends(base, neurons)
     plan = {"kind": "neurons", "base": base.to_dict(), "neurons": list(neurons), "metas": [float(m) for m in metas],
             "seeds": [int(s) for s in seeds], **({_RULES_KEY: rules} if rules else {})}
-    return _start(out, comparison_name(base, neurons=True, rules=rules), plan, progress)
+    return _start(out, comparison_name(base, neurons=True, rules=rules, kinds=neurons), plan, progress)
 
 
 def _check_backends(base: RunConfig, neurons: Sequence[str]) -> None:
@@ -581,8 +586,27 @@ def resume_comparison(root: str | Path, progress: bool = True) -> tuple[Path, li
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{root / PLAN} is not a valid comparison plan ({err})") from None
     _refuse_runs_frozen_before(root, plan["base"].get("freeze_unconsolidated"), planned)
+    _refuse_runs_at_another_strength_before(root, plan["base"].get("baseline_strength"), planned)
     with run_lock(root):
         return _execute(root, plan, planned, progress)
+
+
+def _refuse_runs_at_another_strength_before(root: Path, recorded: float | None, planned: list[Row]) -> None:
+    """One ``ValueError`` where an earlier version ran a kind at the strength ``recorded`` in the plan (it gave every
+    kind the base run's) that this version gives another (each optimizer its own default): resumed, the comparison
+    would run that kind again beside the finished run, under another name, and its row would change without a word."""
+    if recorded is None:
+        return
+    for row in planned:
+        for config in row.configs:
+            if config.baseline is None or config.baseline_strength == recorded:
+                continue
+            earlier = replace(config, baseline_strength=recorded).name
+            if (root / earlier).is_dir() and not (root / config.name).is_dir():
+                raise ValueError(f"{root}: an earlier version ran {config.model} at --baseline-strength {recorded:g} "
+                                 f"({earlier}), the strength of the comparison's first model; this version gives each "
+                                 f"optimizer its own ({config.baseline_strength:g} for {config.model}), so it would "
+                                 f"run {config.model} again beside that run: start a new comparison")
 
 
 def _refuse_runs_frozen_before(root: Path, asked: int | None, planned: list[Row]) -> None:

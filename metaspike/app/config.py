@@ -612,17 +612,18 @@ class RunConfig:
         """
         return "" if self.freeze_unconsolidated is None else f"-freeze{self.freeze_unconsolidated}"
 
-    def baseline_part(self) -> str:
-        """The run name's part for the baseline: ``"-ewc5000"``, ``"-ewc-online100-gamma0.9"``, or nothing.
+    def baseline_part(self, strength: bool = True) -> str:
+        """The run name's part for the baseline: ``"-ewc5000"``, ``"-ewc-online100-gamma0.9"``, or nothing
+        (``strength=False``: without the strength, for a comparison whose kinds take different ones).
 
         Example:
-            >>> RunConfig(baseline="ewc").baseline_part()
-            '-ewc5000'
+            >>> RunConfig(baseline="ewc").baseline_part(), RunConfig(baseline="ewc").baseline_part(strength=False)
+            ('-ewc5000', '-ewc')
         """
         if self.baseline is None:
             return ""
         gamma = "" if self.baseline_gamma is None else f"-gamma{self.baseline_gamma:g}"
-        return f"-{self.baseline}{self.baseline_strength:g}{gamma}"
+        return f"-{self.baseline}{f'{self.baseline_strength:g}' if strength else ''}{gamma}"
 
     @property
     def rule_setting(self) -> str:

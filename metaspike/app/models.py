@@ -82,8 +82,10 @@ def default_baseline_strength(baseline: str, kind: str, lr: float | None, tasks:
                               gamma: float | None = None) -> float:
     """A baseline's strength where none is given, for a model trained by optimizer ``kind``: the paper's
     (:data:`metaspike.continual.baselines.BASELINE_STRENGTHS`) under Adam and for SI; under plain SGD EWC's kinds take
-    ``SGD_PENALTY_BUDGET / (lr · the tasks their penalty sums)`` (two significant digits), which keeps SGD's step on
-    the penalty stable over the whole stream (EWC-Online with decay γ < 1 sums at most ``1 / (1 − γ)``).
+    ``SGD_PENALTY_BUDGET / (lr · the tasks their penalty sums)`` (two significant digits, rounded down), which keeps
+    SGD's step on the penalty stable over the whole stream where no Fisher value passes 1 (EWC-Online with decay
+    γ < 1 sums at most ``1 / (1 − γ)``); a narrow network's may, and its run is refused with the strength that
+    follows it (:mod:`metaspike.penalty_stability`).
 
     Example:
         >>> default_baseline_strength("ewc", "metaplastic-adam", 0.005, 10)
@@ -99,7 +101,18 @@ def default_baseline_strength(baseline: str, kind: str, lr: float | None, tasks:
     summed = max(tasks - 1, 1)
     if baseline == "ewc-online" and gamma is not None and gamma < 1:
         summed = min(summed, 1 / (1 - gamma))
-    return float(f"{SGD_PENALTY_BUDGET / (lr * summed):.2g}")
+    return floor_to_two_digits(SGD_PENALTY_BUDGET / (lr * summed))
+
+
+def floor_to_two_digits(value: float) -> float:
+    """``value`` (positive) rounded down to two significant digits: a strength named by a run, never past a bound.
+
+    Example:
+        >>> floor_to_two_digits(28.57), floor_to_two_digits(0.0999), floor_to_two_digits(0.3)
+        (28.0, 0.099, 0.3)
+    """
+    scale = 10.0 ** (math.floor(math.log10(value)) - 1)
+    return float(f"{math.floor(value / scale * (1 + 1e-12)) * scale:.2g}")  # (0.3 / 0.01 is 29.999...: 30)
 
 
 #: The settings of the gradient optimizers, each with the optimizer kinds that take it; a run of any other kind

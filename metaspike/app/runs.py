@@ -35,6 +35,7 @@ from metaspike.app.models import (
     bayesian_settings,
     build_model,
     describe_model,
+    floor_to_two_digits,
     is_builtin,
     optimizer_kind,
     uses_batchnorm,
@@ -42,6 +43,7 @@ from metaspike.app.models import (
 from metaspike.app.tables import versions
 from metaspike.bayesian.synapses import SampledForward, bayesian_modules, start_confident
 from metaspike.checks import is_finite_number, is_nan, is_whole, listed, shown
+from metaspike.continual.baselines import BASELINE_STRENGTH_SETTINGS
 from metaspike.continual.results import (
     ACCURACY_DECIMALS,
     CHECKPOINT,
@@ -63,6 +65,7 @@ from metaspike.files import (
     remove_stale_temporaries,
 )
 from metaspike.machine import cpu_kind
+from metaspike.penalty_stability import PenaltyTooStiff
 from metaspike.stops import forget_kept_stop, raise_kept_stop
 from metaspike.training import Plugin, TrainingDiverged, minimum_batch_size
 
@@ -406,9 +409,23 @@ def train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: R
                 from metaspike.app.plots import plot_run
 
                 plot_run(path)
+    except PenaltyTooStiff as err:
+        follows = _strength_that_follows(trainer, err.factor)
+        raise TrainingDiverged(f"{err}{follows}{_what_is_kept(directory)}") from None
     except TrainingDiverged as err:
         raise TrainingDiverged(f"{err}{_what_is_kept(directory)}") from None
     return result
+
+
+def _strength_that_follows(trainer: ContinualTrainer, factor: float) -> str:
+    """What a run refused for a baseline's penalty too stiff for SGD adds: the ``--baseline-strength`` that SGD follows
+    (its baseline is the run's one plugin with a strength), for a new run: a resume keeps the strength it began with."""
+    strengths = [value for plugin in trainer.plugins for key, value in plugin.settings().items()
+                 if key in BASELINE_STRENGTH_SETTINGS]
+    if len(strengths) != 1 or not 1 < factor < float("inf"):
+        return ""
+    return (f" (start a new run with --baseline-strength {floor_to_two_digits(strengths[0] / factor):g} or less: a "
+            "resume keeps the strength it began with)")
 
 
 def _what_continues(path: Path, processes: int) -> str:

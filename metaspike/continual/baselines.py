@@ -45,7 +45,7 @@ from metaspike.training import Plugin, check_inputs, classification_loss
 
 __all__ = ["EWC", "EWCOnline", "SynapticIntelligence", "RandomConsolidation", "fisher_diagonal",
            "fisher_sample_indices", "EWC_LAMBDA", "SI_C", "EWC_ONLINE_GAMMA", "BASELINE_STRENGTHS",
-           "NO_GRADIENT_IN_EVALUATION", "make_baseline"]
+           "BASELINE_STRENGTH_SETTINGS", "NO_GRADIENT_IN_EVALUATION", "make_baseline"]
 
 #: EWC's default strength λ: the 2021 paper's, for its BNN under Adam (also EWC-Online's and the random control's).
 EWC_LAMBDA = 5000.0
@@ -498,6 +498,9 @@ class SynapticIntelligence(Plugin):
         for key, value in tensors.items():
             setattr(self, key, [t.clone() for t in value])  # not the caller's tensors, which omega would change
 
+
+#: The key of a baseline plugin's strength in its ``settings()`` (EWC's kinds: λ; SI: c).
+BASELINE_STRENGTH_SETTINGS = ("lam", "c")
 
 #: The baselines by name, each with the meaning and default of its one strength: what a run names (``--baseline``).
 BASELINE_STRENGTHS: dict[str, tuple[str, float]] = {
