@@ -57,3 +57,24 @@ def test_readme_plugin_block_runs_and_its_penalty_acts():
 
     ContinualTrainer(plain, namespace["make_optimizer"], TrainerConfig(epochs=3)).fit(scenario)
     assert not torch.equal(plain[1].weight, model[1].weight)  # (the penalty pulled task 2's training back)
+
+
+def test_readme_spiking_blocks_run_as_pasted_and_their_optimizer_trains_the_network():
+    """They used a network they never defined (``my_snntorch_sequential``), and imported neither nn nor snnTorch."""
+    import pytest
+    import torch
+
+    pytest.importorskip("snntorch")
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+              if "my_snntorch_sequential = " in b]
+    assert len(blocks) == 2
+    for block in blocks:
+        namespace: dict = {}
+        exec(compile(block, "README.md", "exec"), namespace)
+        network, optimizer = namespace["network"], namespace["optimizer"]
+        first = next(p for p in network.parameters()).detach().clone()
+        with __import__("metaspike").binarized_once():
+            out = network(torch.rand(4, 1, 28, 28))
+        (out[1] if isinstance(out, tuple) else out).sum().backward()
+        optimizer.step()
+        assert not torch.equal(next(p for p in network.parameters()), first)
