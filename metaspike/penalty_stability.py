@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 from torch.optim import SGD, Optimizer
 
+from metaspike.chained import ChainedOptimizer
 from metaspike.checks import TrainingDiverged
 
 __all__ = ["largest_stable_curvature", "PenaltyTooStiff", "follows_plain_sgd_steps", "refuse_overshooting_penalties"]
@@ -41,16 +42,17 @@ def largest_stable_curvature(group: dict[str, Any]) -> float:
 
 class PenaltyTooStiff(TrainingDiverged):
     """An epoch refused before it began: the plugins' penalties are stiffer along a parameter than SGD can follow;
-    ``factor`` is what their strengths must be divided by, at least (``inf``: weight decay alone is past the bound).
+    ``factor`` is what their strengths must be divided by, at least (``inf``: weight decay alone is past the bound);
+    ``tasks_done``, where a trainer raised it, the tasks trained before (whose importances the penalties hold).
 
     Example:
         >>> PenaltyTooStiff("plugin EWC: ...", 2.5).factor
         2.5
     """
 
-    def __init__(self, message: str, factor: float) -> None:
+    def __init__(self, message: str, factor: float, tasks_done: int | None = None) -> None:
         super().__init__(message)
-        self.factor = factor
+        self.factor, self.tasks_done = factor, tasks_done
 
 
 def follows_plain_sgd_steps(optimizer: Optimizer) -> bool:
@@ -65,12 +67,22 @@ def follows_plain_sgd_steps(optimizer: Optimizer) -> bool:
     return isinstance(optimizer, SGD) and type(optimizer).step is SGD.step
 
 
+def _sgd_parts(optimizer: Optimizer) -> list[Optimizer]:
+    """The optimizers that step as SGD does: ``optimizer`` itself, or those inside a
+    :class:`~metaspike.ChainedOptimizer`."""
+    if follows_plain_sgd_steps(optimizer):
+        return [optimizer]
+    if isinstance(optimizer, ChainedOptimizer):
+        return [part for inner in optimizer.optimizers for part in _sgd_parts(inner)]
+    return []
+
+
 def refuse_overshooting_penalties(optimizer: Optimizer, plugins: Sequence[Any], model: nn.Module) -> None:
     """:class:`PenaltyTooStiff` where the plugins' penalties, summed, are stiffer along a parameter SGD moves than
-    SGD can follow at that parameter's learning rate (:func:`follows_plain_sgd_steps`: another optimizer takes other
-    steps; ``maximize``, which climbs the penalty, is not judged), naming the plugins, the parameter and how far their
-    strengths must come down. A plugin (:class:`metaspike.training.Plugin`) tells its curvatures by
-    ``curvatures(model)``; one without it is not judged.
+    SGD can follow at that parameter's learning rate (:func:`follows_plain_sgd_steps`, alone or inside a
+    :class:`~metaspike.ChainedOptimizer`: another optimizer takes other steps; ``maximize``, which climbs the penalty,
+    is not judged), naming the plugins, the parameter and how far their strengths must come down. A plugin
+    (:class:`metaspike.training.Plugin`) tells its curvatures by ``curvatures(model)``; one without it is not judged.
 
     Example:
         >>> import torch
@@ -83,10 +95,10 @@ def refuse_overshooting_penalties(optimizer: Optimizer, plugins: Sequence[Any], 
         ...
         metaspike.penalty_stability.PenaltyTooStiff: plugin EWC: its penalty's curvature along weight reaches ...
     """
-    if not follows_plain_sgd_steps(optimizer):
-        return
-    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]
+    group_of = {id(p): group for part in _sgd_parts(optimizer) for group in part.param_groups for p in group["params"]
                 if p.requires_grad and not group.get("maximize", False)}
+    if not group_of:
+        return
     summed: dict[int, tuple[Any, float, list[str]]] = {}  # (the parameter, its curvature, the plugins adding to it)
     for plugin in plugins:
         curvatures = getattr(plugin, "curvatures", None)  # (a plugin of one's own need not derive from Plugin)

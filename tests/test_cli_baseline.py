@@ -135,10 +135,11 @@ def test_a_model_trained_by_sgd_takes_a_penalty_strength_its_step_is_stable_at(t
     err = capsys.readouterr().err
     assert re.fullmatch(r"metaspike: error: plugin EWC: its penalty's curvature along [0-9]\.weight reaches [0-9.]+, "
                         r"where SGD at lr 0\.05 overshoots and diverges \(it follows a curvature below 40\); divide "
-                        r"its strength by more than ([0-9.]+), or lower the learning rate \(start a new run with "
-                        r"--baseline-strength ([0-9.]+) or less: a resume keeps the strength it began with\); what "
-                        r"was measured so far is in .*permuted-mnist5k-mlp-ewc5000-seed1 \(the last good checkpoint "
-                        r"is kept\)\n", err), err
+                        r"its strength by more than ([0-9.]+), or lower the learning rate \(--baseline-strength "
+                        r"([0-9.]+) or less follows it to the last of the 2 tasks, if each adds as much as those so "
+                        r"far, in a new run or a comparison of this model alone: a resume keeps the strength it began "
+                        r"with\); what was measured so far is in .*permuted-mnist5k-mlp-ewc5000-seed1 \(the last good "
+                        r"checkpoint is kept\)\n", err), err
     factor, follows = map(float, re.search(r"more than ([0-9.]+),.*strength ([0-9.]+) or less", err).groups())
     assert 0.9 * 5000 / factor < follows <= 5000 / factor * 1.001  # (two digits, rounded down; factor shown to 3)
     assert main(args) == 0  # (λ 2 / (lr 0.05 · 1 task before))
@@ -160,25 +161,41 @@ def test_a_comparison_gives_each_optimizer_its_own_default_strength_and_refuses_
                                        "them separately\n")
 
 
-def test_a_comparison_of_kinds_at_different_strengths_names_none_and_refuses_to_rerun_an_earlier_versions(tmp_path):
+def test_a_comparison_of_kinds_at_different_strengths_names_none_and_an_earlier_versions_keeps_its_own(tmp_path):
     """Its folder named the first model's strength (``-ewc5000`` for bnn then mlp, ``-ewc40`` the other way round);
     an earlier version gave every kind the first model's strength, and resuming its comparison would have run mlp
-    again at its own beside the finished run."""
+    again at its own beside the finished run (or, refused, left a finished comparison that could not be drawn
+    again); SI's c given for all held for the first model only."""
     import argparse
 
     from metaspike.app.cli import _refuse_shared_optimizer_setting
-    from metaspike.app.compare import _neuron_rows, _refuse_runs_at_another_strength_before, comparison_name
+    from metaspike.app.compare import _neuron_rows, _strengths_begun_with, comparison_name
 
     base = RunConfig(baseline="ewc", **TINY)
     assert comparison_name(base, neurons=True, kinds=["bnn", "mlp"]) == "compare-neurons-permuted-digits-ewc"
     assert comparison_name(base, neurons=True, kinds=["bnn", "leaky"]) == "compare-neurons-permuted-digits-ewc5000"
     _refuse_shared_optimizer_setting(argparse.Namespace(neurons=["bnn", "mlp"], lr=None, weight_decay=None,
                                                         baseline="si", baseline_strength=1.0))  # (one default: c 0.1)
-    earlier = replace(base, baseline_strength=100.0)
-    planned = _neuron_rows(earlier, ["bnn", "mlp"], [0.0], [1])
-    _refuse_runs_at_another_strength_before(tmp_path, 100.0, planned)  # (nothing ran yet)
-    (tmp_path / replace(planned[1].configs[0], baseline_strength=100.0).name).mkdir()
-    with pytest.raises(ValueError, match=r"an earlier version ran mlp at --baseline-strength 100 \(permuted-digits-mlp-"
-                                         r"ewc100-seed1\), the strength of the comparison's first model; this version "
-                                         r"gives each optimizer its own \(40 for mlp\)"):
-        _refuse_runs_at_another_strength_before(tmp_path, 100.0, planned)
+    si = _neuron_rows(RunConfig(baseline="si", baseline_strength=1.0, **TINY), ["bnn", "mlp"], [0.0], [1])
+    assert [row.configs[0].baseline_strength for row in si] == [1.0, 1.0]
+    planned = _neuron_rows(replace(base, baseline_strength=100.0), ["bnn", "mlp"], [0.0], [1, 2])
+    assert _strengths_begun_with(tmp_path, 100.0, planned) == planned  # (nothing ran yet: each kind its own)
+    (tmp_path / "permuted-digits-mlp-ewc100-seed1").mkdir()
+    kept = _strengths_begun_with(tmp_path, 100.0, planned)
+    assert [row.labels["setting"] for row in kept] == ["bnn meta=0 ewc lambda=100", "mlp ewc lambda=100"]
+    assert [c.name for c in kept[1].configs] == ["permuted-digits-mlp-ewc100-seed1", "permuted-digits-mlp-ewc100-seed2"]
+
+
+def test_the_strength_a_refused_run_names_holds_to_its_last_task():
+    """Refused at task 2 of 3, the strength named held for the penalty of one task before; the sum grows with each
+    task, and a new run at it was refused again at task 3."""
+    from types import SimpleNamespace
+
+    from metaspike.app.runs import _strength_that_follows
+    from metaspike.penalty_stability import PenaltyTooStiff
+
+    trainer = SimpleNamespace(plugins=[EWC(lam=5000.0)])
+    assert _strength_that_follows(trainer, PenaltyTooStiff("", 2.0, tasks_done=1), 3).startswith(
+        " (--baseline-strength 1200 or less follows it to the last of the 3 tasks")  # (5000 / 2 · 1/2, rounded down)
+    assert " 2500 or less" in _strength_that_follows(trainer, PenaltyTooStiff("", 2.0, tasks_done=2), 3)
+    assert _strength_that_follows(trainer, PenaltyTooStiff("", float("inf"), tasks_done=1), 3) == ""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from metaspike.chained import ChainedOptimizer
 from metaspike.checks import TrainingDiverged
 from metaspike.continual.baselines import EWC, EWCOnline, SynapticIntelligence
 from metaspike.penalty_stability import PenaltyTooStiff, largest_stable_curvature, refuse_overshooting_penalties
@@ -107,5 +108,9 @@ def test_penalties_on_one_parameter_are_summed_and_what_sgd_does_not_move_is_not
                                               r"more than 2\.4, "):
         refuse_overshooting_penalties(torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=10.0), two, model)
     refuse_overshooting_penalties(torch.optim.SGD(model.parameters(), lr=0.1, maximize=True), two, model)
+    bias = torch.zeros(2, requires_grad=True)  # (SGD inside a chain is judged too: it ran to 1e29 without a word)
+    chained = ChainedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), torch.optim.Adam([bias]))
+    with pytest.raises(PenaltyTooStiff, match="divide their strengths by more than 1.2, "):
+        refuse_overshooting_penalties(chained, two, model)
     model.weight.requires_grad_(False)
     refuse_overshooting_penalties(torch.optim.SGD(model.parameters(), lr=0.1), two, model)

@@ -131,3 +131,50 @@ def test_a_signal_whose_handler_runs_while_a_handler_forgets_the_last_stop_raise
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert (done.returncode, done.stdout) == (0, "raised\n"), done.stderr
+
+
+_DROPPED_IN_AN_EVALUATION = """
+import os, signal, torch
+from torch import nn
+from metaspike.continual import ContinualTrainer, Scenario, Task, TrainerConfig
+from metaspike.data import ArrayDataset
+from metaspike.stops import handling_stops
+steps, dropped = [], []
+class Dropping(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+    def forward(self, x):
+        if not self.training and len(steps) == 5 and not dropped:  # (the evaluation after the first epoch)
+            dropped.append(1)
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(10**8):  # (the handler runs here)
+                    pass
+            except BaseException:  # (what a compiled evaluation's guard does with it)
+                pass
+        return self.linear(x)
+def task(name):
+    data = ArrayDataset.from_tensors(torch.rand(40, 4), torch.randint(0, 3, (40,)), name)
+    return Task(name, data, data)
+def make_optimizer(model):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer.register_step_post_hook(lambda *_: steps.append(1))
+    return optimizer
+trainer = ContinualTrainer(Dropping(), make_optimizer, TrainerConfig(epochs=3, batch_size=8), progress=False)
+with handling_stops():
+    try:
+        tasks = [task("a"), task("b")]
+        trainer.fit(Scenario("s", tasks, tasks))
+        print("trained on", len(steps))
+    except KeyboardInterrupt as stop:
+        print(type(stop).__name__, "after step", len(steps))
+"""
+
+
+def test_a_stop_that_code_drops_in_an_evaluation_stops_the_fit_before_its_next_epoch():
+    """It waited for the end of the whole run: every task trained, and the run was called complete."""
+    done = subprocess.run([sys.executable, "-c", _DROPPED_IN_AN_EVALUATION], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["Terminated after step 5"], (done.stdout, done.stderr)

@@ -586,27 +586,27 @@ def resume_comparison(root: str | Path, progress: bool = True) -> tuple[Path, li
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{root / PLAN} is not a valid comparison plan ({err})") from None
     _refuse_runs_frozen_before(root, plan["base"].get("freeze_unconsolidated"), planned)
-    _refuse_runs_at_another_strength_before(root, plan["base"].get("baseline_strength"), planned)
+    planned = _strengths_begun_with(root, plan["base"].get("baseline_strength"), planned)
     with run_lock(root):
         return _execute(root, plan, planned, progress)
 
 
-def _refuse_runs_at_another_strength_before(root: Path, recorded: float | None, planned: list[Row]) -> None:
-    """One ``ValueError`` where an earlier version ran a kind at the strength ``recorded`` in the plan (it gave every
-    kind the base run's) that this version gives another (each optimizer its own default): resumed, the comparison
-    would run that kind again beside the finished run, under another name, and its row would change without a word."""
-    if recorded is None:
-        return
+def _strengths_begun_with(root: Path, recorded: float | None, planned: list[Row]) -> list[Row]:
+    """``planned``, where an earlier version ran a kind at the strength ``recorded`` in the plan (it gave every kind
+    the first model's) that this version gives another (each optimizer its own default): that row keeps the strength
+    it began with, as a resumed run does (else the comparison would run the kind again beside its finished runs, and
+    a finished comparison could not be drawn again)."""
+    kept = []
     for row in planned:
-        for config in row.configs:
-            if config.baseline is None or config.baseline_strength == recorded:
-                continue
-            earlier = replace(config, baseline_strength=recorded).name
-            if (root / earlier).is_dir() and not (root / config.name).is_dir():
-                raise ValueError(f"{root}: an earlier version ran {config.model} at --baseline-strength {recorded:g} "
-                                 f"({earlier}), the strength of the comparison's first model; this version gives each "
-                                 f"optimizer its own ({config.baseline_strength:g} for {config.model}), so it would "
-                                 f"run {config.model} again beside that run: start a new comparison")
+        first = row.configs[0]
+        began = [replace(c, baseline_strength=recorded) for c in row.configs] if recorded is not None else []
+        if (first.baseline is None or first.baseline_strength == recorded
+                or not any((root / c.name).is_dir() for c in began)):
+            kept.append(row)
+            continue
+        setting = row.labels["setting"].replace(first.baseline_setting, began[0].baseline_setting)
+        kept.append(Row({**row.labels, "setting": setting}, tuple(began)))
+    return kept
 
 
 def _refuse_runs_frozen_before(root: Path, asked: int | None, planned: list[Row]) -> None:

@@ -522,7 +522,9 @@ class RunConfig:
                                                                                        self.batchnorm_kept_per_task):
             unset["freeze_unconsolidated"] = None  # (nothing to freeze)
         if optimizer_kind(model) != optimizer_kind(self.model):
-            unset.update(dict.fromkeys((*OPTIMIZER_SETTINGS, "baseline_strength")))
+            unset.update(dict.fromkeys(OPTIMIZER_SETTINGS))
+            if self.baseline != "si":  # (SI's c has one default for every optimizer: one given holds for all)
+                unset["baseline_strength"] = None
         return replace(self, model=model, **unset)
 
     @property

@@ -410,22 +410,27 @@ def train_and_finish(trainer: ContinualTrainer, scenario: Scenario, directory: R
 
                 plot_run(path)
     except PenaltyTooStiff as err:
-        follows = _strength_that_follows(trainer, err.factor)
+        follows = _strength_that_follows(trainer, err, len(scenario.tasks))
         raise TrainingDiverged(f"{err}{follows}{_what_is_kept(directory)}") from None
     except TrainingDiverged as err:
         raise TrainingDiverged(f"{err}{_what_is_kept(directory)}") from None
     return result
 
 
-def _strength_that_follows(trainer: ContinualTrainer, factor: float) -> str:
+def _strength_that_follows(trainer: ContinualTrainer, err: PenaltyTooStiff, tasks: int) -> str:
     """What a run refused for a baseline's penalty too stiff for SGD adds: the ``--baseline-strength`` that SGD follows
-    (its baseline is the run's one plugin with a strength), for a new run: a resume keeps the strength it began with."""
+    to the last of its ``tasks`` (its baseline is the run's one plugin with a strength; the penalty sums one term per
+    task, taken as large as those so far), for a new run or a comparison of that model alone (a resume keeps the
+    strength it began with; a comparison of models trained by different optimizers takes none)."""
     strengths = [value for plugin in trainer.plugins for key, value in plugin.settings().items()
                  if key in BASELINE_STRENGTH_SETTINGS]
-    if len(strengths) != 1 or not 1 < factor < float("inf"):
+    if len(strengths) != 1 or not 1 < err.factor < float("inf"):
         return ""
-    return (f" (start a new run with --baseline-strength {floor_to_two_digits(strengths[0] / factor):g} or less: a "
-            "resume keeps the strength it began with)")
+    done = err.tasks_done if err.tasks_done else max(tasks - 1, 1)
+    follows = floor_to_two_digits(strengths[0] / err.factor * done / max(tasks - 1, done))
+    return (f" (--baseline-strength {follows:g} or less follows it to the last of the {tasks} tasks, if each adds as "
+            "much as those so far, in a new run or a comparison of this model alone: a resume keeps the strength it "
+            "began with)")
 
 
 def _what_continues(path: Path, processes: int) -> str:

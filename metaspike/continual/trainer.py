@@ -74,8 +74,10 @@ from metaspike.continual.schedulers import (
 from metaspike.diagnostics import consolidated_fractions, flip_rates, hidden_weight_histograms, sign_snapshot
 from metaspike.distributed import start_alike, unsynced_class, world
 from metaspike.optim import inherit_rule_states
+from metaspike.penalty_stability import PenaltyTooStiff
 from metaspike.population_statistics import evaluates_with_batch_statistics
 from metaspike.rules import get_rule
+from metaspike.stops import raise_kept_stop, stops_so_far
 from metaspike.training import (
     Plugin,
     TrainingDiverged,
@@ -680,6 +682,7 @@ class ContinualTrainer:
         self.batchnorm_states: list[dict[str, Tensor]] = []
         self._identity: dict[str, Any] | None = None  # the run's, once fit starts (see run_identity)
         self._trained = False  # (once fit has trained the model: a second fit without resume is refused)
+        self._stops_at_fit = 0  # (stops_so_far() as the last fit began)
 
     def _new_optimizer(self) -> Optimizer:
         """``make_optimizer(model)``, checked: an optimizer that trains some of the model's parameters and nothing else
@@ -854,6 +857,7 @@ class ContinualTrainer:
                           "objects (Scenario(name, tasks, tasks))", stacklevel=2)
         for task in _checked_before_training(scenario):
             self._check(task)
+        self._stops_at_fit = stops_so_far()  # (a Ctrl-C or SIGTERM native code drops in an evaluation stops the fit)
         bounded = [type(p).__name__ for p in self.plugins if type(p).task_done is not Plugin.task_done]
         if bounded and not scenario.task_boundaries:  # (it would learn where tasks change, which the others may not)
             raise ValueError(f"{', '.join(bounded)} acts at task boundaries (task_done), which scenario "
@@ -1009,9 +1013,14 @@ class ContinualTrainer:
         accuracies: list[float] = [math.nan] * len(result.task_names)
         try:
             for epoch in range(first_epoch + 1, cfg.epochs + 1):
+                raise_kept_stop(self._stops_at_fit)  # (one dropped since the fit began, outside a training step)
                 signs = sign_snapshot(self.model) if due else {}
-                loss = train_epoch(self.model, optimizer, task.train.x, task.train.y, cfg.batch_size,
-                                   generator, classes, cfg.device, bar, self.plugins, world())
+                try:
+                    loss = train_epoch(self.model, optimizer, task.train.x, task.train.y, cfg.batch_size,
+                                       generator, classes, cfg.device, bar, self.plugins, world())
+                except PenaltyTooStiff as err:  # (what a caller needs to scale a strength to the whole stream)
+                    err.tasks_done = index
+                    raise
                 if scheduler is not None:
                     step_scheduler(scheduler, loss)
                 if epoch == cfg.epochs:
