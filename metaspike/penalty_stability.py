@@ -106,22 +106,25 @@ def refuse_overshooting_penalties(optimizer: Optimizer, plugins: Sequence[Any], 
             if id(parameter) in group_of:
                 _, total, names = summed.get(id(parameter), (parameter, 0.0, []))
                 summed[id(parameter)] = (parameter, total + curvature, [*names, type(plugin).__name__])
-    parameter_names = {id(p): name for name, p in model.named_parameters()}
-    for key, (parameter, curvature, names) in summed.items():
+    past = []  # (the factor each parameter past its bound needs, the parameter's key)
+    for key, (_, curvature, _) in summed.items():
         group = group_of[key]
-        limit = largest_stable_curvature(group)
-        decay = float(group.get("weight_decay", 0.0))  # (its own curvature, added to the penalties')
-        if curvature + decay < limit:
-            continue
-        factor = curvature / (limit - decay) if limit > decay else float("inf")
-        whose = (f"plugin {names[0]}: its penalty's" if len(names) == 1
-                 else f"plugins {', '.join(names)}: their penalties' summed")
-        decayed = f" (with weight decay {decay:g})" if decay else ""
-        steps = (f", momentum {group['momentum']:g}{' (Nesterov)' if group.get('nesterov') else ''}"
-                 if group.get("momentum") else "")
-        fix = f"divide {'its strength' if len(names) == 1 else 'their strengths'} by more than {factor:.3g}"
-        raise PenaltyTooStiff(f"{whose} curvature along {parameter_names.get(key, 'a parameter')} reaches "
-                              f"{curvature + decay:.3g}{decayed}, where SGD at lr {group['lr']:g}{steps} overshoots "
-                              f"and diverges (it follows a curvature below {limit:.3g}); "
-                              f"{fix if limit > decay else 'lower the weight decay'}, or lower the learning rate",
-                              factor)
+        limit, decay = largest_stable_curvature(group), float(group.get("weight_decay", 0.0))  # (decay: its own)
+        if curvature + decay >= limit:
+            past.append((curvature / (limit - decay) if limit > decay else float("inf"), key))
+    if not past:
+        return
+    factor, key = max(past, key=lambda pair: pair[0])  # (the stiffest: what every strength must come down by)
+    _, curvature, names = summed[key]
+    group = group_of[key]
+    limit, decay = largest_stable_curvature(group), float(group.get("weight_decay", 0.0))
+    whose = (f"plugin {names[0]}: its penalty's" if len(names) == 1
+             else f"plugins {', '.join(names)}: their penalties' summed")
+    decayed = f" (with weight decay {decay:g})" if decay else ""
+    steps = (f", momentum {group['momentum']:g}{' (Nesterov)' if group.get('nesterov') else ''}"
+             if group.get("momentum") else "")
+    fix = f"divide {'its strength' if len(names) == 1 else 'their strengths'} by more than {factor:.3g}"
+    where = next((name for name, p in model.named_parameters() if id(p) == key), "a parameter")
+    raise PenaltyTooStiff(f"{whose} curvature along {where} reaches {curvature + decay:.3g}{decayed}, where SGD at lr "
+                          f"{group['lr']:g}{steps} overshoots and diverges (it follows a curvature below {limit:.3g}); "
+                          f"{fix if limit > decay else 'lower the weight decay'}, or lower the learning rate", factor)

@@ -114,3 +114,17 @@ def test_penalties_on_one_parameter_are_summed_and_what_sgd_does_not_move_is_not
         refuse_overshooting_penalties(chained, two, model)
     model.weight.requires_grad_(False)
     refuse_overshooting_penalties(torch.optim.SGD(model.parameters(), lr=0.1), two, model)
+
+
+def test_the_factor_named_is_the_stiffest_parameters():
+    """It named the first parameter past the bound, in the plugin's order: a strength divided by its factor was
+    refused again along another parameter."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3, bias=False), torch.nn.Linear(3, 2, bias=False))
+
+    class TwoLayers:  # (a plugin of one's own: curvature 50 along the first layer, 500 along the second)
+        def curvatures(self, model):
+            return [(model[0].weight, 50.0), (model[1].weight, 500.0)]
+
+    with pytest.raises(PenaltyTooStiff, match=r"along 1\.weight reaches 500, .* by more than 12\.5, ") as caught:
+        refuse_overshooting_penalties(torch.optim.SGD(model.parameters(), lr=0.05), [TwoLayers()], model)
+    assert caught.value.factor == 12.5
