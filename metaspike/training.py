@@ -69,10 +69,11 @@ class Plugin:
 
     Every method does nothing by default; override what the method needs. A trainer calls ``fit_started`` once as it
     starts; the loop calls ``penalty`` for each batch (its value is added to the loss), ``before_step``/``after_step``
-    around each optimizer step (gradients are available in both), and ``task_done`` at the end of
-    each task with that task's training data (in a trainer, before the task's last evaluation: a method that
-    changes the model at a task's end shows in that task's row of the accuracy matrix). ``state_dict``/``load_state_dict`` carry a stateful
-    method's memory (EWC's Fisher, SI's importances) through checkpoints.
+    around each optimizer step (gradients are available in both), ``curvatures`` to judge the penalty's stability
+    under SGD before each epoch, and ``task_done`` at the end of each task with that task's training data (in a
+    trainer, before the task's last evaluation: a method that changes the model at a task's end shows in that task's
+    row of the accuracy matrix). ``state_dict``/``load_state_dict`` carry a stateful method's memory (EWC's Fisher,
+    SI's importances) through checkpoints.
 
     Example:
         >>> class L2(Plugin):
@@ -395,7 +396,9 @@ def train_epoch(
     """Train one epoch over ``(x, y)`` in shuffled mini-batches; return the mean loss.
 
     ``classes`` restricts the outputs the loss sees (task-incremental heads). ``progress`` is an
-    optional tqdm-like bar advanced once per batch. ``plugins`` add penalties and step hooks.
+    optional tqdm-like bar advanced once per batch. ``plugins`` add penalties and step hooks; penalties stiffer than
+    plain SGD can follow are refused before the epoch trains (:mod:`metaspike.penalty_stability`). Inside
+    :func:`metaspike.stops.handling_stops`, a Ctrl-C or SIGTERM that native code dropped in a step is raised after it.
     ``shard=(rank, processes)`` trains on this process's slice of every mini-batch (distributed
     training; gradients are then averaged over the processes before plugins and the optimizer see them).
     At batch size 1, a sequential network of Bayesian synapses trained by MESU or BiMU alone (no plugin, no
