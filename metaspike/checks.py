@@ -341,19 +341,24 @@ def check_generator_state(state: Any, what: str) -> None:
 
 
 def stored_values(tensor: Any) -> Any:
-    """The values ``tensor`` stores, detached, as a strided tensor the elementwise kernels take: a sparse tensor's
-    nonzeros, a float8 one widened to float32 (which keeps NaN, infinities and signs).
+    """The values ``tensor`` stores, detached, as a real strided tensor the elementwise kernels take: a sparse tensor's
+    nonzeros, a complex one's real and imaginary parts (of its logical value), a float8 one widened to float32 (which
+    keeps NaN, infinities and signs).
 
     Example:
         >>> import torch
         >>> stored_values(torch.tensor([0.0, -2.0]).to_sparse()).tolist()
         [-2.0]
+        >>> stored_values(torch.tensor([1 - 2j])).tolist()
+        [[1.0, -2.0]]
     """
     import torch
 
     values = tensor.detach()
     if values.layout != torch.strided:
         values = values.coalesce().values() if values.is_sparse else values.values()
+    if values.is_complex():
+        return torch.view_as_real(values.resolve_conj())
     return values.float() if values.is_floating_point() and values.element_size() == 1 else values
 
 
@@ -374,7 +379,6 @@ def nan_or_infinite(tensor: Any) -> tuple[bool, bool]:
     if is_lazy(tensor) or tensor.device.type == "meta":
         return False, False
     values = stored_values(tensor)
-    values = torch.view_as_real(values.resolve_conj()) if values.is_complex() else values
     if not values.is_floating_point() or values.numel() == 0:
         return False, False
     low, high = (float(v) for v in torch.aminmax(values))

@@ -88,9 +88,8 @@ def check_tensor_values(where: str, value: Tensor, *, never_negative: bool = Fal
         raise ValueError(f"{where} is a {value.layout} tensor; this state is dense")
     if any(nan_or_infinite(value)):
         raise ValueError(f"{where} holds NaN or infinite values")
-    values = stored_values(value)  # (a sparse momentum buffer's nonzeros; a complex parameter's sums of squares are
-    values = torch.view_as_real(values.resolve_conj()) if values.is_complex() else values  # >= 0 part by part)
-    if never_negative and bool((values < 0).any()):
+    # (a sparse momentum buffer's nonzeros; a complex parameter's sums of squares are >= 0 part by part)
+    if never_negative and bool((stored_values(value) < 0).any()):
         raise ValueError(f"{where} holds negative values ({why})")
 
 
