@@ -106,18 +106,16 @@ def refuse_overshooting_penalties(optimizer: Optimizer, plugins: Sequence[Any], 
             if id(parameter) in group_of:
                 _, total, names = summed.get(id(parameter), (parameter, 0.0, []))
                 summed[id(parameter)] = (parameter, total + curvature, [*names, type(plugin).__name__])
-    past = []  # (the factor each parameter past its bound needs, the parameter's key)
+    past = []  # (the factor each parameter past its bound needs, its key, its bound, its group's weight decay)
     for key, (_, curvature, _) in summed.items():
-        group = group_of[key]
-        limit, decay = largest_stable_curvature(group), float(group.get("weight_decay", 0.0))  # (decay: its own)
-        if curvature + decay >= limit:
-            past.append((curvature / (limit - decay) if limit > decay else float("inf"), key))
+        limit, decay = largest_stable_curvature(group_of[key]), float(group_of[key].get("weight_decay", 0.0))
+        if curvature + decay >= limit:  # (weight decay: a curvature of its own)
+            past.append((curvature / (limit - decay) if limit > decay else float("inf"), key, limit, decay))
     if not past:
         return
-    factor, key = max(past, key=lambda pair: pair[0])  # (the stiffest: what every strength must come down by)
+    factor, key, limit, decay = max(past, key=lambda entry: entry[0])  # (the stiffest: what every strength needs)
     _, curvature, names = summed[key]
     group = group_of[key]
-    limit, decay = largest_stable_curvature(group), float(group.get("weight_decay", 0.0))
     whose = (f"plugin {names[0]}: its penalty's" if len(names) == 1
              else f"plugins {', '.join(names)}: their penalties' summed")
     decayed = f" (with weight decay {decay:g})" if decay else ""
