@@ -186,10 +186,10 @@ def handling_stops() -> Iterator[None]:
         True
     """
     global _handling
-    previous_sigint = signal.getsignal(signal.SIGINT)
+    python_sigint = signal.getsignal(signal.SIGINT) is signal.default_int_handler
     signal.signal(signal.SIGTERM, stop_on_sigterm)
-    if previous_sigint is signal.default_int_handler:  # (one ignored, as in a process started in the background, or
-        signal.signal(signal.SIGINT, stop_on_sigint)  # a caller's own, stays)
+    if python_sigint:  # (one ignored, as in a process started in the background, or a caller's own, stays)
+        signal.signal(signal.SIGINT, stop_on_sigint)
     unraisable = sys.unraisablehook
     sys.unraisablehook = keeping_stops(unraisable)
     _handling = True
@@ -199,7 +199,8 @@ def handling_stops() -> Iterator[None]:
         _handling = False
         forget_kept_stop()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, previous_sigint)
+        if python_sigint:  # (only the handler it replaced: one set outside Python reads as None, which cannot be set)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         sys.unraisablehook = unraisable
 
 
