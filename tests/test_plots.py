@@ -139,6 +139,23 @@ def test_plot_without_hidden_weights_draws_the_curves_and_names_the_figure_it_sk
                    "(moved or deleted?)\n")
 
 
+def test_plot_of_a_run_stopped_in_its_first_task_draws_its_epochs_so_far(tmp_path, capsys):
+    """A run interrupted before its first task ended (its epochs in curves.csv, no matrix yet: a task's row is
+    written at its end) was said to have measured nothing."""
+    run = _run_folder(tmp_path)
+    for name in ("accuracy_matrix.csv", "hidden_weights.json"):
+        (run / name).unlink()
+    (run / "curves.csv").write_text("task,epoch,global_epoch,loss,t1,t2\n1,1,1,0.5,80,\n1,2,2,0.4,90,10\n")
+    assert main(["plot", str(run)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{run / 'accuracy_curves.png'}\n" and (run / "accuracy_curves.png").stat().st_size > 0
+    assert err == (f"metaspike: warning: hidden_weights.png not drawn: {run / 'hidden_weights.json'} is written at a "
+                   "task's end, and this run has not ended its first task\n")
+    (run / "curves.csv").write_text("task,epoch,global_epoch,t1\n1,1,1,80\n")  # (not a header metaspike writes)
+    assert main(["plot", str(run)]) == 2
+    assert "curves.csv must start with a header 'task,epoch,global_epoch,loss,<task names>'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name, content, message", [
     ("config.json", '{"epochs": ' + "9" * 5000 + "}",
      "config.json is not valid JSON for metaspike (Exceeds the limit (4300 digits) for integer string conversion"),

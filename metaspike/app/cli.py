@@ -640,8 +640,9 @@ def _plot(args: argparse.Namespace) -> None:
             if is_complete(folder):
                 raise ValueError(f"{folder} is a finished run without its accuracy_matrix.csv (moved or deleted), "
                                  "which its figures are drawn from; its metrics.json and curves.csv hold the numbers")
-            raise ValueError(f"{folder} has measured nothing yet (stopped before its first evaluation): continue it "
-                             f"with: {train_resume_command(folder, recorded_processes(folder))}")
+            if not (folder / "curves.csv").is_file():  # (a run stopped in its first task draws its epochs so far)
+                raise ValueError(f"{folder} has measured nothing yet (stopped before its first evaluation): continue "
+                                 f"it with: {train_resume_command(folder, recorded_processes(folder))}")
     finished_result(folder)  # (a finished run's files must agree, as where a comparison reads it back: a matrix edited
     # or copied from another run is refused, not drawn, and before --out is made)
     out = None if args.out is None else expanded_path(args.out, "--out")

@@ -201,14 +201,15 @@ def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
     read-only); return their paths.
 
     A malformed result file raises one line of ``ValueError`` naming it (see :func:`load_run`), and so does a missing
-    or empty ``curves.csv``, which the curves are drawn from; without ``hidden_weights.json`` the histograms are
-    not drawn, and a warning line (standard error) names the file.
+    or empty ``curves.csv``, which the curves are drawn from; without ``hidden_weights.json`` (written at a task's end:
+    a run stopped in its first task has its epochs' curves only) the histograms are not drawn, and a warning line
+    (standard error) names the file.
 
     Example:
         >>> plot_run("runs/permuted-meta10")  # doctest: +SKIP
     """
     plt = pyplot()
-    run = load_run(run_dir)
+    run = load_run(run_dir, first_task_going=True)
     _check_curves(run)
     path = Path(run_dir if out is None else out)
     written = []
@@ -217,7 +218,8 @@ def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
     fig.tight_layout()
     save_figure(fig, path / "accuracy_curves.png")
     written.append(path / "accuracy_curves.png")
-    why = _nothing_to_draw(run, "histograms", "hidden_weights.json") or _no_layers(run)
+    why = (f"{Path(run_dir) / 'hidden_weights.json'} is written at a task's end, and this run has not ended its first "
+           "task" if not run["matrix"] else _nothing_to_draw(run, "histograms", "hidden_weights.json") or _no_layers(run))
     if why is not None:
         print(f"metaspike: warning: hidden_weights.png not drawn: {why}", file=sys.stderr)
         return written

@@ -593,7 +593,7 @@ def _matrix_rows(rows: list[list[float]], file: Path) -> list[Sequence[float]]:
     return matrix
 
 
-def load_run(path: str | os.PathLike) -> dict[str, Any]:
+def load_run(path: str | os.PathLike, first_task_going: bool = False) -> dict[str, Any]:
     """Read a run directory back: config, task names, matrix, curves, metrics, histograms.
 
     The matrix, the curves and the histograms are checked (a malformed file raises one line of ``ValueError`` naming
@@ -602,11 +602,17 @@ def load_run(path: str | os.PathLike) -> dict[str, Any]:
     :func:`metaspike.app.runs.finished_result`). Empty cells of ``accuracy_matrix.csv`` and ``curves.csv`` (tasks not
     evaluated) are read as NaN.
 
+    ``first_task_going=True`` also reads a run stopped before its first task ended, which has written the accuracies
+    of its epochs (``curves.csv``) and no matrix yet (a task's row is written at its end): its task names then come
+    from the curves' header and its matrix is empty.
+
     Example:
         >>> run = load_run("runs/latest")  # doctest: +SKIP
     """
     path = as_path(path, "run folder")
     matrix_file = path / "accuracy_matrix.csv"
+    if not matrix_file.exists() and first_task_going and (path / "curves.csv").exists():
+        return _first_task_going(path)
     if not matrix_file.exists():
         raise ValueError(f"{path} is not a run directory (no accuracy_matrix.csv)")
     header, rows = _read_number_csv(matrix_file, ["after_task"], "after_task")
@@ -617,31 +623,51 @@ def load_run(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{matrix_file} holds no results (only its header)")
     task_names = header[1:]
     matrix = _matrix_rows(rows, matrix_file)
-    curves: list[dict[str, float]] = []
     curves_file = path / "curves.csv"
-    if curves_file.exists():
-        columns, values = _read_number_csv(curves_file, ["global_epoch", *task_names], "global_epoch", matrix_file)
-        _check_accuracies(curves_file, columns, values, task_names)
-        curves = [dict(zip(columns, row)) for row in values]
-        if not _increasing_whole([row["global_epoch"] for row in curves], 10**9):
-            raise ValueError(f"{curves_file}: global_epoch must hold increasing whole numbers in 1..10^9")
-
-    def read_object(name: str, kind: type) -> Any:
-        file = path / name
-        if not file.exists():
-            return kind()
-        data = read_json(file)
-        if not isinstance(data, kind):
-            raise ValueError(f"{file} is malformed: expected a JSON {'object' if kind is dict else 'list'}, "
-                             f"found {type(data).__name__}")
-        return data
-
+    curves = _read_curves(curves_file, task_names, matrix_file) if curves_file.exists() else []
     return {
         "path": path,
-        "config": read_object("config.json", dict),
+        "config": _read_object(path / "config.json", dict),
         "task_names": task_names,
         "matrix": matrix,
         "curves": curves,
-        "metrics": read_object("metrics.json", dict),
-        "histograms": check_histograms(read_object("hidden_weights.json", list), path / "hidden_weights.json"),
+        "metrics": _read_object(path / "metrics.json", dict),
+        "histograms": check_histograms(_read_object(path / "hidden_weights.json", list), path / "hidden_weights.json"),
     }
+
+
+def _read_curves(file: Path, task_names: Sequence[str], named_by: Path | None) -> list[dict[str, float]]:
+    """The rows of ``curves.csv`` (``file``), checked: a column per task of ``task_names`` (as ``named_by``'s header
+    names them, where given), accuracies in [0, 100], increasing epochs."""
+    columns, values = _read_number_csv(file, ["global_epoch", *task_names], "global_epoch", named_by)
+    _check_accuracies(file, columns, values, task_names)
+    curves = [dict(zip(columns, row)) for row in values]
+    if not _increasing_whole([row["global_epoch"] for row in curves], 10**9):
+        raise ValueError(f"{file}: global_epoch must hold increasing whole numbers in 1..10^9")
+    return curves
+
+
+def _read_object(file: Path, kind: type) -> Any:
+    """The JSON object (``kind`` dict) or list (``kind`` list) in ``file``; an empty one where it is missing."""
+    if not file.exists():
+        return kind()
+    data = read_json(file)
+    if not isinstance(data, kind):
+        raise ValueError(f"{file} is malformed: expected a JSON {'object' if kind is dict else 'list'}, "
+                         f"found {type(data).__name__}")
+    return data
+
+
+def _first_task_going(path: Path) -> dict[str, Any]:
+    """:func:`load_run` of a run folder whose first task has not ended: its task names from the header of its
+    ``curves.csv`` (the columns after :data:`CURVE_COLUMNS`), no matrix, no histograms (written at a task's end)."""
+    curves_file = path / "curves.csv"
+    with open(curves_file, newline="", encoding="utf-8", errors="replace") as handle:
+        header = next(csv.reader(handle), [])
+    if list(header[:len(CURVE_COLUMNS)]) != list(CURVE_COLUMNS) or len(header) == len(CURVE_COLUMNS):
+        raise ValueError(f"{curves_file} must start with a header '{','.join(CURVE_COLUMNS)},<task names>', found "
+                         f"{listed(header[:len(CURVE_COLUMNS) + 1])}")
+    task_names = header[len(CURVE_COLUMNS):]
+    return {"path": path, "config": _read_object(path / "config.json", dict), "task_names": task_names, "matrix": [],
+            "curves": _read_curves(curves_file, task_names, None),
+            "metrics": _read_object(path / "metrics.json", dict), "histograms": []}
