@@ -80,9 +80,14 @@ def test_input_that_does_not_fit_the_model_is_rejected(scenario):
         trainer.fit(scenario)
 
 
-def test_invalid_trainer_config():
+def test_invalid_trainer_config(scenario):
     with pytest.raises(ValueError, match="epochs must be an integer >= 1, got 0"):
         TrainerConfig(epochs=0)
+    # (more epochs in all than the curves read back hold, 10^9, are refused before the first one trains)
+    trainer = ContinualTrainer(MLP([784, 16, 10]), lambda m: MetaplasticAdam(m.parameters()),
+                               TrainerConfig(epochs=10**9), progress=False)
+    with pytest.raises(ValueError, match=r"^TrainerConfig.epochs must be at most 500,000,000 for 2 tasks \(at most "):
+        trainer.fit(scenario)
     with pytest.raises(ValueError, match="batchnorm must be one of"):
         TrainerConfig(batchnorm="per-layer")
 

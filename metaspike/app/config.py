@@ -46,6 +46,7 @@ from metaspike.checks import (
     unknown_name,
 )
 from metaspike.continual.baselines import BASELINE_STRENGTHS, EWC_ONLINE_GAMMA, make_baseline
+from metaspike.continual.checkpoints import MAX_GLOBAL_EPOCH
 from metaspike.continual.freezing import FreezeUnconsolidated
 from metaspike.continual.scenarios import DEFAULT_TASKS, SPLIT_MODES, available_scenarios
 from metaspike.continual.trainer import LAST_EVALUATED, TrainerConfig
@@ -333,6 +334,9 @@ class RunConfig:
                              f"({', '.join(self.datasets)}); give one, or --scenario sequence to train several in turn")
         for key in ("tasks", "epochs", "batch_size", "num_steps", "eval_every"):
             _check_count(key, getattr(self, key), 1)
+        if self.tasks * self.epochs > MAX_GLOBAL_EPOCH:  # (a typo of many digits trained for ever)
+            raise ValueError(f"--epochs must be an integer in 1..{MAX_GLOBAL_EPOCH // self.tasks:,} for {self.tasks} "
+                             f"tasks (at most {MAX_GLOBAL_EPOCH:,} epochs in all), got {self.epochs}")
         check_seed("--seed", self.seed)
         if self.batch_size < minimum_batch_size(uses_batchnorm(self.model)):
             raise ValueError(f"--batch-size 1: model {self.model!r} has BatchNorm, which cannot train on one sample; "

@@ -318,6 +318,10 @@ def check_batchnorm_states(states: Any, trained: int, model: nn.Module, per_task
                              f"{', '.join(broken[:5])}), which a run never writes")
 
 
+MAX_GLOBAL_EPOCH = 10**9
+"""The most epochs a run trains over all its tasks (``tasks x epochs``): the largest ``global_epoch`` its
+``curves.csv`` may name when read back, so that an edited or forged number cannot pass for one a run wrote."""
+
 MAX_AFTER_TASK = 10**6
 """The largest task number ``accuracy_matrix.csv`` and ``hidden_weights.json`` may name: the matrix read back holds a
 row for every task (one edited cell of 1e12 asked for a trillion rows), and a run trains at most

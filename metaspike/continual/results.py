@@ -36,6 +36,7 @@ from metaspike.continual.checkpoints import (
     CHECKPOINT_FORMAT,
     CURVE_COLUMNS,
     MAX_AFTER_TASK,
+    MAX_GLOBAL_EPOCH,
     check_histograms,
     check_loadable,
 )
@@ -642,8 +643,8 @@ def _read_curves(file: Path, task_names: Sequence[str], named_by: Path | None) -
     columns, values = _read_number_csv(file, ["global_epoch", *task_names], "global_epoch", named_by)
     _check_accuracies(file, columns, values, task_names)
     curves = [dict(zip(columns, row)) for row in values]
-    if not _increasing_whole([row["global_epoch"] for row in curves], 10**9):
-        raise ValueError(f"{file}: global_epoch must hold increasing whole numbers in 1..10^9")
+    if not _increasing_whole([row["global_epoch"] for row in curves], MAX_GLOBAL_EPOCH):
+        raise ValueError(f"{file}: global_epoch must hold increasing whole numbers in 1..{MAX_GLOBAL_EPOCH:,}")
     return curves
 
 

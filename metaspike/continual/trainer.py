@@ -40,6 +40,7 @@ from metaspike.continual.batchnorm import BATCHNORM_MODES, batchnorm_parameters,
 from metaspike.continual.checkpoints import (
     CHECKPOINT_FORMAT,
     CURVE_COLUMNS,
+    MAX_GLOBAL_EPOCH,
     check_checkpoint,
     check_kinds,
     check_loadable,
@@ -825,6 +826,9 @@ class ContinualTrainer:
                              f"eval_tasks) of your own tasks), got {type(scenario).__name__}")
         if len(scenario.tasks) == 0:
             raise ValueError(f"scenario {scenario.name!r} has no task to train")
+        if len(scenario.tasks) * cfg.epochs > MAX_GLOBAL_EPOCH:  # (its curves would be refused when read back)
+            raise ValueError(f"TrainerConfig.epochs must be at most {MAX_GLOBAL_EPOCH // len(scenario.tasks):,} for "
+                             f"{len(scenario.tasks)} tasks (at most {MAX_GLOBAL_EPOCH:,} epochs in all), got {cfg.epochs}")
         if len(scenario.eval_tasks) == 0:  # (its accuracy matrix would hold no column, and every metric be empty)
             raise ValueError(f"scenario {scenario.name!r} has no task to evaluate (eval_tasks is empty; to evaluate "
                              "the trained tasks, give them again)")
