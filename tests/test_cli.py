@@ -224,7 +224,8 @@ def test_plot_of_a_run_it_cannot_write_in_names_the_figure_and_draws_elsewhere(t
         (["train", "--tasks", "0"], "--tasks must be an integer in 1..10000 (the metrics read the accuracy matrix, tasks x tasks numbers), got 0"),
         (["train", "--epochs", "-2"], "--epochs must be an integer >= 1, got -2"),
         (["train", "--tasks", "3", "--epochs", "9" * 20],  # (a typo of many digits trained for ever)
-         "--epochs must be an integer in 1..333,333,333 for 3 tasks (at most 1,000,000,000 epochs in all), got " + "9" * 20),
+         "--epochs must be an integer in 1..333,333,333 for 3 tasks (at most 1,000,000,000 epochs in all), got "
+         + "9" * 20),
         (["train", "--scenario", "rotated"], "unknown scenario 'rotated'; available: joint, permuted, sequence, split, stream"),
         (["train", "--dataset", "mnits"], "unknown dataset 'mnits'"),
         (["train", "--rule", "beaker"], "unknown consolidation rule 'beaker'"),

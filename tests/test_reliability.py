@@ -227,8 +227,10 @@ def test_a_results_folder_from_outside_draws_in_bounded_time_or_is_one_line(tmp_
     ("accuracy_matrix.csv",
      "after_task," + ",".join(f"t{i}" for i in range(20_000)) + "\n1," + ",".join(["5"] * 20_000) + "\n",
      "curves.csv lacks the columns t0, t3, t4, t5, t6, t7 and 19992 more in its header, which "),
-    ("curves.csv", "global_epoch,t1,t2\n1e300,80,90\n", "global_epoch must hold increasing whole numbers in 1..1,000,000,000"),
-    ("curves.csv", "global_epoch,t1,t2\n2,80,90\n1,80,90\n", "global_epoch must hold increasing whole numbers in 1..1,000,000,000"),
+    ("curves.csv", "global_epoch,t1,t2\n1e300,80,90\n",
+     "global_epoch must hold increasing whole numbers in 1..1,000,000,000"),
+    ("curves.csv", "global_epoch,t1,t2\n2,80,90\n1,80,90\n",
+     "global_epoch must hold increasing whole numbers in 1..1,000,000,000"),
     ("hidden_weights.json", '[{"after_task": 1, "layers": {"0": {"edges": [0, 1], "counts": [-5]}}}]',
      "hidden_weights.json is malformed: snapshot 1, layer '0': 'counts' must be in [0, 2**53]"),
     # (numbers the figure cannot show: a log scale overflowing, a legend and a title of 4000 digits)

@@ -828,7 +828,8 @@ class ContinualTrainer:
             raise ValueError(f"scenario {scenario.name!r} has no task to train")
         if len(scenario.tasks) * cfg.epochs > MAX_GLOBAL_EPOCH:  # (its curves would be refused when read back)
             raise ValueError(f"TrainerConfig.epochs must be at most {MAX_GLOBAL_EPOCH // len(scenario.tasks):,} for "
-                             f"{len(scenario.tasks)} tasks (at most {MAX_GLOBAL_EPOCH:,} epochs in all), got {cfg.epochs}")
+                             f"{len(scenario.tasks)} tasks (at most {MAX_GLOBAL_EPOCH:,} epochs in all), "
+                             f"got {cfg.epochs}")
         if len(scenario.eval_tasks) == 0:  # (its accuracy matrix would hold no column, and every metric be empty)
             raise ValueError(f"scenario {scenario.name!r} has no task to evaluate (eval_tasks is empty; to evaluate "
                              "the trained tasks, give them again)")
