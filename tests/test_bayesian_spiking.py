@@ -59,3 +59,30 @@ def test_a_neuron_comparison_runs_a_bimu_kind_once_and_judges_it_against_binary_
     verdict = tradeoff["leaky+bimu"]["verdict"]
     assert "BiMU" in verdict and "m=0" in verdict  # judged against leaky at m = 0
     assert (path / "forgetting.png").stat().st_size > 0 and (path / "tradeoff.png").stat().st_size > 0
+
+
+def test_a_spiking_classifier_of_sampled_bayesian_layers_gives_their_samples_first_and_trains():
+    """Sampled layers (bnn.BayesianLinear(samples=S)) put S outputs first, which the loss and predictions read as
+    weight samples; the classifier refused them as a time loop of the network's own."""
+    import snntorch as snn
+    from torch import nn
+
+    import bnn
+    from metaspike.bayesian import MESU, mesu_param_groups
+    from metaspike.snn import SpikingClassifier
+    from metaspike.training import classification_loss, predictions
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), bnn.BayesianLinear(16, 8, samples=3, evaluation_samples=5, evaluation="sample"),
+                        snn.Leaky(0.9, init_hidden=True),
+                        bnn.BayesianLinear(8, 2, samples=3, evaluation_samples=5, evaluation="sample"),
+                        snn.Leaky(0.9, init_hidden=True, output=True))
+    classifier = SpikingClassifier(net, num_steps=4, encoder="rate", readout="membrane")
+    x, y = torch.rand(6, 1, 4, 4), torch.tensor([0, 1, 0, 1, 1, 0])
+    mean = net[1].parametrizations.weight.original.detach().clone()
+    loss = classification_loss(classifier(x), y)
+    loss.backward()
+    MESU(mesu_param_groups(net)).step()
+    assert classifier(x).shape == (3, 6, 2) and not torch.equal(net[1].parametrizations.weight.original, mean)
+    classifier.eval()
+    assert classifier(x).shape == (5, 6, 2) and predictions(classifier(x)).shape == (6,)

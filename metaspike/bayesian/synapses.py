@@ -85,6 +85,7 @@ __all__ = [
     "sampled_product",
     "synapse_role",
     "SampledForward",
+    "drawn_samples",
 ]
 
 KINDS = ("bimu", "mesu")
@@ -998,9 +999,21 @@ class SampledForward:
         checks here (``bnn``'s Bayesian layers: features or channels, dtype, image size), not in ``forward``, which
         :class:`~metaspike.bayesian.FusedTrainingStep` recognizes as this one."""
 
+    def drawn_samples(self) -> int | None:
+        """The weight samples the next forward pass draws in the layer's mode (its outputs' leading dimension), or
+        ``None`` for one sample and no sample dimension.
+
+        Example:
+            >>> class Sampled(SampledForward, torch.nn.Linear):
+            ...     samples, evaluation_samples = 3, 7
+            >>> Sampled(4, 2).drawn_samples(), Sampled(4, 2).eval().drawn_samples()
+            (3, 7)
+        """
+        return self.samples if self.training or self.evaluation_samples is None else self.evaluation_samples
+
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        samples = self.samples if self.training or self.evaluation_samples is None else self.evaluation_samples
+        samples = self.drawn_samples()
         if samples is None:
             return super().forward(x)  # type: ignore[misc]
         if not self.training:
@@ -1036,6 +1049,20 @@ class SampledForward:
                              "dimension to fill")
         _check_ensemble(evaluation_samples, evaluation)
         self.evaluation_samples = evaluation_samples
+
+
+def drawn_samples(model: nn.Module) -> set[int]:
+    """The weight-sample counts the sampled layers of ``model`` (:class:`SampledForward`) draw in their modes now: an
+    empty set where none puts a sample dimension first.
+
+    Example:
+        >>> class Sampled(SampledForward, torch.nn.Linear):
+        ...     samples = 3
+        >>> drawn_samples(torch.nn.Sequential(Sampled(4, 2), torch.nn.Linear(2, 2)))
+        {3}
+    """
+    drawn = (m.drawn_samples() for m in model.modules() if isinstance(m, SampledForward))
+    return {s for s in drawn if s is not None}
 
 
 def _check_ensemble(evaluation_samples: int | None, evaluation: str) -> None:

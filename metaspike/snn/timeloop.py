@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from metaspike.bayesian.synapses import drawn_samples
 from metaspike.caller import user_stacklevel
 from metaspike.checks import ModelError, first_line, is_whole, listed
 from metaspike.compiled import uncompiled
@@ -278,7 +279,9 @@ class SpikingClassifier(nn.Module):
     detected (BatchNorm's running statistics change in place too) and carries over. Norse-style networks
     (``forward(x, state)``, e.g.
     ``SequentialState``) get their state threaded through the steps. Binary weights are computed
-    once per call (:func:`metaspike.binarized_once`), not once per step.
+    once per call (:func:`metaspike.binarized_once`), not once per step, and so are Bayesian weight samples: a network
+    of sampled Bayesian layers (``bnn.BayesianLinear(..., samples=S)``) reads out to ``[S, B, classes]``, the samples
+    first, as :func:`metaspike.training.classification_loss` and :func:`~metaspike.training.predictions` take them.
 
     Args:
         network: one time step: input ``[B, *input_shape]`` → output tensor or ``(spikes, membrane)``.
@@ -419,6 +422,15 @@ class SpikingClassifier(nn.Module):
             self._state_checked = True
         logits = self.readout(outputs)
         batch = steps.shape[1]  # (logits that lost or moved it were silently wrong; (B,) is one logit a sample)
+        samples = drawn_samples(self.network)
+        if len(samples) == 1 and isinstance(logits, Tensor) and logits.dim() > 2 and logits.shape[:2] == (
+                *samples, batch):  # (Bayesian layers' weight samples first: the loss and predictions read them so)
+            return logits
+        if samples and isinstance(logits, Tensor) and logits.dim() > 2:
+            raise ValueError(f"SpikingClassifier: the network's outputs read out to shape {tuple(logits.shape)} for a "
+                             f"batch of {batch}; its sampled Bayesian layers draw {listed(sorted(samples))} weight "
+                             f"samples, whose outputs come first ([samples, {batch}, ...]): give every sampled layer "
+                             "the same samples (and evaluation_samples)")
         stacked = isinstance(logits, Tensor) and logits.dim() > 2 and logits.shape[1] == batch
         if isinstance(logits, Tensor) and (logits.dim() == 0 or logits.shape[0] != batch):
             raise ValueError(f"SpikingClassifier: the network's outputs read out to shape {tuple(logits.shape)} for a "
