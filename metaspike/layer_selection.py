@@ -28,7 +28,7 @@ from metaspike.checks import listed
 __all__ = ["DEFAULT_LAYER_TYPES", "SynapseParametrization", "attach_synapse", "synapse_parametrization",
            "select_layers", "layer_type_names", "each_once", "check_weight_ready", "warn_float_matrices_left",
            "is_weight_matrix",
-           "FORWARD_BYPASSING_OWNERS", "ROLE_ATTRIBUTE", "synapse_role", "weight_parametrizations"]
+           "FORWARD_BYPASSING_OWNERS", "ROLE_ATTRIBUTE", "synapse_role", "synapse_of", "weight_parametrizations"]
 
 #: Reads of a synapse's weight in training passes, its layer never called, before the synapse warns that the layer's
 #: learned output gain does not apply (:meth:`SynapseParametrization.count_weight_read`).
@@ -223,9 +223,25 @@ def synapse_role(tensor: Tensor) -> str | None:
         >>> [synapse_role(p) for p in net.parameters()]
         [None, 'mean', 'width']
     """
-    role = getattr(tensor, ROLE_ATTRIBUTE, None)
-    synapse = _ROLE_SYNAPSES.get(id(tensor)) if role is not None else None
-    return role if synapse is not None and synapse() is not None else None
+    return getattr(tensor, ROLE_ATTRIBUTE, None) if synapse_of(tensor) is not None else None
+
+
+def synapse_of(tensor: Tensor) -> nn.Module | None:
+    """The synapse parametrization that ``tensor`` is a tensor of (its :func:`synapse_role` says which), or ``None``:
+    what tells a MESU mean's own width from another layer's of the same shape.
+
+    Example:
+        >>> import torch
+        >>> from metaspike import bayesianize
+        >>> net = bayesianize(torch.nn.Sequential(torch.nn.Linear(4, 3)), "mesu")
+        >>> mu, sigma = net[0].parametrizations.weight.original, net[0].parametrizations.weight[0].sigma
+        >>> synapse_of(mu) is synapse_of(sigma) is net[0].parametrizations.weight[0]
+        True
+    """
+    if getattr(tensor, ROLE_ATTRIBUTE, None) is None:
+        return None
+    synapse = _ROLE_SYNAPSES.get(id(tensor))
+    return None if synapse is None else synapse()
 
 
 def _layer_types(layer_types: type[nn.Module] | Sequence[type[nn.Module]]) -> tuple[type[nn.Module], ...]:

@@ -1194,6 +1194,36 @@ def test_settings_of_the_other_synapse_kind_are_refused_and_evaluation_samples_i
 
 
 @pytest.mark.parametrize("kind", ["bimu", "mesu"])
+def test_a_synapses_settings_set_on_it_later_are_checked_as_the_constructor_checks_them(kind):
+    """bayesianize says to change a layer's settings on the layer itself; there a temperature of -1 flipped every
+    training sample's sign silently, 0 divided by zero inside the sample, and evaluation="mean" passed for "sample"."""
+    net = metaspike.bayesianize(nn.Sequential(nn.Linear(4, 3, bias=False)), kind, scale=None)
+    synapse = net[0].parametrizations.weight[0]
+    synapse.evaluation = "sample"
+    assert synapse.evaluation == "sample" and "evaluation='sample'" in repr(synapse)
+    with pytest.raises(ValueError, match="^evaluation must be one of 'mode', 'sample', got 'mean'$"):
+        synapse.evaluation = "mean"
+    assert synapse.evaluation == "sample"
+    if kind == "bimu":
+        synapse.temperature = 0.5
+        assert copy.deepcopy(net)[0].parametrizations.weight[0].temperature == 0.5
+        for bad in (-1.0, 0.0, math.inf, math.nan, "0.5"):
+            with pytest.raises(ValueError, match=r"^temperature must be a finite number in \[1.17549e-38, "):
+                synapse.temperature = bad
+        assert synapse.temperature == 0.5
+
+
+def test_mesu_refuses_a_mean_paired_with_another_synapses_width_of_its_shape():
+    """Each mean stepped by the other layer's sigma squared, without a word."""
+    net = metaspike.bayesianize(nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False)), "mesu")
+    mu1, sigma1, mu2, sigma2 = mesu_param_groups(net)[0]["params"]
+    with pytest.raises(ValueError, match=r"^params pair 0: the width \(sigma\) is another synapse's than the mean's"):
+        MESU([mu1, sigma2, mu2, sigma1])
+    MESU([mu2, sigma2, mu1, sigma1])  # (its own pairs, in another order of layers)
+    MESU([torch.zeros(3, requires_grad=True), torch.ones(3, requires_grad=True)])  # (hand-made tensors, unmarked)
+
+
+@pytest.mark.parametrize("kind", ["bimu", "mesu"])
 def test_a_state_dict_loaded_by_assignment_keeps_the_synapses_marked(kind):
     """load_state_dict(..., assign=True) puts new parameters in: their roles are marked again, so the optimizers
     refuse what they refused before the load (BiMU/MESU the biases and gains, Adam the synapse tensors), and a deep

@@ -36,6 +36,7 @@ from metaspike.bayesian.functional import (
 from metaspike.bayesian.synapses import synapse_role
 from metaspike.caller import user_stacklevel
 from metaspike.checks import TrainingDiverged, check_keys_kept, check_no_misspelled_setting, is_whole
+from metaspike.layer_selection import synapse_of
 from metaspike.optimizer_state import (
     HookedAgainWhenCopied,
     check_state_dict_groups,
@@ -462,6 +463,10 @@ class MESU(_DataGatedOptimizer):
             if mu.shape != sigma.shape:
                 raise ValueError(f"params pair {i}: the width (sigma) must have the shape of the mean (mu), got mu "
                                  f"{tuple(mu.shape)} and sigma {tuple(sigma.shape)}{hint}")
+            synapses = synapse_of(mu), synapse_of(sigma)
+            if None not in synapses and synapses[0] is not synapses[1]:  # (each would step by the other's sigma)
+                raise ValueError(f"params pair {i}: the width (sigma) is another synapse's than the mean's (mu), "
+                                 f"though of its shape{hint}")
 
     def _update_group(self, group: dict[str, Any]) -> list[Tensor]:
         mus, sigmas, grad_mus, grad_sigmas = [], [], [], []

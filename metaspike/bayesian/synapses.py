@@ -217,7 +217,23 @@ SIGMA_INIT = 0.1
 LAMBDA_INIT = 0.1
 
 
-class GaussianWeight(SynapseParametrization):
+class _CheckedEvaluation:
+    """A synapse's ``evaluation`` setting, checked wherever it is set: in the constructor, or on the synapse later (as
+    :func:`bayesianize`'s refusal to change a layer's settings says to), where a typo was taken for ``"sample"``."""
+
+    _evaluation: str
+
+    @property
+    def evaluation(self) -> str:
+        """What evaluation mode shows: ``"mode"`` or ``"sample"``."""
+        return self._evaluation
+
+    @evaluation.setter
+    def evaluation(self, value: str) -> None:
+        self._evaluation = _choice("evaluation", value, EVALUATIONS)
+
+
+class GaussianWeight(_CheckedEvaluation, SynapseParametrization):
     """Parametrization of a MESU synapse: the weight parameter is the mean ``μ``, ``sigma`` the width.
 
     ``sigma`` starts at ``sigma_init`` everywhere (the MESU paper starts ``σ`` at the scale of the
@@ -239,7 +255,7 @@ class GaussianWeight(SynapseParametrization):
 
     def __init__(self, mu: Tensor, sigma_init: float = SIGMA_INIT, evaluation: str = "mode") -> None:
         super().__init__()
-        self.evaluation = _choice("evaluation", evaluation, EVALUATIONS)
+        self.evaluation = evaluation
         self.sigma = nn.Parameter(torch.full_like(mu.detach(), check_setting("sigma_init", sigma_init, mu.dtype)))
 
     @_outside_compiled_models
@@ -374,7 +390,7 @@ def _integer_power(inv_tau: float) -> int:
     return k if k in _RELAXED_SAMPLES and k > 0 and abs(inv_tau - k) < 1e-9 else 0
 
 
-class BinaryWeight(SynapseParametrization):
+class BinaryWeight(_CheckedEvaluation, SynapseParametrization):
     """Parametrization of a BiMU synapse: the weight parameter is the latent ``λ`` of a ±1 weight.
 
     The weight is ``+1`` with probability ``sigmoid(2λ)`` (mean ``tanh λ``). Training mode shows the
@@ -398,8 +414,18 @@ class BinaryWeight(SynapseParametrization):
 
     def __init__(self, temperature: float = 1.0, evaluation: str = "mode") -> None:
         super().__init__()
-        self.temperature = check_setting("temperature", temperature)
-        self.evaluation = _choice("evaluation", evaluation, EVALUATIONS)
+        self.temperature = temperature
+        self.evaluation = evaluation
+
+    @property
+    def temperature(self) -> float:
+        """``τ`` of the relaxed training sample, checked wherever it is set (a negative one flipped every sample's
+        sign, zero divided by zero inside the sample)."""
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self._temperature = check_setting("temperature", value)
 
     @_outside_compiled_models
     def sample(self, lam: Tensor, samples: int | None = None) -> Tensor:
