@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from metaspike.bayesian.optim import _DataGatedOptimizer
+from metaspike.bayesian.optim import _DataGatedOptimizer, check_synapse_optimizers
+from metaspike.checks import first_line
 from metaspike.optim import check_before_step
 
 __all__ = ["ChainedOptimizer", "needs_closure"]
@@ -36,8 +37,10 @@ class ChainedOptimizer:
     weights turn NaN).
 
     Args:
-        *optimizers: ``torch.optim.Optimizer`` instances; no parameter may belong to two of them, and none may need a
-            closure at every step (``LBFGS``: it evaluates the loss several times a step; step it on its own).
+        *optimizers: ``torch.optim.Optimizer`` instances; no parameter may belong to two of them, none may need a
+            closure at every step (``LBFGS``: it evaluates the loss several times a step; step it on its own), and
+            only MESU and BiMU may hold the tensors of Bayesian synapses (another would train them as plain weights:
+            :func:`~metaspike.bayesian.optim.check_synapse_optimizers`).
 
     Example:
         >>> import torch
@@ -64,6 +67,7 @@ class ChainedOptimizer:
                 raise ValueError(f"optimizer {i} updates parameters that an earlier optimizer updates too")
             seen |= ids
         self.optimizers = list(optimizers)
+        check_synapse_optimizers(self)  # (Adam beside BiMU, given model.parameters(), trained λ as plain weights)
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -110,13 +114,15 @@ class ChainedOptimizer:
             raise ValueError(f"state_dict holds {found} optimizer states; this chain has {len(self.optimizers)}")
         # all or nothing: a state that one optimizer refuses leaves every optimizer as it was
         saved = [copy.deepcopy(optimizer.state_dict()) for optimizer in self.optimizers]
-        try:
-            for optimizer, state in zip(self.optimizers, states):
+        for i, (optimizer, state) in enumerate(zip(self.optimizers, states)):
+            try:
                 optimizer.load_state_dict(state)
-        except Exception:
-            for optimizer, state in zip(self.optimizers, saved):
-                optimizer.load_state_dict(state)
-            raise
+            except Exception as err:
+                for earlier, state_before in zip(self.optimizers, saved):
+                    earlier.load_state_dict(state_before)
+                raise ValueError(f"state_dict: optimizer {i} of the chain ({type(optimizer).__name__}) refused the "
+                                 f"state saved for it ({first_line(err)}); a chain loads the state dict of a chain of "
+                                 "the same optimizers in the same order") from err
 
     def __repr__(self) -> str:
         return f"ChainedOptimizer({', '.join(type(o).__name__ for o in self.optimizers)})"

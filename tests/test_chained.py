@@ -54,6 +54,16 @@ def test_a_chain_refuses_shared_parameters_other_objects_and_foreign_state():
         chain.load_state_dict({"optimizers": [chain.optimizers[0].state_dict()]})
     with pytest.raises(ValueError, match="state_dict holds no optimizer states; this chain has 2"):
         chain.load_state_dict(chain.optimizers[0].state_dict())
+    swapped = ChainedOptimizer(*reversed(chain.optimizers))
+    before = copy.deepcopy(swapped.state_dict())
+    first = type(swapped.optimizers[0]).__name__
+    with pytest.raises(ValueError, match=rf"^state_dict: optimizer 0 of the chain \({first}\) refused the state saved "
+                                         r"for it \(.*\); a chain loads the state dict of a chain of the same "
+                                         "optimizers in the same order$"):
+        swapped.load_state_dict(chain.state_dict())  # (the chain's order differs: which one failed was not said)
+    assert repr(swapped.state_dict()) == repr(before)  # (all or nothing)
+    with pytest.raises(ValueError, match="^Adam holds the BiMU latent weight tensors of Bayesian synapses"):
+        ChainedOptimizer(torch.optim.Adam(model.parameters()))  # (in a loop of one's own too, not only a trainer's)
 
 
 @pytest.mark.parametrize("bimu_first", [True, False])
