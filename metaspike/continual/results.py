@@ -663,8 +663,7 @@ def _first_task_going(path: Path) -> dict[str, Any]:
     """:func:`load_run` of a run folder whose first task has not ended: its task names from the header of its
     ``curves.csv`` (the columns after :data:`CURVE_COLUMNS`), no matrix, no histograms (written at a task's end)."""
     curves_file = path / "curves.csv"
-    with open(curves_file, newline="", encoding="utf-8", errors="replace") as handle:
-        header = next(csv.reader(handle), [])
+    header, _ = _read_number_csv(curves_file, ["global_epoch"], "global_epoch")  # (a regular file of numbers)
     if list(header[:len(CURVE_COLUMNS)]) != list(CURVE_COLUMNS) or len(header) == len(CURVE_COLUMNS):
         raise ValueError(f"{curves_file} must start with a header '{','.join(CURVE_COLUMNS)},<task names>', found "
                          f"{listed(header[:len(CURVE_COLUMNS) + 1])}")
