@@ -15,7 +15,7 @@ from torch.nn.utils import parametrize
 from bnn.binary_linear import is_binary_input
 from metaspike.bayesian.synapses import bayesian_modules
 from metaspike.compiled import is_compiled_wrapper, uncompiled
-from metaspike.modes import evaluation_mode
+from metaspike.modes import evaluation_mode, states_kept
 from metaspike.synapse import BinarySynapse, binary_modules
 from metaspike.training import random_numbers_apart
 
@@ -283,8 +283,10 @@ def _count_macs(model: nn.Module, probe: Tensor, what: str) -> dict[str, tuple[i
     try:
         # in evaluation mode no running statistics are updated (the paper's BatchNorm still uses the batch's); eager:
         # a model or submodule compiled in place, model.compile(), compiled the counting pass, logging graph breaks at
-        # its hooks; a Bayesian model's samples leave training's random numbers
-        with evaluation_mode(model), random_numbers_apart(probe.device), torch.compiler.set_stance("force_eager"):
+        # its hooks; a Bayesian model's samples leave training's random numbers; a spiking neuron's membrane, set by
+        # the probe, does not start the user's next step (snnTorch's init_hidden=True)
+        with (evaluation_mode(model), states_kept(model), random_numbers_apart(probe.device),
+              torch.compiler.set_stance("force_eager")):
             model(probe)
     except Exception as err:
         hint = " (input_shape probes with random real numbers: give a model of token ids example_input=)"

@@ -1,13 +1,14 @@
-"""A model in evaluation mode for one call, and every module back in its own mode afterwards."""
+"""A model in evaluation mode for one call, and every module back in its own mode (and state) afterwards."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-__all__ = ["evaluation_mode"]
+__all__ = ["evaluation_mode", "states_kept"]
 
 
 @contextlib.contextmanager
@@ -36,3 +37,39 @@ def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(modes[0][1])
         for module, training in modes:  # (flags, not train(): once per module, where train() recurses into each)
             module.training = training
+
+
+#: What every ``nn.Module`` keeps in its ``__dict__`` (its parameters, buffers, children, hooks, mode): not a state.
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+
+
+@contextlib.contextmanager
+def states_kept(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block, the tensors that ``model``'s modules hold in their attributes and buffers may be replaced
+    (a spiking neuron's membrane set by a forward pass: snnTorch's ``init_hidden=True``); afterwards (raised or not)
+    each module holds the tensors it held before, and none it did not. A state changed in place is not kept.
+
+    Example:
+        >>> class Counter(nn.Module):
+        ...     def forward(self, x):
+        ...         self.seen = x
+        ...         return x
+        >>> counter = Counter()
+        >>> with states_kept(counter):
+        ...     _ = counter(torch.ones(2))
+        >>> hasattr(counter, "seen")
+        False
+    """
+    kept = [(module, {key: value for key, value in vars(module).items()
+                      if key not in _MODULE_INTERNALS and isinstance(value, Tensor)}, dict(module._buffers))
+            for module in model.modules()]
+    try:
+        yield model
+    finally:
+        for module, attributes, buffers in kept:
+            for key in [k for k, v in vars(module).items()
+                        if k not in _MODULE_INTERNALS and isinstance(v, Tensor) and k not in attributes]:
+                del module.__dict__[key]
+            module.__dict__.update(attributes)
+            module._buffers.clear()
+            module._buffers.update(buffers)

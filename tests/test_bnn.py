@@ -171,6 +171,30 @@ def test_summary_of_a_compiled_model_is_that_of_the_model_it_wraps_and_compiles_
     assert torch._dynamo.utils.counters["stats"]["calls_captured"] == 0
 
 
+def test_summary_leaves_the_states_a_forward_pass_sets_in_the_models_modules():
+    """Its counting pass left its probe's membrane in a spiking neuron (snnTorch's init_hidden=True), which the user's
+    next step of a batch of the probe's size started from."""
+
+    class Membrane(nn.Module):  # (a neuron that keeps its state in an attribute, as snnTorch's init_hidden does)
+        def __init__(self) -> None:
+            super().__init__()
+            self.mem = torch.zeros(0)
+
+        def forward(self, x):
+            self.mem = x if self.mem.shape != x.shape else 0.9 * self.mem + x
+            self.spikes_seen = self.mem.gt(1)
+            return self.mem
+
+    model = metaspike.binarize(nn.Sequential(nn.Linear(6, 8), Membrane()))
+    x = torch.rand(2, 6)
+    fresh = model(x).detach()
+    model[1].mem = torch.zeros(0)
+    del model[1].spikes_seen
+    bnn.summary(model, input_shape=(6,))
+    assert model[1].mem.shape == (0,) and not hasattr(model[1], "spikes_seen")
+    assert torch.equal(model(x), fresh)
+
+
 def test_summary_counts_layers_called_with_keywords_bilinear_layers_and_token_inputs():
     """The counting hooks read positional inputs only (a layer called as fc(input=x) failed the summary, blaming the
     forward pass); nn.Bilinear counted 0 MACs; a model of token ids could not be probed with random real numbers."""
