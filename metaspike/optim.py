@@ -360,7 +360,8 @@ def _check_rule_state(index: Any, stored: Any, rule: Rule, param: Tensor) -> dic
     restored = {}
     for field, value in stored.items():
         where = f"state_dict: parameter {index!r}'s rule_state {field}"
-        check_state_tensor(where, value, expected[field].shape)
+        check_state_tensor(where, value, expected[field].shape, shape_of=f"{type(rule).__name__} keeps, for a "
+                           f"parameter of shape {tuple(param.shape)}, one of")
         restored[field] = value.to(device=expected[field].device, dtype=expected[field].dtype)
         if not restored[field].is_floating_point() and not torch.equal(restored[field].to(value), value):
             raise ValueError(f"{where} is {value.dtype} and holds values that {expected[field].dtype}, its dtype in "

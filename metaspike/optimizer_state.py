@@ -53,9 +53,10 @@ def check_parameter_state(state: Any, shape: torch.Size, where: str) -> None:
 
 
 def check_state_tensor(where: str, value: Any, shape: torch.Size, *, never_negative: bool = False,
-                       sparse: bool = False) -> None:
+                       sparse: bool = False, shape_of: str = "the parameter it belongs to has") -> None:
     """One ``ValueError`` beginning with ``where`` unless ``value`` is a tensor of ``shape`` whose floating-point values
-    are finite (and, ``never_negative``, >= 0), dense but where ``sparse`` allows a sparse one.
+    are finite (and, ``never_negative``, >= 0), dense but where ``sparse`` allows a sparse one; ``shape_of`` says
+    whose shape ``shape`` is (a state of another shape than its parameter's: a rule's own).
 
     Example:
         >>> check_state_tensor("momentum", torch.zeros(3), torch.Size([2]))
@@ -66,8 +67,8 @@ def check_state_tensor(where: str, value: Any, shape: torch.Size, *, never_negat
     if not isinstance(value, Tensor):
         raise ValueError(f"{where} must be a tensor, got {type(value).__name__}")
     if value.shape != shape:
-        raise ValueError(f"{where} has shape {tuple(value.shape)}, but the parameter it belongs to has {tuple(shape)}: "
-                         "was it saved from another model?")
+        raise ValueError(f"{where} has shape {tuple(value.shape)}, but {shape_of} {tuple(shape)}: was it saved from "
+                         "another model?")
     check_tensor_values(where, value, never_negative=never_negative, sparse=sparse)
 
 

@@ -858,8 +858,8 @@ def test_a_state_dict_without_handed_on_states_clears_them_and_a_wrong_one_is_re
     saved = copy.deepcopy(new.state_dict())
     wrong = copy.deepcopy(saved)
     wrong["inherited_rule_states"][0]["run"] = torch.zeros(3)
-    with pytest.raises(ValueError, match=r"^state_dict: parameter 0's rule_state run has shape \(3,\), but the "
-                                         r"parameter it belongs to has \(5, 4\)"):
+    with pytest.raises(ValueError, match=r"^state_dict: parameter 0's rule_state run has shape \(3,\), but SwitchRule "
+                                         r"keeps, for a parameter of shape \(5, 4\), one of \(5, 4\)"):
         new.load_state_dict(wrong)
     elsewhere = copy.deepcopy(saved)
     elsewhere["inherited_rule_states"] = {7: elsewhere["inherited_rule_states"][0]}
