@@ -466,6 +466,10 @@ def _check_wrapped_group(group: dict[str, Any], owner: str = "a metaplastic opti
     check_eps_holds(group)
 
 
+#: What consolidates an Adam that sets one of :data:`_NOT_DONE_BY_ADAM`.
+_TORCH_ADAM_INSTEAD = "metaspike.metaplastic(torch.optim.Adam(...)) consolidates torch's own Adam, which does"
+
+
 def _check_group(group: dict[str, Any]) -> None:
     """Validate a MetaplasticAdam param group's hyperparameters (those given to ``__init__`` and those a group
     sets) and what it says about consolidation (:func:`_check_consolidation`)."""
@@ -473,7 +477,7 @@ def _check_group(group: dict[str, Any]) -> None:
     flags = _flags_set(group, _NOT_DONE_BY_ADAM)
     if flags:
         raise ValueError(f"MetaplasticAdam does not do {flags[0]}: a param group's {flags[0]} must be False or left "
-                         f"out, got {group[flags[0]]!r}")
+                         f"out, got {group[flags[0]]!r}; {_TORCH_ADAM_INSTEAD}")
     lr = group.get("lr")
     if isinstance(lr, Tensor):  # as torch.optim.Adam takes it: one real number
         if lr.numel() != 1 or not lr.is_floating_point():
@@ -521,8 +525,9 @@ class MetaplasticAdam(HookedAgainWhenCopied, Optimizer):
         params: parameters or param groups; a group may set its own ``meta``, ``rule`` and
             ``consolidate`` (``True``/``False``; ``None``: the binary synapses' hidden weights).
         lr, betas, eps, weight_decay: as in ``torch.optim.Adam``; validated for every group. Adam's other flags
-            (``amsgrad``, ``maximize``, ``capturable``, ``differentiable``) are not done here: a group that sets one
-            is refused (``metaplastic(torch.optim.Adam(..., amsgrad=True))`` consolidates torch's own Adam).
+            (``amsgrad``, ``maximize``, ``capturable``, ``differentiable``) are not done here: one set to anything
+            but ``False``, as a keyword or by a group, is refused (``metaplastic(torch.optim.Adam(..., amsgrad=True))``
+            consolidates torch's own Adam).
         meta: metaplasticity strength ``m >= 0``; ``0`` gives plain Adam under a rule that says so (every
             built-in rule; ``plain_at_zero``, see :class:`metaspike.rules.Rule`), while another rule is still called.
         rule: consolidation rule name (see :func:`metaspike.rules.available_rules`) or object; a
@@ -556,7 +561,15 @@ class MetaplasticAdam(HookedAgainWhenCopied, Optimizer):
         *,
         foreach: bool | None = None,
         fused: bool | None = None,
+        **torch_adam_flags: Any,
     ) -> None:
+        unknown = [key for key in torch_adam_flags if key not in _NOT_DONE_BY_ADAM]
+        if unknown:  # (Python's own error for any other keyword)
+            raise TypeError(f"MetaplasticAdam.__init__() got an unexpected keyword argument {unknown[0]!r}")
+        flags = _flags_set(torch_adam_flags, _NOT_DONE_BY_ADAM)
+        if flags:  # (ported from torch.optim.Adam(..., amsgrad=True): Python's "unexpected keyword" said no more)
+            raise ValueError(f"MetaplasticAdam does not do {flags[0]}: {flags[0]} must be False or left out, got "
+                             f"{torch_adam_flags[flags[0]]!r}; {_TORCH_ADAM_INSTEAD}")
         defaults = dict(
             lr=lr,
             betas=tuple(betas) if isinstance(betas, (tuple, list)) else betas,  # (checked with the groups)

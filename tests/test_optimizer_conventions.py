@@ -4,6 +4,7 @@ parameters, closures, and input they must refuse before changing anything."""
 import copy
 import io
 import pickle
+import re
 
 import pytest
 import torch
@@ -549,13 +550,21 @@ def test_metaplastic_adam_refuses_a_group_asking_for_what_it_does_not_do(flag, v
     """A group with maximize=True or amsgrad=True was taken and stepped as plain Adam (1.08 from torch's Adam with
     maximize after 20 steps); the optimizer then refused its own state dict."""
     weight = torch.zeros(3, requires_grad=True)
-    message = f"^MetaplasticAdam does not do {flag}: a param group's {flag} must be False or left out, got {value!r}$"
-    with pytest.raises(ValueError, match=message):
+    instead = re.escape("; metaspike.metaplastic(torch.optim.Adam(...)) consolidates torch's own Adam, which does")
+    message = f"^MetaplasticAdam does not do {flag}: a param group's {flag} must be False or left out, got {value!r}"
+    with pytest.raises(ValueError, match=message + instead + "$"):
         metaspike.MetaplasticAdam([{"params": [weight], flag: value}])
     optimizer = metaspike.MetaplasticAdam([weight])
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message + instead + "$"):
         optimizer.add_param_group({"params": [torch.zeros(2, requires_grad=True)], flag: value})
     assert len(optimizer.param_groups) == 1
+    if flag in ("maximize", "amsgrad", "capturable", "differentiable"):  # (torch.optim.Adam's keywords: ported so)
+        with pytest.raises(ValueError, match=f"^MetaplasticAdam does not do {flag}: {flag} must be False or left out, "
+                                             f"got {value!r}" + instead + "$"):
+            metaspike.MetaplasticAdam([weight], **{flag: value})
+        metaspike.MetaplasticAdam([weight], **{flag: False})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'amsgard'"):
+        metaspike.MetaplasticAdam([weight], amsgard=True)
 
 
 def test_metaplastic_adam_takes_adams_flags_at_their_defaults_and_steps_as_adam():
