@@ -19,7 +19,7 @@ import torch
 from torch.optim import Optimizer
 
 from metaspike.bayesian.optim import _DataGatedOptimizer, check_synapse_optimizers
-from metaspike.checks import first_line
+from metaspike.checks import listed
 from metaspike.optim import check_before_step
 
 __all__ = ["ChainedOptimizer", "needs_closure"]
@@ -120,12 +120,25 @@ class ChainedOptimizer:
             except Exception as err:
                 for earlier, state_before in zip(self.optimizers, saved):
                     earlier.load_state_dict(state_before)
-                raise ValueError(f"state_dict: optimizer {i} of the chain ({type(optimizer).__name__}) refused the "
-                                 f"state saved for it ({first_line(err)}); a chain loads the state dict of a chain of "
-                                 "the same optimizers in the same order") from err
+                foreign = _settings_not_held(optimizer, state)
+                if foreign:  # (another optimizer's state: torch's or the optimizer's own words did not say which)
+                    raise ValueError(f"state_dict: optimizer {i} of the chain ({type(optimizer).__name__}) was given "
+                                     f"a state whose groups set {listed(foreign)}, which its own do not: a chain loads "
+                                     "the state dict of a chain of the same optimizers in the same order") from err
+                raise
 
     def __repr__(self) -> str:
         return f"ChainedOptimizer({', '.join(type(o).__name__ for o in self.optimizers)})"
+
+
+def _settings_not_held(optimizer: Optimizer, state: Any) -> list[str]:
+    """The settings that the groups of ``state`` (an optimizer's state dict, as read) set and none of ``optimizer``'s
+    own groups holds: another optimizer's (Adam's ``betas`` in BiMU's); empty where they cannot be read."""
+    groups = state.get("param_groups") if isinstance(state, dict) else None
+    if not isinstance(groups, list):
+        return []
+    own = {key for group in optimizer.param_groups for key in group}
+    return sorted({str(key) for group in groups if isinstance(group, dict) for key in group} - own)
 
 
 def needs_closure(optimizer: Optimizer) -> bool:

@@ -1212,6 +1212,16 @@ def test_a_synapses_settings_set_on_it_later_are_checked_as_the_constructor_chec
             with pytest.raises(ValueError, match=r"^temperature must be a finite number in \[1.17549e-38, "):
                 synapse.temperature = bad
         assert synapse.temperature == 0.5
+    # a synapse pickled before the settings were checked properties kept them under their own names
+    old = copy.copy(synapse)
+    for key in ("evaluation", "temperature"):
+        if f"_{key}" in vars(old):
+            old.__dict__[key] = old.__dict__.pop(f"_{key}")
+    loaded = pickle.loads(pickle.dumps(old))
+    assert loaded.evaluation == "sample" and repr(loaded) == repr(synapse)
+    old.__dict__["evaluation"] = "mean"
+    with pytest.raises(ValueError, match="^evaluation must be one of 'mode', 'sample', got 'mean'$"):
+        pickle.loads(pickle.dumps(old))
 
 
 def test_mesu_refuses_a_mean_paired_with_another_synapses_width_of_its_shape():

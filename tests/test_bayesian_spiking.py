@@ -86,3 +86,9 @@ def test_a_spiking_classifier_of_sampled_bayesian_layers_gives_their_samples_fir
     assert classifier(x).shape == (3, 6, 2) and not torch.equal(net[1].parametrizations.weight.original, mean)
     classifier.eval()
     assert classifier(x).shape == (5, 6, 2) and predictions(classifier(x)).shape == (6,)
+    batch_first = SpikingClassifier(net, num_steps=4, encoder="rate",
+                                    readout=lambda outputs: outputs[-1][1].transpose(0, 1))  # ([B, S, C]: not read so)
+    with pytest.raises(ValueError, match=r"read out to shape \(6, 5, 2\) for a batch of 6; its sampled Bayesian layers "
+                                         r"draw 5 weight samples: the readout must give \[5, 6, classes\], the samples "
+                                         "first"):
+        batch_first.eval()(x)

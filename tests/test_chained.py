@@ -57,11 +57,15 @@ def test_a_chain_refuses_shared_parameters_other_objects_and_foreign_state():
     swapped = ChainedOptimizer(*reversed(chain.optimizers))
     before = copy.deepcopy(swapped.state_dict())
     first = type(swapped.optimizers[0]).__name__
-    with pytest.raises(ValueError, match=rf"^state_dict: optimizer 0 of the chain \({first}\) refused the state saved "
-                                         r"for it \(.*\); a chain loads the state dict of a chain of the same "
-                                         "optimizers in the same order$"):
+    with pytest.raises(ValueError, match=rf"^state_dict: optimizer 0 of the chain \({first}\) was given a state "
+                                         r"whose groups set .+, which its own do not: a chain loads the state dict of a "
+                                         "chain of the same optimizers in the same order$"):
         swapped.load_state_dict(chain.state_dict())  # (the chain's order differs: which one failed was not said)
     assert repr(swapped.state_dict()) == repr(before)  # (all or nothing)
+    edited = copy.deepcopy(chain.state_dict())
+    edited["optimizers"][0]["param_groups"][0]["N"] = -5.0  # (the right optimizer, a bad setting: its own words)
+    with pytest.raises(ValueError, match=r"^N must be a finite number in \[1, "):
+        chain.load_state_dict(edited)
     with pytest.raises(ValueError, match="^Adam holds the BiMU latent weight tensors of Bayesian synapses"):
         ChainedOptimizer(torch.optim.Adam(model.parameters()))  # (in a loop of one's own too, not only a trainer's)
 

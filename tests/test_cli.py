@@ -226,6 +226,8 @@ def test_plot_of_a_run_it_cannot_write_in_names_the_figure_and_draws_elsewhere(t
         (["train", "--tasks", "3", "--epochs", "9" * 20],  # (a typo of many digits trained for ever)
          "--epochs must be an integer in 1..333,333,333 for 3 tasks (at most 1,000,000,000 epochs in all), got "
          + "9" * 20),
+        (["train", "--scenario", "joint", "--tasks", "3", "--epochs", "9" * 20],  # (its tasks trained as one)
+         "--epochs must be an integer in 1..1,000,000,000 (the most epochs a run's curves.csv holds), got " + "9" * 20),
         (["train", "--scenario", "rotated"], "unknown scenario 'rotated'; available: joint, permuted, sequence, split, stream"),
         (["train", "--dataset", "mnits"], "unknown dataset 'mnits'"),
         (["train", "--rule", "beaker"], "unknown consolidation rule 'beaker'"),

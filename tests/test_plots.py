@@ -154,6 +154,11 @@ def test_plot_of_a_run_stopped_in_its_first_task_draws_its_epochs_so_far(tmp_pat
     (run / "curves.csv").write_text("task,epoch,global_epoch,t1\n1,1,1,80\n")  # (not a header metaspike writes)
     assert main(["plot", str(run)]) == 2
     assert "curves.csv must start with a header 'task,epoch,global_epoch,loss,<task names>'" in capsys.readouterr().err
+    # a run that ended a task has its matrix: without it, it is not taken for one in its first task
+    (run / "curves.csv").write_text("task,epoch,global_epoch,loss,t1,t2\n1,1,1,0.5,80,\n2,1,2,0.4,70,60\n")
+    with pytest.raises(ValueError, match=r"accuracy_matrix.csv is missing \(moved or deleted\?\), though the run has "
+                                         "ended a task \\(curves.csv holding a later task's epochs\\)"):
+        plots.plot_run(run)
 
 
 @pytest.mark.parametrize("name, content, message", [

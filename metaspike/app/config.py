@@ -334,9 +334,12 @@ class RunConfig:
                              f"({', '.join(self.datasets)}); give one, or --scenario sequence to train several in turn")
         for key in ("tasks", "epochs", "batch_size", "num_steps", "eval_every"):
             _check_count(key, getattr(self, key), 1)
-        if self.tasks * self.epochs > MAX_GLOBAL_EPOCH:  # (a typo of many digits trained for ever)
-            raise ValueError(f"--epochs must be an integer in 1..{MAX_GLOBAL_EPOCH // self.tasks:,} for {self.tasks} "
-                             f"tasks (at most {MAX_GLOBAL_EPOCH:,} epochs in all), got {self.epochs}")
+        trained = 1 if self.scenario == "joint" else self.tasks  # (joint trains its tasks as one)
+        if trained * self.epochs > MAX_GLOBAL_EPOCH:  # (a typo of many digits trained for ever)
+            why = (f"for {trained} tasks (at most {MAX_GLOBAL_EPOCH:,} epochs in all)" if trained > 1 else
+                   "(the most epochs a run's curves.csv holds)")
+            raise ValueError(f"--epochs must be an integer in 1..{MAX_GLOBAL_EPOCH // trained:,} {why}, got "
+                             f"{self.epochs}")
         check_seed("--seed", self.seed)
         if self.batch_size < minimum_batch_size(uses_batchnorm(self.model)):
             raise ValueError(f"--batch-size 1: model {self.model!r} has BatchNorm, which cannot train on one sample; "

@@ -228,6 +228,14 @@ class _CheckedEvaluation:
         """What evaluation mode shows: ``"mode"`` or ``"sample"``."""
         return self._evaluation
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A synapse pickled before its settings were checked properties kept them under their own names: set
+        through the properties, so they are checked too."""
+        settings = {key: state.pop(key) for key in ("evaluation", "temperature") if key in state}
+        super().__setstate__(state)  # type: ignore[misc]
+        for key, value in settings.items():
+            setattr(self, key, value)
+
     @evaluation.setter
     def evaluation(self, value: str) -> None:
         self._evaluation = _choice("evaluation", value, EVALUATIONS)

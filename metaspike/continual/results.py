@@ -534,11 +534,12 @@ def _read_number_csv(file: Path, columns: Sequence[str], index: str,
         raise ValueError(f"{file} does not end with a line break, as every CSV file metaspike writes does: it was cut "
                          "short")
     header, rows = lines[0], []
-    missing = [c for c in columns if c not in header]
+    named = set(header)  # (a set: a forged header of 10^5 names took minutes to be compared name by name)
+    missing = [c for c in columns if c not in named]
     if missing:
         names = f", which {named_by}'s header names (the two files disagree)" if named_by and missing != [index] else ""
         raise ValueError(f"{file} lacks the columns {listed(missing)} in its header{names}")
-    if len(set(header)) != len(header):  # (a task's column twice: which one is the task?)
+    if len(named) != len(header):  # (a task's column twice: which one is the task?)
         seen: set[str] = set()
         twice = next(c for c in header if c in seen or seen.add(c))
         raise ValueError(f"{file} names the column {twice!r} more than once in its header")
@@ -564,7 +565,8 @@ def _read_number_csv(file: Path, columns: Sequence[str], index: str,
 def _check_accuracies(file: Path, header: Sequence[str], rows: Sequence[Sequence[float]], names: Sequence[str]) -> None:
     """The cells of the columns ``names`` must be accuracies in [0, 100] or empty (an edited 250 % read back as a
     forgetting of 174 points)."""
-    for column in (header.index(name) for name in names):
+    position = {name: k for k, name in enumerate(header)}
+    for column in (position[name] for name in names):
         for number, row in enumerate(rows, start=2):
             if not is_accuracy(row[column]):
                 raise ValueError(f"{file} line {number}, column {header[column]!r}: {row[column]!r} is not an "
@@ -661,13 +663,18 @@ def _read_object(file: Path, kind: type) -> Any:
 
 def _first_task_going(path: Path) -> dict[str, Any]:
     """:func:`load_run` of a run folder whose first task has not ended: its task names from the header of its
-    ``curves.csv`` (the columns after :data:`CURVE_COLUMNS`), no matrix, no histograms (written at a task's end)."""
+    ``curves.csv`` (the columns after :data:`CURVE_COLUMNS`), no matrix, no histograms. A folder whose files say a
+    task ended (``hidden_weights.json``, ``metrics.json``, curves of a later task) lacks its matrix: refused."""
     curves_file = path / "curves.csv"
-    header, _ = _read_number_csv(curves_file, ["global_epoch"], "global_epoch")  # (a regular file of numbers)
-    if list(header[:len(CURVE_COLUMNS)]) != list(CURVE_COLUMNS) or len(header) == len(CURVE_COLUMNS):
-        raise ValueError(f"{curves_file} must start with a header '{','.join(CURVE_COLUMNS)},<task names>', found "
-                         f"{listed(header[:len(CURVE_COLUMNS) + 1])}")
+    header, rows = _read_number_csv(curves_file, ["global_epoch"], "global_epoch")  # (a regular file of numbers)
     task_names = header[len(CURVE_COLUMNS):]
+    if list(header[:len(CURVE_COLUMNS)]) != list(CURVE_COLUMNS) or not task_names or not all(task_names):
+        raise ValueError(f"{curves_file} must start with a header '{','.join(CURVE_COLUMNS)},<task names>' (each "
+                         f"name not empty), found {listed(header[:len(CURVE_COLUMNS) + 1])}")
+    ended = [name for name in ("hidden_weights.json", "metrics.json") if (path / name).exists()]
+    if ended or any(row[0] != 1 for row in rows):  # (the "task" column: a later task's epochs)
+        why = f"{listed(ended)} written" if ended else "curves.csv holding a later task's epochs"
+        raise ValueError(f"{path / 'accuracy_matrix.csv'} is missing (moved or deleted?), though the run has ended a "
+                         f"task ({why})")
     return {"path": path, "config": _read_object(path / "config.json", dict), "task_names": task_names, "matrix": [],
-            "curves": _read_curves(curves_file, task_names, None),
-            "metrics": _read_object(path / "metrics.json", dict), "histograms": []}
+            "curves": _read_curves(curves_file, task_names, None), "metrics": {}, "histograms": []}

@@ -423,14 +423,16 @@ class SpikingClassifier(nn.Module):
         logits = self.readout(outputs)
         batch = steps.shape[1]  # (logits that lost or moved it were silently wrong; (B,) is one logit a sample)
         samples = drawn_samples(self.network)
-        if len(samples) == 1 and isinstance(logits, Tensor) and logits.dim() > 2 and logits.shape[:2] == (
+        if len(samples) == 1 and isinstance(logits, Tensor) and logits.dim() == 3 and logits.shape[:2] == (
                 *samples, batch):  # (Bayesian layers' weight samples first: the loss and predictions read them so)
             return logits
         if samples and isinstance(logits, Tensor) and logits.dim() > 2:
+            fix = ("give every sampled layer the same samples (and evaluation_samples)" if len(samples) > 1 else
+                   f"the readout must give [{next(iter(samples))}, {batch}, classes], the samples first, as the loss "
+                   "and predictions read them")
             raise ValueError(f"SpikingClassifier: the network's outputs read out to shape {tuple(logits.shape)} for a "
                              f"batch of {batch}; its sampled Bayesian layers draw {listed(sorted(samples))} weight "
-                             f"samples, whose outputs come first ([samples, {batch}, ...]): give every sampled layer "
-                             "the same samples (and evaluation_samples)")
+                             f"samples: {fix}")
         stacked = isinstance(logits, Tensor) and logits.dim() > 2 and logits.shape[1] == batch
         if isinstance(logits, Tensor) and (logits.dim() == 0 or logits.shape[0] != batch):
             raise ValueError(f"SpikingClassifier: the network's outputs read out to shape {tuple(logits.shape)} for a "
