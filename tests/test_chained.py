@@ -58,8 +58,8 @@ def test_a_chain_refuses_shared_parameters_other_objects_and_foreign_state():
     before = copy.deepcopy(swapped.state_dict())
     first = type(swapped.optimizers[0]).__name__
     with pytest.raises(ValueError, match=rf"^state_dict: optimizer 0 of the chain \({first}\) was given a state "
-                                         r"whose groups set .+, which its own do not: a chain loads the state dict of a "
-                                         "chain of the same optimizers in the same order$"):
+                                         r"whose groups set .+, which its own do not: a chain loads the state dict of "
+                                         "a chain of the same optimizers in the same order$"):
         swapped.load_state_dict(chain.state_dict())  # (the chain's order differs: which one failed was not said)
     assert repr(swapped.state_dict()) == repr(before)  # (all or nothing)
     edited = copy.deepcopy(chain.state_dict())

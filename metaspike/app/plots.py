@@ -219,7 +219,8 @@ def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
     save_figure(fig, path / "accuracy_curves.png")
     written.append(path / "accuracy_curves.png")
     why = (f"{Path(run_dir) / 'hidden_weights.json'} is written at a task's end, and this run has not ended its first "
-           "task" if not run["matrix"] else _nothing_to_draw(run, "histograms", "hidden_weights.json") or _no_layers(run))
+           "task" if not run["matrix"] else
+           _nothing_to_draw(run, "histograms", "hidden_weights.json") or _no_layers(run))
     if why is not None:
         print(f"metaspike: warning: hidden_weights.png not drawn: {why}", file=sys.stderr)
         return written

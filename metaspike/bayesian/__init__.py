@@ -35,6 +35,6 @@ __all__ = [
     "BiMU",
     "GaussianWeight", "BinaryWeight", "make_bayesian", "bayesianize", "bayesian_modules", "mesu_param_groups",
     "bimu_parameters", "start_confident", "plain_parameters", "check_samples", "sample_weights", "sampled_forward",
-    "sampled_product", "synapse_role", "drawn_samples", "FusedTrainingStep", "why_not_fused", "register_fused_activation",
-    "Activation",
+    "sampled_product", "synapse_role", "drawn_samples", "FusedTrainingStep", "why_not_fused",
+    "register_fused_activation", "Activation",
 ]
