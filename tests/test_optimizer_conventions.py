@@ -414,7 +414,8 @@ def test_a_metaplastic_torch_optimizer_refuses_another_models_state_at_load(mome
 
     with pytest.raises(ValueError, match=r"parameter \d+'s (momentum_buffer|rule_state sign) has shape \(20,( 10)?\), "
                                          r"but (the parameter it belongs to has|\w+Rule keeps, for a parameter of "
-                                         r"shape \(30,( 10)?\), one of) \(30,( 10)?\): was it saved from another model"):
+                                         r"shape \(30,( 10)?\), one of) \(30,( 10)?\): was it saved from another "
+                                         "model"):
         trained(30).load_state_dict(trained(20).state_dict())
     own = trained(20)
     own.load_state_dict(own.state_dict())  # its own loads
