@@ -139,6 +139,16 @@ def test_plot_without_hidden_weights_draws_the_curves_and_names_the_figure_it_sk
                    "(moved or deleted?)\n")
 
 
+def test_the_curves_of_a_stream_of_one_epoch_a_task_are_drawn_against_the_task(tmp_path, drawn):
+    """A long stream's figure (one epoch a task) labelled its axis "epoch", which there counts tasks."""
+    run = _run_folder(tmp_path)
+    plots.plot_run(run)
+    (run / "config.json").write_text(json.dumps({"scenario": "permuted", "model": "bimu", "epochs": 1, "seed": 1}))
+    (run / "curves.csv").write_text("task,epoch,global_epoch,loss,t1,t2\n1,1,1,0.5,80,\n2,1,2,0.4,70,60\n")
+    plots.plot_run(run)
+    assert [fig.axes[0].get_xlabel() for fig in drawn[::2]] == ["epoch", "task (one epoch each)"]
+
+
 def test_plot_of_a_run_stopped_in_its_first_task_draws_its_epochs_so_far(tmp_path, capsys):
     """A run interrupted before its first task ended (its epochs in curves.csv, no matrix yet: a task's row is
     written at its end) was said to have measured nothing."""

@@ -112,7 +112,7 @@ def _draw_curves(ax, run: dict[str, Any], title: str) -> None:
     if isinstance(epochs, int) and epochs > 0 and 1 < len(names) <= LEGEND_TASKS:
         for boundary in range(epochs, min(int(max(x)), epochs * len(names)), epochs):
             ax.axvline(boundary + 0.5, color="0.8", lw=0.8, zorder=0)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel("task (one epoch each)" if epochs == 1 and len(names) > 1 else "epoch")  # (a stream: its tasks)
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title(title, fontsize=10)
