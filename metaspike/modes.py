@@ -49,6 +49,7 @@ def states_kept(model: nn.Module) -> Iterator[nn.Module]:
     each module holds the tensors it held before, and none it did not. A state changed in place is not kept.
 
     Example:
+        >>> import torch
         >>> class Counter(nn.Module):
         ...     def forward(self, x):
         ...         self.seen = x
