@@ -1027,6 +1027,35 @@ def test_a_run_config_holds_numbers_of_other_kinds_as_python_floats_which_its_na
         RunConfig(lr=Fraction(10**400))  # (beyond float's range: float() raised OverflowError)
 
 
+def test_plot_of_a_path_that_is_no_run_folder_says_what_it_is(tmp_path, capsys):
+    """A missing path, a file and a folder of runs (a part of a reproduction) were each called "not a run directory
+    (no accuracy_matrix.csv)"."""
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "runs" / "run-seed2").mkdir(parents=True)
+    (tmp_path / "runs" / "run-seed2" / "config.json").write_text("{}")
+    for path, message in ((tmp_path / "nowhere", "no such folder"), (tmp_path / "afile", "not a folder")):
+        assert main(["plot", str(path)]) == 2
+        assert capsys.readouterr().err.strip() == (f"metaspike: error: {path}: {message} (plot takes a run folder, "
+                                                   "e.g. runs/permuted-mnist5k-meta5-30-30-seed1)")
+    assert main(["plot", str(tmp_path / "runs")]) == 2
+    assert capsys.readouterr().err.strip() == (f"metaspike: error: {tmp_path / 'runs'} holds run folders (run-seed2), "
+                                               "not a run's results: plot one of them, e.g. metaspike plot "
+                                               f"{tmp_path / 'runs' / 'run-seed2'}")
+
+
+def test_a_finished_run_that_lost_its_matrix_says_to_put_it_back_or_run_it_again(tmp_path):
+    """A comparison's resume stopped at such a run with "not a run directory (no accuracy_matrix.csv)"."""
+    from metaspike.app.runs import finished_result
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.pt").write_bytes(b"")
+    (run / "metrics.json").write_text('{"complete": true}')
+    with pytest.raises(ValueError, match=r"^.*run is a finished run without its accuracy_matrix.csv \(moved or "
+                                         r"deleted\?\): put it back, or delete the run's folder to run it again$"):
+        finished_result(run)
+
+
 def test_plot_of_a_folder_that_holds_no_figures_yet_says_what_to_run(tmp_path, capsys):
     run = tmp_path / "stopped-early"
     run.mkdir()

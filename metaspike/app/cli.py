@@ -35,7 +35,7 @@ from metaspike.app.config import (
 from metaspike.app.imports import FLAG, check_resumed_imports, import_flags, import_modules, normalized_import
 from metaspike.app.models import DEFAULT_LR, available_models, takes_setting
 from metaspike.app.reproduce import cli as reproduce_cli
-from metaspike.checks import first_line, unknown_name
+from metaspike.checks import first_line, listed, unknown_name
 from metaspike.continual.metrics import LONG_STREAM_TASKS, LearnedNothingWarning
 from metaspike.continual.scenarios import SPLIT_MODES
 from metaspike.data import OFFLINE_DATASETS
@@ -628,6 +628,9 @@ def _plot(args: argparse.Namespace) -> None:
 
     refuse_several_processes("plot", "run it without torchrun")
     folder = Path(args.run_dir)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: {'no such folder' if not folder.exists() else 'not a folder'} (plot takes a run "
+                         "folder, e.g. runs/permuted-mnist5k-meta5-30-30-seed1)")
     if not (folder / "accuracy_matrix.csv").exists():
         for record, command in ((PLAN, "compare"), (RECORD, "reproduce")):
             if (folder / record).is_file():
@@ -643,6 +646,11 @@ def _plot(args: argparse.Namespace) -> None:
             if not (folder / "curves.csv").is_file():  # (a run stopped in its first task draws its epochs so far)
                 raise ValueError(f"{folder} has measured nothing yet (stopped before its first evaluation): continue "
                                  f"it with: {train_resume_command(folder, recorded_processes(folder))}")
+        else:
+            runs = sorted(sub.name for sub in folder.iterdir() if (sub / "config.json").is_file())
+            if runs:  # (a folder of runs: a part of a reproduction, or runs/ itself)
+                raise ValueError(f"{folder} holds run folders ({listed(runs)}), not a run's results: plot one of them, "
+                                 f"e.g. metaspike plot {folder / runs[0]}")
     finished_result(folder)  # (a finished run's files must agree, as where a comparison reads it back: a matrix edited
     # or copied from another run is refused, not drawn, and before --out is made)
     out = None if args.out is None else expanded_path(args.out, "--out")

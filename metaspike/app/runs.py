@@ -1352,6 +1352,9 @@ def finished_result(run_dir: str | Path) -> RecordedResult | None:
 
     if not is_complete(run_dir):
         return None
+    if not (Path(run_dir) / "accuracy_matrix.csv").exists():  # (the rest of its files say it finished)
+        raise ValueError(f"{run_dir} is a finished run without its accuracy_matrix.csv (moved or deleted?): put it "
+                         "back, or delete the run's folder to run it again")
     run_data = load_run(run_dir)
     metrics, tasks = run_data["metrics"], len(run_data["task_names"])
     metrics_file = Path(run_dir) / "metrics.json"
