@@ -24,6 +24,10 @@ from metaspike.optim import check_before_step
 
 __all__ = ["ChainedOptimizer", "needs_closure"]
 
+#: What torch's learning-rate schedulers add to the param groups they schedule (``initial_lr``; OneCycleLR's and
+#: CyclicLR's bounds): not a setting of any optimizer.
+_SCHEDULER_KEYS = frozenset({"initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum"})
+
 
 class ChainedOptimizer:
     """Step, zero and save several optimizers over disjoint parameters as one.
@@ -112,33 +116,42 @@ class ChainedOptimizer:
         if not isinstance(states, list) or len(states) != len(self.optimizers):
             found = len(states) if isinstance(states, list) else "no"
             raise ValueError(f"state_dict holds {found} optimizer states; this chain has {len(self.optimizers)}")
+        for i, (optimizer, state) in enumerate(zip(self.optimizers, states)):
+            foreign = self._others_settings(i, state)
+            if foreign:  # (another optimizer's state: torch loaded SGD's into Adam, whose next step failed on 'betas')
+                raise ValueError(f"state_dict: optimizer {i} of the chain ({type(optimizer).__name__}) was given a "
+                                 f"state whose groups set {listed(foreign)}, which its own do not and another of the "
+                                 "chain's does: a chain loads the state dict of a chain of the same optimizers in the "
+                                 "same order")
         # all or nothing: a state that one optimizer refuses leaves every optimizer as it was
         saved = [copy.deepcopy(optimizer.state_dict()) for optimizer in self.optimizers]
-        for i, (optimizer, state) in enumerate(zip(self.optimizers, states)):
-            try:
+        try:
+            for optimizer, state in zip(self.optimizers, states):
                 optimizer.load_state_dict(state)
-            except Exception as err:
-                for earlier, state_before in zip(self.optimizers, saved):
-                    earlier.load_state_dict(state_before)
-                foreign = _settings_not_held(optimizer, state)
-                if foreign:  # (another optimizer's state: torch's or the optimizer's own words did not say which)
-                    raise ValueError(f"state_dict: optimizer {i} of the chain ({type(optimizer).__name__}) was given "
-                                     f"a state whose groups set {listed(foreign)}, which its own do not: a chain loads "
-                                     "the state dict of a chain of the same optimizers in the same order") from err
-                raise
+        except Exception:
+            for optimizer, state in zip(self.optimizers, saved):
+                optimizer.load_state_dict(state)
+            raise
+
+    def _others_settings(self, index: int, state: Any) -> list[str]:
+        """The settings that the groups of ``state`` (the state dict given to optimizer ``index``) set, to anything
+        but ``False`` or ``None``, which that optimizer's groups lack and another optimizer of the chain's hold: the
+        state of another optimizer of the chain (saved in another order). Keys that torch's LR schedulers add to the
+        groups they schedule are no optimizer's settings."""
+        groups = state.get("param_groups") if isinstance(state, dict) else None
+        if not isinstance(groups, list):
+            return []
+
+        def keys(optimizer: Optimizer) -> set[str]:
+            return {key for group in optimizer.param_groups for key in group}
+
+        others = set().union(*(keys(o) for k, o in enumerate(self.optimizers) if k != index))
+        set_there = {str(key) for group in groups if isinstance(group, dict) for key, value in group.items()
+                     if value is not False and value is not None}
+        return sorted((set_there & others) - keys(self.optimizers[index]) - _SCHEDULER_KEYS)
 
     def __repr__(self) -> str:
         return f"ChainedOptimizer({', '.join(type(o).__name__ for o in self.optimizers)})"
-
-
-def _settings_not_held(optimizer: Optimizer, state: Any) -> list[str]:
-    """The settings that the groups of ``state`` (an optimizer's state dict, as read) set and none of ``optimizer``'s
-    own groups holds: another optimizer's (Adam's ``betas`` in BiMU's); empty where they cannot be read."""
-    groups = state.get("param_groups") if isinstance(state, dict) else None
-    if not isinstance(groups, list):
-        return []
-    own = {key for group in optimizer.param_groups for key in group}
-    return sorted({str(key) for group in groups if isinstance(group, dict) for key in group} - own)
 
 
 def needs_closure(optimizer: Optimizer) -> bool:

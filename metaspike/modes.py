@@ -46,7 +46,8 @@ _MODULE_INTERNALS = frozenset(vars(nn.Module()))
 def states_kept(model: nn.Module) -> Iterator[nn.Module]:
     """Inside the block, the tensors that ``model``'s modules hold in their attributes and buffers may be replaced
     (a spiking neuron's membrane set by a forward pass: snnTorch's ``init_hidden=True``); afterwards (raised or not)
-    each module holds the tensors it held before, and none it did not. A state changed in place is not kept.
+    each attribute that held a tensor before or after holds what it held before (a tensor, ``None``, or nothing), and
+    the buffers are those of before. A state changed in place is not kept.
 
     Example:
         >>> import torch
@@ -60,16 +61,25 @@ def states_kept(model: nn.Module) -> Iterator[nn.Module]:
         >>> hasattr(counter, "seen")
         False
     """
-    kept = [(module, {key: value for key, value in vars(module).items()
-                      if key not in _MODULE_INTERNALS and isinstance(value, Tensor)}, dict(module._buffers))
-            for module in model.modules()]
+    absent = object()
+    kept = [(module, {key: value for key, value in vars(module).items() if key not in _MODULE_INTERNALS},
+             dict(module._buffers), set(module._non_persistent_buffers_set)) for module in model.modules()]
     try:
         yield model
     finally:
-        for module, attributes, buffers in kept:
-            for key in [k for k, v in vars(module).items()
-                        if k not in _MODULE_INTERNALS and isinstance(v, Tensor) and k not in attributes]:
-                del module.__dict__[key]
-            module.__dict__.update(attributes)
+        for module, attributes, buffers, non_persistent in kept:
+            for key, now in list(vars(module).items()):
+                before = attributes.get(key, absent)
+                if key in _MODULE_INTERNALS or not (isinstance(now, Tensor) or isinstance(before, Tensor)):
+                    continue  # (a counter or flag the pass set: not a state it leaves)
+                if before is absent:
+                    del module.__dict__[key]
+                else:
+                    module.__dict__[key] = before
+            for key, before in attributes.items():  # (a tensor the pass deleted)
+                if isinstance(before, Tensor) and key not in vars(module):
+                    module.__dict__[key] = before
             module._buffers.clear()
             module._buffers.update(buffers)
+            module._non_persistent_buffers_set.clear()
+            module._non_persistent_buffers_set.update(non_persistent)

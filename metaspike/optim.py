@@ -524,10 +524,7 @@ class MetaplasticAdam(HookedAgainWhenCopied, Optimizer):
     Args:
         params: parameters or param groups; a group may set its own ``meta``, ``rule`` and
             ``consolidate`` (``True``/``False``; ``None``: the binary synapses' hidden weights).
-        lr, betas, eps, weight_decay: as in ``torch.optim.Adam``; validated for every group. Adam's other flags
-            (``amsgrad``, ``maximize``, ``capturable``, ``differentiable``) are not done here: one set to anything
-            but ``False``, as a keyword or by a group, is refused (``metaplastic(torch.optim.Adam(..., amsgrad=True))``
-            consolidates torch's own Adam).
+        lr, betas, eps, weight_decay: as in ``torch.optim.Adam``; validated for every group.
         meta: metaplasticity strength ``m >= 0``; ``0`` gives plain Adam under a rule that says so (every
             built-in rule; ``plain_at_zero``, see :class:`metaspike.rules.Rule`), while another rule is still called.
         rule: consolidation rule name (see :func:`metaspike.rules.available_rules`) or object; a
@@ -540,6 +537,9 @@ class MetaplasticAdam(HookedAgainWhenCopied, Optimizer):
             :data:`FUSED_MIN_NUMEL` entries. If compiling fails, a warning is given and the
             separate operations are used. Plain Adam (``meta=0`` under a built-in rule, parameters not
             consolidated) is never fused, so it stays ``torch.optim.Adam`` bit for bit.
+        amsgrad, maximize, capturable, differentiable, decoupled_weight_decay: ``torch.optim.Adam``'s flags, not done
+            here: one set (as a keyword or by a group) is refused (``metaplastic(torch.optim.Adam(..., amsgrad=True))``
+            consolidates torch's own Adam).
 
     Example:
         >>> import metaspike
@@ -561,15 +561,18 @@ class MetaplasticAdam(HookedAgainWhenCopied, Optimizer):
         *,
         foreach: bool | None = None,
         fused: bool | None = None,
-        **torch_adam_flags: Any,
+        amsgrad: bool = False,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        decoupled_weight_decay: bool = False,
     ) -> None:
-        unknown = [key for key in torch_adam_flags if key not in _NOT_DONE_BY_ADAM]
-        if unknown:  # (Python's own error for any other keyword)
-            raise TypeError(f"MetaplasticAdam.__init__() got an unexpected keyword argument {unknown[0]!r}")
-        flags = _flags_set(torch_adam_flags, _NOT_DONE_BY_ADAM)
-        if flags:  # (ported from torch.optim.Adam(..., amsgrad=True): Python's "unexpected keyword" said no more)
-            raise ValueError(f"MetaplasticAdam does not do {flags[0]}: {flags[0]} must be False or left out, got "
-                             f"{torch_adam_flags[flags[0]]!r}; {_TORCH_ADAM_INSTEAD}")
+        adams_flags = dict(amsgrad=amsgrad, maximize=maximize, capturable=capturable, differentiable=differentiable,
+                           decoupled_weight_decay=decoupled_weight_decay)
+        asked = [key for key, value in adams_flags.items() if not (isinstance(value, (bool, int)) and not value)]
+        if asked:  # (ported from torch.optim.Adam(..., amsgrad=True): Python's "unexpected keyword" said no more)
+            raise ValueError(f"MetaplasticAdam does not do {asked[0]}: {asked[0]} must be False or left out, got "
+                             f"{adams_flags[asked[0]]!r}; {_TORCH_ADAM_INSTEAD}")
         defaults = dict(
             lr=lr,
             betas=tuple(betas) if isinstance(betas, (tuple, list)) else betas,  # (checked with the groups)

@@ -179,19 +179,23 @@ def test_summary_leaves_the_states_a_forward_pass_sets_in_the_models_modules():
         def __init__(self) -> None:
             super().__init__()
             self.mem = torch.zeros(0)
+            self.last_input = None  # (a state that starts as None: it was deleted, not put back)
 
         def forward(self, x):
             self.mem = x if self.mem.shape != x.shape else 0.9 * self.mem + x
             self.spikes_seen = self.mem.gt(1)
+            self.last_input = x
+            self.register_buffer("trace", x, persistent=False)
             return self.mem
 
     model = metaspike.binarize(nn.Sequential(nn.Linear(6, 8), Membrane()))
     x = torch.rand(2, 6)
     fresh = model(x).detach()
-    model[1].mem = torch.zeros(0)
-    del model[1].spikes_seen
+    model[1].mem, model[1].last_input = torch.zeros(0), None
+    del model[1].spikes_seen, model[1].trace
     bnn.summary(model, input_shape=(6,))
-    assert model[1].mem.shape == (0,) and not hasattr(model[1], "spikes_seen")
+    assert model[1].mem.shape == (0,) and not hasattr(model[1], "spikes_seen") and model[1].last_input is None
+    assert "trace" not in model[1]._buffers and not model[1]._non_persistent_buffers_set
     assert torch.equal(model(x), fresh)
 
 

@@ -58,14 +58,27 @@ def test_a_chain_refuses_shared_parameters_other_objects_and_foreign_state():
     before = copy.deepcopy(swapped.state_dict())
     first = type(swapped.optimizers[0]).__name__
     with pytest.raises(ValueError, match=rf"^state_dict: optimizer 0 of the chain \({first}\) was given a state "
-                                         r"whose groups set .+, which its own do not: a chain loads the state dict of "
-                                         "a chain of the same optimizers in the same order$"):
+                                         r"whose groups set .+, which its own do not and another of the chain's "
+                                         "does: a chain loads the state dict of a chain of the same optimizers in the "
+                                         "same order$"):
         swapped.load_state_dict(chain.state_dict())  # (the chain's order differs: which one failed was not said)
     assert repr(swapped.state_dict()) == repr(before)  # (all or nothing)
     edited = copy.deepcopy(chain.state_dict())
     edited["optimizers"][0]["param_groups"][0]["N"] = -5.0  # (the right optimizer, a bad setting: its own words)
     with pytest.raises(ValueError, match=r"^N must be a finite number in \[1, "):
         chain.load_state_dict(edited)
+    # SGD's state loaded into Adam without a word (before any step, torch's load takes it), whose step failed on betas
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    sgd_first = ChainedOptimizer(torch.optim.SGD(a.parameters(), lr=0.1), torch.optim.Adam(b.parameters()))
+    with pytest.raises(ValueError, match=r"^state_dict: optimizer 0 of the chain \(Adam\) was given a state whose "
+                                         r"groups set dampening, momentum, which its own do not"):
+        ChainedOptimizer(torch.optim.Adam(a.parameters()), torch.optim.SGD(b.parameters(), lr=0.1)).load_state_dict(
+            sgd_first.state_dict())
+    torch.optim.lr_scheduler.StepLR(sgd_first.optimizers[0], 1)  # (initial_lr in its groups: not another's setting)
+    other_model = torch.nn.Linear(3, 2, bias=False)
+    with pytest.raises(ValueError, match="doesn't match the size of optimizer's group"):  # (torch's own words)
+        ChainedOptimizer(torch.optim.SGD(other_model.parameters(), lr=0.1),
+                         torch.optim.Adam(b.parameters())).load_state_dict(sgd_first.state_dict())
     with pytest.raises(ValueError, match="^Adam holds the BiMU latent weight tensors of Bayesian synapses"):
         ChainedOptimizer(torch.optim.Adam(model.parameters()))  # (in a loop of one's own too, not only a trainer's)
 

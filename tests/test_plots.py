@@ -146,7 +146,10 @@ def test_the_curves_of_a_stream_of_one_epoch_a_task_are_drawn_against_the_task(t
     (run / "config.json").write_text(json.dumps({"scenario": "permuted", "model": "bimu", "epochs": 1, "seed": 1}))
     (run / "curves.csv").write_text("task,epoch,global_epoch,loss,t1,t2\n1,1,1,0.5,80,\n2,1,2,0.4,70,60\n")
     plots.plot_run(run)
-    assert [fig.axes[0].get_xlabel() for fig in drawn[::2]] == ["epoch", "task (one epoch each)"]
+    (run / "curves.csv").write_text("task,epoch,global_epoch,loss,t1,t2\n1,1,1,0.5,80,60\n")  # (joint: one task)
+    plots.plot_run(run)
+    assert [fig.axes[0].get_xlabel() for fig in drawn[::2]] == ["epoch", "task (one epoch each)", "epoch"]
+    assert all(line.get_marker() == "o" for line in drawn[-2].axes[0].get_lines())  # (one point: seen by its marker)
 
 
 def test_plot_of_a_run_stopped_in_its_first_task_draws_its_epochs_so_far(tmp_path, capsys):

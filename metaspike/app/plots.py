@@ -105,14 +105,15 @@ def _draw_curves(ax, run: dict[str, Any], title: str) -> None:
         # where some were skipped, so that a task measured once is still seen
         name = names[j]
         points = [(epoch, row[name]) for epoch, row in zip(x, curves) if math.isfinite(row[name])]
-        sparse = len(points) < len(curves)
+        sparse = len(points) < len(curves) or len(points) == 1  # (a line of one point is not drawn: its marker is)
         ax.plot([p[0] for p in points], [p[1] for p in points], color=colors[j], lw=0.8 if many else None,
                 marker="o" if sparse else None, ms=2.5 if many else 4, label=f"task {j + 1}" if len(names) > 1 else "test")
     epochs = run["config"].get("epochs")
     if isinstance(epochs, int) and epochs > 0 and 1 < len(names) <= LEGEND_TASKS:
         for boundary in range(epochs, min(int(max(x)), epochs * len(names)), epochs):
             ax.axvline(boundary + 0.5, color="0.8", lw=0.8, zorder=0)
-    ax.set_xlabel("task (one epoch each)" if epochs == 1 and len(names) > 1 else "epoch")  # (a stream: its tasks)
+    trained = {row["task"] for row in curves}  # (a stream of one epoch a task: its epochs count tasks)
+    ax.set_xlabel("task (one epoch each)" if epochs == 1 and len(trained) > 1 else "epoch")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title(title, fontsize=10)
