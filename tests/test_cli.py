@@ -238,7 +238,7 @@ def test_plot_of_a_run_it_cannot_write_in_names_the_figure_and_draws_elsewhere(t
         (["compare", "--neurons", "bnn", "lekay"], "; did you mean 'leaky'? (one of your own: name the module that "
                                                    "registers it with --import)"),
         (["train", "--lr", "0"], "--lr must be a finite number > 0"),
-        (["plot", "/nonexistent/run"], "is not a run directory"),
+        (["plot", "/nonexistent/run"], "/nonexistent/run: no such folder"),
         (["train", "--out", ""], "--out must name a folder, got ''"),
         (["compare", "--seeds", "1", "-1"], "--seeds must be an integer in 0..18446744073709551615 (seeds are 64-bit), got -1"),
         (["train", "--device", "nonsense"], "--device must be cpu, cuda or cuda:N, got 'nonsense'"),

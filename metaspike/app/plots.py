@@ -112,7 +112,7 @@ def _draw_curves(ax, run: dict[str, Any], title: str) -> None:
     if isinstance(epochs, int) and epochs > 0 and 1 < len(names) <= LEGEND_TASKS:
         for boundary in range(epochs, min(int(max(x)), epochs * len(names)), epochs):
             ax.axvline(boundary + 0.5, color="0.8", lw=0.8, zorder=0)
-    trained = {row["task"] for row in curves}  # (a stream of one epoch a task: its epochs count tasks)
+    trained = {row.get("task") for row in curves}  # (a stream of one epoch a task: its epochs count tasks)
     ax.set_xlabel("task (one epoch each)" if epochs == 1 and len(trained) > 1 else "epoch")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
