@@ -299,6 +299,10 @@ def _nir_conv(nir, **settings):
     ("cut short", "is not an HDF5 file, which NIR files are (Unable to synchronously open file (truncated file"),
     ("no node type", "is not a NIR graph this reader can read (KeyError: 'type')"),
     ("huge arrays", "declares arrays of 64,000,000,000,000,000 bytes, more than the"),
+    ("kernel past the image", "conv on 8x8 images has kernel (3, 3), dilation (9, 9) and padding (0, 0): its output "
+                              "would be -10x-10, no image"),
+    ("padding of 10^6", "conv on 8x8 images with padding (1000000, 1000000) and dilation (1, 1) gives 2000006x2000006 "
+                        "outputs of 2 channels: 32,000,192,000,288 bytes a sample, more than the"),
 ])
 def test_nir_import_refuses_a_damaged_or_inexpressible_file_in_one_line(tmp_path, case, message):
     """Each was taken and failed at the network's first call inside torch (padding 'same', dilation 0), failed inside
@@ -308,13 +312,19 @@ def test_nir_import_refuses_a_damaged_or_inexpressible_file_in_one_line(tmp_path
     import h5py
     import numpy as np
 
+    from metaspike.files import memory_available
     from metaspike.snn.nir import import_nir
 
+    if case in ("huge arrays", "padding of 10^6") and memory_available() is None:
+        pytest.skip("the system does not say how much memory is available")
     path = tmp_path / "net.nir"
     graphs = {"padding same": lambda: _nir_conv(nir, padding="same"),
               "padding -1": lambda: _nir_conv(nir, padding=np.array([-1, -1])),
               "dilation 0": lambda: _nir_conv(nir, dilation=np.array([0, 0])),
               "groups 3": lambda: _nir_conv(nir, groups=3),
+              # (taken, and failed inside torch at the first step, or asked for 58 GB there from a 26 KB file)
+              "kernel past the image": lambda: _nir_conv(nir, dilation=np.array([9, 9])),
+              "padding of 10^6": lambda: _nir_conv(nir, padding=np.array([10**6, 10**6])),
               "bias of 9": lambda: nir.NIRGraph.from_list(nir.Affine(weight=np.ones((2, 3)), bias=np.ones(9)))}
     if case in graphs:
         nir.write(path, graphs[case]())
@@ -326,10 +336,6 @@ def test_nir_import_refuses_a_damaged_or_inexpressible_file_in_one_line(tmp_path
         with h5py.File(path, "r+") as file:
             del file["node"]["type"]
     else:
-        from metaspike.files import memory_available
-
-        if memory_available() is None:
-            pytest.skip("the system does not say how much memory is available")
         with h5py.File(path, "w") as file:  # (a few KB on disk)
             file.create_group("node").create_dataset("x", shape=(2, 4 * 10**15), dtype="f8", chunks=(1, 1000),
                                                      compression="gzip")

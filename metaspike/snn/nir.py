@@ -410,10 +410,33 @@ def _conv(node: object) -> nn.Conv2d:
     conv = nn.Conv2d(weight.shape[1] * int(groups), weight.shape[0], tuple(weight.shape[2:]),
                      stride=_pair(node.stride, "stride", 1), padding=_pair(node.padding, "padding", 0),
                      dilation=_pair(node.dilation, "dilation", 1), groups=int(groups))
+    _check_conv_output(conv, getattr(node, "input_shape", None))
     with torch.no_grad():
         conv.weight.copy_(weight)
         conv.bias.copy_(bias)
     return conv
+
+
+def _check_conv_output(conv: nn.Conv2d, input_shape: object) -> None:
+    """One ``ValueError`` where the image ``input_shape`` (height, width) that a NIR conv node declares gives it no
+    output (a kernel, dilated, larger than the padded image), or one sample's output larger than the memory available
+    (a padding of 20,000 in a 26 KB file asked for 58 GB at the first step); nothing where the node declares no
+    readable shape (the input's own checks name it)."""
+    shape = np.asarray(input_shape).reshape(-1).tolist() if input_shape is not None else []
+    if len(shape) != 2 or not all(is_whole(s, 1) for s in shape):
+        return
+    out = [(int(size) + 2 * pad - dil * (kernel - 1) - 1) // step + 1 for size, pad, dil, kernel, step in
+           zip(shape, conv.padding, conv.dilation, conv.kernel_size, conv.stride)]
+    if min(out) < 1:
+        raise ValueError(f"the NIR graph's conv on {int(shape[0])}x{int(shape[1])} images has kernel "
+                         f"{conv.kernel_size}, dilation {conv.dilation} and padding {conv.padding}: its output would "
+                         f"be {out[0]}x{out[1]}, no image")
+    available = memory_available()
+    needed = conv.out_channels * out[0] * out[1] * 4  # (float32, one sample)
+    if available is not None and needed > available:
+        raise ValueError(f"the NIR graph's conv on {int(shape[0])}x{int(shape[1])} images with padding {conv.padding} "
+                         f"and dilation {conv.dilation} gives {out[0]}x{out[1]} outputs of {conv.out_channels} "
+                         f"channels: {needed:,} bytes a sample, more than the {available:,} bytes of memory available")
 
 
 def _chain(graph) -> list:
