@@ -398,6 +398,30 @@ def test_nir_round_trip_of_a_network_whose_last_neuron_feeds_a_linear_readout():
     torch.testing.assert_close(rebuilt(x), model(x))
 
 
+def test_nir_export_refuses_an_output_membrane_zeroed_at_the_spike_which_would_read_back_otherwise():
+    """An output Leaky(reset_delay=False) read by its membrane came back from NIR as a Leaky that keeps the membrane
+    until the next step: its logits changed silently (1.3 at most on digits); its spikes (readout="count") do not."""
+    pytest.importorskip("nir")
+    from metaspike.snn import SpikingClassifier
+    from metaspike.snn.nir import export_nir, import_nir
+
+    def network():
+        torch.manual_seed(0)
+        return metaspike.binarize(nn.Sequential(
+            nn.Flatten(), nn.Linear(16, 8), snn.Leaky(0.9, init_hidden=True, reset_mechanism="zero"), nn.Linear(8, 3),
+            snn.Leaky(0.9, init_hidden=True, output=True, reset_mechanism="zero", reset_delay=False)))
+
+    membrane = SpikingClassifier(network(), num_steps=4, encoder="direct", readout="membrane", input_shape=(1, 4, 4))
+    with pytest.raises(ValueError, match=r"^export_nir: layer '4' \(Leaky, reset_mechanism='zero', reset_delay=False\) "
+                                         "is the output whose membrane the readout reads"):
+        export_nir(membrane)
+    counts = SpikingClassifier(network(), num_steps=4, encoder="direct", readout="count", input_shape=(1, 4, 4)).eval()
+    rebuilt = SpikingClassifier(import_nir(export_nir(counts)), num_steps=4, encoder="direct", readout="count",
+                                input_shape=(1, 4, 4)).eval()
+    x = torch.rand(5, 1, 4, 4) * 4
+    torch.testing.assert_close(rebuilt(x), counts(x))
+
+
 def test_nir_export_names_an_unsupported_layer_and_what_it_takes():
     """README lists what export_nir takes and names pooling, RLeaky, Alpha and Norse cells as refused."""
     pytest.importorskip("nir")
