@@ -130,9 +130,9 @@ def _neuron_nodes(nir: ModuleType, snn: ModuleType, name: str, layer: nn.Module,
     fires = layer.reset_mechanism == "zero"
     if fires and voltage_out and not synaptic and not layer.reset_delay:
         raise ValueError(f"export_nir: layer {name!r} (Leaky, reset_mechanism='zero', reset_delay=False) is the output "
-                         "whose membrane the readout reads, which it zeroes at a spike, while the Leaky that import_nir "
-                         "reads back from NIR's LIF keeps it until the next step: build it with reset_delay=True, or "
-                         "read its spikes (readout='count')")
+                         "whose membrane the readout reads, which it zeroes at a spike, while the Leaky that "
+                         "import_nir reads back from NIR's LIF keeps it until the next step: build it with "
+                         "reset_delay=True, or read its spikes (readout='count')")
     if synaptic:
         tau_syn = _time_constant(layer.alpha, shape, dt, f"layer {name!r}'s alpha")
         common = dict(tau_syn=tau_syn, tau_mem=tau_mem, r=r, v_leak=zeros, w_in=(tau_syn / dt).astype(np.float32))
