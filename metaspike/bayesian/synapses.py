@@ -228,6 +228,10 @@ class _CheckedEvaluation:
         """What evaluation mode shows: ``"mode"`` or ``"sample"``."""
         return self._evaluation
 
+    @evaluation.setter
+    def evaluation(self, value: str) -> None:
+        self._evaluation = _choice("evaluation", value, EVALUATIONS)
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         """A synapse pickled before its settings were checked properties kept them under their own names: set
         through the properties, so they are checked too."""
@@ -235,10 +239,6 @@ class _CheckedEvaluation:
         super().__setstate__(state)  # type: ignore[misc]
         for key, value in settings.items():
             setattr(self, key, value)
-
-    @evaluation.setter
-    def evaluation(self, value: str) -> None:
-        self._evaluation = _choice("evaluation", value, EVALUATIONS)
 
 
 class GaussianWeight(_CheckedEvaluation, SynapseParametrization):

@@ -430,8 +430,7 @@ def _check_conv_output(conv: nn.Conv2d, input_shape: object) -> None:
     shape = np.asarray(input_shape).reshape(-1).tolist() if input_shape is not None else []
     if len(shape) != 2 or not all(is_whole(s, 1) for s in shape):
         return
-    out = [(int(size) + 2 * pad - dil * (kernel - 1) - 1) // step + 1 for size, pad, dil, kernel, step in
-           zip(shape, conv.padding, conv.dilation, conv.kernel_size, conv.stride)]
+    _, *out = _conv_output_shape(conv, (conv.in_channels, int(shape[0]), int(shape[1])))
     if min(out) < 1:
         raise ValueError(f"the NIR graph's conv on {int(shape[0])}x{int(shape[1])} images has kernel "
                          f"{conv.kernel_size}, dilation {conv.dilation} and padding {conv.padding}: its output would "
