@@ -643,6 +643,13 @@ def _read_curves(file: Path, task_names: Sequence[str], named_by: Path | None) -
     """The rows of ``curves.csv`` (``file``), checked: a column per task of ``task_names`` (as ``named_by``'s header
     names them, where given), accuracies in [0, 100], increasing epochs."""
     columns, values = _read_number_csv(file, ["global_epoch", *task_names], "global_epoch", named_by)
+    return _checked_curves(file, columns, values, task_names)
+
+
+def _checked_curves(file: Path, columns: Sequence[str], values: Sequence[Sequence[float]],
+                    task_names: Sequence[str]) -> list[dict[str, float]]:
+    """The rows ``values`` of ``curves.csv`` (``file``, header ``columns``) as dicts, checked: accuracies in [0, 100]
+    in the columns of ``task_names``, increasing epochs."""
     _check_accuracies(file, columns, values, task_names)
     curves = [dict(zip(columns, row)) for row in values]
     if not _increasing_whole([row["global_epoch"] for row in curves], MAX_GLOBAL_EPOCH):
@@ -677,4 +684,4 @@ def _first_task_going(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path / 'accuracy_matrix.csv'} is missing (moved or deleted?), though the run has ended a "
                          f"task ({why})")
     return {"path": path, "config": _read_object(path / "config.json", dict), "task_names": task_names, "matrix": [],
-            "curves": _read_curves(curves_file, task_names, None), "metrics": {}, "histograms": []}
+            "curves": _checked_curves(curves_file, header, rows, task_names), "metrics": {}, "histograms": []}
