@@ -422,11 +422,11 @@ class SpikingClassifier(nn.Module):
             self._state_checked = True
         logits = self.readout(outputs)
         batch = steps.shape[1]  # (logits that lost or moved it were silently wrong; (B,) is one logit a sample)
-        samples = drawn_samples(self.network)
-        if len(samples) == 1 and isinstance(logits, Tensor) and logits.dim() == 3 and logits.shape[:2] == (
-                *samples, batch):  # (Bayesian layers' weight samples first: the loss and predictions read them so)
-            return logits
-        if samples and isinstance(logits, Tensor) and logits.dim() > 2:
+        # (the modules walked only where the logits have a dimension more than [batch, classes])
+        samples = drawn_samples(self.network) if isinstance(logits, Tensor) and logits.dim() > 2 else set()
+        if len(samples) == 1 and logits.dim() == 3 and logits.shape[:2] == (*samples, batch):
+            return logits  # (Bayesian layers' weight samples first: the loss and predictions read them so)
+        if samples:
             fix = ("give every sampled layer the same samples (and evaluation_samples)" if len(samples) > 1 else
                    f"the readout must give [{next(iter(samples))}, {batch}, classes], the samples first, as the loss "
                    "and predictions read them")
