@@ -61,7 +61,7 @@ def test_a_neuron_comparison_runs_a_bimu_kind_once_and_judges_it_against_binary_
     assert (path / "forgetting.png").stat().st_size > 0 and (path / "tradeoff.png").stat().st_size > 0
 
 
-def test_a_spiking_classifier_of_sampled_bayesian_layers_gives_their_samples_first_and_trains():
+def test_a_spiking_classifier_of_sampled_bayesian_layers_gives_their_samples_first_and_takes_a_step():
     """Sampled layers (bnn.BayesianLinear(samples=S)) put S outputs first, which the loss and predictions read as
     weight samples; the classifier refused them as a time loop of the network's own."""
     import snntorch as snn
