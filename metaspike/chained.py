@@ -21,6 +21,7 @@ from torch.optim import Optimizer
 from metaspike.bayesian.optim import _DataGatedOptimizer, check_synapse_optimizers
 from metaspike.checks import listed
 from metaspike.optim import check_before_step
+from metaspike.optimizer_state import own_state_tensors
 
 __all__ = ["ChainedOptimizer", "needs_closure"]
 
@@ -128,6 +129,7 @@ class ChainedOptimizer:
         try:
             for optimizer, state in zip(self.optimizers, states):
                 optimizer.load_state_dict(state)
+                own_state_tensors(optimizer)  # (a torch optimizer's would share the file's, and other parts', tensors)
         except Exception:
             for optimizer, state in zip(self.optimizers, saved):
                 optimizer.load_state_dict(state)

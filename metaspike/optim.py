@@ -47,6 +47,7 @@ from metaspike.optimizer_state import (
     check_state_dict_groups,
     check_state_tensor,
     check_states_listed,
+    own_state_tensors,
     refuse_non_mapping,
     with_tensor_steps,
 )
@@ -366,6 +367,12 @@ def _check_rule_state(index: Any, stored: Any, rule: Rule, param: Tensor) -> dic
         if not restored[field].is_floating_point() and not torch.equal(restored[field].to(value), value):
             raise ValueError(f"{where} is {value.dtype} and holds values that {expected[field].dtype}, its dtype in "
                              f"{type(rule).__name__}.init_state, cannot hold")
+    check_values = getattr(rule, "check_state", None)  # (what only the rule knows its values may be)
+    if check_values is not None:
+        try:
+            check_values(rule.state_type()(**restored))
+        except ValueError as err:
+            raise ValueError(f"state_dict: parameter {index!r}'s rule_state {err}") from None
     return restored
 
 
@@ -394,6 +401,7 @@ def _hook_checkpoints(optimizer: Optimizer) -> None:
     optimizer.register_state_dict_post_hook(_rules_as_records)
     optimizer.register_load_state_dict_pre_hook(check)
     optimizer.register_load_state_dict_post_hook(install_rule_states)
+    optimizer.register_load_state_dict_post_hook(own_state_tensors)
 
 
 def _saved_rule_states(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
@@ -535,7 +543,8 @@ class MetaplasticAdam(HookedAgainWhenCopied, Optimizer):
             on the first step, a few seconds; cached on disk by torch afterwards); ``False``: by
             separate tensor operations; ``None``: fused for matrices of at least
             :data:`FUSED_MIN_NUMEL` entries. If compiling fails, a warning is given and the
-            separate operations are used. Plain Adam (``meta=0`` under a built-in rule, parameters not
+            separate operations are used; float16 weights always take them (the fused loop would keep their
+            second moments unrounded, and so step otherwise than torch's float16 Adam). Plain Adam (``meta=0`` under a built-in rule, parameters not
             consolidated) is never fused, so it stays ``torch.optim.Adam`` bit for bit.
         amsgrad, maximize, capturable, differentiable, decoupled_weight_decay: ``torch.optim.Adam``'s flags, not done
             here: one set (as a keyword or by a group) is refused (``metaplastic(torch.optim.Adam(..., amsgrad=True))``
@@ -743,6 +752,8 @@ def _adam_step_(param: Tensor, state: dict[str, Any], group: dict[str, Any], rul
     # reduces over a dimension saw one flat vector there, and damped otherwise from FUSED_MIN_NUMEL weights on;
     # dynamic shapes keep one compiled variant for every size of a number of dimensions)
     tensors = _real_views(param, param.grad, state["exp_avg"], state["exp_avg_sq"])
+    if update is not None and param.dim() == 0:  # (the compiled loop dropped its in-place update of 0-d float64
+        tensors = tuple(t.view(1) for t in tensors)  # tensors, the weight and both moments, without a word)
     with user_rule_errors(rule, param) if rule is not None else contextlib.nullcontext():
         new_state = (update or _adam_update_)(
             *tensors,
@@ -805,9 +816,13 @@ _compiled_update = LazyCompiled(_adam_update_, "fused MetaplasticAdam step", LAR
 
 def _fuses(compiled: LazyCompiled, rule: Rule, tensors: tuple[Tensor, ...], fused: bool | None = None) -> bool:
     """Whether a consolidated weight's update runs as ``compiled``'s one loop: an elementwise rule on contiguous
-    tensors, the first of at least :data:`FUSED_MIN_NUMEL` elements (``fused=True``: any size; ``False``: never)."""
+    tensors, the first of at least :data:`FUSED_MIN_NUMEL` elements (``fused=True``: any size; ``False``: never),
+    not of float16: the loop keeps its intermediate values (Adam's new second moment) in float32, where the separate
+    operations round them to float16, whose narrow range takes a small gradient's square to 0 (a 300 x 200 layer's
+    weights moved up to 0.6 apart in five steps), so a half-precision model's large layers would follow another
+    trajectory than its small ones and than torch's Adam."""
     return (
-        fused is not False and rule.elementwise and not compiled.broken
+        fused is not False and rule.elementwise and not compiled.broken and tensors[0].dtype != torch.float16
         and not torch.compiler.is_compiling()  # already inside a compiled region: it fuses the update itself
         and all(t.is_contiguous() for t in tensors)
         and (fused is True or tensors[0].numel() >= FUSED_MIN_NUMEL)
@@ -869,7 +884,10 @@ def metaplastic(
     per-layer strengths work as with the plain optimizer; a rule's state lives in ``optimizer.state``
     under ``"rule_state"``, so ``state_dict()`` saves it too. The old values are kept in one buffer per consolidated
     weight (the memory of one more copy of those weights, reused every step), and a weight of at least
-    :data:`FUSED_MIN_NUMEL` elements under an elementwise rule is damped in one loop compiled on first use.
+    :data:`FUSED_MIN_NUMEL` elements under an elementwise rule is damped in one loop compiled on first use. The
+    wrapped optimizer's own state is made by its undamped step: one that records weights or steps (ASGD's average
+    ``ax``, LBFGS's curvature pairs) records what the damping then changed; one whose state comes from the gradients
+    alone (SGD's momentum, Adam's moments) is not affected.
 
     Example:
         >>> import metaspike

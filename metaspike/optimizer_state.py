@@ -17,13 +17,16 @@ from torch import Tensor
 
 from metaspike.checks import is_finite_number, nan_or_infinite, shown, state_dict_groups, stored_values
 
-__all__ = ["PARAMETER_SHAPED", "NEVER_NEGATIVE", "check_parameter_state", "check_state_tensor", "check_tensor_values",
+__all__ = ["PARAMETER_SHAPED", "NEVER_NEGATIVE", "STEP_DTYPES", "own_state_tensors", "check_parameter_state",
+           "check_state_tensor", "check_tensor_values",
            "check_step_count", "check_states_listed", "with_tensor_steps", "HookedAgainWhenCopied",
            "check_state_dict_groups", "refuse_non_mapping"]
 
 #: The per-parameter state tensors of torch.optim's algorithms (and MetaplasticAdam's) that have the parameter's shape.
 PARAMETER_SHAPED = frozenset({"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_inf", "momentum_buffer", "square_avg",
                               "grad_avg", "acc_delta", "sum", "ax", "prev", "step_size"})
+#: The dtypes a step count kept as a tensor may have: each counts well past any run's steps when added to in place.
+STEP_DTYPES = frozenset({torch.float32, torch.float64, torch.int32, torch.int64})
 #: Those of them that are never negative: running sums of squares, step sizes.
 NEVER_NEGATIVE = frozenset({"exp_avg_sq", "max_exp_avg_sq", "exp_inf", "square_avg", "acc_delta", "sum", "step_size"})
 
@@ -95,8 +98,8 @@ def check_tensor_values(where: str, value: Tensor, *, never_negative: bool = Fal
 
 
 def check_step_count(where: str, step: Any) -> None:
-    """One ``ValueError`` beginning with ``where`` unless ``step`` is one finite number >= 0 (a one-element tensor, as
-    torch keeps it, or a plain number).
+    """One ``ValueError`` beginning with ``where`` unless ``step`` is one finite number >= 0 (a one-element tensor of
+    :data:`STEP_DTYPES`, as torch keeps it, or a plain number).
 
     Example:
         >>> check_step_count("step", torch.tensor(-1.0))
@@ -106,9 +109,40 @@ def check_step_count(where: str, step: Any) -> None:
     """
     if isinstance(step, Tensor) and step.numel() != 1:
         raise ValueError(f"{where} must be one finite number >= 0, got a tensor of shape {tuple(step.shape)}")
+    if isinstance(step, Tensor) and step.dtype not in STEP_DTYPES:  # (counted in place: int8 127 wraps to -128,
+        # uint8 255 to 0, a float16 2048 stays 2048 for ever)
+        raise ValueError(f"{where} is a {step.dtype} tensor, which cannot count steps; torch keeps it as float32 "
+                         "(float64, int32 and int64 are taken too)")
     value = step.item() if isinstance(step, Tensor) else step
     if not is_finite_number(value) or value < 0:
         raise ValueError(f"{where} must be one finite number >= 0, got {shown(value)}")
+
+
+def own_state_tensors(optimizer: torch.optim.Optimizer) -> None:
+    """Give every tensor of ``optimizer``'s per-parameter state (and of a ``"rule_state"`` in it) memory of its own,
+    after a load: torch's ``load_state_dict`` keeps the loaded tensors where dtype and device agree, so two entries a
+    file made one (``exp_avg`` and ``exp_avg_sq``, or two parameters' moments) were updated twice a step, an expanded
+    view failed inside the update, and an optimizer loaded from another's ``state_dict()`` stepped the other's moments.
+
+    Example:
+        >>> p = torch.zeros(2, requires_grad=True)
+        >>> first, second = torch.optim.Adam([p]), torch.optim.Adam([p])
+        >>> p.grad = torch.ones(2); first.step()
+        >>> second.load_state_dict(first.state_dict()); own_state_tensors(second)
+        >>> second.state[p]["exp_avg"] is first.state[p]["exp_avg"]
+        False
+    """
+    def copied(value: Any) -> Any:
+        if not isinstance(value, Tensor):
+            return value
+        # (preserve: a dense tensor keeps its layout, channels-last moments included; an overlapping one is laid out
+        # anew)
+        return value.clone(memory_format=torch.preserve_format) if value.layout == torch.strided else value.clone()
+
+    for state in optimizer.state.values():
+        for key, value in list(state.items()):
+            state[key] = {k: copied(v) for k, v in value.items()} if key == "rule_state" and isinstance(
+                value, dict) else copied(value)
 
 
 def check_states_listed(state: Any, listed: Collection[Any] | None) -> None:

@@ -1400,3 +1400,18 @@ def test_a_trainer_refuses_a_bayesian_optimizer_over_a_model_never_made_bayesian
     ContinualTrainer(own, lambda m: optimizer([m.first, m.second]), TrainerConfig(epochs=1),
                      progress=False).fit(permuted(data, data, n_tasks=1))
     assert not torch.equal(own.first.detach(), torch.full((2, 4), 0.1))  # (trained)
+
+
+@pytest.mark.parametrize("width", [0.0, -0.05, float("nan")])
+def test_a_mesu_width_that_is_not_positive_is_refused_at_load(width):
+    """A state dict whose widths were 0 loaded and froze every synapse without a word (three MESU steps changed
+    nothing); a negative width trained on. Both are refused by the load, which changes nothing of the synapse."""
+    model = bayesianize(nn.Sequential(nn.Linear(4, 3)), kind="mesu")
+    state = model.state_dict()
+    key = next(k for k in state if k.endswith("sigma"))
+    state[key] = torch.full_like(state[key], width)
+    before = model.state_dict()[key].clone()
+    with pytest.raises(ValueError, match=rf"^{re.escape(key)} \(a MESU synapse's widths\) holds values that are not "
+                                         r"> 0 \(smallest (0|-0\.05|nan)\): a width is a standard deviation"):
+        model.load_state_dict(state)
+    assert torch.equal(model.state_dict()[key], before)

@@ -589,7 +589,7 @@ def test_loading_state_dicts_keeps_one_set_of_hooks(copied):
     for _ in range(3):
         optimizer.load_state_dict(optimizer.state_dict())
     assert len(optimizer._optimizer_load_state_dict_pre_hooks) == 1
-    assert len(optimizer._optimizer_load_state_dict_post_hooks) == 1
+    assert len(optimizer._optimizer_load_state_dict_post_hooks) == 2  # (the rules' states, the state's own memory)
 
 
 @pytest.mark.parametrize("make", [lambda g: torch.optim.SGD(g, lr=0.1), lambda g: torch.optim.Adam(g, lr=0.1)],
@@ -819,3 +819,93 @@ def test_a_sparse_momentum_buffer_of_a_sparse_gradient_loads_back():
     copied = metaspike.metaplastic(torch.optim.SGD(embedding.parameters(), lr=0.1, momentum=0.9), meta=1.0)
     copied.load_state_dict(optimizer.state_dict())
     assert copied.state[embedding.weight]["momentum_buffer"].is_sparse
+
+
+def _adam_state_of_two_layers(make):
+    torch.manual_seed(0)
+    model = metaspike.binarize(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)))
+    optimizer = make(model)
+    model(torch.randn(8, 4)).square().sum().backward()
+    optimizer.step()
+    return model, optimizer
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: metaspike.MetaplasticAdam(m.parameters(), lr=0.01, meta=1.0),
+    lambda m: metaspike.metaplastic(torch.optim.Adam(m.parameters(), lr=0.01), meta=1.0),
+], ids=["MetaplasticAdam", "metaplastic(Adam)"])
+def test_loaded_state_tensors_are_the_optimizers_own(make):
+    """torch's load keeps the loaded tensors: a state dict whose exp_avg was its exp_avg_sq (one tensor updated twice a
+    step), whose moments were expanded views (the step failed inside torch: "more than one element of the written-to
+    tensor refers to a single memory location") or that another optimizer still steps (its moments moved with this
+    one's) was taken as it was. Each loaded entry now has memory of its own, and steps as the same values held apart."""
+    model, optimizer = _adam_state_of_two_layers(make)
+    dense = copy.deepcopy(optimizer.state_dict())
+    shared = copy.deepcopy(dense)
+    for entry in shared["state"].values():
+        if "exp_avg" in entry:
+            entry["exp_avg"] = entry["exp_avg_sq"]
+    expanded = copy.deepcopy(dense)
+    for entry in expanded["state"].values():
+        if "exp_avg" in entry:
+            entry["exp_avg"] = entry["exp_avg"].flatten()[:1].expand(entry["exp_avg"].shape)
+    for loaded in (shared, expanded):
+        reference = copy.deepcopy(loaded)
+        for entry in reference["state"].values():  # (the same values, each in memory of its own)
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in entry:
+                    entry[key] = entry[key].clone()
+        stepped = []
+        for state_dict in (loaded, reference):
+            copy_of_model = copy.deepcopy(model)
+            again = make(copy_of_model)
+            again.load_state_dict(state_dict)
+            copy_of_model(torch.ones(8, 4)).square().sum().backward()
+            again.step()
+            stepped.append([p.detach().clone() for p in copy_of_model.parameters()])
+        assert all(torch.equal(a, b) for a, b in zip(*stepped))
+    follower = make(model)
+    follower.load_state_dict(optimizer.state_dict())
+    before = [entry["exp_avg"].clone() for entry in optimizer.state.values() if "exp_avg" in entry]
+    model(torch.ones(8, 4)).square().sum().backward()
+    follower.step()
+    assert all(torch.equal(a, entry["exp_avg"]) for a, entry in
+               zip(before, [entry for entry in optimizer.state.values() if "exp_avg" in entry]))
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.float16, torch.bfloat16, torch.bool])
+def test_a_step_count_of_a_dtype_that_cannot_count_is_refused_at_load(dtype):
+    """A step of int8 127 wrapped to -128 at the next step (a complex result inside torch), uint8 255 to 0 (a division
+    by zero), float16 2048 stayed 2048 for ever; each was taken at load."""
+    _, optimizer = _adam_state_of_two_layers(lambda m: metaspike.MetaplasticAdam(m.parameters(), lr=0.01, meta=1.0))
+    state_dict = optimizer.state_dict()
+    state_dict["state"][0]["step"] = torch.tensor(1, dtype=dtype)
+    with pytest.raises(ValueError, match=rf"^state_dict: parameter 0's step is a {re.escape(str(dtype))} tensor, "
+                                         "which cannot count steps; torch keeps it as float32"):
+        metaspike.MetaplasticAdam([p for g in optimizer.param_groups for p in g["params"]]).load_state_dict(state_dict)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("rng", 0, "rng is not a state of torch's generator"),
+    ("rng", 255, "rng is not a state of torch's generator"),
+    ("consolidated", 0.5, "consolidated holds values other than 0 (plastic) and 1 (consolidated)"),
+    ("run", -1e30, "run holds values that are not whole numbers >= 0 (a count of updates)"),
+    ("run", 2.5, "run holds values that are not whole numbers >= 0 (a count of updates)"),
+    ("sign", 7.0, "sign holds values other than -1, 0 and 1"),
+])
+def test_a_switch_rule_state_of_values_the_rule_never_makes_is_refused_at_load(field, value, message):
+    """A zeroed generator state loaded and failed at the first step with torch's "Invalid mt19937 state" traceback;
+    a run of -1e30 (a synapse that never consolidates) and a mark of 0.5 (read as consolidated) were taken."""
+    torch.manual_seed(0)
+    model = metaspike.binarize(torch.nn.Linear(4, 3))
+    optimizer = metaspike.MetaplasticAdam(model.parameters(), lr=0.01, meta=5.0, rule="switch")
+    model(torch.randn(8, 4)).sum().backward()
+    optimizer.step()
+    state_dict = optimizer.state_dict()
+    index = next(i for i, entry in state_dict["state"].items() if "rule_state" in entry)
+    fields = state_dict["state"][index]["rule_state"]
+    fields[field] = torch.full_like(fields[field], value)
+    fresh = metaspike.MetaplasticAdam(model.parameters(), lr=0.01, meta=5.0, rule="switch")
+    with pytest.raises(ValueError, match=rf"^state_dict: parameter {index}'s rule_state {re.escape(message)}$"):
+        fresh.load_state_dict(state_dict)
+    assert not fresh.state

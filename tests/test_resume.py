@@ -871,6 +871,7 @@ def test_a_tampered_checkpoint_is_one_line_never_a_wrong_run(tmp_path, capsys, c
     assert main(["train", "--resume", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err, err
+    assert f"checkpoint {run / 'checkpoint.pt'} cannot be resumed: " in err and "previous checkpoint" not in err, err
 
 
 def test_a_run_started_over_under_an_edited_config_describes_the_new_config(tmp_path, capsys):
@@ -1318,6 +1319,9 @@ def test_a_resigned_checkpoint_with_broken_states_or_records_is_one_line(tmp_pat
     assert main(["train", "--resume", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err, err
+    assert f"checkpoint {run / 'checkpoint.pt'} cannot be resumed: " in err, err
+    assert err.endswith("the run's previous checkpoint, checkpoint.prev.pt, is kept: move checkpoint.pt away to try "
+                        "that one"), err
     assert not json.loads((run / "metrics.json").read_text()).get("complete")
 
 
@@ -1487,3 +1491,47 @@ def test_a_logged_run_refuses_a_numpy_learning_rate_its_checkpoints_could_not_ho
     with pytest.raises(ValueError, match=r"\['lr'\] is a numpy.float64 \(torch.load\(weights_only=True\) would not "
                                          r"read it back\); float\(...\) makes it a plain float$"):
         trainer.fit(make_scenario("permuted", ["digits"], tasks=2, seed=1), log=RunDirectory.create(tmp_path, "r", {}))
+
+
+def test_a_refused_newest_checkpoint_names_its_file_and_the_previous_one_resumes(tmp_path, capsys):
+    """A checkpoint whose checksum was forged to match NaN weights was refused in a line that named no file; the line
+    names it now, and where the run keeps its previous checkpoint, moving the refused one away (what the line says)
+    resumes from that one to a complete run."""
+    from metaspike.continual.results import CHECKSUM_KEY, CONFIG_KEY, state_checksum
+
+    run = _interrupted_run(tmp_path, stop_at=2)
+    raw = torch.load(run / "checkpoint.pt", weights_only=True)
+    digest = raw.pop(CONFIG_KEY)
+    raw.pop(CHECKSUM_KEY)
+    raw["model"] = {key: value * float("nan") if value.is_floating_point() else value
+                    for key, value in raw["model"].items()}
+    torch.save({**raw, CHECKSUM_KEY: state_checksum(raw), CONFIG_KEY: digest}, run / "checkpoint.pt")
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"metaspike: error: checkpoint {run / 'checkpoint.pt'} cannot be resumed: the checkpoint's "
+                          "model holds NaN"), err
+    (run / "checkpoint.pt").rename(tmp_path / "refused.pt")
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["complete"] is True
+
+
+def test_fit_names_the_file_of_a_loaded_checkpoint_it_refuses(tmp_path):
+    """``ContinualTrainer.fit(resume=...)`` raises :class:`CheckpointRefused` (a ``ValueError``): naming the file for
+    a checkpoint read by ``load_checkpoint``, the check's own line for a dict of one's own."""
+    from metaspike.app.runs import _trainer, make_run_scenario
+    from metaspike.continual import CheckpointRefused
+    from metaspike.continual.results import load_checkpoint
+
+    run = _interrupted_run(tmp_path)
+    config = RunConfig(datasets=("digits",), tasks=2, epochs=2, hidden=(16,), meta=(5.0,))
+    scenario = make_run_scenario(config)
+    loaded = load_checkpoint(run / "checkpoint.pt")
+    other = RunConfig(datasets=("digits",), tasks=2, epochs=2, hidden=(24,), meta=(5.0,))
+    written = re.escape(str(run / "checkpoint.pt"))
+    with pytest.raises(CheckpointRefused, match=rf"^checkpoint {written} cannot be resumed: the checkpoint was "
+                                                "written by a run of a model built with other settings"):
+        _trainer(other, scenario, progress=False).fit(scenario, resume=loaded)
+    with pytest.raises(CheckpointRefused) as refused:
+        _trainer(other, scenario, progress=False).fit(scenario, resume=dict(loaded))
+    assert str(refused.value).startswith("the checkpoint was written by a run of a model built with other settings")
+    assert _trainer(config, scenario, progress=False).fit(scenario, resume=loaded).matrix

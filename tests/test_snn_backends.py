@@ -785,11 +785,13 @@ def test_no_autograd_graph_stays_in_the_neurons_after_a_pass():
 @pytest.mark.parametrize("nodes, edges, message", [
     ({"fc": "ones", "lif": {}}, [("input", "fc"), ("fc", "lif"), ("lif", "fc")], "has a cycle through node 'fc'"),
     ({"fc": "nan", "lif": {}}, None, "linear weight has NaN or infinite values"),
+    ({"fc": "complex", "lif": {}}, None, "linear weight holds complex numbers, where a real parameter is expected"),
     ({"fc": "ones", "lif": {"tau": 0.0}}, None, r"membrane time constant must be >= dt = 1"),
     ({"fc": "ones", "lif": {"v_threshold": float("nan")}}, None, "threshold has NaN or infinite values"),
 ])
 def test_a_hostile_nir_graph_is_one_line(nodes, edges, message):
-    """A NIR file is untrusted: a cycle looped forever, NaN or non-positive time constants were loaded silently."""
+    """A NIR file is untrusted: a cycle looped forever, NaN or non-positive time constants were loaded silently, and
+    a complex weight lost its imaginary part with numpy's warning only."""
     nir = pytest.importorskip("nir")
     import numpy as np
 
@@ -799,7 +801,7 @@ def test_a_hostile_nir_graph_is_one_line(nodes, edges, message):
     lif = {"tau": 2.0, "r": 1.0, "v_leak": 0.0, "v_threshold": 1.0, **nodes["lif"]}
     graph = nir.NIRGraph(nodes={
         "input": nir.Input(input_type=np.array([4])), "output": nir.Output(output_type=np.array([n])),
-        "fc": nir.Linear(weight=np.full((n, 4), np.nan if nodes["fc"] == "nan" else 1.0)),
+        "fc": nir.Linear(weight=np.full((n, 4), {"nan": np.nan, "complex": 1 + 5j}.get(nodes["fc"], 1.0))),
         "lif": nir.LIF(**{k: np.full(n, v) for k, v in lif.items()}),
     }, edges=edges or [("input", "fc"), ("fc", "lif"), ("lif", "output")], type_check=False)
     with pytest.raises(ValueError, match=message):

@@ -42,6 +42,7 @@ from metaspike.optimizer_state import (
     check_state_dict_groups,
     check_states_listed,
     check_step_count,
+    own_state_tensors,
     with_tensor_steps,
 )
 from metaspike.synapse import is_hidden_weight
@@ -293,8 +294,10 @@ class _DataGatedOptimizer(HookedAgainWhenCopied, Optimizer):
         self._add_hooks()
 
     def _add_hooks(self) -> None:
-        """A state dict's groups are checked before they are installed (:func:`_check_loaded_groups`)."""
+        """A state dict's groups are checked before they are installed (:func:`_check_loaded_groups`); the loaded
+        state gets memory of its own (:func:`~metaspike.optimizer_state.own_state_tensors`)."""
         self.register_load_state_dict_pre_hook(_check_loaded_groups)
+        self.register_load_state_dict_post_hook(own_state_tensors)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group; its hyperparameters are validated first, and no tensor may be listed twice (a

@@ -288,6 +288,18 @@ class GaussianWeight(_CheckedEvaluation, SynapseParametrization):
         """``μ`` (the layer's weight parameter) and ``σ``, by role."""
         return {"mean": layer.parametrizations.weight.original, "width": self.sigma}
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """torch's load, after a check that the widths loaded are > 0: a width of 0 froze its synapse without a word
+        (MESU's steps scale with σ²) and a negative one trained on as its absolute value, while a state dict is a file
+        from outside."""
+        width = state_dict.get(prefix + "sigma")
+        if isinstance(width, Tensor) and width.is_floating_point() and width.numel() and not bool(
+                (width.detach() > 0).all()):
+            raise ValueError(f"{prefix}sigma (a MESU synapse's widths) holds values that are not > 0 (smallest "
+                             f"{width.detach().min().item():.4g}): a width is a standard deviation, and a synapse of "
+                             "width 0 never learns")
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def _row_sample(self, params: tuple[Tensor, ...], key: Tensor, rows: int) -> tuple[Tensor, Tensor]:
         """``(w, ε)``: ``rows`` flat samples and their noise (for :class:`_SampledRowProduct`)."""
         return _draw_gaussian(*params, key, rows)

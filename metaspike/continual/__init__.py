@@ -1,6 +1,7 @@
 """Continual learning: task scenarios, the trainer loop, metrics and run directories."""
 
 from metaspike.continual.batchnorm import batchnorm_state, load_batchnorm_state
+from metaspike.continual.checkpoints import CheckpointRefused
 from metaspike.continual.freezing import FreezeUnconsolidated, unconsolidated_parameters
 from metaspike.continual.metrics import (
     LearnedNothingWarning,
@@ -37,5 +38,5 @@ __all__ = [
     "load_run", "average_accuracy", "backward_transfer", "forward_transfer", "forgetting", "summarize",
     "batchnorm_state", "load_batchnorm_state", "TaskStream", "task_permutation", "task_subset", "evaluated_tasks",
     "last_tasks_accuracy", "evaluated_accuracy", "task_accuracy_over_time", "Plugin", "LearnedNothingWarning",
-    "FreezeUnconsolidated", "unconsolidated_parameters",
+    "FreezeUnconsolidated", "unconsolidated_parameters", "CheckpointRefused",
 ]

@@ -37,13 +37,43 @@ from metaspike.continual.scenarios import Scenario
 from metaspike.optimizer_state import check_parameter_state
 from metaspike.training import Plugin
 
-__all__ = ["CHECKPOINT_FORMAT", "CURVE_COLUMNS", "check_checkpoint", "check_curves", "check_batchnorm_states",
+__all__ = ["CHECKPOINT_FORMAT", "CURVE_COLUMNS", "CheckpointRefused", "LoadedCheckpoint", "check_checkpoint",
+           "check_curves", "check_batchnorm_states",
            "check_same_run", "kinds_of", "check_kinds", "settings_of", "check_plugin_settings", "check_plugin_states",
            "group_settings", "check_optimizer_state", "load_part", "check_histograms", "check_model_values"]
 
 CHECKPOINT_FORMAT = "metaspike-checkpoint-3"
 #: The columns of a curves row before its evaluated tasks' accuracies (one row per evaluation).
 CURVE_COLUMNS = ("task", "epoch", "global_epoch", "loss")
+
+
+class CheckpointRefused(ValueError):
+    """A checkpoint that ``ContinualTrainer.fit(..., resume=...)`` refused to continue from: its content does not fit
+    the run (another model, stream or settings) or holds what no run writes (NaN weights, an impossible position).
+    Raised before anything of the run is trained; the message is the check's own line, which a caller that read the
+    checkpoint from a file names (:class:`LoadedCheckpoint`)."""
+
+
+class LoadedCheckpoint(dict):
+    """A checkpoint's content as read from the file ``source`` (what
+    :func:`~metaspike.continual.results.load_checkpoint` returns), so that a refusal of its content names the file and,
+    where the run's folder keeps the checkpoint before it (``previous``), the way back to that one.
+
+    Example:
+        >>> state = LoadedCheckpoint({}, Path("runs/a/checkpoint.pt"), Path("runs/a/checkpoint.prev.pt"))
+        >>> print(state.refusal("its model holds NaN"))
+        checkpoint runs/a/checkpoint.pt cannot be resumed: its model holds NaN; the run's previous checkpoint, checkpoint.prev.pt, is kept: move checkpoint.pt away to try that one
+    """
+
+    def __init__(self, content: dict[str, Any], source: Path, previous: Path | None = None) -> None:
+        super().__init__(content)
+        self.source, self.previous = source, previous
+
+    def refusal(self, why: str) -> str:
+        """``why`` the content was refused, naming the file it came from."""
+        back = "" if self.previous is None else (f"; the run's previous checkpoint, {self.previous.name}, is kept: "
+                                                 f"move {self.source.name} away to try that one")
+        return f"checkpoint {self.source} cannot be resumed: {why}{back}"
 
 
 def check_same_run(stored: Any, current: dict[str, Any]) -> None:

@@ -37,6 +37,7 @@ from metaspike.continual.checkpoints import (
     CURVE_COLUMNS,
     MAX_AFTER_TASK,
     MAX_GLOBAL_EPOCH,
+    LoadedCheckpoint,
     check_histograms,
     check_loadable,
 )
@@ -452,14 +453,16 @@ class RunDirectory:
         )
 
 
-def load_checkpoint(path: str | os.PathLike, config_digest: str | None = None) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, config_digest: str | None = None) -> LoadedCheckpoint:
     """Load a checkpoint file with ``torch.load(..., weights_only=True)`` and verify its checksum.
 
     Raises one line of ``ValueError`` naming the file when it is missing, truncated, corrupt, of another version's
     format, holds tensors that are not plain dense ones or nests too deep (:func:`~metaspike.files.check_plain_tensors`,
     before anything is hashed or copied), or its content (tensors and plain values alike) does not match the checksum
     stored with it (or cannot be summed); with ``config_digest`` (the SHA-256 of the run's ``config.json`` now),
-    :class:`ConfigChanged` when the checkpoint was written under another one.
+    :class:`ConfigChanged` when the checkpoint was written under another one. The content comes as a
+    :class:`~metaspike.continual.checkpoints.LoadedCheckpoint`, a dict that knows its file, so that
+    ``ContinualTrainer.fit(..., resume=state)`` names the file where it refuses the content.
 
     Example:
         >>> state = load_checkpoint("runs/permuted-mnist5k-meta10-seed1/checkpoint.pt")  # doctest: +SKIP
@@ -489,7 +492,8 @@ def load_checkpoint(path: str | os.PathLike, config_digest: str | None = None) -
         raise ConfigChanged(f"checkpoint {path} was written under another config.json than {path.parent} holds now "
                             "(the file was edited, or the checkpoint comes from another run): restore the file, or "
                             "start a new run")
-    return state
+    previous = path.parent / PREVIOUS_CHECKPOINT
+    return LoadedCheckpoint(state, path, previous if path.name == CHECKPOINT and previous.is_file() else None)
 
 
 def latest_good_checkpoint(run_dir: str | os.PathLike) -> tuple[dict[str, Any], list[str]]:

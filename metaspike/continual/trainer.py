@@ -19,7 +19,8 @@ import math
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
@@ -41,6 +42,8 @@ from metaspike.continual.checkpoints import (
     CHECKPOINT_FORMAT,
     CURVE_COLUMNS,
     MAX_GLOBAL_EPOCH,
+    CheckpointRefused,
+    LoadedCheckpoint,
     check_checkpoint,
     check_kinds,
     check_loadable,
@@ -75,6 +78,7 @@ from metaspike.continual.schedulers import (
 from metaspike.diagnostics import consolidated_fractions, flip_rates, hidden_weight_histograms, sign_snapshot
 from metaspike.distributed import start_alike, unsynced_class, world
 from metaspike.optim import inherit_rule_states
+from metaspike.optimizer_state import own_state_tensors
 from metaspike.penalty_stability import PenaltyTooStiff
 from metaspike.population_statistics import evaluates_with_batch_statistics
 from metaspike.rules import get_rule
@@ -545,6 +549,8 @@ def _load_saved_optimizer(optimizer: Optimizer, optimizer_state: tuple[Any, Any,
     settings = [[{k: v for k, v in group.items() if k not in moved} for group in inner] if drives else inner
                 for drives, inner in zip(driven, built)]
     load_part("optimizer", optimizer, saved)
+    for part in parts:  # (a checkpoint's tensors made one by a forger would be one in the run)
+        own_state_tensors(part)
     check_optimizer_state(optimizer, settings, exempt=moved)
     _check_rule_code(rule_code, optimizer)
     if isinstance(scheduler, ReduceLROnPlateau):
@@ -569,6 +575,18 @@ def _checked_before_training(scenario: Scenario) -> list[Task]:
     trained = [scenario.tasks[0]] if made_when_reached(scenario.tasks) else list(scenario.tasks)
     evaluated = [] if made_when_reached(scenario.eval_tasks) else list(scenario.eval_tasks)
     return list({id(task): task for task in trained + evaluated}.values())
+
+
+@contextmanager
+def _refused_as_checkpoint(resume: dict[str, Any]) -> Iterator[None]:
+    """Inside it, a ``ValueError`` (a check of the checkpoint ``resume``'s content, or torch's refusal to load a part
+    of it, folded into one line) becomes :class:`CheckpointRefused`, naming the checkpoint's file where it was read
+    from one (:class:`LoadedCheckpoint`)."""
+    try:
+        yield
+    except ValueError as err:
+        why = str(err)
+        raise CheckpointRefused(resume.refusal(why) if isinstance(resume, LoadedCheckpoint) else why) from None
 
 
 def _check_resume(resume: Any) -> None:
@@ -890,8 +908,9 @@ class ContinualTrainer:
             states: list[dict] = []
             first_task, first_epoch, optimizer_state, scheduler_state = 0, 0, None, None
         else:
-            result, states, first_task, first_epoch, optimizer_state, scheduler_state = self._restore(
-                resume, scenario, generator)
+            with _refused_as_checkpoint(resume):
+                result, states, first_task, first_epoch, optimizer_state, scheduler_state = self._restore(
+                    resume, scenario, generator)
         start = time.perf_counter() - result.seconds
         optimizer = scheduler = None
         count = len(scenario.tasks)
@@ -912,9 +931,10 @@ class ContinualTrainer:
                     # have been built with this run's settings: it is loaded into a copy whose rule states it takes)
                     previous = self._new_optimizer() if new_task else None
                     saved_scheduler = scheduler if previous is None else self._new_scheduler(previous)
-                    load_scheduler_record(saved_scheduler, scheduler_state)
-                    _load_saved_optimizer(optimizer if previous is None else previous, optimizer_state,
-                                          saved_scheduler)
+                    with _refused_as_checkpoint(resume):
+                        load_scheduler_record(saved_scheduler, scheduler_state)
+                        _load_saved_optimizer(optimizer if previous is None else previous, optimizer_state,
+                                              saved_scheduler)
                 if previous is not None:  # (the synapses' own state goes on; Adam's moments start anew)
                     inherit_rule_states(optimizer, previous)
                 optimizer_state = scheduler_state = None

@@ -462,11 +462,16 @@ def _chain(graph) -> list:
 
 
 def _tensor(value, what: str = "a parameter") -> torch.Tensor:
-    """A NIR parameter as a float32 tensor; NaN or infinite values (a damaged or hostile file) are one line."""
+    """A NIR parameter as a float32 tensor; complex, NaN or infinite values (a damaged or hostile file) are one line
+    (numpy dropped a complex weight's imaginary part with a warning only)."""
     try:
-        tensor = torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=torch.float32)
+        array = np.asarray(value)
+        if not np.iscomplexobj(array):
+            tensor = torch.as_tensor(array.astype(np.float64), dtype=torch.float32)
     except (TypeError, ValueError, OverflowError):
         raise ValueError(f"the NIR graph's {what} is not an array of numbers") from None
+    if np.iscomplexobj(array):
+        raise ValueError(f"the NIR graph's {what} holds complex numbers, where a real parameter is expected")
     if not torch.isfinite(tensor).all():
         raise ValueError(f"the NIR graph's {what} has NaN or infinite values (or values beyond float32)")
     return tensor
