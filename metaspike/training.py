@@ -49,7 +49,7 @@ __all__ = ["check_inputs", "check_labels", "minimum_batch_size", "train_epoch", 
            "refuse_nan_parameters",
            "LEARNED_MARGIN", "LearnedNothingWarning"]
 
-#: A run none of whose accuracies rose more than this many points above the untrained network's learned nothing.
+#: A run none of whose accuracies rose this many points or more above the untrained network's learned nothing.
 LEARNED_MARGIN = 5.0
 
 

@@ -82,7 +82,8 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str, several_ru
     parser.add_argument("--hidden", type=int, nargs="+", default=None,
                         help=f"hidden layer widths (default: {' '.join(map(str, d['hidden']))})")
     parser.add_argument("--batch-size", type=int, default=d["batch_size"],
-                        help="1 needs a model without BatchNorm: bnn-layernorm, bimu, mesu, mlp (default: %(default)s)")
+                        help="1 needs a model without BatchNorm: bnn-layernorm, bimu, mesu, mlp or a spiking one "
+                             "(leaky, leaky+bimu, ...) (default: %(default)s)")
     parser.add_argument("--samples-per-task", type=int, default=None, metavar="N",
                         help="permuted: train each task on a seeded subset of N samples (default: all)")
     parser.add_argument("--eval-every", type=int, default=d["eval_every"], metavar="K",
@@ -133,8 +134,8 @@ def _add_run_options(parser: argparse.ArgumentParser, meta_help: str, several_ru
                              f"(default: {EWC_ONLINE_GAMMA:g}; 1: the Fishers of all tasks add up)")
     parser.add_argument("--freeze-unconsolidated", type=int, default=None, metavar="K",
                         help="the parameters no consolidation acts on (learned gains, biases, normalisation, neuron "
-                             "parameters) learn during the first K tasks only; the synapses go on (default: every "
-                             "task)")
+                             "parameters, float weight matrices of layers not binarized) learn during the first K "
+                             "tasks only; the synapses go on (default: every task)")
     parser.add_argument("--rule", default=None, nargs="+" if several_rules else None,
                         help=f"consolidation rule of MetaplasticAdam: {', '.join(available_rules())} (default: tanh)"
                              + ("; several are compared side by side, each at every --meta" if several_rules else ""))
@@ -423,7 +424,7 @@ def _train(args: argparse.Namespace) -> None:
         print(format_table([{"setting": label, **summarize_results([result])}], len(result.task_names)))
     print(f"\nresults: {path}  (accuracy_matrix.csv, curves.csv, metrics.json, accuracy_curves.png)")
     if learned_nothing(result.matrix, result.baseline):
-        print(f"metaspike: warning: no task's accuracy rose more than {LEARNED_MARGIN:g} points above the untrained "
+        print(f"metaspike: warning: no task's accuracy rose {LEARNED_MARGIN:g} points or more above the untrained "
               f"network's (best {largest_rise(result.matrix, result.baseline):+.1f}): the run learned nothing; "
               f"{_learning_settings([config.model], config.scenario)}", file=sys.stderr)
     elif unlearned := tasks_learned_nothing(result.matrix, result.baseline):
@@ -554,8 +555,8 @@ def _compare(args: argparse.Namespace) -> None:
           f"continue a killed comparison with --resume {path}{import_flags(list(args.imports))})")
     unlearned = [name for row in rows for name in row["learned_nothing"]]
     if unlearned:
-        print(f"metaspike: warning: in {len(unlearned)} run(s) no task's accuracy rose more than {LEARNED_MARGIN:g} points "
-              f"above the untrained network's: {', '.join(unlearned)} learned nothing; "
+        print(f"metaspike: warning: in {len(unlearned)} run(s) no task's accuracy rose {LEARNED_MARGIN:g} points or "
+              f"more above the untrained network's: {', '.join(unlearned)} learned nothing; "
               f"{_learning_settings(models, scenario)}",
               file=sys.stderr)
 

@@ -42,7 +42,7 @@ from metaspike.app.models import (
 )
 from metaspike.app.tables import versions
 from metaspike.bayesian.synapses import SampledForward, bayesian_modules, start_confident
-from metaspike.checks import is_finite_number, is_nan, is_whole, listed, shown
+from metaspike.checks import first_line, is_finite_number, is_nan, is_whole, listed, shown
 from metaspike.continual.baselines import BASELINE_STRENGTH_SETTINGS
 from metaspike.continual.results import (
     ACCURACY_DECIMALS,
@@ -60,8 +60,12 @@ from metaspike.files import (
     TEMPORARY_FILES,
     atomic_open,
     atomic_write_text,
+    check_plain_tensors,
+    check_torch_archive,
     expanded_path,
+    load_plain_torch,
     read_json,
+    read_regular_file,
     remove_stale_temporaries,
 )
 from metaspike.machine import cpu_kind
@@ -72,7 +76,8 @@ from metaspike.training import Plugin, TrainingDiverged, minimum_batch_size
 __all__ = ["build_run_model", "build_trainer", "make_run_scenario", "train_and_finish", "run", "run_planned", "resume",
            "load_config", "config_from_record", "run_lock", "is_complete", "finished_result", "RecordedResult",
            "train_in_folder", "stopped_by_file_error", "continued_by", "check_rebuilt_by_settings",
-           "REPRODUCTION_RECORD", "COMPARISON_PLAN", "resume_folder", "BUILT_BY_REPRODUCE", "ran_with", "announce_run"]
+           "REPRODUCTION_RECORD", "COMPARISON_PLAN", "resume_folder", "BUILT_BY_REPRODUCE", "ran_with", "announce_run",
+           "load_run_model"]
 
 LOCK = ".lock"
 #: float32 copies of each weight while training: hidden weight, gradient, two Adam moments, ±1 buffer (a Bayesian
@@ -1054,6 +1059,33 @@ def load_config(run_dir: str | Path) -> RunConfig:
     record = read_json(path)
     check_rebuilt_by_settings(Path(run_dir), record)
     return config_from_record(record, path, beside=RECORDED_BESIDE_SETTINGS)
+
+
+def load_run_model(run_dir: str | Path) -> torch.nn.Module:
+    """The trained model of a finished run: built from its ``config.json`` as the run built it
+    (:func:`build_run_model`: a ``--standardize`` run's model behind its :class:`~metaspike.app.models.Standardize`
+    of the training pixels, a ``bimu``/``mesu`` or spiking model with its synapses) and given the weights of its
+    ``model.pt``, read as a file from outside (plain tensors only, checked before torch loads them). In evaluation
+    mode; its BatchNorm state is the last task's (:func:`metaspike.continual.load_batchnorm_state` with an earlier
+    task's state from ``batchnorm_states.pt``, where the run kept them, gives that task's).
+
+    Example:
+        >>> model = load_run_model("runs/permuted-mnist5k-meta5-30-30-seed1")  # doctest: +SKIP
+    """
+    config = load_config(run_dir)
+    path = Path(run_dir) / "model.pt"
+    data = read_regular_file(path, "model file")
+    check_torch_archive(data, str(path))
+    state = load_plain_torch(data, str(path))
+    check_plain_tensors(state, str(path))
+    model = build_run_model(config, make_run_scenario(config))
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not the state dict a run writes")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        raise ValueError(f"{path} does not fit the model its config.json describes: {first_line(err)}") from None
+    return model.eval()
 
 
 def config_from_record(stored: Any, path: Path, beside: Collection[str] = ()) -> RunConfig:
