@@ -370,7 +370,7 @@ def _check_rule_state(index: Any, stored: Any, rule: Rule, param: Tensor) -> dic
     check_values = getattr(rule, "check_state", None)  # (what only the rule knows its values may be)
     if check_values is not None:
         try:
-            check_values(rule.state_type()(**restored))
+            check_values(rule.state_type()(**restored), param.detach())
         except ValueError as err:
             raise ValueError(f"state_dict: parameter {index!r}'s rule_state {err}") from None
     return restored

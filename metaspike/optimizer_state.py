@@ -119,30 +119,52 @@ def check_step_count(where: str, step: Any) -> None:
 
 
 def own_state_tensors(optimizer: torch.optim.Optimizer) -> None:
-    """Give every tensor of ``optimizer``'s per-parameter state (and of a ``"rule_state"`` in it) memory of its own,
-    after a load: torch's ``load_state_dict`` keeps the loaded tensors where dtype and device agree, so two entries a
-    file made one (``exp_avg`` and ``exp_avg_sq``, or two parameters' moments) were updated twice a step, an expanded
-    view failed inside the update, and an optimizer loaded from another's ``state_dict()`` stepped the other's moments.
+    """Give each tensor of ``optimizer``'s per-parameter state (and of a ``"rule_state"`` in it) that shares memory
+    with another of them, or whose elements overlap, a copy of its own, after a load: torch's ``load_state_dict``
+    keeps the loaded tensors where dtype and device agree, so two entries a file made one (``exp_avg`` and
+    ``exp_avg_sq``, or two parameters' moments) were updated twice a step, and an expanded view failed inside the
+    update. Tensors of their own stay as they are (a copy of every one held a resumed run's state twice).
 
     Example:
         >>> p = torch.zeros(2, requires_grad=True)
-        >>> first, second = torch.optim.Adam([p]), torch.optim.Adam([p])
-        >>> p.grad = torch.ones(2); first.step()
-        >>> second.load_state_dict(first.state_dict()); own_state_tensors(second)
-        >>> second.state[p]["exp_avg"] is first.state[p]["exp_avg"]
+        >>> adam = torch.optim.Adam([p]); p.grad = torch.ones(2); adam.step()
+        >>> state = adam.state_dict(); state["state"][0]["exp_avg"] = state["state"][0]["exp_avg_sq"]
+        >>> adam.load_state_dict(state); own_state_tensors(adam)
+        >>> adam.state[p]["exp_avg"] is adam.state[p]["exp_avg_sq"]
         False
     """
+    seen: set[tuple[Any, int]] = set()
+
     def copied(value: Any) -> Any:
-        if not isinstance(value, Tensor):
+        if not isinstance(value, Tensor) or value.layout != torch.strided:
             return value
+        memory = (value.device, value.untyped_storage().data_ptr())
+        shared = memory in seen and value.numel() > 0
+        seen.add(memory)
         # (preserve: a dense tensor keeps its layout, channels-last moments included; an overlapping one is laid out
         # anew)
-        return value.clone(memory_format=torch.preserve_format) if value.layout == torch.strided else value.clone()
+        return value.clone(memory_format=torch.preserve_format) if shared or _overlaps(value) else value
 
     for state in optimizer.state.values():
         for key, value in list(state.items()):
             state[key] = {k: copied(v) for k, v in value.items()} if key == "rule_state" and isinstance(
                 value, dict) else copied(value)
+
+
+def _overlaps(tensor: Tensor) -> bool:
+    """Whether two elements of the strided ``tensor`` lie at one place in memory (an expanded view's stride of 0):
+    along its dimensions from the smallest stride up, each stride must pass the span of those before it.
+
+    Example:
+        >>> _overlaps(torch.zeros(1).expand(3)), _overlaps(torch.zeros(3, 4).t())
+        (True, False)
+    """
+    span = 0
+    for stride, size in sorted((stride, size) for size, stride in zip(tensor.shape, tensor.stride()) if size > 1):
+        if stride <= span:
+            return True
+        span += stride * (size - 1)
+    return False
 
 
 def check_states_listed(state: Any, listed: Collection[Any] | None) -> None:

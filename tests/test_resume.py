@@ -871,7 +871,7 @@ def test_a_tampered_checkpoint_is_one_line_never_a_wrong_run(tmp_path, capsys, c
     assert main(["train", "--resume", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err, err
-    assert f"checkpoint {run / 'checkpoint.pt'} cannot be resumed: " in err and "previous checkpoint" not in err, err
+    assert f"checkpoint {run / 'checkpoint.pt'} cannot be resumed: " in err, err
 
 
 def test_a_run_started_over_under_an_edited_config_describes_the_new_config(tmp_path, capsys):
@@ -1320,8 +1320,6 @@ def test_a_resigned_checkpoint_with_broken_states_or_records_is_one_line(tmp_pat
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err, err
     assert f"checkpoint {run / 'checkpoint.pt'} cannot be resumed: " in err, err
-    assert err.endswith("the run's previous checkpoint, checkpoint.prev.pt, is kept: move checkpoint.pt away to try "
-                        "that one"), err
     assert not json.loads((run / "metrics.json").read_text()).get("complete")
 
 
@@ -1495,8 +1493,8 @@ def test_a_logged_run_refuses_a_numpy_learning_rate_its_checkpoints_could_not_ho
 
 def test_a_refused_newest_checkpoint_names_its_file_and_the_previous_one_resumes(tmp_path, capsys):
     """A checkpoint whose checksum was forged to match NaN weights was refused in a line that named no file; the line
-    names it now, and where the run keeps its previous checkpoint, moving the refused one away (what the line says)
-    resumes from that one to a complete run."""
+    names it now, and where the run keeps its previous checkpoint, moving the refused one away resumes from that one
+    to a complete run."""
     from metaspike.continual.results import CHECKSUM_KEY, CONFIG_KEY, state_checksum
 
     run = _interrupted_run(tmp_path, stop_at=2)

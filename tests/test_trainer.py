@@ -1044,3 +1044,26 @@ def test_running_statistics_that_lag_behind_the_weights_are_named_after_the_firs
     if frozen_statistics:
         assert str(lagging[0].message).startswith(f"task 1 scores {result.matrix[0][0]:.1f} % in evaluation mode")
         assert torch.equal(norm.running_mean, torch.zeros(32)) and torch.equal(norm.running_var, torch.ones(32))
+
+
+def test_the_statistics_probe_leaves_a_batchnorm_of_ones_own_forward_and_evaluates_without_a_word():
+    """The probe set the running statistics to None for one evaluation: a BatchNorm subclass that folds them into its
+    own forward pass failed with a TypeError after task 1 (at every resume too), and evaluate's advice on batch
+    statistics (batches of 63 samples) was given for a model that tracks them."""
+    class FoldedBatchNorm(nn.BatchNorm1d):
+        def forward(self, x):
+            if self.training:
+                return super().forward(x)
+            return (x - self.running_mean) / (self.running_var + self.eps).sqrt() * self.weight + self.bias
+
+    scenario = permuted(load_dataset("digits"), load_dataset("digits", "test"), n_tasks=2, seed=0)
+    for norm in (FoldedBatchNorm(32), nn.BatchNorm1d(32)):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), norm, nn.ReLU(), nn.Linear(32, 10))
+        trainer = ContinualTrainer(model, lambda m: torch.optim.Adam(m.parameters(), lr=0.01),
+                                   TrainerConfig(epochs=1, eval_batch_size=64))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = trainer.fit(scenario)
+        assert len(result.matrix) == 2
+        assert not [w for w in caught if "evaluating in batches" in str(w.message)], [str(w.message) for w in caught]

@@ -293,7 +293,7 @@ class GaussianWeight(_CheckedEvaluation, SynapseParametrization):
         (MESU's steps scale with σ²) and a negative one trained on as its absolute value, while a state dict is a file
         from outside."""
         width = state_dict.get(prefix + "sigma")
-        if isinstance(width, Tensor) and width.is_floating_point() and width.numel() and not bool(
+        if isinstance(width, Tensor) and not width.is_complex() and width.numel() and not bool(
                 (width.detach() > 0).all()):
             raise ValueError(f"{prefix}sigma (a MESU synapse's widths) holds values that are not > 0 (smallest "
                              f"{width.detach().min().item():.4g}): a width is a standard deviation, and a synapse of "

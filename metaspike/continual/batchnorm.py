@@ -65,8 +65,8 @@ def load_batchnorm_state(model: nn.Module, state: dict[str, Tensor]) -> None:
 def running_statistics_lag(model: nn.Module, score: Callable[[], float], running: float) -> float | None:
     """How many points more ``score()`` (an accuracy of ``model`` in evaluation mode) gives when its BatchNorm layers
     that track running statistics normalise each batch by its own statistics instead, than ``running``, the score
-    with the running ones; ``None`` where no layer tracks them. The running statistics are the model's again
-    afterwards.
+    with the running ones; ``None`` where no layer tracks them, or one of them has a forward pass of its own (which
+    may read the statistics itself). The running statistics are the model's again afterwards.
 
     A binary weight's sign flip changes its layer's output scale at once, and running statistics (momentum 0.1)
     follow a few batches behind: a binarized CNN of torch layers scored 71 % in evaluation mode where batch
@@ -81,7 +81,7 @@ def running_statistics_lag(model: nn.Module, score: Callable[[], float], running
         True
     """
     tracked = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.running_mean is not None]
-    if not tracked:
+    if not tracked or any(type(m).forward is not _BatchNorm.forward for m in tracked):
         return None
     kept = [(m.running_mean, m.running_var) for m in tracked]
     try:

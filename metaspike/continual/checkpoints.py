@@ -56,24 +56,25 @@ class CheckpointRefused(ValueError):
 
 class LoadedCheckpoint(dict):
     """A checkpoint's content as read from the file ``source`` (what
-    :func:`~metaspike.continual.results.load_checkpoint` returns), so that a refusal of its content names the file and,
-    where the run's folder keeps the checkpoint before it (``previous``), the way back to that one.
+    :func:`~metaspike.continual.results.load_checkpoint` returns), so that a refusal of its content names the file.
+    Saved or copied, it is the plain dict of its content (``torch.load(..., weights_only=True)`` reads it back).
 
     Example:
-        >>> state = LoadedCheckpoint({}, Path("runs/a/checkpoint.pt"), Path("runs/a/checkpoint.prev.pt"))
+        >>> state = LoadedCheckpoint({}, Path("runs/a/checkpoint.pt"))
         >>> print(state.refusal("its model holds NaN"))
-        checkpoint runs/a/checkpoint.pt cannot be resumed: its model holds NaN; the run's previous checkpoint, checkpoint.prev.pt, is kept: move checkpoint.pt away to try that one
+        checkpoint runs/a/checkpoint.pt cannot be resumed: its model holds NaN
     """
 
-    def __init__(self, content: dict[str, Any], source: Path, previous: Path | None = None) -> None:
+    def __init__(self, content: dict[str, Any], source: Path) -> None:
         super().__init__(content)
-        self.source, self.previous = source, previous
+        self.source = source
 
     def refusal(self, why: str) -> str:
         """``why`` the content was refused, naming the file it came from."""
-        back = "" if self.previous is None else (f"; the run's previous checkpoint, {self.previous.name}, is kept: "
-                                                 f"move {self.source.name} away to try that one")
-        return f"checkpoint {self.source} cannot be resumed: {why}{back}"
+        return f"checkpoint {self.source} cannot be resumed: {why}"
+
+    def __reduce__(self) -> tuple[type, tuple[dict[str, Any]]]:
+        return dict, (dict(self),)
 
 
 def check_same_run(stored: Any, current: dict[str, Any]) -> None:

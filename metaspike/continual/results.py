@@ -492,8 +492,7 @@ def load_checkpoint(path: str | os.PathLike, config_digest: str | None = None) -
         raise ConfigChanged(f"checkpoint {path} was written under another config.json than {path.parent} holds now "
                             "(the file was edited, or the checkpoint comes from another run): restore the file, or "
                             "start a new run")
-    previous = path.parent / PREVIOUS_CHECKPOINT
-    return LoadedCheckpoint(state, path, previous if path.name == CHECKPOINT and previous.is_file() else None)
+    return LoadedCheckpoint(state, path)
 
 
 def latest_good_checkpoint(run_dir: str | os.PathLike) -> tuple[dict[str, Any], list[str]]:

@@ -85,9 +85,10 @@ class Rule(Protocol):
         """The ``NamedTuple`` class of this rule's state."""
         ...
 
-    # Optional: ``check_state(self, state) -> None``, one ``ValueError`` that begins with the field's name where a
-    # state read from a file holds values this rule never makes (``load_state_dict`` calls it after the fields'
-    # shapes and finiteness are checked); see :meth:`metaspike.rules.switch.SwitchRule.check_state`.
+    # Optional: ``check_state(self, state, hidden) -> None``, one ``ValueError`` that begins with the field's name
+    # where a state of the weight ``hidden`` read from a file holds values this rule never makes (``load_state_dict``
+    # calls it after the fields' shapes and finiteness are checked); see
+    # :meth:`metaspike.rules.switch.SwitchRule.check_state`.
 
     def step(self, hidden: Tensor, update: Tensor, meta: float, state: Any) -> tuple[Tensor, tuple]:
         """The update to subtract from ``hidden`` in place of ``update`` (the same shape), and the new state.

@@ -9,7 +9,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
-from metaspike.checks import check_generator_state, check_seed, number_in
+from metaspike.checks import check_seed, number_in
 from metaspike.rules.base import toward_zero
 
 __all__ = ["SwitchRule", "SwitchState"]
@@ -74,25 +74,31 @@ class SwitchRule:
     def state_type(self) -> type:
         return SwitchState
 
-    def check_state(self, state: SwitchState) -> None:
-        """One ``ValueError`` beginning with the field's name where a state read from a file holds what this rule never
-        makes: a sign outside {-1, 0, 1}, a run that is no whole number >= 0, a mark other than 0 or 1, or a
-        generator state torch refuses (which failed, after the rest was loaded, at the first step).
+    def check_state(self, state: SwitchState, hidden: Tensor) -> None:
+        """One ``ValueError`` beginning with the field's name where a state of the weight ``hidden`` read from a file
+        holds a generator state that torch's generator of ``hidden``'s device refuses (which failed, after the rest
+        was loaded, at the first step), and, where the step is this class's own (a subclass's step may keep other
+        values), a sign outside {-1, 0, 1}, a run that is no whole number >= 0 or a mark other than 0 or 1.
 
         Example:
-            >>> rule = SwitchRule()
-            >>> rule.check_state(rule.init_state(torch.zeros(2))._replace(consolidated=torch.tensor([0.5, 1.0])))
+            >>> rule, w = SwitchRule(), torch.zeros(2)
+            >>> rule.check_state(rule.init_state(w)._replace(consolidated=torch.tensor([0.5, 1.0])), w)
             Traceback (most recent call last):
             ...
             ValueError: consolidated holds values other than 0 (plastic) and 1 (consolidated)
         """
+        try:
+            torch.Generator(hidden.device).set_state(state.rng.to("cpu", torch.uint8))
+        except (RuntimeError, TypeError):
+            raise ValueError(f"rng is not a state of torch's generator on {hidden.device.type}") from None
+        if type(self).step is not SwitchRule.step:
+            return
         if not bool(((state.sign == -1) | (state.sign == 0) | (state.sign == 1)).all()):
             raise ValueError("sign holds values other than -1, 0 and 1")
         if not bool(((state.run >= 0) & (state.run == state.run.round())).all()):
             raise ValueError("run holds values that are not whole numbers >= 0 (a count of updates)")
         if not bool(((state.consolidated == 0) | (state.consolidated == 1)).all()):
             raise ValueError("consolidated holds values other than 0 (plastic) and 1 (consolidated)")
-        check_generator_state(state.rng.to("cpu", torch.uint8), "rng")
 
     def _parameter_seed(self, hidden: Tensor) -> int:
         """A 63-bit seed from ``seed``, the shape and the bytes of ``hidden``: the same on every machine."""
