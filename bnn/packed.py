@@ -65,7 +65,7 @@ from bnn.layers import BinaryLinear, SignActivation
 from bnn.models import MLP
 from metaspike.checks import is_whole, shown
 from metaspike.compiled import LazyCompiled, uncompiled
-from metaspike.files import atomic_open, check_torch_archive, load_plain_torch, read_regular_file, tensor_problem
+from metaspike.files import atomic_open, load_torch_file, tensor_problem
 from metaspike.gain import foreign_forward_hooks, output_gain
 from metaspike.layer_selection import synapse_parametrization
 from metaspike.quantizers import NoQuantizer, SteSign
@@ -483,9 +483,7 @@ class PackedMLP:
             ValueError: packed BNN file ... is not a zip archive, which torch.save writes (it starts with b'not '): ...
         """
         _check_compile(compile)
-        raw = read_regular_file(path, "packed BNN file")
-        check_torch_archive(raw, f"packed BNN file {path}")
-        data = load_plain_torch(raw, f"packed BNN file {path}")
+        data = load_torch_file(path, "packed BNN file")
         try:
             return cls(*_check_file(data, path), compile=compile)
         except ValueError as err:

@@ -27,7 +27,7 @@ from metaspike.checks import shown
 
 __all__ = ["as_path", "writable_path", "atomic_open", "atomic_write_text", "atomic_write_bytes",
            "remove_stale_temporaries", "csv_text",
-           "read_json", "read_regular_file", "tensor_problem", "check_plain_tensors", "MAX_NESTING", "MAX_KEY_PATH",
+           "read_json", "read_regular_file", "load_torch_file", "tensor_problem", "check_plain_tensors", "MAX_NESTING", "MAX_KEY_PATH",
            "MAX_KEY_PATHS_TOTAL", "TEMPORARY_FILES", "JSON_MAX_BYTES"]
 
 #: The names :func:`atomic_open` gives its temporary files (``.<name>.<random>.tmp`` beside the target), as a glob.
@@ -401,6 +401,23 @@ def load_plain_torch(data: bytes, what: str) -> Any:
                              "tensors and plain Python values only; such an object could run code when loaded, and "
                              "nothing of it ran)") from None
         raise ValueError(f"{what} is truncated or corrupt (torch cannot read it: {type(err).__name__})") from None
+
+
+def load_torch_file(path: str | os.PathLike, what: str) -> Any:
+    """What ``torch.save`` wrote to ``path``, a file from outside named ``what`` in errors: a regular file
+    (:func:`read_regular_file`) holding a torch archive (:func:`check_torch_archive`) of tensors and plain Python
+    values (:func:`load_plain_torch`), on the CPU.
+
+    Example:
+        >>> import tempfile, torch
+        >>> path = os.path.join(tempfile.mkdtemp(), "w.pt")
+        >>> torch.save({"w": torch.ones(2)}, path)
+        >>> load_torch_file(path, "weights file")
+        {'w': tensor([1., 1.])}
+    """
+    data = read_regular_file(path, what)
+    check_torch_archive(data, f"{what} {path}")
+    return load_plain_torch(data, f"{what} {path}")
 
 
 #: How deep the lists, tuples and dicts of a file ``torch.load`` reads may nest: a checkpoint nests a few levels (a

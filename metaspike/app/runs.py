@@ -61,11 +61,9 @@ from metaspike.files import (
     atomic_open,
     atomic_write_text,
     check_plain_tensors,
-    check_torch_archive,
     expanded_path,
-    load_plain_torch,
+    load_torch_file,
     read_json,
-    read_regular_file,
     remove_stale_temporaries,
 )
 from metaspike.machine import cpu_kind
@@ -1074,10 +1072,8 @@ def load_run_model(run_dir: str | Path) -> torch.nn.Module:
     """
     config = load_config(run_dir)
     path = Path(run_dir) / "model.pt"
-    data = read_regular_file(path, "model file")
-    check_torch_archive(data, str(path))
-    state = load_plain_torch(data, str(path))
-    check_plain_tensors(state, str(path))
+    state = load_torch_file(path, "model file")
+    check_plain_tensors(state, f"model file {path}")
     model = build_run_model(config, make_run_scenario(config))
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not the state dict a run writes")

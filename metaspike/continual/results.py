@@ -51,10 +51,9 @@ from metaspike.files import (
     atomic_open,
     atomic_write_text,
     check_plain_tensors,
-    check_torch_archive,
     csv_text,
     expanded_path,
-    load_plain_torch,
+    load_torch_file,
     read_json,
     read_regular_file,
 )
@@ -468,9 +467,7 @@ def load_checkpoint(path: str | os.PathLike, config_digest: str | None = None) -
         >>> state = load_checkpoint("runs/permuted-mnist5k-meta10-seed1/checkpoint.pt")  # doctest: +SKIP
     """
     path = as_path(path, "checkpoint")
-    data = read_regular_file(path, "checkpoint")
-    check_torch_archive(data, f"checkpoint {path}")
-    state = load_plain_torch(data, f"checkpoint {path}")
+    state = load_torch_file(path, "checkpoint")
     check_plain_tensors(state, f"checkpoint {path}")  # (before the checksum copies each tensor, or recurses)
     if not isinstance(state, dict) or "position" not in state:
         raise ValueError(f"checkpoint {path} is not a metaspike checkpoint")
