@@ -129,11 +129,12 @@ class ChainedOptimizer:
         try:
             for optimizer, state in zip(self.optimizers, states):
                 optimizer.load_state_dict(state)
-                own_state_tensors(optimizer)  # (a torch optimizer's would share the file's, and other parts', tensors)
         except Exception:
             for optimizer, state in zip(self.optimizers, saved):
                 optimizer.load_state_dict(state)
             raise
+        own_state_tensors(*self.optimizers)  # (a torch optimizer keeps the file's tensors, which one part may share
+        # with another)
 
     def _others_settings(self, index: int, state: Any) -> list[str]:
         """The settings that the groups of ``state`` (the state dict given to optimizer ``index``) set, to anything

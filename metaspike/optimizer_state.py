@@ -118,9 +118,10 @@ def check_step_count(where: str, step: Any) -> None:
         raise ValueError(f"{where} must be one finite number >= 0, got {shown(value)}")
 
 
-def own_state_tensors(optimizer: torch.optim.Optimizer) -> None:
-    """Give each tensor of ``optimizer``'s per-parameter state (and of a ``"rule_state"`` in it) that shares memory
-    with another of them, or whose elements overlap, a copy of its own, after a load: torch's ``load_state_dict``
+def own_state_tensors(*optimizers: torch.optim.Optimizer) -> None:
+    """Give each tensor of the ``optimizers``' per-parameter states (and of a ``"rule_state"`` in them) that shares
+    memory with another of them, or whose elements overlap, a copy of its own, after a load (of the several optimizers
+    of a chain together: a file may make one tensor of two of them): torch's ``load_state_dict``
     keeps the loaded tensors where dtype and device agree, so two entries a file made one (``exp_avg`` and
     ``exp_avg_sq``, or two parameters' moments) were updated twice a step, and an expanded view failed inside the
     update. Tensors of their own stay as they are (a copy of every one held a resumed run's state twice).
@@ -145,7 +146,7 @@ def own_state_tensors(optimizer: torch.optim.Optimizer) -> None:
         # anew)
         return value.clone(memory_format=torch.preserve_format) if shared or _overlaps(value) else value
 
-    for state in optimizer.state.values():
+    for state in (state for optimizer in optimizers for state in optimizer.state.values()):
         for key, value in list(state.items()):
             state[key] = {k: copied(v) for k, v in value.items()} if key == "rule_state" and isinstance(
                 value, dict) else copied(value)

@@ -158,3 +158,19 @@ def test_a_chain_refuses_an_optimizer_that_needs_a_closure_at_every_step():
     scheduled = torch.optim.Adam(plain_parameters(model), lr=0.01)
     torch.optim.lr_scheduler.StepLR(scheduled, step_size=10)  # (its wrapper of step reads (self, closure=None))
     assert ChainedOptimizer(chain.optimizers[0], scheduled).optimizers[1] is scheduled
+
+
+def test_a_chain_state_whose_parts_share_a_tensor_loads_them_apart():
+    """A state dict of a chain whose SGD momentum was its Adam's first moment (one tensor in the file) was stepped
+    twice a step; each part's own load cannot see the other part's tensors, so the chain gives them memory of their
+    own together."""
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    chain = ChainedOptimizer(torch.optim.SGD([a], lr=0.1, momentum=0.9), torch.optim.Adam([b], lr=0.1))
+    a.grad, b.grad = torch.ones(3), torch.ones(3)
+    chain.step()
+    state = chain.state_dict()
+    state["optimizers"][0]["state"][0]["momentum_buffer"] = state["optimizers"][1]["state"][0]["exp_avg"]
+    chain.load_state_dict(state)
+    momentum = chain.optimizers[0].state[a]["momentum_buffer"]
+    moment = chain.optimizers[1].state[b]["exp_avg"]
+    assert torch.equal(momentum, moment) and momentum.data_ptr() != moment.data_ptr()

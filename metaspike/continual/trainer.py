@@ -555,8 +555,8 @@ def _load_saved_optimizer(optimizer: Optimizer, optimizer_state: tuple[Any, Any,
     settings = [[{k: v for k, v in group.items() if k not in moved} for group in inner] if drives else inner
                 for drives, inner in zip(driven, built)]
     load_part("optimizer", optimizer, saved)
-    for part in parts:  # (a checkpoint's tensors made one by a forger would be one in the run)
-        own_state_tensors(part)
+    if not isinstance(optimizer, ChainedOptimizer):  # (a chain's load does it for its parts together)
+        own_state_tensors(optimizer)  # (a checkpoint's tensors made one by a forger would be one in the run)
     check_optimizer_state(optimizer, settings, exempt=moved)
     _check_rule_code(rule_code, optimizer)
     if isinstance(scheduler, ReduceLROnPlateau):
