@@ -805,22 +805,19 @@ class ContinualTrainer:
             load_batchnorm_state(self.model, current)
         return accuracies
 
-    def _warn_of_lagging_statistics(self, scenario: Scenario, running: float) -> None:
+    def _warn_of_lagging_statistics(self, scenario: Scenario, states: list[dict], running: float) -> None:
         """One warning, after the first task, where its test set scores :data:`STATISTICS_LAG_POINTS` or more higher
-        normalised by each batch's statistics than by the BatchNorm layers' running ones
+        normalised by each batch's statistics than by the BatchNorm layers' running ones (``running``), scored as the
+        run scores it (:meth:`_evaluate_all`, which mixes the tasks' test sets where the task is not told)
         (:func:`~metaspike.continual.batchnorm.running_statistics_lag`): every number of the run would understate what
         the network learned (a binarized torch CNN's task 1 was scored 23-70 % where batch statistics gave 92 %)."""
         # (one process only: under torchrun a synchronised BatchNorm normalising by the batch would wait for the others)
         if not scenario.evaluates_training_tasks or math.isnan(running) or world()[1] != 1:
             return
-        task = scenario.eval_tasks[0]
-        classes = task.classes if scenario.task_known_at_test else scenario.seen_classes(1)
         try:
             with warnings.catch_warnings():  # (evaluate's advice on batch statistics is about this probe, not the run)
                 warnings.simplefilter("ignore")
-                lag = running_statistics_lag(self.model, lambda: evaluate(
-                    self.model, task.test.x, task.test.y, self.config.eval_batch_size, classes, self.config.device,
-                    check_parameters=False), running)
+                lag = running_statistics_lag(self.model, lambda: self._evaluate_all(scenario, 1, states)[0], running)
         except Exception:  # (a diagnosis only, never the run's end: a test set of one sample has no batch statistics)
             return
         if lag is not None and lag >= STATISTICS_LAG_POINTS:
@@ -981,7 +978,7 @@ class ContinualTrainer:
             accuracies = self._train_task(scenario, i, epoch, optimizer, scheduler, generator, states, result, start,
                                           log, due)
             if i == 0 and due:
-                self._warn_of_lagging_statistics(scenario, accuracies[0])
+                self._warn_of_lagging_statistics(scenario, states, accuracies[0])
             # (a task's own BatchNorm state is kept only where evaluation reads it: shared statistics would grow the
             # memory and every checkpoint by one state per task)
             states.append(batchnorm_state(self.model) if self._per_task_batchnorm(scenario) else {})
