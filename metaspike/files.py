@@ -27,7 +27,8 @@ from metaspike.checks import shown
 
 __all__ = ["as_path", "writable_path", "atomic_open", "atomic_write_text", "atomic_write_bytes",
            "remove_stale_temporaries", "csv_text",
-           "read_json", "read_regular_file", "load_torch_file", "tensor_problem", "check_plain_tensors", "MAX_NESTING", "MAX_KEY_PATH",
+           "read_json", "read_regular_file", "load_torch_file", "tensor_problem", "check_plain_tensors", "MAX_NESTING",
+           "MAX_KEY_PATH",
            "MAX_KEY_PATHS_TOTAL", "TEMPORARY_FILES", "JSON_MAX_BYTES"]
 
 #: The names :func:`atomic_open` gives its temporary files (``.<name>.<random>.tmp`` beside the target), as a glob.

@@ -544,8 +544,9 @@ class MetaplasticAdam(HookedAgainWhenCopied, Optimizer):
             separate tensor operations; ``None``: fused for matrices of at least
             :data:`FUSED_MIN_NUMEL` entries. If compiling fails, a warning is given and the
             separate operations are used; float16 weights always take them (the fused loop would keep their
-            second moments unrounded, and so step otherwise than torch's float16 Adam). Plain Adam (``meta=0`` under a built-in rule, parameters not
-            consolidated) is never fused, so it stays ``torch.optim.Adam`` bit for bit.
+            second moments unrounded, and so step otherwise than torch's float16 Adam). Plain Adam (``meta=0``
+            under a built-in rule, parameters not consolidated) is never fused, so it stays ``torch.optim.Adam`` bit
+            for bit.
         amsgrad, maximize, capturable, differentiable, decoupled_weight_decay: ``torch.optim.Adam``'s flags, not done
             here: one set (as a keyword or by a group) is refused (``metaplastic(torch.optim.Adam(..., amsgrad=True))``
             consolidates torch's own Adam).
