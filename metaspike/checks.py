@@ -318,11 +318,12 @@ def state_dict_groups(state_dict: Any) -> list[dict[str, Any]]:
     return groups
 
 
-def check_generator_state(state: Any, what: str) -> None:
+def check_generator_state(state: Any, what: str, device: Any = None) -> None:
     """A ``ValueError`` naming ``what`` unless ``state`` is a state torch's CPU generator takes (``torch.Generator``'s
-    ``set_state``, ``torch.set_rng_state``): tried on a scratch generator, since a tensor of the right size and dtype
-    read from a file may still hold no valid state, which torch refuses with a ``RuntimeError`` only when it is set
-    (after the rest of a checkpoint was put in place).
+    ``set_state``, ``torch.set_rng_state``), or the generator of ``device`` where one is given (a CUDA generator's
+    state is another size): tried on a scratch generator, since a tensor of the right size and dtype read from a file
+    may still hold no valid state, which torch refuses with a ``RuntimeError`` only when it is set (after the rest of a
+    checkpoint was put in place).
 
     Example:
         >>> import torch
@@ -335,9 +336,10 @@ def check_generator_state(state: Any, what: str) -> None:
     import torch
 
     try:
-        torch.Generator().set_state(state)
+        torch.Generator(*([] if device is None else [device])).set_state(state)
     except (RuntimeError, TypeError):
-        raise ValueError(f"{what} is not a state of torch's generator") from None
+        on = "" if device is None else f" on {torch.device(device).type}"
+        raise ValueError(f"{what} is not a state of torch's generator{on}") from None
 
 
 def stored_values(tensor: Any) -> Any:

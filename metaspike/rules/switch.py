@@ -9,7 +9,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
-from metaspike.checks import check_seed, number_in
+from metaspike.checks import check_generator_state, check_seed, number_in
 from metaspike.rules.base import toward_zero
 
 __all__ = ["SwitchRule", "SwitchState"]
@@ -87,10 +87,7 @@ class SwitchRule:
             ...
             ValueError: consolidated holds values other than 0 (plastic) and 1 (consolidated)
         """
-        try:
-            torch.Generator(hidden.device).set_state(state.rng.to("cpu", torch.uint8))
-        except (RuntimeError, TypeError):
-            raise ValueError(f"rng is not a state of torch's generator on {hidden.device.type}") from None
+        check_generator_state(state.rng.to("cpu", torch.uint8), "rng", hidden.device)
         if type(self).step is not SwitchRule.step:
             return
         if not bool(((state.sign == -1) | (state.sign == 0) | (state.sign == 1)).all()):
