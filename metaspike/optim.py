@@ -219,7 +219,9 @@ def _loaded_groups(optimizer: Optimizer,
     another algorithm's refused (:func:`_missing_settings`, :data:`_OTHER_ALGORITHMS`), its rules rebuilt from their
     records, a setting a group lacks (the state dict of a plain torch optimizer, or of an older metaspike) at its live
     group's value (the optimizer's default past the live groups), every group validated, step counts saved as numbers
-    made tensors (:func:`~metaspike.optimizer_state.with_tensor_steps`); the rules' states as they are to be installed
+    made tensors for MetaplasticAdam (:func:`~metaspike.optimizer_state.with_tensor_steps`; a wrapped torch optimizer
+    keeps them as the file has them, as its own load does: SparseAdam counts in a Python int, and a float32 tensor
+    step moved a resumed run's weights by up to 8e-7 in four steps); the rules' states as they are to be installed
     (:func:`_check_saved_state`), and those handed on and not yet taken (:data:`_HANDED_ON`)."""
     name = type(optimizer).__name__
     loaded = []
@@ -242,7 +244,9 @@ def _loaded_groups(optimizer: Optimizer,
         _group_check(optimizer)(group)
         loaded.append(group)
     places = _saved_places(optimizer, loaded)
-    state = with_tensor_steps(state_dict.get("state"))
+    state = state_dict.get("state")
+    if isinstance(optimizer, MetaplasticAdam):
+        state = with_tensor_steps(state)
     rule_states = _check_saved_state(optimizer, places, state)
     handed = _check_handed_on(places, state_dict.get(_HANDED_ON, {}))
     loading = {**state_dict, "param_groups": loaded, **({"state": state} if "state" in state_dict else {})}
