@@ -440,8 +440,11 @@ def _check_consolidation(group: dict[str, Any], owner: str = "a metaplastic opti
     """Validate what a param group says about consolidation: ``meta``, ``rule`` and ``consolidate`` (the keys
     :func:`metaplastic` adds to another optimizer's groups, whose own settings are that optimizer's to check), and
     that it holds no Bayesian synapse's tensors: ``owner`` would train BiMU's ``λ`` or MESU's ``μ, σ`` as plain
-    weights (``σ`` could turn negative, and BiMU's latent weights do not learn so)."""
+    weights (``σ`` could turn negative, and BiMU's latent weights do not learn so); nor a tensor twice."""
     _refuse_bayesian_tensors(group, owner, "got")
+    if len({id(p) for p in group["params"]}) < len(group["params"]):  # (torch warns, and steps it twice)
+        raise ValueError(f"{owner} got a param group that lists a tensor more than once (tied weights?), which it "
+                         "would update twice a step; list each tensor once (model.parameters() does)")
     check_meta(group["meta"], "meta")
     get_rule(group["rule"])
     _check_optional_flag(group, "consolidate")
@@ -562,6 +565,8 @@ class MetaplasticAdam(HookedAgainWhenCopied, Optimizer):
         >>> model(torch.randn(3, 4)).sum().backward()
         >>> opt.step()
     """
+
+    _refuses_synapse_tensors = True  # (REFUSES_SYNAPSE_TENSORS: check_step refuses them in its own words)
 
     def __init__(
         self,
@@ -1085,6 +1090,8 @@ def _after_the_closure(then: Callable[[], None], args: tuple, kwargs: dict[str, 
 class _KeepsHooksWhenCopied:
     """Mixin of an optimizer that :func:`metaplastic` hooked: torch copies and pickles an optimizer without its
     hooks, so a copy would step without consolidation, silently; this one is rebuilt and hooked again."""
+
+    _refuses_synapse_tensors = True  # (REFUSES_SYNAPSE_TENSORS: check_before_step refuses them in its own words)
 
     def __getstate__(self) -> dict[str, Any]:
         return _with_handed_on(self, super().__getstate__())  # type: ignore[misc]

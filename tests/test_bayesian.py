@@ -1268,7 +1268,11 @@ def test_a_frozen_layer_made_mesu_keeps_its_width_frozen():
     leaves the frozen layer as it was; the other layer's σ trains."""
     net = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
     net[0].requires_grad_(False)
-    bayesianize(net, "mesu")
+    with pytest.warns(UserWarning, match=r"^bayesianize: '0' is frozen \(requires_grad=False\): its μ keeps the "
+                                         r"weights and never trains, nor does σ \(sigma_init 0.1\); each training "
+                                         r"pass draws μ \+ σ·ε, noise of width 0.1 beside weights of mean size \S+: .*"
+                                         r"exclude=\['0'\]$"):
+        bayesianize(net, "mesu")  # (MESU on a frozen layer trained on noise 3 times its weights' size, unsaid)
     sigmas = [layer.parametrizations.weight[0].sigma for layer in (net[0], net[2])]
     assert [s.requires_grad for s in sigmas] == [False, True]
     frozen = [t.detach().clone() for t in net[0].parameters()]
@@ -1343,7 +1347,7 @@ def test_bimu_keeps_a_frozen_layers_weights_as_its_lambda_and_says_so():
     net[0].requires_grad_(False)
     pretrained, second = net[0].weight.detach().clone(), net[2].weight.detach().clone()
     with pytest.warns(UserWarning, match=r"^bayesianize: '0' is frozen \(requires_grad=False\): its λ keeps the "
-                                         r"weights .* leave it float with exclude=$"):
+                                         r"weights .* leave it float with exclude=\['0'\]$"):
         bayesianize(net, "bimu")
     assert torch.equal(net[0].parametrizations.weight.original, pretrained)
     assert not net[0].parametrizations.weight.original.requires_grad

@@ -956,3 +956,21 @@ def test_a_subclass_of_the_switch_rule_with_a_step_of_its_own_loads_the_values_i
     state_dict["state"][index]["rule_state"]["rng"].zero_()
     with pytest.raises(ValueError, match="rng is not a state of torch's generator on cpu"):
         metaspike.MetaplasticAdam(model.parameters(), lr=0.01, meta=5.0, rule=LeakySwitch()).load_state_dict(state_dict)
+
+
+@pytest.mark.parametrize("make", [
+    lambda params: metaspike.MetaplasticAdam(params, lr=0.01, meta=1.0),
+    lambda params: metaspike.metaplastic(torch.optim.SGD(params, lr=0.1), meta=1.0),
+])
+def test_a_tensor_listed_twice_is_refused_as_bimu_refuses_it(make):
+    """A tied weight gathered layer by layer was stepped twice a step (2.006 times as far as listed once), with
+    torch's generic duplicate-parameters warning only; BiMU refused the same list."""
+    tied = torch.nn.Parameter(torch.randn(4, 3))
+    with pytest.warns(UserWarning, match="duplicate parameters"), pytest.raises(
+            ValueError, match=r"got a param group that lists a tensor more than once \(tied weights\?\), which it "
+                              r"would update twice a step; list each tensor once"):
+        make([tied, tied])
+    optimizer = make([torch.nn.Parameter(torch.randn(2))])
+    with pytest.warns(UserWarning, match="duplicate parameters"), pytest.raises(ValueError, match="more than once"):
+        optimizer.add_param_group({"params": [tied, tied]})
+    assert len(optimizer.param_groups) == 1

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import inspect
 import warnings
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from metaspike.bayesian.functional import (
     _check_step_tensors,
@@ -249,19 +251,83 @@ def check_synapse_optimizers(optimizer: Any, model: nn.Module | None = None) -> 
         ValueError: Adam holds the BiMU latent weight tensors of Bayesian synapses, which it would train as plain weights; train them with their own optimizers, metaspike.BiMU(bimu_parameters(model)) or metaspike.MESU(mesu_param_groups(model)), and the rest with metaspike.ChainedOptimizer
     """
     for part in getattr(optimizer, "optimizers", None) or [optimizer]:
-        roles = sorted({role for group in part.param_groups for p in group["params"]
-                        if (role := synapse_role(p)) is not None})
         if isinstance(part, _DataGatedOptimizer):
-            layer = None if roles or model is None else _plain_layer_trained(part, model)
+            layer = None if model is None or _roles_held(part) else _plain_layer_trained(part, model)
             if layer is not None:  # (on a model never made Bayesian it trained the plain weights and biases, silently)
                 name = type(part).__name__
                 raise ValueError(f"{name} holds no Bayesian synapse tensors but the plain parameters of the model's "
                                  f"layer {layer}: make the synapses Bayesian with metaspike.bayesianize(model, "
                                  f"{name.lower()!r}) and pass {part.helper}(model)")
             continue
-        if roles:
-            raise ValueError(f"{type(part).__name__} holds the {' and '.join(_ROLE_NAMES[r] for r in roles)} tensors "
-                             f"of Bayesian synapses, which it would train as plain weights; {BAYESIAN_ADVICE}")
+        _refuse_synapse_tensors(part)
+
+
+
+
+REFUSES_SYNAPSE_TENSORS = "_refuses_synapse_tensors"
+"""The attribute (``True``) of an optimizer that refuses or trains synapse tensors itself (MESU, BiMU, MetaplasticAdam,
+one :func:`metaspike.metaplastic` hooked), which :func:`watch_plain_optimizers`' check leaves alone."""
+
+_synapses_made = 0
+_checked: weakref.WeakKeyDictionary[Optimizer, tuple[int, int]] = weakref.WeakKeyDictionary()
+
+
+def watch_plain_optimizers() -> None:
+    """Called whenever Bayesian synapses are made: from the first call on, the first step of a torch optimizer that
+    holds synapse tensors warns, once per optimizer (again after synapses are made again or its parameters changed).
+    ``bayesianize`` turns the weights a torch optimizer built before it holds into BiMU's ``λ`` or MESU's ``μ``, which
+    that optimizer went on training as plain weights without a word (Adam on a BiMU network: digits' first task at
+    35 %, then 26 %; on MESU a noisy float network whose σ never trained). A warning, not a refusal: such a step may be
+    meant (an ablation); the continual-learning trainer and :class:`metaspike.ChainedOptimizer` refuse it. A step
+    pays a dictionary lookup.
+
+    Example:
+        >>> import warnings
+        >>> from metaspike.bayesian import bayesianize
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 2))
+        >>> adam = torch.optim.Adam(net.parameters())  # built before bayesianize
+        >>> net = bayesianize(net, "bimu", scale=None)
+        >>> net(torch.randn(3, 4)).sum().backward()
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     adam.step()
+        >>> print(caught[0].message)  # doctest: +ELLIPSIS
+        Adam holds the BiMU latent weight tensors of Bayesian synapses (bayesianize makes them of a layer's ...
+    """
+    global _synapses_made
+    if _synapses_made == 0:
+        register_optimizer_step_pre_hook(warn_of_synapse_tensors_before_step)
+    _synapses_made += 1
+
+
+def warn_of_synapse_tensors_before_step(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+    """The step pre-hook of :func:`watch_plain_optimizers`, for every optimizer of the process."""
+    if getattr(optimizer, REFUSES_SYNAPSE_TENSORS, False):
+        return
+    seen = (_synapses_made, sum(len(group["params"]) for group in optimizer.param_groups))
+    if _checked.get(optimizer) == seen:
+        return
+    _checked[optimizer] = seen
+    roles = _roles_held(optimizer)
+    if roles:
+        warnings.warn(f"{type(optimizer).__name__} holds the {roles} tensors of Bayesian synapses (bayesianize makes "
+                      "them of a layer's weights: an optimizer built before it holds them) and trains them as plain "
+                      f"weights; {BAYESIAN_ADVICE}", UserWarning, stacklevel=user_stacklevel())
+
+
+def _roles_held(optimizer: Optimizer) -> str:
+    """What synapse tensors ``optimizer`` holds, e.g. ``"MESU mean and MESU width"``; ``""`` for none."""
+    roles = sorted({role for group in optimizer.param_groups for p in group["params"]
+                    if (role := synapse_role(p)) is not None})
+    return " and ".join(_ROLE_NAMES[role] for role in roles)
+
+
+def _refuse_synapse_tensors(optimizer: Optimizer) -> None:
+    """One ``ValueError`` where ``optimizer`` (not MESU or BiMU) holds tensors of Bayesian synapses."""
+    roles = _roles_held(optimizer)
+    if roles:
+        raise ValueError(f"{type(optimizer).__name__} holds the {roles} tensors of Bayesian synapses, which it would "
+                         f"train as plain weights; {BAYESIAN_ADVICE}")
 
 
 def _plain_layer_trained(optimizer: Optimizer, model: nn.Module) -> str | None:
@@ -282,6 +348,7 @@ class _DataGatedOptimizer(HookedAgainWhenCopied, Optimizer):
     copy too: :class:`~metaspike.optimizer_state.HookedAgainWhenCopied`), and a step that changes nothing when no
     parameter has a nonzero gradient. A subclass names its ``rule`` and implements :meth:`_update_group`."""
 
+    _refuses_synapse_tensors = True  # (REFUSES_SYNAPSE_TENSORS: it trains them)
     rule: str
     roles: tuple[str, ...]
     """What the tensors of a group are, repeating (checked where they carry marks: :func:`_check_roles`)."""

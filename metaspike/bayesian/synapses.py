@@ -627,6 +627,31 @@ def _new_synapse(kind: str, weight: nn.Parameter, sigma_init: float, lambda_init
     return BinaryWeight(temperature, evaluation)
 
 
+def _warn_of_frozen_layers(frozen: list[tuple[str, nn.Module]], kind: str, sigma_init: float,
+                           lambda_init: float | None) -> None:
+    """Warn where ``frozen`` (``(name, layer)`` pairs of layers whose weight has ``requires_grad=False``) is not
+    empty: such a synapse keeps the weights and never trains, yet each training pass draws from it (BiMU: ±1 with
+    P(+1) = sigmoid(2λ); MESU: μ + σ·ε), so the layer a user froze to keep it is not what the training passes
+    see."""
+    if not frozen:
+        return
+    names = [name or type(layer).__name__ for name, layer in frozen]
+    named, verb = ", ".join(map(repr, names)), "is" if len(names) == 1 else "are"
+    keep = (f"leave it float with exclude=[{named}]" if all(name for name, _ in frozen)
+            else "leave it float (do not make it Bayesian)")  # (make_bayesian's one layer has no name to exclude)
+    if kind == "bimu":
+        kept = " instead of a new N(0, lambda_init²) draw" if lambda_init is not None else ""
+        drawn = ("its λ keeps the weights (sign λ, what evaluation shows, is their signs)" + kept + ", and never "
+                 "trains; each training pass draws ±1 with P(+1) = sigmoid(2λ), near a coin flip for small weights")
+    else:
+        size = torch.cat([layer.weight.detach().abs().flatten().float() for _, layer in frozen]).mean().item()
+        drawn = (f"its μ keeps the weights and never trains, nor does σ (sigma_init "
+                 f"{sigma_init:g}); each training pass draws μ + σ·ε, noise of width {sigma_init:g} beside weights "
+                 f"of mean size {size:.2g}")
+    warnings.warn(f"bayesianize: {named} {verb} frozen (requires_grad=False): {drawn}: to keep a frozen layer exactly "
+                  f"as it was, {keep}", UserWarning, stacklevel=user_stacklevel())
+
+
 def _make_synapses(layers: list[tuple[str, nn.Module]], kind: str, scale: str | None, sigma_init: float,
                    lambda_init: float | None, temperature: float, evaluation: str) -> None:
     """Turn the checked ``(name, layer)`` pairs into synapses of ``kind``: first every gain, from the float weights
@@ -640,13 +665,11 @@ def _make_synapses(layers: list[tuple[str, nn.Module]], kind: str, scale: str | 
     for name, layer in layers:
         if scale is not None and output_gain(layer) is None:  # (MESU's μ keeps the float weight's size: α from 1)
             attach_output_gain(layer, scale, name, real_weights=kind == "mesu")
-    frozen = [name or type(layer).__name__ for name, layer in layers if not layer.weight.requires_grad]
-    if kind == "bimu" and lambda_init is not None and frozen:
-        warnings.warn(f"bayesianize: {', '.join(map(repr, frozen))} {'is' if len(frozen) == 1 else 'are'} frozen "
-                      "(requires_grad=False): its λ keeps the weights (sign λ, what evaluation shows, is their signs) "
-                      "instead of a new N(0, lambda_init²) draw, and never trains; each training pass draws ±1 with "
-                      "P(+1) = sigmoid(2λ), near a coin flip for small weights: to keep a frozen layer exactly as it "
-                      "was, leave it float with exclude=", UserWarning, stacklevel=user_stacklevel())
+    _warn_of_frozen_layers([(name, layer) for name, layer in layers if not layer.weight.requires_grad], kind,
+                           sigma_init, lambda_init)
+    from metaspike.bayesian.optim import watch_plain_optimizers  # (that module builds on this one)
+
+    watch_plain_optimizers()
     shared: dict[int, _Parametrization] = {}
     for _, layer in layers:
         weight = layer.weight
