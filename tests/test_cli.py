@@ -51,6 +51,22 @@ def test_rerunning_never_overwrites_an_earlier_run(tmp_path):
     assert (first / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("marker", ["config.json", "plan.json", "reproduction.json"])
+@pytest.mark.parametrize("command", [["train", *SMALL], ["compare", *SMALL, "--seeds", "1"], ["reproduce", "fig2"]])
+def test_out_given_a_run_comparison_or_reproduction_folder_is_refused_before_anything_is_made(tmp_path, capsys,
+                                                                                            marker, command):
+    """--out naming the folder of an earlier run made the new run inside it, among its files, without a word."""
+    earlier = tmp_path / "permuted-digits-meta5-30-seed1"
+    earlier.mkdir()
+    (earlier / marker).write_text("{}")
+    assert main([*command, "--out", str(earlier)]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"metaspike: error: --out {re.escape(str(earlier))} is a \w+ \w+ \(it holds {marker}\), and "
+                        rf"a new one would be made inside it: give the folder that holds it, --out "
+                        rf"{re.escape(str(tmp_path))} \(where it is unfinished, metaspike \w+ --resume .*\)\n", err), err
+    assert sorted(p.name for p in earlier.iterdir()) == [marker]
+
+
 @pytest.mark.parametrize("dies_at_call", [1, 2])
 def test_a_run_that_fails_keeps_what_it_measured_and_says_what_that_is(tmp_path, monkeypatch, capsys, dies_at_call):
     from metaspike.continual import trainer as trainer_module

@@ -385,7 +385,15 @@ _SETTING_FLAGS = {"scenario": "scenario", "dataset": "datasets", "tasks": "tasks
 
 
 def _train(args: argparse.Namespace) -> None:
-    from metaspike.app.runs import ewc_memory_warning, load_config, matrix_cost_warning, resume, resume_folder, run
+    from metaspike.app.runs import (
+        ewc_memory_warning,
+        load_config,
+        matrix_cost_warning,
+        results_folder,
+        resume,
+        resume_folder,
+        run,
+    )
     from metaspike.app.tables import format_table, summarize_results
     from metaspike.continual.metrics import LEARNED_MARGIN, largest_rise, learned_nothing, tasks_learned_nothing
 
@@ -406,7 +414,7 @@ def _train(args: argparse.Namespace) -> None:
         for cost in (matrix_cost_warning(config), ewc_memory_warning(config)):
             if cost is not None:
                 print(f"metaspike: warning: {cost}", file=sys.stderr)
-        _mention_unfinished(expanded_path(args.out, "--out") / config.name)
+        _mention_unfinished(results_folder(args.out) / config.name)
         path, result = run(config, args.out, progress=not args.quiet)
     if world()[0] != 0:
         return  # under torchrun, only the first process reports
@@ -481,7 +489,7 @@ def _learning_settings(models: Sequence[str], scenario: str) -> str:
 
 def _compare(args: argparse.Namespace) -> None:
     from metaspike.app import compare
-    from metaspike.app.runs import refuse_several_processes, resume_folder
+    from metaspike.app.runs import refuse_several_processes, results_folder, resume_folder
     from metaspike.app.tables import format_table
     from metaspike.checks import check_seed
     from metaspike.continual.metrics import LEARNED_MARGIN
@@ -530,7 +538,7 @@ def _compare(args: argparse.Namespace) -> None:
             base = _config(args, [metas[0]] if compare.takes_meta(args.model) else None, args.seeds[0])
             given_flags = {k: v for k, v in _given_settings(args).items() if k != "meta"}  # (--meta: checked above)
             _refuse_flags_no_model_uses(given_flags, [base.for_model(n) for n in args.neurons])
-            out = expanded_path(args.out, "--out")
+            out = results_folder(args.out)
             _mention_unfinished(out / compare.comparison_name(base, neurons=True, rules=rules, kinds=args.neurons),
                                 "compare")
             path, rows = compare.compare_neurons(base, args.neurons, metas, args.seeds, out=args.out,
@@ -540,7 +548,7 @@ def _compare(args: argparse.Namespace) -> None:
             base = _config(args, None, args.seeds[0])
             _refuse_unused_flags(_given_settings(args), base)
             metas = [parse_meta(text) for text in args.meta] if args.meta is not None else [(0.0,), base.meta]
-            out = expanded_path(args.out, "--out")
+            out = results_folder(args.out)
             _mention_unfinished(out / compare.comparison_name(base, neurons=False, rules=rules), "compare")
             path, rows = compare.compare(base, metas, args.seeds, args.out, progress=not args.quiet, rules=rules)
             models, scenario = [base.model], base.scenario

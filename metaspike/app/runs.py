@@ -956,6 +956,25 @@ RESUMABLE_FOLDERS = (
 )
 
 
+def results_folder(out: object) -> Path:
+    """``--out``, the folder new runs, comparisons and reproductions are made in (each in a folder of its own inside
+    it), expanded; one ``ValueError`` where it is itself one of :data:`RESUMABLE_FOLDERS` (it holds the file that marks
+    one): the new folder would be made inside it, among its files (a run's ``--out`` given as the folder to put the
+    next run in nested one run in another).
+
+    Example:
+        >>> results_folder("runs")
+        PosixPath('runs')
+    """
+    path = expanded_path(out, "--out")
+    for marker, kind, _, command in RESUMABLE_FOLDERS:
+        if (path / marker).is_file():
+            raise ValueError(f"--out {path} is a {kind} (it holds {marker}), and a new one would be made inside it: "
+                             f"give the folder that holds it, --out {path.parent} (where it is unfinished, {command} {path} "
+                             "continues it)")
+    return path
+
+
 def resume_folder(given: str | Path, marker: str) -> Path:
     """``given``, the folder a ``--resume`` names, once it holds ``marker``, the file that marks its kind of folder
     (:data:`RESUMABLE_FOLDERS`); else one ``ValueError`` that names it and says what it is, first found first: no

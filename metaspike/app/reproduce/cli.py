@@ -8,7 +8,6 @@ from pathlib import Path
 
 from metaspike.app.reproduce.experiments import EXPERIMENTS
 from metaspike.app.reproduce.scales import SCALES
-from metaspike.files import expanded_path
 
 __all__ = ["add_parser", "run"]
 
@@ -67,7 +66,7 @@ def _mean_std(mean: float, std: float) -> str:
 def run(args: argparse.Namespace) -> None:
     """Run (or, with ``--resume``, finish) the experiment named in ``args`` and print where its table and figure are."""
     from metaspike.app.reproduce import reproduce, resume_reproduction
-    from metaspike.app.runs import refuse_several_processes
+    from metaspike.app.runs import refuse_several_processes, results_folder
 
     refuse_several_processes("reproduce")
     settings = [flag for flag, value in (("NAME", args.name), ("--scale", args.scale), ("--seeds", args.seeds),
@@ -82,7 +81,7 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"reproduce needs an experiment NAME (one of {', '.join(EXPERIMENTS)}) or --resume DIR")
     else:
         scale = "cpu" if args.scale is None else args.scale  # (an empty --scale is refused, as any unknown one)
-        out = "runs" if args.out is None else expanded_path(args.out, "--out")
+        out = results_folder("runs" if args.out is None else args.out)
         root, rows = reproduce(args.name, scale, args.seeds or [1], out, progress=not args.quiet,
                                data_dir=args.data_dir, device="cpu" if args.device is None else args.device)
     for row in rows:
