@@ -30,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                    description=f"Experiments: {names}.")
     parser.add_argument("name", metavar="NAME", nargs="?", help=f"one of {', '.join(EXPERIMENTS)}")
     parser.add_argument("--scale", default=None, help=f"one of {', '.join(SCALES)}: cpu runs offline, in minutes "
-                        "(long-stream: about 45 a seed); "
+                        "(long-stream: about 30 a seed); "
                         "paper uses the paper's datasets (from --data-dir) and sizes (default: cpu)")
     parser.add_argument("--data-dir", default=None,
                         help="folder of the full datasets (default: $METASPIKE_DATA or ~/.cache/metaspike/data)")
