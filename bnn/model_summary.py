@@ -113,9 +113,12 @@ class ModelSummary:
             + f"{self.packed_bytes / 1024:>11.2f}{self.float32_bytes / 1024:>11.2f}"
             + (f"{self.binary_macs:>13,}{self.float_macs:>13,}" if macs else "")
         )
-        lines.append(f"memory: {self.packed_bytes / 1024:.1f} kB with 1-bit binary weights"
-                     f"{' and quantized ones at their precision' if quantized else ''} vs "
-                     f"{self.float32_bytes / 1024:.1f} kB float32 ({self.compression:.1f}x smaller)")
+        if self.binary_params or quantized:
+            lines.append(f"memory: {self.packed_bytes / 1024:.1f} kB with 1-bit binary weights"
+                         f"{' and quantized ones at their precision' if quantized else ''} vs "
+                         f"{self.float32_bytes / 1024:.1f} kB float32 ({self.compression:.1f}x smaller)")
+        else:  # (a float or MESU model: "1-bit binary weights, 1.0x smaller" described weights it has none of)
+            lines.append(f"memory: {self.float32_bytes / 1024:.1f} kB float32; no binary or quantized weights")
         return "\n".join(lines)
 
 

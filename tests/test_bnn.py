@@ -538,6 +538,9 @@ def test_summary_counts_a_mesu_synapses_width_once():
     model = metaspike.bayesianize(nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)), "mesu")
     counted = bnn.summary(model, input_shape=(64,))
     assert counted.float_params + counted.binary_params == sum(p.numel() for p in model.parameters())  # mu, sigma, bias
+    # (its last line described "1-bit binary weights ... 1.0x smaller" that a MESU model has none of)
+    assert str(counted).splitlines()[-1] == f"memory: {counted.float32_bytes / 1024:.1f} kB float32; no binary or " \
+        "quantized weights"
 
 
 def test_one_sample_asks_for_population_statistics_first():
