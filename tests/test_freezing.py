@@ -175,6 +175,11 @@ def test_float_weight_matrices_that_freeze_too_are_named_once_and_a_wrong_argume
     bare = metaspike.bayesianize(nn.Sequential(nn.Linear(4, 3, bias=False)), "bimu", scale=None)
     with pytest.warns(UserWarning, match="^FreezeUnconsolidated: the model has no parameter besides its synapses"):
         FreezeUnconsolidated(1).before_step(bare)
+    frozen_by_hand = metaspike.binarize(nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)), exclude=["2"])
+    frozen_by_hand[2].weight.requires_grad_(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (it named a matrix the user had frozen already as one it would freeze)
+        FreezeUnconsolidated(1).before_step(frozen_by_hand)
 
 
 def test_a_comparison_of_kinds_freezes_those_with_something_to_freeze_and_says_so_per_row(tmp_path, one_thread):

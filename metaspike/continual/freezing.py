@@ -71,7 +71,7 @@ def _warn_of_what_freezes(model: nn.Module, frozen: list[Tensor], after_tasks: i
                       "learned gain, normalisation scale or neuron parameter), so nothing freezes",
                       stacklevel=user_stacklevel())
         return
-    matrices = _weight_matrices(model, frozen)
+    matrices = _weight_matrices(model, [p for p in frozen if p.requires_grad])  # (not those frozen already)
     if matrices:
         task = "task" if after_tasks == 1 else f"{after_tasks} tasks"
         warnings.warn(f"FreezeUnconsolidated freezes float weight matrices too after the first {task}, since they "
