@@ -442,9 +442,14 @@ def _check_consolidation(group: dict[str, Any], owner: str = "a metaplastic opti
     that it holds no Bayesian synapse's tensors: ``owner`` would train BiMU's ``λ`` or MESU's ``μ, σ`` as plain
     weights (``σ`` could turn negative, and BiMU's latent weights do not learn so); nor a tensor twice."""
     _refuse_bayesian_tensors(group, owner, "got")
-    if len({id(p) for p in group["params"]}) < len(group["params"]):  # (torch warns, and steps it twice)
-        raise ValueError(f"{owner} got a param group that lists a tensor more than once (tied weights?), which it "
-                         "would update twice a step; list each tensor once (model.parameters() does)")
+    listed = [id(p) if isinstance(p, Tensor) else p for p in group["params"]]  # (a state dict's: indices)
+    if len(set(listed)) < len(listed):  # (torch warns, and steps it twice)
+        if all(isinstance(p, Tensor) for p in group["params"]):
+            raise ValueError(f"{owner} got a param group that lists a tensor more than once (tied weights?), which it "
+                             "would update twice a step; list each tensor once (model.parameters() does)")
+        twice = next(p for p in listed if listed.count(p) > 1)
+        raise ValueError(f"state_dict: a param group lists parameter {twice!r} more than once; no optimizer that "
+                         "steps each tensor once writes that")
     check_meta(group["meta"], "meta")
     get_rule(group["rule"])
     _check_optional_flag(group, "consolidate")

@@ -22,7 +22,7 @@ from torch.optim import Optimizer
 
 from metaspike.allocator import allocation_failure
 from metaspike.bayesian.fused_step import FusedTrainingStep
-from metaspike.bayesian.synapses import bayesian_modules, drawn_samples
+from metaspike.bayesian.synapses import bayesian_modules
 from metaspike.caller import LIBRARY_PATHS, user_stacklevel
 from metaspike.checks import (
     ModelError,
@@ -126,21 +126,6 @@ class Plugin:
         return None
 
 
-def _not_weight_samples(model: nn.Module, leading: int, drawn: set[int]) -> str | None:
-    """Why a ``(leading, B, C)`` output of ``model`` is unlikely to be ``leading`` weight samples (``drawn``: the sample
-    counts its sampled layers drew, :func:`~metaspike.bayesian.drawn_samples`), or ``None``. A layer made Bayesian by
-    ``bayesianize`` draws one sample a forward pass and adds no dimension; a model of one's own that draws several
-    with :func:`~metaspike.bayesian.sampled_forward` itself has no sampled layer to tell, and is warned about too."""
-    if next(bayesian_modules(model), None) is None:
-        return "it has no Bayesian synapses"
-    if not drawn:
-        return ("no layer of it draws several weight samples (a layer made Bayesian by bayesianize draws one a forward "
-                "pass and adds no dimension)")
-    if leading not in drawn:
-        return f"its sampled layers draw {' or '.join(map(str, sorted(drawn)))}"
-    return None
-
-
 _OUTPUT_SHAPES = "[B, classes] (or [S, B, classes]: S weight samples of a Bayesian network)"
 _REDUCED_OVER_TIME = "a spiking model returns its output reduced over time (metaspike.snn.SpikingClassifier does that)"
 #: Samples of the trial forward pass of :func:`check_inputs`: three, so that an output ``[B, 2, C]`` is not read as
@@ -184,7 +169,6 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
         # (a model that samples its weights: training's numbers do not depend on the check)
         with torch.no_grad(), random_numbers_apart(x.device), evaluation_mode(model):
             out = model(x[:_PROBED])
-            drawn = drawn_samples(model)  # (as many as this evaluation-mode pass drew)
     except Exception as err:
         if allocation_failure(err) or isinstance(err, ModelError):  # memory, or the model itself: not the samples'
             raise
@@ -201,11 +185,10 @@ def check_inputs(model: nn.Module, x: Tensor, y: Tensor | None = None, what: str
     if out.shape[-2] != probed:
         raise ValueError(f"the model returns {list(out.shape)} for {probed} samples of {what}: its outputs must be "
                          f"{_OUTPUT_SHAPES}, the batch second to last; {_REDUCED_OVER_TIME}")
-    doubt = _not_weight_samples(model, out.shape[0], drawn) if out.dim() == 3 else None
-    if doubt is not None:
+    if out.dim() == 3 and next(bayesian_modules(model), None) is None:
         warnings.warn(f"the model returns {list(out.shape)} outputs, read as {out.shape[0]} weight samples of a "
-                      f"Bayesian network (the loss averages over them, a prediction averages their log-probabilities), "
-                      f"but {doubt}; if these are time steps, reduce them over time in the model "
+                      "Bayesian network (the loss averages over them, a prediction averages their log-probabilities), "
+                      "but it has no Bayesian synapses; if these are time steps, reduce them over time in the model "
                       "(metaspike.snn.SpikingClassifier does)", stacklevel=2)
     if y is not None and out.shape[-1] == 1:  # (log_softmax of one logit is 0: no loss, no gradient, silently)
         raise ValueError("the model returns one output per sample; it is trained and scored as a classifier, one "

@@ -1356,6 +1356,9 @@ def test_bimu_keeps_a_frozen_layers_weights_as_its_lambda_and_says_so():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # (nothing frozen: nothing said)
         bayesianize(nn.Sequential(nn.Linear(4, 3)), "bimu")
+    with pytest.warns(UserWarning, match=r"^make_bayesian: the layer \(Linear\) is frozen \(requires_grad=False\): its λ "
+                                         r"keeps .* leave it float \(do not make it Bayesian\)$"):
+        make_bayesian(nn.Linear(4, 3).requires_grad_(False), "bimu")
 
 
 @pytest.mark.parametrize("kind", ["mesu", "bimu"])

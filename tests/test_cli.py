@@ -51,20 +51,40 @@ def test_rerunning_never_overwrites_an_earlier_run(tmp_path):
     assert (first / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("marker", ["config.json", "plan.json", "reproduction.json"])
+_MARKING = {"config.json": {"scenario": "permuted", "seed": 1, "model": "bnn"},
+            "plan.json": {"base": {}, "seeds": [1]}, "reproduction.json": {"name": "fig2", "scale": "cpu", "seeds": [1]}}
+
+
+@pytest.mark.parametrize("marker", list(_MARKING))
 @pytest.mark.parametrize("command", [["train", *SMALL], ["compare", *SMALL, "--seeds", "1"], ["reproduce", "fig2"]])
 def test_out_given_a_run_comparison_or_reproduction_folder_is_refused_before_anything_is_made(tmp_path, capsys,
                                                                                             marker, command):
     """--out naming the folder of an earlier run made the new run inside it, among its files, without a word."""
     earlier = tmp_path / "permuted-digits-meta5-30-seed1"
     earlier.mkdir()
-    (earlier / marker).write_text("{}")
+    (earlier / marker).write_text(json.dumps(_MARKING[marker]))
     assert main([*command, "--out", str(earlier)]) == 2
     err = capsys.readouterr().err
     assert re.fullmatch(rf"metaspike: error: --out {re.escape(str(earlier))} is a \w+ \w+ \(it holds {marker}\), and "
-                        rf"a new one would be made inside it: give the folder that holds it, --out "
-                        rf"{re.escape(str(tmp_path))} \(where it is unfinished, metaspike \w+ --resume .*\)\n", err), err
+                        rf"the new results would be made inside it: give the folder that holds it, --out "
+                        rf"{re.escape(str(tmp_path))} \(where it is unfinished, metaspike \w+ --resume .* continues "
+                        r"it\)\n", err), err
     assert sorted(p.name for p in earlier.iterdir()) == [marker]
+
+
+def test_out_given_a_folder_of_ones_own_with_a_config_json_or_dot_inside_a_run_folder(tmp_path, monkeypatch, capsys):
+    """A project's own config.json is no run's: its folder takes runs (it was refused, with advice to resume it). A run
+    folder given as `.` was named as the folder to give instead (`.`'s parent is itself)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.json").write_text('{"name": "my-app"}')
+    assert main(["train", *SMALL, "--out", str(project)]) == 0
+    run = project / "permuted-digits-meta5-30-seed1"
+    assert (run / "metrics.json").is_file()
+    monkeypatch.chdir(run)
+    capsys.readouterr()
+    assert main(["train", *SMALL, "--out", "."]) == 2
+    assert f"give the folder that holds it, --out {project} (" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("dies_at_call", [1, 2])

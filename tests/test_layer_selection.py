@@ -533,8 +533,9 @@ def test_a_torch_optimizer_built_before_bayesianize_warns_that_it_trains_the_syn
     out = net(torch.randn(2, 4))
     (out if out.dim() == 2 else out.mean(0)).sum().backward()
     with pytest.warns(UserWarning, match=rf"^{type(early).__name__} holds the {role} tensors of Bayesian synapses "
-                                         r"\(bayesianize makes them of a layer's weights: an optimizer built before "
-                                         r"it holds them\) and trains them as plain weights; train them with"):
+                                         r"\(given model.parameters\(\) of a Bayesian model, or built before "
+                                         r"bayesianize made them of the weights it held\) and trains them as plain "
+                                         r"weights; train them with"):
         early.step()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -543,6 +544,12 @@ def test_a_torch_optimizer_built_before_bayesianize_warns_that_it_trains_the_syn
     bayesianize(nn.Sequential(nn.Linear(2, 2)), kind)  # (synapses made again: said again at the next step)
     with pytest.warns(UserWarning, match="trains them as plain weights"):
         early.step()
+
+    class Unhashable(torch.optim.SGD):  # (__eq__ without __hash__: a dictionary of optimizers failed at every step)
+        def __eq__(self, other):
+            return self is other
+
+    Unhashable(plain_parameters(net), lr=0.1).step()
 
 
 @pytest.mark.parametrize("kind", ["sign", "bimu"])

@@ -974,3 +974,9 @@ def test_a_tensor_listed_twice_is_refused_as_bimu_refuses_it(make):
     with pytest.warns(UserWarning, match="duplicate parameters"), pytest.raises(ValueError, match="more than once"):
         optimizer.add_param_group({"params": [tied, tied]})
     assert len(optimizer.param_groups) == 1
+    many = make([torch.nn.Parameter(torch.randn(2)) for _ in range(300)])
+    for index in (5, 299):  # (the first version compared the indices' ids: equal only up to 256)
+        state = many.state_dict()
+        state["param_groups"][0]["params"][1] = index
+        with pytest.raises(ValueError, match=rf"^state_dict: a param group lists parameter {index} more than once; "):
+            many.load_state_dict(state)

@@ -11,7 +11,6 @@ import torch
 from conftest import KeepCheckpoints
 from torch import nn
 
-import bnn
 from bnn import MLP
 from metaspike.continual import ContinualTrainer, TrainerConfig, batchnorm_state, permuted, split, stream
 from metaspike.data import load_dataset
@@ -388,31 +387,6 @@ def test_a_model_returning_a_tuple_is_one_line_and_time_steps_read_as_samples_ar
     with pytest.warns(UserWarning, match=r"returns \[5, 3, 3\] outputs, read as 5 weight samples .* no Bayesian synapses"):
         check_inputs(first, torch.rand(6, 4), torch.zeros(6, dtype=torch.long))
 
-
-
-def test_time_steps_of_a_bayesianized_model_read_as_samples_are_named():
-    """A model made Bayesian by bayesianize draws one weight sample a forward pass; its [T, B, C] time steps were read
-    as T weight samples without a word (the check looked only for Bayesian synapses). A model whose sampled layers draw
-    as many samples as its output leads with is not warned about."""
-    import metaspike
-    from metaspike.training import check_inputs
-
-    class OverTime(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = torch.nn.Linear(4, 3)
-
-        def forward(self, x):
-            return torch.stack([self.fc(x)] * 5)
-
-    model = metaspike.bayesianize(OverTime(), "bimu")
-    with pytest.warns(UserWarning, match=r"read as 5 weight samples .* but no layer of it draws several weight "
-                                         r"samples"):
-        check_inputs(model, torch.rand(6, 4), torch.zeros(6, dtype=torch.long))
-    sampled = bnn.BinaryBayesianLinear(4, 3, samples=2, evaluation_samples=5, evaluation="sample")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        check_inputs(sampled, torch.rand(6, 4), torch.zeros(6, dtype=torch.long))
 
 def test_class_incremental_tasks_are_evaluated_as_one_mixed_test_set():
     """Each task of a class-incremental split holds its own classes only; a model normalising each batch by its own

@@ -956,23 +956,53 @@ RESUMABLE_FOLDERS = (
 )
 
 
+#: Keys the marking file of each of :data:`RESUMABLE_FOLDERS` holds, which a file of the same name in a folder of
+#: one's own (a project's ``config.json``) is not taken for without.
+_MARKING_KEYS = {"config.json": ("scenario", "seed", "model"), COMPARISON_PLAN: ("base", "seeds"),
+                 REPRODUCTION_RECORD: ("name", "scale", "seeds")}
+
+
+def _resumable_kind(path: Path) -> tuple[str, str, str] | None:
+    """``(marking file, kind, command)`` of the :data:`RESUMABLE_FOLDERS` kind ``path`` is a folder of (its marking
+    file readable JSON with the keys metaspike writes in it), else ``None``."""
+    for marker, kind, _, command in RESUMABLE_FOLDERS:
+        if (path / marker).is_file():
+            try:
+                record = read_json(path / marker)
+            except (OSError, ValueError):
+                continue
+            if isinstance(record, dict) and all(key in record for key in _MARKING_KEYS[marker]):
+                return marker, kind, command
+    return None
+
+
+def _folder_above(path: Path) -> Path:
+    """The folder that holds ``path`` (``.`` and ``..`` resolved first: their ``parent`` is themselves)."""
+    return path.parent if path.name not in ("", "..") else path.resolve().parent
+
+
 def results_folder(out: object) -> Path:
     """``--out``, the folder new runs, comparisons and reproductions are made in (each in a folder of its own inside
-    it), expanded; one ``ValueError`` where it is itself one of :data:`RESUMABLE_FOLDERS` (it holds the file that marks
-    one): the new folder would be made inside it, among its files (a run's ``--out`` given as the folder to put the
-    next run in nested one run in another).
+    it), expanded; one ``ValueError`` where it is itself one of :data:`RESUMABLE_FOLDERS`: the new results would be
+    made inside it, among its files (a run's folder given as ``--out`` for the next run nested one run in another).
+    The line names the nearest folder above it that is none of them.
 
     Example:
         >>> results_folder("runs")
         PosixPath('runs')
     """
     path = expanded_path(out, "--out")
-    for marker, kind, _, command in RESUMABLE_FOLDERS:
-        if (path / marker).is_file():
-            raise ValueError(f"--out {path} is a {kind} (it holds {marker}), and a new one would be made inside it: "
-                             f"give the folder that holds it, --out {path.parent} (where it is unfinished, {command} {path} "
-                             "continues it)")
-    return path
+    found = _resumable_kind(path)
+    if found is None:
+        return path
+    marker, kind, command = found
+    above = _folder_above(path)
+    while _resumable_kind(above) is not None and above != _folder_above(above):  # (a run inside a comparison)
+        above = _folder_above(above)
+    container = _container_of(path)  # (a run of a comparison or reproduction: the whole continues)
+    resumed = f"{command} {path}" if container is None else f"{container[2]} {container[0]}"
+    raise ValueError(f"--out {path} is a {kind} (it holds {marker}), and the new results would be made inside it: give "
+                     f"the folder that holds it, --out {above} (where it is unfinished, {resumed} continues it)")
 
 
 def resume_folder(given: str | Path, marker: str) -> Path:

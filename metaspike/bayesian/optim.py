@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import inspect
 import warnings
-import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable
 
@@ -269,7 +268,10 @@ REFUSES_SYNAPSE_TENSORS = "_refuses_synapse_tensors"
 one :func:`metaspike.metaplastic` hooked), which :func:`watch_plain_optimizers`' check leaves alone."""
 
 _synapses_made = 0
-_checked: weakref.WeakKeyDictionary[Optimizer, tuple[int, int]] = weakref.WeakKeyDictionary()
+_CHECKED = "_metaspike_synapse_check"
+"""The attribute in which :func:`warn_of_synapse_tensors_before_step` keeps what it last checked of an optimizer
+(on the optimizer: a dictionary keyed by optimizers failed for an optimizer class with ``__eq__`` and no
+``__hash__``)."""
 
 
 def watch_plain_optimizers() -> None:
@@ -292,7 +294,7 @@ def watch_plain_optimizers() -> None:
         ...     warnings.simplefilter("always")
         ...     adam.step()
         >>> print(caught[0].message)  # doctest: +ELLIPSIS
-        Adam holds the BiMU latent weight tensors of Bayesian synapses (bayesianize makes them of a layer's ...
+        Adam holds the BiMU latent weight tensors of Bayesian synapses (given model.parameters() of a ...
     """
     global _synapses_made
     if _synapses_made == 0:
@@ -305,14 +307,15 @@ def warn_of_synapse_tensors_before_step(optimizer: Optimizer, args: Any, kwargs:
     if getattr(optimizer, REFUSES_SYNAPSE_TENSORS, False):
         return
     seen = (_synapses_made, sum(len(group["params"]) for group in optimizer.param_groups))
-    if _checked.get(optimizer) == seen:
+    if getattr(optimizer, _CHECKED, None) == seen:
         return
-    _checked[optimizer] = seen
+    setattr(optimizer, _CHECKED, seen)
     roles = _roles_held(optimizer)
     if roles:
-        warnings.warn(f"{type(optimizer).__name__} holds the {roles} tensors of Bayesian synapses (bayesianize makes "
-                      "them of a layer's weights: an optimizer built before it holds them) and trains them as plain "
-                      f"weights; {BAYESIAN_ADVICE}", UserWarning, stacklevel=user_stacklevel())
+        warnings.warn(f"{type(optimizer).__name__} holds the {roles} tensors of Bayesian synapses (given "
+                      "model.parameters() of a Bayesian model, or built before bayesianize made them of the weights it "
+                      f"held) and trains them as plain weights; {BAYESIAN_ADVICE}", UserWarning,
+                      stacklevel=user_stacklevel())
 
 
 def _roles_held(optimizer: Optimizer) -> str:

@@ -635,21 +635,25 @@ def _warn_of_frozen_layers(frozen: list[tuple[str, nn.Module]], kind: str, sigma
     see."""
     if not frozen:
         return
-    names = [name or type(layer).__name__ for name, layer in frozen]
-    named, verb = ", ".join(map(repr, names)), "is" if len(names) == 1 else "are"
-    keep = (f"leave it float with exclude=[{named}]" if all(name for name, _ in frozen)
-            else "leave it float (do not make it Bayesian)")  # (make_bayesian's one layer has no name to exclude)
+    if all(name for name, _ in frozen):
+        named = ", ".join(repr(name) for name, _ in frozen)
+        who, keep = "bayesianize", f"leave it float with exclude=[{named}]"
+    else:  # (make_bayesian's one layer, which has no name to exclude)
+        named = f"the layer ({type(frozen[0][1]).__name__})"
+        who, keep = "make_bayesian", "leave it float (do not make it Bayesian)"
+    verb, its, keeps, trains, does = (("is", "its", "keeps", "trains", "does") if len(frozen) == 1 else
+                                      ("are", "their", "keep", "train", "do"))
     if kind == "bimu":
         kept = " instead of a new N(0, lambda_init²) draw" if lambda_init is not None else ""
-        drawn = ("its λ keeps the weights (sign λ, what evaluation shows, is their signs)" + kept + ", and never "
-                 "trains; each training pass draws ±1 with P(+1) = sigmoid(2λ), near a coin flip for small weights")
-    else:
-        size = torch.cat([layer.weight.detach().abs().flatten().float() for _, layer in frozen]).mean().item()
-        drawn = (f"its μ keeps the weights and never trains, nor does σ (sigma_init "
-                 f"{sigma_init:g}); each training pass draws μ + σ·ε, noise of width {sigma_init:g} beside weights "
-                 f"of mean size {size:.2g}")
-    warnings.warn(f"bayesianize: {named} {verb} frozen (requires_grad=False): {drawn}: to keep a frozen layer exactly "
-                  f"as it was, {keep}", UserWarning, stacklevel=user_stacklevel())
+        drawn = (f"{its} λ {keeps} the weights (sign λ, what evaluation shows, is their signs){kept}, and never "
+                 f"{trains}; each training pass draws ±1 with P(+1) = sigmoid(2λ), near a coin flip for small weights")
+    else:  # (the mean size layer by layer: one copy of all the frozen weights doubled the call's peak memory)
+        total = sum(layer.weight.detach().abs().sum(dtype=torch.float64).item() for _, layer in frozen)
+        size = total / sum(layer.weight.numel() for _, layer in frozen)
+        drawn = (f"{its} μ {keeps} the weights and never {trains}, nor {does} σ (sigma_init {sigma_init:g}); each "
+                 f"training pass draws μ + σ·ε, noise of width {sigma_init:g} beside weights of mean size {size:.2g}")
+    warnings.warn(f"{who}: {named} {verb} frozen (requires_grad=False): {drawn}: to keep a frozen layer exactly as it "
+                  f"was, {keep}", UserWarning, stacklevel=user_stacklevel())
 
 
 def _make_synapses(layers: list[tuple[str, nn.Module]], kind: str, scale: str | None, sigma_init: float,
