@@ -51,7 +51,7 @@ def test_rerunning_never_overwrites_an_earlier_run(tmp_path):
     assert (first / "notes.txt").read_text() == "mine"
 
 
-_MARKING = {"config.json": {"scenario": "permuted", "seed": 1, "model": "bnn"},
+_MARKING = {"config.json": {"scenario": "permuted", "seed": 1, "tasks": 2},
             "plan.json": {"base": {}, "seeds": [1]}, "reproduction.json": {"name": "fig2", "scale": "cpu", "seeds": [1]}}
 
 

@@ -958,7 +958,8 @@ RESUMABLE_FOLDERS = (
 
 #: Keys the marking file of each of :data:`RESUMABLE_FOLDERS` holds, which a file of the same name in a folder of
 #: one's own (a project's ``config.json``) is not taken for without.
-_MARKING_KEYS = {"config.json": ("scenario", "seed", "model"), COMPARISON_PLAN: ("base", "seeds"),
+_MARKING_KEYS = {"config.json": ("scenario", "seed", "tasks"),  # (no field newer than the first version: NEWER_FIELDS)
+                 COMPARISON_PLAN: ("base", "seeds"),
                  REPRODUCTION_RECORD: ("name", "scale", "seeds")}
 
 
