@@ -19,7 +19,7 @@ import contextlib
 import functools
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from metaspike.bayesian.optim import BAYESIAN_ADVICE
+from metaspike.bayesian.plain_optimizers import BAYESIAN_ADVICE
 from metaspike.bayesian.synapses import bayesian_modules
 from metaspike.checks import (
     FLOAT32_MAX,
@@ -443,6 +443,7 @@ def _check_consolidation(group: dict[str, Any], owner: str = "a metaplastic opti
     weights (``σ`` could turn negative, and BiMU's latent weights do not learn so); nor a tensor twice."""
     _refuse_bayesian_tensors(group, owner, "got")
     listed = [id(p) if isinstance(p, Tensor) else p for p in group["params"]]  # (a state dict's: indices)
+    listed = [key for key in listed if isinstance(key, Hashable)]  # (an index of another type: torch names it)
     if len(set(listed)) < len(listed):  # (torch warns, and steps it twice)
         if all(isinstance(p, Tensor) for p in group["params"]):
             raise ValueError(f"{owner} got a param group that lists a tensor more than once (tied weights?), which it "

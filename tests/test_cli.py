@@ -66,7 +66,7 @@ def test_out_given_a_run_comparison_or_reproduction_folder_is_refused_before_any
     assert main([*command, "--out", str(earlier)]) == 2
     err = capsys.readouterr().err
     assert re.fullmatch(rf"metaspike: error: --out {re.escape(str(earlier))} is a \w+ \w+ \(it holds {marker}\), and "
-                        rf"the new results would be made inside it: give the folder that holds it, --out "
+                        rf"the new results would be made inside it: give a folder outside it, such as --out "
                         rf"{re.escape(str(tmp_path))} \(where it is unfinished, metaspike \w+ --resume .* continues "
                         r"it\)\n", err), err
     assert sorted(p.name for p in earlier.iterdir()) == [marker]
@@ -84,7 +84,30 @@ def test_out_given_a_folder_of_ones_own_with_a_config_json_or_dot_inside_a_run_f
     monkeypatch.chdir(run)
     capsys.readouterr()
     assert main(["train", *SMALL, "--out", "."]) == 2
-    assert f"give the folder that holds it, --out {project} (" in capsys.readouterr().err
+    assert f"give a folder outside it, such as --out {project} (" in capsys.readouterr().err
+
+
+def test_out_given_a_folder_inside_a_reproduction_is_refused_and_a_plan_json_of_ones_own_is_not_a_comparison(
+        tmp_path, capsys):
+    """A reproduction's part folder (no marking file of its own) took a new run among the reproduction's runs; a run
+    inside a folder whose plan.json was the user's own was said to continue with `compare --resume`."""
+    part = tmp_path / "rep" / "part1"
+    (part / "bnn-seed1").mkdir(parents=True)
+    (tmp_path / "rep" / "reproduction.json").write_text(json.dumps(_MARKING["reproduction.json"]))
+    (part / "bnn-seed1" / "config.json").write_text(json.dumps(_MARKING["config.json"]))
+    assert main(["train", *SMALL, "--out", str(part)]) == 2
+    assert capsys.readouterr().err == (f"metaspike: error: --out {part} lies inside the reproduction folder "
+                                       f"{tmp_path / 'rep'}, and the new results would be made among its runs: give a "
+                                       f"folder outside it, such as --out {tmp_path}\n")
+    assert main(["train", *SMALL, "--out", str(part / "bnn-seed1")]) == 2
+    assert f"such as --out {tmp_path} (where it is unfinished, metaspike reproduce --resume {tmp_path / 'rep'} " \
+        "continues it)" in capsys.readouterr().err
+    own = tmp_path / "project" / "experiment"
+    own.mkdir(parents=True)
+    (tmp_path / "project" / "plan.json").write_text('{"kind": "mine"}')
+    (own / "config.json").write_text(json.dumps(_MARKING["config.json"]))
+    assert main(["train", *SMALL, "--out", str(own)]) == 2
+    assert f"(where it is unfinished, metaspike train --resume {own} continues it)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("dies_at_call", [1, 2])

@@ -963,18 +963,23 @@ _MARKING_KEYS = {"config.json": ("scenario", "seed", "tasks"),  # (no field newe
                  REPRODUCTION_RECORD: ("name", "scale", "seeds")}
 
 
+def _marked(folder: Path, marker: str) -> bool:
+    """Whether ``folder`` holds the marking file ``marker`` as metaspike writes it: readable JSON with the keys of
+    :data:`_MARKING_KEYS`."""
+    if not (folder / marker).is_file():
+        return False
+    try:
+        record = read_json(folder / marker)
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and all(key in record for key in _MARKING_KEYS[marker])
+
+
 def _resumable_kind(path: Path) -> tuple[str, str, str] | None:
-    """``(marking file, kind, command)`` of the :data:`RESUMABLE_FOLDERS` kind ``path`` is a folder of (its marking
-    file readable JSON with the keys metaspike writes in it), else ``None``."""
-    for marker, kind, _, command in RESUMABLE_FOLDERS:
-        if (path / marker).is_file():
-            try:
-                record = read_json(path / marker)
-            except (OSError, ValueError):
-                continue
-            if isinstance(record, dict) and all(key in record for key in _MARKING_KEYS[marker]):
-                return marker, kind, command
-    return None
+    """``(marking file, kind, command)`` of the :data:`RESUMABLE_FOLDERS` kind ``path`` is a folder of
+    (:func:`_marked`), else ``None``."""
+    return next(((marker, kind, command) for marker, kind, _, command in RESUMABLE_FOLDERS if _marked(path, marker)),
+                None)
 
 
 def _folder_above(path: Path) -> Path:
@@ -984,26 +989,28 @@ def _folder_above(path: Path) -> Path:
 
 def results_folder(out: object) -> Path:
     """``--out``, the folder new runs, comparisons and reproductions are made in (each in a folder of its own inside
-    it), expanded; one ``ValueError`` where it is itself one of :data:`RESUMABLE_FOLDERS`: the new results would be
-    made inside it, among its files (a run's folder given as ``--out`` for the next run nested one run in another).
-    The line names the nearest folder above it that is none of them.
+    it), expanded; one ``ValueError`` where it is itself one of :data:`RESUMABLE_FOLDERS` or lies inside a comparison
+    or reproduction: the new results would be made among its files (a run's folder given as ``--out`` for the next run
+    nested one run in another). The line names the nearest folder above that is none of them.
 
     Example:
         >>> results_folder("runs")
         PosixPath('runs')
     """
     path = expanded_path(out, "--out")
-    found = _resumable_kind(path)
-    if found is None:
+    found, container = _resumable_kind(path), _container_of(path)  # (a run or part of a comparison or reproduction)
+    if found is None and container is None:
         return path
-    marker, kind, command = found
-    above = _folder_above(path)
-    while _resumable_kind(above) is not None and above != _folder_above(above):  # (a run inside a comparison)
+    above = _folder_above(path if container is None else container[0])
+    while _resumable_kind(above) is not None and above != _folder_above(above):
         above = _folder_above(above)
-    container = _container_of(path)  # (a run of a comparison or reproduction: the whole continues)
+    if found is None:
+        raise ValueError(f"--out {path} lies inside the {container[1]} {container[0]}, and the new results would be "
+                         f"made among its runs: give a folder outside it, such as --out {above}")
+    marker, kind, command = found
     resumed = f"{command} {path}" if container is None else f"{container[2]} {container[0]}"
     raise ValueError(f"--out {path} is a {kind} (it holds {marker}), and the new results would be made inside it: give "
-                     f"the folder that holds it, --out {above} (where it is unfinished, {resumed} continues it)")
+                     f"a folder outside it, such as --out {above} (where it is unfinished, {resumed} continues it)")
 
 
 def resume_folder(given: str | Path, marker: str) -> Path:
@@ -1053,7 +1060,7 @@ def _container_of(path: Path) -> tuple[Path, str, str] | None:
     parent's parent, as they lay them out), with its kind and command; ``None`` where neither does."""
     for folder in path.resolve().parents[:2]:
         for container_marker, container, _, command in RESUMABLE_FOLDERS[1:]:
-            if (folder / container_marker).is_file():
+            if _marked(folder, container_marker):  # (not a plan.json of one's own)
                 return folder, container, command
     return None
 

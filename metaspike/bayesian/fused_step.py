@@ -61,7 +61,8 @@ from metaspike.bayesian.functional import (
     hyperparameter_names,
     update_scalars,
 )
-from metaspike.bayesian.optim import MESU, BiMU, _first_non_finite, warn_of_synapse_tensors_before_step
+from metaspike.bayesian.optim import MESU, BiMU, _first_non_finite
+from metaspike.bayesian.plain_optimizers import warn_of_synapse_tensors_before_step
 from metaspike.bayesian.synapses import (
     _RELAXED_SAMPLES,
     BinaryWeight,
@@ -206,7 +207,7 @@ def _tensor_hook_count(tensor: Tensor) -> int:
 
 def _global_hook_count() -> int:
     """The global module and optimizer hooks registered, but the step pre-hook of
-    :func:`~metaspike.bayesian.optim.watch_plain_optimizers`, which leaves MESU and BiMU alone."""
+    :func:`~metaspike.bayesian.plain_optimizers.watch_plain_optimizers`, which leaves MESU and BiMU alone."""
     ours = warn_of_synapse_tensors_before_step
     pre_hooks = [hook for hook in _global_optimizer_pre_hooks.values() if hook is not ours]
     return (len(pre_hooks) + len(_global_optimizer_post_hooks) + len(torch_module._global_forward_hooks)

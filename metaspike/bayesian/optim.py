@@ -24,7 +24,6 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from metaspike.bayesian.functional import (
     _check_step_tensors,
@@ -34,6 +33,7 @@ from metaspike.bayesian.functional import (
     hyperparameter_names,
     mesu_step_,
 )
+from metaspike.bayesian.plain_optimizers import BAYESIAN_ADVICE, ROLE_NAMES, roles_held
 from metaspike.bayesian.synapses import synapse_role
 from metaspike.caller import user_stacklevel
 from metaspike.checks import TrainingDiverged, check_keys_kept, check_no_misspelled_setting, is_whole
@@ -164,9 +164,6 @@ def _group_items(param_group: dict[str, Any]) -> tuple[list[Any], list[Tensor]]:
                    for item in items]
 
 
-_ROLE_NAMES = {"latent": "BiMU latent weight", "mean": "MESU mean", "width": "MESU width"}
-
-
 def _check_roles(optimizer: str, roles: tuple[str, ...], params: list[Tensor], helper: str, marked: bool) -> None:
     """Refuse a model's other parameters beside its synapses: where any tensor of ``params`` is marked as a synapse
     tensor (:func:`~metaspike.bayesian.synapses.synapse_role`), or the optimizer's other groups hold marked tensors
@@ -187,8 +184,8 @@ def _check_roles(optimizer: str, roles: tuple[str, ...], params: list[Tensor], h
     if not wrong:
         return
     i, role = wrong[0]
-    what = f"a {_ROLE_NAMES[role]}" if role else "not a synapse tensor (a bias, gain or norm layer's parameter?)"
-    expected = _ROLE_NAMES[roles[i % len(roles)]]
+    what = f"a {ROLE_NAMES[role]}" if role else "not a synapse tensor (a bias, gain or norm layer's parameter?)"
+    expected = ROLE_NAMES[roles[i % len(roles)]]
     raise ValueError(
         f"{optimizer} params: {len(wrong)} of {len(params)} tensors are not in place; tensor {i} is {what} where a "
         f"{expected} belongs. Pass {helper}(model), and train plain_parameters(model) with a torch optimizer "
@@ -230,10 +227,6 @@ def _check_step_counts(name: str, state: Any, listed: set[Any]) -> None:
 
 
 #: What to do with the tensors of Bayesian synapses that another optimizer was given.
-BAYESIAN_ADVICE = ("train them with their own optimizers, metaspike.BiMU(bimu_parameters(model)) or "
-                   "metaspike.MESU(mesu_param_groups(model)), and the rest with metaspike.ChainedOptimizer")
-
-
 def check_synapse_optimizers(optimizer: Any, model: nn.Module | None = None) -> None:
     """Refuse an optimizer, or an optimizer of a :class:`metaspike.ChainedOptimizer`, other than MESU and BiMU that
     holds tensors of Bayesian synapses: it would train BiMU's ``λ`` or MESU's ``μ, σ`` as plain weights (they do not
@@ -251,7 +244,7 @@ def check_synapse_optimizers(optimizer: Any, model: nn.Module | None = None) -> 
     """
     for part in getattr(optimizer, "optimizers", None) or [optimizer]:
         if isinstance(part, _DataGatedOptimizer):
-            layer = None if model is None or _roles_held(part) else _plain_layer_trained(part, model)
+            layer = None if model is None or roles_held(part) else _plain_layer_trained(part, model)
             if layer is not None:  # (on a model never made Bayesian it trained the plain weights and biases, silently)
                 name = type(part).__name__
                 raise ValueError(f"{name} holds no Bayesian synapse tensors but the plain parameters of the model's "
@@ -261,71 +254,9 @@ def check_synapse_optimizers(optimizer: Any, model: nn.Module | None = None) -> 
         _refuse_synapse_tensors(part)
 
 
-REFUSES_SYNAPSE_TENSORS = "_refuses_synapse_tensors"
-"""The attribute (``True``) of an optimizer that refuses or trains synapse tensors itself (MESU, BiMU, MetaplasticAdam,
-one :func:`metaspike.metaplastic` hooked), which :func:`watch_plain_optimizers`' check leaves alone."""
-
-_synapses_made = 0
-_CHECKED = "_metaspike_synapse_check"
-"""The attribute in which :func:`warn_of_synapse_tensors_before_step` keeps what it last checked of an optimizer
-(on the optimizer: a dictionary keyed by optimizers failed for an optimizer class with ``__eq__`` and no
-``__hash__``)."""
-
-
-def watch_plain_optimizers() -> None:
-    """Called whenever Bayesian synapses are made: from the first call on, the first step of a torch optimizer that
-    holds synapse tensors warns, once per optimizer (again after synapses are made again or its parameters changed).
-    ``bayesianize`` turns the weights a torch optimizer built before it holds into BiMU's ``λ`` or MESU's ``μ``, which
-    that optimizer went on training as plain weights without a word (Adam on a BiMU network: digits' first task at
-    35 %, then 26 %; on MESU a noisy float network whose σ never trained). A warning, not a refusal: such a step may be
-    meant (an ablation); the continual-learning trainer and :class:`metaspike.ChainedOptimizer` refuse it. A step
-    pays two attribute lookups once its optimizer is checked.
-
-    Example:
-        >>> import warnings
-        >>> from metaspike.bayesian import bayesianize
-        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 2))
-        >>> adam = torch.optim.Adam(net.parameters())  # built before bayesianize
-        >>> net = bayesianize(net, "bimu", scale=None)
-        >>> net(torch.randn(3, 4)).sum().backward()
-        >>> with warnings.catch_warnings(record=True) as caught:
-        ...     warnings.simplefilter("always")
-        ...     adam.step()
-        >>> print(caught[0].message)  # doctest: +ELLIPSIS
-        Adam holds the BiMU latent weight tensors of Bayesian synapses (given model.parameters() of a ...
-    """
-    global _synapses_made
-    if _synapses_made == 0:
-        register_optimizer_step_pre_hook(warn_of_synapse_tensors_before_step)
-    _synapses_made += 1
-
-
-def warn_of_synapse_tensors_before_step(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-    """The step pre-hook of :func:`watch_plain_optimizers`, for every optimizer of the process."""
-    if getattr(optimizer, REFUSES_SYNAPSE_TENSORS, False):
-        return
-    seen = (_synapses_made, sum(len(group["params"]) for group in optimizer.param_groups))
-    if getattr(optimizer, _CHECKED, None) == seen:
-        return
-    setattr(optimizer, _CHECKED, seen)
-    roles = _roles_held(optimizer)
-    if roles:
-        warnings.warn(f"{type(optimizer).__name__} holds the {roles} tensors of Bayesian synapses (given "
-                      "model.parameters() of a Bayesian model, or built before bayesianize made them of the weights it "
-                      f"held) and trains them as plain weights; {BAYESIAN_ADVICE}", UserWarning,
-                      stacklevel=user_stacklevel())
-
-
-def _roles_held(optimizer: Optimizer) -> str:
-    """What synapse tensors ``optimizer`` holds, e.g. ``"MESU mean and MESU width"``; ``""`` for none."""
-    roles = sorted({role for group in optimizer.param_groups for p in group["params"]
-                    if (role := synapse_role(p)) is not None})
-    return " and ".join(_ROLE_NAMES[role] for role in roles)
-
-
 def _refuse_synapse_tensors(optimizer: Optimizer) -> None:
     """One ``ValueError`` where ``optimizer`` (not MESU or BiMU) holds tensors of Bayesian synapses."""
-    roles = _roles_held(optimizer)
+    roles = roles_held(optimizer)
     if roles:
         raise ValueError(f"{type(optimizer).__name__} holds the {roles} tensors of Bayesian synapses, which it would "
                          f"train as plain weights; {BAYESIAN_ADVICE}")

@@ -31,6 +31,7 @@ of :mod:`metaspike.bayesian.optim`.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -42,6 +43,7 @@ from torch.nn.utils import parametrize
 
 from metaspike.bayesian.counter_noise import arithmetic_dtype, counter_normal, counter_uniform, draw_key
 from metaspike.bayesian.functional import _exp_pair
+from metaspike.bayesian.plain_optimizers import watch_plain_optimizers
 from metaspike.block_cache import reuse_in_block, signs_cache_key
 from metaspike.caller import user_stacklevel
 from metaspike.checks import FLOAT32_MAX, FLOAT32_TINY, is_whole, number_in
@@ -628,19 +630,19 @@ def _new_synapse(kind: str, weight: nn.Parameter, sigma_init: float, lambda_init
 
 
 def _warn_of_frozen_layers(frozen: list[tuple[str, nn.Module]], kind: str, sigma_init: float,
-                           lambda_init: float | None) -> None:
+                           lambda_init: float | None, who: str) -> None:
     """Warn where ``frozen`` (``(name, layer)`` pairs of layers whose weight has ``requires_grad=False``) is not
     empty: such a synapse keeps the weights and never trains, yet each training pass draws from it (BiMU: ±1 with
     P(+1) = sigmoid(2λ); MESU: μ + σ·ε), so the layer a user froze to keep it is not what the training passes
-    see."""
+    see. ``who`` is the function called (``bayesianize``, ``make_bayesian``)."""
     if not frozen:
         return
     if all(name for name, _ in frozen):
         named = ", ".join(repr(name) for name, _ in frozen)
-        who, keep = "bayesianize", f"leave it float with exclude=[{named}]"
-    else:  # (make_bayesian's one layer, which has no name to exclude)
+        keep = f"leave it float with exclude=[{named}]"
+    else:  # (make_bayesian's one layer, or the model bayesianize was given being the layer: no name to exclude)
         named = f"the layer ({type(frozen[0][1]).__name__})"
-        who, keep = "make_bayesian", "leave it float (do not make it Bayesian)"
+        keep = "leave it float (do not make it Bayesian)"
     verb, its, keeps, trains, does = (("is", "its", "keeps", "trains", "does") if len(frozen) == 1 else
                                       ("are", "their", "keep", "train", "do"))
     if kind == "bimu":
@@ -649,7 +651,8 @@ def _warn_of_frozen_layers(frozen: list[tuple[str, nn.Module]], kind: str, sigma
                  f"{trains}; each training pass draws ±1 with P(+1) = sigmoid(2λ), near a coin flip for small weights")
     else:  # (the mean size layer by layer: one copy of all the frozen weights doubled the call's peak memory)
         total = sum(layer.weight.detach().abs().sum(dtype=torch.float64).item() for _, layer in frozen)
-        size = total / sum(layer.weight.numel() for _, layer in frozen)
+        count = sum(layer.weight.numel() for _, layer in frozen)
+        size = total / count if count else math.nan  # (a layer of no weights, Linear(0, 3))
         drawn = (f"{its} μ {keeps} the weights and never {trains}, nor {does} σ (sigma_init {sigma_init:g}); each "
                  f"training pass draws μ + σ·ε, noise of width {sigma_init:g} beside weights of mean size {size:.2g}")
     warnings.warn(f"{who}: {named} {verb} frozen (requires_grad=False): {drawn}: to keep a frozen layer exactly as it "
@@ -657,7 +660,7 @@ def _warn_of_frozen_layers(frozen: list[tuple[str, nn.Module]], kind: str, sigma
 
 
 def _make_synapses(layers: list[tuple[str, nn.Module]], kind: str, scale: str | None, sigma_init: float,
-                   lambda_init: float | None, temperature: float, evaluation: str) -> None:
+                   lambda_init: float | None, temperature: float, evaluation: str, who: str) -> None:
     """Turn the checked ``(name, layer)`` pairs into synapses of ``kind``: first every gain, from the float weights
     (before a λ replaces them), then the synapses, one for each weight parameter (tied layers share it). The start
     value is checked first against every weight's type (a float16 layer holds less than float32)."""
@@ -670,9 +673,7 @@ def _make_synapses(layers: list[tuple[str, nn.Module]], kind: str, scale: str | 
         if scale is not None and output_gain(layer) is None:  # (MESU's μ keeps the float weight's size: α from 1)
             attach_output_gain(layer, scale, name, real_weights=kind == "mesu")
     _warn_of_frozen_layers([(name, layer) for name, layer in layers if not layer.weight.requires_grad], kind,
-                           sigma_init, lambda_init)
-    from metaspike.bayesian.optim import watch_plain_optimizers  # (that module builds on this one)
-
+                           sigma_init, lambda_init, who)
     watch_plain_optimizers()
     shared: dict[int, _Parametrization] = {}
     for _, layer in layers:
@@ -708,7 +709,7 @@ def make_bayesian(
     check_weight_ready(type(layer).__name__, layer)
     if scale is not None and output_gain(layer) is None:
         check_gain_layer(type(layer).__name__, layer)
-    _make_synapses([("", layer)], kind, scale, sigma_init, lambda_init, temperature, evaluation)
+    _make_synapses([("", layer)], kind, scale, sigma_init, lambda_init, temperature, evaluation, "make_bayesian")
     return layer
 
 
@@ -818,7 +819,7 @@ def bayesianize(
         warnings.warn(f"bayesianize: {', '.join(map(repr, kept))} already are {kind!r} synapses and keep their own "
                       f"values; {start}={given!r} starts only the layers this call converts (set theirs on "
                       "layer.parametrizations.weight[0])", stacklevel=2)
-    _make_synapses(todo, kind, scale, sigma_init, lambda_init, temperature, evaluation)  # everything checked
+    _make_synapses(todo, kind, scale, sigma_init, lambda_init, temperature, evaluation, "bayesianize")  # all checked
     warn_float_matrices_left(model, [layer for _, layer in selected], exclude, "bayesianize", layer_types)
     return model
 
