@@ -551,6 +551,18 @@ def test_a_torch_optimizer_built_before_bayesianize_warns_that_it_trains_the_syn
 
     Unhashable(plain_parameters(net), lr=0.1).step()
 
+    class Sealed(torch.optim.SGD):  # (refuses new attributes once built: the check's mark failed its step)
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.sealed = True
+
+        def __setattr__(self, name, value):
+            if self.__dict__.get("sealed") and name not in self.__dict__:
+                raise AttributeError(name)
+            super().__setattr__(name, value)
+
+    Sealed(plain_parameters(net), lr=0.1).step()
+
 
 @pytest.mark.parametrize("kind", ["sign", "bimu"])
 def test_a_zero_initialised_layer_gets_a_gain_that_passes_gradients(kind):

@@ -88,7 +88,10 @@ def warn_of_synapse_tensors_before_step(optimizer: Optimizer, args: Any, kwargs:
     seen = (_synapses_made, sum(len(group["params"]) for group in optimizer.param_groups))
     if getattr(optimizer, _CHECKED, None) == seen:
         return
-    setattr(optimizer, _CHECKED, seen)
+    try:
+        setattr(optimizer, _CHECKED, seen)
+    except (AttributeError, TypeError):  # (a class that refuses new attributes: checked at every step, warned once)
+        pass
     roles = roles_held(optimizer)
     if roles:
         warnings.warn(f"{type(optimizer).__name__} holds the {roles} tensors of Bayesian synapses (given "
