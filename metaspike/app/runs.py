@@ -998,7 +998,7 @@ def results_folder(out: object) -> Path:
         PosixPath('runs')
     """
     path = expanded_path(out, "--out")
-    found, container = _resumable_kind(path), _container_of(path)  # (a run or part of a comparison or reproduction)
+    found, container = _resumable_kind(path), _container_of(path, written=True)  # (a run or part of one of them)
     if found is None and container is None:
         return path
     above = _folder_above(path if container is None else container[0])
@@ -1055,12 +1055,14 @@ def resume_folder(given: str | Path, marker: str) -> Path:
     raise ValueError(f"{path} is not a {kind} (no {marker})")
 
 
-def _container_of(path: Path) -> tuple[Path, str, str] | None:
+def _container_of(path: Path, written: bool = False) -> tuple[Path, str, str] | None:
     """The comparison or reproduction folder that holds ``path`` as one of its runs or parts (its parent or the
-    parent's parent, as they lay them out), with its kind and command; ``None`` where neither does."""
+    parent's parent, as they lay them out), with its kind and command; ``None`` where neither does. ``written``: only
+    a folder whose marking file is as metaspike writes it (:func:`_marked`; a ``plan.json`` of one's own is none),
+    for ``--out``; ``--resume``, which then reads the file, names a damaged one as such."""
     for folder in path.resolve().parents[:2]:
         for container_marker, container, _, command in RESUMABLE_FOLDERS[1:]:
-            if _marked(folder, container_marker):  # (not a plan.json of one's own)
+            if _marked(folder, container_marker) if written else (folder / container_marker).is_file():
                 return folder, container, command
     return None
 
