@@ -243,6 +243,7 @@ def _loaded_groups(optimizer: Optimizer,
         group["rule"] = rule_from_record(group["rule"])
         _group_check(optimizer)(group)
         loaded.append(group)
+    _refuse_indices_in_two_groups(loaded)
     places = _saved_places(optimizer, loaded)
     state = state_dict.get("state")
     if isinstance(optimizer, MetaplasticAdam):
@@ -251,6 +252,18 @@ def _loaded_groups(optimizer: Optimizer,
     handed = _check_handed_on(places, state_dict.get(_HANDED_ON, {}))
     loading = {**state_dict, "param_groups": loaded, **({"state": state} if "state" in state_dict else {})}
     return loading, rule_states, handed
+
+
+def _refuse_indices_in_two_groups(groups: list[dict[str, Any]]) -> None:
+    """One ``ValueError`` where a state dict lists one parameter index in two of its param groups: torch's load gives
+    that index's state to the later group's tensor and leaves the earlier one without (one of two same-shaped layers
+    took the other's moments). Within one group :func:`_check_consolidation` refuses it."""
+    seen: dict[Any, int] = {}
+    for number, group in enumerate(groups):
+        for index in group["params"]:
+            if isinstance(index, Hashable) and seen.setdefault(index, number) != number:
+                raise ValueError(f"state_dict: parameter {index!r} is listed in param groups {seen[index]} and "
+                                 f"{number}; no optimizer writes that")
 
 
 #: What MetaplasticAdam keeps of each parameter it stepped (the rule's own state besides, under ``"rule_state"``).

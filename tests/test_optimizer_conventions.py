@@ -980,3 +980,9 @@ def test_a_tensor_listed_twice_is_refused_as_bimu_refuses_it(make):
         state["param_groups"][0]["params"][1] = index
         with pytest.raises(ValueError, match=rf"^state_dict: a param group lists parameter {index} more than once; "):
             many.load_state_dict(state)
+    two = make([torch.nn.Parameter(torch.randn(2))])
+    two.add_param_group({"params": [torch.nn.Parameter(torch.randn(2))]})
+    state = two.state_dict()
+    state["param_groups"][1]["params"] = [0]  # (torch's load gave index 0's state to the second group's tensor)
+    with pytest.raises(ValueError, match=r"^state_dict: parameter 0 is listed in param groups 0 and 1; "):
+        two.load_state_dict(state)
