@@ -369,12 +369,14 @@ class PackedMLP:
             )
         return [real] + [binary] * (len(self.layers) - 1)
 
+    @torch.compiler.disable
     def __call__(self, x: Tensor) -> Tensor:
         """Class scores (float32, ``(batch, classes)``) of real-valued inputs ``x`` (finite, on the CPU).
 
         ``x`` may have any floating dtype: it is rounded to float32 once, as the float32 model it was packed from
         reads it, and every kernel computes from those values (a float64 input gets the scores of its float32
-        rounding).
+        rounding). ``torch.compile`` leaves the call as it is (it runs native kernels already; traced, their input
+        checks failed inside the compiler on symbolic shapes), so a compiled model that calls it runs it eagerly.
 
         Raises:
             ValueError: ``x`` has the wrong number of features, is not a floating-point CPU tensor,

@@ -1397,3 +1397,17 @@ def test_kernels_whose_openmp_needs_a_newer_runtime_than_torchs_load_without_it(
         warnings.simplefilter("error")  # (quietly: the kernels are there, on threads of their own)
         lib = bnn.native._kernels(flags)
     assert lib is not None and lib.threads_kind().decode() == "a pool of POSIX threads"
+
+
+def test_a_compiled_packed_model_or_one_that_calls_it_runs_it_as_it_is():
+    """torch.compile traced into the packed model's call, whose input checks failed inside the compiler on symbolic
+    shapes (a 127-line traceback from dynamo); the call runs as it is, compiled around or not."""
+    model = bnn.use_population_statistics(bnn.MLP([64, 32, 10]), torch.rand(200, 64)).eval()
+    packed, x = bnn.pack(model), torch.rand(8, 64)
+
+    class Calls(torch.nn.Module):
+        def forward(self, x):
+            return packed(x) * 2
+
+    assert torch.equal(torch.compile(packed)(x[:4]), packed(x[:4]))
+    assert torch.equal(torch.compile(Calls())(x), packed(x) * 2)
