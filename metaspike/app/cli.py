@@ -643,9 +643,11 @@ def _plot(args: argparse.Namespace) -> None:
     if not (folder / "accuracy_matrix.csv").exists():
         for record, command in ((PLAN, "compare"), (RECORD, "reproduce")):
             if (folder / record).is_file():
+                runs = any(folder.glob("*/config.json")) or any(folder.glob("*/*/config.json"))
+                one_run = ("(finished runs are reused); `metaspike plot` redraws one run of it" if runs else
+                           "(it keeps no runs of its own to plot)")
                 raise ValueError(f"{folder} is a {command} folder: `metaspike {command} --resume {folder}"
-                                 f"{_recorded_imports(folder / record)}` redraws its table and figures (finished runs "
-                                 "are reused); `metaspike plot` redraws one run of it")
+                                 f"{_recorded_imports(folder / record)}` redraws its table and figures {one_run}")
         if (folder / "config.json").is_file():
             from metaspike.app.runs import is_complete
 
