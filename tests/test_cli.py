@@ -1136,14 +1136,14 @@ def test_plot_of_a_folder_that_holds_no_figures_yet_says_what_to_run(tmp_path, c
     reproduction = tmp_path / "reproduce-fig3-cpu"
     reproduction.mkdir()
     (reproduction / "reproduction.json").write_text("{}")
-    assert main(["plot", str(reproduction)]) == 2  # (fig5ab's and fig5cde's keep no runs: none to plot)
-    assert capsys.readouterr().err.strip().endswith(f"is a reproduce folder: `metaspike reproduce --resume "
-                                                    f"{reproduction}` redraws its table and figures (it keeps no runs "
-                                                    "of its own to plot)")
-    (reproduction / "part" / "bnn-seed1").mkdir(parents=True)
-    (reproduction / "part" / "bnn-seed1" / "config.json").write_text("{}")
     assert main(["plot", str(reproduction)]) == 2
     assert capsys.readouterr().err.strip().endswith("(finished runs are reused); `metaspike plot` redraws one run of it")
+    quadratic = tmp_path / "reproduce-fig5ab-cpu"
+    quadratic.mkdir()
+    (quadratic / "reproduction.json").write_text('{"name": "fig5ab"}')
+    assert main(["plot", str(quadratic)]) == 2  # (it suggested plotting one of the runs fig5ab does not keep)
+    assert capsys.readouterr().err.strip().endswith(f"is a reproduce folder: `metaspike reproduce --resume {quadratic}` "
+                                                    "redraws its table and figures (it keeps no runs to plot)")
 
 
 def test_a_run_refused_before_it_measured_anything_leaves_no_folder_to_resume(tmp_path, capsys):

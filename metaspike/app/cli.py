@@ -40,7 +40,7 @@ from metaspike.continual.metrics import LONG_STREAM_TASKS, LearnedNothingWarning
 from metaspike.continual.scenarios import SPLIT_MODES
 from metaspike.data import OFFLINE_DATASETS
 from metaspike.distributed import world, world_size_from_env
-from metaspike.files import expanded_path
+from metaspike.files import expanded_path, read_json
 from metaspike.rules import available_rules
 from metaspike.stops import caused_by_sigterm, forget_kept_stop, handling_stops, raise_kept_stop
 
@@ -493,7 +493,6 @@ def _compare(args: argparse.Namespace) -> None:
     from metaspike.app.tables import format_table
     from metaspike.checks import check_seed
     from metaspike.continual.metrics import LEARNED_MARGIN
-    from metaspike.files import read_json
 
     refuse_several_processes("compare")
     if args.resume is not None:
@@ -613,8 +612,6 @@ def _refuse_shared_optimizer_setting(args: argparse.Namespace) -> None:
 def _check_stored_imports(record_path: Path, stored: Callable[[dict], object], args: argparse.Namespace) -> None:
     """``--resume``: the imports recorded in ``record_path`` (a run's config, a comparison's plan) must be the ones
     given now; a file that cannot be read is left to the resume's own checks, which name it."""
-    from metaspike.files import read_json
-
     try:
         record = read_json(record_path)
     except (OSError, ValueError):
@@ -627,6 +624,19 @@ def _seeds(path: Path) -> list[int]:
     from metaspike.files import read_json
 
     return read_json(path / "plan.json")["seeds"]
+
+
+def _keeps_runs(record: Path) -> bool:
+    """Whether the reproduction whose ``reproduction.json`` is ``record`` keeps a folder per run (not ``fig5ab``'s or
+    ``fig5cde``'s); ``True`` where the file does not say which experiment it is."""
+    from metaspike.app.reproduce.experiments import EXPERIMENTS
+
+    try:
+        name = read_json(record).get("name")
+    except (OSError, ValueError, AttributeError):
+        return True
+    experiment = EXPERIMENTS.get(name) if isinstance(name, str) else None
+    return experiment is None or experiment.keeps_runs
 
 
 def _plot(args: argparse.Namespace) -> None:
@@ -643,9 +653,8 @@ def _plot(args: argparse.Namespace) -> None:
     if not (folder / "accuracy_matrix.csv").exists():
         for record, command in ((PLAN, "compare"), (RECORD, "reproduce")):
             if (folder / record).is_file():
-                runs = any(folder.glob("*/config.json")) or any(folder.glob("*/*/config.json"))
-                one_run = ("(finished runs are reused); `metaspike plot` redraws one run of it" if runs else
-                           "(it keeps no runs of its own to plot)")
+                one_run = ("(finished runs are reused); `metaspike plot` redraws one run of it"
+                           if command == "compare" or _keeps_runs(folder / record) else "(it keeps no runs to plot)")
                 raise ValueError(f"{folder} is a {command} folder: `metaspike {command} --resume {folder}"
                                  f"{_recorded_imports(folder / record)}` redraws its table and figures {one_run}")
         if (folder / "config.json").is_file():

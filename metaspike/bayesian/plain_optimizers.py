@@ -90,8 +90,8 @@ def warn_of_synapse_tensors_before_step(optimizer: Optimizer, args: Any, kwargs:
         return
     try:
         setattr(optimizer, _CHECKED, seen)
-    except (AttributeError, TypeError):  # (a class that refuses new attributes: checked at every step, warned once)
-        pass
+    except (AttributeError, TypeError):  # (a class that refuses new attributes: checked, and warned about, at every
+        pass  # step; the default warnings filter shows the warning once)
     roles = roles_held(optimizer)
     if roles:
         warnings.warn(f"{type(optimizer).__name__} holds the {roles} tensors of Bayesian synapses (given "

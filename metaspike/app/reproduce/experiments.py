@@ -54,11 +54,13 @@ PAPER: dict[str, dict[str, str]] = {"fig2": {}, "table1": {}, "fig3": {}, "strea
 @dataclass(frozen=True)
 class Experiment:
     """A paper experiment: ``run(scale, seeds, root, progress, data_dir, device)`` writes its table and figure into
-    ``root``."""
+    ``root``; ``keeps_runs``: whether it keeps a folder per training run there (``metaspike plot`` draws one), or
+    computes its table anew from nothing it keeps (``fig5ab``, ``fig5cde``)."""
 
     name: str
     what: str
     run: Callable[[str, Sequence[int], Path, bool, str | None, str], list[dict[str, Any]]]
+    keeps_runs: bool = True
 
 
 def _continual(name: str, title: str, configs: Callable[[str], list[tuple[str, RunConfig, list[Method]]]]) -> Callable:
@@ -152,8 +154,9 @@ EXPERIMENTS: dict[str, Experiment] = {
                    _continual("fig3", "Fig. 3:", _fig3)),
         Experiment("stream", "one dataset learned as a stream of subsets",
                    _continual("stream", "stream of subsets", _stream)),
-        Experiment("fig5ab", "quadratic binary task: the optimum moves, metaplastic weights keep their signs", _fig5ab),
-        Experiment("fig5cde", "loss increase when flipping weights, binned by |W_h|", _fig5cde),
+        Experiment("fig5ab", "quadratic binary task: the optimum moves, metaplastic weights keep their signs", _fig5ab,
+                   keeps_runs=False),
+        Experiment("fig5cde", "loss increase when flipping weights, binned by |W_h|", _fig5cde, keeps_runs=False),
         Experiment("long-stream", "100 permuted tasks, one pass at batch size 1: BiMU, MESU, the 2021 rule, EWC-Online, SI, SGD, plain BNN", long_stream.run),
     )
 }
