@@ -243,7 +243,7 @@ def _loaded_groups(optimizer: Optimizer,
         group["rule"] = rule_from_record(group["rule"])
         _group_check(optimizer)(group)
         loaded.append(group)
-    _refuse_indices_in_two_groups(loaded)
+    _refuse_indices_listed_twice(loaded)
     places = _saved_places(optimizer, loaded)
     state = state_dict.get("state")
     if isinstance(optimizer, MetaplasticAdam):
@@ -254,16 +254,23 @@ def _loaded_groups(optimizer: Optimizer,
     return loading, rule_states, handed
 
 
-def _refuse_indices_in_two_groups(groups: list[dict[str, Any]]) -> None:
-    """One ``ValueError`` where a state dict lists one parameter index in two of its param groups: torch's load gives
-    that index's state to the later group's tensor and leaves the earlier one without (one of two same-shaped layers
-    took the other's moments). Within one group :func:`_check_consolidation` refuses it."""
+def _refuse_indices_listed_twice(groups: list[dict[str, Any]]) -> None:
+    """One ``ValueError`` where a state dict lists one parameter index twice: in one param group (no optimizer that
+    steps each tensor once writes that), or in two (torch's load gives that index's state to the later group's tensor
+    and leaves the earlier one without: one of two same-shaped layers took the other's moments). An index of another
+    type than a number or string is left to torch, which names it."""
     seen: dict[Any, int] = {}
     for number, group in enumerate(groups):
         for index in group["params"]:
-            if isinstance(index, Hashable) and seen.setdefault(index, number) != number:
+            if not isinstance(index, Hashable):
+                continue
+            if index in seen and seen[index] == number:
+                raise ValueError(f"state_dict: a param group lists parameter {index!r} more than once; no optimizer "
+                                 "that steps each tensor once writes that")
+            if index in seen:
                 raise ValueError(f"state_dict: parameter {index!r} is listed in param groups {seen[index]} and "
                                  f"{number}; no optimizer writes that")
+            seen[index] = number
 
 
 #: What MetaplasticAdam keeps of each parameter it stepped (the rule's own state besides, under ``"rule_state"``).
@@ -453,17 +460,13 @@ def _check_consolidation(group: dict[str, Any], owner: str = "a metaplastic opti
     """Validate what a param group says about consolidation: ``meta``, ``rule`` and ``consolidate`` (the keys
     :func:`metaplastic` adds to another optimizer's groups, whose own settings are that optimizer's to check), and
     that it holds no Bayesian synapse's tensors: ``owner`` would train BiMU's ``λ`` or MESU's ``μ, σ`` as plain
-    weights (``σ`` could turn negative, and BiMU's latent weights do not learn so); nor a tensor twice."""
+    weights (``σ`` could turn negative, and BiMU's latent weights do not learn so); nor a tensor twice (a loaded
+    group's indices listed twice: :func:`_refuse_indices_listed_twice`)."""
     _refuse_bayesian_tensors(group, owner, "got")
-    listed = [id(p) if isinstance(p, Tensor) else p for p in group["params"]]  # (a state dict's: indices)
-    listed = [key for key in listed if isinstance(key, Hashable)]  # (an index of another type: torch names it)
-    if len(set(listed)) < len(listed):  # (torch warns, and steps it twice)
-        if all(isinstance(p, Tensor) for p in group["params"]):
-            raise ValueError(f"{owner} got a param group that lists a tensor more than once (tied weights?), which it "
-                             "would update twice a step; list each tensor once (model.parameters() does)")
-        twice = next(p for p in listed if listed.count(p) > 1)
-        raise ValueError(f"state_dict: a param group lists parameter {twice!r} more than once; no optimizer that "
-                         "steps each tensor once writes that")
+    held = [id(p) for p in group["params"] if isinstance(p, Tensor)]  # (a loaded group's indices: at load)
+    if len(set(held)) < len(held):  # (torch warns, and steps it twice)
+        raise ValueError(f"{owner} got a param group that lists a tensor more than once (tied weights?), which it "
+                         "would update twice a step; list each tensor once (model.parameters() does)")
     check_meta(group["meta"], "meta")
     get_rule(group["rule"])
     _check_optional_flag(group, "consolidate")
