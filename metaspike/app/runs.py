@@ -1133,9 +1133,9 @@ def load_run_model(run_dir: str | Path) -> torch.nn.Module:
     path = Path(run_dir) / "model.pt"
     state = load_torch_file(path, "model file")
     check_plain_tensors(state, f"model file {path}")
-    model = build_run_model(config, make_run_scenario(config))
-    if not isinstance(state, dict):
+    if not isinstance(state, dict):  # (before the model and its scenario are built for nothing)
         raise ValueError(f"{path} holds a {type(state).__name__}, not the state dict a run writes")
+    model = build_run_model(config, make_run_scenario(config))
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError, TypeError) as err:

@@ -226,7 +226,6 @@ def _check_step_counts(name: str, state: Any, listed: set[Any]) -> None:
             check_step_count(f"state_dict: parameter {index!r}'s step", entry["step"])
 
 
-#: What to do with the tensors of Bayesian synapses that another optimizer was given.
 def check_synapse_optimizers(optimizer: Any, model: nn.Module | None = None) -> None:
     """Refuse an optimizer, or an optimizer of a :class:`metaspike.ChainedOptimizer`, other than MESU and BiMU that
     holds tensors of Bayesian synapses: it would train BiMU's ``λ`` or MESU's ``μ, σ`` as plain weights (they do not
